@@ -1,0 +1,236 @@
+//! Change tracking: what differs between two desired states.
+//!
+//! Like kube-proxy's change trackers, a change keeps `{previous, current}` per object and no-op
+//! changes vanish: an object that is equal in both states produces no entry.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DesiredState, Endpoint, Node, ObjectName, Policy, Service};
+
+/// One object's change: `previous: None` is an addition, `current: None` a removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change<T> {
+    /// The object before, if it existed.
+    pub previous: Option<T>,
+    /// The object after, if it still exists.
+    pub current: Option<T>,
+}
+
+/// Everything that differs between two states, keyed by object name.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ChangeSet {
+    /// The node, if any of its settings changed.
+    pub node: Option<Change<Node>>,
+    /// Changed services.
+    #[serde(with = "by_name")]
+    pub services: BTreeMap<ObjectName, Change<Service>>,
+    /// Changed endpoints.
+    #[serde(with = "by_name")]
+    pub endpoints: BTreeMap<ObjectName, Change<Endpoint>>,
+    /// Changed policies.
+    #[serde(with = "by_name")]
+    pub policies: BTreeMap<ObjectName, Change<Policy>>,
+}
+
+impl ChangeSet {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.node.is_none()
+            && self.services.is_empty()
+            && self.endpoints.is_empty()
+            && self.policies.is_empty()
+    }
+
+    /// Number of changed objects.
+    pub fn len(&self) -> usize {
+        usize::from(self.node.is_some())
+            + self.services.len()
+            + self.endpoints.len()
+            + self.policies.len()
+    }
+
+    /// Applies the changes to `state`, turning the diff's old state into its new one.
+    ///
+    /// Order of objects in `state` is kept for those that stay; additions go to the end in
+    /// name order.
+    pub fn apply_to(&self, state: &mut DesiredState) {
+        if let Some(Change {
+            current: Some(node),
+            ..
+        }) = &self.node
+        {
+            state.node = node.clone();
+        }
+        patch(&mut state.services, &self.services, |s| &s.name);
+        patch(&mut state.endpoints, &self.endpoints, |e| &e.name);
+        patch(&mut state.policies, &self.policies, |p| &p.name);
+    }
+
+    /// Merges `later` (a diff from this set's new state onwards) into this set, so that the
+    /// result goes from this set's old state to `later`'s new state. Changes that cancel out
+    /// vanish.
+    pub fn merge(&mut self, later: ChangeSet) {
+        merge_one(&mut self.node, later.node);
+        merge_map(&mut self.services, later.services);
+        merge_map(&mut self.endpoints, later.endpoints);
+        merge_map(&mut self.policies, later.policies);
+    }
+}
+
+fn merge_one<T: PartialEq>(slot: &mut Option<Change<T>>, later: Option<Change<T>>) {
+    let Some(later) = later else { return };
+    let merged = match slot.take() {
+        Some(earlier) => Change {
+            previous: earlier.previous,
+            current: later.current,
+        },
+        None => later,
+    };
+    if merged.previous != merged.current {
+        *slot = Some(merged);
+    }
+}
+
+fn merge_map<T: PartialEq>(
+    map: &mut BTreeMap<ObjectName, Change<T>>,
+    later: BTreeMap<ObjectName, Change<T>>,
+) {
+    for (name, change) in later {
+        let mut slot = map.remove(&name);
+        merge_one(&mut slot, Some(change));
+        if let Some(merged) = slot {
+            map.insert(name, merged);
+        }
+    }
+}
+
+fn patch<T: Clone>(
+    items: &mut Vec<T>,
+    changes: &BTreeMap<ObjectName, Change<T>>,
+    key: impl Fn(&T) -> &ObjectName,
+) {
+    if changes.is_empty() {
+        return;
+    }
+    items.retain(|item| !changes.contains_key(key(item)) || changes[key(item)].current.is_some());
+    let mut seen = std::collections::BTreeSet::new();
+    for item in items.iter_mut() {
+        let name = key(item).clone();
+        if let Some(Change {
+            current: Some(current),
+            ..
+        }) = changes.get(&name)
+        {
+            *item = current.clone();
+        }
+        seen.insert(name);
+    }
+    for (name, change) in changes {
+        if let (false, Some(current)) = (seen.contains(name), &change.current) {
+            items.push(current.clone());
+        }
+    }
+}
+
+/// Computes the changes that turn `old` into `new`.
+///
+/// Objects are matched by namespaced name; objects equal in both states produce no change.
+/// Names are assumed unique (validation guarantees it); with duplicates the last one wins.
+pub fn diff(old: &DesiredState, new: &DesiredState) -> ChangeSet {
+    ChangeSet {
+        node: (old.node != new.node).then(|| Change {
+            previous: Some(old.node.clone()),
+            current: Some(new.node.clone()),
+        }),
+        services: diff_named(&old.services, &new.services, |s| &s.name),
+        endpoints: diff_named(&old.endpoints, &new.endpoints, |e| &e.name),
+        policies: diff_named(&old.policies, &new.policies, |p| &p.name),
+    }
+}
+
+fn diff_named<T: Clone + PartialEq>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> &ObjectName,
+) -> BTreeMap<ObjectName, Change<T>> {
+    let old: BTreeMap<&ObjectName, &T> = old.iter().map(|o| (key(o), o)).collect();
+    let new: BTreeMap<&ObjectName, &T> = new.iter().map(|o| (key(o), o)).collect();
+    let mut out = BTreeMap::new();
+    for (name, before) in &old {
+        match new.get(name) {
+            Some(after) if after == before => {}
+            after => {
+                out.insert(
+                    (*name).clone(),
+                    Change {
+                        previous: Some((*before).clone()),
+                        current: after.map(|a| (*a).clone()),
+                    },
+                );
+            }
+        }
+    }
+    for (name, after) in &new {
+        if !old.contains_key(name) {
+            out.insert(
+                (*name).clone(),
+                Change {
+                    previous: None,
+                    current: Some((*after).clone()),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Serialises maps keyed by [`ObjectName`] with `namespace/name` string keys, as JSON needs.
+mod by_name {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::model::ObjectName;
+
+    pub fn serialize<S: Serializer, V: Serialize>(
+        map: &BTreeMap<ObjectName, V>,
+        ser: S,
+    ) -> Result<S::Ok, S::Error> {
+        ser.collect_map(map.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
+        de: D,
+    ) -> Result<BTreeMap<ObjectName, V>, D::Error> {
+        let raw = BTreeMap::<String, V>::deserialize(de)?;
+        raw.into_iter()
+            .map(|(k, v)| match k.split_once('/') {
+                Some((ns, name)) => Ok((ObjectName::new(ns, name), v)),
+                None => Err(D::Error::custom(format!(
+                    "object name {k:?} is not namespace/name"
+                ))),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic;
+
+    #[test]
+    fn change_sets_serialise_with_string_keys() {
+        let a = synthetic::state(2, 1);
+        let mut b = a.clone();
+        b.services[1].backends.clear();
+        let cs = diff(&a, &b);
+        let json = serde_json::to_string(&cs).unwrap();
+        assert!(json.contains("\"bench/svc-1\""), "{json}");
+        let back: ChangeSet = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, cs);
+    }
+}

@@ -1,0 +1,26 @@
+//! `dataplane-core`: the model, validation, change tracking, Maglev, the reference model and the
+//! [`Dataplane`] trait.
+//!
+//! Pure: no syscalls, no clock, no runtime. Time and randomness are arguments.
+
+pub mod dataplane;
+pub mod diff;
+pub mod format;
+pub mod maglev;
+pub mod model;
+pub mod reference;
+pub mod synthetic;
+pub mod validate;
+
+pub use dataplane::{
+    ApplyReport, Capabilities, Dataplane, Error, Flow, ObservedFrontend, ObservedState, Stats,
+};
+pub use diff::{diff, Change, ChangeSet};
+pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};
+pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};
+pub use model::*;
+pub use reference::{
+    eligible_backends, evaluate, hairpin_source, node_address, Eligible, Entry, FrontendKind,
+    IpFamily, Packet, SourceSeen, TrafficKind, Verdict,
+};
+pub use validate::{validate, ValidationError};

@@ -1,0 +1,785 @@
+//! Validation of a [`DesiredState`]: semantic checks that the file format's types cannot express.
+//!
+//! Every error names the object (`service default/web`, `node`, `endpoint default/pod-a`,
+//! `policy default/deny`) and the field (`ports[1].nodePort`) so that a person can find it.
+//! Backends validate before they touch the kernel: a rejected state changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use crate::model::{
+    DesiredState, Endpoint, Node, Policy, PolicyRule, PortRef, Protocol, Service, SessionAffinity,
+    TrafficPolicy, API_VERSION, KIND,
+};
+use crate::reference::IpFamily;
+
+/// Longest ClientIP affinity timeout Kubernetes accepts (one day).
+pub const MAX_AFFINITY_TIMEOUT_SECONDS: u32 = 86_400;
+
+/// A semantic error in a desired state. Each variant names the object and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    /// `apiVersion` is not one this crate reads.
+    #[error("apiVersion: unsupported version {found:?}, expected {expected:?}")]
+    ApiVersion {
+        /// The version found.
+        found: String,
+        /// The version expected.
+        expected: &'static str,
+    },
+    /// `kind` is not `DesiredState`.
+    #[error("kind: expected {expected:?}, found {found:?}")]
+    Kind {
+        /// The kind found.
+        found: String,
+        /// The kind expected.
+        expected: &'static str,
+    },
+    /// A required field is empty.
+    #[error("{object}: {field}: must not be empty")]
+    Empty {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+    },
+    /// A name is not a valid Kubernetes name (DNS-1123 label / subdomain).
+    #[error("{object}: {field}: {value:?} is not a valid name (lower-case alphanumerics and '-', at most {max} characters)")]
+    InvalidName {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// The value.
+        value: String,
+        /// Maximum length.
+        max: usize,
+    },
+    /// Two objects of one kind have the same name.
+    #[error("{object}: duplicate name")]
+    DuplicateName {
+        /// The object.
+        object: String,
+    },
+    /// A port is 0.
+    #[error("{object}: {field}: port must not be 0")]
+    PortZero {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+    },
+    /// A number outside its allowed range.
+    #[error("{object}: {field}: {value} is out of range {min}..={max}")]
+    OutOfRange {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// The value.
+        value: u64,
+        /// Smallest allowed value.
+        min: u64,
+        /// Largest allowed value.
+        max: u64,
+    },
+    /// A NodePort outside the node's NodePort range.
+    #[error("{object}: {field}: {port} is outside the node's NodePort range {start}-{end}")]
+    NodePortOutOfRange {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// The port.
+        port: u16,
+        /// Range start.
+        start: u16,
+        /// Range end.
+        end: u16,
+    },
+    /// A CIDR with host bits set.
+    #[error("{object}: {field}: {value} has host bits set (did you mean {canonical}?)")]
+    NonCanonicalCidr {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// The CIDR given.
+        value: IpNetwork,
+        /// The network it denotes.
+        canonical: IpNetwork,
+    },
+    /// An address that cannot be used here (unspecified, multicast, broadcast, loopback).
+    #[error("{object}: {field}: {address} cannot be used here ({reason})")]
+    InvalidAddress {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// The address.
+        address: IpAddr,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The same frontend (address, protocol, port) is claimed twice.
+    #[error("{object}: {field}: frontend {frontend} is already used by {other}")]
+    DuplicateFrontend {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// The frontend, e.g. `TCP 10.96.0.10:80`.
+        frontend: String,
+        /// The other user, e.g. `service default/api ports[0]`.
+        other: String,
+    },
+    /// A value repeated inside one object.
+    #[error("{object}: {field}: {value} appears more than once")]
+    Duplicate {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// The repeated value.
+        value: String,
+    },
+    /// A backend's family matches none of the service's frontends.
+    #[error("{object}: {field}: backend {backend} is {backend_family:?} but the service has no {backend_family:?} frontend")]
+    BackendFamilyMismatch {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// The backend address.
+        backend: IpAddr,
+        /// Its family.
+        backend_family: IpFamily,
+    },
+    /// A ClusterIP outside the node's service CIDRs.
+    #[error("{object}: {field}: {address} is outside the service CIDRs")]
+    ClusterIpOutsideServiceCidrs {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// The ClusterIP.
+        address: IpAddr,
+    },
+    /// More than one ClusterIP of one family.
+    #[error("{object}: {field}: more than one {family:?} ClusterIP")]
+    TooManyClusterIps {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// The family.
+        family: IpFamily,
+    },
+    /// A service with several ports leaves a port unnamed.
+    #[error("{object}: {field}: every port of a multi-port service needs a name")]
+    UnnamedPort {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+    },
+    /// A setting that only makes sense together with another.
+    #[error("{object}: {field}: {reason}")]
+    Inconsistent {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// What is inconsistent.
+        reason: &'static str,
+    },
+    /// An `except` range not inside its CIDR.
+    #[error("{object}: {field}: {except} is not inside {cidr}")]
+    ExceptOutsideCidr {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// The except entry.
+        except: IpNetwork,
+        /// The block's CIDR.
+        cidr: IpNetwork,
+    },
+}
+
+impl ValidationError {
+    /// The object the error is about (`service default/web`, `node`, ...), if any.
+    pub fn object(&self) -> Option<&str> {
+        use ValidationError as V;
+        match self {
+            V::ApiVersion { .. } | V::Kind { .. } => None,
+            V::Empty { object, .. }
+            | V::InvalidName { object, .. }
+            | V::DuplicateName { object }
+            | V::PortZero { object, .. }
+            | V::OutOfRange { object, .. }
+            | V::NodePortOutOfRange { object, .. }
+            | V::NonCanonicalCidr { object, .. }
+            | V::InvalidAddress { object, .. }
+            | V::DuplicateFrontend { object, .. }
+            | V::Duplicate { object, .. }
+            | V::BackendFamilyMismatch { object, .. }
+            | V::ClusterIpOutsideServiceCidrs { object, .. }
+            | V::TooManyClusterIps { object, .. }
+            | V::UnnamedPort { object, .. }
+            | V::Inconsistent { object, .. }
+            | V::ExceptOutsideCidr { object, .. } => Some(object),
+        }
+    }
+}
+
+/// Checks `state`; the first problem found is returned.
+pub fn validate(state: &DesiredState) -> Result<(), ValidationError> {
+    if state.api_version != API_VERSION {
+        return Err(ValidationError::ApiVersion {
+            found: state.api_version.clone(),
+            expected: API_VERSION,
+        });
+    }
+    if state.kind != KIND {
+        return Err(ValidationError::Kind {
+            found: state.kind.clone(),
+            expected: KIND,
+        });
+    }
+    validate_node(&state.node)?;
+    let mut frontends = BTreeMap::new();
+    let mut names = BTreeSet::new();
+    for service in &state.services {
+        let object = format!("service {}", service.name);
+        if !names.insert(&service.name) {
+            return Err(ValidationError::DuplicateName { object });
+        }
+        validate_service(&state.node, service, &object, &mut frontends)?;
+    }
+    let mut names = BTreeSet::new();
+    let mut ips = BTreeMap::new();
+    for endpoint in &state.endpoints {
+        let object = format!("endpoint {}", endpoint.name);
+        if !names.insert(&endpoint.name) {
+            return Err(ValidationError::DuplicateName { object });
+        }
+        validate_endpoint(endpoint, &object, &mut ips)?;
+    }
+    let mut names = BTreeSet::new();
+    for policy in &state.policies {
+        let object = format!("policy {}", policy.name);
+        if !names.insert(&policy.name) {
+            return Err(ValidationError::DuplicateName { object });
+        }
+        validate_policy(policy, &object)?;
+    }
+    Ok(())
+}
+
+fn err_empty(object: &str, field: &str) -> ValidationError {
+    ValidationError::Empty {
+        object: object.to_owned(),
+        field: field.to_owned(),
+    }
+}
+
+/// DNS-1123 label (`max` 63) or subdomain (`max` 253, dots allowed).
+fn check_name(object: &str, field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(err_empty(object, field));
+    }
+    let ok_char = |c: char| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (max > 63 && c == '.')
+    };
+    let edges_ok = value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if value.len() > max || !value.chars().all(ok_char) || !edges_ok {
+        return Err(ValidationError::InvalidName {
+            object: object.to_owned(),
+            field: field.to_owned(),
+            value: value.to_owned(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn check_cidr(object: &str, field: &str, cidr: IpNetwork) -> Result<(), ValidationError> {
+    let canonical = IpNetwork::new(cidr.network(), cidr.prefix()).unwrap_or(cidr);
+    if canonical.ip() != cidr.ip() {
+        return Err(ValidationError::NonCanonicalCidr {
+            object: object.to_owned(),
+            field: field.to_owned(),
+            value: cidr,
+            canonical,
+        });
+    }
+    Ok(())
+}
+
+fn check_cidrs(object: &str, field: &str, cidrs: &[IpNetwork]) -> Result<(), ValidationError> {
+    for (i, c) in cidrs.iter().enumerate() {
+        check_cidr(object, &format!("{field}[{i}]"), *c)?;
+    }
+    Ok(())
+}
+
+fn check_unicast(object: &str, field: &str, ip: IpAddr) -> Result<(), ValidationError> {
+    let reason = if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("broadcast")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ValidationError::InvalidAddress {
+            object: object.to_owned(),
+            field: field.to_owned(),
+            address: ip,
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn check_port(object: &str, field: &str, port: u16) -> Result<(), ValidationError> {
+    if port == 0 {
+        return Err(ValidationError::PortZero {
+            object: object.to_owned(),
+            field: field.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn validate_node(node: &Node) -> Result<(), ValidationError> {
+    let object = "node";
+    check_name(object, "name", &node.name, 253)?;
+    if node.addresses.is_empty() {
+        return Err(err_empty(object, "addresses"));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, a) in node.addresses.iter().enumerate() {
+        let field = format!("addresses[{i}]");
+        check_unicast(object, &field, *a)?;
+        if !seen.insert(a) {
+            return Err(ValidationError::Duplicate {
+                object: object.to_owned(),
+                field,
+                value: a.to_string(),
+            });
+        }
+    }
+    check_cidrs(object, "podCIDRs", &node.pod_cidrs)?;
+    check_cidrs(object, "clusterCIDRs", &node.cluster_cidrs)?;
+    check_cidrs(object, "serviceCIDRs", &node.service_cidrs)?;
+    check_cidrs(
+        object,
+        "masquerade.nonMasqueradeCIDRs",
+        &node.masquerade.non_masquerade_cidrs,
+    )?;
+    let r = node.node_port_range;
+    check_port(object, "nodePortRange.start", r.start)?;
+    if r.start > r.end {
+        return Err(ValidationError::Inconsistent {
+            object: object.to_owned(),
+            field: "nodePortRange".to_owned(),
+            reason: "start is greater than end",
+        });
+    }
+    if node.interfaces.uplink.is_empty() {
+        return Err(err_empty(object, "interfaces.uplink"));
+    }
+    check_ifname(object, "interfaces.uplink", &node.interfaces.uplink)?;
+    if !(576..=65535).contains(&node.mtu) {
+        return Err(ValidationError::OutOfRange {
+            object: object.to_owned(),
+            field: "mtu".to_owned(),
+            value: u64::from(node.mtu),
+            min: 576,
+            max: 65535,
+        });
+    }
+    Ok(())
+}
+
+fn check_ifname(object: &str, field: &str, name: &str) -> Result<(), ValidationError> {
+    // IFNAMSIZ is 16 including the terminating NUL.
+    if name.is_empty() {
+        return Err(err_empty(object, field));
+    }
+    if name.len() > 15 || name.contains(['/', ' ', '\0']) || name == "." || name == ".." {
+        return Err(ValidationError::InvalidName {
+            object: object.to_owned(),
+            field: field.to_owned(),
+            value: name.to_owned(),
+            max: 15,
+        });
+    }
+    Ok(())
+}
+
+fn validate_service(
+    node: &Node,
+    s: &Service,
+    object: &str,
+    frontends: &mut BTreeMap<(IpAddr, Protocol, u16), String>,
+) -> Result<(), ValidationError> {
+    check_name(object, "namespace", &s.name.namespace, 63)?;
+    check_name(object, "name", &s.name.name, 63)?;
+    if s.ports.is_empty() {
+        return Err(err_empty(object, "ports"));
+    }
+    let mut families = validate_frontend_ips(node, s, object)?;
+    let mut port_names = BTreeSet::new();
+    let mut port_keys = BTreeSet::new();
+    for (i, p) in s.ports.iter().enumerate() {
+        let field = |f: &str| format!("ports[{i}].{f}");
+        check_port(object, &field("port"), p.port)?;
+        check_port(object, &field("targetPort"), p.target_port)?;
+        if s.ports.len() > 1 && p.name.is_empty() {
+            return Err(ValidationError::UnnamedPort {
+                object: object.to_owned(),
+                field: field("name"),
+            });
+        }
+        if !p.name.is_empty() {
+            check_name(object, &field("name"), &p.name, 63)?;
+            if !port_names.insert(&p.name) {
+                return Err(ValidationError::Duplicate {
+                    object: object.to_owned(),
+                    field: field("name"),
+                    value: p.name.clone(),
+                });
+            }
+        }
+        if !port_keys.insert((p.protocol, p.port)) {
+            return Err(ValidationError::Duplicate {
+                object: object.to_owned(),
+                field: field("port"),
+                value: format!("{} {}", p.protocol, p.port),
+            });
+        }
+        let me = format!("{object} ports[{i}]");
+        let mut claim = |ip: IpAddr, port: u16, f: String| -> Result<(), ValidationError> {
+            if let Some(other) = frontends.insert((ip, p.protocol, port), me.clone()) {
+                if other != me {
+                    return Err(ValidationError::DuplicateFrontend {
+                        object: object.to_owned(),
+                        field: f,
+                        frontend: format!("{} {}", p.protocol, std::net::SocketAddr::new(ip, port)),
+                        other,
+                    });
+                }
+            }
+            Ok(())
+        };
+        for ip in s
+            .cluster_ips
+            .iter()
+            .chain(&s.external_ips)
+            .chain(&s.load_balancer_ips)
+        {
+            claim(*ip, p.port, field("port"))?;
+        }
+        if let Some(np) = p.node_port {
+            check_port(object, &field("nodePort"), np)?;
+            let r = node.node_port_range;
+            if !r.contains(np) {
+                return Err(ValidationError::NodePortOutOfRange {
+                    object: object.to_owned(),
+                    field: field("nodePort"),
+                    port: np,
+                    start: r.start,
+                    end: r.end,
+                });
+            }
+            for a in &node.addresses {
+                claim(*a, np, field("nodePort"))?;
+                families.insert(IpFamily::of(a));
+            }
+        }
+    }
+    validate_service_options(s, object)?;
+    if let Some(hc) = s.health_check_node_port {
+        let r = node.node_port_range;
+        if !r.contains(hc) {
+            return Err(ValidationError::NodePortOutOfRange {
+                object: object.to_owned(),
+                field: "healthCheckNodePort".to_owned(),
+                port: hc,
+                start: r.start,
+                end: r.end,
+            });
+        }
+        // The agent serves health checks over TCP on every node address.
+        let me = format!("{object} healthCheckNodePort");
+        for a in &node.addresses {
+            if let Some(other) = frontends.insert((*a, Protocol::Tcp, hc), me.clone()) {
+                return Err(ValidationError::DuplicateFrontend {
+                    object: object.to_owned(),
+                    field: "healthCheckNodePort".to_owned(),
+                    frontend: format!("TCP {}", std::net::SocketAddr::new(*a, hc)),
+                    other,
+                });
+            }
+        }
+    }
+    validate_backends(s, object, &families)
+}
+
+fn validate_frontend_ips(
+    node: &Node,
+    s: &Service,
+    object: &str,
+) -> Result<BTreeSet<IpFamily>, ValidationError> {
+    let mut families = BTreeSet::new();
+    let mut cluster_families = BTreeSet::new();
+    for (i, ip) in s.cluster_ips.iter().enumerate() {
+        let field = format!("clusterIPs[{i}]");
+        check_unicast(object, &field, *ip)?;
+        let family = IpFamily::of(ip);
+        if !cluster_families.insert(family) {
+            return Err(ValidationError::TooManyClusterIps {
+                object: object.to_owned(),
+                field,
+                family,
+            });
+        }
+        let in_family: Vec<_> = node
+            .service_cidrs
+            .iter()
+            .filter(|c| IpFamily::of(&c.ip()) == family)
+            .collect();
+        if !in_family.is_empty() && !in_family.iter().any(|c| c.contains(*ip)) {
+            return Err(ValidationError::ClusterIpOutsideServiceCidrs {
+                object: object.to_owned(),
+                field,
+                address: *ip,
+            });
+        }
+        families.insert(family);
+    }
+    for (list, name) in [
+        (&s.external_ips, "externalIPs"),
+        (&s.load_balancer_ips, "loadBalancerIPs"),
+    ] {
+        let mut seen = BTreeSet::new();
+        for (i, ip) in list.iter().enumerate() {
+            let field = format!("{name}[{i}]");
+            check_unicast(object, &field, *ip)?;
+            if !seen.insert(ip) {
+                return Err(ValidationError::Duplicate {
+                    object: object.to_owned(),
+                    field,
+                    value: ip.to_string(),
+                });
+            }
+            families.insert(IpFamily::of(ip));
+        }
+    }
+    Ok(families)
+}
+
+fn validate_service_options(s: &Service, object: &str) -> Result<(), ValidationError> {
+    if let SessionAffinity::ClientIp { timeout_seconds } = s.session_affinity {
+        if !(1..=MAX_AFFINITY_TIMEOUT_SECONDS).contains(&timeout_seconds) {
+            return Err(ValidationError::OutOfRange {
+                object: object.to_owned(),
+                field: "sessionAffinity.timeoutSeconds".to_owned(),
+                value: u64::from(timeout_seconds),
+                min: 1,
+                max: u64::from(MAX_AFFINITY_TIMEOUT_SECONDS),
+            });
+        }
+    }
+    if let Some(hc) = s.health_check_node_port {
+        check_port(object, "healthCheckNodePort", hc)?;
+        if s.external_traffic_policy != TrafficPolicy::Local {
+            return Err(ValidationError::Inconsistent {
+                object: object.to_owned(),
+                field: "healthCheckNodePort".to_owned(),
+                reason: "only valid with externalTrafficPolicy Local",
+            });
+        }
+        if s.ports.iter().any(|p| p.node_port == Some(hc)) {
+            return Err(ValidationError::Inconsistent {
+                object: object.to_owned(),
+                field: "healthCheckNodePort".to_owned(),
+                reason: "collides with one of the service's nodePorts",
+            });
+        }
+    }
+    check_cidrs(
+        object,
+        "loadBalancerSourceRanges",
+        &s.load_balancer_source_ranges,
+    )?;
+    Ok(())
+}
+
+fn validate_backends(
+    s: &Service,
+    object: &str,
+    families: &BTreeSet<IpFamily>,
+) -> Result<(), ValidationError> {
+    let mut backend_ips = BTreeSet::new();
+    for (i, b) in s.backends.iter().enumerate() {
+        let field = format!("backends[{i}].ip");
+        check_unicast(object, &field, b.ip)?;
+        if !backend_ips.insert(b.ip) {
+            return Err(ValidationError::Duplicate {
+                object: object.to_owned(),
+                field,
+                value: b.ip.to_string(),
+            });
+        }
+        let family = IpFamily::of(&b.ip);
+        if !families.is_empty() && !families.contains(&family) {
+            return Err(ValidationError::BackendFamilyMismatch {
+                object: object.to_owned(),
+                field,
+                backend: b.ip,
+                backend_family: family,
+            });
+        }
+        if b.weight == 0 {
+            return Err(ValidationError::OutOfRange {
+                object: object.to_owned(),
+                field: format!("backends[{i}].weight"),
+                value: 0,
+                min: 1,
+                max: u64::from(u16::MAX),
+            });
+        }
+        if b.ready && b.terminating {
+            return Err(ValidationError::Inconsistent {
+                object: object.to_owned(),
+                field: format!("backends[{i}].ready"),
+                reason: "a terminating backend cannot be ready",
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_endpoint(
+    e: &Endpoint,
+    object: &str,
+    ips: &mut BTreeMap<IpAddr, String>,
+) -> Result<(), ValidationError> {
+    check_name(object, "namespace", &e.name.namespace, 63)?;
+    check_name(object, "name", &e.name.name, 253)?;
+    check_ifname(object, "interface", &e.interface)?;
+    if e.ips.is_empty() {
+        return Err(err_empty(object, "ips"));
+    }
+    for (i, ip) in e.ips.iter().enumerate() {
+        let field = format!("ips[{i}]");
+        check_unicast(object, &field, *ip)?;
+        if let Some(other) = ips.insert(*ip, object.to_owned()) {
+            return Err(ValidationError::Duplicate {
+                object: object.to_owned(),
+                field,
+                value: format!("{ip} (also used by {other})"),
+            });
+        }
+    }
+    for (i, np) in e.named_ports.iter().enumerate() {
+        check_name(object, &format!("namedPorts[{i}].name"), &np.name, 15)?;
+        check_port(object, &format!("namedPorts[{i}].port"), np.port)?;
+    }
+    Ok(())
+}
+
+fn validate_policy(p: &Policy, object: &str) -> Result<(), ValidationError> {
+    check_name(object, "namespace", &p.name.namespace, 63)?;
+    check_name(object, "name", &p.name.name, 253)?;
+    for (dir, rules) in [("ingress", &p.ingress), ("egress", &p.egress)] {
+        for (i, rule) in rules.iter().enumerate() {
+            validate_rule(rule, object, &format!("{dir}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_rule(rule: &PolicyRule, object: &str, at: &str) -> Result<(), ValidationError> {
+    for (j, peer) in rule.peers.iter().enumerate() {
+        let field = format!("{at}.peers[{j}]");
+        if peer.ip_block.is_some()
+            && (peer.pod_selector.is_some() || peer.namespace_selector.is_some())
+        {
+            return Err(ValidationError::Inconsistent {
+                object: object.to_owned(),
+                field,
+                reason: "ipBlock cannot be combined with podSelector or namespaceSelector",
+            });
+        }
+        if peer.ip_block.is_none()
+            && peer.pod_selector.is_none()
+            && peer.namespace_selector.is_none()
+        {
+            return Err(err_empty(object, &field));
+        }
+        if let Some(block) = &peer.ip_block {
+            check_cidr(object, &format!("{field}.ipBlock.cidr"), block.cidr)?;
+            for (k, ex) in block.except.iter().enumerate() {
+                let f = format!("{field}.ipBlock.except[{k}]");
+                check_cidr(object, &f, *ex)?;
+                if !(block.cidr.contains(ex.network()) && ex.prefix() > block.cidr.prefix()) {
+                    return Err(ValidationError::ExceptOutsideCidr {
+                        object: object.to_owned(),
+                        field: f,
+                        except: *ex,
+                        cidr: block.cidr,
+                    });
+                }
+            }
+        }
+    }
+    for (j, port) in rule.ports.iter().enumerate() {
+        let field = format!("{at}.ports[{j}]");
+        match (&port.port, port.end_port) {
+            (Some(PortRef::Number(p)), end) => {
+                check_port(object, &format!("{field}.port"), *p)?;
+                if let Some(end) = end {
+                    if end < *p {
+                        return Err(ValidationError::Inconsistent {
+                            object: object.to_owned(),
+                            field: format!("{field}.endPort"),
+                            reason: "endPort is smaller than port",
+                        });
+                    }
+                }
+            }
+            (Some(PortRef::Name(name)), end) => {
+                check_name(object, &format!("{field}.port"), name, 15)?;
+                if end.is_some() {
+                    return Err(ValidationError::Inconsistent {
+                        object: object.to_owned(),
+                        field: format!("{field}.endPort"),
+                        reason: "endPort needs a numeric port",
+                    });
+                }
+            }
+            (None, Some(_)) => {
+                return Err(ValidationError::Inconsistent {
+                    object: object.to_owned(),
+                    field: format!("{field}.endPort"),
+                    reason: "endPort needs a port",
+                });
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(())
+}

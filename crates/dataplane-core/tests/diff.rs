@@ -1,0 +1,354 @@
+//! Change tracking: `diff()` keeps `{previous, current}` per changed object and nothing for
+//! unchanged ones; `ChangeSet::apply_to` replays a diff; `ChangeSet::merge` composes two.
+
+mod strategies;
+
+use dataplane_core::{
+    diff, from_yaml, to_yaml, Backend, Change, ChangeSet, DesiredState, ObjectName, Service,
+};
+use proptest::prelude::*;
+use strategies::normalised;
+
+const FULL: &str = include_str!("data/full.yaml");
+
+/// services: default/web, default/api; endpoints: default/web-0, default/api-0;
+/// policies: default/web-ingress.
+fn base() -> DesiredState {
+    from_yaml(FULL).expect("tests/data/full.yaml parses")
+}
+
+fn name(namespace: &str, name: &str) -> ObjectName {
+    ObjectName::new(namespace, name)
+}
+
+fn new_service(ns: &str, n: &str) -> Service {
+    let mut s = base().services[1].clone();
+    s.name = name(ns, n);
+    s
+}
+
+/// Applies `changes` to a copy of `state`.
+fn applied(changes: &ChangeSet, state: &DesiredState) -> DesiredState {
+    let mut out = state.clone();
+    changes.apply_to(&mut out);
+    out
+}
+
+fn service_names(state: &DesiredState) -> Vec<String> {
+    state.services.iter().map(|s| s.name.to_string()).collect()
+}
+
+#[test]
+fn identical_states_have_no_changes() {
+    let a = base();
+    let changes = diff(&a, &a.clone());
+    assert!(changes.is_empty(), "{changes:#?}");
+    assert_eq!(changes.len(), 0);
+    assert_eq!(changes, ChangeSet::default());
+}
+
+#[test]
+fn reordering_objects_is_no_change() {
+    let a = base();
+    let mut b = a.clone();
+    b.services.reverse();
+    b.endpoints.reverse();
+    assert!(diff(&a, &b).is_empty());
+}
+
+#[test]
+fn added_service() {
+    let a = base();
+    let mut b = a.clone();
+    let added = new_service("default", "added");
+    b.services.push(added.clone());
+    let changes = diff(&a, &b);
+    assert_eq!(changes.len(), 1);
+    assert!(changes.node.is_none() && changes.endpoints.is_empty() && changes.policies.is_empty());
+    assert_eq!(
+        changes.services.get(&name("default", "added")),
+        Some(&Change {
+            previous: None,
+            current: Some(added),
+        })
+    );
+    assert_eq!(applied(&changes, &a), b);
+}
+
+#[test]
+fn removed_service() {
+    let a = base();
+    let mut b = a.clone();
+    let removed = b.services.remove(0);
+    let changes = diff(&a, &b);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        changes.services.get(&name("default", "web")),
+        Some(&Change {
+            previous: Some(removed),
+            current: None,
+        })
+    );
+    assert_eq!(applied(&changes, &a), b);
+}
+
+#[test]
+fn changed_service_keeps_previous_and_current() {
+    let a = base();
+    let mut b = a.clone();
+    b.services[1]
+        .backends
+        .push(Backend::new("10.244.2.9".parse().unwrap()));
+    let changes = diff(&a, &b);
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    let change = &changes.services[&name("default", "api")];
+    assert_eq!(change.previous.as_ref(), Some(&a.services[1]));
+    assert_eq!(change.current.as_ref(), Some(&b.services[1]));
+    assert_eq!(applied(&changes, &a), b);
+}
+
+#[test]
+fn a_rewrite_to_the_same_value_vanishes() {
+    let a = base();
+    // Rebuilt from its own YAML: another value, equal: no change.
+    let b = from_yaml(&to_yaml(&a).expect("to_yaml")).expect("from_yaml");
+    assert!(diff(&a, &b).is_empty());
+    // A change and its undo merge into nothing.
+    let mut c = a.clone();
+    c.services[0].ports[0].target_port = 9999;
+    let mut changes = diff(&a, &c);
+    assert_eq!(changes.len(), 1);
+    changes.merge(diff(&c, &a));
+    assert!(changes.is_empty(), "{changes:#?}");
+}
+
+#[test]
+fn node_change() {
+    let a = base();
+    let mut b = a.clone();
+    b.node.mtu = 1400;
+    b.node.masquerade.all = true;
+    let changes = diff(&a, &b);
+    assert_eq!(changes.len(), 1);
+    assert!(changes.services.is_empty());
+    assert_eq!(
+        changes.node,
+        Some(Change {
+            previous: Some(a.node.clone()),
+            current: Some(b.node.clone()),
+        })
+    );
+    assert_eq!(applied(&changes, &a), b);
+}
+
+#[test]
+fn endpoint_and_policy_changes() {
+    let a = base();
+    let mut b = a.clone();
+    b.endpoints[0].labels.insert("version".into(), "2".into());
+    b.endpoints.remove(1);
+    b.policies[0].egress.clear();
+    let changes = diff(&a, &b);
+    assert_eq!(changes.len(), 3, "{changes:#?}");
+    assert!(changes.services.is_empty() && changes.node.is_none());
+    assert!(changes.endpoints[&name("default", "web-0")]
+        .current
+        .is_some());
+    assert!(changes.endpoints[&name("default", "api-0")]
+        .current
+        .is_none());
+    assert_eq!(
+        changes.policies[&name("default", "web-ingress")]
+            .current
+            .as_ref(),
+        Some(&b.policies[0])
+    );
+    assert_eq!(applied(&changes, &a), b);
+}
+
+#[test]
+fn apply_keeps_order_of_kept_objects_and_appends_additions_by_name() {
+    let a = base(); // web, api
+    let mut b = a.clone();
+    b.services.remove(0);
+    b.services.insert(0, new_service("default", "zeta"));
+    b.services.push(new_service("default", "alpha"));
+    b.services[1].ports[0].port = 8080; // api changes in place
+    let out = applied(&diff(&a, &b), &a);
+    assert_eq!(
+        service_names(&out),
+        ["default/api", "default/alpha", "default/zeta"]
+    );
+    assert_eq!(normalised(out), normalised(b));
+}
+
+#[test]
+fn apply_leaves_objects_the_diff_does_not_name() {
+    let a = base();
+    let mut b = a.clone();
+    b.services[0].ports[0].port = 8081;
+    let changes = diff(&a, &b);
+    let mut other = a.clone();
+    other.services.push(new_service("other", "bystander"));
+    changes.apply_to(&mut other);
+    assert_eq!(
+        service_names(&other),
+        ["default/web", "default/api", "other/bystander"]
+    );
+    assert_eq!(other.services[0], b.services[0]);
+}
+
+#[test]
+fn merge_of_add_then_remove_vanishes_and_add_then_change_is_an_add() {
+    let a = base();
+    let mut b = a.clone();
+    b.services.push(new_service("default", "temp"));
+    let mut c = b.clone();
+    c.services.pop();
+    let mut changes = diff(&a, &b);
+    changes.merge(diff(&b, &c));
+    assert!(changes.is_empty(), "{changes:#?}");
+
+    let mut c = b.clone();
+    c.services[2].ports[0].target_port = 1234;
+    let mut changes = diff(&a, &b);
+    changes.merge(diff(&b, &c));
+    assert_eq!(
+        changes.services.get(&name("default", "temp")),
+        Some(&Change {
+            previous: None,
+            current: Some(c.services[2].clone()),
+        })
+    );
+    assert_eq!(changes.len(), 1);
+}
+
+#[test]
+fn merge_of_remove_then_readd_is_a_change_or_nothing() {
+    let a = base();
+    let mut b = a.clone();
+    let web = b.services.remove(0);
+    // Same object back: nothing.
+    let mut c = b.clone();
+    c.services.push(web.clone());
+    let mut changes = diff(&a, &b);
+    changes.merge(diff(&b, &c));
+    assert!(changes.is_empty(), "{changes:#?}");
+    // Another version back: a change from the old to the new one.
+    let mut other_version = web.clone();
+    other_version.backends.clear();
+    let mut c = b.clone();
+    c.services.push(other_version.clone());
+    let mut changes = diff(&a, &b);
+    changes.merge(diff(&b, &c));
+    assert_eq!(
+        changes.services.get(&name("default", "web")),
+        Some(&Change {
+            previous: Some(web),
+            current: Some(other_version),
+        })
+    );
+}
+
+#[test]
+fn change_set_serialises() {
+    let a = base();
+    let mut b = a.clone();
+    b.node.mtu = 1400;
+    b.services.remove(1);
+    let changes = diff(&a, &b);
+    let json = serde_json::to_string(&changes).expect("serialise");
+    let back: ChangeSet = serde_json::from_str(&json).expect("deserialise");
+    assert_eq!(back, changes);
+}
+
+/// A pair of states: `b` is `a` reordered, `a` with one small change, or unrelated.
+fn pair() -> impl Strategy<Value = (DesiredState, DesiredState)> {
+    (strategies::state(), strategies::state(), 0u8..4).prop_map(|(a, other, how)| {
+        let mut b = a.clone();
+        match how {
+            0 => {
+                b.services.reverse();
+                b.policies.reverse();
+            }
+            1 => {
+                if let Some(s) = b.services.first_mut() {
+                    s.ports[0].target_port = s.ports[0].target_port.checked_add(1).unwrap_or(1);
+                } else {
+                    b.node.mtu += 1;
+                }
+            }
+            2 => {
+                if let Some(e) = b.endpoints.pop() {
+                    b.endpoints.insert(0, e);
+                }
+                b.node.masquerade.enabled = !b.node.masquerade.enabled;
+            }
+            _ => b = other,
+        }
+        (a, b)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn diff_with_itself_is_empty(a in strategies::state()) {
+        prop_assert!(diff(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn apply_turns_old_into_new((a, b) in pair()) {
+        let changes = diff(&a, &b);
+        let out = applied(&changes, &a);
+        prop_assert_eq!(normalised(out), normalised(b));
+    }
+
+    #[test]
+    fn merged_diffs_go_from_first_to_last((a, b) in pair(), c in strategies::state()) {
+        let mut changes = diff(&a, &b);
+        changes.merge(diff(&b, &c));
+        prop_assert_eq!(normalised(applied(&changes, &a)), normalised(c.clone()));
+        // The merge is exactly the direct diff.
+        prop_assert_eq!(changes, diff(&a, &c));
+    }
+
+    #[test]
+    fn diff_is_empty_iff_equal_up_to_order((a, b) in pair()) {
+        let changes = diff(&a, &b);
+        prop_assert_eq!(
+            changes.is_empty(),
+            normalised(a.clone()) == normalised(b.clone()),
+            "{:#?}", changes
+        );
+        prop_assert_eq!(
+            changes.len(),
+            usize::from(changes.node.is_some())
+                + changes.services.len()
+                + changes.endpoints.len()
+                + changes.policies.len()
+        );
+    }
+
+    #[test]
+    fn diff_names_exactly_the_differing_objects((a, b) in pair()) {
+        let changes = diff(&a, &b);
+        let differing = |old: &[Service], new: &[Service]| -> Vec<ObjectName> {
+            let mut names: Vec<ObjectName> = old.iter().chain(new).map(|s| s.name.clone()).collect();
+            names.sort();
+            names.dedup();
+            names.retain(|n| {
+                old.iter().find(|s| &s.name == n) != new.iter().find(|s| &s.name == n)
+            });
+            names
+        };
+        let expected = differing(&a.services, &b.services);
+        prop_assert_eq!(changes.services.keys().cloned().collect::<Vec<_>>(), expected);
+        prop_assert_eq!(changes.node.is_some(), a.node != b.node);
+        for change in changes.services.values() {
+            prop_assert!(change.previous.is_some() || change.current.is_some());
+            prop_assert_ne!(&change.previous, &change.current);
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! Proptest strategies for valid desired states, shared by `format.rs` and `diff.rs` through
+//! `mod strategies;` (cargo also builds this file as a test target of its own, with no tests).
+//!
+//! States are bounded (at most 6 services of at most 3 ports and 5 backends, 4 endpoints,
+//! 3 policies) and valid by construction: names come from a pool of 8, and each service derives
+//! its addresses and NodePorts from its pool index so that no two services share a frontend.
+//! Names and label values include strings that YAML would read as something else unquoted
+//! (`true`, `null`, `123`, `1e3`, `~`): serialisers must quote them.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use dataplane_core::{
+    Backend, BackendSelection, DesiredState, Endpoint, ExternalMode, Interfaces, IpBlock,
+    LabelRequirement, LabelSelector, Masquerade, NamedPort, Node, ObjectName, Policy, PolicyPeer,
+    PolicyPort, PolicyRule, PolicyType, PortRange, PortRef, Protocol, SelectorOperator, Service,
+    ServicePort, SessionAffinity, TrafficPolicy, API_VERSION, KIND,
+};
+use ipnetwork::IpNetwork;
+use proptest::collection::{btree_map, btree_set, vec};
+use proptest::option;
+use proptest::prelude::*;
+use proptest::sample::{select, subsequence};
+
+/// Object names (valid DNS labels); index `i` of a service is its identity.
+pub const NAMES: [&str; 8] = ["web", "true", "null", "123", "1e3", "no", "api-v2", "0x1f"];
+const NAMESPACES: [&str; 4] = ["default", "kube-system", "yes", "007"];
+const LABEL_KEYS: [&str; 4] = ["app", "true", "app.kubernetes.io/name", "123"];
+const LABEL_VALUES: [&str; 8] = ["web", "", "yes", "null", "1.5", "~", "0x10", "-1"];
+const PORT_NAMES: [&str; 3] = ["http", "dns", "metrics"];
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().expect("strategy CIDR")
+}
+
+fn protocol() -> impl Strategy<Value = Protocol> {
+    select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp])
+}
+
+fn policy_kind() -> impl Strategy<Value = TrafficPolicy> {
+    select(vec![TrafficPolicy::Cluster, TrafficPolicy::Local])
+}
+
+fn external_mode() -> impl Strategy<Value = ExternalMode> {
+    select(vec![
+        ExternalMode::Snat,
+        ExternalMode::Dsr,
+        ExternalMode::Hybrid,
+    ])
+}
+
+/// The node: fixed name and addresses, a few settings that vary (so that two generated states
+/// sometimes differ only in the node, sometimes not at all).
+pub fn node() -> impl Strategy<Value = Node> {
+    (
+        select(vec![1500u32, 9000]),
+        any::<bool>(),
+        any::<bool>(),
+        subsequence(vec![net("192.168.0.0/16"), net("fd00:1::/64")], 0..=2),
+        external_mode(),
+    )
+        .prop_map(
+            |(mtu, enabled, all, non_masquerade_cidrs, external_mode)| Node {
+                name: "node-0".into(),
+                addresses: vec![
+                    IpAddr::V4(Ipv4Addr::new(172, 18, 0, 10)),
+                    "fd00:18::10".parse().expect("address"),
+                ],
+                pod_cidrs: vec![net("10.244.0.0/24"), net("fd00:244::/64")],
+                cluster_cidrs: vec![net("10.244.0.0/16"), net("fd00:244::/56")],
+                service_cidrs: vec![net("10.96.0.0/12"), net("fd00:96::/112")],
+                node_port_range: PortRange::default(),
+                interfaces: Interfaces {
+                    uplink: "eth0".into(),
+                },
+                masquerade: Masquerade {
+                    enabled,
+                    all,
+                    non_masquerade_cidrs,
+                },
+                mtu,
+                external_mode,
+            },
+        )
+}
+
+/// Up to 3 ports with distinct (protocol, port); NodePorts `30000 + 10 * idx + i`.
+fn ports(idx: usize) -> impl Strategy<Value = Vec<ServicePort>> {
+    (
+        btree_set((protocol(), 1u16..=u16::MAX), 1..=3),
+        vec((1u16..=u16::MAX, any::<bool>()), 3),
+        any::<bool>(),
+    )
+        .prop_map(move |(keys, extra, name_single)| {
+            let named = keys.len() > 1 || name_single;
+            keys.into_iter()
+                .zip(extra)
+                .enumerate()
+                .map(
+                    |(i, ((protocol, port), (target_port, node_port)))| ServicePort {
+                        name: if named {
+                            format!("p{i}")
+                        } else {
+                            String::new()
+                        },
+                        protocol,
+                        port,
+                        target_port,
+                        node_port: node_port.then(|| 30_000 + 10 * idx as u16 + i as u16),
+                    },
+                )
+                .collect()
+        })
+}
+
+/// (terminating, ready, serving, node, zone, weight); a terminating backend is never ready.
+type BackendAttrs = (
+    bool,
+    bool,
+    bool,
+    Option<&'static str>,
+    Option<&'static str>,
+    u16,
+);
+
+fn backend_attrs() -> impl Strategy<Value = BackendAttrs> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        option::of(select(vec!["node-0", "node-1", "node-2"])),
+        option::of(select(vec!["zone-a", "zone-b"])),
+        select(vec![1u16, 1, 2, 5, 100, u16::MAX]),
+    )
+}
+
+fn backend(v6: bool, host: u8, attrs: BackendAttrs) -> Backend {
+    let (terminating, ready, serving, node, zone, weight) = attrs;
+    let ip = if v6 {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, u16::from(host)))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 244, host % 3, host))
+    };
+    Backend {
+        ip,
+        ready: ready && !terminating,
+        serving,
+        terminating,
+        node_name: node.map(str::to_owned),
+        zone: zone.map(str::to_owned),
+        weight,
+    }
+}
+
+/// Which ClusterIPs a service has.
+#[derive(Debug, Clone, Copy)]
+enum Stack {
+    Headless,
+    V4,
+    V6,
+    Dual,
+}
+
+/// Service number `idx` of the name pool.
+pub fn service(idx: usize) -> impl Strategy<Value = Service> {
+    let frontends = (
+        select(vec![
+            Stack::V4,
+            Stack::V4,
+            Stack::V6,
+            Stack::Dual,
+            Stack::Headless,
+        ]),
+        any::<bool>(),
+        any::<bool>(),
+        select(NAMESPACES.to_vec()),
+    );
+    let options = (
+        prop_oneof![
+            Just(SessionAffinity::None),
+            (1u32..=86_400)
+                .prop_map(|timeout_seconds| SessionAffinity::ClientIp { timeout_seconds }),
+        ],
+        policy_kind(),
+        policy_kind(),
+        any::<bool>(),
+        subsequence(
+            vec![
+                net("203.0.113.0/24"),
+                net("198.51.100.0/24"),
+                net("2001:db8::/32"),
+                net("0.0.0.0/0"),
+            ],
+            0..=3,
+        ),
+        select(vec![BackendSelection::Random, BackendSelection::Maglev]),
+        option::of(external_mode()),
+    );
+    let backends = btree_map((any::<bool>(), 1u8..=250), backend_attrs(), 0..=5);
+    (frontends, ports(idx), backends, options).prop_map(
+        move |((stack, external, lb, namespace), ports, backends, options)| {
+            let (affinity, etp, itp, health_check, ranges, selection, mode) = options;
+            let n = idx as u8 + 1;
+            let mut s = Service::new(ObjectName::new(namespace, NAMES[idx]));
+            let v4 = IpAddr::V4(Ipv4Addr::new(10, 96, 0, n));
+            let v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, u16::from(n)));
+            s.cluster_ips = match stack {
+                Stack::Headless => vec![],
+                Stack::V4 => vec![v4],
+                Stack::V6 => vec![v6],
+                Stack::Dual => vec![v4, v6],
+            };
+            if external {
+                s.external_ips = vec![IpAddr::V4(Ipv4Addr::new(198, 51, 100, n))];
+            }
+            if lb {
+                s.load_balancer_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, n))];
+                s.load_balancer_source_ranges = ranges;
+            }
+            // NodePorts listen on both node addresses, so they accept both families.
+            let any_node_port = ports.iter().any(|p| p.node_port.is_some());
+            let has_v4 =
+                any_node_port || external || lb || !matches!(stack, Stack::V6 | Stack::Headless);
+            let has_v6 = any_node_port || matches!(stack, Stack::V6 | Stack::Dual);
+            let headless = !has_v4 && !has_v6;
+            s.backends = backends
+                .into_iter()
+                .filter(|((is_v6, _), _)| headless || if *is_v6 { has_v6 } else { has_v4 })
+                .map(|((is_v6, host), attrs)| backend(is_v6, host, attrs))
+                .collect();
+            s.ports = ports;
+            s.session_affinity = affinity;
+            s.external_traffic_policy = etp;
+            s.internal_traffic_policy = itp;
+            if etp == TrafficPolicy::Local && health_check {
+                s.health_check_node_port = Some(32_000 + u16::from(n));
+            }
+            s.backend_selection = selection;
+            s.external_mode = mode;
+            s
+        },
+    )
+}
+
+/// Up to 6 services with distinct names, in random order.
+pub fn services() -> impl Strategy<Value = Vec<Service>> {
+    btree_set(0..NAMES.len(), 0..=6)
+        .prop_flat_map(|idxs| idxs.into_iter().map(service).collect::<Vec<_>>())
+        .prop_shuffle()
+}
+
+fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+    btree_map(
+        select(LABEL_KEYS.to_vec()).prop_map(str::to_owned),
+        prop_oneof![
+            select(LABEL_VALUES.to_vec()).prop_map(str::to_owned),
+            "[a-z0-9.-]{0,6}",
+        ],
+        0..=3,
+    )
+}
+
+fn endpoint(idx: usize) -> impl Strategy<Value = Endpoint> {
+    (
+        select(NAMESPACES.to_vec()),
+        any::<bool>(),
+        labels(),
+        labels(),
+        vec(
+            (select(PORT_NAMES.to_vec()), protocol(), 1u16..=u16::MAX),
+            0..=2,
+        ),
+    )
+        .prop_map(move |(namespace, v6, labels, namespace_labels, named)| {
+            let n = idx as u8 + 1;
+            let mut ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 0, 100 + n))];
+            if v6 {
+                ips.push(IpAddr::V6(Ipv6Addr::new(
+                    0xfd00,
+                    0x244,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0x100 + u16::from(n),
+                )));
+            }
+            Endpoint {
+                name: ObjectName::new(namespace, NAMES[idx]),
+                interface: format!("veth{idx}"),
+                ips,
+                labels,
+                namespace_labels,
+                named_ports: named
+                    .into_iter()
+                    .map(|(name, protocol, port)| NamedPort {
+                        name: name.into(),
+                        protocol,
+                        port,
+                    })
+                    .collect(),
+            }
+        })
+}
+
+/// Up to 4 endpoints with distinct names and addresses, in random order.
+pub fn endpoints() -> impl Strategy<Value = Vec<Endpoint>> {
+    btree_set(0..NAMES.len(), 0..=4)
+        .prop_flat_map(|idxs| idxs.into_iter().map(endpoint).collect::<Vec<_>>())
+        .prop_shuffle()
+}
+
+fn selector() -> impl Strategy<Value = LabelSelector> {
+    let requirement = (
+        select(LABEL_KEYS.to_vec()),
+        select(vec![
+            SelectorOperator::In,
+            SelectorOperator::NotIn,
+            SelectorOperator::Exists,
+            SelectorOperator::DoesNotExist,
+        ]),
+        subsequence(LABEL_VALUES.to_vec(), 0..=2),
+    )
+        .prop_map(|(key, operator, values)| LabelRequirement {
+            key: key.into(),
+            operator,
+            values: values.into_iter().map(str::to_owned).collect(),
+        });
+    (labels(), vec(requirement, 0..=2)).prop_map(|(match_labels, match_expressions)| {
+        LabelSelector {
+            match_labels,
+            match_expressions,
+        }
+    })
+}
+
+fn peer() -> impl Strategy<Value = PolicyPeer> {
+    let block = prop_oneof![
+        Just(IpBlock {
+            cidr: net("10.0.0.0/8"),
+            except: vec![net("10.1.0.0/16"), net("10.2.3.0/24")],
+        }),
+        Just(IpBlock {
+            cidr: net("0.0.0.0/0"),
+            except: vec![],
+        }),
+        Just(IpBlock {
+            cidr: net("2001:db8::/32"),
+            except: vec![net("2001:db8:1::/48")],
+        }),
+    ];
+    prop_oneof![
+        selector().prop_map(|s| PolicyPeer {
+            pod_selector: Some(s),
+            ..PolicyPeer::default()
+        }),
+        (selector(), selector()).prop_map(|(p, n)| PolicyPeer {
+            pod_selector: Some(p),
+            namespace_selector: Some(n),
+            ip_block: None,
+        }),
+        block.prop_map(|b| PolicyPeer {
+            ip_block: Some(b),
+            ..PolicyPeer::default()
+        }),
+    ]
+}
+
+fn policy_port() -> impl Strategy<Value = PolicyPort> {
+    prop_oneof![
+        protocol().prop_map(|protocol| PolicyPort {
+            protocol,
+            port: None,
+            end_port: None,
+        }),
+        (protocol(), select(PORT_NAMES.to_vec())).prop_map(|(protocol, name)| PolicyPort {
+            protocol,
+            port: Some(PortRef::Name(name.into())),
+            end_port: None,
+        }),
+        (protocol(), 1u16..=60_000, option::of(0u16..=1000)).prop_map(|(protocol, port, span)| {
+            PolicyPort {
+                protocol,
+                port: Some(PortRef::Number(port)),
+                end_port: span.map(|s| port + s),
+            }
+        }),
+    ]
+}
+
+fn rule() -> impl Strategy<Value = PolicyRule> {
+    (vec(peer(), 0..=2), vec(policy_port(), 0..=2))
+        .prop_map(|(peers, ports)| PolicyRule { peers, ports })
+}
+
+fn policy(idx: usize) -> impl Strategy<Value = Policy> {
+    (
+        select(NAMESPACES.to_vec()),
+        selector(),
+        subsequence(vec![PolicyType::Ingress, PolicyType::Egress], 0..=2),
+        vec(rule(), 0..=2),
+        vec(rule(), 0..=1),
+    )
+        .prop_map(
+            move |(namespace, pod_selector, policy_types, ingress, egress)| Policy {
+                name: ObjectName::new(namespace, NAMES[idx]),
+                pod_selector,
+                policy_types,
+                ingress,
+                egress,
+            },
+        )
+}
+
+/// Up to 3 policies with distinct names, in random order.
+pub fn policies() -> impl Strategy<Value = Vec<Policy>> {
+    btree_set(0..NAMES.len(), 0..=3)
+        .prop_flat_map(|idxs| idxs.into_iter().map(policy).collect::<Vec<_>>())
+        .prop_shuffle()
+}
+
+/// A whole valid state.
+pub fn state() -> impl Strategy<Value = DesiredState> {
+    (node(), services(), endpoints(), policies()).prop_map(
+        |(node, services, endpoints, policies)| DesiredState {
+            api_version: API_VERSION.into(),
+            kind: KIND.into(),
+            node,
+            services,
+            endpoints,
+            policies,
+        },
+    )
+}
+
+/// The state with services, endpoints and policies sorted by name: equality "up to order".
+pub fn normalised(mut state: DesiredState) -> DesiredState {
+    state.services.sort_by(|a, b| a.name.cmp(&b.name));
+    state.endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+    state.policies.sort_by(|a, b| a.name.cmp(&b.name));
+    state
+}
+
+/// Names of a list of objects, for messages.
+pub fn names<'a>(items: impl IntoIterator<Item = &'a ObjectName>) -> BTreeSet<String> {
+    items.into_iter().map(ToString::to_string).collect()
+}
