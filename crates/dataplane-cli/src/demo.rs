@@ -1,0 +1,289 @@
+//! `dpctl demo`: the main job. Builds a lab of network namespaces, programs a backend on every
+//! node, sends real TCP and UDP traffic through each kind of service frontend, and prints who
+//! answered and which source address the backend saw, next to what the reference model says
+//! should happen. Then it removes everything.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use dataplane_core::{
+    evaluate, Backend, Dataplane, DesiredState, Entry, ObjectName, Packet, Protocol, Service,
+    ServicePort, SourceSeen, TrafficPolicy, Verdict,
+};
+use dataplane_testkit::{probe, Lab, LabSpec, ProbeOutcome, SERVER_PORT};
+
+use crate::backends;
+use crate::BackendChoice;
+
+const CLUSTER_IP: &str = "10.96.0.10";
+const LB_IP: &str = "172.18.200.10";
+const EXTERNAL_IP: &str = "172.18.201.10";
+const NODE_PORT: u16 = 30080;
+const LOCAL_NODE_PORT: u16 = 30081;
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Who sends a probe.
+#[derive(Debug, Clone, Copy)]
+enum From {
+    Pod(usize),
+    External(usize),
+}
+
+struct Row {
+    client: From,
+    /// The node whose dataplane sees the packet first.
+    ingress: usize,
+    frontend: &'static str,
+    destination: SocketAddr,
+    protocol: Protocol,
+}
+
+fn services(lab: &Lab) -> Vec<Service> {
+    let ip = |s: &str| s.parse::<IpAddr>().expect("literal address");
+    let backend = |pod: usize| {
+        let p = lab.pod(pod);
+        let mut b = Backend::new(p.addresses[0]);
+        b.node_name = Some(lab.node(p.node).name.clone());
+        b
+    };
+    let port = |name: &str, protocol, port, node_port| ServicePort {
+        name: name.to_owned(),
+        protocol,
+        port,
+        target_port: SERVER_PORT,
+        node_port,
+    };
+    let mut web = Service::new(ObjectName::new("default", "web"));
+    web.cluster_ips = vec![ip(CLUSTER_IP)];
+    web.load_balancer_ips = vec![ip(LB_IP)];
+    web.external_ips = vec![ip(EXTERNAL_IP)];
+    web.ports = vec![
+        port("http", Protocol::Tcp, 80, Some(NODE_PORT)),
+        port("dns", Protocol::Udp, 53, Some(NODE_PORT)),
+    ];
+    // pod-0-0 on node-0, pod-1-0 and pod-1-1 on node-1.
+    web.backends = vec![backend(0), backend(2), backend(3)];
+    let mut local = Service::new(ObjectName::new("default", "local"));
+    local.cluster_ips = vec![ip("10.96.0.11")];
+    local.ports = vec![port("http", Protocol::Tcp, 80, Some(LOCAL_NODE_PORT))];
+    local.external_traffic_policy = TrafficPolicy::Local;
+    local.backends = vec![backend(1)];
+    vec![web, local]
+}
+
+fn rows(lab: &Lab) -> Vec<Row> {
+    let sa = |ip: IpAddr, port| SocketAddr::new(ip, port);
+    let ip = |s: &str| s.parse::<IpAddr>().expect("literal address");
+    let node0 = lab.node(0).addresses[0];
+    let node1 = lab.node(1).addresses[0];
+    let mut rows = Vec::new();
+    for _ in 0..3 {
+        rows.push(Row {
+            client: From::Pod(1),
+            ingress: 0,
+            frontend: "ClusterIP",
+            destination: sa(ip(CLUSTER_IP), 80),
+            protocol: Protocol::Tcp,
+        });
+    }
+    rows.push(Row {
+        client: From::Pod(1),
+        ingress: 0,
+        frontend: "ClusterIP",
+        destination: sa(ip(CLUSTER_IP), 53),
+        protocol: Protocol::Udp,
+    });
+    rows.push(Row {
+        client: From::External(0),
+        ingress: 0,
+        frontend: "NodePort",
+        destination: sa(node0, NODE_PORT),
+        protocol: Protocol::Tcp,
+    });
+    rows.push(Row {
+        client: From::External(0),
+        ingress: 1,
+        frontend: "NodePort",
+        destination: sa(node1, NODE_PORT),
+        protocol: Protocol::Udp,
+    });
+    rows.push(Row {
+        client: From::External(0),
+        ingress: 0,
+        frontend: "NodePort (ETP Local)",
+        destination: sa(node0, LOCAL_NODE_PORT),
+        protocol: Protocol::Tcp,
+    });
+    rows.push(Row {
+        client: From::External(0),
+        ingress: 1,
+        frontend: "NodePort (ETP Local)",
+        destination: sa(node1, LOCAL_NODE_PORT),
+        protocol: Protocol::Tcp,
+    });
+    rows.push(Row {
+        client: From::External(0),
+        ingress: 0,
+        frontend: "LoadBalancer",
+        destination: sa(ip(LB_IP), 80),
+        protocol: Protocol::Tcp,
+    });
+    rows.push(Row {
+        client: From::External(0),
+        ingress: 1,
+        frontend: "ExternalIP",
+        destination: sa(ip(EXTERNAL_IP), 80),
+        protocol: Protocol::Tcp,
+    });
+    rows
+}
+
+/// Runs the demo with `choice`.
+pub fn run(choice: BackendChoice) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the demo builds network namespaces and programs the kernel: run it as root");
+    }
+    let backend = backends::pick(choice)?;
+    println!("backend: {}", backend.name());
+    let lab = Lab::new(LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        external_clients: 1,
+        ipv6: false,
+    })
+    .context("building the lab")?;
+    lab.route_via_node(0, format!("{LB_IP}/32").parse()?, 0)?;
+    lab.route_via_node(0, format!("{EXTERNAL_IP}/32").parse()?, 1)?;
+    let svcs = services(&lab);
+    let states: Vec<DesiredState> = (0..lab.nodes().len())
+        .map(|i| {
+            let mut s = lab.desired_state(i);
+            s.services.clone_from(&svcs);
+            s
+        })
+        .collect();
+    let mut dataplanes: Vec<Box<dyn Dataplane>> = Vec::new();
+    for (i, state) in states.iter().enumerate() {
+        let mut dp = backends::create(backend, &lab.node(i).netns, i)
+            .with_context(|| format!("starting the {} backend on node-{i}", backend.name()))?;
+        dp.apply(state)
+            .with_context(|| format!("applying the demo state on node-{i}"))?;
+        dataplanes.push(dp);
+    }
+    let result = traffic_table(&lab, &states);
+    for dp in &mut dataplanes {
+        if let Err(e) = dp.reset() {
+            eprintln!("warning: reset failed: {e}");
+        }
+    }
+    drop(dataplanes);
+    drop(lab);
+    let failures = result?;
+    if failures > 0 {
+        bail!("{failures} row(s) disagree with the reference model");
+    }
+    println!("all rows agree with the reference model; lab removed");
+    Ok(())
+}
+
+fn traffic_table(lab: &Lab, states: &[DesiredState]) -> anyhow::Result<usize> {
+    println!(
+        "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<26} ok",
+        "client", "frontend", "destination", "", "backend", "source seen by backend", "expected"
+    );
+    let mut failures = 0;
+    for row in rows(lab) {
+        let (netns, client_ip, name, entry) = match row.client {
+            From::Pod(p) => {
+                let pod = lab.pod(p);
+                (
+                    &pod.netns,
+                    pod.addresses[0],
+                    pod.name.clone(),
+                    Entry::FromPod(ObjectName::new("default", pod.name.clone())),
+                )
+            }
+            From::External(k) => {
+                let e = lab.external(k);
+                (&e.netns, e.addresses[0], e.name.clone(), Entry::FromUplink)
+            }
+        };
+        let outcome = probe(netns, row.destination, row.protocol, PROBE_TIMEOUT)
+            .with_context(|| format!("probing {} from {name}", row.destination))?;
+        let packet = Packet {
+            protocol: row.protocol,
+            source: SocketAddr::new(client_ip, 40000),
+            destination: row.destination,
+        };
+        let verdict = evaluate(&states[row.ingress], &packet, &entry);
+        let (got_backend, got_source) = match &outcome {
+            ProbeOutcome::Answered {
+                backend,
+                seen_source,
+                ..
+            } => (backend.clone(), seen_source.ip().to_string()),
+            ProbeOutcome::Refused => ("(rejected)".to_owned(), "-".to_owned()),
+            ProbeOutcome::Unreachable => ("(unreachable)".to_owned(), "-".to_owned()),
+            ProbeOutcome::Timeout => ("(dropped)".to_owned(), "-".to_owned()),
+        };
+        let (expected, ok) = judge(lab, &verdict, &outcome, client_ip);
+        if !ok {
+            failures += 1;
+        }
+        println!(
+            "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<26} {}",
+            format!("{name} ({client_ip})"),
+            row.frontend,
+            row.destination.to_string(),
+            row.protocol.to_string(),
+            got_backend,
+            got_source,
+            expected,
+            if ok { "yes" } else { "NO" }
+        );
+    }
+    Ok(failures)
+}
+
+/// Compares a probe's outcome with the reference model's verdict; returns the expectation as
+/// text and whether it was met.
+fn judge(lab: &Lab, verdict: &Verdict, outcome: &ProbeOutcome, client: IpAddr) -> (String, bool) {
+    match verdict {
+        Verdict::Forward {
+            backends, source, ..
+        } => {
+            let names: BTreeSet<String> = backends
+                .iter()
+                .filter_map(|b| {
+                    lab.pods()
+                        .iter()
+                        .find(|p| p.addresses.contains(&b.ip()))
+                        .map(|p| p.name.clone())
+                })
+                .collect();
+            let want_source = match source {
+                SourceSeen::Client => client,
+                SourceSeen::Masqueraded(a) => *a,
+            };
+            let ok = matches!(outcome, ProbeOutcome::Answered { backend, seen_source, .. }
+                if names.contains(backend) && seen_source.ip() == want_source);
+            let list = names
+                .into_iter()
+                .map(|n| n.trim_start_matches("pod-").to_owned())
+                .collect::<Vec<_>>()
+                .join("|");
+            (format!("pod-{{{list}}} from {want_source}"), ok)
+        }
+        Verdict::Drop => ("drop".to_owned(), matches!(outcome, ProbeOutcome::Timeout)),
+        Verdict::Reject => (
+            "reject".to_owned(),
+            matches!(outcome, ProbeOutcome::Refused | ProbeOutcome::Unreachable),
+        ),
+        Verdict::Untouched { .. } => (
+            "untouched".to_owned(),
+            matches!(outcome, ProbeOutcome::Answered { .. }),
+        ),
+    }
+}

@@ -1,0 +1,140 @@
+//! `dpctl validate` and `dpctl diff` as a user runs them: exit codes and one-line errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn dpctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dpctl"))
+        .args(args)
+        .output()
+        .expect("dpctl runs")
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).expect("write temp file");
+    p
+}
+
+const GOOD: &str = r"
+apiVersion: dataplane.rs/v1alpha1
+kind: DesiredState
+node:
+  name: node-0
+  addresses: [172.18.0.10]
+  serviceCIDRs: [10.96.0.0/12]
+  interfaces: { uplink: eth0 }
+services:
+  - namespace: default
+    name: web
+    clusterIPs: [10.96.0.10]
+    ports: [{ name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080 }]
+    backends: [{ ip: 10.244.1.5, nodeName: node-0 }]
+";
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn valid_file_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(&dir, "good.yaml", GOOD);
+    let out = dpctl(&["validate", "-f", f.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 services"));
+}
+
+#[test]
+fn bad_files_exit_two_with_one_line_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "nodeport.yaml",
+            GOOD.replace("30080", "80"),
+            "ports[0].nodePort",
+        ),
+        (
+            "unknown.yaml",
+            GOOD.replace("targetPort: 8080", "targetPort: 8080, tagretPort: 1"),
+            "tagretPort",
+        ),
+        (
+            "cidr.yaml",
+            GOOD.replace("10.96.0.0/12", "10.96.0.0/33"),
+            "serviceCIDRs",
+        ),
+        (
+            "hostbits.yaml",
+            GOOD.replace("10.96.0.0/12", "10.96.0.1/12"),
+            "serviceCIDRs[0]",
+        ),
+        ("version.yaml", GOOD.replace("v1alpha1", "v9"), "apiVersion"),
+        (
+            "port0.yaml",
+            GOOD.replace("port: 80,", "port: 0,"),
+            "ports[0].port",
+        ),
+        (
+            "family.yaml",
+            GOOD.replace("ip: 10.244.1.5", "ip: fd00::5"),
+            "backends[0].ip",
+        ),
+        ("garbage.yaml", "{[: not yaml".to_owned(), "garbage.yaml"),
+        ("bad.json", "{\"apiVersion\": 3}".to_owned(), "bad.json"),
+    ];
+    for (name, text, field) in cases {
+        let f = write(&dir, name, &text);
+        let out = dpctl(&["validate", "-f", f.to_str().unwrap()]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: stderr {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{name}: not one line: {err}"
+        );
+        assert!(err.contains(field), "{name}: {err:?} does not name {field}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+    let out = dpctl(&["validate", "-f", "/nonexistent/state.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn diff_lists_changed_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = write(&dir, "old.yaml", GOOD);
+    let new = write(&dir, "new.yaml", &GOOD.replace("10.244.1.5", "10.244.1.6"));
+    let out = dpctl(&[
+        "diff",
+        "-f",
+        old.to_str().unwrap(),
+        "-f",
+        new.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "~ service default/web\n"
+    );
+    let same = dpctl(&[
+        "diff",
+        "-f",
+        old.to_str().unwrap(),
+        "-f",
+        old.to_str().unwrap(),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&same.stdout), "no changes\n");
+    let json = dpctl(&[
+        "diff",
+        "--json",
+        "-f",
+        old.to_str().unwrap(),
+        "-f",
+        new.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json output");
+    let change = &v["services"]["default/web"];
+    assert_eq!(change["previous"]["backends"][0]["ip"], "10.244.1.5", "{v}");
+    assert_eq!(change["current"]["backends"][0]["ip"], "10.244.1.6", "{v}");
+}

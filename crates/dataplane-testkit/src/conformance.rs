@@ -1,0 +1,1709 @@
+//! The conformance table: one behaviour table, run against every backend and against core's
+//! reference model (kube-proxy's `packetFlowTest`, with real packets).
+//!
+//! For each [`Case`] the runner
+//! 1. builds each node's [`DesiredState`] from [`Lab::desired_state`] and the case's services;
+//! 2. asks [`dataplane_core::evaluate`] what should happen at the ingress node and compares it
+//!    with the row: a disagreement is a *table* failure (the row is wrong, or the model is);
+//! 3. skips the row, visibly, when the backend's [`Capabilities`] lack something it needs;
+//! 4. applies the states to every node's backend (full sync, instances reused across rows);
+//! 5. sends real TCP or UDP probes from the client's namespace and checks the answering backend
+//!    and the source address it saw, and that each answer agrees with the reference model for
+//!    that exact 5-tuple.
+//!
+//! ```text
+//!   Pod(i) ──veth──▶ node(i)   ─┐            External(k) ──underlay──▶ node (the row's `node`,
+//!   Host(n) = node n namespace ─┴─ ingress      or node 0 for a ClusterIP, the pod's node for
+//!                                               a pod IP); the runner adds the route
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use dataplane_core::{
+    evaluate, validate, Backend, BackendSelection, Capabilities, Dataplane, DesiredState, Entry,
+    IpFamily, ObjectName, Packet, Protocol, Service, ServicePort, SessionAffinity, SourceSeen,
+    TrafficPolicy, Verdict,
+};
+use ipnetwork::IpNetwork;
+
+use crate::lab::{Lab, LabNode, LabSpec, POD_NAMESPACE, SERVER_PORT};
+use crate::netns::NetNs;
+use crate::traffic::{probe_from, serve, ProbeOutcome, Server};
+
+/// The lab shape [`standard_cases`] are written for.
+pub const STANDARD_LAB: LabSpec = LabSpec {
+    nodes: 2,
+    pods_per_node: 2,
+    external_clients: 2,
+    ipv6: true,
+};
+
+/// Source port the reference model is asked about when a row does not fix one.
+const NOMINAL_CLIENT_PORT: u16 = 40000;
+
+/// Who sends the probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// Pod `i` (lab-wide index); the ingress node is its node (so a NodePort row from a pod
+    /// addresses the pod's own node).
+    Pod(usize),
+    /// External client `k` on the underlay.
+    External(usize),
+    /// Node `n`'s own (host network) namespace.
+    Host(usize),
+}
+
+/// What the probes are sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// The service's ClusterIP of the row's family, at the port named `port_name`. External
+    /// clients send it through node 0.
+    ClusterIp {
+        /// Service name (namespace `default`).
+        service: String,
+        /// Service port name.
+        port_name: String,
+    },
+    /// The service's ClusterIP at a raw port number (for ports the service does not have).
+    ClusterIpPort {
+        /// Service name.
+        service: String,
+        /// Destination port.
+        port: u16,
+    },
+    /// Node `node`'s address at the port's NodePort.
+    NodePort {
+        /// Ingress node.
+        node: usize,
+        /// Service name.
+        service: String,
+        /// Service port name.
+        port_name: String,
+    },
+    /// The service's LoadBalancer IP; external clients route it via `node`.
+    LoadBalancer {
+        /// Ingress node for external clients.
+        node: usize,
+        /// Service name.
+        service: String,
+        /// Service port name.
+        port_name: String,
+    },
+    /// The service's ExternalIP; external clients route it via `node`.
+    ExternalIp {
+        /// Ingress node for external clients.
+        node: usize,
+        /// Service name.
+        service: String,
+        /// Service port name.
+        port_name: String,
+    },
+    /// Pod `i`'s own address at the server port (plain routing, no service).
+    PodIp(usize),
+    /// External client `k`'s address at the server port: traffic leaving the cluster. The
+    /// runner starts a server named `external-k` there for the run.
+    External(usize),
+}
+
+impl Destination {
+    /// [`Destination::ClusterIp`].
+    pub fn cluster_ip(service: &str, port_name: &str) -> Self {
+        Destination::ClusterIp {
+            service: service.to_owned(),
+            port_name: port_name.to_owned(),
+        }
+    }
+
+    /// [`Destination::NodePort`].
+    pub fn node_port(node: usize, service: &str, port_name: &str) -> Self {
+        Destination::NodePort {
+            node,
+            service: service.to_owned(),
+            port_name: port_name.to_owned(),
+        }
+    }
+
+    /// [`Destination::LoadBalancer`].
+    pub fn load_balancer(node: usize, service: &str, port_name: &str) -> Self {
+        Destination::LoadBalancer {
+            node,
+            service: service.to_owned(),
+            port_name: port_name.to_owned(),
+        }
+    }
+
+    /// [`Destination::ExternalIp`].
+    pub fn external_ip(node: usize, service: &str, port_name: &str) -> Self {
+        Destination::ExternalIp {
+            node,
+            service: service.to_owned(),
+            port_name: port_name.to_owned(),
+        }
+    }
+
+    fn service(&self) -> Option<&str> {
+        match self {
+            Destination::ClusterIp { service, .. }
+            | Destination::ClusterIpPort { service, .. }
+            | Destination::NodePort { service, .. }
+            | Destination::LoadBalancer { service, .. }
+            | Destination::ExternalIp { service, .. } => Some(service),
+            Destination::PodIp(_) | Destination::External(_) => None,
+        }
+    }
+}
+
+/// What must happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Every probe is answered by one of these pods (lab-wide indices). The reference model's
+    /// backend set must be exactly these pods.
+    Backends(Vec<usize>),
+    /// Every probe is answered by the *same* pod, one of these (session affinity, Maglev).
+    /// The reference model's set must be a non-empty subset of these pods.
+    SameBackend(Vec<usize>),
+    /// Silently dropped: the probe times out.
+    Drop,
+    /// Rejected: TCP RST or ICMP port unreachable.
+    Reject,
+    /// Answered by the addressed server itself: the pod of a [`Destination::PodIp`] or the
+    /// client of a [`Destination::External`] (no service involved).
+    Direct,
+}
+
+/// The source address the backend must see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// The client's own address.
+    Client,
+    /// The ingress node's address of the row's family (masquerade).
+    IngressNode,
+    /// Not checked.
+    Any,
+}
+
+/// A backend capability a row needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Requirement {
+    /// IPv6 services.
+    Ipv6,
+    /// UDP services.
+    Udp,
+    /// TCP services.
+    Tcp,
+    /// SCTP services.
+    Sctp,
+    /// Maglev backend selection.
+    Maglev,
+    /// ClientIP session affinity.
+    SessionAffinity,
+    /// Direct server return.
+    Dsr,
+    /// Masquerade of pod traffic leaving the cluster.
+    Masquerade,
+}
+
+impl Requirement {
+    fn met_by(self, caps: &Capabilities) -> bool {
+        match self {
+            Requirement::Ipv6 => caps.ipv6,
+            Requirement::Udp => caps.protocols.contains(&Protocol::Udp),
+            Requirement::Tcp => caps.protocols.contains(&Protocol::Tcp),
+            Requirement::Sctp => caps.protocols.contains(&Protocol::Sctp),
+            Requirement::Maglev => caps.maglev,
+            Requirement::SessionAffinity => caps.session_affinity,
+            Requirement::Dsr => caps.dsr,
+            Requirement::Masquerade => caps.masquerade,
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Row name (unique within a table).
+    pub name: String,
+    /// The services of the row (the same on every node).
+    pub setup: fn(&Lab) -> Vec<Service>,
+    /// Who sends.
+    pub client: Client,
+    /// Where to.
+    pub destination: Destination,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Address family of the client, destination and backends.
+    pub family: IpFamily,
+    /// What must happen.
+    pub expect: Expect,
+    /// The source the backend must see.
+    pub source_seen: Seen,
+    /// Capabilities needed beyond the derived ones (a service destination needs its protocol,
+    /// and IPv6 when the family is IPv6).
+    pub requires: Vec<Requirement>,
+    /// A fixed client source port for every probe (TCP probes then close with RST).
+    pub client_port: Option<u16>,
+    /// The name of an earlier row whose probes must have been answered by the same single
+    /// backend as this row's (Maglev: the same 5-tuple through another node).
+    pub consistent_with: Option<String>,
+}
+
+impl Case {
+    /// A TCP, IPv4 row expecting nothing yet; complete it with the builder methods.
+    pub fn new(
+        name: &str,
+        setup: fn(&Lab) -> Vec<Service>,
+        client: Client,
+        destination: Destination,
+    ) -> Self {
+        Case {
+            name: name.to_owned(),
+            setup,
+            client,
+            destination,
+            protocol: Protocol::Tcp,
+            family: IpFamily::V4,
+            expect: Expect::Drop,
+            source_seen: Seen::Any,
+            requires: Vec::new(),
+            client_port: None,
+            consistent_with: None,
+        }
+    }
+
+    /// Sets the protocol.
+    #[must_use]
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Sets the address family.
+    #[must_use]
+    pub fn family(mut self, family: IpFamily) -> Self {
+        self.family = family;
+        self
+    }
+
+    /// Sets the expectation.
+    #[must_use]
+    pub fn expect(mut self, expect: Expect) -> Self {
+        self.expect = expect;
+        self
+    }
+
+    /// Sets the source the backend must see.
+    #[must_use]
+    pub fn seen(mut self, seen: Seen) -> Self {
+        self.source_seen = seen;
+        self
+    }
+
+    /// Adds a requirement.
+    #[must_use]
+    pub fn requires(mut self, requirement: Requirement) -> Self {
+        self.requires.push(requirement);
+        self
+    }
+
+    /// Fixes the client's source port.
+    #[must_use]
+    pub fn client_port(mut self, port: u16) -> Self {
+        self.client_port = Some(port);
+        self
+    }
+
+    /// Requires the same single answering backend as the earlier row `name`.
+    #[must_use]
+    pub fn consistent_with(mut self, name: &str) -> Self {
+        self.consistent_with = Some(name.to_owned());
+        self
+    }
+
+    /// Explicit and derived requirements.
+    pub fn requirements(&self) -> BTreeSet<Requirement> {
+        let mut all: BTreeSet<Requirement> = self.requires.iter().copied().collect();
+        if self.destination.service().is_some() {
+            all.insert(match self.protocol {
+                Protocol::Tcp => Requirement::Tcp,
+                Protocol::Udp => Requirement::Udp,
+                Protocol::Sctp => Requirement::Sctp,
+            });
+            if self.family == IpFamily::V6 {
+                all.insert(Requirement::Ipv6);
+            }
+        }
+        all
+    }
+}
+
+/// Runner settings.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How long a probe that should be answered (or rejected) may take.
+    pub timeout: Duration,
+    /// How long to wait before calling a probe dropped.
+    pub drop_wait: Duration,
+    /// Probes per expected backend when several backends are acceptable.
+    pub probes_per_backend: usize,
+    /// Print each row's result to stderr as it completes.
+    pub verbose: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            timeout: Duration::from_secs(3),
+            drop_wait: Duration::from_secs(1),
+            probes_per_backend: 3,
+            verbose: true,
+        }
+    }
+}
+
+/// The result of one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    /// Table and traffic agree.
+    Passed {
+        /// Probes sent.
+        probes: usize,
+        /// Backends that answered, by name, with their answer count.
+        answered: BTreeMap<String, usize>,
+    },
+    /// Something disagreed.
+    Failed {
+        /// Disagreements between the row and the reference model (or an unusable row).
+        table: Vec<String>,
+        /// Disagreements between the row and real traffic through the backend.
+        traffic: Vec<String>,
+    },
+    /// Not run against the backend (the table check still ran and agreed).
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One row's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowReport {
+    /// Row name.
+    pub name: String,
+    /// Its result.
+    pub outcome: RowOutcome,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Backend name from its capabilities.
+    pub backend: String,
+    /// One entry per row, in table order (plus a `reset node-i` row if a reset failed).
+    pub rows: Vec<RowReport>,
+}
+
+impl Report {
+    /// Rows that passed.
+    pub fn passed(&self) -> impl Iterator<Item = &RowReport> {
+        self.rows
+            .iter()
+            .filter(|r| matches!(r.outcome, RowOutcome::Passed { .. }))
+    }
+
+    /// Rows that failed.
+    pub fn failed(&self) -> impl Iterator<Item = &RowReport> {
+        self.rows
+            .iter()
+            .filter(|r| matches!(r.outcome, RowOutcome::Failed { .. }))
+    }
+
+    /// Rows that were skipped.
+    pub fn skipped(&self) -> impl Iterator<Item = &RowReport> {
+        self.rows
+            .iter()
+            .filter(|r| matches!(r.outcome, RowOutcome::Skipped { .. }))
+    }
+
+    /// The row called `name`.
+    pub fn row(&self, name: &str) -> Option<&RowReport> {
+        self.rows.iter().find(|r| r.name == name)
+    }
+
+    /// Panics with a table of the failures if any row failed.
+    pub fn assert_ok(&self) {
+        let failed = self.failed().count();
+        assert!(
+            failed == 0,
+            "conformance: {failed} row(s) failed for backend {}\n{self}",
+            self.backend
+        );
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "conformance [{}]: {} passed, {} failed, {} skipped",
+            self.backend,
+            self.passed().count(),
+            self.failed().count(),
+            self.skipped().count()
+        )?;
+        let width = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
+        for row in &self.rows {
+            write_row(f, row, width)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_row(f: &mut fmt::Formatter<'_>, row: &RowReport, width: usize) -> fmt::Result {
+    let name = &row.name;
+    match &row.outcome {
+        RowOutcome::Passed { probes, answered } => {
+            let who: Vec<String> = answered.iter().map(|(b, n)| format!("{b}x{n}")).collect();
+            writeln!(
+                f,
+                "  PASS  {name:width$}  {probes} probe(s) {}",
+                who.join(" ")
+            )
+        }
+        RowOutcome::Skipped { reason } => writeln!(f, "  SKIP  {name:width$}  {reason}"),
+        RowOutcome::Failed { table, traffic } => {
+            writeln!(f, "  FAIL  {name:width$}")?;
+            for t in table {
+                writeln!(f, "          table:   {t}")?;
+            }
+            for t in traffic {
+                writeln!(f, "          traffic: {t}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs `cases` in `lab` against one backend instance per node made by `factory` (called once
+/// per node, in node order, before the first row), with [`RunOptions::default`].
+pub fn run(
+    lab: &Lab,
+    cases: &[Case],
+    factory: &mut dyn FnMut(&LabNode) -> Box<dyn Dataplane>,
+) -> Report {
+    run_with(lab, cases, factory, &RunOptions::default())
+}
+
+/// [`run`] with explicit options. At the end every backend is `reset()`; a failing reset is
+/// reported as a failed row.
+pub fn run_with(
+    lab: &Lab,
+    cases: &[Case],
+    factory: &mut dyn FnMut(&LabNode) -> Box<dyn Dataplane>,
+    options: &RunOptions,
+) -> Report {
+    let mut planes: Vec<Box<dyn Dataplane>> = lab.nodes().iter().map(&mut *factory).collect();
+    let caps = planes.first().map(|p| p.capabilities()).unwrap_or_default();
+    let mut report = Report {
+        backend: caps.backend.clone(),
+        rows: Vec::new(),
+    };
+    let mut single_answers: BTreeMap<String, String> = BTreeMap::new();
+    let mut servers = BTreeMap::new();
+    for case in cases {
+        let mut outcome = run_case(lab, case, &mut planes, &caps, options, &mut servers);
+        check_consistency(case, &mut outcome, &single_answers);
+        if let RowOutcome::Passed { answered, .. } = &outcome {
+            if let [(backend, _)] = answered.iter().collect::<Vec<_>>()[..] {
+                single_answers.insert(case.name.clone(), backend.clone());
+            }
+        }
+        let row = RowReport {
+            name: case.name.clone(),
+            outcome,
+        };
+        if options.verbose {
+            eprint!("{}", OneRow(&caps.backend, &row));
+        }
+        report.rows.push(row);
+    }
+    for (i, plane) in planes.iter_mut().enumerate() {
+        if let Err(e) = plane.reset() {
+            report.rows.push(RowReport {
+                name: format!("reset node-{i}"),
+                outcome: RowOutcome::Failed {
+                    table: Vec::new(),
+                    traffic: vec![error_chain(&e)],
+                },
+            });
+        }
+    }
+    if options.verbose {
+        eprintln!(
+            "conformance [{}]: {} passed, {} failed, {} skipped",
+            report.backend,
+            report.passed().count(),
+            report.failed().count(),
+            report.skipped().count()
+        );
+    }
+    report
+}
+
+/// Fails a passed row whose single backend differs from its `consistent_with` row's.
+fn check_consistency(
+    case: &Case,
+    outcome: &mut RowOutcome,
+    single_answers: &BTreeMap<String, String>,
+) {
+    let Some(other) = &case.consistent_with else {
+        return;
+    };
+    let RowOutcome::Passed { answered, .. } = outcome else {
+        return;
+    };
+    let mine: Vec<&String> = answered.keys().collect();
+    let problem = match single_answers.get(other) {
+        None => Some(format!(
+            "row {other:?} did not pass with a single backend, so consistency cannot be checked"
+        )),
+        Some(theirs) if mine != [theirs] => Some(format!(
+            "answered by {mine:?}, but row {other:?} was answered by {theirs}"
+        )),
+        Some(_) => None,
+    };
+    if let Some(problem) = problem {
+        *outcome = RowOutcome::Failed {
+            table: Vec::new(),
+            traffic: vec![problem],
+        };
+    }
+}
+
+struct OneRow<'a>(&'a str, &'a RowReport);
+
+impl fmt::Display for OneRow<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conformance [{}]", self.0)?;
+        write_row(f, self.1, 0)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// A row resolved against a lab and its services.
+#[derive(Debug, Clone)]
+struct Resolved {
+    client_netns: NetNs,
+    client_ip: IpAddr,
+    ingress: usize,
+    ingress_addr: IpAddr,
+    entry: Entry,
+    destination: SocketAddr,
+    is_service: bool,
+    /// Acceptable backend address → the name its server answers with.
+    expected: BTreeMap<SocketAddr, String>,
+    /// External client, CIDR to route via the ingress node.
+    route: Option<(usize, IpNetwork)>,
+}
+
+fn find_service<'a>(services: &'a [Service], name: &str) -> Result<&'a Service, String> {
+    let wanted = ObjectName::new(POD_NAMESPACE, name);
+    services
+        .iter()
+        .find(|s| s.name == wanted)
+        .ok_or_else(|| format!("setup has no service {wanted}"))
+}
+
+fn find_port(case: &Case, service: &Service, port_name: &str) -> Result<ServicePort, String> {
+    service
+        .ports
+        .iter()
+        .find(|p| p.name == port_name && p.protocol == case.protocol)
+        .cloned()
+        .ok_or_else(|| {
+            let protocol = case.protocol;
+            format!(
+                "service {} has no {protocol} port named {port_name:?}",
+                service.name
+            )
+        })
+}
+
+fn of_family(
+    family: IpFamily,
+    ips: &[IpAddr],
+    what: &str,
+    service: &Service,
+) -> Result<IpAddr, String> {
+    ips.iter()
+        .copied()
+        .find(|ip| IpFamily::of(ip) == family)
+        .ok_or_else(|| format!("service {} has no {family:?} {what}", service.name))
+}
+
+/// The destination address, the ingress node for external clients, the backends' port, and
+/// whether it is a service.
+fn resolve_destination(
+    lab: &Lab,
+    case: &Case,
+    services: &[Service],
+) -> Result<(SocketAddr, usize, u16, bool), String> {
+    let family = case.family;
+    let fam = |what: String, ip: Option<IpAddr>| {
+        ip.ok_or_else(|| format!("{what} has no {family:?} address"))
+    };
+    let find_service = |name: &str| find_service(services, name);
+    let find_port = |service: &Service, port_name: &str| find_port(case, service, port_name);
+    let of_family =
+        |ips: &[IpAddr], what: &str, service: &Service| of_family(family, ips, what, service);
+    let node_count = lab.nodes().len();
+    let check_node = |n: usize| {
+        if n < node_count {
+            Ok(n)
+        } else {
+            Err(format!("lab has no node {n}"))
+        }
+    };
+
+    Ok(match &case.destination {
+        Destination::ClusterIp { service, port_name } => {
+            let s = find_service(service)?;
+            let p = find_port(s, port_name)?;
+            let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
+            (SocketAddr::new(ip, p.port), 0, p.target_port, true)
+        }
+        Destination::ClusterIpPort { service, port } => {
+            let s = find_service(service)?;
+            let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
+            (SocketAddr::new(ip, *port), 0, SERVER_PORT, true)
+        }
+        Destination::NodePort {
+            node,
+            service,
+            port_name,
+        } => {
+            let s = find_service(service)?;
+            let p = find_port(s, port_name)?;
+            let node = check_node(*node)?;
+            let node_port = p
+                .node_port
+                .ok_or_else(|| format!("port {port_name:?} of {} has no nodePort", s.name))?;
+            let ip = fam(format!("node {node}"), lab.node(node).address(family))?;
+            (SocketAddr::new(ip, node_port), node, p.target_port, true)
+        }
+        Destination::LoadBalancer {
+            node,
+            service,
+            port_name,
+        }
+        | Destination::ExternalIp {
+            node,
+            service,
+            port_name,
+        } => {
+            let s = find_service(service)?;
+            let p = find_port(s, port_name)?;
+            let (ips, what) = if matches!(case.destination, Destination::LoadBalancer { .. }) {
+                (&s.load_balancer_ips, "LoadBalancer IP")
+            } else {
+                (&s.external_ips, "ExternalIP")
+            };
+            let ip = of_family(ips, what, s)?;
+            let node = check_node(*node)?;
+            (SocketAddr::new(ip, p.port), node, p.target_port, true)
+        }
+        Destination::External(k) => {
+            let ext = lab.try_external(*k).map_err(|e| e.to_string())?;
+            let ip = fam(ext.name.clone(), ext.address(family))?;
+            (SocketAddr::new(ip, SERVER_PORT), 0, SERVER_PORT, false)
+        }
+        Destination::PodIp(p) => {
+            let pod = lab.try_pod(*p).map_err(|e| e.to_string())?;
+            let ip = fam(pod.name.clone(), pod.address(family))?;
+            (
+                SocketAddr::new(ip, SERVER_PORT),
+                pod.node,
+                SERVER_PORT,
+                false,
+            )
+        }
+    })
+}
+
+fn resolve(lab: &Lab, case: &Case, services: &[Service]) -> Result<Resolved, String> {
+    let family = case.family;
+    let fam = |what: String, ip: Option<IpAddr>| {
+        ip.ok_or_else(|| format!("{what} has no {family:?} address"))
+    };
+    let (destination, external_ingress, target_port, is_service) =
+        resolve_destination(lab, case, services)?;
+
+    let (client_netns, client_ip, ingress, entry, route) = match case.client {
+        Client::Pod(p) => {
+            let pod = lab.try_pod(p).map_err(|e| e.to_string())?;
+            let ip = fam(pod.name.clone(), pod.address(family))?;
+            let entry = Entry::FromPod(ObjectName::new(POD_NAMESPACE, &pod.name));
+            (pod.netns.clone(), ip, pod.node, entry, None)
+        }
+        Client::Host(n) => {
+            let node = lab.try_node(n).map_err(|e| e.to_string())?;
+            let ip = fam(node.name.clone(), node.address(family))?;
+            (node.netns.clone(), ip, n, Entry::FromHost, None)
+        }
+        Client::External(k) => {
+            let ext = lab.try_external(k).map_err(|e| e.to_string())?;
+            let ip = fam(ext.name.clone(), ext.address(family))?;
+            let node_owned = matches!(case.destination, Destination::NodePort { .. });
+            let route = (!node_owned).then(|| (k, IpNetwork::from(destination.ip())));
+            (
+                ext.netns.clone(),
+                ip,
+                external_ingress,
+                Entry::FromUplink,
+                route,
+            )
+        }
+    };
+    let ingress_addr = fam(format!("node {ingress}"), lab.node(ingress).address(family))?;
+
+    if matches!(
+        (case.client, &case.destination),
+        (Client::External(_), Destination::External(_))
+    ) {
+        return Err("external clients do not reach each other through the cluster".to_owned());
+    }
+    let mut expected = BTreeMap::new();
+    match (&case.expect, &case.destination) {
+        (Expect::Backends(pods) | Expect::SameBackend(pods), _) => {
+            for &p in pods {
+                let pod = lab.try_pod(p).map_err(|e| e.to_string())?;
+                let ip = fam(pod.name.clone(), pod.address(family))?;
+                expected.insert(SocketAddr::new(ip, target_port), pod.name.clone());
+            }
+        }
+        (Expect::Direct, Destination::PodIp(p)) => {
+            expected.insert(destination, lab.pod(*p).name.clone());
+        }
+        (Expect::Direct, Destination::External(k)) => {
+            expected.insert(destination, lab.external(*k).name.clone());
+        }
+        (Expect::Direct, _) => {
+            return Err("Direct is for pod IP and external destinations".to_owned());
+        }
+        (Expect::Drop | Expect::Reject, _) => {}
+    }
+    match (&case.destination, &case.expect) {
+        (Destination::PodIp(p), Expect::Backends(set)) if set != &[*p] => {
+            return Err(format!(
+                "a pod IP row can only be answered by that pod ({p}), not {set:?}"
+            ));
+        }
+        (Destination::External(_), Expect::Backends(_) | Expect::SameBackend(_)) => {
+            return Err("an external destination is answered by itself: expect Direct".to_owned());
+        }
+        _ => {}
+    }
+    if matches!(case.expect, Expect::Backends(ref s) | Expect::SameBackend(ref s) if s.is_empty()) {
+        return Err("expects an answer from an empty set of pods".to_owned());
+    }
+    Ok(Resolved {
+        client_netns,
+        client_ip,
+        ingress,
+        ingress_addr,
+        entry,
+        destination,
+        is_service,
+        expected,
+        route,
+    })
+}
+
+fn source_matches(seen: Seen, source: SourceSeen, ingress_addr: IpAddr) -> bool {
+    match seen {
+        Seen::Any => true,
+        Seen::Client => source == SourceSeen::Client,
+        Seen::IngressNode => source == SourceSeen::Masqueraded(ingress_addr),
+    }
+}
+
+/// Compares a row's expectation with the reference model's verdict for it.
+fn check_verdict(
+    expect: &Expect,
+    seen: Seen,
+    resolved: &Resolved,
+    verdict: &Verdict,
+) -> Result<(), String> {
+    let expected: BTreeSet<SocketAddr> = resolved.expected.keys().copied().collect();
+    let source_ok = |source: SourceSeen| {
+        if source_matches(seen, source, resolved.ingress_addr) {
+            Ok(())
+        } else {
+            Err(format!(
+                "row says the backend sees {seen:?} (ingress node address {}), the model says {source:?}",
+                resolved.ingress_addr
+            ))
+        }
+    };
+    match (expect, verdict) {
+        (
+            Expect::Backends(_),
+            Verdict::Forward {
+                backends, source, ..
+            },
+        ) if resolved.is_service => {
+            if *backends != expected {
+                return Err(format!(
+                    "row expects backends {expected:?}, the model picks from {backends:?}"
+                ));
+            }
+            source_ok(*source)
+        }
+        (
+            Expect::SameBackend(_),
+            Verdict::Forward {
+                backends, source, ..
+            },
+        ) if resolved.is_service => {
+            if backends.is_empty() || !backends.is_subset(&expected) {
+                return Err(format!(
+                    "row expects one backend of {expected:?}, the model picks from {backends:?}"
+                ));
+            }
+            source_ok(*source)
+        }
+        (Expect::Backends(_) | Expect::Direct, Verdict::Untouched { source })
+            if !resolved.is_service =>
+        {
+            source_ok(*source)
+        }
+        (Expect::Drop, Verdict::Drop) | (Expect::Reject, Verdict::Reject) => Ok(()),
+        _ => Err(format!(
+            "row expects {expect:?}, the model says {verdict:?}"
+        )),
+    }
+}
+
+fn unspecified(family: IpFamily) -> IpAddr {
+    match family {
+        IpFamily::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpFamily::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+fn run_case(
+    lab: &Lab,
+    case: &Case,
+    planes: &mut [Box<dyn Dataplane>],
+    caps: &Capabilities,
+    options: &RunOptions,
+    external_servers: &mut BTreeMap<usize, Server>,
+) -> RowOutcome {
+    let services = (case.setup)(lab);
+    let states: Vec<DesiredState> = (0..lab.nodes().len())
+        .map(|i| {
+            let mut state = lab.desired_state(i);
+            state.services.clone_from(&services);
+            state
+        })
+        .collect();
+    let mut table = Vec::new();
+    if let Some(Err(e)) = states.iter().map(validate).find(Result::is_err) {
+        table.push(format!("the row's state is invalid: {e}"));
+    }
+    let resolved = match resolve(lab, case, &services) {
+        Ok(r) => r,
+        Err(e) => {
+            table.push(e);
+            return RowOutcome::Failed {
+                table,
+                traffic: Vec::new(),
+            };
+        }
+    };
+    let packet = Packet {
+        protocol: case.protocol,
+        source: SocketAddr::new(
+            resolved.client_ip,
+            case.client_port.unwrap_or(NOMINAL_CLIENT_PORT),
+        ),
+        destination: resolved.destination,
+    };
+    let verdict = evaluate(&states[resolved.ingress], &packet, &resolved.entry);
+    if let Err(e) = check_verdict(&case.expect, case.source_seen, &resolved, &verdict) {
+        table.push(e);
+    }
+
+    if let Some(reason) = skip_reason(lab, case, caps) {
+        return if table.is_empty() {
+            RowOutcome::Skipped { reason }
+        } else {
+            RowOutcome::Failed {
+                table,
+                traffic: vec![format!("not run: {reason}")],
+            }
+        };
+    }
+
+    let mut traffic = Vec::new();
+    for (i, plane) in planes.iter_mut().enumerate() {
+        if let Err(e) = plane.apply(&states[i]) {
+            traffic.push(format!("apply on node-{i}: {}", error_chain(&e)));
+        }
+    }
+    if let Destination::External(k) = case.destination {
+        if let Err(e) = ensure_server(lab, k, external_servers) {
+            traffic.push(e);
+        }
+    }
+    let mut answered = BTreeMap::new();
+    let mut probes = 0;
+    if traffic.is_empty() {
+        if let Some((k, cidr)) = resolved.route {
+            if let Err(e) = lab.route_via_node(k, cidr, resolved.ingress) {
+                traffic.push(format!("route {cidr} via node {}: {e}", resolved.ingress));
+            }
+        }
+        if traffic.is_empty() {
+            probes = send_probes(
+                case,
+                &resolved,
+                &states[resolved.ingress],
+                options,
+                &mut answered,
+                &mut traffic,
+            );
+        }
+        if let Some((k, cidr)) = resolved.route {
+            if let Err(e) = lab.unroute(k, cidr) {
+                traffic.push(format!("remove route {cidr}: {e}"));
+            }
+        }
+    }
+    if table.is_empty() && traffic.is_empty() {
+        RowOutcome::Passed { probes, answered }
+    } else {
+        RowOutcome::Failed { table, traffic }
+    }
+}
+
+/// Why the row cannot run against this backend in this lab, if it cannot.
+fn skip_reason(lab: &Lab, case: &Case, caps: &Capabilities) -> Option<String> {
+    let mut skip = Vec::new();
+    let missing: Vec<String> = case
+        .requirements()
+        .into_iter()
+        .filter(|r| !r.met_by(caps))
+        .map(|r| format!("{r:?}"))
+        .collect();
+    if !missing.is_empty() {
+        skip.push(format!(
+            "backend {:?} lacks {}",
+            caps.backend,
+            missing.join(", ")
+        ));
+    }
+    if case.family == IpFamily::V6 && !lab.spec().ipv6 {
+        skip.push("the lab was built without IPv6".to_owned());
+    }
+    (!skip.is_empty()).then(|| skip.join("; "))
+}
+
+/// Starts the server of external client `k` unless it runs already.
+fn ensure_server(lab: &Lab, k: usize, servers: &mut BTreeMap<usize, Server>) -> Result<(), String> {
+    if let std::collections::btree_map::Entry::Vacant(slot) = servers.entry(k) {
+        let ext = lab.external(k);
+        let server = serve(&ext.netns, &ext.name, SERVER_PORT)
+            .map_err(|e| format!("server on {}: {}", ext.name, error_chain(&e)))?;
+        slot.insert(server);
+    }
+    Ok(())
+}
+
+fn send_probes(
+    case: &Case,
+    resolved: &Resolved,
+    ingress_state: &DesiredState,
+    options: &RunOptions,
+    answered: &mut BTreeMap<String, usize>,
+    traffic: &mut Vec<String>,
+) -> usize {
+    let (count, wait) = match &case.expect {
+        Expect::Direct => (2, options.timeout),
+        Expect::Backends(set) if set.len() <= 1 => (2, options.timeout),
+        Expect::Backends(set) => (options.probes_per_backend * set.len(), options.timeout),
+        Expect::SameBackend(_) => (5, options.timeout),
+        Expect::Drop => (1, options.drop_wait),
+        Expect::Reject => (1, options.timeout),
+    };
+    let source = case
+        .client_port
+        .map(|port| SocketAddr::new(unspecified(case.family), port));
+    let dst = resolved.destination;
+    for n in 0..count {
+        let outcome = match probe_from(&resolved.client_netns, source, dst, case.protocol, wait) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                traffic.push(format!("probe {n} to {dst}: {}", error_chain(&e)));
+                return n + 1;
+            }
+        };
+        if let Err(e) = check_outcome(case, resolved, ingress_state, &outcome, answered) {
+            traffic.push(format!("probe {n} {} to {dst}: {e}", case.protocol));
+            return n + 1;
+        }
+    }
+    if matches!(case.expect, Expect::SameBackend(_)) && answered.len() > 1 {
+        traffic.push(format!(
+            "expected every probe to reach the same backend, got {answered:?}"
+        ));
+    }
+    count
+}
+
+fn check_outcome(
+    case: &Case,
+    resolved: &Resolved,
+    ingress_state: &DesiredState,
+    outcome: &ProbeOutcome,
+    answered: &mut BTreeMap<String, usize>,
+) -> Result<(), String> {
+    match (&case.expect, outcome) {
+        (Expect::Drop, ProbeOutcome::Timeout) | (Expect::Reject, ProbeOutcome::Refused) => Ok(()),
+        (
+            Expect::Backends(_) | Expect::SameBackend(_) | Expect::Direct,
+            ProbeOutcome::Answered {
+                backend,
+                seen_source,
+                local,
+                ..
+            },
+        ) => {
+            *answered.entry(backend.clone()).or_default() += 1;
+            let addr = resolved
+                .expected
+                .iter()
+                .find(|(_, name)| *name == backend)
+                .map(|(a, _)| *a)
+                .ok_or_else(|| {
+                    let names: Vec<&String> = resolved.expected.values().collect();
+                    format!("answered by {backend}, expected one of {names:?}")
+                })?;
+            let want = match case.source_seen {
+                Seen::Client => Some(resolved.client_ip),
+                Seen::IngressNode => Some(resolved.ingress_addr),
+                Seen::Any => None,
+            };
+            if let Some(want) = want {
+                if seen_source.ip() != want {
+                    return Err(format!(
+                        "{backend} saw source {seen_source}, expected {want} ({:?})",
+                        case.source_seen
+                    ));
+                }
+            }
+            // The answer must also be right for this exact 5-tuple.
+            let packet = Packet {
+                protocol: case.protocol,
+                source: *local,
+                destination: resolved.destination,
+            };
+            match evaluate(ingress_state, &packet, &resolved.entry) {
+                Verdict::Forward { backends, .. } if !backends.contains(&addr) => Err(format!(
+                    "answered by {backend} ({addr}); for {local} the model picks from {backends:?}"
+                )),
+                _ => Ok(()),
+            }
+        }
+        (expect, outcome) => Err(format!("expected {expect:?}, got {outcome:?}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The standard table.
+
+const TCP_PORT: &str = "tcp";
+const UDP_PORT: &str = "udp";
+
+fn backend(lab: &Lab, pod: usize, family: IpFamily) -> Backend {
+    let p = lab.pod(pod);
+    let mut b = Backend::new(
+        p.address(family)
+            .expect("the standard table runs in a dual-stack lab"),
+    );
+    b.node_name = Some(lab.node(p.node).name.clone());
+    b
+}
+
+fn backends(lab: &Lab, pods: &[usize]) -> Vec<Backend> {
+    pods.iter()
+        .map(|&p| backend(lab, p, IpFamily::V4))
+        .collect()
+}
+
+/// A service with a TCP and a UDP port (80 → 8080), both with `node_port` when given.
+fn service(name: &str, cluster_ip: &str, node_port: Option<u16>, pods: Vec<Backend>) -> Service {
+    let mut s = Service::new(ObjectName::new(POD_NAMESPACE, name));
+    s.cluster_ips = vec![cluster_ip.parse().expect("literal address")];
+    s.ports = [(TCP_PORT, Protocol::Tcp), (UDP_PORT, Protocol::Udp)]
+        .into_iter()
+        .map(|(port_name, protocol)| ServicePort {
+            name: port_name.to_owned(),
+            protocol,
+            port: 80,
+            target_port: SERVER_PORT,
+            node_port,
+        })
+        .collect();
+    s.backends = pods;
+    s
+}
+
+// Every setup uses its own ClusterIP and NodePort, so conntrack entries a row leaves behind
+// can never match a later row's packets.
+
+fn web_same_node(lab: &Lab) -> Vec<Service> {
+    vec![service("web", "10.96.0.10", None, backends(lab, &[1]))]
+}
+fn web_other_node(lab: &Lab) -> Vec<Service> {
+    vec![service("web", "10.96.0.11", None, backends(lab, &[2]))]
+}
+fn web_many(lab: &Lab) -> Vec<Service> {
+    vec![service(
+        "web",
+        "10.96.0.12",
+        None,
+        backends(lab, &[1, 2, 3]),
+    )]
+}
+fn node_port_cluster(lab: &Lab) -> Vec<Service> {
+    vec![service(
+        "np",
+        "10.96.0.20",
+        Some(30080),
+        backends(lab, &[2]),
+    )]
+}
+fn node_port_local(lab: &Lab) -> Vec<Service> {
+    let mut s = service("np", "10.96.0.21", Some(30081), backends(lab, &[2]));
+    s.external_traffic_policy = TrafficPolicy::Local;
+    vec![s]
+}
+fn load_balancer(lab: &Lab) -> Vec<Service> {
+    let mut s = service("lb", "10.96.0.30", None, backends(lab, &[2, 3]));
+    s.load_balancer_ips = vec!["172.18.200.10".parse().expect("literal address")];
+    vec![s]
+}
+fn external_ip(lab: &Lab) -> Vec<Service> {
+    let mut s = service("ext", "10.96.0.31", None, backends(lab, &[0]));
+    s.external_ips = vec!["172.18.201.10".parse().expect("literal address")];
+    vec![s]
+}
+fn load_balancer_ranges(lab: &Lab) -> Vec<Service> {
+    let mut s = service("lb", "10.96.0.32", None, backends(lab, &[2]));
+    s.load_balancer_ips = vec!["172.18.200.11".parse().expect("literal address")];
+    s.load_balancer_source_ranges = vec!["172.18.255.1/32".parse().expect("literal CIDR")];
+    vec![s]
+}
+fn internal_local(lab: &Lab) -> Vec<Service> {
+    let mut s = service("itp", "10.96.0.40", None, backends(lab, &[1, 2]));
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    vec![s]
+}
+fn internal_local_remote_only(lab: &Lab) -> Vec<Service> {
+    let mut s = service("itp", "10.96.0.41", None, backends(lab, &[2]));
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    vec![s]
+}
+fn no_backends(_lab: &Lab) -> Vec<Service> {
+    vec![service("empty", "10.96.0.50", None, Vec::new())]
+}
+fn terminating(lab: &Lab, pods: &[usize], serving: bool) -> Vec<Backend> {
+    pods.iter()
+        .map(|&p| {
+            let mut b = backend(lab, p, IpFamily::V4);
+            b.ready = false;
+            b.serving = serving;
+            b.terminating = true;
+            b
+        })
+        .collect()
+}
+fn terminating_serving(lab: &Lab) -> Vec<Service> {
+    vec![service(
+        "term",
+        "10.96.0.51",
+        None,
+        terminating(lab, &[1, 2], true),
+    )]
+}
+fn terminating_not_serving(lab: &Lab) -> Vec<Service> {
+    vec![service(
+        "term",
+        "10.96.0.52",
+        None,
+        terminating(lab, &[1, 2], false),
+    )]
+}
+fn ready_and_terminating(lab: &Lab) -> Vec<Service> {
+    let mut pods = backends(lab, &[1]);
+    pods.extend(terminating(lab, &[2], true));
+    vec![service("term", "10.96.0.53", None, pods)]
+}
+fn hairpin(lab: &Lab) -> Vec<Service> {
+    vec![service("hairpin", "10.96.0.60", None, backends(lab, &[0]))]
+}
+fn sticky(lab: &Lab) -> Vec<Service> {
+    let mut s = service("sticky", "10.96.0.70", None, backends(lab, &[1, 2, 3]));
+    s.session_affinity = SessionAffinity::ClientIp {
+        timeout_seconds: 10800,
+    };
+    vec![s]
+}
+fn maglev(lab: &Lab) -> Vec<Service> {
+    let mut s = service("maglev", "10.96.0.80", None, backends(lab, &[0, 1, 2, 3]));
+    s.load_balancer_ips = vec!["172.18.200.12".parse().expect("literal address")];
+    s.backend_selection = BackendSelection::Maglev;
+    vec![s]
+}
+fn web_v6(lab: &Lab) -> Vec<Service> {
+    vec![service(
+        "web6",
+        "fd00:96::10",
+        None,
+        vec![backend(lab, 2, IpFamily::V6)],
+    )]
+}
+fn node_port_v6(lab: &Lab) -> Vec<Service> {
+    vec![service(
+        "np6",
+        "fd00:96::20",
+        Some(30082),
+        vec![backend(lab, 2, IpFamily::V6)],
+    )]
+}
+
+fn both(case: Case) -> [Case; 2] {
+    let udp = Case {
+        name: format!("{} udp", case.name),
+        ..case.clone()
+    }
+    .protocol(Protocol::Udp);
+    let udp = match &udp.destination {
+        Destination::ClusterIp { service, .. } => Case {
+            destination: Destination::cluster_ip(service, UDP_PORT),
+            ..udp
+        },
+        Destination::NodePort { node, service, .. } => Case {
+            destination: Destination::node_port(*node, service, UDP_PORT),
+            ..udp
+        },
+        Destination::LoadBalancer { node, service, .. } => Case {
+            destination: Destination::load_balancer(*node, service, UDP_PORT),
+            ..udp
+        },
+        Destination::ExternalIp { node, service, .. } => Case {
+            destination: Destination::external_ip(*node, service, UDP_PORT),
+            ..udp
+        },
+        Destination::ClusterIpPort { .. } | Destination::PodIp(_) | Destination::External(_) => udp,
+    };
+    let tcp = Case {
+        name: format!("{} tcp", case.name),
+        ..case
+    };
+    [tcp, udp]
+}
+
+/// The standard table, for a lab of [`STANDARD_LAB`] shape: 2 nodes × 2 pods (pods 0, 1 on
+/// node 0; 2, 3 on node 1), 2 external clients (172.18.255.1 and .2), dual-stack.
+#[allow(clippy::too_many_lines)]
+pub fn standard_cases() -> Vec<Case> {
+    use Client::{External, Host, Pod};
+    use Expect::{Backends, Drop, Reject, SameBackend};
+    let cip = |s: &str| Destination::cluster_ip(s, TCP_PORT);
+    let mut cases = Vec::new();
+    let mut add = |c: Case| cases.extend(both(c));
+
+    add(
+        Case::new("clusterip same node", web_same_node, Pod(0), cip("web"))
+            .expect(Backends(vec![1]))
+            .seen(Seen::Client),
+    );
+    add(
+        Case::new("clusterip other node", web_other_node, Pod(0), cip("web"))
+            .expect(Backends(vec![2]))
+            .seen(Seen::Client),
+    );
+    add(
+        Case::new("clusterip from host", web_other_node, Host(0), cip("web"))
+            .expect(Backends(vec![2]))
+            .seen(Seen::Client),
+    );
+    add(Case::new(
+        "clusterip from host to local pod",
+        web_same_node,
+        Host(0),
+        cip("web"),
+    )
+    .expect(Backends(vec![1]))
+    .seen(Seen::Client));
+    add(
+        Case::new("clusterip several backends", web_many, Pod(0), cip("web"))
+            .expect(Backends(vec![1, 2, 3]))
+            .seen(Seen::Client),
+    );
+    add(Case::new(
+        "clusterip from outside",
+        web_other_node,
+        External(0),
+        cip("web"),
+    )
+    .expect(Backends(vec![2]))
+    .seen(Seen::IngressNode));
+    add(Case::new(
+        "nodeport etp=cluster",
+        node_port_cluster,
+        External(0),
+        Destination::node_port(0, "np", TCP_PORT),
+    )
+    .expect(Backends(vec![2]))
+    .seen(Seen::IngressNode));
+    add(Case::new(
+        "nodeport from a pod on the node",
+        node_port_cluster,
+        Pod(0),
+        Destination::node_port(0, "np", TCP_PORT),
+    )
+    .expect(Backends(vec![2]))
+    .seen(Seen::IngressNode));
+    add(Case::new(
+        "nodeport etp=local",
+        node_port_local,
+        External(0),
+        Destination::node_port(1, "np", TCP_PORT),
+    )
+    .expect(Backends(vec![2]))
+    .seen(Seen::Client));
+    add(Case::new(
+        "nodeport etp=local no local backend",
+        node_port_local,
+        External(0),
+        Destination::node_port(0, "np", TCP_PORT),
+    )
+    .expect(Drop));
+    add(Case::new(
+        "loadbalancer",
+        load_balancer,
+        External(0),
+        Destination::load_balancer(0, "lb", TCP_PORT),
+    )
+    .expect(Backends(vec![2, 3]))
+    .seen(Seen::IngressNode));
+    add(Case::new(
+        "loadbalancer from a pod",
+        load_balancer,
+        Pod(1),
+        Destination::load_balancer(0, "lb", TCP_PORT),
+    )
+    .expect(Backends(vec![2, 3]))
+    .seen(Seen::IngressNode));
+    add(Case::new(
+        "externalip",
+        external_ip,
+        External(0),
+        Destination::external_ip(1, "ext", TCP_PORT),
+    )
+    .expect(Backends(vec![0]))
+    .seen(Seen::IngressNode));
+    add(Case::new(
+        "loadbalancer source range allows",
+        load_balancer_ranges,
+        External(0),
+        Destination::load_balancer(0, "lb", TCP_PORT),
+    )
+    .expect(Backends(vec![2]))
+    .seen(Seen::IngressNode));
+    add(Case::new(
+        "loadbalancer source range denies",
+        load_balancer_ranges,
+        External(1),
+        Destination::load_balancer(0, "lb", TCP_PORT),
+    )
+    .expect(Drop));
+    add(
+        Case::new("itp=local node 0", internal_local, Pod(0), cip("itp"))
+            .expect(Backends(vec![1]))
+            .seen(Seen::Client),
+    );
+    add(
+        Case::new("itp=local node 1", internal_local, Pod(3), cip("itp"))
+            .expect(Backends(vec![2]))
+            .seen(Seen::Client),
+    );
+    add(Case::new(
+        "itp=local no local backend",
+        internal_local_remote_only,
+        Pod(0),
+        cip("itp"),
+    )
+    .expect(Drop));
+    add(Case::new("no backends", no_backends, Pod(0), cip("empty")).expect(Reject));
+    add(Case::new(
+        "terminating serving backends are used",
+        terminating_serving,
+        Pod(0),
+        cip("term"),
+    )
+    .expect(Backends(vec![1, 2]))
+    .seen(Seen::Client));
+    add(Case::new(
+        "terminating non-serving backends reject",
+        terminating_not_serving,
+        Pod(0),
+        cip("term"),
+    )
+    .expect(Reject));
+    add(Case::new(
+        "ready preferred over terminating",
+        ready_and_terminating,
+        Pod(0),
+        cip("term"),
+    )
+    .expect(Backends(vec![1]))
+    .seen(Seen::Client));
+    add(Case::new(
+        "clusterip unknown port",
+        web_same_node,
+        Pod(0),
+        Destination::ClusterIpPort {
+            service: "web".to_owned(),
+            port: 81,
+        },
+    )
+    .expect(Reject));
+    add(Case::new(
+        "pod to pod is not masqueraded",
+        no_backends,
+        Pod(0),
+        Destination::PodIp(2),
+    )
+    .expect(Backends(vec![2]))
+    .seen(Seen::Client));
+    add(Case::new(
+        "pod to outside is masqueraded",
+        no_backends,
+        Pod(0),
+        Destination::External(0),
+    )
+    .expect(Expect::Direct)
+    .seen(Seen::IngressNode)
+    .requires(Requirement::Masquerade));
+    add(Case::new("hairpin", hairpin, Pod(0), cip("hairpin"))
+        .expect(Backends(vec![0]))
+        .seen(Seen::IngressNode));
+    add(Case::new("session affinity", sticky, Pod(0), cip("sticky"))
+        .expect(SameBackend(vec![1, 2, 3]))
+        .seen(Seen::Client)
+        .requires(Requirement::SessionAffinity));
+    add(Case::new("ipv6 clusterip", web_v6, Pod(0), cip("web6"))
+        .family(IpFamily::V6)
+        .expect(Backends(vec![2]))
+        .seen(Seen::Client));
+    add(Case::new(
+        "ipv6 nodeport",
+        node_port_v6,
+        External(0),
+        Destination::node_port(0, "np6", TCP_PORT),
+    )
+    .family(IpFamily::V6)
+    .expect(Backends(vec![2]))
+    .seen(Seen::IngressNode));
+    // One client 5-tuple to a LoadBalancer IP through either node: Maglev makes both nodes
+    // pick the same backend (and the reference model's choice for the tuple is checked per
+    // probe, should it narrow Maglev down to one backend).
+    for node in 0..2 {
+        let mut case = Case::new(
+            &format!("maglev via node {node} tcp"),
+            maglev,
+            External(0),
+            Destination::load_balancer(node, "maglev", TCP_PORT),
+        )
+        .expect(SameBackend(vec![0, 1, 2, 3]))
+        .seen(Seen::IngressNode)
+        .client_port(41000)
+        .requires(Requirement::Maglev);
+        if node > 0 {
+            case = case.consistent_with("maglev via node 0 tcp");
+        }
+        cases.push(case);
+    }
+    cases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(is_service: bool) -> Resolved {
+        let a: SocketAddr = "10.244.0.11:8080".parse().unwrap();
+        let b: SocketAddr = "10.244.1.10:8080".parse().unwrap();
+        Resolved {
+            client_netns: NetNs::new("unused"),
+            client_ip: "10.244.0.10".parse().unwrap(),
+            ingress: 0,
+            ingress_addr: "172.18.0.10".parse().unwrap(),
+            entry: Entry::FromHost,
+            destination: "10.96.0.10:80".parse().unwrap(),
+            is_service,
+            expected: [(a, "pod-0-1".to_owned()), (b, "pod-1-0".to_owned())]
+                .into_iter()
+                .collect(),
+            route: None,
+        }
+    }
+
+    fn forward(backends: &[&str], source: SourceSeen) -> Verdict {
+        Verdict::Forward {
+            service: ObjectName::new("default", "web"),
+            frontend: dataplane_core::FrontendKind::ClusterIp,
+            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            source,
+        }
+    }
+
+    #[test]
+    fn reference_check_accepts_a_right_row() {
+        let r = resolved(true);
+        let v = forward(
+            &["10.244.0.11:8080", "10.244.1.10:8080"],
+            SourceSeen::Client,
+        );
+        check_verdict(&Expect::Backends(vec![1, 2]), Seen::Client, &r, &v).unwrap();
+        check_verdict(&Expect::Backends(vec![1, 2]), Seen::Any, &r, &v).unwrap();
+        let v = forward(&["10.244.1.10:8080"], SourceSeen::Client);
+        check_verdict(&Expect::SameBackend(vec![1, 2]), Seen::Client, &r, &v).unwrap();
+        let masq = SourceSeen::Masqueraded("172.18.0.10".parse().unwrap());
+        let v = forward(&["10.244.0.11:8080", "10.244.1.10:8080"], masq);
+        check_verdict(&Expect::Backends(vec![1, 2]), Seen::IngressNode, &r, &v).unwrap();
+        check_verdict(&Expect::Drop, Seen::Any, &r, &Verdict::Drop).unwrap();
+        check_verdict(&Expect::Reject, Seen::Any, &r, &Verdict::Reject).unwrap();
+        let untouched = Verdict::Untouched {
+            source: SourceSeen::Client,
+        };
+        check_verdict(
+            &Expect::Backends(vec![1]),
+            Seen::Client,
+            &resolved(false),
+            &untouched,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn reference_check_catches_wrong_rows() {
+        let r = resolved(true);
+        let both = forward(
+            &["10.244.0.11:8080", "10.244.1.10:8080"],
+            SourceSeen::Client,
+        );
+        // Wrong backend set.
+        let one = forward(&["10.244.0.11:8080"], SourceSeen::Client);
+        assert!(check_verdict(&Expect::Backends(vec![1, 2]), Seen::Client, &r, &one).is_err());
+        // Wrong source.
+        let e =
+            check_verdict(&Expect::Backends(vec![1, 2]), Seen::IngressNode, &r, &both).unwrap_err();
+        assert!(e.contains("IngressNode"), "{e}");
+        // Masqueraded to another node's address.
+        let other = SourceSeen::Masqueraded("172.18.0.11".parse().unwrap());
+        let v = forward(&["10.244.0.11:8080", "10.244.1.10:8080"], other);
+        assert!(check_verdict(&Expect::Backends(vec![1, 2]), Seen::IngressNode, &r, &v).is_err());
+        // Drop vs reject vs forward.
+        assert!(check_verdict(&Expect::Drop, Seen::Any, &r, &Verdict::Reject).is_err());
+        assert!(check_verdict(&Expect::Reject, Seen::Any, &r, &both).is_err());
+        assert!(check_verdict(&Expect::Backends(vec![1]), Seen::Any, &r, &Verdict::Drop).is_err());
+        // A service row that the model treats as plain routing, and the reverse.
+        let untouched = Verdict::Untouched {
+            source: SourceSeen::Client,
+        };
+        assert!(check_verdict(&Expect::Backends(vec![1, 2]), Seen::Any, &r, &untouched).is_err());
+        assert!(check_verdict(
+            &Expect::Backends(vec![1]),
+            Seen::Any,
+            &resolved(false),
+            &both
+        )
+        .is_err());
+        // SameBackend must not allow backends outside the row's set.
+        let stray = forward(&["10.244.9.9:8080"], SourceSeen::Client);
+        assert!(check_verdict(&Expect::SameBackend(vec![1, 2]), Seen::Any, &r, &stray).is_err());
+    }
+
+    #[test]
+    fn consistency_is_checked_against_the_named_row() {
+        let case =
+            Case::new("b", no_backends, Client::Pod(0), Destination::PodIp(0)).consistent_with("a");
+        let passed = |backend: &str| RowOutcome::Passed {
+            probes: 5,
+            answered: [(backend.to_owned(), 5)].into_iter().collect(),
+        };
+        let answers: BTreeMap<String, String> = [("a".to_owned(), "pod-0-1".to_owned())]
+            .into_iter()
+            .collect();
+        let mut same = passed("pod-0-1");
+        check_consistency(&case, &mut same, &answers);
+        assert_eq!(same, passed("pod-0-1"));
+        let mut other = passed("pod-1-0");
+        check_consistency(&case, &mut other, &answers);
+        assert!(matches!(other, RowOutcome::Failed { .. }), "{other:?}");
+        let mut orphan = passed("pod-0-1");
+        check_consistency(&case, &mut orphan, &BTreeMap::new());
+        assert!(matches!(orphan, RowOutcome::Failed { .. }), "{orphan:?}");
+    }
+
+    #[test]
+    fn requirements_are_derived() {
+        let c = Case::new(
+            "x",
+            no_backends,
+            Client::Pod(0),
+            Destination::cluster_ip("empty", UDP_PORT),
+        )
+        .protocol(Protocol::Udp)
+        .family(IpFamily::V6)
+        .requires(Requirement::Maglev);
+        let r = c.requirements();
+        assert!(r.contains(&Requirement::Udp));
+        assert!(r.contains(&Requirement::Ipv6));
+        assert!(r.contains(&Requirement::Maglev));
+        let direct = Case::new("y", no_backends, Client::Pod(0), Destination::PodIp(1))
+            .protocol(Protocol::Udp);
+        assert!(direct.requirements().is_empty(), "routing needs no backend");
+    }
+
+    #[test]
+    fn standard_rows_have_unique_names_and_both_protocols() {
+        let cases = standard_cases();
+        let names: BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names.len(), cases.len(), "duplicate row names");
+        assert!(cases.iter().any(|c| c.protocol == Protocol::Udp));
+        assert!(cases.iter().any(|c| c.family == IpFamily::V6));
+        for c in &cases {
+            if c.protocol == Protocol::Udp {
+                assert!(c.name.ends_with(" udp"), "{}", c.name);
+            }
+        }
+    }
+}

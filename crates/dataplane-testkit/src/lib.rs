@@ -1,0 +1,29 @@
+#![doc = include_str!("../README.md")]
+
+pub mod conformance;
+pub mod lab;
+pub mod netns;
+pub mod traffic;
+
+pub use lab::{
+    Family, Lab, LabError, LabExternal, LabNode, LabPod, LabSpec, POD_NAMESPACE, SERVER_PORT,
+};
+pub use netns::NetNs;
+pub use traffic::{
+    measure, probe, probe_from, serve, Measurement, ProbeOutcome, Server, TcpSession, TrafficError,
+};
+
+/// Whether the test may run privileged code: `true` as root. Otherwise it panics when the
+/// environment says `CI=true` (a skip in CI is a failure), or prints
+/// `SKIPPED <test_name>: needs root` and returns `false`.
+pub fn require_root(test_name: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test_name}: needs root, and CI=true forbids skipping"
+    );
+    eprintln!("SKIPPED {test_name}: needs root");
+    false
+}

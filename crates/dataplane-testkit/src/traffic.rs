@@ -1,0 +1,905 @@
+//! Echo-who-I-am servers and the probes that talk to them.
+//!
+//! A server answers every TCP request line and every UDP datagram with
+//! `"<name> <peer-ip>:<peer-port>\n"`: the backend's name tells a test *which* backend a
+//! service picked, the peer address tells it which source address survived the dataplane's
+//! NAT. One thread per served namespace polls all of its sockets (TCP and UDP, IPv4 and
+//! IPv6); it checks a stop flag every 50 ms, so dropping the [`Server`] closes every socket
+//! and ends the thread, which releases the namespace.
+
+use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dataplane_core::Protocol;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags};
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
+    SockType, SockaddrStorage,
+};
+
+use crate::lab::LabError;
+use crate::netns::NetNs;
+
+/// Timeout of [`TcpSession`] connects and requests unless changed.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const POLL_INTERVAL_MS: u16 = 50;
+const MAX_LINE: usize = 4096;
+
+/// Errors of servers and probes (not outcomes: a refused probe is [`ProbeOutcome::Refused`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrafficError {
+    /// Entering the namespace failed.
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    /// A socket operation failed in an unexpected way.
+    #[error("{what}")]
+    Io {
+        /// What was being done, with the addresses involved.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The answer was not `"<name> <ip>:<port>"`.
+    #[error("malformed answer from {from}: {reply:?}")]
+    BadReply {
+        /// Who answered.
+        from: SocketAddr,
+        /// The answer.
+        reply: String,
+    },
+    /// The protocol has no server or probe.
+    #[error("{protocol} probes are not supported")]
+    Unsupported {
+        /// The protocol.
+        protocol: Protocol,
+    },
+    /// A [`TcpSession`] could not connect.
+    #[error("tcp session to {destination}: {outcome:?}")]
+    NotConnected {
+        /// Where it tried to connect.
+        destination: SocketAddr,
+        /// What happened instead (never [`ProbeOutcome::Answered`]).
+        outcome: Box<ProbeOutcome>,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> TrafficError {
+    let what = what.into();
+    move |source| TrafficError::Io { what, source }
+}
+
+fn errno_err(what: impl Into<String>) -> impl FnOnce(Errno) -> TrafficError {
+    let what = what.into();
+    move |errno| TrafficError::Io {
+        what,
+        source: io::Error::from(errno),
+    }
+}
+
+/// A running server; stops (closing all its sockets) when dropped.
+#[derive(Debug)]
+pub struct Server {
+    name: String,
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// The name the server answers with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The port it listens on (TCP and UDP).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn signal(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.signal();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::warn!(server = %self.name, "server thread panicked");
+            }
+        }
+    }
+}
+
+/// Stops all `servers`, signalling all of them before waiting for any.
+pub(crate) fn stop_all(servers: &mut Vec<Server>) {
+    for server in servers.iter() {
+        server.signal();
+    }
+    servers.clear();
+}
+
+/// Starts TCP and UDP servers on `port` (IPv4 and, where the namespace has IPv6, IPv6)
+/// inside `netns`, answering with `name`. Returns once the sockets are bound.
+pub fn serve(netns: &NetNs, name: &str, port: u16) -> Result<Server, TrafficError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let thread = {
+        let netns = netns.clone();
+        let owned = name.to_owned();
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name(format!("serve-{name}"))
+            .spawn(move || {
+                let name = owned;
+                let sockets = netns
+                    .enter()
+                    .map_err(TrafficError::from)
+                    .and_then(|()| Sockets::bind(port));
+                match sockets {
+                    Ok(sockets) => {
+                        let _ = ready_tx.send(Ok(()));
+                        event_loop(&name, sockets, &stop);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(io_err(format!("spawn server thread for {name}")))?
+    };
+    let mut server = Server {
+        name: name.to_owned(),
+        port,
+        stop,
+        thread: Some(thread),
+    };
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(server),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            server.thread.take();
+            Err(TrafficError::Io {
+                what: format!("server {name} exited before binding"),
+                source: io::Error::other("server thread ended"),
+            })
+        }
+    }
+}
+
+struct Sockets {
+    listeners: Vec<TcpListener>,
+    udp: Vec<UdpSocket>,
+}
+
+impl Sockets {
+    fn bind(port: u16) -> Result<Self, TrafficError> {
+        let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, port).into();
+        let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();
+        let mut sockets = Sockets {
+            listeners: Vec::new(),
+            udp: Vec::new(),
+        };
+        for addr in [v4, v6] {
+            let tcp = match bound_socket(addr, SockType::Stream) {
+                Ok(fd) => fd,
+                // IPv6 disabled in this kernel: serve IPv4 only.
+                Err(Errno::EAFNOSUPPORT) if addr.is_ipv6() => continue,
+                Err(e) => return Err(errno_err(format!("bind tcp {addr}"))(e)),
+            };
+            socket::listen(&tcp, Backlog::MAXCONN).map_err(errno_err(format!("listen {addr}")))?;
+            sockets.listeners.push(TcpListener::from(tcp));
+            let udp = bound_socket(addr, SockType::Datagram)
+                .map_err(errno_err(format!("bind udp {addr}")))?;
+            let pktinfo = if addr.is_ipv4() {
+                socket::setsockopt(&udp, sockopt::Ipv4PacketInfo, &true)
+            } else {
+                socket::setsockopt(&udp, sockopt::Ipv6RecvPacketInfo, &true)
+            };
+            pktinfo.map_err(errno_err(format!("IP_PKTINFO on udp {addr}")))?;
+            sockets.udp.push(UdpSocket::from(udp));
+        }
+        Ok(sockets)
+    }
+}
+
+/// A non-blocking socket bound to `addr` (IPv6 sockets are IPv6-only, so that IPv4 peers show
+/// up as IPv4 addresses on the IPv4 socket).
+fn bound_socket(addr: SocketAddr, kind: SockType) -> Result<OwnedFd, Errno> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(
+        family,
+        kind,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // Listeners may rebind while old connections linger in TIME_WAIT; UDP sockets must not
+    // share a port silently, so they do without.
+    if kind == SockType::Stream {
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(fd)
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    eof: bool,
+}
+
+impl Conn {
+    /// Reads what is available, queues answers, writes what it can. `false`: close it.
+    fn service(&mut self, name: &str) -> bool {
+        let mut buf = [0u8; 2048];
+        while !self.eof {
+            match self.stream.read(&mut buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        while let Some(pos) = self.input.iter().position(|&b| b == b'\n') {
+            self.input.drain(..=pos);
+            self.output
+                .extend_from_slice(format!("{name} {}\n", self.peer).as_bytes());
+        }
+        if self.input.len() > MAX_LINE {
+            return false;
+        }
+        while !self.output.is_empty() {
+            match self.stream.write(&self.output) {
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        !(self.eof && self.output.is_empty())
+    }
+}
+
+fn event_loop(name: &str, sockets: Sockets, stop: &AtomicBool) {
+    let Sockets { listeners, udp } = sockets;
+    let mut conns: Vec<Conn> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd<'_>> = listeners
+                .iter()
+                .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
+                .chain(
+                    udp.iter()
+                        .map(|u| PollFd::new(u.as_fd(), PollFlags::POLLIN)),
+                )
+                .chain(conns.iter().map(|c| {
+                    let mut events = PollFlags::POLLIN;
+                    if !c.output.is_empty() {
+                        events |= PollFlags::POLLOUT;
+                    }
+                    PollFd::new(c.stream.as_fd(), events)
+                }))
+                .collect();
+            match poll(&mut fds, POLL_INTERVAL_MS) {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(server = name, error = %e, "poll failed; server stops");
+                    return;
+                }
+            }
+            fds.iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        let (ready_listeners, rest) = ready.split_at(listeners.len());
+        let (ready_udp, ready_conns) = rest.split_at(udp.len());
+
+        let mut keep = ready_conns.iter();
+        let mut closed = Vec::new();
+        for (i, conn) in conns.iter_mut().enumerate() {
+            if *keep.next().unwrap_or(&false) && !conn.service(name) {
+                closed.push(i);
+            }
+        }
+        for i in closed.into_iter().rev() {
+            conns.swap_remove(i);
+        }
+
+        for (listener, _) in listeners.iter().zip(ready_listeners).filter(|(_, r)| **r) {
+            loop {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        if stream.set_nonblocking(true).is_err() {
+                            continue;
+                        }
+                        let _ = stream.set_nodelay(true);
+                        let mut conn = Conn {
+                            stream,
+                            peer,
+                            input: Vec::new(),
+                            output: Vec::new(),
+                            eof: false,
+                        };
+                        if conn.service(name) {
+                            conns.push(conn);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // ECONNABORTED and the like concern one connection only.
+                    Err(_) => break,
+                }
+            }
+        }
+
+        for (socket, _) in udp.iter().zip(ready_udp).filter(|(_, r)| **r) {
+            // Bounded so a flood cannot starve the stop flag.
+            for _ in 0..256 {
+                // Other errors are pending ICMP errors of earlier answers; they concern one
+                // peer only.
+                if answer_datagram(socket, name) == Err(Errno::EAGAIN) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Answers one datagram from the address it was sent to (`IP_PKTINFO`), so that a client's
+/// connected socket accepts the answer even when the namespace has several addresses (a VIP
+/// on a DSR backend, a node with several addresses).
+fn answer_datagram(socket: &UdpSocket, name: &str) -> Result<(), Errno> {
+    let fd = socket.as_raw_fd();
+    let mut buf = [0u8; 2048];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!(libc::in_pktinfo, libc::in6_pktinfo);
+    let msg =
+        socket::recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut space), MsgFlags::empty())?;
+    let Some(peer) = msg.address.as_ref().and_then(to_socket_addr) else {
+        return Ok(());
+    };
+    let mut v4 = None;
+    let mut v6 = None;
+    for cmsg in msg.cmsgs()? {
+        match cmsg {
+            ControlMessageOwned::Ipv4PacketInfo(info) => {
+                v4 = Some(libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: info.ipi_addr,
+                    ipi_addr: info.ipi_addr,
+                });
+            }
+            ControlMessageOwned::Ipv6PacketInfo(info) => {
+                v6 = Some(libc::in6_pktinfo {
+                    ipi6_addr: info.ipi6_addr,
+                    ipi6_ifindex: 0,
+                });
+            }
+            _ => {}
+        }
+    }
+    let mut cmsgs = Vec::new();
+    if let Some(info) = &v4 {
+        cmsgs.push(ControlMessage::Ipv4PacketInfo(info));
+    }
+    if let Some(info) = &v6 {
+        cmsgs.push(ControlMessage::Ipv6PacketInfo(info));
+    }
+    let reply = format!("{name} {peer}\n");
+    let to = SockaddrStorage::from(peer);
+    socket::sendmsg(
+        fd,
+        &[IoSlice::new(reply.as_bytes())],
+        &cmsgs,
+        MsgFlags::empty(),
+        Some(&to),
+    )
+    .map(|_| ())
+}
+
+fn to_socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// What a probe got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// A server answered.
+    Answered {
+        /// The name the server answered with (a pod name).
+        backend: String,
+        /// The source address the server saw.
+        seen_source: SocketAddr,
+        /// From the start of the connect (or the send) to the answer.
+        latency: Duration,
+        /// The probe's own address and port.
+        local: SocketAddr,
+    },
+    /// TCP RST, or ICMP port unreachable for UDP (`ECONNREFUSED`).
+    Refused,
+    /// ICMP host or network unreachable (`EHOSTUNREACH`, `ENETUNREACH`).
+    Unreachable,
+    /// No answer in time (a drop).
+    Timeout,
+}
+
+impl ProbeOutcome {
+    /// The answering backend's name, if one answered.
+    pub fn backend(&self) -> Option<&str> {
+        match self {
+            ProbeOutcome::Answered { backend, .. } => Some(backend),
+            _ => None,
+        }
+    }
+}
+
+fn classify(error: &io::Error) -> Option<ProbeOutcome> {
+    match error.raw_os_error() {
+        Some(libc::ECONNREFUSED | libc::ECONNRESET) => Some(ProbeOutcome::Refused),
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => Some(ProbeOutcome::Unreachable),
+        Some(libc::ETIMEDOUT | libc::EAGAIN) => Some(ProbeOutcome::Timeout),
+        _ if matches!(
+            error.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        ) =>
+        {
+            Some(ProbeOutcome::Timeout)
+        }
+        _ => None,
+    }
+}
+
+fn outcome_or_error(
+    error: io::Error,
+    what: impl FnOnce() -> String,
+) -> Result<ProbeOutcome, TrafficError> {
+    classify(&error).ok_or_else(|| TrafficError::Io {
+        what: what(),
+        source: error,
+    })
+}
+
+/// Sends one request from inside `netns` to `dst` and reports who answered.
+pub fn probe(
+    netns: &NetNs,
+    dst: SocketAddr,
+    protocol: Protocol,
+    timeout: Duration,
+) -> Result<ProbeOutcome, TrafficError> {
+    probe_from(netns, None, dst, protocol, timeout)
+}
+
+/// Like [`probe`], from a fixed source address and/or port (`0.0.0.0:41000` fixes only the
+/// port). A TCP probe from a fixed port closes with RST (`SO_LINGER` 0) so that the same
+/// 4-tuple can be used again at once.
+pub fn probe_from(
+    netns: &NetNs,
+    source: Option<SocketAddr>,
+    dst: SocketAddr,
+    protocol: Protocol,
+    timeout: Duration,
+) -> Result<ProbeOutcome, TrafficError> {
+    match protocol {
+        Protocol::Tcp => netns.run(|| probe_tcp(source, dst, timeout))?,
+        Protocol::Udp => netns.run(|| probe_udp(source, dst, timeout))?,
+        Protocol::Sctp => Err(TrafficError::Unsupported { protocol }),
+    }
+}
+
+fn new_socket(
+    source: Option<SocketAddr>,
+    dst: SocketAddr,
+    kind: SockType,
+) -> Result<OwnedFd, TrafficError> {
+    let family = if dst.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(
+        family,
+        kind,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(errno_err(format!("socket for {dst}")))?;
+    if let Some(src) = source {
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
+            .map_err(errno_err(format!("SO_REUSEADDR for {src}")))?;
+        socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(src))
+            .map_err(errno_err(format!("bind {src}")))?;
+    }
+    Ok(fd)
+}
+
+fn remaining(deadline: Instant) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (left >= Duration::from_millis(1)).then_some(left)
+}
+
+/// Connects a TCP socket within `timeout`: `Ok(Err(outcome))` when the connect itself failed
+/// in a way the caller reports as an outcome.
+fn connect_tcp(
+    source: Option<SocketAddr>,
+    dst: SocketAddr,
+    deadline: Instant,
+) -> Result<Result<TcpStream, ProbeOutcome>, TrafficError> {
+    let fd = new_socket(source, dst, SockType::Stream)?;
+    match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
+        Ok(()) | Err(Errno::EINPROGRESS) => {}
+        Err(e) => return outcome_or_error(e.into(), || format!("connect {dst}")).map(Err),
+    }
+    let Some(left) = remaining(deadline) else {
+        return Ok(Err(ProbeOutcome::Timeout));
+    };
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+    let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+    match poll(&mut fds, ms.max(1)) {
+        Ok(0) => return Ok(Err(ProbeOutcome::Timeout)),
+        Ok(_) => {}
+        Err(e) => return Err(errno_err(format!("poll connect {dst}"))(e)),
+    }
+    let err = socket::getsockopt(&fd, sockopt::SocketError)
+        .map_err(errno_err(format!("SO_ERROR of connect {dst}")))?;
+    if err != 0 {
+        let error = io::Error::from_raw_os_error(err);
+        return outcome_or_error(error, || format!("connect {dst}")).map(Err);
+    }
+    let stream = TcpStream::from(fd);
+    stream
+        .set_nonblocking(false)
+        .map_err(io_err(format!("blocking mode for {dst}")))?;
+    let _ = stream.set_nodelay(true);
+    Ok(Ok(stream))
+}
+
+fn parse_reply(from: SocketAddr, line: &str) -> Result<(String, SocketAddr), TrafficError> {
+    let bad = || TrafficError::BadReply {
+        from,
+        reply: line.to_owned(),
+    };
+    let (name, peer) = line.trim_end().split_once(' ').ok_or_else(bad)?;
+    let peer: SocketAddr = peer.parse().map_err(|_| bad())?;
+    if name.is_empty() {
+        return Err(bad());
+    }
+    Ok((name.to_owned(), peer))
+}
+
+fn probe_tcp(
+    source: Option<SocketAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<ProbeOutcome, TrafficError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let stream = match connect_tcp(source, dst, deadline)? {
+        Ok(stream) => stream,
+        Err(outcome) => return Ok(outcome),
+    };
+    if source.is_some() {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        socket::setsockopt(&stream, sockopt::Linger, &linger)
+            .map_err(errno_err(format!("SO_LINGER for {dst}")))?;
+    }
+    let local = stream
+        .local_addr()
+        .map_err(io_err(format!("local address of connection to {dst}")))?;
+    let outcome = exchange(&stream, dst, deadline)?;
+    Ok(match outcome {
+        Ok((backend, seen_source)) => ProbeOutcome::Answered {
+            backend,
+            seen_source,
+            latency: start.elapsed(),
+            local,
+        },
+        Err(outcome) => outcome,
+    })
+}
+
+/// One request/answer on a connected stream.
+fn exchange(
+    stream: &TcpStream,
+    dst: SocketAddr,
+    deadline: Instant,
+) -> Result<Result<(String, SocketAddr), ProbeOutcome>, TrafficError> {
+    let Some(left) = remaining(deadline) else {
+        return Ok(Err(ProbeOutcome::Timeout));
+    };
+    stream
+        .set_read_timeout(Some(left))
+        .and_then(|()| stream.set_write_timeout(Some(left)))
+        .map_err(io_err(format!("timeouts for {dst}")))?;
+    let mut writer = stream;
+    if let Err(e) = writer.write_all(b"probe\n") {
+        return outcome_or_error(e, || format!("send to {dst}")).map(Err);
+    }
+    let mut line = String::new();
+    match BufReader::new(stream).read_line(&mut line) {
+        Ok(0) => Err(TrafficError::BadReply {
+            from: dst,
+            reply: String::new(),
+        }),
+        Ok(_) => parse_reply(dst, &line).map(Ok),
+        Err(e) => outcome_or_error(e, || format!("receive from {dst}")).map(Err),
+    }
+}
+
+fn probe_udp(
+    source: Option<SocketAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<ProbeOutcome, TrafficError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let fd = new_socket(source, dst, SockType::Datagram)?;
+    if let Err(e) = socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
+        return outcome_or_error(e.into(), || format!("connect udp {dst}"));
+    }
+    let sock = UdpSocket::from(fd);
+    sock.set_nonblocking(false)
+        .map_err(io_err(format!("blocking mode for udp {dst}")))?;
+    let local = sock
+        .local_addr()
+        .map_err(io_err(format!("local address of udp socket to {dst}")))?;
+    if let Err(e) = sock.send(b"probe\n") {
+        return outcome_or_error(e, || format!("send udp to {dst}"));
+    }
+    let Some(left) = remaining(deadline) else {
+        return Ok(ProbeOutcome::Timeout);
+    };
+    sock.set_read_timeout(Some(left))
+        .map_err(io_err(format!("timeout for udp {dst}")))?;
+    let mut buf = [0u8; 2048];
+    match sock.recv(&mut buf) {
+        Ok(n) => {
+            let line = String::from_utf8_lossy(&buf[..n]);
+            let (backend, seen_source) = parse_reply(dst, &line)?;
+            Ok(ProbeOutcome::Answered {
+                backend,
+                seen_source,
+                latency: start.elapsed(),
+                local,
+            })
+        }
+        Err(e) => outcome_or_error(e, || format!("receive udp from {dst}")),
+    }
+}
+
+/// The result of [`measure`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Measurement {
+    /// Latency of each answered exchange (connect + request + answer), sorted ascending.
+    pub latencies: Vec<Duration>,
+    /// Answers per backend name.
+    pub backends: std::collections::BTreeMap<String, usize>,
+    /// Exchanges that got no answer, by outcome (`Refused`, `Unreachable`, `Timeout`).
+    pub failures: std::collections::BTreeMap<String, usize>,
+    /// Wall-clock time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl Measurement {
+    /// The `p`-th percentile latency (`p` in 0..=100, nearest rank), if anything answered.
+    pub fn percentile(&self, p: f64) -> Option<Duration> {
+        if self.latencies.is_empty() {
+            return None;
+        }
+        let n = self.latencies.len();
+        #[allow(clippy::cast_precision_loss, clippy::cast_sign_loss)]
+        let rank = ((p.clamp(0.0, 100.0) / 100.0) * n as f64).ceil() as usize;
+        Some(self.latencies[rank.clamp(1, n) - 1])
+    }
+
+    /// Answered exchanges per second.
+    pub fn per_second(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            #[allow(clippy::cast_precision_loss)]
+            let answered = self.latencies.len() as f64;
+            answered / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Runs `count` exchanges one after the other from inside `netns` to `dst`, each on a new
+/// TCP connection (or a new UDP socket), all from one thread that entered the namespace once
+/// — the per-exchange cost is the network's, not the testkit's. For connection-rate and
+/// latency benchmarks.
+pub fn measure(
+    netns: &NetNs,
+    dst: SocketAddr,
+    protocol: Protocol,
+    count: usize,
+    timeout: Duration,
+) -> Result<Measurement, TrafficError> {
+    let exchange = match protocol {
+        Protocol::Tcp => probe_tcp,
+        Protocol::Udp => probe_udp,
+        Protocol::Sctp => return Err(TrafficError::Unsupported { protocol }),
+    };
+    netns.run(|| {
+        let mut m = Measurement::default();
+        let start = Instant::now();
+        for _ in 0..count {
+            match exchange(None, dst, timeout)? {
+                ProbeOutcome::Answered {
+                    backend, latency, ..
+                } => {
+                    m.latencies.push(latency);
+                    *m.backends.entry(backend).or_default() += 1;
+                }
+                other => *m.failures.entry(format!("{other:?}")).or_default() += 1,
+            }
+        }
+        m.elapsed = start.elapsed();
+        m.latencies.sort_unstable();
+        Ok(m)
+    })?
+}
+
+/// A TCP connection kept open across events (restarts, endpoint changes): each
+/// [`TcpSession::request`] asks the same backend again over the same connection.
+#[derive(Debug)]
+pub struct TcpSession {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    destination: SocketAddr,
+    local: SocketAddr,
+    timeout: Duration,
+}
+
+impl TcpSession {
+    /// Connects from inside `netns` to `dst` (timeout [`DEFAULT_TIMEOUT`]).
+    pub fn open(netns: &NetNs, dst: SocketAddr) -> Result<TcpSession, TrafficError> {
+        Self::open_with_timeout(netns, dst, DEFAULT_TIMEOUT)
+    }
+
+    /// Connects with `timeout` for the connect and for each later request.
+    pub fn open_with_timeout(
+        netns: &NetNs,
+        dst: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpSession, TrafficError> {
+        let deadline = Instant::now() + timeout;
+        let stream = match netns.run(|| connect_tcp(None, dst, deadline))?? {
+            Ok(stream) => stream,
+            Err(outcome) => {
+                return Err(TrafficError::NotConnected {
+                    destination: dst,
+                    outcome: Box::new(outcome),
+                })
+            }
+        };
+        let local = stream
+            .local_addr()
+            .map_err(io_err(format!("local address of session to {dst}")))?;
+        let reader = BufReader::new(
+            stream
+                .try_clone()
+                .map_err(io_err(format!("clone session to {dst}")))?,
+        );
+        Ok(TcpSession {
+            stream,
+            reader,
+            destination: dst,
+            local,
+            timeout,
+        })
+    }
+
+    /// The client side's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The address connected to.
+    pub fn destination(&self) -> SocketAddr {
+        self.destination
+    }
+
+    /// Changes the timeout of later requests.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Sends one request and returns `(backend name, source address the backend saw)`.
+    pub fn request(&mut self) -> Result<(String, SocketAddr), TrafficError> {
+        let dst = self.destination;
+        let timeout = self.timeout.max(Duration::from_millis(1));
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| self.stream.set_write_timeout(Some(timeout)))
+            .map_err(io_err(format!("timeouts for session to {dst}")))?;
+        self.stream
+            .write_all(b"request\n")
+            .map_err(io_err(format!("send on session to {dst}")))?;
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(io_err(format!("receive on session to {dst}")))?;
+        if n == 0 {
+            return Err(TrafficError::Io {
+                what: format!("session to {dst}"),
+                source: io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
+            });
+        }
+        parse_reply(dst, &line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse() {
+        let from: SocketAddr = "10.96.0.10:80".parse().unwrap();
+        let (name, peer) = parse_reply(from, "pod-0-1 10.244.1.10:41000\n").unwrap();
+        assert_eq!(name, "pod-0-1");
+        assert_eq!(peer, "10.244.1.10:41000".parse().unwrap());
+        let (_, peer) = parse_reply(from, "pod-0-1 [fd00:244:1::10]:5\n").unwrap();
+        assert_eq!(peer, "[fd00:244:1::10]:5".parse().unwrap());
+        assert!(parse_reply(from, "garbage\n").is_err());
+        assert!(parse_reply(from, " 1.2.3.4:5\n").is_err());
+        assert!(parse_reply(from, "x 1.2.3.4\n").is_err());
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let m = Measurement {
+            latencies: (1..=100).map(Duration::from_millis).collect(),
+            elapsed: Duration::from_secs(2),
+            ..Measurement::default()
+        };
+        assert_eq!(m.percentile(50.0), Some(Duration::from_millis(50)));
+        assert_eq!(m.percentile(99.0), Some(Duration::from_millis(99)));
+        assert_eq!(m.percentile(100.0), Some(Duration::from_millis(100)));
+        assert_eq!(m.percentile(0.0), Some(Duration::from_millis(1)));
+        assert!((m.per_second() - 50.0).abs() < 1e-9);
+        assert_eq!(Measurement::default().percentile(50.0), None);
+    }
+
+    #[test]
+    fn errors_classify() {
+        let c = |errno| classify(&io::Error::from_raw_os_error(errno));
+        assert_eq!(c(libc::ECONNREFUSED), Some(ProbeOutcome::Refused));
+        assert_eq!(c(libc::ECONNRESET), Some(ProbeOutcome::Refused));
+        assert_eq!(c(libc::EHOSTUNREACH), Some(ProbeOutcome::Unreachable));
+        assert_eq!(c(libc::ENETUNREACH), Some(ProbeOutcome::Unreachable));
+        assert_eq!(c(libc::EAGAIN), Some(ProbeOutcome::Timeout));
+        assert_eq!(c(libc::EPERM), None);
+    }
+}

@@ -1,0 +1,246 @@
+//! The conformance runner itself, with no real dataplane: routing-only rows pass through plain
+//! routing, the standard table agrees with core's reference model, and the runner catches both
+//! a wrong row and a backend that does not do what it claims.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dataplane_core::{
+    ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, IpFamily,
+    ObservedState, Protocol, Service, Stats,
+};
+use dataplane_testkit::conformance::{
+    self, standard_cases, Case, Client, Destination, Expect, RowOutcome, Seen, STANDARD_LAB,
+};
+use dataplane_testkit::{require_root, Lab, LabNode};
+
+/// Programs nothing. `claims` are the capabilities it reports (empty: an honest no-op).
+struct NullDataplane {
+    claims: Capabilities,
+    applies: Arc<AtomicUsize>,
+}
+
+impl Dataplane for NullDataplane {
+    fn capabilities(&self) -> Capabilities {
+        self.claims.clone()
+    }
+    fn apply(&mut self, _desired: &DesiredState) -> Result<ApplyReport, Error> {
+        self.applies.fetch_add(1, Ordering::Relaxed);
+        Ok(ApplyReport {
+            full_sync: true,
+            ..ApplyReport::default()
+        })
+    }
+    fn apply_changes(&mut self, _changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        Ok(ApplyReport::default())
+    }
+    fn observe(&self) -> Result<ObservedState, Error> {
+        Ok(ObservedState::default())
+    }
+    fn flows(&self) -> Result<Vec<Flow>, Error> {
+        Ok(Vec::new())
+    }
+    fn stats(&self) -> Result<Stats, Error> {
+        Ok(Stats::default())
+    }
+    fn reset(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+fn null_caps() -> Capabilities {
+    Capabilities {
+        backend: "null".to_owned(),
+        ..Capabilities::default()
+    }
+}
+
+/// A factory counting its calls and the applies of the planes it made.
+fn factory(
+    claims: Capabilities,
+    made: &Arc<AtomicUsize>,
+    applies: &Arc<AtomicUsize>,
+) -> impl FnMut(&LabNode) -> Box<dyn Dataplane> {
+    let made = Arc::clone(made);
+    let applies = Arc::clone(applies);
+    move |_node| {
+        made.fetch_add(1, Ordering::Relaxed);
+        Box::new(NullDataplane {
+            claims: claims.clone(),
+            applies: Arc::clone(&applies),
+        })
+    }
+}
+
+fn no_services(_lab: &Lab) -> Vec<Service> {
+    Vec::new()
+}
+
+fn routing_rows() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let tag = format!("{protocol} {family:?}");
+            let row = |name: &str, client, pod| {
+                Case::new(
+                    &format!("{name} {tag}"),
+                    no_services,
+                    client,
+                    Destination::PodIp(pod),
+                )
+                .protocol(protocol)
+                .family(family)
+                .expect(Expect::Backends(vec![pod]))
+                .seen(Seen::Client)
+            };
+            cases.push(row("pod to pod same node", Client::Pod(0), 1));
+            cases.push(row("pod to pod other node", Client::Pod(0), 3));
+            cases.push(row("host to remote pod", Client::Host(1), 0));
+            cases.push(row("external to pod", Client::External(1), 2));
+            cases.push(
+                Case::new(
+                    &format!("host to outside {tag}"),
+                    no_services,
+                    Client::Host(1),
+                    Destination::External(0),
+                )
+                .protocol(protocol)
+                .family(family)
+                .expect(Expect::Direct)
+                .seen(Seen::Client),
+            );
+        }
+    }
+    cases
+}
+
+#[test]
+fn routing_rows_pass_with_a_null_dataplane() {
+    if !require_root("routing_rows_pass_with_a_null_dataplane") {
+        return;
+    }
+    let lab = Lab::new(STANDARD_LAB).unwrap();
+    let (made, applies) = (Arc::default(), Arc::default());
+    let cases = routing_rows();
+    let report = conformance::run(&lab, &cases, &mut factory(null_caps(), &made, &applies));
+    report.assert_ok();
+    assert_eq!(report.passed().count(), cases.len(), "{report}");
+    assert_eq!(made.load(Ordering::Relaxed), 2, "one backend per node");
+    assert_eq!(applies.load(Ordering::Relaxed), 2 * cases.len());
+    for row in &report.rows {
+        let RowOutcome::Passed { probes, answered } = &row.outcome else {
+            unreachable!()
+        };
+        assert_eq!(*probes, 2);
+        assert_eq!(answered.values().sum::<usize>(), 2, "{}", row.name);
+    }
+}
+
+#[test]
+fn standard_table_agrees_with_the_reference_model() {
+    if !require_root("standard_table_agrees_with_the_reference_model") {
+        return;
+    }
+    let lab = Lab::new(STANDARD_LAB).unwrap();
+    let (made, applies) = (Arc::default(), Arc::default());
+    let cases = standard_cases();
+    // The null backend claims nothing: every service row is skipped for traffic, but each is
+    // still checked against the reference model, and a disagreement would fail it.
+    let report = conformance::run(&lab, &cases, &mut factory(null_caps(), &made, &applies));
+    report.assert_ok();
+    // Only the plain-routing rows need nothing of a backend.
+    let routing: Vec<&str> = report.passed().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        routing,
+        [
+            "pod to pod is not masqueraded tcp",
+            "pod to pod is not masqueraded udp"
+        ],
+        "{report}"
+    );
+    assert_eq!(report.skipped().count(), cases.len() - 2, "{report}");
+    assert_eq!(applies.load(Ordering::Relaxed), 2 * 2);
+    for row in report.skipped() {
+        let RowOutcome::Skipped { reason } = &row.outcome else {
+            unreachable!()
+        };
+        assert!(reason.contains("lacks"), "{}: {reason}", row.name);
+    }
+}
+
+#[test]
+fn a_wrong_row_is_a_table_failure() {
+    if !require_root("a_wrong_row_is_a_table_failure") {
+        return;
+    }
+    let lab = Lab::new(STANDARD_LAB).unwrap();
+    let (made, applies) = (Arc::default(), Arc::default());
+    let mut wrong_source = routing_rows().remove(1);
+    wrong_source.name = "claims masquerade on plain routing".to_owned();
+    wrong_source.source_seen = Seen::IngressNode;
+    // A ClusterIP row that forgets one of the service's backends.
+    let mut wrong_set = standard_cases()
+        .into_iter()
+        .find(|c| c.name == "clusterip several backends tcp")
+        .unwrap();
+    wrong_set.expect = Expect::Backends(vec![1, 2]);
+    let cases = vec![wrong_source, wrong_set];
+    let report = conformance::run(&lab, &cases, &mut factory(null_caps(), &made, &applies));
+    assert_eq!(report.failed().count(), 2, "{report}");
+    let RowOutcome::Failed { table, traffic } = &report.rows[0].outcome else {
+        unreachable!()
+    };
+    assert!(!table.is_empty(), "the model disagrees with the row");
+    assert!(
+        traffic.iter().any(|t| t.contains("saw source")),
+        "real traffic disagrees too: {traffic:?}"
+    );
+    let RowOutcome::Failed { table, traffic } = &report.rows[1].outcome else {
+        unreachable!()
+    };
+    assert!(table[0].contains("expects backends"), "{table:?}");
+    assert!(traffic[0].starts_with("not run"), "{traffic:?}");
+    let panic = std::panic::catch_unwind(|| report.assert_ok()).unwrap_err();
+    let message = panic.downcast_ref::<String>().unwrap();
+    assert!(message.contains("FAIL  claims masquerade"), "{message}");
+}
+
+#[test]
+fn a_backend_that_does_not_deliver_fails_its_rows() {
+    if !require_root("a_backend_that_does_not_deliver_fails_its_rows") {
+        return;
+    }
+    let lab = Lab::new(STANDARD_LAB).unwrap();
+    let (made, applies) = (Arc::default(), Arc::default());
+    // Claims TCP and UDP load balancing but programs nothing.
+    let mut claims = null_caps();
+    claims.backend = "liar".to_owned();
+    claims.protocols = [Protocol::Tcp, Protocol::Udp].into_iter().collect();
+    let cases: Vec<Case> = standard_cases()
+        .into_iter()
+        .filter(|c| c.name.starts_with("clusterip other node") || c.name == "no backends tcp")
+        .collect();
+    assert_eq!(cases.len(), 3);
+    let options = conformance::RunOptions {
+        timeout: std::time::Duration::from_millis(500),
+        ..conformance::RunOptions::default()
+    };
+    let report = conformance::run_with(
+        &lab,
+        &cases,
+        &mut factory(claims, &made, &applies),
+        &options,
+    );
+    assert_eq!(report.failed().count(), 3, "{report}");
+    for row in report.failed() {
+        let RowOutcome::Failed { table, traffic } = &row.outcome else {
+            unreachable!()
+        };
+        assert!(
+            table.is_empty(),
+            "{}: the rows are right: {table:?}",
+            row.name
+        );
+        assert!(!traffic.is_empty(), "{}", row.name);
+    }
+}
