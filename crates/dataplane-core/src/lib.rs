@@ -24,3 +24,8 @@ pub use reference::{
     IpFamily, Packet, SourceSeen, TrafficKind, Verdict,
 };
 pub use validate::{validate, ValidationError};
+
+/// The README's example is compiled and run as a doc-test so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
