@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* common.h - includes, verdicts and small helpers shared by every program. */
+#ifndef DP_COMMON_H
+#define DP_COMMON_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "maps.h"
+
+/* Separate BPF subprograms keep each stack frame under the 512-byte limit. */
+#ifndef __noinline
+#define __noinline __attribute__((noinline))
+#endif
+
+/* linux/icmp.h pulls in libc headers that do not build for -target bpf. */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_PORT_UNREACH 3
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PORT_UNREACH 4
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+/* Negative reasons used inside the datapath; entry programs map them to TC verdicts. */
+#define DP_PASS 0       /* not ours: let the packet continue untouched */
+#define DP_NAT 1        /* translated: route it (redirect after a FIB lookup) */
+#define DP_MASQ 2       /* source-NATed on the way out: let it continue as routed */
+#define DROP_POLICY -1  /* traffic policy or source range says drop */
+#define DROP_INVALID -2 /* malformed packet */
+#define DROP_NO_SNAT -3 /* no node address of the family, or no free SNAT port */
+#define DROP_CT_FULL -4 /* conntrack entry could not be written */
+#define DP_REJECT -5    /* no backend: answer with ICMP unreachable */
+
+/* Where the program runs. */
+#define CTX_FROM_POD 0
+#define CTX_FROM_UPLINK 1
+#define CTX_TO_UPLINK 2
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&dp_stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int addr_eq(const __u32 *a, const __u32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+static __always_inline void addr_copy(__u32 *dst, const __u32 *src)
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+}
+
+#endif

@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* csum.h - checksum helpers for rewritten and generated headers. */
+#ifndef DP_CSUM_H
+#define DP_CSUM_H
+
+#include "common.h"
+
+static __always_inline __u16 csum_fold(__u32 csum)
+{
+	csum = (csum & 0xffff) + (csum >> 16);
+	csum = (csum & 0xffff) + (csum >> 16);
+	return (__u16)~csum;
+}
+
+/* Folded one's-complement sum of @len bytes at @buf (len a multiple of 4, on the stack). */
+static __always_inline __u16 csum_buf(void *buf, __u32 len, __u32 seed)
+{
+	__s64 sum = bpf_csum_diff(NULL, 0, buf, len, seed);
+
+	return csum_fold(sum < 0 ? 0 : (__u32)sum);
+}
+
+#endif

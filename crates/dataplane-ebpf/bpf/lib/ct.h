@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * ct.h - our own connection tracking in an LRU hash (dp_ct).
+ *
+ * Each translated connection has a forward entry (client -> frontend, as the client sent it)
+ * and a reverse entry (backend -> client or SNAT address, as the reply arrives). Expiry is
+ * done by user space (EbpfDataplane::gc) from last_seen_ns and the TCP state bits; the LRU
+ * only evicts under pressure.
+ */
+#ifndef DP_CT_H
+#define DP_CT_H
+
+#include "common.h"
+#include "parse.h"
+
+static __always_inline void ct_key_from_pkt(struct ct_key *k, const struct pkt *p, __u8 dir)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	addr_copy(k->saddr, p->saddr);
+	addr_copy(k->daddr, p->daddr);
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->proto = p->proto;
+	k->family = p->family;
+	k->dir = dir;
+}
+
+static __always_inline __u8 tcp_bits(const struct pkt *p, int reply)
+{
+	__u8 bits = 0;
+
+	/* For UDP only "a reply was seen" matters (a longer timeout for streams). */
+	if (p->proto != IPPROTO_TCP)
+		return reply ? CT_TCP_REPLY : 0;
+	if (p->tcp_flags & TCPF_SYN)
+		bits |= CT_TCP_SYN;
+	if (p->tcp_flags & TCPF_RST)
+		bits |= CT_TCP_RST;
+	if (p->tcp_flags & TCPF_FIN)
+		bits |= reply ? CT_TCP_FIN_REV : CT_TCP_FIN_FWD;
+	if (reply)
+		bits |= CT_TCP_REPLY;
+	return bits;
+}
+
+static __always_inline void ct_touch(struct ct_entry *e, const struct pkt *p, int reply)
+{
+	__u8 bits = tcp_bits(p, reply);
+
+	e->last_seen_ns = bpf_ktime_get_ns();
+	if (bits && (e->tcp_state & bits) != bits)
+		e->tcp_state |= bits;
+}
+
+/* A new SYN on a flow that was closed (RST or FIN both ways) starts a new connection. */
+static __always_inline int ct_is_reopen(const struct ct_entry *e, const struct pkt *p)
+{
+	if (p->proto != IPPROTO_TCP)
+		return 0;
+	if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+		return 0;
+	if (e->tcp_state & CT_TCP_RST)
+		return 1;
+	return (e->tcp_state & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV)) ==
+	       (CT_TCP_FIN_FWD | CT_TCP_FIN_REV);
+}
+
+/* Rebuild the forward key of a connection from its reverse entry. */
+static __always_inline void ct_fwd_key_of_rev(struct ct_key *k, const struct ct_entry *rev,
+					      const struct pkt *p)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	addr_copy(k->saddr, rev->snat_addr);
+	addr_copy(k->daddr, rev->nat_addr);
+	k->sport = rev->snat_port;
+	k->dport = rev->nat_port;
+	k->proto = p->proto;
+	k->family = p->family;
+	k->dir = CT_DIR_FWD;
+}
+
+#endif

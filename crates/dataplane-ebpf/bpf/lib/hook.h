@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* hook.h - the body every entry program shares: reply, then forward, then verdict. */
+#ifndef DP_HOOK_H
+#define DP_HOOK_H
+
+#include "common.h"
+#include "parse.h"
+#include "lb.h"
+#include "reject.h"
+#include "icmp.h"
+
+/*
+ * After translation, route the packet ourselves: a packet whose new source is a node address
+ * would be dropped as a martian if handed back to the stack on an ingress hook. When the FIB
+ * has no forwarding answer (local delivery, no route), the stack takes over.
+ */
+static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct bpf_fib_lookup fib;
+	long ret;
+
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.ifindex = skb->ifindex;
+	fib.l4_protocol = p->proto;
+	fib.sport = p->sport;
+	fib.dport = p->dport;
+	if (p->family == DP_AF_INET) {
+		fib.family = AF_INET;
+		fib.ipv4_src = p->saddr[0];
+		fib.ipv4_dst = p->daddr[0];
+	} else {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, p->saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, p->daddr, 16);
+	}
+	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (ret == BPF_FIB_LKUP_RET_SUCCESS || ret == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	return TC_ACT_OK;
+}
+
+static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
+{
+	struct pkt p;
+	int ret;
+
+	ret = parse_packet(skb, &p);
+	if (ret == 0) {
+		if (p.proto != IPPROTO_ICMP && p.proto != IPPROTO_ICMPV6)
+			return TC_ACT_OK;
+		ret = icmp_error_nat(skb, &p);
+	} else if (ret > 0) {
+		ret = lb_reply(skb, &p);
+		if (ret == DP_PASS)
+			ret = lb_forward(skb, &p, ctx);
+		if (ret == DP_PASS && ctx == CTX_TO_UPLINK)
+			ret = masquerade(skb, &p);
+		if (ret == DP_PASS && ctx == CTX_FROM_UPLINK)
+			ret = track_inbound(&p);
+	}
+	switch (ret) {
+	case DP_PASS:
+		return TC_ACT_OK;
+	case DP_NAT:
+		return dp_route(skb, &p);
+	case DP_MASQ:
+		return TC_ACT_OK;
+	case DP_REJECT:
+		return reject(skb, &p, ctx);
+	default:
+		stat_inc(STAT_DROPPED);
+		return TC_ACT_SHOT;
+	}
+}
+
+#endif

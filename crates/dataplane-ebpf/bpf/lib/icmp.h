@@ -1,0 +1,325 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * icmp.h - ICMP and ICMPv6 errors about translated connections.
+ *
+ * An error quotes the packet that caused it. When that packet was translated by us, the error
+ * must be translated too, or the sender cannot match it to its socket (no "port unreachable"
+ * for UDP clients, no path-MTU discovery through a service). Two cases:
+ *  - the quoted packet went towards a backend (client' -> backend): found by the reverse
+ *    entry of the quoted tuple; the error goes back to the client, quoting client -> frontend;
+ *  - the quoted packet was a translated reply (frontend -> client): found by the forward entry;
+ *    the error goes to the backend, quoting backend -> client'.
+ * The quoted IPv4 header checksum and the quoted L4 checksum (when quoted) are fixed, and the
+ * ICMP checksum follows every byte we change.
+ */
+#ifndef DP_ICMP_H
+#define DP_ICMP_H
+
+#include "common.h"
+#include "parse.h"
+#include "csum.h"
+
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define ICMPV6_PKT_TOOBIG 2
+#define ICMPV6_TIME_EXCEED 3
+#define ICMPV6_PARAMPROB 4
+
+/* The quoted packet: its IP header and up to 20 bytes of L4 header. */
+struct quote4 {
+	struct iphdr ip;
+	__u8 l4[20];
+};
+
+struct quote6 {
+	struct ipv6hdr ip;
+	__u8 l4[20];
+};
+
+/* The fields a translation changes, for checksum differences. */
+struct tuple4 {
+	__u32 saddr;
+	__u32 daddr;
+	__be16 sport;
+	__be16 dport;
+};
+
+struct tuple6 {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+};
+
+/* ~(~check + diff), folded; diff is a partial sum from bpf_csum_diff. */
+static __always_inline __u16 csum_apply(__u16 check, __s64 diff)
+{
+	__u64 sum = (__u16)~check;
+
+	sum += (__u32)diff;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* The new quoted tuple and outer addresses for the error; 0 when it is not about our flows. */
+struct icmp_nat {
+	__u32 isaddr[4];
+	__u32 idaddr[4];
+	__be16 isport;
+	__be16 idport;
+	__u32 osaddr[4];
+	__u32 odaddr[4];
+};
+
+static __always_inline int icmp_lookup(struct icmp_nat *n, const struct pkt *outer,
+				       const __u32 *isaddr, const __u32 *idaddr, __be16 isport,
+				       __be16 idport, __u8 iproto)
+{
+	struct ct_key k;
+	struct ct_entry *e;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	addr_copy(k.saddr, idaddr);
+	addr_copy(k.daddr, isaddr);
+	k.sport = idport;
+	k.dport = isport;
+	k.proto = iproto;
+	k.family = outer->family;
+	k.dir = CT_DIR_REV;
+	addr_copy(n->isaddr, isaddr);
+	addr_copy(n->idaddr, idaddr);
+	n->isport = isport;
+	n->idport = idport;
+	addr_copy(n->osaddr, outer->saddr);
+	addr_copy(n->odaddr, outer->daddr);
+	e = bpf_map_lookup_elem(&dp_ct, &k);
+	if (e) {
+		/* About client' -> backend: make it client -> frontend, to the client. */
+		if (addr_eq(outer->saddr, idaddr))
+			addr_copy(n->osaddr, e->nat_addr);
+		addr_copy(n->idaddr, e->nat_addr);
+		n->idport = e->nat_port;
+		if (e->flags & CT_F_SNAT) {
+			addr_copy(n->isaddr, e->snat_addr);
+			n->isport = e->snat_port;
+			addr_copy(n->odaddr, e->snat_addr);
+		}
+		return 1;
+	}
+	k.dir = CT_DIR_FWD;
+	e = bpf_map_lookup_elem(&dp_ct, &k);
+	if (!e || (e->flags & CT_F_MASQ))
+		return 0;
+	/* About frontend -> client (a translated reply): make it backend -> client', to the
+	 * backend. */
+	addr_copy(n->isaddr, e->nat_addr);
+	n->isport = e->nat_port;
+	addr_copy(n->odaddr, e->nat_addr);
+	if (e->flags & CT_F_SNAT) {
+		if (addr_eq(outer->saddr, idaddr))
+			addr_copy(n->osaddr, e->snat_addr);
+		addr_copy(n->idaddr, e->snat_addr);
+		n->idport = e->snat_port;
+	}
+	return 1;
+}
+
+/* Fix the quoted L4 checksum at @off inside @l4 (when quoted and, for UDP, in use). */
+static __always_inline void fix_inner_l4(__u8 *l4, __u32 quoted, __u8 proto, __s64 diff)
+{
+	__u16 *check;
+
+	if (proto == IPPROTO_UDP) {
+		check = (__u16 *)(l4 + 6);
+		if (*check)
+			*check = csum_apply(*check, diff) ?: 0xffff;
+	} else if (quoted >= 20) {
+		check = (__u16 *)(l4 + 16);
+		*check = csum_apply(*check, diff);
+	}
+}
+
+static __noinline int icmp4_error_nat(struct __sk_buff *skb, struct pkt *p)
+{
+	struct quote4 old, new;
+	struct tuple4 ot, nt;
+	struct icmp_nat n;
+	__u32 q = p->l4_off + 8;
+	__u32 quoted = 20;
+	__u8 type;
+	__u16 check;
+	__s64 d;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
+		return DP_PASS;
+	if (type != ICMP_DEST_UNREACH && type != ICMP_TIME_EXCEEDED && type != ICMP_PARAMETERPROB)
+		return DP_PASS;
+	__builtin_memset(&old, 0, sizeof(old));
+	if (bpf_skb_load_bytes(skb, q, &old, sizeof(old)) < 0) {
+		quoted = 8;
+		if (bpf_skb_load_bytes(skb, q, &old, sizeof(old.ip) + 8) < 0)
+			return DP_PASS;
+	}
+	if (old.ip.ihl != 5 || (old.ip.protocol != IPPROTO_TCP && old.ip.protocol != IPPROTO_UDP))
+		return DP_PASS;
+	{
+		__u32 is[4] = {old.ip.saddr, 0, 0, 0};
+		__u32 id[4] = {old.ip.daddr, 0, 0, 0};
+
+		if (!icmp_lookup(&n, p, is, id, *(__be16 *)&old.l4[0], *(__be16 *)&old.l4[2],
+				 old.ip.protocol))
+			return DP_PASS;
+	}
+	new = old;
+	new.ip.saddr = n.isaddr[0];
+	new.ip.daddr = n.idaddr[0];
+	*(__be16 *)&new.l4[0] = n.isport;
+	*(__be16 *)&new.l4[2] = n.idport;
+	new.ip.check = 0;
+	new.ip.check = csum_buf(&new.ip, sizeof(new.ip), 0);
+	ot.saddr = old.ip.saddr;
+	ot.daddr = old.ip.daddr;
+	ot.sport = *(__be16 *)&old.l4[0];
+	ot.dport = *(__be16 *)&old.l4[2];
+	nt.saddr = new.ip.saddr;
+	nt.daddr = new.ip.daddr;
+	nt.sport = n.isport;
+	nt.dport = n.idport;
+	d = bpf_csum_diff((__be32 *)&ot, sizeof(ot), (__be32 *)&nt, sizeof(nt), 0);
+	fix_inner_l4(new.l4, quoted, old.ip.protocol, d);
+
+	/* ICMPv4 has no pseudo header: only the quoted bytes change its checksum. */
+	if (quoted == 20)
+		d = bpf_csum_diff((__be32 *)&old, sizeof(old), (__be32 *)&new, sizeof(new), 0);
+	else
+		d = bpf_csum_diff((__be32 *)&old, sizeof(old.ip) + 8, (__be32 *)&new,
+				  sizeof(new.ip) + 8, 0);
+	if (bpf_skb_load_bytes(skb, p->l4_off + 2, &check, 2) < 0)
+		return DROP_INVALID;
+	check = csum_apply(check, d);
+	if (bpf_skb_store_bytes(skb, p->l4_off + 2, &check, 2, BPF_F_RECOMPUTE_CSUM) < 0)
+		return DROP_INVALID;
+	if (quoted == 20) {
+		if (bpf_skb_store_bytes(skb, q, &new, sizeof(new), BPF_F_RECOMPUTE_CSUM) < 0)
+			return DROP_INVALID;
+	} else if (bpf_skb_store_bytes(skb, q, &new, sizeof(new.ip) + 8, BPF_F_RECOMPUTE_CSUM) < 0) {
+		return DROP_INVALID;
+	}
+	/* Outer addresses: the IPv4 header checksum only (the two changes cancel out in a
+	 * CHECKSUM_COMPLETE skb->csum, hence no BPF_F_RECOMPUTE_CSUM here). */
+	if (n.osaddr[0] != p->saddr[0]) {
+		if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), p->saddr[0],
+					n.osaddr[0], 4) < 0 ||
+		    bpf_skb_store_bytes(skb, p->l3_off + offsetof(struct iphdr, saddr), &n.osaddr[0],
+					4, 0) < 0)
+			return DROP_INVALID;
+		p->saddr[0] = n.osaddr[0];
+	}
+	if (n.odaddr[0] != p->daddr[0]) {
+		if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), p->daddr[0],
+					n.odaddr[0], 4) < 0 ||
+		    bpf_skb_store_bytes(skb, p->l3_off + offsetof(struct iphdr, daddr), &n.odaddr[0],
+					4, 0) < 0)
+			return DROP_INVALID;
+		p->daddr[0] = n.odaddr[0];
+	}
+	stat_inc(STAT_REV_TRANSLATED);
+	return DP_NAT;
+}
+
+static __noinline int icmp6_error_nat(struct __sk_buff *skb, struct pkt *p)
+{
+	struct quote6 old, new;
+	struct tuple6 ot, nt;
+	struct icmp_nat n;
+	__u32 q = p->l4_off + 8;
+	__u32 quoted = 20;
+	__u8 type;
+	__u16 check;
+	__s64 d;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
+		return DP_PASS;
+	if (type != ICMPV6_DEST_UNREACH && type != ICMPV6_PKT_TOOBIG &&
+	    type != ICMPV6_TIME_EXCEED && type != ICMPV6_PARAMPROB)
+		return DP_PASS;
+	__builtin_memset(&old, 0, sizeof(old));
+	if (bpf_skb_load_bytes(skb, q, &old, sizeof(old)) < 0) {
+		quoted = 8;
+		if (bpf_skb_load_bytes(skb, q, &old, sizeof(old.ip) + 8) < 0)
+			return DP_PASS;
+	}
+	if (old.ip.nexthdr != IPPROTO_TCP && old.ip.nexthdr != IPPROTO_UDP)
+		return DP_PASS;
+	{
+		__u32 is[4], id[4];
+
+		__builtin_memcpy(is, &old.ip.saddr, 16);
+		__builtin_memcpy(id, &old.ip.daddr, 16);
+		if (!icmp_lookup(&n, p, is, id, *(__be16 *)&old.l4[0], *(__be16 *)&old.l4[2],
+				 old.ip.nexthdr))
+			return DP_PASS;
+	}
+	new = old;
+	__builtin_memcpy(&new.ip.saddr, n.isaddr, 16);
+	__builtin_memcpy(&new.ip.daddr, n.idaddr, 16);
+	*(__be16 *)&new.l4[0] = n.isport;
+	*(__be16 *)&new.l4[2] = n.idport;
+	__builtin_memcpy(ot.saddr, &old.ip.saddr, 16);
+	__builtin_memcpy(ot.daddr, &old.ip.daddr, 16);
+	ot.sport = *(__be16 *)&old.l4[0];
+	ot.dport = *(__be16 *)&old.l4[2];
+	addr_copy(nt.saddr, n.isaddr);
+	addr_copy(nt.daddr, n.idaddr);
+	nt.sport = n.isport;
+	nt.dport = n.idport;
+	d = bpf_csum_diff((__be32 *)&ot, sizeof(ot), (__be32 *)&nt, sizeof(nt), 0);
+	fix_inner_l4(new.l4, quoted, old.ip.nexthdr, d);
+
+	if (quoted == 20)
+		d = bpf_csum_diff((__be32 *)&old, sizeof(old), (__be32 *)&new, sizeof(new), 0);
+	else
+		d = bpf_csum_diff((__be32 *)&old, sizeof(old.ip) + 8, (__be32 *)&new,
+				  sizeof(new.ip) + 8, 0);
+	/* ICMPv6 covers a pseudo header with the outer addresses too. */
+	/* saddr/daddr are adjacent in both structs: one 32-byte difference. */
+	d = (__u32)d + (__u64)(__u32)bpf_csum_diff((__be32 *)p->saddr, 32, (__be32 *)n.osaddr, 32,
+						   0);
+	d = (d & 0xffffffff) + (d >> 32);
+	if (bpf_skb_load_bytes(skb, p->l4_off + 2, &check, 2) < 0)
+		return DROP_INVALID;
+	check = csum_apply(check, d);
+	if (bpf_skb_store_bytes(skb, p->l4_off + 2, &check, 2, BPF_F_RECOMPUTE_CSUM) < 0)
+		return DROP_INVALID;
+	if (quoted == 20) {
+		if (bpf_skb_store_bytes(skb, q, &new, sizeof(new), BPF_F_RECOMPUTE_CSUM) < 0)
+			return DROP_INVALID;
+	} else if (bpf_skb_store_bytes(skb, q, &new, sizeof(new.ip) + 8, BPF_F_RECOMPUTE_CSUM) < 0) {
+		return DROP_INVALID;
+	}
+	if (bpf_skb_store_bytes(skb, p->l3_off + offsetof(struct ipv6hdr, saddr), n.osaddr, 32,
+				BPF_F_RECOMPUTE_CSUM) < 0)
+		return DROP_INVALID;
+	addr_copy(p->saddr, n.osaddr);
+	addr_copy(p->daddr, n.odaddr);
+	stat_inc(STAT_REV_TRANSLATED);
+	return DP_NAT;
+}
+
+/**
+ * icmp_error_nat() - translate an ICMP/ICMPv6 error about one of our connections.
+ * Returns DP_NAT when translated, DP_PASS when it is not ours, or a DROP_* reason.
+ * (Each family is its own subprogram: together they would not fit one 512-byte frame.)
+ */
+static __always_inline int icmp_error_nat(struct __sk_buff *skb, struct pkt *p)
+{
+	if (p->family == DP_AF_INET && p->proto == IPPROTO_ICMP)
+		return icmp4_error_nat(skb, p);
+	if (p->family == DP_AF_INET6 && p->proto == IPPROTO_ICMPV6)
+		return icmp6_error_nat(skb, p);
+	return DP_PASS;
+}
+
+#endif

@@ -1,0 +1,470 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * lb.h - service lookup, backend selection, session affinity and the per-packet service logic
+ * shared by every hook.
+ *
+ * Which backends are eligible (ready, terminating fallback, traffic policy Local) is decided in
+ * user space: each frontend entry points at a range of dp_slots holding only eligible backends,
+ * repeated by weight (random) or laid out as a Maglev table. Here we only index into it.
+ */
+#ifndef DP_LB_H
+#define DP_LB_H
+
+#include "common.h"
+#include "parse.h"
+#include "csum.h"
+#include "nat.h"
+#include "ct.h"
+
+#define NSEC_PER_SEC 1000000000ULL
+#define SNAT_PORT_MIN 32768
+#define SNAT_PORT_RANGE 28232 /* up to 60999 */
+#define SNAT_TRIES 8
+
+static __always_inline __u32 mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Flow hash for Maglev: the same on every node for the same client 5-tuple. */
+static __always_inline __u32 flow_hash(const struct pkt *p)
+{
+	__u32 h = 0x9747b28c;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		h = mix32(h ^ p->saddr[i]);
+		h = mix32(h ^ p->daddr[i]);
+	}
+	h = mix32(h ^ (((__u32)p->sport << 16) | p->dport));
+	return mix32(h ^ p->proto);
+}
+
+static __always_inline struct svc_value *svc_lookup(const struct pkt *p, __u8 scope, int wildcard)
+{
+	struct svc_key k;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	addr_copy(k.addr, p->daddr);
+	k.port = wildcard ? 0 : p->dport;
+	k.proto = wildcard ? 0 : p->proto;
+	k.scope = scope;
+	k.family = p->family;
+	return bpf_map_lookup_elem(&dp_svc, &k);
+}
+
+static __always_inline void mapped_addr(__u32 *out, const struct pkt *p, const __u32 *addr)
+{
+	if (p->family == DP_AF_INET) {
+		out[0] = 0;
+		out[1] = 0;
+		out[2] = bpf_htonl(0xffff);
+		out[3] = addr[0];
+	} else {
+		addr_copy(out, addr);
+	}
+}
+
+static __always_inline int src_allowed(const struct svc_value *svc, const struct pkt *p)
+{
+	struct srcrange_key k;
+
+	k.prefixlen = 32 + 128;
+	k.svc_id = svc->id;
+	mapped_addr(k.addr, p, p->saddr);
+	return bpf_map_lookup_elem(&dp_srcrange, &k) != NULL;
+}
+
+/* CIDR_F_* bits of @addr (0 when it is in none of the node's CIDRs). */
+static __always_inline __u8 cidr_bits(const struct pkt *p, const __u32 *addr)
+{
+	struct cidr_key k;
+	__u8 *bits;
+
+	k.prefixlen = 128;
+	mapped_addr(k.addr, p, addr);
+	bits = bpf_map_lookup_elem(&dp_cidrs, &k);
+	return bits ? *bits : 0;
+}
+
+static __always_inline struct backend *backend_at(const struct svc_value *svc, __u32 idx,
+						  __u32 *id_out)
+{
+	__u32 slot = svc->slot_base + idx;
+	__u32 *id = bpf_map_lookup_elem(&dp_slots, &slot);
+
+	if (!id || *id == 0)
+		return NULL;
+	*id_out = *id;
+	return bpf_map_lookup_elem(&dp_backends, id);
+}
+
+static __always_inline struct backend *select_backend(const struct svc_value *svc,
+						      const struct pkt *p, __u32 *id_out)
+{
+	struct affinity_key ak;
+	struct affinity_value av = {};
+	struct affinity_value *prev;
+	struct backend *be;
+	__u64 now = 0;
+	__u32 idx;
+
+	if (svc->flags & SVC_F_AFFINITY) {
+		__builtin_memset(&ak, 0, sizeof(ak));
+		ak.svc_id = svc->id;
+		ak.family = p->family;
+		addr_copy(ak.addr, p->saddr);
+		now = bpf_ktime_get_ns();
+		prev = bpf_map_lookup_elem(&dp_affinity, &ak);
+		if (prev && now - prev->last_seen_ns <= (__u64)svc->affinity_timeout * NSEC_PER_SEC) {
+			be = bpf_map_lookup_elem(&dp_backends, &prev->backend_id);
+			/* user space clears a backend's family when it is freed */
+			if (be && be->family == p->family) {
+				prev->last_seen_ns = now;
+				*id_out = prev->backend_id;
+				return be;
+			}
+		}
+	}
+	if (svc->flags & SVC_F_MAGLEV)
+		idx = flow_hash(p) % svc->slot_count;
+	else
+		idx = bpf_get_prandom_u32() % svc->slot_count;
+	be = backend_at(svc, idx, id_out);
+	if (be && (svc->flags & SVC_F_AFFINITY)) {
+		av.last_seen_ns = now;
+		av.backend_id = *id_out;
+		bpf_map_update_elem(&dp_affinity, &ak, &av, BPF_ANY);
+	}
+	return be;
+}
+
+/* Pick a source port on @snat for the reply key backend -> snat; prefer the client's port. */
+static __always_inline int snat_pick_port(const struct pkt *p, const struct backend *be,
+					  const __u32 *snat, struct ct_key *rk)
+{
+	__builtin_memset(rk, 0, sizeof(*rk));
+	addr_copy(rk->saddr, be->addr);
+	addr_copy(rk->daddr, snat);
+	rk->sport = be->port;
+	rk->dport = p->sport;
+	rk->proto = p->proto;
+	rk->family = p->family;
+	rk->dir = CT_DIR_REV;
+#pragma unroll
+	for (int i = 0; i < SNAT_TRIES; i++) {
+		if (!bpf_map_lookup_elem(&dp_ct, rk))
+			return 0;
+		rk->dport = bpf_htons(SNAT_PORT_MIN + bpf_get_prandom_u32() % SNAT_PORT_RANGE);
+	}
+	stat_inc(STAT_SNAT_EXHAUSTED);
+	return DROP_NO_SNAT;
+}
+
+static __always_inline int node_addr(const struct pkt *p, __u32 *out)
+{
+	__u32 zero = 0;
+	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
+
+	__builtin_memset(out, 0, 16);
+	if (!cfg)
+		return DROP_NO_SNAT;
+	if (p->family == DP_AF_INET) {
+		if (!(cfg->flags & CFG_F_HAS_V4))
+			return DROP_NO_SNAT;
+		out[0] = cfg->node_v4;
+		return 0;
+	}
+	if (!(cfg->flags & CFG_F_HAS_V6))
+		return DROP_NO_SNAT;
+	addr_copy(out, cfg->node_v6);
+	return 0;
+}
+
+/* Reverse NAT of a reply; returns DP_NAT when the packet was translated, DP_PASS otherwise. */
+static __noinline int lb_reply(struct __sk_buff *skb, struct pkt *p)
+{
+	struct ct_key k, fk;
+	struct ct_entry *rev, *fwd;
+	__u32 client[4];
+	__be16 client_port;
+	int ret;
+
+	ct_key_from_pkt(&k, p, CT_DIR_REV);
+	rev = bpf_map_lookup_elem(&dp_ct, &k);
+	if (!rev)
+		return DP_PASS;
+	ct_touch(rev, p, 1);
+	ct_fwd_key_of_rev(&fk, rev, p);
+	fwd = bpf_map_lookup_elem(&dp_ct, &fk);
+	if (fwd)
+		ct_touch(fwd, p, 1);
+	addr_copy(client, rev->snat_addr);
+	client_port = rev->snat_port;
+	if (rev->flags & CT_F_SNAT) {
+		ret = nat_dst(skb, p, client, client_port);
+		if (ret < 0)
+			return ret;
+	}
+	ret = nat_src(skb, p, rev->nat_addr, rev->nat_port);
+	if (ret < 0)
+		return ret;
+	stat_inc(STAT_REV_TRANSLATED);
+	return DP_NAT;
+}
+
+/**
+ * masquerade() - source-NAT a new connection from a local pod that leaves the cluster
+ * (destination outside the cluster CIDRs, nonMasqueradeCidrs and node addresses), on the
+ * uplink's egress. Only a TCP SYN or a UDP packet starts one: TCP packets without conntrack
+ * are left alone, so connections that came in are never masqueraded on their way back.
+ */
+static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 zero = 0;
+	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
+	struct ct_key fk, rk;
+	struct ct_entry fe = {}, re = {};
+	struct backend peer;
+	__u32 snat[4] = {};
+	int ret;
+
+	if (!cfg || !(cfg->flags & CFG_F_MASQUERADE))
+		return DP_PASS;
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+		return DP_PASS;
+	if (!(cidr_bits(p, p->saddr) & CIDR_F_POD))
+		return DP_PASS;
+	if (cidr_bits(p, p->daddr) & (CIDR_F_CLUSTER | CIDR_F_NO_MASQ | CIDR_F_NODE))
+		return DP_PASS;
+	ct_key_from_pkt(&fk, p, CT_DIR_INBOUND);
+	if (bpf_map_lookup_elem(&dp_ct, &fk))
+		return DP_PASS; /* a reply of a connection that came in */
+	ret = node_addr(p, snat);
+	if (ret < 0)
+		return ret;
+	__builtin_memset(&peer, 0, sizeof(peer));
+	addr_copy(peer.addr, p->daddr);
+	peer.port = p->dport;
+	peer.family = p->family;
+	ret = snat_pick_port(p, &peer, snat, &rk);
+	if (ret < 0)
+		return ret;
+
+	fe.created_ns = bpf_ktime_get_ns();
+	fe.last_seen_ns = fe.created_ns;
+	fe.flags = CT_F_SNAT | CT_F_MASQ;
+	fe.tcp_state = tcp_bits(p, 0);
+	re = fe;
+	addr_copy(fe.nat_addr, p->daddr);
+	fe.nat_port = p->dport;
+	addr_copy(fe.snat_addr, snat);
+	fe.snat_port = rk.dport;
+	addr_copy(re.nat_addr, p->daddr);
+	re.nat_port = p->dport;
+	addr_copy(re.snat_addr, p->saddr);
+	re.snat_port = p->sport;
+	ct_key_from_pkt(&fk, p, CT_DIR_FWD);
+	if (bpf_map_update_elem(&dp_ct, &rk, &re, BPF_ANY) < 0 ||
+	    bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
+		stat_inc(STAT_CT_FULL);
+		return DROP_CT_FULL;
+	}
+	stat_inc(STAT_CT_CREATED);
+	ret = nat_src(skb, p, snat, rk.dport);
+	if (ret < 0)
+		return ret;
+	stat_inc(STAT_MASQUERADED);
+	return DP_MASQ;
+}
+
+/**
+ * track_inbound() - remember a connection from outside the cluster to a local pod (not a
+ * service), so that masquerade() leaves its replies alone, as netfilter conntrack would.
+ */
+static __noinline int track_inbound(struct pkt *p)
+{
+	__u32 zero = 0;
+	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
+	struct ct_key k;
+	struct ct_entry e = {};
+	struct ct_entry *cur;
+
+	if (!cfg || !(cfg->flags & CFG_F_MASQUERADE))
+		return DP_PASS;
+	if (!(cidr_bits(p, p->daddr) & CIDR_F_POD))
+		return DP_PASS;
+	if (cidr_bits(p, p->saddr) & (CIDR_F_CLUSTER | CIDR_F_NO_MASQ | CIDR_F_NODE))
+		return DP_PASS;
+	__builtin_memset(&k, 0, sizeof(k));
+	addr_copy(k.saddr, p->daddr);
+	addr_copy(k.daddr, p->saddr);
+	k.sport = p->dport;
+	k.dport = p->sport;
+	k.proto = p->proto;
+	k.family = p->family;
+	k.dir = CT_DIR_INBOUND;
+	cur = bpf_map_lookup_elem(&dp_ct, &k);
+	if (cur) {
+		ct_touch(cur, p, 0);
+		return DP_PASS;
+	}
+	e.created_ns = bpf_ktime_get_ns();
+	e.last_seen_ns = e.created_ns;
+	e.flags = CT_F_INBOUND;
+	e.tcp_state = tcp_bits(p, 0);
+	addr_copy(e.nat_addr, p->saddr);
+	e.nat_port = p->sport;
+	addr_copy(e.snat_addr, p->daddr);
+	e.snat_port = p->dport;
+	if (bpf_map_update_elem(&dp_ct, &k, &e, BPF_ANY) < 0)
+		stat_inc(STAT_CT_FULL);
+	return DP_PASS;
+}
+
+/**
+ * lb_forward() - translate a packet from a client to a service frontend.
+ * Returns DP_NAT (translated), DP_PASS (not a service), DP_REJECT or a DROP_* reason.
+ */
+static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx)
+{
+	struct ct_key fk, rk;
+	struct ct_entry *fwd;
+	struct ct_entry fe = {}, re = {};
+	struct svc_value *svc = NULL;
+	struct backend *be;
+	__u32 snat[4] = {};
+	__u32 client[4];
+	__be16 client_port;
+	__u32 backend_id = 0;
+	__u8 scope;
+	int do_snat = 0;
+	int ret;
+
+	ct_key_from_pkt(&fk, p, CT_DIR_FWD);
+	fwd = bpf_map_lookup_elem(&dp_ct, &fk);
+	if (fwd && !ct_is_reopen(fwd, p)) {
+		/* Masquerade happens on the uplink's egress only: rewritten earlier (on the pod's
+		 * veth) the stack would drop a packet with a local source as a martian. */
+		if ((fwd->flags & CT_F_MASQ) && ctx != CTX_TO_UPLINK)
+			return DP_PASS;
+		ct_touch(fwd, p, 0);
+		if (fwd->flags & CT_F_SNAT) {
+			ret = nat_src(skb, p, fwd->snat_addr, fwd->snat_port);
+			if (ret < 0)
+				return ret;
+		}
+		if (fwd->flags & CT_F_MASQ)
+			return DP_MASQ;
+		ret = nat_dst(skb, p, fwd->nat_addr, fwd->nat_port);
+		if (ret < 0)
+			return ret;
+		stat_inc(STAT_TRANSLATED);
+		return DP_NAT;
+	}
+
+	if (ctx == CTX_FROM_UPLINK) {
+		scope = SVC_SCOPE_EXTERNAL;
+		svc = svc_lookup(p, SVC_SCOPE_EXTERNAL, 0);
+		if (!svc) {
+			/* A ClusterIP from outside; the OUTSIDE entry exists when it needs other
+			 * backends than pods get (internalTrafficPolicy Local). */
+			scope = SVC_SCOPE_INTERNAL;
+			svc = svc_lookup(p, SVC_SCOPE_INTERNAL_OUTSIDE, 0);
+			if (!svc)
+				svc = svc_lookup(p, SVC_SCOPE_INTERNAL, 0);
+		}
+	} else {
+		scope = SVC_SCOPE_INTERNAL;
+		svc = svc_lookup(p, SVC_SCOPE_INTERNAL, 0);
+		if (!svc) {
+			scope = SVC_SCOPE_EXTERNAL_INSIDE;
+			svc = svc_lookup(p, SVC_SCOPE_EXTERNAL_INSIDE, 0);
+		}
+	}
+	if (!svc) {
+		/* A ClusterIP without this port: reject like kube-proxy. */
+		svc = svc_lookup(p, SVC_SCOPE_INTERNAL, 1);
+		if (svc && (svc->flags & SVC_F_WILDCARD))
+			return DP_REJECT;
+		return DP_PASS;
+	}
+	if ((svc->flags & SVC_F_SRC_RANGES) && !src_allowed(svc, p))
+		return DROP_POLICY;
+	if (svc->slot_count == 0)
+		return (svc->flags & SVC_F_NO_LOCAL) ? DROP_POLICY : DP_REJECT;
+
+	be = select_backend(svc, p, &backend_id);
+	if (!be || be->family != p->family)
+		return DP_REJECT;
+
+	if (svc->flags & SVC_F_SNAT)
+		do_snat = 1;
+	else if (scope == SVC_SCOPE_INTERNAL && ctx == CTX_FROM_UPLINK && !(cidr_bits(p, p->saddr) & CIDR_F_CLUSTER))
+		do_snat = 1;
+	else if (ctx == CTX_FROM_POD && addr_eq(be->addr, p->saddr))
+		do_snat = 1; /* hairpin: the pod would drop a reply from itself */
+
+	addr_copy(client, p->saddr);
+	client_port = p->sport;
+	if (do_snat) {
+		ret = node_addr(p, snat);
+		if (ret < 0)
+			return ret;
+		ret = snat_pick_port(p, be, snat, &rk);
+		if (ret < 0)
+			return ret;
+	} else {
+		__builtin_memset(&rk, 0, sizeof(rk));
+		addr_copy(rk.saddr, be->addr);
+		addr_copy(rk.daddr, p->saddr);
+		rk.sport = be->port;
+		rk.dport = p->sport;
+		rk.proto = p->proto;
+		rk.family = p->family;
+		rk.dir = CT_DIR_REV;
+	}
+
+	fe.created_ns = bpf_ktime_get_ns();
+	fe.last_seen_ns = fe.created_ns;
+	fe.backend_id = backend_id;
+	fe.svc_id = svc->id;
+	fe.flags = (do_snat ? CT_F_SNAT : 0) | (ctx == CTX_FROM_UPLINK ? CT_F_EXTERNAL : 0);
+	if (ctx == CTX_FROM_POD && addr_eq(be->addr, p->saddr))
+		fe.flags |= CT_F_HAIRPIN;
+	fe.tcp_state = tcp_bits(p, 0);
+	re = fe;
+	addr_copy(fe.nat_addr, be->addr);
+	fe.nat_port = be->port;
+	addr_copy(fe.snat_addr, snat);
+	fe.snat_port = rk.dport;
+	addr_copy(re.nat_addr, p->daddr);
+	re.nat_port = p->dport;
+	addr_copy(re.snat_addr, client);
+	re.snat_port = client_port;
+
+	if (bpf_map_update_elem(&dp_ct, &rk, &re, BPF_ANY) < 0 ||
+	    bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
+		stat_inc(STAT_CT_FULL);
+		return DROP_CT_FULL;
+	}
+	stat_inc(STAT_CT_CREATED);
+
+	if (do_snat) {
+		ret = nat_src(skb, p, snat, rk.dport);
+		if (ret < 0)
+			return ret;
+	}
+	ret = nat_dst(skb, p, be->addr, be->port);
+	if (ret < 0)
+		return ret;
+	stat_inc(STAT_TRANSLATED);
+	return DP_NAT;
+}
+
+#endif

@@ -1,0 +1,248 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * maps.h - the single source of truth for map keys, values and map definitions.
+ *
+ * The Rust mirror lives in src/maps.rs; tests/btf_layout.rs checks sizes and field offsets of
+ * every struct below against the BTF of the compiled object. Keep explicit padding fields so
+ * that no byte of a key is undefined (hash keys are compared bytewise).
+ *
+ * Addresses are stored as four big-endian 32-bit words; an IPv4 address lives in addr[0]
+ * with addr[1..3] zero, and `family` tells which.
+ */
+#ifndef DP_MAPS_H
+#define DP_MAPS_H
+
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+#define DP_AF_INET 4
+#define DP_AF_INET6 6
+
+/* Service key scopes: which traffic a frontend entry serves. */
+#define SVC_SCOPE_INTERNAL 0        /* ClusterIP (from pods, host, or outside) */
+#define SVC_SCOPE_EXTERNAL 1        /* NodePort/LB/ExternalIP from outside (uplink) */
+#define SVC_SCOPE_EXTERNAL_INSIDE 2 /* NodePort/LB/ExternalIP from a pod or the host */
+#define SVC_SCOPE_INTERNAL_OUTSIDE 3 /* ClusterIP from outside when internalTrafficPolicy is
+				      * Local: outside clients get cluster-wide backends */
+
+/* Service flags. */
+#define SVC_F_MAGLEV (1 << 0)      /* slots are a Maglev table: index by flow hash */
+#define SVC_F_AFFINITY (1 << 1)    /* ClientIP session affinity */
+#define SVC_F_NO_LOCAL (1 << 2)    /* no slots because policy Local has no local backend: drop */
+#define SVC_F_SRC_RANGES (1 << 3)  /* client must match dp_srcrange */
+#define SVC_F_SNAT (1 << 4)        /* masquerade the client to the node address */
+#define SVC_F_WILDCARD (1 << 5)    /* port 0 entry of a ClusterIP: unknown port, reject */
+
+/* Backend flags (informational; eligibility is decided in user space). */
+#define BE_F_LOCAL (1 << 0)
+#define BE_F_TERMINATING (1 << 1)
+
+/* Conntrack directions. */
+#define CT_DIR_FWD 0
+#define CT_DIR_REV 1
+#define CT_DIR_INBOUND 2 /* key: a local pod -> an outside peer; marks replies of a connection
+			  * that came in, which must not be masqueraded */
+
+/* Conntrack flags. */
+#define CT_F_SNAT (1 << 0)     /* source was masqueraded */
+#define CT_F_HAIRPIN (1 << 1)  /* client and backend are the same pod */
+#define CT_F_EXTERNAL (1 << 2) /* created from the uplink */
+#define CT_F_MASQ (1 << 3)     /* pod masquerade, not a service connection */
+#define CT_F_INBOUND (1 << 4)  /* CT_DIR_INBOUND marker */
+
+/* State bits seen on a flow (kept in the forward entry); UDP uses CT_TCP_REPLY only. */
+#define CT_TCP_SYN (1 << 0)
+#define CT_TCP_REPLY (1 << 1)
+#define CT_TCP_FIN_FWD (1 << 2)
+#define CT_TCP_FIN_REV (1 << 3)
+#define CT_TCP_RST (1 << 4)
+
+/* dp_config flags. */
+#define CFG_F_HAS_V4 (1 << 0)
+#define CFG_F_HAS_V6 (1 << 1)
+#define CFG_F_MASQUERADE (1 << 2) /* masquerade new pod connections leaving the cluster */
+
+/* dp_cidrs value bits; user space ORs into each prefix the bits of every prefix containing it,
+ * so the longest match carries all of them. */
+#define CIDR_F_CLUSTER (1 << 0)  /* cluster (pod) CIDRs */
+#define CIDR_F_POD (1 << 1)      /* this node's pod CIDRs */
+#define CIDR_F_NO_MASQ (1 << 2)  /* nonMasqueradeCidrs */
+#define CIDR_F_NODE (1 << 3)     /* this node's addresses (/32, /128) */
+
+/* Indexes into dp_stats. */
+#define STAT_TRANSLATED 0
+#define STAT_REV_TRANSLATED 1
+#define STAT_DROPPED 2
+#define STAT_REJECTED 3
+#define STAT_CT_CREATED 4
+#define STAT_CT_FULL 5
+#define STAT_SNAT_EXHAUSTED 6
+#define STAT_MASQUERADED 7
+#define STAT_MAX 8
+
+struct svc_key {
+	__u32 addr[4]; /* frontend address, network order */
+	__be16 port;   /* frontend port, 0 for the ClusterIP wildcard */
+	__u8 proto;    /* IPPROTO_*, 0 for the wildcard */
+	__u8 scope;    /* SVC_SCOPE_* */
+	__u8 family;   /* DP_AF_* */
+	__u8 pad[3];
+};
+
+struct svc_value {
+	__u32 id;               /* service-port id: affinity and source-range key */
+	__u32 slot_base;        /* first index in dp_slots */
+	__u32 slot_count;       /* number of slots (weighted backends or Maglev table size) */
+	__u32 affinity_timeout; /* seconds */
+	__u16 flags;            /* SVC_F_* */
+	__u16 pad;
+	__u32 rev;              /* generation written by user space */
+};
+
+struct backend {
+	__u32 addr[4];
+	__be16 port;
+	__u8 family;
+	__u8 flags; /* BE_F_* */
+};
+
+struct ct_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 dir; /* CT_DIR_* */
+	__u8 pad;
+};
+
+/*
+ * Forward entry (key: client -> frontend): nat = backend (new destination), snat = new source
+ * when CT_F_SNAT. Reverse entry (key: backend -> client or SNAT address): nat = frontend (new
+ * source), snat = the original client (new destination when CT_F_SNAT; always filled so that
+ * the forward key can be rebuilt).
+ */
+struct ct_entry {
+	__u32 nat_addr[4];
+	__u32 snat_addr[4];
+	__be16 nat_port;
+	__be16 snat_port;
+	__u32 backend_id;
+	__u32 svc_id;
+	__u16 flags;    /* CT_F_* */
+	__u8 tcp_state; /* CT_TCP_* */
+	__u8 pad;
+	__u64 created_ns;
+	__u64 last_seen_ns;
+};
+
+struct affinity_key {
+	__u32 svc_id;
+	__u8 family;
+	__u8 pad[3];
+	__u32 addr[4];
+};
+
+struct affinity_value {
+	__u64 last_seen_ns;
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* LPM key: prefixlen counts the 32 bits of svc_id plus the address bits (IPv4 as ::ffff:a.b.c.d). */
+struct srcrange_key {
+	__u32 prefixlen;
+	__u32 svc_id;
+	__u32 addr[4];
+};
+
+/* LPM key of dp_cidrs (IPv4 as ::ffff:a.b.c.d); the value is CIDR_F_* bits. */
+struct cidr_key {
+	__u32 prefixlen;
+	__u32 addr[4];
+};
+
+struct dp_config {
+	__u32 node_v4;    /* masquerade address, network order */
+	__u32 node_v6[4];
+	__u32 flags;      /* CFG_F_* */
+};
+
+/* Default sizes; user space overrides max_entries from its configured capacities. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_svc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1048576);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct srcrange_key);
+	__type(value, __u8);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_srcrange SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct cidr_key);
+	__type(value, __u8);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_cidrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct dp_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, STAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_stats SEC(".maps");
+
+#endif

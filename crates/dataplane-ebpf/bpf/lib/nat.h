@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* nat.h - address and port rewrites with incremental checksum fixes. */
+#ifndef DP_NAT_H
+#define DP_NAT_H
+
+#include "common.h"
+#include "parse.h"
+
+/*
+ * Replace the address at @addr_off (4 or 16 bytes) and fix the L4 checksum (pseudo header)
+ * and, for IPv4, the header checksum. BPF_F_PSEUDO_HDR keeps CHECKSUM_PARTIAL skbs from
+ * veths correct; BPF_F_MARK_MANGLED_0 keeps a zero UDP checksum meaning "none".
+ */
+static __always_inline int nat_addr(struct __sk_buff *skb, const struct pkt *p, __u32 addr_off,
+				    const __u32 *old, const __u32 *new)
+{
+	__u64 l4_flags = BPF_F_PSEUDO_HDR;
+
+	if (p->proto == IPPROTO_UDP)
+		l4_flags |= BPF_F_MARK_MANGLED_0;
+	if (p->family == DP_AF_INET) {
+		if (p->csum_off &&
+		    bpf_l4_csum_replace(skb, p->csum_off, old[0], new[0], l4_flags | 4) < 0)
+			return DROP_INVALID;
+		if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), old[0],
+					new[0], 4) < 0)
+			return DROP_INVALID;
+		if (bpf_skb_store_bytes(skb, addr_off, new, 4, 0) < 0)
+			return DROP_INVALID;
+		return 0;
+	}
+	if (p->csum_off) {
+		__s64 diff = bpf_csum_diff((__be32 *)old, 16, (__be32 *)new, 16, 0);
+
+		if (diff < 0)
+			return DROP_INVALID;
+		if (bpf_l4_csum_replace(skb, p->csum_off, 0, diff, l4_flags) < 0)
+			return DROP_INVALID;
+	}
+	if (bpf_skb_store_bytes(skb, addr_off, new, 16, 0) < 0)
+		return DROP_INVALID;
+	return 0;
+}
+
+static __always_inline int nat_port(struct __sk_buff *skb, const struct pkt *p, __u32 port_off,
+				    __be16 old, __be16 new)
+{
+	__u64 l4_flags = 2;
+
+	if (old == new)
+		return 0;
+	if (p->proto == IPPROTO_UDP)
+		l4_flags |= BPF_F_MARK_MANGLED_0;
+	if (p->csum_off && bpf_l4_csum_replace(skb, p->csum_off, old, new, l4_flags) < 0)
+		return DROP_INVALID;
+	if (bpf_skb_store_bytes(skb, port_off, &new, 2, 0) < 0)
+		return DROP_INVALID;
+	return 0;
+}
+
+static __always_inline __u32 saddr_off(const struct pkt *p)
+{
+	return p->family == DP_AF_INET ? p->l3_off + offsetof(struct iphdr, saddr)
+				       : p->l3_off + offsetof(struct ipv6hdr, saddr);
+}
+
+static __always_inline __u32 daddr_off(const struct pkt *p)
+{
+	return p->family == DP_AF_INET ? p->l3_off + offsetof(struct iphdr, daddr)
+				       : p->l3_off + offsetof(struct ipv6hdr, daddr);
+}
+
+/* Rewrite the destination to @addr:@port. */
+static __always_inline int nat_dst(struct __sk_buff *skb, struct pkt *p, const __u32 *addr,
+				   __be16 port)
+{
+	int ret;
+
+	if (!addr_eq(p->daddr, addr)) {
+		ret = nat_addr(skb, p, daddr_off(p), p->daddr, addr);
+		if (ret < 0)
+			return ret;
+		addr_copy(p->daddr, addr);
+	}
+	ret = nat_port(skb, p, p->l4_off + 2, p->dport, port);
+	if (ret < 0)
+		return ret;
+	p->dport = port;
+	return 0;
+}
+
+/* Rewrite the source to @addr:@port. */
+static __always_inline int nat_src(struct __sk_buff *skb, struct pkt *p, const __u32 *addr,
+				   __be16 port)
+{
+	int ret;
+
+	if (!addr_eq(p->saddr, addr)) {
+		ret = nat_addr(skb, p, saddr_off(p), p->saddr, addr);
+		if (ret < 0)
+			return ret;
+		addr_copy(p->saddr, addr);
+	}
+	ret = nat_port(skb, p, p->l4_off, p->sport, port);
+	if (ret < 0)
+		return ret;
+	p->sport = port;
+	return 0;
+}
+
+#endif

@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * reject.h - answer a packet for a service without backends with ICMP port unreachable
+ * (ICMPv6 port unreachable), as kube-proxy does. The packet is rewritten in place: truncated
+ * to its IP header plus 8 bytes of UDP header or the 20-byte TCP header (the kernel refuses to
+ * cut a CHECKSUM_PARTIAL skb before its checksum field, which is at byte 16 for TCP), grown by a new IP + ICMP header, and sent back
+ * out of the interface it came from (or up the stack when it came from the host).
+ * TCP clients see ECONNREFUSED, like with a RST.
+ */
+#ifndef DP_REJECT_H
+#define DP_REJECT_H
+
+#include "common.h"
+#include "parse.h"
+#include "csum.h"
+
+struct icmp4_reply {
+	struct iphdr ip;
+	__u8 type;
+	__u8 code;
+	__u16 check;
+	__u32 unused;
+	struct iphdr oip;
+	__u8 ol4[20];
+};
+
+struct icmp6_reply {
+	struct ipv6hdr ip;
+	__u8 type;
+	__u8 code;
+	__u16 check;
+	__u32 unused;
+	struct ipv6hdr oip;
+	__u8 ol4[20];
+};
+
+struct icmp6_pseudo {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__be32 len;
+	__be32 nexthdr;
+};
+
+static __always_inline int reject_finish(struct __sk_buff *skb, int ctx)
+{
+	struct ethhdr eth;
+	__u8 tmp[ETH_ALEN];
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(tmp, eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(eth.h_dest, eth.h_source, ETH_ALEN);
+	__builtin_memcpy(eth.h_source, tmp, ETH_ALEN);
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
+		return TC_ACT_SHOT;
+	stat_inc(STAT_REJECTED);
+	/* From the host (egress): deliver the error up the host stack instead. */
+	return bpf_redirect(skb->ifindex, ctx == CTX_TO_UPLINK ? BPF_F_INGRESS : 0);
+}
+
+/* Quoted L4 bytes: the UDP header, or the whole (option-less part of the) TCP header. */
+#define QUOTE_UDP 8
+#define QUOTE_TCP 20
+
+static __always_inline int reject_v4(struct __sk_buff *skb, const struct pkt *p, int ctx)
+{
+	struct icmp4_reply r;
+	int tcp = p->proto == IPPROTO_TCP;
+	__u32 room = sizeof(struct iphdr) + 8;
+	__u32 len;
+
+	__builtin_memset(&r, 0, sizeof(r));
+	if (bpf_skb_load_bytes(skb, p->l3_off, &r.oip, sizeof(r.oip)) < 0)
+		return TC_ACT_SHOT;
+	if (r.oip.ihl != 5)
+		return TC_ACT_SHOT;
+	if (tcp) {
+		if (bpf_skb_load_bytes(skb, p->l4_off, r.ol4, QUOTE_TCP) < 0)
+			return TC_ACT_SHOT;
+	} else if (bpf_skb_load_bytes(skb, p->l4_off, r.ol4, QUOTE_UDP) < 0) {
+		return TC_ACT_SHOT;
+	}
+	len = sizeof(r) - (tcp ? 0 : QUOTE_TCP - QUOTE_UDP);
+	if (bpf_skb_change_tail(skb, p->l3_off + len - room, 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_adjust_room(skb, room, BPF_ADJ_ROOM_MAC, 0) < 0)
+		return TC_ACT_SHOT;
+
+	r.ip.version = 4;
+	r.ip.ihl = 5;
+	r.ip.tot_len = bpf_htons(len);
+	r.ip.ttl = 64;
+	r.ip.protocol = IPPROTO_ICMP;
+	r.ip.saddr = p->daddr[0];
+	r.ip.daddr = p->saddr[0];
+	r.ip.check = csum_buf(&r.ip, sizeof(r.ip), 0);
+	r.type = ICMP_DEST_UNREACH;
+	r.code = ICMP_PORT_UNREACH;
+	if (tcp) {
+		r.check = csum_buf(&r.type, sizeof(r) - sizeof(r.ip), 0);
+		if (bpf_skb_store_bytes(skb, p->l3_off, &r, sizeof(r), BPF_F_INVALIDATE_HASH) < 0)
+			return TC_ACT_SHOT;
+	} else {
+		r.check = csum_buf(&r.type, sizeof(r) - sizeof(r.ip) - (QUOTE_TCP - QUOTE_UDP), 0);
+		if (bpf_skb_store_bytes(skb, p->l3_off, &r, sizeof(r) - (QUOTE_TCP - QUOTE_UDP),
+					BPF_F_INVALIDATE_HASH) < 0)
+			return TC_ACT_SHOT;
+	}
+	return reject_finish(skb, ctx);
+}
+
+static __always_inline int reject_v6(struct __sk_buff *skb, const struct pkt *p, int ctx)
+{
+	struct icmp6_reply r;
+	struct icmp6_pseudo ph;
+	int tcp = p->proto == IPPROTO_TCP;
+	__u32 room = sizeof(struct ipv6hdr) + 8;
+	__u32 len, sum;
+	__s64 s;
+
+	__builtin_memset(&r, 0, sizeof(r));
+	if (bpf_skb_load_bytes(skb, p->l3_off, &r.oip, sizeof(r.oip)) < 0)
+		return TC_ACT_SHOT;
+	if (tcp) {
+		if (bpf_skb_load_bytes(skb, p->l4_off, r.ol4, QUOTE_TCP) < 0)
+			return TC_ACT_SHOT;
+	} else if (bpf_skb_load_bytes(skb, p->l4_off, r.ol4, QUOTE_UDP) < 0) {
+		return TC_ACT_SHOT;
+	}
+	len = sizeof(r) - (tcp ? 0 : QUOTE_TCP - QUOTE_UDP);
+	if (bpf_skb_change_tail(skb, p->l3_off + len - room, 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_adjust_room(skb, room, BPF_ADJ_ROOM_MAC, 0) < 0)
+		return TC_ACT_SHOT;
+
+	r.ip.version = 6;
+	r.ip.payload_len = bpf_htons(len - sizeof(r.ip));
+	r.ip.nexthdr = IPPROTO_ICMPV6;
+	r.ip.hop_limit = 64;
+	__builtin_memcpy(&r.ip.saddr, p->daddr, 16);
+	__builtin_memcpy(&r.ip.daddr, p->saddr, 16);
+	r.type = ICMPV6_DEST_UNREACH;
+	r.code = ICMPV6_PORT_UNREACH;
+
+	addr_copy(ph.saddr, p->daddr);
+	addr_copy(ph.daddr, p->saddr);
+	ph.len = bpf_htonl(len - sizeof(r.ip));
+	ph.nexthdr = bpf_htonl(IPPROTO_ICMPV6);
+	s = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+	sum = s < 0 ? 0 : (__u32)s;
+	if (tcp) {
+		r.check = csum_buf(&r.type, sizeof(r) - sizeof(r.ip), sum);
+		if (bpf_skb_store_bytes(skb, p->l3_off, &r, sizeof(r), BPF_F_INVALIDATE_HASH) < 0)
+			return TC_ACT_SHOT;
+	} else {
+		r.check = csum_buf(&r.type, sizeof(r) - sizeof(r.ip) - (QUOTE_TCP - QUOTE_UDP), sum);
+		if (bpf_skb_store_bytes(skb, p->l3_off, &r, sizeof(r) - (QUOTE_TCP - QUOTE_UDP),
+					BPF_F_INVALIDATE_HASH) < 0)
+			return TC_ACT_SHOT;
+	}
+	return reject_finish(skb, ctx);
+}
+
+static __noinline int reject(struct __sk_buff *skb, const struct pkt *p, int ctx)
+{
+	return p->family == DP_AF_INET ? reject_v4(skb, p, ctx) : reject_v6(skb, p, ctx);
+}
+
+#endif

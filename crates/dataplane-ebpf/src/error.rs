@@ -1,0 +1,89 @@
+//! Errors of the eBPF backend. They convert into [`dataplane_core::Error::Kernel`].
+
+use std::path::PathBuf;
+
+/// What went wrong while loading, attaching or writing maps.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EbpfError {
+    /// The kernel refused to load an object or program.
+    #[error("loading {object}")]
+    Load {
+        /// Object or program name.
+        object: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {operation}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// What was being done.
+        operation: String,
+        /// Cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// Attaching or detaching a program failed.
+    #[error("attaching {program} to {interface}")]
+    Attach {
+        /// Interface name.
+        interface: String,
+        /// Program name.
+        program: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// Entering the configured network namespace failed.
+    #[error("entering network namespace {path}")]
+    Netns {
+        /// The namespace path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bpffs path could not be created, read or removed.
+    #[error("pin path {path}")]
+    Pin {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The system cannot run this backend.
+    #[error("eBPF backend not supported here: {reason}")]
+    NotSupported {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl EbpfError {
+    pub(crate) fn map(
+        map: &'static str,
+        operation: impl Into<String>,
+        source: aya::maps::MapError,
+    ) -> Self {
+        Self::Map {
+            map,
+            operation: operation.into(),
+            source,
+        }
+    }
+}
+
+impl From<EbpfError> for dataplane_core::Error {
+    fn from(e: EbpfError) -> Self {
+        let operation = e.to_string();
+        dataplane_core::Error::Kernel {
+            backend: crate::plan::BACKEND.to_owned(),
+            operation,
+            source: Box::new(e),
+        }
+    }
+}

@@ -1,0 +1,749 @@
+//! eBPF backend of the `dataplane` crate: Kubernetes Services in TC programs written in C
+//! (`bpf/`), loaded with aya, with our own conntrack in pinned maps so that connections
+//! survive an agent restart.
+//!
+//! ```text
+//!            pod netns                     node netns                       other nodes
+//!   [pod] --veth--> (host side) --TC ingress: dp_from_pod-->  stack/redirect --> eth0
+//!                                                        eth0 --TC ingress: dp_from_uplink
+//!                                   host stack --> eth0 --TC egress:  dp_to_uplink
+//! ```
+//!
+//! Needs Linux >= 6.6 for TCX (older kernels fall back to clsact filters, which cannot be
+//! pinned), BTF, bpffs, and root (`CAP_BPF` + `CAP_NET_ADMIN`).
+//!
+//! ```no_run
+//! use dataplane_core::Dataplane;
+//! use dataplane_ebpf::{EbpfConfig, EbpfDataplane};
+//! # fn state() -> dataplane_core::DesiredState { unimplemented!() }
+//! let mut dp = EbpfDataplane::new(EbpfConfig::new("/sys/fs/bpf/dataplane"))?;
+//! dp.apply(&state())?;
+//! for flow in dp.flows()? {
+//!     println!("{} -> {} -> {}", flow.client, flow.frontend, flow.backend);
+//! }
+//! # Ok::<(), dataplane_core::Error>(())
+//! ```
+#![allow(unsafe_code)] // aya::Pod impls for the map mirror only; each has a SAFETY comment.
+
+mod error;
+mod loader;
+pub mod maps;
+mod netns;
+mod plan;
+mod writer;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aya::programs::{TestRun, TestRunOptions};
+use dataplane_core::{
+    validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
+    ObjectName, ObservedFrontend, ObservedState, Protocol, Stats,
+};
+
+pub use error::EbpfError;
+pub use loader::{tc_host_object, tc_pod_object, AttachMode, Hook};
+
+use crate::loader::{Maps, Objects};
+use crate::maps::{
+    CtEntry, CtKey, CT_DIR_FWD, CT_DIR_INBOUND, CT_DIR_REV, CT_F_MASQ, CT_F_SNAT, CT_TCP_FIN_FWD,
+    CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL_OUTSIDE,
+    STAT_DROPPED, STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
+};
+use crate::plan::BACKEND;
+use crate::writer::Current;
+
+/// Map sizes. A state that does not fit is refused with [`Error::CapacityExceeded`] before
+/// anything is written. Sizes apply when the maps are created; pinned maps keep their size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capacities {
+    /// Frontend entries (each ClusterIP/port, NodePort address/port, LB/External IP/port
+    /// counts once, external ones twice, plus one per ClusterIP for unknown ports).
+    pub services: u32,
+    /// Distinct backends (address, port); id 0 is reserved.
+    pub backends: u32,
+    /// Backend slots: weighted copies for random selection, table entries for Maglev.
+    pub backend_slots: u32,
+    /// Conntrack entries (two per connection).
+    pub conntrack: u32,
+    /// Session-affinity entries.
+    pub affinity: u32,
+    /// loadBalancerSourceRanges entries.
+    pub source_ranges: u32,
+    /// Maglev table size per frontend (prime).
+    pub maglev_table_size: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            services: 65_536,
+            backends: 65_536,
+            backend_slots: 1 << 21,
+            conntrack: 262_144,
+            affinity: 65_536,
+            source_ranges: 4_096,
+            maglev_table_size: dataplane_core::DEFAULT_MAGLEV_TABLE_SIZE,
+        }
+    }
+}
+
+/// Conntrack timeouts applied by [`EbpfDataplane::gc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// TCP before a reply was seen.
+    pub tcp_syn: Duration,
+    /// TCP after a reply was seen.
+    pub tcp_established: Duration,
+    /// TCP after a RST or FIN in both directions.
+    pub tcp_closing: Duration,
+    /// UDP before a reply was seen.
+    pub udp: Duration,
+    /// UDP after a reply was seen.
+    pub udp_stream: Duration,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_syn: Duration::from_mins(1),
+            tcp_established: Duration::from_hours(6),
+            tcp_closing: Duration::from_secs(10),
+            udp: Duration::from_secs(30),
+            udp_stream: Duration::from_mins(2),
+        }
+    }
+}
+
+/// Configuration of an [`EbpfDataplane`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EbpfConfig {
+    /// bpffs directory for pinned maps and links; a new dataplane on the same directory adopts
+    /// them.
+    pub pin_dir: PathBuf,
+    /// Network namespace (`/run/netns/NAME`) whose interfaces to attach to; `None`: current.
+    pub netns: Option<PathBuf>,
+    /// Map sizes.
+    pub capacities: Capacities,
+    /// Conntrack timeouts.
+    pub timeouts: CtTimeouts,
+    /// Leave programs attached (pinned) when the dataplane is dropped, so traffic keeps
+    /// flowing until a new process adopts them.
+    pub keep_attachments_on_drop: bool,
+    /// TCX, clsact, or TCX with clsact fallback.
+    pub attach_mode: AttachMode,
+}
+
+impl EbpfConfig {
+    /// Defaults with `pin_dir`.
+    pub fn new(pin_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            pin_dir: pin_dir.into(),
+            netns: None,
+            capacities: Capacities::default(),
+            timeouts: CtTimeouts::default(),
+            keep_attachments_on_drop: false,
+            attach_mode: AttachMode::Auto,
+        }
+    }
+}
+
+/// What one [`EbpfDataplane::gc`] pass removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GcReport {
+    /// Connections expired (forward entries; their reverse entries go with them).
+    pub expired: usize,
+    /// Reverse entries whose forward entry was gone.
+    pub orphans: usize,
+    /// Session-affinity entries expired.
+    pub affinity_expired: usize,
+    /// Connections still tracked.
+    pub remaining: usize,
+}
+
+/// Result of running one packet through a program with `BPF_PROG_TEST_RUN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketRun {
+    /// TC verdict (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2, `TC_ACT_REDIRECT` 7).
+    pub verdict: u32,
+    /// The packet as the program left it.
+    pub output: Vec<u8>,
+    /// Kernel-measured run time.
+    pub duration: Duration,
+}
+
+/// Checks that this system can run the eBPF backend: root, kernel BTF and bpffs.
+pub fn is_supported() -> Result<(), EbpfError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(EbpfError::NotSupported {
+            reason: "needs root (CAP_BPF and CAP_NET_ADMIN)".to_owned(),
+        });
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(EbpfError::NotSupported {
+            reason: "kernel has no BTF (/sys/kernel/btf/vmlinux missing)".to_owned(),
+        });
+    }
+    ensure_bpffs(Path::new("/sys/fs/bpf"))
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mounts bpffs at `dir` when nothing is mounted there yet.
+fn ensure_bpffs(dir: &Path) -> Result<(), EbpfError> {
+    let is_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    if is_bpffs(dir) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|source| EbpfError::Pin {
+        path: dir.to_owned(),
+        source,
+    })?;
+    nix::mount::mount(
+        Some("bpffs"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| EbpfError::Pin {
+        path: dir.to_owned(),
+        source: e.into(),
+    })
+}
+
+/// The current `CLOCK_MONOTONIC` time, the clock `bpf_ktime_get_ns` uses.
+pub fn monotonic_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail");
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// The eBPF [`Dataplane`].
+#[derive(Debug)]
+pub struct EbpfDataplane {
+    config: EbpfConfig,
+    objects: Option<Objects>,
+    current: Option<Current>,
+    applied: Option<DesiredState>,
+    planner: Option<plan::Planner>,
+    names: BTreeMap<u32, ObjectName>,
+}
+
+impl EbpfDataplane {
+    /// Loads the programs, creating or adopting the maps and links pinned in
+    /// `config.pin_dir`. Adopted links get the new programs right away; call
+    /// [`Dataplane::apply`] next to reconcile the maps with the desired state.
+    pub fn new(config: EbpfConfig) -> Result<Self, EbpfError> {
+        if config.pin_dir.starts_with("/sys/fs/bpf") {
+            ensure_bpffs(Path::new("/sys/fs/bpf"))?;
+        }
+        let mut dp = Self {
+            config,
+            objects: None,
+            current: None,
+            applied: None,
+            planner: None,
+            names: BTreeMap::new(),
+        };
+        dp.load()?;
+        Ok(dp)
+    }
+
+    fn load(&mut self) -> Result<(), EbpfError> {
+        let mut objects = loader::load(&self.config.pin_dir, &self.config.capacities)?;
+        if objects.capacities != self.config.capacities {
+            tracing::info!(
+                configured = ?self.config.capacities,
+                pinned = ?objects.capacities,
+                "pinned maps keep their sizes; reset() to resize"
+            );
+        }
+        let current = Current::read(&objects.maps, &objects.capacities)?;
+        let pinned = Objects::pinned_links(&self.config.pin_dir);
+        if !pinned.is_empty() {
+            let pin_dir = self.config.pin_dir.clone();
+            let mode = self.config.attach_mode;
+            let objs = &mut objects;
+            netns::in_netns(self.config.netns.as_deref(), move || {
+                for (ifname, hook) in pinned {
+                    if let Err(e) = objs.attach(&pin_dir, &ifname, hook, mode) {
+                        tracing::warn!(interface = %ifname, error = %e, "could not adopt pinned link");
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        self.objects = Some(objects);
+        self.current = Some(current);
+        Ok(())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EbpfConfig {
+        &self.config
+    }
+
+    fn parts(&mut self) -> Result<(&mut Objects, &mut Current), Error> {
+        if self.objects.is_none() {
+            self.load()?;
+        }
+        match (self.objects.as_mut(), self.current.as_mut()) {
+            (Some(o), Some(c)) => Ok((o, c)),
+            _ => unreachable!("load() sets both"),
+        }
+    }
+
+    fn maps(&self) -> Result<&Maps, Error> {
+        self.objects.as_ref().map(|o| &o.maps).ok_or_else(|| {
+            EbpfError::NotSupported {
+                reason: "the dataplane was reset; apply a state first".to_owned(),
+            }
+            .into()
+        })
+    }
+
+    /// Interfaces and hooks `state` needs.
+    fn wanted_attachments(state: &DesiredState) -> BTreeSet<(String, Hook)> {
+        let mut out = BTreeSet::new();
+        let uplink = state.node.interfaces.uplink.clone();
+        out.insert((uplink.clone(), Hook::FromUplink));
+        out.insert((uplink, Hook::ToUplink));
+        for e in &state.endpoints {
+            out.insert((e.interface.clone(), Hook::FromPod));
+        }
+        out
+    }
+
+    fn sync(
+        &mut self,
+        desired_owned: DesiredState,
+        changes: Option<&ChangeSet>,
+    ) -> Result<ApplyReport, Error> {
+        let desired = &desired_owned;
+        validate(desired)?;
+        plan::check_supported(desired)?;
+        let maglev = self.config.capacities.maglev_table_size;
+        // Taken: if anything below fails the maps are unknown to the planner and the next
+        // sync plans afresh.
+        let planner = match (changes, self.planner.take()) {
+            (Some(changes), Some(mut planner)) => {
+                planner.update_in_place(desired, changes, maglev)?;
+                planner
+            }
+            _ => plan::Planner::full(desired, maglev)?,
+        };
+        let plan = &planner.plan;
+        let full_sync = changes.is_none();
+        let pin_dir = self.config.pin_dir.clone();
+        let netns = self.config.netns.clone();
+        let mode = self.config.attach_mode;
+        let previous = self.applied.take();
+        let (objects, current) = self.parts()?;
+        let caps = objects.capacities.clone();
+        let report = writer::write(
+            &mut objects.maps,
+            current,
+            plan,
+            &caps,
+            planner.dirty.as_ref(),
+        )?;
+
+        let wanted = Self::wanted_attachments(desired);
+        netns::in_netns(netns.as_deref(), || {
+            for (ifname, hook) in &wanted {
+                objects.attach(&pin_dir, ifname, *hook, mode)?;
+            }
+            let stale: Vec<(String, Hook)> = objects
+                .attachments
+                .keys()
+                .filter(|k| !wanted.contains(k))
+                .cloned()
+                .collect();
+            for k in stale {
+                if let Some(a) = objects.attachments.remove(&k) {
+                    a.detach()?;
+                }
+            }
+            Ok(())
+        })?;
+
+        let (services_changed, services_removed) = match (changes, &previous) {
+            (Some(set), _) => {
+                let gone = set
+                    .services
+                    .values()
+                    .filter(|c| c.current.is_none())
+                    .count();
+                (set.services.len() - gone, gone)
+            }
+            (None, Some(prev)) => {
+                let before: BTreeMap<&ObjectName, &dataplane_core::Service> =
+                    prev.services.iter().map(|s| (&s.name, s)).collect();
+                let after: BTreeSet<&ObjectName> =
+                    desired.services.iter().map(|s| &s.name).collect();
+                let differing = desired
+                    .services
+                    .iter()
+                    .filter(|s| before.get(&s.name) != Some(s))
+                    .count();
+                (
+                    differing,
+                    before.keys().filter(|n| !after.contains(*n)).count(),
+                )
+            }
+            (None, None) => (desired.services.len(), 0),
+        };
+        self.names.clone_from(&planner.plan.names);
+        self.planner = Some(planner);
+        self.applied = Some(desired_owned);
+        Ok(ApplyReport {
+            full_sync,
+            services_changed,
+            services_removed,
+            objects_written: report.objects_written,
+        })
+    }
+
+    /// Expires conntrack and affinity entries idle longer than their timeouts at `now`
+    /// (`CLOCK_MONOTONIC`, see [`monotonic_now`]).
+    pub fn gc(&mut self, now: Duration) -> Result<GcReport, Error> {
+        let timeouts = self.config.timeouts;
+        let affinity_timeouts: BTreeMap<u32, u32> = self
+            .current
+            .as_ref()
+            .map(|c| {
+                c.frontends
+                    .values()
+                    .map(|(v, _)| (v.id, v.affinity_timeout))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let objects = self.objects.as_mut().ok_or(Error::FullSyncRequired)?;
+        let maps = &mut objects.maps;
+        let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        let mut entries = Vec::new();
+        for item in &maps.ct {
+            match item {
+                Ok(kv) => entries.push(kv),
+                // An entry evicted between next_key and lookup.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(EbpfError::map("dp_ct", "reading", e).into()),
+            }
+        }
+        let keys: BTreeSet<CtKey> = entries.iter().map(|(k, _)| *k).collect();
+        let mut report = GcReport::default();
+        let mut remove = Vec::new();
+        for (k, v) in &entries {
+            if k.dir == CT_DIR_FWD || k.dir == CT_DIR_INBOUND {
+                let timeout = if k.proto == Protocol::Tcp.number() {
+                    if v.tcp_state & CT_TCP_RST != 0
+                        || v.tcp_state & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV)
+                            == CT_TCP_FIN_FWD | CT_TCP_FIN_REV
+                    {
+                        timeouts.tcp_closing
+                    } else if v.tcp_state & CT_TCP_REPLY != 0 {
+                        timeouts.tcp_established
+                    } else {
+                        timeouts.tcp_syn
+                    }
+                } else if v.tcp_state & CT_TCP_REPLY != 0 {
+                    timeouts.udp_stream
+                } else {
+                    timeouts.udp
+                };
+                let idle = now_ns.saturating_sub(v.last_seen_ns);
+                if u128::from(idle) > timeout.as_nanos() {
+                    remove.push(*k);
+                    if k.dir == CT_DIR_FWD {
+                        remove.push(reverse_key(k, v));
+                    }
+                    report.expired += 1;
+                } else {
+                    report.remaining += 1;
+                }
+            } else if !keys.contains(&forward_key(k, v)) {
+                remove.push(*k);
+                report.orphans += 1;
+            }
+        }
+        for k in &remove {
+            match maps.ct.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(EbpfError::map("dp_ct", "removing", e).into()),
+            }
+        }
+        let mut stale = Vec::new();
+        for item in &maps.affinity {
+            let Ok((k, v)) = item else { continue };
+            let timeout = u64::from(affinity_timeouts.get(&k.svc_id).copied().unwrap_or(0));
+            if now_ns.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000 {
+                stale.push(k);
+            }
+        }
+        for k in &stale {
+            let _ = maps.affinity.remove(k);
+        }
+        report.affinity_expired = stale.len();
+        Ok(report)
+    }
+
+    /// Runs `packet` (an Ethernet frame) through `hook`'s program with `BPF_PROG_TEST_RUN`,
+    /// against the live maps. For tests and per-packet benchmarks.
+    /// Runs inside the configured network namespace, so FIB lookups see the node's routes.
+    pub fn run_packet(
+        &mut self,
+        hook: Hook,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<PacketRun, Error> {
+        let netns = self.config.netns.clone();
+        let (objects, _) = self.parts()?;
+        let prog = objects.program_mut(hook)?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = netns::in_netns(netns.as_deref(), || {
+            prog.test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                repeat: repeat.max(1),
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| EbpfError::Load {
+                object: format!("test run of {}", hook.program()),
+                source: Box::new(e),
+            })
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(PacketRun {
+            verdict: result.return_value,
+            output: out,
+            duration: result.duration,
+        })
+    }
+
+    fn detach_all(&mut self, keep: bool) -> Result<(), EbpfError> {
+        let Some(objects) = self.objects.as_mut() else {
+            return Ok(());
+        };
+        let attachments = std::mem::take(&mut objects.attachments);
+        let mut first_err = None;
+        for (_, a) in attachments {
+            if keep {
+                a.keep();
+            } else if let Err(e) = a.detach() {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+fn reverse_key(k: &CtKey, v: &CtEntry) -> CtKey {
+    CtKey {
+        saddr: v.nat_addr,
+        daddr: if v.flags & CT_F_SNAT != 0 {
+            v.snat_addr
+        } else {
+            k.saddr
+        },
+        sport: v.nat_port,
+        dport: if v.flags & CT_F_SNAT != 0 {
+            v.snat_port
+        } else {
+            k.sport
+        },
+        proto: k.proto,
+        family: k.family,
+        dir: CT_DIR_REV,
+        pad: 0,
+    }
+}
+
+fn forward_key(k: &CtKey, v: &CtEntry) -> CtKey {
+    CtKey {
+        saddr: v.snat_addr,
+        daddr: v.nat_addr,
+        sport: v.snat_port,
+        dport: v.nat_port,
+        proto: k.proto,
+        family: k.family,
+        dir: CT_DIR_FWD,
+        pad: 0,
+    }
+}
+
+fn protocol_of(n: u8) -> Option<Protocol> {
+    [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+        .into_iter()
+        .find(|p| p.number() == n)
+}
+
+impl Dataplane for EbpfDataplane {
+    fn capabilities(&self) -> Capabilities {
+        let caps = self
+            .objects
+            .as_ref()
+            .map_or(&self.config.capacities, |o| &o.capacities);
+        Capabilities {
+            backend: BACKEND.to_owned(),
+            protocols: [Protocol::Tcp, Protocol::Udp].into_iter().collect(),
+            ipv6: true,
+            maglev: true,
+            session_affinity: true,
+            dsr: false,
+            xdp: false,
+            masquerade: true,
+            network_policy: false,
+            weights: true,
+            max_services: caps.services,
+            max_backends: caps.backends.saturating_sub(1),
+        }
+    }
+
+    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
+        self.sync(desired.clone(), None)
+    }
+
+    fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        let Some(mut next) = self.applied.clone() else {
+            return Err(Error::FullSyncRequired);
+        };
+        changes.apply_to(&mut next);
+        self.sync(next, Some(changes))
+    }
+
+    fn observe(&self) -> Result<ObservedState, Error> {
+        let maps = self.maps()?;
+        let caps = self
+            .objects
+            .as_ref()
+            .map_or_else(|| self.config.capacities.clone(), |o| o.capacities.clone());
+        let current = Current::read(maps, &caps)?;
+        let by_id: BTreeMap<u32, SocketAddr> = maps
+            .backends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.ok().filter(|v| v.family != 0).map(|v| (i as u32, v)))
+            .map(|(i, v)| (i, SocketAddr::new(v.addr.ip(v.family), v.port.get())))
+            .collect();
+        let mut frontends = Vec::new();
+        for (k, (v, slots)) in &current.frontends {
+            if k.scope == SCOPE_EXTERNAL_INSIDE
+                || k.scope == SCOPE_INTERNAL_OUTSIDE
+                || v.flags & SVC_F_WILDCARD != 0
+            {
+                continue;
+            }
+            let Some(protocol) = protocol_of(k.proto) else {
+                continue;
+            };
+            frontends.push(ObservedFrontend {
+                address: SocketAddr::new(k.addr.ip(k.family), k.port.get()),
+                protocol,
+                backends: slots
+                    .iter()
+                    .filter_map(|id| by_id.get(id).copied())
+                    .collect(),
+            });
+        }
+        frontends.sort();
+        frontends.dedup();
+        Ok(ObservedState { frontends })
+    }
+
+    fn flows(&self) -> Result<Vec<Flow>, Error> {
+        let maps = self.maps()?;
+        let mut out = Vec::new();
+        for item in &maps.ct {
+            let Ok((k, v)) = item else { continue };
+            if k.dir != CT_DIR_FWD || v.flags & CT_F_MASQ != 0 {
+                continue;
+            }
+            let Some(protocol) = protocol_of(k.proto) else {
+                continue;
+            };
+            out.push(Flow {
+                protocol,
+                client: SocketAddr::new(k.saddr.ip(k.family), k.sport.get()),
+                frontend: SocketAddr::new(k.daddr.ip(k.family), k.dport.get()),
+                backend: SocketAddr::new(v.nat_addr.ip(k.family), v.nat_port.get()),
+                service: self.names.get(&v.svc_id).cloned(),
+            });
+        }
+        out.sort_by_key(|f| (f.frontend, f.client));
+        Ok(out)
+    }
+
+    fn stats(&self) -> Result<Stats, Error> {
+        let maps = self.maps()?;
+        let mut totals = [0u64; STAT_NAMES.len()];
+        for (i, total) in totals.iter_mut().enumerate() {
+            let values = maps
+                .stats
+                .get(&(i as u32), 0)
+                .map_err(|e| EbpfError::map("dp_stats", "reading", e))?;
+            *total = values.iter().sum();
+        }
+        let flows = maps
+            .ct
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.dir == CT_DIR_FWD)
+            .count() as u64;
+        // (masquerade entries are counted too: they are connections the datapath tracks)
+        let other = STAT_NAMES
+            .iter()
+            .zip(totals)
+            .map(|(n, v)| ((*n).to_owned(), v))
+            .collect();
+        Ok(Stats {
+            packets_translated: totals[STAT_TRANSLATED],
+            packets_dropped: totals[STAT_DROPPED],
+            packets_rejected: totals[STAT_REJECTED],
+            flows,
+            other,
+        })
+    }
+
+    fn reset(&mut self) -> Result<(), Error> {
+        let netns = self.config.netns.clone();
+        netns::in_netns(netns.as_deref(), || self.detach_all(false))?;
+        self.objects = None;
+        self.current = None;
+        self.applied = None;
+        self.planner = None;
+        self.names.clear();
+        let dir = &self.config.pin_dir;
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(EbpfError::Pin {
+                path: dir.clone(),
+                source,
+            }
+            .into()),
+        }
+    }
+}
+
+impl Drop for EbpfDataplane {
+    fn drop(&mut self) {
+        let keep = self.config.keep_attachments_on_drop;
+        let netns = self.config.netns.clone();
+        if let Err(e) = netns::in_netns(netns.as_deref(), || self.detach_all(keep)) {
+            tracing::warn!(error = %e, "detaching programs on drop");
+        }
+    }
+}

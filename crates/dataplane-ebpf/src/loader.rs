@@ -1,0 +1,460 @@
+//! Loading the compiled objects with pinned maps, and attaching their programs.
+
+use std::collections::BTreeMap;
+use std::mem::size_of;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::LpmTrie;
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::error::EbpfError;
+use crate::maps::{
+    Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, SrcRangeData, SvcKey,
+    SvcValue,
+};
+use crate::Capacities;
+
+static TC_POD_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_pod.o"));
+static TC_HOST_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_host.o"));
+
+/// The compiled `tc_pod.o`, for layout checks and tooling.
+pub fn tc_pod_object() -> &'static [u8] {
+    TC_POD_OBJ
+}
+
+/// The compiled `tc_host.o`, for layout checks and tooling.
+pub fn tc_host_object() -> &'static [u8] {
+    TC_HOST_OBJ
+}
+
+/// Where a program runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hook {
+    /// TC ingress on a pod's host-side veth: packets leaving the pod (`dp_from_pod`).
+    FromPod,
+    /// TC ingress on the uplink: packets from other nodes and the outside (`dp_from_uplink`).
+    FromUplink,
+    /// TC egress on the uplink: packets the host sends (`dp_to_uplink`).
+    ToUplink,
+}
+
+impl Hook {
+    pub(crate) fn program(self) -> &'static str {
+        match self {
+            Hook::FromPod => "dp_from_pod",
+            Hook::FromUplink => "dp_from_uplink",
+            Hook::ToUplink => "dp_to_uplink",
+        }
+    }
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::FromPod | Hook::FromUplink => TcAttachType::Ingress,
+            Hook::ToUplink => TcAttachType::Egress,
+        }
+    }
+    fn tag(self) -> &'static str {
+        match self {
+            Hook::FromPod => "from-pod",
+            Hook::FromUplink => "from-uplink",
+            Hook::ToUplink => "to-uplink",
+        }
+    }
+    fn from_tag(tag: &str) -> Option<Self> {
+        match tag {
+            "from-pod" => Some(Hook::FromPod),
+            "from-uplink" => Some(Hook::FromUplink),
+            "to-uplink" => Some(Hook::ToUplink),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) struct Maps {
+    pub svc: HashMap<MapData, SvcKey, SvcValue>,
+    pub backends: Array<MapData, BackendValue>,
+    pub slots: Array<MapData, u32>,
+    pub ct: HashMap<MapData, CtKey, CtEntry>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub src_ranges: LpmTrie<MapData, SrcRangeData, u8>,
+    pub cidrs: LpmTrie<MapData, Addr, u8>,
+    pub config: Array<MapData, DpConfig>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for Maps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maps").finish_non_exhaustive()
+    }
+}
+
+/// An attached program.
+/// How programs are attached to interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// TCX links (Linux >= 6.6), falling back to clsact filters when TCX is refused.
+    #[default]
+    Auto,
+    /// TCX links only (pinned, so they survive a restart).
+    Tcx,
+    /// clsact filters over netlink only (for kernels without TCX). They cannot be pinned: a
+    /// restarted process finds them through marker directories in the pin directory and
+    /// replaces their program in place (same priority and handle).
+    Clsact,
+}
+
+/// Priority and handle of our clsact filters, fixed so that a new process replaces them.
+const NL_PRIORITY: u16 = 0xd9;
+const NL_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+#[derive(Debug)]
+pub(crate) enum Attachment {
+    /// A TCX link pinned at `pin`; closing `link` keeps it attached while the pin exists.
+    Tcx { link: FdLink, pin: PathBuf },
+    /// A clsact filter; `marker` (a directory, bpffs holds no plain files) records it.
+    Netlink {
+        link: SchedClassifierLink,
+        marker: PathBuf,
+    },
+}
+
+fn remove_path(path: PathBuf, dir: bool) -> Result<(), EbpfError> {
+    let r = if dir {
+        std::fs::remove_dir(&path)
+    } else {
+        std::fs::remove_file(&path)
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(EbpfError::Pin { path, source }),
+    }
+}
+
+impl Attachment {
+    pub(crate) fn detach(self) -> Result<(), EbpfError> {
+        match self {
+            Attachment::Tcx { link, pin } => {
+                remove_path(pin, false)?;
+                drop(link);
+                Ok(())
+            }
+            Attachment::Netlink { link, marker } => {
+                // Dropping the link removes the filter.
+                drop(link);
+                remove_path(marker, true)
+            }
+        }
+    }
+    pub(crate) fn keep(self) {
+        match self {
+            Attachment::Tcx { link, .. } => drop(link),
+            // Dropping a netlink link detaches it; keeping it means forgetting the handle.
+            Attachment::Netlink { link, .. } => std::mem::forget(link),
+        }
+    }
+}
+
+pub(crate) struct Objects {
+    pub pod: Ebpf,
+    pub host: Ebpf,
+    pub maps: Maps,
+    /// The sizes the maps really have (pinned maps keep the size they were created with).
+    pub capacities: Capacities,
+    pub attachments: BTreeMap<(String, Hook), Attachment>,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Objects")
+            .field("attachments", &self.attachments)
+            .finish_non_exhaustive()
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| EbpfError::Load {
+        object: name.to_owned(),
+        source: "map missing from the object".into(),
+    })?;
+    T::try_from(map).map_err(|e| EbpfError::map(name, "opening", e))
+}
+
+fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> Result<(), EbpfError> {
+    for name in names {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| EbpfError::Load {
+                object: (*name).to_owned(),
+                source: "program missing from the object".into(),
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| EbpfError::Load {
+                object: (*name).to_owned(),
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(|e| EbpfError::Load {
+            object: (*name).to_owned(),
+            source: Box::new(e),
+        })?;
+    }
+    Ok(())
+}
+
+pub(crate) fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+/// Loads both objects; maps are created and pinned under `pin_dir`, or reused when pinned.
+pub(crate) fn load(pin_dir: &Path, caps: &Capacities) -> Result<Objects, EbpfError> {
+    for dir in [pin_dir.to_owned(), links_dir(pin_dir)] {
+        std::fs::create_dir_all(&dir).map_err(|source| EbpfError::Pin { path: dir, source })?;
+    }
+    let mut loader = EbpfLoader::new();
+    loader
+        .default_map_pin_directory(pin_dir)
+        .map_max_entries("dp_svc", caps.services)
+        .map_max_entries("dp_backends", caps.backends)
+        .map_max_entries("dp_slots", caps.backend_slots)
+        .map_max_entries("dp_ct", caps.conntrack)
+        .map_max_entries("dp_affinity", caps.affinity)
+        .map_max_entries("dp_srcrange", caps.source_ranges);
+    let mut pod = loader.load(TC_POD_OBJ).map_err(|e| EbpfError::Load {
+        object: "tc_pod.o".to_owned(),
+        source: Box::new(e),
+    })?;
+    let mut host = loader.load(TC_HOST_OBJ).map_err(|e| EbpfError::Load {
+        object: "tc_host.o".to_owned(),
+        source: Box::new(e),
+    })?;
+    let capacities = check_pinned(pin_dir, caps)?;
+    load_programs(&mut pod, &["dp_from_pod"])?;
+    load_programs(&mut host, &["dp_from_uplink", "dp_to_uplink"])?;
+    let maps = Maps {
+        svc: take(&mut pod, "dp_svc")?,
+        backends: take(&mut pod, "dp_backends")?,
+        slots: take(&mut pod, "dp_slots")?,
+        ct: take(&mut pod, "dp_ct")?,
+        affinity: take(&mut pod, "dp_affinity")?,
+        src_ranges: take(&mut pod, "dp_srcrange")?,
+        cidrs: take(&mut pod, "dp_cidrs")?,
+        config: take(&mut pod, "dp_config")?,
+        stats: take(&mut pod, "dp_stats")?,
+    };
+    Ok(Objects {
+        pod,
+        host,
+        maps,
+        capacities,
+        attachments: BTreeMap::new(),
+    })
+}
+
+/// Key and value sizes this version expects of each map (the layouts of `maps.h`).
+const LAYOUTS: [(&str, usize, usize); 9] = [
+    ("dp_svc", size_of::<SvcKey>(), size_of::<SvcValue>()),
+    ("dp_backends", 4, size_of::<BackendValue>()),
+    ("dp_slots", 4, 4),
+    ("dp_ct", size_of::<CtKey>(), size_of::<CtEntry>()),
+    (
+        "dp_affinity",
+        size_of::<AffinityKey>(),
+        size_of::<AffinityValue>(),
+    ),
+    ("dp_srcrange", 4 + size_of::<SrcRangeData>(), 1),
+    ("dp_cidrs", 4 + size_of::<Addr>(), 1),
+    ("dp_config", 4, size_of::<DpConfig>()),
+    ("dp_stats", 4, 8),
+];
+
+/// Refuses pinned maps whose layout differs from this version's (an upgrade that changed
+/// `maps.h` needs `reset()`), and reads the sizes the pinned maps were created with.
+fn check_pinned(pin_dir: &Path, caps: &Capacities) -> Result<Capacities, EbpfError> {
+    let mut out = caps.clone();
+    for (name, key, value) in LAYOUTS {
+        let info = aya::maps::MapInfo::from_pin(pin_dir.join(name))
+            .map_err(|e| EbpfError::map(name, "reading the pinned map's info", e))?;
+        if info.key_size() as usize != key || info.value_size() as usize != value {
+            return Err(EbpfError::Load {
+                object: name.to_owned(),
+                source: format!(
+                    "pinned map has key/value sizes {}/{}, this version needs {key}/{value}: \
+                     reset() the dataplane or remove {}",
+                    info.key_size(),
+                    info.value_size(),
+                    pin_dir.display()
+                )
+                .into(),
+            });
+        }
+        let size = info.max_entries();
+        match name {
+            "dp_svc" => out.services = size,
+            "dp_backends" => out.backends = size,
+            "dp_slots" => out.backend_slots = size,
+            "dp_ct" => out.conntrack = size,
+            "dp_affinity" => out.affinity = size,
+            "dp_srcrange" => out.source_ranges = size,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+impl Objects {
+    pub(crate) fn program_mut(&mut self, hook: Hook) -> Result<&mut SchedClassifier, EbpfError> {
+        let ebpf = match hook {
+            Hook::FromPod => &mut self.pod,
+            Hook::FromUplink | Hook::ToUplink => &mut self.host,
+        };
+        let name = hook.program();
+        ebpf.program_mut(name)
+            .ok_or_else(|| EbpfError::Load {
+                object: name.to_owned(),
+                source: "program missing".into(),
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| EbpfError::Load {
+                object: name.to_owned(),
+                source: Box::new(e),
+            })
+    }
+
+    /// Attachments an earlier process left: pinned TCX links under `pin_dir/links` and clsact
+    /// markers under `pin_dir/links/nl`, as (interface, hook).
+    pub(crate) fn pinned_links(pin_dir: &Path) -> Vec<(String, Hook)> {
+        let mut out = Vec::new();
+        for dir in [links_dir(pin_dir), links_dir(pin_dir).join("nl")] {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some((tag, ifname)) = name.split_once('@') {
+                    if let Some(hook) = Hook::from_tag(tag) {
+                        out.push((ifname.to_owned(), hook));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Attaches `hook`'s program to `ifname` (call inside the node's network namespace).
+    /// A link pinned by an earlier process is taken over: its program is replaced atomically.
+    pub(crate) fn attach(
+        &mut self,
+        pin_dir: &Path,
+        ifname: &str,
+        hook: Hook,
+        mode: AttachMode,
+    ) -> Result<(), EbpfError> {
+        if self.attachments.contains_key(&(ifname.to_owned(), hook)) {
+            return Ok(());
+        }
+        let pin = links_dir(pin_dir).join(format!("{}@{}", hook.tag(), ifname));
+        let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| EbpfError::Attach {
+            interface: ifname.to_owned(),
+            program: hook.program().to_owned(),
+            source,
+        };
+        let prog = self.program_mut(hook)?;
+        if pin.exists() {
+            let adopted = PinnedLink::from_pin(&pin)
+                .map_err(|e| attach_err(Box::new(e)))
+                .and_then(|p| {
+                    let link = SchedClassifierLink::try_from(FdLink::from(p))
+                        .map_err(|e| attach_err(Box::new(e)))?;
+                    let id = prog
+                        .attach_to_link(link)
+                        .map_err(|e| attach_err(Box::new(e)))?;
+                    let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+                    FdLink::try_from(link).map_err(|e| attach_err(Box::new(e)))
+                });
+            match adopted {
+                Ok(link) => {
+                    tracing::debug!(interface = ifname, hook = hook.tag(), "adopted pinned link");
+                    self.attachments
+                        .insert((ifname.to_owned(), hook), Attachment::Tcx { link, pin });
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(interface = ifname, error = %e, "stale pinned link, re-attaching");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        let marker = links_dir(pin_dir)
+            .join("nl")
+            .join(format!("{}@{}", hook.tag(), ifname));
+        let prog = self.program_mut(hook)?;
+        let tcx = if mode == AttachMode::Clsact || marker.exists() {
+            None
+        } else {
+            Some(prog.attach_with_options(
+                ifname,
+                hook.attach_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            ))
+        };
+        let attachment = match tcx {
+            Some(Ok(id)) => {
+                let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+                let link = FdLink::try_from(link).map_err(|e| attach_err(Box::new(e)))?;
+                let pinned = link.pin(&pin).map_err(|e| attach_err(Box::new(e)))?;
+                Attachment::Tcx {
+                    link: FdLink::from(pinned),
+                    pin,
+                }
+            }
+            Some(Err(e)) if mode == AttachMode::Tcx => return Err(attach_err(Box::new(e))),
+            tcx => {
+                if let Some(Err(e)) = tcx {
+                    tracing::info!(interface = ifname, error = %e, "TCX attach failed, using clsact");
+                }
+                // EEXIST when the qdisc is already there is fine.
+                let _ = aya::programs::tc::qdisc_add_clsact(ifname);
+                // Replace the filter an earlier process left, else create it.
+                let earlier = SchedClassifierLink::attached(
+                    ifname,
+                    hook.attach_type(),
+                    NL_PRIORITY,
+                    NL_HANDLE,
+                    None,
+                )
+                .map_err(|e| attach_err(Box::new(e)))?;
+                let id = match prog.attach_to_link(earlier) {
+                    Ok(id) => id,
+                    Err(_) => prog
+                        .attach_with_options(
+                            ifname,
+                            hook.attach_type(),
+                            TcAttachOptions::Netlink(NlOptions {
+                                priority: NL_PRIORITY,
+                                handle: NL_HANDLE,
+                                classid: None,
+                            }),
+                        )
+                        .map_err(|e| attach_err(Box::new(e)))?,
+                };
+                let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+                std::fs::create_dir_all(&marker).map_err(|source| EbpfError::Pin {
+                    path: marker.clone(),
+                    source,
+                })?;
+                Attachment::Netlink { link, marker }
+            }
+        };
+        self.attachments
+            .insert((ifname.to_owned(), hook), attachment);
+        Ok(())
+    }
+}

@@ -1,0 +1,361 @@
+//! Rust mirror of `bpf/lib/maps.h`: map keys and values, `#[repr(C)]` with explicit padding.
+//!
+//! The layouts are checked against the BTF of the compiled objects by `tests/btf_layout.rs`
+//! (sizes and field offsets), so a change on one side without the other fails a test.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Address family value of IPv4 in map keys (`DP_AF_INET`).
+pub const AF_INET: u8 = 4;
+/// Address family value of IPv6 in map keys (`DP_AF_INET6`).
+pub const AF_INET6: u8 = 6;
+
+/// `SVC_SCOPE_INTERNAL`: ClusterIP frontends.
+pub const SCOPE_INTERNAL: u8 = 0;
+/// `SVC_SCOPE_EXTERNAL`: NodePort/LoadBalancer/ExternalIP frontends reached from the uplink.
+pub const SCOPE_EXTERNAL: u8 = 1;
+/// `SVC_SCOPE_EXTERNAL_INSIDE`: the same frontends reached from a pod or the host.
+pub const SCOPE_EXTERNAL_INSIDE: u8 = 2;
+
+/// `SVC_SCOPE_INTERNAL_OUTSIDE`: ClusterIP from outside when internalTrafficPolicy is Local.
+pub const SCOPE_INTERNAL_OUTSIDE: u8 = 3;
+
+/// `SVC_F_MAGLEV`.
+pub const SVC_F_MAGLEV: u16 = 1 << 0;
+/// `SVC_F_AFFINITY`.
+pub const SVC_F_AFFINITY: u16 = 1 << 1;
+/// `SVC_F_NO_LOCAL`.
+pub const SVC_F_NO_LOCAL: u16 = 1 << 2;
+/// `SVC_F_SRC_RANGES`.
+pub const SVC_F_SRC_RANGES: u16 = 1 << 3;
+/// `SVC_F_SNAT`.
+pub const SVC_F_SNAT: u16 = 1 << 4;
+/// `SVC_F_WILDCARD`.
+pub const SVC_F_WILDCARD: u16 = 1 << 5;
+
+/// `BE_F_LOCAL`.
+pub const BE_F_LOCAL: u8 = 1 << 0;
+/// `BE_F_TERMINATING`.
+pub const BE_F_TERMINATING: u8 = 1 << 1;
+
+/// `CT_DIR_FWD`.
+pub const CT_DIR_FWD: u8 = 0;
+/// `CT_DIR_REV`.
+pub const CT_DIR_REV: u8 = 1;
+/// `CT_DIR_INBOUND`: marker of a connection that came in to a local pod.
+pub const CT_DIR_INBOUND: u8 = 2;
+/// `CT_F_SNAT`.
+pub const CT_F_SNAT: u16 = 1 << 0;
+/// `CT_F_HAIRPIN`.
+pub const CT_F_HAIRPIN: u16 = 1 << 1;
+/// `CT_F_EXTERNAL`.
+pub const CT_F_EXTERNAL: u16 = 1 << 2;
+/// `CT_F_MASQ`: pod masquerade, not a service connection.
+pub const CT_F_MASQ: u16 = 1 << 3;
+/// `CT_F_INBOUND`.
+pub const CT_F_INBOUND: u16 = 1 << 4;
+/// `CT_TCP_SYN`.
+pub const CT_TCP_SYN: u8 = 1 << 0;
+/// `CT_TCP_REPLY`.
+pub const CT_TCP_REPLY: u8 = 1 << 1;
+/// `CT_TCP_FIN_FWD`.
+pub const CT_TCP_FIN_FWD: u8 = 1 << 2;
+/// `CT_TCP_FIN_REV`.
+pub const CT_TCP_FIN_REV: u8 = 1 << 3;
+/// `CT_TCP_RST`.
+pub const CT_TCP_RST: u8 = 1 << 4;
+
+/// `CFG_F_HAS_V4`.
+pub const CFG_F_HAS_V4: u32 = 1 << 0;
+/// `CFG_F_HAS_V6`.
+pub const CFG_F_HAS_V6: u32 = 1 << 1;
+/// `CFG_F_MASQUERADE`.
+pub const CFG_F_MASQUERADE: u32 = 1 << 2;
+
+/// `CIDR_F_CLUSTER`: cluster CIDRs.
+pub const CIDR_F_CLUSTER: u8 = 1 << 0;
+/// `CIDR_F_POD`: this node's pod CIDRs.
+pub const CIDR_F_POD: u8 = 1 << 1;
+/// `CIDR_F_NO_MASQ`: nonMasqueradeCidrs.
+pub const CIDR_F_NO_MASQ: u8 = 1 << 2;
+/// `CIDR_F_NODE`: the node's addresses.
+pub const CIDR_F_NODE: u8 = 1 << 3;
+
+/// Counter indexes of `dp_stats` (`STAT_*`), with their names.
+pub const STAT_NAMES: [&str; 8] = [
+    "translated",
+    "reverse_translated",
+    "dropped",
+    "rejected",
+    "ct_created",
+    "ct_full",
+    "snat_exhausted",
+    "masqueraded",
+];
+/// `STAT_TRANSLATED`.
+pub const STAT_TRANSLATED: usize = 0;
+/// `STAT_DROPPED`.
+pub const STAT_DROPPED: usize = 2;
+/// `STAT_REJECTED`.
+pub const STAT_REJECTED: usize = 3;
+
+/// A 16-bit value in network byte order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Be16(u16);
+
+impl Be16 {
+    /// From a host-order value.
+    pub const fn new(host: u16) -> Self {
+        Self(host.to_be())
+    }
+    /// The host-order value.
+    pub const fn get(self) -> u16 {
+        u16::from_be(self.0)
+    }
+}
+
+/// An IPv4 or IPv6 address as the datapath stores it: 16 bytes in network order, IPv4 in the
+/// first four with the rest zero (`__u32 addr[4]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C, align(4))]
+pub struct Addr(pub [u8; 16]);
+
+impl Addr {
+    /// Encodes `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        let mut b = [0u8; 16];
+        match ip {
+            IpAddr::V4(v4) => b[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => b = v6.octets(),
+        }
+        Self(b)
+    }
+    /// Decodes with the given family (`AF_INET`/`AF_INET6`).
+    pub fn ip(&self, family: u8) -> IpAddr {
+        if family == AF_INET {
+            IpAddr::V4(Ipv4Addr::new(self.0[0], self.0[1], self.0[2], self.0[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(self.0))
+        }
+    }
+    /// IPv4 as `::ffff:a.b.c.d`, IPv6 as is: the LPM-trie form.
+    pub fn mapped(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self(v4.to_ipv6_mapped().octets()),
+            IpAddr::V6(v6) => Self(v6.octets()),
+        }
+    }
+}
+
+/// The datapath family value of `ip`.
+pub fn family_of(ip: &IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        AF_INET
+    } else {
+        AF_INET6
+    }
+}
+
+/// `struct svc_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct SvcKey {
+    /// Frontend address.
+    pub addr: Addr,
+    /// Frontend port (0 for the ClusterIP wildcard).
+    pub port: Be16,
+    /// IP protocol (0 for the wildcard).
+    pub proto: u8,
+    /// `SCOPE_*`.
+    pub scope: u8,
+    /// `AF_*`.
+    pub family: u8,
+    /// Padding.
+    pub pad: [u8; 3],
+}
+
+/// `struct svc_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct SvcValue {
+    /// Service-port id.
+    pub id: u32,
+    /// First slot.
+    pub slot_base: u32,
+    /// Number of slots.
+    pub slot_count: u32,
+    /// Affinity timeout in seconds.
+    pub affinity_timeout: u32,
+    /// `SVC_F_*`.
+    pub flags: u16,
+    /// Padding.
+    pub pad: u16,
+    /// Generation.
+    pub rev: u32,
+}
+
+/// `struct backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct BackendValue {
+    /// Backend address.
+    pub addr: Addr,
+    /// Backend (target) port.
+    pub port: Be16,
+    /// `AF_*`; 0 marks a free id.
+    pub family: u8,
+    /// `BE_F_*`.
+    pub flags: u8,
+}
+
+/// `struct ct_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct CtKey {
+    /// Source address.
+    pub saddr: Addr,
+    /// Destination address.
+    pub daddr: Addr,
+    /// Source port.
+    pub sport: Be16,
+    /// Destination port.
+    pub dport: Be16,
+    /// IP protocol.
+    pub proto: u8,
+    /// `AF_*`.
+    pub family: u8,
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    /// Padding.
+    pub pad: u8,
+}
+
+/// `struct ct_entry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct CtEntry {
+    /// Forward: backend. Reverse: frontend.
+    pub nat_addr: Addr,
+    /// Forward: SNAT source. Reverse: original client.
+    pub snat_addr: Addr,
+    /// Port matching `nat_addr`.
+    pub nat_port: Be16,
+    /// Port matching `snat_addr`.
+    pub snat_port: Be16,
+    /// Backend id.
+    pub backend_id: u32,
+    /// Service-port id.
+    pub svc_id: u32,
+    /// `CT_F_*`.
+    pub flags: u16,
+    /// `CT_TCP_*`.
+    pub tcp_state: u8,
+    /// Padding.
+    pub pad: u8,
+    /// Creation time, `CLOCK_MONOTONIC` ns.
+    pub created_ns: u64,
+    /// Last packet, `CLOCK_MONOTONIC` ns.
+    pub last_seen_ns: u64,
+}
+
+/// `struct affinity_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct AffinityKey {
+    /// Service-port id.
+    pub svc_id: u32,
+    /// `AF_*`.
+    pub family: u8,
+    /// Padding.
+    pub pad: [u8; 3],
+    /// Client address.
+    pub addr: Addr,
+}
+
+/// `struct affinity_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct AffinityValue {
+    /// Last use, `CLOCK_MONOTONIC` ns.
+    pub last_seen_ns: u64,
+    /// Backend id.
+    pub backend_id: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
+/// `struct srcrange_key` (the data part after `prefixlen`; aya's `lpm_trie::Key` adds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct SrcRangeData {
+    /// Service-port id (always fully matched: its 32 bits count in the prefix length).
+    pub svc_id: u32,
+    /// Client prefix, IPv4 mapped.
+    pub addr: Addr,
+}
+
+/// `struct srcrange_key` as a whole, for the layout check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct SrcRangeKey {
+    /// Prefix length in bits (32 + address bits).
+    pub prefixlen: u32,
+    /// The data.
+    pub data: SrcRangeData,
+}
+
+/// `struct cidr_key` as a whole, for the layout check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct CidrKey {
+    /// Prefix length in bits of the mapped address.
+    pub prefixlen: u32,
+    /// Address, IPv4 mapped.
+    pub addr: Addr,
+}
+
+/// `struct dp_config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct DpConfig {
+    /// IPv4 masquerade address, network order bytes.
+    pub node_v4: [u8; 4],
+    /// IPv6 masquerade address.
+    pub node_v6: [u8; 16],
+    /// `CFG_F_*`.
+    pub flags: u32,
+}
+
+macro_rules! pod {
+    ($($t:ty),*) => {$(
+        // SAFETY: `$t` is `#[repr(C)]`, made of integers and byte arrays only, with explicit
+        // padding fields, so every bit pattern is a valid value and there are no hidden
+        // uninitialised bytes.
+        unsafe impl aya::Pod for $t {}
+    )*};
+}
+pod!(
+    Addr,
+    SvcKey,
+    SvcValue,
+    BackendValue,
+    CtKey,
+    CtEntry,
+    AffinityKey,
+    AffinityValue,
+    SrcRangeData,
+    DpConfig
+);
+
+// Compile-time sizes; the BTF test checks offsets as well.
+const _: () = assert!(std::mem::size_of::<SvcKey>() == 24);
+const _: () = assert!(std::mem::size_of::<SvcValue>() == 24);
+const _: () = assert!(std::mem::size_of::<BackendValue>() == 20);
+const _: () = assert!(std::mem::size_of::<CtKey>() == 40);
+const _: () = assert!(std::mem::size_of::<CtEntry>() == 64);
+const _: () = assert!(std::mem::size_of::<AffinityKey>() == 24);
+const _: () = assert!(std::mem::size_of::<AffinityValue>() == 16);
+const _: () = assert!(std::mem::size_of::<SrcRangeKey>() == 24);
+const _: () = assert!(std::mem::size_of::<CidrKey>() == 20);
+const _: () = assert!(std::mem::size_of::<DpConfig>() == 24);

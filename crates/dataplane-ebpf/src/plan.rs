@@ -1,0 +1,683 @@
+//! The pure part of the control plane: desired state -> map contents. No kernel needed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use dataplane_core::{
+    eligible_backends, maglev_table, node_address, ChangeSet, DesiredState, Eligible, Error,
+    ExternalMode, IpFamily, MaglevBackend, ObjectName, Protocol, Service, ServicePort, TrafficKind,
+    TrafficPolicy,
+};
+
+use crate::maps::{
+    family_of, Addr, Be16, DpConfig, SrcRangeData, SvcKey, BE_F_LOCAL, BE_F_TERMINATING,
+    CFG_F_HAS_V4, CFG_F_HAS_V6, CFG_F_MASQUERADE, CIDR_F_CLUSTER, CIDR_F_NODE, CIDR_F_NO_MASQ,
+    CIDR_F_POD, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL, SCOPE_INTERNAL_OUTSIDE,
+    SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_NO_LOCAL, SVC_F_SNAT, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
+};
+
+pub(crate) const BACKEND: &str = "ebpf";
+
+/// Random selection repeats each backend by its (gcd-reduced) weight; this caps the slots one
+/// frontend may use, weights are scaled down proportionally beyond it.
+const MAX_RANDOM_SLOTS: u64 = 1024;
+
+/// A backend as the datapath sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct BackendRef {
+    pub addr: Addr,
+    pub port: u16,
+    pub family: u8,
+    pub flags: u8,
+}
+
+impl BackendRef {
+    pub(crate) fn socket(&self) -> SocketAddr {
+        SocketAddr::new(self.addr.ip(self.family), self.port)
+    }
+}
+
+/// One `dp_svc` entry and the content of its slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FrontendPlan {
+    pub id: u32,
+    pub flags: u16,
+    pub affinity_timeout: u32,
+    pub slots: Vec<BackendRef>,
+}
+
+/// Everything the maps must hold for one desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub config: DpConfig,
+    /// `dp_cidrs`: (mapped address, prefix length of the mapped form) -> `CIDR_F_*` bits.
+    pub cidrs: BTreeMap<(Addr, u32), u8>,
+    pub frontends: BTreeMap<SvcKey, FrontendPlan>,
+    /// Source ranges: (key data, prefix length including the 32 bits of the id).
+    pub src_ranges: BTreeSet<(SrcRangeData, u32)>,
+    /// Service-port id -> service name, for `flows()`.
+    pub names: BTreeMap<u32, ObjectName>,
+}
+
+impl Plan {
+    /// Distinct backends referenced by any frontend.
+    pub(crate) fn backends(&self) -> BTreeSet<(Addr, u16, u8)> {
+        self.frontends
+            .values()
+            .flat_map(|f| f.slots.iter().map(|b| (b.addr, b.port, b.family)))
+            .collect()
+    }
+}
+
+fn proto_number(p: Protocol) -> u8 {
+    p.number()
+}
+
+/// The features this backend refuses, checked before anything is written.
+pub(crate) fn check_supported(state: &DesiredState) -> Result<(), Error> {
+    let unsupported = |feature: &str, object: String| Error::Unsupported {
+        backend: BACKEND.to_owned(),
+        feature: feature.to_owned(),
+        object,
+    };
+    if state.node.masquerade.enabled && state.node.masquerade.all {
+        return Err(unsupported(
+            "masquerade.all",
+            format!("node {}", state.node.name),
+        ));
+    }
+    if let Some(p) = state.policies.first() {
+        return Err(unsupported("network policy", format!("policy {}", p.name)));
+    }
+    for s in &state.services {
+        for p in &s.ports {
+            if p.protocol == Protocol::Sctp {
+                return Err(unsupported(
+                    "SCTP",
+                    format!("service {} port {}", s.name, p.port),
+                ));
+            }
+        }
+        let has_external = !s.external_ips.is_empty()
+            || !s.load_balancer_ips.is_empty()
+            || s.ports.iter().any(|p| p.node_port.is_some());
+        if has_external && s.effective_external_mode(&state.node) != ExternalMode::Snat {
+            return Err(unsupported(
+                "direct server return (externalMode Dsr/Hybrid)",
+                format!("service {}", s.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The identity of a service port; its FNV-1a hash is the port's id (probed on a collision).
+/// Stable ids let affinity entries and source ranges survive restarts and reorderings.
+fn port_identity(service: &ObjectName, port: &ServicePort) -> String {
+    format!(
+        "{}/{}/{}/{}/{}",
+        service.namespace, service.name, port.name, port.protocol, port.port
+    )
+}
+
+fn fnv1a(text: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
+}
+
+fn backend_ref(state: &DesiredState, b: &dataplane_core::Backend, port: u16) -> BackendRef {
+    let mut flags = 0;
+    if b.is_local_to(&state.node) {
+        flags |= BE_F_LOCAL;
+    }
+    if b.terminating {
+        flags |= BE_F_TERMINATING;
+    }
+    BackendRef {
+        addr: Addr::new(b.ip),
+        port,
+        family: family_of(&b.ip),
+        flags,
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Slots for `backends`: repeated by weight (random) or a Maglev table.
+fn slots_for(
+    state: &DesiredState,
+    service: &Service,
+    port: &ServicePort,
+    backends: &[&dataplane_core::Backend],
+    maglev_size: u32,
+) -> Result<Vec<BackendRef>, Error> {
+    let mut refs: Vec<(BackendRef, u16)> = backends
+        .iter()
+        .map(|b| (backend_ref(state, b, port.target_port), b.weight.max(1)))
+        .collect();
+    refs.sort();
+    refs.dedup_by(|a, b| a.0.addr == b.0.addr && a.0.port == b.0.port);
+    if service.backend_selection == dataplane_core::BackendSelection::Maglev {
+        let mb: Vec<MaglevBackend> = refs
+            .iter()
+            .map(|(r, w)| MaglevBackend {
+                key: r.socket().to_string(),
+                weight: *w,
+            })
+            .collect();
+        let table = maglev_table(&mb, maglev_size).map_err(|e| Error::Kernel {
+            backend: BACKEND.to_owned(),
+            operation: format!("building the maglev table of service {}", service.name),
+            source: Box::new(e),
+        })?;
+        return Ok(table.iter().map(|&i| refs[i as usize].0).collect());
+    }
+    let g = refs.iter().fold(0u64, |g, (_, w)| gcd(g, u64::from(*w)));
+    let total: u64 = refs.iter().map(|(_, w)| u64::from(*w) / g.max(1)).sum();
+    let mut out = Vec::new();
+    for (r, w) in &refs {
+        let mut n = u64::from(*w) / g.max(1);
+        if total > MAX_RANDOM_SLOTS {
+            n = (n * MAX_RANDOM_SLOTS / total).max(1);
+        }
+        for _ in 0..n {
+            out.push(*r);
+        }
+    }
+    Ok(out)
+}
+
+fn frontend_for(
+    state: &DesiredState,
+    service: &Service,
+    port: &ServicePort,
+    id: u32,
+    eligible: Eligible<'_>,
+    mut flags: u16,
+    maglev_size: u32,
+) -> Result<FrontendPlan, Error> {
+    let slots = match eligible {
+        Eligible::Backends(b) => slots_for(state, service, port, &b, maglev_size)?,
+        Eligible::NoLocal => {
+            flags |= SVC_F_NO_LOCAL;
+            Vec::new()
+        }
+        Eligible::NoBackends => Vec::new(),
+    };
+    let mut affinity_timeout = 0;
+    if let dataplane_core::SessionAffinity::ClientIp { timeout_seconds } = service.session_affinity
+    {
+        flags |= SVC_F_AFFINITY;
+        affinity_timeout = timeout_seconds;
+    }
+    if service.backend_selection == dataplane_core::BackendSelection::Maglev {
+        flags |= SVC_F_MAGLEV;
+    }
+    Ok(FrontendPlan {
+        id,
+        flags,
+        affinity_timeout,
+        slots,
+    })
+}
+
+fn key(ip: IpAddr, port: u16, proto: u8, scope: u8) -> SvcKey {
+    SvcKey {
+        addr: Addr::new(ip),
+        port: Be16::new(port),
+        proto,
+        scope,
+        family: family_of(&ip),
+        pad: [0; 3],
+    }
+}
+
+fn mapped_prefix(net: &ipnetwork::IpNetwork) -> (Addr, u32) {
+    let len = u32::from(net.prefix());
+    match net.network() {
+        ip @ IpAddr::V4(_) => (Addr::mapped(ip), 96 + len),
+        ip @ IpAddr::V6(_) => (Addr::mapped(ip), len),
+    }
+}
+
+/// The node's CIDRs with their bits; each prefix also carries the bits of every prefix that
+/// contains it, so a longest-prefix match answers all questions at once.
+fn cidr_table(node: &dataplane_core::Node) -> BTreeMap<(Addr, u32), u8> {
+    let mut sets: Vec<(ipnetwork::IpNetwork, u8)> = Vec::new();
+    sets.extend(node.cluster_cidrs.iter().map(|c| (*c, CIDR_F_CLUSTER)));
+    sets.extend(node.pod_cidrs.iter().map(|c| (*c, CIDR_F_POD)));
+    sets.extend(
+        node.masquerade
+            .non_masquerade_cidrs
+            .iter()
+            .map(|c| (*c, CIDR_F_NO_MASQ)),
+    );
+    sets.extend(
+        node.addresses
+            .iter()
+            .filter_map(|a| ipnetwork::IpNetwork::new(*a, if a.is_ipv4() { 32 } else { 128 }).ok())
+            .map(|c| (c, CIDR_F_NODE)),
+    );
+    let mut out = BTreeMap::new();
+    for (net, _) in &sets {
+        let bits = sets
+            .iter()
+            .filter(|(outer, _)| {
+                outer.is_ipv4() == net.is_ipv4()
+                    && outer.prefix() <= net.prefix()
+                    && outer.contains(net.network())
+            })
+            .fold(0u8, |b, (_, bit)| b | bit);
+        out.insert(mapped_prefix(net), bits);
+    }
+    out
+}
+
+/// The frontends of one service port.
+fn plan_port(
+    out: &mut Plan,
+    state: &DesiredState,
+    service: &Service,
+    cluster_view: &Service,
+    port: &ServicePort,
+    id: u32,
+    maglev_size: u32,
+) -> Result<(), Error> {
+    let proto = proto_number(port.protocol);
+    let family = |ip: &IpAddr| IpFamily::of(ip);
+    for ip in &service.cluster_ips {
+        let e = eligible_backends(state, service, port, TrafficKind::Internal, family(ip));
+        let f = frontend_for(state, service, port, id, e, 0, maglev_size)?;
+        out.frontends
+            .insert(key(*ip, port.port, proto, SCOPE_INTERNAL), f);
+        if service.internal_traffic_policy == TrafficPolicy::Local {
+            // Clients outside the cluster get cluster-wide backends.
+            let e = eligible_backends(state, cluster_view, port, TrafficKind::Internal, family(ip));
+            let f = frontend_for(state, cluster_view, port, id, e, 0, maglev_size)?;
+            out.frontends
+                .insert(key(*ip, port.port, proto, SCOPE_INTERNAL_OUTSIDE), f);
+        }
+        out.frontends.insert(
+            key(*ip, 0, 0, SCOPE_INTERNAL),
+            FrontendPlan {
+                id: 0,
+                flags: SVC_F_WILDCARD,
+                affinity_timeout: 0,
+                slots: Vec::new(),
+            },
+        );
+    }
+    let snat = if service.external_traffic_policy == TrafficPolicy::Cluster {
+        SVC_F_SNAT
+    } else {
+        0
+    };
+    let mut external: Vec<(IpAddr, u16, u16)> = Vec::new();
+    for ip in &service.external_ips {
+        external.push((*ip, port.port, 0));
+    }
+    let ranges = if service.load_balancer_source_ranges.is_empty() {
+        0
+    } else {
+        SVC_F_SRC_RANGES
+    };
+    for ip in &service.load_balancer_ips {
+        external.push((*ip, port.port, ranges));
+    }
+    if let Some(np) = port.node_port {
+        for ip in &state.node.addresses {
+            external.push((*ip, np, 0));
+        }
+    }
+    for (ip, fport, extra) in external {
+        let e = eligible_backends(state, service, port, TrafficKind::External, family(&ip));
+        let f = frontend_for(state, service, port, id, e, snat | extra, maglev_size)?;
+        out.frontends
+            .insert(key(ip, fport, proto, SCOPE_EXTERNAL), f);
+        let e = eligible_backends(
+            state,
+            cluster_view,
+            port,
+            TrafficKind::External,
+            family(&ip),
+        );
+        let f = frontend_for(state, cluster_view, port, id, e, SVC_F_SNAT, maglev_size)?;
+        out.frontends
+            .insert(key(ip, fport, proto, SCOPE_EXTERNAL_INSIDE), f);
+    }
+    if !service.load_balancer_ips.is_empty() {
+        for net in &service.load_balancer_source_ranges {
+            let (addr, len) = mapped_prefix(net);
+            out.src_ranges
+                .insert((SrcRangeData { svc_id: id, addr }, 32 + len));
+        }
+    }
+    Ok(())
+}
+
+/// The node-wide part of the plan: masquerade addresses and CIDRs.
+fn plan_node(state: &DesiredState) -> Plan {
+    let mut out = Plan::default();
+    if let Some(IpAddr::V4(v4)) = node_address(state, IpFamily::V4) {
+        out.config.node_v4 = v4.octets();
+        out.config.flags |= CFG_F_HAS_V4;
+    }
+    if let Some(IpAddr::V6(v6)) = node_address(state, IpFamily::V6) {
+        out.config.node_v6 = v6.octets();
+        out.config.flags |= CFG_F_HAS_V6;
+    }
+    if state.node.masquerade.enabled {
+        out.config.flags |= CFG_F_MASQUERADE;
+    }
+    out.cidrs = cidr_table(&state.node);
+    out
+}
+
+/// What one service contributed to the plan, so that it can be taken out again.
+#[derive(Debug, Clone, Default)]
+struct ServiceEntries {
+    keys: Vec<SvcKey>,
+    src_ranges: Vec<(SrcRangeData, u32)>,
+    /// (port identity, id)
+    ids: Vec<(String, u32)>,
+}
+
+/// Keeps the plan of the last applied state and updates it per changed service, so that an
+/// incremental apply costs in proportion to the change, not to the number of services.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Planner {
+    pub plan: Plan,
+    /// Frontends the last `update` touched (`None` after a full plan: all of them).
+    pub dirty: Option<BTreeSet<SvcKey>>,
+    by_service: BTreeMap<ObjectName, ServiceEntries>,
+    port_ids: BTreeMap<String, u32>,
+    used_ids: BTreeSet<u32>,
+}
+
+impl Planner {
+    /// Plans `state` from scratch. Service-port ids are assigned in name order, so the same
+    /// state gives the same ids in every process.
+    pub(crate) fn full(state: &DesiredState, maglev_size: u32) -> Result<Self, Error> {
+        let mut p = Planner {
+            plan: plan_node(state),
+            ..Planner::default()
+        };
+        let mut services: Vec<&Service> = state.services.iter().collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        for service in services {
+            p.add_service(state, service, maglev_size)?;
+        }
+        Ok(p)
+    }
+
+    /// The plan of `state`, which is this planner's state with `changes` applied.
+    #[cfg(test)]
+    pub(crate) fn update(
+        &self,
+        state: &DesiredState,
+        changes: &ChangeSet,
+        maglev_size: u32,
+    ) -> Result<Self, Error> {
+        let mut p = self.clone();
+        p.update_in_place(state, changes, maglev_size)?;
+        Ok(p)
+    }
+
+    /// [`Planner::update`] without a copy; on error the planner is unusable (plan afresh).
+    pub(crate) fn update_in_place(
+        &mut self,
+        state: &DesiredState,
+        changes: &ChangeSet,
+        maglev_size: u32,
+    ) -> Result<(), Error> {
+        if changes.node.is_some() {
+            *self = Self::full(state, maglev_size)?;
+            return Ok(());
+        }
+        let mut dirty = BTreeSet::new();
+        for name in changes.services.keys() {
+            if let Some(entries) = self.by_service.get(name) {
+                dirty.extend(entries.keys.iter().copied());
+            }
+            self.remove_service(name);
+        }
+        for name in changes.services.keys() {
+            if let Some(service) = state.service(name) {
+                self.add_service(state, service, maglev_size)?;
+                if let Some(entries) = self.by_service.get(name) {
+                    dirty.extend(entries.keys.iter().copied());
+                }
+            }
+        }
+        self.dirty = Some(dirty);
+        Ok(())
+    }
+
+    fn remove_service(&mut self, name: &ObjectName) {
+        let Some(entries) = self.by_service.remove(name) else {
+            return;
+        };
+        for k in &entries.keys {
+            self.plan.frontends.remove(k);
+        }
+        for r in &entries.src_ranges {
+            self.plan.src_ranges.remove(r);
+        }
+        for (identity, id) in &entries.ids {
+            self.port_ids.remove(identity);
+            self.used_ids.remove(id);
+            self.plan.names.remove(id);
+        }
+    }
+
+    fn add_service(
+        &mut self,
+        state: &DesiredState,
+        service: &Service,
+        maglev_size: u32,
+    ) -> Result<(), Error> {
+        // Pods and the host reach external frontends with cluster policy, masqueraded.
+        let mut cluster_view = service.clone();
+        cluster_view.external_traffic_policy = TrafficPolicy::Cluster;
+        cluster_view.internal_traffic_policy = TrafficPolicy::Cluster;
+        let mut scratch = Plan::default();
+        let mut entries = ServiceEntries::default();
+        for port in &service.ports {
+            let identity = port_identity(&service.name, port);
+            let id = if let Some(id) = self.port_ids.get(&identity) {
+                *id
+            } else {
+                let mut id = fnv1a(&identity);
+                while !self.used_ids.insert(id) {
+                    id = id.wrapping_add(1).max(1);
+                }
+                self.port_ids.insert(identity.clone(), id);
+                id
+            };
+            entries.ids.push((identity, id));
+            self.plan.names.insert(id, service.name.clone());
+            plan_port(
+                &mut scratch,
+                state,
+                service,
+                &cluster_view,
+                port,
+                id,
+                maglev_size,
+            )?;
+        }
+        entries.keys = scratch.frontends.keys().copied().collect();
+        entries.src_ranges = scratch.src_ranges.iter().copied().collect();
+        // Not `append`: it is linear in both maps, which makes a full plan quadratic.
+        self.plan.frontends.extend(scratch.frontends);
+        self.plan.src_ranges.extend(scratch.src_ranges);
+        self.by_service.insert(service.name.clone(), entries);
+        Ok(())
+    }
+}
+
+/// Computes the map contents for `state`.
+#[cfg(test)]
+pub(crate) fn plan(state: &DesiredState, maglev_size: u32) -> Result<Plan, Error> {
+    Planner::full(state, maglev_size).map(|p| p.plan)
+}
+
+/// Entries the plan needs in each map, for the capacity check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Needs {
+    pub services: usize,
+    pub backends: usize,
+    pub slots: usize,
+    pub src_ranges: usize,
+}
+
+impl Plan {
+    pub(crate) fn needs(&self) -> Needs {
+        Needs {
+            services: self.frontends.len(),
+            backends: self.backends().len(),
+            slots: self.frontends.values().map(|f| f.slots.len()).sum(),
+            src_ranges: self.src_ranges.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use dataplane_core::{
+        diff, Backend, BackendSelection, DesiredState, Interfaces, Node, ObjectName, Protocol,
+        Service, ServicePort, TrafficPolicy,
+    };
+
+    use super::{plan, Planner, SvcKey};
+    use crate::maps::{Addr, Be16, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_NO_LOCAL, SVC_F_SNAT};
+
+    fn node() -> Node {
+        Node {
+            name: "node-a".to_owned(),
+            addresses: vec!["172.18.0.2".parse().unwrap()],
+            pod_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            node_port_range: dataplane_core::PortRange::default(),
+            interfaces: Interfaces {
+                uplink: "eth0".to_owned(),
+            },
+            masquerade: dataplane_core::Masquerade::default(),
+            mtu: 1500,
+            external_mode: dataplane_core::ExternalMode::Snat,
+        }
+    }
+
+    fn svc(name: &str, ip: &str, backends: &[(&str, u16, &str)]) -> Service {
+        let mut s = Service::new(ObjectName::new("default", name));
+        s.cluster_ips = vec![ip.parse().unwrap()];
+        s.ports = vec![ServicePort {
+            name: "http".to_owned(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: 8080,
+            node_port: Some(30080),
+        }];
+        s.backends = backends
+            .iter()
+            .map(|(ip, weight, node)| {
+                let mut b = Backend::new(ip.parse().unwrap());
+                b.weight = *weight;
+                b.node_name = Some((*node).to_owned());
+                b
+            })
+            .collect();
+        s
+    }
+
+    fn key(ip: &str, port: u16, scope: u8) -> SvcKey {
+        let ip: IpAddr = ip.parse().unwrap();
+        SvcKey {
+            addr: Addr::new(ip),
+            port: Be16::new(port),
+            proto: 6,
+            scope,
+            family: 4,
+            pad: [0; 3],
+        }
+    }
+
+    fn state(services: Vec<Service>) -> DesiredState {
+        let mut s = DesiredState::new(node());
+        s.services = services;
+        s
+    }
+
+    #[test]
+    fn weights_repeat_backends_in_random_slots() {
+        let st = state(vec![svc(
+            "web",
+            "10.96.0.10",
+            &[("10.244.1.5", 3, "node-b"), ("10.244.1.6", 1, "node-b")],
+        )]);
+        let p = plan(&st, 251).unwrap();
+        let f = &p.frontends[&key("10.96.0.10", 80, SCOPE_INTERNAL)];
+        let heavy = f
+            .slots
+            .iter()
+            .filter(|b| b.addr == Addr::new("10.244.1.5".parse().unwrap()))
+            .count();
+        assert_eq!(
+            (f.slots.len(), heavy),
+            (4, 3),
+            "weight 3:1 gives 3 of 4 slots"
+        );
+    }
+
+    #[test]
+    fn maglev_fills_the_table_and_local_policy_without_local_backend_drops() {
+        let mut web = svc("web", "10.96.0.10", &[("10.244.1.5", 1, "node-b")]);
+        web.backend_selection = BackendSelection::Maglev;
+        web.external_traffic_policy = TrafficPolicy::Local;
+        let p = plan(&state(vec![web]), 251).unwrap();
+        assert_eq!(
+            p.frontends[&key("10.96.0.10", 80, SCOPE_INTERNAL)]
+                .slots
+                .len(),
+            251
+        );
+        let np = &p.frontends[&key("172.18.0.2", 30080, SCOPE_EXTERNAL)];
+        assert!(np.slots.is_empty());
+        assert_eq!(np.flags & (SVC_F_NO_LOCAL | SVC_F_SNAT), SVC_F_NO_LOCAL);
+    }
+
+    #[test]
+    fn incremental_update_equals_full_plan() {
+        let old = state(vec![
+            svc("a", "10.96.0.1", &[("10.244.1.5", 1, "node-b")]),
+            svc("b", "10.96.0.2", &[("10.244.1.6", 1, "node-a")]),
+            svc("c", "10.96.0.3", &[]),
+        ]);
+        let mut new = old.clone();
+        new.services[0]
+            .backends
+            .push(Backend::new("10.244.1.7".parse().unwrap()));
+        new.services.remove(1);
+        new.services
+            .push(svc("d", "10.96.0.4", &[("10.244.1.8", 2, "node-a")]));
+        let changes = diff(&old, &new);
+        let updated = Planner::full(&old, 251)
+            .unwrap()
+            .update(&new, &changes, 251)
+            .unwrap();
+        assert_eq!(updated.plan, plan(&new, 251).unwrap());
+    }
+}

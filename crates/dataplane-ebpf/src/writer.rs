@@ -1,0 +1,636 @@
+//! Writes a [`Plan`] into the maps, diffing against what they hold, in an order that never
+//! shows a half-written service to packets: backends, then the new slot range, then the
+//! service entry that points at it, then removals and freeing of old ranges.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use aya::maps::lpm_trie::Key;
+use dataplane_core::Error;
+
+use crate::error::EbpfError;
+use crate::loader::Maps;
+use crate::maps::{
+    Addr, BackendValue, Be16, DpConfig, SrcRangeData, SvcKey, SvcValue, SVC_F_AFFINITY,
+};
+use crate::plan::Plan;
+use crate::Capacities;
+
+/// First-fit allocator of slot ranges in `dp_slots` (index 0 is never used).
+#[derive(Debug, Clone)]
+pub(crate) struct SlotAlloc {
+    free: BTreeMap<u32, u32>,
+}
+
+impl SlotAlloc {
+    pub(crate) fn new(capacity: u32) -> Self {
+        let mut free = BTreeMap::new();
+        if capacity > 1 {
+            free.insert(1, capacity - 1);
+        }
+        Self { free }
+    }
+
+    pub(crate) fn alloc(&mut self, n: u32) -> Option<u32> {
+        if n == 0 {
+            return Some(0);
+        }
+        let (&start, &len) = self.free.iter().find(|(_, &len)| len >= n)?;
+        self.free.remove(&start);
+        if len > n {
+            self.free.insert(start + n, len - n);
+        }
+        Some(start)
+    }
+
+    /// Marks `[start, start+n)` used (when adopting existing maps).
+    pub(crate) fn reserve(&mut self, start: u32, n: u32) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let Some((&fs, &fl)) = self.free.range(..=start).next_back() else {
+            return false;
+        };
+        if start + n > fs + fl {
+            return false;
+        }
+        self.free.remove(&fs);
+        if start > fs {
+            self.free.insert(fs, start - fs);
+        }
+        if fs + fl > start + n {
+            self.free.insert(start + n, fs + fl - start - n);
+        }
+        true
+    }
+
+    pub(crate) fn release(&mut self, start: u32, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let mut start = start;
+        let mut n = n;
+        if let Some((&ps, &pl)) = self.free.range(..start).next_back() {
+            if ps + pl == start {
+                self.free.remove(&ps);
+                start = ps;
+                n += pl;
+            }
+        }
+        if let Some(&nl) = self.free.get(&(start + n)) {
+            self.free.remove(&(start + n));
+            n += nl;
+        }
+        self.free.insert(start, n);
+    }
+}
+
+/// Slot ranges are immutable once written and shared by every frontend whose slots are the
+/// same (a ClusterIP and its NodePorts usually pick from the same backends; with Maglev that
+/// saves a whole table per frontend).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ranges {
+    /// Slot contents -> (base, frontends using it).
+    by_content: HashMap<Vec<u32>, (u32, usize)>,
+    /// Ranges adopted from the maps whose contents duplicate a tracked one: base -> (len, users).
+    odd: BTreeMap<u32, (u32, usize)>,
+}
+
+impl Ranges {
+    fn shared(&self, slots: &[u32]) -> Option<u32> {
+        self.by_content.get(slots).map(|(base, _)| *base)
+    }
+
+    fn hold(&mut self, slots: &[u32], base: u32) {
+        if slots.is_empty() {
+            return;
+        }
+        match self.by_content.get_mut(slots) {
+            Some((b, n)) if *b == base => *n += 1,
+            Some(_) => self.odd.entry(base).or_insert((slots.len() as u32, 0)).1 += 1,
+            None => {
+                self.by_content.insert(slots.to_vec(), (base, 1));
+            }
+        }
+    }
+
+    /// Lets go of one user; returns the range to free when it was the last.
+    fn release(&mut self, slots: &[u32], base: u32) -> Option<(u32, u32)> {
+        if slots.is_empty() {
+            return None;
+        }
+        let len = slots.len() as u32;
+        if let Some((b, n)) = self.by_content.get_mut(slots) {
+            if *b == base {
+                *n -= 1;
+                if *n == 0 {
+                    self.by_content.remove(slots);
+                    return Some((base, len));
+                }
+                return None;
+            }
+        }
+        if let Some((_, n)) = self.odd.get_mut(&base) {
+            *n -= 1;
+            if *n == 0 {
+                self.odd.remove(&base);
+                return Some((base, len));
+            }
+            return None;
+        }
+        Some((base, len))
+    }
+}
+
+/// What the maps hold, as far as the writer is concerned.
+#[derive(Debug, Clone)]
+pub(crate) struct Current {
+    pub frontends: BTreeMap<SvcKey, (SvcValue, Vec<u32>)>,
+    pub backend_ids: BTreeMap<(Addr, u16, u8), u32>,
+    /// Ids present in `backend_ids`.
+    pub used_ids: BTreeSet<u32>,
+    /// Backend id -> number of frontends whose slots hold it.
+    pub id_refs: BTreeMap<u32, usize>,
+    pub src_ranges: BTreeSet<(SrcRangeData, u32)>,
+    pub cidrs: BTreeMap<(Addr, u32), u8>,
+    pub config: DpConfig,
+    pub alloc: SlotAlloc,
+    pub ranges: Ranges,
+    pub generation: u32,
+}
+
+fn merr(map: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
+    move |e| EbpfError::map(map, op, e)
+}
+
+impl Current {
+    /// Reads the maps (adopting what an earlier process left pinned).
+    pub(crate) fn read(maps: &Maps, caps: &Capacities) -> Result<Self, EbpfError> {
+        let mut alloc = SlotAlloc::new(caps.backend_slots);
+        let mut ranges = Ranges::default();
+        let mut reserved = BTreeSet::new();
+        let mut frontends = BTreeMap::new();
+        let mut generation = 0;
+        for item in &maps.svc {
+            let (k, v) = item.map_err(merr("dp_svc", "reading"))?;
+            let mut ids = Vec::with_capacity(v.slot_count as usize);
+            for i in 0..v.slot_count {
+                ids.push(
+                    maps.slots
+                        .get(&(v.slot_base + i), 0)
+                        .map_err(merr("dp_slots", "reading"))?,
+                );
+            }
+            if v.slot_count > 0
+                && reserved.insert(v.slot_base)
+                && !alloc.reserve(v.slot_base, v.slot_count)
+            {
+                tracing::warn!(
+                    base = v.slot_base,
+                    count = v.slot_count,
+                    "overlapping slot range in pinned maps"
+                );
+            }
+            ranges.hold(&ids, v.slot_base);
+            generation = generation.max(v.rev);
+            frontends.insert(k, (v, ids));
+        }
+        let mut backend_ids = BTreeMap::new();
+        for (id, value) in maps.backends.iter().enumerate() {
+            let value = value.map_err(merr("dp_backends", "reading"))?;
+            if value.family != 0 {
+                backend_ids.insert((value.addr, value.port.get(), value.family), id as u32);
+            }
+        }
+        let mut src_ranges = BTreeSet::new();
+        for key in maps.src_ranges.keys() {
+            let key = key.map_err(merr("dp_srcrange", "reading"))?;
+            src_ranges.insert((key.data(), key.prefix_len()));
+        }
+        let mut cidrs = BTreeMap::new();
+        for item in &maps.cidrs {
+            let (key, bits) = item.map_err(merr("dp_cidrs", "reading"))?;
+            cidrs.insert((key.data(), key.prefix_len()), bits);
+        }
+        let config = maps
+            .config
+            .get(&0, 0)
+            .map_err(merr("dp_config", "reading"))?;
+        let mut id_refs = BTreeMap::new();
+        for (_, ids) in frontends.values() {
+            add_refs(&mut id_refs, ids, 1);
+        }
+        let used_ids = backend_ids.values().copied().collect();
+        Ok(Self {
+            frontends,
+            backend_ids,
+            used_ids,
+            id_refs,
+            src_ranges,
+            cidrs,
+            config,
+            alloc,
+            ranges,
+            generation,
+        })
+    }
+}
+
+/// Counts of what one write did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WriteReport {
+    pub objects_written: usize,
+}
+
+fn capacity(what: &str, needed: usize, capacity: u32) -> Result<(), Error> {
+    if needed > capacity as usize {
+        return Err(Error::CapacityExceeded {
+            what: what.to_owned(),
+            needed,
+            capacity: capacity as usize,
+        });
+    }
+    Ok(())
+}
+
+/// Adds `delta` (±1) to the reference count of each distinct id in `ids`.
+fn add_refs(refs: &mut BTreeMap<u32, usize>, ids: &[u32], delta: isize) {
+    let distinct: BTreeSet<u32> = ids.iter().copied().collect();
+    for id in distinct {
+        let n = refs.entry(id).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+    }
+}
+
+struct Prepared {
+    new_backends: Vec<((Addr, u16, u8), u32)>,
+    /// Frontends to (re)write: key, value with its slot base, slot ids, whether the range is
+    /// new (its slots must be written) or shared with an existing one.
+    writes: Vec<(SvcKey, SvcValue, Vec<u32>, bool)>,
+    removals: Vec<SvcKey>,
+    alloc: SlotAlloc,
+}
+
+/// The backend ids of a frontend's slots, giving fresh ids to backends not in the maps yet.
+fn slot_ids(
+    cur: &Current,
+    fp: &crate::plan::FrontendPlan,
+    ids: &mut BTreeMap<(Addr, u16, u8), u32>,
+    new_backends: &mut Vec<((Addr, u16, u8), u32)>,
+    next: &mut u32,
+) -> Vec<u32> {
+    let mut slots = Vec::with_capacity(fp.slots.len());
+    for b in &fp.slots {
+        let k = (b.addr, b.port, b.family);
+        let id = if let Some(id) = cur.backend_ids.get(&k).or_else(|| ids.get(&k)) {
+            *id
+        } else {
+            while cur.used_ids.contains(next) {
+                *next += 1;
+            }
+            let id = *next;
+            ids.insert(k, id);
+            new_backends.push((k, id));
+            *next += 1;
+            id
+        };
+        slots.push(id);
+    }
+    slots
+}
+
+/// Checks every capacity and allocates everything before a single map write. Only the
+/// frontends in `dirty` are compared (all of them when `None`).
+fn prepare(
+    cur: &Current,
+    plan: &Plan,
+    caps: &Capacities,
+    dirty: Option<&BTreeSet<SvcKey>>,
+) -> Result<Prepared, Error> {
+    let needs = plan.needs();
+    capacity("service map (dp_svc)", needs.services, caps.services)?;
+    capacity(
+        "source range map (dp_srcrange)",
+        needs.src_ranges,
+        caps.source_ranges,
+    )?;
+    let considered: Vec<SvcKey> = match dirty {
+        Some(d) => d.iter().copied().collect(),
+        None => plan
+            .frontends
+            .keys()
+            .chain(cur.frontends.keys())
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+    };
+    let mut ids: BTreeMap<(Addr, u16, u8), u32> = BTreeMap::new();
+    let mut new_backends = Vec::new();
+    let mut next = 1u32;
+    let mut alloc = cur.alloc.clone();
+    let mut local: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut writes = Vec::new();
+    let mut removals = Vec::new();
+    for key in &considered {
+        let Some(fp) = plan.frontends.get(key) else {
+            if cur.frontends.contains_key(key) {
+                removals.push(*key);
+            }
+            continue;
+        };
+        let slots = slot_ids(cur, fp, &mut ids, &mut new_backends, &mut next);
+        let value = SvcValue {
+            id: fp.id,
+            slot_base: 0,
+            slot_count: slots.len() as u32,
+            affinity_timeout: fp.affinity_timeout,
+            flags: fp.flags,
+            pad: 0,
+            rev: cur.generation + 1,
+        };
+        if let Some((old, old_slots)) = cur.frontends.get(key) {
+            if old.id == value.id
+                && old.flags == value.flags
+                && old.affinity_timeout == value.affinity_timeout
+                && *old_slots == slots
+            {
+                continue;
+            }
+        }
+        let (base, fresh) = if slots.is_empty() {
+            (0, false)
+        } else if let Some(base) = cur
+            .ranges
+            .shared(&slots)
+            .or_else(|| local.get(&slots).copied())
+        {
+            (base, false)
+        } else {
+            let Some(base) = alloc.alloc(slots.len() as u32) else {
+                let in_use: usize = cur
+                    .frontends
+                    .values()
+                    .map(|(v, _)| v.slot_count as usize)
+                    .sum();
+                return Err(Error::CapacityExceeded {
+                    what: "backend slot map (dp_slots)".to_owned(),
+                    needed: needs.slots.max(in_use + slots.len()),
+                    capacity: caps.backend_slots as usize,
+                });
+            };
+            local.insert(slots.clone(), base);
+            (base, true)
+        };
+        writes.push((
+            *key,
+            SvcValue {
+                slot_base: base,
+                ..value
+            },
+            slots,
+            fresh,
+        ));
+    }
+    // Old backends stay until the services stop pointing at them.
+    capacity(
+        "backend map (dp_backends, id 0 reserved)",
+        cur.backend_ids.len() + new_backends.len(),
+        caps.backends.saturating_sub(1),
+    )?;
+    Ok(Prepared {
+        new_backends,
+        writes,
+        removals,
+        alloc,
+    })
+}
+
+/// Makes the maps hold `plan`; with `dirty`, only those frontends may differ. Capacity errors
+/// come before any write.
+// One function on purpose: the order of the steps is what keeps packets safe.
+#[allow(clippy::too_many_lines)]
+pub(crate) fn write(
+    maps: &mut Maps,
+    cur: &mut Current,
+    plan: &Plan,
+    caps: &Capacities,
+    dirty: Option<&BTreeSet<SvcKey>>,
+) -> Result<WriteReport, Error> {
+    let prep = prepare(cur, plan, caps, dirty)?;
+    let mut n = 0usize;
+
+    if cur.config != plan.config {
+        maps.config
+            .set(0, plan.config, 0)
+            .map_err(merr("dp_config", "writing"))
+            .map_err(Error::from)?;
+        cur.config = plan.config;
+        n += 1;
+    }
+    for (c, bits) in &plan.cidrs {
+        if cur.cidrs.get(c) != Some(bits) {
+            maps.cidrs
+                .insert(&Key::new(c.1, c.0), bits, 0)
+                .map_err(merr("dp_cidrs", "inserting"))
+                .map_err(Error::from)?;
+            cur.cidrs.insert(*c, *bits);
+            n += 1;
+        }
+    }
+    let stale: Vec<(Addr, u32)> = cur
+        .cidrs
+        .keys()
+        .filter(|c| !plan.cidrs.contains_key(c))
+        .copied()
+        .collect();
+    for c in stale {
+        maps.cidrs
+            .remove(&Key::new(c.1, c.0))
+            .map_err(merr("dp_cidrs", "removing"))
+            .map_err(Error::from)?;
+        cur.cidrs.remove(&c);
+        n += 1;
+    }
+    // 1. New backends.
+    for ((addr, port, family), id) in &prep.new_backends {
+        let v = BackendValue {
+            addr: *addr,
+            port: Be16::new(*port),
+            family: *family,
+            flags: 0,
+        };
+        maps.backends
+            .set(*id, v, 0)
+            .map_err(merr("dp_backends", "writing"))
+            .map_err(Error::from)?;
+        cur.backend_ids.insert((*addr, *port, *family), *id);
+        cur.used_ids.insert(*id);
+        n += 1;
+    }
+    // 2. Source ranges a new entry may need.
+    let added: Vec<(SrcRangeData, u32)> = plan
+        .src_ranges
+        .difference(&cur.src_ranges)
+        .copied()
+        .collect();
+    for r in added {
+        maps.src_ranges
+            .insert(&Key::new(r.1, r.0), 1, 0)
+            .map_err(merr("dp_srcrange", "inserting"))
+            .map_err(Error::from)?;
+        cur.src_ranges.insert(r);
+        n += 1;
+    }
+    // 3. Removed frontends go first: they free service-map room and nothing needs them.
+    //    Their ranges are freed last, after every new range was taken as `prepare` planned.
+    let mut affinity_ids = BTreeSet::new();
+    let mut to_release: Vec<(Vec<u32>, u32)> = Vec::new();
+    cur.alloc = prep.alloc.clone();
+    for key in &prep.removals {
+        match maps.svc.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(EbpfError::map("dp_svc", "removing", e).into()),
+        }
+        if let Some((old, old_ids)) = cur.frontends.remove(key) {
+            add_refs(&mut cur.id_refs, &old_ids, -1);
+            if old.flags & SVC_F_AFFINITY != 0 {
+                affinity_ids.insert(old.id);
+            }
+            to_release.push((old_ids, old.slot_base));
+        }
+        n += 1;
+    }
+    // 4. Slots of a new range, then the entry that points at them.
+    for (key, value, slots, fresh) in &prep.writes {
+        if *fresh {
+            for (i, id) in slots.iter().enumerate() {
+                maps.slots
+                    .set(value.slot_base + i as u32, id, 0)
+                    .map_err(merr("dp_slots", "writing"))
+                    .map_err(Error::from)?;
+            }
+            n += slots.len();
+        }
+        maps.svc
+            .insert(key, value, 0)
+            .map_err(merr("dp_svc", "writing"))
+            .map_err(Error::from)?;
+        cur.ranges.hold(slots, value.slot_base);
+        add_refs(&mut cur.id_refs, slots, 1);
+        if value.flags & SVC_F_AFFINITY != 0 {
+            affinity_ids.insert(value.id);
+        }
+        if let Some((old, old_ids)) = cur.frontends.insert(*key, (*value, slots.clone())) {
+            add_refs(&mut cur.id_refs, &old_ids, -1);
+            if old.flags & SVC_F_AFFINITY != 0 {
+                affinity_ids.insert(old.id);
+            }
+            to_release.push((old_ids, old.slot_base));
+        }
+        n += 1;
+    }
+    // 5. Old ranges nobody uses any more.
+    for (ids, base) in to_release {
+        if let Some((base, len)) = cur.ranges.release(&ids, base) {
+            cur.alloc.release(base, len);
+        }
+    }
+    let removed: Vec<(SrcRangeData, u32)> = cur
+        .src_ranges
+        .difference(&plan.src_ranges)
+        .copied()
+        .collect();
+    for r in removed {
+        maps.src_ranges
+            .remove(&Key::new(r.1, r.0))
+            .map_err(merr("dp_srcrange", "removing"))
+            .map_err(Error::from)?;
+        cur.src_ranges.remove(&r);
+        n += 1;
+    }
+    // 6. Backends nobody points at any more: family 0 marks the id free. Established flows
+    //    keep working: conntrack holds the backend address itself.
+    let unused: BTreeSet<u32> = cur
+        .id_refs
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(id, _)| *id)
+        .collect();
+    let stale: Vec<((Addr, u16, u8), u32)> = cur
+        .backend_ids
+        .iter()
+        .filter(|(_, id)| unused.contains(id) || !cur.id_refs.contains_key(id))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    for (k, id) in stale {
+        maps.backends
+            .set(id, BackendValue::default(), 0)
+            .map_err(merr("dp_backends", "clearing"))
+            .map_err(Error::from)?;
+        cur.backend_ids.remove(&k);
+        cur.used_ids.remove(&id);
+        cur.id_refs.remove(&id);
+        n += 1;
+    }
+    if !prep.writes.is_empty() || !prep.removals.is_empty() {
+        cur.generation += 1;
+    }
+    if !affinity_ids.is_empty() {
+        n += prune_affinity(maps, cur, &affinity_ids)?;
+    }
+    Ok(WriteReport { objects_written: n })
+}
+
+/// Drops affinity entries of the service ports in `ids` whose backend is no longer selectable.
+fn prune_affinity(maps: &mut Maps, cur: &Current, ids: &BTreeSet<u32>) -> Result<usize, Error> {
+    let mut allowed: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    for (v, slots) in cur.frontends.values().filter(|(v, _)| ids.contains(&v.id)) {
+        allowed
+            .entry(v.id)
+            .or_default()
+            .extend(slots.iter().copied());
+    }
+    let mut stale = Vec::new();
+    for item in &maps.affinity {
+        let (k, v) = item
+            .map_err(merr("dp_affinity", "reading"))
+            .map_err(Error::from)?;
+        if ids.contains(&k.svc_id)
+            && !allowed
+                .get(&k.svc_id)
+                .is_some_and(|s| s.contains(&v.backend_id))
+        {
+            stale.push(k);
+        }
+    }
+    for k in &stale {
+        match maps.affinity.remove(k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(EbpfError::map("dp_affinity", "removing", e).into()),
+        }
+    }
+    Ok(stale.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SlotAlloc;
+
+    #[test]
+    fn slot_alloc_first_fit_merge_and_reserve() {
+        let mut a = SlotAlloc::new(11);
+        assert_eq!(a.alloc(4), Some(1));
+        assert_eq!(a.alloc(4), Some(5));
+        assert_eq!(a.alloc(3), None, "only 2 slots left");
+        a.release(1, 4);
+        assert_eq!(a.alloc(3), Some(1));
+        a.release(1, 3);
+        a.release(5, 4);
+        assert_eq!(a.alloc(10), Some(1), "released ranges merge back into one");
+        let mut b = SlotAlloc::new(11);
+        assert!(b.reserve(3, 2));
+        assert!(!b.reserve(4, 1), "already used");
+        assert_eq!(b.alloc(2), Some(1));
+        assert_eq!(b.alloc(6), Some(5));
+    }
+}

@@ -1,0 +1,325 @@
+//! Shared helpers of the privileged tests: root check, a throw-away node namespace with a
+//! dummy uplink, a pin directory, and a fluent packet builder (`eth().ipv4().tcp()`).
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use dataplane_ebpf::{EbpfConfig, EbpfDataplane};
+
+pub use dataplane_testkit::require_root;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace with a dummy `eth0` (the node's uplink) and a bpffs pin directory;
+/// both are removed on drop.
+pub struct TestNode {
+    pub name: String,
+    pub pin_dir: PathBuf,
+}
+
+impl TestNode {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("dpe-{}-{tag}", std::process::id());
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dpe-test-{}-{tag}", std::process::id()));
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        // Built first so that Drop cleans up whatever the commands below managed to create.
+        let node = Self { name, pin_dir };
+        let name = node.name.as_str();
+        ip(&["netns", "add", name]);
+        ip(&[
+            "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ]);
+        ip(&["-n", name, "link", "set", "peer0", "up"]);
+        ip(&["-n", name, "addr", "add", "172.18.0.2/16", "dev", "eth0"]);
+        ip(&["-n", name, "link", "set", "eth0", "up"]);
+        node
+    }
+
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    pub fn config(&self) -> EbpfConfig {
+        let mut c = EbpfConfig::new(&self.pin_dir);
+        c.netns = Some(self.netns_path());
+        c.capacities.maglev_table_size = 251;
+        c
+    }
+
+    pub fn dataplane(&self) -> EbpfDataplane {
+        EbpfDataplane::new(self.config()).expect("eBPF dataplane loads")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn sum16(data: &[u8]) -> u32 {
+    let mut s = 0u32;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
+        s += u32::from(w);
+    }
+    s
+}
+
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// L4 part of a packet under construction.
+#[derive(Debug, Clone)]
+enum L4 {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Icmp {
+        kind: u8,
+        code: u8,
+        quoted: Vec<u8>,
+    },
+}
+
+/// Fluent packet builder: `eth().ipv4(src, dst).tcp(sport, dport, flags).payload(b"..").build()`.
+#[derive(Debug, Clone)]
+pub struct PacketBuilder {
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    l4: Option<L4>,
+    payload: Vec<u8>,
+    ttl: u8,
+}
+
+pub fn eth() -> PacketBuilder {
+    PacketBuilder {
+        src_mac: [0x02, 0, 0, 0, 0, 0x01],
+        dst_mac: [0x02, 0, 0, 0, 0, 0x02],
+        src: None,
+        dst: None,
+        l4: None,
+        payload: Vec::new(),
+        ttl: 64,
+    }
+}
+
+impl PacketBuilder {
+    pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
+    }
+    pub fn ip(mut self, src: &str, dst: &str) -> Self {
+        self.src = Some(src.parse().expect("address"));
+        self.dst = Some(dst.parse().expect("address"));
+        self
+    }
+    pub fn tcp(mut self, sport: u16, dport: u16, flags: u8) -> Self {
+        self.l4 = Some(L4::Tcp {
+            sport,
+            dport,
+            flags,
+            seq: 1000,
+        });
+        self
+    }
+    pub fn udp(mut self, sport: u16, dport: u16) -> Self {
+        self.l4 = Some(L4::Udp { sport, dport });
+        self
+    }
+    pub fn icmp_unreachable(mut self, quoted: Vec<u8>) -> Self {
+        let v6 = self.src.is_some_and(|s| s.is_ipv6());
+        self.l4 = Some(if v6 {
+            L4::Icmp {
+                kind: 1,
+                code: 4,
+                quoted,
+            }
+        } else {
+            L4::Icmp {
+                kind: 3,
+                code: 3,
+                quoted,
+            }
+        });
+        self
+    }
+    pub fn payload(mut self, p: &[u8]) -> Self {
+        self.payload = p.to_vec();
+        self
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let src = self.src.expect("ip() set");
+        let dst = self.dst.expect("ip() set");
+        let v6 = src.is_ipv6();
+        let (proto, mut l4) = match self.l4.clone().expect("l4 set") {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+                seq,
+            } => {
+                let mut h = Vec::new();
+                h.extend(sport.to_be_bytes());
+                h.extend(dport.to_be_bytes());
+                h.extend(seq.to_be_bytes());
+                h.extend(0u32.to_be_bytes());
+                h.push(5 << 4);
+                h.push(flags);
+                h.extend(65535u16.to_be_bytes());
+                h.extend([0, 0, 0, 0]);
+                (6u8, h)
+            }
+            L4::Udp { sport, dport } => {
+                let mut h = Vec::new();
+                h.extend(sport.to_be_bytes());
+                h.extend(dport.to_be_bytes());
+                h.extend(((8 + self.payload.len()) as u16).to_be_bytes());
+                h.extend([0, 0]);
+                (17u8, h)
+            }
+            L4::Icmp { kind, code, quoted } => {
+                let mut h = vec![kind, code, 0, 0, 0, 0, 0, 0];
+                h.extend(quoted);
+                (if v6 { 58u8 } else { 1u8 }, h)
+            }
+        };
+        l4.extend(&self.payload);
+        // L4 checksum (ICMPv4 has no pseudo header).
+        let mut pseudo = Vec::new();
+        if proto != 1 {
+            pseudo.extend(octets(src));
+            pseudo.extend(octets(dst));
+            if v6 {
+                pseudo.extend((l4.len() as u32).to_be_bytes());
+                pseudo.extend([0, 0, 0, proto]);
+            } else {
+                pseudo.extend([0, proto]);
+                pseudo.extend((l4.len() as u16).to_be_bytes());
+            }
+        }
+        let csum_at = match proto {
+            6 => 16,
+            17 => 6,
+            _ => 2,
+        };
+        let c = fold(sum16(&pseudo) + sum16(&l4));
+        let c = if proto == 17 && c == 0 { 0xffff } else { c };
+        l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+
+        let mut out = Vec::new();
+        out.extend(self.dst_mac);
+        out.extend(self.src_mac);
+        if v6 {
+            out.extend(0x86ddu16.to_be_bytes());
+            out.extend([0x60, 0, 0, 0]);
+            out.extend((l4.len() as u16).to_be_bytes());
+            out.push(proto);
+            out.push(self.ttl);
+            out.extend(octets(src));
+            out.extend(octets(dst));
+        } else {
+            out.extend(0x0800u16.to_be_bytes());
+            let mut h = vec![0x45, 0];
+            h.extend(((20 + l4.len()) as u16).to_be_bytes());
+            h.extend([0, 0, 0, 0, self.ttl, proto, 0, 0]);
+            h.extend(octets(src));
+            h.extend(octets(dst));
+            let c = fold(sum16(&h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            out.extend(h);
+        }
+        out.extend(l4);
+        out
+    }
+}
+
+/// The bytes our ICMP error quotes: the IP header plus the UDP header (8 bytes) or the
+/// 20-byte TCP header.
+pub fn quoted(packet: &[u8]) -> Vec<u8> {
+    let v6 = packet[12] == 0x86;
+    let ip_len = if v6 { 40 } else { 20 };
+    let proto = if v6 { packet[14 + 6] } else { packet[14 + 9] };
+    let l4 = if proto == 6 { 20 } else { 8 };
+    packet[14..14 + ip_len + l4].to_vec()
+}
+
+/// Names of the TCX programs attached to `ifname` in the node's namespace.
+pub fn tcx_programs(node: &TestNode, ifname: &str, egress: bool) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let path = node.netns_path();
+    let ifname = ifname.to_owned();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns file");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let kind = if egress {
+            TcAttachType::Egress
+        } else {
+            TcAttachType::Ingress
+        };
+        let (_, progs) = SchedClassifier::query_tcx(&ifname, kind).expect("query_tcx");
+        progs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect()
+    })
+    .join()
+    .expect("query thread")
+}
+
+/// Lines of `tc filter show dev IFNAME ingress|egress` in the node's namespace that name `prog`.
+pub fn clsact_filters(node: &TestNode, ifname: &str, egress: bool, prog: &str) -> usize {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &node.name, "tc", "filter", "show", "dev", ifname,
+        ])
+        .arg(if egress { "egress" } else { "ingress" })
+        .output()
+        .expect("tc runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(prog))
+        .count()
+}

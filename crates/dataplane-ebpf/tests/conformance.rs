@@ -1,0 +1,41 @@
+//! The conformance table from `dataplane-testkit`, with real TCP and UDP traffic, against the
+//! eBPF backend (one `EbpfDataplane` per lab node, each with its own pin directory).
+
+use std::path::PathBuf;
+
+use dataplane_core::Dataplane;
+use dataplane_ebpf::{EbpfConfig, EbpfDataplane};
+use dataplane_testkit::conformance::{run, standard_cases, STANDARD_LAB};
+use dataplane_testkit::{require_root, Lab};
+
+#[test]
+fn conformance_table() {
+    if !require_root("conformance_table") {
+        return;
+    }
+    let lab = Lab::new(STANDARD_LAB).expect("lab");
+    let pid = std::process::id();
+    let dirs: Vec<PathBuf> = (0..STANDARD_LAB.nodes)
+        .map(|i| PathBuf::from(format!("/sys/fs/bpf/dpe-conf-{pid}-n{i}")))
+        .collect();
+    let _cleanup = PinDirs(dirs.clone());
+    let report = run(&lab, &standard_cases(), &mut |node| {
+        let dir = dirs[node.index].clone();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = EbpfConfig::new(dir);
+        config.netns = Some(node.netns.path().to_owned());
+        Box::new(EbpfDataplane::new(config).expect("eBPF dataplane loads")) as Box<dyn Dataplane>
+    });
+    report.assert_ok();
+}
+
+/// Removes the pin directories on drop, also when the test panics.
+struct PinDirs(Vec<PathBuf>);
+
+impl Drop for PinDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}

@@ -1,0 +1,1084 @@
+//! Per-packet tests with BPF_PROG_TEST_RUN on hand-built packets, against live maps.
+//!
+//! ```text
+//!   pod 10.244.0.5 --veth--> [dp_from_pod]     node 172.18.0.2 (eth0, dummy)
+//!   client 192.0.2.7 --eth0--> [dp_from_uplink]
+//!   backends: 10.244.0.10 (local), 10.244.1.20 (remote), fd00:244::10
+//! ```
+//! Each fixture: description, hook, input packet, expected verdict, expected output bytes.
+//! Verdicts: translated packets are handed to the stack (0, the test namespace has no route
+//! for the FIB to redirect along); drops are 2; rejects are redirected back (7).
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::{eth, quoted, require_root, TestNode, TCP_ACK, TCP_SYN};
+use dataplane_core::{
+    Backend, BackendSelection, Dataplane, DesiredState, Interfaces, Masquerade, Node, ObjectName,
+    PortRange, Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
+};
+use dataplane_ebpf::{monotonic_now, AttachMode, EbpfDataplane, Hook};
+
+const OK: u32 = 0;
+const SHOT: u32 = 2;
+const REDIRECT: u32 = 7;
+
+fn node() -> Node {
+    Node {
+        name: "node-a".to_owned(),
+        addresses: vec!["172.18.0.2".parse().unwrap(), "fd00:18::2".parse().unwrap()],
+        pod_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:244::/64".parse().unwrap(),
+        ],
+        service_cidrs: vec![
+            "10.96.0.0/12".parse().unwrap(),
+            "fd00:96::/108".parse().unwrap(),
+        ],
+        node_port_range: PortRange::default(),
+        interfaces: Interfaces {
+            uplink: "eth0".to_owned(),
+        },
+        masquerade: Masquerade::default(),
+        mtu: 1500,
+        external_mode: dataplane_core::ExternalMode::Snat,
+    }
+}
+
+fn backend(ip: &str, node: &str) -> Backend {
+    let mut b = Backend::new(ip.parse().unwrap());
+    b.node_name = Some(node.to_owned());
+    b
+}
+
+fn port(protocol: Protocol, port: u16, target: u16, node_port: Option<u16>) -> ServicePort {
+    ServicePort {
+        name: format!("{}-{port}", protocol.to_string().to_lowercase()),
+        protocol,
+        port,
+        target_port: target,
+        node_port,
+    }
+}
+
+fn service(name: &str, cluster_ip: &str, backends: Vec<Backend>) -> Service {
+    let mut s = Service::new(ObjectName::new("default", name));
+    s.cluster_ips = vec![cluster_ip.parse().unwrap()];
+    s.ports = vec![
+        port(Protocol::Tcp, 80, 8080, None),
+        port(Protocol::Udp, 53, 5353, None),
+    ];
+    s.backends = backends;
+    s
+}
+
+fn state(services: Vec<Service>) -> DesiredState {
+    let mut st = DesiredState::new(node());
+    st.services = services;
+    st
+}
+
+/// The standard scene every fixture runs against.
+fn scene() -> DesiredState {
+    let web = service("web", "10.96.0.10", vec![backend("10.244.1.20", "node-b")]);
+    let mut np = service(
+        "nodeport",
+        "10.96.0.11",
+        vec![backend("10.244.1.20", "node-b")],
+    );
+    np.ports = vec![port(Protocol::Tcp, 80, 8080, Some(30080))];
+    let mut lb = service("lb", "10.96.0.12", vec![backend("10.244.1.20", "node-b")]);
+    lb.load_balancer_ips = vec!["198.51.100.1".parse().unwrap()];
+    lb.load_balancer_source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
+    let mut ext_local = service(
+        "ext-local",
+        "10.96.0.13",
+        vec![backend("10.244.1.20", "node-b")],
+    );
+    ext_local.external_ips = vec!["198.51.100.2".parse().unwrap()];
+    ext_local.external_traffic_policy = TrafficPolicy::Local;
+    let mut ext_local_ok = service(
+        "ext-local-ok",
+        "10.96.0.14",
+        vec![backend("10.244.0.10", "node-a")],
+    );
+    ext_local_ok.external_ips = vec!["198.51.100.3".parse().unwrap()];
+    ext_local_ok.external_traffic_policy = TrafficPolicy::Local;
+    let empty = service("empty", "10.96.0.15", vec![]);
+    let mut term = backend("10.244.0.11", "node-a");
+    term.ready = false;
+    term.terminating = true;
+    let fallback = service("fallback", "10.96.0.16", vec![term.clone()]);
+    let prefer_ready = service(
+        "prefer-ready",
+        "10.96.0.17",
+        vec![term, backend("10.244.0.10", "node-a")],
+    );
+    let hairpin = service(
+        "hairpin",
+        "10.96.0.18",
+        vec![backend("10.244.0.5", "node-a")],
+    );
+    let v6 = service(
+        "web6",
+        "fd00:96::10",
+        vec![backend("fd00:244::10", "node-a")],
+    );
+    let mut sticky = service(
+        "sticky",
+        "10.96.0.19",
+        vec![
+            backend("10.244.0.10", "node-a"),
+            backend("10.244.1.20", "node-b"),
+        ],
+    );
+    sticky.session_affinity = SessionAffinity::ClientIp {
+        timeout_seconds: 60,
+    };
+    let mut maglev = service(
+        "maglev",
+        "10.96.0.20",
+        vec![
+            backend("10.244.0.10", "node-a"),
+            backend("10.244.1.20", "node-b"),
+        ],
+    );
+    maglev.backend_selection = BackendSelection::Maglev;
+    let mut itp_local = service(
+        "itp-local",
+        "10.96.0.21",
+        vec![backend("10.244.1.20", "node-b")],
+    );
+    itp_local.internal_traffic_policy = TrafficPolicy::Local;
+    state(vec![
+        itp_local,
+        web,
+        np,
+        lb,
+        ext_local,
+        ext_local_ok,
+        empty,
+        fallback,
+        prefer_ready,
+        hairpin,
+        v6,
+        sticky,
+        maglev,
+    ])
+}
+
+struct Fixture {
+    description: &'static str,
+    hook: Hook,
+    input: Vec<u8>,
+    verdict: u32,
+    output: Vec<u8>,
+}
+
+fn check(dp: &mut EbpfDataplane, f: &Fixture) {
+    let run = dp.run_packet(f.hook, &f.input, 1).expect("test run");
+    assert_eq!(run.verdict, f.verdict, "{}: verdict", f.description);
+    assert_eq!(
+        hex(&run.output),
+        hex(&f.output),
+        "{}: output bytes (left: got, right: expected)",
+        f.description
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn swap_macs(b: common::PacketBuilder) -> common::PacketBuilder {
+    b.macs([0x02, 0, 0, 0, 0, 0x02], [0x02, 0, 0, 0, 0, 0x01])
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // a fixture table reads best in one piece
+fn fixtures() {
+    if !require_root("fixtures") {
+        return;
+    }
+    let n = TestNode::new("fix");
+    let mut dp = n.dataplane();
+    dp.apply(&scene()).expect("apply");
+
+    let syn = |src: &str, dst: &str, sport, dport| eth().ip(src, dst).tcp(sport, dport, TCP_SYN);
+    let reject_of = |input: &[u8], src: &str, dst: &str| {
+        swap_macs(eth().ip(src, dst).icmp_unreachable(quoted(input))).build()
+    };
+
+    let empty_in = syn("10.244.0.5", "10.96.0.15", 40000, 80).build();
+    let unknown_port_in = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .udp(40001, 9999)
+        .payload(b"x")
+        .build();
+    let lb_denied_in = syn("203.0.113.9", "198.51.100.1", 40000, 80).build();
+    let no_local_in = syn("192.0.2.7", "198.51.100.2", 40000, 80).build();
+    let fixtures = vec![
+        Fixture {
+            description: "ClusterIP TCP from a pod: DNAT to the backend, source kept",
+            hook: Hook::FromPod,
+            input: syn("10.244.0.5", "10.96.0.10", 40000, 80).build(),
+            verdict: OK,
+            output: syn("10.244.0.5", "10.244.1.20", 40000, 8080).build(),
+        },
+        Fixture {
+            description: "ClusterIP TCP reply arriving on the uplink: reverse NAT to the frontend",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip("10.244.1.20", "10.244.0.5")
+                .tcp(8080, 40000, TCP_SYN | TCP_ACK)
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("10.96.0.10", "10.244.0.5")
+                .tcp(80, 40000, TCP_SYN | TCP_ACK)
+                .build(),
+        },
+        Fixture {
+            description: "ClusterIP UDP from a pod: DNAT with payload and UDP checksum",
+            hook: Hook::FromPod,
+            input: eth()
+                .ip("10.244.0.5", "10.96.0.10")
+                .udp(41000, 53)
+                .payload(b"query")
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("10.244.0.5", "10.244.1.20")
+                .udp(41000, 5353)
+                .payload(b"query")
+                .build(),
+        },
+        Fixture {
+            description: "UDP reply: reverse NAT",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip("10.244.1.20", "10.244.0.5")
+                .udp(5353, 41000)
+                .payload(b"answer")
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("10.96.0.10", "10.244.0.5")
+                .udp(53, 41000)
+                .payload(b"answer")
+                .build(),
+        },
+        Fixture {
+            description: "NodePort from outside (ETP Cluster): DNAT + SNAT to the node address",
+            hook: Hook::FromUplink,
+            input: syn("192.0.2.7", "172.18.0.2", 45000, 30080).build(),
+            verdict: OK,
+            output: syn("172.18.0.2", "10.244.1.20", 45000, 8080).build(),
+        },
+        Fixture {
+            description: "NodePort reply: both addresses restored",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip("10.244.1.20", "172.18.0.2")
+                .tcp(8080, 45000, TCP_SYN | TCP_ACK)
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("172.18.0.2", "192.0.2.7")
+                .tcp(30080, 45000, TCP_SYN | TCP_ACK)
+                .build(),
+        },
+        Fixture {
+            description: "LoadBalancer IP from a client inside loadBalancerSourceRanges",
+            hook: Hook::FromUplink,
+            input: syn("192.0.2.7", "198.51.100.1", 46000, 80).build(),
+            verdict: OK,
+            output: syn("172.18.0.2", "10.244.1.20", 46000, 8080).build(),
+        },
+        Fixture {
+            description: "LoadBalancer IP from a client outside the source ranges: drop",
+            hook: Hook::FromUplink,
+            output: lb_denied_in.clone(),
+            input: lb_denied_in,
+            verdict: SHOT,
+        },
+        Fixture {
+            description: "ExternalIP with ETP Local and no local backend: drop",
+            hook: Hook::FromUplink,
+            output: no_local_in.clone(),
+            input: no_local_in,
+            verdict: SHOT,
+        },
+        Fixture {
+            description: "ExternalIP with ETP Local and a local backend: client source kept",
+            hook: Hook::FromUplink,
+            input: syn("192.0.2.7", "198.51.100.3", 47000, 80).build(),
+            verdict: OK,
+            output: syn("192.0.2.7", "10.244.0.10", 47000, 8080).build(),
+        },
+        Fixture {
+            description: "ExternalIP (ETP Local) from a pod: cluster policy, masqueraded",
+            hook: Hook::FromPod,
+            input: syn("10.244.0.5", "198.51.100.2", 47001, 80).build(),
+            verdict: OK,
+            output: syn("172.18.0.2", "10.244.1.20", 47001, 8080).build(),
+        },
+        Fixture {
+            description: "ClusterIP from outside the cluster CIDRs: masqueraded",
+            hook: Hook::FromUplink,
+            input: syn("192.0.2.8", "10.96.0.10", 47002, 80).build(),
+            verdict: OK,
+            output: syn("172.18.0.2", "10.244.1.20", 47002, 8080).build(),
+        },
+        Fixture {
+            description: "Service without backends: ICMP port unreachable back to the client",
+            hook: Hook::FromPod,
+            output: reject_of(&empty_in, "10.96.0.15", "10.244.0.5"),
+            input: empty_in,
+            verdict: REDIRECT,
+        },
+        Fixture {
+            description: "Unknown port on a ClusterIP: reject",
+            hook: Hook::FromPod,
+            output: reject_of(&unknown_port_in, "10.96.0.10", "10.244.0.5"),
+            input: unknown_port_in,
+            verdict: REDIRECT,
+        },
+        Fixture {
+            description: "Only a terminating-but-serving backend: used (kube-proxy fallback)",
+            hook: Hook::FromPod,
+            input: syn("10.244.0.5", "10.96.0.16", 48000, 80).build(),
+            verdict: OK,
+            output: syn("10.244.0.5", "10.244.0.11", 48000, 8080).build(),
+        },
+        Fixture {
+            description: "Hairpin: the pod reaches itself, source masqueraded to the node",
+            hook: Hook::FromPod,
+            input: syn("10.244.0.5", "10.96.0.18", 49000, 80).build(),
+            verdict: OK,
+            output: syn("172.18.0.2", "10.244.0.5", 49000, 8080).build(),
+        },
+        Fixture {
+            description: "Hairpin reply from the pod to the node address: restored",
+            hook: Hook::FromPod,
+            input: eth()
+                .ip("10.244.0.5", "172.18.0.2")
+                .tcp(8080, 49000, TCP_SYN | TCP_ACK)
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("10.96.0.18", "10.244.0.5")
+                .tcp(80, 49000, TCP_SYN | TCP_ACK)
+                .build(),
+        },
+        Fixture {
+            description: "IPv6 ClusterIP TCP: DNAT",
+            hook: Hook::FromPod,
+            input: syn("fd00:244::5", "fd00:96::10", 50000, 80).build(),
+            verdict: OK,
+            output: syn("fd00:244::5", "fd00:244::10", 50000, 8080).build(),
+        },
+        Fixture {
+            description: "IPv6 reply: reverse NAT",
+            hook: Hook::FromPod,
+            input: eth()
+                .ip("fd00:244::10", "fd00:244::5")
+                .tcp(8080, 50000, TCP_SYN | TCP_ACK)
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("fd00:96::10", "fd00:244::5")
+                .tcp(80, 50000, TCP_SYN | TCP_ACK)
+                .build(),
+        },
+        Fixture {
+            description: "IPv6 UDP ClusterIP: DNAT",
+            hook: Hook::FromPod,
+            input: eth()
+                .ip("fd00:244::5", "fd00:96::10")
+                .udp(50001, 53)
+                .payload(b"q6")
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("fd00:244::5", "fd00:244::10")
+                .udp(50001, 5353)
+                .payload(b"q6")
+                .build(),
+        },
+        Fixture {
+            description: "ClusterIP with ITP Local, no local backend, from a pod: drop",
+            hook: Hook::FromPod,
+            input: syn("10.244.0.5", "10.96.0.21", 53000, 80).build(),
+            verdict: SHOT,
+            output: syn("10.244.0.5", "10.96.0.21", 53000, 80).build(),
+        },
+        Fixture {
+            description: "ClusterIP with ITP Local from outside: cluster-wide, masqueraded",
+            hook: Hook::FromUplink,
+            input: syn("192.0.2.9", "10.96.0.21", 53001, 80).build(),
+            verdict: OK,
+            output: syn("172.18.0.2", "10.244.1.20", 53001, 8080).build(),
+        },
+        Fixture {
+            description: "Pod UDP leaving the cluster: masqueraded on the uplink's egress",
+            hook: Hook::ToUplink,
+            input: eth()
+                .ip("10.244.0.5", "203.0.113.53")
+                .udp(54000, 53)
+                .payload(b"dns")
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("172.18.0.2", "203.0.113.53")
+                .udp(54000, 53)
+                .payload(b"dns")
+                .build(),
+        },
+        Fixture {
+            description: "Masqueraded flow's reply: back to the pod",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip("203.0.113.53", "172.18.0.2")
+                .udp(53, 54000)
+                .payload(b"ans")
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("203.0.113.53", "10.244.0.5")
+                .udp(53, 54000)
+                .payload(b"ans")
+                .build(),
+        },
+        Fixture {
+            description: "Pod TCP SYN leaving the cluster: masqueraded",
+            hook: Hook::ToUplink,
+            input: syn("10.244.0.5", "203.0.113.80", 54001, 443).build(),
+            verdict: OK,
+            output: syn("172.18.0.2", "203.0.113.80", 54001, 443).build(),
+        },
+        Fixture {
+            description: "Masqueraded TCP flow's next packet on the pod veth: left for the uplink",
+            hook: Hook::FromPod,
+            input: eth()
+                .ip("10.244.0.5", "203.0.113.80")
+                .tcp(54001, 443, TCP_ACK)
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("10.244.0.5", "203.0.113.80")
+                .tcp(54001, 443, TCP_ACK)
+                .build(),
+        },
+        Fixture {
+            description: "... and masqueraded on the uplink's egress",
+            hook: Hook::ToUplink,
+            input: eth()
+                .ip("10.244.0.5", "203.0.113.80")
+                .tcp(54001, 443, TCP_ACK)
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("172.18.0.2", "203.0.113.80")
+                .tcp(54001, 443, TCP_ACK)
+                .build(),
+        },
+        Fixture {
+            description:
+                "TCP without conntrack and without SYN (a reply of an inbound flow): untouched",
+            hook: Hook::ToUplink,
+            input: eth()
+                .ip("10.244.0.5", "203.0.113.81")
+                .tcp(8080, 54002, TCP_ACK)
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("10.244.0.5", "203.0.113.81")
+                .tcp(8080, 54002, TCP_ACK)
+                .build(),
+        },
+        Fixture {
+            description: "UDP from outside straight to a local pod: untouched (and remembered)",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip("203.0.113.99", "10.244.0.5")
+                .udp(5000, 8080)
+                .payload(b"hi")
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("203.0.113.99", "10.244.0.5")
+                .udp(5000, 8080)
+                .payload(b"hi")
+                .build(),
+        },
+        Fixture {
+            description: "The pod's UDP reply to that client: not masqueraded",
+            hook: Hook::ToUplink,
+            input: eth()
+                .ip("10.244.0.5", "203.0.113.99")
+                .udp(8080, 5000)
+                .payload(b"yo")
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("10.244.0.5", "203.0.113.99")
+                .udp(8080, 5000)
+                .payload(b"yo")
+                .build(),
+        },
+        Fixture {
+            description: "Pod to another node's pod on the uplink: not masqueraded",
+            hook: Hook::ToUplink,
+            input: syn("10.244.0.5", "10.244.1.20", 54003, 8080).build(),
+            verdict: OK,
+            output: syn("10.244.0.5", "10.244.1.20", 54003, 8080).build(),
+        },
+        Fixture {
+            description:
+                "ICMP port unreachable from a backend: back to the client, quoting the frontend",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip("10.244.1.20", "10.244.0.5")
+                .icmp_unreachable(quoted(
+                    &eth()
+                        .ip("10.244.0.5", "10.244.1.20")
+                        .udp(41000, 5353)
+                        .payload(b"query")
+                        .build(),
+                ))
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("10.96.0.10", "10.244.0.5")
+                .icmp_unreachable(quoted(
+                    &eth()
+                        .ip("10.244.0.5", "10.96.0.10")
+                        .udp(41000, 53)
+                        .payload(b"query")
+                        .build(),
+                ))
+                .build(),
+        },
+        Fixture {
+            description: "ICMP error from a router about a SNATed NodePort flow: to the client",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip("172.18.0.3", "172.18.0.2")
+                .icmp_unreachable(quoted(
+                    &syn("172.18.0.2", "10.244.1.20", 45000, 8080).build(),
+                ))
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("172.18.0.3", "192.0.2.7")
+                .icmp_unreachable(quoted(
+                    &syn("192.0.2.7", "172.18.0.2", 45000, 30080).build(),
+                ))
+                .build(),
+        },
+        Fixture {
+            description: "ICMP error about a translated reply: to the backend, quoting its packet",
+            hook: Hook::FromPod,
+            input: eth()
+                .ip("10.244.0.1", "10.96.0.10")
+                .icmp_unreachable(quoted(
+                    &eth()
+                        .ip("10.96.0.10", "10.244.0.5")
+                        .tcp(80, 40000, TCP_SYN | TCP_ACK)
+                        .build(),
+                ))
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("10.244.0.1", "10.244.1.20")
+                .icmp_unreachable(quoted(
+                    &eth()
+                        .ip("10.244.1.20", "10.244.0.5")
+                        .tcp(8080, 40000, TCP_SYN | TCP_ACK)
+                        .build(),
+                ))
+                .build(),
+        },
+        Fixture {
+            description: "ICMPv6 port unreachable from a backend: back to the client",
+            hook: Hook::FromPod,
+            input: eth()
+                .ip("fd00:244::10", "fd00:244::5")
+                .icmp_unreachable(quoted(
+                    &eth()
+                        .ip("fd00:244::5", "fd00:244::10")
+                        .udp(50001, 5353)
+                        .payload(b"q6")
+                        .build(),
+                ))
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("fd00:96::10", "fd00:244::5")
+                .icmp_unreachable(quoted(
+                    &eth()
+                        .ip("fd00:244::5", "fd00:96::10")
+                        .udp(50001, 53)
+                        .payload(b"q6")
+                        .build(),
+                ))
+                .build(),
+        },
+        Fixture {
+            description: "Not a service: untouched",
+            hook: Hook::FromPod,
+            input: syn("10.244.0.5", "10.244.1.20", 51000, 8080).build(),
+            verdict: OK,
+            output: syn("10.244.0.5", "10.244.1.20", 51000, 8080).build(),
+        },
+    ];
+    for f in &fixtures {
+        check(&mut dp, f);
+    }
+
+    // IPv6 reject: a v6 service without backends.
+    let mut st = scene();
+    st.services.push(service("empty6", "fd00:96::15", vec![]));
+    dp.apply(&st).expect("apply with empty6");
+    let input = syn("fd00:244::5", "fd00:96::15", 52000, 80).build();
+    check(
+        &mut dp,
+        &Fixture {
+            description: "IPv6 service without backends: ICMPv6 port unreachable",
+            hook: Hook::FromPod,
+            output: reject_of(&input, "fd00:96::15", "fd00:244::5"),
+            input,
+            verdict: REDIRECT,
+        },
+    );
+
+    let flows = dp.flows().expect("flows");
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.frontend.to_string() == "10.96.0.10:80"
+                && f.backend.to_string() == "10.244.1.20:8080"
+                && f.service == Some(ObjectName::new("default", "web"))),
+        "ClusterIP flow is listed: {flows:?}"
+    );
+    let stats = dp.stats().expect("stats");
+    assert!(stats.packets_rejected >= 3, "{stats:?}");
+    assert!(stats.packets_dropped >= 2, "{stats:?}");
+}
+
+fn backend_of(dp: &mut EbpfDataplane, input: &[u8]) -> IpAddr {
+    let run = dp.run_packet(Hook::FromPod, input, 1).expect("run");
+    assert_eq!(run.verdict, OK);
+    let out = &run.output;
+    if out[12] == 0x08 {
+        IpAddr::from([out[30], out[31], out[32], out[33]])
+    } else {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&out[38..54]);
+        IpAddr::from(b)
+    }
+}
+
+#[test]
+fn selection_affinity_terminating_and_maglev() {
+    if !require_root("selection_affinity_terminating_and_maglev") {
+        return;
+    }
+    let n = TestNode::new("sel");
+    let mut dp = n.dataplane();
+    dp.apply(&scene()).expect("apply");
+    let ready: IpAddr = "10.244.0.10".parse().unwrap();
+    for sport in 1000..1050 {
+        let p = eth()
+            .ip("10.244.0.5", "10.96.0.17")
+            .tcp(sport, 80, TCP_SYN)
+            .build();
+        assert_eq!(
+            backend_of(&mut dp, &p),
+            ready,
+            "a ready backend beats a terminating one"
+        );
+    }
+    // Affinity: one client always lands on the same backend, whatever its source port.
+    let first = backend_of(
+        &mut dp,
+        &eth()
+            .ip("10.244.0.6", "10.96.0.19")
+            .tcp(2000, 80, TCP_SYN)
+            .build(),
+    );
+    for sport in 2001..2040 {
+        let p = eth()
+            .ip("10.244.0.6", "10.96.0.19")
+            .tcp(sport, 80, TCP_SYN)
+            .build();
+        assert_eq!(
+            backend_of(&mut dp, &p),
+            first,
+            "ClientIP affinity keeps the backend"
+        );
+    }
+    // Without affinity, random selection reaches both backends.
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 3000..3064 {
+        let p = eth()
+            .ip("10.244.0.7", "10.96.0.20")
+            .tcp(sport, 80, TCP_SYN)
+            .build();
+        seen.insert(backend_of(&mut dp, &p));
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "maglev spreads flows over both backends: {seen:?}"
+    );
+    // Maglev: a second, independent dataplane picks the same backend for the same flow.
+    let n2 = TestNode::new("sel2");
+    let mut dp2 = n2.dataplane();
+    dp2.apply(&scene()).expect("apply 2");
+    for sport in 4000..4020 {
+        let p = eth()
+            .ip("10.244.0.8", "10.96.0.20")
+            .tcp(sport, 80, TCP_SYN)
+            .build();
+        assert_eq!(
+            backend_of(&mut dp, &p),
+            backend_of(&mut dp2, &p),
+            "maglev agrees across nodes"
+        );
+    }
+}
+
+#[test]
+fn established_flow_keeps_backend_and_gc_expires() {
+    if !require_root("established_flow_keeps_backend_and_gc_expires") {
+        return;
+    }
+    let n = TestNode::new("est");
+    let mut dp = n.dataplane();
+    dp.apply(&scene()).expect("apply");
+    let syn = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .tcp(60000, 80, TCP_SYN)
+        .build();
+    assert_eq!(
+        backend_of(&mut dp, &syn),
+        "10.244.1.20".parse::<IpAddr>().unwrap()
+    );
+    // The backend leaves the service: the established flow keeps it, new flows do not.
+    let mut st = scene();
+    let web = st
+        .services
+        .iter_mut()
+        .find(|s| s.name.name == "web")
+        .expect("web");
+    web.backends = vec![backend("10.244.0.10", "node-a")];
+    let changes = dataplane_core::diff(&scene(), &st);
+    let report = dp.apply_changes(&changes).expect("apply_changes");
+    assert!(!report.full_sync);
+    let ack = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .tcp(60000, 80, TCP_ACK)
+        .build();
+    assert_eq!(
+        backend_of(&mut dp, &ack),
+        "10.244.1.20".parse::<IpAddr>().unwrap()
+    );
+    let new = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .tcp(60001, 80, TCP_SYN)
+        .build();
+    assert_eq!(
+        backend_of(&mut dp, &new),
+        "10.244.0.10".parse::<IpAddr>().unwrap()
+    );
+    let observed = dp.observe().expect("observe");
+    let web = observed
+        .frontends
+        .iter()
+        .find(|f| f.address.to_string() == "10.96.0.10:80")
+        .expect("web frontend");
+    assert_eq!(
+        web.backends
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["10.244.0.10:8080"]
+    );
+
+    // Removing a service incrementally takes its frontends out; its traffic is untouched.
+    let mut st3 = st.clone();
+    st3.services.retain(|s| s.name.name != "empty");
+    let report = dp
+        .apply_changes(&dataplane_core::diff(&st, &st3))
+        .expect("remove a service");
+    assert_eq!(report.services_removed, 1);
+    let observed = dp.observe().expect("observe");
+    assert!(
+        !observed
+            .frontends
+            .iter()
+            .any(|f| f.address.ip().to_string() == "10.96.0.15"),
+        "removed service is gone from the maps"
+    );
+    let to_removed = eth()
+        .ip("10.244.0.5", "10.96.0.15")
+        .tcp(60002, 80, TCP_SYN)
+        .build();
+    let run = dp.run_packet(Hook::FromPod, &to_removed, 1).expect("run");
+    assert_eq!((run.verdict, hex(&run.output)), (OK, hex(&to_removed)));
+    // Adding it back incrementally rejects again (it has no backends).
+    let report = dp
+        .apply_changes(&dataplane_core::diff(&st3, &st))
+        .expect("add it back");
+    assert_eq!(report.services_changed, 1);
+    let run = dp.run_packet(Hook::FromPod, &to_removed, 1).expect("run");
+    assert_eq!(run.verdict, REDIRECT, "no backends: rejected");
+
+    let before = dp.flows().expect("flows").len();
+    assert!(before >= 2);
+    let report = dp.gc(monotonic_now()).expect("gc now");
+    assert_eq!(report.expired, 0, "nothing is idle yet");
+    let report = dp
+        .gc(monotonic_now() + std::time::Duration::from_mins(2))
+        .expect("gc later");
+    assert_eq!(
+        report.expired, before,
+        "SYN-only flows expire after tcp_syn"
+    );
+    assert!(dp.flows().expect("flows").is_empty());
+}
+
+#[test]
+fn capacity_error_writes_nothing() {
+    if !require_root("capacity_error_writes_nothing") {
+        return;
+    }
+    let n = TestNode::new("cap");
+    let mut cfg = n.config();
+    cfg.capacities.services = 8;
+    let mut dp = EbpfDataplane::new(cfg).expect("load");
+    let small = state(vec![service(
+        "web",
+        "10.96.0.10",
+        vec![backend("10.244.1.20", "node-b")],
+    )]);
+    dp.apply(&small).expect("fits");
+    let before = dp.observe().expect("observe");
+    let err = dp.apply(&scene()).expect_err("too many frontends");
+    assert!(
+        matches!(err, dataplane_core::Error::CapacityExceeded { .. }),
+        "typed capacity error: {err}"
+    );
+    assert_eq!(
+        dp.observe().expect("observe"),
+        before,
+        "a refused apply writes nothing"
+    );
+    let mut sctp = small.clone();
+    sctp.services[0]
+        .ports
+        .push(port(Protocol::Sctp, 9, 9, None));
+    assert!(matches!(
+        dp.apply(&sctp).expect_err("sctp"),
+        dataplane_core::Error::Unsupported { .. }
+    ));
+}
+
+#[test]
+fn pinned_state_is_adopted_and_reset_removes_it() {
+    if !require_root("pinned_state_is_adopted_and_reset_removes_it") {
+        return;
+    }
+    let n = TestNode::new("pin");
+    let mut cfg = n.config();
+    cfg.keep_attachments_on_drop = true;
+    let mut dp = EbpfDataplane::new(cfg.clone()).expect("load");
+    dp.apply(&scene()).expect("apply");
+    let syn = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .tcp(61000, 80, TCP_SYN)
+        .build();
+    assert_eq!(dp.run_packet(Hook::FromPod, &syn, 1).unwrap().verdict, OK);
+    drop(dp);
+    assert!(
+        n.pin_dir.join("links/from-uplink@eth0").exists(),
+        "uplink link stays pinned"
+    );
+
+    let mut dp = EbpfDataplane::new(cfg).expect("adopt");
+    // Before any apply, the adopted conntrack still translates the reply.
+    let reply = eth()
+        .ip("10.244.1.20", "10.244.0.5")
+        .tcp(8080, 61000, TCP_SYN | TCP_ACK)
+        .build();
+    let run = dp.run_packet(Hook::FromUplink, &reply, 1).unwrap();
+    assert_eq!(
+        hex(&run.output),
+        hex(&eth()
+            .ip("10.96.0.10", "10.244.0.5")
+            .tcp(80, 61000, TCP_SYN | TCP_ACK)
+            .build())
+    );
+    assert!(
+        dp.observe().unwrap().frontends.len() > 5,
+        "adopted services are observable"
+    );
+    let report = dp.apply(&scene()).expect("reconcile");
+    assert_eq!(
+        report.objects_written, 0,
+        "adopted maps already match: {report:?}"
+    );
+    dp.reset().expect("reset");
+    assert!(!n.pin_dir.exists(), "reset removes the pin directory");
+}
+
+#[test]
+fn attachments_detach_on_drop_unless_kept() {
+    if !require_root("attachments_detach_on_drop_unless_kept") {
+        return;
+    }
+    let n = TestNode::new("att");
+    let mut dp = n.dataplane();
+    dp.apply(&scene()).expect("apply");
+    assert_eq!(
+        common::tcx_programs(&n, "eth0", false),
+        vec!["dp_from_uplink"]
+    );
+    assert_eq!(common::tcx_programs(&n, "eth0", true), vec!["dp_to_uplink"]);
+    drop(dp);
+    assert!(
+        common::tcx_programs(&n, "eth0", false).is_empty(),
+        "dropped: detached"
+    );
+    assert!(!n.pin_dir.join("links/from-uplink@eth0").exists());
+
+    let mut cfg = n.config();
+    cfg.keep_attachments_on_drop = true;
+    let mut dp = EbpfDataplane::new(cfg).expect("load");
+    dp.apply(&scene()).expect("apply");
+    drop(dp);
+    assert_eq!(
+        common::tcx_programs(&n, "eth0", false),
+        vec!["dp_from_uplink"],
+        "kept attached after drop"
+    );
+    let mut dp = n.dataplane();
+    assert_eq!(
+        common::tcx_programs(&n, "eth0", false),
+        vec!["dp_from_uplink"],
+        "adopted: replaced in place, not attached twice"
+    );
+    dp.reset().expect("reset");
+    assert!(
+        common::tcx_programs(&n, "eth0", false).is_empty(),
+        "reset detaches"
+    );
+    assert!(
+        common::tcx_programs(&n, "eth0", true).is_empty(),
+        "reset detaches"
+    );
+    assert!(!n.pin_dir.exists(), "reset removes the pins");
+}
+
+#[test]
+fn clsact_fallback_replaces_in_place_and_detaches() {
+    if !require_root("clsact_fallback_replaces_in_place_and_detaches") {
+        return;
+    }
+    let n = TestNode::new("nl");
+    let mut cfg = n.config();
+    cfg.attach_mode = AttachMode::Clsact;
+    cfg.keep_attachments_on_drop = true;
+    let mut dp = EbpfDataplane::new(cfg.clone()).expect("load");
+    dp.apply(&scene()).expect("apply");
+    assert!(
+        common::tcx_programs(&n, "eth0", false).is_empty(),
+        "no TCX link"
+    );
+    assert_eq!(
+        common::clsact_filters(&n, "eth0", false, "dp_from_uplink"),
+        1
+    );
+    assert_eq!(common::clsact_filters(&n, "eth0", true, "dp_to_uplink"), 1);
+    let syn = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .tcp(62000, 80, TCP_SYN)
+        .build();
+    assert_eq!(
+        backend_of(&mut dp, &syn),
+        "10.244.1.20".parse::<IpAddr>().unwrap()
+    );
+    drop(dp);
+    assert_eq!(
+        common::clsact_filters(&n, "eth0", false, "dp_from_uplink"),
+        1,
+        "kept after drop"
+    );
+    let mut dp = EbpfDataplane::new(cfg).expect("adopt");
+    dp.apply(&scene()).expect("reconcile");
+    assert_eq!(
+        common::clsact_filters(&n, "eth0", false, "dp_from_uplink"),
+        1,
+        "replaced in place, not added twice"
+    );
+    dp.reset().expect("reset");
+    assert_eq!(
+        common::clsact_filters(&n, "eth0", false, "dp_from_uplink"),
+        0
+    );
+    assert_eq!(common::clsact_filters(&n, "eth0", true, "dp_to_uplink"), 0);
+    assert!(!n.pin_dir.exists());
+}
+
+#[test]
+fn identical_slot_ranges_are_shared() {
+    if !require_root("identical_slot_ranges_are_shared") {
+        return;
+    }
+    let n = TestNode::new("share");
+    let mut cfg = n.config();
+    // One Maglev table is 251 slots. A ClusterIP, its NodePort and the NodePort's from-inside
+    // twin use the same backends: shared, they take 251 slots, not 753.
+    cfg.capacities.backend_slots = 600;
+    let mut dp = EbpfDataplane::new(cfg).expect("load");
+    let mut web = service(
+        "web",
+        "10.96.0.10",
+        vec![
+            backend("10.244.0.10", "node-a"),
+            backend("10.244.1.20", "node-b"),
+        ],
+    );
+    web.ports = vec![port(Protocol::Tcp, 80, 8080, Some(30080))];
+    web.backend_selection = BackendSelection::Maglev;
+    let first = state(vec![web.clone()]);
+    dp.apply(&first).expect("three frontends share one table");
+    // A new table is written before the old one is freed: 502 slots for a moment.
+    web.backends.push(backend("10.244.1.21", "node-b"));
+    let second = state(vec![web]);
+    dp.apply_changes(&dataplane_core::diff(&first, &second))
+        .expect("the update fits too");
+    let observed = dp.observe().expect("observe");
+    for address in ["10.96.0.10:80", "172.18.0.2:30080"] {
+        let f = observed
+            .frontends
+            .iter()
+            .find(|f| f.address.to_string() == address)
+            .expect("frontend");
+        assert_eq!(f.backends.len(), 3, "{address}: {f:?}");
+    }
+    let syn = eth()
+        .ip("192.0.2.7", "172.18.0.2")
+        .tcp(63000, 30080, TCP_SYN)
+        .build();
+    let run = dp.run_packet(Hook::FromUplink, &syn, 1).expect("run");
+    assert_eq!(run.verdict, OK);
+    assert_ne!(hex(&run.output), hex(&syn), "NodePort translated");
+}

@@ -1,0 +1,303 @@
+//! End to end in the testkit lab: real TCP/UDP through the eBPF programs.
+//!
+//! ```text
+//!   external-0 --\                       /-- node-0 (eth0) -- vp* -- pod-0-0, pod-0-1
+//!                 br0 (underlay, ns -u) -
+//!                                        \-- node-1 (eth0) -- vp* -- pod-1-0, pod-1-1
+//! ```
+//! Every node runs its own `EbpfDataplane` (own pin directory, its namespace).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dataplane_core::{
+    Backend, Dataplane, DesiredState, ObjectName, Protocol, Service, ServicePort, TrafficPolicy,
+};
+use dataplane_ebpf::{EbpfConfig, EbpfDataplane};
+use dataplane_testkit::{
+    probe, require_root, serve, Family, Lab, LabSpec, ProbeOutcome, TcpSession, SERVER_PORT,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn pin_dir(tag: &str, node: usize) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/bpf/dpe-lab-{}-{tag}-n{node}",
+        std::process::id()
+    ))
+}
+
+/// Removes the test's pin directories on drop, also when the test panics.
+struct PinDirs(Vec<PathBuf>);
+
+impl Drop for PinDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn config(lab: &Lab, tag: &str, node: usize) -> EbpfConfig {
+    let dir = pin_dir(tag, node);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut c = EbpfConfig::new(dir);
+    c.netns = Some(lab.node(node).netns.path().to_owned());
+    c
+}
+
+fn backend_of(lab: &Lab, pod: usize, family: Family) -> Backend {
+    let p = lab.pod(pod);
+    let mut b = Backend::new(p.address(family).expect("pod address"));
+    b.node_name = Some(lab.node(p.node).name.clone());
+    b
+}
+
+fn port(protocol: Protocol, port: u16, node_port: Option<u16>) -> ServicePort {
+    ServicePort {
+        name: protocol.to_string().to_lowercase(),
+        protocol,
+        port,
+        target_port: SERVER_PORT,
+        node_port,
+    }
+}
+
+/// web: ClusterIP 10.96.0.10, backends on node 1 only, NodePort 30080 (TCP);
+/// empty: no backends; self: node 0's first pod only (hairpin).
+fn services(lab: &Lab) -> Vec<Service> {
+    let remote: Vec<Backend> = lab
+        .pods_on(1)
+        .map(|p| backend_of(lab, p.index, Family::V4))
+        .collect();
+    let mut web = Service::new(ObjectName::new("default", "web"));
+    web.cluster_ips = vec!["10.96.0.10".parse().unwrap()];
+    web.ports = vec![
+        port(Protocol::Tcp, 80, Some(30080)),
+        port(Protocol::Udp, 80, Some(30080)),
+    ];
+    web.backends.clone_from(&remote);
+    let mut local_only = Service::new(ObjectName::new("default", "local-only"));
+    local_only.cluster_ips = vec!["10.96.0.11".parse().unwrap()];
+    local_only.ports = vec![port(Protocol::Tcp, 80, Some(30081))];
+    local_only.backends = remote;
+    local_only.external_traffic_policy = TrafficPolicy::Local;
+    let mut empty = Service::new(ObjectName::new("default", "empty"));
+    empty.cluster_ips = vec!["10.96.0.12".parse().unwrap()];
+    empty.ports = vec![port(Protocol::Tcp, 80, None), port(Protocol::Udp, 80, None)];
+    let mut hairpin = Service::new(ObjectName::new("default", "hairpin"));
+    hairpin.cluster_ips = vec!["10.96.0.13".parse().unwrap()];
+    hairpin.ports = vec![port(Protocol::Tcp, 80, None)];
+    hairpin.backends = vec![backend_of(lab, 0, Family::V4)];
+    // Backends that do not listen on the target port: their ICMP errors must be translated.
+    let mut closed = Service::new(ObjectName::new("default", "closed"));
+    closed.cluster_ips = vec!["10.96.0.14".parse().unwrap()];
+    let mut closed_port = port(Protocol::Udp, 80, None);
+    closed_port.target_port = 9999;
+    closed.ports = vec![closed_port];
+    closed.backends = lab
+        .pods_on(1)
+        .map(|p| backend_of(lab, p.index, Family::V4))
+        .collect();
+    vec![web, local_only, empty, hairpin, closed]
+}
+
+fn state(lab: &Lab, node: usize) -> DesiredState {
+    let mut s = lab.desired_state(node);
+    s.services = services(lab);
+    s
+}
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+fn answered(outcome: &ProbeOutcome) -> (String, IpAddr) {
+    match outcome {
+        ProbeOutcome::Answered {
+            backend,
+            seen_source,
+            ..
+        } => (backend.clone(), seen_source.ip()),
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one lab, many checks: building the lab is the slow part
+fn services_end_to_end() {
+    if !require_root("services_end_to_end") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        external_clients: 1,
+        ipv6: false,
+    })
+    .expect("lab");
+    let _pins = PinDirs((0..2).map(|i| pin_dir("e2e", i)).collect());
+    let mut dps: Vec<EbpfDataplane> = (0..2)
+        .map(|i| {
+            let mut dp = EbpfDataplane::new(config(&lab, "e2e", i)).expect("load");
+            dp.apply(&state(&lab, i)).expect("apply");
+            dp
+        })
+        .collect();
+    let client = lab.pod(0);
+    let client_ip = client.address(Family::V4).unwrap();
+    let node0 = lab.node(0).address(Family::V4).unwrap();
+    let remote: Vec<String> = lab.pods_on(1).map(|p| p.name.clone()).collect();
+
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let out = probe(&client.netns, sa("10.96.0.10", 80), proto, TIMEOUT).expect("probe");
+        let (backend, seen) = answered(&out);
+        assert!(
+            remote.contains(&backend),
+            "{proto}: ClusterIP reaches a node-1 pod, got {backend}"
+        );
+        assert_eq!(seen, client_ip, "{proto}: ClusterIP keeps the pod source");
+    }
+
+    let ext = lab.external(0);
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let out = probe(&ext.netns, SocketAddr::new(node0, 30080), proto, TIMEOUT).expect("probe");
+        let (backend, seen) = answered(&out);
+        assert!(
+            remote.contains(&backend),
+            "{proto}: NodePort reaches a remote pod"
+        );
+        assert_eq!(
+            seen, node0,
+            "{proto}: NodePort (ETP Cluster) is masqueraded to node-0"
+        );
+    }
+    let out = probe(
+        &ext.netns,
+        SocketAddr::new(node0, 30081),
+        Protocol::Tcp,
+        TIMEOUT,
+    )
+    .expect("probe");
+    assert!(
+        matches!(out, ProbeOutcome::Timeout),
+        "ETP Local without a local backend drops: {out:?}"
+    );
+    let node1 = lab.node(1).address(Family::V4).unwrap();
+    let out = probe(
+        &ext.netns,
+        SocketAddr::new(node1, 30081),
+        Protocol::Tcp,
+        TIMEOUT,
+    )
+    .expect("probe");
+    let ext_ip = ext.address(Family::V4).unwrap();
+    assert_eq!(
+        answered(&out).1,
+        ext_ip,
+        "ETP Local keeps the client source"
+    );
+
+    for proto in [Protocol::Udp, Protocol::Tcp] {
+        let out = probe(&client.netns, sa("10.96.0.12", 80), proto, TIMEOUT).expect("probe");
+        assert!(
+            matches!(out, ProbeOutcome::Refused),
+            "{proto}: no backend is rejected: {out:?}"
+        );
+    }
+    let out = probe(&client.netns, sa("10.96.0.10", 81), Protocol::Tcp, TIMEOUT).expect("probe");
+    assert!(
+        matches!(out, ProbeOutcome::Refused),
+        "unknown ClusterIP port is rejected: {out:?}"
+    );
+
+    let out = probe(&client.netns, sa("10.96.0.13", 80), Protocol::Tcp, TIMEOUT).expect("probe");
+    let (backend, seen) = answered(&out);
+    assert_eq!(backend, client.name, "hairpin reaches the pod itself");
+    assert_eq!(seen, node0, "hairpin is masqueraded to the node address");
+
+    let out = probe(&client.netns, sa("10.96.0.14", 80), Protocol::Udp, TIMEOUT).expect("probe");
+    assert!(
+        matches!(out, ProbeOutcome::Refused),
+        "a backend's ICMP port unreachable reaches the client, translated: {out:?}"
+    );
+
+    // Pod traffic leaving the cluster is masqueraded to the node address.
+    let _server = serve(&ext.netns, "external-0", 9000).expect("server on the external client");
+    let ext_ip = ext.address(Family::V4).unwrap();
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let out =
+            probe(&client.netns, SocketAddr::new(ext_ip, 9000), proto, TIMEOUT).expect("probe");
+        assert_eq!(
+            answered(&out).1,
+            node0,
+            "{proto}: pod egress is masqueraded"
+        );
+    }
+
+    let flows = dps[0].flows().expect("flows");
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.frontend == sa("10.96.0.10", 80) && f.client.ip() == client_ip),
+        "flows() shows the ClusterIP connection: {flows:?}"
+    );
+    for dp in &mut dps {
+        dp.reset().expect("reset");
+    }
+}
+
+#[test]
+fn tcp_connection_survives_dataplane_restart() {
+    if !require_root("tcp_connection_survives_dataplane_restart") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        external_clients: 0,
+        ipv6: false,
+    })
+    .expect("lab");
+    let _pins = PinDirs((0..2).map(|i| pin_dir("restart", i)).collect());
+    let mut cfgs: Vec<EbpfConfig> = (0..2).map(|i| config(&lab, "restart", i)).collect();
+    for c in &mut cfgs {
+        c.keep_attachments_on_drop = true;
+    }
+    let mut dps: Vec<EbpfDataplane> = cfgs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut dp = EbpfDataplane::new(c.clone()).expect("load");
+            dp.apply(&state(&lab, i)).expect("apply");
+            dp
+        })
+        .collect();
+    let client = lab.pod(0);
+    let mut session = TcpSession::open(&client.netns, sa("10.96.0.10", 80)).expect("connect");
+    let (first, _) = session.request().expect("request before restart");
+
+    drop(std::mem::take(&mut dps));
+    let (during, _) = session
+        .request()
+        .expect("request while no dataplane object exists");
+    assert_eq!(during, first, "the connection keeps its backend");
+    let out = probe(&client.netns, sa("10.96.0.10", 80), Protocol::Tcp, TIMEOUT).expect("probe");
+    answered(&out);
+
+    let mut dps: Vec<EbpfDataplane> = cfgs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut dp = EbpfDataplane::new(c.clone()).expect("adopt");
+            dp.apply(&state(&lab, i)).expect("reconcile");
+            dp
+        })
+        .collect();
+    let (after, _) = session.request().expect("request after restart");
+    assert_eq!(after, first);
+    for dp in &mut dps {
+        dp.reset().expect("reset");
+    }
+}
