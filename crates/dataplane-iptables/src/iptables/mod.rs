@@ -1,0 +1,382 @@
+//! The iptables flavour: kube-proxy iptables-mode chains applied with
+//! `iptables-restore --noflush` / `ip6tables-restore --noflush`.
+
+pub mod render;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use dataplane_core::{
+    validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
+    ObservedFrontend, ObservedState, Protocol, Stats,
+};
+
+use crate::config::NetfilterConfig;
+use crate::error::NetfilterError;
+use crate::exec;
+use crate::plan::{check_supported, plan, Family, Support};
+use render::{compile, parse_existing, render_reset, render_sync, IptRuleset, MAX_PREFIX_LEN};
+
+const BACKEND: &str = "iptables";
+
+/// The iptables backend (works with iptables-nft and iptables-legacy).
+///
+/// ```no_run
+/// use dataplane_core::Dataplane;
+/// use dataplane_iptables::{IptablesDataplane, NetfilterConfig};
+/// # fn f(state: &dataplane_core::DesiredState) -> Result<(), dataplane_core::Error> {
+/// let mut dp = IptablesDataplane::new(NetfilterConfig::iptables(None));
+/// dp.apply(state)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct IptablesDataplane {
+    config: NetfilterConfig,
+    applied: Option<(DesiredState, Vec<IptRuleset>)>,
+    dirty: bool,
+}
+
+impl IptablesDataplane {
+    /// A backend whose chains start with `config.name` (at most 5 characters) in
+    /// `config.netns`. Nothing is touched until the first apply.
+    pub fn new(config: NetfilterConfig) -> Self {
+        Self {
+            config,
+            applied: None,
+            dirty: false,
+        }
+    }
+
+    /// Test hook: make every following restore end with a rule the tool refuses.
+    pub fn set_fail_transactions(&mut self, fail: bool) {
+        self.config.fail_transactions = fail;
+    }
+
+    fn tools(&self, family: Family) -> (&Path, &Path) {
+        match family {
+            Family::V4 => (&self.config.iptables_restore, &self.config.iptables),
+            Family::V6 => (&self.config.ip6tables_restore, &self.config.ip6tables),
+        }
+    }
+
+    fn save(&self, family: Family, counters: bool) -> Result<String, NetfilterError> {
+        let (restore, _) = self.tools(family);
+        // iptables-restore and iptables-save are one binary family; derive the save tool.
+        let save = restore.to_string_lossy().replace("-restore", "-save");
+        let args: &[&str] = if counters { &["-c"] } else { &[] };
+        exec::run(
+            BACKEND,
+            self.config.netns.as_deref(),
+            Path::new(&save),
+            args,
+            None,
+            "save",
+        )
+    }
+
+    fn restore(
+        &mut self,
+        family: Family,
+        mut text: String,
+        op: &str,
+    ) -> Result<(), NetfilterError> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        if self.config.fail_transactions {
+            // The last line of the first table: the tool refuses the whole table.
+            if let Some(pos) = text.find("COMMIT\n") {
+                text.insert_str(
+                    pos,
+                    &format!("-A {0}-SERVICES -j {0}-FAULT-INJECTED\n", self.config.name),
+                );
+            }
+        }
+        tracing::debug!(bytes = text.len(), op, ?family, "iptables-restore");
+        let (restore, _) = self.tools(family);
+        let restore = restore.to_owned();
+        let result = exec::run(
+            BACKEND,
+            self.config.netns.as_deref(),
+            &restore,
+            &["--noflush", "-w"],
+            Some(&text),
+            op,
+        );
+        if result.is_err() {
+            self.dirty = true;
+        }
+        result.map(|_| ())
+    }
+
+    fn check(&self, desired: &DesiredState) -> Result<(), NetfilterError> {
+        if self.config.name.is_empty() || self.config.name.len() > MAX_PREFIX_LEN {
+            return Err(NetfilterError::Unsupported {
+                backend: BACKEND,
+                feature: format!("a chain prefix of {} characters", self.config.name.len()),
+                object: format!(
+                    "configuration name {:?} (1..={MAX_PREFIX_LEN})",
+                    self.config.name
+                ),
+            });
+        }
+        validate(desired)?;
+        check_supported(
+            desired,
+            Support {
+                backend: BACKEND,
+                maglev: false,
+            },
+        )
+    }
+
+    fn sync(&mut self, desired: &DesiredState, full: bool) -> Result<ApplyReport, NetfilterError> {
+        self.check(desired)?;
+        let p = plan(desired);
+        let new: Vec<IptRuleset> = [Family::V4, Family::V6]
+            .into_iter()
+            .map(|f| compile(&p, f, &self.config.name))
+            .collect();
+        let mut texts = Vec::new();
+        for (i, rs) in new.iter().enumerate() {
+            let existing = parse_existing(&self.save(rs.family, false)?, &self.config.name);
+            let old = if full || self.dirty {
+                None
+            } else {
+                self.applied.as_ref().map(|(_, o)| &o[i])
+            };
+            texts.push((rs.family, render_sync(old, rs, &existing)));
+        }
+        let full_sync = full || self.dirty;
+        let written = texts.iter().map(|(_, t)| t.lines().count()).sum();
+        for (family, text) in texts {
+            self.restore(
+                family,
+                text,
+                if full_sync {
+                    "full sync"
+                } else {
+                    "partial sync"
+                },
+            )?;
+        }
+        self.dirty = false;
+        self.applied = Some((desired.clone(), new));
+        Ok(ApplyReport {
+            full_sync,
+            services_changed: desired.services.len(),
+            services_removed: 0,
+            objects_written: written,
+        })
+    }
+
+    /// Parsed `iptables-save -c -t nat` rules: chain → (packets, rule text).
+    fn nat_rules(
+        &self,
+        family: Family,
+    ) -> Result<BTreeMap<String, Vec<(u64, String)>>, NetfilterError> {
+        let save = self.save(family, true)?;
+        let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+        let mut table = String::new();
+        for line in save.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                t.clone_into(&mut table);
+                continue;
+            }
+            let (packets, rest) = match line.strip_prefix('[') {
+                Some(r) => {
+                    let (c, rest) = r.split_once("] ").unwrap_or(("0:0", r));
+                    (
+                        c.split(':')
+                            .next()
+                            .and_then(|p| p.parse().ok())
+                            .unwrap_or(0),
+                        rest,
+                    )
+                }
+                None => (0, line),
+            };
+            if let Some(rule) = rest.strip_prefix("-A ") {
+                let (chain, body) = rule.split_once(' ').unwrap_or((rule, ""));
+                if chain.starts_with(&format!("{}-", self.config.name)) {
+                    out.entry(format!("{table}/{chain}"))
+                        .or_default()
+                        .push((packets, body.to_owned()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The packets counted by all rules of one of our nat chains (`None`: no such chain or
+    /// an empty one).
+    pub fn chain_counter(&self, family: Family, chain: &str) -> Result<Option<u64>, Error> {
+        let rules = self.nat_rules(family)?;
+        Ok(rules
+            .get(&format!("nat/{chain}"))
+            .map(|r| r.iter().map(|(p, _)| *p).sum()))
+    }
+}
+
+fn word_after<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
+    let mut words = rule.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == flag {
+            return words.next();
+        }
+    }
+    None
+}
+
+impl Dataplane for IptablesDataplane {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            backend: BACKEND.to_owned(),
+            protocols: BTreeSet::from([Protocol::Tcp, Protocol::Udp, Protocol::Sctp]),
+            ipv6: true,
+            maglev: false,
+            session_affinity: true,
+            dsr: false,
+            xdp: false,
+            masquerade: true,
+            network_policy: false,
+            weights: true,
+            max_services: 0,
+            max_backends: 0,
+        }
+    }
+
+    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
+        Ok(self.sync(desired, true)?)
+    }
+
+    fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        let Some((state, _)) = &self.applied else {
+            return Err(Error::FullSyncRequired);
+        };
+        let mut desired = state.clone();
+        changes.apply_to(&mut desired);
+        let mut report = self.sync(&desired, false)?;
+        let removed = changes
+            .services
+            .values()
+            .filter(|c| c.current.is_none())
+            .count();
+        report.services_changed = changes.services.len() - removed;
+        report.services_removed = removed;
+        Ok(report)
+    }
+
+    fn observe(&self) -> Result<ObservedState, Error> {
+        let mut frontends = Vec::new();
+        let prefix = &self.config.name;
+        for family in [Family::V4, Family::V6] {
+            let rules = self.nat_rules(family)?;
+            let Some(services) = rules.get(&format!("nat/{prefix}-SERVICES")) else {
+                continue;
+            };
+            for (_, r) in services {
+                let (Some(dst), Some(proto), Some(dport), Some(target)) = (
+                    word_after(r, "-d"),
+                    word_after(r, "-p"),
+                    word_after(r, "--dport"),
+                    word_after(r, "-g").or_else(|| word_after(r, "-j")),
+                ) else {
+                    continue;
+                };
+                let ip: Option<IpAddr> = dst.split('/').next().and_then(|a| a.parse().ok());
+                let protocol = match proto {
+                    "tcp" => Protocol::Tcp,
+                    "udp" => Protocol::Udp,
+                    "sctp" => Protocol::Sctp,
+                    _ => continue,
+                };
+                let (Some(ip), Ok(port)) = (ip, dport.parse::<u16>()) else {
+                    continue;
+                };
+                let mut backends = BTreeSet::new();
+                let mut seen = BTreeSet::new();
+                let mut todo = vec![target.to_owned()];
+                while let Some(chain) = todo.pop() {
+                    if !seen.insert(chain.clone()) {
+                        continue;
+                    }
+                    for (_, rule) in rules.get(&format!("nat/{chain}")).into_iter().flatten() {
+                        if let Some(to) = word_after(rule, "--to-destination") {
+                            let to = to.replace(['[', ']'], "");
+                            if let Some((a, p)) = to.rsplit_once(':') {
+                                if let (Ok(a), Ok(p)) = (a.parse::<IpAddr>(), p.parse::<u16>()) {
+                                    backends.insert(SocketAddr::new(a, p));
+                                }
+                            }
+                        }
+                        if let Some(next) =
+                            word_after(rule, "-g").or_else(|| word_after(rule, "-j"))
+                        {
+                            if next.starts_with(&format!("{prefix}-")) {
+                                todo.push(next.to_owned());
+                            }
+                        }
+                    }
+                }
+                frontends.push(ObservedFrontend {
+                    address: SocketAddr::new(ip, port),
+                    protocol,
+                    backends,
+                });
+            }
+        }
+        frontends.sort();
+        Ok(ObservedState { frontends })
+    }
+
+    fn flows(&self) -> Result<Vec<Flow>, Error> {
+        let Some((state, _)) = &self.applied else {
+            return Ok(Vec::new());
+        };
+        let text = exec::read_proc(
+            BACKEND,
+            self.config.netns.as_deref(),
+            "/proc/net/nf_conntrack",
+        )?;
+        Ok(crate::conntrack::parse(
+            &text,
+            &crate::conntrack::frontends(state),
+        ))
+    }
+
+    fn stats(&self) -> Result<Stats, Error> {
+        let mut s = Stats::default();
+        for family in [Family::V4, Family::V6] {
+            for (chain, rules) in self.nat_rules(family)? {
+                for (packets, rule) in rules {
+                    if rule.contains("-j DNAT") {
+                        s.packets_translated += packets;
+                    } else if chain.starts_with("filter/") && rule.contains("-j DROP") {
+                        s.packets_dropped += packets;
+                    } else if chain.starts_with("filter/") && rule.contains("-j REJECT") {
+                        s.packets_rejected += packets;
+                    }
+                }
+            }
+        }
+        s.flows = self.flows()?.len() as u64;
+        Ok(s)
+    }
+
+    fn reset(&mut self) -> Result<(), Error> {
+        for family in [Family::V4, Family::V6] {
+            let existing = parse_existing(&self.save(family, false)?, &self.config.name);
+            let text = render_reset(&self.config.name, &existing);
+            let fail = self.config.fail_transactions;
+            self.config.fail_transactions = false;
+            let result = self.restore(family, text, "reset");
+            self.config.fail_transactions = fail;
+            result?;
+        }
+        self.applied = None;
+        self.dirty = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,528 @@
+//! The iptables renderer: [`Plan`] → [`IptRuleset`] (chains and rules of one address family)
+//! → `iptables-restore --noflush` text. Pure functions.
+//!
+//! kube-proxy's iptables layout, under our own prefix (`DP` by default):
+//!
+//! ```text
+//! nat PREROUTING/OUTPUT ─▶ DP-SERVICES ─(-d frontend -p proto --dport)─▶ DP-SVC-* (ClusterIP)
+//!                                                                    ├─▶ DP-EXT-* (NodePort, ExternalIP, LB)
+//!                                                                    └─▶ DP-FW-*  (LB + sourceRanges)
+//!     DP-SVC/EXT ─▶ DP-SEL-* (statistic random; recent for ClientIP affinity) ─▶ DP-SEP-* (DNAT)
+//!     no backend: mark 0x10000 (reject), no local backend / not in ranges: mark 0x8000 (drop)
+//! nat POSTROUTING ─▶ DP-POSTROUTING: mark 0x4000 ─▶ SNAT to the node address; pod → outside
+//! filter INPUT/FORWARD/OUTPUT ─▶ DP-FILTER: drop / reject the marked packets
+//! ```
+//!
+//! Everything after the first packet of a connection is conntrack's job. Per-packet cost grows
+//! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use dataplane_core::ObjectName;
+use ipnetwork::IpNetwork;
+
+use crate::plan::{proto_name, Choice, Family, NodePlan, Plan, PortPlan};
+
+/// Mark bit: masquerade this connection (SNAT to the node address) in POSTROUTING.
+pub const MARK_MASQUERADE: u32 = 0x4000;
+/// Mark bit: drop in the filter table.
+pub const MARK_DROP: u32 = 0x8000;
+/// Mark bit: reject in the filter table.
+pub const MARK_REJECT: u32 = 0x10000;
+/// Longest prefix: iptables chain names are at most 28 characters.
+pub const MAX_PREFIX_LEN: usize = 5;
+
+/// The chains of one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IptRuleset {
+    /// Address family.
+    pub family: Family,
+    /// Chain prefix.
+    pub prefix: String,
+    /// nat-table chains and their rules (`-A` lines without the `-A CHAIN`).
+    pub nat: BTreeMap<String, Vec<String>>,
+    /// filter-table chains.
+    pub filter: BTreeMap<String, Vec<String>>,
+}
+
+/// Built-in chains and the jump rule into ours, per table.
+pub fn hooks(prefix: &str) -> Vec<(&'static str, &'static str, String)> {
+    vec![
+        ("nat", "PREROUTING", format!("{prefix}-SERVICES")),
+        ("nat", "OUTPUT", format!("{prefix}-SERVICES")),
+        ("nat", "POSTROUTING", format!("{prefix}-POSTROUTING")),
+        ("filter", "INPUT", format!("{prefix}-FILTER")),
+        ("filter", "FORWARD", format!("{prefix}-FILTER")),
+        ("filter", "OUTPUT", format!("{prefix}-FILTER")),
+    ]
+}
+
+/// FNV-1a, for short stable chain names.
+fn hash_name(s: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (0..13)
+        .map(|i| ALPHABET[((h >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+fn host(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
+    }
+}
+
+fn dnat_target(a: &SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v4) => format!("{}:{}", v4.ip(), v4.port()),
+        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+    }
+}
+
+fn of_family(nets: &[IpNetwork], f: Family) -> Vec<IpNetwork> {
+    nets.iter()
+        .copied()
+        .filter(|n| Family::of(&n.ip()) == f)
+        .collect()
+}
+
+/// Compiles the chains of `family`.
+pub fn compile(plan: &Plan, family: Family, prefix: &str) -> IptRuleset {
+    let mut rs = IptRuleset {
+        family,
+        prefix: prefix.to_owned(),
+        nat: BTreeMap::new(),
+        filter: BTreeMap::new(),
+    };
+    let p = prefix;
+    let mut services: Vec<String> = Vec::new();
+    let mut reject_ips: BTreeSet<IpAddr> = BTreeSet::new();
+    for ports in plan.services.values() {
+        for port in ports.iter().filter(|pp| pp.family == family) {
+            compile_port(&plan.node, port, p, &mut rs.nat, &mut services);
+            reject_ips.extend(port.cluster_ips.iter().copied());
+        }
+    }
+    for ip in &reject_ips {
+        services.push(format!("-d {} -g {p}-MARK-REJ", host(ip)));
+    }
+    rs.nat.insert(format!("{p}-SERVICES"), services);
+    rs.nat.insert(
+        format!("{p}-MARK-MASQ"),
+        vec![format!(
+            "-j MARK --set-xmark {MARK_MASQUERADE:#x}/{MARK_MASQUERADE:#x}"
+        )],
+    );
+    rs.nat.insert(
+        format!("{p}-MARK-DROP"),
+        vec![format!("-j MARK --set-xmark {MARK_DROP:#x}/{MARK_DROP:#x}")],
+    );
+    rs.nat.insert(
+        format!("{p}-MARK-REJ"),
+        vec![format!(
+            "-j MARK --set-xmark {MARK_REJECT:#x}/{MARK_REJECT:#x}"
+        )],
+    );
+    let masq = match plan.node.masquerade_source(family) {
+        Some(a) => format!("-j SNAT --to-source {a}"),
+        None => "-j MASQUERADE".to_owned(),
+    };
+    rs.nat.insert(format!("{p}-MASQ"), vec![masq]);
+    let mut post = vec![format!(
+        "-m mark --mark {MARK_MASQUERADE:#x}/{MARK_MASQUERADE:#x} -m conntrack --ctstate DNAT -g {p}-MASQ"
+    )];
+    if plan.node.masquerade {
+        let exempt = if plan.node.masquerade_all {
+            of_family(&plan.node.pod_cidrs, family)
+        } else {
+            of_family(&plan.node.no_masquerade, family)
+        };
+        let mut pod_masq: Vec<String> =
+            exempt.iter().map(|n| format!("-d {n} -j RETURN")).collect();
+        pod_masq.push(format!("-j {p}-MASQ"));
+        rs.nat.insert(format!("{p}-POD-MASQ"), pod_masq);
+        for cidr in of_family(&plan.node.pod_cidrs, family) {
+            post.push(format!(
+                "-s {cidr} -m conntrack ! --ctstate DNAT -g {p}-POD-MASQ"
+            ));
+        }
+    }
+    rs.nat.insert(format!("{p}-POSTROUTING"), post);
+    let reject = match family {
+        Family::V4 => "icmp-port-unreachable",
+        Family::V6 => "icmp6-port-unreachable",
+    };
+    rs.filter.insert(
+        format!("{p}-FILTER"),
+        vec![
+            format!("-m mark --mark {MARK_DROP:#x}/{MARK_DROP:#x} -j DROP"),
+            format!("-p tcp -m mark --mark {MARK_REJECT:#x}/{MARK_REJECT:#x} -j REJECT --reject-with tcp-reset"),
+            format!("-m mark --mark {MARK_REJECT:#x}/{MARK_REJECT:#x} -j REJECT --reject-with {reject}"),
+        ],
+    );
+    rs
+}
+
+fn compile_port(
+    node: &NodePlan,
+    pp: &PortPlan,
+    p: &str,
+    nat: &mut BTreeMap<String, Vec<String>>,
+    services: &mut Vec<String>,
+) {
+    let key = format!("{}-{}", pp.family.suffix(), pp.key());
+    let proto = proto_name(pp.protocol);
+    let uplink = &node.uplink;
+    let m = |dport: u16| format!("-p {proto} -m {proto} --dport {dport}");
+    let comment = |what: &str| format!("-m comment --comment \"{} {what}\"", pp.key());
+
+    let choose = |kind: &str, choice: &Choice, nat: &mut BTreeMap<String, Vec<String>>| -> String {
+        match choice {
+            Choice::Drop => format!("{p}-MARK-DROP"),
+            Choice::Reject => format!("{p}-MARK-REJ"),
+            Choice::Backends(b) => selection(pp, &key, kind, b, p, nat),
+        }
+    };
+
+    if !pp.cluster_ips.is_empty() {
+        let svc = format!("{p}-SVC-{}", hash_name(&key));
+        let outside = format!("{p}-SVX-{}", hash_name(&key));
+        let cluster = choose("cluster", &pp.cluster, nat);
+        let internal = choose("internal", &pp.internal, nat);
+        let mut o: Vec<String> = of_family(&node.cluster_cidrs, pp.family)
+            .iter()
+            .map(|c| format!("-s {c} -g {cluster}"))
+            .collect();
+        o.push(format!("-j {p}-MARK-MASQ"));
+        o.push(format!("-g {cluster}"));
+        nat.insert(outside.clone(), o);
+        nat.insert(
+            svc.clone(),
+            vec![
+                format!("-i {uplink} -g {outside}"),
+                format!("-g {internal}"),
+            ],
+        );
+        for ip in &pp.cluster_ips {
+            services.push(format!(
+                "-d {} {} {} -g {svc}",
+                host(ip),
+                m(pp.port),
+                comment("cluster IP")
+            ));
+        }
+    }
+    if pp.has_external() {
+        let ext = format!("{p}-EXT-{}", hash_name(&key));
+        let cluster = choose("cluster", &pp.cluster, nat);
+        let external = choose("external", &pp.external, nat);
+        let mut rules = vec![
+            format!("! -i {uplink} -j {p}-MARK-MASQ"),
+            format!("! -i {uplink} -g {cluster}"),
+        ];
+        if pp.external_masquerade {
+            rules.push(format!("-j {p}-MARK-MASQ"));
+        }
+        rules.push(format!("-g {external}"));
+        nat.insert(ext.clone(), rules);
+        for ip in &pp.external_ips {
+            services.push(format!(
+                "-d {} {} {} -g {ext}",
+                host(ip),
+                m(pp.port),
+                comment("external IP")
+            ));
+        }
+        if let Some((addrs, np)) = &pp.node_port {
+            for a in addrs {
+                services.push(format!(
+                    "-d {} {} {} -g {ext}",
+                    host(a),
+                    m(*np),
+                    comment("node port")
+                ));
+            }
+        }
+        if !pp.load_balancer_ips.is_empty() {
+            let target = if pp.source_ranges.is_empty() {
+                ext.clone()
+            } else {
+                let fw = format!("{p}-FW-{}", hash_name(&key));
+                let mut rules: Vec<String> = pp
+                    .source_ranges
+                    .iter()
+                    .map(|r| format!("-i {uplink} -s {r} -g {ext}"))
+                    .collect();
+                rules.push(format!("-i {uplink} -g {p}-MARK-DROP"));
+                rules.push(format!("-g {ext}"));
+                nat.insert(fw.clone(), rules);
+                fw
+            };
+            for ip in &pp.load_balancer_ips {
+                services.push(format!(
+                    "-d {} {} {} -g {target}",
+                    host(ip),
+                    m(pp.port),
+                    comment("load balancer IP")
+                ));
+            }
+        }
+    }
+}
+
+/// The selection chain of one choice, and the endpoint chains it leads to.
+fn selection(
+    pp: &PortPlan,
+    key: &str,
+    kind: &str,
+    backends: &[(SocketAddr, u16)],
+    p: &str,
+    nat: &mut BTreeMap<String, Vec<String>>,
+) -> String {
+    let proto = proto_name(pp.protocol);
+    let sel = format!("{p}-SEL-{}", hash_name(&format!("{key}#{kind}")));
+    let sep = |a: &SocketAddr| format!("{p}-SEP-{}", hash_name(&format!("{key}@{a}")));
+    let mut rules = Vec::new();
+    if let Some(timeout) = pp.affinity_timeout {
+        for (a, _) in backends {
+            rules.push(format!(
+                "-m recent --name {} --rcheck --seconds {timeout} --reap -g {}",
+                sep(a),
+                sep(a)
+            ));
+        }
+    }
+    let total: u32 = backends.iter().map(|(_, w)| u32::from(*w)).sum();
+    let mut remaining = total;
+    for (i, (a, w)) in backends.iter().enumerate() {
+        if i + 1 == backends.len() {
+            rules.push(format!("-g {}", sep(a)));
+        } else {
+            let prob = f64::from(*w) / f64::from(remaining);
+            rules.push(format!(
+                "-m statistic --mode random --probability {prob:.10} -g {}",
+                sep(a)
+            ));
+        }
+        remaining -= u32::from(*w);
+        let mut ep = vec![format!("-s {} -j {p}-MARK-MASQ", host(&a.ip()))];
+        if pp.affinity_timeout.is_some() {
+            ep.push(format!("-m recent --name {} --set", sep(a)));
+        }
+        ep.push(format!(
+            "-p {proto} -m {proto} -j DNAT --to-destination {}",
+            dnat_target(a)
+        ));
+        nat.insert(sep(a), ep);
+    }
+    nat.insert(sel.clone(), rules);
+    sel
+}
+
+/// What is in the kernel before a sync: our chains and which hook jumps exist.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Existing {
+    /// Our chains in the nat table.
+    pub nat_chains: BTreeSet<String>,
+    /// Our chains in the filter table.
+    pub filter_chains: BTreeSet<String>,
+    /// (table, built-in chain) pairs that already jump to our chain.
+    pub hooks: BTreeSet<(String, String)>,
+}
+
+fn table_lines(
+    table: &str,
+    old: Option<&BTreeMap<String, Vec<String>>>,
+    new: &BTreeMap<String, Vec<String>>,
+    existing_chains: &BTreeSet<String>,
+    hook_lines: &[String],
+    out: &mut String,
+) {
+    let changed: Vec<&String> = new
+        .iter()
+        .filter(|(c, r)| old.and_then(|o| o.get(*c)) != Some(*r) || !existing_chains.contains(*c))
+        .map(|(c, _)| c)
+        .collect();
+    let stale: Vec<&String> = existing_chains
+        .iter()
+        .filter(|c| !new.contains_key(*c))
+        .collect();
+    if changed.is_empty() && stale.is_empty() && hook_lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "*{table}");
+    // With --noflush, declaring a chain creates it or flushes it; nothing else is touched.
+    for c in changed.iter().chain(stale.iter()) {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    for c in &changed {
+        for r in &new[*c] {
+            let _ = writeln!(out, "-A {c} {r}");
+        }
+    }
+    for h in hook_lines {
+        let _ = writeln!(out, "{h}");
+    }
+    for c in &stale {
+        let _ = writeln!(out, "-X {c}");
+    }
+    let _ = writeln!(out, "COMMIT");
+}
+
+/// The `iptables-restore --noflush` input that turns what `existing` says is in the kernel
+/// (last programmed as `old`, if known) into `new`: only chains whose rules differ are
+/// rewritten (so unchanged chains keep their counters), stale chains are removed, missing hook
+/// jumps are added.
+pub fn render_sync(old: Option<&IptRuleset>, new: &IptRuleset, existing: &Existing) -> String {
+    let mut out = String::new();
+    let hook_lines = |table: &str| -> Vec<String> {
+        hooks(&new.prefix)
+            .into_iter()
+            .filter(|(t, c, _)| {
+                *t == table && !existing.hooks.contains(&((*t).to_owned(), (*c).to_owned()))
+            })
+            .map(|(_, c, target)| format!("-I {c} 1 -j {target}"))
+            .collect()
+    };
+    // nat first: if the tool refuses it, it stops before touching the filter table.
+    table_lines(
+        "nat",
+        old.map(|o| &o.nat),
+        &new.nat,
+        &existing.nat_chains,
+        &hook_lines("nat"),
+        &mut out,
+    );
+    table_lines(
+        "filter",
+        old.map(|o| &o.filter),
+        &new.filter,
+        &existing.filter_chains,
+        &hook_lines("filter"),
+        &mut out,
+    );
+    out
+}
+
+/// The input that removes everything of ours that `existing` lists.
+pub fn render_reset(prefix: &str, existing: &Existing) -> String {
+    let mut out = String::new();
+    for (table, chains) in [
+        ("filter", &existing.filter_chains),
+        ("nat", &existing.nat_chains),
+    ] {
+        let jumps: Vec<(String, String)> = hooks(prefix)
+            .into_iter()
+            .filter(|(t, c, _)| {
+                *t == table && existing.hooks.contains(&((*t).to_owned(), (*c).to_owned()))
+            })
+            .map(|(_, c, target)| (c.to_owned(), target))
+            .collect();
+        if chains.is_empty() && jumps.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "*{table}");
+        for c in chains {
+            let _ = writeln!(out, ":{c} - [0:0]");
+        }
+        for (c, target) in jumps {
+            let _ = writeln!(out, "-D {c} -j {target}");
+        }
+        for c in chains {
+            let _ = writeln!(out, "-X {c}");
+        }
+        let _ = writeln!(out, "COMMIT");
+    }
+    out
+}
+
+/// Reads `iptables-save` output: our chains per table and the hook jumps present.
+pub fn parse_existing(save: &str, prefix: &str) -> Existing {
+    let mut e = Existing::default();
+    let mut table = String::new();
+    let ours = format!("{prefix}-");
+    let hook_targets: BTreeMap<(String, String), String> = hooks(prefix)
+        .into_iter()
+        .map(|(t, c, target)| ((t.to_owned(), c.to_owned()), target))
+        .collect();
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            t.clone_into(&mut table);
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or("");
+            if name.starts_with(&ours) {
+                match table.as_str() {
+                    "nat" => e.nat_chains.insert(name.to_owned()),
+                    "filter" => e.filter_chains.insert(name.to_owned()),
+                    _ => false,
+                };
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let mut words = rule.split_whitespace();
+            let chain = words.next().unwrap_or("").to_owned();
+            let key = (table.clone(), chain);
+            if let Some(target) = hook_targets.get(&key) {
+                if rule.trim_end().ends_with(&format!("-j {target}")) {
+                    e.hooks.insert(key);
+                }
+            }
+        }
+    }
+    e
+}
+
+/// Removes the prefix group of `name` (for tests and observe): `DP-SEP-…` → `SEP`.
+pub fn chain_kind<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    name.strip_prefix(prefix)?
+        .strip_prefix('-')?
+        .split('-')
+        .next()
+}
+
+/// The nat chain names a service port owns (for tests).
+pub fn service_chain(
+    prefix: &str,
+    family: Family,
+    service: &ObjectName,
+    protocol: &str,
+    port: u16,
+) -> String {
+    format!(
+        "{prefix}-SVC-{}",
+        hash_name(&format!("{}-{service}/{protocol}/{port}", family.suffix()))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_iptables_limits() {
+        let n = format!(
+            "DP-SEP-{}",
+            hash_name("v6-some-namespace/some-service/tcp/443@[fd00::1]:8443")
+        );
+        assert!(n.len() <= 28, "{n}");
+        assert_ne!(hash_name("a"), hash_name("b"));
+    }
+
+    #[test]
+    fn parses_existing_chains_and_hooks() {
+        let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:DP-SERVICES - [0:0]\n:KUBE-X - [0:0]\n-A PREROUTING -j DP-SERVICES\n-A OUTPUT -j KUBE-X\nCOMMIT\n*filter\n:DP-FILTER - [0:0]\nCOMMIT\n";
+        let e = parse_existing(save, "DP");
+        assert_eq!(e.nat_chains, BTreeSet::from(["DP-SERVICES".to_owned()]));
+        assert_eq!(e.filter_chains, BTreeSet::from(["DP-FILTER".to_owned()]));
+        assert!(e
+            .hooks
+            .contains(&("nat".to_owned(), "PREROUTING".to_owned())));
+        assert_eq!(e.hooks.len(), 1);
+    }
+}

@@ -1,0 +1,25 @@
+//! `dataplane-iptables`: the netfilter backends of the dataplane crate.
+//!
+//! Two flavours implement [`dataplane_core::Dataplane`]:
+//!
+//! - [`NftablesDataplane`]: one `inet` table of its own, verdict maps keyed by
+//!   `daddr . l4proto . dport` (O(1) per packet), random backend choice through one global slot
+//!   map, applied as one atomic `nft -f -` transaction; partial syncs touch only the chains and
+//!   elements of the services that changed.
+//! - [`IptablesDataplane`]: kube-proxy iptables style chains, applied with
+//!   `iptables-restore --noflush` so that rules it does not own are never touched.
+//!
+//! Renderers are pure functions (state → text) in [`nft::render`] and [`iptables::render`].
+
+pub mod config;
+pub mod conntrack;
+pub mod error;
+mod exec;
+pub mod iptables;
+pub mod nft;
+pub mod plan;
+
+pub use config::NetfilterConfig;
+pub use error::NetfilterError;
+pub use iptables::IptablesDataplane;
+pub use nft::NftablesDataplane;

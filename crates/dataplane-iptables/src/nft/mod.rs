@@ -1,0 +1,343 @@
+//! The nftables flavour.
+
+pub mod netlink;
+pub mod observe;
+pub mod render;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use dataplane_core::{
+    validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
+    ObservedState, Protocol, Stats,
+};
+
+use crate::config::NetfilterConfig;
+use crate::error::NetfilterError;
+use crate::exec;
+use crate::plan::{changed_hairpin, changed_ports, node_plan};
+use crate::plan::{check_supported, plan, Support};
+use render::{compile, compile_patch, render_full, render_patch, render_reset, NftRuleset};
+
+const BACKEND: &str = "nftables";
+
+/// A slot key no group ever uses: deleting it makes the kernel refuse the transaction.
+const FAULT_KEY: u32 = 0x7fff_ffff;
+
+/// The nftables backend.
+///
+/// ```no_run
+/// use dataplane_core::Dataplane;
+/// use dataplane_iptables::{NetfilterConfig, NftablesDataplane};
+/// # fn f(state: &dataplane_core::DesiredState) -> Result<(), dataplane_core::Error> {
+/// let mut dp = NftablesDataplane::new(NetfilterConfig::nftables(None));
+/// dp.apply(state)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct NftablesDataplane {
+    config: NetfilterConfig,
+    applied: Option<(DesiredState, NftRuleset)>,
+    /// A transaction failed since the last successful one: the next sync is full.
+    dirty: bool,
+}
+
+impl NftablesDataplane {
+    /// A backend that programs table `config.name` in `config.netns`. Nothing is touched until
+    /// the first apply.
+    pub fn new(config: NetfilterConfig) -> Self {
+        Self {
+            config,
+            applied: None,
+            dirty: false,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NetfilterConfig {
+        &self.config
+    }
+
+    /// The configuration, to change tool paths or the test hook between applies (changing
+    /// `netns` or `name` after an apply orphans what was programmed).
+    pub fn config_mut(&mut self) -> &mut NetfilterConfig {
+        &mut self.config
+    }
+
+    /// Test hook: make every following transaction end with an operation the kernel refuses
+    /// (see [`NetfilterConfig::fail_transactions`]).
+    pub fn set_fail_transactions(&mut self, fail: bool) {
+        self.config.fail_transactions = fail;
+    }
+
+    /// The full-sync transaction for `desired`, without applying it (pure; for `dpctl`, benches
+    /// and debugging).
+    pub fn render(&self, desired: &DesiredState) -> Result<String, Error> {
+        let rs = self.compile(desired)?;
+        Ok(render_full(&rs))
+    }
+
+    fn check(desired: &DesiredState) -> Result<(), NetfilterError> {
+        validate(desired)?;
+        check_supported(
+            desired,
+            Support {
+                backend: BACKEND,
+                maglev: true,
+            },
+        )
+    }
+
+    fn compile(&self, desired: &DesiredState) -> Result<NftRuleset, NetfilterError> {
+        Self::check(desired)?;
+        compile(&plan(desired), &self.config.name)
+    }
+
+    fn nft(&self, args: &[&str], stdin: Option<&str>, op: &str) -> Result<String, NetfilterError> {
+        exec::run(
+            BACKEND,
+            self.config.netns.as_deref(),
+            &self.config.nft,
+            args,
+            stdin,
+            op,
+        )
+    }
+
+    fn transaction(&mut self, mut text: String, op: &str) -> Result<(), NetfilterError> {
+        if self.config.fail_transactions {
+            let _ = writeln!(
+                text,
+                "delete element inet {} backends-v4 {{ {FAULT_KEY:#010x} }}",
+                self.config.name
+            );
+        }
+        tracing::debug!(bytes = text.len(), op, "nft transaction");
+        let result = self.nft(&["-f", "-"], Some(&text), op);
+        if result.is_err() {
+            self.dirty = true;
+        }
+        result.map(|_| ())
+    }
+
+    fn full_sync(&mut self, desired: &DesiredState) -> Result<ApplyReport, NetfilterError> {
+        let rs = self.compile(desired)?;
+        let text = render_full(&rs);
+        self.transaction(text.clone(), "full sync")?;
+        self.dirty = false;
+        let report = ApplyReport {
+            full_sync: true,
+            services_changed: desired.services.len(),
+            services_removed: 0,
+            objects_written: text.lines().count(),
+        };
+        self.applied = Some((desired.clone(), rs));
+        Ok(report)
+    }
+
+    fn listing(&self) -> Result<observe::Listing, NetfilterError> {
+        let json = self.nft(
+            &["-j", "list", "table", "inet", &self.config.name],
+            None,
+            "list table",
+        )?;
+        observe::parse_listing(&json)
+    }
+
+    /// The packet counter at the top of one of our chains (`svc-v4-ns/name/tcp/80`, ...).
+    pub fn chain_counter(&self, chain: &str) -> Result<Option<u64>, Error> {
+        Ok(observe::chain_counter(&self.listing()?, chain))
+    }
+}
+
+/// The element operations of `patch` when it changes nothing but elements of the backend and
+/// hairpin sets (whose keys and values have fixed binary forms); `None` otherwise.
+fn element_ops(old: &NftRuleset, patch: &render::Patch) -> Option<Vec<netlink::ElementOp>> {
+    let mut deletes = Vec::new();
+    let mut adds = Vec::new();
+    for e in &patch.node_elements {
+        adds.push(element_op(e, false)?);
+    }
+    for (name, new) in &patch.services {
+        let (Some(o), Some(n)) = (old.services.get(name), new) else {
+            return None;
+        };
+        if o.chains != n.chains || o.sets != n.sets {
+            return None;
+        }
+        for e in o.elements.difference(&n.elements) {
+            deletes.push(element_op(e, true)?);
+        }
+        for e in n.elements.difference(&o.elements) {
+            adds.push(element_op(e, false)?);
+        }
+    }
+    deletes.extend(adds);
+    Some(deletes)
+}
+
+fn element_op(e: &render::Element, delete: bool) -> Option<netlink::ElementOp> {
+    let addr_port = |v: &str| -> Option<Vec<u8>> {
+        let (a, p) = v.split_once(" . ")?;
+        Some(netlink::backend_bytes(&a.parse().ok()?, p.parse().ok()?))
+    };
+    let (key, data) = if e.set.starts_with("backends-") {
+        let mark = u32::from_str_radix(e.key.strip_prefix("0x")?, 16).ok()?;
+        let data = match (&e.value, delete) {
+            (_, true) => None,
+            (Some(v), false) => Some(addr_port(v)?),
+            (None, false) => return None,
+        };
+        (netlink::mark_bytes(mark), data)
+    } else if e.set.starts_with("hairpin-") {
+        let (a, b) = e.key.split_once(" . ")?;
+        let mut key = netlink::addr_bytes(&a.parse().ok()?);
+        key.extend(netlink::addr_bytes(&b.parse().ok()?));
+        (key, None)
+    } else {
+        return None;
+    };
+    Some(netlink::ElementOp {
+        set: e.set.clone(),
+        key,
+        data,
+        delete,
+    })
+}
+
+impl Dataplane for NftablesDataplane {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            backend: BACKEND.to_owned(),
+            protocols: BTreeSet::from([Protocol::Tcp, Protocol::Udp, Protocol::Sctp]),
+            ipv6: true,
+            maglev: true,
+            session_affinity: true,
+            dsr: false,
+            xdp: false,
+            masquerade: true,
+            network_policy: false,
+            weights: true,
+            max_services: 0,
+            max_backends: 0,
+        }
+    }
+
+    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
+        Ok(self.full_sync(desired)?)
+    }
+
+    fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        let Some((state, rs)) = &self.applied else {
+            return Err(Error::FullSyncRequired);
+        };
+        if self.dirty || changes.node.is_some() {
+            let mut desired = state.clone();
+            changes.apply_to(&mut desired);
+            return Ok(self.full_sync(&desired)?);
+        }
+        // Work proportional to the change: validate and compile only the services it touches
+        // (cross-service clashes, such as a frontend used twice, the kernel refuses as a
+        // duplicate map element, which fails the whole transaction).
+        let mut touched = DesiredState::new(state.node.clone());
+        touched.services = changes
+            .services
+            .values()
+            .filter_map(|c| c.current.clone())
+            .collect();
+        touched.endpoints = changes
+            .endpoints
+            .values()
+            .filter_map(|c| c.current.clone())
+            .collect();
+        Self::check(&touched)?;
+        let planned = changed_ports(&touched, changes);
+        let patch = compile_patch(
+            rs,
+            &node_plan(&state.node),
+            planned.iter().map(|(n, p)| (n, p.as_deref())),
+            &changed_hairpin(&state.node, changes),
+        )?;
+        let removed = changes
+            .services
+            .values()
+            .filter(|c| c.current.is_none())
+            .count();
+        let mut report = ApplyReport {
+            full_sync: false,
+            services_changed: changes.services.len() - removed,
+            services_removed: removed,
+            objects_written: 0,
+        };
+        if let Some(mut ops) = element_ops(rs, &patch) {
+            // Only backends or hairpin addresses changed: no chain is touched, so skip the nft
+            // process (and its dump of every chain) and send the elements directly.
+            report.objects_written = ops.len();
+            if self.config.fail_transactions {
+                ops.push(netlink::ElementOp {
+                    set: "backends-v4".to_owned(),
+                    key: netlink::mark_bytes(FAULT_KEY),
+                    data: None,
+                    delete: true,
+                });
+            }
+            tracing::debug!(elements = ops.len(), "partial sync through netlink");
+            if let Err(e) = netlink::apply(self.config.netns.as_deref(), &self.config.name, &ops) {
+                self.dirty = true;
+                return Err(e.into());
+            }
+        } else {
+            let text = render_patch(rs, &patch);
+            report.objects_written = text.lines().count();
+            if !text.is_empty() {
+                self.transaction(text, "partial sync")?;
+            }
+        }
+        if let Some((state, rs)) = &mut self.applied {
+            rs.apply_patch(patch);
+            changes.apply_to(state);
+        }
+        Ok(report)
+    }
+
+    fn observe(&self) -> Result<ObservedState, Error> {
+        if self.applied.is_none() {
+            // Nothing of ours may exist; an absent table is an empty state.
+            let tables = self.nft(&["list", "tables"], None, "list tables")?;
+            let ours = format!("table inet {}", self.config.name);
+            if !tables.lines().any(|l| l.trim() == ours) {
+                return Ok(ObservedState::default());
+            }
+        }
+        Ok(observe::observed_state(&self.listing()?)?)
+    }
+
+    fn flows(&self) -> Result<Vec<Flow>, Error> {
+        let Some((state, _)) = &self.applied else {
+            return Ok(Vec::new());
+        };
+        let text = exec::read_proc(
+            BACKEND,
+            self.config.netns.as_deref(),
+            "/proc/net/nf_conntrack",
+        )?;
+        Ok(crate::conntrack::parse(
+            &text,
+            &crate::conntrack::frontends(state),
+        ))
+    }
+
+    fn stats(&self) -> Result<Stats, Error> {
+        let mut s = observe::stats(&self.listing()?);
+        s.flows = self.flows()?.len() as u64;
+        Ok(s)
+    }
+
+    fn reset(&mut self) -> Result<(), Error> {
+        let text = render_reset(&self.config.name);
+        self.nft(&["-f", "-"], Some(&text), "reset")?;
+        self.applied = None;
+        self.dirty = false;
+        Ok(())
+    }
+}

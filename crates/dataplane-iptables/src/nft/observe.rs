@@ -1,0 +1,264 @@
+//! Reading our table back from `nft -j list table inet <table>`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use dataplane_core::{ObservedFrontend, ObservedState, Protocol, Stats};
+use serde_json::Value;
+
+use crate::error::NetfilterError;
+use crate::nft::render::MASQUERADE_BIT;
+
+fn parse_err(detail: impl Into<String>) -> NetfilterError {
+    NetfilterError::Parse {
+        backend: "nftables",
+        operation: "nft -j list table".to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// The parts of a listed table that observe and stats need.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Map/set name → elements as (key, value).
+    pub maps: BTreeMap<String, Vec<(Value, Option<Value>)>>,
+    /// Chain name → rules (their `expr` arrays).
+    pub rules: BTreeMap<String, Vec<Value>>,
+}
+
+/// Parses the JSON of `nft -j list table`.
+pub fn parse_listing(json: &str) -> Result<Listing, NetfilterError> {
+    let root: Value = serde_json::from_str(json).map_err(|e| parse_err(e.to_string()))?;
+    let items = root
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or_else(|| parse_err("no \"nftables\" array"))?;
+    let mut out = Listing::default();
+    for item in items {
+        if let Some(m) = item.get("map").or_else(|| item.get("set")) {
+            let name = m
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| parse_err("set without name"))?;
+            let mut elems = Vec::new();
+            for e in m
+                .get("elem")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                match e {
+                    Value::Array(kv) if kv.len() == 2 => {
+                        elems.push((unwrap_elem(&kv[0]).clone(), Some(kv[1].clone())));
+                    }
+                    other => elems.push((unwrap_elem(other).clone(), None)),
+                }
+            }
+            out.maps.insert(name.to_owned(), elems);
+        } else if let Some(r) = item.get("rule") {
+            let chain = r
+                .get("chain")
+                .and_then(Value::as_str)
+                .ok_or_else(|| parse_err("rule without chain"))?;
+            let expr = r.get("expr").cloned().unwrap_or(Value::Null);
+            out.rules.entry(chain.to_owned()).or_default().push(expr);
+        } else if let Some(c) = item.get("chain") {
+            if let Some(name) = c.get("name").and_then(Value::as_str) {
+                out.rules.entry(name.to_owned()).or_default();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Elements with timeouts or counters are wrapped as `{"elem": {"val": ...}}`.
+fn unwrap_elem(v: &Value) -> &Value {
+    v.get("elem").and_then(|e| e.get("val")).unwrap_or(v)
+}
+
+/// nft prints 32-bit values with the top bit set as negative numbers.
+fn as_u32(v: &Value) -> Option<u32> {
+    v.as_i64()
+        .and_then(|i| {
+            u32::try_from(i)
+                .ok()
+                .or_else(|| i32::try_from(i).ok().map(i32::cast_unsigned))
+        })
+        .or_else(|| v.as_u64().and_then(|u| u32::try_from(u).ok()))
+}
+
+/// Everything a chain can lead to: goto/jump targets (also inside anonymous vmaps), numgen
+/// slot ranges and literal DNAT targets.
+#[derive(Debug, Default)]
+struct Reach {
+    targets: BTreeSet<String>,
+    ranges: Vec<(u32, u32)>,
+    literal: BTreeSet<SocketAddr>,
+}
+
+fn walk(v: &Value, reach: &mut Reach) {
+    match v {
+        Value::Object(map) => {
+            for key in ["goto", "jump"] {
+                if let Some(t) = map
+                    .get(key)
+                    .and_then(|g| g.get("target"))
+                    .and_then(Value::as_str)
+                {
+                    reach.targets.insert(t.to_owned());
+                }
+            }
+            if let Some(ng) = map.get("numgen").or_else(|| map.get("jhash")) {
+                if let (Some(m), off) = (
+                    ng.get("mod").and_then(as_u32),
+                    ng.get("offset").and_then(as_u32),
+                ) {
+                    reach.ranges.push((off.unwrap_or(0) & !MASQUERADE_BIT, m));
+                }
+            }
+            if let Some(d) = map.get("dnat") {
+                let addr = d
+                    .get("addr")
+                    .and_then(Value::as_str)
+                    .and_then(|a| a.parse::<IpAddr>().ok());
+                let port = d
+                    .get("port")
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok());
+                if let (Some(a), Some(p)) = (addr, port) {
+                    reach.literal.insert(SocketAddr::new(a, p));
+                }
+            }
+            for child in map.values() {
+                walk(child, reach);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| walk(i, reach)),
+        _ => {}
+    }
+}
+
+fn backend_of(v: &Value) -> Option<SocketAddr> {
+    let parts = v.get("concat")?.as_array()?;
+    let ip: IpAddr = parts.first()?.as_str()?.parse().ok()?;
+    let port = u16::try_from(parts.get(1)?.as_u64()?).ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+fn protocol_of(v: &Value) -> Option<Protocol> {
+    match v.as_str()? {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        "sctp" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+/// Frontends (from the `service-ips-*` maps) and the backends each can reach.
+pub fn observed_state(l: &Listing) -> Result<ObservedState, NetfilterError> {
+    let mut slots: BTreeMap<u32, SocketAddr> = BTreeMap::new();
+    for name in ["backends-v4", "backends-v6"] {
+        for (k, v) in l.maps.get(name).into_iter().flatten() {
+            let key = as_u32(k).ok_or_else(|| parse_err(format!("{name}: key {k}")))?;
+            let b = v
+                .as_ref()
+                .and_then(backend_of)
+                .ok_or_else(|| parse_err(format!("{name}: value of {key}")))?;
+            slots.insert(key, b);
+        }
+    }
+    let mut frontends = Vec::new();
+    for name in ["service-ips-v4", "service-ips-v6"] {
+        for (k, v) in l.maps.get(name).into_iter().flatten() {
+            let parts = k
+                .get("concat")
+                .and_then(Value::as_array)
+                .ok_or_else(|| parse_err(format!("{name}: key {k}")))?;
+            let (Some(ip), Some(proto), Some(port)) = (
+                parts
+                    .first()
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse::<IpAddr>().ok()),
+                parts.get(1).and_then(protocol_of),
+                parts
+                    .get(2)
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok()),
+            ) else {
+                return Err(parse_err(format!("{name}: key {k}")));
+            };
+            let mut reach = Reach::default();
+            if let Some(v) = v {
+                walk(v, &mut reach);
+            }
+            let backends = reachable(l, &slots, reach);
+            frontends.push(ObservedFrontend {
+                address: SocketAddr::new(ip, port),
+                protocol: proto,
+                backends,
+            });
+        }
+    }
+    frontends.sort();
+    Ok(ObservedState { frontends })
+}
+
+fn reachable(l: &Listing, slots: &BTreeMap<u32, SocketAddr>, start: Reach) -> BTreeSet<SocketAddr> {
+    let mut out = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![start];
+    while let Some(r) = todo.pop() {
+        out.extend(r.literal);
+        for (off, m) in r.ranges {
+            for k in off..off.saturating_add(m) {
+                if let Some(b) = slots.get(&k) {
+                    out.insert(*b);
+                }
+            }
+        }
+        for t in r.targets {
+            // Shared chains (drop/reject/dnat) lead nowhere service-specific.
+            if t.starts_with("dnat-") || !seen.insert(t.clone()) {
+                continue;
+            }
+            if let Some(rules) = l.rules.get(&t) {
+                let mut next = Reach::default();
+                for e in rules {
+                    walk(e, &mut next);
+                }
+                todo.push(next);
+            }
+        }
+    }
+    out
+}
+
+fn counter_packets(expr: &Value) -> u64 {
+    expr.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("counter")?.get("packets")?.as_u64())
+        .sum()
+}
+
+/// Packets translated, dropped and rejected, from our rule counters.
+pub fn stats(l: &Listing) -> Stats {
+    let mut s = Stats::default();
+    for (chain, rules) in &l.rules {
+        let n: u64 = rules.iter().map(counter_packets).sum();
+        if chain.starts_with("dnat-") || chain.starts_with("ep-") {
+            s.packets_translated += n;
+        } else if chain == "reject-service" {
+            s.packets_rejected += n;
+        } else if chain == "drop-service" {
+            s.packets_dropped += n;
+        }
+    }
+    s
+}
+
+/// The packet counter of the first rule of `chain` (the first rule of every service chain
+/// starts with a counter that sees every packet entering the chain).
+pub fn chain_counter(l: &Listing, chain: &str) -> Option<u64> {
+    l.rules.get(chain)?.first().map(counter_packets)
+}

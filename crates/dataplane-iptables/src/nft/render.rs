@@ -1,0 +1,901 @@
+//! The nftables renderer: [`Plan`] → [`NftRuleset`] → `nft -f` text. Pure functions.
+//!
+//! Layout (one `inet` table of our own):
+//!
+//! ```text
+//! nat-prerouting / nat-output ──jump──▶ services
+//!   services:  ip daddr . meta l4proto . th dport vmap @service-ips-v4   (O(1) per packet)
+//!              ip daddr @cluster-ips-v4 goto reject-service                (unknown port)
+//!   svc-v4-<ns>/<name>/<proto>/<port>   ClusterIP: internalTrafficPolicy
+//!   ext-v4-…   NodePort / ExternalIP / LoadBalancer: externalTrafficPolicy
+//!   fw-v4-…    LoadBalancer IPs with loadBalancerSourceRanges, then goto ext-v4-…
+//!       └─ meta mark set numgen random mod N offset K goto dnat-v4
+//!   dnat-v4:   dnat ip to meta mark & 0x7fffffff map @backends-v4          (one global map)
+//! nat-postrouting: mark bit 31 / hairpin / pod → outside  ──▶ masquerade-node (snat to node)
+//! ```
+//!
+//! Why one global backend map reached through the packet mark, rather than a map per service:
+//! the kernel walks every binding of a map on each element insert, and looks sets up by name
+//! linearly, so 10k per-service maps (or 10k rules bound to one map) make loading quadratic.
+//! Here the global map has exactly two bindings (the `dnat-v4`/`dnat-v6` rules), so 10k
+//! services x 10 backends load in about a second.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use dataplane_core::{maglev_table, MaglevBackend, ObjectName};
+use ipnetwork::IpNetwork;
+
+use crate::error::NetfilterError;
+use crate::plan::{proto_name, slots, Choice, Family, NodePlan, Plan, PortPlan};
+
+/// Mark bit that asks `nat-postrouting` to masquerade a service connection's first packet.
+pub const MASQUERADE_BIT: u32 = 0x8000_0000;
+/// Bits of a backend slot key inside the mark: `group id << SLOT_BITS | slot`.
+pub const SLOT_BITS: u32 = 12;
+/// Largest number of backend slots of one group.
+pub const MAX_SLOTS: usize = 1 << SLOT_BITS;
+/// Largest group id (the very last slot key is kept free for fault injection).
+pub const MAX_GROUP_ID: u32 = (MASQUERADE_BIT >> SLOT_BITS) - 2;
+
+/// Maglev table size in the nftables flavour: a prime that fits the slot bits.
+pub const MAGLEV_SLOTS: u32 = 4093;
+/// Seed of the packet hash for Maglev; fixed so that every node hashes a flow alike.
+pub const MAGLEV_SEED: u32 = 0x6470_6c62;
+
+/// Slot-group ids of one service by group key, kept stable across partial syncs.
+pub type SlotIds = BTreeMap<String, u32>;
+
+/// One element of a named set or map.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Element {
+    /// Set or map name.
+    pub set: String,
+    /// Key, in nft syntax.
+    pub key: String,
+    /// Value (maps only).
+    pub value: Option<String>,
+}
+
+/// The nft objects of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NftService {
+    /// Chains and their rules.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Named sets (affinity) and their definition body.
+    pub sets: BTreeMap<String, String>,
+    /// Elements in the shared maps and sets.
+    pub elements: BTreeSet<Element>,
+    /// Slot-group ids this service uses.
+    pub ids: SlotIds,
+}
+
+/// A compiled ruleset: node-wide part plus one [`NftService`] per service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftRuleset {
+    /// Table name (family `inet`).
+    pub table: String,
+    /// Node-wide statements (sets, maps, base chains and their rules), in order.
+    pub base: Vec<String>,
+    /// Node-wide elements that change with local endpoints (hairpin pairs).
+    pub node_elements: BTreeSet<Element>,
+    /// Per-service objects.
+    pub services: BTreeMap<ObjectName, NftService>,
+    /// Every slot-group id in use.
+    pub taken: BTreeSet<u32>,
+}
+
+/// What a partial sync changes: new versions of some services (`None`: removed) and hairpin
+/// elements to add. Hairpin elements are only added between full syncs (an extra one is
+/// harmless, see [`crate::plan::hairpin_candidates`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Patch {
+    /// Changed services.
+    pub services: BTreeMap<ObjectName, Option<NftService>>,
+    /// Node-wide elements to add.
+    pub node_elements: BTreeSet<Element>,
+}
+
+impl NftRuleset {
+    /// An empty ruleset (the node-wide part only).
+    pub fn empty(node: &NodePlan, table: &str) -> Self {
+        Self {
+            table: table.to_owned(),
+            base: base(node),
+            node_elements: BTreeSet::new(),
+            services: BTreeMap::new(),
+            taken: BTreeSet::new(),
+        }
+    }
+
+    /// Records a patch that the kernel accepted.
+    pub fn apply_patch(&mut self, patch: Patch) {
+        for (name, svc) in patch.services {
+            if let Some(old) = self.services.remove(&name) {
+                for id in old.ids.values() {
+                    self.taken.remove(id);
+                }
+            }
+            if let Some(svc) = svc {
+                self.taken.extend(svc.ids.values().copied());
+                self.services.insert(name, svc);
+            }
+        }
+        self.node_elements.extend(patch.node_elements);
+    }
+}
+
+fn ip_kw(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+fn addr_type(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    }
+}
+
+/// A name-safe spelling of an address (`:` is not allowed in unquoted nft names).
+fn name_addr(a: &SocketAddr) -> String {
+    format!("{}/{}", a.ip().to_string().replace(':', "_"), a.port())
+}
+
+fn nft_backend(a: &SocketAddr) -> String {
+    format!("{} . {}", a.ip(), a.port())
+}
+
+fn nft_dnat_target(a: &SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v4) => format!("{}:{}", v4.ip(), v4.port()),
+        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+    }
+}
+
+fn join_set(items: &[IpNetwork]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Compiles a whole plan (full sync), with fresh slot-group ids.
+pub fn compile(plan: &Plan, table: &str) -> Result<NftRuleset, NetfilterError> {
+    let mut rs = NftRuleset::empty(&plan.node, table);
+    let changed = plan.services.iter().map(|(n, p)| (n, Some(p.as_slice())));
+    let patch = compile_patch(&rs, &plan.node, changed, &plan.local_pod_ips)?;
+    rs.apply_patch(patch);
+    Ok(rs)
+}
+
+/// Compiles the services in `changed` (`None`: removed) against `old`: unchanged groups keep
+/// their ids, new ones take free ids. Work is proportional to the change, not to the number of
+/// services.
+pub fn compile_patch<'a>(
+    old: &NftRuleset,
+    node: &NodePlan,
+    changed: impl IntoIterator<Item = (&'a ObjectName, Option<&'a [PortPlan]>)>,
+    hairpin: &BTreeSet<IpAddr>,
+) -> Result<Patch, NetfilterError> {
+    let mut taken = old.taken.clone();
+    let mut next = 1u32;
+    let mut patch = Patch::default();
+    for (name, ports) in changed {
+        let Some(ports) = ports else {
+            patch.services.insert(name.clone(), None);
+            continue;
+        };
+        let previous = old.services.get(name).map(|s| &s.ids);
+        let mut ids = SlotIds::new();
+        for p in ports {
+            if p.affinity_timeout.is_some() {
+                continue;
+            }
+            for (kind, s) in groups(p)? {
+                if s.len() > MAX_SLOTS {
+                    return Err(NetfilterError::Capacity {
+                        what: format!("backend slots of service port {}", p.key()),
+                        needed: s.len(),
+                        capacity: MAX_SLOTS,
+                    });
+                }
+                let key = group_key(p, kind);
+                if let Some(id) = previous.and_then(|prev| prev.get(&key)) {
+                    ids.insert(key, *id);
+                    continue;
+                }
+                while taken.contains(&next) {
+                    next += 1;
+                }
+                if next > MAX_GROUP_ID {
+                    return Err(NetfilterError::Capacity {
+                        what: "backend slot groups".to_owned(),
+                        needed: taken.len() + 1,
+                        capacity: MAX_GROUP_ID as usize,
+                    });
+                }
+                taken.insert(next);
+                ids.insert(key, next);
+            }
+        }
+        let mut svc = NftService {
+            ids,
+            ..NftService::default()
+        };
+        for p in ports {
+            compile_port(node, p, &mut svc)?;
+        }
+        patch.services.insert(name.clone(), Some(svc));
+    }
+    for ip in hairpin {
+        let e = Element {
+            set: format!("hairpin-{}", Family::of(ip).suffix()),
+            key: format!("{ip} . {ip}"),
+            value: None,
+        };
+        if !old.node_elements.contains(&e) {
+            patch.node_elements.insert(e);
+        }
+    }
+    Ok(patch)
+}
+
+/// The backend of each slot: weighted repetition for random choice, the Maglev lookup table
+/// (core's, so every node and backend builds the same) for Maglev.
+fn slot_list(
+    p: &PortPlan,
+    backends: &[(SocketAddr, u16)],
+) -> Result<Vec<SocketAddr>, NetfilterError> {
+    if !p.maglev {
+        return Ok(slots(backends, MAX_SLOTS));
+    }
+    let keyed: Vec<MaglevBackend> = backends
+        .iter()
+        .map(|(a, w)| MaglevBackend {
+            key: a.to_string(),
+            weight: *w,
+        })
+        .collect();
+    let table = maglev_table(&keyed, MAGLEV_SLOTS).map_err(|e| NetfilterError::Capacity {
+        what: format!("Maglev table of service port {} ({e})", p.key()),
+        needed: backends.len(),
+        capacity: MAGLEV_SLOTS as usize,
+    })?;
+    // Entries index `keyed`, which is in `backends` order.
+    Ok(table.into_iter().map(|i| backends[i as usize].0).collect())
+}
+
+/// The distinct slot lists of a port, each with the kind that names it.
+fn groups(p: &PortPlan) -> Result<Vec<(&'static str, Vec<SocketAddr>)>, NetfilterError> {
+    let mut used: Vec<(&'static str, &Choice)> = vec![("cluster", &p.cluster)];
+    if !p.cluster_ips.is_empty() {
+        used.push(("internal", &p.internal));
+    }
+    if p.has_external() {
+        used.push(("external", &p.external));
+    }
+    let mut out: Vec<(&'static str, Vec<SocketAddr>)> = Vec::new();
+    for (kind, choice) in used {
+        if let Choice::Backends(b) = choice {
+            let s = slot_list(p, b)?;
+            if !out.iter().any(|(_, o)| *o == s) {
+                out.push((kind, s));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn group_key(p: &PortPlan, kind: &str) -> String {
+    format!("{}-{}#{}", p.family.suffix(), p.key(), kind)
+}
+
+fn compile_port(node: &NodePlan, p: &PortPlan, svc: &mut NftService) -> Result<(), NetfilterError> {
+    let ids = std::mem::take(&mut svc.ids);
+    let ctx = ChoiceCtx { p, ids: &ids };
+    let mut result = Ok(());
+    if !p.cluster_ips.is_empty() {
+        result = compile_cluster_ip(node, &ctx, svc);
+    }
+    if result.is_ok() && p.has_external() {
+        result = compile_external(node, &ctx, svc);
+    }
+    svc.ids = ids;
+    result
+}
+
+/// The ClusterIP chain: from outside cluster-wide (masqueraded unless from a pod of the
+/// cluster), from pods and the host by internalTrafficPolicy.
+fn compile_cluster_ip(
+    node: &NodePlan,
+    ctx: &ChoiceCtx<'_>,
+    svc: &mut NftService,
+) -> Result<(), NetfilterError> {
+    let p = ctx.p;
+    let fs = p.family.suffix();
+    let key = p.key();
+    let proto = proto_name(p.protocol);
+    let ip = ip_kw(p.family);
+    let uplink = &node.uplink;
+    {
+        let chain = format!("svc-{fs}-{key}");
+        let mut rules = Vec::new();
+        // From outside: cluster-wide, masqueraded unless the client is a pod of the cluster.
+        ctx.render(
+            &format!("iifname \"{uplink}\" {ip} saddr != @cluster-cidrs-{fs}"),
+            "cluster",
+            &p.cluster,
+            true,
+            &mut rules,
+            svc,
+        )?;
+        // With internalTrafficPolicy Cluster the remaining cases pick alike: one rule less per
+        // service, which counts at 10k services.
+        if p.cluster != p.internal {
+            ctx.render(
+                &format!("iifname \"{uplink}\""),
+                "cluster",
+                &p.cluster,
+                false,
+                &mut rules,
+                svc,
+            )?;
+        }
+        ctx.render("", "internal", &p.internal, false, &mut rules, svc)?;
+        svc.chains.insert(chain.clone(), with_counter(rules));
+        for cip in &p.cluster_ips {
+            svc.elements.insert(Element {
+                set: format!("service-ips-{fs}"),
+                key: format!("{cip} . {proto} . {}", p.port),
+                value: Some(format!("goto {chain}")),
+            });
+            svc.elements.insert(Element {
+                set: format!("cluster-ips-{fs}"),
+                key: cip.to_string(),
+                value: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The external chain (NodePort, ExternalIPs, LoadBalancer IPs): from pods and the host
+/// cluster-wide and masqueraded, from outside by externalTrafficPolicy.
+fn compile_external(
+    node: &NodePlan,
+    ctx: &ChoiceCtx<'_>,
+    svc: &mut NftService,
+) -> Result<(), NetfilterError> {
+    let p = ctx.p;
+    let fs = p.family.suffix();
+    let key = p.key();
+    let proto = proto_name(p.protocol);
+    let ip = ip_kw(p.family);
+    let uplink = &node.uplink;
+    {
+        let chain = format!("ext-{fs}-{key}");
+        let mut rules = Vec::new();
+        ctx.render(
+            &format!("iifname != \"{uplink}\""),
+            "cluster",
+            &p.cluster,
+            true,
+            &mut rules,
+            svc,
+        )?;
+        ctx.render(
+            "",
+            "external",
+            &p.external,
+            p.external_masquerade,
+            &mut rules,
+            svc,
+        )?;
+        svc.chains.insert(chain.clone(), with_counter(rules));
+        let mut frontends: Vec<(IpAddr, u16, String)> = Vec::new();
+        for a in &p.external_ips {
+            frontends.push((*a, p.port, chain.clone()));
+        }
+        if let Some((addrs, np)) = &p.node_port {
+            for a in addrs {
+                frontends.push((*a, *np, chain.clone()));
+            }
+        }
+        if !p.load_balancer_ips.is_empty() {
+            let target = if p.source_ranges.is_empty() {
+                chain.clone()
+            } else {
+                let fw = format!("fw-{fs}-{key}");
+                svc.chains.insert(
+                    fw.clone(),
+                    vec![
+                        format!(
+                            "iifname \"{uplink}\" {ip} saddr != {{ {} }} goto drop-service",
+                            join_set(&p.source_ranges)
+                        ),
+                        format!("goto {chain}"),
+                    ],
+                );
+                fw
+            };
+            for a in &p.load_balancer_ips {
+                frontends.push((*a, p.port, target.clone()));
+            }
+        }
+        for (addr, port, target) in frontends {
+            svc.elements.insert(Element {
+                set: format!("service-ips-{fs}"),
+                key: format!("{addr} . {proto} . {port}"),
+                value: Some(format!("goto {target}")),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Puts a counter in front of the first rule: it counts every packet that enters the chain
+/// (statements run in order, so the counter runs before the rule's matches) without a rule of
+/// its own — 10k rules fewer to load at 10k services.
+fn with_counter(mut rules: Vec<String>) -> Vec<String> {
+    match rules.first_mut() {
+        Some(first) => first.insert_str(0, "counter "),
+        None => rules.push("counter".to_owned()),
+    }
+    rules
+}
+
+struct ChoiceCtx<'a> {
+    p: &'a PortPlan,
+    ids: &'a SlotIds,
+}
+
+impl ChoiceCtx<'_> {
+    /// Appends the rules that carry out `choice`, guarded by `cond` (empty: unconditional).
+    fn render(
+        &self,
+        cond: &str,
+        kind: &'static str,
+        choice: &Choice,
+        masquerade: bool,
+        rules: &mut Vec<String>,
+        svc: &mut NftService,
+    ) -> Result<(), NetfilterError> {
+        let p = self.p;
+        let fs = p.family.suffix();
+        let prefix = if cond.is_empty() {
+            String::new()
+        } else {
+            format!("{cond} ")
+        };
+        match choice {
+            Choice::Drop => rules.push(format!("{prefix}goto drop-service")),
+            Choice::Reject => rules.push(format!("{prefix}goto reject-service")),
+            Choice::Backends(b) => {
+                let s = if p.affinity_timeout.is_some() {
+                    slots(b, MAX_SLOTS)
+                } else {
+                    slot_list(p, b)?
+                };
+                if let Some(timeout) = p.affinity_timeout {
+                    let sel = self.affinity_chains(kind, &s, b, timeout, svc);
+                    let mark = if masquerade {
+                        format!("meta mark set meta mark | {MASQUERADE_BIT:#010x} ")
+                    } else {
+                        String::new()
+                    };
+                    rules.push(format!("{prefix}{mark}goto {sel}"));
+                } else {
+                    let id = self.group_id(kind, &s)?;
+                    let mut offset = id << SLOT_BITS;
+                    if masquerade {
+                        offset |= MASQUERADE_BIT;
+                    }
+                    let pick = if p.maglev {
+                        let ip = ip_kw(p.family);
+                        format!(
+                            "jhash {ip} saddr . {ip} daddr . meta l4proto . th sport . th dport mod {} seed {MAGLEV_SEED:#010x}",
+                            s.len()
+                        )
+                    } else {
+                        format!("numgen random mod {}", s.len())
+                    };
+                    rules.push(format!(
+                        "{prefix}meta mark set {pick} offset {offset:#010x} goto dnat-{fs}"
+                    ));
+                    for (i, a) in s.iter().enumerate() {
+                        svc.elements.insert(Element {
+                            set: format!("backends-{fs}"),
+                            key: format!("{:#010x}", (id << SLOT_BITS) | i as u32),
+                            value: Some(nft_backend(a)),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn group_id(&self, kind: &str, s: &[SocketAddr]) -> Result<u32, NetfilterError> {
+        // A kind whose slot list equals an earlier kind's shares that kind's group.
+        for (k, other) in groups(self.p)? {
+            if other == s {
+                if let Some(id) = self.ids.get(&group_key(self.p, k)) {
+                    return Ok(*id);
+                }
+            }
+        }
+        Err(NetfilterError::Internal {
+            backend: "nftables",
+            detail: format!("no slot group for {} {kind}", self.p.key()),
+        })
+    }
+
+    /// kube-proxy-style affinity: a per-endpoint chain that records the client in a
+    /// per-endpoint timeout set, and a selection chain that checks those sets first.
+    fn affinity_chains(
+        &self,
+        kind: &str,
+        s: &[SocketAddr],
+        backends: &[(SocketAddr, u16)],
+        timeout: u32,
+        svc: &mut NftService,
+    ) -> String {
+        let p = self.p;
+        let f = p.family;
+        let fs = f.suffix();
+        let ip = ip_kw(f);
+        let key = p.key();
+        let proto = proto_name(p.protocol);
+        let ep_name = |a: &SocketAddr| format!("ep-{fs}-{key}__{}", name_addr(a));
+        let aff_name = |a: &SocketAddr| format!("aff-{fs}-{key}__{}-{timeout}s", name_addr(a));
+        let sel = format!("sel-{fs}-{key}-{kind}");
+        let mut rules = Vec::new();
+        for (a, _) in backends {
+            svc.sets.insert(
+                aff_name(a),
+                format!(
+                    "type {}; flags dynamic,timeout; timeout {timeout}s;",
+                    addr_type(f)
+                ),
+            );
+            svc.chains.insert(
+                ep_name(a),
+                vec![
+                    format!("update @{} {{ {ip} saddr }}", aff_name(a)),
+                    format!(
+                        "counter meta l4proto {proto} dnat {ip} to {}",
+                        nft_dnat_target(a)
+                    ),
+                ],
+            );
+            rules.push(format!("{ip} saddr @{} goto {}", aff_name(a), ep_name(a)));
+        }
+        let vmap = s
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{i} : goto {}", ep_name(a)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        rules.push(format!("numgen random mod {} vmap {{ {vmap} }}", s.len()));
+        svc.chains.insert(sel.clone(), rules);
+        sel
+    }
+}
+
+/// Node-wide statements, relative to the table (rendered with `add ... inet <table> `).
+fn base(node: &NodePlan) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in [Family::V4, Family::V6] {
+        let fs = f.suffix();
+        let at = addr_type(f);
+        out.push(format!(
+            "map service-ips-{fs} {{ type {at} . inet_proto . inet_service : verdict; }}"
+        ));
+        out.push(format!("set cluster-ips-{fs} {{ type {at}; }}"));
+        out.push(format!(
+            "map backends-{fs} {{ type mark : {at} . inet_service; }}"
+        ));
+        out.push(format!("set hairpin-{fs} {{ type {at} . {at}; }}"));
+        let of = |v: &[IpNetwork]| -> Vec<IpNetwork> {
+            v.iter()
+                .copied()
+                .filter(|n| Family::of(&n.ip()) == f)
+                .collect()
+        };
+        for (name, nets) in [
+            ("cluster-cidrs", of(&node.cluster_cidrs)),
+            ("pod-cidrs", of(&node.pod_cidrs)),
+            ("no-masquerade", of(&node.no_masquerade)),
+        ] {
+            let elements = if nets.is_empty() {
+                String::new()
+            } else {
+                format!(" elements = {{ {} }};", join_set(&nets))
+            };
+            out.push(format!(
+                "set {name}-{fs} {{ type {at}; flags interval; auto-merge;{elements} }}"
+            ));
+        }
+    }
+    out.extend(base_chains(node));
+    out
+}
+
+/// Node-wide chains and their rules.
+fn base_chains(node: &NodePlan) -> Vec<String> {
+    let mut out = Vec::new();
+    for (chain, spec) in [
+        (
+            "nat-prerouting",
+            "type nat hook prerouting priority dstnat; policy accept;",
+        ),
+        (
+            "nat-output",
+            "type nat hook output priority -100; policy accept;",
+        ),
+        (
+            "nat-postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+        ),
+    ] {
+        out.push(format!("chain {chain} {{ {spec} }}"));
+    }
+    for chain in [
+        "services",
+        "dnat-v4",
+        "dnat-v6",
+        "reject-service",
+        "drop-service",
+        "masquerade-node",
+    ] {
+        out.push(format!("chain {chain}"));
+    }
+    let rule = |chain: &str, r: &str| format!("rule {chain} {r}");
+    out.push(rule("nat-prerouting", "jump services"));
+    out.push(rule("nat-output", "jump services"));
+    for f in [Family::V4, Family::V6] {
+        let (fs, ip) = (f.suffix(), ip_kw(f));
+        out.push(rule(
+            "services",
+            &format!("{ip} daddr . meta l4proto . th dport vmap @service-ips-{fs}"),
+        ));
+    }
+    for f in [Family::V4, Family::V6] {
+        let (fs, ip) = (f.suffix(), ip_kw(f));
+        out.push(rule(
+            "services",
+            &format!("{ip} daddr @cluster-ips-{fs} goto reject-service"),
+        ));
+        out.push(rule(
+            &format!("dnat-{fs}"),
+            &format!(
+                "counter meta l4proto {{ tcp, udp, sctp }} dnat {ip} to meta mark & {:#010x} map @backends-{fs}",
+                !MASQUERADE_BIT
+            ),
+        ));
+    }
+    out.push(rule(
+        "reject-service",
+        "counter meta l4proto tcp reject with tcp reset",
+    ));
+    out.push(rule(
+        "reject-service",
+        "counter reject with icmpx port-unreachable",
+    ));
+    out.push(rule("drop-service", "counter drop"));
+    out.extend(masquerade_rules(node));
+    out
+}
+
+/// The `masquerade-node` chain and the `nat-postrouting` rules that lead to it.
+fn masquerade_rules(node: &NodePlan) -> Vec<String> {
+    let rule = |chain: &str, r: &str| format!("rule {chain} {r}");
+    let mut out = Vec::new();
+    for f in [Family::V4, Family::V6] {
+        let ip = ip_kw(f);
+        let nfproto = match f {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        };
+        match node.masquerade_source(f) {
+            Some(a) => out.push(rule(
+                "masquerade-node",
+                &format!("meta nfproto {nfproto} snat {ip} to {a}"),
+            )),
+            None => out.push(rule(
+                "masquerade-node",
+                &format!("meta nfproto {nfproto} masquerade"),
+            )),
+        }
+    }
+    out.push(rule(
+        "nat-postrouting",
+        &format!(
+            "ct status dnat meta mark & {MASQUERADE_BIT:#010x} == {MASQUERADE_BIT:#010x} goto masquerade-node"
+        ),
+    ));
+    for f in [Family::V4, Family::V6] {
+        let (fs, ip) = (f.suffix(), ip_kw(f));
+        out.push(rule(
+            "nat-postrouting",
+            &format!("ct status dnat {ip} saddr . {ip} daddr @hairpin-{fs} goto masquerade-node"),
+        ));
+    }
+    if node.masquerade {
+        for f in [Family::V4, Family::V6] {
+            let (fs, ip) = (f.suffix(), ip_kw(f));
+            // Service connections were decided above (mark bit, hairpin); this is plain pod
+            // traffic leaving the cluster (or, with `all`, leaving the node's pods).
+            let exempt = if node.masquerade_all {
+                "pod-cidrs"
+            } else {
+                "no-masquerade"
+            };
+            out.push(rule(
+                "nat-postrouting",
+                &format!(
+                    "ct status & dnat == 0 {ip} saddr @pod-cidrs-{fs} {ip} daddr != @{exempt}-{fs} goto masquerade-node"
+                ),
+            ));
+        }
+    }
+    out
+}
+
+fn add(table: &str, stmt: &str) -> String {
+    // `rule <chain> <rule>` → `add rule inet T <chain> <rule>`; same shape for the others.
+    let (kind, rest) = stmt.split_once(' ').unwrap_or((stmt, ""));
+    format!("add {kind} inet {table} {rest}\n")
+}
+
+fn element_lines(table: &str, verb: &str, elements: &[&Element], out: &mut String) {
+    let mut by_set: BTreeMap<&str, Vec<&Element>> = BTreeMap::new();
+    for e in elements {
+        by_set.entry(e.set.as_str()).or_default().push(e);
+    }
+    for (set, els) in by_set {
+        for chunk in els.chunks(2000) {
+            let items = chunk
+                .iter()
+                .map(|e| match (&e.value, verb) {
+                    (Some(v), "add") => format!("{} : {v}", e.key),
+                    _ => e.key.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(out, "{verb} element inet {table} {set} {{ {items} }}");
+        }
+    }
+}
+
+fn service_chain_lines(table: &str, svc: &NftService, out: &mut String) {
+    for (name, def) in &svc.sets {
+        let _ = writeln!(out, "add set inet {table} {name} {{ {def} }}");
+    }
+    for name in svc.chains.keys() {
+        let _ = writeln!(out, "add chain inet {table} {name}");
+    }
+}
+
+fn rule_lines(table: &str, chain: &str, rules: &[String], out: &mut String) {
+    for r in rules {
+        let _ = writeln!(out, "add rule inet {table} {chain} {r}");
+    }
+}
+
+/// The full-sync transaction: replaces our table, and nothing else, atomically.
+pub fn render_full(rs: &NftRuleset) -> String {
+    let t = &rs.table;
+    let mut out = String::with_capacity(1024 * (rs.services.len() + 1));
+    let _ = writeln!(out, "add table inet {t}");
+    let _ = writeln!(out, "delete table inet {t}");
+    let _ = writeln!(out, "add table inet {t}");
+    for stmt in &rs.base {
+        out.push_str(&add(t, stmt));
+    }
+    for svc in rs.services.values() {
+        service_chain_lines(t, svc, &mut out);
+    }
+    for svc in rs.services.values() {
+        for (chain, rules) in &svc.chains {
+            rule_lines(t, chain, rules, &mut out);
+        }
+    }
+    let mut elements: Vec<&Element> = rs.node_elements.iter().collect();
+    for svc in rs.services.values() {
+        elements.extend(svc.elements.iter());
+    }
+    element_lines(t, "add", &elements, &mut out);
+    out
+}
+
+/// The removal transaction: deletes our table (and only it). `add` first so that deleting a
+/// table that is not there is not an error.
+pub fn render_reset(table: &str) -> String {
+    format!("add table inet {table}\ndelete table inet {table}\n")
+}
+
+/// The partial-sync transaction that applies `patch` to `old`, touching only the chains, sets
+/// and elements that differ: unchanged chains keep their rules and counters.
+pub fn render_patch(old: &NftRuleset, patch: &Patch) -> String {
+    let t = &old.table;
+    let empty = NftService::default();
+    let mut del_elements: Vec<&Element> = Vec::new();
+    let mut add_elements: Vec<&Element> = patch.node_elements.iter().collect();
+    let mut flush = Vec::new();
+    let mut add_sets = Vec::new();
+    let mut add_chains = Vec::new();
+    let mut rules: Vec<(&str, &[String])> = Vec::new();
+    let mut del_chains = Vec::new();
+    let mut del_sets = Vec::new();
+    for (name, new) in &patch.services {
+        let o = old.services.get(name).unwrap_or(&empty);
+        let n = new.as_ref().unwrap_or(&empty);
+        if o == n {
+            continue;
+        }
+        // An element whose value changes is deleted and added again.
+        for e in o.elements.difference(&n.elements) {
+            del_elements.push(e);
+        }
+        add_elements.extend(n.elements.difference(&o.elements));
+        for (chain, r) in &o.chains {
+            match n.chains.get(chain) {
+                Some(nr) if nr == r => {}
+                Some(nr) => {
+                    flush.push(chain.as_str());
+                    rules.push((chain.as_str(), nr.as_slice()));
+                }
+                None => {
+                    flush.push(chain.as_str());
+                    del_chains.push(chain.as_str());
+                }
+            }
+        }
+        for (chain, r) in &n.chains {
+            if !o.chains.contains_key(chain) {
+                add_chains.push(chain.as_str());
+                rules.push((chain.as_str(), r.as_slice()));
+            }
+        }
+        for (set, def) in &n.sets {
+            if !o.sets.contains_key(set) {
+                add_sets.push((set.as_str(), def.as_str()));
+            }
+        }
+        for set in o.sets.keys() {
+            if !n.sets.contains_key(set) {
+                del_sets.push(set.as_str());
+            }
+        }
+    }
+    // Deleting an element by key removes whatever value it had; an element both deleted and
+    // added (value changed) is handled by doing all deletes first.
+    let mut out = String::new();
+    element_lines(t, "delete", &del_elements, &mut out);
+    for c in &flush {
+        let _ = writeln!(out, "flush chain inet {t} {c}");
+    }
+    for (s, def) in &add_sets {
+        let _ = writeln!(out, "add set inet {t} {s} {{ {def} }}");
+    }
+    for c in &add_chains {
+        let _ = writeln!(out, "add chain inet {t} {c}");
+    }
+    for (c, r) in &rules {
+        rule_lines(t, c, r, &mut out);
+    }
+    for c in &del_chains {
+        let _ = writeln!(out, "delete chain inet {t} {c}");
+    }
+    for s in &del_sets {
+        let _ = writeln!(out, "delete set inet {t} {s}");
+    }
+    element_lines(t, "add", &add_elements, &mut out);
+    out
+}

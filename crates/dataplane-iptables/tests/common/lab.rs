@@ -1,0 +1,467 @@
+//! A conformance table run in the testkit lab: every row's expectation comes from core's
+//! reference model (`evaluate`), and real TCP/UDP traffic checks the backend against it.
+//!
+//! ```text
+//!   external-0 (172.18.255.1) ──┐            ┌── node-1 (172.18.0.11) ── pod-1-0, pod-1-1
+//!                               br0 (underlay)
+//!   node-0 (172.18.0.10) ───────┘  backend under test; pods pod-0-0 (10.244.0.10), pod-0-1
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use dataplane_core::{
+    evaluate, Backend, Capabilities, Dataplane, DesiredState, Entry, ObjectName, Packet, Protocol,
+    Service, SessionAffinity, SourceSeen, TrafficPolicy, Verdict,
+};
+use dataplane_testkit::{probe, serve, Family, Lab, LabSpec, ProbeOutcome, SERVER_PORT};
+
+use super::{ip, port};
+
+/// Who sends a probe.
+#[derive(Debug, Clone, Copy)]
+pub enum Client {
+    /// Pod `k` (lab-wide index).
+    Pod(usize),
+    /// Node 0's host namespace.
+    Host,
+    /// External client 0.
+    External,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub name: &'static str,
+    pub client: Client,
+    pub destination: SocketAddr,
+    pub protocol: Protocol,
+}
+
+pub fn lab() -> Lab {
+    Lab::new(LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        external_clients: 1,
+        ipv6: true,
+    })
+    .expect("lab")
+}
+
+fn pod_backend(lab: &Lab, k: usize, node: usize, dual: bool) -> Vec<Backend> {
+    lab.pod(k)
+        .addresses
+        .iter()
+        .filter(|a| dual || a.is_ipv4())
+        .map(|a| {
+            let mut b = Backend::new(*a);
+            b.node_name = Some(format!("node-{node}"));
+            b
+        })
+        .collect()
+}
+
+/// The services of the table. Pods: 0 = pod-0-0, 1 = pod-0-1 (node 0), 2 = pod-1-0,
+/// 3 = pod-1-1 (node 1).
+pub fn services(lab: &Lab) -> DesiredState {
+    let mut state = lab.desired_state(0);
+    let b = |k: usize| pod_backend(lab, k, k / 2, false);
+    let b46 = |k: usize| pod_backend(lab, k, k / 2, true);
+    let svc = |name: &str| Service::new(ObjectName::new("default", name));
+    let sp = SERVER_PORT;
+
+    let mut web = svc("web");
+    web.cluster_ips = vec![ip("10.96.0.10"), ip("fd00:96::10")];
+    web.ports = vec![
+        port(Protocol::Tcp, 80, sp, Some(30080)),
+        port(Protocol::Udp, 80, sp, Some(30080)),
+    ];
+    web.backends = [b46(0), b46(2)].concat();
+    state.services.push(web);
+
+    let mut local = svc("local");
+    local.cluster_ips = vec![ip("10.96.0.11")];
+    local.load_balancer_ips = vec![ip("192.0.2.11")];
+    local.external_ips = vec![ip("198.51.100.11")];
+    local.ports = vec![port(Protocol::Tcp, 80, sp, Some(30081))];
+    local.external_traffic_policy = TrafficPolicy::Local;
+    local.backends = [b(1), b(3)].concat();
+    state.services.push(local);
+
+    let mut remote = svc("remote-only");
+    remote.cluster_ips = vec![ip("10.96.0.12")];
+    remote.ports = vec![port(Protocol::Tcp, 80, sp, Some(30082))];
+    remote.external_traffic_policy = TrafficPolicy::Local;
+    remote.internal_traffic_policy = TrafficPolicy::Local;
+    remote.backends = b(3);
+    state.services.push(remote);
+
+    let mut empty = svc("empty");
+    empty.cluster_ips = vec![ip("10.96.0.13")];
+    empty.ports = vec![
+        port(Protocol::Tcp, 80, sp, None),
+        port(Protocol::Udp, 80, sp, None),
+    ];
+    state.services.push(empty);
+
+    let mut hairpin = svc("hairpin");
+    hairpin.cluster_ips = vec![ip("10.96.0.14")];
+    hairpin.ports = vec![port(Protocol::Tcp, 80, sp, None)];
+    hairpin.backends = b(0);
+    state.services.push(hairpin);
+
+    let mut ranges = svc("ranges");
+    ranges.load_balancer_ips = vec![ip("192.0.2.15")];
+    ranges.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+    ranges.ports = vec![port(Protocol::Tcp, 80, sp, None)];
+    ranges.backends = b(2);
+    state.services.push(ranges);
+
+    let mut sticky = svc("sticky");
+    sticky.cluster_ips = vec![ip("10.96.0.16")];
+    sticky.ports = vec![port(Protocol::Tcp, 80, sp, None)];
+    sticky.session_affinity = SessionAffinity::ClientIp {
+        timeout_seconds: 60,
+    };
+    sticky.backends = [b(0), b(1), b(2), b(3)].concat();
+    state.services.push(sticky);
+
+    let mut term = svc("terminating");
+    term.cluster_ips = vec![ip("10.96.0.17")];
+    term.ports = vec![port(Protocol::Udp, 80, sp, None)];
+    let mut serving = b(0);
+    let mut gone = b(2);
+    for x in &mut serving {
+        x.ready = false;
+        x.terminating = true;
+    }
+    for x in &mut gone {
+        x.ready = false;
+        x.serving = false;
+        x.terminating = true;
+    }
+    term.backends = [serving, gone].concat();
+    state.services.push(term);
+    state
+}
+
+// One line per row reads better than helpers that hide the table.
+#[allow(clippy::too_many_lines)]
+pub fn rows(lab: &Lab) -> Vec<Row> {
+    use Client::{External, Host, Pod};
+    use Protocol::{Tcp, Udp};
+    let node0 = lab.node(0).address(Family::V4).unwrap();
+    let node0v6 = lab.node(0).address(Family::V6).unwrap();
+    let ext = lab.external(0).address(Family::V4).unwrap();
+    let sa = |a: IpAddr, p: u16| SocketAddr::new(a, p);
+    let row = |name, client, destination, protocol| Row {
+        name,
+        client,
+        destination,
+        protocol,
+    };
+    vec![
+        row(
+            "pod to ClusterIP tcp",
+            Pod(1),
+            sa(ip("10.96.0.10"), 80),
+            Tcp,
+        ),
+        row(
+            "pod to ClusterIP udp",
+            Pod(1),
+            sa(ip("10.96.0.10"), 80),
+            Udp,
+        ),
+        row(
+            "pod to ClusterIP v6 tcp",
+            Pod(1),
+            sa(ip("fd00:96::10"), 80),
+            Tcp,
+        ),
+        row("host to ClusterIP tcp", Host, sa(ip("10.96.0.10"), 80), Tcp),
+        row(
+            "external to NodePort tcp (snat)",
+            External,
+            sa(node0, 30080),
+            Tcp,
+        ),
+        row(
+            "external to NodePort udp (snat)",
+            External,
+            sa(node0, 30080),
+            Udp,
+        ),
+        row(
+            "external to NodePort v6 tcp",
+            External,
+            sa(node0v6, 30080),
+            Tcp,
+        ),
+        row(
+            "external to ClusterIP (masquerade)",
+            External,
+            sa(ip("10.96.0.10"), 80),
+            Tcp,
+        ),
+        row(
+            "external to LoadBalancer ETP Local",
+            External,
+            sa(ip("192.0.2.11"), 80),
+            Tcp,
+        ),
+        row(
+            "external to ExternalIP ETP Local",
+            External,
+            sa(ip("198.51.100.11"), 80),
+            Tcp,
+        ),
+        row(
+            "external to NodePort ETP Local",
+            External,
+            sa(node0, 30081),
+            Tcp,
+        ),
+        row(
+            "pod to own NodePort ETP Local (cluster, masq)",
+            Pod(0),
+            sa(node0, 30081),
+            Tcp,
+        ),
+        row(
+            "external to NodePort ETP Local, no local backend",
+            External,
+            sa(node0, 30082),
+            Tcp,
+        ),
+        row(
+            "pod to ClusterIP ITP Local, no local backend",
+            Pod(0),
+            sa(ip("10.96.0.12"), 80),
+            Tcp,
+        ),
+        row(
+            "no backends tcp: reject",
+            Pod(0),
+            sa(ip("10.96.0.13"), 80),
+            Tcp,
+        ),
+        row(
+            "no backends udp: reject",
+            Pod(0),
+            sa(ip("10.96.0.13"), 80),
+            Udp,
+        ),
+        row(
+            "unknown ClusterIP port: reject",
+            Pod(0),
+            sa(ip("10.96.0.10"), 81),
+            Tcp,
+        ),
+        row(
+            "hairpin (masquerade)",
+            Pod(0),
+            sa(ip("10.96.0.14"), 80),
+            Tcp,
+        ),
+        row(
+            "loadBalancerSourceRanges: drop",
+            External,
+            sa(ip("192.0.2.15"), 80),
+            Tcp,
+        ),
+        row(
+            "terminating fallback",
+            Pod(1),
+            sa(ip("10.96.0.17"), 80),
+            Udp,
+        ),
+        row(
+            "pod to outside (masquerade)",
+            Pod(0),
+            sa(ext, EXTERNAL_PORT),
+            Tcp,
+        ),
+        row(
+            "pod to remote pod (untouched)",
+            Pod(0),
+            sa(lab.pod(2).address(Family::V4).unwrap(), SERVER_PORT),
+            Tcp,
+        ),
+    ]
+}
+
+/// Port of the server the external client runs.
+pub const EXTERNAL_PORT: u16 = 9090;
+
+/// Routes the external client's service traffic through node 0.
+pub fn route_external(lab: &Lab) {
+    for cidr in [
+        "10.96.0.0/12",
+        "192.0.2.0/24",
+        "198.51.100.0/24",
+        "fd00:96::/108",
+    ] {
+        lab.route_via_node(0, cidr.parse().unwrap(), 0)
+            .expect("route");
+    }
+}
+
+fn capability_missing(row: &Row, caps: &Capabilities) -> Option<&'static str> {
+    if row.destination.is_ipv6() && !caps.ipv6 {
+        return Some("ipv6");
+    }
+    if !caps.protocols.contains(&row.protocol) {
+        return Some("protocol");
+    }
+    None
+}
+
+/// Runs every row against `dp` (already applied with `state`) and panics with a table of the
+/// rows that disagree with the reference model.
+pub fn run(lab: &Lab, state: &DesiredState, dp: &dyn Dataplane) {
+    let _external_server = serve(&lab.external(0).netns, "external-0", EXTERNAL_PORT).unwrap();
+    let by_addr: BTreeMap<IpAddr, String> = lab
+        .pods()
+        .iter()
+        .flat_map(|p| p.addresses.iter().map(|a| (*a, p.name.clone())))
+        .collect();
+    let caps = dp.capabilities();
+    let mut failures = Vec::new();
+    for row in rows(lab) {
+        if let Some(missing) = capability_missing(&row, &caps) {
+            eprintln!(
+                "SKIPPED row {:?}: {} backend lacks {missing}",
+                row.name, caps.backend
+            );
+            continue;
+        }
+        let family = if row.destination.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        };
+        let (netns, source, entry) = match row.client {
+            Client::Pod(k) => {
+                let p = lab.pod(k);
+                (
+                    &p.netns,
+                    p.address(family).unwrap(),
+                    Entry::FromPod(ObjectName::new("default", &p.name)),
+                )
+            }
+            Client::Host => {
+                let n = lab.node(0);
+                (&n.netns, n.address(family).unwrap(), Entry::FromHost)
+            }
+            Client::External => {
+                let x = lab.external(0);
+                (&x.netns, x.address(family).unwrap(), Entry::FromUplink)
+            }
+        };
+        let packet = Packet {
+            protocol: row.protocol,
+            source: SocketAddr::new(source, 40000),
+            destination: row.destination,
+        };
+        let verdict = evaluate(state, &packet, &entry);
+        let tries = match &verdict {
+            Verdict::Forward { backends, .. } if backends.len() > 1 => 16,
+            _ => 1,
+        };
+        let timeout = Duration::from_millis(if matches!(verdict, Verdict::Drop) {
+            700
+        } else {
+            2000
+        });
+        let mut seen_backends = BTreeSet::new();
+        for _ in 0..tries {
+            let outcome = probe(netns, row.destination, row.protocol, timeout).unwrap();
+            let problem = check(&verdict, &outcome, source, &by_addr, &mut seen_backends);
+            if let Some(problem) = problem {
+                failures.push(format!(
+                    "{}: expected {verdict:?}, got {outcome:?}: {problem}",
+                    row.name
+                ));
+                break;
+            }
+        }
+        if let Verdict::Forward { backends, .. } = &verdict {
+            let wanted: BTreeSet<String> = backends
+                .iter()
+                .filter_map(|b| by_addr.get(&b.ip()).cloned())
+                .collect();
+            if tries > 1 && seen_backends != wanted && failures.is_empty() {
+                failures.push(format!(
+                    "{}: backends {seen_backends:?} seen, {wanted:?} expected",
+                    row.name
+                ));
+            }
+        }
+        eprintln!("row {:?}: done", row.name);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn check(
+    verdict: &Verdict,
+    outcome: &ProbeOutcome,
+    client: IpAddr,
+    by_addr: &BTreeMap<IpAddr, String>,
+    seen: &mut BTreeSet<String>,
+) -> Option<String> {
+    let source_ok = |source: &SourceSeen, seen_source: &SocketAddr| match source {
+        SourceSeen::Client => seen_source.ip() == client,
+        SourceSeen::Masqueraded(a) => seen_source.ip() == *a,
+    };
+    match (verdict, outcome) {
+        (
+            Verdict::Forward {
+                backends, source, ..
+            },
+            ProbeOutcome::Answered {
+                backend,
+                seen_source,
+                ..
+            },
+        ) => {
+            let names: BTreeSet<&String> = backends
+                .iter()
+                .filter_map(|b| by_addr.get(&b.ip()))
+                .collect();
+            if !names.contains(backend) {
+                return Some(format!("backend {backend} not allowed"));
+            }
+            seen.insert(backend.clone());
+            (!source_ok(source, seen_source)).then(|| format!("source {seen_source} wrong"))
+        }
+        (Verdict::Untouched { source }, ProbeOutcome::Answered { seen_source, .. }) => {
+            (!source_ok(source, seen_source)).then(|| format!("source {seen_source} wrong"))
+        }
+        (Verdict::Drop, ProbeOutcome::Timeout) | (Verdict::Reject, ProbeOutcome::Refused) => None,
+        _ => Some("outcome differs".to_owned()),
+    }
+}
+
+/// ClientIP affinity: many new connections from one client reach one backend.
+pub fn check_affinity(lab: &Lab) {
+    let dst: SocketAddr = "10.96.0.16:80".parse().unwrap();
+    let mut seen = BTreeSet::new();
+    for _ in 0..12 {
+        let outcome = probe(
+            &lab.pod(1).netns,
+            dst,
+            Protocol::Tcp,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        seen.insert(outcome.backend().expect("answered").to_owned());
+    }
+    assert_eq!(seen.len(), 1, "affinity broken: {seen:?}");
+}

@@ -1,0 +1,112 @@
+//! Fixtures shared by the tests of this crate.
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+
+use dataplane_core::{
+    Backend, DesiredState, ExternalMode, Interfaces, Masquerade, Node, ObjectName, PortRange,
+    Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
+};
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+pub fn backend(addr: &str, node: &str) -> Backend {
+    let mut b = Backend::new(ip(addr));
+    b.node_name = Some(node.to_owned());
+    b
+}
+
+pub fn port(protocol: Protocol, port: u16, target: u16, node_port: Option<u16>) -> ServicePort {
+    ServicePort {
+        name: format!("{}-{port}", protocol.to_string().to_lowercase()),
+        protocol,
+        port,
+        target_port: target,
+        node_port,
+    }
+}
+
+/// A node like the lab's node-0, without namespaces.
+pub fn node() -> Node {
+    Node {
+        name: "node-0".to_owned(),
+        addresses: vec![ip("172.18.0.10"), ip("fd00:18::10")],
+        pod_cidrs: vec![
+            "10.244.0.0/24".parse().unwrap(),
+            "fd00:244:0:0::/64".parse().unwrap(),
+        ],
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:244::/48".parse().unwrap(),
+        ],
+        service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        node_port_range: PortRange::default(),
+        interfaces: Interfaces {
+            uplink: "eth0".to_owned(),
+        },
+        masquerade: Masquerade {
+            enabled: true,
+            all: false,
+            non_masquerade_cidrs: vec!["192.168.0.0/16".parse().unwrap()],
+        },
+        mtu: 1500,
+        external_mode: ExternalMode::default(),
+    }
+}
+
+/// Services covering every feature the renderers express.
+pub fn showcase() -> DesiredState {
+    let mut state = DesiredState::new(node());
+    // Plain ClusterIP, TCP + UDP, one local and one remote backend.
+    let mut web = Service::new(ObjectName::new("default", "web"));
+    web.cluster_ips = vec![ip("10.96.0.10")];
+    web.ports = vec![
+        port(Protocol::Tcp, 80, 8080, None),
+        port(Protocol::Udp, 53, 8080, None),
+    ];
+    web.backends = vec![
+        backend("10.244.0.10", "node-0"),
+        backend("10.244.1.10", "node-1"),
+    ];
+    state.services.push(web);
+    // NodePort + LoadBalancer with source ranges + ExternalIP, ETP Local, weights.
+    let mut lb = Service::new(ObjectName::new("prod", "shop"));
+    lb.cluster_ips = vec![ip("10.96.0.20")];
+    lb.load_balancer_ips = vec![ip("192.0.2.20")];
+    lb.external_ips = vec![ip("198.51.100.20")];
+    lb.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+    lb.ports = vec![port(Protocol::Tcp, 443, 8443, Some(30443))];
+    lb.external_traffic_policy = TrafficPolicy::Local;
+    let mut heavy = backend("10.244.0.11", "node-0");
+    heavy.weight = 2;
+    lb.backends = vec![heavy, backend("10.244.1.11", "node-1")];
+    state.services.push(lb);
+    // ClientIP affinity, dual stack, SCTP.
+    let mut sticky = Service::new(ObjectName::new("default", "sticky"));
+    sticky.cluster_ips = vec![ip("10.96.0.30"), ip("fd00:96::30")];
+    sticky.ports = vec![port(Protocol::Sctp, 9000, 9000, None)];
+    sticky.session_affinity = SessionAffinity::ClientIp {
+        timeout_seconds: 600,
+    };
+    sticky.backends = vec![
+        backend("10.244.0.12", "node-0"),
+        backend("fd00:244::12", "node-0"),
+        backend("10.244.1.12", "node-1"),
+    ];
+    state.services.push(sticky);
+    // No backends: reject. ITP Local with only remote backends: drop.
+    let mut empty = Service::new(ObjectName::new("default", "empty"));
+    empty.cluster_ips = vec![ip("10.96.0.40")];
+    empty.ports = vec![port(Protocol::Tcp, 80, 8080, None)];
+    state.services.push(empty);
+    let mut local = Service::new(ObjectName::new("default", "local-only"));
+    local.cluster_ips = vec![ip("10.96.0.50")];
+    local.ports = vec![port(Protocol::Udp, 5000, 5000, None)];
+    local.internal_traffic_policy = TrafficPolicy::Local;
+    local.backends = vec![backend("10.244.1.13", "node-1")];
+    state.services.push(local);
+    state
+}
+pub mod lab;

@@ -1,0 +1,56 @@
+//! Golden tests of the pure iptables renderer.
+
+mod common;
+
+use dataplane_core::Backend;
+use dataplane_iptables::iptables::render::{
+    compile, parse_existing, render_reset, render_sync, Existing,
+};
+use dataplane_iptables::plan::{plan, Family};
+
+#[test]
+fn full_sync_golden_v4_and_v6() {
+    let state = common::showcase();
+    let p = plan(&state);
+    let v4 = compile(&p, Family::V4, "DP");
+    let v6 = compile(&p, Family::V6, "DP");
+    let existing = Existing::default();
+    insta::assert_snapshot!("v4", render_sync(None, &v4, &existing));
+    insta::assert_snapshot!("v6", render_sync(None, &v6, &existing));
+}
+
+#[test]
+fn partial_sync_rewrites_only_changed_chains() {
+    let old = common::showcase();
+    let mut new = old.clone();
+    new.services[0]
+        .backends
+        .push(Backend::new(common::ip("10.244.2.10")));
+    let before = compile(&plan(&old), Family::V4, "DP");
+    let after = compile(&plan(&new), Family::V4, "DP");
+    // Everything of `before` is in the kernel, hooks included.
+    let mut existing = Existing {
+        nat_chains: before.nat.keys().cloned().collect(),
+        filter_chains: before.filter.keys().cloned().collect(),
+        ..Existing::default()
+    };
+    for (t, c, _) in dataplane_iptables::iptables::render::hooks("DP") {
+        existing.hooks.insert((t.to_owned(), c.to_owned()));
+    }
+    let text = render_sync(Some(&before), &after, &existing);
+    assert!(
+        !text.contains("shop") && !text.contains("*filter"),
+        "{text}"
+    );
+    insta::assert_snapshot!(text);
+    // Nothing changed: nothing to do.
+    assert_eq!(render_sync(Some(&before), &before, &existing), "");
+}
+
+#[test]
+fn reset_removes_exactly_our_chains_and_hooks() {
+    let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:DP-SERVICES - [0:0]\n:DP-SVC-ABC - [0:0]\n:OTHER - [0:0]\n-A PREROUTING -j DP-SERVICES\n-A PREROUTING -j OTHER\nCOMMIT\n";
+    let text = render_reset("DP", &parse_existing(save, "DP"));
+    insta::assert_snapshot!(text);
+    assert!(!text.contains("OTHER"));
+}

@@ -1,0 +1,330 @@
+//! The nftables backend in the testkit lab, with real TCP and UDP traffic. Needs root.
+
+mod common;
+
+use std::time::Duration;
+
+use dataplane_core::{diff, Dataplane, Error, ExternalMode, Protocol};
+use dataplane_iptables::{NetfilterConfig, NftablesDataplane};
+use dataplane_testkit::{probe, require_root, Lab, ProbeOutcome};
+
+fn backend_for(lab: &Lab) -> NftablesDataplane {
+    NftablesDataplane::new(NetfilterConfig::nftables(Some(
+        lab.node(0).netns.path().to_owned(),
+    )))
+}
+
+fn ruleset(lab: &Lab) -> String {
+    let out = lab
+        .node(0)
+        .netns
+        .exec("nft", &["-s", "list", "ruleset"])
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn conformance_table_with_real_traffic() {
+    if !require_root("conformance_table_with_real_traffic") {
+        return;
+    }
+    let lab = common::lab::lab();
+    common::lab::route_external(&lab);
+    let state = common::lab::services(&lab);
+    let mut dp = backend_for(&lab);
+    let report = dp.apply(&state).unwrap();
+    assert!(report.full_sync);
+    common::lab::run(&lab, &state, &dp);
+    common::lab::check_affinity(&lab);
+
+    // The probes' connections are still in conntrack (TIME_WAIT), DNAT-ed to web's backends.
+    let flows = dp.flows().unwrap();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.frontend == "10.96.0.10:80".parse().unwrap()
+                && f.service.as_ref().is_some_and(|s| s.name == "web")
+                && f.backend.port() == dataplane_testkit::SERVER_PORT),
+        "{flows:?}"
+    );
+    let observed = dp.observe().unwrap();
+    let web = observed
+        .frontends
+        .iter()
+        .find(|f| f.address == "10.96.0.10:80".parse().unwrap() && f.protocol == Protocol::Tcp)
+        .expect("web frontend observed");
+    assert_eq!(web.backends.len(), 2, "{web:?}");
+    let counters = dp.stats().unwrap();
+    assert!(
+        counters.packets_translated > 0
+            && counters.packets_rejected > 0
+            && counters.packets_dropped > 0,
+        "{counters:?}"
+    );
+    dp.reset().unwrap();
+    assert!(!ruleset(&lab).contains("table inet dataplane"));
+}
+
+#[test]
+fn partial_sync_keeps_counters_of_unchanged_services() {
+    if !require_root("partial_sync_keeps_counters_of_unchanged_services") {
+        return;
+    }
+    let lab = common::lab::lab();
+    let old = common::lab::services(&lab);
+    let mut dp = backend_for(&lab);
+    dp.apply(&old).unwrap();
+    for _ in 0..3 {
+        let o = probe(
+            &lab.pod(1).netns,
+            "10.96.0.10:80".parse().unwrap(),
+            Protocol::Tcp,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert!(matches!(o, ProbeOutcome::Answered { .. }), "{o:?}");
+    }
+    let web_chain = "svc-v4-default/web/tcp/80";
+    let before = dp.chain_counter(web_chain).unwrap().unwrap();
+    assert!(before >= 3, "counter {before}");
+
+    // Change another service: "empty" gets a backend.
+    let mut new = old.clone();
+    let pod2 = lab.pod(2).addresses[0];
+    let i = new
+        .services
+        .iter()
+        .position(|s| s.name.name == "empty")
+        .unwrap();
+    new.services[i]
+        .backends
+        .push(dataplane_core::Backend::new(pod2));
+    let report = dp.apply_changes(&diff(&old, &new)).unwrap();
+    assert!(!report.full_sync);
+    assert_eq!(report.services_changed, 1);
+    assert_eq!(
+        dp.chain_counter(web_chain).unwrap().unwrap(),
+        before,
+        "unchanged service's counter reset"
+    );
+    let o = probe(
+        &lab.pod(1).netns,
+        "10.96.0.13:80".parse().unwrap(),
+        Protocol::Tcp,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(o.backend(), Some("pod-1-0"), "{o:?}");
+
+    // Remove a service: its chains go, the others stay.
+    let mut newer = new.clone();
+    newer.services.retain(|s| s.name.name != "hairpin");
+    dp.apply_changes(&diff(&new, &newer)).unwrap();
+    let text = ruleset(&lab);
+    assert!(!text.contains("default/hairpin/"), "stale chain left");
+    assert_eq!(dp.chain_counter(web_chain).unwrap().unwrap(), before);
+    let o = probe(
+        &lab.pod(0).netns,
+        "10.96.0.14:80".parse().unwrap(),
+        Protocol::Tcp,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert!(
+        matches!(o, ProbeOutcome::Unreachable | ProbeOutcome::Timeout),
+        "removed service still answers: {o:?}"
+    );
+
+    dp.reset().unwrap();
+}
+
+#[test]
+fn replacing_a_backend_goes_over_netlink_and_keeps_counters() {
+    if !require_root("replacing_a_backend_goes_over_netlink_and_keeps_counters") {
+        return;
+    }
+    let lab = common::lab::lab();
+    let old = common::lab::services(&lab);
+    let mut dp = backend_for(&lab);
+    dp.apply(&old).unwrap();
+    for _ in 0..3 {
+        let o = probe(
+            &lab.pod(1).netns,
+            "10.96.0.10:80".parse().unwrap(),
+            Protocol::Tcp,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert!(matches!(o, ProbeOutcome::Answered { .. }), "{o:?}");
+    }
+    let web_chain = "svc-v4-default/web/tcp/80";
+    let before = dp.chain_counter(web_chain).unwrap().unwrap();
+    assert!(before >= 3, "counter {before}");
+
+    // Replace one backend (same count): only map elements change, sent straight over netlink;
+    // even the changed service's chain keeps its counter.
+    let mut replaced = old.clone();
+    let web = replaced
+        .services
+        .iter_mut()
+        .find(|s| s.name.name == "web")
+        .unwrap();
+    let old_ip = lab.pod(2).addresses[0];
+    let new_ip = lab.pod(3).addresses[0];
+    web.backends.iter_mut().find(|b| b.ip == old_ip).unwrap().ip = new_ip;
+    // Proof that nft is not involved: it is not even found.
+    dp.config_mut().nft = "/nonexistent/nft".into();
+    let report = dp.apply_changes(&diff(&old, &replaced)).unwrap();
+    dp.config_mut().nft = "nft".into();
+    assert!(!report.full_sync);
+    assert_eq!(dp.chain_counter(web_chain).unwrap().unwrap(), before);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..16 {
+        let o = probe(
+            &lab.pod(1).netns,
+            "10.96.0.10:80".parse().unwrap(),
+            Protocol::Tcp,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        seen.insert(o.backend().expect("answered").to_owned());
+    }
+    assert_eq!(
+        seen,
+        ["pod-0-0", "pod-1-1"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+    let observed = dp.observe().unwrap();
+    let fe = observed
+        .frontends
+        .iter()
+        .find(|f| f.address == "10.96.0.10:80".parse().unwrap() && f.protocol == Protocol::Tcp)
+        .unwrap();
+    assert!(
+        fe.backends.iter().any(|b| b.ip() == new_ip)
+            && !fe.backends.iter().any(|b| b.ip() == old_ip),
+        "{fe:?}"
+    );
+    dp.reset().unwrap();
+}
+
+#[test]
+fn a_broken_apply_changes_nothing() {
+    if !require_root("a_broken_apply_changes_nothing") {
+        return;
+    }
+    let lab = common::lab::lab();
+    let old = common::lab::services(&lab);
+    let mut dp = backend_for(&lab);
+    dp.apply(&old).unwrap();
+    let before = ruleset(&lab);
+
+    // The kernel refuses the last operation of the transaction: nothing before it sticks.
+    let mut new = old.clone();
+    new.services.retain(|s| s.name.name != "web");
+    dp.set_fail_transactions(true);
+    // An element-only change (sent over netlink, not through nft) fails as a whole too.
+    let mut replaced = old.clone();
+    replaced.services[0].backends[0].ip = lab.pod(1).addresses[0];
+    dp.config_mut().nft = "/nonexistent/nft".into();
+    let err = dp.apply_changes(&diff(&old, &replaced)).unwrap_err();
+    dp.config_mut().nft = "nft".into();
+    assert!(format!("{err:?}").contains("refused the batch"), "{err:?}");
+    assert_eq!(ruleset(&lab), before);
+    let err = dp.apply_changes(&diff(&old, &new)).unwrap_err();
+    assert!(matches!(err, Error::Kernel { .. }), "{err}");
+    assert_eq!(ruleset(&lab), before);
+    let err = dp.apply(&new).unwrap_err();
+    assert!(matches!(err, Error::Kernel { .. }), "{err}");
+    assert_eq!(ruleset(&lab), before);
+    let o = probe(
+        &lab.pod(1).netns,
+        "10.96.0.10:80".parse().unwrap(),
+        Protocol::Tcp,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert!(matches!(o, ProbeOutcome::Answered { .. }), "{o:?}");
+
+    // Unsupported input is refused before anything runs.
+    let mut dsr = old.clone();
+    dsr.services[0].external_mode = Some(ExternalMode::Dsr);
+    dp.set_fail_transactions(false);
+    let err = dp.apply(&dsr).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert_eq!(ruleset(&lab), before);
+
+    // A missing nft binary.
+    let mut cfg = NetfilterConfig::nftables(Some(lab.node(0).netns.path().to_owned()));
+    cfg.nft = "/nonexistent/nft".into();
+    let err = NftablesDataplane::new(cfg).apply(&new).unwrap_err();
+    assert!(matches!(err, Error::Kernel { .. }), "{err}");
+    assert_eq!(ruleset(&lab), before);
+
+    // After the failures the next incremental apply is a full sync, and it works.
+    let report = dp.apply_changes(&diff(&old, &new)).unwrap();
+    assert!(report.full_sync);
+    assert!(!ruleset(&lab).contains("default/web/"));
+    dp.reset().unwrap();
+}
+
+#[test]
+fn foreign_tables_survive_apply_and_reset() {
+    if !require_root("foreign_tables_survive_apply_and_reset") {
+        return;
+    }
+    let lab = common::lab::lab();
+    let ns = &lab.node(0).netns;
+    let foreign = "table ip foreign {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\ttcp dport 22 counter accept\n\t}\n}\n";
+    let out = ns
+        .exec(
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "printf '{}' | nft -f -",
+                    foreign.replace('\n', "\\n").replace('\t', "\\t")
+                ),
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ipt = ns
+        .exec(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                "10.1.2.3/32",
+                "-j",
+                "ACCEPT",
+            ],
+        )
+        .unwrap();
+    assert!(ipt.status.success());
+    let before = ruleset(&lab);
+
+    let state = common::lab::services(&lab);
+    let mut dp = backend_for(&lab);
+    dp.apply(&state).unwrap();
+    dp.apply(&state).unwrap();
+    let during = ruleset(&lab);
+    assert!(
+        during.contains("table ip foreign") && during.contains("10.1.2.3"),
+        "{during}"
+    );
+    dp.reset().unwrap();
+    assert_eq!(ruleset(&lab), before);
+    dp.reset().unwrap();
+    assert_eq!(ruleset(&lab), before);
+}
