@@ -5,7 +5,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use dataplane::{diff, maglev_table, synthetic, validate, MaglevBackend, DEFAULT_MAGLEV_TABLE_SIZE};
+use dataplane::{
+    diff, maglev_table, synthetic, validate, MaglevBackend, DEFAULT_MAGLEV_TABLE_SIZE,
+};
 
 fn bench_diff(c: &mut Criterion) {
     let mut g = c.benchmark_group("diff");

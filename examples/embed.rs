@@ -19,7 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cluster_cidrs: vec!["10.244.0.0/16".parse()?],
         service_cidrs: vec!["10.96.0.0/12".parse()?],
         node_port_range: dataplane::PortRange::default(),
-        interfaces: Interfaces { uplink: "eth0".into() },
+        interfaces: Interfaces {
+            uplink: "eth0".into(),
+        },
         masquerade: dataplane::Masquerade::default(),
         mtu: 1500,
         external_mode: dataplane::ExternalMode::Snat,
@@ -46,7 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         source: "10.244.0.12:40000".parse()?,
         destination: "10.96.0.10:80".parse()?,
     };
-    let verdict = evaluate(&after, &packet, &Entry::FromPod(ObjectName::new("default", "client")));
+    let verdict = evaluate(
+        &after,
+        &packet,
+        &Entry::FromPod(ObjectName::new("default", "client")),
+    );
     println!("{packet:?} -> {verdict:?}");
     Ok(())
 }

@@ -1,0 +1,285 @@
+//! Per-packet cost of the eBPF TC service program through `BPF_PROG_TEST_RUN`, shared by the
+//! criterion bench (`benches/packet.rs`) and the report (`benches/scaling`).
+//!
+//! A one-node lab gives the program a real node namespace (its FIB lookups see the node's
+//! routes); the state is `synthetic::state(n, 10)` on that node. Packets are TCP from a pod
+//! (`dp_from_pod`, the ClusterIP path) to the ClusterIPs of services picked at random:
+//! - new flow: a SYN with a tuple never seen before (conntrack miss, service lookup, backend
+//!   choice, conntrack insert into a map that is filling up / evicting, DNAT);
+//! - established flow: an ACK of one of 4096 flows opened before, taken round-robin, so that
+//!   consecutive packets belong to different flows (conntrack hit, DNAT).
+//!
+//! The time is the kernel's own measurement of the program run (`repeat = 1`: each packet runs
+//! once), summed over all packets; it includes the kernel's timer reads around the run.
+#![allow(dead_code)] // each including bench uses a part
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dataplane::ebpf::{EbpfConfig, EbpfDataplane, Hook};
+use dataplane::{synthetic, Dataplane};
+use dataplane_testkit::{Lab, LabSpec};
+use nix::sched::{setns, CloneFlags};
+
+/// Established flows kept open and cycled through.
+pub const ESTABLISHED_FLOWS: usize = 4096;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TC_ACT_SHOT: u32 = 2;
+
+/// Kernel-measured time over a number of packets.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    /// Packets run.
+    pub packets: u64,
+    /// Sum of the kernel-measured run times.
+    pub total: Duration,
+}
+
+impl Sample {
+    /// Mean nanoseconds per packet.
+    pub fn ns_per_packet(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let n = self.packets.max(1) as f64;
+        self.total.as_secs_f64() * 1e9 / n
+    }
+}
+
+/// A one-node lab with the eBPF backend loaded on its node.
+///
+/// The calling thread enters the node's namespace for the lifetime of the `PacketLab` and the
+/// dataplane is configured for "the current namespace": `run_packet` then runs the program on
+/// this thread, not on a new thread per packet (a fresh thread means cold caches and turns a
+/// ~100 ns run into microseconds).
+#[derive(Debug)]
+pub struct PacketLab {
+    // Field order: the dataplane detaches before the lab's namespaces go.
+    dp: EbpfDataplane,
+    lab: Lab,
+    home: File,
+    services: usize,
+    established: Vec<Vec<u8>>,
+    next_established: usize,
+    next_new: u64,
+    rng: u64,
+}
+
+fn pin_dir() -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/bpf/dp-bench-{}-packet",
+        std::process::id()
+    ))
+}
+
+impl PacketLab {
+    /// Builds the lab and loads the programs (no services yet).
+    pub fn new() -> Result<PacketLab, String> {
+        let lab = Lab::new(LabSpec {
+            nodes: 1,
+            pods_per_node: 1,
+            external_clients: 0,
+            ipv6: false,
+        })
+        .map_err(|e| format!("lab: {e}"))?;
+        let home = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| format!("open own network namespace: {e}"))?;
+        let node = File::open(lab.node(0).netns.path())
+            .map_err(|e| format!("open node namespace: {e}"))?;
+        setns(&node, CloneFlags::CLONE_NEWNET).map_err(|e| format!("enter node namespace: {e}"))?;
+        let mut config = EbpfConfig::new(pin_dir());
+        config.netns = None;
+        // 100k ClusterIPs (two entries each) plus the NodePorts synthetic states carry.
+        config.capacities.services = 1 << 18;
+        config.capacities.backend_slots = 1 << 21;
+        let dp = match EbpfDataplane::new(config) {
+            Ok(dp) => dp,
+            Err(e) => {
+                let _ = setns(&home, CloneFlags::CLONE_NEWNET);
+                return Err(format!("load eBPF programs: {e}"));
+            }
+        };
+        Ok(PacketLab {
+            dp,
+            lab,
+            home,
+            services: 0,
+            established: Vec::new(),
+            next_established: 0,
+            next_new: 0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+        })
+    }
+
+    fn random(&mut self, below: usize) -> usize {
+        // splitmix64: deterministic, good enough to spread flows over services.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z % below as u64) as usize
+    }
+
+    fn cluster_ip(i: usize) -> Ipv4Addr {
+        match synthetic::cluster_ip(i) {
+            std::net::IpAddr::V4(a) => a,
+            std::net::IpAddr::V6(_) => unreachable!("synthetic ClusterIPs are IPv4"),
+        }
+    }
+
+    /// Programs `n` services x 10 backends; returns how long the apply took. Then opens
+    /// [`ESTABLISHED_FLOWS`] flows to random services.
+    pub fn program(&mut self, n: usize) -> Result<Duration, String> {
+        let mut state = self.lab.desired_state(0);
+        state.services = synthetic::state(n, 10).services;
+        let start = Instant::now();
+        self.dp
+            .apply(&state)
+            .map_err(|e| format!("apply {n} services: {e}"))?;
+        let took = start.elapsed();
+        self.services = n;
+        self.established.clear();
+        self.next_established = 0;
+        for k in 0..ESTABLISHED_FLOWS {
+            let dst = SocketAddrV4::new(Self::cluster_ip(self.random(n)), 80);
+            // Sources 10.244.0.128-255 (never a synthetic backend of the first 12 services,
+            // so no hairpin), ports 1024-1055; the new flows use ports from 2000.
+            let src = SocketAddrV4::new(
+                Ipv4Addr::new(10, 244, 0, 128 + (k % 128) as u8),
+                1024 + (k / 128) as u16,
+            );
+            self.run(&tcp_packet(src, dst, TCP_SYN))?;
+            self.established.push(tcp_packet(src, dst, TCP_ACK));
+        }
+        Ok(took)
+    }
+
+    fn run(&mut self, packet: &[u8]) -> Result<Duration, String> {
+        self.run_repeated(packet, 1)
+    }
+
+    /// Runs `packet` `repeat` times in one test run; the kernel's mean time per run.
+    fn run_repeated(&mut self, packet: &[u8], repeat: u32) -> Result<Duration, String> {
+        let run = self
+            .dp
+            .run_packet(Hook::FromPod, packet, repeat)
+            .map_err(|e| format!("test run: {e}"))?;
+        if run.verdict == TC_ACT_SHOT {
+            return Err("the TC program dropped a ClusterIP packet".to_owned());
+        }
+        // Destination address of the IPv4 header: it must have become a backend.
+        if run.output.get(30..34) == packet.get(30..34) {
+            return Err(format!(
+                "the TC program did not translate a packet to {}.{}.{}.{} (verdict {})",
+                packet[30], packet[31], packet[32], packet[33], run.verdict
+            ));
+        }
+        Ok(run.duration)
+    }
+
+    /// Runs `count` established-flow packets, consecutive ones from different flows.
+    pub fn established(&mut self, count: u64) -> Result<Sample, String> {
+        let mut s = Sample::default();
+        for _ in 0..count {
+            let i = self.next_established % self.established.len().max(1);
+            self.next_established += 1;
+            let packet = std::mem::take(&mut self.established[i]);
+            let r = self.run(&packet);
+            self.established[i] = packet;
+            s.total += r?;
+            s.packets += 1;
+        }
+        Ok(s)
+    }
+
+    /// Runs `count` established-flow packets in batches of `repeat` runs of one flow's
+    /// packet (warm caches), moving to the next flow after each batch.
+    pub fn established_repeated(&mut self, count: u64, repeat: u32) -> Result<Sample, String> {
+        let mut s = Sample::default();
+        while s.packets < count {
+            let i = self.next_established % self.established.len().max(1);
+            self.next_established += 1;
+            let packet = std::mem::take(&mut self.established[i]);
+            let r = self.run_repeated(&packet, repeat);
+            self.established[i] = packet;
+            s.total += r? * repeat;
+            s.packets += u64::from(repeat);
+        }
+        Ok(s)
+    }
+
+    /// Runs `count` SYNs of flows never seen before.
+    pub fn new_flows(&mut self, count: u64) -> Result<Sample, String> {
+        let mut s = Sample::default();
+        for _ in 0..count {
+            let k = self.next_new;
+            self.next_new += 1;
+            // 10.244.0.128-255 x ports 2000-64999: 8M distinct tuples before one repeats.
+            let src = SocketAddrV4::new(
+                Ipv4Addr::new(10, 244, 0, 128 + (k % 128) as u8),
+                2000 + ((k / 128) % 63_000) as u16,
+            );
+            let dst = SocketAddrV4::new(Self::cluster_ip(self.random(self.services)), 80);
+            s.total += self.run(&tcp_packet(src, dst, TCP_SYN))?;
+            s.packets += 1;
+        }
+        Ok(s)
+    }
+}
+
+impl Drop for PacketLab {
+    fn drop(&mut self) {
+        let _ = self.dp.reset();
+        if let Err(e) = setns(&self.home, CloneFlags::CLONE_NEWNET) {
+            eprintln!("warning: could not return to the original network namespace: {e}");
+        }
+    }
+}
+
+fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet + IPv4 + TCP frame (no payload) with valid checksums.
+pub fn tcp_packet(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend(src.port().to_be_bytes());
+    tcp.extend(dst.port().to_be_bytes());
+    tcp.extend(1000u32.to_be_bytes());
+    tcp.extend(u32::from(flags & TCP_ACK != 0).to_be_bytes());
+    tcp.extend([5 << 4, flags]);
+    tcp.extend(65535u16.to_be_bytes());
+    tcp.extend([0, 0, 0, 0]);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend(src.ip().octets());
+    pseudo.extend(dst.ip().octets());
+    pseudo.extend([0, 6, 0, 20]);
+    let c = fold(sum16(&pseudo) + sum16(&tcp));
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+
+    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    ip.extend(src.ip().octets());
+    ip.extend(dst.ip().octets());
+    let c = fold(sum16(&ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+
+    let mut frame = Vec::with_capacity(54);
+    frame.extend([0xee; 6]);
+    frame.extend([0x02, 0, 0, 0, 0, 0x01]);
+    frame.extend(0x0800u16.to_be_bytes());
+    frame.extend(ip);
+    frame.extend(tcp);
+    frame
+}

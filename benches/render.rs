@@ -1,0 +1,58 @@
+//! Netfilter rendering cost: the text an nftables / iptables backend hands to the kernel for a
+//! full sync of 1k and 10k services x 10 endpoints (validation where the backend does it,
+//! planning and rendering; no kernel).
+//!
+//! `cargo bench --features nft --bench render`
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use dataplane::netfilter::iptables::render as ipt;
+use dataplane::netfilter::plan::{plan, Family};
+use dataplane::netfilter::{NetfilterConfig, NftablesDataplane};
+use dataplane::{synthetic, DesiredState};
+
+const SIZES: [usize; 2] = [1_000, 10_000];
+
+fn bench_nft(c: &mut Criterion) {
+    let mut g = c.benchmark_group("render_nft");
+    g.sample_size(10);
+    let dp = NftablesDataplane::new(NetfilterConfig::nftables(None));
+    for n in SIZES {
+        let state = synthetic::state(n, 10);
+        let text = dp.render(&state).expect("synthetic state renders");
+        eprintln!("nft full sync of {n} services x 10: {} bytes", text.len());
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::new("full_sync_x10", n), &state, |b, s| {
+            b.iter(|| dp.render(black_box(s)).expect("renders"));
+        });
+    }
+    g.finish();
+}
+
+fn iptables_text(state: &DesiredState) -> String {
+    let rs = ipt::compile(&plan(state), Family::V4, "DP");
+    ipt::render_sync(None, &rs, &ipt::Existing::default())
+}
+
+fn bench_iptables(c: &mut Criterion) {
+    let mut g = c.benchmark_group("render_iptables");
+    g.sample_size(10);
+    for n in SIZES {
+        let state = synthetic::state(n, 10);
+        let text = iptables_text(&state);
+        eprintln!(
+            "iptables-restore input for {n} services x 10: {} bytes, {} lines",
+            text.len(),
+            text.lines().count()
+        );
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::new("full_sync_x10", n), &state, |b, s| {
+            b.iter(|| iptables_text(black_box(s)));
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_nft, bench_iptables);
+criterion_main!(benches);

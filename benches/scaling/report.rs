@@ -1,0 +1,706 @@
+//! BENCHMARKS.md, `benches/results/scaling.json` and the PNG plots, from [`Results`].
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::{median, Results, ScalingRow, BACKENDS};
+
+const PLOT_CRR: &str = "crr.png";
+const PLOT_P99: &str = "p99.png";
+const COMMAND: &str = "sudo -E cargo bench --features ebpf,nft --bench scaling";
+
+/// Writes everything; plots that cannot be drawn (no font) are reported and skipped.
+pub fn write_all(results: &Results, out_dir: &Path, report: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let json = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
+    let json_path = out_dir.join("scaling.json");
+    std::fs::write(&json_path, json).map_err(|e| format!("{}: {e}", json_path.display()))?;
+    let mut plots = Vec::new();
+    for (file, title, y, pick) in [
+        (
+            PLOT_CRR,
+            "TCP connect-request-response-close through a ClusterIP",
+            "connections/s",
+            (|r: &ScalingRow| median(&r.crr)) as fn(&ScalingRow) -> f64,
+        ),
+        (
+            PLOT_P99,
+            "Request-response p99 latency, persistent connections",
+            "p99 latency (µs)",
+            |r: &ScalingRow| median(&r.p99_us),
+        ),
+    ] {
+        let path = out_dir.join(file);
+        match plot(results, &path, title, y, pick) {
+            Ok(()) => plots.push(file),
+            Err(e) => eprintln!("plot {}: {e}", path.display()),
+        }
+    }
+    let base = report.parent().unwrap_or(Path::new("."));
+    let rel = out_dir.strip_prefix(base).map_or_else(
+        |_| out_dir.display().to_string(),
+        |p| p.display().to_string(),
+    );
+    let notes = std::fs::read_to_string(out_dir.join("../notes.md")).ok();
+    let md = markdown(results, &rel, &plots, notes.as_deref());
+    std::fs::write(report, md).map_err(|e| format!("{}: {e}", report.display()))
+}
+
+fn row<'a>(results: &'a Results, n: usize, mode: &str, placement: &str) -> Option<&'a ScalingRow> {
+    let find = |p: &str| {
+        results
+            .scaling
+            .iter()
+            .find(|r| r.services == n && r.mode == mode && r.placement == p)
+    };
+    // With one service the random target is the last one.
+    find(placement).or_else(|| {
+        (placement == "random" && n <= 1)
+            .then(|| find("last"))
+            .flatten()
+    })
+}
+
+fn sizes(results: &Results) -> Vec<usize> {
+    let mut v: Vec<usize> = results.scaling.iter().map(|r| r.services).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn fmt_num(v: f64, digits: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.digits$}")
+    } else {
+        "–".to_owned()
+    }
+}
+
+fn cell(r: Option<&ScalingRow>, f: impl Fn(&ScalingRow) -> f64, digits: usize) -> String {
+    match r {
+        None => "–".to_owned(),
+        Some(r) if r.error.is_some() && f(r).is_nan() => "failed".to_owned(),
+        Some(r) => fmt_num(f(r), digits),
+    }
+}
+
+fn columns() -> Vec<(&'static str, &'static str, String)> {
+    let mut v = Vec::new();
+    for b in BACKENDS {
+        for p in ["random", "last"] {
+            v.push((b, p, format!("{b} ({p})")));
+        }
+    }
+    v
+}
+
+fn verdict(ok: Option<bool>, miss: &str) -> String {
+    match ok {
+        Some(true) => "met".to_owned(),
+        Some(false) => format!("**missed** ({miss})"),
+        None => "not measured".to_owned(),
+    }
+}
+
+/// "≥ target" check: verdict and by how much it misses.
+fn at_least(measured: f64, target: f64) -> String {
+    if !measured.is_finite() {
+        return verdict(None, "");
+    }
+    verdict(
+        Some(measured >= target),
+        &format!("{:.1}% short", (1.0 - measured / target) * 100.0),
+    )
+}
+
+/// "≤ target" check.
+fn at_most(measured: f64, target: f64) -> String {
+    if !measured.is_finite() {
+        return verdict(None, "");
+    }
+    verdict(
+        Some(measured <= target),
+        &format!("{:.2}x the target", measured / target),
+    )
+}
+
+fn ratio_median(results: &Results, n: usize, mode: &str, placement: &str) -> f64 {
+    row(results, n, mode, placement).map_or(f64::NAN, |r| median(&r.crr_ratio))
+}
+
+#[allow(clippy::too_many_lines)]
+fn targets(results: &Results, out: &mut String) {
+    let max_n = sizes(results).into_iter().max().unwrap_or(0);
+    let min_n = sizes(results).into_iter().min().unwrap_or(0);
+    let _ = writeln!(out, "| Target | Measured | Verdict |\n|---|---|---|");
+    let mut line = |t: &str, m: String, v: String| {
+        let _ = writeln!(out, "| {t} | {m} | {v} |");
+    };
+    for p in ["random", "last"] {
+        let r = ratio_median(results, max_n, "ebpf", p);
+        line(
+            &format!("eBPF CRR at {max_n} services ≥ 0.95 of direct (target {p})"),
+            fmt_num(r, 3),
+            at_least(r, 0.95),
+        );
+    }
+    for p in ["random", "last"] {
+        let flat =
+            ratio_median(results, max_n, "ebpf", p) / ratio_median(results, min_n, "ebpf", p);
+        line(
+            &format!("eBPF CRR flat from {min_n} to {max_n} services ≥ 0.97 (target {p})"),
+            fmt_num(flat, 3),
+            at_least(flat, 0.97),
+        );
+    }
+    for (p, want) in [("random", 2.5), ("last", 3.0)] {
+        let x =
+            ratio_median(results, max_n, "ebpf", p) / ratio_median(results, max_n, "iptables", p);
+        line(
+            &format!("eBPF ≥ {want}x iptables CRR at {max_n} services (target {p})"),
+            format!("{}x", fmt_num(x, 2)),
+            at_least(x, want),
+        );
+    }
+    let p = |n: usize| results.packet.iter().find(|r| r.services == n);
+    let est = results
+        .packet
+        .iter()
+        .map(|r| r.established_ns)
+        .fold(f64::NAN, f64::max);
+    let new = results
+        .packet
+        .iter()
+        .map(|r| r.new_flow_ns)
+        .fold(f64::NAN, f64::max);
+    line(
+        "TC program ≤ 150 ns per established-flow packet (worst N)",
+        format!("{} ns", fmt_num(est, 0)),
+        at_most(est, 150.0),
+    );
+    line(
+        "TC program ≤ 500 ns per new flow (worst N)",
+        format!("{} ns", fmt_num(new, 0)),
+        at_most(new, 500.0),
+    );
+    for (what, f) in [
+        (
+            "established",
+            (|r: &crate::PacketRow| r.established_ns) as fn(&crate::PacketRow) -> f64,
+        ),
+        ("new flow", |r: &crate::PacketRow| r.new_flow_ns),
+    ] {
+        let g = match (p(10), p(100_000)) {
+            (Some(a), Some(b)) => f(b) / f(a) - 1.0,
+            _ => f64::NAN,
+        };
+        line(
+            &format!("TC program ≤ 5% growth from 10 to 100k services ({what})"),
+            format!("{}%", fmt_num(g * 100.0, 1)),
+            at_most(g.max(0.0) * 100.0, 5.0),
+        );
+    }
+    line(
+        "XDP program: established / new flow per packet",
+        "–".to_owned(),
+        "not measured: the eBPF backend has no XDP program (`capabilities().xdp == false`)"
+            .to_owned(),
+    );
+    let cp = |b: &str| results.control.iter().find(|c| c.backend == b);
+    for (b, want_ms) in [("ebpf", 100.0), ("nftables", 1500.0)] {
+        let m = cp(b).map_or(f64::NAN, |c| median(&c.apply_from_empty_ms));
+        line(
+            &format!("Programming 10k x 10 from empty: {b} ≤ {want_ms} ms"),
+            format!("{} ms", fmt_num(m, 0)),
+            at_most(m, want_ms),
+        );
+    }
+    for (b, want_us) in [("ebpf", 200.0), ("nftables", 20_000.0)] {
+        let m = cp(b).map_or(f64::NAN, |c| median(&c.change_reach_us));
+        line(
+            &format!("One endpoint change with 10k present: {b} ≤ {want_us} µs (until a probe reaches the new backend)"),
+            format!("{} µs", fmt_num(m, 0)),
+            at_most(m, want_us),
+        );
+    }
+    for c in &results.control {
+        #[allow(clippy::cast_precision_loss)]
+        let mib = c
+            .rss
+            .as_ref()
+            .map_or(f64::NAN, |r| r.vmhwm_kib as f64 / 1024.0);
+        line(
+            &format!(
+                "Peak RSS of the process holding 10k x 10 ≤ 32 MiB ({})",
+                c.backend
+            ),
+            format!("{} MiB", fmt_num(mib, 1)),
+            at_most(mib, 32.0),
+        );
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&str>) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# Benchmarks\n");
+    let _ = writeln!(
+        o,
+        "Generated by `{COMMAND}` (see [Reproduce](#reproduce)); do not edit by hand. Raw \
+         numbers: [`{plots_dir}/scaling.json`]({plots_dir}/scaling.json). Run time: {:.0} s.\n",
+        results.total_secs
+    );
+    if let Some(m) = &results.machine {
+        let _ = writeln!(o, "## Machine\n");
+        let _ = writeln!(
+            o,
+            "| CPU | cores | memory | kernel | OS | rustc | date |\n|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} | {} |\n",
+            m.cpu, m.cores, m.memory, m.kernel, m.os, m.rustc, m.date
+        );
+        let _ = writeln!(
+            o,
+            "Everything runs on this one machine: load generator, servers, the kernel's \
+             datapath and the control plane share its {} cores, so absolute numbers are \
+             small and ratios are what carries over to other machines.\n",
+            m.cores
+        );
+    }
+    if let Some(s) = &results.settings {
+        if s.quick {
+            let _ = writeln!(
+                o,
+                "> **Quick run** (`DP_BENCH_QUICK=1`): fewer sizes and rounds; not the \
+                 published numbers.\n"
+            );
+        }
+    }
+    let _ = writeln!(o, "## Targets\n");
+    targets(results, &mut o);
+    let _ = writeln!(o);
+
+    let ns = sizes(results);
+    let cols = columns();
+    let header = |o: &mut String, first: &str, with_direct: bool| {
+        let mut h = format!("| {first} |");
+        let mut sep = "|---:|".to_owned();
+        if with_direct {
+            h.push_str(" direct (limit) |");
+            sep.push_str("---:|");
+        }
+        for (_, _, name) in &cols {
+            let _ = write!(h, " {name} |");
+            sep.push_str("---:|");
+        }
+        let _ = writeln!(o, "{h}\n{sep}");
+    };
+    let _ = writeln!(
+        o,
+        "## End to end: through a ClusterIP, 1 to {} services\n",
+        ns.last().copied().unwrap_or(0)
+    );
+    let _ = writeln!(
+        o,
+        "Each node of the lab holds N services x 10 endpoints; the target service is placed \
+         either at a random position in name order (`random`) or last (`last`, the worst case \
+         for iptables' linear chain). `direct` connects to the pod IPs with no dataplane on \
+         the node: the limit.\n"
+    );
+    let _ = writeln!(o, "### Connection rate (CRR) relative to direct\n");
+    let _ = writeln!(
+        o,
+        "Median of per-round ratios (each round measures every mode once, in alternating order).\n"
+    );
+    header(&mut o, "services", false);
+    for &n in &ns {
+        let mut l = format!("| {n} |");
+        for (b, p, _) in &cols {
+            let _ = write!(
+                l,
+                " {} |",
+                cell(row(results, n, b, p), |r| median(&r.crr_ratio), 3)
+            );
+        }
+        let _ = writeln!(o, "{l}");
+    }
+    let _ = writeln!(o, "\n### p99 request-response latency relative to direct\n");
+    header(&mut o, "services", false);
+    for &n in &ns {
+        let mut l = format!("| {n} |");
+        for (b, p, _) in &cols {
+            let _ = write!(
+                l,
+                " {} |",
+                cell(row(results, n, b, p), |r| median(&r.p99_ratio), 3)
+            );
+        }
+        let _ = writeln!(o, "{l}");
+    }
+    let _ = writeln!(o, "\n### Absolute: connections/s (median of rounds)\n");
+    header(&mut o, "services", true);
+    for &n in &ns {
+        let mut l = format!(
+            "| {n} | {} |",
+            cell(row(results, n, "direct", "-"), |r| median(&r.crr), 0)
+        );
+        for (b, p, _) in &cols {
+            let _ = write!(
+                l,
+                " {} |",
+                cell(row(results, n, b, p), |r| median(&r.crr), 0)
+            );
+        }
+        let _ = writeln!(o, "{l}");
+    }
+    let _ = writeln!(
+        o,
+        "\n### Absolute: request-response latency p50 / p99 (µs, median of rounds)\n"
+    );
+    header(&mut o, "services", true);
+    let pair = |r: Option<&ScalingRow>| match r {
+        None => "–".to_owned(),
+        Some(r) if r.p99_us.is_empty() && r.error.is_some() => "failed".to_owned(),
+        Some(r) => format!(
+            "{} / {}",
+            fmt_num(median(&r.p50_us), 1),
+            fmt_num(median(&r.p99_us), 1)
+        ),
+    };
+    for &n in &ns {
+        let mut l = format!("| {n} | {} |", pair(row(results, n, "direct", "-")));
+        for (b, p, _) in &cols {
+            let _ = write!(l, " {} |", pair(row(results, n, b, p)));
+        }
+        let _ = writeln!(o, "{l}");
+    }
+    let _ = writeln!(o);
+    for p in plots {
+        let _ = writeln!(o, "![{p}]({plots_dir}/{p})\n");
+    }
+    let failures: Vec<&ScalingRow> = results
+        .scaling
+        .iter()
+        .filter(|r| r.error.is_some())
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(o, "Failed or partial rows:\n");
+        for r in failures {
+            let _ = writeln!(
+                o,
+                "- {} services, {} ({}): {}",
+                r.services,
+                r.mode,
+                r.placement,
+                r.error.as_deref().unwrap_or_default()
+            );
+        }
+        let _ = writeln!(o);
+    }
+    let lost: u64 = results.scaling.iter().map(|r| r.failed_connections).sum();
+    let _ = writeln!(
+        o,
+        "Connections that failed during the measured runs (all modes): {lost}. Random target \
+         ranks in name order: {}.\n",
+        results
+            .scaling
+            .iter()
+            .filter(|r| r.mode == "ebpf" && r.placement == "random")
+            .map(|r| format!("{} of {}", r.rank.unwrap_or(0) + 1, r.services))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if !results.in_situ.is_empty() {
+        let _ = writeln!(o, "### eBPF program cost under that load\n");
+        let _ = writeln!(
+            o,
+            "Kernel run-time statistics (`BPF_ENABLE_STATS`) of the end-to-end node's \
+             `dp_from_pod` programs during the eBPF CRR runs: every packet from the client \
+             and from the backends, warm caches. Median over runs.\n"
+        );
+        let _ = writeln!(
+            o,
+            "| services | ns per program run | runs |\n|---:|---:|---:|"
+        );
+        for &n in &ns {
+            let v: Vec<f64> = results
+                .in_situ
+                .iter()
+                .filter(|s| s.services == n)
+                .map(|s| s.ns_per_run)
+                .collect();
+            let runs: u64 = results
+                .in_situ
+                .iter()
+                .filter(|s| s.services == n)
+                .map(|s| s.runs)
+                .sum();
+            if !v.is_empty() {
+                let _ = writeln!(o, "| {n} | {} | {runs} |", fmt_num(median(&v), 0));
+            }
+        }
+        let _ = writeln!(o);
+    }
+    let _ = writeln!(o, "### Programming time during the scaling runs\n");
+    let _ = writeln!(o, "Full sync from the previous size to this one (ms).\n");
+    let _ = writeln!(
+        o,
+        "| services | {} |\n|---:|{}",
+        BACKENDS.join(" | "),
+        "---:|".repeat(BACKENDS.len())
+    );
+    for &n in &ns {
+        let mut l = format!("| {n} |");
+        for b in BACKENDS {
+            let c = results
+                .programming
+                .iter()
+                .find(|p| p.services == n && p.backend == b);
+            let _ = write!(
+                l,
+                " {} |",
+                c.map_or_else(
+                    || "–".to_owned(),
+                    |c| c
+                        .apply_ms
+                        .map_or_else(|| "failed".to_owned(), |v| fmt_num(v, 0))
+                )
+            );
+        }
+        let _ = writeln!(o, "{l}");
+    }
+    let _ = writeln!(o);
+
+    let _ = writeln!(
+        o,
+        "## Per packet: the TC service program (BPF_PROG_TEST_RUN)\n"
+    );
+    if let Some(e) = &results.packet_error {
+        let _ = writeln!(o, "Failed: {e}\n");
+    }
+    if !results.packet.is_empty() {
+        let _ = writeln!(
+            o,
+            "`dp_from_pod` on TCP packets from a pod to ClusterIPs of random services of \
+             `synthetic::state(N, 10)`. Each packet runs once (`repeat = 1`): a TC test run \
+             repeats on the same buffer, which the first run has already translated, so \
+             repeating would measure a different path. Consecutive packets belong to \
+             different flows (4096 established flows round-robin; every new-flow SYN has a \
+             tuple never seen). Kernel-measured time, mean over {} packets; each run comes \
+             straight after a syscall, so caches are colder than under load (compare the \
+             in-situ numbers above).\n",
+            results.settings.as_ref().map_or(0, |s| s.packets)
+        );
+        let _ = writeln!(o, "| services | established flow (ns/packet) | new flow (ns/packet) | programmed in (ms) |\n|---:|---:|---:|---:|");
+        for r in &results.packet {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} |",
+                r.services,
+                fmt_num(r.established_ns, 0),
+                fmt_num(r.new_flow_ns, 0),
+                fmt_num(r.program_ms, 0)
+            );
+        }
+        let _ = writeln!(o);
+    }
+    let _ = writeln!(
+        o,
+        "The XDP program is not measured: the eBPF backend has none yet.\n"
+    );
+
+    let _ = writeln!(o, "## Control plane: 10k services x 10 endpoints\n");
+    let _ = writeln!(
+        o,
+        "Apply from empty: a fresh backend instance programs the whole state (median of the \
+         runs listed). One endpoint change: the probe service's only endpoint moves to another \
+         pod through `apply_changes` with a one-service `ChangeSet`; the clock runs until a \
+         new TCP connection from a client pod is answered by the new pod. Peak RSS: VmHWM of a \
+         child process that loads the state and programs it (it also parses the node's \
+         state; kernel memory such as BPF maps and rules is not in it); helper processes \
+         (`nft`, `iptables-restore`) are listed separately.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| backend | apply from empty (ms) | endpoint change: apply (µs) | endpoint change: until reached (µs) | peak RSS (MiB) | helper process peak RSS (MiB) | note |\n|---|---:|---:|---:|---:|---:|---|"
+    );
+    for c in &results.control {
+        #[allow(clippy::cast_precision_loss)]
+        let mib = |k: u64| fmt_num(k as f64 / 1024.0, 1);
+        let _ = writeln!(
+            o,
+            "| {} | {} ({}) | {} | {} (max {}) | {} | {} | {} |",
+            c.backend,
+            fmt_num(median(&c.apply_from_empty_ms), 0),
+            c.apply_from_empty_ms
+                .iter()
+                .map(|v| fmt_num(*v, 0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            fmt_num(median(&c.change_apply_us), 0),
+            fmt_num(median(&c.change_reach_us), 0),
+            fmt_num(
+                c.change_reach_us.iter().copied().fold(f64::NAN, f64::max),
+                0
+            ),
+            c.rss
+                .as_ref()
+                .map_or_else(|| "–".to_owned(), |r| mib(r.vmhwm_kib)),
+            c.rss.as_ref().map_or_else(
+                || "–".to_owned(),
+                |r| if r.children_maxrss_kib == 0 {
+                    "none".to_owned()
+                } else {
+                    mib(r.children_maxrss_kib)
+                }
+            ),
+            c.error.as_deref().unwrap_or("")
+        );
+    }
+    let _ = writeln!(o, "\n### Compute only (no kernel)\n");
+    let _ = writeln!(o, "Median of 5 runs; `cargo bench --bench core` and `--features nft --bench render` measure these with criterion.\n");
+    let _ = writeln!(o, "| work | ms |\n|---|---:|");
+    for c in &results.compute {
+        let _ = writeln!(o, "| {} | {} |", c.what, fmt_num(c.median_ms, 2));
+    }
+    let _ = writeln!(o);
+    if let Some(s) = &results.settings {
+        let _ = writeln!(o, "## Method\n");
+        let _ = writeln!(
+            o,
+            "- Lab (`dataplane-testkit`): one network namespace per node and pod; node 0 has \
+             no dataplane (direct pod-IP connections: the limit), nodes 1-3 run eBPF, \
+             nftables and iptables. Each node has one client pod and 10 backend pods running \
+             a small blocking server (a few threads blocked in `accept()`, one answer line per \
+             request line).\n\
+             - Services: N-2 services of `synthetic::state` (10 endpoints each, at addresses \
+             that only need to exist in the tables) plus the two targets whose 10 endpoints \
+             are the node's backend pods. Sizes: {:?}.\n\
+             - CRR: {} client threads, each connect / send one line / read the answer / close \
+             (RST, no TIME_WAIT), for {:.1} s. RR: {} persistent connections, one request at \
+             a time, for {:.1} s; p50 and p99 of all exchanges.\n\
+             - {} rounds; odd rounds run the modes in reverse order (A B C, C B A, ...). Each \
+             round's rate of a mode is divided by the same round's direct rate; the tables \
+             show the median of those ratios, and the median of the absolute values.\n\
+             - The iptables backend runs with `iptables-legacy`: on this machine \
+             `iptables-nft-restore` needed more than 5 minutes for a 320k-line kube-proxy-style \
+             input of 10k services x 10 (the backend's own input is about twice that), \
+             `iptables-legacy-restore` 6 s.\n\
+             - All traffic stays inside the lab's namespaces.\n",
+            s.services,
+            s.threads,
+            s.crr_secs,
+            crate::load::RR_CONNECTIONS,
+            s.rr_secs,
+            s.rounds
+        );
+    }
+    if let Some(notes) = notes {
+        let _ = writeln!(o, "## Analysis\n");
+        let _ = writeln!(
+            o,
+            "Hand-written (`benches/notes.md`, included as is): where the time goes and what \
+             misses a target. Check it against the numbers above after a re-run.\n"
+        );
+        let _ = writeln!(o, "{}\n", notes.trim());
+    }
+    let _ = writeln!(o, "## Reproduce\n");
+    let _ = writeln!(
+        o,
+        "As root (namespaces, BPF, netfilter), from the repository root:\n\n```sh\n{COMMAND}\n```\n\n\
+         It writes this file, `benches/results/scaling.json` and the plots. `DP_BENCH_QUICK=1` \
+         makes a quick check run (1 and 1k services); adding `-- --report-only` rewrites \
+         this file and the plots from `scaling.json` without measuring (after editing \
+         `benches/notes.md`). The full run takes about 9 minutes on this machine. The \
+         criterion benches: `cargo bench --bench core`, `cargo bench --features nft --bench \
+         render`, `sudo cargo bench --features ebpf --bench packet`."
+    );
+    o
+}
+
+fn plot(
+    results: &Results,
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    pick: fn(&ScalingRow) -> f64,
+) -> Result<(), String> {
+    let ns = sizes(results);
+    if ns.is_empty() {
+        return Err("no data".to_owned());
+    }
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let root = root.titled(title, ("sans-serif", 24)).map_err(|x| e(&x))?;
+    let panels = root.split_evenly((1, 2));
+    #[allow(clippy::cast_precision_loss)]
+    let x_max = *ns.last().unwrap_or(&1) as f64 * 1.5;
+    let mut y_max: f64 = 0.0;
+    for r in &results.scaling {
+        let v = pick(r);
+        if v.is_finite() {
+            y_max = y_max.max(v);
+        }
+    }
+    let y_max = if y_max > 0.0 { y_max * 1.15 } else { 1.0 };
+    let series: [(&str, &str, RGBColor); 4] = [
+        ("direct", "direct (limit)", RGBColor(90, 90, 90)),
+        ("ebpf", "eBPF", RGBColor(31, 119, 180)),
+        ("nftables", "nftables", RGBColor(44, 160, 44)),
+        ("iptables", "iptables", RGBColor(214, 39, 40)),
+    ];
+    for (panel, placement) in panels.iter().zip(["random", "last"]) {
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("target service {placement}"), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0.8f64..x_max).log_scale(), 0f64..y_max)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .x_desc("services (log scale)")
+            .y_desc(y_label)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()
+            .map_err(|x| e(&x))?;
+        for (mode, label, color) in series {
+            #[allow(clippy::cast_precision_loss)]
+            let points: Vec<(f64, f64)> = ns
+                .iter()
+                .filter_map(|&n| {
+                    let p = if mode == "direct" { "-" } else { placement };
+                    row(results, n, mode, p).map(|r| (n as f64, pick(r)))
+                })
+                .filter(|(_, v)| v.is_finite())
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let style = ShapeStyle::from(&color).stroke_width(3);
+            chart
+                .draw_series(LineSeries::new(points.clone(), style))
+                .map_err(|x| e(&x))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+                )
+                .map_err(|x| e(&x))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()
+            .map_err(|x| e(&x))?;
+    }
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
