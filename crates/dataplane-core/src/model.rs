@@ -286,6 +286,17 @@ impl Service {
     pub fn effective_external_mode(&self, node: &Node) -> ExternalMode {
         self.external_mode.unwrap_or(node.external_mode)
     }
+
+    /// Whether external traffic of `protocol` to a backend on another node uses direct server
+    /// return (the backend sees the client's address and replies straight to it) rather than
+    /// source NAT to the ingress node. `Hybrid` is DSR for TCP and SNAT for the rest.
+    pub fn uses_dsr(&self, node: &Node, protocol: Protocol) -> bool {
+        match self.effective_external_mode(node) {
+            ExternalMode::Snat => false,
+            ExternalMode::Dsr => true,
+            ExternalMode::Hybrid => protocol == Protocol::Tcp,
+        }
+    }
 }
 
 /// One port of a service.

@@ -224,8 +224,9 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 ///   to the node address.
 /// - ClusterIP from outside: cluster-wide; masqueraded unless the source is in the cluster CIDRs.
 /// - NodePort (node addresses), LoadBalancer IPs and ExternalIPs from outside:
-///   `externalTrafficPolicy`. `Cluster` masquerades to the node address; `Local` keeps the
-///   client address and drops when no backend is local. `loadBalancerSourceRanges` drop other
+///   `externalTrafficPolicy`. `Cluster` masquerades to the node address unless the service's
+///   external mode is DSR (`Dsr`, or `Hybrid` for TCP), which keeps the client address;
+///   `Local` keeps the client address and drops when no backend is local. `loadBalancerSourceRanges` drop other
 ///   clients on LoadBalancer IPs.
 /// - The same frontends from a pod or the host: cluster-wide, masqueraded.
 /// - No usable backend: reject. A ClusterIP on a port no service port uses: reject.
@@ -323,7 +324,11 @@ fn forward(
         // `Verdict::Forward::source`).
         (FrontendKind::ClusterIp, false) => backends.iter().all(|b| b.ip() == src),
         (FrontendKind::ClusterIp, true) => !in_any(src, &state.node.cluster_cidrs),
-        (_, true) => service.external_traffic_policy != TrafficPolicy::Local,
+        // DSR keeps the client's address whichever node the backend runs on.
+        (_, true) => {
+            service.external_traffic_policy != TrafficPolicy::Local
+                && !service.uses_dsr(&state.node, packet.protocol)
+        }
         (_, false) => true,
     };
     Verdict::Forward {

@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use dataplane_core::{
     eligible_backends, evaluate, from_yaml, node_address, validate, DesiredState, Eligible, Entry,
-    FrontendKind, IpFamily, ObjectName, Packet, Protocol, Service, SourceSeen, TrafficKind,
-    TrafficPolicy, Verdict,
+    ExternalMode, FrontendKind, IpFamily, ObjectName, Packet, Protocol, Service, SourceSeen,
+    TrafficKind, TrafficPolicy, Verdict,
 };
 use proptest::prelude::*;
 
@@ -325,6 +325,54 @@ fn cases() -> Vec<Case> {
             tweak: none,
             packet: tcp("203.0.113.7:50000", "172.18.0.10:30080"),
             entry: Entry::FromUplink,
+            expected: forward("np", NodePort, &NP_ALL, masq(NODE)),
+        },
+        Case {
+            name: "nodeport from uplink, externalMode Dsr: any backend, client address kept",
+            tweak: |s| s.services[NP].external_mode = Some(ExternalMode::Dsr),
+            packet: tcp("203.0.113.7:50000", "172.18.0.10:30080"),
+            entry: Entry::FromUplink,
+            expected: forward("np", NodePort, &NP_ALL, SourceSeen::Client),
+        },
+        Case {
+            name: "node default externalMode Dsr applies to a service that does not say",
+            tweak: |s| s.node.external_mode = ExternalMode::Dsr,
+            packet: tcp("203.0.113.7:50000", "172.18.0.10:30080"),
+            entry: Entry::FromUplink,
+            expected: forward("np", NodePort, &NP_ALL, SourceSeen::Client),
+        },
+        Case {
+            name: "a service's externalMode Snat overrides the node's Dsr default",
+            tweak: |s| {
+                s.node.external_mode = ExternalMode::Dsr;
+                s.services[NP].external_mode = Some(ExternalMode::Snat);
+            },
+            packet: tcp("203.0.113.7:50000", "172.18.0.10:30080"),
+            entry: Entry::FromUplink,
+            expected: forward("np", NodePort, &NP_ALL, masq(NODE)),
+        },
+        Case {
+            name: "externalMode Hybrid: DSR for TCP",
+            tweak: |s| s.services[NP].external_mode = Some(ExternalMode::Hybrid),
+            packet: tcp("203.0.113.7:50000", "172.18.0.10:30080"),
+            entry: Entry::FromUplink,
+            expected: forward("np", NodePort, &NP_ALL, SourceSeen::Client),
+        },
+        Case {
+            name: "externalMode Hybrid: SNAT for UDP",
+            tweak: |s| {
+                s.services[NP].external_mode = Some(ExternalMode::Hybrid);
+                s.services[NP].ports[0].protocol = Protocol::Udp;
+            },
+            packet: udp("203.0.113.7:50000", "172.18.0.10:30080"),
+            entry: Entry::FromUplink,
+            expected: forward("np", NodePort, &NP_ALL, masq(NODE)),
+        },
+        Case {
+            name: "externalMode Dsr does not change a pod reaching a NodePort: masqueraded",
+            tweak: |s| s.services[NP].external_mode = Some(ExternalMode::Dsr),
+            packet: tcp("10.244.0.6:40000", "172.18.0.10:30080"),
+            entry: client(),
             expected: forward("np", NodePort, &NP_ALL, masq(NODE)),
         },
         Case {
@@ -890,7 +938,9 @@ proptest! {
                         ),
                         destination: SocketAddr::new(*node_ip, node_port),
                     };
-                    let source = if service.external_traffic_policy == TrafficPolicy::Local {
+                    let source = if service.external_traffic_policy == TrafficPolicy::Local
+                        || service.uses_dsr(&state.node, port.protocol)
+                    {
                         SourceSeen::Client
                     } else {
                         SourceSeen::Masqueraded(*node_ip)

@@ -48,9 +48,10 @@ pub use loader::{tc_host_object, tc_pod_object, AttachMode, Hook};
 
 use crate::loader::{Maps, Objects};
 use crate::maps::{
-    CtEntry, CtKey, CT_DIR_FWD, CT_DIR_INBOUND, CT_DIR_REV, CT_F_MASQ, CT_F_SNAT, CT_TCP_FIN_FWD,
-    CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL_OUTSIDE,
-    STAT_DROPPED, STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
+    CtEntry, CtKey, CT_DIR_FWD, CT_DIR_INBOUND, CT_DIR_REV, CT_F_DSR, CT_F_MASQ, CT_F_SNAT,
+    CT_TCP_FIN_FWD, CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST, SCOPE_EXTERNAL_INSIDE,
+    SCOPE_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED,
+    SVC_F_WILDCARD,
 };
 use crate::plan::BACKEND;
 use crate::writer::Current;
@@ -447,19 +448,23 @@ impl EbpfDataplane {
         let mut report = GcReport::default();
         let mut remove = Vec::new();
         for (k, v) in &entries {
-            if k.dir == CT_DIR_FWD || k.dir == CT_DIR_INBOUND {
+            // DSR entries stand alone: the ingress node's forward entry never sees a reply,
+            // the backend node's reverse entry has no forward partner.
+            let dsr = v.flags & CT_F_DSR != 0;
+            if k.dir == CT_DIR_FWD || k.dir == CT_DIR_INBOUND || dsr {
+                let closed_both = v.tcp_state & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV)
+                    == CT_TCP_FIN_FWD | CT_TCP_FIN_REV;
+                // One side of a DSR flow sees only the client's FIN.
+                let closed = closed_both || (dsr && v.tcp_state & CT_TCP_FIN_FWD != 0);
                 let timeout = if k.proto == Protocol::Tcp.number() {
-                    if v.tcp_state & CT_TCP_RST != 0
-                        || v.tcp_state & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV)
-                            == CT_TCP_FIN_FWD | CT_TCP_FIN_REV
-                    {
+                    if v.tcp_state & CT_TCP_RST != 0 || closed {
                         timeouts.tcp_closing
-                    } else if v.tcp_state & CT_TCP_REPLY != 0 {
+                    } else if v.tcp_state & CT_TCP_REPLY != 0 || dsr {
                         timeouts.tcp_established
                     } else {
                         timeouts.tcp_syn
                     }
-                } else if v.tcp_state & CT_TCP_REPLY != 0 {
+                } else if v.tcp_state & CT_TCP_REPLY != 0 || dsr {
                     timeouts.udp_stream
                 } else {
                     timeouts.udp
@@ -467,7 +472,7 @@ impl EbpfDataplane {
                 let idle = now_ns.saturating_sub(v.last_seen_ns);
                 if u128::from(idle) > timeout.as_nanos() {
                     remove.push(*k);
-                    if k.dir == CT_DIR_FWD {
+                    if k.dir == CT_DIR_FWD && !dsr {
                         remove.push(reverse_key(k, v));
                     }
                     report.expired += 1;
@@ -602,7 +607,7 @@ impl Dataplane for EbpfDataplane {
             ipv6: true,
             maglev: true,
             session_affinity: true,
-            dsr: false,
+            dsr: true,
             xdp: false,
             masquerade: true,
             network_policy: false,

@@ -32,6 +32,8 @@ pub const SVC_F_SRC_RANGES: u16 = 1 << 3;
 pub const SVC_F_SNAT: u16 = 1 << 4;
 /// `SVC_F_WILDCARD`.
 pub const SVC_F_WILDCARD: u16 = 1 << 5;
+/// `SVC_F_DSR`: direct server return to backends on other nodes.
+pub const SVC_F_DSR: u16 = 1 << 6;
 
 /// `BE_F_LOCAL`.
 pub const BE_F_LOCAL: u8 = 1 << 0;
@@ -54,6 +56,8 @@ pub const CT_F_EXTERNAL: u16 = 1 << 2;
 pub const CT_F_MASQ: u16 = 1 << 3;
 /// `CT_F_INBOUND`.
 pub const CT_F_INBOUND: u16 = 1 << 4;
+/// `CT_F_DSR`: a direct-server-return flow (replies bypass the ingress node).
+pub const CT_F_DSR: u16 = 1 << 5;
 /// `CT_TCP_SYN`.
 pub const CT_TCP_SYN: u8 = 1 << 0;
 /// `CT_TCP_REPLY`.
@@ -71,6 +75,8 @@ pub const CFG_F_HAS_V4: u32 = 1 << 0;
 pub const CFG_F_HAS_V6: u32 = 1 << 1;
 /// `CFG_F_MASQUERADE`.
 pub const CFG_F_MASQUERADE: u32 = 1 << 2;
+/// `CFG_F_MASQ_ALL`: masquerade.all.
+pub const CFG_F_MASQ_ALL: u32 = 1 << 3;
 
 /// `CIDR_F_CLUSTER`: cluster CIDRs.
 pub const CIDR_F_CLUSTER: u8 = 1 << 0;
@@ -82,7 +88,7 @@ pub const CIDR_F_NO_MASQ: u8 = 1 << 2;
 pub const CIDR_F_NODE: u8 = 1 << 3;
 
 /// Counter indexes of `dp_stats` (`STAT_*`), with their names.
-pub const STAT_NAMES: [&str; 8] = [
+pub const STAT_NAMES: [&str; 12] = [
     "translated",
     "reverse_translated",
     "dropped",
@@ -91,6 +97,10 @@ pub const STAT_NAMES: [&str; 8] = [
     "ct_full",
     "snat_exhausted",
     "masqueraded",
+    "dsr_forwarded",
+    "dsr_replies",
+    "frag_needed",
+    "xdp_forwarded",
 ];
 /// `STAT_TRANSLATED`.
 pub const STAT_TRANSLATED: usize = 0;
@@ -325,6 +335,8 @@ pub struct DpConfig {
     pub node_v6: [u8; 16],
     /// `CFG_F_*`.
     pub flags: u32,
+    /// Underlay MTU (node.mtu).
+    pub mtu: u32,
 }
 
 macro_rules! pod {
@@ -358,4 +370,4 @@ const _: () = assert!(std::mem::size_of::<AffinityKey>() == 24);
 const _: () = assert!(std::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(std::mem::size_of::<SrcRangeKey>() == 24);
 const _: () = assert!(std::mem::size_of::<CidrKey>() == 20);
-const _: () = assert!(std::mem::size_of::<DpConfig>() == 24);
+const _: () = assert!(std::mem::size_of::<DpConfig>() == 28);

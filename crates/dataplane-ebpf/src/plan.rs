@@ -5,15 +5,16 @@ use std::net::{IpAddr, SocketAddr};
 
 use dataplane_core::{
     eligible_backends, maglev_table, node_address, ChangeSet, DesiredState, Eligible, Error,
-    ExternalMode, IpFamily, MaglevBackend, ObjectName, Protocol, Service, ServicePort, TrafficKind,
+    IpFamily, MaglevBackend, ObjectName, Protocol, Service, ServicePort, TrafficKind,
     TrafficPolicy,
 };
 
 use crate::maps::{
     family_of, Addr, Be16, DpConfig, SrcRangeData, SvcKey, BE_F_LOCAL, BE_F_TERMINATING,
-    CFG_F_HAS_V4, CFG_F_HAS_V6, CFG_F_MASQUERADE, CIDR_F_CLUSTER, CIDR_F_NODE, CIDR_F_NO_MASQ,
-    CIDR_F_POD, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL, SCOPE_INTERNAL_OUTSIDE,
-    SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_NO_LOCAL, SVC_F_SNAT, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
+    CFG_F_HAS_V4, CFG_F_HAS_V6, CFG_F_MASQUERADE, CFG_F_MASQ_ALL, CIDR_F_CLUSTER, CIDR_F_NODE,
+    CIDR_F_NO_MASQ, CIDR_F_POD, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL,
+    SCOPE_INTERNAL_OUTSIDE, SVC_F_AFFINITY, SVC_F_DSR, SVC_F_MAGLEV, SVC_F_NO_LOCAL, SVC_F_SNAT,
+    SVC_F_SRC_RANGES, SVC_F_WILDCARD,
 };
 
 pub(crate) const BACKEND: &str = "ebpf";
@@ -80,12 +81,6 @@ pub(crate) fn check_supported(state: &DesiredState) -> Result<(), Error> {
         feature: feature.to_owned(),
         object,
     };
-    if state.node.masquerade.enabled && state.node.masquerade.all {
-        return Err(unsupported(
-            "masquerade.all",
-            format!("node {}", state.node.name),
-        ));
-    }
     if let Some(p) = state.policies.first() {
         return Err(unsupported("network policy", format!("policy {}", p.name)));
     }
@@ -98,12 +93,23 @@ pub(crate) fn check_supported(state: &DesiredState) -> Result<(), Error> {
                 ));
             }
         }
-        let has_external = !s.external_ips.is_empty()
-            || !s.load_balancer_ips.is_empty()
-            || s.ports.iter().any(|p| p.node_port.is_some());
-        if has_external && s.effective_external_mode(&state.node) != ExternalMode::Snat {
+        // DSR carries the frontend in an IPv4 option; IPv6 would need an extension header.
+        let dsr = s.ports.iter().any(|p| s.uses_dsr(&state.node, p.protocol));
+        let v6_external = s
+            .external_ips
+            .iter()
+            .chain(&s.load_balancer_ips)
+            .chain(
+                state
+                    .node
+                    .addresses
+                    .iter()
+                    .filter(|_| s.ports.iter().any(|p| p.node_port.is_some())),
+            )
+            .any(IpAddr::is_ipv6);
+        if dsr && v6_external && s.backends.iter().any(|b| b.ip.is_ipv6()) {
             return Err(unsupported(
-                "direct server return (externalMode Dsr/Hybrid)",
+                "direct server return over IPv6 (externalMode Dsr/Hybrid)",
                 format!("service {}", s.name),
             ));
         }
@@ -317,10 +323,12 @@ fn plan_port(
             },
         );
     }
-    let snat = if service.external_traffic_policy == TrafficPolicy::Cluster {
-        SVC_F_SNAT
-    } else {
-        0
+    // Cluster policy sends external clients to remote backends: with SNAT to this node, or
+    // with DSR (the datapath still answers local backends itself).
+    let snat = match service.external_traffic_policy {
+        TrafficPolicy::Cluster if service.uses_dsr(&state.node, port.protocol) => SVC_F_DSR,
+        TrafficPolicy::Cluster => SVC_F_SNAT,
+        TrafficPolicy::Local => 0,
     };
     let mut external: Vec<(IpAddr, u16, u16)> = Vec::new();
     for ip in &service.external_ips {
@@ -378,7 +386,11 @@ fn plan_node(state: &DesiredState) -> Plan {
     }
     if state.node.masquerade.enabled {
         out.config.flags |= CFG_F_MASQUERADE;
+        if state.node.masquerade.all {
+            out.config.flags |= CFG_F_MASQ_ALL;
+        }
     }
+    out.config.mtu = state.node.mtu;
     out.cidrs = cidr_table(&state.node);
     out
 }

@@ -82,7 +82,7 @@ fn map_layouts_match_btf() {
         layout!(AffinityKey, "affinity_key", [svc_id => "svc_id", family => "family", pad => "pad", addr => "addr"]),
         layout!(AffinityValue, "affinity_value", [last_seen_ns => "last_seen_ns", backend_id => "backend_id", pad => "pad"]),
         layout!(CidrKey, "cidr_key", [prefixlen => "prefixlen", addr => "addr"]),
-        layout!(DpConfig, "dp_config", [node_v4 => "node_v4", node_v6 => "node_v6", flags => "flags"]),
+        layout!(DpConfig, "dp_config", [node_v4 => "node_v4", node_v6 => "node_v6", flags => "flags", mtu => "mtu"]),
     ];
     for object in [
         dataplane_ebpf::tc_pod_object(),

@@ -1082,3 +1082,191 @@ fn identical_slot_ranges_are_shared() {
     assert_eq!(run.verdict, OK);
     assert_ne!(hex(&run.output), hex(&syn), "NodePort translated");
 }
+
+/// DSR scene on node-a (172.18.0.2): `dsr` NodePort 30090 (TCP and UDP, externalMode Dsr) with
+/// one remote backend 10.244.1.20 and `hybrid` NodePort 30091 (Hybrid: DSR for TCP only),
+/// and `dsr-local` NodePort 30092 (Dsr) whose only backend is local.
+fn dsr_scene() -> DesiredState {
+    let remote = || vec![backend("10.244.1.20", "node-b")];
+    let mut dsr = service("dsr", "10.96.0.30", remote());
+    dsr.ports = vec![
+        port(Protocol::Tcp, 80, 8080, Some(30090)),
+        port(Protocol::Udp, 80, 8080, Some(30090)),
+    ];
+    dsr.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+    let mut hybrid = dsr.clone();
+    hybrid.name = ObjectName::new("default", "hybrid");
+    hybrid.cluster_ips = vec!["10.96.0.31".parse().unwrap()];
+    hybrid.ports = vec![
+        port(Protocol::Tcp, 80, 8080, Some(30091)),
+        port(Protocol::Udp, 80, 8080, Some(30091)),
+    ];
+    hybrid.external_mode = Some(dataplane_core::ExternalMode::Hybrid);
+    let mut local = service(
+        "dsr-local",
+        "10.96.0.32",
+        vec![backend("10.244.0.10", "node-a")],
+    );
+    local.ports = vec![port(Protocol::Tcp, 80, 8080, Some(30092))];
+    local.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+    state(vec![dsr, hybrid, local])
+}
+
+fn stat(dp: &EbpfDataplane, name: &str) -> u64 {
+    dp.stats().expect("stats").other[name]
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // a fixture table reads best in one piece
+fn dsr_fixtures() {
+    if !require_root("dsr_fixtures") {
+        return;
+    }
+    let n = TestNode::new("dsr");
+    let mut dp = n.dataplane();
+    dp.apply(&dsr_scene()).expect("apply");
+
+    let syn = |src: &str, dst: &str, sport, dport| eth().ip(src, dst).tcp(sport, dport, TCP_SYN);
+    // 1460 bytes of payload: a full 1500-byte IPv4 packet that the option would push over.
+    let big = eth()
+        .ip("192.0.2.7", "172.18.0.2")
+        .tcp(45000, 30090, TCP_ACK)
+        .payload(&[0x5a; 1460])
+        .build();
+    let fixtures = vec![
+        Fixture {
+            description: "DSR NodePort SYN: DNAT to the remote backend, client kept, option added",
+            hook: Hook::FromUplink,
+            input: syn("192.0.2.7", "172.18.0.2", 45000, 30090).build(),
+            verdict: OK,
+            output: syn("192.0.2.7", "10.244.1.20", 45000, 8080)
+                .dsr_option("172.18.0.2", 30090)
+                .build(),
+        },
+        Fixture {
+            description: "DSR established packet: same backend, option on every request",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip("192.0.2.7", "172.18.0.2")
+                .tcp(45000, 30090, TCP_ACK)
+                .payload(b"GET /")
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("192.0.2.7", "10.244.1.20")
+                .tcp(45000, 8080, TCP_ACK)
+                .payload(b"GET /")
+                .dsr_option("172.18.0.2", 30090)
+                .build(),
+        },
+        Fixture {
+            description:
+                "DSR request that no longer fits the MTU: ICMP fragmentation needed (1492)",
+            hook: Hook::FromUplink,
+            output: swap_macs(
+                eth()
+                    .ip("172.18.0.2", "192.0.2.7")
+                    .icmp_frag_needed(quoted(&big), 1492),
+            )
+            .build(),
+            input: big,
+            verdict: REDIRECT,
+        },
+        Fixture {
+            description: "DSR UDP: option added, UDP checksum fixed",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip("192.0.2.7", "172.18.0.2")
+                .udp(45001, 30090)
+                .payload(b"ping")
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("192.0.2.7", "10.244.1.20")
+                .udp(45001, 8080)
+                .payload(b"ping")
+                .dsr_option("172.18.0.2", 30090)
+                .build(),
+        },
+        Fixture {
+            description: "Hybrid NodePort TCP: DSR",
+            hook: Hook::FromUplink,
+            input: syn("192.0.2.7", "172.18.0.2", 45002, 30091).build(),
+            verdict: OK,
+            output: syn("192.0.2.7", "10.244.1.20", 45002, 8080)
+                .dsr_option("172.18.0.2", 30091)
+                .build(),
+        },
+        Fixture {
+            description: "Hybrid NodePort UDP: SNAT to the node address",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip("192.0.2.7", "172.18.0.2")
+                .udp(45003, 30091)
+                .payload(b"ping")
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("172.18.0.2", "10.244.1.20")
+                .udp(45003, 8080)
+                .payload(b"ping")
+                .build(),
+        },
+        Fixture {
+            description: "DSR NodePort with a local backend: plain DNAT, no option",
+            hook: Hook::FromUplink,
+            input: syn("192.0.2.7", "172.18.0.2", 45004, 30092).build(),
+            verdict: OK,
+            output: syn("192.0.2.7", "10.244.0.10", 45004, 8080).build(),
+        },
+        Fixture {
+            description: "backend's node: a request with the DSR option is delivered without it",
+            hook: Hook::FromUplink,
+            input: syn("192.0.2.8", "10.244.0.10", 46000, 8080)
+                .dsr_option("172.18.0.9", 30090)
+                .build(),
+            verdict: OK,
+            output: syn("192.0.2.8", "10.244.0.10", 46000, 8080).build(),
+        },
+        Fixture {
+            description: "backend's node: the pod's reply leaves from the frontend it learnt",
+            hook: Hook::FromPod,
+            input: eth()
+                .ip("10.244.0.10", "192.0.2.8")
+                .tcp(8080, 46000, TCP_SYN | TCP_ACK)
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("172.18.0.9", "192.0.2.8")
+                .tcp(30090, 46000, TCP_SYN | TCP_ACK)
+                .build(),
+        },
+    ];
+    for f in &fixtures {
+        check(&mut dp, f);
+    }
+    assert_eq!(
+        stat(&dp, "dsr_forwarded"),
+        4,
+        "four requests went out with the option"
+    );
+    assert_eq!(
+        stat(&dp, "dsr_replies"),
+        1,
+        "one reply answered from the frontend"
+    );
+    assert_eq!(stat(&dp, "frag_needed"), 1, "one ICMP fragmentation needed");
+    let flows = dp.flows().expect("flows");
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.frontend.to_string() == "172.18.0.2:30090"
+                && f.backend.to_string() == "10.244.1.20:8080"
+                && f.client.to_string() == "192.0.2.7:45000"),
+        "the DSR flow is listed on the ingress node: {flows:?}"
+    );
+    // GC keeps the lone DSR entries (no reverse partner) while they are fresh.
+    let report = dp.gc(monotonic_now()).expect("gc");
+    assert_eq!(report.orphans, 0, "{report:?}");
+    assert!(dp.flows().expect("flows").len() >= 3);
+}

@@ -24,6 +24,7 @@
 /* linux/icmp.h pulls in libc headers that do not build for -target bpf. */
 #define ICMP_DEST_UNREACH 3
 #define ICMP_PORT_UNREACH 3
+#define ICMP_FRAG_NEEDED 4
 #define ICMPV6_DEST_UNREACH 1
 #define ICMPV6_PORT_UNREACH 4
 
@@ -43,6 +44,8 @@
 #define DROP_NO_SNAT -3 /* no node address of the family, or no free SNAT port */
 #define DROP_CT_FULL -4 /* conntrack entry could not be written */
 #define DP_REJECT -5    /* no backend: answer with ICMP unreachable */
+#define DP_FRAG_NEEDED -6 /* DSR request too big once grown: answer ICMP fragmentation needed */
+#define DP_DSR 3        /* DSR request taken on a backend's node: let the stack deliver it */
 
 /* Where the program runs. */
 #define CTX_FROM_POD 0

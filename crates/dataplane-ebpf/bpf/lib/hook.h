@@ -50,7 +50,11 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 			return TC_ACT_OK;
 		ret = icmp_error_nat(skb, &p);
 	} else if (ret > 0) {
-		ret = lb_reply(skb, &p);
+		ret = DP_PASS;
+		if (ctx == CTX_FROM_UPLINK)
+			ret = dsr_accept(skb, &p);
+		if (ret == DP_PASS)
+			ret = lb_reply(skb, &p);
 		if (ret == DP_PASS)
 			ret = lb_forward(skb, &p, ctx);
 		if (ret == DP_PASS && ctx == CTX_TO_UPLINK)
@@ -64,9 +68,12 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	case DP_NAT:
 		return dp_route(skb, &p);
 	case DP_MASQ:
+	case DP_DSR:
 		return TC_ACT_OK;
 	case DP_REJECT:
 		return reject(skb, &p, ctx);
+	case DP_FRAG_NEEDED:
+		return frag_needed(skb, &p, ctx);
 	default:
 		stat_inc(STAT_DROPPED);
 		return TC_ACT_SHOT;

@@ -15,6 +15,7 @@
 #include "csum.h"
 #include "nat.h"
 #include "ct.h"
+#include "dsr.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 #define SNAT_PORT_MIN 32768
@@ -90,6 +91,12 @@ static __always_inline __u8 cidr_bits(const struct pkt *p, const __u32 *addr)
 	mapped_addr(k.addr, p, addr);
 	bits = bpf_map_lookup_elem(&dp_cidrs, &k);
 	return bits ? *bits : 0;
+}
+
+/* Whether @addr is on this node: one of its pods or one of its own addresses. */
+static __always_inline int is_local(const struct pkt *p, const __u32 *addr)
+{
+	return cidr_bits(p, addr) & (CIDR_F_POD | CIDR_F_NODE);
 }
 
 static __always_inline struct backend *backend_at(const struct svc_value *svc, __u32 idx,
@@ -214,14 +221,14 @@ static __noinline int lb_reply(struct __sk_buff *skb, struct pkt *p)
 	ret = nat_src(skb, p, rev->nat_addr, rev->nat_port);
 	if (ret < 0)
 		return ret;
-	stat_inc(STAT_REV_TRANSLATED);
+	stat_inc((rev->flags & CT_F_DSR) ? STAT_DSR_REPLIES : STAT_REV_TRANSLATED);
 	return DP_NAT;
 }
 
 /**
  * masquerade() - source-NAT a new connection from a local pod that leaves the cluster
- * (destination outside the cluster CIDRs, nonMasqueradeCidrs and node addresses), on the
- * uplink's egress. Only a TCP SYN or a UDP packet starts one: TCP packets without conntrack
+ * (destination outside the cluster CIDRs, nonMasqueradeCidrs and node addresses; with
+ * masquerade.all, anything but this node's pods and addresses), on the uplink's egress. Only a TCP SYN or a UDP packet starts one: TCP packets without conntrack
  * are left alone, so connections that came in are never masqueraded on their way back.
  */
 static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p)
@@ -240,7 +247,10 @@ static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p)
 		return DP_PASS;
 	if (!(cidr_bits(p, p->saddr) & CIDR_F_POD))
 		return DP_PASS;
-	if (cidr_bits(p, p->daddr) & (CIDR_F_CLUSTER | CIDR_F_NO_MASQ | CIDR_F_NODE))
+	/* masquerade.all: everything but this node's own pods and addresses. */
+	if (cidr_bits(p, p->daddr) & ((cfg->flags & CFG_F_MASQ_ALL)
+					      ? (CIDR_F_POD | CIDR_F_NODE)
+					      : (CIDR_F_CLUSTER | CIDR_F_NO_MASQ | CIDR_F_NODE)))
 		return DP_PASS;
 	ct_key_from_pkt(&fk, p, CT_DIR_INBOUND);
 	if (bpf_map_lookup_elem(&dp_ct, &fk))
@@ -344,6 +354,7 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx)
 	__u32 backend_id = 0;
 	__u8 scope;
 	int do_snat = 0;
+	int dsr = 0;
 	int ret;
 
 	ct_key_from_pkt(&fk, p, CT_DIR_FWD);
@@ -354,6 +365,8 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx)
 		if ((fwd->flags & CT_F_MASQ) && ctx != CTX_TO_UPLINK)
 			return DP_PASS;
 		ct_touch(fwd, p, 0);
+		if (fwd->flags & CT_F_DSR)
+			return dsr_forward(skb, p, fwd->nat_addr, fwd->nat_port);
 		if (fwd->flags & CT_F_SNAT) {
 			ret = nat_src(skb, p, fwd->snat_addr, fwd->snat_port);
 			if (ret < 0)
@@ -403,7 +416,10 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx)
 	if (!be || be->family != p->family)
 		return DP_REJECT;
 
-	if (svc->flags & SVC_F_SNAT)
+	/* DSR: only backends on other nodes; a local one is answered through this node. */
+	if ((svc->flags & SVC_F_DSR) && p->family == DP_AF_INET && !is_local(p, be->addr))
+		dsr = 1;
+	else if (svc->flags & SVC_F_SNAT)
 		do_snat = 1;
 	else if (scope == SVC_SCOPE_INTERNAL && ctx == CTX_FROM_UPLINK && !(cidr_bits(p, p->saddr) & CIDR_F_CLUSTER))
 		do_snat = 1;
@@ -434,7 +450,8 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx)
 	fe.last_seen_ns = fe.created_ns;
 	fe.backend_id = backend_id;
 	fe.svc_id = svc->id;
-	fe.flags = (do_snat ? CT_F_SNAT : 0) | (ctx == CTX_FROM_UPLINK ? CT_F_EXTERNAL : 0);
+	fe.flags = (do_snat ? CT_F_SNAT : 0) | (dsr ? CT_F_DSR : 0) |
+		   (ctx == CTX_FROM_UPLINK ? CT_F_EXTERNAL : 0);
 	if (ctx == CTX_FROM_POD && addr_eq(be->addr, p->saddr))
 		fe.flags |= CT_F_HAIRPIN;
 	fe.tcp_state = tcp_bits(p, 0);
@@ -448,12 +465,15 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx)
 	addr_copy(re.snat_addr, client);
 	re.snat_port = client_port;
 
-	if (bpf_map_update_elem(&dp_ct, &rk, &re, BPF_ANY) < 0 ||
+	/* A DSR flow's replies never come back here: no reverse entry. */
+	if ((!dsr && bpf_map_update_elem(&dp_ct, &rk, &re, BPF_ANY) < 0) ||
 	    bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
 		stat_inc(STAT_CT_FULL);
 		return DROP_CT_FULL;
 	}
 	stat_inc(STAT_CT_CREATED);
+	if (dsr)
+		return dsr_forward(skb, p, be->addr, be->port);
 
 	if (do_snat) {
 		ret = nat_src(skb, p, snat, rk.dport);

@@ -32,6 +32,7 @@
 #define SVC_F_SRC_RANGES (1 << 3)  /* client must match dp_srcrange */
 #define SVC_F_SNAT (1 << 4)        /* masquerade the client to the node address */
 #define SVC_F_WILDCARD (1 << 5)    /* port 0 entry of a ClusterIP: unknown port, reject */
+#define SVC_F_DSR (1 << 6)         /* direct server return to backends on other nodes */
 
 /* Backend flags (informational; eligibility is decided in user space). */
 #define BE_F_LOCAL (1 << 0)
@@ -49,6 +50,9 @@
 #define CT_F_EXTERNAL (1 << 2) /* created from the uplink */
 #define CT_F_MASQ (1 << 3)     /* pod masquerade, not a service connection */
 #define CT_F_INBOUND (1 << 4)  /* CT_DIR_INBOUND marker */
+#define CT_F_DSR (1 << 5)      /* direct server return: on the ingress node a forward entry
+				* whose replies never come back; on the backend node a reverse
+				* entry learnt from the DSR option */
 
 /* State bits seen on a flow (kept in the forward entry); UDP uses CT_TCP_REPLY only. */
 #define CT_TCP_SYN (1 << 0)
@@ -61,6 +65,22 @@
 #define CFG_F_HAS_V4 (1 << 0)
 #define CFG_F_HAS_V6 (1 << 1)
 #define CFG_F_MASQUERADE (1 << 2) /* masquerade new pod connections leaving the cluster */
+#define CFG_F_MASQ_ALL (1 << 3)   /* masquerade.all: every destination outside this node's pods */
+
+/*
+ * DSR wire format (IPv4): the ingress node keeps the client's source address, rewrites the
+ * destination to the backend and inserts this IP option right after the 20-byte header so
+ * that the backend's node can answer from the service frontend. 8 bytes: the MTU cost.
+ * Type 0x9b: copied on fragmentation, class 0, number 27 (unassigned; Cilium uses 0x9a).
+ */
+#define DSR_OPT_TYPE 0x9b
+#define DSR_OPT_LEN 8
+struct dsr_opt {
+	__u8 type;
+	__u8 len;
+	__be16 port; /* frontend port */
+	__be32 addr; /* frontend address */
+};
 
 /* dp_cidrs value bits; user space ORs into each prefix the bits of every prefix containing it,
  * so the longest match carries all of them. */
@@ -78,7 +98,11 @@
 #define STAT_CT_FULL 5
 #define STAT_SNAT_EXHAUSTED 6
 #define STAT_MASQUERADED 7
-#define STAT_MAX 8
+#define STAT_DSR_FORWARDED 8 /* requests sent to another node with the DSR option */
+#define STAT_DSR_REPLIES 9   /* replies answered from the frontend on a backend's node */
+#define STAT_FRAG_NEEDED 10  /* ICMP fragmentation needed sent for the DSR overhead */
+#define STAT_XDP_FORWARDED 11 /* service packets forwarded by the XDP fast path */
+#define STAT_MAX 12
 
 struct svc_key {
 	__u32 addr[4]; /* frontend address, network order */
@@ -167,6 +191,7 @@ struct dp_config {
 	__u32 node_v4;    /* masquerade address, network order */
 	__u32 node_v6[4];
 	__u32 flags;      /* CFG_F_* */
+	__u32 mtu;        /* underlay MTU: a DSR request that no longer fits gets ICMP frag needed */
 };
 
 /* Default sizes; user space overrides max_entries from its configured capacities. */

@@ -41,7 +41,7 @@ struct icmp6_pseudo {
 	__be32 nexthdr;
 };
 
-static __always_inline int reject_finish(struct __sk_buff *skb, int ctx)
+static __always_inline int reject_finish(struct __sk_buff *skb, int ctx, __u32 stat)
 {
 	struct ethhdr eth;
 	__u8 tmp[ETH_ALEN];
@@ -53,7 +53,7 @@ static __always_inline int reject_finish(struct __sk_buff *skb, int ctx)
 	__builtin_memcpy(eth.h_source, tmp, ETH_ALEN);
 	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
 		return TC_ACT_SHOT;
-	stat_inc(STAT_REJECTED);
+	stat_inc(stat);
 	/* From the host (egress): deliver the error up the host stack instead. */
 	return bpf_redirect(skb->ifindex, ctx == CTX_TO_UPLINK ? BPF_F_INGRESS : 0);
 }
@@ -62,7 +62,12 @@ static __always_inline int reject_finish(struct __sk_buff *skb, int ctx)
 #define QUOTE_UDP 8
 #define QUOTE_TCP 20
 
-static __always_inline int reject_v4(struct __sk_buff *skb, const struct pkt *p, int ctx)
+/*
+ * @code: ICMP_PORT_UNREACH, or ICMP_FRAG_NEEDED with @mtu, the next-hop MTU the client must
+ * use (DSR's overhead taken off the underlay MTU).
+ */
+static __always_inline int reject_v4(struct __sk_buff *skb, const struct pkt *p, int ctx,
+				     __u8 code, __u32 mtu)
 {
 	struct icmp4_reply r;
 	int tcp = p->proto == IPPROTO_TCP;
@@ -95,7 +100,8 @@ static __always_inline int reject_v4(struct __sk_buff *skb, const struct pkt *p,
 	r.ip.daddr = p->saddr[0];
 	r.ip.check = csum_buf(&r.ip, sizeof(r.ip), 0);
 	r.type = ICMP_DEST_UNREACH;
-	r.code = ICMP_PORT_UNREACH;
+	r.code = code;
+	r.unused = bpf_htonl(mtu);
 	if (tcp) {
 		r.check = csum_buf(&r.type, sizeof(r) - sizeof(r.ip), 0);
 		if (bpf_skb_store_bytes(skb, p->l3_off, &r, sizeof(r), BPF_F_INVALIDATE_HASH) < 0)
@@ -106,7 +112,7 @@ static __always_inline int reject_v4(struct __sk_buff *skb, const struct pkt *p,
 					BPF_F_INVALIDATE_HASH) < 0)
 			return TC_ACT_SHOT;
 	}
-	return reject_finish(skb, ctx);
+	return reject_finish(skb, ctx, code == ICMP_FRAG_NEEDED ? STAT_FRAG_NEEDED : STAT_REJECTED);
 }
 
 static __always_inline int reject_v6(struct __sk_buff *skb, const struct pkt *p, int ctx)
@@ -158,12 +164,24 @@ static __always_inline int reject_v6(struct __sk_buff *skb, const struct pkt *p,
 					BPF_F_INVALIDATE_HASH) < 0)
 			return TC_ACT_SHOT;
 	}
-	return reject_finish(skb, ctx);
+	return reject_finish(skb, ctx, STAT_REJECTED);
 }
 
 static __noinline int reject(struct __sk_buff *skb, const struct pkt *p, int ctx)
 {
-	return p->family == DP_AF_INET ? reject_v4(skb, p, ctx) : reject_v6(skb, p, ctx);
+	return p->family == DP_AF_INET ? reject_v4(skb, p, ctx, ICMP_PORT_UNREACH, 0)
+				       : reject_v6(skb, p, ctx);
+}
+
+/* ICMP fragmentation needed for a DSR request that does not fit once the option is added. */
+static __noinline int frag_needed(struct __sk_buff *skb, const struct pkt *p, int ctx)
+{
+	__u32 zero = 0;
+	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
+
+	if (!cfg || p->family != DP_AF_INET)
+		return TC_ACT_SHOT;
+	return reject_v4(skb, p, ctx, ICMP_FRAG_NEEDED, cfg->mtu - DSR_OPT_LEN);
 }
 
 #endif

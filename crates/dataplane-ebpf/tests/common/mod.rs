@@ -116,6 +116,8 @@ enum L4 {
     Icmp {
         kind: u8,
         code: u8,
+        /// The 32 bits after the checksum (the next-hop MTU of "fragmentation needed").
+        rest: u32,
         quoted: Vec<u8>,
     },
 }
@@ -130,6 +132,8 @@ pub struct PacketBuilder {
     l4: Option<L4>,
     payload: Vec<u8>,
     ttl: u8,
+    /// IPv4 options (a multiple of 4 bytes).
+    options: Vec<u8>,
 }
 
 pub fn eth() -> PacketBuilder {
@@ -141,6 +145,7 @@ pub fn eth() -> PacketBuilder {
         l4: None,
         payload: Vec::new(),
         ttl: 64,
+        options: Vec::new(),
     }
 }
 
@@ -174,15 +179,35 @@ impl PacketBuilder {
             L4::Icmp {
                 kind: 1,
                 code: 4,
+                rest: 0,
                 quoted,
             }
         } else {
             L4::Icmp {
                 kind: 3,
                 code: 3,
+                rest: 0,
                 quoted,
             }
         });
+        self
+    }
+    /// ICMP (IPv4) fragmentation needed with the next-hop `mtu`.
+    pub fn icmp_frag_needed(mut self, quoted: Vec<u8>, mtu: u16) -> Self {
+        self.l4 = Some(L4::Icmp {
+            kind: 3,
+            code: 4,
+            rest: u32::from(mtu),
+            quoted,
+        });
+        self
+    }
+    /// Our DSR option: the frontend `addr`:`port` a backend's node answers from.
+    pub fn dsr_option(mut self, addr: &str, port: u16) -> Self {
+        let a: std::net::Ipv4Addr = addr.parse().expect("IPv4 frontend");
+        self.options = vec![0x9b, 8];
+        self.options.extend(port.to_be_bytes());
+        self.options.extend(a.octets());
         self
     }
     pub fn payload(mut self, p: &[u8]) -> Self {
@@ -220,8 +245,14 @@ impl PacketBuilder {
                 h.extend([0, 0]);
                 (17u8, h)
             }
-            L4::Icmp { kind, code, quoted } => {
-                let mut h = vec![kind, code, 0, 0, 0, 0, 0, 0];
+            L4::Icmp {
+                kind,
+                code,
+                rest,
+                quoted,
+            } => {
+                let mut h = vec![kind, code, 0, 0];
+                h.extend(rest.to_be_bytes());
                 h.extend(quoted);
                 (if v6 { 58u8 } else { 1u8 }, h)
             }
@@ -262,11 +293,13 @@ impl PacketBuilder {
             out.extend(octets(dst));
         } else {
             out.extend(0x0800u16.to_be_bytes());
-            let mut h = vec![0x45, 0];
-            h.extend(((20 + l4.len()) as u16).to_be_bytes());
+            let hlen = 20 + self.options.len();
+            let mut h = vec![0x40 | (hlen / 4) as u8, 0];
+            h.extend(((hlen + l4.len()) as u16).to_be_bytes());
             h.extend([0, 0, 0, 0, self.ttl, proto, 0, 0]);
             h.extend(octets(src));
             h.extend(octets(dst));
+            h.extend(&self.options);
             let c = fold(sum16(&h));
             h[10..12].copy_from_slice(&c.to_be_bytes());
             out.extend(h);
