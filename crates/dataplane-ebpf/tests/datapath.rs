@@ -1270,3 +1270,141 @@ fn dsr_fixtures() {
     assert_eq!(report.orphans, 0, "{report:?}");
     assert!(dp.flows().expect("flows").len() >= 3);
 }
+
+/// Source address and port (or echo identifier) of an IPv4 output packet.
+fn src_of(out: &[u8]) -> (IpAddr, u16) {
+    let port_at = if out[23] == 1 { 38 } else { 34 };
+    (
+        IpAddr::from([out[26], out[27], out[28], out[29]]),
+        u16::from_be_bytes([out[port_at], out[port_at + 1]]),
+    )
+}
+
+/// Destination address and port (or echo identifier) of an IPv4 output packet.
+fn dst_of(out: &[u8]) -> (IpAddr, u16) {
+    let port_at = if out[23] == 1 { 38 } else { 36 };
+    (
+        IpAddr::from([out[30], out[31], out[32], out[33]]),
+        u16::from_be_bytes([out[port_at], out[port_at + 1]]),
+    )
+}
+
+fn run_ok(dp: &mut EbpfDataplane, hook: Hook, input: &[u8], what: &str) -> Vec<u8> {
+    let run = dp.run_packet(hook, input, 1).expect("test run");
+    assert_eq!(run.verdict, OK, "{what}: verdict");
+    assert!(
+        common::checksum_ok(&run.output[14..34]),
+        "{what}: IPv4 header checksum"
+    );
+    if run.output[23] == 1 {
+        assert!(
+            common::checksum_ok(&run.output[34..]),
+            "{what}: ICMP checksum"
+        );
+    }
+    run.output
+}
+
+#[test]
+fn masquerade_collisions_echo_and_masquerade_all() {
+    if !require_root("masquerade_collisions_echo_and_masquerade_all") {
+        return;
+    }
+    let n = TestNode::new("masq");
+    let mut dp = n.dataplane();
+    let mut st = state(Vec::new());
+    st.node.masquerade.non_masquerade_cidrs = vec!["198.51.100.0/24".parse().unwrap()];
+    dp.apply(&st).expect("apply");
+    let node: IpAddr = "172.18.0.2".parse().unwrap();
+    let peer = "192.0.2.50";
+    let udp = |src: &str, sport| eth().ip(src, peer).udp(sport, 53).payload(b"q").build();
+
+    // Two pods, same source port, same peer: the second gets another port.
+    let a = run_ok(&mut dp, Hook::ToUplink, &udp("10.244.0.5", 40000), "pod a");
+    assert_eq!(src_of(&a), (node, 40000), "the first keeps its port");
+    let b = run_ok(&mut dp, Hook::ToUplink, &udp("10.244.0.6", 40000), "pod b");
+    let (b_src, b_port) = src_of(&b);
+    assert_eq!(b_src, node);
+    assert_ne!(b_port, 40000, "a colliding flow gets another port");
+    assert!(
+        (32768..=60999).contains(&b_port),
+        "port {b_port} in the SNAT range"
+    );
+    for (port, pod) in [(40000, "10.244.0.5"), (b_port, "10.244.0.6")] {
+        let reply = eth()
+            .ip(peer, "172.18.0.2")
+            .udp(53, port)
+            .payload(b"a")
+            .build();
+        let out = run_ok(&mut dp, Hook::FromUplink, &reply, "reply");
+        assert_eq!(
+            dst_of(&out),
+            (pod.parse().unwrap(), 40000),
+            "reply to {port}"
+        );
+    }
+
+    // Ping: the echo identifier is the port; a colliding identifier is replaced and restored.
+    let ping = |src: &str| eth().ip(src, peer).icmp_echo(false, 0x1234).build();
+    let a = run_ok(&mut dp, Hook::ToUplink, &ping("10.244.0.5"), "echo a");
+    assert_eq!(src_of(&a), (node, 0x1234));
+    let b = run_ok(&mut dp, Hook::ToUplink, &ping("10.244.0.6"), "echo b");
+    let (_, b_id) = src_of(&b);
+    assert_ne!(b_id, 0x1234, "a colliding echo identifier is replaced");
+    for (id, pod) in [(0x1234, "10.244.0.5"), (b_id, "10.244.0.6")] {
+        let reply = eth().ip(peer, "172.18.0.2").icmp_echo(true, id).build();
+        let out = run_ok(&mut dp, Hook::FromUplink, &reply, "echo reply");
+        assert_eq!(
+            dst_of(&out),
+            (pod.parse().unwrap(), 0x1234),
+            "echo reply {id:#x}"
+        );
+    }
+    assert_eq!(
+        src_of(&run_ok(
+            &mut dp,
+            Hook::ToUplink,
+            &ping("10.244.0.6"),
+            "echo b again"
+        )),
+        (node, b_id),
+        "the echo flow keeps its identifier"
+    );
+
+    // nonMasqueradeCIDRs and the cluster are left alone; masquerade.all takes the cluster too.
+    let to = |dst: &str| {
+        eth()
+            .ip("10.244.0.5", dst)
+            .udp(41000, 53)
+            .payload(b"q")
+            .build()
+    };
+    for dst in ["198.51.100.9", "10.244.1.20"] {
+        let out = run_ok(&mut dp, Hook::ToUplink, &to(dst), dst);
+        assert_eq!(
+            src_of(&out).0,
+            "10.244.0.5".parse::<IpAddr>().unwrap(),
+            "{dst}: not masqueraded"
+        );
+    }
+    st.node.masquerade.all = true;
+    dp.apply(&st).expect("apply masquerade.all");
+    let out = run_ok(
+        &mut dp,
+        Hook::ToUplink,
+        &to("10.244.1.21"),
+        "masquerade.all",
+    );
+    assert_eq!(
+        src_of(&out).0,
+        node,
+        "masquerade.all: another node's pod is masqueraded"
+    );
+    let out = run_ok(&mut dp, Hook::ToUplink, &to("10.244.0.6"), "own pod");
+    assert_eq!(
+        src_of(&out).0,
+        "10.244.0.5".parse::<IpAddr>().unwrap(),
+        "this node's pods are not"
+    );
+    assert_eq!(dp.stats().expect("stats").other["masqueraded"], 5);
+}

@@ -301,3 +301,171 @@ fn tcp_connection_survives_dataplane_restart() {
         dp.reset().expect("reset");
     }
 }
+
+fn counter(dp: &EbpfDataplane, name: &str) -> u64 {
+    dp.stats().expect("stats").other[name]
+}
+
+/// DSR and masquerade with real traffic:
+///
+/// ```text
+///   external-0 --(SYN to node-0:30090)--> node-0 --(DNAT, client kept, +option)--> node-1 --> pod-1-x
+///   external-0 <-------------------(reply from node-0:30090, straight from node-1)---------'
+/// ```
+#[test]
+#[allow(clippy::too_many_lines)] // one lab, many checks: building the lab is the slow part
+fn dsr_and_masquerade_end_to_end() {
+    if !require_root("dsr_and_masquerade_end_to_end") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        external_clients: 1,
+        ipv6: false,
+    })
+    .expect("lab");
+    let _pins = PinDirs((0..2).map(|i| pin_dir("dsr", i)).collect());
+    let remote: Vec<Backend> = lab
+        .pods_on(1)
+        .map(|p| backend_of(&lab, p.index, Family::V4))
+        .collect();
+    let mut dsr = Service::new(ObjectName::new("default", "dsr"));
+    dsr.cluster_ips = vec!["10.96.0.20".parse().unwrap()];
+    dsr.ports = vec![
+        port(Protocol::Tcp, 80, Some(30090)),
+        port(Protocol::Udp, 80, Some(30090)),
+    ];
+    dsr.backends.clone_from(&remote);
+    dsr.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+    let mut hybrid = dsr.clone();
+    hybrid.name = ObjectName::new("default", "hybrid");
+    hybrid.cluster_ips = vec!["10.96.0.21".parse().unwrap()];
+    hybrid.ports = vec![
+        port(Protocol::Tcp, 80, Some(30091)),
+        port(Protocol::Udp, 80, Some(30091)),
+    ];
+    hybrid.external_mode = Some(dataplane_core::ExternalMode::Hybrid);
+    let ext = lab.external(0);
+    let ext_ip = ext.address(Family::V4).unwrap();
+    let node_state = |i: usize| {
+        let mut s = lab.desired_state(i);
+        s.services = vec![dsr.clone(), hybrid.clone()];
+        s
+    };
+    let mut dps: Vec<EbpfDataplane> = (0..2)
+        .map(|i| {
+            let mut dp = EbpfDataplane::new(config(&lab, "dsr", i)).expect("load");
+            dp.apply(&node_state(i)).expect("apply");
+            dp
+        })
+        .collect();
+    let node0 = lab.node(0).address(Family::V4).unwrap();
+    let names: Vec<String> = lab.pods_on(1).map(|p| p.name.clone()).collect();
+
+    let rev_before = counter(&dps[0], "reverse_translated");
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let out = probe(&ext.netns, SocketAddr::new(node0, 30090), proto, TIMEOUT).expect("probe");
+        let (backend, seen) = answered(&out);
+        assert!(
+            names.contains(&backend),
+            "{proto}: DSR reaches a node-1 pod"
+        );
+        assert_eq!(
+            seen, ext_ip,
+            "{proto}: with DSR the backend sees the client itself"
+        );
+    }
+    assert!(
+        counter(&dps[0], "dsr_forwarded") >= 2,
+        "node-0 sent with the option"
+    );
+    assert!(
+        counter(&dps[1], "dsr_replies") >= 2,
+        "node-1 answered from the frontend"
+    );
+    assert_eq!(
+        counter(&dps[0], "reverse_translated"),
+        rev_before,
+        "no DSR reply passed through node-0"
+    );
+    let out = probe(
+        &ext.netns,
+        SocketAddr::new(node0, 30091),
+        Protocol::Tcp,
+        TIMEOUT,
+    )
+    .expect("probe");
+    assert_eq!(answered(&out).1, ext_ip, "Hybrid TCP: DSR");
+    let out = probe(
+        &ext.netns,
+        SocketAddr::new(node0, 30091),
+        Protocol::Udp,
+        TIMEOUT,
+    )
+    .expect("probe");
+    assert_eq!(answered(&out).1, node0, "Hybrid UDP: SNAT to node-0");
+
+    // A bulk upload over DSR with full-size segments: the 8-byte option does not fit a
+    // 1500-byte packet, node-0 answers "fragmentation needed" and the client's path MTU
+    // discovery shrinks its segments; no black hole. Without GSO on the client every segment
+    // is a packet of its own.
+    ext.netns
+        .ip_batch(&["link set eth0 gso_max_size 1500".to_owned()])
+        .expect("client without GSO");
+    let mut session = TcpSession::open_with_timeout(
+        &ext.netns,
+        SocketAddr::new(node0, 30090),
+        Duration::from_secs(10),
+    )
+    .expect("connect over DSR");
+    let (backend, seen) = session.upload(2 << 20).expect("2 MiB upload over DSR");
+    assert!(names.contains(&backend));
+    assert_eq!(seen.ip(), ext_ip);
+    assert!(
+        counter(&dps[0], "frag_needed") >= 1,
+        "node-0 sent ICMP fragmentation needed for the DSR overhead"
+    );
+
+    // Pod egress: masqueraded to the node; ping too; nonMasqueradeCIDRs keep the pod address.
+    let pod = lab.pod(0);
+    let pod_ip = pod.address(Family::V4).unwrap();
+    let _server = serve(&ext.netns, "external-0", 9000).expect("server on the external client");
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let out = probe(&pod.netns, SocketAddr::new(ext_ip, 9000), proto, TIMEOUT).expect("probe");
+        assert_eq!(
+            answered(&out).1,
+            node0,
+            "{proto}: pod egress is masqueraded"
+        );
+    }
+    let ping = pod
+        .netns
+        .exec("ping", &["-c", "2", "-W", "2", &ext_ip.to_string()])
+        .expect("ping runs");
+    assert!(
+        ping.status.success(),
+        "ping from a pod is masqueraded (the client has no route to pods): {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let mut st = node_state(0);
+    st.node.masquerade.non_masquerade_cidrs = vec![format!("{ext_ip}/32").parse().unwrap()];
+    dps[0].apply(&st).expect("apply nonMasqueradeCIDRs");
+    lab.route_via_node(0, lab.node(0).pod_cidrs[0], 0)
+        .expect("route to node-0's pods");
+    let out = probe(
+        &pod.netns,
+        SocketAddr::new(ext_ip, 9000),
+        Protocol::Tcp,
+        TIMEOUT,
+    )
+    .expect("probe");
+    assert_eq!(
+        answered(&out).1,
+        pod_ip,
+        "nonMasqueradeCIDRs: the pod address is kept"
+    );
+    for dp in &mut dps {
+        dp.reset().expect("reset");
+    }
+}

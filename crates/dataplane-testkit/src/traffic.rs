@@ -858,6 +858,56 @@ impl TcpSession {
         }
         parse_reply(dst, &line)
     }
+
+    /// Sends about `bytes` of requests in one go (lines just under the servers' line limit, so
+    /// the client fills whole segments) and reads every answer: a bulk transfer for path MTU
+    /// checks. Returns the last answer.
+    pub fn upload(&mut self, bytes: usize) -> Result<(String, SocketAddr), TrafficError> {
+        const LINE: usize = MAX_LINE - 96;
+        let dst = self.destination;
+        let lines = bytes.div_ceil(LINE).max(1);
+        let mut line = vec![b'x'; LINE];
+        line[LINE - 1] = b'\n';
+        let timeout = self.timeout.max(Duration::from_millis(1));
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| self.stream.set_write_timeout(Some(timeout)))
+            .map_err(io_err(format!("timeouts for session to {dst}")))?;
+        let mut writer = self
+            .stream
+            .try_clone()
+            .map_err(io_err(format!("clone session to {dst}")))?;
+        // The answers are read while the upload is still being written: neither side blocks.
+        let sender = std::thread::spawn(move || -> io::Result<()> {
+            for _ in 0..lines {
+                writer.write_all(&line)?;
+            }
+            Ok(())
+        });
+        let mut last = None;
+        for _ in 0..lines {
+            let mut answer = String::new();
+            let n = self
+                .reader
+                .read_line(&mut answer)
+                .map_err(io_err(format!("receive on session to {dst}")))?;
+            if n == 0 {
+                return Err(TrafficError::Io {
+                    what: format!("upload to {dst}"),
+                    source: io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
+                });
+            }
+            last = Some(answer);
+        }
+        sender
+            .join()
+            .map_err(|_| TrafficError::Io {
+                what: format!("upload to {dst}"),
+                source: io::Error::other("sender thread panicked"),
+            })?
+            .map_err(io_err(format!("send on session to {dst}")))?;
+        parse_reply(dst, last.as_deref().unwrap_or_default())
+    }
 }
 
 #[cfg(test)]

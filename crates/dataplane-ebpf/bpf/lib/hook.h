@@ -8,6 +8,7 @@
 #include "lb.h"
 #include "reject.h"
 #include "icmp.h"
+#include "echo.h"
 
 /*
  * After translation, route the packet ourselves: a packet whose new source is a node address
@@ -48,7 +49,11 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	if (ret == 0) {
 		if (p.proto != IPPROTO_ICMP && p.proto != IPPROTO_ICMPV6)
 			return TC_ACT_OK;
-		ret = icmp_error_nat(skb, &p);
+		ret = echo_parse(skb, &p);
+		if (ret)
+			ret = echo_nat(skb, &p, ctx, ret);
+		else
+			ret = icmp_error_nat(skb, &p);
 	} else if (ret > 0) {
 		ret = DP_PASS;
 		if (ctx == CTX_FROM_UPLINK)

@@ -225,6 +225,22 @@ static __noinline int lb_reply(struct __sk_buff *skb, struct pkt *p)
 	return DP_NAT;
 }
 
+/*
+ * Whether a packet from @p's source starts a connection that must be masqueraded: from one of
+ * this node's pods to outside the cluster (masquerade.all: to anything but this node's pods
+ * and addresses).
+ */
+static __always_inline int masq_wanted(const struct dp_config *cfg, const struct pkt *p)
+{
+	if (!cfg || !(cfg->flags & CFG_F_MASQUERADE))
+		return 0;
+	if (!(cidr_bits(p, p->saddr) & CIDR_F_POD))
+		return 0;
+	return !(cidr_bits(p, p->daddr) & ((cfg->flags & CFG_F_MASQ_ALL)
+						   ? (CIDR_F_POD | CIDR_F_NODE)
+						   : (CIDR_F_CLUSTER | CIDR_F_NO_MASQ | CIDR_F_NODE)));
+}
+
 /**
  * masquerade() - source-NAT a new connection from a local pod that leaves the cluster
  * (destination outside the cluster CIDRs, nonMasqueradeCidrs and node addresses; with
@@ -241,16 +257,9 @@ static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p)
 	__u32 snat[4] = {};
 	int ret;
 
-	if (!cfg || !(cfg->flags & CFG_F_MASQUERADE))
-		return DP_PASS;
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
 		return DP_PASS;
-	if (!(cidr_bits(p, p->saddr) & CIDR_F_POD))
-		return DP_PASS;
-	/* masquerade.all: everything but this node's own pods and addresses. */
-	if (cidr_bits(p, p->daddr) & ((cfg->flags & CFG_F_MASQ_ALL)
-					      ? (CIDR_F_POD | CIDR_F_NODE)
-					      : (CIDR_F_CLUSTER | CIDR_F_NO_MASQ | CIDR_F_NODE)))
+	if (!masq_wanted(cfg, p))
 		return DP_PASS;
 	ct_key_from_pkt(&fk, p, CT_DIR_INBOUND);
 	if (bpf_map_lookup_elem(&dp_ct, &fk))

@@ -73,6 +73,11 @@ impl Drop for TestNode {
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
+/// Whether the one's-complement sum over `data` (a header with its checksum) is all ones.
+pub fn checksum_ok(data: &[u8]) -> bool {
+    fold(sum16(data)) == 0
+}
+
 fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -189,6 +194,23 @@ impl PacketBuilder {
                 rest: 0,
                 quoted,
             }
+        });
+        self
+    }
+    /// ICMP/ICMPv6 echo request (or reply) with identifier `id` and sequence number 1.
+    pub fn icmp_echo(mut self, reply: bool, id: u16) -> Self {
+        let v6 = self.src.is_some_and(|s| s.is_ipv6());
+        let kind = match (v6, reply) {
+            (false, false) => 8,
+            (false, true) => 0,
+            (true, false) => 128,
+            (true, true) => 129,
+        };
+        self.l4 = Some(L4::Icmp {
+            kind,
+            code: 0,
+            rest: (u32::from(id) << 16) | 1,
+            quoted: Vec::new(),
         });
         self
     }
