@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use dataplane_core::{
     evaluate, validate, Backend, BackendSelection, Capabilities, Dataplane, DesiredState, Entry,
-    IpFamily, ObjectName, Packet, Protocol, Service, ServicePort, SessionAffinity, SourceSeen,
-    TrafficPolicy, Verdict,
+    ExternalMode, IpFamily, Node, ObjectName, Packet, Protocol, Service, ServicePort,
+    SessionAffinity, SourceSeen, TrafficPolicy, Verdict,
 };
 use ipnetwork::IpNetwork;
 
@@ -245,6 +245,8 @@ pub struct Case {
     pub requires: Vec<Requirement>,
     /// A fixed client source port for every probe (TCP probes then close with RST).
     pub client_port: Option<u16>,
+    /// A change to every node's settings (masquerade options, default external mode).
+    pub node: Option<fn(&mut Node)>,
     /// The name of an earlier row whose probes must have been answered by the same single
     /// backend as this row's (Maglev: the same 5-tuple through another node).
     pub consistent_with: Option<String>,
@@ -269,8 +271,16 @@ impl Case {
             source_seen: Seen::Any,
             requires: Vec::new(),
             client_port: None,
+            node: None,
             consistent_with: None,
         }
+    }
+
+    /// Changes every node's settings for this row.
+    #[must_use]
+    pub fn node(mut self, tweak: fn(&mut Node)) -> Self {
+        self.node = Some(tweak);
+        self
     }
 
     /// Sets the protocol.
@@ -916,6 +926,9 @@ fn run_case(
         .map(|i| {
             let mut state = lab.desired_state(i);
             state.services.clone_from(&services);
+            if let Some(tweak) = case.node {
+                tweak(&mut state.node);
+            }
             state
         })
         .collect();
@@ -1200,6 +1213,41 @@ fn node_port_local(lab: &Lab) -> Vec<Service> {
     let mut s = service("np", "10.96.0.21", Some(30081), backends(lab, &[2]));
     s.external_traffic_policy = TrafficPolicy::Local;
     vec![s]
+}
+fn node_port_dsr(lab: &Lab) -> Vec<Service> {
+    let mut s = service("np", "10.96.0.22", Some(30082), backends(lab, &[2]));
+    s.external_mode = Some(ExternalMode::Dsr);
+    vec![s]
+}
+fn node_port_dsr_local(lab: &Lab) -> Vec<Service> {
+    let mut s = service("np", "10.96.0.23", Some(30083), backends(lab, &[0]));
+    s.external_mode = Some(ExternalMode::Dsr);
+    vec![s]
+}
+fn node_port_hybrid(lab: &Lab) -> Vec<Service> {
+    let mut s = service("np", "10.96.0.24", Some(30084), backends(lab, &[2]));
+    s.external_mode = Some(ExternalMode::Hybrid);
+    vec![s]
+}
+fn node_port_default_dsr(lab: &Lab) -> Vec<Service> {
+    vec![service(
+        "np",
+        "10.96.0.25",
+        Some(30085),
+        backends(lab, &[3]),
+    )]
+}
+fn load_balancer_dsr(lab: &Lab) -> Vec<Service> {
+    let mut s = service("lb", "10.96.0.26", None, backends(lab, &[2, 3]));
+    s.load_balancer_ips = vec!["172.18.200.12".parse().expect("literal address")];
+    s.external_mode = Some(ExternalMode::Dsr);
+    vec![s]
+}
+fn dsr_by_default(node: &mut Node) {
+    node.external_mode = ExternalMode::Dsr;
+}
+fn masquerade_all(node: &mut Node) {
+    node.masquerade.all = true;
 }
 fn load_balancer(lab: &Lab) -> Vec<Service> {
     let mut s = service("lb", "10.96.0.30", None, backends(lab, &[2, 3]));
@@ -1511,6 +1559,73 @@ pub fn standard_cases() -> Vec<Case> {
     .expect(Expect::Direct)
     .seen(Seen::IngressNode)
     .requires(Requirement::Masquerade));
+    add(Case::new(
+        "masquerade.all: pod to another node's pod",
+        no_backends,
+        Pod(0),
+        Destination::PodIp(2),
+    )
+    .node(masquerade_all)
+    .expect(Backends(vec![2]))
+    .seen(Seen::IngressNode)
+    .requires(Requirement::Masquerade));
+    add(Case::new(
+        "masquerade.all: pod to a pod on the same node",
+        no_backends,
+        Pod(0),
+        Destination::PodIp(1),
+    )
+    .node(masquerade_all)
+    .expect(Backends(vec![1]))
+    .seen(Seen::Client)
+    .requires(Requirement::Masquerade));
+    // DSR: the backend on another node sees the client itself and answers it directly.
+    add(Case::new(
+        "nodeport dsr",
+        node_port_dsr,
+        External(0),
+        Destination::node_port(0, "np", TCP_PORT),
+    )
+    .expect(Backends(vec![2]))
+    .seen(Seen::Client)
+    .requires(Requirement::Dsr));
+    add(Case::new(
+        "nodeport dsr local backend",
+        node_port_dsr_local,
+        External(0),
+        Destination::node_port(0, "np", TCP_PORT),
+    )
+    .expect(Backends(vec![0]))
+    .seen(Seen::Client)
+    .requires(Requirement::Dsr));
+    add(Case::new(
+        "nodeport dsr as the node default",
+        node_port_default_dsr,
+        External(1),
+        Destination::node_port(0, "np", TCP_PORT),
+    )
+    .node(dsr_by_default)
+    .expect(Backends(vec![3]))
+    .seen(Seen::Client)
+    .requires(Requirement::Dsr));
+    add(Case::new(
+        "loadbalancer dsr",
+        load_balancer_dsr,
+        External(0),
+        Destination::load_balancer(1, "lb", TCP_PORT),
+    )
+    .expect(Backends(vec![2, 3]))
+    .seen(Seen::Client)
+    .requires(Requirement::Dsr));
+    add(Case::new(
+        "nodeport dsr from a pod",
+        node_port_dsr,
+        Pod(0),
+        Destination::node_port(0, "np", TCP_PORT),
+    )
+    .expect(Backends(vec![2]))
+    .seen(Seen::IngressNode)
+    .requires(Requirement::Dsr));
     add(Case::new("hairpin", hairpin, Pod(0), cip("hairpin"))
         .expect(Backends(vec![0]))
         .seen(Seen::IngressNode));
@@ -1550,6 +1665,19 @@ pub fn standard_cases() -> Vec<Case> {
         }
         cases.push(case);
     }
+    // Hybrid: DSR for TCP, SNAT for UDP.
+    let [tcp, udp] = both(
+        Case::new(
+            "nodeport hybrid",
+            node_port_hybrid,
+            External(0),
+            Destination::node_port(0, "np", TCP_PORT),
+        )
+        .expect(Backends(vec![2]))
+        .requires(Requirement::Dsr),
+    );
+    cases.push(tcp.seen(Seen::Client));
+    cases.push(udp.seen(Seen::IngressNode));
     cases
 }
 
