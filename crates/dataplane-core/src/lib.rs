@@ -6,6 +6,7 @@
 pub mod dataplane;
 pub mod diff;
 pub mod format;
+pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod reference;
@@ -17,6 +18,7 @@ pub use dataplane::{
 };
 pub use diff::{diff, Change, ChangeSet};
 pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};
+pub use health::{health_checks, HealthCheck};
 pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};
 pub use model::*;
 pub use reference::{
