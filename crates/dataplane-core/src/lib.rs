@@ -25,7 +25,7 @@ pub use reference::{
     eligible_backends, evaluate, hairpin_source, node_address, Eligible, Entry, FrontendKind,
     IpFamily, Packet, SourceSeen, TrafficKind, Verdict,
 };
-pub use validate::{validate, ValidationError};
+pub use validate::{validate, Incremental, ValidationError, Validator};
 
 /// The README's example is compiled and run as a doc-test so that it stays true.
 #[cfg(doctest)]

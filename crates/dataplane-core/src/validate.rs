@@ -9,9 +9,10 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use crate::diff::ChangeSet;
 use crate::model::{
-    DesiredState, Endpoint, Node, Policy, PolicyRule, PortRef, Protocol, Service, SessionAffinity,
-    TrafficPolicy, API_VERSION, KIND,
+    DesiredState, Endpoint, Node, ObjectName, Policy, PolicyRule, PortRef, Protocol, Service,
+    SessionAffinity, TrafficPolicy, API_VERSION, KIND,
 };
 use crate::reference::IpFamily;
 
@@ -782,4 +783,212 @@ fn validate_rule(rule: &PolicyRule, object: &str, at: &str) -> Result<(), Valida
         }
     }
     Ok(())
+}
+
+/// What [`Validator::check`] could decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incremental {
+    /// The changed objects are valid and clash with nothing that stays.
+    Valid,
+    /// The change touches the node (whose settings every service depends on): validate the
+    /// whole new state instead.
+    FullRequired,
+}
+
+/// A frontend or endpoint address claimed by an object, for clash checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Claim {
+    owner: ObjectName,
+    /// How error messages name the claimant, e.g. `service default/web ports[0]`.
+    what: String,
+}
+
+/// Incremental validation, in proportion to a change rather than to the state.
+///
+/// Built from a state that passed [`validate`], it keeps the frontends and endpoint addresses
+/// each object claims. [`Validator::check`] validates only the changed objects and checks
+/// their claims against those of the objects that stay, which is what a full validation of the
+/// new state would find; [`Validator::commit`] then records the change.
+///
+/// ```
+/// use dataplane_core::{diff, synthetic, Incremental, Validator};
+/// let old = synthetic::state(100, 2);
+/// let mut new = old.clone();
+/// new.services[7].backends.pop();
+/// let changes = diff(&old, &new);
+/// let mut v = Validator::new(&old)?;
+/// assert_eq!(v.check(&old.node, &changes)?, Incremental::Valid);
+/// v.commit(&old.node, &changes);
+/// # Ok::<(), dataplane_core::ValidationError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Validator {
+    frontends: std::collections::HashMap<(IpAddr, Protocol, u16), Claim>,
+    endpoint_ips: std::collections::HashMap<IpAddr, Claim>,
+}
+
+impl Validator {
+    /// Validates `state` in full and keeps its claims.
+    pub fn new(state: &DesiredState) -> Result<Self, ValidationError> {
+        validate(state)?;
+        let mut v = Validator::default();
+        for s in &state.services {
+            for (key, what) in service_claims(&state.node, s)? {
+                v.frontends.insert(
+                    key,
+                    Claim {
+                        owner: s.name.clone(),
+                        what,
+                    },
+                );
+            }
+        }
+        for e in &state.endpoints {
+            for (ip, what) in endpoint_claims(e)? {
+                v.endpoint_ips.insert(
+                    ip,
+                    Claim {
+                        owner: e.name.clone(),
+                        what,
+                    },
+                );
+            }
+        }
+        Ok(v)
+    }
+
+    /// Checks `changes` against the state this validator was built from (and committed to);
+    /// `node` is that state's node.
+    pub fn check(&self, node: &Node, changes: &ChangeSet) -> Result<Incremental, ValidationError> {
+        if changes.node.is_some() {
+            return Ok(Incremental::FullRequired);
+        }
+        let mut claimed: BTreeMap<(IpAddr, Protocol, u16), String> = BTreeMap::new();
+        for (name, change) in &changes.services {
+            let Some(s) = &change.current else { continue };
+            let object = format!("service {}", s.name);
+            if &s.name != name {
+                return Err(ValidationError::Inconsistent {
+                    object,
+                    field: "name".to_owned(),
+                    reason: "the change set files it under another name",
+                });
+            }
+            // Clashes among the changed services themselves, as a full validation finds them.
+            validate_service(node, s, &object, &mut claimed)?;
+        }
+        for (key, what) in &claimed {
+            if let Some(other) = self.frontends.get(key) {
+                if !changes.services.contains_key(&other.owner) {
+                    let (object, field) = split_claim(what);
+                    return Err(ValidationError::DuplicateFrontend {
+                        object,
+                        field,
+                        frontend: format!("{} {}", key.1, std::net::SocketAddr::new(key.0, key.2)),
+                        other: other.what.clone(),
+                    });
+                }
+            }
+        }
+        let mut ips: BTreeMap<IpAddr, String> = BTreeMap::new();
+        for change in changes.endpoints.values() {
+            let Some(e) = &change.current else { continue };
+            let object = format!("endpoint {}", e.name);
+            validate_endpoint(e, &object, &mut ips)?;
+        }
+        for (ip, what) in &ips {
+            if let Some(other) = self.endpoint_ips.get(ip) {
+                if !changes.endpoints.contains_key(&other.owner) {
+                    return Err(ValidationError::Duplicate {
+                        object: what.clone(),
+                        field: "ips".to_owned(),
+                        value: format!("{ip} (also used by {})", other.what),
+                    });
+                }
+            }
+        }
+        for change in changes.policies.values() {
+            if let Some(p) = &change.current {
+                validate_policy(p, &format!("policy {}", p.name))?;
+            }
+        }
+        Ok(Incremental::Valid)
+    }
+
+    /// Records `changes` (already checked) as applied.
+    pub fn commit(&mut self, node: &Node, changes: &ChangeSet) {
+        for (name, change) in &changes.services {
+            if let Some(prev) = &change.previous {
+                if let Ok(claims) = service_claims(node, prev) {
+                    for (key, _) in claims {
+                        if self.frontends.get(&key).is_some_and(|c| &c.owner == name) {
+                            self.frontends.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+        for (name, change) in &changes.services {
+            if let Some(s) = &change.current {
+                if let Ok(claims) = service_claims(node, s) {
+                    for (key, what) in claims {
+                        self.frontends.insert(
+                            key,
+                            Claim {
+                                owner: name.clone(),
+                                what,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        for (name, change) in &changes.endpoints {
+            if let Some(prev) = &change.previous {
+                for ip in &prev.ips {
+                    if self.endpoint_ips.get(ip).is_some_and(|c| &c.owner == name) {
+                        self.endpoint_ips.remove(ip);
+                    }
+                }
+            }
+        }
+        for (name, change) in &changes.endpoints {
+            if let Some(e) = &change.current {
+                if let Ok(claims) = endpoint_claims(e) {
+                    for (ip, what) in claims {
+                        self.endpoint_ips.insert(
+                            ip,
+                            Claim {
+                                owner: name.clone(),
+                                what,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `"service a/b ports[0]"` -> (`"service a/b"`, `"ports[0]"`).
+fn split_claim(what: &str) -> (String, String) {
+    match what.rsplit_once(' ') {
+        Some((object, field)) => (object.to_owned(), field.to_owned()),
+        None => (what.to_owned(), String::new()),
+    }
+}
+
+fn service_claims(
+    node: &Node,
+    s: &Service,
+) -> Result<BTreeMap<(IpAddr, Protocol, u16), String>, ValidationError> {
+    let mut claims = BTreeMap::new();
+    validate_service(node, s, &format!("service {}", s.name), &mut claims)?;
+    Ok(claims)
+}
+
+fn endpoint_claims(e: &Endpoint) -> Result<BTreeMap<IpAddr, String>, ValidationError> {
+    let mut ips = BTreeMap::new();
+    validate_endpoint(e, &format!("endpoint {}", e.name), &mut ips)?;
+    Ok(ips)
 }

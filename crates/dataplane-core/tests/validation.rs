@@ -11,9 +11,9 @@ use proptest::prelude::*;
 
 use dataplane_core::validate::MAX_AFFINITY_TIMEOUT_SECONDS;
 use dataplane_core::{
-    from_json, from_yaml, validate, DesiredState, IpBlock, IpFamily, LabelSelector, ObjectName,
-    PolicyPeer, PortRange, PortRef, Protocol, ServicePort, SessionAffinity, TrafficPolicy,
-    ValidationError, API_VERSION, KIND,
+    from_json, from_yaml, validate, DesiredState, Incremental, IpBlock, IpFamily, LabelSelector,
+    ObjectName, PolicyPeer, PortRange, PortRef, Protocol, ServicePort, SessionAffinity,
+    TrafficPolicy, ValidationError, Validator, API_VERSION, KIND,
 };
 
 const FULL: &str = include_str!("data/full.yaml");
@@ -1383,6 +1383,48 @@ proptest! {
                     "{}", shown
                 ),
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The incremental validator reaches the verdict a full validation of the new state does.
+    #[test]
+    fn incremental_validation_agrees_with_full_validation(
+        state in strategies::state(),
+        corruptions in prop::collection::vec(corruption(), 0..4),
+        swap in any::<prop::sample::Index>(),
+    ) {
+        prop_assume!(validate(&state).is_ok());
+        let mut next = state.clone();
+        for c in &corruptions {
+            corrupt(&mut next, c);
+        }
+        // Also a frontend clash between two services, the change's main cross-object check.
+        if next.services.len() >= 2 {
+            let i = swap.index(next.services.len());
+            let j = (i + 1) % next.services.len();
+            next.services[i].cluster_ips = next.services[j].cluster_ips.clone();
+        }
+        // A change set is keyed by name: duplicate names are not something it can carry.
+        let names = |n: Vec<&ObjectName>| n.len() == n.iter().collect::<std::collections::BTreeSet<_>>().len();
+        prop_assume!(names(next.services.iter().map(|s| &s.name).collect()));
+        prop_assume!(names(next.endpoints.iter().map(|e| &e.name).collect()));
+        prop_assume!(names(next.policies.iter().map(|p| &p.name).collect()));
+        let changes = dataplane_core::diff(&state, &next);
+        let mut v = Validator::new(&state).expect("valid state");
+        match v.check(&state.node, &changes) {
+            Ok(Incremental::FullRequired) => prop_assert!(changes.node.is_some()),
+            Ok(Incremental::Valid) => {
+                prop_assert!(validate(&next).is_ok(), "{:?}", validate(&next));
+                v.commit(&state.node, &changes);
+                // Committed: the same validator judges a change back to the old state too.
+                let back = dataplane_core::diff(&next, &state);
+                prop_assert_eq!(v.check(&next.node, &back).map_err(|e| e.to_string()), Ok(Incremental::Valid));
+            }
+            Err(e) => prop_assert!(validate(&next).is_err(), "incremental: {}, full: ok", e),
         }
     }
 }
