@@ -22,6 +22,7 @@ const LB_IP: &str = "172.18.200.10";
 const EXTERNAL_IP: &str = "172.18.201.10";
 const NODE_PORT: u16 = 30080;
 const LOCAL_NODE_PORT: u16 = 30081;
+const DSR_NODE_PORT: u16 = 30082;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Who sends a probe.
@@ -40,7 +41,8 @@ struct Row {
     protocol: Protocol,
 }
 
-fn services(lab: &Lab) -> Vec<Service> {
+/// The demo's services; `dsr`: with a DSR NodePort (when the backend can do it).
+fn services(lab: &Lab, dsr: bool) -> Vec<Service> {
     let ip = |s: &str| s.parse::<IpAddr>().expect("literal address");
     let backend = |pod: usize| {
         let p = lab.pod(pod);
@@ -70,10 +72,23 @@ fn services(lab: &Lab) -> Vec<Service> {
     local.ports = vec![port("http", Protocol::Tcp, 80, Some(LOCAL_NODE_PORT))];
     local.external_traffic_policy = TrafficPolicy::Local;
     local.backends = vec![backend(1)];
-    vec![web, local]
+    let mut out = vec![web, local];
+    if dsr {
+        // Backends on node-1 only: node-0 forwards, node-1 answers the client directly.
+        let mut direct = Service::new(ObjectName::new("default", "direct"));
+        direct.cluster_ips = vec![ip("10.96.0.12")];
+        direct.ports = vec![
+            port("http", Protocol::Tcp, 80, Some(DSR_NODE_PORT)),
+            port("dns", Protocol::Udp, 53, Some(DSR_NODE_PORT)),
+        ];
+        direct.backends = vec![backend(2), backend(3)];
+        direct.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+        out.push(direct);
+    }
+    out
 }
 
-fn rows(lab: &Lab) -> Vec<Row> {
+fn rows(lab: &Lab, dsr: bool) -> Vec<Row> {
     let sa = |ip: IpAddr, port| SocketAddr::new(ip, port);
     let ip = |s: &str| s.parse::<IpAddr>().expect("literal address");
     let node0 = lab.node(0).addresses[0];
@@ -137,6 +152,17 @@ fn rows(lab: &Lab) -> Vec<Row> {
         destination: sa(ip(EXTERNAL_IP), 80),
         protocol: Protocol::Tcp,
     });
+    if dsr {
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            rows.push(Row {
+                client: From::External(0),
+                ingress: 0,
+                frontend: "NodePort (DSR)",
+                destination: sa(node0, DSR_NODE_PORT),
+                protocol,
+            });
+        }
+    }
     rows
 }
 
@@ -156,7 +182,17 @@ pub fn run(choice: BackendChoice) -> anyhow::Result<()> {
     .context("building the lab")?;
     lab.route_via_node(0, format!("{LB_IP}/32").parse()?, 0)?;
     lab.route_via_node(0, format!("{EXTERNAL_IP}/32").parse()?, 1)?;
-    let svcs = services(&lab);
+    let mut dataplanes: Vec<Box<dyn Dataplane>> = Vec::new();
+    for i in 0..lab.nodes().len() {
+        let dp = backends::create(backend, &lab.node(i).netns, i)
+            .with_context(|| format!("starting the {} backend on node-{i}", backend.name()))?;
+        dataplanes.push(dp);
+    }
+    let dsr = dataplanes.first().is_some_and(|dp| dp.capabilities().dsr);
+    if !dsr {
+        println!("(the {} backend has no DSR: no DSR rows)", backend.name());
+    }
+    let svcs = services(&lab, dsr);
     let states: Vec<DesiredState> = (0..lab.nodes().len())
         .map(|i| {
             let mut s = lab.desired_state(i);
@@ -164,15 +200,11 @@ pub fn run(choice: BackendChoice) -> anyhow::Result<()> {
             s
         })
         .collect();
-    let mut dataplanes: Vec<Box<dyn Dataplane>> = Vec::new();
-    for (i, state) in states.iter().enumerate() {
-        let mut dp = backends::create(backend, &lab.node(i).netns, i)
-            .with_context(|| format!("starting the {} backend on node-{i}", backend.name()))?;
+    for (i, (dp, state)) in dataplanes.iter_mut().zip(&states).enumerate() {
         dp.apply(state)
             .with_context(|| format!("applying the demo state on node-{i}"))?;
-        dataplanes.push(dp);
     }
-    let result = traffic_table(&lab, &states);
+    let result = traffic_table(&lab, &states, dsr);
     for dp in &mut dataplanes {
         if let Err(e) = dp.reset() {
             eprintln!("warning: reset failed: {e}");
@@ -188,13 +220,13 @@ pub fn run(choice: BackendChoice) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn traffic_table(lab: &Lab, states: &[DesiredState]) -> anyhow::Result<usize> {
+fn traffic_table(lab: &Lab, states: &[DesiredState], dsr: bool) -> anyhow::Result<usize> {
     println!(
         "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<26} ok",
         "client", "frontend", "destination", "", "backend", "source seen by backend", "expected"
     );
     let mut failures = 0;
-    for row in rows(lab) {
+    for row in rows(lab, dsr) {
         let (netns, client_ip, name, entry) = match row.client {
             From::Pod(p) => {
                 let pod = lab.pod(p);
