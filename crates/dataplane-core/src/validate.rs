@@ -11,8 +11,8 @@ use ipnetwork::IpNetwork;
 
 use crate::diff::ChangeSet;
 use crate::model::{
-    DesiredState, Endpoint, Node, ObjectName, Policy, PolicyRule, PortRef, Protocol, Service,
-    SessionAffinity, TrafficPolicy, API_VERSION, KIND,
+    DesiredState, Endpoint, Node, Policy, PolicyRule, PortRef, Protocol, Service, SessionAffinity,
+    TrafficPolicy, API_VERSION, KIND,
 };
 use crate::reference::IpFamily;
 
@@ -239,6 +239,18 @@ impl ValidationError {
 
 /// Checks `state`; the first problem found is returned.
 pub fn validate(state: &DesiredState) -> Result<(), ValidationError> {
+    validate_claims(state).map(|_| ())
+}
+
+/// Frontends (address, protocol, port) and endpoint addresses, each with the claimant as error
+/// messages name it (`service default/web ports[0]`, `endpoint default/web-0`).
+type Claims = (
+    BTreeMap<(IpAddr, Protocol, u16), String>,
+    BTreeMap<IpAddr, String>,
+);
+
+/// [`validate`], keeping what each object claims.
+fn validate_claims(state: &DesiredState) -> Result<Claims, ValidationError> {
     if state.api_version != API_VERSION {
         return Err(ValidationError::ApiVersion {
             found: state.api_version.clone(),
@@ -278,7 +290,7 @@ pub fn validate(state: &DesiredState) -> Result<(), ValidationError> {
         }
         validate_policy(policy, &object)?;
     }
-    Ok(())
+    Ok((frontends, ips))
 }
 
 fn err_empty(object: &str, field: &str) -> ValidationError {
@@ -795,14 +807,6 @@ pub enum Incremental {
     FullRequired,
 }
 
-/// A frontend or endpoint address claimed by an object, for clash checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Claim {
-    owner: ObjectName,
-    /// How error messages name the claimant, e.g. `service default/web ports[0]`.
-    what: String,
-}
-
 /// Incremental validation, in proportion to a change rather than to the state.
 ///
 /// Built from a state that passed [`validate`], it keeps the frontends and endpoint addresses
@@ -823,38 +827,25 @@ struct Claim {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Validator {
-    frontends: std::collections::HashMap<(IpAddr, Protocol, u16), Claim>,
-    endpoint_ips: std::collections::HashMap<IpAddr, Claim>,
+    frontends: BTreeMap<(IpAddr, Protocol, u16), String>,
+    endpoint_ips: BTreeMap<IpAddr, String>,
+}
+
+/// The object part of a claimant: `"service a/b ports[0]"` -> `"service a/b"`.
+fn claimant(what: &str) -> &str {
+    what.strip_suffix(" healthCheckNodePort")
+        .or_else(|| what.rsplit_once(" ports[").map(|(object, _)| object))
+        .unwrap_or(what)
 }
 
 impl Validator {
-    /// Validates `state` in full and keeps its claims.
+    /// Validates `state` in full (the cost of [`validate`]) and keeps its claims.
     pub fn new(state: &DesiredState) -> Result<Self, ValidationError> {
-        validate(state)?;
-        let mut v = Validator::default();
-        for s in &state.services {
-            for (key, what) in service_claims(&state.node, s)? {
-                v.frontends.insert(
-                    key,
-                    Claim {
-                        owner: s.name.clone(),
-                        what,
-                    },
-                );
-            }
-        }
-        for e in &state.endpoints {
-            for (ip, what) in endpoint_claims(e)? {
-                v.endpoint_ips.insert(
-                    ip,
-                    Claim {
-                        owner: e.name.clone(),
-                        what,
-                    },
-                );
-            }
-        }
-        Ok(v)
+        let (frontends, endpoint_ips) = validate_claims(state)?;
+        Ok(Validator {
+            frontends,
+            endpoint_ips,
+        })
     }
 
     /// Checks `changes` against the state this validator was built from (and committed to);
@@ -863,6 +854,11 @@ impl Validator {
         if changes.node.is_some() {
             return Ok(Incremental::FullRequired);
         }
+        let changed_services: BTreeSet<String> = changes
+            .services
+            .keys()
+            .map(|n| format!("service {n}"))
+            .collect();
         let mut claimed: BTreeMap<(IpAddr, Protocol, u16), String> = BTreeMap::new();
         for (name, change) in &changes.services {
             let Some(s) = &change.current else { continue };
@@ -879,17 +875,23 @@ impl Validator {
         }
         for (key, what) in &claimed {
             if let Some(other) = self.frontends.get(key) {
-                if !changes.services.contains_key(&other.owner) {
-                    let (object, field) = split_claim(what);
+                if !changed_services.contains(claimant(other)) {
+                    let object = claimant(what).to_owned();
+                    let field = what[object.len()..].trim_start().to_owned();
                     return Err(ValidationError::DuplicateFrontend {
                         object,
                         field,
                         frontend: format!("{} {}", key.1, std::net::SocketAddr::new(key.0, key.2)),
-                        other: other.what.clone(),
+                        other: other.clone(),
                     });
                 }
             }
         }
+        let changed_endpoints: BTreeSet<String> = changes
+            .endpoints
+            .keys()
+            .map(|n| format!("endpoint {n}"))
+            .collect();
         let mut ips: BTreeMap<IpAddr, String> = BTreeMap::new();
         for change in changes.endpoints.values() {
             let Some(e) = &change.current else { continue };
@@ -898,11 +900,11 @@ impl Validator {
         }
         for (ip, what) in &ips {
             if let Some(other) = self.endpoint_ips.get(ip) {
-                if !changes.endpoints.contains_key(&other.owner) {
+                if !changed_endpoints.contains(other) {
                     return Err(ValidationError::Duplicate {
                         object: what.clone(),
                         field: "ips".to_owned(),
-                        value: format!("{ip} (also used by {})", other.what),
+                        value: format!("{ip} (also used by {other})"),
                     });
                 }
             }
@@ -915,80 +917,43 @@ impl Validator {
         Ok(Incremental::Valid)
     }
 
-    /// Records `changes` (already checked) as applied.
+    /// Records `changes` (already checked) as applied; `node` is the state's node.
     pub fn commit(&mut self, node: &Node, changes: &ChangeSet) {
+        let mut add = BTreeMap::new();
         for (name, change) in &changes.services {
+            let object = format!("service {name}");
             if let Some(prev) = &change.previous {
-                if let Ok(claims) = service_claims(node, prev) {
-                    for (key, _) in claims {
-                        if self.frontends.get(&key).is_some_and(|c| &c.owner == name) {
-                            self.frontends.remove(&key);
-                        }
+                let mut old = BTreeMap::new();
+                let _ = validate_service(node, prev, &object, &mut old);
+                for key in old.keys() {
+                    if self
+                        .frontends
+                        .get(key)
+                        .is_some_and(|w| claimant(w) == object)
+                    {
+                        self.frontends.remove(key);
                     }
                 }
             }
-        }
-        for (name, change) in &changes.services {
             if let Some(s) = &change.current {
-                if let Ok(claims) = service_claims(node, s) {
-                    for (key, what) in claims {
-                        self.frontends.insert(
-                            key,
-                            Claim {
-                                owner: name.clone(),
-                                what,
-                            },
-                        );
-                    }
-                }
+                let _ = validate_service(node, s, &object, &mut add);
             }
         }
+        self.frontends.extend(add);
+        let mut add = BTreeMap::new();
         for (name, change) in &changes.endpoints {
+            let object = format!("endpoint {name}");
             if let Some(prev) = &change.previous {
                 for ip in &prev.ips {
-                    if self.endpoint_ips.get(ip).is_some_and(|c| &c.owner == name) {
+                    if self.endpoint_ips.get(ip).is_some_and(|w| *w == object) {
                         self.endpoint_ips.remove(ip);
                     }
                 }
             }
-        }
-        for (name, change) in &changes.endpoints {
             if let Some(e) = &change.current {
-                if let Ok(claims) = endpoint_claims(e) {
-                    for (ip, what) in claims {
-                        self.endpoint_ips.insert(
-                            ip,
-                            Claim {
-                                owner: name.clone(),
-                                what,
-                            },
-                        );
-                    }
-                }
+                let _ = validate_endpoint(e, &object, &mut add);
             }
         }
+        self.endpoint_ips.extend(add);
     }
-}
-
-/// `"service a/b ports[0]"` -> (`"service a/b"`, `"ports[0]"`).
-fn split_claim(what: &str) -> (String, String) {
-    match what.rsplit_once(' ') {
-        Some((object, field)) => (object.to_owned(), field.to_owned()),
-        None => (what.to_owned(), String::new()),
-    }
-}
-
-fn service_claims(
-    node: &Node,
-    s: &Service,
-) -> Result<BTreeMap<(IpAddr, Protocol, u16), String>, ValidationError> {
-    let mut claims = BTreeMap::new();
-    validate_service(node, s, &format!("service {}", s.name), &mut claims)?;
-    Ok(claims)
-}
-
-fn endpoint_claims(e: &Endpoint) -> Result<BTreeMap<IpAddr, String>, ValidationError> {
-    let mut ips = BTreeMap::new();
-    validate_endpoint(e, &format!("endpoint {}", e.name), &mut ips)?;
-    Ok(ips)
 }
