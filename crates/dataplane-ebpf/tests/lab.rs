@@ -346,11 +346,19 @@ fn dsr_and_masquerade_end_to_end() {
         port(Protocol::Udp, 80, Some(30091)),
     ];
     hybrid.external_mode = Some(dataplane_core::ExternalMode::Hybrid);
+    // Backends that do not listen on the target port: their ICMP errors must reach the client
+    // from the frontend, quoting what the client sent.
+    let mut closed = dsr.clone();
+    closed.name = ObjectName::new("default", "dsr-closed");
+    closed.cluster_ips = vec!["10.96.0.22".parse().unwrap()];
+    let mut closed_port = port(Protocol::Udp, 80, Some(30092));
+    closed_port.target_port = 9999;
+    closed.ports = vec![closed_port];
     let ext = lab.external(0);
     let ext_ip = ext.address(Family::V4).unwrap();
     let node_state = |i: usize| {
         let mut s = lab.desired_state(i);
-        s.services = vec![dsr.clone(), hybrid.clone()];
+        s.services = vec![dsr.clone(), hybrid.clone(), closed.clone()];
         s
     };
     let mut dps: Vec<EbpfDataplane> = (0..2)
@@ -405,6 +413,18 @@ fn dsr_and_masquerade_end_to_end() {
     )
     .expect("probe");
     assert_eq!(answered(&out).1, node0, "Hybrid UDP: SNAT to node-0");
+
+    let out = probe(
+        &ext.netns,
+        SocketAddr::new(node0, 30092),
+        Protocol::Udp,
+        TIMEOUT,
+    )
+    .expect("probe");
+    assert!(
+        matches!(out, ProbeOutcome::Refused),
+        "a DSR backend's ICMP port unreachable reaches the client, translated: {out:?}"
+    );
 
     // A bulk upload over DSR with full-size segments: the 8-byte option does not fit a
     // 1500-byte packet, node-0 answers "fragmentation needed" and the client's path MTU
