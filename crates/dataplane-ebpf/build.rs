@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["tc_pod", "tc_host"];
+const PROGRAMS: &[&str] = &["tc_pod", "tc_host", "xdp_uplink"];
+/// Objects only the tests load (`bpf/test/`).
+const TEST_PROGRAMS: &[&str] = &["test/xdp_pass"];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -14,10 +16,11 @@ fn main() {
         let path = entry.expect("readable bpf/lib").path();
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    for program in PROGRAMS {
+    for program in PROGRAMS.iter().chain(TEST_PROGRAMS) {
         let src = format!("bpf/{program}.c");
         println!("cargo:rerun-if-changed={src}");
-        let obj = out.join(format!("{program}.o"));
+        let name = program.rsplit('/').next().unwrap_or(program);
+        let obj = out.join(format!("{name}.o"));
         let status = Command::new(&clang)
             .args([
                 "-O2",

@@ -5,6 +5,7 @@
 //! ```text
 //!            pod netns                     node netns                       other nodes
 //!   [pod] --veth--> (host side) --TC ingress: dp_from_pod-->  stack/redirect --> eth0
+//!                                 eth0 --XDP: dp_xdp_uplink (optional, EbpfConfig::xdp)
 //!                                                        eth0 --TC ingress: dp_from_uplink
 //!                                   host stack --> eth0 --TC egress:  dp_to_uplink
 //! ```
@@ -44,7 +45,7 @@ use dataplane_core::{
 };
 
 pub use error::EbpfError;
-pub use loader::{tc_host_object, tc_pod_object, AttachMode, Hook};
+pub use loader::{tc_host_object, tc_pod_object, xdp_uplink_object, AttachMode, Hook, XdpMode};
 
 use crate::loader::{Maps, Objects};
 use crate::maps::{
@@ -135,6 +136,10 @@ pub struct EbpfConfig {
     pub keep_attachments_on_drop: bool,
     /// TCX, clsact, or TCX with clsact fallback.
     pub attach_mode: AttachMode,
+    /// The XDP fast path on the uplink (`Off` by default): NodePort/LoadBalancer/ExternalIP
+    /// packets for backends on other nodes are translated (DSR or SNAT) and sent back out at
+    /// XDP; everything else passes to the TC programs untouched.
+    pub xdp: XdpMode,
 }
 
 impl EbpfConfig {
@@ -147,6 +152,7 @@ impl EbpfConfig {
             timeouts: CtTimeouts::default(),
             keep_attachments_on_drop: false,
             attach_mode: AttachMode::Auto,
+            xdp: XdpMode::Off,
         }
     }
 }
@@ -167,7 +173,8 @@ pub struct GcReport {
 /// Result of running one packet through a program with `BPF_PROG_TEST_RUN`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacketRun {
-    /// TC verdict (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2, `TC_ACT_REDIRECT` 7).
+    /// TC verdict (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2, `TC_ACT_REDIRECT` 7), or for
+    /// [`Hook::Xdp`] the XDP one (`XDP_PASS` 2, `XDP_TX` 3, `XDP_REDIRECT` 4).
     pub verdict: u32,
     /// The packet as the program left it.
     pub output: Vec<u8>,
@@ -264,7 +271,8 @@ impl EbpfDataplane {
     }
 
     fn load(&mut self) -> Result<(), EbpfError> {
-        let mut objects = loader::load(&self.config.pin_dir, &self.config.capacities)?;
+        let xdp = self.config.xdp.is_on();
+        let mut objects = loader::load(&self.config.pin_dir, &self.config.capacities, xdp)?;
         if objects.capacities != self.config.capacities {
             tracing::info!(
                 configured = ?self.config.capacities,
@@ -273,14 +281,23 @@ impl EbpfDataplane {
             );
         }
         let current = Current::read(&objects.maps, &objects.capacities)?;
-        let pinned = Objects::pinned_links(&self.config.pin_dir);
+        let mut pinned = Objects::pinned_links(&self.config.pin_dir);
+        if !xdp {
+            // An XDP link an earlier process left is no longer wanted: without its pin nothing
+            // holds it and the kernel detaches it.
+            for (ifname, _) in pinned.iter().filter(|(_, h)| *h == Hook::Xdp) {
+                Objects::remove_pinned_xdp(&self.config.pin_dir, ifname)?;
+            }
+            pinned.retain(|(_, h)| *h != Hook::Xdp);
+        }
         if !pinned.is_empty() {
             let pin_dir = self.config.pin_dir.clone();
             let mode = self.config.attach_mode;
+            let xdp_mode = self.config.xdp;
             let objs = &mut objects;
             netns::in_netns(self.config.netns.as_deref(), move || {
                 for (ifname, hook) in pinned {
-                    if let Err(e) = objs.attach(&pin_dir, &ifname, hook, mode) {
+                    if let Err(e) = objs.attach(&pin_dir, &ifname, hook, mode, xdp_mode) {
                         tracing::warn!(interface = %ifname, error = %e, "could not adopt pinned link");
                     }
                 }
@@ -317,9 +334,12 @@ impl EbpfDataplane {
     }
 
     /// Interfaces and hooks `state` needs.
-    fn wanted_attachments(state: &DesiredState) -> BTreeSet<(String, Hook)> {
+    fn wanted_attachments(state: &DesiredState, xdp: XdpMode) -> BTreeSet<(String, Hook)> {
         let mut out = BTreeSet::new();
         let uplink = state.node.interfaces.uplink.clone();
+        if xdp.is_on() {
+            out.insert((uplink.clone(), Hook::Xdp));
+        }
         out.insert((uplink.clone(), Hook::FromUplink));
         out.insert((uplink, Hook::ToUplink));
         for e in &state.endpoints {
@@ -351,6 +371,7 @@ impl EbpfDataplane {
         let pin_dir = self.config.pin_dir.clone();
         let netns = self.config.netns.clone();
         let mode = self.config.attach_mode;
+        let xdp_mode = self.config.xdp;
         let previous = self.applied.take();
         let (objects, current) = self.parts()?;
         let caps = objects.capacities.clone();
@@ -362,10 +383,10 @@ impl EbpfDataplane {
             planner.dirty.as_ref(),
         )?;
 
-        let wanted = Self::wanted_attachments(desired);
+        let wanted = Self::wanted_attachments(desired, xdp_mode);
         netns::in_netns(netns.as_deref(), || {
             for (ifname, hook) in &wanted {
-                objects.attach(&pin_dir, ifname, *hook, mode)?;
+                objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
             }
             let stale: Vec<(String, Hook)> = objects
                 .attachments
@@ -508,6 +529,8 @@ impl EbpfDataplane {
     /// Runs `packet` (an Ethernet frame) through `hook`'s program with `BPF_PROG_TEST_RUN`,
     /// against the live maps. For tests and per-packet benchmarks.
     /// Runs inside the configured network namespace, so FIB lookups see the node's routes.
+    /// [`Hook::Xdp`] (loaded only when [`EbpfConfig::xdp`] is on) runs as if the packet had
+    /// arrived on the applied state's uplink.
     pub fn run_packet(
         &mut self,
         hook: Hook,
@@ -515,21 +538,48 @@ impl EbpfDataplane {
         repeat: u32,
     ) -> Result<PacketRun, Error> {
         let netns = self.config.netns.clone();
+        let uplink = self
+            .applied
+            .as_ref()
+            .map(|s| s.node.interfaces.uplink.clone());
         let (objects, _) = self.parts()?;
-        let prog = objects.program_mut(hook)?;
         let mut out = vec![0u8; packet.len() + 256];
-        let result = netns::in_netns(netns.as_deref(), || {
-            prog.test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                repeat: repeat.max(1),
-                ..TestRunOptions::default()
-            })
-            .map_err(|e| EbpfError::Load {
-                object: format!("test run of {}", hook.program()),
-                source: Box::new(e),
-            })
-        })?;
+        let err = |e: aya::programs::ProgramError| EbpfError::Load {
+            object: format!("test run of {}", hook.program()),
+            source: Box::new(e),
+        };
+        let result = if hook == Hook::Xdp {
+            let prog = objects.xdp_program_mut()?;
+            netns::in_netns(netns.as_deref(), || {
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+                // egress_ifindex. Without an ingress interface the kernel uses loopback.
+                let ifindex = uplink.as_deref().map_or(0, ifindex_of);
+                let len = u32::try_from(packet.len()).unwrap_or(u32::MAX);
+                let ctx: Vec<u8> = [0, len, 0, ifindex, 0, 0]
+                    .iter()
+                    .flat_map(|w: &u32| w.to_ne_bytes())
+                    .collect();
+                prog.test_run(TestRunOptions {
+                    data_in: Some(packet),
+                    data_out: Some(&mut out),
+                    ctx_in: (ifindex != 0).then_some(ctx.as_slice()),
+                    repeat: repeat.max(1),
+                    ..TestRunOptions::default()
+                })
+                .map_err(err)
+            })?
+        } else {
+            let prog = objects.program_mut(hook)?;
+            netns::in_netns(netns.as_deref(), || {
+                prog.test_run(TestRunOptions {
+                    data_in: Some(packet),
+                    data_out: Some(&mut out),
+                    repeat: repeat.max(1),
+                    ..TestRunOptions::default()
+                })
+                .map_err(err)
+            })?
+        };
         out.truncate(result.data_size_out as usize);
         Ok(PacketRun {
             verdict: result.return_value,
@@ -553,6 +603,15 @@ impl EbpfDataplane {
         }
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// The index of interface `name` in the calling thread's namespace, 0 when there is none.
+fn ifindex_of(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
 
 fn reverse_key(k: &CtKey, v: &CtEntry) -> CtKey {
@@ -608,7 +667,7 @@ impl Dataplane for EbpfDataplane {
             maglev: true,
             session_affinity: true,
             dsr: true,
-            xdp: false,
+            xdp: self.config.xdp.is_on(),
             masquerade: true,
             network_policy: false,
             weights: true,

@@ -8,7 +8,8 @@ use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::error::EbpfError;
@@ -20,6 +21,8 @@ use crate::Capacities;
 
 static TC_POD_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_pod.o"));
 static TC_HOST_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_host.o"));
+static XDP_UPLINK_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_uplink.o"));
 
 /// The compiled `tc_pod.o`, for layout checks and tooling.
 pub fn tc_pod_object() -> &'static [u8] {
@@ -31,6 +34,11 @@ pub fn tc_host_object() -> &'static [u8] {
     TC_HOST_OBJ
 }
 
+/// The compiled `xdp_uplink.o`, for layout checks and tooling.
+pub fn xdp_uplink_object() -> &'static [u8] {
+    XDP_UPLINK_OBJ
+}
+
 /// Where a program runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Hook {
@@ -40,6 +48,10 @@ pub enum Hook {
     FromUplink,
     /// TC egress on the uplink: packets the host sends (`dp_to_uplink`).
     ToUplink,
+    /// XDP on the uplink, before TC ingress: the NodePort/LoadBalancer fast path
+    /// (`dp_xdp_uplink`). Loaded only when [`crate::EbpfConfig::xdp`] is not
+    /// [`XdpMode::Off`].
+    Xdp,
 }
 
 impl Hook {
@@ -48,11 +60,13 @@ impl Hook {
             Hook::FromPod => "dp_from_pod",
             Hook::FromUplink => "dp_from_uplink",
             Hook::ToUplink => "dp_to_uplink",
+            Hook::Xdp => "dp_xdp_uplink",
         }
     }
     fn attach_type(self) -> TcAttachType {
         match self {
-            Hook::FromPod | Hook::FromUplink => TcAttachType::Ingress,
+            // (XDP is attached by attach_xdp, never as a TC program.)
+            Hook::FromPod | Hook::FromUplink | Hook::Xdp => TcAttachType::Ingress,
             Hook::ToUplink => TcAttachType::Egress,
         }
     }
@@ -61,6 +75,7 @@ impl Hook {
             Hook::FromPod => "from-pod",
             Hook::FromUplink => "from-uplink",
             Hook::ToUplink => "to-uplink",
+            Hook::Xdp => "xdp",
         }
     }
     fn from_tag(tag: &str) -> Option<Self> {
@@ -68,6 +83,7 @@ impl Hook {
             "from-pod" => Some(Hook::FromPod),
             "from-uplink" => Some(Hook::FromUplink),
             "to-uplink" => Some(Hook::ToUplink),
+            "xdp" => Some(Hook::Xdp),
             _ => None,
         }
     }
@@ -106,13 +122,35 @@ pub enum AttachMode {
     Clsact,
 }
 
+/// Whether and how the XDP fast path is attached to the uplink (Linux >= 5.9 for XDP links).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpMode {
+    /// No XDP program: TC handles everything (the default).
+    #[default]
+    Off,
+    /// Driver (native) mode; attaching fails when the driver has no XDP support.
+    Native,
+    /// Generic (skb) mode: works on every interface, after the skb is built.
+    Generic,
+    /// Driver mode, falling back to generic mode when the driver refuses it.
+    Auto,
+}
+
+impl XdpMode {
+    /// Whether an XDP program is loaded and attached.
+    pub fn is_on(self) -> bool {
+        self != XdpMode::Off
+    }
+}
+
 /// Priority and handle of our clsact filters, fixed so that a new process replaces them.
 const NL_PRIORITY: u16 = 0xd9;
 const NL_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 #[derive(Debug)]
 pub(crate) enum Attachment {
-    /// A TCX link pinned at `pin`; closing `link` keeps it attached while the pin exists.
+    /// A TCX or XDP link pinned at `pin`; closing `link` keeps it attached while the pin
+    /// exists.
     Tcx { link: FdLink, pin: PathBuf },
     /// A clsact filter; `marker` (a directory, bpffs holds no plain files) records it.
     Netlink {
@@ -161,6 +199,8 @@ impl Attachment {
 pub(crate) struct Objects {
     pub pod: Ebpf,
     pub host: Ebpf,
+    /// `xdp_uplink.o`, loaded when XDP is configured on.
+    pub xdp: Option<Ebpf>,
     pub maps: Maps,
     /// The sizes the maps really have (pinned maps keep the size they were created with).
     pub capacities: Capacities,
@@ -184,6 +224,20 @@ where
         source: "map missing from the object".into(),
     })?;
     T::try_from(map).map_err(|e| EbpfError::map(name, "opening", e))
+}
+
+fn load_xdp_program(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let name = Hook::Xdp.program();
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| EbpfError::Load {
+        object: name.to_owned(),
+        source,
+    };
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| err("program missing from the object".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| err(Box::new(e)))?;
+    prog.load().map_err(|e| err(Box::new(e)))
 }
 
 fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> Result<(), EbpfError> {
@@ -211,8 +265,9 @@ pub(crate) fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
-/// Loads both objects; maps are created and pinned under `pin_dir`, or reused when pinned.
-pub(crate) fn load(pin_dir: &Path, caps: &Capacities) -> Result<Objects, EbpfError> {
+/// Loads the objects (the XDP one when `xdp`); maps are created and pinned under `pin_dir`,
+/// or reused when pinned.
+pub(crate) fn load(pin_dir: &Path, caps: &Capacities, xdp: bool) -> Result<Objects, EbpfError> {
     for dir in [pin_dir.to_owned(), links_dir(pin_dir)] {
         std::fs::create_dir_all(&dir).map_err(|source| EbpfError::Pin { path: dir, source })?;
     }
@@ -233,9 +288,20 @@ pub(crate) fn load(pin_dir: &Path, caps: &Capacities) -> Result<Objects, EbpfErr
         object: "tc_host.o".to_owned(),
         source: Box::new(e),
     })?;
+    let xdp = if xdp {
+        let mut obj = loader.load(XDP_UPLINK_OBJ).map_err(|e| EbpfError::Load {
+            object: "xdp_uplink.o".to_owned(),
+            source: Box::new(e),
+        })?;
+        load_xdp_program(&mut obj)?;
+        Some(obj)
+    } else {
+        None
+    };
     let capacities = check_pinned(pin_dir, caps)?;
     load_programs(&mut pod, &["dp_from_pod"])?;
     load_programs(&mut host, &["dp_from_uplink", "dp_to_uplink"])?;
+
     let maps = Maps {
         svc: take(&mut pod, "dp_svc")?,
         backends: take(&mut pod, "dp_backends")?,
@@ -250,6 +316,7 @@ pub(crate) fn load(pin_dir: &Path, caps: &Capacities) -> Result<Objects, EbpfErr
     Ok(Objects {
         pod,
         host,
+        xdp,
         maps,
         capacities,
         attachments: BTreeMap::new(),
@@ -312,6 +379,12 @@ impl Objects {
         let ebpf = match hook {
             Hook::FromPod => &mut self.pod,
             Hook::FromUplink | Hook::ToUplink => &mut self.host,
+            Hook::Xdp => {
+                return Err(EbpfError::Load {
+                    object: hook.program().to_owned(),
+                    source: "an XDP program, not a TC one".into(),
+                })
+            }
         };
         let name = hook.program();
         ebpf.program_mut(name)
@@ -324,6 +397,15 @@ impl Objects {
                 object: name.to_owned(),
                 source: Box::new(e),
             })
+    }
+
+    /// Removes the pin of an XDP link an earlier process left on `ifname`, which detaches it
+    /// once nothing else holds it.
+    pub(crate) fn remove_pinned_xdp(pin_dir: &Path, ifname: &str) -> Result<(), EbpfError> {
+        remove_path(
+            links_dir(pin_dir).join(format!("{}@{}", Hook::Xdp.tag(), ifname)),
+            false,
+        )
     }
 
     /// Attachments an earlier process left: pinned TCX links under `pin_dir/links` and clsact
@@ -348,6 +430,87 @@ impl Objects {
         out
     }
 
+    pub(crate) fn xdp_program_mut(&mut self) -> Result<&mut Xdp, EbpfError> {
+        let name = Hook::Xdp.program();
+        let missing = || EbpfError::NotSupported {
+            reason: "the XDP program is not loaded: set EbpfConfig::xdp".to_owned(),
+        };
+        self.xdp
+            .as_mut()
+            .ok_or_else(missing)?
+            .program_mut(name)
+            .ok_or_else(missing)?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| EbpfError::Load {
+                object: name.to_owned(),
+                source: Box::new(e),
+            })
+    }
+
+    /// Attaches the XDP program to `ifname` as a pinned XDP link, or takes over the link an
+    /// earlier process pinned (its program is replaced atomically; it keeps its mode).
+    fn attach_xdp(&mut self, pin_dir: &Path, ifname: &str, mode: XdpMode) -> Result<(), EbpfError> {
+        use aya::programs::XdpMode as Flags;
+
+        let hook = Hook::Xdp;
+        let pin = links_dir(pin_dir).join(format!("{}@{}", hook.tag(), ifname));
+        let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| EbpfError::Attach {
+            interface: ifname.to_owned(),
+            program: hook.program().to_owned(),
+            source,
+        };
+        let prog = self.xdp_program_mut()?;
+        if pin.exists() {
+            let adopted = PinnedLink::from_pin(&pin)
+                .map_err(|e| attach_err(Box::new(e)))
+                .and_then(|p| {
+                    let link =
+                        XdpLink::try_from(FdLink::from(p)).map_err(|e| attach_err(Box::new(e)))?;
+                    let id = prog
+                        .attach_to_link(link)
+                        .map_err(|e| attach_err(Box::new(e)))?;
+                    let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+                    FdLink::try_from(link).map_err(|e| attach_err(Box::new(e)))
+                });
+            match adopted {
+                Ok(link) => {
+                    tracing::debug!(interface = ifname, "adopted pinned XDP link");
+                    self.attachments
+                        .insert((ifname.to_owned(), hook), Attachment::Tcx { link, pin });
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(interface = ifname, error = %e, "stale pinned XDP link, re-attaching");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        let id = match mode {
+            XdpMode::Off => return Ok(()),
+            XdpMode::Native => prog.attach(ifname, Flags::Driver),
+            XdpMode::Generic => prog.attach(ifname, Flags::Skb),
+            XdpMode::Auto => prog.attach(ifname, Flags::Driver).or_else(|e| {
+                tracing::info!(interface = ifname, error = %e, "native XDP refused, using generic mode");
+                prog.attach(ifname, Flags::Skb)
+            }),
+        }
+        .map_err(|e| attach_err(Box::new(e)))?;
+        let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+        // A netlink attachment (no bpf_link: Linux < 5.9) cannot be pinned; dropping `link`
+        // detaches it again.
+        let link = FdLink::try_from(link)
+            .map_err(|e| attach_err(format!("XDP links need Linux >= 5.9: {e}").into()))?;
+        let pinned = link.pin(&pin).map_err(|e| attach_err(Box::new(e)))?;
+        self.attachments.insert(
+            (ifname.to_owned(), hook),
+            Attachment::Tcx {
+                link: FdLink::from(pinned),
+                pin,
+            },
+        );
+        Ok(())
+    }
+
     /// Attaches `hook`'s program to `ifname` (call inside the node's network namespace).
     /// A link pinned by an earlier process is taken over: its program is replaced atomically.
     pub(crate) fn attach(
@@ -356,9 +519,13 @@ impl Objects {
         ifname: &str,
         hook: Hook,
         mode: AttachMode,
+        xdp: XdpMode,
     ) -> Result<(), EbpfError> {
         if self.attachments.contains_key(&(ifname.to_owned(), hook)) {
             return Ok(());
+        }
+        if hook == Hook::Xdp {
+            return self.attach_xdp(pin_dir, ifname, xdp);
         }
         let pin = links_dir(pin_dir).join(format!("{}@{}", hook.tag(), ifname));
         let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| EbpfError::Attach {

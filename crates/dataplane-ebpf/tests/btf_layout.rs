@@ -87,6 +87,7 @@ fn map_layouts_match_btf() {
     for object in [
         dataplane_ebpf::tc_pod_object(),
         dataplane_ebpf::tc_host_object(),
+        dataplane_ebpf::xdp_uplink_object(),
     ] {
         let btf = structs_of(object);
         for (name, size, fields) in &expected {

@@ -59,6 +59,136 @@ impl TestNode {
     pub fn dataplane(&self) -> EbpfDataplane {
         EbpfDataplane::new(self.config()).expect("eBPF dataplane loads")
     }
+
+    /// Gives `eth0` the MAC address `mac`, routes `cidr` via `gateway` on it with a permanent
+    /// neighbour entry (`gateway_mac`) and turns forwarding on, so that a FIB lookup for an
+    /// address in `cidr` succeeds deterministically (no neighbour resolution).
+    pub fn route_via_neighbour(&self, mac: &str, cidr: &str, gateway: &str, gateway_mac: &str) {
+        let name = self.name.as_str();
+        ip(&["-n", name, "link", "set", "eth0", "down"]);
+        ip(&["-n", name, "link", "set", "eth0", "address", mac]);
+        ip(&["-n", name, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            name,
+            "neigh",
+            "replace",
+            gateway,
+            "lladdr",
+            gateway_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        ip(&[
+            "-n", name, "route", "replace", cidr, "via", gateway, "dev", "eth0",
+        ]);
+        self.sysctl("net/ipv4/ip_forward", "1");
+    }
+
+    /// Writes `/proc/sys/KEY` inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = self.netns_path();
+        let key = PathBuf::from("/proc/sys").join(key);
+        let value = value.to_owned();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("netns file");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            std::fs::write(&key, value).unwrap_or_else(|e| panic!("{}: {e}", key.display()));
+        })
+        .join()
+        .expect("sysctl thread");
+    }
+
+    /// `ip -n NODE link show IFNAME`.
+    pub fn link_show(&self, ifname: &str) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "link", "show", ifname])
+            .output()
+            .expect("ip runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Attaches the `xdp_pass` fixture (driver mode) to `ifname` in the namespace at `netns`;
+/// dropping the returned object detaches it. A veth delivers frames its peer sends with
+/// `XDP_TX` only while it runs an XDP program itself.
+pub fn attach_xdp_pass(netns: &std::path::Path, ifname: &str) -> aya::Ebpf {
+    static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass.o"));
+    let path = netns.to_owned();
+    let ifname = ifname.to_owned();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns file");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let mut ebpf = aya::Ebpf::load(OBJ).expect("xdp_pass.o loads");
+        let prog: &mut aya::programs::Xdp = ebpf
+            .program_mut("xdp_pass")
+            .expect("xdp_pass program")
+            .try_into()
+            .expect("an XDP program");
+        prog.load().expect("xdp_pass verifies");
+        prog.attach(&ifname, aya::programs::XdpMode::Driver)
+            .unwrap_or_else(|e| panic!("attach xdp_pass to {ifname}: {e}"));
+        ebpf
+    })
+    .join()
+    .expect("attach thread")
+}
+
+/// `ETHTOOL_STXCSUM`: TX checksum offload on/off.
+pub const ETHTOOL_STXCSUM: u32 = 0x17;
+
+/// Sets one legacy ethtool feature (`ETHTOOL_S*` `cmd` to `on`) of `ifname` inside the
+/// namespace at `netns` (no ethtool binary needed).
+#[allow(unsafe_code)] // one ioctl, see the SAFETY comment
+pub fn ethtool_set(netns: &std::path::Path, ifname: &str, cmd: u32, on: bool) {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let path = netns.to_owned();
+    let ifname = ifname.to_owned();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns file");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+            .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
+            .or_else(|_| {
+                // No loopback address yet: any AF_INET socket will do for the ioctl.
+                std::net::UdpSocket::bind("0.0.0.0:0")
+            })
+            .expect("socket for the ioctl");
+        let mut value = EthtoolValue {
+            cmd,
+            data: u32::from(on),
+        };
+        // SAFETY: ifreq is plain old data, so all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        assert!(ifname.len() < req.ifr_name.len(), "interface name too long");
+        for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+            *dst = src.cast_signed();
+        }
+        req.ifr_ifru.ifru_data = (&raw mut value).cast();
+        // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at an ethtool_value that
+        // lives across the call; the kernel reads (and may write) only that struct.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::SIOCETHTOOL,
+                &raw mut req,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "ethtool {cmd:#x} on {ifname}: {}",
+            std::io::Error::last_os_error()
+        );
+    })
+    .join()
+    .expect("ethtool thread");
 }
 
 impl Drop for TestNode {

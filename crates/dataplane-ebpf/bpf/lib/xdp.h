@@ -1,0 +1,453 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * xdp.h - the NodePort/LoadBalancer/ExternalIP fast path at XDP on the uplink.
+ *
+ *   outside --eth0--> [dp_xdp_uplink] --XDP_TX / redirect--> other node (DSR or SNAT)
+ *                           |
+ *                           +--XDP_PASS (untouched)--> [dp_from_uplink] (TC) --> ...
+ *
+ * Only IPv4 (no options, no fragment) TCP/UDP to an external frontend whose backend is on
+ * another node is handled, in the two modes lb_forward() uses for it: DSR (destination
+ * rewritten, source kept, the frontend in an IP option, byte-identical to dsr_forward()) and
+ * SNAT (DNAT + source NAT to the node address). Everything else - replies, ClusterIPs, local
+ * backends, rejects, source-range drops, IPv6, packets that would outgrow the MTU, routes the
+ * FIB cannot answer - goes to TC untouched, which handles it exactly as without XDP.
+ *
+ * Conntrack entries are the ones lb_forward() writes (same pinned dp_ct), so TC's reverse NAT
+ * of SNAT replies, flows() and gc() work unchanged, and flows XDP started continue in TC (and
+ * the other way round) when XDP is detached or passes a packet.
+ *
+ * The packet is changed with direct packet access and incremental checksums (RFC 1624); XDP
+ * has no CHECKSUM_PARTIAL state, so the L4 checksum must be complete, as it is from a NIC.
+ * The FIB lookup for the new destination comes before any write: a packet we cannot route is
+ * passed with no trace.
+ */
+#ifndef DP_XDP_H
+#define DP_XDP_H
+
+/* lb.h's TC stages (lb_forward, lb_reply, ...) take an skb and are not used here. */
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wunused-function"
+#include "lb.h"
+#pragma clang diagnostic pop
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+#define XDP_L4_OFF (sizeof(struct ethhdr) + IPV4_BASE_LEN)
+
+/* How one packet is to be rewritten and where it goes. */
+struct xdp_xlate {
+	__be32 saddr; /* new source (the client's own with DSR) */
+	__be32 daddr; /* new destination: the backend */
+	__be16 sport;
+	__be16 dport;
+	__be32 fe_addr; /* DSR: the frontend carried in the option */
+	__be16 fe_port;
+	__u8 dsr;
+	__u8 pad;
+	__u32 ifindex; /* egress interface from the FIB */
+	__u8 smac[ETH_ALEN];
+	__u8 dmac[ETH_ALEN];
+};
+
+/**
+ * xdp_parse() - fill @p from an IPv4 TCP/UDP packet without options or fragmentation.
+ * Returns 1 for such a packet, 0 for anything else (passed to TC as it is).
+ */
+static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+	void *l4 = data + XDP_L4_OFF;
+
+	__builtin_memset(p, 0, sizeof(*p));
+	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return 0;
+	p->family = DP_AF_INET;
+	p->proto = ip->protocol;
+	p->saddr[0] = ip->saddr;
+	p->daddr[0] = ip->daddr;
+	p->l3_off = sizeof(*eth);
+	p->l4_off = XDP_L4_OFF;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+
+		if ((void *)(th + 1) > end)
+			return 0;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13];
+		p->seq = bpf_ntohl(th->seq);
+		p->csum_off = XDP_L4_OFF + offsetof(struct tcphdr, check);
+		return 1;
+	}
+	if (p->proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+
+		if ((void *)(uh + 1) > end)
+			return 0;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		p->csum_off = XDP_L4_OFF + offsetof(struct udphdr, check);
+		return 1;
+	}
+	return 0;
+}
+
+/* One's complement accumulation for an incremental checksum update: ~old + new per 32-bit
+ * word (RFC 1624, eqn. 3), summed in 64 bits and folded once at the end. */
+static __always_inline __u64 csum_delta(__u64 acc, __u32 old, __u32 new)
+{
+	return acc + (__u32)~old + new;
+}
+
+/* The 16-bit checksum @check after the changes summed in @acc. */
+static __always_inline __u16 csum_update(__u16 check, __u64 acc)
+{
+	acc += (__u16)~check;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		acc = (acc & 0xffff) + (acc >> 16);
+	return (__u16)~acc;
+}
+
+/* The first 32-bit word of a TCP/UDP header: both ports, in packet order. */
+static __always_inline __u32 ports_word(__be16 sport, __be16 dport)
+{
+	__u32 w;
+
+	((__be16 *)&w)[0] = sport;
+	((__be16 *)&w)[1] = dport;
+	return w;
+}
+
+/*
+ * Whether a DSR request still fits the underlay MTU once the option is added; when it does
+ * not, TC answers ICMP fragmentation needed.
+ */
+static __always_inline int xdp_dsr_fits(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
+	__u32 len = ctx->data_end - ctx->data;
+
+	return !cfg || !cfg->mtu || len - sizeof(struct ethhdr) + DSR_OPT_LEN <= cfg->mtu;
+}
+
+/**
+ * xdp_route() - FIB lookup (as a forwarding decision on the ingress interface) for the packet
+ * as it will leave. Fills the egress interface and MAC addresses of @x.
+ * Returns 0 when the packet can be sent on, -1 otherwise (no route, local delivery, no
+ * neighbour entry yet, forwarding disabled, too big for the route's MTU).
+ */
+static __noinline int xdp_route(struct xdp_md *ctx, const struct pkt *p, struct xdp_xlate *x)
+{
+	struct bpf_fib_lookup fib;
+	__u32 len = ctx->data_end - ctx->data;
+	long ret;
+
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.family = AF_INET;
+	fib.l4_protocol = p->proto;
+	fib.sport = x->sport;
+	fib.dport = x->dport;
+	fib.tot_len = len - sizeof(struct ethhdr) + (x->dsr ? DSR_OPT_LEN : 0);
+	fib.ipv4_src = x->saddr;
+	fib.ipv4_dst = x->daddr;
+	fib.ifindex = ctx->ingress_ifindex;
+	ret = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (ret != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	x->ifindex = fib.ifindex;
+	__builtin_memcpy(x->smac, fib.smac, ETH_ALEN);
+	__builtin_memcpy(x->dmac, fib.dmac, ETH_ALEN);
+	return 0;
+}
+
+/**
+ * xdp_rewrite() - apply @x to the packet: addresses, ports, checksums, the DSR option
+ * (inserted after the 20-byte IPv4 header: ihl 7, tot_len + 8) and the Ethernet addresses.
+ * Returns 0, or -1 when the head could not be grown (the packet is then unchanged).
+ */
+static __noinline int xdp_rewrite(struct xdp_md *ctx, const struct pkt *p,
+				  const struct xdp_xlate *x)
+{
+	void *data, *end;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct iphdr hdr;
+	struct dsr_opt opt;
+	__u32 old_w0, new_w0;
+	__u16 *l4_check;
+	void *l4;
+	__u32 l4_off = XDP_L4_OFF;
+	__u64 acc;
+	__u16 check;
+
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > end)
+		return -1;
+	hdr = *ip;
+
+	/* IPv4 header: addresses, and for DSR ihl/tot_len and the option's words. */
+	acc = csum_delta(0, hdr.saddr, x->saddr);
+	acc = csum_delta(acc, hdr.daddr, x->daddr);
+	hdr.saddr = x->saddr;
+	hdr.daddr = x->daddr;
+	if (x->dsr) {
+		old_w0 = *(__u32 *)&hdr;
+		hdr.ihl = (IPV4_BASE_LEN + DSR_OPT_LEN) / 4;
+		hdr.tot_len = bpf_htons(bpf_ntohs(hdr.tot_len) + DSR_OPT_LEN);
+		new_w0 = *(__u32 *)&hdr;
+		opt.type = DSR_OPT_TYPE;
+		opt.len = DSR_OPT_LEN;
+		opt.port = x->fe_port;
+		opt.addr = x->fe_addr;
+		acc = csum_delta(acc, old_w0, new_w0);
+		acc = csum_delta(acc, 0, ((__u32 *)&opt)[0]);
+		acc = csum_delta(acc, 0, ((__u32 *)&opt)[1]);
+	}
+	hdr.check = csum_update(hdr.check, acc);
+
+	if (x->dsr) {
+		/* Grow at the head and write the headers in their new places: the L4 header
+		 * does not move. */
+		if (bpf_xdp_adjust_head(ctx, -(int)DSR_OPT_LEN))
+			return -1;
+		l4_off += DSR_OPT_LEN;
+		data = (void *)(long)ctx->data;
+		end = (void *)(long)ctx->data_end;
+	}
+	eth = data;
+	ip = data + sizeof(struct ethhdr);
+	l4 = data + l4_off;
+	if ((void *)(ip + 1) > end || l4 + sizeof(struct udphdr) > end)
+		return -1;
+	*ip = hdr;
+	if (x->dsr) {
+		if ((void *)(ip + 1) + sizeof(opt) > end)
+			return -1;
+		__builtin_memcpy(ip + 1, &opt, sizeof(opt));
+	}
+	__builtin_memcpy(eth->h_dest, x->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, x->smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+
+	/* L4: ports, and the checksum for them and the pseudo header's addresses. */
+	acc = csum_delta(0, p->saddr[0], x->saddr);
+	acc = csum_delta(acc, p->daddr[0], x->daddr);
+	acc = csum_delta(acc, ports_word(p->sport, p->dport), ports_word(x->sport, x->dport));
+	((__be16 *)l4)[0] = x->sport;
+	((__be16 *)l4)[1] = x->dport;
+	if (p->proto == IPPROTO_TCP) {
+		if (l4 + sizeof(struct tcphdr) > end)
+			return -1;
+		l4_check = l4 + offsetof(struct tcphdr, check);
+		*l4_check = csum_update(*l4_check, acc);
+	} else {
+		l4_check = l4 + offsetof(struct udphdr, check);
+		/* 0: the sender computed no checksum; a computed 0 is sent as 0xffff. */
+		if (*l4_check) {
+			check = csum_update(*l4_check, acc);
+			*l4_check = check ? check : 0xffff;
+		}
+	}
+	return 0;
+}
+
+static __always_inline int xdp_send(struct xdp_md *ctx, const struct xdp_xlate *x)
+{
+	stat_inc(STAT_XDP_FORWARDED);
+	if (x->dsr)
+		stat_inc(STAT_DSR_FORWARDED);
+	else
+		stat_inc(STAT_TRANSLATED);
+	if (x->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(x->ifindex, 0);
+}
+
+/* Whether a forward entry is one XDP continues: DSR, or SNAT of a flow from the uplink. */
+static __always_inline int xdp_takes_entry(const struct ct_entry *e)
+{
+	if (e->flags & (CT_F_MASQ | CT_F_HAIRPIN | CT_F_INBOUND))
+		return 0;
+	if (e->flags & CT_F_DSR)
+		return 1;
+	return (e->flags & (CT_F_SNAT | CT_F_EXTERNAL)) == (CT_F_SNAT | CT_F_EXTERNAL);
+}
+
+/**
+ * xdp_established() - a packet of a flow with a forward entry: the same translation as
+ * lb_forward()'s established path, when the entry is DSR or external SNAT to another node.
+ */
+static __noinline int xdp_established(struct xdp_md *ctx, struct pkt *p, struct ct_entry *fwd)
+{
+	struct xdp_xlate x;
+
+	if (!xdp_takes_entry(fwd) || is_local(p, fwd->nat_addr))
+		return XDP_PASS;
+	__builtin_memset(&x, 0, sizeof(x));
+	x.daddr = fwd->nat_addr[0];
+	x.dport = fwd->nat_port;
+	if (fwd->flags & CT_F_DSR) {
+		x.dsr = 1;
+		x.saddr = p->saddr[0];
+		x.sport = p->sport;
+		x.fe_addr = p->daddr[0];
+		x.fe_port = p->dport;
+		if (!xdp_dsr_fits(ctx))
+			return XDP_PASS;
+	} else {
+		x.saddr = fwd->snat_addr[0];
+		x.sport = fwd->snat_port;
+	}
+	if (xdp_route(ctx, p, &x) < 0)
+		return XDP_PASS;
+	ct_touch(fwd, p, 0);
+	if (xdp_rewrite(ctx, p, &x) < 0)
+		return XDP_PASS;
+	return xdp_send(ctx, &x);
+}
+
+/*
+ * The conntrack entries lb_forward() writes for a new external flow: the forward entry, and
+ * for a non-DSR flow the reverse one (@rk: backend -> client, or -> the SNAT address).
+ * Returns 0, or -1 when an entry could not be written (TC then tries and counts it).
+ */
+static __always_inline int xdp_ct_create(const struct pkt *p, const struct svc_value *svc,
+					 const struct backend *be, __u32 backend_id,
+					 int do_snat, int dsr, const __u32 *snat,
+					 struct ct_key *rk)
+{
+	struct ct_key fk;
+	struct ct_entry e = {};
+
+	e.created_ns = bpf_ktime_get_ns();
+	e.last_seen_ns = e.created_ns;
+	e.backend_id = backend_id;
+	e.svc_id = svc->id;
+	e.flags = (do_snat ? CT_F_SNAT : 0) | (dsr ? CT_F_DSR : 0) | CT_F_EXTERNAL;
+	e.tcp_state = tcp_bits(p, 0);
+	if (!dsr) {
+		/* reverse: nat = frontend, snat = the original client */
+		addr_copy(e.nat_addr, p->daddr);
+		e.nat_port = p->dport;
+		addr_copy(e.snat_addr, p->saddr);
+		e.snat_port = p->sport;
+		if (bpf_map_update_elem(&dp_ct, rk, &e, BPF_ANY) < 0)
+			return -1;
+	}
+	addr_copy(e.nat_addr, be->addr);
+	e.nat_port = be->port;
+	addr_copy(e.snat_addr, snat);
+	e.snat_port = rk->dport;
+	ct_key_from_pkt(&fk, p, CT_DIR_FWD);
+	if (bpf_map_update_elem(&dp_ct, &fk, &e, BPF_ANY) < 0)
+		return -1;
+	stat_inc(STAT_CT_CREATED);
+	return 0;
+}
+
+/**
+ * xdp_new_flow() - a packet without a (live) forward entry: lb_forward()'s decisions for an
+ * external frontend. A flow to a remote backend is translated and sent on; a flow to a local
+ * backend gets its conntrack entries (so that TC keeps the backend chosen here) and is passed.
+ */
+static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
+{
+	struct xdp_xlate x;
+	struct svc_value *svc;
+	struct backend *be;
+	struct ct_key rk;
+	__u32 snat[4] = {};
+	__u32 backend_id = 0;
+	int do_snat = 0;
+	int dsr = 0;
+	int local;
+
+	svc = svc_lookup(p, SVC_SCOPE_EXTERNAL, 0);
+	if (!svc || svc->slot_count == 0)
+		return XDP_PASS;
+	if ((svc->flags & SVC_F_SRC_RANGES) && !src_allowed(svc, p))
+		return XDP_PASS;
+	be = select_backend(svc, p, &backend_id);
+	if (!be || be->family != DP_AF_INET)
+		return XDP_PASS;
+	local = is_local(p, be->addr);
+	if ((svc->flags & SVC_F_DSR) && !local)
+		dsr = 1;
+	else if (svc->flags & SVC_F_SNAT)
+		do_snat = 1;
+	else if (!local)
+		return XDP_PASS; /* plain DNAT to another node: not a fast-path mode */
+
+	if (do_snat) {
+		if (node_addr(p, snat) < 0 || snat_pick_port(p, be, snat, &rk) < 0)
+			return XDP_PASS;
+	} else {
+		__builtin_memset(&rk, 0, sizeof(rk));
+		addr_copy(rk.saddr, be->addr);
+		addr_copy(rk.daddr, p->saddr);
+		rk.sport = be->port;
+		rk.dport = p->sport;
+		rk.proto = p->proto;
+		rk.family = p->family;
+		rk.dir = CT_DIR_REV;
+	}
+	if (local) {
+		/* Random selection would pick again in TC (and favour remote backends). */
+		xdp_ct_create(p, svc, be, backend_id, do_snat, 0, snat, &rk);
+		return XDP_PASS;
+	}
+
+	__builtin_memset(&x, 0, sizeof(x));
+	x.daddr = be->addr[0];
+	x.dport = be->port;
+	x.dsr = dsr;
+	if (dsr) {
+		x.saddr = p->saddr[0];
+		x.sport = p->sport;
+		x.fe_addr = p->daddr[0];
+		x.fe_port = p->dport;
+		if (!xdp_dsr_fits(ctx))
+			return XDP_PASS;
+	} else {
+		x.saddr = snat[0];
+		x.sport = rk.dport;
+	}
+	if (xdp_route(ctx, p, &x) < 0)
+		return XDP_PASS;
+	if (xdp_ct_create(p, svc, be, backend_id, do_snat, dsr, snat, &rk) < 0)
+		return XDP_PASS;
+	if (xdp_rewrite(ctx, p, &x) < 0)
+		return XDP_PASS;
+	return xdp_send(ctx, &x);
+}
+
+static __always_inline int xdp_uplink(struct xdp_md *ctx)
+{
+	struct pkt p;
+	struct ct_key k;
+	struct ct_entry *fwd;
+
+	if (!xdp_parse(ctx, &p))
+		return XDP_PASS;
+	/* Replies (reverse entries) are TC's: lb_reply() comes before lb_forward() there. */
+	ct_key_from_pkt(&k, &p, CT_DIR_REV);
+	if (bpf_map_lookup_elem(&dp_ct, &k))
+		return XDP_PASS;
+	ct_key_from_pkt(&k, &p, CT_DIR_FWD);
+	fwd = bpf_map_lookup_elem(&dp_ct, &k);
+	if (fwd && !ct_is_reopen(fwd, &p))
+		return xdp_established(ctx, &p, fwd);
+	return xdp_new_flow(ctx, &p);
+}
+
+#endif
