@@ -115,17 +115,15 @@ fn patch<T: Clone>(
         return;
     }
     items.retain(|item| !changes.contains_key(key(item)) || changes[key(item)].current.is_some());
+    // Only names the change set carries matter: a change is O(items) compares, no clones.
     let mut seen = std::collections::BTreeSet::new();
     for item in items.iter_mut() {
-        let name = key(item).clone();
-        if let Some(Change {
-            current: Some(current),
-            ..
-        }) = changes.get(&name)
-        {
-            *item = current.clone();
+        if let Some((name, change)) = changes.get_key_value(key(item)) {
+            if let Some(current) = &change.current {
+                *item = current.clone();
+            }
+            seen.insert(name);
         }
-        seen.insert(name);
     }
     for (name, change) in changes {
         if let (false, Some(current)) = (seen.contains(name), &change.current) {

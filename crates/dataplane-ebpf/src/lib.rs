@@ -40,8 +40,8 @@ use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane_core::{
-    validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
-    ObjectName, ObservedFrontend, ObservedState, Protocol, Stats,
+    ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, HealthCheck,
+    Incremental, ObjectName, ObservedFrontend, ObservedState, Protocol, Stats, Validator,
 };
 
 pub use error::EbpfError;
@@ -246,8 +246,10 @@ pub struct EbpfDataplane {
     objects: Option<Objects>,
     current: Option<Current>,
     applied: Option<DesiredState>,
+    /// What the applied state's objects claim, for change sets validated in proportion to
+    /// their size.
+    validator: Option<Validator>,
     planner: Option<plan::Planner>,
-    names: BTreeMap<u32, ObjectName>,
 }
 
 impl EbpfDataplane {
@@ -263,8 +265,8 @@ impl EbpfDataplane {
             objects: None,
             current: None,
             applied: None,
+            validator: None,
             planner: None,
-            names: BTreeMap::new(),
         };
         dp.load()?;
         Ok(dp)
@@ -348,14 +350,14 @@ impl EbpfDataplane {
         out
     }
 
+    /// Programs `desired_owned`, which the caller has validated (and checked as supported);
+    /// `changes` (what differs from the applied state) makes it an incremental sync.
     fn sync(
         &mut self,
         desired_owned: DesiredState,
         changes: Option<&ChangeSet>,
     ) -> Result<ApplyReport, Error> {
         let desired = &desired_owned;
-        validate(desired)?;
-        plan::check_supported(desired)?;
         let maglev = self.config.capacities.maglev_table_size;
         // Taken: if anything below fails the maps are unknown to the planner and the next
         // sync plans afresh.
@@ -428,7 +430,6 @@ impl EbpfDataplane {
             }
             (None, None) => (desired.services.len(), 0),
         };
-        self.names.clone_from(&planner.plan.names);
         self.planner = Some(planner);
         self.applied = Some(desired_owned);
         Ok(ApplyReport {
@@ -437,6 +438,16 @@ impl EbpfDataplane {
             services_removed,
             objects_written: report.objects_written,
         })
+    }
+
+    /// What each `healthCheckNodePort` must answer on this node: the local endpoints of every
+    /// `externalTrafficPolicy: Local` service in the applied state (an agent's health server
+    /// answers 200 when there is one, 503 otherwise). Empty before the first apply.
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        self.applied
+            .as_ref()
+            .map(dataplane_core::health_checks)
+            .unwrap_or_default()
     }
 
     /// Expires conntrack and affinity entries idle longer than their timeouts at `now`
@@ -677,15 +688,35 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
-        self.sync(desired.clone(), None)
+        let validator = Validator::new(desired)?;
+        plan::check_supported(desired)?;
+        self.validator = None;
+        let report = self.sync(desired.clone(), None)?;
+        self.validator = Some(validator);
+        Ok(report)
     }
 
+    /// Validates and plans in proportion to the change: only the changed objects are checked
+    /// (against what the others claim), the applied state is patched in place, and only the
+    /// changed services' map entries are written.
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
-        let Some(mut next) = self.applied.clone() else {
+        let (Some(applied), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };
+        if validator.check(&applied.node, changes)? == Incremental::FullRequired {
+            let mut next = applied.clone();
+            changes.apply_to(&mut next);
+            return self.apply(&next);
+        }
+        plan::check_changes_supported(&applied.node, changes)?;
+        let mut next = self.applied.take().ok_or(Error::FullSyncRequired)?;
+        let mut validator = self.validator.take().ok_or(Error::FullSyncRequired)?;
         changes.apply_to(&mut next);
-        self.sync(next, Some(changes))
+        validator.commit(&next.node, changes);
+        // On failure applied and validator stay None: the next sync is a full one.
+        let report = self.sync(next, Some(changes))?;
+        self.validator = Some(validator);
+        Ok(report)
     }
 
     fn observe(&self) -> Result<ObservedState, Error> {
@@ -743,7 +774,11 @@ impl Dataplane for EbpfDataplane {
                 client: SocketAddr::new(k.saddr.ip(k.family), k.sport.get()),
                 frontend: SocketAddr::new(k.daddr.ip(k.family), k.dport.get()),
                 backend: SocketAddr::new(v.nat_addr.ip(k.family), v.nat_port.get()),
-                service: self.names.get(&v.svc_id).cloned(),
+                service: self
+                    .planner
+                    .as_ref()
+                    .and_then(|p| p.plan.names.get(&v.svc_id))
+                    .cloned(),
             });
         }
         out.sort_by_key(|f| (f.frontend, f.client));
@@ -787,8 +822,8 @@ impl Dataplane for EbpfDataplane {
         self.objects = None;
         self.current = None;
         self.applied = None;
+        self.validator = None;
         self.planner = None;
-        self.names.clear();
         let dir = &self.config.pin_dir;
         match std::fs::remove_dir_all(dir) {
             Ok(()) => Ok(()),

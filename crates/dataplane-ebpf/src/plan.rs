@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use dataplane_core::{
     eligible_backends, maglev_table, node_address, ChangeSet, DesiredState, Eligible, Error,
-    IpFamily, MaglevBackend, ObjectName, Protocol, Service, ServicePort, TrafficKind,
+    IpFamily, MaglevBackend, Node, ObjectName, Protocol, Service, ServicePort, TrafficKind,
     TrafficPolicy,
 };
 
@@ -76,43 +76,58 @@ fn proto_number(p: Protocol) -> u8 {
 
 /// The features this backend refuses, checked before anything is written.
 pub(crate) fn check_supported(state: &DesiredState) -> Result<(), Error> {
-    let unsupported = |feature: &str, object: String| Error::Unsupported {
-        backend: BACKEND.to_owned(),
-        feature: feature.to_owned(),
-        object,
-    };
     if let Some(p) = state.policies.first() {
         return Err(unsupported("network policy", format!("policy {}", p.name)));
     }
-    for s in &state.services {
-        for p in &s.ports {
-            if p.protocol == Protocol::Sctp {
-                return Err(unsupported(
-                    "SCTP",
-                    format!("service {} port {}", s.name, p.port),
-                ));
-            }
-        }
-        // DSR carries the frontend in an IPv4 option; IPv6 would need an extension header.
-        let dsr = s.ports.iter().any(|p| s.uses_dsr(&state.node, p.protocol));
-        let v6_external = s
-            .external_ips
-            .iter()
-            .chain(&s.load_balancer_ips)
-            .chain(
-                state
-                    .node
-                    .addresses
-                    .iter()
-                    .filter(|_| s.ports.iter().any(|p| p.node_port.is_some())),
-            )
-            .any(IpAddr::is_ipv6);
-        if dsr && v6_external && s.backends.iter().any(|b| b.ip.is_ipv6()) {
+    state
+        .services
+        .iter()
+        .try_for_each(|s| check_service_supported(&state.node, s))
+}
+
+/// [`check_supported`] for what a change set adds (the rest was checked when applied).
+pub(crate) fn check_changes_supported(node: &Node, changes: &ChangeSet) -> Result<(), Error> {
+    if let Some(p) = changes.policies.values().find_map(|c| c.current.as_ref()) {
+        return Err(unsupported("network policy", format!("policy {}", p.name)));
+    }
+    changes
+        .services
+        .values()
+        .filter_map(|c| c.current.as_ref())
+        .try_for_each(|s| check_service_supported(node, s))
+}
+
+fn unsupported(feature: &str, object: String) -> Error {
+    Error::Unsupported {
+        backend: BACKEND.to_owned(),
+        feature: feature.to_owned(),
+        object,
+    }
+}
+
+fn check_service_supported(node: &Node, s: &Service) -> Result<(), Error> {
+    for p in &s.ports {
+        if p.protocol == Protocol::Sctp {
             return Err(unsupported(
-                "direct server return over IPv6 (externalMode Dsr/Hybrid)",
-                format!("service {}", s.name),
+                "SCTP",
+                format!("service {} port {}", s.name, p.port),
             ));
         }
+    }
+    // DSR carries the frontend in an IPv4 option; IPv6 would need an extension header.
+    let dsr = s.ports.iter().any(|p| s.uses_dsr(node, p.protocol));
+    let node_ports = s.ports.iter().any(|p| p.node_port.is_some());
+    let v6_external = s
+        .external_ips
+        .iter()
+        .chain(&s.load_balancer_ips)
+        .chain(node.addresses.iter().filter(|_| node_ports))
+        .any(IpAddr::is_ipv6);
+    if dsr && v6_external && s.backends.iter().any(|b| b.ip.is_ipv6()) {
+        return Err(unsupported(
+            "direct server return over IPv6 (externalMode Dsr/Hybrid)",
+            format!("service {}", s.name),
+        ));
     }
     Ok(())
 }

@@ -1408,3 +1408,61 @@ fn masquerade_collisions_echo_and_masquerade_all() {
     );
     assert_eq!(dp.stats().expect("stats").other["masqueraded"], 5);
 }
+
+#[test]
+fn health_checks_and_incremental_changes() {
+    if !require_root("health_checks_and_incremental_changes") {
+        return;
+    }
+    let n = TestNode::new("hc");
+    let mut dp = n.dataplane();
+    let mut local = service(
+        "local",
+        "10.96.0.40",
+        vec![
+            backend("10.244.0.10", "node-a"),
+            backend("10.244.1.20", "node-b"),
+        ],
+    );
+    local.ports = vec![port(Protocol::Tcp, 80, 8080, Some(30100))];
+    local.external_traffic_policy = TrafficPolicy::Local;
+    local.health_check_node_port = Some(32100);
+    let before = state(vec![local.clone(), service("other", "10.96.0.41", vec![])]);
+    dp.apply(&before).expect("apply");
+    let hc = dp.health_checks();
+    assert_eq!(hc.len(), 1, "{hc:?}");
+    assert_eq!((hc[0].node_port, hc[0].local_endpoints), (32100, 1));
+
+    // The local endpoint goes: an incremental change, and the health check says 503.
+    let mut after = before.clone();
+    after.services[0].backends.remove(0);
+    let report = dp
+        .apply_changes(&dataplane_core::diff(&before, &after))
+        .expect("apply_changes");
+    assert!(!report.full_sync);
+    assert_eq!(report.services_changed, 1);
+    assert_eq!(dp.health_checks()[0].http_status(), 503);
+    let no_local = syn_to("192.0.2.7", "172.18.0.2", 30100);
+    let run = dp.run_packet(Hook::FromUplink, &no_local, 1).expect("run");
+    assert_eq!(
+        run.verdict, SHOT,
+        "ETP Local without a local endpoint drops"
+    );
+
+    // A change that clashes with a service that stays is refused, and nothing changes.
+    let mut clash = after.clone();
+    clash.services[1].cluster_ips = vec!["10.96.0.40".parse().unwrap()];
+    let err = dp
+        .apply_changes(&dataplane_core::diff(&after, &clash))
+        .expect_err("a duplicate frontend is refused");
+    assert!(err.to_string().contains("service default/other"), "{err}");
+    let report = dp
+        .apply_changes(&dataplane_core::diff(&after, &before))
+        .expect("still incremental after a refused change");
+    assert!(!report.full_sync);
+    assert_eq!(dp.health_checks()[0].local_endpoints, 1);
+}
+
+fn syn_to(src: &str, dst: &str, dport: u16) -> Vec<u8> {
+    eth().ip(src, dst).tcp(45100, dport, TCP_SYN).build()
+}
