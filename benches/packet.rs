@@ -1,11 +1,9 @@
-//! Per-packet cost of the eBPF TC service program (`dp_from_pod`, ClusterIP path) through
-//! `BPF_PROG_TEST_RUN`, established and new flows, at 10 .. 100k services x 10 backends.
-//! Times are the kernel's measurement of each program run (see `benches/common/packet.rs`).
+//! Per-packet cost of the eBPF TC service program (`dp_from_pod`, ClusterIP path) and of the
+//! XDP program (`dp_xdp_uplink`, NodePort to remote backends) through `BPF_PROG_TEST_RUN`,
+//! established and new flows, at 10 .. 100k services x 10 backends. Times are the kernel's
+//! measurement of each program run (see `benches/common/packet.rs`).
 //!
 //! `sudo cargo bench --features ebpf --bench packet` (needs root; prints SKIPPED otherwise).
-//!
-//! The XDP program is not measured: the eBPF backend has none yet
-//! (`capabilities().xdp == false`).
 
 #[path = "common/packet.rs"]
 mod packet;
@@ -46,6 +44,12 @@ fn bench_tc(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new("new_flow", n), |b| {
             b.iter_custom(|iters| lab.new_flows(iters).expect("test run").total);
+        });
+        g.bench_function(BenchmarkId::new("xdp_established", n), |b| {
+            b.iter_custom(|iters| lab.xdp_established(iters).expect("test run").total);
+        });
+        g.bench_function(BenchmarkId::new("xdp_new_flow", n), |b| {
+            b.iter_custom(|iters| lab.xdp_new_flows(iters).expect("test run").total);
         });
     }
     g.finish();

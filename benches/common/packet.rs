@@ -9,6 +9,12 @@
 //! - established flow: an ACK of one of 4096 flows opened before, taken round-robin, so that
 //!   consecutive packets belong to different flows (conntrack hit, DNAT).
 //!
+//! The XDP program (`dp_xdp_uplink`) gets TCP from an external client to NodePorts of the same
+//! services (synthetic services have NodePorts up to index 2767: beyond, the maps are bigger
+//! but the packets address the first 2768 services), whose backends are all on other nodes (the node's pod CIDR is one no synthetic
+//! backend uses) and reachable through the FIB (a permanent neighbour for the node's
+//! gateway): SNAT to the node address and `XDP_TX`, new and established flows alike.
+//!
 //! The time is the kernel's own measurement of the program run (`repeat = 1`: each packet runs
 //! once), summed over all packets; it includes the kernel's timer reads around the run.
 #![allow(dead_code)] // each including bench uses a part
@@ -18,7 +24,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use dataplane::ebpf::{EbpfConfig, EbpfDataplane, Hook};
+use dataplane::ebpf::{EbpfConfig, EbpfDataplane, Hook, XdpMode};
 use dataplane::{synthetic, Dataplane};
 use dataplane_testkit::{Lab, LabSpec};
 use nix::sched::{setns, CloneFlags};
@@ -29,6 +35,13 @@ pub const ESTABLISHED_FLOWS: usize = 4096;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 const TC_ACT_SHOT: u32 = 2;
+const XDP_TX: u32 = 3;
+/// NodePorts of synthetic services: 30000 + index, up to 32767.
+const NODE_PORT_BASE: u16 = 30_000;
+const NODE_PORT_SERVICES: usize = 2_768;
+/// The bench node's pod CIDR: no synthetic backend (10.244.0.2 - 10.244.253.x) is in it, so
+/// every backend is remote and the XDP path forwards.
+const POD_CIDR: &str = "10.244.254.0/24";
 
 /// Kernel-measured time over a number of packets.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -64,6 +77,10 @@ pub struct PacketLab {
     established: Vec<Vec<u8>>,
     next_established: usize,
     next_new: u64,
+    xdp_established: Vec<Vec<u8>>,
+    next_xdp_established: usize,
+    next_xdp_new: u64,
+    node_addr: Ipv4Addr,
     rng: u64,
 }
 
@@ -84,6 +101,18 @@ impl PacketLab {
             ipv6: false,
         })
         .map_err(|e| format!("lab: {e}"))?;
+        // The FIB's answer for remote backends (via the gateway) must be complete at XDP.
+        lab.node(0)
+            .netns
+            .ip_batch(&[
+                "neigh replace 172.18.0.1 lladdr 02:00:00:00:00:fe dev eth0 nud permanent"
+                    .to_owned(),
+            ])
+            .map_err(|e| format!("gateway neighbour: {e}"))?;
+        let node_addr = match lab.node(0).addresses[0] {
+            std::net::IpAddr::V4(a) => a,
+            std::net::IpAddr::V6(_) => return Err("the lab node has no IPv4 address".to_owned()),
+        };
         let home = File::open("/proc/thread-self/ns/net")
             .map_err(|e| format!("open own network namespace: {e}"))?;
         let node = File::open(lab.node(0).netns.path())
@@ -94,6 +123,7 @@ impl PacketLab {
         // 100k ClusterIPs (two entries each) plus the NodePorts synthetic states carry.
         config.capacities.services = 1 << 18;
         config.capacities.backend_slots = 1 << 21;
+        config.xdp = XdpMode::Native;
         let dp = match EbpfDataplane::new(config) {
             Ok(dp) => dp,
             Err(e) => {
@@ -109,6 +139,10 @@ impl PacketLab {
             established: Vec::new(),
             next_established: 0,
             next_new: 0,
+            xdp_established: Vec::new(),
+            next_xdp_established: 0,
+            next_xdp_new: 0,
+            node_addr,
             rng: 0x9e37_79b9_7f4a_7c15,
         })
     }
@@ -134,6 +168,7 @@ impl PacketLab {
     /// [`ESTABLISHED_FLOWS`] flows to random services.
     pub fn program(&mut self, n: usize) -> Result<Duration, String> {
         let mut state = self.lab.desired_state(0);
+        state.node.pod_cidrs = vec![POD_CIDR.parse().expect("literal CIDR")];
         state.services = synthetic::state(n, 10).services;
         let start = Instant::now();
         self.dp
@@ -154,7 +189,72 @@ impl PacketLab {
             self.run(&tcp_packet(src, dst, TCP_SYN))?;
             self.established.push(tcp_packet(src, dst, TCP_ACK));
         }
+        self.xdp_established.clear();
+        self.next_xdp_established = 0;
+        for k in 0..ESTABLISHED_FLOWS {
+            let src = SocketAddrV4::new(
+                Ipv4Addr::new(172, 18, 255, 1 + (k % 128) as u8),
+                1024 + (k / 128) as u16,
+            );
+            let dst = self.node_port();
+            self.run_xdp(&tcp_packet(src, dst, TCP_SYN))?;
+            self.xdp_established.push(tcp_packet(src, dst, TCP_ACK));
+        }
         Ok(took)
+    }
+
+    /// The node's address and the NodePort of a random service that has one. Service 0 is
+    /// left out: one of its backends has the address of the lab's pod, which the FIB routes
+    /// to the pod's veth, a neighbour XDP would have to wait for.
+    fn node_port(&mut self) -> SocketAddrV4 {
+        let i = 1 + self.random(self.services.min(NODE_PORT_SERVICES) - 1);
+        SocketAddrV4::new(self.node_addr, NODE_PORT_BASE + i as u16)
+    }
+
+    fn run_xdp(&mut self, packet: &[u8]) -> Result<Duration, String> {
+        let run = self
+            .dp
+            .run_packet(Hook::Xdp, packet, 1)
+            .map_err(|e| format!("XDP test run: {e}"))?;
+        if run.verdict != XDP_TX {
+            return Err(format!(
+                "the XDP program did not forward a NodePort packet (verdict {})",
+                run.verdict
+            ));
+        }
+        Ok(run.duration)
+    }
+
+    /// Runs `count` XDP packets of established NodePort flows, round-robin over the flows.
+    pub fn xdp_established(&mut self, count: u64) -> Result<Sample, String> {
+        let mut s = Sample::default();
+        for _ in 0..count {
+            let i = self.next_xdp_established % self.xdp_established.len().max(1);
+            self.next_xdp_established += 1;
+            let packet = std::mem::take(&mut self.xdp_established[i]);
+            let r = self.run_xdp(&packet);
+            self.xdp_established[i] = packet;
+            s.total += r?;
+            s.packets += 1;
+        }
+        Ok(s)
+    }
+
+    /// Runs `count` XDP SYNs of NodePort flows never seen before.
+    pub fn xdp_new_flows(&mut self, count: u64) -> Result<Sample, String> {
+        let mut s = Sample::default();
+        for _ in 0..count {
+            let k = self.next_xdp_new;
+            self.next_xdp_new += 1;
+            let src = SocketAddrV4::new(
+                Ipv4Addr::new(172, 18, 254, 1 + (k % 128) as u8),
+                2000 + ((k / 128) % 63_000) as u16,
+            );
+            let dst = self.node_port();
+            s.total += self.run_xdp(&tcp_packet(src, dst, TCP_SYN))?;
+            s.packets += 1;
+        }
+        Ok(s)
     }
 
     fn run(&mut self, packet: &[u8]) -> Result<Duration, String> {

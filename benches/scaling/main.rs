@@ -125,6 +125,11 @@ pub struct PacketRow {
     pub program_ms: f64,
     pub established_ns: f64,
     pub new_flow_ns: f64,
+    /// The XDP program on NodePort packets to remote backends.
+    #[serde(default)]
+    pub xdp_established_ns: Option<f64>,
+    #[serde(default)]
+    pub xdp_new_flow_ns: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -426,17 +431,28 @@ fn packet_costs(settings: &Settings, start: Instant) -> Result<Vec<PacketRow>, S
         lab.established(1_000)?;
         let established = lab.established(settings.packets)?;
         let new_flow = lab.new_flows(settings.packets)?;
+        lab.xdp_new_flows(1_000)?;
+        lab.xdp_established(1_000)?;
+        let xdp_established = lab.xdp_established(settings.packets)?;
+        let xdp_new_flow = lab.xdp_new_flows(settings.packets)?;
         let row = PacketRow {
             services: n,
             program_ms: ms(took),
             established_ns: established.ns_per_packet(),
             new_flow_ns: new_flow.ns_per_packet(),
+            xdp_established_ns: Some(xdp_established.ns_per_packet()),
+            xdp_new_flow_ns: Some(xdp_new_flow.ns_per_packet()),
         };
         log(
             start,
             &format!(
-                "  {n} services: established {:.0} ns, new flow {:.0} ns (programmed in {:.0} ms)",
-                row.established_ns, row.new_flow_ns, row.program_ms
+                "  {n} services: TC established {:.0} ns, new flow {:.0} ns; XDP established \
+                 {:.0} ns, new flow {:.0} ns (programmed in {:.0} ms)",
+                row.established_ns,
+                row.new_flow_ns,
+                xdp_established.ns_per_packet(),
+                xdp_new_flow.ns_per_packet(),
+                row.program_ms
             ),
         );
         rows.push(row);
