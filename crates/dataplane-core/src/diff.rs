@@ -68,6 +68,39 @@ impl ChangeSet {
         patch(&mut state.policies, &self.policies, |p| &p.name);
     }
 
+    /// [`ChangeSet::apply_to`] in proportion to the change for services: `index` maps each
+    /// service name of `state` to its position ([`service_index`] builds it) and is kept up to
+    /// date. Unlike `apply_to`, the order of services is not kept (a removed service's place
+    /// is taken by the last one).
+    pub fn apply_to_indexed(&self, state: &mut DesiredState, index: &mut ServiceIndex) {
+        for (name, change) in &self.services {
+            match (index.get(name).copied(), &change.current) {
+                (Some(i), Some(s)) => state.services[i] = s.clone(),
+                (Some(i), None) => {
+                    state.services.swap_remove(i);
+                    index.remove(name);
+                    if let Some(moved) = state.services.get(i) {
+                        index.insert(moved.name.clone(), i);
+                    }
+                }
+                (None, Some(s)) => {
+                    index.insert(name.clone(), state.services.len());
+                    state.services.push(s.clone());
+                }
+                (None, None) => {}
+            }
+        }
+        if let Some(Change {
+            current: Some(node),
+            ..
+        }) = &self.node
+        {
+            state.node = node.clone();
+        }
+        patch(&mut state.endpoints, &self.endpoints, |e| &e.name);
+        patch(&mut state.policies, &self.policies, |p| &p.name);
+    }
+
     /// Merges `later` (a diff from this set's new state onwards) into this set, so that the
     /// result goes from this set's old state to `later`'s new state. Changes that cancel out
     /// vanish.
@@ -130,6 +163,19 @@ fn patch<T: Clone>(
             items.push(current.clone());
         }
     }
+}
+
+/// Service name -> position in [`DesiredState::services`].
+pub type ServiceIndex = std::collections::HashMap<ObjectName, usize>;
+
+/// The [`ServiceIndex`] of `state`.
+pub fn service_index(state: &DesiredState) -> ServiceIndex {
+    state
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.clone(), i))
+        .collect()
 }
 
 /// Computes the changes that turn `old` into `new`.

@@ -16,7 +16,7 @@ pub mod validate;
 pub use dataplane::{
     ApplyReport, Capabilities, Dataplane, Error, Flow, ObservedFrontend, ObservedState, Stats,
 };
-pub use diff::{diff, Change, ChangeSet};
+pub use diff::{diff, service_index, Change, ChangeSet, ServiceIndex};
 pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};
 pub use health::{health_checks, HealthCheck};
 pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};

@@ -306,6 +306,16 @@ proptest! {
     }
 
     #[test]
+    fn indexed_apply_turns_old_into_new_and_keeps_the_index((a, b) in pair()) {
+        let changes = diff(&a, &b);
+        let mut out = a.clone();
+        let mut index = dataplane_core::service_index(&out);
+        changes.apply_to_indexed(&mut out, &mut index);
+        prop_assert_eq!(&index, &dataplane_core::service_index(&out));
+        prop_assert_eq!(normalised(out), normalised(b));
+    }
+
+    #[test]
     fn merged_diffs_go_from_first_to_last((a, b) in pair(), c in strategies::state()) {
         let mut changes = diff(&a, &b);
         changes.merge(diff(&b, &c));

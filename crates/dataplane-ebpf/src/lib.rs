@@ -41,7 +41,8 @@ use std::time::Duration;
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane_core::{
     ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, HealthCheck,
-    Incremental, ObjectName, ObservedFrontend, ObservedState, Protocol, Stats, Validator,
+    Incremental, ObjectName, ObservedFrontend, ObservedState, Protocol, ServiceIndex, Stats,
+    Validator,
 };
 
 pub use error::EbpfError;
@@ -249,6 +250,8 @@ pub struct EbpfDataplane {
     /// What the applied state's objects claim, for change sets validated in proportion to
     /// their size.
     validator: Option<Validator>,
+    /// Positions of the applied state's services, to patch it in proportion to a change.
+    service_index: ServiceIndex,
     planner: Option<plan::Planner>,
 }
 
@@ -266,6 +269,7 @@ impl EbpfDataplane {
             current: None,
             applied: None,
             validator: None,
+            service_index: ServiceIndex::new(),
             planner: None,
         };
         dp.load()?;
@@ -385,24 +389,29 @@ impl EbpfDataplane {
             planner.dirty.as_ref(),
         )?;
 
-        let wanted = Self::wanted_attachments(desired, xdp_mode);
-        netns::in_netns(netns.as_deref(), || {
-            for (ifname, hook) in &wanted {
-                objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
-            }
-            let stale: Vec<(String, Hook)> = objects
-                .attachments
-                .keys()
-                .filter(|k| !wanted.contains(k))
-                .cloned()
-                .collect();
-            for k in stale {
-                if let Some(a) = objects.attachments.remove(&k) {
-                    a.detach()?;
+        // Attachments follow the uplink and the endpoints' interfaces: a change of services
+        // alone leaves them as they are (and skips entering the namespace).
+        let reattach = changes.is_none_or(|c| c.node.is_some() || !c.endpoints.is_empty());
+        if reattach {
+            let wanted = Self::wanted_attachments(desired, xdp_mode);
+            netns::in_netns(netns.as_deref(), || {
+                for (ifname, hook) in &wanted {
+                    objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
                 }
-            }
-            Ok(())
-        })?;
+                let stale: Vec<(String, Hook)> = objects
+                    .attachments
+                    .keys()
+                    .filter(|k| !wanted.contains(k))
+                    .cloned()
+                    .collect();
+                for k in stale {
+                    if let Some(a) = objects.attachments.remove(&k) {
+                        a.detach()?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
 
         let (services_changed, services_removed) = match (changes, &previous) {
             (Some(set), _) => {
@@ -693,6 +702,7 @@ impl Dataplane for EbpfDataplane {
         self.validator = None;
         let report = self.sync(desired.clone(), None)?;
         self.validator = Some(validator);
+        self.service_index = dataplane_core::service_index(desired);
         Ok(report)
     }
 
@@ -711,7 +721,7 @@ impl Dataplane for EbpfDataplane {
         plan::check_changes_supported(&applied.node, changes)?;
         let mut next = self.applied.take().ok_or(Error::FullSyncRequired)?;
         let mut validator = self.validator.take().ok_or(Error::FullSyncRequired)?;
-        changes.apply_to(&mut next);
+        changes.apply_to_indexed(&mut next, &mut self.service_index);
         validator.commit(&next.node, changes);
         // On failure applied and validator stay None: the next sync is a full one.
         let report = self.sync(next, Some(changes))?;
@@ -763,17 +773,32 @@ impl Dataplane for EbpfDataplane {
         let mut out = Vec::new();
         for item in &maps.ct {
             let Ok((k, v)) = item else { continue };
-            if k.dir != CT_DIR_FWD || v.flags & CT_F_MASQ != 0 {
-                continue;
-            }
             let Some(protocol) = protocol_of(k.proto) else {
                 continue;
             };
+            let at = |a: &crate::maps::Addr, port: crate::maps::Be16| {
+                SocketAddr::new(a.ip(k.family), port.get())
+            };
+            if k.dir == CT_DIR_REV && v.flags & CT_F_DSR != 0 {
+                // A DSR flow on the backend's node: only the reverse entry learnt from the
+                // option exists (the service is the ingress node's business).
+                out.push(Flow {
+                    protocol,
+                    client: at(&k.daddr, k.dport),
+                    frontend: at(&v.nat_addr, v.nat_port),
+                    backend: at(&k.saddr, k.sport),
+                    service: None,
+                });
+                continue;
+            }
+            if k.dir != CT_DIR_FWD || v.flags & CT_F_MASQ != 0 {
+                continue;
+            }
             out.push(Flow {
                 protocol,
-                client: SocketAddr::new(k.saddr.ip(k.family), k.sport.get()),
-                frontend: SocketAddr::new(k.daddr.ip(k.family), k.dport.get()),
-                backend: SocketAddr::new(v.nat_addr.ip(k.family), v.nat_port.get()),
+                client: at(&k.saddr, k.sport),
+                frontend: at(&k.daddr, k.dport),
+                backend: at(&v.nat_addr, v.nat_port),
                 service: self
                     .planner
                     .as_ref()
@@ -823,6 +848,7 @@ impl Dataplane for EbpfDataplane {
         self.current = None;
         self.applied = None;
         self.validator = None;
+        self.service_index.clear();
         self.planner = None;
         let dir = &self.config.pin_dir;
         match std::fs::remove_dir_all(dir) {

@@ -60,16 +60,6 @@ pub(crate) struct Plan {
     pub names: BTreeMap<u32, ObjectName>,
 }
 
-impl Plan {
-    /// Distinct backends referenced by any frontend.
-    pub(crate) fn backends(&self) -> BTreeSet<(Addr, u16, u8)> {
-        self.frontends
-            .values()
-            .flat_map(|f| f.slots.iter().map(|b| (b.addr, b.port, b.family)))
-            .collect()
-    }
-}
-
 fn proto_number(p: Protocol) -> u8 {
     p.number()
 }
@@ -478,8 +468,9 @@ impl Planner {
             }
             self.remove_service(name);
         }
-        for name in changes.services.keys() {
-            if let Some(service) = state.service(name) {
+        for (name, change) in &changes.services {
+            // The change carries the service as the state now holds it: no search.
+            if let Some(service) = &change.current {
                 self.add_service(state, service, maglev_size)?;
                 if let Some(entries) = self.by_service.get(name) {
                     dirty.extend(entries.keys.iter().copied());
@@ -559,23 +550,10 @@ pub(crate) fn plan(state: &DesiredState, maglev_size: u32) -> Result<Plan, Error
     Planner::full(state, maglev_size).map(|p| p.plan)
 }
 
-/// Entries the plan needs in each map, for the capacity check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Needs {
-    pub services: usize,
-    pub backends: usize,
-    pub slots: usize,
-    pub src_ranges: usize,
-}
-
 impl Plan {
-    pub(crate) fn needs(&self) -> Needs {
-        Needs {
-            services: self.frontends.len(),
-            backends: self.backends().len(),
-            slots: self.frontends.values().map(|f| f.slots.len()).sum(),
-            src_ranges: self.src_ranges.len(),
-        }
+    /// Backend slots all frontends need, for the capacity error (O(frontends)).
+    pub(crate) fn slots_needed(&self) -> usize {
+        self.frontends.values().map(|f| f.slots.len()).sum()
     }
 }
 

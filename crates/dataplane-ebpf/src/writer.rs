@@ -146,8 +146,8 @@ impl Ranges {
 pub(crate) struct Current {
     pub frontends: BTreeMap<SvcKey, (SvcValue, Vec<u32>)>,
     pub backend_ids: BTreeMap<(Addr, u16, u8), u32>,
-    /// Ids present in `backend_ids`.
-    pub used_ids: BTreeSet<u32>,
+    /// `backend_ids` the other way round: the ids in use.
+    pub used_ids: BTreeMap<u32, (Addr, u16, u8)>,
     /// Backend id -> number of frontends whose slots hold it.
     pub id_refs: BTreeMap<u32, usize>,
     pub src_ranges: BTreeSet<(SrcRangeData, u32)>,
@@ -219,7 +219,7 @@ impl Current {
         for (_, ids) in frontends.values() {
             add_refs(&mut id_refs, ids, 1);
         }
-        let used_ids = backend_ids.values().copied().collect();
+        let used_ids = backend_ids.iter().map(|(k, id)| (*id, *k)).collect();
         Ok(Self {
             frontends,
             backend_ids,
@@ -284,7 +284,7 @@ fn slot_ids(
         let id = if let Some(id) = cur.backend_ids.get(&k).or_else(|| ids.get(&k)) {
             *id
         } else {
-            while cur.used_ids.contains(next) {
+            while cur.used_ids.contains_key(next) {
                 *next += 1;
             }
             let id = *next;
@@ -306,11 +306,11 @@ fn prepare(
     caps: &Capacities,
     dirty: Option<&BTreeSet<SvcKey>>,
 ) -> Result<Prepared, Error> {
-    let needs = plan.needs();
-    capacity("service map (dp_svc)", needs.services, caps.services)?;
+    // Distinct backends are checked below from what is allocated: no pass over every slot.
+    capacity("service map (dp_svc)", plan.frontends.len(), caps.services)?;
     capacity(
         "source range map (dp_srcrange)",
-        needs.src_ranges,
+        plan.src_ranges.len(),
         caps.source_ranges,
     )?;
     let considered: Vec<SvcKey> = match dirty {
@@ -374,7 +374,7 @@ fn prepare(
                     .sum();
                 return Err(Error::CapacityExceeded {
                     what: "backend slot map (dp_slots)".to_owned(),
-                    needed: needs.slots.max(in_use + slots.len()),
+                    needed: plan.slots_needed().max(in_use + slots.len()),
                     capacity: caps.backend_slots as usize,
                 });
             };
@@ -464,7 +464,7 @@ pub(crate) fn write(
             .map_err(merr("dp_backends", "writing"))
             .map_err(Error::from)?;
         cur.backend_ids.insert((*addr, *port, *family), *id);
-        cur.used_ids.insert(*id);
+        cur.used_ids.insert(*id, (*addr, *port, *family));
         n += 1;
     }
     // 2. Source ranges a new entry may need.
@@ -485,6 +485,8 @@ pub(crate) fn write(
     //    Their ranges are freed last, after every new range was taken as `prepare` planned.
     let mut affinity_ids = BTreeSet::new();
     let mut to_release: Vec<(Vec<u32>, u32)> = Vec::new();
+    // Backend ids some frontend stopped pointing at: the only ones that may become unused.
+    let mut dropped: BTreeSet<u32> = BTreeSet::new();
     cur.alloc = prep.alloc.clone();
     for key in &prep.removals {
         match maps.svc.remove(key) {
@@ -493,6 +495,7 @@ pub(crate) fn write(
         }
         if let Some((old, old_ids)) = cur.frontends.remove(key) {
             add_refs(&mut cur.id_refs, &old_ids, -1);
+            dropped.extend(old_ids.iter().copied());
             if old.flags & SVC_F_AFFINITY != 0 {
                 affinity_ids.insert(old.id);
             }
@@ -522,6 +525,7 @@ pub(crate) fn write(
         }
         if let Some((old, old_ids)) = cur.frontends.insert(*key, (*value, slots.clone())) {
             add_refs(&mut cur.id_refs, &old_ids, -1);
+            dropped.extend(old_ids.iter().copied());
             if old.flags & SVC_F_AFFINITY != 0 {
                 affinity_ids.insert(old.id);
             }
@@ -550,18 +554,22 @@ pub(crate) fn write(
     }
     // 6. Backends nobody points at any more: family 0 marks the id free. Established flows
     //    keep working: conntrack holds the backend address itself.
-    let unused: BTreeSet<u32> = cur
-        .id_refs
-        .iter()
-        .filter(|(_, n)| **n == 0)
-        .map(|(id, _)| *id)
-        .collect();
-    let stale: Vec<((Addr, u16, u8), u32)> = cur
-        .backend_ids
-        .iter()
-        .filter(|(_, id)| unused.contains(id) || !cur.id_refs.contains_key(id))
-        .map(|(k, v)| (*k, *v))
-        .collect();
+    //    A full sync looks at every id (adopted maps may hold ids nothing points at); an
+    //    incremental one only at those a changed frontend let go of.
+    let unused = |id: &u32| cur.id_refs.get(id).is_none_or(|n| *n == 0);
+    let stale: Vec<((Addr, u16, u8), u32)> = if dirty.is_some() {
+        dropped
+            .iter()
+            .filter(|id| unused(id))
+            .filter_map(|id| cur.used_ids.get(id).map(|k| (*k, *id)))
+            .collect()
+    } else {
+        cur.used_ids
+            .iter()
+            .filter(|(id, _)| unused(id))
+            .map(|(id, k)| (*k, *id))
+            .collect()
+    };
     for (k, id) in stale {
         maps.backends
             .set(id, BackendValue::default(), 0)

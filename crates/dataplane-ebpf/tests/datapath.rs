@@ -1265,6 +1265,14 @@ fn dsr_fixtures() {
                 && f.client.to_string() == "192.0.2.7:45000"),
         "the DSR flow is listed on the ingress node: {flows:?}"
     );
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.frontend.to_string() == "172.18.0.9:30090"
+                && f.backend.to_string() == "10.244.0.10:8080"
+                && f.client.to_string() == "192.0.2.8:46000"),
+        "the DSR flow is listed on the backend's node too: {flows:?}"
+    );
     // GC keeps the lone DSR entries (no reverse partner) while they are fresh.
     let report = dp.gc(monotonic_now()).expect("gc");
     assert_eq!(report.orphans, 0, "{report:?}");
