@@ -26,6 +26,7 @@
 //! ```
 #![allow(unsafe_code)] // aya::Pod impls for the map mirror only; each has a SAFETY comment.
 
+mod batch;
 mod error;
 mod loader;
 pub mod maps;

@@ -12,6 +12,7 @@ use aya::programs::xdp::XdpLink;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader};
 
+use crate::batch::BatchFd;
 use crate::error::EbpfError;
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, SrcRangeData, SvcKey,
@@ -99,6 +100,10 @@ pub(crate) struct Maps {
     pub cidrs: LpmTrie<MapData, Addr, u8>,
     pub config: Array<MapData, DpConfig>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// Batch writers of the maps a full sync fills in bulk.
+    pub svc_batch: BatchFd,
+    pub backends_batch: BatchFd,
+    pub slots_batch: BatchFd,
 }
 
 impl std::fmt::Debug for Maps {
@@ -215,6 +220,21 @@ impl std::fmt::Debug for Objects {
     }
 }
 
+/// A duplicate of map `name`'s fd, for [`BatchFd`] writes.
+fn batch_fd(ebpf: &Ebpf, name: &'static str) -> Result<BatchFd, EbpfError> {
+    use aya::maps::Map;
+    let Some(Map::HashMap(data) | Map::Array(data)) = ebpf.map(name) else {
+        return Err(EbpfError::Load {
+            object: name.to_owned(),
+            source: "not a hash or array map in the object".into(),
+        });
+    };
+    BatchFd::new(data.fd()).map_err(|e| EbpfError::Load {
+        object: name.to_owned(),
+        source: Box::new(e),
+    })
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -302,7 +322,13 @@ pub(crate) fn load(pin_dir: &Path, caps: &Capacities, xdp: bool) -> Result<Objec
     load_programs(&mut pod, &["dp_from_pod"])?;
     load_programs(&mut host, &["dp_from_uplink", "dp_to_uplink"])?;
 
+    let svc_batch = batch_fd(&pod, "dp_svc")?;
+    let backends_batch = batch_fd(&pod, "dp_backends")?;
+    let slots_batch = batch_fd(&pod, "dp_slots")?;
     let maps = Maps {
+        svc_batch,
+        backends_batch,
+        slots_batch,
         svc: take(&mut pod, "dp_svc")?,
         backends: take(&mut pod, "dp_backends")?,
         slots: take(&mut pod, "dp_slots")?,

@@ -158,6 +158,27 @@ pub(crate) struct Current {
     pub generation: u32,
 }
 
+/// One batch write; `Ok(false)`: the kernel has none, write element by element.
+fn batch<K: aya::Pod, V: aya::Pod>(
+    fd: &crate::batch::BatchFd,
+    map: &'static str,
+    keys: &[K],
+    values: &[V],
+) -> Result<bool, Error> {
+    fd.update(keys, values)
+        .map_err(|e| {
+            EbpfError::map(
+                map,
+                "writing",
+                aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_batch",
+                    io_error: e,
+                }),
+            )
+        })
+        .map_err(Error::from)
+}
+
 fn merr(map: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
     move |e| EbpfError::map(map, op, e)
 }
@@ -452,17 +473,28 @@ pub(crate) fn write(
         n += 1;
     }
     // 1. New backends.
+    let (ids, values): (Vec<u32>, Vec<BackendValue>) = prep
+        .new_backends
+        .iter()
+        .map(|((addr, port, family), id)| {
+            let v = BackendValue {
+                addr: *addr,
+                port: Be16::new(*port),
+                family: *family,
+                flags: 0,
+            };
+            (*id, v)
+        })
+        .unzip();
+    if !batch(&maps.backends_batch, "dp_backends", &ids, &values)? {
+        for (id, v) in ids.iter().zip(&values) {
+            maps.backends
+                .set(*id, *v, 0)
+                .map_err(merr("dp_backends", "writing"))
+                .map_err(Error::from)?;
+        }
+    }
     for ((addr, port, family), id) in &prep.new_backends {
-        let v = BackendValue {
-            addr: *addr,
-            port: Be16::new(*port),
-            family: *family,
-            flags: 0,
-        };
-        maps.backends
-            .set(*id, v, 0)
-            .map_err(merr("dp_backends", "writing"))
-            .map_err(Error::from)?;
         cur.backend_ids.insert((*addr, *port, *family), *id);
         cur.used_ids.insert(*id, (*addr, *port, *family));
         n += 1;
@@ -503,21 +535,38 @@ pub(crate) fn write(
         }
         n += 1;
     }
-    // 4. Slots of a new range, then the entry that points at them.
-    for (key, value, slots, fresh) in &prep.writes {
-        if *fresh {
-            for (i, id) in slots.iter().enumerate() {
-                maps.slots
-                    .set(value.slot_base + i as u32, id, 0)
-                    .map_err(merr("dp_slots", "writing"))
-                    .map_err(Error::from)?;
-            }
-            n += slots.len();
+    // 4. Slots of every new range, then the entries that point at them.
+    let (indexes, ids): (Vec<u32>, Vec<u32>) = prep
+        .writes
+        .iter()
+        .filter(|w| w.3)
+        .flat_map(|(_, value, slots, _)| {
+            slots
+                .iter()
+                .enumerate()
+                .map(move |(i, id)| (value.slot_base + i as u32, *id))
+        })
+        .unzip();
+    if !batch(&maps.slots_batch, "dp_slots", &indexes, &ids)? {
+        for (i, id) in indexes.iter().zip(&ids) {
+            maps.slots
+                .set(*i, id, 0)
+                .map_err(merr("dp_slots", "writing"))
+                .map_err(Error::from)?;
         }
-        maps.svc
-            .insert(key, value, 0)
-            .map_err(merr("dp_svc", "writing"))
-            .map_err(Error::from)?;
+    }
+    n += indexes.len();
+    let (keys, values): (Vec<SvcKey>, Vec<SvcValue>) =
+        prep.writes.iter().map(|(k, v, _, _)| (*k, *v)).unzip();
+    if !batch(&maps.svc_batch, "dp_svc", &keys, &values)? {
+        for (key, value) in keys.iter().zip(&values) {
+            maps.svc
+                .insert(key, value, 0)
+                .map_err(merr("dp_svc", "writing"))
+                .map_err(Error::from)?;
+        }
+    }
+    for (key, value, slots, _) in &prep.writes {
         cur.ranges.hold(slots, value.slot_base);
         add_refs(&mut cur.id_refs, slots, 1);
         if value.flags & SVC_F_AFFINITY != 0 {
