@@ -148,6 +148,10 @@ pub(crate) struct Current {
     pub backend_ids: BTreeMap<(Addr, u16, u8), u32>,
     /// `backend_ids` the other way round: the ids in use.
     pub used_ids: BTreeMap<u32, (Addr, u16, u8)>,
+    /// Ids below `next_id` that are not in use, for allocation without a scan.
+    pub free_ids: BTreeSet<u32>,
+    /// One past the highest id ever handed out (id 0 is reserved).
+    pub next_id: u32,
     /// Backend id -> number of frontends whose slots hold it.
     pub id_refs: BTreeMap<u32, usize>,
     pub src_ranges: BTreeSet<(SrcRangeData, u32)>,
@@ -240,11 +244,16 @@ impl Current {
         for (_, ids) in frontends.values() {
             add_refs(&mut id_refs, ids, 1);
         }
-        let used_ids = backend_ids.iter().map(|(k, id)| (*id, *k)).collect();
+        let used_ids: BTreeMap<u32, (Addr, u16, u8)> =
+            backend_ids.iter().map(|(k, id)| (*id, *k)).collect();
+        let next_id = used_ids.keys().next_back().map_or(1, |m| m + 1);
+        let free_ids = (1..next_id).filter(|i| !used_ids.contains_key(i)).collect();
         Ok(Self {
             frontends,
             backend_ids,
             used_ids,
+            free_ids,
+            next_id,
             id_refs,
             src_ranges,
             cidrs,
@@ -291,13 +300,29 @@ struct Prepared {
     alloc: SlotAlloc,
 }
 
+/// Ids for backends new to the maps: the free ones below the high-water mark in order, then
+/// fresh ones above it.
+struct FreshIds<'a> {
+    free: std::collections::btree_set::Iter<'a, u32>,
+    next: u32,
+}
+
+impl FreshIds<'_> {
+    fn take(&mut self) -> u32 {
+        self.free.next().copied().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+}
+
 /// The backend ids of a frontend's slots, giving fresh ids to backends not in the maps yet.
 fn slot_ids(
     cur: &Current,
     fp: &crate::plan::FrontendPlan,
     ids: &mut BTreeMap<(Addr, u16, u8), u32>,
     new_backends: &mut Vec<((Addr, u16, u8), u32)>,
-    next: &mut u32,
+    fresh: &mut FreshIds<'_>,
 ) -> Vec<u32> {
     let mut slots = Vec::with_capacity(fp.slots.len());
     for b in &fp.slots {
@@ -305,13 +330,9 @@ fn slot_ids(
         let id = if let Some(id) = cur.backend_ids.get(&k).or_else(|| ids.get(&k)) {
             *id
         } else {
-            while cur.used_ids.contains_key(next) {
-                *next += 1;
-            }
-            let id = *next;
+            let id = fresh.take();
             ids.insert(k, id);
             new_backends.push((k, id));
-            *next += 1;
             id
         };
         slots.push(id);
@@ -347,7 +368,10 @@ fn prepare(
     };
     let mut ids: BTreeMap<(Addr, u16, u8), u32> = BTreeMap::new();
     let mut new_backends = Vec::new();
-    let mut next = 1u32;
+    let mut fresh = FreshIds {
+        free: cur.free_ids.iter(),
+        next: cur.next_id,
+    };
     let mut alloc = cur.alloc.clone();
     let mut local: HashMap<Vec<u32>, u32> = HashMap::new();
     let mut writes = Vec::new();
@@ -359,7 +383,7 @@ fn prepare(
             }
             continue;
         };
-        let slots = slot_ids(cur, fp, &mut ids, &mut new_backends, &mut next);
+        let slots = slot_ids(cur, fp, &mut ids, &mut new_backends, &mut fresh);
         let value = SvcValue {
             id: fp.id,
             slot_base: 0,
@@ -497,6 +521,8 @@ pub(crate) fn write(
     for ((addr, port, family), id) in &prep.new_backends {
         cur.backend_ids.insert((*addr, *port, *family), *id);
         cur.used_ids.insert(*id, (*addr, *port, *family));
+        cur.free_ids.remove(id);
+        cur.next_id = cur.next_id.max(id + 1);
         n += 1;
     }
     // 2. Source ranges a new entry may need.
@@ -626,6 +652,7 @@ pub(crate) fn write(
             .map_err(Error::from)?;
         cur.backend_ids.remove(&k);
         cur.used_ids.remove(&id);
+        cur.free_ids.insert(id);
         cur.id_refs.remove(&id);
         n += 1;
     }
