@@ -25,6 +25,21 @@ static __always_inline void ct_key_from_pkt(struct ct_key *k, const struct pkt *
 	k->dir = dir;
 }
 
+/* The key of a reply to @p sent by @from:@from_port (its destination, or the backend it was
+ * translated to) back to its source. */
+static __always_inline void ct_reply_key(struct ct_key *k, const struct pkt *p, const __u32 *from,
+					 __be16 from_port, __u8 dir)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	addr_copy(k->saddr, from);
+	addr_copy(k->daddr, p->saddr);
+	k->sport = from_port;
+	k->dport = p->sport;
+	k->proto = p->proto;
+	k->family = p->family;
+	k->dir = dir;
+}
+
 static __always_inline __u8 tcp_bits(const struct pkt *p, int reply)
 {
 	__u8 bits = 0;

@@ -116,14 +116,7 @@ static __noinline int dsr_accept(struct __sk_buff *skb, struct pkt *p)
 	if (opt.type != DSR_OPT_TYPE || opt.len != DSR_OPT_LEN)
 		return DP_PASS;
 
-	__builtin_memset(&k, 0, sizeof(k));
-	addr_copy(k.saddr, p->daddr);
-	addr_copy(k.daddr, p->saddr);
-	k.sport = p->dport;
-	k.dport = p->sport;
-	k.proto = p->proto;
-	k.family = p->family;
-	k.dir = CT_DIR_REV;
+	ct_reply_key(&k, p, p->daddr, p->dport, CT_DIR_REV);
 	cur = bpf_map_lookup_elem(&dp_ct, &k);
 	if (cur && cur->nat_addr[0] == opt.addr && cur->nat_port == opt.port &&
 	    !ct_is_reopen(cur, p)) {

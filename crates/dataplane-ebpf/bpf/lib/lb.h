@@ -155,14 +155,8 @@ static __always_inline struct backend *select_backend(const struct svc_value *sv
 static __always_inline int snat_pick_port(const struct pkt *p, const struct backend *be,
 					  const __u32 *snat, struct ct_key *rk)
 {
-	__builtin_memset(rk, 0, sizeof(*rk));
-	addr_copy(rk->saddr, be->addr);
+	ct_reply_key(rk, p, be->addr, be->port, CT_DIR_REV);
 	addr_copy(rk->daddr, snat);
-	rk->sport = be->port;
-	rk->dport = p->sport;
-	rk->proto = p->proto;
-	rk->family = p->family;
-	rk->dir = CT_DIR_REV;
 #pragma unroll
 	for (int i = 0; i < SNAT_TRIES; i++) {
 		if (!bpf_map_lookup_elem(&dp_ct, rk))
@@ -320,14 +314,7 @@ static __noinline int track_inbound(struct pkt *p)
 		return DP_PASS;
 	if (cidr_bits(p, p->saddr) & (CIDR_F_CLUSTER | CIDR_F_NO_MASQ | CIDR_F_NODE))
 		return DP_PASS;
-	__builtin_memset(&k, 0, sizeof(k));
-	addr_copy(k.saddr, p->daddr);
-	addr_copy(k.daddr, p->saddr);
-	k.sport = p->dport;
-	k.dport = p->sport;
-	k.proto = p->proto;
-	k.family = p->family;
-	k.dir = CT_DIR_INBOUND;
+	ct_reply_key(&k, p, p->daddr, p->dport, CT_DIR_INBOUND);
 	cur = bpf_map_lookup_elem(&dp_ct, &k);
 	if (cur) {
 		ct_touch(cur, p, 0);
@@ -445,14 +432,7 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx)
 		if (ret < 0)
 			return ret;
 	} else {
-		__builtin_memset(&rk, 0, sizeof(rk));
-		addr_copy(rk.saddr, be->addr);
-		addr_copy(rk.daddr, p->saddr);
-		rk.sport = be->port;
-		rk.dport = p->sport;
-		rk.proto = p->proto;
-		rk.family = p->family;
-		rk.dir = CT_DIR_REV;
+		ct_reply_key(&rk, p, be->addr, be->port, CT_DIR_REV);
 	}
 
 	fe.created_ns = bpf_ktime_get_ns();

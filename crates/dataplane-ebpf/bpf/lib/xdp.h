@@ -392,14 +392,7 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 		if (node_addr(p, snat) < 0 || snat_pick_port(p, be, snat, &rk) < 0)
 			return XDP_PASS;
 	} else {
-		__builtin_memset(&rk, 0, sizeof(rk));
-		addr_copy(rk.saddr, be->addr);
-		addr_copy(rk.daddr, p->saddr);
-		rk.sport = be->port;
-		rk.dport = p->sport;
-		rk.proto = p->proto;
-		rk.family = p->family;
-		rk.dir = CT_DIR_REV;
+		ct_reply_key(&rk, p, be->addr, be->port, CT_DIR_REV);
 	}
 	if (local) {
 		/* Random selection would pick again in TC (and favour remote backends). */
