@@ -88,9 +88,7 @@ static __noinline int echo_masquerade(struct __sk_buff *skb, struct pkt *p)
 	__u32 zero = 0;
 	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
 	struct ct_key fk, rk;
-	struct ct_entry fe = {}, re = {};
 	struct ct_entry *cur;
-	struct backend peer;
 	__u32 snat[4] = {};
 	int ret;
 
@@ -104,33 +102,9 @@ static __noinline int echo_masquerade(struct __sk_buff *skb, struct pkt *p)
 				   cur->snat_port);
 		return ret < 0 ? ret : DP_MASQ;
 	}
-	ret = node_addr(p, snat);
+	ret = masq_track(p, snat, &rk);
 	if (ret < 0)
 		return ret;
-	/* snat_pick_port() keys the reply {peer:dport -> snat:port}; dport is 0 for echo. */
-	__builtin_memset(&peer, 0, sizeof(peer));
-	addr_copy(peer.addr, p->daddr);
-	peer.family = p->family;
-	ret = snat_pick_port(p, &peer, snat, &rk);
-	if (ret < 0)
-		return ret;
-
-	fe.created_ns = bpf_ktime_get_ns();
-	fe.last_seen_ns = fe.created_ns;
-	fe.flags = CT_F_SNAT | CT_F_MASQ;
-	re = fe;
-	addr_copy(fe.nat_addr, p->daddr);
-	addr_copy(fe.snat_addr, snat);
-	fe.snat_port = rk.dport;
-	addr_copy(re.nat_addr, p->daddr);
-	addr_copy(re.snat_addr, p->saddr);
-	re.snat_port = p->sport;
-	if (bpf_map_update_elem(&dp_ct, &rk, &re, BPF_ANY) < 0 ||
-	    bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
-		stat_inc(STAT_CT_FULL);
-		return DROP_CT_FULL;
-	}
-	stat_inc(STAT_CT_CREATED);
 	ret = echo_rewrite(skb, p, saddr_off(p), p->saddr, snat, p->sport, rk.dport);
 	if (ret < 0)
 		return ret;

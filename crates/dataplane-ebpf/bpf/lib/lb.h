@@ -235,29 +235,18 @@ static __always_inline int masq_wanted(const struct dp_config *cfg, const struct
 						   : (CIDR_F_CLUSTER | CIDR_F_NO_MASQ | CIDR_F_NODE)));
 }
 
-/**
- * masquerade() - source-NAT a new connection from a local pod that leaves the cluster
- * (destination outside the cluster CIDRs, nonMasqueradeCidrs and node addresses; with
- * masquerade.all, anything but this node's pods and addresses), on the uplink's egress. Only a TCP SYN or a UDP packet starts one: TCP packets without conntrack
- * are left alone, so connections that came in are never masqueraded on their way back.
+/*
+ * The conntrack of a new masqueraded flow (TCP/UDP, or echo with the identifier as the port
+ * and 0 as the peer's): picks the node address into @snat and a source port free towards the
+ * peer into @rk->dport, and writes the forward and reverse entries.
  */
-static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p)
+static __noinline int masq_track(const struct pkt *p, __u32 *snat, struct ct_key *rk)
 {
-	__u32 zero = 0;
-	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
-	struct ct_key fk, rk;
 	struct ct_entry fe = {}, re = {};
 	struct backend peer;
-	__u32 snat[4] = {};
+	struct ct_key fk;
 	int ret;
 
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
-		return DP_PASS;
-	if (!masq_wanted(cfg, p))
-		return DP_PASS;
-	ct_key_from_pkt(&fk, p, CT_DIR_INBOUND);
-	if (bpf_map_lookup_elem(&dp_ct, &fk))
-		return DP_PASS; /* a reply of a connection that came in */
 	ret = node_addr(p, snat);
 	if (ret < 0)
 		return ret;
@@ -265,7 +254,7 @@ static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p)
 	addr_copy(peer.addr, p->daddr);
 	peer.port = p->dport;
 	peer.family = p->family;
-	ret = snat_pick_port(p, &peer, snat, &rk);
+	ret = snat_pick_port(p, &peer, snat, rk);
 	if (ret < 0)
 		return ret;
 
@@ -277,18 +266,45 @@ static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p)
 	addr_copy(fe.nat_addr, p->daddr);
 	fe.nat_port = p->dport;
 	addr_copy(fe.snat_addr, snat);
-	fe.snat_port = rk.dport;
+	fe.snat_port = rk->dport;
 	addr_copy(re.nat_addr, p->daddr);
 	re.nat_port = p->dport;
 	addr_copy(re.snat_addr, p->saddr);
 	re.snat_port = p->sport;
 	ct_key_from_pkt(&fk, p, CT_DIR_FWD);
-	if (bpf_map_update_elem(&dp_ct, &rk, &re, BPF_ANY) < 0 ||
+	if (bpf_map_update_elem(&dp_ct, rk, &re, BPF_ANY) < 0 ||
 	    bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
 		stat_inc(STAT_CT_FULL);
 		return DROP_CT_FULL;
 	}
 	stat_inc(STAT_CT_CREATED);
+	return 0;
+}
+
+/**
+ * masquerade() - source-NAT a new connection from a local pod that leaves the cluster
+ * (destination outside the cluster CIDRs, nonMasqueradeCidrs and node addresses; with
+ * masquerade.all, anything but this node's pods and addresses), on the uplink's egress. Only a TCP SYN or a UDP packet starts one: TCP packets without conntrack
+ * are left alone, so connections that came in are never masqueraded on their way back.
+ */
+static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 zero = 0;
+	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
+	struct ct_key fk, rk;
+	__u32 snat[4] = {};
+	int ret;
+
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+		return DP_PASS;
+	if (!masq_wanted(cfg, p))
+		return DP_PASS;
+	ct_key_from_pkt(&fk, p, CT_DIR_INBOUND);
+	if (bpf_map_lookup_elem(&dp_ct, &fk))
+		return DP_PASS; /* a reply of a connection that came in */
+	ret = masq_track(p, snat, &rk);
+	if (ret < 0)
+		return ret;
 	ret = nat_src(skb, p, snat, rk.dport);
 	if (ret < 0)
 		return ret;
