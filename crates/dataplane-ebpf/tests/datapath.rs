@@ -1352,6 +1352,30 @@ fn masquerade_collisions_echo_and_masquerade_all() {
         );
     }
 
+    // An ICMP error about the masqueraded flow goes back to the pod, quoting its own packet.
+    check(
+        &mut dp,
+        &Fixture {
+            description: "ICMP port unreachable about a masqueraded flow: to the pod",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip(peer, "172.18.0.2")
+                .icmp_unreachable(quoted(
+                    &eth()
+                        .ip("172.18.0.2", peer)
+                        .udp(40000, 53)
+                        .payload(b"q")
+                        .build(),
+                ))
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip(peer, "10.244.0.5")
+                .icmp_unreachable(quoted(&udp("10.244.0.5", 40000)))
+                .build(),
+        },
+    );
+
     // Ping: the echo identifier is the port; a colliding identifier is replaced and restored.
     let ping = |src: &str| eth().ip(src, peer).icmp_echo(false, 0x1234).build();
     let a = run_ok(&mut dp, Hook::ToUplink, &ping("10.244.0.5"), "echo a");
