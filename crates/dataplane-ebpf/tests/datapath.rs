@@ -1314,6 +1314,7 @@ fn run_ok(dp: &mut EbpfDataplane, hook: Hook, input: &[u8], what: &str) -> Vec<u
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, step by step
 fn masquerade_collisions_echo_and_masquerade_all() {
     if !require_root("masquerade_collisions_echo_and_masquerade_all") {
         return;
