@@ -1,8 +1,11 @@
 //! The conformance table from `dataplane-testkit`, with real TCP and UDP traffic, against the
 //! eBPF backend (one `EbpfDataplane` per lab node, each with its own pin directory).
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::PinDirs;
 use dataplane_core::Dataplane;
 use dataplane_ebpf::{EbpfConfig, EbpfDataplane};
 use dataplane_testkit::conformance::{run, standard_cases, STANDARD_LAB};
@@ -27,15 +30,4 @@ fn conformance_table() {
         Box::new(EbpfDataplane::new(config).expect("eBPF dataplane loads")) as Box<dyn Dataplane>
     });
     report.assert_ok();
-}
-
-/// Removes the pin directories on drop, also when the test panics.
-struct PinDirs(Vec<PathBuf>);
-
-impl Drop for PinDirs {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
 }

@@ -13,45 +13,16 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::{eth, quoted, require_root, TestNode, TCP_ACK, TCP_SYN};
+use common::{backend, eth, node_a as node, quoted, require_root, TestNode, TCP_ACK, TCP_SYN};
 use dataplane_core::{
-    Backend, BackendSelection, Dataplane, DesiredState, Interfaces, Masquerade, Node, ObjectName,
-    PortRange, Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
+    Backend, BackendSelection, Dataplane, DesiredState, ObjectName, Protocol, Service, ServicePort,
+    SessionAffinity, TrafficPolicy,
 };
 use dataplane_ebpf::{monotonic_now, AttachMode, EbpfDataplane, Hook};
 
 const OK: u32 = 0;
 const SHOT: u32 = 2;
 const REDIRECT: u32 = 7;
-
-fn node() -> Node {
-    Node {
-        name: "node-a".to_owned(),
-        addresses: vec!["172.18.0.2".parse().unwrap(), "fd00:18::2".parse().unwrap()],
-        pod_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
-        cluster_cidrs: vec![
-            "10.244.0.0/16".parse().unwrap(),
-            "fd00:244::/64".parse().unwrap(),
-        ],
-        service_cidrs: vec![
-            "10.96.0.0/12".parse().unwrap(),
-            "fd00:96::/108".parse().unwrap(),
-        ],
-        node_port_range: PortRange::default(),
-        interfaces: Interfaces {
-            uplink: "eth0".to_owned(),
-        },
-        masquerade: Masquerade::default(),
-        mtu: 1500,
-        external_mode: dataplane_core::ExternalMode::Snat,
-    }
-}
-
-fn backend(ip: &str, node: &str) -> Backend {
-    let mut b = Backend::new(ip.parse().unwrap());
-    b.node_name = Some(node.to_owned());
-    b
-}
 
 fn port(protocol: Protocol, port: u16, target: u16, node_port: Option<u16>) -> ServicePort {
     ServicePort {

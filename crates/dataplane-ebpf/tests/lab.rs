@@ -7,10 +7,13 @@
 //! ```
 //! Every node runs its own `EbpfDataplane` (own pin directory, its namespace).
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::PinDirs;
 use dataplane_core::{
     Backend, Dataplane, DesiredState, ObjectName, Protocol, Service, ServicePort, TrafficPolicy,
 };
@@ -26,17 +29,6 @@ fn pin_dir(tag: &str, node: usize) -> PathBuf {
         "/sys/fs/bpf/dpe-lab-{}-{tag}-n{node}",
         std::process::id()
     ))
-}
-
-/// Removes the test's pin directories on drop, also when the test panics.
-struct PinDirs(Vec<PathBuf>);
-
-impl Drop for PinDirs {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
 }
 
 fn config(lab: &Lab, tag: &str, node: usize) -> EbpfConfig {

@@ -14,10 +14,11 @@
 
 mod common;
 
-use common::{eth, quoted, require_root, PacketBuilder, TestNode, TCP_ACK, TCP_SYN};
+use common::{
+    backend, eth, node_a as node, quoted, require_root, PacketBuilder, TestNode, TCP_ACK, TCP_SYN,
+};
 use dataplane_core::{
-    Backend, Dataplane, DesiredState, ExternalMode, Interfaces, Masquerade, Node, ObjectName,
-    PortRange, Protocol, Service, ServicePort,
+    Backend, Dataplane, DesiredState, ExternalMode, ObjectName, Protocol, Service, ServicePort,
 };
 use dataplane_ebpf::{EbpfDataplane, Hook, XdpMode};
 
@@ -29,35 +30,6 @@ const TC_REDIRECT: u32 = 7;
 const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const NODE_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
-
-fn node() -> Node {
-    Node {
-        name: "node-a".to_owned(),
-        addresses: vec!["172.18.0.2".parse().unwrap(), "fd00:18::2".parse().unwrap()],
-        pod_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
-        cluster_cidrs: vec![
-            "10.244.0.0/16".parse().unwrap(),
-            "fd00:244::/64".parse().unwrap(),
-        ],
-        service_cidrs: vec![
-            "10.96.0.0/12".parse().unwrap(),
-            "fd00:96::/108".parse().unwrap(),
-        ],
-        node_port_range: PortRange::default(),
-        interfaces: Interfaces {
-            uplink: "eth0".to_owned(),
-        },
-        masquerade: Masquerade::default(),
-        mtu: 1500,
-        external_mode: ExternalMode::Snat,
-    }
-}
-
-fn backend(ip: &str, node: &str) -> Backend {
-    let mut b = Backend::new(ip.parse().unwrap());
-    b.node_name = Some(node.to_owned());
-    b
-}
 
 fn node_port(protocol: Protocol, node_port: u16) -> ServicePort {
     ServicePort {

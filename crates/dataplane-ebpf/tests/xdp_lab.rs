@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{attach_xdp_pass, ethtool_set, require_root, ETHTOOL_STXCSUM};
+use common::{attach_xdp_pass, ethtool_set, require_root, PinDirs, ETHTOOL_STXCSUM};
 use dataplane_core::{
     Backend, Dataplane, DesiredState, ExternalMode, ObjectName, Protocol, Service, ServicePort,
 };
@@ -36,17 +36,6 @@ fn pin_dir(node: usize) -> PathBuf {
         "/sys/fs/bpf/dpe-xdplab-{}-n{node}",
         std::process::id()
     ))
-}
-
-/// Removes the test's pin directories on drop, also when the test panics.
-struct PinDirs(Vec<PathBuf>);
-
-impl Drop for PinDirs {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
 }
 
 fn config(lab: &Lab, node: usize, xdp: XdpMode) -> EbpfConfig {

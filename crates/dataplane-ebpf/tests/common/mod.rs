@@ -1,14 +1,58 @@
 //! Shared helpers of the privileged tests: root check, a throw-away node namespace with a
 //! dummy uplink, a pin directory, and a fluent packet builder (`eth().ipv4().tcp()`).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)] // each test binary uses a part
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
+use dataplane_core::{Backend, Interfaces, Masquerade, Node, PortRange};
 use dataplane_ebpf::{EbpfConfig, EbpfDataplane};
 
 pub use dataplane_testkit::require_root;
+
+/// Removes the test's pin directories on drop, also when the test panics.
+pub struct PinDirs(pub Vec<PathBuf>);
+
+impl Drop for PinDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Node `node-a` (`172.18.0.2`, `fd00:18::2`) of the per-packet tests: pods `10.244.0.0/24`,
+/// cluster `10.244.0.0/16` and `fd00:244::/64`, uplink `eth0`.
+pub fn node_a() -> Node {
+    Node {
+        name: "node-a".to_owned(),
+        addresses: vec!["172.18.0.2".parse().unwrap(), "fd00:18::2".parse().unwrap()],
+        pod_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:244::/64".parse().unwrap(),
+        ],
+        service_cidrs: vec![
+            "10.96.0.0/12".parse().unwrap(),
+            "fd00:96::/108".parse().unwrap(),
+        ],
+        node_port_range: PortRange::default(),
+        interfaces: Interfaces {
+            uplink: "eth0".to_owned(),
+        },
+        masquerade: Masquerade::default(),
+        mtu: 1500,
+        external_mode: dataplane_core::ExternalMode::Snat,
+    }
+}
+
+/// A ready backend at `ip` on node `node`.
+pub fn backend(ip: &str, node: &str) -> Backend {
+    let mut b = Backend::new(ip.parse().unwrap());
+    b.node_name = Some(node.to_owned());
+    b
+}
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip runs");
