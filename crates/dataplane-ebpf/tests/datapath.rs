@@ -13,7 +13,9 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::{backend, eth, node_a as node, quoted, require_root, TestNode, TCP_ACK, TCP_SYN};
+use common::{
+    backend, eth, node_a as node, quoted, require_root, stat, TestNode, TCP_ACK, TCP_SYN,
+};
 use dataplane_core::{
     Backend, BackendSelection, Dataplane, DesiredState, ObjectName, Protocol, Service, ServicePort,
     SessionAffinity, TrafficPolicy,
@@ -1081,10 +1083,6 @@ fn dsr_scene() -> DesiredState {
     local.ports = vec![port(Protocol::Tcp, 80, 8080, Some(30092))];
     local.external_mode = Some(dataplane_core::ExternalMode::Dsr);
     state(vec![dsr, hybrid, local])
-}
-
-fn stat(dp: &EbpfDataplane, name: &str) -> u64 {
-    dp.stats().expect("stats").other[name]
 }
 
 #[test]

@@ -9,11 +9,11 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::PinDirs;
+use common::{answered, stat, PinDirs};
 use dataplane_core::{
     Backend, Dataplane, DesiredState, ObjectName, Protocol, Service, ServicePort, TrafficPolicy,
 };
@@ -103,17 +103,6 @@ fn state(lab: &Lab, node: usize) -> DesiredState {
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
-}
-
-fn answered(outcome: &ProbeOutcome) -> (String, IpAddr) {
-    match outcome {
-        ProbeOutcome::Answered {
-            backend,
-            seen_source,
-            ..
-        } => (backend.clone(), seen_source.ip()),
-        other => panic!("expected an answer, got {other:?}"),
-    }
 }
 
 #[test]
@@ -294,10 +283,6 @@ fn tcp_connection_survives_dataplane_restart() {
     }
 }
 
-fn counter(dp: &EbpfDataplane, name: &str) -> u64 {
-    dp.stats().expect("stats").other[name]
-}
-
 /// DSR and masquerade with real traffic:
 ///
 /// ```text
@@ -363,7 +348,7 @@ fn dsr_and_masquerade_end_to_end() {
     let node0 = lab.node(0).address(Family::V4).unwrap();
     let names: Vec<String> = lab.pods_on(1).map(|p| p.name.clone()).collect();
 
-    let rev_before = counter(&dps[0], "reverse_translated");
+    let rev_before = stat(&dps[0], "reverse_translated");
     for proto in [Protocol::Tcp, Protocol::Udp] {
         let out = probe(&ext.netns, SocketAddr::new(node0, 30090), proto, TIMEOUT).expect("probe");
         let (backend, seen) = answered(&out);
@@ -377,15 +362,15 @@ fn dsr_and_masquerade_end_to_end() {
         );
     }
     assert!(
-        counter(&dps[0], "dsr_forwarded") >= 2,
+        stat(&dps[0], "dsr_forwarded") >= 2,
         "node-0 sent with the option"
     );
     assert!(
-        counter(&dps[1], "dsr_replies") >= 2,
+        stat(&dps[1], "dsr_replies") >= 2,
         "node-1 answered from the frontend"
     );
     assert_eq!(
-        counter(&dps[0], "reverse_translated"),
+        stat(&dps[0], "reverse_translated"),
         rev_before,
         "no DSR reply passed through node-0"
     );
@@ -435,7 +420,7 @@ fn dsr_and_masquerade_end_to_end() {
     assert!(names.contains(&backend));
     assert_eq!(seen.ip(), ext_ip);
     assert!(
-        counter(&dps[0], "frag_needed") >= 1,
+        stat(&dps[0], "frag_needed") >= 1,
         "node-0 sent ICMP fragmentation needed for the DSR overhead"
     );
 

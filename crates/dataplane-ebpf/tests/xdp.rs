@@ -15,7 +15,8 @@
 mod common;
 
 use common::{
-    backend, eth, node_a as node, quoted, require_root, PacketBuilder, TestNode, TCP_ACK, TCP_SYN,
+    backend, eth, node_a as node, quoted, require_root, stat, PacketBuilder, TestNode, TCP_ACK,
+    TCP_SYN,
 };
 use dataplane_core::{
     Backend, Dataplane, DesiredState, ExternalMode, ObjectName, Protocol, Service, ServicePort,
@@ -146,10 +147,6 @@ fn hex(b: &[u8]) -> String {
 /// As sent on by XDP: from eth0 to node-b's MAC.
 fn to_node_b(b: PacketBuilder) -> PacketBuilder {
     b.macs(NODE_MAC, NODE_B_MAC)
-}
-
-fn stat(dp: &EbpfDataplane, name: &str) -> u64 {
-    dp.stats().expect("stats").other[name]
 }
 
 #[test]

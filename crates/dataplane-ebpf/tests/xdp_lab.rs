@@ -18,16 +18,18 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{attach_xdp_pass, ethtool_set, require_root, PinDirs, ETHTOOL_STXCSUM};
+use common::{
+    answered, attach_xdp_pass, ethtool_set, require_root, stat, PinDirs, ETHTOOL_STXCSUM,
+};
 use dataplane_core::{
     Backend, Dataplane, DesiredState, ExternalMode, ObjectName, Protocol, Service, ServicePort,
 };
 use dataplane_ebpf::{EbpfConfig, EbpfDataplane, XdpMode};
-use dataplane_testkit::{probe, Family, Lab, LabSpec, ProbeOutcome, TcpSession, SERVER_PORT};
+use dataplane_testkit::{probe, Family, Lab, LabSpec, TcpSession, SERVER_PORT};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -83,21 +85,6 @@ fn state(lab: &Lab, node: usize) -> DesiredState {
     s
 }
 
-fn answered(outcome: &ProbeOutcome) -> (String, IpAddr) {
-    match outcome {
-        ProbeOutcome::Answered {
-            backend,
-            seen_source,
-            ..
-        } => (backend.clone(), seen_source.ip()),
-        other => panic!("expected an answer, got {other:?}"),
-    }
-}
-
-fn xdp_forwarded(dp: &EbpfDataplane) -> u64 {
-    dp.stats().expect("stats").other["xdp_forwarded"]
-}
-
 #[test]
 #[allow(clippy::too_many_lines)] // one lab, many checks: building the lab is the slow part
 fn xdp_node_port_dsr_and_snat_end_to_end() {
@@ -133,7 +120,7 @@ fn xdp_node_port_dsr_and_snat_end_to_end() {
     let ext_ip = ext.address(Family::V4).unwrap();
     let remote: Vec<String> = lab.pods_on(1).map(|p| p.name.clone()).collect();
 
-    let before = xdp_forwarded(&dps[0]);
+    let before = stat(&dps[0], "xdp_forwarded");
     for proto in [Protocol::Tcp, Protocol::Udp] {
         let out = probe(&ext.netns, SocketAddr::new(node0, 30090), proto, TIMEOUT).expect("probe");
         let (backend, seen) = answered(&out);
@@ -151,7 +138,7 @@ fn xdp_node_port_dsr_and_snat_end_to_end() {
         assert_eq!(again, first, "an established DSR flow keeps its backend");
     }
     drop(session);
-    let after_dsr = xdp_forwarded(&dps[0]);
+    let after_dsr = stat(&dps[0], "xdp_forwarded");
     assert!(
         after_dsr >= before + 6,
         "node 0 forwarded the DSR requests at XDP: {before} -> {after_dsr}"
@@ -166,7 +153,7 @@ fn xdp_node_port_dsr_and_snat_end_to_end() {
         );
         assert_eq!(seen, node0, "{proto}: SNAT shows node 0's address");
     }
-    let after_snat = xdp_forwarded(&dps[0]);
+    let after_snat = stat(&dps[0], "xdp_forwarded");
     assert!(
         after_snat >= after_dsr + 2,
         "node 0 forwarded the SNAT requests at XDP: {after_dsr} -> {after_snat}"

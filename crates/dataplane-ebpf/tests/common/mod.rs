@@ -6,10 +6,27 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
-use dataplane_core::{Backend, Interfaces, Masquerade, Node, PortRange};
+use dataplane_core::{Backend, Dataplane, Interfaces, Masquerade, Node, PortRange};
 use dataplane_ebpf::{EbpfConfig, EbpfDataplane};
 
 pub use dataplane_testkit::require_root;
+
+/// Counter `name` of `dp`'s `stats().other` (summed over CPUs).
+pub fn stat(dp: &EbpfDataplane, name: &str) -> u64 {
+    dp.stats().expect("stats").other[name]
+}
+
+/// The backend that answered and the source it saw; panics on any other outcome.
+pub fn answered(outcome: &dataplane_testkit::ProbeOutcome) -> (String, IpAddr) {
+    match outcome {
+        dataplane_testkit::ProbeOutcome::Answered {
+            backend,
+            seen_source,
+            ..
+        } => (backend.clone(), seen_source.ip()),
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
 
 /// Removes the test's pin directories on drop, also when the test panics.
 pub struct PinDirs(pub Vec<PathBuf>);
