@@ -25,6 +25,7 @@ use dataplane_ebpf::{monotonic_now, AttachMode, EbpfDataplane, Hook};
 const OK: u32 = 0;
 const SHOT: u32 = 2;
 const REDIRECT: u32 = 7;
+const TCP_FIN: u8 = 0x01;
 
 fn port(protocol: Protocol, port: u16, target: u16, node_port: Option<u16>) -> ServicePort {
     ServicePort {
@@ -826,6 +827,66 @@ fn established_flow_keeps_backend_and_gc_expires() {
         "SYN-only flows expire after tcp_syn"
     );
     assert!(dp.flows().expect("flows").is_empty());
+}
+
+/// Replies keep the forward entry (the one GC reads) up to date: new state bits reach it at
+/// once, even though a reply without new bits skips the forward entry's lookup.
+#[test]
+fn replies_update_the_forward_entry() {
+    if !require_root("replies_update_the_forward_entry") {
+        return;
+    }
+    let n = TestNode::new("rpl");
+    let mut dp = n.dataplane();
+    dp.apply(&scene()).expect("apply");
+    let from_client = |flags| {
+        eth()
+            .ip("10.244.0.5", "10.96.0.10")
+            .tcp(61000, 80, flags)
+            .build()
+    };
+    let from_backend = |flags| {
+        eth()
+            .ip("10.244.1.20", "10.244.0.5")
+            .tcp(8080, 61000, flags)
+            .build()
+    };
+    let translated_reply = |flags| {
+        eth()
+            .ip("10.96.0.10", "10.244.0.5")
+            .tcp(80, 61000, flags)
+            .build()
+    };
+    assert_eq!(
+        backend_of(&mut dp, &from_client(TCP_SYN)),
+        "10.244.1.20".parse::<IpAddr>().unwrap()
+    );
+    for flags in [TCP_SYN | TCP_ACK, TCP_ACK, TCP_ACK] {
+        let run = dp
+            .run_packet(Hook::FromUplink, &from_backend(flags), 1)
+            .expect("reply");
+        assert_eq!(
+            hex(&run.output),
+            hex(&translated_reply(flags)),
+            "reply with flags {flags:#x} is reverse-translated"
+        );
+    }
+    // The SYN-ACK marked the flow as answered: it outlives the SYN timeout (1 min).
+    let report = dp
+        .gc(monotonic_now() + std::time::Duration::from_mins(2))
+        .expect("gc");
+    assert_eq!((report.expired, report.remaining), (0, 1), "{report:?}");
+    // FIN from both sides: the flow is closing and expires after tcp_closing (10 s), which
+    // it only does if the backend's FIN reached the forward entry.
+    let run = dp
+        .run_packet(Hook::FromUplink, &from_backend(TCP_FIN | TCP_ACK), 1)
+        .expect("backend FIN");
+    assert_eq!(hex(&run.output), hex(&translated_reply(TCP_FIN | TCP_ACK)));
+    backend_of(&mut dp, &from_client(TCP_FIN | TCP_ACK));
+    let report = dp
+        .gc(monotonic_now() + std::time::Duration::from_secs(30))
+        .expect("gc");
+    assert_eq!((report.expired, report.remaining), (1, 0), "{report:?}");
 }
 
 #[test]

@@ -538,6 +538,31 @@ fn new_socket(
     Ok(fd)
 }
 
+/// The TCP sockets of the calling thread's network namespace with local port `port`, from
+/// `/proc/thread-self/net/tcp{,6}` (state in hex, as the kernel prints it), for diagnostics.
+fn sockets_on_port(port: u16) -> String {
+    let wanted = format!(":{port:04X}");
+    let mut found = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/thread-self/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let [_, local, remote, state, ..] = fields[..] {
+                if local.ends_with(&wanted) {
+                    found.push(format!("{local}->{remote} state {state}"));
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        "none".to_owned()
+    } else {
+        found.join(", ")
+    }
+}
+
 fn remaining(deadline: Instant) -> Option<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
     (left >= Duration::from_millis(1)).then_some(left)
@@ -550,11 +575,28 @@ fn connect_tcp(
     dst: SocketAddr,
     deadline: Instant,
 ) -> Result<Result<TcpStream, ProbeOutcome>, TrafficError> {
-    let fd = new_socket(source, dst, SockType::Stream)?;
-    match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
-        Ok(()) | Err(Errno::EINPROGRESS) => {}
-        Err(e) => return outcome_or_error(e.into(), || format!("connect {dst}")).map(Err),
-    }
+    let fixed_port = source.is_some_and(|s| s.port() != 0);
+    let fd = loop {
+        let fd = new_socket(source, dst, SockType::Stream)?;
+        match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
+            Ok(()) | Err(Errno::EINPROGRESS) => break fd,
+            // The 4-tuple of a fixed-port probe is still taken by the previous probe's
+            // socket: it is aborted with RST on close, so it goes away; wait for it.
+            Err(Errno::EADDRNOTAVAIL) if fixed_port && remaining(deadline).is_some() => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(Errno::EADDRNOTAVAIL) if fixed_port => {
+                return Err(TrafficError::Io {
+                    what: format!(
+                        "connect {dst} from fixed port (sockets on it: {})",
+                        sockets_on_port(source.map_or(0, |s| s.port()))
+                    ),
+                    source: io::Error::from_raw_os_error(libc::EADDRNOTAVAIL),
+                });
+            }
+            Err(e) => return outcome_or_error(e.into(), || format!("connect {dst}")).map(Err),
+        }
+    };
     let Some(left) = remaining(deadline) else {
         return Ok(Err(ProbeOutcome::Timeout));
     };

@@ -67,6 +67,30 @@ static __always_inline void ct_touch(struct ct_entry *e, const struct pkt *p, in
 		e->tcp_state |= bits;
 }
 
+/* How often a reply refreshes its forward entry's last-seen time at most. */
+#define CT_FWD_REFRESH_NS 1000000000ULL
+
+/*
+ * Touches the reverse entry of a reply and says whether the forward entry (the one garbage
+ * collection reads) must be touched too: when the reply brings state bits the flow has not
+ * seen yet, or when the last refresh is more than CT_FWD_REFRESH_NS old. Skipping the forward
+ * entry on the other replies saves a second conntrack lookup (two cache misses in a big map)
+ * per reply packet; the timeouts are seconds, so GC sees the idle time at most 1 s short.
+ */
+static __always_inline int ct_touch_reply(struct ct_entry *rev, const struct pkt *p)
+{
+	__u8 bits = tcp_bits(p, 1);
+	__u64 now = bpf_ktime_get_ns();
+	int fwd_too = (rev->tcp_state & bits) != bits ||
+		      now - rev->last_seen_ns > CT_FWD_REFRESH_NS;
+
+	if (fwd_too)
+		rev->last_seen_ns = now;
+	if ((rev->tcp_state & bits) != bits)
+		rev->tcp_state |= bits;
+	return fwd_too;
+}
+
 /* A new SYN on a flow that was closed (RST or FIN both ways) starts a new connection. */
 static __always_inline int ct_is_reopen(const struct ct_entry *e, const struct pkt *p)
 {

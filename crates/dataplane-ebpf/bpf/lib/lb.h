@@ -200,11 +200,12 @@ static __noinline int lb_reply(struct __sk_buff *skb, struct pkt *p)
 	rev = bpf_map_lookup_elem(&dp_ct, &k);
 	if (!rev)
 		return DP_PASS;
-	ct_touch(rev, p, 1);
-	ct_fwd_key_of_rev(&fk, rev, p);
-	fwd = bpf_map_lookup_elem(&dp_ct, &fk);
-	if (fwd)
-		ct_touch(fwd, p, 1);
+	if (ct_touch_reply(rev, p)) {
+		ct_fwd_key_of_rev(&fk, rev, p);
+		fwd = bpf_map_lookup_elem(&dp_ct, &fk);
+		if (fwd)
+			ct_touch(fwd, p, 1);
+	}
 	addr_copy(client, rev->snat_addr);
 	client_port = rev->snat_port;
 	if (rev->flags & CT_F_SNAT) {
