@@ -51,10 +51,9 @@ pub use loader::{tc_host_object, tc_pod_object, xdp_uplink_object, AttachMode, H
 
 use crate::loader::{Maps, Objects};
 use crate::maps::{
-    CtEntry, CtKey, CT_DIR_FWD, CT_DIR_INBOUND, CT_DIR_REV, CT_F_DSR, CT_F_MASQ, CT_F_SNAT,
-    CT_TCP_FIN_FWD, CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST, SCOPE_EXTERNAL_INSIDE,
-    SCOPE_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED,
-    SVC_F_WILDCARD,
+    CtEntry, CtKey, CT_F_DSR, CT_F_MASQ, CT_F_SNAT, CT_TCP_FIN_FWD, CT_TCP_FIN_REV, CT_TCP_REPLY,
+    CT_TCP_RST, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES,
+    STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
 };
 use crate::plan::BACKEND;
 use crate::writer::Current;
@@ -493,7 +492,7 @@ impl EbpfDataplane {
             // DSR entries stand alone: the ingress node's forward entry never sees a reply,
             // the backend node's reverse entry has no forward partner.
             let dsr = v.flags & CT_F_DSR != 0;
-            if k.dir == CT_DIR_FWD || k.dir == CT_DIR_INBOUND || dsr {
+            if !v.is_reverse() || dsr {
                 let closed_both = v.tcp_state & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV)
                     == CT_TCP_FIN_FWD | CT_TCP_FIN_REV;
                 // One side of a DSR flow sees only the client's FIN.
@@ -514,7 +513,7 @@ impl EbpfDataplane {
                 let idle = now_ns.saturating_sub(v.last_seen_ns);
                 if u128::from(idle) > timeout.as_nanos() {
                     remove.push(*k);
-                    if k.dir == CT_DIR_FWD && !dsr {
+                    if v.is_forward() && !dsr {
                         remove.push(reverse_key(k, v));
                     }
                     report.expired += 1;
@@ -651,7 +650,7 @@ fn reverse_key(k: &CtKey, v: &CtEntry) -> CtKey {
         },
         proto: k.proto,
         family: k.family,
-        dir: CT_DIR_REV,
+        pad0: 0,
         pad: 0,
     }
 }
@@ -664,7 +663,7 @@ fn forward_key(k: &CtKey, v: &CtEntry) -> CtKey {
         dport: v.nat_port,
         proto: k.proto,
         family: k.family,
-        dir: CT_DIR_FWD,
+        pad0: 0,
         pad: 0,
     }
 }
@@ -780,7 +779,7 @@ impl Dataplane for EbpfDataplane {
             let at = |a: &crate::maps::Addr, port: crate::maps::Be16| {
                 SocketAddr::new(a.ip(k.family), port.get())
             };
-            if k.dir == CT_DIR_REV && v.flags & CT_F_DSR != 0 {
+            if v.is_reverse() && v.flags & CT_F_DSR != 0 {
                 // A DSR flow on the backend's node: only the reverse entry learnt from the
                 // option exists (the service is the ingress node's business).
                 out.push(Flow {
@@ -792,7 +791,7 @@ impl Dataplane for EbpfDataplane {
                 });
                 continue;
             }
-            if k.dir != CT_DIR_FWD || v.flags & CT_F_MASQ != 0 {
+            if !v.is_forward() || v.flags & CT_F_MASQ != 0 {
                 continue;
             }
             out.push(Flow {
@@ -823,9 +822,9 @@ impl Dataplane for EbpfDataplane {
         }
         let flows = maps
             .ct
-            .keys()
+            .iter()
             .filter_map(Result::ok)
-            .filter(|k| k.dir == CT_DIR_FWD)
+            .filter(|(_, v)| v.is_forward())
             .count() as u64;
         // (masquerade entries are counted too: they are connections the datapath tracks)
         let other = STAT_NAMES

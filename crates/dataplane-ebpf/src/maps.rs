@@ -40,12 +40,6 @@ pub const BE_F_LOCAL: u8 = 1 << 0;
 /// `BE_F_TERMINATING`.
 pub const BE_F_TERMINATING: u8 = 1 << 1;
 
-/// `CT_DIR_FWD`.
-pub const CT_DIR_FWD: u8 = 0;
-/// `CT_DIR_REV`.
-pub const CT_DIR_REV: u8 = 1;
-/// `CT_DIR_INBOUND`: marker of a connection that came in to a local pod.
-pub const CT_DIR_INBOUND: u8 = 2;
 /// `CT_F_SNAT`.
 pub const CT_F_SNAT: u16 = 1 << 0;
 /// `CT_F_HAIRPIN`.
@@ -58,6 +52,9 @@ pub const CT_F_MASQ: u16 = 1 << 3;
 pub const CT_F_INBOUND: u16 = 1 << 4;
 /// `CT_F_DSR`: a direct-server-return flow (replies bypass the ingress node).
 pub const CT_F_DSR: u16 = 1 << 5;
+/// `CT_F_REV`: a reverse entry (key: backend -> client or SNAT address). Conntrack has one
+/// key space; an entry with neither `CT_F_REV` nor `CT_F_INBOUND` is a forward entry.
+pub const CT_F_REV: u16 = 1 << 6;
 /// `CT_TCP_SYN`.
 pub const CT_TCP_SYN: u8 = 1 << 0;
 /// `CT_TCP_REPLY`.
@@ -235,8 +232,8 @@ pub struct CtKey {
     pub proto: u8,
     /// `AF_*`.
     pub family: u8,
-    /// `CT_DIR_*`.
-    pub dir: u8,
+    /// Zero (the direction is in [`CtEntry::flags`]).
+    pub pad0: u8,
     /// Padding.
     pub pad: u8,
 }
@@ -267,6 +264,18 @@ pub struct CtEntry {
     pub created_ns: u64,
     /// Last packet, `CLOCK_MONOTONIC` ns.
     pub last_seen_ns: u64,
+}
+
+impl CtEntry {
+    /// A forward entry (client -> frontend, as the client sent it).
+    pub fn is_forward(&self) -> bool {
+        self.flags & (CT_F_REV | CT_F_INBOUND) == 0
+    }
+
+    /// A reverse entry (backend -> client or SNAT address).
+    pub fn is_reverse(&self) -> bool {
+        self.flags & CT_F_REV != 0
+    }
 }
 
 /// `struct affinity_key`.

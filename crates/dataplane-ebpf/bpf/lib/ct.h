@@ -13,7 +13,7 @@
 #include "common.h"
 #include "parse.h"
 
-static __always_inline void ct_key_from_pkt(struct ct_key *k, const struct pkt *p, __u8 dir)
+static __always_inline void ct_key_from_pkt(struct ct_key *k, const struct pkt *p)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	addr_copy(k->saddr, p->saddr);
@@ -22,13 +22,12 @@ static __always_inline void ct_key_from_pkt(struct ct_key *k, const struct pkt *
 	k->dport = p->dport;
 	k->proto = p->proto;
 	k->family = p->family;
-	k->dir = dir;
 }
 
 /* The key of a reply to @p sent by @from:@from_port (its destination, or the backend it was
  * translated to) back to its source. */
 static __always_inline void ct_reply_key(struct ct_key *k, const struct pkt *p, const __u32 *from,
-					 __be16 from_port, __u8 dir)
+					 __be16 from_port)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	addr_copy(k->saddr, from);
@@ -37,7 +36,17 @@ static __always_inline void ct_reply_key(struct ct_key *k, const struct pkt *p, 
 	k->dport = p->sport;
 	k->proto = p->proto;
 	k->family = p->family;
-	k->dir = dir;
+}
+
+/* A forward entry (client -> frontend); reverse and inbound-marker entries are not. */
+static __always_inline int ct_is_fwd(const struct ct_entry *e)
+{
+	return !(e->flags & (CT_F_REV | CT_F_INBOUND));
+}
+
+static __always_inline int ct_is_rev(const struct ct_entry *e)
+{
+	return e->flags & CT_F_REV;
 }
 
 static __always_inline __u8 tcp_bits(const struct pkt *p, int reply)
@@ -115,7 +124,6 @@ static __always_inline void ct_fwd_key_of_rev(struct ct_key *k, const struct ct_
 	k->dport = rev->nat_port;
 	k->proto = p->proto;
 	k->family = p->family;
-	k->dir = CT_DIR_FWD;
 }
 
 #endif

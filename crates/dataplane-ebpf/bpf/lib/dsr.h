@@ -116,15 +116,15 @@ static __noinline int dsr_accept(struct __sk_buff *skb, struct pkt *p)
 	if (opt.type != DSR_OPT_TYPE || opt.len != DSR_OPT_LEN)
 		return DP_PASS;
 
-	ct_reply_key(&k, p, p->daddr, p->dport, CT_DIR_REV);
+	ct_reply_key(&k, p, p->daddr, p->dport);
 	cur = bpf_map_lookup_elem(&dp_ct, &k);
-	if (cur && cur->nat_addr[0] == opt.addr && cur->nat_port == opt.port &&
+	if (cur && ct_is_rev(cur) && cur->nat_addr[0] == opt.addr && cur->nat_port == opt.port &&
 	    !ct_is_reopen(cur, p)) {
 		ct_touch(cur, p, 0);
 	} else {
 		e.created_ns = bpf_ktime_get_ns();
 		e.last_seen_ns = e.created_ns;
-		e.flags = CT_F_DSR;
+		e.flags = CT_F_DSR | CT_F_REV;
 		e.tcp_state = tcp_bits(p, 0);
 		e.nat_addr[0] = opt.addr;
 		e.nat_port = opt.port;

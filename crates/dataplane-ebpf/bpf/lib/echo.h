@@ -94,9 +94,9 @@ static __noinline int echo_masquerade(struct __sk_buff *skb, struct pkt *p)
 
 	if (!masq_wanted(cfg, p))
 		return DP_PASS;
-	ct_key_from_pkt(&fk, p, CT_DIR_FWD);
+	ct_key_from_pkt(&fk, p);
 	cur = bpf_map_lookup_elem(&dp_ct, &fk);
-	if (cur && (cur->flags & CT_F_MASQ)) {
+	if (cur && ct_is_fwd(cur) && (cur->flags & CT_F_MASQ)) {
 		ct_touch(cur, p, 0);
 		ret = echo_rewrite(skb, p, saddr_off(p), p->saddr, cur->snat_addr, p->sport,
 				   cur->snat_port);
@@ -122,9 +122,9 @@ static __noinline int echo_reply_nat(struct __sk_buff *skb, struct pkt *p)
 	struct ct_entry *rev;
 	int ret;
 
-	ct_key_from_pkt(&k, p, CT_DIR_REV);
+	ct_key_from_pkt(&k, p);
 	rev = bpf_map_lookup_elem(&dp_ct, &k);
-	if (!rev || !(rev->flags & CT_F_MASQ))
+	if (!rev || !ct_is_rev(rev) || !(rev->flags & CT_F_MASQ))
 		return DP_PASS;
 	ct_touch(rev, p, 1);
 	ret = echo_rewrite(skb, p, daddr_off(p), p->daddr, rev->snat_addr, p->dport,

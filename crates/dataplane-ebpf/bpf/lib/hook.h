@@ -58,12 +58,19 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 		ret = DP_PASS;
 		if (ctx == CTX_FROM_UPLINK)
 			ret = dsr_accept(skb, &p);
-		if (ret == DP_PASS)
-			ret = lb_reply(skb, &p);
-		if (ret == DP_PASS)
-			ret = lb_forward(skb, &p, ctx);
-		if (ret == DP_PASS && ctx == CTX_TO_UPLINK)
-			ret = masquerade(skb, &p);
+		if (ret == DP_PASS) {
+			/* One conntrack lookup for the packet's tuple serves every step below. */
+			struct ct_key k;
+			struct ct_entry *ct;
+
+			ct_key_from_pkt(&k, &p);
+			ct = bpf_map_lookup_elem(&dp_ct, &k);
+			ret = lb_reply(skb, &p, ct);
+			if (ret == DP_PASS)
+				ret = lb_forward(skb, &p, ctx, ct);
+			if (ret == DP_PASS && ctx == CTX_TO_UPLINK)
+				ret = masquerade(skb, &p, ct);
+		}
 		if (ret == DP_PASS && ctx == CTX_FROM_UPLINK)
 			ret = track_inbound(&p);
 	}

@@ -87,7 +87,6 @@ static __always_inline int icmp_lookup(struct icmp_nat *n, const struct pkt *out
 	k.dport = isport;
 	k.proto = iproto;
 	k.family = outer->family;
-	k.dir = CT_DIR_REV;
 	addr_copy(n->isaddr, isaddr);
 	addr_copy(n->idaddr, idaddr);
 	n->isport = isport;
@@ -95,7 +94,9 @@ static __always_inline int icmp_lookup(struct icmp_nat *n, const struct pkt *out
 	addr_copy(n->osaddr, outer->saddr);
 	addr_copy(n->odaddr, outer->daddr);
 	e = bpf_map_lookup_elem(&dp_ct, &k);
-	if (e) {
+	if (!e)
+		return 0;
+	if (ct_is_rev(e)) {
 		/* About client' -> backend: make it client -> frontend, to the client. */
 		if (addr_eq(outer->saddr, idaddr))
 			addr_copy(n->osaddr, e->nat_addr);
@@ -108,9 +109,7 @@ static __always_inline int icmp_lookup(struct icmp_nat *n, const struct pkt *out
 		}
 		return 1;
 	}
-	k.dir = CT_DIR_FWD;
-	e = bpf_map_lookup_elem(&dp_ct, &k);
-	if (!e || (e->flags & CT_F_MASQ))
+	if (!ct_is_fwd(e) || (e->flags & CT_F_MASQ))
 		return 0;
 	/* About frontend -> client (a translated reply): make it backend -> client', to the
 	 * backend. */

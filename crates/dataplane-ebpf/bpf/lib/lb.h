@@ -155,7 +155,7 @@ static __always_inline struct backend *select_backend(const struct svc_value *sv
 static __always_inline int snat_pick_port(const struct pkt *p, const struct backend *be,
 					  const __u32 *snat, struct ct_key *rk)
 {
-	ct_reply_key(rk, p, be->addr, be->port, CT_DIR_REV);
+	ct_reply_key(rk, p, be->addr, be->port);
 	addr_copy(rk->daddr, snat);
 #pragma unroll
 	for (int i = 0; i < SNAT_TRIES; i++) {
@@ -187,23 +187,24 @@ static __always_inline int node_addr(const struct pkt *p, __u32 *out)
 	return 0;
 }
 
-/* Reverse NAT of a reply; returns DP_NAT when the packet was translated, DP_PASS otherwise. */
-static __noinline int lb_reply(struct __sk_buff *skb, struct pkt *p)
+/*
+ * Reverse NAT of a reply; @rev is the packet's conntrack entry (NULL when it has none).
+ * Returns DP_NAT when the packet was translated, DP_PASS when it is not a reply.
+ */
+static __noinline int lb_reply(struct __sk_buff *skb, struct pkt *p, struct ct_entry *rev)
 {
-	struct ct_key k, fk;
-	struct ct_entry *rev, *fwd;
+	struct ct_key fk;
+	struct ct_entry *fwd;
 	__u32 client[4];
 	__be16 client_port;
 	int ret;
 
-	ct_key_from_pkt(&k, p, CT_DIR_REV);
-	rev = bpf_map_lookup_elem(&dp_ct, &k);
-	if (!rev)
+	if (!rev || !ct_is_rev(rev))
 		return DP_PASS;
 	if (ct_touch_reply(rev, p)) {
 		ct_fwd_key_of_rev(&fk, rev, p);
 		fwd = bpf_map_lookup_elem(&dp_ct, &fk);
-		if (fwd)
+		if (fwd && ct_is_fwd(fwd))
 			ct_touch(fwd, p, 1);
 	}
 	addr_copy(client, rev->snat_addr);
@@ -264,6 +265,7 @@ static __noinline int masq_track(const struct pkt *p, __u32 *snat, struct ct_key
 	fe.flags = CT_F_SNAT | CT_F_MASQ;
 	fe.tcp_state = tcp_bits(p, 0);
 	re = fe;
+	re.flags |= CT_F_REV;
 	addr_copy(fe.nat_addr, p->daddr);
 	fe.nat_port = p->dport;
 	addr_copy(fe.snat_addr, snat);
@@ -272,7 +274,7 @@ static __noinline int masq_track(const struct pkt *p, __u32 *snat, struct ct_key
 	re.nat_port = p->dport;
 	addr_copy(re.snat_addr, p->saddr);
 	re.snat_port = p->sport;
-	ct_key_from_pkt(&fk, p, CT_DIR_FWD);
+	ct_key_from_pkt(&fk, p);
 	if (bpf_map_update_elem(&dp_ct, rk, &re, BPF_ANY) < 0 ||
 	    bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
 		stat_inc(STAT_CT_FULL);
@@ -288,11 +290,11 @@ static __noinline int masq_track(const struct pkt *p, __u32 *snat, struct ct_key
  * masquerade.all, anything but this node's pods and addresses), on the uplink's egress. Only a TCP SYN or a UDP packet starts one: TCP packets without conntrack
  * are left alone, so connections that came in are never masqueraded on their way back.
  */
-static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p)
+static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p, struct ct_entry *ct)
 {
 	__u32 zero = 0;
 	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
-	struct ct_key fk, rk;
+	struct ct_key rk;
 	__u32 snat[4] = {};
 	int ret;
 
@@ -300,8 +302,7 @@ static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p)
 		return DP_PASS;
 	if (!masq_wanted(cfg, p))
 		return DP_PASS;
-	ct_key_from_pkt(&fk, p, CT_DIR_INBOUND);
-	if (bpf_map_lookup_elem(&dp_ct, &fk))
+	if (ct && (ct->flags & CT_F_INBOUND))
 		return DP_PASS; /* a reply of a connection that came in */
 	ret = masq_track(p, snat, &rk);
 	if (ret < 0)
@@ -331,10 +332,12 @@ static __noinline int track_inbound(struct pkt *p)
 		return DP_PASS;
 	if (cidr_bits(p, p->saddr) & (CIDR_F_CLUSTER | CIDR_F_NO_MASQ | CIDR_F_NODE))
 		return DP_PASS;
-	ct_reply_key(&k, p, p->daddr, p->dport, CT_DIR_INBOUND);
+	ct_reply_key(&k, p, p->daddr, p->dport);
 	cur = bpf_map_lookup_elem(&dp_ct, &k);
 	if (cur) {
-		ct_touch(cur, p, 0);
+		/* (a tuple another kind of entry holds is left to it) */
+		if (cur->flags & CT_F_INBOUND)
+			ct_touch(cur, p, 0);
 		return DP_PASS;
 	}
 	e.created_ns = bpf_ktime_get_ns();
@@ -351,10 +354,12 @@ static __noinline int track_inbound(struct pkt *p)
 }
 
 /**
- * lb_forward() - translate a packet from a client to a service frontend.
+ * lb_forward() - translate a packet from a client to a service frontend; @ct is the packet's
+ * conntrack entry (NULL when it has none).
  * Returns DP_NAT (translated), DP_PASS (not a service), DP_REJECT or a DROP_* reason.
  */
-static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx)
+static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
+				 struct ct_entry *ct)
 {
 	struct ct_key fk, rk;
 	struct ct_entry *fwd;
@@ -370,8 +375,8 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx)
 	int dsr = 0;
 	int ret;
 
-	ct_key_from_pkt(&fk, p, CT_DIR_FWD);
-	fwd = bpf_map_lookup_elem(&dp_ct, &fk);
+	ct_key_from_pkt(&fk, p);
+	fwd = (ct && ct_is_fwd(ct)) ? ct : NULL;
 	if (fwd && !ct_is_reopen(fwd, p)) {
 		/* Masquerade happens on the uplink's egress only: rewritten earlier (on the pod's
 		 * veth) the stack would drop a packet with a local source as a martian. */
@@ -449,7 +454,7 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx)
 		if (ret < 0)
 			return ret;
 	} else {
-		ct_reply_key(&rk, p, be->addr, be->port, CT_DIR_REV);
+		ct_reply_key(&rk, p, be->addr, be->port);
 	}
 
 	fe.created_ns = bpf_ktime_get_ns();
@@ -462,6 +467,7 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx)
 		fe.flags |= CT_F_HAIRPIN;
 	fe.tcp_state = tcp_bits(p, 0);
 	re = fe;
+	re.flags |= CT_F_REV;
 	addr_copy(fe.nat_addr, be->addr);
 	fe.nat_port = be->port;
 	addr_copy(fe.snat_addr, snat);

@@ -38,21 +38,23 @@
 #define BE_F_LOCAL (1 << 0)
 #define BE_F_TERMINATING (1 << 1)
 
-/* Conntrack directions. */
-#define CT_DIR_FWD 0
-#define CT_DIR_REV 1
-#define CT_DIR_INBOUND 2 /* key: a local pod -> an outside peer; marks replies of a connection
-			  * that came in, which must not be masqueraded */
+/*
+ * Conntrack has one key space: a packet's own tuple finds its entry with one lookup, whatever
+ * its direction; the kind of entry is in its flags (no CT_F_REV/CT_F_INBOUND: forward entry,
+ * client -> frontend as the client sent it).
+ */
 
 /* Conntrack flags. */
 #define CT_F_SNAT (1 << 0)     /* source was masqueraded */
 #define CT_F_HAIRPIN (1 << 1)  /* client and backend are the same pod */
 #define CT_F_EXTERNAL (1 << 2) /* created from the uplink */
 #define CT_F_MASQ (1 << 3)     /* pod masquerade, not a service connection */
-#define CT_F_INBOUND (1 << 4)  /* CT_DIR_INBOUND marker */
+#define CT_F_INBOUND (1 << 4)  /* key: a local pod -> an outside peer; marks replies of a
+				* connection that came in, which must not be masqueraded */
 #define CT_F_DSR (1 << 5)      /* direct server return: on the ingress node a forward entry
 				* whose replies never come back; on the backend node a reverse
 				* entry learnt from the DSR option */
+#define CT_F_REV (1 << 6)      /* reverse entry: key backend -> client (or SNAT address) */
 
 /* State bits seen on a flow (kept in the forward entry); UDP uses CT_TCP_REPLY only. */
 #define CT_TCP_SYN (1 << 0)
@@ -137,7 +139,7 @@ struct ct_key {
 	__be16 dport;
 	__u8 proto;
 	__u8 family;
-	__u8 dir; /* CT_DIR_* */
+	__u8 pad0; /* 0 (the direction is in ct_entry.flags) */
 	__u8 pad;
 };
 

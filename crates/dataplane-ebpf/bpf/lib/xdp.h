@@ -341,14 +341,16 @@ static __always_inline int xdp_ct_create(const struct pkt *p, const struct svc_v
 		e.nat_port = p->dport;
 		addr_copy(e.snat_addr, p->saddr);
 		e.snat_port = p->sport;
+		e.flags |= CT_F_REV;
 		if (bpf_map_update_elem(&dp_ct, rk, &e, BPF_ANY) < 0)
 			return -1;
+		e.flags &= ~CT_F_REV;
 	}
 	addr_copy(e.nat_addr, be->addr);
 	e.nat_port = be->port;
 	addr_copy(e.snat_addr, snat);
 	e.snat_port = rk->dport;
-	ct_key_from_pkt(&fk, p, CT_DIR_FWD);
+	ct_key_from_pkt(&fk, p);
 	if (bpf_map_update_elem(&dp_ct, &fk, &e, BPF_ANY) < 0)
 		return -1;
 	stat_inc(STAT_CT_CREATED);
@@ -392,7 +394,7 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 		if (node_addr(p, snat) < 0 || snat_pick_port(p, be, snat, &rk) < 0)
 			return XDP_PASS;
 	} else {
-		ct_reply_key(&rk, p, be->addr, be->port, CT_DIR_REV);
+		ct_reply_key(&rk, p, be->addr, be->port);
 	}
 	if (local) {
 		/* Random selection would pick again in TC (and favour remote backends). */
@@ -432,12 +434,11 @@ static __always_inline int xdp_uplink(struct xdp_md *ctx)
 
 	if (!xdp_parse(ctx, &p))
 		return XDP_PASS;
-	/* Replies (reverse entries) are TC's: lb_reply() comes before lb_forward() there. */
-	ct_key_from_pkt(&k, &p, CT_DIR_REV);
-	if (bpf_map_lookup_elem(&dp_ct, &k))
-		return XDP_PASS;
-	ct_key_from_pkt(&k, &p, CT_DIR_FWD);
+	ct_key_from_pkt(&k, &p);
 	fwd = bpf_map_lookup_elem(&dp_ct, &k);
+	/* Replies (reverse entries) and inbound markers are TC's. */
+	if (fwd && !ct_is_fwd(fwd))
+		return XDP_PASS;
 	if (fwd && !ct_is_reopen(fwd, &p))
 		return xdp_established(ctx, &p, fwd);
 	return xdp_new_flow(ctx, &p);
