@@ -1,4 +1,5 @@
-//! `BPF_MAP_UPDATE_BATCH` (Linux >= 5.6): many elements in one `bpf()` call.
+//! `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_LOOKUP_BATCH` (Linux >= 5.6): many elements in one
+//! `bpf()` call.
 //!
 //! A full sync of 10k services writes ~150k map elements; one syscall each is most of its
 //! time. aya 0.14 has no batch API and keeps its map fds to itself, so the loader keeps a
@@ -9,8 +10,12 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
+/// `BPF_MAP_LOOKUP_BATCH` in `enum bpf_cmd`.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// `BPF_MAP_UPDATE_BATCH` in `enum bpf_cmd`.
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// Elements per lookup call (bounds the buffers).
+const LOOKUP_CHUNK: usize = 8192;
 /// Kernel-internal `ENOTSUPP`, which batch operations return for map types without them.
 const ENOTSUPP: i32 = 524;
 
@@ -32,8 +37,11 @@ struct BatchAttr {
 #[derive(Debug)]
 pub(crate) struct BatchFd {
     fd: OwnedFd,
-    /// Cleared after the kernel refused a batch: later calls go element by element at once.
+    /// Cleared after the kernel refused a batch update: later calls go element by element
+    /// at once.
     supported: std::sync::atomic::AtomicBool,
+    /// The same for batch lookups.
+    lookup_supported: std::sync::atomic::AtomicBool,
 }
 
 impl BatchFd {
@@ -41,6 +49,7 @@ impl BatchFd {
         Ok(Self {
             fd: fd.as_fd().try_clone_to_owned()?,
             supported: std::sync::atomic::AtomicBool::new(true),
+            lookup_supported: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -96,5 +105,81 @@ impl BatchFd {
             done += (attr.count as usize).max(1);
         }
         Ok(true)
+    }
+
+    /// Reads `count` consecutive elements of an array map from index `start` (fewer when
+    /// the array ends first). `Ok(None)`: the kernel has no batch lookups for this map, read
+    /// them one by one. Reading a pinned map back at startup one `bpf()` call per index
+    /// costs about 1 µs per element.
+    pub(crate) fn lookup_array<V: aya::Pod>(
+        &self,
+        start: u32,
+        count: usize,
+    ) -> io::Result<Option<Vec<V>>> {
+        let mut out: Vec<V> = Vec::with_capacity(count);
+        if count == 0 {
+            return Ok(Some(out));
+        }
+        if !self
+            .lookup_supported
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(None);
+        }
+        let chunk = count.min(LOOKUP_CHUNK);
+        let mut keys = vec![0u32; chunk];
+        // SAFETY: `V: Pod` is plain data for which every bit pattern, zero included, is valid.
+        let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk];
+        // The kernel starts after the key `in_batch` points at (no pointer: at the start)
+        // and leaves in `out_batch` where to go on.
+        let mut from: Option<u32> = start.checked_sub(1);
+        let mut next = 0u32;
+        while out.len() < count {
+            let want = (count - out.len()).min(chunk);
+            let mut attr = BatchAttr {
+                in_batch: from.as_ref().map_or(0, |k| std::ptr::from_ref(k) as u64),
+                out_batch: std::ptr::from_mut(&mut next) as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: u32::try_from(want).unwrap_or(u32::MAX),
+                map_fd: self.fd.as_raw_fd().cast_unsigned(),
+                ..BatchAttr::default()
+            };
+            // SAFETY: `attr` is the kernel's `bpf_attr.batch` layout; `keys` and `values`
+            // have room for `count` (<= chunk) `u32` keys (array maps) and `V` values (the
+            // map's value type, whose size aya checked when the typed map was opened);
+            // `in_batch`/`out_batch` point at `u32`s that outlive the call.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    std::ptr::from_mut(&mut attr),
+                    std::mem::size_of::<BatchAttr>(),
+                )
+            };
+            let got = (attr.count as usize).min(want);
+            if ret < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    // The end of the array: `count` says how many came before it.
+                    Some(libc::ENOENT) => {
+                        out.extend_from_slice(&values[..got]);
+                        break;
+                    }
+                    Some(libc::EINVAL | libc::ENOSYS | ENOTSUPP) if out.is_empty() => {
+                        self.lookup_supported
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(None);
+                    }
+                    _ => return Err(e),
+                }
+            }
+            if got == 0 {
+                break;
+            }
+            out.extend_from_slice(&values[..got]);
+            from = Some(next);
+        }
+        Ok(Some(out))
     }
 }

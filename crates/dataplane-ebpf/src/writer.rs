@@ -187,6 +187,34 @@ fn merr(map: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError)
     move |e| EbpfError::map(map, op, e)
 }
 
+/// `count` elements of array map `map` from index `start` (fewer where the array ends): one
+/// batch lookup per few thousand elements, element by element where the kernel has none.
+fn read_array<V: aya::Pod>(
+    fd: &crate::batch::BatchFd,
+    array: &aya::maps::Array<aya::maps::MapData, V>,
+    map: &'static str,
+    start: u32,
+    count: u32,
+) -> Result<Vec<V>, EbpfError> {
+    let batched = fd.lookup_array(start, count as usize).map_err(|e| {
+        EbpfError::map(
+            map,
+            "reading",
+            aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: e,
+            }),
+        )
+    })?;
+    if let Some(values) = batched {
+        return Ok(values);
+    }
+    let end = start.saturating_add(count).min(array.len());
+    (start..end)
+        .map(|i| array.get(&i, 0).map_err(merr(map, "reading")))
+        .collect()
+}
+
 impl Current {
     /// Reads the maps (adopting what an earlier process left pinned).
     pub(crate) fn read(maps: &Maps, caps: &Capacities) -> Result<Self, EbpfError> {
@@ -195,16 +223,33 @@ impl Current {
         let mut reserved = BTreeSet::new();
         let mut frontends = BTreeMap::new();
         let mut generation = 0;
+        // Frontends with the same backends share a slot range: read each range once.
+        let mut read_ranges: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
         for item in &maps.svc {
             let (k, v) = item.map_err(merr("dp_svc", "reading"))?;
-            let mut ids = Vec::with_capacity(v.slot_count as usize);
-            for i in 0..v.slot_count {
-                ids.push(
-                    maps.slots
-                        .get(&(v.slot_base + i), 0)
-                        .map_err(merr("dp_slots", "reading"))?,
-                );
-            }
+            let ids = if let Some(ids) = read_ranges.get(&(v.slot_base, v.slot_count)) {
+                ids.clone()
+            } else {
+                let ids = read_array(
+                    &maps.slots_batch,
+                    &maps.slots,
+                    "dp_slots",
+                    v.slot_base,
+                    v.slot_count,
+                )?;
+                if ids.len() != v.slot_count as usize {
+                    return Err(EbpfError::map(
+                        "dp_slots",
+                        "reading",
+                        aya::maps::MapError::OutOfBounds {
+                            index: v.slot_base.saturating_add(v.slot_count),
+                            max_entries: maps.slots.len(),
+                        },
+                    ));
+                }
+                read_ranges.insert((v.slot_base, v.slot_count), ids.clone());
+                ids
+            };
             if v.slot_count > 0
                 && reserved.insert(v.slot_base)
                 && !alloc.reserve(v.slot_base, v.slot_count)
@@ -220,8 +265,14 @@ impl Current {
             frontends.insert(k, (v, ids));
         }
         let mut backend_ids = BTreeMap::new();
-        for (id, value) in maps.backends.iter().enumerate() {
-            let value = value.map_err(merr("dp_backends", "reading"))?;
+        let all = read_array(
+            &maps.backends_batch,
+            &maps.backends,
+            "dp_backends",
+            0,
+            maps.backends.len(),
+        )?;
+        for (id, value) in all.iter().enumerate() {
             if value.family != 0 {
                 backend_ids.insert((value.addr, value.port.get(), value.family), id as u32);
             }
