@@ -208,6 +208,28 @@ fn replacing_a_backend_goes_over_netlink_and_keeps_counters() {
             && !fe.backends.iter().any(|b| b.ip() == old_ip),
         "{fe:?}"
     );
+
+    // Back again: a second element-only change, over the netlink socket the first one kept
+    // open, takes effect as well.
+    dp.config_mut().nft = "/nonexistent/nft".into();
+    let report = dp.apply_changes(&diff(&replaced, &old)).unwrap();
+    dp.config_mut().nft = "nft".into();
+    assert!(!report.full_sync);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..16 {
+        let o = probe(
+            &lab.pod(1).netns,
+            "10.96.0.10:80".parse().unwrap(),
+            Protocol::Tcp,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        seen.insert(o.backend().expect("answered").to_owned());
+    }
+    assert!(
+        seen.contains(&lab.pod(2).name) && !seen.contains(&lab.pod(3).name),
+        "{seen:?}"
+    );
     dp.reset().unwrap();
 }
 

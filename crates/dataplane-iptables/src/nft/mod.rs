@@ -40,6 +40,9 @@ pub struct NftablesDataplane {
     applied: Option<(DesiredState, NftRuleset)>,
     /// A transaction failed since the last successful one: the next sync is full.
     dirty: bool,
+    /// The netlink socket of element-only changes, kept between them (see
+    /// [`netlink::Socket`]); dropped after a failure and on reset.
+    netlink: Option<netlink::Socket>,
 }
 
 impl NftablesDataplane {
@@ -50,6 +53,7 @@ impl NftablesDataplane {
             config,
             applied: None,
             dirty: false,
+            netlink: None,
         }
     }
 
@@ -282,9 +286,17 @@ impl Dataplane for NftablesDataplane {
                 });
             }
             tracing::debug!(elements = ops.len(), "partial sync through netlink");
-            if let Err(e) = netlink::apply(self.config.netns.as_deref(), &self.config.name, &ops) {
-                self.dirty = true;
-                return Err(e.into());
+            let sent = match self.netlink.take() {
+                Some(socket) => Ok(socket),
+                None => netlink::Socket::open(self.config.netns.as_deref()),
+            }
+            .and_then(|socket| socket.apply(&self.config.name, &ops).map(|()| socket));
+            match sent {
+                Ok(socket) => self.netlink = Some(socket),
+                Err(e) => {
+                    self.dirty = true;
+                    return Err(e.into());
+                }
             }
         } else {
             let text = render_patch(rs, &patch);
@@ -335,6 +347,7 @@ impl Dataplane for NftablesDataplane {
 
     fn reset(&mut self) -> Result<(), Error> {
         let text = render_reset(&self.config.name);
+        self.netlink = None;
         self.nft(&["-f", "-"], Some(&text), "reset")?;
         self.applied = None;
         self.dirty = false;

@@ -222,12 +222,34 @@ fn open_socket(netns: Option<&Path>) -> Result<OwnedFd, NetfilterError> {
     }
 }
 
-/// Sends `ops` as one atomic batch to table `inet <table>` in `netns`.
-pub fn apply(netns: Option<&Path>, table: &str, ops: &[ElementOp]) -> Result<(), NetfilterError> {
-    if ops.is_empty() {
-        return Ok(());
+/// A netlink socket to `nf_tables` in one network namespace, kept open from one change to
+/// the next: closing a socket that sent a batch waits for the kernel's cleanup of the
+/// transaction (`nft_rcv_nl_event` flushes the destroy work, an RCU grace period: 5-20 ms
+/// on this machine), which a socket per change paid on every change.
+#[derive(Debug)]
+pub struct Socket {
+    fd: OwnedFd,
+}
+
+impl Socket {
+    /// Opens the socket inside `netns` (the caller's namespace when `None`).
+    pub fn open(netns: Option<&Path>) -> Result<Self, NetfilterError> {
+        Ok(Self {
+            fd: open_socket(netns)?,
+        })
     }
-    let fd = open_socket(netns)?;
+
+    /// Sends `ops` as one atomic batch to table `inet <table>` and waits for every
+    /// acknowledgement. After an error the socket may hold unread replies: drop it.
+    pub fn apply(&self, table: &str, ops: &[ElementOp]) -> Result<(), NetfilterError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        apply_on(&self.fd, table, ops)
+    }
+}
+
+fn apply_on(fd: &OwnedFd, table: &str, ops: &[ElementOp]) -> Result<(), NetfilterError> {
     let (batch, mut expected) = encode(table, ops);
     send(fd.as_raw_fd(), &batch, MsgFlags::empty()).map_err(|e| err(format!("send: {e}")))?;
     let mut buf = vec![0u8; 1 << 16];
