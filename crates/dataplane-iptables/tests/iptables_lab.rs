@@ -8,7 +8,7 @@ use dataplane_core::{diff, BackendSelection, Dataplane, Error, ObjectName, Proto
 use dataplane_iptables::iptables::render::service_chain;
 use dataplane_iptables::plan::Family;
 use dataplane_iptables::{IptablesDataplane, NetfilterConfig};
-use dataplane_testkit::{probe, require_root, Lab, ProbeOutcome};
+use dataplane_testkit::{probe, require_root, Lab};
 
 fn backend_for(lab: &Lab) -> IptablesDataplane {
     IptablesDataplane::new(NetfilterConfig::iptables(Some(
@@ -122,16 +122,7 @@ fn partial_sync_keeps_counters_of_unchanged_services() {
     let old = common::lab::services(&lab);
     let mut dp = backend_for(&lab);
     dp.apply(&old).unwrap();
-    for _ in 0..3 {
-        let o = probe(
-            &lab.pod(1).netns,
-            "10.96.0.10:80".parse().unwrap(),
-            Protocol::Tcp,
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        assert!(matches!(o, ProbeOutcome::Answered { .. }), "{o:?}");
-    }
+    common::lab::web_backends(&lab, 3);
     let web_chain = service_chain(
         "DP",
         Family::V4,
@@ -208,14 +199,7 @@ fn a_broken_apply_changes_nothing() {
     let err = dp.apply(&new).unwrap_err();
     assert!(matches!(err, Error::Kernel { .. }), "{err}");
     assert_eq!(ruleset(&lab), before);
-    let o = probe(
-        &lab.pod(1).netns,
-        "10.96.0.10:80".parse().unwrap(),
-        Protocol::Tcp,
-        Duration::from_secs(2),
-    )
-    .unwrap();
-    assert!(matches!(o, ProbeOutcome::Answered { .. }), "{o:?}");
+    common::lab::web_backends(&lab, 1);
 
     let mut maglev = old.clone();
     maglev.services[0].backend_selection = BackendSelection::Maglev;

@@ -75,16 +75,7 @@ fn partial_sync_keeps_counters_of_unchanged_services() {
     let old = common::lab::services(&lab);
     let mut dp = backend_for(&lab);
     dp.apply(&old).unwrap();
-    for _ in 0..3 {
-        let o = probe(
-            &lab.pod(1).netns,
-            "10.96.0.10:80".parse().unwrap(),
-            Protocol::Tcp,
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        assert!(matches!(o, ProbeOutcome::Answered { .. }), "{o:?}");
-    }
+    common::lab::web_backends(&lab, 3);
     let web_chain = "svc-v4-default/web/tcp/80";
     let before = dp.chain_counter(web_chain).unwrap().unwrap();
     assert!(before >= 3, "counter {before}");
@@ -148,16 +139,7 @@ fn replacing_a_backend_goes_over_netlink_and_keeps_counters() {
     let old = common::lab::services(&lab);
     let mut dp = backend_for(&lab);
     dp.apply(&old).unwrap();
-    for _ in 0..3 {
-        let o = probe(
-            &lab.pod(1).netns,
-            "10.96.0.10:80".parse().unwrap(),
-            Protocol::Tcp,
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        assert!(matches!(o, ProbeOutcome::Answered { .. }), "{o:?}");
-    }
+    common::lab::web_backends(&lab, 3);
     let web_chain = "svc-v4-default/web/tcp/80";
     let before = dp.chain_counter(web_chain).unwrap().unwrap();
     assert!(before >= 3, "counter {before}");
@@ -179,17 +161,8 @@ fn replacing_a_backend_goes_over_netlink_and_keeps_counters() {
     dp.config_mut().nft = "nft".into();
     assert!(!report.full_sync);
     assert_eq!(dp.chain_counter(web_chain).unwrap().unwrap(), before);
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..16 {
-        let o = probe(
-            &lab.pod(1).netns,
-            "10.96.0.10:80".parse().unwrap(),
-            Protocol::Tcp,
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        seen.insert(o.backend().expect("answered").to_owned());
-    }
+    let seen: std::collections::BTreeSet<String> =
+        common::lab::web_backends(&lab, 16).into_iter().collect();
     assert_eq!(
         seen,
         ["pod-0-0", "pod-1-1"]
@@ -215,17 +188,8 @@ fn replacing_a_backend_goes_over_netlink_and_keeps_counters() {
     let report = dp.apply_changes(&diff(&replaced, &old)).unwrap();
     dp.config_mut().nft = "nft".into();
     assert!(!report.full_sync);
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..16 {
-        let o = probe(
-            &lab.pod(1).netns,
-            "10.96.0.10:80".parse().unwrap(),
-            Protocol::Tcp,
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        seen.insert(o.backend().expect("answered").to_owned());
-    }
+    let seen: std::collections::BTreeSet<String> =
+        common::lab::web_backends(&lab, 16).into_iter().collect();
     assert!(
         seen.contains(&lab.pod(2).name) && !seen.contains(&lab.pod(3).name),
         "{seen:?}"
@@ -262,14 +226,7 @@ fn a_broken_apply_changes_nothing() {
     let err = dp.apply(&new).unwrap_err();
     assert!(matches!(err, Error::Kernel { .. }), "{err}");
     assert_eq!(ruleset(&lab), before);
-    let o = probe(
-        &lab.pod(1).netns,
-        "10.96.0.10:80".parse().unwrap(),
-        Protocol::Tcp,
-        Duration::from_secs(2),
-    )
-    .unwrap();
-    assert!(matches!(o, ProbeOutcome::Answered { .. }), "{o:?}");
+    common::lab::web_backends(&lab, 1);
 
     // Unsupported input is refused before anything runs.
     let mut dsr = old.clone();

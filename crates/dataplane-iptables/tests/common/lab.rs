@@ -62,6 +62,26 @@ fn pod_backend(lab: &Lab, k: usize, node: usize, dual: bool) -> Vec<Backend> {
         .collect()
 }
 
+/// The backends that answer `n` TCP probes from pod 1 to the `web` ClusterIP of
+/// [`services`] (10.96.0.10:80), in order; panics on a probe nobody answered.
+pub fn web_backends(lab: &Lab, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let o = probe(
+                &lab.pod(1).netns,
+                "10.96.0.10:80".parse().expect("literal address"),
+                Protocol::Tcp,
+                Duration::from_secs(2),
+            )
+            .expect("probe");
+            match o {
+                ProbeOutcome::Answered { backend, .. } => backend,
+                other => panic!("web ClusterIP not answered: {other:?}"),
+            }
+        })
+        .collect()
+}
+
 /// The services of the table. Pods: 0 = pod-0-0, 1 = pod-0-1 (node 0), 2 = pod-1-0,
 /// 3 = pod-1-1 (node 1).
 pub fn services(lab: &Lab) -> DesiredState {
