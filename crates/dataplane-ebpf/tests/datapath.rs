@@ -14,7 +14,8 @@ mod common;
 use std::net::IpAddr;
 
 use common::{
-    backend, eth, node_a as node, quoted, require_root, stat, TestNode, TCP_ACK, TCP_SYN,
+    backend, check, eth, hex, node_a as node, quoted, require_root, stat, Fixture, TestNode,
+    TCP_ACK, TCP_SYN,
 };
 use dataplane_core::{
     Backend, BackendSelection, Dataplane, DesiredState, ObjectName, Protocol, Service, ServicePort,
@@ -141,32 +142,6 @@ fn scene() -> DesiredState {
         sticky,
         maglev,
     ])
-}
-
-struct Fixture {
-    description: &'static str,
-    hook: Hook,
-    input: Vec<u8>,
-    verdict: u32,
-    output: Vec<u8>,
-}
-
-fn check(dp: &mut EbpfDataplane, f: &Fixture) {
-    let run = dp.run_packet(f.hook, &f.input, 1).expect("test run");
-    assert_eq!(run.verdict, f.verdict, "{}: verdict", f.description);
-    assert_eq!(
-        hex(&run.output),
-        hex(&f.output),
-        "{}: output bytes (left: got, right: expected)",
-        f.description
-    );
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn swap_macs(b: common::PacketBuilder) -> common::PacketBuilder {

@@ -15,8 +15,8 @@
 mod common;
 
 use common::{
-    backend, eth, node_a as node, quoted, require_root, stat, PacketBuilder, TestNode, TCP_ACK,
-    TCP_SYN,
+    backend, check, eth, node_a as node, quoted, require_root, stat, Fixture, PacketBuilder,
+    TestNode, TCP_ACK, TCP_SYN,
 };
 use dataplane_core::{
     Backend, Dataplane, DesiredState, ExternalMode, ObjectName, Protocol, Service, ServicePort,
@@ -105,14 +105,6 @@ fn xdp_dataplane(n: &TestNode, mode: XdpMode) -> EbpfDataplane {
     EbpfDataplane::new(c).expect("eBPF dataplane with XDP loads")
 }
 
-struct Fixture {
-    description: &'static str,
-    hook: Hook,
-    input: Vec<u8>,
-    verdict: u32,
-    output: Vec<u8>,
-}
-
 impl Fixture {
     /// A packet XDP must leave alone.
     fn passed(description: &'static str, input: Vec<u8>) -> Self {
@@ -124,24 +116,6 @@ impl Fixture {
             verdict: XDP_PASS,
         }
     }
-}
-
-fn check(dp: &mut EbpfDataplane, f: &Fixture) {
-    let run = dp.run_packet(f.hook, &f.input, 1).expect("test run");
-    assert_eq!(run.verdict, f.verdict, "{}: verdict", f.description);
-    assert_eq!(
-        hex(&run.output),
-        hex(&f.output),
-        "{}: output bytes (left: got, right: expected)",
-        f.description
-    );
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// As sent on by XDP: from eth0 to node-b's MAC.

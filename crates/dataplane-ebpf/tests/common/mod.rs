@@ -11,6 +11,35 @@ use dataplane_ebpf::{EbpfConfig, EbpfDataplane};
 
 pub use dataplane_testkit::require_root;
 
+/// One BPF_PROG_TEST_RUN fixture: a packet into `hook`, the verdict and output bytes wanted.
+pub struct Fixture {
+    pub description: &'static str,
+    pub hook: dataplane_ebpf::Hook,
+    pub input: Vec<u8>,
+    pub verdict: u32,
+    pub output: Vec<u8>,
+}
+
+/// Runs `f` through `dp` and checks its verdict and output bytes.
+pub fn check(dp: &mut EbpfDataplane, f: &Fixture) {
+    let run = dp.run_packet(f.hook, &f.input, 1).expect("test run");
+    assert_eq!(run.verdict, f.verdict, "{}: verdict", f.description);
+    assert_eq!(
+        hex(&run.output),
+        hex(&f.output),
+        "{}: output bytes (left: got, right: expected)",
+        f.description
+    );
+}
+
+/// Bytes as space-separated hex, for readable assertion diffs.
+pub fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Counter `name` of `dp`'s `stats().other` (summed over CPUs).
 pub fn stat(dp: &EbpfDataplane, name: &str) -> u64 {
     dp.stats().expect("stats").other[name]
