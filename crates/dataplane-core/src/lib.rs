@@ -22,8 +22,8 @@ pub use health::{health_checks, HealthCheck};
 pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};
 pub use model::*;
 pub use reference::{
-    eligible_backends, evaluate, hairpin_source, node_address, Eligible, Entry, FrontendKind,
-    IpFamily, Packet, SourceSeen, TrafficKind, Verdict,
+    eligible_backends, eligible_backends_with_policy, evaluate, hairpin_source, node_address,
+    Eligible, Entry, FrontendKind, IpFamily, Packet, SourceSeen, TrafficKind, Verdict,
 };
 pub use validate::{validate, Incremental, ValidationError, Validator};
 

@@ -147,6 +147,18 @@ pub fn eligible_backends<'a>(
     eligible_with_policy(state, service, policy, family)
 }
 
+/// [`eligible_backends`] under `policy` instead of the service's own traffic policy: what a
+/// backend answers for clients the policy does not apply to (pods and the host reaching an
+/// external frontend use cluster-wide backends), without a modified copy of the service.
+pub fn eligible_backends_with_policy<'a>(
+    state: &DesiredState,
+    service: &'a Service,
+    policy: TrafficPolicy,
+    family: IpFamily,
+) -> Eligible<'a> {
+    eligible_with_policy(state, service, policy, family)
+}
+
 fn eligible_with_policy<'a>(
     state: &DesiredState,
     service: &'a Service,

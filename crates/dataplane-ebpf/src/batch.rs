@@ -8,7 +8,7 @@
 //! elements one by one instead.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// `BPF_MAP_LOOKUP_BATCH` in `enum bpf_cmd`.
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -51,6 +51,11 @@ impl BatchFd {
             supported: std::sync::atomic::AtomicBool::new(true),
             lookup_supported: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// The map's fd.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Writes `keys[i] -> values[i]` for every `i`. `Ok(false)`: the kernel has no batch

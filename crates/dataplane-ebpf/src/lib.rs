@@ -30,6 +30,7 @@ mod batch;
 mod error;
 mod loader;
 pub mod maps;
+mod mmap;
 mod netns;
 mod plan;
 mod writer;
@@ -356,38 +357,34 @@ impl EbpfDataplane {
 
     /// Programs `desired_owned`, which the caller has validated (and checked as supported);
     /// `changes` (what differs from the applied state) makes it an incremental sync.
+    /// `counts`: services changed and removed, for the report.
     fn sync(
         &mut self,
         desired_owned: DesiredState,
         changes: Option<&ChangeSet>,
+        counts: (usize, usize),
     ) -> Result<ApplyReport, Error> {
         let desired = &desired_owned;
         let maglev = self.config.capacities.maglev_table_size;
         // Taken: if anything below fails the maps are unknown to the planner and the next
         // sync plans afresh.
-        let planner = match (changes, self.planner.take()) {
+        let (planner, frontends) = match (changes, self.planner.take()) {
             (Some(changes), Some(mut planner)) => {
-                planner.update_in_place(desired, changes, maglev)?;
-                planner
+                let frontends = planner.update_in_place(desired, changes, maglev)?;
+                (planner, frontends)
             }
             _ => plan::Planner::full(desired, maglev)?,
         };
-        let plan = &planner.plan;
         let full_sync = changes.is_none();
         let pin_dir = self.config.pin_dir.clone();
         let netns = self.config.netns.clone();
         let mode = self.config.attach_mode;
         let xdp_mode = self.config.xdp;
-        let previous = self.applied.take();
+        self.applied = None;
         let (objects, current) = self.parts()?;
         let caps = objects.capacities.clone();
-        let report = writer::write(
-            &mut objects.maps,
-            current,
-            plan,
-            &caps,
-            planner.dirty.as_ref(),
-        )?;
+        let report = writer::write(&mut objects.maps, current, &planner, &frontends, &caps)?;
+        drop(frontends);
 
         // Attachments follow the uplink and the endpoints' interfaces: a change of services
         // alone leaves them as they are (and skips entering the namespace).
@@ -413,32 +410,7 @@ impl EbpfDataplane {
             })?;
         }
 
-        let (services_changed, services_removed) = match (changes, &previous) {
-            (Some(set), _) => {
-                let gone = set
-                    .services
-                    .values()
-                    .filter(|c| c.current.is_none())
-                    .count();
-                (set.services.len() - gone, gone)
-            }
-            (None, Some(prev)) => {
-                let before: BTreeMap<&ObjectName, &dataplane_core::Service> =
-                    prev.services.iter().map(|s| (&s.name, s)).collect();
-                let after: BTreeSet<&ObjectName> =
-                    desired.services.iter().map(|s| &s.name).collect();
-                let differing = desired
-                    .services
-                    .iter()
-                    .filter(|s| before.get(&s.name) != Some(s))
-                    .count();
-                (
-                    differing,
-                    before.keys().filter(|n| !after.contains(*n)).count(),
-                )
-            }
-            (None, None) => (desired.services.len(), 0),
-        };
+        let (services_changed, services_removed) = counts;
         self.planner = Some(planner);
         self.applied = Some(desired_owned);
         Ok(ApplyReport {
@@ -447,6 +419,21 @@ impl EbpfDataplane {
             services_removed,
             objects_written: report.objects_written,
         })
+    }
+
+    /// A full sync of `desired`, validated by `validator` (and checked as supported).
+    fn full(
+        &mut self,
+        desired: DesiredState,
+        validator: Validator,
+        counts: (usize, usize),
+    ) -> Result<ApplyReport, Error> {
+        self.validator = None;
+        let index = dataplane_core::service_index(&desired);
+        let report = self.sync(desired, None, counts)?;
+        self.validator = Some(validator);
+        self.service_index = index;
+        Ok(report)
     }
 
     /// What each `healthCheckNodePort` must answer on this node: the local endpoints of every
@@ -469,7 +456,7 @@ impl EbpfDataplane {
             .map(|c| {
                 c.frontends
                     .values()
-                    .map(|(v, _)| (v.id, v.affinity_timeout))
+                    .map(|v| (v.id, v.affinity_timeout))
                     .collect()
             })
             .unwrap_or_default();
@@ -668,6 +655,36 @@ fn forward_key(k: &CtKey, v: &CtEntry) -> CtKey {
     }
 }
 
+/// Services of `desired` that differ from `previous`'s, and services `previous` had that
+/// `desired` has not.
+fn full_counts(previous: Option<&DesiredState>, desired: &DesiredState) -> (usize, usize) {
+    let Some(prev) = previous else {
+        return (desired.services.len(), 0);
+    };
+    let before: BTreeMap<&ObjectName, &dataplane_core::Service> =
+        prev.services.iter().map(|s| (&s.name, s)).collect();
+    let after: BTreeSet<&ObjectName> = desired.services.iter().map(|s| &s.name).collect();
+    let differing = desired
+        .services
+        .iter()
+        .filter(|s| before.get(&s.name) != Some(s))
+        .count();
+    (
+        differing,
+        before.keys().filter(|n| !after.contains(*n)).count(),
+    )
+}
+
+/// Services `changes` changes (or adds) and removes.
+fn change_counts(changes: &ChangeSet) -> (usize, usize) {
+    let gone = changes
+        .services
+        .values()
+        .filter(|c| c.current.is_none())
+        .count();
+    (changes.services.len() - gone, gone)
+}
+
 fn protocol_of(n: u8) -> Option<Protocol> {
     [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
         .into_iter()
@@ -699,11 +716,10 @@ impl Dataplane for EbpfDataplane {
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
         let validator = Validator::new(desired)?;
         plan::check_supported(desired)?;
-        self.validator = None;
-        let report = self.sync(desired.clone(), None)?;
-        self.validator = Some(validator);
-        self.service_index = dataplane_core::service_index(desired);
-        Ok(report)
+        let counts = full_counts(self.applied.as_ref(), desired);
+        // Dropped before the copy is made: a full sync holds one copy of the state, not two.
+        self.applied = None;
+        self.full(desired.clone(), validator, counts)
     }
 
     /// Validates and plans in proportion to the change: only the changed objects are checked
@@ -713,10 +729,14 @@ impl Dataplane for EbpfDataplane {
         let (Some(applied), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };
+        let counts = change_counts(changes);
         if validator.check(&applied.node, changes)? == Incremental::FullRequired {
             let mut next = applied.clone();
             changes.apply_to(&mut next);
-            return self.apply(&next);
+            let validator = Validator::new(&next)?;
+            plan::check_supported(&next)?;
+            self.applied = None;
+            return self.full(next, validator, counts);
         }
         plan::check_changes_supported(&applied.node, changes)?;
         let mut next = self.applied.take().ok_or(Error::FullSyncRequired)?;
@@ -724,7 +744,7 @@ impl Dataplane for EbpfDataplane {
         changes.apply_to_indexed(&mut next, &mut self.service_index);
         validator.commit(&next.node, changes);
         // On failure applied and validator stay None: the next sync is a full one.
-        let report = self.sync(next, Some(changes))?;
+        let report = self.sync(next, Some(changes), counts)?;
         self.validator = Some(validator);
         Ok(report)
     }
@@ -744,7 +764,7 @@ impl Dataplane for EbpfDataplane {
             .map(|(i, v)| (i, SocketAddr::new(v.addr.ip(v.family), v.port.get())))
             .collect();
         let mut frontends = Vec::new();
-        for (k, (v, slots)) in &current.frontends {
+        for (k, v) in &current.frontends {
             if k.scope == SCOPE_EXTERNAL_INSIDE
                 || k.scope == SCOPE_INTERNAL_OUTSIDE
                 || v.flags & SVC_F_WILDCARD != 0
@@ -757,7 +777,8 @@ impl Dataplane for EbpfDataplane {
             frontends.push(ObservedFrontend {
                 address: SocketAddr::new(k.addr.ip(k.family), k.port.get()),
                 protocol,
-                backends: slots
+                backends: current
+                    .slots_of(v)
                     .iter()
                     .filter_map(|id| by_id.get(id).copied())
                     .collect(),
@@ -802,7 +823,7 @@ impl Dataplane for EbpfDataplane {
                 service: self
                     .planner
                     .as_ref()
-                    .and_then(|p| p.plan.names.get(&v.svc_id))
+                    .and_then(|p| p.names.get(&v.svc_id))
                     .cloned(),
             });
         }

@@ -18,6 +18,7 @@ use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, SrcRangeData, SvcKey,
     SvcValue,
 };
+use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
 use crate::Capacities;
 
 static TC_POD_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_pod.o"));
@@ -104,6 +105,10 @@ pub(crate) struct Maps {
     pub svc_batch: BatchFd,
     pub backends_batch: BatchFd,
     pub slots_batch: BatchFd,
+    /// Shared mappings of the arrays, when they were created `BPF_F_MMAPABLE` (maps pinned
+    /// by an earlier version were not: they are written with the batch calls).
+    pub backends_mmap: Option<MmapArray<BackendValue>>,
+    pub slots_mmap: Option<MmapArray<u32>>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -235,6 +240,29 @@ fn batch_fd(ebpf: &Ebpf, name: &'static str) -> Result<BatchFd, EbpfError> {
     })
 }
 
+/// Maps the values of pinned array `name` when it was created `BPF_F_MMAPABLE`.
+fn mmap_array<V: aya::Pod>(
+    pin_dir: &Path,
+    name: &'static str,
+    fd: &BatchFd,
+) -> Result<Option<MmapArray<V>>, EbpfError> {
+    let info = aya::maps::MapInfo::from_pin(pin_dir.join(name))
+        .map_err(|e| EbpfError::map(name, "reading the pinned map's info", e))?;
+    if info.map_flags() & BPF_F_MMAPABLE == 0 {
+        tracing::info!(
+            map = name,
+            "pinned without BPF_F_MMAPABLE: written with batch calls"
+        );
+        return Ok(None);
+    }
+    MmapArray::new(fd.fd(), info.max_entries())
+        .map(Some)
+        .map_err(|e| EbpfError::Load {
+            object: format!("mapping {name}"),
+            source: Box::new(e),
+        })
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -325,7 +353,11 @@ pub(crate) fn load(pin_dir: &Path, caps: &Capacities, xdp: bool) -> Result<Objec
     let svc_batch = batch_fd(&pod, "dp_svc")?;
     let backends_batch = batch_fd(&pod, "dp_backends")?;
     let slots_batch = batch_fd(&pod, "dp_slots")?;
+    let backends_mmap = mmap_array(pin_dir, "dp_backends", &backends_batch)?;
+    let slots_mmap = mmap_array(pin_dir, "dp_slots", &slots_batch)?;
     let maps = Maps {
+        backends_mmap,
+        slots_mmap,
         svc_batch,
         backends_batch,
         slots_batch,

@@ -1,12 +1,13 @@
 //! The pure part of the control plane: desired state -> map contents. No kernel needed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use dataplane_core::{
-    eligible_backends, maglev_table, node_address, ChangeSet, DesiredState, Eligible, Error,
-    IpFamily, MaglevBackend, Node, ObjectName, Protocol, Service, ServicePort, TrafficKind,
-    TrafficPolicy,
+    eligible_backends, eligible_backends_with_policy, maglev_table, node_address, ChangeSet,
+    DesiredState, Eligible, Error, IpFamily, MaglevBackend, Node, ObjectName, Protocol, Service,
+    ServicePort, TrafficKind, TrafficPolicy,
 };
 
 use crate::maps::{
@@ -44,20 +45,26 @@ pub(crate) struct FrontendPlan {
     pub id: u32,
     pub flags: u16,
     pub affinity_timeout: u32,
-    pub slots: Vec<BackendRef>,
+    /// Shared by the frontends of one service that pick from the same backends (a ClusterIP
+    /// and its NodePorts, usually): planned, compared and translated once.
+    pub slots: Slots,
 }
 
-/// Everything the maps must hold for one desired state.
+/// The node-wide part of the maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Plan {
+pub(crate) struct NodePlan {
     pub config: DpConfig,
     /// `dp_cidrs`: (mapped address, prefix length of the mapped form) -> `CIDR_F_*` bits.
     pub cidrs: BTreeMap<(Addr, u32), u8>,
-    pub frontends: BTreeMap<SvcKey, FrontendPlan>,
-    /// Source ranges: (key data, prefix length including the 32 bits of the id).
-    pub src_ranges: BTreeSet<(SrcRangeData, u32)>,
-    /// Service-port id -> service name, for `flows()`.
-    pub names: BTreeMap<u32, ObjectName>,
+}
+
+/// The frontends one plan or update produced, in the order they were planned.
+#[derive(Debug, Default)]
+pub(crate) struct Frontends {
+    pub planned: Vec<(SvcKey, FrontendPlan)>,
+    /// `None`: a full plan, the service map must hold exactly `planned`. `Some`: an update,
+    /// these entries of the changed services are gone; every other entry stays.
+    pub gone: Option<Vec<SvcKey>>,
 }
 
 fn proto_number(p: Protocol) -> u8 {
@@ -164,50 +171,61 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// Slots for `backends`: repeated by weight (random) or a Maglev table.
+/// Slots for `backends`: repeated by weight (random) or a Maglev table; the same backends
+/// of the same service give the same (shared) slots.
 fn slots_for(
     state: &DesiredState,
     service: &Service,
     port: &ServicePort,
     backends: &[&dataplane_core::Backend],
     maglev_size: u32,
-) -> Result<Vec<BackendRef>, Error> {
+    cache: &mut SlotCache,
+) -> Result<Arc<[BackendRef]>, Error> {
     let mut refs: Vec<(BackendRef, u16)> = backends
         .iter()
         .map(|b| (backend_ref(state, b, port.target_port), b.weight.max(1)))
         .collect();
     refs.sort();
     refs.dedup_by(|a, b| a.0.addr == b.0.addr && a.0.port == b.0.port);
-    if service.backend_selection == dataplane_core::BackendSelection::Maglev {
-        let mb: Vec<MaglevBackend> = refs
-            .iter()
-            .map(|(r, w)| MaglevBackend {
-                key: r.socket().to_string(),
-                weight: *w,
-            })
-            .collect();
-        let table = maglev_table(&mb, maglev_size).map_err(|e| Error::Kernel {
-            backend: BACKEND.to_owned(),
-            operation: format!("building the maglev table of service {}", service.name),
-            source: Box::new(e),
-        })?;
-        return Ok(table.iter().map(|&i| refs[i as usize].0).collect());
+    if let Some((_, slots)) = cache.0.iter().find(|(r, _)| *r == refs) {
+        return Ok(Arc::clone(slots));
     }
-    let g = refs.iter().fold(0u64, |g, (_, w)| gcd(g, u64::from(*w)));
-    let total: u64 = refs.iter().map(|(_, w)| u64::from(*w) / g.max(1)).sum();
-    let mut out = Vec::new();
-    for (r, w) in &refs {
-        let mut n = u64::from(*w) / g.max(1);
-        if total > MAX_RANDOM_SLOTS {
-            n = (n * MAX_RANDOM_SLOTS / total).max(1);
-        }
-        for _ in 0..n {
-            out.push(*r);
-        }
-    }
-    Ok(out)
+    let slots: Arc<[BackendRef]> =
+        if service.backend_selection == dataplane_core::BackendSelection::Maglev {
+            let mb: Vec<MaglevBackend> = refs
+                .iter()
+                .map(|(r, w)| MaglevBackend {
+                    key: r.socket().to_string(),
+                    weight: *w,
+                })
+                .collect();
+            let table = maglev_table(&mb, maglev_size).map_err(|e| Error::Kernel {
+                backend: BACKEND.to_owned(),
+                operation: format!("building the maglev table of service {}", service.name),
+                source: Box::new(e),
+            })?;
+            table.iter().map(|&i| refs[i as usize].0).collect()
+        } else {
+            let g = refs.iter().fold(0u64, |g, (_, w)| gcd(g, u64::from(*w)));
+            let total: u64 = refs.iter().map(|(_, w)| u64::from(*w) / g.max(1)).sum();
+            let mut out = Vec::new();
+            for (r, w) in &refs {
+                let mut n = u64::from(*w) / g.max(1);
+                if total > MAX_RANDOM_SLOTS {
+                    n = (n * MAX_RANDOM_SLOTS / total).max(1);
+                }
+                for _ in 0..n {
+                    out.push(*r);
+                }
+            }
+            out.into()
+        };
+    cache.0.push((refs, Arc::clone(&slots)));
+    Ok(slots)
 }
 
+// The planning context is passed along as it is; a struct for it would only rename it.
+#[allow(clippy::too_many_arguments)]
 fn frontend_for(
     state: &DesiredState,
     service: &Service,
@@ -216,14 +234,15 @@ fn frontend_for(
     eligible: Eligible<'_>,
     mut flags: u16,
     maglev_size: u32,
+    cache: &mut SlotCache,
 ) -> Result<FrontendPlan, Error> {
     let slots = match eligible {
-        Eligible::Backends(b) => slots_for(state, service, port, &b, maglev_size)?,
+        Eligible::Backends(b) => slots_for(state, service, port, &b, maglev_size, cache)?,
         Eligible::NoLocal => {
             flags |= SVC_F_NO_LOCAL;
-            Vec::new()
+            Arc::from(Vec::new())
         }
-        Eligible::NoBackends => Vec::new(),
+        Eligible::NoBackends => Arc::from(Vec::new()),
     };
     let mut affinity_timeout = 0;
     if let dataplane_core::SessionAffinity::ClientIp { timeout_seconds } = service.session_affinity
@@ -294,39 +313,66 @@ fn cidr_table(node: &dataplane_core::Node) -> BTreeMap<(Addr, u32), u8> {
     out
 }
 
+/// Slot lists already planned for one service, by the backends (and weights) they came
+/// from: a service's frontends share them instead of planning (or, with Maglev, building a
+/// table) again.
+#[derive(Default)]
+struct SlotCache(Vec<(Weighted, Slots)>);
+
+/// Backends with their weights, sorted.
+type Weighted = Vec<(BackendRef, u16)>;
+
+/// The slots of a frontend, shared between frontends with the same.
+pub(crate) type Slots = Arc<[BackendRef]>;
+
+/// Where one service's frontends go.
+struct Out<'a> {
+    frontends: &'a mut Vec<(SvcKey, FrontendPlan)>,
+    src_ranges: &'a mut Vec<(SrcRangeData, u32)>,
+    cache: SlotCache,
+}
+
 /// The frontends of one service port.
 fn plan_port(
-    out: &mut Plan,
+    out: &mut Out<'_>,
     state: &DesiredState,
     service: &Service,
-    cluster_view: &Service,
     port: &ServicePort,
     id: u32,
     maglev_size: u32,
 ) -> Result<(), Error> {
     let proto = proto_number(port.protocol);
     let family = |ip: &IpAddr| IpFamily::of(ip);
+    // Pods and the host reach external frontends with cluster policy, masqueraded.
+    let cluster = |ip: &IpAddr| {
+        eligible_backends_with_policy(state, service, TrafficPolicy::Cluster, family(ip))
+    };
+    let push = |out: &mut Out<'_>, k: SvcKey, e: Eligible<'_>, flags: u16| {
+        let f = frontend_for(
+            state,
+            service,
+            port,
+            id,
+            e,
+            flags,
+            maglev_size,
+            &mut out.cache,
+        )?;
+        out.frontends.push((k, f));
+        Ok::<(), Error>(())
+    };
     for ip in &service.cluster_ips {
         let e = eligible_backends(state, service, port, TrafficKind::Internal, family(ip));
-        let f = frontend_for(state, service, port, id, e, 0, maglev_size)?;
-        out.frontends
-            .insert(key(*ip, port.port, proto, SCOPE_INTERNAL), f);
+        push(out, key(*ip, port.port, proto, SCOPE_INTERNAL), e, 0)?;
         if service.internal_traffic_policy == TrafficPolicy::Local {
             // Clients outside the cluster get cluster-wide backends.
-            let e = eligible_backends(state, cluster_view, port, TrafficKind::Internal, family(ip));
-            let f = frontend_for(state, cluster_view, port, id, e, 0, maglev_size)?;
-            out.frontends
-                .insert(key(*ip, port.port, proto, SCOPE_INTERNAL_OUTSIDE), f);
+            push(
+                out,
+                key(*ip, port.port, proto, SCOPE_INTERNAL_OUTSIDE),
+                cluster(ip),
+                0,
+            )?;
         }
-        out.frontends.insert(
-            key(*ip, 0, 0, SCOPE_INTERNAL),
-            FrontendPlan {
-                id: 0,
-                flags: SVC_F_WILDCARD,
-                affinity_timeout: 0,
-                slots: Vec::new(),
-            },
-        );
     }
     // Cluster policy sends external clients to remote backends: with SNAT to this node, or
     // with DSR (the datapath still answers local backends itself).
@@ -354,33 +400,40 @@ fn plan_port(
     }
     for (ip, fport, extra) in external {
         let e = eligible_backends(state, service, port, TrafficKind::External, family(&ip));
-        let f = frontend_for(state, service, port, id, e, snat | extra, maglev_size)?;
-        out.frontends
-            .insert(key(ip, fport, proto, SCOPE_EXTERNAL), f);
-        let e = eligible_backends(
-            state,
-            cluster_view,
-            port,
-            TrafficKind::External,
-            family(&ip),
-        );
-        let f = frontend_for(state, cluster_view, port, id, e, SVC_F_SNAT, maglev_size)?;
-        out.frontends
-            .insert(key(ip, fport, proto, SCOPE_EXTERNAL_INSIDE), f);
+        push(out, key(ip, fport, proto, SCOPE_EXTERNAL), e, snat | extra)?;
+        push(
+            out,
+            key(ip, fport, proto, SCOPE_EXTERNAL_INSIDE),
+            cluster(&ip),
+            SVC_F_SNAT,
+        )?;
     }
     if !service.load_balancer_ips.is_empty() {
         for net in &service.load_balancer_source_ranges {
             let (addr, len) = mapped_prefix(net);
             out.src_ranges
-                .insert((SrcRangeData { svc_id: id, addr }, 32 + len));
+                .push((SrcRangeData { svc_id: id, addr }, 32 + len));
         }
     }
     Ok(())
 }
 
+/// The wildcard entry of a ClusterIP: a port no service port uses is rejected.
+fn wildcard(ip: IpAddr) -> (SvcKey, FrontendPlan) {
+    (
+        key(ip, 0, 0, SCOPE_INTERNAL),
+        FrontendPlan {
+            id: 0,
+            flags: SVC_F_WILDCARD,
+            affinity_timeout: 0,
+            slots: Arc::from(Vec::new()),
+        },
+    )
+}
+
 /// The node-wide part of the plan: masquerade addresses and CIDRs.
-fn plan_node(state: &DesiredState) -> Plan {
-    let mut out = Plan::default();
+fn plan_node(state: &DesiredState) -> NodePlan {
+    let mut out = NodePlan::default();
     if let Some(IpAddr::V4(v4)) = node_address(state, IpFamily::V4) {
         out.config.node_v4 = v4.octets();
         out.config.flags |= CFG_F_HAS_V4;
@@ -405,96 +458,102 @@ fn plan_node(state: &DesiredState) -> Plan {
 struct ServiceEntries {
     keys: Vec<SvcKey>,
     src_ranges: Vec<(SrcRangeData, u32)>,
-    /// (port identity, id)
-    ids: Vec<(String, u32)>,
+    ids: Vec<u32>,
 }
 
-/// Keeps the plan of the last applied state and updates it per changed service, so that an
-/// incremental apply costs in proportion to the change, not to the number of services.
+/// Keeps what the last applied state's services hold in the maps (their keys, ids and source
+/// ranges, not the entries themselves: the writer's mirror has those), so that an incremental
+/// apply plans in proportion to the change, not to the number of services.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Planner {
-    pub plan: Plan,
-    /// Frontends the last `update` touched (`None` after a full plan: all of them).
-    pub dirty: Option<BTreeSet<SvcKey>>,
-    by_service: BTreeMap<ObjectName, ServiceEntries>,
-    port_ids: BTreeMap<String, u32>,
-    used_ids: BTreeSet<u32>,
+    pub node: NodePlan,
+    /// Source ranges: (key data, prefix length including the 32 bits of the id).
+    pub src_ranges: BTreeSet<(SrcRangeData, u32)>,
+    /// Service-port id -> service name, for `flows()`.
+    pub names: HashMap<u32, ObjectName>,
+    by_service: HashMap<ObjectName, ServiceEntries>,
+    used_ids: HashSet<u32>,
+    /// Services holding each ClusterIP wildcard entry: services may share a ClusterIP on
+    /// different ports, and the entry stays while one of them does.
+    wildcards: HashMap<SvcKey, u32>,
 }
 
 impl Planner {
     /// Plans `state` from scratch. Service-port ids are assigned in name order, so the same
     /// state gives the same ids in every process.
-    pub(crate) fn full(state: &DesiredState, maglev_size: u32) -> Result<Self, Error> {
+    pub(crate) fn full(state: &DesiredState, maglev_size: u32) -> Result<(Self, Frontends), Error> {
         let mut p = Planner {
-            plan: plan_node(state),
+            node: plan_node(state),
             ..Planner::default()
         };
         let mut services: Vec<&Service> = state.services.iter().collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
+        // A ClusterIP entry, its wildcard, and a NodePort pair for most services.
+        let mut planned = Vec::with_capacity(services.len() * 4);
         for service in services {
-            p.add_service(state, service, maglev_size)?;
+            p.add_service(state, service, maglev_size, &mut planned)?;
         }
-        Ok(p)
+        Ok((
+            p,
+            Frontends {
+                planned,
+                gone: None,
+            },
+        ))
     }
 
-    /// The plan of `state`, which is this planner's state with `changes` applied.
-    #[cfg(test)]
-    pub(crate) fn update(
-        &self,
-        state: &DesiredState,
-        changes: &ChangeSet,
-        maglev_size: u32,
-    ) -> Result<Self, Error> {
-        let mut p = self.clone();
-        p.update_in_place(state, changes, maglev_size)?;
-        Ok(p)
-    }
-
-    /// [`Planner::update`] without a copy; on error the planner is unusable (plan afresh).
+    /// Plans the services `changes` touches in `state` (this planner's state with `changes`
+    /// applied); on error the planner is unusable (plan afresh).
     pub(crate) fn update_in_place(
         &mut self,
         state: &DesiredState,
         changes: &ChangeSet,
         maglev_size: u32,
-    ) -> Result<(), Error> {
+    ) -> Result<Frontends, Error> {
         if changes.node.is_some() {
-            *self = Self::full(state, maglev_size)?;
-            return Ok(());
+            let (p, frontends) = Self::full(state, maglev_size)?;
+            *self = p;
+            return Ok(frontends);
         }
-        let mut dirty = BTreeSet::new();
+        let mut gone = Vec::new();
         for name in changes.services.keys() {
-            if let Some(entries) = self.by_service.get(name) {
-                dirty.extend(entries.keys.iter().copied());
-            }
-            self.remove_service(name);
+            self.remove_service(name, &mut gone);
         }
-        for (name, change) in &changes.services {
+        let mut planned = Vec::new();
+        for change in changes.services.values() {
             // The change carries the service as the state now holds it: no search.
             if let Some(service) = &change.current {
-                self.add_service(state, service, maglev_size)?;
-                if let Some(entries) = self.by_service.get(name) {
-                    dirty.extend(entries.keys.iter().copied());
-                }
+                self.add_service(state, service, maglev_size, &mut planned)?;
             }
         }
-        self.dirty = Some(dirty);
-        Ok(())
+        let kept: HashSet<SvcKey> = planned.iter().map(|(k, _)| *k).collect();
+        gone.retain(|k| !kept.contains(k));
+        Ok(Frontends {
+            planned,
+            gone: Some(gone),
+        })
     }
 
-    fn remove_service(&mut self, name: &ObjectName) {
+    fn remove_service(&mut self, name: &ObjectName, gone: &mut Vec<SvcKey>) {
         let Some(entries) = self.by_service.remove(name) else {
             return;
         };
-        for k in &entries.keys {
-            self.plan.frontends.remove(k);
+        for k in entries.keys {
+            if let Some(n) = self.wildcards.get_mut(&k) {
+                *n -= 1;
+                if *n > 0 {
+                    continue;
+                }
+                self.wildcards.remove(&k);
+            }
+            gone.push(k);
         }
         for r in &entries.src_ranges {
-            self.plan.src_ranges.remove(r);
+            self.src_ranges.remove(r);
         }
-        for (identity, id) in &entries.ids {
-            self.port_ids.remove(identity);
+        for id in &entries.ids {
             self.used_ids.remove(id);
-            self.plan.names.remove(id);
+            self.names.remove(id);
         }
     }
 
@@ -503,57 +562,35 @@ impl Planner {
         state: &DesiredState,
         service: &Service,
         maglev_size: u32,
+        planned: &mut Vec<(SvcKey, FrontendPlan)>,
     ) -> Result<(), Error> {
-        // Pods and the host reach external frontends with cluster policy, masqueraded.
-        let mut cluster_view = service.clone();
-        cluster_view.external_traffic_policy = TrafficPolicy::Cluster;
-        cluster_view.internal_traffic_policy = TrafficPolicy::Cluster;
-        let mut scratch = Plan::default();
+        let first = planned.len();
         let mut entries = ServiceEntries::default();
+        let mut out = Out {
+            frontends: planned,
+            src_ranges: &mut entries.src_ranges,
+            cache: SlotCache::default(),
+        };
         for port in &service.ports {
-            let identity = port_identity(&service.name, port);
-            let id = if let Some(id) = self.port_ids.get(&identity) {
-                *id
-            } else {
-                let mut id = fnv1a(&identity);
-                while !self.used_ids.insert(id) {
-                    id = id.wrapping_add(1).max(1);
-                }
-                self.port_ids.insert(identity.clone(), id);
-                id
-            };
-            entries.ids.push((identity, id));
-            self.plan.names.insert(id, service.name.clone());
-            plan_port(
-                &mut scratch,
-                state,
-                service,
-                &cluster_view,
-                port,
-                id,
-                maglev_size,
-            )?;
+            let mut id = fnv1a(&port_identity(&service.name, port));
+            while !self.used_ids.insert(id) {
+                id = id.wrapping_add(1).max(1);
+            }
+            entries.ids.push(id);
+            self.names.insert(id, service.name.clone());
+            plan_port(&mut out, state, service, port, id, maglev_size)?;
         }
-        entries.keys = scratch.frontends.keys().copied().collect();
-        entries.src_ranges = scratch.src_ranges.iter().copied().collect();
-        // Not `append`: it is linear in both maps, which makes a full plan quadratic.
-        self.plan.frontends.extend(scratch.frontends);
-        self.plan.src_ranges.extend(scratch.src_ranges);
+        if !service.ports.is_empty() {
+            for ip in &service.cluster_ips {
+                let w = wildcard(*ip);
+                *self.wildcards.entry(w.0).or_insert(0) += 1;
+                planned.push(w);
+            }
+        }
+        entries.keys = planned[first..].iter().map(|(k, _)| *k).collect();
+        self.src_ranges.extend(entries.src_ranges.iter().copied());
         self.by_service.insert(service.name.clone(), entries);
         Ok(())
-    }
-}
-
-/// Computes the map contents for `state`.
-#[cfg(test)]
-pub(crate) fn plan(state: &DesiredState, maglev_size: u32) -> Result<Plan, Error> {
-    Planner::full(state, maglev_size).map(|p| p.plan)
-}
-
-impl Plan {
-    /// Backend slots all frontends need, for the capacity error (O(frontends)).
-    pub(crate) fn slots_needed(&self) -> usize {
-        self.frontends.values().map(|f| f.slots.len()).sum()
     }
 }
 
@@ -566,7 +603,9 @@ mod tests {
         Service, ServicePort, TrafficPolicy,
     };
 
-    use super::{plan, Planner, SvcKey};
+    use std::collections::BTreeMap;
+
+    use super::{FrontendPlan, Planner, SvcKey};
     use crate::maps::{Addr, Be16, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_NO_LOCAL, SVC_F_SNAT};
 
     fn node() -> Node {
@@ -620,6 +659,13 @@ mod tests {
         }
     }
 
+    /// The service map a full plan of `st` asks for.
+    fn plan(st: &DesiredState, maglev: u32) -> BTreeMap<SvcKey, FrontendPlan> {
+        let (_, f) = Planner::full(st, maglev).unwrap();
+        assert!(f.gone.is_none());
+        f.planned.into_iter().collect()
+    }
+
     fn state(services: Vec<Service>) -> DesiredState {
         let mut s = DesiredState::new(node());
         s.services = services;
@@ -633,8 +679,8 @@ mod tests {
             "10.96.0.10",
             &[("10.244.1.5", 3, "node-b"), ("10.244.1.6", 1, "node-b")],
         )]);
-        let p = plan(&st, 251).unwrap();
-        let f = &p.frontends[&key("10.96.0.10", 80, SCOPE_INTERNAL)];
+        let p = plan(&st, 251);
+        let f = &p[&key("10.96.0.10", 80, SCOPE_INTERNAL)];
         let heavy = f
             .slots
             .iter()
@@ -652,14 +698,15 @@ mod tests {
         let mut web = svc("web", "10.96.0.10", &[("10.244.1.5", 1, "node-b")]);
         web.backend_selection = BackendSelection::Maglev;
         web.external_traffic_policy = TrafficPolicy::Local;
-        let p = plan(&state(vec![web]), 251).unwrap();
-        assert_eq!(
-            p.frontends[&key("10.96.0.10", 80, SCOPE_INTERNAL)]
-                .slots
-                .len(),
-            251
+        let p = plan(&state(vec![web]), 251);
+        let cluster = &p[&key("10.96.0.10", 80, SCOPE_INTERNAL)];
+        assert_eq!(cluster.slots.len(), 251);
+        let inside = &p[&key("172.18.0.2", 30080, super::SCOPE_EXTERNAL_INSIDE)];
+        assert!(
+            std::sync::Arc::ptr_eq(&cluster.slots, &inside.slots),
+            "frontends with the same backends share one table"
         );
-        let np = &p.frontends[&key("172.18.0.2", 30080, SCOPE_EXTERNAL)];
+        let np = &p[&key("172.18.0.2", 30080, SCOPE_EXTERNAL)];
         assert!(np.slots.is_empty());
         assert_eq!(np.flags & (SVC_F_NO_LOCAL | SVC_F_SNAT), SVC_F_NO_LOCAL);
     }
@@ -679,10 +726,44 @@ mod tests {
         new.services
             .push(svc("d", "10.96.0.4", &[("10.244.1.8", 2, "node-a")]));
         let changes = diff(&old, &new);
-        let updated = Planner::full(&old, 251)
-            .unwrap()
-            .update(&new, &changes, 251)
+        let (mut planner, _) = Planner::full(&old, 251).unwrap();
+        let update = planner.update_in_place(&new, &changes, 251).unwrap();
+        // The old service map with the update applied is the new state's.
+        let mut map = plan(&old, 251);
+        for k in update.gone.unwrap() {
+            assert!(map.remove(&k).is_some(), "only entries that were there go");
+        }
+        map.extend(update.planned);
+        assert_eq!(map, plan(&new, 251));
+        let (full, _) = Planner::full(&new, 251).unwrap();
+        assert_eq!(
+            (&planner.names, &planner.src_ranges),
+            (&full.names, &full.src_ranges)
+        );
+    }
+
+    #[test]
+    fn a_shared_cluster_ip_keeps_its_wildcard_while_one_service_holds_it() {
+        let mut a = svc("a", "10.96.0.1", &[("10.244.1.5", 1, "node-b")]);
+        a.ports[0].node_port = None;
+        let mut b = a.clone();
+        b.name = ObjectName::new("default", "b");
+        b.ports[0].port = 81;
+        let old = state(vec![a, b]);
+        let mut new = old.clone();
+        new.services.remove(0);
+        let (mut planner, _) = Planner::full(&old, 251).unwrap();
+        let update = planner
+            .update_in_place(&new, &diff(&old, &new), 251)
             .unwrap();
-        assert_eq!(updated.plan, plan(&new, 251).unwrap());
+        let wildcard = SvcKey {
+            port: Be16::new(0),
+            proto: 0,
+            ..key("10.96.0.1", 0, SCOPE_INTERNAL)
+        };
+        let gone = update.gone.unwrap();
+        assert_eq!(gone, vec![key("10.96.0.1", 80, SCOPE_INTERNAL)]);
+        assert!(!gone.contains(&wildcard));
+        assert!(plan(&new, 251).contains_key(&wildcard));
     }
 }

@@ -2,7 +2,8 @@
 //! shows a half-written service to packets: backends, then the new slot range, then the
 //! service entry that points at it, then removals and freeing of old ranges.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use aya::maps::lpm_trie::Key;
 use dataplane_core::Error;
@@ -12,7 +13,8 @@ use crate::loader::Maps;
 use crate::maps::{
     Addr, BackendValue, Be16, DpConfig, SrcRangeData, SvcKey, SvcValue, SVC_F_AFFINITY,
 };
-use crate::plan::Plan;
+use crate::mmap::MmapArray;
+use crate::plan::{Frontends, Planner, Slots};
 use crate::Capacities;
 
 /// First-fit allocator of slot ranges in `dp_slots` (index 0 is never used).
@@ -84,81 +86,59 @@ impl SlotAlloc {
     }
 }
 
+/// A backend as the maps key it: address, port, family.
+pub(crate) type BackendKey = (Addr, u16, u8);
+
+/// One slot range in `dp_slots`.
+#[derive(Debug, Clone)]
+struct Range {
+    ids: Arc<[u32]>,
+    /// Frontends pointing at it.
+    users: u32,
+}
+
 /// Slot ranges are immutable once written and shared by every frontend whose slots are the
 /// same (a ClusterIP and its NodePorts usually pick from the same backends; with Maglev that
-/// saves a whole table per frontend).
+/// saves a whole table per frontend). Each range's content is held once.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Ranges {
-    /// Slot contents -> (base, frontends using it).
-    by_content: HashMap<Vec<u32>, (u32, usize)>,
-    /// Ranges adopted from the maps whose contents duplicate a tracked one: base -> (len, users).
-    odd: BTreeMap<u32, (u32, usize)>,
+    /// (base, length) -> content and users.
+    by_place: HashMap<(u32, u32), Range>,
+    /// Content -> the base new frontends with it share. Ranges adopted from the maps whose
+    /// content duplicates another's are only in `by_place`.
+    by_content: HashMap<Arc<[u32]>, u32>,
 }
 
 impl Ranges {
     fn shared(&self, slots: &[u32]) -> Option<u32> {
-        self.by_content.get(slots).map(|(base, _)| *base)
+        self.by_content.get(slots).copied()
     }
 
-    fn hold(&mut self, slots: &[u32], base: u32) {
-        if slots.is_empty() {
-            return;
+    fn get(&self, base: u32, len: u32) -> &[u32] {
+        if len == 0 {
+            return &[];
         }
-        match self.by_content.get_mut(slots) {
-            Some((b, n)) if *b == base => *n += 1,
-            Some(_) => self.odd.entry(base).or_insert((slots.len() as u32, 0)).1 += 1,
-            None => {
-                self.by_content.insert(slots.to_vec(), (base, 1));
-            }
-        }
-    }
-
-    /// Lets go of one user; returns the range to free when it was the last.
-    fn release(&mut self, slots: &[u32], base: u32) -> Option<(u32, u32)> {
-        if slots.is_empty() {
-            return None;
-        }
-        let len = slots.len() as u32;
-        if let Some((b, n)) = self.by_content.get_mut(slots) {
-            if *b == base {
-                *n -= 1;
-                if *n == 0 {
-                    self.by_content.remove(slots);
-                    return Some((base, len));
-                }
-                return None;
-            }
-        }
-        if let Some((_, n)) = self.odd.get_mut(&base) {
-            *n -= 1;
-            if *n == 0 {
-                self.odd.remove(&base);
-                return Some((base, len));
-            }
-            return None;
-        }
-        Some((base, len))
+        self.by_place.get(&(base, len)).map_or(&[], |r| &r.ids)
     }
 }
 
 /// What the maps hold, as far as the writer is concerned.
 #[derive(Debug, Clone)]
 pub(crate) struct Current {
-    pub frontends: BTreeMap<SvcKey, (SvcValue, Vec<u32>)>,
-    pub backend_ids: BTreeMap<(Addr, u16, u8), u32>,
-    /// `backend_ids` the other way round: the ids in use.
-    pub used_ids: BTreeMap<u32, (Addr, u16, u8)>,
-    /// Ids below `next_id` that are not in use, for allocation without a scan.
-    pub free_ids: BTreeSet<u32>,
-    /// One past the highest id ever handed out (id 0 is reserved).
-    pub next_id: u32,
-    /// Backend id -> number of frontends whose slots hold it.
-    pub id_refs: BTreeMap<u32, usize>,
+    pub frontends: HashMap<SvcKey, SvcValue>,
+    ranges: Ranges,
+    pub backend_ids: HashMap<BackendKey, u32>,
+    /// Index: backend id, `None` where the id is free (id 0 is reserved); as long as the
+    /// highest id ever handed out.
+    by_id: Vec<Option<BackendKey>>,
+    /// Ids below `by_id.len()` that are not in use, for allocation without a scan.
+    free_ids: BTreeSet<u32>,
+    /// Index: backend id -> number of slot ranges that hold it.
+    id_refs: Vec<u32>,
     pub src_ranges: BTreeSet<(SrcRangeData, u32)>,
     pub cidrs: BTreeMap<(Addr, u32), u8>,
     pub config: DpConfig,
     pub alloc: SlotAlloc,
-    pub ranges: Ranges,
     pub generation: u32,
 }
 
@@ -187,15 +167,97 @@ fn merr(map: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError)
     move |e| EbpfError::map(map, op, e)
 }
 
-/// `count` elements of array map `map` from index `start` (fewer where the array ends): one
-/// batch lookup per few thousand elements, element by element where the kernel has none.
+fn out_of_bounds(map: &'static str, index: u32, max_entries: u32) -> EbpfError {
+    EbpfError::map(
+        map,
+        "writing",
+        aya::maps::MapError::OutOfBounds { index, max_entries },
+    )
+}
+
+fn mmap_error(map: &'static str, op: &'static str, e: std::io::Error) -> EbpfError {
+    EbpfError::map(
+        map,
+        op,
+        aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "mmap",
+            io_error: e,
+        }),
+    )
+}
+
+/// An array map as the writer uses it: through its shared mapping when it has one, with
+/// batch calls otherwise, element by element where the kernel has neither.
+struct ArrayIo<'a, V: aya::Pod> {
+    name: &'static str,
+    mmap: Option<&'a mut MmapArray<V>>,
+    batch: &'a crate::batch::BatchFd,
+    array: &'a mut aya::maps::Array<aya::maps::MapData, V>,
+}
+
+impl<'a> ArrayIo<'a, BackendValue> {
+    fn backends(maps: &'a mut Maps) -> Self {
+        ArrayIo {
+            name: "dp_backends",
+            mmap: maps.backends_mmap.as_mut(),
+            batch: &maps.backends_batch,
+            array: &mut maps.backends,
+        }
+    }
+}
+
+impl<'a> ArrayIo<'a, u32> {
+    fn slots(maps: &'a mut Maps) -> Self {
+        ArrayIo {
+            name: "dp_slots",
+            mmap: maps.slots_mmap.as_mut(),
+            batch: &maps.slots_batch,
+            array: &mut maps.slots,
+        }
+    }
+}
+
+impl<V: aya::Pod> ArrayIo<'_, V> {
+    /// Writes `values[i]` at `indexes[i]`.
+    fn write(&mut self, indexes: &[u32], values: &[V]) -> Result<(), Error> {
+        if let Some(m) = self.mmap.as_deref_mut() {
+            for (i, v) in indexes.iter().zip(values) {
+                let stored = m
+                    .set(*i, *v)
+                    .map_err(|e| mmap_error(self.name, "writing", e))?;
+                if !stored {
+                    return Err(out_of_bounds(self.name, *i, m.len()).into());
+                }
+            }
+            MmapArray::<V>::publish();
+            return Ok(());
+        }
+        if !batch(self.batch, self.name, indexes, values)? {
+            for (i, v) in indexes.iter().zip(values) {
+                self.array
+                    .set(*i, *v, 0)
+                    .map_err(merr(self.name, "writing"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `count` elements of array map `map` from index `start` (fewer where the array ends): from
+/// the mapping, else one batch lookup per few thousand elements, else element by element.
 fn read_array<V: aya::Pod>(
+    mapped: Option<&MmapArray<V>>,
     fd: &crate::batch::BatchFd,
     array: &aya::maps::Array<aya::maps::MapData, V>,
     map: &'static str,
     start: u32,
     count: u32,
 ) -> Result<Vec<V>, EbpfError> {
+    if let Some(m) = mapped {
+        return m
+            .read(start, count)
+            .map_err(|e| mmap_error(map, "reading", e));
+    }
     let batched = fd.lookup_array(start, count as usize).map_err(|e| {
         EbpfError::map(
             map,
@@ -215,104 +277,184 @@ fn read_array<V: aya::Pod>(
         .collect()
 }
 
+/// The distinct ids of a slot range.
+fn distinct(ids: &[u32]) -> Vec<u32> {
+    let mut d = ids.to_vec();
+    d.sort_unstable();
+    d.dedup();
+    d
+}
+
 impl Current {
     /// Reads the maps (adopting what an earlier process left pinned).
     pub(crate) fn read(maps: &Maps, caps: &Capacities) -> Result<Self, EbpfError> {
-        let mut alloc = SlotAlloc::new(caps.backend_slots);
-        let mut ranges = Ranges::default();
-        let mut reserved = BTreeSet::new();
-        let mut frontends = BTreeMap::new();
-        let mut generation = 0;
-        // Frontends with the same backends share a slot range: read each range once.
-        let mut read_ranges: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
-        for item in &maps.svc {
-            let (k, v) = item.map_err(merr("dp_svc", "reading"))?;
-            let ids = if let Some(ids) = read_ranges.get(&(v.slot_base, v.slot_count)) {
-                ids.clone()
-            } else {
-                let ids = read_array(
-                    &maps.slots_batch,
-                    &maps.slots,
-                    "dp_slots",
-                    v.slot_base,
-                    v.slot_count,
-                )?;
-                if ids.len() != v.slot_count as usize {
-                    return Err(EbpfError::map(
-                        "dp_slots",
-                        "reading",
-                        aya::maps::MapError::OutOfBounds {
-                            index: v.slot_base.saturating_add(v.slot_count),
-                            max_entries: maps.slots.len(),
-                        },
-                    ));
-                }
-                read_ranges.insert((v.slot_base, v.slot_count), ids.clone());
-                ids
-            };
-            if v.slot_count > 0
-                && reserved.insert(v.slot_base)
-                && !alloc.reserve(v.slot_base, v.slot_count)
-            {
-                tracing::warn!(
-                    base = v.slot_base,
-                    count = v.slot_count,
-                    "overlapping slot range in pinned maps"
-                );
-            }
-            ranges.hold(&ids, v.slot_base);
-            generation = generation.max(v.rev);
-            frontends.insert(k, (v, ids));
-        }
-        let mut backend_ids = BTreeMap::new();
         let all = read_array(
+            maps.backends_mmap.as_ref(),
             &maps.backends_batch,
             &maps.backends,
             "dp_backends",
             0,
             maps.backends.len(),
         )?;
+        let mut backend_ids = HashMap::new();
+        let mut by_id = Vec::new();
         for (id, value) in all.iter().enumerate() {
-            if value.family != 0 {
-                backend_ids.insert((value.addr, value.port.get(), value.family), id as u32);
+            if value.family != 0 && id != 0 {
+                let k = (value.addr, value.port.get(), value.family);
+                backend_ids.insert(k, id as u32);
+                by_id.resize(id + 1, None);
+                by_id[id] = Some(k);
             }
         }
-        let mut src_ranges = BTreeSet::new();
+        if by_id.is_empty() {
+            by_id.push(None);
+        }
+        let free_ids = (1..by_id.len() as u32)
+            .filter(|i| by_id[*i as usize].is_none())
+            .collect();
+        let mut cur = Self {
+            frontends: HashMap::new(),
+            ranges: Ranges::default(),
+            id_refs: vec![0; by_id.len()],
+            backend_ids,
+            by_id,
+            free_ids,
+            src_ranges: BTreeSet::new(),
+            cidrs: BTreeMap::new(),
+            config: DpConfig::default(),
+            alloc: SlotAlloc::new(caps.backend_slots),
+            generation: 0,
+        };
+        for item in &maps.svc {
+            let (k, v) = item.map_err(merr("dp_svc", "reading"))?;
+            if v.slot_count > 0 {
+                if let Some(r) = cur.ranges.by_place.get_mut(&(v.slot_base, v.slot_count)) {
+                    r.users += 1;
+                } else {
+                    // Frontends with the same backends share a range: read each once.
+                    let ids = read_array(
+                        maps.slots_mmap.as_ref(),
+                        &maps.slots_batch,
+                        &maps.slots,
+                        "dp_slots",
+                        v.slot_base,
+                        v.slot_count,
+                    )?;
+                    if ids.len() != v.slot_count as usize {
+                        return Err(EbpfError::map(
+                            "dp_slots",
+                            "reading",
+                            aya::maps::MapError::OutOfBounds {
+                                index: v.slot_base.saturating_add(v.slot_count),
+                                max_entries: maps.slots.len(),
+                            },
+                        ));
+                    }
+                    if !cur.alloc.reserve(v.slot_base, v.slot_count) {
+                        tracing::warn!(
+                            base = v.slot_base,
+                            count = v.slot_count,
+                            "overlapping slot range in pinned maps"
+                        );
+                    }
+                    cur.add_range(&ids.into(), v.slot_base, 0);
+                }
+            }
+            cur.generation = cur.generation.max(v.rev);
+            cur.frontends.insert(k, v);
+        }
         for key in maps.src_ranges.keys() {
             let key = key.map_err(merr("dp_srcrange", "reading"))?;
-            src_ranges.insert((key.data(), key.prefix_len()));
+            cur.src_ranges.insert((key.data(), key.prefix_len()));
         }
-        let mut cidrs = BTreeMap::new();
         for item in &maps.cidrs {
             let (key, bits) = item.map_err(merr("dp_cidrs", "reading"))?;
-            cidrs.insert((key.data(), key.prefix_len()), bits);
+            cur.cidrs.insert((key.data(), key.prefix_len()), bits);
         }
-        let config = maps
+        cur.config = maps
             .config
             .get(&0, 0)
             .map_err(merr("dp_config", "reading"))?;
-        let mut id_refs = BTreeMap::new();
-        for (_, ids) in frontends.values() {
-            add_refs(&mut id_refs, ids, 1);
+        Ok(cur)
+    }
+
+    /// The backend ids `v`'s slots point at.
+    pub(crate) fn slots_of(&self, v: &SvcValue) -> &[u32] {
+        self.ranges.get(v.slot_base, v.slot_count)
+    }
+
+    /// Records a range at `base` with `users` frontends (a new one counts its ids as held).
+    fn add_range(&mut self, ids: &Arc<[u32]>, base: u32, users: u32) {
+        let len = ids.len() as u32;
+        for id in distinct(ids) {
+            if let Some(n) = self.id_refs.get_mut(id as usize) {
+                *n += 1;
+            }
         }
-        let used_ids: BTreeMap<u32, (Addr, u16, u8)> =
-            backend_ids.iter().map(|(k, id)| (*id, *k)).collect();
-        let next_id = used_ids.keys().next_back().map_or(1, |m| m + 1);
-        let free_ids = (1..next_id).filter(|i| !used_ids.contains_key(i)).collect();
-        Ok(Self {
-            frontends,
-            backend_ids,
-            used_ids,
-            free_ids,
-            next_id,
-            id_refs,
-            src_ranges,
-            cidrs,
-            config,
-            alloc,
-            ranges,
-            generation,
-        })
+        self.ranges.by_place.insert(
+            (base, len),
+            Range {
+                ids: Arc::clone(ids),
+                users: users.max(1),
+            },
+        );
+        self.ranges
+            .by_content
+            .entry(Arc::clone(ids))
+            .or_insert(base);
+    }
+
+    /// One more frontend points at `ids` at `base`.
+    fn hold(&mut self, ids: &Arc<[u32]>, base: u32) {
+        if ids.is_empty() {
+            return;
+        }
+        match self.ranges.by_place.get_mut(&(base, ids.len() as u32)) {
+            Some(r) => r.users += 1,
+            None => self.add_range(ids, base, 1),
+        }
+    }
+
+    /// One frontend less points at the range (`base`, `len`). When it was the last, the
+    /// range is returned to be freed and ids nobody holds any more go to `dropped`.
+    fn release(&mut self, base: u32, len: u32, dropped: &mut Vec<u32>) -> Option<(u32, u32)> {
+        if len == 0 {
+            return None;
+        }
+        let Some(r) = self.ranges.by_place.get_mut(&(base, len)) else {
+            return Some((base, len));
+        };
+        r.users -= 1;
+        if r.users > 0 {
+            return None;
+        }
+        let ids = Arc::clone(&r.ids);
+        self.ranges.by_place.remove(&(base, len));
+        if self.ranges.by_content.get(&ids[..]) == Some(&base) {
+            self.ranges.by_content.remove(&ids[..]);
+        }
+        for id in distinct(&ids) {
+            if let Some(n) = self.id_refs.get_mut(id as usize) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    dropped.push(id);
+                }
+            }
+        }
+        Some((base, len))
+    }
+
+    /// Slots in use by the ranges the maps hold.
+    fn slots_in_use(&self) -> usize {
+        self.ranges
+            .by_place
+            .keys()
+            .map(|(_, len)| *len as usize)
+            .sum()
+    }
+
+    fn unused(&self, id: u32) -> bool {
+        self.id_refs.get(id as usize).is_none_or(|n| *n == 0)
     }
 }
 
@@ -333,20 +475,19 @@ fn capacity(what: &str, needed: usize, capacity: u32) -> Result<(), Error> {
     Ok(())
 }
 
-/// Adds `delta` (±1) to the reference count of each distinct id in `ids`.
-fn add_refs(refs: &mut BTreeMap<u32, usize>, ids: &[u32], delta: isize) {
-    let distinct: BTreeSet<u32> = ids.iter().copied().collect();
-    for id in distinct {
-        let n = refs.entry(id).or_insert(0);
-        *n = n.saturating_add_signed(delta);
-    }
+/// A frontend to (re)write.
+struct Write {
+    key: SvcKey,
+    /// With its slot base.
+    value: SvcValue,
+    slots: Arc<[u32]>,
+    /// The range is new: its slots must be written.
+    fresh: bool,
 }
 
 struct Prepared {
-    new_backends: Vec<((Addr, u16, u8), u32)>,
-    /// Frontends to (re)write: key, value with its slot base, slot ids, whether the range is
-    /// new (its slots must be written) or shared with an existing one.
-    writes: Vec<(SvcKey, SvcValue, Vec<u32>, bool)>,
+    new_backends: Vec<(BackendKey, u32)>,
+    writes: Vec<Write>,
     removals: Vec<SvcKey>,
     alloc: SlotAlloc,
 }
@@ -367,74 +508,95 @@ impl FreshIds<'_> {
     }
 }
 
-/// The backend ids of a frontend's slots, giving fresh ids to backends not in the maps yet.
-fn slot_ids(
-    cur: &Current,
-    fp: &crate::plan::FrontendPlan,
-    ids: &mut BTreeMap<(Addr, u16, u8), u32>,
-    new_backends: &mut Vec<((Addr, u16, u8), u32)>,
-    fresh: &mut FreshIds<'_>,
-) -> Vec<u32> {
-    let mut slots = Vec::with_capacity(fp.slots.len());
-    for b in &fp.slots {
-        let k = (b.addr, b.port, b.family);
-        let id = if let Some(id) = cur.backend_ids.get(&k).or_else(|| ids.get(&k)) {
-            *id
-        } else {
-            let id = fresh.take();
-            ids.insert(k, id);
-            new_backends.push((k, id));
-            id
-        };
-        slots.push(id);
-    }
-    slots
+/// Translates planned slots into backend ids, giving fresh ids to backends not in the maps
+/// yet. Consecutive frontends sharing their slots (one service's) are translated once.
+struct Translator<'a> {
+    cur: &'a Current,
+    ids: HashMap<BackendKey, u32>,
+    new_backends: Vec<(BackendKey, u32)>,
+    fresh: FreshIds<'a>,
+    last: Option<(Slots, Arc<[u32]>)>,
 }
 
-/// Checks every capacity and allocates everything before a single map write. Only the
-/// frontends in `dirty` are compared (all of them when `None`).
-fn prepare(
-    cur: &Current,
-    plan: &Plan,
-    caps: &Capacities,
-    dirty: Option<&BTreeSet<SvcKey>>,
-) -> Result<Prepared, Error> {
-    // Distinct backends are checked below from what is allocated: no pass over every slot.
-    capacity("service map (dp_svc)", plan.frontends.len(), caps.services)?;
-    capacity(
-        "source range map (dp_srcrange)",
-        plan.src_ranges.len(),
-        caps.source_ranges,
-    )?;
-    let considered: Vec<SvcKey> = match dirty {
-        Some(d) => d.iter().copied().collect(),
-        None => plan
+impl Translator<'_> {
+    fn slot_ids(&mut self, slots: &Slots) -> Arc<[u32]> {
+        if let Some((from, to)) = &self.last {
+            if Arc::ptr_eq(from, slots) {
+                return Arc::clone(to);
+            }
+        }
+        let out: Arc<[u32]> = slots
+            .iter()
+            .map(|b| {
+                let k = (b.addr, b.port, b.family);
+                if let Some(id) = self.cur.backend_ids.get(&k).or_else(|| self.ids.get(&k)) {
+                    *id
+                } else {
+                    let id = self.fresh.take();
+                    self.ids.insert(k, id);
+                    self.new_backends.push((k, id));
+                    id
+                }
+            })
+            .collect();
+        self.last = Some((Arc::clone(slots), Arc::clone(&out)));
+        out
+    }
+}
+
+/// The entries of the maps to remove: for a full plan those it did not plan (`seen`), for an
+/// update those it says are gone.
+fn removals(cur: &Current, frontends: &Frontends, seen: &HashSet<SvcKey>) -> Vec<SvcKey> {
+    match &frontends.gone {
+        None => cur
             .frontends
             .keys()
-            .chain(cur.frontends.keys())
+            .filter(|k| !seen.contains(k))
             .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
             .collect(),
-    };
-    let mut ids: BTreeMap<(Addr, u16, u8), u32> = BTreeMap::new();
-    let mut new_backends = Vec::new();
-    let mut fresh = FreshIds {
-        free: cur.free_ids.iter(),
-        next: cur.next_id,
+        Some(gone) => gone
+            .iter()
+            .filter(|k| cur.frontends.contains_key(k))
+            .copied()
+            .collect(),
+    }
+}
+
+/// Checks every capacity and allocates everything before a single map write.
+fn prepare(
+    cur: &Current,
+    planner: &Planner,
+    frontends: &Frontends,
+    caps: &Capacities,
+) -> Result<Prepared, Error> {
+    capacity(
+        "source range map (dp_srcrange)",
+        planner.src_ranges.len(),
+        caps.source_ranges,
+    )?;
+    let mut tr = Translator {
+        cur,
+        ids: HashMap::new(),
+        new_backends: Vec::new(),
+        fresh: FreshIds {
+            free: cur.free_ids.iter(),
+            next: cur.by_id.len() as u32,
+        },
+        last: None,
     };
     let mut alloc = cur.alloc.clone();
-    let mut local: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut local: HashMap<Arc<[u32]>, u32> = HashMap::new();
     let mut writes = Vec::new();
-    let mut removals = Vec::new();
-    for key in &considered {
-        let Some(fp) = plan.frontends.get(key) else {
-            if cur.frontends.contains_key(key) {
-                removals.push(*key);
-            }
+    // Every key planned (a ClusterIP's wildcard may come from several services).
+    let mut seen: HashSet<SvcKey> = HashSet::with_capacity(frontends.planned.len());
+    let mut added = 0usize;
+    // Slots of new ranges that did not fit, for the capacity error.
+    let mut short = 0usize;
+    for (key, fp) in &frontends.planned {
+        if !seen.insert(*key) {
             continue;
-        };
-        let slots = slot_ids(cur, fp, &mut ids, &mut new_backends, &mut fresh);
+        }
+        let slots = tr.slot_ids(&fp.slots);
         let value = SvcValue {
             id: fp.id,
             slot_base: 0,
@@ -444,86 +606,96 @@ fn prepare(
             pad: 0,
             rev: cur.generation + 1,
         };
-        if let Some((old, old_slots)) = cur.frontends.get(key) {
-            if old.id == value.id
-                && old.flags == value.flags
-                && old.affinity_timeout == value.affinity_timeout
-                && *old_slots == slots
+        match cur.frontends.get(key) {
+            Some(old)
+                if old.id == value.id
+                    && old.flags == value.flags
+                    && old.affinity_timeout == value.affinity_timeout
+                    && cur.slots_of(old) == &slots[..] =>
             {
                 continue;
             }
+            Some(_) => {}
+            None => added += 1,
         }
         let (base, fresh) = if slots.is_empty() {
             (0, false)
         } else if let Some(base) = cur
             .ranges
             .shared(&slots)
-            .or_else(|| local.get(&slots).copied())
+            .or_else(|| local.get(&slots[..]).copied())
         {
             (base, false)
-        } else {
-            let Some(base) = alloc.alloc(slots.len() as u32) else {
-                let in_use: usize = cur
-                    .frontends
-                    .values()
-                    .map(|(v, _)| v.slot_count as usize)
-                    .sum();
-                return Err(Error::CapacityExceeded {
-                    what: "backend slot map (dp_slots)".to_owned(),
-                    needed: plan.slots_needed().max(in_use + slots.len()),
-                    capacity: caps.backend_slots as usize,
-                });
-            };
-            local.insert(slots.clone(), base);
+        } else if let Some(base) = alloc.alloc(slots.len() as u32) {
+            local.insert(Arc::clone(&slots), base);
             (base, true)
+        } else {
+            short += slots.len();
+            local.insert(Arc::clone(&slots), 0);
+            (0, false)
         };
-        writes.push((
-            *key,
-            SvcValue {
+        writes.push(Write {
+            key: *key,
+            value: SvcValue {
                 slot_base: base,
                 ..value
             },
             slots,
             fresh,
-        ));
+        });
     }
+    if short > 0 {
+        let new: usize = local.keys().map(|s| s.len()).sum();
+        return Err(Error::CapacityExceeded {
+            what: "backend slot map (dp_slots)".to_owned(),
+            needed: cur.slots_in_use() + new,
+            capacity: caps.backend_slots as usize,
+        });
+    }
+    let removals = removals(cur, frontends, &seen);
+    capacity(
+        "service map (dp_svc)",
+        cur.frontends.len() + added - removals.len(),
+        caps.services,
+    )?;
     // Old backends stay until the services stop pointing at them.
     capacity(
         "backend map (dp_backends, id 0 reserved)",
-        cur.backend_ids.len() + new_backends.len(),
+        cur.backend_ids.len() + tr.new_backends.len(),
         caps.backends.saturating_sub(1),
     )?;
     Ok(Prepared {
-        new_backends,
+        new_backends: tr.new_backends,
         writes,
         removals,
         alloc,
     })
 }
 
-/// Makes the maps hold `plan`; with `dirty`, only those frontends may differ. Capacity errors
-/// come before any write.
+/// Makes the maps hold what `planner` and `frontends` say. Capacity errors come before any
+/// write.
 // One function on purpose: the order of the steps is what keeps packets safe.
 #[allow(clippy::too_many_lines)]
 pub(crate) fn write(
     maps: &mut Maps,
     cur: &mut Current,
-    plan: &Plan,
+    planner: &Planner,
+    frontends: &Frontends,
     caps: &Capacities,
-    dirty: Option<&BTreeSet<SvcKey>>,
 ) -> Result<WriteReport, Error> {
-    let prep = prepare(cur, plan, caps, dirty)?;
+    let prep = prepare(cur, planner, frontends, caps)?;
     let mut n = 0usize;
+    let node = &planner.node;
 
-    if cur.config != plan.config {
+    if cur.config != node.config {
         maps.config
-            .set(0, plan.config, 0)
+            .set(0, node.config, 0)
             .map_err(merr("dp_config", "writing"))
             .map_err(Error::from)?;
-        cur.config = plan.config;
+        cur.config = node.config;
         n += 1;
     }
-    for (c, bits) in &plan.cidrs {
+    for (c, bits) in &node.cidrs {
         if cur.cidrs.get(c) != Some(bits) {
             maps.cidrs
                 .insert(&Key::new(c.1, c.0), bits, 0)
@@ -536,7 +708,7 @@ pub(crate) fn write(
     let stale: Vec<(Addr, u32)> = cur
         .cidrs
         .keys()
-        .filter(|c| !plan.cidrs.contains_key(c))
+        .filter(|c| !node.cidrs.contains_key(c))
         .copied()
         .collect();
     for c in stale {
@@ -561,23 +733,20 @@ pub(crate) fn write(
             (*id, v)
         })
         .unzip();
-    if !batch(&maps.backends_batch, "dp_backends", &ids, &values)? {
-        for (id, v) in ids.iter().zip(&values) {
-            maps.backends
-                .set(*id, *v, 0)
-                .map_err(merr("dp_backends", "writing"))
-                .map_err(Error::from)?;
+    ArrayIo::backends(maps).write(&ids, &values)?;
+    for (k, id) in &prep.new_backends {
+        let i = *id as usize;
+        cur.backend_ids.insert(*k, *id);
+        if cur.by_id.len() <= i {
+            cur.by_id.resize(i + 1, None);
+            cur.id_refs.resize(i + 1, 0);
         }
-    }
-    for ((addr, port, family), id) in &prep.new_backends {
-        cur.backend_ids.insert((*addr, *port, *family), *id);
-        cur.used_ids.insert(*id, (*addr, *port, *family));
+        cur.by_id[i] = Some(*k);
         cur.free_ids.remove(id);
-        cur.next_id = cur.next_id.max(id + 1);
         n += 1;
     }
     // 2. Source ranges a new entry may need.
-    let added: Vec<(SrcRangeData, u32)> = plan
+    let added: Vec<(SrcRangeData, u32)> = planner
         .src_ranges
         .difference(&cur.src_ranges)
         .copied()
@@ -593,22 +762,18 @@ pub(crate) fn write(
     // 3. Removed frontends go first: they free service-map room and nothing needs them.
     //    Their ranges are freed last, after every new range was taken as `prepare` planned.
     let mut affinity_ids = BTreeSet::new();
-    let mut to_release: Vec<(Vec<u32>, u32)> = Vec::new();
-    // Backend ids some frontend stopped pointing at: the only ones that may become unused.
-    let mut dropped: BTreeSet<u32> = BTreeSet::new();
+    let mut to_release: Vec<(u32, u32)> = Vec::new();
     cur.alloc = prep.alloc.clone();
     for key in &prep.removals {
         match maps.svc.remove(key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(EbpfError::map("dp_svc", "removing", e).into()),
         }
-        if let Some((old, old_ids)) = cur.frontends.remove(key) {
-            add_refs(&mut cur.id_refs, &old_ids, -1);
-            dropped.extend(old_ids.iter().copied());
+        if let Some(old) = cur.frontends.remove(key) {
             if old.flags & SVC_F_AFFINITY != 0 {
                 affinity_ids.insert(old.id);
             }
-            to_release.push((old_ids, old.slot_base));
+            to_release.push((old.slot_base, old.slot_count));
         }
         n += 1;
     }
@@ -616,25 +781,19 @@ pub(crate) fn write(
     let (indexes, ids): (Vec<u32>, Vec<u32>) = prep
         .writes
         .iter()
-        .filter(|w| w.3)
-        .flat_map(|(_, value, slots, _)| {
-            slots
+        .filter(|w| w.fresh)
+        .flat_map(|w| {
+            let base = w.value.slot_base;
+            w.slots
                 .iter()
                 .enumerate()
-                .map(move |(i, id)| (value.slot_base + i as u32, *id))
+                .map(move |(i, id)| (base + i as u32, *id))
         })
         .unzip();
-    if !batch(&maps.slots_batch, "dp_slots", &indexes, &ids)? {
-        for (i, id) in indexes.iter().zip(&ids) {
-            maps.slots
-                .set(*i, id, 0)
-                .map_err(merr("dp_slots", "writing"))
-                .map_err(Error::from)?;
-        }
-    }
+    ArrayIo::slots(maps).write(&indexes, &ids)?;
     n += indexes.len();
     let (keys, values): (Vec<SvcKey>, Vec<SvcValue>) =
-        prep.writes.iter().map(|(k, v, _, _)| (*k, *v)).unzip();
+        prep.writes.iter().map(|w| (w.key, w.value)).unzip();
     if !batch(&maps.svc_batch, "dp_svc", &keys, &values)? {
         for (key, value) in keys.iter().zip(&values) {
             maps.svc
@@ -643,31 +802,29 @@ pub(crate) fn write(
                 .map_err(Error::from)?;
         }
     }
-    for (key, value, slots, _) in &prep.writes {
-        cur.ranges.hold(slots, value.slot_base);
-        add_refs(&mut cur.id_refs, slots, 1);
-        if value.flags & SVC_F_AFFINITY != 0 {
-            affinity_ids.insert(value.id);
+    for w in &prep.writes {
+        cur.hold(&w.slots, w.value.slot_base);
+        if w.value.flags & SVC_F_AFFINITY != 0 {
+            affinity_ids.insert(w.value.id);
         }
-        if let Some((old, old_ids)) = cur.frontends.insert(*key, (*value, slots.clone())) {
-            add_refs(&mut cur.id_refs, &old_ids, -1);
-            dropped.extend(old_ids.iter().copied());
+        if let Some(old) = cur.frontends.insert(w.key, w.value) {
             if old.flags & SVC_F_AFFINITY != 0 {
                 affinity_ids.insert(old.id);
             }
-            to_release.push((old_ids, old.slot_base));
+            to_release.push((old.slot_base, old.slot_count));
         }
         n += 1;
     }
-    // 5. Old ranges nobody uses any more.
-    for (ids, base) in to_release {
-        if let Some((base, len)) = cur.ranges.release(&ids, base) {
+    // 5. Old ranges nobody uses any more; the backend ids only they held.
+    let mut dropped = Vec::new();
+    for (base, len) in to_release {
+        if let Some((base, len)) = cur.release(base, len, &mut dropped) {
             cur.alloc.release(base, len);
         }
     }
     let removed: Vec<(SrcRangeData, u32)> = cur
         .src_ranges
-        .difference(&plan.src_ranges)
+        .difference(&planner.src_ranges)
         .copied()
         .collect();
     for r in removed {
@@ -681,30 +838,26 @@ pub(crate) fn write(
     // 6. Backends nobody points at any more: family 0 marks the id free. Established flows
     //    keep working: conntrack holds the backend address itself.
     //    A full sync looks at every id (adopted maps may hold ids nothing points at); an
-    //    incremental one only at those a changed frontend let go of.
-    let unused = |id: &u32| cur.id_refs.get(id).is_none_or(|n| *n == 0);
-    let stale: Vec<((Addr, u16, u8), u32)> = if dirty.is_some() {
+    //    incremental one only at those a released range held.
+    let stale: Vec<u32> = if frontends.gone.is_some() {
         dropped
-            .iter()
-            .filter(|id| unused(id))
-            .filter_map(|id| cur.used_ids.get(id).map(|k| (*k, *id)))
+            .into_iter()
+            .filter(|id| {
+                cur.unused(*id) && cur.by_id.get(*id as usize).is_some_and(Option::is_some)
+            })
             .collect()
     } else {
-        cur.used_ids
-            .iter()
-            .filter(|(id, _)| unused(id))
-            .map(|(id, k)| (*k, *id))
+        (1..cur.by_id.len() as u32)
+            .filter(|id| cur.by_id[*id as usize].is_some() && cur.unused(*id))
             .collect()
     };
-    for (k, id) in stale {
-        maps.backends
-            .set(id, BackendValue::default(), 0)
-            .map_err(merr("dp_backends", "clearing"))
-            .map_err(Error::from)?;
-        cur.backend_ids.remove(&k);
-        cur.used_ids.remove(&id);
+    let cleared = vec![BackendValue::default(); stale.len()];
+    ArrayIo::backends(maps).write(&stale, &cleared)?;
+    for id in stale {
+        if let Some(k) = cur.by_id[id as usize].take() {
+            cur.backend_ids.remove(&k);
+        }
         cur.free_ids.insert(id);
-        cur.id_refs.remove(&id);
         n += 1;
     }
     if !prep.writes.is_empty() || !prep.removals.is_empty() {
@@ -719,11 +872,11 @@ pub(crate) fn write(
 /// Drops affinity entries of the service ports in `ids` whose backend is no longer selectable.
 fn prune_affinity(maps: &mut Maps, cur: &Current, ids: &BTreeSet<u32>) -> Result<usize, Error> {
     let mut allowed: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
-    for (v, slots) in cur.frontends.values().filter(|(v, _)| ids.contains(&v.id)) {
+    for v in cur.frontends.values().filter(|v| ids.contains(&v.id)) {
         allowed
             .entry(v.id)
             .or_default()
-            .extend(slots.iter().copied());
+            .extend(cur.slots_of(v).iter().copied());
     }
     let mut stale = Vec::new();
     for item in &maps.affinity {

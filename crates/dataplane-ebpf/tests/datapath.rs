@@ -1092,6 +1092,69 @@ fn identical_slot_ranges_are_shared() {
     assert_ne!(hex(&run.output), hex(&syn), "NodePort translated");
 }
 
+/// Arrays pinned by a version without `BPF_F_MMAPABLE` (here: created by bpftool) cannot be
+/// mapped: the writer falls back on batch calls, and backends and slots still reach the
+/// datapath, through a full sync, an update that frees a backend, and adoption.
+#[test]
+fn arrays_pinned_without_mmap_are_written_with_batch_calls() {
+    if !require_root("arrays_pinned_without_mmap_are_written_with_batch_calls") {
+        return;
+    }
+    let n = TestNode::new("nommap");
+    let cfg = n.config();
+    std::fs::create_dir_all(&n.pin_dir).expect("pin dir");
+    for (name, value, entries) in [
+        ("dp_backends", "20", cfg.capacities.backends),
+        ("dp_slots", "4", cfg.capacities.backend_slots),
+    ] {
+        let path = n.pin_dir.join(name);
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&path)
+            .args(["type", "array", "key", "4", "value", value])
+            .args(["entries", &entries.to_string(), "name", name])
+            .output()
+            .expect("run bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool map create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let addr = |s: &str| s.parse::<IpAddr>().unwrap();
+    let mut dp = EbpfDataplane::new(cfg.clone()).expect("load over the pinned arrays");
+    let first = state(vec![service(
+        "web",
+        "10.96.0.10",
+        vec![backend("10.244.1.20", "node-b")],
+    )]);
+    dp.apply(&first).expect("apply");
+    let syn = |sport| {
+        eth()
+            .ip("10.244.0.5", "10.96.0.10")
+            .tcp(sport, 80, TCP_SYN)
+            .build()
+    };
+    assert_eq!(backend_of(&mut dp, &syn(61001)), addr("10.244.1.20"));
+    let second = state(vec![service(
+        "web",
+        "10.96.0.10",
+        vec![backend("10.244.1.21", "node-b")],
+    )]);
+    dp.apply_changes(&dataplane_core::diff(&first, &second))
+        .expect("replace the backend");
+    assert_eq!(backend_of(&mut dp, &syn(61002)), addr("10.244.1.21"));
+    drop(dp);
+    let mut dp = EbpfDataplane::new(cfg).expect("adopt");
+    let report = dp.apply(&second).expect("reconcile");
+    assert_eq!(
+        report.objects_written, 0,
+        "adopted arrays read back: {report:?}"
+    );
+    assert_eq!(backend_of(&mut dp, &syn(61003)), addr("10.244.1.21"));
+    dp.reset().expect("reset");
+}
+
 /// DSR scene on node-a (172.18.0.2): `dsr` NodePort 30090 (TCP and UDP, externalMode Dsr) with
 /// one remote backend 10.244.1.20 and `hybrid` NodePort 30091 (Hybrid: DSR for TCP only),
 /// and `dsr-local` NodePort 30092 (Dsr) whose only backend is local.

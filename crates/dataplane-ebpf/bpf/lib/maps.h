@@ -211,6 +211,8 @@ struct {
 	__type(key, __u32);
 	__type(value, struct backend);
 	__uint(max_entries, 65536);
+	/* user space writes backends and slots through a shared mapping */
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_backends SEC(".maps");
 
@@ -219,6 +221,7 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_slots SEC(".maps");
 
