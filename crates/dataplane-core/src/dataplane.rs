@@ -14,7 +14,9 @@ use crate::validate::ValidationError;
 /// `apply` is a full sync; `apply_changes` applies a [`ChangeSet`] computed by
 /// [`crate::diff()`]. Both validate first: a rejected apply changes nothing in the kernel.
 /// After any failed apply the next `apply_changes` must behave like a full sync (backends
-/// remember this and return [`Error::FullSyncRequired`] or fall back on their own).
+/// remember this and return [`Error::FullSyncRequired`] or fall back on their own). A backend
+/// that keeps no copy of the state may also answer a change that needs all of it (a change of
+/// the node) with [`Error::FullSyncRequired`]; it then changes nothing.
 pub trait Dataplane {
     /// What this backend can program.
     fn capabilities(&self) -> Capabilities;
@@ -156,7 +158,9 @@ pub enum Error {
         /// Configured capacity.
         capacity: usize,
     },
-    /// `apply_changes` was called before a successful full `apply`, or after a failure.
+    /// `apply_changes` was called before a successful full `apply`, after a failure, or with a
+    /// change the backend can only make with the whole state (it changed nothing): call
+    /// `apply` with the new state.
     #[error("a full sync is required before incremental changes")]
     FullSyncRequired,
     /// The kernel (or a tool the backend drives) refused an operation.

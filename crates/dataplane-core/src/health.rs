@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DesiredState, ObjectName, TrafficPolicy};
+use crate::model::{DesiredState, ObjectName, Service, TrafficPolicy};
 use crate::reference::{eligible_backends, Eligible, IpFamily, TrafficKind};
 
 /// What one service's health-check NodePort must report on this node.
@@ -43,27 +43,33 @@ pub fn health_checks(state: &DesiredState) -> Vec<HealthCheck> {
     state
         .services
         .iter()
-        .filter(|s| s.external_traffic_policy == TrafficPolicy::Local)
-        .filter_map(|s| {
-            let node_port = s.health_check_node_port?;
-            // A backend counts once however many ports and families the service has.
-            let mut local: BTreeSet<IpAddr> = BTreeSet::new();
-            for port in &s.ports {
-                for family in [IpFamily::V4, IpFamily::V6] {
-                    if let Eligible::Backends(b) =
-                        eligible_backends(state, s, port, TrafficKind::External, family)
-                    {
-                        local.extend(b.iter().map(|b| b.ip));
-                    }
-                }
-            }
-            Some(HealthCheck {
-                service: s.name.clone(),
-                node_port,
-                local_endpoints: local.len(),
-            })
-        })
+        .filter_map(|s| health_check(state, s))
         .collect()
+}
+
+/// [`health_checks`] for one service of `state` (only `state.node` is read, so the service
+/// need not be in `state.services`): `None` unless it has a `healthCheckNodePort`.
+pub fn health_check(state: &DesiredState, s: &Service) -> Option<HealthCheck> {
+    if s.external_traffic_policy != TrafficPolicy::Local {
+        return None;
+    }
+    let node_port = s.health_check_node_port?;
+    // A backend counts once however many ports and families the service has.
+    let mut local: BTreeSet<IpAddr> = BTreeSet::new();
+    for port in &s.ports {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            if let Eligible::Backends(b) =
+                eligible_backends(state, s, port, TrafficKind::External, family)
+            {
+                local.extend(b.iter().map(|b| b.ip));
+            }
+        }
+    }
+    Some(HealthCheck {
+        service: s.name.clone(),
+        node_port,
+        local_endpoints: local.len(),
+    })
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub use dataplane::{
 };
 pub use diff::{diff, service_index, Change, ChangeSet, ServiceIndex};
 pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};
-pub use health::{health_checks, HealthCheck};
+pub use health::{health_check, health_checks, HealthCheck};
 pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};
 pub use model::*;
 pub use reference::{

@@ -218,7 +218,7 @@ impl fmt::Display for Protocol {
 }
 
 /// A Kubernetes Service with its frontends and backends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Service {
     /// Namespace and name.
@@ -300,7 +300,7 @@ impl Service {
 }
 
 /// One port of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
     /// Port name (may be empty when the service has one port).
@@ -318,7 +318,7 @@ pub struct ServicePort {
 }
 
 /// One backend (an EndpointSlice endpoint).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Backend {
     /// Pod (or node) address.
@@ -369,7 +369,7 @@ impl Backend {
 }
 
 /// Session affinity of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
 pub enum SessionAffinity {
     /// Every new connection picks a backend independently.
@@ -385,7 +385,7 @@ pub enum SessionAffinity {
 }
 
 /// Kubernetes traffic policy (external and internal).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum TrafficPolicy {
     /// Any ready backend in the cluster.
     #[default]
@@ -395,7 +395,7 @@ pub enum TrafficPolicy {
 }
 
 /// How a backend is chosen for a new connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum BackendSelection {
     /// Uniform (weighted) random choice per new connection.
     #[default]
@@ -405,7 +405,7 @@ pub enum BackendSelection {
 }
 
 /// Forwarding of external traffic to a backend on another node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum ExternalMode {
     /// Source NAT to the node address; replies come back through this node.
     #[default]

@@ -43,8 +43,7 @@ use std::time::Duration;
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane_core::{
     ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, HealthCheck,
-    Incremental, ObjectName, ObservedFrontend, ObservedState, Protocol, ServiceIndex, Stats,
-    Validator,
+    Incremental, ObjectName, ObservedFrontend, ObservedState, Protocol, Stats, Validator,
 };
 
 pub use error::EbpfError;
@@ -247,13 +246,16 @@ pub struct EbpfDataplane {
     config: EbpfConfig,
     objects: Option<Objects>,
     current: Option<Current>,
+    /// The applied state without its services: no copy of those is kept (at 10k services
+    /// that is most of the state). The planner keeps what each service holds in the maps,
+    /// `health` what its health check answers.
     applied: Option<DesiredState>,
     /// What the applied state's objects claim, for change sets validated in proportion to
     /// their size.
     validator: Option<Validator>,
-    /// Positions of the applied state's services, to patch it in proportion to a change.
-    service_index: ServiceIndex,
     planner: Option<plan::Planner>,
+    /// Health checks of the applied services that have one.
+    health: BTreeMap<ObjectName, HealthCheck>,
 }
 
 impl EbpfDataplane {
@@ -270,8 +272,8 @@ impl EbpfDataplane {
             current: None,
             applied: None,
             validator: None,
-            service_index: ServiceIndex::new(),
             planner: None,
+            health: BTreeMap::new(),
         };
         dp.load()?;
         Ok(dp)
@@ -355,25 +357,30 @@ impl EbpfDataplane {
         out
     }
 
-    /// Programs `desired_owned`, which the caller has validated (and checked as supported);
-    /// `changes` (what differs from the applied state) makes it an incremental sync.
-    /// `counts`: services changed and removed, for the report.
+    /// Programs `desired`, which the caller has validated (and checked as supported), and
+    /// keeps `rest` (`desired` without its services) as the applied state. With `changes`
+    /// (what differs from the applied state; not the node) it is an incremental sync that
+    /// plans only the services they touch.
     fn sync(
         &mut self,
-        desired_owned: DesiredState,
+        desired: &DesiredState,
+        rest: DesiredState,
         changes: Option<&ChangeSet>,
-        counts: (usize, usize),
     ) -> Result<ApplyReport, Error> {
-        let desired = &desired_owned;
         let maglev = self.config.capacities.maglev_table_size;
         // Taken: if anything below fails the maps are unknown to the planner and the next
         // sync plans afresh.
-        let (planner, frontends) = match (changes, self.planner.take()) {
+        let previous = self.planner.take();
+        let (planner, frontends, counts) = match (changes, previous) {
             (Some(changes), Some(mut planner)) => {
                 let frontends = planner.update_in_place(desired, changes, maglev)?;
-                (planner, frontends)
+                (planner, frontends, change_counts(changes))
             }
-            _ => plan::Planner::full(desired, maglev)?,
+            (_, previous) => {
+                let (planner, frontends) = plan::Planner::full(desired, maglev)?;
+                let counts = planner.changed_since(previous.as_ref());
+                (planner, frontends, counts)
+            }
         };
         let full_sync = changes.is_none();
         let pin_dir = self.config.pin_dir.clone();
@@ -383,14 +390,13 @@ impl EbpfDataplane {
         self.applied = None;
         let (objects, current) = self.parts()?;
         let caps = objects.capacities.clone();
-        let report = writer::write(&mut objects.maps, current, &planner, &frontends, &caps)?;
-        drop(frontends);
+        let report = writer::write(&mut objects.maps, current, &planner, frontends, &caps)?;
 
         // Attachments follow the uplink and the endpoints' interfaces: a change of services
         // alone leaves them as they are (and skips entering the namespace).
         let reattach = changes.is_none_or(|c| c.node.is_some() || !c.endpoints.is_empty());
         if reattach {
-            let wanted = Self::wanted_attachments(desired, xdp_mode);
+            let wanted = Self::wanted_attachments(&rest, xdp_mode);
             netns::in_netns(netns.as_deref(), || {
                 for (ifname, hook) in &wanted {
                     objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
@@ -410,9 +416,30 @@ impl EbpfDataplane {
             })?;
         }
 
+        // Health checks: all of them after a full sync, the changed services' otherwise.
+        match changes {
+            None => {
+                self.health = dataplane_core::health_checks(desired)
+                    .into_iter()
+                    .map(|h| (h.service.clone(), h))
+                    .collect();
+            }
+            Some(changes) => {
+                for (name, change) in &changes.services {
+                    self.health.remove(name);
+                    let check = change
+                        .current
+                        .as_ref()
+                        .and_then(|s| dataplane_core::health_check(&rest, s));
+                    if let Some(h) = check {
+                        self.health.insert(name.clone(), h);
+                    }
+                }
+            }
+        }
         let (services_changed, services_removed) = counts;
         self.planner = Some(planner);
-        self.applied = Some(desired_owned);
+        self.applied = Some(rest);
         Ok(ApplyReport {
             full_sync,
             services_changed,
@@ -421,29 +448,11 @@ impl EbpfDataplane {
         })
     }
 
-    /// A full sync of `desired`, validated by `validator` (and checked as supported).
-    fn full(
-        &mut self,
-        desired: DesiredState,
-        validator: Validator,
-        counts: (usize, usize),
-    ) -> Result<ApplyReport, Error> {
-        self.validator = None;
-        let index = dataplane_core::service_index(&desired);
-        let report = self.sync(desired, None, counts)?;
-        self.validator = Some(validator);
-        self.service_index = index;
-        Ok(report)
-    }
-
     /// What each `healthCheckNodePort` must answer on this node: the local endpoints of every
     /// `externalTrafficPolicy: Local` service in the applied state (an agent's health server
     /// answers 200 when there is one, 503 otherwise). Empty before the first apply.
     pub fn health_checks(&self) -> Vec<HealthCheck> {
-        self.applied
-            .as_ref()
-            .map(dataplane_core::health_checks)
-            .unwrap_or_default()
+        self.health.values().cloned().collect()
     }
 
     /// Expires conntrack and affinity entries idle longer than their timeouts at `now`
@@ -655,26 +664,6 @@ fn forward_key(k: &CtKey, v: &CtEntry) -> CtKey {
     }
 }
 
-/// Services of `desired` that differ from `previous`'s, and services `previous` had that
-/// `desired` has not.
-fn full_counts(previous: Option<&DesiredState>, desired: &DesiredState) -> (usize, usize) {
-    let Some(prev) = previous else {
-        return (desired.services.len(), 0);
-    };
-    let before: BTreeMap<&ObjectName, &dataplane_core::Service> =
-        prev.services.iter().map(|s| (&s.name, s)).collect();
-    let after: BTreeSet<&ObjectName> = desired.services.iter().map(|s| &s.name).collect();
-    let differing = desired
-        .services
-        .iter()
-        .filter(|s| before.get(&s.name) != Some(s))
-        .count();
-    (
-        differing,
-        before.keys().filter(|n| !after.contains(*n)).count(),
-    )
-}
-
 /// Services `changes` changes (or adds) and removes.
 fn change_counts(changes: &ChangeSet) -> (usize, usize) {
     let gone = changes
@@ -716,35 +705,38 @@ impl Dataplane for EbpfDataplane {
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
         let validator = Validator::new(desired)?;
         plan::check_supported(desired)?;
-        let counts = full_counts(self.applied.as_ref(), desired);
-        // Dropped before the copy is made: a full sync holds one copy of the state, not two.
-        self.applied = None;
-        self.full(desired.clone(), validator, counts)
+        let rest = DesiredState {
+            endpoints: desired.endpoints.clone(),
+            policies: desired.policies.clone(),
+            ..DesiredState::new(desired.node.clone())
+        };
+        self.validator = None;
+        let report = self.sync(desired, rest, None)?;
+        self.validator = Some(validator);
+        Ok(report)
     }
 
     /// Validates and plans in proportion to the change: only the changed objects are checked
-    /// (against what the others claim), the applied state is patched in place, and only the
-    /// changed services' map entries are written.
+    /// (against what the others claim) and only the changed services' map entries are
+    /// written. A change of the node (which every service is planned against) needs the whole
+    /// state, of which this backend keeps no copy: it returns [`Error::FullSyncRequired`]
+    /// and changes nothing; call [`Dataplane::apply`] with the new state.
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
         let (Some(applied), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };
-        let counts = change_counts(changes);
         if validator.check(&applied.node, changes)? == Incremental::FullRequired {
-            let mut next = applied.clone();
-            changes.apply_to(&mut next);
-            let validator = Validator::new(&next)?;
-            plan::check_supported(&next)?;
-            self.applied = None;
-            return self.full(next, validator, counts);
+            return Err(Error::FullSyncRequired);
         }
         plan::check_changes_supported(&applied.node, changes)?;
         let mut next = self.applied.take().ok_or(Error::FullSyncRequired)?;
         let mut validator = self.validator.take().ok_or(Error::FullSyncRequired)?;
-        changes.apply_to_indexed(&mut next, &mut self.service_index);
+        changes.apply_to(&mut next);
+        // The changed services are planned from the change set; the rest keeps none.
+        next.services.clear();
         validator.commit(&next.node, changes);
         // On failure applied and validator stay None: the next sync is a full one.
-        let report = self.sync(next, Some(changes), counts)?;
+        let report = self.sync(&next.clone(), next, Some(changes))?;
         self.validator = Some(validator);
         Ok(report)
     }
@@ -869,8 +861,8 @@ impl Dataplane for EbpfDataplane {
         self.current = None;
         self.applied = None;
         self.validator = None;
-        self.service_index.clear();
         self.planner = None;
+        self.health.clear();
         let dir = &self.config.pin_dir;
         match std::fs::remove_dir_all(dir) {
             Ok(()) => Ok(()),

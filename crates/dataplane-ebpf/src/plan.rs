@@ -453,9 +453,19 @@ fn plan_node(state: &DesiredState) -> NodePlan {
     out
 }
 
+/// A hash of everything in `service`, stable within a process.
+fn fingerprint(service: &Service) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    service.hash(&mut h);
+    h.finish()
+}
+
 /// What one service contributed to the plan, so that it can be taken out again.
 #[derive(Debug, Clone, Default)]
 struct ServiceEntries {
+    /// Hash of the whole service, to tell a full sync which services changed.
+    fingerprint: u64,
     keys: Vec<SvcKey>,
     src_ranges: Vec<(SrcRangeData, u32)>,
     ids: Vec<u32>,
@@ -502,8 +512,9 @@ impl Planner {
         ))
     }
 
-    /// Plans the services `changes` touches in `state` (this planner's state with `changes`
-    /// applied); on error the planner is unusable (plan afresh).
+    /// Plans the services `changes` touches, against `state`'s node (the node of this
+    /// planner's state; a change of the node needs [`Planner::full`]); on error the planner is
+    /// unusable (plan afresh).
     pub(crate) fn update_in_place(
         &mut self,
         state: &DesiredState,
@@ -511,9 +522,8 @@ impl Planner {
         maglev_size: u32,
     ) -> Result<Frontends, Error> {
         if changes.node.is_some() {
-            let (p, frontends) = Self::full(state, maglev_size)?;
-            *self = p;
-            return Ok(frontends);
+            // Every service is planned against the node: that takes all of them.
+            return Err(Error::FullSyncRequired);
         }
         let mut gone = Vec::new();
         for name in changes.services.keys() {
@@ -532,6 +542,29 @@ impl Planner {
             planned,
             gone: Some(gone),
         })
+    }
+
+    /// Services this plan has that differ from (or are missing in) `previous`'s, and services
+    /// `previous` had that this plan has not. Without `previous`, every service is new.
+    pub(crate) fn changed_since(&self, previous: Option<&Planner>) -> (usize, usize) {
+        let Some(prev) = previous else {
+            return (self.by_service.len(), 0);
+        };
+        let changed = self
+            .by_service
+            .iter()
+            .filter(|(name, e)| {
+                prev.by_service
+                    .get(*name)
+                    .is_none_or(|p| p.fingerprint != e.fingerprint)
+            })
+            .count();
+        let removed = prev
+            .by_service
+            .keys()
+            .filter(|name| !self.by_service.contains_key(*name))
+            .count();
+        (changed, removed)
     }
 
     fn remove_service(&mut self, name: &ObjectName, gone: &mut Vec<SvcKey>) {
@@ -565,7 +598,10 @@ impl Planner {
         planned: &mut Vec<(SvcKey, FrontendPlan)>,
     ) -> Result<(), Error> {
         let first = planned.len();
-        let mut entries = ServiceEntries::default();
+        let mut entries = ServiceEntries {
+            fingerprint: fingerprint(service),
+            ..ServiceEntries::default()
+        };
         let mut out = Out {
             frontends: planned,
             src_ranges: &mut entries.src_ranges,

@@ -218,28 +218,31 @@ impl<'a> ArrayIo<'a, u32> {
 }
 
 impl<V: aya::Pod> ArrayIo<'_, V> {
-    /// Writes `values[i]` at `indexes[i]`.
-    fn write(&mut self, indexes: &[u32], values: &[V]) -> Result<(), Error> {
+    /// Writes each `(index, value)`; returns how many.
+    fn write(&mut self, items: impl Iterator<Item = (u32, V)>) -> Result<usize, Error> {
         if let Some(m) = self.mmap.as_deref_mut() {
-            for (i, v) in indexes.iter().zip(values) {
+            let mut n = 0;
+            for (i, v) in items {
                 let stored = m
-                    .set(*i, *v)
+                    .set(i, v)
                     .map_err(|e| mmap_error(self.name, "writing", e))?;
                 if !stored {
-                    return Err(out_of_bounds(self.name, *i, m.len()).into());
+                    return Err(out_of_bounds(self.name, i, m.len()).into());
                 }
+                n += 1;
             }
             MmapArray::<V>::publish();
-            return Ok(());
+            return Ok(n);
         }
-        if !batch(self.batch, self.name, indexes, values)? {
-            for (i, v) in indexes.iter().zip(values) {
+        let (indexes, values): (Vec<u32>, Vec<V>) = items.unzip();
+        if !batch(self.batch, self.name, &indexes, &values)? {
+            for (i, v) in indexes.iter().zip(&values) {
                 self.array
                     .set(*i, *v, 0)
                     .map_err(merr(self.name, "writing"))?;
             }
         }
-        Ok(())
+        Ok(indexes.len())
     }
 }
 
@@ -444,6 +447,13 @@ impl Current {
         Some((base, len))
     }
 
+    /// Takes backends `prepare` entered out again (their write was refused or failed).
+    fn forget(&mut self, new_backends: &[(BackendKey, u32)]) {
+        for (k, _) in new_backends {
+            self.backend_ids.remove(k);
+        }
+    }
+
     /// Slots in use by the ranges the maps hold.
     fn slots_in_use(&self) -> usize {
         self.ranges
@@ -509,11 +519,12 @@ impl FreshIds<'_> {
 }
 
 /// Translates planned slots into backend ids, giving fresh ids to backends not in the maps
-/// yet. Consecutive frontends sharing their slots (one service's) are translated once.
+/// yet (entered into `backend_ids` right away, and listed in `new_backends` to be written,
+/// or taken out again if the write is refused). Consecutive frontends sharing their slots
+/// (one service's) are translated once.
 struct Translator<'a> {
-    cur: &'a Current,
-    ids: HashMap<BackendKey, u32>,
-    new_backends: Vec<(BackendKey, u32)>,
+    backend_ids: &'a mut HashMap<BackendKey, u32>,
+    new_backends: &'a mut Vec<(BackendKey, u32)>,
     fresh: FreshIds<'a>,
     last: Option<(Slots, Arc<[u32]>)>,
 }
@@ -529,14 +540,11 @@ impl Translator<'_> {
             .iter()
             .map(|b| {
                 let k = (b.addr, b.port, b.family);
-                if let Some(id) = self.cur.backend_ids.get(&k).or_else(|| self.ids.get(&k)) {
-                    *id
-                } else {
+                *self.backend_ids.entry(k).or_insert_with(|| {
                     let id = self.fresh.take();
-                    self.ids.insert(k, id);
                     self.new_backends.push((k, id));
                     id
-                }
+                })
             })
             .collect();
         self.last = Some((Arc::clone(slots), Arc::clone(&out)));
@@ -562,29 +570,84 @@ fn removals(cur: &Current, frontends: &Frontends, seen: &HashSet<SvcKey>) -> Vec
     }
 }
 
-/// Checks every capacity and allocates everything before a single map write.
+/// Checks every capacity and allocates everything before a single map write. The backends
+/// new to the maps are entered in `cur.backend_ids` (and taken out again on an error).
 fn prepare(
-    cur: &Current,
+    cur: &mut Current,
     planner: &Planner,
     frontends: &Frontends,
     caps: &Capacities,
+) -> Result<Prepared, Error> {
+    let mut new_backends = Vec::new();
+    let prepared = prepare_in(cur, planner, frontends, caps, &mut new_backends);
+    match prepared {
+        Ok(mut p) => {
+            p.new_backends = new_backends;
+            Ok(p)
+        }
+        Err(e) => {
+            cur.forget(&new_backends);
+            Err(e)
+        }
+    }
+}
+
+/// Where slots go: nowhere when there are none, into a range the maps or this write already
+/// have with the same content, else a fresh range (`true`: its slots must be written).
+/// `None`: no room.
+fn place(
+    ranges: &Ranges,
+    local: &mut HashMap<Arc<[u32]>, u32>,
+    alloc: &mut SlotAlloc,
+    slots: &Arc<[u32]>,
+) -> Option<(u32, bool)> {
+    if slots.is_empty() {
+        return Some((0, false));
+    }
+    if let Some(base) = ranges
+        .shared(slots)
+        .or_else(|| local.get(&slots[..]).copied())
+    {
+        return Some((base, false));
+    }
+    let base = alloc.alloc(slots.len() as u32)?;
+    local.insert(Arc::clone(slots), base);
+    Some((base, true))
+}
+
+fn prepare_in(
+    cur: &mut Current,
+    planner: &Planner,
+    frontends: &Frontends,
+    caps: &Capacities,
+    new_backends: &mut Vec<(BackendKey, u32)>,
 ) -> Result<Prepared, Error> {
     capacity(
         "source range map (dp_srcrange)",
         planner.src_ranges.len(),
         caps.source_ranges,
     )?;
+    let known_backends = cur.backend_ids.len();
+    let Current {
+        frontends: cur_frontends,
+        ranges,
+        backend_ids,
+        by_id,
+        free_ids,
+        alloc: cur_alloc,
+        generation,
+        ..
+    } = cur;
     let mut tr = Translator {
-        cur,
-        ids: HashMap::new(),
-        new_backends: Vec::new(),
+        backend_ids,
+        new_backends,
         fresh: FreshIds {
-            free: cur.free_ids.iter(),
-            next: cur.by_id.len() as u32,
+            free: free_ids.iter(),
+            next: by_id.len() as u32,
         },
         last: None,
     };
-    let mut alloc = cur.alloc.clone();
+    let mut alloc = cur_alloc.clone();
     let mut local: HashMap<Arc<[u32]>, u32> = HashMap::new();
     let mut writes = Vec::new();
     // Every key planned (a ClusterIP's wildcard may come from several services).
@@ -604,36 +667,25 @@ fn prepare(
             affinity_timeout: fp.affinity_timeout,
             flags: fp.flags,
             pad: 0,
-            rev: cur.generation + 1,
+            rev: *generation + 1,
         };
-        match cur.frontends.get(key) {
+        match cur_frontends.get(key) {
             Some(old)
                 if old.id == value.id
                     && old.flags == value.flags
                     && old.affinity_timeout == value.affinity_timeout
-                    && cur.slots_of(old) == &slots[..] =>
+                    && ranges.get(old.slot_base, old.slot_count) == &slots[..] =>
             {
                 continue;
             }
             Some(_) => {}
             None => added += 1,
         }
-        let (base, fresh) = if slots.is_empty() {
-            (0, false)
-        } else if let Some(base) = cur
-            .ranges
-            .shared(&slots)
-            .or_else(|| local.get(&slots[..]).copied())
-        {
-            (base, false)
-        } else if let Some(base) = alloc.alloc(slots.len() as u32) {
-            local.insert(Arc::clone(&slots), base);
-            (base, true)
-        } else {
+        let (base, fresh) = place(ranges, &mut local, &mut alloc, &slots).unwrap_or_else(|| {
             short += slots.len();
             local.insert(Arc::clone(&slots), 0);
             (0, false)
-        };
+        });
         writes.push(Write {
             key: *key,
             value: SvcValue {
@@ -644,6 +696,7 @@ fn prepare(
             fresh,
         });
     }
+    let new_count = tr.new_backends.len();
     if short > 0 {
         let new: usize = local.keys().map(|s| s.len()).sum();
         return Err(Error::CapacityExceeded {
@@ -661,11 +714,11 @@ fn prepare(
     // Old backends stay until the services stop pointing at them.
     capacity(
         "backend map (dp_backends, id 0 reserved)",
-        cur.backend_ids.len() + tr.new_backends.len(),
+        known_backends + new_count,
         caps.backends.saturating_sub(1),
     )?;
     Ok(Prepared {
-        new_backends: tr.new_backends,
+        new_backends: Vec::new(),
         writes,
         removals,
         alloc,
@@ -680,10 +733,13 @@ pub(crate) fn write(
     maps: &mut Maps,
     cur: &mut Current,
     planner: &Planner,
-    frontends: &Frontends,
+    frontends: Frontends,
     caps: &Capacities,
 ) -> Result<WriteReport, Error> {
-    let prep = prepare(cur, planner, frontends, caps)?;
+    let prep = prepare(cur, planner, &frontends, caps)?;
+    // The writes hold what is still needed of the plan (translated slots).
+    let incremental = frontends.gone.is_some();
+    drop(frontends);
     let mut n = 0usize;
     let node = &planner.node;
 
@@ -720,23 +776,21 @@ pub(crate) fn write(
         n += 1;
     }
     // 1. New backends.
-    let (ids, values): (Vec<u32>, Vec<BackendValue>) = prep
-        .new_backends
-        .iter()
-        .map(|((addr, port, family), id)| {
-            let v = BackendValue {
-                addr: *addr,
-                port: Be16::new(*port),
-                family: *family,
-                flags: 0,
-            };
-            (*id, v)
-        })
-        .unzip();
-    ArrayIo::backends(maps).write(&ids, &values)?;
+    let values = prep.new_backends.iter().map(|((addr, port, family), id)| {
+        let v = BackendValue {
+            addr: *addr,
+            port: Be16::new(*port),
+            family: *family,
+            flags: 0,
+        };
+        (*id, v)
+    });
+    if let Err(e) = ArrayIo::backends(maps).write(values) {
+        cur.forget(&prep.new_backends);
+        return Err(e);
+    }
     for (k, id) in &prep.new_backends {
         let i = *id as usize;
-        cur.backend_ids.insert(*k, *id);
         if cur.by_id.len() <= i {
             cur.by_id.resize(i + 1, None);
             cur.id_refs.resize(i + 1, 0);
@@ -778,20 +832,14 @@ pub(crate) fn write(
         n += 1;
     }
     // 4. Slots of every new range, then the entries that point at them.
-    let (indexes, ids): (Vec<u32>, Vec<u32>) = prep
-        .writes
-        .iter()
-        .filter(|w| w.fresh)
-        .flat_map(|w| {
-            let base = w.value.slot_base;
-            w.slots
-                .iter()
-                .enumerate()
-                .map(move |(i, id)| (base + i as u32, *id))
-        })
-        .unzip();
-    ArrayIo::slots(maps).write(&indexes, &ids)?;
-    n += indexes.len();
+    let slots = prep.writes.iter().filter(|w| w.fresh).flat_map(|w| {
+        let base = w.value.slot_base;
+        w.slots
+            .iter()
+            .enumerate()
+            .map(move |(i, id)| (base + i as u32, *id))
+    });
+    n += ArrayIo::slots(maps).write(slots)?;
     let (keys, values): (Vec<SvcKey>, Vec<SvcValue>) =
         prep.writes.iter().map(|w| (w.key, w.value)).unzip();
     if !batch(&maps.svc_batch, "dp_svc", &keys, &values)? {
@@ -839,7 +887,7 @@ pub(crate) fn write(
     //    keep working: conntrack holds the backend address itself.
     //    A full sync looks at every id (adopted maps may hold ids nothing points at); an
     //    incremental one only at those a released range held.
-    let stale: Vec<u32> = if frontends.gone.is_some() {
+    let stale: Vec<u32> = if incremental {
         dropped
             .into_iter()
             .filter(|id| {
@@ -851,8 +899,7 @@ pub(crate) fn write(
             .filter(|id| cur.by_id[*id as usize].is_some() && cur.unused(*id))
             .collect()
     };
-    let cleared = vec![BackendValue::default(); stale.len()];
-    ArrayIo::backends(maps).write(&stale, &cleared)?;
+    ArrayIo::backends(maps).write(stale.iter().map(|id| (*id, BackendValue::default())))?;
     for id in stale {
         if let Some(k) = cur.by_id[id as usize].take() {
             cur.backend_ids.remove(&k);

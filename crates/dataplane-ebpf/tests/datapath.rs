@@ -900,6 +900,46 @@ fn capacity_error_writes_nothing() {
     ));
 }
 
+/// A state with more backends than fit is refused before anything is written, and leaves no
+/// trace: the backends it would have added are not taken as written by the next apply.
+#[test]
+fn backend_capacity_error_leaves_no_trace() {
+    if !require_root("backend_capacity_error_leaves_no_trace") {
+        return;
+    }
+    let n = TestNode::new("becap");
+    let mut cfg = n.config();
+    // Ids 1..=5; the test services have two ports, so each address is two backends.
+    cfg.capacities.backends = 6;
+    let mut dp = EbpfDataplane::new(cfg).expect("load");
+    let web = |backends: &[&str]| {
+        state(vec![service(
+            "web",
+            "10.96.0.10",
+            backends.iter().map(|b| backend(b, "node-b")).collect(),
+        )])
+    };
+    dp.apply(&web(&["10.244.1.20"])).expect("fits");
+    let too_many = web(&["10.244.1.21", "10.244.1.22", "10.244.1.23", "10.244.1.24"]);
+    let err = dp
+        .apply(&too_many)
+        .expect_err("four new backends do not fit");
+    assert!(
+        matches!(err, dataplane_core::Error::CapacityExceeded { ref what, .. } if what.contains("dp_backends")),
+        "{err}"
+    );
+    // One of the refused backends, now alone: it must really be written.
+    dp.apply(&web(&["10.244.1.22"])).expect("fits");
+    let syn = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .tcp(61100, 80, TCP_SYN)
+        .build();
+    assert_eq!(
+        backend_of(&mut dp, &syn),
+        "10.244.1.22".parse::<IpAddr>().unwrap()
+    );
+}
+
 #[test]
 fn pinned_state_is_adopted_and_reset_removes_it() {
     if !require_root("pinned_state_is_adopted_and_reset_removes_it") {
@@ -1562,6 +1602,44 @@ fn health_checks_and_incremental_changes() {
         .expect("still incremental after a refused change");
     assert!(!report.full_sync);
     assert_eq!(dp.health_checks()[0].local_endpoints, 1);
+
+    // A change of the node needs every service, of which the backend keeps no copy: it asks
+    // for a full sync and changes nothing.
+    let mut moved = before.clone();
+    moved.node.name = "node-b".to_owned();
+    let observed = dp.observe().expect("observe");
+    assert!(matches!(
+        dp.apply_changes(&dataplane_core::diff(&before, &moved)),
+        Err(dataplane_core::Error::FullSyncRequired)
+    ));
+    assert_eq!(dp.observe().expect("observe"), observed, "nothing written");
+    // The applied state is intact: incremental changes still work.
+    let report = dp
+        .apply_changes(&dataplane_core::diff(&before, &after))
+        .expect("incremental after the refused node change");
+    assert!(!report.full_sync);
+    assert_eq!(dp.health_checks()[0].local_endpoints, 0);
+    // The full sync the refusal asks for: 10.244.1.20 is local on node-b, and the full sync
+    // counts the services that differ from the applied ones.
+    let mut moved = after.clone();
+    moved.node.name = "node-b".to_owned();
+    moved.services.push(service("third", "10.96.0.42", vec![]));
+    let report = dp.apply(&moved).expect("full sync with the new node");
+    assert!(report.full_sync);
+    assert_eq!(
+        (report.services_changed, report.services_removed),
+        (1, 0),
+        "only the added service differs: {report:?}"
+    );
+    assert_eq!(dp.health_checks()[0].local_endpoints, 1);
+    let mut fewer = moved.clone();
+    fewer.services.retain(|s| s.name.name != "other");
+    fewer.services[0]
+        .backends
+        .push(backend("10.244.1.21", "node-b"));
+    let report = dp.apply(&fewer).expect("full sync");
+    assert_eq!((report.services_changed, report.services_removed), (1, 1));
+    assert_eq!(dp.health_checks()[0].local_endpoints, 2);
 }
 
 fn syn_to(src: &str, dst: &str, dport: u16) -> Vec<u8> {

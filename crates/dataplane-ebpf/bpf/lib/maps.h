@@ -202,7 +202,6 @@ struct {
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
 	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_svc SEC(".maps");
 
