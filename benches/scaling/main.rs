@@ -170,7 +170,13 @@ pub struct Rss {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct ControlRow {
     pub backend: String,
+    /// 10k x 10 applied to a backend that holds the node without services (its programs or
+    /// base rules installed).
     pub apply_from_empty_ms: Vec<f64>,
+    /// Node setup before that: the first apply, of the node and its endpoints without
+    /// services (attaching to the uplink and the pods' interfaces).
+    #[serde(default)]
+    pub setup_ms: Vec<f64>,
     pub change_apply_us: Vec<f64>,
     pub change_reach_us: Vec<f64>,
     pub rss: Option<Rss>,
@@ -917,13 +923,27 @@ fn control_plane(
             old.reset().map_err(|e| format!("reset: {e}"))?;
         }
         let mut fresh = make_backend(node.kind, netns, &format!("cp{k}"))?;
+        // The node without services first: what the programs' attachments (or the base
+        // rules) cost is node setup, not service programming, and is shown on its own.
+        let t = Instant::now();
+        fresh
+            .apply(base)
+            .map_err(|e| format!("apply the node without services: {e}"))?;
+        let setup = t.elapsed();
+        row.setup_ms.push(ms(setup));
         let t = Instant::now();
         fresh
             .apply(&state)
             .map_err(|e| format!("apply 10k services from empty: {e}"))?;
         let took = t.elapsed();
         row.apply_from_empty_ms.push(ms(took));
-        log(start, &format!("  {} from empty: {took:?}", node.kind));
+        log(
+            start,
+            &format!(
+                "  {} node setup {setup:?}, then from empty: {took:?}",
+                node.kind
+            ),
+        );
         dp = Some(fresh);
         // A slow backend gets fewer repetitions: the bench has a time budget.
         if took > Duration::from_secs(5) {

@@ -342,6 +342,16 @@ fn check_cidrs(object: &str, field: &str, cidrs: &[IpNetwork]) -> Result<(), Val
 }
 
 fn check_unicast(object: &str, field: &str, ip: IpAddr) -> Result<(), ValidationError> {
+    check_unicast_with(object, || field.to_owned(), ip)
+}
+
+/// [`check_unicast`] that names the field only when it is wrong (the hot loops of a 10k
+/// service state would otherwise format a field name per backend).
+fn check_unicast_with(
+    object: &str,
+    field: impl FnOnce() -> String,
+    ip: IpAddr,
+) -> Result<(), ValidationError> {
     let reason = if ip.is_unspecified() {
         Some("unspecified")
     } else if ip.is_multicast() {
@@ -356,7 +366,7 @@ fn check_unicast(object: &str, field: &str, ip: IpAddr) -> Result<(), Validation
     match reason {
         Some(reason) => Err(ValidationError::InvalidAddress {
             object: object.to_owned(),
-            field: field.to_owned(),
+            field: field(),
             address: ip,
             reason,
         }),
@@ -365,10 +375,19 @@ fn check_unicast(object: &str, field: &str, ip: IpAddr) -> Result<(), Validation
 }
 
 fn check_port(object: &str, field: &str, port: u16) -> Result<(), ValidationError> {
+    check_port_with(object, || field.to_owned(), port)
+}
+
+/// [`check_port`] that names the field only when it is wrong.
+fn check_port_with(
+    object: &str,
+    field: impl FnOnce() -> String,
+    port: u16,
+) -> Result<(), ValidationError> {
     if port == 0 {
         return Err(ValidationError::PortZero {
             object: object.to_owned(),
-            field: field.to_owned(),
+            field: field(),
         });
     }
     Ok(())
@@ -457,8 +476,8 @@ fn validate_service(
     let mut port_keys = BTreeSet::new();
     for (i, p) in s.ports.iter().enumerate() {
         let field = |f: &str| format!("ports[{i}].{f}");
-        check_port(object, &field("port"), p.port)?;
-        check_port(object, &field("targetPort"), p.target_port)?;
+        check_port_with(object, || field("port"), p.port)?;
+        check_port_with(object, || field("targetPort"), p.target_port)?;
         if s.ports.len() > 1 && p.name.is_empty() {
             return Err(ValidationError::UnnamedPort {
                 object: object.to_owned(),
@@ -483,12 +502,12 @@ fn validate_service(
             });
         }
         let me = format!("{object} ports[{i}]");
-        let mut claim = |ip: IpAddr, port: u16, f: String| -> Result<(), ValidationError> {
+        let mut claim = |ip: IpAddr, port: u16, f: &str| -> Result<(), ValidationError> {
             if let Some(other) = frontends.insert((ip, p.protocol, port), me.clone()) {
                 if other != me {
                     return Err(ValidationError::DuplicateFrontend {
                         object: object.to_owned(),
-                        field: f,
+                        field: field(f),
                         frontend: format!("{} {}", p.protocol, std::net::SocketAddr::new(ip, port)),
                         other,
                     });
@@ -502,10 +521,10 @@ fn validate_service(
             .chain(&s.external_ips)
             .chain(&s.load_balancer_ips)
         {
-            claim(*ip, p.port, field("port"))?;
+            claim(*ip, p.port, "port")?;
         }
         if let Some(np) = p.node_port {
-            check_port(object, &field("nodePort"), np)?;
+            check_port_with(object, || field("nodePort"), np)?;
             let r = node.node_port_range;
             if !r.contains(np) {
                 return Err(ValidationError::NodePortOutOfRange {
@@ -517,7 +536,7 @@ fn validate_service(
                 });
             }
             for a in &node.addresses {
-                claim(*a, np, field("nodePort"))?;
+                claim(*a, np, "nodePort")?;
                 families.insert(IpFamily::of(a));
             }
         }
@@ -558,25 +577,25 @@ fn validate_frontend_ips(
     let mut families = BTreeSet::new();
     let mut cluster_families = BTreeSet::new();
     for (i, ip) in s.cluster_ips.iter().enumerate() {
-        let field = format!("clusterIPs[{i}]");
-        check_unicast(object, &field, *ip)?;
+        let field = || format!("clusterIPs[{i}]");
+        check_unicast_with(object, field, *ip)?;
         let family = IpFamily::of(ip);
         if !cluster_families.insert(family) {
             return Err(ValidationError::TooManyClusterIps {
                 object: object.to_owned(),
-                field,
+                field: field(),
                 family,
             });
         }
-        let in_family: Vec<_> = node
+        let mut in_family = node
             .service_cidrs
             .iter()
             .filter(|c| IpFamily::of(&c.ip()) == family)
-            .collect();
-        if !in_family.is_empty() && !in_family.iter().any(|c| c.contains(*ip)) {
+            .peekable();
+        if in_family.peek().is_some() && !in_family.any(|c| c.contains(*ip)) {
             return Err(ValidationError::ClusterIpOutsideServiceCidrs {
                 object: object.to_owned(),
-                field,
+                field: field(),
                 address: *ip,
             });
         }
@@ -647,12 +666,12 @@ fn validate_backends(
 ) -> Result<(), ValidationError> {
     let mut backend_ips = BTreeSet::new();
     for (i, b) in s.backends.iter().enumerate() {
-        let field = format!("backends[{i}].ip");
-        check_unicast(object, &field, b.ip)?;
+        let field = || format!("backends[{i}].ip");
+        check_unicast_with(object, field, b.ip)?;
         if !backend_ips.insert(b.ip) {
             return Err(ValidationError::Duplicate {
                 object: object.to_owned(),
-                field,
+                field: field(),
                 value: b.ip.to_string(),
             });
         }
@@ -660,7 +679,7 @@ fn validate_backends(
         if !families.is_empty() && !families.contains(&family) {
             return Err(ValidationError::BackendFamilyMismatch {
                 object: object.to_owned(),
-                field,
+                field: field(),
                 backend: b.ip,
                 backend_family: family,
             });
