@@ -51,9 +51,9 @@ pub use loader::{tc_host_object, tc_pod_object, xdp_uplink_object, AttachMode, H
 
 use crate::loader::{Maps, Objects};
 use crate::maps::{
-    CtEntry, CtKey, CT_F_DSR, CT_F_MASQ, CT_F_SNAT, CT_TCP_FIN_FWD, CT_TCP_FIN_REV, CT_TCP_REPLY,
-    CT_TCP_RST, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES,
-    STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
+    CtEntry, CtKey, LocalKey, LocalValue, CT_F_DSR, CT_F_MASQ, CT_F_SNAT, CT_TCP_FIN_FWD,
+    CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL_OUTSIDE,
+    STAT_DROPPED, STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
 };
 use crate::plan::BACKEND;
 use crate::writer::Current;
@@ -395,9 +395,10 @@ impl EbpfDataplane {
         // Attachments follow the uplink and the endpoints' interfaces: a change of services
         // alone leaves them as they are (and skips entering the namespace).
         let reattach = changes.is_none_or(|c| c.node.is_some() || !c.endpoints.is_empty());
+        let mut local_written = 0;
         if reattach {
             let wanted = Self::wanted_attachments(&rest, xdp_mode);
-            netns::in_netns(netns.as_deref(), || {
+            local_written = netns::in_netns(netns.as_deref(), || {
                 for (ifname, hook) in &wanted {
                     objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
                 }
@@ -412,7 +413,7 @@ impl EbpfDataplane {
                         a.detach()?;
                     }
                 }
-                Ok(())
+                sync_local(&mut objects.maps, &rest.endpoints)
             })?;
         }
 
@@ -444,7 +445,7 @@ impl EbpfDataplane {
             full_sync,
             services_changed,
             services_removed,
-            objects_written: report.objects_written,
+            objects_written: report.objects_written + local_written,
         })
     }
 
@@ -628,6 +629,62 @@ fn ifindex_of(name: &str) -> u32 {
     };
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
     unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// Entries `dp_local` holds at most (its size in `maps.h`).
+const LOCAL_MAX: usize = 4096;
+
+/// Makes `dp_local` hold the pods of `endpoints`: each address -> the index of the pod's
+/// interface, resolved in the calling thread's namespace (an interface that is not there yet
+/// is left to the FIB). Resolved again at every sync that looks at endpoints, so that a
+/// recreated interface is found under its new index. Returns the entries written or removed.
+fn sync_local(maps: &mut Maps, endpoints: &[dataplane_core::Endpoint]) -> Result<usize, EbpfError> {
+    let mut want: BTreeMap<LocalKey, u32> = BTreeMap::new();
+    for e in endpoints {
+        let ifindex = ifindex_of(&e.interface);
+        if ifindex == 0 {
+            tracing::debug!(endpoint = %e.name, interface = %e.interface, "no such interface yet");
+            continue;
+        }
+        for ip in &e.ips {
+            let key = LocalKey {
+                addr: crate::maps::Addr::new(*ip),
+                family: crate::maps::family_of(ip),
+                pad: [0; 3],
+            };
+            want.insert(key, ifindex);
+        }
+    }
+    if want.len() > LOCAL_MAX {
+        tracing::warn!(
+            pods = want.len(),
+            kept = LOCAL_MAX,
+            "more pod addresses than dp_local holds: the rest are routed by the FIB"
+        );
+        want = want.into_iter().take(LOCAL_MAX).collect();
+    }
+    let have: BTreeMap<LocalKey, u32> = maps
+        .local
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| (k, v.ifindex))
+        .collect();
+    let mut n = 0;
+    for k in have.keys().filter(|k| !want.contains_key(k)) {
+        match maps.local.remove(k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => n += 1,
+            Err(e) => return Err(EbpfError::map("dp_local", "removing", e)),
+        }
+    }
+    for (k, ifindex) in &want {
+        if have.get(k) != Some(ifindex) {
+            maps.local
+                .insert(k, LocalValue { ifindex: *ifindex }, 0)
+                .map_err(|e| EbpfError::map("dp_local", "writing", e))?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 fn reverse_key(k: &CtKey, v: &CtEntry) -> CtKey {

@@ -15,8 +15,8 @@ use aya::{Ebpf, EbpfLoader};
 use crate::batch::BatchFd;
 use crate::error::EbpfError;
 use crate::maps::{
-    Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, SrcRangeData, SvcKey,
-    SvcValue,
+    Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
+    SrcRangeData, SvcKey, SvcValue,
 };
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
 use crate::Capacities;
@@ -100,6 +100,7 @@ pub(crate) struct Maps {
     pub src_ranges: LpmTrie<MapData, SrcRangeData, u8>,
     pub cidrs: LpmTrie<MapData, Addr, u8>,
     pub config: Array<MapData, DpConfig>,
+    pub local: HashMap<MapData, LocalKey, LocalValue>,
     pub stats: PerCpuArray<MapData, u64>,
     /// Batch writers of the maps a full sync fills in bulk.
     pub svc_batch: BatchFd,
@@ -369,6 +370,7 @@ pub(crate) fn load(pin_dir: &Path, caps: &Capacities, xdp: bool) -> Result<Objec
         src_ranges: take(&mut pod, "dp_srcrange")?,
         cidrs: take(&mut pod, "dp_cidrs")?,
         config: take(&mut pod, "dp_config")?,
+        local: take(&mut pod, "dp_local")?,
         stats: take(&mut pod, "dp_stats")?,
     };
     Ok(Objects {
@@ -382,7 +384,7 @@ pub(crate) fn load(pin_dir: &Path, caps: &Capacities, xdp: bool) -> Result<Objec
 }
 
 /// Key and value sizes this version expects of each map (the layouts of `maps.h`).
-const LAYOUTS: [(&str, usize, usize); 9] = [
+const LAYOUTS: [(&str, usize, usize); 10] = [
     ("dp_svc", size_of::<SvcKey>(), size_of::<SvcValue>()),
     ("dp_backends", 4, size_of::<BackendValue>()),
     ("dp_slots", 4, 4),
@@ -395,6 +397,7 @@ const LAYOUTS: [(&str, usize, usize); 9] = [
     ("dp_srcrange", 4 + size_of::<SrcRangeData>(), 1),
     ("dp_cidrs", 4 + size_of::<Addr>(), 1),
     ("dp_config", 4, size_of::<DpConfig>()),
+    ("dp_local", size_of::<LocalKey>(), size_of::<LocalValue>()),
     ("dp_stats", 4, 8),
 ];
 

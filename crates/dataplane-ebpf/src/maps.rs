@@ -348,6 +348,26 @@ pub struct DpConfig {
     pub mtu: u32,
 }
 
+/// `struct local_key`: a pod on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct LocalKey {
+    /// The pod's address.
+    pub addr: Addr,
+    /// `AF_INET` or `AF_INET6` (the datapath's values).
+    pub family: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
+/// `struct local_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct LocalValue {
+    /// Index of the host side of the pod's interface.
+    pub ifindex: u32,
+}
+
 macro_rules! pod {
     ($($t:ty),*) => {$(
         // SAFETY: `$t` is `#[repr(C)]`, made of integers and byte arrays only, with explicit
@@ -366,7 +386,9 @@ pod!(
     AffinityKey,
     AffinityValue,
     SrcRangeData,
-    DpConfig
+    DpConfig,
+    LocalKey,
+    LocalValue
 );
 
 // Compile-time sizes; the BTF test checks offsets as well.
@@ -380,3 +402,5 @@ const _: () = assert!(std::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(std::mem::size_of::<SrcRangeKey>() == 24);
 const _: () = assert!(std::mem::size_of::<CidrKey>() == 20);
 const _: () = assert!(std::mem::size_of::<DpConfig>() == 28);
+const _: () = assert!(std::mem::size_of::<LocalKey>() == 20);
+const _: () = assert!(std::mem::size_of::<LocalValue>() == 4);

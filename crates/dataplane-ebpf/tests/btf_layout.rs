@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::mem::{offset_of, size_of};
 
 use dataplane_ebpf::maps::{
-    AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, SrcRangeKey,
-    SvcKey, SvcValue,
+    AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, LocalKey,
+    LocalValue, SrcRangeKey, SvcKey, SvcValue,
 };
 
 /// struct name -> (size, [(field, byte offset)]).
@@ -83,6 +83,8 @@ fn map_layouts_match_btf() {
         layout!(AffinityValue, "affinity_value", [last_seen_ns => "last_seen_ns", backend_id => "backend_id", pad => "pad"]),
         layout!(CidrKey, "cidr_key", [prefixlen => "prefixlen", addr => "addr"]),
         layout!(DpConfig, "dp_config", [node_v4 => "node_v4", node_v6 => "node_v6", flags => "flags", mtu => "mtu"]),
+        layout!(LocalKey, "local_key", [addr => "addr", family => "family", pad => "pad"]),
+        layout!(LocalValue, "local_value", [ifindex => "ifindex"]),
     ];
     for object in [
         dataplane_ebpf::tc_pod_object(),

@@ -1195,6 +1195,70 @@ fn arrays_pinned_without_mmap_are_written_with_batch_calls() {
     dp.reset().expect("reset");
 }
 
+/// A translated packet for a pod on this node goes straight to the pod's interface (from the
+/// endpoints), without a FIB lookup: here the node has no route to the pod at all, so only the
+/// endpoint map can send it there. An endpoint that goes takes its entry with it.
+#[test]
+fn packets_for_local_pods_go_straight_to_their_interface() {
+    if !require_root("packets_for_local_pods_go_straight_to_their_interface") {
+        return;
+    }
+    let n = TestNode::new("local");
+    let ns = n.name.as_str();
+    for args in [
+        vec![
+            "-n", ns, "link", "add", "lxc0", "type", "veth", "peer", "name", "lxc0p",
+        ],
+        vec!["-n", ns, "link", "set", "lxc0", "up"],
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .expect("ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut dp = n.dataplane();
+    let mut with_pod = state(vec![service(
+        "web",
+        "10.96.0.10",
+        vec![backend("10.244.0.10", "node-a")],
+    )]);
+    with_pod.endpoints = vec![dataplane_core::Endpoint {
+        name: ObjectName::new("default", "web-0"),
+        interface: "lxc0".to_owned(),
+        ips: vec!["10.244.0.10".parse().unwrap()],
+        labels: std::collections::BTreeMap::new(),
+        namespace_labels: std::collections::BTreeMap::new(),
+        named_ports: Vec::new(),
+    }];
+    let syn = |sport| {
+        eth()
+            .ip("10.244.0.5", "10.96.0.10")
+            .tcp(sport, 80, TCP_SYN)
+            .build()
+    };
+    dp.apply(&with_pod).expect("apply");
+    let run = dp.run_packet(Hook::FromPod, &syn(61200), 1).expect("run");
+    assert_eq!(run.verdict, REDIRECT, "to the pod's veth");
+    assert_eq!(&run.output[30..34], &[10, 244, 0, 10], "DNAT to the pod");
+    // The pod goes (its endpoint with it): the FIB, which has no route, leaves the packet to
+    // the stack.
+    let mut without = with_pod.clone();
+    without.endpoints.clear();
+    dp.apply_changes(&dataplane_core::diff(&with_pod, &without))
+        .expect("endpoint removed");
+    let run = dp.run_packet(Hook::FromPod, &syn(61201), 1).expect("run");
+    assert_eq!(run.verdict, OK, "no endpoint entry left");
+    dp.apply_changes(&dataplane_core::diff(&without, &with_pod))
+        .expect("endpoint back");
+    let run = dp.run_packet(Hook::FromPod, &syn(61202), 1).expect("run");
+    assert_eq!(run.verdict, REDIRECT);
+}
+
 /// DSR scene on node-a (172.18.0.2): `dsr` NodePort 30090 (TCP and UDP, externalMode Dsr) with
 /// one remote backend 10.244.1.20 and `hybrid` NodePort 30091 (Hybrid: DSR for TCP only),
 /// and `dsr-local` NodePort 30092 (Dsr) whose only backend is local.

@@ -10,6 +10,21 @@
 #include "icmp.h"
 #include "echo.h"
 
+/* Redirects to `ifindex`, resolving the neighbour of next hop `nh_addr` (family `af`,
+ * AF_INET or AF_INET6) there. */
+static __always_inline long redirect_via(__u32 ifindex, __u8 af, const __u32 *nh_addr)
+{
+	struct bpf_redir_neigh nh;
+
+	__builtin_memset(&nh, 0, sizeof(nh));
+	nh.nh_family = af;
+	if (af == AF_INET)
+		nh.ipv4_nh = nh_addr[0];
+	else
+		__builtin_memcpy(nh.ipv6_nh, nh_addr, 16);
+	return bpf_redirect_neigh(ifindex, &nh, sizeof(nh), 0);
+}
+
 /*
  * After translation, route the packet ourselves: a packet whose new source is a node address
  * would be dropped as a martian if handed back to the stack on an ingress hook. When the FIB
@@ -18,7 +33,18 @@
 static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p)
 {
 	struct bpf_fib_lookup fib;
+	struct local_key lk;
+	struct local_value *local;
 	long ret;
+
+	__builtin_memset(&lk, 0, sizeof(lk));
+	__builtin_memcpy(lk.addr, p->daddr, sizeof(lk.addr));
+	lk.family = p->family;
+	local = bpf_map_lookup_elem(&dp_local, &lk);
+	if (local)
+		/* A pod on this node: to its veth, the destination itself is the next hop. */
+		return redirect_via(local->ifindex, p->family == DP_AF_INET ? AF_INET : AF_INET6,
+				    p->daddr);
 
 	__builtin_memset(&fib, 0, sizeof(fib));
 	fib.ifindex = skb->ifindex;
@@ -36,7 +62,11 @@ static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p)
 	}
 	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (ret == BPF_FIB_LKUP_RET_SUCCESS || ret == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+		/* The lookup left the next hop in the destination fields (the gateway, or the
+		 * destination itself on a link route; its family may differ, RFC 5549): pass it
+		 * on, or the redirect looks the route up a second time. */
+		return redirect_via(fib.ifindex, fib.family,
+				    fib.family == AF_INET ? &fib.ipv4_dst : fib.ipv6_dst);
 	return TC_ACT_OK;
 }
 

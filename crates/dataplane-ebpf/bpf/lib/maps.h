@@ -258,6 +258,26 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_cidrs SEC(".maps");
 
+/* Pods on this node: address -> the host side of the pod's veth. A translated packet for one
+ * goes straight there, without a FIB lookup; user space writes it from the endpoints. */
+struct local_key {
+	__u32 addr[4]; /* network order, IPv4 in addr[0] */
+	__u8 family;   /* DP_AF_* */
+	__u8 pad[3];
+};
+
+struct local_value {
+	__u32 ifindex;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct local_key);
+	__type(value, struct local_value);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_local SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
