@@ -357,16 +357,17 @@ impl EbpfDataplane {
         out
     }
 
-    /// Programs `desired`, which the caller has validated (and checked as supported), and
-    /// keeps `rest` (`desired` without its services) as the applied state. With `changes`
-    /// (what differs from the applied state; not the node) it is an incremental sync that
-    /// plans only the services they touch.
+    /// Programs `desired` (`None`: `rest`), which the caller has validated (and checked as
+    /// supported), and keeps `rest` (`desired` without its services) as the applied state.
+    /// With `changes` (what differs from the applied state; not the node) it is an
+    /// incremental sync that plans only the services they touch.
     fn sync(
         &mut self,
-        desired: &DesiredState,
+        desired: Option<&DesiredState>,
         rest: DesiredState,
         changes: Option<&ChangeSet>,
     ) -> Result<ApplyReport, Error> {
+        let desired = desired.unwrap_or(&rest);
         let maglev = self.config.capacities.maglev_table_size;
         // Taken: if anything below fails the maps are unknown to the planner and the next
         // sync plans afresh.
@@ -768,7 +769,7 @@ impl Dataplane for EbpfDataplane {
             ..DesiredState::new(desired.node.clone())
         };
         self.validator = None;
-        let report = self.sync(desired, rest, None)?;
+        let report = self.sync(Some(desired), rest, None)?;
         self.validator = Some(validator);
         Ok(report)
     }
@@ -788,12 +789,19 @@ impl Dataplane for EbpfDataplane {
         plan::check_changes_supported(&applied.node, changes)?;
         let mut next = self.applied.take().ok_or(Error::FullSyncRequired)?;
         let mut validator = self.validator.take().ok_or(Error::FullSyncRequired)?;
-        changes.apply_to(&mut next);
-        // The changed services are planned from the change set; the rest keeps none.
-        next.services.clear();
+        // The changed services are planned from the change set; the applied state keeps none.
+        if !changes.endpoints.is_empty() || !changes.policies.is_empty() {
+            ChangeSet {
+                node: None,
+                services: BTreeMap::new(),
+                endpoints: changes.endpoints.clone(),
+                policies: changes.policies.clone(),
+            }
+            .apply_to(&mut next);
+        }
         validator.commit(&next.node, changes);
         // On failure applied and validator stay None: the next sync is a full one.
-        let report = self.sync(&next.clone(), next, Some(changes))?;
+        let report = self.sync(None, next, Some(changes))?;
         self.validator = Some(validator);
         Ok(report)
     }

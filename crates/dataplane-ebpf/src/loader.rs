@@ -256,12 +256,14 @@ fn mmap_array<V: aya::Pod>(
         );
         return Ok(None);
     }
-    MmapArray::new(fd.fd(), info.max_entries())
-        .map(Some)
-        .map_err(|e| EbpfError::Load {
-            object: format!("mapping {name}"),
-            source: Box::new(e),
-        })
+    match MmapArray::new(fd.fd(), info.max_entries()) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) => {
+            // Slower, not wrong: the batch calls write the same elements.
+            tracing::warn!(map = name, error = %e, "cannot map the array: written with batch calls");
+            Ok(None)
+        }
+    }
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
