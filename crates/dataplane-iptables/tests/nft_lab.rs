@@ -66,6 +66,38 @@ fn conformance_table_with_real_traffic() {
     assert!(!ruleset(&lab).contains("table inet dataplane"));
 }
 
+/// The first services of a table (here after an apply of the node alone, as an agent starts)
+/// go in two steps: the `nft` transaction without the backend and hairpin elements, then
+/// those as one netlink batch. The conformance table holds with real traffic, and a later full
+/// sync, which replaces a table with services in one transaction, too.
+#[test]
+fn first_services_after_an_empty_table_with_real_traffic() {
+    if !require_root("first_services_after_an_empty_table_with_real_traffic") {
+        return;
+    }
+    let lab = common::lab::lab();
+    common::lab::route_external(&lab);
+    let state = common::lab::services(&lab);
+    let mut node_only = state.clone();
+    node_only.services.clear();
+    let mut dp = backend_for(&lab);
+    dp.apply(&node_only).unwrap();
+    let report = dp.apply(&state).unwrap();
+    assert!(report.full_sync);
+    let observed = dp.observe().unwrap();
+    let web = observed
+        .frontends
+        .iter()
+        .find(|f| f.address == "10.96.0.10:80".parse().unwrap() && f.protocol == Protocol::Tcp)
+        .expect("web frontend observed");
+    assert_eq!(web.backends.len(), 2, "backends sent over netlink: {web:?}");
+    common::lab::run(&lab, &state, &dp);
+    dp.apply(&state).unwrap();
+    common::lab::web_backends(&lab, 3);
+    dp.reset().unwrap();
+    assert!(!ruleset(&lab).contains("table inet dataplane"));
+}
+
 #[test]
 fn partial_sync_keeps_counters_of_unchanged_services() {
     if !require_root("partial_sync_keeps_counters_of_unchanged_services") {

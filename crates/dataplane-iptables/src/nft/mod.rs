@@ -17,7 +17,9 @@ use crate::error::NetfilterError;
 use crate::exec;
 use crate::plan::{changed_hairpin, changed_ports, node_plan};
 use crate::plan::{check_supported, plan, Support};
-use render::{compile, compile_patch, render_full, render_patch, render_reset, NftRuleset};
+use render::{
+    compile, compile_patch, render_full, render_full_except, render_patch, render_reset, NftRuleset,
+};
 
 const BACKEND: &str = "nftables";
 
@@ -126,17 +128,68 @@ impl NftablesDataplane {
 
     fn full_sync(&mut self, desired: &DesiredState) -> Result<ApplyReport, NetfilterError> {
         let rs = self.compile(desired)?;
-        let text = render_full(&rs);
-        self.transaction(text.clone(), "full sync")?;
+        // Into a table that holds no service yet (nothing can be disturbed), the backend and
+        // hairpin elements, most of a big ruleset, go in a netlink batch of their own after
+        // the transaction: `nft` spends about as long parsing those 100k+ elements as all the
+        // chains and rules of 10k services.
+        let empty_before = !self.dirty
+            && self
+                .applied
+                .as_ref()
+                .is_some_and(|(state, _)| state.services.is_empty());
+        let (text, bulk) = if empty_before {
+            render_full_except(&rs, |e| element_op(e, false).is_some())
+        } else {
+            (render_full(&rs), Vec::new())
+        };
+        let objects_written = text.lines().count() + bulk.len();
+        self.transaction(text, "full sync")?;
+        if !bulk.is_empty() {
+            let ops: Vec<netlink::ElementOp> =
+                bulk.iter().filter_map(|e| element_op(e, false)).collect();
+            if let Err(e) = self.send_elements(&ops) {
+                // Back to the table as it was (no services), in one transaction.
+                if let Some((_, old)) = &self.applied {
+                    let restore = render_full(old);
+                    if self
+                        .transaction(restore, "restore after a failed full sync")
+                        .is_ok()
+                    {
+                        self.dirty = false;
+                    }
+                }
+                return Err(e);
+            }
+        }
         self.dirty = false;
         let report = ApplyReport {
             full_sync: true,
             services_changed: desired.services.len(),
             services_removed: 0,
-            objects_written: text.lines().count(),
+            objects_written,
         };
         self.applied = Some((desired.clone(), rs));
         Ok(report)
+    }
+
+    /// Sends `ops` as one netlink batch over the kept socket (opened when there is none);
+    /// after a failure the socket is dropped and the next sync is full.
+    fn send_elements(&mut self, ops: &[netlink::ElementOp]) -> Result<(), NetfilterError> {
+        let sent = match self.netlink.take() {
+            Some(socket) => Ok(socket),
+            None => netlink::Socket::open(self.config.netns.as_deref()),
+        }
+        .and_then(|socket| socket.apply(&self.config.name, ops).map(|()| socket));
+        match sent {
+            Ok(socket) => {
+                self.netlink = Some(socket);
+                Ok(())
+            }
+            Err(e) => {
+                self.dirty = true;
+                Err(e)
+            }
+        }
     }
 
     fn listing(&self) -> Result<observe::Listing, NetfilterError> {
@@ -286,18 +339,7 @@ impl Dataplane for NftablesDataplane {
                 });
             }
             tracing::debug!(elements = ops.len(), "partial sync through netlink");
-            let sent = match self.netlink.take() {
-                Some(socket) => Ok(socket),
-                None => netlink::Socket::open(self.config.netns.as_deref()),
-            }
-            .and_then(|socket| socket.apply(&self.config.name, &ops).map(|()| socket));
-            match sent {
-                Ok(socket) => self.netlink = Some(socket),
-                Err(e) => {
-                    self.dirty = true;
-                    return Err(e.into());
-                }
-            }
+            self.send_elements(&ops)?;
         } else {
             let text = render_patch(rs, &patch);
             report.objects_written = text.lines().count();

@@ -35,6 +35,11 @@ const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
+/// Send buffers below this are left as the system sets them.
+const DEFAULT_SNDBUF: usize = 128 << 10;
+/// Elements in one `NFT_MSG_NEWSETELEM`/`DELSETELEM` message (nft puts many in one too; a
+/// 100k-element batch is then a few hundred messages and acknowledgements).
+const ELEMENTS_PER_MESSAGE: usize = 256;
 
 /// One element added to or deleted from a set or map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +139,16 @@ pub fn encode(table: &str, ops: &[ElementOp]) -> (Vec<u8>, u32) {
         &[],
     );
     let mut acked = 0;
-    for op in ops {
+    // Consecutive operations of one kind on one set share a message.
+    let mut rest = ops;
+    while let Some(first) = rest.first() {
+        let same = rest
+            .iter()
+            .take(ELEMENTS_PER_MESSAGE)
+            .take_while(|op| op.set == first.set && op.delete == first.delete)
+            .count();
+        let (group, tail) = rest.split_at(same);
+        rest = tail;
         seq += 1;
         let mut body = Vec::new();
         push_attr(
@@ -145,27 +159,33 @@ pub fn encode(table: &str, ops: &[ElementOp]) -> (Vec<u8>, u32) {
         push_attr(
             &mut body,
             NFTA_SET_ELEM_LIST_SET,
-            format!("{}\0", op.set).as_bytes(),
+            format!("{}\0", first.set).as_bytes(),
         );
         let (k, list) = nested(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
-            let (k, elem) = nested(NFTA_LIST_ELEM, |elem| {
-                let (k, key) = nested(NFTA_SET_ELEM_KEY, |key| {
-                    push_attr(key, NFTA_DATA_VALUE, &op.key);
+            for op in group {
+                let (k, elem) = nested(NFTA_LIST_ELEM, |elem| {
+                    let (k, key) = nested(NFTA_SET_ELEM_KEY, |key| {
+                        push_attr(key, NFTA_DATA_VALUE, &op.key);
+                    });
+                    push_attr(elem, k, &key);
+                    if let (Some(data), false) = (&op.data, op.delete) {
+                        let (k, d) =
+                            nested(NFTA_SET_ELEM_DATA, |d| push_attr(d, NFTA_DATA_VALUE, data));
+                        push_attr(elem, k, &d);
+                    }
                 });
-                push_attr(elem, k, &key);
-                if let (Some(data), false) = (&op.data, op.delete) {
-                    let (k, d) =
-                        nested(NFTA_SET_ELEM_DATA, |d| push_attr(d, NFTA_DATA_VALUE, data));
-                    push_attr(elem, k, &d);
-                }
-            });
-            push_attr(list, k, &elem);
+                push_attr(list, k, &elem);
+            }
         });
         push_attr(&mut body, k, &list);
-        let (msg, flags) = if op.delete {
-            (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
+        // Only the last message asks for an acknowledgement (each one carries a copy of its
+        // request, which for a big batch would overflow the receive buffer); errors are
+        // reported whether asked for or not.
+        let ack = if rest.is_empty() { NLM_F_ACK } else { 0 };
+        let (msg, flags) = if first.delete {
+            (NFT_MSG_DELSETELEM, NLM_F_REQUEST | ack)
         } else {
-            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE)
+            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | ack | NLM_F_CREATE)
         };
         push_msg(
             &mut buf,
@@ -176,7 +196,7 @@ pub fn encode(table: &str, ops: &[ElementOp]) -> (Vec<u8>, u32) {
             0,
             &body,
         );
-        acked += 1;
+        acked = 1;
     }
     seq += 1;
     push_msg(
@@ -251,6 +271,12 @@ impl Socket {
 
 fn apply_on(fd: &OwnedFd, table: &str, ops: &[ElementOp]) -> Result<(), NetfilterError> {
     let (batch, mut expected) = encode(table, ops);
+    // The whole batch goes in one datagram, which must fit the send buffer (what nft does).
+    let need = batch.len() + (64 << 10);
+    if need > DEFAULT_SNDBUF {
+        setsockopt(fd, sockopt::SndBufForce, &need)
+            .map_err(|e| err(format!("send buffer of {need} bytes: {e}")))?;
+    }
     send(fd.as_raw_fd(), &batch, MsgFlags::empty()).map_err(|e| err(format!("send: {e}")))?;
     let mut buf = vec![0u8; 1 << 16];
     while expected > 0 {

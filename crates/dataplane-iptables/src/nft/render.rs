@@ -790,6 +790,15 @@ fn rule_lines(table: &str, chain: &str, rules: &[String], out: &mut String) {
 
 /// The full-sync transaction: replaces our table, and nothing else, atomically.
 pub fn render_full(rs: &NftRuleset) -> String {
+    render_full_except(rs, |_| false).0
+}
+
+/// [`render_full`] without the elements `leave_out` picks, which it returns (to go to the
+/// kernel another way).
+pub fn render_full_except(
+    rs: &NftRuleset,
+    leave_out: impl Fn(&Element) -> bool,
+) -> (String, Vec<&Element>) {
     let t = &rs.table;
     let mut out = String::with_capacity(1024 * (rs.services.len() + 1));
     let _ = writeln!(out, "add table inet {t}");
@@ -810,8 +819,10 @@ pub fn render_full(rs: &NftRuleset) -> String {
     for svc in rs.services.values() {
         elements.extend(svc.elements.iter());
     }
+    let (left_out, elements): (Vec<&Element>, Vec<&Element>) =
+        elements.into_iter().partition(|e| leave_out(e));
     element_lines(t, "add", &elements, &mut out);
-    out
+    (out, left_out)
 }
 
 /// The removal transaction: deletes our table (and only it). `add` first so that deleting a
