@@ -297,7 +297,11 @@ fn group_key(p: &PortPlan, kind: &str) -> String {
 
 fn compile_port(node: &NodePlan, p: &PortPlan, svc: &mut NftService) -> Result<(), NetfilterError> {
     let ids = std::mem::take(&mut svc.ids);
-    let ctx = ChoiceCtx { p, ids: &ids };
+    let ctx = ChoiceCtx {
+        p,
+        ids: &ids,
+        written: std::cell::RefCell::new(Vec::new()),
+    };
     let mut result = Ok(());
     if !p.cluster_ips.is_empty() {
         result = compile_cluster_ip(node, &ctx, svc);
@@ -380,14 +384,18 @@ fn compile_external(
     {
         let chain = format!("ext-{fs}-{key}");
         let mut rules = Vec::new();
-        ctx.render(
-            &format!("iifname != \"{uplink}\""),
-            "cluster",
-            &p.cluster,
-            true,
-            &mut rules,
-            svc,
-        )?;
+        // With externalTrafficPolicy Cluster (masqueraded) pods, the host and outside
+        // clients pick alike and are masqueraded alike: one rule serves them all.
+        if p.cluster != p.external || !p.external_masquerade {
+            ctx.render(
+                &format!("iifname != \"{uplink}\""),
+                "cluster",
+                &p.cluster,
+                true,
+                &mut rules,
+                svc,
+            )?;
+        }
         ctx.render(
             "",
             "external",
@@ -452,6 +460,9 @@ fn with_counter(mut rules: Vec<String>) -> Vec<String> {
 struct ChoiceCtx<'a> {
     p: &'a PortPlan,
     ids: &'a SlotIds,
+    /// Slot groups whose backend elements are in the service already: the rules of a port
+    /// that pick from the same group add its elements once.
+    written: std::cell::RefCell<Vec<u32>>,
 }
 
 impl ChoiceCtx<'_> {
@@ -507,12 +518,16 @@ impl ChoiceCtx<'_> {
                     rules.push(format!(
                         "{prefix}meta mark set {pick} offset {offset:#010x} goto dnat-{fs}"
                     ));
-                    for (i, a) in s.iter().enumerate() {
-                        svc.elements.insert(Element {
-                            set: format!("backends-{fs}"),
-                            key: format!("{:#010x}", (id << SLOT_BITS) | i as u32),
-                            value: Some(nft_backend(a)),
-                        });
+                    let mut written = self.written.borrow_mut();
+                    if !written.contains(&id) {
+                        written.push(id);
+                        for (i, a) in s.iter().enumerate() {
+                            svc.elements.insert(Element {
+                                set: format!("backends-{fs}"),
+                                key: format!("{:#010x}", (id << SLOT_BITS) | i as u32),
+                                value: Some(nft_backend(a)),
+                            });
+                        }
                     }
                 }
             }
