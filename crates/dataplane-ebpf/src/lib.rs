@@ -26,6 +26,7 @@
 //! ```
 #![allow(unsafe_code)] // aya::Pod impls for the map mirror only; each has a SAFETY comment.
 
+mod backends;
 mod batch;
 mod error;
 mod loader;
@@ -848,6 +849,11 @@ impl Dataplane for EbpfDataplane {
 
     fn flows(&self) -> Result<Vec<Flow>, Error> {
         let maps = self.maps()?;
+        let names = self
+            .planner
+            .as_ref()
+            .map(plan::Planner::names)
+            .unwrap_or_default();
         let mut out = Vec::new();
         for item in &maps.ct {
             let Ok((k, v)) = item else { continue };
@@ -877,11 +883,7 @@ impl Dataplane for EbpfDataplane {
                 client: at(&k.saddr, k.sport),
                 frontend: at(&k.daddr, k.dport),
                 backend: at(&v.nat_addr, v.nat_port),
-                service: self
-                    .planner
-                    .as_ref()
-                    .and_then(|p| p.names.get(&v.svc_id))
-                    .cloned(),
+                service: names.get(&v.svc_id).map(|n| (*n).clone()),
             });
         }
         out.sort_by_key(|f| (f.frontend, f.client));

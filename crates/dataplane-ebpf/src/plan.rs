@@ -479,8 +479,6 @@ pub(crate) struct Planner {
     pub node: NodePlan,
     /// Source ranges: (key data, prefix length including the 32 bits of the id).
     pub src_ranges: BTreeSet<(SrcRangeData, u32)>,
-    /// Service-port id -> service name, for `flows()`.
-    pub names: HashMap<u32, ObjectName>,
     by_service: HashMap<ObjectName, ServiceEntries>,
     used_ids: HashSet<u32>,
     /// Services holding each ClusterIP wildcard entry: services may share a ClusterIP on
@@ -544,6 +542,14 @@ impl Planner {
         })
     }
 
+    /// Service-port id -> service name (for `flows()`; built per call, not kept).
+    pub(crate) fn names(&self) -> HashMap<u32, &ObjectName> {
+        self.by_service
+            .iter()
+            .flat_map(|(name, e)| e.ids.iter().map(move |id| (*id, name)))
+            .collect()
+    }
+
     /// Services this plan has that differ from (or are missing in) `previous`'s, and services
     /// `previous` had that this plan has not. Without `previous`, every service is new.
     pub(crate) fn changed_since(&self, previous: Option<&Planner>) -> (usize, usize) {
@@ -586,7 +592,6 @@ impl Planner {
         }
         for id in &entries.ids {
             self.used_ids.remove(id);
-            self.names.remove(id);
         }
     }
 
@@ -613,7 +618,6 @@ impl Planner {
                 id = id.wrapping_add(1).max(1);
             }
             entries.ids.push(id);
-            self.names.insert(id, service.name.clone());
             plan_port(&mut out, state, service, port, id, maglev_size)?;
         }
         if !service.ports.is_empty() {
@@ -773,8 +777,8 @@ mod tests {
         assert_eq!(map, plan(&new, 251));
         let (full, _) = Planner::full(&new, 251).unwrap();
         assert_eq!(
-            (&planner.names, &planner.src_ranges),
-            (&full.names, &full.src_ranges)
+            (planner.names(), &planner.src_ranges),
+            (full.names(), &full.src_ranges)
         );
     }
 

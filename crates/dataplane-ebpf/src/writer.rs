@@ -8,6 +8,7 @@ use std::sync::Arc;
 use aya::maps::lpm_trie::Key;
 use dataplane_core::Error;
 
+use crate::backends::{BackendKey, BackendTable};
 use crate::error::EbpfError;
 use crate::loader::Maps;
 use crate::maps::{
@@ -86,9 +87,6 @@ impl SlotAlloc {
     }
 }
 
-/// A backend as the maps key it: address, port, family.
-pub(crate) type BackendKey = (Addr, u16, u8);
-
 /// One slot range in `dp_slots`.
 #[derive(Debug, Clone)]
 struct Range {
@@ -127,11 +125,9 @@ impl Ranges {
 pub(crate) struct Current {
     pub frontends: HashMap<SvcKey, SvcValue>,
     ranges: Ranges,
-    pub backend_ids: HashMap<BackendKey, u32>,
-    /// Index: backend id, `None` where the id is free (id 0 is reserved); as long as the
-    /// highest id ever handed out.
-    by_id: Vec<Option<BackendKey>>,
-    /// Ids below `by_id.len()` that are not in use, for allocation without a scan.
+    /// Backends by id and by key.
+    backends: BackendTable,
+    /// Ids below `backends.id_bound()` that are not in use, for allocation without a scan.
     free_ids: BTreeSet<u32>,
     /// Index: backend id -> number of slot ranges that hold it.
     id_refs: Vec<u32>,
@@ -141,6 +137,9 @@ pub(crate) struct Current {
     pub alloc: SlotAlloc,
     pub generation: u32,
 }
+
+/// Service entries per `BPF_MAP_UPDATE_BATCH` call.
+const SVC_CHUNK: usize = 4096;
 
 /// One batch write; `Ok(false)`: the kernel has none, write element by element.
 fn batch<K: aya::Pod, V: aya::Pod>(
@@ -299,28 +298,23 @@ impl Current {
             0,
             maps.backends.len(),
         )?;
-        let mut backend_ids = HashMap::new();
-        let mut by_id = Vec::new();
+        let mut backends = BackendTable::default();
         for (id, value) in all.iter().enumerate() {
-            if value.family != 0 && id != 0 {
-                let k = (value.addr, value.port.get(), value.family);
-                backend_ids.insert(k, id as u32);
-                by_id.resize(id + 1, None);
-                by_id[id] = Some(k);
+            let k = (value.addr, value.port.get(), value.family);
+            // A key twice (maps an earlier version left inconsistent): the first id keeps it,
+            // the other is unused and freed by the next full sync.
+            if value.family != 0 && id != 0 && backends.get(&k).is_none() {
+                backends.insert(k, id as u32);
             }
         }
-        if by_id.is_empty() {
-            by_id.push(None);
-        }
-        let free_ids = (1..by_id.len() as u32)
-            .filter(|i| by_id[*i as usize].is_none())
+        let free_ids = (1..backends.id_bound())
+            .filter(|i| backends.key(*i).is_none())
             .collect();
         let mut cur = Self {
             frontends: HashMap::new(),
             ranges: Ranges::default(),
-            id_refs: vec![0; by_id.len()],
-            backend_ids,
-            by_id,
+            id_refs: vec![0; backends.id_bound() as usize],
+            backends,
             free_ids,
             src_ranges: BTreeSet::new(),
             cidrs: BTreeMap::new(),
@@ -447,11 +441,13 @@ impl Current {
         Some((base, len))
     }
 
-    /// Takes backends `prepare` entered out again (their write was refused or failed).
-    fn forget(&mut self, new_backends: &[(BackendKey, u32)]) {
-        for (k, _) in new_backends {
-            self.backend_ids.remove(k);
+    /// Takes backends `prepare` entered out again (their write was refused or failed), and
+    /// the id bound back to `bound`.
+    fn forget(&mut self, new_backends: &[(BackendKey, u32)], bound: u32) {
+        for (_, id) in new_backends {
+            self.backends.remove(*id);
         }
+        self.backends.truncate_ids(bound);
     }
 
     /// Slots in use by the ranges the maps hold.
@@ -497,6 +493,8 @@ struct Write {
 
 struct Prepared {
     new_backends: Vec<(BackendKey, u32)>,
+    /// `backends.id_bound()` before: where a failed write takes it back to.
+    id_bound: u32,
     writes: Vec<Write>,
     removals: Vec<SvcKey>,
     alloc: SlotAlloc,
@@ -519,11 +517,11 @@ impl FreshIds<'_> {
 }
 
 /// Translates planned slots into backend ids, giving fresh ids to backends not in the maps
-/// yet (entered into `backend_ids` right away, and listed in `new_backends` to be written,
+/// yet (entered into `backends` right away, and listed in `new_backends` to be written,
 /// or taken out again if the write is refused). Consecutive frontends sharing their slots
 /// (one service's) are translated once.
 struct Translator<'a> {
-    backend_ids: &'a mut HashMap<BackendKey, u32>,
+    backends: &'a mut BackendTable,
     new_backends: &'a mut Vec<(BackendKey, u32)>,
     fresh: FreshIds<'a>,
     last: Option<(Slots, Arc<[u32]>)>,
@@ -540,8 +538,9 @@ impl Translator<'_> {
             .iter()
             .map(|b| {
                 let k = (b.addr, b.port, b.family);
-                *self.backend_ids.entry(k).or_insert_with(|| {
+                self.backends.get(&k).unwrap_or_else(|| {
                     let id = self.fresh.take();
+                    self.backends.insert(k, id);
                     self.new_backends.push((k, id));
                     id
                 })
@@ -571,7 +570,7 @@ fn removals(cur: &Current, frontends: &Frontends, seen: &HashSet<SvcKey>) -> Vec
 }
 
 /// Checks every capacity and allocates everything before a single map write. The backends
-/// new to the maps are entered in `cur.backend_ids` (and taken out again on an error).
+/// new to the maps are entered in `cur.backends` (and taken out again on an error).
 fn prepare(
     cur: &mut Current,
     planner: &Planner,
@@ -579,14 +578,16 @@ fn prepare(
     caps: &Capacities,
 ) -> Result<Prepared, Error> {
     let mut new_backends = Vec::new();
+    let bound = cur.backends.id_bound();
     let prepared = prepare_in(cur, planner, frontends, caps, &mut new_backends);
     match prepared {
         Ok(mut p) => {
             p.new_backends = new_backends;
+            p.id_bound = bound;
             Ok(p)
         }
         Err(e) => {
-            cur.forget(&new_backends);
+            cur.forget(&new_backends, bound);
             Err(e)
         }
     }
@@ -627,29 +628,35 @@ fn prepare_in(
         planner.src_ranges.len(),
         caps.source_ranges,
     )?;
-    let known_backends = cur.backend_ids.len();
+    let known_backends = cur.backends.len();
     let Current {
         frontends: cur_frontends,
         ranges,
-        backend_ids,
-        by_id,
+        backends,
         free_ids,
         alloc: cur_alloc,
         generation,
         ..
     } = cur;
+    let next = backends.id_bound();
     let mut tr = Translator {
-        backend_ids,
+        backends,
         new_backends,
         fresh: FreshIds {
             free: free_ids.iter(),
-            next: by_id.len() as u32,
+            next,
         },
         last: None,
     };
     let mut alloc = cur_alloc.clone();
     let mut local: HashMap<Arc<[u32]>, u32> = HashMap::new();
-    let mut writes = Vec::new();
+    // A full plan into new maps writes nearly every entry.
+    let fresh_maps = frontends.gone.is_none() && cur_frontends.is_empty();
+    let mut writes = Vec::with_capacity(if fresh_maps {
+        frontends.planned.len()
+    } else {
+        0
+    });
     // Every key planned (a ClusterIP's wildcard may come from several services).
     let mut seen: HashSet<SvcKey> = HashSet::with_capacity(frontends.planned.len());
     let mut added = 0usize;
@@ -706,23 +713,26 @@ fn prepare_in(
         });
     }
     let removals = removals(cur, frontends, &seen);
-    capacity(
-        "service map (dp_svc)",
-        cur.frontends.len() + added - removals.len(),
-        caps.services,
-    )?;
-    // Old backends stay until the services stop pointing at them.
-    capacity(
-        "backend map (dp_backends, id 0 reserved)",
-        known_backends + new_count,
-        caps.backends.saturating_sub(1),
-    )?;
+    let entries = cur.frontends.len() + added - removals.len();
+    check_entries(caps, entries, known_backends + new_count)?;
     Ok(Prepared {
         new_backends: Vec::new(),
+        id_bound: 0,
         writes,
         removals,
         alloc,
     })
+}
+
+/// The service entries and backends a write leaves (old backends stay until the services
+/// stop pointing at them) against the maps' sizes.
+fn check_entries(caps: &Capacities, entries: usize, backends: usize) -> Result<(), Error> {
+    capacity("service map (dp_svc)", entries, caps.services)?;
+    capacity(
+        "backend map (dp_backends, id 0 reserved)",
+        backends,
+        caps.backends.saturating_sub(1),
+    )
 }
 
 /// Makes the maps hold what `planner` and `frontends` say. Capacity errors come before any
@@ -786,16 +796,11 @@ pub(crate) fn write(
         (*id, v)
     });
     if let Err(e) = ArrayIo::backends(maps).write(values) {
-        cur.forget(&prep.new_backends);
+        cur.forget(&prep.new_backends, prep.id_bound);
         return Err(e);
     }
-    for (k, id) in &prep.new_backends {
-        let i = *id as usize;
-        if cur.by_id.len() <= i {
-            cur.by_id.resize(i + 1, None);
-            cur.id_refs.resize(i + 1, 0);
-        }
-        cur.by_id[i] = Some(*k);
+    cur.id_refs.resize(cur.backends.id_bound() as usize, 0);
+    for (_, id) in &prep.new_backends {
         cur.free_ids.remove(id);
         n += 1;
     }
@@ -840,14 +845,18 @@ pub(crate) fn write(
             .map(move |(i, id)| (base + i as u32, *id))
     });
     n += ArrayIo::slots(maps).write(slots)?;
-    let (keys, values): (Vec<SvcKey>, Vec<SvcValue>) =
-        prep.writes.iter().map(|w| (w.key, w.value)).unzip();
-    if !batch(&maps.svc_batch, "dp_svc", &keys, &values)? {
-        for (key, value) in keys.iter().zip(&values) {
-            maps.svc
-                .insert(key, value, 0)
-                .map_err(merr("dp_svc", "writing"))
-                .map_err(Error::from)?;
+    // In chunks: each entry is complete on its own (its slots and backends are written), and
+    // the key and value arrays stay small.
+    for chunk in prep.writes.chunks(SVC_CHUNK) {
+        let (keys, values): (Vec<SvcKey>, Vec<SvcValue>) =
+            chunk.iter().map(|w| (w.key, w.value)).unzip();
+        if !batch(&maps.svc_batch, "dp_svc", &keys, &values)? {
+            for (key, value) in keys.iter().zip(&values) {
+                maps.svc
+                    .insert(key, value, 0)
+                    .map_err(merr("dp_svc", "writing"))
+                    .map_err(Error::from)?;
+            }
         }
     }
     for w in &prep.writes {
@@ -890,20 +899,14 @@ pub(crate) fn write(
     let stale: Vec<u32> = if incremental {
         dropped
             .into_iter()
-            .filter(|id| {
-                cur.unused(*id) && cur.by_id.get(*id as usize).is_some_and(Option::is_some)
-            })
+            .filter(|id| cur.unused(*id) && cur.backends.key(*id).is_some())
             .collect()
     } else {
-        (1..cur.by_id.len() as u32)
-            .filter(|id| cur.by_id[*id as usize].is_some() && cur.unused(*id))
-            .collect()
+        cur.backends.ids().filter(|id| cur.unused(*id)).collect()
     };
     ArrayIo::backends(maps).write(stale.iter().map(|id| (*id, BackendValue::default())))?;
     for id in stale {
-        if let Some(k) = cur.by_id[id as usize].take() {
-            cur.backend_ids.remove(&k);
-        }
+        cur.backends.remove(id);
         cur.free_ids.insert(id);
         n += 1;
     }
