@@ -112,6 +112,92 @@ impl BatchFd {
         Ok(true)
     }
 
+    /// Every element of a hash map (plain or LRU), a few thousand per `bpf()` call.
+    /// `Ok(None)`: the kernel has no batch lookups for this map, walk it with
+    /// `next_key`/`lookup` instead (two calls per element). Elements added or removed while
+    /// the map is read may or may not be in the result, as with such a walk.
+    pub(crate) fn lookup_all<K: aya::Pod, V: aya::Pod>(&self) -> io::Result<Option<Vec<(K, V)>>> {
+        if !self
+            .lookup_supported
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(None);
+        }
+        let mut chunk = LOOKUP_CHUNK;
+        // SAFETY: `K`/`V: Pod` are plain data for which every bit pattern, zero included, is
+        // valid.
+        let zk: K = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let zv: V = unsafe { std::mem::zeroed() };
+        let mut out = Vec::new();
+        let mut keys = vec![zk; chunk];
+        let mut values = vec![zv; chunk];
+        // Hash maps take a bucket index as the batch position; none: from the start.
+        let mut from: Option<u32> = None;
+        let mut next = 0u32;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: from.as_ref().map_or(0, |k| std::ptr::from_ref(k) as u64),
+                out_batch: std::ptr::from_mut(&mut next) as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: u32::try_from(chunk).unwrap_or(u32::MAX),
+                map_fd: self.fd.as_raw_fd().cast_unsigned(),
+                ..BatchAttr::default()
+            };
+            // SAFETY: `attr` is the kernel's `bpf_attr.batch` layout; `keys` and `values`
+            // have room for `count` keys and values of the map's types (whose sizes aya
+            // checked when the typed map was opened); `in_batch`/`out_batch` point at `u32`s
+            // (a hash map's batch token) that outlive the call.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    std::ptr::from_mut(&mut attr),
+                    std::mem::size_of::<BatchAttr>(),
+                )
+            };
+            let got = (attr.count as usize).min(chunk);
+            if ret < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    // The end of the map: `count` says how many came before it.
+                    Some(libc::ENOENT) => {
+                        out.extend(
+                            keys[..got]
+                                .iter()
+                                .copied()
+                                .zip(values[..got].iter().copied()),
+                        );
+                        return Ok(Some(out));
+                    }
+                    // One bucket holds more elements than fit: retry it with more room.
+                    Some(libc::ENOSPC) if chunk < (1 << 20) => {
+                        chunk *= 4;
+                        keys = vec![zk; chunk];
+                        values = vec![zv; chunk];
+                        continue;
+                    }
+                    Some(libc::EINVAL | libc::ENOSYS | ENOTSUPP)
+                        if out.is_empty() && from.is_none() =>
+                    {
+                        self.lookup_supported
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(None);
+                    }
+                    _ => return Err(e),
+                }
+            }
+            out.extend(
+                keys[..got]
+                    .iter()
+                    .copied()
+                    .zip(values[..got].iter().copied()),
+            );
+            from = Some(next);
+        }
+    }
+
     /// Reads `count` consecutive elements of an array map from index `start` (fewer when
     /// the array ends first). `Ok(None)`: the kernel has no batch lookups for this map, read
     /// them one by one. Reading a pinned map back at startup one `bpf()` call per index

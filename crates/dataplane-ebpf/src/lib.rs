@@ -475,15 +475,7 @@ impl EbpfDataplane {
         let objects = self.objects.as_mut().ok_or(Error::FullSyncRequired)?;
         let maps = &mut objects.maps;
         let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        let mut entries = Vec::new();
-        for item in &maps.ct {
-            match item {
-                Ok(kv) => entries.push(kv),
-                // An entry evicted between next_key and lookup.
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(EbpfError::map("dp_ct", "reading", e).into()),
-            }
-        }
+        let entries = ct_entries(maps)?;
         let keys: BTreeSet<CtKey> = entries.iter().map(|(k, _)| *k).collect();
         let mut report = GcReport::default();
         let mut remove = Vec::new();
@@ -631,6 +623,33 @@ fn ifindex_of(name: &str) -> u32 {
     };
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
     unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// Every conntrack entry: batched reads, or a walk where the kernel has none.
+fn ct_entries(maps: &Maps) -> Result<Vec<(CtKey, CtEntry)>, EbpfError> {
+    let read_err = |e: std::io::Error| {
+        EbpfError::map(
+            "dp_ct",
+            "reading",
+            aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: e,
+            }),
+        )
+    };
+    if let Some(all) = maps.ct_batch.lookup_all().map_err(read_err)? {
+        return Ok(all);
+    }
+    let mut entries = Vec::new();
+    for item in &maps.ct {
+        match item {
+            Ok(kv) => entries.push(kv),
+            // An entry evicted between next_key and lookup.
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(EbpfError::map("dp_ct", "reading", e)),
+        }
+    }
+    Ok(entries)
 }
 
 /// Entries `dp_local` holds at most (its size in `maps.h`).
@@ -855,8 +874,7 @@ impl Dataplane for EbpfDataplane {
             .map(plan::Planner::names)
             .unwrap_or_default();
         let mut out = Vec::new();
-        for item in &maps.ct {
-            let Ok((k, v)) = item else { continue };
+        for (k, v) in ct_entries(maps)? {
             let Some(protocol) = protocol_of(k.proto) else {
                 continue;
             };
@@ -900,10 +918,8 @@ impl Dataplane for EbpfDataplane {
                 .map_err(|e| EbpfError::map("dp_stats", "reading", e))?;
             *total = values.iter().sum();
         }
-        let flows = maps
-            .ct
+        let flows = ct_entries(maps)?
             .iter()
-            .filter_map(Result::ok)
             .filter(|(_, v)| v.is_forward())
             .count() as u64;
         // (masquerade entries are counted too: they are connections the datapath tracks)

@@ -106,6 +106,8 @@ pub(crate) struct Maps {
     pub svc_batch: BatchFd,
     pub backends_batch: BatchFd,
     pub slots_batch: BatchFd,
+    /// Batch reads of conntrack (GC, flows, stats).
+    pub ct_batch: BatchFd,
     /// Shared mappings of the arrays, when they were created `BPF_F_MMAPABLE` (maps pinned
     /// by an earlier version were not: they are written with the batch calls).
     pub backends_mmap: Option<MmapArray<BackendValue>>,
@@ -229,7 +231,7 @@ impl std::fmt::Debug for Objects {
 /// A duplicate of map `name`'s fd, for [`BatchFd`] writes.
 fn batch_fd(ebpf: &Ebpf, name: &'static str) -> Result<BatchFd, EbpfError> {
     use aya::maps::Map;
-    let Some(Map::HashMap(data) | Map::Array(data)) = ebpf.map(name) else {
+    let Some(Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data)) = ebpf.map(name) else {
         return Err(EbpfError::Load {
             object: name.to_owned(),
             source: "not a hash or array map in the object".into(),
@@ -356,11 +358,13 @@ pub(crate) fn load(pin_dir: &Path, caps: &Capacities, xdp: bool) -> Result<Objec
     let svc_batch = batch_fd(&pod, "dp_svc")?;
     let backends_batch = batch_fd(&pod, "dp_backends")?;
     let slots_batch = batch_fd(&pod, "dp_slots")?;
+    let ct_batch = batch_fd(&pod, "dp_ct")?;
     let backends_mmap = mmap_array(pin_dir, "dp_backends", &backends_batch)?;
     let slots_mmap = mmap_array(pin_dir, "dp_slots", &slots_batch)?;
     let maps = Maps {
         backends_mmap,
         slots_mmap,
+        ct_batch,
         svc_batch,
         backends_batch,
         slots_batch,
