@@ -112,6 +112,43 @@ impl BatchFd {
         Ok(true)
     }
 
+    /// One `BPF_MAP_LOOKUP_BATCH` call: up to `keys.len()` elements after batch position
+    /// `from` (`None`: the start) into `keys` and `values` (the map's key and value types,
+    /// as long as each other); the position to go on from goes to `next`. Returns how many
+    /// came and the error, if any (`ENOENT` at the end, with the count still valid).
+    fn lookup_batch<K: aya::Pod, V: aya::Pod>(
+        &self,
+        from: Option<u32>,
+        next: &mut u32,
+        keys: &mut [K],
+        values: &mut [V],
+    ) -> (usize, Option<io::Error>) {
+        let room = keys.len().min(values.len());
+        let mut attr = BatchAttr {
+            in_batch: from.as_ref().map_or(0, |k| std::ptr::from_ref(k) as u64),
+            out_batch: std::ptr::from_mut(next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: u32::try_from(room).unwrap_or(u32::MAX),
+            map_fd: self.fd.as_raw_fd().cast_unsigned(),
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is the kernel's `bpf_attr.batch` layout; `keys` and `values` have
+        // room for `count` keys and values of the map's types (whose sizes aya checked when
+        // the typed map was opened); `in_batch`/`out_batch` point at `u32`s (the batch token
+        // of array and hash maps) that outlive the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let got = (attr.count as usize).min(room);
+        (got, (ret < 0).then(io::Error::last_os_error))
+    }
+
     /// Every element of a hash map (plain or LRU), a few thousand per `bpf()` call.
     /// `Ok(None)`: the kernel has no batch lookups for this map, walk it with
     /// `next_key`/`lookup` instead (two calls per element). Elements added or removed while
@@ -136,30 +173,8 @@ impl BatchFd {
         let mut from: Option<u32> = None;
         let mut next = 0u32;
         loop {
-            let mut attr = BatchAttr {
-                in_batch: from.as_ref().map_or(0, |k| std::ptr::from_ref(k) as u64),
-                out_batch: std::ptr::from_mut(&mut next) as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: u32::try_from(chunk).unwrap_or(u32::MAX),
-                map_fd: self.fd.as_raw_fd().cast_unsigned(),
-                ..BatchAttr::default()
-            };
-            // SAFETY: `attr` is the kernel's `bpf_attr.batch` layout; `keys` and `values`
-            // have room for `count` keys and values of the map's types (whose sizes aya
-            // checked when the typed map was opened); `in_batch`/`out_batch` point at `u32`s
-            // (a hash map's batch token) that outlive the call.
-            let ret = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    std::ptr::from_mut(&mut attr),
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
-            let got = (attr.count as usize).min(chunk);
-            if ret < 0 {
-                let e = io::Error::last_os_error();
+            let (got, failed) = self.lookup_batch(from, &mut next, &mut keys, &mut values);
+            if let Some(e) = failed {
                 match e.raw_os_error() {
                     // The end of the map: `count` says how many came before it.
                     Some(libc::ENOENT) => {
@@ -227,30 +242,9 @@ impl BatchFd {
         let mut next = 0u32;
         while out.len() < count {
             let want = (count - out.len()).min(chunk);
-            let mut attr = BatchAttr {
-                in_batch: from.as_ref().map_or(0, |k| std::ptr::from_ref(k) as u64),
-                out_batch: std::ptr::from_mut(&mut next) as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: u32::try_from(want).unwrap_or(u32::MAX),
-                map_fd: self.fd.as_raw_fd().cast_unsigned(),
-                ..BatchAttr::default()
-            };
-            // SAFETY: `attr` is the kernel's `bpf_attr.batch` layout; `keys` and `values`
-            // have room for `count` (<= chunk) `u32` keys (array maps) and `V` values (the
-            // map's value type, whose size aya checked when the typed map was opened);
-            // `in_batch`/`out_batch` point at `u32`s that outlive the call.
-            let ret = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    std::ptr::from_mut(&mut attr),
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
-            let got = (attr.count as usize).min(want);
-            if ret < 0 {
-                let e = io::Error::last_os_error();
+            let (got, failed) =
+                self.lookup_batch(from, &mut next, &mut keys[..want], &mut values[..want]);
+            if let Some(e) = failed {
                 match e.raw_os_error() {
                     // The end of the array: `count` says how many came before it.
                     Some(libc::ENOENT) => {
