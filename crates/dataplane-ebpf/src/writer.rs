@@ -822,7 +822,7 @@ pub(crate) fn write(
     //    Their ranges are freed last, after every new range was taken as `prepare` planned.
     let mut affinity_ids = BTreeSet::new();
     let mut to_release: Vec<(u32, u32)> = Vec::new();
-    cur.alloc = prep.alloc.clone();
+    cur.alloc = prep.alloc;
     for key in &prep.removals {
         match maps.svc.remove(key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}

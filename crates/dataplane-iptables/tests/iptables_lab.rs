@@ -95,12 +95,7 @@ fn conformance_table_with_real_traffic() {
                 && f.backend.port() == dataplane_testkit::SERVER_PORT),
         "{flows:?}"
     );
-    let observed = dp.observe().unwrap();
-    let web = observed
-        .frontends
-        .iter()
-        .find(|f| f.address == "10.96.0.10:80".parse().unwrap() && f.protocol == Protocol::Tcp)
-        .expect("web frontend observed");
+    let web = common::lab::observed_web(&dp);
     assert_eq!(web.backends.len(), 2, "{web:?}");
     let counters = dp.stats().unwrap();
     assert!(

@@ -137,16 +137,17 @@ impl NftablesDataplane {
                 .applied
                 .as_ref()
                 .is_some_and(|(state, _)| state.services.is_empty());
-        let (text, bulk) = if empty_before {
-            render_full_except(&rs, |e| element_op(e, false).is_some())
+        let mut ops: Vec<netlink::ElementOp> = Vec::new();
+        let text = if empty_before {
+            render_full_except(&rs, |e| {
+                element_op(e, false).map(|op| ops.push(op)).is_some()
+            })
         } else {
-            (render_full(&rs), Vec::new())
+            render_full(&rs)
         };
-        let objects_written = text.lines().count() + bulk.len();
+        let objects_written = text.lines().count() + ops.len();
         self.transaction(text, "full sync")?;
-        if !bulk.is_empty() {
-            let ops: Vec<netlink::ElementOp> =
-                bulk.iter().filter_map(|e| element_op(e, false)).collect();
+        if !ops.is_empty() {
             if let Err(e) = self.send_elements(&ops) {
                 // Back to the table as it was (no services), in one transaction.
                 if let Some((_, old)) = &self.applied {

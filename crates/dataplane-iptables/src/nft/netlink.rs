@@ -138,7 +138,6 @@ pub fn encode(table: &str, ops: &[ElementOp]) -> (Vec<u8>, u32) {
         NFNL_SUBSYS_NFTABLES,
         &[],
     );
-    let mut acked = 0;
     // Consecutive operations of one kind on one set share a message.
     let mut rest = ops;
     while let Some(first) = rest.first() {
@@ -196,8 +195,9 @@ pub fn encode(table: &str, ops: &[ElementOp]) -> (Vec<u8>, u32) {
             0,
             &body,
         );
-        acked = 1;
     }
+    // Only the last message asks for an acknowledgement.
+    let acked = u32::from(!ops.is_empty());
     seq += 1;
     push_msg(
         &mut buf,

@@ -805,15 +805,12 @@ fn rule_lines(table: &str, chain: &str, rules: &[String], out: &mut String) {
 
 /// The full-sync transaction: replaces our table, and nothing else, atomically.
 pub fn render_full(rs: &NftRuleset) -> String {
-    render_full_except(rs, |_| false).0
+    render_full_except(rs, |_| false)
 }
 
-/// [`render_full`] without the elements `leave_out` picks, which it returns (to go to the
-/// kernel another way).
-pub fn render_full_except(
-    rs: &NftRuleset,
-    leave_out: impl Fn(&Element) -> bool,
-) -> (String, Vec<&Element>) {
+/// [`render_full`] without the elements for which `leave_out` says `true` (it takes them to
+/// send to the kernel another way).
+pub fn render_full_except(rs: &NftRuleset, mut leave_out: impl FnMut(&Element) -> bool) -> String {
     let t = &rs.table;
     let mut out = String::with_capacity(1024 * (rs.services.len() + 1));
     let _ = writeln!(out, "add table inet {t}");
@@ -834,10 +831,9 @@ pub fn render_full_except(
     for svc in rs.services.values() {
         elements.extend(svc.elements.iter());
     }
-    let (left_out, elements): (Vec<&Element>, Vec<&Element>) =
-        elements.into_iter().partition(|e| leave_out(e));
+    elements.retain(|e| !leave_out(e));
     element_lines(t, "add", &elements, &mut out);
-    (out, left_out)
+    out
 }
 
 /// The removal transaction: deletes our table (and only it). `add` first so that deleting a

@@ -82,6 +82,17 @@ pub fn web_backends(lab: &Lab, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The `web` TCP frontend (10.96.0.10:80) of [`services`] as `dp` observes it.
+pub fn observed_web(dp: &dyn Dataplane) -> dataplane_core::ObservedFrontend {
+    let web: SocketAddr = "10.96.0.10:80".parse().expect("literal address");
+    dp.observe()
+        .expect("observe")
+        .frontends
+        .into_iter()
+        .find(|f| f.address == web && f.protocol == Protocol::Tcp)
+        .expect("web frontend observed")
+}
+
 /// The services of the table. Pods: 0 = pod-0-0, 1 = pod-0-1 (node 0), 2 = pod-1-0,
 /// 3 = pod-1-1 (node 1).
 pub fn services(lab: &Lab) -> DesiredState {
