@@ -10,6 +10,8 @@
 //!   ext-v4-…   NodePort / ExternalIP / LoadBalancer: externalTrafficPolicy
 //!   fw-v4-…    LoadBalancer IPs with loadBalancerSourceRanges, then goto ext-v4-…
 //!       └─ meta mark set numgen random mod N offset K goto dnat-v4
+//!          (a ClusterIP whose clients all pick alike: goto dnat-clusterip-v4)
+//!   dnat-clusterip-v4: from outside the cluster: mark bit 31; goto dnat-v4
 //!   dnat-v4:   dnat ip to meta mark & 0x7fffffff map @backends-v4          (one global map)
 //! nat-postrouting: mark bit 31 / hairpin / pod → outside  ──▶ masquerade-node (snat to node)
 //! ```
@@ -329,28 +331,35 @@ fn compile_cluster_ip(
     {
         let chain = format!("svc-{fs}-{key}");
         let mut rules = Vec::new();
-        // From outside: cluster-wide, masqueraded unless the client is a pod of the cluster.
-        ctx.render(
-            &format!("iifname \"{uplink}\" {ip} saddr != @cluster-cidrs-{fs}"),
-            "cluster",
-            &p.cluster,
-            true,
-            &mut rules,
-            svc,
-        )?;
-        // With internalTrafficPolicy Cluster the remaining cases pick alike: one rule less per
-        // service, which counts at 10k services.
-        if p.cluster != p.internal {
+        if p.cluster == p.internal && p.affinity_timeout.is_none() {
+            // internalTrafficPolicy Cluster: every client picks alike, so one rule serves
+            // them all; the shared `dnat-clusterip` chain then marks the connections from
+            // outside the cluster for masquerading. At 10k services that is 10k rules fewer
+            // to load than a rule per kind of client.
+            ctx.render("", "internal", &p.internal, Masq::Outside, &mut rules, svc)?;
+        } else {
+            // From outside: cluster-wide, masqueraded unless the client is a pod of the
+            // cluster.
             ctx.render(
-                &format!("iifname \"{uplink}\""),
+                &format!("iifname \"{uplink}\" {ip} saddr != @cluster-cidrs-{fs}"),
                 "cluster",
                 &p.cluster,
-                false,
+                Masq::Yes,
                 &mut rules,
                 svc,
             )?;
+            if p.cluster != p.internal {
+                ctx.render(
+                    &format!("iifname \"{uplink}\""),
+                    "cluster",
+                    &p.cluster,
+                    Masq::No,
+                    &mut rules,
+                    svc,
+                )?;
+            }
+            ctx.render("", "internal", &p.internal, Masq::No, &mut rules, svc)?;
         }
-        ctx.render("", "internal", &p.internal, false, &mut rules, svc)?;
         svc.chains.insert(chain.clone(), with_counter(rules));
         for cip in &p.cluster_ips {
             svc.elements.insert(Element {
@@ -391,19 +400,17 @@ fn compile_external(
                 &format!("iifname != \"{uplink}\""),
                 "cluster",
                 &p.cluster,
-                true,
+                Masq::Yes,
                 &mut rules,
                 svc,
             )?;
         }
-        ctx.render(
-            "",
-            "external",
-            &p.external,
-            p.external_masquerade,
-            &mut rules,
-            svc,
-        )?;
+        let masq = if p.external_masquerade {
+            Masq::Yes
+        } else {
+            Masq::No
+        };
+        ctx.render("", "external", &p.external, masq, &mut rules, svc)?;
         svc.chains.insert(chain.clone(), with_counter(rules));
         let mut frontends: Vec<(IpAddr, u16, String)> = Vec::new();
         for a in &p.external_ips {
@@ -457,6 +464,17 @@ fn with_counter(mut rules: Vec<String>) -> Vec<String> {
     rules
 }
 
+/// Whether the connections a rule translates are masqueraded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Masq {
+    No,
+    Yes,
+    /// The rule serves every client of a ClusterIP: it leads to `dnat-clusterip`, which
+    /// masquerades the connections from outside the cluster (from the uplink, from an
+    /// address outside the cluster CIDRs), as a ClusterIP always does.
+    Outside,
+}
+
 struct ChoiceCtx<'a> {
     p: &'a PortPlan,
     ids: &'a SlotIds,
@@ -472,7 +490,7 @@ impl ChoiceCtx<'_> {
         cond: &str,
         kind: &'static str,
         choice: &Choice,
-        masquerade: bool,
+        masq: Masq,
         rules: &mut Vec<String>,
         svc: &mut NftService,
     ) -> Result<(), NetfilterError> {
@@ -494,7 +512,7 @@ impl ChoiceCtx<'_> {
                 };
                 if let Some(timeout) = p.affinity_timeout {
                     let sel = self.affinity_chains(kind, &s, b, timeout, svc);
-                    let mark = if masquerade {
+                    let mark = if masq == Masq::Yes {
                         format!("meta mark set meta mark | {MASQUERADE_BIT:#010x} ")
                     } else {
                         String::new()
@@ -503,9 +521,14 @@ impl ChoiceCtx<'_> {
                 } else {
                     let id = self.group_id(kind, &s)?;
                     let mut offset = id << SLOT_BITS;
-                    if masquerade {
+                    if masq == Masq::Yes {
                         offset |= MASQUERADE_BIT;
                     }
+                    let dnat = if masq == Masq::Outside {
+                        "dnat-clusterip"
+                    } else {
+                        "dnat"
+                    };
                     let pick = if p.maglev {
                         let ip = ip_kw(p.family);
                         format!(
@@ -516,7 +539,7 @@ impl ChoiceCtx<'_> {
                         format!("numgen random mod {}", s.len())
                     };
                     rules.push(format!(
-                        "{prefix}meta mark set {pick} offset {offset:#010x} goto dnat-{fs}"
+                        "{prefix}meta mark set {pick} offset {offset:#010x} goto {dnat}-{fs}"
                     ));
                     let mut written = self.written.borrow_mut();
                     if !written.contains(&id) {
@@ -664,6 +687,8 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
         "services",
         "dnat-v4",
         "dnat-v6",
+        "dnat-clusterip-v4",
+        "dnat-clusterip-v6",
         "reject-service",
         "drop-service",
         "masquerade-node",
@@ -692,6 +717,19 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
                 "counter meta l4proto {{ tcp, udp, sctp }} dnat {ip} to meta mark & {:#010x} map @backends-{fs}",
                 !MASQUERADE_BIT
             ),
+        ));
+        // A ClusterIP reached from outside the cluster is masqueraded (the rules of
+        // services whose clients pick alike lead here instead of setting the bit each).
+        out.push(rule(
+            &format!("dnat-clusterip-{fs}"),
+            &format!(
+                "iifname \"{}\" {ip} saddr != @cluster-cidrs-{fs} meta mark set meta mark | {MASQUERADE_BIT:#010x}",
+                node.uplink
+            ),
+        ));
+        out.push(rule(
+            &format!("dnat-clusterip-{fs}"),
+            &format!("goto dnat-{fs}"),
         ));
     }
     out.push(rule(
