@@ -88,6 +88,31 @@ fn first_services_after_an_empty_table_with_real_traffic() {
     assert!(!ruleset(&lab).contains("table inet dataplane"));
 }
 
+/// The first services' element batch fails after the `nft` transaction took their chains:
+/// the table goes back to what it was (no services), and the next apply works.
+#[test]
+fn a_failed_first_sync_element_batch_restores_the_empty_table() {
+    if !require_root("a_failed_first_sync_element_batch_restores_the_empty_table") {
+        return;
+    }
+    let lab = common::lab::lab();
+    let state = common::lab::services(&lab);
+    let mut node_only = state.clone();
+    node_only.services.clear();
+    let mut dp = backend_for(&lab);
+    dp.apply(&node_only).unwrap();
+    let before = ruleset(&lab);
+    dp.set_fail_transactions(true);
+    let err = dp.apply(&state).unwrap_err();
+    assert!(format!("{err:?}").contains("refused the batch"), "{err:?}");
+    assert_eq!(ruleset(&lab), before);
+    dp.set_fail_transactions(false);
+    let report = dp.apply(&state).unwrap();
+    assert!(report.full_sync);
+    common::lab::web_backends(&lab, 3);
+    dp.reset().unwrap();
+}
+
 #[test]
 fn partial_sync_keeps_counters_of_unchanged_services() {
     if !require_root("partial_sync_keeps_counters_of_unchanged_services") {

@@ -110,8 +110,29 @@ impl NftablesDataplane {
         )
     }
 
-    fn transaction(&mut self, mut text: String, op: &str) -> Result<(), NetfilterError> {
-        if self.config.fail_transactions {
+    fn transaction(&mut self, text: String, op: &str) -> Result<(), NetfilterError> {
+        let fault = self.config.fail_transactions;
+        self.transaction_with(text, op, fault)
+    }
+
+    /// The operation the kernel refuses ([`NetfilterConfig::fail_transactions`]), for a
+    /// netlink batch.
+    fn fault_op() -> netlink::ElementOp {
+        netlink::ElementOp {
+            set: "backends-v4".to_owned(),
+            key: netlink::mark_bytes(FAULT_KEY),
+            data: None,
+            delete: true,
+        }
+    }
+
+    fn transaction_with(
+        &mut self,
+        mut text: String,
+        op: &str,
+        fault: bool,
+    ) -> Result<(), NetfilterError> {
+        if fault {
             let _ = writeln!(
                 text,
                 "delete element inet {} backends-v4 {{ {FAULT_KEY:#010x} }}",
@@ -146,14 +167,24 @@ impl NftablesDataplane {
             render_full(&rs)
         };
         let objects_written = text.lines().count() + ops.len();
-        self.transaction(text, "full sync")?;
+        // With the fault hook on, the element batch is what fails: the restore below runs.
+        let fault_in_batch = self.config.fail_transactions && !ops.is_empty();
+        if fault_in_batch {
+            ops.push(Self::fault_op());
+        }
+        self.transaction_with(
+            text,
+            "full sync",
+            self.config.fail_transactions && !fault_in_batch,
+        )?;
         if !ops.is_empty() {
             if let Err(e) = self.send_elements(&ops) {
                 // Back to the table as it was (no services), in one transaction.
                 if let Some((_, old)) = &self.applied {
                     let restore = render_full(old);
+                    // Never with the fault hook: it stands for the one failure above.
                     if self
-                        .transaction(restore, "restore after a failed full sync")
+                        .transaction_with(restore, "restore after a failed full sync", false)
                         .is_ok()
                     {
                         self.dirty = false;
@@ -332,12 +363,7 @@ impl Dataplane for NftablesDataplane {
             // process (and its dump of every chain) and send the elements directly.
             report.objects_written = ops.len();
             if self.config.fail_transactions {
-                ops.push(netlink::ElementOp {
-                    set: "backends-v4".to_owned(),
-                    key: netlink::mark_bytes(FAULT_KEY),
-                    data: None,
-                    delete: true,
-                });
+                ops.push(Self::fault_op());
             }
             tracing::debug!(elements = ops.len(), "partial sync through netlink");
             self.send_elements(&ops)?;
