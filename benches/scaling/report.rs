@@ -530,8 +530,10 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
          runs listed). The peak-RSS child below does both in one apply. One endpoint change: the probe service's only endpoint moves to another \
          pod through `apply_changes` with a one-service `ChangeSet`; the clock runs until a \
          new TCP connection from a client pod is answered by the new pod. Peak RSS: VmHWM of a \
-         child process that loads the state and programs it (it also parses the node's \
-         state; kernel memory such as BPF maps and rules is not in it); helper processes \
+         child process that, as an agent does, first creates the backend (the eBPF one loads \
+         its programs), then parses the node's state, builds the 10k x 10 services and \
+         programs them (kernel memory such as BPF maps and rules is not in it, pages of BPF \
+         arrays it writes through a mapping are); helper processes \
          (`nft`, `iptables-restore`) are listed separately.\n"
     );
     let _ = writeln!(

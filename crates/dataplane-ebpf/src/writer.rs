@@ -8,7 +8,7 @@ use std::sync::Arc;
 use aya::maps::lpm_trie::Key;
 use dataplane_core::Error;
 
-use crate::backends::{BackendKey, BackendTable};
+use crate::backends::BackendTable;
 use crate::error::EbpfError;
 use crate::loader::Maps;
 use crate::maps::{
@@ -443,8 +443,8 @@ impl Current {
 
     /// Takes backends `prepare` entered out again (their write was refused or failed), and
     /// the id bound back to `bound`.
-    fn forget(&mut self, new_backends: &[(BackendKey, u32)], bound: u32) {
-        for (_, id) in new_backends {
+    fn forget(&mut self, new_backends: &[u32], bound: u32) {
+        for id in new_backends {
             self.backends.remove(*id);
         }
         self.backends.truncate_ids(bound);
@@ -492,7 +492,8 @@ struct Write {
 }
 
 struct Prepared {
-    new_backends: Vec<(BackendKey, u32)>,
+    /// Ids of the backends `prepare` entered (their keys are in the table).
+    new_backends: Vec<u32>,
     /// `backends.id_bound()` before: where a failed write takes it back to.
     id_bound: u32,
     writes: Vec<Write>,
@@ -522,7 +523,7 @@ impl FreshIds<'_> {
 /// (one service's) are translated once.
 struct Translator<'a> {
     backends: &'a mut BackendTable,
-    new_backends: &'a mut Vec<(BackendKey, u32)>,
+    new_backends: &'a mut Vec<u32>,
     fresh: FreshIds<'a>,
     last: Option<(Slots, Arc<[u32]>)>,
 }
@@ -541,7 +542,7 @@ impl Translator<'_> {
                 self.backends.get(&k).unwrap_or_else(|| {
                     let id = self.fresh.take();
                     self.backends.insert(k, id);
-                    self.new_backends.push((k, id));
+                    self.new_backends.push(id);
                     id
                 })
             })
@@ -621,7 +622,7 @@ fn prepare_in(
     planner: &Planner,
     frontends: &Frontends,
     caps: &Capacities,
-    new_backends: &mut Vec<(BackendKey, u32)>,
+    new_backends: &mut Vec<u32>,
 ) -> Result<Prepared, Error> {
     capacity(
         "source range map (dp_srcrange)",
@@ -786,21 +787,23 @@ pub(crate) fn write(
         n += 1;
     }
     // 1. New backends.
-    let values = prep.new_backends.iter().map(|((addr, port, family), id)| {
+    let table = &cur.backends;
+    let values = prep.new_backends.iter().filter_map(|id| {
+        let (addr, port, family) = table.key(*id)?;
         let v = BackendValue {
-            addr: *addr,
-            port: Be16::new(*port),
-            family: *family,
+            addr,
+            port: Be16::new(port),
+            family,
             flags: 0,
         };
-        (*id, v)
+        Some((*id, v))
     });
     if let Err(e) = ArrayIo::backends(maps).write(values) {
         cur.forget(&prep.new_backends, prep.id_bound);
         return Err(e);
     }
     cur.id_refs.resize(cur.backends.id_bound() as usize, 0);
-    for (_, id) in &prep.new_backends {
+    for id in &prep.new_backends {
         cur.free_ids.remove(id);
         n += 1;
     }
