@@ -1195,6 +1195,18 @@ fn arrays_pinned_without_mmap_are_written_with_batch_calls() {
     dp.reset().expect("reset");
 }
 
+/// The one's-complement sum of an IPv4 header: 0xffff when its checksum is right.
+fn ipv4_header_sum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
 /// A translated packet for a pod on this node goes straight to the pod's interface (from the
 /// endpoints), without a FIB lookup: here the node has no route to the pod at all, so only the
 /// endpoint map can send it there. An endpoint that goes takes its entry with it.
@@ -1222,15 +1234,21 @@ fn packets_for_local_pods_go_straight_to_their_interface() {
         );
     }
     let mut dp = n.dataplane();
-    let mut with_pod = state(vec![service(
-        "web",
-        "10.96.0.10",
-        vec![backend("10.244.0.10", "node-a")],
-    )]);
+    let mut with_pod = state(vec![
+        service("web", "10.96.0.10", vec![backend("10.244.0.10", "node-a")]),
+        service(
+            "web6",
+            "fd00:96::10",
+            vec![backend("fd00:244::10", "node-a")],
+        ),
+    ]);
     with_pod.endpoints = vec![dataplane_core::Endpoint {
         name: ObjectName::new("default", "web-0"),
         interface: "lxc0".to_owned(),
-        ips: vec!["10.244.0.10".parse().unwrap()],
+        ips: vec![
+            "10.244.0.10".parse().unwrap(),
+            "fd00:244::10".parse().unwrap(),
+        ],
         labels: std::collections::BTreeMap::new(),
         namespace_labels: std::collections::BTreeMap::new(),
         named_ports: Vec::new(),
@@ -1245,6 +1263,46 @@ fn packets_for_local_pods_go_straight_to_their_interface() {
     let run = dp.run_packet(Hook::FromPod, &syn(61200), 1).expect("run");
     assert_eq!(run.verdict, REDIRECT, "to the pod's veth");
     assert_eq!(&run.output[30..34], &[10, 244, 0, 10], "DNAT to the pod");
+    // Forwarded by the redirect: one hop less, the header checksum still right.
+    assert_eq!(
+        run.output[22],
+        63,
+        "TTL decremented: {}",
+        hex(&run.output[14..34])
+    );
+    assert_eq!(
+        ipv4_header_sum(&run.output[14..34]),
+        0xffff,
+        "IPv4 checksum after the TTL change"
+    );
+    // A TTL that runs out here is the stack's (it answers time exceeded): not redirected,
+    // not decremented.
+    let last_hop = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .tcp(61203, 80, TCP_SYN)
+        .ttl(1)
+        .build();
+    let run = dp.run_packet(Hook::FromPod, &last_hop, 1).expect("run");
+    assert_eq!(run.verdict, OK, "TTL 1 goes to the stack");
+    assert_eq!(run.output[22], 1);
+    // IPv6: the hop limit, likewise.
+    let syn6 = |sport, hops| {
+        eth()
+            .ip("fd00:244::5", "fd00:96::10")
+            .tcp(sport, 80, TCP_SYN)
+            .ttl(hops)
+            .build()
+    };
+    let run = dp
+        .run_packet(Hook::FromPod, &syn6(61210, 64), 1)
+        .expect("run");
+    assert_eq!(run.verdict, REDIRECT, "IPv6 to the pod's veth");
+    assert_eq!(run.output[21], 63, "hop limit decremented");
+    let run = dp
+        .run_packet(Hook::FromPod, &syn6(61211, 1), 1)
+        .expect("run");
+    assert_eq!(run.verdict, OK, "hop limit 1 goes to the stack");
+    assert_eq!(run.output[21], 1);
     // The pod goes (its endpoint with it): the FIB, which has no route, leaves the packet to
     // the stack.
     let mut without = with_pod.clone();

@@ -105,6 +105,32 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
+/// Sends one UDP datagram from `ns` to `dst` (a testkit server answers it) and returns the
+/// IPv4 TTL the answer arrived with.
+fn answer_ttl(ns: &dataplane_testkit::NetNs, dst: SocketAddr) -> i32 {
+    use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    ns.run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        setsockopt(&s, sockopt::Ipv4RecvTtl, &true).expect("IP_RECVTTL");
+        s.send_to(b"ttl\n", dst).expect("send");
+        let mut buf = [0u8; 512];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!(i32);
+        let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
+            .unwrap_or_else(|e| panic!("no answer from {dst}: {e}"));
+        msg.cmsgs()
+            .expect("control messages")
+            .find_map(|c| match c {
+                ControlMessageOwned::Ipv4Ttl(ttl) => Some(ttl),
+                _ => None,
+            })
+            .expect("IP_TTL control message")
+    })
+    .expect("in the namespace")
+}
+
 #[test]
 #[allow(clippy::too_many_lines)] // one lab, many checks: building the lab is the slow part
 fn services_end_to_end() {
@@ -191,6 +217,21 @@ fn services_end_to_end() {
     assert!(
         matches!(out, ProbeOutcome::Refused),
         "unknown ClusterIP port is rejected: {out:?}"
+    );
+
+    // The answer of a node-1 pod comes back through node-0's programs, which redirect it to
+    // the client's veth themselves: the node counts as one hop, as the stack's forwarding
+    // does for the same answer sent straight to the pod address (node 1 and node 0: 2).
+    let remote_pod = lab.pods_on(1).next().expect("a node-1 pod");
+    let direct = answer_ttl(
+        &client.netns,
+        SocketAddr::new(remote_pod.address(Family::V4).unwrap(), SERVER_PORT),
+    );
+    assert_eq!(direct, 62, "two forwarding hops from node 1's pod");
+    assert_eq!(
+        answer_ttl(&client.netns, sa("10.96.0.10", 80)),
+        direct,
+        "through the ClusterIP, redirected by node 0: the same hops"
     );
 
     let out = probe(&client.netns, sa("10.96.0.13", 80), Protocol::Tcp, TIMEOUT).expect("probe");

@@ -119,8 +119,9 @@ impl Fixture {
 }
 
 /// As sent on by XDP: from eth0 to node-b's MAC.
+/// As sent on to node b: its MACs, one hop less.
 fn to_node_b(b: PacketBuilder) -> PacketBuilder {
-    b.macs(NODE_MAC, NODE_B_MAC)
+    b.macs(NODE_MAC, NODE_B_MAC).ttl(63)
 }
 
 #[test]
@@ -188,6 +189,10 @@ fn xdp_fixtures() {
         Fixture::passed(
             "DSR request that would outgrow the MTU: passed untouched",
             big.clone(),
+        ),
+        Fixture::passed(
+            "TTL 1: not forwarded here, passed untouched (the stack answers time exceeded)",
+            syn("192.0.2.7", "172.18.0.2", 45002, 30090).ttl(1).build(),
         ),
         Fixture {
             description: "... and TC answers it with ICMP fragmentation needed (1492)",

@@ -20,4 +20,17 @@ static __always_inline __u16 csum_buf(void *buf, __u32 len, __u32 seed)
 	return csum_fold(sum < 0 ? 0 : (__u32)sum);
 }
 
+/*
+ * Decrements the TTL of @ip and updates its checksum incrementally (the kernel's
+ * ip_decrease_ttl). The header's one's-complement sum stays the same, so a CHECKSUM_COMPLETE
+ * skb's csum stays right too.
+ */
+static __always_inline void ipv4_dec_ttl(struct iphdr *ip)
+{
+	__u32 check = (__u32)ip->check + (__u32)bpf_htons(0x0100);
+
+	ip->check = (__u16)(check + (check >= 0xffff));
+	ip->ttl--;
+}
+
 #endif

@@ -4,11 +4,48 @@
 #define DP_HOOK_H
 
 #include "common.h"
+#include "csum.h"
 #include "parse.h"
 #include "lb.h"
 #include "reject.h"
 #include "icmp.h"
 #include "echo.h"
+
+/*
+ * A redirect forwards the packet in the stack's stead, so it decrements the TTL (hop limit)
+ * as the stack would. Returns -1, leaving the packet as it is, when the TTL would run out:
+ * the stack then drops it and answers ICMP time exceeded.
+ */
+static __always_inline int forward_ttl(struct __sk_buff *skb, const struct pkt *p, int ctx)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	/* On the uplink's egress the stack has forwarded the packet already, or sent it
+	 * itself. */
+	if (ctx == CTX_TO_UPLINK)
+		return 0;
+	if (p->family == DP_AF_INET) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+
+		if ((void *)(ip + 1) > end || ip->ttl <= 1)
+			return -1;
+		ipv4_dec_ttl(ip);
+		return 0;
+	}
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	__u8 hop_limit;
+
+	if ((void *)(ip6 + 1) > end || ip6->hop_limit <= 1)
+		return -1;
+	hop_limit = ip6->hop_limit - 1;
+	/* No header checksum covers it: through the helper, which keeps a CHECKSUM_COMPLETE
+	 * skb's csum right. */
+	if (bpf_skb_store_bytes(skb, sizeof(struct ethhdr) + offsetof(struct ipv6hdr, hop_limit),
+				&hop_limit, 1, BPF_F_RECOMPUTE_CSUM))
+		return -1;
+	return 0;
+}
 
 /* Redirects to `ifindex`, resolving the neighbour of next hop `nh_addr` (family `af`,
  * AF_INET or AF_INET6) there. */
@@ -30,7 +67,7 @@ static __always_inline long redirect_via(__u32 ifindex, __u8 af, const __u32 *nh
  * would be dropped as a martian if handed back to the stack on an ingress hook. When the FIB
  * has no forwarding answer (local delivery, no route), the stack takes over.
  */
-static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p)
+static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p, int ctx)
 {
 	struct bpf_fib_lookup fib;
 	struct local_key lk;
@@ -41,10 +78,13 @@ static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p)
 	__builtin_memcpy(lk.addr, p->daddr, sizeof(lk.addr));
 	lk.family = p->family;
 	local = bpf_map_lookup_elem(&dp_local, &lk);
-	if (local)
+	if (local) {
 		/* A pod on this node: to its veth, the destination itself is the next hop. */
+		if (forward_ttl(skb, p, ctx) < 0)
+			return TC_ACT_OK;
 		return redirect_via(local->ifindex, p->family == DP_AF_INET ? AF_INET : AF_INET6,
 				    p->daddr);
+	}
 
 	__builtin_memset(&fib, 0, sizeof(fib));
 	fib.ifindex = skb->ifindex;
@@ -61,13 +101,15 @@ static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p)
 		__builtin_memcpy(fib.ipv6_dst, p->daddr, 16);
 	}
 	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (ret == BPF_FIB_LKUP_RET_SUCCESS || ret == BPF_FIB_LKUP_RET_NO_NEIGH)
-		/* The lookup left the next hop in the destination fields (the gateway, or the
-		 * destination itself on a link route; its family may differ, RFC 5549): pass it
-		 * on, or the redirect looks the route up a second time. */
-		return redirect_via(fib.ifindex, fib.family,
-				    fib.family == AF_INET ? &fib.ipv4_dst : fib.ipv6_dst);
-	return TC_ACT_OK;
+	if (ret != BPF_FIB_LKUP_RET_SUCCESS && ret != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return TC_ACT_OK;
+	if (forward_ttl(skb, p, ctx) < 0)
+		return TC_ACT_OK;
+	/* The lookup left the next hop in the destination fields (the gateway, or the
+	 * destination itself on a link route; its family may differ, RFC 5549): pass it on, or
+	 * the redirect looks the route up a second time. */
+	return redirect_via(fib.ifindex, fib.family,
+			    fib.family == AF_INET ? &fib.ipv4_dst : fib.ipv6_dst);
 }
 
 static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
@@ -108,7 +150,7 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	case DP_PASS:
 		return TC_ACT_OK;
 	case DP_NAT:
-		return dp_route(skb, &p);
+		return dp_route(skb, &p, ctx);
 	case DP_MASQ:
 	case DP_DSR:
 		return TC_ACT_OK;

@@ -29,6 +29,7 @@
 #pragma clang diagnostic push
 #pragma clang diagnostic ignored "-Wunused-function"
 #include "lb.h"
+#include "csum.h"
 #pragma clang diagnostic pop
 
 #define IP_MF 0x2000
@@ -66,6 +67,9 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return 0;
 	if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return 0;
+	/* Forwarded here it would need a TTL to decrement: the stack answers time exceeded. */
+	if (ip->ttl <= 1)
 		return 0;
 	p->family = DP_AF_INET;
 	p->proto = ip->protocol;
@@ -194,6 +198,8 @@ static __noinline int xdp_rewrite(struct xdp_md *ctx, const struct pkt *p,
 	if ((void *)(ip + 1) > end)
 		return -1;
 	hdr = *ip;
+	/* Forwarded: one hop, as the stack counts it (xdp_parse passed TTLs that run out). */
+	ipv4_dec_ttl(&hdr);
 
 	/* IPv4 header: addresses, and for DSR ihl/tot_len and the option's words. */
 	acc = csum_delta(0, hdr.saddr, x->saddr);

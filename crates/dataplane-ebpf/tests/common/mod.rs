@@ -456,6 +456,11 @@ impl PacketBuilder {
         self.payload = p.to_vec();
         self
     }
+    /// The IPv4 TTL / IPv6 hop limit (64 unless set).
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
 
     pub fn build(&self) -> Vec<u8> {
         let src = self.src.expect("ip() set");
