@@ -275,19 +275,24 @@ pub fn plan(state: &DesiredState) -> Plan {
         .iter()
         .map(|s| (s.name.clone(), service_ports(state, s)))
         .collect();
-    let mut local_pod_ips: BTreeSet<IpAddr> = state
+    Plan {
+        node: node_plan(&state.node),
+        services,
+        local_pod_ips: local_pod_ips(state),
+    }
+}
+
+/// Hairpin candidates of `state`: local pod and backend addresses.
+pub fn local_pod_ips(state: &DesiredState) -> BTreeSet<IpAddr> {
+    let mut ips: BTreeSet<IpAddr> = state
         .endpoints
         .iter()
         .flat_map(|e| e.ips.iter().copied())
         .collect();
     for s in &state.services {
-        local_pod_ips.extend(hairpin_candidates(s, &state.node));
+        ips.extend(hairpin_candidates(s, &state.node));
     }
-    Plan {
-        node: node_plan(&state.node),
-        services,
-        local_pod_ips,
-    }
+    ips
 }
 
 /// The port plans of one service; `state` supplies the node (its services are not read).

@@ -4,7 +4,7 @@ mod common;
 
 use dataplane_core::{diff, Backend, DesiredState};
 use dataplane_iptables::nft::render::{
-    compile, compile_patch, render_full, render_patch, NftRuleset,
+    compile, compile_patch, compile_state, render_full, render_patch, NftRuleset,
 };
 use dataplane_iptables::plan::{changed_hairpin, changed_ports, node_plan, plan};
 
@@ -31,6 +31,24 @@ fn full_ruleset_golden() {
     let state = common::showcase();
     let rs = compile(&plan(&state), "dataplane").unwrap();
     insta::assert_snapshot!(render_full(&rs));
+}
+
+/// The full sync compiles service by service (dropping each plan): the same ruleset as
+/// compiling the whole plan, slot-group ids included, whatever the order of the services.
+#[test]
+fn compiling_service_by_service_gives_the_same_ruleset() {
+    let mut state = common::showcase();
+    state.services.reverse();
+    assert_eq!(
+        compile_state(&state, "dataplane").unwrap(),
+        compile(&plan(&state), "dataplane").unwrap()
+    );
+    let mut big = dataplane_core::synthetic::state(300, 4);
+    big.services.reverse();
+    assert_eq!(
+        compile_state(&big, "dataplane").unwrap(),
+        compile(&plan(&big), "dataplane").unwrap()
+    );
 }
 
 #[test]

@@ -16,9 +16,10 @@ use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
 use crate::exec;
 use crate::plan::{changed_hairpin, changed_ports, node_plan};
-use crate::plan::{check_supported, plan, Support};
+use crate::plan::{check_supported, Support};
 use render::{
-    compile, compile_patch, render_full, render_full_except, render_patch, render_reset, NftRuleset,
+    compile_patch, compile_state, render_full, render_full_except, render_patch, render_reset,
+    NftRuleset,
 };
 
 const BACKEND: &str = "nftables";
@@ -96,7 +97,7 @@ impl NftablesDataplane {
 
     fn compile(&self, desired: &DesiredState) -> Result<NftRuleset, NetfilterError> {
         Self::check(desired)?;
-        compile(&plan(desired), &self.config.name)
+        compile_state(desired, &self.config.name)
     }
 
     fn nft(&self, args: &[&str], stdin: Option<&str>, op: &str) -> Result<String, NetfilterError> {
@@ -119,7 +120,7 @@ impl NftablesDataplane {
     /// netlink batch.
     fn fault_op() -> netlink::ElementOp {
         netlink::ElementOp {
-            set: "backends-v4".to_owned(),
+            set: "backends-v4",
             key: netlink::mark_bytes(FAULT_KEY),
             data: None,
             delete: true,
@@ -158,27 +159,34 @@ impl NftablesDataplane {
                 .applied
                 .as_ref()
                 .is_some_and(|(state, _)| state.services.is_empty());
-        let mut ops: Vec<netlink::ElementOp> = Vec::new();
+        let mut in_batch = 0usize;
         let text = if empty_before {
             render_full_except(&rs, |e| {
-                element_op(e, false).map(|op| ops.push(op)).is_some()
+                let netlink = element_op(e, false).is_some();
+                in_batch += usize::from(netlink);
+                netlink
             })
         } else {
             render_full(&rs)
         };
-        let objects_written = text.lines().count() + ops.len();
+        let objects_written = text.lines().count() + in_batch;
         // With the fault hook on, the element batch is what fails: the restore below runs.
-        let fault_in_batch = self.config.fail_transactions && !ops.is_empty();
-        if fault_in_batch {
-            ops.push(Self::fault_op());
-        }
+        let fault_in_batch = self.config.fail_transactions && in_batch > 0;
         self.transaction_with(
             text,
             "full sync",
             self.config.fail_transactions && !fault_in_batch,
         )?;
-        if !ops.is_empty() {
-            if let Err(e) = self.send_elements(&ops) {
+        if in_batch > 0 {
+            // Encoded straight from the ruleset, the elements `render_full_except` left out
+            // (the same test): no list of ~126k operations next to the batch at 10k x 10.
+            let ops = rs
+                .node_elements
+                .iter()
+                .chain(rs.services.values().flat_map(|s| &s.elements))
+                .filter_map(|e| element_op(e, false))
+                .chain(fault_in_batch.then(Self::fault_op));
+            if let Err(e) = self.send_elements(ops) {
                 // Back to the table as it was (no services), in one transaction.
                 if let Some((_, old)) = &self.applied {
                     let restore = render_full(old);
@@ -206,7 +214,10 @@ impl NftablesDataplane {
 
     /// Sends `ops` as one netlink batch over the kept socket (opened when there is none);
     /// after a failure the socket is dropped and the next sync is full.
-    fn send_elements(&mut self, ops: &[netlink::ElementOp]) -> Result<(), NetfilterError> {
+    fn send_elements(
+        &mut self,
+        ops: impl IntoIterator<Item = netlink::ElementOp>,
+    ) -> Result<(), NetfilterError> {
         let sent = match self.netlink.take() {
             Some(socket) => Ok(socket),
             None => netlink::Socket::open(self.config.netns.as_deref()),
@@ -266,7 +277,7 @@ fn element_ops(old: &NftRuleset, patch: &render::Patch) -> Option<Vec<netlink::E
 }
 
 fn element_op(e: &render::Element, delete: bool) -> Option<netlink::ElementOp> {
-    let addr_port = |v: &str| -> Option<Vec<u8>> {
+    let addr_port = |v: &str| -> Option<netlink::Reg> {
         let (a, p) = v.split_once(" . ")?;
         Some(netlink::backend_bytes(&a.parse().ok()?, p.parse().ok()?))
     };
@@ -280,14 +291,14 @@ fn element_op(e: &render::Element, delete: bool) -> Option<netlink::ElementOp> {
         (netlink::mark_bytes(mark), data)
     } else if e.set.starts_with("hairpin-") {
         let (a, b) = e.key.split_once(" . ")?;
-        let mut key = netlink::addr_bytes(&a.parse().ok()?);
-        key.extend(netlink::addr_bytes(&b.parse().ok()?));
+        let key =
+            netlink::addr_bytes(&a.parse().ok()?).with(&netlink::addr_bytes(&b.parse().ok()?));
         (key, None)
     } else {
         return None;
     };
     Some(netlink::ElementOp {
-        set: e.set.clone(),
+        set: e.set,
         key,
         data,
         delete,
@@ -366,7 +377,7 @@ impl Dataplane for NftablesDataplane {
                 ops.push(Self::fault_op());
             }
             tracing::debug!(elements = ops.len(), "partial sync through netlink");
-            self.send_elements(&ops)?;
+            self.send_elements(ops)?;
         } else {
             let text = render_patch(rs, &patch);
             report.objects_written = text.lines().count();

@@ -26,11 +26,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use dataplane_core::{maglev_table, MaglevBackend, ObjectName};
+use dataplane_core::{maglev_table, DesiredState, MaglevBackend, ObjectName, Service};
 use ipnetwork::IpNetwork;
 
 use crate::error::NetfilterError;
-use crate::plan::{proto_name, slots, Choice, Family, NodePlan, Plan, PortPlan};
+use crate::plan::{
+    local_pod_ips, node_plan, proto_name, service_ports, slots, Choice, Family, NodePlan, Plan,
+    PortPlan,
+};
 
 /// Mark bit that asks `nat-postrouting` to masquerade a service connection's first packet.
 pub const MASQUERADE_BIT: u32 = 0x8000_0000;
@@ -52,8 +55,9 @@ pub type SlotIds = BTreeMap<String, u32>;
 /// One element of a named set or map.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Element {
-    /// Set or map name.
-    pub set: String,
+    /// Set or map name: one of the node-wide ones (`backends-v4`, ...), so a name costs no
+    /// allocation per element (a ruleset of 10k services holds ~130k elements).
+    pub set: &'static str,
     /// Key, in nft syntax.
     pub key: String,
     /// Value (maps only).
@@ -128,6 +132,14 @@ impl NftRuleset {
     }
 }
 
+/// `v4` or `v6` by family.
+fn by_family(f: Family, v4: &'static str, v6: &'static str) -> &'static str {
+    match f {
+        Family::V4 => v4,
+        Family::V6 => v6,
+    }
+}
+
 fn ip_kw(f: Family) -> &'static str {
     match f {
         Family::V4 => "ip",
@@ -175,13 +187,31 @@ pub fn compile(plan: &Plan, table: &str) -> Result<NftRuleset, NetfilterError> {
     Ok(rs)
 }
 
+/// [`compile`] of [`plan`](crate::plan::plan)`(state)`, the same ruleset, planning one service
+/// at a time: each service's plan is dropped once it is compiled (a whole plan of 10k
+/// services x 10 is ~25 MiB, held next to the ruleset being built).
+pub fn compile_state(state: &DesiredState, table: &str) -> Result<NftRuleset, NetfilterError> {
+    let node = node_plan(&state.node);
+    let mut rs = NftRuleset::empty(&node, table);
+    // Name order, as the plan's map has it: slot-group ids are handed out in that order.
+    let mut services: Vec<&Service> = state.services.iter().collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    services.dedup_by(|a, b| a.name == b.name);
+    let changed = services
+        .into_iter()
+        .map(|s| (&s.name, Some(service_ports(state, s))));
+    let patch = compile_patch(&rs, &node, changed, &local_pod_ips(state))?;
+    rs.apply_patch(patch);
+    Ok(rs)
+}
+
 /// Compiles the services in `changed` (`None`: removed) against `old`: unchanged groups keep
 /// their ids, new ones take free ids. Work is proportional to the change, not to the number of
 /// services.
-pub fn compile_patch<'a>(
+pub fn compile_patch<'a, P: AsRef<[PortPlan]>>(
     old: &NftRuleset,
     node: &NodePlan,
-    changed: impl IntoIterator<Item = (&'a ObjectName, Option<&'a [PortPlan]>)>,
+    changed: impl IntoIterator<Item = (&'a ObjectName, Option<P>)>,
     hairpin: &BTreeSet<IpAddr>,
 ) -> Result<Patch, NetfilterError> {
     let mut taken = old.taken.clone();
@@ -192,6 +222,7 @@ pub fn compile_patch<'a>(
             patch.services.insert(name.clone(), None);
             continue;
         };
+        let ports = ports.as_ref();
         let previous = old.services.get(name).map(|s| &s.ids);
         let mut ids = SlotIds::new();
         for p in ports {
@@ -236,7 +267,7 @@ pub fn compile_patch<'a>(
     }
     for ip in hairpin {
         let e = Element {
-            set: format!("hairpin-{}", Family::of(ip).suffix()),
+            set: by_family(Family::of(ip), "hairpin-v4", "hairpin-v6"),
             key: format!("{ip} . {ip}"),
             value: None,
         };
@@ -363,12 +394,12 @@ fn compile_cluster_ip(
         svc.chains.insert(chain.clone(), with_counter(rules));
         for cip in &p.cluster_ips {
             svc.elements.insert(Element {
-                set: format!("service-ips-{fs}"),
+                set: by_family(p.family, "service-ips-v4", "service-ips-v6"),
                 key: format!("{cip} . {proto} . {}", p.port),
                 value: Some(format!("goto {chain}")),
             });
             svc.elements.insert(Element {
-                set: format!("cluster-ips-{fs}"),
+                set: by_family(p.family, "cluster-ips-v4", "cluster-ips-v6"),
                 key: cip.to_string(),
                 value: None,
             });
@@ -444,7 +475,7 @@ fn compile_external(
         }
         for (addr, port, target) in frontends {
             svc.elements.insert(Element {
-                set: format!("service-ips-{fs}"),
+                set: by_family(p.family, "service-ips-v4", "service-ips-v6"),
                 key: format!("{addr} . {proto} . {port}"),
                 value: Some(format!("goto {target}")),
             });
@@ -546,7 +577,7 @@ impl ChoiceCtx<'_> {
                         written.push(id);
                         for (i, a) in s.iter().enumerate() {
                             svc.elements.insert(Element {
-                                set: format!("backends-{fs}"),
+                                set: by_family(p.family, "backends-v4", "backends-v6"),
                                 key: format!("{:#010x}", (id << SLOT_BITS) | i as u32),
                                 value: Some(nft_backend(a)),
                             });
@@ -809,7 +840,7 @@ fn add(table: &str, stmt: &str) -> String {
 fn element_lines(table: &str, verb: &str, elements: &[&Element], out: &mut String) {
     let mut by_set: BTreeMap<&str, Vec<&Element>> = BTreeMap::new();
     for e in elements {
-        by_set.entry(e.set.as_str()).or_default().push(e);
+        by_set.entry(e.set).or_default().push(e);
     }
     for (set, els) in by_set {
         for chunk in els.chunks(2000) {
@@ -850,7 +881,26 @@ pub fn render_full(rs: &NftRuleset) -> String {
 /// send to the kernel another way).
 pub fn render_full_except(rs: &NftRuleset, mut leave_out: impl FnMut(&Element) -> bool) -> String {
     let t = &rs.table;
-    let mut out = String::with_capacity(1024 * (rs.services.len() + 1));
+    // Sized from the content (a guess per service was 10 MiB at 10k services, four times
+    // what a first sync without the backend elements needs): each line is its text plus
+    // `add <kind> inet <table> <chain> ` around it.
+    let line = t.len() + 24;
+    let chains: usize = rs
+        .services
+        .values()
+        .flat_map(|s| &s.chains)
+        .map(|(c, rules)| {
+            (line + c.len()) * (1 + rules.len()) + rules.iter().map(String::len).sum::<usize>()
+        })
+        .sum();
+    let sets: usize = rs
+        .services
+        .values()
+        .flat_map(|s| &s.sets)
+        .map(|(n, d)| line + n.len() + d.len())
+        .sum();
+    let base: usize = rs.base.iter().map(|b| line + b.len()).sum();
+    let mut out = String::with_capacity(3 * line + base + chains + sets);
     let _ = writeln!(out, "add table inet {t}");
     let _ = writeln!(out, "delete table inet {t}");
     let _ = writeln!(out, "add table inet {t}");
@@ -870,6 +920,13 @@ pub fn render_full_except(rs: &NftRuleset, mut leave_out: impl FnMut(&Element) -
         elements.extend(svc.elements.iter());
     }
     elements.retain(|e| !leave_out(e));
+    out.reserve(
+        elements
+            .iter()
+            .map(|e| e.key.len() + e.value.as_ref().map_or(0, String::len) + 5)
+            .sum::<usize>()
+            + line * 8,
+    );
     element_lines(t, "add", &elements, &mut out);
     out
 }
