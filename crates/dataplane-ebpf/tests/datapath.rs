@@ -1633,6 +1633,59 @@ fn masquerade_collisions_echo_and_masquerade_all() {
         (node, b_id),
         "the echo flow keeps its identifier"
     );
+    // An ICMP error about a masqueraded ping (a peer that refuses it, a router on the way
+    // whose TTL ran out) goes back to the pod, quoting its own request and identifier.
+    check(
+        &mut dp,
+        &Fixture {
+            description: "ICMP unreachable about a masqueraded ping: to the pod",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip(peer, "172.18.0.2")
+                .icmp_unreachable(quoted(&b))
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip(peer, "10.244.0.6")
+                .icmp_unreachable(quoted(&ping("10.244.0.6")))
+                .build(),
+        },
+    );
+    // IPv6 alike (its checksums cover the addresses).
+    let mut st6 = st.clone();
+    st6.node.pod_cidrs.push("fd00:244::/64".parse().unwrap());
+    dp.apply(&st6).expect("apply with an IPv6 pod CIDR");
+    let peer6 = "2001:db8::50";
+    let ping6 = eth()
+        .ip("fd00:244::5", peer6)
+        .icmp_echo(false, 0x4321)
+        .build();
+    let run = dp.run_packet(Hook::ToUplink, &ping6, 1).expect("test run");
+    assert_eq!(run.verdict, OK, "echo v6");
+    let out6 = run.output;
+    let src6: [u8; 16] = out6[22..38].try_into().unwrap();
+    assert_eq!(
+        IpAddr::from(src6),
+        "fd00:18::2".parse::<IpAddr>().unwrap(),
+        "IPv6 ping masqueraded"
+    );
+    check(
+        &mut dp,
+        &Fixture {
+            description: "ICMPv6 unreachable about a masqueraded ping: to the pod",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip(peer6, "fd00:18::2")
+                .icmp_unreachable(quoted(&out6))
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip(peer6, "fd00:244::5")
+                .icmp_unreachable(quoted(&ping6))
+                .build(),
+        },
+    );
+    dp.apply(&st).expect("back to IPv4 pods only");
 
     // nonMasqueradeCIDRs and the cluster are left alone; masquerade.all takes the cluster too.
     let to = |dst: &str| {
@@ -1669,7 +1722,8 @@ fn masquerade_collisions_echo_and_masquerade_all() {
         "10.244.0.5".parse::<IpAddr>().unwrap(),
         "this node's pods are not"
     );
-    assert_eq!(dp.stats().expect("stats").other["masqueraded"], 5);
+    // Five as before this test grew its IPv6 ping, and that ping.
+    assert_eq!(dp.stats().expect("stats").other["masqueraded"], 6);
 }
 
 #[test]

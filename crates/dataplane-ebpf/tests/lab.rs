@@ -486,6 +486,40 @@ fn dsr_and_masquerade_end_to_end() {
         "ping from a pod is masqueraded (the client has no route to pods): {}",
         String::from_utf8_lossy(&ping.stdout)
     );
+    // A peer that refuses the ping answers with an ICMP error quoting the masqueraded request:
+    // translated back, it reaches the pod's ping, which reports it.
+    let refuse = [
+        "INPUT",
+        "-p",
+        "icmp",
+        "--icmp-type",
+        "echo-request",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-host-prohibited",
+    ];
+    let rule = |op: &str| {
+        let mut args = vec!["-w", op];
+        args.extend(refuse);
+        let out = ext.netns.exec("iptables", &args).expect("iptables runs");
+        assert!(
+            out.status.success(),
+            "iptables {op}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    rule("-I");
+    let ping = pod
+        .netns
+        .exec("ping", &["-c", "1", "-W", "2", &ext_ip.to_string()])
+        .expect("ping runs");
+    rule("-D");
+    let text = String::from_utf8_lossy(&ping.stdout);
+    assert!(
+        text.contains("Destination Host Prohibited"),
+        "the peer's ICMP error reaches the pod's ping: {text}"
+    );
     let mut st = node_state(0);
     st.node.masquerade.non_masquerade_cidrs = vec![format!("{ext_ip}/32").parse().unwrap()];
     dps[0].apply(&st).expect("apply nonMasqueradeCIDRs");

@@ -10,7 +10,8 @@
  *  - the quoted packet was a translated reply (frontend -> client): found by the forward entry;
  *    the error goes to the backend, quoting backend -> client'.
  * The quoted IPv4 header checksum and the quoted L4 checksum (when quoted) are fixed, and the
- * ICMP checksum follows every byte we change.
+ * ICMP checksum follows every byte we change. A quoted echo request is a masqueraded ping
+ * (echo.h): its identifier plays the source port, the destination port is 0.
  */
 #ifndef DP_ICMP_H
 #define DP_ICMP_H
@@ -18,6 +19,7 @@
 #include "common.h"
 #include "parse.h"
 #include "csum.h"
+#include "echo.h"
 
 #define ICMP_TIME_EXCEEDED 11
 #define ICMP_PARAMETERPROB 12
@@ -140,6 +142,27 @@ static __always_inline void fix_inner_l4(__u8 *l4, __u32 quoted, __u8 proto, __s
 	}
 }
 
+/*
+ * The "ports" of a quoted L4 header: TCP/UDP ports, or a quoted echo request's identifier
+ * and 0 (@echo_type: ICMP_ECHO or ICMPV6_ECHO_REQUEST). Returns 1 for an echo request, 0 for
+ * TCP/UDP, -1 for anything else.
+ */
+static __always_inline int quoted_ports(const __u8 *l4, __u8 proto, __u8 icmp_proto,
+					__u8 echo_type, __be16 *sport, __be16 *dport)
+{
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		*sport = *(__be16 *)&l4[0];
+		*dport = *(__be16 *)&l4[2];
+		return 0;
+	}
+	if (proto == icmp_proto && l4[0] == echo_type && l4[1] == 0) {
+		*sport = *(__be16 *)&l4[ECHO_ID_OFF];
+		*dport = 0;
+		return 1;
+	}
+	return -1;
+}
+
 static __noinline int icmp4_error_nat(struct __sk_buff *skb, struct pkt *p)
 {
 	struct quote4 old, new;
@@ -150,6 +173,7 @@ static __noinline int icmp4_error_nat(struct __sk_buff *skb, struct pkt *p)
 	__u8 type;
 	__u16 check;
 	__s64 d;
+	int echo;
 
 	if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
 		return DP_PASS;
@@ -161,33 +185,41 @@ static __noinline int icmp4_error_nat(struct __sk_buff *skb, struct pkt *p)
 		if (bpf_skb_load_bytes(skb, q, &old, sizeof(old.ip) + 8) < 0)
 			return DP_PASS;
 	}
-	if (old.ip.ihl != 5 || (old.ip.protocol != IPPROTO_TCP && old.ip.protocol != IPPROTO_UDP))
+	if (old.ip.ihl != 5)
+		return DP_PASS;
+	echo = quoted_ports(old.l4, old.ip.protocol, IPPROTO_ICMP, ICMP_ECHO, &ot.sport, &ot.dport);
+	if (echo < 0)
 		return DP_PASS;
 	{
 		__u32 is[4] = {old.ip.saddr, 0, 0, 0};
 		__u32 id[4] = {old.ip.daddr, 0, 0, 0};
 
-		if (!icmp_lookup(&n, p, is, id, *(__be16 *)&old.l4[0], *(__be16 *)&old.l4[2],
-				 old.ip.protocol))
+		if (!icmp_lookup(&n, p, is, id, ot.sport, ot.dport, old.ip.protocol))
 			return DP_PASS;
 	}
 	new = old;
 	new.ip.saddr = n.isaddr[0];
 	new.ip.daddr = n.idaddr[0];
-	*(__be16 *)&new.l4[0] = n.isport;
-	*(__be16 *)&new.l4[2] = n.idport;
 	new.ip.check = 0;
 	new.ip.check = csum_buf(&new.ip, sizeof(new.ip), 0);
 	ot.saddr = old.ip.saddr;
 	ot.daddr = old.ip.daddr;
-	ot.sport = *(__be16 *)&old.l4[0];
-	ot.dport = *(__be16 *)&old.l4[2];
 	nt.saddr = new.ip.saddr;
 	nt.daddr = new.ip.daddr;
 	nt.sport = n.isport;
 	nt.dport = n.idport;
-	d = bpf_csum_diff((__be32 *)&ot, sizeof(ot), (__be32 *)&nt, sizeof(nt), 0);
-	fix_inner_l4(new.l4, quoted, old.ip.protocol, d);
+	if (echo) {
+		/* ICMPv4 has no pseudo header: only the identifier changes the quoted checksum
+		 * (the ports word of the tuples: identifier, 0). */
+		*(__be16 *)&new.l4[ECHO_ID_OFF] = n.isport;
+		d = bpf_csum_diff((__be32 *)&ot.sport, 4, (__be32 *)&nt.sport, 4, 0);
+		*(__u16 *)&new.l4[2] = csum_apply(*(__u16 *)&old.l4[2], d);
+	} else {
+		*(__be16 *)&new.l4[0] = n.isport;
+		*(__be16 *)&new.l4[2] = n.idport;
+		d = bpf_csum_diff((__be32 *)&ot, sizeof(ot), (__be32 *)&nt, sizeof(nt), 0);
+		fix_inner_l4(new.l4, quoted, old.ip.protocol, d);
+	}
 
 	/* ICMPv4 has no pseudo header: only the quoted bytes change its checksum. */
 	if (quoted == 20)
@@ -238,6 +270,7 @@ static __noinline int icmp6_error_nat(struct __sk_buff *skb, struct pkt *p)
 	__u8 type;
 	__u16 check;
 	__s64 d;
+	int echo;
 
 	if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
 		return DP_PASS;
@@ -250,32 +283,37 @@ static __noinline int icmp6_error_nat(struct __sk_buff *skb, struct pkt *p)
 		if (bpf_skb_load_bytes(skb, q, &old, sizeof(old.ip) + 8) < 0)
 			return DP_PASS;
 	}
-	if (old.ip.nexthdr != IPPROTO_TCP && old.ip.nexthdr != IPPROTO_UDP)
+	echo = quoted_ports(old.l4, old.ip.nexthdr, IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST, &ot.sport,
+			    &ot.dport);
+	if (echo < 0)
 		return DP_PASS;
 	{
 		__u32 is[4], id[4];
 
 		__builtin_memcpy(is, &old.ip.saddr, 16);
 		__builtin_memcpy(id, &old.ip.daddr, 16);
-		if (!icmp_lookup(&n, p, is, id, *(__be16 *)&old.l4[0], *(__be16 *)&old.l4[2],
-				 old.ip.nexthdr))
+		if (!icmp_lookup(&n, p, is, id, ot.sport, ot.dport, old.ip.nexthdr))
 			return DP_PASS;
 	}
 	new = old;
 	__builtin_memcpy(&new.ip.saddr, n.isaddr, 16);
 	__builtin_memcpy(&new.ip.daddr, n.idaddr, 16);
-	*(__be16 *)&new.l4[0] = n.isport;
-	*(__be16 *)&new.l4[2] = n.idport;
 	__builtin_memcpy(ot.saddr, &old.ip.saddr, 16);
 	__builtin_memcpy(ot.daddr, &old.ip.daddr, 16);
-	ot.sport = *(__be16 *)&old.l4[0];
-	ot.dport = *(__be16 *)&old.l4[2];
 	addr_copy(nt.saddr, n.isaddr);
 	addr_copy(nt.daddr, n.idaddr);
 	nt.sport = n.isport;
 	nt.dport = n.idport;
+	/* The quoted L4 checksum covers a pseudo header with the addresses, ICMPv6's too. */
 	d = bpf_csum_diff((__be32 *)&ot, sizeof(ot), (__be32 *)&nt, sizeof(nt), 0);
-	fix_inner_l4(new.l4, quoted, old.ip.nexthdr, d);
+	if (echo) {
+		*(__be16 *)&new.l4[ECHO_ID_OFF] = n.isport;
+		*(__u16 *)&new.l4[2] = csum_apply(*(__u16 *)&old.l4[2], d);
+	} else {
+		*(__be16 *)&new.l4[0] = n.isport;
+		*(__be16 *)&new.l4[2] = n.idport;
+		fix_inner_l4(new.l4, quoted, old.ip.nexthdr, d);
+	}
 
 	if (quoted == 20)
 		d = bpf_csum_diff((__be32 *)&old, sizeof(old), (__be32 *)&new, sizeof(new), 0);
