@@ -896,6 +896,17 @@ impl Validator {
             if let Some(other) = self.frontends.get(key) {
                 if !changed_services.contains(claimant(other)) {
                     let object = claimant(what).to_owned();
+                    // The service again, against the clashing claim alone: the error names
+                    // the field (`ports[0].nodePort`, ...) as a full validation does.
+                    let service = changes
+                        .services
+                        .values()
+                        .filter_map(|c| c.current.as_ref())
+                        .find(|s| format!("service {}", s.name) == object);
+                    if let Some(s) = service {
+                        let mut seeded = BTreeMap::from([(*key, other.clone())]);
+                        validate_service(node, s, &object, &mut seeded)?;
+                    }
                     let field = what[object.len()..].trim_start().to_owned();
                     return Err(ValidationError::DuplicateFrontend {
                         object,

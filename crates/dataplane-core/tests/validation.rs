@@ -1387,6 +1387,29 @@ proptest! {
     }
 }
 
+/// A clash the incremental validator finds names the same field as a full validation of the
+/// new state: the ClusterIP's port, or the nodePort.
+#[test]
+fn incremental_clash_names_the_field_a_full_validation_names() {
+    let old = dataplane_core::synthetic::state(3, 1);
+    let clash = |tweak: &dyn Fn(&mut DesiredState)| {
+        let mut new = old.clone();
+        tweak(&mut new);
+        let full = validate(&new).unwrap_err().to_string();
+        let v = Validator::new(&old).unwrap();
+        let incremental = v
+            .check(&old.node, &dataplane_core::diff(&old, &new))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(incremental, full);
+        incremental
+    };
+    let port = clash(&|s| s.services[2].cluster_ips = s.services[0].cluster_ips.clone());
+    assert!(port.contains("ports[0].port"), "{port}");
+    let node_port = clash(&|s| s.services[2].ports[0].node_port = s.services[0].ports[0].node_port);
+    assert!(node_port.contains("ports[0].nodePort"), "{node_port}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use dataplane_core::{diff, Dataplane, Error, ExternalMode, Protocol};
+use dataplane_core::{diff, Dataplane, Error, ExternalMode, Protocol, ValidationError};
 use dataplane_iptables::{NetfilterConfig, NftablesDataplane};
 use dataplane_testkit::{probe, require_root, Lab, ProbeOutcome};
 
@@ -254,6 +254,31 @@ fn a_broken_apply_changes_nothing() {
     let mut dp = backend_for(&lab);
     dp.apply(&old).unwrap();
     let before = ruleset(&lab);
+
+    // A partial sync whose service takes a frontend that a kept service holds: the
+    // validation error a full sync gives, before the kernel sees anything (the kernel's
+    // "File exists" would not name the objects).
+    let mut clash = old.clone();
+    let web_ip = old
+        .services
+        .iter()
+        .find(|s| s.name.name == "web")
+        .unwrap()
+        .cluster_ips[0];
+    for s in clash.services.iter_mut().filter(|s| s.name.name == "local") {
+        s.cluster_ips = vec![web_ip];
+    }
+    let full = dp.apply(&clash).unwrap_err();
+    let err = dp.apply_changes(&diff(&old, &clash)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Invalid(ValidationError::DuplicateFrontend { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), full.to_string(), "as a full sync says it");
+    assert_eq!(ruleset(&lab), before);
 
     // The kernel refuses the last operation of the transaction: nothing before it sticks.
     let mut new = old.clone();

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use dataplane_core::{
     validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
-    ObservedState, Protocol, Stats,
+    Incremental, ObservedState, Protocol, Stats, Validator,
 };
 
 use crate::config::NetfilterConfig;
@@ -41,6 +41,9 @@ const FAULT_KEY: u32 = 0x7fff_ffff;
 pub struct NftablesDataplane {
     config: NetfilterConfig,
     applied: Option<(DesiredState, NftRuleset)>,
+    /// The frontends and endpoint addresses the applied state claims, so that a partial sync
+    /// is validated against the services it keeps, not only in itself.
+    validator: Option<Validator>,
     /// A transaction failed since the last successful one: the next sync is full.
     dirty: bool,
     /// The netlink socket of element-only changes, kept between them (see
@@ -55,6 +58,7 @@ impl NftablesDataplane {
         Self {
             config,
             applied: None,
+            validator: None,
             dirty: false,
             netlink: None,
         }
@@ -86,6 +90,10 @@ impl NftablesDataplane {
 
     fn check(desired: &DesiredState) -> Result<(), NetfilterError> {
         validate(desired)?;
+        Self::check_supported(desired)
+    }
+
+    fn check_supported(desired: &DesiredState) -> Result<(), NetfilterError> {
         check_supported(
             desired,
             Support {
@@ -149,7 +157,10 @@ impl NftablesDataplane {
     }
 
     fn full_sync(&mut self, desired: &DesiredState) -> Result<ApplyReport, NetfilterError> {
-        let rs = self.compile(desired)?;
+        // Validates in full, as `check` does, and keeps the claims for partial syncs.
+        let validator = Validator::new(desired)?;
+        Self::check_supported(desired)?;
+        let rs = compile_state(desired, &self.config.name)?;
         // Into a table that holds no service yet (nothing can be disturbed), the backend and
         // hairpin elements, most of a big ruleset, go in a netlink batch of their own after
         // the transaction: `nft` spends about as long parsing those 100k+ elements as all the
@@ -209,6 +220,7 @@ impl NftablesDataplane {
             objects_written,
         };
         self.applied = Some((desired.clone(), rs));
+        self.validator = Some(validator);
         Ok(report)
     }
 
@@ -328,10 +340,13 @@ impl Dataplane for NftablesDataplane {
     }
 
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
-        let Some((state, rs)) = &self.applied else {
+        let (Some((state, rs)), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };
-        if self.dirty || changes.node.is_some() {
+        // The changed objects against the ones that stay, as a full validation would: a
+        // clash is a typed error naming both, before the kernel sees anything.
+        let verdict = validator.check(&state.node, changes)?;
+        if self.dirty || verdict == Incremental::FullRequired {
             let mut desired = state.clone();
             changes.apply_to(&mut desired);
             return Ok(self.full_sync(&desired)?);
@@ -350,7 +365,7 @@ impl Dataplane for NftablesDataplane {
             .values()
             .filter_map(|c| c.current.clone())
             .collect();
-        Self::check(&touched)?;
+        Self::check_supported(&touched)?;
         let planned = changed_ports(&touched, changes);
         let patch = compile_patch(
             rs,
@@ -388,6 +403,9 @@ impl Dataplane for NftablesDataplane {
         if let Some((state, rs)) = &mut self.applied {
             rs.apply_patch(patch);
             changes.apply_to(state);
+            if let Some(v) = &mut self.validator {
+                v.commit(&state.node, changes);
+            }
         }
         Ok(report)
     }
@@ -430,6 +448,7 @@ impl Dataplane for NftablesDataplane {
         self.netlink = None;
         self.nft(&["-f", "-"], Some(&text), "reset")?;
         self.applied = None;
+        self.validator = None;
         self.dirty = false;
         Ok(())
     }
