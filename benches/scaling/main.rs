@@ -542,7 +542,7 @@ fn target_service(
         .iter()
         .map(|ip| {
             let mut b = Backend::new(IpAddr::V4(*ip));
-            b.node_name = Some(node.to_owned());
+            b.node_name = Some(node.into());
             b
         })
         .collect();

@@ -47,7 +47,7 @@ fn services(lab: &Lab, dsr: bool) -> Vec<Service> {
     let backend = |pod: usize| {
         let p = lab.pod(pod);
         let mut b = Backend::new(p.addresses[0]);
-        b.node_name = Some(lab.node(p.node).name.clone());
+        b.node_name = Some(lab.node(p.node).name.as_str().into());
         b
     };
     let port = |name: &str, protocol, port, node_port| ServicePort {

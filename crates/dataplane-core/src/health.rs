@@ -94,9 +94,9 @@ mod tests {
         svc.external_traffic_policy = TrafficPolicy::Local;
         svc.health_check_node_port = Some(32000);
         let mut local = Backend::new("10.244.0.5".parse().unwrap());
-        local.node_name = Some(node.clone());
+        local.node_name = Some(node.as_str().into());
         let mut local_not_ready = Backend::new("10.244.0.6".parse().unwrap());
-        local_not_ready.node_name = Some(node);
+        local_not_ready.node_name = Some(node.into());
         local_not_ready.ready = false;
         let mut remote = Backend::new("10.244.1.5".parse().unwrap());
         remote.node_name = Some("elsewhere".into());

@@ -5,6 +5,7 @@
 //! that fits the default range, and `backends` backends spread over `10.244.0.0/16`.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, LazyLock};
 
 use crate::model::{
     Backend, DesiredState, ExternalMode, Interfaces, Masquerade, Node, ObjectName, PortRange,
@@ -35,6 +36,10 @@ pub fn cluster_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + n))
 }
 
+/// The node names backends run on: one string per node, shared, as an agent builds them.
+static NODES: LazyLock<[Arc<str>; 3]> =
+    LazyLock::new(|| ["node-0".into(), "node-1".into(), "node-2".into()]);
+
 /// Synthetic service `i` with `backends` backends.
 pub fn service(i: usize, backends: usize) -> Service {
     let mut s = Service::new(ObjectName::new("bench", format!("svc-{i}")));
@@ -52,7 +57,7 @@ pub fn service(i: usize, backends: usize) -> Service {
             let n = (i * backends + b) as u32 % 65_000 + 2;
             let ip = IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + n));
             let mut be = Backend::new(ip);
-            be.node_name = Some(format!("node-{}", b % 3));
+            be.node_name = Some(Arc::clone(&NODES[b % 3]));
             be
         })
         .collect();

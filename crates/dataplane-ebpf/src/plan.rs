@@ -709,7 +709,7 @@ mod tests {
             .map(|(ip, weight, node)| {
                 let mut b = Backend::new(ip.parse().unwrap());
                 b.weight = *weight;
-                b.node_name = Some((*node).to_owned());
+                b.node_name = Some((*node).into());
                 b
             })
             .collect();

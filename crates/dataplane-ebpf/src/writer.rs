@@ -554,8 +554,8 @@ impl Translator<'_> {
 
 /// The entries of the maps to remove: for a full plan those it did not plan (`seen`), for an
 /// update those it says are gone.
-fn removals(cur: &Current, frontends: &Frontends, seen: &HashSet<SvcKey>) -> Vec<SvcKey> {
-    match &frontends.gone {
+fn removals(cur: &Current, gone: Option<&[SvcKey]>, seen: &HashSet<SvcKey>) -> Vec<SvcKey> {
+    match gone {
         None => cur
             .frontends
             .keys()
@@ -575,7 +575,7 @@ fn removals(cur: &Current, frontends: &Frontends, seen: &HashSet<SvcKey>) -> Vec
 fn prepare(
     cur: &mut Current,
     planner: &Planner,
-    frontends: &Frontends,
+    frontends: Frontends,
     caps: &Capacities,
 ) -> Result<Prepared, Error> {
     let mut new_backends = Vec::new();
@@ -620,10 +620,11 @@ fn place(
 fn prepare_in(
     cur: &mut Current,
     planner: &Planner,
-    frontends: &Frontends,
+    frontends: Frontends,
     caps: &Capacities,
     new_backends: &mut Vec<u32>,
 ) -> Result<Prepared, Error> {
+    let Frontends { planned, gone } = frontends;
     capacity(
         "source range map (dp_srcrange)",
         planner.src_ranges.len(),
@@ -652,19 +653,17 @@ fn prepare_in(
     let mut alloc = cur_alloc.clone();
     let mut local: HashMap<Arc<[u32]>, u32> = HashMap::new();
     // A full plan into new maps writes nearly every entry.
-    let fresh_maps = frontends.gone.is_none() && cur_frontends.is_empty();
-    let mut writes = Vec::with_capacity(if fresh_maps {
-        frontends.planned.len()
-    } else {
-        0
-    });
+    let fresh_maps = gone.is_none() && cur_frontends.is_empty();
+    let mut writes = Vec::with_capacity(if fresh_maps { planned.len() } else { 0 });
     // Every key planned (a ClusterIP's wildcard may come from several services).
-    let mut seen: HashSet<SvcKey> = HashSet::with_capacity(frontends.planned.len());
+    let mut seen: HashSet<SvcKey> = HashSet::with_capacity(planned.len());
     let mut added = 0usize;
     // Slots of new ranges that did not fit, for the capacity error.
     let mut short = 0usize;
-    for (key, fp) in &frontends.planned {
-        if !seen.insert(*key) {
+    // By value: each planned slot list is freed once translated (the plan's slots are the
+    // biggest part of it), so the plan and its translation are not both whole at the peak.
+    for (key, fp) in planned {
+        if !seen.insert(key) {
             continue;
         }
         let slots = tr.slot_ids(&fp.slots);
@@ -677,7 +676,7 @@ fn prepare_in(
             pad: 0,
             rev: *generation + 1,
         };
-        match cur_frontends.get(key) {
+        match cur_frontends.get(&key) {
             Some(old)
                 if old.id == value.id
                     && old.flags == value.flags
@@ -695,7 +694,7 @@ fn prepare_in(
             (0, false)
         });
         writes.push(Write {
-            key: *key,
+            key,
             value: SvcValue {
                 slot_base: base,
                 ..value
@@ -713,7 +712,7 @@ fn prepare_in(
             capacity: caps.backend_slots as usize,
         });
     }
-    let removals = removals(cur, frontends, &seen);
+    let removals = removals(cur, gone.as_deref(), &seen);
     let entries = cur.frontends.len() + added - removals.len();
     check_entries(caps, entries, known_backends + new_count)?;
     Ok(Prepared {
@@ -747,10 +746,9 @@ pub(crate) fn write(
     frontends: Frontends,
     caps: &Capacities,
 ) -> Result<WriteReport, Error> {
-    let prep = prepare(cur, planner, &frontends, caps)?;
-    // The writes hold what is still needed of the plan (translated slots).
     let incremental = frontends.gone.is_some();
-    drop(frontends);
+    // The writes hold what is still needed of the plan (translated slots); the plan is gone.
+    let prep = prepare(cur, planner, frontends, caps)?;
     let mut n = 0usize;
     let node = &planner.node;
 

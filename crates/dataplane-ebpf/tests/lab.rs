@@ -42,7 +42,7 @@ fn config(lab: &Lab, tag: &str, node: usize) -> EbpfConfig {
 fn backend_of(lab: &Lab, pod: usize, family: Family) -> Backend {
     let p = lab.pod(pod);
     let mut b = Backend::new(p.address(family).expect("pod address"));
-    b.node_name = Some(lab.node(p.node).name.clone());
+    b.node_name = Some(lab.node(p.node).name.as_str().into());
     b
 }
 

@@ -86,7 +86,7 @@ fn start_children(lab: &Lab, dir: &std::path::Path, pins: &[PathBuf]) -> Vec<Chi
             .pods_on(1)
             .map(|p| {
                 let mut b = Backend::new(p.address(Family::V4).unwrap());
-                b.node_name = Some(lab.node(1).name.clone());
+                b.node_name = Some(lab.node(1).name.as_str().into());
                 b
             })
             .collect();

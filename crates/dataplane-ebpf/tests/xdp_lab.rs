@@ -66,7 +66,7 @@ fn service(lab: &Lab, name: &str, cluster_ip: &str, node_port: u16, mode: Extern
         .pods_on(1)
         .map(|p| {
             let mut b = Backend::new(p.address(Family::V4).expect("pod address"));
-            b.node_name = Some(lab.node(1).name.clone());
+            b.node_name = Some(lab.node(1).name.as_str().into());
             b
         })
         .collect();

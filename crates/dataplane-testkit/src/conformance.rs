@@ -1156,7 +1156,7 @@ fn backend(lab: &Lab, pod: usize, family: IpFamily) -> Backend {
         p.address(family)
             .expect("the standard table runs in a dual-stack lab"),
     );
-    b.node_name = Some(lab.node(p.node).name.clone());
+    b.node_name = Some(lab.node(p.node).name.as_str().into());
     b
 }
 

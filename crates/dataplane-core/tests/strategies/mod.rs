@@ -147,8 +147,8 @@ fn backend(v6: bool, host: u8, attrs: BackendAttrs) -> Backend {
         ready: ready && !terminating,
         serving,
         terminating,
-        node_name: node.map(str::to_owned),
-        zone: zone.map(str::to_owned),
+        node_name: node.map(Into::into),
+        zone: zone.map(Into::into),
         weight,
     }
 }

@@ -96,7 +96,7 @@ pub fn node_a() -> Node {
 /// A ready backend at `ip` on node `node`.
 pub fn backend(ip: &str, node: &str) -> Backend {
     let mut b = Backend::new(ip.parse().unwrap());
-    b.node_name = Some(node.to_owned());
+    b.node_name = Some(node.into());
     b
 }
 

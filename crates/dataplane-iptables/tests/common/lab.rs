@@ -56,7 +56,7 @@ fn pod_backend(lab: &Lab, k: usize, node: usize, dual: bool) -> Vec<Backend> {
         .filter(|a| dual || a.is_ipv4())
         .map(|a| {
             let mut b = Backend::new(*a);
-            b.node_name = Some(format!("node-{node}"));
+            b.node_name = Some(format!("node-{node}").into());
             b
         })
         .collect()

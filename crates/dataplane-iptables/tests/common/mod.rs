@@ -14,7 +14,7 @@ pub fn ip(s: &str) -> IpAddr {
 
 pub fn backend(addr: &str, node: &str) -> Backend {
     let mut b = Backend::new(ip(addr));
-    b.node_name = Some(node.to_owned());
+    b.node_name = Some(node.into());
     b
 }
 
