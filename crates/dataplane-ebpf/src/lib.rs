@@ -806,6 +806,15 @@ impl Dataplane for EbpfDataplane {
         if validator.check(&applied.node, changes)? == Incremental::FullRequired {
             return Err(Error::FullSyncRequired);
         }
+        // The planner derives a changed service's old entries from `previous`: a change set
+        // that is not a diff from the applied state is refused before anything is touched.
+        if self
+            .planner
+            .as_ref()
+            .is_some_and(|p| !p.agrees_with(changes))
+        {
+            return Err(Error::FullSyncRequired);
+        }
         plan::check_changes_supported(&applied.node, changes)?;
         let mut next = self.applied.take().ok_or(Error::FullSyncRequired)?;
         let mut validator = self.validator.take().ok_or(Error::FullSyncRequired)?;

@@ -552,14 +552,14 @@ impl Translator<'_> {
     }
 }
 
-/// The entries of the maps to remove: for a full plan those it did not plan (`seen`), for an
-/// update those it says are gone.
-fn removals(cur: &Current, gone: Option<&[SvcKey]>, seen: &HashSet<SvcKey>) -> Vec<SvcKey> {
+/// The entries of the maps to remove: for a full plan those it did not plan (`seen`, `None`
+/// when the maps held no entries), for an update those it says are gone.
+fn removals(cur: &Current, gone: Option<&[SvcKey]>, seen: Option<&HashSet<SvcKey>>) -> Vec<SvcKey> {
     match gone {
         None => cur
             .frontends
             .keys()
-            .filter(|k| !seen.contains(k))
+            .filter(|k| seen.is_some_and(|s| !s.contains(k)))
             .copied()
             .collect(),
         Some(gone) => gone
@@ -655,16 +655,19 @@ fn prepare_in(
     // A full plan into new maps writes nearly every entry.
     let fresh_maps = gone.is_none() && cur_frontends.is_empty();
     let mut writes = Vec::with_capacity(if fresh_maps { planned.len() } else { 0 });
-    // Every key planned (a ClusterIP's wildcard may come from several services).
-    let mut seen: HashSet<SvcKey> = HashSet::with_capacity(planned.len());
+    // Every key planned, for a full plan over maps that hold entries: the others go. The
+    // plan holds each key once (a ClusterIP's wildcard too, see `Planner::add_service`).
+    let mut seen: Option<HashSet<SvcKey>> =
+        (gone.is_none() && !fresh_maps).then(|| HashSet::with_capacity(planned.len()));
     let mut added = 0usize;
     // Slots of new ranges that did not fit, for the capacity error.
     let mut short = 0usize;
     // By value: each planned slot list is freed once translated (the plan's slots are the
     // biggest part of it), so the plan and its translation are not both whole at the peak.
     for (key, fp) in planned {
-        if !seen.insert(key) {
-            continue;
+        if let Some(seen) = &mut seen {
+            let first = seen.insert(key);
+            debug_assert!(first, "the plan holds {key:?} twice");
         }
         let slots = tr.slot_ids(&fp.slots);
         let value = SvcValue {
@@ -712,7 +715,7 @@ fn prepare_in(
             capacity: caps.backend_slots as usize,
         });
     }
-    let removals = removals(cur, gone.as_deref(), &seen);
+    let removals = removals(cur, gone.as_deref(), seen.as_ref());
     let entries = cur.frontends.len() + added - removals.len();
     check_entries(caps, entries, known_backends + new_count)?;
     Ok(Prepared {
