@@ -509,7 +509,30 @@ struct ServiceEntries {
     /// Hash of the whole service, to tell a full sync which services changed.
     fingerprint: u64,
     src_ranges: Vec<(SrcRangeData, u32)>,
-    ids: Vec<u32>,
+    ids: PortIds,
+}
+
+/// The service-port ids of one service: one port (the common case) needs no allocation.
+#[derive(Debug, Clone, Default)]
+struct PortIds {
+    first: Option<u32>,
+    more: Box<[u32]>,
+}
+
+impl PortIds {
+    fn push(&mut self, id: u32) {
+        if self.first.is_none() {
+            self.first = Some(id);
+        } else {
+            let mut more = std::mem::take(&mut self.more).into_vec();
+            more.push(id);
+            self.more = more.into_boxed_slice();
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &u32> {
+        self.first.iter().chain(self.more.iter())
+    }
 }
 
 /// Keeps what the last applied state's services hold in the maps (their ids and source ranges,
@@ -668,7 +691,7 @@ impl Planner {
         for r in &entries.src_ranges {
             self.src_ranges.remove(r);
         }
-        for id in &entries.ids {
+        for id in entries.ids.iter() {
             self.used_ids.remove(id);
         }
     }
@@ -893,7 +916,10 @@ mod tests {
         for c in added.services.values_mut() {
             c.previous = None;
         }
-        assert!(!planner.agrees_with(&added), "an existing service filed as new");
+        assert!(
+            !planner.agrees_with(&added),
+            "an existing service filed as new"
+        );
         assert!(matches!(
             planner.update_in_place(&new, &wrong, 251),
             Err(dataplane_core::Error::FullSyncRequired)

@@ -863,6 +863,14 @@ pub(crate) fn write(
             }
         }
     }
+    // A full sync sizes the tables once: grown by doubling, they leave their smaller copies
+    // behind as free heap. (An update's writes mostly replace entries: no reserve.)
+    if !incremental {
+        let fresh_ranges = prep.writes.iter().filter(|w| w.fresh).count();
+        cur.ranges.by_place.reserve(fresh_ranges);
+        cur.ranges.by_content.reserve(fresh_ranges);
+        cur.frontends.reserve(prep.writes.len());
+    }
     for w in &prep.writes {
         cur.hold(&w.slots, w.value.slot_base);
         if w.value.flags & SVC_F_AFFINITY != 0 {
