@@ -7,6 +7,9 @@ use std::process::{Command, Stdio};
 
 use crate::error::NetfilterError;
 
+/// Writes a tool's standard input as text, in pieces (see [`run_streamed`]).
+pub(crate) type Render<'a> = dyn Fn(&mut dyn std::fmt::Write) -> std::fmt::Result + Sync + 'a;
+
 /// Runs `program args...` in `netns` (or the current namespace), feeding `stdin`.
 /// Returns standard output.
 pub(crate) fn run(
@@ -17,6 +20,59 @@ pub(crate) fn run(
     stdin: Option<&str>,
     operation: &str,
 ) -> Result<String, NetfilterError> {
+    match stdin {
+        Some(text) => run_streamed(
+            backend,
+            netns,
+            program,
+            args,
+            &|out| out.write_str(text),
+            operation,
+        )
+        .map(|(stdout, _)| stdout),
+        None => run_inner(backend, netns, program, args, None, operation).map(|(stdout, _)| stdout),
+    }
+}
+
+/// [`run`] with standard input written by `render` while the tool runs, through a small
+/// buffer: a transaction of 10k services is megabytes of text that is never held whole.
+/// Returns standard output and the number of lines written.
+pub(crate) fn run_streamed(
+    backend: &'static str,
+    netns: Option<&Path>,
+    program: &Path,
+    args: &[&str],
+    render: &Render<'_>,
+    operation: &str,
+) -> Result<(String, usize), NetfilterError> {
+    run_inner(backend, netns, program, args, Some(render), operation)
+}
+
+/// `fmt::Write` into a pipe: counts lines, keeps the first I/O error.
+struct PipeWriter<W> {
+    inner: W,
+    lines: usize,
+    error: Option<std::io::Error>,
+}
+
+impl<W: Write> std::fmt::Write for PipeWriter<W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.lines += s.bytes().filter(|b| *b == b'\n').count();
+        self.inner.write_all(s.as_bytes()).map_err(|e| {
+            self.error.get_or_insert(e);
+            std::fmt::Error
+        })
+    }
+}
+
+fn run_inner(
+    backend: &'static str,
+    netns: Option<&Path>,
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&Render<'_>>,
+    operation: &str,
+) -> Result<(String, usize), NetfilterError> {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
@@ -48,17 +104,42 @@ pub(crate) fn run(
         )));
     }
     let mut child = cmd.spawn().map_err(spawn_err)?;
-    if let Some(text) = stdin {
-        if let Some(mut pipe) = child.stdin.take() {
-            // A tool that stops at the first bad line closes its input early: the broken pipe
-            // is not the error, its exit status and standard error (below) are.
-            match pipe.write_all(text.as_bytes()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(spawn_err(e)),
-                _ => {}
-            }
-        }
-    }
-    let out = child.wait_with_output().map_err(spawn_err)?;
+    let pipe = child.stdin.take();
+    // The input is written on a thread of its own while this one collects the tool's output:
+    // a tool that reports much before it has read everything cannot block on a full pipe.
+    let (written, out) = std::thread::scope(|scope| {
+        let feeder = stdin.zip(pipe).map(|(render, pipe)| {
+            scope.spawn(move || {
+                let mut w = PipeWriter {
+                    inner: std::io::BufWriter::with_capacity(64 << 10, pipe),
+                    lines: 0,
+                    error: None,
+                };
+                let rendered = render(&mut w);
+                let flushed = w.inner.flush();
+                match (w.error, rendered, flushed) {
+                    (Some(e), _, _) | (None, _, Err(e)) => Err(e),
+                    (None, Err(_), Ok(())) => Err(std::io::Error::other("rendering failed")),
+                    (None, Ok(()), Ok(())) => Ok(w.lines),
+                }
+            })
+        });
+        let out = child.wait_with_output();
+        let written = feeder.map_or(Ok(0), |f| {
+            f.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("input writer panicked")))
+        });
+        (written, out)
+    });
+    let out = out.map_err(spawn_err)?;
+    // A tool that stops at the first bad line closes its input early: the broken pipe is not
+    // the error, its exit status and standard error (below) are.
+    let lines = match written {
+        Ok(lines) => lines,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) if out.status.success() => return Err(spawn_err(e)),
+        Err(_) => 0,
+    };
     if !out.status.success() {
         return Err(NetfilterError::Command {
             backend,
@@ -68,7 +149,7 @@ pub(crate) fn run(
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), lines))
 }
 
 fn program_exists(program: &Path) -> bool {
@@ -92,5 +173,46 @@ pub(crate) fn read_proc(
             program: path.to_owned(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cat` answers while it reads: with the input written on the calling thread, 4 MiB
+    /// through a 64 KiB pipe each way would block both processes.
+    #[test]
+    fn streamed_input_reaches_the_tool_whole_while_it_answers() {
+        let line = "add rule inet t c counter accept\n";
+        let n = 4 * 1024 * 1024 / line.len();
+        let render = |out: &mut dyn std::fmt::Write| {
+            for _ in 0..n {
+                out.write_str(line)?;
+            }
+            Ok(())
+        };
+        let (stdout, lines) =
+            run_streamed("test", None, Path::new("cat"), &[], &render, "echo").unwrap();
+        assert_eq!(lines, n);
+        assert_eq!(stdout.len(), n * line.len());
+        assert!(stdout.lines().all(|l| l == line.trim_end()));
+    }
+
+    #[test]
+    fn a_failing_tool_is_an_error_naming_it_even_if_it_stops_reading() {
+        let render = |out: &mut dyn std::fmt::Write| {
+            for _ in 0..100_000 {
+                out.write_str("garbage that the tool never reads\n")?;
+            }
+            Ok(())
+        };
+        let err =
+            run_streamed("test", None, Path::new("false"), &[], &render, "refuse").unwrap_err();
+        assert!(
+            matches!(&err, NetfilterError::Command { program, operation, .. }
+                if program == "false" && operation == "refuse"),
+            "{err:?}"
+        );
     }
 }

@@ -110,6 +110,23 @@ fn a_failed_first_sync_element_batch_restores_the_empty_table() {
     let report = dp.apply(&state).unwrap();
     assert!(report.full_sync);
     common::lab::web_backends(&lab, 3);
+    // The connections show up as flows of their service, found from the ruleset's frontends
+    // (the backend keeps no copy of the state).
+    let web: std::net::SocketAddr = "10.96.0.10:80".parse().unwrap();
+    let flows = dp.flows().unwrap();
+    let to_web: Vec<_> = flows
+        .iter()
+        .filter(|f| f.frontend == web && f.protocol == Protocol::Tcp)
+        .collect();
+    assert!(to_web.len() >= 3, "{flows:?}");
+    assert!(
+        to_web.iter().all(|f| f
+            .service
+            .as_ref()
+            .is_some_and(|s| s.to_string() == "default/web")
+            && f.backend != web),
+        "{to_web:?}"
+    );
     dp.reset().unwrap();
 }
 
@@ -292,8 +309,9 @@ fn a_broken_apply_changes_nothing() {
     dp.config_mut().nft = "nft".into();
     assert!(format!("{err:?}").contains("refused the batch"), "{err:?}");
     assert_eq!(ruleset(&lab), before);
+    // After a failure a change set is not enough: the backend asks for the whole state.
     let err = dp.apply_changes(&diff(&old, &new)).unwrap_err();
-    assert!(matches!(err, Error::Kernel { .. }), "{err}");
+    assert!(matches!(err, Error::FullSyncRequired), "{err}");
     assert_eq!(ruleset(&lab), before);
     let err = dp.apply(&new).unwrap_err();
     assert!(matches!(err, Error::Kernel { .. }), "{err}");
@@ -315,10 +333,18 @@ fn a_broken_apply_changes_nothing() {
     assert!(matches!(err, Error::Kernel { .. }), "{err}");
     assert_eq!(ruleset(&lab), before);
 
-    // After the failures the next incremental apply is a full sync, and it works.
-    let report = dp.apply_changes(&diff(&old, &new)).unwrap();
+    // After the failures the backend asks for a full sync (it keeps no copy of the state to
+    // make one of a change set) and changes nothing; the full sync works.
+    let err = dp.apply_changes(&diff(&old, &new)).unwrap_err();
+    assert!(matches!(err, Error::FullSyncRequired), "{err:?}");
+    assert_eq!(ruleset(&lab), before);
+    let report = dp.apply(&new).unwrap();
     assert!(report.full_sync);
     assert!(!ruleset(&lab).contains("default/web/"));
+    // And incremental applies work again after it.
+    let report = dp.apply_changes(&diff(&new, &old)).unwrap();
+    assert!(!report.full_sync);
+    assert!(ruleset(&lab).contains("default/web/"));
     dp.reset().unwrap();
 }
 

@@ -3,8 +3,10 @@
 mod common;
 
 use dataplane_core::{diff, Backend, DesiredState};
+use std::net::SocketAddr;
+
 use dataplane_iptables::nft::render::{
-    compile, compile_patch, compile_state, render_full, render_patch, NftRuleset,
+    compile, compile_patch, compile_state, render_full, render_patch, Element, NftRuleset,
 };
 use dataplane_iptables::plan::{changed_hairpin, changed_ports, node_plan, plan};
 
@@ -106,7 +108,7 @@ fn added_service_takes_a_free_group_id() {
     let ids: Vec<u32> = after
         .services
         .values()
-        .flat_map(|s| s.ids.values().copied())
+        .flat_map(|s| s.ids.iter().map(|(_, id)| *id))
         .collect();
     let unique: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
     assert_eq!(ids.len(), unique.len(), "group ids collide: {ids:?}");
@@ -120,13 +122,16 @@ fn maglev_uses_a_fixed_hash_and_core_table() {
     state.services[0].backend_selection = BackendSelection::Maglev;
     let rs = compile(&plan(&state), "dataplane").unwrap();
     let web = &rs.services[&state.services[0].name];
-    let rules = &web.chains["svc-v4-default/web/tcp/80"];
+    let rules = web.chain("svc-v4-default/web/tcp/80").unwrap();
     assert!(rules.iter().any(|r| r.contains("jhash ip saddr . ip daddr . meta l4proto . th sport . th dport mod 4093 seed 0x64706c62")), "{rules:?}");
     // Two groups (tcp, udp ports), each a full table that matches core's Maglev table.
-    let elements: Vec<_> = web
+    let elements: Vec<(u32, SocketAddr)> = web
         .elements
         .iter()
-        .filter(|e| e.set == "backends-v4")
+        .filter_map(|e| match e {
+            Element::Backend { slot, to } => Some((*slot, *to)),
+            _ => None,
+        })
         .collect();
     assert_eq!(elements.len(), 2 * MAGLEV_SLOTS as usize);
     let backends: Vec<MaglevBackend> = ["10.244.0.10:8080", "10.244.1.10:8080"]
@@ -137,17 +142,82 @@ fn maglev_uses_a_fixed_hash_and_core_table() {
         })
         .collect();
     let table = maglev_table(&backends, MAGLEV_SLOTS).unwrap();
-    let first_group: Vec<_> = {
-        let mut v: Vec<_> = elements.iter().collect();
-        v.sort_by_key(|e| u32::from_str_radix(e.key.trim_start_matches("0x"), 16).unwrap());
+    let first_group: Vec<SocketAddr> = {
+        let mut v = elements.clone();
+        v.sort_by_key(|(slot, _)| *slot);
         v.into_iter()
             .take(MAGLEV_SLOTS as usize)
-            .map(|e| e.value.clone().unwrap())
+            .map(|(_, to)| to)
             .collect()
     };
-    let expected: Vec<String> = table
+    let expected: Vec<SocketAddr> = table
         .iter()
-        .map(|i| backends[*i as usize].key.replace(':', " . "))
+        .map(|i| backends[*i as usize].key.parse().unwrap())
         .collect();
     assert_eq!(first_group, expected);
+}
+
+/// Elements are kept in binary form; their nft text is what the transactions used to carry.
+#[test]
+fn elements_write_their_nft_syntax() {
+    use dataplane_core::Protocol;
+    use std::sync::Arc;
+    let text = |e: &Element| {
+        let mut s = e.key();
+        e.write_value(&mut s).unwrap();
+        (e.set(), s)
+    };
+    let backend = Element::Backend {
+        slot: 0x1002,
+        to: "10.244.1.5:8080".parse().unwrap(),
+    };
+    assert_eq!(
+        text(&backend),
+        ("backends-v4", "0x00001002 : 10.244.1.5 . 8080".to_owned())
+    );
+    let v6 = Element::Backend {
+        slot: 7,
+        to: "[fd00::5]:80".parse().unwrap(),
+    };
+    assert_eq!(
+        text(&v6),
+        ("backends-v6", "0x00000007 : fd00::5 . 80".to_owned())
+    );
+    let frontend = Element::Frontend {
+        addr: common::ip("10.96.0.10"),
+        protocol: Protocol::Udp,
+        port: 53,
+        chain: Arc::from("svc-v4-default/dns/udp/53"),
+    };
+    assert_eq!(
+        text(&frontend),
+        (
+            "service-ips-v4",
+            "10.96.0.10 . udp . 53 : goto svc-v4-default/dns/udp/53".to_owned()
+        )
+    );
+    assert_eq!(
+        text(&Element::ClusterIp(common::ip("fd00:96::1"))),
+        ("cluster-ips-v6", "fd00:96::1".to_owned())
+    );
+    assert_eq!(
+        text(&Element::Hairpin(common::ip("10.244.0.3"))),
+        ("hairpin-v4", "10.244.0.3 . 10.244.0.3".to_owned())
+    );
+}
+
+proptest::proptest! {
+    /// The merge over sorted element lists agrees with set difference.
+    #[test]
+    fn sorted_difference_is_set_difference(
+        a in proptest::collection::btree_set(0u16..200, 0..60),
+        b in proptest::collection::btree_set(0u16..200, 0..60),
+    ) {
+        use dataplane_iptables::nft::render::sorted_difference;
+        let av: Vec<u16> = a.iter().copied().collect();
+        let bv: Vec<u16> = b.iter().copied().collect();
+        let got: Vec<u16> = sorted_difference(&av, &bv).copied().collect();
+        let want: Vec<u16> = a.difference(&b).copied().collect();
+        proptest::prop_assert_eq!(got, want);
+    }
 }

@@ -4,12 +4,12 @@ pub mod netlink;
 pub mod observe;
 pub mod render;
 
-use std::collections::BTreeSet;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 
 use dataplane_core::{
     validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
-    Incremental, ObservedState, Protocol, Stats, Validator,
+    Incremental, Node, ObjectName, ObservedState, Protocol, Stats, Validator,
 };
 
 use crate::config::NetfilterConfig;
@@ -18,8 +18,8 @@ use crate::exec;
 use crate::plan::{changed_hairpin, changed_ports, node_plan};
 use crate::plan::{check_supported, Support};
 use render::{
-    compile_patch, compile_state, render_full, render_full_except, render_patch, render_reset,
-    NftRuleset,
+    compile_patch, compile_state, render_full, render_patch, render_reset, sorted_difference,
+    write_full_except, Element, NftRuleset,
 };
 
 const BACKEND: &str = "nftables";
@@ -40,7 +40,10 @@ const FAULT_KEY: u32 = 0x7fff_ffff;
 #[derive(Debug)]
 pub struct NftablesDataplane {
     config: NetfilterConfig,
-    applied: Option<(DesiredState, NftRuleset)>,
+    /// The node and the ruleset of the last successful sync. No copy of the services: the
+    /// ruleset is what partial syncs diff against (at 10k services a copy of the state was a
+    /// third of the memory).
+    applied: Option<(Node, NftRuleset)>,
     /// The frontends and endpoint addresses the applied state claims, so that a partial sync
     /// is validated against the services it keeps, not only in itself.
     validator: Option<Validator>,
@@ -119,9 +122,9 @@ impl NftablesDataplane {
         )
     }
 
-    fn transaction(&mut self, text: String, op: &str) -> Result<(), NetfilterError> {
+    fn transaction(&mut self, text: &str, op: &str) -> Result<usize, NetfilterError> {
         let fault = self.config.fail_transactions;
-        self.transaction_with(text, op, fault)
+        self.transaction_with(&|out| out.write_str(text), op, fault)
     }
 
     /// The operation the kernel refuses ([`NetfilterConfig::fail_transactions`]), for a
@@ -135,25 +138,43 @@ impl NftablesDataplane {
         }
     }
 
+    /// Runs `nft -f -` on the transaction `render` writes (streamed to `nft`, never held
+    /// whole); returns the number of lines.
     fn transaction_with(
         &mut self,
-        mut text: String,
+        render: &exec::Render<'_>,
         op: &str,
         fault: bool,
-    ) -> Result<(), NetfilterError> {
-        if fault {
-            let _ = writeln!(
-                text,
-                "delete element inet {} backends-v4 {{ {FAULT_KEY:#010x} }}",
-                self.config.name
-            );
+    ) -> Result<usize, NetfilterError> {
+        let table = &self.config.name;
+        let with_fault = |out: &mut dyn std::fmt::Write| {
+            render(out)?;
+            if fault {
+                writeln!(
+                    out,
+                    "delete element inet {table} backends-v4 {{ {FAULT_KEY:#010x} }}"
+                )?;
+            }
+            Ok(())
+        };
+        let result = exec::run_streamed(
+            BACKEND,
+            self.config.netns.as_deref(),
+            &self.config.nft,
+            &["-f", "-"],
+            &with_fault,
+            op,
+        );
+        match result {
+            Ok((_, lines)) => {
+                tracing::debug!(lines, op, "nft transaction");
+                Ok(lines)
+            }
+            Err(e) => {
+                self.dirty = true;
+                Err(e)
+            }
         }
-        tracing::debug!(bytes = text.len(), op, "nft transaction");
-        let result = self.nft(&["-f", "-"], Some(&text), op);
-        if result.is_err() {
-            self.dirty = true;
-        }
-        result.map(|_| ())
     }
 
     fn full_sync(&mut self, desired: &DesiredState) -> Result<ApplyReport, NetfilterError> {
@@ -169,25 +190,24 @@ impl NftablesDataplane {
             && self
                 .applied
                 .as_ref()
-                .is_some_and(|(state, _)| state.services.is_empty());
-        let mut in_batch = 0usize;
-        let text = if empty_before {
-            render_full_except(&rs, |e| {
-                let netlink = element_op(e, false).is_some();
-                in_batch += usize::from(netlink);
-                netlink
-            })
+                .is_some_and(|(_, old)| old.services.is_empty());
+        let in_batch = if empty_before {
+            rs.node_elements
+                .iter()
+                .chain(rs.services.values().flat_map(|s| s.elements.iter()))
+                .filter(|e| by_netlink(e))
+                .count()
         } else {
-            render_full(&rs)
+            0
         };
-        let objects_written = text.lines().count() + in_batch;
         // With the fault hook on, the element batch is what fails: the restore below runs.
         let fault_in_batch = self.config.fail_transactions && in_batch > 0;
-        self.transaction_with(
-            text,
+        let lines = self.transaction_with(
+            &|out| write_full_except(&rs, |e| in_batch > 0 && by_netlink(e), out),
             "full sync",
             self.config.fail_transactions && !fault_in_batch,
         )?;
+        let objects_written = lines + in_batch;
         if in_batch > 0 {
             // Encoded straight from the ruleset, the elements `render_full_except` left out
             // (the same test): no list of ~126k operations next to the batch at 10k x 10.
@@ -199,15 +219,19 @@ impl NftablesDataplane {
                 .chain(fault_in_batch.then(Self::fault_op));
             if let Err(e) = self.send_elements(ops) {
                 // Back to the table as it was (no services), in one transaction.
-                if let Some((_, old)) = &self.applied {
-                    let restore = render_full(old);
+                if let Some((node, old)) = self.applied.take() {
                     // Never with the fault hook: it stands for the one failure above.
                     if self
-                        .transaction_with(restore, "restore after a failed full sync", false)
+                        .transaction_with(
+                            &|out| write_full_except(&old, |_| false, out),
+                            "restore after a failed full sync",
+                            false,
+                        )
                         .is_ok()
                     {
                         self.dirty = false;
                     }
+                    self.applied = Some((node, old));
                 }
                 return Err(e);
             }
@@ -219,7 +243,7 @@ impl NftablesDataplane {
             services_removed: 0,
             objects_written,
         };
-        self.applied = Some((desired.clone(), rs));
+        self.applied = Some((desired.node.clone(), rs));
         self.validator = Some(validator);
         Ok(report)
     }
@@ -277,10 +301,10 @@ fn element_ops(old: &NftRuleset, patch: &render::Patch) -> Option<Vec<netlink::E
         if o.chains != n.chains || o.sets != n.sets {
             return None;
         }
-        for e in o.elements.difference(&n.elements) {
+        for e in sorted_difference(&o.elements, &n.elements) {
             deletes.push(element_op(e, true)?);
         }
-        for e in n.elements.difference(&o.elements) {
+        for e in sorted_difference(&n.elements, &o.elements) {
             adds.push(element_op(e, false)?);
         }
     }
@@ -288,33 +312,46 @@ fn element_ops(old: &NftRuleset, patch: &render::Patch) -> Option<Vec<netlink::E
     Some(deletes)
 }
 
-fn element_op(e: &render::Element, delete: bool) -> Option<netlink::ElementOp> {
-    let addr_port = |v: &str| -> Option<netlink::Reg> {
-        let (a, p) = v.split_once(" . ")?;
-        Some(netlink::backend_bytes(&a.parse().ok()?, p.parse().ok()?))
-    };
-    let (key, data) = if e.set.starts_with("backends-") {
-        let mark = u32::from_str_radix(e.key.strip_prefix("0x")?, 16).ok()?;
-        let data = match (&e.value, delete) {
-            (_, true) => None,
-            (Some(v), false) => Some(addr_port(v)?),
-            (None, false) => return None,
-        };
-        (netlink::mark_bytes(mark), data)
-    } else if e.set.starts_with("hairpin-") {
-        let (a, b) = e.key.split_once(" . ")?;
-        let key =
-            netlink::addr_bytes(&a.parse().ok()?).with(&netlink::addr_bytes(&b.parse().ok()?));
-        (key, None)
-    } else {
-        return None;
+/// Whether `e` can go to the kernel as a netlink element operation (a backend or hairpin
+/// element: fixed binary keys and values).
+fn by_netlink(e: &Element) -> bool {
+    matches!(e, Element::Backend { .. } | Element::Hairpin(_))
+}
+
+fn element_op(e: &Element, delete: bool) -> Option<netlink::ElementOp> {
+    let (key, data) = match e {
+        Element::Backend { slot, to } => (
+            netlink::mark_bytes(*slot),
+            (!delete).then(|| netlink::backend_bytes(&to.ip(), to.port())),
+        ),
+        Element::Hairpin(ip) => (netlink::addr_bytes(ip).with(&netlink::addr_bytes(ip)), None),
+        Element::Frontend { .. } | Element::ClusterIp(_) => return None,
     };
     Some(netlink::ElementOp {
-        set: e.set,
+        set: e.set(),
         key,
         data,
         delete,
     })
+}
+
+/// The frontends of the applied ruleset and the service each leads to (for [`Dataplane::flows`]).
+fn frontends(rs: &NftRuleset) -> BTreeMap<(SocketAddr, Protocol), ObjectName> {
+    let mut out = BTreeMap::new();
+    for (name, svc) in &rs.services {
+        for e in &svc.elements {
+            if let Element::Frontend {
+                addr,
+                protocol,
+                port,
+                ..
+            } = e
+            {
+                out.insert((SocketAddr::new(*addr, *port), *protocol), name.clone());
+            }
+        }
+    }
+    out
 }
 
 impl Dataplane for NftablesDataplane {
@@ -340,21 +377,21 @@ impl Dataplane for NftablesDataplane {
     }
 
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
-        let (Some((state, rs)), Some(validator)) = (&self.applied, &self.validator) else {
+        let (Some((node, rs)), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };
         // The changed objects against the ones that stay, as a full validation would: a
         // clash is a typed error naming both, before the kernel sees anything.
-        let verdict = validator.check(&state.node, changes)?;
+        let verdict = validator.check(node, changes)?;
+        // After a failed transaction, and for a change of the node (which every service is
+        // compiled against), the whole state is needed, of which this backend keeps no copy.
         if self.dirty || verdict == Incremental::FullRequired {
-            let mut desired = state.clone();
-            changes.apply_to(&mut desired);
-            return Ok(self.full_sync(&desired)?);
+            return Err(Error::FullSyncRequired);
         }
         // Work proportional to the change: validate and compile only the services it touches
         // (cross-service clashes, such as a frontend used twice, the kernel refuses as a
         // duplicate map element, which fails the whole transaction).
-        let mut touched = DesiredState::new(state.node.clone());
+        let mut touched = DesiredState::new(node.clone());
         touched.services = changes
             .services
             .values()
@@ -369,9 +406,9 @@ impl Dataplane for NftablesDataplane {
         let planned = changed_ports(&touched, changes);
         let patch = compile_patch(
             rs,
-            &node_plan(&state.node),
+            &node_plan(node),
             planned.iter().map(|(n, p)| (n, p.as_deref())),
-            &changed_hairpin(&state.node, changes),
+            &changed_hairpin(node, changes),
         )?;
         let removed = changes
             .services
@@ -397,14 +434,13 @@ impl Dataplane for NftablesDataplane {
             let text = render_patch(rs, &patch);
             report.objects_written = text.lines().count();
             if !text.is_empty() {
-                self.transaction(text, "partial sync")?;
+                self.transaction(&text, "partial sync")?;
             }
         }
-        if let Some((state, rs)) = &mut self.applied {
+        if let Some((node, rs)) = &mut self.applied {
             rs.apply_patch(patch);
-            changes.apply_to(state);
             if let Some(v) = &mut self.validator {
-                v.commit(&state.node, changes);
+                v.commit(node, changes);
             }
         }
         Ok(report)
@@ -423,7 +459,7 @@ impl Dataplane for NftablesDataplane {
     }
 
     fn flows(&self) -> Result<Vec<Flow>, Error> {
-        let Some((state, _)) = &self.applied else {
+        let Some((_, rs)) = &self.applied else {
             return Ok(Vec::new());
         };
         let text = exec::read_proc(
@@ -431,10 +467,7 @@ impl Dataplane for NftablesDataplane {
             self.config.netns.as_deref(),
             "/proc/net/nf_conntrack",
         )?;
-        Ok(crate::conntrack::parse(
-            &text,
-            &crate::conntrack::frontends(state),
-        ))
+        Ok(crate::conntrack::parse(&text, &frontends(rs)))
     }
 
     fn stats(&self) -> Result<Stats, Error> {

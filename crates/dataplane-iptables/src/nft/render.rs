@@ -25,8 +25,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use dataplane_core::{maglev_table, DesiredState, MaglevBackend, ObjectName, Service};
+use dataplane_core::{maglev_table, DesiredState, MaglevBackend, ObjectName, Protocol, Service};
 use ipnetwork::IpNetwork;
 
 use crate::error::NetfilterError;
@@ -49,32 +50,156 @@ pub const MAGLEV_SLOTS: u32 = 4093;
 /// Seed of the packet hash for Maglev; fixed so that every node hashes a flow alike.
 pub const MAGLEV_SEED: u32 = 0x6470_6c62;
 
-/// Slot-group ids of one service by group key, kept stable across partial syncs.
-pub type SlotIds = BTreeMap<String, u32>;
+/// Slot-group ids of one service by group key, kept stable across partial syncs (sorted by
+/// key).
+pub type SlotIds = Vec<(String, u32)>;
 
-/// One element of a named set or map.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Element {
-    /// Set or map name: one of the node-wide ones (`backends-v4`, ...), so a name costs no
-    /// allocation per element (a ruleset of 10k services holds ~130k elements).
-    pub set: &'static str,
-    /// Key, in nft syntax.
-    pub key: String,
-    /// Value (maps only).
-    pub value: Option<String>,
+/// The value for `key` in a list sorted by key.
+fn lookup<'a, K: std::borrow::Borrow<Q>, Q: Ord + ?Sized, V>(
+    sorted: &'a [(K, V)],
+    key: &Q,
+) -> Option<&'a V> {
+    sorted
+        .binary_search_by(|(k, _)| k.borrow().cmp(key))
+        .ok()
+        .map(|i| &sorted[i].1)
 }
 
-/// The nft objects of one service.
+/// One element of a named set or map, in binary form: a ruleset of 10k services holds ~130k
+/// of them, so an element is ~40 bytes without allocations of its own (its nft text is
+/// written when a transaction is rendered).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Element {
+    /// `backends-v4` / `backends-v6`: slot key (`group id << SLOT_BITS | slot`) → backend
+    /// `addr . port`.
+    Backend {
+        /// The slot key.
+        slot: u32,
+        /// The backend.
+        to: SocketAddr,
+    },
+    /// `service-ips-v4` / `service-ips-v6`: `addr . protocol . port` → `goto chain`.
+    Frontend {
+        /// Frontend address.
+        addr: IpAddr,
+        /// Protocol.
+        protocol: Protocol,
+        /// Frontend port (the node port for NodePorts).
+        port: u16,
+        /// The service chain it leads to.
+        chain: Arc<str>,
+    },
+    /// `cluster-ips-v4` / `cluster-ips-v6`: a ClusterIP (unknown ports are rejected).
+    ClusterIp(IpAddr),
+    /// `hairpin-v4` / `hairpin-v6`: `ip . ip`, a local endpoint reaching itself.
+    Hairpin(IpAddr),
+}
+
+impl Element {
+    /// The set or map the element belongs to.
+    pub fn set(&self) -> &'static str {
+        let (family, v4, v6) = match self {
+            Element::Backend { to, .. } => (to.ip(), "backends-v4", "backends-v6"),
+            Element::Frontend { addr, .. } => (*addr, "service-ips-v4", "service-ips-v6"),
+            Element::ClusterIp(ip) => (*ip, "cluster-ips-v4", "cluster-ips-v6"),
+            Element::Hairpin(ip) => (*ip, "hairpin-v4", "hairpin-v6"),
+        };
+        by_family(Family::of(&family), v4, v6)
+    }
+
+    /// Writes the key in nft syntax.
+    pub fn write_key<W: std::fmt::Write + ?Sized>(&self, out: &mut W) -> std::fmt::Result {
+        match self {
+            Element::Backend { slot, .. } => write!(out, "{slot:#010x}"),
+            Element::Frontend {
+                addr,
+                protocol,
+                port,
+                ..
+            } => write!(out, "{addr} . {} . {port}", proto_name(*protocol)),
+            Element::ClusterIp(ip) => write!(out, "{ip}"),
+            Element::Hairpin(ip) => write!(out, "{ip} . {ip}"),
+        }
+    }
+
+    /// Writes ` : value` in nft syntax (maps only; nothing for set elements).
+    pub fn write_value<W: std::fmt::Write + ?Sized>(&self, out: &mut W) -> std::fmt::Result {
+        match self {
+            Element::Backend { to, .. } => write!(out, " : {} . {}", to.ip(), to.port()),
+            Element::Frontend { chain, .. } => write!(out, " : goto {chain}"),
+            Element::ClusterIp(_) | Element::Hairpin(_) => Ok(()),
+        }
+    }
+
+    /// The key in nft syntax.
+    pub fn key(&self) -> String {
+        let mut s = String::new();
+        let _ = self.write_key(&mut s);
+        s
+    }
+}
+
+/// The nft objects of one service. Each list is sorted by name (elements by value) and sized
+/// exactly: at 10k services a map or set per list cost more than its content.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NftService {
     /// Chains and their rules.
-    pub chains: BTreeMap<String, Vec<String>>,
+    pub chains: Vec<(Arc<str>, Vec<String>)>,
     /// Named sets (affinity) and their definition body.
-    pub sets: BTreeMap<String, String>,
+    pub sets: Vec<(String, String)>,
     /// Elements in the shared maps and sets.
-    pub elements: BTreeSet<Element>,
+    pub elements: Box<[Element]>,
     /// Slot-group ids this service uses.
     pub ids: SlotIds,
+}
+
+impl NftService {
+    /// The rules of chain `name`.
+    pub fn chain(&self, name: &str) -> Option<&[String]> {
+        lookup(&self.chains, name).map(Vec::as_slice)
+    }
+
+    /// The slot-group id of group `key`.
+    pub fn id(&self, key: &str) -> Option<u32> {
+        lookup(&self.ids, key).copied()
+    }
+}
+
+/// An [`NftService`] being compiled, in maps; [`ServiceBuilder::finish`] makes it compact.
+#[derive(Default)]
+struct ServiceBuilder {
+    chains: BTreeMap<Arc<str>, Vec<String>>,
+    sets: BTreeMap<String, String>,
+    elements: BTreeSet<Element>,
+    ids: BTreeMap<String, u32>,
+}
+
+impl ServiceBuilder {
+    fn finish(self) -> NftService {
+        let mut chains: Vec<_> = self.chains.into_iter().collect();
+        chains.shrink_to_fit();
+        let mut sets: Vec<_> = self.sets.into_iter().collect();
+        sets.shrink_to_fit();
+        let mut ids: Vec<_> = self.ids.into_iter().collect();
+        ids.shrink_to_fit();
+        NftService {
+            chains,
+            sets,
+            elements: self.elements.into_iter().collect(),
+            ids,
+        }
+    }
+}
+
+/// The elements of sorted `a` that are not in sorted `b`.
+pub fn sorted_difference<'a, T: Ord>(a: &'a [T], b: &'a [T]) -> impl Iterator<Item = &'a T> {
+    let mut j = 0;
+    a.iter().filter(move |x| {
+        while j < b.len() && b[j] < **x {
+            j += 1;
+        }
+        !(j < b.len() && b[j] == **x)
+    })
 }
 
 /// A compiled ruleset: node-wide part plus one [`NftService`] per service.
@@ -119,12 +244,12 @@ impl NftRuleset {
     pub fn apply_patch(&mut self, patch: Patch) {
         for (name, svc) in patch.services {
             if let Some(old) = self.services.remove(&name) {
-                for id in old.ids.values() {
+                for (_, id) in &old.ids {
                     self.taken.remove(id);
                 }
             }
             if let Some(svc) = svc {
-                self.taken.extend(svc.ids.values().copied());
+                self.taken.extend(svc.ids.iter().map(|(_, id)| *id));
                 self.services.insert(name, svc);
             }
         }
@@ -157,10 +282,6 @@ fn addr_type(f: Family) -> &'static str {
 /// A name-safe spelling of an address (`:` is not allowed in unquoted nft names).
 fn name_addr(a: &SocketAddr) -> String {
     format!("{}/{}", a.ip().to_string().replace(':', "_"), a.port())
-}
-
-fn nft_backend(a: &SocketAddr) -> String {
-    format!("{} . {}", a.ip(), a.port())
 }
 
 fn nft_dnat_target(a: &SocketAddr) -> String {
@@ -223,8 +344,8 @@ pub fn compile_patch<'a, P: AsRef<[PortPlan]>>(
             continue;
         };
         let ports = ports.as_ref();
-        let previous = old.services.get(name).map(|s| &s.ids);
-        let mut ids = SlotIds::new();
+        let previous = old.services.get(name);
+        let mut ids = BTreeMap::new();
         for p in ports {
             if p.affinity_timeout.is_some() {
                 continue;
@@ -238,8 +359,8 @@ pub fn compile_patch<'a, P: AsRef<[PortPlan]>>(
                     });
                 }
                 let key = group_key(p, kind);
-                if let Some(id) = previous.and_then(|prev| prev.get(&key)) {
-                    ids.insert(key, *id);
+                if let Some(id) = previous.and_then(|prev| prev.id(&key)) {
+                    ids.insert(key, id);
                     continue;
                 }
                 while taken.contains(&next) {
@@ -256,21 +377,17 @@ pub fn compile_patch<'a, P: AsRef<[PortPlan]>>(
                 ids.insert(key, next);
             }
         }
-        let mut svc = NftService {
+        let mut svc = ServiceBuilder {
             ids,
-            ..NftService::default()
+            ..ServiceBuilder::default()
         };
         for p in ports {
             compile_port(node, p, &mut svc)?;
         }
-        patch.services.insert(name.clone(), Some(svc));
+        patch.services.insert(name.clone(), Some(svc.finish()));
     }
     for ip in hairpin {
-        let e = Element {
-            set: by_family(Family::of(ip), "hairpin-v4", "hairpin-v6"),
-            key: format!("{ip} . {ip}"),
-            value: None,
-        };
+        let e = Element::Hairpin(*ip);
         if !old.node_elements.contains(&e) {
             patch.node_elements.insert(e);
         }
@@ -328,7 +445,11 @@ fn group_key(p: &PortPlan, kind: &str) -> String {
     format!("{}-{}#{}", p.family.suffix(), p.key(), kind)
 }
 
-fn compile_port(node: &NodePlan, p: &PortPlan, svc: &mut NftService) -> Result<(), NetfilterError> {
+fn compile_port(
+    node: &NodePlan,
+    p: &PortPlan,
+    svc: &mut ServiceBuilder,
+) -> Result<(), NetfilterError> {
     let ids = std::mem::take(&mut svc.ids);
     let ctx = ChoiceCtx {
         p,
@@ -351,16 +472,15 @@ fn compile_port(node: &NodePlan, p: &PortPlan, svc: &mut NftService) -> Result<(
 fn compile_cluster_ip(
     node: &NodePlan,
     ctx: &ChoiceCtx<'_>,
-    svc: &mut NftService,
+    svc: &mut ServiceBuilder,
 ) -> Result<(), NetfilterError> {
     let p = ctx.p;
     let fs = p.family.suffix();
     let key = p.key();
-    let proto = proto_name(p.protocol);
     let ip = ip_kw(p.family);
     let uplink = &node.uplink;
     {
-        let chain = format!("svc-{fs}-{key}");
+        let chain: Arc<str> = format!("svc-{fs}-{key}").into();
         let mut rules = Vec::new();
         if p.cluster == p.internal && p.affinity_timeout.is_none() {
             // internalTrafficPolicy Cluster: every client picks alike, so one rule serves
@@ -391,18 +511,15 @@ fn compile_cluster_ip(
             }
             ctx.render("", "internal", &p.internal, Masq::No, &mut rules, svc)?;
         }
-        svc.chains.insert(chain.clone(), with_counter(rules));
+        svc.chains.insert(Arc::clone(&chain), with_counter(rules));
         for cip in &p.cluster_ips {
-            svc.elements.insert(Element {
-                set: by_family(p.family, "service-ips-v4", "service-ips-v6"),
-                key: format!("{cip} . {proto} . {}", p.port),
-                value: Some(format!("goto {chain}")),
+            svc.elements.insert(Element::Frontend {
+                addr: *cip,
+                protocol: p.protocol,
+                port: p.port,
+                chain: Arc::clone(&chain),
             });
-            svc.elements.insert(Element {
-                set: by_family(p.family, "cluster-ips-v4", "cluster-ips-v6"),
-                key: cip.to_string(),
-                value: None,
-            });
+            svc.elements.insert(Element::ClusterIp(*cip));
         }
     }
     Ok(())
@@ -413,16 +530,15 @@ fn compile_cluster_ip(
 fn compile_external(
     node: &NodePlan,
     ctx: &ChoiceCtx<'_>,
-    svc: &mut NftService,
+    svc: &mut ServiceBuilder,
 ) -> Result<(), NetfilterError> {
     let p = ctx.p;
     let fs = p.family.suffix();
     let key = p.key();
-    let proto = proto_name(p.protocol);
     let ip = ip_kw(p.family);
     let uplink = &node.uplink;
     {
-        let chain = format!("ext-{fs}-{key}");
+        let chain: Arc<str> = format!("ext-{fs}-{key}").into();
         let mut rules = Vec::new();
         // With externalTrafficPolicy Cluster (masqueraded) pods, the host and outside
         // clients pick alike and are masqueraded alike: one rule serves them all.
@@ -442,23 +558,23 @@ fn compile_external(
             Masq::No
         };
         ctx.render("", "external", &p.external, masq, &mut rules, svc)?;
-        svc.chains.insert(chain.clone(), with_counter(rules));
-        let mut frontends: Vec<(IpAddr, u16, String)> = Vec::new();
+        svc.chains.insert(Arc::clone(&chain), with_counter(rules));
+        let mut frontends: Vec<(IpAddr, u16, Arc<str>)> = Vec::new();
         for a in &p.external_ips {
             frontends.push((*a, p.port, chain.clone()));
         }
         if let Some((addrs, np)) = &p.node_port {
             for a in addrs {
-                frontends.push((*a, *np, chain.clone()));
+                frontends.push((*a, *np, Arc::clone(&chain)));
             }
         }
         if !p.load_balancer_ips.is_empty() {
             let target = if p.source_ranges.is_empty() {
-                chain.clone()
+                Arc::clone(&chain)
             } else {
-                let fw = format!("fw-{fs}-{key}");
+                let fw: Arc<str> = format!("fw-{fs}-{key}").into();
                 svc.chains.insert(
-                    fw.clone(),
+                    Arc::clone(&fw),
                     vec![
                         format!(
                             "iifname \"{uplink}\" {ip} saddr != {{ {} }} goto drop-service",
@@ -470,14 +586,15 @@ fn compile_external(
                 fw
             };
             for a in &p.load_balancer_ips {
-                frontends.push((*a, p.port, target.clone()));
+                frontends.push((*a, p.port, Arc::clone(&target)));
             }
         }
-        for (addr, port, target) in frontends {
-            svc.elements.insert(Element {
-                set: by_family(p.family, "service-ips-v4", "service-ips-v6"),
-                key: format!("{addr} . {proto} . {port}"),
-                value: Some(format!("goto {target}")),
+        for (addr, port, chain) in frontends {
+            svc.elements.insert(Element::Frontend {
+                addr,
+                protocol: p.protocol,
+                port,
+                chain,
             });
         }
     }
@@ -508,7 +625,7 @@ enum Masq {
 
 struct ChoiceCtx<'a> {
     p: &'a PortPlan,
-    ids: &'a SlotIds,
+    ids: &'a BTreeMap<String, u32>,
     /// Slot groups whose backend elements are in the service already: the rules of a port
     /// that pick from the same group add its elements once.
     written: std::cell::RefCell<Vec<u32>>,
@@ -523,7 +640,7 @@ impl ChoiceCtx<'_> {
         choice: &Choice,
         masq: Masq,
         rules: &mut Vec<String>,
-        svc: &mut NftService,
+        svc: &mut ServiceBuilder,
     ) -> Result<(), NetfilterError> {
         let p = self.p;
         let fs = p.family.suffix();
@@ -576,10 +693,9 @@ impl ChoiceCtx<'_> {
                     if !written.contains(&id) {
                         written.push(id);
                         for (i, a) in s.iter().enumerate() {
-                            svc.elements.insert(Element {
-                                set: by_family(p.family, "backends-v4", "backends-v6"),
-                                key: format!("{:#010x}", (id << SLOT_BITS) | i as u32),
-                                value: Some(nft_backend(a)),
+                            svc.elements.insert(Element::Backend {
+                                slot: (id << SLOT_BITS) | i as u32,
+                                to: *a,
                             });
                         }
                     }
@@ -612,7 +728,7 @@ impl ChoiceCtx<'_> {
         s: &[SocketAddr],
         backends: &[(SocketAddr, u16)],
         timeout: u32,
-        svc: &mut NftService,
+        svc: &mut ServiceBuilder,
     ) -> String {
         let p = self.p;
         let f = p.family;
@@ -633,7 +749,7 @@ impl ChoiceCtx<'_> {
                 ),
             );
             svc.chains.insert(
-                ep_name(a),
+                ep_name(a).into(),
                 vec![
                     format!("update @{} {{ {ip} saddr }}", aff_name(a)),
                     format!(
@@ -651,7 +767,7 @@ impl ChoiceCtx<'_> {
             .collect::<Vec<_>>()
             .join(", ");
         rules.push(format!("numgen random mod {} vmap {{ {vmap} }}", s.len()));
-        svc.chains.insert(sel.clone(), rules);
+        svc.chains.insert(sel.as_str().into(), rules);
         sel
     }
 }
@@ -837,98 +953,120 @@ fn add(table: &str, stmt: &str) -> String {
     format!("add {kind} inet {table} {rest}\n")
 }
 
-fn element_lines(table: &str, verb: &str, elements: &[&Element], out: &mut String) {
-    let mut by_set: BTreeMap<&str, Vec<&Element>> = BTreeMap::new();
-    for e in elements {
-        by_set.entry(e.set).or_default().push(e);
-    }
-    for (set, els) in by_set {
-        for chunk in els.chunks(2000) {
-            let items = chunk
-                .iter()
-                .map(|e| match (&e.value, verb) {
-                    (Some(v), "add") => format!("{} : {v}", e.key),
-                    _ => e.key.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let _ = writeln!(out, "{verb} element inet {table} {set} {{ {items} }}");
+/// The sets and maps elements go in, in the order transactions list them.
+const ELEMENT_SETS: [&str; 8] = [
+    "backends-v4",
+    "backends-v6",
+    "cluster-ips-v4",
+    "cluster-ips-v6",
+    "hairpin-v4",
+    "hairpin-v6",
+    "service-ips-v4",
+    "service-ips-v6",
+];
+
+/// Elements per `add element` / `delete element` line.
+const ELEMENTS_PER_LINE: usize = 2000;
+
+/// Writes `verb element` lines for the elements `elements()` yields for which `keep` says
+/// `true`, set by set, at most [`ELEMENTS_PER_LINE`] to a line (values only with `add`).
+/// `elements` is called once per set.
+fn element_lines<'a, I: Iterator<Item = &'a Element>, W: std::fmt::Write + ?Sized>(
+    table: &str,
+    verb: &str,
+    elements: impl Fn() -> I,
+    mut keep: impl FnMut(&Element) -> bool,
+    out: &mut W,
+) -> std::fmt::Result {
+    for set in ELEMENT_SETS {
+        let mut n = 0usize;
+        for e in elements().filter(|e| e.set() == set) {
+            if !keep(e) {
+                continue;
+            }
+            if n.is_multiple_of(ELEMENTS_PER_LINE) {
+                if n > 0 {
+                    out.write_str(" }\n")?;
+                }
+                write!(out, "{verb} element inet {table} {set} {{ ")?;
+            } else {
+                out.write_str(", ")?;
+            }
+            e.write_key(out)?;
+            if verb == "add" {
+                e.write_value(out)?;
+            }
+            n += 1;
+        }
+        if n > 0 {
+            out.write_str(" }\n")?;
         }
     }
+    Ok(())
 }
 
-fn service_chain_lines(table: &str, svc: &NftService, out: &mut String) {
+fn service_chain_lines<W: std::fmt::Write + ?Sized>(
+    table: &str,
+    svc: &NftService,
+    out: &mut W,
+) -> std::fmt::Result {
     for (name, def) in &svc.sets {
-        let _ = writeln!(out, "add set inet {table} {name} {{ {def} }}");
+        writeln!(out, "add set inet {table} {name} {{ {def} }}")?;
     }
-    for name in svc.chains.keys() {
-        let _ = writeln!(out, "add chain inet {table} {name}");
+    for (name, _) in &svc.chains {
+        writeln!(out, "add chain inet {table} {name}")?;
     }
+    Ok(())
 }
 
-fn rule_lines(table: &str, chain: &str, rules: &[String], out: &mut String) {
+fn rule_lines<W: std::fmt::Write + ?Sized>(
+    table: &str,
+    chain: &str,
+    rules: &[String],
+    out: &mut W,
+) -> std::fmt::Result {
     for r in rules {
-        let _ = writeln!(out, "add rule inet {table} {chain} {r}");
+        writeln!(out, "add rule inet {table} {chain} {r}")?;
     }
+    Ok(())
 }
 
 /// The full-sync transaction: replaces our table, and nothing else, atomically.
 pub fn render_full(rs: &NftRuleset) -> String {
-    render_full_except(rs, |_| false)
+    let mut out = String::new();
+    let _ = write_full_except(rs, |_| false, &mut out);
+    out
 }
 
-/// [`render_full`] without the elements for which `leave_out` says `true` (it takes them to
-/// send to the kernel another way).
-pub fn render_full_except(rs: &NftRuleset, mut leave_out: impl FnMut(&Element) -> bool) -> String {
+/// Writes [`render_full`]'s transaction into `out` without the elements for which
+/// `leave_out` says `true` (the caller sends them to the kernel another way). The text of 10k
+/// services is megabytes: the backend streams it to `nft` rather than building it.
+pub fn write_full_except<W: std::fmt::Write + ?Sized>(
+    rs: &NftRuleset,
+    mut leave_out: impl FnMut(&Element) -> bool,
+    out: &mut W,
+) -> std::fmt::Result {
     let t = &rs.table;
-    // Sized from the content (a guess per service was 10 MiB at 10k services, four times
-    // what a first sync without the backend elements needs): each line is its text plus
-    // `add <kind> inet <table> <chain> ` around it.
-    let line = t.len() + 24;
-    let chains: usize = rs
-        .services
-        .values()
-        .flat_map(|s| &s.chains)
-        .map(|(c, rules)| {
-            (line + c.len()) * (1 + rules.len()) + rules.iter().map(String::len).sum::<usize>()
-        })
-        .sum();
-    let sets: usize = rs
-        .services
-        .values()
-        .flat_map(|s| &s.sets)
-        .map(|(n, d)| line + n.len() + d.len())
-        .sum();
-    let base: usize = rs.base.iter().map(|b| line + b.len()).sum();
-    let mut out = String::with_capacity(3 * line + base + chains + sets);
-    let _ = writeln!(out, "add table inet {t}");
-    let _ = writeln!(out, "delete table inet {t}");
-    let _ = writeln!(out, "add table inet {t}");
+    writeln!(out, "add table inet {t}")?;
+    writeln!(out, "delete table inet {t}")?;
+    writeln!(out, "add table inet {t}")?;
     for stmt in &rs.base {
-        out.push_str(&add(t, stmt));
+        out.write_str(&add(t, stmt))?;
     }
     for svc in rs.services.values() {
-        service_chain_lines(t, svc, &mut out);
+        service_chain_lines(t, svc, out)?;
     }
     for svc in rs.services.values() {
         for (chain, rules) in &svc.chains {
-            rule_lines(t, chain, rules, &mut out);
+            rule_lines(t, chain, rules, out)?;
         }
     }
-    let mut elements: Vec<&Element> = rs.node_elements.iter().collect();
-    for svc in rs.services.values() {
-        elements.extend(svc.elements.iter());
-    }
-    elements.retain(|e| !leave_out(e));
-    out.reserve(
-        elements
+    let elements = || {
+        rs.node_elements
             .iter()
-            .map(|e| e.key.len() + e.value.as_ref().map_or(0, String::len) + 5)
-            .sum::<usize>()
-            + line * 8,
-    );
-    element_lines(t, "add", &elements, &mut out);
-    out
+            .chain(rs.services.values().flat_map(|s| s.elements.iter()))
+    };
+    element_lines(t, "add", elements, |e| !leave_out(e), out)
 }
 
 /// The removal transaction: deletes our table (and only it). `add` first so that deleting a
@@ -957,36 +1095,34 @@ pub fn render_patch(old: &NftRuleset, patch: &Patch) -> String {
             continue;
         }
         // An element whose value changes is deleted and added again.
-        for e in o.elements.difference(&n.elements) {
-            del_elements.push(e);
-        }
-        add_elements.extend(n.elements.difference(&o.elements));
+        del_elements.extend(sorted_difference(&o.elements, &n.elements));
+        add_elements.extend(sorted_difference(&n.elements, &o.elements));
         for (chain, r) in &o.chains {
-            match n.chains.get(chain) {
-                Some(nr) if nr == r => {}
+            match n.chain(chain) {
+                Some(nr) if nr == r.as_slice() => {}
                 Some(nr) => {
-                    flush.push(chain.as_str());
-                    rules.push((chain.as_str(), nr.as_slice()));
+                    flush.push(&**chain);
+                    rules.push((&**chain, nr));
                 }
                 None => {
-                    flush.push(chain.as_str());
-                    del_chains.push(chain.as_str());
+                    flush.push(&**chain);
+                    del_chains.push(&**chain);
                 }
             }
         }
         for (chain, r) in &n.chains {
-            if !o.chains.contains_key(chain) {
-                add_chains.push(chain.as_str());
-                rules.push((chain.as_str(), r.as_slice()));
+            if o.chain(chain).is_none() {
+                add_chains.push(&**chain);
+                rules.push((&**chain, r.as_slice()));
             }
         }
         for (set, def) in &n.sets {
-            if !o.sets.contains_key(set) {
+            if lookup(&o.sets, set.as_str()).is_none() {
                 add_sets.push((set.as_str(), def.as_str()));
             }
         }
-        for set in o.sets.keys() {
-            if !n.sets.contains_key(set) {
+        for (set, _) in &o.sets {
+            if lookup(&n.sets, set.as_str()).is_none() {
                 del_sets.push(set.as_str());
             }
         }
@@ -994,7 +1130,13 @@ pub fn render_patch(old: &NftRuleset, patch: &Patch) -> String {
     // Deleting an element by key removes whatever value it had; an element both deleted and
     // added (value changed) is handled by doing all deletes first.
     let mut out = String::new();
-    element_lines(t, "delete", &del_elements, &mut out);
+    let _ = element_lines(
+        t,
+        "delete",
+        || del_elements.iter().copied(),
+        |_| true,
+        &mut out,
+    );
     for c in &flush {
         let _ = writeln!(out, "flush chain inet {t} {c}");
     }
@@ -1005,7 +1147,7 @@ pub fn render_patch(old: &NftRuleset, patch: &Patch) -> String {
         let _ = writeln!(out, "add chain inet {t} {c}");
     }
     for (c, r) in &rules {
-        rule_lines(t, c, r, &mut out);
+        let _ = rule_lines(t, c, r, &mut out);
     }
     for c in &del_chains {
         let _ = writeln!(out, "delete chain inet {t} {c}");
@@ -1013,6 +1155,12 @@ pub fn render_patch(old: &NftRuleset, patch: &Patch) -> String {
     for s in &del_sets {
         let _ = writeln!(out, "delete set inet {t} {s}");
     }
-    element_lines(t, "add", &add_elements, &mut out);
+    let _ = element_lines(
+        t,
+        "add",
+        || add_elements.iter().copied(),
+        |_| true,
+        &mut out,
+    );
     out
 }
