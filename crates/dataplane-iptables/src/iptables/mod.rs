@@ -15,8 +15,11 @@ use dataplane_core::{
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
 use crate::exec;
-use crate::plan::{check_supported, plan, Family, Support};
-use render::{compile, parse_existing, render_reset, render_sync, IptRuleset, MAX_PREFIX_LEN};
+use crate::plan::{check_supported, Family, Support};
+use render::{
+    compile_state, render_reset, sync_is_empty, write_sync, Existing, ExistingParser, IptRuleset,
+    MAX_PREFIX_LEN,
+};
 
 const BACKEND: &str = "iptables";
 
@@ -33,7 +36,7 @@ const BACKEND: &str = "iptables";
 #[derive(Debug)]
 pub struct IptablesDataplane {
     config: NetfilterConfig,
-    applied: Option<(DesiredState, Vec<IptRuleset>)>,
+    applied: Option<(DesiredState, [IptRuleset; 2])>,
     dirty: bool,
 }
 
@@ -75,39 +78,58 @@ impl IptablesDataplane {
         )
     }
 
+    /// Our chains and hook jumps in the kernel, read from `iptables-save` a line at a time.
+    fn existing(&self, family: Family) -> Result<Existing, NetfilterError> {
+        let (restore, _) = self.tools(family);
+        // iptables-restore and iptables-save are one binary family; derive the save tool.
+        let save = restore.to_string_lossy().replace("-restore", "-save");
+        let mut parser = ExistingParser::new(&self.config.name);
+        exec::run_lines(
+            BACKEND,
+            self.config.netns.as_deref(),
+            Path::new(&save),
+            &[],
+            &mut |line| parser.line(line),
+            "save",
+        )?;
+        Ok(parser.finish())
+    }
+
+    /// The test hook's rule, which the tool refuses (with it, the whole input).
+    fn fault_rule(&self) -> Option<String> {
+        self.config
+            .fail_transactions
+            .then(|| format!("-A {0}-SERVICES -j {0}-FAULT-INJECTED", self.config.name))
+    }
+
+    /// Runs `iptables-restore --noflush` on the input `render` writes (streamed, never held
+    /// whole); returns the number of lines.
     fn restore(
         &mut self,
         family: Family,
-        mut text: String,
+        render: &exec::Render<'_>,
         op: &str,
-    ) -> Result<(), NetfilterError> {
-        if text.is_empty() {
-            return Ok(());
-        }
-        if self.config.fail_transactions {
-            // The last line of the first table: the tool refuses the whole table.
-            if let Some(pos) = text.find("COMMIT\n") {
-                text.insert_str(
-                    pos,
-                    &format!("-A {0}-SERVICES -j {0}-FAULT-INJECTED\n", self.config.name),
-                );
-            }
-        }
-        tracing::debug!(bytes = text.len(), op, ?family, "iptables-restore");
+    ) -> Result<usize, NetfilterError> {
         let (restore, _) = self.tools(family);
         let restore = restore.to_owned();
-        let result = exec::run(
+        let result = exec::run_streamed(
             BACKEND,
             self.config.netns.as_deref(),
             &restore,
             &["--noflush", "-w"],
-            Some(&text),
+            render,
             op,
         );
-        if result.is_err() {
-            self.dirty = true;
+        match result {
+            Ok((_, lines)) => {
+                tracing::debug!(lines, op, ?family, "iptables-restore");
+                Ok(lines)
+            }
+            Err(e) => {
+                self.dirty = true;
+                Err(e)
+            }
         }
-        result.map(|_| ())
     }
 
     fn check(&self, desired: &DesiredState) -> Result<(), NetfilterError> {
@@ -133,34 +155,39 @@ impl IptablesDataplane {
 
     fn sync(&mut self, desired: &DesiredState, full: bool) -> Result<ApplyReport, NetfilterError> {
         self.check(desired)?;
-        let p = plan(desired);
-        let new: Vec<IptRuleset> = [Family::V4, Family::V6]
-            .into_iter()
-            .map(|f| compile(&p, f, &self.config.name))
-            .collect();
-        let mut texts = Vec::new();
-        for (i, rs) in new.iter().enumerate() {
-            let existing = parse_existing(&self.save(rs.family, false)?, &self.config.name);
-            let old = if full || self.dirty {
-                None
-            } else {
-                self.applied.as_ref().map(|(_, o)| &o[i])
-            };
-            texts.push((rs.family, render_sync(old, rs, &existing)));
-        }
+        let new = compile_state(desired, &self.config.name);
+        // Both families' kernel state is read before either is written.
+        let existing = [self.existing(new[0].family)?, self.existing(new[1].family)?];
         let full_sync = full || self.dirty;
-        let written = texts.iter().map(|(_, t)| t.lines().count()).sum();
-        for (family, text) in texts {
-            self.restore(
-                family,
-                text,
-                if full_sync {
-                    "full sync"
-                } else {
-                    "partial sync"
-                },
-            )?;
+        let op = if full_sync {
+            "full sync"
+        } else {
+            "partial sync"
+        };
+        let fault = self.fault_rule();
+        let applied = self.applied.take();
+        let mut written = 0;
+        let mut result = Ok(());
+        for (i, rs) in new.iter().enumerate() {
+            let old = applied.as_ref().filter(|_| !full_sync).map(|(_, o)| &o[i]);
+            if sync_is_empty(old, rs, &existing[i]) {
+                continue;
+            }
+            // The input is written into the tool while it runs (tens of MiB at 10k services).
+            let render = |out: &mut dyn std::fmt::Write| {
+                write_sync(old, rs, &existing[i], fault.as_deref(), out)
+            };
+            match self.restore(rs.family, &render, op) {
+                Ok(lines) => written += lines,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
+        // A failed restore leaves the last applied rulesets (and `dirty`) as they were.
+        self.applied = applied;
+        result?;
         self.dirty = false;
         self.applied = Some((desired.clone(), new));
         Ok(ApplyReport {
@@ -367,13 +394,11 @@ impl Dataplane for IptablesDataplane {
 
     fn reset(&mut self) -> Result<(), Error> {
         for family in [Family::V4, Family::V6] {
-            let existing = parse_existing(&self.save(family, false)?, &self.config.name);
+            let existing = self.existing(family)?;
             let text = render_reset(&self.config.name, &existing);
-            let fail = self.config.fail_transactions;
-            self.config.fail_transactions = false;
-            let result = self.restore(family, text, "reset");
-            self.config.fail_transactions = fail;
-            result?;
+            if !text.is_empty() {
+                self.restore(family, &|out| out.write_str(&text), "reset")?;
+            }
         }
         self.applied = None;
         self.dirty = false;

@@ -20,10 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use dataplane_core::ObjectName;
+use dataplane_core::{DesiredState, ObjectName, Service};
 use ipnetwork::IpNetwork;
 
-use crate::plan::{proto_name, Choice, Family, NodePlan, Plan, PortPlan};
+use crate::plan::{node_plan, proto_name, service_ports, Choice, Family, NodePlan, Plan, PortPlan};
 
 /// Mark bit: masquerade this connection (SNAT to the node address) in POSTROUTING.
 pub const MARK_MASQUERADE: u32 = 0x4000;
@@ -95,25 +95,100 @@ fn of_family(nets: &[IpNetwork], f: Family) -> Vec<IpNetwork> {
 
 /// Compiles the chains of `family`.
 pub fn compile(plan: &Plan, family: Family, prefix: &str) -> IptRuleset {
-    let mut rs = IptRuleset {
-        family,
-        prefix: prefix.to_owned(),
-        nat: BTreeMap::new(),
-        filter: BTreeMap::new(),
-    };
-    let p = prefix;
-    let mut services: Vec<String> = Vec::new();
-    let mut reject_ips: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut b = Builder::new(family, prefix);
     for ports in plan.services.values() {
         for port in ports.iter().filter(|pp| pp.family == family) {
-            compile_port(&plan.node, port, p, &mut rs.nat, &mut services);
-            reject_ips.extend(port.cluster_ips.iter().copied());
+            b.add_port(&plan.node, port);
         }
     }
-    for ip in &reject_ips {
+    b.finish(&plan.node)
+}
+
+/// [`compile`] of [`plan`](crate::plan::plan)`(state)` for both families (IPv4, IPv6): the
+/// same rulesets, planning one service at a time (a whole plan of 10k services x 10 is ~25
+/// MiB, held next to the rulesets being built).
+pub fn compile_state(state: &DesiredState, prefix: &str) -> [IptRuleset; 2] {
+    let node = node_plan(&state.node);
+    let mut v4 = Builder::new(Family::V4, prefix);
+    let mut v6 = Builder::new(Family::V6, prefix);
+    // Name order, as the plan's map has it: the rules of `SERVICES` come in that order.
+    let mut services: Vec<&Service> = state.services.iter().collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    services.dedup_by(|a, b| a.name == b.name);
+    for s in services {
+        for port in &service_ports(state, s) {
+            match port.family {
+                Family::V4 => v4.add_port(&node, port),
+                Family::V6 => v6.add_port(&node, port),
+            }
+        }
+    }
+    [v4.finish(&node), v6.finish(&node)]
+}
+
+/// A ruleset of one family being compiled.
+struct Builder {
+    rs: IptRuleset,
+    services: Vec<String>,
+    reject_ips: BTreeSet<IpAddr>,
+}
+
+impl Builder {
+    fn new(family: Family, prefix: &str) -> Self {
+        Builder {
+            rs: IptRuleset {
+                family,
+                prefix: prefix.to_owned(),
+                nat: BTreeMap::new(),
+                filter: BTreeMap::new(),
+            },
+            services: Vec::new(),
+            reject_ips: BTreeSet::new(),
+        }
+    }
+
+    fn add_port(&mut self, node: &NodePlan, port: &PortPlan) {
+        let mut chains = BTreeMap::new();
+        compile_port(node, port, &self.rs.prefix, &mut chains, &mut self.services);
+        // Kept until the next sync: exactly sized (a formatted rule has up to twice its
+        // length in capacity; 10k services x 10 are ~330k rules).
+        for (name, mut rules) in chains {
+            for r in &mut rules {
+                r.shrink_to_fit();
+            }
+            rules.shrink_to_fit();
+            self.rs.nat.insert(name, rules);
+        }
+        self.reject_ips.extend(port.cluster_ips.iter().copied());
+    }
+
+    fn finish(self, node: &NodePlan) -> IptRuleset {
+        let Builder {
+            mut rs,
+            mut services,
+            reject_ips,
+        } = self;
+        let family = rs.family;
+        let prefix = rs.prefix.clone();
+        finish_ruleset(node, family, &prefix, &mut rs, &mut services, &reject_ips);
+        rs
+    }
+}
+
+/// The node-wide chains, after every service port is compiled.
+fn finish_ruleset(
+    plan_node: &NodePlan,
+    family: Family,
+    p: &str,
+    rs: &mut IptRuleset,
+    services: &mut Vec<String>,
+    reject_ips: &BTreeSet<IpAddr>,
+) {
+    for ip in reject_ips {
         services.push(format!("-d {} -g {p}-MARK-REJ", host(ip)));
     }
-    rs.nat.insert(format!("{p}-SERVICES"), services);
+    rs.nat
+        .insert(format!("{p}-SERVICES"), std::mem::take(services));
     rs.nat.insert(
         format!("{p}-MARK-MASQ"),
         vec![format!(
@@ -130,7 +205,7 @@ pub fn compile(plan: &Plan, family: Family, prefix: &str) -> IptRuleset {
             "-j MARK --set-xmark {MARK_REJECT:#x}/{MARK_REJECT:#x}"
         )],
     );
-    let masq = match plan.node.masquerade_source(family) {
+    let masq = match plan_node.masquerade_source(family) {
         Some(a) => format!("-j SNAT --to-source {a}"),
         None => "-j MASQUERADE".to_owned(),
     };
@@ -138,17 +213,17 @@ pub fn compile(plan: &Plan, family: Family, prefix: &str) -> IptRuleset {
     let mut post = vec![format!(
         "-m mark --mark {MARK_MASQUERADE:#x}/{MARK_MASQUERADE:#x} -m conntrack --ctstate DNAT -g {p}-MASQ"
     )];
-    if plan.node.masquerade {
-        let exempt = if plan.node.masquerade_all {
-            of_family(&plan.node.pod_cidrs, family)
+    if plan_node.masquerade {
+        let exempt = if plan_node.masquerade_all {
+            of_family(&plan_node.pod_cidrs, family)
         } else {
-            of_family(&plan.node.no_masquerade, family)
+            of_family(&plan_node.no_masquerade, family)
         };
         let mut pod_masq: Vec<String> =
             exempt.iter().map(|n| format!("-d {n} -j RETURN")).collect();
         pod_masq.push(format!("-j {p}-MASQ"));
         rs.nat.insert(format!("{p}-POD-MASQ"), pod_masq);
-        for cidr in of_family(&plan.node.pod_cidrs, family) {
+        for cidr in of_family(&plan_node.pod_cidrs, family) {
             post.push(format!(
                 "-s {cidr} -m conntrack ! --ctstate DNAT -g {p}-POD-MASQ"
             ));
@@ -167,7 +242,6 @@ pub fn compile(plan: &Plan, family: Family, prefix: &str) -> IptRuleset {
             format!("-m mark --mark {MARK_REJECT:#x}/{MARK_REJECT:#x} -j REJECT --reject-with {reject}"),
         ],
     );
-    rs
 }
 
 fn compile_port(
@@ -337,43 +411,87 @@ pub struct Existing {
     pub hooks: BTreeSet<(String, String)>,
 }
 
-fn table_lines(
+/// The chains of one table a sync rewrites (changed or missing) and removes (stale).
+fn table_changes<'a>(
+    old: Option<&BTreeMap<String, Vec<String>>>,
+    new: &'a BTreeMap<String, Vec<String>>,
+    existing_chains: &'a BTreeSet<String>,
+) -> (Vec<&'a String>, Vec<&'a String>) {
+    let changed = new
+        .iter()
+        .filter(|(c, r)| old.and_then(|o| o.get(*c)) != Some(*r) || !existing_chains.contains(*c))
+        .map(|(c, _)| c)
+        .collect();
+    let stale = existing_chains
+        .iter()
+        .filter(|c| !new.contains_key(*c))
+        .collect();
+    (changed, stale)
+}
+
+/// One table's part of a sync; `fault` is a rule written last (the test hook's refused line).
+/// Returns whether anything was written.
+fn table_lines<W: std::fmt::Write + ?Sized>(
     table: &str,
     old: Option<&BTreeMap<String, Vec<String>>>,
     new: &BTreeMap<String, Vec<String>>,
     existing_chains: &BTreeSet<String>,
     hook_lines: &[String],
-    out: &mut String,
-) {
-    let changed: Vec<&String> = new
-        .iter()
-        .filter(|(c, r)| old.and_then(|o| o.get(*c)) != Some(*r) || !existing_chains.contains(*c))
-        .map(|(c, _)| c)
-        .collect();
-    let stale: Vec<&String> = existing_chains
-        .iter()
-        .filter(|c| !new.contains_key(*c))
-        .collect();
+    fault: Option<&str>,
+    out: &mut W,
+) -> Result<bool, std::fmt::Error> {
+    let (changed, stale) = table_changes(old, new, existing_chains);
     if changed.is_empty() && stale.is_empty() && hook_lines.is_empty() {
-        return;
+        return Ok(false);
     }
-    let _ = writeln!(out, "*{table}");
+    writeln!(out, "*{table}")?;
     // With --noflush, declaring a chain creates it or flushes it; nothing else is touched.
     for c in changed.iter().chain(stale.iter()) {
-        let _ = writeln!(out, ":{c} - [0:0]");
+        writeln!(out, ":{c} - [0:0]")?;
     }
     for c in &changed {
         for r in &new[*c] {
-            let _ = writeln!(out, "-A {c} {r}");
+            writeln!(out, "-A {c} {r}")?;
         }
     }
     for h in hook_lines {
-        let _ = writeln!(out, "{h}");
+        writeln!(out, "{h}")?;
     }
     for c in &stale {
-        let _ = writeln!(out, "-X {c}");
+        writeln!(out, "-X {c}")?;
     }
-    let _ = writeln!(out, "COMMIT");
+    if let Some(f) = fault {
+        writeln!(out, "{f}")?;
+    }
+    writeln!(out, "COMMIT")?;
+    Ok(true)
+}
+
+fn hook_lines(new: &IptRuleset, existing: &Existing, table: &str) -> Vec<String> {
+    hooks(&new.prefix)
+        .into_iter()
+        .filter(|(t, c, _)| {
+            *t == table && !existing.hooks.contains(&((*t).to_owned(), (*c).to_owned()))
+        })
+        .map(|(_, c, target)| format!("-I {c} 1 -j {target}"))
+        .collect()
+}
+
+/// Whether [`render_sync`] of these says nothing (found without rendering it).
+pub fn sync_is_empty(old: Option<&IptRuleset>, new: &IptRuleset, existing: &Existing) -> bool {
+    let tables = [
+        (old.map(|o| &o.nat), &new.nat, &existing.nat_chains, "nat"),
+        (
+            old.map(|o| &o.filter),
+            &new.filter,
+            &existing.filter_chains,
+            "filter",
+        ),
+    ];
+    tables.into_iter().all(|(o, n, e, table)| {
+        let (changed, stale) = table_changes(o, n, e);
+        changed.is_empty() && stale.is_empty() && hook_lines(new, existing, table).is_empty()
+    })
 }
 
 /// The `iptables-restore --noflush` input that turns what `existing` says is in the kernel
@@ -382,33 +500,40 @@ fn table_lines(
 /// jumps are added.
 pub fn render_sync(old: Option<&IptRuleset>, new: &IptRuleset, existing: &Existing) -> String {
     let mut out = String::new();
-    let hook_lines = |table: &str| -> Vec<String> {
-        hooks(&new.prefix)
-            .into_iter()
-            .filter(|(t, c, _)| {
-                *t == table && !existing.hooks.contains(&((*t).to_owned(), (*c).to_owned()))
-            })
-            .map(|(_, c, target)| format!("-I {c} 1 -j {target}"))
-            .collect()
-    };
+    let _ = write_sync(old, new, existing, None, &mut out);
+    out
+}
+
+/// Writes [`render_sync`]'s input into `out` (the backend streams it to the tool: at 10k
+/// services it is tens of megabytes). `fault`, the test hook's refused rule, ends the first
+/// table written, so that the tool refuses the whole input.
+pub fn write_sync<W: std::fmt::Write + ?Sized>(
+    old: Option<&IptRuleset>,
+    new: &IptRuleset,
+    existing: &Existing,
+    fault: Option<&str>,
+    out: &mut W,
+) -> std::fmt::Result {
     // nat first: if the tool refuses it, it stops before touching the filter table.
-    table_lines(
+    let wrote = table_lines(
         "nat",
         old.map(|o| &o.nat),
         &new.nat,
         &existing.nat_chains,
-        &hook_lines("nat"),
-        &mut out,
-    );
+        &hook_lines(new, existing, "nat"),
+        fault,
+        out,
+    )?;
     table_lines(
         "filter",
         old.map(|o| &o.filter),
         &new.filter,
         &existing.filter_chains,
-        &hook_lines("filter"),
-        &mut out,
-    );
-    out
+        &hook_lines(new, existing, "filter"),
+        fault.filter(|_| !wrote),
+        out,
+    )?;
+    Ok(())
 }
 
 /// The input that removes everything of ours that `existing` lists.
@@ -445,37 +570,71 @@ pub fn render_reset(prefix: &str, existing: &Existing) -> String {
 
 /// Reads `iptables-save` output: our chains per table and the hook jumps present.
 pub fn parse_existing(save: &str, prefix: &str) -> Existing {
-    let mut e = Existing::default();
-    let mut table = String::new();
-    let ours = format!("{prefix}-");
-    let hook_targets: BTreeMap<(String, String), String> = hooks(prefix)
-        .into_iter()
-        .map(|(t, c, target)| ((t.to_owned(), c.to_owned()), target))
-        .collect();
+    let mut parser = ExistingParser::new(prefix);
     for line in save.lines() {
+        parser.line(line);
+    }
+    parser.finish()
+}
+
+/// [`parse_existing`] a line at a time, for output read as it comes (`iptables-save` of 10k
+/// services is ~100 MiB).
+#[derive(Debug)]
+pub struct ExistingParser {
+    ours: String,
+    table: String,
+    hook_targets: Vec<((String, String), String)>,
+    existing: Existing,
+}
+
+impl ExistingParser {
+    /// A parser for the chains of `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        ExistingParser {
+            ours: format!("{prefix}-"),
+            table: String::new(),
+            hook_targets: hooks(prefix)
+                .into_iter()
+                .map(|(t, c, target)| ((t.to_owned(), c.to_owned()), target))
+                .collect(),
+            existing: Existing::default(),
+        }
+    }
+
+    /// Reads one line (without its newline).
+    pub fn line(&mut self, line: &str) {
+        let e = &mut self.existing;
         if let Some(t) = line.strip_prefix('*') {
-            t.clone_into(&mut table);
+            t.clone_into(&mut self.table);
         } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or("");
-            if name.starts_with(&ours) {
-                match table.as_str() {
+            if name.starts_with(&self.ours) {
+                match self.table.as_str() {
                     "nat" => e.nat_chains.insert(name.to_owned()),
                     "filter" => e.filter_chains.insert(name.to_owned()),
                     _ => false,
                 };
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
-            let mut words = rule.split_whitespace();
-            let chain = words.next().unwrap_or("").to_owned();
-            let key = (table.clone(), chain);
-            if let Some(target) = hook_targets.get(&key) {
-                if rule.trim_end().ends_with(&format!("-j {target}")) {
-                    e.hooks.insert(key);
-                }
+            let chain = rule.split_whitespace().next().unwrap_or("");
+            // Only the built-in chains we hook matter: no allocation per rule.
+            let Some((key, target)) = self
+                .hook_targets
+                .iter()
+                .find(|((t, c), _)| *t == self.table && c == chain)
+            else {
+                return;
+            };
+            if rule.trim_end().ends_with(&format!("-j {target}")) {
+                e.hooks.insert(key.clone());
             }
         }
     }
-    e
+
+    /// What the lines said.
+    pub fn finish(self) -> Existing {
+        self.existing
+    }
 }
 
 /// Removes the prefix group of `name` (for tests and observe): `DP-SEP-…` → `SEP`.
