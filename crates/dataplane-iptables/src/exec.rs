@@ -130,25 +130,13 @@ fn run_inner(
     }
     let mut child = cmd.spawn().map_err(spawn_err)?;
     let pipe = child.stdin.take();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     // The input is written on a thread of its own while this one collects the tool's output:
     // a tool that reports much before it has read everything cannot block on a full pipe.
     let (written, out) = std::thread::scope(|scope| {
-        let feeder = stdin.zip(pipe).map(|(render, pipe)| {
-            scope.spawn(move || {
-                let mut w = PipeWriter {
-                    inner: std::io::BufWriter::with_capacity(64 << 10, pipe),
-                    lines: 0,
-                    error: None,
-                };
-                let rendered = render(&mut w);
-                let flushed = w.inner.flush();
-                match (w.error, rendered, flushed) {
-                    (Some(e), _, _) | (None, _, Err(e)) => Err(e),
-                    (None, Err(_), Ok(())) => Err(std::io::Error::other("rendering failed")),
-                    (None, Ok(()), Ok(())) => Ok(w.lines),
-                }
-            })
-        });
+        let feeder = stdin
+            .zip(pipe)
+            .map(|(render, pipe)| scope.spawn(move || feed(render, pipe, pid)));
         let out = match (on_line, child.stdout.take()) {
             (Some(on_line), Some(stdout)) => {
                 let stderr = child.stderr.take().map(|mut e| {
@@ -184,10 +172,10 @@ fn run_inner(
     });
     let out = out.map_err(spawn_err)?;
     // A tool that stops at the first bad line closes its input early: the broken pipe is not
-    // the error, its exit status and standard error (below) are.
+    // the error, its exit status and standard error (below) are. A tool that succeeded
+    // without reading its whole input did not apply what was asked: an error.
     let lines = match written {
         Ok(lines) => lines,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(e) if out.status.success() => return Err(spawn_err(e)),
         Err(_) => 0,
     };
@@ -201,6 +189,34 @@ fn run_inner(
         });
     }
     Ok((String::from_utf8_lossy(&out.stdout).into_owned(), lines))
+}
+
+/// Writes `render`'s text into the tool's input; the number of lines.
+fn feed(
+    render: &Render<'_>,
+    pipe: std::process::ChildStdin,
+    pid: nix::unistd::Pid,
+) -> std::io::Result<usize> {
+    let mut w = PipeWriter {
+        inner: std::io::BufWriter::with_capacity(64 << 10, pipe),
+        lines: 0,
+        error: None,
+    };
+    let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| render(&mut w)));
+    if let Some(e) = w.error {
+        // The pipe broke: the tool stopped reading and never sees the end of input.
+        return Err(e);
+    }
+    if !matches!(rendered, Ok(Ok(()))) {
+        // The input is incomplete but the pipe is open: a tool that saw it end here could
+        // apply a prefix (`nft` one transaction of it, `iptables-restore` the tables committed
+        // so far). Kill the tool before the pipe closes, and drop what is buffered unsent.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let (pipe, _) = w.inner.into_parts();
+        drop(pipe);
+        return Err(std::io::Error::other("rendering the input failed"));
+    }
+    w.inner.flush().map(|()| w.lines)
 }
 
 /// Hands each line of `from` to `on_line`, without its newline (invalid UTF-8 replaced).
@@ -297,6 +313,42 @@ mod tests {
             matches!(&err, NetfilterError::Command { stderr, .. } if stderr == "broken"),
             "{err:?}"
         );
+    }
+
+    /// A render that fails half-way must not hand the tool a shorter input that ends
+    /// normally: the tool is killed before it sees the end, nothing it would apply is kept.
+    #[test]
+    fn a_failed_render_kills_the_tool_before_it_sees_an_end_of_input() {
+        let dir = std::env::temp_dir().join(format!("dp-exec-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let copy = dir.join("copy");
+        let script = format!("cat > {0}.part && mv {0}.part {0}", copy.display());
+        let render = |out: &mut dyn std::fmt::Write| {
+            out.write_str("first line\n")?;
+            Err(std::fmt::Error)
+        };
+        let err = run_streamed(
+            "test",
+            None,
+            Path::new("sh"),
+            &["-c", &script],
+            &render,
+            "copy",
+        )
+        .unwrap_err();
+        assert!(matches!(err, NetfilterError::Command { .. }), "{err:?}");
+        assert!(!copy.exists(), "the tool saw an end of input");
+        // A tool that succeeds without reading everything is an error too.
+        let render = |out: &mut dyn std::fmt::Write| {
+            for _ in 0..100_000 {
+                out.write_str("not read\n")?;
+            }
+            Ok(())
+        };
+        let err =
+            run_streamed("test", None, Path::new("true"), &[], &render, "ignore").unwrap_err();
+        assert!(matches!(err, NetfilterError::Spawn { .. }), "{err:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

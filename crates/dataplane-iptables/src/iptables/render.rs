@@ -112,7 +112,9 @@ pub fn compile_state(state: &DesiredState, prefix: &str) -> [IptRuleset; 2] {
     let mut v4 = Builder::new(Family::V4, prefix);
     let mut v6 = Builder::new(Family::V6, prefix);
     // Name order, as the plan's map has it: the rules of `SERVICES` come in that order.
-    let mut services: Vec<&Service> = state.services.iter().collect();
+    // Of services with one name the last counts, as in the plan's map: reversed, a stable
+    // sort puts it first of its name, and `dedup_by` keeps the first.
+    let mut services: Vec<&Service> = state.services.iter().rev().collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     services.dedup_by(|a, b| a.name == b.name);
     for s in services {

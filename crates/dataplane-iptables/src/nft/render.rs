@@ -315,7 +315,9 @@ pub fn compile_state(state: &DesiredState, table: &str) -> Result<NftRuleset, Ne
     let node = node_plan(&state.node);
     let mut rs = NftRuleset::empty(&node, table);
     // Name order, as the plan's map has it: slot-group ids are handed out in that order.
-    let mut services: Vec<&Service> = state.services.iter().collect();
+    // Of services with one name the last counts, as in the plan's map: reversed, a stable
+    // sort puts it first of its name, and `dedup_by` keeps the first.
+    let mut services: Vec<&Service> = state.services.iter().rev().collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     services.dedup_by(|a, b| a.name == b.name);
     let changed = services
