@@ -99,3 +99,146 @@ fn reset_removes_exactly_our_chains_and_hooks() {
     insta::assert_snapshot!(text);
     assert!(!text.contains("OTHER"));
 }
+
+/// An input as what it does per table: chains declared (created or flushed), rules per
+/// chain, other lines (hooks, the fault rule), chains deleted. The order of chains in an
+/// input does not change what it does.
+type Effect = std::collections::BTreeMap<
+    String,
+    (
+        std::collections::BTreeSet<String>,
+        std::collections::BTreeMap<String, Vec<String>>,
+        Vec<String>,
+        std::collections::BTreeSet<String>,
+    ),
+>;
+
+fn effect(text: &str) -> Effect {
+    let mut out = Effect::new();
+    let mut table = String::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            t.clone_into(&mut table);
+            continue;
+        }
+        let e = out.entry(table.clone()).or_default();
+        if let Some(decl) = line.strip_prefix(':') {
+            assert!(
+                e.0.insert(decl.split(' ').next().unwrap().to_owned()),
+                "declared twice: {line}"
+            );
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let (chain, body) = rule.split_once(' ').unwrap();
+            if chain.starts_with("DP-") && e.0.contains(chain) {
+                e.1.entry(chain.to_owned())
+                    .or_default()
+                    .push(body.to_owned());
+            } else {
+                e.2.push(line.to_owned());
+            }
+        } else if let Some(chain) = line.strip_prefix("-X ") {
+            e.3.insert(chain.to_owned());
+        } else if line != "COMMIT" {
+            e.2.push(line.to_owned());
+        }
+    }
+    out
+}
+
+/// Every jump of `text` to one of our chains goes to a chain the kernel holds or that `text`
+/// declared before (iptables-restore refuses a jump to a chain it does not know yet).
+fn jumps_only_to_known_chains(text: &str, existing: &Existing) {
+    let mut known: std::collections::BTreeSet<String> = existing
+        .nat_chains
+        .iter()
+        .chain(&existing.filter_chains)
+        .cloned()
+        .collect();
+    for line in text.lines() {
+        if let Some(decl) = line.strip_prefix(':') {
+            known.insert(decl.split(' ').next().unwrap().to_owned());
+        } else if line.starts_with("-A ") || line.starts_with("-I ") {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            for w in words.windows(2) {
+                if (w[0] == "-j" || w[0] == "-g") && w[1].starts_with("DP-") {
+                    assert!(known.contains(w[1]), "jump before declaration: {line}");
+                }
+            }
+        }
+    }
+}
+
+/// The backend writes a sync from per-chain digests and a second compile; it does what
+/// `render_sync` of the kept rulesets does: full, partial (changed, added and removed
+/// services), over chains the kernel holds, and nothing when nothing changed.
+#[test]
+fn syncs_from_digests_do_what_syncs_from_rulesets_do() {
+    use dataplane_iptables::iptables::digest::{digests, SyncPlan};
+    use dataplane_iptables::iptables::render::hooks;
+    let all_of = |rs: &dataplane_iptables::iptables::render::IptRuleset| {
+        let mut e = Existing {
+            nat_chains: rs.nat.keys().cloned().collect(),
+            filter_chains: rs.filter.keys().cloned().collect(),
+            ..Existing::default()
+        };
+        for (t, c, _) in hooks("DP") {
+            e.hooks.insert((t.to_owned(), c.to_owned()));
+        }
+        e
+    };
+    for old in [common::showcase(), dataplane_core::synthetic::state(200, 3)] {
+        let mut new = old.clone();
+        new.services[0]
+            .backends
+            .push(Backend::new(common::ip("10.244.2.10")));
+        let removed = new.services.remove(1);
+        let mut added = removed.clone();
+        added.name.name = format!("{}-again", added.name.name);
+        added.cluster_ips.clear();
+        for p in &mut added.ports {
+            p.node_port = None;
+        }
+        new.services.push(added);
+        for family in [Family::V4, Family::V6] {
+            let old_rs = compile(&plan(&old), family, "DP");
+            let new_rs = compile(&plan(&new), family, "DP");
+            let old_d = digests(&old, "DP", family);
+            let new_d = digests(&new, "DP", family);
+            let kernel = all_of(&old_rs);
+            for (before, existing, fault) in [
+                (None, Existing::default(), None),
+                (None, kernel.clone(), None),
+                (Some((&old_rs, &old_d)), kernel.clone(), None),
+                (
+                    Some((&old_rs, &old_d)),
+                    kernel.clone(),
+                    Some("-A DP-SERVICES -j X"),
+                ),
+            ] {
+                let mut want = String::new();
+                write_sync(before.map(|b| b.0), &new_rs, &existing, fault, &mut want).unwrap();
+                let sync = SyncPlan::new(before.map(|b| b.1), &new_d, &existing, "DP");
+                let mut got = String::new();
+                sync.write(&new, family, fault, &mut got).unwrap();
+                assert_eq!(
+                    effect(&got),
+                    effect(&want),
+                    "{family:?}\n{got}\n---\n{want}"
+                );
+                jumps_only_to_known_chains(&got, &existing);
+                assert_eq!(sync.is_empty(), want.is_empty());
+                if family == Family::V4 && before.is_some() {
+                    // The removed service's chains go, the changed one is rewritten.
+                    assert!(
+                        got.contains("\n-X DP-") && got.contains("10.244.2.10"),
+                        "{got}"
+                    );
+                }
+            }
+            // Nothing changed: nothing to write.
+            let same = SyncPlan::new(Some(&old_d), &old_d, &kernel, "DP");
+            assert!(same.is_empty());
+            assert!(render_sync(Some(&old_rs), &old_rs, &kernel).is_empty());
+        }
+    }
+}

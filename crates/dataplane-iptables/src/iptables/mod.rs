@@ -1,6 +1,7 @@
 //! The iptables flavour: kube-proxy iptables-mode chains applied with
 //! `iptables-restore --noflush` / `ip6tables-restore --noflush`.
 
+pub mod digest;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,10 +17,8 @@ use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
 use crate::exec;
 use crate::plan::{check_supported, Family, Support};
-use render::{
-    compile_state, render_reset, sync_is_empty, write_sync, Existing, ExistingParser, IptRuleset,
-    MAX_PREFIX_LEN,
-};
+use digest::{digests, Digests, SyncPlan};
+use render::{write_reset, Existing, ExistingParser, MAX_PREFIX_LEN};
 
 const BACKEND: &str = "iptables";
 
@@ -36,7 +35,8 @@ const BACKEND: &str = "iptables";
 #[derive(Debug)]
 pub struct IptablesDataplane {
     config: NetfilterConfig,
-    applied: Option<(DesiredState, [IptRuleset; 2])>,
+    /// The last state programmed and the digests of its chains per family (IPv4, IPv6).
+    applied: Option<(DesiredState, [Digests; 2])>,
     dirty: bool,
 }
 
@@ -155,9 +155,11 @@ impl IptablesDataplane {
 
     fn sync(&mut self, desired: &DesiredState, full: bool) -> Result<ApplyReport, NetfilterError> {
         self.check(desired)?;
-        let new = compile_state(desired, &self.config.name);
+        let prefix = self.config.name.clone();
+        let families = [Family::V4, Family::V6];
+        let new = families.map(|f| digests(desired, &prefix, f));
         // Both families' kernel state is read before either is written.
-        let existing = [self.existing(new[0].family)?, self.existing(new[1].family)?];
+        let existing = [self.existing(Family::V4)?, self.existing(Family::V6)?];
         let full_sync = full || self.dirty;
         let op = if full_sync {
             "full sync"
@@ -168,16 +170,17 @@ impl IptablesDataplane {
         let applied = self.applied.take();
         let mut written = 0;
         let mut result = Ok(());
-        for (i, rs) in new.iter().enumerate() {
+        for (i, family) in families.into_iter().enumerate() {
             let old = applied.as_ref().filter(|_| !full_sync).map(|(_, o)| &o[i]);
-            if sync_is_empty(old, rs, &existing[i]) {
+            let plan = SyncPlan::new(old, &new[i], &existing[i], &prefix);
+            if plan.is_empty() {
                 continue;
             }
-            // The input is written into the tool while it runs (tens of MiB at 10k services).
-            let render = |out: &mut dyn std::fmt::Write| {
-                write_sync(old, rs, &existing[i], fault.as_deref(), out)
-            };
-            match self.restore(rs.family, &render, op) {
+            // The chains are compiled again and written into the tool while it runs (tens of
+            // MiB at 10k services), never held.
+            let render =
+                |out: &mut dyn std::fmt::Write| plan.write(desired, family, fault.as_deref(), out);
+            match self.restore(family, &render, op) {
                 Ok(lines) => written += lines,
                 Err(e) => {
                     result = Err(e);
@@ -185,7 +188,7 @@ impl IptablesDataplane {
                 }
             }
         }
-        // A failed restore leaves the last applied rulesets (and `dirty`) as they were.
+        // A failed restore leaves the last applied digests (and `dirty`) as they were.
         self.applied = applied;
         result?;
         self.dirty = false;
@@ -243,6 +246,15 @@ impl IptablesDataplane {
         Ok(rules
             .get(&format!("nat/{chain}"))
             .map(|r| r.iter().map(|(p, _)| *p).sum()))
+    }
+}
+
+/// A `fmt::Write` that keeps nothing.
+struct Discard;
+
+impl std::fmt::Write for Discard {
+    fn write_str(&mut self, _: &str) -> std::fmt::Result {
+        Ok(())
     }
 }
 
@@ -395,9 +407,14 @@ impl Dataplane for IptablesDataplane {
     fn reset(&mut self) -> Result<(), Error> {
         for family in [Family::V4, Family::V6] {
             let existing = self.existing(family)?;
-            let text = render_reset(&self.config.name, &existing);
-            if !text.is_empty() {
-                self.restore(family, &|out| out.write_str(&text), "reset")?;
+            let prefix = self.config.name.clone();
+            // Anything to remove (found without writing it), then written into the tool.
+            if write_reset(&prefix, &existing, &mut Discard).unwrap_or(true) {
+                self.restore(
+                    family,
+                    &|out| write_reset(&prefix, &existing, out).map(|_| ()),
+                    "reset",
+                )?;
             }
         }
         self.applied = None;

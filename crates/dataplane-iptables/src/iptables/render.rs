@@ -17,7 +17,6 @@
 //! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use dataplane_core::{DesiredState, ObjectName, Service};
@@ -178,7 +177,7 @@ impl Builder {
 }
 
 /// The node-wide chains, after every service port is compiled.
-fn finish_ruleset(
+pub(crate) fn finish_ruleset(
     plan_node: &NodePlan,
     family: Family,
     p: &str,
@@ -246,7 +245,7 @@ fn finish_ruleset(
     );
 }
 
-fn compile_port(
+pub(crate) fn compile_port(
     node: &NodePlan,
     pp: &PortPlan,
     p: &str,
@@ -469,8 +468,8 @@ fn table_lines<W: std::fmt::Write + ?Sized>(
     Ok(true)
 }
 
-fn hook_lines(new: &IptRuleset, existing: &Existing, table: &str) -> Vec<String> {
-    hooks(&new.prefix)
+pub(crate) fn hook_lines(prefix: &str, existing: &Existing, table: &str) -> Vec<String> {
+    hooks(prefix)
         .into_iter()
         .filter(|(t, c, _)| {
             *t == table && !existing.hooks.contains(&((*t).to_owned(), (*c).to_owned()))
@@ -492,7 +491,9 @@ pub fn sync_is_empty(old: Option<&IptRuleset>, new: &IptRuleset, existing: &Exis
     ];
     tables.into_iter().all(|(o, n, e, table)| {
         let (changed, stale) = table_changes(o, n, e);
-        changed.is_empty() && stale.is_empty() && hook_lines(new, existing, table).is_empty()
+        changed.is_empty()
+            && stale.is_empty()
+            && hook_lines(&new.prefix, existing, table).is_empty()
     })
 }
 
@@ -522,7 +523,7 @@ pub fn write_sync<W: std::fmt::Write + ?Sized>(
         old.map(|o| &o.nat),
         &new.nat,
         &existing.nat_chains,
-        &hook_lines(new, existing, "nat"),
+        &hook_lines(&new.prefix, existing, "nat"),
         fault,
         out,
     )?;
@@ -531,7 +532,7 @@ pub fn write_sync<W: std::fmt::Write + ?Sized>(
         old.map(|o| &o.filter),
         &new.filter,
         &existing.filter_chains,
-        &hook_lines(new, existing, "filter"),
+        &hook_lines(&new.prefix, existing, "filter"),
         fault.filter(|_| !wrote),
         out,
     )?;
@@ -541,6 +542,18 @@ pub fn write_sync<W: std::fmt::Write + ?Sized>(
 /// The input that removes everything of ours that `existing` lists.
 pub fn render_reset(prefix: &str, existing: &Existing) -> String {
     let mut out = String::new();
+    let _ = write_reset(prefix, existing, &mut out);
+    out
+}
+
+/// Writes [`render_reset`]'s input into `out` (streamed by the backend: 10k services leave
+/// ~130k chains to remove). Returns whether anything was written.
+pub fn write_reset<W: std::fmt::Write + ?Sized>(
+    prefix: &str,
+    existing: &Existing,
+    out: &mut W,
+) -> Result<bool, std::fmt::Error> {
+    let mut wrote = false;
     for (table, chains) in [
         ("filter", &existing.filter_chains),
         ("nat", &existing.nat_chains),
@@ -555,19 +568,20 @@ pub fn render_reset(prefix: &str, existing: &Existing) -> String {
         if chains.is_empty() && jumps.is_empty() {
             continue;
         }
-        let _ = writeln!(out, "*{table}");
+        wrote = true;
+        writeln!(out, "*{table}")?;
         for c in chains {
-            let _ = writeln!(out, ":{c} - [0:0]");
+            writeln!(out, ":{c} - [0:0]")?;
         }
         for (c, target) in jumps {
-            let _ = writeln!(out, "-D {c} -j {target}");
+            writeln!(out, "-D {c} -j {target}")?;
         }
         for c in chains {
-            let _ = writeln!(out, "-X {c}");
+            writeln!(out, "-X {c}")?;
         }
-        let _ = writeln!(out, "COMMIT");
+        writeln!(out, "COMMIT")?;
     }
-    out
+    Ok(wrote)
 }
 
 /// Reads `iptables-save` output: our chains per table and the hook jumps present.
