@@ -3,9 +3,9 @@
 mod common;
 
 use dataplane_core::Backend;
+use dataplane_iptables::iptables::digest::{digests, SyncPlan};
 use dataplane_iptables::iptables::render::{
-    compile, compile_state, parse_existing, render_reset, render_sync, sync_is_empty, write_sync,
-    Existing,
+    compile, compile_state, parse_existing, render_reset, render_sync, Existing,
 };
 use dataplane_iptables::plan::{plan, Family};
 
@@ -45,9 +45,13 @@ fn partial_sync_rewrites_only_changed_chains() {
     );
     insta::assert_snapshot!(text);
     // Nothing changed: nothing to do, and the backend knows without rendering.
-    assert!(!sync_is_empty(Some(&before), &after, &existing));
+    let (before_d, after_d) = (
+        digests(&old, "DP", Family::V4),
+        digests(&new, "DP", Family::V4),
+    );
+    assert!(!SyncPlan::new(Some(&before_d), &after_d, &existing, "DP").is_empty());
     assert_eq!(render_sync(Some(&before), &before, &existing), "");
-    assert!(sync_is_empty(Some(&before), &before, &existing));
+    assert!(SyncPlan::new(Some(&before_d), &before_d, &existing, "DP").is_empty());
 }
 
 /// The full sync compiles service by service (no whole plan): the same rulesets as compiling
@@ -70,26 +74,21 @@ fn compiling_service_by_service_gives_the_same_rulesets() {
 #[test]
 fn the_fault_rule_goes_into_the_first_table_written() {
     let state = common::showcase();
-    let rs = compile(&plan(&state), Family::V4, "DP");
+    let d = digests(&state, "DP", Family::V4);
+    let none = Existing::default();
+    let sync = SyncPlan::new(None, &d, &none, "DP");
     let mut text = String::new();
-    write_sync(
-        None,
-        &rs,
-        &Existing::default(),
-        Some("-A DP-SERVICES -j X"),
-        &mut text,
-    )
-    .unwrap();
+    sync.write(&state, Family::V4, Some("-A DP-SERVICES -j X"), &mut text)
+        .unwrap();
     let nat = text.split("COMMIT\n").next().unwrap();
     assert!(
         nat.starts_with("*nat\n") && nat.ends_with("-A DP-SERVICES -j X\n"),
         "{nat}"
     );
     assert_eq!(text.matches("-j X").count(), 1, "{text}");
-    assert_eq!(
-        text.replace("-A DP-SERVICES -j X\n", ""),
-        render_sync(None, &rs, &Existing::default())
-    );
+    let mut without = String::new();
+    sync.write(&state, Family::V4, None, &mut without).unwrap();
+    assert_eq!(text.replace("-A DP-SERVICES -j X\n", ""), without);
 }
 
 #[test]
@@ -173,7 +172,6 @@ fn jumps_only_to_known_chains(text: &str, existing: &Existing) {
 /// services), over chains the kernel holds, and nothing when nothing changed.
 #[test]
 fn syncs_from_digests_do_what_syncs_from_rulesets_do() {
-    use dataplane_iptables::iptables::digest::{digests, SyncPlan};
     use dataplane_iptables::iptables::render::hooks;
     let all_of = |rs: &dataplane_iptables::iptables::render::IptRuleset| {
         let mut e = Existing {
@@ -215,8 +213,12 @@ fn syncs_from_digests_do_what_syncs_from_rulesets_do() {
                     Some("-A DP-SERVICES -j X"),
                 ),
             ] {
-                let mut want = String::new();
-                write_sync(before.map(|b| b.0), &new_rs, &existing, fault, &mut want).unwrap();
+                // What the backend wrote from the kept rulesets: the fault rule spliced in
+                // before the first table's COMMIT.
+                let mut want = render_sync(before.map(|b| b.0), &new_rs, &existing);
+                if let (Some(f), Some(at)) = (fault, want.find("COMMIT\n")) {
+                    want.insert_str(at, &format!("{f}\n"));
+                }
                 let sync = SyncPlan::new(before.map(|b| b.1), &new_d, &existing, "DP");
                 let mut got = String::new();
                 sync.write(&new, family, fault, &mut got).unwrap();

@@ -49,16 +49,6 @@ impl Digests {
             .ok()
             .map(|i| t[i].1)
     }
-
-    /// Number of chains.
-    pub fn len(&self) -> usize {
-        self.nat.len() + self.filter.len()
-    }
-
-    /// No chains at all.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// 128-bit hash of a chain name (two independent 64-bit hashes: names must not collide).
@@ -79,22 +69,24 @@ fn rules_hash(rules: &[String]) -> u64 {
 }
 
 /// Chains by name and their rules.
-type Chains = BTreeMap<String, Vec<String>>;
+pub(crate) type Chains = BTreeMap<String, Vec<String>>;
 
 /// A visitor of one group of chains of a table.
-type Visit<'a, E> = dyn FnMut(&'static str, &Chains) -> Result<(), E> + 'a;
+pub(crate) type Visit<'a, E> = dyn FnMut(&'static str, &Chains) -> Result<(), E> + 'a;
 
 /// Calls `f(table, chains)` for the chains of `family` in the rulesets of `state`, a group at
 /// a time: each service's (in name order; they jump only to each other and to node-wide
 /// chains), then the node-wide ones of each table. The same chains and rules as
-/// [`compile_state`](super::render::compile_state), without holding them.
-fn each_chain<E>(
+/// [`compile`](super::render::compile) of the plan, without holding them.
+pub(crate) fn each_chain<E>(
     state: &DesiredState,
     node: &NodePlan,
     prefix: &str,
     family: Family,
     f: &mut Visit<'_, E>,
 ) -> Result<(), E> {
+    // Of services with one name the last counts, as in the plan's map: reversed, a stable
+    // sort puts it first of its name, and `dedup_by` keeps the first.
     let mut services: Vec<&Service> = state.services.iter().rev().collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     services.dedup_by(|a, b| a.name == b.name);

@@ -6,7 +6,7 @@ pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dataplane_core::{
     validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
@@ -63,16 +63,20 @@ impl IptablesDataplane {
         }
     }
 
-    fn save(&self, family: Family, counters: bool) -> Result<String, NetfilterError> {
+    /// The `iptables-save` of `family`: iptables-restore and iptables-save are one binary
+    /// family, so it is derived from the restore tool.
+    fn save_tool(&self, family: Family) -> PathBuf {
         let (restore, _) = self.tools(family);
-        // iptables-restore and iptables-save are one binary family; derive the save tool.
-        let save = restore.to_string_lossy().replace("-restore", "-save");
-        let args: &[&str] = if counters { &["-c"] } else { &[] };
+        PathBuf::from(restore.to_string_lossy().replace("-restore", "-save"))
+    }
+
+    /// `iptables-save -c`: everything of `family`, with counters.
+    fn save_with_counters(&self, family: Family) -> Result<String, NetfilterError> {
         exec::run(
             BACKEND,
             self.config.netns.as_deref(),
-            Path::new(&save),
-            args,
+            &self.save_tool(family),
+            &["-c"],
             None,
             "save",
         )
@@ -80,14 +84,11 @@ impl IptablesDataplane {
 
     /// Our chains and hook jumps in the kernel, read from `iptables-save` a line at a time.
     fn existing(&self, family: Family) -> Result<Existing, NetfilterError> {
-        let (restore, _) = self.tools(family);
-        // iptables-restore and iptables-save are one binary family; derive the save tool.
-        let save = restore.to_string_lossy().replace("-restore", "-save");
         let mut parser = ExistingParser::new(&self.config.name);
         exec::run_lines(
             BACKEND,
             self.config.netns.as_deref(),
-            Path::new(&save),
+            &self.save_tool(family),
             &[],
             &mut |line| parser.line(line),
             "save",
@@ -206,7 +207,7 @@ impl IptablesDataplane {
         &self,
         family: Family,
     ) -> Result<BTreeMap<String, Vec<(u64, String)>>, NetfilterError> {
-        let save = self.save(family, true)?;
+        let save = self.save_with_counters(family)?;
         let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
         let mut table = String::new();
         for line in save.lines() {

@@ -17,12 +17,14 @@
 //! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use dataplane_core::{DesiredState, ObjectName, Service};
+use dataplane_core::{DesiredState, ObjectName};
 use ipnetwork::IpNetwork;
 
-use crate::plan::{node_plan, proto_name, service_ports, Choice, Family, NodePlan, Plan, PortPlan};
+use super::digest::each_chain;
+use crate::plan::{node_plan, proto_name, Choice, Family, NodePlan, Plan, PortPlan};
 
 /// Mark bit: masquerade this connection (SNAT to the node address) in POSTROUTING.
 pub const MARK_MASQUERADE: u32 = 0x4000;
@@ -94,86 +96,54 @@ fn of_family(nets: &[IpNetwork], f: Family) -> Vec<IpNetwork> {
 
 /// Compiles the chains of `family`.
 pub fn compile(plan: &Plan, family: Family, prefix: &str) -> IptRuleset {
-    let mut b = Builder::new(family, prefix);
+    let mut rs = IptRuleset {
+        family,
+        prefix: prefix.to_owned(),
+        nat: BTreeMap::new(),
+        filter: BTreeMap::new(),
+    };
+    let mut services: Vec<String> = Vec::new();
+    let mut reject_ips: BTreeSet<IpAddr> = BTreeSet::new();
     for ports in plan.services.values() {
         for port in ports.iter().filter(|pp| pp.family == family) {
-            b.add_port(&plan.node, port);
+            compile_port(&plan.node, port, prefix, &mut rs.nat, &mut services);
+            reject_ips.extend(port.cluster_ips.iter().copied());
         }
     }
-    b.finish(&plan.node)
+    finish_ruleset(
+        &plan.node,
+        family,
+        prefix,
+        &mut rs,
+        &mut services,
+        &reject_ips,
+    );
+    rs
 }
 
 /// [`compile`] of [`plan`](crate::plan::plan)`(state)` for both families (IPv4, IPv6): the
-/// same rulesets, planning one service at a time (a whole plan of 10k services x 10 is ~25
-/// MiB, held next to the rulesets being built).
+/// same rulesets, planning one service at a time (what the backend compiles, through
+/// [`super::digest`], to write a sync without holding the rules).
 pub fn compile_state(state: &DesiredState, prefix: &str) -> [IptRuleset; 2] {
     let node = node_plan(&state.node);
-    let mut v4 = Builder::new(Family::V4, prefix);
-    let mut v6 = Builder::new(Family::V6, prefix);
-    // Name order, as the plan's map has it: the rules of `SERVICES` come in that order.
-    // Of services with one name the last counts, as in the plan's map: reversed, a stable
-    // sort puts it first of its name, and `dedup_by` keeps the first.
-    let mut services: Vec<&Service> = state.services.iter().rev().collect();
-    services.sort_by(|a, b| a.name.cmp(&b.name));
-    services.dedup_by(|a, b| a.name == b.name);
-    for s in services {
-        for port in &service_ports(state, s) {
-            match port.family {
-                Family::V4 => v4.add_port(&node, port),
-                Family::V6 => v6.add_port(&node, port),
-            }
-        }
-    }
-    [v4.finish(&node), v6.finish(&node)]
-}
-
-/// A ruleset of one family being compiled.
-struct Builder {
-    rs: IptRuleset,
-    services: Vec<String>,
-    reject_ips: BTreeSet<IpAddr>,
-}
-
-impl Builder {
-    fn new(family: Family, prefix: &str) -> Self {
-        Builder {
-            rs: IptRuleset {
-                family,
-                prefix: prefix.to_owned(),
-                nat: BTreeMap::new(),
-                filter: BTreeMap::new(),
-            },
-            services: Vec::new(),
-            reject_ips: BTreeSet::new(),
-        }
-    }
-
-    fn add_port(&mut self, node: &NodePlan, port: &PortPlan) {
-        let mut chains = BTreeMap::new();
-        compile_port(node, port, &self.rs.prefix, &mut chains, &mut self.services);
-        // Kept until the next sync: exactly sized (a formatted rule has up to twice its
-        // length in capacity; 10k services x 10 are ~330k rules).
-        for (name, mut rules) in chains {
-            for r in &mut rules {
-                r.shrink_to_fit();
-            }
-            rules.shrink_to_fit();
-            self.rs.nat.insert(name, rules);
-        }
-        self.reject_ips.extend(port.cluster_ips.iter().copied());
-    }
-
-    fn finish(self, node: &NodePlan) -> IptRuleset {
-        let Builder {
-            mut rs,
-            mut services,
-            reject_ips,
-        } = self;
-        let family = rs.family;
-        let prefix = rs.prefix.clone();
-        finish_ruleset(node, family, &prefix, &mut rs, &mut services, &reject_ips);
+    [Family::V4, Family::V6].map(|family| {
+        let mut rs = IptRuleset {
+            family,
+            prefix: prefix.to_owned(),
+            nat: BTreeMap::new(),
+            filter: BTreeMap::new(),
+        };
+        let _ = each_chain::<()>(state, &node, prefix, family, &mut |table, chains| {
+            let t = if table == "nat" {
+                &mut rs.nat
+            } else {
+                &mut rs.filter
+            };
+            t.extend(chains.iter().map(|(c, r)| (c.clone(), r.clone())));
+            Ok(())
+        });
         rs
-    }
+    })
 }
 
 /// The node-wide chains, after every service port is compiled.
@@ -412,62 +382,46 @@ pub struct Existing {
     pub hooks: BTreeSet<(String, String)>,
 }
 
-/// The chains of one table a sync rewrites (changed or missing) and removes (stale).
-fn table_changes<'a>(
-    old: Option<&BTreeMap<String, Vec<String>>>,
-    new: &'a BTreeMap<String, Vec<String>>,
-    existing_chains: &'a BTreeSet<String>,
-) -> (Vec<&'a String>, Vec<&'a String>) {
-    let changed = new
-        .iter()
-        .filter(|(c, r)| old.and_then(|o| o.get(*c)) != Some(*r) || !existing_chains.contains(*c))
-        .map(|(c, _)| c)
-        .collect();
-    let stale = existing_chains
-        .iter()
-        .filter(|c| !new.contains_key(*c))
-        .collect();
-    (changed, stale)
-}
-
-/// One table's part of a sync; `fault` is a rule written last (the test hook's refused line).
-/// Returns whether anything was written.
-fn table_lines<W: std::fmt::Write + ?Sized>(
+fn table_lines(
     table: &str,
     old: Option<&BTreeMap<String, Vec<String>>>,
     new: &BTreeMap<String, Vec<String>>,
     existing_chains: &BTreeSet<String>,
     hook_lines: &[String],
-    fault: Option<&str>,
-    out: &mut W,
-) -> Result<bool, std::fmt::Error> {
-    let (changed, stale) = table_changes(old, new, existing_chains);
+    out: &mut String,
+) {
+    let changed: Vec<&String> = new
+        .iter()
+        .filter(|(c, r)| old.and_then(|o| o.get(*c)) != Some(*r) || !existing_chains.contains(*c))
+        .map(|(c, _)| c)
+        .collect();
+    let stale: Vec<&String> = existing_chains
+        .iter()
+        .filter(|c| !new.contains_key(*c))
+        .collect();
     if changed.is_empty() && stale.is_empty() && hook_lines.is_empty() {
-        return Ok(false);
+        return;
     }
-    writeln!(out, "*{table}")?;
+    let _ = writeln!(out, "*{table}");
     // With --noflush, declaring a chain creates it or flushes it; nothing else is touched.
     for c in changed.iter().chain(stale.iter()) {
-        writeln!(out, ":{c} - [0:0]")?;
+        let _ = writeln!(out, ":{c} - [0:0]");
     }
     for c in &changed {
         for r in &new[*c] {
-            writeln!(out, "-A {c} {r}")?;
+            let _ = writeln!(out, "-A {c} {r}");
         }
     }
     for h in hook_lines {
-        writeln!(out, "{h}")?;
+        let _ = writeln!(out, "{h}");
     }
     for c in &stale {
-        writeln!(out, "-X {c}")?;
+        let _ = writeln!(out, "-X {c}");
     }
-    if let Some(f) = fault {
-        writeln!(out, "{f}")?;
-    }
-    writeln!(out, "COMMIT")?;
-    Ok(true)
+    let _ = writeln!(out, "COMMIT");
 }
 
+/// The hook jumps into our chains that `existing` lacks, as `-I` lines.
 pub(crate) fn hook_lines(prefix: &str, existing: &Existing, table: &str) -> Vec<String> {
     hooks(prefix)
         .into_iter()
@@ -478,65 +432,30 @@ pub(crate) fn hook_lines(prefix: &str, existing: &Existing, table: &str) -> Vec<
         .collect()
 }
 
-/// Whether [`render_sync`] of these says nothing (found without rendering it).
-pub fn sync_is_empty(old: Option<&IptRuleset>, new: &IptRuleset, existing: &Existing) -> bool {
-    let tables = [
-        (old.map(|o| &o.nat), &new.nat, &existing.nat_chains, "nat"),
-        (
-            old.map(|o| &o.filter),
-            &new.filter,
-            &existing.filter_chains,
-            "filter",
-        ),
-    ];
-    tables.into_iter().all(|(o, n, e, table)| {
-        let (changed, stale) = table_changes(o, n, e);
-        changed.is_empty()
-            && stale.is_empty()
-            && hook_lines(&new.prefix, existing, table).is_empty()
-    })
-}
-
 /// The `iptables-restore --noflush` input that turns what `existing` says is in the kernel
 /// (last programmed as `old`, if known) into `new`: only chains whose rules differ are
 /// rewritten (so unchanged chains keep their counters), stale chains are removed, missing hook
-/// jumps are added.
+/// jumps are added. (The backend writes the same from digests: [`super::digest::SyncPlan`].)
 pub fn render_sync(old: Option<&IptRuleset>, new: &IptRuleset, existing: &Existing) -> String {
     let mut out = String::new();
-    let _ = write_sync(old, new, existing, None, &mut out);
-    out
-}
-
-/// Writes [`render_sync`]'s input into `out` (the backend streams it to the tool: at 10k
-/// services it is tens of megabytes). `fault`, the test hook's refused rule, ends the first
-/// table written, so that the tool refuses the whole input.
-pub fn write_sync<W: std::fmt::Write + ?Sized>(
-    old: Option<&IptRuleset>,
-    new: &IptRuleset,
-    existing: &Existing,
-    fault: Option<&str>,
-    out: &mut W,
-) -> std::fmt::Result {
     // nat first: if the tool refuses it, it stops before touching the filter table.
-    let wrote = table_lines(
+    table_lines(
         "nat",
         old.map(|o| &o.nat),
         &new.nat,
         &existing.nat_chains,
         &hook_lines(&new.prefix, existing, "nat"),
-        fault,
-        out,
-    )?;
+        &mut out,
+    );
     table_lines(
         "filter",
         old.map(|o| &o.filter),
         &new.filter,
         &existing.filter_chains,
         &hook_lines(&new.prefix, existing, "filter"),
-        fault.filter(|_| !wrote),
-        out,
-    )?;
-    Ok(())
+        &mut out,
+    );
+    out
 }
 
 /// The input that removes everything of ours that `existing` lists.
