@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["tc_pod", "tc_host", "xdp_uplink"];
+const PROGRAMS: &[&str] = &["tc_pod", "tc_host", "xdp_uplink", "sock"];
 /// Objects only the tests load (`bpf/test/`).
 const TEST_PROGRAMS: &[&str] = &["test/xdp_pass"];
 

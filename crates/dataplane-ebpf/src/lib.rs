@@ -48,7 +48,10 @@ use dataplane_core::{
 };
 
 pub use error::EbpfError;
-pub use loader::{tc_host_object, tc_pod_object, xdp_uplink_object, AttachMode, Hook, XdpMode};
+pub use loader::{
+    sock_object, tc_host_object, tc_pod_object, xdp_uplink_object, AttachMode, Hook, XdpMode,
+    SOCK_PROGRAMS,
+};
 
 use crate::loader::{Maps, Objects};
 use crate::maps::{
@@ -142,6 +145,16 @@ pub struct EbpfConfig {
     /// packets for backends on other nodes are translated (DSR or SNAT) and sent back out at
     /// XDP; everything else passes to the TC programs untouched.
     pub xdp: XdpMode,
+    /// Socket-level load balancing (`None`, off, by default): a cgroup v2 directory (for
+    /// example the one holding the pods, or the hierarchy's root) whose processes get a
+    /// service backend at `connect()` instead of having every packet translated. A connected
+    /// socket (TCP, connected UDP) to a ClusterIP, or to a NodePort/LoadBalancer/ExternalIP
+    /// frontend, is connected to a backend directly; `getpeername()` and `recvmsg()` still
+    /// show the frontend. Such connections have no conntrack entry (they are not in
+    /// [`Dataplane::flows`]) and keep their backend until they close, also when it stops
+    /// being an endpoint. Unconnected UDP, ClientIP affinity, source ranges, SNAT and DSR
+    /// services, and frontends without eligible backends stay with the TC programs.
+    pub socket_lb_cgroup: Option<PathBuf>,
 }
 
 impl EbpfConfig {
@@ -155,6 +168,7 @@ impl EbpfConfig {
             keep_attachments_on_drop: false,
             attach_mode: AttachMode::Auto,
             xdp: XdpMode::Off,
+            socket_lb_cgroup: None,
         }
     }
 }
@@ -282,7 +296,17 @@ impl EbpfDataplane {
 
     fn load(&mut self) -> Result<(), EbpfError> {
         let xdp = self.config.xdp.is_on();
-        let mut objects = loader::load(&self.config.pin_dir, &self.config.capacities, xdp)?;
+        let sock = self.config.socket_lb_cgroup.clone();
+        let mut objects = loader::load(
+            &self.config.pin_dir,
+            &self.config.capacities,
+            xdp,
+            sock.is_some(),
+        )?;
+        match &sock {
+            Some(cgroup) => objects.attach_sock(&self.config.pin_dir, cgroup)?,
+            None => loader::remove_pinned_sock(&self.config.pin_dir)?,
+        }
         if objects.capacities != self.config.capacities {
             tracing::info!(
                 configured = ?self.config.capacities,
@@ -604,8 +628,9 @@ impl EbpfDataplane {
             return Ok(());
         };
         let attachments = std::mem::take(&mut objects.attachments);
+        let sock = std::mem::take(&mut objects.sock_links);
         let mut first_err = None;
-        for (_, a) in attachments {
+        for a in attachments.into_values().chain(sock) {
             if keep {
                 a.keep();
             } else if let Err(e) = a.detach() {
@@ -921,10 +946,14 @@ impl Dataplane for EbpfDataplane {
         let maps = self.maps()?;
         let mut totals = [0u64; STAT_NAMES.len()];
         for (i, total) in totals.iter_mut().enumerate() {
-            let values = maps
-                .stats
-                .get(&(i as u32), 0)
-                .map_err(|e| EbpfError::map("dp_stats", "reading", e))?;
+            let values = match maps.stats.get(&(i as u32), 0) {
+                Ok(v) => v,
+                // A counter added after the map was pinned.
+                Err(aya::maps::MapError::OutOfBounds { .. }) if i >= maps::STAT_ORIGINAL => {
+                    continue
+                }
+                Err(e) => return Err(EbpfError::map("dp_stats", "reading", e).into()),
+            };
             *total = values.iter().sum();
         }
         let flows = ct_entries(maps)?

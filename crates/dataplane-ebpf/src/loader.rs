@@ -9,7 +9,9 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::xdp::XdpLink;
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
+};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::batch::BatchFd;
@@ -25,6 +27,20 @@ static TC_POD_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 static TC_HOST_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_host.o"));
 static XDP_UPLINK_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_uplink.o"));
+static SOCK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
+
+/// The socket-level load-balancing programs of `sock.o`, one per cgroup hook.
+pub const SOCK_PROGRAMS: [&str; 6] = [
+    "dp_sock_connect4",
+    "dp_sock_connect6",
+    "dp_sock_getpeername4",
+    "dp_sock_getpeername6",
+    "dp_sock_recvmsg4",
+    "dp_sock_recvmsg6",
+];
+/// Pin-name prefix of the socket hooks' links (`links/sock@PROGRAM`).
+const SOCK_TAG: &str = "sock";
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// The compiled `tc_pod.o`, for layout checks and tooling.
 pub fn tc_pod_object() -> &'static [u8] {
@@ -39,6 +55,11 @@ pub fn tc_host_object() -> &'static [u8] {
 /// The compiled `xdp_uplink.o`, for layout checks and tooling.
 pub fn xdp_uplink_object() -> &'static [u8] {
     XDP_UPLINK_OBJ
+}
+
+/// The compiled `sock.o` (socket-level load balancing), for layout checks and tooling.
+pub fn sock_object() -> &'static [u8] {
+    SOCK_OBJ
 }
 
 /// Where a program runs.
@@ -214,6 +235,10 @@ pub(crate) struct Objects {
     pub host: Ebpf,
     /// `xdp_uplink.o`, loaded when XDP is configured on.
     pub xdp: Option<Ebpf>,
+    /// `sock.o`, loaded when socket-level load balancing is configured on.
+    pub sock: Option<Ebpf>,
+    /// The socket hooks' links on the configured cgroup (pinned like TCX links).
+    pub sock_links: Vec<Attachment>,
     pub maps: Maps,
     /// The sizes the maps really have (pinned maps keep the size they were created with).
     pub capacities: Capacities,
@@ -293,6 +318,38 @@ fn load_xdp_program(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
     prog.load().map_err(|e| err(Box::new(e)))
 }
 
+fn sock_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr, EbpfError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| EbpfError::Load {
+        object: name.to_owned(),
+        source,
+    };
+    ebpf.program_mut(name)
+        .ok_or_else(|| err("program missing from the object".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| err(Box::new(e)))
+}
+
+fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    for name in SOCK_PROGRAMS {
+        sock_program(ebpf, name)?
+            .load()
+            .map_err(|e| EbpfError::Load {
+                object: name.to_owned(),
+                source: Box::new(e),
+            })?;
+    }
+    Ok(())
+}
+
+/// Removes the pins of socket-hook links an earlier process left, which detaches them once
+/// nothing else holds them (socket-level load balancing is no longer configured).
+pub(crate) fn remove_pinned_sock(pin_dir: &Path) -> Result<(), EbpfError> {
+    for name in SOCK_PROGRAMS {
+        remove_path(links_dir(pin_dir).join(format!("{SOCK_TAG}@{name}")), false)?;
+    }
+    Ok(())
+}
+
 fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> Result<(), EbpfError> {
     for name in names {
         let prog: &mut SchedClassifier = ebpf
@@ -320,7 +377,12 @@ pub(crate) fn links_dir(pin_dir: &Path) -> PathBuf {
 
 /// Loads the objects (the XDP one when `xdp`); maps are created and pinned under `pin_dir`,
 /// or reused when pinned.
-pub(crate) fn load(pin_dir: &Path, caps: &Capacities, xdp: bool) -> Result<Objects, EbpfError> {
+pub(crate) fn load(
+    pin_dir: &Path,
+    caps: &Capacities,
+    xdp: bool,
+    sock: bool,
+) -> Result<Objects, EbpfError> {
     for dir in [pin_dir.to_owned(), links_dir(pin_dir)] {
         std::fs::create_dir_all(&dir).map_err(|source| EbpfError::Pin { path: dir, source })?;
     }
@@ -347,6 +409,16 @@ pub(crate) fn load(pin_dir: &Path, caps: &Capacities, xdp: bool) -> Result<Objec
             source: Box::new(e),
         })?;
         load_xdp_program(&mut obj)?;
+        Some(obj)
+    } else {
+        None
+    };
+    let sock = if sock {
+        let mut obj = loader.load(SOCK_OBJ).map_err(|e| EbpfError::Load {
+            object: "sock.o".to_owned(),
+            source: Box::new(e),
+        })?;
+        load_sock_programs(&mut obj)?;
         Some(obj)
     } else {
         None
@@ -383,6 +455,8 @@ pub(crate) fn load(pin_dir: &Path, caps: &Capacities, xdp: bool) -> Result<Objec
         pod,
         host,
         xdp,
+        sock,
+        sock_links: Vec::new(),
         maps,
         capacities,
         attachments: BTreeMap::new(),
@@ -495,6 +569,71 @@ impl Objects {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// Attaches the socket hooks to the cgroup v2 directory `cgroup` (and so to every process
+    /// in it and below), as pinned links. Links an earlier process pinned are replaced: the new
+    /// ones are attached first, so no `connect()` goes untranslated in between (and one that
+    /// did would still be translated by the TC programs). On failure nothing of this call stays
+    /// attached.
+    pub(crate) fn attach_sock(&mut self, pin_dir: &Path, cgroup: &Path) -> Result<(), EbpfError> {
+        let attach_err =
+            |program: &str, source: Box<dyn std::error::Error + Send + Sync>| EbpfError::Attach {
+                interface: cgroup.display().to_string(),
+                program: program.to_owned(),
+                source,
+            };
+        let is_cgroup2 = nix::sys::statfs::statfs(cgroup)
+            .is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC);
+        if !is_cgroup2 {
+            return Err(attach_err(
+                SOCK_PROGRAMS[0],
+                "socket_lb_cgroup must be a directory of a cgroup v2 hierarchy".into(),
+            ));
+        }
+        let dir =
+            std::fs::File::open(cgroup).map_err(|e| attach_err(SOCK_PROGRAMS[0], Box::new(e)))?;
+        let Some(obj) = self.sock.as_mut() else {
+            return Err(EbpfError::NotSupported {
+                reason: "sock.o is not loaded".to_owned(),
+            });
+        };
+        let mut links = Vec::with_capacity(SOCK_PROGRAMS.len());
+        let mut attach_one = |name: &str| -> Result<Attachment, EbpfError> {
+            let prog = sock_program(obj, name)?;
+            // A bpf_link (Linux >= 5.7) takes no flags and always coexists with the other
+            // programs on the cgroup, as BPF_F_ALLOW_MULTI would.
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|e| attach_err(name, Box::new(e)))?;
+            let link = prog
+                .take_link(id)
+                .map_err(|e| attach_err(name, Box::new(e)))?;
+            let link = FdLink::try_from(link).map_err(|e| {
+                attach_err(name, format!("cgroup links need Linux >= 5.7: {e}").into())
+            })?;
+            let pin = links_dir(pin_dir).join(format!("{SOCK_TAG}@{name}"));
+            // The earlier process's link goes once its pin does.
+            remove_path(pin.clone(), false)?;
+            let pinned = link.pin(&pin).map_err(|e| attach_err(name, Box::new(e)))?;
+            Ok(Attachment::Tcx {
+                link: FdLink::from(pinned),
+                pin,
+            })
+        };
+        for name in SOCK_PROGRAMS {
+            match attach_one(name) {
+                Ok(a) => links.push(a),
+                Err(e) => {
+                    for a in links {
+                        let _ = a.detach();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.sock_links = links;
+        Ok(())
     }
 
     pub(crate) fn xdp_program_mut(&mut self) -> Result<&mut Xdp, EbpfError> {

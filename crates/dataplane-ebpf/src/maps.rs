@@ -85,7 +85,7 @@ pub const CIDR_F_NO_MASQ: u8 = 1 << 2;
 pub const CIDR_F_NODE: u8 = 1 << 3;
 
 /// Counter indexes of `dp_stats` (`STAT_*`), with their names.
-pub const STAT_NAMES: [&str; 12] = [
+pub const STAT_NAMES: [&str; 13] = [
     "translated",
     "reverse_translated",
     "dropped",
@@ -98,7 +98,11 @@ pub const STAT_NAMES: [&str; 12] = [
     "dsr_replies",
     "frag_needed",
     "xdp_forwarded",
+    "socket_translated",
 ];
+/// Counters a `dp_stats` pinned by an older version has (it has fewer entries; the programs'
+/// increments of the newer ones find no slot and are lost).
+pub const STAT_ORIGINAL: usize = 12;
 /// `STAT_TRANSLATED`.
 pub const STAT_TRANSLATED: usize = 0;
 /// `STAT_DROPPED`.

@@ -90,6 +90,7 @@ fn map_layouts_match_btf() {
         dataplane_ebpf::tc_pod_object(),
         dataplane_ebpf::tc_host_object(),
         dataplane_ebpf::xdp_uplink_object(),
+        dataplane_ebpf::sock_object(),
     ] {
         let btf = structs_of(object);
         for (name, size, fields) in &expected {

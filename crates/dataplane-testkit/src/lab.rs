@@ -126,6 +126,17 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    /// A cgroup v2 operation of [`crate::CgroupScope`] failed.
+    #[error("cgroup {path}: cannot {operation}")]
+    Cgroup {
+        /// The cgroup directory or file.
+        path: std::path::PathBuf,
+        /// What was being done.
+        operation: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// An index names no node, pod or external client of this lab.
     #[error("lab has no {what} {index} (it has {count})")]
     NoSuch {

@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 
+pub mod cgroup;
 pub mod conformance;
 pub mod lab;
 pub mod netns;
 pub mod traffic;
 
+pub use cgroup::CgroupScope;
 pub use lab::{
     Family, Lab, LabError, LabExternal, LabNode, LabPod, LabSpec, POD_NAMESPACE, SERVER_PORT,
 };

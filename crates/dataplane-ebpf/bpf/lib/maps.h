@@ -104,7 +104,8 @@ struct dsr_opt {
 #define STAT_DSR_REPLIES 9   /* replies answered from the frontend on a backend's node */
 #define STAT_FRAG_NEEDED 10  /* ICMP fragmentation needed sent for the DSR overhead */
 #define STAT_XDP_FORWARDED 11 /* service packets forwarded by the XDP fast path */
-#define STAT_MAX 12
+#define STAT_SOCK_TRANSLATED 12 /* connect() calls to a frontend given a backend (sock.c) */
+#define STAT_MAX 13
 
 struct svc_key {
 	__u32 addr[4]; /* frontend address, network order */
@@ -293,5 +294,26 @@ struct {
 	__uint(max_entries, STAT_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_stats SEC(".maps");
+
+/*
+ * Socket-level load balancing (sock.c): which frontend a socket connected to a backend asked
+ * for, so that getpeername() and recvmsg() show the frontend. Keyed by the socket cookie
+ * (never reused), so an entry of a closed socket is only dead weight until the LRU evicts it.
+ * Only the programs read it; user space never does (no Rust mirror).
+ */
+struct sock_rev_key {
+	__u64 cookie;
+	__u32 addr[4]; /* backend address, network order, IPv4 in addr[0] */
+	__be16 port;   /* backend port */
+	__u8 family;   /* DP_AF_* */
+	__u8 pad[5];
+};
+
+struct sock_rev_value {
+	__u32 addr[4]; /* frontend address */
+	__be16 port;   /* frontend port */
+	__u16 pad;
+	__u32 svc_id;
+};
 
 #endif

@@ -1,0 +1,143 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * svc.h - service lookup and backend selection, shared by the packet hooks (lb.h) and the
+ * socket hooks (sock.c). Nothing here touches a packet.
+ */
+#ifndef DP_SVC_H
+#define DP_SVC_H
+
+#include "common.h"
+#include "parse.h"
+
+#define NSEC_PER_SEC 1000000000ULL
+
+static __always_inline __u32 mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Flow hash for Maglev: the same on every node for the same client 5-tuple. */
+static __always_inline __u32 flow_hash(const struct pkt *p)
+{
+	__u32 h = 0x9747b28c;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		h = mix32(h ^ p->saddr[i]);
+		h = mix32(h ^ p->daddr[i]);
+	}
+	h = mix32(h ^ (((__u32)p->sport << 16) | p->dport));
+	return mix32(h ^ p->proto);
+}
+
+static __always_inline struct svc_value *svc_lookup(const struct pkt *p, __u8 scope, int wildcard)
+{
+	struct svc_key k;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	addr_copy(k.addr, p->daddr);
+	k.port = wildcard ? 0 : p->dport;
+	k.proto = wildcard ? 0 : p->proto;
+	k.scope = scope;
+	k.family = p->family;
+	return bpf_map_lookup_elem(&dp_svc, &k);
+}
+
+static __always_inline void mapped_addr(__u32 *out, const struct pkt *p, const __u32 *addr)
+{
+	if (p->family == DP_AF_INET) {
+		out[0] = 0;
+		out[1] = 0;
+		out[2] = bpf_htonl(0xffff);
+		out[3] = addr[0];
+	} else {
+		addr_copy(out, addr);
+	}
+}
+
+static __always_inline int src_allowed(const struct svc_value *svc, const struct pkt *p)
+{
+	struct srcrange_key k;
+
+	k.prefixlen = 32 + 128;
+	k.svc_id = svc->id;
+	mapped_addr(k.addr, p, p->saddr);
+	return bpf_map_lookup_elem(&dp_srcrange, &k) != NULL;
+}
+
+/* CIDR_F_* bits of @addr (0 when it is in none of the node's CIDRs). */
+static __always_inline __u8 cidr_bits(const struct pkt *p, const __u32 *addr)
+{
+	struct cidr_key k;
+	__u8 *bits;
+
+	k.prefixlen = 128;
+	mapped_addr(k.addr, p, addr);
+	bits = bpf_map_lookup_elem(&dp_cidrs, &k);
+	return bits ? *bits : 0;
+}
+
+/* Whether @addr is on this node: one of its pods or one of its own addresses. */
+static __always_inline int is_local(const struct pkt *p, const __u32 *addr)
+{
+	return cidr_bits(p, addr) & (CIDR_F_POD | CIDR_F_NODE);
+}
+
+static __always_inline struct backend *backend_at(const struct svc_value *svc, __u32 idx,
+						  __u32 *id_out)
+{
+	__u32 slot = svc->slot_base + idx;
+	__u32 *id = bpf_map_lookup_elem(&dp_slots, &slot);
+
+	if (!id || *id == 0)
+		return NULL;
+	*id_out = *id;
+	return bpf_map_lookup_elem(&dp_backends, id);
+}
+
+static __always_inline struct backend *select_backend(const struct svc_value *svc,
+						      const struct pkt *p, __u32 *id_out)
+{
+	struct affinity_key ak;
+	struct affinity_value av = {};
+	struct affinity_value *prev;
+	struct backend *be;
+	__u64 now = 0;
+	__u32 idx;
+
+	if (svc->flags & SVC_F_AFFINITY) {
+		__builtin_memset(&ak, 0, sizeof(ak));
+		ak.svc_id = svc->id;
+		ak.family = p->family;
+		addr_copy(ak.addr, p->saddr);
+		now = bpf_ktime_get_ns();
+		prev = bpf_map_lookup_elem(&dp_affinity, &ak);
+		if (prev && now - prev->last_seen_ns <= (__u64)svc->affinity_timeout * NSEC_PER_SEC) {
+			be = bpf_map_lookup_elem(&dp_backends, &prev->backend_id);
+			/* user space clears a backend's family when it is freed */
+			if (be && be->family == p->family) {
+				prev->last_seen_ns = now;
+				*id_out = prev->backend_id;
+				return be;
+			}
+		}
+	}
+	if (svc->flags & SVC_F_MAGLEV)
+		idx = flow_hash(p) % svc->slot_count;
+	else
+		idx = bpf_get_prandom_u32() % svc->slot_count;
+	be = backend_at(svc, idx, id_out);
+	if (be && (svc->flags & SVC_F_AFFINITY)) {
+		av.last_seen_ns = now;
+		av.backend_id = *id_out;
+		bpf_map_update_elem(&dp_affinity, &ak, &av, BPF_ANY);
+	}
+	return be;
+}
+
+#endif

@@ -1,0 +1,107 @@
+//! A cgroup v2 for the calling process, for tests of cgroup-attached programs (socket-level
+//! load balancing): [`CgroupScope::enter`] creates a child cgroup, moves this whole process
+//! into it, and on drop moves it back and removes it. Only this process's sockets see what is
+//! attached there.
+
+use std::path::{Path, PathBuf};
+
+use crate::lab::LabError;
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+/// Where a cgroup v2 hierarchy is mounted when the machine has none mounted.
+const FALLBACK_MOUNT: &str = "/run/dataplane-testkit/cgroup2";
+
+/// This process inside its own cgroup v2 (see the module docs).
+#[derive(Debug)]
+pub struct CgroupScope {
+    path: PathBuf,
+    previous: PathBuf,
+}
+
+fn err(path: impl Into<PathBuf>, operation: &'static str, source: std::io::Error) -> LabError {
+    LabError::Cgroup {
+        path: path.into(),
+        operation,
+        source,
+    }
+}
+
+fn is_cgroup2(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+}
+
+/// The mount point of the cgroup v2 hierarchy, mounting it when nothing has.
+pub fn cgroup2_root() -> Result<PathBuf, LabError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| err("/proc/self/mountinfo", "read", e))?;
+    // Fields: id parent major:minor root mount-point options... - fstype source options.
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split(' ').collect();
+        if right.starts_with("cgroup2 ") && fields.get(3) == Some(&"/") {
+            if let Some(mount) = fields.get(4) {
+                return Ok(PathBuf::from(mount));
+            }
+        }
+    }
+    let dir = PathBuf::from(FALLBACK_MOUNT);
+    if !is_cgroup2(&dir) {
+        std::fs::create_dir_all(&dir).map_err(|e| err(&dir, "create the mount point", e))?;
+        nix::mount::mount(
+            Some("cgroup2"),
+            &dir,
+            Some("cgroup2"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| err(&dir, "mount cgroup2", e.into()))?;
+    }
+    Ok(dir)
+}
+
+impl CgroupScope {
+    /// Creates cgroup `name` under the cgroup v2 root and moves this process into it.
+    pub fn enter(name: &str) -> Result<CgroupScope, LabError> {
+        let root = cgroup2_root()?;
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| err("/proc/self/cgroup", "read", e))?;
+        let current = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("/")
+            .trim_start_matches('/');
+        let previous = root.join(current);
+        let path = root.join(name);
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(path, "create", e)),
+        }
+        move_into(&path)?;
+        Ok(CgroupScope { path, previous })
+    }
+
+    /// The cgroup's directory (what the programs attach to).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn move_into(cgroup: &Path) -> Result<(), LabError> {
+    let procs = cgroup.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string())
+        .map_err(|e| err(procs, "move this process into it", e))
+}
+
+impl Drop for CgroupScope {
+    fn drop(&mut self) {
+        if let Err(e) = move_into(&self.previous) {
+            tracing::warn!(error = %e, "moving back out of the test cgroup");
+        }
+        if let Err(e) = std::fs::remove_dir(&self.path) {
+            tracing::warn!(cgroup = %self.path.display(), error = %e, "removing the test cgroup");
+        }
+    }
+}
