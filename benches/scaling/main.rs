@@ -6,13 +6,19 @@
 //! ```text
 //!   lab (one network namespace each, nothing leaves them)
 //!   node-0  no dataplane     client pod-0-0 ──▶ pod-0-1..10 by pod IP      (the limit)
-//!   node-1  eBPF             client pod-1-0 ──▶ ClusterIP ──▶ pod-1-1..10
-//!   node-2  nftables         client pod-2-0 ──▶ ClusterIP ──▶ pod-2-1..10
-//!   node-3  iptables         client pod-3-0 ──▶ ClusterIP ──▶ pod-3-1..10
+//!   node-1  eBPF (TC)        client pod-1-0 ──▶ ClusterIP ──▶ pod-1-1..10
+//!   node-2  eBPF (socket LB) client pod-2-0 ──▶ ClusterIP ──▶ pod-2-1..10
+//!   node-3  nftables         client pod-3-0 ──▶ ClusterIP ──▶ pod-3-1..10
+//!   node-4  iptables         client pod-4-0 ──▶ ClusterIP ──▶ pod-4-1..10
 //! ```
 //! Every node holds the same N services x 10 endpoints; the two target services (one at a
 //! random place in name order, one last) point at the node's 10 backend pods, the others at
-//! synthetic addresses that only need to exist in the tables. Each node is programmed once
+//! synthetic addresses that only need to exist in the tables. "eBPF (TC)" translates every
+//! packet in the TC programs; "eBPF (socket LB)" is the same dataplane with
+//! `socket_lb_cgroup` on, which gives the client's sockets their backend at `connect()`. Its
+//! hooks see every socket of this process (the clients are threads of it, in the bench's own
+//! cgroup), so each node's targets have ClusterIPs of their own: the socket LB node's maps
+//! hold none of the other nodes' targets. Each node is programmed once
 //! per N; measurements then rotate over the nodes (A B C .. C B A ..), and each round's
 //! rate is divided by the same round's direct rate: the report shows medians of those
 //! per-round ratios.
@@ -48,7 +54,7 @@ use dataplane_testkit::{Lab, LabSpec};
 use serde::{Deserialize, Serialize};
 
 /// The backends under test, each on its own node (node 0 has none: the direct limit).
-pub const BACKENDS: [&str; 3] = ["ebpf", "nftables", "iptables"];
+pub const BACKENDS: [&str; 4] = ["ebpf", "ebpf-socket", "nftables", "iptables"];
 /// Backend pods per node (the client is one more).
 const BACKEND_PODS: usize = 10;
 /// Services of the control-plane bench.
@@ -475,11 +481,21 @@ fn ebpf_pin_dir(tag: &str) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/dp-bench-{}-{tag}", std::process::id()))
 }
 
-fn make_backend(kind: &str, netns: &Path, pin_tag: &str) -> Result<Backendbox, String> {
+/// The dataplane of `kind`; "ebpf-socket" attaches its socket hooks to `cgroup`.
+fn make_backend(
+    kind: &str,
+    netns: &Path,
+    pin_tag: &str,
+    cgroup: Option<&Path>,
+) -> Result<Backendbox, String> {
     match kind {
-        "ebpf" => {
-            let mut c = EbpfConfig::new(ebpf_pin_dir(pin_tag));
+        "ebpf" | "ebpf-socket" => {
+            let mut c = EbpfConfig::new(ebpf_pin_dir(&format!("{kind}-{pin_tag}")));
             c.netns = Some(netns.to_owned());
+            if kind == "ebpf-socket" {
+                let cgroup = cgroup.ok_or("socket LB needs the bench's cgroup")?;
+                c.socket_lb_cgroup = Some(cgroup.to_owned());
+            }
             // 10k ClusterIPs take two entries each, the synthetic NodePorts two more.
             c.capacities.services = 1 << 16;
             EbpfDataplane::new(c)
@@ -511,15 +527,16 @@ fn vip(i: usize) -> Ipv4Addr {
     }
 }
 
-/// ClusterIPs of the target services, far above the synthetic ones.
-fn vip_last() -> Ipv4Addr {
-    vip(500_000)
+/// ClusterIPs of lab node `node`'s target services, far above the synthetic ones and
+/// different on every node (see the module docs).
+fn vip_last(node: usize) -> Ipv4Addr {
+    vip(500_000 + 2 * node)
 }
-fn vip_random() -> Ipv4Addr {
-    vip(500_001)
+fn vip_random(node: usize) -> Ipv4Addr {
+    vip(500_001 + 2 * node)
 }
 fn vip_probe() -> Ipv4Addr {
-    vip(500_002)
+    vip(499_990)
 }
 
 fn target_service(
@@ -561,10 +578,15 @@ fn splitmix(seed: u64) -> u64 {
 /// `bench/svc-<r>-target`, next to `svc-<r>` in name order) and the last target
 /// (`zzz-bench/target-last`, last in both list and name order). N = 1: only the last one.
 /// Returns the state and the name-order rank of the random target.
-fn scaling_state(base: &DesiredState, pods: &[Ipv4Addr], n: usize) -> (DesiredState, usize) {
+fn scaling_state(
+    base: &DesiredState,
+    index: usize,
+    pods: &[Ipv4Addr],
+    n: usize,
+) -> (DesiredState, usize) {
     let node = base.node.name.clone();
     let mut st = base.clone();
-    let last = target_service("zzz-bench", "target-last", vip_last(), pods, &node);
+    let last = target_service("zzz-bench", "target-last", vip_last(index), pods, &node);
     if n <= 1 {
         st.services = vec![last];
         return (st, 0);
@@ -575,7 +597,7 @@ fn scaling_state(base: &DesiredState, pods: &[Ipv4Addr], n: usize) -> (DesiredSt
     let random = target_service(
         "bench",
         &format!("svc-{r}-target"),
-        vip_random(),
+        vip_random(index),
         pods,
         &node,
     );
@@ -613,7 +635,13 @@ fn pod_ipv4(lab: &Lab, pod: &dataplane_testkit::LabPod) -> Ipv4Addr {
 
 #[allow(clippy::too_many_lines)]
 fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Result<(), String> {
-    log(start, "lab: 4 nodes x 11 pods");
+    log(
+        start,
+        &format!("lab: {} nodes x 11 pods", 1 + BACKENDS.len()),
+    );
+    // This process's own cgroup, where the socket LB node attaches its hooks.
+    let cgroup = dataplane_testkit::CgroupScope::enter(&format!("dp-bench-{}", std::process::id()))
+        .map_err(|e| format!("bench cgroup: {e}"))?;
     let lab = Lab::new(LabSpec {
         nodes: 1 + BACKENDS.len(),
         pods_per_node: 1 + BACKEND_PODS,
@@ -645,7 +673,12 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
     let in_situ = InSituStats::start();
     for node in nodes.iter_mut().skip(1) {
         let before = InSituStats::ids();
-        match make_backend(node.kind, lab.node(node.index).netns.path(), "e2e") {
+        match make_backend(
+            node.kind,
+            lab.node(node.index).netns.path(),
+            "e2e",
+            Some(cgroup.path()),
+        ) {
             Ok(dp) => node.dp = Some(dp),
             Err(e) => node.error = Some(e),
         }
@@ -660,7 +693,7 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
         let mut rank = 0;
         for node in nodes.iter_mut().skip(1) {
             let base = lab.desired_state(node.index);
-            let (state, r) = scaling_state(&base, &node.pods, n);
+            let (state, r) = scaling_state(&base, node.index, &node.pods, n);
             rank = r;
             let Some(dp) = node.dp.as_mut() else {
                 results.programming.push(ProgramRow {
@@ -716,8 +749,8 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
                     .iter()
                     .map(|ip| SocketAddr::V4(SocketAddrV4::new(*ip, load::PORT)))
                     .collect(),
-                "last" => vec![SocketAddr::V4(SocketAddrV4::new(vip_last(), 80))],
-                _ => vec![SocketAddr::V4(SocketAddrV4::new(vip_random(), 80))],
+                "last" => vec![SocketAddr::V4(SocketAddrV4::new(vip_last(m.node), 80))],
+                _ => vec![SocketAddr::V4(SocketAddrV4::new(vip_random(m.node), 80))],
             }
         };
         let mut rows: Vec<ScalingRow> = modes
@@ -827,7 +860,7 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
             log(
                 start,
                 &format!(
-                    "  {:>8} {:>6}: {:>8.0} conn/s (x{:.3} of direct), p99 {:>6.1} µs{}",
+                    "  {:>11} {:>6}: {:>8.0} conn/s (x{:.3} of direct), p99 {:>6.1} µs{}",
                     row.mode,
                     row.placement,
                     median(&row.crr),
@@ -853,6 +886,10 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
         if let Some(mut dp) = node.dp.take() {
             let _ = dp.reset();
         }
+        // The same maps and planner as "ebpf": its control plane is that one.
+        if node.kind == "ebpf-socket" {
+            continue;
+        }
         let base = lab.desired_state(node.index);
         let base_file = base_dir.join(format!(
             "dp-bench-{}-{}.json",
@@ -868,6 +905,7 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
         results.control.push(row);
     }
     drop(servers);
+    drop(cgroup);
     Ok(())
 }
 
@@ -923,7 +961,7 @@ fn control_plane(
             let _: &mut Backendbox = &mut old;
             old.reset().map_err(|e| format!("reset: {e}"))?;
         }
-        let mut fresh = make_backend(node.kind, netns, &format!("cp{k}"))?;
+        let mut fresh = make_backend(node.kind, netns, &format!("cp{k}"), None)?;
         // The node without services first: what the programs' attachments (or the base
         // rules) cost is node setup, not service programming, and is shown on its own.
         let t = Instant::now();
@@ -1081,7 +1119,7 @@ fn rss_child(args: &[String]) -> i32 {
     let run = || -> Result<serde_json::Value, String> {
         // As an agent does: the backend first (at start-up; the eBPF one loads its programs,
         // which peaks while aya parses the kernel's BTF), then the state it is handed.
-        let mut dp = make_backend(kind, Path::new(netns), "rss")?;
+        let mut dp = make_backend(kind, Path::new(netns), "rss", None)?;
         let text = std::fs::read_to_string(base_file).map_err(|e| e.to_string())?;
         let base = dataplane::from_json(&text).map_err(|e| e.to_string())?;
         drop(text);

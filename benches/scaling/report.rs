@@ -126,6 +126,9 @@ fn at_most(measured: f64, target: f64) -> String {
     )
 }
 
+/// The two eBPF end-to-end modes and their names in the report.
+const EBPF_MODES: [(&str, &str); 2] = [("ebpf", "eBPF (TC)"), ("ebpf-socket", "eBPF (socket LB)")];
+
 fn ratio_median(results: &Results, n: usize, mode: &str, placement: &str) -> f64 {
     row(results, n, mode, placement).map_or(f64::NAN, |r| median(&r.crr_ratio))
 }
@@ -138,31 +141,33 @@ fn targets(results: &Results, out: &mut String) {
     let mut line = |t: &str, m: String, v: String| {
         let _ = writeln!(out, "| {t} | {m} | {v} |");
     };
-    for p in ["random", "last"] {
-        let r = ratio_median(results, max_n, "ebpf", p);
-        line(
-            &format!("eBPF CRR at {max_n} services ≥ 0.95 of direct (target {p})"),
-            fmt_num(r, 3),
-            at_least(r, 0.95),
-        );
-    }
-    for p in ["random", "last"] {
-        let flat =
-            ratio_median(results, max_n, "ebpf", p) / ratio_median(results, min_n, "ebpf", p);
-        line(
-            &format!("eBPF CRR flat from {min_n} to {max_n} services ≥ 0.97 (target {p})"),
-            fmt_num(flat, 3),
-            at_least(flat, 0.97),
-        );
-    }
-    for (p, want) in [("random", 2.5), ("last", 3.0)] {
-        let x =
-            ratio_median(results, max_n, "ebpf", p) / ratio_median(results, max_n, "iptables", p);
-        line(
-            &format!("eBPF ≥ {want}x iptables CRR at {max_n} services (target {p})"),
-            format!("{}x", fmt_num(x, 2)),
-            at_least(x, want),
-        );
+    for (mode, name) in EBPF_MODES {
+        for p in ["random", "last"] {
+            let r = ratio_median(results, max_n, mode, p);
+            line(
+                &format!("{name} CRR at {max_n} services ≥ 0.95 of direct (target {p})"),
+                fmt_num(r, 3),
+                at_least(r, 0.95),
+            );
+        }
+        for p in ["random", "last"] {
+            let flat =
+                ratio_median(results, max_n, mode, p) / ratio_median(results, min_n, mode, p);
+            line(
+                &format!("{name} CRR flat from {min_n} to {max_n} services ≥ 0.97 (target {p})"),
+                fmt_num(flat, 3),
+                at_least(flat, 0.97),
+            );
+        }
+        for (p, want) in [("random", 2.5), ("last", 3.0)] {
+            let x =
+                ratio_median(results, max_n, mode, p) / ratio_median(results, max_n, "iptables", p);
+            line(
+                &format!("{name} ≥ {want}x iptables CRR at {max_n} services (target {p})"),
+                format!("{}x", fmt_num(x, 2)),
+                at_least(x, want),
+            );
+        }
     }
     let p = |n: usize| results.packet.iter().find(|r| r.services == n);
     let est = results
@@ -586,8 +591,12 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
         let _ = writeln!(
             o,
             "- Lab (`dataplane-testkit`): one network namespace per node and pod; node 0 has \
-             no dataplane (direct pod-IP connections: the limit), nodes 1-3 run eBPF, \
-             nftables and iptables. Each node has one client pod and 10 backend pods running \
+             no dataplane (direct pod-IP connections: the limit), nodes 1-4 run eBPF (TC: \
+             every packet translated by the TC programs), eBPF (socket LB: the same \
+             dataplane with `socket_lb_cgroup` on the bench's own cgroup v2, so that the \
+             client's `connect()` gets the backend and the TC programs see pod-to-pod \
+             packets), nftables and iptables; each node's targets have ClusterIPs of their \
+             own. Each node has one client pod and 10 backend pods running \
              a small blocking server (a few threads blocked in `accept()`, one answer line per \
              request line).\n\
              - Services: N-2 services of `synthetic::state` (10 endpoints each, at addresses \
@@ -661,9 +670,10 @@ fn plot(
         }
     }
     let y_max = if y_max > 0.0 { y_max * 1.15 } else { 1.0 };
-    let series: [(&str, &str, RGBColor); 4] = [
+    let series: [(&str, &str, RGBColor); 5] = [
         ("direct", "direct (limit)", RGBColor(90, 90, 90)),
-        ("ebpf", "eBPF", RGBColor(31, 119, 180)),
+        ("ebpf", "eBPF (TC)", RGBColor(31, 119, 180)),
+        ("ebpf-socket", "eBPF (socket LB)", RGBColor(148, 103, 189)),
         ("nftables", "nftables", RGBColor(44, 160, 44)),
         ("iptables", "iptables", RGBColor(214, 39, 40)),
     ];
