@@ -15,10 +15,10 @@
 //! random place in name order, one last) point at the node's 10 backend pods, the others at
 //! synthetic addresses that only need to exist in the tables. "eBPF (TC)" translates every
 //! packet in the TC programs; "eBPF (socket LB)" is the same dataplane with
-//! `socket_lb_cgroup` on, which gives the client's sockets their backend at `connect()`. Its
-//! hooks see every socket of this process (the clients are threads of it, in the bench's own
-//! cgroup), so each node's targets have ClusterIPs of their own: the socket LB node's maps
-//! hold none of the other nodes' targets. Each node is programmed once
+//! `socket_lb_cgroup` on, which gives the client's sockets their backend at `connect()`. The
+//! clients are threads of this process: the hooks are attached to a threaded cgroup that only
+//! the threads of that node's client pod join (`CgroupScope::threaded_child`), and each node's
+//! targets have ClusterIPs of their own besides. Each node is programmed once
 //! per N; measurements then rotate over the nodes (A B C .. C B A ..), and each round's
 //! rate is divided by the same round's direct rate: the report shows medians of those
 //! per-round ratios.
@@ -639,9 +639,6 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
         start,
         &format!("lab: {} nodes x 11 pods", 1 + BACKENDS.len()),
     );
-    // This process's own cgroup, where the socket LB node attaches its hooks.
-    let cgroup = dataplane_testkit::CgroupScope::enter(&format!("dp-bench-{}", std::process::id()))
-        .map_err(|e| format!("bench cgroup: {e}"))?;
     let lab = Lab::new(LabSpec {
         nodes: 1 + BACKENDS.len(),
         pods_per_node: 1 + BACKEND_PODS,
@@ -649,6 +646,23 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
         ipv6: false,
     })
     .map_err(|e| format!("lab: {e}"))?;
+    // This process's own cgroup; the socket LB node's client pod gets a threaded child of it,
+    // where that node attaches its hooks (before any thread enters the pod).
+    let mut cgroup =
+        dataplane_testkit::CgroupScope::enter(&format!("dp-bench-{}", std::process::id()))
+            .map_err(|e| format!("bench cgroup: {e}"))?;
+    let socket_node = 1 + BACKENDS
+        .iter()
+        .position(|b| *b == "ebpf-socket")
+        .ok_or("no socket LB node")?;
+    let socket_client = &lab
+        .pods_on(socket_node)
+        .next()
+        .ok_or("no client pod")?
+        .netns;
+    let socket_cgroup = cgroup
+        .threaded_child("socket-lb-client", [socket_client])
+        .map_err(|e| format!("socket LB client cgroup: {e}"))?;
     let mut servers = Vec::new();
     let mut nodes = Vec::new();
     for i in 0..=BACKENDS.len() {
@@ -677,7 +691,7 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
             node.kind,
             lab.node(node.index).netns.path(),
             "e2e",
-            Some(cgroup.path()),
+            Some(&socket_cgroup),
         ) {
             Ok(dp) => node.dp = Some(dp),
             Err(e) => node.error = Some(e),

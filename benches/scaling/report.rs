@@ -593,10 +593,11 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
             "- Lab (`dataplane-testkit`): one network namespace per node and pod; node 0 has \
              no dataplane (direct pod-IP connections: the limit), nodes 1-4 run eBPF (TC: \
              every packet translated by the TC programs), eBPF (socket LB: the same \
-             dataplane with `socket_lb_cgroup` on the bench's own cgroup v2, so that the \
-             client's `connect()` gets the backend and the TC programs see pod-to-pod \
-             packets), nftables and iptables; each node's targets have ClusterIPs of their \
-             own. Each node has one client pod and 10 backend pods running \
+             dataplane with `socket_lb_cgroup` on a threaded cgroup v2 that the client pod's \
+             threads join, so that the client's `connect()` gets the backend and the TC \
+             programs see pod-to-pod packets), nftables and iptables; each node's targets \
+             have ClusterIPs of their own. Each node has one client pod and 10 backend pods \
+             running \
              a small blocking server (a few threads blocked in `accept()`, one answer line per \
              request line).\n\
              - Services: N-2 services of `synthetic::state` (10 endpoints each, at addresses \

@@ -22,7 +22,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct sock_rev_key);
 	__type(value, struct sock_rev_value);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 262144); /* Capacities::socket_rev */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_sock_rev SEC(".maps");
 

@@ -79,6 +79,10 @@ pub struct Capacities {
     pub affinity: u32,
     /// loadBalancerSourceRanges entries.
     pub source_ranges: u32,
+    /// Sockets balanced at `connect()` whose frontend is remembered for `getpeername()` and
+    /// `recvmsg()` (socket-level load balancing only; an LRU: under more connects than this
+    /// within a socket's life, an old socket's answers show the backend's address).
+    pub socket_rev: u32,
     /// Maglev table size per frontend (prime).
     pub maglev_table_size: u32,
 }
@@ -92,6 +96,7 @@ impl Default for Capacities {
             conntrack: 262_144,
             affinity: 65_536,
             source_ranges: 4_096,
+            socket_rev: 262_144,
             maglev_table_size: dataplane_core::DEFAULT_MAGLEV_TABLE_SIZE,
         }
     }

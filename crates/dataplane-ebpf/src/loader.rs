@@ -18,7 +18,7 @@ use crate::batch::BatchFd;
 use crate::error::EbpfError;
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
-    SrcRangeData, SvcKey, SvcValue,
+    SrcRangeData, SvcKey, SvcValue, SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE,
 };
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
 use crate::Capacities;
@@ -394,7 +394,8 @@ pub(crate) fn load(
         .map_max_entries("dp_slots", caps.backend_slots)
         .map_max_entries("dp_ct", caps.conntrack)
         .map_max_entries("dp_affinity", caps.affinity)
-        .map_max_entries("dp_srcrange", caps.source_ranges);
+        .map_max_entries("dp_srcrange", caps.source_ranges)
+        .map_max_entries("dp_sock_rev", caps.socket_rev);
     let mut pod = loader.load(TC_POD_OBJ).map_err(|e| EbpfError::Load {
         object: "tc_pod.o".to_owned(),
         source: Box::new(e),
@@ -423,7 +424,7 @@ pub(crate) fn load(
     } else {
         None
     };
-    let capacities = check_pinned(pin_dir, caps)?;
+    let capacities = check_pinned(pin_dir, caps, sock.is_some())?;
     load_programs(&mut pod, &["dp_from_pod"])?;
     load_programs(&mut host, &["dp_from_uplink", "dp_to_uplink"])?;
 
@@ -483,9 +484,10 @@ const LAYOUTS: [(&str, usize, usize); 10] = [
 
 /// Refuses pinned maps whose layout differs from this version's (an upgrade that changed
 /// `maps.h` needs `reset()`), and reads the sizes the pinned maps were created with.
-fn check_pinned(pin_dir: &Path, caps: &Capacities) -> Result<Capacities, EbpfError> {
+fn check_pinned(pin_dir: &Path, caps: &Capacities, sock: bool) -> Result<Capacities, EbpfError> {
     let mut out = caps.clone();
-    for (name, key, value) in LAYOUTS {
+    let sock_layout = sock.then_some(("dp_sock_rev", SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE));
+    for (name, key, value) in LAYOUTS.into_iter().chain(sock_layout) {
         let info = aya::maps::MapInfo::from_pin(pin_dir.join(name))
             .map_err(|e| EbpfError::map(name, "reading the pinned map's info", e))?;
         if info.key_size() as usize != key || info.value_size() as usize != value {
@@ -509,6 +511,7 @@ fn check_pinned(pin_dir: &Path, caps: &Capacities) -> Result<Capacities, EbpfErr
             "dp_ct" => out.conntrack = size,
             "dp_affinity" => out.affinity = size,
             "dp_srcrange" => out.source_ranges = size,
+            "dp_sock_rev" => out.socket_rev = size,
             _ => {}
         }
     }

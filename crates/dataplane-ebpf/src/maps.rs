@@ -103,6 +103,12 @@ pub const STAT_NAMES: [&str; 13] = [
 /// Counters a `dp_stats` pinned by an older version has (it has fewer entries; the programs'
 /// increments of the newer ones find no slot and are lost).
 pub const STAT_ORIGINAL: usize = 12;
+/// Size of `struct sock_rev_key` (socket-level load balancing; only the programs read the
+/// map, so there is no Rust mirror of the struct).
+pub const SOCK_REV_KEY_SIZE: usize = 32;
+/// Size of `struct sock_rev_value`.
+pub const SOCK_REV_VALUE_SIZE: usize = 24;
+
 /// `STAT_TRANSLATED`.
 pub const STAT_TRANSLATED: usize = 0;
 /// `STAT_DROPPED`.

@@ -121,4 +121,13 @@ fn map_layouts_match_btf() {
             ]
         );
     }
+    let sock = structs_of(dataplane_ebpf::sock_object());
+    assert_eq!(
+        sock["sock_rev_key"].0 as usize,
+        dataplane_ebpf::maps::SOCK_REV_KEY_SIZE
+    );
+    assert_eq!(
+        sock["sock_rev_value"].0 as usize,
+        dataplane_ebpf::maps::SOCK_REV_VALUE_SIZE
+    );
 }

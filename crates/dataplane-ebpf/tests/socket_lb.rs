@@ -53,7 +53,8 @@ fn port(protocol: Protocol) -> ServicePort {
 }
 
 /// web: 10.96.0.10 and `fd00:96::10`, TCP and UDP 80, the node-1 pods; empty: 10.96.0.12, no
-/// backends; sticky: 10.96.0.13 with ClientIP affinity (left to the TC programs).
+/// backends; sticky: 10.96.0.13 with ClientIP affinity (left to the TC programs); own:
+/// 10.96.0.14, the client pod itself.
 fn state(lab: &Lab, node: usize) -> DesiredState {
     let backends: Vec<Backend> = lab
         .pods_on(1)
@@ -82,8 +83,14 @@ fn state(lab: &Lab, node: usize) -> DesiredState {
     sticky.session_affinity = dataplane_core::SessionAffinity::ClientIp {
         timeout_seconds: 60,
     };
+    let mut own = Service::new(ObjectName::new("default", "own"));
+    own.cluster_ips = vec!["10.96.0.14".parse().unwrap()];
+    own.ports = vec![port(Protocol::Tcp)];
+    let mut client = Backend::new(lab.pod(0).address(Family::V4).expect("pod address"));
+    client.node_name = Some(lab.node(0).name.as_str().into());
+    own.backends = vec![client];
     let mut s = lab.desired_state(node);
-    s.services = vec![web, empty, sticky];
+    s.services = vec![web, empty, sticky, own];
     s
 }
 
@@ -263,6 +270,17 @@ fn socket_lb_end_to_end() {
     );
     assert_eq!(stat(&dp0, "socket_translated"), sock0 + 16 + 1 + 1 + 2 + 1);
     assert_eq!(stat(&dp0, "translated"), tc0, "still no packet translated");
+
+    // Hairpin: the pod is connected to itself inside its namespace and sees its own address
+    // (the TC path masquerades it to the node's, because its packets leave the pod).
+    let out = probe(&client.netns, sa("10.96.0.14:80"), Protocol::Tcp, TIMEOUT).expect("probe");
+    let (backend, seen) = answered(&out);
+    assert_eq!(backend, client.name, "the pod reaches itself");
+    assert_eq!(seen, client_v4, "and sees its own address");
+    assert_eq!(
+        stat(&dp0, "socket_translated"),
+        sock0 + 16 + 1 + 1 + 2 + 1 + 1
+    );
 
     // What the socket path leaves alone the TC programs still do: a service without
     // backends is rejected, ClientIP affinity keeps the client on one backend.

@@ -2,8 +2,15 @@
 //! load balancing): [`CgroupScope::enter`] creates a child cgroup, moves this whole process
 //! into it, and on drop moves it back and removes it. Only this process's sockets see what is
 //! attached there.
+//!
+//! A lab runs every node's pods as threads of one process; [`CgroupScope::threaded_child`]
+//! gives the threads of some namespaces (one node's pods) a threaded cgroup of their own, so
+//! that what is attached there sees only their sockets, as it would see only one node's pods.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::NetNs;
 
 use crate::lab::LabError;
 
@@ -16,6 +23,27 @@ const FALLBACK_MOUNT: &str = "/run/dataplane-testkit/cgroup2";
 pub struct CgroupScope {
     path: PathBuf,
     previous: PathBuf,
+    children: Vec<PathBuf>,
+}
+
+/// (namespace path, threaded cgroup) pairs: a thread entering the namespace joins the cgroup.
+static ASSIGNED: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Moves the calling thread into the threaded cgroup assigned to namespace `netns`, if any
+/// (called by every testkit thread that enters a namespace, before it creates a socket).
+pub(crate) fn join_assigned(netns: &Path) -> Result<(), LabError> {
+    let cgroup = ASSIGNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .find(|(ns, _)| ns == netns)
+        .map(|(_, c)| c.clone());
+    let Some(cgroup) = cgroup else {
+        return Ok(());
+    };
+    let threads = cgroup.join("cgroup.threads");
+    std::fs::write(&threads, nix::unistd::gettid().to_string())
+        .map_err(|e| err(threads, "move a thread into it", e))
 }
 
 fn err(path: impl Into<PathBuf>, operation: &'static str, source: std::io::Error) -> LabError {
@@ -80,12 +108,48 @@ impl CgroupScope {
             Err(e) => return Err(err(path, "create", e)),
         }
         move_into(&path)?;
-        Ok(CgroupScope { path, previous })
+        Ok(CgroupScope {
+            path,
+            previous,
+            children: Vec::new(),
+        })
     }
 
     /// The cgroup's directory (what the programs attach to).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Creates threaded cgroup `name` under this one and assigns it the namespaces `netns`:
+    /// from now on every thread the testkit starts in one of them ([`NetNs::run`], servers,
+    /// probes) joins it first, so the sockets it creates belong to it. Returns its directory.
+    pub fn threaded_child<'a>(
+        &mut self,
+        name: &str,
+        netns: impl IntoIterator<Item = &'a NetNs>,
+    ) -> Result<PathBuf, LabError> {
+        let path = self.path.join(name);
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(path, "create", e)),
+        }
+        if !self.children.contains(&path) {
+            self.children.push(path.clone());
+        }
+        let kind = path.join("cgroup.type");
+        let current = std::fs::read_to_string(&kind).map_err(|e| err(&kind, "read", e))?;
+        if current.trim() != "threaded" {
+            std::fs::write(&kind, "threaded").map_err(|e| err(&kind, "make it threaded", e))?;
+        }
+        let mut assigned = ASSIGNED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ns in netns {
+            assigned.retain(|(p, _)| p != ns.path());
+            assigned.push((ns.path().to_owned(), path.clone()));
+        }
+        Ok(path)
     }
 }
 
@@ -97,8 +161,18 @@ fn move_into(cgroup: &Path) -> Result<(), LabError> {
 
 impl Drop for CgroupScope {
     fn drop(&mut self) {
+        ASSIGNED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(_, c)| !self.children.contains(c));
+        // All threads, also those in threaded children.
         if let Err(e) = move_into(&self.previous) {
             tracing::warn!(error = %e, "moving back out of the test cgroup");
+        }
+        for child in &self.children {
+            if let Err(e) = std::fs::remove_dir(child) {
+                tracing::warn!(cgroup = %child.display(), error = %e, "removing a test cgroup");
+            }
         }
         if let Err(e) = std::fs::remove_dir(&self.path) {
             tracing::warn!(cgroup = %self.path.display(), error = %e, "removing the test cgroup");

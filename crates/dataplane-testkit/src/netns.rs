@@ -87,7 +87,8 @@ impl NetNs {
         setns(&file, CloneFlags::CLONE_NEWNET).map_err(|errno| LabError::Setns {
             netns: self.name.clone(),
             source: errno,
-        })
+        })?;
+        crate::cgroup::join_assigned(&self.path)
     }
 
     /// Writes sysctls (`net/ipv4/ip_forward` style keys relative to `/proc/sys/`) inside the
