@@ -15,7 +15,9 @@
 //! random place in name order, one last) point at the node's 10 backend pods, the others at
 //! synthetic addresses that only need to exist in the tables. "eBPF (TC)" translates every
 //! packet in the TC programs; "eBPF (socket LB)" is the same dataplane with
-//! `socket_lb_cgroup` on, which gives the client's sockets their backend at `connect()`. The
+//! `socket_lb_cgroup` on, which gives the client's sockets their backend at `connect()`, and
+//! `host_routing`, which sends the resulting pod-to-pod packets straight to the backend's veth
+//! as the TC path does with translated ones. The
 //! clients are threads of this process: the hooks are attached to a threaded cgroup that only
 //! the threads of that node's client pod join (`CgroupScope::threaded_child`), and each node's
 //! targets have ClusterIPs of their own besides. Each node is programmed once
@@ -495,6 +497,9 @@ fn make_backend(
             if kind == "ebpf-socket" {
                 let cgroup = cgroup.ok_or("socket LB needs the bench's cgroup")?;
                 c.socket_lb_cgroup = Some(cgroup.to_owned());
+                // Its connections are pod-to-pod from the first packet: routed like the
+                // translated ones, straight to the backend's veth.
+                c.host_routing = true;
             }
             // 10k ClusterIPs take two entries each, the synthetic NodePorts two more.
             c.capacities.services = 1 << 16;
@@ -807,6 +812,18 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
                     ));
                 }
                 Err(e) => row.error = Some(e),
+            }
+            // The socket LB mode must really be balanced at connect(), not by TC.
+            if m.kind == "ebpf-socket" && row.error.is_none() {
+                let balanced = nodes[m.node]
+                    .dp
+                    .as_ref()
+                    .and_then(|d| d.stats().ok())
+                    .and_then(|s| s.other.get("socket_translated").copied())
+                    .unwrap_or(0);
+                if balanced == 0 {
+                    row.error = Some("the socket hooks balanced no connect()".to_owned());
+                }
             }
         }
         log(start, &format!("{n} services: {} rounds", settings.rounds));

@@ -595,7 +595,9 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
              every packet translated by the TC programs), eBPF (socket LB: the same \
              dataplane with `socket_lb_cgroup` on a threaded cgroup v2 that the client pod's \
              threads join, so that the client's `connect()` gets the backend and the TC \
-             programs see pod-to-pod packets), nftables and iptables; each node's targets \
+             programs see pod-to-pod packets, and `host_routing`, so that they redirect \
+             those to the backend's veth as they do translated ones), nftables and \
+             iptables; each node's targets \
              have ClusterIPs of their own. Each node has one client pod and 10 backend pods \
              running \
              a small blocking server (a few threads blocked in `accept()`, one answer line per \

@@ -160,6 +160,13 @@ pub struct EbpfConfig {
     /// being an endpoint. Unconnected UDP, ClientIP affinity, source ranges, SNAT and DSR
     /// services, and frontends without eligible backends stay with the TC programs.
     pub socket_lb_cgroup: Option<PathBuf>,
+    /// Host routing (off by default): a TCP/UDP packet from a pod to another pod on this node
+    /// that needs no translation is redirected to that pod's veth by `dp_from_pod`, as
+    /// translated packets are, instead of going through the node's IP forwarding and
+    /// netfilter (Cilium's BPF host routing does the same). Leave it off when something else
+    /// filters pod-to-pod traffic in the node's netfilter. With socket-level load balancing
+    /// it takes the service connections to local backends as well.
+    pub host_routing: bool,
 }
 
 impl EbpfConfig {
@@ -174,6 +181,7 @@ impl EbpfConfig {
             attach_mode: AttachMode::Auto,
             xdp: XdpMode::Off,
             socket_lb_cgroup: None,
+            host_routing: false,
         }
     }
 }
@@ -413,6 +421,8 @@ impl EbpfDataplane {
                 (planner, frontends, counts)
             }
         };
+        let mut planner = planner;
+        planner.set_host_routing(self.config.host_routing);
         let full_sync = changes.is_none();
         let pin_dir = self.config.pin_dir.clone();
         let netns = self.config.netns.clone();

@@ -74,6 +74,8 @@ pub const CFG_F_HAS_V6: u32 = 1 << 1;
 pub const CFG_F_MASQUERADE: u32 = 1 << 2;
 /// `CFG_F_MASQ_ALL`: masquerade.all.
 pub const CFG_F_MASQ_ALL: u32 = 1 << 3;
+/// `CFG_F_HOST_ROUTING`: pod-to-pod packets on this node are redirected by the programs.
+pub const CFG_F_HOST_ROUTING: u32 = 1 << 4;
 
 /// `CIDR_F_CLUSTER`: cluster CIDRs.
 pub const CIDR_F_CLUSTER: u8 = 1 << 0;
@@ -85,7 +87,7 @@ pub const CIDR_F_NO_MASQ: u8 = 1 << 2;
 pub const CIDR_F_NODE: u8 = 1 << 3;
 
 /// Counter indexes of `dp_stats` (`STAT_*`), with their names.
-pub const STAT_NAMES: [&str; 13] = [
+pub const STAT_NAMES: [&str; 14] = [
     "translated",
     "reverse_translated",
     "dropped",
@@ -99,6 +101,7 @@ pub const STAT_NAMES: [&str; 13] = [
     "frag_needed",
     "xdp_forwarded",
     "socket_translated",
+    "host_routed",
 ];
 /// Counters a `dp_stats` pinned by an older version has (it has fewer entries; the programs'
 /// increments of the newer ones find no slot and are lost).

@@ -12,10 +12,10 @@ use dataplane_core::{
 
 use crate::maps::{
     family_of, Addr, Be16, DpConfig, SrcRangeData, SvcKey, BE_F_LOCAL, BE_F_TERMINATING,
-    CFG_F_HAS_V4, CFG_F_HAS_V6, CFG_F_MASQUERADE, CFG_F_MASQ_ALL, CIDR_F_CLUSTER, CIDR_F_NODE,
-    CIDR_F_NO_MASQ, CIDR_F_POD, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL,
-    SCOPE_INTERNAL_OUTSIDE, SVC_F_AFFINITY, SVC_F_DSR, SVC_F_MAGLEV, SVC_F_NO_LOCAL, SVC_F_SNAT,
-    SVC_F_SRC_RANGES, SVC_F_WILDCARD,
+    CFG_F_HAS_V4, CFG_F_HAS_V6, CFG_F_HOST_ROUTING, CFG_F_MASQUERADE, CFG_F_MASQ_ALL,
+    CIDR_F_CLUSTER, CIDR_F_NODE, CIDR_F_NO_MASQ, CIDR_F_POD, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE,
+    SCOPE_INTERNAL, SCOPE_INTERNAL_OUTSIDE, SVC_F_AFFINITY, SVC_F_DSR, SVC_F_MAGLEV,
+    SVC_F_NO_LOCAL, SVC_F_SNAT, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
 };
 
 pub(crate) const BACKEND: &str = "ebpf";
@@ -552,6 +552,16 @@ pub(crate) struct Planner {
 }
 
 impl Planner {
+    /// Sets or clears host routing in the node-wide configuration (an `EbpfConfig` setting,
+    /// not part of the state).
+    pub(crate) fn set_host_routing(&mut self, on: bool) {
+        if on {
+            self.node.config.flags |= CFG_F_HOST_ROUTING;
+        } else {
+            self.node.config.flags &= !CFG_F_HOST_ROUTING;
+        }
+    }
+
     /// Plans `state` from scratch. Service-port ids are assigned in name order, so the same
     /// state gives the same ids in every process.
     pub(crate) fn full(state: &DesiredState, maglev_size: u32) -> Result<(Self, Frontends), Error> {

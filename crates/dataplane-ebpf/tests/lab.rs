@@ -541,3 +541,111 @@ fn dsr_and_masquerade_end_to_end() {
         dp.reset().expect("reset");
     }
 }
+
+/// Host routing: pod-to-pod packets on node 0 go from one veth to the other in the program,
+/// past the node's netfilter (a FORWARD rule dropping them does not see them); other nodes'
+/// pods are still reached through the stack; off again, the rule applies.
+#[test]
+fn host_routing_skips_the_node_stack() {
+    if !require_root("host_routing_skips_the_node_stack") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        external_clients: 0,
+        ipv6: true,
+    })
+    .expect("lab");
+    let _pins = PinDirs(vec![pin_dir("hr", 0)]);
+    let mut c = config(&lab, "hr", 0);
+    c.host_routing = true;
+    let mut dp = EbpfDataplane::new(c).expect("load");
+    dp.apply(&lab.desired_state(0)).expect("apply");
+    let (client, peer, remote) = (lab.pod(0), lab.pod(1), lab.pods_on(1).next().unwrap());
+    let node = &lab.node(0).netns;
+    let iptables = |family: Family, op: &str| {
+        let (tool, src, dst) = match family {
+            Family::V4 => ("iptables", client.address(family), peer.address(family)),
+            Family::V6 => ("ip6tables", client.address(family), peer.address(family)),
+        };
+        let (src, dst) = (src.unwrap().to_string(), dst.unwrap().to_string());
+        let out = node
+            .exec(tool, &[op, "FORWARD", "-s", &src, "-d", &dst, "-j", "DROP"])
+            .expect("run iptables");
+        assert!(
+            out.status.success(),
+            "{tool} {op}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for family in [Family::V4, Family::V6] {
+        iptables(family, "-I");
+    }
+
+    for family in [Family::V4, Family::V6] {
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let before = stat(&dp, "host_routed");
+            let dst = SocketAddr::new(peer.address(family).unwrap(), SERVER_PORT);
+            let out = probe(&client.netns, dst, proto, TIMEOUT).expect("probe");
+            let (backend, seen) = answered(&out);
+            assert_eq!(
+                backend, peer.name,
+                "{family:?} {proto}: the peer pod answers"
+            );
+            assert_eq!(
+                seen,
+                client.address(family).unwrap(),
+                "{family:?} {proto}: no NAT"
+            );
+            // Both directions, every packet: at least request and answer.
+            assert!(
+                stat(&dp, "host_routed") >= before + 2,
+                "{family:?} {proto}: redirected by the program"
+            );
+        }
+    }
+    // One forwarding hop, as the stack would count it.
+    let ttl = answer_ttl(
+        &client.netns,
+        SocketAddr::new(peer.address(Family::V4).unwrap(), SERVER_PORT),
+    );
+    assert_eq!(ttl, 63, "host routing decrements the TTL once");
+    // A pod on another node: not this node's to redirect.
+    let before = stat(&dp, "host_routed");
+    let dst = SocketAddr::new(remote.address(Family::V4).unwrap(), SERVER_PORT);
+    let out = probe(&client.netns, dst, Protocol::Tcp, TIMEOUT).expect("probe");
+    assert_eq!(answered(&out).0, remote.name);
+    assert_eq!(
+        stat(&dp, "host_routed"),
+        before,
+        "the other node's pod goes through the stack"
+    );
+
+    // A dataplane without host routing: the stack forwards, so the rule drops.
+    drop(dp);
+    let mut dp = EbpfDataplane::new(config(&lab, "hr", 0)).expect("reload");
+    dp.apply(&lab.desired_state(0)).expect("apply");
+    let dst = SocketAddr::new(peer.address(Family::V4).unwrap(), SERVER_PORT);
+    let out = probe(
+        &client.netns,
+        dst,
+        Protocol::Tcp,
+        Duration::from_millis(500),
+    )
+    .expect("probe");
+    assert!(
+        matches!(out, ProbeOutcome::Timeout),
+        "without host routing the FORWARD rule drops: {out:?}"
+    );
+    for family in [Family::V4, Family::V6] {
+        iptables(family, "-D");
+    }
+    let out = probe(&client.netns, dst, Protocol::Tcp, TIMEOUT).expect("probe");
+    assert_eq!(
+        answered(&out).0,
+        peer.name,
+        "and without the rule it passes"
+    );
+    dp.reset().expect("reset");
+}

@@ -112,9 +112,39 @@ static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p, int c
 			    fib.family == AF_INET ? &fib.ipv4_dst : fib.ipv6_dst);
 }
 
+/*
+ * Host routing (CFG_F_HOST_ROUTING): a TCP/UDP packet from a pod that needs no translation
+ * and is for another pod on this node goes straight to that pod's veth, as a translated one
+ * does, instead of through the node's IP forwarding and netfilter. Connections balanced at
+ * the socket (sock.c) are such packets from their first SYN on.
+ */
+static __noinline int host_route(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct local_key lk;
+	struct local_value *local;
+	struct dp_config *cfg;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&dp_config, &zero);
+	if (!cfg || !(cfg->flags & CFG_F_HOST_ROUTING))
+		return TC_ACT_OK;
+	__builtin_memset(&lk, 0, sizeof(lk));
+	__builtin_memcpy(lk.addr, p->daddr, sizeof(lk.addr));
+	lk.family = p->family;
+	local = bpf_map_lookup_elem(&dp_local, &lk);
+	if (!local || local->ifindex == skb->ifindex)
+		return TC_ACT_OK;
+	if (forward_ttl(skb, p, CTX_FROM_POD) < 0)
+		return TC_ACT_OK;
+	stat_inc(STAT_HOST_ROUTED);
+	return redirect_via(local->ifindex, p->family == DP_AF_INET ? AF_INET : AF_INET6,
+			    p->daddr);
+}
+
 static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 {
 	struct pkt p;
+	int l4 = 0; /* a TCP/UDP packet, parsed into p */
 	int ret;
 
 	ret = parse_packet(skb, &p);
@@ -127,6 +157,7 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 		else
 			ret = icmp_error_nat(skb, &p);
 	} else if (ret > 0) {
+		l4 = 1;
 		ret = DP_PASS;
 		if (ctx == CTX_FROM_UPLINK)
 			ret = dsr_accept(skb, &p);
@@ -148,6 +179,8 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	}
 	switch (ret) {
 	case DP_PASS:
+		if (l4 && ctx == CTX_FROM_POD)
+			return host_route(skb, &p);
 		return TC_ACT_OK;
 	case DP_NAT:
 		return dp_route(skb, &p, ctx);

@@ -68,6 +68,7 @@
 #define CFG_F_HAS_V6 (1 << 1)
 #define CFG_F_MASQUERADE (1 << 2) /* masquerade new pod connections leaving the cluster */
 #define CFG_F_MASQ_ALL (1 << 3)   /* masquerade.all: every destination outside this node's pods */
+#define CFG_F_HOST_ROUTING (1 << 4) /* pod -> pod on this node: redirect, skip the stack */
 
 /*
  * DSR wire format (IPv4): the ingress node keeps the client's source address, rewrites the
@@ -105,7 +106,8 @@ struct dsr_opt {
 #define STAT_FRAG_NEEDED 10  /* ICMP fragmentation needed sent for the DSR overhead */
 #define STAT_XDP_FORWARDED 11 /* service packets forwarded by the XDP fast path */
 #define STAT_SOCK_TRANSLATED 12 /* connect() calls to a frontend given a backend (sock.c) */
-#define STAT_MAX 13
+#define STAT_HOST_ROUTED 13     /* untranslated packets from a pod redirected to a local pod */
+#define STAT_MAX 14
 
 struct svc_key {
 	__u32 addr[4]; /* frontend address, network order */
