@@ -794,10 +794,18 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
             })
             .collect();
         // Warm-up and check: every mode must answer through its path.
+        let socket_balanced = |node: &Node| {
+            node.dp
+                .as_ref()
+                .and_then(|d| d.stats().ok())
+                .and_then(|s| s.other.get("socket_translated").copied())
+                .unwrap_or(0)
+        };
         for (m, row) in modes.iter().zip(rows.iter_mut()) {
             if row.error.is_some() {
                 continue;
             }
+            let balanced_before = socket_balanced(&nodes[m.node]);
             match load::crr(
                 client_of(m.node),
                 &targets(m),
@@ -814,16 +822,11 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
                 Err(e) => row.error = Some(e),
             }
             // The socket LB mode must really be balanced at connect(), not by TC.
-            if m.kind == "ebpf-socket" && row.error.is_none() {
-                let balanced = nodes[m.node]
-                    .dp
-                    .as_ref()
-                    .and_then(|d| d.stats().ok())
-                    .and_then(|s| s.other.get("socket_translated").copied())
-                    .unwrap_or(0);
-                if balanced == 0 {
-                    row.error = Some("the socket hooks balanced no connect()".to_owned());
-                }
+            if m.kind == "ebpf-socket"
+                && row.error.is_none()
+                && socket_balanced(&nodes[m.node]) == balanced_before
+            {
+                row.error = Some("the socket hooks balanced no connect()".to_owned());
             }
         }
         log(start, &format!("{n} services: {} rounds", settings.rounds));

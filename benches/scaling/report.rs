@@ -127,7 +127,10 @@ fn at_most(measured: f64, target: f64) -> String {
 }
 
 /// The two eBPF end-to-end modes and their names in the report.
-const EBPF_MODES: [(&str, &str); 2] = [("ebpf", "eBPF (TC)"), ("ebpf-socket", "eBPF (socket LB)")];
+const EBPF_MODES: [(&str, &str); 2] = [
+    ("ebpf", "eBPF (TC)"),
+    ("ebpf-socket", "eBPF (socket LB + host routing)"),
+];
 
 fn ratio_median(results: &Results, n: usize, mode: &str, placement: &str) -> f64 {
     row(results, n, mode, placement).map_or(f64::NAN, |r| median(&r.crr_ratio))
@@ -676,7 +679,11 @@ fn plot(
     let series: [(&str, &str, RGBColor); 5] = [
         ("direct", "direct (limit)", RGBColor(90, 90, 90)),
         ("ebpf", "eBPF (TC)", RGBColor(31, 119, 180)),
-        ("ebpf-socket", "eBPF (socket LB)", RGBColor(148, 103, 189)),
+        (
+            "ebpf-socket",
+            "eBPF (socket LB + host routing)",
+            RGBColor(148, 103, 189),
+        ),
         ("nftables", "nftables", RGBColor(44, 160, 44)),
         ("iptables", "iptables", RGBColor(214, 39, 40)),
     ];

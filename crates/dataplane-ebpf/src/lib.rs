@@ -316,10 +316,6 @@ impl EbpfDataplane {
             xdp,
             sock.is_some(),
         )?;
-        match &sock {
-            Some(cgroup) => objects.attach_sock(&self.config.pin_dir, cgroup)?,
-            None => loader::remove_pinned_sock(&self.config.pin_dir)?,
-        }
         if objects.capacities != self.config.capacities {
             tracing::info!(
                 configured = ?self.config.capacities,
@@ -327,7 +323,24 @@ impl EbpfDataplane {
                 "pinned maps keep their sizes; reset() to resize"
             );
         }
-        let current = Current::read(&objects.maps, &objects.capacities)?;
+        let mut current = Current::read(&objects.maps, &objects.capacities)?;
+        // Host routing is this process's setting, not the state's: a dp_config pinned by an
+        // earlier process must not keep its setting until the first apply.
+        let flags = if self.config.host_routing {
+            current.config.flags | maps::CFG_F_HOST_ROUTING
+        } else {
+            current.config.flags & !maps::CFG_F_HOST_ROUTING
+        };
+        if flags != current.config.flags {
+            let mut config = current.config;
+            config.flags = flags;
+            objects
+                .maps
+                .config
+                .set(0, config, 0)
+                .map_err(|e| EbpfError::map("dp_config", "writing", e))?;
+            current.config = config;
+        }
         let mut pinned = Objects::pinned_links(&self.config.pin_dir);
         if !xdp {
             // An XDP link an earlier process left is no longer wanted: without its pin nothing
@@ -350,6 +363,12 @@ impl EbpfDataplane {
                 }
                 Ok(())
             })?;
+        }
+        // Last: nothing after it can fail and leave the socket hooks attached with no owner
+        // (attach_sock detaches what it attached when it fails itself).
+        match &sock {
+            Some(cgroup) => objects.attach_sock(&self.config.pin_dir, cgroup)?,
+            None => loader::remove_pinned_sock(&self.config.pin_dir)?,
         }
         self.objects = Some(objects);
         self.current = Some(current);

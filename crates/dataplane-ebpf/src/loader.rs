@@ -345,7 +345,9 @@ fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
 /// nothing else holds them (socket-level load balancing is no longer configured).
 pub(crate) fn remove_pinned_sock(pin_dir: &Path) -> Result<(), EbpfError> {
     for name in SOCK_PROGRAMS {
-        remove_path(links_dir(pin_dir).join(format!("{SOCK_TAG}@{name}")), false)?;
+        for tag in [SOCK_TAG, "sock-new"] {
+            remove_path(links_dir(pin_dir).join(format!("{tag}@{name}")), false)?;
+        }
     }
     Ok(())
 }
@@ -601,11 +603,14 @@ impl Objects {
                 reason: "sock.o is not loaded".to_owned(),
             });
         };
-        let mut links = Vec::with_capacity(SOCK_PROGRAMS.len());
-        let mut attach_one = |name: &str| -> Result<Attachment, EbpfError> {
+        // Each new link is pinned under a temporary name first; only once all are attached
+        // do they take the final names, which drops an earlier process's links (they go
+        // once their pins do). A failure part-way leaves the earlier links as they were.
+        let mut links: Vec<(FdLink, PathBuf, PathBuf)> = Vec::with_capacity(SOCK_PROGRAMS.len());
+        let mut attach_one = |name: &str| -> Result<(FdLink, PathBuf, PathBuf), EbpfError> {
             let prog = sock_program(obj, name)?;
-            // A bpf_link (Linux >= 5.7) takes no flags and always coexists with the other
-            // programs on the cgroup, as BPF_F_ALLOW_MULTI would.
+            // A bpf_link (Linux >= 5.7; getpeername hooks 5.8) takes no flags and always
+            // coexists with the other programs on the cgroup, as BPF_F_ALLOW_MULTI would.
             let id = prog
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|e| attach_err(name, Box::new(e)))?;
@@ -613,29 +618,42 @@ impl Objects {
                 .take_link(id)
                 .map_err(|e| attach_err(name, Box::new(e)))?;
             let link = FdLink::try_from(link).map_err(|e| {
-                attach_err(name, format!("cgroup links need Linux >= 5.7: {e}").into())
+                attach_err(name, format!("cgroup links need Linux >= 5.8: {e}").into())
             })?;
             let pin = links_dir(pin_dir).join(format!("{SOCK_TAG}@{name}"));
-            // The earlier process's link goes once its pin does.
-            remove_path(pin.clone(), false)?;
-            let pinned = link.pin(&pin).map_err(|e| attach_err(name, Box::new(e)))?;
-            Ok(Attachment::Tcx {
-                link: FdLink::from(pinned),
-                pin,
-            })
+            let staged = links_dir(pin_dir).join(format!("{SOCK_TAG}-new@{name}"));
+            remove_path(staged.clone(), false)?;
+            let pinned = link
+                .pin(&staged)
+                .map_err(|e| attach_err(name, Box::new(e)))?;
+            Ok((FdLink::from(pinned), staged, pin))
         };
         for name in SOCK_PROGRAMS {
             match attach_one(name) {
-                Ok(a) => links.push(a),
+                Ok(l) => links.push(l),
                 Err(e) => {
-                    for a in links {
-                        let _ = a.detach();
+                    for (link, staged, _) in links {
+                        let _ = remove_path(staged, false);
+                        drop(link);
                     }
                     return Err(e);
                 }
             }
         }
-        self.sock_links = links;
+        let mut pending = links.into_iter();
+        while let Some((link, staged, pin)) = pending.next() {
+            if let Err(source) = std::fs::rename(&staged, &pin) {
+                let _ = remove_path(staged, false);
+                for (_, staged, _) in pending {
+                    let _ = remove_path(staged, false);
+                }
+                for a in self.sock_links.drain(..) {
+                    let _ = a.detach();
+                }
+                return Err(EbpfError::Pin { path: pin, source });
+            }
+            self.sock_links.push(Attachment::Tcx { link, pin });
+        }
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! The conformance table against the eBPF backend with socket-level load balancing on: every
+//! The conformance table against the eBPF backend with socket-level load balancing and host
+//! routing on: every
 //! node's pods (threads of this process inside their namespaces) are in a threaded cgroup of
 //! their own, where that node's dataplane attaches its socket hooks, as a node's dataplane
 //! would attach to the cgroup of its pods. External clients stay outside, as they are. The
@@ -97,6 +98,7 @@ fn conformance_table_with_socket_lb() {
         let mut config = EbpfConfig::new(dir);
         config.netns = Some(node.netns.path().to_owned());
         config.socket_lb_cgroup = Some(cgroups[node.index].clone());
+        config.host_routing = true;
         Box::new(Counted {
             inner: EbpfDataplane::new(config).expect("eBPF dataplane loads"),
             connects: Arc::clone(&connects),

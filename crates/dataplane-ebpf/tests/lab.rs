@@ -546,6 +546,7 @@ fn dsr_and_masquerade_end_to_end() {
 /// past the node's netfilter (a FORWARD rule dropping them does not see them); other nodes'
 /// pods are still reached through the stack; off again, the rule applies.
 #[test]
+#[allow(clippy::too_many_lines)] // one lab, many checks: building the lab is the slow part
 fn host_routing_skips_the_node_stack() {
     if !require_root("host_routing_skips_the_node_stack") {
         return;
@@ -621,6 +622,55 @@ fn host_routing_skips_the_node_stack() {
         before,
         "the other node's pod goes through the stack"
     );
+
+    // A UDP datagram in IPv4 fragments while the node's conntrack reassembles: the
+    // fragments must all take the stack (a first fragment sent past it would leave the rest
+    // waiting there for it).
+    for family in [Family::V4, Family::V6] {
+        iptables(family, "-D");
+    }
+    let conntrack = node
+        .exec(
+            "iptables",
+            &[
+                "-A",
+                "FORWARD",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW,ESTABLISHED",
+                "-j",
+                "ACCEPT",
+            ],
+        )
+        .expect("run iptables");
+    assert!(
+        conntrack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&conntrack.stderr)
+    );
+    let dst = SocketAddr::new(peer.address(Family::V4).unwrap(), SERVER_PORT);
+    let answer = client
+        .netns
+        .run(move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            s.send_to(&[b'x'; 4000], dst).expect("send 4000 bytes");
+            let mut buf = [0u8; 512];
+            s.recv_from(&mut buf).map(|(n, _)| n)
+        })
+        .expect("in the namespace");
+    assert!(
+        answer.is_ok(),
+        "a fragmented datagram reaches the peer: {answer:?}"
+    );
+    let out = node
+        .exec("iptables", &["-F", "FORWARD"])
+        .expect("run iptables");
+    assert!(out.status.success());
+    for family in [Family::V4, Family::V6] {
+        iptables(family, "-I");
+    }
 
     // A dataplane without host routing: the stack forwards, so the rule drops.
     drop(dp);

@@ -132,15 +132,18 @@ fn udp_exchange(lab: &Lab, dst: SocketAddr) -> (SocketAddr, SocketAddr, String) 
         .expect("enter the client pod")
 }
 
+/// The socket hooks' pins (also staged ones a failed attach would leave), sorted.
 fn pins_of_sock_links(node: usize) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(pin_dir(node).join("links")) else {
         return Vec::new();
     };
-    entries
+    let mut pins: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("sock@"))
-        .collect()
+        .filter(|n| n.starts_with("sock"))
+        .collect();
+    pins.sort();
+    pins
 }
 
 #[test]
@@ -181,11 +184,13 @@ fn socket_lb_end_to_end() {
     dp0.apply(&state(&lab, 0)).expect("apply node 0");
     let mut dp1 = EbpfDataplane::new(config(&lab, 1, None)).expect("load node 1");
     dp1.apply(&state(&lab, 1)).expect("apply node 1");
-    let mut pins = pins_of_sock_links(0);
-    pins.sort();
     let mut want: Vec<String> = SOCK_PROGRAMS.iter().map(|p| format!("sock@{p}")).collect();
     want.sort();
-    assert_eq!(pins, want, "one pinned link per socket hook");
+    assert_eq!(
+        pins_of_sock_links(0),
+        want,
+        "one pinned link per socket hook"
+    );
 
     let client = lab.pod(0);
     let client_v4 = client.address(Family::V4).unwrap();
@@ -304,14 +309,22 @@ fn socket_lb_end_to_end() {
         "the TC programs translated the affinity ones"
     );
 
-    // Dropped with its attachments kept, the hooks stay and keep balancing.
+    // Dropped with its attachments kept, the hooks stay and keep balancing (the pinned
+    // counters show it after the restart below: one more connect, no packet translated).
+    let (sock_kept, tc_kept) = (stat(&dp0, "socket_translated"), stat(&dp0, "translated"));
     drop(dp0);
     let (_, line) = tcp_exchange(&lab, sa("10.96.0.10:80"));
     answered_by(&line);
-    assert_eq!(pins_of_sock_links(0).len(), SOCK_PROGRAMS.len());
+    assert_eq!(pins_of_sock_links(0), want);
     // A restart without socket_lb_cgroup removes them; the TC path serves the ClusterIP
     // alone, and its connections are tracked again.
     let mut dp0 = EbpfDataplane::new(config(&lab, 0, None)).expect("reload node 0");
+    assert_eq!(
+        stat(&dp0, "socket_translated"),
+        sock_kept + 1,
+        "balanced by the kept hooks"
+    );
+    assert_eq!(stat(&dp0, "translated"), tc_kept, "not by TC");
     dp0.apply(&state(&lab, 0)).expect("apply node 0");
     assert!(
         pins_of_sock_links(0).is_empty(),

@@ -28,6 +28,10 @@
 #define ICMPV6_DEST_UNREACH 1
 #define ICMPV6_PORT_UNREACH 4
 
+/* IPv4 fragment bits of iphdr.frag_off (host order). */
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
 #ifndef AF_INET
 #define AF_INET 2
 #endif

@@ -116,29 +116,45 @@ static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p, int c
  * Host routing (CFG_F_HOST_ROUTING): a TCP/UDP packet from a pod that needs no translation
  * and is for another pod on this node goes straight to that pod's veth, as a translated one
  * does, instead of through the node's IP forwarding and netfilter. Connections balanced at
- * the socket (sock.c) are such packets from their first SYN on.
+ * the socket (sock.c) are such packets from their first SYN on. Left to the stack: packets
+ * whose source is not the sending pod's own address (the stack's reverse-path filter decides
+ * about those), and IPv4 fragments (the stack would wait in vain for a first fragment sent
+ * past it to reassemble the rest).
  */
 static __noinline int host_route(struct __sk_buff *skb, const struct pkt *p)
 {
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
 	struct local_key lk;
 	struct local_value *local;
 	struct dp_config *cfg;
 	__u32 zero = 0;
+	__u32 out;
 
 	cfg = bpf_map_lookup_elem(&dp_config, &zero);
 	if (!cfg || !(cfg->flags & CFG_F_HOST_ROUTING))
 		return TC_ACT_OK;
+	if (p->family == DP_AF_INET) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+
+		if ((void *)(ip + 1) > end || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+			return TC_ACT_OK;
+	}
 	__builtin_memset(&lk, 0, sizeof(lk));
 	__builtin_memcpy(lk.addr, p->daddr, sizeof(lk.addr));
 	lk.family = p->family;
 	local = bpf_map_lookup_elem(&dp_local, &lk);
 	if (!local || local->ifindex == skb->ifindex)
 		return TC_ACT_OK;
+	out = local->ifindex;
+	__builtin_memcpy(lk.addr, p->saddr, sizeof(lk.addr));
+	local = bpf_map_lookup_elem(&dp_local, &lk);
+	if (!local || local->ifindex != skb->ifindex)
+		return TC_ACT_OK;
 	if (forward_ttl(skb, p, CTX_FROM_POD) < 0)
 		return TC_ACT_OK;
 	stat_inc(STAT_HOST_ROUTED);
-	return redirect_via(local->ifindex, p->family == DP_AF_INET ? AF_INET : AF_INET6,
-			    p->daddr);
+	return redirect_via(out, p->family == DP_AF_INET ? AF_INET : AF_INET6, p->daddr);
 }
 
 static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)

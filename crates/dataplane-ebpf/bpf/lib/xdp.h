@@ -32,8 +32,6 @@
 #include "csum.h"
 #pragma clang diagnostic pop
 
-#define IP_MF 0x2000
-#define IP_OFFSET 0x1fff
 #define XDP_L4_OFF (sizeof(struct ethhdr) + IPV4_BASE_LEN)
 
 /* How one packet is to be rewritten and where it goes. */
