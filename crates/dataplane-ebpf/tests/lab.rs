@@ -9,7 +9,8 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -622,6 +623,20 @@ fn host_routing_skips_the_node_stack() {
         before,
         "the other node's pod goes through the stack"
     );
+    // A source that is not the sending pod's: the stack's reverse-path filter decides.
+    let before = stat(&dp, "host_routed");
+    let (IpAddr::V4(to), IpAddr::V4(other_pod)) = (
+        peer.address(Family::V4).unwrap(),
+        remote.address(Family::V4).unwrap(),
+    ) else {
+        unreachable!("IPv4 addresses")
+    };
+    send_raw_udp(&client.netns, other_pod, to, SERVER_PORT);
+    assert_eq!(
+        stat(&dp, "host_routed"),
+        before,
+        "a spoofed source is not host-routed"
+    );
 
     // A UDP datagram in IPv4 fragments while the node's conntrack reassembles: the
     // fragments must all take the stack (a first fragment sent past it would leave the rest
@@ -698,4 +713,36 @@ fn host_routing_skips_the_node_stack() {
         "and without the rule it passes"
     );
     dp.reset().expect("reset");
+}
+
+/// Sends one UDP datagram from inside `ns` with IPv4 source `from` (any address: a raw
+/// socket writes the header itself) to `to:port`.
+fn send_raw_udp(ns: &dataplane_testkit::NetNs, from: Ipv4Addr, to: Ipv4Addr, port: u16) {
+    use nix::sys::socket::{
+        sendto, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn,
+    };
+    ns.run(move || {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::Raw,
+        )
+        .expect("raw socket");
+        let payload = b"spoofed\n";
+        let total = u16::try_from(20 + 8 + payload.len()).expect("small packet");
+        let mut pkt = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+        pkt[2..4].copy_from_slice(&total.to_be_bytes());
+        pkt.extend_from_slice(&from.octets());
+        pkt.extend_from_slice(&to.octets());
+        pkt.extend_from_slice(&40_000u16.to_be_bytes());
+        pkt.extend_from_slice(&port.to_be_bytes());
+        pkt.extend_from_slice(&(total - 20).to_be_bytes());
+        pkt.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+        pkt.extend_from_slice(payload);
+        let dst = SockaddrIn::from(std::net::SocketAddrV4::new(to, 0));
+        let sent = sendto(fd.as_raw_fd(), &pkt, &dst, MsgFlags::empty()).expect("sendto");
+        assert_eq!(sent, pkt.len());
+    })
+    .expect("in the namespace");
 }
