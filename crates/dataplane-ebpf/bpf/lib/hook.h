@@ -62,6 +62,17 @@ static __always_inline long redirect_via(__u32 ifindex, __u8 af, const __u32 *nh
 	return bpf_redirect_neigh(ifindex, &nh, sizeof(nh), 0);
 }
 
+/* The veth of the pod on this node that has @addr (dp_local), NULL when there is none. */
+static __always_inline struct local_value *local_pod(const __u32 *addr, __u8 family)
+{
+	struct local_key lk;
+
+	__builtin_memset(&lk, 0, sizeof(lk));
+	__builtin_memcpy(lk.addr, addr, sizeof(lk.addr));
+	lk.family = family;
+	return bpf_map_lookup_elem(&dp_local, &lk);
+}
+
 /*
  * After translation, route the packet ourselves: a packet whose new source is a node address
  * would be dropped as a martian if handed back to the stack on an ingress hook. When the FIB
@@ -70,14 +81,10 @@ static __always_inline long redirect_via(__u32 ifindex, __u8 af, const __u32 *nh
 static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p, int ctx)
 {
 	struct bpf_fib_lookup fib;
-	struct local_key lk;
 	struct local_value *local;
 	long ret;
 
-	__builtin_memset(&lk, 0, sizeof(lk));
-	__builtin_memcpy(lk.addr, p->daddr, sizeof(lk.addr));
-	lk.family = p->family;
-	local = bpf_map_lookup_elem(&dp_local, &lk);
+	local = local_pod(p->daddr, p->family);
 	if (local) {
 		/* A pod on this node: to its veth, the destination itself is the next hop. */
 		if (forward_ttl(skb, p, ctx) < 0)
@@ -125,7 +132,6 @@ static __noinline int host_route(struct __sk_buff *skb, const struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
-	struct local_key lk;
 	struct local_value *local;
 	struct dp_config *cfg;
 	__u32 zero = 0;
@@ -140,15 +146,11 @@ static __noinline int host_route(struct __sk_buff *skb, const struct pkt *p)
 		if ((void *)(ip + 1) > end || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 			return TC_ACT_OK;
 	}
-	__builtin_memset(&lk, 0, sizeof(lk));
-	__builtin_memcpy(lk.addr, p->daddr, sizeof(lk.addr));
-	lk.family = p->family;
-	local = bpf_map_lookup_elem(&dp_local, &lk);
+	local = local_pod(p->daddr, p->family);
 	if (!local || local->ifindex == skb->ifindex)
 		return TC_ACT_OK;
 	out = local->ifindex;
-	__builtin_memcpy(lk.addr, p->saddr, sizeof(lk.addr));
-	local = bpf_map_lookup_elem(&dp_local, &lk);
+	local = local_pod(p->saddr, p->family);
 	if (!local || local->ifindex != skb->ifindex)
 		return TC_ACT_OK;
 	if (forward_ttl(skb, p, CTX_FROM_POD) < 0)
