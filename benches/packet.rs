@@ -45,6 +45,11 @@ fn bench_tc(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("new_flow", n), |b| {
             b.iter_custom(|iters| lab.new_flows(iters).expect("test run").total);
         });
+        for program in packet::FLOOR_PROGRAMS {
+            g.bench_function(BenchmarkId::new(program, n), |b| {
+                b.iter_custom(|iters| lab.floor(program, iters).expect("test run").total);
+            });
+        }
         g.bench_function(BenchmarkId::new("xdp_established", n), |b| {
             b.iter_custom(|iters| lab.xdp_established(iters).expect("test run").total);
         });

@@ -29,6 +29,9 @@ use dataplane::{synthetic, Dataplane};
 use dataplane_testkit::{Lab, LabSpec};
 use nix::sched::{setns, CloneFlags};
 
+/// The programs of the floor fixture (`dataplane::ebpf::floor_object`), shortest first.
+pub const FLOOR_PROGRAMS: [&str; 4] = ["floor_entry", "floor_ct", "floor_ct_nat", "floor_svc"];
+
 /// Established flows kept open and cycled through.
 pub const ESTABLISHED_FLOWS: usize = 4096;
 
@@ -53,6 +56,12 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// Adds the packets and time of `other`.
+    pub fn add(&mut self, other: Sample) {
+        self.packets += other.packets;
+        self.total += other.total;
+    }
+
     /// Mean nanoseconds per packet.
     pub fn ns_per_packet(&self) -> f64 {
         #[allow(clippy::cast_precision_loss)]
@@ -69,7 +78,8 @@ impl Sample {
 /// ~100 ns run into microseconds).
 #[derive(Debug)]
 pub struct PacketLab {
-    // Field order: the dataplane detaches before the lab's namespaces go.
+    // Field order: the floor fixture and the dataplane go before the lab's namespaces.
+    floor: Option<aya::Ebpf>,
     dp: EbpfDataplane,
     lab: Lab,
     home: File,
@@ -132,6 +142,7 @@ impl PacketLab {
             }
         };
         Ok(PacketLab {
+            floor: None,
             dp,
             lab,
             home,
@@ -311,6 +322,62 @@ impl PacketLab {
         Ok(s)
     }
 
+    /// Runs `count` established-flow packets, as [`PacketLab::established`] does, through
+    /// `program` of the floor fixture instead of `dp_from_pod`: the same packets on the same
+    /// maps, stopped after its first steps (see `bpf/test/floor.c`). Each run is checked:
+    /// `floor_ct` must find the flow, `floor_ct_nat` must also rewrite the destination,
+    /// `floor_svc` must find the service and a backend.
+    pub fn floor(&mut self, program: &str, count: u64) -> Result<Sample, String> {
+        use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+
+        if self.floor.is_none() {
+            // The fixture's maps are the dataplane's, found by their pins.
+            let mut ebpf = aya::EbpfLoader::new()
+                .default_map_pin_directory(pin_dir())
+                .load(dataplane::ebpf::floor_object())
+                .map_err(|e| format!("load the floor fixture: {e}"))?;
+            for name in FLOOR_PROGRAMS {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| format!("the floor fixture has no {name}"))?
+                    .try_into()
+                    .map_err(|e| format!("{name}: {e}"))?;
+                prog.load().map_err(|e| format!("verify {name}: {e}"))?;
+            }
+            self.floor = Some(ebpf);
+        }
+        let ebpf = self.floor.as_mut().expect("loaded above");
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("the floor fixture has no {program}"))?
+            .try_into()
+            .map_err(|e| format!("{program}: {e}"))?;
+        let mut out = vec![0u8; 512];
+        let mut s = Sample::default();
+        for _ in 0..count {
+            let i = self.next_established % self.established.len().max(1);
+            self.next_established += 1;
+            let packet = &self.established[i];
+            let run = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(packet),
+                    data_out: Some(&mut out),
+                    repeat: 1,
+                    ..TestRunOptions::default()
+                })
+                .map_err(|e| format!("test run of {program}: {e}"))?;
+            if run.return_value == TC_ACT_SHOT {
+                return Err(format!("{program} did not find its flow or service"));
+            }
+            if program == "floor_ct_nat" && out.get(30..34) == packet.get(30..34) {
+                return Err(format!("{program} did not rewrite the destination"));
+            }
+            s.total += run.duration;
+            s.packets += 1;
+        }
+        Ok(s)
+    }
+
     /// Runs `count` SYNs of flows never seen before.
     pub fn new_flows(&mut self, count: u64) -> Result<Sample, String> {
         let mut s = Sample::default();
@@ -332,6 +399,7 @@ impl PacketLab {
 
 impl Drop for PacketLab {
     fn drop(&mut self) {
+        self.floor = None;
         let _ = self.dp.reset();
         if let Err(e) = setns(&self.home, CloneFlags::CLONE_NEWNET) {
             eprintln!("warning: could not return to the original network namespace: {e}");

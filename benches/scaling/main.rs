@@ -138,6 +138,11 @@ pub struct PacketRow {
     pub xdp_established_ns: Option<f64>,
     #[serde(default)]
     pub xdp_new_flow_ns: Option<f64>,
+    /// The floor fixture on the established packets, per program of
+    /// `packet::FLOOR_PROGRAMS` (test run only, + conntrack lookup, + rewrite; service and
+    /// backend lookup).
+    #[serde(default)]
+    pub floor_ns: Option<[f64; 4]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -443,7 +448,20 @@ fn packet_costs(settings: &Settings, start: Instant) -> Result<Vec<PacketRow>, S
         // Warm-up: fill conntrack a little, fault in the code paths.
         lab.new_flows(1_000)?;
         lab.established(1_000)?;
-        let established = lab.established(settings.packets)?;
+        for program in packet::FLOOR_PROGRAMS {
+            lab.floor(program, 1_000)?;
+        }
+        // The established packets and the floor fixture on the same packets, in turns, so
+        // that both see the machine alike.
+        let mut established = packet::Sample::default();
+        let mut floor = [packet::Sample::default(); 4];
+        let chunk = (settings.packets / 5).max(1);
+        for _ in 0..5 {
+            established.add(lab.established(chunk)?);
+            for (f, program) in floor.iter_mut().zip(packet::FLOOR_PROGRAMS) {
+                f.add(lab.floor(program, chunk)?);
+            }
+        }
         let new_flow = lab.new_flows(settings.packets)?;
         lab.xdp_new_flows(1_000)?;
         lab.xdp_established(1_000)?;
@@ -456,16 +474,22 @@ fn packet_costs(settings: &Settings, start: Instant) -> Result<Vec<PacketRow>, S
             new_flow_ns: new_flow.ns_per_packet(),
             xdp_established_ns: Some(xdp_established.ns_per_packet()),
             xdp_new_flow_ns: Some(xdp_new_flow.ns_per_packet()),
+            floor_ns: Some(floor.map(|f| f.ns_per_packet())),
         };
         log(
             start,
             &format!(
                 "  {n} services: TC established {:.0} ns, new flow {:.0} ns; XDP established \
-                 {:.0} ns, new flow {:.0} ns (programmed in {:.0} ms)",
+                 {:.0} ns, new flow {:.0} ns; floor {:.0} / {:.0} / {:.0} ns, service \
+                 {:.0} ns (programmed in {:.0} ms)",
                 row.established_ns,
                 row.new_flow_ns,
                 xdp_established.ns_per_packet(),
                 xdp_new_flow.ns_per_packet(),
+                floor[0].ns_per_packet(),
+                floor[1].ns_per_packet(),
+                floor[2].ns_per_packet(),
+                floor[3].ns_per_packet(),
                 row.program_ms
             ),
         );

@@ -193,6 +193,57 @@ fn targets(results: &Results, out: &mut String) {
         format!("{} ns", fmt_num(new, 0)),
         at_most(new, 500.0),
     );
+    // The floor fixture: what a test run costs here at least (the same packets, the
+    // program stopped after its conntrack lookup, or after its lookup and rewrite).
+    let floor = |i: usize| {
+        results
+            .packet
+            .iter()
+            .filter_map(|r| r.floor_ns.map(|f| f[i]))
+            .fold(f64::NAN, f64::max)
+    };
+    let (f_entry, f_ct, f_nat) = (floor(0), floor(1), floor(2));
+    if f_ct.is_finite() {
+        line(
+            "Floor of this measurement here (no target): a test run that returns at once / \
+             that parses the packet and looks it up in conntrack / that also rewrites its \
+             destination (worst N)",
+            format!(
+                "{} / {} / {} ns",
+                fmt_num(f_entry, 0),
+                fmt_num(f_ct, 0),
+                fmt_num(f_nat, 0)
+            ),
+            if f_ct > 150.0 {
+                format!(
+                    "the conntrack lookup alone is {:.2}x the 150 ns target",
+                    f_ct / 150.0
+                )
+            } else {
+                "the conntrack lookup alone is within the 150 ns target".to_owned()
+            },
+        );
+    }
+    let svc_at = |n: usize| p(n).and_then(|r| r.floor_ns).map(|f| f[3]);
+    if let (Some(a), Some(b)) = (svc_at(10), svc_at(100_000)) {
+        let g = b / a - 1.0;
+        line(
+            "Floor growth from 10 to 100k services (no target): the service and backend \
+             lookup alone (service map, slot, backend)",
+            format!(
+                "{} -> {} ns: {}%",
+                fmt_num(a, 0),
+                fmt_num(b, 0),
+                fmt_num(g * 100.0, 1)
+            ),
+            format!(
+                "these lookups alone add {:.0} ns at 100k services: 5% growth would need a \
+                 new flow of at least {:.0} ns at 10",
+                b - a,
+                (b - a) / 0.05
+            ),
+        );
+    }
     for (what, f) in [
         (
             "established",
@@ -508,21 +559,39 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
         );
         let _ = writeln!(
             o,
+            "Floor: the fixture `bpf/test/floor.c`, loaded on the same maps, runs the same \
+             established packets in turns with `dp_from_pod` (five rounds each) and stops \
+             early: `entry` returns at once (the test run itself), `+ conntrack` parses the \
+             packet and looks it up in `dp_ct` (every TCP packet's first step), `+ rewrite` \
+             also rewrites the destination to the entry's backend (the least a translation \
+             does; no routing, counters or timestamps); `service` parses the packet, looks \
+             up its ClusterIP frontend and chooses a backend (service map, slot, backend: \
+             the lookups a new flow adds).\n"
+        );
+        let _ = writeln!(
+            o,
             "XDP: `dp_xdp_uplink` on TCP packets from an external client to NodePorts of the \
              same services (backends all on other nodes, SNAT to the node address, `XDP_TX` \
              after a FIB lookup), new and established flows as above.\n"
         );
-        let _ = writeln!(o, "| services | TC established (ns/packet) | TC new flow (ns/packet) | XDP established (ns/packet) | XDP new flow (ns/packet) | programmed in (ms) |\n|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(o, "| services | TC established (ns/packet) | TC new flow (ns/packet) | XDP established (ns/packet) | XDP new flow (ns/packet) | floor: entry / + conntrack / + rewrite (ns/packet) | floor: service (ns/packet) | programmed in (ms) |\n|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &results.packet {
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.services,
                 fmt_num(r.established_ns, 0),
                 fmt_num(r.new_flow_ns, 0),
                 r.xdp_established_ns
                     .map_or("–".to_owned(), |v| fmt_num(v, 0)),
                 r.xdp_new_flow_ns.map_or("–".to_owned(), |v| fmt_num(v, 0)),
+                r.floor_ns.map_or("–".to_owned(), |f| format!(
+                    "{} / {} / {}",
+                    fmt_num(f[0], 0),
+                    fmt_num(f[1], 0),
+                    fmt_num(f[2], 0)
+                )),
+                r.floor_ns.map_or("–".to_owned(), |f| fmt_num(f[3], 0)),
                 fmt_num(r.program_ms, 0)
             );
         }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const PROGRAMS: &[&str] = &["tc_pod", "tc_host", "xdp_uplink", "sock"];
-/// Objects only the tests load (`bpf/test/`).
-const TEST_PROGRAMS: &[&str] = &["test/xdp_pass"];
+/// Fixtures only the tests and benches load (`bpf/test/`).
+const TEST_PROGRAMS: &[&str] = &["test/xdp_pass", "test/floor"];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

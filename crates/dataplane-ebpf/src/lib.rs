@@ -48,6 +48,8 @@ use dataplane_core::{
 };
 
 pub use error::EbpfError;
+#[doc(hidden)]
+pub use loader::floor_object;
 pub use loader::{
     sock_object, tc_host_object, tc_pod_object, xdp_uplink_object, AttachMode, Hook, XdpMode,
     SOCK_PROGRAMS,

@@ -28,6 +28,7 @@ static TC_HOST_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 static XDP_UPLINK_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_uplink.o"));
 static SOCK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
+static FLOOR_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor.o"));
 
 /// The socket-level load-balancing programs of `sock.o`, one per cgroup hook.
 pub const SOCK_PROGRAMS: [&str; 6] = [
@@ -60,6 +61,15 @@ pub fn xdp_uplink_object() -> &'static [u8] {
 /// The compiled `sock.o` (socket-level load balancing), for layout checks and tooling.
 pub fn sock_object() -> &'static [u8] {
     SOCK_OBJ
+}
+
+/// The compiled bench fixture `bpf/test/floor.c`: TC programs that stop after the first
+/// steps of `dp_from_pod` (`floor_entry`, `floor_ct`, `floor_ct_nat`), loaded by the
+/// per-packet bench against a dataplane's pinned maps to measure what a test run costs at
+/// least on a machine. Not part of the dataplane.
+#[doc(hidden)]
+pub fn floor_object() -> &'static [u8] {
+    FLOOR_OBJ
 }
 
 /// Where a program runs.

@@ -1821,3 +1821,86 @@ fn health_checks_and_incremental_changes() {
 fn syn_to(src: &str, dst: &str, dport: u16) -> Vec<u8> {
     eth().ip(src, dst).tcp(45100, dport, TCP_SYN).build()
 }
+
+/// The per-packet bench's floor fixture (`bpf/test/floor.c`) stops where it says it does,
+/// on the dataplane's own maps: `floor_ct` finds an established flow and not an unknown one,
+/// `floor_ct_nat` rewrites the destination as `dp_from_pod` does, `floor_svc` finds a
+/// ClusterIP's backend and not a port the service lacks.
+#[test]
+fn floor_fixture_runs_on_the_dataplanes_maps() {
+    use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+
+    if !require_root("floor_fixture_runs_on_the_dataplanes_maps") {
+        return;
+    }
+    let n = TestNode::new("floor");
+    let mut dp = n.dataplane();
+    dp.apply(&scene()).expect("apply");
+    let syn = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .tcp(40000, 80, TCP_SYN)
+        .build();
+    let translated = dp.run_packet(Hook::FromPod, &syn, 1).expect("SYN");
+    let ack = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .tcp(40000, 80, TCP_ACK)
+        .build();
+    let unknown = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .tcp(40001, 80, TCP_ACK)
+        .build();
+    let other_port = eth()
+        .ip("10.244.0.5", "10.96.0.10")
+        .tcp(40000, 81, TCP_SYN)
+        .build();
+
+    let mut floor = aya::EbpfLoader::new()
+        .default_map_pin_directory(&n.pin_dir)
+        .load(dataplane_ebpf::floor_object())
+        .expect("the floor fixture loads on the pinned maps");
+    let mut run = |name: &str, packet: &[u8]| -> (u32, Vec<u8>) {
+        let prog: &mut SchedClassifier = floor
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("{name} in the fixture"))
+            .try_into()
+            .expect("a TC program");
+        if prog.fd().is_err() {
+            prog.load()
+                .unwrap_or_else(|e| panic!("{name} verifies: {e}"));
+        }
+        let mut out = vec![0u8; packet.len() + 64];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("test run of {name}: {e}"));
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    };
+    assert_eq!(run("floor_entry", &ack).0, OK);
+    assert_eq!(run("floor_ct", &ack).0, OK, "the SYN's conntrack entry");
+    assert_eq!(run("floor_ct", &unknown).0, SHOT, "a flow never seen");
+    let (verdict, out) = run("floor_ct_nat", &ack);
+    assert_eq!(verdict, OK);
+    // The same rewrite as dp_from_pod's on the SYN: destination and checksums; only the
+    // TCP flags (and so the TCP checksum) differ between SYN and ACK.
+    let expect = eth()
+        .ip("10.244.0.5", "10.244.1.20")
+        .tcp(40000, 8080, TCP_ACK)
+        .build();
+    assert_eq!(hex(&out), hex(&expect), "floor_ct_nat output");
+    assert_eq!(
+        translated.output.get(..34),
+        expect.get(..34),
+        "the IPv4 header dp_from_pod wrote"
+    );
+    assert_eq!(run("floor_svc", &ack).0, OK, "a ClusterIP with a backend");
+    assert_eq!(
+        run("floor_svc", &other_port).0,
+        SHOT,
+        "a port the service lacks"
+    );
+}
