@@ -132,8 +132,23 @@ impl BackendTable {
         self.by_id.truncate(bound as usize);
     }
 
+    /// Makes room for `n` backends in all, so that inserting up to them neither grows the
+    /// index nor the id list.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        // Ids start at 1 and are dense in a fresh table.
+        self.by_id
+            .reserve_exact((n + 1).saturating_sub(self.by_id.len()));
+        let size = (n.saturating_mul(2) + 1).next_power_of_two().max(64);
+        if size > self.slots.len() {
+            self.rehash(size);
+        }
+    }
+
     fn grow(&mut self) {
-        let size = (self.slots.len() * 2).max(64);
+        self.rehash((self.slots.len() * 2).max(64));
+    }
+
+    fn rehash(&mut self, size: usize) {
         self.slots = vec![0; size];
         let mask = size - 1;
         for (id, k) in self.by_id.iter().enumerate() {

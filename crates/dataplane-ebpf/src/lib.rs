@@ -326,6 +326,9 @@ impl EbpfDataplane {
             );
         }
         let mut current = Current::read(&objects.maps, &objects.capacities)?;
+        // Reading the arrays mapped each chunk that holds entries (~3 MiB at 10k x 10): kept
+        // mapped, they would stay resident for the life of the process.
+        objects.maps.unmap_arrays();
         // Host routing is this process's setting, not the state's: a dp_config pinned by an
         // earlier process must not keep its setting until the first apply.
         let flags = if self.config.host_routing {

@@ -145,6 +145,19 @@ pub(crate) struct Maps {
     pub slots_mmap: Option<MmapArray<u32>>,
 }
 
+impl Maps {
+    /// Unmaps the arrays' shared mappings (mapped again chunk by chunk on their next use):
+    /// each mapped chunk counts towards the process's RSS.
+    pub(crate) fn unmap_arrays(&mut self) {
+        if let Some(m) = self.backends_mmap.as_mut() {
+            m.unmap_all();
+        }
+        if let Some(m) = self.slots_mmap.as_mut() {
+            m.unmap_all();
+        }
+    }
+}
+
 impl std::fmt::Debug for Maps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Maps").finish_non_exhaustive()

@@ -168,6 +168,38 @@ impl<V: aya::Pod> MmapArray<V> {
         Ok(true)
     }
 
+    /// The chunk element `index` lies in.
+    pub(crate) fn chunk_of(&self, index: u32) -> usize {
+        index as usize * self.stride / self.chunk
+    }
+
+    /// Elements per chunk.
+    pub(crate) fn chunk_elements(&self) -> usize {
+        self.chunk / self.stride
+    }
+
+    /// Unmaps chunk `c` (mapped again on its next use): the values stay in the map, the
+    /// process stops counting its pages as resident.
+    pub(crate) fn unmap_chunk(&mut self, c: usize) {
+        let Some(slot) = self.chunks.get(c) else {
+            return;
+        };
+        let p = slot.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !p.is_null() {
+            let len = self.chunk.min(self.area - c * self.chunk);
+            // SAFETY: `p`/`len` is the mapping `chunk_base` made for chunk `c`, taken out of
+            // its slot above; `&mut self` means no pointer from `slot` is in use.
+            unsafe { libc::munmap(p.cast(), len) };
+        }
+    }
+
+    /// Unmaps every chunk (see [`MmapArray::unmap_chunk`]).
+    pub(crate) fn unmap_all(&mut self) {
+        for c in 0..self.chunks.len() {
+            self.unmap_chunk(c);
+        }
+    }
+
     /// Orders the stores so far before whatever publishes them (the next map update).
     pub(crate) fn publish() {
         std::sync::atomic::fence(Ordering::SeqCst);

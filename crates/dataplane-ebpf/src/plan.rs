@@ -65,6 +65,9 @@ pub(crate) struct Frontends {
     /// `None`: a full plan, the service map must hold exactly `planned`. `Some`: an update,
     /// these entries of the changed services are gone; every other entry stays.
     pub gone: Option<Vec<SvcKey>>,
+    /// A full plan's bound on its distinct backends (backends x ports of each service; exact
+    /// unless services share pods), for sizing the backend table once; 0 for an update.
+    pub backends_bound: usize,
 }
 
 fn proto_number(p: Protocol) -> u8 {
@@ -565,10 +568,19 @@ impl Planner {
     /// Plans `state` from scratch. Service-port ids are assigned in name order, so the same
     /// state gives the same ids in every process.
     pub(crate) fn full(state: &DesiredState, maglev_size: u32) -> Result<(Self, Frontends), Error> {
+        // The tables are sized once: grown by doubling, their smaller copies stay behind as
+        // free heap at the peak of the apply.
+        let with_ports = || state.services.iter().filter(|s| !s.ports.is_empty());
         let mut p = Planner {
             node: plan_node(state),
+            by_service: HashMap::with_capacity(state.services.len()),
+            used_ids: HashSet::with_capacity(with_ports().map(|s| s.ports.len()).sum()),
+            wildcards: HashMap::with_capacity(with_ports().map(|s| s.cluster_ips.len()).sum()),
             ..Planner::default()
         };
+        let backends_bound = with_ports()
+            .map(|s| s.backends.len().saturating_mul(s.ports.len()))
+            .fold(0usize, usize::saturating_add);
         let mut services: Vec<&Service> = state.services.iter().collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
         // Sized exactly: at 10k services the vector is ~1.4 MiB, and growing it (or a
@@ -591,6 +603,7 @@ impl Planner {
             Frontends {
                 planned,
                 gone: None,
+                backends_bound,
             },
         ))
     }
@@ -629,6 +642,7 @@ impl Planner {
         Ok(Frontends {
             planned,
             gone: Some(gone),
+            backends_bound: 0,
         })
     }
 

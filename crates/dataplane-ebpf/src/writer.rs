@@ -220,8 +220,24 @@ impl<V: aya::Pod> ArrayIo<'_, V> {
     /// Writes each `(index, value)`; returns how many.
     fn write(&mut self, items: impl Iterator<Item = (u32, V)>) -> Result<usize, Error> {
         if let Some(m) = self.mmap.as_deref_mut() {
+            // Every mapped chunk counts towards the process's RSS. A bulk write in index
+            // order (a full sync: ids and slot ranges are handed out ascending) unmaps each
+            // chunk it has left, so that one chunk of the array is resident at a time, not
+            // all it wrote (~3 MiB at 10k x 10). Small writes (a change: fewer than an
+            // eighth of a chunk) keep their chunks mapped for the next one, and so does a
+            // write out of order.
+            let bulk = (m.chunk_elements() / 8).max(1);
             let mut n = 0;
+            let mut at: Option<usize> = None;
+            let mut ascending = true;
             for (i, v) in items {
+                let c = m.chunk_of(i);
+                match at {
+                    Some(p) if c < p => ascending = false,
+                    Some(p) if c > p && ascending && n >= bulk => m.unmap_chunk(p),
+                    _ => {}
+                }
+                at = Some(c);
                 let stored = m
                     .set(i, v)
                     .map_err(|e| mmap_error(self.name, "writing", e))?;
@@ -231,6 +247,9 @@ impl<V: aya::Pod> ArrayIo<'_, V> {
                 n += 1;
             }
             MmapArray::<V>::publish();
+            if let (Some(p), true) = (at, ascending && n >= bulk) {
+                m.unmap_chunk(p);
+            }
             return Ok(n);
         }
         let (indexes, values): (Vec<u32>, Vec<V>) = items.unzip();
@@ -579,6 +598,13 @@ fn prepare(
     caps: &Capacities,
 ) -> Result<Prepared, Error> {
     let mut new_backends = Vec::new();
+    if frontends.gone.is_none() && cur.frontends.is_empty() {
+        // A full plan into new maps: the backend table and the list of new backends are
+        // sized once (more than the map holds is refused later anyway).
+        let n = frontends.backends_bound.min(caps.backends as usize);
+        cur.backends.reserve(n);
+        new_backends.reserve(n);
+    }
     let bound = cur.backends.id_bound();
     let prepared = prepare_in(cur, planner, frontends, caps, &mut new_backends);
     match prepared {
@@ -624,7 +650,7 @@ fn prepare_in(
     caps: &Capacities,
     new_backends: &mut Vec<u32>,
 ) -> Result<Prepared, Error> {
-    let Frontends { planned, gone } = frontends;
+    let Frontends { planned, gone, .. } = frontends;
     capacity(
         "source range map (dp_srcrange)",
         planner.src_ranges.len(),

@@ -1904,3 +1904,45 @@ fn floor_fixture_runs_on_the_dataplanes_maps() {
         "a port the service lacks"
     );
 }
+
+/// A full sync big enough that the writer unmaps the chunks of the array mappings it has
+/// written (20k backends over two chunks of `dp_backends`, 20k slots) leaves every service
+/// translated to its own backends, and a later change writes through a chunk mapped again.
+#[test]
+fn bulk_array_writes_unmap_and_stay_right() {
+    if !require_root("bulk_array_writes_unmap_and_stay_right") {
+        return;
+    }
+    let n = TestNode::new("bulk");
+    let mut dp = n.dataplane();
+    let mut st = state(dataplane_core::synthetic::state(2_000, 10).services);
+    dp.apply(&st).expect("apply 2000 x 10");
+    let syn_to = |svc: &Service, sport: u16| {
+        let IpAddr::V4(vip) = svc.cluster_ips[0] else {
+            panic!("synthetic ClusterIPs are IPv4")
+        };
+        eth()
+            .ip("10.244.0.5", &vip.to_string())
+            .tcp(sport, svc.ports[0].port, TCP_SYN)
+            .build()
+    };
+    // Services spread over the whole id range: the first, some in between, the last.
+    for i in [0, 1, 700, 819, 820, 1_300, 1_638, 1_639, 1_999] {
+        let svc = &st.services[i];
+        let got = backend_of(&mut dp, &syn_to(svc, 1000 + i as u16));
+        assert!(
+            svc.backends.iter().any(|b| b.ip == got),
+            "service {i} went to {got}, not one of its backends"
+        );
+    }
+    // One endpoint of the last service replaced: a new backend id, written on its own.
+    let before = st.clone();
+    let last = st.services.len() - 1;
+    st.services[last].backends = vec![backend("10.244.250.250", "node-b")];
+    dp.apply_changes(&dataplane_core::diff(&before, &st))
+        .expect("apply_changes");
+    let got = backend_of(&mut dp, &syn_to(&st.services[last], 3000));
+    assert_eq!(got.to_string(), "10.244.250.250");
+    let got = backend_of(&mut dp, &syn_to(&st.services[0], 3001));
+    assert!(st.services[0].backends.iter().any(|b| b.ip == got));
+}
