@@ -154,8 +154,8 @@ pub struct SyncPlan<'a> {
     new: &'a Digests,
     existing: &'a Existing,
     prefix: &'a str,
-    /// Name hashes of the chains `existing` lists, per table.
-    present: [BTreeSet<NameHash>; 2],
+    /// Name hashes of our chains in the kernel, per table (nat, filter), sorted.
+    present: [Vec<NameHash>; 2],
 }
 
 impl<'a> SyncPlan<'a> {
@@ -166,20 +166,39 @@ impl<'a> SyncPlan<'a> {
         existing: &'a Existing,
         prefix: &'a str,
     ) -> Self {
-        let hashed = |names: &BTreeSet<String>| names.iter().map(|n| name_hash(n)).collect();
+        let hashed = |names: &BTreeSet<String>| -> Vec<NameHash> {
+            // Names in order, hashes not: sorted for the lookups.
+            let mut v: Vec<NameHash> = names.iter().map(|n| name_hash(n)).collect();
+            v.sort_unstable();
+            v
+        };
+        let present = [
+            hashed(&existing.nat_chains),
+            hashed(&existing.filter_chains),
+        ];
+        SyncPlan::with_present(old, new, existing, present, prefix)
+    }
+
+    /// The same sync, from the name hashes of all our chains in the kernel (`present`: nat,
+    /// filter) and an `existing` that lists only the stale ones (see
+    /// [`super::render::ExistingParser::filtered`]).
+    pub fn with_present(
+        old: Option<&'a Digests>,
+        new: &'a Digests,
+        existing: &'a Existing,
+        present: [Vec<NameHash>; 2],
+        prefix: &'a str,
+    ) -> Self {
         SyncPlan {
             old,
             new,
             existing,
             prefix,
-            present: [
-                hashed(&existing.nat_chains),
-                hashed(&existing.filter_chains),
-            ],
+            present,
         }
     }
 
-    fn present(&self, table: &str) -> &BTreeSet<NameHash> {
+    fn present(&self, table: &str) -> &[NameHash] {
         &self.present[usize::from(table != "nat")]
     }
 
@@ -194,7 +213,7 @@ impl<'a> SyncPlan<'a> {
     /// Chain `name` (hash) with rules hash `digest` must be written.
     fn changed(&self, table: &str, name: NameHash, digest: u64) -> bool {
         self.old.and_then(|o| o.get(table, name)) != Some(digest)
-            || !self.present(table).contains(&name)
+            || self.present(table).binary_search(&name).is_err()
     }
 
     /// Chains the kernel holds that `new` does not have.

@@ -17,7 +17,7 @@ use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
 use crate::exec;
 use crate::plan::{check_supported, Family, Support};
-use digest::{digests, Digests, SyncPlan};
+use digest::{digests, name_hash, Digests, NameHash, SyncPlan};
 use render::{write_reset, Existing, ExistingParser, MAX_PREFIX_LEN};
 
 const BACKEND: &str = "iptables";
@@ -83,8 +83,43 @@ impl IptablesDataplane {
     }
 
     /// Our chains and hook jumps in the kernel, read from `iptables-save` a line at a time.
+    /// What the kernel holds of ours against the chains of `new`: the name hashes of all our
+    /// chains (nat, filter; sorted), and the names of those `new` lacks (the stale ones, to
+    /// remove) with the hook jumps. Every sync reads this: at 10k services ~130k chains,
+    /// whose names would be ~10 MiB.
+    fn existing_against(
+        &self,
+        family: Family,
+        new: &Digests,
+    ) -> Result<(Existing, [Vec<NameHash>; 2]), NetfilterError> {
+        let mut present: [Vec<NameHash>; 2] = [Vec::new(), Vec::new()];
+        let mut parser = ExistingParser::filtered(&self.config.name, |table, name| {
+            let h = name_hash(name);
+            present[usize::from(table != "nat")].push(h);
+            new.get(table, h).is_none()
+        });
+        self.save_into(family, &mut parser)?;
+        let existing = parser.finish();
+        for p in &mut present {
+            p.sort_unstable();
+            p.dedup();
+            p.shrink_to_fit();
+        }
+        Ok((existing, present))
+    }
+
     fn existing(&self, family: Family) -> Result<Existing, NetfilterError> {
         let mut parser = ExistingParser::new(&self.config.name);
+        self.save_into(family, &mut parser)?;
+        Ok(parser.finish())
+    }
+
+    /// Runs the save tool of `family` and feeds its output to `parser` a line at a time.
+    fn save_into(
+        &self,
+        family: Family,
+        parser: &mut ExistingParser<'_>,
+    ) -> Result<(), NetfilterError> {
         exec::run_lines(
             BACKEND,
             self.config.netns.as_deref(),
@@ -92,8 +127,7 @@ impl IptablesDataplane {
             &[],
             &mut |line| parser.line(line),
             "save",
-        )?;
-        Ok(parser.finish())
+        )
     }
 
     /// The test hook's rule, which the tool refuses (with it, the whole input).
@@ -160,7 +194,12 @@ impl IptablesDataplane {
         let families = [Family::V4, Family::V6];
         let new = families.map(|f| digests(desired, &prefix, f));
         // Both families' kernel state is read before either is written.
-        let existing = [self.existing(Family::V4)?, self.existing(Family::V6)?];
+        let [mut v4, mut v6] = [
+            self.existing_against(Family::V4, &new[0])?,
+            self.existing_against(Family::V6, &new[1])?,
+        ];
+        let existing = [std::mem::take(&mut v4.0), std::mem::take(&mut v6.0)];
+        let mut present = [std::mem::take(&mut v4.1), std::mem::take(&mut v6.1)];
         let full_sync = full || self.dirty;
         let op = if full_sync {
             "full sync"
@@ -173,7 +212,13 @@ impl IptablesDataplane {
         let mut result = Ok(());
         for (i, family) in families.into_iter().enumerate() {
             let old = applied.as_ref().filter(|_| !full_sync).map(|(_, o)| &o[i]);
-            let plan = SyncPlan::new(old, &new[i], &existing[i], &prefix);
+            let plan = SyncPlan::with_present(
+                old,
+                &new[i],
+                &existing[i],
+                std::mem::take(&mut present[i]),
+                &prefix,
+            );
             if plan.is_empty() {
                 continue;
             }
@@ -190,8 +235,14 @@ impl IptablesDataplane {
             }
         }
         // A failed restore leaves the last applied digests (and `dirty`) as they were.
-        self.applied = applied;
-        result?;
+        if let Err(e) = result {
+            self.applied = applied;
+            return Err(e);
+        }
+        // What the kernel held (~130k chain names at 10k services) and the previous copy of
+        // the state go before the state is copied: they are not all held at once.
+        drop(existing);
+        drop(applied);
         self.dirty = false;
         self.applied = Some((desired.clone(), new));
         Ok(ApplyReport {

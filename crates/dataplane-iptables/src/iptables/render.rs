@@ -512,17 +512,29 @@ pub fn parse_existing(save: &str, prefix: &str) -> Existing {
     parser.finish()
 }
 
+/// Sees each of our chains (table, name) and says whether to list its name.
+type Keep<'a> = Box<dyn FnMut(&str, &str) -> bool + 'a>;
+
 /// [`parse_existing`] a line at a time, for output read as it comes (`iptables-save` of 10k
 /// services is ~100 MiB).
-#[derive(Debug)]
-pub struct ExistingParser {
+pub struct ExistingParser<'a> {
     ours: String,
     table: String,
     hook_targets: Vec<((String, String), String)>,
     existing: Existing,
+    keep: Option<Keep<'a>>,
 }
 
-impl ExistingParser {
+impl std::fmt::Debug for ExistingParser<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExistingParser")
+            .field("ours", &self.ours)
+            .field("existing", &self.existing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> ExistingParser<'a> {
     /// A parser for the chains of `prefix`.
     pub fn new(prefix: &str) -> Self {
         ExistingParser {
@@ -533,6 +545,17 @@ impl ExistingParser {
                 .map(|(t, c, target)| ((t.to_owned(), c.to_owned()), target))
                 .collect(),
             existing: Existing::default(),
+            keep: None,
+        }
+    }
+
+    /// A parser that hands each of our chains (table, name) to `keep` and lists only those
+    /// it keeps: at 10k services the kernel holds ~130k of them (~10 MiB as names), of which
+    /// a sync needs the names of the stale ones only.
+    pub fn filtered(prefix: &str, keep: impl FnMut(&str, &str) -> bool + 'a) -> Self {
+        ExistingParser {
+            keep: Some(Box::new(keep)),
+            ..ExistingParser::new(prefix)
         }
     }
 
@@ -543,12 +566,18 @@ impl ExistingParser {
             t.clone_into(&mut self.table);
         } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or("");
-            if name.starts_with(&self.ours) {
-                match self.table.as_str() {
-                    "nat" => e.nat_chains.insert(name.to_owned()),
-                    "filter" => e.filter_chains.insert(name.to_owned()),
-                    _ => false,
-                };
+            let table = self.table.as_str();
+            if name.starts_with(&self.ours) && (table == "nat" || table == "filter") {
+                if let Some(keep) = self.keep.as_mut() {
+                    if !keep(table, name) {
+                        return;
+                    }
+                }
+                if table == "nat" {
+                    e.nat_chains.insert(name.to_owned());
+                } else {
+                    e.filter_chains.insert(name.to_owned());
+                }
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let chain = rule.split_whitespace().next().unwrap_or("");
@@ -618,5 +647,28 @@ mod tests {
             .hooks
             .contains(&("nat".to_owned(), "PREROUTING".to_owned())));
         assert_eq!(e.hooks.len(), 1);
+    }
+
+    #[test]
+    fn filtered_parse_sees_every_chain_and_keeps_only_the_chosen() {
+        let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:DP-SERVICES - [0:0]\n:DP-SVC-A - [0:0]\n:KUBE-X - [0:0]\n-A PREROUTING -j DP-SERVICES\nCOMMIT\n*filter\n:DP-FILTER - [0:0]\nCOMMIT\n*mangle\n:DP-M - [0:0]\nCOMMIT\n";
+        let mut seen = Vec::new();
+        let mut parser = ExistingParser::filtered("DP", |table, name| {
+            seen.push(format!("{table}/{name}"));
+            name == "DP-SVC-A"
+        });
+        for line in save.lines() {
+            parser.line(line);
+        }
+        let e = parser.finish();
+        assert_eq!(
+            seen,
+            ["nat/DP-SERVICES", "nat/DP-SVC-A", "filter/DP-FILTER"]
+        );
+        assert_eq!(e.nat_chains, BTreeSet::from(["DP-SVC-A".to_owned()]));
+        assert!(e.filter_chains.is_empty());
+        assert!(e
+            .hooks
+            .contains(&("nat".to_owned(), "PREROUTING".to_owned())));
     }
 }
