@@ -74,6 +74,10 @@ pub struct Settings {
     pub changes: usize,
     pub packets: u64,
     pub quick: bool,
+    /// Seconds of unmeasured CRR load per dataplane before the first size (see
+    /// `fill_conntrack`).
+    #[serde(default)]
+    pub fill_secs: f64,
 }
 
 impl Settings {
@@ -105,6 +109,7 @@ impl Settings {
             threads: int("DP_BENCH_THREADS", 2).max(1),
             changes: int("DP_BENCH_CHANGES", if quick { 3 } else { 10 }).max(1),
             packets: if quick { 5_000 } else { 20_000 },
+            fill_secs: num("DP_BENCH_FILL_SECS", if quick { 3.0 } else { 12.0 }),
             quick,
         }
     }
@@ -501,6 +506,41 @@ fn packet_costs(settings: &Settings, start: Instant) -> Result<Vec<PacketRow>, S
 // ---------------------------------------------------------------------------------------
 // End to end
 
+/// Unmeasured CRR load through each dataplane (once, before the first size), so that every
+/// size is measured at the steady state of a busy node: under this load connection tracking
+/// (our `dp_ct`, the kernel's for nftables and iptables) fills within seconds and then
+/// evicts or expires as it inserts. Without it the first size ran with empty tables and the
+/// later ones with full ones, which the "flat" ratios took for the number of services.
+fn fill_conntrack(
+    settings: &Settings,
+    start: Instant,
+    modes: &[Mode],
+    rows: &[ScalingRow],
+    targets: &dyn Fn(&Mode) -> Vec<SocketAddr>,
+    lab: &Lab,
+) {
+    if settings.fill_secs <= 0.0 {
+        return;
+    }
+    log(
+        start,
+        &format!(
+            "filling connection tracking: {:.0} s of CRR per dataplane",
+            settings.fill_secs
+        ),
+    );
+    let fill = Duration::from_secs_f64(settings.fill_secs);
+    for (m, row) in modes.iter().zip(rows) {
+        if m.kind == "direct" || m.placement == "random" || row.error.is_some() {
+            continue;
+        }
+        let client = &lab.pods_on(m.node).next().expect("client pod").netns;
+        if let Err(e) = load::crr(client, &targets(m), fill, settings.threads) {
+            eprintln!("  {}: filling connection tracking: {e}", m.kind);
+        }
+    }
+}
+
 type Backendbox = Box<dyn Dataplane + Send>;
 
 fn ebpf_pin_dir(tag: &str) -> PathBuf {
@@ -852,6 +892,9 @@ fn end_to_end(settings: &Settings, results: &mut Results, start: Instant) -> Res
             {
                 row.error = Some("the socket hooks balanced no connect()".to_owned());
             }
+        }
+        if Some(&n) == settings.services.first() {
+            fill_conntrack(settings, start, &modes, &rows, &targets, &lab);
         }
         log(start, &format!("{n} services: {} rounds", settings.rounds));
         let crr_time = Duration::from_secs_f64(settings.crr_secs);

@@ -373,6 +373,16 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
          for iptables' linear chain). `direct` connects to the pod IPs with no dataplane on \
          the node: the limit.\n"
     );
+    let fill = results.settings.as_ref().map_or(0.0, |s| s.fill_secs);
+    if fill > 0.0 {
+        let _ = writeln!(
+            o,
+            "Before the first size each dataplane carries {fill:.0} s of unmeasured CRR load: \
+             every size is measured with connection tracking (`dp_ct`, or the kernel's for \
+             nftables and iptables) at a busy node's steady state, full and evicting, not the \
+             first size with empty tables and the later ones with full ones.\n"
+        );
+    }
     let _ = writeln!(o, "### Connection rate (CRR) relative to direct\n");
     let _ = writeln!(
         o,
