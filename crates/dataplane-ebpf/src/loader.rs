@@ -64,7 +64,7 @@ pub fn sock_object() -> &'static [u8] {
 }
 
 /// The compiled bench fixture `bpf/test/floor.c`: TC programs that stop after the first
-/// steps of `dp_from_pod` (`floor_entry`, `floor_ct`, `floor_ct_nat`), loaded by the
+/// steps of `dp_from_pod` (`floor_entry`, `floor_ct`, `floor_ct_nat`, `floor_svc`), loaded by the
 /// per-packet bench against a dataplane's pinned maps to measure what a test run costs at
 /// least on a machine. Not part of the dataplane.
 #[doc(hidden)]

@@ -82,7 +82,6 @@ impl IptablesDataplane {
         )
     }
 
-    /// Our chains and hook jumps in the kernel, read from `iptables-save` a line at a time.
     /// What the kernel holds of ours against the chains of `new`: the name hashes of all our
     /// chains (nat, filter; sorted), and the names of those `new` lacks (the stale ones, to
     /// remove) with the hook jumps. Every sync reads this: at 10k services ~130k chains,
@@ -108,6 +107,7 @@ impl IptablesDataplane {
         Ok((existing, present))
     }
 
+    /// Our chains and hook jumps in the kernel, read from `iptables-save` a line at a time.
     fn existing(&self, family: Family) -> Result<Existing, NetfilterError> {
         let mut parser = ExistingParser::new(&self.config.name);
         self.save_into(family, &mut parser)?;
