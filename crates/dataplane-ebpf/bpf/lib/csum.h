@@ -21,6 +21,19 @@ static __always_inline __u16 csum_buf(void *buf, __u32 len, __u32 seed)
 }
 
 /*
+ * The kernel's csum_replace4: the one's-complement checksum @check after a 4-byte field it
+ * covers went from @from to @to (RFC 1624: ~(~HC + ~m + m')). Word order does not matter to a
+ * one's-complement sum, so the values are taken as they lie in the packet.
+ */
+static __always_inline __u16 csum_replace4(__u16 check, __u32 from, __u32 to)
+{
+	__u32 sum = (__u16)~check;
+
+	sum += (~from & 0xffff) + (~from >> 16) + (to & 0xffff) + (to >> 16);
+	return csum_fold(sum);
+}
+
+/*
  * Decrements the TTL of @ip and updates its checksum incrementally (the kernel's
  * ip_decrease_ttl). The header's one's-complement sum stays the same, so a CHECKSUM_COMPLETE
  * skb's csum stays right too.

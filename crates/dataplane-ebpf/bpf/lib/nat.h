@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "parse.h"
+#include "csum.h"
 
 /*
  * Replace the address at @addr_off (4 or 16 bytes) and fix the L4 checksum (pseudo header)
@@ -68,21 +69,6 @@ static __always_inline __u32 daddr_off(const struct pkt *p)
 {
 	return p->family == DP_AF_INET ? p->l3_off + offsetof(struct iphdr, daddr)
 				       : p->l3_off + offsetof(struct ipv6hdr, daddr);
-}
-
-/*
- * The kernel's csum_replace4: the one's-complement checksum @check after a 4-byte field it
- * covers went from @from to @to (RFC 1624: ~(~HC + ~m + m')). Word order does not matter to a
- * one's-complement sum, so the values are taken as they lie in the packet.
- */
-static __always_inline __u16 csum_replace4(__u16 check, __u32 from, __u32 to)
-{
-	__u32 sum = (__u16)~check;
-
-	sum += (~from & 0xffff) + (~from >> 16) + (to & 0xffff) + (to >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)~sum;
 }
 
 /*

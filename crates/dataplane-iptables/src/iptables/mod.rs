@@ -194,12 +194,10 @@ impl IptablesDataplane {
         let families = [Family::V4, Family::V6];
         let new = families.map(|f| digests(desired, &prefix, f));
         // Both families' kernel state is read before either is written.
-        let [mut v4, mut v6] = [
-            self.existing_against(Family::V4, &new[0])?,
-            self.existing_against(Family::V6, &new[1])?,
-        ];
-        let existing = [std::mem::take(&mut v4.0), std::mem::take(&mut v6.0)];
-        let mut present = [std::mem::take(&mut v4.1), std::mem::take(&mut v6.1)];
+        let (existing4, present4) = self.existing_against(Family::V4, &new[0])?;
+        let (existing6, present6) = self.existing_against(Family::V6, &new[1])?;
+        let existing = [existing4, existing6];
+        let mut present = [present4, present6];
         let full_sync = full || self.dirty;
         let op = if full_sync {
             "full sync"
