@@ -77,6 +77,59 @@ pub struct ApplyReport {
     pub services_removed: usize,
     /// Backend-specific count of kernel objects written (map entries, rules, ...).
     pub objects_written: usize,
+    /// Parts of the state this backend cannot program and left out; everything else was
+    /// programmed. Empty when the whole state is in the kernel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+    /// Accepted settings worth a look (see [`crate::warnings`]), for the objects this apply
+    /// looked at: all of them on a full sync, the changed ones on an incremental one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+}
+
+/// A part of the desired state that a backend left unprogrammed because it lacks a capability
+/// (an unsupported protocol, say). The rest of the state is programmed; an invalid state is
+/// still refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Skipped {
+    /// The object, as validation errors name it (`service default/web`).
+    pub object: String,
+    /// The field left out (`ports[1]`).
+    pub field: String,
+    /// What is missing, e.g. `SCTP`.
+    pub feature: String,
+    /// Why, in a few words.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}: not programmed: {} ({})",
+            self.object, self.field, self.feature, self.reason
+        )
+    }
+}
+
+/// An accepted setting that is probably not what the caller meant, or that scopes less than
+/// it looks, naming object and field like a [`ValidationError`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Warning {
+    /// The object (`service default/web`).
+    pub object: String,
+    /// The field (`clusterIPs[0]`).
+    pub field: String,
+    /// What is worth a look.
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.field, self.message)
+    }
 }
 
 /// A programmed service frontend, as read back from the kernel.

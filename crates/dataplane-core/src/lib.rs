@@ -14,7 +14,8 @@ pub mod synthetic;
 pub mod validate;
 
 pub use dataplane::{
-    ApplyReport, Capabilities, Dataplane, Error, Flow, ObservedFrontend, ObservedState, Stats,
+    ApplyReport, Capabilities, Dataplane, Error, Flow, ObservedFrontend, ObservedState, Skipped,
+    Stats, Warning,
 };
 pub use diff::{diff, service_index, Change, ChangeSet, ServiceIndex};
 pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};
@@ -23,9 +24,10 @@ pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_
 pub use model::*;
 pub use reference::{
     eligible_backends, eligible_backends_with_policy, evaluate, hairpin_source, node_address,
-    Eligible, Entry, FrontendKind, IpFamily, Packet, SourceSeen, TrafficKind, Verdict,
+    source_range_allow_list, source_range_allows, Eligible, Entry, FrontendKind, IpFamily, Packet,
+    SourceSeen, TrafficKind, Verdict,
 };
-pub use validate::{validate, Incremental, ValidationError, Validator};
+pub use validate::{service_warnings, validate, warnings, Incremental, ValidationError, Validator};
 
 /// The README's example is compiled and run as a doc-test so that it stays true.
 #[cfg(doctest)]

@@ -169,6 +169,17 @@ pub struct Masquerade {
     /// Destinations that are never masqueraded (besides the cluster CIDRs).
     #[serde(default, rename = "nonMasqueradeCIDRs")]
     pub non_masquerade_cidrs: Vec<IpNetwork>,
+    /// Masquerade every connection to a service frontend to the node address, like
+    /// kube-proxy's `--masquerade-all`; independent of `enabled` and `all` (which are about
+    /// pod traffic leaving the cluster). Clients whose address a service promises to keep
+    /// still keep it: external clients of an `externalTrafficPolicy: Local` service and DSR.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub all_services: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn yes() -> bool {
@@ -181,6 +192,7 @@ impl Default for Masquerade {
             enabled: true,
             all: false,
             non_masquerade_cidrs: Vec::new(),
+            all_services: false,
         }
     }
 }

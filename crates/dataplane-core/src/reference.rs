@@ -59,7 +59,7 @@ pub enum Verdict {
         /// Acceptable backends.
         backends: BTreeSet<SocketAddr>,
         /// The source address the backend sees. Hairpin exception: a pod that reaches a
-        /// ClusterIP and is given itself as the backend sees the node address
+        /// service and is given itself as the backend sees the node address
         /// ([`hairpin_source`]) whatever this says; when every acceptable backend is the
         /// client, this already says so.
         source: SourceSeen,
@@ -209,7 +209,7 @@ fn eligible_with_policy<'a>(
     }
 }
 
-/// The source a pod sees when its connection to a ClusterIP is given back to itself.
+/// The source a pod sees when its connection to a service is given back to itself.
 pub fn hairpin_source(state: &DesiredState, client: IpAddr) -> SourceSeen {
     masquerade_if(state, IpFamily::of(&client), true)
 }
@@ -230,23 +230,35 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 
 /// Says what should happen to `packet` entering this node's dataplane at `entry`.
 ///
-/// The rules (shared by every backend):
-/// - ClusterIP from a pod or the host: `internalTrafficPolicy`; the source is preserved, except
-///   for hairpin (the only acceptable backends include the client itself), which is masqueraded
-///   to the node address.
-/// - ClusterIP from outside: cluster-wide; masqueraded unless the source is in the cluster CIDRs.
+/// The rules (shared by every backend; kube-proxy's nftables and iptables modes are the
+/// reference, the README's semantics paragraph says the same in prose):
+/// - `loadBalancerSourceRanges` (those of the LoadBalancer IP's family; a family without
+///   ranges is unrestricted) drop every other client of the LoadBalancer IP, wherever it comes
+///   from: pods, the node itself, outside. When a range contains a node address, the service's
+///   LoadBalancer IPs are allowed as sources too (kube-proxy's `allowFromNode`: the node
+///   reaching an LB IP it holds locally sends from that IP).
+/// - ClusterIP: `internalTrafficPolicy`, for every client (also from outside the node). The
+///   backend sees the client's address unless the client is not a pod (its source is outside
+///   the cluster CIDRs: the node itself or an outside client), which is masqueraded, or the
+///   connection is a hairpin (a pod given itself as the backend; when every acceptable
+///   backend is the client this says so).
 /// - NodePort (node addresses), LoadBalancer IPs and ExternalIPs from outside:
 ///   `externalTrafficPolicy`. `Cluster` masquerades to the node address unless the service's
 ///   external mode is DSR (`Dsr`, or `Hybrid` for TCP), which keeps the client address;
-///   `Local` keeps the client address and drops when no backend is local. `loadBalancerSourceRanges` drop other
-///   clients on LoadBalancer IPs.
-/// - The same frontends from a pod or the host: cluster-wide, masqueraded.
-/// - No usable backend: reject. A ClusterIP on a port no service port uses: reject.
+///   `Local` keeps the client address and drops when no backend is local.
+/// - The same frontends from this node's pods or the node itself: cluster-wide backends
+///   (kube-proxy's short-circuit); the node is masqueraded, a pod too unless the service's
+///   `externalTrafficPolicy` is `Local` (then it keeps its address, like a pod reaching a
+///   ClusterIP).
+/// - `masquerade.allServices` (kube-proxy's `--masquerade-all`) masquerades every service
+///   connection except the ones whose client address the service promises to keep (external
+///   clients under `externalTrafficPolicy: Local`, DSR).
+/// - No usable backend: reject. A ClusterIP on a port or protocol no service port uses:
+///   reject. Any other address inside `node.serviceCIDRs`: drop (it is no service).
 /// - Anything else is untouched; pod traffic leaving the cluster is masqueraded when the node
 ///   says so.
 pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict {
     let dst = packet.destination.ip();
-    let from_outside = matches!(entry, Entry::FromUplink);
     let mut cluster_ip_hit = false;
     for service in &state.services {
         let is_cluster_ip = service.cluster_ips.contains(&dst);
@@ -271,11 +283,14 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
             } else {
                 continue;
             };
-            return forward(state, service, port, kind, packet, from_outside);
+            return forward(state, service, port, kind, packet, entry);
         }
     }
     if cluster_ip_hit {
         return Verdict::Reject;
+    }
+    if in_any(dst, &state.node.service_cidrs) {
+        return Verdict::Drop;
     }
     let m = &state.node.masquerade;
     let leaves_cluster = !in_any(dst, &state.node.cluster_cidrs)
@@ -288,6 +303,52 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
     Verdict::Untouched {
         source: masquerade_if(state, IpFamily::of(&dst), masquerade),
     }
+}
+
+/// Whether `source` may reach `service`'s LoadBalancer IPs of `family` under its
+/// `loadBalancerSourceRanges`: the ranges of that family (none: everyone), plus the service's
+/// LoadBalancer IPs of that family when a range holds a node address (kube-proxy's
+/// `allowFromNode`). Backends program exactly [`source_range_allow_list`].
+pub fn source_range_allows(state: &DesiredState, service: &Service, source: IpAddr) -> bool {
+    match source_range_allow_list(state, service, IpFamily::of(&source)) {
+        None => true,
+        Some(list) => list.iter().any(|c| c.contains(source)),
+    }
+}
+
+/// The sources allowed to reach `service`'s LoadBalancer IPs of `family`, or `None` when that
+/// family is unrestricted (the service has no source range of that family): its ranges of
+/// `family`, and each of its LoadBalancer IPs of `family` as a host prefix when a range holds
+/// one of the node's addresses.
+pub fn source_range_allow_list(
+    state: &DesiredState,
+    service: &Service,
+    family: IpFamily,
+) -> Option<Vec<ipnetwork::IpNetwork>> {
+    let mut list: Vec<ipnetwork::IpNetwork> = service
+        .load_balancer_source_ranges
+        .iter()
+        .copied()
+        .filter(|c| IpFamily::of(&c.ip()) == family)
+        .collect();
+    if list.is_empty() {
+        return None;
+    }
+    let allow_from_node = state
+        .node
+        .addresses
+        .iter()
+        .any(|a| list.iter().any(|c| c.contains(*a)));
+    if allow_from_node {
+        list.extend(
+            service
+                .load_balancer_ips
+                .iter()
+                .filter(|ip| IpFamily::of(ip) == family)
+                .map(|ip| ipnetwork::IpNetwork::from(*ip)),
+        );
+    }
+    Some(list)
 }
 
 fn masquerade_if(state: &DesiredState, family: IpFamily, masquerade: bool) -> SourceSeen {
@@ -303,23 +364,21 @@ fn forward(
     port: &ServicePort,
     kind: FrontendKind,
     packet: &Packet,
-    from_outside: bool,
+    entry: &Entry,
 ) -> Verdict {
     let src = packet.source.ip();
     let family = IpFamily::of(&packet.destination.ip());
-    if kind == FrontendKind::LoadBalancer
-        && from_outside
-        && !service.load_balancer_source_ranges.is_empty()
-        && !in_any(src, &service.load_balancer_source_ranges)
-    {
+    let from_outside = matches!(entry, Entry::FromUplink);
+    if kind == FrontendKind::LoadBalancer && !source_range_allows(state, service, src) {
         return Verdict::Drop;
     }
-    // ClusterIPs from inside use internalTrafficPolicy; external frontends from outside use
-    // externalTrafficPolicy; the cross cases are cluster-wide (kube-proxy's short-circuit).
+    // ClusterIPs use internalTrafficPolicy whoever the client is; external frontends from
+    // outside use externalTrafficPolicy; pods and the node reaching an external frontend get
+    // cluster-wide backends (kube-proxy's short-circuit).
     let policy = match (kind == FrontendKind::ClusterIp, from_outside) {
-        (true, false) => service.internal_traffic_policy,
+        (true, _) => service.internal_traffic_policy,
         (false, true) => service.external_traffic_policy,
-        _ => TrafficPolicy::Cluster,
+        (false, false) => TrafficPolicy::Cluster,
     };
     let backends: BTreeSet<SocketAddr> = match eligible_with_policy(state, service, policy, family)
     {
@@ -330,18 +389,27 @@ fn forward(
         Eligible::NoLocal => return Verdict::Drop,
         Eligible::NoBackends => return Verdict::Reject,
     };
-    let masquerade = match (kind, from_outside) {
+    let from_pod = matches!(entry, Entry::FromPod(_));
+    let keeps_client = from_outside
+        && kind != FrontendKind::ClusterIp
+        && (service.external_traffic_policy == TrafficPolicy::Local
+            || service.uses_dsr(&state.node, packet.protocol));
+    let masquerade = if keeps_client {
+        false
+    } else if state.node.masquerade.all_services {
+        true
+    } else {
         // Hairpin: when the only choice is the client itself it must be masqueraded; with a
         // mixed set the client keeps its address unless it happens to pick itself (see
         // `Verdict::Forward::source`).
-        (FrontendKind::ClusterIp, false) => backends.iter().all(|b| b.ip() == src),
-        (FrontendKind::ClusterIp, true) => !in_any(src, &state.node.cluster_cidrs),
-        // DSR keeps the client's address whichever node the backend runs on.
-        (_, true) => {
-            service.external_traffic_policy != TrafficPolicy::Local
-                && !service.uses_dsr(&state.node, packet.protocol)
+        let hairpin = from_pod && backends.iter().all(|b| b.ip() == src);
+        match kind {
+            FrontendKind::ClusterIp => hairpin || !in_any(src, &state.node.cluster_cidrs),
+            // From outside under Cluster policy without DSR (the rest keeps the client).
+            _ if from_outside => true,
+            _ if from_pod => hairpin || service.external_traffic_policy != TrafficPolicy::Local,
+            _ => true,
         }
-        (_, false) => true,
     };
     Verdict::Forward {
         service: service.name.clone(),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
+use crate::dataplane::Warning;
 use crate::diff::ChangeSet;
 use crate::model::{
     DesiredState, Endpoint, Node, Policy, PolicyRule, PortRef, Protocol, Service, SessionAffinity,
@@ -160,16 +161,6 @@ pub enum ValidationError {
         /// Its family.
         backend_family: IpFamily,
     },
-    /// A ClusterIP outside the node's service CIDRs.
-    #[error("{object}: {field}: {address} is outside the service CIDRs")]
-    ClusterIpOutsideServiceCidrs {
-        /// The object.
-        object: String,
-        /// The field.
-        field: String,
-        /// The ClusterIP.
-        address: IpAddr,
-    },
     /// More than one ClusterIP of one family.
     #[error("{object}: {field}: more than one {family:?} ClusterIP")]
     TooManyClusterIps {
@@ -229,7 +220,6 @@ impl ValidationError {
             | V::DuplicateFrontend { object, .. }
             | V::Duplicate { object, .. }
             | V::BackendFamilyMismatch { object, .. }
-            | V::ClusterIpOutsideServiceCidrs { object, .. }
             | V::TooManyClusterIps { object, .. }
             | V::UnnamedPort { object, .. }
             | V::Inconsistent { object, .. }
@@ -473,7 +463,7 @@ fn validate_service(
     if s.ports.is_empty() {
         return Err(err_empty(object, "ports"));
     }
-    let mut families = validate_frontend_ips(node, s, object)?;
+    let mut families = validate_frontend_ips(s, object)?;
     let mut port_names = BTreeSet::new();
     let mut port_keys = BTreeSet::new();
     for (i, p) in s.ports.iter().enumerate() {
@@ -571,11 +561,40 @@ fn validate_service(
     validate_backends(s, object, &families)
 }
 
-fn validate_frontend_ips(
-    node: &Node,
-    s: &Service,
-    object: &str,
-) -> Result<BTreeSet<IpFamily>, ValidationError> {
+/// Warnings about an accepted `state` (every service, in state order): ClusterIPs outside
+/// `node.serviceCIDRs` of their family. Kubernetes' `ServiceCIDR` API adds service ranges at run
+/// time and kube-proxy programs every ClusterIP it is given, so such a ClusterIP is served;
+/// the service CIDRs only scope which unallocated addresses are dropped.
+pub fn warnings(state: &DesiredState) -> Vec<Warning> {
+    state
+        .services
+        .iter()
+        .flat_map(|s| service_warnings(&state.node, s))
+        .collect()
+}
+
+/// [`warnings`] of one service on `node` (for incremental applies).
+pub fn service_warnings(node: &Node, s: &Service) -> Vec<Warning> {
+    let mut found = Vec::new();
+    for (i, ip) in s.cluster_ips.iter().enumerate() {
+        let family = IpFamily::of(ip);
+        let mut in_family = node
+            .service_cidrs
+            .iter()
+            .filter(|c| IpFamily::of(&c.ip()) == family)
+            .peekable();
+        if in_family.peek().is_some() && !in_family.any(|c| c.contains(*ip)) {
+            found.push(Warning {
+                object: format!("service {}", s.name),
+                field: format!("clusterIPs[{i}]"),
+                message: format!("{ip} is outside node.serviceCIDRs"),
+            });
+        }
+    }
+    found
+}
+
+fn validate_frontend_ips(s: &Service, object: &str) -> Result<BTreeSet<IpFamily>, ValidationError> {
     let mut families = BTreeSet::new();
     let mut cluster_families = BTreeSet::new();
     for (i, ip) in s.cluster_ips.iter().enumerate() {
@@ -587,18 +606,6 @@ fn validate_frontend_ips(
                 object: object.to_owned(),
                 field: field(),
                 family,
-            });
-        }
-        let mut in_family = node
-            .service_cidrs
-            .iter()
-            .filter(|c| IpFamily::of(&c.ip()) == family)
-            .peekable();
-        if in_family.peek().is_some() && !in_family.any(|c| c.contains(*ip)) {
-            return Err(ValidationError::ClusterIpOutsideServiceCidrs {
-                object: object.to_owned(),
-                field: field(),
-                address: *ip,
             });
         }
         families.insert(family);

@@ -83,6 +83,20 @@ fn untouched(source: SourceSeen) -> Verdict {
 
 fn none(_: &mut DesiredState) {}
 
+fn net(s: &str) -> ipnetwork::IpNetwork {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// `lb` gets an IPv6 LoadBalancer IP and an IPv6 backend; its source ranges stay IPv4-only.
+fn lb_dual_stack(s: &mut DesiredState) {
+    let lb = &mut s.services[LB];
+    lb.cluster_ips.push(ip("fd00:96::30"));
+    lb.load_balancer_ips.push(ip("2001:db8:30::30"));
+    let mut b = lb.backends[1].clone();
+    b.ip = ip("fd00:244:1::8");
+    lb.backends.push(b);
+}
+
 fn only_local_web_backend(s: &mut DesiredState) {
     s.services[WEB]
         .backends
@@ -144,12 +158,28 @@ fn cases() -> Vec<Case> {
                 SourceSeen::Client,
             ),
         },
+        // kube-proxy masquerades ClusterIP traffic whose source is not a pod address
+        // (`! -s clusterCIDR -j KUBE-MARK-MASQ`): the node's own connections included.
         Case {
-            name: "clusterip from the host: source preserved",
+            name: "clusterip from the host: masqueraded (its source is no pod address)",
             tweak: none,
             packet: tcp("172.18.0.10:40000", "10.96.0.10:80"),
             entry: Entry::FromHost,
+            expected: forward("web", ClusterIp, &WEB_V4, masq(NODE)),
+        },
+        Case {
+            name: "clusterip from the host with a pod-network source: kept",
+            tweak: none,
+            packet: tcp("10.244.0.1:40000", "10.96.0.10:80"),
+            entry: Entry::FromHost,
             expected: forward("web", ClusterIp, &WEB_V4, SourceSeen::Client),
+        },
+        Case {
+            name: "clusterip from the host over ipv6: masqueraded to the ipv6 node address",
+            tweak: none,
+            packet: tcp("[fd00:18::10]:40000", "[fd00:96::10]:80"),
+            entry: Entry::FromHost,
+            expected: forward("web", ClusterIp, &["[fd00:244:1::5]:8080"], masq(NODE6)),
         },
         Case {
             name: "hairpin: the pod reaches itself, masqueraded to the node address",
@@ -312,12 +342,32 @@ fn cases() -> Vec<Case> {
             entry: Entry::FromUplink,
             expected: forward("web", ClusterIp, &WEB_V4, SourceSeen::Client),
         },
+        // internalTrafficPolicy governs every packet received on the ClusterIP (Kubernetes
+        // API docs; kube-proxy's ClusterIP rule jumps to the internal policy chain whatever the
+        // source).
         Case {
-            name: "clusterip from outside is cluster-wide even with internalTrafficPolicy Local",
+            name: "clusterip from another node's pod follows internalTrafficPolicy Local",
             tweak: |s| s.services[WEB].internal_traffic_policy = TrafficPolicy::Local,
             packet: tcp("10.244.1.33:50000", "10.96.0.10:80"),
             entry: Entry::FromUplink,
-            expected: forward("web", ClusterIp, &WEB_V4, SourceSeen::Client),
+            expected: forward("web", ClusterIp, &["10.244.0.5:8080"], SourceSeen::Client),
+        },
+        Case {
+            name: "clusterip from outside the cluster, internalTrafficPolicy Local: local, masqueraded",
+            tweak: |s| s.services[WEB].internal_traffic_policy = TrafficPolicy::Local,
+            packet: tcp("172.18.0.20:50000", "10.96.0.10:80"),
+            entry: Entry::FromUplink,
+            expected: forward("web", ClusterIp, &["10.244.0.5:8080"], masq(NODE)),
+        },
+        Case {
+            name: "clusterip from outside, internalTrafficPolicy Local, no local backend: drop",
+            tweak: |s| {
+                s.services[WEB].internal_traffic_policy = TrafficPolicy::Local;
+                remove_backend(s, WEB, "10.244.0.5");
+            },
+            packet: tcp("172.18.0.20:50000", "10.96.0.10:80"),
+            entry: Entry::FromUplink,
+            expected: Verdict::Drop,
         },
         // --- NodePort.
         Case {
@@ -405,10 +455,36 @@ fn cases() -> Vec<Case> {
             expected: forward("np", NodePort, &["10.244.0.7:8080"], SourceSeen::Client),
         },
         Case {
-            name: "nodeport from a pod: cluster-wide and masqueraded, whatever the policy",
+            name: "nodeport from a pod, externalTrafficPolicy Cluster: cluster-wide, masqueraded",
+            tweak: none,
+            packet: tcp("10.244.0.6:40000", "172.18.0.10:30080"),
+            entry: client(),
+            expected: forward("np", NodePort, &NP_ALL, masq(NODE)),
+        },
+        // kube-proxy: "short-circuit pod traffic" of an eTP:Local service's external chain to
+        // the cluster chain, without the masquerade mark.
+        Case {
+            name: "nodeport from a pod, externalTrafficPolicy Local: cluster-wide, pod address kept",
             tweak: |s| s.services[NP].external_traffic_policy = TrafficPolicy::Local,
             packet: tcp("10.244.0.6:40000", "172.18.0.10:30080"),
             entry: client(),
+            expected: forward("np", NodePort, &NP_ALL, SourceSeen::Client),
+        },
+        Case {
+            name: "nodeport from a pod, externalTrafficPolicy Local, hairpin: masqueraded",
+            tweak: |s| {
+                s.services[NP].external_traffic_policy = TrafficPolicy::Local;
+                remove_backend(s, NP, "10.244.1.7");
+            },
+            packet: tcp("10.244.0.7:40000", "172.18.0.10:30080"),
+            entry: from_pod("np-0"),
+            expected: forward("np", NodePort, &["10.244.0.7:8080"], masq(NODE)),
+        },
+        Case {
+            name: "nodeport from the host, externalTrafficPolicy Local: cluster-wide, masqueraded",
+            tweak: |s| s.services[NP].external_traffic_policy = TrafficPolicy::Local,
+            packet: tcp("172.18.0.10:40000", "172.18.0.10:30080"),
+            entry: Entry::FromHost,
             expected: forward("np", NodePort, &NP_ALL, masq(NODE)),
         },
         Case {
@@ -475,12 +551,79 @@ fn cases() -> Vec<Case> {
             entry: Entry::FromUplink,
             expected: forward("lb", NodePort, &LB_ALL, masq(NODE)),
         },
+        // kube-proxy checks loadBalancerSourceRanges wherever the packet comes from (its
+        // firewall chain hooks prerouting and output): a pod or the node cannot bypass them.
         Case {
-            name: "loadbalancer from a pod: source ranges do not apply, masqueraded",
+            name: "loadbalancer from a pod outside the source ranges: drop",
             tweak: none,
             packet: tcp("10.244.0.6:40000", "192.0.2.30:443"),
             entry: client(),
+            expected: Verdict::Drop,
+        },
+        Case {
+            name: "loadbalancer from a pod inside the source ranges: cluster-wide, masqueraded",
+            tweak: |s| s.services[LB].load_balancer_source_ranges.push(net("10.244.0.0/24")),
+            packet: tcp("10.244.0.6:40000", "192.0.2.30:443"),
+            entry: client(),
             expected: forward("lb", LoadBalancer, &LB_ALL, masq(NODE)),
+        },
+        Case {
+            name: "loadbalancer from the host outside the source ranges: drop",
+            tweak: none,
+            packet: tcp("172.18.0.10:40000", "192.0.2.30:443"),
+            entry: Entry::FromHost,
+            expected: Verdict::Drop,
+        },
+        Case {
+            name: "loadbalancer from the host, a range holds the node address: allowed",
+            tweak: |s| s.services[LB].load_balancer_source_ranges.push(net("172.18.0.0/24")),
+            packet: tcp("172.18.0.10:40000", "192.0.2.30:443"),
+            entry: Entry::FromHost,
+            expected: forward("lb", LoadBalancer, &LB_ALL, masq(NODE)),
+        },
+        // kube-proxy's allowFromNode: the LB IP configured locally makes the node send from it.
+        Case {
+            name: "loadbalancer ip as the source, a range holds the node address: allowed",
+            tweak: |s| s.services[LB].load_balancer_source_ranges.push(net("172.18.0.0/24")),
+            packet: tcp("192.0.2.30:40000", "192.0.2.30:443"),
+            entry: Entry::FromHost,
+            expected: forward("lb", LoadBalancer, &LB_ALL, masq(NODE)),
+        },
+        Case {
+            name: "loadbalancer ip as the source, no range holds a node address: drop",
+            tweak: none,
+            packet: tcp("192.0.2.30:40000", "192.0.2.30:443"),
+            entry: Entry::FromHost,
+            expected: Verdict::Drop,
+        },
+        // kube-proxy filters the ranges by family (MapCIDRsByIPFamily): a family without a
+        // range of its own is not restricted.
+        Case {
+            name: "ipv6 loadbalancer with ipv4-only source ranges: unrestricted",
+            tweak: lb_dual_stack,
+            packet: tcp("[2001:db8:9::7]:50000", "[2001:db8:30::30]:443"),
+            entry: Entry::FromUplink,
+            expected: forward("lb", LoadBalancer, &["[fd00:244:1::8]:8443"], masq(NODE6)),
+        },
+        Case {
+            name: "ipv6 loadbalancer with an ipv6 source range: other clients dropped",
+            tweak: |s| {
+                lb_dual_stack(s);
+                s.services[LB].load_balancer_source_ranges.push(net("2001:db8:7::/48"));
+            },
+            packet: tcp("[2001:db8:9::7]:50000", "[2001:db8:30::30]:443"),
+            entry: Entry::FromUplink,
+            expected: Verdict::Drop,
+        },
+        Case {
+            name: "ipv6 source range does not open the ipv4 loadbalancer",
+            tweak: |s| {
+                lb_dual_stack(s);
+                s.services[LB].load_balancer_source_ranges.push(net("2001:db8:7::/48"));
+            },
+            packet: tcp("198.18.0.7:50000", "192.0.2.30:443"),
+            entry: Entry::FromUplink,
+            expected: Verdict::Drop,
         },
         // --- ExternalIP.
         Case {
@@ -499,10 +642,133 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "externalip from a pod: cluster-wide, masqueraded",
-            tweak: |s| s.services[EXT].external_traffic_policy = TrafficPolicy::Local,
+            tweak: none,
             packet: tcp("10.244.0.6:40000", "198.51.100.40:80"),
             entry: client(),
             expected: forward("ext", ExternalIp, &EXT_ALL, masq(NODE)),
+        },
+        Case {
+            name: "externalip from a pod, externalTrafficPolicy Local: cluster-wide, kept",
+            tweak: |s| s.services[EXT].external_traffic_policy = TrafficPolicy::Local,
+            packet: tcp("10.244.0.6:40000", "198.51.100.40:80"),
+            entry: client(),
+            expected: forward("ext", ExternalIp, &EXT_ALL, SourceSeen::Client),
+        },
+        Case {
+            name: "loadbalancer from a pod, externalTrafficPolicy Local: cluster-wide, kept",
+            tweak: |s| {
+                s.services[LB].external_traffic_policy = TrafficPolicy::Local;
+                s.services[LB].load_balancer_source_ranges.clear();
+            },
+            packet: tcp("10.244.0.6:40000", "192.0.2.30:443"),
+            entry: client(),
+            expected: forward("lb", LoadBalancer, &LB_ALL, SourceSeen::Client),
+        },
+        // --- Unallocated service addresses (kube-proxy nftables: "drop traffic to unallocated
+        // ClusterIPs", so they do not leak to the default route).
+        Case {
+            name: "unallocated address in the service CIDR from a pod: drop",
+            tweak: none,
+            packet: tcp("10.244.0.6:40000", "10.96.0.99:80"),
+            entry: client(),
+            expected: Verdict::Drop,
+        },
+        Case {
+            name: "unallocated address in the service CIDR from outside: drop",
+            tweak: none,
+            packet: udp("203.0.113.7:50000", "10.96.0.99:53"),
+            entry: Entry::FromUplink,
+            expected: Verdict::Drop,
+        },
+        Case {
+            name: "unallocated ipv6 service address from the host: drop",
+            tweak: none,
+            packet: tcp("[fd00:18::10]:40000", "[fd00:96::99]:80"),
+            entry: Entry::FromHost,
+            expected: Verdict::Drop,
+        },
+        Case {
+            name: "allocated clusterip, port no service uses: still reject",
+            tweak: none,
+            packet: udp("10.244.0.6:40000", "10.96.0.20:80"),
+            entry: client(),
+            expected: Verdict::Reject,
+        },
+        // A ClusterIP outside serviceCIDRs is served (a warning, not an error: the ServiceCIDR
+        // API adds ranges at run time).
+        Case {
+            name: "clusterip outside the service CIDRs is served",
+            tweak: |s| s.services[WEB].cluster_ips[0] = ip("10.200.0.10"),
+            packet: tcp("10.244.0.6:40000", "10.200.0.10:80"),
+            entry: client(),
+            expected: forward("web", ClusterIp, &WEB_V4, SourceSeen::Client),
+        },
+        // --- masquerade.allServices (kube-proxy --masquerade-all).
+        Case {
+            name: "masquerade allServices: a pod to a clusterip is masqueraded",
+            tweak: |s| s.node.masquerade.all_services = true,
+            packet: tcp("10.244.0.6:40000", "10.96.0.10:80"),
+            entry: client(),
+            expected: forward("web", ClusterIp, &WEB_V4, masq(NODE)),
+        },
+        Case {
+            name: "masquerade allServices: ipv6 clusterip masqueraded to the ipv6 node address",
+            tweak: |s| s.node.masquerade.all_services = true,
+            packet: tcp("[fd00:244::6]:40000", "[fd00:96::10]:80"),
+            entry: client(),
+            expected: forward("web", ClusterIp, &["[fd00:244:1::5]:8080"], masq(NODE6)),
+        },
+        Case {
+            name: "masquerade allServices: another node's pod to a clusterip is masqueraded",
+            tweak: |s| s.node.masquerade.all_services = true,
+            packet: udp("10.244.1.33:50000", "10.96.0.10:53"),
+            entry: Entry::FromUplink,
+            expected: forward(
+                "web",
+                ClusterIp,
+                &["10.244.0.5:5353", "10.244.1.5:5353", "10.244.2.5:5353"],
+                masq(NODE),
+            ),
+        },
+        Case {
+            name: "masquerade allServices: a pod to an etp=local nodeport is masqueraded",
+            tweak: |s| {
+                s.node.masquerade.all_services = true;
+                s.services[NP].external_traffic_policy = TrafficPolicy::Local;
+            },
+            packet: tcp("10.244.0.6:40000", "172.18.0.10:30080"),
+            entry: client(),
+            expected: forward("np", NodePort, &NP_ALL, masq(NODE)),
+        },
+        Case {
+            name: "masquerade allServices: outside to an etp=local nodeport keeps the client",
+            tweak: |s| {
+                s.node.masquerade.all_services = true;
+                s.services[NP].external_traffic_policy = TrafficPolicy::Local;
+            },
+            packet: tcp("203.0.113.7:50000", "172.18.0.10:30080"),
+            entry: Entry::FromUplink,
+            expected: forward("np", NodePort, &["10.244.0.7:8080"], SourceSeen::Client),
+        },
+        Case {
+            name: "masquerade allServices: DSR keeps the client",
+            tweak: |s| {
+                s.node.masquerade.all_services = true;
+                s.services[NP].external_mode = Some(ExternalMode::Dsr);
+            },
+            packet: tcp("203.0.113.7:50000", "172.18.0.10:30080"),
+            entry: Entry::FromUplink,
+            expected: forward("np", NodePort, &NP_ALL, SourceSeen::Client),
+        },
+        Case {
+            name: "masquerade allServices does not masquerade pod egress",
+            tweak: |s| {
+                s.node.masquerade.all_services = true;
+                s.node.masquerade.enabled = false;
+            },
+            packet: tcp("10.244.0.6:40000", "93.184.216.34:443"),
+            entry: client(),
+            expected: untouched(SourceSeen::Client),
         },
         // --- Not service traffic.
         Case {
@@ -918,9 +1184,16 @@ proptest! {
                         source: SocketAddr::new(client_of(family), 40_000),
                         destination: SocketAddr::new(*cluster_ip, port.port),
                     };
+                    // masquerade.allServices (kube-proxy's --masquerade-all) masquerades pods too.
+                    let source = match node_address(&state, family) {
+                        Some(node) if state.node.masquerade.all_services => {
+                            SourceSeen::Masqueraded(node)
+                        }
+                        _ => SourceSeen::Client,
+                    };
                     let want = expected_verdict(
                         &state, service, i, TrafficKind::Internal, family,
-                        FrontendKind::ClusterIp, SourceSeen::Client,
+                        FrontendKind::ClusterIp, source,
                     );
                     prop_assert_eq!(evaluate(&state, &p, &pod), want, "{} port {}", service.name, i);
                 }

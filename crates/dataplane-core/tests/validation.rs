@@ -15,6 +15,7 @@ use dataplane_core::{
     ObjectName, PolicyPeer, PortRange, PortRef, Protocol, ServicePort, SessionAffinity,
     TrafficPolicy, ValidationError, Validator, API_VERSION, KIND,
 };
+use dataplane_core::{warnings, Warning};
 
 const FULL: &str = include_str!("data/full.yaml");
 
@@ -812,31 +813,40 @@ fn backend_family_mismatch() {
 }
 
 #[test]
-fn cluster_ip_outside_service_cidrs() {
-    let err = invalid(|s| s.services[1].cluster_ips = vec![ip("10.200.0.11")]);
+fn cluster_ip_outside_service_cidrs_is_a_warning_not_an_error() {
+    // Kubernetes' ServiceCIDR API adds service ranges at run time and kube-proxy programs every
+    // ClusterIP it is given: accepted, and named in the warnings.
+    let mut state = base();
+    state.services[1].cluster_ips = vec![ip("10.200.0.11")];
+    state.services[0].cluster_ips[1] = ip("fd00:97::10");
+    validate(&state).expect("a ClusterIP outside serviceCIDRs is valid");
+    let found = warnings(&state);
     assert_eq!(
-        err,
-        ValidationError::ClusterIpOutsideServiceCidrs {
-            object: API.into(),
-            field: "clusterIPs[0]".into(),
-            address: ip("10.200.0.11"),
-        }
+        found,
+        vec![
+            Warning {
+                object: WEB.into(),
+                field: "clusterIPs[1]".into(),
+                message: "fd00:97::10 is outside node.serviceCIDRs".into(),
+            },
+            Warning {
+                object: API.into(),
+                field: "clusterIPs[0]".into(),
+                message: "10.200.0.11 is outside node.serviceCIDRs".into(),
+            },
+        ],
+        "{found:?}"
     );
-    assert_names(&err, API, "clusterIPs[0]");
-    let err = invalid(|s| s.services[0].cluster_ips[1] = ip("fd00:97::10"));
     assert_eq!(
-        err,
-        ValidationError::ClusterIpOutsideServiceCidrs {
-            object: WEB.into(),
-            field: "clusterIPs[1]".into(),
-            address: ip("fd00:97::10"),
-        }
+        found[1].to_string(),
+        format!("{API}: clusterIPs[0]: 10.200.0.11 is outside node.serviceCIDRs")
     );
     // No service CIDR of a family: ClusterIPs of that family are not range-checked.
-    valid(|s| {
-        s.node.service_cidrs.retain(IpNetwork::is_ipv4);
-        s.services[0].cluster_ips[1] = ip("fd00:97::10");
-    });
+    state.node.service_cidrs.retain(IpNetwork::is_ipv4);
+    state.services[1].cluster_ips = vec![ip("10.96.0.11")];
+    assert!(warnings(&state).is_empty());
+    // The base state has none.
+    assert!(warnings(&base()).is_empty());
 }
 
 #[test]

@@ -504,6 +504,15 @@ impl EbpfDataplane {
             }
         }
         let (services_changed, services_removed) = counts;
+        let warnings = match changes {
+            None => dataplane_core::warnings(desired),
+            Some(changes) => changes
+                .services
+                .values()
+                .filter_map(|c| c.current.as_ref())
+                .flat_map(|s| dataplane_core::service_warnings(&rest.node, s))
+                .collect(),
+        };
         self.planner = Some(planner);
         self.applied = Some(rest);
         Ok(ApplyReport {
@@ -511,6 +520,8 @@ impl EbpfDataplane {
             services_changed,
             services_removed,
             objects_written: report.objects_written + local_written,
+            skipped: Vec::new(),
+            warnings,
         })
     }
 

@@ -59,9 +59,10 @@ pub fn node() -> impl Strategy<Value = Node> {
         any::<bool>(),
         subsequence(vec![net("192.168.0.0/16"), net("fd00:1::/64")], 0..=2),
         external_mode(),
+        any::<bool>(),
     )
         .prop_map(
-            |(mtu, enabled, all, non_masquerade_cidrs, external_mode)| Node {
+            |(mtu, enabled, all, non_masquerade_cidrs, external_mode, all_services)| Node {
                 name: "node-0".into(),
                 addresses: vec![
                     IpAddr::V4(Ipv4Addr::new(172, 18, 0, 10)),
@@ -78,6 +79,7 @@ pub fn node() -> impl Strategy<Value = Node> {
                     enabled,
                     all,
                     non_masquerade_cidrs,
+                    all_services,
                 },
                 mtu,
                 external_mode,

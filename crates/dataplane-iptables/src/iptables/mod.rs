@@ -248,6 +248,8 @@ impl IptablesDataplane {
             services_changed: desired.services.len(),
             services_removed: 0,
             objects_written: written,
+            skipped: Vec::new(),
+            warnings: dataplane_core::warnings(desired),
         })
     }
 

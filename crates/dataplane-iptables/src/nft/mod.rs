@@ -242,6 +242,8 @@ impl NftablesDataplane {
             services_changed: desired.services.len(),
             services_removed: 0,
             objects_written,
+            skipped: Vec::new(),
+            warnings: dataplane_core::warnings(desired),
         };
         self.applied = Some((desired.node.clone(), rs));
         self.validator = Some(validator);
@@ -420,6 +422,13 @@ impl Dataplane for NftablesDataplane {
             services_changed: changes.services.len() - removed,
             services_removed: removed,
             objects_written: 0,
+            skipped: Vec::new(),
+            warnings: changes
+                .services
+                .values()
+                .filter_map(|c| c.current.as_ref())
+                .flat_map(|s| dataplane_core::service_warnings(node, s))
+                .collect(),
         };
         if let Some(mut ops) = element_ops(rs, &patch) {
             // Only backends or hairpin addresses changed: no chain is touched, so skip the nft

@@ -50,6 +50,7 @@ pub fn node() -> Node {
             enabled: true,
             all: false,
             non_masquerade_cidrs: vec!["192.168.0.0/16".parse().unwrap()],
+            all_services: false,
         },
         mtu: 1500,
         external_mode: ExternalMode::default(),
