@@ -1,5 +1,5 @@
 //! Rejects of connections to a service without endpoints, IPv6 next to IPv4: the bytes of
-//! the TCP RST and the ICMPv6 port unreachable built in place (BPF_PROG_TEST_RUN, checksums
+//! the TCP RST and the `ICMPv6` port unreachable built in place (BPF_PROG_TEST_RUN, checksums
 //! computed here), and the time a pod waits for its refusal in the lab.
 //!
 //! ```text
@@ -118,16 +118,32 @@ fn l4_sum_v6(src: &[u8], dst: &[u8], next: u8, payload: &[u8]) -> u16 {
 /// payload.
 fn check_v6_reply<'a>(what: &str, input: &[u8], out: &'a [u8], next: u8) -> &'a [u8] {
     assert_eq!(&out[0..6], &input[6..12], "{what}: to the sender's MAC");
-    assert_eq!(&out[6..12], &input[0..6], "{what}: from the MAC it was sent to");
+    assert_eq!(
+        &out[6..12],
+        &input[0..6],
+        "{what}: from the MAC it was sent to"
+    );
     assert_eq!(&out[12..14], &[0x86, 0xdd], "{what}: IPv6");
     let ip = &out[14..];
     assert_eq!(ip[0] >> 4, 6, "{what}: version");
     let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-    assert_eq!(payload_len, ip.len() - 40, "{what}: payload length = what follows");
+    assert_eq!(
+        payload_len,
+        ip.len() - 40,
+        "{what}: payload length = what follows"
+    );
     assert_eq!(ip[6], next, "{what}: next header");
     assert_eq!(ip[7], 64, "{what}: hop limit");
-    assert_eq!(&ip[8..24], &input[14 + 24..14 + 40], "{what}: from the destination");
-    assert_eq!(&ip[24..40], &input[14 + 8..14 + 24], "{what}: to the source");
+    assert_eq!(
+        &ip[8..24],
+        &input[14 + 24..14 + 40],
+        "{what}: from the destination"
+    );
+    assert_eq!(
+        &ip[24..40],
+        &input[14 + 8..14 + 24],
+        "{what}: to the source"
+    );
     assert_eq!(
         l4_sum_v6(&ip[8..24], &ip[24..40], next, &ip[40..]),
         0,
@@ -138,7 +154,7 @@ fn check_v6_reply<'a>(what: &str, input: &[u8], out: &'a [u8], next: u8) -> &'a 
 }
 
 /// An IPv6 TCP SYN to a ClusterIP without endpoints is answered with a RST|ACK that
-/// acknowledges the SYN (and a SYN with data, its data), a UDP datagram with ICMPv6 port
+/// acknowledges the SYN (and a SYN with data, its data), a UDP datagram with `ICMPv6` port
 /// unreachable quoting it; both leave through the interface they came in on (redirect) with
 /// checksums that verify. IPv4 gets the same RST.
 #[test]
@@ -166,7 +182,11 @@ fn reject_bytes_over_ipv6_and_ipv4() {
         assert_eq!(&tcp[0..2], &80u16.to_be_bytes(), "from the service port");
         assert_eq!(&tcp[2..4], &52000u16.to_be_bytes(), "to the client port");
         assert_eq!(&tcp[4..8], &[0, 0, 0, 0], "sequence 0 (the SYN had no ACK)");
-        assert_eq!(&tcp[8..12], &ack.to_be_bytes(), "acknowledges the SYN and its data");
+        assert_eq!(
+            &tcp[8..12],
+            &ack.to_be_bytes(),
+            "acknowledges the SYN and its data"
+        );
         assert_eq!(tcp[12], 5 << 4, "data offset 5");
         assert_eq!(tcp[13], 0x14, "RST|ACK");
     }
@@ -181,7 +201,11 @@ fn reject_bytes_over_ipv6_and_ipv4() {
     let run = dp.run_packet(Hook::FromPod, &stray, 1).expect("run");
     assert_eq!(run.verdict, REDIRECT);
     let tcp = check_v6_reply("RST to an ACK", &stray, &run.output, 6);
-    assert_eq!(&tcp[4..8], &7777u32.to_be_bytes(), "seq = the segment's ack");
+    assert_eq!(
+        &tcp[4..8],
+        &7777u32.to_be_bytes(),
+        "seq = the segment's ack"
+    );
     assert_eq!(tcp[13], 0x04, "RST alone");
 
     let input = eth()
