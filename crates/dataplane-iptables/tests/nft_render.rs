@@ -438,7 +438,7 @@ mod parity {
             .unwrap()
             .elements
             .iter()
-            .map(|e| e.key())
+            .map(dataplane_iptables::nft::render::Element::key)
             .collect();
         assert!(
             keys.contains(&"10.200.0.20 . tcp . 80".to_owned()),

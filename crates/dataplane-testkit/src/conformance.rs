@@ -1116,7 +1116,7 @@ fn run_case(
 
 /// nftables counters, in every node's namespace, of packets for one address that leave the
 /// node through its uplink (postrouting, after every filter); removed on drop. (A watch in
-/// the underlay router's namespace also counts, with br_netfilter loaded, an outside
+/// the underlay router's namespace also counts, with `br_netfilter` loaded, an outside
 /// client's own packet as the bridge forwards it to the node.)
 struct LeakWatch {
     nodes: Vec<String>,

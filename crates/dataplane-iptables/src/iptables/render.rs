@@ -1,17 +1,29 @@
 //! The iptables renderer: [`Plan`] → [`IptRuleset`] (chains and rules of one address family)
 //! → `iptables-restore --noflush` text. Pure functions.
 //!
-//! kube-proxy's iptables layout, under our own prefix (`DP` by default):
+//! kube-proxy's iptables layout (pkg/proxy/iptables/proxier.go), under our own prefix (`DP`
+//! by default):
 //!
 //! ```text
 //! nat PREROUTING/OUTPUT ─▶ DP-SERVICES ─(-d frontend -p proto --dport)─▶ DP-SVC-* (ClusterIP)
 //!                                                                    ├─▶ DP-EXT-* (NodePort, ExternalIP, LB)
 //!                                                                    └─▶ DP-FW-*  (LB + sourceRanges)
+//!     DP-SVC: internalTrafficPolicy for every client; ! -s clusterCIDR (all: --masquerade-all)
+//!             ─▶ DP-MARK-MASQ
+//!     DP-EXT: Cluster: DP-MARK-MASQ; Local: addrtype LOCAL ─▶ masq + cluster-wide,
+//!             ! -i uplink (this node's pods) ─▶ cluster-wide, the rest by the policy
+//!     DP-FW:  -s <allowed> ─▶ DP-EXT (ranges, LB IPs when a range holds the node), else drop
 //!     DP-SVC/EXT ─▶ DP-SEL-* (statistic random; recent for ClientIP affinity) ─▶ DP-SEP-* (DNAT)
 //!     no backend: mark 0x10000 (reject), no local backend / not in ranges: mark 0x8000 (drop)
 //! nat POSTROUTING ─▶ DP-POSTROUTING: mark 0x4000 ─▶ SNAT to the node address; pod → outside
-//! filter INPUT/FORWARD/OUTPUT ─▶ DP-FILTER: drop / reject the marked packets
+//! filter INPUT/FORWARD/OUTPUT ─▶ DP-FILTER: drop / reject the marked packets; new connections
+//!                                still to the service CIDRs (no service took them): drop
 //! ```
+//!
+//! Beyond kube-proxy's iptables mode: the drop of unallocated service addresses (its nftables
+//! mode's `cluster-ips-check`), and pods short-circuiting an externalTrafficPolicy Local
+//! frontend told by their interface rather than by `IfLocal` (the reference model treats a
+//! pod of another node that comes in on the uplink as an outside client).
 //!
 //! Everything after the first packet of a connection is conntrack's job. Per-packet cost grows
 //! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.

@@ -1,26 +1,47 @@
 //! The nftables renderer: [`Plan`] → [`NftRuleset`] → `nft -f` text. Pure functions.
 //!
-//! Layout (one `inet` table of our own):
+//! Layout (one `inet` table of our own), after kube-proxy's nftables proxier
+//! (pkg/proxy/nftables/proxier.go: `services`, `cluster-ips-check`, the per-service
+//! `external-`/`firewall-` chains, `mark-for-masquerade`):
 //!
 //! ```text
 //! nat-prerouting / nat-output ──jump──▶ services
 //!   services:  ip daddr . meta l4proto . th dport vmap @service-ips-v4   (O(1) per packet)
-//!              ip daddr @cluster-ips-v4 goto reject-service                (unknown port)
-//!   svc-v4-<ns>/<name>/<proto>/<port>   ClusterIP: internalTrafficPolicy
-//!   ext-v4-…   NodePort / ExternalIP / LoadBalancer: externalTrafficPolicy
-//!   fw-v4-…    LoadBalancer IPs with loadBalancerSourceRanges, then goto ext-v4-…
+//!   svc-v4-<ns>/<name>/<proto>/<port>   ClusterIP: internalTrafficPolicy, every client
+//!   ext-v4-…   NodePort / ExternalIP / LoadBalancer: Cluster: masquerade, cluster-wide;
+//!              Local: `fib saddr type local` (the node) cluster-wide + masquerade,
+//!              `iifname != uplink` (this node's pods) cluster-wide, the rest by the policy
+//!   fw-v4-…    LoadBalancer IPs with loadBalancerSourceRanges of this family:
+//!              saddr != { ranges, LB IPs if a range holds a node address } drop; goto ext-v4-…
 //!       └─ meta mark set numgen random mod N offset K goto dnat-v4
-//!          (a ClusterIP whose clients all pick alike: goto dnat-clusterip-v4)
-//!   dnat-clusterip-v4: from outside the cluster: mark bit 31; goto dnat-v4
+//!          (ClusterIP: goto dnat-clusterip-v4)
+//!   dnat-clusterip-v4: saddr outside the cluster CIDRs: mark bit 31; goto dnat-v4
 //!   dnat-v4:   dnat ip to meta mark & 0x7fffffff map @backends-v4          (one global map)
+//! filter-forward / filter-output-post-dnat ──ct state new──▶ cluster-ips-check
+//!   cluster-ips-check: daddr @cluster-ips-v4 reject; daddr @service-cidrs-v4 drop
 //! nat-postrouting: mark bit 31 / hairpin / pod → outside  ──▶ masquerade-node (snat to node)
 //! ```
 //!
-//! Why one global backend map reached through the packet mark, rather than a map per service:
-//! the kernel walks every binding of a map on each element insert, and looks sets up by name
-//! linearly, so 10k per-service maps (or 10k rules bound to one map) make loading quadratic.
-//! Here the global map has exactly two bindings (the `dnat-v4`/`dnat-v6` rules), so 10k
-//! services x 10 backends load in about a second.
+//! Departures from kube-proxy, and why:
+//! - One global backend map reached through the packet mark, rather than a chain per
+//!   endpoint: the kernel walks every binding of a map on each element insert, and looks sets
+//!   up by name linearly, so 10k per-service maps (or 10k rules bound to one map) make loading
+//!   quadratic. Here the global map has exactly two bindings (the `dnat-v4`/`dnat-v6` rules),
+//!   so 10k services x 10 backends load in about a second.
+//! - The masquerade decision of a ClusterIP (kube-proxy: `IfNotLocal jump
+//!   mark-for-masquerade` in each service chain) is one shared rule in `dnat-clusterip`:
+//!   10k rules fewer at 10k services. With `masquerade.allServices` the service rule sets
+//!   the bit itself.
+//! - The firewall chain is reached from the frontend's own `service-ips` element (in the nat
+//!   chains, which see pods, the node and outside clients alike), not from a second
+//!   `firewall-ips` vmap in a filter chain: one lookup per new connection, not two.
+//! - Pods short-circuiting an externalTrafficPolicy Local frontend are told by the interface
+//!   (not the uplink), not by kube-proxy's `IfLocal` (source in the cluster CIDRs): the
+//!   reference model treats a pod of another node that reaches this node's NodePort as an
+//!   outside client. With `masquerade.allServices` those pods are masqueraded too (the
+//!   reference model's rule; kube-proxy's `--masquerade-all` marks only ClusterIP traffic).
+//! - Services without endpoints reject (or drop) from their own chain in the nat hooks rather
+//!   than from kube-proxy's `no-endpoint-services` vmap in the filter hooks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
