@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use dataplane_core::{
-    eligible_backends, BackendSelection, ChangeSet, DesiredState, Eligible, ExternalMode, IpFamily,
-    Node, ObjectName, Protocol, Service, ServicePort, SessionAffinity, TrafficKind, TrafficPolicy,
+    eligible_backends, source_range_allow_list, BackendSelection, ChangeSet, DesiredState,
+    Eligible, ExternalMode, IpFamily, Node, ObjectName, Protocol, Service, ServicePort,
+    SessionAffinity, TrafficKind, TrafficPolicy,
 };
 use ipnetwork::IpNetwork;
 
@@ -100,20 +101,24 @@ pub struct PortPlan {
     pub load_balancer_ips: Vec<IpAddr>,
     /// NodePort frontends: node addresses of this family and the node port.
     pub node_port: Option<(Vec<IpAddr>, u16)>,
-    /// Client ranges allowed to reach the LoadBalancer IPs (this family); empty = all.
+    /// Sources allowed to reach the LoadBalancer IPs (this family):
+    /// [`dataplane_core::source_range_allow_list`] (the service's ranges of this family, and
+    /// its LoadBalancer IPs of this family when a range holds a node address), without entries
+    /// that another entry contains. Empty = everyone (no range of this family).
     pub source_ranges: Vec<IpNetwork>,
     /// ClientIP affinity timeout.
     pub affinity_timeout: Option<u32>,
     /// Maglev (consistent hashing of the 5-tuple) instead of random selection.
     pub maglev: bool,
-    /// Choice for ClusterIP traffic (internalTrafficPolicy).
+    /// Choice for ClusterIP traffic (internalTrafficPolicy), whoever the client is.
     pub internal: Choice,
     /// Choice for external traffic from outside the node (externalTrafficPolicy).
     pub external: Choice,
-    /// Cluster-wide choice: external frontends reached from a pod or the host, and ClusterIPs
-    /// reached from outside.
+    /// Cluster-wide choice: external frontends reached from a pod or the host.
     pub cluster: Choice,
-    /// Whether external traffic from outside is masqueraded (policy Cluster).
+    /// Whether external traffic from outside is masqueraded (externalTrafficPolicy Cluster);
+    /// `false` (Local) also means that pods of this node reaching the external frontends keep
+    /// their address and the node is masqueraded (kube-proxy's short-circuit).
     pub external_masquerade: bool,
 }
 
@@ -177,6 +182,11 @@ pub struct NodePlan {
     pub masquerade: bool,
     /// Masquerade all pod traffic leaving through the uplink.
     pub masquerade_all: bool,
+    /// Masquerade every service connection except those whose client address the service
+    /// keeps (`masquerade.allServices`, kube-proxy's `--masquerade-all`).
+    pub masquerade_services: bool,
+    /// The node's service CIDRs: addresses in them that are no ClusterIP are dropped.
+    pub service_cidrs: Vec<IpNetwork>,
 }
 
 impl NodePlan {
@@ -215,6 +225,8 @@ pub fn node_plan(node: &Node) -> NodePlan {
         no_masquerade,
         masquerade: node.masquerade.enabled,
         masquerade_all: node.masquerade.all,
+        masquerade_services: node.masquerade.all_services,
+        service_cidrs: node.service_cidrs.clone(),
     }
 }
 
@@ -384,12 +396,13 @@ fn port_plan(
     {
         return None;
     }
-    let source_ranges = s
-        .load_balancer_source_ranges
-        .iter()
-        .copied()
-        .filter(|r| Family::of(&r.ip()) == family)
-        .collect();
+    let fam = match family {
+        Family::V4 => IpFamily::V4,
+        Family::V6 => IpFamily::V6,
+    };
+    let source_ranges = source_range_allow_list(state, s, fam)
+        .map(|list| without_covered(&list))
+        .unwrap_or_default();
     let affinity_timeout = match s.session_affinity {
         SessionAffinity::None => None,
         SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds.max(1)),
@@ -413,6 +426,25 @@ fn port_plan(
         cluster: eligible(state, &cluster_policy, p, TrafficKind::External, family),
         external_masquerade: s.external_traffic_policy == TrafficPolicy::Cluster,
     })
+}
+
+/// `list` without the entries another entry contains (the first of equal ones stays), in
+/// order: the same sources, and a set nft accepts (an anonymous interval set refuses
+/// overlapping elements; an LB IP that `allowFromNode` adds often lies in a range already).
+fn without_covered(list: &[IpNetwork]) -> Vec<IpNetwork> {
+    let covers = |outer: &IpNetwork, inner: &IpNetwork| {
+        outer.prefix() <= inner.prefix() && outer.contains(inner.network())
+    };
+    list.iter()
+        .enumerate()
+        .filter(|(i, n)| {
+            !list
+                .iter()
+                .enumerate()
+                .any(|(j, o)| j != *i && covers(o, n) && (o.prefix() < n.prefix() || j < *i))
+        })
+        .map(|(_, n)| *n)
+        .collect()
 }
 
 /// Slots of a weighted backend list: each backend repeated `weight / gcd` times. When that

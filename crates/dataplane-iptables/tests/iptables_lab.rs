@@ -279,3 +279,18 @@ fn foreign_rules_survive_apply_and_reset() {
     dp.reset().unwrap();
     assert_eq!(ruleset(&lab), before);
 }
+
+/// kube-proxy parity (issue 15): source ranges for every client, traffic policies, the
+/// short-circuit of eTP:Local, unallocated service addresses, `masquerade.allServices`,
+/// programmed by partial syncs and checked with real traffic against the reference model.
+#[test]
+fn parity_settings_through_partial_syncs_with_real_traffic() {
+    if !require_root("parity_settings_through_partial_syncs_with_real_traffic") {
+        return;
+    }
+    let lab = common::lab::lab();
+    common::lab::route_external(&lab);
+    let mut dp = backend_for(&lab);
+    common::lab::parity_changes(&lab, &mut dp);
+    dp.reset().unwrap();
+}

@@ -244,3 +244,151 @@ fn syncs_from_digests_do_what_syncs_from_rulesets_do() {
         }
     }
 }
+
+/// Issue 15 (kube-proxy parity): what each item renders to in the iptables flavour.
+mod parity {
+    use super::common::{self, backend, ip, port};
+    use dataplane_core::{DesiredState, ObjectName, Protocol, Service, TrafficPolicy};
+    use dataplane_iptables::iptables::render::{compile, IptRuleset};
+    use dataplane_iptables::plan::{plan, Family};
+
+    fn lb_state() -> DesiredState {
+        let mut state = DesiredState::new(common::node());
+        let mut s = Service::new(ObjectName::new("default", "lb"));
+        s.cluster_ips = vec![ip("10.200.0.20"), ip("fd00:96::20")];
+        s.load_balancer_ips = vec![ip("192.0.2.20"), ip("192.0.2.24"), ip("2001:db8::20")];
+        s.load_balancer_source_ranges = vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "172.18.0.0/16".parse().unwrap(),
+            "192.0.2.16/29".parse().unwrap(),
+        ];
+        s.ports = vec![port(Protocol::Tcp, 80, 8080, None)];
+        s.backends = vec![
+            backend("10.244.0.10", "node-0"),
+            backend("10.244.1.10", "node-1"),
+            backend("fd00:244::10", "node-0"),
+        ];
+        state.services.push(s);
+        state
+    }
+
+    /// The nat chain of `kind` (`SVC`, `EXT`, `FW`): there is one of each per family here.
+    fn chain(rs: &IptRuleset, kind: &str) -> Option<Vec<String>> {
+        rs.nat
+            .iter()
+            .find(|(name, _)| name.starts_with(&format!("DP-{kind}-")))
+            .map(|(_, rules)| rules.clone())
+    }
+
+    /// Items 1, 2, 12: the firewall chain sends each allowed source (ranges, and the LB IPs
+    /// no range holds when a range holds the node: allowFromNode) to the service and marks
+    /// every other client for drop, whatever its interface; IPv6 without IPv6 ranges has
+    /// none, and no IPv4 range shows in IPv6 rules.
+    #[test]
+    fn firewall_chain_for_every_client_per_family() {
+        let p = plan(&lb_state());
+        let v4 = compile(&p, Family::V4, "DP");
+        let fw = chain(&v4, "FW").expect("FW chain");
+        let ext = v4.nat.keys().find(|c| c.starts_with("DP-EXT-")).unwrap();
+        assert_eq!(
+            fw,
+            [
+                format!("-s 203.0.113.0/24 -g {ext}"),
+                format!("-s 172.18.0.0/16 -g {ext}"),
+                format!("-s 192.0.2.16/29 -g {ext}"),
+                format!("-s 192.0.2.24/32 -g {ext}"),
+                "-g DP-MARK-DROP".to_owned(),
+            ]
+        );
+        let v6 = compile(&p, Family::V6, "DP");
+        assert!(chain(&v6, "FW").is_none());
+        let ext6 = v6.nat.keys().find(|c| c.starts_with("DP-EXT-")).unwrap();
+        assert!(v6.nat["DP-SERVICES"]
+            .iter()
+            .any(|r| r.starts_with("-d 2001:db8::20/128") && r.ends_with(&format!("-g {ext6}"))));
+        assert!(v6
+            .nat
+            .values()
+            .flatten()
+            .all(|r| !r.contains("203.0.113") && !r.contains("172.18.0.0")));
+    }
+
+    /// Items 3 and 6: externalTrafficPolicy Local: the node (addrtype LOCAL) masqueraded and
+    /// cluster-wide, this node's pods cluster-wide with their address, outside clients by the
+    /// policy; allServices marks pods and node alike.
+    #[test]
+    fn etp_local_short_circuits_node_and_pods() {
+        let mut state = lb_state();
+        state.services[0].load_balancer_source_ranges.clear();
+        state.services[0].external_traffic_policy = TrafficPolicy::Local;
+        let v4 = compile(&plan(&state), Family::V4, "DP");
+        let ext = chain(&v4, "EXT").unwrap();
+        let sel = |r: &str| r.rsplit(' ').next().unwrap().to_owned();
+        assert_eq!(ext.len(), 4, "{ext:?}");
+        assert_eq!(ext[0], "-m addrtype --src-type LOCAL -j DP-MARK-MASQ");
+        assert!(ext[1].starts_with("-m addrtype --src-type LOCAL -g DP-SEL-"));
+        assert_eq!(ext[2], format!("! -i eth0 -g {}", sel(&ext[1])));
+        assert!(ext[3].starts_with("-g DP-SEL-") && sel(&ext[3]) != sel(&ext[1]));
+        state.node.masquerade.all_services = true;
+        let v4 = compile(&plan(&state), Family::V4, "DP");
+        let ext = chain(&v4, "EXT").unwrap();
+        assert_eq!(ext.len(), 3, "{ext:?}");
+        assert_eq!(ext[0], "! -i eth0 -j DP-MARK-MASQ");
+        assert!(ext[1].starts_with("! -i eth0 -g DP-SEL-"));
+        assert!(ext[2].starts_with("-g DP-SEL-"));
+        state.services[0].external_traffic_policy = TrafficPolicy::Cluster;
+        let v4 = compile(&plan(&state), Family::V4, "DP");
+        let ext = chain(&v4, "EXT").unwrap();
+        assert_eq!(ext.len(), 2, "{ext:?}");
+        assert_eq!(ext[0], "-j DP-MARK-MASQ");
+    }
+
+    /// Items 4, 6, 7: the ClusterIP chain picks by internalTrafficPolicy for every client
+    /// and marks the sources outside the cluster CIDRs (all sources with allServices); a
+    /// ClusterIP outside the service CIDRs is a frontend like any other.
+    #[test]
+    fn clusterip_internal_policy_for_every_client() {
+        let mut state = lb_state();
+        state.services[0].load_balancer_ips.clear();
+        state.services[0].internal_traffic_policy = TrafficPolicy::Local;
+        state.services[0].backends = vec![backend("10.244.1.10", "node-1")];
+        let v4 = compile(&plan(&state), Family::V4, "DP");
+        assert_eq!(
+            chain(&v4, "SVC").unwrap(),
+            [
+                "-s 10.244.0.0/16 -g DP-MARK-DROP",
+                "-j DP-MARK-MASQ",
+                "-g DP-MARK-DROP"
+            ]
+        );
+        let svc = v4.nat.keys().find(|c| c.starts_with("DP-SVC-")).unwrap();
+        assert!(v4.nat["DP-SERVICES"]
+            .iter()
+            .any(|r| r.starts_with("-d 10.200.0.20/32 -p tcp") && r.ends_with(svc)));
+        state.node.masquerade.all_services = true;
+        let v4 = compile(&plan(&state), Family::V4, "DP");
+        assert_eq!(
+            chain(&v4, "SVC").unwrap(),
+            ["-j DP-MARK-MASQ", "-g DP-MARK-DROP"]
+        );
+    }
+
+    /// Item 5, beyond kube-proxy's iptables mode: new connections still addressed to the
+    /// family's service CIDRs after DNAT are dropped in the filter chain, after the reject
+    /// of unknown ClusterIP ports (marked in nat).
+    #[test]
+    fn unallocated_service_addresses_are_dropped() {
+        let p = plan(&lb_state());
+        let v4 = compile(&p, Family::V4, "DP");
+        let filter = &v4.filter["DP-FILTER"];
+        assert_eq!(
+            filter.last().unwrap(),
+            "-d 10.96.0.0/12 -m conntrack --ctstate NEW -m comment --comment \"unallocated service address\" -j DROP"
+        );
+        assert!(filter[..filter.len() - 1]
+            .iter()
+            .all(|r| r.contains("--mark")));
+        let v6 = compile(&p, Family::V6, "DP");
+        assert!(v6.filter["DP-FILTER"].iter().all(|r| !r.contains("-d ")));
+    }
+}

@@ -38,10 +38,11 @@ fn expected() -> BTreeMap<(SocketAddr, Protocol), BTreeSet<SocketAddr>> {
                     .flatten()
                     .collect()
             };
+            // A ClusterIP picks by internalTrafficPolicy whoever the client is.
             for ip in &p.cluster_ips {
                 out.insert(
                     (SocketAddr::new(*ip, p.port), p.protocol),
-                    all(&[&p.internal, &p.cluster]),
+                    all(&[&p.internal]),
                 );
             }
             let ext = all(&[&p.external, &p.cluster]);

@@ -221,3 +221,229 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got, want);
     }
 }
+
+/// Issue 15 (kube-proxy parity): what each item renders to.
+mod parity {
+    use super::common::{self, backend, ip, port};
+    use dataplane_core::{DesiredState, ObjectName, Protocol, Service, TrafficPolicy};
+    use dataplane_iptables::nft::render::{compile_state, NftRuleset};
+
+    fn rules(rs: &NftRuleset, chain: &str) -> Vec<String> {
+        rs.services
+            .values()
+            .find_map(|s| s.chain(chain))
+            .unwrap_or_else(|| panic!("no chain {chain}"))
+            .to_vec()
+    }
+
+    fn base_rules(rs: &NftRuleset, chain: &str) -> Vec<String> {
+        let prefix = format!("rule {chain} ");
+        rs.base
+            .iter()
+            .filter_map(|s| s.strip_prefix(&prefix).map(str::to_owned))
+            .collect()
+    }
+
+    /// One dual-stack LoadBalancer service with IPv4 ranges only, one holding the node's
+    /// address (172.18.0.10): allowFromNode.
+    fn lb_state() -> DesiredState {
+        let mut state = DesiredState::new(common::node());
+        let mut s = Service::new(ObjectName::new("default", "lb"));
+        s.cluster_ips = vec![ip("10.96.0.20"), ip("fd00:96::20")];
+        s.load_balancer_ips = vec![ip("192.0.2.20"), ip("192.0.2.24"), ip("2001:db8::20")];
+        s.load_balancer_source_ranges = vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "172.18.0.0/16".parse().unwrap(),
+            "192.0.2.16/29".parse().unwrap(),
+        ];
+        s.ports = vec![port(Protocol::Tcp, 80, 8080, None)];
+        s.backends = vec![
+            backend("10.244.0.10", "node-0"),
+            backend("fd00:244::10", "node-0"),
+        ];
+        state.services.push(s);
+        state
+    }
+
+    /// Items 1, 2, 12: every client of the LB IP meets the firewall (no interface test);
+    /// the allow list is the IPv4 ranges plus the LB IPs (allowFromNode) that no range holds
+    /// already; the IPv6 LB IP, without IPv6 ranges, goes straight to the service.
+    #[test]
+    fn source_ranges_bind_every_client_per_family() {
+        let rs = compile_state(&lb_state(), "dataplane").unwrap();
+        assert_eq!(
+            rules(&rs, "fw-v4-default/lb/tcp/80"),
+            [
+                "ip saddr != { 203.0.113.0/24, 172.18.0.0/16, 192.0.2.16/29, 192.0.2.24/32 } goto drop-service",
+                "goto ext-v4-default/lb/tcp/80",
+            ]
+        );
+        let svc = rs.services.values().next().unwrap();
+        assert!(svc.chain("fw-v6-default/lb/tcp/80").is_none());
+        let v6_lb = svc
+            .elements
+            .iter()
+            .find(|e| e.key() == "2001:db8::20 . tcp . 80")
+            .expect("v6 LB element");
+        let mut value = String::new();
+        v6_lb.write_value(&mut value).unwrap();
+        assert_eq!(value, " : goto ext-v6-default/lb/tcp/80");
+        // No IPv4 range in any IPv6 rule.
+        for (chain, rules) in &svc.chains {
+            if chain.contains("-v6-") {
+                assert!(rules.iter().all(|r| !r.contains("203.0.113")), "{rules:?}");
+            }
+        }
+        // An IPv6 range alone restricts only the IPv6 LB IP.
+        let mut v6_only = lb_state();
+        v6_only.services[0].load_balancer_source_ranges = vec!["2001:db8:1::/48".parse().unwrap()];
+        let rs = compile_state(&v6_only, "dataplane").unwrap();
+        let svc = rs.services.values().next().unwrap();
+        assert!(svc.chain("fw-v4-default/lb/tcp/80").is_none());
+        assert_eq!(
+            svc.chain("fw-v6-default/lb/tcp/80").unwrap()[0],
+            "ip6 saddr != { 2001:db8:1::/48 } goto drop-service"
+        );
+    }
+
+    /// Items 3 and 6: externalTrafficPolicy Local short-circuits the node (masqueraded:
+    /// offset with bit 31) and this node's pods (cluster-wide, not masqueraded) before the
+    /// outside clients' local choice; with allServices the pods are masqueraded too, the
+    /// outside clients still not.
+    #[test]
+    fn etp_local_short_circuits_node_and_pods() {
+        let mut state = lb_state();
+        state.services[0].load_balancer_source_ranges.clear();
+        state.services[0].external_traffic_policy = TrafficPolicy::Local;
+        state.services[0]
+            .backends
+            .push(backend("10.244.1.10", "node-1"));
+        let rs = compile_state(&state, "dataplane").unwrap();
+        let ext = rules(&rs, "ext-v4-default/lb/tcp/80");
+        assert_eq!(ext.len(), 3, "{ext:?}");
+        assert!(
+            ext[0].starts_with(
+                "counter fib saddr type local meta mark set numgen random mod 2 offset 0x8"
+            ),
+            "{ext:?}"
+        );
+        assert!(
+            ext[1].starts_with("iifname != \"eth0\" meta mark set numgen random mod 2 offset 0x0"),
+            "{ext:?}"
+        );
+        assert!(
+            ext[2].starts_with("meta mark set numgen random mod 1 offset 0x0"),
+            "{ext:?}"
+        );
+        state.node.masquerade.all_services = true;
+        let rs = compile_state(&state, "dataplane").unwrap();
+        let ext = rules(&rs, "ext-v4-default/lb/tcp/80");
+        assert_eq!(ext.len(), 2, "{ext:?}");
+        assert!(
+            ext[0].starts_with(
+                "counter iifname != \"eth0\" meta mark set numgen random mod 2 offset 0x8"
+            ),
+            "{ext:?}"
+        );
+        assert!(
+            ext[1].starts_with("meta mark set numgen random mod 1 offset 0x0"),
+            "{ext:?}"
+        );
+        // externalTrafficPolicy Cluster: one masqueraded rule for everyone.
+        state.services[0].external_traffic_policy = TrafficPolicy::Cluster;
+        let rs = compile_state(&state, "dataplane").unwrap();
+        let ext = rules(&rs, "ext-v4-default/lb/tcp/80");
+        assert_eq!(ext.len(), 1, "{ext:?}");
+        assert!(ext[0].contains("offset 0x8"), "{ext:?}");
+    }
+
+    /// Items 4, 6, 7: a ClusterIP is one rule for every client, by internalTrafficPolicy
+    /// (Local without a local backend drops outside clients too); sources outside the
+    /// cluster CIDRs (the node, outside) are marked in `dnat-clusterip`, whatever the
+    /// interface; allServices marks every client in the rule itself.
+    #[test]
+    fn clusterip_internal_policy_for_every_client() {
+        let mut state = lb_state();
+        state.services[0].load_balancer_ips.clear();
+        state.services[0].internal_traffic_policy = TrafficPolicy::Local;
+        state.services[0].backends = vec![backend("10.244.1.10", "node-1")];
+        let rs = compile_state(&state, "dataplane").unwrap();
+        assert_eq!(
+            rules(&rs, "svc-v4-default/lb/tcp/80"),
+            ["counter goto drop-service"]
+        );
+        state.services[0].internal_traffic_policy = TrafficPolicy::Cluster;
+        let rs = compile_state(&state, "dataplane").unwrap();
+        let svc = rules(&rs, "svc-v4-default/lb/tcp/80");
+        assert_eq!(svc.len(), 1, "{svc:?}");
+        assert!(
+            svc[0].ends_with("goto dnat-clusterip-v4") && !svc[0].contains("offset 0x8"),
+            "{svc:?}"
+        );
+        assert_eq!(
+            base_rules(&rs, "dnat-clusterip-v4"),
+            [
+                "ip saddr != @cluster-cidrs-v4 meta mark set meta mark | 0x80000000",
+                "goto dnat-v4"
+            ]
+        );
+        state.node.masquerade.all_services = true;
+        let rs = compile_state(&state, "dataplane").unwrap();
+        let svc = rules(&rs, "svc-v4-default/lb/tcp/80");
+        assert!(
+            svc[0].contains("offset 0x8") && svc[0].ends_with("goto dnat-v4"),
+            "{svc:?}"
+        );
+    }
+
+    /// Item 5: kube-proxy's cluster-ips-check after DNAT (forward, output), new connections
+    /// only: an allocated ClusterIP on another port rejected, the rest of the service CIDRs
+    /// (this family's) dropped; the NAT dispatch no longer rejects. A ClusterIP outside the
+    /// service CIDRs is a frontend and a ClusterIP like any other.
+    #[test]
+    fn unallocated_service_addresses_are_dropped_after_dnat() {
+        let mut state = lb_state();
+        state.services[0].cluster_ips = vec![ip("10.200.0.20")];
+        let rs = compile_state(&state, "dataplane").unwrap();
+        assert_eq!(
+            base_rules(&rs, "filter-forward"),
+            ["ct state new jump cluster-ips-check"]
+        );
+        assert_eq!(
+            base_rules(&rs, "filter-output-post-dnat"),
+            ["ct state new jump cluster-ips-check"]
+        );
+        assert_eq!(
+            base_rules(&rs, "cluster-ips-check"),
+            [
+                "ip daddr @cluster-ips-v4 goto reject-service",
+                "ip daddr @service-cidrs-v4 goto drop-service",
+                "ip6 daddr @cluster-ips-v6 goto reject-service",
+                "ip6 daddr @service-cidrs-v6 goto drop-service",
+            ]
+        );
+        assert!(base_rules(&rs, "services")
+            .iter()
+            .all(|r| r.contains("vmap @service-ips")));
+        assert!(rs.base.iter().any(|s| s
+            == "set service-cidrs-v4 { type ipv4_addr; flags interval; auto-merge; elements = { 10.96.0.0/12 }; }"));
+        assert!(rs
+            .base
+            .iter()
+            .any(|s| s == "set service-cidrs-v6 { type ipv6_addr; flags interval; auto-merge; }"));
+        let keys: Vec<String> = rs
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .elements
+            .iter()
+            .map(dataplane_iptables::nft::render::Element::key)
+            .collect();
+        assert!(
+            keys.contains(&"10.200.0.20 . tcp . 80".to_owned()),
+            "{keys:?}"
+        );
+        assert!(keys.contains(&"10.200.0.20".to_owned()), "{keys:?}");
+    }
+}

@@ -1114,25 +1114,35 @@ fn run_case(
     }
 }
 
-/// An nftables counter in the lab's underlay namespace (the router every node routes unknown
-/// destinations to) of packets for one address; removed on drop.
+/// nftables counters, in every node's namespace, of packets for one address that leave the
+/// node through its uplink (postrouting, after every filter); removed on drop. (A watch in
+/// the underlay router's namespace also counts, with `br_netfilter` loaded, an outside
+/// client's own packet as the bridge forwards it to the node.)
 struct LeakWatch {
-    underlay: String,
+    nodes: Vec<String>,
     table: String,
 }
 
 impl LeakWatch {
     fn new(lab: &Lab, addr: IpAddr) -> Result<Self, String> {
-        let underlay = lab.underlay().name().to_owned();
         let table = format!("dptk_leak_{}", std::process::id());
         let ipx = if addr.is_ipv4() { "ip" } else { "ip6" };
-        let script = format!(
-            "add table inet {table}\n\
-             add chain inet {table} watch {{ type filter hook prerouting priority -300; }}\n\
-             add rule inet {table} watch {ipx} daddr {addr} counter\n"
-        );
-        nft_in(&underlay, &["-f", "-"], Some(&script))?;
-        Ok(LeakWatch { underlay, table })
+        let mut watch = LeakWatch {
+            nodes: Vec::new(),
+            table: table.clone(),
+        };
+        for node in lab.nodes() {
+            let script = format!(
+                "add table inet {table}\n\
+                 add chain inet {table} watch {{ type filter hook postrouting priority 300; }}\n\
+                 add rule inet {table} watch oifname \"{}\" {ipx} daddr {addr} counter\n",
+                node.uplink
+            );
+            let name = node.netns.name().to_owned();
+            nft_in(&name, &["-f", "-"], Some(&script))?;
+            watch.nodes.push(name);
+        }
+        Ok(watch)
     }
 
     /// An error when any packet was counted.
@@ -1145,30 +1155,28 @@ impl LeakWatch {
         }
     }
 
-    /// Packets counted so far.
+    /// Packets counted so far, on all nodes.
     fn packets(&self) -> Result<u64, String> {
-        let out = nft_in(
-            &self.underlay,
-            &["list", "chain", "inet", &self.table, "watch"],
-            None,
-        )?;
-        let count = out
-            .split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| format!("no packet counter in {out:?}"))?;
-        Ok(count)
+        let mut total = 0;
+        for node in &self.nodes {
+            let out = nft_in(node, &["list", "chain", "inet", &self.table, "watch"], None)?;
+            let count: u64 = out
+                .split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("no packet counter in {out:?}"))?;
+            total += count;
+        }
+        Ok(total)
     }
 }
 
 impl Drop for LeakWatch {
     fn drop(&mut self) {
-        let _ = nft_in(
-            &self.underlay,
-            &["delete", "table", "inet", &self.table],
-            None,
-        );
+        for node in &self.nodes {
+            let _ = nft_in(node, &["delete", "table", "inet", &self.table], None);
+        }
     }
 }
 

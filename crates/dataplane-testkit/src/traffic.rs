@@ -714,7 +714,12 @@ fn probe_udp(
         .local_addr()
         .map_err(io_err(format!("local address of udp socket to {dst}")))?;
     if let Err(e) = sock.send(b"probe\n") {
-        return outcome_or_error(e, || format!("send udp to {dst}"));
+        // A datagram that netfilter drops or rejects in this namespace's own output hook
+        // fails the send at once (EPERM); a reject has also queued its ICMP error on the
+        // socket, which the receive below reports (refused), a drop leaves it to time out.
+        if e.raw_os_error() != Some(libc::EPERM) {
+            return outcome_or_error(e, || format!("send udp to {dst}"));
+        }
     }
     let Some(left) = remaining(deadline) else {
         return Ok(ProbeOutcome::Timeout);

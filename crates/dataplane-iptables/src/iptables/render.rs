@@ -1,17 +1,29 @@
 //! The iptables renderer: [`Plan`] → [`IptRuleset`] (chains and rules of one address family)
 //! → `iptables-restore --noflush` text. Pure functions.
 //!
-//! kube-proxy's iptables layout, under our own prefix (`DP` by default):
+//! kube-proxy's iptables layout (pkg/proxy/iptables/proxier.go), under our own prefix (`DP`
+//! by default):
 //!
 //! ```text
 //! nat PREROUTING/OUTPUT ─▶ DP-SERVICES ─(-d frontend -p proto --dport)─▶ DP-SVC-* (ClusterIP)
 //!                                                                    ├─▶ DP-EXT-* (NodePort, ExternalIP, LB)
 //!                                                                    └─▶ DP-FW-*  (LB + sourceRanges)
+//!     DP-SVC: internalTrafficPolicy for every client; ! -s clusterCIDR (all: --masquerade-all)
+//!             ─▶ DP-MARK-MASQ
+//!     DP-EXT: Cluster: DP-MARK-MASQ; Local: addrtype LOCAL ─▶ masq + cluster-wide,
+//!             ! -i uplink (this node's pods) ─▶ cluster-wide, the rest by the policy
+//!     DP-FW:  -s <allowed> ─▶ DP-EXT (ranges, LB IPs when a range holds the node), else drop
 //!     DP-SVC/EXT ─▶ DP-SEL-* (statistic random; recent for ClientIP affinity) ─▶ DP-SEP-* (DNAT)
 //!     no backend: mark 0x10000 (reject), no local backend / not in ranges: mark 0x8000 (drop)
 //! nat POSTROUTING ─▶ DP-POSTROUTING: mark 0x4000 ─▶ SNAT to the node address; pod → outside
-//! filter INPUT/FORWARD/OUTPUT ─▶ DP-FILTER: drop / reject the marked packets
+//! filter INPUT/FORWARD/OUTPUT ─▶ DP-FILTER: drop / reject the marked packets; new connections
+//!                                still to the service CIDRs (no service took them): drop
 //! ```
+//!
+//! Beyond kube-proxy's iptables mode: the drop of unallocated service addresses (its nftables
+//! mode's `cluster-ips-check`), and pods short-circuiting an externalTrafficPolicy Local
+//! frontend told by their interface rather than by `IfLocal` (the reference model treats a
+//! pod of another node that comes in on the uplink as an outside client).
 //!
 //! Everything after the first packet of a connection is conntrack's job. Per-packet cost grows
 //! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.
@@ -205,14 +217,21 @@ pub(crate) fn finish_ruleset(
         Family::V4 => "icmp-port-unreachable",
         Family::V6 => "icmp6-port-unreachable",
     };
-    rs.filter.insert(
-        format!("{p}-FILTER"),
-        vec![
-            format!("-m mark --mark {MARK_DROP:#x}/{MARK_DROP:#x} -j DROP"),
-            format!("-p tcp -m mark --mark {MARK_REJECT:#x}/{MARK_REJECT:#x} -j REJECT --reject-with tcp-reset"),
-            format!("-m mark --mark {MARK_REJECT:#x}/{MARK_REJECT:#x} -j REJECT --reject-with {reject}"),
-        ],
-    );
+    let mut filter = vec![
+        format!("-m mark --mark {MARK_DROP:#x}/{MARK_DROP:#x} -j DROP"),
+        format!("-p tcp -m mark --mark {MARK_REJECT:#x}/{MARK_REJECT:#x} -j REJECT --reject-with tcp-reset"),
+        format!("-m mark --mark {MARK_REJECT:#x}/{MARK_REJECT:#x} -j REJECT --reject-with {reject}"),
+    ];
+    // Not in kube-proxy's iptables mode; its nftables mode's "drop traffic to unallocated
+    // ClusterIPs". The filter chains see a packet after its DNAT (a ClusterIP on a port it
+    // does not serve was marked for reject above), so a new connection still addressed to
+    // the service CIDRs went to no service.
+    for cidr in of_family(&plan_node.service_cidrs, family) {
+        filter.push(format!(
+            "-d {cidr} -m conntrack --ctstate NEW -m comment --comment \"unallocated service address\" -j DROP"
+        ));
+    }
+    rs.filter.insert(format!("{p}-FILTER"), filter);
 }
 
 pub(crate) fn compile_port(
@@ -237,24 +256,23 @@ pub(crate) fn compile_port(
     };
 
     if !pp.cluster_ips.is_empty() {
+        // kube-proxy's internal traffic chain: internalTrafficPolicy for every client; with
+        // --masquerade-all every client is marked, else those outside the cluster CIDRs
+        // (`! -s clusterCIDR -j KUBE-MARK-MASQ`; a family may have several cluster CIDRs,
+        // so the pods return to the choice first).
         let svc = format!("{p}-SVC-{}", hash_name(&key));
-        let outside = format!("{p}-SVX-{}", hash_name(&key));
-        let cluster = choose("cluster", &pp.cluster, nat);
         let internal = choose("internal", &pp.internal, nat);
-        let mut o: Vec<String> = of_family(&node.cluster_cidrs, pp.family)
-            .iter()
-            .map(|c| format!("-s {c} -g {cluster}"))
-            .collect();
-        o.push(format!("-j {p}-MARK-MASQ"));
-        o.push(format!("-g {cluster}"));
-        nat.insert(outside.clone(), o);
-        nat.insert(
-            svc.clone(),
-            vec![
-                format!("-i {uplink} -g {outside}"),
-                format!("-g {internal}"),
-            ],
-        );
+        let mut rules: Vec<String> = Vec::new();
+        if !node.masquerade_services {
+            rules.extend(
+                of_family(&node.cluster_cidrs, pp.family)
+                    .iter()
+                    .map(|c| format!("-s {c} -g {internal}")),
+            );
+        }
+        rules.push(format!("-j {p}-MARK-MASQ"));
+        rules.push(format!("-g {internal}"));
+        nat.insert(svc.clone(), rules);
         for ip in &pp.cluster_ips {
             services.push(format!(
                 "-d {} {} {} -g {svc}",
@@ -266,14 +284,25 @@ pub(crate) fn compile_port(
     }
     if pp.has_external() {
         let ext = format!("{p}-EXT-{}", hash_name(&key));
-        let cluster = choose("cluster", &pp.cluster, nat);
         let external = choose("external", &pp.external, nat);
-        let mut rules = vec![
-            format!("! -i {uplink} -j {p}-MARK-MASQ"),
-            format!("! -i {uplink} -g {cluster}"),
-        ];
+        let mut rules = Vec::new();
         if pp.external_masquerade {
+            // externalTrafficPolicy Cluster: everyone masqueraded, cluster-wide.
             rules.push(format!("-j {p}-MARK-MASQ"));
+        } else {
+            let cluster = choose("cluster", &pp.cluster, nat);
+            if node.masquerade_services {
+                // --masquerade-all: this node's pods and the node alike.
+                rules.push(format!("! -i {uplink} -j {p}-MARK-MASQ"));
+            } else {
+                // kube-proxy: "masquerade LOCAL traffic", "route LOCAL traffic".
+                rules.push(format!("-m addrtype --src-type LOCAL -j {p}-MARK-MASQ"));
+                rules.push(format!("-m addrtype --src-type LOCAL -g {cluster}"));
+            }
+            // kube-proxy's "pod traffic for ... external destinations" (`IfLocal`); pods
+            // told by the interface, as the reference model does (a pod of another node
+            // comes from the uplink and is an outside client).
+            rules.push(format!("! -i {uplink} -g {cluster}"));
         }
         rules.push(format!("-g {external}"));
         nat.insert(ext.clone(), rules);
@@ -299,14 +328,16 @@ pub(crate) fn compile_port(
             let target = if pp.source_ranges.is_empty() {
                 ext.clone()
             } else {
+                // kube-proxy's KUBE-FW chain: each allowed source (the ranges, and the LB
+                // IPs when a range holds the node: allowFromNode) to the service, everyone
+                // else (pods, the node, outside) dropped.
                 let fw = format!("{p}-FW-{}", hash_name(&key));
                 let mut rules: Vec<String> = pp
                     .source_ranges
                     .iter()
-                    .map(|r| format!("-i {uplink} -s {r} -g {ext}"))
+                    .map(|r| format!("-s {r} -g {ext}"))
                     .collect();
-                rules.push(format!("-i {uplink} -g {p}-MARK-DROP"));
-                rules.push(format!("-g {ext}"));
+                rules.push(format!("-g {p}-MARK-DROP"));
                 nat.insert(fw.clone(), rules);
                 fw
             };

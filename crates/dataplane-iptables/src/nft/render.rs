@@ -1,26 +1,47 @@
 //! The nftables renderer: [`Plan`] → [`NftRuleset`] → `nft -f` text. Pure functions.
 //!
-//! Layout (one `inet` table of our own):
+//! Layout (one `inet` table of our own), after kube-proxy's nftables proxier
+//! (pkg/proxy/nftables/proxier.go: `services`, `cluster-ips-check`, the per-service
+//! `external-`/`firewall-` chains, `mark-for-masquerade`):
 //!
 //! ```text
 //! nat-prerouting / nat-output ──jump──▶ services
 //!   services:  ip daddr . meta l4proto . th dport vmap @service-ips-v4   (O(1) per packet)
-//!              ip daddr @cluster-ips-v4 goto reject-service                (unknown port)
-//!   svc-v4-<ns>/<name>/<proto>/<port>   ClusterIP: internalTrafficPolicy
-//!   ext-v4-…   NodePort / ExternalIP / LoadBalancer: externalTrafficPolicy
-//!   fw-v4-…    LoadBalancer IPs with loadBalancerSourceRanges, then goto ext-v4-…
+//!   svc-v4-<ns>/<name>/<proto>/<port>   ClusterIP: internalTrafficPolicy, every client
+//!   ext-v4-…   NodePort / ExternalIP / LoadBalancer: Cluster: masquerade, cluster-wide;
+//!              Local: `fib saddr type local` (the node) cluster-wide + masquerade,
+//!              `iifname != uplink` (this node's pods) cluster-wide, the rest by the policy
+//!   fw-v4-…    LoadBalancer IPs with loadBalancerSourceRanges of this family:
+//!              saddr != { ranges, LB IPs if a range holds a node address } drop; goto ext-v4-…
 //!       └─ meta mark set numgen random mod N offset K goto dnat-v4
-//!          (a ClusterIP whose clients all pick alike: goto dnat-clusterip-v4)
-//!   dnat-clusterip-v4: from outside the cluster: mark bit 31; goto dnat-v4
+//!          (ClusterIP: goto dnat-clusterip-v4)
+//!   dnat-clusterip-v4: saddr outside the cluster CIDRs: mark bit 31; goto dnat-v4
 //!   dnat-v4:   dnat ip to meta mark & 0x7fffffff map @backends-v4          (one global map)
+//! filter-forward / filter-output-post-dnat ──ct state new──▶ cluster-ips-check
+//!   cluster-ips-check: daddr @cluster-ips-v4 reject; daddr @service-cidrs-v4 drop
 //! nat-postrouting: mark bit 31 / hairpin / pod → outside  ──▶ masquerade-node (snat to node)
 //! ```
 //!
-//! Why one global backend map reached through the packet mark, rather than a map per service:
-//! the kernel walks every binding of a map on each element insert, and looks sets up by name
-//! linearly, so 10k per-service maps (or 10k rules bound to one map) make loading quadratic.
-//! Here the global map has exactly two bindings (the `dnat-v4`/`dnat-v6` rules), so 10k
-//! services x 10 backends load in about a second.
+//! Departures from kube-proxy, and why:
+//! - One global backend map reached through the packet mark, rather than a chain per
+//!   endpoint: the kernel walks every binding of a map on each element insert, and looks sets
+//!   up by name linearly, so 10k per-service maps (or 10k rules bound to one map) make loading
+//!   quadratic. Here the global map has exactly two bindings (the `dnat-v4`/`dnat-v6` rules),
+//!   so 10k services x 10 backends load in about a second.
+//! - The masquerade decision of a ClusterIP (kube-proxy: `IfNotLocal jump
+//!   mark-for-masquerade` in each service chain) is one shared rule in `dnat-clusterip`:
+//!   10k rules fewer at 10k services. With `masquerade.allServices` the service rule sets
+//!   the bit itself.
+//! - The firewall chain is reached from the frontend's own `service-ips` element (in the nat
+//!   chains, which see pods, the node and outside clients alike), not from a second
+//!   `firewall-ips` vmap in a filter chain: one lookup per new connection, not two.
+//! - Pods short-circuiting an externalTrafficPolicy Local frontend are told by the interface
+//!   (not the uplink), not by kube-proxy's `IfLocal` (source in the cluster CIDRs): the
+//!   reference model treats a pod of another node that reaches this node's NodePort as an
+//!   outside client. With `masquerade.allServices` those pods are masqueraded too (the
+//!   reference model's rule; kube-proxy's `--masquerade-all` marks only ClusterIP traffic).
+//! - Services without endpoints reject (or drop) from their own chain in the nat hooks rather
+//!   than from kube-proxy's `no-endpoint-services` vmap in the filter hooks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -424,7 +445,12 @@ fn slot_list(
 
 /// The distinct slot lists of a port, each with the kind that names it.
 fn groups(p: &PortPlan) -> Result<Vec<(&'static str, Vec<SocketAddr>)>, NetfilterError> {
-    let mut used: Vec<(&'static str, &Choice)> = vec![("cluster", &p.cluster)];
+    // ClusterIPs pick by internalTrafficPolicy whoever the client is; the cluster-wide
+    // choice serves the external frontends' local clients.
+    let mut used: Vec<(&'static str, &Choice)> = Vec::new();
+    if p.has_external() {
+        used.push(("cluster", &p.cluster));
+    }
     if !p.cluster_ips.is_empty() {
         used.push(("internal", &p.internal));
     }
@@ -469,8 +495,9 @@ fn compile_port(
     result
 }
 
-/// The ClusterIP chain: from outside cluster-wide (masqueraded unless from a pod of the
-/// cluster), from pods and the host by internalTrafficPolicy.
+/// The ClusterIP chain: every client by internalTrafficPolicy (kube-proxy's
+/// `internalTrafficChain`); clients outside the cluster CIDRs (the node itself, outside
+/// clients) are masqueraded, every client with `masquerade.allServices`.
 fn compile_cluster_ip(
     node: &NodePlan,
     ctx: &ChoiceCtx<'_>,
@@ -479,56 +506,37 @@ fn compile_cluster_ip(
     let p = ctx.p;
     let fs = p.family.suffix();
     let key = p.key();
-    let ip = ip_kw(p.family);
-    let uplink = &node.uplink;
-    {
-        let chain: Arc<str> = format!("svc-{fs}-{key}").into();
-        let mut rules = Vec::new();
-        if p.cluster == p.internal && p.affinity_timeout.is_none() {
-            // internalTrafficPolicy Cluster: every client picks alike, so one rule serves
-            // them all; the shared `dnat-clusterip` chain then marks the connections from
-            // outside the cluster for masquerading. At 10k services that is 10k rules fewer
-            // to load than a rule per kind of client.
-            ctx.render("", "internal", &p.internal, Masq::Outside, &mut rules, svc)?;
-        } else {
-            // From outside: cluster-wide, masqueraded unless the client is a pod of the
-            // cluster.
-            ctx.render(
-                &format!("iifname \"{uplink}\" {ip} saddr != @cluster-cidrs-{fs}"),
-                "cluster",
-                &p.cluster,
-                Masq::Yes,
-                &mut rules,
-                svc,
-            )?;
-            if p.cluster != p.internal {
-                ctx.render(
-                    &format!("iifname \"{uplink}\""),
-                    "cluster",
-                    &p.cluster,
-                    Masq::No,
-                    &mut rules,
-                    svc,
-                )?;
-            }
-            ctx.render("", "internal", &p.internal, Masq::No, &mut rules, svc)?;
-        }
-        svc.chains.insert(Arc::clone(&chain), with_counter(rules));
-        for cip in &p.cluster_ips {
-            svc.elements.insert(Element::Frontend {
-                addr: *cip,
-                protocol: p.protocol,
-                port: p.port,
-                chain: Arc::clone(&chain),
-            });
-            svc.elements.insert(Element::ClusterIp(*cip));
-        }
+    let chain: Arc<str> = format!("svc-{fs}-{key}").into();
+    let mut rules = Vec::new();
+    // kube-proxy: `jump mark-for-masquerade` for every client with --masquerade-all, else
+    // for `IfNotLocal` (source outside the cluster CIDR). Here the source test sits in the
+    // shared `dnat-clusterip` chain: one rule per ClusterIP port (10k rules fewer to load at
+    // 10k services than a masquerade rule each).
+    let masq = if node.masquerade_services {
+        Masq::Yes
+    } else {
+        Masq::Outside
+    };
+    ctx.render("", "internal", &p.internal, masq, &mut rules, svc)?;
+    svc.chains.insert(Arc::clone(&chain), with_counter(rules));
+    for cip in &p.cluster_ips {
+        svc.elements.insert(Element::Frontend {
+            addr: *cip,
+            protocol: p.protocol,
+            port: p.port,
+            chain: Arc::clone(&chain),
+        });
+        svc.elements.insert(Element::ClusterIp(*cip));
     }
     Ok(())
 }
 
-/// The external chain (NodePort, ExternalIPs, LoadBalancer IPs): from pods and the host
-/// cluster-wide and masqueraded, from outside by externalTrafficPolicy.
+/// The external chain (NodePort, ExternalIPs, LoadBalancer IPs), kube-proxy's
+/// `externalTrafficChain`: externalTrafficPolicy Cluster masquerades everyone and picks
+/// cluster-wide; Local short-circuits the node (`fib saddr type local`: cluster-wide,
+/// masqueraded) and this node's pods (cluster-wide, keeping their address unless
+/// `masquerade.allServices`), and serves outside clients by the policy, keeping their address.
+/// LoadBalancer IPs with loadBalancerSourceRanges go through a firewall chain first.
 fn compile_external(
     node: &NodePlan,
     ctx: &ChoiceCtx<'_>,
@@ -539,12 +547,15 @@ fn compile_external(
     let key = p.key();
     let ip = ip_kw(p.family);
     let uplink = &node.uplink;
-    {
-        let chain: Arc<str> = format!("ext-{fs}-{key}").into();
-        let mut rules = Vec::new();
-        // With externalTrafficPolicy Cluster (masqueraded) pods, the host and outside
-        // clients pick alike and are masqueraded alike: one rule serves them all.
-        if p.cluster != p.external || !p.external_masquerade {
+    let chain: Arc<str> = format!("ext-{fs}-{key}").into();
+    let mut rules = Vec::new();
+    if p.external_masquerade {
+        // externalTrafficPolicy Cluster: pods, the host and outside clients pick alike and
+        // are masqueraded alike (`jump mark-for-masquerade`), so one rule serves them all.
+        ctx.render("", "external", &p.external, Masq::Yes, &mut rules, svc)?;
+    } else {
+        if node.masquerade_services {
+            // --masquerade-all: the node and this node's pods alike, cluster-wide, masqueraded.
             ctx.render(
                 &format!("iifname != \"{uplink}\""),
                 "cluster",
@@ -553,52 +564,73 @@ fn compile_external(
                 &mut rules,
                 svc,
             )?;
-        }
-        let masq = if p.external_masquerade {
-            Masq::Yes
         } else {
-            Masq::No
+            // kube-proxy's "masquerade local traffic" + "short-circuit local traffic".
+            ctx.render(
+                "fib saddr type local",
+                "cluster",
+                &p.cluster,
+                Masq::Yes,
+                &mut rules,
+                svc,
+            )?;
+            // kube-proxy's "short-circuit pod traffic". It tells pods by `IfLocal` (source in
+            // the cluster CIDR); here by the interface, as the reference model does: a pod of
+            // another node reaching this node's NodePort comes from the uplink and is an
+            // outside client under the policy.
+            ctx.render(
+                &format!("iifname != \"{uplink}\""),
+                "cluster",
+                &p.cluster,
+                Masq::No,
+                &mut rules,
+                svc,
+            )?;
+        }
+        ctx.render("", "external", &p.external, Masq::No, &mut rules, svc)?;
+    }
+    svc.chains.insert(Arc::clone(&chain), with_counter(rules));
+    let mut frontends: Vec<(IpAddr, u16, Arc<str>)> = Vec::new();
+    for a in &p.external_ips {
+        frontends.push((*a, p.port, chain.clone()));
+    }
+    if let Some((addrs, np)) = &p.node_port {
+        for a in addrs {
+            frontends.push((*a, *np, Arc::clone(&chain)));
+        }
+    }
+    if !p.load_balancer_ips.is_empty() {
+        let target = if p.source_ranges.is_empty() {
+            Arc::clone(&chain)
+        } else {
+            // kube-proxy's firewall chain: `saddr != { ranges, LB IPs if allowFromNode }
+            // drop`, for every client (pods, the node, outside). Reached through the
+            // frontend's own `service-ips` element rather than a second `firewall-ips` vmap
+            // in a filter chain: one lookup per new connection, not two.
+            let fw: Arc<str> = format!("fw-{fs}-{key}").into();
+            svc.chains.insert(
+                Arc::clone(&fw),
+                vec![
+                    format!(
+                        "{ip} saddr != {{ {} }} goto drop-service",
+                        join_set(&p.source_ranges)
+                    ),
+                    format!("goto {chain}"),
+                ],
+            );
+            fw
         };
-        ctx.render("", "external", &p.external, masq, &mut rules, svc)?;
-        svc.chains.insert(Arc::clone(&chain), with_counter(rules));
-        let mut frontends: Vec<(IpAddr, u16, Arc<str>)> = Vec::new();
-        for a in &p.external_ips {
-            frontends.push((*a, p.port, chain.clone()));
+        for a in &p.load_balancer_ips {
+            frontends.push((*a, p.port, Arc::clone(&target)));
         }
-        if let Some((addrs, np)) = &p.node_port {
-            for a in addrs {
-                frontends.push((*a, *np, Arc::clone(&chain)));
-            }
-        }
-        if !p.load_balancer_ips.is_empty() {
-            let target = if p.source_ranges.is_empty() {
-                Arc::clone(&chain)
-            } else {
-                let fw: Arc<str> = format!("fw-{fs}-{key}").into();
-                svc.chains.insert(
-                    Arc::clone(&fw),
-                    vec![
-                        format!(
-                            "iifname \"{uplink}\" {ip} saddr != {{ {} }} goto drop-service",
-                            join_set(&p.source_ranges)
-                        ),
-                        format!("goto {chain}"),
-                    ],
-                );
-                fw
-            };
-            for a in &p.load_balancer_ips {
-                frontends.push((*a, p.port, Arc::clone(&target)));
-            }
-        }
-        for (addr, port, chain) in frontends {
-            svc.elements.insert(Element::Frontend {
-                addr,
-                protocol: p.protocol,
-                port,
-                chain,
-            });
-        }
+    }
+    for (addr, port, chain) in frontends {
+        svc.elements.insert(Element::Frontend {
+            addr,
+            protocol: p.protocol,
+            port,
+            chain,
+        });
     }
     Ok(())
 }
@@ -620,8 +652,8 @@ enum Masq {
     No,
     Yes,
     /// The rule serves every client of a ClusterIP: it leads to `dnat-clusterip`, which
-    /// masquerades the connections from outside the cluster (from the uplink, from an
-    /// address outside the cluster CIDRs), as a ClusterIP always does.
+    /// masquerades the connections from sources outside the cluster CIDRs (the node
+    /// itself, outside clients), as a ClusterIP always does.
     Outside,
 }
 
@@ -662,12 +694,20 @@ impl ChoiceCtx<'_> {
                 };
                 if let Some(timeout) = p.affinity_timeout {
                     let sel = self.affinity_chains(kind, &s, b, timeout, svc);
-                    let mark = if masq == Masq::Yes {
-                        format!("meta mark set meta mark | {MASQUERADE_BIT:#010x} ")
-                    } else {
-                        String::new()
-                    };
-                    rules.push(format!("{prefix}{mark}goto {sel}"));
+                    let set_bit = format!("meta mark set meta mark | {MASQUERADE_BIT:#010x}");
+                    match masq {
+                        Masq::No => rules.push(format!("{prefix}goto {sel}")),
+                        Masq::Yes => rules.push(format!("{prefix}{set_bit} goto {sel}")),
+                        Masq::Outside => {
+                            // The endpoint chains translate, not `dnat-clusterip`: the
+                            // source test is written here.
+                            let ip = ip_kw(p.family);
+                            rules.push(format!(
+                                "{prefix}{ip} saddr != @cluster-cidrs-{fs} {set_bit} goto {sel}"
+                            ));
+                            rules.push(format!("{prefix}goto {sel}"));
+                        }
+                    }
                 } else {
                     let id = self.group_id(kind, &s)?;
                     let mut offset = id << SLOT_BITS;
@@ -798,6 +838,7 @@ fn base(node: &NodePlan) -> Vec<String> {
             ("cluster-cidrs", of(&node.cluster_cidrs)),
             ("pod-cidrs", of(&node.pod_cidrs)),
             ("no-masquerade", of(&node.no_masquerade)),
+            ("service-cidrs", of(&node.service_cidrs)),
         ] {
             let elements = if nets.is_empty() {
                 String::new()
@@ -829,6 +870,16 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
             "nat-postrouting",
             "type nat hook postrouting priority srcnat; policy accept;",
         ),
+        // kube-proxy's filter-forward and filter-output-post-dnat: they see a packet after
+        // its DNAT, so a destination still in the service CIDRs is no service frontend.
+        (
+            "filter-forward",
+            "type filter hook forward priority -110; policy accept;",
+        ),
+        (
+            "filter-output-post-dnat",
+            "type filter hook output priority -90; policy accept;",
+        ),
     ] {
         out.push(format!("chain {chain} {{ {spec} }}"));
     }
@@ -838,6 +889,7 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
         "dnat-v6",
         "dnat-clusterip-v4",
         "dnat-clusterip-v6",
+        "cluster-ips-check",
         "reject-service",
         "drop-service",
         "masquerade-node",
@@ -847,6 +899,14 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
     let rule = |chain: &str, r: &str| format!("rule {chain} {r}");
     out.push(rule("nat-prerouting", "jump services"));
     out.push(rule("nat-output", "jump services"));
+    out.push(rule(
+        "filter-forward",
+        "ct state new jump cluster-ips-check",
+    ));
+    out.push(rule(
+        "filter-output-post-dnat",
+        "ct state new jump cluster-ips-check",
+    ));
     for f in [Family::V4, Family::V6] {
         let (fs, ip) = (f.suffix(), ip_kw(f));
         out.push(rule(
@@ -856,9 +916,16 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
     }
     for f in [Family::V4, Family::V6] {
         let (fs, ip) = (f.suffix(), ip_kw(f));
+        // kube-proxy's cluster-ips-check: an allocated ClusterIP on a port it does not
+        // serve is rejected, the rest of the service CIDRs dropped (a served port was
+        // translated before this chain sees the packet).
         out.push(rule(
-            "services",
+            "cluster-ips-check",
             &format!("{ip} daddr @cluster-ips-{fs} goto reject-service"),
+        ));
+        out.push(rule(
+            "cluster-ips-check",
+            &format!("{ip} daddr @service-cidrs-{fs} goto drop-service"),
         ));
         out.push(rule(
             &format!("dnat-{fs}"),
@@ -867,13 +934,13 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
                 !MASQUERADE_BIT
             ),
         ));
-        // A ClusterIP reached from outside the cluster is masqueraded (the rules of
-        // services whose clients pick alike lead here instead of setting the bit each).
+        // A ClusterIP client outside the cluster CIDRs (the node itself, an outside client)
+        // is masqueraded: kube-proxy's `IfNotLocal ... jump mark-for-masquerade`, here once
+        // for every ClusterIP rule that leads here instead of a rule per service.
         out.push(rule(
             &format!("dnat-clusterip-{fs}"),
             &format!(
-                "iifname \"{}\" {ip} saddr != @cluster-cidrs-{fs} meta mark set meta mark | {MASQUERADE_BIT:#010x}",
-                node.uplink
+                "{ip} saddr != @cluster-cidrs-{fs} meta mark set meta mark | {MASQUERADE_BIT:#010x}"
             ),
         ));
         out.push(rule(

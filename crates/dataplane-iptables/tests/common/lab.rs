@@ -142,12 +142,28 @@ pub fn services(lab: &Lab) -> DesiredState {
     hairpin.backends = b(0);
     state.services.push(hairpin);
 
+    // IPv4 ranges only: the IPv6 LoadBalancer IP is unrestricted (item 12).
     let mut ranges = svc("ranges");
-    ranges.load_balancer_ips = vec![ip("192.0.2.15")];
+    ranges.load_balancer_ips = vec![ip("192.0.2.15"), ip("2001:db8::15")];
     ranges.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
     ranges.ports = vec![port(Protocol::Tcp, 80, sp, None)];
-    ranges.backends = b(2);
+    ranges.backends = b46(2);
     state.services.push(ranges);
+
+    // The external client's range: it may, the pods and the node may not.
+    let mut open = svc("ranges-open");
+    open.load_balancer_ips = vec![ip("192.0.2.18")];
+    open.load_balancer_source_ranges = vec!["172.18.255.0/24".parse().unwrap()];
+    open.ports = vec![port(Protocol::Tcp, 80, sp, None)];
+    open.backends = b(2);
+    state.services.push(open);
+
+    // A ClusterIP outside node.serviceCIDRs (10.96.0.0/12): served like any other.
+    let mut outside = svc("outside-cidr");
+    outside.cluster_ips = vec![ip("10.200.0.19")];
+    outside.ports = vec![port(Protocol::Tcp, 80, sp, None)];
+    outside.backends = b(2);
+    state.services.push(outside);
 
     let mut sticky = svc("sticky");
     sticky.cluster_ips = vec![ip("10.96.0.16")];
@@ -255,9 +271,45 @@ pub fn rows(lab: &Lab) -> Vec<Row> {
             Tcp,
         ),
         row(
-            "pod to own NodePort ETP Local (cluster, masq)",
+            "pod to own NodePort ETP Local (cluster, client kept)",
             Pod(0),
             sa(node0, 30081),
+            Tcp,
+        ),
+        row(
+            "pod to LoadBalancer ETP Local (cluster, client kept)",
+            Pod(0),
+            sa(ip("192.0.2.11"), 80),
+            Tcp,
+        ),
+        row(
+            "pod to NodePort ETP Local, no local backend (cluster)",
+            Pod(0),
+            sa(node0, 30082),
+            Tcp,
+        ),
+        row(
+            "host to own NodePort ETP Local (cluster, masq)",
+            Host,
+            sa(node0, 30081),
+            Tcp,
+        ),
+        row(
+            "host to LoadBalancer ETP Local (cluster, masq)",
+            Host,
+            sa(ip("192.0.2.11"), 80),
+            Tcp,
+        ),
+        row(
+            "external to ClusterIP ITP Local, no local backend: drop",
+            External,
+            sa(ip("10.96.0.12"), 80),
+            Tcp,
+        ),
+        row(
+            "host to ClusterIP ITP Local, no local backend: drop",
+            Host,
+            sa(ip("10.96.0.12"), 80),
             Tcp,
         ),
         row(
@@ -291,6 +343,48 @@ pub fn rows(lab: &Lab) -> Vec<Row> {
             Tcp,
         ),
         row(
+            "unknown ClusterIP port from host: reject",
+            Host,
+            sa(ip("10.96.0.10"), 81),
+            Tcp,
+        ),
+        row(
+            "unknown ClusterIP port from outside: reject",
+            External,
+            sa(ip("10.96.0.10"), 81),
+            Udp,
+        ),
+        row(
+            "unallocated service address from a pod: drop",
+            Pod(0),
+            sa(ip("10.96.0.99"), 80),
+            Tcp,
+        ),
+        row(
+            "unallocated service address from the host: drop",
+            Host,
+            sa(ip("10.96.0.99"), 80),
+            Tcp,
+        ),
+        row(
+            "unallocated service address from outside: drop",
+            External,
+            sa(ip("10.96.0.99"), 80),
+            Udp,
+        ),
+        row(
+            "pod to ClusterIP outside serviceCIDRs",
+            Pod(1),
+            sa(ip("10.200.0.19"), 80),
+            Tcp,
+        ),
+        row(
+            "external to ClusterIP outside serviceCIDRs (masquerade)",
+            External,
+            sa(ip("10.200.0.19"), 80),
+            Tcp,
+        ),
+        row(
             "hairpin (masquerade)",
             Pod(0),
             sa(ip("10.96.0.14"), 80),
@@ -300,6 +394,36 @@ pub fn rows(lab: &Lab) -> Vec<Row> {
             "loadBalancerSourceRanges: drop",
             External,
             sa(ip("192.0.2.15"), 80),
+            Tcp,
+        ),
+        row(
+            "pod to LoadBalancer, not in sourceRanges: drop",
+            Pod(0),
+            sa(ip("192.0.2.15"), 80),
+            Tcp,
+        ),
+        row(
+            "host to LoadBalancer, not in sourceRanges: drop",
+            Host,
+            sa(ip("192.0.2.15"), 80),
+            Tcp,
+        ),
+        row(
+            "external to LoadBalancer v6, sourceRanges only v4",
+            External,
+            sa(ip("2001:db8::15"), 80),
+            Tcp,
+        ),
+        row(
+            "external in sourceRanges to LoadBalancer",
+            External,
+            sa(ip("192.0.2.18"), 80),
+            Tcp,
+        ),
+        row(
+            "pod to LoadBalancer, sourceRanges outside only: drop",
+            Pod(1),
+            sa(ip("192.0.2.18"), 80),
             Tcp,
         ),
         row(
@@ -330,9 +454,11 @@ pub const EXTERNAL_PORT: u16 = 9090;
 pub fn route_external(lab: &Lab) {
     for cidr in [
         "10.96.0.0/12",
+        "10.200.0.0/16",
         "192.0.2.0/24",
         "198.51.100.0/24",
         "fd00:96::/108",
+        "2001:db8::/32",
     ] {
         lab.route_via_node(0, cidr.parse().unwrap(), 0)
             .expect("route");
@@ -352,6 +478,11 @@ fn capability_missing(row: &Row, caps: &Capabilities) -> Option<&'static str> {
 /// Runs every row against `dp` (already applied with `state`) and panics with a table of the
 /// rows that disagree with the reference model.
 pub fn run(lab: &Lab, state: &DesiredState, dp: &dyn Dataplane) {
+    run_rows(lab, state, dp, rows(lab));
+}
+
+/// [`run`] of some rows.
+pub fn run_rows(lab: &Lab, state: &DesiredState, dp: &dyn Dataplane, rows: Vec<Row>) {
     let _external_server = serve(&lab.external(0).netns, "external-0", EXTERNAL_PORT).unwrap();
     let by_addr: BTreeMap<IpAddr, String> = lab
         .pods()
@@ -360,7 +491,7 @@ pub fn run(lab: &Lab, state: &DesiredState, dp: &dyn Dataplane) {
         .collect();
     let caps = dp.capabilities();
     let mut failures = Vec::new();
-    for row in rows(lab) {
+    for row in rows {
         if let Some(missing) = capability_missing(&row, &caps) {
             eprintln!(
                 "SKIPPED row {:?}: {} backend lacks {missing}",
@@ -478,6 +609,91 @@ fn check(
         (Verdict::Drop, ProbeOutcome::Timeout) | (Verdict::Reject, ProbeOutcome::Refused) => None,
         _ => Some("outcome differs".to_owned()),
     }
+}
+
+/// [`services`] before the kube-proxy parity settings: no source ranges, traffic policies
+/// Cluster. A partial sync from it to [`services`] must program them.
+pub fn services_without_policies(lab: &Lab) -> DesiredState {
+    let mut state = services(lab);
+    for s in &mut state.services {
+        s.load_balancer_source_ranges.clear();
+        s.external_traffic_policy = TrafficPolicy::Cluster;
+        s.internal_traffic_policy = TrafficPolicy::Cluster;
+    }
+    state
+}
+
+/// Changes of source ranges and traffic policies go through `apply_changes`, a change of
+/// `masquerade.allServices` (a node change) through it or, when the backend asks, a full
+/// sync; after each the table holds with real traffic.
+pub fn parity_changes(lab: &Lab, dp: &mut dyn Dataplane) {
+    use dataplane_core::{diff, Error};
+    let before = services_without_policies(lab);
+    let report = dp.apply(&before).expect("apply");
+    // The ClusterIP outside the service CIDRs is programmed, with a warning.
+    assert!(
+        report.warnings.iter().any(
+            |w| w.object == "service default/outside-cidr" && w.message.contains("10.200.0.19")
+        ),
+        "{report:?}"
+    );
+    let after = services(lab);
+    let report = dp
+        .apply_changes(&diff(&before, &after))
+        .expect("apply_changes");
+    assert!(!report.full_sync, "{report:?}");
+    run(lab, &after, dp);
+    let mut all = after.clone();
+    all.node.masquerade.all_services = true;
+    match dp.apply_changes(&diff(&after, &all)) {
+        Ok(_) => {}
+        Err(Error::FullSyncRequired) => {
+            dp.apply(&all).expect("full sync");
+        }
+        Err(e) => panic!("{e}"),
+    }
+    run(lab, &all, dp);
+    // The unallocated-address drop, where something would answer: a service CIDR that
+    // holds the external client (the rows above reach no listener in 10.96.0.0/12).
+    let ext = lab.external(0).address(Family::V4).unwrap();
+    let mut cidr = after.clone();
+    cidr.node.service_cidrs.push(ext.into());
+    match dp.apply_changes(&diff(&after, &cidr)) {
+        Ok(_) => {}
+        Err(Error::FullSyncRequired) => {
+            dp.apply(&cidr).expect("full sync");
+        }
+        Err(e) => panic!("{e}"),
+    }
+    let picked = [
+        "pod to outside (masquerade)",
+        "pod to remote pod (untouched)",
+    ];
+    let mut rows: Vec<Row> = rows(lab)
+        .into_iter()
+        .filter(|r| picked.contains(&r.name))
+        .collect();
+    rows.push(Row {
+        name: "host to an address in the service CIDRs",
+        client: Client::Host,
+        destination: SocketAddr::new(ext, EXTERNAL_PORT),
+        // TCP: a UDP send the output hook drops fails at once (EPERM), a SYN is retried.
+        protocol: Protocol::Tcp,
+    });
+    assert_eq!(rows.len(), 3);
+    assert!(matches!(
+        evaluate(
+            &cidr,
+            &Packet {
+                protocol: Protocol::Tcp,
+                source: SocketAddr::new(lab.pod(0).address(Family::V4).unwrap(), 40000),
+                destination: SocketAddr::new(ext, EXTERNAL_PORT),
+            },
+            &Entry::FromPod(ObjectName::new("default", &lab.pod(0).name)),
+        ),
+        Verdict::Drop
+    ));
+    run_rows(lab, &cidr, dp, rows);
 }
 
 /// ClientIP affinity: many new connections from one client reach one backend.
