@@ -1114,35 +1114,29 @@ fn run_case(
     }
 }
 
-/// nftables counters, in every node's namespace, of packets for one address that leave the
-/// node through its uplink (postrouting, after every filter); removed on drop. (A watch in
-/// the underlay router's namespace also counts, with `br_netfilter` loaded, an outside
-/// client's own packet as the bridge forwards it to the node.)
+/// An nftables counter, in the lab's underlay namespace, of packets for one address that a
+/// node sends to the lab's router (every node's default route; `br0`'s own address): the
+/// bridge family's `input` hook sees exactly the frames the bridge delivers to itself, not the
+/// ones it passes between ports (an outside client's packet on its way to a node), with or
+/// without `br_netfilter`. A node's own egress hooks (a TC program on the uplink, say) come
+/// before the router, so a packet they drop is not counted. Removed on drop.
 struct LeakWatch {
-    nodes: Vec<String>,
+    underlay: String,
     table: String,
 }
 
 impl LeakWatch {
     fn new(lab: &Lab, addr: IpAddr) -> Result<Self, String> {
+        let underlay = lab.underlay().name().to_owned();
         let table = format!("dptk_leak_{}", std::process::id());
         let ipx = if addr.is_ipv4() { "ip" } else { "ip6" };
-        let mut watch = LeakWatch {
-            nodes: Vec::new(),
-            table: table.clone(),
-        };
-        for node in lab.nodes() {
-            let script = format!(
-                "add table inet {table}\n\
-                 add chain inet {table} watch {{ type filter hook postrouting priority 300; }}\n\
-                 add rule inet {table} watch oifname \"{}\" {ipx} daddr {addr} counter\n",
-                node.uplink
-            );
-            let name = node.netns.name().to_owned();
-            nft_in(&name, &["-f", "-"], Some(&script))?;
-            watch.nodes.push(name);
-        }
-        Ok(watch)
+        let script = format!(
+            "add table bridge {table}\n\
+             add chain bridge {table} watch {{ type filter hook input priority -300; }}\n\
+             add rule bridge {table} watch {ipx} daddr {addr} counter\n"
+        );
+        nft_in(&underlay, &["-f", "-"], Some(&script))?;
+        Ok(LeakWatch { underlay, table })
     }
 
     /// An error when any packet was counted.
@@ -1155,28 +1149,28 @@ impl LeakWatch {
         }
     }
 
-    /// Packets counted so far, on all nodes.
+    /// Packets counted so far.
     fn packets(&self) -> Result<u64, String> {
-        let mut total = 0;
-        for node in &self.nodes {
-            let out = nft_in(node, &["list", "chain", "inet", &self.table, "watch"], None)?;
-            let count: u64 = out
-                .split_whitespace()
-                .skip_while(|w| *w != "packets")
-                .nth(1)
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| format!("no packet counter in {out:?}"))?;
-            total += count;
-        }
-        Ok(total)
+        let out = nft_in(
+            &self.underlay,
+            &["list", "chain", "bridge", &self.table, "watch"],
+            None,
+        )?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("no packet counter in {out:?}"))
     }
 }
 
 impl Drop for LeakWatch {
     fn drop(&mut self) {
-        for node in &self.nodes {
-            let _ = nft_in(node, &["delete", "table", "inet", &self.table], None);
-        }
+        let _ = nft_in(
+            &self.underlay,
+            &["delete", "table", "bridge", &self.table],
+            None,
+        );
     }
 }
 
