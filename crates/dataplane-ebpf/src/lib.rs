@@ -505,36 +505,7 @@ impl EbpfDataplane {
             }
         }
         let (services_changed, services_removed) = counts;
-        let looked_at: Vec<&dataplane_core::Service> = match changes {
-            None => desired.services.iter().collect(),
-            Some(changes) => changes
-                .services
-                .values()
-                .filter_map(|c| c.current.as_ref())
-                .collect(),
-        };
-        let warnings = match changes {
-            None => dataplane_core::warnings(desired),
-            Some(_) => looked_at
-                .iter()
-                .flat_map(|s| dataplane_core::service_warnings(&rest.node, s))
-                .collect(),
-        };
-        // What was left out, for the services this sync planned (all of them, or the changed
-        // ones): one missing feature costs that part of a service, not the node.
-        let skipped: Vec<dataplane_core::Skipped> = looked_at
-            .iter()
-            .flat_map(|s| plan::skipped(&rest.node, s))
-            .collect();
-        for s in &skipped {
-            tracing::warn!(
-                object = %s.object,
-                field = %s.field,
-                feature = %s.feature,
-                reason = %s.reason,
-                "not programmed by the eBPF backend"
-            );
-        }
+        let (warnings, skipped) = notes(desired, &rest.node, changes);
         self.planner = Some(planner);
         self.applied = Some(rest);
         Ok(ApplyReport {
@@ -837,6 +808,45 @@ fn forward_key(k: &CtKey, v: &CtEntry) -> CtKey {
         pad0: 0,
         pad: 0,
     }
+}
+
+/// The warnings about, and the parts left out of, the services a sync planned: all of
+/// `desired`'s on a full sync, the changed ones of `changes` otherwise. One missing feature
+/// costs that part of a service, not the node: each skip is logged as a warning too.
+fn notes(
+    desired: &DesiredState,
+    node: &dataplane_core::Node,
+    changes: Option<&ChangeSet>,
+) -> (Vec<dataplane_core::Warning>, Vec<dataplane_core::Skipped>) {
+    let looked_at: Vec<&dataplane_core::Service> = match changes {
+        None => desired.services.iter().collect(),
+        Some(changes) => changes
+            .services
+            .values()
+            .filter_map(|c| c.current.as_ref())
+            .collect(),
+    };
+    let warnings = match changes {
+        None => dataplane_core::warnings(desired),
+        Some(_) => looked_at
+            .iter()
+            .flat_map(|s| dataplane_core::service_warnings(node, s))
+            .collect(),
+    };
+    let skipped: Vec<dataplane_core::Skipped> = looked_at
+        .iter()
+        .flat_map(|s| plan::skipped(node, s))
+        .collect();
+    for s in &skipped {
+        tracing::warn!(
+            object = %s.object,
+            field = %s.field,
+            feature = %s.feature,
+            reason = %s.reason,
+            "not programmed by the eBPF backend"
+        );
+    }
+    (warnings, skipped)
 }
 
 /// Services `changes` changes (or adds) and removes.

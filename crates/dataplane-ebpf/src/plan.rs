@@ -101,7 +101,7 @@ fn unsupported(feature: &str, object: String) -> Error {
     }
 }
 
-/// Whether this backend programs `port`: not SCTP (rewriting its ports would need a CRC32c
+/// Whether this backend programs `port`: not SCTP (rewriting its ports would need a `CRC32c`
 /// recomputation in the datapath). An SCTP port's frontends are left out ([`skipped`]).
 fn programmed(port: &ServicePort) -> bool {
     port.protocol != Protocol::Sctp

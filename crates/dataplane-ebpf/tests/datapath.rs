@@ -2240,7 +2240,7 @@ fn masquerade_all_services_fixtures() {
 
 /// One feature this backend lacks costs that part of the state, not the node: an SCTP port is
 /// left out (and reported) while everything else is programmed, by a full apply and by
-/// apply_changes; IPv6 DSR is served with SNAT (and reported). Network policy is still refused
+/// `apply_changes`; IPv6 DSR is served with SNAT (and reported). Network policy is still refused
 /// as a whole, with nothing written.
 #[test]
 #[allow(clippy::too_many_lines)]
