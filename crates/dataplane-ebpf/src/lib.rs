@@ -58,8 +58,9 @@ pub use loader::{
 use crate::loader::{Maps, Objects};
 use crate::maps::{
     CtEntry, CtKey, LocalKey, LocalValue, CT_F_DSR, CT_F_MASQ, CT_F_SNAT, CT_TCP_FIN_FWD,
-    CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL_OUTSIDE,
-    STAT_DROPPED, STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
+    CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST, SCOPE_EXTERNAL_INSIDE,
+    SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED,
+    SVC_F_WILDCARD,
 };
 use crate::plan::BACKEND;
 use crate::writer::Current;
@@ -504,15 +505,7 @@ impl EbpfDataplane {
             }
         }
         let (services_changed, services_removed) = counts;
-        let warnings = match changes {
-            None => dataplane_core::warnings(desired),
-            Some(changes) => changes
-                .services
-                .values()
-                .filter_map(|c| c.current.as_ref())
-                .flat_map(|s| dataplane_core::service_warnings(&rest.node, s))
-                .collect(),
-        };
+        let (warnings, skipped) = notes(desired, &rest.node, changes);
         self.planner = Some(planner);
         self.applied = Some(rest);
         Ok(ApplyReport {
@@ -520,7 +513,7 @@ impl EbpfDataplane {
             services_changed,
             services_removed,
             objects_written: report.objects_written + local_written,
-            skipped: Vec::new(),
+            skipped,
             warnings,
         })
     }
@@ -842,6 +835,45 @@ fn forward_key(k: &CtKey, v: &CtEntry) -> CtKey {
     }
 }
 
+/// The warnings about, and the parts left out of, the services a sync planned: all of
+/// `desired`'s on a full sync, the changed ones of `changes` otherwise. One missing feature
+/// costs that part of a service, not the node: each skip is logged as a warning too.
+fn notes(
+    desired: &DesiredState,
+    node: &dataplane_core::Node,
+    changes: Option<&ChangeSet>,
+) -> (Vec<dataplane_core::Warning>, Vec<dataplane_core::Skipped>) {
+    let looked_at: Vec<&dataplane_core::Service> = match changes {
+        None => desired.services.iter().collect(),
+        Some(changes) => changes
+            .services
+            .values()
+            .filter_map(|c| c.current.as_ref())
+            .collect(),
+    };
+    let warnings = match changes {
+        None => dataplane_core::warnings(desired),
+        Some(_) => looked_at
+            .iter()
+            .flat_map(|s| dataplane_core::service_warnings(node, s))
+            .collect(),
+    };
+    let skipped: Vec<dataplane_core::Skipped> = looked_at
+        .iter()
+        .flat_map(|s| plan::skipped(node, s))
+        .collect();
+    for s in &skipped {
+        tracing::warn!(
+            object = %s.object,
+            field = %s.field,
+            feature = %s.feature,
+            reason = %s.reason,
+            "not programmed by the eBPF backend"
+        );
+    }
+    (warnings, skipped)
+}
+
 /// Services `changes` changes (or adds) and removes.
 fn change_counts(changes: &ChangeSet) -> (usize, usize) {
     let gone = changes
@@ -915,7 +947,7 @@ impl Dataplane for EbpfDataplane {
         {
             return Err(Error::FullSyncRequired);
         }
-        plan::check_changes_supported(&applied.node, changes)?;
+        plan::check_changes_supported(changes)?;
         let mut next = self.applied.take().ok_or(Error::FullSyncRequired)?;
         let mut validator = self.validator.take().ok_or(Error::FullSyncRequired)?;
         // The changed services are planned from the change set; the applied state keeps none.
@@ -952,7 +984,7 @@ impl Dataplane for EbpfDataplane {
         let mut frontends = Vec::new();
         for (k, v) in &current.frontends {
             if k.scope == SCOPE_EXTERNAL_INSIDE
-                || k.scope == SCOPE_INTERNAL_OUTSIDE
+                || k.scope == SCOPE_RETIRED_INTERNAL_OUTSIDE
                 || v.flags & SVC_F_WILDCARD != 0
             {
                 continue;

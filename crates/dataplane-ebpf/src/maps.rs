@@ -17,8 +17,11 @@ pub const SCOPE_EXTERNAL: u8 = 1;
 /// `SVC_SCOPE_EXTERNAL_INSIDE`: the same frontends reached from a pod or the host.
 pub const SCOPE_EXTERNAL_INSIDE: u8 = 2;
 
-/// `SVC_SCOPE_INTERNAL_OUTSIDE`: ClusterIP from outside when internalTrafficPolicy is Local.
-pub const SCOPE_INTERNAL_OUTSIDE: u8 = 3;
+/// Scope 3, once `SVC_SCOPE_INTERNAL_OUTSIDE` (ClusterIP from outside with cluster-wide
+/// backends under internalTrafficPolicy Local): no longer planned nor looked up, since that
+/// policy governs outside clients too. Entries an older version left are removed by the first
+/// full sync (every `apply`); `observe()` ignores them until then.
+pub const SCOPE_RETIRED_INTERNAL_OUTSIDE: u8 = 3;
 
 /// `SVC_F_MAGLEV`.
 pub const SVC_F_MAGLEV: u16 = 1 << 0;
@@ -85,9 +88,11 @@ pub const CIDR_F_POD: u8 = 1 << 1;
 pub const CIDR_F_NO_MASQ: u8 = 1 << 2;
 /// `CIDR_F_NODE`: the node's addresses.
 pub const CIDR_F_NODE: u8 = 1 << 3;
+/// `CIDR_F_SERVICE`: node.serviceCIDRs (addresses no frontend has are dropped).
+pub const CIDR_F_SERVICE: u8 = 1 << 4;
 
 /// Counter indexes of `dp_stats` (`STAT_*`), with their names.
-pub const STAT_NAMES: [&str; 14] = [
+pub const STAT_NAMES: [&str; 15] = [
     "translated",
     "reverse_translated",
     "dropped",
@@ -102,6 +107,7 @@ pub const STAT_NAMES: [&str; 14] = [
     "xdp_forwarded",
     "socket_translated",
     "host_routed",
+    "unallocated_dropped",
 ];
 /// Counters a `dp_stats` pinned by an older version has (it has fewer entries; the programs'
 /// increments of the newer ones find no slot and are lost).

@@ -5,17 +5,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use dataplane_core::{
-    eligible_backends, eligible_backends_with_policy, maglev_table, node_address, ChangeSet,
-    DesiredState, Eligible, Error, IpFamily, MaglevBackend, Node, ObjectName, Protocol, Service,
-    ServicePort, TrafficKind, TrafficPolicy,
+    eligible_backends, eligible_backends_with_policy, maglev_table, node_address,
+    source_range_allow_list, ChangeSet, DesiredState, Eligible, Error, IpFamily, MaglevBackend,
+    Node, ObjectName, Protocol, Service, ServicePort, Skipped, TrafficKind, TrafficPolicy,
 };
 
 use crate::maps::{
     family_of, Addr, Be16, DpConfig, SrcRangeData, SvcKey, BE_F_LOCAL, BE_F_TERMINATING,
     CFG_F_HAS_V4, CFG_F_HAS_V6, CFG_F_HOST_ROUTING, CFG_F_MASQUERADE, CFG_F_MASQ_ALL,
-    CIDR_F_CLUSTER, CIDR_F_NODE, CIDR_F_NO_MASQ, CIDR_F_POD, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE,
-    SCOPE_INTERNAL, SCOPE_INTERNAL_OUTSIDE, SVC_F_AFFINITY, SVC_F_DSR, SVC_F_MAGLEV,
-    SVC_F_NO_LOCAL, SVC_F_SNAT, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
+    CIDR_F_CLUSTER, CIDR_F_NODE, CIDR_F_NO_MASQ, CIDR_F_POD, CIDR_F_SERVICE, SCOPE_EXTERNAL,
+    SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DSR, SVC_F_MAGLEV, SVC_F_NO_LOCAL,
+    SVC_F_SNAT, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
 };
 
 pub(crate) const BACKEND: &str = "ebpf";
@@ -74,27 +74,23 @@ fn proto_number(p: Protocol) -> u8 {
     p.number()
 }
 
-/// The features this backend refuses, checked before anything is written.
+/// The features this backend refuses as a whole, checked before anything is written: network
+/// policy. Left out, a policy would fail open (its pods reachable by everyone), which is worse
+/// than a refused apply; everything else this backend lacks is left out per object instead
+/// ([`skipped`]).
 pub(crate) fn check_supported(state: &DesiredState) -> Result<(), Error> {
-    if let Some(p) = state.policies.first() {
-        return Err(unsupported("network policy", format!("policy {}", p.name)));
+    match state.policies.first() {
+        Some(p) => Err(unsupported("network policy", format!("policy {}", p.name))),
+        None => Ok(()),
     }
-    state
-        .services
-        .iter()
-        .try_for_each(|s| check_service_supported(&state.node, s))
 }
 
 /// [`check_supported`] for what a change set adds (the rest was checked when applied).
-pub(crate) fn check_changes_supported(node: &Node, changes: &ChangeSet) -> Result<(), Error> {
-    if let Some(p) = changes.policies.values().find_map(|c| c.current.as_ref()) {
-        return Err(unsupported("network policy", format!("policy {}", p.name)));
+pub(crate) fn check_changes_supported(changes: &ChangeSet) -> Result<(), Error> {
+    match changes.policies.values().find_map(|c| c.current.as_ref()) {
+        Some(p) => Err(unsupported("network policy", format!("policy {}", p.name))),
+        None => Ok(()),
     }
-    changes
-        .services
-        .values()
-        .filter_map(|c| c.current.as_ref())
-        .try_for_each(|s| check_service_supported(node, s))
 }
 
 fn unsupported(feature: &str, object: String) -> Error {
@@ -105,31 +101,65 @@ fn unsupported(feature: &str, object: String) -> Error {
     }
 }
 
-fn check_service_supported(node: &Node, s: &Service) -> Result<(), Error> {
-    for p in &s.ports {
-        if p.protocol == Protocol::Sctp {
-            return Err(unsupported(
-                "SCTP",
-                format!("service {} port {}", s.name, p.port),
-            ));
-        }
-    }
-    // DSR carries the frontend in an IPv4 option; IPv6 would need an extension header.
-    let dsr = s.ports.iter().any(|p| s.uses_dsr(node, p.protocol));
-    let node_ports = s.ports.iter().any(|p| p.node_port.is_some());
-    let v6_external = s
+/// Whether this backend programs `port`: not SCTP (rewriting its ports would need a `CRC32c`
+/// recomputation in the datapath). An SCTP port's frontends are left out ([`skipped`]).
+fn programmed(port: &ServicePort) -> bool {
+    port.protocol != Protocol::Sctp
+}
+
+/// Whether `ip`, an external frontend of `service`'s `port`, would be served with DSR were it
+/// IPv4: DSR carries the frontend in an IPv4 option (an IPv6 destination-options header would
+/// need a parser that walks extension headers), so IPv6 external frontends are served with
+/// SNAT instead (reported by [`skipped`]).
+fn dsr_wanted(node: &Node, service: &Service, port: &ServicePort) -> bool {
+    service.external_traffic_policy == TrafficPolicy::Cluster
+        && service.uses_dsr(node, port.protocol)
+}
+
+/// What of `service` this backend leaves out or serves differently than asked, for
+/// `ApplyReport::skipped`: SCTP ports (not programmed; the other ports are), and DSR for
+/// IPv6 external frontends (served with SNAT: traffic keeps flowing, but the backends see the
+/// node's address instead of the client's).
+pub(crate) fn skipped(node: &Node, service: &Service) -> Vec<Skipped> {
+    let object = format!("service {}", service.name);
+    let mut out: Vec<Skipped> = service
+        .ports
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !programmed(p))
+        .map(|(i, p)| Skipped {
+            object: object.clone(),
+            field: format!("ports[{i}]"),
+            feature: "SCTP".to_owned(),
+            reason: format!(
+                "port {} not programmed: rewriting SCTP ports needs a CRC32c recomputation",
+                p.port
+            ),
+        })
+        .collect();
+    let dsr = service
+        .ports
+        .iter()
+        .any(|p| programmed(p) && dsr_wanted(node, service, p));
+    let node_ports = service.ports.iter().any(|p| p.node_port.is_some());
+    let v6_external = service
         .external_ips
         .iter()
-        .chain(&s.load_balancer_ips)
+        .chain(&service.load_balancer_ips)
         .chain(node.addresses.iter().filter(|_| node_ports))
         .any(IpAddr::is_ipv6);
-    if dsr && v6_external && s.backends.iter().any(|b| b.ip.is_ipv6()) {
-        return Err(unsupported(
-            "direct server return over IPv6 (externalMode Dsr/Hybrid)",
-            format!("service {}", s.name),
-        ));
+    if dsr && v6_external && service.backends.iter().any(|b| b.ip.is_ipv6()) {
+        // (the service's own externalMode, or the node's default it inherits)
+        out.push(Skipped {
+            object,
+            field: "externalMode".to_owned(),
+            feature: "direct server return over IPv6".to_owned(),
+            reason: "IPv6 external frontends served with SNAT: their backends see the node \
+                     address, not the client's"
+                .to_owned(),
+        });
     }
-    Ok(())
+    out
 }
 
 /// The identity of a service port; its FNV-1a hash is the port's id (probed on a collision).
@@ -295,6 +325,7 @@ fn cidr_table(node: &dataplane_core::Node) -> BTreeMap<(Addr, u32), u8> {
             .iter()
             .map(|c| (*c, CIDR_F_NO_MASQ)),
     );
+    sets.extend(node.service_cidrs.iter().map(|c| (*c, CIDR_F_SERVICE)));
     sets.extend(
         node.addresses
             .iter()
@@ -346,7 +377,8 @@ fn plan_port(
 ) -> Result<(), Error> {
     let proto = proto_number(port.protocol);
     let family = |ip: &IpAddr| IpFamily::of(ip);
-    // Pods and the host reach external frontends with cluster policy, masqueraded.
+    // Pods and the host reach external frontends with cluster policy (kube-proxy's
+    // short-circuit of traffic from inside the node).
     let cluster = |ip: &IpAddr| {
         eligible_backends_with_policy(state, service, TrafficPolicy::Cluster, family(ip))
     };
@@ -364,36 +396,56 @@ fn plan_port(
         out.frontends.push((k, f));
         Ok::<(), Error>(())
     };
+    // masquerade.allServices (kube-proxy's --masquerade-all) masquerades every client except
+    // those whose address the service promises to keep (outside clients under
+    // externalTrafficPolicy Local, DSR). Without it the datapath decides per packet:
+    // ClusterIP clients outside the cluster CIDRs (the node, outside) and hairpins.
+    let all = state.node.masquerade.all_services;
+    let all_snat = if all { SVC_F_SNAT } else { 0 };
     for ip in &service.cluster_ips {
+        // internalTrafficPolicy governs every client, outside ones too (kube-proxy's
+        // clusterPolicyChain / localPolicyChain for the ClusterIP do not look at the source).
         let e = eligible_backends(state, service, port, TrafficKind::Internal, family(ip));
-        push(out, key(*ip, port.port, proto, SCOPE_INTERNAL), e, 0)?;
-        if service.internal_traffic_policy == TrafficPolicy::Local {
-            // Clients outside the cluster get cluster-wide backends.
-            push(
-                out,
-                key(*ip, port.port, proto, SCOPE_INTERNAL_OUTSIDE),
-                cluster(ip),
-                0,
-            )?;
-        }
+        push(out, key(*ip, port.port, proto, SCOPE_INTERNAL), e, all_snat)?;
     }
-    // Cluster policy sends external clients to remote backends: with SNAT to this node, or
-    // with DSR (the datapath still answers local backends itself).
-    let snat = match service.external_traffic_policy {
-        TrafficPolicy::Cluster if service.uses_dsr(&state.node, port.protocol) => SVC_F_DSR,
+    // From outside, Cluster policy sends clients to remote backends: with SNAT to this node,
+    // or with DSR over IPv4 (the datapath still answers local backends itself; IPv6 falls
+    // back to SNAT, see `skipped`). Local keeps the client address.
+    let outside = |ip: &IpAddr| match service.external_traffic_policy {
+        TrafficPolicy::Cluster if ip.is_ipv4() && dsr_wanted(&state.node, service, port) => {
+            SVC_F_DSR
+        }
         TrafficPolicy::Cluster => SVC_F_SNAT,
         TrafficPolicy::Local => 0,
+    };
+    // From this node's pods: masqueraded under Cluster policy; under Local the pod keeps its
+    // address like a pod reaching a ClusterIP (pkg/proxy/nftables/proxier.go, the external
+    // chain's "short-circuit pod traffic" rule), hairpins aside (the datapath masquerades
+    // those). The node itself is masqueraded by the datapath whatever this says, on
+    // dp_to_uplink (the same chain's "masquerade local traffic").
+    let inside = if service.external_traffic_policy == TrafficPolicy::Cluster || all {
+        SVC_F_SNAT
+    } else {
+        0
+    };
+    // loadBalancerSourceRanges of the LB IP's family, for every client of the LB IP (pods and
+    // the node included); a family without ranges is unrestricted.
+    let allow_v4 = source_range_allow_list(state, service, IpFamily::V4);
+    let allow_v6 = source_range_allow_list(state, service, IpFamily::V6);
+    let allow = |ip: &IpAddr| match family(ip) {
+        IpFamily::V4 => allow_v4.as_ref(),
+        IpFamily::V6 => allow_v6.as_ref(),
     };
     let mut external: Vec<(IpAddr, u16, u16)> = Vec::new();
     for ip in &service.external_ips {
         external.push((*ip, port.port, 0));
     }
-    let ranges = if service.load_balancer_source_ranges.is_empty() {
-        0
-    } else {
-        SVC_F_SRC_RANGES
-    };
     for ip in &service.load_balancer_ips {
+        let ranges = if allow(ip).is_some() {
+            SVC_F_SRC_RANGES
+        } else {
+            0
+        };
         external.push((*ip, port.port, ranges));
     }
     if let Some(np) = port.node_port {
@@ -401,21 +453,36 @@ fn plan_port(
             external.push((*ip, np, 0));
         }
     }
-    for (ip, fport, extra) in external {
+    for (ip, fport, ranges) in external {
         let e = eligible_backends(state, service, port, TrafficKind::External, family(&ip));
-        push(out, key(ip, fport, proto, SCOPE_EXTERNAL), e, snat | extra)?;
+        push(
+            out,
+            key(ip, fport, proto, SCOPE_EXTERNAL),
+            e,
+            outside(&ip) | ranges,
+        )?;
         push(
             out,
             key(ip, fport, proto, SCOPE_EXTERNAL_INSIDE),
             cluster(&ip),
-            SVC_F_SNAT,
+            inside | ranges,
         )?;
     }
-    if !service.load_balancer_ips.is_empty() {
-        for net in &service.load_balancer_source_ranges {
-            let (addr, len) = mapped_prefix(net);
-            out.src_ranges
-                .push((SrcRangeData { svc_id: id, addr }, 32 + len));
+    for fam in [IpFamily::V4, IpFamily::V6] {
+        let has_lb_ip = service.load_balancer_ips.iter().any(|ip| family(ip) == fam);
+        let list = if fam == IpFamily::V4 {
+            &allow_v4
+        } else {
+            &allow_v6
+        };
+        if let (true, Some(list)) = (has_lb_ip, list) {
+            for net in list {
+                let (addr, len) = mapped_prefix(net);
+                let entry = (SrcRangeData { svc_id: id, addr }, 32 + len);
+                if !out.src_ranges.contains(&entry) {
+                    out.src_ranges.push(entry);
+                }
+            }
         }
     }
     Ok(())
@@ -425,13 +492,10 @@ fn plan_port(
 /// The planner keeps no keys per service: a removed or changed service's keys are derived
 /// again from the service as it was (at 10k services the kept lists were ~1.7 MiB).
 fn frontend_keys(node: &Node, service: &Service, out: &mut impl FnMut(SvcKey)) {
-    for port in &service.ports {
+    for port in service.ports.iter().filter(|p| programmed(p)) {
         let proto = proto_number(port.protocol);
         for ip in &service.cluster_ips {
             out(key(*ip, port.port, proto, SCOPE_INTERNAL));
-            if service.internal_traffic_policy == TrafficPolicy::Local {
-                out(key(*ip, port.port, proto, SCOPE_INTERNAL_OUTSIDE));
-            }
         }
         let node_ports = port
             .node_port
@@ -737,7 +801,7 @@ impl Planner {
             src_ranges: &mut entries.src_ranges,
             cache: SlotCache::default(),
         };
-        for port in &service.ports {
+        for port in service.ports.iter().filter(|p| programmed(p)) {
             let mut id = fnv1a(&port_identity(&service.name, port));
             while !self.used_ids.insert(id) {
                 id = id.wrapping_add(1).max(1);
@@ -788,7 +852,11 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::{FrontendPlan, Planner, SvcKey};
-    use crate::maps::{Addr, Be16, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_NO_LOCAL, SVC_F_SNAT};
+    use crate::maps::{
+        Addr, Be16, SrcRangeData, CIDR_F_SERVICE, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE,
+        SCOPE_INTERNAL, SCOPE_RETIRED_INTERNAL_OUTSIDE, SVC_F_DSR, SVC_F_NO_LOCAL, SVC_F_SNAT,
+        SVC_F_SRC_RANGES,
+    };
 
     fn node() -> Node {
         Node {
@@ -974,5 +1042,216 @@ mod tests {
         assert_eq!(gone, vec![key("10.96.0.1", 80, SCOPE_INTERNAL)]);
         assert!(!gone.contains(&wildcard));
         assert!(plan(&new, 251).contains_key(&wildcard));
+    }
+
+    fn key6(ip: &str, port: u16, scope: u8) -> SvcKey {
+        SvcKey {
+            family: 6,
+            ..key(ip, port, scope)
+        }
+    }
+
+    /// The `dp_srcrange` entries of `st`'s plan, as (service-port id, network).
+    fn ranges(st: &DesiredState) -> Vec<(u32, ipnetwork::IpNetwork)> {
+        let (planner, _) = Planner::full(st, 251).unwrap();
+        planner
+            .src_ranges
+            .iter()
+            .map(|(SrcRangeData { svc_id, addr }, len)| {
+                let ip = std::net::Ipv6Addr::from(addr.0);
+                let net = match ip.to_ipv4_mapped() {
+                    Some(v4) => ipnetwork::IpNetwork::new(v4.into(), (len - 32 - 96) as u8),
+                    None => ipnetwork::IpNetwork::new(ip.into(), (len - 32) as u8),
+                };
+                (*svc_id, net.unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn source_ranges_bind_every_client_of_their_family_and_allow_the_node() {
+        let mut lb = svc("lb", "10.96.0.10", &[("10.244.1.5", 1, "node-b")]);
+        lb.ports[0].node_port = None;
+        lb.load_balancer_ips = vec![
+            "198.51.100.1".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        ];
+        lb.load_balancer_source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
+        let mut st = state(vec![lb.clone()]);
+        st.node.addresses.push("fd00:18::2".parse().unwrap());
+        let p = plan(&st, 251);
+        for scope in [SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE] {
+            assert_eq!(
+                p[&key("198.51.100.1", 80, scope)].flags & SVC_F_SRC_RANGES,
+                SVC_F_SRC_RANGES,
+                "IPv4 LB IP, scope {scope}: pods and the node are checked too"
+            );
+            assert_eq!(
+                p[&key6("2001:db8::1", 80, scope)].flags & SVC_F_SRC_RANGES,
+                0,
+                "IPv6 has no range of its own: unrestricted (scope {scope})"
+            );
+        }
+        let only: Vec<String> = ranges(&st).iter().map(|(_, n)| n.to_string()).collect();
+        assert_eq!(only, vec!["192.0.2.0/24"]);
+
+        // A range holding the node's address lets the LB IPs of its family in as sources.
+        lb.load_balancer_source_ranges = vec![
+            "172.18.0.0/16".parse().unwrap(),
+            "2001:db8:1::/48".parse().unwrap(),
+        ];
+        let mut st = state(vec![lb]);
+        st.node.addresses.push("fd00:18::2".parse().unwrap());
+        let mut nets: Vec<String> = ranges(&st).iter().map(|(_, n)| n.to_string()).collect();
+        nets.sort();
+        assert_eq!(
+            nets,
+            vec!["172.18.0.0/16", "198.51.100.1/32", "2001:db8:1::/48"],
+            "allowFromNode for IPv4 only: no IPv6 range holds a node address"
+        );
+        let p = plan(&st, 251);
+        assert_ne!(
+            p[&key6("2001:db8::1", 80, SCOPE_EXTERNAL)].flags & SVC_F_SRC_RANGES,
+            0
+        );
+    }
+
+    #[test]
+    fn masquerade_per_client_kind_and_all_services() {
+        let mut local = svc("local", "10.96.0.10", &[("10.244.1.5", 1, "node-b")]);
+        local.external_traffic_policy = TrafficPolicy::Local;
+        let mut dsr = svc("dsr", "10.96.0.12", &[("10.244.1.5", 1, "node-b")]);
+        dsr.ports[0].node_port = Some(30081);
+        dsr.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+        let mut st = state(vec![local, dsr]);
+        let flags = |st: &DesiredState, port, scope| {
+            plan(st, 251)[&key("172.18.0.2", port, scope)].flags & (SVC_F_SNAT | SVC_F_DSR)
+        };
+        let cluster_ip =
+            |st: &DesiredState, ip| plan(st, 251)[&key(ip, 80, SCOPE_INTERNAL)].flags & SVC_F_SNAT;
+        assert_eq!(
+            flags(&st, 30080, SCOPE_EXTERNAL),
+            0,
+            "eTP Local keeps outside clients"
+        );
+        assert_eq!(
+            flags(&st, 30080, SCOPE_EXTERNAL_INSIDE),
+            0,
+            "eTP Local from pods: not masqueraded (the datapath masquerades the node)"
+        );
+        assert_eq!(flags(&st, 30081, SCOPE_EXTERNAL), SVC_F_DSR);
+        assert_eq!(flags(&st, 30081, SCOPE_EXTERNAL_INSIDE), SVC_F_SNAT);
+        assert_eq!(cluster_ip(&st, "10.96.0.10"), 0);
+
+        st.node.masquerade.all_services = true;
+        assert_eq!(
+            flags(&st, 30080, SCOPE_EXTERNAL),
+            0,
+            "allServices keeps eTP Local"
+        );
+        assert_eq!(flags(&st, 30080, SCOPE_EXTERNAL_INSIDE), SVC_F_SNAT);
+        assert_eq!(flags(&st, 30081, SCOPE_EXTERNAL), SVC_F_DSR, "and DSR");
+        assert_eq!(cluster_ip(&st, "10.96.0.10"), SVC_F_SNAT);
+
+        let st = state(vec![svc(
+            "cluster",
+            "10.96.0.11",
+            &[("10.244.1.5", 1, "node-b")],
+        )]);
+        assert_eq!(flags(&st, 30080, SCOPE_EXTERNAL), SVC_F_SNAT);
+        assert_eq!(flags(&st, 30080, SCOPE_EXTERNAL_INSIDE), SVC_F_SNAT);
+    }
+
+    #[test]
+    fn internal_policy_local_has_one_entry_for_every_client() {
+        let mut web = svc("web", "10.96.0.10", &[("10.244.1.5", 1, "node-b")]);
+        web.internal_traffic_policy = TrafficPolicy::Local;
+        let p = plan(&state(vec![web]), 251);
+        assert_eq!(
+            p[&key("10.96.0.10", 80, SCOPE_INTERNAL)].flags & SVC_F_NO_LOCAL,
+            SVC_F_NO_LOCAL
+        );
+        assert!(
+            p.keys().all(|k| k.scope != SCOPE_RETIRED_INTERNAL_OUTSIDE),
+            "no cluster-wide entry for outside clients"
+        );
+    }
+
+    #[test]
+    fn service_cidrs_are_marked_for_the_unallocated_drop() {
+        let st = state(vec![]);
+        let (planner, _) = Planner::full(&st, 251).unwrap();
+        let bits = planner.node.cidrs[&(Addr::mapped("10.96.0.0".parse().unwrap()), 96 + 12)];
+        assert_eq!(bits & CIDR_F_SERVICE, CIDR_F_SERVICE);
+        assert!(planner
+            .node
+            .cidrs
+            .iter()
+            .filter(|(k, _)| k.0 != Addr::mapped("10.96.0.0".parse().unwrap()))
+            .all(|(_, b)| b & CIDR_F_SERVICE == 0));
+    }
+
+    #[test]
+    fn an_sctp_port_is_left_out_and_reported_the_others_planned() {
+        let mut web = svc("web", "10.96.0.10", &[("10.244.1.5", 1, "node-b")]);
+        web.ports.push(ServicePort {
+            name: "sctp".to_owned(),
+            protocol: Protocol::Sctp,
+            port: 9,
+            target_port: 9,
+            node_port: Some(30009),
+        });
+        let st = state(vec![web.clone()]);
+        let p = plan(&st, 251);
+        assert!(p.contains_key(&key("10.96.0.10", 80, SCOPE_INTERNAL)));
+        assert!(
+            p.keys().all(|k| k.proto != Protocol::Sctp.number()),
+            "no SCTP entry: {:?}",
+            p.keys().collect::<Vec<_>>()
+        );
+        let skipped = super::skipped(&st.node, &web);
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(
+            (skipped[0].object.as_str(), skipped[0].field.as_str()),
+            ("service default/web", "ports[1]")
+        );
+        assert_eq!(skipped[0].feature, "SCTP");
+
+        // An update through such a service agrees with a full plan.
+        let old = state(vec![svc("a", "10.96.0.1", &[])]);
+        let changes = diff(&old, &st);
+        let (mut planner, _) = Planner::full(&old, 251).unwrap();
+        let update = planner.update_in_place(&st, &changes, 251).unwrap();
+        let mut map = plan(&old, 251);
+        for k in update.gone.unwrap() {
+            map.remove(&k);
+        }
+        map.extend(update.planned);
+        assert_eq!(map, p);
+    }
+
+    #[test]
+    fn ipv6_dsr_is_served_with_snat_and_reported() {
+        let mut web = svc("web", "10.96.0.10", &[("10.244.1.5", 1, "node-b")]);
+        web.cluster_ips.push("fd00:96::10".parse().unwrap());
+        web.backends.push({
+            let mut b = Backend::new("fd00:244:1::5".parse().unwrap());
+            b.node_name = Some("node-b".into());
+            b
+        });
+        web.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+        let mut st = state(vec![web.clone()]);
+        st.node.addresses.push("fd00:18::2".parse().unwrap());
+        let p = plan(&st, 251);
+        let mode = |k: SvcKey| p[&k].flags & (SVC_F_SNAT | SVC_F_DSR);
+        assert_eq!(mode(key("172.18.0.2", 30080, SCOPE_EXTERNAL)), SVC_F_DSR);
+        assert_eq!(mode(key6("fd00:18::2", 30080, SCOPE_EXTERNAL)), SVC_F_SNAT);
+        let skipped = super::skipped(&st.node, &web);
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(skipped[0].field, "externalMode");
+        assert!(skipped[0].reason.contains("SNAT"), "{}", skipped[0]);
+        // Under externalTrafficPolicy Local there is no DSR to miss.
+        web.external_traffic_policy = TrafficPolicy::Local;
+        assert!(super::skipped(&st.node, &web).is_empty());
     }
 }

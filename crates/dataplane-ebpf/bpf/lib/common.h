@@ -54,6 +54,7 @@
 #define DP_REJECT -5    /* no backend: answer with a TCP RST or ICMP unreachable */
 #define DP_FRAG_NEEDED -6 /* DSR request too big once grown: answer ICMP fragmentation needed */
 #define DP_DSR 3        /* DSR request taken on a backend's node: let the stack deliver it */
+#define DROP_UNALLOCATED -7 /* to an address in the service CIDRs that no service has */
 
 /* Where the program runs. */
 #define CTX_FROM_POD 0

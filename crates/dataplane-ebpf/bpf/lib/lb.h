@@ -288,6 +288,26 @@ static __noinline int track_inbound(struct pkt *p)
 	return DP_PASS;
 }
 
+/*
+ * A packet whose destination and port no frontend has: a ClusterIP without this port is
+ * rejected, any other address of the service CIDRs dropped, as kube-proxy's nftables mode
+ * does (pkg/proxy/nftables/proxier.go, clusterIPsCheckChain: "drop traffic to unallocated
+ * ClusterIPs") rather than let it follow a default route out. Its own subprogram: its keys
+ * would push lb_forward's frame over the stack limit.
+ */
+static __noinline int lb_no_frontend(const struct pkt *p)
+{
+	struct svc_value *svc = svc_lookup(p, SVC_SCOPE_INTERNAL, 1);
+
+	if (svc && (svc->flags & SVC_F_WILDCARD))
+		return DP_REJECT;
+	if (cidr_bits(p, p->daddr) & CIDR_F_SERVICE) {
+		stat_inc(STAT_UNALLOCATED);
+		return DROP_UNALLOCATED;
+	}
+	return DP_PASS;
+}
+
 /**
  * lb_forward() - translate a packet from a client to a service frontend; @ct is the packet's
  * conntrack entry (NULL when it has none).
@@ -339,12 +359,9 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 		scope = SVC_SCOPE_EXTERNAL;
 		svc = svc_lookup(p, SVC_SCOPE_EXTERNAL, 0);
 		if (!svc) {
-			/* A ClusterIP from outside; the OUTSIDE entry exists when it needs other
-			 * backends than pods get (internalTrafficPolicy Local). */
+			/* A ClusterIP from outside: internalTrafficPolicy applies as for pods. */
 			scope = SVC_SCOPE_INTERNAL;
-			svc = svc_lookup(p, SVC_SCOPE_INTERNAL_OUTSIDE, 0);
-			if (!svc)
-				svc = svc_lookup(p, SVC_SCOPE_INTERNAL, 0);
+			svc = svc_lookup(p, SVC_SCOPE_INTERNAL, 0);
 		}
 	} else {
 		scope = SVC_SCOPE_INTERNAL;
@@ -354,13 +371,8 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 			svc = svc_lookup(p, SVC_SCOPE_EXTERNAL_INSIDE, 0);
 		}
 	}
-	if (!svc) {
-		/* A ClusterIP without this port: reject like kube-proxy. */
-		svc = svc_lookup(p, SVC_SCOPE_INTERNAL, 1);
-		if (svc && (svc->flags & SVC_F_WILDCARD))
-			return DP_REJECT;
-		return DP_PASS;
-	}
+	if (!svc)
+		return lb_no_frontend(p);
 	if ((svc->flags & SVC_F_SRC_RANGES) && !src_allowed(svc, p))
 		return DROP_POLICY;
 	if (svc->slot_count == 0)
@@ -374,9 +386,12 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 	if ((svc->flags & SVC_F_DSR) && p->family == DP_AF_INET && !is_local(p, be->addr))
 		dsr = 1;
 	else if (svc->flags & SVC_F_SNAT)
-		do_snat = 1;
-	else if (scope == SVC_SCOPE_INTERNAL && ctx == CTX_FROM_UPLINK && !(cidr_bits(p, p->saddr) & CIDR_F_CLUSTER))
-		do_snat = 1;
+		do_snat = 1; /* every client of this entry (user space decided) */
+	else if (scope == SVC_SCOPE_INTERNAL && !(cidr_bits(p, p->saddr) & CIDR_F_CLUSTER))
+		do_snat = 1; /* ClusterIP from no pod (the node, outside): kube-proxy's
+			      * `! -s clusterCIDR -j KUBE-MARK-MASQ` */
+	else if (scope == SVC_SCOPE_EXTERNAL_INSIDE && ctx == CTX_TO_UPLINK)
+		do_snat = 1; /* the node itself reaching an external frontend */
 	else if (ctx == CTX_FROM_POD && addr_eq(be->addr, p->saddr))
 		do_snat = 1; /* hairpin: the pod would drop a reply from itself */
 

@@ -22,15 +22,16 @@
 #define SVC_SCOPE_INTERNAL 0        /* ClusterIP (from pods, host, or outside) */
 #define SVC_SCOPE_EXTERNAL 1        /* NodePort/LB/ExternalIP from outside (uplink) */
 #define SVC_SCOPE_EXTERNAL_INSIDE 2 /* NodePort/LB/ExternalIP from a pod or the host */
-#define SVC_SCOPE_INTERNAL_OUTSIDE 3 /* ClusterIP from outside when internalTrafficPolicy is
-				      * Local: outside clients get cluster-wide backends */
+/* 3 was SVC_SCOPE_INTERNAL_OUTSIDE (ClusterIP from outside with cluster-wide backends under
+ * internalTrafficPolicy Local); internalTrafficPolicy now governs outside clients too, so no
+ * program looks it up and a full sync removes entries an older version left. Do not reuse. */
 
 /* Service flags. */
 #define SVC_F_MAGLEV (1 << 0)      /* slots are a Maglev table: index by flow hash */
 #define SVC_F_AFFINITY (1 << 1)    /* ClientIP session affinity */
 #define SVC_F_NO_LOCAL (1 << 2)    /* no slots because policy Local has no local backend: drop */
 #define SVC_F_SRC_RANGES (1 << 3)  /* client must match dp_srcrange */
-#define SVC_F_SNAT (1 << 4)        /* masquerade the client to the node address */
+#define SVC_F_SNAT (1 << 4)        /* masquerade every client of the entry to the node address */
 #define SVC_F_WILDCARD (1 << 5)    /* port 0 entry of a ClusterIP: unknown port, reject */
 #define SVC_F_DSR (1 << 6)         /* direct server return to backends on other nodes */
 
@@ -91,6 +92,7 @@ struct dsr_opt {
 #define CIDR_F_POD (1 << 1)      /* this node's pod CIDRs */
 #define CIDR_F_NO_MASQ (1 << 2)  /* nonMasqueradeCidrs */
 #define CIDR_F_NODE (1 << 3)     /* this node's addresses (/32, /128) */
+#define CIDR_F_SERVICE (1 << 4)  /* node.serviceCIDRs: an address no frontend has is dropped */
 
 /* Indexes into dp_stats. */
 #define STAT_TRANSLATED 0
@@ -107,7 +109,8 @@ struct dsr_opt {
 #define STAT_XDP_FORWARDED 11 /* service packets forwarded by the XDP fast path */
 #define STAT_SOCK_TRANSLATED 12 /* connect() calls to a frontend given a backend (sock.c) */
 #define STAT_HOST_ROUTED 13     /* untranslated packets from a pod redirected to a local pod */
-#define STAT_MAX 14
+#define STAT_UNALLOCATED 14     /* dropped: to a service-CIDR address that is no frontend */
+#define STAT_MAX 15
 
 struct svc_key {
 	__u32 addr[4]; /* frontend address, network order */
