@@ -25,7 +25,7 @@ fn marker(pin_dir: &Path) -> PathBuf {
     links_dir(pin_dir).join("lo-accept-local")
 }
 
-fn error(source: std::io::Error) -> EbpfError {
+fn error(source: &std::io::Error) -> EbpfError {
     EbpfError::Attach {
         interface: "lo".to_owned(),
         program: Hook::ToLo.program().to_owned(),
@@ -39,7 +39,7 @@ pub(crate) fn enable(pin_dir: &Path) -> Result<(), EbpfError> {
     let value = match std::fs::read_to_string(SYSCTL) {
         Ok(v) => v,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(error(e)),
+        Err(e) => return Err(error(&e)),
     };
     if value.trim() != "0" {
         return Ok(());
@@ -48,7 +48,7 @@ pub(crate) fn enable(pin_dir: &Path) -> Result<(), EbpfError> {
     // restore writes again, harmlessly.
     let m = marker(pin_dir);
     std::fs::create_dir_all(&m).map_err(|source| EbpfError::Pin { path: m, source })?;
-    std::fs::write(SYSCTL, "1").map_err(error)
+    std::fs::write(SYSCTL, "1").map_err(|e| error(&e))
 }
 
 /// Turns `accept_local` off again if [`enable`] turned it on.
@@ -60,7 +60,7 @@ pub(crate) fn restore(pin_dir: &Path) -> Result<(), EbpfError> {
     match std::fs::write(SYSCTL, "0") {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(error(e)),
+        Err(e) => return Err(error(&e)),
     }
     std::fs::remove_dir(&m).map_err(|source| EbpfError::Pin { path: m, source })
 }

@@ -59,7 +59,7 @@ fn node_port_service(
     s
 }
 
-/// node-a with a pod on `lxc0` (10.244.0.10, fd00:244::10) and NodePorts:
+/// node-a with a pod on `lxc0` (10.244.0.10, `fd00:244::10`) and NodePorts:
 /// 30080/TCP + 30053/UDP to node-b's 10.244.1.20, 30081 to the local pod (both families),
 /// 30082 (externalTrafficPolicy Local) and 30083 (internalTrafficPolicy Local) to node-b's pod
 /// only, 30084 without endpoints.
