@@ -398,6 +398,12 @@ fn host_to_own_node_port_fixtures() {
             "::1 at a NodePort number",
         ),
         (
+            lo().ip("127.0.0.1", NODE)
+                .tcp(40005, 30080, TCP_SYN)
+                .build(),
+            "a client bound to 127.0.0.1",
+        ),
+        (
             lo().ip(NODE, NODE).tcp(40005, 22, TCP_SYN).build(),
             "the node's address, no service port",
         ),

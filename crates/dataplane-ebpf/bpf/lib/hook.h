@@ -258,13 +258,21 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	}
 }
 
-/* 127.0.0.0/8 and ::1: never a service frontend (most of what lo carries). */
-static __always_inline int is_loopback_dst(const struct pkt *p)
+static __always_inline int is_loopback_addr(const struct pkt *p, const __u32 *a)
 {
 	if (p->family == DP_AF_INET)
-		return (p->daddr[0] & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
-	return p->daddr[0] == 0 && p->daddr[1] == 0 && p->daddr[2] == 0 &&
-	       p->daddr[3] == bpf_htonl(1);
+		return (a[0] & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+	return a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == bpf_htonl(1);
+}
+
+/*
+ * 127.0.0.0/8 and ::1 (most of what lo carries): never a service frontend, and a client bound
+ * to one could not get its replies (IPv4 input routing drops a packet to a loopback address
+ * from another device's or a redirect's path as a martian): left alone.
+ */
+static __always_inline int is_loopback(const struct pkt *p)
+{
+	return is_loopback_addr(p, p->daddr) || is_loopback_addr(p, p->saddr);
 }
 
 /*
@@ -316,7 +324,7 @@ static __always_inline int dp_handle_lo(struct __sk_buff *skb)
 	int created;
 	int ret;
 
-	if (parse_packet(skb, &p) <= 0 || is_loopback_dst(&p))
+	if (parse_packet(skb, &p) <= 0 || is_loopback(&p))
 		return TC_ACT_OK;
 	ct = ct_lookup(&p);
 	ret = lb_reply(skb, &p, ct);
