@@ -77,6 +77,22 @@ impl EbpfError {
     }
 }
 
+/// The result of deleting a map key, with "no such key" taken as done: the key went already
+/// (the LRU evicted it, the datapath replaced it, an earlier delete of the same pass removed
+/// it). aya 0.14 reports the kernel's `ENOENT` from `bpf_map_delete_elem` as a
+/// `SyscallError`, not as `KeyNotFound`; both count.
+pub(crate) fn removed(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 impl From<EbpfError> for dataplane_core::Error {
     fn from(e: EbpfError) -> Self {
         let operation = e.to_string();

@@ -554,9 +554,11 @@ impl EbpfDataplane {
         let maps = &mut objects.maps;
         let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         let entries = ct_entries(maps)?;
-        let keys: BTreeSet<CtKey> = entries.iter().map(|(k, _)| *k).collect();
+        let by_key: BTreeMap<CtKey, CtEntry> = entries.iter().copied().collect();
         let mut report = GcReport::default();
-        let mut remove = Vec::new();
+        // A set: one key is never deleted twice in a pass.
+        let mut remove = BTreeSet::new();
+        let mut orphans = Vec::new();
         for (k, v) in &entries {
             // DSR entries stand alone: the ingress node's forward entry never sees a reply,
             // the backend node's reverse entry has no forward partner.
@@ -581,24 +583,41 @@ impl EbpfDataplane {
                 };
                 let idle = now_ns.saturating_sub(v.last_seen_ns);
                 if u128::from(idle) > timeout.as_nanos() {
-                    remove.push(*k);
-                    if v.is_forward() && !dsr {
-                        remove.push(reverse_key(k, v));
+                    remove.insert(*k);
+                    // Its reverse key only if that entry is still this connection's: the
+                    // key may now hold another connection's reverse entry (or another kind
+                    // of entry), which must stay; or nothing (evicted).
+                    let rk = reverse_key(k, v);
+                    if v.is_forward() && !dsr && by_key.get(&rk).is_some_and(|r| pair(k, v, &rk, r))
+                    {
+                        remove.insert(rk);
                     }
                     report.expired += 1;
                 } else {
                     report.remaining += 1;
                 }
-            } else if !keys.contains(&forward_key(k, v)) {
-                remove.push(*k);
+            } else {
+                let fk = forward_key(k, v);
+                if !by_key.get(&fk).is_some_and(|f| pair(&fk, f, k, v)) {
+                    orphans.push((*k, *v, fk));
+                }
+            }
+        }
+        for (k, v, fk) in orphans {
+            // The dump is not atomic: a new connection's reverse entry is written just before
+            // its forward entry, which the dump may have passed already. Look again.
+            let partner = match maps.ct.get(&fk, 0) {
+                Ok(f) => Some(f),
+                Err(aya::maps::MapError::KeyNotFound) => None,
+                Err(e) => return Err(EbpfError::map("dp_ct", "reading", e).into()),
+            };
+            if !partner.is_some_and(|f| pair(&fk, &f, &k, &v)) && remove.insert(k) {
                 report.orphans += 1;
             }
         }
         for k in &remove {
-            match maps.ct.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(EbpfError::map("dp_ct", "removing", e).into()),
-            }
+            error::removed(maps.ct.remove(k))
+                .map_err(|e| EbpfError::map("dp_ct", "removing", e))?;
         }
         let mut stale = Vec::new();
         for item in &maps.affinity {
@@ -609,7 +628,8 @@ impl EbpfDataplane {
             }
         }
         for k in &stale {
-            let _ = maps.affinity.remove(k);
+            error::removed(maps.affinity.remove(k))
+                .map_err(|e| EbpfError::map("dp_affinity", "removing", e))?;
         }
         report.affinity_expired = stale.len();
         Ok(report)
@@ -780,10 +800,9 @@ fn sync_local(maps: &mut Maps, endpoints: &[dataplane_core::Endpoint]) -> Result
         .collect();
     let mut n = 0;
     for k in have.keys().filter(|k| !want.contains_key(k)) {
-        match maps.local.remove(k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => n += 1,
-            Err(e) => return Err(EbpfError::map("dp_local", "removing", e)),
-        }
+        error::removed(maps.local.remove(k))
+            .map_err(|e| EbpfError::map("dp_local", "removing", e))?;
+        n += 1;
     }
     for (k, ifindex) in &want {
         if have.get(k) != Some(ifindex) {
@@ -794,6 +813,12 @@ fn sync_local(maps: &mut Maps, endpoints: &[dataplane_core::Endpoint]) -> Result
         }
     }
     Ok(n)
+}
+
+/// Whether forward entry `fv` (at `fk`) and reverse entry `rv` (at `rk`) are the two halves of
+/// one connection: each names the other's key.
+fn pair(fk: &CtKey, fv: &CtEntry, rk: &CtKey, rv: &CtEntry) -> bool {
+    fv.is_forward() && rv.is_reverse() && reverse_key(fk, fv) == *rk && forward_key(rk, rv) == *fk
 }
 
 fn reverse_key(k: &CtKey, v: &CtEntry) -> CtKey {

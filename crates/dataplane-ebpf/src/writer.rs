@@ -854,10 +854,8 @@ pub(crate) fn write(
     let mut to_release: Vec<(u32, u32)> = Vec::new();
     cur.alloc = prep.alloc;
     for key in &prep.removals {
-        match maps.svc.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(EbpfError::map("dp_svc", "removing", e).into()),
-        }
+        crate::error::removed(maps.svc.remove(key))
+            .map_err(|e| Error::from(EbpfError::map("dp_svc", "removing", e)))?;
         if let Some(old) = cur.frontends.remove(key) {
             if old.flags & SVC_F_AFFINITY != 0 {
                 affinity_ids.insert(old.id);
@@ -980,10 +978,8 @@ fn prune_affinity(maps: &mut Maps, cur: &Current, ids: &BTreeSet<u32>) -> Result
         }
     }
     for k in &stale {
-        match maps.affinity.remove(k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(EbpfError::map("dp_affinity", "removing", e).into()),
-        }
+        crate::error::removed(maps.affinity.remove(k))
+            .map_err(|e| Error::from(EbpfError::map("dp_affinity", "removing", e)))?;
     }
     Ok(stale.len())
 }

@@ -162,6 +162,10 @@ fn fixtures() {
     let reject_of = |input: &[u8], src: &str, dst: &str| {
         swap_macs(eth().ip(src, dst).icmp_unreachable(quoted(input))).build()
     };
+    // A TCP SYN (seq 1000) from `dport` is refused with RST|ACK acknowledging it.
+    let rst_of = |src: &str, dst: &str, sport: u16, dport: u16| {
+        swap_macs(eth().ip(src, dst).tcp_rst(sport, dport, 0, Some(1001))).build()
+    };
 
     let empty_in = syn("10.244.0.5", "10.96.0.15", 40000, 80).build();
     let unknown_port_in = eth()
@@ -285,9 +289,9 @@ fn fixtures() {
             output: syn("172.18.0.2", "10.244.1.20", 47002, 8080).build(),
         },
         Fixture {
-            description: "Service without backends: ICMP port unreachable back to the client",
+            description: "Service without backends: TCP RST back to the client",
             hook: Hook::FromPod,
-            output: reject_of(&empty_in, "10.96.0.15", "10.244.0.5"),
+            output: rst_of("10.96.0.15", "10.244.0.5", 80, 40000),
             input: empty_in,
             verdict: REDIRECT,
         },
@@ -599,9 +603,9 @@ fn fixtures() {
     check(
         &mut dp,
         &Fixture {
-            description: "IPv6 service without backends: ICMPv6 port unreachable",
+            description: "IPv6 service without backends: TCP RST",
             hook: Hook::FromPod,
-            output: reject_of(&input, "fd00:96::15", "fd00:244::5"),
+            output: rst_of("fd00:96::15", "fd00:244::5", 80, 52000),
             input,
             verdict: REDIRECT,
         },

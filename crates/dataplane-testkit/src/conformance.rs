@@ -67,6 +67,19 @@ pub enum Destination {
         /// Service port name.
         port_name: String,
     },
+    /// The service's ClusterIP of the row's family, sent by external clients through `node`
+    /// (for other clients the same as [`Destination::ClusterIp`]).
+    ClusterIpVia {
+        /// Ingress node for external clients.
+        node: usize,
+        /// Service name (namespace `default`).
+        service: String,
+        /// Service port name.
+        port_name: String,
+    },
+    /// An address inside the lab's service CIDR of the row's family that no service holds
+    /// (the CIDR's last address but one), at port 80; external clients send it through node 0.
+    UnallocatedServiceIp,
     /// The service's ClusterIP at a raw port number (for ports the service does not have).
     ClusterIpPort {
         /// Service name.
@@ -117,6 +130,15 @@ impl Destination {
         }
     }
 
+    /// [`Destination::ClusterIpVia`].
+    pub fn cluster_ip_via(node: usize, service: &str, port_name: &str) -> Self {
+        Destination::ClusterIpVia {
+            node,
+            service: service.to_owned(),
+            port_name: port_name.to_owned(),
+        }
+    }
+
     /// [`Destination::NodePort`].
     pub fn node_port(node: usize, service: &str, port_name: &str) -> Self {
         Destination::NodePort {
@@ -147,11 +169,14 @@ impl Destination {
     fn service(&self) -> Option<&str> {
         match self {
             Destination::ClusterIp { service, .. }
+            | Destination::ClusterIpVia { service, .. }
             | Destination::ClusterIpPort { service, .. }
             | Destination::NodePort { service, .. }
             | Destination::LoadBalancer { service, .. }
             | Destination::ExternalIp { service, .. } => Some(service),
-            Destination::PodIp(_) | Destination::External(_) => None,
+            Destination::PodIp(_)
+            | Destination::External(_)
+            | Destination::UnallocatedServiceIp => None,
         }
     }
 }
@@ -250,6 +275,10 @@ pub struct Case {
     /// The name of an earlier row whose probes must have been answered by the same single
     /// backend as this row's (Maglev: the same 5-tuple through another node).
     pub consistent_with: Option<String>,
+    /// For a [`Expect::Reject`] row: the refusal must arrive within this time. A refusal
+    /// that comes only after the client's first retransmission (TCP: ~1 s) means the first
+    /// RST or ICMP error was lost or malformed; this catches it.
+    pub refused_within: Option<Duration>,
 }
 
 impl Case {
@@ -273,6 +302,7 @@ impl Case {
             client_port: None,
             node: None,
             consistent_with: None,
+            refused_within: None,
         }
     }
 
@@ -325,6 +355,13 @@ impl Case {
         self
     }
 
+    /// A reject row's refusal must arrive within `limit` (see [`Case::refused_within`]).
+    #[must_use]
+    pub fn refused_within(mut self, limit: Duration) -> Self {
+        self.refused_within = Some(limit);
+        self
+    }
+
     /// Requires the same single answering backend as the earlier row `name`.
     #[must_use]
     pub fn consistent_with(mut self, name: &str) -> Self {
@@ -335,7 +372,10 @@ impl Case {
     /// Explicit and derived requirements.
     pub fn requirements(&self) -> BTreeSet<Requirement> {
         let mut all: BTreeSet<Requirement> = self.requires.iter().copied().collect();
-        if self.destination.service().is_some() {
+        // An unallocated service address is the dataplane's to drop, like a service's.
+        if self.destination.service().is_some()
+            || self.destination == Destination::UnallocatedServiceIp
+        {
             all.insert(match self.protocol {
                 Protocol::Tcp => Requirement::Tcp,
                 Protocol::Udp => Requirement::Udp,
@@ -506,6 +546,19 @@ pub fn run(
     run_with(lab, cases, factory, &RunOptions::default())
 }
 
+/// The developer's row filter: `DP_CONFORMANCE_ROWS=part,part` runs only the rows whose name
+/// contains one of the parts. Ignored (with a note) under `CI=true`, where the whole table
+/// runs.
+fn row_filter() -> Option<Vec<String>> {
+    let value = std::env::var("DP_CONFORMANCE_ROWS").ok()?;
+    if std::env::var("CI").as_deref() == Ok("true") {
+        eprintln!("conformance: DP_CONFORMANCE_ROWS is ignored under CI=true");
+        return None;
+    }
+    eprintln!("conformance: only rows matching {value:?} (DP_CONFORMANCE_ROWS)");
+    Some(value.split(',').map(str::to_owned).collect())
+}
+
 /// [`run`] with explicit options. At the end every backend is `reset()`; a failing reset is
 /// reported as a failed row.
 pub fn run_with(
@@ -522,7 +575,13 @@ pub fn run_with(
     };
     let mut single_answers: BTreeMap<String, String> = BTreeMap::new();
     let mut servers = BTreeMap::new();
+    let only = row_filter();
     for case in cases {
+        if let Some(only) = &only {
+            if !only.iter().any(|part| case.name.contains(part.as_str())) {
+                continue;
+            }
+        }
         let mut outcome = run_case(lab, case, &mut planes, &caps, options, &mut servers);
         check_consistency(case, &mut outcome, &single_answers);
         if let RowOutcome::Passed { answered, .. } = &outcome {
@@ -694,10 +753,28 @@ fn resolve_destination(
             let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
             (SocketAddr::new(ip, p.port), 0, p.target_port, true)
         }
+        Destination::ClusterIpVia {
+            node,
+            service,
+            port_name,
+        } => {
+            let s = find_service(service)?;
+            let p = find_port(s, port_name)?;
+            let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
+            let node = check_node(*node)?;
+            (SocketAddr::new(ip, p.port), node, p.target_port, true)
+        }
         Destination::ClusterIpPort { service, port } => {
             let s = find_service(service)?;
             let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
             (SocketAddr::new(ip, *port), 0, SERVER_PORT, true)
+        }
+        Destination::UnallocatedServiceIp => {
+            let ip = unallocated_service_ip(lab, family)?;
+            if services.iter().any(|s| s.cluster_ips.contains(&ip)) {
+                return Err(format!("the setup allocates {ip}"));
+            }
+            (SocketAddr::new(ip, 80), 0, SERVER_PORT, false)
         }
         Destination::NodePort {
             node,
@@ -748,6 +825,24 @@ fn resolve_destination(
                 SERVER_PORT,
                 false,
             )
+        }
+    })
+}
+
+/// The last address but one of the lab's service CIDR of `family`.
+fn unallocated_service_ip(lab: &Lab, family: IpFamily) -> Result<IpAddr, String> {
+    let cidr = lab
+        .node_state(0)
+        .service_cidrs
+        .into_iter()
+        .find(|c| IpFamily::of(&c.ip()) == family)
+        .ok_or_else(|| format!("the lab has no {family:?} service CIDR"))?;
+    Ok(match cidr {
+        IpNetwork::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.broadcast()) - 1)),
+        IpNetwork::V6(n) => {
+            let size = 128 - u32::from(n.prefix());
+            let last = u128::from(n.network()) | (u128::MAX.checked_shr(128 - size).unwrap_or(0));
+            IpAddr::V6(Ipv6Addr::from(last - 1))
         }
     })
 }
@@ -989,6 +1084,10 @@ fn run_case(
                 traffic.push(format!("route {cidr} via node {}: {e}", resolved.ingress));
             }
         }
+        // A packet to an unallocated service address must not leave the node.
+        let leak_watch = (case.destination == Destination::UnallocatedServiceIp)
+            .then(|| LeakWatch::new(lab, resolved.destination.ip()))
+            .and_then(|w| w.map_err(|e| traffic.push(e)).ok());
         if traffic.is_empty() {
             probes = send_probes(
                 case,
@@ -998,6 +1097,9 @@ fn run_case(
                 &mut answered,
                 &mut traffic,
             );
+        }
+        if let Some(Err(e)) = leak_watch.map(|w| w.check()) {
+            traffic.push(e);
         }
         if let Some((k, cidr)) = resolved.route {
             if let Err(e) = lab.unroute(k, cidr) {
@@ -1010,6 +1112,93 @@ fn run_case(
     } else {
         RowOutcome::Failed { table, traffic }
     }
+}
+
+/// An nftables counter in the lab's underlay namespace (the router every node routes unknown
+/// destinations to) of packets for one address; removed on drop.
+struct LeakWatch {
+    underlay: String,
+    table: String,
+}
+
+impl LeakWatch {
+    fn new(lab: &Lab, addr: IpAddr) -> Result<Self, String> {
+        let underlay = lab.underlay().name().to_owned();
+        let table = format!("dptk_leak_{}", std::process::id());
+        let ipx = if addr.is_ipv4() { "ip" } else { "ip6" };
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} watch {{ type filter hook prerouting priority -300; }}\n\
+             add rule inet {table} watch {ipx} daddr {addr} counter\n"
+        );
+        nft_in(&underlay, &["-f", "-"], Some(&script))?;
+        Ok(LeakWatch { underlay, table })
+    }
+
+    /// An error when any packet was counted.
+    fn check(&self) -> Result<(), String> {
+        match self.packets()? {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} packet(s) for the unallocated address left the node for its default route"
+            )),
+        }
+    }
+
+    /// Packets counted so far.
+    fn packets(&self) -> Result<u64, String> {
+        let out = nft_in(
+            &self.underlay,
+            &["list", "chain", "inet", &self.table, "watch"],
+            None,
+        )?;
+        let count = out
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("no packet counter in {out:?}"))?;
+        Ok(count)
+    }
+}
+
+impl Drop for LeakWatch {
+    fn drop(&mut self) {
+        let _ = nft_in(
+            &self.underlay,
+            &["delete", "table", "inet", &self.table],
+            None,
+        );
+    }
+}
+
+/// Runs `nft args` in the named namespace, `input` on its standard input.
+fn nft_in(netns: &str, args: &[&str], input: Option<&str>) -> Result<String, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "nft"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft {args:?} in {netns}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.unwrap_or("").as_bytes())
+            .map_err(|e| format!("nft {args:?} in {netns}: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("nft {args:?} in {netns}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft {args:?} in {netns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Why the row cannot run against this backend in this lab, if it cannot.
@@ -1066,6 +1255,7 @@ fn send_probes(
         .map(|port| SocketAddr::new(unspecified(case.family), port));
     let dst = resolved.destination;
     for n in 0..count {
+        let started = std::time::Instant::now();
         let outcome = match probe_from(&resolved.client_netns, source, dst, case.protocol, wait) {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -1073,6 +1263,16 @@ fn send_probes(
                 return n + 1;
             }
         };
+        let took = started.elapsed();
+        if let (Some(limit), ProbeOutcome::Refused) = (case.refused_within, &outcome) {
+            if took > limit {
+                traffic.push(format!(
+                    "probe {n} {} to {dst}: refused after {took:?}, more than {limit:?} (the first refusal was lost)",
+                    case.protocol
+                ));
+                return n + 1;
+            }
+        }
         if let Err(e) = check_outcome(case, resolved, ingress_state, &outcome, answered) {
             traffic.push(format!("probe {n} {} to {dst}: {e}", case.protocol));
             return n + 1;
@@ -1343,6 +1543,96 @@ fn node_port_v6(lab: &Lab) -> Vec<Service> {
     )]
 }
 
+// --- kube-proxy parity (issue 15). Dual-stack services with every frontend kind: ClusterIP,
+// NodePort (both families' node addresses), LoadBalancer IP and ExternalIP of each family.
+
+/// A dual-stack service named `name` with every frontend kind, numbered `n` (ClusterIPs
+/// `10.96.1.n` / `fd00:96::1:n`, NodePort 31000 + n, LB IPs `172.18.202.n` / `fd00:202::n`,
+/// ExternalIPs `172.18.203.n` / `fd00:203::n`) and `pods` (both families) as backends.
+fn every_frontend(lab: &Lab, name: &str, n: u8, pods: &[usize]) -> Service {
+    let mut s = service(
+        name,
+        &format!("10.96.1.{n}"),
+        Some(31000 + u16::from(n)),
+        Vec::new(),
+    );
+    let ip = |text: String| -> IpAddr { text.parse().expect("generated address") };
+    s.cluster_ips.push(ip(format!("fd00:96::1:{n}")));
+    s.load_balancer_ips = vec![ip(format!("172.18.202.{n}")), ip(format!("fd00:202::{n}"))];
+    s.external_ips = vec![ip(format!("172.18.203.{n}")), ip(format!("fd00:203::{n}"))];
+    s.backends = pods
+        .iter()
+        .flat_map(|&p| [backend(lab, p, IpFamily::V4), backend(lab, p, IpFamily::V6)])
+        .collect();
+    s
+}
+/// The matrix service: one backend, pod 1 on node 0.
+fn matrix(lab: &Lab) -> Vec<Service> {
+    vec![every_frontend(lab, "mx", 1, &[1])]
+}
+/// externalTrafficPolicy Local, backends pod 1 (node 0) and pod 2 (node 1).
+fn external_local(lab: &Lab) -> Vec<Service> {
+    let mut s = every_frontend(lab, "etpl", 2, &[1, 2]);
+    s.external_traffic_policy = TrafficPolicy::Local;
+    vec![s]
+}
+/// externalTrafficPolicy Local, its only backend pod 1 (node 0): pod 1 reaching it hairpins.
+fn external_local_hairpin(lab: &Lab) -> Vec<Service> {
+    let mut s = every_frontend(lab, "etplh", 3, &[1]);
+    s.external_traffic_policy = TrafficPolicy::Local;
+    vec![s]
+}
+/// internalTrafficPolicy Local, backends pod 1 (node 0) and pod 2 (node 1).
+fn internal_local_both(lab: &Lab) -> Vec<Service> {
+    let mut s = every_frontend(lab, "itpl", 4, &[1, 2]);
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    vec![s]
+}
+/// internalTrafficPolicy Local, its only backend pod 2 (node 1).
+fn internal_local_node1(lab: &Lab) -> Vec<Service> {
+    let mut s = every_frontend(lab, "itpr", 5, &[2]);
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    vec![s]
+}
+/// Source ranges: IPv4 only, external client 0 (172.18.255.1); IPv6 is unrestricted.
+fn ranges_v4_only(lab: &Lab) -> Vec<Service> {
+    let mut s = every_frontend(lab, "lbr", 6, &[1]);
+    s.load_balancer_source_ranges = vec!["172.18.255.1/32".parse().expect("literal CIDR")];
+    vec![s]
+}
+/// Source ranges holding the node addresses (IPv4) and external client 0 (IPv6).
+fn ranges_with_nodes(lab: &Lab) -> Vec<Service> {
+    let mut s = every_frontend(lab, "lbn", 7, &[1]);
+    s.load_balancer_source_ranges = vec![
+        "172.18.0.0/24".parse().expect("literal CIDR"),
+        "fd00:18::ff:1/128".parse().expect("literal CIDR"),
+    ];
+    vec![s]
+}
+/// Source ranges holding node 0's pods (both families).
+fn ranges_with_pods(lab: &Lab) -> Vec<Service> {
+    let mut s = every_frontend(lab, "lbp", 8, &[1]);
+    s.load_balancer_source_ranges = vec![
+        "10.244.0.0/24".parse().expect("literal CIDR"),
+        "fd00:244:0:0::/64".parse().expect("literal CIDR"),
+    ];
+    vec![s]
+}
+/// A plain service (backend pod 2, node 1) and an eTP:Local one (pod 2), for allServices.
+fn all_services(lab: &Lab) -> Vec<Service> {
+    let plain = every_frontend(lab, "mas", 9, &[2]);
+    let mut local = every_frontend(lab, "masl", 10, &[2]);
+    local.external_traffic_policy = TrafficPolicy::Local;
+    vec![plain, local]
+}
+/// No backends, dual-stack: reject.
+fn no_backends_dual(lab: &Lab) -> Vec<Service> {
+    vec![every_frontend(lab, "empty6", 11, &[])]
+}
+fn masquerade_services(node: &mut Node) {
+    node.masquerade.all_services = true;
+}
+
 fn both(case: Case) -> [Case; 2] {
     let udp = Case {
         name: format!("{} udp", case.name),
@@ -1366,7 +1656,14 @@ fn both(case: Case) -> [Case; 2] {
             destination: Destination::external_ip(*node, service, UDP_PORT),
             ..udp
         },
-        Destination::ClusterIpPort { .. } | Destination::PodIp(_) | Destination::External(_) => udp,
+        Destination::ClusterIpVia { node, service, .. } => Case {
+            destination: Destination::cluster_ip_via(*node, service, UDP_PORT),
+            ..udp
+        },
+        Destination::ClusterIpPort { .. }
+        | Destination::PodIp(_)
+        | Destination::External(_)
+        | Destination::UnallocatedServiceIp => udp,
     };
     let tcp = Case {
         name: format!("{} tcp", case.name),
@@ -1398,7 +1695,7 @@ pub fn standard_cases() -> Vec<Case> {
     add(
         Case::new("clusterip from host", web_other_node, Host(0), cip("web"))
             .expect(Backends(vec![2]))
-            .seen(Seen::Client),
+            .seen(Seen::IngressNode),
     );
     add(Case::new(
         "clusterip from host to local pod",
@@ -1407,7 +1704,7 @@ pub fn standard_cases() -> Vec<Case> {
         cip("web"),
     )
     .expect(Backends(vec![1]))
-    .seen(Seen::Client));
+    .seen(Seen::IngressNode));
     add(
         Case::new("clusterip several backends", web_many, Pod(0), cip("web"))
             .expect(Backends(vec![1, 2, 3]))
@@ -1678,6 +1975,691 @@ pub fn standard_cases() -> Vec<Case> {
     );
     cases.push(tcp.seen(Seen::Client));
     cases.push(udp.seen(Seen::IngressNode));
+    cases.extend(parity_cases());
+    cases
+}
+
+/// The four frontend kinds of `service` with `node` as the ingress node.
+fn frontends(node: usize, service: &str) -> [(&'static str, Destination); 4] {
+    [
+        (
+            "clusterip",
+            Destination::cluster_ip_via(node, service, TCP_PORT),
+        ),
+        ("nodeport", Destination::node_port(node, service, TCP_PORT)),
+        (
+            "loadbalancer",
+            Destination::load_balancer(node, service, TCP_PORT),
+        ),
+        (
+            "externalip",
+            Destination::external_ip(node, service, TCP_PORT),
+        ),
+    ]
+}
+
+/// A row of source-range cases: name, setup, service, client, ingress node, family, and the
+/// source seen when allowed (`None`: dropped).
+type RangeRow = (
+    &'static str,
+    fn(&Lab) -> Vec<Service>,
+    &'static str,
+    Client,
+    usize,
+    IpFamily,
+    Option<Seen>,
+);
+
+/// Conntrack clashes when a client reuses its source port (issue 15, item 11), run against
+/// every backend like the table: a long TCP connection from a fixed client port to a
+/// ClusterIP's port 80, then short connections from the same client port to port 81 of the
+/// same service, whose only backend serves both ports on the same target port. Both
+/// connections then map to the same backend tuple unless the dataplane resolves the clash as
+/// netfilter does (another source port for the new one). Rows: each family, with the backend
+/// on the client's node and on another node; each short connection must be answered by the
+/// backend from another source port than the long one's, and the long connection must still
+/// answer after each.
+pub fn run_port_reuse(
+    lab: &Lab,
+    factory: &mut dyn FnMut(&LabNode) -> Box<dyn Dataplane>,
+) -> Report {
+    let mut planes: Vec<Box<dyn Dataplane>> = lab.nodes().iter().map(&mut *factory).collect();
+    let caps = planes.first().map(|p| p.capabilities()).unwrap_or_default();
+    let mut report = Report {
+        backend: caps.backend.clone(),
+        rows: Vec::new(),
+    };
+    let mut client_port = 42_100;
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for (placement, pod) in [("local backend", 1), ("remote backend", 2)] {
+            let name = format!("port reuse: {placement} {family:?}");
+            client_port += 1;
+            let outcome = if family == IpFamily::V6 && !(lab.spec().ipv6 && caps.ipv6) {
+                RowOutcome::Skipped {
+                    reason: "no IPv6 in the lab or the backend".to_owned(),
+                }
+            } else {
+                match port_reuse_row(lab, &mut planes, family, pod, client_port) {
+                    Ok(probes) => RowOutcome::Passed {
+                        probes,
+                        answered: BTreeMap::new(),
+                    },
+                    Err(e) => RowOutcome::Failed {
+                        table: Vec::new(),
+                        traffic: vec![e],
+                    },
+                }
+            };
+            let row = RowReport { name, outcome };
+            eprint!("{}", OneRow(&caps.backend, &row));
+            report.rows.push(row);
+        }
+    }
+    for (i, plane) in planes.iter_mut().enumerate() {
+        if let Err(e) = plane.reset() {
+            report.rows.push(RowReport {
+                name: format!("reset node-{i}"),
+                outcome: RowOutcome::Failed {
+                    table: Vec::new(),
+                    traffic: vec![error_chain(&e)],
+                },
+            });
+        }
+    }
+    report
+}
+
+fn port_reuse_row(
+    lab: &Lab,
+    planes: &mut [Box<dyn Dataplane>],
+    family: IpFamily,
+    pod: usize,
+    client_port: u16,
+) -> Result<usize, String> {
+    let mut service = Service::new(ObjectName::new(POD_NAMESPACE, "reuse"));
+    service.cluster_ips = vec![
+        "10.96.2.1".parse().expect("literal address"),
+        "fd00:96::2:1".parse().expect("literal address"),
+    ];
+    service.ports = [("long", 80), ("short", 81)]
+        .into_iter()
+        .map(|(name, port)| ServicePort {
+            name: name.to_owned(),
+            protocol: Protocol::Tcp,
+            port,
+            target_port: SERVER_PORT,
+            node_port: None,
+        })
+        .collect();
+    service.backends = vec![
+        backend(lab, pod, IpFamily::V4),
+        backend(lab, pod, IpFamily::V6),
+    ];
+    for (i, plane) in planes.iter_mut().enumerate() {
+        let mut state = lab.desired_state(i);
+        state.services = vec![service.clone()];
+        plane
+            .apply(&state)
+            .map_err(|e| format!("apply on node-{i}: {}", error_chain(&e)))?;
+    }
+    let client = lab.pod(0);
+    let ip = *service
+        .cluster_ips
+        .iter()
+        .find(|ip| IpFamily::of(ip) == family)
+        .expect("both families");
+    let source = SocketAddr::new(unspecified(family), client_port);
+    let timeout = Duration::from_secs(3);
+    let mut long = crate::traffic::TcpSession::open_from(
+        &client.netns,
+        Some(source),
+        SocketAddr::new(ip, 80),
+        timeout,
+    )
+    .map_err(|e| format!("long connection: {}", error_chain(&e)))?;
+    let (first, long_seen) = long
+        .request()
+        .map_err(|e| format!("long connection, first request: {}", error_chain(&e)))?;
+    let want = lab.pod(pod).name.clone();
+    if first != want {
+        return Err(format!(
+            "long connection answered by {first}, expected {want}"
+        ));
+    }
+    let mut probes = 1;
+    for round in 0..6 {
+        let outcome = probe_from(
+            &client.netns,
+            Some(source),
+            SocketAddr::new(ip, 81),
+            Protocol::Tcp,
+            timeout,
+        )
+        .map_err(|e| format!("round {round}: short connection: {}", error_chain(&e)))?;
+        probes += 1;
+        match outcome {
+            ProbeOutcome::Answered {
+                backend,
+                seen_source,
+                ..
+            } if backend == want => {
+                if seen_source == long_seen {
+                    return Err(format!(
+                        "round {round}: the short connection reached {want} as {seen_source}, the long one's address"
+                    ));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "round {round}: short connection from port {client_port}: {other:?}"
+                ))
+            }
+        }
+        let (again, seen) = long.request().map_err(|e| {
+            format!(
+                "round {round}: the long connection died after a short one from its port: {}",
+                error_chain(&e)
+            )
+        })?;
+        probes += 1;
+        if again != want || seen != long_seen {
+            return Err(format!(
+                "round {round}: the long connection now reaches {again} as {seen} (was {want} as {long_seen})"
+            ));
+        }
+    }
+    Ok(probes)
+}
+
+/// Rows for every (client kind, frontend kind, protocol, family) of a plain service, and for
+/// each kube-proxy behaviour of issue 15, written from kube-proxy's nftables and iptables
+/// proxiers (pkg/proxy/{nftables,iptables}/proxier.go) and their packet-flow tests.
+#[allow(clippy::too_many_lines)]
+fn parity_cases() -> Vec<Case> {
+    use Client::{External, Host, Pod};
+    use Expect::{Backends, Drop, Reject};
+    let mut cases = Vec::new();
+    let families = [IpFamily::V4, IpFamily::V6];
+    let fam_name = |f: IpFamily| match f {
+        IpFamily::V4 => "ipv4",
+        IpFamily::V6 => "ipv6",
+    };
+    let mut add = |c: Case, family: IpFamily| {
+        let c = Case {
+            name: format!("{} {}", c.name, fam_name(family)),
+            ..c
+        }
+        .family(family);
+        cases.extend(both(c));
+    };
+
+    // The matrix: a plain service (eTP and iTP Cluster) whose backend is pod 1 on node 0.
+    // Clients: a pod on the backend's node, a pod on another node, the node itself with the
+    // backend local and remote, an outside client entering on the backend's node and on
+    // another. A ClusterIP keeps a pod's address and masquerades the rest (kube-proxy:
+    // `! -s clusterCIDR -j KUBE-MARK-MASQ`); the external frontends masquerade everyone
+    // (eTP Cluster: the external chain jumps to mark-for-masquerade first).
+    let clients: [(&str, Client, usize); 6] = [
+        ("pod on the backend's node", Pod(0), 0),
+        ("pod on another node", Pod(2), 1),
+        ("node with a local backend", Host(0), 0),
+        ("node with a remote backend", Host(1), 1),
+        ("outside via the backend's node", External(0), 0),
+        ("outside via another node", External(1), 1),
+    ];
+    for family in families {
+        for (client_name, client, node) in clients {
+            for (frontend_name, destination) in frontends(node, "mx") {
+                let keeps = matches!(client, Pod(_)) && frontend_name == "clusterip";
+                add(
+                    Case::new(
+                        &format!("matrix: {client_name} to {frontend_name}"),
+                        matrix,
+                        client,
+                        destination,
+                    )
+                    .expect(Backends(vec![1]))
+                    .seen(if keeps {
+                        Seen::Client
+                    } else {
+                        Seen::IngressNode
+                    }),
+                    family,
+                );
+            }
+        }
+    }
+
+    // 3. externalTrafficPolicy Local. Outside clients: local backends only, address kept.
+    // This node's pods: cluster-wide, address kept (kube-proxy "short-circuit pod traffic");
+    // the node itself: cluster-wide, masqueraded ("masquerade local traffic").
+    for family in families {
+        for (frontend_name, destination) in frontends(0, "etpl").into_iter().skip(1) {
+            let via1 = match &destination {
+                Destination::NodePort { .. } => Destination::node_port(1, "etpl", TCP_PORT),
+                Destination::LoadBalancer { .. } => Destination::load_balancer(1, "etpl", TCP_PORT),
+                _ => Destination::external_ip(1, "etpl", TCP_PORT),
+            };
+            let on_node1 = match &destination {
+                Destination::NodePort { .. } => via1.clone(),
+                _ => destination.clone(),
+            };
+            add(
+                Case::new(
+                    &format!("etp=local: outside to {frontend_name} via a node with a backend"),
+                    external_local,
+                    External(0),
+                    destination.clone(),
+                )
+                .expect(Backends(vec![1]))
+                .seen(Seen::Client),
+                family,
+            );
+            add(
+                Case::new(
+                    &format!("etp=local: outside to {frontend_name} via the other node"),
+                    external_local,
+                    External(1),
+                    via1,
+                )
+                .expect(Backends(vec![2]))
+                .seen(Seen::Client),
+                family,
+            );
+            add(
+                Case::new(
+                    &format!("etp=local: pod on node 0 to {frontend_name}"),
+                    external_local,
+                    Pod(0),
+                    destination.clone(),
+                )
+                .expect(Backends(vec![1, 2]))
+                .seen(Seen::Client),
+                family,
+            );
+            add(
+                Case::new(
+                    &format!("etp=local: pod on node 1 to {frontend_name}"),
+                    external_local,
+                    Pod(3),
+                    on_node1.clone(),
+                )
+                .expect(Backends(vec![1, 2]))
+                .seen(Seen::Client),
+                family,
+            );
+            add(
+                Case::new(
+                    &format!("etp=local: node to {frontend_name}"),
+                    external_local,
+                    Host(1),
+                    on_node1,
+                )
+                .expect(Backends(vec![1, 2]))
+                .seen(Seen::IngressNode),
+                family,
+            );
+        }
+        add(
+            Case::new(
+                "etp=local: pod to its own service's nodeport hairpins, masqueraded",
+                external_local_hairpin,
+                Pod(1),
+                Destination::node_port(0, "etplh", TCP_PORT),
+            )
+            .expect(Backends(vec![1]))
+            .seen(Seen::IngressNode),
+            family,
+        );
+    }
+
+    // 4. internalTrafficPolicy Local governs every packet to the ClusterIP, from outside too
+    // (masqueraded: not a pod address); the node's NodePort stays cluster-wide (7, 8).
+    for family in families {
+        add(
+            Case::new(
+                "itp=local: outside to the clusterip via node 0",
+                internal_local_both,
+                External(0),
+                Destination::cluster_ip_via(0, "itpl", TCP_PORT),
+            )
+            .expect(Backends(vec![1]))
+            .seen(Seen::IngressNode),
+            family,
+        );
+        add(
+            Case::new(
+                "itp=local: outside to the clusterip via node 1",
+                internal_local_both,
+                External(1),
+                Destination::cluster_ip_via(1, "itpl", TCP_PORT),
+            )
+            .expect(Backends(vec![2]))
+            .seen(Seen::IngressNode),
+            family,
+        );
+        add(
+            Case::new(
+                "itp=local: node to the clusterip",
+                internal_local_both,
+                Host(0),
+                Destination::cluster_ip_via(0, "itpl", TCP_PORT),
+            )
+            .expect(Backends(vec![1]))
+            .seen(Seen::IngressNode),
+            family,
+        );
+        add(
+            Case::new(
+                "itp=local: pod to the clusterip",
+                internal_local_both,
+                Pod(3),
+                Destination::cluster_ip_via(1, "itpl", TCP_PORT),
+            )
+            .expect(Backends(vec![2]))
+            .seen(Seen::Client),
+            family,
+        );
+        add(
+            Case::new(
+                "itp=local: node to its own nodeport is cluster-wide",
+                internal_local_both,
+                Host(0),
+                Destination::node_port(0, "itpl", TCP_PORT),
+            )
+            .expect(Backends(vec![1, 2]))
+            .seen(Seen::IngressNode),
+            family,
+        );
+        add(
+            Case::new(
+                "itp=local: outside to the clusterip via a node without a backend",
+                internal_local_node1,
+                External(0),
+                Destination::cluster_ip_via(0, "itpr", TCP_PORT),
+            )
+            .expect(Drop),
+            family,
+        );
+    }
+
+    // 1, 2, 12. loadBalancerSourceRanges bind every client of the LB IP (kube-proxy's
+    // firewall chain sees prerouting and output); ranges of the other family do not apply
+    // (MapCIDRsByIPFamily); a range holding a node address lets the node in.
+    let lb = |node: usize, service: &str| Destination::load_balancer(node, service, TCP_PORT);
+    let v4 = IpFamily::V4;
+    let v6 = IpFamily::V6;
+    let range_rows: [RangeRow; 17] = [
+        (
+            "ranges: allowed outside client",
+            ranges_v4_only,
+            "lbr",
+            External(0),
+            0,
+            v4,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges: other outside client",
+            ranges_v4_only,
+            "lbr",
+            External(1),
+            0,
+            v4,
+            None,
+        ),
+        (
+            "ranges: pod on the backend's node",
+            ranges_v4_only,
+            "lbr",
+            Pod(0),
+            0,
+            v4,
+            None,
+        ),
+        (
+            "ranges: pod on another node",
+            ranges_v4_only,
+            "lbr",
+            Pod(2),
+            1,
+            v4,
+            None,
+        ),
+        (
+            "ranges: node itself",
+            ranges_v4_only,
+            "lbr",
+            Host(0),
+            0,
+            v4,
+            None,
+        ),
+        (
+            "ranges: ipv4 ranges leave ipv6 open to outside",
+            ranges_v4_only,
+            "lbr",
+            External(1),
+            0,
+            v6,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges: ipv4 ranges leave ipv6 open to pods",
+            ranges_v4_only,
+            "lbr",
+            Pod(0),
+            0,
+            v6,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges: ipv4 ranges leave ipv6 open to the node",
+            ranges_v4_only,
+            "lbr",
+            Host(0),
+            0,
+            v6,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges with node addresses: node itself",
+            ranges_with_nodes,
+            "lbn",
+            Host(0),
+            0,
+            v4,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges with node addresses: other node itself",
+            ranges_with_nodes,
+            "lbn",
+            Host(1),
+            1,
+            v4,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges with node addresses: outside client",
+            ranges_with_nodes,
+            "lbn",
+            External(0),
+            0,
+            v4,
+            None,
+        ),
+        (
+            "ranges with node addresses: pod",
+            ranges_with_nodes,
+            "lbn",
+            Pod(0),
+            0,
+            v4,
+            None,
+        ),
+        (
+            "ranges with node addresses: allowed ipv6 outside client",
+            ranges_with_nodes,
+            "lbn",
+            External(0),
+            0,
+            v6,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges with node addresses: other ipv6 outside client",
+            ranges_with_nodes,
+            "lbn",
+            External(1),
+            0,
+            v6,
+            None,
+        ),
+        (
+            "ranges with node addresses: node itself over ipv6",
+            ranges_with_nodes,
+            "lbn",
+            Host(0),
+            0,
+            v6,
+            None,
+        ),
+        (
+            "ranges with pods: pod inside",
+            ranges_with_pods,
+            "lbp",
+            Pod(0),
+            0,
+            v4,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges with pods: pod outside",
+            ranges_with_pods,
+            "lbp",
+            Pod(2),
+            1,
+            v4,
+            None,
+        ),
+    ];
+    for (name, setup, service, client, node, family, allowed) in range_rows {
+        let case = Case::new(name, setup, client, lb(node, service));
+        let case = match allowed {
+            Some(seen) => case.expect(Backends(vec![1])).seen(seen),
+            None => case.expect(Drop),
+        };
+        add(case, family);
+    }
+    add(
+        Case::new(
+            "ranges with pods: ipv6 pod inside",
+            ranges_with_pods,
+            Pod(1),
+            lb(0, "lbp"),
+        )
+        .expect(Backends(vec![1]))
+        .seen(Seen::IngressNode),
+        v6,
+    );
+
+    // 5. An unallocated address in the service CIDR is dropped (kube-proxy nftables: "drop
+    // traffic to unallocated ClusterIPs"); an allocated ClusterIP on an unknown port rejects.
+    for family in families {
+        for (name, client) in [("pod", Pod(0)), ("node", Host(0)), ("outside", External(0))] {
+            add(
+                Case::new(
+                    &format!("unallocated service address from the {name}"),
+                    no_backends_dual,
+                    client,
+                    Destination::UnallocatedServiceIp,
+                )
+                .expect(Drop),
+                family,
+            );
+            add(
+                Case::new(
+                    &format!("clusterip unknown port from the {name}"),
+                    no_backends_dual,
+                    client,
+                    Destination::ClusterIpPort {
+                        service: "empty6".to_owned(),
+                        port: 81,
+                    },
+                )
+                .expect(Reject)
+                .refused_within(Duration::from_millis(500)),
+                family,
+            );
+            // 13. The first refusal arrives: no wait for a retransmission.
+            add(
+                Case::new(
+                    &format!("no backends from the {name}, refused at once"),
+                    no_backends_dual,
+                    client,
+                    Destination::cluster_ip_via(0, "empty6", TCP_PORT),
+                )
+                .expect(Reject)
+                .refused_within(Duration::from_millis(500)),
+                family,
+            );
+        }
+    }
+
+    // 6. masquerade.allServices (kube-proxy --masquerade-all): every service connection is
+    // masqueraded, except outside clients of an eTP:Local service.
+    for family in families {
+        add(
+            Case::new(
+                "masquerade allServices: pod to a clusterip",
+                all_services,
+                Pod(0),
+                Destination::cluster_ip_via(0, "mas", TCP_PORT),
+            )
+            .node(masquerade_services)
+            .expect(Backends(vec![2]))
+            .seen(Seen::IngressNode),
+            family,
+        );
+        add(
+            Case::new(
+                "masquerade allServices: pod to an etp=local nodeport",
+                all_services,
+                Pod(3),
+                Destination::node_port(1, "masl", TCP_PORT),
+            )
+            .node(masquerade_services)
+            .expect(Backends(vec![2]))
+            .seen(Seen::IngressNode),
+            family,
+        );
+        add(
+            Case::new(
+                "masquerade allServices: outside to an etp=local nodeport keeps the client",
+                all_services,
+                External(0),
+                Destination::node_port(1, "masl", TCP_PORT),
+            )
+            .node(masquerade_services)
+            .expect(Backends(vec![2]))
+            .seen(Seen::Client),
+            family,
+        );
+        add(
+            Case::new(
+                "masquerade allServices: pod to another node's pod is no service",
+                all_services,
+                Pod(0),
+                Destination::PodIp(2),
+            )
+            .node(masquerade_services)
+            .expect(Backends(vec![2]))
+            .seen(Seen::Client)
+            .requires(Requirement::Masquerade),
+            family,
+        );
+    }
     cases
 }
 

@@ -834,8 +834,20 @@ impl TcpSession {
         dst: SocketAddr,
         timeout: Duration,
     ) -> Result<TcpSession, TrafficError> {
+        Self::open_from(netns, None, dst, timeout)
+    }
+
+    /// Like [`TcpSession::open_with_timeout`], from a fixed source address and/or port
+    /// (`0.0.0.0:42000` fixes only the port; the socket has `SO_REUSEADDR`, so later probes may
+    /// use the same port towards other destinations).
+    pub fn open_from(
+        netns: &NetNs,
+        source: Option<SocketAddr>,
+        dst: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpSession, TrafficError> {
         let deadline = Instant::now() + timeout;
-        let stream = match netns.run(|| connect_tcp(None, dst, deadline))?? {
+        let stream = match netns.run(|| connect_tcp(source, dst, deadline))?? {
             Ok(stream) => stream,
             Err(outcome) => {
                 return Err(TrafficError::NotConnected {

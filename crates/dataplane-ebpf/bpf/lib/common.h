@@ -43,11 +43,15 @@
 #define DP_PASS 0       /* not ours: let the packet continue untouched */
 #define DP_NAT 1        /* translated: route it (redirect after a FIB lookup) */
 #define DP_MASQ 2       /* source-NATed on the way out: let it continue as routed */
+#ifndef EEXIST
+#define EEXIST 17 /* what bpf_map_update_elem() returns for BPF_NOEXIST on a taken key */
+#endif
+
 #define DROP_POLICY -1  /* traffic policy or source range says drop */
 #define DROP_INVALID -2 /* malformed packet */
 #define DROP_NO_SNAT -3 /* no node address of the family, or no free SNAT port */
 #define DROP_CT_FULL -4 /* conntrack entry could not be written */
-#define DP_REJECT -5    /* no backend: answer with ICMP unreachable */
+#define DP_REJECT -5    /* no backend: answer with a TCP RST or ICMP unreachable */
 #define DP_FRAG_NEEDED -6 /* DSR request too big once grown: answer ICMP fragmentation needed */
 #define DP_DSR 3        /* DSR request taken on a backend's node: let the stack deliver it */
 #define DP_TO_LO 4      /* reply of a CT_F_LOOPBACK connection: deliver it through lo */

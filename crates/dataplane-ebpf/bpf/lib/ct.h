@@ -126,4 +126,27 @@ static __always_inline void ct_fwd_key_of_rev(struct ct_key *k, const struct ct_
 	k->family = p->family;
 }
 
+/*
+ * Whether reverse key @rk may be written for the connection whose forward key is @fk:
+ * returns 1 when no entry holds it, 2 when the connection's own (earlier) reverse entry does
+ * (a reopened connection: overwriting is right), 0 when another connection's entry, or an
+ * entry of another kind, holds it: a clash. (The entry's forward key is compared field by
+ * field, not rebuilt: a second key on the stack would not fit the caller's budget.)
+ */
+static __always_inline int ct_rev_key_free(const struct ct_key *rk, const struct ct_key *fk)
+{
+	struct ct_entry *cur = bpf_map_lookup_elem(&dp_ct, rk);
+	__u32 diff = 0;
+
+	if (!cur)
+		return 1;
+	if (!ct_is_rev(cur))
+		return 0;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		diff |= (cur->snat_addr[i] ^ fk->saddr[i]) | (cur->nat_addr[i] ^ fk->daddr[i]);
+	diff |= (cur->snat_port ^ fk->sport) | (cur->nat_port ^ fk->dport);
+	return diff ? 0 : 2;
+}
+
 #endif

@@ -22,17 +22,76 @@
 #define SNAT_PORT_RANGE 28232 /* up to 60999 */
 #define SNAT_TRIES 8
 
-/* Pick a source port on @snat for the reply key backend -> snat; prefer the client's port. */
-static __always_inline int snat_pick_port(const struct pkt *p, const struct backend *be,
-					  const __u32 *snat, struct ct_key *rk)
+/*
+ * Whether @port on @addr is a frontend of this node (a NodePort, or an external IP that is a
+ * node address), as seen from outside or from a pod. A SNAT port must not be one: the reply
+ * key {peer:pp -> addr:port} would be the very tuple of a new connection from peer:pp to
+ * that frontend, which dp_ct would then take for a reply of the SNATed one.
+ */
+static __always_inline int is_frontend_port(const struct pkt *p, const __u32 *addr, __be16 port)
+{
+	struct svc_key k;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	addr_copy(k.addr, addr);
+	k.port = port;
+	k.proto = p->proto;
+	k.scope = SVC_SCOPE_EXTERNAL;
+	k.family = p->family;
+	if (bpf_map_lookup_elem(&dp_svc, &k))
+		return 1;
+	k.scope = SVC_SCOPE_EXTERNAL_INSIDE;
+	return bpf_map_lookup_elem(&dp_svc, &k) != NULL;
+}
+
+/*
+ * Pick a source port on @snat for the reply key backend -> snat; prefer the client's port. A
+ * port is free when no conntrack entry holds the reply key (the one key space also holds the
+ * forward keys of connections to this node's frontends) and it is not a frontend port of
+ * @snat. Returns 0 with @rk set; the caller writes the reverse entry with BPF_NOEXIST, as
+ * another CPU may pick the same port at the same time. (A subprogram: its lookup keys would
+ * not fit lb_forward()'s stack frame.)
+ */
+static __noinline int snat_pick_port(const struct pkt *p, const struct backend *be,
+				     const __u32 *snat, struct ct_key *rk)
 {
 	ct_reply_key(rk, p, be->addr, be->port);
 	addr_copy(rk->daddr, snat);
 #pragma unroll
 	for (int i = 0; i < SNAT_TRIES; i++) {
-		if (!bpf_map_lookup_elem(&dp_ct, rk))
+		if (!bpf_map_lookup_elem(&dp_ct, rk) && !is_frontend_port(p, snat, rk->dport))
 			return 0;
 		rk->dport = bpf_htons(SNAT_PORT_MIN + bpf_get_prandom_u32() % SNAT_PORT_RANGE);
+	}
+	stat_inc(STAT_SNAT_EXHAUSTED);
+	return DROP_NO_SNAT;
+}
+
+/*
+ * The reverse key of a new connection that keeps the client's address (@fk its forward key):
+ * backend -> client:port, the client's own port unless another connection's entry holds that
+ * key. Two connections from one client port to two frontends (ports 80 and 81 of a service)
+ * that pick the same backend translate to the same tuple; the second would overwrite the
+ * first's reverse entry and hit its socket on the backend with a SYN. Like netfilter's
+ * get_unique_tuple(), the second gets another source port (random in the SNAT range, kept in
+ * the entries as CT_F_SNAT with the client's own address). Returns 1 (client port, key free),
+ * 2 (client port, this connection's own earlier reverse entry: a reopen), 3 (remapped: a
+ * free port in @rk->dport), or DROP_NO_SNAT.
+ */
+static __noinline int rev_key_pick(const struct pkt *p, const struct backend *be,
+				   const struct ct_key *fk, struct ct_key *rk)
+{
+	int free;
+
+	ct_reply_key(rk, p, be->addr, be->port);
+	free = ct_rev_key_free(rk, fk);
+	if (free)
+		return free;
+#pragma unroll
+	for (int i = 0; i < SNAT_TRIES; i++) {
+		rk->dport = bpf_htons(SNAT_PORT_MIN + bpf_get_prandom_u32() % SNAT_PORT_RANGE);
+		if (!bpf_map_lookup_elem(&dp_ct, rk))
+			return 3;
 	}
 	stat_inc(STAT_SNAT_EXHAUSTED);
 	return DROP_NO_SNAT;
@@ -146,8 +205,13 @@ static __noinline int masq_track(const struct pkt *p, __u32 *snat, struct ct_key
 	addr_copy(re.snat_addr, p->saddr);
 	re.snat_port = p->sport;
 	ct_key_from_pkt(&fk, p);
-	if (bpf_map_update_elem(&dp_ct, rk, &re, BPF_ANY) < 0 ||
-	    bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
+	/* BPF_NOEXIST: another CPU may have taken the port since snat_pick_port() looked. */
+	ret = bpf_map_update_elem(&dp_ct, rk, &re, BPF_NOEXIST);
+	if (ret == -EEXIST) {
+		stat_inc(STAT_SNAT_EXHAUSTED);
+		return DROP_NO_SNAT;
+	}
+	if (ret < 0 || bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
 		stat_inc(STAT_CT_FULL);
 		return DROP_CT_FULL;
 	}
@@ -241,6 +305,7 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 	__u32 client[4];
 	__be16 client_port;
 	__u32 backend_id = 0;
+	__u64 rev_flags = BPF_ANY;
 	__u8 scope;
 	int do_snat = 0;
 	int dsr = 0;
@@ -324,8 +389,19 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 		ret = snat_pick_port(p, be, snat, &rk);
 		if (ret < 0)
 			return ret;
-	} else {
+		rev_flags = BPF_NOEXIST;
+	} else if (dsr) {
 		ct_reply_key(&rk, p, be->addr, be->port);
+	} else {
+		ret = rev_key_pick(p, be, &fk, &rk);
+		if (ret < 0)
+			return ret;
+		if (ret == 3) {
+			/* The client's port clashes: the client keeps its address, not its port. */
+			do_snat = 1;
+			addr_copy(snat, client);
+		}
+		rev_flags = ret == 2 ? BPF_ANY : BPF_NOEXIST;
 	}
 
 	fe.created_ns = bpf_ktime_get_ns();
@@ -348,9 +424,22 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 	addr_copy(re.snat_addr, client);
 	re.snat_port = client_port;
 
-	/* A DSR flow's replies never come back here: no reverse entry. */
-	if ((!dsr && bpf_map_update_elem(&dp_ct, &rk, &re, BPF_ANY) < 0) ||
-	    bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
+	/* A DSR flow's replies never come back here: no reverse entry. A reverse key found free
+	 * is claimed with BPF_NOEXIST: when another CPU took it meanwhile (a new connection
+	 * with the same tuple, or this one's packet racing), this packet is dropped, not the
+	 * other connection's entry overwritten; the client's retransmission finds the entries. */
+	if (!dsr) {
+		ret = bpf_map_update_elem(&dp_ct, &rk, &re, rev_flags);
+		if (ret == -EEXIST) {
+			stat_inc(STAT_SNAT_EXHAUSTED);
+			return DROP_NO_SNAT;
+		}
+		if (ret < 0) {
+			stat_inc(STAT_CT_FULL);
+			return DROP_CT_FULL;
+		}
+	}
+	if (bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
 		stat_inc(STAT_CT_FULL);
 		return DROP_CT_FULL;
 	}

@@ -1,11 +1,17 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * reject.h - answer a packet for a service without backends with ICMP port unreachable
- * (ICMPv6 port unreachable), as kube-proxy does. The packet is rewritten in place: truncated
- * to its IP header plus 8 bytes of UDP header or the 20-byte TCP header (the kernel refuses to
- * cut a CHECKSUM_PARTIAL skb before its checksum field, which is at byte 16 for TCP), grown by a new IP + ICMP header, and sent back
- * out of the interface it came from (or up the stack when it came from the host).
- * TCP clients see ECONNREFUSED, like with a RST.
+ * reject.h - answer a packet for a service without backends: a TCP segment with a TCP RST,
+ * a UDP datagram with ICMP port unreachable (ICMPv6 port unreachable); either way the client
+ * sees ECONNREFUSED. The packet is rewritten in place and sent back out of the interface it
+ * came from (or up the stack when it came from the host).
+ *
+ * Why a RST for TCP: the first SYN of a connect() is sent, rejected here and answered while
+ * connect() still holds the client's socket (the whole round trip runs in the softirq that
+ * the SYN's own transmission raised). Linux queues a TCP segment for a socket its owner holds
+ * (the backlog, processed when connect() releases it), but an ICMP error that finds the
+ * socket held is only recorded as a soft error (TcpExtLockDroppedIcmps), so the connection
+ * failed only when the SYN retransmitted 1 s later drew a second error. Over IPv6 every
+ * rejected connect() waited that second; tests/reject6.rs measures it.
  */
 #ifndef DP_REJECT_H
 #define DP_REJECT_H
@@ -167,8 +173,132 @@ static __always_inline int reject_v6(struct __sk_buff *skb, const struct pkt *p,
 	return reject_finish(skb, ctx, STAT_REJECTED);
 }
 
+struct tcp4_rst {
+	struct iphdr ip;
+	struct tcphdr tcp;
+};
+
+struct tcp6_rst {
+	struct ipv6hdr ip;
+	struct tcphdr tcp;
+};
+
+struct tcp4_pseudo {
+	__u32 saddr;
+	__u32 daddr;
+	__u8 zero;
+	__u8 proto;
+	__be16 len;
+};
+
+/*
+ * The RST answering @in (RFC 9293 3.10.7.1): from its destination port to its source port;
+ * with the segment's acknowledgment number as sequence number when it had one, otherwise
+ * sequence 0 and an ACK of everything it occupied (@seg_len: payload + SYN + FIN).
+ */
+static __always_inline void tcp_rst_of(struct tcphdr *out, const struct tcphdr *in,
+				       __u32 seg_len)
+{
+	__builtin_memset(out, 0, sizeof(*out));
+	out->source = in->dest;
+	out->dest = in->source;
+	out->doff = sizeof(*out) / 4;
+	out->rst = 1;
+	if (in->ack) {
+		out->seq = in->ack_seq;
+	} else {
+		out->ack = 1;
+		out->ack_seq = bpf_htonl(bpf_ntohl(in->seq) + seg_len + in->syn + in->fin);
+	}
+}
+
+/*
+ * Answer a TCP segment with a RST in place: the skb is cut to the IP header plus a bare TCP
+ * header (20 bytes: a CHECKSUM_PARTIAL skb may not be cut before its checksum field, at byte
+ * 16), and both headers are rewritten. The checksum is complete. An skb that stays
+ * CHECKSUM_PARTIAL (sent by a pod or the host, so its checksum starts at this TCP header) goes
+ * only to the local receiver that sent it, which takes a partial checksum as verified.
+ */
+static __always_inline int reject_tcp_v4(struct __sk_buff *skb, const struct pkt *p, int ctx)
+{
+	struct tcp4_pseudo ph;
+	struct tcp4_rst r;
+	struct iphdr ip;
+	struct tcphdr th;
+	__u32 seg_len;
+	__s64 sum;
+
+	if (bpf_skb_load_bytes(skb, p->l3_off, &ip, sizeof(ip)) < 0 || ip.ihl != 5)
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, p->l4_off, &th, sizeof(th)) < 0)
+		return TC_ACT_SHOT;
+	seg_len = bpf_ntohs(ip.tot_len) - sizeof(ip) - th.doff * 4;
+	if (bpf_skb_change_tail(skb, p->l3_off + sizeof(r), 0) < 0)
+		return TC_ACT_SHOT;
+
+	__builtin_memset(&r.ip, 0, sizeof(r.ip));
+	r.ip.version = 4;
+	r.ip.ihl = 5;
+	r.ip.tot_len = bpf_htons(sizeof(r));
+	r.ip.ttl = 64;
+	r.ip.protocol = IPPROTO_TCP;
+	r.ip.saddr = p->daddr[0];
+	r.ip.daddr = p->saddr[0];
+	r.ip.check = csum_buf(&r.ip, sizeof(r.ip), 0);
+	tcp_rst_of(&r.tcp, &th, seg_len);
+	ph.saddr = r.ip.saddr;
+	ph.daddr = r.ip.daddr;
+	ph.zero = 0;
+	ph.proto = IPPROTO_TCP;
+	ph.len = bpf_htons(sizeof(r.tcp));
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+	r.tcp.check = csum_buf(&r.tcp, sizeof(r.tcp), sum < 0 ? 0 : (__u32)sum);
+	if (bpf_skb_store_bytes(skb, p->l3_off, &r, sizeof(r), BPF_F_INVALIDATE_HASH) < 0)
+		return TC_ACT_SHOT;
+	return reject_finish(skb, ctx, STAT_REJECTED);
+}
+
+static __always_inline int reject_tcp_v6(struct __sk_buff *skb, const struct pkt *p, int ctx)
+{
+	struct icmp6_pseudo ph;
+	struct tcp6_rst r;
+	struct ipv6hdr ip;
+	struct tcphdr th;
+	__u32 seg_len;
+	__s64 sum;
+
+	if (bpf_skb_load_bytes(skb, p->l3_off, &ip, sizeof(ip)) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, p->l4_off, &th, sizeof(th)) < 0)
+		return TC_ACT_SHOT;
+	seg_len = bpf_ntohs(ip.payload_len) - th.doff * 4;
+	if (bpf_skb_change_tail(skb, p->l3_off + sizeof(r), 0) < 0)
+		return TC_ACT_SHOT;
+
+	__builtin_memset(&r.ip, 0, sizeof(r.ip));
+	r.ip.version = 6;
+	r.ip.payload_len = bpf_htons(sizeof(r.tcp));
+	r.ip.nexthdr = IPPROTO_TCP;
+	r.ip.hop_limit = 64;
+	__builtin_memcpy(&r.ip.saddr, p->daddr, 16);
+	__builtin_memcpy(&r.ip.daddr, p->saddr, 16);
+	tcp_rst_of(&r.tcp, &th, seg_len);
+	addr_copy(ph.saddr, p->daddr);
+	addr_copy(ph.daddr, p->saddr);
+	ph.len = bpf_htonl(sizeof(r.tcp));
+	ph.nexthdr = bpf_htonl(IPPROTO_TCP);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+	r.tcp.check = csum_buf(&r.tcp, sizeof(r.tcp), sum < 0 ? 0 : (__u32)sum);
+	if (bpf_skb_store_bytes(skb, p->l3_off, &r, sizeof(r), BPF_F_INVALIDATE_HASH) < 0)
+		return TC_ACT_SHOT;
+	return reject_finish(skb, ctx, STAT_REJECTED);
+}
+
 static __noinline int reject(struct __sk_buff *skb, const struct pkt *p, int ctx)
 {
+	if (p->proto == IPPROTO_TCP)
+		return p->family == DP_AF_INET ? reject_tcp_v4(skb, p, ctx)
+					       : reject_tcp_v6(skb, p, ctx);
 	return p->family == DP_AF_INET ? reject_v4(skb, p, ctx, ICMP_PORT_UNREACH, 0)
 				       : reject_v6(skb, p, ctx);
 }

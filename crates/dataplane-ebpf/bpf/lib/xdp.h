@@ -346,7 +346,9 @@ static __always_inline int xdp_ct_create(const struct pkt *p, const struct svc_v
 		addr_copy(e.snat_addr, p->saddr);
 		e.snat_port = p->sport;
 		e.flags |= CT_F_REV;
-		if (bpf_map_update_elem(&dp_ct, rk, &e, BPF_ANY) < 0)
+		/* Found free by the caller; another CPU may have taken it since (lb_forward's
+		 * rule): then nothing is written and TC decides. */
+		if (bpf_map_update_elem(&dp_ct, rk, &e, BPF_NOEXIST) < 0)
 			return -1;
 		e.flags &= ~CT_F_REV;
 	}
@@ -399,6 +401,11 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 			return XDP_PASS;
 	} else {
 		ct_reply_key(&rk, p, be->addr, be->port);
+		/* The client's tuple to a local backend is taken (by another connection from the
+		 * same client port, or by this one's earlier life): TC's lb_forward() remaps the
+		 * port or reopens the entry. */
+		if (!dsr && bpf_map_lookup_elem(&dp_ct, &rk))
+			return XDP_PASS;
 	}
 	if (local) {
 		/* Random selection would pick again in TC (and favour remote backends). */

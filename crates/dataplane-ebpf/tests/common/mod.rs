@@ -333,6 +333,8 @@ enum L4 {
         dport: u16,
         flags: u8,
         seq: u32,
+        ack: u32,
+        window: u16,
     },
     Udp {
         sport: u16,
@@ -391,6 +393,21 @@ impl PacketBuilder {
             dport,
             flags,
             seq: 1000,
+            ack: 0,
+            window: 65535,
+        });
+        self
+    }
+    /// The TCP RST a reject answers with: sequence `seq`, and with `ack` an ACK of it
+    /// (RST|ACK), window 0.
+    pub fn tcp_rst(mut self, sport: u16, dport: u16, seq: u32, ack: Option<u32>) -> Self {
+        self.l4 = Some(L4::Tcp {
+            sport,
+            dport,
+            flags: 0x04 | if ack.is_some() { TCP_ACK } else { 0 },
+            seq,
+            ack: ack.unwrap_or(0),
+            window: 0,
         });
         self
     }
@@ -472,15 +489,17 @@ impl PacketBuilder {
                 dport,
                 flags,
                 seq,
+                ack,
+                window,
             } => {
                 let mut h = Vec::new();
                 h.extend(sport.to_be_bytes());
                 h.extend(dport.to_be_bytes());
                 h.extend(seq.to_be_bytes());
-                h.extend(0u32.to_be_bytes());
+                h.extend(ack.to_be_bytes());
                 h.push(5 << 4);
                 h.push(flags);
-                h.extend(65535u16.to_be_bytes());
+                h.extend(window.to_be_bytes());
                 h.extend([0, 0, 0, 0]);
                 (6u8, h)
             }
