@@ -373,7 +373,7 @@ fn host_to_own_node_port_fixtures() {
         );
     }
 
-    // No endpoints: ICMP port unreachable, sent back up through lo.
+    // No endpoints: refused with a RST (reject.h), sent back up through lo.
     let r = dp
         .run_packet(
             Hook::ToLo,
@@ -382,8 +382,16 @@ fn host_to_own_node_port_fixtures() {
         )
         .expect("run");
     assert_eq!(r.verdict, REDIRECT, "reject");
-    assert_eq!(r.output[23], 1, "ICMP: {}", hex(&r.output));
-    assert_eq!(&r.output[34..36], &[3, 3], "port unreachable");
+    assert_eq!(r.output[23], 6, "TCP: {}", hex(&r.output));
+    assert_eq!(
+        (
+            src_port(&r.output),
+            u16::from_be_bytes([r.output[36], r.output[37]])
+        ),
+        (30084, 40004),
+        "from the NodePort to the client"
+    );
+    assert_ne!(r.output[47] & 0x04, 0, "RST: {}", hex(&r.output));
 
     // Everything else on lo goes on untouched.
     for (input, what) in [
