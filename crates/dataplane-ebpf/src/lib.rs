@@ -8,6 +8,7 @@
 //!                                 eth0 --XDP: dp_xdp_uplink (optional, EbpfConfig::xdp)
 //!                                                        eth0 --TC ingress: dp_from_uplink
 //!                                   host stack --> eth0 --TC egress:  dp_to_uplink
+//!                                   host stack --> lo   --TC egress:  dp_to_lo (own NodePorts)
 //! ```
 //!
 //! Needs Linux >= 6.6 for TCX (older kernels fall back to clsact filters, which cannot be
@@ -30,6 +31,7 @@ mod backends;
 mod batch;
 mod error;
 mod loader;
+mod loopback;
 pub mod maps;
 mod mmap;
 mod netns;
@@ -414,6 +416,7 @@ impl EbpfDataplane {
         }
         out.insert((uplink.clone(), Hook::FromUplink));
         out.insert((uplink, Hook::ToUplink));
+        out.insert((LOOPBACK.to_owned(), Hook::ToLo));
         for e in &state.endpoints {
             out.insert((e.interface.clone(), Hook::FromPod));
         }
@@ -468,6 +471,7 @@ impl EbpfDataplane {
                 for (ifname, hook) in &wanted {
                     objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
                 }
+                loopback::enable(&pin_dir)?;
                 let stale: Vec<(String, Hook)> = objects
                     .attachments
                     .keys()
@@ -693,6 +697,7 @@ impl EbpfDataplane {
         let attachments = std::mem::take(&mut objects.attachments);
         let sock = std::mem::take(&mut objects.sock_links);
         let mut first_err = None;
+        let to_lo = attachments.contains_key(&(LOOPBACK.to_owned(), Hook::ToLo));
         for a in attachments.into_values().chain(sock) {
             if keep {
                 a.keep();
@@ -700,9 +705,17 @@ impl EbpfDataplane {
                 first_err.get_or_insert(e);
             }
         }
+        if to_lo && !keep {
+            if let Err(e) = loopback::restore(&self.config.pin_dir) {
+                first_err.get_or_insert(e);
+            }
+        }
         first_err.map_or(Ok(()), Err)
     }
 }
+
+/// The loopback interface, where `dp_to_lo` runs.
+const LOOPBACK: &str = "lo";
 
 /// The index of interface `name` in the calling thread's namespace, 0 when there is none.
 fn ifindex_of(name: &str) -> u32 {

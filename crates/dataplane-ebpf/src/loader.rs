@@ -81,6 +81,10 @@ pub enum Hook {
     FromUplink,
     /// TC egress on the uplink: packets the host sends (`dp_to_uplink`).
     ToUplink,
+    /// TC egress on `lo`: the host connecting to one of its own addresses at a NodePort (or
+    /// a LoadBalancer IP / ExternalIP configured on the node), which never reaches the uplink
+    /// (`dp_to_lo`).
+    ToLo,
     /// XDP on the uplink, before TC ingress: the NodePort/LoadBalancer fast path
     /// (`dp_xdp_uplink`). Loaded only when [`crate::EbpfConfig::xdp`] is not
     /// [`XdpMode::Off`].
@@ -93,6 +97,7 @@ impl Hook {
             Hook::FromPod => "dp_from_pod",
             Hook::FromUplink => "dp_from_uplink",
             Hook::ToUplink => "dp_to_uplink",
+            Hook::ToLo => "dp_to_lo",
             Hook::Xdp => "dp_xdp_uplink",
         }
     }
@@ -100,7 +105,7 @@ impl Hook {
         match self {
             // (XDP is attached by attach_xdp, never as a TC program.)
             Hook::FromPod | Hook::FromUplink | Hook::Xdp => TcAttachType::Ingress,
-            Hook::ToUplink => TcAttachType::Egress,
+            Hook::ToUplink | Hook::ToLo => TcAttachType::Egress,
         }
     }
     fn tag(self) -> &'static str {
@@ -108,6 +113,7 @@ impl Hook {
             Hook::FromPod => "from-pod",
             Hook::FromUplink => "from-uplink",
             Hook::ToUplink => "to-uplink",
+            Hook::ToLo => "to-lo",
             Hook::Xdp => "xdp",
         }
     }
@@ -116,6 +122,7 @@ impl Hook {
             "from-pod" => Some(Hook::FromPod),
             "from-uplink" => Some(Hook::FromUplink),
             "to-uplink" => Some(Hook::ToUplink),
+            "to-lo" => Some(Hook::ToLo),
             "xdp" => Some(Hook::Xdp),
             _ => None,
         }
@@ -451,7 +458,7 @@ pub(crate) fn load(
     };
     let capacities = check_pinned(pin_dir, caps, sock.is_some())?;
     load_programs(&mut pod, &["dp_from_pod"])?;
-    load_programs(&mut host, &["dp_from_uplink", "dp_to_uplink"])?;
+    load_programs(&mut host, &["dp_from_uplink", "dp_to_uplink", "dp_to_lo"])?;
 
     let svc_batch = batch_fd(&pod, "dp_svc")?;
     let backends_batch = batch_fd(&pod, "dp_backends")?;
@@ -547,7 +554,7 @@ impl Objects {
     pub(crate) fn program_mut(&mut self, hook: Hook) -> Result<&mut SchedClassifier, EbpfError> {
         let ebpf = match hook {
             Hook::FromPod => &mut self.pod,
-            Hook::FromUplink | Hook::ToUplink => &mut self.host,
+            Hook::FromUplink | Hook::ToUplink | Hook::ToLo => &mut self.host,
             Hook::Xdp => {
                 return Err(EbpfError::Load {
                     object: hook.program().to_owned(),

@@ -58,6 +58,9 @@ pub const CT_F_DSR: u16 = 1 << 5;
 /// `CT_F_REV`: a reverse entry (key: backend -> client or SNAT address). Conntrack has one
 /// key space; an entry with neither `CT_F_REV` nor `CT_F_INBOUND` is a forward entry.
 pub const CT_F_REV: u16 = 1 << 6;
+/// `CT_F_LOOPBACK`: the host to one of its own addresses (`dp_to_lo`); replies go up
+/// through lo.
+pub const CT_F_LOOPBACK: u16 = 1 << 7;
 /// `CT_TCP_SYN`.
 pub const CT_TCP_SYN: u8 = 1 << 0;
 /// `CT_TCP_REPLY`.

@@ -55,11 +55,16 @@
 #define DP_FRAG_NEEDED -6 /* DSR request too big once grown: answer ICMP fragmentation needed */
 #define DP_DSR 3        /* DSR request taken on a backend's node: let the stack deliver it */
 #define DROP_UNALLOCATED -7 /* to an address in the service CIDRs that no service has */
+#define DP_TO_LO 4      /* reply of a CT_F_LOOPBACK connection: deliver it through lo */
 
 /* Where the program runs. */
 #define CTX_FROM_POD 0
 #define CTX_FROM_UPLINK 1
 #define CTX_TO_UPLINK 2
+#define CTX_TO_LO 3 /* TC egress of lo: the host to one of its own addresses */
+
+/* The loopback device has this index in every network namespace. */
+#define LOOPBACK_IFINDEX 1
 
 static __always_inline void stat_inc(__u32 idx)
 {

@@ -22,8 +22,8 @@ static __always_inline int forward_ttl(struct __sk_buff *skb, const struct pkt *
 	void *end = (void *)(long)skb->data_end;
 
 	/* On the uplink's egress the stack has forwarded the packet already, or sent it
-	 * itself. */
-	if (ctx == CTX_TO_UPLINK)
+	 * itself; on lo's egress the host sent it. */
+	if (ctx == CTX_TO_UPLINK || ctx == CTX_TO_LO)
 		return 0;
 	if (p->family == DP_AF_INET) {
 		struct iphdr *ip = data + sizeof(struct ethhdr);
@@ -62,6 +62,17 @@ static __always_inline long redirect_via(__u32 ifindex, __u8 af, const __u32 *nh
 	return bpf_redirect_neigh(ifindex, &nh, sizeof(nh), 0);
 }
 
+/*
+ * Redirects a packet translated on lo's egress to @ifindex. The skb still holds the local
+ * route it was sent with, and a packet queued for a neighbour not yet resolved is sent along
+ * its route later: over lo, to no one. Without a next hop the kernel looks the route up
+ * itself and replaces it (one more lookup, for these connections only).
+ */
+static __always_inline long redirect_from_lo(__u32 ifindex)
+{
+	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+}
+
 /* The veth of the pod on this node that has @addr (dp_local), NULL when there is none. */
 static __always_inline struct local_value *local_pod(const __u32 *addr, __u8 family)
 {
@@ -87,6 +98,8 @@ static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p, int c
 	local = local_pod(p->daddr, p->family);
 	if (local) {
 		/* A pod on this node: to its veth, the destination itself is the next hop. */
+		if (ctx == CTX_TO_LO)
+			return redirect_from_lo(local->ifindex);
 		if (forward_ttl(skb, p, ctx) < 0)
 			return TC_ACT_OK;
 		return redirect_via(local->ifindex, p->family == DP_AF_INET ? AF_INET : AF_INET6,
@@ -108,8 +121,17 @@ static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p, int c
 		__builtin_memcpy(fib.ipv6_dst, p->daddr, 16);
 	}
 	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (ret != BPF_FIB_LKUP_RET_SUCCESS && ret != BPF_FIB_LKUP_RET_NO_NEIGH)
+	if (ret != BPF_FIB_LKUP_RET_SUCCESS && ret != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* On lo the packet keeps the local route it was sent with: going on, it is
+		 * delivered on this node, which is right only when the new destination is local
+		 * too (a host-network backend). Anything else (no route, too big for the way out)
+		 * would reach no one here. */
+		if (ctx == CTX_TO_LO && ret != BPF_FIB_LKUP_RET_NOT_FWDED)
+			return TC_ACT_SHOT;
 		return TC_ACT_OK;
+	}
+	if (ctx == CTX_TO_LO)
+		return redirect_from_lo(fib.ifindex);
 	if (forward_ttl(skb, p, ctx) < 0)
 		return TC_ACT_OK;
 	/* The lookup left the next hop in the destination fields (the gateway, or the
@@ -159,6 +181,23 @@ static __noinline int host_route(struct __sk_buff *skb, const struct pkt *p)
 	return redirect_via(out, p->family == DP_AF_INET ? AF_INET : AF_INET6, p->daddr);
 }
 
+/*
+ * A reply of a connection the host made to one of its own addresses (CT_F_LOOPBACK), now
+ * from that address: up the stack through lo's ingress. Handed to the stack where it arrived
+ * it would be dropped as a martian (IPv4: a local source on another interface); lo accepts it
+ * with net.ipv4.conf.lo.accept_local, which user space sets when it attaches dp_to_lo (Cilium
+ * sets it on cilium_host for its replies to the host). lo's address is all zeros: a packet
+ * for another MAC would be PACKET_OTHERHOST there.
+ */
+static __noinline int to_lo(struct __sk_buff *skb)
+{
+	__u8 macs[2 * ETH_ALEN] = {};
+
+	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS);
+}
+
 static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 {
 	struct pkt p;
@@ -187,6 +226,8 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 			ct_key_from_pkt(&k, &p);
 			ct = bpf_map_lookup_elem(&dp_ct, &k);
 			ret = lb_reply(skb, &p, ct);
+			if (ret == DP_NAT && ct && (ct->flags & CT_F_LOOPBACK))
+				ret = DP_TO_LO;
 			if (ret == DP_PASS)
 				ret = lb_forward(skb, &p, ctx, ct);
 			if (ret == DP_PASS && ctx == CTX_TO_UPLINK)
@@ -202,6 +243,8 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 		return TC_ACT_OK;
 	case DP_NAT:
 		return dp_route(skb, &p, ctx);
+	case DP_TO_LO:
+		return to_lo(skb);
 	case DP_MASQ:
 	case DP_DSR:
 		return TC_ACT_OK;
@@ -209,6 +252,106 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 		return reject(skb, &p, ctx);
 	case DP_FRAG_NEEDED:
 		return frag_needed(skb, &p, ctx);
+	default:
+		stat_inc(STAT_DROPPED);
+		return TC_ACT_SHOT;
+	}
+}
+
+static __always_inline int is_loopback_addr(const struct pkt *p, const __u32 *a)
+{
+	if (p->family == DP_AF_INET)
+		return (a[0] & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+	return a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == bpf_htonl(1);
+}
+
+/*
+ * 127.0.0.0/8 and ::1 (most of what lo carries): never a service frontend, and a client bound
+ * to one could not get its replies (IPv4 input routing drops a packet to a loopback address
+ * from another device's or a redirect's path as a martian): left alone.
+ */
+static __always_inline int is_loopback(const struct pkt *p)
+{
+	return is_loopback_addr(p, p->daddr) || is_loopback_addr(p, p->saddr);
+}
+
+/*
+ * Marks a connection lb_forward() has just created from lo (@p: its packet as translated, so
+ * that its reply comes from p->daddr:dport to p->saddr:sport) with CT_F_LOOPBACK: its replies
+ * are delivered through lo (to_lo). lb_forward() itself serves every hook and sees the host
+ * here as it sees it on the uplink's egress.
+ */
+static __noinline void lo_mark(const struct pkt *p)
+{
+	struct ct_entry *e;
+	struct ct_key k;
+
+	ct_reply_key(&k, p, p->daddr, p->dport);
+	e = bpf_map_lookup_elem(&dp_ct, &k);
+	if (!e || !ct_is_rev(e))
+		return;
+	e->flags |= CT_F_LOOPBACK;
+	ct_fwd_key_of_rev(&k, e, p);
+	e = bpf_map_lookup_elem(&dp_ct, &k);
+	if (e)
+		e->flags |= CT_F_LOOPBACK;
+}
+
+/* The conntrack entry of @p's own tuple (a subprogram: the key stays off the caller's
+ * stack, which lb_forward's deep call chain needs). */
+static __noinline struct ct_entry *ct_lookup(const struct pkt *p)
+{
+	struct ct_key k;
+
+	ct_key_from_pkt(&k, p);
+	return bpf_map_lookup_elem(&dp_ct, &k);
+}
+
+/**
+ * dp_handle_lo() - TC egress of lo: the host connecting to one of its own addresses at a
+ * NodePort (or a LoadBalancer IP / ExternalIP configured on the node). Such packets never
+ * leave through the uplink, where dp_to_uplink would translate them; kube-proxy catches them
+ * in the nat OUTPUT chain (`fib daddr type local` / `--dst-type LOCAL` jumps to the
+ * nodeports chain). Translated as dp_to_uplink translates the host's packets (cluster-wide
+ * backends, masqueraded to the node address), then routed to the backend ourselves: on lo
+ * the packet would be delivered locally. Everything else goes on untouched, loopback
+ * addresses without a map lookup.
+ */
+static __always_inline int dp_handle_lo(struct __sk_buff *skb)
+{
+	struct ct_entry *ct;
+	struct pkt p;
+	int created;
+	int ret;
+
+	if (parse_packet(skb, &p) <= 0 || is_loopback(&p))
+		return TC_ACT_OK;
+	ct = ct_lookup(&p);
+	ret = lb_reply(skb, &p, ct);
+	if (ret == DP_NAT) {
+		/* A host-network backend on this node answered. To the host: already on lo, on
+		 * its way. To a pod (a connection from a pod masqueraded to this node): there. */
+		if (ct && (ct->flags & CT_F_LOOPBACK))
+			return TC_ACT_OK;
+		return dp_route(skb, &p, CTX_TO_LO);
+	}
+	if (ret == DP_PASS) {
+		created = !ct || !ct_is_fwd(ct) || !(ct->flags & CT_F_LOOPBACK) ||
+			  ct_is_reopen(ct, &p);
+		ret = lb_forward(skb, &p, CTX_TO_UPLINK, ct);
+		if (ret == DP_NAT) {
+			if (created)
+				lo_mark(&p);
+			return dp_route(skb, &p, CTX_TO_LO);
+		}
+	}
+	switch (ret) {
+	case DP_PASS:
+	case DP_MASQ:
+		return TC_ACT_OK;
+	case DP_REJECT:
+		/* As from the uplink's egress: the error goes up the stack, here through lo. */
+		return reject(skb, &p, CTX_TO_UPLINK);
 	default:
 		stat_inc(STAT_DROPPED);
 		return TC_ACT_SHOT;

@@ -56,6 +56,8 @@
 				* whose replies never come back; on the backend node a reverse
 				* entry learnt from the DSR option */
 #define CT_F_REV (1 << 6)      /* reverse entry: key backend -> client (or SNAT address) */
+#define CT_F_LOOPBACK (1 << 7) /* the host to one of its own addresses (dp_to_lo): replies,
+				* whose new source is a local address, go up through lo */
 
 /* State bits seen on a flow (kept in the forward entry); UDP uses CT_TCP_REPLY only. */
 #define CT_TCP_SYN (1 << 0)
