@@ -1549,8 +1549,8 @@ fn node_port_v6(lab: &Lab) -> Vec<Service> {
 // NodePort (both families' node addresses), LoadBalancer IP and ExternalIP of each family.
 
 /// A dual-stack service named `name` with every frontend kind, numbered `n` (ClusterIPs
-/// `10.96.1.n` / `fd00:96::1:n`, NodePort 31000 + n, LB IPs `172.18.202.n` / `fd00:202::n`,
-/// ExternalIPs `172.18.203.n` / `fd00:203::n`) and `pods` (both families) as backends.
+/// `10.96.1.n` / `fd00:96::1:n`, NodePort 31000 + n, LB IPs `172.19.202.n` / `fd00:202::n`,
+/// ExternalIPs `172.19.203.n` / `fd00:203::n`) and `pods` (both families) as backends.
 fn every_frontend(lab: &Lab, name: &str, n: u8, pods: &[usize]) -> Service {
     let mut s = service(
         name,
@@ -1560,8 +1560,11 @@ fn every_frontend(lab: &Lab, name: &str, n: u8, pods: &[usize]) -> Service {
     );
     let ip = |text: String| -> IpAddr { text.parse().expect("generated address") };
     s.cluster_ips.push(ip(format!("fd00:96::1:{n}")));
-    s.load_balancer_ips = vec![ip(format!("172.18.202.{n}")), ip(format!("fd00:202::{n}"))];
-    s.external_ips = vec![ip(format!("172.18.203.{n}")), ip(format!("fd00:203::{n}"))];
+    // Off the underlay's subnet, as LB IPs routed to the nodes are: an address on the node's
+    // own link would need a neighbour answering for it before a node's packets to it reach an
+    // egress hook (see the eBPF backend's limits).
+    s.load_balancer_ips = vec![ip(format!("172.19.202.{n}")), ip(format!("fd00:202::{n}"))];
+    s.external_ips = vec![ip(format!("172.19.203.{n}")), ip(format!("fd00:203::{n}"))];
     s.backends = pods
         .iter()
         .flat_map(|&p| [backend(lab, p, IpFamily::V4), backend(lab, p, IpFamily::V6)])
