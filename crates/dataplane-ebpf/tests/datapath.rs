@@ -2021,8 +2021,9 @@ fn kube_proxy_parity_fixtures() {
     assert!(report.skipped.is_empty(), "{report:?}");
 
     let syn = |src: &str, dst: &str, sport, dport| eth().ip(src, dst).tcp(sport, dport, TCP_SYN);
-    let reject_of = |input: &[u8], src: &str, dst: &str| {
-        swap_macs(eth().ip(src, dst).icmp_unreachable(quoted(input))).build()
+    // A TCP SYN (seq 1000) from `dport` is refused with RST|ACK acknowledging it.
+    let rst_of = |src: &str, dst: &str, sport: u16, dport: u16| {
+        swap_macs(eth().ip(src, dst).tcp_rst(sport, dport, 0, Some(1001))).build()
     };
     let dropped = |description, hook, input: Vec<u8>| Fixture {
         description,
@@ -2140,7 +2141,7 @@ fn kube_proxy_parity_fixtures() {
         Fixture {
             description: "Allocated ClusterIP on a port it does not serve: reject",
             hook: Hook::FromPod,
-            output: reject_of(&wrong_port_in, "10.96.0.10", "10.244.0.5"),
+            output: rst_of("10.96.0.10", "10.244.0.5", 81, 60010),
             input: wrong_port_in,
             verdict: REDIRECT,
         },
