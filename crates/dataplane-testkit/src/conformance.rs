@@ -1630,6 +1630,19 @@ fn all_services(lab: &Lab) -> Vec<Service> {
     local.external_traffic_policy = TrafficPolicy::Local;
     vec![plain, local]
 }
+/// The matrix service with an SCTP port besides TCP and UDP: a backend that cannot program
+/// SCTP leaves that port out (`ApplyReport::skipped`) and serves the rest.
+fn with_sctp_port(lab: &Lab) -> Vec<Service> {
+    let mut s = every_frontend(lab, "sctp", 12, &[2]);
+    s.ports.push(ServicePort {
+        name: "sctp".to_owned(),
+        protocol: Protocol::Sctp,
+        port: 80,
+        target_port: SERVER_PORT,
+        node_port: Some(31012),
+    });
+    vec![s]
+}
 /// No backends, dual-stack: reject.
 fn no_backends_dual(lab: &Lab) -> Vec<Service> {
     vec![every_frontend(lab, "empty6", 11, &[])]
@@ -2607,6 +2620,42 @@ fn parity_cases() -> Vec<Case> {
                 )
                 .expect(Reject)
                 .refused_within(Duration::from_millis(500)),
+                family,
+            );
+        }
+    }
+
+    // 9. One unsupported feature does not take the node down: a service with an SCTP port is
+    // still served on its TCP and UDP ports by every backend.
+    for family in families {
+        for (name, client, destination) in [
+            (
+                "pod",
+                Pod(0),
+                Destination::cluster_ip_via(0, "sctp", TCP_PORT),
+            ),
+            (
+                "outside",
+                External(0),
+                Destination::node_port(0, "sctp", TCP_PORT),
+            ),
+        ] {
+            let seen = if name == "pod" {
+                Seen::Client
+            } else {
+                Seen::IngressNode
+            };
+            add(
+                Case::new(
+                    &format!(
+                        "a service with an sctp port still serves its other ports to the {name}"
+                    ),
+                    with_sctp_port,
+                    client,
+                    destination,
+                )
+                .expect(Backends(vec![2]))
+                .seen(seen),
                 family,
             );
         }
