@@ -49,6 +49,10 @@ pub fn validate(path: &Path) -> Result<(), Failure> {
         state.endpoints.len(),
         state.policies.len()
     );
+    // Accepted, but worth a look (e.g. a ClusterIP outside serviceCIDRs): one line each.
+    for warning in dataplane_core::warnings(&state) {
+        eprintln!("warning: {warning}");
+    }
     Ok(())
 }
 

@@ -46,6 +46,32 @@ fn valid_file_exits_zero() {
 }
 
 #[test]
+fn a_cluster_ip_outside_service_cidrs_is_valid_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "outside.yaml",
+        &GOOD.replace("10.96.0.10]", "10.200.0.10]"),
+    );
+    let out = dpctl(&["validate", "-f", f.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "warning: service default/web: clusterIPs[0]: 10.200.0.10 is outside node.serviceCIDRs"
+    );
+    let out = dpctl(&[
+        "validate",
+        "-f",
+        write(&dir, "good.yaml", GOOD).to_str().unwrap(),
+    ]);
+    assert_eq!(
+        stderr(&out),
+        "",
+        "no warning for a ClusterIP inside serviceCIDRs"
+    );
+}
+
+#[test]
 fn bad_files_exit_two_with_one_line_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
