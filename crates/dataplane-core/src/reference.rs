@@ -239,9 +239,10 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 ///   reaching an LB IP it holds locally sends from that IP).
 /// - ClusterIP: `internalTrafficPolicy`, for every client (also from outside the node). The
 ///   backend sees the client's address unless the client is not a pod (its source is outside
-///   the cluster CIDRs: the node itself or an outside client), which is masqueraded, or the
-///   connection is a hairpin (a pod given itself as the backend; when every acceptable
-///   backend is the client this says so).
+///   the cluster CIDRs of its family: the node itself or an outside client; a family without
+///   cluster CIDRs has no such test, as kube-proxy then has no local detector), which is
+///   masqueraded, or the connection is a hairpin (a pod given itself as the backend; when
+///   every acceptable backend is the client this says so).
 /// - NodePort (node addresses), LoadBalancer IPs and ExternalIPs from outside:
 ///   `externalTrafficPolicy`. `Cluster` masquerades to the node address unless the service's
 ///   external mode is DSR (`Dsr`, or `Hybrid` for TCP), which keeps the client address;
@@ -252,7 +253,10 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 ///   ClusterIP).
 /// - `masquerade.allServices` (kube-proxy's `--masquerade-all`) masquerades every service
 ///   connection except the ones whose client address the service promises to keep (external
-///   clients under `externalTrafficPolicy: Local`, DSR).
+///   clients under `externalTrafficPolicy: Local`, DSR). kube-proxy's flag marks only
+///   ClusterIP traffic, so it leaves this node's pods unmasqueraded on an
+///   `externalTrafficPolicy: Local` frontend; here, as the option's name says, they are
+///   masqueraded too.
 /// - No usable backend: reject. A ClusterIP on a port or protocol no service port uses:
 ///   reject. Any other address inside `node.serviceCIDRs`: drop (it is no service).
 /// - Anything else is untouched; pod traffic leaving the cluster is masqueraded when the node
@@ -404,7 +408,16 @@ fn forward(
         // `Verdict::Forward::source`).
         let hairpin = from_pod && backends.iter().all(|b| b.ip() == src);
         match kind {
-            FrontendKind::ClusterIp => hairpin || !in_any(src, &state.node.cluster_cidrs),
+            // kube-proxy's `! -s clusterCIDR -j KUBE-MARK-MASQ`; a family without cluster
+            // CIDRs has no such test (no local detector): only hairpin is masqueraded.
+            FrontendKind::ClusterIp => {
+                let has_family = state
+                    .node
+                    .cluster_cidrs
+                    .iter()
+                    .any(|c| IpFamily::of(&c.ip()) == family);
+                hairpin || (has_family && !in_any(src, &state.node.cluster_cidrs))
+            }
             // From outside under Cluster policy without DSR (the rest keeps the client).
             _ if from_outside => true,
             _ if from_pod => hairpin || service.external_traffic_policy != TrafficPolicy::Local,

@@ -241,6 +241,12 @@ type Claims = (FrontendClaims, BTreeMap<IpAddr, String>);
 /// services a `String` per claim was ~0.6 MiB of a `Validator`).
 type FrontendClaims = BTreeMap<(IpAddr, Protocol, u16), Arc<str>>;
 
+/// Whether two networks share an address.
+fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
+    IpFamily::of(&a.ip()) == IpFamily::of(&b.ip())
+        && (a.contains(b.network()) || b.contains(a.network()))
+}
+
 /// [`validate`], keeping what each object claims.
 fn validate_claims(state: &DesiredState) -> Result<Claims, ValidationError> {
     if state.api_version != API_VERSION {
@@ -411,6 +417,29 @@ fn validate_node(node: &Node) -> Result<(), ValidationError> {
         "masquerade.nonMasqueradeCIDRs",
         &node.masquerade.non_masquerade_cidrs,
     )?;
+    // Addresses in the service CIDRs that no service holds are dropped: a range that reaches
+    // into the pod network or over a node address would cut that traffic off.
+    for (i, cidr) in node.service_cidrs.iter().enumerate() {
+        let reason = if node
+            .cluster_cidrs
+            .iter()
+            .chain(&node.pod_cidrs)
+            .any(|c| overlaps(c, cidr))
+        {
+            Some("overlaps the pod network (clusterCIDRs or podCIDRs)")
+        } else if node.addresses.iter().any(|a| cidr.contains(*a)) {
+            Some("holds a node address")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(ValidationError::Inconsistent {
+                object: object.to_owned(),
+                field: format!("serviceCIDRs[{i}]"),
+                reason,
+            });
+        }
+    }
     let r = node.node_port_range;
     check_port(object, "nodePortRange.start", r.start)?;
     if r.start > r.end {
@@ -463,7 +492,7 @@ fn validate_service(
     if s.ports.is_empty() {
         return Err(err_empty(object, "ports"));
     }
-    let mut families = validate_frontend_ips(s, object)?;
+    let mut families = validate_frontend_ips(node, s, object)?;
     let mut port_names = BTreeSet::new();
     let mut port_keys = BTreeSet::new();
     for (i, p) in s.ports.iter().enumerate() {
@@ -594,12 +623,37 @@ pub fn service_warnings(node: &Node, s: &Service) -> Vec<Warning> {
     found
 }
 
-fn validate_frontend_ips(s: &Service, object: &str) -> Result<BTreeSet<IpFamily>, ValidationError> {
+fn validate_frontend_ips(
+    node: &Node,
+    s: &Service,
+    object: &str,
+) -> Result<BTreeSet<IpFamily>, ValidationError> {
     let mut families = BTreeSet::new();
     let mut cluster_families = BTreeSet::new();
     for (i, ip) in s.cluster_ips.iter().enumerate() {
         let field = || format!("clusterIPs[{i}]");
         check_unicast_with(object, field, *ip)?;
+        // A ClusterIP outside serviceCIDRs is served (a warning), but one that is a node or
+        // pod address would take that address's other traffic (unknown ports are rejected).
+        let clash = if node.addresses.contains(ip) {
+            Some("is a node address")
+        } else if node
+            .cluster_cidrs
+            .iter()
+            .chain(&node.pod_cidrs)
+            .any(|c| c.contains(*ip))
+        {
+            Some("is inside the pod network (clusterCIDRs or podCIDRs)")
+        } else {
+            None
+        };
+        if let Some(reason) = clash {
+            return Err(ValidationError::Inconsistent {
+                object: object.to_owned(),
+                field: field(),
+                reason,
+            });
+        }
         let family = IpFamily::of(ip);
         if !cluster_families.insert(family) {
             return Err(ValidationError::TooManyClusterIps {

@@ -174,6 +174,22 @@ fn cases() -> Vec<Case> {
             entry: Entry::FromHost,
             expected: forward("web", ClusterIp, &WEB_V4, SourceSeen::Client),
         },
+        // kube-proxy has no local detector for a family without cluster CIDRs: nothing is
+        // masqueraded for being outside them.
+        Case {
+            name: "no ipv6 cluster CIDR: a pod keeps its address on an ipv6 clusterip",
+            tweak: |s| s.node.cluster_cidrs.retain(|c| c.is_ipv4()),
+            packet: tcp("[fd00:244::6]:40000", "[fd00:96::10]:80"),
+            entry: client(),
+            expected: forward("web", ClusterIp, &["[fd00:244:1::5]:8080"], SourceSeen::Client),
+        },
+        Case {
+            name: "no ipv6 cluster CIDR: the host keeps its address on an ipv6 clusterip",
+            tweak: |s| s.node.cluster_cidrs.retain(|c| c.is_ipv4()),
+            packet: tcp("[fd00:18::10]:40000", "[fd00:96::10]:80"),
+            entry: Entry::FromHost,
+            expected: forward("web", ClusterIp, &["[fd00:244:1::5]:8080"], SourceSeen::Client),
+        },
         Case {
             name: "clusterip from the host over ipv6: masqueraded to the ipv6 node address",
             tweak: none,

@@ -812,6 +812,64 @@ fn backend_family_mismatch() {
     });
 }
 
+/// Unallocated addresses in the service CIDRs are dropped, and unknown ports of a ClusterIP
+/// rejected: a service range over the pod network or a node address, or a ClusterIP that is a
+/// pod or node address, would cut off that address's other traffic.
+#[test]
+fn service_addresses_must_not_take_pod_or_node_addresses() {
+    let node = "node";
+    let cases: [(Tweak, &str, &str, &str); 6] = [
+        (
+            |s| s.node.service_cidrs[0] = "10.0.0.0/8".parse().unwrap(),
+            node,
+            "serviceCIDRs[0]",
+            "overlaps the pod network (clusterCIDRs or podCIDRs)",
+        ),
+        (
+            |s| s.node.service_cidrs[1] = "fd00:244::/120".parse().unwrap(),
+            node,
+            "serviceCIDRs[1]",
+            "overlaps the pod network (clusterCIDRs or podCIDRs)",
+        ),
+        (
+            |s| s.node.service_cidrs[0] = "172.18.0.0/16".parse().unwrap(),
+            node,
+            "serviceCIDRs[0]",
+            "holds a node address",
+        ),
+        (
+            |s| s.services[1].cluster_ips = vec![ip("172.18.0.10")],
+            API,
+            "clusterIPs[0]",
+            "is a node address",
+        ),
+        (
+            |s| s.services[1].cluster_ips = vec![ip("10.244.3.7")],
+            API,
+            "clusterIPs[0]",
+            "is inside the pod network (clusterCIDRs or podCIDRs)",
+        ),
+        (
+            |s| s.services[0].cluster_ips[1] = ip("fd00:244::99"),
+            WEB,
+            "clusterIPs[1]",
+            "is inside the pod network (clusterCIDRs or podCIDRs)",
+        ),
+    ];
+    for (tweak, object, field, reason) in cases {
+        let err = invalid(tweak);
+        assert_eq!(
+            err,
+            ValidationError::Inconsistent {
+                object: object.into(),
+                field: field.into(),
+                reason,
+            }
+        );
+        assert_names(&err, object, field);
+    }
+}
+
 #[test]
 fn cluster_ip_outside_service_cidrs_is_a_warning_not_an_error() {
     // Kubernetes' ServiceCIDR API adds service ranges at run time and kube-proxy programs every

@@ -82,6 +82,10 @@ pub const CFG_F_MASQUERADE: u32 = 1 << 2;
 pub const CFG_F_MASQ_ALL: u32 = 1 << 3;
 /// `CFG_F_HOST_ROUTING`: pod-to-pod packets on this node are redirected by the programs.
 pub const CFG_F_HOST_ROUTING: u32 = 1 << 4;
+/// `CFG_F_CLUSTER_V4`: the node has IPv4 cluster CIDRs.
+pub const CFG_F_CLUSTER_V4: u32 = 1 << 5;
+/// `CFG_F_CLUSTER_V6`: the node has IPv6 cluster CIDRs.
+pub const CFG_F_CLUSTER_V6: u32 = 1 << 6;
 
 /// `CIDR_F_CLUSTER`: cluster CIDRs.
 pub const CIDR_F_CLUSTER: u8 = 1 << 0;

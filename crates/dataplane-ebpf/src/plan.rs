@@ -12,10 +12,10 @@ use dataplane_core::{
 
 use crate::maps::{
     family_of, Addr, Be16, DpConfig, SrcRangeData, SvcKey, BE_F_LOCAL, BE_F_TERMINATING,
-    CFG_F_HAS_V4, CFG_F_HAS_V6, CFG_F_HOST_ROUTING, CFG_F_MASQUERADE, CFG_F_MASQ_ALL,
-    CIDR_F_CLUSTER, CIDR_F_NODE, CIDR_F_NO_MASQ, CIDR_F_POD, CIDR_F_SERVICE, SCOPE_EXTERNAL,
-    SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DSR, SVC_F_MAGLEV, SVC_F_NO_LOCAL,
-    SVC_F_SNAT, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
+    CFG_F_CLUSTER_V4, CFG_F_CLUSTER_V6, CFG_F_HAS_V4, CFG_F_HAS_V6, CFG_F_HOST_ROUTING,
+    CFG_F_MASQUERADE, CFG_F_MASQ_ALL, CIDR_F_CLUSTER, CIDR_F_NODE, CIDR_F_NO_MASQ, CIDR_F_POD,
+    CIDR_F_SERVICE, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL, SVC_F_AFFINITY,
+    SVC_F_DSR, SVC_F_MAGLEV, SVC_F_NO_LOCAL, SVC_F_SNAT, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
 };
 
 pub(crate) const BACKEND: &str = "ebpf";
@@ -557,6 +557,21 @@ fn plan_node(state: &DesiredState) -> NodePlan {
             out.config.flags |= CFG_F_MASQ_ALL;
         }
     }
+    // kube-proxy masquerades ClusterIP clients outside the cluster CIDRs only for a family it
+    // has a local detector (a cluster CIDR) for.
+    for (family, flag) in [
+        (IpFamily::V4, CFG_F_CLUSTER_V4),
+        (IpFamily::V6, CFG_F_CLUSTER_V6),
+    ] {
+        if state
+            .node
+            .cluster_cidrs
+            .iter()
+            .any(|c| IpFamily::of(&c.ip()) == family)
+        {
+            out.config.flags |= flag;
+        }
+    }
     out.config.mtu = state.node.mtu;
     out.cidrs = cidr_table(&state.node);
     out
@@ -853,9 +868,9 @@ mod tests {
 
     use super::{FrontendPlan, Planner, SvcKey};
     use crate::maps::{
-        Addr, Be16, SrcRangeData, CIDR_F_SERVICE, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE,
-        SCOPE_INTERNAL, SCOPE_RETIRED_INTERNAL_OUTSIDE, SVC_F_DSR, SVC_F_NO_LOCAL, SVC_F_SNAT,
-        SVC_F_SRC_RANGES,
+        Addr, Be16, SrcRangeData, CFG_F_CLUSTER_V4, CFG_F_CLUSTER_V6, CIDR_F_SERVICE,
+        SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL, SCOPE_RETIRED_INTERNAL_OUTSIDE,
+        SVC_F_DSR, SVC_F_NO_LOCAL, SVC_F_SNAT, SVC_F_SRC_RANGES,
     };
 
     fn node() -> Node {
@@ -1174,6 +1189,26 @@ mod tests {
         assert!(
             p.keys().all(|k| k.scope != SCOPE_RETIRED_INTERNAL_OUTSIDE),
             "no cluster-wide entry for outside clients"
+        );
+    }
+
+    #[test]
+    fn cluster_cidr_families_are_flagged_for_the_clusterip_masquerade() {
+        let mut st = state(vec![]);
+        st.node.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+        let (planner, _) = Planner::full(&st, 251).unwrap();
+        let flags = planner.node.config.flags;
+        assert_eq!(flags & CFG_F_CLUSTER_V4, CFG_F_CLUSTER_V4);
+        assert_eq!(
+            flags & CFG_F_CLUSTER_V6,
+            0,
+            "no IPv6 cluster CIDR: no local detector"
+        );
+        st.node.cluster_cidrs.push("fd00:244::/56".parse().unwrap());
+        let (planner, _) = Planner::full(&st, 251).unwrap();
+        assert_eq!(
+            planner.node.config.flags & (CFG_F_CLUSTER_V4 | CFG_F_CLUSTER_V6),
+            CFG_F_CLUSTER_V4 | CFG_F_CLUSTER_V6
         );
     }
 

@@ -371,6 +371,12 @@ mod parity {
             chain(&v4, "SVC").unwrap(),
             ["-j DP-MARK-MASQ", "-g DP-MARK-DROP"]
         );
+        // A family without cluster CIDRs has no local detector in kube-proxy: no client is
+        // marked for being outside them.
+        state.node.masquerade.all_services = false;
+        state.node.cluster_cidrs.clear();
+        let v4 = compile(&plan(&state), Family::V4, "DP");
+        assert_eq!(chain(&v4, "SVC").unwrap(), ["-g DP-MARK-DROP"]);
     }
 
     /// Item 5, beyond kube-proxy's iptables mode: new connections still addressed to the

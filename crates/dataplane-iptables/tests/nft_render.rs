@@ -394,6 +394,16 @@ mod parity {
             svc[0].contains("offset 0x8") && svc[0].ends_with("goto dnat-v4"),
             "{svc:?}"
         );
+        // A family without cluster CIDRs has no local detector in kube-proxy: no client is
+        // marked for being outside them (not `dnat-clusterip`, whose set would be empty).
+        state.node.masquerade.all_services = false;
+        state.node.cluster_cidrs.retain(|c| c.is_ipv6());
+        let rs = compile_state(&state, "dataplane").unwrap();
+        let svc = rules(&rs, "svc-v4-default/lb/tcp/80");
+        assert!(
+            !svc[0].contains("offset 0x8") && svc[0].ends_with("goto dnat-v4"),
+            "{svc:?}"
+        );
     }
 
     /// Item 5: kube-proxy's cluster-ips-check after DNAT (forward, output), new connections

@@ -308,6 +308,22 @@ static __noinline int lb_no_frontend(const struct pkt *p)
 	return DP_PASS;
 }
 
+/*
+ * Whether @p's source is outside the cluster CIDRs of its family. False when the node has no
+ * cluster CIDR of that family: kube-proxy then has no local detector and masquerades no
+ * ClusterIP client for it.
+ */
+static __always_inline int outside_cluster(const struct pkt *p)
+{
+	__u32 zero = 0;
+	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
+	__u32 want = p->family == DP_AF_INET ? CFG_F_CLUSTER_V4 : CFG_F_CLUSTER_V6;
+
+	if (!cfg || !(cfg->flags & want))
+		return 0;
+	return !(cidr_bits(p, p->saddr) & CIDR_F_CLUSTER);
+}
+
 /**
  * lb_forward() - translate a packet from a client to a service frontend; @ct is the packet's
  * conntrack entry (NULL when it has none).
@@ -387,7 +403,7 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 		dsr = 1;
 	else if (svc->flags & SVC_F_SNAT)
 		do_snat = 1; /* every client of this entry (user space decided) */
-	else if (scope == SVC_SCOPE_INTERNAL && !(cidr_bits(p, p->saddr) & CIDR_F_CLUSTER))
+	else if (scope == SVC_SCOPE_INTERNAL && outside_cluster(p))
 		do_snat = 1; /* ClusterIP from no pod (the node, outside): kube-proxy's
 			      * `! -s clusterCIDR -j KUBE-MARK-MASQ` */
 	else if (scope == SVC_SCOPE_EXTERNAL_INSIDE && ctx == CTX_TO_UPLINK)

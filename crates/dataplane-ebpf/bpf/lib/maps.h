@@ -72,6 +72,9 @@
 #define CFG_F_MASQUERADE (1 << 2) /* masquerade new pod connections leaving the cluster */
 #define CFG_F_MASQ_ALL (1 << 3)   /* masquerade.all: every destination outside this node's pods */
 #define CFG_F_HOST_ROUTING (1 << 4) /* pod -> pod on this node: redirect, skip the stack */
+#define CFG_F_CLUSTER_V4 (1 << 5) /* the node has IPv4 cluster CIDRs (else no ClusterIP client is
+				   * masqueraded for being outside them: no local detector) */
+#define CFG_F_CLUSTER_V6 (1 << 6) /* the same for IPv6 */
 
 /*
  * DSR wire format (IPv4): the ingress node keeps the client's source address, rewrites the

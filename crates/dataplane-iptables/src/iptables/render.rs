@@ -263,14 +263,15 @@ pub(crate) fn compile_port(
         let svc = format!("{p}-SVC-{}", hash_name(&key));
         let internal = choose("internal", &pp.internal, nat);
         let mut rules: Vec<String> = Vec::new();
+        let cluster = of_family(&node.cluster_cidrs, pp.family);
         if !node.masquerade_services {
-            rules.extend(
-                of_family(&node.cluster_cidrs, pp.family)
-                    .iter()
-                    .map(|c| format!("-s {c} -g {internal}")),
-            );
+            rules.extend(cluster.iter().map(|c| format!("-s {c} -g {internal}")));
         }
-        rules.push(format!("-j {p}-MARK-MASQ"));
+        // A family without cluster CIDRs has no `! -s clusterCIDR` test (kube-proxy has no
+        // local detector for it then): its clients keep their address, except hairpin.
+        if node.masquerade_services || !cluster.is_empty() {
+            rules.push(format!("-j {p}-MARK-MASQ"));
+        }
         rules.push(format!("-g {internal}"));
         nat.insert(svc.clone(), rules);
         for ip in &pp.cluster_ips {

@@ -512,10 +512,18 @@ fn compile_cluster_ip(
     // for `IfNotLocal` (source outside the cluster CIDR). Here the source test sits in the
     // shared `dnat-clusterip` chain: one rule per ClusterIP port (10k rules fewer to load at
     // 10k services than a masquerade rule each).
+    // A family without cluster CIDRs has no such test (kube-proxy has no local detector for
+    // it then): its clients keep their address, except hairpin.
     let masq = if node.masquerade_services {
         Masq::Yes
-    } else {
+    } else if node
+        .cluster_cidrs
+        .iter()
+        .any(|c| Family::of(&c.ip()) == p.family)
+    {
         Masq::Outside
+    } else {
+        Masq::No
     };
     ctx.render("", "internal", &p.internal, masq, &mut rules, svc)?;
     svc.chains.insert(Arc::clone(&chain), with_counter(rules));
