@@ -178,14 +178,14 @@ fn cases() -> Vec<Case> {
         // masqueraded for being outside them.
         Case {
             name: "no ipv6 cluster CIDR: a pod keeps its address on an ipv6 clusterip",
-            tweak: |s| s.node.cluster_cidrs.retain(|c| c.is_ipv4()),
+            tweak: |s| s.node.cluster_cidrs.retain(ipnetwork::IpNetwork::is_ipv4),
             packet: tcp("[fd00:244::6]:40000", "[fd00:96::10]:80"),
             entry: client(),
             expected: forward("web", ClusterIp, &["[fd00:244:1::5]:8080"], SourceSeen::Client),
         },
         Case {
             name: "no ipv6 cluster CIDR: the host keeps its address on an ipv6 clusterip",
-            tweak: |s| s.node.cluster_cidrs.retain(|c| c.is_ipv4()),
+            tweak: |s| s.node.cluster_cidrs.retain(ipnetwork::IpNetwork::is_ipv4),
             packet: tcp("[fd00:18::10]:40000", "[fd00:96::10]:80"),
             entry: Entry::FromHost,
             expected: forward("web", ClusterIp, &["[fd00:244:1::5]:8080"], SourceSeen::Client),

@@ -546,13 +546,13 @@ impl EbpfDataplane {
         let objects = self.objects.as_mut().ok_or(Error::FullSyncRequired)?;
         let maps = &mut objects.maps;
         let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        let entries = ct_entries(maps)?;
-        let by_key: BTreeMap<CtKey, CtEntry> = entries.iter().copied().collect();
+        // One copy of the table (a map: the pairing below looks keys up).
+        let by_key: BTreeMap<CtKey, CtEntry> = ct_entries(maps)?.into_iter().collect();
         let mut report = GcReport::default();
         // A set: one key is never deleted twice in a pass.
         let mut remove = BTreeSet::new();
         let mut orphans = Vec::new();
-        for (k, v) in &entries {
+        for (k, v) in &by_key {
             // DSR entries stand alone: the ingress node's forward entry never sees a reply,
             // the backend node's reverse entry has no forward partner.
             let dsr = v.flags & CT_F_DSR != 0;
@@ -1098,6 +1098,11 @@ impl Dataplane for EbpfDataplane {
     fn reset(&mut self) -> Result<(), Error> {
         let netns = self.config.netns.clone();
         netns::in_netns(netns.as_deref(), || self.detach_all(false))?;
+        // Without loaded objects (a failed load, an earlier reset) detach_all did nothing, but
+        // a marker of an earlier process may still say that we turned lo's accept_local on:
+        // turn it off before the marker goes with the directory.
+        let pin_dir = self.config.pin_dir.clone();
+        netns::in_netns(netns.as_deref(), || loopback::restore(&pin_dir))?;
         self.objects = None;
         self.current = None;
         self.applied = None;

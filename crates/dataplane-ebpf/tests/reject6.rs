@@ -207,6 +207,21 @@ fn reject_bytes_over_ipv6_and_ipv4() {
         "seq = the segment's ack"
     );
     assert_eq!(tcp[13], 0x04, "RST alone");
+    // A segment carrying RST is never answered (RFC 9293 3.10.7.1): dropped, unchanged.
+    for flags in [0x04u8, 0x14] {
+        let rst = eth()
+            .ip("fd00:244::5", "fd00:96::15")
+            .tcp(52004, 80, flags)
+            .build();
+        let rejected = stat(&dp, "rejected");
+        let run = dp.run_packet(Hook::FromPod, &rst, 1).expect("run");
+        assert_eq!(
+            run.verdict, 2,
+            "a RST (flags {flags:#x}) is dropped (TC_ACT_SHOT)"
+        );
+        assert_eq!(hex(&run.output), hex(&rst), "and not turned into a reply");
+        assert_eq!(stat(&dp, "rejected"), rejected, "no reject counted");
+    }
 
     let input = eth()
         .ip("fd00:244::5", "fd00:96::15")

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use dataplane_core::{
     eligible_backends, source_range_allow_list, BackendSelection, ChangeSet, DesiredState,
     Eligible, ExternalMode, IpFamily, Node, ObjectName, Protocol, Service, ServicePort,
-    SessionAffinity, TrafficKind, TrafficPolicy,
+    SessionAffinity, Skipped, TrafficKind, TrafficPolicy,
 };
 use ipnetwork::IpNetwork;
 
@@ -239,45 +239,58 @@ pub struct Support {
     pub maglev: bool,
 }
 
-/// Refuses states that need what netfilter cannot express.
-pub fn check_supported(state: &DesiredState, support: Support) -> Result<(), NetfilterError> {
-    let unsupported = |feature: &str, object: String| NetfilterError::Unsupported {
-        backend: support.backend,
-        feature: feature.to_owned(),
-        object,
-    };
+/// Refuses states that need what netfilter cannot express safely (network policy: left out,
+/// its pods would be open to everyone) and lists what it serves in a lesser way instead of
+/// refusing the node (issue 15: one unsupported feature must not take a whole node down):
+/// DSR and hybrid external modes are served with SNAT (backends see the node address),
+/// Maglev selection where the flavour lacks it with random selection.
+pub fn check_supported(
+    state: &DesiredState,
+    support: Support,
+) -> Result<Vec<Skipped>, NetfilterError> {
     if let Some(p) = state.policies.first() {
-        return Err(unsupported("network policy", format!("policy {}", p.name)));
+        return Err(NetfilterError::Unsupported {
+            backend: support.backend,
+            feature: "network policy".to_owned(),
+            object: format!("policy {}", p.name),
+        });
     }
+    let mut skipped = Vec::new();
     for s in &state.services {
+        let object = || format!("service {}", s.name);
         if s.backend_selection == BackendSelection::Maglev && !support.maglev {
-            return Err(unsupported(
-                "Maglev backend selection",
-                format!("service {}", s.name),
-            ));
+            skipped.push(Skipped {
+                object: object(),
+                field: "backendSelection".to_owned(),
+                feature: "Maglev backend selection".to_owned(),
+                reason: "served with random selection".to_owned(),
+            });
         }
         let external = !s.external_ips.is_empty()
             || !s.load_balancer_ips.is_empty()
             || s.ports.iter().any(|p| p.node_port.is_some());
-        if external {
-            match s.effective_external_mode(&state.node) {
-                ExternalMode::Snat => {}
-                ExternalMode::Dsr => {
-                    return Err(unsupported(
-                        "direct server return (DSR)",
-                        format!("service {}", s.name),
-                    ))
-                }
-                ExternalMode::Hybrid => {
-                    return Err(unsupported(
-                        "hybrid DSR/SNAT external mode",
-                        format!("service {}", s.name),
-                    ))
-                }
+        // Only `Cluster` services forward external traffic to other nodes (DSR's case).
+        if external && s.external_traffic_policy == TrafficPolicy::Cluster {
+            let feature = match s.effective_external_mode(&state.node) {
+                ExternalMode::Snat => None,
+                ExternalMode::Dsr => Some("direct server return (DSR)"),
+                ExternalMode::Hybrid => Some("hybrid DSR/SNAT external mode (DSR for TCP)"),
+            };
+            if let Some(feature) = feature {
+                skipped.push(Skipped {
+                    object: object(),
+                    field: "externalMode".to_owned(),
+                    feature: feature.to_owned(),
+                    reason: "external traffic served with SNAT: backends see the node address"
+                        .to_owned(),
+                });
             }
         }
     }
-    Ok(())
+    for skip in &skipped {
+        tracing::warn!(backend = support.backend, %skip, "not programmed as asked");
+    }
+    Ok(skipped)
 }
 
 /// Builds the plan of a (validated, supported) state.

@@ -196,10 +196,12 @@ fn a_broken_apply_changes_nothing() {
     assert_eq!(ruleset(&lab), before);
     common::lab::web_backends(&lab, 1);
 
-    let mut maglev = old.clone();
-    maglev.services[0].backend_selection = BackendSelection::Maglev;
+    // What the flavour cannot enforce safely (network policy) is refused before anything
+    // runs.
+    let mut policy = old.clone();
+    policy.policies.push(common::deny_all_policy());
     dp.set_fail_transactions(false);
-    let err = dp.apply(&maglev).unwrap_err();
+    let err = dp.apply(&policy).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     assert_eq!(ruleset(&lab), before);
 
@@ -219,6 +221,24 @@ fn a_broken_apply_changes_nothing() {
         80,
     );
     assert!(!ruleset(&lab).contains(&web_chain));
+
+    // What it serves in a lesser way does not take the node down (issue 15 item 9): Maglev
+    // is served with random selection, and the report says so.
+    let mut maglev = old.clone();
+    maglev.services[0].backend_selection = BackendSelection::Maglev;
+    let report = dp.apply(&maglev).unwrap();
+    assert_eq!(
+        report
+            .skipped
+            .iter()
+            .map(|s| (s.object.as_str(), s.field.as_str()))
+            .collect::<Vec<_>>(),
+        [("service default/web", "backendSelection")],
+        "{report:?}"
+    );
+    assert_eq!(common::lab::web_backends(&lab, 1).len(), 1);
+    let report = dp.apply_changes(&diff(&maglev, &old)).unwrap();
+    assert!(report.skipped.is_empty(), "{report:?}");
     dp.reset().unwrap();
 }
 

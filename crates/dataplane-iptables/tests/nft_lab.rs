@@ -318,11 +318,12 @@ fn a_broken_apply_changes_nothing() {
     assert_eq!(ruleset(&lab), before);
     common::lab::web_backends(&lab, 1);
 
-    // Unsupported input is refused before anything runs.
-    let mut dsr = old.clone();
-    dsr.services[0].external_mode = Some(ExternalMode::Dsr);
+    // What the flavour cannot enforce safely (network policy) is refused before anything
+    // runs.
+    let mut policy = old.clone();
+    policy.policies.push(common::deny_all_policy());
     dp.set_fail_transactions(false);
-    let err = dp.apply(&dsr).unwrap_err();
+    let err = dp.apply(&policy).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     assert_eq!(ruleset(&lab), before);
 
@@ -345,6 +346,34 @@ fn a_broken_apply_changes_nothing() {
     let report = dp.apply_changes(&diff(&new, &old)).unwrap();
     assert!(!report.full_sync);
     assert!(ruleset(&lab).contains("default/web/"));
+
+    // What it serves in a lesser way does not take the node down (issue 15 item 9): a DSR
+    // service with external frontends is served with SNAT, and the report says so, from a
+    // full and from an incremental apply; the rest of the node keeps working.
+    let mut dsr = old.clone();
+    let with_frontends = dsr
+        .services
+        .iter_mut()
+        .find(|s| !s.load_balancer_ips.is_empty())
+        .expect("a service with a LoadBalancer IP");
+    with_frontends.external_traffic_policy = dataplane_core::TrafficPolicy::Cluster;
+    with_frontends.external_mode = Some(ExternalMode::Dsr);
+    let name = format!("service {}", with_frontends.name);
+    for report in [
+        dp.apply_changes(&diff(&old, &dsr)).unwrap(),
+        dp.apply(&dsr).unwrap(),
+    ] {
+        assert_eq!(
+            report
+                .skipped
+                .iter()
+                .map(|s| (s.object.as_str(), s.field.as_str()))
+                .collect::<Vec<_>>(),
+            [(name.as_str(), "externalMode")],
+            "{report:?}"
+        );
+    }
+    assert_eq!(common::lab::web_backends(&lab, 1).len(), 1);
     dp.reset().unwrap();
 }
 

@@ -397,7 +397,10 @@ mod parity {
         // A family without cluster CIDRs has no local detector in kube-proxy: no client is
         // marked for being outside them (not `dnat-clusterip`, whose set would be empty).
         state.node.masquerade.all_services = false;
-        state.node.cluster_cidrs.retain(|c| c.is_ipv6());
+        state
+            .node
+            .cluster_cidrs
+            .retain(ipnetwork::IpNetwork::is_ipv6);
         let rs = compile_state(&state, "dataplane").unwrap();
         let svc = rules(&rs, "svc-v4-default/lb/tcp/80");
         assert!(

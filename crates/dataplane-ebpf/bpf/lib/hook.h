@@ -126,8 +126,10 @@ static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p, int c
 		 * delivered on this node, which is right only when the new destination is local
 		 * too (a host-network backend). Anything else (no route, too big for the way out)
 		 * would reach no one here. */
-		if (ctx == CTX_TO_LO && ret != BPF_FIB_LKUP_RET_NOT_FWDED)
+		if (ctx == CTX_TO_LO && ret != BPF_FIB_LKUP_RET_NOT_FWDED) {
+			stat_inc(STAT_DROPPED);
 			return TC_ACT_SHOT;
+		}
 		return TC_ACT_OK;
 	}
 	if (ctx == CTX_TO_LO)

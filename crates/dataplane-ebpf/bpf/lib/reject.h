@@ -296,6 +296,12 @@ static __always_inline int reject_tcp_v6(struct __sk_buff *skb, const struct pkt
 
 static __noinline int reject(struct __sk_buff *skb, const struct pkt *p, int ctx)
 {
+	/* RFC 9293 3.10.7.1: a segment carrying RST is never answered with one (nor with an ICMP
+	 * error): it is dropped. */
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCPF_RST)) {
+		stat_inc(STAT_DROPPED);
+		return TC_ACT_SHOT;
+	}
 	if (p->proto == IPPROTO_TCP)
 		return p->family == DP_AF_INET ? reject_tcp_v4(skb, p, ctx)
 					       : reject_tcp_v6(skb, p, ctx);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use dataplane_core::{
     validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
-    ObservedFrontend, ObservedState, Protocol, Stats,
+    ObservedFrontend, ObservedState, Protocol, Skipped, Stats,
 };
 
 use crate::config::NetfilterConfig;
@@ -167,7 +167,7 @@ impl IptablesDataplane {
         }
     }
 
-    fn check(&self, desired: &DesiredState) -> Result<(), NetfilterError> {
+    fn check(&self, desired: &DesiredState) -> Result<Vec<Skipped>, NetfilterError> {
         if self.config.name.is_empty() || self.config.name.len() > MAX_PREFIX_LEN {
             return Err(NetfilterError::Unsupported {
                 backend: BACKEND,
@@ -189,7 +189,7 @@ impl IptablesDataplane {
     }
 
     fn sync(&mut self, desired: &DesiredState, full: bool) -> Result<ApplyReport, NetfilterError> {
-        self.check(desired)?;
+        let skipped = self.check(desired)?;
         let prefix = self.config.name.clone();
         let families = [Family::V4, Family::V6];
         let new = families.map(|f| digests(desired, &prefix, f));
@@ -248,7 +248,7 @@ impl IptablesDataplane {
             services_changed: desired.services.len(),
             services_removed: 0,
             objects_written: written,
-            skipped: Vec::new(),
+            skipped,
             warnings: dataplane_core::warnings(desired),
         })
     }
@@ -356,6 +356,21 @@ impl Dataplane for IptablesDataplane {
             .count();
         report.services_changed = changes.services.len() - removed;
         report.services_removed = removed;
+        // An incremental apply reports about the changed services only (the trait's contract).
+        let current: Vec<&dataplane_core::Service> = changes
+            .services
+            .values()
+            .filter_map(|c| c.current.as_ref())
+            .collect();
+        report.warnings = current
+            .iter()
+            .flat_map(|s| dataplane_core::service_warnings(&desired.node, s))
+            .collect();
+        let objects: Vec<String> = current
+            .iter()
+            .map(|s| format!("service {}", s.name))
+            .collect();
+        report.skipped.retain(|skip| objects.contains(&skip.object));
         Ok(report)
     }
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use dataplane_core::{
     validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
-    Incremental, Node, ObjectName, ObservedState, Protocol, Stats, Validator,
+    Incremental, Node, ObjectName, ObservedState, Protocol, Skipped, Stats, Validator,
 };
 
 use crate::config::NetfilterConfig;
@@ -91,12 +91,12 @@ impl NftablesDataplane {
         Ok(render_full(&rs))
     }
 
-    fn check(desired: &DesiredState) -> Result<(), NetfilterError> {
+    fn check(desired: &DesiredState) -> Result<Vec<Skipped>, NetfilterError> {
         validate(desired)?;
         Self::check_supported(desired)
     }
 
-    fn check_supported(desired: &DesiredState) -> Result<(), NetfilterError> {
+    fn check_supported(desired: &DesiredState) -> Result<Vec<Skipped>, NetfilterError> {
         check_supported(
             desired,
             Support {
@@ -180,7 +180,7 @@ impl NftablesDataplane {
     fn full_sync(&mut self, desired: &DesiredState) -> Result<ApplyReport, NetfilterError> {
         // Validates in full, as `check` does, and keeps the claims for partial syncs.
         let validator = Validator::new(desired)?;
-        Self::check_supported(desired)?;
+        let skipped = Self::check_supported(desired)?;
         let rs = compile_state(desired, &self.config.name)?;
         // Into a table that holds no service yet (nothing can be disturbed), the backend and
         // hairpin elements, most of a big ruleset, go in a netlink batch of their own after
@@ -242,7 +242,7 @@ impl NftablesDataplane {
             services_changed: desired.services.len(),
             services_removed: 0,
             objects_written,
-            skipped: Vec::new(),
+            skipped,
             warnings: dataplane_core::warnings(desired),
         };
         self.applied = Some((desired.node.clone(), rs));
@@ -404,7 +404,7 @@ impl Dataplane for NftablesDataplane {
             .values()
             .filter_map(|c| c.current.clone())
             .collect();
-        Self::check_supported(&touched)?;
+        let skipped = Self::check_supported(&touched)?;
         let planned = changed_ports(&touched, changes);
         let patch = compile_patch(
             rs,
@@ -422,7 +422,7 @@ impl Dataplane for NftablesDataplane {
             services_changed: changes.services.len() - removed,
             services_removed: removed,
             objects_written: 0,
-            skipped: Vec::new(),
+            skipped,
             warnings: changes
                 .services
                 .values()

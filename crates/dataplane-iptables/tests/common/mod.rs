@@ -4,9 +4,21 @@
 use std::net::IpAddr;
 
 use dataplane_core::{
-    Backend, DesiredState, ExternalMode, Interfaces, Masquerade, Node, ObjectName, PortRange,
-    Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
+    Backend, DesiredState, ExternalMode, Interfaces, LabelSelector, Masquerade, Node, ObjectName,
+    Policy, PolicyType, PortRange, Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
 };
+
+/// A NetworkPolicy denying all ingress to every pod of `default`: what the netfilter
+/// backends refuse as a whole (left out, its pods would be open to everyone).
+pub fn deny_all_policy() -> Policy {
+    Policy {
+        name: ObjectName::new("default", "deny-all"),
+        pod_selector: LabelSelector::default(),
+        policy_types: vec![PolicyType::Ingress],
+        ingress: Vec::new(),
+        egress: Vec::new(),
+    }
+}
 
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
