@@ -327,15 +327,18 @@ mod parity {
         assert_eq!(ext.len(), 4, "{ext:?}");
         assert_eq!(ext[0], "-m addrtype --src-type LOCAL -j DP-MARK-MASQ");
         assert!(ext[1].starts_with("-m addrtype --src-type LOCAL -g DP-SEL-"));
-        assert_eq!(ext[2], format!("! -i eth0 -g {}", sel(&ext[1])));
+        // This node's pods, told by its pod CIDR (not by an interface).
+        assert_eq!(ext[2], format!("-s 10.244.0.0/24 -g {}", sel(&ext[1])));
         assert!(ext[3].starts_with("-g DP-SEL-") && sel(&ext[3]) != sel(&ext[1]));
         state.node.masquerade.all_services = true;
         let v4 = compile(&plan(&state), Family::V4, "DP");
         let ext = chain(&v4, "EXT").unwrap();
-        assert_eq!(ext.len(), 3, "{ext:?}");
-        assert_eq!(ext[0], "! -i eth0 -j DP-MARK-MASQ");
-        assert!(ext[1].starts_with("! -i eth0 -g DP-SEL-"));
-        assert!(ext[2].starts_with("-g DP-SEL-"));
+        assert_eq!(ext.len(), 5, "{ext:?}");
+        assert_eq!(ext[0], "-m addrtype --src-type LOCAL -j DP-MARK-MASQ");
+        assert!(ext[1].starts_with("-m addrtype --src-type LOCAL -g DP-SEL-"));
+        assert_eq!(ext[2], "-s 10.244.0.0/24 -j DP-MARK-MASQ");
+        assert_eq!(ext[3], format!("-s 10.244.0.0/24 -g {}", sel(&ext[1])));
+        assert!(ext[4].starts_with("-g DP-SEL-"));
         state.services[0].external_traffic_policy = TrafficPolicy::Cluster;
         let v4 = compile(&plan(&state), Family::V4, "DP");
         let ext = chain(&v4, "EXT").unwrap();

@@ -328,7 +328,8 @@ mod parity {
             "{ext:?}"
         );
         assert!(
-            ext[1].starts_with("iifname != \"eth0\" meta mark set numgen random mod 2 offset 0x0"),
+            ext[1]
+                .starts_with("ip saddr @pod-cidrs-v4 meta mark set numgen random mod 2 offset 0x0"),
             "{ext:?}"
         );
         assert!(
@@ -338,15 +339,20 @@ mod parity {
         state.node.masquerade.all_services = true;
         let rs = compile_state(&state, "dataplane").unwrap();
         let ext = rules(&rs, "ext-v4-default/lb/tcp/80");
-        assert_eq!(ext.len(), 2, "{ext:?}");
+        assert_eq!(ext.len(), 3, "{ext:?}");
         assert!(
             ext[0].starts_with(
-                "counter iifname != \"eth0\" meta mark set numgen random mod 2 offset 0x8"
+                "counter fib saddr type local meta mark set numgen random mod 2 offset 0x8"
             ),
             "{ext:?}"
         );
         assert!(
-            ext[1].starts_with("meta mark set numgen random mod 1 offset 0x0"),
+            ext[1]
+                .starts_with("ip saddr @pod-cidrs-v4 meta mark set numgen random mod 2 offset 0x8"),
+            "{ext:?}"
+        );
+        assert!(
+            ext[2].starts_with("meta mark set numgen random mod 1 offset 0x0"),
             "{ext:?}"
         );
         // externalTrafficPolicy Cluster: one masqueraded rule for everyone.

@@ -11,7 +11,7 @@
 //!     DP-SVC: internalTrafficPolicy for every client; ! -s clusterCIDR (all: --masquerade-all)
 //!             ─▶ DP-MARK-MASQ
 //!     DP-EXT: Cluster: DP-MARK-MASQ; Local: addrtype LOCAL ─▶ masq + cluster-wide,
-//!             ! -i uplink (this node's pods) ─▶ cluster-wide, the rest by the policy
+//!             -s <pod CIDR> (this node's pods) ─▶ cluster-wide, the rest by the policy
 //!     DP-FW:  -s <allowed> ─▶ DP-EXT (ranges, LB IPs when a range holds the node), else drop
 //!     DP-SVC/EXT ─▶ DP-SEL-* (statistic random; recent for ClientIP affinity) ─▶ DP-SEP-* (DNAT)
 //!     no backend: mark 0x10000 (reject), no local backend / not in ranges: mark 0x8000 (drop)
@@ -22,8 +22,8 @@
 //!
 //! Beyond kube-proxy's iptables mode: the drop of unallocated service addresses (its nftables
 //! mode's `cluster-ips-check`), and pods short-circuiting an externalTrafficPolicy Local
-//! frontend told by their interface rather than by `IfLocal` (the reference model treats a
-//! pod of another node that comes in on the uplink as an outside client).
+//! frontend told by this node's pod CIDRs (NodeCIDR local detection) rather than by the
+//! cluster CIDRs (the reference model treats a pod of another node as an outside client).
 //!
 //! Everything after the first packet of a connection is conntrack's job. Per-packet cost grows
 //! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.
@@ -243,7 +243,6 @@ pub(crate) fn compile_port(
 ) {
     let key = format!("{}-{}", pp.family.suffix(), pp.key());
     let proto = proto_name(pp.protocol);
-    let uplink = &node.uplink;
     let m = |dport: u16| format!("-p {proto} -m {proto} --dport {dport}");
     let comment = |what: &str| format!("-m comment --comment \"{} {what}\"", pp.key());
 
@@ -292,18 +291,19 @@ pub(crate) fn compile_port(
             rules.push(format!("-j {p}-MARK-MASQ"));
         } else {
             let cluster = choose("cluster", &pp.cluster, nat);
-            if node.masquerade_services {
-                // --masquerade-all: this node's pods and the node alike.
-                rules.push(format!("! -i {uplink} -j {p}-MARK-MASQ"));
-            } else {
-                // kube-proxy: "masquerade LOCAL traffic", "route LOCAL traffic".
-                rules.push(format!("-m addrtype --src-type LOCAL -j {p}-MARK-MASQ"));
-                rules.push(format!("-m addrtype --src-type LOCAL -g {cluster}"));
+            // kube-proxy: "masquerade LOCAL traffic", "route LOCAL traffic".
+            rules.push(format!("-m addrtype --src-type LOCAL -j {p}-MARK-MASQ"));
+            rules.push(format!("-m addrtype --src-type LOCAL -g {cluster}"));
+            // kube-proxy's "pod traffic for ... external destinations" (`IfLocal`): this
+            // node's pods, told by its pod CIDRs (NodeCIDR local detection), as the reference
+            // model does (a pod of another node, a client on another interface: outside
+            // clients under the policy); masqueraded too with allServices.
+            for cidr in of_family(&node.pod_cidrs, pp.family) {
+                if node.masquerade_services {
+                    rules.push(format!("-s {cidr} -j {p}-MARK-MASQ"));
+                }
+                rules.push(format!("-s {cidr} -g {cluster}"));
             }
-            // kube-proxy's "pod traffic for ... external destinations" (`IfLocal`); pods
-            // told by the interface, as the reference model does (a pod of another node
-            // comes from the uplink and is an outside client).
-            rules.push(format!("! -i {uplink} -g {cluster}"));
         }
         rules.push(format!("-g {external}"));
         nat.insert(ext.clone(), rules);

@@ -10,7 +10,7 @@
 //!   svc-v4-<ns>/<name>/<proto>/<port>   ClusterIP: internalTrafficPolicy, every client
 //!   ext-v4-…   NodePort / ExternalIP / LoadBalancer: Cluster: masquerade, cluster-wide;
 //!              Local: `fib saddr type local` (the node) cluster-wide + masquerade,
-//!              `iifname != uplink` (this node's pods) cluster-wide, the rest by the policy
+//!              `saddr @pod-cidrs` (this node's pods) cluster-wide, the rest by the policy
 //!   fw-v4-…    LoadBalancer IPs with loadBalancerSourceRanges of this family:
 //!              saddr != { ranges, LB IPs if a range holds a node address } drop; goto ext-v4-…
 //!       └─ meta mark set numgen random mod N offset K goto dnat-v4
@@ -35,10 +35,10 @@
 //! - The firewall chain is reached from the frontend's own `service-ips` element (in the nat
 //!   chains, which see pods, the node and outside clients alike), not from a second
 //!   `firewall-ips` vmap in a filter chain: one lookup per new connection, not two.
-//! - Pods short-circuiting an externalTrafficPolicy Local frontend are told by the interface
-//!   (not the uplink), not by kube-proxy's `IfLocal` (source in the cluster CIDRs): the
-//!   reference model treats a pod of another node that reaches this node's NodePort as an
-//!   outside client. With `masquerade.allServices` those pods are masqueraded too (the
+//! - Pods short-circuiting an externalTrafficPolicy Local frontend are told by this node's pod
+//!   CIDRs (kube-proxy's NodeCIDR local detection), not by its default `IfLocal` on the
+//!   cluster CIDRs: the reference model treats a pod of another node that reaches this node's
+//!   NodePort as an outside client. With `masquerade.allServices` those pods are masqueraded too (the
 //!   reference model's rule; kube-proxy's `--masquerade-all` marks only ClusterIP traffic).
 //! - Services without endpoints reject (or drop) from their own chain in the nat hooks rather
 //!   than from kube-proxy's `no-endpoint-services` vmap in the filter hooks.
@@ -554,7 +554,6 @@ fn compile_external(
     let fs = p.family.suffix();
     let key = p.key();
     let ip = ip_kw(p.family);
-    let uplink = &node.uplink;
     let chain: Arc<str> = format!("ext-{fs}-{key}").into();
     let mut rules = Vec::new();
     if p.external_masquerade {
@@ -562,39 +561,34 @@ fn compile_external(
         // are masqueraded alike (`jump mark-for-masquerade`), so one rule serves them all.
         ctx.render("", "external", &p.external, Masq::Yes, &mut rules, svc)?;
     } else {
-        if node.masquerade_services {
-            // --masquerade-all: the node and this node's pods alike, cluster-wide, masqueraded.
-            ctx.render(
-                &format!("iifname != \"{uplink}\""),
-                "cluster",
-                &p.cluster,
-                Masq::Yes,
-                &mut rules,
-                svc,
-            )?;
+        // kube-proxy's "masquerade local traffic" + "short-circuit local traffic": the node
+        // itself, cluster-wide, masqueraded.
+        ctx.render(
+            "fib saddr type local",
+            "cluster",
+            &p.cluster,
+            Masq::Yes,
+            &mut rules,
+            svc,
+        )?;
+        // kube-proxy's "short-circuit pod traffic": this node's pods, cluster-wide, keeping
+        // their address (masqueraded too with allServices). kube-proxy tells pods by
+        // `IfLocal`; here by this node's pod CIDRs (its NodeCIDR local detection), as the
+        // reference model does: a pod of another node reaching this node's NodePort is an
+        // outside client under the policy, and so is a client on another interface.
+        let pods = if node.masquerade_services {
+            Masq::Yes
         } else {
-            // kube-proxy's "masquerade local traffic" + "short-circuit local traffic".
-            ctx.render(
-                "fib saddr type local",
-                "cluster",
-                &p.cluster,
-                Masq::Yes,
-                &mut rules,
-                svc,
-            )?;
-            // kube-proxy's "short-circuit pod traffic". It tells pods by `IfLocal` (source in
-            // the cluster CIDR); here by the interface, as the reference model does: a pod of
-            // another node reaching this node's NodePort comes from the uplink and is an
-            // outside client under the policy.
-            ctx.render(
-                &format!("iifname != \"{uplink}\""),
-                "cluster",
-                &p.cluster,
-                Masq::No,
-                &mut rules,
-                svc,
-            )?;
-        }
+            Masq::No
+        };
+        ctx.render(
+            &format!("{ip} saddr @pod-cidrs-{fs}"),
+            "cluster",
+            &p.cluster,
+            pods,
+            &mut rules,
+            svc,
+        )?;
         ctx.render("", "external", &p.external, Masq::No, &mut rules, svc)?;
     }
     svc.chains.insert(Arc::clone(&chain), with_counter(rules));
