@@ -54,6 +54,11 @@ pub enum Client {
     External(usize),
     /// Node `n`'s own (host network) namespace.
     Host(usize),
+    /// Node `n`'s namespace sending from the row's destination address (a LoadBalancer IP or
+    /// ExternalIP), which the runner configures on the node's `lo` for the row: a node that
+    /// holds the address locally, whose requests to it loop back with it as their source
+    /// (kube-proxy's `allowFromNode` case).
+    HostFromFrontend(usize),
 }
 
 /// What the probes are sent to.
@@ -867,6 +872,22 @@ fn resolve(lab: &Lab, case: &Case, services: &[Service]) -> Result<Resolved, Str
             let ip = fam(node.name.clone(), node.address(family))?;
             (node.netns.clone(), ip, n, Entry::FromHost, None)
         }
+        Client::HostFromFrontend(n) => {
+            let node = lab.try_node(n).map_err(|e| e.to_string())?;
+            if !matches!(
+                case.destination,
+                Destination::LoadBalancer { .. } | Destination::ExternalIp { .. }
+            ) {
+                return Err("a node sends from a LoadBalancer IP or ExternalIP only".to_owned());
+            }
+            (
+                node.netns.clone(),
+                destination.ip(),
+                n,
+                Entry::FromHost,
+                None,
+            )
+        }
         Client::External(k) => {
             let ext = lab.try_external(k).map_err(|e| e.to_string())?;
             let ip = fam(ext.name.clone(), ext.address(family))?;
@@ -1084,6 +1105,8 @@ fn run_case(
                 traffic.push(format!("route {cidr} via node {}: {e}", resolved.ingress));
             }
         }
+        // A node sending from a frontend address holds it on its lo for the row.
+        let on_lo = frontend_on_lo(lab, case, &resolved, &mut traffic);
         // A packet to an unallocated service address must not leave the node.
         let leak_watch = (case.destination == Destination::UnallocatedServiceIp)
             .then(|| LeakWatch::new(lab, resolved.destination.ip()))
@@ -1101,6 +1124,9 @@ fn run_case(
         if let Some(Err(e)) = leak_watch.map(|w| w.check()) {
             traffic.push(e);
         }
+        if let Some((n, cidr)) = on_lo {
+            traffic.extend(frontend_off_lo(lab, n, cidr));
+        }
         if let Some((k, cidr)) = resolved.route {
             if let Err(e) = lab.unroute(k, cidr) {
                 traffic.push(format!("remove route {cidr}: {e}"));
@@ -1112,6 +1138,43 @@ fn run_case(
     } else {
         RowOutcome::Failed { table, traffic }
     }
+}
+
+/// For a [`Client::HostFromFrontend`] row (and nothing failed so far): configures the
+/// client's address (the frontend) on the node's `lo`; returns the node and the address.
+fn frontend_on_lo(
+    lab: &Lab,
+    case: &Case,
+    resolved: &Resolved,
+    traffic: &mut Vec<String>,
+) -> Option<(usize, IpNetwork)> {
+    let Client::HostFromFrontend(n) = case.client else {
+        return None;
+    };
+    if !traffic.is_empty() {
+        return None;
+    }
+    let cidr = IpNetwork::from(resolved.client_ip);
+    match lab
+        .node(n)
+        .netns
+        .ip_batch(&[format!("addr add {cidr} dev lo")])
+    {
+        Ok(()) => Some((n, cidr)),
+        Err(e) => {
+            traffic.push(format!("address {cidr} on node {n}'s lo: {e}"));
+            None
+        }
+    }
+}
+
+/// Undoes [`frontend_on_lo`].
+fn frontend_off_lo(lab: &Lab, n: usize, cidr: IpNetwork) -> Option<String> {
+    let lines = [format!("addr del {cidr} dev lo")];
+    let result = lab.node(n).netns.ip_batch(&lines);
+    result
+        .err()
+        .map(|e| format!("remove {cidr} from node {n}'s lo: {e}"))
 }
 
 /// An nftables counter, in the lab's underlay namespace, of packets for one address that a
@@ -1252,9 +1315,15 @@ fn send_probes(
         Expect::Drop => (1, options.drop_wait),
         Expect::Reject => (1, options.timeout),
     };
-    let source = case
-        .client_port
-        .map(|port| SocketAddr::new(unspecified(case.family), port));
+    let source = match case.client {
+        Client::HostFromFrontend(_) => Some(SocketAddr::new(
+            resolved.client_ip,
+            case.client_port.unwrap_or(0),
+        )),
+        _ => case
+            .client_port
+            .map(|port| SocketAddr::new(unspecified(case.family), port)),
+    };
     let dst = resolved.destination;
     for n in 0..count {
         let started = std::time::Instant::now();
@@ -2194,7 +2263,7 @@ fn port_reuse_row(
 /// proxiers (pkg/proxy/{nftables,iptables}/proxier.go) and their packet-flow tests.
 #[allow(clippy::too_many_lines)]
 fn parity_cases() -> Vec<Case> {
-    use Client::{External, Host, Pod};
+    use Client::{External, Host, HostFromFrontend, Pod};
     use Expect::{Backends, Drop, Reject};
     let mut cases = Vec::new();
     let families = [IpFamily::V4, IpFamily::V6];
@@ -2407,7 +2476,7 @@ fn parity_cases() -> Vec<Case> {
     let lb = |node: usize, service: &str| Destination::load_balancer(node, service, TCP_PORT);
     let v4 = IpFamily::V4;
     let v6 = IpFamily::V6;
-    let range_rows: [RangeRow; 17] = [
+    let range_rows: [RangeRow; 20] = [
         (
             "ranges: allowed outside client",
             ranges_v4_only,
@@ -2559,6 +2628,33 @@ fn parity_cases() -> Vec<Case> {
             Pod(2),
             1,
             v4,
+            None,
+        ),
+        (
+            "ranges with node addresses: the node holding the LB IP, from it",
+            ranges_with_nodes,
+            "lbn",
+            HostFromFrontend(0),
+            0,
+            v4,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges without node addresses: the node holding the LB IP, from it",
+            ranges_v4_only,
+            "lbr",
+            HostFromFrontend(0),
+            0,
+            v4,
+            None,
+        ),
+        (
+            "ranges with node addresses: the node holding the ipv6 LB IP, from it",
+            ranges_with_nodes,
+            "lbn",
+            HostFromFrontend(0),
+            0,
+            v6,
             None,
         ),
     ];
