@@ -22,7 +22,7 @@
 //!
 //! Beyond kube-proxy's iptables mode: the drop of unallocated service addresses (its nftables
 //! mode's `cluster-ips-check`), and pods short-circuiting an externalTrafficPolicy Local
-//! frontend told by this node's pod CIDRs (NodeCIDR local detection) rather than by the
+//! frontend told by this node's pod CIDRs (`NodeCIDR` local detection) rather than by the
 //! cluster CIDRs (the reference model treats a pod of another node as an outside client).
 //!
 //! Everything after the first packet of a connection is conntrack's job. Per-packet cost grows
@@ -295,7 +295,7 @@ pub(crate) fn compile_port(
             rules.push(format!("-m addrtype --src-type LOCAL -j {p}-MARK-MASQ"));
             rules.push(format!("-m addrtype --src-type LOCAL -g {cluster}"));
             // kube-proxy's "pod traffic for ... external destinations" (`IfLocal`): this
-            // node's pods, told by its pod CIDRs (NodeCIDR local detection), as the reference
+            // node's pods, told by its pod CIDRs (`NodeCIDR` local detection), as the reference
             // model does (a pod of another node, a client on another interface: outside
             // clients under the policy); masqueraded too with allServices.
             for cidr in of_family(&node.pod_cidrs, pp.family) {

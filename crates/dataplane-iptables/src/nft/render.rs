@@ -36,7 +36,7 @@
 //!   chains, which see pods, the node and outside clients alike), not from a second
 //!   `firewall-ips` vmap in a filter chain: one lookup per new connection, not two.
 //! - Pods short-circuiting an externalTrafficPolicy Local frontend are told by this node's pod
-//!   CIDRs (kube-proxy's NodeCIDR local detection), not by its default `IfLocal` on the
+//!   CIDRs (kube-proxy's `NodeCIDR` local detection), not by its default `IfLocal` on the
 //!   cluster CIDRs: the reference model treats a pod of another node that reaches this node's
 //!   NodePort as an outside client. With `masquerade.allServices` those pods are masqueraded too (the
 //!   reference model's rule; kube-proxy's `--masquerade-all` marks only ClusterIP traffic).

@@ -628,6 +628,14 @@ pub fn services_without_policies(lab: &Lab) -> DesiredState {
 /// sync; after each the table holds with real traffic.
 pub fn parity_changes(lab: &Lab, dp: &mut dyn Dataplane) {
     use dataplane_core::{diff, Error};
+    // The rows check what a *new* connection gets. Netfilter keeps an existing flow's
+    // translation across a change (as it should), and a UDP probe of one phase that picks the
+    // ephemeral port of an earlier phase's probe would reuse that flow: each phase starts with
+    // an empty conntrack table.
+    let run = |lab: &Lab, state: &DesiredState, dp: &dyn Dataplane| {
+        flush_conntrack(lab);
+        run(lab, state, dp);
+    };
     let before = services_without_policies(lab);
     let report = dp.apply(&before).expect("apply");
     // The ClusterIP outside the service CIDRs is programmed, with a warning.
@@ -642,6 +650,16 @@ pub fn parity_changes(lab: &Lab, dp: &mut dyn Dataplane) {
         .apply_changes(&diff(&before, &after))
         .expect("apply_changes");
     assert!(!report.full_sync, "{report:?}");
+    run(lab, &after, dp);
+    // And back, incrementally: source ranges removed (firewall chains gone, LB IPs straight
+    // to their services), traffic policies back to Cluster; then forward again.
+    let report = dp
+        .apply_changes(&diff(&after, &before))
+        .expect("apply_changes back");
+    assert!(!report.full_sync, "{report:?}");
+    run(lab, &before, dp);
+    dp.apply_changes(&diff(&before, &after))
+        .expect("apply_changes again");
     run(lab, &after, dp);
     let mut all = after.clone();
     all.node.masquerade.all_services = true;
@@ -693,7 +711,25 @@ pub fn parity_changes(lab: &Lab, dp: &mut dyn Dataplane) {
         ),
         Verdict::Drop
     ));
+    flush_conntrack(lab);
     run_rows(lab, &cidr, dp, rows);
+}
+
+/// Empties every lab node's connection tracking table (`conntrack -F`, from the `conntrack`
+/// package that `scripts/dev setup` installs).
+pub fn flush_conntrack(lab: &Lab) {
+    for node in lab.nodes() {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", node.netns.name(), "conntrack", "-F"])
+            .output()
+            .expect("ip netns exec conntrack -F (the conntrack package)");
+        assert!(
+            out.status.success(),
+            "conntrack -F in {}: {}",
+            node.netns.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// ClientIP affinity: many new connections from one client reach one backend.
