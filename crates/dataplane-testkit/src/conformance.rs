@@ -1133,11 +1133,54 @@ fn run_case(
             }
         }
     }
+    if !traffic.is_empty() {
+        traffic.extend(diagnostics(&*planes[resolved.ingress], resolved.client_ip));
+    }
     if table.is_empty() && traffic.is_empty() {
         RowOutcome::Passed { probes, answered }
     } else {
         RowOutcome::Failed { table, traffic }
     }
+}
+
+/// What the ingress node's backend says after a traffic failure, for whoever reads the
+/// report: its non-zero counters and its tracked flows of the client.
+fn diagnostics(plane: &dyn Dataplane, client: IpAddr) -> Vec<String> {
+    let mut out = Vec::new();
+    match plane.stats() {
+        Ok(stats) => {
+            let counters: Vec<String> = stats
+                .other
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            out.push(format!("ingress node counters: {}", counters.join(" ")));
+        }
+        Err(e) => out.push(format!("ingress node counters: {}", error_chain(&e))),
+    }
+    match plane.flows() {
+        Ok(flows) => {
+            let mine: Vec<String> = flows
+                .iter()
+                .filter(|f| f.client.ip() == client)
+                .map(|f| {
+                    format!(
+                        "{} {} -> {} -> {}",
+                        f.protocol, f.client, f.frontend, f.backend
+                    )
+                })
+                .collect();
+            out.push(format!(
+                "ingress node flows of the client ({} of {}): {}",
+                mine.len(),
+                flows.len(),
+                mine.join("; ")
+            ));
+        }
+        Err(e) => out.push(format!("ingress node flows: {}", error_chain(&e))),
+    }
+    out
 }
 
 /// For a [`Client::HostFromFrontend`] row (and nothing failed so far): configures the
