@@ -1227,13 +1227,13 @@ fn frontend_off_lo(lab: &Lab, n: usize, cidr: IpNetwork) -> Option<String> {
 /// without `br_netfilter`. A node's own egress hooks (a TC program on the uplink, say) come
 /// before the router, so a packet they drop is not counted. Removed on drop.
 struct LeakWatch {
-    underlay: String,
+    underlay: NetNs,
     table: String,
 }
 
 impl LeakWatch {
     fn new(lab: &Lab, addr: IpAddr) -> Result<Self, String> {
-        let underlay = lab.underlay().name().to_owned();
+        let underlay = lab.underlay().clone();
         let table = format!("dptk_leak_{}", std::process::id());
         let ipx = if addr.is_ipv4() { "ip" } else { "ip6" };
         let script = format!(
@@ -1241,7 +1241,9 @@ impl LeakWatch {
              add chain bridge {table} watch {{ type filter hook input priority -300; }}\n\
              add rule bridge {table} watch {ipx} daddr {addr} counter\n"
         );
-        nft_in(&underlay, &["-f", "-"], Some(&script))?;
+        underlay
+            .exec_checked("nft", &["-f", "-"], Some(&script))
+            .map_err(|e| e.to_string())?;
         Ok(LeakWatch { underlay, table })
     }
 
@@ -1257,11 +1259,15 @@ impl LeakWatch {
 
     /// Packets counted so far.
     fn packets(&self) -> Result<u64, String> {
-        let out = nft_in(
-            &self.underlay,
-            &["list", "chain", "bridge", &self.table, "watch"],
-            None,
-        )?;
+        let out = self
+            .underlay
+            .exec_checked(
+                "nft",
+                &["list", "chain", "bridge", &self.table, "watch"],
+                None,
+            )
+            .map_err(|e| e.to_string())?;
+        let out = String::from_utf8_lossy(&out.stdout);
         out.split_whitespace()
             .skip_while(|w| *w != "packets")
             .nth(1)
@@ -1272,41 +1278,10 @@ impl LeakWatch {
 
 impl Drop for LeakWatch {
     fn drop(&mut self) {
-        let _ = nft_in(
-            &self.underlay,
-            &["delete", "table", "bridge", &self.table],
-            None,
-        );
+        let _ =
+            self.underlay
+                .exec_checked("nft", &["delete", "table", "bridge", &self.table], None);
     }
-}
-
-/// Runs `nft args` in the named namespace, `input` on its standard input.
-fn nft_in(netns: &str, args: &[&str], input: Option<&str>) -> Result<String, String> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "nft"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("nft {args:?} in {netns}: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.unwrap_or("").as_bytes())
-            .map_err(|e| format!("nft {args:?} in {netns}: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("nft {args:?} in {netns}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "nft {args:?} in {netns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Why the row cannot run against this backend in this lab, if it cannot.

@@ -57,6 +57,20 @@ impl NetNs {
         })
     }
 
+    /// Runs `program args...` inside the namespace with `stdin` as its input, failing
+    /// unless it exits 0.
+    pub fn exec_checked<S: AsRef<str>>(
+        &self,
+        program: &str,
+        args: &[S],
+        stdin: Option<&str>,
+    ) -> Result<Output, LabError> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd.args(args.iter().map(AsRef::as_ref));
+        checked(cmd, stdin)
+    }
+
     /// Runs `f` on a new thread that has entered the namespace and returns its result.
     ///
     /// Sockets created by `f` belong to the namespace for their whole life, even after the

@@ -719,16 +719,9 @@ pub fn parity_changes(lab: &Lab, dp: &mut dyn Dataplane) {
 /// package that `scripts/dev setup` installs).
 pub fn flush_conntrack(lab: &Lab) {
     for node in lab.nodes() {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", node.netns.name(), "conntrack", "-F"])
-            .output()
-            .expect("ip netns exec conntrack -F (the conntrack package)");
-        assert!(
-            out.status.success(),
-            "conntrack -F in {}: {}",
-            node.netns.name(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = node.netns.exec_checked("conntrack", &["-F"], None) {
+            panic!("conntrack -F (the conntrack package): {e}");
+        }
     }
 }
 
