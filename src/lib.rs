@@ -6,6 +6,11 @@
 
 pub use dataplane_core::*;
 
+mod open;
+pub use open::{
+    monotonic_now, open, DataplaneKind, OpenError, Opened, Options, Selection, UnknownKind,
+};
+
 /// The eBPF backend (TC and XDP programs loaded with aya).
 #[cfg(feature = "ebpf")]
 pub use dataplane_ebpf as ebpf;

@@ -1,28 +1,40 @@
 //! The [`Dataplane`] trait: one declarative, idempotent surface that every backend implements.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::diff::ChangeSet;
+use crate::diff::{diff, ChangeSet};
 use crate::model::{DesiredState, ObjectName, Protocol};
 use crate::validate::ValidationError;
 
-/// A node networking backend.
+/// A node networking dataplane: the kernel programming of one node's Services, NAT and policy.
 ///
-/// `apply` is a full sync; `apply_changes` applies a [`ChangeSet`] computed by
-/// [`crate::diff()`]. Both validate first: a rejected apply changes nothing in the kernel.
-/// After any failed apply the next `apply_changes` must behave like a full sync (backends
-/// remember this and return [`Error::FullSyncRequired`] or fall back on their own). A backend
-/// that keeps no copy of the state may also answer a change that needs all of it (a change of
-/// the node) with [`Error::FullSyncRequired`]; it then changes nothing.
+/// Every implementation (eBPF, nftables, iptables, the in-memory fake) has the same contract:
+///
+/// - **Declarative and idempotent.** [`apply`](Dataplane::apply) makes the kernel match the
+///   whole desired state (a full sync); applying the same state twice changes nothing the
+///   second time. [`apply_changes`](Dataplane::apply_changes) applies a [`ChangeSet`] computed
+///   by [`diff()`] from the last applied state. [`sync`](Dataplane::sync) does both for you: it
+///   diffs, applies incrementally and falls back to a full sync when the backend asks for one.
+/// - **Validated first.** A state that fails validation, needs a missing capability or does
+///   not fit a capacity is refused ([`Error::Invalid`], [`Error::Unsupported`],
+///   [`Error::CapacityExceeded`]) and the kernel is left exactly as it was.
+/// - **After a failure, full.** After any failed apply the next `apply_changes` answers
+///   [`Error::FullSyncRequired`] (or falls back on its own); `sync` handles this. A backend that
+///   keeps no copy of the state may also answer a change that needs all of it (a change of the
+///   node) with `FullSyncRequired`; it then changes nothing.
+/// - **Maintained.** Some backends need periodic work (the eBPF backend expires its own
+///   connection tracking): call [`maintain`](Dataplane::maintain) every
+///   [`maintenance_interval`](Dataplane::maintenance_interval).
 pub trait Dataplane {
-    /// What this backend can program.
+    /// What this dataplane can program.
     fn capabilities(&self) -> Capabilities;
     /// Makes the kernel match `desired` (full sync).
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error>;
-    /// Applies an incremental change set.
+    /// Applies an incremental change set, computed by [`diff()`] from the state applied last.
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error>;
     /// Reads back what is programmed.
     fn observe(&self) -> Result<ObservedState, Error>;
@@ -30,8 +42,64 @@ pub trait Dataplane {
     fn flows(&self) -> Result<Vec<Flow>, Error>;
     /// Counters.
     fn stats(&self) -> Result<Stats, Error>;
-    /// Removes everything this backend installed.
+    /// Removes everything this dataplane installed.
     fn reset(&mut self) -> Result<(), Error>;
+
+    /// Moves the kernel from `previous` (the state this dataplane applied last, `None` when
+    /// there is none) to `desired`: a [`diff()`] applied with
+    /// [`apply_changes`](Dataplane::apply_changes), and a full [`apply`](Dataplane::apply)
+    /// when there is no previous state or the backend answers [`Error::FullSyncRequired`]
+    /// (after a failure, after a restart, or for a change it can only make with the whole
+    /// state). Any other error is returned as is; keep `previous` then, and the next `sync`
+    /// is full because the backend remembers the failure.
+    fn sync(
+        &mut self,
+        previous: Option<&DesiredState>,
+        desired: &DesiredState,
+    ) -> Result<ApplyReport, Error> {
+        let Some(previous) = previous else {
+            return self.apply(desired);
+        };
+        match self.apply_changes(&diff(previous, desired)) {
+            Err(Error::FullSyncRequired) => self.apply(desired),
+            other => other,
+        }
+    }
+
+    /// Periodic work: garbage collection of expired connections and session-affinity
+    /// entries, and whatever else the backend needs over time. `now` is the time on
+    /// `CLOCK_MONOTONIC` (the clock BPF's `bpf_ktime_get_ns` reads); the facade's
+    /// `monotonic_now()` returns it. Call it every
+    /// [`maintenance_interval`](Dataplane::maintenance_interval); calling it more often is
+    /// harmless. The default does nothing.
+    fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
+        let _ = now;
+        Ok(MaintenanceReport::default())
+    }
+
+    /// How often [`maintain`](Dataplane::maintain) should run; `None` when this dataplane
+    /// needs no periodic work (the kernel's conntrack expires its own entries).
+    fn maintenance_interval(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A dataplane that can move to another thread: what the facade's factory returns.
+pub type BoxDataplane = Box<dyn Dataplane + Send>;
+
+/// What a [`Dataplane::maintain`] call did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceReport {
+    /// Connections expired.
+    pub flows_expired: u64,
+    /// Session-affinity entries expired.
+    pub affinity_expired: u64,
+    /// Connections still tracked after the run, when the backend counts them.
+    pub flows_remaining: Option<u64>,
+    /// Backend-specific counts by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, u64>,
 }
 
 /// What a backend can do. A state that needs a missing capability is refused with
@@ -39,8 +107,8 @@ pub trait Dataplane {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Capabilities {
-    /// Backend name, e.g. `ebpf`, `nftables`, `iptables`.
-    pub backend: String,
+    /// The dataplane's name, e.g. `ebpf`, `nftables`, `iptables`, `fake`.
+    pub dataplane: String,
     /// Protocols the backend load-balances.
     pub protocols: BTreeSet<Protocol>,
     /// IPv6 services.
@@ -71,9 +139,12 @@ pub struct Capabilities {
 pub struct ApplyReport {
     /// Whether this was a full sync.
     pub full_sync: bool,
-    /// Services added or changed.
+    /// Services of the desired state that this apply added or changed, compared with what
+    /// the dataplane had programmed before it: all of them on the first apply, none when a
+    /// full sync finds everything as it was. The same on every dataplane.
     pub services_changed: usize,
-    /// Services removed.
+    /// Services that were programmed before this apply and are gone now. The same on every
+    /// dataplane.
     pub services_removed: usize,
     /// Backend-specific count of kernel objects written (map entries, rules, ...).
     pub objects_written: usize,
@@ -192,10 +263,10 @@ pub enum Error {
     #[error("invalid desired state: {0}")]
     Invalid(#[from] ValidationError),
     /// The state needs something the backend cannot do; nothing was changed.
-    #[error("{backend} backend does not support {feature} (needed by {object})")]
+    #[error("the {dataplane} dataplane does not support {feature} (needed by {object})")]
     Unsupported {
-        /// Backend name.
-        backend: String,
+        /// The dataplane's name ([`Capabilities::dataplane`]).
+        dataplane: String,
         /// The missing capability.
         feature: String,
         /// The object that needs it.
@@ -217,10 +288,10 @@ pub enum Error {
     #[error("a full sync is required before incremental changes")]
     FullSyncRequired,
     /// The kernel (or a tool the backend drives) refused an operation.
-    #[error("{backend}: {operation} failed")]
+    #[error("{dataplane}: {operation} failed")]
     Kernel {
-        /// Backend name.
-        backend: String,
+        /// The dataplane's name ([`Capabilities::dataplane`]).
+        dataplane: String,
         /// What was being done.
         operation: String,
         /// The cause.

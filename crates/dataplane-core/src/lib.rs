@@ -14,8 +14,8 @@ pub mod synthetic;
 pub mod validate;
 
 pub use dataplane::{
-    ApplyReport, Capabilities, Dataplane, Error, Flow, ObservedFrontend, ObservedState, Skipped,
-    Stats, Warning,
+    ApplyReport, BoxDataplane, Capabilities, Dataplane, Error, Flow, MaintenanceReport,
+    ObservedFrontend, ObservedState, Skipped, Stats, Warning,
 };
 pub use diff::{diff, service_index, Change, ChangeSet, ServiceIndex};
 pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};

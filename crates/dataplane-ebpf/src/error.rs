@@ -97,7 +97,7 @@ impl From<EbpfError> for dataplane_core::Error {
     fn from(e: EbpfError) -> Self {
         let operation = e.to_string();
         dataplane_core::Error::Kernel {
-            backend: crate::plan::BACKEND.to_owned(),
+            dataplane: crate::plan::BACKEND.to_owned(),
             operation,
             source: Box::new(e),
         }

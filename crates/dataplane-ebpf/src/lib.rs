@@ -910,7 +910,7 @@ impl Dataplane for EbpfDataplane {
             .as_ref()
             .map_or(&self.config.capacities, |o| &o.capacities);
         Capabilities {
-            backend: BACKEND.to_owned(),
+            dataplane: BACKEND.to_owned(),
             protocols: [Protocol::Tcp, Protocol::Udp].into_iter().collect(),
             ipv6: true,
             maglev: true,

@@ -95,7 +95,7 @@ pub(crate) fn check_changes_supported(changes: &ChangeSet) -> Result<(), Error> 
 
 fn unsupported(feature: &str, object: String) -> Error {
     Error::Unsupported {
-        backend: BACKEND.to_owned(),
+        dataplane: BACKEND.to_owned(),
         feature: feature.to_owned(),
         object,
     }
@@ -233,7 +233,7 @@ fn slots_for(
                 })
                 .collect();
             let table = maglev_table(&mb, maglev_size).map_err(|e| Error::Kernel {
-                backend: BACKEND.to_owned(),
+                dataplane: BACKEND.to_owned(),
                 operation: format!("building the maglev table of service {}", service.name),
                 source: Box::new(e),
             })?;

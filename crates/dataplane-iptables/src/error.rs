@@ -100,7 +100,7 @@ impl From<NetfilterError> for Error {
                 feature,
                 object,
             } => Error::Unsupported {
-                backend: backend.to_owned(),
+                dataplane: backend.to_owned(),
                 feature,
                 object,
             },
@@ -124,7 +124,7 @@ impl From<NetfilterError> for Error {
                     _ => String::new(),
                 };
                 Error::Kernel {
-                    backend,
+                    dataplane: backend,
                     operation,
                     source: Box::new(other),
                 }

@@ -575,7 +575,7 @@ pub fn run_with(
     let mut planes: Vec<Box<dyn Dataplane>> = lab.nodes().iter().map(&mut *factory).collect();
     let caps = planes.first().map(|p| p.capabilities()).unwrap_or_default();
     let mut report = Report {
-        backend: caps.backend.clone(),
+        backend: caps.dataplane.clone(),
         rows: Vec::new(),
     };
     let mut single_answers: BTreeMap<String, String> = BTreeMap::new();
@@ -599,7 +599,7 @@ pub fn run_with(
             outcome,
         };
         if options.verbose {
-            eprint!("{}", OneRow(&caps.backend, &row));
+            eprint!("{}", OneRow(&caps.dataplane, &row));
         }
         report.rows.push(row);
     }
@@ -1296,7 +1296,7 @@ fn skip_reason(lab: &Lab, case: &Case, caps: &Capabilities) -> Option<String> {
     if !missing.is_empty() {
         skip.push(format!(
             "backend {:?} lacks {}",
-            caps.backend,
+            caps.dataplane,
             missing.join(", ")
         ));
     }
@@ -2131,7 +2131,7 @@ pub fn run_port_reuse(
     let mut planes: Vec<Box<dyn Dataplane>> = lab.nodes().iter().map(&mut *factory).collect();
     let caps = planes.first().map(|p| p.capabilities()).unwrap_or_default();
     let mut report = Report {
-        backend: caps.backend.clone(),
+        backend: caps.dataplane.clone(),
         rows: Vec::new(),
     };
     let mut client_port = 42_100;
@@ -2156,7 +2156,7 @@ pub fn run_port_reuse(
                 }
             };
             let row = RowReport { name, outcome };
-            eprint!("{}", OneRow(&caps.backend, &row));
+            eprint!("{}", OneRow(&caps.dataplane, &row));
             report.rows.push(row);
         }
     }

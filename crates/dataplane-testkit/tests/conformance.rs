@@ -50,7 +50,7 @@ impl Dataplane for NullDataplane {
 
 fn null_caps() -> Capabilities {
     Capabilities {
-        backend: "null".to_owned(),
+        dataplane: "null".to_owned(),
         ..Capabilities::default()
     }
 }
@@ -214,7 +214,7 @@ fn a_backend_that_does_not_deliver_fails_its_rows() {
     let (made, applies) = (Arc::default(), Arc::default());
     // Claims TCP and UDP load balancing but programs nothing.
     let mut claims = null_caps();
-    claims.backend = "liar".to_owned();
+    claims.dataplane = "liar".to_owned();
     claims.protocols = [Protocol::Tcp, Protocol::Udp].into_iter().collect();
     let cases: Vec<Case> = standard_cases()
         .into_iter()

@@ -323,7 +323,7 @@ fn word_after<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
 impl Dataplane for IptablesDataplane {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            backend: BACKEND.to_owned(),
+            dataplane: BACKEND.to_owned(),
             protocols: BTreeSet::from([Protocol::Tcp, Protocol::Udp, Protocol::Sctp]),
             ipv6: true,
             maglev: false,

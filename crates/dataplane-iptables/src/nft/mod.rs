@@ -359,7 +359,7 @@ fn frontends(rs: &NftRuleset) -> BTreeMap<(SocketAddr, Protocol), ObjectName> {
 impl Dataplane for NftablesDataplane {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            backend: BACKEND.to_owned(),
+            dataplane: BACKEND.to_owned(),
             protocols: BTreeSet::from([Protocol::Tcp, Protocol::Udp, Protocol::Sctp]),
             ipv6: true,
             maglev: true,

@@ -495,7 +495,7 @@ pub fn run_rows(lab: &Lab, state: &DesiredState, dp: &dyn Dataplane, rows: Vec<R
         if let Some(missing) = capability_missing(&row, &caps) {
             eprintln!(
                 "SKIPPED row {:?}: {} backend lacks {missing}",
-                row.name, caps.backend
+                row.name, caps.dataplane
             );
             continue;
         }
