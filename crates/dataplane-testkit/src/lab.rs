@@ -40,7 +40,9 @@ use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use dataplane_core::{Endpoint, Interfaces, IpFamily, Masquerade, Node, ObjectName, PortRange};
+use dataplane_core::{
+    Backend, Endpoint, Interfaces, IpFamily, Masquerade, Node, ObjectName, PortRange,
+};
 use ipnetwork::IpNetwork;
 
 use crate::netns::{self, NetNs};
@@ -244,6 +246,24 @@ impl LabPod {
     /// The pod address of `family`, if the lab has that family.
     pub fn address(&self, family: Family) -> Option<IpAddr> {
         pick(&self.addresses, family)
+    }
+
+    /// The pod as a workload of its node's [`DesiredState`](dataplane_core::DesiredState):
+    /// namespace `default`, the pod name, label `app=<pod name>`, its host-side veth and
+    /// addresses. A caller that runs its own workloads in the pod renames and relabels it.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            name: ObjectName::new(POD_NAMESPACE, &self.name),
+            interface: self.host_interface.clone(),
+            ips: self.addresses.clone(),
+            labels: std::iter::once(("app".to_owned(), self.name.clone())).collect(),
+            namespace_labels: std::iter::once((
+                "kubernetes.io/metadata.name".to_owned(),
+                POD_NAMESPACE.to_owned(),
+            ))
+            .collect(),
+            named_ports: Vec::new(),
+        }
     }
 }
 
@@ -696,20 +716,19 @@ impl Lab {
     /// addresses). Panics if there is no node `i`.
     pub fn endpoints(&self, i: usize) -> Vec<Endpoint> {
         let _ = self.node(i);
-        self.pods_on(i)
-            .map(|p| Endpoint {
-                name: ObjectName::new(POD_NAMESPACE, &p.name),
-                interface: p.host_interface.clone(),
-                ips: p.addresses.clone(),
-                labels: std::iter::once(("app".to_owned(), p.name.clone())).collect(),
-                namespace_labels: std::iter::once((
-                    "kubernetes.io/metadata.name".to_owned(),
-                    POD_NAMESPACE.to_owned(),
-                ))
-                .collect(),
-                named_ports: Vec::new(),
-            })
-            .collect()
+        self.pods_on(i).map(LabPod::endpoint).collect()
+    }
+
+    /// Pod `pod` as a service backend: its address of `family`, ready, with its node's name
+    /// (so the node it runs on sees it as node-local).
+    pub fn backend(&self, pod: usize, family: Family) -> Result<Backend, LabError> {
+        let p = self.try_pod(pod)?;
+        let ip = p.address(family).ok_or_else(|| LabError::NoIpv6 {
+            what: format!("backend address of {}", p.name),
+        })?;
+        let mut backend = Backend::new(ip);
+        backend.node_name = Some(self.node(p.node).name.as_str().into());
+        Ok(backend)
     }
 
     /// Node `i`'s model with its endpoints and no services. Panics if there is no node `i`.
