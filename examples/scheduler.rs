@@ -1,9 +1,11 @@
 //! A toy custom scheduler that embeds `dataplane`: it places workloads on the two nodes of a
 //! testkit lab, builds each node's desired state from its placement, programs node-0 with the
 //! eBPF dataplane and node-1 with nftables, and checks with real TCP and UDP that a Service's
-//! ClusterIP reaches its workloads wherever they run. Then it moves the only workload of one
-//! Service to the other node and checks that traffic follows it, and that nothing reaches the
-//! old place.
+//! ClusterIP reaches its workloads wherever they run, from pods on both nodes and from
+//! outside through either node. Then it moves the only workload of one Service to the other
+//! node: until the nodes are re-synced the probes are refused at the old place (so they do
+//! tell a stale dataplane from a current one); after the re-sync every probe reaches the
+//! workload on its new node and none the old place. Any other outcome is an error.
 //!
 //! ```text
 //!   external-0 --(10.96.0.0/12 via node-0)--+            +--(via node-1)-- external-1
@@ -211,12 +213,20 @@ impl<'lab> Scheduler<'lab> {
         Ok(state)
     }
 
-    /// The answers a probe to `service` may get: its replicas, where they run now.
-    fn expected(&self, service: &str) -> BTreeSet<String> {
-        self.placements
-            .iter()
-            .filter(|p| p.workload.service == Some(service))
-            .map(Placement::answer)
+    /// What probes to each Service may get: its replicas, where they run now.
+    fn expectations(&self) -> Vec<Expectation> {
+        SERVICES
+            .into_iter()
+            .map(|(service, cluster_ip)| Expectation {
+                service,
+                cluster_ip,
+                answers: self
+                    .placements
+                    .iter()
+                    .filter(|p| p.workload.service == Some(service))
+                    .map(Placement::answer)
+                    .collect(),
+            })
             .collect()
     }
 }
@@ -277,17 +287,41 @@ impl fmt::Display for Tally {
     }
 }
 
-/// Probes every Service from every client, prints who answered, and returns what went wrong:
-/// any answer other than a current replica (a stopped one, a refusal, a timeout).
+/// What probes to one Service's ClusterIP may get.
+struct Expectation {
+    service: &'static str,
+    cluster_ip: &'static str,
+    /// Answering workloads (`<name>@<node>`), or [`REFUSED`].
+    answers: BTreeSet<String>,
+}
+
+/// How a refused probe is counted.
+const REFUSED: &str = "(refused)";
+
+fn outcome_name(outcome: &ProbeOutcome) -> String {
+    match outcome {
+        ProbeOutcome::Answered { backend, .. } => backend.clone(),
+        ProbeOutcome::Refused => REFUSED.to_owned(),
+        ProbeOutcome::Unreachable => "(unreachable)".to_owned(),
+        ProbeOutcome::Timeout => "(timeout)".to_owned(),
+    }
+}
+
+/// Probes each Service from every client, prints what happened, and returns what went wrong:
+/// any outcome that is not expected (a replica somewhere else, a refusal, a timeout).
 fn check_traffic(
-    scheduler: &Scheduler<'_>,
     clients: &[Client<'_>],
+    expectations: &[Expectation],
 ) -> Result<Vec<String>, BoxError> {
     let mut wrong = Vec::new();
-    for (service, cluster_ip) in SERVICES {
-        let expected = scheduler.expected(service);
+    for Expectation {
+        service,
+        cluster_ip,
+        answers: expected,
+    } in expectations
+    {
         println!(
-            "  {service} ({cluster_ip}:80) runs on: {}",
+            "  {service} ({cluster_ip}:80), expected: {}",
             expected.iter().cloned().collect::<Vec<_>>().join(", ")
         );
         let destination = SocketAddr::new(cluster_ip.parse::<IpAddr>()?, 80);
@@ -296,11 +330,7 @@ fn check_traffic(
                 let mut tally = Tally::default();
                 for _ in 0..PROBES {
                     let outcome = probe(client.netns, destination, protocol, PROBE_TIMEOUT)?;
-                    let answer = match &outcome {
-                        ProbeOutcome::Answered { backend, .. } => backend.clone(),
-                        other => format!("({other:?})").to_lowercase(),
-                    };
-                    *tally.0.entry(answer).or_default() += 1;
+                    *tally.0.entry(outcome_name(&outcome)).or_default() += 1;
                 }
                 println!("    {:<34} {protocol}: {tally}", client.label);
                 if tally.0.keys().any(|answer| !expected.contains(answer)) {
@@ -442,20 +472,35 @@ fn scenario(
         });
     }
     println!("\ntraffic to the ClusterIPs ({PROBES} probes per client and protocol):");
-    let mut wrong = check_traffic(scheduler, &clients)?;
+    let mut wrong = check_traffic(&clients, &scheduler.expectations())?;
 
-    let moving = "cache-1";
+    let (moving, service) = ("cache-1", "cache");
     println!("\nthe scheduler drains {moving} from its node and places it again elsewhere:");
     let (w, from) = scheduler.evict(moving)?;
     scheduler.place(w, Some(from))?;
+    // The nodes still have the old placement: the only backend of the Service is the old
+    // place, where nothing listens any more. This also shows that the probes tell a stale
+    // dataplane from an up-to-date one.
+    println!("\nbefore the nodes are told, {service} traffic still goes to the old place:");
+    let stale: Vec<Expectation> = scheduler
+        .expectations()
+        .into_iter()
+        .filter(|e| e.service == service)
+        .map(|e| Expectation {
+            answers: std::iter::once(REFUSED.to_owned()).collect(),
+            ..e
+        })
+        .collect();
+    wrong.extend(check_traffic(&clients, &stale)?);
+    println!("\nre-syncing both nodes:");
     sync_all(scheduler, agents)?;
     println!("\ntraffic after the move:");
-    let after = check_traffic(scheduler, &clients)?;
+    let after = scheduler.expectations();
     let old_place = answer_name(moving, from);
-    if scheduler.expected("cache").contains(&old_place) {
+    if after.iter().any(|e| e.answers.contains(&old_place)) {
         wrong.push(format!("{moving} did not move off node-{from}"));
     }
-    wrong.extend(after);
+    wrong.extend(check_traffic(&clients, &after)?);
     if wrong.is_empty() {
         println!(
             "  every probe reached the workloads where they run now; none reached {old_place}"
