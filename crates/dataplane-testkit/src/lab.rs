@@ -853,6 +853,39 @@ mod tests {
     }
 
     #[test]
+    fn pods_as_backends_and_endpoints() {
+        if !crate::require_root("pods_as_backends_and_endpoints") {
+            return;
+        }
+        let lab = Lab::new(LabSpec {
+            nodes: 2,
+            pods_per_node: 1,
+            external_clients: 0,
+            ipv6: false,
+        })
+        .unwrap();
+        let backend = lab.backend(1, Family::V4).unwrap();
+        assert_eq!(backend.ip, pod_v4(1, 0));
+        assert!(backend.is_local_to(&lab.node_state(1)));
+        assert!(!backend.is_local_to(&lab.node_state(0)));
+        assert!(matches!(
+            lab.backend(1, Family::V6),
+            Err(LabError::NoIpv6 { .. })
+        ));
+        assert!(matches!(
+            lab.backend(2, Family::V4),
+            Err(LabError::NoSuch {
+                what: "pod",
+                index: 2,
+                count: 2
+            })
+        ));
+        let endpoint = lab.pod(1).endpoint();
+        assert_eq!(endpoint.interface, "vp1");
+        assert_eq!(lab.endpoints(1), vec![endpoint]);
+    }
+
+    #[test]
     fn spec_limits_are_checked() {
         let spec = LabSpec {
             nodes: 0,
