@@ -20,7 +20,7 @@
 use crate::model::DesiredState;
 
 /// The parser's or serialiser's own error, boxed so that no foreign crate's type is part of
-/// this crate's API (a new serde_json or serde-saphyr release is then no breaking change here).
+/// this crate's API (a new `serde_json` or `serde-saphyr` release is then no breaking change here).
 type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A document that could not be parsed or written.

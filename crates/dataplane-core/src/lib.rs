@@ -5,6 +5,7 @@
 
 pub mod dataplane;
 pub mod diff;
+pub mod fake;
 pub mod format;
 pub mod health;
 pub mod maglev;
@@ -18,6 +19,7 @@ pub use dataplane::{
     ObservedFrontend, ObservedState, Skipped, Stats, Warning,
 };
 pub use diff::{diff, service_index, Change, ChangeSet, ServiceIndex};
+pub use fake::FakeDataplane;
 pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};
 pub use health::{health_check, health_checks, HealthCheck};
 pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};
