@@ -15,7 +15,7 @@
 //!     backends: [{ ip: 10.244.1.5, nodeName: node-a }]
 //! ```
 //!
-//! Parsing checks syntax and types only; call [`crate::validate`] for semantics.
+//! Parsing checks syntax and types only; call [`crate::validate()`] for semantics.
 
 use crate::model::DesiredState;
 

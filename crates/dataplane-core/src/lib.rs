@@ -2,6 +2,9 @@
 //! [`Dataplane`] trait.
 //!
 //! Pure: no syscalls, no clock, no runtime. Time and randomness are arguments.
+//!
+//! [`FakeDataplane`] is an in-memory [`Dataplane`] for tests of code that drives one.
+#![warn(missing_docs)]
 
 pub mod dataplane;
 pub mod diff;
@@ -11,6 +14,9 @@ pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod reference;
+// Public for the benches and the scale tests of other crates (one generator for all of
+// them), not an embedder's API: hidden from the docs, no stability promise.
+#[doc(hidden)]
 pub mod synthetic;
 pub mod validate;
 
