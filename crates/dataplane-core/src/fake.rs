@@ -276,8 +276,9 @@ impl FakeDataplane {
     /// What the programmed state does to `packet` entering at `entry` ([`crate::evaluate`]
     /// on the applied state less what the capabilities lack; [`Verdict::Untouched`] when
     /// nothing is applied). A translated packet is tracked as a [`Flow`] (the first packet of
-    /// a connection picks a backend from the verdict's set by a hash of the packet; later
-    /// packets of it keep that backend, as conntrack does) and counted in [`Dataplane::stats`].
+    /// a connection picks a backend from the verdict's set by a hash of the packet, or of the
+    /// client's address under ClientIP affinity; later packets of it keep that backend, as
+    /// conntrack does) and counted in [`Dataplane::stats`].
     pub fn evaluate(&self, packet: &Packet, entry: &Entry) -> Verdict {
         let mut inner = self.lock();
         let Some(state) = &inner.programmed else {
@@ -286,6 +287,13 @@ impl FakeDataplane {
             };
         };
         let verdict = reference::evaluate(state, packet, entry);
+        let affinity = match &verdict {
+            Verdict::Forward { service, .. } => state
+                .service(service)
+                .is_some_and(|s| s.session_affinity != SessionAffinity::None),
+            _ => false,
+        };
+        let inner = &mut *inner;
         let counters = &mut inner.stats;
         match &verdict {
             Verdict::Forward {
@@ -293,7 +301,7 @@ impl FakeDataplane {
             } => {
                 counters.packets_translated += 1;
                 let key = (packet.protocol, packet.source, packet.destination);
-                if let Some(backend) = pick(packet, backends) {
+                if let Some(backend) = pick(packet, affinity, backends) {
                     inner.flows.entry(key).or_insert_with(|| Flow {
                         protocol: packet.protocol,
                         client: packet.source,
@@ -319,10 +327,16 @@ impl FakeDataplane {
     }
 }
 
-/// A backend out of `backends` for the first packet of a connection: stable for one packet.
-fn pick(packet: &Packet, backends: &BTreeSet<SocketAddr>) -> Option<SocketAddr> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    packet.hash(&mut h);
+/// A backend out of `backends` for the first packet of a connection: a hash of the packet,
+/// or with ClientIP affinity of the client's address and the frontend, so that every
+/// connection of one client picks the same backend (while the set stays the same).
+fn pick(packet: &Packet, affinity: bool, backends: &BTreeSet<SocketAddr>) -> Option<SocketAddr> {
+    let mut h = std::hash::DefaultHasher::new();
+    if affinity {
+        (packet.source.ip(), packet.destination, packet.protocol).hash(&mut h);
+    } else {
+        packet.hash(&mut h);
+    }
     let n = backends.len() as u64;
     if n == 0 {
         return None;

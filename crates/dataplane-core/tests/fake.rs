@@ -668,3 +668,28 @@ fn a_fake_without_ipv6_masquerade_affinity_or_weights_leaves_them_out() {
         }
     );
 }
+
+#[test]
+fn client_ip_affinity_sends_every_connection_of_a_client_to_one_backend() {
+    let mut fake = FakeDataplane::new();
+    let sticky = web().with_session_affinity(dataplane_core::SessionAffinity::client_ip());
+    fake.apply(&state([sticky])).unwrap();
+    let backend_of = |client: &str| {
+        let p = tcp(client, "10.96.0.20:80");
+        fake.evaluate(&p, &Entry::FromUplink);
+        fake.flows()
+            .unwrap()
+            .into_iter()
+            .find(|f| f.client == p.source)
+            .unwrap()
+            .backend
+    };
+    let per_client: BTreeSet<SocketAddr> = (0..32)
+        .map(|i| backend_of(&format!("198.51.100.1:{}", 40000 + i)))
+        .collect();
+    assert_eq!(per_client.len(), 1, "{per_client:?}");
+    let over_clients: BTreeSet<SocketAddr> = (1..=32)
+        .map(|i| backend_of(&format!("198.51.100.{i}:40000")))
+        .collect();
+    assert_eq!(over_clients.len(), 2, "{over_clients:?}");
+}
