@@ -54,7 +54,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -168,8 +168,8 @@ struct Inner {
     validator: Option<Validator>,
     /// An apply failed since the last successful one: the next one must be full.
     failed: bool,
-    apply_faults: Vec<Fault>,
-    maintain_faults: Vec<Fault>,
+    apply_faults: VecDeque<Fault>,
+    maintain_faults: VecDeque<Fault>,
     calls: FakeCalls,
     /// Tracked connections by (protocol, client, frontend).
     flows: BTreeMap<(Protocol, SocketAddr, SocketAddr), Flow>,
@@ -186,8 +186,8 @@ impl Default for Inner {
             services: BTreeMap::new(),
             validator: None,
             failed: false,
-            apply_faults: Vec::new(),
-            maintain_faults: Vec::new(),
+            apply_faults: VecDeque::new(),
+            maintain_faults: VecDeque::new(),
             calls: FakeCalls::default(),
             flows: BTreeMap::new(),
             stats: Stats::default(),
@@ -253,13 +253,13 @@ impl FakeDataplane {
     /// nothing; the next `apply_changes` answers [`Error::FullSyncRequired`]. An
     /// `apply_changes` answered with `FullSyncRequired` leaves the fault queued.
     pub fn fail_next_apply(&self, fault: Fault) {
-        self.lock().apply_faults.push(fault);
+        self.lock().apply_faults.push_back(fault);
     }
 
     /// Makes the next [`Dataplane::maintain`] fail with `fault` (queued like
     /// [`FakeDataplane::fail_next_apply`]).
     pub fn fail_next_maintain(&self, fault: Fault) {
-        self.lock().maintain_faults.push(fault);
+        self.lock().maintain_faults.push_back(fault);
     }
 
     /// What was called so far.
@@ -364,7 +364,7 @@ impl Inner {
         }
     }
 
-    /// What `state` programs on this fake, with what is left out of its node.
+    /// `node` as programmed on this fake, and what of it is left out.
     fn program_node(&self, node: &Node) -> (Node, Vec<Skipped>) {
         let caps = &self.capabilities;
         let mut out = node.clone();
@@ -604,11 +604,10 @@ impl Inner {
 
     /// The next injected apply fault, as the error it stands for.
     fn apply_fault(&mut self, operation: &str) -> Result<(), Error> {
-        if self.apply_faults.is_empty() {
-            return Ok(());
+        match self.apply_faults.pop_front() {
+            Some(fault) => Err(fault.into_error(&self.dataplane(), operation)),
+            None => Ok(()),
         }
-        let fault = self.apply_faults.remove(0);
-        Err(fault.into_error(&self.dataplane(), operation))
     }
 
     fn full_sync(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
@@ -842,8 +841,7 @@ impl Dataplane for FakeDataplane {
         let mut inner = self.lock();
         inner.calls.maintains += 1;
         inner.calls.last_maintain = Some(now);
-        if !inner.maintain_faults.is_empty() {
-            let fault = inner.maintain_faults.remove(0);
+        if let Some(fault) = inner.maintain_faults.pop_front() {
             return Err(fault.into_error(&inner.dataplane(), "maintenance"));
         }
         Ok(MaintenanceReport {
