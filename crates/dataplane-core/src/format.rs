@@ -15,39 +15,75 @@
 //!     backends: [{ ip: 10.244.1.5, nodeName: node-a }]
 //! ```
 //!
-//! Parsing checks syntax and types only; call [`crate::validate`] for semantics.
+//! Parsing checks syntax and types only; call [`crate::validate()`] for semantics.
 
 use crate::model::DesiredState;
 
-/// A document that could not be parsed.
+/// The parser's or serialiser's own error, boxed so that no foreign crate's type is part of
+/// this crate's API (a new `serde_json` or `serde-saphyr` release is then no breaking change here).
+type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A document that could not be parsed or written.
+///
+/// The message is the cause's, on one line, with its location; [`std::error::Error::source`]
+/// returns the cause itself.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FormatError {
     /// YAML syntax or type error, with its location.
-    #[error("yaml: {0}")]
-    Yaml(String),
+    #[error("yaml: {message}")]
+    Yaml {
+        /// What is wrong and where, on one line.
+        message: String,
+        /// The YAML library's error.
+        #[source]
+        source: Cause,
+    },
     /// JSON syntax or type error, with its location.
-    #[error("json: {0}")]
-    Json(#[from] serde_json::Error),
+    #[error("json: {message}")]
+    Json {
+        /// What is wrong and where, on one line.
+        message: String,
+        /// The JSON library's error.
+        #[source]
+        source: Cause,
+    },
+}
+
+impl FormatError {
+    fn yaml(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        FormatError::Yaml {
+            message: one_line(&e.to_string()),
+            source: Box::new(e),
+        }
+    }
+
+    fn json(e: serde_json::Error) -> Self {
+        FormatError::Json {
+            message: one_line(&e.to_string()),
+            source: Box::new(e),
+        }
+    }
 }
 
 /// Parses a YAML document.
 pub fn from_yaml(text: &str) -> Result<DesiredState, FormatError> {
-    serde_saphyr::from_str(text).map_err(|e| FormatError::Yaml(one_line(&e.to_string())))
+    serde_saphyr::from_str(text).map_err(FormatError::yaml)
 }
 
 /// Parses a JSON document.
 pub fn from_json(text: &str) -> Result<DesiredState, FormatError> {
-    Ok(serde_json::from_str(text)?)
+    serde_json::from_str(text).map_err(FormatError::json)
 }
 
 /// Serialises to YAML.
 pub fn to_yaml(state: &DesiredState) -> Result<String, FormatError> {
-    serde_saphyr::to_string(state).map_err(|e| FormatError::Yaml(one_line(&e.to_string())))
+    serde_saphyr::to_string(state).map_err(FormatError::yaml)
 }
 
 /// Serialises to pretty JSON.
 pub fn to_json(state: &DesiredState) -> Result<String, FormatError> {
-    Ok(serde_json::to_string_pretty(state)?)
+    serde_json::to_string_pretty(state).map_err(FormatError::json)
 }
 
 fn one_line(s: &str) -> String {

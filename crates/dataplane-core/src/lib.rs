@@ -2,14 +2,21 @@
 //! [`Dataplane`] trait.
 //!
 //! Pure: no syscalls, no clock, no runtime. Time and randomness are arguments.
+//!
+//! [`FakeDataplane`] is an in-memory [`Dataplane`] for tests of code that drives one.
+#![warn(missing_docs)]
 
 pub mod dataplane;
 pub mod diff;
+pub mod fake;
 pub mod format;
 pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod reference;
+// Public for the benches and the scale tests of other crates (one generator for all of
+// them), not an embedder's API: hidden from the docs, no stability promise.
+#[doc(hidden)]
 pub mod synthetic;
 pub mod validate;
 
@@ -18,6 +25,7 @@ pub use dataplane::{
     ObservedFrontend, ObservedState, Skipped, Stats, Warning,
 };
 pub use diff::{diff, service_index, Change, ChangeSet, ServiceIndex};
+pub use fake::FakeDataplane;
 pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};
 pub use health::{health_check, health_checks, HealthCheck};
 pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};

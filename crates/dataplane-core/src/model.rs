@@ -55,6 +55,33 @@ impl DesiredState {
     pub fn service(&self, name: &ObjectName) -> Option<&Service> {
         self.services.iter().find(|s| &s.name == name)
     }
+
+    /// This state with `service` added.
+    ///
+    /// ```
+    /// use dataplane_core::{DesiredState, Node, ObjectName, Service, ServicePort};
+    /// let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    /// let state = DesiredState::new(Node::new("node-a", [ip("172.18.0.10")]))
+    ///     .with_service(Service::cluster_ip(
+    ///         ObjectName::new("default", "dns"),
+    ///         ip("10.96.0.10"),
+    ///         [ServicePort::udp(53, 53).named("dns"), ServicePort::tcp(53, 53).named("dns-tcp")],
+    ///     ));
+    /// assert_eq!(state.services.len(), 1);
+    /// dataplane_core::validate(&state).unwrap();
+    /// ```
+    #[must_use]
+    pub fn with_service(mut self, service: Service) -> Self {
+        self.services.push(service);
+        self
+    }
+
+    /// This state with `endpoint` (a local workload) added.
+    #[must_use]
+    pub fn with_endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
 }
 
 /// A namespaced Kubernetes object name, written `namespace/name`.
@@ -117,8 +144,108 @@ pub struct Node {
     pub external_mode: ExternalMode,
 }
 
+/// The MTU a [`Node`] has when none is given: Ethernet's 1500, as on most nodes.
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// The uplink a [`Node::new`] names: `eth0`, the first Ethernet interface on most cloud VMs,
+/// kind and the lab's nodes. Set the real one with [`Node::with_uplink`] where it differs
+/// (`ens5`, `enp1s0`, a bond); a dataplane attaches its programs to this interface.
+pub const DEFAULT_UPLINK: &str = "eth0";
+
 fn default_mtu() -> u32 {
-    1500
+    DEFAULT_MTU
+}
+
+impl Node {
+    /// A node named `name` with `addresses` and Kubernetes' defaults for the rest: NodePort
+    /// range 30000-32767, pod masquerade on (not `all`, not `allServices`), MTU
+    /// [`DEFAULT_MTU`], external traffic with SNAT, uplink [`DEFAULT_UPLINK`], and no pod,
+    /// cluster or service CIDRs (set them with the `with_` methods: without cluster CIDRs
+    /// nothing is known to be a pod, as in kube-proxy without a local detector).
+    ///
+    /// ```
+    /// use dataplane_core::{ExternalMode, Node, PortRange};
+    /// let node = Node::new("node-a", ["172.18.0.10".parse()?])
+    ///     .with_pod_cidrs(["10.244.1.0/24".parse()?])
+    ///     .with_cluster_cidrs(["10.244.0.0/16".parse()?])
+    ///     .with_service_cidrs(["10.96.0.0/12".parse()?])
+    ///     .with_uplink("ens5");
+    /// assert_eq!(node.node_port_range, PortRange { start: 30000, end: 32767 });
+    /// assert_eq!((node.mtu, node.external_mode), (1500, ExternalMode::Snat));
+    /// assert!(node.masquerade.enabled);
+    /// assert_eq!(node.interfaces.uplink, "ens5");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new(name: impl Into<String>, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        Self {
+            name: name.into(),
+            addresses: addresses.into_iter().collect(),
+            pod_cidrs: Vec::new(),
+            cluster_cidrs: Vec::new(),
+            service_cidrs: Vec::new(),
+            node_port_range: PortRange::default(),
+            interfaces: Interfaces::new(DEFAULT_UPLINK),
+            masquerade: Masquerade::default(),
+            mtu: DEFAULT_MTU,
+            external_mode: ExternalMode::default(),
+        }
+    }
+
+    /// This node with its uplink interface named `uplink`.
+    #[must_use]
+    pub fn with_uplink(mut self, uplink: impl Into<String>) -> Self {
+        self.interfaces.uplink = uplink.into();
+        self
+    }
+
+    /// This node with its own pod CIDRs set to `cidrs`.
+    #[must_use]
+    pub fn with_pod_cidrs(mut self, cidrs: impl IntoIterator<Item = IpNetwork>) -> Self {
+        self.pod_cidrs = cidrs.into_iter().collect();
+        self
+    }
+
+    /// This node with the cluster's pod CIDRs set to `cidrs`.
+    #[must_use]
+    pub fn with_cluster_cidrs(mut self, cidrs: impl IntoIterator<Item = IpNetwork>) -> Self {
+        self.cluster_cidrs = cidrs.into_iter().collect();
+        self
+    }
+
+    /// This node with the service (ClusterIP) CIDRs set to `cidrs`.
+    #[must_use]
+    pub fn with_service_cidrs(mut self, cidrs: impl IntoIterator<Item = IpNetwork>) -> Self {
+        self.service_cidrs = cidrs.into_iter().collect();
+        self
+    }
+
+    /// This node with NodePorts in `start..=end`.
+    #[must_use]
+    pub fn with_node_port_range(mut self, start: u16, end: u16) -> Self {
+        self.node_port_range = PortRange { start, end };
+        self
+    }
+
+    /// This node with uplink MTU `mtu`.
+    #[must_use]
+    pub fn with_mtu(mut self, mtu: u32) -> Self {
+        self.mtu = mtu;
+        self
+    }
+
+    /// This node with `mode` as the default forwarding of external traffic.
+    #[must_use]
+    pub fn with_external_mode(mut self, mode: ExternalMode) -> Self {
+        self.external_mode = mode;
+        self
+    }
+
+    /// This node with `masquerade` settings.
+    #[must_use]
+    pub fn with_masquerade(mut self, masquerade: Masquerade) -> Self {
+        self.masquerade = masquerade;
+        self
+    }
 }
 
 /// An inclusive port range.
@@ -156,6 +283,15 @@ pub struct Interfaces {
     pub uplink: String,
 }
 
+impl Interfaces {
+    /// The interfaces of a node whose uplink is `uplink`.
+    pub fn new(uplink: impl Into<String>) -> Self {
+        Self {
+            uplink: uplink.into(),
+        }
+    }
+}
+
 /// Source NAT of pod traffic leaving the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -187,6 +323,7 @@ fn yes() -> bool {
 }
 
 impl Default for Masquerade {
+    /// kube-proxy's defaults: pod traffic leaving the cluster is masqueraded, nothing else.
     fn default() -> Self {
         Self {
             enabled: true,
@@ -295,6 +432,126 @@ impl Service {
         }
     }
 
+    /// A service `name` with ClusterIP `ip` and `ports` (targets given by each port), no
+    /// backends yet, and Kubernetes' defaults: no session affinity, `Cluster` traffic
+    /// policies, random backend selection, the node's external mode.
+    ///
+    /// ```
+    /// use dataplane_core::{Backend, ObjectName, Service, ServicePort};
+    /// let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    /// let web = Service::cluster_ip(
+    ///     ObjectName::new("default", "web"),
+    ///     ip("10.96.0.20"),
+    ///     [ServicePort::tcp(80, 8080)],
+    /// )
+    /// .with_backend(Backend::new(ip("10.244.1.5")).on_node("node-a"))
+    /// .with_backend(Backend::new(ip("10.244.2.7")).on_node("node-b"));
+    /// assert_eq!(web.backends.len(), 2);
+    /// ```
+    pub fn cluster_ip(
+        name: ObjectName,
+        ip: IpAddr,
+        ports: impl IntoIterator<Item = ServicePort>,
+    ) -> Self {
+        Self::new(name).with_cluster_ip(ip).with_ports(ports)
+    }
+
+    /// This service with ClusterIP `ip` added (one per address family).
+    #[must_use]
+    pub fn with_cluster_ip(mut self, ip: IpAddr) -> Self {
+        self.cluster_ips.push(ip);
+        self
+    }
+
+    /// This service with ExternalIP `ip` added.
+    #[must_use]
+    pub fn with_external_ip(mut self, ip: IpAddr) -> Self {
+        self.external_ips.push(ip);
+        self
+    }
+
+    /// This service with LoadBalancer ingress IP `ip` added.
+    ///
+    /// ```
+    /// use dataplane_core::{ObjectName, Service, ServicePort, TrafficPolicy};
+    /// let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    /// let lb = Service::cluster_ip(ObjectName::new("shop", "front"), ip("10.96.0.30"), [
+    ///     ServicePort::tcp(443, 8443).with_node_port(30443),
+    /// ])
+    /// .with_load_balancer_ip(ip("192.0.2.10"))
+    /// .with_external_traffic_policy(TrafficPolicy::Local);
+    /// assert_eq!(lb.ports[0].node_port, Some(30443));
+    /// ```
+    #[must_use]
+    pub fn with_load_balancer_ip(mut self, ip: IpAddr) -> Self {
+        self.load_balancer_ips.push(ip);
+        self
+    }
+
+    /// This service with `port` added (name the ports of a multi-port service).
+    #[must_use]
+    pub fn with_port(mut self, port: ServicePort) -> Self {
+        self.ports.push(port);
+        self
+    }
+
+    /// This service with `ports` added.
+    #[must_use]
+    pub fn with_ports(mut self, ports: impl IntoIterator<Item = ServicePort>) -> Self {
+        self.ports.extend(ports);
+        self
+    }
+
+    /// This service with `backend` added.
+    #[must_use]
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backends.push(backend);
+        self
+    }
+
+    /// This service with `backends` added.
+    #[must_use]
+    pub fn with_backends(mut self, backends: impl IntoIterator<Item = Backend>) -> Self {
+        self.backends.extend(backends);
+        self
+    }
+
+    /// This service with `externalTrafficPolicy: policy`.
+    #[must_use]
+    pub fn with_external_traffic_policy(mut self, policy: TrafficPolicy) -> Self {
+        self.external_traffic_policy = policy;
+        self
+    }
+
+    /// This service with `internalTrafficPolicy: policy`.
+    #[must_use]
+    pub fn with_internal_traffic_policy(mut self, policy: TrafficPolicy) -> Self {
+        self.internal_traffic_policy = policy;
+        self
+    }
+
+    /// This service with `affinity` ([`SessionAffinity::client_ip`] for Kubernetes'
+    /// default timeout).
+    #[must_use]
+    pub fn with_session_affinity(mut self, affinity: SessionAffinity) -> Self {
+        self.session_affinity = affinity;
+        self
+    }
+
+    /// This service with backends picked by `selection`.
+    #[must_use]
+    pub fn with_backend_selection(mut self, selection: BackendSelection) -> Self {
+        self.backend_selection = selection;
+        self
+    }
+
+    /// This service with its own external mode, instead of the node's.
+    #[must_use]
+    pub fn with_external_mode(mut self, mode: ExternalMode) -> Self {
+        self.external_mode = Some(mode);
+        self
+    }
+
     /// The effective external mode given the node's default.
     pub fn effective_external_mode(&self, node: &Node) -> ExternalMode {
         self.external_mode.unwrap_or(node.external_mode)
@@ -328,6 +585,58 @@ pub struct ServicePort {
     /// NodePort on the node's addresses, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
+}
+
+impl ServicePort {
+    /// An unnamed `protocol` port `port` forwarded to `target_port` on the backends, without a
+    /// NodePort.
+    pub fn new(protocol: Protocol, port: u16, target_port: u16) -> Self {
+        Self {
+            name: String::new(),
+            protocol,
+            port,
+            target_port,
+            node_port: None,
+        }
+    }
+
+    /// An unnamed TCP port `port` forwarded to `target_port`.
+    ///
+    /// ```
+    /// use dataplane_core::{Protocol, ServicePort};
+    /// let http = ServicePort::tcp(80, 8080).named("http").with_node_port(30080);
+    /// assert_eq!(
+    ///     (http.protocol, http.port, http.target_port, http.node_port),
+    ///     (Protocol::Tcp, 80, 8080, Some(30080))
+    /// );
+    /// ```
+    pub fn tcp(port: u16, target_port: u16) -> Self {
+        Self::new(Protocol::Tcp, port, target_port)
+    }
+
+    /// An unnamed UDP port `port` forwarded to `target_port`.
+    pub fn udp(port: u16, target_port: u16) -> Self {
+        Self::new(Protocol::Udp, port, target_port)
+    }
+
+    /// An unnamed SCTP port `port` forwarded to `target_port`.
+    pub fn sctp(port: u16, target_port: u16) -> Self {
+        Self::new(Protocol::Sctp, port, target_port)
+    }
+
+    /// This port named `name` (every port of a multi-port service needs one).
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// This port with NodePort `node_port` on the node's addresses.
+    #[must_use]
+    pub fn with_node_port(mut self, node_port: u16) -> Self {
+        self.node_port = Some(node_port);
+        self
+    }
 }
 
 /// One backend (an EndpointSlice endpoint).
@@ -379,6 +688,44 @@ impl Backend {
         }
     }
 
+    /// This backend running on node `node_name` (node-local where it is [`Node::name`]).
+    ///
+    /// ```
+    /// use dataplane_core::Backend;
+    /// let b = Backend::new("10.244.1.5".parse()?).on_node("node-a").with_weight(3);
+    /// assert_eq!((b.node_name.as_deref(), b.weight, b.ready), (Some("node-a"), 3, true));
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn on_node(mut self, node_name: impl Into<Arc<str>>) -> Self {
+        self.node_name = Some(node_name.into());
+        self
+    }
+
+    /// This backend in topology zone `zone`.
+    #[must_use]
+    pub fn in_zone(mut self, zone: impl Into<Arc<str>>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// This backend with selection weight `weight` (1..=65535).
+    #[must_use]
+    pub fn with_weight(mut self, weight: u16) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// This backend terminating: not ready, still serving (kube-proxy uses such backends
+    /// only when a service has no ready one).
+    #[must_use]
+    pub fn terminating(mut self) -> Self {
+        self.ready = false;
+        self.serving = true;
+        self.terminating = true;
+        self
+    }
+
     /// Whether the backend runs on `node`.
     pub fn is_local_to(&self, node: &Node) -> bool {
         self.node_name.as_deref() == Some(node.name.as_str())
@@ -399,6 +746,19 @@ pub enum SessionAffinity {
         /// 1..=86400, Kubernetes' default is 10800.
         timeout_seconds: u32,
     },
+}
+
+/// Kubernetes' default ClientIP affinity timeout, three hours.
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
+
+impl SessionAffinity {
+    /// ClientIP affinity with Kubernetes' default timeout
+    /// ([`DEFAULT_AFFINITY_TIMEOUT_SECONDS`]).
+    pub fn client_ip() -> Self {
+        SessionAffinity::ClientIp {
+            timeout_seconds: DEFAULT_AFFINITY_TIMEOUT_SECONDS,
+        }
+    }
 }
 
 /// Kubernetes traffic policy (external and internal).
@@ -453,6 +813,40 @@ pub struct Endpoint {
     /// Named container ports, for policies that name ports.
     #[serde(default)]
     pub named_ports: Vec<NamedPort>,
+}
+
+impl Endpoint {
+    /// The pod `name` on host-side interface `interface` with `ips`, without labels or named
+    /// ports.
+    ///
+    /// ```
+    /// use dataplane_core::{Endpoint, ObjectName};
+    /// let pod = Endpoint::new(ObjectName::new("default", "web-0"), "veth1a2b", ["10.244.1.5".parse()?])
+    ///     .with_label("app", "web");
+    /// assert_eq!(pod.labels["app"], "web");
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    pub fn new(
+        name: ObjectName,
+        interface: impl Into<String>,
+        ips: impl IntoIterator<Item = IpAddr>,
+    ) -> Self {
+        Self {
+            name,
+            interface: interface.into(),
+            ips: ips.into_iter().collect(),
+            labels: BTreeMap::new(),
+            namespace_labels: BTreeMap::new(),
+            named_ports: Vec::new(),
+        }
+    }
+
+    /// This endpoint with pod label `key=value`.
+    #[must_use]
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
 }
 
 /// A named container port.

@@ -897,10 +897,15 @@ pub enum Incremental {
 /// new state would find; [`Validator::commit`] then records the change.
 ///
 /// ```
-/// use dataplane_core::{diff, synthetic, Incremental, Validator};
-/// let old = synthetic::state(100, 2);
+/// use dataplane_core::{diff, Backend, DesiredState, Incremental, Node, ObjectName};
+/// use dataplane_core::{Service, ServicePort, Validator};
+/// let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+/// let old = DesiredState::new(Node::new("node-a", [ip("172.18.0.10")])).with_service(
+///     Service::cluster_ip(ObjectName::new("default", "web"), ip("10.96.0.20"), [ServicePort::tcp(80, 8080)])
+///         .with_backends([Backend::new(ip("10.244.1.5")), Backend::new(ip("10.244.2.7"))]),
+/// );
 /// let mut new = old.clone();
-/// new.services[7].backends.pop();
+/// new.services[0].backends.pop();
 /// let changes = diff(&old, &new);
 /// let mut v = Validator::new(&old)?;
 /// assert_eq!(v.check(&old.node, &changes)?, Incremental::Valid);

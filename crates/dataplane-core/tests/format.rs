@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use dataplane_core::{
     from_json, from_yaml, to_json, to_yaml, validate, BackendSelection, DesiredState, ExternalMode,
-    ObjectName, PortRange, SessionAffinity, TrafficPolicy, ValidationError,
+    FormatError, ObjectName, PortRange, SessionAffinity, TrafficPolicy, ValidationError,
 };
 use proptest::prelude::*;
 
@@ -304,4 +304,28 @@ proptest! {
         let via_json = from_json(&to_json(&state).expect("to_json")).expect("from_json");
         prop_assert_eq!(via_yaml, via_json);
     }
+}
+
+#[test]
+fn format_errors_keep_the_message_and_the_cause() {
+    use std::error::Error as _;
+    let yaml = from_yaml("apiVersion: [").expect_err("not yaml");
+    assert!(matches!(yaml, FormatError::Yaml { .. }), "{yaml:?}");
+    assert!(yaml.to_string().starts_with("yaml: "), "{yaml}");
+    assert!(!yaml.to_string().contains('\n'), "one line: {yaml}");
+    let cause = yaml.source().expect("the parser's error is the source");
+    assert!(
+        yaml.to_string().contains(
+            &cause
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        "{yaml} / {cause}"
+    );
+    let json = from_json("{").expect_err("not json");
+    assert!(matches!(json, FormatError::Json { .. }), "{json:?}");
+    assert!(json.to_string().starts_with("json: EOF"), "{json}");
+    assert!(json.source().is_some());
 }

@@ -1,53 +1,18 @@
-//! The conformance runner itself, with no real dataplane: routing-only rows pass through plain
+//! The conformance runner itself, with no real dataplane (core's `FakeDataplane`, which
+//! programs no kernel, claiming what each test says): routing-only rows pass through plain
 //! routing, the standard table agrees with core's reference model, and the runner catches both
 //! a wrong row and a backend that does not do what it claims.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use dataplane_core::{
-    ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, IpFamily,
-    ObservedState, Protocol, Service, Stats,
-};
+use dataplane_core::{Capabilities, Dataplane, FakeDataplane, IpFamily, Protocol, Service};
 use dataplane_testkit::conformance::{
     self, standard_cases, Case, Client, Destination, Expect, RowOutcome, Seen, STANDARD_LAB,
 };
 use dataplane_testkit::{require_root, Lab, LabNode};
 
-/// Programs nothing. `claims` are the capabilities it reports (empty: an honest no-op).
-struct NullDataplane {
-    claims: Capabilities,
-    applies: Arc<AtomicUsize>,
-}
-
-impl Dataplane for NullDataplane {
-    fn capabilities(&self) -> Capabilities {
-        self.claims.clone()
-    }
-    fn apply(&mut self, _desired: &DesiredState) -> Result<ApplyReport, Error> {
-        self.applies.fetch_add(1, Ordering::Relaxed);
-        Ok(ApplyReport {
-            full_sync: true,
-            ..ApplyReport::default()
-        })
-    }
-    fn apply_changes(&mut self, _changes: &ChangeSet) -> Result<ApplyReport, Error> {
-        Ok(ApplyReport::default())
-    }
-    fn observe(&self) -> Result<ObservedState, Error> {
-        Ok(ObservedState::default())
-    }
-    fn flows(&self) -> Result<Vec<Flow>, Error> {
-        Ok(Vec::new())
-    }
-    fn stats(&self) -> Result<Stats, Error> {
-        Ok(Stats::default())
-    }
-    fn reset(&mut self) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
+/// What a "null" dataplane claims: nothing (an honest no-op). A fake programs no kernel, so
+/// whatever it claims, traffic sees plain routing.
 fn null_caps() -> Capabilities {
     Capabilities {
         dataplane: "null".to_owned(),
@@ -55,21 +20,34 @@ fn null_caps() -> Capabilities {
     }
 }
 
-/// A factory counting its calls and the applies of the planes it made.
-fn factory(
-    claims: Capabilities,
-    made: &Arc<AtomicUsize>,
-    applies: &Arc<AtomicUsize>,
-) -> impl FnMut(&LabNode) -> Box<dyn Dataplane> {
+/// The fakes a factory made, kept to read their call counts.
+type Made = Arc<Mutex<Vec<FakeDataplane>>>;
+
+/// A factory of fakes that claim `claims`, keeping a handle to each in `made`.
+fn factory(claims: Capabilities, made: &Made) -> impl FnMut(&LabNode) -> Box<dyn Dataplane> {
     let made = Arc::clone(made);
-    let applies = Arc::clone(applies);
     move |_node| {
-        made.fetch_add(1, Ordering::Relaxed);
-        Box::new(NullDataplane {
-            claims: claims.clone(),
-            applies: Arc::clone(&applies),
-        })
+        let fake = FakeDataplane::with_capabilities(claims.clone());
+        made.lock().unwrap().push(fake.clone());
+        Box::new(fake)
     }
+}
+
+/// Applies (all full syncs, all accepted: the rows' states are valid) over every fake made.
+fn applies(made: &Made) -> usize {
+    made.lock()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let calls = f.calls();
+            assert_eq!(
+                (calls.full_syncs, calls.failures, calls.apply_changes),
+                (calls.applies, 0, 0),
+                "the runner applies each row's state in full: {calls:?}"
+            );
+            calls.applies
+        })
+        .sum()
 }
 
 fn no_services(_lab: &Lab) -> Vec<Service> {
@@ -120,13 +98,13 @@ fn routing_rows_pass_with_a_null_dataplane() {
         return;
     }
     let lab = Lab::new(STANDARD_LAB).unwrap();
-    let (made, applies) = (Arc::default(), Arc::default());
+    let made = Made::default();
     let cases = routing_rows();
-    let report = conformance::run(&lab, &cases, &mut factory(null_caps(), &made, &applies));
+    let report = conformance::run(&lab, &cases, &mut factory(null_caps(), &made));
     report.assert_ok();
     assert_eq!(report.passed().count(), cases.len(), "{report}");
-    assert_eq!(made.load(Ordering::Relaxed), 2, "one backend per node");
-    assert_eq!(applies.load(Ordering::Relaxed), 2 * cases.len());
+    assert_eq!(made.lock().unwrap().len(), 2, "one dataplane per node");
+    assert_eq!(applies(&made), 2 * cases.len());
     for row in &report.rows {
         let RowOutcome::Passed { probes, answered } = &row.outcome else {
             unreachable!()
@@ -142,11 +120,11 @@ fn standard_table_agrees_with_the_reference_model() {
         return;
     }
     let lab = Lab::new(STANDARD_LAB).unwrap();
-    let (made, applies) = (Arc::default(), Arc::default());
+    let made = Made::default();
     let cases = standard_cases();
-    // The null backend claims nothing: every service row is skipped for traffic, but each is
+    // The null fake claims nothing: every service row is skipped for traffic, but each is
     // still checked against the reference model, and a disagreement would fail it.
-    let report = conformance::run(&lab, &cases, &mut factory(null_caps(), &made, &applies));
+    let report = conformance::run(&lab, &cases, &mut factory(null_caps(), &made));
     report.assert_ok();
     // Only the plain-routing rows need nothing of a backend.
     let routing: Vec<&str> = report.passed().map(|r| r.name.as_str()).collect();
@@ -159,7 +137,7 @@ fn standard_table_agrees_with_the_reference_model() {
         "{report}"
     );
     assert_eq!(report.skipped().count(), cases.len() - 2, "{report}");
-    assert_eq!(applies.load(Ordering::Relaxed), 2 * 2);
+    assert_eq!(applies(&made), 2 * 2);
     for row in report.skipped() {
         let RowOutcome::Skipped { reason } = &row.outcome else {
             unreachable!()
@@ -174,7 +152,7 @@ fn a_wrong_row_is_a_table_failure() {
         return;
     }
     let lab = Lab::new(STANDARD_LAB).unwrap();
-    let (made, applies) = (Arc::default(), Arc::default());
+    let made = Made::default();
     let mut wrong_source = routing_rows().remove(1);
     wrong_source.name = "claims masquerade on plain routing".to_owned();
     wrong_source.source_seen = Seen::IngressNode;
@@ -185,7 +163,7 @@ fn a_wrong_row_is_a_table_failure() {
         .unwrap();
     wrong_set.expect = Expect::Backends(vec![1, 2]);
     let cases = vec![wrong_source, wrong_set];
-    let report = conformance::run(&lab, &cases, &mut factory(null_caps(), &made, &applies));
+    let report = conformance::run(&lab, &cases, &mut factory(null_caps(), &made));
     assert_eq!(report.failed().count(), 2, "{report}");
     let RowOutcome::Failed { table, traffic } = &report.rows[0].outcome else {
         unreachable!()
@@ -211,7 +189,7 @@ fn a_backend_that_does_not_deliver_fails_its_rows() {
         return;
     }
     let lab = Lab::new(STANDARD_LAB).unwrap();
-    let (made, applies) = (Arc::default(), Arc::default());
+    let made = Made::default();
     // Claims TCP and UDP load balancing but programs nothing.
     let mut claims = null_caps();
     claims.dataplane = "liar".to_owned();
@@ -225,13 +203,10 @@ fn a_backend_that_does_not_deliver_fails_its_rows() {
         timeout: std::time::Duration::from_millis(500),
         ..conformance::RunOptions::default()
     };
-    let report = conformance::run_with(
-        &lab,
-        &cases,
-        &mut factory(claims, &made, &applies),
-        &options,
-    );
+    let report = conformance::run_with(&lab, &cases, &mut factory(claims, &made), &options);
     assert_eq!(report.failed().count(), 3, "{report}");
+    // Each node's fake accepted every row's state: the rows fail on traffic alone.
+    assert_eq!(applies(&made), 2 * 3);
     for row in report.failed() {
         let RowOutcome::Failed { table, traffic } = &row.outcome else {
             unreachable!()

@@ -1,0 +1,101 @@
+//! The model's constructors: their defaults are the file format's (and Kubernetes'), so a
+//! state built in code equals the same state read from a document that leaves them out.
+
+use std::net::IpAddr;
+
+use dataplane_core::{
+    from_yaml, validate, Backend, BackendSelection, DesiredState, Endpoint, ExternalMode, Node,
+    ObjectName, Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS, DEFAULT_UPLINK,
+};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn a_node_from_new_equals_a_document_that_leaves_the_defaults_out() {
+    let read = from_yaml(
+        "apiVersion: dataplane.rs/v1alpha1\nkind: DesiredState\n\
+         node: { name: node-a, addresses: [172.18.0.10], interfaces: { uplink: eth0 } }\n",
+    )
+    .unwrap();
+    let built = DesiredState::new(Node::new("node-a", [ip("172.18.0.10")]));
+    assert_eq!(built, read);
+    assert_eq!(built.node.interfaces.uplink, DEFAULT_UPLINK);
+    validate(&built).unwrap();
+}
+
+#[test]
+fn a_service_from_the_constructors_equals_its_document() {
+    let read = from_yaml(
+        "apiVersion: dataplane.rs/v1alpha1\nkind: DesiredState\n\
+         node: { name: node-a, addresses: [172.18.0.10], interfaces: { uplink: ens5 }, \
+                 podCIDRs: [10.244.1.0/24], clusterCIDRs: [10.244.0.0/16], \
+                 serviceCIDRs: [10.96.0.0/12], mtu: 9000, externalMode: Dsr, \
+                 nodePortRange: { start: 30000, end: 31000 } }\n\
+         services:\n\
+         - namespace: default\n  name: web\n  clusterIPs: [10.96.0.20]\n  \
+           loadBalancerIPs: [192.0.2.10]\n  externalIPs: [198.51.100.7]\n  \
+           ports:\n  - { name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080 }\n  \
+           - { name: dns, protocol: UDP, port: 53, targetPort: 5353 }\n  \
+           - { name: sig, protocol: SCTP, port: 9, targetPort: 9 }\n  \
+           backends:\n  - { ip: 10.244.1.5, nodeName: node-a, zone: z1, weight: 2 }\n  \
+           - { ip: 10.244.2.7, nodeName: node-b, ready: false, terminating: true }\n  \
+           sessionAffinity: { type: ClientIP, timeoutSeconds: 10800 }\n  \
+           externalTrafficPolicy: Local\n  internalTrafficPolicy: Local\n  \
+           backendSelection: Maglev\n  externalMode: Snat\n\
+         endpoints:\n\
+         - { namespace: default, name: web-0, interface: veth0, ips: [10.244.1.5], labels: { app: web } }\n",
+    )
+    .unwrap();
+    let node = Node::new("node-a", [ip("172.18.0.10")])
+        .with_uplink("ens5")
+        .with_pod_cidrs(["10.244.1.0/24".parse().unwrap()])
+        .with_cluster_cidrs(["10.244.0.0/16".parse().unwrap()])
+        .with_service_cidrs(["10.96.0.0/12".parse().unwrap()])
+        .with_mtu(9000)
+        .with_external_mode(ExternalMode::Dsr)
+        .with_node_port_range(30000, 31000);
+    let web = Service::cluster_ip(
+        ObjectName::new("default", "web"),
+        ip("10.96.0.20"),
+        [ServicePort::tcp(80, 8080)
+            .named("http")
+            .with_node_port(30080)],
+    )
+    .with_load_balancer_ip(ip("192.0.2.10"))
+    .with_external_ip(ip("198.51.100.7"))
+    .with_port(ServicePort::udp(53, 5353).named("dns"))
+    .with_ports([ServicePort::sctp(9, 9).named("sig")])
+    .with_backend(
+        Backend::new(ip("10.244.1.5"))
+            .on_node("node-a")
+            .in_zone("z1")
+            .with_weight(2),
+    )
+    .with_backends([Backend::new(ip("10.244.2.7"))
+        .on_node("node-b")
+        .terminating()])
+    .with_session_affinity(SessionAffinity::client_ip())
+    .with_external_traffic_policy(TrafficPolicy::Local)
+    .with_internal_traffic_policy(TrafficPolicy::Local)
+    .with_backend_selection(BackendSelection::Maglev)
+    .with_external_mode(ExternalMode::Snat);
+    let pod = Endpoint::new(
+        ObjectName::new("default", "web-0"),
+        "veth0",
+        [ip("10.244.1.5")],
+    )
+    .with_label("app", "web");
+    let built = DesiredState::new(node).with_service(web).with_endpoint(pod);
+    assert_eq!(built, read);
+    validate(&built).unwrap();
+    assert_eq!(
+        SessionAffinity::client_ip(),
+        SessionAffinity::ClientIp {
+            timeout_seconds: DEFAULT_AFFINITY_TIMEOUT_SECONDS
+        }
+    );
+    assert_eq!(built.services[0].ports[1].protocol, Protocol::Udp);
+}
