@@ -22,10 +22,14 @@ use crate::validate::ValidationError;
 /// - **Validated first.** A state that fails validation, needs a missing capability or does
 ///   not fit a capacity is refused ([`Error::Invalid`], [`Error::Unsupported`],
 ///   [`Error::CapacityExceeded`]) and the kernel is left exactly as it was.
-/// - **After a failure, full.** After any failed apply the next `apply_changes` answers
-///   [`Error::FullSyncRequired`] (or falls back on its own); `sync` handles this. A backend that
-///   keeps no copy of the state may also answer a change that needs all of it (a change of the
-///   node) with `FullSyncRequired`; it then changes nothing.
+/// - **After a failure, full.** After a failed apply that may have reached the kernel
+///   ([`Error::Kernel`]) the next `apply_changes` answers [`Error::FullSyncRequired`] (or
+///   falls back on its own); `sync` handles this. After a refusal (invalid, unsupported, over
+///   capacity) the dataplane is as it was: it may accept changes from the state it applied
+///   last, or ask for a full sync (the [`FakeDataplane`](crate::fake::FakeDataplane) always
+///   asks, so that tests catch a caller that relies on more). A backend that keeps no copy of
+///   the state may also answer a change that needs all of it (a change of the node) with
+///   `FullSyncRequired`; it then changes nothing.
 /// - **Maintained.** Some backends need periodic work (the eBPF backend expires its own
 ///   connection tracking): call [`maintain`](Dataplane::maintain) every
 ///   [`maintenance_interval`](Dataplane::maintenance_interval).
