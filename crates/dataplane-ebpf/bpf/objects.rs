@@ -91,9 +91,10 @@ fn bpf_compile_command(
         .args([
             "-O2",
             "-g",
+            // Little-endian BPF whatever the build host: the shipped objects load on every
+            // little-endian host (x86_64, aarch64). No __TARGET_ARCH: nothing uses pt_regs.
             "-target",
-            "bpf",
-            "-D__TARGET_ARCH_x86",
+            "bpfel",
             "-Wall",
             "-Werror",
             // Debian's multiarch directory holds <asm/types.h>, which <linux/types.h> needs.
