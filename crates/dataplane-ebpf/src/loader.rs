@@ -23,12 +23,18 @@ use crate::maps::{
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
 use crate::Capacities;
 
-static TC_POD_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_pod.o"));
-static TC_HOST_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_host.o"));
+// `build.rs` points DATAPLANE_EBPF_OBJ_DIR at the committed `bpf/obj/` (or, with
+// `DATAPLANE_BPF_REBUILD=1`, at fresh builds in OUT_DIR).
+static TC_POD_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("DATAPLANE_EBPF_OBJ_DIR"), "/tc_pod.o"));
+static TC_HOST_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("DATAPLANE_EBPF_OBJ_DIR"), "/tc_host.o"));
 static XDP_UPLINK_OBJ: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_uplink.o"));
-static SOCK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
-static FLOOR_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor.o"));
+    aya::include_bytes_aligned!(concat!(env!("DATAPLANE_EBPF_OBJ_DIR"), "/xdp_uplink.o"));
+static SOCK_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("DATAPLANE_EBPF_OBJ_DIR"), "/sock.o"));
+static FLOOR_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("DATAPLANE_EBPF_OBJ_DIR"), "/floor.o"));
 
 /// The socket-level load-balancing programs of `sock.o`, one per cgroup hook.
 pub const SOCK_PROGRAMS: [&str; 6] = [

@@ -205,7 +205,11 @@ impl TestNode {
 /// dropping the returned object detaches it. A veth delivers frames its peer sends with
 /// `XDP_TX` only while it runs an XDP program itself.
 pub fn attach_xdp_pass(netns: &std::path::Path, ifname: &str) -> aya::Ebpf {
-    static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass.o"));
+    // A test-only fixture: committed beside its source, never built or embedded by the library.
+    static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/bpf/test/obj/xdp_pass.o"
+    ));
     let path = netns.to_owned();
     let ifname = ifname.to_owned();
     std::thread::spawn(move || {
