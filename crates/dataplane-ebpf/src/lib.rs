@@ -25,6 +25,7 @@
 //! }
 //! # Ok::<(), dataplane_core::Error>(())
 //! ```
+#![warn(missing_docs)]
 #![allow(unsafe_code)] // aya::Pod impls for the map mirror only; each has a SAFETY comment.
 
 mod backends;
@@ -32,6 +33,9 @@ mod batch;
 mod error;
 mod loader;
 mod loopback;
+// The Rust mirror of `bpf/lib/maps.h`: public for the BTF layout test and the tests that
+// write conntrack entries themselves, not part of the embedder's API (hidden).
+#[doc(hidden)]
 pub mod maps;
 mod mmap;
 mod netns;
@@ -46,14 +50,19 @@ use std::time::Duration;
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane_core::{
     ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, HealthCheck,
-    Incremental, ObjectName, ObservedFrontend, ObservedState, Protocol, Stats, Validator,
+    Incremental, MaintenanceReport, ObjectName, ObservedFrontend, ObservedState, Protocol, Stats,
+    Validator,
 };
 
 pub use error::EbpfError;
+pub use loader::{AttachMode, XdpMode};
+// Public for the tests and benches (which are separate crates), not for embedders: hidden
+// from the docs and outside the API this crate keeps stable. The compiled objects and the
+// program names are for the BTF layout and socket tests; `Hook` names the program that
+// `EbpfDataplane::run_packet` runs.
 #[doc(hidden)]
-pub use loader::floor_object;
 pub use loader::{
-    sock_object, tc_host_object, tc_pod_object, xdp_uplink_object, AttachMode, Hook, XdpMode,
+    floor_object, sock_object, tc_host_object, tc_pod_object, xdp_uplink_object, Hook,
     SOCK_PROGRAMS,
 };
 
@@ -107,7 +116,8 @@ impl Default for Capacities {
     }
 }
 
-/// Conntrack timeouts applied by [`EbpfDataplane::gc`].
+/// Conntrack timeouts applied by [`Dataplane::maintain`] (see [`maintenance_interval`] for
+/// how often it should run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CtTimeouts {
     /// TCP before a reply was seen.
@@ -191,6 +201,46 @@ impl EbpfConfig {
     }
 }
 
+/// The shortest interval [`Dataplane::maintenance_interval`] answers: a timeout of a second
+/// or less is not worth a scan of the conntrack table more often than this.
+pub const MIN_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest interval [`Dataplane::maintenance_interval`] answers: Cilium's conntrack GC
+/// starts at this interval (`ConntrackGCStartingInterval`) before it adapts.
+pub const MAX_MAINTENANCE_INTERVAL: Duration = Duration::from_mins(5);
+
+/// How often [`Dataplane::maintain`] should run for `timeouts` and the shortest ClientIP
+/// affinity timeout of the applied services (`None`: no service has affinity): half the
+/// shortest timeout, clamped to [`MIN_MAINTENANCE_INTERVAL`]..=[`MAX_MAINTENANCE_INTERVAL`].
+///
+/// An entry idle for its timeout `t` is removed by the first pass after that, so it lives at
+/// most `t` plus one interval: with half the shortest timeout, 1.5 × `t` for the shortest
+/// one and less for the others. The defaults give 5 s (half of `tcp_closing`, 10 s).
+/// Cilium's conntrack GC (`pkg/maps/ctmap/gc`, `calculateIntervalWithConfig`) adapts its
+/// interval to the share of entries each pass deletes instead (from 5 min, between 10 s and
+/// 12 h for LRU maps): its maps are LRU and a late pass only costs memory. Ours (`dp_ct`) is
+/// LRU too, but the timeouts are part of the contract (a closed connection's 5-tuple is free
+/// again after `tcp_closing`; a UDP flow that went quiet picks a new backend after `udp`), so
+/// the interval follows them rather than the table's churn. A pass reads the table in
+/// batches: its cost follows the tracked connections, not the map's size.
+pub fn maintenance_interval(
+    timeouts: &CtTimeouts,
+    shortest_affinity: Option<Duration>,
+) -> Duration {
+    let shortest = [
+        timeouts.tcp_syn,
+        timeouts.tcp_established,
+        timeouts.tcp_closing,
+        timeouts.udp,
+        timeouts.udp_stream,
+    ]
+    .into_iter()
+    .chain(shortest_affinity)
+    .min()
+    .unwrap_or(MAX_MAINTENANCE_INTERVAL);
+    (shortest / 2).clamp(MIN_MAINTENANCE_INTERVAL, MAX_MAINTENANCE_INTERVAL)
+}
+
 /// What one [`EbpfDataplane::gc`] pass removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GcReport {
@@ -204,7 +254,9 @@ pub struct GcReport {
     pub remaining: usize,
 }
 
-/// Result of running one packet through a program with `BPF_PROG_TEST_RUN`.
+/// Result of running one packet through a program with `BPF_PROG_TEST_RUN`. For tests and
+/// benches only (hidden, like [`EbpfDataplane::run_packet`]).
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacketRun {
     /// TC verdict (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2, `TC_ACT_REDIRECT` 7), or for
@@ -287,6 +339,9 @@ pub struct EbpfDataplane {
     /// their size.
     validator: Option<Validator>,
     planner: Option<plan::Planner>,
+    /// After a failed sync (no planner): the fingerprints of the services the last successful
+    /// one programmed, which the next sync's counts compare with.
+    programmed_before: Option<plan::Fingerprints>,
     /// Health checks of the applied services that have one.
     health: BTreeMap<ObjectName, HealthCheck>,
 }
@@ -306,6 +361,7 @@ impl EbpfDataplane {
             applied: None,
             validator: None,
             planner: None,
+            programmed_before: None,
             health: BTreeMap::new(),
         };
         dp.load()?;
@@ -427,29 +483,85 @@ impl EbpfDataplane {
     /// supported), and keeps `rest` (`desired` without its services) as the applied state.
     /// With `changes` (what differs from the applied state; not the node) it is an
     /// incremental sync that plans only the services they touch.
+    ///
+    /// `services_changed`/`services_removed` compare with the services of the last
+    /// successful sync: when this one fails, their fingerprints stay in `programmed_before`
+    /// for the next one (the planner itself is dropped: the maps are unknown to it).
     fn sync(
         &mut self,
         desired: Option<&DesiredState>,
         rest: DesiredState,
         changes: Option<&ChangeSet>,
     ) -> Result<ApplyReport, Error> {
-        let desired = desired.unwrap_or(&rest);
+        let to_plan = desired.unwrap_or(&rest);
         let maglev = self.config.capacities.maglev_table_size;
         // Taken: if anything below fails the maps are unknown to the planner and the next
         // sync plans afresh.
         let previous = self.planner.take();
-        let (planner, frontends, counts) = match (changes, previous) {
+        let before_failure = self.programmed_before.take();
+        match (changes, previous) {
             (Some(changes), Some(mut planner)) => {
-                let frontends = planner.update_in_place(desired, changes, maglev)?;
-                (planner, frontends, change_counts(changes))
+                let result =
+                    planner
+                        .update_in_place(to_plan, changes, maglev)
+                        .and_then(|frontends| {
+                            self.write_planned(
+                                desired,
+                                rest,
+                                changes.into(),
+                                &mut planner,
+                                frontends,
+                            )
+                        });
+                match result {
+                    Ok(mut report) => {
+                        (report.services_changed, report.services_removed) = change_counts(changes);
+                        self.planner = Some(planner);
+                        Ok(report)
+                    }
+                    Err(e) => {
+                        self.programmed_before = Some(planner.fingerprints_before(changes));
+                        Err(e)
+                    }
+                }
             }
             (_, previous) => {
-                let (planner, frontends) = plan::Planner::full(desired, maglev)?;
-                let counts = planner.changed_since(previous.as_ref());
-                (planner, frontends, counts)
+                // Only the fingerprints of the previous plan are needed (for the counts): the
+                // plan goes before the new one is written.
+                let before = previous
+                    .map(plan::Planner::into_fingerprints)
+                    .or(before_failure);
+                let result = plan::Planner::full(to_plan, maglev).and_then(|(mut planner, f)| {
+                    let counts = planner.changed_since(before.as_ref());
+                    let report = self.write_planned(desired, rest, changes, &mut planner, f)?;
+                    Ok((planner, counts, report))
+                });
+                match result {
+                    Ok((planner, counts, mut report)) => {
+                        (report.services_changed, report.services_removed) = counts;
+                        self.planner = Some(planner);
+                        Ok(report)
+                    }
+                    Err(e) => {
+                        self.programmed_before = before;
+                        Err(e)
+                    }
+                }
             }
-        };
-        let mut planner = planner;
+        }
+    }
+
+    /// The part of [`Self::sync`] after planning: writes `planner`'s maps, attachments and
+    /// health checks. The report's service counts are left for the caller.
+    fn write_planned(
+        &mut self,
+        desired: Option<&DesiredState>,
+        rest: DesiredState,
+        changes: Option<&ChangeSet>,
+        planner: &mut plan::Planner,
+        frontends: plan::Frontends,
+    ) -> Result<ApplyReport, Error> {
+        let desired = desired.unwrap_or(&rest);
         planner.set_host_routing(self.config.host_routing);
         let full_sync = changes.is_none();
         let pin_dir = self.config.pin_dir.clone();
@@ -459,7 +571,7 @@ impl EbpfDataplane {
         self.applied = None;
         let (objects, current) = self.parts()?;
         let caps = objects.capacities.clone();
-        let report = writer::write(&mut objects.maps, current, &planner, frontends, &caps)?;
+        let report = writer::write(&mut objects.maps, current, planner, frontends, &caps)?;
 
         // Attachments follow the uplink and the endpoints' interfaces: a change of services
         // alone leaves them as they are (and skips entering the namespace).
@@ -508,14 +620,12 @@ impl EbpfDataplane {
                 }
             }
         }
-        let (services_changed, services_removed) = counts;
         let (warnings, skipped) = notes(desired, &rest.node, changes);
-        self.planner = Some(planner);
         self.applied = Some(rest);
         Ok(ApplyReport {
             full_sync,
-            services_changed,
-            services_removed,
+            services_changed: 0,
+            services_removed: 0,
             objects_written: report.objects_written + local_written,
             skipped,
             warnings,
@@ -530,7 +640,8 @@ impl EbpfDataplane {
     }
 
     /// Expires conntrack and affinity entries idle longer than their timeouts at `now`
-    /// (`CLOCK_MONOTONIC`, see [`monotonic_now`]).
+    /// (`CLOCK_MONOTONIC`, see [`monotonic_now`]). [`Dataplane::maintain`] runs it; this form
+    /// returns the counts typed.
     pub fn gc(&mut self, now: Duration) -> Result<GcReport, Error> {
         let timeouts = self.config.timeouts;
         let affinity_timeouts: BTreeMap<u32, u32> = self
@@ -629,10 +740,12 @@ impl EbpfDataplane {
     }
 
     /// Runs `packet` (an Ethernet frame) through `hook`'s program with `BPF_PROG_TEST_RUN`,
-    /// against the live maps. For tests and per-packet benchmarks.
+    /// against the live maps. For tests and per-packet benchmarks, which are other crates
+    /// (so it is public), not for embedders (so it is hidden from the docs).
     /// Runs inside the configured network namespace, so FIB lookups see the node's routes.
     /// [`Hook::Xdp`] (loaded only when [`EbpfConfig::xdp`] is on) runs as if the packet had
     /// arrived on the applied state's uplink.
+    #[doc(hidden)]
     pub fn run_packet(
         &mut self,
         hook: Hook,
@@ -887,14 +1000,20 @@ fn notes(
     (warnings, skipped)
 }
 
-/// Services `changes` changes (or adds) and removes.
+/// Services `changes` changes (or adds) and removes; an entry whose two sides are equal (a
+/// change set built by hand may hold one; [`dataplane_core::diff`] drops them) is neither.
 fn change_counts(changes: &ChangeSet) -> (usize, usize) {
+    let added_or_changed = changes
+        .services
+        .values()
+        .filter(|c| c.current.is_some() && c.current != c.previous)
+        .count();
     let gone = changes
         .services
         .values()
-        .filter(|c| c.current.is_none())
+        .filter(|c| c.current.is_none() && c.previous.is_some())
         .count();
-    (changes.services.len() - gone, gone)
+    (added_or_changed, gone)
 }
 
 fn protocol_of(n: u8) -> Option<Protocol> {
@@ -1095,6 +1214,42 @@ impl Dataplane for EbpfDataplane {
         })
     }
 
+    /// Runs [`EbpfDataplane::gc`]: this backend tracks connections in its own maps, which
+    /// nothing else expires. `other` holds `orphans`, the reverse entries whose forward entry
+    /// was gone.
+    fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
+        if self.objects.is_none() {
+            // Reset: no map, nothing tracked.
+            return Ok(MaintenanceReport {
+                flows_remaining: Some(0),
+                ..MaintenanceReport::default()
+            });
+        }
+        let gc = self.gc(now)?;
+        Ok(MaintenanceReport {
+            flows_expired: gc.expired as u64,
+            affinity_expired: gc.affinity_expired as u64,
+            flows_remaining: Some(gc.remaining as u64),
+            other: [("orphans".to_owned(), gc.orphans as u64)].into(),
+        })
+    }
+
+    /// Half the shortest configured timeout (conntrack, and the ClientIP affinity timeouts of
+    /// the applied services), between [`MIN_MAINTENANCE_INTERVAL`] and
+    /// [`MAX_MAINTENANCE_INTERVAL`]; see [`maintenance_interval`].
+    fn maintenance_interval(&self) -> Option<Duration> {
+        let affinity = self
+            .current
+            .as_ref()
+            .into_iter()
+            .flat_map(|c| c.frontends.values())
+            .map(|v| v.affinity_timeout)
+            .filter(|t| *t > 0)
+            .min()
+            .map(|t| Duration::from_secs(u64::from(t)));
+        Some(maintenance_interval(&self.config.timeouts, affinity))
+    }
+
     fn reset(&mut self) -> Result<(), Error> {
         let netns = self.config.netns.clone();
         netns::in_netns(netns.as_deref(), || self.detach_all(false))?;
@@ -1108,6 +1263,7 @@ impl Dataplane for EbpfDataplane {
         self.applied = None;
         self.validator = None;
         self.planner = None;
+        self.programmed_before = None;
         self.health.clear();
         let dir = &self.config.pin_dir;
         match std::fs::remove_dir_all(dir) {
