@@ -241,9 +241,9 @@ pub fn maintenance_interval(
     (shortest / 2).clamp(MIN_MAINTENANCE_INTERVAL, MAX_MAINTENANCE_INTERVAL)
 }
 
-/// What one [`EbpfDataplane::gc`] pass removed.
+/// What one [`EbpfDataplane::gc`] pass removed ([`Dataplane::maintain`] reports it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GcReport {
+pub(crate) struct GcReport {
     /// Connections expired (forward entries; their reverse entries go with them).
     pub expired: usize,
     /// Reverse entries whose forward entry was gone.
@@ -640,9 +640,8 @@ impl EbpfDataplane {
     }
 
     /// Expires conntrack and affinity entries idle longer than their timeouts at `now`
-    /// (`CLOCK_MONOTONIC`, see [`monotonic_now`]). [`Dataplane::maintain`] runs it; this form
-    /// returns the counts typed.
-    pub fn gc(&mut self, now: Duration) -> Result<GcReport, Error> {
+    /// (`CLOCK_MONOTONIC`, see [`monotonic_now`]): the work of [`Dataplane::maintain`].
+    pub(crate) fn gc(&mut self, now: Duration) -> Result<GcReport, Error> {
         let timeouts = self.config.timeouts;
         let affinity_timeouts: BTreeMap<u32, u32> = self
             .current
@@ -1214,8 +1213,10 @@ impl Dataplane for EbpfDataplane {
         })
     }
 
-    /// Runs [`EbpfDataplane::gc`]: this backend tracks connections in its own maps, which
-    /// nothing else expires. `other` holds `orphans`, the reverse entries whose forward entry
+    /// Expires conntrack and session-affinity entries idle longer than their timeouts at
+    /// `now` ([`CtTimeouts`], and each service's affinity timeout): this backend tracks
+    /// connections in its own maps, which nothing else expires (the LRU evicts only under
+    /// pressure). `other` holds `orphans`, the reverse entries whose forward entry
     /// was gone.
     fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
         if self.objects.is_none() {
@@ -1285,5 +1286,75 @@ impl Drop for EbpfDataplane {
         if let Err(e) = netns::in_netns(netns.as_deref(), || self.detach_all(keep)) {
             tracing::warn!(error = %e, "detaching programs on drop");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintenance_interval_is_half_the_shortest_timeout_within_bounds() {
+        let defaults = CtTimeouts::default();
+        assert_eq!(
+            maintenance_interval(&defaults, None),
+            Duration::from_secs(5),
+            "half of tcp_closing (10 s)"
+        );
+        assert_eq!(
+            maintenance_interval(&defaults, Some(Duration::from_secs(4))),
+            Duration::from_secs(2),
+            "a shorter affinity timeout counts"
+        );
+        let tiny = CtTimeouts {
+            tcp_closing: Duration::from_millis(300),
+            ..defaults
+        };
+        assert_eq!(maintenance_interval(&tiny, None), MIN_MAINTENANCE_INTERVAL);
+        let long = CtTimeouts {
+            tcp_syn: Duration::from_hours(1),
+            tcp_established: Duration::from_hours(24),
+            tcp_closing: Duration::from_hours(1),
+            udp: Duration::from_hours(1),
+            udp_stream: Duration::from_hours(1),
+        };
+        assert_eq!(maintenance_interval(&long, None), MAX_MAINTENANCE_INTERVAL);
+        assert_eq!(
+            maintenance_interval(&long, Some(Duration::from_mins(3))),
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn change_counts_skip_no_op_entries() {
+        use dataplane_core::{Change, ObjectName, Service};
+        let a = Service::new(ObjectName::new("default", "a"));
+        let mut b = Service::new(ObjectName::new("default", "b"));
+        let c = Service::new(ObjectName::new("default", "c"));
+        let mut changes = ChangeSet::default();
+        changes.services.insert(
+            a.name.clone(),
+            Change {
+                previous: Some(a.clone()),
+                current: Some(a),
+            },
+        );
+        let old_b = b.clone();
+        b.cluster_ips = vec!["10.96.0.11".parse().unwrap()];
+        changes.services.insert(
+            b.name.clone(),
+            Change {
+                previous: Some(old_b),
+                current: Some(b),
+            },
+        );
+        changes.services.insert(
+            c.name.clone(),
+            Change {
+                previous: Some(c),
+                current: None,
+            },
+        );
+        assert_eq!(change_counts(&changes), (1, 1));
     }
 }
