@@ -209,24 +209,22 @@ pub const MIN_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// starts at this interval (`ConntrackGCStartingInterval`) before it adapts.
 pub const MAX_MAINTENANCE_INTERVAL: Duration = Duration::from_mins(5);
 
-/// How often [`Dataplane::maintain`] should run for `timeouts` and the shortest ClientIP
-/// affinity timeout of the applied services (`None`: no service has affinity): half the
-/// shortest timeout, clamped to [`MIN_MAINTENANCE_INTERVAL`]..=[`MAX_MAINTENANCE_INTERVAL`].
+/// How often [`Dataplane::maintain`] should run with conntrack `timeouts`: half the shortest
+/// timeout, clamped to [`MIN_MAINTENANCE_INTERVAL`]..=[`MAX_MAINTENANCE_INTERVAL`].
 ///
 /// An entry idle for its timeout `t` is removed by the first pass after that, so it lives at
 /// most `t` plus one interval: with half the shortest timeout, 1.5 × `t` for the shortest
 /// one and less for the others. The defaults give 5 s (half of `tcp_closing`, 10 s).
 /// Cilium's conntrack GC (`pkg/maps/ctmap/gc`, `calculateIntervalWithConfig`) adapts its
 /// interval to the share of entries each pass deletes instead (from 5 min, between 10 s and
-/// 12 h for LRU maps): its maps are LRU and a late pass only costs memory. Ours (`dp_ct`) is
-/// LRU too, but the timeouts are part of the contract (a closed connection's 5-tuple is free
-/// again after `tcp_closing`; a UDP flow that went quiet picks a new backend after `udp`), so
-/// the interval follows them rather than the table's churn. A pass reads the table in
-/// batches: its cost follows the tracked connections, not the map's size.
-pub fn maintenance_interval(
-    timeouts: &CtTimeouts,
-    shortest_affinity: Option<Duration>,
-) -> Duration {
+/// 12 h for LRU maps): for it a late pass mostly costs memory. Ours (`dp_ct`) is LRU too, but
+/// the datapath never looks at a conntrack entry's age: a flow keeps its translation (its
+/// backend) until a pass removes the entry, so the timeouts hold only as closely as the passes
+/// follow them, and the interval follows the timeouts rather than the table's churn. A pass
+/// reads the table in batches: its cost follows the tracked connections, not the map's size.
+/// Session-affinity timeouts do not count: the datapath checks an affinity entry's age itself
+/// (a pass only frees the memory of expired ones).
+pub fn maintenance_interval(timeouts: &CtTimeouts) -> Duration {
     let shortest = [
         timeouts.tcp_syn,
         timeouts.tcp_established,
@@ -235,7 +233,6 @@ pub fn maintenance_interval(
         timeouts.udp_stream,
     ]
     .into_iter()
-    .chain(shortest_affinity)
     .min()
     .unwrap_or(MAX_MAINTENANCE_INTERVAL);
     (shortest / 2).clamp(MIN_MAINTENANCE_INTERVAL, MAX_MAINTENANCE_INTERVAL)
@@ -1235,20 +1232,10 @@ impl Dataplane for EbpfDataplane {
         })
     }
 
-    /// Half the shortest configured timeout (conntrack, and the ClientIP affinity timeouts of
-    /// the applied services), between [`MIN_MAINTENANCE_INTERVAL`] and
-    /// [`MAX_MAINTENANCE_INTERVAL`]; see [`maintenance_interval`].
+    /// Half the shortest configured conntrack timeout, between [`MIN_MAINTENANCE_INTERVAL`]
+    /// and [`MAX_MAINTENANCE_INTERVAL`]; see [`maintenance_interval`] for why.
     fn maintenance_interval(&self) -> Option<Duration> {
-        let affinity = self
-            .current
-            .as_ref()
-            .into_iter()
-            .flat_map(|c| c.frontends.values())
-            .map(|v| v.affinity_timeout)
-            .filter(|t| *t > 0)
-            .min()
-            .map(|t| Duration::from_secs(u64::from(t)));
-        Some(maintenance_interval(&self.config.timeouts, affinity))
+        Some(maintenance_interval(&self.config.timeouts))
     }
 
     fn reset(&mut self) -> Result<(), Error> {
@@ -1297,20 +1284,15 @@ mod tests {
     fn maintenance_interval_is_half_the_shortest_timeout_within_bounds() {
         let defaults = CtTimeouts::default();
         assert_eq!(
-            maintenance_interval(&defaults, None),
+            maintenance_interval(&defaults),
             Duration::from_secs(5),
             "half of tcp_closing (10 s)"
-        );
-        assert_eq!(
-            maintenance_interval(&defaults, Some(Duration::from_secs(4))),
-            Duration::from_secs(2),
-            "a shorter affinity timeout counts"
         );
         let tiny = CtTimeouts {
             tcp_closing: Duration::from_millis(300),
             ..defaults
         };
-        assert_eq!(maintenance_interval(&tiny, None), MIN_MAINTENANCE_INTERVAL);
+        assert_eq!(maintenance_interval(&tiny), MIN_MAINTENANCE_INTERVAL);
         let long = CtTimeouts {
             tcp_syn: Duration::from_hours(1),
             tcp_established: Duration::from_hours(24),
@@ -1318,10 +1300,14 @@ mod tests {
             udp: Duration::from_hours(1),
             udp_stream: Duration::from_hours(1),
         };
-        assert_eq!(maintenance_interval(&long, None), MAX_MAINTENANCE_INTERVAL);
+        assert_eq!(maintenance_interval(&long), MAX_MAINTENANCE_INTERVAL);
+        let udp_short = CtTimeouts {
+            udp: Duration::from_secs(7),
+            ..long
+        };
         assert_eq!(
-            maintenance_interval(&long, Some(Duration::from_mins(3))),
-            Duration::from_secs(90)
+            maintenance_interval(&udp_short),
+            Duration::from_millis(3500)
         );
     }
 
