@@ -147,6 +147,9 @@ fn b_changed_again() -> Service {
 fn c() -> Service {
     service("c", "10.96.0.12", &["10.244.1.30"])
 }
+fn c_changed() -> Service {
+    service("c", "10.96.0.12", &["10.244.1.31"])
+}
 fn d() -> Service {
     service("d", "10.96.0.13", &["10.244.1.40"])
 }
@@ -200,6 +203,7 @@ fn expected() -> Vec<Row> {
             1,
         ),
         ("sync without a change", false, 0, 0),
+        ("sync after a failed apply_changes: c changed", true, 1, 0),
         ("first apply after reset", true, 3, 0),
     ]
 }
@@ -259,6 +263,22 @@ fn scenario<D: Dataplane>(dp: &mut D, fail: impl Fn(&mut D, bool)) -> Vec<Row> {
     rows.push(row(
         "sync without a change",
         &dp.sync(Some(&s4), &s4).expect("sync without a change"),
+    ));
+
+    // An incremental apply that fails (half way, for all the dataplane knows): the counts
+    // still compare with s4, the last state applied in full.
+    fail(dp, true);
+    let mut bigger = too_big();
+    bigger.services.extend(s4.services.iter().cloned());
+    let err = dp
+        .apply_changes(&diff(&s4, &bigger))
+        .expect_err("the forced failure of a change set");
+    eprintln!("forced failure of a change set: {err}");
+    fail(dp, false);
+    let s5 = state(vec![b_changed_again(), c_changed(), d()]);
+    rows.push(row(
+        "sync after a failed apply_changes: c changed",
+        &dp.sync(Some(&s4), &s5).expect("sync after the failure"),
     ));
 
     dp.reset().expect("reset");

@@ -59,7 +59,9 @@ impl IptablesDataplane {
         }
     }
 
-    /// Test hook: make every following restore end with a rule the tool refuses.
+    /// Test hook: make every following restore end with a rule the tool refuses. Public for
+    /// tests in other crates, hidden from the docs.
+    #[doc(hidden)]
     pub fn set_fail_transactions(&mut self, fail: bool) {
         self.config.fail_transactions = fail;
     }

@@ -91,7 +91,9 @@ impl NftablesDataplane {
     }
 
     /// Test hook: make every following transaction end with an operation the kernel refuses
-    /// (see [`NetfilterConfig::fail_transactions`]).
+    /// (see [`NetfilterConfig::fail_transactions`]). Public for tests in other crates, hidden
+    /// from the docs.
+    #[doc(hidden)]
     pub fn set_fail_transactions(&mut self, fail: bool) {
         self.config.fail_transactions = fail;
     }
