@@ -1,4 +1,8 @@
 //! Errors of the eBPF backend. They convert into [`dataplane_core::Error::Kernel`].
+//!
+//! No variant holds a type of aya (or another crate we depend on): a cause is boxed as
+//! `dyn Error + Send + Sync`, so that an embedder matching on [`EbpfError`] is not tied to the
+//! aya version this crate pins. The cause's message stays reachable through `source()`.
 
 use std::path::PathBuf;
 
@@ -22,9 +26,9 @@ pub enum EbpfError {
         map: &'static str,
         /// What was being done.
         operation: String,
-        /// Cause.
+        /// Cause (the loader library's map error, boxed: see the module docs).
         #[source]
-        source: aya::maps::MapError,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// Attaching or detaching a program failed.
     #[error("attaching {program} to {interface}")]
@@ -72,7 +76,7 @@ impl EbpfError {
         Self::Map {
             map,
             operation: operation.into(),
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -25,6 +25,7 @@
 //! }
 //! # Ok::<(), dataplane_core::Error>(())
 //! ```
+#![warn(missing_docs)]
 #![allow(unsafe_code)] // aya::Pod impls for the map mirror only; each has a SAFETY comment.
 
 mod backends;
@@ -32,6 +33,9 @@ mod batch;
 mod error;
 mod loader;
 mod loopback;
+// The Rust mirror of `bpf/lib/maps.h`: public for the BTF layout test and the tests that
+// write conntrack entries themselves, not part of the embedder's API (hidden).
+#[doc(hidden)]
 pub mod maps;
 mod mmap;
 mod netns;
@@ -46,14 +50,19 @@ use std::time::Duration;
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane_core::{
     ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, HealthCheck,
-    Incremental, ObjectName, ObservedFrontend, ObservedState, Protocol, Stats, Validator,
+    Incremental, MaintenanceReport, ObjectName, ObservedFrontend, ObservedState, Protocol, Stats,
+    Validator,
 };
 
 pub use error::EbpfError;
+pub use loader::{AttachMode, XdpMode};
+// Public for the tests and benches (which are separate crates), not for embedders: hidden
+// from the docs and outside the API this crate keeps stable. The compiled objects and the
+// program names are for the BTF layout and socket tests; `Hook` names the program that
+// `EbpfDataplane::run_packet` runs.
 #[doc(hidden)]
-pub use loader::floor_object;
 pub use loader::{
-    sock_object, tc_host_object, tc_pod_object, xdp_uplink_object, AttachMode, Hook, XdpMode,
+    floor_object, sock_object, tc_host_object, tc_pod_object, xdp_uplink_object, Hook,
     SOCK_PROGRAMS,
 };
 
@@ -107,7 +116,8 @@ impl Default for Capacities {
     }
 }
 
-/// Conntrack timeouts applied by [`EbpfDataplane::gc`].
+/// Conntrack timeouts applied by [`Dataplane::maintain`] (see [`maintenance_interval`] for
+/// how often it should run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CtTimeouts {
     /// TCP before a reply was seen.
@@ -191,9 +201,46 @@ impl EbpfConfig {
     }
 }
 
-/// What one [`EbpfDataplane::gc`] pass removed.
+/// The shortest interval [`Dataplane::maintenance_interval`] answers: a timeout of a second
+/// or less is not worth a scan of the conntrack table more often than this.
+pub const MIN_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest interval [`Dataplane::maintenance_interval`] answers: Cilium's conntrack GC
+/// starts at this interval (`ConntrackGCStartingInterval`) before it adapts.
+pub const MAX_MAINTENANCE_INTERVAL: Duration = Duration::from_mins(5);
+
+/// How often [`Dataplane::maintain`] should run with conntrack `timeouts`: half the shortest
+/// timeout, clamped to [`MIN_MAINTENANCE_INTERVAL`]..=[`MAX_MAINTENANCE_INTERVAL`].
+///
+/// An entry idle for its timeout `t` is removed by the first pass after that, so it lives at
+/// most `t` plus one interval: with half the shortest timeout, 1.5 × `t` for the shortest
+/// one and less for the others. The defaults give 5 s (half of `tcp_closing`, 10 s).
+/// Cilium's conntrack GC (`pkg/maps/ctmap/gc`, `calculateIntervalWithConfig`) adapts its
+/// interval to the share of entries each pass deletes instead (from 5 min, between 10 s and
+/// 12 h for LRU maps): for it a late pass mostly costs memory. Ours (`dp_ct`) is LRU too, but
+/// the datapath never looks at a conntrack entry's age: a flow keeps its translation (its
+/// backend) until a pass removes the entry, so the timeouts hold only as closely as the passes
+/// follow them, and the interval follows the timeouts rather than the table's churn. A pass
+/// reads the table in batches: its cost follows the tracked connections, not the map's size.
+/// Session-affinity timeouts do not count: the datapath checks an affinity entry's age itself
+/// (a pass only frees the memory of expired ones).
+pub fn maintenance_interval(timeouts: &CtTimeouts) -> Duration {
+    let shortest = [
+        timeouts.tcp_syn,
+        timeouts.tcp_established,
+        timeouts.tcp_closing,
+        timeouts.udp,
+        timeouts.udp_stream,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(MAX_MAINTENANCE_INTERVAL);
+    (shortest / 2).clamp(MIN_MAINTENANCE_INTERVAL, MAX_MAINTENANCE_INTERVAL)
+}
+
+/// What one [`EbpfDataplane::gc`] pass removed ([`Dataplane::maintain`] reports it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GcReport {
+pub(crate) struct GcReport {
     /// Connections expired (forward entries; their reverse entries go with them).
     pub expired: usize,
     /// Reverse entries whose forward entry was gone.
@@ -204,7 +251,9 @@ pub struct GcReport {
     pub remaining: usize,
 }
 
-/// Result of running one packet through a program with `BPF_PROG_TEST_RUN`.
+/// Result of running one packet through a program with `BPF_PROG_TEST_RUN`. For tests and
+/// benches only (hidden, like [`EbpfDataplane::run_packet`]).
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacketRun {
     /// TC verdict (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2, `TC_ACT_REDIRECT` 7), or for
@@ -287,6 +336,9 @@ pub struct EbpfDataplane {
     /// their size.
     validator: Option<Validator>,
     planner: Option<plan::Planner>,
+    /// After a failed sync (no planner): the fingerprints of the services the last successful
+    /// one programmed, which the next sync's counts compare with.
+    programmed_before: Option<plan::Fingerprints>,
     /// Health checks of the applied services that have one.
     health: BTreeMap<ObjectName, HealthCheck>,
 }
@@ -306,6 +358,7 @@ impl EbpfDataplane {
             applied: None,
             validator: None,
             planner: None,
+            programmed_before: None,
             health: BTreeMap::new(),
         };
         dp.load()?;
@@ -427,29 +480,85 @@ impl EbpfDataplane {
     /// supported), and keeps `rest` (`desired` without its services) as the applied state.
     /// With `changes` (what differs from the applied state; not the node) it is an
     /// incremental sync that plans only the services they touch.
+    ///
+    /// `services_changed`/`services_removed` compare with the services of the last
+    /// successful sync: when this one fails, their fingerprints stay in `programmed_before`
+    /// for the next one (the planner itself is dropped: the maps are unknown to it).
     fn sync(
         &mut self,
         desired: Option<&DesiredState>,
         rest: DesiredState,
         changes: Option<&ChangeSet>,
     ) -> Result<ApplyReport, Error> {
-        let desired = desired.unwrap_or(&rest);
+        let to_plan = desired.unwrap_or(&rest);
         let maglev = self.config.capacities.maglev_table_size;
         // Taken: if anything below fails the maps are unknown to the planner and the next
         // sync plans afresh.
         let previous = self.planner.take();
-        let (planner, frontends, counts) = match (changes, previous) {
+        let before_failure = self.programmed_before.take();
+        match (changes, previous) {
             (Some(changes), Some(mut planner)) => {
-                let frontends = planner.update_in_place(desired, changes, maglev)?;
-                (planner, frontends, change_counts(changes))
+                let result =
+                    planner
+                        .update_in_place(to_plan, changes, maglev)
+                        .and_then(|frontends| {
+                            self.write_planned(
+                                desired,
+                                rest,
+                                changes.into(),
+                                &mut planner,
+                                frontends,
+                            )
+                        });
+                match result {
+                    Ok(mut report) => {
+                        (report.services_changed, report.services_removed) = change_counts(changes);
+                        self.planner = Some(planner);
+                        Ok(report)
+                    }
+                    Err(e) => {
+                        self.programmed_before = Some(planner.fingerprints_before(changes));
+                        Err(e)
+                    }
+                }
             }
             (_, previous) => {
-                let (planner, frontends) = plan::Planner::full(desired, maglev)?;
-                let counts = planner.changed_since(previous.as_ref());
-                (planner, frontends, counts)
+                // Only the fingerprints of the previous plan are needed (for the counts): the
+                // plan goes before the new one is written.
+                let before = previous
+                    .map(plan::Planner::into_fingerprints)
+                    .or(before_failure);
+                let result = plan::Planner::full(to_plan, maglev).and_then(|(mut planner, f)| {
+                    let counts = planner.changed_since(before.as_ref());
+                    let report = self.write_planned(desired, rest, changes, &mut planner, f)?;
+                    Ok((planner, counts, report))
+                });
+                match result {
+                    Ok((planner, counts, mut report)) => {
+                        (report.services_changed, report.services_removed) = counts;
+                        self.planner = Some(planner);
+                        Ok(report)
+                    }
+                    Err(e) => {
+                        self.programmed_before = before;
+                        Err(e)
+                    }
+                }
             }
-        };
-        let mut planner = planner;
+        }
+    }
+
+    /// The part of [`Self::sync`] after planning: writes `planner`'s maps, attachments and
+    /// health checks. The report's service counts are left for the caller.
+    fn write_planned(
+        &mut self,
+        desired: Option<&DesiredState>,
+        rest: DesiredState,
+        changes: Option<&ChangeSet>,
+        planner: &mut plan::Planner,
+        frontends: plan::Frontends,
+    ) -> Result<ApplyReport, Error> {
+        let desired = desired.unwrap_or(&rest);
         planner.set_host_routing(self.config.host_routing);
         let full_sync = changes.is_none();
         let pin_dir = self.config.pin_dir.clone();
@@ -459,7 +568,7 @@ impl EbpfDataplane {
         self.applied = None;
         let (objects, current) = self.parts()?;
         let caps = objects.capacities.clone();
-        let report = writer::write(&mut objects.maps, current, &planner, frontends, &caps)?;
+        let report = writer::write(&mut objects.maps, current, planner, frontends, &caps)?;
 
         // Attachments follow the uplink and the endpoints' interfaces: a change of services
         // alone leaves them as they are (and skips entering the namespace).
@@ -508,14 +617,12 @@ impl EbpfDataplane {
                 }
             }
         }
-        let (services_changed, services_removed) = counts;
         let (warnings, skipped) = notes(desired, &rest.node, changes);
-        self.planner = Some(planner);
         self.applied = Some(rest);
         Ok(ApplyReport {
             full_sync,
-            services_changed,
-            services_removed,
+            services_changed: 0,
+            services_removed: 0,
             objects_written: report.objects_written + local_written,
             skipped,
             warnings,
@@ -530,8 +637,8 @@ impl EbpfDataplane {
     }
 
     /// Expires conntrack and affinity entries idle longer than their timeouts at `now`
-    /// (`CLOCK_MONOTONIC`, see [`monotonic_now`]).
-    pub fn gc(&mut self, now: Duration) -> Result<GcReport, Error> {
+    /// (`CLOCK_MONOTONIC`, see [`monotonic_now`]): the work of [`Dataplane::maintain`].
+    pub(crate) fn gc(&mut self, now: Duration) -> Result<GcReport, Error> {
         let timeouts = self.config.timeouts;
         let affinity_timeouts: BTreeMap<u32, u32> = self
             .current
@@ -629,10 +736,12 @@ impl EbpfDataplane {
     }
 
     /// Runs `packet` (an Ethernet frame) through `hook`'s program with `BPF_PROG_TEST_RUN`,
-    /// against the live maps. For tests and per-packet benchmarks.
+    /// against the live maps. For tests and per-packet benchmarks, which are other crates
+    /// (so it is public), not for embedders (so it is hidden from the docs).
     /// Runs inside the configured network namespace, so FIB lookups see the node's routes.
     /// [`Hook::Xdp`] (loaded only when [`EbpfConfig::xdp`] is on) runs as if the packet had
     /// arrived on the applied state's uplink.
+    #[doc(hidden)]
     pub fn run_packet(
         &mut self,
         hook: Hook,
@@ -887,14 +996,20 @@ fn notes(
     (warnings, skipped)
 }
 
-/// Services `changes` changes (or adds) and removes.
+/// Services `changes` changes (or adds) and removes; an entry whose two sides are equal (a
+/// change set built by hand may hold one; [`dataplane_core::diff`] drops them) is neither.
 fn change_counts(changes: &ChangeSet) -> (usize, usize) {
+    let added_or_changed = changes
+        .services
+        .values()
+        .filter(|c| c.current.is_some() && c.current != c.previous)
+        .count();
     let gone = changes
         .services
         .values()
-        .filter(|c| c.current.is_none())
+        .filter(|c| c.current.is_none() && c.previous.is_some())
         .count();
-    (changes.services.len() - gone, gone)
+    (added_or_changed, gone)
 }
 
 fn protocol_of(n: u8) -> Option<Protocol> {
@@ -1095,6 +1210,34 @@ impl Dataplane for EbpfDataplane {
         })
     }
 
+    /// Expires conntrack and session-affinity entries idle longer than their timeouts at
+    /// `now` ([`CtTimeouts`], and each service's affinity timeout): this backend tracks
+    /// connections in its own maps, which nothing else expires (the LRU evicts only under
+    /// pressure). `other` holds `orphans`, the reverse entries whose forward entry
+    /// was gone.
+    fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
+        if self.objects.is_none() {
+            // Reset: no map, nothing tracked.
+            return Ok(MaintenanceReport {
+                flows_remaining: Some(0),
+                ..MaintenanceReport::default()
+            });
+        }
+        let gc = self.gc(now)?;
+        Ok(MaintenanceReport {
+            flows_expired: gc.expired as u64,
+            affinity_expired: gc.affinity_expired as u64,
+            flows_remaining: Some(gc.remaining as u64),
+            other: [("orphans".to_owned(), gc.orphans as u64)].into(),
+        })
+    }
+
+    /// Half the shortest configured conntrack timeout, between [`MIN_MAINTENANCE_INTERVAL`]
+    /// and [`MAX_MAINTENANCE_INTERVAL`]; see [`maintenance_interval`] for why.
+    fn maintenance_interval(&self) -> Option<Duration> {
+        Some(maintenance_interval(&self.config.timeouts))
+    }
+
     fn reset(&mut self) -> Result<(), Error> {
         let netns = self.config.netns.clone();
         netns::in_netns(netns.as_deref(), || self.detach_all(false))?;
@@ -1108,6 +1251,7 @@ impl Dataplane for EbpfDataplane {
         self.applied = None;
         self.validator = None;
         self.planner = None;
+        self.programmed_before = None;
         self.health.clear();
         let dir = &self.config.pin_dir;
         match std::fs::remove_dir_all(dir) {
@@ -1129,5 +1273,74 @@ impl Drop for EbpfDataplane {
         if let Err(e) = netns::in_netns(netns.as_deref(), || self.detach_all(keep)) {
             tracing::warn!(error = %e, "detaching programs on drop");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintenance_interval_is_half_the_shortest_timeout_within_bounds() {
+        let defaults = CtTimeouts::default();
+        assert_eq!(
+            maintenance_interval(&defaults),
+            Duration::from_secs(5),
+            "half of tcp_closing (10 s)"
+        );
+        let tiny = CtTimeouts {
+            tcp_closing: Duration::from_millis(300),
+            ..defaults
+        };
+        assert_eq!(maintenance_interval(&tiny), MIN_MAINTENANCE_INTERVAL);
+        let long = CtTimeouts {
+            tcp_syn: Duration::from_hours(1),
+            tcp_established: Duration::from_hours(24),
+            tcp_closing: Duration::from_hours(1),
+            udp: Duration::from_hours(1),
+            udp_stream: Duration::from_hours(1),
+        };
+        assert_eq!(maintenance_interval(&long), MAX_MAINTENANCE_INTERVAL);
+        let udp_short = CtTimeouts {
+            udp: Duration::from_secs(7),
+            ..long
+        };
+        assert_eq!(
+            maintenance_interval(&udp_short),
+            Duration::from_millis(3500)
+        );
+    }
+
+    #[test]
+    fn change_counts_skip_no_op_entries() {
+        use dataplane_core::{Change, ObjectName, Service};
+        let a = Service::new(ObjectName::new("default", "a"));
+        let mut b = Service::new(ObjectName::new("default", "b"));
+        let c = Service::new(ObjectName::new("default", "c"));
+        let mut changes = ChangeSet::default();
+        changes.services.insert(
+            a.name.clone(),
+            Change {
+                previous: Some(a.clone()),
+                current: Some(a),
+            },
+        );
+        let old_b = b.clone();
+        b.cluster_ips = vec!["10.96.0.11".parse().unwrap()];
+        changes.services.insert(
+            b.name.clone(),
+            Change {
+                previous: Some(old_b),
+                current: Some(b),
+            },
+        );
+        changes.services.insert(
+            c.name.clone(),
+            Change {
+                previous: Some(c),
+                current: None,
+            },
+        );
+        assert_eq!(change_counts(&changes), (1, 1));
     }
 }

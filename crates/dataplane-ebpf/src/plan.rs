@@ -577,6 +577,9 @@ fn plan_node(state: &DesiredState) -> NodePlan {
     out
 }
 
+/// Each programmed service's [`fingerprint`], by name.
+pub(crate) type Fingerprints = HashMap<ObjectName, u64>;
+
 /// A hash of everything in `service`, stable within a process.
 fn fingerprint(service: &Service) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -733,27 +736,46 @@ impl Planner {
             .collect()
     }
 
-    /// Services this plan has that differ from (or are missing in) `previous`'s, and services
-    /// `previous` had that this plan has not. Without `previous`, every service is new.
-    pub(crate) fn changed_since(&self, previous: Option<&Planner>) -> (usize, usize) {
+    /// Services of this plan that are new or differ from `previous` (the fingerprints of
+    /// the services programmed before; `None`: nothing was), and services of `previous`
+    /// that are gone.
+    pub(crate) fn changed_since(&self, previous: Option<&Fingerprints>) -> (usize, usize) {
         let Some(prev) = previous else {
             return (self.by_service.len(), 0);
         };
         let changed = self
             .by_service
             .iter()
-            .filter(|(name, e)| {
-                prev.by_service
-                    .get(*name)
-                    .is_none_or(|p| p.fingerprint != e.fingerprint)
-            })
+            .filter(|(name, e)| prev.get(*name) != Some(&e.fingerprint))
             .count();
         let removed = prev
-            .by_service
             .keys()
             .filter(|name| !self.by_service.contains_key(*name))
             .count();
         (changed, removed)
+    }
+
+    /// The fingerprint of each planned service, the plan dropped (names are moved, not
+    /// copied).
+    pub(crate) fn into_fingerprints(self) -> Fingerprints {
+        self.by_service
+            .into_iter()
+            .map(|(name, e)| (name, e.fingerprint))
+            .collect()
+    }
+
+    /// The fingerprints of the services as they were before `changes`, from this plan, which
+    /// holds `changes` in part or in whole (an incremental sync that failed half way): the
+    /// services `changes` touches are taken from its `previous` sides.
+    pub(crate) fn fingerprints_before(self, changes: &ChangeSet) -> Fingerprints {
+        let mut out = self.into_fingerprints();
+        for (name, change) in &changes.services {
+            match &change.previous {
+                Some(prev) => out.insert(name.clone(), fingerprint(prev)),
+                None => out.remove(name),
+            };
+        }
+        out
     }
 
     /// Whether each changed service's `previous` is the service this planner holds (by its

@@ -220,12 +220,16 @@ fn second_connection_from_one_client_port_gets_another_port() {
 
     // GC expires both; the remapped connection's reverse entry goes with it.
     let report = dp
-        .gc(monotonic_now() + Duration::from_mins(10))
-        .expect("gc");
-    assert_eq!((report.expired, report.orphans), (2, 1), "{report:?}");
+        .maintain(monotonic_now() + Duration::from_mins(10))
+        .expect("maintain");
+    assert_eq!(
+        (report.flows_expired, report.other["orphans"]),
+        (2, 1),
+        "{report:?}"
+    );
     assert!(dp.flows().expect("flows").is_empty());
 }
-/// `gc()` on a conntrack table full of expired connections whose reverse entries are gone
+/// `maintain()` (the conntrack GC) on a conntrack table full of expired connections whose reverse entries are gone
 /// (evicted by the LRU) or now belong to another connection: it completes, removes every
 /// expired forward entry and exactly the reverse entries that were theirs, and leaves the
 /// live connection that took over a reverse key intact.
@@ -338,10 +342,10 @@ fn gc_drains_expired_entries_whose_reverse_keys_are_gone_or_shared() {
     ct.insert(other, other_e, 0).expect("insert");
     must_go.extend([orphan, stale_rev]);
 
-    let report = dp.gc(now).expect("gc completes");
-    assert_eq!(report.expired, expired_fwd.len(), "{report:?}");
-    assert_eq!(report.orphans, 2, "{report:?}");
-    assert_eq!(report.remaining, 3, "{report:?}");
+    let report = dp.maintain(now).expect("maintenance completes");
+    assert_eq!(report.flows_expired, expired_fwd.len() as u64, "{report:?}");
+    assert_eq!(report.other["orphans"], 2, "{report:?}");
+    assert_eq!(report.flows_remaining, Some(3), "{report:?}");
     let left: BTreeMap<CtKey, CtEntry> = ct.iter().map(|r| r.expect("entry")).collect();
     for k in expired_fwd.iter().chain(&must_go) {
         assert!(!left.contains_key(k), "removed: {k:?}");
@@ -361,10 +365,14 @@ fn gc_drains_expired_entries_whose_reverse_keys_are_gone_or_shared() {
     assert_eq!(left.get(&other), Some(&other_e));
     assert_eq!(left.len(), 5, "nothing else: {left:#?}");
     // Nothing left to do.
-    let report = dp.gc(now).expect("gc again");
+    let report = dp.maintain(now).expect("maintain again");
     assert_eq!(
-        (report.expired, report.orphans, report.remaining),
-        (0, 0, 3)
+        (
+            report.flows_expired,
+            report.other["orphans"],
+            report.flows_remaining
+        ),
+        (0, 0, Some(3))
     );
 }
 

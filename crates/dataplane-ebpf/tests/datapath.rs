@@ -709,8 +709,8 @@ fn selection_affinity_terminating_and_maglev() {
 }
 
 #[test]
-fn established_flow_keeps_backend_and_gc_expires() {
-    if !require_root("established_flow_keeps_backend_and_gc_expires") {
+fn established_flow_keeps_backend_and_maintain_expires() {
+    if !require_root("established_flow_keeps_backend_and_maintain_expires") {
         return;
     }
     let n = TestNode::new("est");
@@ -795,18 +795,41 @@ fn established_flow_keeps_backend_and_gc_expires() {
     let run = dp.run_packet(Hook::FromPod, &to_removed, 1).expect("run");
     assert_eq!(run.verdict, REDIRECT, "no backends: rejected");
 
-    let before = dp.flows().expect("flows").len();
-    assert!(before >= 2);
-    let report = dp.gc(monotonic_now()).expect("gc now");
-    assert_eq!(report.expired, 0, "nothing is idle yet");
-    let report = dp
-        .gc(monotonic_now() + std::time::Duration::from_mins(2))
-        .expect("gc later");
+    maintain_expires_syn_flows(&mut dp);
+}
+
+/// Maintenance expires a flow's conntrack entries once it has been idle longer than its
+/// timeout (`tcp_syn`, 1 min, for the SYN-only flows `dp` holds), and not before.
+fn maintain_expires_syn_flows(dp: &mut EbpfDataplane) {
+    let flows = dp.flows().expect("flows");
+    assert!(flows.len() >= 2);
+    let report = dp.maintain(monotonic_now()).expect("maintain now");
+    assert_eq!(report.flows_expired, 0, "nothing is idle yet: {report:?}");
     assert_eq!(
-        report.expired, before,
-        "SYN-only flows expire after tcp_syn"
+        report.flows_remaining,
+        Some(flows.len() as u64),
+        "{report:?}"
+    );
+    assert_eq!(dp.flows().expect("flows"), flows, "the entries stay");
+    let report = dp
+        .maintain(monotonic_now() + std::time::Duration::from_secs(30))
+        .expect("maintain before the timeout");
+    assert_eq!(report.flows_expired, 0, "still within tcp_syn: {report:?}");
+    assert_eq!(dp.flows().expect("flows"), flows, "the entries stay");
+    let report = dp
+        .maintain(monotonic_now() + std::time::Duration::from_mins(2))
+        .expect("maintain later");
+    assert_eq!(
+        (report.flows_expired, report.flows_remaining),
+        (flows.len() as u64, Some(0)),
+        "SYN-only flows expire after tcp_syn: {report:?}"
     );
     assert!(dp.flows().expect("flows").is_empty());
+    assert_eq!(
+        dp.stats().expect("stats").flows,
+        0,
+        "no conntrack entry is left in the map"
+    );
 }
 
 /// Replies keep the forward entry (the one GC reads) up to date: new state bits reach it at
@@ -853,9 +876,13 @@ fn replies_update_the_forward_entry() {
     }
     // The SYN-ACK marked the flow as answered: it outlives the SYN timeout (1 min).
     let report = dp
-        .gc(monotonic_now() + std::time::Duration::from_mins(2))
-        .expect("gc");
-    assert_eq!((report.expired, report.remaining), (0, 1), "{report:?}");
+        .maintain(monotonic_now() + std::time::Duration::from_mins(2))
+        .expect("maintain");
+    assert_eq!(
+        (report.flows_expired, report.flows_remaining),
+        (0, Some(1)),
+        "{report:?}"
+    );
     // FIN from both sides: the flow is closing and expires after tcp_closing (10 s), which
     // it only does if the backend's FIN reached the forward entry.
     let run = dp
@@ -864,9 +891,13 @@ fn replies_update_the_forward_entry() {
     assert_eq!(hex(&run.output), hex(&translated_reply(TCP_FIN | TCP_ACK)));
     backend_of(&mut dp, &from_client(TCP_FIN | TCP_ACK));
     let report = dp
-        .gc(monotonic_now() + std::time::Duration::from_secs(30))
-        .expect("gc");
-    assert_eq!((report.expired, report.remaining), (1, 0), "{report:?}");
+        .maintain(monotonic_now() + std::time::Duration::from_secs(30))
+        .expect("maintain");
+    assert_eq!(
+        (report.flows_expired, report.flows_remaining),
+        (1, Some(0)),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -1501,8 +1532,8 @@ fn dsr_fixtures() {
         "the DSR flow is listed on the backend's node too: {flows:?}"
     );
     // GC keeps the lone DSR entries (no reverse partner) while they are fresh.
-    let report = dp.gc(monotonic_now()).expect("gc");
-    assert_eq!(report.orphans, 0, "{report:?}");
+    let report = dp.maintain(monotonic_now()).expect("maintain");
+    assert_eq!(report.other["orphans"], 0, "{report:?}");
     assert!(dp.flows().expect("flows").len() >= 3);
 }
 

@@ -324,8 +324,13 @@ fn xdp_fixtures() {
         !flows.iter().any(|f| f.client.port() == 45030),
         "no conntrack entry for a packet the FIB could not route: {flows:?}"
     );
-    let report = dp.gc(dataplane_ebpf::monotonic_now()).expect("gc");
-    assert_eq!(report.orphans, 0, "XDP's entries are complete: {report:?}");
+    let report = dp
+        .maintain(dataplane_ebpf::monotonic_now())
+        .expect("maintain");
+    assert_eq!(
+        report.other["orphans"], 0,
+        "XDP's entries are complete: {report:?}"
+    );
     dp.reset().expect("reset");
 }
 

@@ -21,7 +21,9 @@ pub struct NetfilterConfig {
     /// The `ip6tables` binary.
     pub ip6tables: PathBuf,
     /// Test hook: append an operation that the kernel refuses at the end of every
-    /// transaction, to show that a failing apply changes nothing.
+    /// transaction, to show that a failing apply changes nothing. Public for the tests of
+    /// other crates (the workspace's `tests/apply_report.rs`), not a setting: hidden.
+    #[doc(hidden)]
     pub fail_transactions: bool,
 }
 

@@ -10,9 +10,15 @@
 //!   `iptables-restore --noflush` so that rules it does not own are never touched.
 //!
 //! Renderers are pure functions (state → text) in [`nft::render`] and [`iptables::render`].
+//!
+//! Both leave connection tracking to the kernel's conntrack, which expires its own entries:
+//! [`Dataplane::maintain`](dataplane_core::Dataplane::maintain) is the trait's no-op default
+//! and there is no maintenance interval.
+#![warn(missing_docs)]
 
 pub mod config;
-pub mod conntrack;
+mod conntrack;
+mod counts;
 pub mod error;
 mod exec;
 pub mod iptables;

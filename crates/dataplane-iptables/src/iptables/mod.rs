@@ -1,6 +1,9 @@
 //! The iptables flavour: kube-proxy iptables-mode chains applied with
 //! `iptables-restore --noflush` / `ip6tables-restore --noflush`.
 
+// Chain digests and the partial-sync plan: public for the render tests, which check what a
+// partial restore writes, not part of the API: hidden.
+#[doc(hidden)]
 pub mod digest;
 pub mod render;
 
@@ -14,6 +17,7 @@ use dataplane_core::{
 };
 
 use crate::config::NetfilterConfig;
+use crate::counts;
 use crate::error::NetfilterError;
 use crate::exec;
 use crate::plan::{check_supported, Family, Support};
@@ -23,6 +27,10 @@ use render::{write_reset, Existing, ExistingParser, MAX_PREFIX_LEN};
 const BACKEND: &str = "iptables";
 
 /// The iptables backend (works with iptables-nft and iptables-legacy).
+///
+/// It needs no [`Dataplane::maintain`] (the trait's no-op default, and `None` for
+/// [`Dataplane::maintenance_interval`]): connections are tracked by the kernel's conntrack,
+/// which expires its own entries.
 ///
 /// ```no_run
 /// use dataplane_core::Dataplane;
@@ -51,7 +59,9 @@ impl IptablesDataplane {
         }
     }
 
-    /// Test hook: make every following restore end with a rule the tool refuses.
+    /// Test hook: make every following restore end with a rule the tool refuses. Public for
+    /// tests in other crates, hidden from the docs.
+    #[doc(hidden)]
     pub fn set_fail_transactions(&mut self, fail: bool) {
         self.config.fail_transactions = fail;
     }
@@ -240,13 +250,21 @@ impl IptablesDataplane {
         // What the kernel held (~130k chain names at 10k services) and the previous copy of
         // the state go before the state is copied: they are not all held at once.
         drop(existing);
+        // Compared with the services of the last successful sync (which a failed restore
+        // leaves as the applied state), not with the chains: see `crate::counts`.
+        let before = applied
+            .as_ref()
+            .map(|(s, _)| counts::fingerprints(&s.services))
+            .unwrap_or_default();
         drop(applied);
+        let (services_changed, services_removed) =
+            counts::full_sync_counts(&before, &counts::fingerprints(&desired.services));
         self.dirty = false;
         self.applied = Some((desired.clone(), new));
         Ok(ApplyReport {
             full_sync,
-            services_changed: desired.services.len(),
-            services_removed: 0,
+            services_changed,
+            services_removed,
             objects_written: written,
             skipped,
             warnings: dataplane_core::warnings(desired),
@@ -349,13 +367,7 @@ impl Dataplane for IptablesDataplane {
         let mut desired = state.clone();
         changes.apply_to(&mut desired);
         let mut report = self.sync(&desired, false)?;
-        let removed = changes
-            .services
-            .values()
-            .filter(|c| c.current.is_none())
-            .count();
-        report.services_changed = changes.services.len() - removed;
-        report.services_removed = removed;
+        (report.services_changed, report.services_removed) = counts::change_counts(changes);
         // An incremental apply reports about the changed services only (the trait's contract).
         let current: Vec<&dataplane_core::Service> = changes
             .services

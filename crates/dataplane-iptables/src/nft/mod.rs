@@ -1,6 +1,9 @@
 //! The nftables flavour.
 
-pub mod netlink;
+mod netlink;
+// Reading `nft -j` listings back: public for the tests that parse captured listings (its
+// `Listing` holds `serde_json` values), not part of the API: hidden.
+#[doc(hidden)]
 pub mod observe;
 pub mod render;
 
@@ -13,6 +16,7 @@ use dataplane_core::{
 };
 
 use crate::config::NetfilterConfig;
+use crate::counts;
 use crate::error::NetfilterError;
 use crate::exec;
 use crate::plan::{changed_hairpin, changed_ports, node_plan};
@@ -28,6 +32,10 @@ const BACKEND: &str = "nftables";
 const FAULT_KEY: u32 = 0x7fff_ffff;
 
 /// The nftables backend.
+///
+/// It needs no [`Dataplane::maintain`] (the trait's no-op default, and `None` for
+/// [`Dataplane::maintenance_interval`]): connections are tracked by the kernel's conntrack,
+/// which expires its own entries.
 ///
 /// ```no_run
 /// use dataplane_core::Dataplane;
@@ -52,6 +60,9 @@ pub struct NftablesDataplane {
     /// The netlink socket of element-only changes, kept between them (see
     /// [`netlink::Socket`]); dropped after a failure and on reset.
     netlink: Option<netlink::Socket>,
+    /// The services the last successful sync programmed, for the report's counts (a failed
+    /// transaction changes nothing, so they stay).
+    programmed: counts::Fingerprints,
 }
 
 impl NftablesDataplane {
@@ -64,6 +75,7 @@ impl NftablesDataplane {
             validator: None,
             dirty: false,
             netlink: None,
+            programmed: counts::Fingerprints::new(),
         }
     }
 
@@ -79,7 +91,9 @@ impl NftablesDataplane {
     }
 
     /// Test hook: make every following transaction end with an operation the kernel refuses
-    /// (see [`NetfilterConfig::fail_transactions`]).
+    /// (see [`NetfilterConfig::fail_transactions`]). Public for tests in other crates, hidden
+    /// from the docs.
+    #[doc(hidden)]
     pub fn set_fail_transactions(&mut self, fail: bool) {
         self.config.fail_transactions = fail;
     }
@@ -237,10 +251,14 @@ impl NftablesDataplane {
             }
         }
         self.dirty = false;
+        let programmed = counts::fingerprints(&desired.services);
+        let (services_changed, services_removed) =
+            counts::full_sync_counts(&self.programmed, &programmed);
+        self.programmed = programmed;
         let report = ApplyReport {
             full_sync: true,
-            services_changed: desired.services.len(),
-            services_removed: 0,
+            services_changed,
+            services_removed,
             objects_written,
             skipped,
             warnings: dataplane_core::warnings(desired),
@@ -412,15 +430,11 @@ impl Dataplane for NftablesDataplane {
             planned.iter().map(|(n, p)| (n, p.as_deref())),
             &changed_hairpin(node, changes),
         )?;
-        let removed = changes
-            .services
-            .values()
-            .filter(|c| c.current.is_none())
-            .count();
+        let (services_changed, services_removed) = counts::change_counts(changes);
         let mut report = ApplyReport {
             full_sync: false,
-            services_changed: changes.services.len() - removed,
-            services_removed: removed,
+            services_changed,
+            services_removed,
             objects_written: 0,
             skipped,
             warnings: changes
@@ -446,6 +460,7 @@ impl Dataplane for NftablesDataplane {
                 self.transaction(&text, "partial sync")?;
             }
         }
+        counts::record(&mut self.programmed, changes);
         if let Some((node, rs)) = &mut self.applied {
             rs.apply_patch(patch);
             if let Some(v) = &mut self.validator {
@@ -492,6 +507,7 @@ impl Dataplane for NftablesDataplane {
         self.applied = None;
         self.validator = None;
         self.dirty = false;
+        self.programmed.clear();
         Ok(())
     }
 }
