@@ -1,6 +1,7 @@
 //! `ApplyReport::services_changed` / `services_removed` mean the same on every dataplane: one
 //! scripted sequence of applies runs against the eBPF, nftables and iptables dataplanes, each
-//! in a network namespace of its own, and every report must carry the same, exact counts.
+//! in a network namespace of its own, and the in-memory `FakeDataplane`, and every report must
+//! carry the same, exact counts.
 //!
 //! ```text
 //!   [netns dpar-PID-ebpf]      [netns dpar-PID-nft]       [netns dpar-PID-ipt]
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use dataplane_core::fake::{FakeDataplane, Fault};
 use dataplane_core::{
     diff, ApplyReport, Backend, BoxDataplane, Change, ChangeSet, Dataplane, DesiredState,
     Interfaces, Masquerade, Node, ObjectName, PortRange, Protocol, Service, ServicePort,
@@ -129,11 +131,16 @@ fn state(services: Vec<Service>) -> DesiredState {
     s
 }
 
+/// With a NodePort: a change of the node's addresses changes its frontends, not the service.
 fn a() -> Service {
-    service("a", "10.96.0.10", &["10.244.1.10"])
+    with_node_port(service("a", "10.96.0.10", &["10.244.1.10"]))
 }
 fn a_changed() -> Service {
-    service("a", "10.96.0.10", &["10.244.1.10", "10.244.1.11"])
+    with_node_port(service("a", "10.96.0.10", &["10.244.1.10", "10.244.1.11"]))
+}
+fn with_node_port(mut s: Service) -> Service {
+    s.ports[0].node_port = Some(30080);
+    s
 }
 fn b() -> Service {
     service("b", "10.96.0.11", &["10.244.1.20"])
@@ -175,36 +182,60 @@ fn too_big() -> DesiredState {
 /// is a transaction the kernel refuses (their fault hook).
 const EBPF_SERVICES: u32 = 10;
 
-/// One step's outcome: (step, full sync, services changed, services removed).
-type Row = (&'static str, bool, usize, usize);
+/// One step's outcome: (step, full sync (`None`: the dataplane's choice), services changed,
+/// services removed).
+type Row = (&'static str, Option<bool>, usize, usize);
 
 fn row(step: &'static str, report: &ApplyReport) -> Row {
     (
         step,
-        report.full_sync,
+        Some(report.full_sync),
         report.services_changed,
         report.services_removed,
     )
 }
 
+/// A step whose full or incremental sync is the dataplane's choice (iptables applies a change
+/// of the node's addresses incrementally, the others fully): only the counts are compared.
+fn counts_row(step: &'static str, report: &ApplyReport) -> Row {
+    (step, None, report.services_changed, report.services_removed)
+}
+
 /// What every dataplane must report for [`scenario`].
 fn expected() -> Vec<Row> {
     vec![
-        ("first apply of a, b, c", true, 3, 0),
-        ("the same state again, full", true, 0, 0),
-        ("apply_changes: b changed, c removed", false, 1, 1),
-        ("apply_changes: an empty change set", false, 0, 0),
-        ("apply_changes: an entry equal on both sides", false, 0, 0),
-        ("full apply: c back, a changed", true, 2, 0),
+        ("first apply of a, b, c", Some(true), 3, 0),
+        ("the same state again, full", Some(true), 0, 0),
+        ("apply_changes: b changed, c removed", Some(false), 1, 1),
+        ("apply_changes: an empty change set", Some(false), 0, 0),
+        (
+            "apply_changes: an entry equal on both sides",
+            Some(false),
+            0,
+            0,
+        ),
+        ("full apply: c back, a changed", Some(true), 2, 0),
+        (
+            "sync: a node address added (a's NodePort gains a frontend)",
+            None,
+            0,
+            0,
+        ),
+        ("sync: the node address removed again", None, 0, 0),
         (
             "sync after a failed apply: a removed, b changed, d added",
-            true,
+            Some(true),
             2,
             1,
         ),
-        ("sync without a change", false, 0, 0),
-        ("sync after a failed apply_changes: c changed", true, 1, 0),
-        ("first apply after reset", true, 3, 0),
+        ("sync without a change", Some(false), 0, 0),
+        (
+            "sync after a failed apply_changes: c changed",
+            Some(true),
+            1,
+            0,
+        ),
+        ("first apply after reset", Some(true), 3, 0),
     ]
 }
 
@@ -248,6 +279,17 @@ fn scenario<D: Dataplane>(dp: &mut D, fail: impl Fn(&mut D, bool)) -> Vec<Row> {
     rows.push(row(
         "full apply: c back, a changed",
         &dp.apply(&s3).expect("full apply"),
+    ));
+    // A change of the node changes no service object: every dataplane counts objects.
+    let mut s3_node = s3.clone();
+    s3_node.node.addresses.push(addr("172.18.0.11"));
+    rows.push(counts_row(
+        "sync: a node address added (a's NodePort gains a frontend)",
+        &dp.sync(Some(&s3), &s3_node).expect("node change"),
+    ));
+    rows.push(counts_row(
+        "sync: the node address removed again",
+        &dp.sync(Some(&s3_node), &s3).expect("node change back"),
     ));
 
     fail(dp, true);
@@ -319,6 +361,15 @@ fn service_counts_are_the_same_on_every_dataplane() {
     let mut ipt = IptablesDataplane::new(NetfilterConfig::iptables(Some(ns.path())));
     let got = scenario(&mut ipt, IptablesDataplane::set_fail_transactions);
     assert_eq!(got, want, "iptables (left: reported, right: expected)");
+
+    // The fake embedders test against counts the same way (its failures are injected).
+    let mut fake = FakeDataplane::new();
+    let got = scenario(&mut fake, |f, on| {
+        if on {
+            f.fail_next_apply(Fault::Kernel("injected".to_owned()));
+        }
+    });
+    assert_eq!(got, want, "fake (left: reported, right: expected)");
 }
 
 /// The eBPF dataplane expires its own conntrack and says how often; the netfilter ones leave

@@ -143,9 +143,10 @@ pub struct Capabilities {
 pub struct ApplyReport {
     /// Whether this was a full sync.
     pub full_sync: bool,
-    /// Services of the desired state that this apply added or changed, compared with what
-    /// the dataplane had programmed before it: all of them on the first apply, none when a
-    /// full sync finds everything as it was. The same on every dataplane.
+    /// Services of the desired state that this apply added or changed: those whose object
+    /// differs from the one the last successful apply programmed (all of them on the first
+    /// apply, none when a full sync finds every service as it was, none for a change of the
+    /// node alone). The same on every dataplane ([`crate::counts`]).
     pub services_changed: usize,
     /// Services that were programmed before this apply and are gone now. The same on every
     /// dataplane.

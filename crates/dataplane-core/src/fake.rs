@@ -619,7 +619,14 @@ impl Inner {
         for s in &desired.services {
             skipped.extend(self.program_service(&desired.node, s).1);
         }
-        let changed: Vec<&Programmed> = services
+        // The counts compare the objects, as every dataplane does (see `crate::counts`);
+        // the objects written are the frontends of every service programmed differently (a
+        // change of the node reprograms NodePorts without changing a service).
+        let changed = services
+            .iter()
+            .filter(|(name, p)| self.services.get(*name).map(|o| &o.service) != Some(&p.service))
+            .count();
+        let rewritten: Vec<&Programmed> = services
             .iter()
             .filter(|(name, p)| self.services.get(*name) != Some(*p))
             .map(|(_, p)| p)
@@ -632,9 +639,9 @@ impl Inner {
             .collect();
         let report = ApplyReport {
             full_sync: true,
-            services_changed: changed.len(),
+            services_changed: changed,
             services_removed: removed.len(),
-            objects_written: changed
+            objects_written: rewritten
                 .iter()
                 .chain(&removed)
                 .map(|p| p.frontends.len())
@@ -689,7 +696,11 @@ impl Inner {
         let written: Vec<&Programmed> = changes
             .services
             .keys()
-            .filter_map(|name| services.get(name).filter(|p| old.get(name) != Some(*p)))
+            .filter_map(|name| {
+                services
+                    .get(name)
+                    .filter(|p| old.get(name).map(|o| &o.service) != Some(&p.service))
+            })
             .collect();
         let removed: Vec<&Programmed> = changes
             .services

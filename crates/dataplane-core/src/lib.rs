@@ -6,6 +6,7 @@
 //! [`FakeDataplane`] is an in-memory [`Dataplane`] for tests of code that drives one.
 #![warn(missing_docs)]
 
+pub mod counts;
 pub mod dataplane;
 pub mod diff;
 pub mod fake;
@@ -20,6 +21,7 @@ pub mod reference;
 pub mod synthetic;
 pub mod validate;
 
+pub use counts::{service_fingerprint, ServiceFingerprints};
 pub use dataplane::{
     ApplyReport, BoxDataplane, Capabilities, Dataplane, Error, Flow, MaintenanceReport,
     ObservedFrontend, ObservedState, Skipped, Stats, Warning,

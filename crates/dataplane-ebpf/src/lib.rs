@@ -512,7 +512,8 @@ impl EbpfDataplane {
                         });
                 match result {
                     Ok(mut report) => {
-                        (report.services_changed, report.services_removed) = change_counts(changes);
+                        (report.services_changed, report.services_removed) =
+                            changes.service_counts();
                         self.planner = Some(planner);
                         Ok(report)
                     }
@@ -996,22 +997,6 @@ fn notes(
     (warnings, skipped)
 }
 
-/// Services `changes` changes (or adds) and removes; an entry whose two sides are equal (a
-/// change set built by hand may hold one; [`dataplane_core::diff`] drops them) is neither.
-fn change_counts(changes: &ChangeSet) -> (usize, usize) {
-    let added_or_changed = changes
-        .services
-        .values()
-        .filter(|c| c.current.is_some() && c.current != c.previous)
-        .count();
-    let gone = changes
-        .services
-        .values()
-        .filter(|c| c.current.is_none() && c.previous.is_some())
-        .count();
-    (added_or_changed, gone)
-}
-
 fn protocol_of(n: u8) -> Option<Protocol> {
     [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
         .into_iter()
@@ -1309,38 +1294,5 @@ mod tests {
             maintenance_interval(&udp_short),
             Duration::from_millis(3500)
         );
-    }
-
-    #[test]
-    fn change_counts_skip_no_op_entries() {
-        use dataplane_core::{Change, ObjectName, Service};
-        let a = Service::new(ObjectName::new("default", "a"));
-        let mut b = Service::new(ObjectName::new("default", "b"));
-        let c = Service::new(ObjectName::new("default", "c"));
-        let mut changes = ChangeSet::default();
-        changes.services.insert(
-            a.name.clone(),
-            Change {
-                previous: Some(a.clone()),
-                current: Some(a),
-            },
-        );
-        let old_b = b.clone();
-        b.cluster_ips = vec!["10.96.0.11".parse().unwrap()];
-        changes.services.insert(
-            b.name.clone(),
-            Change {
-                previous: Some(old_b),
-                current: Some(b),
-            },
-        );
-        changes.services.insert(
-            c.name.clone(),
-            Change {
-                previous: Some(c),
-                current: None,
-            },
-        );
-        assert_eq!(change_counts(&changes), (1, 1));
     }
 }

@@ -577,16 +577,11 @@ fn plan_node(state: &DesiredState) -> NodePlan {
     out
 }
 
-/// Each programmed service's [`fingerprint`], by name.
-pub(crate) type Fingerprints = HashMap<ObjectName, u64>;
+/// Each programmed service's fingerprint, by name (core's, so that the report's counts mean
+/// the same on every dataplane).
+pub(crate) type Fingerprints = dataplane_core::ServiceFingerprints;
 
-/// A hash of everything in `service`, stable within a process.
-fn fingerprint(service: &Service) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    service.hash(&mut h);
-    h.finish()
-}
+use dataplane_core::service_fingerprint as fingerprint;
 
 /// What one service contributed to the plan, so that it can be taken out again.
 #[derive(Debug, Clone, Default)]
@@ -743,16 +738,12 @@ impl Planner {
         let Some(prev) = previous else {
             return (self.by_service.len(), 0);
         };
-        let changed = self
+        let now: Fingerprints = self
             .by_service
             .iter()
-            .filter(|(name, e)| prev.get(*name) != Some(&e.fingerprint))
-            .count();
-        let removed = prev
-            .keys()
-            .filter(|name| !self.by_service.contains_key(*name))
-            .count();
-        (changed, removed)
+            .map(|(name, e)| (name.clone(), e.fingerprint))
+            .collect();
+        now.counts_since(prev)
     }
 
     /// The fingerprint of each planned service, the plan dropped (names are moved, not
@@ -770,10 +761,7 @@ impl Planner {
     pub(crate) fn fingerprints_before(self, changes: &ChangeSet) -> Fingerprints {
         let mut out = self.into_fingerprints();
         for (name, change) in &changes.services {
-            match &change.previous {
-                Some(prev) => out.insert(name.clone(), fingerprint(prev)),
-                None => out.remove(name),
-            };
+            out.set(name.clone(), change.previous.as_ref().map(fingerprint));
         }
         out
     }

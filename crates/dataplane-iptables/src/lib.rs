@@ -18,7 +18,6 @@
 
 pub mod config;
 mod conntrack;
-mod counts;
 pub mod error;
 mod exec;
 pub mod iptables;

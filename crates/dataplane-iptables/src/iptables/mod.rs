@@ -17,10 +17,10 @@ use dataplane_core::{
 };
 
 use crate::config::NetfilterConfig;
-use crate::counts;
 use crate::error::NetfilterError;
 use crate::exec;
 use crate::plan::{check_supported, Family, Support};
+use dataplane_core::ServiceFingerprints;
 use digest::{digests, name_hash, Digests, NameHash, SyncPlan};
 use render::{write_reset, Existing, ExistingParser, MAX_PREFIX_LEN};
 
@@ -251,14 +251,14 @@ impl IptablesDataplane {
         // the state go before the state is copied: they are not all held at once.
         drop(existing);
         // Compared with the services of the last successful sync (which a failed restore
-        // leaves as the applied state), not with the chains: see `crate::counts`.
+        // leaves as the applied state), not with the chains: see `dataplane_core::counts`.
         let before = applied
             .as_ref()
-            .map(|(s, _)| counts::fingerprints(&s.services))
+            .map(|(s, _)| ServiceFingerprints::of(&s.services))
             .unwrap_or_default();
         drop(applied);
         let (services_changed, services_removed) =
-            counts::full_sync_counts(&before, &counts::fingerprints(&desired.services));
+            ServiceFingerprints::of(&desired.services).counts_since(&before);
         self.dirty = false;
         self.applied = Some((desired.clone(), new));
         Ok(ApplyReport {
@@ -367,7 +367,7 @@ impl Dataplane for IptablesDataplane {
         let mut desired = state.clone();
         changes.apply_to(&mut desired);
         let mut report = self.sync(&desired, false)?;
-        (report.services_changed, report.services_removed) = counts::change_counts(changes);
+        (report.services_changed, report.services_removed) = changes.service_counts();
         // An incremental apply reports about the changed services only (the trait's contract).
         let current: Vec<&dataplane_core::Service> = changes
             .services

@@ -16,11 +16,11 @@ use dataplane_core::{
 };
 
 use crate::config::NetfilterConfig;
-use crate::counts;
 use crate::error::NetfilterError;
 use crate::exec;
 use crate::plan::{changed_hairpin, changed_ports, node_plan};
 use crate::plan::{check_supported, Support};
+use dataplane_core::ServiceFingerprints;
 use render::{
     compile_patch, compile_state, render_full, render_patch, render_reset, sorted_difference,
     write_full_except, Element, NftRuleset,
@@ -62,7 +62,7 @@ pub struct NftablesDataplane {
     netlink: Option<netlink::Socket>,
     /// The services the last successful sync programmed, for the report's counts (a failed
     /// transaction changes nothing, so they stay).
-    programmed: counts::Fingerprints,
+    programmed: ServiceFingerprints,
 }
 
 impl NftablesDataplane {
@@ -75,7 +75,7 @@ impl NftablesDataplane {
             validator: None,
             dirty: false,
             netlink: None,
-            programmed: counts::Fingerprints::new(),
+            programmed: ServiceFingerprints::default(),
         }
     }
 
@@ -251,9 +251,8 @@ impl NftablesDataplane {
             }
         }
         self.dirty = false;
-        let programmed = counts::fingerprints(&desired.services);
-        let (services_changed, services_removed) =
-            counts::full_sync_counts(&self.programmed, &programmed);
+        let programmed = ServiceFingerprints::of(&desired.services);
+        let (services_changed, services_removed) = programmed.counts_since(&self.programmed);
         self.programmed = programmed;
         let report = ApplyReport {
             full_sync: true,
@@ -430,7 +429,7 @@ impl Dataplane for NftablesDataplane {
             planned.iter().map(|(n, p)| (n, p.as_deref())),
             &changed_hairpin(node, changes),
         )?;
-        let (services_changed, services_removed) = counts::change_counts(changes);
+        let (services_changed, services_removed) = changes.service_counts();
         let mut report = ApplyReport {
             full_sync: false,
             services_changed,
@@ -460,7 +459,7 @@ impl Dataplane for NftablesDataplane {
                 self.transaction(&text, "partial sync")?;
             }
         }
-        counts::record(&mut self.programmed, changes);
+        self.programmed.record(changes);
         if let Some((node, rs)) = &mut self.applied {
             rs.apply_patch(patch);
             if let Some(v) = &mut self.validator {
@@ -507,7 +506,7 @@ impl Dataplane for NftablesDataplane {
         self.applied = None;
         self.validator = None;
         self.dirty = false;
-        self.programmed.clear();
+        self.programmed = ServiceFingerprints::default();
         Ok(())
     }
 }
