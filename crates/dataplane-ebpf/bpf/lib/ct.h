@@ -4,7 +4,7 @@
  *
  * Each translated connection has a forward entry (client -> frontend, as the client sent it)
  * and a reverse entry (backend -> client or SNAT address, as the reply arrives). Expiry is
- * done by user space (EbpfDataplane::gc) from last_seen_ns and the TCP state bits; the LRU
+ * done by user space (Dataplane::maintain) from last_seen_ns and the TCP state bits; the LRU
  * only evicts under pressure.
  */
 #ifndef DP_CT_H

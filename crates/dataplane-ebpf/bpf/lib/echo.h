@@ -5,7 +5,7 @@
  * The echo identifier plays the part of the source port: the request's forward entry is
  * keyed {pod -> peer, sport = id, dport = 0}, the reply's reverse entry {peer -> node,
  * sport = 0, dport = id'} where id' is an identifier free towards that peer (the pod's own
- * when possible). Entries carry CT_F_MASQ | CT_F_SNAT like TCP/UDP masquerade, so gc() and
+ * when possible). Entries carry CT_F_MASQ | CT_F_SNAT like TCP/UDP masquerade, so maintain() and
  * the orphan check treat them alike. ICMPv4 has no pseudo header: changing an address does
  * not touch its checksum; ICMPv6's does.
  */

@@ -14,7 +14,7 @@
  * FIB cannot answer - goes to TC untouched, which handles it exactly as without XDP.
  *
  * Conntrack entries are the ones lb_forward() writes (same pinned dp_ct), so TC's reverse NAT
- * of SNAT replies, flows() and gc() work unchanged, and flows XDP started continue in TC (and
+ * of SNAT replies, flows() and maintain() work unchanged, and flows XDP started continue in TC (and
  * the other way round) when XDP is detached or passes a packet.
  *
  * The packet is changed with direct packet access and incremental checksums (RFC 1624); XDP
