@@ -191,28 +191,32 @@ impl AsyncDataplane {
     }
 
     /// What is programmed, read back from the kernel ([`Dataplane::observe`]).
-    pub fn observe(&self) -> impl Future<Output = Result<ObservedState, AsyncError>> + Send {
+    pub fn observe(
+        &self,
+    ) -> impl Future<Output = Result<ObservedState, AsyncError>> + Send + 'static {
         self.call(false, |w| w.dataplane.observe().map_err(AsyncError::from))
     }
 
     /// The counters ([`Dataplane::stats`]).
-    pub fn stats(&self) -> impl Future<Output = Result<Stats, AsyncError>> + Send {
+    pub fn stats(&self) -> impl Future<Output = Result<Stats, AsyncError>> + Send + 'static {
         self.call(false, |w| w.dataplane.stats().map_err(AsyncError::from))
     }
 
     /// The tracked service connections ([`Dataplane::flows`]).
-    pub fn flows(&self) -> impl Future<Output = Result<Vec<Flow>, AsyncError>> + Send {
+    pub fn flows(&self) -> impl Future<Output = Result<Vec<Flow>, AsyncError>> + Send + 'static {
         self.call(false, |w| w.dataplane.flows().map_err(AsyncError::from))
     }
 
     /// What the dataplane can program ([`Dataplane::capabilities`]).
-    pub fn capabilities(&self) -> impl Future<Output = Result<Capabilities, AsyncError>> + Send {
+    pub fn capabilities(
+        &self,
+    ) -> impl Future<Output = Result<Capabilities, AsyncError>> + Send + 'static {
         self.call(false, |w| Ok(w.dataplane.capabilities()))
     }
 
     /// Removes everything the dataplane installed ([`Dataplane::reset`]); the next sync is
     /// a full apply.
-    pub fn reset(&self) -> impl Future<Output = Result<(), AsyncError>> + Send {
+    pub fn reset(&self) -> impl Future<Output = Result<(), AsyncError>> + Send + 'static {
         self.call(true, |w| {
             w.previous = None;
             w.dataplane.reset().map_err(AsyncError::from)
@@ -230,7 +234,7 @@ impl AsyncDataplane {
     /// its thread, and the future resolves once the thread has ended. It answers
     /// [`AsyncError::Stopped`] when the thread had ended by a panic. The thread is told to
     /// end when this is called, not when the future is polled.
-    pub fn shutdown(mut self) -> impl Future<Output = Result<(), AsyncError>> + Send {
+    pub fn shutdown(mut self) -> impl Future<Output = Result<(), AsyncError>> + Send + 'static {
         self.close();
         let ended = self.ended.take();
         let thread = self.thread.take();
