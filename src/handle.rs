@@ -749,4 +749,83 @@ mod tests {
         assert!(matches!(dp.capabilities().await, Err(AsyncError::Stopped)));
         assert!(matches!(dp.shutdown().await, Err(AsyncError::Stopped)));
     }
+
+    /// The handle driving a real dataplane (the one `auto` picks) on a lab node: traffic
+    /// to a ClusterIP follows a backend change synced through it. Root.
+    #[cfg(any(feature = "ebpf", feature = "nft"))]
+    #[tokio::test]
+    async fn traffic_follows_a_backend_change_synced_through_the_handle() {
+        use dataplane_core::{Backend, ObjectName, Service, ServicePort};
+        use dataplane_testkit::{probe, Lab, LabSpec, ProbeOutcome, SERVER_PORT};
+
+        let name = "traffic_follows_a_backend_change_synced_through_the_handle";
+        if !dataplane_testkit::require_root(name) {
+            return;
+        }
+        // pod 0 is the client, pods 1 and 2 the backends.
+        let lab = Lab::new(LabSpec {
+            nodes: 1,
+            pods_per_node: 3,
+            external_clients: 0,
+            ipv6: false,
+        })
+        .unwrap();
+        #[allow(unused_mut)] // the pin directory exists with the `ebpf` feature only
+        let mut options = crate::Options::in_netns(lab.node(0).netns.path());
+        #[cfg(feature = "ebpf")]
+        {
+            options.ebpf.pin_dir =
+                format!("/sys/fs/bpf/dp-handle-test-{}", std::process::id()).into();
+        }
+        let opened = crate::open(crate::Selection::Auto, &options).unwrap();
+        let kind = opened.kind;
+        let dp = AsyncDataplane::new(opened.dataplane).unwrap();
+        let with_backend = |pod: usize| {
+            let mut web = Service::new(ObjectName::new("default", "web"));
+            web.cluster_ips = vec!["10.96.0.10".parse().unwrap()];
+            web.ports = vec![ServicePort {
+                name: "http".to_owned(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: SERVER_PORT,
+                node_port: None,
+            }];
+            web.backends = vec![Backend::new(lab.pod(pod).addresses[0])];
+            let mut state = lab.desired_state(0);
+            state.services.push(web);
+            state
+        };
+        let answered_by = || {
+            let frontend = "10.96.0.10:80".parse().unwrap();
+            match probe(
+                &lab.pod(0).netns,
+                frontend,
+                Protocol::Tcp,
+                Duration::from_secs(2),
+            ) {
+                Ok(ProbeOutcome::Answered { backend, .. }) => backend,
+                other => panic!("{kind}: the ClusterIP did not answer: {other:?}"),
+            }
+        };
+
+        let first = dp.sync(with_backend(1)).await.unwrap();
+        assert!(first.full_sync, "{kind}: {first:?}");
+        assert_eq!(answered_by(), lab.pod(1).name, "{kind}");
+        let second = dp.sync(with_backend(2)).await.unwrap();
+        assert!(!second.full_sync, "{kind}: {second:?}");
+        assert_eq!(answered_by(), lab.pod(2).name, "{kind}");
+        let observed = dp.observe().await.unwrap();
+        assert!(
+            observed
+                .frontends
+                .iter()
+                .any(|f| f.backends.contains(&std::net::SocketAddr::new(
+                    lab.pod(2).addresses[0],
+                    SERVER_PORT
+                ))),
+            "{kind}: {observed:?}"
+        );
+        dp.reset().await.unwrap();
+        dp.shutdown().await.unwrap();
+    }
 }
