@@ -5,9 +5,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use dataplane::{
-    diff, maglev_table, synthetic, validate, MaglevBackend, DEFAULT_MAGLEV_TABLE_SIZE,
-};
+use dataplane::implement::{diff, maglev_table, MaglevBackend, DEFAULT_MAGLEV_TABLE_SIZE};
+use dataplane::testing::synthetic;
+use dataplane::validate;
 
 fn bench_diff(c: &mut Criterion) {
     let mut g = c.benchmark_group("diff");

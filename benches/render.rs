@@ -10,7 +10,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use dataplane::netfilter::iptables::render as ipt;
 use dataplane::netfilter::plan::{plan, Family};
 use dataplane::netfilter::{NetfilterConfig, NftablesDataplane};
-use dataplane::{synthetic, DesiredState};
+use dataplane::testing::synthetic;
+use dataplane::DesiredState;
 
 const SIZES: [usize; 2] = [1_000, 10_000];
 

@@ -25,7 +25,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dataplane::ebpf::{EbpfConfig, EbpfDataplane, Hook, XdpMode};
-use dataplane::{synthetic, Dataplane};
+use dataplane::testing::synthetic;
+use dataplane::Dataplane;
 use dataplane_testkit::{Lab, LabSpec};
 use nix::sched::{setns, CloneFlags};
 

@@ -46,11 +46,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dataplane::ebpf::{EbpfConfig, EbpfDataplane};
 use dataplane::netfilter::{NetfilterConfig, NftablesDataplane};
+use dataplane::testing::synthetic;
 use dataplane::{
-    synthetic, Backend, Change, ChangeSet, Dataplane, DesiredState, ObjectName, Protocol, Service,
-    ServicePort,
+    open, Backend, BoxDataplane, Change, ChangeSet, DataplaneKind, DesiredState, ObjectName,
+    Options, Protocol, Selection, Service, ServicePort,
 };
 use dataplane_testkit::{Lab, LabSpec};
 use serde::{Deserialize, Serialize};
@@ -398,7 +398,7 @@ fn compute_costs() -> Vec<ComputeRow> {
         ComputeRow {
             what: "diff two 10k-service states (one endpoint changed)".to_owned(),
             median_ms: time_median(5, || {
-                std::hint::black_box(dataplane::diff(&state, &changed));
+                std::hint::black_box(dataplane::implement::diff(&state, &changed));
             }),
         },
         ComputeRow {
@@ -415,8 +415,8 @@ fn compute_costs() -> Vec<ComputeRow> {
         },
     ];
     rows.extend(iptables_compute(&state));
-    let backends: Vec<dataplane::MaglevBackend> = (0..100)
-        .map(|i| dataplane::MaglevBackend {
+    let backends: Vec<dataplane::implement::MaglevBackend> = (0..100)
+        .map(|i| dataplane::implement::MaglevBackend {
             key: format!("10.244.0.{i}:8080"),
             weight: 1,
         })
@@ -425,8 +425,11 @@ fn compute_costs() -> Vec<ComputeRow> {
         what: "Maglev table (16381 entries) for 100 backends".to_owned(),
         median_ms: time_median(5, || {
             std::hint::black_box(
-                dataplane::maglev_table(&backends, dataplane::DEFAULT_MAGLEV_TABLE_SIZE)
-                    .expect("table"),
+                dataplane::implement::maglev_table(
+                    &backends,
+                    dataplane::implement::DEFAULT_MAGLEV_TABLE_SIZE,
+                )
+                .expect("table"),
             );
         }),
     });
@@ -541,52 +544,58 @@ fn fill_conntrack(
     }
 }
 
-type Backendbox = Box<dyn Dataplane + Send>;
-
 fn ebpf_pin_dir(tag: &str) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/dp-bench-{}-{tag}", std::process::id()))
 }
 
-/// The dataplane of `kind`; "ebpf-socket" attaches its socket hooks to `cgroup`.
+/// The dataplane of bench mode `kind` in `netns`, opened by the library with the bench's
+/// settings; "ebpf-socket" is the eBPF dataplane with its socket hooks on `cgroup`.
 fn make_backend(
     kind: &str,
     netns: &Path,
     pin_tag: &str,
     cgroup: Option<&Path>,
-) -> Result<Backendbox, String> {
-    match kind {
+) -> Result<BoxDataplane, String> {
+    let mut options = Options::in_netns(netns);
+    let dataplane = match kind {
         "ebpf" | "ebpf-socket" => {
-            let mut c = EbpfConfig::new(ebpf_pin_dir(&format!("{kind}-{pin_tag}")));
-            c.netns = Some(netns.to_owned());
+            options.ebpf.pin_dir = ebpf_pin_dir(&format!("{kind}-{pin_tag}"));
             if kind == "ebpf-socket" {
                 let cgroup = cgroup.ok_or("socket LB needs the bench's cgroup")?;
-                c.socket_lb_cgroup = Some(cgroup.to_owned());
+                options.ebpf.socket_lb_cgroup = Some(cgroup.to_owned());
                 // Its connections are pod-to-pod from the first packet: routed like the
                 // translated ones, straight to the backend's veth.
-                c.host_routing = true;
+                options.ebpf.host_routing = true;
             }
             // 10k ClusterIPs take two entries each, the synthetic NodePorts two more.
-            c.capacities.services = 1 << 16;
-            EbpfDataplane::new(c)
-                .map(|d| Box::new(d) as Backendbox)
-                .map_err(|e| format!("load eBPF: {e}"))
+            options.ebpf.capacities.services = 1 << 16;
+            DataplaneKind::Ebpf
         }
-        "nftables" => Ok(Box::new(NftablesDataplane::new(NetfilterConfig::nftables(
-            Some(netns.to_owned()),
-        )))),
+        "nftables" => DataplaneKind::Nftables,
         "iptables" => {
             // iptables-legacy: iptables-nft-restore needed more than 5 minutes for a 320k-line
             // input of 10k services x 10 on this machine (user-space translation), legacy
             // 6 s. kube-proxy's iptables mode runs on either.
-            let mut c = NetfilterConfig::iptables(Some(netns.to_owned()));
+            let c = &mut options.iptables;
             c.iptables_restore = PathBuf::from("iptables-legacy-restore");
             c.ip6tables_restore = PathBuf::from("ip6tables-legacy-restore");
             c.iptables = PathBuf::from("iptables-legacy");
             c.ip6tables = PathBuf::from("ip6tables-legacy");
-            Ok(Box::new(dataplane::netfilter::IptablesDataplane::new(c)))
+            DataplaneKind::Iptables
         }
-        other => Err(format!("unknown backend {other}")),
-    }
+        other => return Err(format!("unknown backend {other}")),
+    };
+    open(Selection::Only(dataplane), &options)
+        .map(|opened| opened.dataplane)
+        .map_err(|e| {
+            let mut text = format!("open {kind}: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        })
 }
 
 fn vip(i: usize) -> Ipv4Addr {
@@ -688,7 +697,7 @@ struct Mode {
 struct Node {
     kind: &'static str,
     index: usize,
-    dp: Option<Backendbox>,
+    dp: Option<BoxDataplane>,
     error: Option<String>,
     pods: Vec<Ipv4Addr>,
     names: Vec<String>,
@@ -1059,7 +1068,7 @@ fn control_plane(
     let mut dp = None;
     for k in 0..repeats {
         if let Some(mut old) = dp.take() {
-            let _: &mut Backendbox = &mut old;
+            let _: &mut BoxDataplane = &mut old;
             old.reset().map_err(|e| format!("reset: {e}"))?;
         }
         let mut fresh = make_backend(node.kind, netns, &format!("cp{k}"), None)?;
@@ -1227,7 +1236,7 @@ fn rss_child(args: &[String]) -> i32 {
         let state = control_state(&base, Ipv4Addr::new(10, 244, 255, 1));
         drop(base);
         let t = Instant::now();
-        let applied = dp.apply(&state);
+        let applied = dp.sync(None, &state);
         let took = t.elapsed();
         let hwm = status_kib("VmHWM:");
         let children = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)

@@ -1,4 +1,4 @@
-//! `dpctl demo`: the main job. Builds a lab of network namespaces, programs a backend on every
+//! `dpctl demo`: the main job. Builds a lab of network namespaces, programs a dataplane on every
 //! node, sends real TCP and UDP traffic through each kind of service frontend, and prints who
 //! answered and which source address the backend saw, next to what the reference model says
 //! should happen. Then it removes everything.
@@ -8,14 +8,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use dataplane_core::{
-    evaluate, Backend, Dataplane, DesiredState, Entry, ObjectName, Packet, Protocol, Service,
-    ServicePort, SourceSeen, TrafficPolicy, Verdict,
+use dataplane::reference::{evaluate, Entry, Packet, SourceSeen, Verdict};
+use dataplane::{
+    Backend, DesiredState, ExternalMode, ObjectName, Protocol, Selection, Service, ServicePort,
+    TrafficPolicy,
 };
 use dataplane_testkit::{probe, Lab, LabSpec, ProbeOutcome, SERVER_PORT};
 
-use crate::backends;
-use crate::BackendChoice;
+use crate::dataplanes;
 
 const CLUSTER_IP: &str = "10.96.0.10";
 const LB_IP: &str = "172.18.200.10";
@@ -41,7 +41,7 @@ struct Row {
     protocol: Protocol,
 }
 
-/// The demo's services; `dsr`: with a DSR NodePort (when the backend can do it).
+/// The demo's services; `dsr`: with a DSR NodePort (when the dataplane can do it).
 fn services(lab: &Lab, dsr: bool) -> Vec<Service> {
     let ip = |s: &str| s.parse::<IpAddr>().expect("literal address");
     let backend = |pod: usize| {
@@ -82,7 +82,7 @@ fn services(lab: &Lab, dsr: bool) -> Vec<Service> {
             port("dns", Protocol::Udp, 53, Some(DSR_NODE_PORT)),
         ];
         direct.backends = vec![backend(2), backend(3)];
-        direct.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+        direct.external_mode = Some(ExternalMode::Dsr);
         out.push(direct);
     }
     out
@@ -166,13 +166,11 @@ fn rows(lab: &Lab, dsr: bool) -> Vec<Row> {
     rows
 }
 
-/// Runs the demo with `choice`.
-pub fn run(choice: BackendChoice) -> anyhow::Result<()> {
+/// Runs the demo on the dataplane `selection` names.
+pub fn run(selection: Selection) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the demo builds network namespaces and programs the kernel: run it as root");
     }
-    let backend = backends::pick(choice)?;
-    println!("backend: {}", backend.name());
     let lab = Lab::new(LabSpec {
         nodes: 2,
         pods_per_node: 2,
@@ -182,15 +180,12 @@ pub fn run(choice: BackendChoice) -> anyhow::Result<()> {
     .context("building the lab")?;
     lab.route_via_node(0, format!("{LB_IP}/32").parse()?, 0)?;
     lab.route_via_node(0, format!("{EXTERNAL_IP}/32").parse()?, 1)?;
-    let mut dataplanes: Vec<Box<dyn Dataplane>> = Vec::new();
-    for i in 0..lab.nodes().len() {
-        let dp = backends::create(backend, &lab.node(i).netns, i)
-            .with_context(|| format!("starting the {} backend on node-{i}", backend.name()))?;
-        dataplanes.push(dp);
-    }
+    let opened = dataplanes::open_lab(selection, &lab)?;
+    println!("dataplane: {} ({})", opened.kind, opened.reason);
+    let mut dataplanes = opened.dataplanes;
     let dsr = dataplanes.first().is_some_and(|dp| dp.capabilities().dsr);
     if !dsr {
-        println!("(the {} backend has no DSR: no DSR rows)", backend.name());
+        println!("(the {} dataplane has no DSR: no DSR rows)", opened.kind);
     }
     let svcs = services(&lab, dsr);
     let states: Vec<DesiredState> = (0..lab.nodes().len())
@@ -201,8 +196,8 @@ pub fn run(choice: BackendChoice) -> anyhow::Result<()> {
         })
         .collect();
     for (i, (dp, state)) in dataplanes.iter_mut().zip(&states).enumerate() {
-        dp.apply(state)
-            .with_context(|| format!("applying the demo state on node-{i}"))?;
+        dp.sync(None, state)
+            .with_context(|| format!("programming the demo state on node-{i}"))?;
     }
     let result = traffic_table(&lab, &states, dsr);
     for dp in &mut dataplanes {

@@ -2,9 +2,8 @@
 
 use std::path::Path;
 
-use dataplane_core::{
-    diff as diff_states, from_json, from_yaml, validate as check, ChangeSet, DesiredState,
-};
+use dataplane::implement::diff as diff_states;
+use dataplane::{from_json, from_yaml, validate as check, ChangeSet, DesiredState};
 
 /// Why a command failed: bad input (exit 2) or anything else (exit 1).
 #[derive(Debug)]
@@ -50,7 +49,7 @@ pub fn validate(path: &Path) -> Result<(), Failure> {
         state.policies.len()
     );
     // Accepted, but worth a look (e.g. a ClusterIP outside serviceCIDRs): one line each.
-    for warning in dataplane_core::warnings(&state) {
+    for warning in dataplane::warnings(&state) {
         eprintln!("warning: {warning}");
     }
     Ok(())
@@ -85,7 +84,7 @@ pub fn render(changes: &ChangeSet) -> String {
     if changes.node.is_some() {
         out.push_str("~ node\n");
     }
-    let mut line = |kind: &str, name: &dataplane_core::ObjectName, prev: bool, cur: bool| {
+    let mut line = |kind: &str, name: &dataplane::ObjectName, prev: bool, cur: bool| {
         let mark = match (prev, cur) {
             (false, true) => '+',
             (true, false) => '-',

@@ -1,6 +1,6 @@
 //! `dpctl`: validate and diff desired-state files, run a demo lab, show what a backend does.
 
-mod backends;
+mod dataplanes;
 mod demo;
 mod files;
 mod lab;
@@ -46,19 +46,19 @@ enum Command {
         #[command(subcommand)]
         action: lab::LabAction,
     },
-    /// Build a lab, program a backend, send traffic through each service type, print what
+    /// Build a lab, program a dataplane, send traffic through each service type, print what
     /// happened, tear down.
     Demo {
-        /// Backend to use; `auto` picks the best available.
-        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-        backend: BackendChoice,
+        /// Dataplane to use; `auto` picks the best available and says why.
+        #[arg(long = "dataplane", visible_alias = "backend", value_enum, default_value_t = Choice::Auto)]
+        dataplane: Choice,
     },
 }
 
-/// Which backend `demo` programs.
+/// Which dataplane `demo` programs: the names `dataplane::Selection` parses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendChoice {
-    /// eBPF if the kernel allows, else nftables, else iptables.
+pub enum Choice {
+    /// eBPF if this machine can run it, else nftables, else iptables.
     Auto,
     /// TC/XDP programs.
     Ebpf,
@@ -66,6 +66,19 @@ pub enum BackendChoice {
     Nft,
     /// iptables-restore.
     Iptables,
+}
+
+impl Choice {
+    /// The library's selection.
+    pub fn selection(self) -> dataplane::Selection {
+        use dataplane::{DataplaneKind, Selection};
+        match self {
+            Choice::Auto => Selection::Auto,
+            Choice::Ebpf => Selection::Only(DataplaneKind::Ebpf),
+            Choice::Nft => Selection::Only(DataplaneKind::Nftables),
+            Choice::Iptables => Selection::Only(DataplaneKind::Iptables),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -81,7 +94,9 @@ fn main() -> ExitCode {
         Command::Validate { file } => files::validate(&file),
         Command::Diff { files, json } => files::diff(&files, json),
         Command::Lab { action } => lab::run(&action).map_err(files::Failure::Other),
-        Command::Demo { backend } => demo::run(backend).map_err(files::Failure::Other),
+        Command::Demo { dataplane } => {
+            demo::run(dataplane.selection()).map_err(files::Failure::Other)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

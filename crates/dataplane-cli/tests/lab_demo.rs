@@ -23,13 +23,31 @@ fn demo_runs_on_every_backend_and_agrees_with_the_model() {
     if !dataplane_testkit::require_root("demo_runs_on_every_backend_and_agrees_with_the_model") {
         return;
     }
-    for backend in ["ebpf", "nft", "iptables"] {
-        let before = dataplane_testkit::netns::list_netns();
-        let out = dpctl(&["demo", "--backend", backend]);
+    for (backend, kind) in [
+        ("ebpf", "ebpf"),
+        ("nft", "nftables"),
+        ("iptables", "iptables"),
+    ] {
+        let child = Command::new(env!("CARGO_BIN_EXE_dpctl"))
+            .args(["demo", "--dataplane", backend])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dpctl runs");
+        // The lab's namespaces are named after the process that builds it: other tests on
+        // this machine may build labs meanwhile, so only this demo's count as leaks.
+        let own = format!("dptk{}-", child.id());
+        let out = child.wait_with_output().expect("dpctl runs");
         let all = text(&out);
         assert!(
             out.status.success(),
-            "demo --backend {backend} failed:\n{all}"
+            "demo --dataplane {backend} failed:\n{all}"
+        );
+        assert!(
+            all.lines()
+                .next()
+                .is_some_and(|l| l.starts_with(&format!("dataplane: {kind} ("))),
+            "the first line names the dataplane and why:\n{all}"
         );
         assert!(
             all.contains("all rows agree with the reference model"),
@@ -43,10 +61,9 @@ fn demo_runs_on_every_backend_and_agrees_with_the_model() {
             );
         }
         assert!(!all.contains(" NO"), "{all}");
-        let after = dataplane_testkit::netns::list_netns();
-        let leaked: Vec<_> = after
-            .iter()
-            .filter(|n| n.starts_with("dptk") && !before.contains(n))
+        let leaked: Vec<_> = dataplane_testkit::netns::list_netns()
+            .into_iter()
+            .filter(|n| n.starts_with(&own))
             .collect();
         assert!(leaked.is_empty(), "demo left namespaces behind: {leaked:?}");
     }
