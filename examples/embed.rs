@@ -14,9 +14,8 @@ use std::net::IpAddr;
 use std::process::Command;
 
 use dataplane::{
-    open, validate, ApplyReport, Backend, DataplaneKind, DesiredState, ExternalMode, Interfaces,
-    Masquerade, Node, ObjectName, ObservedFrontend, OpenError, Options, PortRange, Protocol,
-    Selection, Service, ServicePort,
+    open, validate, ApplyReport, Backend, DataplaneKind, DesiredState, Node, ObjectName,
+    ObservedFrontend, OpenError, Options, Selection, Service, ServicePort,
 };
 use dataplane_testkit::NetNs;
 
@@ -49,37 +48,22 @@ fn main() -> Result<(), Box<dyn Error>> {
 
 /// The node: its addresses, CIDRs and uplink.
 fn node() -> Result<Node, Box<dyn Error>> {
-    Ok(Node {
-        name: "node-a".into(),
-        addresses: vec!["172.18.0.10".parse()?],
-        pod_cidrs: vec!["10.244.0.0/24".parse()?],
-        cluster_cidrs: vec!["10.244.0.0/16".parse()?],
-        service_cidrs: vec!["10.96.0.0/12".parse()?],
-        node_port_range: PortRange::default(),
-        interfaces: Interfaces {
-            uplink: "eth0".into(),
-        },
-        masquerade: Masquerade::default(),
-        mtu: 1500,
-        external_mode: ExternalMode::Snat,
-    })
+    // Kubernetes' defaults where it has them (NodePort range, MTU, masquerade); uplink eth0.
+    Ok(Node::new("node-a", ["172.18.0.10".parse()?])
+        .with_pod_cidrs(["10.244.0.0/24".parse()?])
+        .with_cluster_cidrs(["10.244.0.0/16".parse()?])
+        .with_service_cidrs(["10.96.0.0/12".parse()?]))
 }
 
 /// One ClusterIP service, `default/web`, on port 80 with one backend.
 fn desired() -> Result<DesiredState, Box<dyn Error>> {
-    let mut web = Service::new(ObjectName::new("default", "web"));
-    web.cluster_ips = vec!["10.96.0.10".parse()?];
-    web.ports = vec![ServicePort {
-        name: "http".into(),
-        protocol: Protocol::Tcp,
-        port: 80,
-        target_port: 8080,
-        node_port: None,
-    }];
-    web.backends = vec![Backend::new("10.244.0.11".parse()?)];
-    let mut state = DesiredState::new(node()?);
-    state.services.push(web);
-    Ok(state)
+    let web = Service::cluster_ip(
+        ObjectName::new("default", "web"),
+        "10.96.0.10".parse()?,
+        [ServicePort::tcp(80, 8080).named("http")],
+    )
+    .with_backend(Backend::new("10.244.0.11".parse()?));
+    Ok(DesiredState::new(node()?).with_service(web))
 }
 
 /// Builds the state, and programs it when it can (root, a dataplane compiled in).

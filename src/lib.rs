@@ -26,6 +26,12 @@ pub use dataplane_core::diff::{Change, ChangeSet};
 pub use dataplane_core::format::{from_json, from_yaml, to_json, to_yaml, FormatError};
 pub use dataplane_core::health::{health_check, health_checks, HealthCheck};
 pub use dataplane_core::validate::{validate, warnings, ValidationError};
+// An address family is part of the vocabulary (a Service's families, a pod's addresses), not
+// only of the reference model.
+/// The CIDR type of the model's fields (`pod_cidrs`, `load_balancer_source_ranges`, ...),
+/// re-exported so that an embedder uses the same version.
+pub use dataplane_core::ipnetwork;
+pub use dataplane_core::reference::IpFamily;
 
 mod open;
 pub use open::{
@@ -71,9 +77,14 @@ pub mod implement {
 pub mod testing {
     //! Helpers for tests and benchmarks of code that embeds a dataplane.
     //!
+    //! [`FakeDataplane`] is an in-memory [`Dataplane`](crate::Dataplane) driven by the
+    //! reference model: hand it to the code under test instead of a kernel dataplane, inject
+    //! faults ([`Fault`]) and check what the code did ([`FakeCalls`]) without root.
+    //!
     //! [`synthetic`] builds deterministic desired states of any size (`synthetic::state(10_000,
     //! 10)`: ten thousand services of ten backends each) for scale tests and benchmarks.
 
+    pub use dataplane_core::fake::{FakeCalls, FakeDataplane, Fault};
     pub use dataplane_core::synthetic;
 }
 

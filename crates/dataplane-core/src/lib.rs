@@ -6,6 +6,9 @@
 //! [`FakeDataplane`] is an in-memory [`Dataplane`] for tests of code that drives one.
 #![warn(missing_docs)]
 
+/// The CIDR type of the model's fields, re-exported so that users build with the same version.
+pub use ipnetwork;
+
 pub mod counts;
 pub mod dataplane;
 pub mod diff;

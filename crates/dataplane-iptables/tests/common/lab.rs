@@ -627,7 +627,7 @@ pub fn services_without_policies(lab: &Lab) -> DesiredState {
 /// `masquerade.allServices` (a node change) through it or, when the backend asks, a full
 /// sync; after each the table holds with real traffic.
 pub fn parity_changes(lab: &Lab, dp: &mut dyn Dataplane) {
-    use dataplane_core::{diff, Error};
+    use dataplane_core::diff;
     // The rows check what a *new* connection gets. Netfilter keeps an existing flow's
     // translation across a change (as it should), and a UDP probe of one phase that picks the
     // ephemeral port of an earlier phase's probe would reuse that flow: each phase starts with
@@ -663,26 +663,16 @@ pub fn parity_changes(lab: &Lab, dp: &mut dyn Dataplane) {
     run(lab, &after, dp);
     let mut all = after.clone();
     all.node.masquerade.all_services = true;
-    match dp.apply_changes(&diff(&after, &all)) {
-        Ok(_) => {}
-        Err(Error::FullSyncRequired) => {
-            dp.apply(&all).expect("full sync");
-        }
-        Err(e) => panic!("{e}"),
-    }
+    dp.sync(Some(&after), &all)
+        .expect("sync to masquerade.allServices");
     run(lab, &all, dp);
     // The unallocated-address drop, where something would answer: a service CIDR that
     // holds the external client (the rows above reach no listener in 10.96.0.0/12).
     let ext = lab.external(0).address(Family::V4).unwrap();
     let mut cidr = after.clone();
     cidr.node.service_cidrs.push(ext.into());
-    match dp.apply_changes(&diff(&after, &cidr)) {
-        Ok(_) => {}
-        Err(Error::FullSyncRequired) => {
-            dp.apply(&cidr).expect("full sync");
-        }
-        Err(e) => panic!("{e}"),
-    }
+    dp.sync(Some(&after), &cidr)
+        .expect("sync to a wider service CIDR");
     let picked = [
         "pod to outside (masquerade)",
         "pod to remote pod (untouched)",
