@@ -1,7 +1,7 @@
 //! The [`Dataplane`] trait: one declarative, idempotent surface that every backend implements.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -304,6 +304,3 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 }
-
-/// A client address as a backend saw it.
-pub type PeerAddr = (IpAddr, u16);

@@ -36,7 +36,7 @@ pub use health::{health_check, health_checks, HealthCheck};
 pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};
 pub use model::*;
 pub use reference::{
-    eligible_backends, eligible_backends_with_policy, evaluate, hairpin_source, node_address,
+    eligible_backends, eligible_backends_with_policy, evaluate, node_address,
     source_range_allow_list, source_range_allows, Eligible, Entry, FrontendKind, IpFamily, Packet,
     SourceSeen, TrafficKind, Verdict,
 };

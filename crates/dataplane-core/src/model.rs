@@ -347,6 +347,9 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Every protocol.
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
     /// The IP protocol number.
     pub fn number(self) -> u8 {
         match self {
@@ -354,6 +357,19 @@ impl Protocol {
             Protocol::Udp => 17,
             Protocol::Sctp => 132,
         }
+    }
+
+    /// The protocol with IP protocol number `number`, if it is one of ours.
+    pub fn from_number(number: u8) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.number() == number)
+    }
+
+    /// The protocol named `name` in any case (`TCP` as Kubernetes writes it, `tcp` as
+    /// nftables, iptables and conntrack do), if it is one of ours.
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.to_string().eq_ignore_ascii_case(name))
     }
 }
 

@@ -59,8 +59,8 @@ pub enum Verdict {
         /// Acceptable backends.
         backends: BTreeSet<SocketAddr>,
         /// The source address the backend sees. Hairpin exception: a pod that reaches a
-        /// service and is given itself as the backend sees the node address
-        /// ([`hairpin_source`]) whatever this says; when every acceptable backend is the
+        /// service and is given itself as the backend sees the node address of its family
+        /// ([`node_address`]) whatever this says; when every acceptable backend is the
         /// client, this already says so.
         source: SourceSeen,
     },
@@ -207,11 +207,6 @@ fn eligible_with_policy<'a>(
     } else {
         Eligible::Backends(picked)
     }
-}
-
-/// The source a pod sees when its connection to a service is given back to itself.
-pub fn hairpin_source(state: &DesiredState, client: IpAddr) -> SourceSeen {
-    masquerade_if(state, IpFamily::of(&client), true)
 }
 
 /// The first node address of `family`: the masquerade source.

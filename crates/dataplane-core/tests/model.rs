@@ -99,3 +99,15 @@ fn a_service_from_the_constructors_equals_its_document() {
     );
     assert_eq!(built.services[0].ports[1].protocol, Protocol::Udp);
 }
+
+#[test]
+fn protocols_convert_both_ways() {
+    use dataplane_core::Protocol;
+    for p in Protocol::ALL {
+        assert_eq!(Protocol::from_number(p.number()), Some(p));
+        assert_eq!(Protocol::from_name(&p.to_string()), Some(p));
+        assert_eq!(Protocol::from_name(&p.to_string().to_lowercase()), Some(p));
+    }
+    assert_eq!(Protocol::from_number(1), None);
+    assert_eq!(Protocol::from_name("icmp"), None);
+}

@@ -997,12 +997,6 @@ fn notes(
     (warnings, skipped)
 }
 
-fn protocol_of(n: u8) -> Option<Protocol> {
-    [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
-        .into_iter()
-        .find(|p| p.number() == n)
-}
-
 impl Dataplane for EbpfDataplane {
     fn capabilities(&self) -> Capabilities {
         let caps = self
@@ -1102,7 +1096,7 @@ impl Dataplane for EbpfDataplane {
             {
                 continue;
             }
-            let Some(protocol) = protocol_of(k.proto) else {
+            let Some(protocol) = Protocol::from_number(k.proto) else {
                 continue;
             };
             frontends.push(ObservedFrontend {
@@ -1129,7 +1123,7 @@ impl Dataplane for EbpfDataplane {
             .unwrap_or_default();
         let mut out = Vec::new();
         for (k, v) in ct_entries(maps)? {
-            let Some(protocol) = protocol_of(k.proto) else {
+            let Some(protocol) = Protocol::from_number(k.proto) else {
                 continue;
             };
             let at = |a: &crate::maps::Addr, port: crate::maps::Be16| {

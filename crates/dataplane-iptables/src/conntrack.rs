@@ -34,11 +34,8 @@ pub fn parse(text: &str, frontends: &BTreeMap<(SocketAddr, Protocol), ObjectName
     let mut out = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
-        let protocol = match words.nth(2) {
-            Some("tcp") => Protocol::Tcp,
-            Some("udp") => Protocol::Udp,
-            Some("sctp") => Protocol::Sctp,
-            _ => continue,
+        let Some(protocol) = words.nth(2).and_then(Protocol::from_name) else {
+            continue;
         };
         let mut addrs: Vec<IpAddr> = Vec::new();
         let mut ports: Vec<u16> = Vec::new();

@@ -404,11 +404,8 @@ impl Dataplane for IptablesDataplane {
                     continue;
                 };
                 let ip: Option<IpAddr> = dst.split('/').next().and_then(|a| a.parse().ok());
-                let protocol = match proto {
-                    "tcp" => Protocol::Tcp,
-                    "udp" => Protocol::Udp,
-                    "sctp" => Protocol::Sctp,
-                    _ => continue,
+                let Some(protocol) = Protocol::from_name(proto) else {
+                    continue;
                 };
                 let (Some(ip), Ok(port)) = (ip, dport.parse::<u16>()) else {
                     continue;

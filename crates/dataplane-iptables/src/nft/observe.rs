@@ -146,12 +146,7 @@ fn backend_of(v: &Value) -> Option<SocketAddr> {
 }
 
 fn protocol_of(v: &Value) -> Option<Protocol> {
-    match v.as_str()? {
-        "tcp" => Some(Protocol::Tcp),
-        "udp" => Some(Protocol::Udp),
-        "sctp" => Some(Protocol::Sctp),
-        _ => None,
-    }
+    Protocol::from_name(v.as_str()?)
 }
 
 /// Frontends (from the `service-ips-*` maps) and the backends each can reach.
