@@ -1198,10 +1198,14 @@ fn frontend_on_lo(
         return None;
     }
     let cidr = IpNetwork::from(resolved.client_ip);
+    // `nodad`: an IPv6 address starts tentative until the DAD work item runs (at once on lo,
+    // but asynchronously), and a bind to a tentative address fails (EADDRNOTAVAIL): the probe
+    // right after this would race it.
+    let nodad = if cidr.is_ipv6() { " nodad" } else { "" };
     match lab
         .node(n)
         .netns
-        .ip_batch(&[format!("addr add {cidr} dev lo")])
+        .ip_batch(&[format!("addr add {cidr} dev lo{nodad}")])
     {
         Ok(()) => Some((n, cidr)),
         Err(e) => {

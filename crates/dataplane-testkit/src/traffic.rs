@@ -8,9 +8,9 @@
 //! and ends the thread, which releases the namespace.
 
 use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -529,14 +529,57 @@ fn new_socket(
         None,
     )
     .map_err(errno_err(format!("socket for {dst}")))?;
-    if let Some(src) = source {
+    if let Some(src) = source.filter(|s| s.port() != 0) {
         socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
             .map_err(errno_err(format!("SO_REUSEADDR for {src}")))?;
         socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(src))
             .map_err(errno_err(format!("bind {src}")))?;
+        return Ok(fd);
     }
-    Ok(fd)
+    // No port asked for: a fresh one (see `fresh_port`), on the asked address if any.
+    let ip = source.map_or_else(
+        || {
+            if dst.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            }
+        },
+        |s| s.ip(),
+    );
+    let mut attempts = 0;
+    loop {
+        let src = SocketAddr::new(ip, fresh_port());
+        match socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(src)) {
+            Ok(()) => return Ok(fd),
+            // Taken by a socket of another process in this namespace: the next one.
+            Err(Errno::EADDRINUSE) if attempts < 64 => attempts += 1,
+            Err(e) => return Err(errno_err(format!("bind {src}"))(e)),
+        }
+    }
 }
+
+/// Source ports of the probes and sessions that ask for none: `FRESH_PORTS` in turn, so
+/// that no two of this process's connections share a source port until the range wraps (one
+/// conformance run uses a few thousand).
+///
+/// Why not the kernel's ephemeral ports: a random port that comes up again within the
+/// conntrack timeout can repeat the 5-tuple of an earlier, translated flow (the same client
+/// port to a backend that was reached through a frontend before); the reply then meets that
+/// flow's NAT state, is reverse-translated to the old frontend and dropped by the connected
+/// socket (a probe timeout, about once in 50 eBPF conformance runs). The kernel's conntrack
+/// does the same (the new entry clashes with the old one's reply tuple); real clients live
+/// with it, a test must not depend on luck. The range is below the kernel's ephemeral range
+/// and below the NodePort range (30000-32767): a reply to a source port in the NodePort
+/// range would look like a NodePort request to the node.
+fn fresh_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(FRESH_PORTS.end - FRESH_PORTS.start);
+    FRESH_PORTS.start + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16
+}
+
+/// See [`fresh_port`].
+const FRESH_PORTS: std::ops::Range<u16> = 20_000..30_000;
 
 /// The TCP sockets of the calling thread's network namespace with local port `port`, from
 /// `/proc/thread-self/net/tcp{,6}` (state in hex, as the kernel prints it), for diagnostics.

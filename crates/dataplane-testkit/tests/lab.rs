@@ -306,3 +306,33 @@ fn measure_counts_answers_and_failures() {
     assert!(m.latencies.is_empty());
     assert_eq!(m.failures.get("Refused"), Some(&5), "{m:?}");
 }
+
+/// Probes that name no source port never share one (until the range wraps), so a probe
+/// cannot meet the NAT state of an earlier flow with the same 5-tuple; and the ports stay out
+/// of the kernel's ephemeral range and the NodePort range.
+#[test]
+fn probes_get_fresh_source_ports() {
+    if !require_root("probes_get_fresh_source_ports") {
+        return;
+    }
+    let lab = Lab::new(spec(false)).unwrap();
+    let dst = SocketAddr::new(lab.pod(1).address(Family::V4).unwrap(), SERVER_PORT);
+    let mut ports = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            match probe(&lab.pod(0).netns, dst, protocol, TIMEOUT).unwrap() {
+                ProbeOutcome::Answered { local, .. } => {
+                    assert!(
+                        (20_000..30_000).contains(&local.port()),
+                        "probe {i} {protocol}: source port {local}"
+                    );
+                    assert!(
+                        ports.insert(local.port()),
+                        "probe {i} {protocol}: {local} again"
+                    );
+                }
+                other => panic!("probe {i} {protocol}: {other:?}"),
+            }
+        }
+    }
+}
