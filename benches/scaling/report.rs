@@ -5,7 +5,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::{median, Results, ScalingRow, BACKENDS};
+use crate::nodes::BACKENDS;
+use crate::results::{median, PacketRow, Results, ScalingRow};
 
 const PLOT_CRR: &str = "crr.png";
 const PLOT_P99: &str = "p99.png";
@@ -247,9 +248,9 @@ fn targets(results: &Results, out: &mut String) {
     for (what, f) in [
         (
             "established",
-            (|r: &crate::PacketRow| r.established_ns) as fn(&crate::PacketRow) -> f64,
+            (|r: &PacketRow| r.established_ns) as fn(&PacketRow) -> f64,
         ),
-        ("new flow", |r: &crate::PacketRow| r.new_flow_ns),
+        ("new flow", |r: &PacketRow| r.new_flow_ns),
     ] {
         let g = match (p(10), p(100_000)) {
             (Some(a), Some(b)) => f(b) / f(a) - 1.0,
@@ -261,7 +262,7 @@ fn targets(results: &Results, out: &mut String) {
             at_most(g.max(0.0) * 100.0, 5.0),
         );
     }
-    let worst = |f: fn(&crate::PacketRow) -> Option<f64>| {
+    let worst = |f: fn(&PacketRow) -> Option<f64>| {
         results.packet.iter().filter_map(f).fold(f64::NAN, f64::max)
     };
     let (xe, xn) = (
