@@ -181,7 +181,7 @@ pub fn open_dataplane(
         "nftables" => DataplaneKind::Nftables,
         "iptables" => {
             // iptables-legacy: iptables-nft-restore translates the whole input in user space
-            // and is far slower at 10k services (the report's notes give the times).
+            // and is far slower at 10k services (the report's Method section gives the times).
             // kube-proxy's iptables mode runs on either.
             let c = &mut options.iptables;
             c.iptables_restore = PathBuf::from("iptables-legacy-restore");
