@@ -79,38 +79,11 @@ impl BenchLab {
         // it, where that node attaches its hooks (before any thread enters the pod).
         let mut cgroup = CgroupScope::enter(&format!("dp-bench-{}", std::process::id()))
             .map_err(|e| format!("bench cgroup: {e}"))?;
-        let socket_node = 1 + BACKENDS
-            .iter()
-            .position(|b| *b == "ebpf-socket")
-            .ok_or("no socket LB node")?;
-        let socket_client = &lab
-            .pods_on(socket_node)
-            .next()
-            .ok_or("no client pod")?
-            .netns;
-        let socket_cgroup = cgroup
-            .threaded_child("socket-lb-client", [socket_client])
-            .map_err(|e| format!("socket LB client cgroup: {e}"))?;
+        let socket_cgroup = socket_client_cgroup(&lab, &mut cgroup)?;
         let mut servers = Vec::new();
         let mut nodes = Vec::new();
         for i in 0..=BACKENDS.len() {
-            let pods: Vec<&LabPod> = lab.pods_on(i).collect();
-            let client = pods[0];
-            client
-                .netns
-                .sysctl(&[("net/ipv4/ip_local_port_range", "1024 65535")])
-                .map_err(|e| format!("sysctl: {e}"))?;
-            for p in &pods[1..] {
-                servers.push(load::Server::start(&p.netns, &p.name)?);
-            }
-            nodes.push(Node {
-                kind: if i == 0 { "direct" } else { BACKENDS[i - 1] },
-                index: i,
-                dp: None,
-                error: None,
-                pods: pods[1..].iter().map(|p| pod_ipv4(p)).collect(),
-                names: pods[1..].iter().map(|p| p.name.clone()).collect(),
-            });
+            nodes.push(start_node(&lab, i, &mut servers)?);
         }
         let mut in_situ = InSituStats::start();
         for node in nodes.iter_mut().skip(1) {
@@ -136,6 +109,44 @@ impl BenchLab {
             lab,
         })
     }
+}
+
+/// The threaded child of `cgroup` that the socket LB node's client pod's threads join.
+fn socket_client_cgroup(lab: &Lab, cgroup: &mut CgroupScope) -> Result<PathBuf, String> {
+    let socket_node = 1 + BACKENDS
+        .iter()
+        .position(|b| *b == "ebpf-socket")
+        .ok_or("no socket LB node")?;
+    let socket_client = &lab
+        .pods_on(socket_node)
+        .next()
+        .ok_or("no client pod")?
+        .netns;
+    cgroup
+        .threaded_child("socket-lb-client", [socket_client])
+        .map_err(|e| format!("socket LB client cgroup: {e}"))
+}
+
+/// Node `i` without its dataplane: the client's port range widened, a server started on
+/// each backend pod (into `servers`).
+fn start_node(lab: &Lab, i: usize, servers: &mut Vec<load::Server>) -> Result<Node, String> {
+    let pods: Vec<&LabPod> = lab.pods_on(i).collect();
+    let client = pods[0];
+    client
+        .netns
+        .sysctl(&[("net/ipv4/ip_local_port_range", "1024 65535")])
+        .map_err(|e| format!("sysctl: {e}"))?;
+    for p in &pods[1..] {
+        servers.push(load::Server::start(&p.netns, &p.name)?);
+    }
+    Ok(Node {
+        kind: if i == 0 { "direct" } else { BACKENDS[i - 1] },
+        index: i,
+        dp: None,
+        error: None,
+        pods: pods[1..].iter().map(|p| pod_ipv4(p)).collect(),
+        names: pods[1..].iter().map(|p| p.name.clone()).collect(),
+    })
 }
 
 /// The namespace of node `node`'s client pod.
