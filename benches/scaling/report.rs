@@ -5,7 +5,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::{median, Results, ScalingRow, BACKENDS};
+use crate::nodes::BACKENDS;
+use crate::results::{median, PacketRow, Results, ScalingRow};
 
 const PLOT_CRR: &str = "crr.png";
 const PLOT_P99: &str = "p99.png";
@@ -136,11 +137,20 @@ fn ratio_median(results: &Results, n: usize, mode: &str, placement: &str) -> f64
     row(results, n, mode, placement).map_or(f64::NAN, |r| median(&r.crr_ratio))
 }
 
-#[allow(clippy::too_many_lines)]
+/// The targets table: each target, what was measured and whether it is met.
 fn targets(results: &Results, out: &mut String) {
+    let _ = writeln!(out, "| Target | Measured | Verdict |\n|---|---|---|");
+    end_to_end_targets(results, out);
+    packet_targets(results, out);
+    floor_targets(results, out);
+    growth_targets(results, out);
+    control_targets(results, out);
+}
+
+/// Each eBPF mode's CRR at the largest size, its flatness and its lead over iptables.
+fn end_to_end_targets(results: &Results, out: &mut String) {
     let max_n = sizes(results).into_iter().max().unwrap_or(0);
     let min_n = sizes(results).into_iter().min().unwrap_or(0);
-    let _ = writeln!(out, "| Target | Measured | Verdict |\n|---|---|---|");
     let mut line = |t: &str, m: String, v: String| {
         let _ = writeln!(out, "| {t} | {m} | {v} |");
     };
@@ -172,7 +182,13 @@ fn targets(results: &Results, out: &mut String) {
             );
         }
     }
-    let p = |n: usize| results.packet.iter().find(|r| r.services == n);
+}
+
+/// The TC program's worst per-packet costs.
+fn packet_targets(results: &Results, out: &mut String) {
+    let mut line = |t: &str, m: String, v: String| {
+        let _ = writeln!(out, "| {t} | {m} | {v} |");
+    };
     let est = results
         .packet
         .iter()
@@ -193,6 +209,14 @@ fn targets(results: &Results, out: &mut String) {
         format!("{} ns", fmt_num(new, 0)),
         at_most(new, 500.0),
     );
+}
+
+/// What a test run costs here at least (no target: context for the per-packet ones).
+fn floor_targets(results: &Results, out: &mut String) {
+    let mut line = |t: &str, m: String, v: String| {
+        let _ = writeln!(out, "| {t} | {m} | {v} |");
+    };
+    let p = |n: usize| results.packet.iter().find(|r| r.services == n);
     // The floor fixture: what a test run costs here at least (the same packets, the
     // program stopped after its conntrack lookup, or after its lookup and rewrite).
     let floor = |i: usize| {
@@ -244,12 +268,20 @@ fn targets(results: &Results, out: &mut String) {
             ),
         );
     }
+}
+
+/// The TC program's growth from 10 to 100k services, and the XDP program's worst costs.
+fn growth_targets(results: &Results, out: &mut String) {
+    let mut line = |t: &str, m: String, v: String| {
+        let _ = writeln!(out, "| {t} | {m} | {v} |");
+    };
+    let p = |n: usize| results.packet.iter().find(|r| r.services == n);
     for (what, f) in [
         (
             "established",
-            (|r: &crate::PacketRow| r.established_ns) as fn(&crate::PacketRow) -> f64,
+            (|r: &PacketRow| r.established_ns) as fn(&PacketRow) -> f64,
         ),
-        ("new flow", |r: &crate::PacketRow| r.new_flow_ns),
+        ("new flow", |r: &PacketRow| r.new_flow_ns),
     ] {
         let g = match (p(10), p(100_000)) {
             (Some(a), Some(b)) => f(b) / f(a) - 1.0,
@@ -261,7 +293,7 @@ fn targets(results: &Results, out: &mut String) {
             at_most(g.max(0.0) * 100.0, 5.0),
         );
     }
-    let worst = |f: fn(&crate::PacketRow) -> Option<f64>| {
+    let worst = |f: fn(&PacketRow) -> Option<f64>| {
         results.packet.iter().filter_map(f).fold(f64::NAN, f64::max)
     };
     let (xe, xn) = (
@@ -274,6 +306,13 @@ fn targets(results: &Results, out: &mut String) {
         format!("{} / {} ns", fmt_num(xe, 0), fmt_num(xn, 0)),
         format!("{}; {}", at_most(xe, 150.0), at_most(xn, 500.0)),
     );
+}
+
+/// Programming from empty, one endpoint change, peak RSS.
+fn control_targets(results: &Results, out: &mut String) {
+    let mut line = |t: &str, m: String, v: String| {
+        let _ = writeln!(out, "| {t} | {m} | {v} |");
+    };
     let cp = |b: &str| results.control.iter().find(|c| c.backend == b);
     for (b, want_ms) in [("ebpf", 100.0), ("nftables", 1500.0)] {
         let m = cp(b).map_or(f64::NAN, |c| median(&c.apply_from_empty_ms));
@@ -308,9 +347,25 @@ fn targets(results: &Results, out: &mut String) {
     }
 }
 
-#[allow(clippy::too_many_lines)]
+/// The report: each section in the order the reader needs it.
 fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&str>) -> String {
     let mut o = String::new();
+    intro(&mut o, results, plots_dir);
+    let _ = writeln!(o, "## Targets\n");
+    targets(results, &mut o);
+    let _ = writeln!(o);
+    end_to_end(&mut o, results, plots_dir, plots);
+    per_packet(&mut o, results);
+    control_plane(&mut o, results);
+    compute_only(&mut o, results);
+    method(&mut o, results);
+    analysis(&mut o, notes);
+    reproduce(&mut o);
+    o
+}
+
+/// Title, machine, and whether this is a quick run.
+fn intro(o: &mut String, results: &Results, plots_dir: &str) {
     let _ = writeln!(o, "# Benchmarks\n");
     let _ = writeln!(
         o,
@@ -342,25 +397,48 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
             );
         }
     }
-    let _ = writeln!(o, "## Targets\n");
-    targets(results, &mut o);
-    let _ = writeln!(o);
+}
 
-    let ns = sizes(results);
-    let cols = columns();
-    let header = |o: &mut String, first: &str, with_direct: bool| {
-        let mut h = format!("| {first} |");
-        let mut sep = "|---:|".to_owned();
+/// A table's header: `first`, then direct if `with_direct`, then every backend column.
+fn table_header(o: &mut String, first: &str, with_direct: bool) {
+    let mut h = format!("| {first} |");
+    let mut sep = "|---:|".to_owned();
+    if with_direct {
+        h.push_str(" direct (limit) |");
+        sep.push_str("---:|");
+    }
+    for (_, _, name) in &columns() {
+        let _ = write!(h, " {name} |");
+        sep.push_str("---:|");
+    }
+    let _ = writeln!(o, "{h}\n{sep}");
+}
+
+/// A table of one line per number of services and a `value` per column (direct first if
+/// `with_direct`).
+fn size_table(
+    o: &mut String,
+    results: &Results,
+    with_direct: bool,
+    value: impl Fn(Option<&ScalingRow>) -> String,
+) {
+    table_header(o, "services", with_direct);
+    for n in sizes(results) {
+        let mut l = format!("| {n} |");
         if with_direct {
-            h.push_str(" direct (limit) |");
-            sep.push_str("---:|");
+            let _ = write!(l, " {} |", value(row(results, n, "direct", "-")));
         }
-        for (_, _, name) in &cols {
-            let _ = write!(h, " {name} |");
-            sep.push_str("---:|");
+        for (b, p, _) in &columns() {
+            let _ = write!(l, " {} |", value(row(results, n, b, p)));
         }
-        let _ = writeln!(o, "{h}\n{sep}");
-    };
+        let _ = writeln!(o, "{l}");
+    }
+}
+
+/// The end-to-end section: ratio and absolute tables, plots, failures, the in-situ program
+/// cost and the programming times.
+fn end_to_end(o: &mut String, results: &Results, plots_dir: &str, plots: &[&str]) {
+    let ns = sizes(results);
     let _ = writeln!(
         o,
         "## End to end: through a ClusterIP, 1 to {} services\n",
@@ -388,53 +466,16 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
         o,
         "Median of per-round ratios (each round measures every mode once, in alternating order).\n"
     );
-    header(&mut o, "services", false);
-    for &n in &ns {
-        let mut l = format!("| {n} |");
-        for (b, p, _) in &cols {
-            let _ = write!(
-                l,
-                " {} |",
-                cell(row(results, n, b, p), |r| median(&r.crr_ratio), 3)
-            );
-        }
-        let _ = writeln!(o, "{l}");
-    }
+    size_table(o, results, false, |r| cell(r, |r| median(&r.crr_ratio), 3));
     let _ = writeln!(o, "\n### p99 request-response latency relative to direct\n");
-    header(&mut o, "services", false);
-    for &n in &ns {
-        let mut l = format!("| {n} |");
-        for (b, p, _) in &cols {
-            let _ = write!(
-                l,
-                " {} |",
-                cell(row(results, n, b, p), |r| median(&r.p99_ratio), 3)
-            );
-        }
-        let _ = writeln!(o, "{l}");
-    }
+    size_table(o, results, false, |r| cell(r, |r| median(&r.p99_ratio), 3));
     let _ = writeln!(o, "\n### Absolute: connections/s (median of rounds)\n");
-    header(&mut o, "services", true);
-    for &n in &ns {
-        let mut l = format!(
-            "| {n} | {} |",
-            cell(row(results, n, "direct", "-"), |r| median(&r.crr), 0)
-        );
-        for (b, p, _) in &cols {
-            let _ = write!(
-                l,
-                " {} |",
-                cell(row(results, n, b, p), |r| median(&r.crr), 0)
-            );
-        }
-        let _ = writeln!(o, "{l}");
-    }
+    size_table(o, results, true, |r| cell(r, |r| median(&r.crr), 0));
     let _ = writeln!(
         o,
         "\n### Absolute: request-response latency p50 / p99 (µs, median of rounds)\n"
     );
-    header(&mut o, "services", true);
-    let pair = |r: Option<&ScalingRow>| match r {
+    size_table(o, results, true, |r| match r {
         None => "–".to_owned(),
         Some(r) if r.p99_us.is_empty() && r.error.is_some() => "failed".to_owned(),
         Some(r) => format!(
@@ -442,18 +483,18 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
             fmt_num(median(&r.p50_us), 1),
             fmt_num(median(&r.p99_us), 1)
         ),
-    };
-    for &n in &ns {
-        let mut l = format!("| {n} | {} |", pair(row(results, n, "direct", "-")));
-        for (b, p, _) in &cols {
-            let _ = write!(l, " {} |", pair(row(results, n, b, p)));
-        }
-        let _ = writeln!(o, "{l}");
-    }
+    });
     let _ = writeln!(o);
     for p in plots {
         let _ = writeln!(o, "![{p}]({plots_dir}/{p})\n");
     }
+    failures(o, results);
+    in_situ(o, results, &ns);
+    programming(o, results, &ns);
+}
+
+/// The rows that failed, lost connections, and where the random targets were.
+fn failures(o: &mut String, results: &Results) {
     let failures: Vec<&ScalingRow> = results
         .scaling
         .iter()
@@ -486,6 +527,10 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+/// What `dp_from_pod` cost per run under the end-to-end load.
+fn in_situ(o: &mut String, results: &Results, ns: &[usize]) {
     if !results.in_situ.is_empty() {
         let _ = writeln!(o, "### eBPF program cost under that load\n");
         let _ = writeln!(
@@ -498,7 +543,7 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
             o,
             "| services | ns per program run | runs |\n|---:|---:|---:|"
         );
-        for &n in &ns {
+        for &n in ns {
             let v: Vec<f64> = results
                 .in_situ
                 .iter()
@@ -517,6 +562,10 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
         }
         let _ = writeln!(o);
     }
+}
+
+/// The full applies of each size, per backend.
+fn programming(o: &mut String, results: &Results, ns: &[usize]) {
     let _ = writeln!(o, "### Programming time during the scaling runs\n");
     let _ = writeln!(o, "Full sync from the previous size to this one (ms).\n");
     let _ = writeln!(
@@ -525,7 +574,7 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
         BACKENDS.join(" | "),
         "---:|".repeat(BACKENDS.len())
     );
-    for &n in &ns {
+    for &n in ns {
         let mut l = format!("| {n} |");
         for b in BACKENDS {
             let c = results
@@ -546,7 +595,10 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
         let _ = writeln!(o, "{l}");
     }
     let _ = writeln!(o);
+}
 
+/// The per-packet section (`BPF_PROG_TEST_RUN`).
+fn per_packet(o: &mut String, results: &Results) {
     let _ = writeln!(
         o,
         "## Per packet: the TC service program and the XDP program (BPF_PROG_TEST_RUN)\n"
@@ -607,7 +659,10 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
         }
         let _ = writeln!(o);
     }
+}
 
+/// The control-plane section.
+fn control_plane(o: &mut String, results: &Results) {
     let _ = writeln!(o, "## Control plane: 10k services x 10 endpoints\n");
     let _ = writeln!(
         o,
@@ -661,6 +716,10 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
             c.error.as_deref().unwrap_or("")
         );
     }
+}
+
+/// The compute-only section.
+fn compute_only(o: &mut String, results: &Results) {
     let _ = writeln!(o, "\n### Compute only (no kernel)\n");
     let _ = writeln!(o, "Median of 5 runs; `cargo bench --bench core` and `--features nft --bench render` measure these with criterion.\n");
     let _ = writeln!(o, "| work | ms |\n|---|---:|");
@@ -668,6 +727,10 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
         let _ = writeln!(o, "| {} | {} |", c.what, fmt_num(c.median_ms, 2));
     }
     let _ = writeln!(o);
+}
+
+/// How the end-to-end numbers were taken, with the run's settings.
+fn method(o: &mut String, results: &Results) {
     if let Some(s) = &results.settings {
         let _ = writeln!(o, "## Method\n");
         let _ = writeln!(
@@ -706,6 +769,10 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
             s.rounds
         );
     }
+}
+
+/// `benches/notes.md`, as is.
+fn analysis(o: &mut String, notes: Option<&str>) {
     if let Some(notes) = notes {
         let _ = writeln!(o, "## Analysis\n");
         let _ = writeln!(
@@ -715,6 +782,10 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
         );
         let _ = writeln!(o, "{}\n", notes.trim());
     }
+}
+
+/// How to run it again.
+fn reproduce(o: &mut String) {
     let _ = writeln!(o, "## Reproduce\n");
     let _ = writeln!(
         o,
@@ -726,7 +797,6 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
          criterion benches: `cargo bench --bench core`, `cargo bench --features nft --bench \
          render`, `sudo cargo bench --features ebpf --bench packet`."
     );
-    o
 }
 
 fn plot(

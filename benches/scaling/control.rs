@@ -1,0 +1,228 @@
+//! The control plane on the end-to-end lab, one backend node at a time: peak RSS of a process
+//! holding 10k services x 10, programming them from empty, and one endpoint change until a
+//! client sees it.
+
+use std::net::{IpAddr, SocketAddrV4};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use dataplane::{BoxDataplane, Change, ChangeSet, DesiredState};
+use dataplane_testkit::Lab;
+
+use crate::clock::{log, ms, timed, us};
+use crate::load;
+use crate::nodes::{client, open_dataplane, BenchLab, Node};
+use crate::results::{median, ControlRow};
+use crate::rss::rss_of_child;
+use crate::settings::Settings;
+use crate::states::{control_state, vip_probe};
+
+/// Closes the end-to-end dataplanes and measures each backend's control plane into `rows`.
+pub fn run(settings: &Settings, bench: &mut BenchLab, rows: &mut Vec<ControlRow>, start: Instant) {
+    log(start, "control plane: 10k services x 10");
+    let base_dir = std::env::temp_dir();
+    for node in bench.nodes.iter_mut().skip(1) {
+        let mut row = ControlRow {
+            backend: node.kind.to_owned(),
+            ..ControlRow::default()
+        };
+        if let Some(mut dp) = node.dp.take() {
+            let _ = dp.reset();
+        }
+        // The same maps and planner as "ebpf": its control plane is that one.
+        if node.kind == "ebpf-socket" {
+            continue;
+        }
+        let base = bench.lab.desired_state(node.index);
+        let base_file = base_dir.join(format!(
+            "dp-bench-{}-{}.json",
+            std::process::id(),
+            node.kind
+        ));
+        let r = measure(
+            settings, &bench.lab, node, &base, &base_file, &mut row, start,
+        );
+        if let Err(e) = r {
+            eprintln!("  {}: {e}", node.kind);
+            row.error = Some(e);
+        }
+        let _ = std::fs::remove_file(&base_file);
+        rows.push(row);
+    }
+}
+
+/// The control plane of `node`'s backend, on the node state `base` (written to `base_file`
+/// for the RSS child).
+fn measure(
+    settings: &Settings,
+    lab: &Lab,
+    node: &Node,
+    base: &DesiredState,
+    base_file: &Path,
+    row: &mut ControlRow,
+    start: Instant,
+) -> Result<(), String> {
+    let netns = lab.node(node.index).netns.path();
+    peak_rss(node, netns, base, base_file, row, start)?;
+    let state = control_state(base, node.pods[0]);
+    let mut dp = from_empty(settings, node, netns, base, &state, row, start)?;
+    endpoint_changes(settings, lab, node, &mut dp, &state, row, start)?;
+    dp.reset().map_err(|e| format!("reset: {e}"))?;
+    Ok(())
+}
+
+/// Peak RSS of a fresh process that builds and programs 10k x 10; a child that fails is
+/// reported and leaves `row.rss` empty.
+fn peak_rss(
+    node: &Node,
+    netns: &Path,
+    base: &DesiredState,
+    base_file: &Path,
+    row: &mut ControlRow,
+    start: Instant,
+) -> Result<(), String> {
+    let json = dataplane::to_json(base).map_err(|e| e.to_string())?;
+    std::fs::write(base_file, json).map_err(|e| format!("write {}: {e}", base_file.display()))?;
+    match rss_of_child(node.kind, netns, base_file) {
+        Ok(r) => {
+            log(
+                start,
+                &format!(
+                    "  {} child: VmHWM {} KiB, apply {:.0} ms",
+                    node.kind, r.vmhwm_kib, r.apply_ms
+                ),
+            );
+            row.rss = Some(r);
+        }
+        Err(e) => eprintln!("  {} RSS child: {e}", node.kind),
+    }
+    Ok(())
+}
+
+/// A fresh dataplane programmed with the node alone (node setup), then with `state` (10k
+/// services from empty), up to three times (once in quick runs); returns the last one,
+/// holding `state`.
+fn from_empty(
+    settings: &Settings,
+    node: &Node,
+    netns: &Path,
+    base: &DesiredState,
+    state: &DesiredState,
+    row: &mut ControlRow,
+    start: Instant,
+) -> Result<BoxDataplane, String> {
+    let repeats = if settings.quick { 1 } else { 3 };
+    let mut dp: Option<BoxDataplane> = None;
+    for k in 0..repeats {
+        if let Some(mut old) = dp.take() {
+            old.reset().map_err(|e| format!("reset: {e}"))?;
+        }
+        let mut fresh = open_dataplane(node.kind, netns, &format!("cp{k}"), None)?;
+        // The node without services first: what the programs' attachments (or the base
+        // rules) cost is node setup, not service programming, and is shown on its own.
+        let (applied, setup) = timed(|| fresh.apply(base));
+        applied.map_err(|e| format!("apply the node without services: {e}"))?;
+        row.setup_ms.push(ms(setup));
+        let (applied, took) = timed(|| fresh.apply(state));
+        applied.map_err(|e| format!("apply 10k services from empty: {e}"))?;
+        row.apply_from_empty_ms.push(ms(took));
+        log(
+            start,
+            &format!(
+                "  {} node setup {setup:?}, then from empty: {took:?}",
+                node.kind
+            ),
+        );
+        dp = Some(fresh);
+        // A slow backend gets fewer repetitions: the bench has a time budget.
+        if took > Duration::from_secs(5) {
+            break;
+        }
+    }
+    dp.ok_or_else(|| "no dataplane".to_owned())
+}
+
+/// Moves the probe service's one backend between two pods, `settings.changes` times (or for
+/// 30 s): the time `apply_changes` takes and the time until the client's probe reaches the
+/// new backend.
+fn endpoint_changes(
+    settings: &Settings,
+    lab: &Lab,
+    node: &Node,
+    dp: &mut BoxDataplane,
+    state: &DesiredState,
+    row: &mut ControlRow,
+    start: Instant,
+) -> Result<(), String> {
+    let mut prober = load::Prober::new(client(lab, node.index), 4_000 + 500 * settings.changes)?;
+    let dst = SocketAddrV4::new(vip_probe(), 80);
+    // Before the clock starts, the probe service answers from its first backend.
+    wait_for(&mut prober, dst, &node.names[0], Duration::from_secs(5))?;
+    let mut current = state
+        .services
+        .last()
+        .cloned()
+        .ok_or("control state has no probe service")?;
+    let budget = Instant::now();
+    for k in 0..settings.changes {
+        let target = 1 + k % 2;
+        let mut next = current.clone();
+        next.backends[0].ip = IpAddr::V4(node.pods[target % node.pods.len()]);
+        let mut changes = ChangeSet::default();
+        changes.services.insert(
+            next.name.clone(),
+            Change {
+                previous: Some(current.clone()),
+                current: Some(next.clone()),
+            },
+        );
+        let t = Instant::now();
+        dp.apply_changes(&changes)
+            .map_err(|e| format!("apply one endpoint change: {e}"))?;
+        let applied = t.elapsed();
+        let want = &node.names[target % node.names.len()];
+        wait_for(&mut prober, dst, want, Duration::from_secs(5))?;
+        let reached = t.elapsed();
+        row.change_apply_us.push(us(applied));
+        row.change_reach_us.push(us(reached));
+        current = next;
+        if budget.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+    log(
+        start,
+        &format!(
+            "  {} endpoint change: apply {:.0} µs, reached {:.0} µs (medians of {})",
+            node.kind,
+            median(&row.change_apply_us),
+            median(&row.change_reach_us),
+            row.change_reach_us.len()
+        ),
+    );
+    Ok(())
+}
+
+/// Probes `dst` until `want` answers; errors after `timeout`.
+fn wait_for(
+    prober: &mut load::Prober,
+    dst: SocketAddrV4,
+    want: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let t = Instant::now();
+    let mut last = String::new();
+    while t.elapsed() < timeout {
+        if prober.remaining() == 0 {
+            return Err("prober ran out of sockets".to_owned());
+        }
+        match prober.probe(dst) {
+            Ok(name) if name == want => return Ok(()),
+            Ok(name) => last = format!("answered by {name}"),
+            Err(e) => last = e,
+        }
+    }
+    Err(format!(
+        "{want} never answered on {dst} within {timeout:?} (last: {last})"
+    ))
+}

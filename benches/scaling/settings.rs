@@ -1,0 +1,122 @@
+//! What a run measures and where it writes, from the command line and the environment.
+//!
+//! Command line: `--bench` (what `cargo bench` passes) runs the bench; `--report-only` rewrites
+//! the report and plots from the last run's `scaling.json`; `--rss-child KIND NETNS BASE_JSON`
+//! is the child process of the peak-RSS measurement (see `rss`).
+//!
+//! Environment: `DP_BENCH_QUICK=1` (1 and 1k services, 2 rounds: a quick check),
+//! `DP_BENCH_SERVICES=1,1000,5000,10000`, `DP_BENCH_ROUNDS`, `DP_BENCH_CRR_SECS`,
+//! `DP_BENCH_RR_SECS`, `DP_BENCH_THREADS`, `DP_BENCH_CHANGES`, `DP_BENCH_FILL_SECS`,
+//! `DP_BENCH_REPORT` (path of the markdown report; default `BENCHMARKS.md` at the repository
+//! root).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What the command line asks for.
+pub enum Invocation {
+    /// The child of the peak-RSS measurement, with its arguments.
+    RssChild(Vec<String>),
+    /// Rewrite the report from the last run's results, measuring nothing.
+    ReportOnly,
+    /// Run without `--bench` (`cargo test --benches`): nothing to check.
+    NotBench,
+    /// Measure.
+    Bench,
+}
+
+impl Invocation {
+    /// From the process's arguments.
+    pub fn from_args() -> Invocation {
+        let args: Vec<String> = std::env::args().collect();
+        if let Some(i) = args.iter().position(|a| a == "--rss-child") {
+            Invocation::RssChild(args[i + 1..].to_vec())
+        } else if args.iter().any(|a| a == "--report-only") {
+            Invocation::ReportOnly
+        } else if args.iter().any(|a| a == "--bench") {
+            Invocation::Bench
+        } else {
+            Invocation::NotBench
+        }
+    }
+}
+
+/// Where the results go.
+pub struct Paths {
+    /// `benches/results`: `scaling.json` and the plots.
+    pub out_dir: PathBuf,
+    /// The markdown report (`DP_BENCH_REPORT`, default `BENCHMARKS.md`).
+    pub report: PathBuf,
+}
+
+impl Paths {
+    /// From `DP_BENCH_REPORT` and the repository root.
+    pub fn from_env() -> Paths {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        Paths {
+            out_dir: root.join("benches/results"),
+            report: std::env::var("DP_BENCH_REPORT")
+                .map_or_else(|_| root.join("BENCHMARKS.md"), PathBuf::from),
+        }
+    }
+
+    /// The results of the last run (`scaling.json`).
+    pub fn json(&self) -> PathBuf {
+        self.out_dir.join("scaling.json")
+    }
+}
+
+/// The run's settings, recorded in the results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub services: Vec<usize>,
+    pub rounds: usize,
+    pub crr_secs: f64,
+    pub rr_secs: f64,
+    pub threads: usize,
+    pub changes: usize,
+    pub packets: u64,
+    pub quick: bool,
+    /// Seconds of unmeasured CRR load per dataplane before the first size (see
+    /// `end_to_end::fill_conntrack`).
+    #[serde(default)]
+    pub fill_secs: f64,
+}
+
+impl Settings {
+    /// From the `DP_BENCH_*` variables (see the module docs); `DP_BENCH_QUICK` changes the
+    /// defaults.
+    pub fn from_env() -> Settings {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let quick = var("DP_BENCH_QUICK").is_some_and(|v| v != "0");
+        let num = |k: &str, d: f64| var(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let int = |k: &str, d: usize| num(k, d as f64) as usize;
+        let services = var("DP_BENCH_SERVICES").map_or_else(
+            || {
+                if quick {
+                    vec![1, 1_000]
+                } else {
+                    vec![1, 1_000, 5_000, 10_000]
+                }
+            },
+            |v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        );
+        Settings {
+            services,
+            rounds: int("DP_BENCH_ROUNDS", if quick { 2 } else { 8 }).max(1),
+            crr_secs: num("DP_BENCH_CRR_SECS", if quick { 0.5 } else { 1.2 }),
+            rr_secs: num("DP_BENCH_RR_SECS", if quick { 0.3 } else { 0.5 }),
+            threads: int("DP_BENCH_THREADS", 2).max(1),
+            changes: int("DP_BENCH_CHANGES", if quick { 3 } else { 10 }).max(1),
+            packets: if quick { 5_000 } else { 20_000 },
+            fill_secs: num("DP_BENCH_FILL_SECS", if quick { 3.0 } else { 12.0 }),
+            quick,
+        }
+    }
+}
