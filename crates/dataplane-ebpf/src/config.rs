@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use crate::map_table::{self, Capacity, MapSpec};
 
-/// Map sizes. A state that does not fit is refused with [`Error::CapacityExceeded`](dataplane_core::Error::CapacityExceeded) before
+/// Map sizes. A state that does not fit is refused with [`Error::CapacityExceeded`] before
 /// anything is written. Sizes apply when the maps are created; pinned maps keep their size.
+///
+/// [`Error::CapacityExceeded`]: dataplane_core::Error::CapacityExceeded
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capacities {
     /// Frontend entries (each ClusterIP/port, NodePort address/port, LB/External IP/port
@@ -89,8 +91,11 @@ impl Capacities {
     }
 }
 
-/// Conntrack timeouts applied by [`Dataplane::maintain`](dataplane_core::Dataplane::maintain) (see [`maintenance_interval`](crate::maintenance_interval) for
+/// Conntrack timeouts applied by [`Dataplane::maintain`] (see [`maintenance_interval`] for
 /// how often it should run).
+///
+/// [`Dataplane::maintain`]: dataplane_core::Dataplane::maintain
+/// [`maintenance_interval`]: crate::maintenance_interval
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CtTimeouts {
     /// TCP before a reply was seen.
@@ -144,9 +149,11 @@ pub struct EbpfConfig {
     /// socket (TCP, connected UDP) to a ClusterIP, or to a NodePort/LoadBalancer/ExternalIP
     /// frontend, is connected to a backend directly; `getpeername()` and `recvmsg()` still
     /// show the frontend. Such connections have no conntrack entry (they are not in
-    /// [`Dataplane::flows`](dataplane_core::Dataplane::flows)) and keep their backend until they close, also when it stops
+    /// [`Dataplane::flows`]) and keep their backend until they close, also when it stops
     /// being an endpoint. Unconnected UDP, ClientIP affinity, source ranges, SNAT and DSR
     /// services, and frontends without eligible backends stay with the TC programs.
+    ///
+    /// [`Dataplane::flows`]: dataplane_core::Dataplane::flows
     pub socket_lb_cgroup: Option<PathBuf>,
     /// Host routing (off by default): a TCP/UDP packet from a pod to another pod on this node
     /// that needs no translation is redirected to that pod's veth by `dp_from_pod`, as

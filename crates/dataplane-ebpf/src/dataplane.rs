@@ -630,11 +630,10 @@ impl Dataplane for EbpfDataplane {
     }
 
     /// Expires conntrack and session-affinity entries idle longer than their timeouts at
-    /// `now` ([`CtTimeouts`](crate::CtTimeouts), and each service's affinity timeout): this backend tracks
-    /// connections in its own maps, which nothing else expires (the LRU evicts only under
-    /// pressure). `other` holds `orphans`, the reverse entries whose forward entry
-    /// was gone.
-    /// After [`Dataplane::reset`]: nothing tracked, nothing to expire.
+    /// `now` ([`CtTimeouts`](crate::CtTimeouts), and each service's affinity timeout): this
+    /// backend tracks connections in its own maps, which nothing else expires (the LRU evicts
+    /// only under pressure). `other` holds `orphans`, the reverse entries whose forward entry
+    /// was gone. After [`Dataplane::reset`]: nothing tracked, nothing to expire.
     fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
         let timeouts = self.config.timeouts;
         let Some(loaded) = self.loaded.as_deref_mut() else {

@@ -21,18 +21,19 @@ use crate::writer::{self, Current};
 
 /// The shortest interval that
 /// [`Dataplane::maintenance_interval`](dataplane_core::Dataplane::maintenance_interval)
-/// answers: a timeout of a second or less is not worth a scan of the conntrack table more often than this.
+/// answers: a timeout of a second or less is not worth a scan of the conntrack table more
+/// often than this.
 pub const MIN_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest interval that
 /// [`Dataplane::maintenance_interval`](dataplane_core::Dataplane::maintenance_interval)
-/// answers: Cilium's conntrack GC
-/// starts at this interval (`ConntrackGCStartingInterval`) before it adapts.
+/// answers: Cilium's conntrack GC starts at this interval (`ConntrackGCStartingInterval`)
+/// before it adapts.
 pub const MAX_MAINTENANCE_INTERVAL: Duration = Duration::from_mins(5);
 
 /// How often [`Dataplane::maintain`](dataplane_core::Dataplane::maintain) should run with
-/// conntrack `timeouts`: half the shortest
-/// timeout, clamped to [`MIN_MAINTENANCE_INTERVAL`]..=[`MAX_MAINTENANCE_INTERVAL`].
+/// conntrack `timeouts`: half the shortest timeout, clamped to
+/// [`MIN_MAINTENANCE_INTERVAL`]..=[`MAX_MAINTENANCE_INTERVAL`].
 ///
 /// An entry idle for its timeout `t` is removed by the first pass after that, so it lives at
 /// most `t` plus one interval: with half the shortest timeout, 1.5 × `t` for the shortest

@@ -31,8 +31,9 @@ impl EbpfDataplane {
     /// against the live maps. For tests and per-packet benchmarks, which are other crates
     /// (so it is public), not for embedders (so it is hidden from the docs).
     /// Runs inside the configured network namespace, so FIB lookups see the node's routes.
-    /// [`Hook::Xdp`] (loaded only when [`EbpfConfig::xdp`](crate::EbpfConfig::xdp) is on) runs as if the packet had
-    /// arrived on the applied state's uplink.
+    /// [`Hook::Xdp`] (loaded only when [`EbpfConfig::xdp`](crate::EbpfConfig::xdp) is on)
+    /// runs as if the packet had arrived on the applied state's uplink. After `reset` it
+    /// loads the programs again (as the next apply would).
     #[doc(hidden)]
     pub fn run_packet(
         &mut self,
