@@ -215,8 +215,8 @@ impl BatchFd {
 
     /// Reads `count` consecutive elements of an array map from index `start` (fewer when
     /// the array ends first). `Ok(None)`: the kernel has no batch lookups for this map, read
-    /// them one by one. Reading a pinned map back at startup one `bpf()` call per index
-    /// costs about 1 µs per element.
+    /// them one by one (a `bpf()` call per index, which dominates reading a pinned map back at
+    /// startup).
     pub(crate) fn lookup_array<V: aya::Pod>(
         &self,
         start: u32,

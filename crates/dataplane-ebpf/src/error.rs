@@ -97,13 +97,99 @@ pub(crate) fn removed(result: Result<(), aya::maps::MapError>) -> Result<(), aya
     }
 }
 
+impl EbpfError {
+    /// What was being done, for [`dataplane_core::Error::Kernel`]'s `operation`: the
+    /// details (which map, object, interface or path) are the error's own message, which
+    /// follows as its source.
+    fn operation(&self) -> &'static str {
+        match self {
+            EbpfError::Load { .. } => "loading the BPF programs",
+            EbpfError::Map { .. } => "a BPF map operation",
+            EbpfError::Attach { .. } => "attaching a program",
+            EbpfError::Netns { .. } => "entering the network namespace",
+            EbpfError::Pin { .. } => "managing the pin directory",
+            EbpfError::NotSupported { .. } => "checking for eBPF support",
+        }
+    }
+}
+
+/// `operation` says what was being done and the [`EbpfError`] is the source: each message
+/// of the chain prints once.
 impl From<EbpfError> for dataplane_core::Error {
     fn from(e: EbpfError) -> Self {
-        let operation = e.to_string();
         dataplane_core::Error::Kernel {
             dataplane: crate::plan::BACKEND.to_owned(),
-            operation,
+            operation: e.operation().to_owned(),
             source: Box::new(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::EbpfError;
+
+    /// `err` and each of its sources, as they print.
+    fn chain(err: &dataplane_core::Error) -> Vec<String> {
+        let mut out = vec![err.to_string()];
+        let mut next = err.source();
+        while let Some(e) = next {
+            out.push(e.to_string());
+            next = e.source();
+        }
+        out
+    }
+
+    #[test]
+    fn a_converted_error_prints_each_message_once() {
+        let enoent = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let errors = [
+            EbpfError::Load {
+                object: "tc_pod.o".to_owned(),
+                source: "program missing".into(),
+            },
+            EbpfError::map(
+                crate::map_table::CT.name,
+                "removing",
+                aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_delete_elem",
+                    io_error: enoent(),
+                }),
+            ),
+            EbpfError::Attach {
+                interface: "eth0".to_owned(),
+                program: crate::Hook::FromUplink.program().to_owned(),
+                source: Box::new(enoent()),
+            },
+            EbpfError::Netns {
+                path: "/run/netns/node-0".into(),
+                source: enoent(),
+            },
+            EbpfError::Pin {
+                path: "/sys/fs/bpf/dataplane".into(),
+                source: enoent(),
+            },
+            EbpfError::NotSupported {
+                reason: "needs root".to_owned(),
+            },
+        ];
+        for e in errors {
+            let detail = e.to_string();
+            let chain = chain(&e.into());
+            assert!(
+                chain.iter().any(|m| m == &detail),
+                "the detail is in the chain: {chain:?}"
+            );
+            for (i, m) in chain.iter().enumerate() {
+                for later in &chain[i + 1..] {
+                    assert!(
+                        !m.contains(later.as_str()),
+                        "{m:?} repeats {later:?}: {chain:?}"
+                    );
+                }
+            }
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Loading the compiled objects with pinned maps, and attaching their programs.
 
 use std::collections::BTreeMap;
-use std::mem::size_of;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::LpmTrie;
@@ -15,13 +14,14 @@ use aya::programs::{
 use aya::{Ebpf, EbpfLoader};
 
 use crate::batch::BatchFd;
+use crate::config::{AttachMode, Capacities, XdpMode};
 use crate::error::EbpfError;
+use crate::map_table::{self, Defined, MapSpec, MAPS};
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
-    SrcRangeData, SvcKey, SvcValue, SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE,
+    SrcRangeData, SvcKey, SvcValue,
 };
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
-use crate::Capacities;
 
 // `build.rs` points DATAPLANE_EBPF_OBJ_DIR at the committed `bpf/obj/` (or, with
 // `DATAPLANE_BPF_REBUILD=1`, at fresh builds in OUT_DIR).
@@ -177,42 +177,6 @@ impl std::fmt::Debug for Maps {
     }
 }
 
-/// An attached program.
-/// How programs are attached to interfaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AttachMode {
-    /// TCX links (Linux >= 6.6), falling back to clsact filters when TCX is refused.
-    #[default]
-    Auto,
-    /// TCX links only (pinned, so they survive a restart).
-    Tcx,
-    /// clsact filters over netlink only (for kernels without TCX). They cannot be pinned: a
-    /// restarted process finds them through marker directories in the pin directory and
-    /// replaces their program in place (same priority and handle).
-    Clsact,
-}
-
-/// Whether and how the XDP fast path is attached to the uplink (Linux >= 5.9 for XDP links).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum XdpMode {
-    /// No XDP program: TC handles everything (the default).
-    #[default]
-    Off,
-    /// Driver (native) mode; attaching fails when the driver has no XDP support.
-    Native,
-    /// Generic (skb) mode: works on every interface, after the skb is built.
-    Generic,
-    /// Driver mode, falling back to generic mode when the driver refuses it.
-    Auto,
-}
-
-impl XdpMode {
-    /// Whether an XDP program is loaded and attached.
-    pub fn is_on(self) -> bool {
-        self != XdpMode::Off
-    }
-}
-
 /// Priority and handle of our clsact filters, fixed so that a new process replaces them.
 const NL_PRIORITY: u16 = 0xd9;
 const NL_HANDLE: TcHandle = TcHandle::new(0, 1);
@@ -307,10 +271,11 @@ fn batch_fd(ebpf: &Ebpf, name: &'static str) -> Result<BatchFd, EbpfError> {
 /// Maps the values of pinned array `name` when it was created `BPF_F_MMAPABLE`.
 fn mmap_array<V: aya::Pod>(
     pin_dir: &Path,
-    name: &'static str,
+    map: &MapSpec,
     fd: &BatchFd,
 ) -> Result<Option<MmapArray<V>>, EbpfError> {
-    let info = aya::maps::MapInfo::from_pin(pin_dir.join(name))
+    let name = map.name;
+    let info = aya::maps::MapInfo::from_pin(map.pin_path(pin_dir))
         .map_err(|e| EbpfError::map(name, "reading the pinned map's info", e))?;
     if info.map_flags() & BPF_F_MMAPABLE == 0 {
         tracing::info!(
@@ -425,15 +390,10 @@ pub(crate) fn load(
         std::fs::create_dir_all(&dir).map_err(|source| EbpfError::Pin { path: dir, source })?;
     }
     let mut loader = EbpfLoader::new();
-    loader
-        .default_map_pin_directory(pin_dir)
-        .map_max_entries("dp_svc", caps.services)
-        .map_max_entries("dp_backends", caps.backends)
-        .map_max_entries("dp_slots", caps.backend_slots)
-        .map_max_entries("dp_ct", caps.conntrack)
-        .map_max_entries("dp_affinity", caps.affinity)
-        .map_max_entries("dp_srcrange", caps.source_ranges)
-        .map_max_entries("dp_sock_rev", caps.socket_rev);
+    loader.default_map_pin_directory(pin_dir);
+    for map in MAPS.iter().filter(|m| m.capacity.is_some()) {
+        loader.map_max_entries(map.name, caps.size_of(map));
+    }
     let mut pod = loader.load(TC_POD_OBJ).map_err(|e| EbpfError::Load {
         object: "tc_pod.o".to_owned(),
         source: Box::new(e),
@@ -463,15 +423,22 @@ pub(crate) fn load(
         None
     };
     let capacities = check_pinned(pin_dir, caps, sock.is_some())?;
-    load_programs(&mut pod, &["dp_from_pod"])?;
-    load_programs(&mut host, &["dp_from_uplink", "dp_to_uplink", "dp_to_lo"])?;
+    load_programs(&mut pod, &[Hook::FromPod.program()])?;
+    load_programs(
+        &mut host,
+        &[
+            Hook::FromUplink.program(),
+            Hook::ToUplink.program(),
+            Hook::ToLo.program(),
+        ],
+    )?;
 
-    let svc_batch = batch_fd(&pod, "dp_svc")?;
-    let backends_batch = batch_fd(&pod, "dp_backends")?;
-    let slots_batch = batch_fd(&pod, "dp_slots")?;
-    let ct_batch = batch_fd(&pod, "dp_ct")?;
-    let backends_mmap = mmap_array(pin_dir, "dp_backends", &backends_batch)?;
-    let slots_mmap = mmap_array(pin_dir, "dp_slots", &slots_batch)?;
+    let svc_batch = batch_fd(&pod, map_table::SVC.name)?;
+    let backends_batch = batch_fd(&pod, map_table::BACKENDS.name)?;
+    let slots_batch = batch_fd(&pod, map_table::SLOTS.name)?;
+    let ct_batch = batch_fd(&pod, map_table::CT.name)?;
+    let backends_mmap = mmap_array(pin_dir, &map_table::BACKENDS, &backends_batch)?;
+    let slots_mmap = mmap_array(pin_dir, &map_table::SLOTS, &slots_batch)?;
     let maps = Maps {
         backends_mmap,
         slots_mmap,
@@ -479,16 +446,16 @@ pub(crate) fn load(
         svc_batch,
         backends_batch,
         slots_batch,
-        svc: take(&mut pod, "dp_svc")?,
-        backends: take(&mut pod, "dp_backends")?,
-        slots: take(&mut pod, "dp_slots")?,
-        ct: take(&mut pod, "dp_ct")?,
-        affinity: take(&mut pod, "dp_affinity")?,
-        src_ranges: take(&mut pod, "dp_srcrange")?,
-        cidrs: take(&mut pod, "dp_cidrs")?,
-        config: take(&mut pod, "dp_config")?,
-        local: take(&mut pod, "dp_local")?,
-        stats: take(&mut pod, "dp_stats")?,
+        svc: take(&mut pod, map_table::SVC.name)?,
+        backends: take(&mut pod, map_table::BACKENDS.name)?,
+        slots: take(&mut pod, map_table::SLOTS.name)?,
+        ct: take(&mut pod, map_table::CT.name)?,
+        affinity: take(&mut pod, map_table::AFFINITY.name)?,
+        src_ranges: take(&mut pod, map_table::SRC_RANGES.name)?,
+        cidrs: take(&mut pod, map_table::CIDRS.name)?,
+        config: take(&mut pod, map_table::CONFIG.name)?,
+        local: take(&mut pod, map_table::LOCAL.name)?,
+        stats: take(&mut pod, map_table::STATS.name)?,
     };
     Ok(Objects {
         pod,
@@ -502,31 +469,13 @@ pub(crate) fn load(
     })
 }
 
-/// Key and value sizes this version expects of each map (the layouts of `maps.h`).
-const LAYOUTS: [(&str, usize, usize); 10] = [
-    ("dp_svc", size_of::<SvcKey>(), size_of::<SvcValue>()),
-    ("dp_backends", 4, size_of::<BackendValue>()),
-    ("dp_slots", 4, 4),
-    ("dp_ct", size_of::<CtKey>(), size_of::<CtEntry>()),
-    (
-        "dp_affinity",
-        size_of::<AffinityKey>(),
-        size_of::<AffinityValue>(),
-    ),
-    ("dp_srcrange", 4 + size_of::<SrcRangeData>(), 1),
-    ("dp_cidrs", 4 + size_of::<Addr>(), 1),
-    ("dp_config", 4, size_of::<DpConfig>()),
-    ("dp_local", size_of::<LocalKey>(), size_of::<LocalValue>()),
-    ("dp_stats", 4, 8),
-];
-
 /// Refuses pinned maps whose layout differs from this version's (an upgrade that changed
 /// `maps.h` needs `reset()`), and reads the sizes the pinned maps were created with.
 fn check_pinned(pin_dir: &Path, caps: &Capacities, sock: bool) -> Result<Capacities, EbpfError> {
     let mut out = caps.clone();
-    let sock_layout = sock.then_some(("dp_sock_rev", SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE));
-    for (name, key, value) in LAYOUTS.into_iter().chain(sock_layout) {
-        let info = aya::maps::MapInfo::from_pin(pin_dir.join(name))
+    for map in MAPS.iter().filter(|m| sock || m.defined != Defined::Sock) {
+        let (name, key, value) = (map.name, map.key_size, map.value_size);
+        let info = aya::maps::MapInfo::from_pin(map.pin_path(pin_dir))
             .map_err(|e| EbpfError::map(name, "reading the pinned map's info", e))?;
         if info.key_size() as usize != key || info.value_size() as usize != value {
             return Err(EbpfError::Load {
@@ -541,17 +490,7 @@ fn check_pinned(pin_dir: &Path, caps: &Capacities, sock: bool) -> Result<Capacit
                 .into(),
             });
         }
-        let size = info.max_entries();
-        match name {
-            "dp_svc" => out.services = size,
-            "dp_backends" => out.backends = size,
-            "dp_slots" => out.backend_slots = size,
-            "dp_ct" => out.conntrack = size,
-            "dp_affinity" => out.affinity = size,
-            "dp_srcrange" => out.source_ranges = size,
-            "dp_sock_rev" => out.socket_rev = size,
-            _ => {}
-        }
+        out.set_size(map, info.max_entries());
     }
     Ok(out)
 }

@@ -1,9 +1,9 @@
 //! Array maps created with `BPF_F_MMAPABLE` (Linux >= 5.5), read and written through a
 //! shared mapping of their values instead of one `bpf()` element copy each.
 //!
-//! A full sync of 10k services x 10 writes ~65k backends and ~65k slots: as batched
-//! `BPF_MAP_UPDATE_BATCH` calls that cost ~40 ms on the test VM (the kernel copies and
-//! checks every element), as stores into the mapping about a millisecond. Maps pinned by a
+//! A full sync writes a backend and a slot per backend of every service: as batched
+//! `BPF_MAP_UPDATE_BATCH` calls the kernel copies and checks every element, as stores into
+//! the mapping it is plain memory writes (the apply bench has the figures). Maps pinned by a
 //! version without the flag cannot be mapped; the writer then uses the batch calls.
 //!
 //! The datapath reads these arrays while they are written. The writer only stores into
@@ -21,7 +21,7 @@ pub(crate) const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Bytes mapped at a time. The kernel maps the whole requested range at once (all of it
 /// counts as resident), so a chunk is mapped on first use: the process maps only the parts of
-/// an array it touches, not all 16 MiB of `dp_slots`.
+/// an array it touches, not the whole of `dp_slots`.
 const CHUNK_BYTES: usize = 256 << 10;
 
 /// A mapping of an array map's values. The kernel lays them out `round_up(value_size, 8)`

@@ -490,7 +490,7 @@ fn plan_port(
 
 /// The keys [`plan_port`] and the wildcards give `service`, in the order they are planned.
 /// The planner keeps no keys per service: a removed or changed service's keys are derived
-/// again from the service as it was (at 10k services the kept lists were ~1.7 MiB).
+/// again from the service as it was (kept lists would be a large part of the planner's memory).
 fn frontend_keys(node: &Node, service: &Service, out: &mut impl FnMut(SvcKey)) {
     for port in service.ports.iter().filter(|p| programmed(p)) {
         let proto = proto_number(port.protocol);
@@ -660,8 +660,8 @@ impl Planner {
             .fold(0usize, usize::saturating_add);
         let mut services: Vec<&Service> = state.services.iter().collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
-        // Sized exactly: at 10k services the vector is ~1.4 MiB, and growing it (or a
-        // guess per service) leaves up to that much again unused at the peak of the apply.
+        // Sized exactly: growing the vector (or a guess per service) leaves up to its size
+        // again unused at the peak of the apply.
         let count = services
             .iter()
             .map(|s| frontend_count(&state.node, s))

@@ -1,4 +1,4 @@
-//! Writes a [`Plan`] into the maps, diffing against what they hold, in an order that never
+//! Writes a plan ([`Planner`]) into the maps, diffing against what they hold, in an order that never
 //! shows a half-written service to packets: backends, then the new slot range, then the
 //! service entry that points at it, then removals and freeing of old ranges.
 
@@ -9,14 +9,16 @@ use aya::maps::lpm_trie::Key;
 use dataplane_core::Error;
 
 use crate::backends::BackendTable;
+use crate::config::Capacities;
 use crate::error::EbpfError;
 use crate::loader::Maps;
+use crate::map_table;
 use crate::maps::{
-    Addr, BackendValue, Be16, DpConfig, SrcRangeData, SvcKey, SvcValue, SVC_F_AFFINITY,
+    Addr, AffinityKey, BackendValue, Be16, CtKey, DpConfig, LocalKey, LocalValue, SrcRangeData,
+    SvcKey, SvcValue, CFG_F_HOST_ROUTING, SVC_F_AFFINITY,
 };
 use crate::mmap::MmapArray;
 use crate::plan::{Frontends, Planner, Slots};
-use crate::Capacities;
 
 /// First-fit allocator of slot ranges in `dp_slots` (index 0 is never used).
 #[derive(Debug, Clone)]
@@ -135,7 +137,6 @@ pub(crate) struct Current {
     pub cidrs: BTreeMap<(Addr, u32), u8>,
     pub config: DpConfig,
     pub alloc: SlotAlloc,
-    pub generation: u32,
 }
 
 /// Service entries per `BPF_MAP_UPDATE_BATCH` call.
@@ -197,7 +198,7 @@ struct ArrayIo<'a, V: aya::Pod> {
 impl<'a> ArrayIo<'a, BackendValue> {
     fn backends(maps: &'a mut Maps) -> Self {
         ArrayIo {
-            name: "dp_backends",
+            name: map_table::BACKENDS.name,
             mmap: maps.backends_mmap.as_mut(),
             batch: &maps.backends_batch,
             array: &mut maps.backends,
@@ -208,7 +209,7 @@ impl<'a> ArrayIo<'a, BackendValue> {
 impl<'a> ArrayIo<'a, u32> {
     fn slots(maps: &'a mut Maps) -> Self {
         ArrayIo {
-            name: "dp_slots",
+            name: map_table::SLOTS.name,
             mmap: maps.slots_mmap.as_mut(),
             batch: &maps.slots_batch,
             array: &mut maps.slots,
@@ -223,7 +224,7 @@ impl<V: aya::Pod> ArrayIo<'_, V> {
             // Every mapped chunk counts towards the process's RSS. A bulk write in index
             // order (a full sync: ids and slot ranges are handed out ascending) unmaps each
             // chunk it has left, so that one chunk of the array is resident at a time, not
-            // all it wrote (~3 MiB at 10k x 10). Small writes (a change: fewer than an
+            // all it wrote. Small writes (a change: fewer than an
             // eighth of a chunk) keep their chunks mapped for the next one, and so does a
             // write out of order.
             let bulk = (m.chunk_elements() / 8).max(1);
@@ -313,7 +314,7 @@ impl Current {
             maps.backends_mmap.as_ref(),
             &maps.backends_batch,
             &maps.backends,
-            "dp_backends",
+            map_table::BACKENDS.name,
             0,
             maps.backends.len(),
         )?;
@@ -339,10 +340,9 @@ impl Current {
             cidrs: BTreeMap::new(),
             config: DpConfig::default(),
             alloc: SlotAlloc::new(caps.backend_slots),
-            generation: 0,
         };
         for item in &maps.svc {
-            let (k, v) = item.map_err(merr("dp_svc", "reading"))?;
+            let (k, v) = item.map_err(merr(map_table::SVC.name, "reading"))?;
             if v.slot_count > 0 {
                 if let Some(r) = cur.ranges.by_place.get_mut(&(v.slot_base, v.slot_count)) {
                     r.users += 1;
@@ -352,13 +352,13 @@ impl Current {
                         maps.slots_mmap.as_ref(),
                         &maps.slots_batch,
                         &maps.slots,
-                        "dp_slots",
+                        map_table::SLOTS.name,
                         v.slot_base,
                         v.slot_count,
                     )?;
                     if ids.len() != v.slot_count as usize {
                         return Err(EbpfError::map(
-                            "dp_slots",
+                            map_table::SLOTS.name,
                             "reading",
                             aya::maps::MapError::OutOfBounds {
                                 index: v.slot_base.saturating_add(v.slot_count),
@@ -376,21 +376,20 @@ impl Current {
                     cur.add_range(&ids.into(), v.slot_base, 0);
                 }
             }
-            cur.generation = cur.generation.max(v.rev);
             cur.frontends.insert(k, v);
         }
         for key in maps.src_ranges.keys() {
-            let key = key.map_err(merr("dp_srcrange", "reading"))?;
+            let key = key.map_err(merr(map_table::SRC_RANGES.name, "reading"))?;
             cur.src_ranges.insert((key.data(), key.prefix_len()));
         }
         for item in &maps.cidrs {
-            let (key, bits) = item.map_err(merr("dp_cidrs", "reading"))?;
+            let (key, bits) = item.map_err(merr(map_table::CIDRS.name, "reading"))?;
             cur.cidrs.insert((key.data(), key.prefix_len()), bits);
         }
         cur.config = maps
             .config
             .get(&0, 0)
-            .map_err(merr("dp_config", "reading"))?;
+            .map_err(merr(map_table::CONFIG.name, "reading"))?;
         Ok(cur)
     }
 
@@ -652,7 +651,7 @@ fn prepare_in(
 ) -> Result<Prepared, Error> {
     let Frontends { planned, gone, .. } = frontends;
     capacity(
-        "source range map (dp_srcrange)",
+        &format!("source range map ({})", map_table::SRC_RANGES.name),
         planner.src_ranges.len(),
         caps.source_ranges,
     )?;
@@ -663,7 +662,6 @@ fn prepare_in(
         backends,
         free_ids,
         alloc: cur_alloc,
-        generation,
         ..
     } = cur;
     let next = backends.id_bound();
@@ -703,7 +701,8 @@ fn prepare_in(
             affinity_timeout: fp.affinity_timeout,
             flags: fp.flags,
             pad: 0,
-            rev: *generation + 1,
+            // Never read by the programs: no generation is kept.
+            rev: 0,
         };
         match cur_frontends.get(&key) {
             Some(old)
@@ -736,7 +735,7 @@ fn prepare_in(
     if short > 0 {
         let new: usize = local.keys().map(|s| s.len()).sum();
         return Err(Error::CapacityExceeded {
-            what: "backend slot map (dp_slots)".to_owned(),
+            what: format!("backend slot map ({})", map_table::SLOTS.name),
             needed: cur.slots_in_use() + new,
             capacity: caps.backend_slots as usize,
         });
@@ -756,9 +755,13 @@ fn prepare_in(
 /// The service entries and backends a write leaves (old backends stay until the services
 /// stop pointing at them) against the maps' sizes.
 fn check_entries(caps: &Capacities, entries: usize, backends: usize) -> Result<(), Error> {
-    capacity("service map (dp_svc)", entries, caps.services)?;
     capacity(
-        "backend map (dp_backends, id 0 reserved)",
+        &format!("service map ({})", map_table::SVC.name),
+        entries,
+        caps.services,
+    )?;
+    capacity(
+        &format!("backend map ({}, id 0 reserved)", map_table::BACKENDS.name),
         backends,
         caps.backends.saturating_sub(1),
     )
@@ -784,7 +787,7 @@ pub(crate) fn write(
     if cur.config != node.config {
         maps.config
             .set(0, node.config, 0)
-            .map_err(merr("dp_config", "writing"))
+            .map_err(merr(map_table::CONFIG.name, "writing"))
             .map_err(Error::from)?;
         cur.config = node.config;
         n += 1;
@@ -793,7 +796,7 @@ pub(crate) fn write(
         if cur.cidrs.get(c) != Some(bits) {
             maps.cidrs
                 .insert(&Key::new(c.1, c.0), bits, 0)
-                .map_err(merr("dp_cidrs", "inserting"))
+                .map_err(merr(map_table::CIDRS.name, "inserting"))
                 .map_err(Error::from)?;
             cur.cidrs.insert(*c, *bits);
             n += 1;
@@ -808,7 +811,7 @@ pub(crate) fn write(
     for c in stale {
         maps.cidrs
             .remove(&Key::new(c.1, c.0))
-            .map_err(merr("dp_cidrs", "removing"))
+            .map_err(merr(map_table::CIDRS.name, "removing"))
             .map_err(Error::from)?;
         cur.cidrs.remove(&c);
         n += 1;
@@ -843,7 +846,7 @@ pub(crate) fn write(
     for r in added {
         maps.src_ranges
             .insert(&Key::new(r.1, r.0), 1, 0)
-            .map_err(merr("dp_srcrange", "inserting"))
+            .map_err(merr(map_table::SRC_RANGES.name, "inserting"))
             .map_err(Error::from)?;
         cur.src_ranges.insert(r);
         n += 1;
@@ -855,7 +858,7 @@ pub(crate) fn write(
     cur.alloc = prep.alloc;
     for key in &prep.removals {
         crate::error::removed(maps.svc.remove(key))
-            .map_err(|e| Error::from(EbpfError::map("dp_svc", "removing", e)))?;
+            .map_err(|e| Error::from(EbpfError::map(map_table::SVC.name, "removing", e)))?;
         if let Some(old) = cur.frontends.remove(key) {
             if old.flags & SVC_F_AFFINITY != 0 {
                 affinity_ids.insert(old.id);
@@ -878,11 +881,11 @@ pub(crate) fn write(
     for chunk in prep.writes.chunks(SVC_CHUNK) {
         let (keys, values): (Vec<SvcKey>, Vec<SvcValue>) =
             chunk.iter().map(|w| (w.key, w.value)).unzip();
-        if !batch(&maps.svc_batch, "dp_svc", &keys, &values)? {
+        if !batch(&maps.svc_batch, map_table::SVC.name, &keys, &values)? {
             for (key, value) in keys.iter().zip(&values) {
                 maps.svc
                     .insert(key, value, 0)
-                    .map_err(merr("dp_svc", "writing"))
+                    .map_err(merr(map_table::SVC.name, "writing"))
                     .map_err(Error::from)?;
             }
         }
@@ -923,7 +926,7 @@ pub(crate) fn write(
     for r in removed {
         maps.src_ranges
             .remove(&Key::new(r.1, r.0))
-            .map_err(merr("dp_srcrange", "removing"))
+            .map_err(merr(map_table::SRC_RANGES.name, "removing"))
             .map_err(Error::from)?;
         cur.src_ranges.remove(&r);
         n += 1;
@@ -946,9 +949,6 @@ pub(crate) fn write(
         cur.free_ids.insert(id);
         n += 1;
     }
-    if !prep.writes.is_empty() || !prep.removals.is_empty() {
-        cur.generation += 1;
-    }
     if !affinity_ids.is_empty() {
         n += prune_affinity(maps, cur, &affinity_ids)?;
     }
@@ -967,7 +967,7 @@ fn prune_affinity(maps: &mut Maps, cur: &Current, ids: &BTreeSet<u32>) -> Result
     let mut stale = Vec::new();
     for item in &maps.affinity {
         let (k, v) = item
-            .map_err(merr("dp_affinity", "reading"))
+            .map_err(merr(map_table::AFFINITY.name, "reading"))
             .map_err(Error::from)?;
         if ids.contains(&k.svc_id)
             && !allowed
@@ -977,11 +977,84 @@ fn prune_affinity(maps: &mut Maps, cur: &Current, ids: &BTreeSet<u32>) -> Result
             stale.push(k);
         }
     }
-    for k in &stale {
-        crate::error::removed(maps.affinity.remove(k))
-            .map_err(|e| Error::from(EbpfError::map("dp_affinity", "removing", e)))?;
-    }
+    remove_affinity(maps, &stale)?;
     Ok(stale.len())
+}
+
+/// Sets `dp_config`'s host-routing flag to `on`: the process's setting, not the state's (a
+/// `dp_config` pinned by an earlier process must not keep its setting until the first
+/// apply). Returns the entries written.
+pub(crate) fn set_host_routing(
+    maps: &mut Maps,
+    cur: &mut Current,
+    on: bool,
+) -> Result<usize, EbpfError> {
+    let flags = if on {
+        cur.config.flags | CFG_F_HOST_ROUTING
+    } else {
+        cur.config.flags & !CFG_F_HOST_ROUTING
+    };
+    if flags == cur.config.flags {
+        return Ok(0);
+    }
+    let config = DpConfig {
+        flags,
+        ..cur.config
+    };
+    maps.config
+        .set(0, config, 0)
+        .map_err(merr(map_table::CONFIG.name, "writing"))?;
+    cur.config = config;
+    Ok(1)
+}
+
+/// Makes `dp_local` hold `want` (pod address -> the index of its interface): stale entries
+/// go, then new and changed ones are written. Returns the entries written or removed.
+pub(crate) fn sync_local(
+    maps: &mut Maps,
+    want: &BTreeMap<LocalKey, u32>,
+) -> Result<usize, EbpfError> {
+    let have: BTreeMap<LocalKey, u32> = maps
+        .local
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| (k, v.ifindex))
+        .collect();
+    let mut n = 0;
+    for k in have.keys().filter(|k| !want.contains_key(k)) {
+        crate::error::removed(maps.local.remove(k))
+            .map_err(merr(map_table::LOCAL.name, "removing"))?;
+        n += 1;
+    }
+    for (k, ifindex) in want {
+        if have.get(k) != Some(ifindex) {
+            maps.local
+                .insert(k, LocalValue { ifindex: *ifindex }, 0)
+                .map_err(merr(map_table::LOCAL.name, "writing"))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Deletes conntrack entries (GC): a key already gone counts as deleted.
+pub(crate) fn remove_ct<'a>(
+    maps: &mut Maps,
+    keys: impl IntoIterator<Item = &'a CtKey>,
+) -> Result<(), EbpfError> {
+    for k in keys {
+        crate::error::removed(maps.ct.remove(k)).map_err(merr(map_table::CT.name, "removing"))?;
+    }
+    Ok(())
+}
+
+/// Deletes session-affinity entries (GC, pruning): a key already gone counts as deleted.
+pub(crate) fn remove_affinity(maps: &mut Maps, keys: &[AffinityKey]) -> Result<(), EbpfError> {
+    for k in keys {
+        crate::error::removed(maps.affinity.remove(k))
+            .map_err(merr(map_table::AFFINITY.name, "removing"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

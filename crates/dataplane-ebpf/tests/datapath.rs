@@ -18,8 +18,8 @@ use common::{
     TCP_ACK, TCP_SYN,
 };
 use dataplane_core::{
-    Backend, BackendSelection, Dataplane, DesiredState, ObjectName, Protocol, Service, ServicePort,
-    SessionAffinity, TrafficPolicy,
+    Backend, BackendSelection, ChangeSet, Dataplane, DesiredState, ObjectName, ObservedState,
+    Protocol, Service, ServicePort, SessionAffinity, Stats, TrafficPolicy,
 };
 use dataplane_ebpf::{monotonic_now, AttachMode, EbpfDataplane, Hook};
 
@@ -1014,6 +1014,23 @@ fn pinned_state_is_adopted_and_reset_removes_it() {
     );
     dp.reset().expect("reset");
     assert!(!n.pin_dir.exists(), "reset removes the pin directory");
+    // Nothing is loaded until the next apply: the reads answer what is programmed, nothing
+    // (as maintain does, and as the fake does after its reset).
+    assert_eq!(
+        dp.observe().expect("observe after reset"),
+        ObservedState::default()
+    );
+    assert_eq!(dp.flows().expect("flows after reset"), Vec::new());
+    assert_eq!(dp.stats().expect("stats after reset"), Stats::default());
+    let maintained = dp.maintain(monotonic_now()).expect("maintain after reset");
+    assert_eq!(maintained.flows_remaining, Some(0));
+    assert!(
+        matches!(
+            dp.apply_changes(&ChangeSet::default()),
+            Err(dataplane_core::Error::FullSyncRequired)
+        ),
+        "after reset only a full apply"
+    );
 }
 
 #[test]

@@ -1,0 +1,693 @@
+//! [`EbpfDataplane`]: the [`Dataplane`] over the loaded programs and pinned maps. What it
+//! holds between calls is nothing (after `reset`), or the [`Loaded`] objects with the
+//! writer's mirror of the maps and, after a successful sync, what the next incremental one
+//! needs ([`Synced`]): no combination that cannot happen can be represented.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use dataplane_core::{
+    ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, HealthCheck,
+    Incremental, MaintenanceReport, ObjectName, ObservedFrontend, ObservedState, Protocol, Stats,
+    Validator,
+};
+
+use crate::config::{EbpfConfig, XdpMode};
+use crate::ct::ct_entries;
+use crate::error::EbpfError;
+use crate::loader::{self, Hook, Objects};
+use crate::maintain::{gc, maintenance_interval};
+use crate::map_table;
+use crate::maps::{
+    self, CT_F_DSR, CT_F_MASQ, SCOPE_EXTERNAL_INSIDE, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED,
+    STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
+};
+use crate::plan::{self, BACKEND};
+use crate::support::{ensure_bpffs, BPFFS};
+use crate::writer::{self, Current};
+use crate::{local, loopback, netns};
+
+/// The loaded programs and their maps (adopted or created), with the writer's mirror of
+/// the maps.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) objects: Objects,
+    pub(crate) current: Current,
+    pub(crate) synced: Synced,
+}
+
+/// Whether the maps hold what the last sync planned.
+#[derive(Debug)]
+pub(crate) enum Synced {
+    /// No sync yet, or the last one failed (the maps are unknown to any planner: the next
+    /// sync is full). `programmed_before`: the fingerprints of the services the last
+    /// successful sync programmed, which the next sync's counts compare with.
+    No {
+        programmed_before: Option<plan::Fingerprints>,
+    },
+    /// The last sync succeeded.
+    Yes(Box<Applied>),
+}
+
+/// What a successful sync leaves for the next incremental one.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// The applied state without its services: no copy of those is kept (at 10k services
+    /// that is most of the state). The planner keeps what each service holds in the maps,
+    /// `health` what its health check answers.
+    pub(crate) rest: DesiredState,
+    /// What the applied state's objects claim, for change sets validated in proportion to
+    /// their size.
+    pub(crate) validator: Validator,
+    pub(crate) planner: plan::Planner,
+}
+
+impl Synced {
+    const NEVER: Synced = Synced::No {
+        programmed_before: None,
+    };
+}
+
+/// The eBPF [`Dataplane`].
+#[derive(Debug)]
+pub struct EbpfDataplane {
+    pub(crate) config: EbpfConfig,
+    /// `None`: nothing loaded, after `reset` (the next sync loads the programs again).
+    loaded: Option<Box<Loaded>>,
+    /// Health checks of the applied services that have one.
+    health: BTreeMap<ObjectName, HealthCheck>,
+}
+
+impl EbpfDataplane {
+    /// Loads the programs, creating or adopting the maps and links pinned in
+    /// `config.pin_dir`. Adopted links get the new programs right away; call
+    /// [`Dataplane::apply`] next to reconcile the maps with the desired state. Mounts bpffs
+    /// at `/sys/fs/bpf` first when the pin directory is under it and nothing is mounted there.
+    pub fn new(config: EbpfConfig) -> Result<Self, EbpfError> {
+        if config.pin_dir.starts_with(BPFFS) {
+            ensure_bpffs(Path::new(BPFFS))?;
+        }
+        let mut dp = Self {
+            config,
+            loaded: None,
+            health: BTreeMap::new(),
+        };
+        dp.loaded_mut()?;
+        Ok(dp)
+    }
+
+    /// Loads the objects, adopting what the pin directory holds.
+    fn load(&self) -> Result<Loaded, EbpfError> {
+        let xdp = self.config.xdp.is_on();
+        let sock = self.config.socket_lb_cgroup.clone();
+        let mut objects = loader::load(
+            &self.config.pin_dir,
+            &self.config.capacities,
+            xdp,
+            sock.is_some(),
+        )?;
+        if objects.capacities != self.config.capacities {
+            tracing::info!(
+                configured = ?self.config.capacities,
+                pinned = ?objects.capacities,
+                "pinned maps keep their sizes; reset() to resize"
+            );
+        }
+        let mut current = Current::read(&objects.maps, &objects.capacities)?;
+        // Reading the arrays mapped each chunk that holds entries: kept mapped, they would
+        // stay resident for the life of the process.
+        objects.maps.unmap_arrays();
+        writer::set_host_routing(&mut objects.maps, &mut current, self.config.host_routing)?;
+        let mut pinned = Objects::pinned_links(&self.config.pin_dir);
+        if !xdp {
+            // An XDP link an earlier process left is no longer wanted: without its pin nothing
+            // holds it and the kernel detaches it.
+            for (ifname, _) in pinned.iter().filter(|(_, h)| *h == Hook::Xdp) {
+                Objects::remove_pinned_xdp(&self.config.pin_dir, ifname)?;
+            }
+            pinned.retain(|(_, h)| *h != Hook::Xdp);
+        }
+        if !pinned.is_empty() {
+            let pin_dir = self.config.pin_dir.clone();
+            let mode = self.config.attach_mode;
+            let xdp_mode = self.config.xdp;
+            let objs = &mut objects;
+            netns::in_netns(self.config.netns.as_deref(), move || {
+                for (ifname, hook) in pinned {
+                    if let Err(e) = objs.attach(&pin_dir, &ifname, hook, mode, xdp_mode) {
+                        tracing::warn!(interface = %ifname, error = %e, "could not adopt pinned link");
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        // Last: nothing after it can fail and leave the socket hooks attached with no owner
+        // (attach_sock detaches what it attached when it fails itself).
+        match &sock {
+            Some(cgroup) => objects.attach_sock(&self.config.pin_dir, cgroup)?,
+            None => loader::remove_pinned_sock(&self.config.pin_dir)?,
+        }
+        Ok(Loaded {
+            objects,
+            current,
+            synced: Synced::NEVER,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EbpfConfig {
+        &self.config
+    }
+
+    /// The loaded objects, loading them first when nothing is loaded (after `reset`).
+    pub(crate) fn loaded_mut(&mut self) -> Result<&mut Loaded, EbpfError> {
+        let loaded = match self.loaded.take() {
+            Some(loaded) => loaded,
+            None => Box::new(self.load()?),
+        };
+        Ok(self.loaded.insert(loaded))
+    }
+
+    /// The loaded objects; `None` after `reset` until the next sync.
+    fn loaded(&self) -> Option<&Loaded> {
+        self.loaded.as_deref()
+    }
+
+    /// What the last sync left, taken out: whatever happens next, the maps are unknown to it
+    /// until a sync puts its own back (with [`Self::set_synced`]).
+    fn take_synced(&mut self) -> Synced {
+        self.loaded.as_mut().map_or(Synced::NEVER, |loaded| {
+            std::mem::replace(&mut loaded.synced, Synced::NEVER)
+        })
+    }
+
+    /// Records what a sync left. Without loaded objects (the load failed) no sync reached
+    /// the kernel since `reset`, so there is nothing to keep.
+    fn set_synced(&mut self, synced: Synced) {
+        if let Some(loaded) = self.loaded.as_mut() {
+            loaded.synced = synced;
+        }
+    }
+
+    /// The applied state (without its services) of the last successful sync.
+    pub(crate) fn applied(&self) -> Option<&DesiredState> {
+        match self.loaded().map(|l| &l.synced) {
+            Some(Synced::Yes(applied)) => Some(&applied.rest),
+            _ => None,
+        }
+    }
+
+    /// Interfaces and hooks `state` needs.
+    fn wanted_attachments(state: &DesiredState, xdp: XdpMode) -> BTreeSet<(String, Hook)> {
+        let mut out = BTreeSet::new();
+        let uplink = state.node.interfaces.uplink.clone();
+        if xdp.is_on() {
+            out.insert((uplink.clone(), Hook::Xdp));
+        }
+        out.insert((uplink.clone(), Hook::FromUplink));
+        out.insert((uplink, Hook::ToUplink));
+        out.insert((LOOPBACK.to_owned(), Hook::ToLo));
+        for e in &state.endpoints {
+            out.insert((e.interface.clone(), Hook::FromPod));
+        }
+        out
+    }
+
+    /// Programs `desired` (`None`: `rest`), which the caller has validated (and checked as
+    /// supported) with `validator`, and keeps `rest` (`desired` without its services) as the
+    /// applied state. With `changes` (what differs from the applied state; not the node) and
+    /// the last sync's `planner` it is an incremental sync that plans only the services they
+    /// touch.
+    ///
+    /// `services_changed`/`services_removed` compare with the services of the last
+    /// successful sync: when this one fails, their fingerprints stay in
+    /// `Synced::No::programmed_before` for the next one (the planner itself is dropped: the
+    /// maps are unknown to it).
+    fn sync(
+        &mut self,
+        desired: Option<&DesiredState>,
+        rest: DesiredState,
+        validator: Validator,
+        changes: Option<(&ChangeSet, plan::Planner)>,
+    ) -> Result<ApplyReport, Error> {
+        let to_plan = desired.unwrap_or(&rest);
+        let maglev = self.config.capacities.maglev_table_size;
+        // Taken: if anything below fails the maps are unknown to the planner and the next
+        // sync plans afresh.
+        let previous = self.take_synced();
+        // On failure: the fingerprints the next sync's counts compare with.
+        let (result, before) = if let Some((changes, mut planner)) = changes {
+            let written = planner
+                .update_in_place(to_plan, changes, maglev)
+                .and_then(|f| self.write_planned(desired, &rest, Some(changes), &mut planner, f));
+            match written {
+                Ok(report) => (Ok((planner, changes.service_counts(), report)), None),
+                Err(e) => (Err(e), Some(planner.fingerprints_before(changes))),
+            }
+        } else {
+            // Only the fingerprints of the previous plan are needed (for the counts): the
+            // plan goes before the new one is written.
+            let before = match previous {
+                Synced::Yes(applied) => Some(applied.planner.into_fingerprints()),
+                Synced::No { programmed_before } => programmed_before,
+            };
+            let result = plan::Planner::full(to_plan, maglev).and_then(|(mut planner, f)| {
+                let counts = planner.changed_since(before.as_ref());
+                let report = self.write_planned(desired, &rest, None, &mut planner, f)?;
+                Ok((planner, counts, report))
+            });
+            (result, before)
+        };
+        match result {
+            Ok((planner, counts, mut report)) => {
+                (report.services_changed, report.services_removed) = counts;
+                self.set_synced(Synced::Yes(Box::new(Applied {
+                    rest,
+                    validator,
+                    planner,
+                })));
+                Ok(report)
+            }
+            Err(e) => {
+                self.set_synced(Synced::No {
+                    programmed_before: before,
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// The part of [`Self::sync`] after planning: writes `planner`'s maps, attachments and
+    /// health checks. The report's service counts are left for the caller.
+    fn write_planned(
+        &mut self,
+        desired: Option<&DesiredState>,
+        rest: &DesiredState,
+        changes: Option<&ChangeSet>,
+        planner: &mut plan::Planner,
+        frontends: plan::Frontends,
+    ) -> Result<ApplyReport, Error> {
+        let desired = desired.unwrap_or(rest);
+        planner.set_host_routing(self.config.host_routing);
+        let full_sync = changes.is_none();
+        let pin_dir = self.config.pin_dir.clone();
+        let netns = self.config.netns.clone();
+        let mode = self.config.attach_mode;
+        let xdp_mode = self.config.xdp;
+        let Loaded {
+            objects, current, ..
+        } = self.loaded_mut()?;
+        let caps = objects.capacities.clone();
+        let report = writer::write(&mut objects.maps, current, planner, frontends, &caps)?;
+
+        // Attachments follow the uplink and the endpoints' interfaces: a change of services
+        // alone leaves them as they are (and skips entering the namespace).
+        let reattach = changes.is_none_or(|c| c.node.is_some() || !c.endpoints.is_empty());
+        let mut local_written = 0;
+        if reattach {
+            let wanted = Self::wanted_attachments(rest, xdp_mode);
+            local_written = netns::in_netns(netns.as_deref(), || {
+                for (ifname, hook) in &wanted {
+                    objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
+                }
+                loopback::enable(&pin_dir)?;
+                let stale: Vec<(String, Hook)> = objects
+                    .attachments
+                    .keys()
+                    .filter(|k| !wanted.contains(k))
+                    .cloned()
+                    .collect();
+                for k in stale {
+                    if let Some(a) = objects.attachments.remove(&k) {
+                        a.detach()?;
+                    }
+                }
+                let pods = local::wanted(&rest.endpoints, caps.local);
+                writer::sync_local(&mut objects.maps, &pods)
+            })?;
+        }
+
+        // Health checks: all of them after a full sync, the changed services' otherwise.
+        match changes {
+            None => {
+                self.health = dataplane_core::health_checks(desired)
+                    .into_iter()
+                    .map(|h| (h.service.clone(), h))
+                    .collect();
+            }
+            Some(changes) => {
+                for (name, change) in &changes.services {
+                    self.health.remove(name);
+                    let check = change
+                        .current
+                        .as_ref()
+                        .and_then(|s| dataplane_core::health_check(rest, s));
+                    if let Some(h) = check {
+                        self.health.insert(name.clone(), h);
+                    }
+                }
+            }
+        }
+        let (warnings, skipped) = notes(desired, &rest.node, changes);
+        Ok(ApplyReport {
+            full_sync,
+            services_changed: 0,
+            services_removed: 0,
+            objects_written: report.objects_written + local_written,
+            skipped,
+            warnings,
+        })
+    }
+
+    /// What each `healthCheckNodePort` must answer on this node: the local endpoints of every
+    /// `externalTrafficPolicy: Local` service in the applied state (an agent's health server
+    /// answers 200 when there is one, 503 otherwise). Empty before the first apply.
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        self.health.values().cloned().collect()
+    }
+
+    fn detach_all(&mut self, keep: bool) -> Result<(), EbpfError> {
+        let Some(objects) = self.loaded.as_mut().map(|l| &mut l.objects) else {
+            return Ok(());
+        };
+        let attachments = std::mem::take(&mut objects.attachments);
+        let sock = std::mem::take(&mut objects.sock_links);
+        let mut first_err = None;
+        let to_lo = attachments.contains_key(&(LOOPBACK.to_owned(), Hook::ToLo));
+        for a in attachments.into_values().chain(sock) {
+            if keep {
+                a.keep();
+            } else if let Err(e) = a.detach() {
+                first_err.get_or_insert(e);
+            }
+        }
+        if to_lo && !keep {
+            if let Err(e) = loopback::restore(&self.config.pin_dir) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// The loopback interface, where `dp_to_lo` runs.
+const LOOPBACK: &str = "lo";
+
+/// The warnings about, and the parts left out of, the services a sync planned: all of
+/// `desired`'s on a full sync, the changed ones of `changes` otherwise. One missing feature
+/// costs that part of a service, not the node: each skip is logged as a warning too.
+fn notes(
+    desired: &DesiredState,
+    node: &dataplane_core::Node,
+    changes: Option<&ChangeSet>,
+) -> (Vec<dataplane_core::Warning>, Vec<dataplane_core::Skipped>) {
+    let looked_at: Vec<&dataplane_core::Service> = match changes {
+        None => desired.services.iter().collect(),
+        Some(changes) => changes
+            .services
+            .values()
+            .filter_map(|c| c.current.as_ref())
+            .collect(),
+    };
+    let warnings = match changes {
+        None => dataplane_core::warnings(desired),
+        Some(_) => looked_at
+            .iter()
+            .flat_map(|s| dataplane_core::service_warnings(node, s))
+            .collect(),
+    };
+    let skipped: Vec<dataplane_core::Skipped> = looked_at
+        .iter()
+        .flat_map(|s| plan::skipped(node, s))
+        .collect();
+    for s in &skipped {
+        tracing::warn!(
+            object = %s.object,
+            field = %s.field,
+            feature = %s.feature,
+            reason = %s.reason,
+            "not programmed by the eBPF backend"
+        );
+    }
+    (warnings, skipped)
+}
+
+impl Dataplane for EbpfDataplane {
+    fn capabilities(&self) -> Capabilities {
+        let caps = self
+            .loaded()
+            .map_or(&self.config.capacities, |l| &l.objects.capacities);
+        Capabilities {
+            dataplane: BACKEND.to_owned(),
+            protocols: [Protocol::Tcp, Protocol::Udp].into_iter().collect(),
+            ipv6: true,
+            maglev: true,
+            session_affinity: true,
+            dsr: true,
+            xdp: self.config.xdp.is_on(),
+            masquerade: true,
+            network_policy: false,
+            weights: true,
+            max_services: caps.services,
+            max_backends: caps.backends.saturating_sub(1),
+        }
+    }
+
+    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
+        let validator = Validator::new(desired)?;
+        plan::check_supported(desired)?;
+        let rest = DesiredState {
+            endpoints: desired.endpoints.clone(),
+            policies: desired.policies.clone(),
+            ..DesiredState::new(desired.node.clone())
+        };
+        self.sync(Some(desired), rest, validator, None)
+    }
+
+    /// Validates and plans in proportion to the change: only the changed objects are checked
+    /// (against what the others claim) and only the changed services' map entries are
+    /// written. A change of the node (which every service is planned against) needs the whole
+    /// state, of which this backend keeps no copy: it returns [`Error::FullSyncRequired`]
+    /// and changes nothing; call [`Dataplane::apply`] with the new state.
+    fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        let Some(Synced::Yes(applied)) = self.loaded().map(|l| &l.synced) else {
+            return Err(Error::FullSyncRequired);
+        };
+        if applied.validator.check(&applied.rest.node, changes)? == Incremental::FullRequired {
+            return Err(Error::FullSyncRequired);
+        }
+        // The planner derives a changed service's old entries from `previous`: a change set
+        // that is not a diff from the applied state is refused before anything is touched.
+        if !applied.planner.agrees_with(changes) {
+            return Err(Error::FullSyncRequired);
+        }
+        plan::check_changes_supported(changes)?;
+        let Synced::Yes(applied) = self.take_synced() else {
+            return Err(Error::FullSyncRequired);
+        };
+        let Applied {
+            rest: mut next,
+            mut validator,
+            planner,
+        } = *applied;
+        // The changed services are planned from the change set; the applied state keeps none.
+        if !changes.endpoints.is_empty() || !changes.policies.is_empty() {
+            ChangeSet {
+                node: None,
+                services: BTreeMap::new(),
+                endpoints: changes.endpoints.clone(),
+                policies: changes.policies.clone(),
+            }
+            .apply_to(&mut next);
+        }
+        validator.commit(&next.node, changes);
+        // On failure nothing is left applied: the next sync is a full one.
+        self.sync(None, next, validator, Some((changes, planner)))
+    }
+
+    /// After [`Dataplane::reset`] (nothing loaded until the next apply): nothing programmed.
+    fn observe(&self) -> Result<ObservedState, Error> {
+        let Some(loaded) = self.loaded() else {
+            return Ok(ObservedState::default());
+        };
+        let maps = &loaded.objects.maps;
+        let current = Current::read(maps, &loaded.objects.capacities)?;
+        let by_id: BTreeMap<u32, SocketAddr> = maps
+            .backends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.ok().filter(|v| v.family != 0).map(|v| (i as u32, v)))
+            .map(|(i, v)| (i, SocketAddr::new(v.addr.ip(v.family), v.port.get())))
+            .collect();
+        let mut frontends = Vec::new();
+        for (k, v) in &current.frontends {
+            if k.scope == SCOPE_EXTERNAL_INSIDE
+                || k.scope == SCOPE_RETIRED_INTERNAL_OUTSIDE
+                || v.flags & SVC_F_WILDCARD != 0
+            {
+                continue;
+            }
+            let Some(protocol) = Protocol::from_number(k.proto) else {
+                continue;
+            };
+            frontends.push(ObservedFrontend {
+                address: SocketAddr::new(k.addr.ip(k.family), k.port.get()),
+                protocol,
+                backends: current
+                    .slots_of(v)
+                    .iter()
+                    .filter_map(|id| by_id.get(id).copied())
+                    .collect(),
+            });
+        }
+        frontends.sort();
+        frontends.dedup();
+        Ok(ObservedState { frontends })
+    }
+
+    /// After [`Dataplane::reset`]: no flow.
+    fn flows(&self) -> Result<Vec<Flow>, Error> {
+        let Some(loaded) = self.loaded() else {
+            return Ok(Vec::new());
+        };
+        let maps = &loaded.objects.maps;
+        let names = match &loaded.synced {
+            Synced::Yes(applied) => applied.planner.names(),
+            Synced::No { .. } => HashMap::new(),
+        };
+        let mut out = Vec::new();
+        for (k, v) in ct_entries(maps)? {
+            let Some(protocol) = Protocol::from_number(k.proto) else {
+                continue;
+            };
+            let at = |a: &crate::maps::Addr, port: crate::maps::Be16| {
+                SocketAddr::new(a.ip(k.family), port.get())
+            };
+            if v.is_reverse() && v.flags & CT_F_DSR != 0 {
+                // A DSR flow on the backend's node: only the reverse entry learnt from the
+                // option exists (the service is the ingress node's business).
+                out.push(Flow {
+                    protocol,
+                    client: at(&k.daddr, k.dport),
+                    frontend: at(&v.nat_addr, v.nat_port),
+                    backend: at(&k.saddr, k.sport),
+                    service: None,
+                });
+                continue;
+            }
+            if !v.is_forward() || v.flags & CT_F_MASQ != 0 {
+                continue;
+            }
+            out.push(Flow {
+                protocol,
+                client: at(&k.saddr, k.sport),
+                frontend: at(&k.daddr, k.dport),
+                backend: at(&v.nat_addr, v.nat_port),
+                service: names.get(&v.svc_id).map(|n| (*n).clone()),
+            });
+        }
+        out.sort_by_key(|f| (f.frontend, f.client));
+        Ok(out)
+    }
+
+    /// After [`Dataplane::reset`]: all zero (the counters went with the maps).
+    fn stats(&self) -> Result<Stats, Error> {
+        let Some(loaded) = self.loaded() else {
+            return Ok(Stats::default());
+        };
+        let maps = &loaded.objects.maps;
+        let mut totals = [0u64; STAT_NAMES.len()];
+        for (i, total) in totals.iter_mut().enumerate() {
+            let values = match maps.stats.get(&(i as u32), 0) {
+                Ok(v) => v,
+                // A counter added after the map was pinned.
+                Err(aya::maps::MapError::OutOfBounds { .. }) if i >= maps::STAT_ORIGINAL => {
+                    continue
+                }
+                Err(e) => return Err(EbpfError::map(map_table::STATS.name, "reading", e).into()),
+            };
+            *total = values.iter().sum();
+        }
+        let flows = ct_entries(maps)?
+            .iter()
+            .filter(|(_, v)| v.is_forward())
+            .count() as u64;
+        // (masquerade entries are counted too: they are connections the datapath tracks)
+        let other = STAT_NAMES
+            .iter()
+            .zip(totals)
+            .map(|(n, v)| ((*n).to_owned(), v))
+            .collect();
+        Ok(Stats {
+            packets_translated: totals[STAT_TRANSLATED],
+            packets_dropped: totals[STAT_DROPPED],
+            packets_rejected: totals[STAT_REJECTED],
+            flows,
+            other,
+        })
+    }
+
+    /// Expires conntrack and session-affinity entries idle longer than their timeouts at
+    /// `now` ([`CtTimeouts`](crate::CtTimeouts), and each service's affinity timeout): this
+    /// backend tracks connections in its own maps, which nothing else expires (the LRU evicts
+    /// only under pressure). `other` holds `orphans`, the reverse entries whose forward entry
+    /// was gone. After [`Dataplane::reset`]: nothing tracked, nothing to expire.
+    fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
+        let timeouts = self.config.timeouts;
+        let Some(loaded) = self.loaded.as_deref_mut() else {
+            return Ok(MaintenanceReport {
+                flows_remaining: Some(0),
+                ..MaintenanceReport::default()
+            });
+        };
+        let gc = gc(&mut loaded.objects.maps, &loaded.current, &timeouts, now)?;
+        Ok(MaintenanceReport {
+            flows_expired: gc.expired as u64,
+            affinity_expired: gc.affinity_expired as u64,
+            flows_remaining: Some(gc.remaining as u64),
+            other: [("orphans".to_owned(), gc.orphans as u64)].into(),
+        })
+    }
+
+    /// Half the shortest configured conntrack timeout, between
+    /// [`MIN_MAINTENANCE_INTERVAL`](crate::MIN_MAINTENANCE_INTERVAL) and
+    /// [`MAX_MAINTENANCE_INTERVAL`](crate::MAX_MAINTENANCE_INTERVAL); see
+    /// [`maintenance_interval`] for why.
+    fn maintenance_interval(&self) -> Option<Duration> {
+        Some(maintenance_interval(&self.config.timeouts))
+    }
+
+    fn reset(&mut self) -> Result<(), Error> {
+        let netns = self.config.netns.clone();
+        netns::in_netns(netns.as_deref(), || self.detach_all(false))?;
+        // Without loaded objects (a failed load, an earlier reset) detach_all did nothing, but
+        // a marker of an earlier process may still say that we turned lo's accept_local on:
+        // turn it off before the marker goes with the directory.
+        let pin_dir = self.config.pin_dir.clone();
+        netns::in_netns(netns.as_deref(), || loopback::restore(&pin_dir))?;
+        self.loaded = None;
+        self.health.clear();
+        let dir = &self.config.pin_dir;
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(EbpfError::Pin {
+                path: dir.clone(),
+                source,
+            }
+            .into()),
+        }
+    }
+}
+
+impl Drop for EbpfDataplane {
+    fn drop(&mut self) {
+        let keep = self.config.keep_attachments_on_drop;
+        let netns = self.config.netns.clone();
+        if let Err(e) = netns::in_netns(netns.as_deref(), || self.detach_all(keep)) {
+            tracing::warn!(error = %e, "detaching programs on drop");
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The pods of this node as `dp_local` holds them: each address -> the index of the pod's
+//! interface, resolved in the node's namespace. The writer (`writer::sync_local`) makes the
+//! map hold what [`wanted`] answers.
+
+use std::collections::BTreeMap;
+
+use crate::maps::{family_of, Addr, LocalKey};
+
+/// The index of interface `name` in the calling thread's namespace, 0 when there is none.
+pub(crate) fn ifindex_of(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// The `dp_local` entries of `endpoints`, at most `max` (the map's size; the rest are left
+/// to the FIB): an interface that is not there yet is left to the FIB too. Resolved at every
+/// sync that looks at endpoints, so that a recreated interface is found under its new index.
+pub(crate) fn wanted(endpoints: &[dataplane_core::Endpoint], max: u32) -> BTreeMap<LocalKey, u32> {
+    let mut want: BTreeMap<LocalKey, u32> = BTreeMap::new();
+    for e in endpoints {
+        let ifindex = ifindex_of(&e.interface);
+        if ifindex == 0 {
+            tracing::debug!(endpoint = %e.name, interface = %e.interface, "no such interface yet");
+            continue;
+        }
+        for ip in &e.ips {
+            let key = LocalKey {
+                addr: Addr::new(*ip),
+                family: family_of(ip),
+                pad: [0; 3],
+            };
+            want.insert(key, ifindex);
+        }
+    }
+    let max = max as usize;
+    if want.len() > max {
+        tracing::warn!(
+            pods = want.len(),
+            kept = max,
+            "more pod addresses than dp_local holds: the rest are routed by the FIB"
+        );
+        want = want.into_iter().take(max).collect();
+    }
+    want
+}

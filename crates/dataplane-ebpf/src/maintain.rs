@@ -1,0 +1,216 @@
+//! Conntrack and session-affinity expiry (the work of [`Dataplane::maintain`]) and its
+//! timing policy: how often it should run ([`maintenance_interval`]) and the clock it reads
+//! ([`monotonic_now`]).
+//!
+//! [`Dataplane::maintain`]: dataplane_core::Dataplane::maintain
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use dataplane_core::Protocol;
+
+use crate::config::CtTimeouts;
+use crate::ct::{ct_entries, forward_key, pair, reverse_key};
+use crate::error::EbpfError;
+use crate::loader::Maps;
+use crate::map_table;
+use crate::maps::{
+    CtEntry, CtKey, CT_F_DSR, CT_TCP_FIN_FWD, CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST,
+};
+use crate::writer::{self, Current};
+
+/// The shortest interval that
+/// [`Dataplane::maintenance_interval`](dataplane_core::Dataplane::maintenance_interval)
+/// answers: a timeout of a second or less is not worth a scan of the conntrack table more
+/// often than this.
+pub const MIN_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest interval that
+/// [`Dataplane::maintenance_interval`](dataplane_core::Dataplane::maintenance_interval)
+/// answers: Cilium's conntrack GC starts at this interval (`ConntrackGCStartingInterval`)
+/// before it adapts.
+pub const MAX_MAINTENANCE_INTERVAL: Duration = Duration::from_mins(5);
+
+/// How often [`Dataplane::maintain`](dataplane_core::Dataplane::maintain) should run with
+/// conntrack `timeouts`: half the shortest timeout, clamped to
+/// [`MIN_MAINTENANCE_INTERVAL`]..=[`MAX_MAINTENANCE_INTERVAL`].
+///
+/// An entry idle for its timeout `t` is removed by the first pass after that, so it lives at
+/// most `t` plus one interval: with half the shortest timeout, 1.5 × `t` for the shortest
+/// one and less for the others. The defaults give 5 s (half of `tcp_closing`, 10 s).
+/// Cilium's conntrack GC (`pkg/maps/ctmap/gc`, `calculateIntervalWithConfig`) adapts its
+/// interval to the share of entries each pass deletes instead (from 5 min, between 10 s and
+/// 12 h for LRU maps): for it a late pass mostly costs memory. Ours (`dp_ct`) is LRU too, but
+/// the datapath never looks at a conntrack entry's age: a flow keeps its translation (its
+/// backend) until a pass removes the entry, so the timeouts hold only as closely as the passes
+/// follow them, and the interval follows the timeouts rather than the table's churn. A pass
+/// reads the table in batches: its cost follows the tracked connections, not the map's size.
+/// Session-affinity timeouts do not count: the datapath checks an affinity entry's age itself
+/// (a pass only frees the memory of expired ones).
+pub fn maintenance_interval(timeouts: &CtTimeouts) -> Duration {
+    let shortest = [
+        timeouts.tcp_syn,
+        timeouts.tcp_established,
+        timeouts.tcp_closing,
+        timeouts.udp,
+        timeouts.udp_stream,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(MAX_MAINTENANCE_INTERVAL);
+    (shortest / 2).clamp(MIN_MAINTENANCE_INTERVAL, MAX_MAINTENANCE_INTERVAL)
+}
+
+/// What one [`gc`] pass removed (`Dataplane::maintain` reports it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct GcReport {
+    /// Connections expired (forward entries; their reverse entries go with them).
+    pub expired: usize,
+    /// Reverse entries whose forward entry was gone.
+    pub orphans: usize,
+    /// Session-affinity entries expired.
+    pub affinity_expired: usize,
+    /// Connections still tracked.
+    pub remaining: usize,
+}
+
+/// The current `CLOCK_MONOTONIC` time, the clock `bpf_ktime_get_ns` uses.
+pub fn monotonic_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail");
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// Expires conntrack and affinity entries idle longer than their timeouts at `now`
+/// (`CLOCK_MONOTONIC`, see [`monotonic_now`]): the work of `Dataplane::maintain`. Each
+/// service's affinity timeout is read from the writer's mirror of `dp_svc` (`current`).
+pub(crate) fn gc(
+    maps: &mut Maps,
+    current: &Current,
+    timeouts: &CtTimeouts,
+    now: Duration,
+) -> Result<GcReport, EbpfError> {
+    let affinity_timeouts: BTreeMap<u32, u32> = current
+        .frontends
+        .values()
+        .map(|v| (v.id, v.affinity_timeout))
+        .collect();
+    let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+    // One copy of the table (a map: the pairing below looks keys up).
+    let by_key: BTreeMap<CtKey, CtEntry> = ct_entries(maps)?.into_iter().collect();
+    let mut report = GcReport::default();
+    // A set: one key is never deleted twice in a pass.
+    let mut remove = BTreeSet::new();
+    let mut orphans = Vec::new();
+    for (k, v) in &by_key {
+        // DSR entries stand alone: the ingress node's forward entry never sees a reply,
+        // the backend node's reverse entry has no forward partner.
+        let dsr = v.flags & CT_F_DSR != 0;
+        if !v.is_reverse() || dsr {
+            let closed_both =
+                v.tcp_state & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV) == CT_TCP_FIN_FWD | CT_TCP_FIN_REV;
+            // One side of a DSR flow sees only the client's FIN.
+            let closed = closed_both || (dsr && v.tcp_state & CT_TCP_FIN_FWD != 0);
+            let timeout = if k.proto == Protocol::Tcp.number() {
+                if v.tcp_state & CT_TCP_RST != 0 || closed {
+                    timeouts.tcp_closing
+                } else if v.tcp_state & CT_TCP_REPLY != 0 || dsr {
+                    timeouts.tcp_established
+                } else {
+                    timeouts.tcp_syn
+                }
+            } else if v.tcp_state & CT_TCP_REPLY != 0 || dsr {
+                timeouts.udp_stream
+            } else {
+                timeouts.udp
+            };
+            let idle = now_ns.saturating_sub(v.last_seen_ns);
+            if u128::from(idle) > timeout.as_nanos() {
+                remove.insert(*k);
+                // Its reverse key only if that entry is still this connection's: the
+                // key may now hold another connection's reverse entry (or another kind
+                // of entry), which must stay; or nothing (evicted).
+                let rk = reverse_key(k, v);
+                if v.is_forward() && !dsr && by_key.get(&rk).is_some_and(|r| pair(k, v, &rk, r)) {
+                    remove.insert(rk);
+                }
+                report.expired += 1;
+            } else {
+                report.remaining += 1;
+            }
+        } else {
+            let fk = forward_key(k, v);
+            if !by_key.get(&fk).is_some_and(|f| pair(&fk, f, k, v)) {
+                orphans.push((*k, *v, fk));
+            }
+        }
+    }
+    for (k, v, fk) in orphans {
+        // The dump is not atomic: a new connection's reverse entry is written just before
+        // its forward entry, which the dump may have passed already. Look again.
+        let partner = match maps.ct.get(&fk, 0) {
+            Ok(f) => Some(f),
+            Err(aya::maps::MapError::KeyNotFound) => None,
+            Err(e) => return Err(EbpfError::map(map_table::CT.name, "reading", e)),
+        };
+        if !partner.is_some_and(|f| pair(&fk, &f, &k, &v)) && remove.insert(k) {
+            report.orphans += 1;
+        }
+    }
+    writer::remove_ct(maps, &remove)?;
+    let mut stale = Vec::new();
+    for item in &maps.affinity {
+        let Ok((k, v)) = item else { continue };
+        let timeout = u64::from(affinity_timeouts.get(&k.svc_id).copied().unwrap_or(0));
+        if now_ns.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000 {
+            stale.push(k);
+        }
+    }
+    writer::remove_affinity(maps, &stale)?;
+    report.affinity_expired = stale.len();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintenance_interval_is_half_the_shortest_timeout_within_bounds() {
+        let defaults = CtTimeouts::default();
+        assert_eq!(
+            maintenance_interval(&defaults),
+            Duration::from_secs(5),
+            "half of tcp_closing (10 s)"
+        );
+        let tiny = CtTimeouts {
+            tcp_closing: Duration::from_millis(300),
+            ..defaults
+        };
+        assert_eq!(maintenance_interval(&tiny), MIN_MAINTENANCE_INTERVAL);
+        let long = CtTimeouts {
+            tcp_syn: Duration::from_hours(1),
+            tcp_established: Duration::from_hours(24),
+            tcp_closing: Duration::from_hours(1),
+            udp: Duration::from_hours(1),
+            udp_stream: Duration::from_hours(1),
+        };
+        assert_eq!(maintenance_interval(&long), MAX_MAINTENANCE_INTERVAL);
+        let udp_short = CtTimeouts {
+            udp: Duration::from_secs(7),
+            ..long
+        };
+        assert_eq!(
+            maintenance_interval(&udp_short),
+            Duration::from_millis(3500)
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! The one table of the BPF maps: per map its name, key and value sizes (the layouts of
+//! `bpf/lib/maps.h`, mirrored in [`crate::maps`]), its default size and how it is sized and
+//! pinned. The loader (sizes, pins), `check_pinned` (layouts of adopted maps), [`Capacities`]
+//! (defaults) and the BTF layout test read it; no other place names a map.
+//!
+//! [`Capacities`]: crate::Capacities
+
+use std::mem::size_of;
+use std::path::{Path, PathBuf};
+
+use crate::maps::{
+    Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
+    SrcRangeData, SvcKey, SvcValue, SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE, STAT_NAMES,
+};
+
+/// The [`Capacities`](crate::Capacities) field that sizes a map.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    /// `Capacities::services`.
+    Services,
+    /// `Capacities::backends`.
+    Backends,
+    /// `Capacities::backend_slots`.
+    BackendSlots,
+    /// `Capacities::conntrack`.
+    Conntrack,
+    /// `Capacities::affinity`.
+    Affinity,
+    /// `Capacities::source_ranges`.
+    SourceRanges,
+    /// `Capacities::local`.
+    Local,
+    /// `Capacities::socket_rev`.
+    SocketRev,
+}
+
+/// Which compiled object defines a map.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defined {
+    /// `bpf/lib/maps.h`, shared by every object (`tc_pod.o`, `tc_host.o`, `xdp_uplink.o`,
+    /// `sock.o`).
+    Shared,
+    /// `bpf/sock.c` only: created when socket-level load balancing is on.
+    Sock,
+}
+
+/// One BPF map.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSpec {
+    /// The map's name in the objects, and its pin name.
+    pub name: &'static str,
+    /// Size of its key in bytes.
+    pub key_size: usize,
+    /// Size of its value in bytes (per CPU for a per-CPU map).
+    pub value_size: usize,
+    /// `max_entries` when nothing else is configured.
+    pub default_size: u32,
+    /// The capacity that sizes it when the map is created; `None`: the object's own size.
+    pub capacity: Option<Capacity>,
+    /// Where it is defined.
+    pub defined: Defined,
+}
+
+impl MapSpec {
+    /// Where the map is pinned (`LIBBPF_PIN_BY_NAME` under the pin directory): every map is,
+    /// so that a new process adopts what the last one left.
+    pub fn pin_path(&self, pin_dir: &Path) -> PathBuf {
+        pin_dir.join(self.name)
+    }
+}
+
+const fn spec(
+    name: &'static str,
+    key_size: usize,
+    value_size: usize,
+    default_size: u32,
+    capacity: Option<Capacity>,
+) -> MapSpec {
+    MapSpec {
+        name,
+        key_size,
+        value_size,
+        default_size,
+        capacity,
+        defined: Defined::Shared,
+    }
+}
+
+/// Frontends: (address, port, protocol, scope) -> service entry.
+pub(crate) const SVC: MapSpec = spec(
+    "dp_svc",
+    size_of::<SvcKey>(),
+    size_of::<SvcValue>(),
+    65_536,
+    Some(Capacity::Services),
+);
+/// Backend id -> (address, port).
+pub(crate) const BACKENDS: MapSpec = spec(
+    "dp_backends",
+    4,
+    size_of::<BackendValue>(),
+    65_536,
+    Some(Capacity::Backends),
+);
+/// Slot -> backend id.
+pub(crate) const SLOTS: MapSpec = spec("dp_slots", 4, 4, 1 << 21, Some(Capacity::BackendSlots));
+/// Conntrack.
+pub(crate) const CT: MapSpec = spec(
+    "dp_ct",
+    size_of::<CtKey>(),
+    size_of::<CtEntry>(),
+    262_144,
+    Some(Capacity::Conntrack),
+);
+/// Session affinity.
+pub(crate) const AFFINITY: MapSpec = spec(
+    "dp_affinity",
+    size_of::<AffinityKey>(),
+    size_of::<AffinityValue>(),
+    65_536,
+    Some(Capacity::Affinity),
+);
+/// loadBalancerSourceRanges (LPM trie: a 4-byte prefix length before the data).
+pub(crate) const SRC_RANGES: MapSpec = spec(
+    "dp_srcrange",
+    4 + size_of::<SrcRangeData>(),
+    1,
+    4_096,
+    Some(Capacity::SourceRanges),
+);
+/// The node's CIDRs (LPM trie).
+pub(crate) const CIDRS: MapSpec = spec("dp_cidrs", 4 + size_of::<Addr>(), 1, 256, None);
+/// The node's settings (one entry).
+pub(crate) const CONFIG: MapSpec = spec("dp_config", 4, size_of::<DpConfig>(), 1, None);
+/// Pod address on this node -> its veth's ifindex.
+pub(crate) const LOCAL: MapSpec = spec(
+    "dp_local",
+    size_of::<LocalKey>(),
+    size_of::<LocalValue>(),
+    4_096,
+    Some(Capacity::Local),
+);
+/// Per-CPU counters.
+pub(crate) const STATS: MapSpec = spec("dp_stats", 4, 8, STAT_NAMES.len() as u32, None);
+/// Socket cookie + backend -> frontend (socket-level load balancing only).
+pub(crate) const SOCK_REV: MapSpec = MapSpec {
+    defined: Defined::Sock,
+    ..spec(
+        "dp_sock_rev",
+        SOCK_REV_KEY_SIZE,
+        SOCK_REV_VALUE_SIZE,
+        262_144,
+        Some(Capacity::SocketRev),
+    )
+};
+
+/// Every map.
+pub(crate) const MAPS: [MapSpec; 11] = [
+    SVC, BACKENDS, SLOTS, CT, AFFINITY, SRC_RANGES, CIDRS, CONFIG, LOCAL, STATS, SOCK_REV,
+];
+
+/// Every map, for the BTF layout test (a separate crate): not part of the embedder's API.
+#[doc(hidden)]
+pub fn map_table() -> &'static [MapSpec] {
+    &MAPS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MAPS;
+
+    #[test]
+    fn names_are_distinct() {
+        let mut names: Vec<&str> = MAPS.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), MAPS.len());
+    }
+}

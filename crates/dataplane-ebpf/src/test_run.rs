@@ -1,0 +1,91 @@
+//! The test-run hook: one packet through one program with `BPF_PROG_TEST_RUN`, against
+//! the live maps. For the tests and the per-packet benches, which are other crates (so it
+//! is public), not for embedders (so it is hidden from the docs).
+
+use std::time::Duration;
+
+use aya::programs::{TestRun, TestRunOptions};
+use dataplane_core::Error;
+
+use crate::dataplane::EbpfDataplane;
+use crate::error::EbpfError;
+use crate::loader::Hook;
+use crate::{local, netns};
+
+/// Result of running one packet through a program with `BPF_PROG_TEST_RUN`. For tests and
+/// benches only (hidden, like [`EbpfDataplane::run_packet`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketRun {
+    /// TC verdict (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2, `TC_ACT_REDIRECT` 7), or for
+    /// [`Hook::Xdp`] the XDP one (`XDP_PASS` 2, `XDP_TX` 3, `XDP_REDIRECT` 4).
+    pub verdict: u32,
+    /// The packet as the program left it.
+    pub output: Vec<u8>,
+    /// Kernel-measured run time.
+    pub duration: Duration,
+}
+
+impl EbpfDataplane {
+    /// Runs `packet` (an Ethernet frame) through `hook`'s program with `BPF_PROG_TEST_RUN`,
+    /// against the live maps. For tests and per-packet benchmarks, which are other crates
+    /// (so it is public), not for embedders (so it is hidden from the docs).
+    /// Runs inside the configured network namespace, so FIB lookups see the node's routes.
+    /// [`Hook::Xdp`] (loaded only when [`EbpfConfig::xdp`](crate::EbpfConfig::xdp) is on)
+    /// runs as if the packet had arrived on the applied state's uplink. After `reset` it
+    /// loads the programs again (as the next apply would).
+    #[doc(hidden)]
+    pub fn run_packet(
+        &mut self,
+        hook: Hook,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<PacketRun, Error> {
+        let netns = self.config.netns.clone();
+        let uplink = self.applied().map(|s| s.node.interfaces.uplink.clone());
+        let objects = &mut self.loaded_mut()?.objects;
+        let mut out = vec![0u8; packet.len() + 256];
+        let err = |e: aya::programs::ProgramError| EbpfError::Load {
+            object: format!("test run of {}", hook.program()),
+            source: Box::new(e),
+        };
+        let result = if hook == Hook::Xdp {
+            let prog = objects.xdp_program_mut()?;
+            netns::in_netns(netns.as_deref(), || {
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+                // egress_ifindex. Without an ingress interface the kernel uses loopback.
+                let ifindex = uplink.as_deref().map_or(0, local::ifindex_of);
+                let len = u32::try_from(packet.len()).unwrap_or(u32::MAX);
+                let ctx: Vec<u8> = [0, len, 0, ifindex, 0, 0]
+                    .iter()
+                    .flat_map(|w: &u32| w.to_ne_bytes())
+                    .collect();
+                prog.test_run(TestRunOptions {
+                    data_in: Some(packet),
+                    data_out: Some(&mut out),
+                    ctx_in: (ifindex != 0).then_some(ctx.as_slice()),
+                    repeat: repeat.max(1),
+                    ..TestRunOptions::default()
+                })
+                .map_err(err)
+            })?
+        } else {
+            let prog = objects.program_mut(hook)?;
+            netns::in_netns(netns.as_deref(), || {
+                prog.test_run(TestRunOptions {
+                    data_in: Some(packet),
+                    data_out: Some(&mut out),
+                    repeat: repeat.max(1),
+                    ..TestRunOptions::default()
+                })
+                .map_err(err)
+            })?
+        };
+        out.truncate(result.data_size_out as usize);
+        Ok(PacketRun {
+            verdict: result.return_value,
+            output: out,
+            duration: result.duration,
+        })
+    }
+}
