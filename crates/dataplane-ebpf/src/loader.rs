@@ -316,7 +316,28 @@ fn load_xdp_program(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
         .ok_or_else(|| err("program missing from the object".into()))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| err(Box::new(e)))?;
-    prog.load().map_err(|e| err(Box::new(e)))
+    load_retrying(|| prog.load()).map_err(|e| err(Box::new(e)))
+}
+
+/// Runs a program load, and again (up to 5 times in all) while the kernel answers `EAGAIN`:
+/// the verifier gives up with `EAGAIN` when a signal is pending for the loading thread, which
+/// a long verification on a busy machine can meet. libbpf retries the same way
+/// (`sys_bpf_prog_load`, `PROG_LOAD_ATTEMPTS`); aya 0.14 does not.
+pub(crate) fn load_retrying(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut attempts = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 =>
+            {
+                tracing::debug!(attempts, "BPF_PROG_LOAD answered EAGAIN: trying again");
+                attempts += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn sock_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr, EbpfError> {
@@ -332,12 +353,11 @@ fn sock_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSock
 
 fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
     for name in SOCK_PROGRAMS {
-        sock_program(ebpf, name)?
-            .load()
-            .map_err(|e| EbpfError::Load {
-                object: name.to_owned(),
-                source: Box::new(e),
-            })?;
+        let prog = sock_program(ebpf, name)?;
+        load_retrying(|| prog.load()).map_err(|e| EbpfError::Load {
+            object: name.to_owned(),
+            source: Box::new(e),
+        })?;
     }
     Ok(())
 }
@@ -366,7 +386,7 @@ fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> Result<(), EbpfError> {
                 object: (*name).to_owned(),
                 source: Box::new(e),
             })?;
-        prog.load().map_err(|e| EbpfError::Load {
+        load_retrying(|| prog.load()).map_err(|e| EbpfError::Load {
             object: (*name).to_owned(),
             source: Box::new(e),
         })?;
