@@ -100,23 +100,6 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 	return 0;
 }
 
-/* One's complement accumulation for an incremental checksum update: ~old + new per 32-bit
- * word (RFC 1624, eqn. 3), summed in 64 bits and folded once at the end. */
-static __always_inline __u64 csum_delta(__u64 acc, __u32 old, __u32 new)
-{
-	return acc + (__u32)~old + new;
-}
-
-/* The 16-bit checksum @check after the changes summed in @acc. */
-static __always_inline __u16 csum_update(__u16 check, __u64 acc)
-{
-	acc += (__u16)~check;
-#pragma unroll
-	for (int i = 0; i < 4; i++)
-		acc = (acc & 0xffff) + (acc >> 16);
-	return (__u16)~acc;
-}
-
 /* The first 32-bit word of a TCP/UDP header: both ports, in packet order. */
 static __always_inline __u32 ports_word(__be16 sport, __be16 dport)
 {
