@@ -25,11 +25,15 @@
 #ifndef DP_XDP_H
 #define DP_XDP_H
 
-/* lb.h's TC stages (lb_forward, lb_reply, ...) take an skb and are not used here. */
+#include "common.h"
+#include "csum.h"
+#include "ct.h"
+#include "svc.h"
+#include "snat.h"
+/* dsr.h for the IPv4 header constants: its TC stages take an skb and are not used here. */
 #pragma clang diagnostic push
 #pragma clang diagnostic ignored "-Wunused-function"
-#include "lb.h"
-#include "csum.h"
+#include "dsr.h"
 #pragma clang diagnostic pop
 
 #define XDP_L4_OFF (sizeof(struct ethhdr) + IPV4_BASE_LEN)
