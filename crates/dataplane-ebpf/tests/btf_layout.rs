@@ -286,3 +286,33 @@ fn constants_match_btf() {
         }
     }
 }
+
+/// The sizes `maps.h` declares are `Capacities::default()`, which the loader sets at load time
+/// (so that the two cannot drift apart unnoticed). `dp_sock_rev` is in `sock.o` only: the other
+/// objects would create and pin it with socket-level load balancing off.
+#[test]
+fn map_sizes_match_default_capacities() {
+    let caps = dataplane_ebpf::Capacities::default();
+    let expected = [
+        ("dp_svc", caps.services),
+        ("dp_backends", caps.backends),
+        ("dp_slots", caps.backend_slots),
+        ("dp_ct", caps.conntrack),
+        ("dp_affinity", caps.affinity),
+        ("dp_srcrange", caps.source_ranges),
+        ("dp_sock_rev", caps.socket_rev),
+    ];
+    for object in objects() {
+        let obj = aya_obj::Object::parse(object).expect("object parses");
+        let sock = std::ptr::eq(object, dataplane_ebpf::sock_object());
+        for (name, size) in expected {
+            let map = obj.maps.get(name);
+            if name == "dp_sock_rev" && !sock {
+                assert!(map.is_none(), "dp_sock_rev defined outside sock.o");
+                continue;
+            }
+            let map = map.unwrap_or_else(|| panic!("map {name} missing from an object"));
+            assert_eq!(map.max_entries(), size, "max_entries of {name} in maps.h");
+        }
+    }
+}

@@ -237,7 +237,9 @@ struct dp_config {
 	__u32 mtu;        /* underlay MTU: a DSR request that no longer fits gets ICMP frag needed */
 };
 
-/* Default sizes; user space overrides max_entries from its configured capacities. */
+/* Default sizes: the same as Capacities::default() (src/lib.rs), from which user space sets
+ * max_entries at load time; the maps without a capacity there (dp_cidrs, dp_local, dp_config,
+ * dp_stats) keep these. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct svc_key);
@@ -260,7 +262,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, __u32);
-	__uint(max_entries, 1048576);
+	__uint(max_entries, 2097152);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_slots SEC(".maps");
@@ -356,6 +358,18 @@ struct sock_rev_value {
 	__u32 svc_id;
 };
 
+
+#ifdef DP_SOCK_MAPS
+/* Only sock.c defines DP_SOCK_MAPS: this map is created (and pinned) only when socket-level
+ * load balancing is on, which is when that object is loaded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_rev_key);
+	__type(value, struct sock_rev_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_sock_rev SEC(".maps");
+#endif
 
 /*
  * BTF holds an enum only when a type the object emits uses it. This struct names every
