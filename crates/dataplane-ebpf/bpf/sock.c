@@ -16,15 +16,8 @@
  * NodePort/LoadBalancer/ExternalIP as seen from inside), and the backend comes from the same
  * slots (eligible backends by weight, or the Maglev table), picked at random.
  */
+#define DP_SOCK_MAPS /* dp_sock_rev (maps.h) */
 #include "lib/svc.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct sock_rev_key);
-	__type(value, struct sock_rev_value);
-	__uint(max_entries, 262144); /* Capacities::socket_rev */
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} dp_sock_rev SEC(".maps");
 
 /* The socket's address in @ctx as our address layout; @mapped: an IPv4-mapped IPv6 address
  * (a dual-stack socket reaching an IPv4 service). */

@@ -1,7 +1,10 @@
-//! Rust mirror of `bpf/lib/maps.h`: map keys and values, `#[repr(C)]` with explicit padding.
+//! Rust mirror of `bpf/lib/maps.h`: map keys and values, `#[repr(C)]` with explicit padding,
+//! and the family, scope, flag and counter constants.
 //!
-//! The layouts are checked against the BTF of the compiled objects by `tests/btf_layout.rs`
-//! (sizes and field offsets), so a change on one side without the other fails a test.
+//! `tests/btf_layout.rs` checks both against the BTF of the compiled objects: the layouts'
+//! sizes and field offsets, and each constant's value against its C enumerator (`maps.h`
+//! declares the constants as enums for this), so a change on one side without the other fails
+//! a test.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -17,10 +20,11 @@ pub const SCOPE_EXTERNAL: u8 = 1;
 /// `SVC_SCOPE_EXTERNAL_INSIDE`: the same frontends reached from a pod or the host.
 pub const SCOPE_EXTERNAL_INSIDE: u8 = 2;
 
-/// Scope 3, once `SVC_SCOPE_INTERNAL_OUTSIDE` (ClusterIP from outside with cluster-wide
-/// backends under internalTrafficPolicy Local): no longer planned nor looked up, since that
-/// policy governs outside clients too. Entries an older version left are removed by the first
-/// full sync (every `apply`); `observe()` ignores them until then.
+/// `SVC_SCOPE_RETIRED_INTERNAL_OUTSIDE`: scope 3, once `SVC_SCOPE_INTERNAL_OUTSIDE` (ClusterIP
+/// from outside with cluster-wide backends under internalTrafficPolicy Local), reserved: no
+/// longer planned nor looked up, since that policy governs outside clients too. Entries an
+/// older version left are removed by the first full sync (every `apply`); `observe()` ignores
+/// them until then.
 pub const SCOPE_RETIRED_INTERNAL_OUTSIDE: u8 = 3;
 
 /// `SVC_F_MAGLEV`.
@@ -98,7 +102,8 @@ pub const CIDR_F_NODE: u8 = 1 << 3;
 /// `CIDR_F_SERVICE`: node.serviceCIDRs (addresses no frontend has are dropped).
 pub const CIDR_F_SERVICE: u8 = 1 << 4;
 
-/// Counter indexes of `dp_stats` (`STAT_*`), with their names.
+/// The counters of `dp_stats` by index (`enum dp_stat`): the name of `STAT_TRANSLATED`, then
+/// `STAT_REV_TRANSLATED`, ...; their number is `STAT_MAX`.
 pub const STAT_NAMES: [&str; 15] = [
     "translated",
     "reverse_translated",

@@ -1,7 +1,8 @@
 //! The Rust mirror of `bpf/lib/maps.h` matches the compiled objects' BTF: struct sizes and
-//! every field offset. Needs no privileges.
+//! every field offset, and the value of every constant (the family, scope, flag and counter
+//! enums; `maps.h` declares them as enums so that BTF carries them). Needs no privileges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::mem::{offset_of, size_of};
 
 use dataplane_ebpf::maps::{
@@ -12,8 +13,11 @@ use dataplane_ebpf::maps::{
 /// struct name -> (size, [(field, byte offset)]).
 type Layouts = BTreeMap<String, (u32, Vec<(String, u32)>)>;
 
-/// Struct layouts read from raw BTF.
-fn btf_structs(btf: &[u8]) -> Layouts {
+/// enum name -> [(enumerator, value)], in declaration order.
+type Enums = BTreeMap<String, Vec<(String, u64)>>;
+
+/// Struct layouts and enums read from raw BTF.
+fn btf_types(btf: &[u8]) -> (Layouts, Enums) {
     let u32_at = |o: usize| u32::from_le_bytes(btf[o..o + 4].try_into().unwrap());
     assert_eq!(u16::from_le_bytes([btf[0], btf[1]]), 0xeb9f, "BTF magic");
     let hdr_len = u32_at(4) as usize;
@@ -26,6 +30,7 @@ fn btf_structs(btf: &[u8]) -> Layouts {
         String::from_utf8_lossy(&btf[start..end]).into_owned()
     };
     let mut out = BTreeMap::new();
+    let mut enums = BTreeMap::new();
     let mut pos = type_off;
     while pos < type_off + type_len {
         let name_off = u32_at(pos);
@@ -53,15 +58,47 @@ fn btf_structs(btf: &[u8]) -> Layouts {
                 .collect();
             out.insert(name(name_off), (size, fields));
         }
+        // BTF_KIND_ENUM: {name, 32-bit value}; BTF_KIND_ENUM64: {name, low 32, high 32}.
+        // Our enums have no negative values.
+        if (kind == 6 || kind == 19) && name_off != 0 {
+            let entry = if kind == 6 { 8 } else { 12 };
+            let values = (0..vlen)
+                .map(|i| {
+                    let m = pos + i * entry;
+                    let low = u64::from(u32_at(m + 4));
+                    let high = if kind == 19 {
+                        u64::from(u32_at(m + 8))
+                    } else {
+                        0
+                    };
+                    (name(u32_at(m)), high << 32 | low)
+                })
+                .collect();
+            enums.insert(name(name_off), values);
+        }
         pos += extra;
     }
-    out
+    (out, enums)
+}
+
+fn types_of(object: &[u8]) -> (Layouts, Enums) {
+    let obj = aya_obj::Object::parse(object).expect("object parses");
+    let btf = obj.btf.expect("object carries BTF");
+    btf_types(&btf.to_bytes())
 }
 
 fn structs_of(object: &[u8]) -> Layouts {
-    let obj = aya_obj::Object::parse(object).expect("object parses");
-    let btf = obj.btf.expect("object carries BTF");
-    btf_structs(&btf.to_bytes())
+    types_of(object).0
+}
+
+/// The objects the library embeds (each includes `maps.h`).
+fn objects() -> [&'static [u8]; 4] {
+    [
+        dataplane_ebpf::tc_pod_object(),
+        dataplane_ebpf::tc_host_object(),
+        dataplane_ebpf::xdp_uplink_object(),
+        dataplane_ebpf::sock_object(),
+    ]
 }
 
 macro_rules! layout {
@@ -86,12 +123,7 @@ fn map_layouts_match_btf() {
         layout!(LocalKey, "local_key", [addr => "addr", family => "family", pad => "pad"]),
         layout!(LocalValue, "local_value", [ifindex => "ifindex"]),
     ];
-    for object in [
-        dataplane_ebpf::tc_pod_object(),
-        dataplane_ebpf::tc_host_object(),
-        dataplane_ebpf::xdp_uplink_object(),
-        dataplane_ebpf::sock_object(),
-    ] {
+    for object in objects() {
         let btf = structs_of(object);
         for (name, size, fields) in &expected {
             let (btf_size, btf_fields) = btf
@@ -130,4 +162,157 @@ fn map_layouts_match_btf() {
         sock["sock_rev_value"].0 as usize,
         dataplane_ebpf::maps::SOCK_REV_VALUE_SIZE
     );
+}
+
+/// The index of a counter in `STAT_NAMES`.
+fn stat(name: &str) -> u64 {
+    let index = dataplane_ebpf::maps::STAT_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or_else(|| panic!("STAT_NAMES has no {name:?}"));
+    index as u64
+}
+
+/// Every constant of `src/maps.rs` that mirrors a `maps.h` enumerator, as (C enum, C
+/// enumerator, the Rust value). An enumerator may appear more than once (a counter's index in
+/// `STAT_NAMES` and its own constant).
+fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
+    use dataplane_ebpf::maps as m;
+    macro_rules! mirror {
+        ($($enum:literal { $($c:literal => $rust:expr),* $(,)? })*) => {
+            vec![$($(($enum, $c, u64::try_from($rust).expect("fits in u64"))),*),*]
+        };
+    }
+    mirror! {
+        "dp_family" { "DP_AF_INET" => m::AF_INET, "DP_AF_INET6" => m::AF_INET6 }
+        "svc_scope" {
+            "SVC_SCOPE_INTERNAL" => m::SCOPE_INTERNAL,
+            "SVC_SCOPE_EXTERNAL" => m::SCOPE_EXTERNAL,
+            "SVC_SCOPE_EXTERNAL_INSIDE" => m::SCOPE_EXTERNAL_INSIDE,
+            "SVC_SCOPE_RETIRED_INTERNAL_OUTSIDE" => m::SCOPE_RETIRED_INTERNAL_OUTSIDE,
+        }
+        "svc_flag" {
+            "SVC_F_MAGLEV" => m::SVC_F_MAGLEV,
+            "SVC_F_AFFINITY" => m::SVC_F_AFFINITY,
+            "SVC_F_NO_LOCAL" => m::SVC_F_NO_LOCAL,
+            "SVC_F_SRC_RANGES" => m::SVC_F_SRC_RANGES,
+            "SVC_F_SNAT" => m::SVC_F_SNAT,
+            "SVC_F_WILDCARD" => m::SVC_F_WILDCARD,
+            "SVC_F_DSR" => m::SVC_F_DSR,
+        }
+        "backend_flag" { "BE_F_LOCAL" => m::BE_F_LOCAL, "BE_F_TERMINATING" => m::BE_F_TERMINATING }
+        "ct_flag" {
+            "CT_F_SNAT" => m::CT_F_SNAT,
+            "CT_F_HAIRPIN" => m::CT_F_HAIRPIN,
+            "CT_F_EXTERNAL" => m::CT_F_EXTERNAL,
+            "CT_F_MASQ" => m::CT_F_MASQ,
+            "CT_F_INBOUND" => m::CT_F_INBOUND,
+            "CT_F_DSR" => m::CT_F_DSR,
+            "CT_F_REV" => m::CT_F_REV,
+            "CT_F_LOOPBACK" => m::CT_F_LOOPBACK,
+        }
+        "ct_tcp_state" {
+            "CT_TCP_SYN" => m::CT_TCP_SYN,
+            "CT_TCP_REPLY" => m::CT_TCP_REPLY,
+            "CT_TCP_FIN_FWD" => m::CT_TCP_FIN_FWD,
+            "CT_TCP_FIN_REV" => m::CT_TCP_FIN_REV,
+            "CT_TCP_RST" => m::CT_TCP_RST,
+        }
+        "config_flag" {
+            "CFG_F_HAS_V4" => m::CFG_F_HAS_V4,
+            "CFG_F_HAS_V6" => m::CFG_F_HAS_V6,
+            "CFG_F_MASQUERADE" => m::CFG_F_MASQUERADE,
+            "CFG_F_MASQ_ALL" => m::CFG_F_MASQ_ALL,
+            "CFG_F_HOST_ROUTING" => m::CFG_F_HOST_ROUTING,
+            "CFG_F_CLUSTER_V4" => m::CFG_F_CLUSTER_V4,
+            "CFG_F_CLUSTER_V6" => m::CFG_F_CLUSTER_V6,
+        }
+        "cidr_flag" {
+            "CIDR_F_CLUSTER" => m::CIDR_F_CLUSTER,
+            "CIDR_F_POD" => m::CIDR_F_POD,
+            "CIDR_F_NO_MASQ" => m::CIDR_F_NO_MASQ,
+            "CIDR_F_NODE" => m::CIDR_F_NODE,
+            "CIDR_F_SERVICE" => m::CIDR_F_SERVICE,
+        }
+        "dp_stat" {
+            "STAT_TRANSLATED" => stat("translated"),
+            "STAT_REV_TRANSLATED" => stat("reverse_translated"),
+            "STAT_DROPPED" => stat("dropped"),
+            "STAT_REJECTED" => stat("rejected"),
+            "STAT_CT_CREATED" => stat("ct_created"),
+            "STAT_CT_FULL" => stat("ct_full"),
+            "STAT_SNAT_EXHAUSTED" => stat("snat_exhausted"),
+            "STAT_MASQUERADED" => stat("masqueraded"),
+            "STAT_DSR_FORWARDED" => stat("dsr_forwarded"),
+            "STAT_DSR_REPLIES" => stat("dsr_replies"),
+            "STAT_FRAG_NEEDED" => stat("frag_needed"),
+            "STAT_XDP_FORWARDED" => stat("xdp_forwarded"),
+            "STAT_SOCK_TRANSLATED" => stat("socket_translated"),
+            "STAT_HOST_ROUTED" => stat("host_routed"),
+            "STAT_UNALLOCATED" => stat("unallocated_dropped"),
+            "STAT_MAX" => m::STAT_NAMES.len(),
+            "STAT_TRANSLATED" => m::STAT_TRANSLATED,
+            "STAT_DROPPED" => m::STAT_DROPPED,
+            "STAT_REJECTED" => m::STAT_REJECTED,
+        }
+    }
+}
+
+/// Each mirrored constant equals its enumerator in every object's BTF, and every enumerator
+/// of the mirrored enums has a mirror (a constant added in C fails here until Rust has it).
+#[test]
+fn constants_match_btf() {
+    let mirrored = mirrored_constants();
+    let names: BTreeSet<&str> = mirrored.iter().map(|(e, _, _)| *e).collect();
+    for object in objects() {
+        let (_, enums) = types_of(object);
+        for name in &names {
+            let btf = enums
+                .get(*name)
+                .unwrap_or_else(|| panic!("enum {name} missing from BTF"));
+            let btf: BTreeMap<&str, u64> = btf.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+            let mut unmirrored: BTreeSet<&str> = btf.keys().copied().collect();
+            for (_, c, rust) in mirrored.iter().filter(|(e, _, _)| e == name) {
+                let value = btf
+                    .get(c)
+                    .unwrap_or_else(|| panic!("enum {name} has no {c} in BTF"));
+                assert_eq!(*rust, *value, "the Rust mirror of {c} (enum {name})");
+                unmirrored.remove(c);
+            }
+            assert!(
+                unmirrored.is_empty(),
+                "enum {name}: {unmirrored:?} have no Rust mirror in src/maps.rs"
+            );
+        }
+    }
+}
+
+/// The sizes `maps.h` declares are `Capacities::default()`, which the loader sets at load time
+/// (so that the two cannot drift apart unnoticed). `dp_sock_rev` is in `sock.o` only: the other
+/// objects would create and pin it with socket-level load balancing off.
+#[test]
+fn map_sizes_match_default_capacities() {
+    let caps = dataplane_ebpf::Capacities::default();
+    let expected = [
+        ("dp_svc", caps.services),
+        ("dp_backends", caps.backends),
+        ("dp_slots", caps.backend_slots),
+        ("dp_ct", caps.conntrack),
+        ("dp_affinity", caps.affinity),
+        ("dp_srcrange", caps.source_ranges),
+        ("dp_sock_rev", caps.socket_rev),
+    ];
+    for object in objects() {
+        let obj = aya_obj::Object::parse(object).expect("object parses");
+        let sock = std::ptr::eq(object, dataplane_ebpf::sock_object());
+        for (name, size) in expected {
+            let map = obj.maps.get(name);
+            if name == "dp_sock_rev" && !sock {
+                assert!(map.is_none(), "dp_sock_rev defined outside sock.o");
+                continue;
+            }
+            let map = map.unwrap_or_else(|| panic!("map {name} missing from an object"));
+            assert_eq!(map.max_entries(), size, "max_entries of {name} in maps.h");
+        }
+    }
 }

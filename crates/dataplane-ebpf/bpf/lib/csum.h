@@ -5,11 +5,38 @@
 
 #include "common.h"
 
-static __always_inline __u16 csum_fold(__u32 csum)
+/*
+ * The one checksum fold: a one's-complement sum accumulated in up to 64 bits (16- or 32-bit
+ * words, partial sums from bpf_csum_diff) folded with end-around carries to 16 bits, then
+ * complemented into a checksum field's value. Every complete fold of the same sum gives the
+ * same 16 bits, so callers may accumulate in whatever width suits them.
+ */
+static __always_inline __u16 csum_fold(__u64 sum)
 {
-	csum = (csum & 0xffff) + (csum >> 16);
-	csum = (csum & 0xffff) + (csum >> 16);
-	return (__u16)~csum;
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/*
+ * One term of an incremental update: ~old + new for a 32-bit word the checksum covers (RFC
+ * 1624, eqn. 3), added to @acc; csum_update() folds the total once at the end.
+ */
+static __always_inline __u64 csum_delta(__u64 acc, __u32 old, __u32 new)
+{
+	return acc + (__u32)~old + new;
+}
+
+/*
+ * The checksum @check after changes whose one's-complement sum is @diff: ~(~check + diff)
+ * (RFC 1624, eqn. 3). @diff is a sum of csum_delta() terms or a partial sum from
+ * bpf_csum_diff().
+ */
+static __always_inline __u16 csum_update(__u16 check, __u64 diff)
+{
+	return csum_fold(diff + (__u16)~check);
 }
 
 /* Folded one's-complement sum of @len bytes at @buf (len a multiple of 4, on the stack). */
@@ -27,10 +54,7 @@ static __always_inline __u16 csum_buf(void *buf, __u32 len, __u32 seed)
  */
 static __always_inline __u16 csum_replace4(__u16 check, __u32 from, __u32 to)
 {
-	__u32 sum = (__u16)~check;
-
-	sum += (~from & 0xffff) + (~from >> 16) + (to & 0xffff) + (to >> 16);
-	return csum_fold(sum);
+	return csum_update(check, csum_delta(0, from, to));
 }
 
 /*

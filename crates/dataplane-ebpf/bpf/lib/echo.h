@@ -16,7 +16,7 @@
 #include "parse.h"
 #include "nat.h"
 #include "ct.h"
-#include "lb.h"
+#include "masq.h"
 
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8

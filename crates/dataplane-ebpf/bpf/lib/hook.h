@@ -7,6 +7,7 @@
 #include "csum.h"
 #include "parse.h"
 #include "lb.h"
+#include "masq.h"
 #include "reject.h"
 #include "icmp.h"
 #include "echo.h"

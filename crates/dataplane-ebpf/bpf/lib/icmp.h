@@ -53,18 +53,6 @@ struct tuple6 {
 	__be16 dport;
 };
 
-/* ~(~check + diff), folded; diff is a partial sum from bpf_csum_diff. */
-static __always_inline __u16 csum_apply(__u16 check, __s64 diff)
-{
-	__u64 sum = (__u16)~check;
-
-	sum += (__u32)diff;
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)~sum;
-}
-
 /* The new quoted tuple and outer addresses for the error; 0 when it is not about our flows. */
 struct icmp_nat {
 	__u32 isaddr[4];
@@ -135,10 +123,10 @@ static __always_inline void fix_inner_l4(__u8 *l4, __u32 quoted, __u8 proto, __s
 	if (proto == IPPROTO_UDP) {
 		check = (__u16 *)(l4 + 6);
 		if (*check)
-			*check = csum_apply(*check, diff) ?: 0xffff;
+			*check = csum_update(*check, (__u32)diff) ?: 0xffff;
 	} else if (quoted >= 20) {
 		check = (__u16 *)(l4 + 16);
-		*check = csum_apply(*check, diff);
+		*check = csum_update(*check, (__u32)diff);
 	}
 }
 
@@ -213,7 +201,7 @@ static __noinline int icmp4_error_nat(struct __sk_buff *skb, struct pkt *p)
 		 * (the ports word of the tuples: identifier, 0). */
 		*(__be16 *)&new.l4[ECHO_ID_OFF] = n.isport;
 		d = bpf_csum_diff((__be32 *)&ot.sport, 4, (__be32 *)&nt.sport, 4, 0);
-		*(__u16 *)&new.l4[2] = csum_apply(*(__u16 *)&old.l4[2], d);
+		*(__u16 *)&new.l4[2] = csum_update(*(__u16 *)&old.l4[2], (__u32)d);
 	} else {
 		*(__be16 *)&new.l4[0] = n.isport;
 		*(__be16 *)&new.l4[2] = n.idport;
@@ -229,7 +217,7 @@ static __noinline int icmp4_error_nat(struct __sk_buff *skb, struct pkt *p)
 				  sizeof(new.ip) + 8, 0);
 	if (bpf_skb_load_bytes(skb, p->l4_off + 2, &check, 2) < 0)
 		return DROP_INVALID;
-	check = csum_apply(check, d);
+	check = csum_update(check, (__u32)d);
 	if (bpf_skb_store_bytes(skb, p->l4_off + 2, &check, 2, BPF_F_RECOMPUTE_CSUM) < 0)
 		return DROP_INVALID;
 	if (quoted == 20) {
@@ -308,7 +296,7 @@ static __noinline int icmp6_error_nat(struct __sk_buff *skb, struct pkt *p)
 	d = bpf_csum_diff((__be32 *)&ot, sizeof(ot), (__be32 *)&nt, sizeof(nt), 0);
 	if (echo) {
 		*(__be16 *)&new.l4[ECHO_ID_OFF] = n.isport;
-		*(__u16 *)&new.l4[2] = csum_apply(*(__u16 *)&old.l4[2], d);
+		*(__u16 *)&new.l4[2] = csum_update(*(__u16 *)&old.l4[2], (__u32)d);
 	} else {
 		*(__be16 *)&new.l4[0] = n.isport;
 		*(__be16 *)&new.l4[2] = n.idport;
@@ -324,10 +312,9 @@ static __noinline int icmp6_error_nat(struct __sk_buff *skb, struct pkt *p)
 	/* saddr/daddr are adjacent in both structs: one 32-byte difference. */
 	d = (__u32)d + (__u64)(__u32)bpf_csum_diff((__be32 *)p->saddr, 32, (__be32 *)n.osaddr, 32,
 						   0);
-	d = (d & 0xffffffff) + (d >> 32);
 	if (bpf_skb_load_bytes(skb, p->l4_off + 2, &check, 2) < 0)
 		return DROP_INVALID;
-	check = csum_apply(check, d);
+	check = csum_update(check, d);
 	if (bpf_skb_store_bytes(skb, p->l4_off + 2, &check, 2, BPF_F_RECOMPUTE_CSUM) < 0)
 		return DROP_INVALID;
 	if (quoted == 20) {

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * lb.h - the per-packet service logic shared by every packet hook (translation, reverse NAT,
- * masquerade); service lookup, backend selection and affinity are in svc.h.
+ * lb.h - the per-packet service logic shared by every packet hook (translation, reverse NAT);
+ * service lookup, backend selection and affinity are in svc.h, the SNAT address and port in
+ * snat.h, pod masquerade in masq.h.
  *
  * Which backends are eligible (ready, terminating fallback, traffic policy Local) is decided in
  * user space: each frontend entry points at a range of dp_slots holding only eligible backends,
@@ -12,60 +13,11 @@
 
 #include "common.h"
 #include "parse.h"
-#include "csum.h"
 #include "nat.h"
 #include "ct.h"
 #include "dsr.h"
 #include "svc.h"
-
-#define SNAT_PORT_MIN 32768
-#define SNAT_PORT_RANGE 28232 /* up to 60999 */
-#define SNAT_TRIES 8
-
-/*
- * Whether @port on @addr is a frontend of this node (a NodePort, or an external IP that is a
- * node address), as seen from outside or from a pod. A SNAT port must not be one: the reply
- * key {peer:pp -> addr:port} would be the very tuple of a new connection from peer:pp to
- * that frontend, which dp_ct would then take for a reply of the SNATed one.
- */
-static __always_inline int is_frontend_port(const struct pkt *p, const __u32 *addr, __be16 port)
-{
-	struct svc_key k;
-
-	__builtin_memset(&k, 0, sizeof(k));
-	addr_copy(k.addr, addr);
-	k.port = port;
-	k.proto = p->proto;
-	k.scope = SVC_SCOPE_EXTERNAL;
-	k.family = p->family;
-	if (bpf_map_lookup_elem(&dp_svc, &k))
-		return 1;
-	k.scope = SVC_SCOPE_EXTERNAL_INSIDE;
-	return bpf_map_lookup_elem(&dp_svc, &k) != NULL;
-}
-
-/*
- * Pick a source port on @snat for the reply key backend -> snat; prefer the client's port. A
- * port is free when no conntrack entry holds the reply key (the one key space also holds the
- * forward keys of connections to this node's frontends) and it is not a frontend port of
- * @snat. Returns 0 with @rk set; the caller writes the reverse entry with BPF_NOEXIST, as
- * another CPU may pick the same port at the same time. (A subprogram: its lookup keys would
- * not fit lb_forward()'s stack frame.)
- */
-static __noinline int snat_pick_port(const struct pkt *p, const struct backend *be,
-				     const __u32 *snat, struct ct_key *rk)
-{
-	ct_reply_key(rk, p, be->addr, be->port);
-	addr_copy(rk->daddr, snat);
-#pragma unroll
-	for (int i = 0; i < SNAT_TRIES; i++) {
-		if (!bpf_map_lookup_elem(&dp_ct, rk) && !is_frontend_port(p, snat, rk->dport))
-			return 0;
-		rk->dport = bpf_htons(SNAT_PORT_MIN + bpf_get_prandom_u32() % SNAT_PORT_RANGE);
-	}
-	stat_inc(STAT_SNAT_EXHAUSTED);
-	return DROP_NO_SNAT;
-}
+#include "snat.h"
 
 /*
  * The reverse key of a new connection that keeps the client's address (@fk its forward key):
@@ -95,26 +47,6 @@ static __noinline int rev_key_pick(const struct pkt *p, const struct backend *be
 	}
 	stat_inc(STAT_SNAT_EXHAUSTED);
 	return DROP_NO_SNAT;
-}
-
-static __always_inline int node_addr(const struct pkt *p, __u32 *out)
-{
-	__u32 zero = 0;
-	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
-
-	__builtin_memset(out, 0, 16);
-	if (!cfg)
-		return DROP_NO_SNAT;
-	if (p->family == DP_AF_INET) {
-		if (!(cfg->flags & CFG_F_HAS_V4))
-			return DROP_NO_SNAT;
-		out[0] = cfg->node_v4;
-		return 0;
-	}
-	if (!(cfg->flags & CFG_F_HAS_V6))
-		return DROP_NO_SNAT;
-	addr_copy(out, cfg->node_v6);
-	return 0;
 }
 
 /*
@@ -149,143 +81,6 @@ static __noinline int lb_reply(struct __sk_buff *skb, struct pkt *p, struct ct_e
 		return ret;
 	stat_inc((rev->flags & CT_F_DSR) ? STAT_DSR_REPLIES : STAT_REV_TRANSLATED);
 	return DP_NAT;
-}
-
-/*
- * Whether a packet from @p's source starts a connection that must be masqueraded: from one of
- * this node's pods to outside the cluster (masquerade.all: to anything but this node's pods
- * and addresses).
- */
-static __always_inline int masq_wanted(const struct dp_config *cfg, const struct pkt *p)
-{
-	if (!cfg || !(cfg->flags & CFG_F_MASQUERADE))
-		return 0;
-	if (!(cidr_bits(p, p->saddr) & CIDR_F_POD))
-		return 0;
-	return !(cidr_bits(p, p->daddr) & ((cfg->flags & CFG_F_MASQ_ALL)
-						   ? (CIDR_F_POD | CIDR_F_NODE)
-						   : (CIDR_F_CLUSTER | CIDR_F_NO_MASQ | CIDR_F_NODE)));
-}
-
-/*
- * The conntrack of a new masqueraded flow (TCP/UDP, or echo with the identifier as the port
- * and 0 as the peer's): picks the node address into @snat and a source port free towards the
- * peer into @rk->dport, and writes the forward and reverse entries.
- */
-static __noinline int masq_track(const struct pkt *p, __u32 *snat, struct ct_key *rk)
-{
-	struct ct_entry fe = {}, re = {};
-	struct backend peer;
-	struct ct_key fk;
-	int ret;
-
-	ret = node_addr(p, snat);
-	if (ret < 0)
-		return ret;
-	__builtin_memset(&peer, 0, sizeof(peer));
-	addr_copy(peer.addr, p->daddr);
-	peer.port = p->dport;
-	peer.family = p->family;
-	ret = snat_pick_port(p, &peer, snat, rk);
-	if (ret < 0)
-		return ret;
-
-	fe.created_ns = bpf_ktime_get_ns();
-	fe.last_seen_ns = fe.created_ns;
-	fe.flags = CT_F_SNAT | CT_F_MASQ;
-	fe.tcp_state = tcp_bits(p, 0);
-	re = fe;
-	re.flags |= CT_F_REV;
-	addr_copy(fe.nat_addr, p->daddr);
-	fe.nat_port = p->dport;
-	addr_copy(fe.snat_addr, snat);
-	fe.snat_port = rk->dport;
-	addr_copy(re.nat_addr, p->daddr);
-	re.nat_port = p->dport;
-	addr_copy(re.snat_addr, p->saddr);
-	re.snat_port = p->sport;
-	ct_key_from_pkt(&fk, p);
-	/* BPF_NOEXIST: another CPU may have taken the port since snat_pick_port() looked. */
-	ret = bpf_map_update_elem(&dp_ct, rk, &re, BPF_NOEXIST);
-	if (ret == -EEXIST) {
-		stat_inc(STAT_SNAT_EXHAUSTED);
-		return DROP_NO_SNAT;
-	}
-	if (ret < 0 || bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
-		stat_inc(STAT_CT_FULL);
-		return DROP_CT_FULL;
-	}
-	stat_inc(STAT_CT_CREATED);
-	return 0;
-}
-
-/**
- * masquerade() - source-NAT a new connection from a local pod that leaves the cluster
- * (destination outside the cluster CIDRs, nonMasqueradeCidrs and node addresses; with
- * masquerade.all, anything but this node's pods and addresses), on the uplink's egress. Only a TCP SYN or a UDP packet starts one: TCP packets without conntrack
- * are left alone, so connections that came in are never masqueraded on their way back.
- */
-static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p, struct ct_entry *ct)
-{
-	__u32 zero = 0;
-	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
-	struct ct_key rk;
-	__u32 snat[4] = {};
-	int ret;
-
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
-		return DP_PASS;
-	if (!masq_wanted(cfg, p))
-		return DP_PASS;
-	if (ct && (ct->flags & CT_F_INBOUND))
-		return DP_PASS; /* a reply of a connection that came in */
-	ret = masq_track(p, snat, &rk);
-	if (ret < 0)
-		return ret;
-	ret = nat_src(skb, p, snat, rk.dport);
-	if (ret < 0)
-		return ret;
-	stat_inc(STAT_MASQUERADED);
-	return DP_MASQ;
-}
-
-/**
- * track_inbound() - remember a connection from outside the cluster to a local pod (not a
- * service), so that masquerade() leaves its replies alone, as netfilter conntrack would.
- */
-static __noinline int track_inbound(struct pkt *p)
-{
-	__u32 zero = 0;
-	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
-	struct ct_key k;
-	struct ct_entry e = {};
-	struct ct_entry *cur;
-
-	if (!cfg || !(cfg->flags & CFG_F_MASQUERADE))
-		return DP_PASS;
-	if (!(cidr_bits(p, p->daddr) & CIDR_F_POD))
-		return DP_PASS;
-	if (cidr_bits(p, p->saddr) & (CIDR_F_CLUSTER | CIDR_F_NO_MASQ | CIDR_F_NODE))
-		return DP_PASS;
-	ct_reply_key(&k, p, p->daddr, p->dport);
-	cur = bpf_map_lookup_elem(&dp_ct, &k);
-	if (cur) {
-		/* (a tuple another kind of entry holds is left to it) */
-		if (cur->flags & CT_F_INBOUND)
-			ct_touch(cur, p, 0);
-		return DP_PASS;
-	}
-	e.created_ns = bpf_ktime_get_ns();
-	e.last_seen_ns = e.created_ns;
-	e.flags = CT_F_INBOUND;
-	e.tcp_state = tcp_bits(p, 0);
-	addr_copy(e.nat_addr, p->saddr);
-	e.nat_port = p->sport;
-	addr_copy(e.snat_addr, p->daddr);
-	e.snat_port = p->dport;
-	if (bpf_map_update_elem(&dp_ct, &k, &e, BPF_ANY) < 0)
-		stat_inc(STAT_CT_FULL);
-	return DP_PASS;
 }
 
 /*

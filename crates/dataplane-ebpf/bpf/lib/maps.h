@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * maps.h - the single source of truth for map keys, values and map definitions.
+ * maps.h - the single source of truth for map keys, values, map definitions and the constants
+ * stored in them.
  *
  * The Rust mirror lives in src/maps.rs; tests/btf_layout.rs checks sizes and field offsets of
- * every struct below against the BTF of the compiled object. Keep explicit padding fields so
- * that no byte of a key is undefined (hash keys are compared bytewise).
+ * every struct below, and the value of every enumerator, against the BTF of the compiled
+ * objects. Keep explicit padding fields so that no byte of a key is undefined (hash keys are
+ * compared bytewise).
  *
  * Addresses are stored as four big-endian 32-bit words; an IPv4 address lives in addr[0]
  * with addr[1..3] zero, and `family` tells which.
@@ -15,29 +17,46 @@
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 
-#define DP_AF_INET 4
-#define DP_AF_INET6 6
+/*
+ * The constants below are enums, not #defines, so that the objects' BTF carries them and
+ * tests/btf_layout.rs checks the Rust mirror (src/maps.rs) against it. An enum is in BTF only
+ * when a type the code emits uses it: struct dp_consts at the end of this file does.
+ */
+
+/* Address families in map keys and values (not the kernel's AF_*). */
+enum dp_family {
+	DP_AF_INET = 4,
+	DP_AF_INET6 = 6,
+};
 
 /* Service key scopes: which traffic a frontend entry serves. */
-#define SVC_SCOPE_INTERNAL 0        /* ClusterIP (from pods, host, or outside) */
-#define SVC_SCOPE_EXTERNAL 1        /* NodePort/LB/ExternalIP from outside (uplink) */
-#define SVC_SCOPE_EXTERNAL_INSIDE 2 /* NodePort/LB/ExternalIP from a pod or the host */
-/* 3 was SVC_SCOPE_INTERNAL_OUTSIDE (ClusterIP from outside with cluster-wide backends under
- * internalTrafficPolicy Local); internalTrafficPolicy now governs outside clients too, so no
- * program looks it up and a full sync removes entries an older version left. Do not reuse. */
+enum svc_scope {
+	SVC_SCOPE_INTERNAL = 0,        /* ClusterIP (from pods, host, or outside) */
+	SVC_SCOPE_EXTERNAL = 1,        /* NodePort/LB/ExternalIP from outside (uplink) */
+	SVC_SCOPE_EXTERNAL_INSIDE = 2, /* NodePort/LB/ExternalIP from a pod or the host */
+	/* Was SVC_SCOPE_INTERNAL_OUTSIDE (ClusterIP from outside with cluster-wide backends
+	 * under internalTrafficPolicy Local); internalTrafficPolicy now governs outside clients
+	 * too, so no program looks it up and a full sync removes entries an older version left.
+	 * Reserved: do not reuse. */
+	SVC_SCOPE_RETIRED_INTERNAL_OUTSIDE = 3,
+};
 
-/* Service flags. */
-#define SVC_F_MAGLEV (1 << 0)      /* slots are a Maglev table: index by flow hash */
-#define SVC_F_AFFINITY (1 << 1)    /* ClientIP session affinity */
-#define SVC_F_NO_LOCAL (1 << 2)    /* no slots because policy Local has no local backend: drop */
-#define SVC_F_SRC_RANGES (1 << 3)  /* client must match dp_srcrange */
-#define SVC_F_SNAT (1 << 4)        /* masquerade every client of the entry to the node address */
-#define SVC_F_WILDCARD (1 << 5)    /* port 0 entry of a ClusterIP: unknown port, reject */
-#define SVC_F_DSR (1 << 6)         /* direct server return to backends on other nodes */
+/* Service flags (svc_value.flags). */
+enum svc_flag {
+	SVC_F_MAGLEV = 1 << 0,     /* slots are a Maglev table: index by flow hash */
+	SVC_F_AFFINITY = 1 << 1,   /* ClientIP session affinity */
+	SVC_F_NO_LOCAL = 1 << 2,   /* no slots because policy Local has no local backend: drop */
+	SVC_F_SRC_RANGES = 1 << 3, /* client must match dp_srcrange */
+	SVC_F_SNAT = 1 << 4,       /* masquerade every client of the entry to the node address */
+	SVC_F_WILDCARD = 1 << 5,   /* port 0 entry of a ClusterIP: unknown port, reject */
+	SVC_F_DSR = 1 << 6,        /* direct server return to backends on other nodes */
+};
 
-/* Backend flags (informational; eligibility is decided in user space). */
-#define BE_F_LOCAL (1 << 0)
-#define BE_F_TERMINATING (1 << 1)
+/* Backend flags (backend.flags; informational: eligibility is decided in user space). */
+enum backend_flag {
+	BE_F_LOCAL = 1 << 0,
+	BE_F_TERMINATING = 1 << 1,
+};
 
 /*
  * Conntrack has one key space: a packet's own tuple finds its entry with one lookup, whatever
@@ -45,36 +64,43 @@
  * client -> frontend as the client sent it).
  */
 
-/* Conntrack flags. */
-#define CT_F_SNAT (1 << 0)     /* source was masqueraded */
-#define CT_F_HAIRPIN (1 << 1)  /* client and backend are the same pod */
-#define CT_F_EXTERNAL (1 << 2) /* created from the uplink */
-#define CT_F_MASQ (1 << 3)     /* pod masquerade, not a service connection */
-#define CT_F_INBOUND (1 << 4)  /* key: a local pod -> an outside peer; marks replies of a
-				* connection that came in, which must not be masqueraded */
-#define CT_F_DSR (1 << 5)      /* direct server return: on the ingress node a forward entry
-				* whose replies never come back; on the backend node a reverse
-				* entry learnt from the DSR option */
-#define CT_F_REV (1 << 6)      /* reverse entry: key backend -> client (or SNAT address) */
-#define CT_F_LOOPBACK (1 << 7) /* the host to one of its own addresses (dp_to_lo): replies,
-				* whose new source is a local address, go up through lo */
+/* Conntrack flags (ct_entry.flags). */
+enum ct_flag {
+	CT_F_SNAT = 1 << 0,     /* source was masqueraded */
+	CT_F_HAIRPIN = 1 << 1,  /* client and backend are the same pod */
+	CT_F_EXTERNAL = 1 << 2, /* created from the uplink */
+	CT_F_MASQ = 1 << 3,     /* pod masquerade, not a service connection */
+	CT_F_INBOUND = 1 << 4,  /* key: a local pod -> an outside peer; marks replies of a
+				 * connection that came in, which must not be masqueraded */
+	CT_F_DSR = 1 << 5,      /* direct server return: on the ingress node a forward entry
+				 * whose replies never come back; on the backend node a reverse
+				 * entry learnt from the DSR option */
+	CT_F_REV = 1 << 6,      /* reverse entry: key backend -> client (or SNAT address) */
+	CT_F_LOOPBACK = 1 << 7, /* the host to one of its own addresses (dp_to_lo): replies,
+				 * whose new source is a local address, go up through lo */
+};
 
-/* State bits seen on a flow (kept in the forward entry); UDP uses CT_TCP_REPLY only. */
-#define CT_TCP_SYN (1 << 0)
-#define CT_TCP_REPLY (1 << 1)
-#define CT_TCP_FIN_FWD (1 << 2)
-#define CT_TCP_FIN_REV (1 << 3)
-#define CT_TCP_RST (1 << 4)
+/* State bits seen on a flow (ct_entry.tcp_state, kept in the forward entry); UDP uses
+ * CT_TCP_REPLY only. */
+enum ct_tcp_state {
+	CT_TCP_SYN = 1 << 0,
+	CT_TCP_REPLY = 1 << 1,
+	CT_TCP_FIN_FWD = 1 << 2,
+	CT_TCP_FIN_REV = 1 << 3,
+	CT_TCP_RST = 1 << 4,
+};
 
 /* dp_config flags. */
-#define CFG_F_HAS_V4 (1 << 0)
-#define CFG_F_HAS_V6 (1 << 1)
-#define CFG_F_MASQUERADE (1 << 2) /* masquerade new pod connections leaving the cluster */
-#define CFG_F_MASQ_ALL (1 << 3)   /* masquerade.all: every destination outside this node's pods */
-#define CFG_F_HOST_ROUTING (1 << 4) /* pod -> pod on this node: redirect, skip the stack */
-#define CFG_F_CLUSTER_V4 (1 << 5) /* the node has IPv4 cluster CIDRs (else no ClusterIP client is
-				   * masqueraded for being outside them: no local detector) */
-#define CFG_F_CLUSTER_V6 (1 << 6) /* the same for IPv6 */
+enum config_flag {
+	CFG_F_HAS_V4 = 1 << 0,
+	CFG_F_HAS_V6 = 1 << 1,
+	CFG_F_MASQUERADE = 1 << 2,   /* masquerade new pod connections leaving the cluster */
+	CFG_F_MASQ_ALL = 1 << 3,     /* masquerade.all: every destination outside this node's pods */
+	CFG_F_HOST_ROUTING = 1 << 4, /* pod -> pod on this node: redirect, skip the stack */
+	CFG_F_CLUSTER_V4 = 1 << 5,   /* the node has IPv4 cluster CIDRs (else no ClusterIP client
+				      * is masqueraded for being outside them: no local detector) */
+	CFG_F_CLUSTER_V6 = 1 << 6,   /* the same for IPv6 */
+};
 
 /*
  * DSR wire format (IPv4): the ingress node keeps the client's source address, rewrites the
@@ -93,29 +119,33 @@ struct dsr_opt {
 
 /* dp_cidrs value bits; user space ORs into each prefix the bits of every prefix containing it,
  * so the longest match carries all of them. */
-#define CIDR_F_CLUSTER (1 << 0)  /* cluster (pod) CIDRs */
-#define CIDR_F_POD (1 << 1)      /* this node's pod CIDRs */
-#define CIDR_F_NO_MASQ (1 << 2)  /* nonMasqueradeCidrs */
-#define CIDR_F_NODE (1 << 3)     /* this node's addresses (/32, /128) */
-#define CIDR_F_SERVICE (1 << 4)  /* node.serviceCIDRs: an address no frontend has is dropped */
+enum cidr_flag {
+	CIDR_F_CLUSTER = 1 << 0, /* cluster (pod) CIDRs */
+	CIDR_F_POD = 1 << 1,     /* this node's pod CIDRs */
+	CIDR_F_NO_MASQ = 1 << 2, /* nonMasqueradeCidrs */
+	CIDR_F_NODE = 1 << 3,    /* this node's addresses (/32, /128) */
+	CIDR_F_SERVICE = 1 << 4, /* node.serviceCIDRs: an address no frontend has is dropped */
+};
 
 /* Indexes into dp_stats. */
-#define STAT_TRANSLATED 0
-#define STAT_REV_TRANSLATED 1
-#define STAT_DROPPED 2
-#define STAT_REJECTED 3
-#define STAT_CT_CREATED 4
-#define STAT_CT_FULL 5
-#define STAT_SNAT_EXHAUSTED 6
-#define STAT_MASQUERADED 7
-#define STAT_DSR_FORWARDED 8 /* requests sent to another node with the DSR option */
-#define STAT_DSR_REPLIES 9   /* replies answered from the frontend on a backend's node */
-#define STAT_FRAG_NEEDED 10  /* ICMP fragmentation needed sent for the DSR overhead */
-#define STAT_XDP_FORWARDED 11 /* service packets forwarded by the XDP fast path */
-#define STAT_SOCK_TRANSLATED 12 /* connect() calls to a frontend given a backend (sock.c) */
-#define STAT_HOST_ROUTED 13     /* untranslated packets from a pod redirected to a local pod */
-#define STAT_UNALLOCATED 14     /* dropped: to a service-CIDR address that is no frontend */
-#define STAT_MAX 15
+enum dp_stat {
+	STAT_TRANSLATED = 0,
+	STAT_REV_TRANSLATED = 1,
+	STAT_DROPPED = 2,
+	STAT_REJECTED = 3,
+	STAT_CT_CREATED = 4,
+	STAT_CT_FULL = 5,
+	STAT_SNAT_EXHAUSTED = 6,
+	STAT_MASQUERADED = 7,
+	STAT_DSR_FORWARDED = 8,    /* requests sent to another node with the DSR option */
+	STAT_DSR_REPLIES = 9,      /* replies answered from the frontend on a backend's node */
+	STAT_FRAG_NEEDED = 10,     /* ICMP fragmentation needed sent for the DSR overhead */
+	STAT_XDP_FORWARDED = 11,   /* service packets forwarded by the XDP fast path */
+	STAT_SOCK_TRANSLATED = 12, /* connect() calls to a frontend given a backend (sock.c) */
+	STAT_HOST_ROUTED = 13,     /* untranslated packets from a pod redirected to a local pod */
+	STAT_UNALLOCATED = 14,     /* dropped: to a service-CIDR address that is no frontend */
+	STAT_MAX = 15,             /* the number of counters (dp_stats' size) */
+};
 
 struct svc_key {
 	__u32 addr[4]; /* frontend address, network order */
@@ -207,7 +237,9 @@ struct dp_config {
 	__u32 mtu;        /* underlay MTU: a DSR request that no longer fits gets ICMP frag needed */
 };
 
-/* Default sizes; user space overrides max_entries from its configured capacities. */
+/* Default sizes: the same as Capacities::default() (src/lib.rs), from which user space sets
+ * max_entries at load time; the maps without a capacity there (dp_cidrs, dp_local, dp_config,
+ * dp_stats) keep these. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct svc_key);
@@ -230,7 +262,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, __u32);
-	__uint(max_entries, 1048576);
+	__uint(max_entries, 2097152);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_slots SEC(".maps");
@@ -325,5 +357,40 @@ struct sock_rev_value {
 	__u16 pad;
 	__u32 svc_id;
 };
+
+
+#ifdef DP_SOCK_MAPS
+/* Only sock.c defines DP_SOCK_MAPS: this map is created (and pinned) only when socket-level
+ * load balancing is on, which is when that object is loaded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_rev_key);
+	__type(value, struct sock_rev_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_sock_rev SEC(".maps");
+#endif
+
+/*
+ * BTF holds an enum only when a type the object emits uses it. This struct names every
+ * constant enum above and dp_consts_btf() takes it, so that each object's BTF carries them
+ * for tests/btf_layout.rs. Nothing calls the function; `used` keeps it.
+ */
+struct dp_consts {
+	enum dp_family family;
+	enum svc_scope scope;
+	enum svc_flag svc_flag;
+	enum backend_flag backend_flag;
+	enum ct_flag ct_flag;
+	enum ct_tcp_state ct_tcp_state;
+	enum config_flag config_flag;
+	enum cidr_flag cidr_flag;
+	enum dp_stat stat;
+};
+
+static __attribute__((used, noinline)) int dp_consts_btf(struct dp_consts *c)
+{
+	return 0;
+}
 
 #endif

@@ -25,11 +25,15 @@
 #ifndef DP_XDP_H
 #define DP_XDP_H
 
-/* lb.h's TC stages (lb_forward, lb_reply, ...) take an skb and are not used here. */
+#include "common.h"
+#include "csum.h"
+#include "ct.h"
+#include "svc.h"
+#include "snat.h"
+/* dsr.h for the IPv4 header constants: its TC stages take an skb and are not used here. */
 #pragma clang diagnostic push
 #pragma clang diagnostic ignored "-Wunused-function"
-#include "lb.h"
-#include "csum.h"
+#include "dsr.h"
 #pragma clang diagnostic pop
 
 #define XDP_L4_OFF (sizeof(struct ethhdr) + IPV4_BASE_LEN)
@@ -98,23 +102,6 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 		return 1;
 	}
 	return 0;
-}
-
-/* One's complement accumulation for an incremental checksum update: ~old + new per 32-bit
- * word (RFC 1624, eqn. 3), summed in 64 bits and folded once at the end. */
-static __always_inline __u64 csum_delta(__u64 acc, __u32 old, __u32 new)
-{
-	return acc + (__u32)~old + new;
-}
-
-/* The 16-bit checksum @check after the changes summed in @acc. */
-static __always_inline __u16 csum_update(__u16 check, __u64 acc)
-{
-	acc += (__u16)~check;
-#pragma unroll
-	for (int i = 0; i < 4; i++)
-		acc = (acc & 0xffff) + (acc >> 16);
-	return (__u16)~acc;
 }
 
 /* The first 32-bit word of a TCP/UDP header: both ports, in packet order. */
