@@ -135,7 +135,6 @@ pub(crate) struct Current {
     pub cidrs: BTreeMap<(Addr, u32), u8>,
     pub config: DpConfig,
     pub alloc: SlotAlloc,
-    pub generation: u32,
 }
 
 /// Service entries per `BPF_MAP_UPDATE_BATCH` call.
@@ -339,7 +338,6 @@ impl Current {
             cidrs: BTreeMap::new(),
             config: DpConfig::default(),
             alloc: SlotAlloc::new(caps.backend_slots),
-            generation: 0,
         };
         for item in &maps.svc {
             let (k, v) = item.map_err(merr("dp_svc", "reading"))?;
@@ -376,7 +374,6 @@ impl Current {
                     cur.add_range(&ids.into(), v.slot_base, 0);
                 }
             }
-            cur.generation = cur.generation.max(v.rev);
             cur.frontends.insert(k, v);
         }
         for key in maps.src_ranges.keys() {
@@ -663,7 +660,6 @@ fn prepare_in(
         backends,
         free_ids,
         alloc: cur_alloc,
-        generation,
         ..
     } = cur;
     let next = backends.id_bound();
@@ -703,7 +699,6 @@ fn prepare_in(
             affinity_timeout: fp.affinity_timeout,
             flags: fp.flags,
             pad: 0,
-            rev: *generation + 1,
         };
         match cur_frontends.get(&key) {
             Some(old)
@@ -945,9 +940,6 @@ pub(crate) fn write(
         cur.backends.remove(id);
         cur.free_ids.insert(id);
         n += 1;
-    }
-    if !prep.writes.is_empty() || !prep.removals.is_empty() {
-        cur.generation += 1;
     }
     if !affinity_ids.is_empty() {
         n += prune_affinity(maps, cur, &affinity_ids)?;

@@ -112,7 +112,7 @@ fn map_layouts_match_btf() {
     #[allow(clippy::type_complexity)]
     let expected: Vec<(&str, u32, Vec<(&str, u32)>)> = vec![
         layout!(SvcKey, "svc_key", [addr => "addr", port => "port", proto => "proto", scope => "scope", family => "family", pad => "pad"]),
-        layout!(SvcValue, "svc_value", [id => "id", slot_base => "slot_base", slot_count => "slot_count", affinity_timeout => "affinity_timeout", flags => "flags", pad => "pad", rev => "rev"]),
+        layout!(SvcValue, "svc_value", [id => "id", slot_base => "slot_base", slot_count => "slot_count", affinity_timeout => "affinity_timeout", flags => "flags", pad => "pad"]),
         layout!(BackendValue, "backend", [addr => "addr", port => "port", family => "family", flags => "flags"]),
         layout!(CtKey, "ct_key", [saddr => "saddr", daddr => "daddr", sport => "sport", dport => "dport", proto => "proto", family => "family", pad0 => "pad0", pad => "pad"]),
         layout!(CtEntry, "ct_entry", [nat_addr => "nat_addr", snat_addr => "snat_addr", nat_port => "nat_port", snat_port => "snat_port", backend_id => "backend_id", svc_id => "svc_id", flags => "flags", tcp_state => "tcp_state", pad => "pad", created_ns => "created_ns", last_seen_ns => "last_seen_ns"]),
