@@ -229,8 +229,6 @@ pub struct SvcValue {
     pub flags: u16,
     /// Padding.
     pub pad: u16,
-    /// Generation.
-    pub rev: u32,
 }
 
 /// `struct backend`.
@@ -424,7 +422,7 @@ pod!(
 
 // Compile-time sizes; the BTF test checks offsets as well.
 const _: () = assert!(std::mem::size_of::<SvcKey>() == 24);
-const _: () = assert!(std::mem::size_of::<SvcValue>() == 24);
+const _: () = assert!(std::mem::size_of::<SvcValue>() == 20);
 const _: () = assert!(std::mem::size_of::<BackendValue>() == 20);
 const _: () = assert!(std::mem::size_of::<CtKey>() == 40);
 const _: () = assert!(std::mem::size_of::<CtEntry>() == 64);

@@ -701,8 +701,6 @@ fn prepare_in(
             affinity_timeout: fp.affinity_timeout,
             flags: fp.flags,
             pad: 0,
-            // Never read by the programs: no generation is kept.
-            rev: 0,
         };
         match cur_frontends.get(&key) {
             Some(old)

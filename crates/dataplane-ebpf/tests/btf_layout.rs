@@ -112,7 +112,7 @@ fn map_layouts_match_btf() {
     #[allow(clippy::type_complexity)]
     let expected: Vec<(&str, u32, Vec<(&str, u32)>)> = vec![
         layout!(SvcKey, "svc_key", [addr => "addr", port => "port", proto => "proto", scope => "scope", family => "family", pad => "pad"]),
-        layout!(SvcValue, "svc_value", [id => "id", slot_base => "slot_base", slot_count => "slot_count", affinity_timeout => "affinity_timeout", flags => "flags", pad => "pad", rev => "rev"]),
+        layout!(SvcValue, "svc_value", [id => "id", slot_base => "slot_base", slot_count => "slot_count", affinity_timeout => "affinity_timeout", flags => "flags", pad => "pad"]),
         layout!(BackendValue, "backend", [addr => "addr", port => "port", family => "family", flags => "flags"]),
         layout!(CtKey, "ct_key", [saddr => "saddr", daddr => "daddr", sport => "sport", dport => "dport", proto => "proto", family => "family", pad0 => "pad0", pad => "pad"]),
         layout!(CtEntry, "ct_entry", [nat_addr => "nat_addr", snat_addr => "snat_addr", nat_port => "nat_port", snat_port => "snat_port", backend_id => "backend_id", svc_id => "svc_id", flags => "flags", tcp_state => "tcp_state", pad => "pad", created_ns => "created_ns", last_seen_ns => "last_seen_ns"]),
@@ -283,36 +283,6 @@ fn constants_match_btf() {
                 unmirrored.is_empty(),
                 "enum {name}: {unmirrored:?} have no Rust mirror in src/maps.rs"
             );
-        }
-    }
-}
-
-/// The sizes `maps.h` declares are `Capacities::default()`, which the loader sets at load time
-/// (so that the two cannot drift apart unnoticed). `dp_sock_rev` is in `sock.o` only: the other
-/// objects would create and pin it with socket-level load balancing off.
-#[test]
-fn map_sizes_match_default_capacities() {
-    let caps = dataplane_ebpf::Capacities::default();
-    let expected = [
-        ("dp_svc", caps.services),
-        ("dp_backends", caps.backends),
-        ("dp_slots", caps.backend_slots),
-        ("dp_ct", caps.conntrack),
-        ("dp_affinity", caps.affinity),
-        ("dp_srcrange", caps.source_ranges),
-        ("dp_sock_rev", caps.socket_rev),
-    ];
-    for object in objects() {
-        let obj = aya_obj::Object::parse(object).expect("object parses");
-        let sock = std::ptr::eq(object, dataplane_ebpf::sock_object());
-        for (name, size) in expected {
-            let map = obj.maps.get(name);
-            if name == "dp_sock_rev" && !sock {
-                assert!(map.is_none(), "dp_sock_rev defined outside sock.o");
-                continue;
-            }
-            let map = map.unwrap_or_else(|| panic!("map {name} missing from an object"));
-            assert_eq!(map.max_entries(), size, "max_entries of {name} in maps.h");
         }
     }
 }

@@ -163,7 +163,6 @@ struct svc_value {
 	__u32 affinity_timeout; /* seconds */
 	__u16 flags;            /* SVC_F_* */
 	__u16 pad;
-	__u32 rev;              /* generation written by user space */
 };
 
 struct backend {
