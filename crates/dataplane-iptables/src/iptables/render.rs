@@ -350,7 +350,7 @@ fn compile_port(
         // --masquerade-all every client is marked, else those outside the cluster CIDRs
         // (`! -s clusterCIDR -j KUBE-MARK-MASQ`; a family may have several cluster CIDRs,
         // so the pods return to the choice first).
-        let svc = format!("{p}-SVC-{}", hash_name(&key));
+        let svc = service_chain(p, pp.family, &pp.service, proto, pp.port);
         let internal = choose("internal", &pp.internal, nat);
         let mut rules: Vec<String> = Vec::new();
         let cluster = of_family(&node.cluster_cidrs, pp.family);
@@ -665,7 +665,7 @@ impl<'a> ExistingParser<'a> {
     }
 }
 
-/// The nat chain names a service port owns (for tests).
+/// The name of the ClusterIP chain (`<prefix>-SVC-…`) of a service port in `family`.
 pub fn service_chain(
     prefix: &str,
     family: IpFamily,
