@@ -1,17 +1,16 @@
 //! Netfilter rendering cost: the text an nftables / iptables backend hands to the kernel for a
-//! full sync of 1k and 10k services x 10 endpoints (validation where the backend does it,
-//! planning and rendering; no kernel).
+//! full sync of 1k and 10k services x 10 endpoints, made by the backend's own path
+//! (`NftablesDataplane::render`, `IptablesDataplane::render`: validation, planning a service
+//! at a time, compiling and writing; no kernel).
 //!
 //! `cargo bench --features nft --bench render`
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dataplane::netfilter::iptables::render as ipt;
-use dataplane::netfilter::plan::{plan, Family};
-use dataplane::netfilter::{NetfilterConfig, NftablesDataplane};
+use dataplane::netfilter::{IptablesDataplane, NetfilterConfig, NftablesDataplane};
 use dataplane::testing::synthetic;
-use dataplane::DesiredState;
+use dataplane::IpFamily;
 
 const SIZES: [usize; 2] = [1_000, 10_000];
 
@@ -31,17 +30,15 @@ fn bench_nft(c: &mut Criterion) {
     g.finish();
 }
 
-fn iptables_text(state: &DesiredState) -> String {
-    let rs = ipt::compile(&plan(state), Family::V4, "DP");
-    ipt::render_sync(None, &rs, &ipt::Existing::default())
-}
-
 fn bench_iptables(c: &mut Criterion) {
     let mut g = c.benchmark_group("render_iptables");
     g.sample_size(10);
+    let dp = IptablesDataplane::new(NetfilterConfig::iptables(None));
     for n in SIZES {
         let state = synthetic::state(n, 10);
-        let text = iptables_text(&state);
+        let text = dp
+            .render(&state, IpFamily::V4)
+            .expect("synthetic state renders");
         eprintln!(
             "iptables-restore input for {n} services x 10: {} bytes, {} lines",
             text.len(),
@@ -49,7 +46,7 @@ fn bench_iptables(c: &mut Criterion) {
         );
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::new("full_sync_x10", n), &state, |b, s| {
-            b.iter(|| iptables_text(black_box(s)));
+            b.iter(|| dp.render(black_box(s), IpFamily::V4).expect("renders"));
         });
     }
     g.finish();

@@ -20,11 +20,6 @@ pub struct NetfilterConfig {
     pub iptables: PathBuf,
     /// The `ip6tables` binary.
     pub ip6tables: PathBuf,
-    /// Test hook: append an operation that the kernel refuses at the end of every
-    /// transaction, to show that a failing apply changes nothing. Public for the tests of
-    /// other crates (the workspace's `tests/apply_report.rs`), not a setting: hidden.
-    #[doc(hidden)]
-    pub fail_transactions: bool,
 }
 
 impl NetfilterConfig {
@@ -55,7 +50,6 @@ impl NetfilterConfig {
             ip6tables_restore: PathBuf::from("ip6tables-restore"),
             iptables: PathBuf::from("iptables"),
             ip6tables: PathBuf::from("ip6tables"),
-            fail_transactions: false,
         }
     }
 }

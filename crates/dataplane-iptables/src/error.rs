@@ -1,40 +1,25 @@
 //! Errors of the netfilter backends.
+//!
+//! What is wrong with the input (invalid, unsupported, over capacity) is a
+//! [`dataplane_core::Error`] from the start; [`NetfilterError`] is what goes wrong in the
+//! kernel and the tools that program it, and reaches the trait's callers as the source of an
+//! [`Error::Kernel`]. The wrapper names the backend and the operation, so these messages do
+//! not: each part of a chain is printed once.
 
-use dataplane_core::{Error, ValidationError};
+use dataplane_core::Error;
 
-/// What went wrong in a netfilter backend. Converted into [`dataplane_core::Error`] at the
-/// trait boundary.
+/// What went wrong while programming or reading netfilter. Converted into
+/// [`dataplane_core::Error::Kernel`] at the trait boundary.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetfilterError {
-    /// The desired state is invalid; nothing was changed.
-    #[error("invalid desired state: {0}")]
-    Invalid(#[from] ValidationError),
-    /// The state needs something this flavour cannot express; nothing was changed.
-    #[error("{backend} backend does not support {feature} (needed by {object})")]
-    Unsupported {
-        /// Backend name.
-        backend: &'static str,
-        /// The missing feature.
-        feature: String,
-        /// The object that needs it.
-        object: String,
-    },
-    /// A table would overflow.
-    #[error("{what} is full: {needed} entries needed, capacity {capacity}")]
-    Capacity {
-        /// Which table.
-        what: String,
-        /// Entries needed.
-        needed: usize,
-        /// Capacity.
-        capacity: usize,
-    },
-    /// A tool could not be started.
-    #[error("{backend}: could not run {program}")]
+    /// A tool could not be started (or its input not written).
+    #[error("could not run {program}")]
     Spawn {
         /// Backend name.
         backend: &'static str,
+        /// What was being done.
+        operation: String,
         /// The program.
         program: String,
         /// The cause.
@@ -42,7 +27,7 @@ pub enum NetfilterError {
         source: std::io::Error,
     },
     /// A tool ran and failed.
-    #[error("{backend}: {program} {operation} exited with {status}: {stderr}")]
+    #[error("{program} exited with {status}: {stderr}")]
     Command {
         /// Backend name.
         backend: &'static str,
@@ -56,7 +41,7 @@ pub enum NetfilterError {
         stderr: String,
     },
     /// A tool's output could not be parsed.
-    #[error("{backend}: cannot parse output of {operation}: {detail}")]
+    #[error("unexpected output: {detail}")]
     Parse {
         /// Backend name.
         backend: &'static str,
@@ -66,68 +51,108 @@ pub enum NetfilterError {
         detail: String,
     },
     /// A broken internal invariant (a bug): nothing was changed.
-    #[error("internal error in the {backend} renderer: {detail}")]
+    #[error("internal error (a bug): {detail}")]
     Internal {
         /// Backend name.
         backend: &'static str,
         /// What did not hold.
         detail: String,
     },
-    /// Incremental changes before a full sync.
-    #[error("a full sync is required before incremental changes")]
-    FullSyncRequired,
-}
-
-impl NetfilterError {
-    fn backend_name(&self) -> &'static str {
-        match self {
-            NetfilterError::Unsupported { backend, .. }
-            | NetfilterError::Spawn { backend, .. }
-            | NetfilterError::Command { backend, .. }
-            | NetfilterError::Parse { backend, .. }
-            | NetfilterError::Internal { backend, .. } => backend,
-            _ => "netfilter",
-        }
-    }
 }
 
 impl From<NetfilterError> for Error {
     fn from(e: NetfilterError) -> Self {
-        match e {
-            NetfilterError::Invalid(v) => Error::Invalid(v),
-            NetfilterError::Unsupported {
-                backend,
-                feature,
-                object,
-            } => Error::Unsupported {
-                dataplane: backend.to_owned(),
-                feature,
-                object,
+        let (backend, operation) = match &e {
+            NetfilterError::Spawn {
+                backend, operation, ..
+            }
+            | NetfilterError::Command {
+                backend, operation, ..
+            }
+            | NetfilterError::Parse {
+                backend, operation, ..
+            } => (*backend, operation.clone()),
+            NetfilterError::Internal { backend, .. } => (*backend, "rendering".to_owned()),
+        };
+        Error::Kernel {
+            dataplane: backend.to_owned(),
+            operation,
+            source: Box::new(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages of an error and its sources, outermost first.
+    fn chain(e: &dyn std::error::Error) -> Vec<String> {
+        let mut out = vec![e.to_string()];
+        let mut next = e.source();
+        while let Some(s) = next {
+            out.push(s.to_string());
+            next = s.source();
+        }
+        out
+    }
+
+    /// Each fact (backend, operation, program) appears once in the printed chain.
+    #[test]
+    fn a_converted_error_prints_each_part_once() {
+        let cases = [
+            NetfilterError::Spawn {
+                backend: "iptables",
+                operation: "partial sync".to_owned(),
+                program: "iptables-restore".to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             },
-            NetfilterError::Capacity {
-                what,
-                needed,
-                capacity,
-            } => Error::CapacityExceeded {
-                what,
-                needed,
-                capacity,
+            NetfilterError::Command {
+                backend: "nftables",
+                program: "nft".to_owned(),
+                operation: "full sync".to_owned(),
+                status: "exit status: 1".to_owned(),
+                stderr: "Error: Could not process rule".to_owned(),
             },
-            NetfilterError::FullSyncRequired => Error::FullSyncRequired,
-            other => {
-                let backend = other.backend_name().to_owned();
-                let operation = match &other {
-                    NetfilterError::Spawn { program, .. } => format!("running {program}"),
-                    NetfilterError::Command { operation, .. }
-                    | NetfilterError::Parse { operation, .. } => operation.clone(),
-                    NetfilterError::Internal { .. } => "rendering".to_owned(),
-                    _ => String::new(),
-                };
-                Error::Kernel {
-                    dataplane: backend,
-                    operation,
-                    source: Box::new(other),
+            NetfilterError::Parse {
+                backend: "nftables",
+                operation: "list table".to_owned(),
+                detail: "not JSON".to_owned(),
+            },
+            NetfilterError::Internal {
+                backend: "nftables",
+                detail: "no slot group".to_owned(),
+            },
+        ];
+        for e in cases {
+            let parts = chain(&Error::from(e));
+            let printed = parts.join(": ");
+            for (i, a) in parts.iter().enumerate() {
+                for b in &parts[i + 1..] {
+                    assert!(
+                        !a.contains(b.as_str()) && !b.contains(a.as_str()),
+                        "{printed}"
+                    );
                 }
+            }
+            // Backend, operation and program, each a whole word (or words) once.
+            let words: Vec<&str> = printed
+                .split(|c: char| c.is_whitespace() || c == ':')
+                .filter(|w| !w.is_empty())
+                .collect();
+            for fact in [
+                "iptables",
+                "nftables",
+                "iptables-restore",
+                "nft",
+                "partial sync",
+                "full sync",
+                "list table",
+                "rendering",
+            ] {
+                let fact: Vec<&str> = fact.split(' ').collect();
+                let count = words.windows(fact.len()).filter(|w| *w == fact).count();
+                assert!(count <= 1, "{fact:?} twice: {printed}");
             }
         }
     }

@@ -36,8 +36,8 @@ pub(crate) fn run(
 }
 
 /// [`run`] without input, handing standard output to `on_line` a line at a time (without its
-/// newline) as the tool writes it: it is never held whole (`iptables-save` of 10k services
-/// is ~100 MiB).
+/// newline) as the tool writes it: it is never held whole (`iptables-save` grows with every
+/// rule of every table).
 pub(crate) fn run_lines(
     backend: &'static str,
     netns: Option<&Path>,
@@ -59,7 +59,7 @@ pub(crate) fn run_lines(
 }
 
 /// [`run`] with standard input written by `render` while the tool runs, through a small
-/// buffer: a transaction of 10k services is megabytes of text that is never held whole.
+/// buffer: a transaction grows with the services and is never held whole.
 /// Returns standard output and the number of lines written.
 pub(crate) fn run_streamed(
     backend: &'static str,
@@ -118,6 +118,7 @@ fn run_inner(
         .stderr(Stdio::piped());
     let spawn_err = |source| NetfilterError::Spawn {
         backend,
+        operation: operation.to_owned(),
         program: program.display().to_string(),
         source,
     };
@@ -249,9 +250,17 @@ pub(crate) fn read_proc(
     path: &str,
 ) -> Result<String, NetfilterError> {
     match netns {
-        Some(_) => run(backend, netns, &PathBuf::from("cat"), &[path], None, path),
+        Some(_) => run(
+            backend,
+            netns,
+            &PathBuf::from("cat"),
+            &[path],
+            None,
+            &format!("read {path}"),
+        ),
         None => std::fs::read_to_string(path).map_err(|source| NetfilterError::Spawn {
             backend,
+            operation: format!("read {path}"),
             program: path.to_owned(),
             source,
         }),

@@ -11,6 +11,10 @@
 //!
 //! Renderers are pure functions (state → text) in [`nft::render`] and [`iptables::render`].
 //!
+//! The cargo feature `fault-injection` (off by default, for tests only) adds
+//! `set_fail_transactions` to both backends: every following transaction ends with an
+//! operation the kernel refuses, to show that a failed apply changes nothing.
+//!
 //! Both leave connection tracking to the kernel's conntrack, which expires its own entries:
 //! [`Dataplane::maintain`](dataplane_core::Dataplane::maintain) is the trait's no-op default
 //! and there is no maintenance interval.
@@ -20,6 +24,7 @@ pub mod config;
 mod conntrack;
 pub mod error;
 mod exec;
+mod flavour;
 pub mod iptables;
 pub mod nft;
 pub mod plan;

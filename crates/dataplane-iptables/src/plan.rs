@@ -8,37 +8,25 @@ use std::net::{IpAddr, SocketAddr};
 
 use dataplane_core::{
     eligible_backends, source_range_allow_list, BackendSelection, ChangeSet, DesiredState,
-    Eligible, ExternalMode, IpFamily, Node, ObjectName, Protocol, Service, ServicePort,
+    Eligible, Error, ExternalMode, IpFamily, Node, ObjectName, Protocol, Service, ServicePort,
     SessionAffinity, Skipped, TrafficKind, TrafficPolicy,
 };
 use ipnetwork::IpNetwork;
 
-use crate::error::NetfilterError;
+use crate::flavour::Flavour;
 
-/// An IP address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    /// IPv4.
-    V4,
-    /// IPv6.
-    V6,
+/// The names this crate gives an address family (`v4`, `v6`), which core's [`IpFamily`] does
+/// not carry: an extension until core has them.
+pub(crate) trait FamilySuffix {
+    /// `v4` or `v6`, used in names.
+    fn suffix(self) -> &'static str;
 }
 
-impl Family {
-    /// The family of `ip`.
-    pub fn of(ip: &IpAddr) -> Family {
-        if ip.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        }
-    }
-
-    /// `v4` or `v6`, used in names.
-    pub fn suffix(self) -> &'static str {
+impl FamilySuffix for IpFamily {
+    fn suffix(self) -> &'static str {
         match self {
-            Family::V4 => "v4",
-            Family::V6 => "v6",
+            IpFamily::V4 => "v4",
+            IpFamily::V6 => "v6",
         }
     }
 }
@@ -61,13 +49,9 @@ pub fn eligible(
     service: &Service,
     port: &ServicePort,
     traffic: TrafficKind,
-    family: Family,
+    family: IpFamily,
 ) -> Choice {
-    let fam = match family {
-        Family::V4 => IpFamily::V4,
-        Family::V6 => IpFamily::V6,
-    };
-    match eligible_backends(state, service, port, traffic, fam) {
+    match eligible_backends(state, service, port, traffic, family) {
         Eligible::NoLocal => Choice::Drop,
         Eligible::NoBackends => Choice::Reject,
         Eligible::Backends(chosen) => {
@@ -92,7 +76,7 @@ pub struct PortPlan {
     /// Service port (the ClusterIP port).
     pub port: u16,
     /// Address family of everything below.
-    pub family: Family,
+    pub family: IpFamily,
     /// ClusterIPs (internal traffic).
     pub cluster_ips: Vec<IpAddr>,
     /// ExternalIPs on `port`.
@@ -191,10 +175,10 @@ pub struct NodePlan {
 
 impl NodePlan {
     /// The masquerade source for `family`, if the node has an address of it.
-    pub fn masquerade_source(&self, family: Family) -> Option<IpAddr> {
+    pub fn masquerade_source(&self, family: IpFamily) -> Option<IpAddr> {
         match family {
-            Family::V4 => self.masquerade_v4,
-            Family::V6 => self.masquerade_v6,
+            IpFamily::V4 => self.masquerade_v4,
+            IpFamily::V6 => self.masquerade_v6,
         }
     }
 }
@@ -212,14 +196,19 @@ pub struct Plan {
 
 /// Builds the node part of the plan.
 pub fn node_plan(node: &Node) -> NodePlan {
-    let first = |f: Family| node.addresses.iter().copied().find(|a| Family::of(a) == f);
+    let first = |f: IpFamily| {
+        node.addresses
+            .iter()
+            .copied()
+            .find(|a| IpFamily::of(a) == f)
+    };
     let mut no_masquerade = node.cluster_cidrs.clone();
     no_masquerade.extend(node.masquerade.non_masquerade_cidrs.iter().copied());
     no_masquerade.extend(node.addresses.iter().map(|a| IpNetwork::from(*a)));
     NodePlan {
         uplink: node.interfaces.uplink.clone(),
-        masquerade_v4: first(Family::V4),
-        masquerade_v6: first(Family::V6),
+        masquerade_v4: first(IpFamily::V4),
+        masquerade_v6: first(IpFamily::V6),
         pod_cidrs: node.pod_cidrs.clone(),
         cluster_cidrs: node.cluster_cidrs.clone(),
         no_masquerade,
@@ -230,27 +219,19 @@ pub fn node_plan(node: &Node) -> NodePlan {
     }
 }
 
-/// The features a flavour supports, for [`check_supported`].
-#[derive(Debug, Clone, Copy)]
-pub struct Support {
-    /// Backend name for errors.
-    pub backend: &'static str,
-    /// Maglev selection.
-    pub maglev: bool,
-}
-
 /// Refuses states that need what netfilter cannot express safely (network policy: left out,
 /// its pods would be open to everyone) and lists what it serves in a lesser way instead of
 /// refusing the node (issue 15: one unsupported feature must not take a whole node down):
 /// DSR and hybrid external modes are served with SNAT (backends see the node address),
 /// Maglev selection where the flavour lacks it with random selection.
-pub fn check_supported(
+pub(crate) fn check_supported(
     state: &DesiredState,
-    support: Support,
-) -> Result<Vec<Skipped>, NetfilterError> {
+    flavour: Flavour,
+) -> Result<Vec<Skipped>, Error> {
+    let maglev = flavour.capabilities().maglev;
     if let Some(p) = state.policies.first() {
-        return Err(NetfilterError::Unsupported {
-            backend: support.backend,
+        return Err(Error::Unsupported {
+            dataplane: flavour.name().to_owned(),
             feature: "network policy".to_owned(),
             object: format!("policy {}", p.name),
         });
@@ -258,7 +239,7 @@ pub fn check_supported(
     let mut skipped = Vec::new();
     for s in &state.services {
         let object = || format!("service {}", s.name);
-        if s.backend_selection == BackendSelection::Maglev && !support.maglev {
+        if s.backend_selection == BackendSelection::Maglev && !maglev {
             skipped.push(Skipped {
                 object: object(),
                 field: "backendSelection".to_owned(),
@@ -288,7 +269,7 @@ pub fn check_supported(
         }
     }
     for skip in &skipped {
-        tracing::warn!(backend = support.backend, %skip, "not programmed as asked");
+        tracing::warn!(backend = flavour.name(), %skip, "not programmed as asked");
     }
     Ok(skipped)
 }
@@ -324,7 +305,7 @@ pub fn local_pod_ips(state: &DesiredState) -> BTreeSet<IpAddr> {
 pub fn service_ports(state: &DesiredState, s: &Service) -> Vec<PortPlan> {
     let mut ports = Vec::new();
     for p in &s.ports {
-        for family in [Family::V4, Family::V6] {
+        for family in [IpFamily::V4, IpFamily::V6] {
             if let Some(pp) = port_plan(state, s, p, family) {
                 ports.push(pp);
             }
@@ -381,14 +362,14 @@ fn port_plan(
     state: &DesiredState,
     s: &Service,
     p: &ServicePort,
-    family: Family,
+    family: IpFamily,
 ) -> Option<PortPlan> {
     let node = &state.node;
     let of = |v: &[IpAddr]| -> Vec<IpAddr> {
         let mut out: Vec<IpAddr> = v
             .iter()
             .copied()
-            .filter(|a| Family::of(a) == family)
+            .filter(|a| IpFamily::of(a) == family)
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -409,11 +390,7 @@ fn port_plan(
     {
         return None;
     }
-    let fam = match family {
-        Family::V4 => IpFamily::V4,
-        Family::V6 => IpFamily::V6,
-    };
-    let source_ranges = source_range_allow_list(state, s, fam)
+    let source_ranges = source_range_allow_list(state, s, family)
         .map(|list| without_covered(&list))
         .unwrap_or_default();
     let affinity_timeout = match s.session_affinity {

@@ -2,22 +2,88 @@
 
 mod common;
 
-use dataplane_core::Backend;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use dataplane_core::{Backend, DesiredState, IpFamily};
 use dataplane_iptables::iptables::digest::{digests, SyncPlan};
 use dataplane_iptables::iptables::render::{
-    compile, compile_state, parse_existing, render_reset, render_sync, Existing,
+    compile_state, hook_lines, hooks, parse_existing, render_reset, Existing, IptRuleset, Table,
 };
-use dataplane_iptables::plan::{plan, Family};
+use dataplane_iptables::{IptablesDataplane, NetfilterConfig};
 
+/// The chains the backend writes for `state`'s `family`.
+fn compile(state: &DesiredState, family: IpFamily) -> IptRuleset {
+    let [v4, v6] = compile_state(state, "DP");
+    match family {
+        IpFamily::V4 => v4,
+        IpFamily::V6 => v6,
+    }
+}
+
+/// The oracle of the backend's writer: the `iptables-restore --noflush` input that turns
+/// what `existing` says is in the kernel (last programmed as `old`, if known) into `new`,
+/// from whole rulesets: only chains whose rules differ are rewritten (so unchanged chains
+/// keep their counters), stale chains are removed, missing hook jumps are added.
+fn render_sync(old: Option<&IptRuleset>, new: &IptRuleset, existing: &Existing) -> String {
+    let mut out = String::new();
+    // nat first: if the tool refuses it, it stops before touching the filter table.
+    for table in Table::ALL {
+        let new_chains = new.chains(table);
+        let existing_chains = existing.chains(table);
+        let changed: Vec<&String> = new_chains
+            .iter()
+            .filter(|(c, r)| {
+                old.and_then(|o| o.chains(table).get(*c)) != Some(*r)
+                    || !existing_chains.contains(*c)
+            })
+            .map(|(c, _)| c)
+            .collect();
+        let stale: Vec<&String> = existing_chains
+            .iter()
+            .filter(|c| !new_chains.contains_key(*c))
+            .collect();
+        let hook_lines = hook_lines(&new.prefix, existing, table);
+        if changed.is_empty() && stale.is_empty() && hook_lines.is_empty() {
+            continue;
+        }
+        writeln!(out, "*{table}").unwrap();
+        // With --noflush, declaring a chain creates it or flushes it; nothing else is touched.
+        for c in changed.iter().chain(stale.iter()) {
+            writeln!(out, ":{c} - [0:0]").unwrap();
+        }
+        for c in &changed {
+            for r in &new_chains[*c] {
+                writeln!(out, "-A {c} {r}").unwrap();
+            }
+        }
+        for h in hook_lines {
+            writeln!(out, "{h}").unwrap();
+        }
+        for c in &stale {
+            writeln!(out, "-X {c}").unwrap();
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// What the backend hands `iptables-restore` / `ip6tables-restore` for a full sync into a
+/// kernel without our chains.
 #[test]
 fn full_sync_golden_v4_and_v6() {
     let state = common::showcase();
-    let p = plan(&state);
-    let v4 = compile(&p, Family::V4, "DP");
-    let v6 = compile(&p, Family::V6, "DP");
+    let dp = IptablesDataplane::new(NetfilterConfig::iptables(None));
+    let v4 = dp.render(&state, IpFamily::V4).unwrap();
+    let v6 = dp.render(&state, IpFamily::V6).unwrap();
     let existing = Existing::default();
-    insta::assert_snapshot!("v4", render_sync(None, &v4, &existing));
-    insta::assert_snapshot!("v6", render_sync(None, &v6, &existing));
+    // The same as the oracle writes from the whole rulesets.
+    for (text, family) in [(&v4, IpFamily::V4), (&v6, IpFamily::V6)] {
+        let want = render_sync(None, &compile(&state, family), &existing);
+        assert_eq!(effect(text), effect(&want), "{family:?}");
+    }
+    insta::assert_snapshot!("v4", v4);
+    insta::assert_snapshot!("v6", v6);
 }
 
 #[test]
@@ -27,46 +93,54 @@ fn partial_sync_rewrites_only_changed_chains() {
     new.services[0]
         .backends
         .push(Backend::new(common::ip("10.244.2.10")));
-    let before = compile(&plan(&old), Family::V4, "DP");
-    let after = compile(&plan(&new), Family::V4, "DP");
+    let before = compile(&old, IpFamily::V4);
+    let after = compile(&new, IpFamily::V4);
     // Everything of `before` is in the kernel, hooks included.
     let mut existing = Existing {
         nat_chains: before.nat.keys().cloned().collect(),
         filter_chains: before.filter.keys().cloned().collect(),
         ..Existing::default()
     };
-    for (t, c, _) in dataplane_iptables::iptables::render::hooks("DP") {
-        existing.hooks.insert((t.to_owned(), c.to_owned()));
+    for (t, c, _) in hooks("DP") {
+        existing.hooks.insert((t, c.to_owned()));
     }
-    let text = render_sync(Some(&before), &after, &existing);
+    let (before_d, after_d) = (
+        digests(&old, "DP", IpFamily::V4),
+        digests(&new, "DP", IpFamily::V4),
+    );
+    let sync = SyncPlan::new(Some(&before_d), &after_d, &existing, "DP");
+    let mut text = String::new();
+    sync.write(&new, IpFamily::V4, None, &mut text).unwrap();
     assert!(
         !text.contains("shop") && !text.contains("*filter"),
         "{text}"
     );
+    assert_eq!(
+        effect(&text),
+        effect(&render_sync(Some(&before), &after, &existing))
+    );
     insta::assert_snapshot!(text);
     // Nothing changed: nothing to do, and the backend knows without rendering.
-    let (before_d, after_d) = (
-        digests(&old, "DP", Family::V4),
-        digests(&new, "DP", Family::V4),
-    );
-    assert!(!SyncPlan::new(Some(&before_d), &after_d, &existing, "DP").is_empty());
+    assert!(!sync.is_empty());
     assert_eq!(render_sync(Some(&before), &before, &existing), "");
     assert!(SyncPlan::new(Some(&before_d), &before_d, &existing, "DP").is_empty());
 }
 
-/// The full sync compiles service by service (no whole plan): the same rulesets as compiling
-/// the plan, whatever the order of the services.
+/// The full sync compiles service by service in name order: the same rulesets whatever the
+/// order of the services.
 #[test]
 fn compiling_service_by_service_gives_the_same_rulesets() {
-    for (mut state, what) in [
+    for (state, what) in [
         (common::showcase(), "showcase"),
         (dataplane_core::synthetic::state(300, 4), "synthetic"),
     ] {
-        state.services.reverse();
-        let p = plan(&state);
-        let [v4, v6] = compile_state(&state, "DP");
-        assert_eq!(v4, compile(&p, Family::V4, "DP"), "{what} v4");
-        assert_eq!(v6, compile(&p, Family::V6, "DP"), "{what} v6");
+        let mut reversed = state.clone();
+        reversed.services.reverse();
+        assert_eq!(
+            compile_state(&reversed, "DP"),
+            compile_state(&state, "DP"),
+            "{what}"
+        );
     }
 }
 
@@ -74,11 +148,11 @@ fn compiling_service_by_service_gives_the_same_rulesets() {
 #[test]
 fn the_fault_rule_goes_into_the_first_table_written() {
     let state = common::showcase();
-    let d = digests(&state, "DP", Family::V4);
+    let d = digests(&state, "DP", IpFamily::V4);
     let none = Existing::default();
     let sync = SyncPlan::new(None, &d, &none, "DP");
     let mut text = String::new();
-    sync.write(&state, Family::V4, Some("-A DP-SERVICES -j X"), &mut text)
+    sync.write(&state, IpFamily::V4, Some("-A DP-SERVICES -j X"), &mut text)
         .unwrap();
     let nat = text.split("COMMIT\n").next().unwrap();
     assert!(
@@ -87,7 +161,8 @@ fn the_fault_rule_goes_into_the_first_table_written() {
     );
     assert_eq!(text.matches("-j X").count(), 1, "{text}");
     let mut without = String::new();
-    sync.write(&state, Family::V4, None, &mut without).unwrap();
+    sync.write(&state, IpFamily::V4, None, &mut without)
+        .unwrap();
     assert_eq!(text.replace("-A DP-SERVICES -j X\n", ""), without);
 }
 
@@ -102,13 +177,13 @@ fn reset_removes_exactly_our_chains_and_hooks() {
 /// An input as what it does per table: chains declared (created or flushed), rules per
 /// chain, other lines (hooks, the fault rule), chains deleted. The order of chains in an
 /// input does not change what it does.
-type Effect = std::collections::BTreeMap<
+type Effect = BTreeMap<
     String,
     (
-        std::collections::BTreeSet<String>,
-        std::collections::BTreeMap<String, Vec<String>>,
+        BTreeSet<String>,
+        BTreeMap<String, Vec<String>>,
         Vec<String>,
-        std::collections::BTreeSet<String>,
+        BTreeSet<String>,
     ),
 >;
 
@@ -147,7 +222,7 @@ fn effect(text: &str) -> Effect {
 /// Every jump of `text` to one of our chains goes to a chain the kernel holds or that `text`
 /// declared before (iptables-restore refuses a jump to a chain it does not know yet).
 fn jumps_only_to_known_chains(text: &str, existing: &Existing) {
-    let mut known: std::collections::BTreeSet<String> = existing
+    let mut known: BTreeSet<String> = existing
         .nat_chains
         .iter()
         .chain(&existing.filter_chains)
@@ -172,15 +247,14 @@ fn jumps_only_to_known_chains(text: &str, existing: &Existing) {
 /// services), over chains the kernel holds, and nothing when nothing changed.
 #[test]
 fn syncs_from_digests_do_what_syncs_from_rulesets_do() {
-    use dataplane_iptables::iptables::render::hooks;
-    let all_of = |rs: &dataplane_iptables::iptables::render::IptRuleset| {
+    let all_of = |rs: &IptRuleset| {
         let mut e = Existing {
             nat_chains: rs.nat.keys().cloned().collect(),
             filter_chains: rs.filter.keys().cloned().collect(),
             ..Existing::default()
         };
         for (t, c, _) in hooks("DP") {
-            e.hooks.insert((t.to_owned(), c.to_owned()));
+            e.hooks.insert((t, c.to_owned()));
         }
         e
     };
@@ -197,9 +271,9 @@ fn syncs_from_digests_do_what_syncs_from_rulesets_do() {
             p.node_port = None;
         }
         new.services.push(added);
-        for family in [Family::V4, Family::V6] {
-            let old_rs = compile(&plan(&old), family, "DP");
-            let new_rs = compile(&plan(&new), family, "DP");
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let old_rs = compile(&old, family);
+            let new_rs = compile(&new, family);
             let old_d = digests(&old, "DP", family);
             let new_d = digests(&new, "DP", family);
             let kernel = all_of(&old_rs);
@@ -229,7 +303,7 @@ fn syncs_from_digests_do_what_syncs_from_rulesets_do() {
                 );
                 jumps_only_to_known_chains(&got, &existing);
                 assert_eq!(sync.is_empty(), want.is_empty());
-                if family == Family::V4 && before.is_some() {
+                if family == IpFamily::V4 && before.is_some() {
                     // The removed service's chains go, the changed one is rewritten.
                     assert!(
                         got.contains("\n-X DP-") && got.contains("10.244.2.10"),
@@ -248,9 +322,10 @@ fn syncs_from_digests_do_what_syncs_from_rulesets_do() {
 /// Issue 15 (kube-proxy parity): what each item renders to in the iptables flavour.
 mod parity {
     use super::common::{self, backend, ip, port};
+    use super::compile;
+    use dataplane_core::IpFamily;
     use dataplane_core::{DesiredState, ObjectName, Protocol, Service, TrafficPolicy};
-    use dataplane_iptables::iptables::render::{compile, IptRuleset};
-    use dataplane_iptables::plan::{plan, Family};
+    use dataplane_iptables::iptables::render::IptRuleset;
 
     fn lb_state() -> DesiredState {
         let mut state = DesiredState::new(common::node());
@@ -286,8 +361,8 @@ mod parity {
     /// none, and no IPv4 range shows in IPv6 rules.
     #[test]
     fn firewall_chain_for_every_client_per_family() {
-        let p = plan(&lb_state());
-        let v4 = compile(&p, Family::V4, "DP");
+        let state = lb_state();
+        let v4 = compile(&state, IpFamily::V4);
         let fw = chain(&v4, "FW").expect("FW chain");
         let ext = v4.nat.keys().find(|c| c.starts_with("DP-EXT-")).unwrap();
         assert_eq!(
@@ -300,7 +375,7 @@ mod parity {
                 "-g DP-MARK-DROP".to_owned(),
             ]
         );
-        let v6 = compile(&p, Family::V6, "DP");
+        let v6 = compile(&state, IpFamily::V6);
         assert!(chain(&v6, "FW").is_none());
         let ext6 = v6.nat.keys().find(|c| c.starts_with("DP-EXT-")).unwrap();
         assert!(v6.nat["DP-SERVICES"]
@@ -321,7 +396,7 @@ mod parity {
         let mut state = lb_state();
         state.services[0].load_balancer_source_ranges.clear();
         state.services[0].external_traffic_policy = TrafficPolicy::Local;
-        let v4 = compile(&plan(&state), Family::V4, "DP");
+        let v4 = compile(&state, IpFamily::V4);
         let ext = chain(&v4, "EXT").unwrap();
         let sel = |r: &str| r.rsplit(' ').next().unwrap().to_owned();
         assert_eq!(ext.len(), 4, "{ext:?}");
@@ -331,7 +406,7 @@ mod parity {
         assert_eq!(ext[2], format!("-s 10.244.0.0/24 -g {}", sel(&ext[1])));
         assert!(ext[3].starts_with("-g DP-SEL-") && sel(&ext[3]) != sel(&ext[1]));
         state.node.masquerade.all_services = true;
-        let v4 = compile(&plan(&state), Family::V4, "DP");
+        let v4 = compile(&state, IpFamily::V4);
         let ext = chain(&v4, "EXT").unwrap();
         assert_eq!(ext.len(), 5, "{ext:?}");
         assert_eq!(ext[0], "-m addrtype --src-type LOCAL -j DP-MARK-MASQ");
@@ -340,7 +415,7 @@ mod parity {
         assert_eq!(ext[3], format!("-s 10.244.0.0/24 -g {}", sel(&ext[1])));
         assert!(ext[4].starts_with("-g DP-SEL-"));
         state.services[0].external_traffic_policy = TrafficPolicy::Cluster;
-        let v4 = compile(&plan(&state), Family::V4, "DP");
+        let v4 = compile(&state, IpFamily::V4);
         let ext = chain(&v4, "EXT").unwrap();
         assert_eq!(ext.len(), 2, "{ext:?}");
         assert_eq!(ext[0], "-j DP-MARK-MASQ");
@@ -355,7 +430,7 @@ mod parity {
         state.services[0].load_balancer_ips.clear();
         state.services[0].internal_traffic_policy = TrafficPolicy::Local;
         state.services[0].backends = vec![backend("10.244.1.10", "node-1")];
-        let v4 = compile(&plan(&state), Family::V4, "DP");
+        let v4 = compile(&state, IpFamily::V4);
         assert_eq!(
             chain(&v4, "SVC").unwrap(),
             [
@@ -369,7 +444,7 @@ mod parity {
             .iter()
             .any(|r| r.starts_with("-d 10.200.0.20/32 -p tcp") && r.ends_with(svc)));
         state.node.masquerade.all_services = true;
-        let v4 = compile(&plan(&state), Family::V4, "DP");
+        let v4 = compile(&state, IpFamily::V4);
         assert_eq!(
             chain(&v4, "SVC").unwrap(),
             ["-j DP-MARK-MASQ", "-g DP-MARK-DROP"]
@@ -378,7 +453,7 @@ mod parity {
         // marked for being outside them.
         state.node.masquerade.all_services = false;
         state.node.cluster_cidrs.clear();
-        let v4 = compile(&plan(&state), Family::V4, "DP");
+        let v4 = compile(&state, IpFamily::V4);
         assert_eq!(chain(&v4, "SVC").unwrap(), ["-g DP-MARK-DROP"]);
     }
 
@@ -387,8 +462,8 @@ mod parity {
     /// of unknown ClusterIP ports (marked in nat).
     #[test]
     fn unallocated_service_addresses_are_dropped() {
-        let p = plan(&lb_state());
-        let v4 = compile(&p, Family::V4, "DP");
+        let state = lb_state();
+        let v4 = compile(&state, IpFamily::V4);
         let filter = &v4.filter["DP-FILTER"];
         assert_eq!(
             filter.last().unwrap(),
@@ -397,7 +472,7 @@ mod parity {
         assert!(filter[..filter.len() - 1]
             .iter()
             .all(|r| r.contains("--mark")));
-        let v6 = compile(&p, Family::V6, "DP");
+        let v6 = compile(&state, IpFamily::V6);
         assert!(v6.filter["DP-FILTER"].iter().all(|r| !r.contains("-d ")));
     }
 }

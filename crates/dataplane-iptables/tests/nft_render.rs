@@ -6,9 +6,9 @@ use dataplane_core::{diff, Backend, DesiredState};
 use std::net::SocketAddr;
 
 use dataplane_iptables::nft::render::{
-    compile, compile_patch, compile_state, render_full, render_patch, Element, NftRuleset,
+    compile_patch, compile_state, render_full, render_patch, Element, NftRuleset,
 };
-use dataplane_iptables::plan::{changed_hairpin, changed_ports, node_plan, plan};
+use dataplane_iptables::plan::{changed_hairpin, changed_ports, node_plan};
 
 /// The partial-sync text from `old` (compiled as `rs`) to `new`, as the backend renders it.
 fn delta(rs: &NftRuleset, old: &DesiredState, new: &DesiredState) -> (String, NftRuleset) {
@@ -31,26 +31,22 @@ fn delta(rs: &NftRuleset, old: &DesiredState, new: &DesiredState) -> (String, Nf
 #[test]
 fn full_ruleset_golden() {
     let state = common::showcase();
-    let rs = compile(&plan(&state), "dataplane").unwrap();
+    let rs = compile_state(&state, "dataplane").unwrap();
     insta::assert_snapshot!(render_full(&rs));
 }
 
-/// The full sync compiles service by service (dropping each plan): the same ruleset as
-/// compiling the whole plan, slot-group ids included, whatever the order of the services.
+/// The full sync compiles service by service in name order: the same ruleset, slot-group
+/// ids included, whatever the order of the services.
 #[test]
 fn compiling_service_by_service_gives_the_same_ruleset() {
-    let mut state = common::showcase();
-    state.services.reverse();
-    assert_eq!(
-        compile_state(&state, "dataplane").unwrap(),
-        compile(&plan(&state), "dataplane").unwrap()
-    );
-    let mut big = dataplane_core::synthetic::state(300, 4);
-    big.services.reverse();
-    assert_eq!(
-        compile_state(&big, "dataplane").unwrap(),
-        compile(&plan(&big), "dataplane").unwrap()
-    );
+    for state in [common::showcase(), dataplane_core::synthetic::state(300, 4)] {
+        let mut reversed = state.clone();
+        reversed.services.reverse();
+        assert_eq!(
+            compile_state(&reversed, "dataplane").unwrap(),
+            compile_state(&state, "dataplane").unwrap()
+        );
+    }
 }
 
 #[test]
@@ -60,19 +56,19 @@ fn endpoint_change_touches_only_that_service() {
     new.services[0]
         .backends
         .push(Backend::new(common::ip("10.244.2.10")));
-    let rs = compile(&plan(&old), "dataplane").unwrap();
+    let rs = compile_state(&old, "dataplane").unwrap();
     let (text, after) = delta(&rs, &old, &new);
     assert!(!text.contains("shop") && !text.contains("sticky"), "{text}");
     insta::assert_snapshot!(text);
     // The patched ruleset equals a fresh compile of the new state.
-    let fresh = compile(&plan(&new), "dataplane").unwrap();
+    let fresh = compile_state(&new, "dataplane").unwrap();
     assert_eq!(render_full(&after), render_full(&fresh));
 }
 
 #[test]
 fn unchanged_state_renders_an_empty_delta() {
     let state = common::showcase();
-    let rs = compile(&plan(&state), "dataplane").unwrap();
+    let rs = compile_state(&state, "dataplane").unwrap();
     assert_eq!(delta(&rs, &state, &state).0, "");
 }
 
@@ -81,7 +77,7 @@ fn removed_service_is_deleted_and_its_ids_freed() {
     let old = common::showcase();
     let mut new = old.clone();
     let removed = new.services.remove(0);
-    let rs = compile(&plan(&old), "dataplane").unwrap();
+    let rs = compile_state(&old, "dataplane").unwrap();
     let (text, after) = delta(&rs, &old, &new);
     assert!(text.contains(&format!(
         "delete chain inet dataplane svc-v4-{}/tcp/80",
@@ -99,7 +95,7 @@ fn added_service_takes_a_free_group_id() {
     extra.name.name = "web2".to_owned();
     extra.cluster_ips = vec![common::ip("10.96.0.99")];
     new.services.push(extra);
-    let rs = compile(&plan(&old), "dataplane").unwrap();
+    let rs = compile_state(&old, "dataplane").unwrap();
     let (text, after) = delta(&rs, &old, &new);
     assert!(
         text.contains("add chain inet dataplane svc-v4-default/web2/tcp/80"),
@@ -120,7 +116,7 @@ fn maglev_uses_a_fixed_hash_and_core_table() {
     use dataplane_iptables::nft::render::MAGLEV_SLOTS;
     let mut state = common::showcase();
     state.services[0].backend_selection = BackendSelection::Maglev;
-    let rs = compile(&plan(&state), "dataplane").unwrap();
+    let rs = compile_state(&state, "dataplane").unwrap();
     let web = &rs.services[&state.services[0].name];
     let rules = web.chain("svc-v4-default/web/tcp/80").unwrap();
     assert!(rules.iter().any(|r| r.contains("jhash ip saddr . ip daddr . meta l4proto . th sport . th dport mod 4093 seed 0x64706c62")), "{rules:?}");

@@ -1,24 +1,20 @@
 //! What the iptables backend keeps between syncs: a digest per chain, not its rules.
 //!
-//! 10k services x 10 endpoints are ~330k rules (~55 MiB of text). A partial sync only needs to
-//! know which chains differ from what was programmed, so the backend keeps, per chain, a
+//! The rules of a big cluster are far more than the backend should hold (tens of rules per
+//! service port, each a line of text). A partial sync only needs to know which chains differ from what was programmed, so the backend keeps, per chain, a
 //! 128-bit hash of its name and a 64-bit hash of its rules (24 bytes), and compiles the state
 //! again to write the chains that changed: once for their declarations, once for their rules
 //! (a rule may only jump to a chain that exists).
-//! [`render_sync`](super::render::render_sync) of the compiled rulesets says the same, in
-//! another order; a test checks it.
+//! The render tests check it against a plain writer of the compiled rulesets.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 
-use dataplane_core::{DesiredState, Service};
+use dataplane_core::DesiredState;
 
-use super::render::{compile_port, finish_ruleset, hook_lines, Existing, IptRuleset};
-use crate::plan::{node_plan, service_ports, Family, NodePlan};
-
-/// The tables our chains live in, in the order an input lists them (nat first: if the tool
-/// refuses it, it stops before touching the filter table).
-const TABLES: [&str; 2] = ["nat", "filter"];
+use super::render::{each_chain, hook_lines, node_wide, Chains, Existing, Table};
+use crate::plan::node_plan;
+use dataplane_core::IpFamily;
 
 /// A chain name's 128-bit hash, as two words (a `u128` would align the entries to 32 bytes).
 pub type NameHash = [u64; 2];
@@ -34,16 +30,22 @@ pub struct Digests {
 }
 
 impl Digests {
-    fn table(&self, table: &str) -> &[(NameHash, u64)] {
-        if table == "nat" {
-            &self.nat
-        } else {
-            &self.filter
+    fn table(&self, table: Table) -> &[(NameHash, u64)] {
+        match table {
+            Table::Nat => &self.nat,
+            Table::Filter => &self.filter,
+        }
+    }
+
+    fn table_mut(&mut self, table: Table) -> &mut Vec<(NameHash, u64)> {
+        match table {
+            Table::Nat => &mut self.nat,
+            Table::Filter => &mut self.filter,
         }
     }
 
     /// The rules hash of chain `name` (by its name hash).
-    pub fn get(&self, table: &str, name: NameHash) -> Option<u64> {
+    pub fn get(&self, table: Table, name: NameHash) -> Option<u64> {
         let t = self.table(table);
         t.binary_search_by(|(h, _)| h.cmp(&name))
             .ok()
@@ -68,68 +70,12 @@ fn rules_hash(rules: &[String]) -> u64 {
     h.finish()
 }
 
-/// Chains by name and their rules.
-pub(crate) type Chains = BTreeMap<String, Vec<String>>;
-
-/// A visitor of one group of chains of a table.
-pub(crate) type Visit<'a, E> = dyn FnMut(&'static str, &Chains) -> Result<(), E> + 'a;
-
-/// Calls `f(table, chains)` for the chains of `family` in the rulesets of `state`, a group at
-/// a time: each service's (in name order; they jump only to each other and to node-wide
-/// chains), then the node-wide ones of each table. The same chains and rules as
-/// [`compile`](super::render::compile) of the plan, without holding them.
-pub(crate) fn each_chain<E>(
-    state: &DesiredState,
-    node: &NodePlan,
-    prefix: &str,
-    family: Family,
-    f: &mut Visit<'_, E>,
-) -> Result<(), E> {
-    // Of services with one name the last counts, as in the plan's map: reversed, a stable
-    // sort puts it first of its name, and `dedup_by` keeps the first.
-    let mut services: Vec<&Service> = state.services.iter().rev().collect();
-    services.sort_by(|a, b| a.name.cmp(&b.name));
-    services.dedup_by(|a, b| a.name == b.name);
-    let mut frontends = Vec::new();
-    let mut reject_ips = BTreeSet::new();
-    for s in services {
-        let mut chains = BTreeMap::new();
-        let kept = frontends.len();
-        for port in service_ports(state, s)
-            .iter()
-            .filter(|p| p.family == family)
-        {
-            compile_port(node, port, prefix, &mut chains, &mut frontends);
-            reject_ips.extend(port.cluster_ips.iter().copied());
-        }
-        // The frontend rules stay until the `SERVICES` chain is made: exactly sized.
-        for r in &mut frontends[kept..] {
-            r.shrink_to_fit();
-        }
-        f("nat", &chains)?;
-    }
-    let mut rs = IptRuleset {
-        family,
-        prefix: prefix.to_owned(),
-        nat: BTreeMap::new(),
-        filter: BTreeMap::new(),
-    };
-    finish_ruleset(node, family, prefix, &mut rs, &mut frontends, &reject_ips);
-    f("nat", &rs.nat)?;
-    f("filter", &rs.filter)
-}
-
 /// The digests of `family`'s chains of `state`.
-pub fn digests(state: &DesiredState, prefix: &str, family: Family) -> Digests {
+pub fn digests(state: &DesiredState, prefix: &str, family: IpFamily) -> Digests {
     let node = node_plan(&state.node);
     let mut d = Digests::default();
     let _ = each_chain::<()>(state, &node, prefix, family, &mut |table, chains| {
-        let t = if table == "nat" {
-            &mut d.nat
-        } else {
-            &mut d.filter
-        };
-        t.extend(
+        d.table_mut(table).extend(
             chains
                 .iter()
                 .map(|(name, rules)| (name_hash(name), rules_hash(rules))),
@@ -198,32 +144,25 @@ impl<'a> SyncPlan<'a> {
         }
     }
 
-    fn present(&self, table: &str) -> &[NameHash] {
-        &self.present[usize::from(table != "nat")]
-    }
-
-    fn existing_chains(&self, table: &str) -> &'a BTreeSet<String> {
-        if table == "nat" {
-            &self.existing.nat_chains
-        } else {
-            &self.existing.filter_chains
-        }
+    fn present(&self, table: Table) -> &[NameHash] {
+        &self.present[table.index()]
     }
 
     /// Chain `name` (hash) with rules hash `digest` must be written.
-    fn changed(&self, table: &str, name: NameHash, digest: u64) -> bool {
+    fn changed(&self, table: Table, name: NameHash, digest: u64) -> bool {
         self.old.and_then(|o| o.get(table, name)) != Some(digest)
             || self.present(table).binary_search(&name).is_err()
     }
 
     /// Chains the kernel holds that `new` does not have.
-    fn stale(&self, table: &'a str) -> impl Iterator<Item = &'a String> + '_ {
-        self.existing_chains(table)
+    fn stale(&self, table: Table) -> impl Iterator<Item = &'a String> + '_ {
+        self.existing
+            .chains(table)
             .iter()
             .filter(move |c| self.new.get(table, name_hash(c)).is_none())
     }
 
-    fn touches(&self, table: &'a str) -> bool {
+    fn touches(&self, table: Table) -> bool {
         self.new
             .table(table)
             .iter()
@@ -234,7 +173,7 @@ impl<'a> SyncPlan<'a> {
 
     /// The sync changes nothing.
     pub fn is_empty(&self) -> bool {
-        TABLES.iter().all(|t| !self.touches(t))
+        Table::ALL.iter().all(|t| !self.touches(*t))
     }
 
     /// Writes the `iptables-restore --noflush` input of this sync for `state`'s `family`
@@ -243,27 +182,20 @@ impl<'a> SyncPlan<'a> {
     pub fn write<W: std::fmt::Write + ?Sized>(
         &self,
         state: &DesiredState,
-        family: Family,
+        family: IpFamily,
         mut fault: Option<&str>,
         out: &mut W,
     ) -> std::fmt::Result {
         let node = node_plan(&state.node);
         // The filter table holds only node-wide chains, which do not depend on the services.
-        let mut node_wide = IptRuleset {
-            family,
-            prefix: self.prefix.to_owned(),
-            nat: BTreeMap::new(),
-            filter: BTreeMap::new(),
-        };
-        finish_ruleset(
+        let node_wide = node_wide(
             &node,
             family,
             self.prefix,
-            &mut node_wide,
             &mut Vec::new(),
             &BTreeSet::new(),
         );
-        for table in TABLES {
+        for table in Table::ALL {
             if !self.touches(table) {
                 continue;
             }
@@ -294,16 +226,17 @@ impl<'a> SyncPlan<'a> {
                     }
                     Ok(())
                 };
-                if table == "nat" {
-                    each_chain(state, &node, self.prefix, family, &mut |t, chains| {
-                        if t == "nat" {
-                            emit(chains)
-                        } else {
-                            Ok(())
-                        }
-                    })?;
-                } else {
-                    emit(&node_wide.filter)?;
+                match table {
+                    Table::Nat => {
+                        each_chain(state, &node, self.prefix, family, &mut |t, chains| {
+                            if t == Table::Nat {
+                                emit(chains)
+                            } else {
+                                Ok(())
+                            }
+                        })?;
+                    }
+                    Table::Filter => emit(&node_wide.filter)?,
                 }
                 if declare {
                     let name = |start: u32| {

@@ -19,12 +19,14 @@ use dataplane_core::{
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
 use crate::exec;
-use crate::plan::{check_supported, Family, Support};
+use crate::flavour::Flavour;
+use crate::plan::check_supported;
+use dataplane_core::IpFamily;
 use dataplane_core::ServiceFingerprints;
 use digest::{digests, name_hash, Digests, NameHash, SyncPlan};
-use render::{write_reset, Existing, ExistingParser, MAX_PREFIX_LEN};
+use render::{write_reset, Existing, ExistingParser, Table, MAX_PREFIX_LEN};
 
-const BACKEND: &str = "iptables";
+const BACKEND: &str = Flavour::Iptables.name();
 
 /// The iptables backend (works with iptables-nft and iptables-legacy).
 ///
@@ -46,6 +48,9 @@ pub struct IptablesDataplane {
     /// The last state programmed and the digests of its chains per family (IPv4, IPv6).
     applied: Option<(DesiredState, [Digests; 2])>,
     dirty: bool,
+    /// The test hook ([`IptablesDataplane::set_fail_transactions`]) is on.
+    #[cfg(feature = "fault-injection")]
+    fail_transactions: bool,
 }
 
 impl IptablesDataplane {
@@ -56,32 +61,52 @@ impl IptablesDataplane {
             config,
             applied: None,
             dirty: false,
+            #[cfg(feature = "fault-injection")]
+            fail_transactions: false,
         }
     }
 
-    /// Test hook: make every following restore end with a rule the tool refuses. Public for
-    /// tests in other crates, hidden from the docs.
-    #[doc(hidden)]
+    /// Test hook (feature `fault-injection`, for tests only): make every following restore
+    /// end with a rule the tool refuses (and with it the whole input), to show that a failed
+    /// apply changes nothing.
+    #[cfg(feature = "fault-injection")]
     pub fn set_fail_transactions(&mut self, fail: bool) {
-        self.config.fail_transactions = fail;
+        self.fail_transactions = fail;
     }
 
-    fn tools(&self, family: Family) -> (&Path, &Path) {
+    /// The `iptables-restore --noflush` input of a full sync of `desired`'s `family` chains
+    /// into a kernel that holds none of ours, without applying it (pure; for benches and
+    /// debugging): what the backend writes, compiled the way it compiles it.
+    pub fn render(&self, desired: &DesiredState, family: IpFamily) -> Result<String, Error> {
+        self.check(desired)?;
+        let new = digests(desired, &self.config.name, family);
+        let none = Existing::default();
+        let mut out = String::new();
+        SyncPlan::new(None, &new, &none, &self.config.name)
+            .write(desired, family, None, &mut out)
+            .map_err(|_| NetfilterError::Internal {
+                backend: BACKEND,
+                detail: "the restore input could not be written".to_owned(),
+            })?;
+        Ok(out)
+    }
+
+    fn tools(&self, family: IpFamily) -> (&Path, &Path) {
         match family {
-            Family::V4 => (&self.config.iptables_restore, &self.config.iptables),
-            Family::V6 => (&self.config.ip6tables_restore, &self.config.ip6tables),
+            IpFamily::V4 => (&self.config.iptables_restore, &self.config.iptables),
+            IpFamily::V6 => (&self.config.ip6tables_restore, &self.config.ip6tables),
         }
     }
 
     /// The `iptables-save` of `family`: iptables-restore and iptables-save are one binary
     /// family, so it is derived from the restore tool.
-    fn save_tool(&self, family: Family) -> PathBuf {
+    fn save_tool(&self, family: IpFamily) -> PathBuf {
         let (restore, _) = self.tools(family);
         PathBuf::from(restore.to_string_lossy().replace("-restore", "-save"))
     }
 
     /// `iptables-save -c`: everything of `family`, with counters.
-    fn save_with_counters(&self, family: Family) -> Result<String, NetfilterError> {
+    fn save_with_counters(&self, family: IpFamily) -> Result<String, NetfilterError> {
         exec::run(
             BACKEND,
             self.config.netns.as_deref(),
@@ -94,17 +119,17 @@ impl IptablesDataplane {
 
     /// What the kernel holds of ours against the chains of `new`: the name hashes of all our
     /// chains (nat, filter; sorted), and the names of those `new` lacks (the stale ones, to
-    /// remove) with the hook jumps. Every sync reads this: at 10k services ~130k chains,
-    /// whose names would be ~10 MiB.
+    /// remove) with the hook jumps. Every sync reads this, and there are several chains per
+    /// service port: their names are not kept.
     fn existing_against(
         &self,
-        family: Family,
+        family: IpFamily,
         new: &Digests,
     ) -> Result<(Existing, [Vec<NameHash>; 2]), NetfilterError> {
         let mut present: [Vec<NameHash>; 2] = [Vec::new(), Vec::new()];
         let mut parser = ExistingParser::filtered(&self.config.name, |table, name| {
             let h = name_hash(name);
-            present[usize::from(table != "nat")].push(h);
+            present[table.index()].push(h);
             new.get(table, h).is_none()
         });
         self.save_into(family, &mut parser)?;
@@ -118,7 +143,7 @@ impl IptablesDataplane {
     }
 
     /// Our chains and hook jumps in the kernel, read from `iptables-save` a line at a time.
-    fn existing(&self, family: Family) -> Result<Existing, NetfilterError> {
+    fn existing(&self, family: IpFamily) -> Result<Existing, NetfilterError> {
         let mut parser = ExistingParser::new(&self.config.name);
         self.save_into(family, &mut parser)?;
         Ok(parser.finish())
@@ -127,7 +152,7 @@ impl IptablesDataplane {
     /// Runs the save tool of `family` and feeds its output to `parser` a line at a time.
     fn save_into(
         &self,
-        family: Family,
+        family: IpFamily,
         parser: &mut ExistingParser<'_>,
     ) -> Result<(), NetfilterError> {
         exec::run_lines(
@@ -140,18 +165,24 @@ impl IptablesDataplane {
         )
     }
 
-    /// The test hook's rule, which the tool refuses (with it, the whole input).
+    /// The test hook's rule, which the tool refuses (with it, the whole input); never
+    /// without the `fault-injection` feature.
+    // Without the feature there is no hook to read.
+    #[cfg_attr(not(feature = "fault-injection"), allow(clippy::unused_self))]
     fn fault_rule(&self) -> Option<String> {
-        self.config
+        #[cfg(feature = "fault-injection")]
+        return self
             .fail_transactions
-            .then(|| format!("-A {0}-SERVICES -j {0}-FAULT-INJECTED", self.config.name))
+            .then(|| format!("-A {0}-SERVICES -j {0}-FAULT-INJECTED", self.config.name));
+        #[cfg(not(feature = "fault-injection"))]
+        None
     }
 
     /// Runs `iptables-restore --noflush` on the input `render` writes (streamed, never held
     /// whole); returns the number of lines.
     fn restore(
         &mut self,
-        family: Family,
+        family: IpFamily,
         render: &exec::Render<'_>,
         op: &str,
     ) -> Result<usize, NetfilterError> {
@@ -177,10 +208,10 @@ impl IptablesDataplane {
         }
     }
 
-    fn check(&self, desired: &DesiredState) -> Result<Vec<Skipped>, NetfilterError> {
+    fn check(&self, desired: &DesiredState) -> Result<Vec<Skipped>, Error> {
         if self.config.name.is_empty() || self.config.name.len() > MAX_PREFIX_LEN {
-            return Err(NetfilterError::Unsupported {
-                backend: BACKEND,
+            return Err(Error::Unsupported {
+                dataplane: BACKEND.to_owned(),
                 feature: format!("a chain prefix of {} characters", self.config.name.len()),
                 object: format!(
                     "configuration name {:?} (1..={MAX_PREFIX_LEN})",
@@ -189,23 +220,17 @@ impl IptablesDataplane {
             });
         }
         validate(desired)?;
-        check_supported(
-            desired,
-            Support {
-                backend: BACKEND,
-                maglev: false,
-            },
-        )
+        check_supported(desired, Flavour::Iptables)
     }
 
-    fn sync(&mut self, desired: &DesiredState, full: bool) -> Result<ApplyReport, NetfilterError> {
+    fn sync(&mut self, desired: &DesiredState, full: bool) -> Result<ApplyReport, Error> {
         let skipped = self.check(desired)?;
         let prefix = self.config.name.clone();
-        let families = [Family::V4, Family::V6];
+        let families = [IpFamily::V4, IpFamily::V6];
         let new = families.map(|f| digests(desired, &prefix, f));
         // Both families' kernel state is read before either is written.
-        let (existing4, present4) = self.existing_against(Family::V4, &new[0])?;
-        let (existing6, present6) = self.existing_against(Family::V6, &new[1])?;
+        let (existing4, present4) = self.existing_against(IpFamily::V4, &new[0])?;
+        let (existing6, present6) = self.existing_against(IpFamily::V6, &new[1])?;
         let existing = [existing4, existing6];
         let mut present = [present4, present6];
         let full_sync = full || self.dirty;
@@ -245,7 +270,7 @@ impl IptablesDataplane {
         // A failed restore leaves the last applied digests (and `dirty`) as they were.
         if let Err(e) = result {
             self.applied = applied;
-            return Err(e);
+            return Err(e.into());
         }
         // What the kernel held (~130k chain names at 10k services) and the previous copy of
         // the state go before the state is copied: they are not all held at once.
@@ -271,19 +296,19 @@ impl IptablesDataplane {
         })
     }
 
-    /// Parsed `iptables-save -c -t nat` rules: chain → (packets, rule text).
-    fn nat_rules(
-        &self,
-        family: Family,
-    ) -> Result<BTreeMap<String, Vec<(u64, String)>>, NetfilterError> {
+    /// The rules of our chains in `iptables-save -c`: (table, chain) → (packets, rule text).
+    fn our_rules(&self, family: IpFamily) -> Result<Rules, NetfilterError> {
         let save = self.save_with_counters(family)?;
-        let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-        let mut table = String::new();
+        let mut out = Rules::new();
+        let mut table = None;
         for line in save.lines() {
             if let Some(t) = line.strip_prefix('*') {
-                t.clone_into(&mut table);
+                table = Table::from_name(t);
                 continue;
             }
+            let Some(table) = table else {
+                continue;
+            };
             let (packets, rest) = match line.strip_prefix('[') {
                 Some(r) => {
                     let (c, rest) = r.split_once("] ").unwrap_or(("0:0", r));
@@ -300,7 +325,7 @@ impl IptablesDataplane {
             if let Some(rule) = rest.strip_prefix("-A ") {
                 let (chain, body) = rule.split_once(' ').unwrap_or((rule, ""));
                 if chain.starts_with(&format!("{}-", self.config.name)) {
-                    out.entry(format!("{table}/{chain}"))
+                    out.entry((table, chain.to_owned()))
                         .or_default()
                         .push((packets, body.to_owned()));
                 }
@@ -311,13 +336,16 @@ impl IptablesDataplane {
 
     /// The packets counted by all rules of one of our nat chains (`None`: no such chain or
     /// an empty one).
-    pub fn chain_counter(&self, family: Family, chain: &str) -> Result<Option<u64>, Error> {
-        let rules = self.nat_rules(family)?;
+    pub fn chain_counter(&self, family: IpFamily, chain: &str) -> Result<Option<u64>, Error> {
+        let rules = self.our_rules(family)?;
         Ok(rules
-            .get(&format!("nat/{chain}"))
+            .get(&(Table::Nat, chain.to_owned()))
             .map(|r| r.iter().map(|(p, _)| *p).sum()))
     }
 }
+
+/// The rules of our chains: (table, chain) → (packets, rule text).
+type Rules = BTreeMap<(Table, String), Vec<(u64, String)>>;
 
 /// A `fmt::Write` that keeps nothing.
 struct Discard;
@@ -340,24 +368,11 @@ fn word_after<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
 
 impl Dataplane for IptablesDataplane {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            dataplane: BACKEND.to_owned(),
-            protocols: BTreeSet::from([Protocol::Tcp, Protocol::Udp, Protocol::Sctp]),
-            ipv6: true,
-            maglev: false,
-            session_affinity: true,
-            dsr: false,
-            xdp: false,
-            masquerade: true,
-            network_policy: false,
-            weights: true,
-            max_services: 0,
-            max_backends: 0,
-        }
+        Flavour::Iptables.capabilities()
     }
 
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
-        Ok(self.sync(desired, true)?)
+        self.sync(desired, true)
     }
 
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
@@ -389,9 +404,9 @@ impl Dataplane for IptablesDataplane {
     fn observe(&self) -> Result<ObservedState, Error> {
         let mut frontends = Vec::new();
         let prefix = &self.config.name;
-        for family in [Family::V4, Family::V6] {
-            let rules = self.nat_rules(family)?;
-            let Some(services) = rules.get(&format!("nat/{prefix}-SERVICES")) else {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let rules = self.our_rules(family)?;
+            let Some(services) = rules.get(&(Table::Nat, format!("{prefix}-SERVICES"))) else {
                 continue;
             };
             for (_, r) in services {
@@ -417,7 +432,7 @@ impl Dataplane for IptablesDataplane {
                     if !seen.insert(chain.clone()) {
                         continue;
                     }
-                    for (_, rule) in rules.get(&format!("nat/{chain}")).into_iter().flatten() {
+                    for (_, rule) in rules.get(&(Table::Nat, chain)).into_iter().flatten() {
                         if let Some(to) = word_after(rule, "--to-destination") {
                             let to = to.replace(['[', ']'], "");
                             if let Some((a, p)) = to.rsplit_once(':') {
@@ -463,14 +478,14 @@ impl Dataplane for IptablesDataplane {
 
     fn stats(&self) -> Result<Stats, Error> {
         let mut s = Stats::default();
-        for family in [Family::V4, Family::V6] {
-            for (chain, rules) in self.nat_rules(family)? {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            for ((table, _), rules) in self.our_rules(family)? {
                 for (packets, rule) in rules {
                     if rule.contains("-j DNAT") {
                         s.packets_translated += packets;
-                    } else if chain.starts_with("filter/") && rule.contains("-j DROP") {
+                    } else if table == Table::Filter && rule.contains("-j DROP") {
                         s.packets_dropped += packets;
-                    } else if chain.starts_with("filter/") && rule.contains("-j REJECT") {
+                    } else if table == Table::Filter && rule.contains("-j REJECT") {
                         s.packets_rejected += packets;
                     }
                 }
@@ -481,7 +496,7 @@ impl Dataplane for IptablesDataplane {
     }
 
     fn reset(&mut self) -> Result<(), Error> {
-        for family in [Family::V4, Family::V6] {
+        for family in [IpFamily::V4, IpFamily::V6] {
             let existing = self.existing(family)?;
             let prefix = self.config.name.clone();
             // Anything to remove (found without writing it), then written into the tool.

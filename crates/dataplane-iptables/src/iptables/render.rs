@@ -1,5 +1,6 @@
-//! The iptables renderer: [`Plan`] → [`IptRuleset`] (chains and rules of one address family)
-//! → `iptables-restore --noflush` text. Pure functions.
+//! The iptables renderer: the desired state, planned a service at a time ([`PortPlan`]s) →
+//! the chains and rules of one address family ([`IptRuleset`], or a group at a time for the
+//! backend's [`digest`](super::digest)) → `iptables-restore --noflush` text. Pure functions.
 //!
 //! kube-proxy's iptables layout (pkg/proxy/iptables/proxier.go), under our own prefix (`DP`
 //! by default):
@@ -29,14 +30,14 @@
 //! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use dataplane_core::{DesiredState, ObjectName};
+use dataplane_core::{DesiredState, IpFamily, ObjectName, Service};
 use ipnetwork::IpNetwork;
 
-use super::digest::each_chain;
-use crate::plan::{node_plan, proto_name, Choice, Family, NodePlan, Plan, PortPlan};
+use crate::plan::{
+    node_plan, proto_name, service_ports, Choice, FamilySuffix as _, NodePlan, PortPlan,
+};
 
 /// Mark bit: masquerade this connection (SNAT to the node address) in POSTROUTING.
 pub const MARK_MASQUERADE: u32 = 0x4000;
@@ -47,11 +48,59 @@ pub const MARK_REJECT: u32 = 0x10000;
 /// Longest prefix: iptables chain names are at most 28 characters.
 pub const MAX_PREFIX_LEN: usize = 5;
 
+/// A netfilter table our chains live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// `nat`: the service chains, the marks and the masquerade.
+    Nat,
+    /// `filter`: drops and rejects of marked packets.
+    Filter,
+}
+
+impl Table {
+    /// Both, in the order an input lists them (nat first: if the tool refuses it, it stops
+    /// before touching the filter table).
+    pub const ALL: [Table; 2] = [Table::Nat, Table::Filter];
+
+    /// The name iptables knows it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Nat => "nat",
+            Table::Filter => "filter",
+        }
+    }
+
+    /// The table called `name`, if it is one of ours.
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Its place in per-table arrays (in [`Table::ALL`] order).
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Table::Nat => 0,
+            Table::Filter => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Chains by name and their rules (`-A` lines without the `-A CHAIN`).
+pub type Chains = BTreeMap<String, Vec<String>>;
+
+/// A visitor of one group of chains of a table.
+pub(crate) type Visit<'a, E> = dyn FnMut(Table, &Chains) -> Result<(), E> + 'a;
+
 /// The chains of one family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IptRuleset {
     /// Address family.
-    pub family: Family,
+    pub family: IpFamily,
     /// Chain prefix.
     pub prefix: String,
     /// nat-table chains and their rules (`-A` lines without the `-A CHAIN`).
@@ -60,15 +109,41 @@ pub struct IptRuleset {
     pub filter: BTreeMap<String, Vec<String>>,
 }
 
+impl IptRuleset {
+    fn empty(family: IpFamily, prefix: &str) -> Self {
+        IptRuleset {
+            family,
+            prefix: prefix.to_owned(),
+            nat: BTreeMap::new(),
+            filter: BTreeMap::new(),
+        }
+    }
+
+    /// The chains of `table`.
+    pub fn chains(&self, table: Table) -> &Chains {
+        match table {
+            Table::Nat => &self.nat,
+            Table::Filter => &self.filter,
+        }
+    }
+
+    fn chains_mut(&mut self, table: Table) -> &mut Chains {
+        match table {
+            Table::Nat => &mut self.nat,
+            Table::Filter => &mut self.filter,
+        }
+    }
+}
+
 /// Built-in chains and the jump rule into ours, per table.
-pub fn hooks(prefix: &str) -> Vec<(&'static str, &'static str, String)> {
+pub fn hooks(prefix: &str) -> Vec<(Table, &'static str, String)> {
     vec![
-        ("nat", "PREROUTING", format!("{prefix}-SERVICES")),
-        ("nat", "OUTPUT", format!("{prefix}-SERVICES")),
-        ("nat", "POSTROUTING", format!("{prefix}-POSTROUTING")),
-        ("filter", "INPUT", format!("{prefix}-FILTER")),
-        ("filter", "FORWARD", format!("{prefix}-FILTER")),
-        ("filter", "OUTPUT", format!("{prefix}-FILTER")),
+        (Table::Nat, "PREROUTING", format!("{prefix}-SERVICES")),
+        (Table::Nat, "OUTPUT", format!("{prefix}-SERVICES")),
+        (Table::Nat, "POSTROUTING", format!("{prefix}-POSTROUTING")),
+        (Table::Filter, "INPUT", format!("{prefix}-FILTER")),
+        (Table::Filter, "FORWARD", format!("{prefix}-FILTER")),
+        (Table::Filter, "OUTPUT", format!("{prefix}-FILTER")),
     ]
 }
 
@@ -99,69 +174,85 @@ fn dnat_target(a: &SocketAddr) -> String {
     }
 }
 
-fn of_family(nets: &[IpNetwork], f: Family) -> Vec<IpNetwork> {
+fn of_family(nets: &[IpNetwork], f: IpFamily) -> Vec<IpNetwork> {
     nets.iter()
         .copied()
-        .filter(|n| Family::of(&n.ip()) == f)
+        .filter(|n| IpFamily::of(&n.ip()) == f)
         .collect()
 }
 
-/// Compiles the chains of `family`.
-pub fn compile(plan: &Plan, family: Family, prefix: &str) -> IptRuleset {
-    let mut rs = IptRuleset {
-        family,
-        prefix: prefix.to_owned(),
-        nat: BTreeMap::new(),
-        filter: BTreeMap::new(),
-    };
-    let mut services: Vec<String> = Vec::new();
-    let mut reject_ips: BTreeSet<IpAddr> = BTreeSet::new();
-    for ports in plan.services.values() {
-        for port in ports.iter().filter(|pp| pp.family == family) {
-            compile_port(&plan.node, port, prefix, &mut rs.nat, &mut services);
-            reject_ips.extend(port.cluster_ips.iter().copied());
-        }
-    }
-    finish_ruleset(
-        &plan.node,
-        family,
-        prefix,
-        &mut rs,
-        &mut services,
-        &reject_ips,
-    );
-    rs
-}
-
-/// [`compile`] of [`plan`](crate::plan::plan)`(state)` for both families (IPv4, IPv6): the
-/// same rulesets, planning one service at a time (what the backend compiles, through
-/// [`super::digest`], to write a sync without holding the rules).
+/// The chains the backend writes for `state`, for both families (IPv4, IPv6), held whole (the
+/// backend itself visits them a group at a time, through [`super::digest`], to write a sync
+/// without holding the rules).
 pub fn compile_state(state: &DesiredState, prefix: &str) -> [IptRuleset; 2] {
     let node = node_plan(&state.node);
-    [Family::V4, Family::V6].map(|family| {
-        let mut rs = IptRuleset {
-            family,
-            prefix: prefix.to_owned(),
-            nat: BTreeMap::new(),
-            filter: BTreeMap::new(),
-        };
+    [IpFamily::V4, IpFamily::V6].map(|family| {
+        let mut rs = IptRuleset::empty(family, prefix);
         let _ = each_chain::<()>(state, &node, prefix, family, &mut |table, chains| {
-            let t = if table == "nat" {
-                &mut rs.nat
-            } else {
-                &mut rs.filter
-            };
-            t.extend(chains.iter().map(|(c, r)| (c.clone(), r.clone())));
+            rs.chains_mut(table)
+                .extend(chains.iter().map(|(c, r)| (c.clone(), r.clone())));
             Ok(())
         });
         rs
     })
 }
 
+/// Calls `f(table, chains)` for the chains of `family` in the rulesets of `state`, a group at
+/// a time: each service's (in name order; they jump only to each other and to node-wide
+/// chains), then the node-wide ones of each table.
+pub(crate) fn each_chain<E>(
+    state: &DesiredState,
+    node: &NodePlan,
+    prefix: &str,
+    family: IpFamily,
+    f: &mut Visit<'_, E>,
+) -> Result<(), E> {
+    // Of services with one name the last counts, as in the plan's map: reversed, a stable
+    // sort puts it first of its name, and `dedup_by` keeps the first.
+    let mut services: Vec<&Service> = state.services.iter().rev().collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    services.dedup_by(|a, b| a.name == b.name);
+    let mut frontends = Vec::new();
+    let mut reject_ips = BTreeSet::new();
+    for s in services {
+        let mut chains = BTreeMap::new();
+        let kept = frontends.len();
+        for port in service_ports(state, s)
+            .iter()
+            .filter(|p| p.family == family)
+        {
+            compile_port(node, port, prefix, &mut chains, &mut frontends);
+            reject_ips.extend(port.cluster_ips.iter().copied());
+        }
+        // The frontend rules stay until the `SERVICES` chain is made: exactly sized.
+        for r in &mut frontends[kept..] {
+            r.shrink_to_fit();
+        }
+        f(Table::Nat, &chains)?;
+    }
+    let rs = node_wide(node, family, prefix, &mut frontends, &reject_ips);
+    f(Table::Nat, &rs.nat)?;
+    f(Table::Filter, &rs.filter)
+}
+
+/// The node-wide chains of `family`, with the `SERVICES` chain of `frontends` (the frontend
+/// rules of every service port) and the rejects of `reject_ips`.
+pub(crate) fn node_wide(
+    node: &NodePlan,
+    family: IpFamily,
+    prefix: &str,
+    frontends: &mut Vec<String>,
+    reject_ips: &BTreeSet<IpAddr>,
+) -> IptRuleset {
+    let mut rs = IptRuleset::empty(family, prefix);
+    finish_ruleset(node, family, prefix, &mut rs, frontends, reject_ips);
+    rs
+}
+
 /// The node-wide chains, after every service port is compiled.
-pub(crate) fn finish_ruleset(
+fn finish_ruleset(
     plan_node: &NodePlan,
-    family: Family,
+    family: IpFamily,
     p: &str,
     rs: &mut IptRuleset,
     services: &mut Vec<String>,
@@ -214,8 +305,8 @@ pub(crate) fn finish_ruleset(
     }
     rs.nat.insert(format!("{p}-POSTROUTING"), post);
     let reject = match family {
-        Family::V4 => "icmp-port-unreachable",
-        Family::V6 => "icmp6-port-unreachable",
+        IpFamily::V4 => "icmp-port-unreachable",
+        IpFamily::V6 => "icmp6-port-unreachable",
     };
     let mut filter = vec![
         format!("-m mark --mark {MARK_DROP:#x}/{MARK_DROP:#x} -j DROP"),
@@ -234,7 +325,7 @@ pub(crate) fn finish_ruleset(
     rs.filter.insert(format!("{p}-FILTER"), filter);
 }
 
-pub(crate) fn compile_port(
+fn compile_port(
     node: &NodePlan,
     pp: &PortPlan,
     p: &str,
@@ -259,7 +350,7 @@ pub(crate) fn compile_port(
         // --masquerade-all every client is marked, else those outside the cluster CIDRs
         // (`! -s clusterCIDR -j KUBE-MARK-MASQ`; a family may have several cluster CIDRs,
         // so the pods return to the choice first).
-        let svc = format!("{p}-SVC-{}", hash_name(&key));
+        let svc = service_chain(p, pp.family, &pp.service, proto, pp.port);
         let internal = choose("internal", &pp.internal, nat);
         let mut rules: Vec<String> = Vec::new();
         let cluster = of_family(&node.cluster_cidrs, pp.family);
@@ -411,83 +502,26 @@ pub struct Existing {
     /// Our chains in the filter table.
     pub filter_chains: BTreeSet<String>,
     /// (table, built-in chain) pairs that already jump to our chain.
-    pub hooks: BTreeSet<(String, String)>,
+    pub hooks: BTreeSet<(Table, String)>,
 }
 
-fn table_lines(
-    table: &str,
-    old: Option<&BTreeMap<String, Vec<String>>>,
-    new: &BTreeMap<String, Vec<String>>,
-    existing_chains: &BTreeSet<String>,
-    hook_lines: &[String],
-    out: &mut String,
-) {
-    let changed: Vec<&String> = new
-        .iter()
-        .filter(|(c, r)| old.and_then(|o| o.get(*c)) != Some(*r) || !existing_chains.contains(*c))
-        .map(|(c, _)| c)
-        .collect();
-    let stale: Vec<&String> = existing_chains
-        .iter()
-        .filter(|c| !new.contains_key(*c))
-        .collect();
-    if changed.is_empty() && stale.is_empty() && hook_lines.is_empty() {
-        return;
-    }
-    let _ = writeln!(out, "*{table}");
-    // With --noflush, declaring a chain creates it or flushes it; nothing else is touched.
-    for c in changed.iter().chain(stale.iter()) {
-        let _ = writeln!(out, ":{c} - [0:0]");
-    }
-    for c in &changed {
-        for r in &new[*c] {
-            let _ = writeln!(out, "-A {c} {r}");
+impl Existing {
+    /// Our chains in `table`.
+    pub fn chains(&self, table: Table) -> &BTreeSet<String> {
+        match table {
+            Table::Nat => &self.nat_chains,
+            Table::Filter => &self.filter_chains,
         }
     }
-    for h in hook_lines {
-        let _ = writeln!(out, "{h}");
-    }
-    for c in &stale {
-        let _ = writeln!(out, "-X {c}");
-    }
-    let _ = writeln!(out, "COMMIT");
 }
 
 /// The hook jumps into our chains that `existing` lacks, as `-I` lines.
-pub(crate) fn hook_lines(prefix: &str, existing: &Existing, table: &str) -> Vec<String> {
+pub fn hook_lines(prefix: &str, existing: &Existing, table: Table) -> Vec<String> {
     hooks(prefix)
         .into_iter()
-        .filter(|(t, c, _)| {
-            *t == table && !existing.hooks.contains(&((*t).to_owned(), (*c).to_owned()))
-        })
+        .filter(|(t, c, _)| *t == table && !existing.hooks.contains(&(*t, (*c).to_owned())))
         .map(|(_, c, target)| format!("-I {c} 1 -j {target}"))
         .collect()
-}
-
-/// The `iptables-restore --noflush` input that turns what `existing` says is in the kernel
-/// (last programmed as `old`, if known) into `new`: only chains whose rules differ are
-/// rewritten (so unchanged chains keep their counters), stale chains are removed, missing hook
-/// jumps are added. (The backend writes the same from digests: [`super::digest::SyncPlan`].)
-pub fn render_sync(old: Option<&IptRuleset>, new: &IptRuleset, existing: &Existing) -> String {
-    let mut out = String::new();
-    // nat first: if the tool refuses it, it stops before touching the filter table.
-    table_lines(
-        "nat",
-        old.map(|o| &o.nat),
-        &new.nat,
-        &existing.nat_chains,
-        &hook_lines(&new.prefix, existing, "nat"),
-        &mut out,
-    );
-    table_lines(
-        "filter",
-        old.map(|o| &o.filter),
-        &new.filter,
-        &existing.filter_chains,
-        &hook_lines(&new.prefix, existing, "filter"),
-        &mut out,
-    );
-    out
 }
 
 /// The input that removes everything of ours that `existing` lists.
@@ -497,23 +531,19 @@ pub fn render_reset(prefix: &str, existing: &Existing) -> String {
     out
 }
 
-/// Writes [`render_reset`]'s input into `out` (streamed by the backend: 10k services leave
-/// ~130k chains to remove). Returns whether anything was written.
+/// Writes [`render_reset`]'s input into `out` (streamed by the backend: there are several
+/// chains per service port to remove). Returns whether anything was written.
 pub fn write_reset<W: std::fmt::Write + ?Sized>(
     prefix: &str,
     existing: &Existing,
     out: &mut W,
 ) -> Result<bool, std::fmt::Error> {
     let mut wrote = false;
-    for (table, chains) in [
-        ("filter", &existing.filter_chains),
-        ("nat", &existing.nat_chains),
-    ] {
+    for table in [Table::Filter, Table::Nat] {
+        let chains = existing.chains(table);
         let jumps: Vec<(String, String)> = hooks(prefix)
             .into_iter()
-            .filter(|(t, c, _)| {
-                *t == table && existing.hooks.contains(&((*t).to_owned(), (*c).to_owned()))
-            })
+            .filter(|(t, c, _)| *t == table && existing.hooks.contains(&(*t, (*c).to_owned())))
             .map(|(_, c, target)| (c.to_owned(), target))
             .collect();
         if chains.is_empty() && jumps.is_empty() {
@@ -545,14 +575,15 @@ pub fn parse_existing(save: &str, prefix: &str) -> Existing {
 }
 
 /// Sees each of our chains (table, name) and says whether to list its name.
-type Keep<'a> = Box<dyn FnMut(&str, &str) -> bool + 'a>;
+type Keep<'a> = Box<dyn FnMut(Table, &str) -> bool + 'a>;
 
-/// [`parse_existing`] a line at a time, for output read as it comes (`iptables-save` of 10k
-/// services is ~100 MiB).
+/// [`parse_existing`] a line at a time, for output read as it comes (`iptables-save` lists
+/// every rule, so it is never held whole).
 pub struct ExistingParser<'a> {
     ours: String,
-    table: String,
-    hook_targets: Vec<((String, String), String)>,
+    /// The table being read (`None`: not one of ours).
+    table: Option<Table>,
+    hook_targets: Vec<((Table, String), String)>,
     existing: Existing,
     keep: Option<Keep<'a>>,
 }
@@ -571,10 +602,10 @@ impl<'a> ExistingParser<'a> {
     pub fn new(prefix: &str) -> Self {
         ExistingParser {
             ours: format!("{prefix}-"),
-            table: String::new(),
+            table: None,
             hook_targets: hooks(prefix)
                 .into_iter()
-                .map(|(t, c, target)| ((t.to_owned(), c.to_owned()), target))
+                .map(|(t, c, target)| ((t, c.to_owned()), target))
                 .collect(),
             existing: Existing::default(),
             keep: None,
@@ -582,9 +613,9 @@ impl<'a> ExistingParser<'a> {
     }
 
     /// A parser that hands each of our chains (table, name) to `keep` and lists only those
-    /// it keeps: at 10k services the kernel holds ~130k of them (~10 MiB as names), of which
-    /// a sync needs the names of the stale ones only.
-    pub fn filtered(prefix: &str, keep: impl FnMut(&str, &str) -> bool + 'a) -> Self {
+    /// it keeps: the kernel holds several per service port, of which a sync needs the names
+    /// of the stale ones only.
+    pub fn filtered(prefix: &str, keep: impl FnMut(Table, &str) -> bool + 'a) -> Self {
         ExistingParser {
             keep: Some(Box::new(keep)),
             ..ExistingParser::new(prefix)
@@ -595,21 +626,22 @@ impl<'a> ExistingParser<'a> {
     pub fn line(&mut self, line: &str) {
         let e = &mut self.existing;
         if let Some(t) = line.strip_prefix('*') {
-            t.clone_into(&mut self.table);
+            self.table = Table::from_name(t);
         } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or("");
-            let table = self.table.as_str();
-            if name.starts_with(&self.ours) && (table == "nat" || table == "filter") {
+            let Some(table) = self.table else {
+                return;
+            };
+            if name.starts_with(&self.ours) {
                 if let Some(keep) = self.keep.as_mut() {
                     if !keep(table, name) {
                         return;
                     }
                 }
-                if table == "nat" {
-                    e.nat_chains.insert(name.to_owned());
-                } else {
-                    e.filter_chains.insert(name.to_owned());
-                }
+                match table {
+                    Table::Nat => e.nat_chains.insert(name.to_owned()),
+                    Table::Filter => e.filter_chains.insert(name.to_owned()),
+                };
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let chain = rule.split_whitespace().next().unwrap_or("");
@@ -617,7 +649,7 @@ impl<'a> ExistingParser<'a> {
             let Some((key, target)) = self
                 .hook_targets
                 .iter()
-                .find(|((t, c), _)| *t == self.table && c == chain)
+                .find(|((t, c), _)| Some(*t) == self.table && c == chain)
             else {
                 return;
             };
@@ -633,18 +665,10 @@ impl<'a> ExistingParser<'a> {
     }
 }
 
-/// Removes the prefix group of `name` (for tests and observe): `DP-SEP-…` → `SEP`.
-pub fn chain_kind<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
-    name.strip_prefix(prefix)?
-        .strip_prefix('-')?
-        .split('-')
-        .next()
-}
-
-/// The nat chain names a service port owns (for tests).
+/// The name of the ClusterIP chain (`<prefix>-SVC-…`) of a service port in `family`.
 pub fn service_chain(
     prefix: &str,
-    family: Family,
+    family: IpFamily,
     service: &ObjectName,
     protocol: &str,
     port: u16,
@@ -675,9 +699,7 @@ mod tests {
         let e = parse_existing(save, "DP");
         assert_eq!(e.nat_chains, BTreeSet::from(["DP-SERVICES".to_owned()]));
         assert_eq!(e.filter_chains, BTreeSet::from(["DP-FILTER".to_owned()]));
-        assert!(e
-            .hooks
-            .contains(&("nat".to_owned(), "PREROUTING".to_owned())));
+        assert!(e.hooks.contains(&(Table::Nat, "PREROUTING".to_owned())));
         assert_eq!(e.hooks.len(), 1);
     }
 
@@ -699,8 +721,6 @@ mod tests {
         );
         assert_eq!(e.nat_chains, BTreeSet::from(["DP-SVC-A".to_owned()]));
         assert!(e.filter_chains.is_empty());
-        assert!(e
-            .hooks
-            .contains(&("nat".to_owned(), "PREROUTING".to_owned())));
+        assert!(e.hooks.contains(&(Table::Nat, "PREROUTING".to_owned())));
     }
 }

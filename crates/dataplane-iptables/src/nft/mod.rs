@@ -7,7 +7,7 @@ mod netlink;
 pub mod observe;
 pub mod render;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use dataplane_core::{
@@ -18,15 +18,16 @@ use dataplane_core::{
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
 use crate::exec;
+use crate::flavour::Flavour;
+use crate::plan::check_supported;
 use crate::plan::{changed_hairpin, changed_ports, node_plan};
-use crate::plan::{check_supported, Support};
 use dataplane_core::ServiceFingerprints;
 use render::{
     compile_patch, compile_state, render_full, render_patch, render_reset, sorted_difference,
     write_full_except, Element, NftRuleset,
 };
 
-const BACKEND: &str = "nftables";
+const BACKEND: &str = Flavour::Nftables.name();
 
 /// A slot key no group ever uses: deleting it makes the kernel refuse the transaction.
 const FAULT_KEY: u32 = 0x7fff_ffff;
@@ -49,8 +50,8 @@ const FAULT_KEY: u32 = 0x7fff_ffff;
 pub struct NftablesDataplane {
     config: NetfilterConfig,
     /// The node and the ruleset of the last successful sync. No copy of the services: the
-    /// ruleset is what partial syncs diff against (at 10k services a copy of the state was a
-    /// third of the memory).
+    /// ruleset is what partial syncs diff against, and a copy of the state would be a large
+    /// part of the backend's memory (`benches/scaling` measures it).
     applied: Option<(Node, NftRuleset)>,
     /// The frontends and endpoint addresses the applied state claims, so that a partial sync
     /// is validated against the services it keeps, not only in itself.
@@ -63,6 +64,9 @@ pub struct NftablesDataplane {
     /// The services the last successful sync programmed, for the report's counts (a failed
     /// transaction changes nothing, so they stay).
     programmed: ServiceFingerprints,
+    /// The test hook ([`NftablesDataplane::set_fail_transactions`]) is on.
+    #[cfg(feature = "fault-injection")]
+    fail_transactions: bool,
 }
 
 impl NftablesDataplane {
@@ -76,6 +80,8 @@ impl NftablesDataplane {
             dirty: false,
             netlink: None,
             programmed: ServiceFingerprints::default(),
+            #[cfg(feature = "fault-injection")]
+            fail_transactions: false,
         }
     }
 
@@ -84,18 +90,28 @@ impl NftablesDataplane {
         &self.config
     }
 
-    /// The configuration, to change tool paths or the test hook between applies (changing
-    /// `netns` or `name` after an apply orphans what was programmed).
+    /// The configuration, to change tool paths between applies (changing `netns` or `name`
+    /// after an apply orphans what was programmed).
     pub fn config_mut(&mut self) -> &mut NetfilterConfig {
         &mut self.config
     }
 
-    /// Test hook: make every following transaction end with an operation the kernel refuses
-    /// (see [`NetfilterConfig::fail_transactions`]). Public for tests in other crates, hidden
-    /// from the docs.
-    #[doc(hidden)]
+    /// Test hook (feature `fault-injection`, for tests only): make every following
+    /// transaction, or netlink batch, end with an operation the kernel refuses, to show that a
+    /// failed apply changes nothing.
+    #[cfg(feature = "fault-injection")]
     pub fn set_fail_transactions(&mut self, fail: bool) {
-        self.config.fail_transactions = fail;
+        self.fail_transactions = fail;
+    }
+
+    /// Whether the test hook asks for a refused transaction (never without the feature).
+    // Without the feature there is no hook to read.
+    #[cfg_attr(not(feature = "fault-injection"), allow(clippy::unused_self))]
+    fn fault(&self) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return self.fail_transactions;
+        #[cfg(not(feature = "fault-injection"))]
+        false
     }
 
     /// The full-sync transaction for `desired`, without applying it (pure; for `dpctl`, benches
@@ -105,22 +121,16 @@ impl NftablesDataplane {
         Ok(render_full(&rs))
     }
 
-    fn check(desired: &DesiredState) -> Result<Vec<Skipped>, NetfilterError> {
+    fn check(desired: &DesiredState) -> Result<Vec<Skipped>, Error> {
         validate(desired)?;
         Self::check_supported(desired)
     }
 
-    fn check_supported(desired: &DesiredState) -> Result<Vec<Skipped>, NetfilterError> {
-        check_supported(
-            desired,
-            Support {
-                backend: BACKEND,
-                maglev: true,
-            },
-        )
+    fn check_supported(desired: &DesiredState) -> Result<Vec<Skipped>, Error> {
+        check_supported(desired, Flavour::Nftables)
     }
 
-    fn compile(&self, desired: &DesiredState) -> Result<NftRuleset, NetfilterError> {
+    fn compile(&self, desired: &DesiredState) -> Result<NftRuleset, Error> {
         Self::check(desired)?;
         compile_state(desired, &self.config.name)
     }
@@ -137,12 +147,11 @@ impl NftablesDataplane {
     }
 
     fn transaction(&mut self, text: &str, op: &str) -> Result<usize, NetfilterError> {
-        let fault = self.config.fail_transactions;
+        let fault = self.fault();
         self.transaction_with(&|out| out.write_str(text), op, fault)
     }
 
-    /// The operation the kernel refuses ([`NetfilterConfig::fail_transactions`]), for a
-    /// netlink batch.
+    /// The operation the kernel refuses (the test hook's), for a netlink batch.
     fn fault_op() -> netlink::ElementOp {
         netlink::ElementOp {
             set: "backends-v4",
@@ -191,7 +200,7 @@ impl NftablesDataplane {
         }
     }
 
-    fn full_sync(&mut self, desired: &DesiredState) -> Result<ApplyReport, NetfilterError> {
+    fn full_sync(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
         // Validates in full, as `check` does, and keeps the claims for partial syncs.
         let validator = Validator::new(desired)?;
         let skipped = Self::check_supported(desired)?;
@@ -215,11 +224,11 @@ impl NftablesDataplane {
             0
         };
         // With the fault hook on, the element batch is what fails: the restore below runs.
-        let fault_in_batch = self.config.fail_transactions && in_batch > 0;
+        let fault_in_batch = self.fault() && in_batch > 0;
         let lines = self.transaction_with(
             &|out| write_full_except(&rs, |e| in_batch > 0 && by_netlink(e), out),
             "full sync",
-            self.config.fail_transactions && !fault_in_batch,
+            self.fault() && !fault_in_batch,
         )?;
         let objects_written = lines + in_batch;
         if in_batch > 0 {
@@ -247,7 +256,7 @@ impl NftablesDataplane {
                     }
                     self.applied = Some((node, old));
                 }
-                return Err(e);
+                return Err(e.into());
             }
         }
         self.dirty = false;
@@ -375,24 +384,11 @@ fn frontends(rs: &NftRuleset) -> BTreeMap<(SocketAddr, Protocol), ObjectName> {
 
 impl Dataplane for NftablesDataplane {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            dataplane: BACKEND.to_owned(),
-            protocols: BTreeSet::from([Protocol::Tcp, Protocol::Udp, Protocol::Sctp]),
-            ipv6: true,
-            maglev: true,
-            session_affinity: true,
-            dsr: false,
-            xdp: false,
-            masquerade: true,
-            network_policy: false,
-            weights: true,
-            max_services: 0,
-            max_backends: 0,
-        }
+        Flavour::Nftables.capabilities()
     }
 
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
-        Ok(self.full_sync(desired)?)
+        self.full_sync(desired)
     }
 
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
@@ -447,7 +443,7 @@ impl Dataplane for NftablesDataplane {
             // Only backends or hairpin addresses changed: no chain is touched, so skip the nft
             // process (and its dump of every chain) and send the elements directly.
             report.objects_written = ops.len();
-            if self.config.fail_transactions {
+            if self.fault() {
                 ops.push(Self::fault_op());
             }
             tracing::debug!(elements = ops.len(), "partial sync through netlink");

@@ -1,7 +1,7 @@
 //! A direct `nf_tables` netlink path for element-only changes (a backend replaced, a hairpin
 //! address added): one batch of `NFT_MSG_DELSETELEM`/`NFT_MSG_NEWSETELEM` messages, atomic like
-//! `nft -f`, but without the `nft` process and its cache dump of every chain (tens of
-//! milliseconds with 10k services).
+//! `nft -f`, but without the `nft` process and its cache dump of every chain (which grows
+//! with the services; `benches/scaling` measures both paths).
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -42,7 +42,7 @@ const DEFAULT_SNDBUF: usize = 128 << 10;
 const ELEMENTS_PER_MESSAGE: usize = 256;
 
 /// One element added to or deleted from a set or map. No allocation of its own: a first
-/// sync of 10k services x 10 sends ~126k of them.
+/// sync sends one per backend slot and hairpin address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElementOp {
     /// Set or map name.
@@ -294,8 +294,8 @@ fn open_socket(netns: Option<&Path>) -> Result<OwnedFd, NetfilterError> {
 
 /// A netlink socket to `nf_tables` in one network namespace, kept open from one change to
 /// the next: closing a socket that sent a batch waits for the kernel's cleanup of the
-/// transaction (`nft_rcv_nl_event` flushes the destroy work, an RCU grace period: 5-20 ms
-/// on this machine), which a socket per change paid on every change.
+/// transaction (`nft_rcv_nl_event` flushes the destroy work, which waits for an RCU grace
+/// period), which a socket per change paid on every change.
 #[derive(Debug)]
 pub struct Socket {
     fd: OwnedFd,

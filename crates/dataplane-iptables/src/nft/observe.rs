@@ -12,7 +12,7 @@ use crate::nft::render::MASQUERADE_BIT;
 fn parse_err(detail: impl Into<String>) -> NetfilterError {
     NetfilterError::Parse {
         backend: "nftables",
-        operation: "nft -j list table".to_owned(),
+        operation: "list table".to_owned(),
         detail: detail.into(),
     }
 }

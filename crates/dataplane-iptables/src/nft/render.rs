@@ -1,4 +1,5 @@
-//! The nftables renderer: [`Plan`] → [`NftRuleset`] → `nft -f` text. Pure functions.
+//! The nftables renderer: the desired state, planned a service at a time
+//! ([`PortPlan`]s) → [`NftRuleset`] → `nft -f` text. Pure functions.
 //!
 //! Layout (one `inet` table of our own), after kube-proxy's nftables proxier
 //! (pkg/proxy/nftables/proxier.go: `services`, `cluster-ips-check`, the per-service
@@ -25,12 +26,12 @@
 //! Departures from kube-proxy, and why:
 //! - One global backend map reached through the packet mark, rather than a chain per
 //!   endpoint: the kernel walks every binding of a map on each element insert, and looks sets
-//!   up by name linearly, so 10k per-service maps (or 10k rules bound to one map) make loading
-//!   quadratic. Here the global map has exactly two bindings (the `dnat-v4`/`dnat-v6` rules),
-//!   so 10k services x 10 backends load in about a second.
+//!   up by name linearly, so a map per service (or a rule per service bound to one map) makes
+//!   loading quadratic in the services. Here the global map has exactly two bindings (the
+//!   `dnat-v4`/`dnat-v6` rules), so loading grows linearly (`benches/scaling` measures it).
 //! - The masquerade decision of a ClusterIP (kube-proxy: `IfNotLocal jump
-//!   mark-for-masquerade` in each service chain) is one shared rule in `dnat-clusterip`:
-//!   10k rules fewer at 10k services. With `masquerade.allServices` the service rule sets
+//!   mark-for-masquerade` in each service chain) is one shared rule in `dnat-clusterip`: a
+//!   rule fewer per service. With `masquerade.allServices` the service rule sets
 //!   the bit itself.
 //! - The firewall chain is reached from the frontend's own `service-ips` element (in the nat
 //!   chains, which see pods, the node and outside clients alike), not from a second
@@ -48,13 +49,15 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use dataplane_core::{maglev_table, DesiredState, MaglevBackend, ObjectName, Protocol, Service};
+use dataplane_core::{
+    maglev_table, DesiredState, Error, IpFamily, MaglevBackend, ObjectName, Protocol, Service,
+};
 use ipnetwork::IpNetwork;
 
 use crate::error::NetfilterError;
 use crate::plan::{
-    local_pod_ips, node_plan, proto_name, service_ports, slots, Choice, Family, NodePlan, Plan,
-    PortPlan,
+    local_pod_ips, node_plan, proto_name, service_ports, slots, Choice, FamilySuffix as _,
+    NodePlan, PortPlan,
 };
 
 /// Mark bit that asks `nat-postrouting` to masquerade a service connection's first packet.
@@ -86,9 +89,9 @@ fn lookup<'a, K: std::borrow::Borrow<Q>, Q: Ord + ?Sized, V>(
         .map(|i| &sorted[i].1)
 }
 
-/// One element of a named set or map, in binary form: a ruleset of 10k services holds ~130k
-/// of them, so an element is ~40 bytes without allocations of its own (its nft text is
-/// written when a transaction is rendered).
+/// One element of a named set or map, in binary form: a ruleset holds one per frontend,
+/// backend slot and hairpin address, so an element has no allocations of its own (its nft
+/// text is written when a transaction is rendered).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Element {
     /// `backends-v4` / `backends-v6`: slot key (`group id << SLOT_BITS | slot`) → backend
@@ -125,7 +128,7 @@ impl Element {
             Element::ClusterIp(ip) => (*ip, "cluster-ips-v4", "cluster-ips-v6"),
             Element::Hairpin(ip) => (*ip, "hairpin-v4", "hairpin-v6"),
         };
-        by_family(Family::of(&family), v4, v6)
+        by_family(IpFamily::of(&family), v4, v6)
     }
 
     /// Writes the key in nft syntax.
@@ -161,7 +164,7 @@ impl Element {
 }
 
 /// The nft objects of one service. Each list is sorted by name (elements by value) and sized
-/// exactly: at 10k services a map or set per list cost more than its content.
+/// exactly: a map or set per list would cost more than its content.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NftService {
     /// Chains and their rules.
@@ -279,24 +282,24 @@ impl NftRuleset {
 }
 
 /// `v4` or `v6` by family.
-fn by_family(f: Family, v4: &'static str, v6: &'static str) -> &'static str {
+fn by_family(f: IpFamily, v4: &'static str, v6: &'static str) -> &'static str {
     match f {
-        Family::V4 => v4,
-        Family::V6 => v6,
+        IpFamily::V4 => v4,
+        IpFamily::V6 => v6,
     }
 }
 
-fn ip_kw(f: Family) -> &'static str {
+fn ip_kw(f: IpFamily) -> &'static str {
     match f {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
     }
 }
 
-fn addr_type(f: Family) -> &'static str {
+fn addr_type(f: IpFamily) -> &'static str {
     match f {
-        Family::V4 => "ipv4_addr",
-        Family::V6 => "ipv6_addr",
+        IpFamily::V4 => "ipv4_addr",
+        IpFamily::V6 => "ipv6_addr",
     }
 }
 
@@ -320,19 +323,11 @@ fn join_set(items: &[IpNetwork]) -> String {
         .join(", ")
 }
 
-/// Compiles a whole plan (full sync), with fresh slot-group ids.
-pub fn compile(plan: &Plan, table: &str) -> Result<NftRuleset, NetfilterError> {
-    let mut rs = NftRuleset::empty(&plan.node, table);
-    let changed = plan.services.iter().map(|(n, p)| (n, Some(p.as_slice())));
-    let patch = compile_patch(&rs, &plan.node, changed, &plan.local_pod_ips)?;
-    rs.apply_patch(patch);
-    Ok(rs)
-}
-
-/// [`compile`] of [`plan`](crate::plan::plan)`(state)`, the same ruleset, planning one service
-/// at a time: each service's plan is dropped once it is compiled (a whole plan of 10k
-/// services x 10 is ~25 MiB, held next to the ruleset being built).
-pub fn compile_state(state: &DesiredState, table: &str) -> Result<NftRuleset, NetfilterError> {
+/// The full-sync ruleset of `state`, with fresh slot-group ids, planning one service at a
+/// time: each service's plan is dropped once it is compiled (a whole
+/// [`Plan`](crate::plan::Plan) would be held
+/// next to the ruleset being built).
+pub fn compile_state(state: &DesiredState, table: &str) -> Result<NftRuleset, Error> {
     let node = node_plan(&state.node);
     let mut rs = NftRuleset::empty(&node, table);
     // Name order, as the plan's map has it: slot-group ids are handed out in that order.
@@ -357,7 +352,7 @@ pub fn compile_patch<'a, P: AsRef<[PortPlan]>>(
     node: &NodePlan,
     changed: impl IntoIterator<Item = (&'a ObjectName, Option<P>)>,
     hairpin: &BTreeSet<IpAddr>,
-) -> Result<Patch, NetfilterError> {
+) -> Result<Patch, Error> {
     let mut taken = old.taken.clone();
     let mut next = 1u32;
     let mut patch = Patch::default();
@@ -375,7 +370,7 @@ pub fn compile_patch<'a, P: AsRef<[PortPlan]>>(
             }
             for (kind, s) in groups(p)? {
                 if s.len() > MAX_SLOTS {
-                    return Err(NetfilterError::Capacity {
+                    return Err(Error::CapacityExceeded {
                         what: format!("backend slots of service port {}", p.key()),
                         needed: s.len(),
                         capacity: MAX_SLOTS,
@@ -390,7 +385,7 @@ pub fn compile_patch<'a, P: AsRef<[PortPlan]>>(
                     next += 1;
                 }
                 if next > MAX_GROUP_ID {
-                    return Err(NetfilterError::Capacity {
+                    return Err(Error::CapacityExceeded {
                         what: "backend slot groups".to_owned(),
                         needed: taken.len() + 1,
                         capacity: MAX_GROUP_ID as usize,
@@ -420,10 +415,7 @@ pub fn compile_patch<'a, P: AsRef<[PortPlan]>>(
 
 /// The backend of each slot: weighted repetition for random choice, the Maglev lookup table
 /// (core's, so every node and backend builds the same) for Maglev.
-fn slot_list(
-    p: &PortPlan,
-    backends: &[(SocketAddr, u16)],
-) -> Result<Vec<SocketAddr>, NetfilterError> {
+fn slot_list(p: &PortPlan, backends: &[(SocketAddr, u16)]) -> Result<Vec<SocketAddr>, Error> {
     if !p.maglev {
         return Ok(slots(backends, MAX_SLOTS));
     }
@@ -434,7 +426,7 @@ fn slot_list(
             weight: *w,
         })
         .collect();
-    let table = maglev_table(&keyed, MAGLEV_SLOTS).map_err(|e| NetfilterError::Capacity {
+    let table = maglev_table(&keyed, MAGLEV_SLOTS).map_err(|e| Error::CapacityExceeded {
         what: format!("Maglev table of service port {} ({e})", p.key()),
         needed: backends.len(),
         capacity: MAGLEV_SLOTS as usize,
@@ -444,7 +436,7 @@ fn slot_list(
 }
 
 /// The distinct slot lists of a port, each with the kind that names it.
-fn groups(p: &PortPlan) -> Result<Vec<(&'static str, Vec<SocketAddr>)>, NetfilterError> {
+fn groups(p: &PortPlan) -> Result<Vec<(&'static str, Vec<SocketAddr>)>, Error> {
     // ClusterIPs pick by internalTrafficPolicy whoever the client is; the cluster-wide
     // choice serves the external frontends' local clients.
     let mut used: Vec<(&'static str, &Choice)> = Vec::new();
@@ -473,11 +465,7 @@ fn group_key(p: &PortPlan, kind: &str) -> String {
     format!("{}-{}#{}", p.family.suffix(), p.key(), kind)
 }
 
-fn compile_port(
-    node: &NodePlan,
-    p: &PortPlan,
-    svc: &mut ServiceBuilder,
-) -> Result<(), NetfilterError> {
+fn compile_port(node: &NodePlan, p: &PortPlan, svc: &mut ServiceBuilder) -> Result<(), Error> {
     let ids = std::mem::take(&mut svc.ids);
     let ctx = ChoiceCtx {
         p,
@@ -502,7 +490,7 @@ fn compile_cluster_ip(
     node: &NodePlan,
     ctx: &ChoiceCtx<'_>,
     svc: &mut ServiceBuilder,
-) -> Result<(), NetfilterError> {
+) -> Result<(), Error> {
     let p = ctx.p;
     let fs = p.family.suffix();
     let key = p.key();
@@ -519,7 +507,7 @@ fn compile_cluster_ip(
     } else if node
         .cluster_cidrs
         .iter()
-        .any(|c| Family::of(&c.ip()) == p.family)
+        .any(|c| IpFamily::of(&c.ip()) == p.family)
     {
         Masq::Outside
     } else {
@@ -549,7 +537,7 @@ fn compile_external(
     node: &NodePlan,
     ctx: &ChoiceCtx<'_>,
     svc: &mut ServiceBuilder,
-) -> Result<(), NetfilterError> {
+) -> Result<(), Error> {
     let p = ctx.p;
     let fs = p.family.suffix();
     let key = p.key();
@@ -639,7 +627,7 @@ fn compile_external(
 
 /// Puts a counter in front of the first rule: it counts every packet that enters the chain
 /// (statements run in order, so the counter runs before the rule's matches) without a rule of
-/// its own — 10k rules fewer to load at 10k services.
+/// its own: a rule fewer to load per chain.
 fn with_counter(mut rules: Vec<String>) -> Vec<String> {
     match rules.first_mut() {
         Some(first) => first.insert_str(0, "counter "),
@@ -677,7 +665,7 @@ impl ChoiceCtx<'_> {
         masq: Masq,
         rules: &mut Vec<String>,
         svc: &mut ServiceBuilder,
-    ) -> Result<(), NetfilterError> {
+    ) -> Result<(), Error> {
         let p = self.p;
         let fs = p.family.suffix();
         let prefix = if cond.is_empty() {
@@ -749,7 +737,7 @@ impl ChoiceCtx<'_> {
         Ok(())
     }
 
-    fn group_id(&self, kind: &str, s: &[SocketAddr]) -> Result<u32, NetfilterError> {
+    fn group_id(&self, kind: &str, s: &[SocketAddr]) -> Result<u32, Error> {
         // A kind whose slot list equals an earlier kind's shares that kind's group.
         for (k, other) in groups(self.p)? {
             if other == s {
@@ -761,7 +749,8 @@ impl ChoiceCtx<'_> {
         Err(NetfilterError::Internal {
             backend: "nftables",
             detail: format!("no slot group for {} {kind}", self.p.key()),
-        })
+        }
+        .into())
     }
 
     /// kube-proxy-style affinity: a per-endpoint chain that records the client in a
@@ -819,7 +808,7 @@ impl ChoiceCtx<'_> {
 /// Node-wide statements, relative to the table (rendered with `add ... inet <table> `).
 fn base(node: &NodePlan) -> Vec<String> {
     let mut out = Vec::new();
-    for f in [Family::V4, Family::V6] {
+    for f in [IpFamily::V4, IpFamily::V6] {
         let fs = f.suffix();
         let at = addr_type(f);
         out.push(format!(
@@ -833,7 +822,7 @@ fn base(node: &NodePlan) -> Vec<String> {
         let of = |v: &[IpNetwork]| -> Vec<IpNetwork> {
             v.iter()
                 .copied()
-                .filter(|n| Family::of(&n.ip()) == f)
+                .filter(|n| IpFamily::of(&n.ip()) == f)
                 .collect()
         };
         for (name, nets) in [
@@ -909,14 +898,14 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
         "filter-output-post-dnat",
         "ct state new jump cluster-ips-check",
     ));
-    for f in [Family::V4, Family::V6] {
+    for f in [IpFamily::V4, IpFamily::V6] {
         let (fs, ip) = (f.suffix(), ip_kw(f));
         out.push(rule(
             "services",
             &format!("{ip} daddr . meta l4proto . th dport vmap @service-ips-{fs}"),
         ));
     }
-    for f in [Family::V4, Family::V6] {
+    for f in [IpFamily::V4, IpFamily::V6] {
         let (fs, ip) = (f.suffix(), ip_kw(f));
         // kube-proxy's cluster-ips-check: an allocated ClusterIP on a port it does not
         // serve is rejected, the rest of the service CIDRs dropped (a served port was
@@ -967,11 +956,11 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
 fn masquerade_rules(node: &NodePlan) -> Vec<String> {
     let rule = |chain: &str, r: &str| format!("rule {chain} {r}");
     let mut out = Vec::new();
-    for f in [Family::V4, Family::V6] {
+    for f in [IpFamily::V4, IpFamily::V6] {
         let ip = ip_kw(f);
         let nfproto = match f {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
+            IpFamily::V4 => "ipv4",
+            IpFamily::V6 => "ipv6",
         };
         match node.masquerade_source(f) {
             Some(a) => out.push(rule(
@@ -990,7 +979,7 @@ fn masquerade_rules(node: &NodePlan) -> Vec<String> {
             "ct status dnat meta mark & {MASQUERADE_BIT:#010x} == {MASQUERADE_BIT:#010x} goto masquerade-node"
         ),
     ));
-    for f in [Family::V4, Family::V6] {
+    for f in [IpFamily::V4, IpFamily::V6] {
         let (fs, ip) = (f.suffix(), ip_kw(f));
         out.push(rule(
             "nat-postrouting",
@@ -998,7 +987,7 @@ fn masquerade_rules(node: &NodePlan) -> Vec<String> {
         ));
     }
     if node.masquerade {
-        for f in [Family::V4, Family::V6] {
+        for f in [IpFamily::V4, IpFamily::V6] {
             let (fs, ip) = (f.suffix(), ip_kw(f));
             // Service connections were decided above (mark bit, hairpin); this is plain pod
             // traffic leaving the cluster (or, with `all`, leaving the node's pods).

@@ -1,0 +1,44 @@
+//! The two netfilter flavours: what each can do, written down once for the trait's
+//! `capabilities()` and for the support check that acts on it.
+
+use std::collections::BTreeSet;
+
+use dataplane_core::{Capabilities, Protocol};
+
+/// A netfilter flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavour {
+    /// One `inet` table programmed with `nft`.
+    Nftables,
+    /// `DP-` chains programmed with `iptables-restore`.
+    Iptables,
+}
+
+impl Flavour {
+    /// The backend's name in errors, reports and logs.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Flavour::Nftables => "nftables",
+            Flavour::Iptables => "iptables",
+        }
+    }
+
+    /// What the flavour programs. Maglev needs a hash over the 5-tuple into a fixed table,
+    /// which only nftables (`jhash`) has; neither has DSR, XDP or network policy.
+    pub(crate) fn capabilities(self) -> Capabilities {
+        Capabilities {
+            dataplane: self.name().to_owned(),
+            protocols: BTreeSet::from(Protocol::ALL),
+            ipv6: true,
+            maglev: self == Flavour::Nftables,
+            session_affinity: true,
+            dsr: false,
+            xdp: false,
+            masquerade: true,
+            network_policy: false,
+            weights: true,
+            max_services: 0,
+            max_backends: 0,
+        }
+    }
+}
