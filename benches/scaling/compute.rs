@@ -65,13 +65,13 @@ pub fn compute_costs() -> Vec<ComputeRow> {
 }
 
 fn iptables_compute(state: &DesiredState) -> Vec<ComputeRow> {
-    use dataplane::netfilter::iptables::render;
-    use dataplane::netfilter::plan::{plan, Family};
+    use dataplane::netfilter::{IptablesDataplane, NetfilterConfig};
+    // The path the backend runs (its compiler and writer), not a test-only one.
+    let dp = IptablesDataplane::new(NetfilterConfig::iptables(None));
     vec![ComputeRow {
         what: "render the iptables-restore input of 10k services x 10".to_owned(),
         median_ms: time_median(5, || {
-            let rs = render::compile(&plan(state), Family::V4, "DP");
-            std::hint::black_box(render::render_sync(None, &rs, &render::Existing::default()));
+            std::hint::black_box(dp.render(state, dataplane::IpFamily::V4).expect("renders"));
         }),
     }]
 }
