@@ -7,11 +7,11 @@ pub mod lab;
 pub mod netns;
 pub mod traffic;
 
-pub use cgroup::CgroupScope;
+pub use cgroup::{CgroupError, CgroupScope};
 pub use lab::{
     Family, Lab, LabError, LabExternal, LabNode, LabPod, LabSpec, POD_NAMESPACE, SERVER_PORT,
 };
-pub use netns::NetNs;
+pub use netns::{NetNs, NetNsError};
 pub use traffic::{
     measure, probe, probe_from, serve, Measurement, ProbeOutcome, Server, TcpSession, TrafficError,
 };
