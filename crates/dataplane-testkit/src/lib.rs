@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod conformance;
 pub mod lab;
 pub mod netns;
+pub mod packet;
 pub mod traffic;
 
 pub use cgroup::{CgroupError, CgroupScope};
