@@ -11,9 +11,10 @@
 //!
 //! The XDP program (`dp_xdp_uplink`) gets TCP from an external client to NodePorts of the same
 //! services (synthetic services have NodePorts up to index 2767: beyond, the maps are bigger
-//! but the packets address the first 2768 services), whose backends are all on other nodes (the node's pod CIDR is one no synthetic
-//! backend uses) and reachable through the FIB (a permanent neighbour for the node's
-//! gateway): SNAT to the node address and `XDP_TX`, new and established flows alike.
+//! but the packets address the first 2768 services), whose backends are all on other nodes
+//! (the node's pod CIDR is one no synthetic backend uses) and reachable through the FIB (a
+//! permanent neighbour for the node's gateway): SNAT to the node address and `XDP_TX`, new
+//! and established flows alike.
 //!
 //! The time is the kernel's own measurement of the program run (`repeat = 1`: each packet runs
 //! once), summed over all packets; it includes the kernel's timer reads around the run.

@@ -10,7 +10,7 @@ use crate::lab::{Lab, LabNode, POD_NAMESPACE, SERVER_PORT};
 use crate::traffic::{probe_from, ProbeOutcome};
 
 use super::report::{error_chain, OneRow, Report, RowOutcome, RowReport};
-use super::runner::{reset_all, unspecified};
+use super::runner::{reset_all, start, unspecified};
 use super::table::backend;
 
 /// Conntrack clashes when a client reuses its source port (issue 15, item 11), run against
@@ -26,12 +26,7 @@ pub fn run_port_reuse(
     lab: &Lab,
     factory: &mut dyn FnMut(&LabNode) -> Box<dyn Dataplane>,
 ) -> Report {
-    let mut planes: Vec<Box<dyn Dataplane>> = lab.nodes().iter().map(&mut *factory).collect();
-    let caps = planes.first().map(|p| p.capabilities()).unwrap_or_default();
-    let mut report = Report {
-        backend: caps.dataplane.clone(),
-        rows: Vec::new(),
-    };
+    let (mut planes, caps, mut report) = start(lab, factory);
     let mut client_port = 42_100;
     for family in [IpFamily::V4, IpFamily::V6] {
         for (placement, pod) in [("local backend", 1), ("remote backend", 2)] {

@@ -72,6 +72,17 @@ impl Report {
         self.rows.iter().find(|r| r.name == name)
     }
 
+    /// `conformance [BACKEND]: N passed, N failed, N skipped`.
+    pub(super) fn summary(&self) -> String {
+        format!(
+            "conformance [{}]: {} passed, {} failed, {} skipped",
+            self.backend,
+            self.passed().count(),
+            self.failed().count(),
+            self.skipped().count()
+        )
+    }
+
     /// Panics with a table of the failures if any row failed.
     pub fn assert_ok(&self) {
         let failed = self.failed().count();
@@ -85,14 +96,7 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "conformance [{}]: {} passed, {} failed, {} skipped",
-            self.backend,
-            self.passed().count(),
-            self.failed().count(),
-            self.skipped().count()
-        )?;
+        writeln!(f, "{}", self.summary())?;
         let width = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
         for row in &self.rows {
             write_row(f, row, width)?;

@@ -75,12 +75,7 @@ pub fn run_with(
     factory: &mut dyn FnMut(&LabNode) -> Box<dyn Dataplane>,
     options: &RunOptions,
 ) -> Report {
-    let mut planes: Vec<Box<dyn Dataplane>> = lab.nodes().iter().map(&mut *factory).collect();
-    let caps = planes.first().map(|p| p.capabilities()).unwrap_or_default();
-    let mut report = Report {
-        backend: caps.dataplane.clone(),
-        rows: Vec::new(),
-    };
+    let (mut planes, caps, mut report) = start(lab, factory);
     let mut single_answers: BTreeMap<String, String> = BTreeMap::new();
     let mut servers = BTreeMap::new();
     let only = row_filter();
@@ -108,15 +103,24 @@ pub fn run_with(
     }
     reset_all(&mut planes, &mut report);
     if options.verbose {
-        eprintln!(
-            "conformance [{}]: {} passed, {} failed, {} skipped",
-            report.backend,
-            report.passed().count(),
-            report.failed().count(),
-            report.skipped().count()
-        );
+        eprintln!("{}", report.summary());
     }
     report
+}
+
+/// One backend per node from `factory`, in node order; the first one's capabilities (they
+/// name the backend); an empty report.
+pub(super) fn start(
+    lab: &Lab,
+    factory: &mut dyn FnMut(&LabNode) -> Box<dyn Dataplane>,
+) -> (Vec<Box<dyn Dataplane>>, Capabilities, Report) {
+    let planes: Vec<Box<dyn Dataplane>> = lab.nodes().iter().map(&mut *factory).collect();
+    let caps = planes.first().map(|p| p.capabilities()).unwrap_or_default();
+    let report = Report {
+        backend: caps.dataplane.clone(),
+        rows: Vec::new(),
+    };
+    (planes, caps, report)
 }
 
 /// Resets every node's backend at the end of a run; a failing reset is a failed
