@@ -31,8 +31,8 @@ fn bench_tc(c: &mut Criterion) {
         }
     };
     let mut g = c.benchmark_group("tc_from_pod");
-    // Each iteration is one test-run syscall (tens of µs of wall time for ~100 ns of program
-    // time): keep criterion's time targets, which it measures in program time, small.
+    // Each iteration is one test-run syscall, whose wall time is far longer than the program
+    // time criterion is given: keep its time targets, which it measures in program time, small.
     g.sample_size(20)
         .warm_up_time(Duration::from_millis(5))
         .measurement_time(Duration::from_millis(40));

@@ -11,9 +11,10 @@
 //!
 //! The XDP program (`dp_xdp_uplink`) gets TCP from an external client to NodePorts of the same
 //! services (synthetic services have NodePorts up to index 2767: beyond, the maps are bigger
-//! but the packets address the first 2768 services), whose backends are all on other nodes (the node's pod CIDR is one no synthetic
-//! backend uses) and reachable through the FIB (a permanent neighbour for the node's
-//! gateway): SNAT to the node address and `XDP_TX`, new and established flows alike.
+//! but the packets address the first 2768 services), whose backends are all on other nodes
+//! (the node's pod CIDR is one no synthetic backend uses) and reachable through the FIB (a
+//! permanent neighbour for the node's gateway): SNAT to the node address and `XDP_TX`, new
+//! and established flows alike.
 //!
 //! The time is the kernel's own measurement of the program run (`repeat = 1`: each packet runs
 //! once), summed over all packets; it includes the kernel's timer reads around the run.
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 use dataplane::ebpf::{EbpfConfig, EbpfDataplane, Hook, XdpMode};
 use dataplane::testing::synthetic;
 use dataplane::Dataplane;
+use dataplane_testkit::packet::{self, TCP_ACK, TCP_SYN};
 use dataplane_testkit::{Lab, LabSpec};
 use nix::sched::{setns, CloneFlags};
 
@@ -36,8 +38,6 @@ pub const FLOOR_PROGRAMS: [&str; 4] = ["floor_entry", "floor_ct", "floor_ct_nat"
 /// Established flows kept open and cycled through.
 pub const ESTABLISHED_FLOWS: usize = 4096;
 
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 const TC_ACT_SHOT: u32 = 2;
 const XDP_TX: u32 = 3;
 /// NodePorts of synthetic services: 30000 + index, up to 32767.
@@ -75,8 +75,8 @@ impl Sample {
 ///
 /// The calling thread enters the node's namespace for the lifetime of the `PacketLab` and the
 /// dataplane is configured for "the current namespace": `run_packet` then runs the program on
-/// this thread, not on a new thread per packet (a fresh thread means cold caches and turns a
-/// ~100 ns run into microseconds).
+/// this thread, not on a new thread per packet (a fresh thread means cold caches, which would
+/// be measured instead of the program).
 #[derive(Debug)]
 pub struct PacketLab {
     // Field order: the floor fixture and the dataplane go before the lab's namespaces.
@@ -408,47 +408,14 @@ impl Drop for PacketLab {
     }
 }
 
-fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An Ethernet + IPv4 + TCP frame (no payload) with valid checksums.
+/// An Ethernet + IPv4 + TCP frame (no payload, "don't fragment") with valid checksums, as
+/// a pod's veth would hand it to the program.
 pub fn tcp_packet(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
-    let mut tcp = Vec::with_capacity(20);
-    tcp.extend(src.port().to_be_bytes());
-    tcp.extend(dst.port().to_be_bytes());
-    tcp.extend(1000u32.to_be_bytes());
-    tcp.extend(u32::from(flags & TCP_ACK != 0).to_be_bytes());
-    tcp.extend([5 << 4, flags]);
-    tcp.extend(65535u16.to_be_bytes());
-    tcp.extend([0, 0, 0, 0]);
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend(src.ip().octets());
-    pseudo.extend(dst.ip().octets());
-    pseudo.extend([0, 6, 0, 20]);
-    let c = fold(sum16(&pseudo) + sum16(&tcp));
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-
-    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
-    ip.extend(src.ip().octets());
-    ip.extend(dst.ip().octets());
-    let c = fold(sum16(&ip));
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-
-    let mut frame = Vec::with_capacity(54);
-    frame.extend([0xee; 6]);
-    frame.extend([0x02, 0, 0, 0, 0, 0x01]);
-    frame.extend(0x0800u16.to_be_bytes());
-    frame.extend(ip);
-    frame.extend(tcp);
-    frame
+    packet::eth()
+        .macs([0x02, 0, 0, 0, 0, 0x01], [0xee; 6])
+        .ips((*src.ip()).into(), (*dst.ip()).into())
+        .tcp(src.port(), dst.port(), flags)
+        .seq_ack(1000, u32::from(flags & TCP_ACK != 0))
+        .dont_fragment()
+        .build()
 }

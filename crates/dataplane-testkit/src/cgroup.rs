@@ -6,13 +6,25 @@
 //! A lab runs every node's pods as threads of one process; [`CgroupScope::threaded_child`]
 //! gives the threads of some namespaces (one node's pods) a threaded cgroup of their own, so
 //! that what is attached there sees only their sockets, as it would see only one node's pods.
+//! It records the cgroup on those namespaces' handles ([`NetNs::set_thread_cgroup`]): the
+//! namespace module writes a thread into it on entering and knows nothing else of cgroups.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use crate::NetNs;
+use crate::netns::NetNs;
 
-use crate::lab::LabError;
+/// A cgroup v2 operation of [`CgroupScope`] (or of finding the hierarchy) failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cgroup {}: cannot {operation}", path.display())]
+pub struct CgroupError {
+    /// The cgroup directory or file.
+    pub path: PathBuf,
+    /// What was being done.
+    pub operation: &'static str,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// Where a cgroup v2 hierarchy is mounted when the machine has none mounted.
@@ -24,30 +36,12 @@ pub struct CgroupScope {
     path: PathBuf,
     previous: PathBuf,
     children: Vec<PathBuf>,
+    /// Handles of the namespaces given a threaded child, cleared again on drop.
+    assigned: Vec<NetNs>,
 }
 
-/// (namespace path, threaded cgroup) pairs: a thread entering the namespace joins the cgroup.
-static ASSIGNED: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
-
-/// Moves the calling thread into the threaded cgroup assigned to namespace `netns`, if any
-/// (called by every testkit thread that enters a namespace, before it creates a socket).
-pub(crate) fn join_assigned(netns: &Path) -> Result<(), LabError> {
-    let cgroup = ASSIGNED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-        .find(|(ns, _)| ns == netns)
-        .map(|(_, c)| c.clone());
-    let Some(cgroup) = cgroup else {
-        return Ok(());
-    };
-    let threads = cgroup.join("cgroup.threads");
-    std::fs::write(&threads, nix::unistd::gettid().to_string())
-        .map_err(|e| err(threads, "move a thread into it", e))
-}
-
-fn err(path: impl Into<PathBuf>, operation: &'static str, source: std::io::Error) -> LabError {
-    LabError::Cgroup {
+fn err(path: impl Into<PathBuf>, operation: &'static str, source: std::io::Error) -> CgroupError {
+    CgroupError {
         path: path.into(),
         operation,
         source,
@@ -59,7 +53,7 @@ fn is_cgroup2(p: &Path) -> bool {
 }
 
 /// The mount point of the cgroup v2 hierarchy, mounting it when nothing has.
-pub fn cgroup2_root() -> Result<PathBuf, LabError> {
+pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| err("/proc/self/mountinfo", "read", e))?;
     // Fields: id parent major:minor root mount-point options... - fstype source options.
@@ -91,7 +85,7 @@ pub fn cgroup2_root() -> Result<PathBuf, LabError> {
 
 impl CgroupScope {
     /// Creates cgroup `name` under the cgroup v2 root and moves this process into it.
-    pub fn enter(name: &str) -> Result<CgroupScope, LabError> {
+    pub fn enter(name: &str) -> Result<CgroupScope, CgroupError> {
         let root = cgroup2_root()?;
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| err("/proc/self/cgroup", "read", e))?;
@@ -112,6 +106,7 @@ impl CgroupScope {
             path,
             previous,
             children: Vec::new(),
+            assigned: Vec::new(),
         })
     }
 
@@ -122,12 +117,14 @@ impl CgroupScope {
 
     /// Creates threaded cgroup `name` under this one and assigns it the namespaces `netns`:
     /// from now on every thread the testkit starts in one of them ([`NetNs::run`], servers,
-    /// probes) joins it first, so the sockets it creates belong to it. Returns its directory.
+    /// probes) joins it first, so the sockets it creates belong to it (through
+    /// [`NetNs::set_thread_cgroup`] on the handles, and so on every clone of them; the
+    /// assignment ends when the scope is dropped). Returns its directory.
     pub fn threaded_child<'a>(
         &mut self,
         name: &str,
         netns: impl IntoIterator<Item = &'a NetNs>,
-    ) -> Result<PathBuf, LabError> {
+    ) -> Result<PathBuf, CgroupError> {
         let path = self.path.join(name);
         match std::fs::create_dir(&path) {
             Ok(()) => {}
@@ -142,18 +139,15 @@ impl CgroupScope {
         if current.trim() != "threaded" {
             std::fs::write(&kind, "threaded").map_err(|e| err(&kind, "make it threaded", e))?;
         }
-        let mut assigned = ASSIGNED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for ns in netns {
-            assigned.retain(|(p, _)| p != ns.path());
-            assigned.push((ns.path().to_owned(), path.clone()));
+            ns.set_thread_cgroup(Some(path.clone()));
+            self.assigned.push(ns.clone());
         }
         Ok(path)
     }
 }
 
-fn move_into(cgroup: &Path) -> Result<(), LabError> {
+fn move_into(cgroup: &Path) -> Result<(), CgroupError> {
     let procs = cgroup.join("cgroup.procs");
     std::fs::write(&procs, std::process::id().to_string())
         .map_err(|e| err(procs, "move this process into it", e))
@@ -161,10 +155,15 @@ fn move_into(cgroup: &Path) -> Result<(), LabError> {
 
 impl Drop for CgroupScope {
     fn drop(&mut self) {
-        ASSIGNED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|(_, c)| !self.children.contains(c));
+        // (Unless another scope has assigned the namespace since.)
+        for ns in &self.assigned {
+            if ns
+                .thread_cgroup()
+                .is_some_and(|c| self.children.contains(&c))
+            {
+                ns.set_thread_cgroup(None);
+            }
+        }
         // All threads, also those in threaded children.
         if let Err(e) = move_into(&self.previous) {
             tracing::warn!(error = %e, "moving back out of the test cgroup");

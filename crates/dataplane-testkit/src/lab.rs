@@ -45,7 +45,7 @@ use dataplane_core::{
 };
 use ipnetwork::IpNetwork;
 
-use crate::netns::{self, NetNs};
+use crate::netns::{self, NetNs, NetNsError};
 use crate::traffic::{self, Server, TrafficError};
 
 /// Port on which every pod's TCP and UDP servers listen.
@@ -80,65 +80,9 @@ pub enum LabError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// A command could not be started.
-    #[error("cannot run `{command}`")]
-    Spawn {
-        /// The command line.
-        command: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A command exited with an error.
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// Exit status.
-        status: String,
-        /// Its standard error.
-        stderr: String,
-    },
-    /// `/run/netns/NAME` could not be opened.
-    #[error("network namespace {netns}: cannot open")]
-    OpenNetns {
-        /// Namespace name.
-        netns: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// `setns(2)` failed.
-    #[error("network namespace {netns}: setns failed")]
-    Setns {
-        /// Namespace name.
-        netns: String,
-        /// The cause.
-        #[source]
-        source: nix::errno::Errno,
-    },
-    /// A sysctl could not be written.
-    #[error("network namespace {netns}: cannot set sysctl {key}")]
-    Sysctl {
-        /// Namespace name.
-        netns: String,
-        /// The key under /proc/sys.
-        key: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A cgroup v2 operation of [`crate::CgroupScope`] failed.
-    #[error("cgroup {path}: cannot {operation}")]
-    Cgroup {
-        /// The cgroup directory or file.
-        path: std::path::PathBuf,
-        /// What was being done.
-        operation: &'static str,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A namespace or one of the commands that build the lab failed.
+    #[error(transparent)]
+    Netns(#[from] NetNsError),
     /// An index names no node, pod or external client of this lab.
     #[error("lab has no {what} {index} (it has {count})")]
     NoSuch {
@@ -400,11 +344,12 @@ impl Lab {
     fn create_netns(&mut self, ns: &NetNs) -> Result<(), LabError> {
         #[cfg(test)]
         if tests::FAIL_AFTER.with(std::cell::Cell::get) == Some(self.created.len()) {
-            return Err(LabError::Command {
+            return Err(NetNsError::Command {
                 command: format!("ip netns add {}", ns.name()),
                 status: "injected".to_owned(),
                 stderr: "fault injected by a test".to_owned(),
-            });
+            }
+            .into());
         }
         netns::ip(&["netns", "add", ns.name()])?;
         self.created.push(ns.clone());
@@ -418,7 +363,7 @@ impl Lab {
                 ("net/ipv6/icmp/ratelimit", "0"),
             ]);
         }
-        ns.sysctl(&sysctls)
+        Ok(ns.sysctl(&sysctls)?)
     }
 
     fn build(&mut self) -> Result<(), LabError> {
@@ -487,10 +432,10 @@ impl Lab {
                 self.underlay.name()
             ),
         ])?;
-        self.underlay.ip_batch(&[
+        Ok(self.underlay.ip_batch(&[
             format!("link set {port} master br0"),
             format!("link set {port} up"),
-        ])
+        ])?)
     }
 
     fn build_node(&mut self, i: usize) -> Result<(), LabError> {
@@ -748,17 +693,17 @@ impl Lab {
     ) -> Result<(), LabError> {
         let client = self.try_external(external)?;
         let gateway = self.gateway_for(cidr, node)?;
-        client
+        Ok(client
             .netns
-            .ip_batch(&[format!("route replace {cidr} via {gateway} dev eth0")])
+            .ip_batch(&[format!("route replace {cidr} via {gateway} dev eth0")])?)
     }
 
     /// Removes a route added by [`Lab::route_via_node`].
     pub fn unroute(&self, external: usize, cidr: IpNetwork) -> Result<(), LabError> {
         let client = self.try_external(external)?;
-        client
+        Ok(client
             .netns
-            .ip_batch(&[format!("route del {cidr} dev eth0")])
+            .ip_batch(&[format!("route del {cidr} dev eth0")])?)
     }
 
     fn gateway_for(&self, cidr: IpNetwork, node: usize) -> Result<IpAddr, LabError> {

@@ -5,13 +5,14 @@ pub mod cgroup;
 pub mod conformance;
 pub mod lab;
 pub mod netns;
+pub mod packet;
 pub mod traffic;
 
-pub use cgroup::CgroupScope;
+pub use cgroup::{CgroupError, CgroupScope};
 pub use lab::{
     Family, Lab, LabError, LabExternal, LabNode, LabPod, LabSpec, POD_NAMESPACE, SERVER_PORT,
 };
-pub use netns::NetNs;
+pub use netns::{NetNs, NetNsError};
 pub use traffic::{
     measure, probe, probe_from, serve, Measurement, ProbeOutcome, Server, TcpSession, TrafficError,
 };

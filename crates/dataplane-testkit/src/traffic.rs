@@ -23,8 +23,7 @@ use nix::sys::socket::{
     SockType, SockaddrStorage,
 };
 
-use crate::lab::LabError;
-use crate::netns::NetNs;
+use crate::netns::{NetNs, NetNsError};
 
 /// Timeout of [`TcpSession`] connects and requests unless changed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,7 +36,7 @@ const MAX_LINE: usize = 4096;
 pub enum TrafficError {
     /// Entering the namespace failed.
     #[error(transparent)]
-    Lab(#[from] LabError),
+    Netns(#[from] NetNsError),
     /// A socket operation failed in an unexpected way.
     #[error("{what}")]
     Io {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use dataplane_core::Protocol;
 use dataplane_testkit::{
-    probe, require_root, serve, Family, Lab, LabError, LabSpec, NetNs, ProbeOutcome, TcpSession,
-    SERVER_PORT,
+    probe, require_root, serve, Family, Lab, LabError, LabSpec, NetNs, NetNsError, ProbeOutcome,
+    TcpSession, SERVER_PORT,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -228,7 +228,7 @@ fn bad_requests_are_typed_errors() {
     // Removing a route that is not there names the command that failed.
     let err = lab.unroute(0, v4).unwrap_err();
     assert!(
-        matches!(&err, LabError::Command { command, .. } if command.contains("route del")),
+        matches!(&err, LabError::Netns(NetNsError::Command { command, .. }) if command.contains("route del")),
         "{err}"
     );
     assert!(lab.try_pod(4).is_err());
