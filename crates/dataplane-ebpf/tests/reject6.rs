@@ -12,7 +12,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{eth, hex, node_a, require_root, stat, PinDirs, TestNode, TCP_SYN};
+use common::{eth, hex, l4_checksum, node_a, require_root, stat, PinDirs, TestNode, TCP_SYN};
 use dataplane_core::{Dataplane, DesiredState, ObjectName, Protocol, Service, ServicePort};
 use dataplane_ebpf::{EbpfConfig, EbpfDataplane, Hook};
 use dataplane_testkit::{probe, Family, Lab, LabSpec, ProbeOutcome};
@@ -91,26 +91,8 @@ fn refusal_arrives_at_once_over_ipv4_and_ipv6() {
 
 const REDIRECT: u32 = 7;
 
-/// The one's-complement checksum of an IPv6 upper-layer packet (`payload`, its checksum
-/// field included) from `src` to `dst`: 0 when the checksum in it is right.
-fn l4_sum_v6(src: &[u8], dst: &[u8], next: u8, payload: &[u8]) -> u16 {
-    let mut data = Vec::new();
-    data.extend(src);
-    data.extend(dst);
-    data.extend(u32::try_from(payload.len()).unwrap().to_be_bytes());
-    data.extend([0, 0, 0, next]);
-    data.extend(payload);
-    if data.len() % 2 == 1 {
-        data.push(0);
-    }
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+fn ipv6(octets: &[u8]) -> std::net::IpAddr {
+    <[u8; 16]>::try_from(octets).expect("16 octets").into()
 }
 
 /// Checks the IPv6 header of a reject `out` (Ethernet frame) to `input`'s source: version,
@@ -145,7 +127,7 @@ fn check_v6_reply<'a>(what: &str, input: &[u8], out: &'a [u8], next: u8) -> &'a 
         "{what}: to the source"
     );
     assert_eq!(
-        l4_sum_v6(&ip[8..24], &ip[24..40], next, &ip[40..]),
+        l4_checksum(ipv6(&ip[8..24]), ipv6(&ip[24..40]), next, &ip[40..]),
         0,
         "{what}: checksum (computed here) of {}",
         hex(out)
