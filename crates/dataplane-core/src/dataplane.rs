@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::diff::{diff, ChangeSet};
 use crate::model::{DesiredState, ObjectName, Protocol};
+// Validation owns its findings (`ValidationError`, `Warning`): this module reports them.
 use crate::validate::ValidationError;
+pub use crate::validate::Warning;
 
 /// A node networking dataplane: the kernel programming of one node's Services, NAT and policy.
 ///
@@ -186,25 +188,6 @@ impl std::fmt::Display for Skipped {
             "{}: {}: not programmed: {} ({})",
             self.object, self.field, self.feature, self.reason
         )
-    }
-}
-
-/// An accepted setting that is probably not what the caller meant, or that scopes less than
-/// it looks, naming object and field like a [`ValidationError`].
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Warning {
-    /// The object (`service default/web`).
-    pub object: String,
-    /// The field (`clusterIPs[0]`).
-    pub field: String,
-    /// What is worth a look.
-    pub message: String,
-}
-
-impl std::fmt::Display for Warning {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}: {}", self.object, self.field, self.message)
     }
 }
 

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
-use crate::dataplane::Warning;
 use crate::diff::ChangeSet;
 use crate::model::{
     DesiredState, Endpoint, Node, Policy, PolicyRule, PortRef, Protocol, Service, SessionAffinity,
     TrafficPolicy, API_VERSION, KIND,
 };
 use crate::reference::IpFamily;
+use serde::{Deserialize, Serialize};
 
 /// Longest ClientIP affinity timeout Kubernetes accepts (one day).
 pub const MAX_AFFINITY_TIMEOUT_SECONDS: u32 = 86_400;
@@ -1053,5 +1053,24 @@ impl Validator {
             }
         }
         self.endpoint_ips.extend(add);
+    }
+}
+
+/// An accepted setting that is probably not what the caller meant, or that scopes less than
+/// it looks, naming object and field like a [`ValidationError`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Warning {
+    /// The object (`service default/web`).
+    pub object: String,
+    /// The field (`clusterIPs[0]`).
+    pub field: String,
+    /// What is worth a look.
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.field, self.message)
     }
 }
