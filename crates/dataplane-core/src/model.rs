@@ -672,9 +672,9 @@ pub struct Backend {
     pub terminating: bool,
     /// Name of the node the backend runs on; equal to [`Node::name`] means node-local.
     ///
-    /// Shared (`Arc<str>`): a node name repeats across every backend on that node, and at
-    /// 100k backends a `String` each was ~4.7 MiB of the caller's state. Build one per node
-    /// and clone it (`Some(Arc::clone(&name))`); `Some("node-a".into())` also works.
+    /// Shared (`Arc<str>`): a node name repeats across every backend on that node, and a
+    /// `String` each made it a large part of a big state (the scaling bench measures it).
+    /// Build one per node and clone it (`Some(Arc::clone(&name))`); `Some("node-a".into())` also works.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<Arc<str>>,
     /// Topology zone (shared like [`Backend::node_name`]).

@@ -237,8 +237,8 @@ pub fn validate(state: &DesiredState) -> Result<(), ValidationError> {
 /// messages name it (`service default/web ports[0]`, `endpoint default/web-0`).
 type Claims = (FrontendClaims, BTreeMap<IpAddr, String>);
 
-/// Frontends with their claimant; the claims of one service port share one string (at 10k
-/// services a `String` per claim was ~0.6 MiB of a `Validator`).
+/// Frontends with their claimant; the claims of one service port share one string (a
+/// `String` per claim made them most of a `Validator`'s memory at scale).
 type FrontendClaims = BTreeMap<(IpAddr, Protocol, u16), Arc<str>>;
 
 /// Whether two networks share an address.
