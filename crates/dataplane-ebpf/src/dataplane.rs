@@ -234,6 +234,9 @@ impl EbpfDataplane {
     ) -> Result<ApplyReport, Error> {
         let to_plan = desired.unwrap_or(&rest);
         let maglev = self.config.capacities.maglev_table_size;
+        // After `reset` nothing is loaded: this sync loads the objects itself (maps, pins,
+        // socket hooks), and a refused state must take them away again.
+        let was_loaded = self.loaded.is_some();
         // Taken: if anything below fails the maps are unknown to the planner and the next
         // sync plans afresh.
         let previous = self.take_synced();
@@ -271,6 +274,17 @@ impl EbpfDataplane {
                 Ok(report)
             }
             Err(e) => {
+                let refused = matches!(
+                    e,
+                    Error::CapacityExceeded { .. } | Error::Invalid(_) | Error::Unsupported { .. }
+                );
+                if refused && !was_loaded {
+                    // A refused state leaves the kernel as it was: without our objects.
+                    if let Err(undo) = <Self as Dataplane>::reset(self) {
+                        tracing::warn!(error = %undo, "removing the objects a refused sync loaded");
+                    }
+                    return Err(e);
+                }
                 self.set_synced(Synced::No {
                     programmed_before: before,
                 });
@@ -660,6 +674,9 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn reset(&mut self) -> Result<(), Error> {
+        // Whatever fails below, the kernel no longer holds what the last sync left (detaching
+        // starts by taking the attachments out): the next sync must be full.
+        self.set_synced(Synced::NEVER);
         let netns = self.config.netns.clone();
         netns::in_netns(netns.as_deref(), || self.detach_all(false))?;
         // Without loaded objects (a failed load, an earlier reset) detach_all did nothing, but

@@ -928,6 +928,37 @@ fn capacity_error_writes_nothing() {
     );
 }
 
+/// After `reset` nothing of ours is in the kernel; a refused state must leave it so, although
+/// the apply loaded the objects to try it: no pinned maps, and the next fitting apply works.
+#[test]
+fn capacity_error_after_reset_leaves_nothing_loaded() {
+    if !require_root("capacity_error_after_reset_leaves_nothing_loaded") {
+        return;
+    }
+    let n = TestNode::new("capr");
+    let mut cfg = n.config();
+    cfg.capacities.services = 8;
+    let mut dp = EbpfDataplane::new(cfg).expect("load");
+    dp.reset().expect("reset");
+    assert!(!n.pin_dir.exists(), "reset removes the pin directory");
+    let err = dp.apply(&scene()).expect_err("too many frontends");
+    assert!(
+        matches!(err, dataplane_core::Error::CapacityExceeded { .. }),
+        "typed capacity error: {err}"
+    );
+    assert!(
+        !n.pin_dir.exists(),
+        "a refused apply after reset leaves no pinned maps behind"
+    );
+    let small = state(vec![service(
+        "web",
+        "10.96.0.10",
+        vec![backend("10.244.1.20", "node-b")],
+    )]);
+    let report = dp.apply(&small).expect("fits");
+    assert_eq!(report.services_changed, 1, "{report:?}");
+}
+
 /// A state with more backends than fit is refused before anything is written, and leaves no
 /// trace: the backends it would have added are not taken as written by the next apply.
 #[test]
