@@ -60,6 +60,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use crate::counts::ServiceFingerprints;
 use crate::dataplane::{
     ApplyReport, Capabilities, Dataplane, Error, Flow, MaintenanceReport, ObservedFrontend,
     ObservedState, Skipped, Stats, Warning,
@@ -622,10 +623,15 @@ impl Inner {
         // The counts compare the objects, as every dataplane does (see `crate::counts`);
         // the objects written are the frontends of every service programmed differently (a
         // change of the node reprograms NodePorts without changing a service).
-        let changed = services
-            .iter()
-            .filter(|(name, p)| self.services.get(*name).map(|o| &o.service) != Some(&p.service))
-            .count();
+        // The desired objects, not what the capabilities left of them (a change of a port
+        // this fake leaves out still changes the service, as on every dataplane).
+        let before = self
+            .applied
+            .as_ref()
+            .map(|a| ServiceFingerprints::of(&a.services))
+            .unwrap_or_default();
+        let (changed, removed_count) =
+            ServiceFingerprints::of(&desired.services).counts_since(&before);
         let rewritten: Vec<&Programmed> = services
             .iter()
             .filter(|(name, p)| self.services.get(*name) != Some(*p))
@@ -640,7 +646,7 @@ impl Inner {
         let report = ApplyReport {
             full_sync: true,
             services_changed: changed,
-            services_removed: removed.len(),
+            services_removed: removed_count,
             objects_written: rewritten
                 .iter()
                 .chain(&removed)
@@ -710,8 +716,9 @@ impl Inner {
             .collect();
         let report = ApplyReport {
             full_sync: false,
-            services_changed: written.len(),
-            services_removed: removed.len(),
+            // The objects, as every dataplane counts them (see `crate::counts`).
+            services_changed: changes.service_counts().0,
+            services_removed: changes.service_counts().1,
             objects_written: written
                 .iter()
                 .chain(&removed)

@@ -695,3 +695,38 @@ fn client_ip_affinity_sends_every_connection_of_a_client_to_one_backend() {
         .collect();
     assert_eq!(over_clients.len(), 2, "{over_clients:?}");
 }
+
+/// The counts compare the desired objects, as every dataplane does: a change to a port the
+/// fake leaves out (a protocol it lacks) still changes the service.
+#[test]
+fn a_change_to_a_skipped_port_counts_as_a_changed_service() {
+    let mut caps = FakeDataplane::default_capabilities();
+    caps.protocols = [Protocol::Tcp, Protocol::Udp].into_iter().collect();
+    let mut fake = FakeDataplane::with_capabilities(caps);
+    let sig = |port: u16| {
+        Service::cluster_ip(
+            name("sig"),
+            ip("10.96.0.40"),
+            [
+                ServicePort::tcp(80, 80).named("http"),
+                ServicePort::sctp(port, port).named("sig"),
+            ],
+        )
+        .with_backend(Backend::new(ip("10.244.1.8")))
+    };
+    let one = state([sig(9)]);
+    fake.apply(&one).unwrap();
+    let two = state([sig(10)]);
+    let r = fake.apply(&two).unwrap();
+    assert_eq!(
+        (r.services_changed, r.services_removed),
+        (1, 0),
+        "full: {r:?}"
+    );
+    let r = fake.apply_changes(&diff(&two, &one)).unwrap();
+    assert_eq!(
+        (r.services_changed, r.services_removed),
+        (1, 0),
+        "incremental: {r:?}"
+    );
+}
