@@ -63,26 +63,66 @@ fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
         if before.ends_with(|c: char| c.is_alphanumeric() || c == '_') || before.ends_with("::") {
             continue;
         }
-        let mut names = Vec::new();
-        let mut tail = rest;
-        loop {
-            let end = tail
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(tail.len());
-            if end == 0 {
-                break;
-            }
-            names.push(tail[..end].to_owned());
-            match tail[end..].strip_prefix("::") {
-                Some(t) => tail = t,
-                None => break,
-            }
-        }
-        if !names.is_empty() {
-            out.push(names);
-        }
+        out.extend(use_tree(rest.trim_start()).0);
     }
     out
+}
+
+/// The paths a use tree at the start of `text` names (`a::b`, `a::{b, c::d}`, `{a, b::*}`),
+/// and the rest of `text` after it. A glob or a group ends a path at the module it is in.
+fn use_tree(text: &str) -> (Vec<Vec<String>>, &str) {
+    let mut names = Vec::new();
+    let mut tail = text;
+    loop {
+        if let Some(group) = tail.strip_prefix('{') {
+            let mut out = Vec::new();
+            let mut rest = group;
+            loop {
+                rest = rest.trim_start();
+                if let Some(after) = rest.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let (paths, after) = use_tree(rest);
+                out.extend(
+                    paths
+                        .into_iter()
+                        .map(|p| names.iter().cloned().chain(p).collect()),
+                );
+                rest = after.trim_start();
+                match rest.strip_prefix(',') {
+                    Some(after) => rest = after,
+                    None if rest.starts_with('}') => {}
+                    // Not a use tree after all (`crate::{` in a string, say): stop here.
+                    None => break,
+                }
+            }
+            if out.is_empty() && !names.is_empty() {
+                out.push(names);
+            }
+            return (out, rest);
+        }
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if end == 0 {
+            break;
+        }
+        names.push(tail[..end].to_owned());
+        match tail[end..].strip_prefix("::") {
+            Some(t) => tail = t,
+            None => {
+                tail = &tail[end..];
+                break;
+            }
+        }
+    }
+    let paths = if names.is_empty() {
+        Vec::new()
+    } else {
+        vec![names]
+    };
+    (paths, tail)
 }
 
 /// The module graph of the crate whose sources are under `src`.
@@ -208,6 +248,15 @@ fn a_loop_is_found() {
     std::fs::write(
         src.join("b/c.rs"),
         "use super::super::a::f;\npub struct Thing;\n",
+    )
+    .unwrap();
+    let found = find_loop(&graph(&src)).map(|l| show(&l));
+    assert_eq!(found.as_deref(), Some("a -> b::c"));
+    // The same loop through grouped imports.
+    std::fs::write(src.join("a.rs"), "use crate::{b::{c::Thing, self}, x};\n").unwrap();
+    std::fs::write(
+        src.join("b/c.rs"),
+        "use crate::{a::f};\npub struct Thing;\n",
     )
     .unwrap();
     let found = find_loop(&graph(&src)).map(|l| show(&l));
