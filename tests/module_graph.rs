@@ -109,12 +109,11 @@ fn use_tree(text: &str) -> (Vec<Vec<String>>, &str) {
             break;
         }
         names.push(tail[..end].to_owned());
-        match tail[end..].strip_prefix("::") {
-            Some(t) => tail = t,
-            None => {
-                tail = &tail[end..];
-                break;
-            }
+        if let Some(t) = tail[end..].strip_prefix("::") {
+            tail = t;
+        } else {
+            tail = &tail[end..];
+            break;
         }
     }
     let paths = if names.is_empty() {
