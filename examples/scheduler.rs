@@ -260,11 +260,12 @@ impl NodeAgent {
             report.services_removed,
             report.objects_written
         );
+        // The sync succeeded: `desired` is what the kernel holds now, whatever follows.
+        self.programmed = Some(desired);
         // The toy's Services need nothing either dataplane lacks: a left-out part is a bug.
         if let Some(skipped) = report.skipped.first() {
             return Err(format!("{}: left out {skipped}", self.name).into());
         }
-        self.programmed = Some(desired);
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[cfg(doc)]
 use dataplane_core::Dataplane;
@@ -22,6 +22,9 @@ use dataplane_core::{
     ObservedState, Stats,
 };
 use tokio::sync::{oneshot, watch};
+
+/// The shortest time between two maintenance runs of the handle's thread.
+const MIN_MAINTENANCE_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Why a call on an [`AsyncDataplane`] failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -173,7 +176,8 @@ impl AsyncDataplane {
     }
 
     /// Moves the dataplane to `desired` (see the coalescing rule above). On an error the
-    /// thread keeps the state synced before, and the dataplane makes the next sync full.
+    /// thread keeps the state synced before; after a kernel failure the dataplane makes the
+    /// next sync full, after a refusal nothing changed.
     pub fn sync(
         &self,
         desired: DesiredState,
@@ -337,12 +341,15 @@ enum Work {
 
 fn run(worker: &mut Worker, shared: &Shared, maintenance: &watch::Sender<MaintenanceResult>) {
     let mut next_maintenance = None;
+    let mut maintained_last = false;
     loop {
         // The interval may change with the state (a dataplane may need maintenance only
         // once something is programmed): ask after every piece of work.
         match worker.dataplane.maintenance_interval() {
             None => next_maintenance = None,
             Some(interval) => {
+                // At least a millisecond apart: a zero interval would be a busy loop.
+                let interval = interval.max(MIN_MAINTENANCE_INTERVAL);
                 next_maintenance.get_or_insert_with(|| Instant::now() + interval);
             }
         }
@@ -351,8 +358,10 @@ fn run(worker: &mut Worker, shared: &Shared, maintenance: &watch::Sender<Mainten
             loop {
                 let now = Instant::now();
                 // Maintenance first when due, so that a steady stream of syncs cannot
-                // starve it.
-                if next_maintenance.is_some_and(|at| now >= at) {
+                // starve it; but not twice in a row while a request waits, so that a short
+                // interval cannot starve the requests either.
+                let due = next_maintenance.is_some_and(|at| now >= at);
+                if due && (!maintained_last || q.requests.is_empty()) {
                     break Work::Maintain;
                 }
                 if let Some(request) = q.requests.pop_front() {
@@ -373,12 +382,18 @@ fn run(worker: &mut Worker, shared: &Shared, maintenance: &watch::Sender<Mainten
                 };
             }
         };
+        maintained_last = matches!(work, Work::Maintain);
         match work {
             Work::Maintain => {
                 let result = worker
                     .dataplane
                     .maintain(crate::monotonic_now())
                     .map_err(AsyncError::from);
+                if let Err(e) = &result {
+                    // Also for an embedder that does not watch `maintenance()`: expired
+                    // connections that stay keep their old translation.
+                    tracing::warn!(error = %e, "dataplane maintenance failed");
+                }
                 maintenance.send_replace(Some(result));
                 next_maintenance = None;
             }
@@ -404,7 +419,6 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::mpsc;
     use std::thread::ThreadId;
-    use std::time::Duration;
 
     use dataplane_core::{synthetic, ChangeSet, Dataplane, ObservedFrontend, Protocol};
 
@@ -695,6 +709,21 @@ mod tests {
         assert!(latest.unwrap().unwrap().flows_expired >= 3);
         // Syncs are still served between maintenance runs.
         dp.sync(state(1)).await.unwrap();
+        dp.shutdown().await.unwrap();
+    }
+
+    /// A dataplane that asks for maintenance all the time still gets its syncs served
+    /// (maintenance never runs twice in a row while a request waits).
+    #[tokio::test]
+    async fn a_zero_maintenance_interval_does_not_starve_syncs() {
+        let dp = AsyncDataplane::new(Box::new(Double {
+            interval: Some(Duration::ZERO),
+            ..Double::default()
+        }))
+        .unwrap();
+        for n in 1..=5 {
+            dp.sync(state(n)).await.unwrap();
+        }
         dp.shutdown().await.unwrap();
     }
 

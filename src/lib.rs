@@ -90,7 +90,7 @@ pub mod testing {
 
 /// The eBPF dataplane (TC and XDP programs loaded with aya), feature `ebpf`: its
 /// configuration ([`ebpf::EbpfConfig`]: pin directory, map capacities, timeouts, XDP mode)
-/// for [`Options::ebpf`], and its own tools (the supported-kernel check, garbage collection).
+/// for [`Options::ebpf`], and its own tools (the supported-kernel check, `monotonic_now`).
 #[cfg(feature = "ebpf")]
 pub use dataplane_ebpf as ebpf;
 

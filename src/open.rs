@@ -90,7 +90,7 @@ pub struct UnknownKind(pub String);
 /// What [`open`] opens: one kind, or the best this machine can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Selection {
-    /// eBPF when usable, else nftables, else iptables.
+    /// eBPF when it can run here and opens, else nftables, else iptables.
     #[default]
     Auto,
     /// Exactly this kind, or an error saying why it cannot run here.
@@ -193,13 +193,13 @@ pub enum OpenError {
         /// Why.
         reason: String,
     },
-    /// `auto` found no kind that can run here.
+    /// `auto` found no kind that can run here (or that opened: each reason says which).
     #[error("no dataplane can run here: {}", .reasons.iter().map(|(k, r)| format!("{k}: {r}")).collect::<Vec<_>>().join("; "))]
     NoneUsable {
         /// Each kind tried and why it cannot run.
         reasons: Vec<(DataplaneKind, String)>,
     },
-    /// The kind can run here, but creating it failed.
+    /// The kind asked for can run here, but creating it failed.
     #[error("opening the {kind} dataplane failed")]
     Failed {
         /// The kind.
@@ -215,43 +215,59 @@ pub enum OpenError {
 /// [`apply`](dataplane_core::Dataplane::apply); an eBPF dataplane whose `pin_dir` holds
 /// maps of an earlier process adopts them (connections keep flowing across a restart).
 pub fn open(selection: Selection, options: &Options) -> Result<Opened, OpenError> {
-    let (kind, reason) = match selection {
+    match selection {
         Selection::Only(kind) => {
             kind.usable()
                 .map_err(|reason| OpenError::Unusable { kind, reason })?;
-            (kind, format!("{kind} was asked for"))
+            let dataplane =
+                create(kind, options).map_err(|source| OpenError::Failed { kind, source })?;
+            Ok(Opened {
+                dataplane,
+                kind,
+                reason: format!("{kind} was asked for"),
+            })
         }
         Selection::Auto => {
+            // The first kind that can run here *and* opens: a kernel that passes the cheap
+            // checks may still refuse to load or attach the eBPF programs.
             let mut reasons = Vec::new();
-            let mut found = None;
             for kind in DataplaneKind::ALL {
-                match kind.usable() {
-                    Ok(()) => {
-                        found = Some(kind);
-                        break;
+                let opened = kind
+                    .usable()
+                    .and_then(|()| create(kind, options).map_err(|e| error_chain(&e)));
+                match opened {
+                    Ok(dataplane) => {
+                        let reason = if reasons.is_empty() {
+                            format!("auto: {kind} is the first choice and can run here")
+                        } else {
+                            let skipped: Vec<String> =
+                                reasons.iter().map(|(k, r)| format!("{k}: {r}")).collect();
+                            format!("auto: {kind}, because {}", skipped.join("; "))
+                        };
+                        return Ok(Opened {
+                            dataplane,
+                            kind,
+                            reason,
+                        });
                     }
                     Err(reason) => reasons.push((kind, reason)),
                 }
             }
-            let Some(kind) = found else {
-                return Err(OpenError::NoneUsable { reasons });
-            };
-            let reason = if reasons.is_empty() {
-                format!("auto: {kind} is the first choice and can run here")
-            } else {
-                let skipped: Vec<String> =
-                    reasons.iter().map(|(k, r)| format!("{k}: {r}")).collect();
-                format!("auto: {kind}, because {}", skipped.join("; "))
-            };
-            (kind, reason)
+            Err(OpenError::NoneUsable { reasons })
         }
-    };
-    let dataplane = create(kind, options).map_err(|source| OpenError::Failed { kind, source })?;
-    Ok(Opened {
-        dataplane,
-        kind,
-        reason,
-    })
+    }
+}
+
+/// `e` and its causes, for a reason that names what failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 #[allow(unused_variables, clippy::unnecessary_wraps)] // depends on the features

@@ -56,8 +56,9 @@ pub trait Dataplane {
     /// [`apply_changes`](Dataplane::apply_changes), and a full [`apply`](Dataplane::apply)
     /// when there is no previous state or the backend answers [`Error::FullSyncRequired`]
     /// (after a failure, after a restart, or for a change it can only make with the whole
-    /// state). Any other error is returned as is; keep `previous` then, and the next `sync`
-    /// is full because the backend remembers the failure.
+    /// state). Any other error is returned as is; keep `previous` then: after a kernel
+    /// failure ([`Error::Kernel`]) the backend remembers it and the next `sync` is full, after
+    /// a refusal nothing changed and the next `sync` starts from `previous` again.
     fn sync(
         &mut self,
         previous: Option<&DesiredState>,
