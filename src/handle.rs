@@ -550,6 +550,16 @@ mod tests {
         }
     }
 
+    /// Removes a test's pin directory however the test ends (a dropped eBPF dataplane
+    /// detaches its programs but keeps its pins).
+    struct RemoveDir(std::path::PathBuf);
+
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// Says on which thread it was dropped (with the double that holds it).
     struct DropSignal(mpsc::Sender<ThreadId>);
 
@@ -799,12 +809,13 @@ mod tests {
             ipv6: false,
         })
         .unwrap();
+        #[allow(unused_variables)] // the pin directory is used with the `ebpf` feature only
+        let pins = RemoveDir(format!("/sys/fs/bpf/dp-handle-test-{}", std::process::id()).into());
         #[allow(unused_mut)] // the pin directory exists with the `ebpf` feature only
         let mut options = crate::Options::in_netns(lab.node(0).netns.path());
         #[cfg(feature = "ebpf")]
         {
-            options.ebpf.pin_dir =
-                format!("/sys/fs/bpf/dp-handle-test-{}", std::process::id()).into();
+            options.ebpf.pin_dir.clone_from(&pins.0);
         }
         let opened = crate::open(crate::Selection::Auto, &options).unwrap();
         let kind = opened.kind;
