@@ -170,7 +170,10 @@ fn endpoint_and_policy_changes() {
 fn namespace_and_peer_pod_changes() {
     use dataplane_core::{Namespace, PeerPod};
     let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("test address");
-    let a = base()
+    let mut a = base();
+    a.namespaces.clear();
+    a.pods.clear();
+    let a = a
         .with_namespace(Namespace::new("x").with_label("team", "a"))
         .with_namespace(Namespace::new("y"))
         .with_pod(PeerPod::new(name("x", "b"), [ip("10.244.9.2")]).with_label("pod", "b"))

@@ -316,12 +316,18 @@ fn selector() -> impl Strategy<Value = LabelSelector> {
             SelectorOperator::Exists,
             SelectorOperator::DoesNotExist,
         ]),
-        subsequence(LABEL_VALUES.to_vec(), 0..=2),
+        subsequence(LABEL_VALUES.to_vec(), 1..=2),
     )
         .prop_map(|(key, operator, values)| LabelRequirement {
             key: key.into(),
             operator,
-            values: values.into_iter().map(str::to_owned).collect(),
+            // In and NotIn need values, Exists and DoesNotExist take none.
+            values: match operator {
+                SelectorOperator::In | SelectorOperator::NotIn => {
+                    values.into_iter().map(str::to_owned).collect()
+                }
+                SelectorOperator::Exists | SelectorOperator::DoesNotExist => Vec::new(),
+            },
         });
     (labels(), vec(requirement, 0..=2)).prop_map(|(match_labels, match_expressions)| {
         LabelSelector {
@@ -450,9 +456,12 @@ fn peer_pod(idx: usize) -> impl Strategy<Value = PeerPod> {
         })
 }
 
+/// Named ports, the first of each name and protocol (a name given twice is invalid).
 fn named_ports(named: Vec<(&str, Protocol, u16)>) -> Vec<NamedPort> {
+    let mut seen = BTreeSet::new();
     named
         .into_iter()
+        .filter(|(name, protocol, _)| seen.insert((*name, *protocol)))
         .map(|(name, protocol, port)| NamedPort::new(name, protocol, port))
         .collect()
 }
