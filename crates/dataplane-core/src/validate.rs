@@ -12,9 +12,9 @@ use ipnetwork::IpNetwork;
 
 use crate::diff::ChangeSet;
 use crate::model::{
-    DesiredState, Endpoint, LabelSelector, NamedPort, Namespace, Node, PeerPod, Policy, PolicyRule,
-    PortRef, Protocol, SelectorOperator, Service, SessionAffinity, TrafficPolicy, API_VERSION,
-    KIND,
+    DesiredState, Endpoint, LabelSelector, NamedPort, Namespace, Node, ObjectName, PeerPod, Policy,
+    PolicyRule, PortRef, Protocol, SelectorOperator, Service, SessionAffinity, TrafficPolicy,
+    API_VERSION, KIND,
 };
 use crate::reference::IpFamily;
 use serde::{Deserialize, Serialize};
@@ -1026,6 +1026,9 @@ pub enum Incremental {
 pub struct Validator {
     frontends: FrontendClaims,
     endpoint_ips: BTreeMap<IpAddr, String>,
+    /// Names of the peer pods and of the endpoints (`true`): the two kinds share one name
+    /// space, which a change set keyed per kind cannot show.
+    pod_names: BTreeMap<ObjectName, bool>,
 }
 
 /// The object part of a claimant: `"service a/b ports[0]"` -> `"service a/b"`.
@@ -1039,9 +1042,16 @@ impl Validator {
     /// Validates `state` in full (the cost of [`validate`]) and keeps its claims.
     pub fn new(state: &DesiredState) -> Result<Self, ValidationError> {
         let (frontends, endpoint_ips) = validate_claims(state)?;
+        let pod_names = state
+            .endpoints
+            .iter()
+            .map(|e| (e.name.clone(), true))
+            .chain(state.pods.iter().map(|p| (p.name.clone(), false)))
+            .collect();
         Ok(Validator {
             frontends,
             endpoint_ips,
+            pod_names,
         })
     }
 
@@ -1095,6 +1105,18 @@ impl Validator {
                 }
             }
         }
+        self.check_pods(changes)?;
+        for change in changes.policies.values() {
+            if let Some(p) = &change.current {
+                validate_policy(p, &format!("policy {}", p.name))?;
+            }
+        }
+        Ok(Incremental::Valid)
+    }
+
+    /// The changed endpoints, peer pods and namespaces of [`Validator::check`]: each valid,
+    /// addresses unique across all pods, and no name both an endpoint and a peer pod.
+    fn check_pods(&self, changes: &ChangeSet) -> Result<(), ValidationError> {
         let changed_pods: BTreeSet<String> = changes
             .endpoints
             .keys()
@@ -1111,6 +1133,31 @@ impl Validator {
             let Some(p) = &change.current else { continue };
             let object = format!("pod {}", p.name);
             validate_pod(p, &object, &mut ips)?;
+        }
+        // A name both an endpoint and a peer pod after the change: a full validation names
+        // the pod (pods are checked after endpoints).
+        let endpoint_after = |name: &ObjectName| match changes.endpoints.get(name) {
+            Some(c) => c.current.is_some(),
+            None => self.pod_names.get(name) == Some(&true),
+        };
+        let peer_after = |name: &ObjectName| match changes.pods.get(name) {
+            Some(c) => c.current.is_some(),
+            None => self.pod_names.get(name) == Some(&false),
+        };
+        let peers = changes.pods.iter().map(|(n, c)| (n, c.current.is_some()));
+        let locals = changes
+            .endpoints
+            .iter()
+            .map(|(n, c)| (n, c.current.is_some()));
+        let clash = peers
+            .filter(|(name, present)| *present && endpoint_after(name))
+            .chain(locals.filter(|(name, present)| *present && peer_after(name)))
+            .map(|(name, _)| name)
+            .min();
+        if let Some(name) = clash {
+            return Err(ValidationError::DuplicateName {
+                object: format!("pod {name}"),
+            });
         }
         for change in changes.namespaces.values() {
             if let Some(n) = &change.current {
@@ -1145,12 +1192,7 @@ impl Validator {
                 }
             }
         }
-        for change in changes.policies.values() {
-            if let Some(p) = &change.current {
-                validate_policy(p, &format!("policy {}", p.name))?;
-            }
-        }
-        Ok(Incremental::Valid)
+        Ok(())
     }
 
     /// Records `changes` (already checked) as applied; `node` is the state's node.
@@ -1204,6 +1246,21 @@ impl Validator {
             }
         }
         self.endpoint_ips.extend(add);
+        let locals = changes
+            .endpoints
+            .iter()
+            .map(|(n, c)| (n, c.current.is_some(), true));
+        let peers = changes
+            .pods
+            .iter()
+            .map(|(n, c)| (n, c.current.is_some(), false));
+        for (name, present, local) in locals.chain(peers) {
+            if present {
+                self.pod_names.insert(name.clone(), local);
+            } else if self.pod_names.get(name) == Some(&local) {
+                self.pod_names.remove(name);
+            }
+        }
     }
 }
 

@@ -1774,3 +1774,55 @@ fn incremental_validation_checks_peer_pods_and_namespaces() {
     })
     .expect("an address moves between pods");
 }
+
+/// A pod is local or a peer, not both: the incremental validator sees a name clash across the
+/// two kinds, which a change set keys separately, and forgets names the change removes.
+#[test]
+fn incremental_validation_keeps_pod_names_unique_across_endpoints_and_peers() {
+    let old = base();
+    let mut v = Validator::new(&old).expect("valid base");
+    let judge = |v: &Validator, from: &DesiredState, tweak: &dyn Fn(&mut DesiredState)| {
+        let mut new = from.clone();
+        tweak(&mut new);
+        let full = validate(&new).map_err(|e| e.to_string());
+        let changes = dataplane_core::diff(from, &new);
+        let incremental = v
+            .check(&from.node, &changes)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(incremental, full);
+        (incremental, new, changes)
+    };
+    // A new peer pod named like an endpoint, and a new endpoint named like a peer pod.
+    let (err, _, _) = judge(&v, &old, &|s| {
+        let mut p = s.pods[0].clone();
+        p.name = ObjectName::new("default", "api-0");
+        p.ips = vec![ip("10.244.2.10")];
+        s.pods.push(p);
+    });
+    assert_eq!(err.unwrap_err(), "pod default/api-0: duplicate name");
+    let (err, _, _) = judge(&v, &old, &|s| {
+        let mut e = s.endpoints[1].clone();
+        e.name = ObjectName::new("db", "pg-0");
+        e.interface = "veth-pg".into();
+        e.ips = vec![ip("10.244.0.60")];
+        s.endpoints.push(e);
+    });
+    assert_eq!(err.unwrap_err(), "pod db/pg-0: duplicate name");
+    // The pod moves to this node: a peer becomes an endpoint in one change.
+    let (ok, moved, changes) = judge(&v, &old, &|s| {
+        let p = s.pods.remove(0);
+        s.endpoints
+            .push(dataplane_core::Endpoint::new(p.name, "veth-pg", p.ips));
+    });
+    ok.expect("a pod moving to this node");
+    v.commit(&old.node, &changes);
+    // Committed: the name is an endpoint's now, a peer pod of that name clashes.
+    let (err, _, _) = judge(&v, &moved, &|s| {
+        s.pods.push(dataplane_core::PeerPod::new(
+            ObjectName::new("db", "pg-0"),
+            [ip("10.244.2.11")],
+        ));
+    });
+    assert_eq!(err.unwrap_err(), "pod db/pg-0: duplicate name");
+}
