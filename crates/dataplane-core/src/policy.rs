@@ -37,10 +37,11 @@
 //!   loopback cells, kubernetes/kubernetes#95879).
 //!
 //! Addresses are the pods' own: service traffic is checked **after** DNAT, against the
-//! backend chosen and its target port. [`crate::evaluate`] does not apply policy yet; when a
-//! backend enforces policy, a [`crate::Verdict::Forward`] holds exactly for the backends `b`
-//! with `policy_allows(state, client, b.ip(), protocol, b.port())`, none left means drop, and
-//! an untouched packet from `s` to `d` is dropped unless `policy_allows(state, s, d, ..)`.
+//! backend chosen and its target port, from the client's own address (before any SNAT).
+//! [`crate::evaluate`] applies this to the first packet of a connection: a
+//! [`crate::Verdict::Forward`] keeps exactly the backends `b` with
+//! `policy_allows(state, client, b.ip(), protocol, b.port())`, none left means drop, and an
+//! untouched packet from `s` to `d` is dropped unless `policy_allows(state, s, d, ..)`.
 //! A policy change applies to new connections; what backends do with established ones is
 //! theirs to document (issue 18).
 

@@ -826,7 +826,8 @@ fn the_node_reaches_its_own_pods_whatever_the_policy() {
 
 /// Service traffic is checked after DNAT, against the backend and its target port: a policy
 /// allowing the target port (8080) and not the service port (80) lets the connection through,
-/// to the backends it allows only.
+/// to the backends it allows only; `evaluate` keeps exactly those, and drops when none is
+/// left. Untouched pod-to-pod traffic is dropped when denied.
 #[test]
 fn service_traffic_is_checked_after_dnat() {
     let cluster_ip = addr("10.96.0.20");
@@ -844,31 +845,57 @@ fn service_traffic_is_checked_after_dnat() {
         )
         .with_policy(policy(
             "x",
-            "allow-8080-to-a",
+            "allow-8080-to-a-from-y",
             labels("pod", "a"),
             I,
-            vec![rule(vec![], vec![port(Tcp, 8080)])],
+            vec![rule(
+                vec![namespaces(labels("ns", "y"))],
+                vec![port(Tcp, 8080)],
+            )],
             vec![],
         ))
         .with_policy(policy("x", "deny-b", labels("pod", "b"), I, vec![], vec![]));
-    let client = pod_ip("y", "a");
-    let packet = Packet {
-        protocol: Tcp,
-        source: SocketAddr::new(client, 40000),
-        destination: SocketAddr::new(cluster_ip, 80),
+    dataplane_core::validate(&state).expect("valid");
+    let from = |ns: &str| {
+        let client = pod_ip(ns, "a");
+        let packet = Packet {
+            protocol: Tcp,
+            source: SocketAddr::new(client, 40000),
+            destination: SocketAddr::new(cluster_ip, 80),
+        };
+        evaluate(&state, &packet, &Entry::FromPod(ObjectName::new(ns, "a")))
     };
-    let Verdict::Forward { backends, .. } =
-        evaluate(&state, &packet, &Entry::FromPod(ObjectName::new("y", "a")))
-    else {
-        panic!("a ClusterIP with backends forwards");
+    let Verdict::Forward { backends, .. } = from("y") else {
+        panic!("y reaches the service: {:?}", from("y"));
     };
-    let allowed: Vec<SocketAddr> = backends
-        .into_iter()
-        .filter(|b| policy_allows(&state, client, b.ip(), Tcp, b.port()))
-        .collect();
-    assert_eq!(allowed, vec![SocketAddr::new(pod_ip("x", "a"), 8080)]);
-    // Before DNAT the address is no pod's: nothing selects it, which is why the check waits.
-    assert!(!policy_allows(&state, client, pod_ip("x", "a"), Tcp, 80));
+    assert_eq!(
+        backends.into_iter().collect::<Vec<_>>(),
+        vec![SocketAddr::new(pod_ip("x", "a"), 8080)]
+    );
+    assert_eq!(from("z"), Verdict::Drop, "no backend allows z");
+    // Before DNAT the service port is not what the policy names.
+    assert!(!policy_allows(
+        &state,
+        pod_ip("y", "a"),
+        pod_ip("x", "a"),
+        Tcp,
+        80
+    ));
+    // Straight to the pod, untouched: allowed on 8080 from y, dropped from z.
+    let direct = |ns: &str| {
+        let packet = Packet {
+            protocol: Tcp,
+            source: SocketAddr::new(pod_ip(ns, "a"), 40000),
+            destination: SocketAddr::new(pod_ip("x", "a"), 8080),
+        };
+        evaluate(&state, &packet, &Entry::FromPod(ObjectName::new(ns, "a")))
+    };
+    assert!(
+        matches!(direct("y"), Verdict::Untouched { .. }),
+        "{:?}",
+        direct("y")
+    );
+    assert_eq!(direct("z"), Verdict::Drop);
 }
 
 /// Without a Namespace object, an endpoint's own `namespaceLabels` stand in; with one, the
