@@ -924,3 +924,41 @@ fn namespace_labels_come_from_the_namespace_object() {
         "the object wins"
     );
 }
+
+/// An `ipBlock` of one family never matches an address of the other; a dual-stack pod is
+/// matched by either of its addresses.
+#[test]
+fn ip_blocks_match_their_own_family_only() {
+    let mut state = layout().with_policy(policy(
+        "x",
+        "v6-only",
+        labels("pod", "a"),
+        I,
+        vec![rule(vec![block("fd00::/8", &[])], vec![])],
+        vec![],
+    ));
+    assert!(
+        !allows(&state, ("y", "b"), ("x", "a"), Tcp, 80),
+        "IPv4 client, IPv6 block"
+    );
+    let yb = state
+        .pods
+        .iter_mut()
+        .find(|p| p.name == ObjectName::new("y", "b"))
+        .expect("y/b");
+    yb.ips.push(addr("fd00::22"));
+    assert!(policy_allows(
+        &state,
+        addr("fd00::22"),
+        pod_ip("x", "a"),
+        Tcp,
+        80
+    ));
+    assert!(!policy_allows(
+        &state,
+        addr("fe80::1"),
+        pod_ip("x", "a"),
+        Tcp,
+        80
+    ));
+}
