@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DesiredState, Endpoint, Node, ObjectName, Policy, Service};
+use crate::model::{DesiredState, Endpoint, Namespace, Node, ObjectName, PeerPod, Policy, Service};
 
 /// One object's change: `previous: None` is an addition, `current: None` a removal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +32,12 @@ pub struct ChangeSet {
     /// Changed policies.
     #[serde(with = "by_name")]
     pub policies: BTreeMap<ObjectName, Change<Policy>>,
+    /// Changed namespaces (their labels), keyed by namespace name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, Change<Namespace>>,
+    /// Changed peer pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "by_name")]
+    pub pods: BTreeMap<ObjectName, Change<PeerPod>>,
 }
 
 impl ChangeSet {
@@ -41,6 +47,8 @@ impl ChangeSet {
             && self.services.is_empty()
             && self.endpoints.is_empty()
             && self.policies.is_empty()
+            && self.namespaces.is_empty()
+            && self.pods.is_empty()
     }
 
     /// Number of changed objects.
@@ -49,6 +57,8 @@ impl ChangeSet {
             + self.services.len()
             + self.endpoints.len()
             + self.policies.len()
+            + self.namespaces.len()
+            + self.pods.len()
     }
 
     /// Applies the changes to `state`, turning the diff's old state into its new one.
@@ -66,6 +76,8 @@ impl ChangeSet {
         patch(&mut state.services, &self.services, |s| &s.name);
         patch(&mut state.endpoints, &self.endpoints, |e| &e.name);
         patch(&mut state.policies, &self.policies, |p| &p.name);
+        patch(&mut state.namespaces, &self.namespaces, |n| &n.name);
+        patch(&mut state.pods, &self.pods, |p| &p.name);
     }
 
     /// [`ChangeSet::apply_to`] in proportion to the change for services: `index` maps each
@@ -99,6 +111,8 @@ impl ChangeSet {
         }
         patch(&mut state.endpoints, &self.endpoints, |e| &e.name);
         patch(&mut state.policies, &self.policies, |p| &p.name);
+        patch(&mut state.namespaces, &self.namespaces, |n| &n.name);
+        patch(&mut state.pods, &self.pods, |p| &p.name);
     }
 
     /// Merges `later` (a diff from this set's new state onwards) into this set, so that the
@@ -109,6 +123,8 @@ impl ChangeSet {
         merge_map(&mut self.services, later.services);
         merge_map(&mut self.endpoints, later.endpoints);
         merge_map(&mut self.policies, later.policies);
+        merge_map(&mut self.namespaces, later.namespaces);
+        merge_map(&mut self.pods, later.pods);
     }
 }
 
@@ -126,9 +142,9 @@ fn merge_one<T: PartialEq>(slot: &mut Option<Change<T>>, later: Option<Change<T>
     }
 }
 
-fn merge_map<T: PartialEq>(
-    map: &mut BTreeMap<ObjectName, Change<T>>,
-    later: BTreeMap<ObjectName, Change<T>>,
+fn merge_map<K: Ord, T: PartialEq>(
+    map: &mut BTreeMap<K, Change<T>>,
+    later: BTreeMap<K, Change<T>>,
 ) {
     for (name, change) in later {
         let mut slot = map.remove(&name);
@@ -139,10 +155,10 @@ fn merge_map<T: PartialEq>(
     }
 }
 
-fn patch<T: Clone>(
+fn patch<K: Ord, T: Clone>(
     items: &mut Vec<T>,
-    changes: &BTreeMap<ObjectName, Change<T>>,
-    key: impl Fn(&T) -> &ObjectName,
+    changes: &BTreeMap<K, Change<T>>,
+    key: impl Fn(&T) -> &K,
 ) {
     if changes.is_empty() {
         return;
@@ -191,16 +207,18 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> ChangeSet {
         services: diff_named(&old.services, &new.services, |s| &s.name),
         endpoints: diff_named(&old.endpoints, &new.endpoints, |e| &e.name),
         policies: diff_named(&old.policies, &new.policies, |p| &p.name),
+        namespaces: diff_named(&old.namespaces, &new.namespaces, |n| &n.name),
+        pods: diff_named(&old.pods, &new.pods, |p| &p.name),
     }
 }
 
-fn diff_named<T: Clone + PartialEq>(
+fn diff_named<K: Ord + Clone, T: Clone + PartialEq>(
     old: &[T],
     new: &[T],
-    key: impl Fn(&T) -> &ObjectName,
-) -> BTreeMap<ObjectName, Change<T>> {
-    let old: BTreeMap<&ObjectName, &T> = old.iter().map(|o| (key(o), o)).collect();
-    let new: BTreeMap<&ObjectName, &T> = new.iter().map(|o| (key(o), o)).collect();
+    key: impl Fn(&T) -> &K,
+) -> BTreeMap<K, Change<T>> {
+    let old: BTreeMap<&K, &T> = old.iter().map(|o| (key(o), o)).collect();
+    let new: BTreeMap<&K, &T> = new.iter().map(|o| (key(o), o)).collect();
     let mut out = BTreeMap::new();
     for (name, before) in &old {
         match new.get(name) {

@@ -17,6 +17,7 @@ pub mod format;
 pub mod health;
 pub mod maglev;
 pub mod model;
+pub mod policy;
 pub mod reference;
 // Public for the benches and the scale tests of other crates (one generator for all of
 // them), not an embedder's API: hidden from the docs, no stability promise.
@@ -35,6 +36,7 @@ pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};
 pub use health::{health_check, health_checks, HealthCheck};
 pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};
 pub use model::*;
+pub use policy::{policy_allows, policy_verdict, Decision, Party, PolicyVerdict};
 pub use reference::{
     eligible_backends, eligible_backends_with_policy, evaluate, node_address,
     source_range_allow_list, source_range_allows, Eligible, Entry, FrontendKind, IpFamily, Packet,

@@ -36,6 +36,15 @@ pub struct DesiredState {
     /// Network policies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<Policy>,
+    /// Namespaces and their labels, for policies' namespace selectors: one object per
+    /// namespace, so that relabelling a namespace is one change however many pods it holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<Namespace>,
+    /// The cluster's pods that are not [`DesiredState::endpoints`] of this node, as policy
+    /// peers: known by address, labels and named ports only (like Cilium's ipcache or
+    /// Calico's remote workload endpoints).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PeerPod>,
 }
 
 impl DesiredState {
@@ -48,6 +57,8 @@ impl DesiredState {
             services: Vec::new(),
             endpoints: Vec::new(),
             policies: Vec::new(),
+            namespaces: Vec::new(),
+            pods: Vec::new(),
         }
     }
 
@@ -80,6 +91,144 @@ impl DesiredState {
     #[must_use]
     pub fn with_endpoint(mut self, endpoint: Endpoint) -> Self {
         self.endpoints.push(endpoint);
+        self
+    }
+
+    /// This state with `policy` added.
+    #[must_use]
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policies.push(policy);
+        self
+    }
+
+    /// This state with `namespace` (its labels) added.
+    #[must_use]
+    pub fn with_namespace(mut self, namespace: Namespace) -> Self {
+        self.namespaces.push(namespace);
+        self
+    }
+
+    /// This state with `pod` (a pod of another node, as a policy peer) added.
+    #[must_use]
+    pub fn with_pod(mut self, pod: PeerPod) -> Self {
+        self.pods.push(pod);
+        self
+    }
+
+    /// The labels of namespace `name`: its [`Namespace`] object's if the state has one, else
+    /// the `namespaceLabels` of its endpoints (validation keeps the two from disagreeing).
+    /// Kubernetes' automatic `kubernetes.io/metadata.name` label is always there, as the API
+    /// server sets it on every namespace.
+    pub fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
+        let mut labels = self
+            .namespaces
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.labels.clone())
+            .or_else(|| {
+                self.endpoints
+                    .iter()
+                    .find(|e| e.name.namespace == name && !e.namespace_labels.is_empty())
+                    .map(|e| e.namespace_labels.clone())
+            })
+            .unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned());
+        labels
+    }
+}
+
+/// The label the Kubernetes API server puts on every namespace, with the namespace's name
+/// as value (so that a namespace selector can pick a namespace by name).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A namespace and its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Namespace {
+    /// Namespace name.
+    pub name: String,
+    /// Namespace labels ([`NAMESPACE_NAME_LABEL`] is implied).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Namespace {
+    /// Namespace `name` without labels.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// This namespace with label `key=value`.
+    #[must_use]
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// A pod that is not a local [`Endpoint`]: a policy peer known by its addresses, labels and
+/// named ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerPod {
+    /// Pod namespace and name.
+    #[serde(flatten)]
+    pub name: ObjectName,
+    /// Pod addresses.
+    pub ips: Vec<IpAddr>,
+    /// Pod labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Named container ports (a policy naming a port resolves it on the destination pod).
+    #[serde(default)]
+    pub named_ports: Vec<NamedPort>,
+    /// The node the pod runs on (shared like [`Backend::node_name`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<Arc<str>>,
+}
+
+impl PeerPod {
+    /// The pod `name` at `ips`, without labels or named ports.
+    ///
+    /// ```
+    /// use dataplane_core::{ObjectName, PeerPod};
+    /// let pod = PeerPod::new(ObjectName::new("y", "b"), ["10.244.2.5".parse()?])
+    ///     .with_label("pod", "b")
+    ///     .on_node("node-b");
+    /// assert_eq!((pod.labels["pod"].as_str(), pod.node_name.as_deref()), ("b", Some("node-b")));
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    pub fn new(name: ObjectName, ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        Self {
+            name,
+            ips: ips.into_iter().collect(),
+            labels: BTreeMap::new(),
+            named_ports: Vec::new(),
+            node_name: None,
+        }
+    }
+
+    /// This pod with label `key=value`.
+    #[must_use]
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// This pod with named container port `port`.
+    #[must_use]
+    pub fn with_named_port(mut self, port: NamedPort) -> Self {
+        self.named_ports.push(port);
+        self
+    }
+
+    /// This pod running on node `node_name`.
+    #[must_use]
+    pub fn on_node(mut self, node_name: impl Into<Arc<str>>) -> Self {
+        self.node_name = Some(node_name.into());
         self
     }
 }
@@ -823,7 +972,9 @@ pub struct Endpoint {
     /// Pod labels, for policy selectors.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Labels of the pod's namespace, for namespace selectors.
+    /// Labels of the pod's namespace, for namespace selectors where the state has no
+    /// [`Namespace`] object for it (with one, both must agree; see
+    /// [`DesiredState::namespace_labels`]).
     #[serde(default)]
     pub namespace_labels: BTreeMap<String, String>,
     /// Named container ports, for policies that name ports.
@@ -863,6 +1014,13 @@ impl Endpoint {
         self.labels.insert(key.into(), value.into());
         self
     }
+
+    /// This endpoint with named container port `port`.
+    #[must_use]
+    pub fn with_named_port(mut self, port: NamedPort) -> Self {
+        self.named_ports.push(port);
+        self
+    }
 }
 
 /// A named container port.
@@ -875,6 +1033,17 @@ pub struct NamedPort {
     pub protocol: Protocol,
     /// Port number.
     pub port: u16,
+}
+
+impl NamedPort {
+    /// Container port `port` (`protocol`) named `name`.
+    pub fn new(name: impl Into<String>, protocol: Protocol, port: u16) -> Self {
+        Self {
+            name: name.into(),
+            protocol,
+            port,
+        }
+    }
 }
 
 /// A Kubernetes NetworkPolicy.

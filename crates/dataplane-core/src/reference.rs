@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{
     Backend, DesiredState, ObjectName, Protocol, Service, ServicePort, TrafficPolicy,
 };
+use crate::policy::policy_allows;
 
 /// A packet's 5-tuple.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -256,7 +257,54 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 ///   reject. Any other address inside `node.serviceCIDRs`: drop (it is no service).
 /// - Anything else is untouched; pod traffic leaving the cluster is masqueraded when the node
 ///   says so.
+/// - NetworkPolicy ([`crate::policy`]), for the first packet of a connection: a forwarded
+///   connection keeps the backends that [`policy_allows`] from the client's own address to
+///   the backend's address and target port (after DNAT), and is dropped when none is left;
+///   an untouched packet is dropped unless `policy_allows` from its source to its
+///   destination. Replies of an allowed connection are allowed (backends keep that in
+///   conntrack). A state without policies is judged as before, policy aside.
 pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict {
+    let verdict = evaluate_services(state, packet, entry);
+    if state.policies.is_empty() {
+        return verdict;
+    }
+    let client = packet.source.ip();
+    match verdict {
+        Verdict::Forward {
+            service,
+            frontend,
+            mut backends,
+            source,
+        } => {
+            backends.retain(|b| policy_allows(state, client, b.ip(), packet.protocol, b.port()));
+            if backends.is_empty() {
+                Verdict::Drop
+            } else {
+                Verdict::Forward {
+                    service,
+                    frontend,
+                    backends,
+                    source,
+                }
+            }
+        }
+        Verdict::Untouched { .. }
+            if !policy_allows(
+                state,
+                client,
+                packet.destination.ip(),
+                packet.protocol,
+                packet.destination.port(),
+            ) =>
+        {
+            Verdict::Drop
+        }
+        other => other,
+    }
+}
+
+/// [`evaluate`] without policy: service translation, masquerade, drops and rejects.
+fn evaluate_services(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict {
     let dst = packet.destination.ip();
     let mut cluster_ip_hit = false;
     for service in &state.services {

@@ -1,7 +1,7 @@
 //! Validation of a [`DesiredState`]: semantic checks that the file format's types cannot express.
 //!
 //! Every error names the object (`service default/web`, `node`, `endpoint default/pod-a`,
-//! `policy default/deny`) and the field (`ports[1].nodePort`) so that a person can find it.
+//! `policy default/deny`, `namespace team-a`, `pod y/b`) and the field (`ports[1].nodePort`) so that a person can find it.
 //! Backends validate before they touch the kernel: a rejected state changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,8 +12,9 @@ use ipnetwork::IpNetwork;
 
 use crate::diff::ChangeSet;
 use crate::model::{
-    DesiredState, Endpoint, Node, Policy, PolicyRule, PortRef, Protocol, Service, SessionAffinity,
-    TrafficPolicy, API_VERSION, KIND,
+    DesiredState, Endpoint, LabelSelector, NamedPort, Namespace, Node, ObjectName, PeerPod, Policy,
+    PolicyRule, PortRef, Protocol, SelectorOperator, Service, SessionAffinity, TrafficPolicy,
+    API_VERSION, KIND,
 };
 use crate::reference::IpFamily;
 use serde::{Deserialize, Serialize};
@@ -279,6 +280,22 @@ fn validate_claims(state: &DesiredState) -> Result<Claims, ValidationError> {
             return Err(ValidationError::DuplicateName { object });
         }
         validate_endpoint(endpoint, &object, &mut ips)?;
+    }
+    // A pod is either a local endpoint or a peer, never both: one name space for the two.
+    for pod in &state.pods {
+        let object = format!("pod {}", pod.name);
+        if !names.insert(&pod.name) {
+            return Err(ValidationError::DuplicateName { object });
+        }
+        validate_pod(pod, &object, &mut ips)?;
+    }
+    let mut namespaces = BTreeSet::new();
+    for namespace in &state.namespaces {
+        let object = format!("namespace {}", namespace.name);
+        if !namespaces.insert(&namespace.name) {
+            return Err(ValidationError::DuplicateName { object });
+        }
+        validate_namespace(namespace, &object)?;
     }
     let mut names = BTreeSet::new();
     for policy in &state.policies {
@@ -775,10 +792,20 @@ fn validate_endpoint(
     check_name(object, "namespace", &e.name.namespace, 63)?;
     check_name(object, "name", &e.name.name, 253)?;
     check_ifname(object, "interface", &e.interface)?;
-    if e.ips.is_empty() {
+    check_pod_ips(object, &e.ips, ips)?;
+    check_named_ports(object, &e.named_ports)
+}
+
+/// Addresses of a pod (local or peer), each claimed once across all pods.
+fn check_pod_ips(
+    object: &str,
+    pod_ips: &[IpAddr],
+    ips: &mut BTreeMap<IpAddr, String>,
+) -> Result<(), ValidationError> {
+    if pod_ips.is_empty() {
         return Err(err_empty(object, "ips"));
     }
-    for (i, ip) in e.ips.iter().enumerate() {
+    for (i, ip) in pod_ips.iter().enumerate() {
         let field = format!("ips[{i}]");
         check_unicast(object, &field, *ip)?;
         if let Some(other) = ips.insert(*ip, object.to_owned()) {
@@ -789,9 +816,76 @@ fn validate_endpoint(
             });
         }
     }
-    for (i, np) in e.named_ports.iter().enumerate() {
+    Ok(())
+}
+
+/// Named container ports: valid names (IANA service names, at most 15 characters), non-zero
+/// ports, and no name given twice for one protocol (a policy could not tell which is meant).
+fn check_named_ports(object: &str, ports: &[NamedPort]) -> Result<(), ValidationError> {
+    let mut seen = BTreeSet::new();
+    for (i, np) in ports.iter().enumerate() {
         check_name(object, &format!("namedPorts[{i}].name"), &np.name, 15)?;
         check_port(object, &format!("namedPorts[{i}].port"), np.port)?;
+        if !seen.insert((&np.name, np.protocol)) {
+            return Err(ValidationError::Duplicate {
+                object: object.to_owned(),
+                field: format!("namedPorts[{i}].name"),
+                value: format!("{} {}", np.protocol, np.name),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_pod(
+    p: &PeerPod,
+    object: &str,
+    ips: &mut BTreeMap<IpAddr, String>,
+) -> Result<(), ValidationError> {
+    check_name(object, "namespace", &p.name.namespace, 63)?;
+    check_name(object, "name", &p.name.name, 253)?;
+    check_pod_ips(object, &p.ips, ips)?;
+    if p.node_name.as_deref() == Some("") {
+        return Err(err_empty(object, "nodeName"));
+    }
+    check_named_ports(object, &p.named_ports)
+}
+
+fn validate_namespace(n: &Namespace, object: &str) -> Result<(), ValidationError> {
+    check_name(object, "name", &n.name, 63)?;
+    for key in n.labels.keys() {
+        if key.is_empty() {
+            return Err(err_empty(object, "labels"));
+        }
+    }
+    Ok(())
+}
+
+/// A label selector: `In`/`NotIn` need values, `Exists`/`DoesNotExist` take none (the
+/// Kubernetes API server's `ValidateLabelSelectorRequirement`), and keys are not empty.
+fn check_selector(object: &str, at: &str, sel: &LabelSelector) -> Result<(), ValidationError> {
+    if sel.match_labels.keys().any(String::is_empty) {
+        return Err(err_empty(object, &format!("{at}.matchLabels")));
+    }
+    for (i, req) in sel.match_expressions.iter().enumerate() {
+        let field = format!("{at}.matchExpressions[{i}]");
+        if req.key.is_empty() {
+            return Err(err_empty(object, &format!("{field}.key")));
+        }
+        let reason = match (req.operator, req.values.is_empty()) {
+            (SelectorOperator::In | SelectorOperator::NotIn, true) => {
+                "operator In and NotIn need values"
+            }
+            (SelectorOperator::Exists | SelectorOperator::DoesNotExist, false) => {
+                "operator Exists and DoesNotExist take no values"
+            }
+            _ => continue,
+        };
+        return Err(ValidationError::Inconsistent {
+            object: object.to_owned(),
+            field: format!("{field}.values"),
+            reason,
+        });
     }
     Ok(())
 }
@@ -799,6 +893,16 @@ fn validate_endpoint(
 fn validate_policy(p: &Policy, object: &str) -> Result<(), ValidationError> {
     check_name(object, "namespace", &p.name.namespace, 63)?;
     check_name(object, "name", &p.name.name, 253)?;
+    check_selector(object, "podSelector", &p.pod_selector)?;
+    for (i, t) in p.policy_types.iter().enumerate() {
+        if p.policy_types[..i].contains(t) {
+            return Err(ValidationError::Duplicate {
+                object: object.to_owned(),
+                field: format!("policyTypes[{i}]"),
+                value: format!("{t:?}"),
+            });
+        }
+    }
     for (dir, rules) in [("ingress", &p.ingress), ("egress", &p.egress)] {
         for (i, rule) in rules.iter().enumerate() {
             validate_rule(rule, object, &format!("{dir}[{i}]"))?;
@@ -824,6 +928,12 @@ fn validate_rule(rule: &PolicyRule, object: &str, at: &str) -> Result<(), Valida
             && peer.namespace_selector.is_none()
         {
             return Err(err_empty(object, &field));
+        }
+        if let Some(sel) = &peer.pod_selector {
+            check_selector(object, &format!("{field}.podSelector"), sel)?;
+        }
+        if let Some(sel) = &peer.namespace_selector {
+            check_selector(object, &format!("{field}.namespaceSelector"), sel)?;
         }
         if let Some(block) = &peer.ip_block {
             check_cidr(object, &format!("{field}.ipBlock.cidr"), block.cidr)?;
@@ -891,8 +1001,8 @@ pub enum Incremental {
 
 /// Incremental validation, in proportion to a change rather than to the state.
 ///
-/// Built from a state that passed [`validate`], it keeps the frontends and endpoint addresses
-/// each object claims. [`Validator::check`] validates only the changed objects and checks
+/// Built from a state that passed [`validate`], it keeps the frontends and pod addresses
+/// (endpoints' and peer pods') each object claims. [`Validator::check`] validates only the changed objects and checks
 /// their claims against those of the objects that stay, which is what a full validation of the
 /// new state would find; [`Validator::commit`] then records the change.
 ///
@@ -916,6 +1026,9 @@ pub enum Incremental {
 pub struct Validator {
     frontends: FrontendClaims,
     endpoint_ips: BTreeMap<IpAddr, String>,
+    /// Names of the peer pods and of the endpoints (`true`): the two kinds share one name
+    /// space, which a change set keyed per kind cannot show.
+    pod_names: BTreeMap<ObjectName, bool>,
 }
 
 /// The object part of a claimant: `"service a/b ports[0]"` -> `"service a/b"`.
@@ -929,9 +1042,16 @@ impl Validator {
     /// Validates `state` in full (the cost of [`validate`]) and keeps its claims.
     pub fn new(state: &DesiredState) -> Result<Self, ValidationError> {
         let (frontends, endpoint_ips) = validate_claims(state)?;
+        let pod_names = state
+            .endpoints
+            .iter()
+            .map(|e| (e.name.clone(), true))
+            .chain(state.pods.iter().map(|p| (p.name.clone(), false)))
+            .collect();
         Ok(Validator {
             frontends,
             endpoint_ips,
+            pod_names,
         })
     }
 
@@ -985,10 +1105,23 @@ impl Validator {
                 }
             }
         }
-        let changed_endpoints: BTreeSet<String> = changes
+        self.check_pods(changes)?;
+        for change in changes.policies.values() {
+            if let Some(p) = &change.current {
+                validate_policy(p, &format!("policy {}", p.name))?;
+            }
+        }
+        Ok(Incremental::Valid)
+    }
+
+    /// The changed endpoints, peer pods and namespaces of [`Validator::check`]: each valid,
+    /// addresses unique across all pods, and no name both an endpoint and a peer pod.
+    fn check_pods(&self, changes: &ChangeSet) -> Result<(), ValidationError> {
+        let changed_pods: BTreeSet<String> = changes
             .endpoints
             .keys()
             .map(|n| format!("endpoint {n}"))
+            .chain(changes.pods.keys().map(|n| format!("pod {n}")))
             .collect();
         let mut ips: BTreeMap<IpAddr, String> = BTreeMap::new();
         for change in changes.endpoints.values() {
@@ -996,23 +1129,70 @@ impl Validator {
             let object = format!("endpoint {}", e.name);
             validate_endpoint(e, &object, &mut ips)?;
         }
+        for change in changes.pods.values() {
+            let Some(p) = &change.current else { continue };
+            let object = format!("pod {}", p.name);
+            validate_pod(p, &object, &mut ips)?;
+        }
+        // A name both an endpoint and a peer pod after the change: a full validation names
+        // the pod (pods are checked after endpoints).
+        let endpoint_after = |name: &ObjectName| match changes.endpoints.get(name) {
+            Some(c) => c.current.is_some(),
+            None => self.pod_names.get(name) == Some(&true),
+        };
+        let peer_after = |name: &ObjectName| match changes.pods.get(name) {
+            Some(c) => c.current.is_some(),
+            None => self.pod_names.get(name) == Some(&false),
+        };
+        let peers = changes.pods.iter().map(|(n, c)| (n, c.current.is_some()));
+        let locals = changes
+            .endpoints
+            .iter()
+            .map(|(n, c)| (n, c.current.is_some()));
+        let clash = peers
+            .filter(|(name, present)| *present && endpoint_after(name))
+            .chain(locals.filter(|(name, present)| *present && peer_after(name)))
+            .map(|(name, _)| name)
+            .min();
+        if let Some(name) = clash {
+            return Err(ValidationError::DuplicateName {
+                object: format!("pod {name}"),
+            });
+        }
+        for change in changes.namespaces.values() {
+            if let Some(n) = &change.current {
+                validate_namespace(n, &format!("namespace {}", n.name))?;
+            }
+        }
         for (ip, what) in &ips {
             if let Some(other) = self.endpoint_ips.get(ip) {
-                if !changed_endpoints.contains(other) {
+                if !changed_pods.contains(other) {
+                    // The address's index in its pod, as a full validation names it.
+                    let index = changes
+                        .endpoints
+                        .values()
+                        .filter_map(|c| c.current.as_ref())
+                        .filter(|e| format!("endpoint {}", e.name) == *what)
+                        .map(|e| &e.ips)
+                        .chain(
+                            changes
+                                .pods
+                                .values()
+                                .filter_map(|c| c.current.as_ref())
+                                .filter(|p| format!("pod {}", p.name) == *what)
+                                .map(|p| &p.ips),
+                        )
+                        .find_map(|ips| ips.iter().position(|i| i == ip))
+                        .unwrap_or_default();
                     return Err(ValidationError::Duplicate {
                         object: what.clone(),
-                        field: "ips".to_owned(),
+                        field: format!("ips[{index}]"),
                         value: format!("{ip} (also used by {other})"),
                     });
                 }
             }
         }
-        for change in changes.policies.values() {
-            if let Some(p) = &change.current {
-                validate_policy(p, &format!("policy {}", p.name))?;
-            }
-        }
-        Ok(Incremental::Valid)
+        Ok(())
     }
 
     /// Records `changes` (already checked) as applied; `node` is the state's node.
@@ -1052,7 +1232,35 @@ impl Validator {
                 let _ = validate_endpoint(e, &object, &mut add);
             }
         }
+        for (name, change) in &changes.pods {
+            let object = format!("pod {name}");
+            if let Some(prev) = &change.previous {
+                for ip in &prev.ips {
+                    if self.endpoint_ips.get(ip).is_some_and(|w| *w == object) {
+                        self.endpoint_ips.remove(ip);
+                    }
+                }
+            }
+            if let Some(p) = &change.current {
+                let _ = validate_pod(p, &object, &mut add);
+            }
+        }
         self.endpoint_ips.extend(add);
+        let locals = changes
+            .endpoints
+            .iter()
+            .map(|(n, c)| (n, c.current.is_some(), true));
+        let peers = changes
+            .pods
+            .iter()
+            .map(|(n, c)| (n, c.current.is_some(), false));
+        for (name, present, local) in locals.chain(peers) {
+            if present {
+                self.pod_names.insert(name.clone(), local);
+            } else if self.pod_names.get(name) == Some(&local) {
+                self.pod_names.remove(name);
+            }
+        }
     }
 }
 

@@ -167,6 +167,49 @@ fn endpoint_and_policy_changes() {
 }
 
 #[test]
+fn namespace_and_peer_pod_changes() {
+    use dataplane_core::{Namespace, PeerPod};
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("test address");
+    let mut a = base();
+    a.namespaces.clear();
+    a.pods.clear();
+    let a = a
+        .with_namespace(Namespace::new("x").with_label("team", "a"))
+        .with_namespace(Namespace::new("y"))
+        .with_pod(PeerPod::new(name("x", "b"), [ip("10.244.9.2")]).with_label("pod", "b"))
+        .with_pod(PeerPod::new(name("y", "c"), [ip("10.244.9.3")]));
+    let mut b = a.clone();
+    // Relabelling a namespace is one change, whatever the number of pods in it.
+    b.namespaces[0].labels.insert("team".into(), "b".into());
+    b.namespaces.remove(1);
+    b.pods[0].labels.insert("pod".into(), "b2".into());
+    b.pods
+        .push(PeerPod::new(name("z", "a"), [ip("10.244.9.4")]));
+    let changes = diff(&a, &b);
+    assert_eq!(changes.len(), 4, "{changes:#?}");
+    assert_eq!(
+        changes.namespaces["x"].current.as_ref(),
+        Some(&b.namespaces[0])
+    );
+    assert!(changes.namespaces["y"].current.is_none());
+    assert_eq!(
+        changes.pods[&name("x", "b")].previous.as_ref(),
+        Some(&a.pods[0])
+    );
+    assert!(changes.pods[&name("z", "a")].previous.is_none());
+    assert_eq!(applied(&changes, &a), b);
+    // Round trip through JSON (pods keyed `namespace/name`, namespaces by name).
+    let json = serde_json::to_string(&changes).expect("serialise");
+    assert!(json.contains("\"x/b\"") && json.contains("\"y\""), "{json}");
+    let back: ChangeSet = serde_json::from_str(&json).expect("deserialise");
+    assert_eq!(back, changes);
+    // A later relabel back cancels out in a merge.
+    let mut merged = changes.clone();
+    merged.merge(diff(&b, &a));
+    assert!(merged.is_empty(), "{merged:#?}");
+}
+
+#[test]
 fn apply_keeps_order_of_kept_objects_and_appends_additions_by_name() {
     let a = base(); // web, api
     let mut b = a.clone();
@@ -270,6 +313,8 @@ fn pair() -> impl Strategy<Value = (DesiredState, DesiredState)> {
             0 => {
                 b.services.reverse();
                 b.policies.reverse();
+                b.namespaces.reverse();
+                b.pods.reverse();
             }
             1 => {
                 if let Some(s) = b.services.first_mut() {
@@ -338,6 +383,8 @@ proptest! {
                 + changes.services.len()
                 + changes.endpoints.len()
                 + changes.policies.len()
+                + changes.namespaces.len()
+                + changes.pods.len()
         );
     }
 

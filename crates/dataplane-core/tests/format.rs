@@ -251,11 +251,28 @@ fn json_uses_kubernetes_style_field_names() {
         "http"
     );
     assert_eq!(value["policies"][0]["ingress"][0]["ports"][1]["port"], 8000);
+    assert_eq!(value["namespaces"][1]["labels"]["team"], "db");
+    let pod = &value["pods"][0];
+    assert_eq!(
+        (&pod["namespace"], &pod["name"]),
+        (&"db".into(), &"pg-0".into())
+    );
+    assert_eq!(pod["namedPorts"][0]["name"], "pg");
+    assert_eq!(pod["nodeName"], "node-b");
     // Absent optional values are left out rather than written as null.
     let api = &value["services"][1];
     assert!(api.get("healthCheckNodePort").is_none(), "{api}");
     assert!(api.get("externalMode").is_none(), "{api}");
     assert!(api["ports"][0].get("nodePort").is_none(), "{api}");
+    // States without namespaces or peer pods do not mention them.
+    let minimal = to_json(&dataplane_core::DesiredState::new(
+        parse_yaml(FULL, "full.yaml").node,
+    ))
+    .expect("to_json");
+    assert!(
+        !minimal.contains("namespaces") && !minimal.contains("pods"),
+        "{minimal}"
+    );
 }
 
 #[test]

@@ -1504,6 +1504,7 @@ proptest! {
         prop_assume!(names(next.services.iter().map(|s| &s.name).collect()));
         prop_assume!(names(next.endpoints.iter().map(|e| &e.name).collect()));
         prop_assume!(names(next.policies.iter().map(|p| &p.name).collect()));
+        prop_assume!(names(next.pods.iter().map(|p| &p.name).collect()));
         let changes = dataplane_core::diff(&state, &next);
         let mut v = Validator::new(&state).expect("valid state");
         match v.check(&state.node, &changes) {
@@ -1518,4 +1519,310 @@ proptest! {
             Err(e) => prop_assert!(validate(&next).is_err(), "incremental: {}, full: ok", e),
         }
     }
+}
+
+/// A tweak that breaks the base state and the field the error must name.
+type BoxedCase = (Box<dyn Fn(&mut DesiredState)>, &'static str);
+
+/// Label selectors follow the API server's `ValidateLabelSelectorRequirement`: `In`/`NotIn`
+/// need values, `Exists`/`DoesNotExist` take none; in the policy's own selector and in both
+/// selectors of a peer.
+#[test]
+fn selector_operator_and_values_must_agree() {
+    use dataplane_core::{LabelRequirement, SelectorOperator};
+    let req = |operator, values: &[&str]| LabelRequirement {
+        key: "tier".into(),
+        operator,
+        values: values.iter().map(|v| (*v).to_owned()).collect(),
+    };
+    let cases: Vec<BoxedCase> = vec![
+        (
+            Box::new(move |s| {
+                s.policies[0].pod_selector.match_expressions[0] = req(SelectorOperator::In, &[]);
+            }),
+            "podSelector.matchExpressions[0].values",
+        ),
+        (
+            Box::new(move |s| {
+                s.policies[0].pod_selector.match_expressions[0] = req(SelectorOperator::NotIn, &[]);
+            }),
+            "podSelector.matchExpressions[0].values",
+        ),
+        (
+            Box::new(move |s| {
+                s.policies[0].pod_selector.match_expressions[1] =
+                    req(SelectorOperator::DoesNotExist, &["x"]);
+            }),
+            "podSelector.matchExpressions[1].values",
+        ),
+        (
+            Box::new(move |s| {
+                s.policies[0].ingress[0].peers[0]
+                    .namespace_selector
+                    .as_mut()
+                    .expect("full.yaml's peer has a namespace selector")
+                    .match_expressions[0] = req(SelectorOperator::Exists, &["a"]);
+            }),
+            "ingress[0].peers[0].namespaceSelector.matchExpressions[0].values",
+        ),
+        (
+            Box::new(move |s| {
+                s.policies[0].ingress[0].peers[0]
+                    .pod_selector
+                    .as_mut()
+                    .expect("full.yaml's peer has a pod selector")
+                    .match_expressions
+                    .push(req(SelectorOperator::In, &[]));
+            }),
+            "ingress[0].peers[0].podSelector.matchExpressions[0].values",
+        ),
+    ];
+    for (tweak, field) in cases {
+        let err = invalid(|s| tweak(s));
+        assert!(
+            matches!(&err, ValidationError::Inconsistent { field: f, .. } if f == field),
+            "expected Inconsistent at {field}, got {err:?}"
+        );
+        assert_names(&err, "policy default/web-ingress", field);
+    }
+    // The same operators with fitting values are fine.
+    valid(|s| {
+        s.policies[0].pod_selector.match_expressions[0] = req(SelectorOperator::NotIn, &["a"]);
+    });
+    valid(|s| s.policies[0].pod_selector.match_expressions[0] = req(SelectorOperator::Exists, &[]));
+}
+
+#[test]
+fn selector_keys_must_not_be_empty() {
+    let err = invalid(|s| s.policies[0].pod_selector.match_expressions[0].key.clear());
+    assert_names(
+        &err,
+        "policy default/web-ingress",
+        "podSelector.matchExpressions[0].key",
+    );
+    assert!(matches!(err, ValidationError::Empty { .. }), "{err:?}");
+    let err = invalid(|s| {
+        s.policies[0].egress[0].peers[0]
+            .namespace_selector
+            .as_mut()
+            .expect("full.yaml's egress peer has a namespace selector")
+            .match_labels
+            .insert(String::new(), "x".into());
+    });
+    assert_names(
+        &err,
+        "policy default/web-ingress",
+        "egress[0].peers[0].namespaceSelector.matchLabels",
+    );
+}
+
+#[test]
+fn policy_types_are_listed_once() {
+    let err = invalid(|s| {
+        s.policies[0]
+            .policy_types
+            .push(dataplane_core::PolicyType::Ingress);
+    });
+    assert_eq!(
+        err,
+        ValidationError::Duplicate {
+            object: "policy default/web-ingress".into(),
+            field: "policyTypes[2]".into(),
+            value: "Ingress".into(),
+        }
+    );
+}
+
+/// Peer pods are checked like endpoints: names, addresses (unique across local and peer
+/// pods), node name and named ports.
+#[test]
+fn peer_pods() {
+    let err = invalid(|s| s.pods.push(s.pods[0].clone()));
+    assert_eq!(
+        err,
+        ValidationError::DuplicateName {
+            object: "pod db/pg-0".into()
+        }
+    );
+    // A pod is local or a peer, not both.
+    let err = invalid(|s| s.pods[0].name = s.endpoints[0].name.clone());
+    assert_eq!(
+        err,
+        ValidationError::DuplicateName {
+            object: "pod default/web-0".into()
+        }
+    );
+    let err = invalid(|s| s.pods[0].ips.push(ip("10.244.0.6")));
+    assert_eq!(
+        err,
+        ValidationError::Duplicate {
+            object: "pod db/pg-0".into(),
+            field: "ips[1]".into(),
+            value: "10.244.0.6 (also used by endpoint default/api-0)".into(),
+        }
+    );
+    let err = invalid(|s| s.pods[0].ips.clear());
+    assert_names(&err, "pod db/pg-0", "ips");
+    let err = invalid(|s| s.pods[0].ips[0] = ip("224.0.0.1"));
+    assert!(
+        matches!(err, ValidationError::InvalidAddress { .. }),
+        "{err:?}"
+    );
+    assert_names(&err, "pod db/pg-0", "ips[0]");
+    let err = invalid(|s| s.pods[0].name.namespace = "DB".into());
+    assert!(
+        matches!(err, ValidationError::InvalidName { .. }),
+        "{err:?}"
+    );
+    assert_names(&err, "pod DB/pg-0", "namespace");
+    let err = invalid(|s| s.pods[0].node_name = Some("".into()));
+    assert_names(&err, "pod db/pg-0", "nodeName");
+    let err = invalid(|s| s.pods[0].named_ports[0].port = 0);
+    assert_names(&err, "pod db/pg-0", "namedPorts[0].port");
+    let err = invalid(|s| s.pods[0].named_ports[0].name = "a-name-longer-than-15".into());
+    assert_names(&err, "pod db/pg-0", "namedPorts[0].name");
+}
+
+/// One name for two ports of one protocol leaves a policy naming it ambiguous; one name for
+/// TCP and UDP is fine (as for DNS).
+#[test]
+fn named_ports_are_unique_per_protocol() {
+    use dataplane_core::NamedPort;
+    let err = invalid(|s| {
+        s.endpoints[0]
+            .named_ports
+            .push(NamedPort::new("http", Protocol::Tcp, 8081));
+    });
+    assert_eq!(
+        err,
+        ValidationError::Duplicate {
+            object: "endpoint default/web-0".into(),
+            field: "namedPorts[1].name".into(),
+            value: "TCP http".into(),
+        }
+    );
+    valid(|s| {
+        s.endpoints[0]
+            .named_ports
+            .push(NamedPort::new("http", Protocol::Udp, 8080));
+    });
+}
+
+#[test]
+fn namespaces() {
+    let err = invalid(|s| s.namespaces.push(s.namespaces[1].clone()));
+    assert_eq!(
+        err,
+        ValidationError::DuplicateName {
+            object: "namespace db".into()
+        }
+    );
+    let err = invalid(|s| s.namespaces[0].name = "Team_A".into());
+    assert!(
+        matches!(err, ValidationError::InvalidName { max: 63, .. }),
+        "{err:?}"
+    );
+    assert_names(&err, "namespace Team_A", "name");
+    let err = invalid(|s| {
+        s.namespaces[0].labels.insert(String::new(), "x".into());
+    });
+    assert_names(&err, "namespace default", "labels");
+}
+
+/// Protocols and selector operators are closed sets: an unknown one fails to parse, naming
+/// the value.
+#[test]
+fn unknown_protocol_and_operator_fail_to_parse() {
+    let text = FULL.replace("{ protocol: UDP }", "{ protocol: ICMP }");
+    assert_ne!(text, FULL);
+    let err = from_yaml(&text).expect_err("ICMP is no policy protocol");
+    assert!(err.to_string().contains("ICMP"), "{err}");
+    let text = FULL.replace("operator: Exists", "operator: Exist");
+    assert_ne!(text, FULL);
+    let err = from_yaml(&text).expect_err("Exist is no operator");
+    assert!(err.to_string().contains("Exist"), "{err}");
+}
+
+/// Changed peer pods are checked incrementally like endpoints, addresses included.
+#[test]
+fn incremental_validation_checks_peer_pods_and_namespaces() {
+    let old = base();
+    let v = Validator::new(&old).expect("valid base");
+    let check = |tweak: &dyn Fn(&mut DesiredState)| {
+        let mut new = old.clone();
+        tweak(&mut new);
+        let full = validate(&new).map_err(|e| e.to_string());
+        let incremental = v
+            .check(&old.node, &dataplane_core::diff(&old, &new))
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(incremental, full);
+        incremental
+    };
+    let clash = check(&|s| s.pods[0].ips[0] = ip("10.244.0.5")).unwrap_err();
+    assert!(
+        clash.contains("also used by endpoint default/web-0"),
+        "{clash}"
+    );
+    check(&|s| s.pods[0].named_ports[0].port = 0).unwrap_err();
+    check(&|s| s.namespaces[0].name = "Bad".into()).unwrap_err();
+    // Moving an address from a peer pod to a new one in the same change is fine.
+    check(&|s| {
+        let mut moved = s.pods[0].clone();
+        moved.name = ObjectName::new("db", "pg-1");
+        s.pods[0] = moved;
+    })
+    .expect("an address moves between pods");
+}
+
+/// A pod is local or a peer, not both: the incremental validator sees a name clash across the
+/// two kinds, which a change set keys separately, and forgets names the change removes.
+#[test]
+fn incremental_validation_keeps_pod_names_unique_across_endpoints_and_peers() {
+    let old = base();
+    let mut v = Validator::new(&old).expect("valid base");
+    let judge = |v: &Validator, from: &DesiredState, tweak: &dyn Fn(&mut DesiredState)| {
+        let mut new = from.clone();
+        tweak(&mut new);
+        let full = validate(&new).map_err(|e| e.to_string());
+        let changes = dataplane_core::diff(from, &new);
+        let incremental = v
+            .check(&from.node, &changes)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(incremental, full);
+        (incremental, new, changes)
+    };
+    // A new peer pod named like an endpoint, and a new endpoint named like a peer pod.
+    let (err, _, _) = judge(&v, &old, &|s| {
+        let mut p = s.pods[0].clone();
+        p.name = ObjectName::new("default", "api-0");
+        p.ips = vec![ip("10.244.2.10")];
+        s.pods.push(p);
+    });
+    assert_eq!(err.unwrap_err(), "pod default/api-0: duplicate name");
+    let (err, _, _) = judge(&v, &old, &|s| {
+        let mut e = s.endpoints[1].clone();
+        e.name = ObjectName::new("db", "pg-0");
+        e.interface = "veth-pg".into();
+        e.ips = vec![ip("10.244.0.60")];
+        s.endpoints.push(e);
+    });
+    assert_eq!(err.unwrap_err(), "pod db/pg-0: duplicate name");
+    // The pod moves to this node: a peer becomes an endpoint in one change.
+    let (ok, moved, changes) = judge(&v, &old, &|s| {
+        let p = s.pods.remove(0);
+        s.endpoints
+            .push(dataplane_core::Endpoint::new(p.name, "veth-pg", p.ips));
+    });
+    ok.expect("a pod moving to this node");
+    v.commit(&old.node, &changes);
+    // Committed: the name is an endpoint's now, a peer pod of that name clashes.
+    let (err, _, _) = judge(&v, &moved, &|s| {
+        s.pods.push(dataplane_core::PeerPod::new(
+            ObjectName::new("db", "pg-0"),
+            [ip("10.244.2.11")],
+        ));
+    });
+    assert_eq!(err.unwrap_err(), "pod db/pg-0: duplicate name");
 }

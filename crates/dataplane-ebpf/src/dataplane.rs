@@ -475,6 +475,8 @@ impl Dataplane for EbpfDataplane {
         let rest = DesiredState {
             endpoints: desired.endpoints.clone(),
             policies: desired.policies.clone(),
+            namespaces: desired.namespaces.clone(),
+            pods: desired.pods.clone(),
             ..DesiredState::new(desired.node.clone())
         };
         self.sync(Some(desired), rest, validator, None)
@@ -507,12 +509,18 @@ impl Dataplane for EbpfDataplane {
             planner,
         } = *applied;
         // The changed services are planned from the change set; the applied state keeps none.
-        if !changes.endpoints.is_empty() || !changes.policies.is_empty() {
+        if !changes.endpoints.is_empty()
+            || !changes.policies.is_empty()
+            || !changes.namespaces.is_empty()
+            || !changes.pods.is_empty()
+        {
             ChangeSet {
                 node: None,
                 services: BTreeMap::new(),
                 endpoints: changes.endpoints.clone(),
                 policies: changes.policies.clone(),
+                namespaces: changes.namespaces.clone(),
+                pods: changes.pods.clone(),
             }
             .apply_to(&mut next);
         }

@@ -2,7 +2,7 @@
 //! `mod strategies;` (cargo also builds this file as a test target of its own, with no tests).
 //!
 //! States are bounded (at most 6 services of at most 3 ports and 5 backends, 4 endpoints,
-//! 3 policies) and valid by construction: names come from a pool of 8, and each service derives
+//! 3 policies, 4 namespaces, 4 peer pods) and valid by construction: names come from a pool of 8, and each service derives
 //! its addresses and NodePorts from its pool index so that no two services share a frontend.
 //! Names and label values include strings that YAML would read as something else unquoted
 //! (`true`, `null`, `123`, `1e3`, `~`): serialisers must quote them.
@@ -13,9 +13,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane_core::{
     Backend, BackendSelection, DesiredState, Endpoint, ExternalMode, Interfaces, IpBlock,
-    LabelRequirement, LabelSelector, Masquerade, NamedPort, Node, ObjectName, Policy, PolicyPeer,
-    PolicyPort, PolicyRule, PolicyType, PortRange, PortRef, Protocol, SelectorOperator, Service,
-    ServicePort, SessionAffinity, TrafficPolicy, API_VERSION, KIND,
+    LabelRequirement, LabelSelector, Masquerade, NamedPort, Namespace, Node, ObjectName, PeerPod,
+    Policy, PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRange, PortRef, Protocol,
+    SelectorOperator, Service, ServicePort, SessionAffinity, TrafficPolicy, API_VERSION, KIND,
 };
 use ipnetwork::IpNetwork;
 use proptest::collection::{btree_map, btree_set, vec};
@@ -295,14 +295,7 @@ fn endpoint(idx: usize) -> impl Strategy<Value = Endpoint> {
                 ips,
                 labels,
                 namespace_labels,
-                named_ports: named
-                    .into_iter()
-                    .map(|(name, protocol, port)| NamedPort {
-                        name: name.into(),
-                        protocol,
-                        port,
-                    })
-                    .collect(),
+                named_ports: named_ports(named),
             }
         })
 }
@@ -323,12 +316,18 @@ fn selector() -> impl Strategy<Value = LabelSelector> {
             SelectorOperator::Exists,
             SelectorOperator::DoesNotExist,
         ]),
-        subsequence(LABEL_VALUES.to_vec(), 0..=2),
+        subsequence(LABEL_VALUES.to_vec(), 1..=2),
     )
         .prop_map(|(key, operator, values)| LabelRequirement {
             key: key.into(),
             operator,
-            values: values.into_iter().map(str::to_owned).collect(),
+            // In and NotIn need values, Exists and DoesNotExist take none.
+            values: match operator {
+                SelectorOperator::In | SelectorOperator::NotIn => {
+                    values.into_iter().map(str::to_owned).collect()
+                }
+                SelectorOperator::Exists | SelectorOperator::DoesNotExist => Vec::new(),
+            },
         });
     (labels(), vec(requirement, 0..=2)).prop_map(|(match_labels, match_expressions)| {
         LabelSelector {
@@ -423,18 +422,87 @@ pub fn policies() -> impl Strategy<Value = Vec<Policy>> {
         .prop_shuffle()
 }
 
+/// Namespace objects for some of the pool's namespaces, with random labels.
+pub fn namespaces() -> impl Strategy<Value = Vec<Namespace>> {
+    btree_map(select(NAMESPACES.to_vec()), labels(), 0..=3)
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(name, labels)| Namespace {
+                    name: name.to_owned(),
+                    labels,
+                })
+                .collect::<Vec<_>>()
+        })
+        .prop_shuffle()
+}
+
+/// A peer pod; its addresses (10.244.1.0/24) never collide with an endpoint's.
+fn peer_pod(idx: usize) -> impl Strategy<Value = PeerPod> {
+    (
+        select(NAMESPACES.to_vec()),
+        labels(),
+        vec(
+            (select(PORT_NAMES.to_vec()), protocol(), 1u16..=u16::MAX),
+            0..=1,
+        ),
+        option::of(select(vec!["node-b", "node-c"])),
+    )
+        .prop_map(move |(namespace, labels, named, node)| PeerPod {
+            name: ObjectName::new(namespace, format!("peer-{}", NAMES[idx])),
+            ips: vec![IpAddr::V4(Ipv4Addr::new(10, 244, 1, idx as u8 + 1))],
+            labels,
+            named_ports: named_ports(named),
+            node_name: node.map(Into::into),
+        })
+}
+
+/// Named ports, the first of each name and protocol (a name given twice is invalid).
+fn named_ports(named: Vec<(&str, Protocol, u16)>) -> Vec<NamedPort> {
+    let mut seen = BTreeSet::new();
+    named
+        .into_iter()
+        .filter(|(name, protocol, _)| seen.insert((*name, *protocol)))
+        .map(|(name, protocol, port)| NamedPort::new(name, protocol, port))
+        .collect()
+}
+
+/// Up to 4 peer pods with distinct names and addresses, in random order.
+pub fn pods() -> impl Strategy<Value = Vec<PeerPod>> {
+    btree_set(0..NAMES.len(), 0..=4)
+        .prop_flat_map(|idxs| idxs.into_iter().map(peer_pod).collect::<Vec<_>>())
+        .prop_shuffle()
+}
+
 /// A whole valid state.
 pub fn state() -> impl Strategy<Value = DesiredState> {
-    (node(), services(), endpoints(), policies()).prop_map(
-        |(node, services, endpoints, policies)| DesiredState {
-            api_version: API_VERSION.into(),
-            kind: KIND.into(),
-            node,
-            services,
-            endpoints,
-            policies,
-        },
+    (
+        node(),
+        services(),
+        endpoints(),
+        policies(),
+        namespaces(),
+        pods(),
     )
+        .prop_map(
+            |(node, services, mut endpoints, policies, namespaces, pods)| {
+                // An endpoint's own namespace labels may not contradict a namespace object.
+                for e in &mut endpoints {
+                    if namespaces.iter().any(|n| n.name == e.name.namespace) {
+                        e.namespace_labels.clear();
+                    }
+                }
+                DesiredState {
+                    api_version: API_VERSION.into(),
+                    kind: KIND.into(),
+                    node,
+                    services,
+                    endpoints,
+                    policies,
+                    namespaces,
+                    pods,
+                }
+            },
+        )
 }
 
 /// The state with services, endpoints and policies sorted by name: equality "up to order".
@@ -442,6 +510,8 @@ pub fn normalised(mut state: DesiredState) -> DesiredState {
     state.services.sort_by(|a, b| a.name.cmp(&b.name));
     state.endpoints.sort_by(|a, b| a.name.cmp(&b.name));
     state.policies.sort_by(|a, b| a.name.cmp(&b.name));
+    state.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+    state.pods.sort_by(|a, b| a.name.cmp(&b.name));
     state
 }
 

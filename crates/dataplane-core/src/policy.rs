@@ -1,0 +1,361 @@
+//! NetworkPolicy semantics of the reference model: whether a connection is allowed, as
+//! Kubernetes `networking.k8s.io/v1` specifies it, as a pure function of the state.
+//!
+//! Followed: the Kubernetes documentation "Network Policies"
+//! (<https://kubernetes.io/docs/concepts/services-networking/network-policies/>) and the API
+//! reference of `NetworkPolicySpec`, `NetworkPolicyPeer` and `NetworkPolicyPort`, with the
+//! cases of the e2e suite `test/e2e/network/netpol/network_policy.go` (namespaces x, y, z
+//! with pods a, b, c) as the model for the tests in `tests/policy.rs`:
+//!
+//! - A pod is isolated for ingress (egress) when any policy in its namespace selects it and
+//!   has `Ingress` (`Egress`) in its effective `policyTypes`. Policies are additive: what is
+//!   allowed is the union of the rules of all policies selecting the pod for that direction;
+//!   a pod no policy isolates allows everything in that direction.
+//! - Effective `policyTypes`: as listed; when none are listed, `Ingress`, plus `Egress` if the
+//!   policy has egress rules (the API server's defaulting).
+//! - A connection is allowed when the client's egress allows it to the server **and** the
+//!   server's ingress allows it from the client. Replies of an allowed connection are
+//!   allowed (policies are stateful: backends let `established` traffic through).
+//! - A rule with no peers matches every peer; with no ports, every port and protocol.
+//! - A peer with `podSelector` only selects pods in the policy's namespace; with
+//!   `namespaceSelector` only, every pod of the selected namespaces; with both in one peer,
+//!   the pods matching the pod selector in the selected namespaces (AND; two peers with one
+//!   selector each are OR). `ipBlock` matches addresses in `cidr` and in no `except`, pod
+//!   addresses included (the docs leave pod addresses to the implementation; this model
+//!   matches them, as Calico and Cilium do in their default modes).
+//! - Namespaces carry the label `kubernetes.io/metadata.name` (set by the API server), so a
+//!   namespace selector can name a namespace.
+//! - A port entry matches its protocol (TCP by default) and: every port when it has none; the
+//!   number, or `port..=endPort`; a named port resolved on the **destination** pod's
+//!   container ports (of that protocol) — on ingress the selected pod, on egress the peer; a
+//!   named port matches nothing on a destination that is not a known pod.
+//! - Traffic between the node and its own pods is always allowed, in both directions
+//!   (kubelet probes; the docs: "traffic to and from the node where a Pod is running is
+//!   always allowed").
+//! - A pod reaching its own address is allowed: such traffic stays inside the pod, where no
+//!   node dataplane sees it, and Kubernetes leaves it undefined (the e2e suite ignores
+//!   loopback cells, kubernetes/kubernetes#95879).
+//!
+//! Addresses are the pods' own: service traffic is checked **after** DNAT, against the
+//! backend chosen and its target port, from the client's own address (before any SNAT).
+//! [`crate::evaluate`] applies this to the first packet of a connection: a
+//! [`crate::Verdict::Forward`] keeps exactly the backends `b` with
+//! `policy_allows(state, client, b.ip(), protocol, b.port())`, none left means drop, and an
+//! untouched packet from `s` to `d` is dropped unless `policy_allows(state, s, d, ..)`.
+//! A policy change applies to new connections; what backends do with established ones is
+//! theirs to document (issue 18).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    DesiredState, IpBlock, LabelSelector, NamedPort, ObjectName, Policy, PolicyPeer, PolicyPort,
+    PolicyRule, PolicyType, PortRef, Protocol, SelectorOperator,
+};
+
+impl LabelSelector {
+    /// Whether `labels` satisfy every `matchLabels` entry and every `matchExpressions`
+    /// requirement (the empty selector matches everything).
+    ///
+    /// ```
+    /// use dataplane_core::{LabelRequirement, LabelSelector, SelectorOperator};
+    /// let sel = LabelSelector {
+    ///     match_labels: [("app".to_owned(), "web".to_owned())].into(),
+    ///     match_expressions: vec![LabelRequirement {
+    ///         key: "tier".into(),
+    ///         operator: SelectorOperator::NotIn,
+    ///         values: vec!["edge".into()],
+    ///     }],
+    /// };
+    /// assert!(sel.matches(&[("app".to_owned(), "web".to_owned())].into()));
+    /// assert!(!sel.matches(&[("app".to_owned(), "db".to_owned())].into()));
+    /// ```
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|req| {
+                let value = labels.get(&req.key);
+                match req.operator {
+                    SelectorOperator::In => value.is_some_and(|v| req.values.contains(v)),
+                    SelectorOperator::NotIn => value.is_none_or(|v| !req.values.contains(v)),
+                    SelectorOperator::Exists => value.is_some(),
+                    SelectorOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
+impl IpBlock {
+    /// Whether `ip` is in the block's CIDR and in none of its exceptions.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.cidr.contains(ip) && !self.except.iter().any(|e| e.contains(ip))
+    }
+}
+
+impl Policy {
+    /// Whether the policy isolates `direction` (its effective `policyTypes`: as listed, or
+    /// when none are, `Ingress` plus `Egress` if it has egress rules).
+    pub fn isolates(&self, direction: PolicyType) -> bool {
+        if self.policy_types.is_empty() {
+            direction == PolicyType::Ingress || !self.egress.is_empty()
+        } else {
+            self.policy_types.contains(&direction)
+        }
+    }
+
+    /// The rules of `direction` (ingress or egress).
+    pub fn rules(&self, direction: PolicyType) -> &[PolicyRule] {
+        match direction {
+            PolicyType::Ingress => &self.ingress,
+            PolicyType::Egress => &self.egress,
+        }
+    }
+}
+
+/// One side of a connection as policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Party<'a> {
+    /// A pod: a local [`crate::Endpoint`] (`local`) or a [`crate::PeerPod`].
+    Pod {
+        /// Namespace and name.
+        name: &'a ObjectName,
+        /// Pod labels.
+        labels: &'a BTreeMap<String, String>,
+        /// Named container ports.
+        named_ports: &'a [NamedPort],
+        /// Whether it runs on this node.
+        local: bool,
+    },
+    /// This node (one of [`crate::Node::addresses`]).
+    Node,
+    /// Anything else (another node, outside the cluster): matched by `ipBlock` only.
+    Other,
+}
+
+impl<'a> Party<'a> {
+    /// The party at `ip` in `state`.
+    pub fn at(state: &'a DesiredState, ip: IpAddr) -> Self {
+        if let Some(e) = state.endpoints.iter().find(|e| e.ips.contains(&ip)) {
+            return Party::Pod {
+                name: &e.name,
+                labels: &e.labels,
+                named_ports: &e.named_ports,
+                local: true,
+            };
+        }
+        if let Some(p) = state.pods.iter().find(|p| p.ips.contains(&ip)) {
+            return Party::Pod {
+                name: &p.name,
+                labels: &p.labels,
+                named_ports: &p.named_ports,
+                local: false,
+            };
+        }
+        if state.node.addresses.contains(&ip) {
+            Party::Node
+        } else {
+            Party::Other
+        }
+    }
+}
+
+/// The decision of one direction (the client's egress or the server's ingress).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decision {
+    /// The side is no pod: policy does not apply to it.
+    NotAPod,
+    /// No policy isolates the pod in this direction.
+    NotIsolated,
+    /// Traffic between the node and its own pod: always allowed.
+    NodeTraffic,
+    /// A pod reaching its own address: never leaves the pod, allowed.
+    SamePod,
+    /// Allowed by these policies' rules (every one that has a matching rule).
+    Allowed(Vec<ObjectName>),
+    /// Isolated by these policies and allowed by none.
+    Denied(Vec<ObjectName>),
+}
+
+impl Decision {
+    /// Whether the direction lets the connection through.
+    pub fn allows(&self) -> bool {
+        !matches!(self, Decision::Denied(_))
+    }
+}
+
+/// Both halves of a connection's policy verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVerdict {
+    /// The client's egress.
+    pub egress: Decision,
+    /// The server's ingress.
+    pub ingress: Decision,
+}
+
+impl PolicyVerdict {
+    /// Whether the connection is allowed: both halves must allow it.
+    pub fn allowed(&self) -> bool {
+        self.egress.allows() && self.ingress.allows()
+    }
+}
+
+/// The policy verdict of a new connection from `from` to `to` (`protocol`, destination port
+/// `port`), after any service translation: `to` and `port` are the backend's. See the module
+/// documentation for the rules followed.
+pub fn policy_verdict(
+    state: &DesiredState,
+    from: IpAddr,
+    to: IpAddr,
+    protocol: Protocol,
+    port: u16,
+) -> PolicyVerdict {
+    let client = Party::at(state, from);
+    let server = Party::at(state, to);
+    if from == to && matches!(client, Party::Pod { .. }) {
+        return PolicyVerdict {
+            egress: Decision::SamePod,
+            ingress: Decision::SamePod,
+        };
+    }
+    let conn = Connection {
+        state,
+        protocol,
+        port,
+        server: &server,
+    };
+    PolicyVerdict {
+        egress: conn.decide(PolicyType::Egress, &client, &server, to),
+        ingress: conn.decide(PolicyType::Ingress, &server, &client, from),
+    }
+}
+
+/// Whether a new connection from `from` to `to` (`protocol`, `port`) is allowed:
+/// [`policy_verdict`]`(..).allowed()`.
+pub fn policy_allows(
+    state: &DesiredState,
+    from: IpAddr,
+    to: IpAddr,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
+    policy_verdict(state, from, to, protocol, port).allowed()
+}
+
+/// What every rule of one connection is matched against.
+struct Connection<'a> {
+    state: &'a DesiredState,
+    protocol: Protocol,
+    port: u16,
+    /// The destination: named ports resolve on it.
+    server: &'a Party<'a>,
+}
+
+impl Connection<'_> {
+    /// The decision of `direction` for `subject` (the client on egress, the server on
+    /// ingress) about `peer` at `peer_ip`.
+    fn decide(
+        &self,
+        direction: PolicyType,
+        subject: &Party<'_>,
+        peer: &Party<'_>,
+        peer_ip: IpAddr,
+    ) -> Decision {
+        let Party::Pod {
+            name,
+            labels,
+            local,
+            ..
+        } = subject
+        else {
+            return Decision::NotAPod;
+        };
+        if *local && *peer == Party::Node {
+            return Decision::NodeTraffic;
+        }
+        let isolating: Vec<&Policy> = self
+            .state
+            .policies
+            .iter()
+            .filter(|p| {
+                p.name.namespace == name.namespace
+                    && p.pod_selector.matches(labels)
+                    && p.isolates(direction)
+            })
+            .collect();
+        if isolating.is_empty() {
+            return Decision::NotIsolated;
+        }
+        let allowing: Vec<ObjectName> = isolating
+            .iter()
+            .filter(|p| {
+                p.rules(direction)
+                    .iter()
+                    .any(|r| self.rule_matches(p, r, peer, peer_ip))
+            })
+            .map(|p| p.name.clone())
+            .collect();
+        if allowing.is_empty() {
+            Decision::Denied(isolating.iter().map(|p| p.name.clone()).collect())
+        } else {
+            Decision::Allowed(allowing)
+        }
+    }
+
+    fn rule_matches(
+        &self,
+        policy: &Policy,
+        rule: &PolicyRule,
+        peer: &Party<'_>,
+        peer_ip: IpAddr,
+    ) -> bool {
+        (rule.peers.is_empty()
+            || rule
+                .peers
+                .iter()
+                .any(|p| self.peer_matches(policy, p, peer, peer_ip)))
+            && (rule.ports.is_empty() || rule.ports.iter().any(|p| self.port_matches(p)))
+    }
+
+    fn peer_matches(
+        &self,
+        policy: &Policy,
+        selector: &PolicyPeer,
+        peer: &Party<'_>,
+        peer_ip: IpAddr,
+    ) -> bool {
+        if let Some(block) = &selector.ip_block {
+            return block.contains(peer_ip);
+        }
+        let Party::Pod { name, labels, .. } = peer else {
+            return false;
+        };
+        let namespace_ok = match &selector.namespace_selector {
+            Some(ns) => ns.matches(&self.state.namespace_labels(&name.namespace)),
+            None => name.namespace == policy.name.namespace,
+        };
+        namespace_ok
+            && selector
+                .pod_selector
+                .as_ref()
+                .is_none_or(|sel| sel.matches(labels))
+    }
+
+    fn port_matches(&self, entry: &PolicyPort) -> bool {
+        if entry.protocol != self.protocol {
+            return false;
+        }
+        match &entry.port {
+            None => true,
+            Some(PortRef::Number(p)) => (*p..=entry.end_port.unwrap_or(*p)).contains(&self.port),
+            Some(PortRef::Name(n)) => match self.server {
+                Party::Pod { named_ports, .. } => named_ports.iter().any(|np| {
+                    np.name == *n && np.protocol == self.protocol && np.port == self.port
+                }),
+                Party::Node | Party::Other => false,
+            },
+        }
+    }
+}
