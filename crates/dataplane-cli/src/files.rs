@@ -84,7 +84,7 @@ pub fn render(changes: &ChangeSet) -> String {
     if changes.node.is_some() {
         out.push_str("~ node\n");
     }
-    let mut line = |kind: &str, name: &dataplane::ObjectName, prev: bool, cur: bool| {
+    let mut line = |kind: &str, name: &dyn std::fmt::Display, prev: bool, cur: bool| {
         let mark = match (prev, cur) {
             (false, true) => '+',
             (true, false) => '-',
@@ -100,6 +100,12 @@ pub fn render(changes: &ChangeSet) -> String {
     }
     for (name, c) in &changes.policies {
         line("policy", name, c.previous.is_some(), c.current.is_some());
+    }
+    for (name, c) in &changes.namespaces {
+        line("namespace", name, c.previous.is_some(), c.current.is_some());
+    }
+    for (name, c) in &changes.pods {
+        line("pod", name, c.previous.is_some(), c.current.is_some());
     }
     out
 }
