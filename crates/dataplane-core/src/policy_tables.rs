@@ -24,9 +24,10 @@
 //!
 //! The shape a backend programs so that a new connection costs the same whatever the number
 //! of policies: an address → set-ids map (Cilium's ipcache/identities, Calico's ipsets;
-//! [`CompiledPolicy::membership`]) and per endpoint and direction a map keyed by
-//! `(set id, protocol, port)` (port ranges as interval elements) plus one LPM of the ipBlock
-//! prefixes: a lookup is one membership lookup, one probe per set the peer is in, and one LPM.
+//! [`CompiledPolicy::membership`]); per endpoint and direction a map keyed by
+//! `(set id, protocol, port)` (port ranges as interval elements) and one LPM of all its
+//! ipBlock prefixes ([`DirectionTable::block_table`], the per-entry tables merged). A lookup
+//! is one membership lookup, one probe per set the peer is in, and one LPM lookup.
 //! [`CompiledPolicy::allows`] is the reference answer those tables must give.
 //!
 //! Not in the tables, fixed rules every backend adds itself (as [`crate::policy`] says): traffic
@@ -210,6 +211,57 @@ pub struct DirectionTable {
     pub isolated: bool,
     /// What is allowed when isolated (the union of the selecting policies' rules).
     pub entries: BTreeSet<AllowEntry>,
+}
+
+/// The `(protocol, ports)` of an [`AllowEntry`]: what a [`DirectionTable::block_table`] prefix
+/// allows.
+pub type PortSpec = (Option<Protocol>, (u16, u16));
+
+impl DirectionTable {
+    /// Every ipBlock entry of the direction merged in one longest-prefix table: for each
+    /// prefix of any block, what an address whose longest matching prefix it is may use (an
+    /// empty set: nothing, an `except` shadowing shorter prefixes). A backend programs this
+    /// as one LPM map per endpoint and direction, so that an ipBlock lookup is one LPM
+    /// lookup however many blocks the policies have.
+    ///
+    /// Exact because every prefix of every block is in the table: for an address whose
+    /// longest match in the table is `P`, its longest match within one block is that block's
+    /// longest prefix containing `P`.
+    pub fn block_table(&self) -> BTreeMap<IpNetwork, BTreeSet<PortSpec>> {
+        let blocks: Vec<(&[LpmEntry], PortSpec)> = self
+            .entries
+            .iter()
+            .filter_map(|e| match &e.peer {
+                Peer::Block(table) => Some((table.as_slice(), (e.protocol, e.ports))),
+                Peer::Any | Peer::Set(_) => None,
+            })
+            .collect();
+        let prefixes: BTreeSet<IpNetwork> = blocks
+            .iter()
+            .flat_map(|(table, _)| table.iter().map(|e| e.prefix))
+            .collect();
+        prefixes
+            .into_iter()
+            .map(|prefix| {
+                let allowed = blocks
+                    .iter()
+                    .filter(|(table, _)| prefix_allowed(table, prefix))
+                    .map(|(_, spec)| *spec)
+                    .collect();
+                (prefix, allowed)
+            })
+            .collect()
+    }
+}
+
+/// Whether an address whose longest match is `prefix` is allowed by `table`: by the longest
+/// prefix of `table` that contains `prefix` (deny wins at equal length).
+fn prefix_allowed(table: &[LpmEntry], prefix: IpNetwork) -> bool {
+    table
+        .iter()
+        .filter(|e| e.prefix.prefix() <= prefix.prefix() && e.prefix.contains(prefix.network()))
+        .max_by_key(|e| (e.prefix.prefix(), !e.allow))
+        .is_some_and(|e| e.allow)
 }
 
 /// The tables of one local endpoint.
@@ -444,16 +496,6 @@ fn lpm(block: &IpBlock) -> Vec<LpmEntry> {
     table
 }
 
-/// Whether the longest prefix of `table` containing `ip` allows it (deny wins at equal
-/// length); no prefix containing it is a no.
-pub fn lpm_allows(table: &[LpmEntry], ip: IpAddr) -> bool {
-    table
-        .iter()
-        .filter(|e| e.prefix.contains(ip))
-        .max_by_key(|e| (e.prefix.prefix(), !e.allow))
-        .is_some_and(|e| e.allow)
-}
-
 impl CompiledPolicy {
     /// Address → ids of the sets it is a member of: what a backend programs as its
     /// identity/ipset map.
@@ -484,15 +526,25 @@ impl CompiledPolicy {
         if !table.isolated {
             return Some(true);
         }
-        Some(table.entries.iter().any(|e| {
-            e.protocol.is_none_or(|p| p == protocol)
-                && (e.ports.0..=e.ports.1).contains(&port)
+        let port_ok = |(p, ports): &PortSpec| {
+            p.is_none_or(|p| p == protocol) && (ports.0..=ports.1).contains(&port)
+        };
+        let selected = table.entries.iter().any(|e| {
+            port_ok(&(e.protocol, e.ports))
                 && match &e.peer {
                     Peer::Any => true,
                     Peer::Set(id) => self.sets.get(id).is_some_and(|s| s.members.contains(&peer)),
-                    Peer::Block(table) => lpm_allows(table, peer),
+                    // Answered by the merged table below, as a backend does.
+                    Peer::Block(_) => false,
                 }
-        }))
+        });
+        let blocks = table.block_table();
+        let in_block = blocks
+            .iter()
+            .filter(|(prefix, _)| prefix.contains(peer))
+            .max_by_key(|(prefix, _)| prefix.prefix())
+            .is_some_and(|(_, specs)| specs.iter().any(port_ok));
+        Some(selected || in_block)
     }
 
     /// Brings the tables from the state before `changes` to `state` (the state after them),

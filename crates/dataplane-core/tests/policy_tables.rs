@@ -325,3 +325,64 @@ fn egress_named_ports_split_a_peer_set_by_port() {
         ])
     );
 }
+
+/// ipBlocks of several policies merge in one longest-prefix table: an `except` of one block
+/// shadows it only for that block's ports, another block containing the except still allows.
+#[test]
+fn ip_blocks_merge_in_one_longest_prefix_table() {
+    let block = |cidr: &str, except: &[&str], port: u16| PolicyRule {
+        peers: vec![PolicyPeer {
+            ip_block: Some(IpBlock {
+                cidr: cidr.parse().expect("cidr"),
+                except: except.iter().map(|e| e.parse().expect("cidr")).collect(),
+            }),
+            ..PolicyPeer::default()
+        }],
+        ports: vec![PolicyPort {
+            protocol: Protocol::Tcp,
+            port: Some(PortRef::Number(port)),
+            end_port: None,
+        }],
+    };
+    let mut state = all_db().state();
+    for (name, rule) in [
+        ("wide", block("10.0.0.0/16", &["10.0.2.0/24"], 80)),
+        ("narrow", block("10.0.2.0/23", &[], 443)),
+    ] {
+        state = state.with_policy(Policy {
+            name: ObjectName::new("x", name),
+            pod_selector: LabelSelector::default(),
+            policy_types: vec![PolicyType::Egress],
+            ingress: Vec::new(),
+            egress: vec![rule],
+        });
+    }
+    validate(&state).expect("valid state");
+    let compiled = compile(&state);
+    let x_a = ObjectName::new("x", "a");
+    let table = compiled.endpoints[&x_a].egress.block_table();
+    let tcp = |port| (Some(Protocol::Tcp), (port, port));
+    assert_eq!(
+        table,
+        BTreeMap::from([
+            ("10.0.0.0/16".parse().expect("cidr"), [tcp(80)].into()),
+            (
+                "10.0.2.0/23".parse().expect("cidr"),
+                [tcp(80), tcp(443)].into()
+            ),
+            ("10.0.2.0/24".parse().expect("cidr"), [tcp(443)].into()),
+        ])
+    );
+    for peer in ["10.0.1.1", "10.0.2.1", "10.0.3.1", "10.1.0.1"] {
+        let peer: IpAddr = peer.parse().expect("ip");
+        for port in [80, 443] {
+            let reference =
+                dataplane_core::policy_verdict(&state, ip(0), peer, Protocol::Tcp, port);
+            assert_eq!(
+                compiled.allows(&x_a, PolicyType::Egress, peer, Protocol::Tcp, port),
+                Some(reference.egress.allows()),
+                "{peer} TCP/{port}"
+            );
+        }
+    }
+}
