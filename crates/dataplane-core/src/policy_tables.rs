@@ -76,6 +76,7 @@ pub struct SetKey {
 
 impl SetKey {
     fn id(&self) -> SetId {
+        // Serializing strings, maps of strings, numbers and enums cannot fail.
         SetId(serde_json::to_string(self).unwrap_or_default())
     }
 
@@ -596,16 +597,9 @@ impl CompiledPolicy {
         });
         // Members of the sets kept: only the changed pods and the relabelled namespaces.
         for (id, set) in &mut self.sets {
-            let before = set.members.clone();
-            update_members(set, state, changes);
-            if set.members != before {
-                delta.members_changed.insert(
-                    id.clone(),
-                    MemberChange {
-                        added: set.members.difference(&before).copied().collect(),
-                        removed: before.difference(&set.members).copied().collect(),
-                    },
-                );
+            let change = update_members(set, state, changes);
+            if !change.added.is_empty() || !change.removed.is_empty() {
+                delta.members_changed.insert(id.clone(), change);
             }
         }
         for (id, key) in keys {
@@ -742,10 +736,13 @@ fn named_ports_changed<T>(change: &Change<T>, ports: impl Fn(&T) -> &Vec<NamedPo
 }
 
 /// Updates `set`'s members for the changed pods and endpoints (entering or leaving) and the
-/// pods of the namespaces whose labels changed.
-fn update_members(set: &mut PeerSet, state: &DesiredState, changes: &ChangeSet) {
-    // Addresses are unique across pods and endpoints in a valid state: the previous
-    // addresses of changed pods go first, then the current ones that match come back.
+/// pods of the namespaces whose labels changed, looking at those addresses only; returns
+/// what entered and left.
+fn update_members(set: &mut PeerSet, state: &DesiredState, changes: &ChangeSet) -> MemberChange {
+    // Whether each address looked at is a member now. Addresses are unique across pods and
+    // endpoints in a valid state: the previous addresses of changed pods are members no
+    // more, unless a current pod has the address and matches.
+    let mut now: BTreeMap<IpAddr, bool> = BTreeMap::new();
     let previous_ips = changes
         .endpoints
         .values()
@@ -758,7 +755,7 @@ fn update_members(set: &mut PeerSet, state: &DesiredState, changes: &ChangeSet) 
         );
     for ips in previous_ips {
         for ip in ips {
-            set.members.remove(ip);
+            now.insert(*ip, false);
         }
     }
     let mut relabelled: BTreeSet<&str> = changes.namespaces.keys().map(String::as_str).collect();
@@ -798,13 +795,20 @@ fn update_members(set: &mut PeerSet, state: &DesiredState, changes: &ChangeSet) 
         .map(|p| (&p.name, &p.ips, &p.labels, &p.named_ports));
     for (name, ips, labels, ports) in current_endpoints.chain(current_pods) {
         for ip in ips {
-            if set.key.selects(state, name, *ip, labels, ports) {
-                set.members.insert(*ip);
-            } else {
-                set.members.remove(ip);
-            }
+            now.insert(*ip, set.key.selects(state, name, *ip, labels, ports));
         }
     }
+    let mut change = MemberChange::default();
+    for (ip, member) in now {
+        if member {
+            if set.members.insert(ip) {
+                change.added.insert(ip);
+            }
+        } else if set.members.remove(&ip) {
+            change.removed.insert(ip);
+        }
+    }
+    change
 }
 
 fn named_labels_changed(change: &Change<Endpoint>) -> bool {

@@ -1,6 +1,7 @@
 //! The policy compiler (`compile`, `CompiledPolicy::update`): incremental updates give what a
 //! full compile gives, with the element delta between the two compiles, over random sequences
-//! of pod, endpoint, namespace and policy changes; peer sets are shared by selector and keep
+//! of pod, endpoint (labels, named ports, addresses, rescheduling between this node and
+//! another), namespace and policy changes; peer sets are shared by selector and keep
 //! their ids. That the tables answer as the reference model does is checked on every case of
 //! `tests/policy.rs`.
 
@@ -44,6 +45,11 @@ struct PodSpec {
     label: usize,
     /// `http` on TCP 80, on TCP 8080, or none.
     http: usize,
+    /// On another address than its first one.
+    readdressed: bool,
+    /// On the other side: a peer pod instead of a local endpoint or the reverse (the same pod
+    /// rescheduled).
+    moved: bool,
 }
 
 /// A policy of the universe, from indices into small choices.
@@ -84,20 +90,22 @@ impl Universe {
                 .into_iter()
                 .collect();
             let object = ObjectName::new(*ns, *name);
-            if *local {
-                let mut e = Endpoint::new(object, format!("veth{i}"), [ip(i)]);
-                e.named_ports = named;
-                if let Some(l) = LABELS[spec.label] {
-                    e = e.with_label("app", l);
-                }
-                state = state.with_endpoint(e);
-            } else {
-                let mut p = PeerPod::new(object, [ip(i)]);
+            let address = ip(i + 10 * usize::from(spec.readdressed));
+            // A moved pod is on the other side: a local one elsewhere, a peer one here.
+            if *local == spec.moved {
+                let mut p = PeerPod::new(object, [address]);
                 p.named_ports = named;
                 if let Some(l) = LABELS[spec.label] {
                     p = p.with_label("app", l);
                 }
                 state = state.with_pod(p);
+            } else {
+                let mut e = Endpoint::new(object, format!("veth{i}"), [address]);
+                e.named_ports = named;
+                if let Some(l) = LABELS[spec.label] {
+                    e = e.with_label("app", l);
+                }
+                state = state.with_endpoint(e);
             }
         }
         for (i, spec) in self.policies.iter().enumerate() {
@@ -165,11 +173,20 @@ fn policy(slot: usize, spec: &PolicySpec) -> Policy {
 }
 
 fn pod_spec() -> impl Strategy<Value = PodSpec> {
-    (any::<bool>(), 0..3usize, 0..3usize).prop_map(|(present, label, http)| PodSpec {
-        present,
-        label,
-        http,
-    })
+    (
+        any::<bool>(),
+        0..3usize,
+        0..3usize,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(present, label, http, readdressed, moved)| PodSpec {
+            present,
+            label,
+            http,
+            readdressed,
+            moved,
+        })
 }
 
 fn policy_spec() -> impl Strategy<Value = Option<PolicySpec>> {
@@ -255,6 +272,8 @@ fn all_db() -> Universe {
             present: true,
             label: 1,
             http: 0,
+            readdressed: false,
+            moved: false,
         }; 5],
         namespace_labels: [0, 1],
         policies: [None; 4],
