@@ -549,15 +549,18 @@ impl CompiledPolicy {
     }
 
     /// Brings the tables from the state before `changes` to `state` (the state after them),
-    /// touching only what the changes affect, and reports the element changes: the result
-    /// equals [`compile`]`(state)`.
+    /// touching only what the changes affect, and reports the element changes: when `self`
+    /// is the compile of the state before and `changes` its [`crate::diff()`] to `state`, the
+    /// result equals [`compile`]`(state)` and the delta is `self.delta(&compile(state))`.
     ///
     /// - Tables are recompiled for the endpoints that changed, the endpoints a changed
     ///   policy selects (before or after), and, when a pod's named ports change, the endpoints
     ///   with egress named ports (those resolve on every destination).
     /// - Sets: a set no endpoint names any more goes; a newly named one is computed; the
     ///   others are updated only for the changed pods (entering or leaving) and the pods of
-    ///   relabelled namespaces.
+    ///   relabelled namespaces. Cost: one selector evaluation per (kept set, address looked
+    ///   at); an index from label to sets (Calico's label index) would cut the sets looked
+    ///   at when there are many.
     pub fn update(&mut self, state: &DesiredState, changes: &ChangeSet) -> PolicyDelta {
         let mut delta = PolicyDelta::default();
         let mut keys: BTreeMap<SetId, SetKey> = BTreeMap::new();
