@@ -1,5 +1,5 @@
-//! `dataplane-core`: the model, validation, change tracking, Maglev, the reference model and the
-//! [`Dataplane`] trait.
+//! `dataplane-core`: the model, validation, change tracking, Maglev, the reference model, the
+//! NetworkPolicy compiler and the [`Dataplane`] trait.
 //!
 //! Pure: no syscalls, no clock, no runtime. Time and randomness are arguments.
 //!
@@ -18,6 +18,7 @@ pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod policy;
+pub mod policy_tables;
 pub mod reference;
 // Public for the benches and the scale tests of other crates (one generator for all of
 // them), not an embedder's API: hidden from the docs, no stability promise.
@@ -37,6 +38,7 @@ pub use health::{health_check, health_checks, HealthCheck};
 pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};
 pub use model::*;
 pub use policy::{policy_allows, policy_verdict, Decision, Party, PolicyVerdict};
+pub use policy_tables::{compile, CompiledPolicy, PolicyDelta};
 pub use reference::{
     eligible_backends, eligible_backends_with_policy, evaluate, node_address,
     source_range_allow_list, source_range_allows, Eligible, Entry, FrontendKind, IpFamily, Packet,

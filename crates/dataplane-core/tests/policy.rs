@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use dataplane_core::{
-    evaluate, policy_allows, policy_verdict, Backend, Decision, DesiredState, Endpoint, Entry,
-    IpBlock, LabelRequirement, LabelSelector, NamedPort, Namespace, Node, ObjectName, Packet,
-    PeerPod, Policy, PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRef, Protocol,
+    compile, evaluate, policy_allows, policy_verdict, Backend, Decision, DesiredState, Endpoint,
+    Entry, IpBlock, LabelRequirement, LabelSelector, NamedPort, Namespace, Node, ObjectName,
+    Packet, PeerPod, Policy, PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRef, Protocol,
     SelectorOperator, Service, ServicePort, Verdict,
 };
 
@@ -175,6 +175,7 @@ fn assert_matrix(
     expected: impl Fn((&str, &str), (&str, &str)) -> bool,
 ) {
     dataplane_core::validate(state).expect("the case's state is valid");
+    assert_compiled_agrees(state);
     let mut wrong = Vec::new();
     for from in every_pod() {
         for to in every_pod() {
@@ -203,6 +204,7 @@ fn allows(
     protocol: Protocol,
     port: u16,
 ) -> bool {
+    assert_compiled_agrees(state);
     policy_allows(
         state,
         pod_ip(from.0, from.1),
@@ -210,6 +212,62 @@ fn allows(
         protocol,
         port,
     )
+}
+
+/// Checks that the compiled tables ([`compile`]) answer every half of a connection that
+/// belongs to a local endpoint as [`policy_verdict`] does: every pod, the node and an outside
+/// address as the peer, on every protocol and on the ports the cases use (and their
+/// neighbours). The fixed rules (node traffic, same pod) are the backends' own, not tables.
+fn assert_compiled_agrees(state: &DesiredState) {
+    let compiled = compile(state);
+    let mut peers: Vec<IpAddr> = every_pod().map(|(ns, pod)| pod_ip(ns, pod)).collect();
+    peers.extend([addr(NODE_IP), addr(OUTSIDE), addr("10.244.9.9")]);
+    let ports = [
+        0,
+        52,
+        53,
+        54,
+        79,
+        80,
+        81,
+        82,
+        443,
+        8080,
+        9081,
+        10250,
+        u16::MAX,
+    ];
+    let mut wrong = Vec::new();
+    for endpoint in &state.endpoints {
+        for &ip in &endpoint.ips {
+            for &peer in &peers {
+                for protocol in [Tcp, Udp, Sctp] {
+                    for port in ports {
+                        let to = policy_verdict(state, ip, peer, protocol, port).egress;
+                        let from = policy_verdict(state, peer, ip, protocol, port).ingress;
+                        for (direction, reference) in
+                            [(PolicyType::Egress, to), (PolicyType::Ingress, from)]
+                        {
+                            if matches!(reference, Decision::NodeTraffic | Decision::SamePod) {
+                                continue;
+                            }
+                            let got = compiled
+                                .allows(&endpoint.name, direction, peer, protocol, port)
+                                .expect("local endpoints have tables");
+                            if got != reference.allows() {
+                                wrong.push(format!(
+                                    "{} {direction:?} peer {peer} {protocol}/{port}: \
+                                     tables {got}, reference {reference:?}",
+                                    endpoint.name
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "tables disagree:\n{}", wrong.join("\n"));
 }
 
 #[test]

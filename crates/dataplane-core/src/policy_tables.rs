@@ -1,0 +1,820 @@
+//! The NetworkPolicy compiler: what every backend programs, derived once from a
+//! [`DesiredState`] so that the backends agree with each other and with [`crate::policy`].
+//!
+//! [`compile`] gives, for each local endpoint ([`DesiredState::endpoints`]) and each direction,
+//! whether it is isolated and its allow entries, plus the peer sets those entries name:
+//!
+//! - A [`PeerSet`] is the addresses (local endpoints and peer pods) selected by one
+//!   canonical [`SetKey`]: `(namespaceSelector, podSelector, the policy's namespace when there
+//!   is no namespaceSelector)`, so a thousand policies with the same peer share one set. Its
+//!   [`SetId`] is the canonical key's text: the same selector has the same id in every compile,
+//!   so a backend updates a set in place (it maps ids to its own numbers, as Calico names
+//!   ipsets by a hash of the selector).
+//! - A named port is resolved on the destination pod: on ingress on the local endpoint itself
+//!   (the entry gets its number, or no entry when the endpoint has no such port); on egress on
+//!   every destination, so the peer becomes the set of the selected pods that have that named
+//!   port with one number (a [`SetKey`] with [`SetKey::named_port`]): one peer set can split in
+//!   several by port.
+//! - An `ipBlock` is an [`Peer::Block`]: the `cidr` as an allow prefix and each `except` as a
+//!   deny prefix, looked up with **longest-prefix** semantics (deny wins at equal length).
+//!   Chosen over an explicit disjoint list because it is what an LPM trie (BPF
+//!   `LPM_TRIE`, nftables interval sets with a verdict map) programs directly, it stays as
+//!   small as the policy (a disjoint list of `cidr - except` can take up to 32 (128) prefixes
+//!   per except) and an element change is one prefix.
+//!
+//! The shape a backend programs so that a new connection costs the same whatever the number
+//! of policies: an address → set-ids map (Cilium's ipcache/identities, Calico's ipsets;
+//! [`CompiledPolicy::membership`]); per endpoint and direction a map keyed by
+//! `(set id, protocol, port)` (port ranges as interval elements) and one LPM of all its
+//! ipBlock prefixes ([`DirectionTable::block_table`], the per-entry tables merged). A lookup
+//! is one membership lookup, one probe per set the peer is in, and one LPM lookup.
+//! [`CompiledPolicy::allows`] is the reference answer those tables must give.
+//!
+//! Not in the tables, fixed rules every backend adds itself (as [`crate::policy`] says): traffic
+//! between the node and its own pods, and a pod reaching its own address, are always allowed;
+//! replies of allowed connections are allowed (connection tracking).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::diff::{Change, ChangeSet};
+use crate::model::{
+    DesiredState, Endpoint, IpBlock, LabelSelector, NamedPort, ObjectName, Policy, PolicyPeer,
+    PolicyRule, PolicyType, PortRef, Protocol,
+};
+
+/// The stable id of a [`PeerSet`]: the canonical text of its [`SetKey`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SetId(pub String);
+
+impl fmt::Display for SetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What selects a peer set's members, in canonical form (selector requirements and values
+/// sorted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetKey {
+    /// The peer's `namespaceSelector`.
+    pub namespace_selector: Option<LabelSelector>,
+    /// The peer's `podSelector`.
+    pub pod_selector: Option<LabelSelector>,
+    /// The policy's namespace, when there is no `namespaceSelector`.
+    pub namespace: Option<String>,
+    /// The pods in an `ipBlock` instead of selectors (for an egress named port only).
+    pub ip_block: Option<IpBlock>,
+    /// Only pods with this named container port (name, protocol and number): an egress rule's
+    /// named port resolved on the destination.
+    pub named_port: Option<NamedPort>,
+}
+
+impl SetKey {
+    fn id(&self) -> SetId {
+        // Serializing strings, maps of strings, numbers and enums cannot fail.
+        SetId(serde_json::to_string(self).unwrap_or_default())
+    }
+
+    fn of_peer(policy: &Policy, peer: &PolicyPeer, named_port: Option<NamedPort>) -> Self {
+        let namespace_selector = peer.namespace_selector.as_ref().map(canonical);
+        Self {
+            namespace: namespace_selector
+                .is_none()
+                .then(|| policy.name.namespace.clone())
+                .filter(|_| peer.ip_block.is_none()),
+            namespace_selector,
+            pod_selector: peer.pod_selector.as_ref().map(canonical),
+            ip_block: peer.ip_block.clone(),
+            named_port,
+        }
+    }
+
+    /// Every pod of the cluster (a rule without peers), with `named_port`.
+    fn every_pod(named_port: NamedPort) -> Self {
+        Self {
+            namespace_selector: Some(LabelSelector::default()),
+            pod_selector: None,
+            namespace: None,
+            ip_block: None,
+            named_port: Some(named_port),
+        }
+    }
+
+    fn selects(
+        &self,
+        state: &DesiredState,
+        name: &ObjectName,
+        ip: IpAddr,
+        labels: &BTreeMap<String, String>,
+        named_ports: &[NamedPort],
+    ) -> bool {
+        let peer_ok = if let Some(block) = &self.ip_block {
+            block.contains(ip)
+        } else {
+            let namespace_ok = match (&self.namespace_selector, &self.namespace) {
+                (Some(sel), _) => sel.matches(&state.namespace_labels(&name.namespace)),
+                (None, Some(ns)) => name.namespace == *ns,
+                (None, None) => false,
+            };
+            namespace_ok && self.pod_selector.as_ref().is_none_or(|s| s.matches(labels))
+        };
+        peer_ok
+            && self
+                .named_port
+                .as_ref()
+                .is_none_or(|np| named_ports.contains(np))
+    }
+
+    fn members(&self, state: &DesiredState) -> BTreeSet<IpAddr> {
+        let endpoints = state
+            .endpoints
+            .iter()
+            .map(|e| (&e.name, &e.ips, &e.labels, &e.named_ports));
+        let pods = state
+            .pods
+            .iter()
+            .map(|p| (&p.name, &p.ips, &p.labels, &p.named_ports));
+        endpoints
+            .chain(pods)
+            .flat_map(|(name, ips, labels, ports)| {
+                ips.iter()
+                    .filter(move |ip| self.selects(state, name, **ip, labels, ports))
+                    .copied()
+            })
+            .collect()
+    }
+}
+
+/// The selector with its requirements and their values sorted, so that equal selectors
+/// written in another order share a set.
+fn canonical(sel: &LabelSelector) -> LabelSelector {
+    let mut sel = sel.clone();
+    for req in &mut sel.match_expressions {
+        req.values.sort();
+        req.values.dedup();
+    }
+    sel.match_expressions
+        .sort_by_cached_key(|r| serde_json::to_string(r).unwrap_or_default());
+    sel.match_expressions.dedup();
+    sel
+}
+
+/// A set of peer addresses named by allow entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSet {
+    /// What selects the members.
+    pub key: SetKey,
+    /// The members' addresses.
+    pub members: BTreeSet<IpAddr>,
+}
+
+/// One prefix of an ipBlock's longest-prefix table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LpmEntry {
+    /// The prefix.
+    pub prefix: IpNetwork,
+    /// Whether an address whose longest matching prefix is this one is allowed (the `cidr`)
+    /// or not (an `except`).
+    pub allow: bool,
+}
+
+/// Whom an allow entry lets through.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Peer {
+    /// Every address (a rule without peers).
+    Any,
+    /// The members of a [`PeerSet`].
+    Set(SetId),
+    /// An ipBlock: addresses whose longest matching prefix is an allowing one.
+    Block(Vec<LpmEntry>),
+}
+
+/// One allow entry of an endpoint's direction.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AllowEntry {
+    /// The peer (the client on ingress, the server on egress).
+    pub peer: Peer,
+    /// The protocol; `None` for every protocol and port (a rule without ports).
+    pub protocol: Option<Protocol>,
+    /// The destination ports, inclusive (`0..=65535` for every port of `protocol`).
+    pub ports: (u16, u16),
+}
+
+/// One direction of a local endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionTable {
+    /// Whether a policy isolates the endpoint in this direction (if not, all is allowed).
+    pub isolated: bool,
+    /// What is allowed when isolated (the union of the selecting policies' rules).
+    pub entries: BTreeSet<AllowEntry>,
+}
+
+/// The `(protocol, ports)` of an [`AllowEntry`]: what a [`DirectionTable::block_table`] prefix
+/// allows.
+pub type PortSpec = (Option<Protocol>, (u16, u16));
+
+impl DirectionTable {
+    /// Every ipBlock entry of the direction merged in one longest-prefix table: for each
+    /// prefix of any block, what an address whose longest matching prefix it is may use (an
+    /// empty set: nothing, an `except` shadowing shorter prefixes). A backend programs this
+    /// as one LPM map per endpoint and direction, so that an ipBlock lookup is one LPM
+    /// lookup however many blocks the policies have.
+    ///
+    /// Exact because every prefix of every block is in the table: for an address whose
+    /// longest match in the table is `P`, its longest match within one block is that block's
+    /// longest prefix containing `P`.
+    pub fn block_table(&self) -> BTreeMap<IpNetwork, BTreeSet<PortSpec>> {
+        let blocks: Vec<(&[LpmEntry], PortSpec)> = self
+            .entries
+            .iter()
+            .filter_map(|e| match &e.peer {
+                Peer::Block(table) => Some((table.as_slice(), (e.protocol, e.ports))),
+                Peer::Any | Peer::Set(_) => None,
+            })
+            .collect();
+        let prefixes: BTreeSet<IpNetwork> = blocks
+            .iter()
+            .flat_map(|(table, _)| table.iter().map(|e| e.prefix))
+            .collect();
+        prefixes
+            .into_iter()
+            .map(|prefix| {
+                let allowed = blocks
+                    .iter()
+                    .filter(|(table, _)| prefix_allowed(table, prefix))
+                    .map(|(_, spec)| *spec)
+                    .collect();
+                (prefix, allowed)
+            })
+            .collect()
+    }
+}
+
+/// Whether an address whose longest match is `prefix` is allowed by `table`: by the longest
+/// prefix of `table` that contains `prefix` (deny wins at equal length).
+fn prefix_allowed(table: &[LpmEntry], prefix: IpNetwork) -> bool {
+    table
+        .iter()
+        .filter(|e| e.prefix.prefix() <= prefix.prefix() && e.prefix.contains(prefix.network()))
+        .max_by_key(|e| (e.prefix.prefix(), !e.allow))
+        .is_some_and(|e| e.allow)
+}
+
+/// The tables of one local endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointTables {
+    /// The endpoint's addresses.
+    pub ips: Vec<IpAddr>,
+    /// Traffic to the endpoint.
+    pub ingress: DirectionTable,
+    /// Traffic from the endpoint.
+    pub egress: DirectionTable,
+}
+
+impl EndpointTables {
+    /// The table of `direction`.
+    pub fn direction(&self, direction: PolicyType) -> &DirectionTable {
+        match direction {
+            PolicyType::Ingress => &self.ingress,
+            PolicyType::Egress => &self.egress,
+        }
+    }
+}
+
+/// The compiled NetworkPolicy of a node: see the module documentation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    /// The peer sets that entries name (and only those).
+    pub sets: BTreeMap<SetId, PeerSet>,
+    /// The tables of every local endpoint.
+    pub endpoints: BTreeMap<ObjectName, EndpointTables>,
+    /// How many endpoints name each set: a set goes when its count drops to zero.
+    refs: BTreeMap<SetId, usize>,
+}
+
+/// Compiles the NetworkPolicy of `state` (assumed valid, see [`crate::validate()`]).
+pub fn compile(state: &DesiredState) -> CompiledPolicy {
+    let mut compiled = CompiledPolicy::default();
+    let mut keys: BTreeMap<SetId, SetKey> = BTreeMap::new();
+    for endpoint in &state.endpoints {
+        let tables = endpoint_tables(state, endpoint, &mut keys);
+        for id in set_ids(&tables) {
+            *compiled.refs.entry(id.clone()).or_default() += 1;
+        }
+        compiled.endpoints.insert(endpoint.name.clone(), tables);
+    }
+    compiled.sets = keys
+        .into_iter()
+        .map(|(id, key)| {
+            let members = key.members(state);
+            (id, PeerSet { key, members })
+        })
+        .collect();
+    compiled
+}
+
+/// The tables of one local endpoint; the keys of the sets they name are added to `keys`.
+fn endpoint_tables(
+    state: &DesiredState,
+    endpoint: &Endpoint,
+    keys: &mut BTreeMap<SetId, SetKey>,
+) -> EndpointTables {
+    let mut tables = EndpointTables {
+        ips: endpoint.ips.clone(),
+        ..EndpointTables::default()
+    };
+    for direction in [PolicyType::Ingress, PolicyType::Egress] {
+        let table = match direction {
+            PolicyType::Ingress => &mut tables.ingress,
+            PolicyType::Egress => &mut tables.egress,
+        };
+        for policy in selecting(state, endpoint, direction) {
+            table.isolated = true;
+            let ctx = RuleContext {
+                state,
+                policy,
+                direction,
+                destination_ports: &endpoint.named_ports,
+            };
+            for rule in policy.rules(direction) {
+                ctx.entries(rule, &mut table.entries, keys);
+            }
+        }
+    }
+    tables
+}
+
+/// The policies isolating `endpoint` in `direction`.
+fn selecting<'a>(
+    state: &'a DesiredState,
+    endpoint: &'a Endpoint,
+    direction: PolicyType,
+) -> impl Iterator<Item = &'a Policy> {
+    state.policies.iter().filter(move |p| {
+        p.name.namespace == endpoint.name.namespace
+            && p.pod_selector.matches(&endpoint.labels)
+            && p.isolates(direction)
+    })
+}
+
+/// The ids of the sets `tables` name.
+fn set_ids(tables: &EndpointTables) -> BTreeSet<&SetId> {
+    tables
+        .ingress
+        .entries
+        .iter()
+        .chain(&tables.egress.entries)
+        .filter_map(|e| match &e.peer {
+            Peer::Set(id) => Some(id),
+            Peer::Any | Peer::Block(_) => None,
+        })
+        .collect()
+}
+
+/// What one rule's entries are compiled against.
+struct RuleContext<'a> {
+    state: &'a DesiredState,
+    policy: &'a Policy,
+    direction: PolicyType,
+    /// The local endpoint's named ports (ingress named ports resolve on it).
+    destination_ports: &'a [NamedPort],
+}
+
+impl RuleContext<'_> {
+    fn entries(
+        &self,
+        rule: &PolicyRule,
+        entries: &mut BTreeSet<AllowEntry>,
+        keys: &mut BTreeMap<SetId, SetKey>,
+    ) {
+        // Numeric ports (or all), and named ports: resolved now on ingress, left by name
+        // (protocol, name) for egress, where each destination resolves them.
+        let mut numeric: Vec<(Option<Protocol>, (u16, u16))> = Vec::new();
+        let mut named: Vec<(Protocol, &str)> = Vec::new();
+        if rule.ports.is_empty() {
+            numeric.push((None, (0, u16::MAX)));
+        }
+        for entry in &rule.ports {
+            match &entry.port {
+                None => numeric.push((Some(entry.protocol), (0, u16::MAX))),
+                Some(PortRef::Number(p)) => {
+                    numeric.push((Some(entry.protocol), (*p, entry.end_port.unwrap_or(*p))));
+                }
+                Some(PortRef::Name(n)) if self.direction == PolicyType::Ingress => {
+                    numeric.extend(
+                        self.destination_ports
+                            .iter()
+                            .filter(|np| np.name == *n && np.protocol == entry.protocol)
+                            .map(|np| (Some(np.protocol), (np.port, np.port))),
+                    );
+                }
+                Some(PortRef::Name(n)) => named.push((entry.protocol, n)),
+            }
+        }
+        let peers: Vec<Option<&PolicyPeer>> = if rule.peers.is_empty() {
+            vec![None]
+        } else {
+            rule.peers.iter().map(Some).collect()
+        };
+        for peer in peers {
+            // Only sets that an entry names: a rule whose ports are all named (and
+            // unresolved here) names none.
+            let matched = match peer {
+                _ if numeric.is_empty() => None,
+                None => Some(Peer::Any),
+                Some(p) => Some(match &p.ip_block {
+                    Some(block) => Peer::Block(lpm(block)),
+                    None => Peer::Set(insert(keys, SetKey::of_peer(self.policy, p, None))),
+                }),
+            };
+            if let Some(matched) = matched {
+                for (protocol, ports) in &numeric {
+                    entries.insert(AllowEntry {
+                        peer: matched.clone(),
+                        protocol: *protocol,
+                        ports: *ports,
+                    });
+                }
+            }
+            for (protocol, name) in &named {
+                for np in self.named_ports(*protocol, name) {
+                    let key = match peer {
+                        None => SetKey::every_pod(np.clone()),
+                        Some(p) => SetKey::of_peer(self.policy, p, Some(np.clone())),
+                    };
+                    entries.insert(AllowEntry {
+                        peer: Peer::Set(insert(keys, key)),
+                        protocol: Some(*protocol),
+                        ports: (np.port, np.port),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The named port `name` of `protocol` with each distinct number it has on the
+    /// cluster's pods.
+    fn named_ports(&self, protocol: Protocol, name: &str) -> Vec<NamedPort> {
+        let endpoints = self.state.endpoints.iter().map(|e| &e.named_ports);
+        let pods = self.state.pods.iter().map(|p| &p.named_ports);
+        let numbers: BTreeSet<u16> = endpoints
+            .chain(pods)
+            .flatten()
+            .filter(|np| np.name == name && np.protocol == protocol)
+            .map(|np| np.port)
+            .collect();
+        numbers
+            .into_iter()
+            .map(|port| NamedPort::new(name, protocol, port))
+            .collect()
+    }
+}
+
+fn insert(keys: &mut BTreeMap<SetId, SetKey>, key: SetKey) -> SetId {
+    let id = key.id();
+    keys.entry(id.clone()).or_insert(key);
+    id
+}
+
+/// The LPM table of an ipBlock: its cidr allowing, its excepts denying.
+fn lpm(block: &IpBlock) -> Vec<LpmEntry> {
+    let mut table: Vec<LpmEntry> = std::iter::once(LpmEntry {
+        prefix: block.cidr,
+        allow: true,
+    })
+    .chain(block.except.iter().map(|e| LpmEntry {
+        prefix: *e,
+        allow: false,
+    }))
+    .collect();
+    table.sort();
+    table.dedup();
+    table
+}
+
+impl CompiledPolicy {
+    /// Address → ids of the sets it is a member of: what a backend programs as its
+    /// identity/ipset map.
+    pub fn membership(&self) -> BTreeMap<IpAddr, BTreeSet<&SetId>> {
+        let mut map: BTreeMap<IpAddr, BTreeSet<&SetId>> = BTreeMap::new();
+        for (id, set) in &self.sets {
+            for ip in &set.members {
+                map.entry(*ip).or_default().insert(id);
+            }
+        }
+        map
+    }
+
+    /// The answer of the tables for one half of a new connection: whether `endpoint`'s
+    /// `direction` lets through traffic with `peer` (the client on ingress, the server on
+    /// egress) on `protocol` to destination `port`. `None` when `endpoint` is not local.
+    /// The fixed rules (node traffic, same pod) are not applied here: see the module
+    /// documentation.
+    pub fn allows(
+        &self,
+        endpoint: &ObjectName,
+        direction: PolicyType,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<bool> {
+        let table = self.endpoints.get(endpoint)?.direction(direction);
+        if !table.isolated {
+            return Some(true);
+        }
+        let port_ok = |(p, ports): &PortSpec| {
+            p.is_none_or(|p| p == protocol) && (ports.0..=ports.1).contains(&port)
+        };
+        let selected = table.entries.iter().any(|e| {
+            port_ok(&(e.protocol, e.ports))
+                && match &e.peer {
+                    Peer::Any => true,
+                    Peer::Set(id) => self.sets.get(id).is_some_and(|s| s.members.contains(&peer)),
+                    // Answered by the merged table below, as a backend does.
+                    Peer::Block(_) => false,
+                }
+        });
+        let blocks = table.block_table();
+        let in_block = blocks
+            .iter()
+            .filter(|(prefix, _)| prefix.contains(peer))
+            .max_by_key(|(prefix, _)| prefix.prefix())
+            .is_some_and(|(_, specs)| specs.iter().any(port_ok));
+        Some(selected || in_block)
+    }
+
+    /// Brings the tables from the state before `changes` to `state` (the state after them),
+    /// touching only what the changes affect, and reports the element changes: when `self`
+    /// is the compile of the state before and `changes` its [`crate::diff()`] to `state`, the
+    /// result equals [`compile`]`(state)` and the delta is `self.delta(&compile(state))`.
+    ///
+    /// - Tables are recompiled for the endpoints that changed, the endpoints a changed
+    ///   policy selects (before or after), and, when a pod's named ports change, the endpoints
+    ///   with egress named ports (those resolve on every destination).
+    /// - Sets: a set no endpoint names any more goes; a newly named one is computed; the
+    ///   others are updated only for the changed pods (entering or leaving) and the pods of
+    ///   relabelled namespaces. Cost: one selector evaluation per (kept set, address looked
+    ///   at); an index from label to sets (Calico's label index) would cut the sets looked
+    ///   at when there are many.
+    pub fn update(&mut self, state: &DesiredState, changes: &ChangeSet) -> PolicyDelta {
+        let mut delta = PolicyDelta::default();
+        let mut keys: BTreeMap<SetId, SetKey> = BTreeMap::new();
+        for name in affected_endpoints(state, changes) {
+            let old = self.endpoints.remove(&name);
+            if let Some(old) = &old {
+                for id in set_ids(old) {
+                    if let Some(n) = self.refs.get_mut(id) {
+                        *n -= 1;
+                    }
+                }
+            }
+            let Some(endpoint) = state.endpoints.iter().find(|e| e.name == name) else {
+                if old.is_some() {
+                    delta.endpoints_removed.insert(name);
+                }
+                continue;
+            };
+            let tables = endpoint_tables(state, endpoint, &mut keys);
+            for id in set_ids(&tables) {
+                *self.refs.entry(id.clone()).or_default() += 1;
+            }
+            if old.as_ref() != Some(&tables) {
+                delta.endpoints_changed.insert(name.clone());
+            }
+            self.endpoints.insert(name, tables);
+        }
+        self.refs.retain(|id, n| {
+            if *n == 0 {
+                if self.sets.remove(id).is_some() {
+                    delta.sets_removed.insert(id.clone());
+                }
+                false
+            } else {
+                true
+            }
+        });
+        // Members of the sets kept: only the changed pods and the relabelled namespaces.
+        for (id, set) in &mut self.sets {
+            let change = update_members(set, state, changes);
+            if !change.added.is_empty() || !change.removed.is_empty() {
+                delta.members_changed.insert(id.clone(), change);
+            }
+        }
+        for (id, key) in keys {
+            if !self.sets.contains_key(&id) && self.refs.contains_key(&id) {
+                let members = key.members(state);
+                delta.sets_added.insert(id.clone(), members.clone());
+                self.sets.insert(id, PeerSet { key, members });
+            }
+        }
+        delta
+    }
+
+    /// What changed from `self` to `after`, element by element, for backends to program.
+    pub fn delta(&self, after: &CompiledPolicy) -> PolicyDelta {
+        let mut delta = PolicyDelta::default();
+        for (id, set) in &after.sets {
+            match self.sets.get(id) {
+                None => {
+                    delta.sets_added.insert(id.clone(), set.members.clone());
+                }
+                Some(old) if old.members != set.members => {
+                    delta.members_changed.insert(
+                        id.clone(),
+                        MemberChange {
+                            added: set.members.difference(&old.members).copied().collect(),
+                            removed: old.members.difference(&set.members).copied().collect(),
+                        },
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        delta.sets_removed = self
+            .sets
+            .keys()
+            .filter(|id| !after.sets.contains_key(*id))
+            .cloned()
+            .collect();
+        for (name, tables) in &after.endpoints {
+            if self.endpoints.get(name) != Some(tables) {
+                delta.endpoints_changed.insert(name.clone());
+            }
+        }
+        delta.endpoints_removed = self
+            .endpoints
+            .keys()
+            .filter(|n| !after.endpoints.contains_key(*n))
+            .cloned()
+            .collect();
+        delta
+    }
+}
+
+/// Members added to and removed from one set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberChange {
+    /// New members.
+    pub added: BTreeSet<IpAddr>,
+    /// Former members.
+    pub removed: BTreeSet<IpAddr>,
+}
+
+/// The element changes between two compiles ([`CompiledPolicy::delta`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDelta {
+    /// New sets with their members.
+    pub sets_added: BTreeMap<SetId, BTreeSet<IpAddr>>,
+    /// Sets no entry names any more.
+    pub sets_removed: BTreeSet<SetId>,
+    /// Sets kept whose members changed.
+    pub members_changed: BTreeMap<SetId, MemberChange>,
+    /// Local endpoints that are new or whose tables changed (reprogram their entries).
+    pub endpoints_changed: BTreeSet<ObjectName>,
+    /// Local endpoints gone.
+    pub endpoints_removed: BTreeSet<ObjectName>,
+}
+
+impl PolicyDelta {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyDelta::default()
+    }
+}
+
+/// The local endpoints whose tables `changes` may change (see [`CompiledPolicy::update`]).
+fn affected_endpoints(state: &DesiredState, changes: &ChangeSet) -> BTreeSet<ObjectName> {
+    let mut affected: BTreeSet<ObjectName> = changes.endpoints.keys().cloned().collect();
+    for (name, change) in &changes.policies {
+        let selectors: Vec<&LabelSelector> = [&change.previous, &change.current]
+            .into_iter()
+            .flatten()
+            .map(|p| &p.pod_selector)
+            .collect();
+        affected.extend(
+            state
+                .endpoints
+                .iter()
+                .filter(|e| {
+                    e.name.namespace == name.namespace
+                        && selectors.iter().any(|s| s.matches(&e.labels))
+                })
+                .map(|e| e.name.clone()),
+        );
+    }
+    let ports_changed = changes
+        .endpoints
+        .values()
+        .any(|c| named_ports_changed(c, |e| &e.named_ports))
+        || changes
+            .pods
+            .values()
+            .any(|c| named_ports_changed(c, |p| &p.named_ports));
+    if ports_changed {
+        affected.extend(
+            state
+                .endpoints
+                .iter()
+                .filter(|e| {
+                    selecting(state, e, PolicyType::Egress).any(|p| {
+                        p.egress
+                            .iter()
+                            .flat_map(|r| &r.ports)
+                            .any(|port| matches!(port.port, Some(PortRef::Name(_))))
+                    })
+                })
+                .map(|e| e.name.clone()),
+        );
+    }
+    affected
+}
+
+fn named_ports_changed<T>(change: &Change<T>, ports: impl Fn(&T) -> &Vec<NamedPort>) -> bool {
+    change.previous.as_ref().map(&ports) != change.current.as_ref().map(&ports)
+}
+
+/// Updates `set`'s members for the changed pods and endpoints (entering or leaving) and the
+/// pods of the namespaces whose labels changed, looking at those addresses only; returns
+/// what entered and left.
+fn update_members(set: &mut PeerSet, state: &DesiredState, changes: &ChangeSet) -> MemberChange {
+    // Whether each address looked at is a member now. Addresses are unique across pods and
+    // endpoints in a valid state: the previous addresses of changed pods are members no
+    // more, unless a current pod has the address and matches.
+    let mut now: BTreeMap<IpAddr, bool> = BTreeMap::new();
+    let previous_ips = changes
+        .endpoints
+        .values()
+        .filter_map(|c| c.previous.as_ref().map(|e| &e.ips))
+        .chain(
+            changes
+                .pods
+                .values()
+                .filter_map(|c| c.previous.as_ref().map(|p| &p.ips)),
+        );
+    for ips in previous_ips {
+        for ip in ips {
+            now.insert(*ip, false);
+        }
+    }
+    let mut relabelled: BTreeSet<&str> = changes.namespaces.keys().map(String::as_str).collect();
+    // A namespace without a Namespace object takes its labels from its endpoints.
+    relabelled.extend(
+        changes
+            .endpoints
+            .values()
+            .filter(|c| named_labels_changed(c))
+            .filter_map(|c| c.current.as_ref().or(c.previous.as_ref()))
+            .map(|e| e.name.namespace.as_str()),
+    );
+    if set.key.namespace_selector.is_none() {
+        relabelled.clear();
+    }
+    let current_endpoints = changes
+        .endpoints
+        .values()
+        .filter_map(|c| c.current.as_ref())
+        .chain(
+            state
+                .endpoints
+                .iter()
+                .filter(|e| relabelled.contains(e.name.namespace.as_str())),
+        )
+        .map(|e| (&e.name, &e.ips, &e.labels, &e.named_ports));
+    let current_pods = changes
+        .pods
+        .values()
+        .filter_map(|c| c.current.as_ref())
+        .chain(
+            state
+                .pods
+                .iter()
+                .filter(|p| relabelled.contains(p.name.namespace.as_str())),
+        )
+        .map(|p| (&p.name, &p.ips, &p.labels, &p.named_ports));
+    for (name, ips, labels, ports) in current_endpoints.chain(current_pods) {
+        for ip in ips {
+            now.insert(*ip, set.key.selects(state, name, *ip, labels, ports));
+        }
+    }
+    let mut change = MemberChange::default();
+    for (ip, member) in now {
+        if member {
+            if set.members.insert(ip) {
+                change.added.insert(ip);
+            }
+        } else if set.members.remove(&ip) {
+            change.removed.insert(ip);
+        }
+    }
+    change
+}
+
+fn named_labels_changed(change: &Change<Endpoint>) -> bool {
+    change.previous.as_ref().map(|e| &e.namespace_labels)
+        != change.current.as_ref().map(|e| &e.namespace_labels)
+}
