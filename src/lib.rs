@@ -48,15 +48,20 @@ pub mod reference {
     //! code. [`evaluate`] gives the [`Verdict`] for a [`Packet`] entering the node at an
     //! [`Entry`]; the conformance suite compares every dataplane with it, and an embedder can
     //! use it to explain or predict what the kernel will do (`dpctl demo` prints it next to
-    //! the real traffic). The helpers (eligible backends, the source-range allow list, the
-    //! hairpin source) are the parts of that decision that dataplanes share.
+    //! the real traffic). The helpers (eligible backends, the source-range allow list) are
+    //! the parts of that decision that dataplanes share; [`policy_verdict`] is its
+    //! NetworkPolicy part (which policies allow or deny a connection, per direction).
 
+    pub use dataplane_core::policy::{
+        policy_allows, policy_verdict, Decision, Party, PolicyVerdict,
+    };
     pub use dataplane_core::reference::*;
 }
 
 pub mod implement {
     //! Tools for implementing [`Dataplane`](crate::Dataplane): change sets, incremental
-    //! validation, warnings per service, Maglev tables.
+    //! validation, warnings per service, Maglev tables, the NetworkPolicy compiler
+    //! ([`compile`]: per-endpoint tables over shared peer sets, updated incrementally).
     //!
     //! An embedder does not need these: [`Dataplane::sync`](crate::Dataplane::sync) diffs
     //! and validates for it. A dataplane implementation uses them to apply a
@@ -69,6 +74,7 @@ pub mod implement {
     pub use dataplane_core::maglev::{
         maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE,
     };
+    pub use dataplane_core::policy_tables::{compile, CompiledPolicy, PolicyDelta};
     pub use dataplane_core::validate::{
         service_warnings, Incremental, Validator, MAX_AFFINITY_TIMEOUT_SECONDS,
     };
