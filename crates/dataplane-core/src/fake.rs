@@ -714,11 +714,12 @@ impl Inner {
             .filter(|name| !services.contains_key(*name))
             .filter_map(|name| old.get(name))
             .collect();
+        // The objects, as every dataplane counts them (see `crate::counts`).
+        let (services_changed, services_removed) = changes.service_counts();
         let report = ApplyReport {
             full_sync: false,
-            // The objects, as every dataplane counts them (see `crate::counts`).
-            services_changed: changes.service_counts().0,
-            services_removed: changes.service_counts().1,
+            services_changed,
+            services_removed,
             objects_written: written
                 .iter()
                 .chain(&removed)
