@@ -17,8 +17,8 @@ pub use dataplane_core::model::*;
 // Each from its module: `dataplane_core::validate` names a module and a function, and a
 // re-export from the crate root would bring both.
 pub use dataplane_core::dataplane::{
-    ApplyReport, BoxDataplane, Capabilities, Dataplane, Error, Flow, MaintenanceReport,
-    ObservedFrontend, ObservedState, Skipped, Stats, Warning,
+    error_chain, ApplyReport, BoxDataplane, Capabilities, Dataplane, Error, Flow,
+    MaintenanceReport, ObservedFrontend, ObservedState, Skipped, Stats, Warning,
 };
 // `Dataplane::apply_changes` takes a `ChangeSet`: whoever implements the trait (a test
 // double, say) names it, so it stays beside the trait. Computing one is `implement::diff`.

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use dataplane_core::{BoxDataplane, Error};
+use dataplane_core::{error_chain, BoxDataplane, Error};
 
 /// A dataplane implementation this crate can open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -256,18 +256,6 @@ pub fn open(selection: Selection, options: &Options) -> Result<Opened, OpenError
             Err(OpenError::NoneUsable { reasons })
         }
     }
-}
-
-/// `e` and its causes, for a reason that names what failed.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[allow(unused_variables, clippy::unnecessary_wraps)] // depends on the features

@@ -28,8 +28,8 @@ pub mod validate;
 
 pub use counts::{service_fingerprint, ServiceFingerprints};
 pub use dataplane::{
-    ApplyReport, BoxDataplane, Capabilities, Dataplane, Error, Flow, MaintenanceReport,
-    ObservedFrontend, ObservedState, Skipped, Stats, Warning,
+    error_chain, ApplyReport, BoxDataplane, Capabilities, Dataplane, Error, Flow,
+    MaintenanceReport, ObservedFrontend, ObservedState, Skipped, Stats, Warning,
 };
 pub use diff::{diff, service_index, Change, ChangeSet, ServiceIndex};
 pub use fake::FakeDataplane;

@@ -9,9 +9,10 @@ use dataplane_core::{Dataplane, IpFamily, ObjectName, Protocol, Service, Service
 use crate::lab::{Lab, LabNode, POD_NAMESPACE, SERVER_PORT};
 use crate::traffic::{probe_from, ProbeOutcome};
 
-use super::report::{error_chain, OneRow, Report, RowOutcome, RowReport};
+use super::report::{OneRow, Report, RowOutcome, RowReport};
 use super::runner::{reset_all, start, unspecified};
 use super::table::backend;
+use dataplane_core::error_chain;
 
 /// Conntrack clashes when a client reuses its source port (issue 15, item 11), run against
 /// every backend like the table: a long TCP connection from a fixed client port to a

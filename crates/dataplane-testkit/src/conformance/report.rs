@@ -138,14 +138,3 @@ impl fmt::Display for OneRow<'_> {
         write_row(f, self.1, 0)
     }
 }
-
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}

@@ -15,7 +15,8 @@ use crate::netns::NetNs;
 use crate::traffic::{probe_from, serve, ProbeOutcome, Server};
 
 use super::case::{Case, Client, Destination, Expect, Seen};
-use super::report::{error_chain, OneRow, Report, RowOutcome, RowReport};
+use super::report::{OneRow, Report, RowOutcome, RowReport};
+use dataplane_core::error_chain;
 
 /// Source port the reference model is asked about when a row does not fix one.
 const NOMINAL_CLIENT_PORT: u16 = 40000;
