@@ -74,33 +74,6 @@ fn proto_number(p: Protocol) -> u8 {
     p.number()
 }
 
-/// The features this backend refuses as a whole, checked before anything is written: network
-/// policy. Left out, a policy would fail open (its pods reachable by everyone), which is worse
-/// than a refused apply; everything else this backend lacks is left out per object instead
-/// ([`skipped`]).
-pub(crate) fn check_supported(state: &DesiredState) -> Result<(), Error> {
-    match state.policies.first() {
-        Some(p) => Err(unsupported("network policy", format!("policy {}", p.name))),
-        None => Ok(()),
-    }
-}
-
-/// [`check_supported`] for what a change set adds (the rest was checked when applied).
-pub(crate) fn check_changes_supported(changes: &ChangeSet) -> Result<(), Error> {
-    match changes.policies.values().find_map(|c| c.current.as_ref()) {
-        Some(p) => Err(unsupported("network policy", format!("policy {}", p.name))),
-        None => Ok(()),
-    }
-}
-
-fn unsupported(feature: &str, object: String) -> Error {
-    Error::Unsupported {
-        dataplane: BACKEND.to_owned(),
-        feature: feature.to_owned(),
-        object,
-    }
-}
-
 /// Whether this backend programs `port`: not SCTP (rewriting its ports would need a `CRC32c`
 /// recomputation in the datapath). An SCTP port's frontends are left out ([`skipped`]).
 fn programmed(port: &ServicePort) -> bool {

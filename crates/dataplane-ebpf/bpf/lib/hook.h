@@ -11,6 +11,7 @@
 #include "reject.h"
 #include "icmp.h"
 #include "echo.h"
+#include "policy.h"
 
 /*
  * A redirect forwards the packet in the stack's stead, so it decrements the TTL (hop limit)
@@ -208,6 +209,10 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	int ret;
 
 	ret = parse_packet(skb, &p);
+	if (ret == 0 && ctx == CTX_FROM_POD && pol_other(skb, &p, POL_DIR_EGRESS) < 0) {
+		stat_inc(STAT_DROPPED);
+		return TC_ACT_SHOT;
+	}
 	if (ret == 0) {
 		if (p.proto != IPPROTO_ICMP && p.proto != IPPROTO_ICMPV6)
 			return TC_ACT_OK;
@@ -225,14 +230,34 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 			/* One conntrack lookup for the packet's tuple serves every step below. */
 			struct ct_key k;
 			struct ct_entry *ct;
+			int created = 0; /* lb_forward() wrote this connection's entries */
 
 			ct_key_from_pkt(&k, &p);
 			ct = bpf_map_lookup_elem(&dp_ct, &k);
 			ret = lb_reply(skb, &p, ct);
 			if (ret == DP_NAT && ct && (ct->flags & CT_F_LOOPBACK))
 				ret = DP_TO_LO;
-			if (ret == DP_PASS)
+			if (ret == DP_PASS) {
+				created = !ct || !ct_is_fwd(ct) || ct_is_reopen(ct, &p);
 				ret = lb_forward(skb, &p, ctx, ct);
+				created = created && ret == DP_NAT;
+			}
+			/* The pod's egress policy: its own tuple (k) is the connection's key, p now
+			 * holds the backend chosen (or, for a reply, the client). A denied new
+			 * connection's entries go before the packet is dropped: dp_ct holds allowed
+			 * connections only. (Checked here, not inside lb_forward() before it writes
+			 * them: that call chain would outgrow the 512-byte stack.) */
+			if (ctx == CTX_FROM_POD &&
+			    (ret == DP_PASS || ret == DP_NAT || ret == DP_TO_LO)) {
+				int verdict = pol_check(&k, p.daddr, p.dport, p.tcp_flags,
+							POL_DIR_EGRESS);
+
+				if (verdict < 0) {
+					if (created)
+						pol_forget_ct(&k, &p);
+					ret = verdict;
+				}
+			}
 			if (ret == DP_PASS && ctx == CTX_TO_UPLINK)
 				ret = masquerade(skb, &p, ct);
 		}
