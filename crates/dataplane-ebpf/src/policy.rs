@@ -268,41 +268,6 @@ fn endpoint_entries(
     direction_entries(ep_id, POL_DIR_EGRESS, &tables.egress, sets, rules, blocks);
 }
 
-/// Everything policy knows about one address, `None` when nothing (no entry).
-fn addr_entry(
-    ip: IpAddr,
-    compiled: &CompiledPolicy,
-    numbers: &Numbers,
-    local: &BTreeMap<IpAddr, &ObjectName>,
-    node: &BTreeSet<IpAddr>,
-) -> Option<(PolAddr, Vec<u32>)> {
-    let mut value = PolAddr::default();
-    if let Some(name) = local.get(&ip) {
-        value.ep_id = numbers.endpoints.get(*name).copied().unwrap_or(0);
-        if let Some(t) = compiled.endpoints.get(*name) {
-            if t.ingress.isolated {
-                value.flags |= POL_F_ISO_INGRESS;
-            }
-            if t.egress.isolated {
-                value.flags |= POL_F_ISO_EGRESS;
-            }
-        }
-    }
-    if node.contains(&ip) {
-        value.flags |= POL_F_NODE;
-    }
-    let sets: Vec<u32> = compiled
-        .sets
-        .iter()
-        .filter(|(_, s)| s.members.contains(&ip))
-        .filter_map(|(id, _)| numbers.sets.get(id).copied())
-        .collect();
-    if value.ep_id == 0 && value.flags == 0 && sets.is_empty() {
-        return None;
-    }
-    Some((value, sets))
-}
-
 /// Who has `ip`, for errors: `pod NS/NAME` or `endpoint NS/NAME`.
 fn owner(state: &DesiredState, ip: IpAddr) -> String {
     state
@@ -422,21 +387,22 @@ impl PolicyState {
             let ep = numbers.endpoints[name];
             endpoint_entries(ep, tables, &numbers.sets, &mut rules, &mut blocks);
         }
-        let local = local_index(&compiled);
-        let node: BTreeSet<IpAddr> = state.node.addresses.iter().copied().collect();
+        let ctx = AddrContext::new(state, &compiled, &numbers, true, limits);
         let mut addrs = BTreeMap::new();
-        let ips: BTreeSet<IpAddr> = compiled
-            .sets
-            .values()
-            .flat_map(|s| s.members.iter().copied())
-            .chain(local.keys().copied())
-            .chain(node.iter().copied())
+        let ips: BTreeSet<IpAddr> = ctx
+            .membership
+            .iter()
+            .flat_map(BTreeMap::keys)
+            .chain(ctx.local.keys())
+            .chain(&ctx.node)
+            .copied()
             .collect();
         for ip in ips {
-            if let Some(v) = addr_value(state, ip, &compiled, &numbers, &local, &node, limits)? {
+            if let Some(v) = ctx.value(ip)? {
                 addrs.insert(local_key(ip), v);
             }
         }
+        drop(ctx);
         let plan = PolicyPlan {
             put_rules: rules.difference(&self.rules).copied().collect(),
             del_rules: self.rules.difference(&rules).copied().collect(),
@@ -506,11 +472,10 @@ impl PolicyState {
                 }
             }
         }
-        let local = local_index(&compiled);
-        let node: BTreeSet<IpAddr> = state.node.addresses.iter().copied().collect();
+        let ctx = AddrContext::new(state, &compiled, &numbers, false, limits);
         for ip in addresses {
             let key = local_key(ip);
-            match addr_value(state, ip, &compiled, &numbers, &local, &node, limits)? {
+            match ctx.value(ip)? {
                 Some(v) if self.addrs.get(&key) != Some(&v) => {
                     plan.put_addrs.insert(key, v);
                 }
@@ -520,6 +485,7 @@ impl PolicyState {
                 Some(_) | None => {}
             }
         }
+        drop(ctx);
         plan.skipped = sctp_skipped(changes.policies.values().filter_map(|c| c.current.as_ref()));
         plan.numbers = numbers;
         plan.compiled = compiled;
@@ -550,6 +516,9 @@ impl PolicyState {
             if let Some(n) = numbers.endpoints.get(name) {
                 ep_ids.insert(*n);
             }
+        }
+        if delta.endpoints_changed.is_empty() && delta.endpoints_removed.is_empty() {
+            return addresses;
         }
         // Removed endpoints had numbers the renumbering dropped: find them in the maps by
         // their addresses (an endpoint's addresses carry its number).
@@ -736,44 +705,99 @@ impl PolicyState {
     }
 }
 
-/// Local endpoint address -> its name.
-fn local_index(compiled: &CompiledPolicy) -> BTreeMap<IpAddr, &ObjectName> {
-    compiled
-        .endpoints
-        .iter()
-        .flat_map(|(name, t)| t.ips.iter().map(move |ip| (*ip, name)))
-        .collect()
+/// What the `dp_pol_addr` values are computed from.
+struct AddrContext<'a> {
+    state: &'a DesiredState,
+    compiled: &'a CompiledPolicy,
+    numbers: &'a Numbers,
+    /// Local endpoint address -> its name.
+    local: BTreeMap<IpAddr, &'a ObjectName>,
+    node: BTreeSet<IpAddr>,
+    /// Address -> its sets, for a full plan (one pass over the sets); `None`: each address
+    /// scans the sets (an incremental plan looks at few addresses).
+    membership: Option<BTreeMap<IpAddr, BTreeSet<&'a SetId>>>,
+    limits: Limits,
 }
 
-/// The `dp_pol_addr` value of `ip`, `None` for no entry; too many sets is
-/// [`Error::CapacityExceeded`] naming who has the address.
-fn addr_value(
-    state: &DesiredState,
-    ip: IpAddr,
-    compiled: &CompiledPolicy,
-    numbers: &Numbers,
-    local: &BTreeMap<IpAddr, &ObjectName>,
-    node: &BTreeSet<IpAddr>,
-    limits: Limits,
-) -> Result<Option<PolAddr>, Error> {
-    let Some((mut value, sets)) = addr_entry(ip, compiled, numbers, local, node) else {
-        return Ok(None);
-    };
-    let limit = (limits.sets_per_address as usize).min(POL_SETS_MAX);
-    if sets.len() > limit {
-        return Err(Error::CapacityExceeded {
-            what: format!(
-                "peer sets of {} (address {ip}, its labels select it into that many policy \
-                 peers; Capacities::policy_sets_per_address)",
-                owner(state, ip)
-            ),
-            needed: sets.len(),
-            capacity: limit,
-        });
+impl<'a> AddrContext<'a> {
+    fn new(
+        state: &'a DesiredState,
+        compiled: &'a CompiledPolicy,
+        numbers: &'a Numbers,
+        full: bool,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            state,
+            compiled,
+            numbers,
+            local: compiled
+                .endpoints
+                .iter()
+                .flat_map(|(name, t)| t.ips.iter().map(move |ip| (*ip, name)))
+                .collect(),
+            node: state.node.addresses.iter().copied().collect(),
+            membership: full.then(|| compiled.membership()),
+            limits,
+        }
     }
-    value.nsets = sets.len() as u8;
-    value.sets[..sets.len()].copy_from_slice(&sets);
-    Ok(Some(value))
+
+    /// The set numbers of `ip`.
+    fn sets_of(&self, ip: IpAddr) -> Vec<u32> {
+        let number = |id: &SetId| self.numbers.sets.get(id).copied();
+        match &self.membership {
+            Some(m) => m
+                .get(&ip)
+                .map(|ids| ids.iter().filter_map(|id| number(id)).collect())
+                .unwrap_or_default(),
+            None => self
+                .compiled
+                .sets
+                .iter()
+                .filter(|(_, s)| s.members.contains(&ip))
+                .filter_map(|(id, _)| number(id))
+                .collect(),
+        }
+    }
+
+    /// The `dp_pol_addr` value of `ip`, `None` for no entry; too many sets is
+    /// [`Error::CapacityExceeded`] naming who has the address.
+    fn value(&self, ip: IpAddr) -> Result<Option<PolAddr>, Error> {
+        let mut value = PolAddr::default();
+        if let Some(name) = self.local.get(&ip) {
+            value.ep_id = self.numbers.endpoints.get(*name).copied().unwrap_or(0);
+            if let Some(t) = self.compiled.endpoints.get(*name) {
+                if t.ingress.isolated {
+                    value.flags |= POL_F_ISO_INGRESS;
+                }
+                if t.egress.isolated {
+                    value.flags |= POL_F_ISO_EGRESS;
+                }
+            }
+        }
+        if self.node.contains(&ip) {
+            value.flags |= POL_F_NODE;
+        }
+        let sets = self.sets_of(ip);
+        if value.ep_id == 0 && value.flags == 0 && sets.is_empty() {
+            return Ok(None);
+        }
+        let limit = (self.limits.sets_per_address as usize).min(POL_SETS_MAX);
+        if sets.len() > limit {
+            return Err(Error::CapacityExceeded {
+                what: format!(
+                    "peer sets of {} (address {ip}, its labels select it into that many policy \
+                     peers; Capacities::policy_sets_per_address)",
+                    owner(self.state, ip)
+                ),
+                needed: sets.len(),
+                capacity: limit,
+            });
+        }
+        value.nsets = sets.len() as u8;
+        value.sets[..sets.len()].copy_from_slice(&sets);
+        Ok(Some(value))
+    }
 }
 
 #[cfg(test)]

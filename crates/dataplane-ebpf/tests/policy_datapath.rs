@@ -611,3 +611,69 @@ fn sctp_ports_are_skipped_and_reported() {
         SHOT
     );
 }
+
+/// A new process adopts the pinned policy maps: it numbers everything afresh, writes the new
+/// entries next to the old ones and removes those; verdicts and established connections stay.
+#[test]
+fn a_new_process_takes_over_the_policy_maps() {
+    if !require_root("a_new_process_takes_over_the_policy_maps") {
+        return;
+    }
+    let n = node("polrestart");
+    let mut config = n.config();
+    config.keep_attachments_on_drop = true;
+    let state = scene(vec![a_deny(), a_from_b(), b_out()]);
+    let mut dp = EbpfDataplane::new(config.clone()).expect("dataplane");
+    dp.apply(&state).expect("apply");
+    let (b, a) = ("10.244.0.6", "10.244.0.5");
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 44000, 80, TCP_SYN)),
+        OK
+    );
+    drop(dp);
+
+    let mut dp = EbpfDataplane::new(config).expect("adopt");
+    // Before its first apply the earlier process's entries still decide.
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("10.244.1.7", a, 44001, 80, TCP_SYN)
+        ),
+        SHOT
+    );
+    let report = dp.apply(&state).expect("apply after the restart");
+    assert!(report.objects_written > 0, "renumbered: {report:?}");
+    assert_eq!(
+        dp.apply(&state).expect("again").objects_written,
+        0,
+        "then stable"
+    );
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 44000, 80, TCP_ACK)),
+        OK,
+        "the connection opened before the restart goes on"
+    );
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 44002, 80, TCP_SYN)),
+        OK
+    );
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("10.244.1.7", a, 44003, 80, TCP_SYN)
+        ),
+        SHOT
+    );
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::FromPod,
+            &tcp(b, "10.244.1.7", 44004, 81, TCP_SYN)
+        ),
+        OK,
+        "named port after the restart"
+    );
+    dp.reset().expect("reset");
+}
