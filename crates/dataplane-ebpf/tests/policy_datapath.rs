@@ -677,3 +677,59 @@ fn a_new_process_takes_over_the_policy_maps() {
     );
     dp.reset().expect("reset");
 }
+
+/// A client this node masqueraded on its way to a local pod (a NodePort with
+/// `externalTrafficPolicy: Cluster` from outside) is checked as itself, not as the node
+/// address it now carries: its reverse conntrack entry names it.
+#[test]
+fn masqueraded_clients_are_checked_as_themselves() {
+    if !require_root("masqueraded_clients_are_checked_as_themselves") {
+        return;
+    }
+    let n = node("polsnat");
+    let mut dp = n.dataplane();
+    let mut state = scene(vec![a_deny(), a_from_b()]);
+    let mut np = svc("np-a", "10.96.0.12", "10.244.0.5");
+    np.ports[0].node_port = Some(30080);
+    state.services.push(np);
+    dp.apply(&state).expect("apply");
+    let a = "10.244.0.5";
+    let to_pod = |dp: &mut EbpfDataplane, sport: u16| {
+        let syn = tcp("192.0.2.7", "172.18.0.2", sport, 30080, TCP_SYN);
+        let run = dp.run_packet(Hook::FromUplink, &syn, 1).expect("test run");
+        assert_eq!(run.verdict, REDIRECT, "to a's veth");
+        assert_eq!(
+            &run.output[26..34],
+            &[172, 18, 0, 2, 10, 244, 0, 5],
+            "masqueraded to the node, DNAT to a"
+        );
+        run.output[..syn.len()].to_vec()
+    };
+    let translated = to_pod(&mut dp, 45000);
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &translated),
+        SHOT,
+        "192.0.2.7 is not allowed into a, whatever address it carries now"
+    );
+    // The node itself (no reverse entry names another client) is still allowed.
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("172.18.0.2", a, 45001, 80, TCP_SYN)
+        ),
+        OK
+    );
+    // Allowing the client's block lets it in.
+    let allow_ext = policy(serde_json::json!({
+        "namespace": "x", "name": "a-from-outside",
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"peers": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 80}]}],
+    }));
+    let mut allowed = state.clone();
+    allowed.policies.push(allow_ext);
+    dp.apply_changes(&diff(&state, &allowed))
+        .expect("allow outside");
+    let translated = to_pod(&mut dp, 45002);
+    assert_eq!(verdict(&mut dp, Hook::ToPod, &translated), OK);
+}

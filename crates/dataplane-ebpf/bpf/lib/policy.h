@@ -193,6 +193,25 @@ full:
 	return 0;
 }
 
+/*
+ * The client of a connection that this node translated and masqueraded to one of its
+ * addresses on its way to the pod (@k: the packet to the pod), from the connection's
+ * reverse entry (keyed by the pod's reply; snat_addr is the client as it sent the packet):
+ * copied to @client. Returns 0 when there is none (the node's own connection).
+ */
+static __noinline int pol_snat_client(const struct ct_key *k, __u32 *client)
+{
+	struct ct_entry *rev;
+	struct ct_key r;
+
+	pol_reply_key(&r, k);
+	rev = bpf_map_lookup_elem(&dp_ct, &r);
+	if (!rev || !ct_is_rev(rev) || !(rev->flags & CT_F_SNAT))
+		return 0;
+	addr_copy(client, rev->snat_addr);
+	return 1;
+}
+
 /**
  * pol_check() - NetworkPolicy for a packet at a pod's veth.
  * @k: the packet's tuple as the pod sees it (its key in dp_pol_ct)
@@ -226,11 +245,16 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 		return 0;
 	}
 	if (me->flags & iso) {
-		them = pol_addr_of(peer, k->family);
+		__builtin_memset(&q, 0, sizeof(q));
+		addr_copy(q.peer, peer);
+		them = pol_addr_of(q.peer, k->family);
+		/* A node address may be a client this node masqueraded on its way here (a
+		 * NodePort with SNAT, masquerade.allServices): policy is about the client. */
+		if (dir == POL_DIR_INGRESS && them && (them->flags & POL_F_NODE) &&
+		    pol_snat_client(k, q.peer))
+			them = pol_addr_of(q.peer, k->family);
 		/* Fixed rules: the node and its pods; a pod and itself. */
 		if (!them || !((them->flags & POL_F_NODE) || them->ep_id == me->ep_id)) {
-			__builtin_memset(&q, 0, sizeof(q));
-			addr_copy(q.peer, peer);
 			q.ep_id = me->ep_id;
 			q.port = port;
 			q.dir = dir;
