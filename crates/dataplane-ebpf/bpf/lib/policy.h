@@ -34,8 +34,6 @@
 #include "ct.h"
 #include "echo.h"
 
-#define DROP_POLICY_DENIED -8 /* NetworkPolicy: a new connection no rule allows */
-
 /* ICMP types (linux/icmp.h and linux/icmpv6.h do not build for -target bpf). */
 #define POL_ICMP_SOURCE_QUENCH 4
 #define POL_ICMP_REDIRECT 5
