@@ -992,6 +992,106 @@ mod tests {
         assert_eq!(a.flags, 0);
     }
 
+    /// What the maps say, with the numbers translated back to names: comparable across
+    /// numberings.
+    #[allow(clippy::type_complexity)]
+    fn semantic(
+        st: &PolicyState,
+    ) -> (
+        BTreeSet<(IpAddr, Option<ObjectName>, u8, BTreeSet<SetId>)>,
+        BTreeSet<(ObjectName, u8, String, u8, u16, u32)>,
+        BTreeSet<(ObjectName, u8, Addr, u32, u32)>,
+    ) {
+        let set_of: BTreeMap<u32, &SetId> = st.numbers.sets.iter().map(|(k, v)| (*v, k)).collect();
+        let ep_of: BTreeMap<u32, &ObjectName> =
+            st.numbers.endpoints.iter().map(|(k, v)| (*v, k)).collect();
+        let addrs = st
+            .addrs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.addr.ip(k.family),
+                    ep_of.get(&v.ep_id).map(|n| (*n).clone()),
+                    v.flags,
+                    v.sets[..usize::from(v.nsets)]
+                        .iter()
+                        .map(|n| set_of[n].clone())
+                        .collect(),
+                )
+            })
+            .collect();
+        let peer = |n: u32| match n {
+            POL_PEER_ANY => "any".to_owned(),
+            n if n & POL_PEER_BLOCK != 0 => format!("block {}", n & !POL_PEER_BLOCK),
+            n => set_of[&n].0.clone(),
+        };
+        let rules = st
+            .rules
+            .iter()
+            .map(|(d, l)| {
+                (
+                    ep_of[&d.ep_id].clone(),
+                    d.dir,
+                    peer(d.peer),
+                    d.proto,
+                    d.port.get(),
+                    *l,
+                )
+            })
+            .collect();
+        let blocks = st
+            .blocks
+            .iter()
+            .map(|((d, l), g)| (ep_of[&d.ep_id].clone(), d.dir, d.addr, *l, *g))
+            .collect();
+        (addrs, rules, blocks)
+    }
+
+    /// A sequence of change sets written as deltas ends where a full plan of the last state
+    /// would, entry for entry (names for numbers).
+    #[test]
+    fn change_sets_end_where_a_full_plan_would() {
+        use dataplane_core::{Endpoint, PeerPod};
+        let s0 = state(false, "c");
+        let s1 = state(true, "c");
+        let mut s2 = s1.clone();
+        s2.endpoints.push(
+            Endpoint::new(
+                ObjectName::new("x", "d"),
+                "lxc2",
+                ["10.244.0.8".parse().unwrap()],
+            )
+            .with_label("pod", "a"),
+        );
+        s2.pods.push(
+            PeerPod::new(ObjectName::new("y", "e"), ["10.244.1.9".parse().unwrap()])
+                .with_label("pod", "c"),
+        );
+        let mut s3 = s2.clone();
+        s3.endpoints.remove(0);
+        s3.policies.push(policy(
+            r#"{"namespace": "x", "name": "b-out", "podSelector": {"matchLabels": {"pod": "b"}},
+                "policyTypes": ["Egress"],
+                "egress": [{"peers": [{"podSelector": {"matchLabels": {"pod": "a"}}}]}]}"#,
+        ));
+        let mut s4 = s3.clone();
+        s4.policies.remove(0);
+        s4.pods.clear();
+        let mut st = PolicyState::default();
+        full(&mut st, &s0);
+        let steps = [&s0, &s1, &s2, &s3, &s4, &s0];
+        for pair in steps.windows(2) {
+            let plan = st
+                .plan_changes(pair[1], &dataplane_core::diff(pair[0], pair[1]), limits())
+                .expect("plan");
+            st.apply_to_mirror(plan);
+            let mut fresh = PolicyState::default();
+            full(&mut fresh, pair[1]);
+            assert_eq!(semantic(&st), semantic(&fresh));
+        }
+        assert!(st.rules.is_empty() && st.blocks.is_empty());
+    }
+
     #[test]
     fn a_new_process_renumbers_around_what_the_maps_hold() {
         let st0 = state(true, "c");
