@@ -163,6 +163,8 @@ pub(crate) struct Maps {
     pub slots_batch: BatchFd,
     /// Batch reads of conntrack (GC, flows, stats).
     pub ct_batch: BatchFd,
+    /// Batch reads of policy's conntrack (GC).
+    pub pol_ct_batch: BatchFd,
     /// Shared mappings of the arrays, when they were created `BPF_F_MMAPABLE` (maps pinned
     /// by an earlier version were not: they are written with the batch calls).
     pub backends_mmap: Option<MmapArray<BackendValue>>,
@@ -468,12 +470,14 @@ pub(crate) fn load(
     let backends_batch = batch_fd(&pod, map_table::BACKENDS.name)?;
     let slots_batch = batch_fd(&pod, map_table::SLOTS.name)?;
     let ct_batch = batch_fd(&pod, map_table::CT.name)?;
+    let pol_ct_batch = batch_fd(&pod, map_table::POL_CT.name)?;
     let backends_mmap = mmap_array(pin_dir, &map_table::BACKENDS, &backends_batch)?;
     let slots_mmap = mmap_array(pin_dir, &map_table::SLOTS, &slots_batch)?;
     let maps = Maps {
         backends_mmap,
         slots_mmap,
         ct_batch,
+        pol_ct_batch,
         svc_batch,
         backends_batch,
         slots_batch,

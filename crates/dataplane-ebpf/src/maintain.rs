@@ -10,7 +10,7 @@ use std::time::Duration;
 use dataplane_core::Protocol;
 
 use crate::config::CtTimeouts;
-use crate::ct::{ct_entries, forward_key, pair, reverse_key};
+use crate::ct::{all_entries, ct_entries, forward_key, pair, reverse_key};
 use crate::error::EbpfError;
 use crate::loader::Maps;
 use crate::map_table;
@@ -179,12 +179,10 @@ pub(crate) fn gc(
     writer::remove_affinity(maps, &stale)?;
     report.affinity_expired = stale.len();
 
-    let mut pol: BTreeMap<CtKey, PolCt> = BTreeMap::new();
-    for item in &maps.pol_ct {
-        // A key evicted between the dump's steps is simply gone.
-        let Ok((k, v)) = item else { continue };
-        pol.insert(k, v);
-    }
+    let pol: BTreeMap<CtKey, PolCt> =
+        all_entries(&maps.pol_ct_batch, &maps.pol_ct, map_table::POL_CT.name)?
+            .into_iter()
+            .collect();
     let expired = policy_expired(&pol, timeouts, now_ns);
     for k in &expired {
         match maps.pol_ct.remove(k) {

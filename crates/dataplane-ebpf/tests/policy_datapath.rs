@@ -733,3 +733,40 @@ fn masqueraded_clients_are_checked_as_themselves() {
     let translated = to_pod(&mut dp, 45002);
     assert_eq!(verdict(&mut dp, Hook::ToPod, &translated), OK);
 }
+
+/// `maintain()` expires policy's conntrack: once a connection's entries are gone, its next
+/// packet is checked as new.
+#[test]
+fn maintain_expires_policy_conntrack() {
+    if !require_root("maintain_expires_policy_conntrack") {
+        return;
+    }
+    let n = node("polgc");
+    let mut dp = n.dataplane();
+    let state = scene(vec![a_deny(), a_from_b()]);
+    dp.apply(&state).expect("apply");
+    let (b, a) = ("10.244.0.6", "10.244.0.5");
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 46000, 80, TCP_SYN)),
+        OK
+    );
+    let now = dataplane_ebpf::monotonic_now();
+    let kept = dp.maintain(now).expect("maintain");
+    assert_eq!(kept.other["policy_flows_expired"], 0, "fresh entries stay");
+    // Now a accepts nobody: the connection lives on its entries only.
+    let closed = scene(vec![a_deny()]);
+    dp.apply_changes(&diff(&state, &closed))
+        .expect("allow removed");
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 46000, 80, TCP_ACK)),
+        OK
+    );
+    let later = now + std::time::Duration::from_secs(7 * 24 * 3600);
+    let gc = dp.maintain(later).expect("maintain");
+    assert!(gc.other["policy_flows_expired"] >= 2, "{gc:?}");
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 46000, 80, TCP_ACK)),
+        SHOT,
+        "no entry left: checked as new, denied"
+    );
+}
