@@ -761,7 +761,7 @@ fn maintain_expires_policy_conntrack() {
         verdict(&mut dp, Hook::ToPod, &tcp(b, a, 46000, 80, TCP_ACK)),
         OK
     );
-    let later = now + std::time::Duration::from_secs(7 * 24 * 3600);
+    let later = now + std::time::Duration::from_hours(7 * 24);
     let gc = dp.maintain(later).expect("maintain");
     assert!(gc.other["policy_flows_expired"] >= 2, "{gc:?}");
     assert_eq!(
