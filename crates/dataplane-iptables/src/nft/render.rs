@@ -23,6 +23,9 @@
 //! nat-postrouting: mark bit 31 / hairpin / pod → outside  ──▶ masquerade-node (snat to node)
 //! ```
 //!
+//! NetworkPolicy adds its own sets, maps and chains to the same table and transaction
+//! ([`super::policy`], whose header has its layout).
+//!
 //! Departures from kube-proxy, and why:
 //! - One global backend map reached through the packet mark, rather than a chain per
 //!   endpoint: the kernel walks every binding of a map on each element insert, and looks sets
