@@ -374,8 +374,185 @@ fn unchanged_state_renders_an_empty_delta() {
     assert_eq!(policy_delta(&state, &state).0, "");
 }
 
+/// A seeded generator of changes over the fixture (xorshift: deterministic, no clock).
+struct Changes(u64);
+
+impl Changes {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    fn pick<T: Clone>(&mut self, from: &[T]) -> T {
+        from[self.below(from.len())].clone()
+    }
+
+    fn selector(&mut self, key: &str, values: &[&str]) -> LabelSelector {
+        if self.below(4) == 0 {
+            LabelSelector::default()
+        } else {
+            sel(&[(key, self.pick(values))])
+        }
+    }
+
+    fn peer(&mut self) -> PolicyPeer {
+        match self.below(4) {
+            0 => pods(self.selector("pod", &["a", "b", "c"])),
+            1 => namespaces(self.selector("ns", &["x", "y", "z"])),
+            2 => PolicyPeer {
+                pod_selector: Some(self.selector("pod", &["a", "b", "c"])),
+                namespace_selector: Some(self.selector("ns", &["x", "y", "z"])),
+                ip_block: None,
+            },
+            _ => {
+                let (cidr, except) = self.pick(&[
+                    ("10.244.0.0/16", &["10.244.1.0/24"][..]),
+                    ("10.244.0.0/24", &[][..]),
+                    ("0.0.0.0/0", &["10.244.0.0/16", "10.244.0.2/32"][..]),
+                    ("fd00:244::/48", &["fd00:244::2/128"][..]),
+                    ("10.244.1.5/32", &[][..]),
+                ]);
+                block(cidr, except)
+            }
+        }
+    }
+
+    fn ports(&mut self) -> Vec<PolicyPort> {
+        match self.below(6) {
+            0 => Vec::new(),
+            1 => vec![tcp(80)],
+            2 => vec![ports(Protocol::Udp, 80, Some(81))],
+            3 => vec![named(Protocol::Tcp, "serve-80-tcp")],
+            4 => vec![named(Protocol::Udp, "serve-81-udp"), tcp(81)],
+            _ => vec![ports(Protocol::Sctp, 80, None), tcp(80)],
+        }
+    }
+
+    fn rules(&mut self) -> Vec<PolicyRule> {
+        (0..self.below(3))
+            .map(|_| {
+                let peers = (0..self.below(3)).map(|_| self.peer()).collect();
+                rule(peers, self.ports())
+            })
+            .collect()
+    }
+
+    fn policy(&mut self, name: &str) -> Policy {
+        let types = self.pick(&[
+            &[PolicyType::Ingress][..],
+            &[PolicyType::Egress][..],
+            &[PolicyType::Ingress, PolicyType::Egress][..],
+        ]);
+        let mut p = policy(
+            self.pick(&["x", "y"]),
+            name,
+            self.selector("pod", &["a", "b"]),
+            types,
+        );
+        p.ingress = self.rules();
+        p.egress = self.rules();
+        p
+    }
+
+    /// One random change of `state`.
+    fn apply(&mut self, state: &mut DesiredState, step: usize) {
+        match self.below(8) {
+            0 if !state.endpoints.is_empty() => {
+                let k = self.below(state.endpoints.len());
+                state.endpoints[k].labels = labels(&[("pod", self.pick(&["a", "b", "c", "d"]))]);
+            }
+            1 => {
+                let k = self.below(state.pods.len());
+                state.pods[k].labels = labels(&[("pod", self.pick(&["a", "b", "c", "d"]))]);
+            }
+            2 => {
+                let k = self.below(state.namespaces.len());
+                let name = state.namespaces[k].name.clone();
+                state.namespaces[k] =
+                    Namespace::new(&name).with_label("ns", self.pick(&["x", "y", "z"]));
+            }
+            3 | 4 => {
+                let p = self.policy(&format!("p{step}"));
+                state.policies.push(p);
+            }
+            5 if !state.policies.is_empty() => {
+                let k = self.below(state.policies.len());
+                state.policies.remove(k);
+            }
+            6 if !state.policies.is_empty() => {
+                let k = self.below(state.policies.len());
+                let name = state.policies[k].name.clone();
+                let mut p = self.policy(&name.name);
+                p.name = name;
+                state.policies[k] = p;
+            }
+            6 | 7 if state.endpoints.len() > 2 && self.below(2) == 0 => {
+                let k = self.below(state.endpoints.len());
+                state.endpoints.remove(k);
+            }
+            _ => {
+                let ns = self.pick(&["x", "y"]);
+                let addr = format!("10.244.0.{}", 20 + step % 200);
+                let mut e = endpoint(ns, &format!("e{step}"), &[&addr], self.pick(&["a", "b"]));
+                if self.below(2) == 0 {
+                    e.named_ports = vec![NamedPort::new("serve-80-tcp", Protocol::Tcp, 8080)];
+                }
+                state.endpoints.push(e);
+            }
+        }
+    }
+}
+
+/// Random sequences of changes: each partial sync's patched policy equals a fresh compile of
+/// the new state (the layer itself stays once created), and its text never deletes the table.
+#[test]
+fn random_changes_patch_to_a_fresh_compile() {
+    let (mut patches, mut members_only) = (0, 0);
+    for seed in 1..=20u64 {
+        let mut changes = Changes(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut state = cluster();
+        for step in 0..40 {
+            let mut next = state.clone();
+            changes.apply(&mut next, step);
+            if dataplane_core::validate(&next).is_err() {
+                continue;
+            }
+            let (text, mut after, only_members) = policy_delta(&state, &next);
+            assert!(!text.contains("table"), "seed {seed} step {step}: {text}");
+            if !text.is_empty() {
+                patches += 1;
+                members_only += usize::from(only_members);
+            }
+            let expected = fresh(&next);
+            if expected.base.is_empty() {
+                after.base.clear();
+            }
+            assert_eq!(after, expected, "seed {seed} step {step}:\n{text}");
+            state = next;
+        }
+    }
+    // The sequences are not vacuous: most steps change the ruleset, some by elements only.
+    assert!(
+        patches > 300 && members_only > 20,
+        "{patches} {members_only}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // In the kernel (root).
+
+/// A lab of one node with `pods` pods (and IPv6 addresses when `ipv6`).
+fn one_node_lab(pods: usize, ipv6: bool) -> Lab {
+    Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: pods,
+        external_clients: 0,
+        ipv6,
+    })
+    .expect("lab")
+}
 
 /// Every construct above loads into the kernel in one transaction (the fixture's ruleset
 /// with all the features' policies), in a namespace of a one-node lab.
@@ -384,13 +561,7 @@ fn every_policy_feature_loads() {
     if !require_root("every_policy_feature_loads") {
         return;
     }
-    let lab = Lab::new(LabSpec {
-        nodes: 1,
-        pods_per_node: 1,
-        external_clients: 0,
-        ipv6: true,
-    })
-    .expect("lab");
+    let lab = one_node_lab(1, true);
     let mut state = cluster();
     state.node = lab.node_state(0);
     let mut all = policy("x", "all", sel(&[("pod", "a")]), &[]);
@@ -441,13 +612,7 @@ struct WebLab {
 
 impl WebLab {
     fn new() -> Self {
-        let lab = Lab::new(LabSpec {
-            nodes: 1,
-            pods_per_node: 2,
-            external_clients: 0,
-            ipv6: false,
-        })
-        .expect("lab");
+        let lab = one_node_lab(2, false);
         let server = lab.pod(0).address(dataplane_testkit::Family::V4).unwrap();
         let vip: std::net::SocketAddr = "10.96.0.50:80".parse().unwrap();
         let mut state = lab.desired_state(0);
@@ -621,4 +786,149 @@ fn lab_egress_ip_block_except() {
     assert!(t.answered(direct));
     assert!(t.answered(t.vip));
     t.dp.reset().unwrap();
+}
+
+/// `nft -j list table inet <table>` in `netns`, with each set's elements sorted (hash sets
+/// list in their own order): set and chain name → its elements or rules as JSON text.
+fn listing(netns: &dataplane_testkit::NetNs, table: &str) -> BTreeMap<String, Vec<String>> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns.name(),
+            "nft",
+            "-j",
+            "list",
+            "table",
+            "inet",
+            table,
+        ])
+        .output()
+        .expect("nft runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = dataplane_iptables::nft::observe::parse_listing(&String::from_utf8_lossy(&out.stdout))
+        .expect("listing parses");
+    let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, elems) in l.maps {
+        let mut e: Vec<String> = elems.iter().map(|kv| format!("{kv:?}")).collect();
+        e.sort();
+        all.insert(format!("set {name}"), e);
+    }
+    for (name, rules) in l.rules {
+        all.insert(
+            format!("chain {name}"),
+            rules.iter().map(ToString::to_string).collect(),
+        );
+    }
+    all
+}
+
+/// Random sequences of partial syncs (the netlink element path included) leave the kernel
+/// with the same table as a full sync of the same state into another table (but for the
+/// hairpin elements of removed pods, which stay until the next full sync).
+#[test]
+fn random_partial_syncs_match_a_full_sync_in_the_kernel() {
+    if !require_root("random_partial_syncs_match_a_full_sync_in_the_kernel") {
+        return;
+    }
+    let lab = one_node_lab(1, true);
+    let netns = &lab.node(0).netns;
+    let config = |table: &str| {
+        let mut c = NetfilterConfig::nftables(Some(netns.path().to_owned()));
+        c.name = table.to_owned();
+        c
+    };
+    let mut partial = NftablesDataplane::new(config("dataplane"));
+    let mut full = NftablesDataplane::new(config("fresh"));
+    let mut compared = 0;
+    for seed in [7u64, 11] {
+        let mut changes = Changes(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut state = cluster();
+        state.node = lab.node_state(0);
+        partial.apply(&state).unwrap();
+        for step in 0..25 {
+            let mut next = state.clone();
+            changes.apply(&mut next, step);
+            if dataplane_core::validate(&next).is_err() {
+                continue;
+            }
+            let report = partial.apply_changes(&diff(&state, &next)).unwrap();
+            assert!(!report.full_sync);
+            full.apply(&next).unwrap();
+            if !next.policies.is_empty() {
+                let (a, b) = (listing(netns, "dataplane"), listing(netns, "fresh"));
+                // Hairpin elements are only added between full syncs (an extra one is
+                // harmless: see `plan::hairpin_candidates`).
+                let differ: Vec<&String> = a
+                    .keys()
+                    .chain(b.keys())
+                    .filter(|k| !k.starts_with("set hairpin-") && a.get(*k) != b.get(*k))
+                    .collect();
+                assert!(
+                    differ.is_empty(),
+                    "seed {seed} step {step}: {:#?}",
+                    differ
+                        .iter()
+                        .map(|k| (k, a.get(*k), b.get(*k)))
+                        .collect::<Vec<_>>()
+                );
+                compared += 1;
+            }
+            state = next;
+        }
+    }
+    assert!(compared > 20, "{compared}");
+    partial.reset().unwrap();
+    full.reset().unwrap();
+}
+
+/// A policy change that the kernel refuses (the fault-injection hook), by the netlink element
+/// path (a relabel) and by an `nft` transaction (a new policy), leaves the table exactly as
+/// it was; the next partial sync asks for a full one, which succeeds.
+#[test]
+fn a_refused_policy_change_changes_nothing() {
+    if !require_root("a_refused_policy_change_changes_nothing") {
+        return;
+    }
+    let lab = one_node_lab(1, true);
+    let netns = &lab.node(0).netns;
+    let mut state = with(vec![allow_from_b()]);
+    state.node = lab.node_state(0);
+    let mut relabel = state.clone();
+    // x/b out of `from-b`'s peers: a set element deleted.
+    relabel.endpoints[1].labels = labels(&[("pod", "c")]);
+    let mut more = state.clone();
+    more.policies.push(policy(
+        "y",
+        "deny",
+        LabelSelector::default(),
+        &[PolicyType::Egress],
+    ));
+    for next in [relabel, more] {
+        let mut dp =
+            NftablesDataplane::new(NetfilterConfig::nftables(Some(netns.path().to_owned())));
+        dp.apply(&state).unwrap();
+        let before = listing(netns, "dataplane");
+        dp.set_fail_transactions(true);
+        let err = dp.apply_changes(&diff(&state, &next)).unwrap_err();
+        assert!(matches!(err, dataplane_core::Error::Kernel { .. }), "{err}");
+        assert!(
+            listing(netns, "dataplane") == before,
+            "the refused change was written"
+        );
+        dp.set_fail_transactions(false);
+        let err = dp.apply_changes(&diff(&state, &next)).unwrap_err();
+        assert!(
+            matches!(err, dataplane_core::Error::FullSyncRequired),
+            "{err}"
+        );
+        assert_eq!(listing(netns, "dataplane"), before);
+        dp.apply(&next).unwrap();
+        assert_ne!(listing(netns, "dataplane"), before);
+        dp.reset().unwrap();
+    }
 }
