@@ -278,11 +278,11 @@ fn policies_with_one_peer_share_one_set() {
 fn policy_delta(old: &DesiredState, new: &DesiredState) -> (String, NftPolicy, bool) {
     let rs = compile_state(old, "dataplane").unwrap();
     let changes = diff(old, new);
-    let patch = compile_patch(&rs.policy, new, &changes).unwrap();
+    let mut after = rs.policy;
+    let patch = compile_patch(&mut after, new, &changes).unwrap();
     let members_only = patch.members_only();
     let mut text = String::new();
-    write_patch(&rs.policy, &patch, "dataplane", &mut text).unwrap();
-    let mut after = rs.policy.clone();
+    write_patch(&after, &patch, "dataplane", &mut text).unwrap();
     after.apply_patch(patch);
     (text, after, members_only)
 }

@@ -471,11 +471,21 @@ impl Dataplane for NftablesDataplane {
             changes.apply_to(&mut state);
             // `apply_to` also brings the changed services: not what policy is compiled from.
             state.services.clear();
-            let patch = policy::compile_patch(&rs.policy, &state, changes)?;
-            Some((state, patch))
+            let (_, rs) = self.applied.as_mut().ok_or(Error::FullSyncRequired)?;
+            // Updates core's tables in place (a copy would cost the whole policy per
+            // change): from here on a failure leaves them ahead of the kernel, so it makes
+            // the next sync a full one (as a failed transaction does).
+            match policy::compile_patch(&mut rs.policy, &state, changes) {
+                Ok(patch) => Some((state, patch)),
+                Err(e) => {
+                    self.dirty = true;
+                    return Err(e);
+                }
+            }
         } else {
             None
         };
+        let (_, rs) = self.applied.as_ref().ok_or(Error::FullSyncRequired)?;
         let member_ops = match &policy {
             None => Some(Vec::new()),
             Some((_, p)) if p.members_only() => Some(policy::member_ops(&rs.policy, p)),

@@ -601,8 +601,6 @@ fn range_prefixes(mut lo: u128, hi: u128, family: IpFamily) -> Vec<IpNetwork> {
 pub struct PolicyPatch {
     /// The layer's node-wide statements, when it is created by this patch.
     pub base: Vec<String>,
-    /// The compiled tables after the change.
-    pub compiled: CompiledPolicy,
     /// What changed, as core computed it.
     pub delta: PolicyDelta,
     /// Name stems of the new sets.
@@ -626,14 +624,20 @@ impl PolicyPatch {
 
 /// Compiles what `changes` (which led to `state`) change in `old`: core's incremental
 /// [`CompiledPolicy::update`], then the objects of the endpoints whose tables changed only.
-/// The tables are updated on a copy (a refused patch leaves `old` as it was).
+///
+/// Core's tables (`old.compiled`) are updated in place: a copy would cost as much as the
+/// whole policy (every member of every set) on each change. The rest of `old` (set names,
+/// endpoint objects) stays as the kernel has it until [`NftPolicy::apply_patch`], which
+/// [`write_patch`] needs. So after an error here, or a patch the kernel refuses, `old` no
+/// longer matches the kernel: the backend's next sync is a full one.
 pub fn compile_patch(
-    old: &NftPolicy,
+    old: &mut NftPolicy,
     state: &DesiredState,
     changes: &ChangeSet,
 ) -> Result<PolicyPatch, Error> {
-    let mut compiled = old.compiled.clone();
-    let delta = compiled.update(state, changes);
+    let delta = old.compiled.update(state, changes);
+    let old: &NftPolicy = old;
+    let compiled = &old.compiled;
     let mut names = old.set_names.clone();
     let mut stems: BTreeMap<String, SetId> = names
         .iter()
@@ -670,7 +674,6 @@ pub fn compile_patch(
         } else {
             Vec::new()
         },
-        compiled,
         delta,
         sets_added,
         sets_removed,
@@ -679,13 +682,13 @@ pub fn compile_patch(
 }
 
 impl NftPolicy {
-    /// Records a patch the kernel accepted. The layer, once created, stays until the next
-    /// full sync (without policies it lets everything through: no endpoint is dispatched).
+    /// Records a patch the kernel accepted (its tables are in `compiled` already, see
+    /// [`compile_patch`]). The layer, once created, stays until the next full sync (without
+    /// policies it lets everything through: no endpoint is dispatched).
     pub fn apply_patch(&mut self, patch: PolicyPatch) {
         if !patch.base.is_empty() {
             self.base = patch.base;
         }
-        self.compiled = patch.compiled;
         for id in patch.sets_removed.keys() {
             self.set_names.remove(id);
         }
