@@ -27,7 +27,8 @@ const NOMINAL_CLIENT_PORT: u16 = 40000;
 /// Source ports of the probes: each client pod counts through them on its own, so no probe
 /// of a run repeats an earlier probe's 5-tuple (a conntrack entry of an allowed connection
 /// would answer a later step's probe as established). Below the kernel's ephemeral range and
-/// the NodePort range, like the traffic module's fresh ports.
+/// the NodePort range, like the traffic module's fresh ports. The whole table takes about
+/// 3 700 per client (72 per step), well short of a wrap.
 const PROBE_PORTS: std::ops::Range<u16> = 20_000..30_000;
 
 /// Settings of [`run_policy_with`].
