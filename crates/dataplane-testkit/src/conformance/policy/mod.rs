@@ -27,17 +27,19 @@
 //! relabel a pod, relabel a namespace. After each step the runner
 //! 1. builds both nodes' states and validates them;
 //! 2. computes the expected **reachability matrix** from the reference model: every client
-//!    pod × every server pod × {TCP, UDP} × {80, 81} × {direct to the pod address, via its
-//!    ClusterIP} (648 cells) — direct cells from [`dataplane_core::evaluate`] on the client's
-//!    node (untouched = allowed, drop = denied), ClusterIP cells from `evaluate` after DNAT
-//!    (the service's one backend kept = allowed); [`dataplane_core::policy_allows`] must give
+//!    (the nine pods, and the two nodes themselves: kubelet's place) × every server pod ×
+//!    {TCP, UDP} × {80, 81} × {direct to the pod address, via its ClusterIP} (792 cells) —
+//!    direct cells from [`dataplane_core::evaluate`] on the client's node (untouched =
+//!    allowed, drop = denied), ClusterIP cells from `evaluate` after DNAT (the service's one
+//!    backend kept = allowed); a node reaches its own pods whatever the policies (the fixed
+//!    rule), another node is an address like any other; [`dataplane_core::policy_allows`] must give
 //!    the same answer on the client's node (egress) and on the server's node (ingress), else
 //!    the row fails as a *table* failure;
 //! 3. programs every node's backend: the first step with `apply` (a full sync), every later
 //!    step with `apply_changes` of the [`diff`](dataplane_core::diff()) from the step before,
 //!    so that the backends' incremental paths (policy, pod label, namespace label changes)
 //!    are what is tested; an error fails the row and ends the case;
-//! 4. probes the whole matrix at once: one thread per client pod sends all of its probes on
+//! 4. probes the whole matrix at once: one thread per client sends all of its probes on
 //!    non-blocking sockets ([`crate::traffic::probe_batch`]); a cell expected allowed must be
 //!    answered by the right pod within [`PolicyRunOptions::timeout`], a cell expected denied
 //!    must stay unanswered for [`PolicyRunOptions::drop_wait`] (dropped, not refused: policy
