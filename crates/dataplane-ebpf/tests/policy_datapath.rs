@@ -20,7 +20,7 @@ use dataplane_core::{
     diff, Backend, Dataplane, DesiredState, Endpoint, Error, NamedPort, Namespace, ObjectName,
     PeerPod, Policy, Protocol, Service, ServicePort,
 };
-use dataplane_ebpf::{EbpfDataplane, Hook};
+use dataplane_ebpf::{AttachMode, EbpfDataplane, Hook};
 
 const OK: u32 = 0;
 const SHOT: u32 = 2;
@@ -769,4 +769,52 @@ fn maintain_expires_policy_conntrack() {
         SHOT,
         "no entry left: checked as new, denied"
     );
+}
+
+/// `dp_to_pod` is attached on the TC egress of every endpoint's veth, next to `dp_from_pod`
+/// on its ingress, as a TCX link or a clsact filter, and goes with the endpoint.
+#[test]
+fn dp_to_pod_follows_the_endpoints() {
+    if !require_root("dp_to_pod_follows_the_endpoints") {
+        return;
+    }
+    let n = node("polattach");
+    let state = scene(vec![a_deny()]);
+    let mut without_a = state.clone();
+    without_a.endpoints.remove(0);
+    let mut dp = n.dataplane();
+    dp.apply(&state).expect("apply");
+    for ifname in ["lxc0", "lxc1"] {
+        assert_eq!(
+            common::tcx_programs(&n, ifname, true),
+            ["dp_to_pod"],
+            "{ifname} egress"
+        );
+        assert_eq!(
+            common::tcx_programs(&n, ifname, false),
+            ["dp_from_pod"],
+            "{ifname} ingress"
+        );
+    }
+    dp.apply_changes(&diff(&state, &without_a)).expect("a goes");
+    assert!(
+        common::tcx_programs(&n, "lxc0", true).is_empty(),
+        "detached with a"
+    );
+    assert_eq!(common::tcx_programs(&n, "lxc1", true), ["dp_to_pod"]);
+    dp.reset().expect("reset");
+    assert!(common::tcx_programs(&n, "lxc1", true).is_empty());
+
+    let mut config = n.config();
+    config.attach_mode = AttachMode::Clsact;
+    let mut dp = EbpfDataplane::new(config).expect("clsact");
+    dp.apply(&state).expect("apply");
+    assert!(
+        common::tcx_programs(&n, "lxc0", true).is_empty(),
+        "no TCX link"
+    );
+    assert_eq!(common::clsact_filters(&n, "lxc0", true, "dp_to_pod"), 1);
+    assert_eq!(common::clsact_filters(&n, "lxc0", false, "dp_from_pod"), 1);
+    dp.reset().expect("reset");
+    assert_eq!(common::clsact_filters(&n, "lxc0", true, "dp_to_pod"), 0);
 }
