@@ -366,21 +366,20 @@ impl PolicyState {
         }
     }
 
-    /// Forgets the numbering and compile (the sync using them failed, or they are being
-    /// planned against): the next sync is planned as full against what the maps hold.
-    fn take(&mut self) -> (Numbers, Option<CompiledPolicy>) {
-        (std::mem::take(&mut self.numbers), self.compiled.take())
-    }
-
-    /// Plans the whole of `state`'s policy.
+    /// Plans the whole of `state`'s policy. The numbering stays until a plan is written: a
+    /// refused or failed sync leaves it (still true of the maps: whatever a failed write
+    /// left under new numbers is stale to the next plan, which removes it), so that the next
+    /// full sync rewrites only what differs instead of everything under new numbers (which
+    /// would need room for both in `policy_rules`). The compile goes: only a successful
+    /// write makes the next incremental sync possible.
     pub(crate) fn plan_full(
         &mut self,
         state: &DesiredState,
         limits: Limits,
     ) -> Result<PolicyPlan, Error> {
-        let (numbers, _) = self.take();
+        self.compiled = None;
         let compiled = compile(state);
-        let numbers = self.renumbered(&numbers, &compiled);
+        let numbers = self.renumbered(&self.numbers, &compiled);
         let mut rules = BTreeSet::new();
         let mut blocks = BTreeMap::new();
         for (name, tables) in &compiled.endpoints {
@@ -445,12 +444,13 @@ impl PolicyState {
         changes: &ChangeSet,
         limits: Limits,
     ) -> Result<PolicyPlan, Error> {
-        let (numbers, compiled) = self.take();
-        let Some(mut compiled) = compiled else {
+        // Updated in place (a copy would cost every member of every set): taken, it comes
+        // back only with a written plan.
+        let Some(mut compiled) = self.compiled.take() else {
             return Err(Error::FullSyncRequired);
         };
         let delta = compiled.update(state, changes);
-        let numbers = self.renumbered(&numbers, &compiled);
+        let numbers = self.renumbered(&self.numbers, &compiled);
         let mut plan = PolicyPlan::default();
         let mut addresses = self.plan_endpoints(&delta, &compiled, &numbers, &mut plan);
         // Addresses whose sets changed.
@@ -633,8 +633,8 @@ impl PolicyState {
     }
 
     /// Writes `plan` (new rules and blocks, then addresses, then what is stale) and keeps
-    /// its numbering and compile for the next sync. A failure leaves the numbering unknown:
-    /// the next sync is full.
+    /// its numbering and compile for the next sync. After a failure the mirror still says
+    /// what the maps hold and the next sync is full (no compile).
     pub(crate) fn write(&mut self, maps: &mut Maps, plan: PolicyPlan) -> Result<(), EbpfError> {
         let err = |name: &'static str, op: &'static str| {
             move |e: aya::maps::MapError| EbpfError::map(name, op, e)
@@ -1145,6 +1145,16 @@ mod tests {
             .plan_full(&state(true, "c"), one_set)
             .expect_err("c in one set > 0");
         assert!(err.to_string().contains("pod y/c"), "{err}");
+        // A refused plan leaves the numbering: the next one rewrites nothing.
+        full(&mut st, &state(true, "c"));
+        let tiny = Limits {
+            addresses: 1,
+            ..limits()
+        };
+        st.plan_full(&state(true, "c"), tiny)
+            .expect_err("more addresses than 1");
+        let plan = st.plan_full(&state(true, "c"), limits()).expect("plan");
+        assert_eq!(plan.writes(), 0, "{plan:?}");
     }
 
     #[test]
