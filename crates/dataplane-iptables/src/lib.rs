@@ -7,7 +7,8 @@
 //!   map, applied as one atomic `nft -f -` transaction; partial syncs touch only the chains and
 //!   elements of the services that changed.
 //! - [`IptablesDataplane`]: kube-proxy iptables style chains, applied with
-//!   `iptables-restore --noflush` so that rules it does not own are never touched.
+//!   `iptables-restore --noflush` so that rules it does not own are never touched;
+//!   NetworkPolicy as filter chains over ipsets ([`iptables::policy`]).
 //!
 //! Renderers are pure functions (state → text) in [`nft::render`] and [`iptables::render`].
 //!
