@@ -1,17 +1,22 @@
 //! `dpctl demo`: the main job. Builds a lab of network namespaces, programs a dataplane on every
 //! node, sends real TCP and UDP traffic through each kind of service frontend, and prints who
 //! answered and which source address the backend saw, next to what the reference model says
-//! should happen. Then it removes everything.
+//! should happen. Then a NetworkPolicy section: a policy is added as a change, and probes that
+//! it allows and denies are printed with the policy verdict that explains them. Then it
+//! removes everything.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use dataplane::reference::{evaluate, Entry, Packet, SourceSeen, Verdict};
+use dataplane::reference::{
+    evaluate, policy_verdict, Decision, Entry, Packet, PolicyVerdict, SourceSeen, Verdict,
+};
 use dataplane::{
-    Backend, DesiredState, ExternalMode, ObjectName, Protocol, Selection, Service, ServicePort,
-    TrafficPolicy,
+    Backend, BoxDataplane, DesiredState, ExternalMode, LabelSelector, Namespace, ObjectName,
+    PeerPod, Policy, PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRef, Protocol, Selection,
+    Service, ServicePort, TrafficPolicy,
 };
 use dataplane_testkit::{probe, Lab, LabSpec, ProbeOutcome, SERVER_PORT};
 
@@ -23,6 +28,8 @@ const EXTERNAL_IP: &str = "172.18.201.10";
 const NODE_PORT: u16 = 30080;
 const LOCAL_NODE_PORT: u16 = 30081;
 const DSR_NODE_PORT: u16 = 30082;
+/// ClusterIP of the policy section's `api` service (one backend: pod-1-0).
+const API_IP: &str = "10.96.0.13";
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Who sends a probe.
@@ -199,7 +206,21 @@ pub fn run(selection: Selection) -> anyhow::Result<()> {
         dp.sync(None, state)
             .with_context(|| format!("programming the demo state on node-{i}"))?;
     }
-    let result = traffic_table(&lab, &states, dsr);
+    let result = traffic_table(&lab, &states, dsr).and_then(|failures| {
+        let policy_failures = if dataplanes
+            .first()
+            .is_some_and(|dp| dp.capabilities().network_policy)
+        {
+            policy_section(&lab, &mut dataplanes, &states)?
+        } else {
+            println!(
+                "\n(the {} dataplane has no network policy: no policy rows)",
+                opened.kind
+            );
+            0
+        };
+        Ok(failures + policy_failures)
+    });
     for dp in &mut dataplanes {
         if let Err(e) = dp.reset() {
             eprintln!("warning: reset failed: {e}");
@@ -312,5 +333,188 @@ fn judge(lab: &Lab, verdict: &Verdict, outcome: &ProbeOutcome, client: IpAddr) -
             "untouched".to_owned(),
             matches!(outcome, ProbeOutcome::Answered { .. }),
         ),
+    }
+}
+
+/// The policy section's states: `base` (one per node) with the `api` service, the lab's pods
+/// on other nodes as policy peers, the `default` namespace and the policy
+/// `default/api-from-pod-0-0`: pod-1-0 (the backend of `api`) lets in only pod-0-0, on TCP
+/// port 8080 (the port after DNAT, as Kubernetes checks service traffic).
+fn policy_states(lab: &Lab, base: &[DesiredState]) -> anyhow::Result<Vec<DesiredState>> {
+    let backend = lab.pod_by_name("pod-1-0").context("the lab has pod-1-0")?;
+    let allowed = lab.pod_by_name("pod-0-0").context("the lab has pod-0-0")?;
+    let mut b = Backend::new(backend.addresses[0]);
+    b.node_name = Some(lab.node(backend.node).name.as_str().into());
+    let api = Service::cluster_ip(
+        ObjectName::new("default", "api"),
+        API_IP.parse()?,
+        [ServicePort::tcp(80, SERVER_PORT).named("http")],
+    )
+    .with_backend(b);
+    let selector = |pod: &str| LabelSelector {
+        match_labels: [("app".to_owned(), pod.to_owned())].into(),
+        match_expressions: Vec::new(),
+    };
+    let policy = Policy {
+        name: ObjectName::new("default", "api-from-pod-0-0"),
+        pod_selector: selector(&backend.name),
+        policy_types: vec![PolicyType::Ingress],
+        ingress: vec![PolicyRule {
+            peers: vec![PolicyPeer {
+                pod_selector: Some(selector(&allowed.name)),
+                namespace_selector: None,
+                ip_block: None,
+            }],
+            ports: vec![PolicyPort {
+                protocol: Protocol::Tcp,
+                port: Some(PortRef::Number(SERVER_PORT)),
+                end_port: None,
+            }],
+        }],
+        egress: Vec::new(),
+    };
+    Ok(base
+        .iter()
+        .enumerate()
+        .map(|(i, state)| {
+            let mut s = state.clone();
+            s.services.push(api.clone());
+            s.policies.push(policy.clone());
+            s.namespaces.push(Namespace::new("default"));
+            s.pods = lab
+                .pods()
+                .iter()
+                .filter(|p| p.node != i)
+                .map(|p| {
+                    let endpoint = p.endpoint();
+                    let mut peer = PeerPod::new(endpoint.name, p.addresses.clone())
+                        .on_node(lab.node(p.node).name.as_str());
+                    peer.labels = endpoint.labels;
+                    peer
+                })
+                .collect();
+            s
+        })
+        .collect())
+}
+
+/// Adds the policy section's objects as a change on every node, probes, and prints each probe
+/// with the reference model's verdict and the policy decision behind it. Returns the rows that
+/// disagree.
+fn policy_section(
+    lab: &Lab,
+    dataplanes: &mut [BoxDataplane],
+    base: &[DesiredState],
+) -> anyhow::Result<usize> {
+    let states = policy_states(lab, base)?;
+    for (i, (dp, (before, after))) in dataplanes
+        .iter_mut()
+        .zip(base.iter().zip(&states))
+        .enumerate()
+    {
+        dp.sync(Some(before), after)
+            .with_context(|| format!("adding the policy section's objects on node-{i}"))?;
+    }
+    println!(
+        "\nNetworkPolicy default/api-from-pod-0-0: pod-1-0 accepts only pod-0-0, on TCP {SERVER_PORT}"
+    );
+    println!(
+        "{:<26} {:<24} {:<4} {:<12} {:<10} {:<40} ok",
+        "client", "destination", "", "expected", "seen", "policy verdict"
+    );
+    let api: IpAddr = API_IP.parse()?;
+    let server = lab.pod_by_name("pod-1-0").context("the lab has pod-1-0")?;
+    let direct = SocketAddr::new(server.addresses[0], SERVER_PORT);
+    let rows = [
+        ("pod-0-0", SocketAddr::new(api, 80), Protocol::Tcp),
+        ("pod-0-1", SocketAddr::new(api, 80), Protocol::Tcp),
+        ("pod-0-1", direct, Protocol::Tcp),
+        ("pod-0-0", direct, Protocol::Udp),
+        ("pod-1-1", SocketAddr::new(api, 80), Protocol::Tcp),
+    ];
+    let mut failures = 0;
+    for (client, destination, protocol) in rows {
+        let pod = lab
+            .pod_by_name(client)
+            .context("the lab has the client pod")?;
+        let state = &states[pod.node];
+        let packet = Packet {
+            protocol,
+            source: SocketAddr::new(pod.addresses[0], 40000),
+            destination,
+        };
+        let entry = Entry::FromPod(ObjectName::new("default", pod.name.clone()));
+        let verdict = evaluate(state, &packet, &entry);
+        let outcome = probe(&pod.netns, destination, protocol, PROBE_TIMEOUT)
+            .with_context(|| format!("probing {destination} from {client}"))?;
+        let (expected, ok) = judge(lab, &verdict, &outcome, pod.addresses[0]);
+        let expected = if matches!(verdict, Verdict::Drop) {
+            "denied".to_owned()
+        } else {
+            format!(
+                "allowed: {}",
+                expected.split(' ').next().unwrap_or_default()
+            )
+        };
+        let seen = match &outcome {
+            ProbeOutcome::Answered { backend, .. } => backend.clone(),
+            ProbeOutcome::Refused => "(rejected)".to_owned(),
+            ProbeOutcome::Unreachable => "(unreachable)".to_owned(),
+            ProbeOutcome::Timeout => "(dropped)".to_owned(),
+        };
+        // After DNAT: the policy is asked about the backend and its target port.
+        let (to, port) = if destination.ip() == api {
+            (server.addresses[0], SERVER_PORT)
+        } else {
+            (destination.ip(), destination.port())
+        };
+        let explained = explain(&policy_verdict(state, pod.addresses[0], to, protocol, port));
+        if !ok {
+            failures += 1;
+        }
+        println!(
+            "{:<26} {:<24} {:<4} {:<12} {:<10} {:<40} {}",
+            format!("{client} ({})", pod.addresses[0]),
+            destination.to_string(),
+            protocol.to_string(),
+            expected,
+            seen,
+            explained,
+            if ok { "yes" } else { "NO" }
+        );
+    }
+    Ok(failures)
+}
+
+/// A policy verdict in words: the decision of each half that is not a plain "not isolated".
+fn explain(verdict: &PolicyVerdict) -> String {
+    let half = |direction: &str, d: &Decision| -> Option<String> {
+        let names = |list: &[ObjectName]| {
+            list.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match d {
+            Decision::NotAPod | Decision::NotIsolated => None,
+            Decision::NodeTraffic => Some(format!("{direction}: node traffic")),
+            Decision::SamePod => Some(format!("{direction}: same pod")),
+            Decision::Allowed(list) => Some(format!("{direction} allowed by {}", names(list))),
+            Decision::Denied(list) => {
+                Some(format!("{direction} denied (isolated by {})", names(list)))
+            }
+        }
+    };
+    let parts: Vec<String> = [
+        half("egress", &verdict.egress),
+        half("ingress", &verdict.ingress),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "no policy applies".to_owned()
+    } else {
+        parts.join("; ")
     }
 }

@@ -42,8 +42,17 @@
 //! [`crate::Verdict::Forward`] keeps exactly the backends `b` with
 //! `policy_allows(state, client, b.ip(), protocol, b.port())`, none left means drop, and an
 //! untouched packet from `s` to `d` is dropped unless `policy_allows(state, s, d, ..)`.
-//! A policy change applies to new connections; what backends do with established ones is
-//! theirs to document (issue 18).
+//!
+//! Policy is decided on a connection's **first packet**, on every dataplane the same way:
+//! netfilter checks `ct state new` packets and accepts `established,related` ones first; the
+//! eBPF programs check a packet that has no conntrack entry, and a TCP SYN that hits one (a
+//! SYN reusing a tuple opens a new connection: re-checked, as Calico's eBPF dataplane does).
+//! So a policy change applies to **new** connections: a connection established before a
+//! change that now denies it keeps flowing, both ways, until it ends or its conntrack entry
+//! expires (Kubernetes leaves this to the implementation; Calico documents the same in its
+//! "Connection tracking" reference page — policy is checked for a flow's first packet only —
+//! while Cilium re-checks forward packets of established connections). Restart the workload, or let the connection close, to have the
+//! new rules apply to it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
