@@ -567,6 +567,12 @@ mod policy {
                         matches &= Protocol::from_name(words[i + 1]) == Some(protocol);
                         i += 1;
                     }
+                    "--icmpv6-type" => {
+                        // Neighbour discovery, never one of the probed protocols: `-p
+                        // ipv6-icmp` before it does not match.
+                        assert!(!matches, "{rule}");
+                        i += 1;
+                    }
                     "--dport" => {
                         let (lo, hi) = words[i + 1]
                             .split_once(':')

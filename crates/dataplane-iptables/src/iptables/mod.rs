@@ -347,13 +347,12 @@ impl IptablesDataplane {
         let peak = ipset::peak(kernel.foreign, kernel.ours.keys(), &want);
         if peak > self.config.max_ipsets {
             let room = self.config.max_ipsets.saturating_sub(peak - want.len());
-            let object = policy::first_over(&compiled, &prefix, room)
-                .map_or_else(String::new, |e| {
-                    format!(" (first over: the peers of endpoint {e})")
-                });
+            let over = policy::first_over(&compiled, &prefix, room).map_or_else(String::new, |e| {
+                format!("; the peers of endpoint {e} go over")
+            });
             return Err(Error::CapacityExceeded {
                 what: format!(
-                    "ipsets of network policy, NetfilterConfig::max_ipsets ({} sets of others in the namespace){object}",
+                    "the ipsets of network policy (NetfilterConfig::max_ipsets, {} set(s) held by others{over})",
                     kernel.foreign
                 ),
                 needed: peak,

@@ -4,6 +4,7 @@
 //! ```text
 //! filter INPUT/FORWARD/OUTPUT ─▶ DP-FILTER (service drops/rejects) ─▶ DP-POLICY
 //!   DP-POLICY: ct state ESTABLISHED,RELATED ─▶ RETURN          (checked on the first packet only)
+//!              IPv6 neighbour discovery          ─▶ RETURN          (ICMPv6 types 133-136)
 //!              -s|-d <node address>            ─▶ RETURN          (node ↔ its pods: kubelet probes)
 //!              -s <pod ip> -d <same ip>         ─▶ RETURN          (a pod reaching itself)
 //!              -s <egress-isolated pod ip>      ─▶ DP-PE-<hash>    (the client's egress)
@@ -205,6 +206,17 @@ pub fn chains(compiled: &CompiledPolicy, node: &Node, prefix: &str, family: IpFa
     }
     if chains.is_empty() {
         return chains;
+    }
+    if family == IpFamily::V6 {
+        // IPv6 neighbour discovery between pods and the node is not policy's to decide (no
+        // conntrack entry carries it, and IPv4's ARP never meets iptables): router
+        // solicitation/advertisement, neighbour solicitation/advertisement pass, as in
+        // Calico's workload chains.
+        for icmp6 in 133..=136 {
+            top.push(format!(
+                "-p ipv6-icmp -m icmp6 --icmpv6-type {icmp6} -m comment --comment \"neighbour discovery\" -j RETURN"
+            ));
+        }
     }
     for a in of_family(&node.addresses, family) {
         let h = host(a);
