@@ -339,10 +339,12 @@ impl IptablesDataplane {
         // what the last sync left and reads the names (for the count).
         let incremental = before.is_some();
         let had = before.as_ref().is_some_and(|b| !b.is_empty());
+        // Reading the sets may fail quietly only when there are none to write or destroy
+        // (no `ipset` tool, no ipset support in the kernel, and no policy that needs it).
         let kernel = if incremental && want.is_empty() && !had {
             KernelSets::default()
         } else {
-            self.kernel_sets(!incremental, !want.is_empty())?
+            self.kernel_sets(!incremental, !want.is_empty() || had)?
         };
         let peak = ipset::peak(kernel.foreign, kernel.ours.keys(), &want);
         if peak > self.config.max_ipsets {

@@ -3,12 +3,12 @@
 //!
 //! ```text
 //! filter INPUT/FORWARD/OUTPUT ─▶ DP-FILTER (service drops/rejects) ─▶ DP-POLICY
-//!   DP-POLICY: ct state ESTABLISHED,RELATED ─▶ RETURN          (checked on the first packet only)
-//!              IPv6 neighbour discovery          ─▶ RETURN          (ICMPv6 types 133-136)
-//!              -s|-d <node address>            ─▶ RETURN          (node ↔ its pods: kubelet probes)
-//!              -s <pod ip> -d <same ip>         ─▶ RETURN          (a pod reaching itself)
-//!              -s <egress-isolated pod ip>      ─▶ DP-PE-<hash>    (the client's egress)
-//!              -d <ingress-isolated pod ip>     ─▶ DP-PI-<hash>    (the server's ingress)
+//!   DP-POLICY: ct state ESTABLISHED,RELATED     ─▶ RETURN        (checked on the first packet only)
+//!              IPv6 neighbour discovery        ─▶ RETURN        (ICMPv6 types 133-136)
+//!              -s|-d <node address>            ─▶ RETURN        (node ↔ its pods: kubelet probes)
+//!              -s <pod ip> -d <same ip>        ─▶ RETURN        (a pod reaching itself)
+//!              -s <egress-isolated pod ip>     ─▶ DP-PE-<hash>  (the client's egress)
+//!              -d <ingress-isolated pod ip>    ─▶ DP-PI-<hash>  (the server's ingress)
 //!   DP-PE/PI-<hash>: one rule per allow entry ─▶ RETURN
 //!              -m set --match-set dp-v4-<hash of the peer set> dst|src [-p tcp -m tcp --dport 80:81]
 //!              (ipBlocks, longest prefix first) -d|-s <prefix> [ports] ─▶ RETURN, excepts ─▶ DROP
@@ -21,25 +21,30 @@
 //! the server's; a connection between two pods of this node passes both (the egress chain
 //! returns, the ingress dispatch follows).
 //!
-//! Followed: kube-router's network policy controller (`pkg/controllers/netpol`: a chain per
-//! pod and direction jumped to from a top-level chain by pod address, ipsets of the selected
-//! peers named by a hash, a counted drop at the end of an isolated pod's chain) and Calico's
-//! iptables dataplane (ipsets named by a hash of the selector, so that every policy with the
-//! same peer shares one set; `cali40s:`/`cali60s:` per family; here `dp-v4-`/`dp-v6-` under
-//! the configured prefix). Departures, and why:
+//! Followed: kube-router's network policy controller (`pkg/controllers/netpol/pod.go`: a
+//! firewall chain per pod jumped to by `-d <pod ip>` for ingress and by `-s <pod ip>` for
+//! egress — from INPUT too, so that a pod's egress to the node's own addresses is checked —,
+//! `RELATED,ESTABLISHED` first, traffic from the node itself let through; ipsets of the
+//! selected peers) and Calico's iptables dataplane (ipsets named by a hash of the selector,
+//! so that every policy with the same peer shares one set, `cali40s:`/`cali60s:` per
+//! family; here `dp-v4-`/`dp-v6-` under the configured prefix). Departures, and why:
 //!
-//! - Allowed traffic `RETURN`s instead of being `ACCEPT`ed (kube-router and Calico accept):
-//!   our chains only ever drop, so the host's own filter rules after ours keep their say, as
-//!   with the rest of this backend (which never accepts a packet on the host's behalf). For
-//!   the same reason established connections `RETURN` at the top of `DP-POLICY`.
+//! - Denied traffic is dropped and counted (kube-router logs and rejects it): the project's
+//!   decision for every backend.
+//! - Allowed traffic `RETURN`s instead of being `ACCEPT`ed (kube-router marks and accepts
+//!   it, Calico accepts it): our chains only ever drop, so the host's own filter rules after
+//!   ours keep their say, as with the rest of this backend (which never accepts a packet on
+//!   the host's behalf). For the same reason established connections `RETURN` at the top of
+//!   `DP-POLICY`.
 //! - One chain per *table content* rather than per pod: chains are named by a hash of their
 //!   rules, so the pods a policy selects alike share one chain (core merges every selecting
 //!   policy's rules into one table per endpoint and direction).
 //! - ipBlocks are rules, not `hash:net` sets: core gives the direction's blocks as one
 //!   longest-prefix table ([`DirectionTable::block_table`]); its prefixes, longest first,
 //!   become `RETURN`s for the ports they allow and a `DROP` for an `except` (which shadows
-//!   the shorter `cidr` after it). That costs no ipset (this kernel allows 256 in all, see
-//!   [`IpSets`]) and an except needs no mark.
+//!   the shorter `cidr` after it). That costs no ipset (the kernel allows 256 in all, see
+//!   [`NetfilterConfig::max_ipsets`](crate::NetfilterConfig::max_ipsets)) and an except
+//!   needs no mark.
 //! - Everything before the block rules `RETURN`s when it allows, so reaching a prefix's rules
 //!   means no set or port rule allowed the packet: an `except` can drop at once.
 
