@@ -23,9 +23,10 @@ pub struct NetfilterConfig {
     /// The `ipset` binary (iptables flavour, network policy).
     pub ipset: PathBuf,
     /// iptables flavour: the most ipsets the network namespace may hold, ours and others'
-    /// together (the kernel's `CONFIG_IP_SET_MAX`, 256 by default, the module parameter
-    /// `ip_set max_sets`). A state whose policy needs more is refused with
-    /// `Error::CapacityExceeded` before anything is written.
+    /// together (default 256: the kernel's `CONFIG_IP_SET_MAX`, the module parameter
+    /// `ip_set max_sets`, which recent kernels grow past as sets are created and older ones
+    /// may not). A state whose policy needs more is refused with `Error::CapacityExceeded`
+    /// before anything is written.
     pub max_ipsets: usize,
     /// iptables flavour: the most members one ipset may hold (its `maxelem`).
     pub ipset_max_elements: u32,

@@ -42,7 +42,7 @@
 //! - ipBlocks are rules, not `hash:net` sets: core gives the direction's blocks as one
 //!   longest-prefix table ([`DirectionTable::block_table`]); its prefixes, longest first,
 //!   become `RETURN`s for the ports they allow and a `DROP` for an `except` (which shadows
-//!   the shorter `cidr` after it). That costs no ipset (the kernel allows 256 in all, see
+//!   the shorter `cidr` after it). That costs no ipset (they are limited, see
 //!   [`NetfilterConfig::max_ipsets`](crate::NetfilterConfig::max_ipsets)) and an except
 //!   needs no mark.
 //! - Everything before the block rules `RETURN`s when it allows, so reaching a prefix's rules
