@@ -232,6 +232,16 @@ fn default_deny_then_allow_with_real_traffic() {
     assert!(!answers(client, v4, Protocol::Tcp));
     assert!(!answers(client, cluster_ip, Protocol::Tcp));
     assert!(answers(other, v4, Protocol::Tcp));
+    // Its ingress is open: reached over IPv6 once the node has forgotten its link-layer
+    // address, its neighbour advertisement (from its own address, to the node's link-local
+    // one, tracked by no connection) must pass its egress chain.
+    node.exec_checked(
+        "ip",
+        &["-6", "neigh", "flush", "dev", &lab.pod(1).host_interface],
+        None,
+    )
+    .unwrap();
+    assert!(answers(other, pod_addr(&lab, 1, Family::V6), Protocol::Tcp));
     let node_addr = SocketAddr::new(lab.node(0).address(Family::V4).unwrap(), SERVER_PORT);
     // The node has no server: a refusal (RST) is the node answering, not a policy drop.
     let to_node = probe(client, node_addr, Protocol::Tcp, Duration::from_secs(1)).unwrap();

@@ -7,6 +7,9 @@
 // partial restore writes, not part of the API: hidden.
 #[doc(hidden)]
 pub mod digest;
+// The set operations of a sync: public for the render tests, which run them against a
+// simulated kernel, not part of the API: hidden.
+#[doc(hidden)]
 pub mod ipset;
 pub mod policy;
 pub mod render;
