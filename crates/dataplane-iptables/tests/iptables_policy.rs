@@ -220,32 +220,7 @@ fn default_deny_then_allow_with_real_traffic() {
     assert!(answers(other, v4, Protocol::Tcp));
     assert!(answers(other, v6, Protocol::Tcp));
 
-    // Egress: pod-0-1 may reach nothing but its node.
-    let mut egress = relabelled.clone();
-    egress.policies.push(policy(
-        "default",
-        "client-out",
-        labels(&[("app", "pod-0-1")]),
-        &[PolicyType::Egress],
-    ));
-    dp.apply_changes(&diff(&relabelled, &egress)).unwrap();
-    assert!(!answers(client, v4, Protocol::Tcp));
-    assert!(!answers(client, cluster_ip, Protocol::Tcp));
-    assert!(answers(other, v4, Protocol::Tcp));
-    // Its ingress is open: reached over IPv6 once the node has forgotten its link-layer
-    // address, its neighbour advertisement (from its own address, to the node's link-local
-    // one, tracked by no connection) must pass its egress chain.
-    node.exec_checked(
-        "ip",
-        &["-6", "neigh", "flush", "dev", &lab.pod(1).host_interface],
-        None,
-    )
-    .unwrap();
-    assert!(answers(other, pod_addr(&lab, 1, Family::V6), Protocol::Tcp));
-    let node_addr = SocketAddr::new(lab.node(0).address(Family::V4).unwrap(), SERVER_PORT);
-    // The node has no server: a refusal (RST) is the node answering, not a policy drop.
-    let to_node = probe(client, node_addr, Protocol::Tcp, Duration::from_secs(1)).unwrap();
-    assert_eq!(to_node, ProbeOutcome::Refused);
+    let egress = egress_only_to_the_node(&lab, &mut dp, &relabelled);
 
     // The drops were counted.
     let stats = dp.stats().unwrap();
@@ -266,6 +241,46 @@ fn default_deny_then_allow_with_real_traffic() {
     dp.reset().unwrap();
     assert!(our_sets(&lab).is_empty());
     assert!(!kernel(&lab).contains("DP-"));
+}
+
+/// pod-0-1's egress isolated with no rule: it reaches nothing but its node, while its
+/// ingress stays open (IPv6 included, neighbour discovery with it). Returns the state.
+fn egress_only_to_the_node(
+    lab: &Lab,
+    dp: &mut IptablesDataplane,
+    relabelled: &DesiredState,
+) -> DesiredState {
+    let (client, other) = (&lab.pod(1).netns, &lab.pod(2).netns);
+    let v4 = pod_addr(lab, 0, Family::V4);
+    let cluster_ip: SocketAddr = CLUSTER_IP.parse().unwrap();
+    let mut egress = relabelled.clone();
+    egress.policies.push(policy(
+        "default",
+        "client-out",
+        labels(&[("app", "pod-0-1")]),
+        &[PolicyType::Egress],
+    ));
+    dp.apply_changes(&diff(relabelled, &egress)).unwrap();
+    assert!(!answers(client, v4, Protocol::Tcp));
+    assert!(!answers(client, cluster_ip, Protocol::Tcp));
+    assert!(answers(other, v4, Protocol::Tcp));
+    // Its ingress is open: reached over IPv6 once the node has forgotten its link-layer
+    // address, its neighbour advertisement (from its own address, to the node's link-local
+    // one, tracked by no connection) must pass its egress chain.
+    lab.node(0)
+        .netns
+        .exec_checked(
+            "ip",
+            &["-6", "neigh", "flush", "dev", &lab.pod(1).host_interface],
+            None,
+        )
+        .unwrap();
+    assert!(answers(other, pod_addr(lab, 1, Family::V6), Protocol::Tcp));
+    let node_addr = SocketAddr::new(lab.node(0).address(Family::V4).unwrap(), SERVER_PORT);
+    // The node has no server: a refusal (RST) is the node answering, not a policy drop.
+    let to_node = probe(client, node_addr, Protocol::Tcp, Duration::from_secs(1)).unwrap();
+    assert_eq!(to_node, ProbeOutcome::Refused);
+    egress
 }
 
 /// The node's filter table of `family`.
