@@ -220,7 +220,7 @@ pub fn node_plan(node: &Node) -> NodePlan {
 }
 
 /// Refuses states that need what the flavour cannot express safely (network policy where
-/// it lacks it: left out, its pods would be open to everyone) and lists what it serves in a lesser way instead of
+/// the flavour lacks it: left out, its pods would be open to everyone) and lists what it serves in a lesser way instead of
 /// refusing the node (issue 15: one unsupported feature must not take a whole node down):
 /// DSR and hybrid external modes are served with SNAT (backends see the node address),
 /// Maglev selection where the flavour lacks it with random selection.

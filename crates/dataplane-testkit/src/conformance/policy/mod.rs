@@ -44,7 +44,12 @@
 //!    drops). The drop wait is paid once per matrix, so a step takes about half a second.
 //!    Every probe has a source port of its own for the whole run (each client counts through
 //!    20000..30000), so a conntrack entry of an earlier step never answers a later probe as
-//!    established: each cell is a new connection, checked by the policy in force.
+//!    established: each cell is a new connection, checked by the policy in force;
+//! 5. checks that established connections keep flowing: before a step that denies cells the
+//!    step before allowed, up to four TCP connections of such cells (two direct, two through
+//!    the ClusterIP) are opened and answered once; after the step they must still be answered
+//!    (policy is checked on a connection's first packet; replies and later packets of an
+//!    allowed connection are not re-checked — the lead's rule for every backend).
 //!
 //! A failed step lists its wrong cells (case, step, client, server, protocol, port, path,
 //! expected and seen) and prints the e2e suite's truth table for each protocol, port and path

@@ -223,3 +223,30 @@ fn truth_tables_show_only_slices_with_wrong_cells() {
         .unwrap();
     assert_eq!(row.split_whitespace().nth(1), Some("X"), "{table}");
 }
+
+#[test]
+fn nodes_that_disagree_are_a_table_failure() {
+    // node-1 still has namespace y without the label the policy selects: node-0 (x/a's
+    // ingress) and node-1 (y/c's egress) answer differently for y/c -> x/a.
+    let mut world = World::initial();
+    let case = case("updated-namespace");
+    for step in &case.steps[..2] {
+        step.apply_to(&mut world).unwrap();
+    }
+    let mut states = node_states(POLICY_LAB, &world);
+    let stale = node_states(POLICY_LAB, &{
+        let mut w = world.clone();
+        Step::unlabel_namespace("y", "ns2")
+            .apply_to(&mut w)
+            .unwrap();
+        w
+    });
+    states[1].namespaces.clone_from(&stale[1].namespaces);
+    let (_, errors) = expectations(&states, IpFamily::V4);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("y/c -> x/a") && e.contains("policy_allows is")),
+        "{errors:#?}"
+    );
+}
