@@ -86,7 +86,9 @@ impl IptablesDataplane {
 
     /// The `iptables-restore --noflush` input of a full sync of `desired`'s `family` chains
     /// into a kernel that holds none of ours, without applying it (pure; for benches and
-    /// debugging): what the backend writes, compiled the way it compiles it.
+    /// debugging): what the backend writes, compiled the way it compiles it. The ipsets that
+    /// policy chains name are written before it by `ipset restore` and are not in it (see
+    /// [`policy::ipsets`]).
     pub fn render(&self, desired: &DesiredState, family: IpFamily) -> Result<String, Error> {
         self.check(desired)?;
         let new = digests(desired, &self.config.name, family);
