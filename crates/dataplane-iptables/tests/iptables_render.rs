@@ -490,7 +490,8 @@ mod policy {
     use dataplane_iptables::iptables::digest::digests;
     use dataplane_iptables::iptables::ipset::{self, converge, incremental, KernelSets, SetOp};
     use dataplane_iptables::iptables::policy::{chains, ipsets, policy_chain, IpSets};
-    use dataplane_iptables::iptables::render::{compile_state, Chains};
+    use dataplane_iptables::iptables::render::{compile_state, Chains, Existing};
+    use dataplane_iptables::{IptablesDataplane, NetfilterConfig};
     use ipnetwork::IpNetwork;
     use proptest::prelude::*;
 
@@ -1092,6 +1093,23 @@ mod policy {
         let changed = b.filter.iter().filter(|c| !a.filter.contains(c)).count();
         // web-0's new ingress chain and the dispatch chain.
         assert_eq!(changed, 2, "{a:?}\n{b:?}");
+    }
+
+    /// The backend's own full-sync input for a state with policies is what the plain writer
+    /// makes of the whole rulesets: the policy chains declared and filled, the filter chain
+    /// jumping to them.
+    #[test]
+    fn the_backend_writes_the_policy_chains_in_its_full_sync() {
+        let state = fixture::showcase();
+        let dp = IptablesDataplane::new(NetfilterConfig::iptables(None));
+        for (i, family) in [IpFamily::V4, IpFamily::V6].into_iter().enumerate() {
+            let text = dp.render(&state, family).unwrap();
+            let want =
+                super::render_sync(None, &compile_state(&state, "DP")[i], &Existing::default());
+            assert_eq!(super::effect(&text), super::effect(&want), "{family:?}");
+            assert!(text.contains("-A DP-FILTER -j DP-POLICY\n"), "{text}");
+            assert!(text.contains(":DP-POLICY - [0:0]\n"), "{text}");
+        }
     }
 
     /// No policy, no policy chains, no sets, and the filter chain is as it was.

@@ -31,7 +31,7 @@ use crate::plan::check_supported;
 use dataplane_core::CompiledPolicy;
 use dataplane_core::IpFamily;
 use dataplane_core::ServiceFingerprints;
-use digest::{digests, digests_with, name_hash, Digests, NameHash, SyncPlan};
+use digest::{digests_with, name_hash, Digests, NameHash, SyncPlan};
 use ipset::{KernelSets, SetOp};
 use policy::{is_our_set, IpSets};
 use render::{write_reset, Chains, Existing, ExistingParser, Table, MAX_PREFIX_LEN};
@@ -91,10 +91,14 @@ impl IptablesDataplane {
     /// [`policy::ipsets`]).
     pub fn render(&self, desired: &DesiredState, family: IpFamily) -> Result<String, Error> {
         self.check(desired)?;
-        let new = digests(desired, &self.config.name, family);
+        let prefix = &self.config.name;
+        let compiled = dataplane_core::compile(desired);
+        let policy = policy::chains(&compiled, &desired.node, prefix, family);
+        let new = digests_with(desired, &policy, prefix, family);
         let none = Existing::default();
         let mut out = String::new();
-        SyncPlan::new(None, &new, &none, &self.config.name)
+        SyncPlan::new(None, &new, &none, prefix)
+            .with_policy(&policy)
             .write(desired, family, None, &mut out)
             .map_err(|_| NetfilterError::Internal {
                 backend: BACKEND,
