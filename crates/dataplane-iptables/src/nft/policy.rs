@@ -204,9 +204,11 @@ pub fn chain_name(direction: Direction, endpoint: &ObjectName) -> String {
         return full;
     }
     let hash = set_stem(&SetId(full.clone()));
-    // Names are ASCII (namespaces and pod names are DNS labels/subdomains).
+    // Names are ASCII (namespaces and pod names are DNS labels/subdomains), which never hold
+    // `_`: the cut name cannot be another pod's whole name. (nft's unquoted names take
+    // letters, digits, `/`, `\`, `_`, `.` and `-` only.)
     let keep = MAX_CHAIN_NAME - hash.len() - 1;
-    format!("{}~{hash}", &full[..keep])
+    format!("{}_{hash}", &full[..keep])
 }
 
 /// The policy layer's node-wide statements.
