@@ -1004,6 +1004,84 @@ mod tests {
         assert_eq!(block_elements(&blocks, IpFamily::V6), (vec![], vec![]));
     }
 
+    /// Parses the elements `block_elements` writes back into `(prefix, protocol, ports)`
+    /// (`None`: every protocol and port).
+    fn parse_elements(
+        (every, by_port): &(Vec<String>, Vec<String>),
+    ) -> Vec<(IpNetwork, Option<(Protocol, (u16, u16))>)> {
+        let mut out: Vec<(IpNetwork, Option<(Protocol, (u16, u16))>)> =
+            every.iter().map(|n| (net(n), None)).collect();
+        for e in by_port {
+            let parts: Vec<&str> = e.split(" . ").collect();
+            let proto = match parts[1] {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                _ => Protocol::Sctp,
+            };
+            let (lo, hi) = parts[2].split_once('-').unwrap_or((parts[2], parts[2]));
+            out.push((
+                net(parts[0]),
+                Some((proto, (lo.parse().unwrap(), hi.parse().unwrap()))),
+            ));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// The written elements answer as the longest-prefix table does, for every address
+        /// and port, and no two elements a lookup could both hit overlap (which nf_tables
+        /// interval sets refuse).
+        #[test]
+        fn block_elements_answer_as_the_longest_prefix_table(
+            prefixes in proptest::collection::vec((0u32..1 << 16, 8u8..=32, 0usize..5), 1..7),
+            probes in proptest::collection::vec((0u32..1 << 16, 0usize..4), 1..40),
+        ) {
+            let choices: [BTreeSet<PortSpec>; 5] = [
+                BTreeSet::new(),
+                [(None, (0, 65535))].into(),
+                [(Some(Protocol::Tcp), (80, 81))].into(),
+                [(Some(Protocol::Tcp), (81, 90)), (Some(Protocol::Udp), (53, 53))].into(),
+                [(Some(Protocol::Sctp), (0, 65535))].into(),
+            ];
+            // Addresses in 10.0.0.0/8 whose low 16 bits vary, so that prefixes nest and meet.
+            let addr = |low: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (low << 8) | (low & 0xff)));
+            let mut table: BTreeMap<IpNetwork, BTreeSet<PortSpec>> = BTreeMap::new();
+            for (low, len, choice) in &prefixes {
+                let n = IpNetwork::new(addr(*low), *len).unwrap();
+                let n = IpNetwork::new(n.network(), *len).unwrap();
+                table.insert(n, choices[*choice].clone());
+            }
+            let elements = parse_elements(&block_elements(&table, IpFamily::V4));
+            for (i, (a, pa)) in elements.iter().enumerate() {
+                for (b, pb) in &elements[i + 1..] {
+                    let nets_overlap = a.contains(b.network()) || b.contains(a.network());
+                    let ports_overlap = match (pa, pb) {
+                        (None, None) => true,
+                        (Some((p, (l1, h1))), Some((q, (l2, h2)))) => p == q && l1 <= h2 && l2 <= h1,
+                        _ => false,
+                    };
+                    proptest::prop_assert!(!(nets_overlap && ports_overlap), "{a} {pa:?} / {b} {pb:?}");
+                }
+            }
+            let packets = [(Protocol::Tcp, 80), (Protocol::Tcp, 85), (Protocol::Udp, 53), (Protocol::Sctp, 9)];
+            for (low, k) in probes {
+                let ip = addr(low);
+                let (proto, port) = packets[k];
+                let expected = table
+                    .iter()
+                    .filter(|(n, _)| n.contains(ip))
+                    .max_by_key(|(n, _)| n.prefix())
+                    .is_some_and(|(_, specs)| specs.iter().any(|(p, (lo, hi))| {
+                        p.is_none_or(|p| p == proto) && (*lo..=*hi).contains(&port)
+                    }));
+                let got = elements.iter().any(|(n, spec)| n.contains(ip) && spec.is_none_or(|(p, (lo, hi))| {
+                    p == proto && (lo..=hi).contains(&port)
+                }));
+                proptest::prop_assert_eq!(got, expected, "{} {:?} {}", ip, proto, port);
+            }
+        }
+    }
+
     #[test]
     fn ports_of_a_protocol_are_merged() {
         let specs: BTreeSet<PortSpec> = [
