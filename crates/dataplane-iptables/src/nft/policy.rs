@@ -1004,13 +1004,13 @@ mod tests {
         assert_eq!(block_elements(&blocks, IpFamily::V6), (vec![], vec![]));
     }
 
-    /// Parses the elements `block_elements` writes back into `(prefix, protocol, ports)`
-    /// (`None`: every protocol and port).
-    fn parse_elements(
-        (every, by_port): &(Vec<String>, Vec<String>),
-    ) -> Vec<(IpNetwork, Option<(Protocol, (u16, u16))>)> {
-        let mut out: Vec<(IpNetwork, Option<(Protocol, (u16, u16))>)> =
-            every.iter().map(|n| (net(n), None)).collect();
+    /// One parsed element: a prefix and its protocol and ports (`None`: every protocol and
+    /// port).
+    type Parsed = (IpNetwork, Option<(Protocol, (u16, u16))>);
+
+    /// Parses the elements `block_elements` writes back.
+    fn parse_elements((every, by_port): &(Vec<String>, Vec<String>)) -> Vec<Parsed> {
+        let mut out: Vec<Parsed> = every.iter().map(|n| (net(n), None)).collect();
         for e in by_port {
             let parts: Vec<&str> = e.split(" . ").collect();
             let proto = match parts[1] {
