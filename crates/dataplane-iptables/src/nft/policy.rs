@@ -10,7 +10,7 @@
 //! pol-output  (filter output,  priority filter) ─┼─jump─▶ pol-check
 //! pol-input   (filter input,   priority filter) ─┘
 //!   pol-check:  ct state established,related accept             (stateful: replies, old flows)
-//!               icmpv6 neighbour/router discovery accept
+//!               icmpv6 MLD, neighbour and router discovery accept
 //!               ip saddr . ip daddr @hairpin-v4 accept           (a pod reaching itself)
 //!               ip saddr @pol-node-v4 accept; ip daddr @pol-node-v4 accept   (node ↔ pods)
 //!               ip saddr vmap @pol-egress-v4    ─jump─▶ pol-out-<ns>/<pod>   (client's egress)
@@ -34,8 +34,9 @@
 //! - Only a connection's first packet is checked (`ct state established,related accept`
 //!   first): replies and related ICMP pass, and so do connections established before a change
 //!   that now denies them, until they end or conntrack expires them (the project-wide rule,
-//!   the same on the eBPF backend). kube-proxy's nftables mode puts the same rule first in
-//!   its filter chains; Calico's `cali-fw-`/`cali-tw-` chains do too.
+//!   the same on the eBPF backend). Calico's workload chains `cali-tw-`/`cali-fw-` start the
+//!   same way (felix/rules/endpoints.go, `appendConntrackRules`), and kube-proxy's nftables
+//!   filter chains likewise act on `ct state new` packets only.
 //! - Peer sets are named sets per selector (`pset-v4-<hash>`, a hash of core's stable
 //!   [`SetId`], as Calico names its ipsets `cali40s:<hash>` by the selector): a pod or label
 //!   change is element adds and deletes in the sets it is in, not a rule change, and a
@@ -52,9 +53,11 @@
 //! - The node-traffic rule uses the node's addresses as the model lists them
 //!   (`Node::addresses`); pods reaching their own address through a service are told by the
 //!   services' `hairpin` set, which holds every local endpoint address.
-//! - Neighbour and router discovery (`ICMPv6`) is accepted before the tables: without it an
-//!   egress-isolated IPv6 pod could not resolve its gateway (Calico accepts `ICMPv6` types
-//!   130-136 in its workload chains for the same reason).
+//! - Multicast listener, neighbour and router discovery (`ICMPv6` types 130-137) are accepted
+//!   before the tables: without them an isolated IPv6 pod could not resolve its gateway or
+//!   take router advertisements. Calico accepts types 130-133, 135 and 136 from workloads for
+//!   the same reason (felix/rules/static.go, `ICMPv6Filter`); here both ways, as the node's
+//!   link-local addresses are no `Node::addresses` the node rule would let through.
 //!
 //! Cost of a new connection: two set lookups (node), one hash lookup per direction
 //! (dispatch), then one rule per distinct peer set of the endpoint plus at most two interval
@@ -248,7 +251,7 @@ pub fn base(node: &Node) -> Vec<String> {
     let rule = |r: &str| format!("rule pol-check {r}");
     out.push(rule("ct state established,related accept"));
     out.push(rule(
-        "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept",
+        "icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept",
     ));
     for f in FAMILIES {
         let (fs, ip) = (f.suffix(), ip_kw(f));
