@@ -44,7 +44,10 @@
 //!   distinct peer set (its ports in one anonymous `l4proto . dport` set), not one per policy.
 //! - Dispatch by verdict map on the endpoint address (kube-proxy's way of reaching per-service
 //!   chains): an endpoint that no policy isolates in a direction has no element and costs one
-//!   failed hash lookup.
+//!   failed hash lookup. Calico's nftables dataplane dispatches on the interface instead
+//!   (`filter-cali-to-wl-dispatch`, `ifname : verdict`); the address is what the model's
+//!   policy is about, it is the same in the forward, output and input hooks, and it keeps a
+//!   pod's checks independent of how it is wired.
 //! - ipBlocks: core's merged longest-prefix table ([`DirectionTable::block_table`]) made
 //!   disjoint (`nf_tables` interval sets refuse overlapping elements), each range written as
 //!   the prefixes that cover it exactly, in anonymous interval sets: one for ranges that allow
