@@ -12,7 +12,7 @@ use dataplane_core::{
 };
 
 use crate::lab::{Lab, LabNode};
-use crate::traffic::{probe_batch, serve, BatchProbe, ProbeOutcome, Server};
+use crate::traffic::{probe_batch, serve, BatchProbe, ProbeOutcome, Server, TcpSession};
 
 use super::super::report::{OneRow, Report, RowOutcome, RowReport};
 use super::super::runner::{reset_all, row_filter, start};
@@ -24,10 +24,11 @@ use super::layout::{
 
 /// Source port the reference model is asked about (policy does not look at it).
 const NOMINAL_CLIENT_PORT: u16 = 40000;
-/// Source ports of the probes: each client pod counts through them on its own, so no probe
+/// Source ports of the probes: each client (pod or node) counts through them on its own, so no probe
 /// of a run repeats an earlier probe's 5-tuple (a conntrack entry of an allowed connection
 /// would answer a later step's probe as established). Below the kernel's ephemeral range and
-/// the NodePort range, like the traffic module's fresh ports.
+/// the NodePort range, like the traffic module's fresh ports. The whole table takes about
+/// 3 700 per client (72 per step), well short of a wrap.
 const PROBE_PORTS: std::ops::Range<u16> = 20_000..30_000;
 
 /// Settings of [`run_policy_with`].
@@ -87,7 +88,7 @@ impl std::fmt::Display for Cell {
         write!(
             f,
             "{} -> {} {}/{} {}",
-            pod_name(self.client),
+            client_name(self.client),
             pod_name(self.server),
             self.protocol,
             self.port,
@@ -96,10 +97,27 @@ impl std::fmt::Display for Cell {
     }
 }
 
+/// Clients of the matrix: the nine pods, then the two nodes (their own network namespaces:
+/// kubelet's place).
+pub(super) const CLIENT_COUNT: usize = POD_COUNT + POLICY_LAB.nodes;
+
+/// `x/a` for a pod client, `node-0` for a node client.
+pub(super) fn client_name(client: usize) -> String {
+    match client.checked_sub(POD_COUNT) {
+        Some(node) => format!("node-{node}"),
+        None => pod_name(client),
+    }
+}
+
+/// The node that client `client` is, if it is one.
+fn as_node(client: usize) -> Option<usize> {
+    client.checked_sub(POD_COUNT)
+}
+
 /// Every cell, client-major: client × server × protocol × port × path.
 pub(super) fn cells() -> Vec<Cell> {
     let mut out = Vec::new();
-    for client in 0..POD_COUNT {
+    for client in 0..CLIENT_COUNT {
         for server in 0..POD_COUNT {
             for protocol in POLICY_PROTOCOLS {
                 for port in POLICY_PORTS {
@@ -144,9 +162,28 @@ pub(super) fn expectation(
     cell: Cell,
     family: IpFamily,
 ) -> Result<bool, String> {
-    let client_state = &states[node_of(cell.client)];
+    let (client_node, c_ip, entry) = match as_node(cell.client) {
+        Some(n) => {
+            let ip = states
+                .get(n)
+                .and_then(|s| {
+                    s.node
+                        .addresses
+                        .iter()
+                        .copied()
+                        .find(|a| IpFamily::of(a) == family)
+                })
+                .ok_or_else(|| format!("node-{n} has no {family:?} address"))?;
+            (n, ip, Entry::FromHost)
+        }
+        None => (
+            node_of(cell.client),
+            address(states, cell.client, family)?,
+            Entry::FromPod(object(cell.client)),
+        ),
+    };
+    let client_state = &states[client_node];
     let server_state = &states[node_of(cell.server)];
-    let c_ip = address(states, cell.client, family)?;
     let s_ip = address(states, cell.server, family)?;
     let (protocol, port) = (cell.protocol, cell.port);
     let at_client = policy_allows(client_state, c_ip, s_ip, protocol, port);
@@ -166,7 +203,7 @@ pub(super) fn expectation(
         source: SocketAddr::new(c_ip, NOMINAL_CLIENT_PORT),
         destination,
     };
-    let verdict = evaluate(client_state, &packet, &Entry::FromPod(object(cell.client)));
+    let verdict = evaluate(client_state, &packet, &entry);
     let allowed = match (cell.path, &verdict) {
         (_, Verdict::Drop) => false,
         (Path::Direct, Verdict::Untouched { .. }) => true,
@@ -225,7 +262,7 @@ pub fn run_policy_with(
         lab,
         caps: &caps,
         options,
-        ports: vec![PROBE_PORTS.start; POD_COUNT],
+        ports: vec![PROBE_PORTS.start; CLIENT_COUNT],
         report: &mut report,
     };
     match run.prepare(&mut planes) {
@@ -245,7 +282,7 @@ pub fn run_policy_with(
             }
             drop(servers);
         }
-        Err(e) => run.push("prepare the lab", failed(vec![e], Vec::new())),
+        Err(e) => run.push("prepare the lab", failed(Vec::new(), vec![e])),
     }
     reset_all(&mut planes, &mut report);
     if options.verbose {
@@ -263,7 +300,7 @@ struct Run<'a> {
     lab: &'a Lab,
     caps: &'a Capabilities,
     options: &'a PolicyRunOptions,
-    /// The next source port of each client pod.
+    /// The next source port of each client.
     ports: Vec<u16>,
     report: &'a mut Report,
 }
@@ -335,16 +372,28 @@ impl Run<'_> {
                 format!("apply the no-policy state on node-{n}: {}", error_chain(&e))
             })?;
         }
-        let warm: Vec<Cell> = cells()
+        let families: &[IpFamily] = if spec.ipv6 {
+            &[IpFamily::V4, IpFamily::V6]
+        } else {
+            &[IpFamily::V4]
+        };
+        for family in families {
+            self.warm_up(*family)?;
+        }
+        Ok(servers)
+    }
+
+    /// Every pod reaches every pod once in `family` (UDP, no policy), up to three tries.
+    fn warm_up(&mut self, family: IpFamily) -> Result<(), String> {
+        let mut left: Vec<Cell> = cells()
             .into_iter()
             .filter(|c| {
                 c.path == Path::Direct && c.protocol == Protocol::Udp && c.port == POLICY_PORTS[0]
             })
             .collect();
-        let mut left = warm;
         for _ in 0..3 {
             let expected = vec![true; left.len()];
-            let outcomes = self.probe(&left, &expected, IpFamily::V4, Duration::from_secs(1))?;
+            let outcomes = self.probe(&left, &expected, family, Duration::from_secs(1))?;
             left = left
                 .into_iter()
                 .zip(outcomes)
@@ -352,18 +401,18 @@ impl Run<'_> {
                 .map(|(c, _)| c)
                 .collect();
             if left.is_empty() {
-                return Ok(servers);
+                return Ok(());
             }
         }
         let left: Vec<String> = left.iter().map(ToString::to_string).collect();
         Err(format!(
-            "warm-up: no answer after 3 tries, without policies: {}",
+            "warm-up in {family:?}: no answer after 3 tries, without policies: {}",
             left.join("; ")
         ))
     }
 
     /// Sends `cells` (expected allowed where `expected` says so: those wait up to `timeout`,
-    /// the others [`PolicyRunOptions::drop_wait`]), all at once, one thread per client pod.
+    /// the others [`PolicyRunOptions::drop_wait`]), all at once, one thread per client.
     fn probe(
         &mut self,
         cells: &[Cell],
@@ -371,7 +420,7 @@ impl Run<'_> {
         family: IpFamily,
         timeout: Duration,
     ) -> Result<Vec<ProbeOutcome>, String> {
-        let mut batches: Vec<Vec<(usize, BatchProbe)>> = vec![Vec::new(); POD_COUNT];
+        let mut batches: Vec<Vec<(usize, BatchProbe)>> = vec![Vec::new(); CLIENT_COUNT];
         for (i, (cell, allowed)) in cells.iter().zip(expected).enumerate() {
             let server = self.lab.pod(cell.server);
             let ip = match cell.path {
@@ -401,11 +450,11 @@ impl Run<'_> {
                 .map(|(client, batch)| {
                     s.spawn(move || {
                         let probes: Vec<BatchProbe> = batch.iter().map(|(_, p)| *p).collect();
-                        let netns = &lab.pod(client).netns;
+                        let netns = client_netns(lab, client);
                         probe_batch(netns, &probes)
                             .map(|outcomes| batch.iter().map(|(i, _)| *i).zip(outcomes).collect())
                             .map_err(|e| {
-                                format!("probes from {}: {}", pod_name(client), error_chain(&e))
+                                format!("probes from {}: {}", client_name(client), error_chain(&e))
                             })
                     })
                 })
@@ -440,57 +489,196 @@ impl Run<'_> {
             return;
         }
         let mut world = World::initial();
-        let mut previous: Option<Vec<DesiredState>> = None;
-        let all = cells();
+        let mut previous: Option<Applied> = None;
         for (i, step) in case.steps.iter().enumerate() {
             let name = format!("{} #{} {}", case.name, i + 1, step.describe());
-            let mut table = Vec::new();
-            if let Err(e) = step.apply_to(&mut world) {
-                self.push(&name, failed(vec![e], Vec::new()));
-                return;
-            }
-            let states = node_states(spec, &world);
-            for (n, s) in states.iter().enumerate() {
-                if let Err(e) = validate(s) {
-                    table.push(format!("node-{n}'s state is invalid: {e}"));
+            match self.step(case, i, &mut world, previous.as_ref(), planes) {
+                Ok((outcome, next)) => {
+                    self.push(&name, outcome);
+                    previous = Some(next);
+                }
+                Err(outcome) => {
+                    self.push(&name, outcome);
+                    return;
                 }
             }
-            let (expected, errors) = expectations(&states, case.family);
-            table.extend(errors);
-            if !table.is_empty() {
-                self.push(&name, failed(table, Vec::new()));
-                return;
-            }
-            let mut traffic = Vec::new();
-            for (n, plane) in planes.iter_mut().enumerate() {
-                let result = match &previous {
-                    None => plane.apply(&states[n]),
-                    Some(before) => plane.apply_changes(&diff(&before[n], &states[n])),
-                };
-                if let Err(e) = result {
-                    let how = if previous.is_none() {
-                        "apply"
-                    } else {
-                        "apply_changes"
-                    };
-                    traffic.push(format!("{how} on node-{n}: {}", error_chain(&e)));
-                }
-            }
-            if !traffic.is_empty() {
-                if i + 1 < case.steps.len() {
-                    traffic.push("the case's later steps were not run".to_owned());
-                }
-                self.push(&name, failed(Vec::new(), traffic));
-                return;
-            }
-            previous = Some(states);
-            let timeout = self.options.timeout;
-            let outcome = match self.probe(&all, &expected, case.family, timeout) {
-                Ok(outcomes) => compare(case, i, &all, &expected, &outcomes),
-                Err(e) => failed(Vec::new(), vec![e]),
-            };
-            self.push(&name, outcome);
         }
+    }
+
+    /// Step `i` of `case`: the row's outcome and the states and matrix it left, or the
+    /// outcome of a step after which the case cannot go on.
+    fn step(
+        &mut self,
+        case: &PolicyCase,
+        i: usize,
+        world: &mut World,
+        previous: Option<&Applied>,
+        planes: &mut [Box<dyn Dataplane>],
+    ) -> Result<(RowOutcome, Applied), RowOutcome> {
+        case.steps[i]
+            .apply_to(world)
+            .map_err(|e| failed(vec![e], Vec::new()))?;
+        let states = node_states(self.lab.spec(), world);
+        let mut table = Vec::new();
+        for (n, s) in states.iter().enumerate() {
+            if let Err(e) = validate(s) {
+                table.push(format!("node-{n}'s state is invalid: {e}"));
+            }
+        }
+        let (expected, errors) = expectations(&states, case.family);
+        table.extend(errors);
+        if !table.is_empty() {
+            return Err(failed(table, Vec::new()));
+        }
+        let all = cells();
+        // Connections that the step before allows and this one denies, opened before it.
+        let (held, mut traffic) = match previous {
+            Some((_, before)) => self.open_established(&all, before, &expected, case.family),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut refused = Vec::new();
+        for (n, plane) in planes.iter_mut().enumerate() {
+            let (how, result) = match previous {
+                None => ("apply", plane.apply(&states[n])),
+                Some((before, _)) => (
+                    "apply_changes",
+                    plane.apply_changes(&diff(&before[n], &states[n])),
+                ),
+            };
+            if let Err(e) = result {
+                refused.push(format!("{how} on node-{n}: {}", error_chain(&e)));
+            }
+        }
+        if !refused.is_empty() {
+            if i + 1 < case.steps.len() {
+                refused.push("the case's later steps were not run".to_owned());
+            }
+            return Err(failed(Vec::new(), refused));
+        }
+        let timeout = self.options.timeout;
+        let mut outcome = match self.probe(&all, &expected, case.family, timeout) {
+            Ok(outcomes) => compare(case, i, &all, &expected, &outcomes),
+            Err(e) => failed(Vec::new(), vec![e]),
+        };
+        traffic.extend(check_established(held));
+        if !traffic.is_empty() {
+            outcome = match outcome {
+                RowOutcome::Failed {
+                    table,
+                    traffic: mut more,
+                } => {
+                    traffic.append(&mut more);
+                    failed(table, traffic)
+                }
+                _ => failed(Vec::new(), traffic),
+            };
+        }
+        Ok((outcome, (states, expected)))
+    }
+
+    /// Opens TCP connections for up to [`MAX_ESTABLISHED`] cells (half direct, half through
+    /// the ClusterIP) that `before` allows and `after` denies, each answered once; and the
+    /// problems met.
+    fn open_established(
+        &mut self,
+        all: &[Cell],
+        before: &[bool],
+        after: &[bool],
+        family: IpFamily,
+    ) -> (Vec<Held>, Vec<String>) {
+        let mut held = Vec::new();
+        let mut problems = Vec::new();
+        for path in [Path::Direct, Path::ClusterIp] {
+            let candidates: Vec<Cell> = all
+                .iter()
+                .zip(before.iter().zip(after))
+                .filter(|(c, (b, a))| {
+                    **b && !**a
+                        && c.path == path
+                        && c.protocol == Protocol::Tcp
+                        && c.client != c.server
+                })
+                .map(|(c, _)| *c)
+                .collect();
+            let want = candidates.len().min(MAX_ESTABLISHED / 2);
+            for n in 0..want {
+                let cell = candidates[n * candidates.len() / want];
+                match self.open_one(cell, family) {
+                    Ok(session) => held.push(Held { cell, session }),
+                    Err(e) => problems.push(format!(
+                        "{cell} ({family:?}): a connection opened before the step (which the step before allows): {e}"
+                    )),
+                }
+            }
+        }
+        (held, problems)
+    }
+
+    fn open_one(&mut self, cell: Cell, family: IpFamily) -> Result<TcpSession, String> {
+        let netns = client_netns(self.lab, cell.client);
+        let ip = match cell.path {
+            Path::Direct => self
+                .lab
+                .pod(cell.server)
+                .address(family)
+                .ok_or_else(|| format!("no {family:?} address"))?,
+            Path::ClusterIp => cluster_ip(cell.server, family),
+        };
+        let unspecified = match family {
+            IpFamily::V4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpFamily::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        let source = SocketAddr::new(unspecified, self.next_port(cell.client));
+        let mut session = TcpSession::open_from(
+            netns,
+            Some(source),
+            SocketAddr::new(ip, cell.port),
+            self.options.timeout,
+        )
+        .map_err(|e| error_chain(&e))?;
+        let (name, _) = session.request().map_err(|e| error_chain(&e))?;
+        if name != pod_name(cell.server) {
+            return Err(format!("answered by {name}"));
+        }
+        Ok(session)
+    }
+}
+
+/// What a step left: every node's state and the expected matrix.
+type Applied = (Vec<DesiredState>, Vec<bool>);
+
+/// A connection kept open across a step.
+struct Held {
+    cell: Cell,
+    session: TcpSession,
+}
+
+/// Most connections kept open across one step: connections established before a change that
+/// denies them keep flowing (policy is checked on a connection's first packet).
+const MAX_ESTABLISHED: usize = 4;
+
+/// Asks again over each held connection: the server must still answer.
+fn check_established(held: Vec<Held>) -> Vec<String> {
+    held.into_iter()
+        .filter_map(|mut h| {
+            let problem = match h.session.request() {
+                Ok((name, _)) if name == pod_name(h.cell.server) => return None,
+                Ok((name, _)) => format!("answered by {name}"),
+                Err(e) => error_chain(&e),
+            };
+            Some(format!(
+                "{}: established before the step, which denies new connections of it, it must keep flowing: {problem}",
+                h.cell
+            ))
+        })
+        .collect()
+}
+
+/// The namespace client `client` sends from: a pod's, or a node's own.
+fn client_netns(lab: &Lab, client: usize) -> &crate::netns::NetNs {
+    match as_node(client) {
+        Some(n) => &lab.node(n).netns,
+        None => &lab.pod(client).netns,
     }
 }
 
@@ -583,7 +771,7 @@ pub(super) fn truth_tables(
         let key = (cell.protocol, cell.port, cell.path);
         let grid = slices
             .entry(key)
-            .or_insert_with(|| vec![vec![' '; POD_COUNT]; POD_COUNT]);
+            .or_insert_with(|| vec![vec![' '; POD_COUNT]; CLIENT_COUNT]);
         let mark = match (outcome, allowed) {
             (ProbeOutcome::Answered { backend, .. }, _) if *backend != pod_name(cell.server) => 'W',
             (ProbeOutcome::Answered { .. }, true) => '.',
@@ -602,12 +790,12 @@ pub(super) fn truth_tables(
             let mut out = format!(
                 "{protocol}/{port} {path} (. allowed, X denied as expected; ! answered but denied, ? dropped but allowed, E refused, W wrong pod):\n"
             );
-            let _ = write!(out, "            -  ");
+            let _ = write!(out, "            -     ");
             for k in 0..POD_COUNT {
                 let _ = write!(out, " {:>3}", pod_name(k));
             }
             for (client, row) in grid.iter().enumerate() {
-                let _ = write!(out, "\n            {:<3}", pod_name(client));
+                let _ = write!(out, "\n            {:<6}", client_name(client));
                 for mark in row {
                     let _ = write!(out, " {mark:>3}");
                 }

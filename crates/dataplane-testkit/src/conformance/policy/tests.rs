@@ -7,7 +7,7 @@ use dataplane_core::Protocol::{Tcp, Udp};
 use dataplane_core::{validate, IpFamily, Protocol};
 
 use super::layout::{node_states, pod_index, World, POD_COUNT};
-use super::runner::{cells, expectations, truth_tables, Cell, Path};
+use super::runner::{cells, client_name, expectations, truth_tables, Cell, Path, CLIENT_COUNT};
 use super::{policy_cases, PolicyCase, Step, POLICY_LAB};
 use crate::traffic::ProbeOutcome;
 
@@ -47,7 +47,9 @@ fn allowed(
     path: Path,
 ) -> bool {
     let wanted = Cell {
-        client: pod_index(client).unwrap(),
+        client: (0..CLIENT_COUNT)
+            .find(|k| client_name(*k) == client)
+            .unwrap(),
         server: pod_index(server).unwrap(),
         protocol,
         port,
@@ -60,7 +62,7 @@ fn allowed(
 #[test]
 fn the_matrix_has_every_cell_once() {
     let all = cells();
-    assert_eq!(all.len(), POD_COUNT * POD_COUNT * 2 * 2 * 2);
+    assert_eq!(all.len(), CLIENT_COUNT * POD_COUNT * 2 * 2 * 2);
     let distinct: BTreeSet<String> = all.iter().map(ToString::to_string).collect();
     assert_eq!(distinct.len(), all.len());
 }
@@ -104,6 +106,16 @@ fn the_matrices_say_what_the_cases_mean() {
         "a pod reaches itself"
     );
     assert!(allowed(m, "z/c", "y/a", Udp, 80, Direct));
+    // The node reaches its own pods whatever the policy (kubelet probes); another node is
+    // just another address.
+    assert!(allowed(m, "node-0", "x/a", Tcp, 80, Direct));
+    assert!(allowed(m, "node-0", "x/b", Udp, 81, ClusterIp));
+    assert!(!allowed(m, "node-1", "x/a", Tcp, 80, Direct));
+    assert!(!allowed(m, "node-1", "x/c", Udp, 80, ClusterIp));
+    assert!(
+        allowed(m, "node-1", "z/a", Tcp, 81, ClusterIp),
+        "z is not isolated"
+    );
 
     let m = &matrices(&case("pod-and-namespace-selector"))[0];
     assert!(allowed(m, "y/b", "x/a", Tcp, 80, Direct));
@@ -222,4 +234,31 @@ fn truth_tables_show_only_slices_with_wrong_cells() {
         .find(|l| l.trim_start().starts_with("y/b"))
         .unwrap();
     assert_eq!(row.split_whitespace().nth(1), Some("X"), "{table}");
+}
+
+#[test]
+fn nodes_that_disagree_are_a_table_failure() {
+    // node-1 still has namespace y without the label the policy selects: node-0 (x/a's
+    // ingress) and node-1 (y/c's egress) answer differently for y/c -> x/a.
+    let mut world = World::initial();
+    let case = case("updated-namespace");
+    for step in &case.steps[..2] {
+        step.apply_to(&mut world).unwrap();
+    }
+    let mut states = node_states(POLICY_LAB, &world);
+    let stale = node_states(POLICY_LAB, &{
+        let mut w = world.clone();
+        Step::unlabel_namespace("y", "ns2")
+            .apply_to(&mut w)
+            .unwrap();
+        w
+    });
+    states[1].namespaces.clone_from(&stale[1].namespaces);
+    let (_, errors) = expectations(&states, IpFamily::V4);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("y/c -> x/a") && e.contains("policy_allows is")),
+        "{errors:#?}"
+    );
 }
