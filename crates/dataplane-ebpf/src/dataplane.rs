@@ -311,6 +311,7 @@ impl EbpfDataplane {
     ) -> Result<ApplyReport, Error> {
         let desired = desired.unwrap_or(rest);
         planner.set_host_routing(self.config.host_routing);
+        planner.set_policy(!desired.policies.is_empty());
         let full_sync = changes.is_none();
         let pin_dir = self.config.pin_dir.clone();
         let netns = self.config.netns.clone();

@@ -90,6 +90,8 @@ pub const CFG_F_HOST_ROUTING: u32 = 1 << 4;
 pub const CFG_F_CLUSTER_V4: u32 = 1 << 5;
 /// `CFG_F_CLUSTER_V6`: the node has IPv6 cluster CIDRs.
 pub const CFG_F_CLUSTER_V6: u32 = 1 << 6;
+/// `CFG_F_POLICY`: the state has network policies (pods' forged sources are dropped).
+pub const CFG_F_POLICY: u32 = 1 << 7;
 
 /// `CIDR_F_CLUSTER`: cluster CIDRs.
 pub const CIDR_F_CLUSTER: u8 = 1 << 0;
@@ -104,7 +106,7 @@ pub const CIDR_F_SERVICE: u8 = 1 << 4;
 
 /// The counters of `dp_stats` by index (`enum dp_stat`): the name of `STAT_TRANSLATED`, then
 /// `STAT_REV_TRANSLATED`, ...; their number is `STAT_MAX`.
-pub const STAT_NAMES: [&str; 16] = [
+pub const STAT_NAMES: [&str; 17] = [
     "translated",
     "reverse_translated",
     "dropped",
@@ -121,6 +123,7 @@ pub const STAT_NAMES: [&str; 16] = [
     "host_routed",
     "unallocated_dropped",
     "policy_denied",
+    "spoofed_dropped",
 ];
 /// Counters a `dp_stats` pinned by an older version has (it has fewer entries; the programs'
 /// increments of the newer ones find no slot and are lost).

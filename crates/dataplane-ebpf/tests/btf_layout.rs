@@ -268,6 +268,7 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "CFG_F_HOST_ROUTING" => m::CFG_F_HOST_ROUTING,
             "CFG_F_CLUSTER_V4" => m::CFG_F_CLUSTER_V4,
             "CFG_F_CLUSTER_V6" => m::CFG_F_CLUSTER_V6,
+            "CFG_F_POLICY" => m::CFG_F_POLICY,
         }
         "cidr_flag" {
             "CIDR_F_CLUSTER" => m::CIDR_F_CLUSTER,
@@ -294,6 +295,7 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "STAT_UNALLOCATED" => stat("unallocated_dropped"),
             "STAT_POLICY_DENIED" => stat("policy_denied"),
             "STAT_POLICY_DENIED" => m::STAT_POLICY_DENIED,
+            "STAT_SPOOFED" => stat("spoofed_dropped"),
             "STAT_MAX" => m::STAT_NAMES.len(),
             "STAT_TRANSLATED" => m::STAT_TRANSLATED,
             "STAT_DROPPED" => m::STAT_DROPPED,

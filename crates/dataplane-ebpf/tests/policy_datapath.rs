@@ -818,3 +818,59 @@ fn dp_to_pod_follows_the_endpoints() {
     dp.reset().expect("reset");
     assert_eq!(common::clsact_filters(&n, "lxc0", true, "dp_to_pod"), 0);
 }
+
+/// With policies in the state, a pod's packet from an address that is not its own is
+/// dropped (`spoofed_dropped`): forging the node's address would pass as the node. IPv6
+/// link-local sources are exempt; without policies nothing changes.
+#[test]
+fn forged_sources_are_dropped_with_policies() {
+    if !require_root("forged_sources_are_dropped_with_policies") {
+        return;
+    }
+    let n = node("polspoof");
+    let mut dp = n.dataplane();
+    let open = scene(Vec::new());
+    dp.apply(&open).expect("apply without policies");
+    let a = "10.244.0.5";
+    let forged_node = tcp("172.18.0.2", a, 47000, 80, TCP_SYN);
+    assert_eq!(
+        verdict(&mut dp, Hook::FromPod, &forged_node),
+        OK,
+        "no policy: judged as before"
+    );
+    let state = scene(vec![a_deny(), a_from_b()]);
+    dp.apply_changes(&diff(&open, &state)).expect("policies");
+    let before = stat(&dp, "spoofed_dropped");
+    for (what, packet) in [
+        ("the node's address", forged_node.clone()),
+        (
+            "an outside address",
+            tcp("198.51.100.9", a, 47001, 80, TCP_SYN),
+        ),
+        (
+            "the node's IPv6 address",
+            tcp("fd00:18::2", "fd00:244::5", 47002, 80, TCP_SYN),
+        ),
+    ] {
+        assert_eq!(verdict(&mut dp, Hook::FromPod, &packet), SHOT, "{what}");
+    }
+    assert_eq!(stat(&dp, "spoofed_dropped") - before, 3);
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::FromPod,
+            &tcp("10.244.0.6", a, 47003, 80, TCP_SYN)
+        ),
+        OK,
+        "b from its own address, on its own veth"
+    );
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::FromPod,
+            &tcp("fe80::1", "fe80::2", 47004, 80, TCP_SYN)
+        ),
+        OK,
+        "IPv6 link-local is exempt"
+    );
+}

@@ -100,6 +100,8 @@ enum config_flag {
 	CFG_F_CLUSTER_V4 = 1 << 5,   /* the node has IPv4 cluster CIDRs (else no ClusterIP client
 				      * is masqueraded for being outside them: no local detector) */
 	CFG_F_CLUSTER_V6 = 1 << 6,   /* the same for IPv6 */
+	CFG_F_POLICY = 1 << 7,       /* the state has NetworkPolicies: pods' forged sources are
+				      * dropped (policy knows a client by its address) */
 };
 
 /*
@@ -145,7 +147,8 @@ enum dp_stat {
 	STAT_HOST_ROUTED = 13,     /* untranslated packets from a pod redirected to a local pod */
 	STAT_UNALLOCATED = 14,     /* dropped: to a service-CIDR address that is no frontend */
 	STAT_POLICY_DENIED = 15,   /* dropped: a new connection NetworkPolicy does not allow */
-	STAT_MAX = 16,             /* the number of counters (dp_stats' size) */
+	STAT_SPOOFED = 16,         /* dropped: from a pod, with a source that is not its own */
+	STAT_MAX = 17,             /* the number of counters (dp_stats' size) */
 };
 
 struct svc_key {
