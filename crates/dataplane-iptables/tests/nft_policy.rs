@@ -279,7 +279,7 @@ fn policy_delta(old: &DesiredState, new: &DesiredState) -> (String, NftPolicy, b
     let rs = compile_state(old, "dataplane").unwrap();
     let changes = diff(old, new);
     let mut after = rs.policy;
-    let patch = compile_patch(&mut after, new, &changes).unwrap();
+    let patch = compile_patch(&mut after, new, &changes, 4096).unwrap();
     let members_only = patch.members_only();
     let mut text = String::new();
     write_patch(&after, &patch, "dataplane", &mut text).unwrap();
@@ -310,8 +310,8 @@ fn pod_relabel_is_set_elements_only() {
     assert_eq!(after, fresh(&new));
 }
 
-/// A policy added: the layer, sets and chains appear; removed: the chains and sets go (the
-/// layer stays until the next full sync, with nothing dispatched).
+/// A policy added: the layer (with the anti-spoofing pairs of every local endpoint), sets
+/// and chains appear; removed: the chains, sets and the layer go, hooks included.
 #[test]
 fn policy_added_then_removed() {
     let old = cluster();
@@ -324,7 +324,12 @@ fn policy_added_then_removed() {
     let (text, after, _) = policy_delta(&new, &old);
     insta::assert_snapshot!("policy_removed", text);
     assert!(after.endpoints.is_empty() && after.set_names.is_empty());
-    assert!(!after.base.is_empty());
+    assert!(after.base.is_empty() && after.spoof.is_empty());
+    assert_eq!(after, fresh(&old));
+    assert!(
+        text.contains("delete chain inet dataplane pol-forward\n"),
+        "{text}"
+    );
 }
 
 /// A policy edited: only the endpoints it selects get their chains rewritten (flush and
