@@ -1452,6 +1452,189 @@ mod tests {
         assert_eq!(port_match(&one), "meta l4proto sctp ");
     }
 
+    use dataplane_core::{
+        Endpoint as Ep, IpBlock, LabelSelector, Policy, PolicyPeer, PolicyPort, PolicyRule,
+        PolicyType, PortRef,
+    };
+
+    fn selector(app: &str) -> LabelSelector {
+        LabelSelector {
+            match_labels: [("app".to_owned(), app.to_owned())].into(),
+            match_expressions: Vec::new(),
+        }
+    }
+
+    /// Local endpoints `names` (label `app=<name>`, one address each) and, for each, an
+    /// ingress policy selecting it that allows `peers` on TCP 80.
+    fn state(names: &[&str], peers: Vec<PolicyPeer>) -> DesiredState {
+        let mut s = DesiredState::new(Node::new("n", ["172.18.0.10".parse().unwrap()]));
+        for (i, name) in names.iter().enumerate() {
+            let ip: IpAddr = format!("10.244.0.{}", i + 2).parse().unwrap();
+            s.endpoints.push(
+                Ep::new(ObjectName::new("x", *name), format!("veth{i}"), [ip])
+                    .with_label("app", *name),
+            );
+            s.policies.push(Policy {
+                name: ObjectName::new("x", format!("p{i}")),
+                pod_selector: selector(name),
+                policy_types: vec![PolicyType::Ingress],
+                ingress: vec![PolicyRule {
+                    peers: peers.clone(),
+                    ports: vec![PolicyPort {
+                        protocol: Protocol::Tcp,
+                        port: Some(PortRef::Number(80)),
+                        end_port: None,
+                    }],
+                }],
+                egress: Vec::new(),
+            });
+        }
+        s
+    }
+
+    fn pod_peer(app: &str) -> PolicyPeer {
+        PolicyPeer {
+            pod_selector: Some(selector(app)),
+            namespace_selector: None,
+            ip_block: None,
+        }
+    }
+
+    /// The collision an error reports: (name, first, second).
+    fn collision(e: &Error) -> (String, String, String) {
+        let Error::Kernel { source, .. } = e else {
+            panic!("{e:?}");
+        };
+        match source.downcast_ref::<NetfilterError>() {
+            Some(NetfilterError::NameCollision {
+                name,
+                first,
+                second,
+                ..
+            }) => (name.clone(), first.clone(), second.clone()),
+            _ => panic!("{e:?}"),
+        }
+    }
+
+    /// A hash that always collides: the seam that shows collisions are refused.
+    fn constant(_: &str) -> String {
+        "0".repeat(32)
+    }
+
+    #[test]
+    fn two_peer_sets_with_one_name_are_refused() {
+        let s = state(&["a", "b"], vec![pod_peer("b"), pod_peer("c")]);
+        assert!(compile_with(&s, 4096, sha256_name).is_ok());
+        let s = state(&["a"], vec![pod_peer("b"), pod_peer("c")]);
+        let e = compile_with(&s, 4096, constant).unwrap_err();
+        let (name, first, second) = collision(&e);
+        assert_eq!(name, format!("pset-v4-{}", constant("")));
+        let named: BTreeSet<String> = [first, second].into();
+        let sets: BTreeSet<String> = compile_tables(&s)
+            .sets
+            .keys()
+            .map(|id| format!("peer set {id}"))
+            .collect();
+        assert_eq!(named, sets);
+        assert!(e.to_string().contains("rendering"), "{e}");
+    }
+
+    #[test]
+    fn two_cut_chains_with_one_name_are_refused() {
+        let long = |last: char| {
+            format!(
+                "{}.{}.{}.{}{last}",
+                "a".repeat(62),
+                "b".repeat(62),
+                "c".repeat(62),
+                "d".repeat(62)
+            )
+        };
+        let (one, two) = (long('e'), long('f'));
+        let s = state(&[&one, &two], vec![pod_peer("z")]);
+        let ok = compile_with(&s, 4096, sha256_name).unwrap();
+        assert_eq!(ok.endpoints.len(), 2);
+        let e = compile_with(&s, 4096, constant).unwrap_err();
+        let (name, first, second) = collision(&e);
+        assert!(
+            name.starts_with("pol-in-x/aaa") && name.ends_with(&constant("")),
+            "{name}"
+        );
+        assert!(
+            first.contains(&one) && second.contains(&two),
+            "{first} / {second}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_ip_block_is_refused_naming_endpoint_and_field() {
+        let block = PolicyPeer {
+            pod_selector: None,
+            namespace_selector: None,
+            ip_block: Some(IpBlock {
+                cidr: net("10.0.0.0/8"),
+                except: (0..40)
+                    .map(|i| net(&format!("10.{}.1.0/24", i * 5)))
+                    .collect(),
+            }),
+        };
+        let s = state(&["a"], vec![block]);
+        let written = compile(&s, 4096).unwrap();
+        let rules = &written.endpoints[&ObjectName::new("x", "a")].chains[0].1;
+        let elements = rules
+            .iter()
+            .map(|r| r.matches(" . tcp . ").count())
+            .sum::<usize>();
+        assert!(elements > 100, "{elements}");
+        match compile(&s, 100) {
+            Err(Error::CapacityExceeded {
+                what,
+                needed,
+                capacity,
+            }) => {
+                assert!(
+                    what.contains("x/a") && what.contains("ingress") && what.contains("ipBlock"),
+                    "{what}"
+                );
+                assert!(needed > 100 && capacity == 100);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The cidrs and excepts alone over the limit: refused before the expansion.
+        match compile(&s, 10) {
+            Err(Error::CapacityExceeded { what, needed, .. }) => {
+                assert!(what.contains("excepts"), "{what}");
+                assert_eq!(needed, 41);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Every chain name is a valid unquoted nft identifier, and within `nf_tables`' length,
+    /// for the longest namespace and pod names (63 and 253 characters).
+    #[test]
+    fn longest_names_are_valid_identifiers() {
+        let pod = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(pod.len(), 253);
+        let e = ObjectName::new("n".repeat(63), pod);
+        for d in [Direction::Ingress, Direction::Egress] {
+            let name = chain_name(d, &e);
+            assert!(name.len() <= MAX_CHAIN_NAME, "{}", name.len());
+            let mut chars = name.chars();
+            assert!(chars.next().is_some_and(|c| c.is_ascii_alphabetic()));
+            assert!(
+                chars.all(|c| c.is_ascii_alphanumeric() || "/\\_.-".contains(c)),
+                "{name}"
+            );
+        }
+    }
+
     #[test]
     fn long_chain_names_are_cut_and_hashed() {
         let long = ObjectName::new("ns", "p".repeat(253));
