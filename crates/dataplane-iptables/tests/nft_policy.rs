@@ -158,6 +158,11 @@ fn with(policies: Vec<Policy>) -> DesiredState {
     state
 }
 
+/// Default deny ingress in namespace `ns`.
+fn deny_ingress(ns: &str) -> Policy {
+    policy(ns, "deny", LabelSelector::default(), &[PolicyType::Ingress])
+}
+
 #[test]
 fn no_policy_no_layer() {
     assert_eq!(policy_text(&cluster()), "");
@@ -165,12 +170,7 @@ fn no_policy_no_layer() {
 
 #[test]
 fn default_deny_ingress() {
-    let p = policy(
-        "x",
-        "deny",
-        LabelSelector::default(),
-        &[PolicyType::Ingress],
-    );
+    let p = deny_ingress("x");
     insta::assert_snapshot!(policy_text(&with(vec![p])));
 }
 
@@ -1049,12 +1049,12 @@ fn lab_forged_sources_are_dropped() {
         // The node's IPv4 address from a pod interface is a martian the kernel drops
         // before any hook; IPv6 has no such check (the reviewer's case).
         let node = lab.node(0).address(family).unwrap();
-        let mut forged = vec![allowed.address(family).unwrap()];
+        let mut sources = vec![allowed.address(family).unwrap()];
         if family == Family::V6 {
-            forged.push(node);
+            sources.push(node);
         }
-        counted += forged.len();
-        for from in forged {
+        counted += sources.len();
+        for from in sources {
             send_udp(&forger.netns, from, to(7001), b"forged");
         }
         // Then a genuine packet on the same path: once it has arrived, a forged one that
@@ -1087,13 +1087,20 @@ fn lab_forged_sources_are_dropped() {
         let (n, _) = forged_port.recv_from(&mut buf).expect("pod 2 reaches 7001");
         assert_eq!(&buf[..n], b"genuine");
     }
-    let stats = dp.stats().unwrap();
+    let counters = dp.stats().unwrap();
     assert!(
-        stats.other.get("spoof_dropped").copied().unwrap_or(0) >= counted as u64,
-        "{stats:?}"
+        counters.other.get("spoof_dropped").copied().unwrap_or(0) >= counted as u64,
+        "{counters:?}"
     );
+    node_reaches_from_an_unlisted_address(&lab);
+    dp.reset().unwrap();
+}
 
-    // The node from an address of its own that the model does not list.
+/// The node, from an address of its own that `Node::addresses` does not list, reaches pod 0
+/// (isolated, its server port allowed to no one), while pod 1 does not.
+fn node_reaches_from_an_unlisted_address(lab: &Lab) {
+    use dataplane_testkit::Family;
+    let (target, forger) = (lab.pod(0), lab.pod(1));
     lab.node(0)
         .netns
         .exec_checked("ip", &["addr", "add", "192.0.2.10/32", "dev", "lo"], None)
@@ -1116,21 +1123,15 @@ fn lab_forged_sources_are_dropped() {
         probe(&forger.netns, server, Protocol::Tcp, Duration::from_secs(1)).unwrap(),
         ProbeOutcome::Timeout
     );
-    dp.reset().unwrap();
 }
 
-/// ICMPv6 neighbour/router discovery and MLD are accepted only where they can be genuine:
+/// `ICMPv6` neighbour/router discovery and MLD are accepted only where they can be genuine:
 /// in the input hook (a pod and its gateway), with the hop limit RFC 4861 receivers
 /// require (255; MLD is sent with 1), never in the forward hook, where a pod could send
 /// them to an isolated pod.
 #[test]
 fn icmpv6_exceptions_only_in_input_with_their_hop_limit() {
-    let p = policy(
-        "x",
-        "deny",
-        LabelSelector::default(),
-        &[PolicyType::Ingress],
-    );
+    let p = deny_ingress("x");
     let text = policy_text(&with(vec![p]));
     let icmp: Vec<&str> = text.lines().filter(|l| l.contains("icmpv6")).collect();
     assert_eq!(icmp.len(), 2, "{text}");

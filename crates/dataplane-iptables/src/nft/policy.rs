@@ -6,16 +6,25 @@
 //! the `inet` table next to the services'):
 //!
 //! ```text
-//! pol-forward (filter forward, priority filter) ─┐
-//! pol-output  (filter output,  priority filter) ─┼─jump─▶ pol-check
-//! pol-input   (filter input,   priority filter) ─┘
-//!   pol-check:  ct state established,related accept             (stateful: replies, old flows)
-//!               icmpv6 MLD, neighbour and router discovery accept
-//!               ip saddr . ip daddr @hairpin-v4 accept           (a pod reaching itself)
-//!               ip saddr @pol-node-v4 accept; ip daddr @pol-node-v4 accept   (node ↔ pods)
-//!               ip saddr vmap @pol-egress-v4    ─jump─▶ pol-out-<ns>/<pod>   (client's egress)
-//!               ip daddr vmap @pol-ingress-v4   ─jump─▶ pol-in-<ns>/<pod>    (server's ingress)
-//!               (and the same for ip6)
+//! pol-forward (filter forward, priority filter)
+//!   iifname @pol-pod-ifaces jump pol-spoof          (anti-spoofing, before anything accepts)
+//!   ct state established,related accept             (stateful: replies, old flows)
+//!   iifname @pol-pod-ifaces ip saddr . ip daddr @hairpin-v4 accept   (a pod reaching itself)
+//!   jump pol-dispatch
+//! pol-input (filter input, priority filter)
+//!   iifname @pol-pod-ifaces jump pol-spoof; ct state established,related accept
+//!   icmpv6 type { nd-router-solicit … nd-redirect } ip6 hoplimit 255 accept
+//!   icmpv6 type { mld-listener-query … mld2-listener-report } ip6 hoplimit 1 accept
+//!   ip daddr @pol-node-v4 accept                     (a pod → the node)
+//!   jump pol-dispatch
+//! (no output hook: what the node sends is the node's own traffic, kubelet probes included)
+//!   pol-spoof:  iifname . ip saddr @pol-pod-src-v4 return
+//!               ip6 saddr { fe80::/10, ::/128 } return
+//!               iifname . ip6 saddr @pol-pod-src-v6 return
+//!               counter drop
+//!   pol-dispatch: ip saddr vmap @pol-egress-v4  ─jump─▶ pol-out-<ns>/<pod>   (client's egress)
+//!                 ip daddr vmap @pol-ingress-v4 ─jump─▶ pol-in-<ns>/<pod>    (server's ingress)
+//!                 (and the same for ip6)
 //!   pol-in-<ns>/<pod>, pol-out-<ns>/<pod>: one rule per peer set, ending in `return`
 //!     ip saddr @pset-v4-<hash> meta l4proto . th dport { tcp . 80-81, udp . 53 } return
 //!     ip saddr { 10.0.0.0/9, … } return                            (ipBlock, every port)
@@ -37,8 +46,10 @@
 //!   the same on the eBPF backend). Calico's workload chains `cali-tw-`/`cali-fw-` start the
 //!   same way (felix/rules/endpoints.go, `appendConntrackRules`), and kube-proxy's nftables
 //!   filter chains likewise act on `ct state new` packets only.
-//! - Peer sets are named sets per selector (`pset-v4-<hash>`, a hash of core's stable
-//!   [`SetId`], as Calico names its ipsets `cali40s:<hash>` by the selector): a pod or label
+//! - Peer sets are named sets per selector (`pset-v4-<hash>`, 128 bits of SHA-256 of core's
+//!   stable [`SetId`], as Calico names its ipsets `cali40s:<hash>` by the selector and
+//!   kube-proxy its chains by a truncated SHA-256; tenant text cannot be made to collide, and
+//!   a collision is refused anyway, [`Names`]): a pod or label
 //!   change is element adds and deletes in the sets it is in, not a rule change, and a
 //!   thousand policies with the same peer share one set. An endpoint chain has one rule per
 //!   distinct peer set (its ports in one anonymous `l4proto . dport` set), not one per policy.
@@ -46,23 +57,44 @@
 //!   chains): an endpoint that no policy isolates in a direction has no element and costs one
 //!   failed hash lookup. Calico's nftables dataplane dispatches on the interface instead
 //!   (`filter-cali-to-wl-dispatch`, `ifname : verdict`); the address is what the model's
-//!   policy is about, it is the same in the forward, output and input hooks, and it keeps a
-//!   pod's checks independent of how it is wired.
+//!   policy is about, it is the same in the forward and input hooks, and it keeps a pod's
+//!   checks independent of how it is wired. Dispatch by source is sound because anti-spoofing
+//!   ran first: a packet from a pod interface carries that pod's address.
 //! - ipBlocks: core's merged longest-prefix table ([`DirectionTable::block_table`]) made
 //!   disjoint (`nf_tables` interval sets refuse overlapping elements), each range written as
 //!   the prefixes that cover it exactly, in anonymous interval sets: one for ranges that allow
 //!   every protocol, one concatenation `addr . l4proto . dport` for the rest. The excepts are
 //!   holes in those ranges, so one lookup decides.
-//! - The node-traffic rule uses the node's addresses as the model lists them
-//!   (`Node::addresses`); pods reaching their own address through a service are told by the
-//!   services' `hairpin` set, which holds every local endpoint address.
-//! - Multicast listener, neighbour and router discovery (`ICMPv6` types 130-137) are accepted
-//!   before the tables: without them an isolated IPv6 pod could not resolve its gateway or
-//!   take router advertisements. Calico accepts types 130-133, 135 and 136 from workloads for
-//!   the same reason (felix/rules/static.go, `ICMPv6Filter`); here both ways, as the node's
-//!   link-local addresses are no `Node::addresses` the node rule would let through.
+//! - Anti-spoofing (core's `is_spoofed`): a packet arriving on a local endpoint's interface
+//!   must come from one of that endpoint's addresses (one `interface . address` set per
+//!   family; IPv6 link-local and unspecified sources exempt: neighbour discovery and DAD use
+//!   them, and the kernel never forwards them). Without it a pod (`CAP_NET_RAW` is a
+//!   container default) forging the node's or an allowed pod's address passed the target's
+//!   ingress, and any forged source skipped its own egress. Calico drops these with strict
+//!   reverse-path filtering on workload interfaces (felix `cali-from-wl-dispatch` /
+//!   `rp_filter`), Cilium checks an endpoint's source address. It runs before conntrack's
+//!   accept: a forged packet matching another pod's connection would be `established`.
+//! - Node rules only where the address can be genuine: the node as destination in the input
+//!   hook; the node as source nowhere, as there is no output hook (what the node sends is its
+//!   own, whatever its source address: kubelet probes from docker0 or a secondary address
+//!   reach isolated pods, and their replies are established), and a forwarded packet is never
+//!   the node's. A pod reaching its own address through a service is told by the services'
+//!   `hairpin` set (every local endpoint address), only for packets from a pod interface,
+//!   whose source anti-spoofing vouched for.
+//! - Neighbour and router discovery (`ICMPv6` types 133-137) with hop limit 255 (RFC 4861:
+//!   receivers ignore any other, so it cannot have been forwarded) and multicast listener
+//!   messages (130-132, 143) with hop limit 1 are accepted in the input hook only: without
+//!   them an isolated IPv6 pod could not resolve its gateway (its global source would meet
+//!   its egress chain). Calico accepts types 130-133, 135 and 136 from workloads for the same
+//!   reason (felix/rules/static.go, `ICMPv6Filter`). Forwarded ones are policed like any
+//!   packet: pods cannot send them to isolated pods.
+//! - Sizes: an endpoint direction of more than
+//!   [`NetfilterConfig::max_policy_elements`](crate::NetfilterConfig::max_policy_elements)
+//!   elements is refused (ipBlock excepts multiply into prefixes x protocols x port ranges,
+//!   copied into the endpoint's chain), before the expansion.
 //!
-//! Cost of a new connection: two set lookups (node), one hash lookup per direction
+//! Cost of a packet from a local pod: two set lookups (anti-spoofing). Cost of a new
+//! connection: the hairpin lookup, one hash lookup per direction
 //! (dispatch), then one rule per distinct peer set of the endpoint plus at most two interval
 //! lookups (ipBlocks): linear in the distinct peers of the pod's policies, not in the
 //! policies or the pods. Established packets cost one conntrack-state match.
@@ -1466,7 +1498,7 @@ mod tests {
 
     /// Local endpoints `names` (label `app=<name>`, one address each) and, for each, an
     /// ingress policy selecting it that allows `peers` on TCP 80.
-    fn state(names: &[&str], peers: Vec<PolicyPeer>) -> DesiredState {
+    fn state(names: &[&str], peers: &[PolicyPeer]) -> DesiredState {
         let mut s = DesiredState::new(Node::new("n", ["172.18.0.10".parse().unwrap()]));
         for (i, name) in names.iter().enumerate() {
             let ip: IpAddr = format!("10.244.0.{}", i + 2).parse().unwrap();
@@ -1479,7 +1511,7 @@ mod tests {
                 pod_selector: selector(name),
                 policy_types: vec![PolicyType::Ingress],
                 ingress: vec![PolicyRule {
-                    peers: peers.clone(),
+                    peers: peers.to_vec(),
                     ports: vec![PolicyPort {
                         protocol: Protocol::Tcp,
                         port: Some(PortRef::Number(80)),
@@ -1523,9 +1555,9 @@ mod tests {
 
     #[test]
     fn two_peer_sets_with_one_name_are_refused() {
-        let s = state(&["a", "b"], vec![pod_peer("b"), pod_peer("c")]);
+        let s = state(&["a", "b"], &[pod_peer("b"), pod_peer("c")]);
         assert!(compile_with(&s, 4096, sha256_name).is_ok());
-        let s = state(&["a"], vec![pod_peer("b"), pod_peer("c")]);
+        let s = state(&["a"], &[pod_peer("b"), pod_peer("c")]);
         let e = compile_with(&s, 4096, constant).unwrap_err();
         let (name, first, second) = collision(&e);
         assert_eq!(name, format!("pset-v4-{}", constant("")));
@@ -1551,7 +1583,7 @@ mod tests {
             )
         };
         let (one, two) = (long('e'), long('f'));
-        let s = state(&[&one, &two], vec![pod_peer("z")]);
+        let s = state(&[&one, &two], &[pod_peer("z")]);
         let ok = compile_with(&s, 4096, sha256_name).unwrap();
         assert_eq!(ok.endpoints.len(), 2);
         let e = compile_with(&s, 4096, constant).unwrap_err();
@@ -1578,7 +1610,7 @@ mod tests {
                     .collect(),
             }),
         };
-        let s = state(&["a"], vec![block]);
+        let s = state(&["a"], &[block]);
         let written = compile(&s, 4096).unwrap();
         let rules = &written.endpoints[&ObjectName::new("x", "a")].chains[0].1;
         let elements = rules
