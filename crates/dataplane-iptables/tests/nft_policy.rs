@@ -1089,7 +1089,7 @@ fn lab_forged_sources_are_dropped() {
     }
     let counters = dp.stats().unwrap();
     assert!(
-        counters.other.get("spoof_dropped").copied().unwrap_or(0) >= counted as u64,
+        counters.other.get("spoofed_dropped").copied().unwrap_or(0) >= counted as u64,
         "{counters:?}"
     );
     node_reaches_from_an_unlisted_address(&lab);
