@@ -511,7 +511,8 @@ impl Changes {
 }
 
 /// Random sequences of changes: each partial sync's patched policy equals a fresh compile of
-/// the new state (the layer itself stays once created), and its text never deletes the table.
+/// the new state (the layer created with the first policy, deleted with the last), and its
+/// text never deletes the table.
 #[test]
 fn random_changes_patch_to_a_fresh_compile() {
     let (mut patches, mut members_only) = (0, 0);

@@ -863,16 +863,15 @@ pub struct PolicyPatch {
 }
 
 impl PolicyPatch {
-    /// Whether the patch changes nothing but members of existing peer sets (the element
-    /// path: no chain, set or map element of another kind is touched).
+    /// Whether the patch changes nothing but members of existing peer sets and
+    /// anti-spoofing elements (the element path: no chain, set or map element of another
+    /// kind is touched).
     pub fn members_only(&self) -> bool {
         self.base.is_empty()
             && self.base_removed.is_empty()
             && self.sets_added.is_empty()
             && self.sets_removed.is_empty()
             && self.endpoints.is_empty()
-            && self.spoof_added.is_empty()
-            && self.spoof_removed.is_empty()
     }
 }
 
@@ -1323,6 +1322,30 @@ pub(super) fn member_ops(old: &NftPolicy, patch: &PolicyPatch) -> Vec<netlink::E
             delete,
         })
         .collect();
+    // Anti-spoofing pairs and interfaces (an endpoint added or removed): `ifname` keys are
+    // the name NUL-padded to `IFNAMSIZ`, concatenated with the address.
+    let (ifaces_added, ifaces_removed) = iface_changes(&old.spoof, patch);
+    for (delete, pairs, ifaces) in [
+        (true, &patch.spoof_removed, ifaces_removed),
+        (false, &patch.spoof_added, ifaces_added),
+    ] {
+        for (iface, ip) in pairs {
+            ops.push(netlink::ElementOp {
+                set: Cow::Borrowed(spoof_set(IpFamily::of(ip))),
+                key: netlink::ifname_bytes(iface).with(&netlink::addr_bytes(ip)),
+                data: None,
+                delete,
+            });
+        }
+        for iface in ifaces {
+            ops.push(netlink::ElementOp {
+                set: Cow::Borrowed(IFACES),
+                key: netlink::ifname_bytes(&iface),
+                data: None,
+                delete,
+            });
+        }
+    }
     // Stable: deletes before adds, each group in set order (consecutive operations on one
     // set share a netlink message).
     ops.sort_by(|a, b| (!a.delete, &a.set).cmp(&(!b.delete, &b.set)));
