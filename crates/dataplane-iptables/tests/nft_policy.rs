@@ -999,8 +999,8 @@ fn send_udp(
 }
 
 /// Anti-spoofing: pod 1 forges the sources that had rights on isolated pod 0 (pod 2's
-/// address, which the policy allows on UDP 7001, and the node's, which the node rule
-/// trusted), over IPv4 and IPv6: nothing arrives, and the drops are counted, while pod 1's
+/// address, which the policy allows on UDP 7001, pod 0's own, which the hairpin rule
+/// trusted, and the node's, which the node rule trusted), over IPv4 and IPv6: nothing arrives, and the drops are counted, while pod 1's
 /// genuine packet to the port it may use (UDP 7002) and pod 2's genuine one to 7001 arrive.
 /// Node-originated traffic from a source that is no `Node::addresses` entry (a secondary
 /// address, as docker0's) still reaches the isolated pod (kubelet probes).
@@ -1050,7 +1050,11 @@ fn lab_forged_sources_are_dropped() {
         // The node's IPv4 address from a pod interface is a martian the kernel drops
         // before any hook; IPv6 has no such check (the reviewer's case).
         let node = lab.node(0).address(family).unwrap();
-        let mut sources = vec![allowed.address(family).unwrap()];
+        // Pod 2's address, and pod 0's own (the hairpin rule lets a pod reach itself).
+        let mut sources = vec![
+            allowed.address(family).unwrap(),
+            target.address(family).unwrap(),
+        ];
         if family == Family::V6 {
             sources.push(node);
         }
