@@ -1665,6 +1665,22 @@ mod tests {
         }
     }
 
+    /// An interface name nft cannot quote (core's validation takes it: the kernel does) is
+    /// refused with the endpoint and field named, not written into a broken transaction.
+    #[test]
+    fn an_unquotable_interface_is_refused() {
+        let mut s = state(&["a"], &[pod_peer("b")]);
+        s.endpoints[0].interface = "veth\"x".to_owned();
+        match compile(&s, 4096) {
+            Err(Error::Unsupported { object, .. }) => {
+                assert_eq!(object, "endpoint x/a field interface");
+            }
+            other => panic!("{other:?}"),
+        }
+        s.policies.clear();
+        assert!(compile(&s, 4096).is_ok(), "no policy, no anti-spoofing set");
+    }
+
     /// Every chain name is a valid unquoted nft identifier, and within `nf_tables`' length,
     /// for the longest namespace and pod names (63 and 253 characters).
     #[test]
