@@ -265,7 +265,9 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 ///   engine do), so a connection that picked a denied backend is dropped, not sent to an
 ///   allowed one — the verdict lists where a connection may end up, not that every one does;
 ///   an untouched packet is dropped unless `policy_allows` from its source to its
-///   destination. Replies of an allowed connection are allowed (backends keep that in
+///   destination. A packet from the node itself ([`Entry::FromHost`]) to one of its own pods
+///   is allowed whatever its source address (the kernel may pick one that is not in
+///   `node.addresses`). Replies of an allowed connection are allowed (backends keep that in
 ///   conntrack). A state without policies is judged as before, policy aside.
 /// - With policies, a packet from a local pod whose source is not one of that pod's
 ///   addresses is dropped (anti-spoofing: policy knows a client by its address, so a pod
@@ -287,6 +289,13 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
             return Verdict::Drop;
         }
     }
+    // The node's own traffic to its own pods is allowed whatever source address the kernel
+    // picked for it (a secondary address, another interface's): it is the node's by where it
+    // comes from, not by its address.
+    let allows = |to: IpAddr, port: u16| {
+        (matches!(entry, Entry::FromHost) && state.endpoints.iter().any(|e| e.ips.contains(&to)))
+            || policy_allows(state, client, to, packet.protocol, port)
+    };
     match verdict {
         Verdict::Forward {
             service,
@@ -294,7 +303,7 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
             mut backends,
             source,
         } => {
-            backends.retain(|b| policy_allows(state, client, b.ip(), packet.protocol, b.port()));
+            backends.retain(|b| allows(b.ip(), b.port()));
             if backends.is_empty() {
                 Verdict::Drop
             } else {
@@ -307,13 +316,7 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
             }
         }
         Verdict::Untouched { .. }
-            if !policy_allows(
-                state,
-                client,
-                packet.destination.ip(),
-                packet.protocol,
-                packet.destination.port(),
-            ) =>
+            if !allows(packet.destination.ip(), packet.destination.port()) =>
         {
             Verdict::Drop
         }

@@ -1092,3 +1092,21 @@ fn a_pod_sending_from_a_borrowed_address_is_dropped() {
         Verdict::Untouched { .. }
     ));
 }
+
+/// The node's own traffic to its pods is allowed whatever source address it carries (kubelet
+/// on a secondary address); the same address from outside the node is only an address.
+#[test]
+fn the_node_reaches_its_pods_from_any_of_its_addresses() {
+    let state = layout().with_policy(policy("x", "deny-a", labels("pod", "a"), I, vec![], vec![]));
+    let secondary = addr("192.0.2.10");
+    let packet = Packet {
+        protocol: Tcp,
+        source: SocketAddr::new(secondary, 40000),
+        destination: SocketAddr::new(pod_ip("x", "a"), 80),
+    };
+    assert!(matches!(
+        evaluate(&state, &packet, &Entry::FromHost),
+        Verdict::Untouched { .. }
+    ));
+    assert_eq!(evaluate(&state, &packet, &Entry::FromUplink), Verdict::Drop);
+}
