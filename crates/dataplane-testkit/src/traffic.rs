@@ -794,19 +794,57 @@ pub struct BatchProbe {
     /// A fixed source port (the socket has `SO_REUSEADDR`), or `None` for a fresh one.
     pub source_port: Option<u16>,
     /// How long to wait for its answer: a probe still unanswered then is
-    /// [`ProbeOutcome::Timeout`].
+    /// [`ProbeOutcome::Timeout`] (or [`BatchOutcome::Connected`]).
     pub timeout: Duration,
+}
+
+/// What a probe of a [`probe_batch`] got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// The probe ended: answered, refused, unreachable, or [`ProbeOutcome::Timeout`] —
+    /// nothing came back in time (for TCP: not even the handshake's SYN-ACK).
+    Ended(ProbeOutcome),
+    /// TCP: the handshake completed and the request went out, but the answer line did not
+    /// come in time. The network let the connection through, so this is not a drop: a
+    /// policy that should deny the cell did not; for a cell that should pass it is a slow
+    /// answer (a loaded server or machine), not an answer from a known pod.
+    Connected,
+}
+
+impl BatchOutcome {
+    /// The answering backend's name, if one answered.
+    pub fn backend(&self) -> Option<&str> {
+        match self {
+            BatchOutcome::Ended(outcome) => outcome.backend(),
+            BatchOutcome::Connected => None,
+        }
+    }
+
+    /// The probe's round trip, if it was answered.
+    pub fn latency(&self) -> Option<Duration> {
+        match self {
+            BatchOutcome::Ended(ProbeOutcome::Answered { latency, .. }) => Some(*latency),
+            _ => None,
+        }
+    }
+}
+
+impl From<ProbeOutcome> for BatchOutcome {
+    fn from(outcome: ProbeOutcome) -> Self {
+        BatchOutcome::Ended(outcome)
+    }
 }
 
 /// Sends every probe of `probes` at once from one thread inside `netns` and waits for all of
 /// them: the outcomes, in the order of `probes`. Each probe is what [`probe_from`] does (a
 /// new TCP connection with one request line, or one UDP datagram), on non-blocking sockets
 /// polled together, so that the batch takes as long as its slowest probe — a batch of drops
-/// waits its timeout once, not once per probe. For reachability matrices.
+/// waits its timeout once, not once per probe. For reachability matrices. A TCP probe
+/// connected but unanswered at its deadline is [`BatchOutcome::Connected`], not a timeout.
 pub fn probe_batch(
     netns: &NetNs,
     probes: &[BatchProbe],
-) -> Result<Vec<ProbeOutcome>, TrafficError> {
+) -> Result<Vec<BatchOutcome>, TrafficError> {
     if let Some(p) = probes.iter().find(|p| p.protocol == Protocol::Sctp) {
         return Err(TrafficError::Unsupported {
             protocol: p.protocol,
@@ -833,6 +871,8 @@ struct InFlight {
     local: Option<SocketAddr>,
     state: Pending,
     outcome: Option<ProbeOutcome>,
+    /// The deadline came while the answer of a connected TCP probe was being read.
+    connected_at_deadline: bool,
 }
 
 impl InFlight {
@@ -947,6 +987,7 @@ fn start_probe(probe: BatchProbe) -> Result<InFlight, TrafficError> {
         local: None,
         state: Pending::Done,
         outcome: None,
+        connected_at_deadline: false,
     };
     let kind = match probe.protocol {
         Protocol::Udp => SockType::Datagram,
@@ -977,7 +1018,7 @@ fn start_probe(probe: BatchProbe) -> Result<InFlight, TrafficError> {
     Ok(flight)
 }
 
-fn run_batch(probes: &[BatchProbe]) -> Result<Vec<ProbeOutcome>, TrafficError> {
+fn run_batch(probes: &[BatchProbe]) -> Result<Vec<BatchOutcome>, TrafficError> {
     let mut flights = probes
         .iter()
         .map(|p| start_probe(*p))
@@ -986,6 +1027,7 @@ fn run_batch(probes: &[BatchProbe]) -> Result<Vec<ProbeOutcome>, TrafficError> {
         let now = Instant::now();
         for f in &mut flights {
             if f.outcome.is_none() && now >= f.started + f.probe.timeout {
+                f.connected_at_deadline = matches!(f.state, Pending::Reading(..));
                 f.finish(ProbeOutcome::Timeout);
             }
         }
@@ -1022,7 +1064,13 @@ fn run_batch(probes: &[BatchProbe]) -> Result<Vec<ProbeOutcome>, TrafficError> {
     }
     Ok(flights
         .into_iter()
-        .map(|f| f.outcome.unwrap_or(ProbeOutcome::Timeout))
+        .map(|f| {
+            if f.connected_at_deadline {
+                BatchOutcome::Connected
+            } else {
+                BatchOutcome::Ended(f.outcome.unwrap_or(ProbeOutcome::Timeout))
+            }
+        })
         .collect())
 }
 

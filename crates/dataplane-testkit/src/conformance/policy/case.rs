@@ -16,7 +16,8 @@ pub struct PolicyCase {
     pub name: String,
     /// Where it comes from: the e2e test's title or the documentation's example.
     pub source: String,
-    /// The family the matrix is probed in.
+    /// The family the case is written for (its `ipBlock`s): a lab or backend without it
+    /// skips the case. The matrix is probed in every family the lab and the backend have.
     pub family: IpFamily,
     /// The steps: the first is applied with a full sync, each later one as the diff from the
     /// step before.
@@ -24,7 +25,7 @@ pub struct PolicyCase {
 }
 
 impl PolicyCase {
-    /// A case called `name`, written after `source`, probed in IPv4, with `steps`.
+    /// A case called `name`, written after `source`, for IPv4, with `steps`.
     pub fn new(name: &str, source: &str, steps: Vec<Step>) -> Self {
         PolicyCase {
             name: name.to_owned(),
@@ -34,7 +35,7 @@ impl PolicyCase {
         }
     }
 
-    /// The same case probed in `family`.
+    /// The same case written for `family` (skipped where the lab or backend lacks it).
     #[must_use]
     pub fn in_family(mut self, family: IpFamily) -> Self {
         self.family = family;

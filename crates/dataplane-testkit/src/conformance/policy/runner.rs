@@ -11,8 +11,10 @@ use dataplane_core::{
     Entry, IpFamily, ObjectName, Packet, Protocol, Verdict,
 };
 
-use crate::lab::{Lab, LabNode};
-use crate::traffic::{probe_batch, serve, BatchProbe, ProbeOutcome, Server, TcpSession};
+use crate::lab::{Lab, LabNode, SERVER_PORT};
+use crate::traffic::{
+    probe_batch, serve, BatchOutcome, BatchProbe, ProbeOutcome, Server, TcpSession,
+};
 
 use super::super::report::{OneRow, Report, RowOutcome, RowReport};
 use super::super::runner::{reset_all, row_filter, start};
@@ -24,12 +26,47 @@ use super::layout::{
 
 /// Source port the reference model is asked about (policy does not look at it).
 const NOMINAL_CLIENT_PORT: u16 = 40000;
-/// Source ports of the probes: each client (pod or node) counts through them on its own, so no probe
-/// of a run repeats an earlier probe's 5-tuple (a conntrack entry of an allowed connection
-/// would answer a later step's probe as established). Below the kernel's ephemeral range and
-/// the NodePort range, like the traffic module's fresh ports. The whole table takes about
-/// 3 700 per client (72 per step), well short of a wrap.
-const PROBE_PORTS: std::ops::Range<u16> = 20_000..30_000;
+/// Source ports of the pods' probes: each pod counts through them on its own, so no probe of
+/// a run repeats an earlier probe's 5-tuple (a conntrack entry of an allowed connection would
+/// answer a later step's probe as established). Below the kernel's ephemeral range and the
+/// NodePort range, like the traffic module's fresh ports.
+///
+/// Disjoint from [`NODE_PROBE_PORTS`]: a pod reaching itself through its ClusterIP is
+/// masqueraded to its node's address (hairpin) keeping its source port, so its connection
+/// is `node:P -> pod:80` after NAT — exactly the tuple of the node's own probe of that pod
+/// from the same port P. With one shared range both came out of their counters in the same
+/// step (every client sends the same cells in the same order), the two first packets raced
+/// for one conntrack tuple and the loser was dropped at confirmation: "node-1 -> z/c UDP/80
+/// via ClusterIP, no answer", about once in ten runs, more under load (UDP has no
+/// retransmission to recover). Pods' ports never meet each other: their addresses differ,
+/// and a pod's hairpin goes to itself only.
+const POD_PROBE_PORTS: std::ops::Range<u16> = 1_024..15_000;
+/// Source ports of the nodes' probes: see [`POD_PROBE_PORTS`].
+///
+/// The lab's own servers listen on [`SERVER_PORT`] in every pod, inside the pods' range: a
+/// probe cannot bind a listener's port, so [`Run::next_port`] steps over it.
+const NODE_PROBE_PORTS: std::ops::Range<u16> = 15_000..30_000;
+
+/// The source ports client `client` counts through.
+pub(super) fn probe_ports(client: usize) -> std::ops::Range<u16> {
+    if as_node(client).is_some() {
+        NODE_PROBE_PORTS
+    } else {
+        POD_PROBE_PORTS
+    }
+}
+
+/// Source ports a client needs at most for `cases` in `families`, re-probes aside: the
+/// warm-up (three tries per server and family), every step's cells, and the established
+/// connections opened before a step. [`run_policy_with`] refuses to start when it exceeds
+/// the smallest range, so that a wrap (a later probe meeting an earlier connection's
+/// conntrack entry) cannot happen silently; re-probes beyond it fail their row.
+pub(super) fn ports_needed(cases: &[PolicyCase], families: &[IpFamily]) -> usize {
+    let per_step = cells(families).len() / CLIENT_COUNT + MAX_ESTABLISHED;
+    let steps: usize = cases.iter().map(|c| c.steps.len()).sum();
+    // + 1: SERVER_PORT, stepped over.
+    3 * POD_COUNT * families.len() + steps * per_step + 1
+}
 
 /// Settings of [`run_policy_with`].
 #[derive(Debug, Clone)]
@@ -81,18 +118,20 @@ pub(super) struct Cell {
     pub(super) protocol: Protocol,
     pub(super) port: u16,
     pub(super) path: Path,
+    pub(super) family: IpFamily,
 }
 
 impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} -> {} {}/{} {}",
+            "{} -> {} {}/{} {} ({})",
             client_name(self.client),
             pod_name(self.server),
             self.protocol,
             self.port,
-            self.path
+            self.path,
+            family_name(self.family)
         )
     }
 }
@@ -114,27 +153,46 @@ fn as_node(client: usize) -> Option<usize> {
     client.checked_sub(POD_COUNT)
 }
 
-/// Every cell, client-major: client × server × protocol × port × path.
-pub(super) fn cells() -> Vec<Cell> {
+fn family_name(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "IPv4",
+        IpFamily::V6 => "IPv6",
+    }
+}
+
+/// Every cell, client-major: client × family × server × protocol × port × path.
+pub(super) fn cells(families: &[IpFamily]) -> Vec<Cell> {
     let mut out = Vec::new();
     for client in 0..CLIENT_COUNT {
-        for server in 0..POD_COUNT {
-            for protocol in POLICY_PROTOCOLS {
-                for port in POLICY_PORTS {
-                    for path in [Path::Direct, Path::ClusterIp] {
-                        out.push(Cell {
-                            client,
-                            server,
-                            protocol,
-                            port,
-                            path,
-                        });
+        for family in families {
+            for server in 0..POD_COUNT {
+                for protocol in POLICY_PROTOCOLS {
+                    for port in POLICY_PORTS {
+                        for path in [Path::Direct, Path::ClusterIp] {
+                            out.push(Cell {
+                                client,
+                                server,
+                                protocol,
+                                port,
+                                path,
+                                family: *family,
+                            });
+                        }
                     }
                 }
             }
         }
     }
     out
+}
+
+/// The families the run probes: both where the lab and the backend are dual-stack.
+fn families(lab: &Lab, caps: &Capabilities) -> Vec<IpFamily> {
+    if lab.spec().ipv6 && caps.ipv6 {
+        vec![IpFamily::V4, IpFamily::V6]
+    } else {
+        vec![IpFamily::V4]
+    }
 }
 
 fn object(k: usize) -> ObjectName {
@@ -157,11 +215,8 @@ fn address(states: &[DesiredState], k: usize, family: IpFamily) -> Result<IpAddr
 /// ClusterIP path: [`evaluate`] keeps the backend only if [`policy_allows`] it); the server's
 /// node must give the same [`policy_allows`] answer (ingress is checked there), else the two
 /// nodes' states disagree about a pod or a namespace.
-pub(super) fn expectation(
-    states: &[DesiredState],
-    cell: Cell,
-    family: IpFamily,
-) -> Result<bool, String> {
+pub(super) fn expectation(states: &[DesiredState], cell: Cell) -> Result<bool, String> {
+    let family = cell.family;
     let (client_node, c_ip, entry) = match as_node(cell.client) {
         Some(n) => {
             let ip = states
@@ -222,13 +277,17 @@ pub(super) fn expectation(
     Ok(allowed)
 }
 
-/// The expected matrix for `states` (over [`cells`]) and the disagreements found.
-pub(super) fn expectations(states: &[DesiredState], family: IpFamily) -> (Vec<bool>, Vec<String>) {
+/// The expected matrix for `states` (over [`cells`] of `families`) and the disagreements
+/// found.
+pub(super) fn expectations(
+    states: &[DesiredState],
+    families: &[IpFamily],
+) -> (Vec<bool>, Vec<String>) {
     let mut errors = Vec::new();
-    let expected = cells()
+    let expected = cells(families)
         .into_iter()
         .map(|cell| {
-            expectation(states, cell, family).unwrap_or_else(|e| {
+            expectation(states, cell).unwrap_or_else(|e| {
                 errors.push(e);
                 false
             })
@@ -262,10 +321,21 @@ pub fn run_policy_with(
         lab,
         caps: &caps,
         options,
-        ports: vec![PROBE_PORTS.start; CLIENT_COUNT],
+        ports: (0..CLIENT_COUNT).map(|c| probe_ports(c).start).collect(),
+        families: families(lab, &caps),
         report: &mut report,
     };
-    match run.prepare(&mut planes) {
+    let needed = ports_needed(cases, &run.families);
+    let have = POD_PROBE_PORTS.len().min(NODE_PROBE_PORTS.len());
+    let prepared = if needed > have {
+        Err(format!(
+            "the cases need up to {needed} source ports per client, the ranges have {have}: \
+             enlarge POD_PROBE_PORTS and NODE_PROBE_PORTS (a wrap would meet old connections)"
+        ))
+    } else {
+        run.prepare(&mut planes)
+    };
+    match prepared {
         Ok(servers) => {
             let only = row_filter();
             for case in cases {
@@ -302,6 +372,8 @@ struct Run<'a> {
     options: &'a PolicyRunOptions,
     /// The next source port of each client.
     ports: Vec<u16>,
+    /// The families probed: both in a dual-stack lab with a dual-stack backend.
+    families: Vec<IpFamily>,
     report: &'a mut Report,
 }
 
@@ -317,14 +389,23 @@ impl Run<'_> {
         self.report.rows.push(row);
     }
 
-    fn next_port(&mut self, client: usize) -> u16 {
+    /// The next source port of `client`; an error once its range is used up (no wrap).
+    fn next_port(&mut self, client: usize) -> Result<u16, String> {
         let port = self.ports[client];
-        self.ports[client] = if port + 1 >= PROBE_PORTS.end {
-            PROBE_PORTS.start
-        } else {
-            port + 1
-        };
-        port
+        let range = probe_ports(client);
+        if port >= range.end {
+            return Err(format!(
+                "{} used all its source ports ({range:?}): more probes than ports, a wrap \
+                 would repeat an earlier connection's tuple",
+                client_name(client)
+            ));
+        }
+        if port == SERVER_PORT {
+            self.ports[client] = port + 1;
+            return self.next_port(client);
+        }
+        self.ports[client] = port + 1;
+        Ok(port)
     }
 
     /// Checks the lab's shape, starts the servers on ports 80 and 81 of every pod, applies
@@ -372,28 +453,22 @@ impl Run<'_> {
                 format!("apply the no-policy state on node-{n}: {}", error_chain(&e))
             })?;
         }
-        let families: &[IpFamily] = if spec.ipv6 {
-            &[IpFamily::V4, IpFamily::V6]
-        } else {
-            &[IpFamily::V4]
-        };
-        for family in families {
-            self.warm_up(*family)?;
-        }
+        self.warm_up()?;
         Ok(servers)
     }
 
-    /// Every pod reaches every pod once in `family` (UDP, no policy), up to three tries.
-    fn warm_up(&mut self, family: IpFamily) -> Result<(), String> {
-        let mut left: Vec<Cell> = cells()
+    /// Every client reaches every pod once in each family (UDP, no policy), up to three
+    /// tries.
+    fn warm_up(&mut self) -> Result<(), String> {
+        let mut left: Vec<Cell> = cells(&self.families)
             .into_iter()
             .filter(|c| {
                 c.path == Path::Direct && c.protocol == Protocol::Udp && c.port == POLICY_PORTS[0]
             })
             .collect();
         for _ in 0..3 {
-            let expected = vec![true; left.len()];
-            let outcomes = self.probe(&left, &expected, family, Duration::from_secs(1))?;
+            let waits = vec![Duration::from_secs(1); left.len()];
+            let outcomes = self.probe(&left, &waits)?;
             left = left
                 .into_iter()
                 .zip(outcomes)
@@ -406,23 +481,18 @@ impl Run<'_> {
         }
         let left: Vec<String> = left.iter().map(ToString::to_string).collect();
         Err(format!(
-            "warm-up in {family:?}: no answer after 3 tries, without policies: {}",
+            "warm-up: no answer after 3 tries, without policies: {}",
             left.join("; ")
         ))
     }
 
-    /// Sends `cells` (expected allowed where `expected` says so: those wait up to `timeout`,
-    /// the others [`PolicyRunOptions::drop_wait`]), all at once, one thread per client.
-    fn probe(
-        &mut self,
-        cells: &[Cell],
-        expected: &[bool],
-        family: IpFamily,
-        timeout: Duration,
-    ) -> Result<Vec<ProbeOutcome>, String> {
+    /// Sends `cells`, each given its wait in `waits`, all at once, one thread per client,
+    /// each probe from a source port of its own.
+    fn probe(&mut self, cells: &[Cell], waits: &[Duration]) -> Result<Vec<BatchOutcome>, String> {
         let mut batches: Vec<Vec<(usize, BatchProbe)>> = vec![Vec::new(); CLIENT_COUNT];
-        for (i, (cell, allowed)) in cells.iter().zip(expected).enumerate() {
+        for (i, (cell, wait)) in cells.iter().zip(waits).enumerate() {
             let server = self.lab.pod(cell.server);
+            let family = cell.family;
             let ip = match cell.path {
                 Path::Direct => server.address(family).ok_or_else(|| {
                     format!("{} has no {family:?} address", pod_name(cell.server))
@@ -432,17 +502,13 @@ impl Run<'_> {
             let probe = BatchProbe {
                 destination: SocketAddr::new(ip, cell.port),
                 protocol: cell.protocol,
-                source_port: Some(self.next_port(cell.client)),
-                timeout: if *allowed {
-                    timeout
-                } else {
-                    self.options.drop_wait
-                },
+                source_port: Some(self.next_port(cell.client)?),
+                timeout: *wait,
             };
             batches[cell.client].push((i, probe));
         }
         let lab = self.lab;
-        let results: Vec<Result<Vec<(usize, ProbeOutcome)>, String>> = std::thread::scope(|s| {
+        let results: Vec<Result<Vec<(usize, BatchOutcome)>, String>> = std::thread::scope(|s| {
             let handles: Vec<_> = batches
                 .into_iter()
                 .enumerate()
@@ -467,7 +533,7 @@ impl Run<'_> {
                 })
                 .collect()
         });
-        let mut outcomes = vec![ProbeOutcome::Timeout; cells.len()];
+        let mut outcomes = vec![BatchOutcome::Ended(ProbeOutcome::Timeout); cells.len()];
         for result in results {
             for (i, outcome) in result? {
                 outcomes[i] = outcome;
@@ -525,15 +591,15 @@ impl Run<'_> {
                 table.push(format!("node-{n}'s state is invalid: {e}"));
             }
         }
-        let (expected, errors) = expectations(&states, case.family);
+        let (expected, errors) = expectations(&states, &self.families);
         table.extend(errors);
         if !table.is_empty() {
             return Err(failed(table, Vec::new()));
         }
-        let all = cells();
+        let all = cells(&self.families);
         // Connections that the step before allows and this one denies, opened before it.
         let (held, mut traffic) = match previous {
-            Some((_, before)) => self.open_established(&all, before, &expected, case.family),
+            Some((_, before)) => self.open_established(&all, before, &expected),
             None => (Vec::new(), Vec::new()),
         };
         let mut refused = Vec::new();
@@ -555,8 +621,7 @@ impl Run<'_> {
             }
             return Err(failed(Vec::new(), refused));
         }
-        let timeout = self.options.timeout;
-        let mut outcome = match self.probe(&all, &expected, case.family, timeout) {
+        let mut outcome = match self.probe_matrix(&all, &expected) {
             Ok(outcomes) => compare(case, i, &all, &expected, &outcomes),
             Err(e) => failed(Vec::new(), vec![e]),
         };
@@ -576,6 +641,36 @@ impl Run<'_> {
         Ok((outcome, (states, expected)))
     }
 
+    /// Probes the matrix `all` (expected allowed where `expected` says so): allowed cells
+    /// wait up to [`PolicyRunOptions::timeout`], denied ones [`PolicyRunOptions::drop_wait`],
+    /// all in one batch. Then, once, in a second batch from fresh source ports (see
+    /// [`reprobes`]): allowed cells left unanswered, with the full timeout; and when the
+    /// batch was slow, denied cells that timed out, also with the full timeout.
+    fn probe_matrix(
+        &mut self,
+        all: &[Cell],
+        expected: &[bool],
+    ) -> Result<Vec<BatchOutcome>, String> {
+        let (timeout, drop_wait) = (self.options.timeout, self.options.drop_wait);
+        let waits: Vec<Duration> = expected
+            .iter()
+            .map(|a| if *a { timeout } else { drop_wait })
+            .collect();
+        let mut outcomes = self.probe(all, &waits)?;
+        let again = reprobes(expected, &outcomes, drop_wait);
+        if !again.is_empty() {
+            if self.options.verbose {
+                eprintln!("  re-probing {} cells", again.len());
+            }
+            let cells: Vec<Cell> = again.iter().map(|i| all[*i]).collect();
+            let seconds = self.probe(&cells, &vec![timeout; cells.len()])?;
+            for (i, outcome) in again.into_iter().zip(seconds) {
+                outcomes[i] = outcome;
+            }
+        }
+        Ok(outcomes)
+    }
+
     /// Opens TCP connections for up to [`MAX_ESTABLISHED`] cells (half direct, half through
     /// the ClusterIP) that `before` allows and `after` denies, each answered once; and the
     /// problems met.
@@ -584,7 +679,6 @@ impl Run<'_> {
         all: &[Cell],
         before: &[bool],
         after: &[bool],
-        family: IpFamily,
     ) -> (Vec<Held>, Vec<String>) {
         let mut held = Vec::new();
         let mut problems = Vec::new();
@@ -603,10 +697,10 @@ impl Run<'_> {
             let want = candidates.len().min(MAX_ESTABLISHED / 2);
             for n in 0..want {
                 let cell = candidates[n * candidates.len() / want];
-                match self.open_one(cell, family) {
+                match self.open_one(cell) {
                     Ok(session) => held.push(Held { cell, session }),
                     Err(e) => problems.push(format!(
-                        "{cell} ({family:?}): a connection opened before the step (which the step before allows): {e}"
+                        "{cell}: a connection opened before the step (which the step before allows): {e}"
                     )),
                 }
             }
@@ -614,7 +708,9 @@ impl Run<'_> {
         (held, problems)
     }
 
-    fn open_one(&mut self, cell: Cell, family: IpFamily) -> Result<TcpSession, String> {
+    fn open_one(&mut self, cell: Cell) -> Result<TcpSession, String> {
+        let family = cell.family;
+        let port = self.next_port(cell.client)?;
         let netns = client_netns(self.lab, cell.client);
         let ip = match cell.path {
             Path::Direct => self
@@ -628,7 +724,7 @@ impl Run<'_> {
             IpFamily::V4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpFamily::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         };
-        let source = SocketAddr::new(unspecified, self.next_port(cell.client));
+        let source = SocketAddr::new(unspecified, port);
         let mut session = TcpSession::open_from(
             netns,
             Some(source),
@@ -683,22 +779,68 @@ fn client_netns(lab: &Lab, client: usize) -> &crate::netns::NetNs {
 }
 
 /// What a cell saw, in a few words.
-fn seen(outcome: &ProbeOutcome) -> String {
+fn seen(outcome: &BatchOutcome) -> String {
     match outcome {
-        ProbeOutcome::Answered { backend, .. } => format!("answered by {backend}"),
-        ProbeOutcome::Refused => "refused (policy drops, it does not reject)".to_owned(),
-        ProbeOutcome::Unreachable => "unreachable".to_owned(),
-        ProbeOutcome::Timeout => "no answer (dropped)".to_owned(),
+        BatchOutcome::Ended(ProbeOutcome::Answered { backend, .. }) => {
+            format!("answered by {backend}")
+        }
+        BatchOutcome::Ended(ProbeOutcome::Refused) => {
+            "refused (policy drops, it does not reject)".to_owned()
+        }
+        BatchOutcome::Ended(ProbeOutcome::Unreachable) => "unreachable".to_owned(),
+        BatchOutcome::Ended(ProbeOutcome::Timeout) => "no answer (dropped)".to_owned(),
+        BatchOutcome::Connected => {
+            "connected (the handshake passed: not a drop), no answer line in time".to_owned()
+        }
     }
 }
 
-/// Whether `outcome` is what the cell expects.
-fn agrees(cell: Cell, allowed: bool, outcome: &ProbeOutcome) -> bool {
+/// Whether `outcome` is what the cell expects. A TCP handshake that completed is never a
+/// drop: it fails a denied cell, and an allowed cell still unanswered after its re-probe.
+fn agrees(cell: Cell, allowed: bool, outcome: &BatchOutcome) -> bool {
     match outcome {
-        ProbeOutcome::Answered { backend, .. } => allowed && *backend == pod_name(cell.server),
-        ProbeOutcome::Timeout => !allowed,
-        ProbeOutcome::Refused | ProbeOutcome::Unreachable => false,
+        BatchOutcome::Ended(ProbeOutcome::Answered { backend, .. }) => {
+            allowed && *backend == pod_name(cell.server)
+        }
+        BatchOutcome::Ended(ProbeOutcome::Timeout) => !allowed,
+        BatchOutcome::Ended(ProbeOutcome::Refused | ProbeOutcome::Unreachable)
+        | BatchOutcome::Connected => false,
     }
+}
+
+/// The cells of a matrix batch to probe once more (indices), from fresh source ports and with
+/// the full timeout:
+/// - allowed cells left unanswered (no answer, or a TCP connection without its answer line):
+///   loss under load (a UDP datagram or its answer dropped by a full queue, a server thread
+///   not scheduled in time) is not a dataplane's verdict, and UDP has no retransmission of
+///   its own. The retry is sound because policy verdicts are deterministic: a cell the
+///   backend wrongly drops is dropped again (the retry is a new connection, checked by the
+///   same rules), so a retry can turn only loss into an answer, never a drop;
+/// - when the batch was slow — an allowed cell answered later than half the drop wait —
+///   denied cells that timed out: their drop wait was too short to tell a drop from a late
+///   answer, so they are asked again with the full timeout instead of passing.
+pub(super) fn reprobes(
+    expected: &[bool],
+    outcomes: &[BatchOutcome],
+    drop_wait: Duration,
+) -> Vec<usize> {
+    let slow = expected
+        .iter()
+        .zip(outcomes)
+        .filter(|(allowed, _)| **allowed)
+        .filter_map(|(_, o)| o.latency())
+        .any(|l| l > drop_wait / 2);
+    expected
+        .iter()
+        .zip(outcomes)
+        .enumerate()
+        .filter(|(_, (allowed, outcome))| match outcome {
+            BatchOutcome::Ended(ProbeOutcome::Timeout) => **allowed || slow,
+            BatchOutcome::Connected => **allowed,
+            BatchOutcome::Ended(_) => false,
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Most failed cells listed one per line (the truth tables show them all).
@@ -709,7 +851,7 @@ fn compare(
     step: usize,
     cells: &[Cell],
     expected: &[bool],
-    outcomes: &[ProbeOutcome],
+    outcomes: &[BatchOutcome],
 ) -> RowOutcome {
     let mut answered: BTreeMap<String, usize> = BTreeMap::new();
     let mut wrong = Vec::new();
@@ -732,10 +874,9 @@ fn compare(
         .take(MAX_LISTED)
         .map(|(cell, allowed, outcome)| {
             format!(
-                "case {} step {}: {cell} ({:?}): expected {}, saw {}",
+                "case {} step {}: {cell}: expected {}, saw {}",
                 case.name,
                 step + 1,
-                case.family,
                 if *allowed { "allowed" } else { "denied" },
                 seen(outcome)
             )
@@ -756,29 +897,39 @@ fn compare(
     }
 }
 
-/// The e2e suite's truth tables, one per protocol, port and path that has a wrong cell:
-/// clients down, servers across; `.` allowed and `X` denied as expected, `!` answered where
-/// the model denies, `?` dropped where it allows, `E` refused or unreachable, `W` answered
-/// by the wrong pod.
+/// The e2e suite's truth tables, one per family, protocol, port and path that has a wrong
+/// cell: clients down, servers across; `.` allowed and `X` denied as expected, `!` answered
+/// (or connected) where the model denies, `?` dropped where it allows, `S` connected but
+/// unanswered where it allows (slow), `E` refused or unreachable, `W` answered by the wrong
+/// pod.
 pub(super) fn truth_tables(
     cells: &[Cell],
     expected: &[bool],
-    outcomes: &[ProbeOutcome],
+    outcomes: &[BatchOutcome],
 ) -> Vec<String> {
-    let mut slices: BTreeMap<(Protocol, u16, Path), Vec<Vec<char>>> = BTreeMap::new();
-    let mut bad: BTreeMap<(Protocol, u16, Path), bool> = BTreeMap::new();
+    type Key = (IpFamily, Protocol, u16, Path);
+    let mut slices: BTreeMap<Key, Vec<Vec<char>>> = BTreeMap::new();
+    let mut bad: BTreeMap<Key, bool> = BTreeMap::new();
     for ((cell, allowed), outcome) in cells.iter().zip(expected).zip(outcomes) {
-        let key = (cell.protocol, cell.port, cell.path);
+        let key = (cell.family, cell.protocol, cell.port, cell.path);
         let grid = slices
             .entry(key)
             .or_insert_with(|| vec![vec![' '; POD_COUNT]; CLIENT_COUNT]);
         let mark = match (outcome, allowed) {
-            (ProbeOutcome::Answered { backend, .. }, _) if *backend != pod_name(cell.server) => 'W',
-            (ProbeOutcome::Answered { .. }, true) => '.',
-            (ProbeOutcome::Answered { .. }, false) => '!',
-            (ProbeOutcome::Timeout, false) => 'X',
-            (ProbeOutcome::Timeout, true) => '?',
-            (ProbeOutcome::Refused | ProbeOutcome::Unreachable, _) => 'E',
+            (BatchOutcome::Ended(ProbeOutcome::Answered { backend, .. }), _)
+                if *backend != pod_name(cell.server) =>
+            {
+                'W'
+            }
+            (BatchOutcome::Ended(ProbeOutcome::Answered { .. }), true) => '.',
+            (
+                BatchOutcome::Ended(ProbeOutcome::Answered { .. }) | BatchOutcome::Connected,
+                false,
+            ) => '!',
+            (BatchOutcome::Connected, true) => 'S',
+            (BatchOutcome::Ended(ProbeOutcome::Timeout), false) => 'X',
+            (BatchOutcome::Ended(ProbeOutcome::Timeout), true) => '?',
+            (BatchOutcome::Ended(ProbeOutcome::Refused | ProbeOutcome::Unreachable), _) => 'E',
         };
         grid[cell.client][cell.server] = mark;
         *bad.entry(key).or_default() |= !agrees(*cell, *allowed, outcome);
@@ -786,9 +937,10 @@ pub(super) fn truth_tables(
     slices
         .into_iter()
         .filter(|(key, _)| bad.get(key).copied().unwrap_or(false))
-        .map(|((protocol, port, path), grid)| {
+        .map(|((family, protocol, port, path), grid)| {
+            let family = family_name(family);
             let mut out = format!(
-                "{protocol}/{port} {path} (. allowed, X denied as expected; ! answered but denied, ? dropped but allowed, E refused, W wrong pod):\n"
+                "{family} {protocol}/{port} {path} (. allowed, X denied as expected; ! answered but denied, ? dropped but allowed, S connected but unanswered, E refused, W wrong pod):\n"
             );
             let _ = write!(out, "            -     ");
             for k in 0..POD_COUNT {
