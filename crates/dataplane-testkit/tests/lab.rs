@@ -420,3 +420,43 @@ fn probe_batch_reports_every_probe_in_order() {
         Err(dataplane_testkit::TrafficError::Unsupported { .. })
     ));
 }
+
+/// A pod forges another pod's address (and, in IPv6, its node's) with `send_forged`; with
+/// no dataplane in the way the sink on a pod of the other node records each datagram with
+/// the forged source — so a policy table's "never received" for a forged cell means a drop.
+#[test]
+fn forged_datagrams_reach_a_sink_with_the_forged_source() {
+    if !require_root("forged_datagrams_reach_a_sink_with_the_forged_source") {
+        return;
+    }
+    let lab = Lab::new(spec(true)).unwrap();
+    let target = lab.pod(3);
+    let sink = dataplane_testkit::sink(&target.netns, 7100).unwrap();
+    let mut sent = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let mut forged = vec![lab.pod(1).address(family).unwrap()];
+        if family == Family::V6 {
+            // An IPv4 node drops its own address coming in from a pod itself (martian).
+            forged.push(lab.node(0).address(family).unwrap());
+        }
+        for (i, source) in forged.into_iter().enumerate() {
+            let payload = format!("forged {family:?} {i}");
+            dataplane_testkit::send_forged(
+                &lab.pod(0).netns,
+                SocketAddr::new(source, 7200),
+                SocketAddr::new(target.address(family).unwrap(), 7100),
+                payload.as_bytes(),
+            )
+            .unwrap();
+            sent.push((SocketAddr::new(source, 7200), payload));
+        }
+    }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while sink.received().len() < sent.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut got = sink.received();
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent);
+}

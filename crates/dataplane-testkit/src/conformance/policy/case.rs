@@ -22,6 +22,10 @@ pub struct PolicyCase {
     /// The steps: the first is applied with a full sync, each later one as the diff from the
     /// step before.
     pub steps: Vec<Step>,
+    /// Whether each step also sends forged datagrams (pods sending from addresses that are
+    /// not their own, to a sink that records what arrives) besides the matrix: the
+    /// anti-spoofing cells, delivered or not as the reference model says.
+    pub forged: bool,
 }
 
 impl PolicyCase {
@@ -32,7 +36,16 @@ impl PolicyCase {
             source: source.to_owned(),
             family: IpFamily::V4,
             steps,
+            forged: false,
         }
+    }
+
+    /// The same case with the forged datagrams sent after each step (see
+    /// [`PolicyCase::forged`]).
+    #[must_use]
+    pub fn with_forged(mut self) -> Self {
+        self.forged = true;
+        self
     }
 
     /// The same case written for `family` (skipped where the lab or backend lacks it).

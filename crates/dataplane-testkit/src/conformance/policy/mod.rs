@@ -71,11 +71,24 @@
 //!    step before allowed, up to four TCP connections of such cells (two direct, two through
 //!    the ClusterIP) are opened and answered once; after the step they must still be answered
 //!    (policy is checked on a connection's first packet; replies and later packets of an
-//!    allowed connection are not re-checked — the lead's rule for every backend).
+//!    allowed connection are not re-checked — the lead's rule for every backend);
+//! 6. in a case marked [`PolicyCase::forged`] (`anti-spoofing`), sends forged datagrams
+//!    before the matrix: pods z/a (z/c's node) and y/a (the other node) send UDP to a sink
+//!    on z/c (port 82, recording what arrives) from x/a's address, and in IPv6 from node-1's
+//!    ([`crate::traffic::send_forged`]: a socket with `IP_TRANSPARENT` bound to the forged
+//!    address, root in the pod's namespace). The policy lets x/a (any port) and node-1
+//!    (kubelet's rule) reach z/c, so only the source check can stop them. The expectation
+//!    is the reference model's ([`dataplane_core::evaluate`] with `Entry::FromPod(client)`
+//!    and the forged source: with policies, a local pod's packet from an address that is not
+//!    its own is dropped — the lead's anti-spoofing rule, [`dataplane_core::is_spoofed`]);
+//!    the check is whether the sink got the datagram (no answer can come back to a forger).
+//!    Without policies they must arrive: the forgery works, so a drop means something. No
+//!    IPv4 node address: a node drops a packet that arrives with its own IPv4 address as
+//!    source itself (a martian), whatever the dataplane.
 //!
 //! A failed step lists its wrong cells (case, step, client, server, protocol, port, path,
-//! expected and seen) and prints the e2e suite's truth table for each protocol, port and path
-//! with a wrong cell. The [`Report`](super::Report) is the standard table's:
+//! family, expected and seen) and prints the e2e suite's truth table for each family,
+//! protocol, port and path with a wrong cell. The [`Report`](super::Report) is the standard table's:
 //! `report.assert_ok()` panics with all of it.
 //!
 //! Before the first case the runner applies the no-policy state and makes every client reach
@@ -105,6 +118,8 @@
 //!   namespace relabelled, policies deleted (back to open);
 //! - every case in IPv6 as well (same batch), and the `ipBlock` `except` cases again with
 //!   IPv6 CIDRs;
+//! - anti-spoofing: pods forging another pod's and (IPv6) the node's address, dropped with
+//!   policies, delivered without;
 //! - in every case, the nodes as clients: a node reaches its own pods whatever the policies
 //!   (the docs: "traffic to and from the node where a Pod is running is always allowed"),
 //!   another node is matched like any address outside the cluster's pods.

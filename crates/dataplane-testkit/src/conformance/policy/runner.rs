@@ -13,7 +13,8 @@ use dataplane_core::{
 
 use crate::lab::{Lab, LabNode, SERVER_PORT};
 use crate::traffic::{
-    probe_batch, serve, BatchOutcome, BatchProbe, ProbeOutcome, Server, TcpSession,
+    probe_batch, send_forged, serve, sink, BatchOutcome, BatchProbe, ProbeOutcome, Server, Sink,
+    TcpSession,
 };
 
 use super::super::report::{OneRow, Report, RowOutcome, RowReport};
@@ -62,7 +63,8 @@ pub(super) fn probe_ports(client: usize) -> std::ops::Range<u16> {
 /// the smallest range, so that a wrap (a later probe meeting an earlier connection's
 /// conntrack entry) cannot happen silently; re-probes beyond it fail their row.
 pub(super) fn ports_needed(cases: &[PolicyCase], families: &[IpFamily]) -> usize {
-    let per_step = cells(families).len() / CLIENT_COUNT + MAX_ESTABLISHED;
+    let per_step =
+        cells(families).len() / CLIENT_COUNT + MAX_ESTABLISHED + spoof_cells(families).len();
     let steps: usize = cases.iter().map(|c| c.steps.len()).sum();
     // + 1: SERVER_PORT, stepped over.
     3 * POD_COUNT * families.len() + steps * per_step + 1
@@ -209,6 +211,20 @@ fn address(states: &[DesiredState], k: usize, family: IpFamily) -> Result<IpAddr
         .ok_or_else(|| format!("pod {name} has no {family:?} address"))
 }
 
+/// The address of lab node `n` in `states` for `family`.
+fn node_address(states: &[DesiredState], n: usize, family: IpFamily) -> Result<IpAddr, String> {
+    states
+        .get(n)
+        .and_then(|s| {
+            s.node
+                .addresses
+                .iter()
+                .copied()
+                .find(|a| IpFamily::of(a) == family)
+        })
+        .ok_or_else(|| format!("node-{n} has no {family:?} address"))
+}
+
 /// Whether the reference model allows `cell` (`Err`: the model's answers do not add up).
 ///
 /// The client's node answers for the connection (egress is checked there, after DNAT for the
@@ -218,19 +234,7 @@ fn address(states: &[DesiredState], k: usize, family: IpFamily) -> Result<IpAddr
 pub(super) fn expectation(states: &[DesiredState], cell: Cell) -> Result<bool, String> {
     let family = cell.family;
     let (client_node, c_ip, entry) = match as_node(cell.client) {
-        Some(n) => {
-            let ip = states
-                .get(n)
-                .and_then(|s| {
-                    s.node
-                        .addresses
-                        .iter()
-                        .copied()
-                        .find(|a| IpFamily::of(a) == family)
-                })
-                .ok_or_else(|| format!("node-{n} has no {family:?} address"))?;
-            (n, ip, Entry::FromHost)
-        }
+        Some(n) => (n, node_address(states, n, family)?, Entry::FromHost),
         None => (
             node_of(cell.client),
             address(states, cell.client, family)?,
@@ -323,6 +327,8 @@ pub fn run_policy_with(
         options,
         ports: (0..CLIENT_COUNT).map(|c| probe_ports(c).start).collect(),
         families: families(lab, &caps),
+        sink: None,
+        forged: 0,
         report: &mut report,
     };
     let needed = ports_needed(cases, &run.families);
@@ -374,6 +380,10 @@ struct Run<'a> {
     ports: Vec<u16>,
     /// The families probed: both in a dual-stack lab with a dual-stack backend.
     families: Vec<IpFamily>,
+    /// The sink of the forged datagrams, on [`SPOOF_TARGET`] (started by `prepare`).
+    sink: Option<Sink>,
+    /// Forged datagrams sent so far (each one's payload is unique in the run).
+    forged: usize,
     report: &'a mut Report,
 }
 
@@ -448,6 +458,11 @@ impl Run<'_> {
                 servers.push(server);
             }
         }
+        let target = self.lab.pod(SPOOF_TARGET);
+        self.sink = Some(
+            sink(&target.netns, SINK_PORT)
+                .map_err(|e| format!("sink of {}: {}", pod_name(SPOOF_TARGET), error_chain(&e)))?,
+        );
         for (n, plane) in planes.iter_mut().enumerate() {
             plane.apply(&states[n]).map_err(|e| {
                 format!("apply the no-policy state on node-{n}: {}", error_chain(&e))
@@ -621,11 +636,21 @@ impl Run<'_> {
             }
             return Err(failed(Vec::new(), refused));
         }
+        let spoofs = if case.forged {
+            spoof_cells(&self.families)
+        } else {
+            Vec::new()
+        };
+        let forged = self.send_forged(&states, &spoofs);
         let mut outcome = match self.probe_matrix(&all, &expected) {
             Ok(outcomes) => compare(case, i, &all, &expected, &outcomes),
             Err(e) => failed(Vec::new(), vec![e]),
         };
         traffic.extend(check_established(held));
+        match forged {
+            Ok(sent) => traffic.extend(self.check_forged(&spoofs, &sent)),
+            Err(e) => traffic.push(e),
+        }
         if !traffic.is_empty() {
             outcome = match outcome {
                 RowOutcome::Failed {
@@ -669,6 +694,74 @@ impl Run<'_> {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Sends the forged datagram of each of `spoofs` (see [`spoof_cells`]): its payload, its
+    /// expectation (received or not) from the reference model, and when it was sent.
+    fn send_forged(
+        &mut self,
+        states: &[DesiredState],
+        spoofs: &[SpoofCell],
+    ) -> Result<Vec<Forgery>, String> {
+        let target = SPOOF_TARGET;
+        let mut sent = Vec::new();
+        for spoof in spoofs {
+            let (received, source) = spoof_expectation(states, *spoof)?;
+            let port = self.next_port(spoof.client)?;
+            let destination = SocketAddr::new(address(states, target, spoof.family)?, SINK_PORT);
+            self.forged += 1;
+            let payload = format!("forged {}", self.forged);
+            send_forged(
+                client_netns(self.lab, spoof.client),
+                SocketAddr::new(source, port),
+                destination,
+                payload.as_bytes(),
+            )
+            .map_err(|e| format!("{spoof}: {}", error_chain(&e)))?;
+            sent.push(Forgery {
+                received,
+                payload,
+                at: Instant::now(),
+            });
+        }
+        Ok(sent)
+    }
+
+    /// Waits for the forged datagrams the model lets through (up to the timeout) and for the
+    /// drop wait after the others; the cells whose delivery is not what the model says.
+    fn check_forged(&self, spoofs: &[SpoofCell], sent: &[Forgery]) -> Vec<String> {
+        let Some(sink) = &self.sink else {
+            return vec!["no sink for the forged datagrams".to_owned()];
+        };
+        let got = || -> Vec<String> { sink.received().into_iter().map(|(_, p)| p).collect() };
+        let all_in = |got: &[String]| {
+            sent.iter()
+                .filter(|f| f.received)
+                .all(|f| got.contains(&f.payload))
+        };
+        for f in sent {
+            let wait = if f.received {
+                self.options.timeout
+            } else {
+                self.options.drop_wait
+            };
+            while f.at.elapsed() < wait && !(f.received && all_in(&got())) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let got = got();
+        spoofs
+            .iter()
+            .zip(sent)
+            .filter(|(_, f)| got.contains(&f.payload) != f.received)
+            .map(|(spoof, f)| {
+                if f.received {
+                    format!("{spoof}: expected delivered (no policy, no anti-spoofing), the server never got it")
+                } else {
+                    format!("{spoof}: expected dropped (anti-spoofing: not the pod's own address), the server got it")
+                }
+            })
+            .collect()
     }
 
     /// Opens TCP connections for up to [`MAX_ESTABLISHED`] cells (half direct, half through
@@ -738,6 +831,105 @@ impl Run<'_> {
         }
         Ok(session)
     }
+}
+
+/// UDP port of the sink on [`SPOOF_TARGET`] that records forged datagrams.
+pub(super) const SINK_PORT: u16 = 82;
+/// The pod the forged datagrams go to: z/c (node-1).
+pub(super) const SPOOF_TARGET: usize = POD_COUNT - 1;
+
+/// A forged address: a node's, or a pod's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Forged {
+    /// The address of lab node `n`.
+    Node(usize),
+    /// The address of layout pod `k`.
+    Pod(usize),
+}
+
+/// A datagram that pod `client` sends to [`SPOOF_TARGET`]'s sink from the `forged` address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SpoofCell {
+    pub(super) client: usize,
+    pub(super) forged: Forged,
+    pub(super) family: IpFamily,
+}
+
+impl std::fmt::Display for SpoofCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let forged = match self.forged {
+            Forged::Node(n) => format!("node-{n}"),
+            Forged::Pod(k) => pod_name(k),
+        };
+        write!(
+            f,
+            "{} -> {} UDP/{SINK_PORT} forging {forged}'s address ({})",
+            pod_name(self.client),
+            pod_name(SPOOF_TARGET),
+            family_name(self.family)
+        )
+    }
+}
+
+/// The forged datagrams of every step, to z/c's sink: from z/a (z/c's node) and from y/a
+/// (the other node), each forging x/a's address (a pod of node-0) and, in IPv6, node-1's
+/// (z/c's node: its own pods are always allowed from it, kubelet's rule). Not the node's
+/// IPv4 address: a node drops a packet that comes in with its own IPv4 address as source
+/// itself (a martian, whatever the dataplane), so such a cell could not fail.
+pub(super) fn spoof_cells(families: &[IpFamily]) -> Vec<SpoofCell> {
+    const X_A: usize = 0;
+    const Y_A: usize = 3;
+    const Z_A: usize = 6;
+    let mut out = Vec::new();
+    for family in families {
+        for client in [Z_A, Y_A] {
+            let mut forged = vec![Forged::Pod(X_A)];
+            if *family == IpFamily::V6 {
+                forged.push(Forged::Node(node_of(SPOOF_TARGET)));
+            }
+            for forged in forged {
+                out.push(SpoofCell {
+                    client,
+                    forged,
+                    family: *family,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether the reference model delivers `spoof` ([`evaluate`] on the client's node, the
+/// packet entering from the client pod with the forged source: dropped with policies, as
+/// anti-spoofing), and the forged address.
+pub(super) fn spoof_expectation(
+    states: &[DesiredState],
+    spoof: SpoofCell,
+) -> Result<(bool, IpAddr), String> {
+    let family = spoof.family;
+    let source = match spoof.forged {
+        Forged::Pod(k) => address(states, k, family)?,
+        Forged::Node(n) => node_address(states, n, family)?,
+    };
+    let packet = Packet {
+        protocol: Protocol::Udp,
+        source: SocketAddr::new(source, NOMINAL_CLIENT_PORT),
+        destination: SocketAddr::new(address(states, SPOOF_TARGET, family)?, SINK_PORT),
+    };
+    let entry = Entry::FromPod(object(spoof.client));
+    match evaluate(&states[node_of(spoof.client)], &packet, &entry) {
+        Verdict::Drop => Ok((false, source)),
+        Verdict::Untouched { .. } => Ok((true, source)),
+        other => Err(format!("{spoof}: the reference model says {other:?}")),
+    }
+}
+
+/// A forged datagram sent.
+struct Forgery {
+    /// Whether the model delivers it.
+    received: bool,
+    payload: String,
+    at: Instant,
 }
 
 /// What a step left: every node's state and the expected matrix.

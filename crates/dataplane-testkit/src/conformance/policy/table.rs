@@ -44,8 +44,9 @@ fn deny_egress_x() -> dataplane_core::Policy {
     policy("x", "deny-egress", all()).deny_egress().build()
 }
 
-/// The policy table: every case in IPv4, a few also in IPv6. See the module documentation of
-/// [`crate::conformance::policy`] for what it covers.
+/// The policy table: every case probed in IPv4 and IPv6 (in a dual-stack lab), the `ipBlock`
+/// cases also with IPv6 CIDRs. See the module documentation of [`crate::conformance::policy`]
+/// for what it covers.
 pub fn policy_cases() -> Vec<PolicyCase> {
     [
         defaults(),
@@ -57,8 +58,28 @@ pub fn policy_cases() -> Vec<PolicyCase> {
         updates(),
         ip_blocks(),
         ipv6_cases(),
+        vec![anti_spoofing()],
     ]
     .concat()
+}
+
+/// The team's anti-spoofing rule: z/c accepts x/a (any port) and its node (kubelet's rule),
+/// so the forged datagrams of each step (z/a and y/a forging x/a's address and, in IPv6,
+/// node-1's, to z/c's sink) would be delivered were it not for the source check; deleting
+/// the policy turns the check off again (no policies, no anti-spoofing: delivered, which
+/// also shows that the forgery itself works).
+fn anti_spoofing() -> PolicyCase {
+    case(
+        "anti-spoofing",
+        "the lead's rule (reference model): with policies, a local pod's packet from an address that is not its own is dropped",
+        vec![
+            apply(vec![policy("z", "c-allows-x-a", labels(&[("pod", "c")]))
+                .ingress(rule(vec![pods_in(ns_named("x"), pod_a())], Vec::new()))
+                .build()]),
+            Step::delete("z", "c-allows-x-a"),
+        ],
+    )
+    .with_forged()
 }
 
 /// The baseline and the default deny / allow-all policies.

@@ -9,8 +9,8 @@ use dataplane_core::{validate, IpFamily, Protocol};
 
 use super::layout::{node_states, pod_index, World, POD_COUNT};
 use super::runner::{
-    cells, client_name, expectations, ports_needed, probe_ports, reprobes, truth_tables, Cell,
-    Path, CLIENT_COUNT,
+    cells, client_name, expectations, ports_needed, probe_ports, reprobes, spoof_cells,
+    spoof_expectation, truth_tables, Cell, Forged, Path, CLIENT_COUNT, SINK_PORT, SPOOF_TARGET,
 };
 use super::{policy_cases, PolicyCase, Step, POLICY_LAB};
 use crate::traffic::{BatchOutcome, ProbeOutcome};
@@ -439,4 +439,46 @@ fn source_ports_cannot_wrap_and_nodes_never_share_them_with_pods() {
         needed * 5 / 4 <= have,
         "{needed} source ports needed per client, {have} in a range"
     );
+}
+
+#[test]
+fn forged_sources_are_dropped_with_policies_though_the_target_would_accept_them() {
+    let spoofs = spoof_cells(&BOTH);
+    assert_eq!(spoofs.len(), 6, "{spoofs:?}");
+    assert!(
+        spoofs
+            .iter()
+            .all(|s| s.family == IpFamily::V6 || matches!(s.forged, Forged::Pod(_))),
+        "no IPv4 node address: the kernel drops it as a martian"
+    );
+    let case = case("anti-spoofing");
+    assert!(case.forged, "the case sends the forged datagrams");
+    let mut world = World::initial();
+    let open = node_states(POLICY_LAB, &world);
+    for spoof in &spoofs {
+        let (received, _) = spoof_expectation(&open, *spoof).unwrap();
+        assert!(received, "{spoof}: no policy, no anti-spoofing");
+    }
+    case.steps[0].apply_to(&mut world).unwrap();
+    let states = node_states(POLICY_LAB, &world);
+    let target = states[1]
+        .endpoints
+        .iter()
+        .find(|e| e.name.to_string() == "z/c")
+        .unwrap();
+    for spoof in &spoofs {
+        let (received, source) = spoof_expectation(&states, *spoof).unwrap();
+        assert!(!received, "{spoof}: anti-spoofing");
+        // The target would take the forged source: only the source check stops it.
+        let to = target
+            .ips
+            .iter()
+            .copied()
+            .find(|ip| IpFamily::of(ip) == spoof.family)
+            .unwrap();
+        let accepted = dataplane_core::policy_allows(&states[1], source, to, Udp, SINK_PORT)
+            || states[1].node.addresses.contains(&source);
+        assert!(accepted, "{spoof}");
+        assert_eq!(super::layout::pod_name(SPOOF_TARGET), "z/c");
+    }
 }
