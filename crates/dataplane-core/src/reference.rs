@@ -259,7 +259,11 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 ///   says so.
 /// - NetworkPolicy ([`crate::policy`]), for the first packet of a connection: a forwarded
 ///   connection keeps the backends that [`policy_allows`] from the client's own address to
-///   the backend's address and target port (after DNAT), and is dropped when none is left;
+///   the backend's address and target port (after DNAT), and is dropped when none is left.
+///   Those are the backends a connection can reach: dataplanes pick a backend first and then
+///   check policy on the translated packet (as Cilium, Calico and kube-proxy with a policy
+///   engine do), so a connection that picked a denied backend is dropped, not sent to an
+///   allowed one — the verdict lists where a connection may end up, not that every one does;
 ///   an untouched packet is dropped unless `policy_allows` from its source to its
 ///   destination. Replies of an allowed connection are allowed (backends keep that in
 ///   conntrack). A state without policies is judged as before, policy aside.
