@@ -57,6 +57,25 @@ pub(super) fn probe_ports(client: usize) -> std::ops::Range<u16> {
     }
 }
 
+/// The source port `next` of client `client` (stepping over [`SERVER_PORT`]), moving `next`
+/// on; an error once the client's range is used up: never a wrap.
+pub(super) fn take_port(next: &mut u16, client: usize) -> Result<u16, String> {
+    let range = probe_ports(client);
+    if *next == SERVER_PORT {
+        *next += 1;
+    }
+    let port = *next;
+    if !range.contains(&port) {
+        return Err(format!(
+            "{} used all its source ports ({range:?}): more probes than ports, a wrap would \
+             repeat an earlier connection's tuple",
+            client_name(client)
+        ));
+    }
+    *next = port + 1;
+    Ok(port)
+}
+
 /// Source ports a client needs at most for `cases` in `families`, re-probes aside: the
 /// warm-up (three tries per server and family), every step's cells, and the established
 /// connections opened before a step. [`run_policy_with`] refuses to start when it exceeds
@@ -401,21 +420,7 @@ impl Run<'_> {
 
     /// The next source port of `client`; an error once its range is used up (no wrap).
     fn next_port(&mut self, client: usize) -> Result<u16, String> {
-        let port = self.ports[client];
-        let range = probe_ports(client);
-        if port >= range.end {
-            return Err(format!(
-                "{} used all its source ports ({range:?}): more probes than ports, a wrap \
-                 would repeat an earlier connection's tuple",
-                client_name(client)
-            ));
-        }
-        if port == SERVER_PORT {
-            self.ports[client] = port + 1;
-            return self.next_port(client);
-        }
-        self.ports[client] = port + 1;
-        Ok(port)
+        take_port(&mut self.ports[client], client)
     }
 
     /// Checks the lab's shape, starts the servers on ports 80 and 81 of every pod, applies
@@ -685,7 +690,25 @@ impl Run<'_> {
         let again = reprobes(expected, &outcomes, drop_wait);
         if !again.is_empty() {
             if self.options.verbose {
-                eprintln!("  re-probing {} cells", again.len());
+                let slowest = expected
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(a, _)| **a)
+                    .filter_map(|(_, o)| o.latency())
+                    .max()
+                    .unwrap_or_default();
+                let unanswered: Vec<String> = again
+                    .iter()
+                    .filter(|i| expected[**i])
+                    .map(|i| format!("{}: {}", all[*i], seen(&outcomes[*i])))
+                    .collect();
+                eprintln!(
+                    "  re-probing {} cells (slowest allowed answer {slowest:.0?}; {} allowed unanswered{}{})",
+                    again.len(),
+                    unanswered.len(),
+                    if unanswered.is_empty() { "" } else { ": " },
+                    unanswered.iter().take(4).cloned().collect::<Vec<_>>().join("; ")
+                );
             }
             let cells: Vec<Cell> = again.iter().map(|i| all[*i]).collect();
             let seconds = self.probe(&cells, &vec![timeout; cells.len()])?;

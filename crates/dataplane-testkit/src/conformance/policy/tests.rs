@@ -10,7 +10,8 @@ use dataplane_core::{validate, IpFamily, Protocol};
 use super::layout::{node_states, pod_index, World, POD_COUNT};
 use super::runner::{
     cells, client_name, expectations, ports_needed, probe_ports, reprobes, spoof_cells,
-    spoof_expectation, truth_tables, Cell, Forged, Path, CLIENT_COUNT, SINK_PORT, SPOOF_TARGET,
+    spoof_expectation, take_port, truth_tables, Cell, Forged, Path, CLIENT_COUNT, SINK_PORT,
+    SPOOF_TARGET,
 };
 use super::{policy_cases, PolicyCase, Step, POLICY_LAB};
 use crate::traffic::{BatchOutcome, ProbeOutcome};
@@ -432,6 +433,18 @@ fn source_ports_cannot_wrap_and_nodes_never_share_them_with_pods() {
         "{pods:?} {nodes:?}"
     );
     assert!(nodes.end <= 30_000, "below the NodePort range");
+    // Counting steps over the lab's server port, and stops at the end of the range.
+    let mut next = crate::lab::SERVER_PORT - 1;
+    assert_eq!(take_port(&mut next, 0), Ok(crate::lab::SERVER_PORT - 1));
+    assert_eq!(take_port(&mut next, 0), Ok(crate::lab::SERVER_PORT + 1));
+    let mut next = nodes.end - 1;
+    assert_eq!(take_port(&mut next, POD_COUNT), Ok(nodes.end - 1));
+    let e = take_port(&mut next, POD_COUNT).unwrap_err();
+    assert!(e.contains("node-0 used all its source ports"), "{e}");
+    assert!(
+        take_port(&mut next, POD_COUNT).is_err(),
+        "and stays so: no wrap"
+    );
     let needed = ports_needed(&policy_cases(), &BOTH);
     let have = pods.len().min(nodes.len());
     // A quarter left for re-probes (loss under load, slow batches).
