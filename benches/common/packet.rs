@@ -16,6 +16,16 @@
 //! permanent neighbour for the node's gateway): SNAT to the node address and `XDP_TX`, new
 //! and established flows alike.
 //!
+//! NetworkPolicy (`program_policies`, `policy_new_flows`): the lab's two pods A (10.244.0.10)
+//! and B (10.244.0.11) are both selected by `synthetic::policies(n, 10_000, ..)` (isolated
+//! for ingress and egress, `n` allow entries per direction over 100 peer sets of 100 pods),
+//! and A and B admit each other (policy 0, TCP 8080). Packets are SYNs of new connections
+//! from A to one of [`POLICY_SERVICES`] ClusterIPs whose one backend is B on 8080: the
+//! service translation, then the policy lookups of A's egress and (where the program checks
+//! it at that point) B's ingress, after DNAT as the model says. A SYN to a further ClusterIP,
+//! backed by B on port 7070 that no policy allows, must be dropped (`policy_denied`): the
+//! proof that the lookup is on the measured path.
+//!
 //! The time is the kernel's own measurement of the program run (`repeat = 1`: each packet runs
 //! once), summed over all packets; it includes the kernel's timer reads around the run.
 #![allow(dead_code)] // each including bench uses a part
@@ -27,7 +37,9 @@ use std::time::{Duration, Instant};
 
 use dataplane::ebpf::{EbpfConfig, EbpfDataplane, Hook, XdpMode};
 use dataplane::testing::synthetic;
-use dataplane::Dataplane;
+use dataplane::{
+    Backend, Dataplane, DesiredState, LabelSelector, ObjectName, Protocol, Service, ServicePort,
+};
 use dataplane_testkit::packet::{self, TCP_ACK, TCP_SYN};
 use dataplane_testkit::{Lab, LabSpec};
 use nix::sched::{setns, CloneFlags};
@@ -46,6 +58,18 @@ const NODE_PORT_SERVICES: usize = 2_768;
 /// The bench node's pod CIDR: no synthetic backend (10.244.0.2 - 10.244.253.x) is in it, so
 /// every backend is remote and the XDP path forwards.
 const POD_CIDR: &str = "10.244.254.0/24";
+
+/// ClusterIPs of the policy measurement's target service (one backend: pod B on
+/// [`POLICY_PORT`]), rotated over so that new-flow tuples do not repeat for 1M packets.
+pub const POLICY_SERVICES: usize = 16;
+/// Peer pods of the policy measurement, at every number of policies.
+pub const POLICY_PEERS: usize = 10_000;
+/// The port policy 0 allows (`synthetic::policies`' base port) and B serves on.
+const POLICY_PORT: u16 = 8080;
+/// A port of B that no synthetic policy allows (they allow 8080 ..= 8179).
+const DENIED_PORT: u16 = 7070;
+/// The label both pods carry and every synthetic policy selects.
+const POLICY_TARGET: (&str, &str) = ("bench", "policy-target");
 
 /// Kernel-measured time over a number of packets.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -93,6 +117,7 @@ pub struct PacketLab {
     next_xdp_new: u64,
     node_addr: Ipv4Addr,
     rng: u64,
+    next_policy_new: u64,
 }
 
 fn pin_dir() -> PathBuf {
@@ -107,7 +132,8 @@ impl PacketLab {
     pub fn new() -> Result<PacketLab, String> {
         let lab = Lab::new(LabSpec {
             nodes: 1,
-            pods_per_node: 1,
+            // Pods A and B of the policy measurement; the service measurement uses neither.
+            pods_per_node: 2,
             external_clients: 0,
             ipv6: false,
         })
@@ -156,6 +182,7 @@ impl PacketLab {
             next_xdp_new: 0,
             node_addr,
             rng: 0x9e37_79b9_7f4a_7c15,
+            next_policy_new: 0,
         })
     }
 
@@ -395,6 +422,104 @@ impl PacketLab {
             s.packets += 1;
         }
         Ok(s)
+    }
+}
+
+/// Address of lab pod `j` (A is 0, B is 1).
+fn pod_ip(j: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 0, 10 + j)
+}
+
+/// ClusterIP `k` of the policy target service (`k = POLICY_SERVICES`: the denied one), far
+/// above the synthetic services' ClusterIPs.
+fn policy_vip(k: usize) -> Ipv4Addr {
+    PacketLab::cluster_ip(450_000 + k)
+}
+
+impl PacketLab {
+    /// Programs the policy measurement's state (see the module docs) with `n_policies`
+    /// policies over [`POLICY_PEERS`] peer pods; returns how long the apply took. 0 policies:
+    /// the same services and pods, nothing isolated.
+    pub fn program_policies(&mut self, n_policies: usize) -> Result<Duration, String> {
+        let mut state: DesiredState = self.lab.desired_state(0);
+        state.node.pod_cidrs = vec![POD_CIDR.parse().expect("literal CIDR")];
+        if state.endpoints.len() < 2 {
+            return Err("the packet lab has fewer than two pods".to_owned());
+        }
+        for e in &mut state.endpoints {
+            e.labels
+                .insert(POLICY_TARGET.0.to_owned(), POLICY_TARGET.1.to_owned());
+            let (_, role) = synthetic::admitted(0);
+            e.labels.insert(synthetic::ROLE_LABEL.to_owned(), role);
+        }
+        let b = std::net::IpAddr::V4(pod_ip(1));
+        let service = |k: usize, target_port: u16| {
+            let mut s = Service::new(ObjectName::new("bench-policy", format!("target-{k}")));
+            s.cluster_ips = vec![std::net::IpAddr::V4(policy_vip(k))];
+            s.ports = vec![ServicePort {
+                name: String::new(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port,
+                node_port: None,
+            }];
+            let mut backend = Backend::new(b);
+            backend.node_name = Some(state.node.name.as_str().into());
+            s.backends = vec![backend];
+            s
+        };
+        state.services = (0..POLICY_SERVICES)
+            .map(|k| service(k, POLICY_PORT))
+            .chain(std::iter::once(service(POLICY_SERVICES, DENIED_PORT)))
+            .collect();
+        if n_policies > 0 {
+            let target = LabelSelector {
+                match_labels: std::iter::once((
+                    POLICY_TARGET.0.to_owned(),
+                    POLICY_TARGET.1.to_owned(),
+                ))
+                .collect(),
+                match_expressions: Vec::new(),
+            };
+            let namespace = state.endpoints[0].name.namespace.clone();
+            synthetic::policies(n_policies, POLICY_PEERS, &namespace, &target, POLICY_PORT)
+                .add_to(&mut state);
+        }
+        let start = Instant::now();
+        self.dp
+            .apply(&state)
+            .map_err(|e| format!("apply {n_policies} policies: {e}"))?;
+        Ok(start.elapsed())
+    }
+
+    /// Runs `count` SYNs of new connections from pod A to the policy target's ClusterIPs
+    /// (B on the allowed port), each tuple never seen before; each must be translated, not
+    /// dropped.
+    pub fn policy_new_flows(&mut self, count: u64) -> Result<Sample, String> {
+        let mut s = Sample::default();
+        for _ in 0..count {
+            let k = self.next_policy_new;
+            self.next_policy_new += 1;
+            let src = SocketAddrV4::new(pod_ip(0), 1024 + (k % 64_000) as u16);
+            let vip = policy_vip(((k / 64_000) % POLICY_SERVICES as u64) as usize);
+            s.total += self.run(&tcp_packet(src, SocketAddrV4::new(vip, 80), TCP_SYN))?;
+            s.packets += 1;
+        }
+        Ok(s)
+    }
+
+    /// Whether a SYN from pod A to the ClusterIP backed by B on a port no policy allows is
+    /// dropped by `dp_from_pod` (it must be when policies select A and B).
+    pub fn policy_denied(&mut self) -> Result<bool, String> {
+        let k = self.next_policy_new;
+        self.next_policy_new += 1;
+        let src = SocketAddrV4::new(pod_ip(0), 1024 + (k % 64_000) as u16);
+        let dst = SocketAddrV4::new(policy_vip(POLICY_SERVICES), 80);
+        let run = self
+            .dp
+            .run_packet(Hook::FromPod, &tcp_packet(src, dst, TCP_SYN), 1)
+            .map_err(|e| format!("test run: {e}"))?;
+        Ok(run.verdict == TC_ACT_SHOT)
     }
 }
 
