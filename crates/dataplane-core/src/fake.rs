@@ -7,7 +7,8 @@
 //! the same [`ApplyReport`] counts, answers [`Error::FullSyncRequired`] when they do, lists
 //! frontends in [`Dataplane::observe`] as the eBPF backend does, and tells what it would do to
 //! a packet with [`FakeDataplane::evaluate`] (the [`crate::evaluate`] reference model on what
-//! it programmed). In the style of knftables' `Fake`, tests inject faults
+//! it programmed, NetworkPolicy included: checked on a connection's first packet, after
+//! service DNAT). In the style of knftables' `Fake`, tests inject faults
 //! ([`FakeDataplane::fail_next_apply`]) instead of configuring a real backend to fail, and
 //! read what the code under test did with [`FakeDataplane::calls`].
 //!
@@ -212,8 +213,10 @@ impl FakeDataplane {
     }
 
     /// Everything a real backend can do, under the name [`FAKE`]: TCP, UDP and SCTP, IPv6,
-    /// Maglev, session affinity, DSR, XDP, masquerade, weights, no capacity limits; no
-    /// network policy (no backend enforces it yet).
+    /// Maglev, session affinity, DSR, XDP, masquerade, NetworkPolicy, weights, no capacity
+    /// limits. Policies are enforced by [`FakeDataplane::evaluate`] (the reference model):
+    /// service connections keep only the backends policy allows, pod-to-pod packets that
+    /// policy denies are dropped.
     pub fn default_capabilities() -> Capabilities {
         Capabilities {
             dataplane: FAKE.to_owned(),
@@ -226,7 +229,7 @@ impl FakeDataplane {
             dsr: true,
             xdp: true,
             masquerade: true,
-            network_policy: false,
+            network_policy: true,
             weights: true,
             max_services: 0,
             max_backends: 0,
@@ -350,7 +353,8 @@ impl Inner {
         self.capabilities.dataplane.clone()
     }
 
-    /// Policies need a capability no backend has yet: refused as the backends do.
+    /// Policies need [`Capabilities::network_policy`]: a fake made without it refuses them,
+    /// as a backend that cannot enforce policy does.
     fn check_policies<'a>(
         &self,
         mut policies: impl Iterator<Item = &'a crate::model::Policy>,
@@ -765,6 +769,10 @@ fn is_diff_from(applied: &DesiredState, changes: &ChangeSet) -> bool {
         && agrees(&applied.services, |s| &s.name, &changes.services)
         && agrees(&applied.endpoints, |e| &e.name, &changes.endpoints)
         && agrees(&applied.policies, |p| &p.name, &changes.policies)
+        && agrees(&applied.pods, |p| &p.name, &changes.pods)
+        && changes.namespaces.iter().all(|(name, change)| {
+            applied.namespaces.iter().find(|n| n.name == *name) == change.previous.as_ref()
+        })
 }
 
 impl Dataplane for FakeDataplane {

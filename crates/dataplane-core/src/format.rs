@@ -67,8 +67,14 @@ impl FormatError {
 }
 
 /// Parses a YAML document.
+///
+/// Booleans are YAML 1.2's (`true` / `false` only): in YAML 1.1 `y`, `n`, `yes`, `no`, `on`
+/// and `off` are booleans too, which would turn a namespace label `ns: y` (the Kubernetes
+/// NetworkPolicy e2e suite's namespaces are x, y and z) into `true` and fail. Kubernetes reads
+/// them as the strings they are where a string is expected, as this does.
 pub fn from_yaml(text: &str) -> Result<DesiredState, FormatError> {
-    serde_saphyr::from_str(text).map_err(FormatError::yaml)
+    serde_saphyr::from_str_with_options(text, serde_saphyr::options! { strict_booleans: true })
+        .map_err(FormatError::yaml)
 }
 
 /// Parses a JSON document.

@@ -1122,8 +1122,9 @@ pub enum SelectorOperator {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyRule {
-    /// Peers (empty: all peers).
-    #[serde(default)]
+    /// Peers (empty: all peers). In files also `from` (ingress) or `to` (egress), the
+    /// Kubernetes names, so that a NetworkPolicy's rules can be pasted as they are.
+    #[serde(default, alias = "from", alias = "to")]
     pub peers: Vec<PolicyPeer>,
     /// Ports (empty: all ports).
     #[serde(default)]

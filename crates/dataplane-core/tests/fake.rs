@@ -9,7 +9,8 @@ use std::time::Duration;
 use dataplane_core::fake::{FakeCalls, FakeDataplane, Fault, FAKE};
 use dataplane_core::{
     diff, Backend, BackendSelection, BoxDataplane, Capabilities, ChangeSet, Dataplane,
-    DesiredState, Entry, Error, ExternalMode, Node, ObjectName, ObservedFrontend, Policy, Protocol,
+    DesiredState, Endpoint, Entry, Error, ExternalMode, LabelSelector, Namespace, Node, ObjectName,
+    ObservedFrontend, PeerPod, Policy, PolicyPeer, PolicyPort, PolicyRule, PolicyType, Protocol,
     Service, ServicePort, SourceSeen, TrafficPolicy, ValidationError, Verdict,
 };
 
@@ -283,17 +284,201 @@ fn a_change_set_that_is_not_a_diff_from_the_applied_state_asks_for_a_full_sync()
     );
 }
 
-#[test]
-fn network_policy_is_refused_like_the_backends_do() {
-    let mut fake = FakeDataplane::new();
+/// Pods for the policy tests: `web-0` (10.244.1.5, label `app=web`) is a local endpoint,
+/// `client` (10.244.1.6, `app=client`) another local one, `remote` (10.244.2.7, `app=web`) a
+/// pod of node-b; the policy `web-from-client` isolates `app=web` pods for ingress and allows
+/// TCP from `app=client` only.
+fn policy_state() -> DesiredState {
     let mut s = state([web()]);
-    s.policies.push(Policy {
-        name: name("deny"),
-        pod_selector: dataplane_core::LabelSelector::default(),
-        policy_types: vec![dataplane_core::PolicyType::Ingress],
-        ingress: Vec::new(),
+    s.endpoints = vec![
+        Endpoint::new(name("web-0"), "vp0", [ip("10.244.1.5")]).with_label("app", "web"),
+        Endpoint::new(name("client"), "vp1", [ip("10.244.1.6")]).with_label("app", "client"),
+    ];
+    s.pods = vec![PeerPod::new(name("remote"), [ip("10.244.2.7")])
+        .with_label("app", "web")
+        .on_node("node-b")];
+    s.namespaces = vec![Namespace::new("default").with_label("team", "a")];
+    s.policies = vec![web_from(LabelSelector {
+        match_labels: [("app".to_owned(), "client".to_owned())].into(),
+        ..LabelSelector::default()
+    })];
+    s
+}
+
+/// `web-from-client` with `from` as the pod selector of its only peer.
+fn web_from(from: LabelSelector) -> Policy {
+    Policy {
+        name: name("web-from-client"),
+        pod_selector: LabelSelector {
+            match_labels: [("app".to_owned(), "web".to_owned())].into(),
+            ..LabelSelector::default()
+        },
+        policy_types: vec![PolicyType::Ingress],
+        ingress: vec![PolicyRule {
+            peers: vec![PolicyPeer {
+                pod_selector: Some(from),
+                ..PolicyPeer::default()
+            }],
+            ports: vec![PolicyPort {
+                protocol: Protocol::Tcp,
+                port: None,
+                end_port: None,
+            }],
+        }],
         egress: Vec::new(),
-    });
+    }
+}
+
+fn from_pod(n: &str) -> Entry {
+    Entry::FromPod(name(n))
+}
+
+#[test]
+fn network_policy_is_enforced_on_service_and_pod_traffic() {
+    assert!(FakeDataplane::default_capabilities().network_policy);
+    let fake = FakeDataplane::new();
+    let mut dp: BoxDataplane = Box::new(fake.clone());
+    let s = policy_state();
+    dp.apply(&s).unwrap();
+
+    // Through the ClusterIP: the client may reach both backends (both `app=web`, TCP).
+    let v = fake.evaluate(
+        &tcp("10.244.1.6:40000", "10.96.0.20:80"),
+        &from_pod("client"),
+    );
+    let Verdict::Forward { backends, .. } = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(
+        backends,
+        [sa("10.244.1.5:8080"), sa("10.244.2.7:8080")].into()
+    );
+    // From a pod the policy does not allow, or from the backend pod itself to the other
+    // one: dropped, counted as a drop; reaching itself through the service stays allowed.
+    let v = fake.evaluate(
+        &tcp("10.244.1.5:40000", "10.96.0.20:80"),
+        &from_pod("web-0"),
+    );
+    let Verdict::Forward { backends, .. } = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(backends, [sa("10.244.1.5:8080")].into(), "only itself");
+    let dropped_before = dp.stats().unwrap().packets_dropped;
+    let outside = tcp("172.18.0.99:40000", "10.96.0.20:80");
+    assert_eq!(fake.evaluate(&outside, &Entry::FromUplink), Verdict::Drop);
+    assert_eq!(dp.stats().unwrap().packets_dropped, dropped_before + 1);
+
+    // Pod to pod, no service: checked on the pod addresses and the port.
+    let direct = tcp("10.244.1.6:40001", "10.244.2.7:8080");
+    assert!(matches!(
+        fake.evaluate(&direct, &from_pod("client")),
+        Verdict::Untouched { .. }
+    ));
+    let reverse = tcp("10.244.1.5:40001", "10.244.1.6:8080");
+    assert!(
+        matches!(
+            fake.evaluate(&reverse, &from_pod("web-0")),
+            Verdict::Untouched { .. }
+        ),
+        "the client is not isolated"
+    );
+    let mut udp = direct;
+    udp.protocol = Protocol::Udp;
+    assert_eq!(
+        fake.evaluate(&udp, &from_pod("client")),
+        Verdict::Drop,
+        "TCP only"
+    );
+    // The node reaching its own pod: always allowed (kubelet probes).
+    let kubelet = tcp("172.18.0.10:40002", "10.244.1.5:8080");
+    assert!(matches!(
+        fake.evaluate(&kubelet, &Entry::FromHost),
+        Verdict::Untouched { .. }
+    ));
+}
+
+#[test]
+fn network_policy_changes_apply_incrementally() {
+    let fake = FakeDataplane::new();
+    let mut dp: BoxDataplane = Box::new(fake.clone());
+    let s = policy_state();
+    dp.apply(&s).unwrap();
+    let direct = tcp("10.244.1.6:40000", "10.244.2.7:8080");
+    assert!(matches!(
+        fake.evaluate(&direct, &from_pod("client")),
+        Verdict::Untouched { .. }
+    ));
+
+    // The client relabelled: denied. Then a namespace selector instead of the pod selector:
+    // allowed again by the namespace's label, denied when the namespace is relabelled.
+    let mut relabelled = s.clone();
+    relabelled.endpoints[1]
+        .labels
+        .insert("app".to_owned(), "other".to_owned());
+    let report = dp.apply_changes(&diff(&s, &relabelled)).unwrap();
+    assert!(!report.full_sync);
+    assert_eq!(fake.evaluate(&direct, &from_pod("client")), Verdict::Drop);
+
+    let mut by_namespace = relabelled.clone();
+    by_namespace.policies[0].ingress[0].peers[0] = PolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: [("team".to_owned(), "a".to_owned())].into(),
+            ..LabelSelector::default()
+        }),
+        ..PolicyPeer::default()
+    };
+    dp.apply_changes(&diff(&relabelled, &by_namespace)).unwrap();
+    assert!(matches!(
+        fake.evaluate(&direct, &from_pod("client")),
+        Verdict::Untouched { .. }
+    ));
+    let mut moved = by_namespace.clone();
+    moved.namespaces[0]
+        .labels
+        .insert("team".to_owned(), "b".to_owned());
+    dp.apply_changes(&diff(&by_namespace, &moved)).unwrap();
+    assert_eq!(fake.evaluate(&direct, &from_pod("client")), Verdict::Drop);
+
+    // A remote pod's change (relabelled out of `app=web`): no longer isolated.
+    let mut remote = moved.clone();
+    remote.pods[0]
+        .labels
+        .insert("app".to_owned(), "db".to_owned());
+    dp.apply_changes(&diff(&moved, &remote)).unwrap();
+    assert!(matches!(
+        fake.evaluate(&direct, &from_pod("client")),
+        Verdict::Untouched { .. }
+    ));
+    assert_eq!(fake.applied(), Some(remote.clone()));
+
+    // The policy deleted: open again, incrementally.
+    let mut open = remote.clone();
+    open.policies.clear();
+    dp.apply_changes(&diff(&remote, &open)).unwrap();
+    assert_eq!(fake.calls().incremental_syncs, 5);
+
+    // Change sets that are no diff from the applied state, for pods and namespaces too.
+    let stale_pods = ChangeSet {
+        pods: diff(&moved, &remote).pods,
+        ..ChangeSet::default()
+    };
+    assert!(matches!(
+        dp.apply_changes(&stale_pods),
+        Err(Error::FullSyncRequired)
+    ));
+    let stale_namespaces = diff(&by_namespace, &moved);
+    assert!(matches!(
+        dp.apply_changes(&stale_namespaces),
+        Err(Error::FullSyncRequired)
+    ));
+}
+
+#[test]
+fn network_policy_is_refused_without_the_capability() {
+    let mut caps = FakeDataplane::default_capabilities();
+    caps.network_policy = false;
+    let mut fake = FakeDataplane::with_capabilities(caps);
+    let s = policy_state();
     let err = fake.apply(&s).unwrap_err();
     let Error::Unsupported {
         dataplane,
@@ -305,19 +490,16 @@ fn network_policy_is_refused_like_the_backends_do() {
     };
     assert_eq!(
         (dataplane.as_str(), feature.as_str(), object.as_str()),
-        (FAKE, "network policy", "policy default/deny")
+        (FAKE, "network policy", "policy default/web-from-client")
     );
     // Incrementally too.
-    let plain = state([web()]);
+    let mut plain = s.clone();
+    plain.policies.clear();
     fake.apply(&plain).unwrap();
     assert!(matches!(
         fake.apply_changes(&diff(&plain, &s)),
         Err(Error::Unsupported { .. })
     ));
-    // A fake that claims policy accepts it.
-    let mut caps = FakeDataplane::default_capabilities();
-    caps.network_policy = true;
-    FakeDataplane::with_capabilities(caps).apply(&s).unwrap();
 }
 
 /// The netfilter backends' capabilities: no DSR (served with SNAT); iptables: no Maglev.

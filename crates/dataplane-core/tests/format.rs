@@ -346,3 +346,33 @@ fn format_errors_keep_the_message_and_the_cause() {
     assert!(json.to_string().starts_with("json: EOF"), "{json}");
     assert!(json.source().is_some());
 }
+
+/// A NetworkPolicy written as Kubernetes writes it: rules with `from` / `to`, and the e2e
+/// suite's namespace names (`y` and `n` are booleans in YAML 1.1, strings here as in
+/// Kubernetes' string fields); `yes` where a boolean is expected is refused, not guessed.
+#[test]
+fn policy_example_reads_kubernetes_spelling() {
+    let state = parse_yaml(&read_example("policy.yaml"), "policy.yaml");
+    assert_eq!(state.namespaces[1].labels["ns"], "y");
+    assert_eq!(state.pods[0].name, ObjectName::new("y", "b"));
+    let ingress = &state.policies[0].ingress[0];
+    assert_eq!(ingress.peers.len(), 1, "`from` is read as the rule's peers");
+    assert!(ingress.peers[0].namespace_selector.is_some());
+    assert!(ingress.peers[0].pod_selector.is_some());
+    let egress = &state.policies[1].egress;
+    assert_eq!(
+        (egress[0].peers.len(), egress[1].peers.len()),
+        (0, 1),
+        "`to` too"
+    );
+    // Written back, `y` stays a string.
+    assert_round_trips(&state);
+    let bad = read_example("minimal.yaml").replace(
+        "backends: [{ ip: 10.244.0.5, nodeName: node-0 }]",
+        "backends: [{ ip: 10.244.0.5, nodeName: node-0, ready: yes }]",
+    );
+    assert!(
+        from_yaml(&bad).is_err(),
+        "`ready: yes` is no YAML 1.2 boolean"
+    );
+}

@@ -5,7 +5,8 @@
 //! - [`NftablesDataplane`]: one `inet` table of its own, verdict maps keyed by
 //!   `daddr . l4proto . dport` (O(1) per packet), random backend choice through one global slot
 //!   map, applied as one atomic `nft -f -` transaction; partial syncs touch only the chains and
-//!   elements of the services that changed.
+//!   elements of the services that changed. Kubernetes NetworkPolicy in the same table and
+//!   transaction ([`nft::policy`]).
 //! - [`IptablesDataplane`]: kube-proxy iptables style chains, applied with
 //!   `iptables-restore --noflush` so that rules it does not own are never touched.
 //!

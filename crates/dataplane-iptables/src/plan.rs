@@ -219,8 +219,8 @@ pub fn node_plan(node: &Node) -> NodePlan {
     }
 }
 
-/// Refuses states that need what netfilter cannot express safely (network policy: left out,
-/// its pods would be open to everyone) and lists what it serves in a lesser way instead of
+/// Refuses states that need what the flavour cannot express safely (network policy where
+/// the flavour lacks it: left out, its pods would be open to everyone) and lists what it serves in a lesser way instead of
 /// refusing the node (issue 15: one unsupported feature must not take a whole node down):
 /// DSR and hybrid external modes are served with SNAT (backends see the node address),
 /// Maglev selection where the flavour lacks it with random selection.
@@ -228,8 +228,13 @@ pub(crate) fn check_supported(
     state: &DesiredState,
     flavour: Flavour,
 ) -> Result<Vec<Skipped>, Error> {
-    let maglev = flavour.capabilities().maglev;
-    if let Some(p) = state.policies.first() {
+    let capabilities = flavour.capabilities();
+    let maglev = capabilities.maglev;
+    if let Some(p) = state
+        .policies
+        .first()
+        .filter(|_| !capabilities.network_policy)
+    {
         return Err(Error::Unsupported {
             dataplane: flavour.name().to_owned(),
             feature: "network policy".to_owned(),

@@ -252,6 +252,31 @@ pub struct Lab {
     servers: Vec<Server>,
 }
 
+/// The model of node `i` of a lab built from `spec` (what [`Lab::node_state`] returns), from
+/// the address plan alone: the policy table computes its expectations without a lab.
+pub(crate) fn planned_node(spec: LabSpec, i: usize) -> Node {
+    let mut addresses = vec![node_v4(i)];
+    let mut pod_cidrs = vec![pod_cidr_v4(i)];
+    if spec.ipv6 {
+        addresses.push(node_v6(i));
+        pod_cidrs.push(pod_cidr_v6(i));
+    }
+    Node {
+        name: format!("node-{i}"),
+        addresses,
+        pod_cidrs,
+        cluster_cidrs: cluster_cidrs(spec.ipv6),
+        service_cidrs: service_cidrs(spec.ipv6),
+        node_port_range: PortRange::default(),
+        interfaces: Interfaces {
+            uplink: "eth0".to_owned(),
+        },
+        masquerade: Masquerade::default(),
+        mtu: 1500,
+        external_mode: dataplane_core::ExternalMode::default(),
+    }
+}
+
 /// The cluster-wide pod CIDRs.
 pub fn cluster_cidrs(ipv6: bool) -> Vec<IpNetwork> {
     let mut v = vec![net("10.244.0.0/16")];
@@ -278,22 +303,22 @@ fn v6(s: &str) -> IpAddr {
     IpAddr::V6(s.parse::<Ipv6Addr>().expect("generated IPv6 address"))
 }
 
-fn node_v4(i: usize) -> IpAddr {
+pub(crate) fn node_v4(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(172, 18, 0, (10 + i) as u8))
 }
-fn node_v6(i: usize) -> IpAddr {
+pub(crate) fn node_v6(i: usize) -> IpAddr {
     v6(&format!("fd00:18::{}", 10 + i))
 }
-fn pod_v4(i: usize, j: usize) -> IpAddr {
+pub(crate) fn pod_v4(i: usize, j: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 244, i as u8, (10 + j) as u8))
 }
-fn pod_v6(i: usize, j: usize) -> IpAddr {
+pub(crate) fn pod_v6(i: usize, j: usize) -> IpAddr {
     v6(&format!("fd00:244:0:{i}::{}", 10 + j))
 }
-fn pod_cidr_v4(i: usize) -> IpNetwork {
+pub(crate) fn pod_cidr_v4(i: usize) -> IpNetwork {
     net(&format!("10.244.{i}.0/24"))
 }
-fn pod_cidr_v6(i: usize) -> IpNetwork {
+pub(crate) fn pod_cidr_v6(i: usize) -> IpNetwork {
     net(&format!("fd00:244:0:{i}::/64"))
 }
 fn ext_v4(k: usize) -> IpAddr {
@@ -640,21 +665,8 @@ impl Lab {
     /// The model of node `i`, as a backend on that node should be given it. Panics if there is
     /// no node `i`.
     pub fn node_state(&self, i: usize) -> Node {
-        let node = self.node(i);
-        Node {
-            name: node.name.clone(),
-            addresses: node.addresses.clone(),
-            pod_cidrs: node.pod_cidrs.clone(),
-            cluster_cidrs: cluster_cidrs(self.spec.ipv6),
-            service_cidrs: service_cidrs(self.spec.ipv6),
-            node_port_range: PortRange::default(),
-            interfaces: Interfaces {
-                uplink: node.uplink.clone(),
-            },
-            masquerade: Masquerade::default(),
-            mtu: 1500,
-            external_mode: dataplane_core::ExternalMode::default(),
-        }
+        let _ = self.node(i);
+        planned_node(self.spec, i)
     }
 
     /// The workloads of node `i` (namespace `default`, the pod name, its host-side veth and

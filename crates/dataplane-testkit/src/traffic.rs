@@ -784,6 +784,248 @@ fn probe_udp(
     }
 }
 
+/// One probe of a [`probe_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchProbe {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// A fixed source port (the socket has `SO_REUSEADDR`), or `None` for a fresh one.
+    pub source_port: Option<u16>,
+    /// How long to wait for its answer: a probe still unanswered then is
+    /// [`ProbeOutcome::Timeout`].
+    pub timeout: Duration,
+}
+
+/// Sends every probe of `probes` at once from one thread inside `netns` and waits for all of
+/// them: the outcomes, in the order of `probes`. Each probe is what [`probe_from`] does (a
+/// new TCP connection with one request line, or one UDP datagram), on non-blocking sockets
+/// polled together, so that the batch takes as long as its slowest probe — a batch of drops
+/// waits its timeout once, not once per probe. For reachability matrices.
+pub fn probe_batch(
+    netns: &NetNs,
+    probes: &[BatchProbe],
+) -> Result<Vec<ProbeOutcome>, TrafficError> {
+    if let Some(p) = probes.iter().find(|p| p.protocol == Protocol::Sctp) {
+        return Err(TrafficError::Unsupported {
+            protocol: p.protocol,
+        });
+    }
+    netns.run(|| run_batch(probes))?
+}
+
+/// A probe of a batch on its way.
+enum Pending {
+    /// TCP connect in progress.
+    Connecting(TcpStream),
+    /// TCP request sent, the answer line being read.
+    Reading(TcpStream, Vec<u8>),
+    /// UDP datagram sent.
+    Datagram(UdpSocket),
+    /// Finished.
+    Done,
+}
+
+struct InFlight {
+    probe: BatchProbe,
+    started: Instant,
+    local: Option<SocketAddr>,
+    state: Pending,
+    outcome: Option<ProbeOutcome>,
+}
+
+impl InFlight {
+    fn finish(&mut self, outcome: ProbeOutcome) {
+        self.outcome = Some(outcome);
+        self.state = Pending::Done;
+    }
+
+    fn answered(&mut self, line: &[u8]) -> Result<(), TrafficError> {
+        let dst = self.probe.destination;
+        let (backend, seen_source) = parse_reply(dst, &String::from_utf8_lossy(line))?;
+        let local = self.local.unwrap_or(dst);
+        self.finish(ProbeOutcome::Answered {
+            backend,
+            seen_source,
+            latency: self.started.elapsed(),
+            local,
+        });
+        Ok(())
+    }
+
+    /// Moves the probe on after its socket was reported ready.
+    fn advance(&mut self) -> Result<(), TrafficError> {
+        let dst = self.probe.destination;
+        match std::mem::replace(&mut self.state, Pending::Done) {
+            Pending::Connecting(stream) => {
+                let err = socket::getsockopt(&stream, sockopt::SocketError)
+                    .map_err(errno_err(format!("SO_ERROR of connect {dst}")))?;
+                if err != 0 {
+                    let error = io::Error::from_raw_os_error(err);
+                    let outcome = outcome_or_error(error, || format!("connect {dst}"))?;
+                    self.finish(outcome);
+                    return Ok(());
+                }
+                self.local = stream.local_addr().ok();
+                let _ = stream.set_nodelay(true);
+                // Six bytes into an empty send buffer of a fresh connection: written whole.
+                match (&stream).write(b"probe\n") {
+                    Ok(6) => self.state = Pending::Reading(stream, Vec::new()),
+                    Ok(n) => {
+                        return Err(TrafficError::Io {
+                            what: format!("send to {dst}"),
+                            source: io::Error::other(format!("short write of {n} bytes")),
+                        })
+                    }
+                    Err(e) => self.finish(outcome_or_error(e, || format!("send to {dst}"))?),
+                }
+            }
+            Pending::Reading(stream, mut buf) => {
+                let mut chunk = [0u8; 512];
+                match (&stream).read(&mut chunk) {
+                    Ok(0) => {
+                        return Err(TrafficError::BadReply {
+                            from: dst,
+                            reply: String::from_utf8_lossy(&buf).into_owned(),
+                        })
+                    }
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                            return self.answered(&buf[..=end]);
+                        }
+                        self.state = Pending::Reading(stream, buf);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.state = Pending::Reading(stream, buf);
+                    }
+                    Err(e) => self.finish(outcome_or_error(e, || format!("receive from {dst}"))?),
+                }
+            }
+            Pending::Datagram(sock) => {
+                let mut buf = [0u8; 2048];
+                match sock.recv(&mut buf) {
+                    Ok(n) => return self.answered(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.state = Pending::Datagram(sock);
+                    }
+                    Err(e) => {
+                        self.finish(outcome_or_error(e, || format!("receive udp from {dst}"))?);
+                    }
+                }
+            }
+            Pending::Done => {}
+        }
+        Ok(())
+    }
+
+    fn poll_fd(&self) -> Option<PollFd<'_>> {
+        match &self.state {
+            Pending::Connecting(s) => Some(PollFd::new(s.as_fd(), PollFlags::POLLOUT)),
+            Pending::Reading(s, _) => Some(PollFd::new(s.as_fd(), PollFlags::POLLIN)),
+            Pending::Datagram(s) => Some(PollFd::new(s.as_fd(), PollFlags::POLLIN)),
+            Pending::Done => None,
+        }
+    }
+}
+
+/// Opens a batch probe's socket and sends what can be sent at once.
+fn start_probe(probe: BatchProbe) -> Result<InFlight, TrafficError> {
+    let dst = probe.destination;
+    let source = probe.source_port.map(|port| {
+        let ip = if dst.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        };
+        SocketAddr::new(ip, port)
+    });
+    let mut flight = InFlight {
+        probe,
+        started: Instant::now(),
+        local: None,
+        state: Pending::Done,
+        outcome: None,
+    };
+    let kind = match probe.protocol {
+        Protocol::Udp => SockType::Datagram,
+        _ => SockType::Stream,
+    };
+    let fd = new_socket(source, dst, kind)?;
+    match (
+        socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)),
+        kind,
+    ) {
+        (Ok(()) | Err(Errno::EINPROGRESS), SockType::Stream) => {
+            flight.state = Pending::Connecting(TcpStream::from(fd));
+        }
+        (Ok(()), _) => {
+            let sock = UdpSocket::from(fd);
+            flight.local = sock.local_addr().ok();
+            match sock.send(b"probe\n") {
+                // See `probe_udp` for EPERM: a drop in this namespace's own output hook.
+                Ok(_) => flight.state = Pending::Datagram(sock),
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    flight.state = Pending::Datagram(sock);
+                }
+                Err(e) => flight.finish(outcome_or_error(e, || format!("send udp to {dst}"))?),
+            }
+        }
+        (Err(e), _) => flight.finish(outcome_or_error(e.into(), || format!("connect {dst}"))?),
+    }
+    Ok(flight)
+}
+
+fn run_batch(probes: &[BatchProbe]) -> Result<Vec<ProbeOutcome>, TrafficError> {
+    let mut flights = probes
+        .iter()
+        .map(|p| start_probe(*p))
+        .collect::<Result<Vec<_>, _>>()?;
+    loop {
+        let now = Instant::now();
+        for f in &mut flights {
+            if f.outcome.is_none() && now >= f.started + f.probe.timeout {
+                f.finish(ProbeOutcome::Timeout);
+            }
+        }
+        let Some(next_deadline) = flights
+            .iter()
+            .filter(|f| f.outcome.is_none())
+            .map(|f| f.started + f.probe.timeout)
+            .min()
+        else {
+            break;
+        };
+        let ready: Vec<usize> = {
+            let (indices, mut fds): (Vec<usize>, Vec<PollFd<'_>>) = flights
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| f.poll_fd().map(|fd| (i, fd)))
+                .unzip();
+            let left = next_deadline.saturating_duration_since(now);
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX).max(1);
+            match poll(&mut fds, ms) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(errno_err("poll a probe batch")(e)),
+            }
+            indices
+                .into_iter()
+                .zip(&fds)
+                .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        for i in ready {
+            flights[i].advance()?;
+        }
+    }
+    Ok(flights
+        .into_iter()
+        .map(|f| f.outcome.unwrap_or(ProbeOutcome::Timeout))
+        .collect())
+}
+
 /// The result of [`measure`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Measurement {

@@ -336,3 +336,72 @@ fn probes_get_fresh_source_ports() {
         }
     }
 }
+
+/// A batch sends every probe at once and reports each one's outcome in order: answers (from
+/// the fixed source port asked for, or a fresh one), refusals (no server), and drops (an nft
+/// rule on the node drops one port), in TCP and UDP; SCTP is refused as a whole.
+#[test]
+fn probe_batch_reports_every_probe_in_order() {
+    if !require_root("probe_batch_reports_every_probe_in_order") {
+        return;
+    }
+    let lab = Lab::new(spec(false)).unwrap();
+    // pod-0-0 -> pod-1-1 (across the underlay): port 7000 is dropped on node-1.
+    let server = lab.pod(3).address(Family::V4).unwrap();
+    lab.node(1)
+        .netns
+        .exec_checked(
+            "nft",
+            &["-f", "-"],
+            Some(&format!(
+                "table inet drops {{\n chain dropper {{\n type filter hook forward priority 0;\n \
+                 ip daddr {server} meta l4proto {{ tcp, udp }} th dport 7000 drop\n }}\n}}\n"
+            )),
+        )
+        .unwrap();
+    let short = Duration::from_millis(300);
+    let batch = |port: u16, protocol: Protocol, source_port: Option<u16>, timeout: Duration| {
+        dataplane_testkit::BatchProbe {
+            destination: SocketAddr::new(server, port),
+            protocol,
+            source_port,
+            timeout,
+        }
+    };
+    let mut probes = Vec::new();
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        probes.push(batch(SERVER_PORT, protocol, Some(21_234), TIMEOUT));
+        probes.push(batch(SERVER_PORT, protocol, None, TIMEOUT));
+        probes.push(batch(9, protocol, None, TIMEOUT));
+        probes.push(batch(7000, protocol, None, short));
+    }
+    let outcomes = dataplane_testkit::probe_batch(&lab.pod(0).netns, &probes).unwrap();
+    assert_eq!(outcomes.len(), probes.len());
+    for (i, protocol) in [Protocol::Tcp, Protocol::Udp].into_iter().enumerate() {
+        let o = &outcomes[i * 4..i * 4 + 4];
+        match &o[0] {
+            ProbeOutcome::Answered {
+                backend,
+                seen_source,
+                local,
+                ..
+            } => {
+                assert_eq!(backend, "pod-1-1", "{protocol}");
+                assert_eq!(local.port(), 21_234, "{protocol}");
+                assert_eq!(
+                    *seen_source,
+                    SocketAddr::new(lab.pod(0).addresses[0], 21_234)
+                );
+            }
+            other => panic!("{protocol}: {other:?}"),
+        }
+        assert_eq!(o[1].backend(), Some("pod-1-1"), "{protocol}: {:?}", o[1]);
+        assert_eq!(o[2], ProbeOutcome::Refused, "{protocol}");
+        assert_eq!(o[3], ProbeOutcome::Timeout, "{protocol}");
+    }
+    let sctp = [batch(SERVER_PORT, Protocol::Sctp, None, TIMEOUT)];
+    assert!(matches!(
+        dataplane_testkit::probe_batch(&lab.pod(0).netns, &sctp),
+        Err(dataplane_testkit::TrafficError::Unsupported { .. })
+    ));
+}

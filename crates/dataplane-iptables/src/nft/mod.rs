@@ -5,6 +5,7 @@ mod netlink;
 // `Listing` holds `serde_json` values), not part of the API: hidden.
 #[doc(hidden)]
 pub mod observe;
+pub mod policy;
 pub mod render;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,13 @@ pub struct NftablesDataplane {
     /// The services the last successful sync programmed, for the report's counts (a failed
     /// transaction changes nothing, so they stay).
     programmed: ServiceFingerprints,
+    /// What NetworkPolicy is compiled from (the last successful sync's node, endpoints, peer
+    /// pods, namespaces and policies; no services), for [`CompiledPolicy::update`] in
+    /// partial syncs. Taken out during a partial sync and put back on success: a failure
+    /// leaves `None`, and the next partial sync asks for a full one.
+    ///
+    /// [`CompiledPolicy::update`]: dataplane_core::CompiledPolicy::update
+    policy_state: Option<Box<DesiredState>>,
     /// The test hook ([`NftablesDataplane::set_fail_transactions`]) is on.
     #[cfg(feature = "fault-injection")]
     fail_transactions: bool,
@@ -80,6 +88,7 @@ impl NftablesDataplane {
             dirty: false,
             netlink: None,
             programmed: ServiceFingerprints::default(),
+            policy_state: None,
             #[cfg(feature = "fault-injection")]
             fail_transactions: false,
         }
@@ -154,7 +163,7 @@ impl NftablesDataplane {
     /// The operation the kernel refuses (the test hook's), for a netlink batch.
     fn fault_op() -> netlink::ElementOp {
         netlink::ElementOp {
-            set: "backends-v4",
+            set: "backends-v4".into(),
             key: netlink::mark_bytes(FAULT_KEY),
             data: None,
             delete: true,
@@ -273,6 +282,7 @@ impl NftablesDataplane {
         };
         self.applied = Some((desired.node.clone(), rs));
         self.validator = Some(validator);
+        self.policy_state = Some(Box::new(policy_state(desired)));
         Ok(report)
     }
 
@@ -312,6 +322,17 @@ impl NftablesDataplane {
     pub fn chain_counter(&self, chain: &str) -> Result<Option<u64>, Error> {
         Ok(observe::chain_counter(&self.listing()?, chain))
     }
+}
+
+/// What NetworkPolicy is compiled from: `desired` without its services (kept between syncs
+/// for incremental policy updates; the services would be most of a copy's memory).
+fn policy_state(desired: &DesiredState) -> DesiredState {
+    let mut state = DesiredState::new(desired.node.clone());
+    state.endpoints.clone_from(&desired.endpoints);
+    state.policies.clone_from(&desired.policies);
+    state.namespaces.clone_from(&desired.namespaces);
+    state.pods.clone_from(&desired.pods);
+    state
 }
 
 /// The element operations of `patch` when it changes nothing but elements of the backend and
@@ -356,7 +377,7 @@ fn element_op(e: &Element, delete: bool) -> Option<netlink::ElementOp> {
         Element::Frontend { .. } | Element::ClusterIp(_) => return None,
     };
     Some(netlink::ElementOp {
-        set: e.set(),
+        set: e.set().into(),
         key,
         data,
         delete,
@@ -439,9 +460,42 @@ impl Dataplane for NftablesDataplane {
                 .flat_map(|s| dataplane_core::service_warnings(node, s))
                 .collect(),
         };
-        if let Some(mut ops) = element_ops(rs, &patch) {
-            // Only backends or hairpin addresses changed: no chain is touched, so skip the nft
-            // process (and its dump of every chain) and send the elements directly.
+        // NetworkPolicy: core's incremental update on the policy objects after the change
+        // (endpoints, peer pods, namespaces, policies: none of them is in `touched`).
+        let policy_changed = !changes.policies.is_empty()
+            || !changes.pods.is_empty()
+            || !changes.namespaces.is_empty()
+            || !changes.endpoints.is_empty();
+        let policy = if policy_changed {
+            let mut state = self.policy_state.take().ok_or(Error::FullSyncRequired)?;
+            changes.apply_to(&mut state);
+            // `apply_to` also brings the changed services: not what policy is compiled from.
+            state.services.clear();
+            let (_, rs) = self.applied.as_mut().ok_or(Error::FullSyncRequired)?;
+            // Updates core's tables in place (a copy would cost the whole policy per
+            // change): from here on a failure leaves them ahead of the kernel, so it makes
+            // the next sync a full one (as a failed transaction does).
+            match policy::compile_patch(&mut rs.policy, &state, changes) {
+                Ok(patch) => Some((state, patch)),
+                Err(e) => {
+                    self.dirty = true;
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let (_, rs) = self.applied.as_ref().ok_or(Error::FullSyncRequired)?;
+        let member_ops = match &policy {
+            None => Some(Vec::new()),
+            Some((_, p)) if p.members_only() => Some(policy::member_ops(&rs.policy, p)),
+            Some(_) => None,
+        };
+        if let (Some(mut ops), Some(member_ops)) = (element_ops(rs, &patch), member_ops) {
+            // Only backends, hairpin addresses or peer-set members changed: no chain is
+            // touched, so skip the nft process (and its dump of every chain) and send the
+            // elements directly.
+            ops.extend(member_ops);
             report.objects_written = ops.len();
             if self.fault() {
                 ops.push(Self::fault_op());
@@ -449,7 +503,10 @@ impl Dataplane for NftablesDataplane {
             tracing::debug!(elements = ops.len(), "partial sync through netlink");
             self.send_elements(ops)?;
         } else {
-            let text = render_patch(rs, &patch);
+            let mut text = render_patch(rs, &patch);
+            if let Some((_, p)) = &policy {
+                let _ = policy::write_patch(&rs.policy, p, &self.config.name, &mut text);
+            }
             report.objects_written = text.lines().count();
             if !text.is_empty() {
                 self.transaction(&text, "partial sync")?;
@@ -458,6 +515,10 @@ impl Dataplane for NftablesDataplane {
         self.programmed.record(changes);
         if let Some((node, rs)) = &mut self.applied {
             rs.apply_patch(patch);
+            if let Some((state, p)) = policy {
+                rs.policy.apply_patch(p);
+                self.policy_state = Some(state);
+            }
             if let Some(v) = &mut self.validator {
                 v.commit(node, changes);
             }
@@ -503,6 +564,7 @@ impl Dataplane for NftablesDataplane {
         self.validator = None;
         self.dirty = false;
         self.programmed = ServiceFingerprints::default();
+        self.policy_state = None;
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! `nft -f`, but without the `nft` process and its cache dump of every chain (which grows
 //! with the services; `benches/scaling` measures both paths).
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -45,8 +46,8 @@ const ELEMENTS_PER_MESSAGE: usize = 256;
 /// sync sends one per backend slot and hairpin address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElementOp {
-    /// Set or map name.
-    pub set: &'static str,
+    /// Set or map name (borrowed for the fixed sets, owned for the peer sets of policy).
+    pub set: Cow<'static, str>,
     /// Key bytes as the kernel stores them.
     pub key: Reg,
     /// Data bytes (maps, additions only).
@@ -189,7 +190,7 @@ pub fn encode(table: &str, ops: impl IntoIterator<Item = ElementOp>) -> (Vec<u8>
     let mut group: Vec<ElementOp> = Vec::with_capacity(ELEMENTS_PER_MESSAGE);
     let mut acked = 0;
     while let Some(first) = ops.next() {
-        let (set, delete) = (first.set, first.delete);
+        let (set, delete) = (first.set.clone(), first.delete);
         group.clear();
         group.push(first);
         while group.len() < ELEMENTS_PER_MESSAGE {
@@ -370,7 +371,7 @@ mod tests {
     #[test]
     fn encodes_a_batch_with_framing_and_padding() {
         let ops = [ElementOp {
-            set: "backends-v4",
+            set: "backends-v4".into(),
             key: mark_bytes(0x1000),
             data: Some(backend_bytes(&"10.0.0.1".parse().unwrap(), 8080)),
             delete: false,

@@ -23,6 +23,9 @@
 //! nat-postrouting: mark bit 31 / hairpin / pod → outside  ──▶ masquerade-node (snat to node)
 //! ```
 //!
+//! NetworkPolicy adds its own sets, maps and chains to the same table and transaction
+//! ([`super::policy`], whose header has its layout).
+//!
 //! Departures from kube-proxy, and why:
 //! - One global backend map reached through the packet mark, rather than a chain per
 //!   endpoint: the kernel walks every binding of a map on each element insert, and looks sets
@@ -54,6 +57,7 @@ use dataplane_core::{
 };
 use ipnetwork::IpNetwork;
 
+use super::policy::NftPolicy;
 use crate::error::NetfilterError;
 use crate::plan::{
     local_pod_ips, node_plan, proto_name, service_ports, slots, Choice, FamilySuffix as _,
@@ -239,6 +243,8 @@ pub struct NftRuleset {
     pub services: BTreeMap<ObjectName, NftService>,
     /// Every slot-group id in use.
     pub taken: BTreeSet<u32>,
+    /// NetworkPolicy ([`super::policy`]): empty while the state has no policy.
+    pub policy: NftPolicy,
 }
 
 /// What a partial sync changes: new versions of some services (`None`: removed) and hairpin
@@ -261,6 +267,7 @@ impl NftRuleset {
             node_elements: BTreeSet::new(),
             services: BTreeMap::new(),
             taken: BTreeSet::new(),
+            policy: NftPolicy::default(),
         }
     }
 
@@ -289,14 +296,16 @@ fn by_family(f: IpFamily, v4: &'static str, v6: &'static str) -> &'static str {
     }
 }
 
-fn ip_kw(f: IpFamily) -> &'static str {
+/// `ip` or `ip6`: the payload keyword of family `f`.
+pub(super) fn ip_kw(f: IpFamily) -> &'static str {
     match f {
         IpFamily::V4 => "ip",
         IpFamily::V6 => "ip6",
     }
 }
 
-fn addr_type(f: IpFamily) -> &'static str {
+/// The nft address type of family `f`.
+pub(super) fn addr_type(f: IpFamily) -> &'static str {
     match f {
         IpFamily::V4 => "ipv4_addr",
         IpFamily::V6 => "ipv6_addr",
@@ -341,6 +350,7 @@ pub fn compile_state(state: &DesiredState, table: &str) -> Result<NftRuleset, Er
         .map(|s| (&s.name, Some(service_ports(state, s))));
     let patch = compile_patch(&rs, &node, changed, &local_pod_ips(state))?;
     rs.apply_patch(patch);
+    rs.policy = super::policy::compile(state)?;
     Ok(rs)
 }
 
@@ -1126,7 +1136,8 @@ pub fn write_full_except<W: std::fmt::Write + ?Sized>(
             .iter()
             .chain(rs.services.values().flat_map(|s| s.elements.iter()))
     };
-    element_lines(t, "add", elements, |e| !leave_out(e), out)
+    element_lines(t, "add", elements, |e| !leave_out(e), out)?;
+    super::policy::write_full(&rs.policy, t, out)
 }
 
 /// The removal transaction: deletes our table (and only it). `add` first so that deleting a

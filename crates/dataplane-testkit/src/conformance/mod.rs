@@ -24,9 +24,12 @@
 //! written in: [`Case`], [`Client`], [`Destination`], [`Expect`], [`Seen`], [`Requirement`]),
 //! `report` ([`Report`] and its rows), `runner` ([`run`], [`run_with`]: the checks above),
 //! `table` ([`standard_cases`] for [`STANDARD_LAB`], kube-proxy parity rows included) and
-//! `port_reuse` ([`run_port_reuse`], the source-port clash rows, a runner of its own).
+//! `port_reuse` ([`run_port_reuse`], the source-port clash rows, a runner of its own) and
+//! [`policy`] (the NetworkPolicy reachability matrices: [`policy::run_policy`] over
+//! [`policy::policy_cases`] in [`policy::POLICY_LAB`], reporting in the same [`Report`]).
 
 mod case;
+pub mod policy;
 mod port_reuse;
 mod report;
 mod runner;

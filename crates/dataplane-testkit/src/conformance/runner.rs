@@ -58,7 +58,7 @@ pub fn run(
 /// The developer's row filter: `DP_CONFORMANCE_ROWS=part,part` runs only the rows whose name
 /// contains one of the parts. Ignored (with a note) under `CI=true`, where the whole table
 /// runs.
-fn row_filter() -> Option<Vec<String>> {
+pub(super) fn row_filter() -> Option<Vec<String>> {
     let value = std::env::var("DP_CONFORMANCE_ROWS").ok()?;
     if std::env::var("CI").as_deref() == Ok("true") {
         eprintln!("conformance: DP_CONFORMANCE_ROWS is ignored under CI=true");

@@ -1,0 +1,1034 @@
+//! NetworkPolicy in the nftables flavour: core's compiled tables
+//! ([`dataplane_core::policy_tables`]) as named sets, verdict maps and per-endpoint chains
+//! in our own table, in the same transaction as the services. Pure functions.
+//!
+//! Layout (present once the state has a policy; the sets, maps and chains below are added to
+//! the `inet` table next to the services'):
+//!
+//! ```text
+//! pol-forward (filter forward, priority filter) ─┐
+//! pol-output  (filter output,  priority filter) ─┼─jump─▶ pol-check
+//! pol-input   (filter input,   priority filter) ─┘
+//!   pol-check:  ct state established,related accept             (stateful: replies, old flows)
+//!               icmpv6 neighbour/router discovery accept
+//!               ip saddr . ip daddr @hairpin-v4 accept           (a pod reaching itself)
+//!               ip saddr @pol-node-v4 accept; ip daddr @pol-node-v4 accept   (node ↔ pods)
+//!               ip saddr vmap @pol-egress-v4    ─jump─▶ pol-out-<ns>/<pod>   (client's egress)
+//!               ip daddr vmap @pol-ingress-v4   ─jump─▶ pol-in-<ns>/<pod>    (server's ingress)
+//!               (and the same for ip6)
+//!   pol-in-<ns>/<pod>, pol-out-<ns>/<pod>: one rule per peer set, ending in `return`
+//!     ip saddr @pset-v4-<hash> meta l4proto . th dport { tcp . 80-81, udp . 53 } return
+//!     ip saddr { 10.0.0.0/9, … } return                            (ipBlock, every port)
+//!     ip saddr . meta l4proto . th dport { 10.0.0.0/9 . tcp . 80, … } return
+//!     counter drop
+//! ```
+//!
+//! Why this shape:
+//! - The filter hooks at priority `filter` run after the nat hooks' DNAT (prerouting for
+//!   forwarded traffic, `nat-output` at -100 for the node's own) and before any SNAT
+//!   (postrouting): service traffic is checked against the chosen backend and its target
+//!   port, from the client's own address, as the lead's decision and core's reference model
+//!   ask. A connection between two pods of this node passes both the client's egress chain and
+//!   the server's ingress chain in one walk: the endpoint chains `return` when they allow
+//!   (an `accept` in the egress chain would end the walk before the ingress check).
+//! - Only a connection's first packet is checked (`ct state established,related accept`
+//!   first): replies and related ICMP pass, and so do connections established before a change
+//!   that now denies them, until they end or conntrack expires them (the project-wide rule,
+//!   the same on the eBPF backend). kube-proxy's nftables mode puts the same rule first in
+//!   its filter chains; Calico's `cali-fw-`/`cali-tw-` chains do too.
+//! - Peer sets are named sets per selector (`pset-v4-<hash>`, a hash of core's stable
+//!   [`SetId`], as Calico names its ipsets `cali40s:<hash>` by the selector): a pod or label
+//!   change is element adds and deletes in the sets it is in, not a rule change, and a
+//!   thousand policies with the same peer share one set. An endpoint chain has one rule per
+//!   distinct peer set (its ports in one anonymous `l4proto . dport` set), not one per policy.
+//! - Dispatch by verdict map on the endpoint address (kube-proxy's way of reaching per-service
+//!   chains): an endpoint that no policy isolates in a direction has no element and costs one
+//!   failed hash lookup.
+//! - ipBlocks: core's merged longest-prefix table ([`DirectionTable::block_table`]) made
+//!   disjoint (`nf_tables` interval sets refuse overlapping elements), each range written as
+//!   the prefixes that cover it exactly, in anonymous interval sets: one for ranges that allow
+//!   every protocol, one concatenation `addr . l4proto . dport` for the rest. The excepts are
+//!   holes in those ranges, so one lookup decides.
+//! - The node-traffic rule uses the node's addresses as the model lists them
+//!   (`Node::addresses`); pods reaching their own address through a service are told by the
+//!   services' `hairpin` set, which holds every local endpoint address.
+//! - Neighbour and router discovery (`ICMPv6`) is accepted before the tables: without it an
+//!   egress-isolated IPv6 pod could not resolve its gateway (Calico accepts `ICMPv6` types
+//!   130-136 in its workload chains for the same reason).
+//!
+//! Cost of a new connection: two set lookups (node), one hash lookup per direction
+//! (dispatch), then one rule per distinct peer set of the endpoint plus at most two interval
+//! lookups (ipBlocks): linear in the distinct peers of the pod's policies, not in the
+//! policies or the pods. Established packets cost one conntrack-state match.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use dataplane_core::policy_tables::{DirectionTable, EndpointTables, Peer, PortSpec, SetId};
+use dataplane_core::{
+    compile as compile_tables, ChangeSet, CompiledPolicy, DesiredState, Error, IpFamily, Node,
+    ObjectName, PolicyDelta, Protocol,
+};
+use ipnetwork::IpNetwork;
+
+use super::netlink;
+use super::render::{addr_type, ip_kw};
+use crate::error::NetfilterError;
+use crate::plan::{proto_name, FamilySuffix as _};
+
+/// The address families, in the order everything is written.
+const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
+
+/// Longest chain name `nf_tables` takes (`NFT_CHAIN_MAXNAMELEN`, 256, less the NUL).
+const MAX_CHAIN_NAME: usize = 255;
+
+/// Elements per `add element` / `delete element` line.
+const ELEMENTS_PER_LINE: usize = 2000;
+
+/// A direction of an endpoint, as the dispatch maps and chains name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Traffic to the endpoint: dispatched on the destination address.
+    Ingress,
+    /// Traffic from the endpoint: dispatched on the source address.
+    Egress,
+}
+
+impl Direction {
+    /// The dispatch map of this direction and `family`.
+    pub fn map(self, family: IpFamily) -> &'static str {
+        match (self, family) {
+            (Direction::Ingress, IpFamily::V4) => "pol-ingress-v4",
+            (Direction::Ingress, IpFamily::V6) => "pol-ingress-v6",
+            (Direction::Egress, IpFamily::V4) => "pol-egress-v4",
+            (Direction::Egress, IpFamily::V6) => "pol-egress-v6",
+        }
+    }
+
+    /// The packet field that holds the peer: the client (source) on ingress, the server
+    /// (destination) on egress.
+    fn peer_field(self) -> &'static str {
+        match self {
+            Direction::Ingress => "saddr",
+            Direction::Egress => "daddr",
+        }
+    }
+
+    fn chain_prefix(self) -> &'static str {
+        match self {
+            Direction::Ingress => "pol-in-",
+            Direction::Egress => "pol-out-",
+        }
+    }
+}
+
+/// One element of a dispatch map: an endpoint address → `jump` its chain.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dispatch {
+    /// The direction (which map).
+    pub direction: Direction,
+    /// The endpoint address.
+    pub ip: IpAddr,
+    /// The endpoint's chain of that direction.
+    pub chain: String,
+}
+
+impl Dispatch {
+    /// The map the element belongs to.
+    pub fn map(&self) -> &'static str {
+        self.direction.map(IpFamily::of(&self.ip))
+    }
+}
+
+/// The nft objects of one local endpoint that a policy isolates (in at least one
+/// direction).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EndpointRules {
+    /// Its chains (one per isolated direction) and their rules, by name.
+    pub chains: Vec<(String, Vec<String>)>,
+    /// Its dispatch elements, sorted.
+    pub dispatch: Vec<Dispatch>,
+}
+
+impl EndpointRules {
+    fn chain(&self, name: &str) -> Option<&[String]> {
+        self.chains
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.as_slice())
+    }
+}
+
+/// The policy part of a ruleset.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NftPolicy {
+    /// Node-wide statements of the policy layer, relative to the table (`set …`, `chain …`,
+    /// `rule <chain> …`); empty while the state has had no policy (no layer at all).
+    pub base: Vec<String>,
+    /// Core's compiled tables, kept for incremental updates.
+    pub compiled: CompiledPolicy,
+    /// The name stem of each peer set (`pset-v4-<stem>`, `pset-v6-<stem>`).
+    pub set_names: BTreeMap<SetId, String>,
+    /// The objects of each isolated local endpoint.
+    pub endpoints: BTreeMap<ObjectName, EndpointRules>,
+}
+
+/// The name of the peer set `stem` of `family`.
+pub fn set_name(family: IpFamily, stem: &str) -> String {
+    format!("pset-{}-{stem}", family.suffix())
+}
+
+/// The name stem of a peer set: 64 bits of FNV-1a over its id, stable across runs and
+/// versions (the id is core's canonical text of the selector).
+pub fn set_stem(id: &SetId) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.0.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The chain of `endpoint`'s `direction`: `pol-in-<ns>/<pod>`; a name too long for
+/// `nf_tables` (pod names may have 253 characters) keeps its start and ends in a hash of the
+/// whole.
+pub fn chain_name(direction: Direction, endpoint: &ObjectName) -> String {
+    let full = format!(
+        "{}{}/{}",
+        direction.chain_prefix(),
+        endpoint.namespace,
+        endpoint.name
+    );
+    if full.len() <= MAX_CHAIN_NAME {
+        return full;
+    }
+    let hash = set_stem(&SetId(full.clone()));
+    // Names are ASCII (namespaces and pod names are DNS labels/subdomains).
+    let keep = MAX_CHAIN_NAME - hash.len() - 1;
+    format!("{}~{hash}", &full[..keep])
+}
+
+/// The policy layer's node-wide statements.
+pub fn base(node: &Node) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in FAMILIES {
+        let (fs, at) = (f.suffix(), addr_type(f));
+        let nodes: Vec<String> = node
+            .addresses
+            .iter()
+            .filter(|a| IpFamily::of(a) == f)
+            .map(ToString::to_string)
+            .collect();
+        let elements = if nodes.is_empty() {
+            String::new()
+        } else {
+            format!(" elements = {{ {} }};", nodes.join(", "))
+        };
+        out.push(format!("set pol-node-{fs} {{ type {at};{elements} }}"));
+        for d in [Direction::Ingress, Direction::Egress] {
+            out.push(format!("map {} {{ type {at} : verdict; }}", d.map(f)));
+        }
+    }
+    for (chain, hook) in [
+        ("pol-forward", "forward"),
+        ("pol-output", "output"),
+        ("pol-input", "input"),
+    ] {
+        out.push(format!(
+            "chain {chain} {{ type filter hook {hook} priority filter; policy accept; }}"
+        ));
+    }
+    out.push("chain pol-check".to_owned());
+    for chain in ["pol-forward", "pol-output", "pol-input"] {
+        out.push(format!("rule {chain} jump pol-check"));
+    }
+    let rule = |r: &str| format!("rule pol-check {r}");
+    out.push(rule("ct state established,related accept"));
+    out.push(rule(
+        "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept",
+    ));
+    for f in FAMILIES {
+        let (fs, ip) = (f.suffix(), ip_kw(f));
+        out.push(rule(&format!(
+            "{ip} saddr . {ip} daddr @hairpin-{fs} accept"
+        )));
+        out.push(rule(&format!("{ip} saddr @pol-node-{fs} accept")));
+        out.push(rule(&format!("{ip} daddr @pol-node-{fs} accept")));
+    }
+    // Egress first: its chains `return` when they allow, so that the server's ingress is
+    // checked next in the same walk.
+    for d in [Direction::Egress, Direction::Ingress] {
+        for f in FAMILIES {
+            let field = match d {
+                Direction::Ingress => "daddr",
+                Direction::Egress => "saddr",
+            };
+            out.push(rule(&format!("{} {field} vmap @{}", ip_kw(f), d.map(f))));
+        }
+    }
+    out
+}
+
+/// Compiles the policy of `state` (valid, see [`dataplane_core::validate()`]).
+pub fn compile(state: &DesiredState) -> Result<NftPolicy, Error> {
+    let compiled = compile_tables(state);
+    let mut set_names = BTreeMap::new();
+    let mut stems = BTreeMap::new();
+    for id in compiled.sets.keys() {
+        name_set(id, &mut set_names, &mut stems)?;
+    }
+    let mut endpoints = BTreeMap::new();
+    for (name, tables) in &compiled.endpoints {
+        if let Some(rules) = endpoint_rules(name, tables, &set_names)? {
+            endpoints.insert(name.clone(), rules);
+        }
+    }
+    Ok(NftPolicy {
+        base: if state.policies.is_empty() {
+            Vec::new()
+        } else {
+            base(&state.node)
+        },
+        compiled,
+        set_names,
+        endpoints,
+    })
+}
+
+/// Names set `id`, refusing a stem that another set has (64-bit hashes: a bug or an
+/// astronomically unlikely collision, either way nothing is written).
+fn name_set(
+    id: &SetId,
+    names: &mut BTreeMap<SetId, String>,
+    stems: &mut BTreeMap<String, SetId>,
+) -> Result<String, Error> {
+    let stem = set_stem(id);
+    if let Some(other) = stems.get(&stem) {
+        if other != id {
+            return Err(NetfilterError::Internal {
+                backend: "nftables",
+                detail: format!("peer sets {other} and {id} hash to the same name {stem}"),
+            }
+            .into());
+        }
+    }
+    stems.insert(stem.clone(), id.clone());
+    names.insert(id.clone(), stem.clone());
+    Ok(stem)
+}
+
+/// The objects of one endpoint, `None` when no policy isolates it.
+fn endpoint_rules(
+    name: &ObjectName,
+    tables: &EndpointTables,
+    names: &BTreeMap<SetId, String>,
+) -> Result<Option<EndpointRules>, Error> {
+    let families: BTreeSet<IpFamily> = tables.ips.iter().map(IpFamily::of).collect();
+    let mut out = EndpointRules::default();
+    for (direction, table) in [
+        (Direction::Ingress, &tables.ingress),
+        (Direction::Egress, &tables.egress),
+    ] {
+        if !table.isolated {
+            continue;
+        }
+        let chain = chain_name(direction, name);
+        let rules = direction_rules(direction, table, &families, names)?;
+        for ip in &tables.ips {
+            out.dispatch.push(Dispatch {
+                direction,
+                ip: *ip,
+                chain: chain.clone(),
+            });
+        }
+        out.chains.push((chain, rules));
+    }
+    if out.chains.is_empty() {
+        return Ok(None);
+    }
+    out.chains.sort();
+    out.dispatch.sort();
+    Ok(Some(out))
+}
+
+/// The rules of an isolated direction: allow entries grouped by peer, then a counted drop.
+fn direction_rules(
+    direction: Direction,
+    table: &DirectionTable,
+    families: &BTreeSet<IpFamily>,
+    names: &BTreeMap<SetId, String>,
+) -> Result<Vec<String>, Error> {
+    let mut any: BTreeSet<PortSpec> = BTreeSet::new();
+    let mut by_set: BTreeMap<&SetId, BTreeSet<PortSpec>> = BTreeMap::new();
+    for e in &table.entries {
+        match &e.peer {
+            Peer::Any => {
+                any.insert((e.protocol, e.ports));
+            }
+            Peer::Set(id) => {
+                by_set.entry(id).or_default().insert((e.protocol, e.ports));
+            }
+            // Answered by the merged longest-prefix table below.
+            Peer::Block(_) => {}
+        }
+    }
+    let mut rules = Vec::new();
+    if !any.is_empty() {
+        rules.push(format!("{}return", port_match(&any)));
+    }
+    let blocks = table.block_table();
+    let field = direction.peer_field();
+    for f in families {
+        let ip = ip_kw(*f);
+        for (id, specs) in &by_set {
+            let stem = names.get(*id).ok_or_else(|| NetfilterError::Internal {
+                backend: "nftables",
+                detail: format!("peer set {id} has no name"),
+            })?;
+            rules.push(format!(
+                "{ip} {field} @{} {}return",
+                set_name(*f, stem),
+                port_match(specs)
+            ));
+        }
+        let (every_port, by_port) = block_elements(&blocks, *f);
+        if !every_port.is_empty() {
+            rules.push(format!(
+                "{ip} {field} {{ {} }} return",
+                every_port.join(", ")
+            ));
+        }
+        if !by_port.is_empty() {
+            rules.push(format!(
+                "{ip} {field} . meta l4proto . th dport {{ {} }} return",
+                by_port.join(", ")
+            ));
+        }
+    }
+    rules.push("counter drop".to_owned());
+    Ok(rules)
+}
+
+/// The port ranges of each protocol in `specs`, merged (touching or overlapping ranges
+/// joined): `nf_tables` interval sets refuse overlapping elements.
+fn merged_ports(specs: &BTreeSet<PortSpec>) -> BTreeMap<Protocol, Vec<(u16, u16)>> {
+    let mut by_proto: BTreeMap<Protocol, Vec<(u16, u16)>> = BTreeMap::new();
+    for (p, ports) in specs {
+        if let Some(p) = p {
+            by_proto.entry(*p).or_default().push(*ports);
+        }
+    }
+    for ranges in by_proto.values_mut() {
+        ranges.sort_unstable();
+        let mut merged: Vec<(u16, u16)> = Vec::new();
+        for (lo, hi) in ranges.drain(..) {
+            match merged.last_mut() {
+                Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        *ranges = merged;
+    }
+    by_proto
+}
+
+fn port_text((lo, hi): (u16, u16)) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    }
+}
+
+/// The match of a set of port specs with a trailing space; empty when one of them allows
+/// every protocol (a rule without ports).
+fn port_match(specs: &BTreeSet<PortSpec>) -> String {
+    if specs.iter().any(|(p, _)| p.is_none()) {
+        return String::new();
+    }
+    let merged = merged_ports(specs);
+    let elements: Vec<(Protocol, (u16, u16))> = merged
+        .iter()
+        .flat_map(|(p, ranges)| ranges.iter().map(move |r| (*p, *r)))
+        .collect();
+    match elements.as_slice() {
+        [(p, (0, 65535))] => format!("meta l4proto {} ", proto_name(*p)),
+        [(p, r)] => format!(
+            "meta l4proto {} th dport {} ",
+            proto_name(*p),
+            port_text(*r)
+        ),
+        _ => format!(
+            "meta l4proto . th dport {{ {} }} ",
+            elements
+                .iter()
+                .map(|(p, r)| format!("{} . {}", proto_name(*p), port_text(*r)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The elements of a direction's ipBlock rules for `family`: prefixes allowed on every
+/// protocol, and `prefix . protocol . ports` elements. The merged longest-prefix table is
+/// cut into disjoint ranges (each with the value of its longest matching prefix), and each
+/// range written as the prefixes that cover it exactly: no two elements overlap.
+fn block_elements(
+    blocks: &BTreeMap<IpNetwork, BTreeSet<PortSpec>>,
+    family: IpFamily,
+) -> (Vec<String>, Vec<String>) {
+    let bits: u32 = match family {
+        IpFamily::V4 => 32,
+        IpFamily::V6 => 128,
+    };
+    let prefixes: Vec<(u128, u128, u8, &BTreeSet<PortSpec>)> = blocks
+        .iter()
+        .filter(|(n, _)| IpFamily::of(&n.ip()) == family)
+        .map(|(n, specs)| {
+            let start = addr_value(n.network());
+            (
+                start,
+                start | host_mask(bits, n.prefix()),
+                n.prefix(),
+                specs,
+            )
+        })
+        .collect();
+    let mut bounds: BTreeSet<u128> = BTreeSet::new();
+    for (start, end, _, _) in &prefixes {
+        bounds.insert(*start);
+        if let Some(next) = end.checked_add(1).filter(|n| *n <= max_value(bits)) {
+            bounds.insert(next);
+        }
+    }
+    let bounds: Vec<u128> = bounds.into_iter().collect();
+    let mut ranges: Vec<(u128, u128, &BTreeSet<PortSpec>)> = Vec::new();
+    for (i, lo) in bounds.iter().enumerate() {
+        let hi = bounds.get(i + 1).map_or(max_value(bits), |next| next - 1);
+        let Some((_, _, _, specs)) = prefixes
+            .iter()
+            .filter(|(s, e, _, _)| s <= lo && lo <= e)
+            .max_by_key(|(_, _, len, _)| *len)
+        else {
+            continue;
+        };
+        match ranges.last_mut() {
+            Some(last) if last.1.checked_add(1) == Some(*lo) && last.2 == *specs => last.1 = hi,
+            _ => ranges.push((*lo, hi, specs)),
+        }
+    }
+    let mut every_port = Vec::new();
+    let mut by_port = Vec::new();
+    for (lo, hi, specs) in ranges {
+        if specs.is_empty() {
+            continue;
+        }
+        let nets = range_prefixes(lo, hi, family);
+        if specs.iter().any(|(p, _)| p.is_none()) {
+            every_port.extend(nets.iter().map(ToString::to_string));
+            continue;
+        }
+        for (p, port_ranges) in merged_ports(specs) {
+            for r in port_ranges {
+                for n in &nets {
+                    by_port.push(format!("{n} . {} . {}", proto_name(p), port_text(r)));
+                }
+            }
+        }
+    }
+    (every_port, by_port)
+}
+
+fn addr_value(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn max_value(bits: u32) -> u128 {
+    host_mask(bits, 0)
+}
+
+/// The host bits of a `/prefix` in a `bits`-bit address.
+fn host_mask(bits: u32, prefix: u8) -> u128 {
+    let host = bits - u32::from(prefix).min(bits);
+    if host >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << host) - 1
+    }
+}
+
+/// The fewest prefixes that cover `lo..=hi` exactly.
+fn range_prefixes(mut lo: u128, hi: u128, family: IpFamily) -> Vec<IpNetwork> {
+    let bits: u32 = match family {
+        IpFamily::V4 => 32,
+        IpFamily::V6 => 128,
+    };
+    let mut out = Vec::new();
+    loop {
+        // The largest block aligned at `lo` that ends at or before `hi`.
+        let mut host = if lo == 0 {
+            bits
+        } else {
+            lo.trailing_zeros().min(bits)
+        };
+        while host > 0 && (lo | host_mask(bits, (bits - host) as u8)) > hi {
+            host -= 1;
+        }
+        let prefix = (bits - host) as u8;
+        let ip = match family {
+            // `lo` is below 2^32 for IPv4.
+            IpFamily::V4 => IpAddr::V4(Ipv4Addr::from(lo as u32)),
+            IpFamily::V6 => IpAddr::V6(Ipv6Addr::from(lo)),
+        };
+        if let Ok(n) = IpNetwork::new(ip, prefix) {
+            out.push(n);
+        }
+        let end = lo | host_mask(bits, prefix);
+        match end.checked_add(1) {
+            Some(next) if end < hi => lo = next,
+            _ => break,
+        }
+    }
+    out
+}
+
+/// What a partial sync changes in the policy part ([`compile_patch`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyPatch {
+    /// The layer's node-wide statements, when it is created by this patch.
+    pub base: Vec<String>,
+    /// What changed, as core computed it.
+    pub delta: PolicyDelta,
+    /// Name stems of the new sets.
+    pub sets_added: BTreeMap<SetId, String>,
+    /// Name stems of the sets gone.
+    pub sets_removed: BTreeMap<SetId, String>,
+    /// The endpoints whose objects changed: their new objects (`None`: none any more).
+    pub endpoints: BTreeMap<ObjectName, Option<EndpointRules>>,
+}
+
+impl PolicyPatch {
+    /// Whether the patch changes nothing but members of existing peer sets (the element
+    /// path: no chain, set or map element of another kind is touched).
+    pub fn members_only(&self) -> bool {
+        self.base.is_empty()
+            && self.sets_added.is_empty()
+            && self.sets_removed.is_empty()
+            && self.endpoints.is_empty()
+    }
+}
+
+/// Compiles what `changes` (which led to `state`) change in `old`: core's incremental
+/// [`CompiledPolicy::update`], then the objects of the endpoints whose tables changed only.
+///
+/// Core's tables (`old.compiled`) are updated in place: a copy would cost as much as the
+/// whole policy (every member of every set) on each change. The rest of `old` (set names,
+/// endpoint objects) stays as the kernel has it until [`NftPolicy::apply_patch`], which
+/// [`write_patch`] needs. So after an error here, or a patch the kernel refuses, `old` no
+/// longer matches the kernel: the backend's next sync is a full one.
+pub fn compile_patch(
+    old: &mut NftPolicy,
+    state: &DesiredState,
+    changes: &ChangeSet,
+) -> Result<PolicyPatch, Error> {
+    let delta = old.compiled.update(state, changes);
+    let old: &NftPolicy = old;
+    let compiled = &old.compiled;
+    let mut names = old.set_names.clone();
+    let mut stems: BTreeMap<String, SetId> = names
+        .iter()
+        .filter(|(id, _)| !delta.sets_removed.contains(*id))
+        .map(|(id, s)| (s.clone(), id.clone()))
+        .collect();
+    let mut sets_added = BTreeMap::new();
+    for id in delta.sets_added.keys() {
+        sets_added.insert(id.clone(), name_set(id, &mut names, &mut stems)?);
+    }
+    let sets_removed: BTreeMap<SetId, String> = delta
+        .sets_removed
+        .iter()
+        .filter_map(|id| old.set_names.get(id).map(|s| (id.clone(), s.clone())))
+        .collect();
+    let mut endpoints = BTreeMap::new();
+    for name in &delta.endpoints_changed {
+        let new = match compiled.endpoints.get(name) {
+            Some(tables) => endpoint_rules(name, tables, &names)?,
+            None => None,
+        };
+        if old.endpoints.get(name) != new.as_ref() {
+            endpoints.insert(name.clone(), new);
+        }
+    }
+    for name in &delta.endpoints_removed {
+        if old.endpoints.contains_key(name) {
+            endpoints.insert(name.clone(), None);
+        }
+    }
+    Ok(PolicyPatch {
+        base: if old.base.is_empty() && !state.policies.is_empty() {
+            base(&state.node)
+        } else {
+            Vec::new()
+        },
+        delta,
+        sets_added,
+        sets_removed,
+        endpoints,
+    })
+}
+
+impl NftPolicy {
+    /// Records a patch the kernel accepted (its tables are in `compiled` already, see
+    /// [`compile_patch`]). The layer, once created, stays until the next full sync (without
+    /// policies it lets everything through: no endpoint is dispatched).
+    pub fn apply_patch(&mut self, patch: PolicyPatch) {
+        if !patch.base.is_empty() {
+            self.base = patch.base;
+        }
+        for id in patch.sets_removed.keys() {
+            self.set_names.remove(id);
+        }
+        self.set_names.extend(patch.sets_added);
+        for (name, rules) in patch.endpoints {
+            match rules {
+                Some(r) => self.endpoints.insert(name, r),
+                None => self.endpoints.remove(&name),
+            };
+        }
+    }
+
+    /// The members of each peer set by set name (both families).
+    fn members(&self) -> impl Iterator<Item = (String, IpAddr)> + '_ {
+        self.compiled.sets.iter().flat_map(move |(id, set)| {
+            let stem = self.set_names.get(id);
+            set.members
+                .iter()
+                .filter_map(move |ip| stem.map(|s| (set_name(IpFamily::of(ip), s), *ip)))
+        })
+    }
+}
+
+/// Writes `verb element` lines for `items` (set name, element text), grouped by set (in the
+/// order met), at most [`ELEMENTS_PER_LINE`] to a line.
+fn element_lines<W: std::fmt::Write + ?Sized>(
+    table: &str,
+    verb: &str,
+    items: impl IntoIterator<Item = (String, String)>,
+    out: &mut W,
+) -> std::fmt::Result {
+    let mut by_set: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (set, e) in items {
+        by_set.entry(set).or_default().push(e);
+    }
+    for (set, elements) in by_set {
+        for chunk in elements.chunks(ELEMENTS_PER_LINE) {
+            writeln!(
+                out,
+                "{verb} element inet {table} {set} {{ {} }}",
+                chunk.join(", ")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn dispatch_element(d: &Dispatch, with_value: bool) -> (String, String) {
+    let value = if with_value {
+        format!("{} : jump {}", d.ip, d.chain)
+    } else {
+        d.ip.to_string()
+    };
+    (d.map().to_owned(), value)
+}
+
+fn set_lines<W: std::fmt::Write + ?Sized>(
+    table: &str,
+    verb: &str,
+    stem: &str,
+    out: &mut W,
+) -> std::fmt::Result {
+    for f in FAMILIES {
+        if verb == "add" {
+            writeln!(
+                out,
+                "add set inet {table} {} {{ type {}; }}",
+                set_name(f, stem),
+                addr_type(f)
+            )?;
+        } else {
+            writeln!(out, "{verb} set inet {table} {}", set_name(f, stem))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the policy part of a full-sync transaction (after the services', whose `hairpin`
+/// sets it uses).
+pub fn write_full<W: std::fmt::Write + ?Sized>(
+    p: &NftPolicy,
+    table: &str,
+    out: &mut W,
+) -> std::fmt::Result {
+    for stmt in &p.base {
+        let (kind, rest) = stmt.split_once(' ').unwrap_or((stmt, ""));
+        writeln!(out, "add {kind} inet {table} {rest}")?;
+    }
+    for stem in p.set_names.values() {
+        set_lines(table, "add", stem, out)?;
+    }
+    element_lines(
+        table,
+        "add",
+        p.members().map(|(s, ip)| (s, ip.to_string())),
+        out,
+    )?;
+    for rules in p.endpoints.values() {
+        for (chain, _) in &rules.chains {
+            writeln!(out, "add chain inet {table} {chain}")?;
+        }
+    }
+    for rules in p.endpoints.values() {
+        for (chain, rules) in &rules.chains {
+            for r in rules {
+                writeln!(out, "add rule inet {table} {chain} {r}")?;
+            }
+        }
+    }
+    element_lines(
+        table,
+        "add",
+        p.endpoints
+            .values()
+            .flat_map(|r| r.dispatch.iter().map(|d| dispatch_element(d, true))),
+        out,
+    )
+}
+
+/// The policy part of a partial-sync transaction: `old` → `patch`, touching only the
+/// changed endpoints' chains and dispatch elements and the changed sets' elements; chains
+/// whose rules change are flushed and refilled in the same transaction (no moment without
+/// rules).
+pub fn write_patch<W: std::fmt::Write + ?Sized>(
+    old: &NftPolicy,
+    patch: &PolicyPatch,
+    table: &str,
+    out: &mut W,
+) -> std::fmt::Result {
+    let t = table;
+    for stmt in &patch.base {
+        let (kind, rest) = stmt.split_once(' ').unwrap_or((stmt, ""));
+        writeln!(out, "add {kind} inet {t} {rest}")?;
+    }
+    let empty = EndpointRules::default();
+    // Dispatch elements first out (they reference the chains deleted below), last in.
+    let mut del_dispatch = Vec::new();
+    let mut add_dispatch = Vec::new();
+    for (name, new) in &patch.endpoints {
+        let o = old.endpoints.get(name).unwrap_or(&empty);
+        let n = new.as_ref().unwrap_or(&empty);
+        del_dispatch.extend(o.dispatch.iter().filter(|d| !n.dispatch.contains(d)));
+        add_dispatch.extend(n.dispatch.iter().filter(|d| !o.dispatch.contains(d)));
+    }
+    element_lines(
+        t,
+        "delete",
+        del_dispatch.iter().map(|d| dispatch_element(d, false)),
+        out,
+    )?;
+    element_lines(t, "delete", member_items(old, patch, true), out)?;
+    for stem in patch.sets_added.values() {
+        set_lines(t, "add", stem, out)?;
+    }
+    element_lines(
+        t,
+        "add",
+        patch.delta.sets_added.iter().flat_map(|(id, members)| {
+            let stem = patch.sets_added.get(id);
+            members
+                .iter()
+                .filter_map(move |ip| stem.map(|s| (set_name(IpFamily::of(ip), s), ip.to_string())))
+        }),
+        out,
+    )?;
+    let mut deleted = Vec::new();
+    for (name, new) in &patch.endpoints {
+        let o = old.endpoints.get(name).unwrap_or(&empty);
+        let n = new.as_ref().unwrap_or(&empty);
+        for (chain, rules) in &n.chains {
+            match o.chain(chain) {
+                Some(r) if r == rules.as_slice() => continue,
+                Some(_) => writeln!(out, "flush chain inet {t} {chain}")?,
+                None => writeln!(out, "add chain inet {t} {chain}")?,
+            }
+            for r in rules {
+                writeln!(out, "add rule inet {t} {chain} {r}")?;
+            }
+        }
+        for (chain, _) in &o.chains {
+            if n.chain(chain).is_none() {
+                writeln!(out, "flush chain inet {t} {chain}")?;
+                deleted.push(chain);
+            }
+        }
+    }
+    for chain in deleted {
+        writeln!(out, "delete chain inet {t} {chain}")?;
+    }
+    for stem in patch.sets_removed.values() {
+        set_lines(t, "delete", stem, out)?;
+    }
+    element_lines(t, "add", member_items(old, patch, false), out)?;
+    element_lines(
+        t,
+        "add",
+        add_dispatch.iter().map(|d| dispatch_element(d, true)),
+        out,
+    )
+}
+
+/// The member elements of the kept sets that `patch` removes (`removed`) or adds.
+fn member_items<'a>(
+    old: &'a NftPolicy,
+    patch: &'a PolicyPatch,
+    removed: bool,
+) -> impl Iterator<Item = (String, String)> + 'a {
+    member_changes(old, patch)
+        .filter(move |(_, _, delete)| *delete == removed)
+        .map(|(set, ip, _)| (set, ip.to_string()))
+}
+
+/// `(set name, address, delete)` for every member change of a kept set.
+fn member_changes<'a>(
+    old: &'a NftPolicy,
+    patch: &'a PolicyPatch,
+) -> impl Iterator<Item = (String, IpAddr, bool)> + 'a {
+    patch
+        .delta
+        .members_changed
+        .iter()
+        .filter_map(move |(id, change)| old.set_names.get(id).map(|stem| (stem, change)))
+        .flat_map(|(stem, change)| {
+            let removed = change
+                .removed
+                .iter()
+                .map(move |ip| (set_name(IpFamily::of(ip), stem), *ip, true));
+            let added = change
+                .added
+                .iter()
+                .map(move |ip| (set_name(IpFamily::of(ip), stem), *ip, false));
+            removed.chain(added)
+        })
+}
+
+/// The netlink element operations of a members-only patch ([`PolicyPatch::members_only`]):
+/// deletes first, as in a transaction.
+pub(super) fn member_ops(old: &NftPolicy, patch: &PolicyPatch) -> Vec<netlink::ElementOp> {
+    let mut ops: Vec<netlink::ElementOp> = member_changes(old, patch)
+        .map(|(set, ip, delete)| netlink::ElementOp {
+            set: Cow::Owned(set),
+            key: netlink::addr_bytes(&ip),
+            data: None,
+            delete,
+        })
+        .collect();
+    // Stable: deletes before adds, each group in set order (consecutive operations on one
+    // set share a netlink message).
+    ops.sort_by(|a, b| (!a.delete, &a.set).cmp(&(!b.delete, &b.set)));
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ranges_are_covered_by_the_fewest_prefixes() {
+        let v = |s: &str| addr_value(s.parse().unwrap());
+        let got = range_prefixes(v("10.0.0.0"), v("10.0.0.255"), IpFamily::V4);
+        assert_eq!(got, vec![net("10.0.0.0/24")]);
+        let got = range_prefixes(v("10.0.0.1"), v("10.0.0.6"), IpFamily::V4);
+        assert_eq!(
+            got,
+            vec![
+                net("10.0.0.1/32"),
+                net("10.0.0.2/31"),
+                net("10.0.0.4/31"),
+                net("10.0.0.6/32")
+            ]
+        );
+        assert_eq!(
+            range_prefixes(0, max_value(32), IpFamily::V4),
+            vec![net("0.0.0.0/0")]
+        );
+        assert_eq!(
+            range_prefixes(0, u128::MAX, IpFamily::V6),
+            vec![net("::/0")]
+        );
+    }
+
+    #[test]
+    fn block_table_becomes_disjoint_prefixes_with_holes_for_excepts() {
+        let all: BTreeSet<PortSpec> = [(None, (0, 65535))].into();
+        let tcp80: BTreeSet<PortSpec> = [(Some(Protocol::Tcp), (80, 80))].into();
+        let blocks: BTreeMap<IpNetwork, BTreeSet<PortSpec>> = [
+            (net("10.0.0.0/8"), all.clone()),
+            (net("10.1.0.0/16"), BTreeSet::new()),
+            (net("10.1.2.0/24"), tcp80.clone()),
+        ]
+        .into();
+        let (every, by_port) = block_elements(&blocks, IpFamily::V4);
+        assert_eq!(
+            every,
+            vec![
+                "10.0.0.0/16",
+                "10.2.0.0/15",
+                "10.4.0.0/14",
+                "10.8.0.0/13",
+                "10.16.0.0/12",
+                "10.32.0.0/11",
+                "10.64.0.0/10",
+                "10.128.0.0/9"
+            ]
+        );
+        assert_eq!(by_port, vec!["10.1.2.0/24 . tcp . 80"]);
+        assert_eq!(block_elements(&blocks, IpFamily::V6), (vec![], vec![]));
+    }
+
+    #[test]
+    fn ports_of_a_protocol_are_merged() {
+        let specs: BTreeSet<PortSpec> = [
+            (Some(Protocol::Tcp), (80, 81)),
+            (Some(Protocol::Tcp), (82, 90)),
+            (Some(Protocol::Udp), (53, 53)),
+        ]
+        .into();
+        assert_eq!(
+            port_match(&specs),
+            "meta l4proto . th dport { tcp . 80-90, udp . 53 } "
+        );
+        let one: BTreeSet<PortSpec> = [(Some(Protocol::Sctp), (0, 65535))].into();
+        assert_eq!(port_match(&one), "meta l4proto sctp ");
+    }
+
+    #[test]
+    fn long_chain_names_are_cut_and_hashed() {
+        let long = ObjectName::new("ns", "p".repeat(253));
+        let name = chain_name(Direction::Egress, &long);
+        assert_eq!(name.len(), MAX_CHAIN_NAME);
+        assert!(name.starts_with("pol-out-ns/ppp"), "{name}");
+        let other = ObjectName::new("ns", format!("{}q", "p".repeat(252)));
+        assert_ne!(chain_name(Direction::Egress, &other), name);
+        assert_eq!(
+            chain_name(Direction::Ingress, &ObjectName::new("x", "a")),
+            "pol-in-x/a"
+        );
+    }
+}
