@@ -42,6 +42,8 @@ use crate::states::{vip_last, PolicyStates, PEERS, POLICIES};
 const MEASURED: [&str; 3] = ["ebpf", "nftables", "iptables"];
 /// Numbers of policies of the per-packet measurement.
 pub const PACKET_POLICIES: [usize; 3] = [0, 100, 10_000];
+/// Pause, then unmeasured load, after each apply of the CRR rounds.
+const SETTLE: Duration = Duration::from_millis(300);
 /// How long a probe that must be denied waits for an answer.
 const DENIED_WAIT: Duration = Duration::from_millis(300);
 /// How long one probe waits while the clock of a label change runs: a probe whose SYN met
@@ -281,6 +283,10 @@ fn crr(
                 &states.base
             };
             dp.apply(state).map_err(|e| format!("apply: {e}"))?;
+            // The apply's deferred kernel work (freed rules, sets and map entries) must not
+            // land in the measurement, nor the first connections' cold caches.
+            std::thread::sleep(SETTLE);
+            load::crr(client, &targets, SETTLE, settings.threads)?;
             let c = load::crr(client, &targets, crr_time, settings.threads)?;
             row.failed_connections += c.failed;
             if c.ok == 0 {

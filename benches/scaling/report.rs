@@ -527,7 +527,8 @@ fn policy_end_to_end(o: &mut String, p: &PolicyResults) {
         o,
         "CRR: the client pod through the ClusterIP of the node's 10 backend pods, which the \
          policies select, against the same state without policies; each round applies both \
-         states in turn (alternating order) and divides the two rates; median of the rounds. \
+         states in turn (alternating order; after each apply 0.3 s of pause and 0.3 s of \
+         unmeasured load) and divides the two rates; median of the rounds. \
          Before the rounds, a pod of another node that no policy admits must not be answered. \
          From empty: a fresh backend holding the node, its endpoints and the target service \
          (node setup) gets the policies, peer pods and namespaces in one apply. Label change: \
