@@ -419,7 +419,7 @@ fn policy_section(
         "\nNetworkPolicy default/api-from-pod-0-0: pod-1-0 accepts only pod-0-0, on TCP {SERVER_PORT}"
     );
     println!(
-        "{:<26} {:<24} {:<4} {:<12} {:<10} {:<40} ok",
+        "{:<24} {:<20} {:<4} {:<20} {:<10} {:<54} ok",
         "client", "destination", "", "expected", "seen", "policy verdict"
     );
     let api: IpAddr = API_IP.parse()?;
@@ -473,7 +473,7 @@ fn policy_section(
             failures += 1;
         }
         println!(
-            "{:<26} {:<24} {:<4} {:<12} {:<10} {:<40} {}",
+            "{:<24} {:<20} {:<4} {:<20} {:<10} {:<54} {}",
             format!("{client} ({})", pod.addresses[0]),
             destination.to_string(),
             protocol.to_string(),

@@ -61,6 +61,21 @@ fn demo_runs_on_every_backend_and_agrees_with_the_model() {
             );
         }
         assert!(!all.contains(" NO"), "{all}");
+        // The policy section: an allowed probe answered by the selected pod and a denied one
+        // dropped, each with the decision that explains it.
+        assert!(
+            all.lines().any(
+                |l| l.contains("ingress allowed by default/api-from-pod-0-0")
+                    && l.contains(" pod-1-0 ")
+            ),
+            "{backend}: no allowed policy row answered by pod-1-0:\n{all}"
+        );
+        assert!(
+            all.lines().any(|l| l
+                .contains("ingress denied (isolated by default/api-from-pod-0-0)")
+                && l.contains("(dropped)")),
+            "{backend}: no denied policy row:\n{all}"
+        );
         let leaked: Vec<_> = dataplane_testkit::netns::list_netns()
             .into_iter()
             .filter(|n| n.starts_with(&own))

@@ -20,6 +20,16 @@ pub struct NetfilterConfig {
     pub iptables: PathBuf,
     /// The `ip6tables` binary.
     pub ip6tables: PathBuf,
+    /// The `ipset` binary (iptables flavour, network policy).
+    pub ipset: PathBuf,
+    /// iptables flavour: the most ipsets the network namespace may hold, ours and others'
+    /// together (default 256: the kernel's `CONFIG_IP_SET_MAX`, the module parameter
+    /// `ip_set max_sets`, which recent kernels grow past as sets are created and older ones
+    /// may not). A state whose policy needs more is refused with `Error::CapacityExceeded`
+    /// before anything is written.
+    pub max_ipsets: usize,
+    /// iptables flavour: the most members one ipset may hold (its `maxelem`).
+    pub ipset_max_elements: u32,
 }
 
 impl NetfilterConfig {
@@ -50,6 +60,9 @@ impl NetfilterConfig {
             ip6tables_restore: PathBuf::from("ip6tables-restore"),
             iptables: PathBuf::from("iptables"),
             ip6tables: PathBuf::from("ip6tables"),
+            ipset: PathBuf::from("ipset"),
+            max_ipsets: 256,
+            ipset_max_elements: 65536,
         }
     }
 }

@@ -24,8 +24,8 @@ impl Flavour {
     }
 
     /// What the flavour programs. Maglev needs a hash over the 5-tuple into a fixed table,
-    /// which only nftables (`jhash`) has; neither has DSR or XDP. Network policy: nftables
-    /// (`nft/policy.rs`).
+    /// which only nftables (`jhash`) has; neither has DSR or XDP. Both enforce network policy
+    /// (`nft/policy.rs`: sets and verdict maps; `iptables/policy.rs`: chains over ipsets).
     pub(crate) fn capabilities(self) -> Capabilities {
         Capabilities {
             dataplane: self.name().to_owned(),
@@ -36,7 +36,7 @@ impl Flavour {
             dsr: false,
             xdp: false,
             masquerade: true,
-            network_policy: self == Flavour::Nftables,
+            network_policy: true,
             weights: true,
             max_services: 0,
             max_backends: 0,

@@ -8,7 +8,8 @@
 //!   elements of the services that changed. Kubernetes NetworkPolicy in the same table and
 //!   transaction ([`nft::policy`]).
 //! - [`IptablesDataplane`]: kube-proxy iptables style chains, applied with
-//!   `iptables-restore --noflush` so that rules it does not own are never touched.
+//!   `iptables-restore --noflush` so that rules it does not own are never touched;
+//!   NetworkPolicy as filter chains over ipsets ([`iptables::policy`]).
 //!
 //! Renderers are pure functions (state → text) in [`nft::render`] and [`iptables::render`].
 //!

@@ -12,6 +12,7 @@ use std::hash::{Hash, Hasher};
 
 use dataplane_core::DesiredState;
 
+use super::policy;
 use super::render::{each_chain, hook_lines, node_wide, Chains, Existing, Table};
 use crate::plan::node_plan;
 use dataplane_core::IpFamily;
@@ -70,18 +71,39 @@ fn rules_hash(rules: &[String]) -> u64 {
     h.finish()
 }
 
-/// The digests of `family`'s chains of `state`.
+/// The digests of `family`'s chains of `state` (its policy compiled here; see
+/// [`digests_with`]).
 pub fn digests(state: &DesiredState, prefix: &str, family: IpFamily) -> Digests {
+    let policy = policy::chains(&dataplane_core::compile(state), &state.node, prefix, family);
+    digests_with(state, &policy, prefix, family)
+}
+
+/// The digests of `family`'s chains of `state` with its policy chains `policy` (from
+/// [`policy::chains`] of the state's compiled policy, which the backend keeps up to date
+/// between syncs).
+pub fn digests_with(
+    state: &DesiredState,
+    policy: &Chains,
+    prefix: &str,
+    family: IpFamily,
+) -> Digests {
     let node = node_plan(&state.node);
     let mut d = Digests::default();
-    let _ = each_chain::<()>(state, &node, prefix, family, &mut |table, chains| {
-        d.table_mut(table).extend(
-            chains
-                .iter()
-                .map(|(name, rules)| (name_hash(name), rules_hash(rules))),
-        );
-        Ok(())
-    });
+    let _ = each_chain::<()>(
+        state,
+        &node,
+        policy,
+        prefix,
+        family,
+        &mut |table, chains| {
+            d.table_mut(table).extend(
+                chains
+                    .iter()
+                    .map(|(name, rules)| (name_hash(name), rules_hash(rules))),
+            );
+            Ok(())
+        },
+    );
     for t in [&mut d.nat, &mut d.filter] {
         // A chain compiled twice keeps its last rules, as a map insert would.
         t.reverse();
@@ -102,6 +124,8 @@ pub struct SyncPlan<'a> {
     prefix: &'a str,
     /// Name hashes of our chains in the kernel, per table (nat, filter), sorted.
     present: [Vec<NameHash>; 2],
+    /// The policy chains `new` was made with (`None`: compiled from the state when written).
+    policy: Option<&'a Chains>,
 }
 
 impl<'a> SyncPlan<'a> {
@@ -141,7 +165,15 @@ impl<'a> SyncPlan<'a> {
             existing,
             prefix,
             present,
+            policy: None,
         }
+    }
+
+    /// The same sync with the policy chains `new` was made with ([`digests_with`]).
+    #[must_use]
+    pub fn with_policy(mut self, policy: &'a Chains) -> Self {
+        self.policy = Some(policy);
+        self
     }
 
     fn present(&self, table: Table) -> &[NameHash] {
@@ -187,13 +219,27 @@ impl<'a> SyncPlan<'a> {
         out: &mut W,
     ) -> std::fmt::Result {
         let node = node_plan(&state.node);
-        // The filter table holds only node-wide chains, which do not depend on the services.
+        let compiled;
+        let policy = if let Some(p) = self.policy {
+            p
+        } else {
+            compiled = policy::chains(
+                &dataplane_core::compile(state),
+                &state.node,
+                self.prefix,
+                family,
+            );
+            &compiled
+        };
+        // The filter table holds the policy chains and node-wide chains, which do not depend
+        // on the services.
         let node_wide = node_wide(
             &node,
             family,
             self.prefix,
             &mut Vec::new(),
             &BTreeSet::new(),
+            !policy.is_empty(),
         );
         for table in Table::ALL {
             if !self.touches(table) {
@@ -228,15 +274,25 @@ impl<'a> SyncPlan<'a> {
                 };
                 match table {
                     Table::Nat => {
-                        each_chain(state, &node, self.prefix, family, &mut |t, chains| {
-                            if t == Table::Nat {
-                                emit(chains)
-                            } else {
-                                Ok(())
-                            }
-                        })?;
+                        each_chain(
+                            state,
+                            &node,
+                            policy,
+                            self.prefix,
+                            family,
+                            &mut |t, chains| {
+                                if t == Table::Nat {
+                                    emit(chains)
+                                } else {
+                                    Ok(())
+                                }
+                            },
+                        )?;
                     }
-                    Table::Filter => emit(&node_wide.filter)?,
+                    Table::Filter => {
+                        emit(policy)?;
+                        emit(&node_wide.filter)?;
+                    }
                 }
                 if declare {
                     let name = |start: u32| {

@@ -1,10 +1,17 @@
 //! The iptables flavour: kube-proxy iptables-mode chains applied with
-//! `iptables-restore --noflush` / `ip6tables-restore --noflush`.
+//! `iptables-restore --noflush` / `ip6tables-restore --noflush`, and NetworkPolicy as
+//! filter chains ([`policy`]) over ipsets ([`ipset`]): sets written before the rules that
+//! name them, destroyed after the rules stop naming them, put back if the rules are refused.
 
 // Chain digests and the partial-sync plan: public for the render tests, which check what a
 // partial restore writes, not part of the API: hidden.
 #[doc(hidden)]
 pub mod digest;
+// The set operations of a sync: public for the render tests, which run them against a
+// simulated kernel, not part of the API: hidden.
+#[doc(hidden)]
+pub mod ipset;
+pub mod policy;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,10 +28,13 @@ use crate::error::NetfilterError;
 use crate::exec;
 use crate::flavour::Flavour;
 use crate::plan::check_supported;
+use dataplane_core::CompiledPolicy;
 use dataplane_core::IpFamily;
 use dataplane_core::ServiceFingerprints;
-use digest::{digests, name_hash, Digests, NameHash, SyncPlan};
-use render::{write_reset, Existing, ExistingParser, Table, MAX_PREFIX_LEN};
+use digest::{digests_with, name_hash, Digests, NameHash, SyncPlan};
+use ipset::{KernelSets, SetOp};
+use policy::{is_our_set, IpSets};
+use render::{write_reset, Chains, Existing, ExistingParser, Table, MAX_PREFIX_LEN};
 
 const BACKEND: &str = Flavour::Iptables.name();
 
@@ -45,8 +55,8 @@ const BACKEND: &str = Flavour::Iptables.name();
 #[derive(Debug)]
 pub struct IptablesDataplane {
     config: NetfilterConfig,
-    /// The last state programmed and the digests of its chains per family (IPv4, IPv6).
-    applied: Option<(DesiredState, [Digests; 2])>,
+    /// What the last successful sync programmed.
+    applied: Option<Applied>,
     dirty: bool,
     /// The test hook ([`IptablesDataplane::set_fail_transactions`]) is on.
     #[cfg(feature = "fault-injection")]
@@ -76,13 +86,19 @@ impl IptablesDataplane {
 
     /// The `iptables-restore --noflush` input of a full sync of `desired`'s `family` chains
     /// into a kernel that holds none of ours, without applying it (pure; for benches and
-    /// debugging): what the backend writes, compiled the way it compiles it.
+    /// debugging): what the backend writes, compiled the way it compiles it. The ipsets that
+    /// policy chains name are written before it by `ipset restore` and are not in it (see
+    /// [`policy::ipsets`]).
     pub fn render(&self, desired: &DesiredState, family: IpFamily) -> Result<String, Error> {
         self.check(desired)?;
-        let new = digests(desired, &self.config.name, family);
+        let prefix = &self.config.name;
+        let compiled = dataplane_core::compile(desired);
+        let policy = policy::chains(&compiled, &desired.node, prefix, family);
+        let new = digests_with(desired, &policy, prefix, family);
         let none = Existing::default();
         let mut out = String::new();
-        SyncPlan::new(None, &new, &none, &self.config.name)
+        SyncPlan::new(None, &new, &none, prefix)
+            .with_policy(&policy)
             .write(desired, family, None, &mut out)
             .map_err(|_| NetfilterError::Internal {
                 backend: BACKEND,
@@ -223,35 +239,241 @@ impl IptablesDataplane {
         check_supported(desired, Flavour::Iptables)
     }
 
-    fn sync(&mut self, desired: &DesiredState, full: bool) -> Result<ApplyReport, Error> {
+    /// Runs `ipset` with `args`; `stdin`: the input `ops` (an `ipset restore`).
+    fn ipset(
+        &self,
+        args: &[&str],
+        ops: Option<&[SetOp]>,
+        op: &str,
+    ) -> Result<String, NetfilterError> {
+        let max = self.config.ipset_max_elements;
+        match ops {
+            Some(ops) => exec::run_streamed(
+                BACKEND,
+                self.config.netns.as_deref(),
+                &self.config.ipset,
+                args,
+                &|out| ipset::write_ops(ops, max, out),
+                op,
+            )
+            .map(|(stdout, _)| stdout),
+            None => exec::run(
+                BACKEND,
+                self.config.netns.as_deref(),
+                &self.config.ipset,
+                args,
+                None,
+                op,
+            ),
+        }
+    }
+
+    /// The sets in the kernel (`members`: with our sets' members, else their names only).
+    /// Without the `ipset` tool, or when the kernel cannot list sets, there are none of
+    /// ours, unless `needed` (the state's policy needs sets): then that is the error.
+    fn kernel_sets(&self, members: bool, needed: bool) -> Result<KernelSets, NetfilterError> {
+        let prefix = &self.config.name;
+        let listed = if members {
+            self.ipset(&["save"], None, "ipset save")
+                .map(|text| ipset::parse_save(&text, prefix))
+        } else {
+            self.ipset(&["list", "-n"], None, "ipset list").map(|text| {
+                let mut sets = KernelSets::default();
+                for name in text.lines().map(str::trim).filter(|n| !n.is_empty()) {
+                    if is_our_set(prefix, name) {
+                        sets.ours.insert(name.to_owned(), BTreeSet::new());
+                    } else {
+                        sets.foreign += 1;
+                    }
+                }
+                sets
+            })
+        };
+        match listed {
+            Err(e) if !needed => {
+                tracing::debug!(error = %e, "no ipsets read");
+                Ok(KernelSets::default())
+            }
+            other => other,
+        }
+    }
+
+    /// Runs `ops`; if that fails, undoes what of them ran (see [`ipset::undo`]).
+    fn run_set_ops(&mut self, ops: &[SetOp], op: &str) -> Result<(), NetfilterError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let result = self.ipset(&["restore"], Some(ops), op).map(|_| ());
+        if result.is_err() {
+            self.undo_set_ops(ops);
+        }
+        result
+    }
+
+    /// Undoes `ops` (or the part of them that ran: `-exist` lets the inverse of an operation
+    /// that never ran pass). A failure here is logged: the caller reports the first one, and
+    /// the backend is dirty (the next sync is a full one, which reads the kernel's sets).
+    fn undo_set_ops(&mut self, ops: &[SetOp]) {
+        self.dirty = true;
+        let undo = ipset::undo(ops);
+        if undo.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ipset(&["-exist", "restore"], Some(&undo), "ipset undo") {
+            tracing::error!(error = %e, "ipsets could not be put back");
+        }
+    }
+
+    /// The ipset work of a sync before the rules are written: the compiled policy of
+    /// `desired` (`previous`, the last sync's policy and sets, brought forward by `changes`;
+    /// or compiled afresh), the sets it needs, the kernel's sets, and the creates and member
+    /// changes to run first. Refuses a policy that needs more sets (or members) than
+    /// configured, before anything is written.
+    fn plan_sets(
+        &mut self,
+        desired: &DesiredState,
+        previous: Option<(CompiledPolicy, IpSets)>,
+        changes: Option<&ChangeSet>,
+    ) -> Result<SetsPlan, Error> {
+        let prefix = self.config.name.clone();
+        let (compiled, before, delta) = match (previous, changes) {
+            (Some((mut compiled, sets)), Some(changes)) => {
+                let delta = compiled.update(desired, changes);
+                (compiled, Some(sets), Some(delta))
+            }
+            _ => (dataplane_core::compile(desired), None, None),
+        };
+        let want = policy::ipsets(&compiled, &prefix);
+        // Only a full sync reads every member (to make each set exact); a partial one trusts
+        // what the last sync left and reads the names (for the count).
+        let incremental = before.is_some();
+        let had = before.as_ref().is_some_and(|b| !b.is_empty());
+        // Reading the sets may fail quietly only when there are none to write or destroy
+        // (no `ipset` tool, no ipset support in the kernel, and no policy that needs it).
+        let kernel = if incremental && want.is_empty() && !had {
+            KernelSets::default()
+        } else {
+            self.kernel_sets(!incremental, !want.is_empty() || had)?
+        };
+        let peak = ipset::peak(kernel.foreign, kernel.ours.keys(), &want);
+        if peak > self.config.max_ipsets {
+            let room = self.config.max_ipsets.saturating_sub(peak - want.len());
+            let over = policy::first_over(&compiled, &prefix, room).map_or_else(String::new, |e| {
+                format!("; the peers of endpoint {e} go over")
+            });
+            return Err(Error::CapacityExceeded {
+                what: format!(
+                    "the ipsets of network policy (NetfilterConfig::max_ipsets, {} set(s) held by others{over})",
+                    kernel.foreign
+                ),
+                needed: peak,
+                capacity: self.config.max_ipsets,
+            });
+        }
+        let max = self.config.ipset_max_elements as usize;
+        for (name, spec) in &want {
+            let n = ipset::members(&compiled, spec).count();
+            if n > max {
+                return Err(Error::CapacityExceeded {
+                    what: format!(
+                        "ipset {name} (peer set {}), NetfilterConfig::ipset_max_elements",
+                        spec.id
+                    ),
+                    needed: n,
+                    capacity: max,
+                });
+            }
+        }
+        let ops = match (&before, &delta) {
+            (Some(before), Some(delta)) => ipset::incremental(before, &want, &compiled, delta),
+            _ => ipset::converge(&kernel, &want, &compiled),
+        };
+        let chains = [IpFamily::V4, IpFamily::V6]
+            .map(|f| policy::chains(&compiled, &desired.node, &prefix, f));
+        Ok(SetsPlan {
+            compiled,
+            want,
+            kernel: kernel.ours.into_keys().collect(),
+            ops,
+            chains,
+        })
+    }
+
+    /// `changes`: the change set that turns the last applied state into `desired` (a
+    /// partial sync brings the compiled policy forward with it).
+    fn sync(
+        &mut self,
+        desired: &DesiredState,
+        full: bool,
+        changes: Option<&ChangeSet>,
+    ) -> Result<ApplyReport, Error> {
         let skipped = self.check(desired)?;
+        let full_sync = full || self.dirty;
+        let mut applied = self.applied.take();
+        match self.sync_checked(desired, full_sync, changes, &mut applied) {
+            Ok((mut report, now)) => {
+                report.skipped = skipped;
+                self.dirty = false;
+                self.applied = Some(now);
+                Ok(report)
+            }
+            Err(e) => {
+                // The last applied state stays (a later change set is applied to it, as a
+                // full sync); its compiled policy may have moved into the failed sync, so
+                // the next sync is a full one, which compiles afresh.
+                self.applied = applied;
+                self.dirty = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Self::sync`] of a checked state; `applied`: the last successful sync's, whose
+    /// compiled policy a partial sync takes.
+    fn sync_checked(
+        &mut self,
+        desired: &DesiredState,
+        full_sync: bool,
+        changes: Option<&ChangeSet>,
+        applied: &mut Option<Applied>,
+    ) -> Result<(ApplyReport, Applied), Error> {
         let prefix = self.config.name.clone();
         let families = [IpFamily::V4, IpFamily::V6];
-        let new = families.map(|f| digests(desired, &prefix, f));
+        let previous = applied
+            .as_mut()
+            .filter(|_| !full_sync && changes.is_some())
+            .map(|a| (std::mem::take(&mut a.compiled), a.sets.clone()));
+        let sets = self.plan_sets(desired, previous, changes.filter(|_| !full_sync))?;
+        let new =
+            families.map(|f| digests_with(desired, &sets.chains[family_index(f)], &prefix, f));
         // Both families' kernel state is read before either is written.
         let (existing4, present4) = self.existing_against(IpFamily::V4, &new[0])?;
         let (existing6, present6) = self.existing_against(IpFamily::V6, &new[1])?;
         let existing = [existing4, existing6];
         let mut present = [present4, present6];
-        let full_sync = full || self.dirty;
         let op = if full_sync {
             "full sync"
         } else {
             "partial sync"
         };
+        // Sets first: the rules loaded next name them (and the rules still loaded name the
+        // old ones, which stay until the end).
+        self.run_set_ops(&sets.ops, "ipset restore")?;
         let fault = self.fault_rule();
-        let applied = self.applied.take();
-        let mut written = 0;
-        let mut result = Ok(());
+        let mut written = sets.ops.len();
         for (i, family) in families.into_iter().enumerate() {
-            let old = applied.as_ref().filter(|_| !full_sync).map(|(_, o)| &o[i]);
+            let old = applied
+                .as_ref()
+                .filter(|_| !full_sync)
+                .map(|a| &a.digests[i]);
             let plan = SyncPlan::with_present(
                 old,
                 &new[i],
                 &existing[i],
                 std::mem::take(&mut present[i]),
                 &prefix,
-            );
+            )
+            .with_policy(&sets.chains[i]);
             if plan.is_empty() {
                 continue;
             }
@@ -262,38 +484,51 @@ impl IptablesDataplane {
             match self.restore(family, &render, op) {
                 Ok(lines) => written += lines,
                 Err(e) => {
-                    result = Err(e);
-                    break;
+                    // The sets of this family and the next are put back; the rules of a
+                    // family loaded before name its own (the next sync is a full one).
+                    let unloaded: Vec<SetOp> = sets
+                        .ops
+                        .iter()
+                        .filter(|o| {
+                            sets.want
+                                .get(o.name())
+                                .is_none_or(|s| family_index(s.family) >= i)
+                        })
+                        .cloned()
+                        .collect();
+                    self.undo_set_ops(&unloaded);
+                    return Err(e.into());
                 }
             }
         }
-        // A failed restore leaves the last applied digests (and `dirty`) as they were.
-        if let Err(e) = result {
-            self.applied = applied;
-            return Err(e.into());
-        }
-        // What the kernel held (~130k chain names at 10k services) and the previous copy of
-        // the state go before the state is copied: they are not all held at once.
         drop(existing);
-        // Compared with the services of the last successful sync (which a failed restore
-        // leaves as the applied state), not with the chains: see `dataplane_core::counts`.
+        // The sets no rule names any more go last.
+        let destroys = ipset::destroys(&sets.kernel, &sets.want);
+        self.run_set_ops(&destroys, "ipset destroy")?;
+        written += destroys.len();
+        // Compared with the services of the last successful sync (which a failed sync leaves
+        // as the applied state), not with the chains: see `dataplane_core::counts`.
         let before = applied
             .as_ref()
-            .map(|(s, _)| ServiceFingerprints::of(&s.services))
+            .map(|a| ServiceFingerprints::of(&a.state.services))
             .unwrap_or_default();
-        drop(applied);
         let (services_changed, services_removed) =
             ServiceFingerprints::of(&desired.services).counts_since(&before);
-        self.dirty = false;
-        self.applied = Some((desired.clone(), new));
-        Ok(ApplyReport {
+        let report = ApplyReport {
             full_sync,
             services_changed,
             services_removed,
             objects_written: written,
-            skipped,
+            skipped: Vec::new(),
             warnings: dataplane_core::warnings(desired),
-        })
+        };
+        let now = Applied {
+            state: desired.clone(),
+            digests: new,
+            compiled: sets.compiled,
+            sets: sets.want,
+        };
+        Ok((report, now))
     }
 
     /// The rules of our chains in `iptables-save -c`: (table, chain) → (packets, rule text).
@@ -344,6 +579,42 @@ impl IptablesDataplane {
     }
 }
 
+/// The place of `family` in per-family arrays (IPv4, IPv6).
+fn family_index(family: IpFamily) -> usize {
+    match family {
+        IpFamily::V4 => 0,
+        IpFamily::V6 => 1,
+    }
+}
+
+/// What a successful sync programmed, kept for the next one.
+#[derive(Debug)]
+struct Applied {
+    /// The state.
+    state: DesiredState,
+    /// The digests of its chains per family (IPv4, IPv6).
+    digests: [Digests; 2],
+    /// Its compiled NetworkPolicy, brought forward by each partial sync
+    /// ([`CompiledPolicy::update`]).
+    compiled: CompiledPolicy,
+    /// The ipsets its policy chains name.
+    sets: IpSets,
+}
+
+/// The ipset side of one sync ([`IptablesDataplane::plan_sets`]).
+struct SetsPlan {
+    /// The compiled policy of the state being applied.
+    compiled: CompiledPolicy,
+    /// The sets its chains name.
+    want: IpSets,
+    /// Our sets in the kernel before the sync.
+    kernel: BTreeSet<String>,
+    /// Creates and member changes, run before the rules.
+    ops: Vec<SetOp>,
+    /// The policy chains per family (IPv4, IPv6).
+    chains: [Chains; 2],
+}
+
 /// The rules of our chains: (table, chain) → (packets, rule text).
 type Rules = BTreeMap<(Table, String), Vec<(u64, String)>>;
 
@@ -372,16 +643,16 @@ impl Dataplane for IptablesDataplane {
     }
 
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
-        self.sync(desired, true)
+        self.sync(desired, true, None)
     }
 
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
-        let Some((state, _)) = &self.applied else {
+        let Some(applied) = &self.applied else {
             return Err(Error::FullSyncRequired);
         };
-        let mut desired = state.clone();
+        let mut desired = applied.state.clone();
         changes.apply_to(&mut desired);
-        let mut report = self.sync(&desired, false)?;
+        let mut report = self.sync(&desired, false, Some(changes))?;
         (report.services_changed, report.services_removed) = changes.service_counts();
         // An incremental apply reports about the changed services only (the trait's contract).
         let current: Vec<&dataplane_core::Service> = changes
@@ -462,7 +733,7 @@ impl Dataplane for IptablesDataplane {
     }
 
     fn flows(&self) -> Result<Vec<Flow>, Error> {
-        let Some((state, _)) = &self.applied else {
+        let Some(Applied { state, .. }) = &self.applied else {
             return Ok(Vec::new());
         };
         let text = exec::read_proc(
@@ -481,6 +752,9 @@ impl Dataplane for IptablesDataplane {
         for family in [IpFamily::V4, IpFamily::V6] {
             for ((table, _), rules) in self.our_rules(family)? {
                 for (packets, rule) in rules {
+                    if table == Table::Filter && rule.contains("network policy:") {
+                        *s.other.entry("policy_dropped".to_owned()).or_default() += packets;
+                    }
                     if rule.contains("-j DNAT") {
                         s.packets_translated += packets;
                     } else if table == Table::Filter && rule.contains("-j DROP") {
@@ -507,6 +781,12 @@ impl Dataplane for IptablesDataplane {
                     "reset",
                 )?;
             }
+        }
+        // Our sets go after the rules that named them.
+        let kernel = self.kernel_sets(false, false)?;
+        let destroys = ipset::destroys(kernel.ours.keys(), &IpSets::new());
+        if !destroys.is_empty() {
+            self.ipset(&["-exist", "restore"], Some(&destroys), "ipset destroy")?;
         }
         self.applied = None;
         self.dirty = false;

@@ -18,7 +18,8 @@
 //!     no backend: mark 0x10000 (reject), no local backend / not in ranges: mark 0x8000 (drop)
 //! nat POSTROUTING ─▶ DP-POSTROUTING: mark 0x4000 ─▶ SNAT to the node address; pod → outside
 //! filter INPUT/FORWARD/OUTPUT ─▶ DP-FILTER: drop / reject the marked packets; new connections
-//!                                still to the service CIDRs (no service took them): drop
+//!                                still to the service CIDRs (no service took them): drop;
+//!                                with NetworkPolicy, last: ─▶ DP-POLICY (see [`super::policy`])
 //! ```
 //!
 //! Beyond kube-proxy's iptables mode: the drop of unallocated service addresses (its nftables
@@ -35,6 +36,7 @@ use std::net::{IpAddr, SocketAddr};
 use dataplane_core::{DesiredState, IpFamily, ObjectName, Service};
 use ipnetwork::IpNetwork;
 
+use super::policy;
 use crate::plan::{
     node_plan, proto_name, service_ports, Choice, FamilySuffix as _, NodePlan, PortPlan,
 };
@@ -147,8 +149,8 @@ pub fn hooks(prefix: &str) -> Vec<(Table, &'static str, String)> {
     ]
 }
 
-/// FNV-1a, for short stable chain names.
-fn hash_name(s: &str) -> String {
+/// FNV-1a, for short stable chain (and ipset) names.
+pub(crate) fn hash_name(s: &str) -> String {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
@@ -160,7 +162,7 @@ fn hash_name(s: &str) -> String {
         .collect()
 }
 
-fn host(ip: &IpAddr) -> String {
+pub(crate) fn host(ip: &IpAddr) -> String {
     match ip {
         IpAddr::V4(_) => format!("{ip}/32"),
         IpAddr::V6(_) => format!("{ip}/128"),
@@ -186,23 +188,34 @@ fn of_family(nets: &[IpNetwork], f: IpFamily) -> Vec<IpNetwork> {
 /// without holding the rules).
 pub fn compile_state(state: &DesiredState, prefix: &str) -> [IptRuleset; 2] {
     let node = node_plan(&state.node);
+    let compiled = dataplane_core::compile(state);
     [IpFamily::V4, IpFamily::V6].map(|family| {
         let mut rs = IptRuleset::empty(family, prefix);
-        let _ = each_chain::<()>(state, &node, prefix, family, &mut |table, chains| {
-            rs.chains_mut(table)
-                .extend(chains.iter().map(|(c, r)| (c.clone(), r.clone())));
-            Ok(())
-        });
+        let policy = policy::chains(&compiled, &state.node, prefix, family);
+        let _ = each_chain::<()>(
+            state,
+            &node,
+            &policy,
+            prefix,
+            family,
+            &mut |table, chains| {
+                rs.chains_mut(table)
+                    .extend(chains.iter().map(|(c, r)| (c.clone(), r.clone())));
+                Ok(())
+            },
+        );
         rs
     })
 }
 
 /// Calls `f(table, chains)` for the chains of `family` in the rulesets of `state`, a group at
 /// a time: each service's (in name order; they jump only to each other and to node-wide
-/// chains), then the node-wide ones of each table.
+/// chains), the policy chains of `family` (`policy`, see [`policy::chains`]), then the
+/// node-wide ones of each table.
 pub(crate) fn each_chain<E>(
     state: &DesiredState,
     node: &NodePlan,
+    policy: &Chains,
     prefix: &str,
     family: IpFamily,
     f: &mut Visit<'_, E>,
@@ -230,22 +243,42 @@ pub(crate) fn each_chain<E>(
         }
         f(Table::Nat, &chains)?;
     }
-    let rs = node_wide(node, family, prefix, &mut frontends, &reject_ips);
+    let rs = node_wide(
+        node,
+        family,
+        prefix,
+        &mut frontends,
+        &reject_ips,
+        !policy.is_empty(),
+    );
     f(Table::Nat, &rs.nat)?;
+    if !policy.is_empty() {
+        f(Table::Filter, policy)?;
+    }
     f(Table::Filter, &rs.filter)
 }
 
 /// The node-wide chains of `family`, with the `SERVICES` chain of `frontends` (the frontend
-/// rules of every service port) and the rejects of `reject_ips`.
+/// rules of every service port) and the rejects of `reject_ips`; `policy`: the filter chain
+/// ends with the jump to the policy chains.
 pub(crate) fn node_wide(
     node: &NodePlan,
     family: IpFamily,
     prefix: &str,
     frontends: &mut Vec<String>,
     reject_ips: &BTreeSet<IpAddr>,
+    policy: bool,
 ) -> IptRuleset {
     let mut rs = IptRuleset::empty(family, prefix);
     finish_ruleset(node, family, prefix, &mut rs, frontends, reject_ips);
+    if policy {
+        // After the service drops and rejects (a connection to a service without backends
+        // is rejected whatever the policy), in every hook of the filter chain: INPUT checks
+        // a pod's egress to this node's other addresses as the reference model does.
+        if let Some(filter) = rs.filter.get_mut(&format!("{prefix}-FILTER")) {
+            filter.push(format!("-j {}", policy::policy_chain(prefix)));
+        }
+    }
     rs
 }
 

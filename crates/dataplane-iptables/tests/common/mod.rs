@@ -123,3 +123,4 @@ pub fn showcase() -> DesiredState {
     state
 }
 pub mod lab;
+pub mod policy;

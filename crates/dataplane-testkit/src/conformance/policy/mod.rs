@@ -27,17 +27,19 @@
 //! relabel a pod, relabel a namespace. After each step the runner
 //! 1. builds both nodes' states and validates them;
 //! 2. computes the expected **reachability matrix** from the reference model: every client
-//!    pod × every server pod × {TCP, UDP} × {80, 81} × {direct to the pod address, via its
-//!    ClusterIP} (648 cells) — direct cells from [`dataplane_core::evaluate`] on the client's
-//!    node (untouched = allowed, drop = denied), ClusterIP cells from `evaluate` after DNAT
-//!    (the service's one backend kept = allowed); [`dataplane_core::policy_allows`] must give
-//!    the same answer on the client's node (egress) and on the server's node (ingress), else
-//!    the row fails as a *table* failure;
+//!    (the nine pods, and the two nodes themselves: kubelet's place) × every server pod ×
+//!    {TCP, UDP} × {80, 81} × {direct to the pod address, via its ClusterIP} (792 cells) —
+//!    direct cells from [`dataplane_core::evaluate`] on the client's node (untouched =
+//!    allowed, drop = denied), ClusterIP cells from `evaluate` after DNAT (the service's one
+//!    backend kept = allowed); a node reaches its own pods whatever the policies (the fixed
+//!    rule), another node is an address like any other; [`dataplane_core::policy_allows`]
+//!    must give the same answer on the client's node (egress) and on the server's node
+//!    (ingress), else the row fails as a *table* failure;
 //! 3. programs every node's backend: the first step with `apply` (a full sync), every later
 //!    step with `apply_changes` of the [`diff`](dataplane_core::diff()) from the step before,
 //!    so that the backends' incremental paths (policy, pod label, namespace label changes)
 //!    are what is tested; an error fails the row and ends the case;
-//! 4. probes the whole matrix at once: one thread per client pod sends all of its probes on
+//! 4. probes the whole matrix at once: one thread per client sends all of its probes on
 //!    non-blocking sockets ([`crate::traffic::probe_batch`]); a cell expected allowed must be
 //!    answered by the right pod within [`PolicyRunOptions::timeout`], a cell expected denied
 //!    must stay unanswered for [`PolicyRunOptions::drop_wait`] (dropped, not refused: policy
@@ -56,8 +58,9 @@
 //! with a wrong cell. The [`Report`](super::Report) is the standard table's:
 //! `report.assert_ok()` panics with all of it.
 //!
-//! Before the first case the runner applies the no-policy state and makes every pod reach
-//! every pod once (warm-up: neighbour entries exist before a burst of probes needs them).
+//! Before the first case the runner applies the no-policy state and makes every client reach
+//! every pod once in each family (warm-up: neighbour entries exist before a burst of probes
+//! needs them).
 //!
 //! # What the cases cover, and where they come from
 //!
@@ -80,7 +83,10 @@
 //!   of the service CIDR allows no service; egress denied except a DNS-like UDP port;
 //! - updates mid-case: a policy edited, a pod relabelled into and out of a selection, a
 //!   namespace relabelled, policies deleted (back to open);
-//! - in IPv6 as well: default deny ingress, `podSelector`, `ipBlock` with `except`.
+//! - in IPv6 as well: default deny ingress, `podSelector`, `ipBlock` with `except`;
+//! - in every case, the nodes as clients: a node reaches its own pods whatever the policies
+//!   (the docs: "traffic to and from the node where a Pod is running is always allowed"),
+//!   another node is matched like any address outside the cluster's pods.
 //!
 //! Differences from the e2e suite: every case probes the whole matrix (all nine pods, both
 //! protocols, both ports, directly and through a ClusterIP) where an e2e test probes the

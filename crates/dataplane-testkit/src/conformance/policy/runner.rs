@@ -24,7 +24,7 @@ use super::layout::{
 
 /// Source port the reference model is asked about (policy does not look at it).
 const NOMINAL_CLIENT_PORT: u16 = 40000;
-/// Source ports of the probes: each client pod counts through them on its own, so no probe
+/// Source ports of the probes: each client (pod or node) counts through them on its own, so no probe
 /// of a run repeats an earlier probe's 5-tuple (a conntrack entry of an allowed connection
 /// would answer a later step's probe as established). Below the kernel's ephemeral range and
 /// the NodePort range, like the traffic module's fresh ports. The whole table takes about
@@ -88,7 +88,7 @@ impl std::fmt::Display for Cell {
         write!(
             f,
             "{} -> {} {}/{} {}",
-            pod_name(self.client),
+            client_name(self.client),
             pod_name(self.server),
             self.protocol,
             self.port,
@@ -97,10 +97,27 @@ impl std::fmt::Display for Cell {
     }
 }
 
+/// Clients of the matrix: the nine pods, then the two nodes (their own network namespaces:
+/// kubelet's place).
+pub(super) const CLIENT_COUNT: usize = POD_COUNT + POLICY_LAB.nodes;
+
+/// `x/a` for a pod client, `node-0` for a node client.
+pub(super) fn client_name(client: usize) -> String {
+    match client.checked_sub(POD_COUNT) {
+        Some(node) => format!("node-{node}"),
+        None => pod_name(client),
+    }
+}
+
+/// The node that client `client` is, if it is one.
+fn as_node(client: usize) -> Option<usize> {
+    client.checked_sub(POD_COUNT)
+}
+
 /// Every cell, client-major: client × server × protocol × port × path.
 pub(super) fn cells() -> Vec<Cell> {
     let mut out = Vec::new();
-    for client in 0..POD_COUNT {
+    for client in 0..CLIENT_COUNT {
         for server in 0..POD_COUNT {
             for protocol in POLICY_PROTOCOLS {
                 for port in POLICY_PORTS {
@@ -145,9 +162,28 @@ pub(super) fn expectation(
     cell: Cell,
     family: IpFamily,
 ) -> Result<bool, String> {
-    let client_state = &states[node_of(cell.client)];
+    let (client_node, c_ip, entry) = match as_node(cell.client) {
+        Some(n) => {
+            let ip = states
+                .get(n)
+                .and_then(|s| {
+                    s.node
+                        .addresses
+                        .iter()
+                        .copied()
+                        .find(|a| IpFamily::of(a) == family)
+                })
+                .ok_or_else(|| format!("node-{n} has no {family:?} address"))?;
+            (n, ip, Entry::FromHost)
+        }
+        None => (
+            node_of(cell.client),
+            address(states, cell.client, family)?,
+            Entry::FromPod(object(cell.client)),
+        ),
+    };
+    let client_state = &states[client_node];
     let server_state = &states[node_of(cell.server)];
-    let c_ip = address(states, cell.client, family)?;
     let s_ip = address(states, cell.server, family)?;
     let (protocol, port) = (cell.protocol, cell.port);
     let at_client = policy_allows(client_state, c_ip, s_ip, protocol, port);
@@ -167,7 +203,7 @@ pub(super) fn expectation(
         source: SocketAddr::new(c_ip, NOMINAL_CLIENT_PORT),
         destination,
     };
-    let verdict = evaluate(client_state, &packet, &Entry::FromPod(object(cell.client)));
+    let verdict = evaluate(client_state, &packet, &entry);
     let allowed = match (cell.path, &verdict) {
         (_, Verdict::Drop) => false,
         (Path::Direct, Verdict::Untouched { .. }) => true,
@@ -226,7 +262,7 @@ pub fn run_policy_with(
         lab,
         caps: &caps,
         options,
-        ports: vec![PROBE_PORTS.start; POD_COUNT],
+        ports: vec![PROBE_PORTS.start; CLIENT_COUNT],
         report: &mut report,
     };
     match run.prepare(&mut planes) {
@@ -264,7 +300,7 @@ struct Run<'a> {
     lab: &'a Lab,
     caps: &'a Capabilities,
     options: &'a PolicyRunOptions,
-    /// The next source port of each client pod.
+    /// The next source port of each client.
     ports: Vec<u16>,
     report: &'a mut Report,
 }
@@ -376,7 +412,7 @@ impl Run<'_> {
     }
 
     /// Sends `cells` (expected allowed where `expected` says so: those wait up to `timeout`,
-    /// the others [`PolicyRunOptions::drop_wait`]), all at once, one thread per client pod.
+    /// the others [`PolicyRunOptions::drop_wait`]), all at once, one thread per client.
     fn probe(
         &mut self,
         cells: &[Cell],
@@ -384,7 +420,7 @@ impl Run<'_> {
         family: IpFamily,
         timeout: Duration,
     ) -> Result<Vec<ProbeOutcome>, String> {
-        let mut batches: Vec<Vec<(usize, BatchProbe)>> = vec![Vec::new(); POD_COUNT];
+        let mut batches: Vec<Vec<(usize, BatchProbe)>> = vec![Vec::new(); CLIENT_COUNT];
         for (i, (cell, allowed)) in cells.iter().zip(expected).enumerate() {
             let server = self.lab.pod(cell.server);
             let ip = match cell.path {
@@ -414,11 +450,11 @@ impl Run<'_> {
                 .map(|(client, batch)| {
                     s.spawn(move || {
                         let probes: Vec<BatchProbe> = batch.iter().map(|(_, p)| *p).collect();
-                        let netns = &lab.pod(client).netns;
+                        let netns = client_netns(lab, client);
                         probe_batch(netns, &probes)
                             .map(|outcomes| batch.iter().map(|(i, _)| *i).zip(outcomes).collect())
                             .map_err(|e| {
-                                format!("probes from {}: {}", pod_name(client), error_chain(&e))
+                                format!("probes from {}: {}", client_name(client), error_chain(&e))
                             })
                     })
                 })
@@ -579,7 +615,7 @@ impl Run<'_> {
     }
 
     fn open_one(&mut self, cell: Cell, family: IpFamily) -> Result<TcpSession, String> {
-        let client = self.lab.pod(cell.client);
+        let netns = client_netns(self.lab, cell.client);
         let ip = match cell.path {
             Path::Direct => self
                 .lab
@@ -594,7 +630,7 @@ impl Run<'_> {
         };
         let source = SocketAddr::new(unspecified, self.next_port(cell.client));
         let mut session = TcpSession::open_from(
-            &client.netns,
+            netns,
             Some(source),
             SocketAddr::new(ip, cell.port),
             self.options.timeout,
@@ -636,6 +672,14 @@ fn check_established(held: Vec<Held>) -> Vec<String> {
             ))
         })
         .collect()
+}
+
+/// The namespace client `client` sends from: a pod's, or a node's own.
+fn client_netns(lab: &Lab, client: usize) -> &crate::netns::NetNs {
+    match as_node(client) {
+        Some(n) => &lab.node(n).netns,
+        None => &lab.pod(client).netns,
+    }
 }
 
 /// What a cell saw, in a few words.
@@ -727,7 +771,7 @@ pub(super) fn truth_tables(
         let key = (cell.protocol, cell.port, cell.path);
         let grid = slices
             .entry(key)
-            .or_insert_with(|| vec![vec![' '; POD_COUNT]; POD_COUNT]);
+            .or_insert_with(|| vec![vec![' '; POD_COUNT]; CLIENT_COUNT]);
         let mark = match (outcome, allowed) {
             (ProbeOutcome::Answered { backend, .. }, _) if *backend != pod_name(cell.server) => 'W',
             (ProbeOutcome::Answered { .. }, true) => '.',
@@ -746,12 +790,12 @@ pub(super) fn truth_tables(
             let mut out = format!(
                 "{protocol}/{port} {path} (. allowed, X denied as expected; ! answered but denied, ? dropped but allowed, E refused, W wrong pod):\n"
             );
-            let _ = write!(out, "            -  ");
+            let _ = write!(out, "            -     ");
             for k in 0..POD_COUNT {
                 let _ = write!(out, " {:>3}", pod_name(k));
             }
             for (client, row) in grid.iter().enumerate() {
-                let _ = write!(out, "\n            {:<3}", pod_name(client));
+                let _ = write!(out, "\n            {:<6}", client_name(client));
                 for mark in row {
                     let _ = write!(out, " {mark:>3}");
                 }

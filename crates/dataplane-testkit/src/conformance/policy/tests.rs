@@ -7,7 +7,7 @@ use dataplane_core::Protocol::{Tcp, Udp};
 use dataplane_core::{validate, IpFamily, Protocol};
 
 use super::layout::{node_states, pod_index, World, POD_COUNT};
-use super::runner::{cells, expectations, truth_tables, Cell, Path};
+use super::runner::{cells, client_name, expectations, truth_tables, Cell, Path, CLIENT_COUNT};
 use super::{policy_cases, PolicyCase, Step, POLICY_LAB};
 use crate::traffic::ProbeOutcome;
 
@@ -47,7 +47,9 @@ fn allowed(
     path: Path,
 ) -> bool {
     let wanted = Cell {
-        client: pod_index(client).unwrap(),
+        client: (0..CLIENT_COUNT)
+            .find(|k| client_name(*k) == client)
+            .unwrap(),
         server: pod_index(server).unwrap(),
         protocol,
         port,
@@ -60,7 +62,7 @@ fn allowed(
 #[test]
 fn the_matrix_has_every_cell_once() {
     let all = cells();
-    assert_eq!(all.len(), POD_COUNT * POD_COUNT * 2 * 2 * 2);
+    assert_eq!(all.len(), CLIENT_COUNT * POD_COUNT * 2 * 2 * 2);
     let distinct: BTreeSet<String> = all.iter().map(ToString::to_string).collect();
     assert_eq!(distinct.len(), all.len());
 }
@@ -104,6 +106,16 @@ fn the_matrices_say_what_the_cases_mean() {
         "a pod reaches itself"
     );
     assert!(allowed(m, "z/c", "y/a", Udp, 80, Direct));
+    // The node reaches its own pods whatever the policy (kubelet probes); another node is
+    // just another address.
+    assert!(allowed(m, "node-0", "x/a", Tcp, 80, Direct));
+    assert!(allowed(m, "node-0", "x/b", Udp, 81, ClusterIp));
+    assert!(!allowed(m, "node-1", "x/a", Tcp, 80, Direct));
+    assert!(!allowed(m, "node-1", "x/c", Udp, 80, ClusterIp));
+    assert!(
+        allowed(m, "node-1", "z/a", Tcp, 81, ClusterIp),
+        "z is not isolated"
+    );
 
     let m = &matrices(&case("pod-and-namespace-selector"))[0];
     assert!(allowed(m, "y/b", "x/a", Tcp, 80, Direct));

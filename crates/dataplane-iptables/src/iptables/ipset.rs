@@ -1,0 +1,311 @@
+//! The ipsets of the policy chains in the kernel: reading ours from `ipset save`, the
+//! operations that bring them to what the chains need, written as `ipset restore` input, and
+//! their inverse (to undo a sync that failed half-way). Pure functions; the backend runs
+//! the tool.
+//!
+//! `ipset restore` is not a transaction: it stops at the first line the kernel refuses and
+//! keeps what it did before. A sync therefore writes sets in an order that is safe at every
+//! step — creates and member changes first, while the old rules still run; the rules that
+//! use them next; destroys of the sets no rule names any more last — and undoes the first
+//! step with the inverse operations when a later one fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use dataplane_core::policy_tables::MemberChange;
+use dataplane_core::{CompiledPolicy, IpFamily, PolicyDelta};
+
+use super::policy::{is_our_set, IpSetSpec, IpSets};
+
+/// One `ipset restore` command.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SetOp {
+    /// Create an empty `hash:ip` set of `family`.
+    Create {
+        /// Set name.
+        name: String,
+        /// Its family.
+        family: IpFamily,
+    },
+    /// Add a member.
+    Add {
+        /// Set name.
+        name: String,
+        /// The member.
+        ip: IpAddr,
+    },
+    /// Remove a member.
+    Del {
+        /// Set name.
+        name: String,
+        /// The member.
+        ip: IpAddr,
+    },
+    /// Destroy a set (no rule may name it).
+    Destroy {
+        /// Set name.
+        name: String,
+    },
+}
+
+impl SetOp {
+    /// The operation that undoes this one (`None` for a destroy, which is never undone:
+    /// destroys run after the rules stopped using the sets).
+    pub fn inverse(&self) -> Option<SetOp> {
+        Some(match self {
+            SetOp::Create { name, .. } => SetOp::Destroy { name: name.clone() },
+            SetOp::Add { name, ip } => SetOp::Del {
+                name: name.clone(),
+                ip: *ip,
+            },
+            SetOp::Del { name, ip } => SetOp::Add {
+                name: name.clone(),
+                ip: *ip,
+            },
+            SetOp::Destroy { .. } => return None,
+        })
+    }
+
+    /// The set it works on.
+    pub fn name(&self) -> &str {
+        match self {
+            SetOp::Create { name, .. }
+            | SetOp::Add { name, .. }
+            | SetOp::Del { name, .. }
+            | SetOp::Destroy { name } => name,
+        }
+    }
+}
+
+/// Writes `ops` as `ipset restore` input; sets are created with room for `max_elements`.
+pub fn write_ops<W: std::fmt::Write + ?Sized>(
+    ops: &[SetOp],
+    max_elements: u32,
+    out: &mut W,
+) -> std::fmt::Result {
+    for op in ops {
+        match op {
+            SetOp::Create { name, family } => {
+                let family = match family {
+                    IpFamily::V4 => "inet",
+                    IpFamily::V6 => "inet6",
+                };
+                writeln!(
+                    out,
+                    "create {name} hash:ip family {family} maxelem {max_elements}"
+                )?;
+            }
+            SetOp::Add { name, ip } => writeln!(out, "add {name} {ip}")?,
+            SetOp::Del { name, ip } => writeln!(out, "del {name} {ip}")?,
+            SetOp::Destroy { name } => writeln!(out, "destroy {name}")?,
+        }
+    }
+    Ok(())
+}
+
+/// The inverse of `ops`, last first: what undoes the part of them that ran.
+pub fn undo(ops: &[SetOp]) -> Vec<SetOp> {
+    ops.iter().rev().filter_map(SetOp::inverse).collect()
+}
+
+/// What the kernel holds: our sets with their members, and how many sets are not ours (they
+/// count against the kernel's limit too).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelSets {
+    /// Our sets: name → members.
+    pub ours: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Sets that are not ours.
+    pub foreign: usize,
+}
+
+/// Reads `ipset save` output.
+pub fn parse_save(save: &str, prefix: &str) -> KernelSets {
+    let mut sets = KernelSets::default();
+    for line in save.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("create"), Some(name), _) => {
+                if is_our_set(prefix, name) {
+                    sets.ours.entry(name.to_owned()).or_default();
+                } else {
+                    sets.foreign += 1;
+                }
+            }
+            (Some("add"), Some(name), Some(member)) => {
+                if let (Some(members), Ok(ip)) = (sets.ours.get_mut(name), member.parse()) {
+                    members.insert(ip);
+                }
+            }
+            _ => {}
+        }
+    }
+    sets
+}
+
+/// The members of `spec`'s peer set in its family, from `compiled`.
+pub fn members<'a>(
+    compiled: &'a CompiledPolicy,
+    spec: &'a IpSetSpec,
+) -> impl Iterator<Item = IpAddr> + 'a {
+    compiled
+        .sets
+        .get(&spec.id)
+        .into_iter()
+        .flat_map(|s| s.members.iter())
+        .filter(move |ip| IpFamily::of(ip) == spec.family)
+        .copied()
+}
+
+/// A full sync's operations: each set of `want` made to hold exactly its members (created if
+/// missing) over what the kernel holds (`kernel`). Sets of ours that `want` lacks are left
+/// (see [`destroys`]).
+pub fn converge(kernel: &KernelSets, want: &IpSets, compiled: &CompiledPolicy) -> Vec<SetOp> {
+    let empty = BTreeSet::new();
+    let mut ops = Vec::new();
+    for (name, spec) in want {
+        let have = if let Some(have) = kernel.ours.get(name) {
+            have
+        } else {
+            ops.push(SetOp::Create {
+                name: name.clone(),
+                family: spec.family,
+            });
+            &empty
+        };
+        let target: BTreeSet<IpAddr> = members(compiled, spec).collect();
+        ops.extend(target.difference(have).map(|ip| SetOp::Add {
+            name: name.clone(),
+            ip: *ip,
+        }));
+        ops.extend(have.difference(&target).map(|ip| SetOp::Del {
+            name: name.clone(),
+            ip: *ip,
+        }));
+    }
+    ops
+}
+
+/// A partial sync's operations: the sets `want` has and `before` (what the last sync left)
+/// lacks are created with their members; the sets both have get `delta`'s member changes
+/// of their family, and nothing else is looked at.
+pub fn incremental(
+    before: &IpSets,
+    want: &IpSets,
+    compiled: &CompiledPolicy,
+    delta: &PolicyDelta,
+) -> Vec<SetOp> {
+    let mut ops = Vec::new();
+    for (name, spec) in want {
+        if before.contains_key(name) {
+            continue;
+        }
+        ops.push(SetOp::Create {
+            name: name.clone(),
+            family: spec.family,
+        });
+        ops.extend(members(compiled, spec).map(|ip| SetOp::Add {
+            name: name.clone(),
+            ip,
+        }));
+    }
+    for (id, MemberChange { added, removed }) in &delta.members_changed {
+        for (name, spec) in want
+            .iter()
+            .filter(|(n, s)| s.id == *id && before.contains_key(*n))
+        {
+            let of = |ips: &BTreeSet<IpAddr>| -> Vec<IpAddr> {
+                ips.iter()
+                    .filter(|ip| IpFamily::of(ip) == spec.family)
+                    .copied()
+                    .collect()
+            };
+            ops.extend(of(added).into_iter().map(|ip| SetOp::Add {
+                name: name.clone(),
+                ip,
+            }));
+            ops.extend(of(removed).into_iter().map(|ip| SetOp::Del {
+                name: name.clone(),
+                ip,
+            }));
+        }
+    }
+    ops
+}
+
+/// The destroys of our sets in `have` that `want` lacks: run after the rules that named them
+/// are gone.
+pub fn destroys<'a>(have: impl IntoIterator<Item = &'a String>, want: &IpSets) -> Vec<SetOp> {
+    have.into_iter()
+        .filter(|n| !want.contains_key(*n))
+        .map(|n| SetOp::Destroy { name: n.clone() })
+        .collect()
+}
+
+/// The number of sets in the kernel at the busiest moment of a sync: the foreign ones, ours
+/// that stay until the rules stop naming them, and the new ones.
+pub fn peak<'a>(
+    foreign: usize,
+    have: impl IntoIterator<Item = &'a String>,
+    want: &IpSets,
+) -> usize {
+    let have: BTreeSet<&String> = have.into_iter().collect();
+    foreign + have.len() + want.keys().filter(|n| !have.contains(n)).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ours_and_counts_the_rest() {
+        let save = "create dp-v4-AAA hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x1\n\
+                    add dp-v4-AAA 10.0.0.1\nadd dp-v4-AAA 10.0.0.2\n\
+                    create other hash:net family inet hashsize 1024 maxelem 65536\nadd other 10.0.0.0/8\n\
+                    create dp-v6-BBB hash:ip family inet6 hashsize 1024 maxelem 65536\n";
+        let k = parse_save(save, "DP");
+        assert_eq!(k.foreign, 1);
+        assert_eq!(k.ours.len(), 2);
+        assert_eq!(k.ours["dp-v4-AAA"].len(), 2);
+        assert!(k.ours["dp-v6-BBB"].is_empty());
+    }
+
+    #[test]
+    fn undo_reverses_every_step_but_destroys() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let ops = vec![
+            SetOp::Create {
+                name: "s".into(),
+                family: IpFamily::V4,
+            },
+            SetOp::Add {
+                name: "s".into(),
+                ip,
+            },
+            SetOp::Del {
+                name: "t".into(),
+                ip,
+            },
+            SetOp::Destroy { name: "u".into() },
+        ];
+        assert_eq!(
+            undo(&ops),
+            vec![
+                SetOp::Add {
+                    name: "t".into(),
+                    ip
+                },
+                SetOp::Del {
+                    name: "s".into(),
+                    ip
+                },
+                SetOp::Destroy { name: "s".into() },
+            ]
+        );
+        let mut text = String::new();
+        write_ops(&ops, 1024, &mut text).unwrap();
+        assert_eq!(
+            text,
+            "create s hash:ip family inet maxelem 1024\nadd s 10.0.0.1\ndel t 10.0.0.1\ndestroy u\n"
+        );
+    }
+}
