@@ -113,15 +113,34 @@ impl SetKey {
         labels: &BTreeMap<String, String>,
         named_ports: &[NamedPort],
     ) -> bool {
+        self.selects_with(name, ip, labels, named_ports, |ns| {
+            self.namespace_matches(state, ns)
+        })
+    }
+
+    /// Whether the key's namespace part selects the pods of namespace `ns`.
+    fn namespace_matches(&self, state: &DesiredState, ns: &str) -> bool {
+        match (&self.namespace_selector, &self.namespace) {
+            (Some(sel), _) => sel.matches(&state.namespace_labels(ns)),
+            (None, Some(own)) => ns == own,
+            (None, None) => false,
+        }
+    }
+
+    /// [`SetKey::selects`] with the namespace part answered by `namespace_ok`.
+    fn selects_with(
+        &self,
+        name: &ObjectName,
+        ip: IpAddr,
+        labels: &BTreeMap<String, String>,
+        named_ports: &[NamedPort],
+        namespace_ok: impl FnOnce(&str) -> bool,
+    ) -> bool {
         let peer_ok = if let Some(block) = &self.ip_block {
             block.contains(ip)
         } else {
-            let namespace_ok = match (&self.namespace_selector, &self.namespace) {
-                (Some(sel), _) => sel.matches(&state.namespace_labels(&name.namespace)),
-                (None, Some(ns)) => name.namespace == *ns,
-                (None, None) => false,
-            };
-            namespace_ok && self.pod_selector.as_ref().is_none_or(|s| s.matches(labels))
+            self.pod_selector.as_ref().is_none_or(|s| s.matches(labels))
+                && namespace_ok(&name.namespace)
         };
         peer_ok
             && self
@@ -131,6 +150,9 @@ impl SetKey {
     }
 
     fn members(&self, state: &DesiredState) -> BTreeSet<IpAddr> {
+        // The namespace part once per namespace, not once per pod: `namespace_labels` looks
+        // the namespace up and copies its labels (1k sets over 10k pods: 10M copies).
+        let mut namespaces: BTreeMap<&str, bool> = BTreeMap::new();
         let endpoints = state
             .endpoints
             .iter()
@@ -139,14 +161,20 @@ impl SetKey {
             .pods
             .iter()
             .map(|p| (&p.name, &p.ips, &p.labels, &p.named_ports));
-        endpoints
-            .chain(pods)
-            .flat_map(|(name, ips, labels, ports)| {
-                ips.iter()
-                    .filter(move |ip| self.selects(state, name, **ip, labels, ports))
-                    .copied()
-            })
-            .collect()
+        let mut out = BTreeSet::new();
+        for (name, ips, labels, ports) in endpoints.chain(pods) {
+            for ip in ips {
+                let selected = self.selects_with(name, *ip, labels, ports, |ns| {
+                    *namespaces
+                        .entry(&name.namespace)
+                        .or_insert_with(|| self.namespace_matches(state, ns))
+                });
+                if selected {
+                    out.insert(*ip);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -774,14 +802,18 @@ fn update_members(set: &mut PeerSet, state: &DesiredState, changes: &ChangeSet) 
     if set.key.namespace_selector.is_none() {
         relabelled.clear();
     }
+    // Every pod of the state is looked at only when a namespace was relabelled: otherwise
+    // the scan (once per set) would make a pod change cost sets x pods.
+    let relabelled_any = !relabelled.is_empty();
     let current_endpoints = changes
         .endpoints
         .values()
         .filter_map(|c| c.current.as_ref())
         .chain(
-            state
-                .endpoints
-                .iter()
+            relabelled_any
+                .then_some(&state.endpoints)
+                .into_iter()
+                .flatten()
                 .filter(|e| relabelled.contains(e.name.namespace.as_str())),
         )
         .map(|e| (&e.name, &e.ips, &e.labels, &e.named_ports));
@@ -790,9 +822,10 @@ fn update_members(set: &mut PeerSet, state: &DesiredState, changes: &ChangeSet) 
         .values()
         .filter_map(|c| c.current.as_ref())
         .chain(
-            state
-                .pods
-                .iter()
+            relabelled_any
+                .then_some(&state.pods)
+                .into_iter()
+                .flatten()
                 .filter(|p| relabelled.contains(p.name.namespace.as_str())),
         )
         .map(|p| (&p.name, &p.ips, &p.labels, &p.named_ports));

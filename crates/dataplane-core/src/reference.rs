@@ -259,16 +259,32 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 ///   says so.
 /// - NetworkPolicy ([`crate::policy`]), for the first packet of a connection: a forwarded
 ///   connection keeps the backends that [`policy_allows`] from the client's own address to
-///   the backend's address and target port (after DNAT), and is dropped when none is left;
+///   the backend's address and target port (after DNAT), and is dropped when none is left.
+///   Those are the backends a connection can reach: dataplanes pick a backend first and then
+///   check policy on the translated packet (as Cilium, Calico and kube-proxy with a policy
+///   engine do), so a connection that picked a denied backend is dropped, not sent to an
+///   allowed one — the verdict lists where a connection may end up, not that every one does;
 ///   an untouched packet is dropped unless `policy_allows` from its source to its
 ///   destination. Replies of an allowed connection are allowed (backends keep that in
 ///   conntrack). A state without policies is judged as before, policy aside.
+/// - With policies, a packet from a local pod whose source is not one of that pod's
+///   addresses is dropped (anti-spoofing: policy knows a client by its address, so a pod
+///   sending from another pod's or the node's address would borrow their rights; Calico
+///   drops these with strict reverse-path filtering on workload interfaces, Cilium checks the
+///   source of an endpoint's packets). IPv6 link-local and unspecified sources are exempt:
+///   neighbour discovery and duplicate address detection between a pod and its gateway use
+///   them, and they are never forwarded.
 pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict {
     let verdict = evaluate_services(state, packet, entry);
     if state.policies.is_empty() {
         return verdict;
     }
     let client = packet.source.ip();
+    if let Entry::FromPod(name) = entry {
+        if is_spoofed(state, name, client) {
+            return Verdict::Drop;
+        }
+    }
     match verdict {
         Verdict::Forward {
             service,
@@ -301,6 +317,21 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
         }
         other => other,
     }
+}
+
+/// Whether `source` is a forged address for local pod `pod`: the pod is a known endpoint and
+/// `source` none of its addresses, nor IPv6 link-local (`fe80::/10`) or unspecified.
+pub fn is_spoofed(state: &DesiredState, pod: &ObjectName, source: IpAddr) -> bool {
+    let exempt = match source {
+        IpAddr::V6(v6) => v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(_) => false,
+    };
+    !exempt
+        && state
+            .endpoints
+            .iter()
+            .find(|e| &e.name == pod)
+            .is_some_and(|e| !e.ips.contains(&source))
 }
 
 /// [`evaluate`] without policy: service translation, masquerade, drops and rejects.

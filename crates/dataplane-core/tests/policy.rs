@@ -1020,3 +1020,53 @@ fn ip_blocks_match_their_own_family_only() {
         80
     ));
 }
+
+/// Anti-spoofing: with policies, a local pod sending from an address that is not its own
+/// (another pod's, the node's) is dropped, whatever the policies would say of that address;
+/// IPv6 link-local and unspecified sources are exempt (neighbour discovery, DAD). Without
+/// policies, nothing changes.
+#[test]
+fn a_pod_sending_from_a_borrowed_address_is_dropped() {
+    // Only x/b may reach x/a, on TCP 80.
+    let state = layout().with_policy(policy(
+        "x",
+        "a-from-b",
+        labels("pod", "a"),
+        I,
+        vec![rule(vec![pods(labels("pod", "b"))], vec![port(Tcp, 80)])],
+        vec![],
+    ));
+    let packet = |source: IpAddr| Packet {
+        protocol: Tcp,
+        source: SocketAddr::new(source, 40000),
+        destination: SocketAddr::new(pod_ip("x", "a"), 80),
+    };
+    // y/a, on this node, cannot reach x/a from its own address...
+    let y_a = Entry::FromPod(ObjectName::new("y", "a"));
+    assert_eq!(
+        evaluate(&state, &packet(pod_ip("y", "a")), &y_a),
+        Verdict::Drop
+    );
+    // ...nor by borrowing x/b's (allowed) address or the node's (always allowed).
+    for borrowed in [pod_ip("x", "b"), addr(NODE_IP)] {
+        assert!(policy_allows(&state, borrowed, pod_ip("x", "a"), Tcp, 80));
+        assert!(dataplane_core::is_spoofed(
+            &state,
+            &ObjectName::new("y", "a"),
+            borrowed
+        ));
+        assert_eq!(evaluate(&state, &packet(borrowed), &y_a), Verdict::Drop);
+    }
+    // Its own address is no spoof; link-local and unspecified IPv6 sources are exempt.
+    let y = ObjectName::new("y", "a");
+    assert!(!dataplane_core::is_spoofed(&state, &y, pod_ip("y", "a")));
+    assert!(!dataplane_core::is_spoofed(&state, &y, addr("fe80::1")));
+    assert!(!dataplane_core::is_spoofed(&state, &y, addr("::")));
+    assert!(dataplane_core::is_spoofed(&state, &y, addr("fd00::1")));
+    // Without policies, the same borrowed source is judged as any packet.
+    let open = layout();
+    assert!(matches!(
+        evaluate(&open, &packet(pod_ip("x", "b")), &y_a),
+        Verdict::Untouched { .. }
+    ));
+}

@@ -555,7 +555,8 @@ fn one_node_lab(pods: usize, ipv6: bool) -> Lab {
 }
 
 /// Every construct above loads into the kernel in one transaction (the fixture's ruleset
-/// with all the features' policies), in a namespace of a one-node lab.
+/// with all the features' policies, and a pod whose name is too long for a chain name), in
+/// a namespace of a one-node lab.
 #[test]
 fn every_policy_feature_loads() {
     if !require_root("every_policy_feature_loads") {
@@ -564,6 +565,17 @@ fn every_policy_feature_loads() {
     let lab = one_node_lab(1, true);
     let mut state = cluster();
     state.node = lab.node_state(0);
+    // A pod name of 252 characters: its chain names are cut to nf_tables' 255 and hashed.
+    let long = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(62),
+        "b".repeat(62),
+        "c".repeat(62),
+        "d".repeat(63)
+    );
+    let mut e = endpoint("x", &long, &["10.244.0.7"], "a");
+    e.interface = "veth-long".to_owned();
+    state.endpoints.push(e);
     let mut all = policy("x", "all", sel(&[("pod", "a")]), &[]);
     all.ingress = vec![
         rule(vec![pods(sel(&[("pod", "b")]))], vec![tcp(80)]),

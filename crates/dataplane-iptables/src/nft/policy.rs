@@ -10,7 +10,7 @@
 //! pol-output  (filter output,  priority filter) ─┼─jump─▶ pol-check
 //! pol-input   (filter input,   priority filter) ─┘
 //!   pol-check:  ct state established,related accept             (stateful: replies, old flows)
-//!               icmpv6 neighbour/router discovery accept
+//!               icmpv6 MLD, neighbour and router discovery accept
 //!               ip saddr . ip daddr @hairpin-v4 accept           (a pod reaching itself)
 //!               ip saddr @pol-node-v4 accept; ip daddr @pol-node-v4 accept   (node ↔ pods)
 //!               ip saddr vmap @pol-egress-v4    ─jump─▶ pol-out-<ns>/<pod>   (client's egress)
@@ -34,8 +34,9 @@
 //! - Only a connection's first packet is checked (`ct state established,related accept`
 //!   first): replies and related ICMP pass, and so do connections established before a change
 //!   that now denies them, until they end or conntrack expires them (the project-wide rule,
-//!   the same on the eBPF backend). kube-proxy's nftables mode puts the same rule first in
-//!   its filter chains; Calico's `cali-fw-`/`cali-tw-` chains do too.
+//!   the same on the eBPF backend). Calico's workload chains `cali-tw-`/`cali-fw-` start the
+//!   same way (felix/rules/endpoints.go, `appendConntrackRules`), and kube-proxy's nftables
+//!   filter chains likewise act on `ct state new` packets only.
 //! - Peer sets are named sets per selector (`pset-v4-<hash>`, a hash of core's stable
 //!   [`SetId`], as Calico names its ipsets `cali40s:<hash>` by the selector): a pod or label
 //!   change is element adds and deletes in the sets it is in, not a rule change, and a
@@ -43,7 +44,10 @@
 //!   distinct peer set (its ports in one anonymous `l4proto . dport` set), not one per policy.
 //! - Dispatch by verdict map on the endpoint address (kube-proxy's way of reaching per-service
 //!   chains): an endpoint that no policy isolates in a direction has no element and costs one
-//!   failed hash lookup.
+//!   failed hash lookup. Calico's nftables dataplane dispatches on the interface instead
+//!   (`filter-cali-to-wl-dispatch`, `ifname : verdict`); the address is what the model's
+//!   policy is about, it is the same in the forward, output and input hooks, and it keeps a
+//!   pod's checks independent of how it is wired.
 //! - ipBlocks: core's merged longest-prefix table ([`DirectionTable::block_table`]) made
 //!   disjoint (`nf_tables` interval sets refuse overlapping elements), each range written as
 //!   the prefixes that cover it exactly, in anonymous interval sets: one for ranges that allow
@@ -52,9 +56,11 @@
 //! - The node-traffic rule uses the node's addresses as the model lists them
 //!   (`Node::addresses`); pods reaching their own address through a service are told by the
 //!   services' `hairpin` set, which holds every local endpoint address.
-//! - Neighbour and router discovery (`ICMPv6`) is accepted before the tables: without it an
-//!   egress-isolated IPv6 pod could not resolve its gateway (Calico accepts `ICMPv6` types
-//!   130-136 in its workload chains for the same reason).
+//! - Multicast listener, neighbour and router discovery (`ICMPv6` types 130-137) are accepted
+//!   before the tables: without them an isolated IPv6 pod could not resolve its gateway or
+//!   take router advertisements. Calico accepts types 130-133, 135 and 136 from workloads for
+//!   the same reason (felix/rules/static.go, `ICMPv6Filter`); here both ways, as the node's
+//!   link-local addresses are no `Node::addresses` the node rule would let through.
 //!
 //! Cost of a new connection: two set lookups (node), one hash lookup per direction
 //! (dispatch), then one rule per distinct peer set of the endpoint plus at most two interval
@@ -204,9 +210,11 @@ pub fn chain_name(direction: Direction, endpoint: &ObjectName) -> String {
         return full;
     }
     let hash = set_stem(&SetId(full.clone()));
-    // Names are ASCII (namespaces and pod names are DNS labels/subdomains).
+    // Names are ASCII (namespaces and pod names are DNS labels/subdomains), which never hold
+    // `_`: the cut name cannot be another pod's whole name. (nft's unquoted names take
+    // letters, digits, `/`, `\`, `_`, `.` and `-` only.)
     let keep = MAX_CHAIN_NAME - hash.len() - 1;
-    format!("{}~{hash}", &full[..keep])
+    format!("{}_{hash}", &full[..keep])
 }
 
 /// The policy layer's node-wide statements.
@@ -246,7 +254,7 @@ pub fn base(node: &Node) -> Vec<String> {
     let rule = |r: &str| format!("rule pol-check {r}");
     out.push(rule("ct state established,related accept"));
     out.push(rule(
-        "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept",
+        "icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept",
     ));
     for f in FAMILIES {
         let (fs, ip) = (f.suffix(), ip_kw(f));
@@ -1000,6 +1008,84 @@ mod tests {
         );
         assert_eq!(by_port, vec!["10.1.2.0/24 . tcp . 80"]);
         assert_eq!(block_elements(&blocks, IpFamily::V6), (vec![], vec![]));
+    }
+
+    /// One parsed element: a prefix and its protocol and ports (`None`: every protocol and
+    /// port).
+    type Parsed = (IpNetwork, Option<(Protocol, (u16, u16))>);
+
+    /// Parses the elements `block_elements` writes back.
+    fn parse_elements((every, by_port): &(Vec<String>, Vec<String>)) -> Vec<Parsed> {
+        let mut out: Vec<Parsed> = every.iter().map(|n| (net(n), None)).collect();
+        for e in by_port {
+            let parts: Vec<&str> = e.split(" . ").collect();
+            let proto = match parts[1] {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                _ => Protocol::Sctp,
+            };
+            let (lo, hi) = parts[2].split_once('-').unwrap_or((parts[2], parts[2]));
+            out.push((
+                net(parts[0]),
+                Some((proto, (lo.parse().unwrap(), hi.parse().unwrap()))),
+            ));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// The written elements answer as the longest-prefix table does, for every address
+        /// and port, and no two elements a lookup could both hit overlap (which nf_tables
+        /// interval sets refuse).
+        #[test]
+        fn block_elements_answer_as_the_longest_prefix_table(
+            prefixes in proptest::collection::vec((0u32..1 << 16, 8u8..=32, 0usize..5), 1..7),
+            probes in proptest::collection::vec((0u32..1 << 16, 0usize..4), 1..40),
+        ) {
+            let choices: [BTreeSet<PortSpec>; 5] = [
+                BTreeSet::new(),
+                [(None, (0, 65535))].into(),
+                [(Some(Protocol::Tcp), (80, 81))].into(),
+                [(Some(Protocol::Tcp), (81, 90)), (Some(Protocol::Udp), (53, 53))].into(),
+                [(Some(Protocol::Sctp), (0, 65535))].into(),
+            ];
+            // Addresses in 10.0.0.0/8 whose low 16 bits vary, so that prefixes nest and meet.
+            let addr = |low: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (low << 8) | (low & 0xff)));
+            let mut table: BTreeMap<IpNetwork, BTreeSet<PortSpec>> = BTreeMap::new();
+            for (low, len, choice) in &prefixes {
+                let n = IpNetwork::new(addr(*low), *len).unwrap();
+                let n = IpNetwork::new(n.network(), *len).unwrap();
+                table.insert(n, choices[*choice].clone());
+            }
+            let elements = parse_elements(&block_elements(&table, IpFamily::V4));
+            for (i, (a, pa)) in elements.iter().enumerate() {
+                for (b, pb) in &elements[i + 1..] {
+                    let nets_overlap = a.contains(b.network()) || b.contains(a.network());
+                    let ports_overlap = match (pa, pb) {
+                        (None, None) => true,
+                        (Some((p, (l1, h1))), Some((q, (l2, h2)))) => p == q && l1 <= h2 && l2 <= h1,
+                        _ => false,
+                    };
+                    proptest::prop_assert!(!(nets_overlap && ports_overlap), "{a} {pa:?} / {b} {pb:?}");
+                }
+            }
+            let packets = [(Protocol::Tcp, 80), (Protocol::Tcp, 85), (Protocol::Udp, 53), (Protocol::Sctp, 9)];
+            for (low, k) in probes {
+                let ip = addr(low);
+                let (proto, port) = packets[k];
+                let expected = table
+                    .iter()
+                    .filter(|(n, _)| n.contains(ip))
+                    .max_by_key(|(n, _)| n.prefix())
+                    .is_some_and(|(_, specs)| specs.iter().any(|(p, (lo, hi))| {
+                        p.is_none_or(|p| p == proto) && (*lo..=*hi).contains(&port)
+                    }));
+                let got = elements.iter().any(|(n, spec)| n.contains(ip) && spec.is_none_or(|(p, (lo, hi))| {
+                    p == proto && (lo..=hi).contains(&port)
+                }));
+                proptest::prop_assert_eq!(got, expected, "{} {:?} {}", ip, proto, port);
+            }
+        }
     }
 
     #[test]
