@@ -20,11 +20,12 @@
 //! and B (10.244.0.11) are both selected by `synthetic::policies(n, 10_000, ..)` (isolated
 //! for ingress and egress, `n` allow entries per direction over 100 peer sets of 100 pods),
 //! and A and B admit each other (policy 0, TCP 8080). Packets are SYNs of new connections
-//! from A to one of [`POLICY_SERVICES`] ClusterIPs whose one backend is B on 8080: the
-//! service translation, then the policy lookups of A's egress and (where the program checks
-//! it at that point) B's ingress, after DNAT as the model says. A SYN to a further ClusterIP,
-//! backed by B on port 7070 that no policy allows, must be dropped (`policy_denied`): the
-//! proof that the lookup is on the measured path.
+//! from A to one of [`POLICY_SERVICES`] ClusterIPs whose one backend is B on 8080, through
+//! `dp_from_pod` (the service translation, then A's egress lookup, after DNAT as the model
+//! says), then as it left them through `dp_to_pod` (B's ingress lookup, where the eBPF
+//! backend checks ingress). `policy_denied` proves that both lookups are on the measured
+//! paths: a SYN to a further ClusterIP, backed by B on port 7070 that no policy allows, is
+//! dropped by `dp_from_pod`, and a SYN to B from an address no policy admits by `dp_to_pod`.
 //!
 //! The time is the kernel's own measurement of the program run (`repeat = 1`: each packet runs
 //! once), summed over all packets; it includes the kernel's timer reads around the run.
@@ -160,6 +161,9 @@ impl PacketLab {
         // 100k ClusterIPs (two entries each) plus the NodePorts synthetic states carry.
         config.capacities.services = 1 << 18;
         config.capacities.backend_slots = 1 << 21;
+        // 10k policies: 10k rules per pod and direction, two pods, and room for a rewrite
+        // under new numbers (the config's advice: twice the rules).
+        config.capacities.policy_rules = 1 << 18;
         config.xdp = XdpMode::Native;
         let dp = match EbpfDataplane::new(config) {
             Ok(dp) => dp,
@@ -493,33 +497,74 @@ impl PacketLab {
     }
 
     /// Runs `count` SYNs of new connections from pod A to the policy target's ClusterIPs
-    /// (B on the allowed port), each tuple never seen before; each must be translated, not
-    /// dropped.
-    pub fn policy_new_flows(&mut self, count: u64) -> Result<Sample, String> {
-        let mut s = Sample::default();
+    /// (B on the allowed port), each tuple never seen before, through `dp_from_pod` (A's
+    /// egress), which must translate it, then as `dp_from_pod` left it through `dp_to_pod`
+    /// (B's ingress), which must not drop it. The two programs' samples.
+    pub fn policy_new_flows(&mut self, count: u64) -> Result<(Sample, Sample), String> {
+        let mut from_pod = Sample::default();
+        let mut to_pod = Sample::default();
         for _ in 0..count {
             let k = self.next_policy_new;
             self.next_policy_new += 1;
             let src = SocketAddrV4::new(pod_ip(0), 1024 + (k % 64_000) as u16);
             let vip = policy_vip(((k / 64_000) % POLICY_SERVICES as u64) as usize);
-            s.total += self.run(&tcp_packet(src, SocketAddrV4::new(vip, 80), TCP_SYN))?;
-            s.packets += 1;
+            let packet = tcp_packet(src, SocketAddrV4::new(vip, 80), TCP_SYN);
+            let run = self
+                .dp
+                .run_packet(Hook::FromPod, &packet, 1)
+                .map_err(|e| format!("test run: {e}"))?;
+            if run.verdict == TC_ACT_SHOT || run.output.get(30..34) == packet.get(30..34) {
+                return Err(format!(
+                    "dp_from_pod did not translate an allowed SYN (verdict {})",
+                    run.verdict
+                ));
+            }
+            from_pod.total += run.duration;
+            from_pod.packets += 1;
+            let delivered = self
+                .dp
+                .run_packet(Hook::ToPod, &run.output, 1)
+                .map_err(|e| format!("test run of dp_to_pod: {e}"))?;
+            if delivered.verdict == TC_ACT_SHOT {
+                return Err("dp_to_pod dropped an allowed SYN".to_owned());
+            }
+            to_pod.total += delivered.duration;
+            to_pod.packets += 1;
         }
-        Ok(s)
+        Ok((from_pod, to_pod))
     }
 
-    /// Whether a SYN from pod A to the ClusterIP backed by B on a port no policy allows is
-    /// dropped by `dp_from_pod` (it must be when policies select A and B).
-    pub fn policy_denied(&mut self) -> Result<bool, String> {
+    /// Whether the policies drop what they must on both measured paths: a SYN from pod A to
+    /// the ClusterIP backed by B on a port no policy allows (A's egress, `dp_from_pod`), and
+    /// a SYN to B on the allowed port from an address no policy admits (B's ingress,
+    /// `dp_to_pod`). Both must be dropped when policies select A and B; neither without.
+    pub fn policy_denied(&mut self) -> Result<(bool, bool), String> {
         let k = self.next_policy_new;
         self.next_policy_new += 1;
-        let src = SocketAddrV4::new(pod_ip(0), 1024 + (k % 64_000) as u16);
+        let port = 1024 + (k % 64_000) as u16;
         let dst = SocketAddrV4::new(policy_vip(POLICY_SERVICES), 80);
-        let run = self
+        let egress = self
             .dp
-            .run_packet(Hook::FromPod, &tcp_packet(src, dst, TCP_SYN), 1)
+            .run_packet(
+                Hook::FromPod,
+                &tcp_packet(SocketAddrV4::new(pod_ip(0), port), dst, TCP_SYN),
+                1,
+            )
             .map_err(|e| format!("test run: {e}"))?;
-        Ok(run.verdict == TC_ACT_SHOT)
+        // 10.244.0.200: in the cluster CIDR, neither a pod of the state nor in an ipBlock.
+        let stranger = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 200), port);
+        let ingress = self
+            .dp
+            .run_packet(
+                Hook::ToPod,
+                &tcp_packet(stranger, SocketAddrV4::new(pod_ip(1), POLICY_PORT), TCP_SYN),
+                1,
+            )
+            .map_err(|e| format!("test run of dp_to_pod: {e}"))?;
+        Ok((
+            egress.verdict == TC_ACT_SHOT,
+            ingress.verdict == TC_ACT_SHOT,
+        ))
     }
 }
 

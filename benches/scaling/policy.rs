@@ -109,7 +109,8 @@ fn packet_costs(
     let mut lab = packet::PacketLab::new()?;
     let rounds = if settings.quick { 1 } else { 3 };
     let chunk = (settings.packets / rounds).max(1);
-    let mut samples = [packet::Sample::default(); PACKET_POLICIES.len()];
+    let mut from_pod = [packet::Sample::default(); PACKET_POLICIES.len()];
+    let mut to_pod = [packet::Sample::default(); PACKET_POLICIES.len()];
     let mut program_ms: [Vec<f64>; PACKET_POLICIES.len()] = Default::default();
     for round in 0..rounds {
         let mut order: Vec<usize> = (0..PACKET_POLICIES.len()).collect();
@@ -120,30 +121,36 @@ fn packet_costs(
             let n = PACKET_POLICIES[i];
             let took = lab.program_policies(n)?;
             program_ms[i].push(ms(took));
-            // The lookup must be on the measured path: a port no policy allows is dropped.
-            let dropped = lab.policy_denied()?;
-            if n > 0 && !dropped {
+            // The lookups must be on the measured paths.
+            let (egress, ingress) = lab.policy_denied()?;
+            if n > 0 && !(egress && ingress) {
                 return Err(format!(
-                    "with {n} policies a SYN to a port no policy allows passed dp_from_pod: \
-                     the measured path has no policy lookup"
+                    "with {n} policies a SYN no policy allows passed (egress dropped: {egress}, \
+                     ingress dropped: {ingress}): the measured path has no policy lookup"
                 ));
             }
             // Warm-up: fault in the code paths and the new state's maps.
             lab.policy_new_flows(1_000)?;
-            samples[i].add(lab.policy_new_flows(chunk)?);
+            let (from, to) = lab.policy_new_flows(chunk)?;
+            from_pod[i].add(from);
+            to_pod[i].add(to);
         }
     }
     for (i, n) in PACKET_POLICIES.into_iter().enumerate() {
         let row = PolicyPacketRow {
             policies: n,
             program_ms: median(&program_ms[i]),
-            new_flow_ns: samples[i].ns_per_packet(),
+            new_flow_ns: from_pod[i].ns_per_packet(),
+            to_pod_new_flow_ns: Some(to_pod[i].ns_per_packet()),
         };
         log(
             start,
             &format!(
-                "  {n} policies: new connection {:.0} ns (programmed in {:.0} ms)",
-                row.new_flow_ns, row.program_ms
+                "  {n} policies: new connection dp_from_pod {:.0} ns, dp_to_pod {:.0} ns \
+                 (programmed in {:.0} ms)",
+                row.new_flow_ns,
+                to_pod[i].ns_per_packet(),
+                row.program_ms
             ),
         );
         rows.push(row);

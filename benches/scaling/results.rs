@@ -132,7 +132,11 @@ pub struct PolicyControlRow {
 pub struct PolicyPacketRow {
     pub policies: usize,
     pub program_ms: f64,
+    /// `dp_from_pod`: service translation and the client's egress.
     pub new_flow_ns: f64,
+    /// `dp_to_pod`: the server's ingress.
+    #[serde(default)]
+    pub to_pod_new_flow_ns: Option<f64>,
 }
 
 /// Everything the policy sections measured, with the run that measured them (a
