@@ -16,8 +16,8 @@
 //! permanent neighbour for the node's gateway): SNAT to the node address and `XDP_TX`, new
 //! and established flows alike.
 //!
-//! NetworkPolicy (`program_policies`, `policy_new_flows`): the lab's two pods A (10.244.0.10)
-//! and B (10.244.0.11) are both selected by `synthetic::policies(n, 10_000, ..)` (isolated
+//! NetworkPolicy (`program_policies`, `policy_new_flows`): the lab's two pods A (10.244.0.10,
+//! and in the state 15 more addresses to send from) and B (10.244.0.11) are both selected by `synthetic::policies(n, 10_000, ..)` (isolated
 //! for ingress and egress, `n` allow entries per direction over 100 peer sets of 100 pods),
 //! and A and B admit each other (policy 0, TCP 8080). Packets are SYNs of new connections
 //! from A to one of [`POLICY_SERVICES`] ClusterIPs whose one backend is B on 8080, through
@@ -61,8 +61,11 @@ const NODE_PORT_SERVICES: usize = 2_768;
 const POD_CIDR: &str = "10.244.254.0/24";
 
 /// ClusterIPs of the policy measurement's target service (one backend: pod B on
-/// [`POLICY_PORT`]), rotated over so that new-flow tuples do not repeat for 1M packets.
+/// [`POLICY_PORT`]), rotated over.
 pub const POLICY_SERVICES: usize = 16;
+/// Addresses pod A sends its new connections from (see `program_policies`): with 64k
+/// source ports each, 1M new connections before a tuple repeats.
+const POLICY_SOURCES: usize = 16;
 /// Peer pods of the policy measurement, at every number of policies.
 pub const POLICY_PEERS: usize = 10_000;
 /// The port policy 0 allows (`synthetic::policies`' base port) and B serves on.
@@ -434,6 +437,16 @@ fn pod_ip(j: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 0, 10 + j)
 }
 
+/// Source address `i` of pod A's SYNs: its own, then 10.244.0.100 .. (addresses the state
+/// gives A besides; no synthetic peer, ipBlock or the stranger of `policy_denied`).
+fn source_ip(i: usize) -> Ipv4Addr {
+    if i == 0 {
+        pod_ip(0)
+    } else {
+        Ipv4Addr::new(10, 244, 0, 99 + (i % POLICY_SOURCES) as u8)
+    }
+}
+
 /// ClusterIP `k` of the policy target service (`k = POLICY_SERVICES`: the denied one), far
 /// above the synthetic services' ClusterIPs.
 fn policy_vip(k: usize) -> Ipv4Addr {
@@ -455,6 +468,14 @@ impl PacketLab {
                 .insert(POLICY_TARGET.0.to_owned(), POLICY_TARGET.1.to_owned());
             let (_, role) = synthetic::admitted(0);
             e.labels.insert(synthetic::ROLE_LABEL.to_owned(), role);
+            // After DNAT every new connection goes to B:8080, so A's source port alone would
+            // repeat a tuple after 64k SYNs (the dataplane then has to SNAT the port):
+            // A's SYNs come from several of its addresses (the state's, which is what
+            // `run_packet` and the programs look at).
+            if e.ips.contains(&std::net::IpAddr::V4(pod_ip(0))) {
+                e.ips
+                    .extend((1..POLICY_SOURCES).map(|i| std::net::IpAddr::V4(source_ip(i))));
+            }
         }
         let b = std::net::IpAddr::V4(pod_ip(1));
         let service = |k: usize, target_port: u16| {
@@ -506,8 +527,11 @@ impl PacketLab {
         for _ in 0..count {
             let k = self.next_policy_new;
             self.next_policy_new += 1;
-            let src = SocketAddrV4::new(pod_ip(0), 1024 + (k % 64_000) as u16);
-            let vip = policy_vip(((k / 64_000) % POLICY_SERVICES as u64) as usize);
+            let src = SocketAddrV4::new(
+                source_ip(((k / 64_000) % POLICY_SOURCES as u64) as usize),
+                1024 + (k % 64_000) as u16,
+            );
+            let vip = policy_vip((k % POLICY_SERVICES as u64) as usize);
             let packet = tcp_packet(src, SocketAddrV4::new(vip, 80), TCP_SYN);
             let run = self
                 .dp
@@ -515,8 +539,10 @@ impl PacketLab {
                 .map_err(|e| format!("test run: {e}"))?;
             if run.verdict == TC_ACT_SHOT || run.output.get(30..34) == packet.get(30..34) {
                 return Err(format!(
-                    "dp_from_pod did not translate an allowed SYN (verdict {})",
-                    run.verdict
+                    "dp_from_pod did not translate the allowed SYN {src} -> {vip}:80 (verdict \
+                     {}; counters: {})",
+                    run.verdict,
+                    self.counters()
                 ));
             }
             from_pod.total += run.duration;
@@ -526,12 +552,30 @@ impl PacketLab {
                 .run_packet(Hook::ToPod, &run.output, 1)
                 .map_err(|e| format!("test run of dp_to_pod: {e}"))?;
             if delivered.verdict == TC_ACT_SHOT {
-                return Err("dp_to_pod dropped an allowed SYN".to_owned());
+                return Err(format!(
+                    "dp_to_pod dropped the allowed SYN {src} -> {vip}:80 (counters: {})",
+                    self.counters()
+                ));
             }
             to_pod.total += delivered.duration;
             to_pod.packets += 1;
         }
         Ok((from_pod, to_pod))
+    }
+
+    /// The dataplane's non-zero counters, for an error message.
+    fn counters(&self) -> String {
+        self.dp.stats().map_or_else(
+            |e| format!("unreadable: {e}"),
+            |s| {
+                s.other
+                    .iter()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        )
     }
 
     /// Whether the policies drop what they must on both measured paths: a SYN from pod A to

@@ -99,16 +99,17 @@ pub fn run(settings: &Settings, machine: Machine, start: Instant) -> PolicyResul
     r
 }
 
-/// `dp_from_pod` per new connection at each of [`PACKET_POLICIES`], in turns (three rounds,
-/// one in quick runs, alternating order) so that every number sees the machine alike.
+/// `dp_from_pod` and `dp_to_pod` per new connection at each of [`PACKET_POLICIES`], in turns
+/// (five rounds of `settings.packets` SYNs, one in quick runs, alternating order) so that
+/// every number sees the machine alike.
 fn packet_costs(
     settings: &Settings,
     rows: &mut Vec<PolicyPacketRow>,
     start: Instant,
 ) -> Result<(), String> {
     let mut lab = packet::PacketLab::new()?;
-    let rounds = if settings.quick { 1 } else { 3 };
-    let chunk = (settings.packets / rounds).max(1);
+    let rounds = if settings.quick { 1 } else { 5 };
+    let chunk = settings.packets.max(1);
     let mut from_pod = [packet::Sample::default(); PACKET_POLICIES.len()];
     let mut to_pod = [packet::Sample::default(); PACKET_POLICIES.len()];
     let mut program_ms: [Vec<f64>; PACKET_POLICIES.len()] = Default::default();
@@ -130,8 +131,10 @@ fn packet_costs(
                 ));
             }
             // Warm-up: fault in the code paths and the new state's maps.
-            lab.policy_new_flows(1_000)?;
-            let (from, to) = lab.policy_new_flows(chunk)?;
+            let (from, to) = lab
+                .policy_new_flows(1_000)
+                .and_then(|_| lab.policy_new_flows(chunk))
+                .map_err(|e| format!("{n} policies, round {round}: {e}"))?;
             from_pod[i].add(from);
             to_pod[i].add(to);
         }

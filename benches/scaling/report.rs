@@ -514,7 +514,7 @@ fn policy_packet(o: &mut String, p: &PolicyResults) {
              ingress); 0: the same services and pods without policies. Before each measurement \
              a SYN to a port no policy allows must be dropped by `dp_from_pod` and a SYN to B \
              from an address no policy admits by `dp_to_pod`: the lookups are on the measured \
-             paths. The numbers are measured in turns (three rounds, alternating order), \
+             paths. The numbers are measured in turns (five rounds, alternating order), \
              kernel-measured time per packet.\n"
         );
         let _ = writeln!(
