@@ -271,9 +271,11 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 ///   addresses is dropped (anti-spoofing: policy knows a client by its address, so a pod
 ///   sending from another pod's or the node's address would borrow their rights; Calico
 ///   drops these with strict reverse-path filtering on workload interfaces, Cilium checks the
-///   source of an endpoint's packets). IPv6 link-local and unspecified sources are exempt:
-///   neighbour discovery and duplicate address detection between a pod and its gateway use
-///   them, and they are never forwarded.
+///   source of an endpoint's packets). IPv6 link-local and unspecified sources are exempt
+///   only towards link-local and multicast destinations: neighbour discovery, duplicate
+///   address detection and MLD between a pod and its gateway use them; anywhere else such a
+///   source is dropped (Linux never forwards a link-local source, RFC 4291 2.5.6, and a
+///   dataplane that redirects packets past the kernel's forwarding must not either).
 pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict {
     let verdict = evaluate_services(state, packet, entry);
     if state.policies.is_empty() {
@@ -281,7 +283,7 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
     }
     let client = packet.source.ip();
     if let Entry::FromPod(name) = entry {
-        if is_spoofed(state, name, client) {
+        if is_spoofed(state, name, client, packet.destination.ip()) {
             return Verdict::Drop;
         }
     }
@@ -319,12 +321,22 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
     }
 }
 
-/// Whether `source` is a forged address for local pod `pod`: the pod is a known endpoint and
-/// `source` none of its addresses, nor IPv6 link-local (`fe80::/10`) or unspecified.
-pub fn is_spoofed(state: &DesiredState, pod: &ObjectName, source: IpAddr) -> bool {
-    let exempt = match source {
-        IpAddr::V6(v6) => v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80,
-        IpAddr::V4(_) => false,
+/// Whether a packet from local pod `pod` with `source`, to `destination`, has a forged
+/// source: the pod is a known endpoint and `source` none of its addresses — except an IPv6
+/// link-local (`fe80::/10`) or unspecified source towards a link-local or multicast
+/// (`ff00::/8`) destination (neighbour discovery, DAD, MLD: traffic that stays on the link).
+pub fn is_spoofed(
+    state: &DesiredState,
+    pod: &ObjectName,
+    source: IpAddr,
+    destination: IpAddr,
+) -> bool {
+    let link_local = |v6: std::net::Ipv6Addr| (v6.segments()[0] & 0xffc0) == 0xfe80;
+    let exempt = match (source, destination) {
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            (src.is_unspecified() || link_local(src)) && (link_local(dst) || dst.is_multicast())
+        }
+        _ => false,
     };
     !exempt
         && state
