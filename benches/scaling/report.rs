@@ -470,7 +470,7 @@ fn policy_targets(p: &PolicyResults, out: &mut String) {
 fn policy_section(o: &mut String, p: &PolicyResults) {
     let _ = writeln!(
         o,
-        "## NetworkPolicy: {} policies over {} peer pods\n",
+        "\n## NetworkPolicy: {} policies over {} peer pods\n",
         p.policies, p.peers
     );
     if let Some(m) = &p.machine {
