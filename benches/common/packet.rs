@@ -16,6 +16,17 @@
 //! permanent neighbour for the node's gateway): SNAT to the node address and `XDP_TX`, new
 //! and established flows alike.
 //!
+//! NetworkPolicy (`program_policies`, `policy_new_flows`): the lab's two pods A (10.244.0.10,
+//! and in the state 15 more addresses to send from) and B (10.244.0.11) are both selected by `synthetic::policies(n, 10_000, ..)` (isolated
+//! for ingress and egress, `n` allow entries per direction over 100 peer sets of 100 pods),
+//! and A and B admit each other (policy 0, TCP 8080). Packets are SYNs of new connections
+//! from A to one of [`POLICY_SERVICES`] ClusterIPs whose one backend is B on 8080, through
+//! `dp_from_pod` (the service translation, then A's egress lookup, after DNAT as the model
+//! says), then as it left them through `dp_to_pod` (B's ingress lookup, where the eBPF
+//! backend checks ingress). `policy_denied` proves that both lookups are on the measured
+//! paths: a SYN to a further ClusterIP, backed by B on port 7070 that no policy allows, is
+//! dropped by `dp_from_pod`, and a SYN to B from an address no policy admits by `dp_to_pod`.
+//!
 //! The time is the kernel's own measurement of the program run (`repeat = 1`: each packet runs
 //! once), summed over all packets; it includes the kernel's timer reads around the run.
 #![allow(dead_code)] // each including bench uses a part
@@ -27,7 +38,9 @@ use std::time::{Duration, Instant};
 
 use dataplane::ebpf::{EbpfConfig, EbpfDataplane, Hook, XdpMode};
 use dataplane::testing::synthetic;
-use dataplane::Dataplane;
+use dataplane::{
+    Backend, Dataplane, DesiredState, LabelSelector, ObjectName, Protocol, Service, ServicePort,
+};
 use dataplane_testkit::packet::{self, TCP_ACK, TCP_SYN};
 use dataplane_testkit::{Lab, LabSpec};
 use nix::sched::{setns, CloneFlags};
@@ -46,6 +59,21 @@ const NODE_PORT_SERVICES: usize = 2_768;
 /// The bench node's pod CIDR: no synthetic backend (10.244.0.2 - 10.244.253.x) is in it, so
 /// every backend is remote and the XDP path forwards.
 const POD_CIDR: &str = "10.244.254.0/24";
+
+/// ClusterIPs of the policy measurement's target service (one backend: pod B on
+/// [`POLICY_PORT`]), rotated over.
+pub const POLICY_SERVICES: usize = 16;
+/// Addresses pod A sends its new connections from (see `program_policies`): with 64k
+/// source ports each, 1M new connections before a tuple repeats.
+const POLICY_SOURCES: usize = 16;
+/// Peer pods of the policy measurement, at every number of policies.
+pub const POLICY_PEERS: usize = 10_000;
+/// The port policy 0 allows (`synthetic::policies`' base port) and B serves on.
+const POLICY_PORT: u16 = 8080;
+/// A port of B that no synthetic policy allows (they allow 8080 ..= 8179).
+const DENIED_PORT: u16 = 7070;
+/// The label both pods carry and every synthetic policy selects.
+const POLICY_TARGET: (&str, &str) = ("bench", "policy-target");
 
 /// Kernel-measured time over a number of packets.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -93,6 +121,7 @@ pub struct PacketLab {
     next_xdp_new: u64,
     node_addr: Ipv4Addr,
     rng: u64,
+    next_policy_new: u64,
 }
 
 fn pin_dir() -> PathBuf {
@@ -107,7 +136,8 @@ impl PacketLab {
     pub fn new() -> Result<PacketLab, String> {
         let lab = Lab::new(LabSpec {
             nodes: 1,
-            pods_per_node: 1,
+            // Pods A and B of the policy measurement; the service measurement uses neither.
+            pods_per_node: 2,
             external_clients: 0,
             ipv6: false,
         })
@@ -134,6 +164,9 @@ impl PacketLab {
         // 100k ClusterIPs (two entries each) plus the NodePorts synthetic states carry.
         config.capacities.services = 1 << 18;
         config.capacities.backend_slots = 1 << 21;
+        // 10k policies: 10k rules per pod and direction, two pods, and room for a rewrite
+        // under new numbers (the config's advice: twice the rules).
+        config.capacities.policy_rules = 1 << 18;
         config.xdp = XdpMode::Native;
         let dp = match EbpfDataplane::new(config) {
             Ok(dp) => dp,
@@ -156,6 +189,7 @@ impl PacketLab {
             next_xdp_new: 0,
             node_addr,
             rng: 0x9e37_79b9_7f4a_7c15,
+            next_policy_new: 0,
         })
     }
 
@@ -395,6 +429,186 @@ impl PacketLab {
             s.packets += 1;
         }
         Ok(s)
+    }
+}
+
+/// Address of lab pod `j` (A is 0, B is 1).
+fn pod_ip(j: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 0, 10 + j)
+}
+
+/// Source address `i` of pod A's SYNs: its own, then 10.244.0.100 .. (addresses the state
+/// gives A besides; no synthetic peer, ipBlock or the stranger of `policy_denied`).
+fn source_ip(i: usize) -> Ipv4Addr {
+    if i == 0 {
+        pod_ip(0)
+    } else {
+        Ipv4Addr::new(10, 244, 0, 99 + (i % POLICY_SOURCES) as u8)
+    }
+}
+
+/// ClusterIP `k` of the policy target service (`k = POLICY_SERVICES`: the denied one), far
+/// above the synthetic services' ClusterIPs.
+fn policy_vip(k: usize) -> Ipv4Addr {
+    PacketLab::cluster_ip(450_000 + k)
+}
+
+impl PacketLab {
+    /// Programs the policy measurement's state (see the module docs) with `n_policies`
+    /// policies over [`POLICY_PEERS`] peer pods; returns how long the apply took. 0 policies:
+    /// the same services and pods, nothing isolated.
+    pub fn program_policies(&mut self, n_policies: usize) -> Result<Duration, String> {
+        let mut state: DesiredState = self.lab.desired_state(0);
+        state.node.pod_cidrs = vec![POD_CIDR.parse().expect("literal CIDR")];
+        if state.endpoints.len() < 2 {
+            return Err("the packet lab has fewer than two pods".to_owned());
+        }
+        for e in &mut state.endpoints {
+            e.labels
+                .insert(POLICY_TARGET.0.to_owned(), POLICY_TARGET.1.to_owned());
+            let (_, role) = synthetic::admitted(0);
+            e.labels.insert(synthetic::ROLE_LABEL.to_owned(), role);
+            // After DNAT every new connection goes to B:8080, so A's source port alone would
+            // repeat a tuple after 64k SYNs (the dataplane then has to SNAT the port):
+            // A's SYNs come from several of its addresses (the state's, which is what
+            // `run_packet` and the programs look at).
+            if e.ips.contains(&std::net::IpAddr::V4(pod_ip(0))) {
+                e.ips
+                    .extend((1..POLICY_SOURCES).map(|i| std::net::IpAddr::V4(source_ip(i))));
+            }
+        }
+        let b = std::net::IpAddr::V4(pod_ip(1));
+        let service = |k: usize, target_port: u16| {
+            let mut s = Service::new(ObjectName::new("bench-policy", format!("target-{k}")));
+            s.cluster_ips = vec![std::net::IpAddr::V4(policy_vip(k))];
+            s.ports = vec![ServicePort {
+                name: String::new(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port,
+                node_port: None,
+            }];
+            let mut backend = Backend::new(b);
+            backend.node_name = Some(state.node.name.as_str().into());
+            s.backends = vec![backend];
+            s
+        };
+        state.services = (0..POLICY_SERVICES)
+            .map(|k| service(k, POLICY_PORT))
+            .chain(std::iter::once(service(POLICY_SERVICES, DENIED_PORT)))
+            .collect();
+        if n_policies > 0 {
+            let target = LabelSelector {
+                match_labels: std::iter::once((
+                    POLICY_TARGET.0.to_owned(),
+                    POLICY_TARGET.1.to_owned(),
+                ))
+                .collect(),
+                match_expressions: Vec::new(),
+            };
+            let namespace = state.endpoints[0].name.namespace.clone();
+            synthetic::policies(n_policies, POLICY_PEERS, &namespace, &target, POLICY_PORT)
+                .add_to(&mut state);
+        }
+        let start = Instant::now();
+        self.dp
+            .apply(&state)
+            .map_err(|e| format!("apply {n_policies} policies: {e}"))?;
+        Ok(start.elapsed())
+    }
+
+    /// Runs `count` SYNs of new connections from pod A to the policy target's ClusterIPs
+    /// (B on the allowed port), each tuple never seen before, through `dp_from_pod` (A's
+    /// egress), which must translate it, then as `dp_from_pod` left it through `dp_to_pod`
+    /// (B's ingress), which must not drop it. The two programs' samples.
+    pub fn policy_new_flows(&mut self, count: u64) -> Result<(Sample, Sample), String> {
+        let mut from_pod = Sample::default();
+        let mut to_pod = Sample::default();
+        for _ in 0..count {
+            let k = self.next_policy_new;
+            self.next_policy_new += 1;
+            let src = SocketAddrV4::new(
+                source_ip(((k / 64_000) % POLICY_SOURCES as u64) as usize),
+                1024 + (k % 64_000) as u16,
+            );
+            let vip = policy_vip((k % POLICY_SERVICES as u64) as usize);
+            let packet = tcp_packet(src, SocketAddrV4::new(vip, 80), TCP_SYN);
+            let run = self
+                .dp
+                .run_packet(Hook::FromPod, &packet, 1)
+                .map_err(|e| format!("test run: {e}"))?;
+            if run.verdict == TC_ACT_SHOT || run.output.get(30..34) == packet.get(30..34) {
+                return Err(format!(
+                    "dp_from_pod did not translate the allowed SYN {src} -> {vip}:80 (verdict \
+                     {}; counters: {})",
+                    run.verdict,
+                    self.counters()
+                ));
+            }
+            from_pod.total += run.duration;
+            from_pod.packets += 1;
+            let delivered = self
+                .dp
+                .run_packet(Hook::ToPod, &run.output, 1)
+                .map_err(|e| format!("test run of dp_to_pod: {e}"))?;
+            if delivered.verdict == TC_ACT_SHOT {
+                return Err(format!(
+                    "dp_to_pod dropped the allowed SYN {src} -> {vip}:80 (counters: {})",
+                    self.counters()
+                ));
+            }
+            to_pod.total += delivered.duration;
+            to_pod.packets += 1;
+        }
+        Ok((from_pod, to_pod))
+    }
+
+    /// The dataplane's non-zero counters, for an error message.
+    fn counters(&self) -> String {
+        self.dp.stats().map_or_else(
+            |e| format!("unreadable: {e}"),
+            |s| {
+                s.other
+                    .iter()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        )
+    }
+
+    /// Whether the policies drop what they must on both measured paths: a SYN from pod A to
+    /// the ClusterIP backed by B on a port no policy allows (A's egress, `dp_from_pod`), and
+    /// a SYN to B on the allowed port from an address no policy admits (B's ingress,
+    /// `dp_to_pod`). Both must be dropped when policies select A and B; neither without.
+    pub fn policy_denied(&mut self) -> Result<(bool, bool), String> {
+        let k = self.next_policy_new;
+        self.next_policy_new += 1;
+        let port = 1024 + (k % 64_000) as u16;
+        let dst = SocketAddrV4::new(policy_vip(POLICY_SERVICES), 80);
+        let egress = self
+            .dp
+            .run_packet(
+                Hook::FromPod,
+                &tcp_packet(SocketAddrV4::new(pod_ip(0), port), dst, TCP_SYN),
+                1,
+            )
+            .map_err(|e| format!("test run: {e}"))?;
+        // 10.244.0.200: in the cluster CIDR, neither a pod of the state nor in an ipBlock.
+        let stranger = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 200), port);
+        let ingress = self
+            .dp
+            .run_packet(
+                Hook::ToPod,
+                &tcp_packet(stranger, SocketAddrV4::new(pod_ip(1), POLICY_PORT), TCP_SYN),
+                1,
+            )
+            .map_err(|e| format!("test run of dp_to_pod: {e}"))?;
+        Ok((
+            egress.verdict == TC_ACT_SHOT,
+            ingress.verdict == TC_ACT_SHOT,
+        ))
     }
 }
 

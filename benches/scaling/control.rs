@@ -210,19 +210,5 @@ fn wait_for(
     want: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    let t = Instant::now();
-    let mut last = String::new();
-    while t.elapsed() < timeout {
-        if prober.remaining() == 0 {
-            return Err("prober ran out of sockets".to_owned());
-        }
-        match prober.probe(dst) {
-            Ok(name) if name == want => return Ok(()),
-            Ok(name) => last = format!("answered by {name}"),
-            Err(e) => last = e,
-        }
-    }
-    Err(format!(
-        "{want} never answered on {dst} within {timeout:?} (last: {last})"
-    ))
+    load::wait_for(prober, dst, want, timeout, load::IO_TIMEOUT)
 }

@@ -31,7 +31,7 @@ const WORKERS: usize = 4;
 /// Persistent connections of an RR run.
 pub const RR_CONNECTIONS: usize = 4;
 /// Connect and read timeout of the clients.
-const IO_TIMEOUT: Duration = Duration::from_secs(1);
+pub const IO_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A bench server in one pod; stops on drop.
 #[derive(Debug)]
@@ -352,14 +352,20 @@ impl Prober {
         Ok(Prober { sockets })
     }
 
-    /// One connect-request-response-close to `dst`; the answering backend's name.
-    pub fn probe(&mut self, dst: std::net::SocketAddrV4) -> Result<String, String> {
+    /// One connect-request-response-close to `dst`, waiting at most `timeout` for the
+    /// connect and for the answer (a dropped SYN, as a policy denying the connection drops
+    /// it, fails after `timeout`); the answering backend's name.
+    pub fn probe_within(
+        &mut self,
+        dst: std::net::SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<String, String> {
         let fd = self.sockets.pop().ok_or("prober ran out of sockets")?;
         let mut s = TcpStream::from(fd);
         // SO_SNDTIMEO bounds a blocking connect().
-        s.set_write_timeout(Some(IO_TIMEOUT))
+        s.set_write_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(IO_TIMEOUT))
+        s.set_read_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
         socket::connect(s.as_raw_fd(), &SockaddrIn::from(dst))
             .map_err(|e| format!("connect {dst}: {e}"))?;
@@ -376,4 +382,30 @@ impl Prober {
     pub fn remaining(&self) -> usize {
         self.sockets.len()
     }
+}
+
+/// Probes `dst` with `prober` (each attempt waiting at most `attempt`) until `want` answers;
+/// errors after `timeout`.
+pub fn wait_for(
+    prober: &mut Prober,
+    dst: std::net::SocketAddrV4,
+    want: &str,
+    timeout: Duration,
+    attempt: Duration,
+) -> Result<(), String> {
+    let t = Instant::now();
+    let mut last = String::new();
+    while t.elapsed() < timeout {
+        if prober.remaining() == 0 {
+            return Err("prober ran out of sockets".to_owned());
+        }
+        match prober.probe_within(dst, attempt) {
+            Ok(name) if name == want => return Ok(()),
+            Ok(name) => last = format!("answered by {name}"),
+            Err(e) => last = e,
+        }
+    }
+    Err(format!(
+        "{want} never answered on {dst} within {timeout:?} (last: {last})"
+    ))
 }

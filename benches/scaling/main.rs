@@ -27,16 +27,21 @@
 //!
 //! Sections: per-packet cost (BPF_PROG_TEST_RUN), end-to-end CRR and RR latency, control
 //! plane (program 10k x 10 from empty, one endpoint change, peak RSS of a process holding
-//! 10k x 10, measured in a child process `--rss-child`), compute-only costs.
+//! 10k x 10, measured in a child process `--rss-child`), compute-only costs, NetworkPolicy
+//! (`policy`: per-packet cost with 0 / 100 / 10k policies, CRR to pods selected by 1k
+//! policies, programming them over 10k peers, one label change until enforced).
 //!
-//! Settings, from the environment: see `settings` (`DP_BENCH_QUICK=1` is the quick check).
+//! Settings, from the environment: see `settings` (`DP_BENCH_QUICK=1` is the quick check,
+//! `DP_BENCH_SECTIONS=policy` measures only the NetworkPolicy sections and keeps the others'
+//! numbers from the last run's `scaling.json`).
 //!
 //! Modules: `settings` (command line, environment), `machine` (what ran it), `results` (the
 //! rows of `scaling.json`), `clock` (durations, progress log), `compute` and `per_packet`
 //! (the sections without a lab), `nodes` (the end-to-end lab and its dataplanes, opened with
 //! `dataplane::open`), `states` (the states programmed), `end_to_end` (the CRR and RR
 //! rounds), `control` and `rss` (the control plane), `in_situ` (the programs' run-time
-//! statistics), `load` (servers and load generators), `report` (markdown and plots).
+//! statistics), `load` (servers and load generators), `policy` (the NetworkPolicy
+//! sections), `report` (markdown and plots).
 
 #[path = "../common/packet.rs"]
 mod packet;
@@ -50,6 +55,7 @@ mod load;
 mod machine;
 mod nodes;
 mod per_packet;
+mod policy;
 mod report;
 mod results;
 mod rss;
@@ -60,8 +66,8 @@ use std::time::Instant;
 
 use clock::log;
 use machine::Machine;
-use results::Results;
-use settings::{Invocation, Paths, Settings};
+use results::{Results, SectionRun};
+use settings::{Invocation, Paths, Settings, SECTIONS};
 
 fn main() {
     let paths = Paths::from_env();
@@ -79,17 +85,22 @@ fn main() {
     }
 }
 
+/// The last run's `scaling.json`.
+fn read_results(paths: &Paths) -> Result<Results, String> {
+    let json_path = paths.json();
+    std::fs::read_to_string(&json_path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{}: {e}", json_path.display()))
+}
+
 /// Rewrites the report and plots from the last run's `scaling.json` (after editing
 /// benches/notes.md, say), measuring nothing.
 fn report_only(paths: &Paths) {
-    let json_path = paths.json();
-    let results: Results = match std::fs::read_to_string(&json_path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-    {
+    let results = match read_results(paths) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("{}: {e}", json_path.display());
+            eprintln!("{e}");
             std::process::exit(1);
         }
     };
@@ -99,34 +110,82 @@ fn report_only(paths: &Paths) {
     }
 }
 
-/// Every section in turn, then the results and the report. A failed section is recorded in
-/// the results and the others go on; in CI a failed end-to-end section fails the run.
+/// The sections of `DP_BENCH_SECTIONS` in turn, then the results and the report. A failed
+/// section is recorded in the results and the others go on; in CI a failed end-to-end
+/// section fails the run. A run of some sections only starts from the last run's results
+/// and replaces the sections it measures.
 fn bench(paths: &Paths) {
     let settings = Settings::from_env();
-    let start = Instant::now();
-    let mut results = Results {
-        machine: Some(Machine::this()),
-        settings: Some(settings.clone()),
-        ..Results::default()
-    };
-    log(start, "compute-only costs");
-    results.compute = compute::compute_costs();
-    log(start, "per-packet cost (BPF_PROG_TEST_RUN)");
-    match per_packet::packet_costs(&settings, start) {
-        Ok(rows) => results.packet = rows,
+    let sections = match settings::sections_from_env() {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("per-packet section failed: {e}");
-            results.packet_error = Some(e);
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let start = Instant::now();
+    let machine = Machine::this();
+    let all = sections.len() == SECTIONS.len();
+    let mut results = if all {
+        Results::default()
+    } else {
+        read_results(paths).unwrap_or_else(|e| {
+            eprintln!(
+                "no earlier results to keep ({e}): the report shows only this run's sections"
+            );
+            Results::default()
+        })
+    };
+    // The machine and settings at the top describe the end-to-end run (the report's
+    // method); a run without it keeps those of the run that measured it.
+    if sections.contains(&"end-to-end") || results.machine.is_none() {
+        results.machine = Some(machine.clone());
+        results.settings = Some(settings.clone());
+    }
+    let run = SectionRun {
+        date: machine.date.clone(),
+        quick: settings.quick,
+    };
+    for section in &sections {
+        results
+            .section_runs
+            .insert((*section).to_owned(), run.clone());
+    }
+    if sections.contains(&"compute") {
+        log(start, "compute-only costs");
+        results.compute = compute::compute_costs();
+    }
+    if sections.contains(&"packet") {
+        log(start, "per-packet cost (BPF_PROG_TEST_RUN)");
+        results.packet.clear();
+        results.packet_error = None;
+        match per_packet::packet_costs(&settings, start) {
+            Ok(rows) => results.packet = rows,
+            Err(e) => {
+                eprintln!("per-packet section failed: {e}");
+                results.packet_error = Some(e);
+            }
         }
     }
-    if let Err(e) = end_to_end::run(&settings, &mut results, start) {
-        eprintln!("end-to-end section failed: {e}");
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "bench scaling: {e}"
-        );
+    if sections.contains(&"end-to-end") {
+        results.scaling.clear();
+        results.programming.clear();
+        results.in_situ.clear();
+        results.control.clear();
+        if let Err(e) = end_to_end::run(&settings, &mut results, start) {
+            eprintln!("end-to-end section failed: {e}");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "bench scaling: {e}"
+            );
+        }
     }
-    results.total_secs = start.elapsed().as_secs_f64();
+    if sections.contains(&"policy") {
+        results.policy = Some(policy::run(&settings, machine, start));
+    }
+    if all || sections.contains(&"end-to-end") {
+        results.total_secs = start.elapsed().as_secs_f64();
+    }
     if let Err(e) = report::write_all(&results, &paths.out_dir, &paths.report) {
         eprintln!("writing the report failed: {e}");
         std::process::exit(1);

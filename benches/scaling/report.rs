@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::nodes::BACKENDS;
-use crate::results::{median, PacketRow, Results, ScalingRow};
+use crate::results::{median, PacketRow, PolicyPacketRow, PolicyResults, Results, ScalingRow};
 
 const PLOT_CRR: &str = "crr.png";
 const PLOT_P99: &str = "p99.png";
@@ -105,6 +105,21 @@ fn verdict(ok: Option<bool>, miss: &str) -> String {
     }
 }
 
+/// `v`'s median and every value: "12 (11, 12, 14)".
+fn median_and_runs(v: &[f64]) -> String {
+    let runs: Vec<String> = v.iter().map(|x| fmt_num(*x, 0)).collect();
+    format!("{} ({})", fmt_num(median(v), 0), runs.join(", "))
+}
+
+/// `v`'s median and maximum: "12 (max 14)".
+fn median_and_max(v: &[f64]) -> String {
+    format!(
+        "{} (max {})",
+        fmt_num(median(v), 0),
+        fmt_num(v.iter().copied().fold(f64::NAN, f64::max), 0)
+    )
+}
+
 /// "≥ target" check: verdict and by how much it misses.
 fn at_least(measured: f64, target: f64) -> String {
     if !measured.is_finite() {
@@ -145,6 +160,9 @@ fn targets(results: &Results, out: &mut String) {
     floor_targets(results, out);
     growth_targets(results, out);
     control_targets(results, out);
+    if let Some(p) = &results.policy {
+        policy_targets(p, out);
+    }
 }
 
 /// Each eBPF mode's CRR at the largest size, its flatness and its lead over iptables.
@@ -347,6 +365,231 @@ fn control_targets(results: &Results, out: &mut String) {
     }
 }
 
+/// The NetworkPolicy targets (issue 18): CRR with 1k policies, per-packet flatness,
+/// programming from empty, one label change.
+fn policy_targets(p: &PolicyResults, out: &mut String) {
+    let mut line = |t: &str, m: String, v: String| {
+        let _ = writeln!(out, "| {t} | {m} | {v} |");
+    };
+    let n = p.policies;
+    let crr = |b: &str| p.crr.iter().find(|r| r.backend == b);
+    let ratio = crr("ebpf").map_or(f64::NAN, |r| median(&r.ratio));
+    line(
+        &format!(
+            "NetworkPolicy: eBPF (TC) CRR through a ClusterIP to pods selected by {n} policies \
+             ≥ 0.95 of no policy"
+        ),
+        fmt_num(ratio, 3),
+        at_least(ratio, 0.95),
+    );
+    for (program, what, pick) in [
+        (
+            "dp_from_pod",
+            "service translation and the client's egress",
+            (|r: &PolicyPacketRow| r.new_flow_ns) as fn(&PolicyPacketRow) -> f64,
+        ),
+        (
+            "dp_to_pod",
+            "the server's ingress",
+            |r: &PolicyPacketRow| r.to_pod_new_flow_ns.unwrap_or(f64::NAN),
+        ),
+    ] {
+        let at = |k: usize| {
+            p.packet
+                .iter()
+                .find(|r| r.policies == k)
+                .map_or(f64::NAN, pick)
+        };
+        let (none, low, high) = (at(0), at(100), at(10_000));
+        let growth = high / low - 1.0;
+        line(
+            &format!(
+                "NetworkPolicy: {program} ({what}) per new connection flat from 100 to 10k \
+                 policy entries (≤ 5% growth; 0 policies, nothing isolated, for reference)"
+            ),
+            format!(
+                "0: {} / 100: {} / 10k: {} ns: {}%",
+                fmt_num(none, 0),
+                fmt_num(low, 0),
+                fmt_num(high, 0),
+                fmt_num(growth * 100.0, 1)
+            ),
+            if growth.is_finite() {
+                at_most(growth.max(0.0) * 100.0, 5.0)
+            } else {
+                verdict(None, "")
+            },
+        );
+    }
+    let control = |b: &str| p.control.iter().find(|r| r.backend == b);
+    for (b, want_ms) in [
+        ("ebpf", Some(200.0)),
+        ("nftables", Some(2000.0)),
+        ("iptables", None),
+    ] {
+        let m = control(b).map_or(f64::NAN, |c| median(&c.apply_from_empty_ms));
+        match want_ms {
+            Some(want) => line(
+                &format!(
+                    "NetworkPolicy: programming {n} policies over {} peers from empty (node \
+                     set up): {b} ≤ {want} ms",
+                    p.peers
+                ),
+                format!("{} ms", fmt_num(m, 0)),
+                at_most(m, want),
+            ),
+            None => line(
+                &format!(
+                    "NetworkPolicy: programming {n} policies over {} peers from empty (node \
+                     set up): {b} (no target)",
+                    p.peers
+                ),
+                format!("{} ms", fmt_num(m, 0)),
+                if m.is_finite() {
+                    "measured".to_owned()
+                } else {
+                    verdict(None, "")
+                },
+            ),
+        }
+    }
+    for (b, want_us) in [("ebpf", 1_000.0), ("nftables", 20_000.0)] {
+        let m = control(b).map_or(f64::NAN, |c| median(&c.relabel_reach_us));
+        line(
+            &format!(
+                "NetworkPolicy: one pod label change with {n} policies present: {b} ≤ {want_us} \
+                 µs (until a connection it allows is answered)"
+            ),
+            format!("{} µs", fmt_num(m, 0)),
+            at_most(m, want_us),
+        );
+    }
+}
+
+/// The NetworkPolicy section: the run that measured it, the tables, the failures.
+fn policy_section(o: &mut String, p: &PolicyResults) {
+    let _ = writeln!(
+        o,
+        "\n## NetworkPolicy: {} policies over {} peer pods\n",
+        p.policies, p.peers
+    );
+    if let Some(m) = &p.machine {
+        let quick = p.settings.as_ref().is_some_and(|s| s.quick);
+        let _ = writeln!(
+            o,
+            "Measured {}{} in {:.0} s.\n",
+            m.date,
+            if quick { " by a quick run" } else { "" },
+            p.secs
+        );
+    }
+    let _ = writeln!(
+        o,
+        "The policies are `synthetic::policies`: every one selects the target pods, isolates \
+         them for ingress and egress and allows, both ways, one of 100 `(namespace team, pod \
+         role)` groups of peer pods on one TCP port (100 distinct selectors, every policy a \
+         distinct `(selector, port)` entry; every tenth also an ipBlock with an except). The \
+         client pod is in the group that policy 0 admits on the servers' port.\n"
+    );
+    policy_packet(o, p);
+    policy_end_to_end(o, p);
+}
+
+/// The NetworkPolicy per-packet table.
+fn policy_packet(o: &mut String, p: &PolicyResults) {
+    let _ = writeln!(
+        o,
+        "### Per packet: a new connection through the TC program\n"
+    );
+    if let Some(e) = &p.packet_error {
+        let _ = writeln!(o, "Failed: {e}\n");
+    }
+    if !p.packet.is_empty() {
+        let _ = writeln!(
+            o,
+            "SYNs of new connections (tuples never seen) from pod A to a ClusterIP whose \
+             backend is pod B, both selected by N policies over 10k peer pods (A's egress and \
+             B's ingress isolated, A and B admitting each other), through `dp_from_pod` (service \
+             translation, A's egress) and then, as it left them, through `dp_to_pod` (B's \
+             ingress); 0: the same services and pods without policies. Before each measurement \
+             a SYN to a port no policy allows must be dropped by `dp_from_pod` and a SYN to B \
+             from an address no policy admits by `dp_to_pod`: the lookups are on the measured \
+             paths. The numbers are measured in turns (five rounds, alternating order), \
+             kernel-measured time per packet.\n"
+        );
+        let _ = writeln!(
+            o,
+            "| policies | dp_from_pod per new connection (ns) | dp_to_pod per new connection (ns) | programmed in (ms) |\n|---:|---:|---:|---:|"
+        );
+        for r in &p.packet {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} |",
+                r.policies,
+                fmt_num(r.new_flow_ns, 0),
+                r.to_pod_new_flow_ns
+                    .map_or("–".to_owned(), |v| fmt_num(v, 0)),
+                fmt_num(r.program_ms, 0)
+            );
+        }
+        let _ = writeln!(o);
+    }
+}
+
+/// The NetworkPolicy CRR and control-plane tables.
+fn policy_end_to_end(o: &mut String, p: &PolicyResults) {
+    let _ = writeln!(o, "### End to end and control plane\n");
+    if let Some(e) = &p.error {
+        let _ = writeln!(o, "Failed: {e}\n");
+    }
+    let _ = writeln!(
+        o,
+        "CRR: the client pod through the ClusterIP of the node's 10 backend pods, which the \
+         policies select, against the same state without policies; each round applies both \
+         states in turn (alternating order; after each apply 0.3 s of pause and 0.3 s of \
+         unmeasured load) and divides the two rates; median of the rounds. \
+         Before the rounds, a pod of another node that no policy admits must not be answered. \
+         From empty: a fresh backend holding the node, its endpoints and the target service \
+         (node setup) gets the policies, peer pods and namespaces in one apply. Label change: \
+         that pod of another node (a peer pod) is relabelled into the group policy 0 admits \
+         with `apply_changes`; the clock runs until a new connection from it to a backend pod \
+         is answered; it is relabelled back and must be denied again before the next one.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| backend | CRR without policies (conn/s) | CRR with policies (conn/s) | ratio | failed connections | note |\n|---|---:|---:|---:|---:|---|"
+    );
+    for r in &p.crr {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.backend,
+            fmt_num(median(&r.crr_none), 0),
+            fmt_num(median(&r.crr_policy), 0),
+            fmt_num(median(&r.ratio), 3),
+            r.failed_connections,
+            r.error.as_deref().unwrap_or("")
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n| backend | policies from empty (ms) | node setup (ms) | label change: apply (µs) | label change: until enforced (µs) | note |\n|---|---:|---:|---:|---:|---|"
+    );
+    for c in &p.control {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} |",
+            c.backend,
+            median_and_runs(&c.apply_from_empty_ms),
+            fmt_num(median(&c.setup_ms), 0),
+            fmt_num(median(&c.relabel_apply_us), 0),
+            median_and_max(&c.relabel_reach_us),
+            c.error.as_deref().unwrap_or("")
+        );
+    }
+    let _ = writeln!(o);
+}
+
 /// The report: each section in the order the reader needs it.
 fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&str>) -> String {
     let mut o = String::new();
@@ -357,6 +600,9 @@ fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&s
     end_to_end(&mut o, results, plots_dir, plots);
     per_packet(&mut o, results);
     control_plane(&mut o, results);
+    if let Some(p) = &results.policy {
+        policy_section(&mut o, p);
+    }
     compute_only(&mut o, results);
     method(&mut o, results);
     analysis(&mut o, notes);
@@ -397,6 +643,45 @@ fn intro(o: &mut String, results: &Results, plots_dir: &str) {
             );
         }
     }
+    section_runs(o, results);
+}
+
+/// Which run measured which section, when they were not all measured by one run
+/// (`DP_BENCH_SECTIONS`).
+fn section_runs(o: &mut String, results: &Results) {
+    let full = results
+        .machine
+        .as_ref()
+        .map_or_else(|| "unknown".to_owned(), |m| m.date.clone());
+    let quick = results.settings.as_ref().is_some_and(|s| s.quick);
+    let runs: Vec<(&str, String, bool)> = crate::settings::SECTIONS
+        .iter()
+        .map(|section| {
+            results.section_runs.get(*section).map_or_else(
+                || ((*section), full.clone(), quick),
+                |r| ((*section), r.date.clone(), r.quick),
+            )
+        })
+        .collect();
+    if runs
+        .iter()
+        .all(|(_, date, q)| *date == runs[0].1 && *q == runs[0].2)
+    {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "Not every section comes from the same run (`DP_BENCH_SECTIONS` measures some and \
+         keeps the others' numbers):\n\n| section | measured | quick run |\n|---|---|---|"
+    );
+    for (section, date, q) in runs {
+        let _ = writeln!(
+            o,
+            "| {section} | {date} | {} |",
+            if q { "yes" } else { "no" }
+        );
+    }
+    let _ = writeln!(o);
 }
 
 /// A table's header: `first`, then direct if `with_direct`, then every backend column.
@@ -687,21 +972,12 @@ fn control_plane(o: &mut String, results: &Results) {
         let mib = |k: u64| fmt_num(k as f64 / 1024.0, 1);
         let _ = writeln!(
             o,
-            "| {} | {} ({}) | {} | {} | {} (max {}) | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             c.backend,
-            fmt_num(median(&c.apply_from_empty_ms), 0),
-            c.apply_from_empty_ms
-                .iter()
-                .map(|v| fmt_num(*v, 0))
-                .collect::<Vec<_>>()
-                .join(", "),
+            median_and_runs(&c.apply_from_empty_ms),
             fmt_num(median(&c.setup_ms), 0),
             fmt_num(median(&c.change_apply_us), 0),
-            fmt_num(median(&c.change_reach_us), 0),
-            fmt_num(
-                c.change_reach_us.iter().copied().fold(f64::NAN, f64::max),
-                0
-            ),
+            median_and_max(&c.change_reach_us),
             c.rss
                 .as_ref()
                 .map_or_else(|| "–".to_owned(), |r| mib(r.vmhwm_kib)),
@@ -793,7 +1069,9 @@ fn reproduce(o: &mut String) {
          It writes this file, `benches/results/scaling.json` and the plots. `DP_BENCH_QUICK=1` \
          makes a quick check run (1 and 1k services); adding `-- --report-only` rewrites \
          this file and the plots from `scaling.json` without measuring (after editing \
-         `benches/notes.md`). The full run takes about 9 minutes on this machine. The \
+         `benches/notes.md`); `DP_BENCH_SECTIONS=policy` (or any comma-separated subset of \
+         `compute`, `packet`, `end-to-end`, `policy`) measures those sections only and keeps \
+         the others' numbers from `scaling.json`. The full run takes about 9 minutes on this machine. The \
          criterion benches: `cargo bench --bench core`, `cargo bench --features nft --bench \
          render`, `sudo cargo bench --features ebpf --bench packet`."
     );

@@ -95,6 +95,74 @@ pub struct InSitu {
     pub ns_per_run: f64,
 }
 
+/// NetworkPolicy, end to end on one backend: CRR through a ClusterIP to pods selected by 1k
+/// policies against the same without policies (see `policy`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PolicyCrrRow {
+    pub backend: String,
+    /// Connections/s per round without policies.
+    pub crr_none: Vec<f64>,
+    /// Connections/s per round with the policies.
+    pub crr_policy: Vec<f64>,
+    /// Per round: with policies / without.
+    pub ratio: Vec<f64>,
+    pub failed_connections: u64,
+    pub error: Option<String>,
+}
+
+/// NetworkPolicy control plane of one backend: programming the policy state from empty and
+/// one peer pod label change until enforced.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PolicyControlRow {
+    pub backend: String,
+    /// Node setup before that: the node, its endpoints and the target service, no policies.
+    pub setup_ms: Vec<f64>,
+    /// The policies, peer pods and namespaces added to that (a full apply).
+    pub apply_from_empty_ms: Vec<f64>,
+    /// `apply_changes` of one peer pod's new labels.
+    pub relabel_apply_us: Vec<f64>,
+    /// From the `apply_changes` call until a probe from that pod is answered.
+    pub relabel_reach_us: Vec<f64>,
+    pub error: Option<String>,
+}
+
+/// The TC program's cost per new connection at one number of policies (see
+/// `benches/common/packet.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyPacketRow {
+    pub policies: usize,
+    pub program_ms: f64,
+    /// `dp_from_pod`: service translation and the client's egress.
+    pub new_flow_ns: f64,
+    /// `dp_to_pod`: the server's ingress.
+    #[serde(default)]
+    pub to_pod_new_flow_ns: Option<f64>,
+}
+
+/// Everything the policy sections measured, with the run that measured them (a
+/// `DP_BENCH_SECTIONS=policy` run measures only these and keeps the rest of `scaling.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PolicyResults {
+    pub machine: Option<Machine>,
+    pub settings: Option<Settings>,
+    pub policies: usize,
+    pub peers: usize,
+    pub crr: Vec<PolicyCrrRow>,
+    pub control: Vec<PolicyControlRow>,
+    pub packet: Vec<PolicyPacketRow>,
+    pub packet_error: Option<String>,
+    /// Why the end-to-end part did not run at all (the lab could not be built).
+    pub error: Option<String>,
+    pub secs: f64,
+}
+
+/// When a section was last measured, and whether by a quick run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SectionRun {
+    pub date: String,
+    pub quick: bool,
+}
+
 /// Everything a run measured: `scaling.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Results {
@@ -107,6 +175,14 @@ pub struct Results {
     pub programming: Vec<ProgramRow>,
     pub in_situ: Vec<InSitu>,
     pub control: Vec<ControlRow>,
+    /// The NetworkPolicy sections.
+    #[serde(default)]
+    pub policy: Option<PolicyResults>,
+    /// Section name (`settings::SECTIONS`) → the run that measured it; a section missing
+    /// here was measured by the run of `machine.date`.
+    #[serde(default)]
+    pub section_runs: std::collections::BTreeMap<String, SectionRun>,
+    /// Duration of the last run that measured the compute, packet and end-to-end sections.
     pub total_secs: f64,
 }
 

@@ -8,7 +8,10 @@
 //! `DP_BENCH_SERVICES=1,1000,5000,10000`, `DP_BENCH_ROUNDS`, `DP_BENCH_CRR_SECS`,
 //! `DP_BENCH_RR_SECS`, `DP_BENCH_THREADS`, `DP_BENCH_CHANGES`, `DP_BENCH_FILL_SECS`,
 //! `DP_BENCH_REPORT` (path of the markdown report; default `BENCHMARKS.md` at the repository
-//! root).
+//! root), `DP_BENCH_SECTIONS` (a comma-separated subset of [`SECTIONS`], default all: the
+//! sections not named keep their numbers from the last `scaling.json`, so that
+//! `DP_BENCH_SECTIONS=policy` measures the NetworkPolicy sections alone and regenerates the
+//! whole report).
 
 use std::path::{Path, PathBuf};
 
@@ -119,4 +122,33 @@ impl Settings {
             quick,
         }
     }
+}
+
+/// The sections of a run, in the order they run: compute-only costs, per-packet cost,
+/// end-to-end (CRR, RR and the control plane), NetworkPolicy.
+pub const SECTIONS: [&str; 4] = ["compute", "packet", "end-to-end", "policy"];
+
+/// The sections `DP_BENCH_SECTIONS` names (all of [`SECTIONS`] when it is unset or empty).
+pub fn sections_from_env() -> Result<Vec<&'static str>, String> {
+    let Some(v) = std::env::var("DP_BENCH_SECTIONS")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    else {
+        return Ok(SECTIONS.to_vec());
+    };
+    let mut wanted = Vec::new();
+    for name in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some(section) = SECTIONS.iter().find(|s| **s == name) else {
+            return Err(format!(
+                "DP_BENCH_SECTIONS: unknown section {name:?} (known: {})",
+                SECTIONS.join(", ")
+            ));
+        };
+        wanted.push(*section);
+    }
+    Ok(SECTIONS
+        .iter()
+        .copied()
+        .filter(|s| wanted.contains(s))
+        .collect())
 }

@@ -1,12 +1,16 @@
 //! The desired states the bench programs: N services with two targets for the end-to-end
 //! measurement, 10k services with a probe service for the control plane. Synthetic services
 //! (`dataplane::testing::synthetic`) fill the tables; the targets and the probe point at the
-//! lab node's own pods, on ClusterIPs far above the synthetic ones.
+//! lab node's own pods, on ClusterIPs far above the synthetic ones. The NetworkPolicy
+//! sections' states: the last target with 1k synthetic policies (`synthetic::policies`) over
+//! 10k peer pods selecting its backends.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use dataplane::testing::synthetic;
-use dataplane::{Backend, DesiredState, ObjectName, Protocol, Service, ServicePort};
+use dataplane::{
+    Backend, DesiredState, LabelSelector, ObjectName, PeerPod, Protocol, Service, ServicePort,
+};
 
 use crate::load;
 
@@ -123,4 +127,85 @@ pub fn control_state(base: &DesiredState, probe_backend: Ipv4Addr) -> DesiredSta
         &node,
     ));
     st
+}
+
+/// Policies of the NetworkPolicy sections (all selecting the node's backend pods).
+pub const POLICIES: usize = 1_000;
+/// Peer pods of the NetworkPolicy sections.
+pub const PEERS: usize = 10_000;
+/// The label the backend pods carry in the policy states, and that every policy selects.
+const POLICY_TARGET: (&str, &str) = ("bench", "policy-target");
+
+/// The states of the NetworkPolicy sections on one lab node (see `policy`).
+pub struct PolicyStates {
+    /// The node's endpoints (backend pods labelled as the policies' target, the client pod
+    /// as the group that policy 0 admits) and the last target service: no policies.
+    pub base: DesiredState,
+    /// `base` with [`POLICIES`] policies over [`PEERS`] peer pods, and `remote` (denied).
+    pub with_policies: DesiredState,
+    /// A pod of another lab node as a peer pod, with a label no policy admits.
+    pub remote: PeerPod,
+}
+
+impl PolicyStates {
+    /// The states of node `index` (`base` from the lab, `pods` its backend pods), with the
+    /// pod `remote_name` at `remote_ip` on node `remote_node` as the remote peer.
+    pub fn new(
+        base: &DesiredState,
+        index: usize,
+        pods: &[Ipv4Addr],
+        remote_name: ObjectName,
+        remote_ip: Ipv4Addr,
+        remote_node: &str,
+    ) -> PolicyStates {
+        let node = base.node.name.clone();
+        let mut st = base.clone();
+        let backends: Vec<IpAddr> = pods.iter().map(|p| IpAddr::V4(*p)).collect();
+        for e in &mut st.endpoints {
+            if e.ips.iter().any(|ip| backends.contains(ip)) {
+                e.labels
+                    .insert(POLICY_TARGET.0.to_owned(), POLICY_TARGET.1.to_owned());
+            } else {
+                e.labels
+                    .insert(synthetic::ROLE_LABEL.to_owned(), synthetic::admitted(0).1);
+            }
+        }
+        st.services = vec![target_service(
+            "zzz-bench",
+            "target-last",
+            vip_last(index),
+            pods,
+            &node,
+        )];
+        let remote = PeerPod::new(remote_name, [IpAddr::V4(remote_ip)])
+            .with_label(synthetic::ROLE_LABEL, "denied")
+            .on_node(remote_node);
+        let mut with_policies = st.clone();
+        let target = LabelSelector {
+            match_labels: std::iter::once((POLICY_TARGET.0.to_owned(), POLICY_TARGET.1.to_owned()))
+                .collect(),
+            match_expressions: Vec::new(),
+        };
+        let namespace = st
+            .endpoints
+            .first()
+            .map_or_else(|| "default".to_owned(), |e| e.name.namespace.clone());
+        synthetic::policies(POLICIES, PEERS, &namespace, &target, load::PORT)
+            .add_to(&mut with_policies);
+        with_policies.pods.push(remote.clone());
+        PolicyStates {
+            base: st,
+            with_policies,
+            remote,
+        }
+    }
+
+    /// The remote peer relabelled into the group policy 0 admits (its namespace is the
+    /// target's, which the policies label `team-0`).
+    pub fn remote_admitted(&self) -> PeerPod {
+        let mut pod = self.remote.clone();
+        pod.labels
+            .insert(synthetic::ROLE_LABEL.to_owned(), synthetic::admitted(0).1);
+        pod
+    }
 }
