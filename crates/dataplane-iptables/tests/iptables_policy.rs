@@ -85,11 +85,13 @@ fn allow_clients(state: &DesiredState) -> DesiredState {
     s
 }
 
-/// Who answers a probe from `from` to `to` (`None`: dropped or refused).
+/// Whether a probe from `from` to `to` is answered; not answered means dropped (a policy
+/// denial is a drop, never a refusal: a refusal or an unreachable fails the test).
 fn answers(from: &NetNs, to: SocketAddr, protocol: Protocol) -> bool {
     match probe(from, to, protocol, Duration::from_secs(1)).expect("probe") {
         ProbeOutcome::Answered { .. } => true,
-        ProbeOutcome::Timeout | ProbeOutcome::Refused | ProbeOutcome::Unreachable => false,
+        ProbeOutcome::Timeout => false,
+        other => panic!("{to} {protocol:?}: {other:?}, not a drop"),
     }
 }
 
@@ -132,7 +134,7 @@ fn our_sets(lab: &Lab) -> Vec<String> {
         .expect("ipset list");
     String::from_utf8_lossy(&o.stdout)
         .lines()
-        .filter(|n| n.starts_with("dp-"))
+        .filter(|n| n.starts_with("DP-"))
         .map(str::to_owned)
         .collect()
 }
@@ -160,6 +162,9 @@ fn default_deny_then_allow_with_real_traffic() {
     for to in [v4, v6, cluster_ip] {
         assert!(answers(client, to, Protocol::Tcp), "{to} before any policy");
     }
+    // UDP answers before the policy: its silence after is the policy's drop.
+    assert!(answers(client, v4, Protocol::Udp));
+    assert!(answers(client, v6, Protocol::Udp));
     let mut established = TcpSession::open(client, v4).expect("session");
     established.request().expect("answered before the policy");
 
@@ -416,4 +421,53 @@ fn without_ipset_policy_is_an_error_and_services_still_work() {
         Protocol::Tcp
     ));
     dp.reset().unwrap();
+}
+
+/// Another component inserting an ACCEPT above our hook (a CNI firewall plugin, Docker)
+/// would bypass policy: the next sync, even one with nothing to change, puts our jump first
+/// again (both families).
+#[test]
+fn a_rule_inserted_above_our_hook_is_moved_below_it() {
+    if !require_root("a_rule_inserted_above_our_hook_is_moved_below_it") {
+        return;
+    }
+    let lab = lab();
+    let ns = &lab.node(0).netns;
+    let mut dp = backend(&lab, |_| {});
+    let denied = deny_ingress(&base(&lab));
+    dp.apply(&denied).unwrap();
+    let (client, v4, v6) = (
+        &lab.pod(1).netns,
+        pod_addr(&lab, 0, Family::V4),
+        pod_addr(&lab, 0, Family::V6),
+    );
+    assert!(!answers(client, v4, Protocol::Tcp));
+    for tool in ["iptables", "ip6tables"] {
+        ns.exec_checked(tool, &["-I", "FORWARD", "1", "-j", "ACCEPT"], None)
+            .unwrap();
+    }
+    // Bypassed until the next sync.
+    assert!(answers(client, v4, Protocol::Tcp));
+    let report = dp.apply_changes(&diff(&denied, &denied)).unwrap();
+    assert!(!report.full_sync);
+    for tool in ["iptables", "ip6tables"] {
+        let o = ns.exec_checked(tool, &["-S", "FORWARD"], None).unwrap();
+        let rules: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            rules,
+            ["-A FORWARD -j DP-FILTER", "-A FORWARD -j ACCEPT"],
+            "{tool}"
+        );
+    }
+    assert!(!answers(client, v4, Protocol::Tcp));
+    assert!(!answers(client, v6, Protocol::Tcp));
+    dp.reset().unwrap();
+    let o = ns
+        .exec_checked("iptables", &["-S", "FORWARD"], None)
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("DP-"));
 }

@@ -74,7 +74,9 @@ fn rules_hash(rules: &[String]) -> u64 {
 /// The digests of `family`'s chains of `state` (its policy compiled here; see
 /// [`digests_with`]).
 pub fn digests(state: &DesiredState, prefix: &str, family: IpFamily) -> Digests {
-    let policy = policy::chains(&dataplane_core::compile(state), &state.node, prefix, family);
+    // Two contents under one name are refused by the backend before it gets here.
+    let policy =
+        policy::chains(&dataplane_core::compile(state), state, prefix, family).unwrap_or_default();
     digests_with(state, &policy, prefix, family)
 }
 
@@ -194,6 +196,11 @@ impl<'a> SyncPlan<'a> {
             .filter(move |c| self.new.get(table, name_hash(c)).is_none())
     }
 
+    /// The sync writes into `table`.
+    pub fn touches_table(&self, table: Table) -> bool {
+        self.touches(table)
+    }
+
     fn touches(&self, table: Table) -> bool {
         self.new
             .table(table)
@@ -215,7 +222,20 @@ impl<'a> SyncPlan<'a> {
         &self,
         state: &DesiredState,
         family: IpFamily,
+        fault: Option<&str>,
+        out: &mut W,
+    ) -> std::fmt::Result {
+        self.write_tables(state, family, fault, &Table::ALL, out)
+    }
+
+    /// [`Self::write`] of the sections of `tables` only (the backend tries the filter
+    /// section alone before writing both).
+    pub fn write_tables<W: std::fmt::Write + ?Sized>(
+        &self,
+        state: &DesiredState,
+        family: IpFamily,
         mut fault: Option<&str>,
+        tables: &[Table],
         out: &mut W,
     ) -> std::fmt::Result {
         let node = node_plan(&state.node);
@@ -223,12 +243,8 @@ impl<'a> SyncPlan<'a> {
         let policy = if let Some(p) = self.policy {
             p
         } else {
-            compiled = policy::chains(
-                &dataplane_core::compile(state),
-                &state.node,
-                self.prefix,
-                family,
-            );
+            compiled = policy::chains(&dataplane_core::compile(state), state, self.prefix, family)
+                .map_err(|_| std::fmt::Error)?;
             &compiled
         };
         // The filter table holds the policy chains and node-wide chains, which do not depend
@@ -242,7 +258,7 @@ impl<'a> SyncPlan<'a> {
             !policy.is_empty(),
         );
         for table in Table::ALL {
-            if !self.touches(table) {
+            if !self.touches(table) || !tables.contains(&table) {
                 continue;
             }
             writeln!(out, "*{table}")?;
