@@ -489,7 +489,9 @@ mod policy {
     };
     use dataplane_iptables::iptables::digest::digests;
     use dataplane_iptables::iptables::ipset::{self, converge, incremental, KernelSets, SetOp};
-    use dataplane_iptables::iptables::policy::{chains, ipsets, policy_chain, IpSets};
+    use dataplane_iptables::iptables::policy::{
+        chains, chains_named, ipsets, ipsets_named, policy_chain, IpSets,
+    };
     use dataplane_iptables::iptables::render::{compile_state, Chains, Existing};
     use dataplane_iptables::{IptablesDataplane, NetfilterConfig};
     use ipnetwork::IpNetwork;
@@ -1146,6 +1148,34 @@ mod policy {
             assert!(text.contains("-A DP-FILTER -j DP-POLICY\n"), "{text}");
             assert!(text.contains(":DP-POLICY - [0:0]\n"), "{text}");
         }
+    }
+
+    /// Two different contents hashed to one name (forced through the hash seam) are a typed
+    /// error, never one overwriting the other; a prefix with `-` is refused.
+    #[test]
+    fn name_collisions_are_refused() {
+        let state = fixture::showcase();
+        let compiled = compile(&state);
+        let same = |_: &str| "SAME".to_owned();
+        let err = chains_named(&compiled, &state, "DP", IpFamily::V4, &same).unwrap_err();
+        assert!(err.name.starts_with("DP-"), "{err:?}");
+        assert_ne!(err.first, err.second);
+        let err = ipsets_named(&compiled, "DP", &same).unwrap_err();
+        assert_eq!(err.name, "DP-v4-SAME");
+        assert!(matches!(
+            err.into_error("iptables"),
+            dataplane_core::Error::Unsupported { .. }
+        ));
+        // The real hash: no collision in the fixture.
+        assert!(chains(&compiled, &state, "DP", IpFamily::V4).is_ok());
+        let dp = IptablesDataplane::new(NetfilterConfig {
+            name: "DP-X".to_owned(),
+            ..NetfilterConfig::iptables(None)
+        });
+        assert!(matches!(
+            dp.render(&state, IpFamily::V4),
+            Err(dataplane_core::Error::Unsupported { .. })
+        ));
     }
 
     /// No policy, no policy chains, no sets, and the filter chain is as it was.

@@ -2,15 +2,19 @@
 //! ([`dataplane_core::policy_tables`]) → filter-table chains over ipsets. Pure functions.
 //!
 //! ```text
-//! filter INPUT/FORWARD/OUTPUT ─▶ DP-FILTER (service drops/rejects) ─▶ DP-POLICY
-//!   DP-POLICY: ct state ESTABLISHED,RELATED     ─▶ RETURN        (checked on the first packet only)
+//! filter INPUT/FORWARD ─▶ DP-FILTER (service drops/rejects) ─▶ DP-POLICY
+//! filter OUTPUT ─▶ DP-FILTER-OUT (the same drops/rejects; the node's own traffic: no policy)
+//!   DP-POLICY: -i <pod interface>              ─▶ DP-AS-<hash>  (anti-spoofing: its addresses
+//!                                                                RETURN, IPv6 fe80::/10 and ::
+//!                                                                too, the rest counted DROP)
+//!              ct state ESTABLISHED,RELATED     ─▶ RETURN        (checked on the first packet only)
 //!              IPv6 neighbour discovery        ─▶ RETURN        (ICMPv6 types 133-136)
-//!              -s|-d <node address>            ─▶ RETURN        (node ↔ its pods: kubelet probes)
-//!              -s <pod ip> -d <same ip>        ─▶ RETURN        (a pod reaching itself)
+//!              -d <node address>               ─▶ RETURN        (pods to the node: INPUT only)
+//!              -i <its interface> -s <pod ip> -d <same ip> ─▶ RETURN (a pod reaching itself)
 //!              -s <egress-isolated pod ip>     ─▶ DP-PE-<hash>  (the client's egress)
 //!              -d <ingress-isolated pod ip>    ─▶ DP-PI-<hash>  (the server's ingress)
 //!   DP-PE/PI-<hash>: one rule per allow entry ─▶ RETURN
-//!              -m set --match-set dp-v4-<hash of the peer set> dst|src [-p tcp -m tcp --dport 80:81]
+//!              -m set --match-set DP-v4-<hash of the peer set> dst|src [-p tcp -m tcp --dport 80:81]
 //!              (ipBlocks, longest prefix first) -d|-s <prefix> [ports] ─▶ RETURN, excepts ─▶ DROP
 //!              last: counted DROP
 //! ```
@@ -27,7 +31,7 @@
 //! `RELATED,ESTABLISHED` first, traffic from the node itself let through; ipsets of the
 //! selected peers) and Calico's iptables dataplane (ipsets named by a hash of the selector,
 //! so that every policy with the same peer shares one set, `cali40s:`/`cali60s:` per
-//! family; here `dp-v4-`/`dp-v6-` under the configured prefix). Departures, and why:
+//! family; here `DP-v4-`/`DP-v6-` under the configured prefix). Departures, and why:
 //!
 //! - Denied traffic is dropped and counted (kube-router logs and rejects it): the project's
 //!   decision for every backend.

@@ -819,6 +819,64 @@ mod tests {
         assert_eq!(e.hooks.len(), 1);
     }
 
+    /// A hook pushed down by another component's rule, a hook there twice and a jump of an
+    /// earlier layout are seen; the sync deletes them and inserts the hook first again.
+    #[test]
+    fn hooks_not_first_are_moved_back_to_the_top() {
+        let save = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                    -A INPUT -j DP-FILTER\n\
+                    -A FORWARD -j ACCEPT\n-A FORWARD -j DP-FILTER\n\
+                    -A OUTPUT -j DP-FILTER-OUT\n-A OUTPUT -j DP-FILTER\n-A OUTPUT -j DP-FILTER-OUT\n\
+                    COMMIT\n";
+        let e = parse_existing(save, "DP");
+        assert_eq!(
+            e.hooks,
+            BTreeSet::from([(Table::Filter, "INPUT".to_owned())])
+        );
+        assert_eq!(
+            e.misplaced,
+            BTreeMap::from([
+                ((Table::Filter, "FORWARD".to_owned()), 1),
+                ((Table::Filter, "OUTPUT".to_owned()), 2),
+            ])
+        );
+        assert_eq!(
+            e.stale_jumps,
+            vec![(Table::Filter, "OUTPUT -j DP-FILTER".to_owned())]
+        );
+        assert_eq!(
+            hook_lines("DP", &e, Table::Filter),
+            [
+                "-D OUTPUT -j DP-FILTER",
+                "-D FORWARD -j DP-FILTER",
+                "-I FORWARD 1 -j DP-FILTER",
+                "-D OUTPUT -j DP-FILTER-OUT",
+                "-D OUTPUT -j DP-FILTER-OUT",
+                "-I OUTPUT 1 -j DP-FILTER-OUT",
+            ]
+        );
+        // A reset deletes every one of them.
+        let reset = render_reset("DP", &e);
+        for rule in [
+            "-D INPUT -j DP-FILTER\n",
+            "-D FORWARD -j DP-FILTER\n",
+            "-D OUTPUT -j DP-FILTER\n",
+        ] {
+            assert!(reset.contains(rule), "{reset}");
+        }
+        assert_eq!(reset.matches("-D OUTPUT -j DP-FILTER-OUT\n").count(), 2);
+        // Another instance's chains are not ours.
+        let other = parse_existing("*filter\n-A FORWARD -j DPX-FILTER\nCOMMIT\n", "DP");
+        assert!(other.stale_jumps.is_empty() && other.misplaced.is_empty());
+    }
+
+    #[test]
+    fn name_hashes_are_sha256_prefixes() {
+        // SHA-256("") = e3b0c442 98fc1c14 …: its first 80 bits in base32.
+        assert_eq!(hash_name(""), "4OYMIQUY7QOBJGX3");
+        assert_eq!(hash_name("a").len(), HASH_CHARS);
+    }
+
     #[test]
     fn filtered_parse_sees_every_chain_and_keeps_only_the_chosen() {
         let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:DP-SERVICES - [0:0]\n:DP-SVC-A - [0:0]\n:KUBE-X - [0:0]\n-A PREROUTING -j DP-SERVICES\nCOMMIT\n*filter\n:DP-FILTER - [0:0]\nCOMMIT\n*mangle\n:DP-M - [0:0]\nCOMMIT\n";
