@@ -553,7 +553,8 @@ fn send_forged(from: &NetNs, src: IpAddr, dst: SocketAddr, payload: &[u8]) {
 /// With policies, a pod cannot borrow another's rights by forging its source address: to an
 /// isolated pod's UDP server that admits the node's traffic and `role=client` (pod-0-1),
 /// pod-0-2 sends from the node's address and from pod-0-1's (raw sockets, both families);
-/// none of it arrives, while pod-0-1's own datagram, sent after, does.
+/// none of it arrives, while pod-0-1's own datagram, sent after, does, and so does the
+/// node's from an address of its that `node.addresses` does not list.
 #[test]
 fn forged_sources_do_not_pass_policy() {
     const PORT: u16 = 9999;
@@ -594,6 +595,36 @@ fn forged_sources_do_not_pass_policy() {
         let allowed = lab.pod(1).address(family).unwrap();
         send_forged(forger, node, to, b"forged node");
         send_forged(forger, allowed, to, b"forged pod");
+        // The node's own traffic passes whatever its source: kubelet may probe from an
+        // address that is not in `node.addresses`.
+        let secondary: IpAddr = match family {
+            Family::V4 => "172.18.0.99".parse().unwrap(),
+            Family::V6 => "fd00:18::99".parse().unwrap(),
+        };
+        let prefix = if secondary.is_ipv4() { "/32" } else { "/128" };
+        lab.node(0)
+            .netns
+            .exec_checked(
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    &format!("{secondary}{prefix}"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ],
+                None,
+            )
+            .unwrap();
+        lab.node(0)
+            .netns
+            .run(|| {
+                let s = std::net::UdpSocket::bind(SocketAddr::new(secondary, 0))?;
+                s.send_to(b"node", to)
+            })
+            .unwrap()
+            .expect("node send");
         let bind: SocketAddr = SocketAddr::new(allowed, 0);
         client
             .run(|| {
@@ -611,7 +642,11 @@ fn forged_sources_do_not_pass_policy() {
                 break;
             }
         }
-        assert_eq!(got, [("real".to_owned(), allowed)], "{family:?}");
+        assert_eq!(
+            got,
+            [("node".to_owned(), secondary), ("real".to_owned(), allowed)],
+            "{family:?}"
+        );
     }
     let stats = dp.stats().unwrap();
     assert!(

@@ -1,7 +1,9 @@
 //! The iptables flavour: kube-proxy iptables-mode chains applied with
 //! `iptables-restore --noflush` / `ip6tables-restore --noflush`, and NetworkPolicy as
-//! filter chains ([`policy`]) over ipsets ([`ipset`]): sets written before the rules that
-//! name them, destroyed after the rules stop naming them, put back if the rules are refused.
+//! filter chains ([`policy`]) over ipsets ([`ipset`]): sets created and emptied of leaving
+//! members before the rules that name them, filled with joining members after, destroyed
+//! (best effort) after the rules stop naming them, put back if the rules are refused (see
+//! [`ipset`] for why that order fails closed at every step).
 
 // Chain digests and the partial-sync plan: public for the render tests, which check what a
 // partial restore writes, not part of the API: hidden.
@@ -547,13 +549,14 @@ impl IptablesDataplane {
         // with the old filter rules. The filter section (policy chains and drops, small) is
         // tried first with `--test` (which checks what userspace can: the matches, the sets
         // named, the syntax), and a refusal is returned before either table is written.
-        for (i, (family, plan)) in plans.iter().enumerate() {
+        for (family, plan) in &plans {
             if plan.touches_table(Table::Nat) && plan.touches_table(Table::Filter) {
                 let render = |out: &mut dyn std::fmt::Write| {
                     plan.write_tables(desired, *family, None, &[Table::Filter], out)
                 };
                 if let Err(e) = self.restore_with(*family, &render, "filter test", &["--test"]) {
-                    self.undo_unloaded(&sets, i);
+                    // Nothing written yet: every set operation goes back.
+                    self.undo_unloaded(&sets, 0);
                     return Err(e.into());
                 }
             }
