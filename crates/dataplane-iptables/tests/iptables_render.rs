@@ -487,7 +487,7 @@ mod policy {
     use dataplane_core::{
         compile, diff, policy_verdict, validate, DesiredState, IpFamily, PolicyType, Protocol,
     };
-    use dataplane_iptables::iptables::digest::digests;
+    use dataplane_iptables::iptables::digest::{digests, digests_with};
     use dataplane_iptables::iptables::ipset::{self, converge, incremental, KernelSets, SetOp};
     use dataplane_iptables::iptables::policy::{
         chains, chains_named, ipsets, ipsets_named, policy_chain, IpSets,
@@ -1168,6 +1168,14 @@ mod policy {
         ));
         // The real hash: no collision in the fixture.
         assert!(chains(&compiled, &state, "DP", IpFamily::V4).is_ok());
+        // Any chain (service chains too): a policy chain given the name of the filter chain,
+        // with other rules, is refused by the digests, not written over it.
+        let clash = Chains::from([("DP-FILTER".to_owned(), vec!["-j DROP".to_owned()])]);
+        let err = digests_with(&state, &clash, "DP", IpFamily::V4).unwrap_err();
+        assert_eq!(err.name, "filter chain DP-FILTER");
+        assert_ne!(err.first, err.second);
+        let none = Chains::new();
+        assert!(digests_with(&state, &none, "DP", IpFamily::V4).is_ok());
         let dp = IptablesDataplane::new(NetfilterConfig {
             name: "DP-X".to_owned(),
             ..NetfilterConfig::iptables(None)

@@ -105,7 +105,8 @@ impl IptablesDataplane {
         let compiled = dataplane_core::compile(desired);
         let policy = policy::chains(&compiled, desired, prefix, family)
             .map_err(|e| e.into_error(BACKEND))?;
-        let new = digests_with(desired, &policy, prefix, family);
+        let new =
+            digests_with(desired, &policy, prefix, family).map_err(|e| e.into_error(BACKEND))?;
         let none = Existing::default();
         let mut out = String::new();
         SyncPlan::new(None, &new, &none, prefix)
@@ -511,8 +512,12 @@ impl IptablesDataplane {
             .filter(|_| !full_sync && changes.is_some())
             .map(|a| (std::mem::take(&mut a.compiled), a.sets.clone()));
         let sets = self.plan_sets(desired, previous, changes.filter(|_| !full_sync))?;
-        let new =
-            families.map(|f| digests_with(desired, &sets.chains[family_index(f)], &prefix, f));
+        let new = [
+            digests_with(desired, &sets.chains[0], &prefix, IpFamily::V4)
+                .map_err(|e| e.into_error(BACKEND))?,
+            digests_with(desired, &sets.chains[1], &prefix, IpFamily::V6)
+                .map_err(|e| e.into_error(BACKEND))?,
+        ];
         // Both families' kernel state is read before either is written.
         let (existing4, present4) = self.existing_against(IpFamily::V4, &new[0])?;
         let (existing6, present6) = self.existing_against(IpFamily::V6, &new[1])?;
