@@ -259,17 +259,25 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 ///   says so.
 /// - NetworkPolicy ([`crate::policy`]), for the first packet of a connection: a forwarded
 ///   connection keeps the backends that [`policy_allows`] from the client's own address to
-///   the backend's address and target port (after DNAT), and is dropped when none is left;
+///   the backend's address and target port (after DNAT), and is dropped when none is left.
+///   Those are the backends a connection can reach: dataplanes pick a backend first and then
+///   check policy on the translated packet (as Cilium, Calico and kube-proxy with a policy
+///   engine do), so a connection that picked a denied backend is dropped, not sent to an
+///   allowed one — the verdict lists where a connection may end up, not that every one does;
 ///   an untouched packet is dropped unless `policy_allows` from its source to its
-///   destination. Replies of an allowed connection are allowed (backends keep that in
+///   destination. A packet from the node itself ([`Entry::FromHost`]) to one of its own pods
+///   is allowed whatever its source address (the kernel may pick one that is not in
+///   `node.addresses`). Replies of an allowed connection are allowed (backends keep that in
 ///   conntrack). A state without policies is judged as before, policy aside.
 /// - With policies, a packet from a local pod whose source is not one of that pod's
 ///   addresses is dropped (anti-spoofing: policy knows a client by its address, so a pod
 ///   sending from another pod's or the node's address would borrow their rights; Calico
 ///   drops these with strict reverse-path filtering on workload interfaces, Cilium checks the
-///   source of an endpoint's packets). IPv6 link-local and unspecified sources are exempt:
-///   neighbour discovery and duplicate address detection between a pod and its gateway use
-///   them, and they are never forwarded.
+///   source of an endpoint's packets). IPv6 link-local and unspecified sources are exempt
+///   only towards link-local and multicast destinations: neighbour discovery, duplicate
+///   address detection and MLD between a pod and its gateway use them; anywhere else such a
+///   source is dropped (Linux never forwards a link-local source, RFC 4291 2.5.6, and a
+///   dataplane that redirects packets past the kernel's forwarding must not either).
 pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict {
     let verdict = evaluate_services(state, packet, entry);
     if state.policies.is_empty() {
@@ -277,10 +285,17 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
     }
     let client = packet.source.ip();
     if let Entry::FromPod(name) = entry {
-        if is_spoofed(state, name, client) {
+        if is_spoofed(state, name, client, packet.destination.ip()) {
             return Verdict::Drop;
         }
     }
+    // The node's own traffic to its own pods is allowed whatever source address the kernel
+    // picked for it (a secondary address, another interface's): it is the node's by where it
+    // comes from, not by its address.
+    let allows = |to: IpAddr, port: u16| {
+        (matches!(entry, Entry::FromHost) && state.endpoints.iter().any(|e| e.ips.contains(&to)))
+            || policy_allows(state, client, to, packet.protocol, port)
+    };
     match verdict {
         Verdict::Forward {
             service,
@@ -288,7 +303,7 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
             mut backends,
             source,
         } => {
-            backends.retain(|b| policy_allows(state, client, b.ip(), packet.protocol, b.port()));
+            backends.retain(|b| allows(b.ip(), b.port()));
             if backends.is_empty() {
                 Verdict::Drop
             } else {
@@ -301,13 +316,7 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
             }
         }
         Verdict::Untouched { .. }
-            if !policy_allows(
-                state,
-                client,
-                packet.destination.ip(),
-                packet.protocol,
-                packet.destination.port(),
-            ) =>
+            if !allows(packet.destination.ip(), packet.destination.port()) =>
         {
             Verdict::Drop
         }
@@ -315,12 +324,22 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
     }
 }
 
-/// Whether `source` is a forged address for local pod `pod`: the pod is a known endpoint and
-/// `source` none of its addresses, nor IPv6 link-local (`fe80::/10`) or unspecified.
-pub fn is_spoofed(state: &DesiredState, pod: &ObjectName, source: IpAddr) -> bool {
-    let exempt = match source {
-        IpAddr::V6(v6) => v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80,
-        IpAddr::V4(_) => false,
+/// Whether a packet from local pod `pod` with `source`, to `destination`, has a forged
+/// source: the pod is a known endpoint and `source` none of its addresses — except an IPv6
+/// link-local (`fe80::/10`) or unspecified source towards a link-local or multicast
+/// (`ff00::/8`) destination (neighbour discovery, DAD, MLD: traffic that stays on the link).
+pub fn is_spoofed(
+    state: &DesiredState,
+    pod: &ObjectName,
+    source: IpAddr,
+    destination: IpAddr,
+) -> bool {
+    let link_local = |v6: std::net::Ipv6Addr| (v6.segments()[0] & 0xffc0) == 0xfe80;
+    let exempt = match (source, destination) {
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            (src.is_unspecified() || link_local(src)) && (link_local(dst) || dst.is_multicast())
+        }
+        _ => false,
     };
     !exempt
         && state

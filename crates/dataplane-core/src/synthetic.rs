@@ -3,13 +3,19 @@
 //! Deterministic: the same arguments give the same state. Service `i` gets ClusterIP
 //! `10.96.x.y` (counting up from 10.96.0.10), TCP port 80 → 8080, NodePort `30000 + i` while
 //! that fits the default range, and `backends` backends spread over `10.244.0.0/16`.
+//!
+//! [`policies`] adds NetworkPolicies, the peer pods they select and those pods' namespaces,
+//! all selecting one target (see there for the layout).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock};
 
+use ipnetwork::{IpNetwork, Ipv4Network};
+
 use crate::model::{
-    Backend, DesiredState, ExternalMode, Interfaces, Masquerade, Node, ObjectName, PortRange,
-    Protocol, Service, ServicePort,
+    Backend, DesiredState, ExternalMode, Interfaces, IpBlock, LabelSelector, Masquerade, Namespace,
+    Node, ObjectName, PeerPod, Policy, PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRange,
+    PortRef, Protocol, Service, ServicePort,
 };
 
 /// A node named `node-0` with the lab's addressing.
@@ -71,4 +77,250 @@ pub fn state(services: usize, backends: usize) -> DesiredState {
     let mut st = DesiredState::new(node());
     st.services = (0..services).map(|i| service(i, backends)).collect();
     st
+}
+
+/// Label key of the synthetic namespaces' team (what the policies' `namespaceSelector`s pick).
+pub const TEAM_LABEL: &str = "team";
+/// Label key of the synthetic peer pods' role (what the policies' `podSelector`s pick).
+pub const ROLE_LABEL: &str = "role";
+/// Namespaces the synthetic peer pods are spread over (`peers-0` ..).
+pub const PEER_NAMESPACES: usize = 100;
+/// Distinct `team` values (namespace `peers-i` has `team-{i % TEAMS}`).
+const TEAMS: usize = 10;
+/// Distinct `role` values of the peer pods.
+const ROLES: usize = 10;
+/// Distinct ipBlocks the policies cycle through.
+const BLOCKS: usize = 10;
+
+/// NetworkPolicy objects of a synthetic state: see [`policies`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyState {
+    /// The policies, `policy-0` .. in the target namespace.
+    pub policies: Vec<Policy>,
+    /// The peer pods (pods of other nodes), `peers-*/peer-0` ..
+    pub pods: Vec<PeerPod>,
+    /// The peers' namespaces with their `team` labels, and the target namespace (`team-0`).
+    pub namespaces: Vec<Namespace>,
+}
+
+impl PolicyState {
+    /// Appends the policies, peer pods and namespaces to `state`.
+    pub fn add_to(self, state: &mut DesiredState) {
+        state.policies.extend(self.policies);
+        state.pods.extend(self.pods);
+        state.namespaces.extend(self.namespaces);
+    }
+}
+
+/// The `(team, role)` label values of the pods policy `k` of [`policies`] admits: a pod whose
+/// namespace has `team=<team>` and that has `role=<role>` is allowed by policy `k`, to and
+/// from the selected pods, on TCP port `port + k / 100`.
+pub fn admitted(k: usize) -> (String, String) {
+    (
+        format!("team-{}", k % TEAMS),
+        format!("role-{}", (k / TEAMS) % ROLES),
+    )
+}
+
+/// The address of synthetic peer pod `j`: counting up from 10.244.128.1 (in the cluster CIDR
+/// of [`node`], above the pod CIDRs of small labs: node `i` has `10.244.i.0/24`).
+pub fn peer_ip(j: usize) -> IpAddr {
+    let n = 1 + j as u32;
+    IpAddr::V4(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(10, 244, 128, 0)).wrapping_add(n),
+    ))
+}
+
+/// `n_policies` network policies over `n_peers` peer pods, every policy selecting the pods of
+/// namespace `namespace` that `target` selects: a state where one pod is selected by every
+/// policy (the worst case for a per-connection lookup), with selectors that repeat as they
+/// do in clusters.
+///
+/// - Peer pod `j` is `peers-{j % 100}/peer-{j}` at [`peer_ip`]`(j)` on `node-1` or `node-2`,
+///   labelled `role=role-{(j / 100) % 10}`; namespace `peers-i` is labelled
+///   `team=team-{i % 10}`. So there are 100 `(team, role)` groups of `n_peers / 100` pods.
+/// - Policy `k` (`namespace/policy-{k}`) isolates the selected pods for ingress and egress and
+///   allows, both ways, the group [`admitted`]`(k)` (a `namespaceSelector` and a
+///   `podSelector` in one peer) on TCP port `port + k / 100` (saturating): 100 distinct peer
+///   selectors, and every policy one distinct `(selector, port)` allow entry, so the selected
+///   pods' tables hold `n_policies` entries per direction. Every tenth policy also allows
+///   one of 10 ipBlocks (`100.64.b.0/24` except `100.64.b.0/28`) on the same port.
+/// - `namespace` itself gets a [`Namespace`] labelled `team=team-0` (unless it is one of the
+///   peers' namespaces): its pods labelled `role=role-0` are admitted by policy 0 on `port`.
+///
+/// ```
+/// use dataplane_core::synthetic;
+/// let target = dataplane_core::LabelSelector::default(); // every pod of the namespace
+/// let p = synthetic::policies(1_000, 10_000, "default", &target, 8080);
+/// assert_eq!((p.policies.len(), p.pods.len(), p.namespaces.len()), (1_000, 10_000, 101));
+/// ```
+pub fn policies(
+    n_policies: usize,
+    n_peers: usize,
+    namespace: &str,
+    target: &LabelSelector,
+    port: u16,
+) -> PolicyState {
+    let mut namespaces: Vec<Namespace> = (0..PEER_NAMESPACES.min(n_peers))
+        .map(|i| {
+            Namespace::new(format!("peers-{i}"))
+                .with_label(TEAM_LABEL, format!("team-{}", i % TEAMS))
+        })
+        .collect();
+    if !namespaces.iter().any(|n| n.name == namespace) {
+        namespaces.push(Namespace::new(namespace).with_label(TEAM_LABEL, "team-0"));
+    }
+    let pods = (0..n_peers)
+        .map(|j| {
+            let mut pod = PeerPod::new(
+                ObjectName::new(
+                    format!("peers-{}", j % PEER_NAMESPACES),
+                    format!("peer-{j}"),
+                ),
+                [peer_ip(j)],
+            )
+            .with_label(
+                ROLE_LABEL,
+                format!("role-{}", (j / PEER_NAMESPACES) % ROLES),
+            );
+            pod.node_name = Some(Arc::clone(&NODES[1 + j % 2]));
+            pod
+        })
+        .collect();
+    let policies = (0..n_policies)
+        .map(|k| policy(k, namespace, target, port))
+        .collect();
+    PolicyState {
+        policies,
+        pods,
+        namespaces,
+    }
+}
+
+/// Policy `k` of [`policies`].
+fn policy(k: usize, namespace: &str, target: &LabelSelector, port: u16) -> Policy {
+    let (team, role) = admitted(k);
+    let mut peers = vec![PolicyPeer {
+        namespace_selector: Some(selector(TEAM_LABEL, team)),
+        pod_selector: Some(selector(ROLE_LABEL, role)),
+        ip_block: None,
+    }];
+    if k % 10 == 9 {
+        let b = ((k / 10) % BLOCKS) as u8;
+        peers.push(PolicyPeer {
+            ip_block: Some(IpBlock {
+                cidr: IpNetwork::V4(
+                    Ipv4Network::new(Ipv4Addr::new(100, 64, b, 0), 24).expect("/24"),
+                ),
+                except: vec![IpNetwork::V4(
+                    Ipv4Network::new(Ipv4Addr::new(100, 64, b, 0), 28).expect("/28"),
+                )],
+            }),
+            ..PolicyPeer::default()
+        });
+    }
+    let offset = u16::try_from(k / 100).unwrap_or(u16::MAX);
+    let allow = PolicyRule {
+        peers,
+        ports: vec![PolicyPort {
+            protocol: Protocol::Tcp,
+            port: Some(PortRef::Number(port.saturating_add(offset))),
+            end_port: None,
+        }],
+    };
+    Policy {
+        name: ObjectName::new(namespace, format!("policy-{k}")),
+        pod_selector: target.clone(),
+        policy_types: vec![PolicyType::Ingress, PolicyType::Egress],
+        ingress: vec![allow.clone()],
+        egress: vec![allow],
+    }
+}
+
+/// `key=value` as a selector.
+fn selector(key: &str, value: String) -> LabelSelector {
+    LabelSelector {
+        match_labels: std::iter::once((key.to_owned(), value)).collect(),
+        match_expressions: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Endpoint;
+    use crate::policy_tables::compile;
+
+    /// The node of [`state`] with two local pods in `default`: `a` (selected by the policies,
+    /// `role` as given) and `b` (not selected).
+    fn with_pods(role_a: &str, n_policies: usize, n_peers: usize) -> DesiredState {
+        let mut st = state(0, 0);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("literal address");
+        st.endpoints = vec![
+            Endpoint::new(
+                ObjectName::new("default", "a"),
+                "veth-a",
+                [ip("10.244.0.10")],
+            )
+            .with_label("bench", "target")
+            .with_label(ROLE_LABEL, role_a),
+            Endpoint::new(
+                ObjectName::new("default", "b"),
+                "veth-b",
+                [ip("10.244.0.11")],
+            ),
+        ];
+        let target = selector("bench", "target".to_owned());
+        policies(n_policies, n_peers, "default", &target, 8080).add_to(&mut st);
+        st
+    }
+
+    #[test]
+    fn policies_are_valid_deterministic_and_one_entry_each() {
+        let st = with_pods("role-0", 1_000, 2_000);
+        crate::validate(&st).expect("the synthetic policy state is valid");
+        assert_eq!(st, with_pods("role-0", 1_000, 2_000));
+        let compiled = compile(&st);
+        let a = &compiled.endpoints[&ObjectName::new("default", "a")];
+        // One (selector, port) entry per policy, plus one per distinct (ipBlock, port).
+        let sets = |t: &crate::policy_tables::DirectionTable| {
+            t.entries
+                .iter()
+                .filter(|e| matches!(e.peer, crate::policy_tables::Peer::Set(_)))
+                .count()
+        };
+        assert!(a.ingress.isolated && a.egress.isolated);
+        assert_eq!(sets(&a.ingress), 1_000);
+        assert_eq!(sets(&a.egress), 1_000);
+        // 100 (team, role) groups of 20 peers each, and pod a (team-0 / role-0) in one.
+        assert_eq!(compiled.sets.len(), 100);
+        let mut sizes: Vec<usize> = compiled.sets.values().map(|s| s.members.len()).collect();
+        sizes.sort_unstable();
+        assert_eq!((sizes[0], sizes[98], sizes[99]), (20, 20, 21));
+        let b = &compiled.endpoints[&ObjectName::new("default", "b")];
+        assert!(!b.ingress.isolated && !b.egress.isolated);
+    }
+
+    #[test]
+    fn admitted_groups_are_what_the_policies_allow() {
+        let st = with_pods("role-0", 300, 1_000);
+        let compiled = compile(&st);
+        let a = ObjectName::new("default", "a");
+        let allows = |peer: IpAddr, port: u16| {
+            compiled
+                .allows(&a, PolicyType::Ingress, peer, Protocol::Tcp, port)
+                .expect("a is local")
+        };
+        // Peer 0 is team-0 / role-0: policy 0 (port 8080), policy 100 (8081), 200 (8082).
+        assert_eq!(admitted(0), ("team-0".to_owned(), "role-0".to_owned()));
+        assert!(allows(peer_ip(0), 8080) && allows(peer_ip(0), 8082));
+        assert!(!allows(peer_ip(0), 8083));
+        // Peer 1 is team-1 / role-0: policies 1, 101 and 201 (k % 10 == 1, (k / 10) % 10 == 0).
+        assert!(allows(peer_ip(1), 8080) && !allows(peer_ip(2), 8079));
+        // Pod b (team-0 through the target namespace, no role) is admitted by none.
+        assert!(!allows("10.244.0.11".parse().expect("literal"), 8080));
+        // The ipBlocks: 100.64.0.0/24 except /28.
+        assert!(allows("100.64.0.200".parse().expect("literal"), 8080));
+        assert!(!allows("100.64.0.5".parse().expect("literal"), 8080));
+    }
 }

@@ -1023,8 +1023,8 @@ fn ip_blocks_match_their_own_family_only() {
 
 /// Anti-spoofing: with policies, a local pod sending from an address that is not its own
 /// (another pod's, the node's) is dropped, whatever the policies would say of that address;
-/// IPv6 link-local and unspecified sources are exempt (neighbour discovery, DAD). Without
-/// policies, nothing changes.
+/// IPv6 link-local and unspecified sources are exempt only towards link-local and multicast
+/// destinations (neighbour discovery, DAD). Without policies, nothing changes.
 #[test]
 fn a_pod_sending_from_a_borrowed_address_is_dropped() {
     // Only x/b may reach x/a, on TCP 80.
@@ -1050,23 +1050,63 @@ fn a_pod_sending_from_a_borrowed_address_is_dropped() {
     // ...nor by borrowing x/b's (allowed) address or the node's (always allowed).
     for borrowed in [pod_ip("x", "b"), addr(NODE_IP)] {
         assert!(policy_allows(&state, borrowed, pod_ip("x", "a"), Tcp, 80));
+        let target = pod_ip("x", "a");
         assert!(dataplane_core::is_spoofed(
             &state,
             &ObjectName::new("y", "a"),
-            borrowed
+            borrowed,
+            target
         ));
         assert_eq!(evaluate(&state, &packet(borrowed), &y_a), Verdict::Drop);
     }
-    // Its own address is no spoof; link-local and unspecified IPv6 sources are exempt.
+    // Its own address is no spoof; link-local and unspecified IPv6 sources are exempt towards
+    // link-local and multicast destinations only (they stay on the link).
     let y = ObjectName::new("y", "a");
-    assert!(!dataplane_core::is_spoofed(&state, &y, pod_ip("y", "a")));
-    assert!(!dataplane_core::is_spoofed(&state, &y, addr("fe80::1")));
-    assert!(!dataplane_core::is_spoofed(&state, &y, addr("::")));
-    assert!(dataplane_core::is_spoofed(&state, &y, addr("fd00::1")));
+    let spoofed =
+        |src: &str, dst: &str| dataplane_core::is_spoofed(&state, &y, addr(src), addr(dst));
+    assert!(!dataplane_core::is_spoofed(
+        &state,
+        &y,
+        pod_ip("y", "a"),
+        pod_ip("x", "a")
+    ));
+    assert!(!spoofed("fe80::1", "fe80::2"), "neighbour discovery");
+    assert!(
+        !spoofed("::", "ff02::1:ff00:1"),
+        "duplicate address detection"
+    );
+    assert!(!spoofed("fe80::1", "ff02::16"), "MLD");
+    assert!(
+        spoofed("fe80::1", "fd00:96::10"),
+        "a link-local source to a ClusterIP"
+    );
+    assert!(
+        spoofed("::", "fd00:244::1"),
+        "an unspecified source to a pod"
+    );
+    assert!(spoofed("fd00::1", "fe80::2"));
     // Without policies, the same borrowed source is judged as any packet.
     let open = layout();
     assert!(matches!(
         evaluate(&open, &packet(pod_ip("x", "b")), &y_a),
         Verdict::Untouched { .. }
     ));
+}
+
+/// The node's own traffic to its pods is allowed whatever source address it carries (kubelet
+/// on a secondary address); the same address from outside the node is only an address.
+#[test]
+fn the_node_reaches_its_pods_from_any_of_its_addresses() {
+    let state = layout().with_policy(policy("x", "deny-a", labels("pod", "a"), I, vec![], vec![]));
+    let secondary = addr("192.0.2.10");
+    let packet = Packet {
+        protocol: Tcp,
+        source: SocketAddr::new(secondary, 40000),
+        destination: SocketAddr::new(pod_ip("x", "a"), 80),
+    };
+    assert!(matches!(
+        evaluate(&state, &packet, &Entry::FromHost),
+        Verdict::Untouched { .. }
+    ));
+    assert_eq!(evaluate(&state, &packet, &Entry::FromUplink), Verdict::Drop);
 }

@@ -34,6 +34,22 @@ pub struct Capacities {
     pub socket_rev: u32,
     /// Maglev table size per frontend (prime).
     pub maglev_table_size: u32,
+    /// NetworkPolicy: addresses policy knows (`dp_pol_addr`): the local endpoints' addresses,
+    /// every address that is in a peer set, and the node's addresses.
+    pub policy_addresses: u32,
+    /// NetworkPolicy: rule entries (`dp_pol_rules`): per local endpoint and direction, one
+    /// per (peer, protocol, port prefix); a port range takes up to 30 prefixes. A new process
+    /// rewrites them all under new numbers before it removes the old ones: size it for twice
+    /// the rules.
+    pub policy_rules: u32,
+    /// NetworkPolicy: ipBlock prefixes (`dp_pol_blocks`), per local endpoint and direction.
+    pub policy_blocks: u32,
+    /// NetworkPolicy's conntrack (`dp_pol_ct`): two entries per connection of a local pod.
+    pub policy_conntrack: u32,
+    /// NetworkPolicy: how many peer sets (distinct peer selectors of the policies) one
+    /// address may be in, at most 32 (`POL_SETS_MAX`, the per-packet loop's bound). The
+    /// per-connection cost grows with it.
+    pub policy_sets_per_address: u32,
 }
 
 impl Default for Capacities {
@@ -48,6 +64,11 @@ impl Default for Capacities {
             local: map_table::LOCAL.default_size,
             socket_rev: map_table::SOCK_REV.default_size,
             maglev_table_size: dataplane_core::DEFAULT_MAGLEV_TABLE_SIZE,
+            policy_addresses: map_table::POL_ADDR.default_size,
+            policy_rules: map_table::POL_RULES.default_size,
+            policy_blocks: map_table::POL_BLOCKS.default_size,
+            policy_conntrack: map_table::POL_CT.default_size,
+            policy_sets_per_address: crate::maps::POL_SETS_MAX as u32,
         }
     }
 }
@@ -63,6 +84,10 @@ impl Capacities {
             Capacity::SourceRanges => &mut self.source_ranges,
             Capacity::Local => &mut self.local,
             Capacity::SocketRev => &mut self.socket_rev,
+            Capacity::PolicyAddresses => &mut self.policy_addresses,
+            Capacity::PolicyRules => &mut self.policy_rules,
+            Capacity::PolicyBlocks => &mut self.policy_blocks,
+            Capacity::PolicyConntrack => &mut self.policy_conntrack,
         }
     }
 
@@ -80,6 +105,10 @@ impl Capacities {
             Capacity::SourceRanges => self.source_ranges,
             Capacity::Local => self.local,
             Capacity::SocketRev => self.socket_rev,
+            Capacity::PolicyAddresses => self.policy_addresses,
+            Capacity::PolicyRules => self.policy_rules,
+            Capacity::PolicyBlocks => self.policy_blocks,
+            Capacity::PolicyConntrack => self.policy_conntrack,
         }
     }
 

@@ -2,6 +2,7 @@
 //! whole table as one list. Used by [`crate::maintain`] (GC) and the dataplane's `flows`
 //! and `stats`.
 
+use crate::batch::BatchFd;
 use crate::error::EbpfError;
 use crate::loader::Maps;
 use crate::map_table;
@@ -9,9 +10,19 @@ use crate::maps::{CtEntry, CtKey, CT_F_SNAT};
 
 /// Every conntrack entry: batched reads, or a walk where the kernel has none.
 pub(crate) fn ct_entries(maps: &Maps) -> Result<Vec<(CtKey, CtEntry)>, EbpfError> {
+    all_entries(&maps.ct_batch, &maps.ct, map_table::CT.name)
+}
+
+/// Every entry of hash map `map` (named `name`): with batch reads (`batch` on the same
+/// map), else one key at a time (kernels without batch support for the map type).
+pub(crate) fn all_entries<K: aya::Pod, V: aya::Pod>(
+    batch: &BatchFd,
+    map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, EbpfError> {
     let read_err = |e: std::io::Error| {
         EbpfError::map(
-            map_table::CT.name,
+            name,
             "reading",
             aya::maps::MapError::SyscallError(aya::sys::SyscallError {
                 call: "bpf_map_lookup_batch",
@@ -19,16 +30,16 @@ pub(crate) fn ct_entries(maps: &Maps) -> Result<Vec<(CtKey, CtEntry)>, EbpfError
             }),
         )
     };
-    if let Some(all) = maps.ct_batch.lookup_all().map_err(read_err)? {
+    if let Some(all) = batch.lookup_all().map_err(read_err)? {
         return Ok(all);
     }
     let mut entries = Vec::new();
-    for item in &maps.ct {
+    for item in map {
         match item {
             Ok(kv) => entries.push(kv),
             // An entry evicted between next_key and lookup.
             Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(EbpfError::map(map_table::CT.name, "reading", e)),
+            Err(e) => return Err(EbpfError::map(name, "reading", e)),
         }
     }
     Ok(entries)

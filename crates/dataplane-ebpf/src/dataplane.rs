@@ -25,6 +25,7 @@ use crate::maps::{
     STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
 };
 use crate::plan::{self, BACKEND};
+use crate::policy::{self, PolicyState};
 use crate::support::{ensure_bpffs, BPFFS};
 use crate::writer::{self, Current};
 use crate::{local, loopback, netns};
@@ -35,6 +36,8 @@ use crate::{local, loopback, netns};
 pub(crate) struct Loaded {
     pub(crate) objects: Objects,
     pub(crate) current: Current,
+    /// What the NetworkPolicy maps hold, with the last sync's numbering.
+    pub(crate) policy: PolicyState,
     pub(crate) synced: Synced,
 }
 
@@ -116,6 +119,7 @@ impl EbpfDataplane {
             );
         }
         let mut current = Current::read(&objects.maps, &objects.capacities)?;
+        let policy = PolicyState::read(&objects.maps)?;
         // Reading the arrays mapped each chunk that holds entries: kept mapped, they would
         // stay resident for the life of the process.
         objects.maps.unmap_arrays();
@@ -152,6 +156,7 @@ impl EbpfDataplane {
         Ok(Loaded {
             objects,
             current,
+            policy,
             synced: Synced::NEVER,
         })
     }
@@ -211,6 +216,7 @@ impl EbpfDataplane {
         out.insert((LOOPBACK.to_owned(), Hook::ToLo));
         for e in &state.endpoints {
             out.insert((e.interface.clone(), Hook::FromPod));
+            out.insert((e.interface.clone(), Hook::ToPod));
         }
         out
     }
@@ -305,15 +311,32 @@ impl EbpfDataplane {
     ) -> Result<ApplyReport, Error> {
         let desired = desired.unwrap_or(rest);
         planner.set_host_routing(self.config.host_routing);
+        planner.set_policy(!desired.policies.is_empty());
         let full_sync = changes.is_none();
         let pin_dir = self.config.pin_dir.clone();
         let netns = self.config.netns.clone();
         let mode = self.config.attach_mode;
         let xdp_mode = self.config.xdp;
+        let sets_per_address = self.config.capacities.policy_sets_per_address;
         let Loaded {
-            objects, current, ..
+            objects,
+            current,
+            policy,
+            ..
         } = self.loaded_mut()?;
         let caps = objects.capacities.clone();
+        // NetworkPolicy is planned (and checked against the capacities) before anything is
+        // written: a refused state leaves the kernel as it was.
+        let limits = policy::Limits {
+            addresses: caps.policy_addresses,
+            rules: caps.policy_rules,
+            blocks: caps.policy_blocks,
+            sets_per_address,
+        };
+        let mut policy_plan = match changes {
+            None => policy.plan_full(rest, limits)?,
+            Some(c) => policy.plan_changes(rest, c, limits)?,
+        };
         let report = writer::write(&mut objects.maps, current, planner, frontends, &caps)?;
 
         // Attachments follow the uplink and the endpoints' interfaces: a change of services
@@ -343,6 +366,11 @@ impl EbpfDataplane {
             })?;
         }
 
+        // Policy last: its ingress hook (dp_to_pod) is attached on the endpoints by now.
+        let policy_written = policy_plan.writes();
+        let policy_skipped = std::mem::take(&mut policy_plan.skipped);
+        policy.write(&mut objects.maps, policy_plan)?;
+
         // Health checks: all of them after a full sync, the changed services' otherwise.
         match changes {
             None => {
@@ -364,12 +392,17 @@ impl EbpfDataplane {
                 }
             }
         }
-        let (warnings, skipped) = notes(desired, &rest.node, changes);
+        let (warnings, mut skipped) = notes(desired, &rest.node, changes);
+        for s in &policy_skipped {
+            tracing::warn!(object = %s.object, field = %s.field, feature = %s.feature,
+                reason = %s.reason, "not programmed by the eBPF backend");
+        }
+        skipped.extend(policy_skipped);
         Ok(ApplyReport {
             full_sync,
             services_changed: 0,
             services_removed: 0,
-            objects_written: report.objects_written + local_written,
+            objects_written: report.objects_written + local_written + policy_written,
             skipped,
             warnings,
         })
@@ -462,7 +495,7 @@ impl Dataplane for EbpfDataplane {
             dsr: true,
             xdp: self.config.xdp.is_on(),
             masquerade: true,
-            network_policy: false,
+            network_policy: true,
             weights: true,
             max_services: caps.services,
             max_backends: caps.backends.saturating_sub(1),
@@ -471,7 +504,6 @@ impl Dataplane for EbpfDataplane {
 
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
         let validator = Validator::new(desired)?;
-        plan::check_supported(desired)?;
         let rest = DesiredState {
             endpoints: desired.endpoints.clone(),
             policies: desired.policies.clone(),
@@ -499,7 +531,6 @@ impl Dataplane for EbpfDataplane {
         if !applied.planner.agrees_with(changes) {
             return Err(Error::FullSyncRequired);
         }
-        plan::check_changes_supported(changes)?;
         let Synced::Yes(applied) = self.take_synced() else {
             return Err(Error::FullSyncRequired);
         };
@@ -669,7 +700,11 @@ impl Dataplane for EbpfDataplane {
             flows_expired: gc.expired as u64,
             affinity_expired: gc.affinity_expired as u64,
             flows_remaining: Some(gc.remaining as u64),
-            other: [("orphans".to_owned(), gc.orphans as u64)].into(),
+            other: [
+                ("orphans".to_owned(), gc.orphans as u64),
+                ("policy_flows_expired".to_owned(), gc.policy_expired as u64),
+            ]
+            .into(),
         })
     }
 

@@ -52,6 +52,7 @@ pub mod maps;
 mod mmap;
 mod netns;
 mod plan;
+mod policy;
 mod support;
 mod test_run;
 mod writer;

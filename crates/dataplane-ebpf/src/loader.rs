@@ -19,7 +19,7 @@ use crate::error::EbpfError;
 use crate::map_table::{self, Defined, MapSpec, MAPS};
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
-    SrcRangeData, SvcKey, SvcValue,
+    PolAddr, PolBlockData, PolCt, PolRuleData, SrcRangeData, SvcKey, SvcValue,
 };
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
 
@@ -83,6 +83,9 @@ pub fn floor_object() -> &'static [u8] {
 pub enum Hook {
     /// TC ingress on a pod's host-side veth: packets leaving the pod (`dp_from_pod`).
     FromPod,
+    /// TC egress on a pod's host-side veth: packets to the pod, whichever way they came
+    /// (`dp_to_pod`: the pod's ingress NetworkPolicy).
+    ToPod,
     /// TC ingress on the uplink: packets from other nodes and the outside (`dp_from_uplink`).
     FromUplink,
     /// TC egress on the uplink: packets the host sends (`dp_to_uplink`).
@@ -101,6 +104,7 @@ impl Hook {
     pub(crate) fn program(self) -> &'static str {
         match self {
             Hook::FromPod => "dp_from_pod",
+            Hook::ToPod => "dp_to_pod",
             Hook::FromUplink => "dp_from_uplink",
             Hook::ToUplink => "dp_to_uplink",
             Hook::ToLo => "dp_to_lo",
@@ -111,12 +115,13 @@ impl Hook {
         match self {
             // (XDP is attached by attach_xdp, never as a TC program.)
             Hook::FromPod | Hook::FromUplink | Hook::Xdp => TcAttachType::Ingress,
-            Hook::ToUplink | Hook::ToLo => TcAttachType::Egress,
+            Hook::ToPod | Hook::ToUplink | Hook::ToLo => TcAttachType::Egress,
         }
     }
     fn tag(self) -> &'static str {
         match self {
             Hook::FromPod => "from-pod",
+            Hook::ToPod => "to-pod",
             Hook::FromUplink => "from-uplink",
             Hook::ToUplink => "to-uplink",
             Hook::ToLo => "to-lo",
@@ -126,6 +131,7 @@ impl Hook {
     fn from_tag(tag: &str) -> Option<Self> {
         match tag {
             "from-pod" => Some(Hook::FromPod),
+            "to-pod" => Some(Hook::ToPod),
             "from-uplink" => Some(Hook::FromUplink),
             "to-uplink" => Some(Hook::ToUplink),
             "to-lo" => Some(Hook::ToLo),
@@ -146,12 +152,19 @@ pub(crate) struct Maps {
     pub config: Array<MapData, DpConfig>,
     pub local: HashMap<MapData, LocalKey, LocalValue>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// NetworkPolicy (`policy.rs` writes them, `maintain.rs` expires `pol_ct`).
+    pub pol_addr: HashMap<MapData, LocalKey, PolAddr>,
+    pub pol_rules: LpmTrie<MapData, PolRuleData, u8>,
+    pub pol_blocks: LpmTrie<MapData, PolBlockData, u32>,
+    pub pol_ct: HashMap<MapData, CtKey, PolCt>,
     /// Batch writers of the maps a full sync fills in bulk.
     pub svc_batch: BatchFd,
     pub backends_batch: BatchFd,
     pub slots_batch: BatchFd,
     /// Batch reads of conntrack (GC, flows, stats).
     pub ct_batch: BatchFd,
+    /// Batch reads of policy's conntrack (GC).
+    pub pol_ct_batch: BatchFd,
     /// Shared mappings of the arrays, when they were created `BPF_F_MMAPABLE` (maps pinned
     /// by an earlier version were not: they are written with the batch calls).
     pub backends_mmap: Option<MmapArray<BackendValue>>,
@@ -443,7 +456,7 @@ pub(crate) fn load(
         None
     };
     let capacities = check_pinned(pin_dir, caps, sock.is_some())?;
-    load_programs(&mut pod, &[Hook::FromPod.program()])?;
+    load_programs(&mut pod, &[Hook::FromPod.program(), Hook::ToPod.program()])?;
     load_programs(
         &mut host,
         &[
@@ -457,12 +470,14 @@ pub(crate) fn load(
     let backends_batch = batch_fd(&pod, map_table::BACKENDS.name)?;
     let slots_batch = batch_fd(&pod, map_table::SLOTS.name)?;
     let ct_batch = batch_fd(&pod, map_table::CT.name)?;
+    let pol_ct_batch = batch_fd(&pod, map_table::POL_CT.name)?;
     let backends_mmap = mmap_array(pin_dir, &map_table::BACKENDS, &backends_batch)?;
     let slots_mmap = mmap_array(pin_dir, &map_table::SLOTS, &slots_batch)?;
     let maps = Maps {
         backends_mmap,
         slots_mmap,
         ct_batch,
+        pol_ct_batch,
         svc_batch,
         backends_batch,
         slots_batch,
@@ -476,6 +491,10 @@ pub(crate) fn load(
         config: take(&mut pod, map_table::CONFIG.name)?,
         local: take(&mut pod, map_table::LOCAL.name)?,
         stats: take(&mut pod, map_table::STATS.name)?,
+        pol_addr: take(&mut pod, map_table::POL_ADDR.name)?,
+        pol_rules: take(&mut pod, map_table::POL_RULES.name)?,
+        pol_blocks: take(&mut pod, map_table::POL_BLOCKS.name)?,
+        pol_ct: take(&mut pod, map_table::POL_CT.name)?,
     };
     Ok(Objects {
         pod,
@@ -518,7 +537,7 @@ fn check_pinned(pin_dir: &Path, caps: &Capacities, sock: bool) -> Result<Capacit
 impl Objects {
     pub(crate) fn program_mut(&mut self, hook: Hook) -> Result<&mut SchedClassifier, EbpfError> {
         let ebpf = match hook {
-            Hook::FromPod => &mut self.pod,
+            Hook::FromPod | Hook::ToPod => &mut self.pod,
             Hook::FromUplink | Hook::ToUplink | Hook::ToLo => &mut self.host,
             Hook::Xdp => {
                 return Err(EbpfError::Load {

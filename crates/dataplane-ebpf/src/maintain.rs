@@ -10,12 +10,12 @@ use std::time::Duration;
 use dataplane_core::Protocol;
 
 use crate::config::CtTimeouts;
-use crate::ct::{ct_entries, forward_key, pair, reverse_key};
+use crate::ct::{all_entries, ct_entries, forward_key, pair, reverse_key};
 use crate::error::EbpfError;
 use crate::loader::Maps;
 use crate::map_table;
 use crate::maps::{
-    CtEntry, CtKey, CT_F_DSR, CT_TCP_FIN_FWD, CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST,
+    CtEntry, CtKey, PolCt, CT_F_DSR, CT_TCP_FIN_FWD, CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST,
 };
 use crate::writer::{self, Current};
 
@@ -72,6 +72,8 @@ pub(crate) struct GcReport {
     pub affinity_expired: usize,
     /// Connections still tracked.
     pub remaining: usize,
+    /// `dp_pol_ct` entries expired (NetworkPolicy's conntrack; two per connection).
+    pub policy_expired: usize,
 }
 
 /// The current `CLOCK_MONOTONIC` time, the clock `bpf_ktime_get_ns` uses.
@@ -176,12 +178,107 @@ pub(crate) fn gc(
     }
     writer::remove_affinity(maps, &stale)?;
     report.affinity_expired = stale.len();
+
+    let pol: BTreeMap<CtKey, PolCt> =
+        all_entries(&maps.pol_ct_batch, &maps.pol_ct, map_table::POL_CT.name)?
+            .into_iter()
+            .collect();
+    let expired = policy_expired(&pol, timeouts, now_ns);
+    for k in &expired {
+        match maps.pol_ct.remove(k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(EbpfError::map(map_table::POL_CT.name, "removing", e)),
+        }
+    }
+    report.policy_expired = expired.len();
     Ok(report)
+}
+
+/// The key of the other direction of the connection keyed `k` in `dp_pol_ct`.
+fn pol_reply_key(k: &CtKey) -> CtKey {
+    CtKey {
+        saddr: k.daddr,
+        daddr: k.saddr,
+        sport: k.dport,
+        dport: k.sport,
+        ..*k
+    }
+}
+
+/// The `dp_pol_ct` entries to remove at `now_ns`: a connection's two keys go together, when
+/// the later of their last packets is older than the connection's timeout (its state read
+/// from both: a RST or a FIN each way is closing, a packet after the first is an answered
+/// connection, as for `dp_ct`).
+fn policy_expired(
+    entries: &BTreeMap<CtKey, PolCt>,
+    timeouts: &CtTimeouts,
+    now_ns: u64,
+) -> Vec<CtKey> {
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        let rk = pol_reply_key(k);
+        let other = entries.get(&rk);
+        let last = other.map_or(v.last_seen_ns, |o| o.last_seen_ns.max(v.last_seen_ns));
+        let state = v.tcp_state | other.map_or(0, |o| o.tcp_state);
+        let fin_both = v.tcp_state & CT_TCP_FIN_FWD != 0
+            && other.is_some_and(|o| o.tcp_state & CT_TCP_FIN_FWD != 0);
+        let timeout = if k.proto == Protocol::Tcp.number() {
+            if state & CT_TCP_RST != 0 || fin_both {
+                timeouts.tcp_closing
+            } else if state & CT_TCP_REPLY != 0 {
+                timeouts.tcp_established
+            } else {
+                timeouts.tcp_syn
+            }
+        } else if state & CT_TCP_REPLY != 0 {
+            timeouts.udp_stream
+        } else {
+            timeouts.udp
+        };
+        if u128::from(now_ns.saturating_sub(last)) > timeout.as_nanos() {
+            out.push(*k);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps::{Addr, CT_TCP_SYN};
+
+    #[test]
+    fn policy_conntrack_expires_both_keys_of_a_connection_by_the_later_packet() {
+        let t = CtTimeouts::default();
+        let s = |secs: u64| secs * 1_000_000_000;
+        let k = CtKey {
+            saddr: Addr::new("10.0.0.1".parse().unwrap()),
+            daddr: Addr::new("10.0.0.2".parse().unwrap()),
+            sport: crate::maps::Be16::new(40000),
+            dport: crate::maps::Be16::new(80),
+            proto: 6,
+            family: 4,
+            ..CtKey::default()
+        };
+        let rk = pol_reply_key(&k);
+        let entry = |last, tcp_state| PolCt {
+            last_seen_ns: s(last),
+            tcp_state,
+            ..PolCt::default()
+        };
+        // Answered, the reply side active recently: both stay.
+        let mut m: BTreeMap<CtKey, PolCt> =
+            [(k, entry(0, CT_TCP_SYN)), (rk, entry(1000, CT_TCP_REPLY))].into();
+        let now = s(1000) + u64::try_from(t.tcp_established.as_nanos()).unwrap() / 2;
+        assert!(policy_expired(&m, &t, now).is_empty());
+        // Both idle beyond the established timeout: both go.
+        let later = s(1001) + u64::try_from(t.tcp_established.as_nanos()).unwrap();
+        assert_eq!(policy_expired(&m, &t, later).len(), 2);
+        // A SYN never answered: the short timeout.
+        m.insert(rk, entry(0, 0));
+        let syn_late = s(1) + u64::try_from(t.tcp_syn.as_nanos()).unwrap();
+        assert_eq!(policy_expired(&m, &t, syn_late).len(), 2);
+    }
 
     #[test]
     fn maintenance_interval_is_half_the_shortest_timeout_within_bounds() {

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
-    SrcRangeData, SvcKey, SvcValue, SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE, STAT_NAMES,
+    PolAddr, PolBlockKey, PolCt, PolRuleKey, SrcRangeData, SvcKey, SvcValue, SOCK_REV_KEY_SIZE,
+    SOCK_REV_VALUE_SIZE, STAT_NAMES,
 };
 
 /// The [`Capacities`](crate::Capacities) field that sizes a map.
@@ -33,6 +34,14 @@ pub enum Capacity {
     Local,
     /// `Capacities::socket_rev`.
     SocketRev,
+    /// `Capacities::policy_addresses`.
+    PolicyAddresses,
+    /// `Capacities::policy_rules`.
+    PolicyRules,
+    /// `Capacities::policy_blocks`.
+    PolicyBlocks,
+    /// `Capacities::policy_conntrack`.
+    PolicyConntrack,
 }
 
 /// Which compiled object defines a map.
@@ -157,9 +166,43 @@ pub(crate) const SOCK_REV: MapSpec = MapSpec {
     )
 };
 
+/// NetworkPolicy: address -> local endpoint number, flags and peer-set numbers.
+pub(crate) const POL_ADDR: MapSpec = spec(
+    "dp_pol_addr",
+    size_of::<LocalKey>(),
+    size_of::<PolAddr>(),
+    65_536,
+    Some(Capacity::PolicyAddresses),
+);
+/// NetworkPolicy: (endpoint, peer, direction, protocol, port prefix) -> allowed (LPM trie).
+pub(crate) const POL_RULES: MapSpec = spec(
+    "dp_pol_rules",
+    size_of::<PolRuleKey>(),
+    1,
+    65_536,
+    Some(Capacity::PolicyRules),
+);
+/// NetworkPolicy: (endpoint, direction, ipBlock prefix) -> ports group (LPM trie).
+pub(crate) const POL_BLOCKS: MapSpec = spec(
+    "dp_pol_blocks",
+    size_of::<PolBlockKey>(),
+    4,
+    16_384,
+    Some(Capacity::PolicyBlocks),
+);
+/// NetworkPolicy's conntrack: connections seen at the pods' veths.
+pub(crate) const POL_CT: MapSpec = spec(
+    "dp_pol_ct",
+    size_of::<CtKey>(),
+    size_of::<PolCt>(),
+    262_144,
+    Some(Capacity::PolicyConntrack),
+);
+
 /// Every map.
-pub(crate) const MAPS: [MapSpec; 11] = [
+pub(crate) const MAPS: [MapSpec; 15] = [
     SVC, BACKENDS, SLOTS, CT, AFFINITY, SRC_RANGES, CIDRS, CONFIG, LOCAL, STATS, SOCK_REV,
+    POL_ADDR, POL_RULES, POL_BLOCKS, POL_CT,
 ];
 
 /// Every map, for the BTF layout test (a separate crate): not part of the embedder's API.

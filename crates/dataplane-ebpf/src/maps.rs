@@ -90,6 +90,8 @@ pub const CFG_F_HOST_ROUTING: u32 = 1 << 4;
 pub const CFG_F_CLUSTER_V4: u32 = 1 << 5;
 /// `CFG_F_CLUSTER_V6`: the node has IPv6 cluster CIDRs.
 pub const CFG_F_CLUSTER_V6: u32 = 1 << 6;
+/// `CFG_F_POLICY`: the state has network policies (pods' forged sources are dropped).
+pub const CFG_F_POLICY: u32 = 1 << 7;
 
 /// `CIDR_F_CLUSTER`: cluster CIDRs.
 pub const CIDR_F_CLUSTER: u8 = 1 << 0;
@@ -104,7 +106,7 @@ pub const CIDR_F_SERVICE: u8 = 1 << 4;
 
 /// The counters of `dp_stats` by index (`enum dp_stat`): the name of `STAT_TRANSLATED`, then
 /// `STAT_REV_TRANSLATED`, ...; their number is `STAT_MAX`.
-pub const STAT_NAMES: [&str; 15] = [
+pub const STAT_NAMES: [&str; 17] = [
     "translated",
     "reverse_translated",
     "dropped",
@@ -120,6 +122,8 @@ pub const STAT_NAMES: [&str; 15] = [
     "socket_translated",
     "host_routed",
     "unallocated_dropped",
+    "policy_denied",
+    "spoofed_dropped",
 ];
 /// Counters a `dp_stats` pinned by an older version has (it has fewer entries; the programs'
 /// increments of the newer ones find no slot and are lost).
@@ -136,6 +140,33 @@ pub const STAT_TRANSLATED: usize = 0;
 pub const STAT_DROPPED: usize = 2;
 /// `STAT_REJECTED`.
 pub const STAT_REJECTED: usize = 3;
+/// `STAT_POLICY_DENIED`: packets of new connections NetworkPolicy does not allow.
+pub const STAT_POLICY_DENIED: usize = 15;
+
+/// `POL_F_ISO_INGRESS`: a local endpoint isolated for ingress.
+pub const POL_F_ISO_INGRESS: u8 = 1 << 0;
+/// `POL_F_ISO_EGRESS`: a local endpoint isolated for egress.
+pub const POL_F_ISO_EGRESS: u8 = 1 << 1;
+/// `POL_F_NODE`: one of the node's addresses.
+pub const POL_F_NODE: u8 = 1 << 2;
+/// `POL_DIR_INGRESS`.
+pub const POL_DIR_INGRESS: u8 = 0;
+/// `POL_DIR_EGRESS`.
+pub const POL_DIR_EGRESS: u8 = 1;
+/// `POL_PEER_ANY`: the peer number of rules without peers.
+pub const POL_PEER_ANY: u32 = 0;
+/// `POL_PEER_BLOCK`: the bit of an ipBlock ports group's peer number.
+pub const POL_PEER_BLOCK: u32 = 0x8000_0000;
+/// `POL_SETS_MAX`: the most peer sets one address can be in (`PolAddr::sets`).
+pub const POL_SETS_MAX: usize = 32;
+/// `POLCT_EGRESS`.
+pub const POLCT_EGRESS: u32 = 1 << 0;
+/// `POLCT_INGRESS`.
+pub const POLCT_INGRESS: u32 = 1 << 1;
+/// `POLCT_REPLY_EGRESS`.
+pub const POLCT_REPLY_EGRESS: u32 = 1 << 2;
+/// `POLCT_REPLY_INGRESS`.
+pub const POLCT_REPLY_INGRESS: u32 = 1 << 3;
 
 /// A 16-bit value in network byte order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -397,6 +428,99 @@ pub struct LocalValue {
     pub ifindex: u32,
 }
 
+/// `struct pol_addr`: what policy knows about an address (`dp_pol_addr`, keyed by
+/// [`LocalKey`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct PolAddr {
+    /// The local endpoint's number, 0 when the address is no local endpoint's.
+    pub ep_id: u32,
+    /// `POL_F_*`.
+    pub flags: u8,
+    /// How many of `sets` are valid.
+    pub nsets: u8,
+    /// Zero.
+    pub pad: u16,
+    /// The numbers of the peer sets the address is in.
+    pub sets: [u32; POL_SETS_MAX],
+}
+
+impl Default for PolAddr {
+    fn default() -> Self {
+        Self {
+            ep_id: 0,
+            flags: 0,
+            nsets: 0,
+            pad: 0,
+            sets: [0; POL_SETS_MAX],
+        }
+    }
+}
+
+/// `struct pol_rule_key` after `prefixlen` (aya's `lpm_trie::Key` adds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct PolRuleData {
+    /// The local endpoint's number.
+    pub ep_id: u32,
+    /// `POL_PEER_ANY`, a set number or `POL_PEER_BLOCK | n`.
+    pub peer: u32,
+    /// `POL_DIR_*`.
+    pub dir: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Destination port (the prefix covers a range of it).
+    pub port: Be16,
+}
+
+/// `struct pol_rule_key` as a whole, for the layout check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct PolRuleKey {
+    /// Prefix length in bits (72: every protocol, 80: every port, up to 96).
+    pub prefixlen: u32,
+    /// The data.
+    pub data: PolRuleData,
+}
+
+/// `struct pol_block_key` after `prefixlen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct PolBlockData {
+    /// The local endpoint's number.
+    pub ep_id: u32,
+    /// `POL_DIR_*`.
+    pub dir: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+    /// The prefix, IPv4 mapped.
+    pub addr: Addr,
+}
+
+/// `struct pol_block_key` as a whole, for the layout check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct PolBlockKey {
+    /// Prefix length in bits (64 + the mapped prefix's length).
+    pub prefixlen: u32,
+    /// The data.
+    pub data: PolBlockData,
+}
+
+/// `struct pol_ct`: a connection seen at a pod's veth (`dp_pol_ct`, keyed by [`CtKey`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct PolCt {
+    /// Last packet (`CLOCK_MONOTONIC` ns; refreshed at most once a second).
+    pub last_seen_ns: u64,
+    /// `POLCT_*`.
+    pub flags: u32,
+    /// `CT_TCP_*` seen on this key.
+    pub tcp_state: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
 macro_rules! pod {
     ($($t:ty),*) => {$(
         // SAFETY: `$t` is `#[repr(C)]`, made of integers and byte arrays only, with explicit
@@ -417,7 +541,11 @@ pod!(
     SrcRangeData,
     DpConfig,
     LocalKey,
-    LocalValue
+    LocalValue,
+    PolAddr,
+    PolRuleData,
+    PolBlockData,
+    PolCt
 );
 
 // Compile-time sizes; the BTF test checks offsets as well.
@@ -433,3 +561,7 @@ const _: () = assert!(std::mem::size_of::<CidrKey>() == 20);
 const _: () = assert!(std::mem::size_of::<DpConfig>() == 28);
 const _: () = assert!(std::mem::size_of::<LocalKey>() == 20);
 const _: () = assert!(std::mem::size_of::<LocalValue>() == 4);
+const _: () = assert!(std::mem::size_of::<PolAddr>() == 136);
+const _: () = assert!(std::mem::size_of::<PolRuleKey>() == 16);
+const _: () = assert!(std::mem::size_of::<PolBlockKey>() == 28);
+const _: () = assert!(std::mem::size_of::<PolCt>() == 16);

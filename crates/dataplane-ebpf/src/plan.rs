@@ -13,9 +13,10 @@ use dataplane_core::{
 use crate::maps::{
     family_of, Addr, Be16, DpConfig, SrcRangeData, SvcKey, BE_F_LOCAL, BE_F_TERMINATING,
     CFG_F_CLUSTER_V4, CFG_F_CLUSTER_V6, CFG_F_HAS_V4, CFG_F_HAS_V6, CFG_F_HOST_ROUTING,
-    CFG_F_MASQUERADE, CFG_F_MASQ_ALL, CIDR_F_CLUSTER, CIDR_F_NODE, CIDR_F_NO_MASQ, CIDR_F_POD,
-    CIDR_F_SERVICE, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL, SVC_F_AFFINITY,
-    SVC_F_DSR, SVC_F_MAGLEV, SVC_F_NO_LOCAL, SVC_F_SNAT, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
+    CFG_F_MASQUERADE, CFG_F_MASQ_ALL, CFG_F_POLICY, CIDR_F_CLUSTER, CIDR_F_NODE, CIDR_F_NO_MASQ,
+    CIDR_F_POD, CIDR_F_SERVICE, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL,
+    SVC_F_AFFINITY, SVC_F_DSR, SVC_F_MAGLEV, SVC_F_NO_LOCAL, SVC_F_SNAT, SVC_F_SRC_RANGES,
+    SVC_F_WILDCARD,
 };
 
 pub(crate) const BACKEND: &str = "ebpf";
@@ -72,33 +73,6 @@ pub(crate) struct Frontends {
 
 fn proto_number(p: Protocol) -> u8 {
     p.number()
-}
-
-/// The features this backend refuses as a whole, checked before anything is written: network
-/// policy. Left out, a policy would fail open (its pods reachable by everyone), which is worse
-/// than a refused apply; everything else this backend lacks is left out per object instead
-/// ([`skipped`]).
-pub(crate) fn check_supported(state: &DesiredState) -> Result<(), Error> {
-    match state.policies.first() {
-        Some(p) => Err(unsupported("network policy", format!("policy {}", p.name))),
-        None => Ok(()),
-    }
-}
-
-/// [`check_supported`] for what a change set adds (the rest was checked when applied).
-pub(crate) fn check_changes_supported(changes: &ChangeSet) -> Result<(), Error> {
-    match changes.policies.values().find_map(|c| c.current.as_ref()) {
-        Some(p) => Err(unsupported("network policy", format!("policy {}", p.name))),
-        None => Ok(()),
-    }
-}
-
-fn unsupported(feature: &str, object: String) -> Error {
-    Error::Unsupported {
-        dataplane: BACKEND.to_owned(),
-        feature: feature.to_owned(),
-        object,
-    }
 }
 
 /// Whether this backend programs `port`: not SCTP (rewriting its ports would need a `CRC32c`
@@ -634,6 +608,16 @@ pub(crate) struct Planner {
 impl Planner {
     /// Sets or clears host routing in the node-wide configuration (an `EbpfConfig` setting,
     /// not part of the state).
+    /// Whether the state has network policies (`CFG_F_POLICY`: the programs drop pods'
+    /// forged sources then, as the reference model does).
+    pub(crate) fn set_policy(&mut self, on: bool) {
+        if on {
+            self.node.config.flags |= CFG_F_POLICY;
+        } else {
+            self.node.config.flags &= !CFG_F_POLICY;
+        }
+    }
+
     pub(crate) fn set_host_routing(&mut self, on: bool) {
         if on {
             self.node.config.flags |= CFG_F_HOST_ROUTING;

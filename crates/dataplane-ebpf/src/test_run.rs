@@ -32,8 +32,10 @@ impl EbpfDataplane {
     /// (so it is public), not for embedders (so it is hidden from the docs).
     /// Runs inside the configured network namespace, so FIB lookups see the node's routes.
     /// [`Hook::Xdp`] (loaded only when [`EbpfConfig::xdp`](crate::EbpfConfig::xdp) is on)
-    /// runs as if the packet had arrived on the applied state's uplink. After `reset` it
-    /// loads the programs again (as the next apply would).
+    /// runs as if the packet had arrived on the applied state's uplink; [`Hook::FromPod`] as
+    /// if it had come from the veth of the applied endpoint that has its source address
+    /// (else from loopback, where a forged source is judged as from no pod's veth). After
+    /// `reset` it loads the programs again (as the next apply would).
     #[doc(hidden)]
     pub fn run_packet(
         &mut self,
@@ -43,6 +45,16 @@ impl EbpfDataplane {
     ) -> Result<PacketRun, Error> {
         let netns = self.config.netns.clone();
         let uplink = self.applied().map(|s| s.node.interfaces.uplink.clone());
+        let pod_interface = (hook == Hook::FromPod)
+            .then(|| source_of(packet))
+            .flatten()
+            .and_then(|src| {
+                self.applied()?
+                    .endpoints
+                    .iter()
+                    .find(|e| e.ips.contains(&src))
+                    .map(|e| e.interface.clone())
+            });
         let objects = &mut self.loaded_mut()?.objects;
         let mut out = vec![0u8; packet.len() + 256];
         let err = |e: aya::programs::ProgramError| EbpfError::Load {
@@ -72,9 +84,15 @@ impl EbpfDataplane {
         } else {
             let prog = objects.program_mut(hook)?;
             netns::in_netns(netns.as_deref(), || {
+                // struct __sk_buff up to `ifindex` (the 11th word): the device the skb is on.
+                let ifindex = pod_interface.as_deref().map_or(0, local::ifindex_of);
+                let mut words = [0u32; 11];
+                words[10] = ifindex;
+                let ctx: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
                 prog.test_run(TestRunOptions {
                     data_in: Some(packet),
                     data_out: Some(&mut out),
+                    ctx_in: (ifindex > 1).then_some(ctx.as_slice()),
                     repeat: repeat.max(1),
                     ..TestRunOptions::default()
                 })
@@ -87,5 +105,20 @@ impl EbpfDataplane {
             output: out,
             duration: result.duration,
         })
+    }
+}
+
+/// The source address of Ethernet frame `packet` (IPv4 or IPv6), if it has one.
+fn source_of(packet: &[u8]) -> Option<std::net::IpAddr> {
+    match packet.get(12..14)? {
+        [0x08, 0x00] => {
+            let b: [u8; 4] = packet.get(26..30)?.try_into().ok()?;
+            Some(std::net::IpAddr::from(b))
+        }
+        [0x86, 0xdd] => {
+            let b: [u8; 16] = packet.get(22..38)?.try_into().ok()?;
+            Some(std::net::IpAddr::from(b))
+        }
+        _ => None,
     }
 }

@@ -7,7 +7,8 @@ use std::mem::{offset_of, size_of};
 
 use dataplane_ebpf::maps::{
     AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, LocalKey,
-    LocalValue, SrcRangeKey, SvcKey, SvcValue,
+    LocalValue, PolAddr, PolBlockData, PolBlockKey, PolCt, PolRuleData, PolRuleKey, SrcRangeKey,
+    SvcKey, SvcValue,
 };
 
 /// struct name -> (size, [(field, byte offset)]).
@@ -122,6 +123,8 @@ fn map_layouts_match_btf() {
         layout!(DpConfig, "dp_config", [node_v4 => "node_v4", node_v6 => "node_v6", flags => "flags", mtu => "mtu"]),
         layout!(LocalKey, "local_key", [addr => "addr", family => "family", pad => "pad"]),
         layout!(LocalValue, "local_value", [ifindex => "ifindex"]),
+        layout!(PolAddr, "pol_addr", [ep_id => "ep_id", flags => "flags", nsets => "nsets", pad => "pad", sets => "sets"]),
+        layout!(PolCt, "pol_ct", [last_seen_ns => "last_seen_ns", flags => "flags", tcp_state => "tcp_state", pad => "pad"]),
     ];
     for object in objects() {
         let btf = structs_of(object);
@@ -150,6 +153,45 @@ fn map_layouts_match_btf() {
                 ),
                 ("svc_id".to_owned(), data),
                 ("addr".to_owned(), data + 4),
+            ]
+        );
+    }
+    // The policy LPM keys, split the same way.
+    for object in objects() {
+        let btf = structs_of(object);
+        let (size, fields) = &btf["pol_rule_key"];
+        assert_eq!(*size, size_of::<PolRuleKey>() as u32);
+        let data = offset_of!(PolRuleKey, data) as u32;
+        let d = |f: usize| data + f as u32;
+        assert_eq!(
+            fields,
+            &vec![
+                (
+                    "prefixlen".to_owned(),
+                    offset_of!(PolRuleKey, prefixlen) as u32
+                ),
+                ("ep_id".to_owned(), d(offset_of!(PolRuleData, ep_id))),
+                ("peer".to_owned(), d(offset_of!(PolRuleData, peer))),
+                ("dir".to_owned(), d(offset_of!(PolRuleData, dir))),
+                ("proto".to_owned(), d(offset_of!(PolRuleData, proto))),
+                ("port".to_owned(), d(offset_of!(PolRuleData, port))),
+            ]
+        );
+        let (size, fields) = &btf["pol_block_key"];
+        assert_eq!(*size, size_of::<PolBlockKey>() as u32);
+        let data = offset_of!(PolBlockKey, data) as u32;
+        let d = |f: usize| data + f as u32;
+        assert_eq!(
+            fields,
+            &vec![
+                (
+                    "prefixlen".to_owned(),
+                    offset_of!(PolBlockKey, prefixlen) as u32
+                ),
+                ("ep_id".to_owned(), d(offset_of!(PolBlockData, ep_id))),
+                ("dir".to_owned(), d(offset_of!(PolBlockData, dir))),
+                ("pad".to_owned(), d(offset_of!(PolBlockData, pad))),
+                ("addr".to_owned(), d(offset_of!(PolBlockData, addr))),
             ]
         );
     }
@@ -226,6 +268,7 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "CFG_F_HOST_ROUTING" => m::CFG_F_HOST_ROUTING,
             "CFG_F_CLUSTER_V4" => m::CFG_F_CLUSTER_V4,
             "CFG_F_CLUSTER_V6" => m::CFG_F_CLUSTER_V6,
+            "CFG_F_POLICY" => m::CFG_F_POLICY,
         }
         "cidr_flag" {
             "CIDR_F_CLUSTER" => m::CIDR_F_CLUSTER,
@@ -250,10 +293,27 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "STAT_SOCK_TRANSLATED" => stat("socket_translated"),
             "STAT_HOST_ROUTED" => stat("host_routed"),
             "STAT_UNALLOCATED" => stat("unallocated_dropped"),
+            "STAT_POLICY_DENIED" => stat("policy_denied"),
+            "STAT_POLICY_DENIED" => m::STAT_POLICY_DENIED,
+            "STAT_SPOOFED" => stat("spoofed_dropped"),
             "STAT_MAX" => m::STAT_NAMES.len(),
             "STAT_TRANSLATED" => m::STAT_TRANSLATED,
             "STAT_DROPPED" => m::STAT_DROPPED,
             "STAT_REJECTED" => m::STAT_REJECTED,
+        }
+        "pol_flag" {
+            "POL_F_ISO_INGRESS" => m::POL_F_ISO_INGRESS,
+            "POL_F_ISO_EGRESS" => m::POL_F_ISO_EGRESS,
+            "POL_F_NODE" => m::POL_F_NODE,
+        }
+        "pol_dir" { "POL_DIR_INGRESS" => m::POL_DIR_INGRESS, "POL_DIR_EGRESS" => m::POL_DIR_EGRESS }
+        "pol_peer" { "POL_PEER_ANY" => m::POL_PEER_ANY, "POL_PEER_BLOCK" => m::POL_PEER_BLOCK }
+        "pol_limit" { "POL_SETS_MAX" => m::POL_SETS_MAX }
+        "pol_ct_flag" {
+            "POLCT_EGRESS" => m::POLCT_EGRESS,
+            "POLCT_INGRESS" => m::POLCT_INGRESS,
+            "POLCT_REPLY_EGRESS" => m::POLCT_REPLY_EGRESS,
+            "POLCT_REPLY_INGRESS" => m::POLCT_REPLY_INGRESS,
         }
     }
 }

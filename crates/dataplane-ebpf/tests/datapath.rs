@@ -2430,10 +2430,10 @@ fn unsupported_features_are_skipped_and_reported() {
         },
     );
 
-    // Network policy: refused as a whole (left out it would fail open), nothing written.
+    // Network policy is enforced (tests/policy_datapath.rs): a state with one is applied,
+    // its services as before.
     let before = dp.observe().expect("observe");
     let mut with_policy = with_dsr.clone();
-    with_policy.services.remove(0);
     with_policy.policies.push(dataplane_core::Policy {
         name: ObjectName::new("default", "deny-all"),
         pod_selector: dataplane_core::LabelSelector::default(),
@@ -2441,9 +2441,7 @@ fn unsupported_features_are_skipped_and_reported() {
         ingress: Vec::new(),
         egress: Vec::new(),
     });
-    assert!(matches!(
-        dp.apply(&with_policy).expect_err("policy refused"),
-        dataplane_core::Error::Unsupported { .. }
-    ));
-    assert_eq!(dp.observe().expect("observe"), before, "nothing written");
+    assert!(dp.capabilities().network_policy);
+    dp.apply(&with_policy).expect("policy applied");
+    assert_eq!(dp.observe().expect("observe"), before, "services unchanged");
 }

@@ -30,6 +30,13 @@ pub struct NetfilterConfig {
     pub max_ipsets: usize,
     /// iptables flavour: the most members one ipset may hold (its `maxelem`).
     pub ipset_max_elements: u32,
+    /// nftables flavour: the most NetworkPolicy elements one endpoint direction may have
+    /// (ipBlock prefixes x protocols x port ranges after the excepts are cut out, plus the
+    /// port elements of pod and namespace peers; default 4096). Each is written into the
+    /// endpoint's own chain, and the ipBlock expansion's work grows faster than its size: a
+    /// state that needs more is refused with `Error::CapacityExceeded`, naming the endpoint,
+    /// the direction and the field, before anything is written.
+    pub max_policy_elements: usize,
 }
 
 impl NetfilterConfig {
@@ -51,6 +58,13 @@ impl NetfilterConfig {
         }
     }
 
+    /// The same configuration with the table or chain prefix `name`.
+    #[must_use]
+    pub fn with_name(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.name);
+        self
+    }
+
     fn base() -> Self {
         Self {
             netns: None,
@@ -63,6 +77,7 @@ impl NetfilterConfig {
             ipset: PathBuf::from("ipset"),
             max_ipsets: 256,
             ipset_max_elements: 65536,
+            max_policy_elements: 4096,
         }
     }
 }

@@ -58,6 +58,19 @@ pub enum NetfilterError {
         /// What did not hold.
         detail: String,
     },
+    /// Two objects would get one hashed name (a chain or set shared by both would give one
+    /// the other's rules or members): refused before anything is written.
+    #[error("{first} and {second} would both be named {name}")]
+    NameCollision {
+        /// Backend name.
+        backend: &'static str,
+        /// The name.
+        name: String,
+        /// The object that has it.
+        first: String,
+        /// The object that would get it too.
+        second: String,
+    },
 }
 
 impl From<NetfilterError> for Error {
@@ -72,7 +85,8 @@ impl From<NetfilterError> for Error {
             | NetfilterError::Parse {
                 backend, operation, ..
             } => (*backend, operation.clone()),
-            NetfilterError::Internal { backend, .. } => (*backend, "rendering".to_owned()),
+            NetfilterError::Internal { backend, .. }
+            | NetfilterError::NameCollision { backend, .. } => (*backend, "rendering".to_owned()),
         };
         Error::Kernel {
             dataplane: backend.to_owned(),

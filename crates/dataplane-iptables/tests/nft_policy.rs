@@ -158,6 +158,11 @@ fn with(policies: Vec<Policy>) -> DesiredState {
     state
 }
 
+/// Default deny ingress in namespace `ns`.
+fn deny_ingress(ns: &str) -> Policy {
+    policy(ns, "deny", LabelSelector::default(), &[PolicyType::Ingress])
+}
+
 #[test]
 fn no_policy_no_layer() {
     assert_eq!(policy_text(&cluster()), "");
@@ -165,12 +170,7 @@ fn no_policy_no_layer() {
 
 #[test]
 fn default_deny_ingress() {
-    let p = policy(
-        "x",
-        "deny",
-        LabelSelector::default(),
-        &[PolicyType::Ingress],
-    );
+    let p = deny_ingress("x");
     insta::assert_snapshot!(policy_text(&with(vec![p])));
 }
 
@@ -279,7 +279,7 @@ fn policy_delta(old: &DesiredState, new: &DesiredState) -> (String, NftPolicy, b
     let rs = compile_state(old, "dataplane").unwrap();
     let changes = diff(old, new);
     let mut after = rs.policy;
-    let patch = compile_patch(&mut after, new, &changes).unwrap();
+    let patch = compile_patch(&mut after, new, &changes, 4096).unwrap();
     let members_only = patch.members_only();
     let mut text = String::new();
     write_patch(&after, &patch, "dataplane", &mut text).unwrap();
@@ -310,8 +310,8 @@ fn pod_relabel_is_set_elements_only() {
     assert_eq!(after, fresh(&new));
 }
 
-/// A policy added: the layer, sets and chains appear; removed: the chains and sets go (the
-/// layer stays until the next full sync, with nothing dispatched).
+/// A policy added: the layer (with the anti-spoofing pairs of every local endpoint), sets
+/// and chains appear; removed: the chains, sets and the layer go, hooks included.
 #[test]
 fn policy_added_then_removed() {
     let old = cluster();
@@ -324,7 +324,12 @@ fn policy_added_then_removed() {
     let (text, after, _) = policy_delta(&new, &old);
     insta::assert_snapshot!("policy_removed", text);
     assert!(after.endpoints.is_empty() && after.set_names.is_empty());
-    assert!(!after.base.is_empty());
+    assert!(after.base.is_empty() && after.spoof.is_empty());
+    assert_eq!(after, fresh(&old));
+    assert!(
+        text.contains("delete chain inet dataplane pol-forward\n"),
+        "{text}"
+    );
 }
 
 /// A policy edited: only the endpoints it selects get their chains rewritten (flush and
@@ -506,7 +511,8 @@ impl Changes {
 }
 
 /// Random sequences of changes: each partial sync's patched policy equals a fresh compile of
-/// the new state (the layer itself stays once created), and its text never deletes the table.
+/// the new state (the layer created with the first policy, deleted with the last), and its
+/// text never deletes the table.
 #[test]
 fn random_changes_patch_to_a_fresh_compile() {
     let (mut patches, mut members_only) = (0, 0);
@@ -576,6 +582,20 @@ fn every_policy_feature_loads() {
     let mut e = endpoint("x", &long, &["10.244.0.7"], "a");
     e.interface = "veth-long".to_owned();
     state.endpoints.push(e);
+    // And the longest names there are: a namespace of 63 characters, a pod of 253.
+    let longest = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    let mut e = endpoint(&"n".repeat(63), &longest, &["10.244.0.8"], "a");
+    e.interface = "veth-longest".to_owned();
+    e.namespace_labels = labels(&[("ns", "n")]);
+    state.endpoints.push(e);
+    let mut deny = policy(&"n".repeat(63), "deny", LabelSelector::default(), &[]);
+    deny.policy_types = vec![PolicyType::Ingress, PolicyType::Egress];
     let mut all = policy("x", "all", sel(&[("pod", "a")]), &[]);
     all.ingress = vec![
         rule(vec![pods(sel(&[("pod", "b")]))], vec![tcp(80)]),
@@ -594,7 +614,7 @@ fn every_policy_feature_loads() {
         ],
     )];
     all.policy_types = vec![PolicyType::Ingress, PolicyType::Egress];
-    state.policies = vec![all];
+    state.policies = vec![all, deny];
     let mut dp = NftablesDataplane::new(NetfilterConfig::nftables(Some(
         lab.node(0).netns.path().to_owned(),
     )));
@@ -942,5 +962,221 @@ fn a_refused_policy_change_changes_nothing() {
         dp.apply(&next).unwrap();
         assert_ne!(listing(netns, "dataplane"), before);
         dp.reset().unwrap();
+    }
+}
+
+/// A UDP socket of `netns` bound to `[::]:port` (both families).
+fn udp_receiver(netns: &dataplane_testkit::NetNs, port: u16) -> std::net::UdpSocket {
+    let socket = netns
+        .run(|| std::net::UdpSocket::bind(("::", port)))
+        .unwrap()
+        .expect("bind receiver");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket
+}
+
+/// Sends `payload` from `netns` with source address `from` (any address: the namespace
+/// allows non-local binds and the socket is `IP_TRANSPARENT`, as a pod with `CAP_NET_RAW`
+/// forges a source with a raw socket) to `to`.
+fn send_udp(
+    netns: &dataplane_testkit::NetNs,
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    payload: &[u8],
+) {
+    netns
+        .run(|| {
+            let socket = std::net::UdpSocket::bind((from, 0))?;
+            // Without it IPv4 routing refuses a source that is not local (ENETUNREACH).
+            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpTransparent, &true)
+                .map_err(std::io::Error::from)?;
+            socket.send_to(payload, to).map(|_| ())
+        })
+        .unwrap()
+        .unwrap_or_else(|e| panic!("send from {from} to {to}: {e}"));
+}
+
+/// Anti-spoofing: pod 1 forges the sources that had rights on isolated pod 0 (pod 2's
+/// address, which the policy allows on UDP 7001, pod 0's own, which the hairpin rule
+/// trusted, and the node's, which the node rule trusted), over IPv4 and IPv6: nothing arrives, and the drops are counted, while pod 1's
+/// genuine packet to the port it may use (UDP 7002) and pod 2's genuine one to 7001 arrive.
+/// Node-originated traffic from a source that is no `Node::addresses` entry (a secondary
+/// address, as docker0's) still reaches the isolated pod (kubelet probes).
+#[test]
+fn lab_forged_sources_are_dropped() {
+    use dataplane_testkit::Family;
+    if !require_root("lab_forged_sources_are_dropped") {
+        return;
+    }
+    let lab = one_node_lab(3, true);
+    let (target, forger, allowed) = (lab.pod(0), lab.pod(1), lab.pod(2));
+    let mut state = lab.desired_state(0);
+    let mut p = policy(
+        "default",
+        "isolate-pod-0",
+        sel(&[("app", &target.name)]),
+        &[PolicyType::Ingress],
+    );
+    p.ingress = vec![
+        rule(
+            vec![pods(sel(&[("app", &allowed.name)]))],
+            vec![ports(Protocol::Udp, 7001, None)],
+        ),
+        rule(
+            vec![pods(sel(&[("app", &forger.name)]))],
+            vec![ports(Protocol::Udp, 7002, None)],
+        ),
+    ];
+    state.policies = vec![p];
+    let mut dp = NftablesDataplane::new(NetfilterConfig::nftables(Some(
+        lab.node(0).netns.path().to_owned(),
+    )));
+    dp.apply(&state).expect("full sync");
+    forger
+        .netns
+        .sysctl(&[
+            ("net/ipv4/ip_nonlocal_bind", "1"),
+            ("net/ipv6/ip_nonlocal_bind", "1"),
+        ])
+        .unwrap();
+    let forged_port = udp_receiver(&target.netns, 7001);
+    let marker_port = udp_receiver(&target.netns, 7002);
+    let mut buf = [0u8; 64];
+    let mut counted = 0;
+    for family in [Family::V4, Family::V6] {
+        let to = |port| std::net::SocketAddr::new(target.address(family).unwrap(), port);
+        // The node's IPv4 address from a pod interface is a martian the kernel drops
+        // before any hook; IPv6 has no such check (the reviewer's case).
+        let node = lab.node(0).address(family).unwrap();
+        // Pod 2's address, and pod 0's own (the hairpin rule lets a pod reach itself).
+        let mut sources = vec![
+            allowed.address(family).unwrap(),
+            target.address(family).unwrap(),
+        ];
+        if family == Family::V6 {
+            sources.push(node);
+        }
+        counted += sources.len();
+        for from in sources {
+            send_udp(&forger.netns, from, to(7001), b"forged");
+        }
+        // Then a genuine packet on the same path: once it has arrived, a forged one that
+        // got through would be waiting on the other socket.
+        send_udp(
+            &forger.netns,
+            forger.address(family).unwrap(),
+            to(7002),
+            b"marker",
+        );
+        let (n, from) = marker_port
+            .recv_from(&mut buf)
+            .expect("genuine packet arrives");
+        assert_eq!(&buf[..n], b"marker");
+        assert_eq!(from.ip().to_canonical(), forger.address(family).unwrap());
+        forged_port.set_nonblocking(true).unwrap();
+        let leaked = forged_port.recv_from(&mut buf);
+        assert!(
+            matches!(&leaked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a forged packet arrived: {leaked:?}"
+        );
+        forged_port.set_nonblocking(false).unwrap();
+        // The port is open to pod 2 itself.
+        send_udp(
+            &allowed.netns,
+            allowed.address(family).unwrap(),
+            to(7001),
+            b"genuine",
+        );
+        let (n, _) = forged_port.recv_from(&mut buf).expect("pod 2 reaches 7001");
+        assert_eq!(&buf[..n], b"genuine");
+    }
+    let counters = dp.stats().unwrap();
+    assert!(
+        counters.other.get("spoofed_dropped").copied().unwrap_or(0) >= counted as u64,
+        "{counters:?}"
+    );
+    node_reaches_from_an_unlisted_address(&lab);
+    dp.reset().unwrap();
+}
+
+/// The node, from an address of its own that `Node::addresses` does not list, reaches pod 0
+/// (isolated, its server port allowed to no one), while pod 1 does not.
+fn node_reaches_from_an_unlisted_address(lab: &Lab) {
+    use dataplane_testkit::Family;
+    let (target, forger) = (lab.pod(0), lab.pod(1));
+    lab.node(0)
+        .netns
+        .exec_checked("ip", &["addr", "add", "192.0.2.10/32", "dev", "lo"], None)
+        .unwrap();
+    let server = std::net::SocketAddr::new(target.address(Family::V4).unwrap(), SERVER_PORT);
+    let node_probe = dataplane_testkit::probe_from(
+        &lab.node(0).netns,
+        Some("192.0.2.10:0".parse().unwrap()),
+        server,
+        Protocol::Tcp,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert!(
+        matches!(node_probe, ProbeOutcome::Answered { .. }),
+        "{node_probe:?}"
+    );
+    // While pod 1, which the policy allows on UDP 7002 only, is denied on the server port.
+    assert_eq!(
+        probe(&forger.netns, server, Protocol::Tcp, Duration::from_secs(1)).unwrap(),
+        ProbeOutcome::Timeout
+    );
+}
+
+/// `ICMPv6` neighbour/router discovery and MLD are accepted only where they can be genuine:
+/// in the input hook (a pod and its gateway), with the hop limit RFC 4861 receivers
+/// require (255; MLD is sent with 1), never in the forward hook, where a pod could send
+/// them to an isolated pod.
+#[test]
+fn icmpv6_exceptions_only_in_input_with_their_hop_limit() {
+    let p = deny_ingress("x");
+    let text = policy_text(&with(vec![p]));
+    let icmp: Vec<&str> = text.lines().filter(|l| l.contains("icmpv6")).collect();
+    assert_eq!(icmp.len(), 2, "{text}");
+    for line in icmp {
+        assert!(
+            line.starts_with("add rule inet dataplane pol-input "),
+            "{line}"
+        );
+        assert!(
+            line.contains("ip6 hoplimit 255 accept") || line.contains("ip6 hoplimit 1 accept"),
+            "{line}"
+        );
+    }
+    // And no other path leads forwarded packets to them.
+    assert!(!text.contains("jump pol-input"), "{text}");
+}
+
+/// `NetfilterConfig::max_policy_elements` is the backend's limit: a policy over it is
+/// refused with a typed error naming the endpoint, before anything is written (`render`
+/// compiles exactly as `apply` does before its transaction).
+#[test]
+fn policy_element_limit_is_configuration() {
+    let mut p = policy("x", "blocks", sel(&[("pod", "a")]), &[PolicyType::Egress]);
+    let except: Vec<String> = (0..30).map(|i| format!("10.{i}.0.0/16")).collect();
+    let except: Vec<&str> = except.iter().map(String::as_str).collect();
+    p.egress = vec![rule(
+        vec![block("10.0.0.0/8", &except)],
+        vec![tcp(80), tcp(443)],
+    )];
+    let state = with(vec![p]);
+    let mut config = NetfilterConfig::nftables(None);
+    assert!(NftablesDataplane::new(config.clone())
+        .render(&state)
+        .is_ok());
+    config.max_policy_elements = 20;
+    match NftablesDataplane::new(config).render(&state) {
+        Err(dataplane_core::Error::CapacityExceeded { what, capacity, .. }) => {
+            assert!(what.contains("x/a egress"), "{what}");
+            assert_eq!(capacity, 20);
+        }
+        other => panic!("{other:?}"),
     }
 }

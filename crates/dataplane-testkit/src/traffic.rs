@@ -794,19 +794,57 @@ pub struct BatchProbe {
     /// A fixed source port (the socket has `SO_REUSEADDR`), or `None` for a fresh one.
     pub source_port: Option<u16>,
     /// How long to wait for its answer: a probe still unanswered then is
-    /// [`ProbeOutcome::Timeout`].
+    /// [`ProbeOutcome::Timeout`] (or [`BatchOutcome::Connected`]).
     pub timeout: Duration,
+}
+
+/// What a probe of a [`probe_batch`] got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// The probe ended: answered, refused, unreachable, or [`ProbeOutcome::Timeout`] —
+    /// nothing came back in time (for TCP: not even the handshake's SYN-ACK).
+    Ended(ProbeOutcome),
+    /// TCP: the handshake completed and the request went out, but the answer line did not
+    /// come in time. The network let the connection through, so this is not a drop: a
+    /// policy that should deny the cell did not; for a cell that should pass it is a slow
+    /// answer (a loaded server or machine), not an answer from a known pod.
+    Connected,
+}
+
+impl BatchOutcome {
+    /// The answering backend's name, if one answered.
+    pub fn backend(&self) -> Option<&str> {
+        match self {
+            BatchOutcome::Ended(outcome) => outcome.backend(),
+            BatchOutcome::Connected => None,
+        }
+    }
+
+    /// The probe's round trip, if it was answered.
+    pub fn latency(&self) -> Option<Duration> {
+        match self {
+            BatchOutcome::Ended(ProbeOutcome::Answered { latency, .. }) => Some(*latency),
+            _ => None,
+        }
+    }
+}
+
+impl From<ProbeOutcome> for BatchOutcome {
+    fn from(outcome: ProbeOutcome) -> Self {
+        BatchOutcome::Ended(outcome)
+    }
 }
 
 /// Sends every probe of `probes` at once from one thread inside `netns` and waits for all of
 /// them: the outcomes, in the order of `probes`. Each probe is what [`probe_from`] does (a
 /// new TCP connection with one request line, or one UDP datagram), on non-blocking sockets
 /// polled together, so that the batch takes as long as its slowest probe — a batch of drops
-/// waits its timeout once, not once per probe. For reachability matrices.
+/// waits its timeout once, not once per probe. For reachability matrices. A TCP probe
+/// connected but unanswered at its deadline is [`BatchOutcome::Connected`], not a timeout.
 pub fn probe_batch(
     netns: &NetNs,
     probes: &[BatchProbe],
-) -> Result<Vec<ProbeOutcome>, TrafficError> {
+) -> Result<Vec<BatchOutcome>, TrafficError> {
     if let Some(p) = probes.iter().find(|p| p.protocol == Protocol::Sctp) {
         return Err(TrafficError::Unsupported {
             protocol: p.protocol,
@@ -833,6 +871,8 @@ struct InFlight {
     local: Option<SocketAddr>,
     state: Pending,
     outcome: Option<ProbeOutcome>,
+    /// The deadline came while the answer of a connected TCP probe was being read.
+    connected_at_deadline: bool,
 }
 
 impl InFlight {
@@ -947,6 +987,7 @@ fn start_probe(probe: BatchProbe) -> Result<InFlight, TrafficError> {
         local: None,
         state: Pending::Done,
         outcome: None,
+        connected_at_deadline: false,
     };
     let kind = match probe.protocol {
         Protocol::Udp => SockType::Datagram,
@@ -977,7 +1018,7 @@ fn start_probe(probe: BatchProbe) -> Result<InFlight, TrafficError> {
     Ok(flight)
 }
 
-fn run_batch(probes: &[BatchProbe]) -> Result<Vec<ProbeOutcome>, TrafficError> {
+fn run_batch(probes: &[BatchProbe]) -> Result<Vec<BatchOutcome>, TrafficError> {
     let mut flights = probes
         .iter()
         .map(|p| start_probe(*p))
@@ -986,6 +1027,7 @@ fn run_batch(probes: &[BatchProbe]) -> Result<Vec<ProbeOutcome>, TrafficError> {
         let now = Instant::now();
         for f in &mut flights {
             if f.outcome.is_none() && now >= f.started + f.probe.timeout {
+                f.connected_at_deadline = matches!(f.state, Pending::Reading(..));
                 f.finish(ProbeOutcome::Timeout);
             }
         }
@@ -1022,7 +1064,13 @@ fn run_batch(probes: &[BatchProbe]) -> Result<Vec<ProbeOutcome>, TrafficError> {
     }
     Ok(flights
         .into_iter()
-        .map(|f| f.outcome.unwrap_or(ProbeOutcome::Timeout))
+        .map(|f| {
+            if f.connected_at_deadline {
+                BatchOutcome::Connected
+            } else {
+                BatchOutcome::Ended(f.outcome.unwrap_or(ProbeOutcome::Timeout))
+            }
+        })
         .collect())
 }
 
@@ -1295,4 +1343,165 @@ mod tests {
         assert_eq!(c(libc::EAGAIN), Some(ProbeOutcome::Timeout));
         assert_eq!(c(libc::EPERM), None);
     }
+}
+
+/// A UDP sink: records every datagram it gets (payload and source) and answers none, for
+/// checks that a packet was or was not delivered where no answer can come back (a forged
+/// source). Stops when dropped.
+#[derive(Debug)]
+pub struct Sink {
+    received: Arc<std::sync::Mutex<Vec<(SocketAddr, String)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    /// What it got so far: source and payload (lossy UTF-8) of each datagram, in order.
+    pub fn received(&self) -> Vec<(SocketAddr, String)> {
+        self.received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts a [`Sink`] on UDP `port` (IPv4 and, where the namespace has it, IPv6) inside
+/// `netns`. Returns once the sockets are bound.
+pub fn sink(netns: &NetNs, port: u16) -> Result<Sink, TrafficError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let thread = {
+        let netns = netns.clone();
+        let stop = Arc::clone(&stop);
+        let received = Arc::clone(&received);
+        std::thread::Builder::new()
+            .name(format!("sink-{port}"))
+            .spawn(move || {
+                let bound = netns.enter().map_err(TrafficError::from).and_then(|()| {
+                    let mut sockets = Vec::new();
+                    for addr in [
+                        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+                    ] {
+                        match bound_socket(addr, SockType::Datagram) {
+                            Ok(fd) => sockets.push(UdpSocket::from(fd)),
+                            Err(Errno::EAFNOSUPPORT) if addr.is_ipv6() => {}
+                            Err(e) => return Err(errno_err(format!("bind udp sink {addr}"))(e)),
+                        }
+                    }
+                    Ok(sockets)
+                });
+                match bound {
+                    Ok(sockets) => {
+                        let _ = ready_tx.send(Ok(()));
+                        sink_loop(&sockets, &received, &stop);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(io_err(format!("spawn sink thread for port {port}")))?
+    };
+    let mut sink = Sink {
+        received,
+        stop,
+        thread: Some(thread),
+    };
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(sink),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            sink.thread.take();
+            Err(TrafficError::Io {
+                what: format!("sink on port {port} exited before binding"),
+                source: io::Error::other("sink thread ended"),
+            })
+        }
+    }
+}
+
+fn sink_loop(
+    sockets: &[UdpSocket],
+    received: &std::sync::Mutex<Vec<(SocketAddr, String)>>,
+    stop: &AtomicBool,
+) {
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Acquire) {
+        let mut fds: Vec<PollFd<'_>> = sockets
+            .iter()
+            .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, POLL_INTERVAL_MS) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "poll failed; sink stops");
+                return;
+            }
+        }
+        for socket in sockets {
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                received
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((from, text));
+            }
+        }
+    }
+}
+
+/// Sends one UDP datagram with `payload` from `source` — an address that need not be the
+/// namespace's own (a forgery: `IP_TRANSPARENT` lets a socket bind and send from any
+/// address; root in `netns`) — to `destination`, from inside `netns`. For anti-spoofing
+/// checks: whatever answers goes to `source`, not here, so the receiver must record it
+/// ([`sink`]).
+pub fn send_forged(
+    netns: &NetNs,
+    source: SocketAddr,
+    destination: SocketAddr,
+    payload: &[u8],
+) -> Result<(), TrafficError> {
+    netns.run(|| {
+        let family = if destination.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let fd = socket::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(errno_err(format!("socket for {destination}")))?;
+        // SOL_IP's IP_TRANSPARENT also marks an IPv6 socket (the kernel passes SOL_IP options
+        // of IPv6 UDP sockets to the IPv4 code, which sets the same flag as
+        // IPV6_TRANSPARENT): bind and send from a non-local address in both families.
+        socket::setsockopt(&fd, sockopt::IpTransparent, &true)
+            .map_err(errno_err(format!("IP_TRANSPARENT to forge {source}")))?;
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
+            .map_err(errno_err(format!("SO_REUSEADDR for {source}")))?;
+        socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(source))
+            .map_err(errno_err(format!("bind forged {source}")))?;
+        let sent = socket::sendto(
+            fd.as_raw_fd(),
+            payload,
+            &SockaddrStorage::from(destination),
+            MsgFlags::empty(),
+        );
+        match sent {
+            // A drop in this namespace's own output path is a drop, not an error.
+            Ok(_) | Err(Errno::EPERM) => Ok(()),
+            Err(e) => Err(errno_err(format!("send forged {source} -> {destination}"))(
+                e,
+            )),
+        }
+    })?
 }

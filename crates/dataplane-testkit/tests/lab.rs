@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use dataplane_core::Protocol;
 use dataplane_testkit::{
-    probe, require_root, serve, Family, Lab, LabError, LabSpec, NetNs, NetNsError, ProbeOutcome,
-    TcpSession, SERVER_PORT,
+    probe, require_root, serve, BatchOutcome, Family, Lab, LabError, LabSpec, NetNs, NetNsError,
+    ProbeOutcome, TcpSession, SERVER_PORT,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -368,6 +368,14 @@ fn probe_batch_reports_every_probe_in_order() {
             timeout,
         }
     };
+    // A listener that never accepts nor answers: the kernel completes the handshake, the
+    // request line stays unanswered.
+    let mute = lab
+        .pod(3)
+        .netns
+        .run(|| std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 7001)))
+        .unwrap()
+        .unwrap();
     let mut probes = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         probes.push(batch(SERVER_PORT, protocol, Some(21_234), TIMEOUT));
@@ -375,17 +383,24 @@ fn probe_batch_reports_every_probe_in_order() {
         probes.push(batch(9, protocol, None, TIMEOUT));
         probes.push(batch(7000, protocol, None, short));
     }
+    probes.push(batch(7001, Protocol::Tcp, None, short));
     let outcomes = dataplane_testkit::probe_batch(&lab.pod(0).netns, &probes).unwrap();
+    drop(mute);
     assert_eq!(outcomes.len(), probes.len());
+    assert_eq!(
+        outcomes[8],
+        BatchOutcome::Connected,
+        "a handshake is not a drop"
+    );
     for (i, protocol) in [Protocol::Tcp, Protocol::Udp].into_iter().enumerate() {
         let o = &outcomes[i * 4..i * 4 + 4];
         match &o[0] {
-            ProbeOutcome::Answered {
+            BatchOutcome::Ended(ProbeOutcome::Answered {
                 backend,
                 seen_source,
                 local,
                 ..
-            } => {
+            }) => {
                 assert_eq!(backend, "pod-1-1", "{protocol}");
                 assert_eq!(local.port(), 21_234, "{protocol}");
                 assert_eq!(
@@ -396,12 +411,52 @@ fn probe_batch_reports_every_probe_in_order() {
             other => panic!("{protocol}: {other:?}"),
         }
         assert_eq!(o[1].backend(), Some("pod-1-1"), "{protocol}: {:?}", o[1]);
-        assert_eq!(o[2], ProbeOutcome::Refused, "{protocol}");
-        assert_eq!(o[3], ProbeOutcome::Timeout, "{protocol}");
+        assert_eq!(o[2], ProbeOutcome::Refused.into(), "{protocol}");
+        assert_eq!(o[3], ProbeOutcome::Timeout.into(), "{protocol}");
     }
     let sctp = [batch(SERVER_PORT, Protocol::Sctp, None, TIMEOUT)];
     assert!(matches!(
         dataplane_testkit::probe_batch(&lab.pod(0).netns, &sctp),
         Err(dataplane_testkit::TrafficError::Unsupported { .. })
     ));
+}
+
+/// A pod forges another pod's address (and, in IPv6, its node's) with `send_forged`; with
+/// no dataplane in the way the sink on a pod of the other node records each datagram with
+/// the forged source — so a policy table's "never received" for a forged cell means a drop.
+#[test]
+fn forged_datagrams_reach_a_sink_with_the_forged_source() {
+    if !require_root("forged_datagrams_reach_a_sink_with_the_forged_source") {
+        return;
+    }
+    let lab = Lab::new(spec(true)).unwrap();
+    let target = lab.pod(3);
+    let sink = dataplane_testkit::sink(&target.netns, 7100).unwrap();
+    let mut sent = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let mut forged = vec![lab.pod(1).address(family).unwrap()];
+        if family == Family::V6 {
+            // An IPv4 node drops its own address coming in from a pod itself (martian).
+            forged.push(lab.node(0).address(family).unwrap());
+        }
+        for (i, source) in forged.into_iter().enumerate() {
+            let payload = format!("forged {family:?} {i}");
+            dataplane_testkit::send_forged(
+                &lab.pod(0).netns,
+                SocketAddr::new(source, 7200),
+                SocketAddr::new(target.address(family).unwrap(), 7100),
+                payload.as_bytes(),
+            )
+            .unwrap();
+            sent.push((SocketAddr::new(source, 7200), payload));
+        }
+    }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while sink.received().len() < sent.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut got = sink.received();
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent);
 }

@@ -56,6 +56,7 @@
 #define DP_DSR 3        /* DSR request taken on a backend's node: let the stack deliver it */
 #define DROP_UNALLOCATED -7 /* to an address in the service CIDRs that no service has */
 #define DP_TO_LO 4      /* reply of a CT_F_LOOPBACK connection: deliver it through lo */
+#define DROP_POLICY_DENIED -8 /* NetworkPolicy: a new connection no rule allows (policy.h) */
 
 /* Where the program runs. */
 #define CTX_FROM_POD 0

@@ -11,6 +11,7 @@
 #include "reject.h"
 #include "icmp.h"
 #include "echo.h"
+#include "policy.h"
 
 /*
  * A redirect forwards the packet in the stack's stead, so it decrements the TTL (hop limit)
@@ -201,13 +202,75 @@ static __noinline int to_lo(struct __sk_buff *skb)
 	return bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS);
 }
 
+/*
+ * Anti-spoofing, with NetworkPolicy in the state (CFG_F_POLICY): a packet from a pod whose
+ * source is not one of that pod's addresses would borrow another's rights (policy knows a
+ * client by its address: a pod forging the node's address would pass as the node). Its own
+ * addresses are those dp_local sends to this veth; an address dp_local does not hold (over
+ * its capacity) is judged only when it is no local endpoint's at all. IPv6 link-local and
+ * unspecified sources are exempt: neighbour discovery and duplicate address detection with
+ * the gateway use them, and they are never forwarded. Calico drops these with strict RPF on
+ * workload interfaces, Cilium checks an endpoint's source addresses.
+ */
+static __noinline int pol_spoofed(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct local_value *local;
+	struct dp_config *cfg;
+	struct pol_addr *pa;
+	__u32 saddr[4] = {};
+	__u32 zero = 0;
+	__u8 family;
+
+	cfg = bpf_map_lookup_elem(&dp_config, &zero);
+	if (!cfg || !(cfg->flags & CFG_F_POLICY) || (void *)(eth + 1) > end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end)
+			return 0;
+		family = DP_AF_INET;
+		saddr[0] = ip->saddr;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		family = DP_AF_INET6;
+		__builtin_memcpy(saddr, &ip6->saddr, 16);
+		if ((saddr[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000) ||
+		    !(saddr[0] | saddr[1] | saddr[2] | saddr[3]))
+			return 0;
+	} else {
+		return 0;
+	}
+	local = local_pod(saddr, family);
+	if (local)
+		return local->ifindex != skb->ifindex;
+	pa = pol_addr_of(saddr, family);
+	return !pa || !pa->ep_id;
+}
+
 static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 {
 	struct pkt p;
 	int l4 = 0; /* a TCP/UDP packet, parsed into p */
 	int ret;
 
+	/* Before anything else holds stack: dp_from_pod's deepest call chain is at the limit. */
+	if (ctx == CTX_FROM_POD && pol_spoofed(skb)) {
+		stat_inc(STAT_SPOOFED);
+		stat_inc(STAT_DROPPED);
+		return TC_ACT_SHOT;
+	}
 	ret = parse_packet(skb, &p);
+	if (ret == 0 && ctx == CTX_FROM_POD && pol_other(skb, &p, POL_DIR_EGRESS) < 0) {
+		stat_inc(STAT_DROPPED);
+		return TC_ACT_SHOT;
+	}
 	if (ret == 0) {
 		if (p.proto != IPPROTO_ICMP && p.proto != IPPROTO_ICMPV6)
 			return TC_ACT_OK;
@@ -225,14 +288,34 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 			/* One conntrack lookup for the packet's tuple serves every step below. */
 			struct ct_key k;
 			struct ct_entry *ct;
+			int created = 0; /* lb_forward() wrote this connection's entries */
 
 			ct_key_from_pkt(&k, &p);
 			ct = bpf_map_lookup_elem(&dp_ct, &k);
 			ret = lb_reply(skb, &p, ct);
 			if (ret == DP_NAT && ct && (ct->flags & CT_F_LOOPBACK))
 				ret = DP_TO_LO;
-			if (ret == DP_PASS)
+			if (ret == DP_PASS) {
+				created = !ct || !ct_is_fwd(ct) || ct_is_reopen(ct, &p);
 				ret = lb_forward(skb, &p, ctx, ct);
+				created = created && ret == DP_NAT;
+			}
+			/* The pod's egress policy: its own tuple (k) is the connection's key, p now
+			 * holds the backend chosen (or, for a reply, the client). A denied new
+			 * connection's entries go before the packet is dropped: dp_ct holds allowed
+			 * connections only. (Checked here, not inside lb_forward() before it writes
+			 * them: that call chain would outgrow the 512-byte stack.) */
+			if (ctx == CTX_FROM_POD &&
+			    (ret == DP_PASS || ret == DP_NAT || ret == DP_TO_LO)) {
+				int verdict = pol_check(&k, p.daddr, p.dport, p.tcp_flags,
+							POL_DIR_EGRESS);
+
+				if (verdict < 0) {
+					if (created)
+						pol_forget_ct(&k, &p);
+					ret = verdict;
+				}
+			}
 			if (ret == DP_PASS && ctx == CTX_TO_UPLINK)
 				ret = masquerade(skb, &p, ct);
 		}

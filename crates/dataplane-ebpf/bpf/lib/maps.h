@@ -100,6 +100,8 @@ enum config_flag {
 	CFG_F_CLUSTER_V4 = 1 << 5,   /* the node has IPv4 cluster CIDRs (else no ClusterIP client
 				      * is masqueraded for being outside them: no local detector) */
 	CFG_F_CLUSTER_V6 = 1 << 6,   /* the same for IPv6 */
+	CFG_F_POLICY = 1 << 7,       /* the state has NetworkPolicies: pods' forged sources are
+				      * dropped (policy knows a client by its address) */
 };
 
 /*
@@ -144,7 +146,9 @@ enum dp_stat {
 	STAT_SOCK_TRANSLATED = 12, /* connect() calls to a frontend given a backend (sock.c) */
 	STAT_HOST_ROUTED = 13,     /* untranslated packets from a pod redirected to a local pod */
 	STAT_UNALLOCATED = 14,     /* dropped: to a service-CIDR address that is no frontend */
-	STAT_MAX = 15,             /* the number of counters (dp_stats' size) */
+	STAT_POLICY_DENIED = 15,   /* dropped: a new connection NetworkPolicy does not allow */
+	STAT_SPOOFED = 16,         /* dropped: from a pod, with a source that is not its own */
+	STAT_MAX = 17,             /* the number of counters (dp_stats' size) */
 };
 
 struct svc_key {
@@ -371,6 +375,135 @@ struct {
 #endif
 
 /*
+ * NetworkPolicy (policy.h). User space programs these from dataplane_core's compiler
+ * (policy_tables::compile): peer sets are numbered in user space, and a new connection costs
+ * one dp_pol_addr lookup for the local endpoint, one for the peer, one dp_pol_rules probe per
+ * set the peer is in (at most POL_SETS_MAX) plus one for "any", and one dp_pol_blocks lookup
+ * (then one more dp_pol_rules probe): independent of the number of policies.
+ */
+
+/* pol_addr.flags. */
+enum pol_flag {
+	POL_F_ISO_INGRESS = 1 << 0, /* a local endpoint a policy isolates for ingress */
+	POL_F_ISO_EGRESS = 1 << 1,  /* ... for egress */
+	POL_F_NODE = 1 << 2,        /* one of this node's addresses: always allowed with its pods */
+};
+
+/* Directions in policy keys. */
+enum pol_dir {
+	POL_DIR_INGRESS = 0,
+	POL_DIR_EGRESS = 1,
+};
+
+/* Peer numbers in pol_rule_key.peer: POL_PEER_ANY (a rule without peers), a set number
+ * (1 .. POL_PEER_BLOCK - 1, from user space, stable while the set exists), or
+ * POL_PEER_BLOCK | n: the n-th allowed-ports group of the endpoint direction's ipBlocks
+ * (dp_pol_blocks' value). */
+enum pol_peer {
+	POL_PEER_ANY = 0,
+	POL_PEER_BLOCK = 0x80000000,
+};
+
+/* The most sets one address can be a member of (pol_addr.sets); the configured limit
+ * (Capacities::policy_sets_per_address) is at most this. */
+enum pol_limit {
+	POL_SETS_MAX = 32,
+};
+
+/* dp_pol_ct flags: which checks the connection passed at this node's pod veths. The key is
+ * the tuple as the pod sees it (before DNAT on its way out, after all translation on its way
+ * in), so the two hooks of a pod find the same entries. */
+enum pol_ct_flag {
+	POLCT_EGRESS = 1 << 0,        /* key: a connection the source pod's egress allowed */
+	POLCT_INGRESS = 1 << 1,       /* key: a connection the destination pod's ingress allowed */
+	POLCT_REPLY_EGRESS = 1 << 2,  /* key: replies of a POLCT_EGRESS connection (may enter) */
+	POLCT_REPLY_INGRESS = 1 << 3, /* key: replies of a POLCT_INGRESS connection (may leave) */
+};
+
+/* dp_pol_addr value (key: struct local_key): what policy knows about an address. */
+struct pol_addr {
+	__u32 ep_id;  /* the local endpoint's number; 0: not a local endpoint */
+	__u8 flags;   /* POL_F_* */
+	__u8 nsets;   /* sets[0 .. nsets) are valid */
+	__u16 pad;
+	__u32 sets[POL_SETS_MAX]; /* the numbers of the peer sets the address is a member of */
+};
+
+/*
+ * dp_pol_rules key (LPM trie): (endpoint, peer, direction, protocol, port). Cilium's
+ * port-range LPM (bpf/lib/policy.h): a rule of one peer for every protocol ends after `dir`
+ * (72 bits), for every port of a protocol after `proto` (80 bits), a port range is one or more
+ * prefixes of the port's bits (up to 96 bits). One lookup answers all of them: any match is
+ * an allow.
+ */
+struct pol_rule_key {
+	__u32 prefixlen;
+	__u32 ep_id;
+	__u32 peer;  /* POL_PEER_ANY, a set number, or POL_PEER_BLOCK | n */
+	__u8 dir;    /* POL_DIR_* */
+	__u8 proto;  /* IPPROTO_* */
+	__be16 port; /* destination port (ICMP: 0) */
+};
+
+/* dp_pol_blocks key (LPM trie): (endpoint, direction, address prefix; IPv4 as ::ffff:a.b.c.d),
+ * prefixlen = 64 + address bits. The value is the prefix's allowed-ports group
+ * (POL_PEER_BLOCK | n), or 0 when nothing is allowed (an except). */
+struct pol_block_key {
+	__u32 prefixlen;
+	__u32 ep_id;
+	__u8 dir;
+	__u8 pad[3];
+	__u32 addr[4];
+};
+
+/* dp_pol_ct value. */
+struct pol_ct {
+	__u64 last_seen_ns;
+	__u32 flags;    /* POLCT_* */
+	__u8 tcp_state; /* CT_TCP_* seen on this key: SYN, REPLY (a packet after the first),
+			 * FIN_FWD (a FIN in this key's direction), RST */
+	__u8 pad[3];
+};
+
+/* Addresses policy knows: local endpoints, members of the peer sets, node addresses. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct local_key);
+	__type(value, struct pol_addr);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_pol_addr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct pol_rule_key);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_pol_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct pol_block_key);
+	__type(value, __u32);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_pol_blocks SEC(".maps");
+
+/* Connections that crossed a local endpoint's veth (all of them, isolated or not, so that a
+ * policy added later leaves established connections alone): the policy verdict's
+ * conntrack. Separate from dp_ct, which holds translated connections only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct pol_ct);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_pol_ct SEC(".maps");
+
+/*
  * BTF holds an enum only when a type the object emits uses it. This struct names every
  * constant enum above and dp_consts_btf() takes it, so that each object's BTF carries them
  * for tests/btf_layout.rs. Nothing calls the function; `used` keeps it.
@@ -385,6 +518,11 @@ struct dp_consts {
 	enum config_flag config_flag;
 	enum cidr_flag cidr_flag;
 	enum dp_stat stat;
+	enum pol_flag pol_flag;
+	enum pol_dir pol_dir;
+	enum pol_peer pol_peer;
+	enum pol_limit pol_limit;
+	enum pol_ct_flag pol_ct_flag;
 };
 
 static __attribute__((used, noinline)) int dp_consts_btf(struct dp_consts *c)

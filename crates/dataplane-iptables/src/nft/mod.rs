@@ -24,7 +24,7 @@ use crate::plan::check_supported;
 use crate::plan::{changed_hairpin, changed_ports, node_plan};
 use dataplane_core::ServiceFingerprints;
 use render::{
-    compile_patch, compile_state, render_full, render_patch, render_reset, sorted_difference,
+    compile_patch, compile_state_with, render_full, render_patch, render_reset, sorted_difference,
     write_full_except, Element, NftRuleset,
 };
 
@@ -141,7 +141,7 @@ impl NftablesDataplane {
 
     fn compile(&self, desired: &DesiredState) -> Result<NftRuleset, Error> {
         Self::check(desired)?;
-        compile_state(desired, &self.config.name)
+        compile_state_with(desired, &self.config)
     }
 
     fn nft(&self, args: &[&str], stdin: Option<&str>, op: &str) -> Result<String, NetfilterError> {
@@ -213,7 +213,7 @@ impl NftablesDataplane {
         // Validates in full, as `check` does, and keeps the claims for partial syncs.
         let validator = Validator::new(desired)?;
         let skipped = Self::check_supported(desired)?;
-        let rs = compile_state(desired, &self.config.name)?;
+        let rs = compile_state_with(desired, &self.config)?;
         // Into a table that holds no service yet (nothing can be disturbed), the backend and
         // hairpin elements, most of a big ruleset, go in a netlink batch of their own after
         // the transaction: `nft` spends about as long parsing those 100k+ elements as all the
@@ -475,7 +475,8 @@ impl Dataplane for NftablesDataplane {
             // Updates core's tables in place (a copy would cost the whole policy per
             // change): from here on a failure leaves them ahead of the kernel, so it makes
             // the next sync a full one (as a failed transaction does).
-            match policy::compile_patch(&mut rs.policy, &state, changes) {
+            let max = self.config.max_policy_elements;
+            match policy::compile_patch(&mut rs.policy, &state, changes, max) {
                 Ok(patch) => Some((state, patch)),
                 Err(e) => {
                     self.dirty = true;

@@ -116,6 +116,15 @@ pub fn backend_bytes(ip: &IpAddr, port: u16) -> Reg {
     addr_bytes(ip).with(&port.to_be_bytes()).with(&[0, 0])
 }
 
+/// Register bytes of an `ifname` key: the name NUL-padded to `IFNAMSIZ` (16; core's
+/// validation keeps names to 15 bytes).
+pub fn ifname_bytes(name: &str) -> Reg {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    Reg::new().with(&buf)
+}
+
 /// Register bytes of a `mark` key (host byte order).
 pub fn mark_bytes(mark: u32) -> Reg {
     Reg::new().with(&mark.to_ne_bytes())

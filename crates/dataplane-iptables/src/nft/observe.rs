@@ -247,6 +247,10 @@ pub fn stats(l: &Listing) -> Stats {
             s.packets_rejected += n;
         } else if chain == "drop-service" {
             s.packets_dropped += n;
+        } else if chain == "pol-spoof" {
+            // NetworkPolicy anti-spoofing: a local pod's packet from an address not its own.
+            s.packets_dropped += n;
+            *s.other.entry("spoofed_dropped".to_owned()).or_default() += n;
         } else if chain.starts_with("pol-in-") || chain.starts_with("pol-out-") {
             // NetworkPolicy: the counted drop that ends an isolated endpoint's chain (its
             // only counter).

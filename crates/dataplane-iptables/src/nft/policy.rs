@@ -6,16 +6,25 @@
 //! the `inet` table next to the services'):
 //!
 //! ```text
-//! pol-forward (filter forward, priority filter) ─┐
-//! pol-output  (filter output,  priority filter) ─┼─jump─▶ pol-check
-//! pol-input   (filter input,   priority filter) ─┘
-//!   pol-check:  ct state established,related accept             (stateful: replies, old flows)
-//!               icmpv6 MLD, neighbour and router discovery accept
-//!               ip saddr . ip daddr @hairpin-v4 accept           (a pod reaching itself)
-//!               ip saddr @pol-node-v4 accept; ip daddr @pol-node-v4 accept   (node ↔ pods)
-//!               ip saddr vmap @pol-egress-v4    ─jump─▶ pol-out-<ns>/<pod>   (client's egress)
-//!               ip daddr vmap @pol-ingress-v4   ─jump─▶ pol-in-<ns>/<pod>    (server's ingress)
-//!               (and the same for ip6)
+//! pol-forward (filter forward, priority filter)
+//!   iifname @pol-pod-ifaces jump pol-spoof          (anti-spoofing, before anything accepts)
+//!   ct state established,related accept             (stateful: replies, old flows)
+//!   iifname @pol-pod-ifaces ip saddr . ip daddr @hairpin-v4 accept   (a pod reaching itself)
+//!   jump pol-dispatch
+//! pol-input (filter input, priority filter)
+//!   iifname @pol-pod-ifaces jump pol-spoof; ct state established,related accept
+//!   icmpv6 type { nd-router-solicit … nd-redirect } ip6 hoplimit 255 accept
+//!   icmpv6 type { mld-listener-query … mld2-listener-report } ip6 hoplimit 1 accept
+//!   ip daddr @pol-node-v4 accept                     (a pod → the node)
+//!   jump pol-dispatch
+//! (no output hook: what the node sends is the node's own traffic, kubelet probes included)
+//!   pol-spoof:  iifname . ip saddr @pol-pod-src-v4 return
+//!               ip6 saddr { fe80::/10, ::/128 } return
+//!               iifname . ip6 saddr @pol-pod-src-v6 return
+//!               counter drop
+//!   pol-dispatch: ip saddr vmap @pol-egress-v4  ─jump─▶ pol-out-<ns>/<pod>   (client's egress)
+//!                 ip daddr vmap @pol-ingress-v4 ─jump─▶ pol-in-<ns>/<pod>    (server's ingress)
+//!                 (and the same for ip6)
 //!   pol-in-<ns>/<pod>, pol-out-<ns>/<pod>: one rule per peer set, ending in `return`
 //!     ip saddr @pset-v4-<hash> meta l4proto . th dport { tcp . 80-81, udp . 53 } return
 //!     ip saddr { 10.0.0.0/9, … } return                            (ipBlock, every port)
@@ -37,8 +46,10 @@
 //!   the same on the eBPF backend). Calico's workload chains `cali-tw-`/`cali-fw-` start the
 //!   same way (felix/rules/endpoints.go, `appendConntrackRules`), and kube-proxy's nftables
 //!   filter chains likewise act on `ct state new` packets only.
-//! - Peer sets are named sets per selector (`pset-v4-<hash>`, a hash of core's stable
-//!   [`SetId`], as Calico names its ipsets `cali40s:<hash>` by the selector): a pod or label
+//! - Peer sets are named sets per selector (`pset-v4-<hash>`, 128 bits of SHA-256 of core's
+//!   stable [`SetId`], as Calico names its ipsets `cali40s:<hash>` by the selector and
+//!   kube-proxy its chains by a truncated SHA-256; tenant text cannot be made to collide, and
+//!   a collision is refused anyway, [`Names`]): a pod or label
 //!   change is element adds and deletes in the sets it is in, not a rule change, and a
 //!   thousand policies with the same peer share one set. An endpoint chain has one rule per
 //!   distinct peer set (its ports in one anonymous `l4proto . dport` set), not one per policy.
@@ -46,23 +57,44 @@
 //!   chains): an endpoint that no policy isolates in a direction has no element and costs one
 //!   failed hash lookup. Calico's nftables dataplane dispatches on the interface instead
 //!   (`filter-cali-to-wl-dispatch`, `ifname : verdict`); the address is what the model's
-//!   policy is about, it is the same in the forward, output and input hooks, and it keeps a
-//!   pod's checks independent of how it is wired.
+//!   policy is about, it is the same in the forward and input hooks, and it keeps a pod's
+//!   checks independent of how it is wired. Dispatch by source is sound because anti-spoofing
+//!   ran first: a packet from a pod interface carries that pod's address.
 //! - ipBlocks: core's merged longest-prefix table ([`DirectionTable::block_table`]) made
 //!   disjoint (`nf_tables` interval sets refuse overlapping elements), each range written as
 //!   the prefixes that cover it exactly, in anonymous interval sets: one for ranges that allow
 //!   every protocol, one concatenation `addr . l4proto . dport` for the rest. The excepts are
 //!   holes in those ranges, so one lookup decides.
-//! - The node-traffic rule uses the node's addresses as the model lists them
-//!   (`Node::addresses`); pods reaching their own address through a service are told by the
-//!   services' `hairpin` set, which holds every local endpoint address.
-//! - Multicast listener, neighbour and router discovery (`ICMPv6` types 130-137) are accepted
-//!   before the tables: without them an isolated IPv6 pod could not resolve its gateway or
-//!   take router advertisements. Calico accepts types 130-133, 135 and 136 from workloads for
-//!   the same reason (felix/rules/static.go, `ICMPv6Filter`); here both ways, as the node's
-//!   link-local addresses are no `Node::addresses` the node rule would let through.
+//! - Anti-spoofing (core's `is_spoofed`): a packet arriving on a local endpoint's interface
+//!   must come from one of that endpoint's addresses (one `interface . address` set per
+//!   family; IPv6 link-local and unspecified sources exempt: neighbour discovery and DAD use
+//!   them, and the kernel never forwards them). Without it a pod (`CAP_NET_RAW` is a
+//!   container default) forging the node's or an allowed pod's address passed the target's
+//!   ingress, and any forged source skipped its own egress. Calico drops these with strict
+//!   reverse-path filtering on workload interfaces (felix `cali-from-wl-dispatch` /
+//!   `rp_filter`), Cilium checks an endpoint's source address. It runs before conntrack's
+//!   accept: a forged packet matching another pod's connection would be `established`.
+//! - Node rules only where the address can be genuine: the node as destination in the input
+//!   hook; the node as source nowhere, as there is no output hook (what the node sends is its
+//!   own, whatever its source address: kubelet probes from docker0 or a secondary address
+//!   reach isolated pods, and their replies are established), and a forwarded packet is never
+//!   the node's. A pod reaching its own address through a service is told by the services'
+//!   `hairpin` set (every local endpoint address), only for packets from a pod interface,
+//!   whose source anti-spoofing vouched for.
+//! - Neighbour and router discovery (`ICMPv6` types 133-137) with hop limit 255 (RFC 4861:
+//!   receivers ignore any other, so it cannot have been forwarded) and multicast listener
+//!   messages (130-132, 143) with hop limit 1 are accepted in the input hook only: without
+//!   them an isolated IPv6 pod could not resolve its gateway (its global source would meet
+//!   its egress chain). Calico accepts types 130-133, 135 and 136 from workloads for the same
+//!   reason (felix/rules/static.go, `ICMPv6Filter`). Forwarded ones are policed like any
+//!   packet: pods cannot send them to isolated pods.
+//! - Sizes: an endpoint direction of more than
+//!   [`NetfilterConfig::max_policy_elements`](crate::NetfilterConfig::max_policy_elements)
+//!   elements is refused (ipBlock excepts multiply into prefixes x protocols x port ranges,
+//!   copied into the endpoint's chain), before the expansion.
 //!
-//! Cost of a new connection: two set lookups (node), one hash lookup per direction
+//! Cost of a packet from a local pod: two set lookups (anti-spoofing). Cost of a new
+//! connection: the hairpin lookup, one hash lookup per direction
 //! (dispatch), then one rule per distinct peer set of the endpoint plus at most two interval
 //! lookups (ipBlocks): linear in the distinct peers of the pod's policies, not in the
 //! policies or the pods. Established packets cost one conntrack-state match.
@@ -73,8 +105,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane_core::policy_tables::{DirectionTable, EndpointTables, Peer, PortSpec, SetId};
 use dataplane_core::{
-    compile as compile_tables, ChangeSet, CompiledPolicy, DesiredState, Error, IpFamily, Node,
-    ObjectName, PolicyDelta, Protocol,
+    compile as compile_tables, ChangeSet, CompiledPolicy, DesiredState, Endpoint, Error, IpFamily,
+    Node, ObjectName, PolicyDelta, Protocol,
 };
 use ipnetwork::IpNetwork;
 
@@ -178,6 +210,11 @@ pub struct NftPolicy {
     pub set_names: BTreeMap<SetId, String>,
     /// The objects of each isolated local endpoint.
     pub endpoints: BTreeMap<ObjectName, EndpointRules>,
+    /// Anti-spoofing: the `interface . address` pairs of the local endpoints (empty without
+    /// the layer).
+    pub spoof: BTreeSet<(String, IpAddr)>,
+    /// The hashed names in use.
+    pub names: Names,
 }
 
 /// The name of the peer set `stem` of `family`.
@@ -185,21 +222,40 @@ pub fn set_name(family: IpFamily, stem: &str) -> String {
     format!("pset-{}-{stem}", family.suffix())
 }
 
-/// The name stem of a peer set: 64 bits of FNV-1a over its id, stable across runs and
-/// versions (the id is core's canonical text of the selector).
-pub fn set_stem(id: &SetId) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.0.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// How names are hashed: [`sha256_name`] in production; tests swap in a weak hash to force
+/// collisions (the seam of [`compile_with`]).
+pub(crate) type Hasher = fn(&str) -> String;
+
+/// 128 bits of SHA-256 over `text`, in hex: stable across runs and versions, and
+/// tenant-controlled text (selectors, pod names) cannot be chosen to collide, as it could
+/// with a short non-cryptographic hash (two peer sets sharing one name would merge their
+/// members). kube-proxy names its per-service chains the same way: SHA-256 of the
+/// service-port name, truncated (`servicePortChainName`, 16 base32 characters).
+pub fn sha256_name(text: &str) -> String {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        let _ = write!(out, "{b:02x}");
     }
-    format!("{h:016x}")
+    out
+}
+
+/// The name stem of a peer set: [`sha256_name`] of core's canonical text of the selector
+/// (its [`SetId`]).
+pub fn set_stem(id: &SetId) -> String {
+    sha256_name(&id.0)
 }
 
 /// The chain of `endpoint`'s `direction`: `pol-in-<ns>/<pod>`; a name too long for
-/// `nf_tables` (pod names may have 253 characters) keeps its start and ends in a hash of the
-/// whole.
+/// `nf_tables` (pod names may have 253 characters) keeps its start and ends in `_` and a
+/// hash of the whole.
 pub fn chain_name(direction: Direction, endpoint: &ObjectName) -> String {
+    chain_name_with(direction, endpoint, sha256_name)
+}
+
+fn chain_name_with(direction: Direction, endpoint: &ObjectName, hash: Hasher) -> String {
     let full = format!(
         "{}{}/{}",
         direction.chain_prefix(),
@@ -209,15 +265,71 @@ pub fn chain_name(direction: Direction, endpoint: &ObjectName) -> String {
     if full.len() <= MAX_CHAIN_NAME {
         return full;
     }
-    let hash = set_stem(&SetId(full.clone()));
+    let hash = hash(&full);
     // Names are ASCII (namespaces and pod names are DNS labels/subdomains), which never hold
-    // `_`: the cut name cannot be another pod's whole name. (nft's unquoted names take
-    // letters, digits, `/`, `\`, `_`, `.` and `-` only.)
+    // `_`: a cut name cannot be another pod's whole name, only another cut one (which
+    // [`Names`] refuses). nft's unquoted names start with a letter and go on with letters,
+    // digits, `/`, `\`, `_`, `.` and `-` only: `~` or `:` would be a syntax error that fails
+    // every sync.
     let keep = MAX_CHAIN_NAME - hash.len() - 1;
     format!("{}_{hash}", &full[..keep])
 }
 
-/// The policy layer's node-wide statements.
+/// The hashed names in use and what each names, to refuse a collision (two objects, one
+/// name) before anything is written: a chain or set shared by two objects would silently
+/// give one the other's rules or members.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Names {
+    /// Peer-set stem → the set it names.
+    sets: BTreeMap<String, SetId>,
+    /// Cut chain name (only those carry a hash; whole names are distinct by construction) →
+    /// its endpoint.
+    chains: BTreeMap<String, ObjectName>,
+}
+
+impl Names {
+    fn claim_set(&mut self, stem: &str, id: &SetId) -> Result<(), Error> {
+        claim(
+            &mut self.sets,
+            stem,
+            id,
+            &set_name(IpFamily::V4, stem),
+            "peer set",
+        )
+    }
+
+    fn claim_chain(&mut self, chain: &str, endpoint: &ObjectName) -> Result<(), Error> {
+        if !chain.contains('_') {
+            return Ok(());
+        }
+        claim(&mut self.chains, chain, endpoint, chain, "endpoint")
+    }
+}
+
+/// Records that `key` is `owner`'s, refusing it when another object has it.
+fn claim<T: Clone + PartialEq + std::fmt::Display>(
+    owners: &mut BTreeMap<String, T>,
+    key: &str,
+    owner: &T,
+    name: &str,
+    kind: &str,
+) -> Result<(), Error> {
+    match owners.get(key) {
+        Some(other) if other != owner => Err(NetfilterError::NameCollision {
+            backend: "nftables",
+            name: name.to_owned(),
+            first: format!("{kind} {other}"),
+            second: format!("{kind} {owner}"),
+        }
+        .into()),
+        _ => {
+            owners.insert(key.to_owned(), owner.clone());
+            Ok(())
+        }
+    }
+}
+
+/// The layer's node-wide statements.
 pub fn base(node: &Node) -> Vec<String> {
     let mut out = Vec::new();
     for f in FAMILIES {
@@ -234,36 +346,68 @@ pub fn base(node: &Node) -> Vec<String> {
             format!(" elements = {{ {} }};", nodes.join(", "))
         };
         out.push(format!("set pol-node-{fs} {{ type {at};{elements} }}"));
+        out.push(format!("set {} {{ type ifname . {at}; }}", spoof_set(f)));
         for d in [Direction::Ingress, Direction::Egress] {
             out.push(format!("map {} {{ type {at} : verdict; }}", d.map(f)));
         }
     }
-    for (chain, hook) in [
-        ("pol-forward", "forward"),
-        ("pol-output", "output"),
-        ("pol-input", "input"),
-    ] {
+    out.push(format!("set {IFACES} {{ type ifname; }}"));
+    for (chain, hook) in [("pol-forward", "forward"), ("pol-input", "input")] {
         out.push(format!(
             "chain {chain} {{ type filter hook {hook} priority filter; policy accept; }}"
         ));
     }
-    out.push("chain pol-check".to_owned());
-    for chain in ["pol-forward", "pol-output", "pol-input"] {
-        out.push(format!("rule {chain} jump pol-check"));
-    }
-    let rule = |r: &str| format!("rule pol-check {r}");
-    out.push(rule("ct state established,related accept"));
+    out.push("chain pol-spoof".to_owned());
+    out.push("chain pol-dispatch".to_owned());
+    let rule = |chain: &str, r: &str| format!("rule {chain} {r}");
+    // Anti-spoofing first, before anything accepts (conntrack included: a forged packet
+    // matching another pod's connection would be `established`).
     out.push(rule(
-        "icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept",
+        "pol-spoof",
+        &format!("iifname . ip saddr @{} return", spoof_set(IpFamily::V4)),
     ));
+    out.push(rule("pol-spoof", "ip6 saddr { fe80::/10, ::/128 } return"));
+    out.push(rule(
+        "pol-spoof",
+        &format!("iifname . ip6 saddr @{} return", spoof_set(IpFamily::V6)),
+    ));
+    out.push(rule("pol-spoof", "counter drop"));
+    for chain in ["pol-forward", "pol-input"] {
+        out.push(rule(chain, &format!("iifname @{IFACES} jump pol-spoof")));
+        out.push(rule(chain, "ct state established,related accept"));
+    }
+    // Forward: no node rule (a forwarded packet is never the node's own, whatever its
+    // source says), no ICMPv6 exception (neighbour discovery and MLD are link-local: a
+    // forwarded one is not genuine and its receiver ignores it). A pod reaching itself
+    // through a service: its source is genuine, as it passed anti-spoofing on its own
+    // interface.
     for f in FAMILIES {
         let (fs, ip) = (f.suffix(), ip_kw(f));
-        out.push(rule(&format!(
-            "{ip} saddr . {ip} daddr @hairpin-{fs} accept"
-        )));
-        out.push(rule(&format!("{ip} saddr @pol-node-{fs} accept")));
-        out.push(rule(&format!("{ip} daddr @pol-node-{fs} accept")));
+        out.push(rule(
+            "pol-forward",
+            &format!("iifname @{IFACES} {ip} saddr . {ip} daddr @hairpin-{fs} accept"),
+        ));
     }
+    out.push(rule("pol-forward", "jump pol-dispatch"));
+    // Input: what reaches the node itself. Neighbour and router discovery (hop limit 255,
+    // which RFC 4861 receivers require: it cannot have been forwarded) and multicast
+    // listener messages (hop limit 1) between a pod and its gateway; then the node as
+    // destination.
+    out.push(rule(
+        "pol-input",
+        "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } ip6 hoplimit 255 accept",
+    ));
+    out.push(rule(
+        "pol-input",
+        "icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report } ip6 hoplimit 1 accept",
+    ));
+    for f in FAMILIES {
+        out.push(rule(
+            "pol-input",
+            &format!("{} daddr @pol-node-{} accept", ip_kw(f), f.suffix()),
+        ));
+    }
+    out.push(rule("pol-input", "jump pol-dispatch"));
     // Egress first: its chains `return` when they allow, so that the server's ingress is
     // checked next in the same walk.
     for d in [Direction::Egress, Direction::Ingress] {
@@ -272,58 +416,99 @@ pub fn base(node: &Node) -> Vec<String> {
                 Direction::Ingress => "daddr",
                 Direction::Egress => "saddr",
             };
-            out.push(rule(&format!("{} {field} vmap @{}", ip_kw(f), d.map(f))));
+            out.push(rule(
+                "pol-dispatch",
+                &format!("{} {field} vmap @{}", ip_kw(f), d.map(f)),
+            ));
         }
     }
     out
 }
 
-/// Compiles the policy of `state` (valid, see [`dataplane_core::validate()`]).
-pub fn compile(state: &DesiredState) -> Result<NftPolicy, Error> {
+/// The set of the local endpoints' interfaces (anti-spoofing).
+const IFACES: &str = "pol-pod-ifaces";
+
+/// The set of `interface . address` pairs of the local endpoints of `family`: the sources a
+/// packet arriving on an endpoint's interface may have.
+fn spoof_set(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "pol-pod-src-v4",
+        IpFamily::V6 => "pol-pod-src-v6",
+    }
+}
+
+/// An endpoint's anti-spoofing pairs: its interface with each of its addresses.
+fn spoof_pairs(e: &Endpoint) -> impl Iterator<Item = (String, IpAddr)> + '_ {
+    e.ips.iter().map(|ip| (e.interface.clone(), *ip))
+}
+
+/// Refuses an interface name that nft cannot take as a quoted string (`"` ends it, `\` and
+/// a trailing `*` change it, control characters break the line); the kernel's own rules
+/// (at most 15 bytes, no `/`, no whitespace) are core's validation.
+fn check_interface(e: &Endpoint) -> Result<(), Error> {
+    if e.interface
+        .chars()
+        .any(|c| c == '"' || c == '\\' || c == '*' || !c.is_ascii_graphic())
+    {
+        return Err(Error::Unsupported {
+            dataplane: "nftables".to_owned(),
+            feature: format!(
+                "NetworkPolicy anti-spoofing on interface {:?} (nft takes interface names of printable ASCII without `\"`, `\\` or `*`)",
+                e.interface
+            ),
+            object: format!("endpoint {} field interface", e.name),
+        });
+    }
+    Ok(())
+}
+
+/// Compiles the policy of `state` (valid, see [`dataplane_core::validate()`]); an isolated
+/// direction of more than `max_elements` elements is refused
+/// ([`NetfilterConfig::max_policy_elements`](crate::NetfilterConfig::max_policy_elements)).
+pub fn compile(state: &DesiredState, max_elements: usize) -> Result<NftPolicy, Error> {
+    compile_with(state, max_elements, sha256_name)
+}
+
+/// [`compile`] with names hashed by `hash`.
+pub(crate) fn compile_with(
+    state: &DesiredState,
+    max_elements: usize,
+    hash: Hasher,
+) -> Result<NftPolicy, Error> {
+    let layer = !state.policies.is_empty();
+    let mut spoof = BTreeSet::new();
+    if layer {
+        for e in &state.endpoints {
+            check_interface(e)?;
+            spoof.extend(spoof_pairs(e));
+        }
+    }
     let compiled = compile_tables(state);
+    let mut names = Names::default();
     let mut set_names = BTreeMap::new();
-    let mut stems = BTreeMap::new();
     for id in compiled.sets.keys() {
-        name_set(id, &mut set_names, &mut stems)?;
+        let stem = hash(&id.0);
+        names.claim_set(&stem, id)?;
+        set_names.insert(id.clone(), stem);
     }
     let mut endpoints = BTreeMap::new();
     for (name, tables) in &compiled.endpoints {
-        if let Some(rules) = endpoint_rules(name, tables, &set_names)? {
+        let rules = endpoint_rules(name, tables, &set_names, max_elements, hash)?;
+        if let Some(rules) = rules {
+            for (chain, _) in &rules.chains {
+                names.claim_chain(chain, name)?;
+            }
             endpoints.insert(name.clone(), rules);
         }
     }
     Ok(NftPolicy {
-        base: if state.policies.is_empty() {
-            Vec::new()
-        } else {
-            base(&state.node)
-        },
+        base: if layer { base(&state.node) } else { Vec::new() },
         compiled,
         set_names,
         endpoints,
+        spoof,
+        names,
     })
-}
-
-/// Names set `id`, refusing a stem that another set has (64-bit hashes: a bug or an
-/// astronomically unlikely collision, either way nothing is written).
-fn name_set(
-    id: &SetId,
-    names: &mut BTreeMap<SetId, String>,
-    stems: &mut BTreeMap<String, SetId>,
-) -> Result<String, Error> {
-    let stem = set_stem(id);
-    if let Some(other) = stems.get(&stem) {
-        if other != id {
-            return Err(NetfilterError::Internal {
-                backend: "nftables",
-                detail: format!("peer sets {other} and {id} hash to the same name {stem}"),
-            }
-            .into());
-        }
-    }
-    stems.insert(stem.clone(), id.clone());
-    names.insert(id.clone(), stem.clone());
-    Ok(stem)
 }
 
 /// The objects of one endpoint, `None` when no policy isolates it.
@@ -331,6 +516,8 @@ fn endpoint_rules(
     name: &ObjectName,
     tables: &EndpointTables,
     names: &BTreeMap<SetId, String>,
+    max_elements: usize,
+    hash: Hasher,
 ) -> Result<Option<EndpointRules>, Error> {
     let families: BTreeSet<IpFamily> = tables.ips.iter().map(IpFamily::of).collect();
     let mut out = EndpointRules::default();
@@ -341,8 +528,13 @@ fn endpoint_rules(
         if !table.isolated {
             continue;
         }
-        let chain = chain_name(direction, name);
-        let rules = direction_rules(direction, table, &families, names)?;
+        let chain = chain_name_with(direction, name, hash);
+        let limit = Limit {
+            endpoint: name,
+            direction,
+            max: max_elements,
+        };
+        let rules = direction_rules(direction, table, &families, names, &limit)?;
         for ip in &tables.ips {
             out.dispatch.push(Dispatch {
                 direction,
@@ -360,15 +552,48 @@ fn endpoint_rules(
     Ok(Some(out))
 }
 
+/// The element limit of one endpoint direction, and whom to name when it is exceeded.
+struct Limit<'a> {
+    endpoint: &'a ObjectName,
+    direction: Direction,
+    max: usize,
+}
+
+impl Limit<'_> {
+    /// Refuses `needed` elements of `field` over the limit.
+    fn check(&self, field: &str, needed: usize) -> Result<(), Error> {
+        if needed <= self.max {
+            return Ok(());
+        }
+        let direction = match self.direction {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        };
+        Err(Error::CapacityExceeded {
+            what: format!(
+                "nftables policy elements of endpoint {} {direction} ({field}; NetfilterConfig::max_policy_elements)",
+                self.endpoint
+            ),
+            needed,
+            capacity: self.max,
+        })
+    }
+}
+
 /// The rules of an isolated direction: allow entries grouped by peer, then a counted drop.
+/// More than `limit` elements in the direction's sets is refused before the ipBlock
+/// expansion's work grows with it.
 fn direction_rules(
     direction: Direction,
     table: &DirectionTable,
     families: &BTreeSet<IpFamily>,
     names: &BTreeMap<SetId, String>,
+    limit: &Limit<'_>,
 ) -> Result<Vec<String>, Error> {
     let mut any: BTreeSet<PortSpec> = BTreeSet::new();
     let mut by_set: BTreeMap<&SetId, BTreeSet<PortSpec>> = BTreeMap::new();
+    // ipBlock prefixes (cidrs and excepts), once per protocol and port range.
+    let mut block_specs = 0usize;
     for e in &table.entries {
         match &e.peer {
             Peer::Any => {
@@ -378,15 +603,22 @@ fn direction_rules(
                 by_set.entry(id).or_default().insert((e.protocol, e.ports));
             }
             // Answered by the merged longest-prefix table below.
-            Peer::Block(_) => {}
+            Peer::Block(prefixes) => block_specs += prefixes.len(),
         }
     }
+    let port_elements = any.len() + by_set.values().map(BTreeSet::len).sum::<usize>();
+    limit.check("ports of pod and namespace peers", port_elements)?;
+    // The ipBlock entries (cidrs and excepts, with their ports) bound the table below: refuse
+    // an oversized one before building it.
+    limit.check("ipBlock cidrs, excepts and their ports", block_specs)?;
     let mut rules = Vec::new();
     if !any.is_empty() {
         rules.push(format!("{}return", port_match(&any)));
     }
     let blocks = table.block_table();
+    limit.check("ipBlock prefixes", blocks.len())?;
     let field = direction.peer_field();
+    let mut written = port_elements;
     for f in families {
         let ip = ip_kw(*f);
         for (id, specs) in &by_set {
@@ -401,6 +633,8 @@ fn direction_rules(
             ));
         }
         let (every_port, by_port) = block_elements(&blocks, *f);
+        written += every_port.len() + by_port.len();
+        limit.check("ipBlock prefixes x protocols x port ranges", written)?;
         if !every_port.is_empty() {
             rules.push(format!(
                 "{ip} {field} {{ {} }} return",
@@ -609,6 +843,9 @@ fn range_prefixes(mut lo: u128, hi: u128, family: IpFamily) -> Vec<IpNetwork> {
 pub struct PolicyPatch {
     /// The layer's node-wide statements, when it is created by this patch.
     pub base: Vec<String>,
+    /// The layer's node-wide statements, when it is removed by this patch (the last policy
+    /// went): its chains, sets and maps are deleted at the end of the transaction.
+    pub base_removed: Vec<String>,
     /// What changed, as core computed it.
     pub delta: PolicyDelta,
     /// Name stems of the new sets.
@@ -617,13 +854,21 @@ pub struct PolicyPatch {
     pub sets_removed: BTreeMap<SetId, String>,
     /// The endpoints whose objects changed: their new objects (`None`: none any more).
     pub endpoints: BTreeMap<ObjectName, Option<EndpointRules>>,
+    /// Anti-spoofing pairs added (all of them when the layer is created).
+    pub spoof_added: BTreeSet<(String, IpAddr)>,
+    /// Anti-spoofing pairs removed (none when the layer goes: its sets go whole).
+    pub spoof_removed: BTreeSet<(String, IpAddr)>,
+    /// The hashed names after the patch.
+    pub names: Names,
 }
 
 impl PolicyPatch {
-    /// Whether the patch changes nothing but members of existing peer sets (the element
-    /// path: no chain, set or map element of another kind is touched).
+    /// Whether the patch changes nothing but members of existing peer sets and
+    /// anti-spoofing elements (the element path: no chain, set or map element of another
+    /// kind is touched).
     pub fn members_only(&self) -> bool {
         self.base.is_empty()
+            && self.base_removed.is_empty()
             && self.sets_added.is_empty()
             && self.sets_removed.is_empty()
             && self.endpoints.is_empty()
@@ -631,7 +876,8 @@ impl PolicyPatch {
 }
 
 /// Compiles what `changes` (which led to `state`) change in `old`: core's incremental
-/// [`CompiledPolicy::update`], then the objects of the endpoints whose tables changed only.
+/// [`CompiledPolicy::update`], then the objects of the endpoints whose tables changed only;
+/// `max_elements` as in [`compile`].
 ///
 /// Core's tables (`old.compiled`) are updated in place: a copy would cost as much as the
 /// whole policy (every member of every set) on each change. The rest of `old` (set names,
@@ -642,19 +888,26 @@ pub fn compile_patch(
     old: &mut NftPolicy,
     state: &DesiredState,
     changes: &ChangeSet,
+    max_elements: usize,
 ) -> Result<PolicyPatch, Error> {
     let delta = old.compiled.update(state, changes);
     let old: &NftPolicy = old;
     let compiled = &old.compiled;
-    let mut names = old.set_names.clone();
-    let mut stems: BTreeMap<String, SetId> = names
-        .iter()
-        .filter(|(id, _)| !delta.sets_removed.contains(*id))
-        .map(|(id, s)| (s.clone(), id.clone()))
-        .collect();
+    let had_layer = !old.base.is_empty();
+    let layer = !state.policies.is_empty();
+    let mut names = old.names.clone();
+    let mut set_names = old.set_names.clone();
+    for id in &delta.sets_removed {
+        if let Some(stem) = set_names.remove(id) {
+            names.sets.remove(&stem);
+        }
+    }
     let mut sets_added = BTreeMap::new();
     for id in delta.sets_added.keys() {
-        sets_added.insert(id.clone(), name_set(id, &mut names, &mut stems)?);
+        let stem = set_stem(id);
+        names.claim_set(&stem, id)?;
+        set_names.insert(id.clone(), stem.clone());
+        sets_added.insert(id.clone(), stem);
     }
     let sets_removed: BTreeMap<SetId, String> = delta
         .sets_removed
@@ -662,23 +915,54 @@ pub fn compile_patch(
         .filter_map(|id| old.set_names.get(id).map(|s| (id.clone(), s.clone())))
         .collect();
     let mut endpoints = BTreeMap::new();
-    for name in &delta.endpoints_changed {
+    for name in delta
+        .endpoints_changed
+        .iter()
+        .chain(&delta.endpoints_removed)
+    {
         let new = match compiled.endpoints.get(name) {
-            Some(tables) => endpoint_rules(name, tables, &names)?,
+            Some(tables) => endpoint_rules(name, tables, &set_names, max_elements, sha256_name)?,
             None => None,
         };
         if old.endpoints.get(name) != new.as_ref() {
+            if let Some(o) = old.endpoints.get(name) {
+                for (chain, _) in &o.chains {
+                    names.chains.remove(chain);
+                }
+            }
             endpoints.insert(name.clone(), new);
         }
     }
-    for name in &delta.endpoints_removed {
-        if old.endpoints.contains_key(name) {
-            endpoints.insert(name.clone(), None);
+    for (name, new) in &endpoints {
+        for (chain, _) in new.iter().flat_map(|r| &r.chains) {
+            names.claim_chain(chain, name)?;
+        }
+    }
+    let (mut spoof_added, mut spoof_removed) = (BTreeSet::new(), BTreeSet::new());
+    if layer && !had_layer {
+        for e in &state.endpoints {
+            check_interface(e)?;
+            spoof_added.extend(spoof_pairs(e));
+        }
+    } else if layer {
+        for change in changes.endpoints.values() {
+            let before: BTreeSet<_> = change.previous.iter().flat_map(spoof_pairs).collect();
+            let after: BTreeSet<_> = change.current.iter().flat_map(spoof_pairs).collect();
+            if let Some(e) = &change.current {
+                check_interface(e)?;
+            }
+            spoof_removed.extend(before.difference(&after).cloned());
+            spoof_added.extend(after.difference(&before).cloned());
         }
     }
     Ok(PolicyPatch {
-        base: if old.base.is_empty() && !state.policies.is_empty() {
+        base: if layer && !had_layer {
             base(&state.node)
+        } else {
+            Vec::new()
+        },
+        base_removed: if had_layer && !layer {
+            old.base.clone()
         } else {
             Vec::new()
         },
@@ -686,21 +970,32 @@ pub fn compile_patch(
         sets_added,
         sets_removed,
         endpoints,
+        spoof_added,
+        spoof_removed,
+        names,
     })
 }
 
 impl NftPolicy {
     /// Records a patch the kernel accepted (its tables are in `compiled` already, see
-    /// [`compile_patch`]). The layer, once created, stays until the next full sync (without
-    /// policies it lets everything through: no endpoint is dispatched).
+    /// [`compile_patch`]).
     pub fn apply_patch(&mut self, patch: PolicyPatch) {
         if !patch.base.is_empty() {
             self.base = patch.base;
+        }
+        if !patch.base_removed.is_empty() {
+            self.base.clear();
+            self.spoof.clear();
         }
         for id in patch.sets_removed.keys() {
             self.set_names.remove(id);
         }
         self.set_names.extend(patch.sets_added);
+        for pair in &patch.spoof_removed {
+            self.spoof.remove(pair);
+        }
+        self.spoof.extend(patch.spoof_added);
+        self.names = patch.names;
         for (name, rules) in patch.endpoints {
             match rules {
                 Some(r) => self.endpoints.insert(name, r),
@@ -788,6 +1083,13 @@ pub fn write_full<W: std::fmt::Write + ?Sized>(
     for stem in p.set_names.values() {
         set_lines(table, "add", stem, out)?;
     }
+    let ifaces: BTreeSet<&String> = p.spoof.iter().map(|(i, _)| i).collect();
+    element_lines(
+        table,
+        "add",
+        spoof_items(&p.spoof, ifaces.into_iter().cloned()),
+        out,
+    )?;
     element_lines(
         table,
         "add",
@@ -848,6 +1150,13 @@ pub fn write_patch<W: std::fmt::Write + ?Sized>(
         out,
     )?;
     element_lines(t, "delete", member_items(old, patch, true), out)?;
+    let (ifaces_added, ifaces_removed) = iface_changes(&old.spoof, patch);
+    for (verb, pairs, ifaces) in [
+        ("delete", &patch.spoof_removed, ifaces_removed),
+        ("add", &patch.spoof_added, ifaces_added),
+    ] {
+        element_lines(t, verb, spoof_items(pairs, ifaces), out)?;
+    }
     for stem in patch.sets_added.values() {
         set_lines(t, "add", stem, out)?;
     }
@@ -895,7 +1204,77 @@ pub fn write_patch<W: std::fmt::Write + ?Sized>(
         "add",
         add_dispatch.iter().map(|d| dispatch_element(d, true)),
         out,
+    )?;
+    // The last policy went: the layer goes (its endpoint chains and peer sets went above),
+    // so that a node without policies has no policy hook at all.
+    let objects = || {
+        patch
+            .base_removed
+            .iter()
+            .filter_map(|stmt| stmt.split_once(' '))
+            .map(|(kind, rest)| (kind, rest.split(' ').next().unwrap_or(rest)))
+    };
+    for (_, chain) in objects().filter(|(k, _)| *k == "chain") {
+        writeln!(out, "flush chain inet {t} {chain}")?;
+    }
+    for (_, chain) in objects().filter(|(k, _)| *k == "chain") {
+        writeln!(out, "delete chain inet {t} {chain}")?;
+    }
+    for (kind, name) in objects().filter(|(k, _)| *k == "set" || *k == "map") {
+        writeln!(out, "delete {kind} inet {t} {name}")?;
+    }
+    Ok(())
+}
+
+/// The anti-spoofing elements of `pairs` and `ifaces`: (set, element text).
+fn spoof_items<'a>(
+    pairs: &'a BTreeSet<(String, IpAddr)>,
+    ifaces: impl IntoIterator<Item = String> + 'a,
+) -> impl Iterator<Item = (String, String)> + 'a {
+    pairs.iter().map(spoof_element).chain(
+        ifaces
+            .into_iter()
+            .map(|i| (IFACES.to_owned(), format!("\"{i}\""))),
     )
+}
+
+/// An anti-spoofing element: (set, `"interface" . address`).
+fn spoof_element((iface, ip): &(String, IpAddr)) -> (String, String) {
+    (
+        spoof_set(IpFamily::of(ip)).to_owned(),
+        format!("\"{iface}\" . {ip}"),
+    )
+}
+
+/// The interfaces `patch` adds to and removes from the interface set: those that gain their
+/// first anti-spoofing pair or lose their last.
+fn iface_changes(
+    old: &BTreeSet<(String, IpAddr)>,
+    patch: &PolicyPatch,
+) -> (Vec<String>, Vec<String>) {
+    let touched: BTreeSet<&String> = patch
+        .spoof_added
+        .iter()
+        .chain(&patch.spoof_removed)
+        .map(|(i, _)| i)
+        .collect();
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let lo = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let hi = IpAddr::V6(Ipv6Addr::from(u128::MAX));
+    for iface in touched {
+        let count = |set: &BTreeSet<(String, IpAddr)>| {
+            set.range((iface.clone(), lo)..=(iface.clone(), hi)).count()
+        };
+        let before = count(old) > 0;
+        let after =
+            count(old).saturating_sub(count(&patch.spoof_removed)) + count(&patch.spoof_added) > 0;
+        match (before, after) {
+            (false, true) => added.push(iface.clone()),
+            (true, false) => removed.push(iface.clone()),
+            _ => {}
+        }
+    }
+    (added, removed)
 }
 
 /// The member elements of the kept sets that `patch` removes (`removed`) or adds.
@@ -943,6 +1322,30 @@ pub(super) fn member_ops(old: &NftPolicy, patch: &PolicyPatch) -> Vec<netlink::E
             delete,
         })
         .collect();
+    // Anti-spoofing pairs and interfaces (an endpoint added or removed): `ifname` keys are
+    // the name NUL-padded to `IFNAMSIZ`, concatenated with the address.
+    let (ifaces_added, ifaces_removed) = iface_changes(&old.spoof, patch);
+    for (delete, pairs, ifaces) in [
+        (true, &patch.spoof_removed, ifaces_removed),
+        (false, &patch.spoof_added, ifaces_added),
+    ] {
+        for (iface, ip) in pairs {
+            ops.push(netlink::ElementOp {
+                set: Cow::Borrowed(spoof_set(IpFamily::of(ip))),
+                key: netlink::ifname_bytes(iface).with(&netlink::addr_bytes(ip)),
+                data: None,
+                delete,
+            });
+        }
+        for iface in ifaces {
+            ops.push(netlink::ElementOp {
+                set: Cow::Borrowed(IFACES),
+                key: netlink::ifname_bytes(&iface),
+                data: None,
+                delete,
+            });
+        }
+    }
     // Stable: deletes before adds, each group in set order (consecutive operations on one
     // set share a netlink message).
     ops.sort_by(|a, b| (!a.delete, &a.set).cmp(&(!b.delete, &b.set)));
@@ -1102,6 +1505,205 @@ mod tests {
         );
         let one: BTreeSet<PortSpec> = [(Some(Protocol::Sctp), (0, 65535))].into();
         assert_eq!(port_match(&one), "meta l4proto sctp ");
+    }
+
+    use dataplane_core::{
+        Endpoint as Ep, IpBlock, LabelSelector, Policy, PolicyPeer, PolicyPort, PolicyRule,
+        PolicyType, PortRef,
+    };
+
+    fn selector(app: &str) -> LabelSelector {
+        LabelSelector {
+            match_labels: [("app".to_owned(), app.to_owned())].into(),
+            match_expressions: Vec::new(),
+        }
+    }
+
+    /// Local endpoints `names` (label `app=<name>`, one address each) and, for each, an
+    /// ingress policy selecting it that allows `peers` on TCP 80.
+    fn state(names: &[&str], peers: &[PolicyPeer]) -> DesiredState {
+        let mut s = DesiredState::new(Node::new("n", ["172.18.0.10".parse().unwrap()]));
+        for (i, name) in names.iter().enumerate() {
+            let ip: IpAddr = format!("10.244.0.{}", i + 2).parse().unwrap();
+            s.endpoints.push(
+                Ep::new(ObjectName::new("x", *name), format!("veth{i}"), [ip])
+                    .with_label("app", *name),
+            );
+            s.policies.push(Policy {
+                name: ObjectName::new("x", format!("p{i}")),
+                pod_selector: selector(name),
+                policy_types: vec![PolicyType::Ingress],
+                ingress: vec![PolicyRule {
+                    peers: peers.to_vec(),
+                    ports: vec![PolicyPort {
+                        protocol: Protocol::Tcp,
+                        port: Some(PortRef::Number(80)),
+                        end_port: None,
+                    }],
+                }],
+                egress: Vec::new(),
+            });
+        }
+        s
+    }
+
+    fn pod_peer(app: &str) -> PolicyPeer {
+        PolicyPeer {
+            pod_selector: Some(selector(app)),
+            namespace_selector: None,
+            ip_block: None,
+        }
+    }
+
+    /// The collision an error reports: (name, first, second).
+    fn collision(e: &Error) -> (String, String, String) {
+        let Error::Kernel { source, .. } = e else {
+            panic!("{e:?}");
+        };
+        match source.downcast_ref::<NetfilterError>() {
+            Some(NetfilterError::NameCollision {
+                name,
+                first,
+                second,
+                ..
+            }) => (name.clone(), first.clone(), second.clone()),
+            _ => panic!("{e:?}"),
+        }
+    }
+
+    /// A hash that always collides: the seam that shows collisions are refused.
+    fn constant(_: &str) -> String {
+        "0".repeat(32)
+    }
+
+    #[test]
+    fn two_peer_sets_with_one_name_are_refused() {
+        let s = state(&["a", "b"], &[pod_peer("b"), pod_peer("c")]);
+        assert!(compile_with(&s, 4096, sha256_name).is_ok());
+        let s = state(&["a"], &[pod_peer("b"), pod_peer("c")]);
+        let e = compile_with(&s, 4096, constant).unwrap_err();
+        let (name, first, second) = collision(&e);
+        assert_eq!(name, format!("pset-v4-{}", constant("")));
+        let named: BTreeSet<String> = [first, second].into();
+        let sets: BTreeSet<String> = compile_tables(&s)
+            .sets
+            .keys()
+            .map(|id| format!("peer set {id}"))
+            .collect();
+        assert_eq!(named, sets);
+        assert!(e.to_string().contains("rendering"), "{e}");
+    }
+
+    #[test]
+    fn two_cut_chains_with_one_name_are_refused() {
+        let long = |last: char| {
+            format!(
+                "{}.{}.{}.{}{last}",
+                "a".repeat(62),
+                "b".repeat(62),
+                "c".repeat(62),
+                "d".repeat(62)
+            )
+        };
+        let (one, two) = (long('e'), long('f'));
+        let s = state(&[&one, &two], &[pod_peer("z")]);
+        let ok = compile_with(&s, 4096, sha256_name).unwrap();
+        assert_eq!(ok.endpoints.len(), 2);
+        let e = compile_with(&s, 4096, constant).unwrap_err();
+        let (name, first, second) = collision(&e);
+        assert!(
+            name.starts_with("pol-in-x/aaa") && name.ends_with(&constant("")),
+            "{name}"
+        );
+        assert!(
+            first.contains(&one) && second.contains(&two),
+            "{first} / {second}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_ip_block_is_refused_naming_endpoint_and_field() {
+        let block = PolicyPeer {
+            pod_selector: None,
+            namespace_selector: None,
+            ip_block: Some(IpBlock {
+                cidr: net("10.0.0.0/8"),
+                except: (0..40)
+                    .map(|i| net(&format!("10.{}.1.0/24", i * 5)))
+                    .collect(),
+            }),
+        };
+        let s = state(&["a"], &[block]);
+        let written = compile(&s, 4096).unwrap();
+        let rules = &written.endpoints[&ObjectName::new("x", "a")].chains[0].1;
+        let elements = rules
+            .iter()
+            .map(|r| r.matches(" . tcp . ").count())
+            .sum::<usize>();
+        assert!(elements > 100, "{elements}");
+        match compile(&s, 100) {
+            Err(Error::CapacityExceeded {
+                what,
+                needed,
+                capacity,
+            }) => {
+                assert!(
+                    what.contains("x/a") && what.contains("ingress") && what.contains("ipBlock"),
+                    "{what}"
+                );
+                assert!(needed > 100 && capacity == 100);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The cidrs and excepts alone over the limit: refused before the expansion.
+        match compile(&s, 10) {
+            Err(Error::CapacityExceeded { what, needed, .. }) => {
+                assert!(what.contains("excepts"), "{what}");
+                assert_eq!(needed, 41);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An interface name nft cannot quote (core's validation takes it: the kernel does) is
+    /// refused with the endpoint and field named, not written into a broken transaction.
+    #[test]
+    fn an_unquotable_interface_is_refused() {
+        let mut s = state(&["a"], &[pod_peer("b")]);
+        s.endpoints[0].interface = "veth\"x".to_owned();
+        match compile(&s, 4096) {
+            Err(Error::Unsupported { object, .. }) => {
+                assert_eq!(object, "endpoint x/a field interface");
+            }
+            other => panic!("{other:?}"),
+        }
+        s.policies.clear();
+        assert!(compile(&s, 4096).is_ok(), "no policy, no anti-spoofing set");
+    }
+
+    /// Every chain name is a valid unquoted nft identifier, and within `nf_tables`' length,
+    /// for the longest namespace and pod names (63 and 253 characters).
+    #[test]
+    fn longest_names_are_valid_identifiers() {
+        let pod = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(pod.len(), 253);
+        let e = ObjectName::new("n".repeat(63), pod);
+        for d in [Direction::Ingress, Direction::Egress] {
+            let name = chain_name(d, &e);
+            assert!(name.len() <= MAX_CHAIN_NAME, "{}", name.len());
+            let mut chars = name.chars();
+            assert!(chars.next().is_some_and(|c| c.is_ascii_alphabetic()));
+            assert!(
+                chars.all(|c| c.is_ascii_alphanumeric() || "/\\_.-".contains(c)),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -58,6 +58,7 @@ use dataplane_core::{
 use ipnetwork::IpNetwork;
 
 use super::policy::NftPolicy;
+use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
 use crate::plan::{
     local_pod_ips, node_plan, proto_name, service_ports, slots, Choice, FamilySuffix as _,
@@ -336,7 +337,19 @@ fn join_set(items: &[IpNetwork]) -> String {
 /// time: each service's plan is dropped once it is compiled (a whole
 /// [`Plan`](crate::plan::Plan) would be held
 /// next to the ruleset being built).
+///
+/// NetworkPolicy limits are the defaults ([`NetfilterConfig::nftables`]); see
+/// [`compile_state_with`].
 pub fn compile_state(state: &DesiredState, table: &str) -> Result<NftRuleset, Error> {
+    compile_state_with(state, &NetfilterConfig::nftables(None).with_name(table))
+}
+
+/// [`compile_state`] into table `config.name` with the NetworkPolicy limits of `config`.
+pub fn compile_state_with(
+    state: &DesiredState,
+    config: &NetfilterConfig,
+) -> Result<NftRuleset, Error> {
+    let table = config.name.as_str();
     let node = node_plan(&state.node);
     let mut rs = NftRuleset::empty(&node, table);
     // Name order, as the plan's map has it: slot-group ids are handed out in that order.
@@ -350,7 +363,7 @@ pub fn compile_state(state: &DesiredState, table: &str) -> Result<NftRuleset, Er
         .map(|s| (&s.name, Some(service_ports(state, s))));
     let patch = compile_patch(&rs, &node, changed, &local_pod_ips(state))?;
     rs.apply_patch(patch);
-    rs.policy = super::policy::compile(state)?;
+    rs.policy = super::policy::compile(state, config.max_policy_elements)?;
     Ok(rs)
 }
 

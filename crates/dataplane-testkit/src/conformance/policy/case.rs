@@ -16,25 +16,39 @@ pub struct PolicyCase {
     pub name: String,
     /// Where it comes from: the e2e test's title or the documentation's example.
     pub source: String,
-    /// The family the matrix is probed in.
+    /// The family the case is written for (its `ipBlock`s): a lab or backend without it
+    /// skips the case. The matrix is probed in every family the lab and the backend have.
     pub family: IpFamily,
     /// The steps: the first is applied with a full sync, each later one as the diff from the
     /// step before.
     pub steps: Vec<Step>,
+    /// Whether each step also sends forged datagrams (pods sending from addresses that are
+    /// not their own, to a sink that records what arrives) besides the matrix: the
+    /// anti-spoofing cells, delivered or not as the reference model says.
+    pub forged: bool,
 }
 
 impl PolicyCase {
-    /// A case called `name`, written after `source`, probed in IPv4, with `steps`.
+    /// A case called `name`, written after `source`, for IPv4, with `steps`.
     pub fn new(name: &str, source: &str, steps: Vec<Step>) -> Self {
         PolicyCase {
             name: name.to_owned(),
             source: source.to_owned(),
             family: IpFamily::V4,
             steps,
+            forged: false,
         }
     }
 
-    /// The same case probed in `family`.
+    /// The same case with the forged datagrams sent after each step (see
+    /// [`PolicyCase::forged`]).
+    #[must_use]
+    pub fn with_forged(mut self) -> Self {
+        self.forged = true;
+        self
+    }
+
+    /// The same case written for `family` (skipped where the lab or backend lacks it).
     #[must_use]
     pub fn in_family(mut self, family: IpFamily) -> Self {
         self.family = family;

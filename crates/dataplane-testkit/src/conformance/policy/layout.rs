@@ -112,14 +112,26 @@ pub(super) fn cluster_ip(k: usize, family: IpFamily) -> IpAddr {
     }
 }
 
-/// The named container ports of every pod: `serve-80-tcp`, `serve-80-udp`, `serve-81-tcp`,
-/// `serve-81-udp` (the e2e suite's names).
-pub(super) fn named_ports() -> Vec<NamedPort> {
+/// The pod whose `serve-80-tcp` is port 81: see [`named_ports`].
+pub(super) const ODD_NAMED_PORT_POD: usize = POD_COUNT - 1;
+
+/// The named container ports of layout pod `k`: `serve-80-tcp`, `serve-80-udp`,
+/// `serve-81-tcp`, `serve-81-udp` (the e2e suite's names) — except that z/c's `serve-80-tcp`
+/// is port 81 (its server listens there too). With the same numbers on every pod a backend
+/// that resolved a name on the wrong pod (the client, for an egress rule) or to a fixed
+/// number would pass every named-port cell; with z/c different, an egress rule on
+/// `serve-80-tcp` must allow z/c's TCP/81 and deny its TCP/80.
+pub(super) fn named_ports(k: usize) -> Vec<NamedPort> {
     let mut out = Vec::new();
     for port in POLICY_PORTS {
         for protocol in POLICY_PROTOCOLS {
             let name = format!("serve-{port}-{}", protocol_name(protocol));
-            out.push(NamedPort::new(name, protocol, port));
+            let number = if k == ODD_NAMED_PORT_POD && name == "serve-80-tcp" {
+                81
+            } else {
+                port
+            };
+            out.push(NamedPort::new(name, protocol, number));
         }
     }
     out
@@ -212,13 +224,13 @@ pub(super) fn node_states(spec: LabSpec, world: &World) -> Vec<DesiredState> {
                 if node_of(k) == i {
                     let mut e = Endpoint::new(object(k), format!("vp{k}"), ips(k));
                     e.labels.clone_from(&world.pod_labels[k]);
-                    e.named_ports = named_ports();
+                    e.named_ports = named_ports(k);
                     state.endpoints.push(e);
                 } else {
                     let mut p =
                         PeerPod::new(object(k), ips(k)).on_node(format!("node-{}", node_of(k)));
                     p.labels.clone_from(&world.pod_labels[k]);
-                    p.named_ports = named_ports();
+                    p.named_ports = named_ports(k);
                     state.pods.push(p);
                 }
             }

@@ -11,8 +11,11 @@ use dataplane_core::{
     Entry, IpFamily, ObjectName, Packet, Protocol, Verdict,
 };
 
-use crate::lab::{Lab, LabNode};
-use crate::traffic::{probe_batch, serve, BatchProbe, ProbeOutcome, Server, TcpSession};
+use crate::lab::{Lab, LabNode, SERVER_PORT};
+use crate::traffic::{
+    probe_batch, send_forged, serve, sink, BatchOutcome, BatchProbe, ProbeOutcome, Server, Sink,
+    TcpSession,
+};
 
 use super::super::report::{OneRow, Report, RowOutcome, RowReport};
 use super::super::runner::{reset_all, row_filter, start};
@@ -24,12 +27,67 @@ use super::layout::{
 
 /// Source port the reference model is asked about (policy does not look at it).
 const NOMINAL_CLIENT_PORT: u16 = 40000;
-/// Source ports of the probes: each client (pod or node) counts through them on its own, so no probe
-/// of a run repeats an earlier probe's 5-tuple (a conntrack entry of an allowed connection
-/// would answer a later step's probe as established). Below the kernel's ephemeral range and
-/// the NodePort range, like the traffic module's fresh ports. The whole table takes about
-/// 3 700 per client (72 per step), well short of a wrap.
-const PROBE_PORTS: std::ops::Range<u16> = 20_000..30_000;
+/// Source ports of the pods' probes: each pod counts through them on its own, so no probe of
+/// a run repeats an earlier probe's 5-tuple (a conntrack entry of an allowed connection would
+/// answer a later step's probe as established). Below the kernel's ephemeral range and the
+/// NodePort range, like the traffic module's fresh ports.
+///
+/// Disjoint from [`NODE_PROBE_PORTS`]: a pod reaching itself through its ClusterIP is
+/// masqueraded to its node's address (hairpin) keeping its source port, so its connection
+/// is `node:P -> pod:80` after NAT — exactly the tuple of the node's own probe of that pod
+/// from the same port P. With one shared range both came out of their counters in the same
+/// step (every client sends the same cells in the same order), the two first packets raced
+/// for one conntrack tuple and the loser was dropped at confirmation: "node-1 -> z/c UDP/80
+/// via ClusterIP, no answer", about once in ten runs, more under load (UDP has no
+/// retransmission to recover). Pods' ports never meet each other: their addresses differ,
+/// and a pod's hairpin goes to itself only.
+const POD_PROBE_PORTS: std::ops::Range<u16> = 1_024..15_000;
+/// Source ports of the nodes' probes: see [`POD_PROBE_PORTS`].
+///
+/// The lab's own servers listen on [`SERVER_PORT`] in every pod, inside the pods' range: a
+/// probe cannot bind a listener's port, so [`Run::next_port`] steps over it.
+const NODE_PROBE_PORTS: std::ops::Range<u16> = 15_000..30_000;
+
+/// The source ports client `client` counts through.
+pub(super) fn probe_ports(client: usize) -> std::ops::Range<u16> {
+    if as_node(client).is_some() {
+        NODE_PROBE_PORTS
+    } else {
+        POD_PROBE_PORTS
+    }
+}
+
+/// The source port `next` of client `client` (stepping over [`SERVER_PORT`]), moving `next`
+/// on; an error once the client's range is used up: never a wrap.
+pub(super) fn take_port(next: &mut u16, client: usize) -> Result<u16, String> {
+    let range = probe_ports(client);
+    if *next == SERVER_PORT {
+        *next += 1;
+    }
+    let port = *next;
+    if !range.contains(&port) {
+        return Err(format!(
+            "{} used all its source ports ({range:?}): more probes than ports, a wrap would \
+             repeat an earlier connection's tuple",
+            client_name(client)
+        ));
+    }
+    *next = port + 1;
+    Ok(port)
+}
+
+/// Source ports a client needs at most for `cases` in `families`, re-probes aside: the
+/// warm-up (three tries per server and family), every step's cells, and the established
+/// connections opened before a step. [`run_policy_with`] refuses to start when it exceeds
+/// the smallest range, so that a wrap (a later probe meeting an earlier connection's
+/// conntrack entry) cannot happen silently; re-probes beyond it fail their row.
+pub(super) fn ports_needed(cases: &[PolicyCase], families: &[IpFamily]) -> usize {
+    let per_step =
+        cells(families).len() / CLIENT_COUNT + MAX_ESTABLISHED + spoof_cells(families).len();
+    let steps: usize = cases.iter().map(|c| c.steps.len()).sum();
+    // + 1: SERVER_PORT, stepped over.
+    3 * POD_COUNT * families.len() + steps * per_step + 1
+}
 
 /// Settings of [`run_policy_with`].
 #[derive(Debug, Clone)]
@@ -81,18 +139,20 @@ pub(super) struct Cell {
     pub(super) protocol: Protocol,
     pub(super) port: u16,
     pub(super) path: Path,
+    pub(super) family: IpFamily,
 }
 
 impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} -> {} {}/{} {}",
+            "{} -> {} {}/{} {} ({})",
             client_name(self.client),
             pod_name(self.server),
             self.protocol,
             self.port,
-            self.path
+            self.path,
+            family_name(self.family)
         )
     }
 }
@@ -114,27 +174,46 @@ fn as_node(client: usize) -> Option<usize> {
     client.checked_sub(POD_COUNT)
 }
 
-/// Every cell, client-major: client × server × protocol × port × path.
-pub(super) fn cells() -> Vec<Cell> {
+fn family_name(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "IPv4",
+        IpFamily::V6 => "IPv6",
+    }
+}
+
+/// Every cell, client-major: client × family × server × protocol × port × path.
+pub(super) fn cells(families: &[IpFamily]) -> Vec<Cell> {
     let mut out = Vec::new();
     for client in 0..CLIENT_COUNT {
-        for server in 0..POD_COUNT {
-            for protocol in POLICY_PROTOCOLS {
-                for port in POLICY_PORTS {
-                    for path in [Path::Direct, Path::ClusterIp] {
-                        out.push(Cell {
-                            client,
-                            server,
-                            protocol,
-                            port,
-                            path,
-                        });
+        for family in families {
+            for server in 0..POD_COUNT {
+                for protocol in POLICY_PROTOCOLS {
+                    for port in POLICY_PORTS {
+                        for path in [Path::Direct, Path::ClusterIp] {
+                            out.push(Cell {
+                                client,
+                                server,
+                                protocol,
+                                port,
+                                path,
+                                family: *family,
+                            });
+                        }
                     }
                 }
             }
         }
     }
     out
+}
+
+/// The families the run probes: both where the lab and the backend are dual-stack.
+fn families(lab: &Lab, caps: &Capabilities) -> Vec<IpFamily> {
+    if lab.spec().ipv6 && caps.ipv6 {
+        vec![IpFamily::V4, IpFamily::V6]
+    } else {
+        vec![IpFamily::V4]
+    }
 }
 
 fn object(k: usize) -> ObjectName {
@@ -151,31 +230,30 @@ fn address(states: &[DesiredState], k: usize, family: IpFamily) -> Result<IpAddr
         .ok_or_else(|| format!("pod {name} has no {family:?} address"))
 }
 
+/// The address of lab node `n` in `states` for `family`.
+fn node_address(states: &[DesiredState], n: usize, family: IpFamily) -> Result<IpAddr, String> {
+    states
+        .get(n)
+        .and_then(|s| {
+            s.node
+                .addresses
+                .iter()
+                .copied()
+                .find(|a| IpFamily::of(a) == family)
+        })
+        .ok_or_else(|| format!("node-{n} has no {family:?} address"))
+}
+
 /// Whether the reference model allows `cell` (`Err`: the model's answers do not add up).
 ///
 /// The client's node answers for the connection (egress is checked there, after DNAT for the
 /// ClusterIP path: [`evaluate`] keeps the backend only if [`policy_allows`] it); the server's
 /// node must give the same [`policy_allows`] answer (ingress is checked there), else the two
 /// nodes' states disagree about a pod or a namespace.
-pub(super) fn expectation(
-    states: &[DesiredState],
-    cell: Cell,
-    family: IpFamily,
-) -> Result<bool, String> {
+pub(super) fn expectation(states: &[DesiredState], cell: Cell) -> Result<bool, String> {
+    let family = cell.family;
     let (client_node, c_ip, entry) = match as_node(cell.client) {
-        Some(n) => {
-            let ip = states
-                .get(n)
-                .and_then(|s| {
-                    s.node
-                        .addresses
-                        .iter()
-                        .copied()
-                        .find(|a| IpFamily::of(a) == family)
-                })
-                .ok_or_else(|| format!("node-{n} has no {family:?} address"))?;
-            (n, ip, Entry::FromHost)
-        }
+        Some(n) => (n, node_address(states, n, family)?, Entry::FromHost),
         None => (
             node_of(cell.client),
             address(states, cell.client, family)?,
@@ -222,13 +300,17 @@ pub(super) fn expectation(
     Ok(allowed)
 }
 
-/// The expected matrix for `states` (over [`cells`]) and the disagreements found.
-pub(super) fn expectations(states: &[DesiredState], family: IpFamily) -> (Vec<bool>, Vec<String>) {
+/// The expected matrix for `states` (over [`cells`] of `families`) and the disagreements
+/// found.
+pub(super) fn expectations(
+    states: &[DesiredState],
+    families: &[IpFamily],
+) -> (Vec<bool>, Vec<String>) {
     let mut errors = Vec::new();
-    let expected = cells()
+    let expected = cells(families)
         .into_iter()
         .map(|cell| {
-            expectation(states, cell, family).unwrap_or_else(|e| {
+            expectation(states, cell).unwrap_or_else(|e| {
                 errors.push(e);
                 false
             })
@@ -262,10 +344,23 @@ pub fn run_policy_with(
         lab,
         caps: &caps,
         options,
-        ports: vec![PROBE_PORTS.start; CLIENT_COUNT],
+        ports: (0..CLIENT_COUNT).map(|c| probe_ports(c).start).collect(),
+        families: families(lab, &caps),
+        sink: None,
+        forged: 0,
         report: &mut report,
     };
-    match run.prepare(&mut planes) {
+    let needed = ports_needed(cases, &run.families);
+    let have = POD_PROBE_PORTS.len().min(NODE_PROBE_PORTS.len());
+    let prepared = if needed > have {
+        Err(format!(
+            "the cases need up to {needed} source ports per client, the ranges have {have}: \
+             enlarge POD_PROBE_PORTS and NODE_PROBE_PORTS (a wrap would meet old connections)"
+        ))
+    } else {
+        run.prepare(&mut planes)
+    };
+    match prepared {
         Ok(servers) => {
             let only = row_filter();
             for case in cases {
@@ -302,6 +397,12 @@ struct Run<'a> {
     options: &'a PolicyRunOptions,
     /// The next source port of each client.
     ports: Vec<u16>,
+    /// The families probed: both in a dual-stack lab with a dual-stack backend.
+    families: Vec<IpFamily>,
+    /// The sink of the forged datagrams, on [`SPOOF_TARGET`] (started by `prepare`).
+    sink: Option<Sink>,
+    /// Forged datagrams sent so far (each one's payload is unique in the run).
+    forged: usize,
     report: &'a mut Report,
 }
 
@@ -317,14 +418,9 @@ impl Run<'_> {
         self.report.rows.push(row);
     }
 
-    fn next_port(&mut self, client: usize) -> u16 {
-        let port = self.ports[client];
-        self.ports[client] = if port + 1 >= PROBE_PORTS.end {
-            PROBE_PORTS.start
-        } else {
-            port + 1
-        };
-        port
+    /// The next source port of `client`; an error once its range is used up (no wrap).
+    fn next_port(&mut self, client: usize) -> Result<u16, String> {
+        take_port(&mut self.ports[client], client)
     }
 
     /// Checks the lab's shape, starts the servers on ports 80 and 81 of every pod, applies
@@ -367,33 +463,32 @@ impl Run<'_> {
                 servers.push(server);
             }
         }
+        let target = self.lab.pod(SPOOF_TARGET);
+        self.sink = Some(
+            sink(&target.netns, SINK_PORT)
+                .map_err(|e| format!("sink of {}: {}", pod_name(SPOOF_TARGET), error_chain(&e)))?,
+        );
         for (n, plane) in planes.iter_mut().enumerate() {
             plane.apply(&states[n]).map_err(|e| {
                 format!("apply the no-policy state on node-{n}: {}", error_chain(&e))
             })?;
         }
-        let families: &[IpFamily] = if spec.ipv6 {
-            &[IpFamily::V4, IpFamily::V6]
-        } else {
-            &[IpFamily::V4]
-        };
-        for family in families {
-            self.warm_up(*family)?;
-        }
+        self.warm_up()?;
         Ok(servers)
     }
 
-    /// Every pod reaches every pod once in `family` (UDP, no policy), up to three tries.
-    fn warm_up(&mut self, family: IpFamily) -> Result<(), String> {
-        let mut left: Vec<Cell> = cells()
+    /// Every client reaches every pod once in each family (UDP, no policy), up to three
+    /// tries.
+    fn warm_up(&mut self) -> Result<(), String> {
+        let mut left: Vec<Cell> = cells(&self.families)
             .into_iter()
             .filter(|c| {
                 c.path == Path::Direct && c.protocol == Protocol::Udp && c.port == POLICY_PORTS[0]
             })
             .collect();
         for _ in 0..3 {
-            let expected = vec![true; left.len()];
-            let outcomes = self.probe(&left, &expected, family, Duration::from_secs(1))?;
+            let waits = vec![Duration::from_secs(1); left.len()];
+            let outcomes = self.probe(&left, &waits)?;
             left = left
                 .into_iter()
                 .zip(outcomes)
@@ -406,23 +501,18 @@ impl Run<'_> {
         }
         let left: Vec<String> = left.iter().map(ToString::to_string).collect();
         Err(format!(
-            "warm-up in {family:?}: no answer after 3 tries, without policies: {}",
+            "warm-up: no answer after 3 tries, without policies: {}",
             left.join("; ")
         ))
     }
 
-    /// Sends `cells` (expected allowed where `expected` says so: those wait up to `timeout`,
-    /// the others [`PolicyRunOptions::drop_wait`]), all at once, one thread per client.
-    fn probe(
-        &mut self,
-        cells: &[Cell],
-        expected: &[bool],
-        family: IpFamily,
-        timeout: Duration,
-    ) -> Result<Vec<ProbeOutcome>, String> {
+    /// Sends `cells`, each given its wait in `waits`, all at once, one thread per client,
+    /// each probe from a source port of its own.
+    fn probe(&mut self, cells: &[Cell], waits: &[Duration]) -> Result<Vec<BatchOutcome>, String> {
         let mut batches: Vec<Vec<(usize, BatchProbe)>> = vec![Vec::new(); CLIENT_COUNT];
-        for (i, (cell, allowed)) in cells.iter().zip(expected).enumerate() {
+        for (i, (cell, wait)) in cells.iter().zip(waits).enumerate() {
             let server = self.lab.pod(cell.server);
+            let family = cell.family;
             let ip = match cell.path {
                 Path::Direct => server.address(family).ok_or_else(|| {
                     format!("{} has no {family:?} address", pod_name(cell.server))
@@ -432,17 +522,13 @@ impl Run<'_> {
             let probe = BatchProbe {
                 destination: SocketAddr::new(ip, cell.port),
                 protocol: cell.protocol,
-                source_port: Some(self.next_port(cell.client)),
-                timeout: if *allowed {
-                    timeout
-                } else {
-                    self.options.drop_wait
-                },
+                source_port: Some(self.next_port(cell.client)?),
+                timeout: *wait,
             };
             batches[cell.client].push((i, probe));
         }
         let lab = self.lab;
-        let results: Vec<Result<Vec<(usize, ProbeOutcome)>, String>> = std::thread::scope(|s| {
+        let results: Vec<Result<Vec<(usize, BatchOutcome)>, String>> = std::thread::scope(|s| {
             let handles: Vec<_> = batches
                 .into_iter()
                 .enumerate()
@@ -467,7 +553,7 @@ impl Run<'_> {
                 })
                 .collect()
         });
-        let mut outcomes = vec![ProbeOutcome::Timeout; cells.len()];
+        let mut outcomes = vec![BatchOutcome::Ended(ProbeOutcome::Timeout); cells.len()];
         for result in results {
             for (i, outcome) in result? {
                 outcomes[i] = outcome;
@@ -525,15 +611,15 @@ impl Run<'_> {
                 table.push(format!("node-{n}'s state is invalid: {e}"));
             }
         }
-        let (expected, errors) = expectations(&states, case.family);
+        let (expected, errors) = expectations(&states, &self.families);
         table.extend(errors);
         if !table.is_empty() {
             return Err(failed(table, Vec::new()));
         }
-        let all = cells();
+        let all = cells(&self.families);
         // Connections that the step before allows and this one denies, opened before it.
         let (held, mut traffic) = match previous {
-            Some((_, before)) => self.open_established(&all, before, &expected, case.family),
+            Some((_, before)) => self.open_established(&all, before, &expected),
             None => (Vec::new(), Vec::new()),
         };
         let mut refused = Vec::new();
@@ -555,12 +641,21 @@ impl Run<'_> {
             }
             return Err(failed(Vec::new(), refused));
         }
-        let timeout = self.options.timeout;
-        let mut outcome = match self.probe(&all, &expected, case.family, timeout) {
+        let spoofs = if case.forged {
+            spoof_cells(&self.families)
+        } else {
+            Vec::new()
+        };
+        let forged = self.send_forged(&states, &spoofs);
+        let mut outcome = match self.probe_matrix(&all, &expected) {
             Ok(outcomes) => compare(case, i, &all, &expected, &outcomes),
             Err(e) => failed(Vec::new(), vec![e]),
         };
         traffic.extend(check_established(held));
+        match forged {
+            Ok(sent) => traffic.extend(self.check_forged(&spoofs, &sent)),
+            Err(e) => traffic.push(e),
+        }
         if !traffic.is_empty() {
             outcome = match outcome {
                 RowOutcome::Failed {
@@ -576,6 +671,122 @@ impl Run<'_> {
         Ok((outcome, (states, expected)))
     }
 
+    /// Probes the matrix `all` (expected allowed where `expected` says so): allowed cells
+    /// wait up to [`PolicyRunOptions::timeout`], denied ones [`PolicyRunOptions::drop_wait`],
+    /// all in one batch. Then, once, in a second batch from fresh source ports (see
+    /// [`reprobes`]): allowed cells left unanswered, with the full timeout; and when the
+    /// batch was slow, denied cells that timed out, also with the full timeout.
+    fn probe_matrix(
+        &mut self,
+        all: &[Cell],
+        expected: &[bool],
+    ) -> Result<Vec<BatchOutcome>, String> {
+        let (timeout, drop_wait) = (self.options.timeout, self.options.drop_wait);
+        let waits: Vec<Duration> = expected
+            .iter()
+            .map(|a| if *a { timeout } else { drop_wait })
+            .collect();
+        let mut outcomes = self.probe(all, &waits)?;
+        let again = reprobes(expected, &outcomes, drop_wait);
+        if !again.is_empty() {
+            if self.options.verbose {
+                let slowest = expected
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(a, _)| **a)
+                    .filter_map(|(_, o)| o.latency())
+                    .max()
+                    .unwrap_or_default();
+                let unanswered: Vec<String> = again
+                    .iter()
+                    .filter(|i| expected[**i])
+                    .map(|i| format!("{}: {}", all[*i], seen(&outcomes[*i])))
+                    .collect();
+                eprintln!(
+                    "  re-probing {} cells (slowest allowed answer {slowest:.0?}; {} allowed unanswered{}{})",
+                    again.len(),
+                    unanswered.len(),
+                    if unanswered.is_empty() { "" } else { ": " },
+                    unanswered.iter().take(4).cloned().collect::<Vec<_>>().join("; ")
+                );
+            }
+            let cells: Vec<Cell> = again.iter().map(|i| all[*i]).collect();
+            let seconds = self.probe(&cells, &vec![timeout; cells.len()])?;
+            for (i, outcome) in again.into_iter().zip(seconds) {
+                outcomes[i] = outcome;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Sends the forged datagram of each of `spoofs` (see [`spoof_cells`]): its payload, its
+    /// expectation (received or not) from the reference model, and when it was sent.
+    fn send_forged(
+        &mut self,
+        states: &[DesiredState],
+        spoofs: &[SpoofCell],
+    ) -> Result<Vec<Forgery>, String> {
+        let target = SPOOF_TARGET;
+        let mut sent = Vec::new();
+        for spoof in spoofs {
+            let (received, source) = spoof_expectation(states, *spoof)?;
+            let port = self.next_port(spoof.client)?;
+            let destination = SocketAddr::new(address(states, target, spoof.family)?, SINK_PORT);
+            self.forged += 1;
+            let payload = format!("forged {}", self.forged);
+            send_forged(
+                client_netns(self.lab, spoof.client),
+                SocketAddr::new(source, port),
+                destination,
+                payload.as_bytes(),
+            )
+            .map_err(|e| format!("{spoof}: {}", error_chain(&e)))?;
+            sent.push(Forgery {
+                received,
+                payload,
+                at: Instant::now(),
+            });
+        }
+        Ok(sent)
+    }
+
+    /// Waits for the forged datagrams the model lets through (up to the timeout) and for the
+    /// drop wait after the others; the cells whose delivery is not what the model says.
+    fn check_forged(&self, spoofs: &[SpoofCell], sent: &[Forgery]) -> Vec<String> {
+        let Some(sink) = &self.sink else {
+            return vec!["no sink for the forged datagrams".to_owned()];
+        };
+        let got = || -> Vec<String> { sink.received().into_iter().map(|(_, p)| p).collect() };
+        let all_in = |got: &[String]| {
+            sent.iter()
+                .filter(|f| f.received)
+                .all(|f| got.contains(&f.payload))
+        };
+        for f in sent {
+            let wait = if f.received {
+                self.options.timeout
+            } else {
+                self.options.drop_wait
+            };
+            while f.at.elapsed() < wait && !(f.received && all_in(&got())) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let got = got();
+        spoofs
+            .iter()
+            .zip(sent)
+            .filter(|(_, f)| got.contains(&f.payload) != f.received)
+            .map(|(spoof, f)| {
+                if f.received {
+                    format!("{spoof}: expected delivered (no policy, no anti-spoofing), the server never got it")
+                } else {
+                    format!("{spoof}: expected dropped (anti-spoofing: not the pod's own address), the server got it")
+                }
+            })
+            .collect()
+    }
+
     /// Opens TCP connections for up to [`MAX_ESTABLISHED`] cells (half direct, half through
     /// the ClusterIP) that `before` allows and `after` denies, each answered once; and the
     /// problems met.
@@ -584,7 +795,6 @@ impl Run<'_> {
         all: &[Cell],
         before: &[bool],
         after: &[bool],
-        family: IpFamily,
     ) -> (Vec<Held>, Vec<String>) {
         let mut held = Vec::new();
         let mut problems = Vec::new();
@@ -603,10 +813,10 @@ impl Run<'_> {
             let want = candidates.len().min(MAX_ESTABLISHED / 2);
             for n in 0..want {
                 let cell = candidates[n * candidates.len() / want];
-                match self.open_one(cell, family) {
+                match self.open_one(cell) {
                     Ok(session) => held.push(Held { cell, session }),
                     Err(e) => problems.push(format!(
-                        "{cell} ({family:?}): a connection opened before the step (which the step before allows): {e}"
+                        "{cell}: a connection opened before the step (which the step before allows): {e}"
                     )),
                 }
             }
@@ -614,7 +824,9 @@ impl Run<'_> {
         (held, problems)
     }
 
-    fn open_one(&mut self, cell: Cell, family: IpFamily) -> Result<TcpSession, String> {
+    fn open_one(&mut self, cell: Cell) -> Result<TcpSession, String> {
+        let family = cell.family;
+        let port = self.next_port(cell.client)?;
         let netns = client_netns(self.lab, cell.client);
         let ip = match cell.path {
             Path::Direct => self
@@ -628,7 +840,7 @@ impl Run<'_> {
             IpFamily::V4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpFamily::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         };
-        let source = SocketAddr::new(unspecified, self.next_port(cell.client));
+        let source = SocketAddr::new(unspecified, port);
         let mut session = TcpSession::open_from(
             netns,
             Some(source),
@@ -642,6 +854,105 @@ impl Run<'_> {
         }
         Ok(session)
     }
+}
+
+/// UDP port of the sink on [`SPOOF_TARGET`] that records forged datagrams.
+pub(super) const SINK_PORT: u16 = 82;
+/// The pod the forged datagrams go to: z/c (node-1).
+pub(super) const SPOOF_TARGET: usize = POD_COUNT - 1;
+
+/// A forged address: a node's, or a pod's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Forged {
+    /// The address of lab node `n`.
+    Node(usize),
+    /// The address of layout pod `k`.
+    Pod(usize),
+}
+
+/// A datagram that pod `client` sends to [`SPOOF_TARGET`]'s sink from the `forged` address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SpoofCell {
+    pub(super) client: usize,
+    pub(super) forged: Forged,
+    pub(super) family: IpFamily,
+}
+
+impl std::fmt::Display for SpoofCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let forged = match self.forged {
+            Forged::Node(n) => format!("node-{n}"),
+            Forged::Pod(k) => pod_name(k),
+        };
+        write!(
+            f,
+            "{} -> {} UDP/{SINK_PORT} forging {forged}'s address ({})",
+            pod_name(self.client),
+            pod_name(SPOOF_TARGET),
+            family_name(self.family)
+        )
+    }
+}
+
+/// The forged datagrams of every step, to z/c's sink: from z/a (z/c's node) and from y/a
+/// (the other node), each forging x/a's address (a pod of node-0) and, in IPv6, node-1's
+/// (z/c's node: its own pods are always allowed from it, kubelet's rule). Not the node's
+/// IPv4 address: a node drops a packet that comes in with its own IPv4 address as source
+/// itself (a martian, whatever the dataplane), so such a cell could not fail.
+pub(super) fn spoof_cells(families: &[IpFamily]) -> Vec<SpoofCell> {
+    const X_A: usize = 0;
+    const Y_A: usize = 3;
+    const Z_A: usize = 6;
+    let mut out = Vec::new();
+    for family in families {
+        for client in [Z_A, Y_A] {
+            let mut forged = vec![Forged::Pod(X_A)];
+            if *family == IpFamily::V6 {
+                forged.push(Forged::Node(node_of(SPOOF_TARGET)));
+            }
+            for forged in forged {
+                out.push(SpoofCell {
+                    client,
+                    forged,
+                    family: *family,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether the reference model delivers `spoof` ([`evaluate`] on the client's node, the
+/// packet entering from the client pod with the forged source: dropped with policies, as
+/// anti-spoofing), and the forged address.
+pub(super) fn spoof_expectation(
+    states: &[DesiredState],
+    spoof: SpoofCell,
+) -> Result<(bool, IpAddr), String> {
+    let family = spoof.family;
+    let source = match spoof.forged {
+        Forged::Pod(k) => address(states, k, family)?,
+        Forged::Node(n) => node_address(states, n, family)?,
+    };
+    let packet = Packet {
+        protocol: Protocol::Udp,
+        source: SocketAddr::new(source, NOMINAL_CLIENT_PORT),
+        destination: SocketAddr::new(address(states, SPOOF_TARGET, family)?, SINK_PORT),
+    };
+    let entry = Entry::FromPod(object(spoof.client));
+    match evaluate(&states[node_of(spoof.client)], &packet, &entry) {
+        Verdict::Drop => Ok((false, source)),
+        Verdict::Untouched { .. } => Ok((true, source)),
+        other => Err(format!("{spoof}: the reference model says {other:?}")),
+    }
+}
+
+/// A forged datagram sent.
+struct Forgery {
+    /// Whether the model delivers it.
+    received: bool,
+    payload: String,
+    at: Instant,
 }
 
 /// What a step left: every node's state and the expected matrix.
@@ -683,22 +994,68 @@ fn client_netns(lab: &Lab, client: usize) -> &crate::netns::NetNs {
 }
 
 /// What a cell saw, in a few words.
-fn seen(outcome: &ProbeOutcome) -> String {
+fn seen(outcome: &BatchOutcome) -> String {
     match outcome {
-        ProbeOutcome::Answered { backend, .. } => format!("answered by {backend}"),
-        ProbeOutcome::Refused => "refused (policy drops, it does not reject)".to_owned(),
-        ProbeOutcome::Unreachable => "unreachable".to_owned(),
-        ProbeOutcome::Timeout => "no answer (dropped)".to_owned(),
+        BatchOutcome::Ended(ProbeOutcome::Answered { backend, .. }) => {
+            format!("answered by {backend}")
+        }
+        BatchOutcome::Ended(ProbeOutcome::Refused) => {
+            "refused (policy drops, it does not reject)".to_owned()
+        }
+        BatchOutcome::Ended(ProbeOutcome::Unreachable) => "unreachable".to_owned(),
+        BatchOutcome::Ended(ProbeOutcome::Timeout) => "no answer (dropped)".to_owned(),
+        BatchOutcome::Connected => {
+            "connected (the handshake passed: not a drop), no answer line in time".to_owned()
+        }
     }
 }
 
-/// Whether `outcome` is what the cell expects.
-fn agrees(cell: Cell, allowed: bool, outcome: &ProbeOutcome) -> bool {
+/// Whether `outcome` is what the cell expects. A TCP handshake that completed is never a
+/// drop: it fails a denied cell, and an allowed cell still unanswered after its re-probe.
+fn agrees(cell: Cell, allowed: bool, outcome: &BatchOutcome) -> bool {
     match outcome {
-        ProbeOutcome::Answered { backend, .. } => allowed && *backend == pod_name(cell.server),
-        ProbeOutcome::Timeout => !allowed,
-        ProbeOutcome::Refused | ProbeOutcome::Unreachable => false,
+        BatchOutcome::Ended(ProbeOutcome::Answered { backend, .. }) => {
+            allowed && *backend == pod_name(cell.server)
+        }
+        BatchOutcome::Ended(ProbeOutcome::Timeout) => !allowed,
+        BatchOutcome::Ended(ProbeOutcome::Refused | ProbeOutcome::Unreachable)
+        | BatchOutcome::Connected => false,
     }
+}
+
+/// The cells of a matrix batch to probe once more (indices), from fresh source ports and with
+/// the full timeout:
+/// - allowed cells left unanswered (no answer, or a TCP connection without its answer line):
+///   loss under load (a UDP datagram or its answer dropped by a full queue, a server thread
+///   not scheduled in time) is not a dataplane's verdict, and UDP has no retransmission of
+///   its own. The retry is sound because policy verdicts are deterministic: a cell the
+///   backend wrongly drops is dropped again (the retry is a new connection, checked by the
+///   same rules), so a retry can turn only loss into an answer, never a drop;
+/// - when the batch was slow — an allowed cell answered later than half the drop wait —
+///   denied cells that timed out: their drop wait was too short to tell a drop from a late
+///   answer, so they are asked again with the full timeout instead of passing.
+pub(super) fn reprobes(
+    expected: &[bool],
+    outcomes: &[BatchOutcome],
+    drop_wait: Duration,
+) -> Vec<usize> {
+    let slow = expected
+        .iter()
+        .zip(outcomes)
+        .filter(|(allowed, _)| **allowed)
+        .filter_map(|(_, o)| o.latency())
+        .any(|l| l > drop_wait / 2);
+    expected
+        .iter()
+        .zip(outcomes)
+        .enumerate()
+        .filter(|(_, (allowed, outcome))| match outcome {
+            BatchOutcome::Ended(ProbeOutcome::Timeout) => **allowed || slow,
+            BatchOutcome::Connected => **allowed,
+            BatchOutcome::Ended(_) => false,
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Most failed cells listed one per line (the truth tables show them all).
@@ -709,7 +1066,7 @@ fn compare(
     step: usize,
     cells: &[Cell],
     expected: &[bool],
-    outcomes: &[ProbeOutcome],
+    outcomes: &[BatchOutcome],
 ) -> RowOutcome {
     let mut answered: BTreeMap<String, usize> = BTreeMap::new();
     let mut wrong = Vec::new();
@@ -732,10 +1089,9 @@ fn compare(
         .take(MAX_LISTED)
         .map(|(cell, allowed, outcome)| {
             format!(
-                "case {} step {}: {cell} ({:?}): expected {}, saw {}",
+                "case {} step {}: {cell}: expected {}, saw {}",
                 case.name,
                 step + 1,
-                case.family,
                 if *allowed { "allowed" } else { "denied" },
                 seen(outcome)
             )
@@ -756,29 +1112,39 @@ fn compare(
     }
 }
 
-/// The e2e suite's truth tables, one per protocol, port and path that has a wrong cell:
-/// clients down, servers across; `.` allowed and `X` denied as expected, `!` answered where
-/// the model denies, `?` dropped where it allows, `E` refused or unreachable, `W` answered
-/// by the wrong pod.
+/// The e2e suite's truth tables, one per family, protocol, port and path that has a wrong
+/// cell: clients down, servers across; `.` allowed and `X` denied as expected, `!` answered
+/// (or connected) where the model denies, `?` dropped where it allows, `S` connected but
+/// unanswered where it allows (slow), `E` refused or unreachable, `W` answered by the wrong
+/// pod.
 pub(super) fn truth_tables(
     cells: &[Cell],
     expected: &[bool],
-    outcomes: &[ProbeOutcome],
+    outcomes: &[BatchOutcome],
 ) -> Vec<String> {
-    let mut slices: BTreeMap<(Protocol, u16, Path), Vec<Vec<char>>> = BTreeMap::new();
-    let mut bad: BTreeMap<(Protocol, u16, Path), bool> = BTreeMap::new();
+    type Key = (IpFamily, Protocol, u16, Path);
+    let mut slices: BTreeMap<Key, Vec<Vec<char>>> = BTreeMap::new();
+    let mut bad: BTreeMap<Key, bool> = BTreeMap::new();
     for ((cell, allowed), outcome) in cells.iter().zip(expected).zip(outcomes) {
-        let key = (cell.protocol, cell.port, cell.path);
+        let key = (cell.family, cell.protocol, cell.port, cell.path);
         let grid = slices
             .entry(key)
             .or_insert_with(|| vec![vec![' '; POD_COUNT]; CLIENT_COUNT]);
         let mark = match (outcome, allowed) {
-            (ProbeOutcome::Answered { backend, .. }, _) if *backend != pod_name(cell.server) => 'W',
-            (ProbeOutcome::Answered { .. }, true) => '.',
-            (ProbeOutcome::Answered { .. }, false) => '!',
-            (ProbeOutcome::Timeout, false) => 'X',
-            (ProbeOutcome::Timeout, true) => '?',
-            (ProbeOutcome::Refused | ProbeOutcome::Unreachable, _) => 'E',
+            (BatchOutcome::Ended(ProbeOutcome::Answered { backend, .. }), _)
+                if *backend != pod_name(cell.server) =>
+            {
+                'W'
+            }
+            (BatchOutcome::Ended(ProbeOutcome::Answered { .. }), true) => '.',
+            (
+                BatchOutcome::Ended(ProbeOutcome::Answered { .. }) | BatchOutcome::Connected,
+                false,
+            ) => '!',
+            (BatchOutcome::Connected, true) => 'S',
+            (BatchOutcome::Ended(ProbeOutcome::Timeout), false) => 'X',
+            (BatchOutcome::Ended(ProbeOutcome::Timeout), true) => '?',
+            (BatchOutcome::Ended(ProbeOutcome::Refused | ProbeOutcome::Unreachable), _) => 'E',
         };
         grid[cell.client][cell.server] = mark;
         *bad.entry(key).or_default() |= !agrees(*cell, *allowed, outcome);
@@ -786,9 +1152,10 @@ pub(super) fn truth_tables(
     slices
         .into_iter()
         .filter(|(key, _)| bad.get(key).copied().unwrap_or(false))
-        .map(|((protocol, port, path), grid)| {
+        .map(|((family, protocol, port, path), grid)| {
+            let family = family_name(family);
             let mut out = format!(
-                "{protocol}/{port} {path} (. allowed, X denied as expected; ! answered but denied, ? dropped but allowed, E refused, W wrong pod):\n"
+                "{family} {protocol}/{port} {path} (. allowed, X denied as expected; ! answered but denied, ? dropped but allowed, S connected but unanswered, E refused, W wrong pod):\n"
             );
             let _ = write!(out, "            -     ");
             for k in 0..POD_COUNT {

@@ -1,0 +1,876 @@
+//! NetworkPolicy per packet with BPF_PROG_TEST_RUN, against live maps.
+//!
+//! ```text
+//!   node-a 172.18.0.2
+//!     x/a 10.244.0.5  --lxc0--  [dp_from_pod] egress / [dp_to_pod] ingress
+//!     x/b 10.244.0.6  --lxc1--  (named port serve-81/TCP 81)
+//!   elsewhere: y/c 10.244.1.7 (named port serve-81/TCP 81), 192.0.2.0/24 outside
+//!   ClusterIP 10.96.0.10:80 -> a:80 (local), 10.96.0.11:80 -> c:80 (remote)
+//! ```
+//!
+//! Policies: `a-deny` isolates a for ingress; `a-from-b` lets pods `pod=b` (namespace x)
+//! reach a on TCP 80; `b-out` isolates b for egress and allows pods of namespace y on the
+//! named port `serve-81`, a on TCP 80, and 192.0.2.0/24 except 192.0.2.128/25 on TCP
+//! 443-450 (endPort).
+
+mod common;
+
+use common::{eth, require_root, stat, TestNode, TCP_ACK, TCP_SYN};
+use dataplane_core::{
+    diff, Backend, Dataplane, DesiredState, Endpoint, Error, NamedPort, Namespace, ObjectName,
+    PeerPod, Policy, Protocol, Service, ServicePort,
+};
+use dataplane_ebpf::{AttachMode, EbpfDataplane, Hook};
+
+const OK: u32 = 0;
+const SHOT: u32 = 2;
+const REDIRECT: u32 = 7;
+
+fn policy(json: serde_json::Value) -> Policy {
+    serde_json::from_value(json).expect("policy JSON")
+}
+
+fn a_deny() -> Policy {
+    policy(serde_json::json!({
+        "namespace": "x", "name": "a-deny",
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "policyTypes": ["Ingress"],
+    }))
+}
+
+fn a_from_b() -> Policy {
+    policy(serde_json::json!({
+        "namespace": "x", "name": "a-from-b",
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"peers": [{"podSelector": {"matchLabels": {"pod": "b"}}}],
+                     "ports": [{"protocol": "TCP", "port": 80}]}],
+    }))
+}
+
+fn b_out() -> Policy {
+    policy(serde_json::json!({
+        "namespace": "x", "name": "b-out",
+        "podSelector": {"matchLabels": {"pod": "b"}},
+        "policyTypes": ["Egress"],
+        "egress": [
+            {"peers": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}],
+             "ports": [{"protocol": "TCP", "port": "serve-81"}]},
+            {"peers": [{"podSelector": {"matchLabels": {"pod": "a"}}}],
+             "ports": [{"protocol": "TCP", "port": 80}]},
+            {"peers": [{"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.128/25"]}}],
+             "ports": [{"protocol": "TCP", "port": 443, "endPort": 450}]},
+        ],
+    }))
+}
+
+fn svc(name: &str, ip: &str, backend: &str) -> Service {
+    let mut s = Service::new(ObjectName::new("x", name));
+    s.cluster_ips = vec![ip.parse().unwrap()];
+    s.ports = vec![ServicePort::new(Protocol::Tcp, 80, 80)];
+    s.backends = vec![Backend::new(backend.parse().unwrap())];
+    s
+}
+
+fn scene(policies: Vec<Policy>) -> DesiredState {
+    let mut st = DesiredState::new(common::node_a());
+    st.namespaces = vec![Namespace::new("x"), Namespace::new("y")];
+    st.endpoints = vec![
+        Endpoint::new(
+            ObjectName::new("x", "a"),
+            "lxc0",
+            ["10.244.0.5".parse().unwrap()],
+        )
+        .with_label("pod", "a"),
+        Endpoint::new(
+            ObjectName::new("x", "b"),
+            "lxc1",
+            ["10.244.0.6".parse().unwrap()],
+        )
+        .with_label("pod", "b")
+        .with_named_port(NamedPort::new("serve-81", Protocol::Tcp, 81)),
+    ];
+    st.pods = vec![
+        PeerPod::new(ObjectName::new("y", "c"), ["10.244.1.7".parse().unwrap()])
+            .with_label("pod", "c")
+            .with_named_port(NamedPort::new("serve-81", Protocol::Tcp, 81))
+            .on_node("node-b"),
+    ];
+    st.services = vec![
+        svc("to-a", "10.96.0.10", "10.244.0.5"),
+        svc("to-c", "10.96.0.11", "10.244.1.7"),
+    ];
+    st.policies = policies;
+    st
+}
+
+/// A node with the pods' host-side veths lxc0 and lxc1.
+fn node(tag: &str) -> TestNode {
+    let n = TestNode::new(tag);
+    for (host, peer) in [("lxc0", "lxc0p"), ("lxc1", "lxc1p")] {
+        for args in [
+            vec![
+                "-n", &n.name, "link", "add", host, "type", "veth", "peer", "name", peer,
+            ],
+            vec!["-n", &n.name, "link", "set", host, "up"],
+        ] {
+            let out = std::process::Command::new("ip")
+                .args(&args)
+                .output()
+                .expect("ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    n
+}
+
+fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    eth().ip(src, dst).tcp(sport, dport, flags).build()
+}
+
+fn verdict(dp: &mut EbpfDataplane, hook: Hook, packet: &[u8]) -> u32 {
+    dp.run_packet(hook, packet, 1).expect("test run").verdict
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scene, read top to bottom
+fn policy_fixtures() {
+    if !require_root("policy_fixtures") {
+        return;
+    }
+    let n = node("pol");
+    let mut dp = n.dataplane();
+    assert!(dp.capabilities().network_policy);
+    let state = scene(vec![a_deny(), a_from_b(), b_out()]);
+    dp.apply(&state).expect("apply with policies");
+    let denied0 = stat(&dp, "policy_denied");
+    let denied = std::cell::Cell::new(0u64);
+    let expect = |dp: &mut EbpfDataplane, what: &str, hook: Hook, packet: Vec<u8>, want: u32| {
+        let got = verdict(dp, hook, &packet);
+        assert_eq!(got, want, "{what}");
+        if want == SHOT {
+            denied.set(denied.get() + 1);
+        }
+    };
+
+    // Ingress of a.
+    expect(
+        &mut dp,
+        "allow: b -> a:80 (a-from-b)",
+        Hook::ToPod,
+        tcp("10.244.0.6", "10.244.0.5", 40000, 80, TCP_SYN),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "deny: c -> a:80 (no rule for c)",
+        Hook::ToPod,
+        tcp("10.244.1.7", "10.244.0.5", 40001, 80, TCP_SYN),
+        SHOT,
+    );
+    expect(
+        &mut dp,
+        "deny: b -> a:81 (port)",
+        Hook::ToPod,
+        tcp("10.244.0.6", "10.244.0.5", 40002, 81, TCP_SYN),
+        SHOT,
+    );
+    expect(
+        &mut dp,
+        "deny: b -> a:80 over UDP (protocol)",
+        Hook::ToPod,
+        eth().ip("10.244.0.6", "10.244.0.5").udp(40003, 80).build(),
+        SHOT,
+    );
+    expect(
+        &mut dp,
+        "deny: ping from c (rules have ports)",
+        Hook::ToPod,
+        eth()
+            .ip("10.244.1.7", "10.244.0.5")
+            .icmp_echo(false, 7)
+            .build(),
+        SHOT,
+    );
+    expect(
+        &mut dp,
+        "node -> pod: always allowed",
+        Hook::ToPod,
+        tcp("172.18.0.2", "10.244.0.5", 40004, 22, TCP_SYN),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "an ICMP error passes (related)",
+        Hook::ToPod,
+        eth()
+            .ip("10.244.1.7", "10.244.0.5")
+            .icmp_unreachable(tcp("10.244.0.5", "10.244.1.7", 5, 6, TCP_SYN)[14..].to_vec())
+            .build(),
+        OK,
+    );
+    // b is not isolated for ingress.
+    expect(
+        &mut dp,
+        "c -> b: b not isolated for ingress",
+        Hook::ToPod,
+        tcp("10.244.1.7", "10.244.0.6", 40005, 9999, TCP_SYN),
+        OK,
+    );
+
+    // Egress of b.
+    expect(
+        &mut dp,
+        "named port: b -> c:81 (serve-81 on c)",
+        Hook::FromPod,
+        tcp("10.244.0.6", "10.244.1.7", 41000, 81, TCP_SYN),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "named port: b -> c:80 is not serve-81",
+        Hook::FromPod,
+        tcp("10.244.0.6", "10.244.1.7", 41001, 80, TCP_SYN),
+        SHOT,
+    );
+    expect(
+        &mut dp,
+        "endPort: b -> 192.0.2.10:443",
+        Hook::FromPod,
+        tcp("10.244.0.6", "192.0.2.10", 41002, 443, TCP_SYN),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "endPort: b -> 192.0.2.10:450",
+        Hook::FromPod,
+        tcp("10.244.0.6", "192.0.2.10", 41003, 450, TCP_SYN),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "endPort: b -> 192.0.2.10:451",
+        Hook::FromPod,
+        tcp("10.244.0.6", "192.0.2.10", 41004, 451, TCP_SYN),
+        SHOT,
+    );
+    expect(
+        &mut dp,
+        "ipBlock except: b -> 192.0.2.200:443",
+        Hook::FromPod,
+        tcp("10.244.0.6", "192.0.2.200", 41005, 443, TCP_SYN),
+        SHOT,
+    );
+    expect(
+        &mut dp,
+        "outside the ipBlock: b -> 198.51.100.1:443",
+        Hook::FromPod,
+        tcp("10.244.0.6", "198.51.100.1", 41006, 443, TCP_SYN),
+        SHOT,
+    );
+    expect(
+        &mut dp,
+        "b -> its node: always allowed",
+        Hook::FromPod,
+        tcp("10.244.0.6", "172.18.0.2", 41007, 10250, TCP_SYN),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "a is not isolated for egress",
+        Hook::FromPod,
+        tcp("10.244.0.5", "198.51.100.1", 41008, 443, TCP_SYN),
+        OK,
+    );
+
+    // Services: checked after DNAT, against the backend and its port.
+    expect(
+        &mut dp,
+        "b -> ClusterIP of a: backend a:80 allowed, translated and redirected",
+        Hook::FromPod,
+        tcp("10.244.0.6", "10.96.0.10", 42000, 80, TCP_SYN),
+        REDIRECT,
+    );
+    expect(
+        &mut dp,
+        "b -> ClusterIP of c: backend c:80 denied",
+        Hook::FromPod,
+        tcp("10.244.0.6", "10.96.0.11", 42001, 80, TCP_SYN),
+        SHOT,
+    );
+    let flows = dp.flows().expect("flows");
+    assert!(
+        flows.iter().any(|f| f.client.port() == 42000),
+        "the allowed service connection is tracked: {flows:?}"
+    );
+    assert!(
+        !flows.iter().any(|f| f.client.port() == 42001),
+        "the denied one left no conntrack entry: {flows:?}"
+    );
+
+    assert_eq!(
+        stat(&dp, "policy_denied") - denied0,
+        denied.get(),
+        "each denied packet counted"
+    );
+
+    // Established connections: b -> a:80 allowed at b's egress and a's ingress.
+    let (b, a) = ("10.244.0.6", "10.244.0.5");
+    expect(
+        &mut dp,
+        "b -> a:80 SYN leaves b",
+        Hook::FromPod,
+        tcp(b, a, 43000, 80, TCP_SYN),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "b -> a:80 SYN reaches a",
+        Hook::ToPod,
+        tcp(b, a, 43000, 80, TCP_SYN),
+        OK,
+    );
+    // Now a accepts nobody and b is isolated for ingress too.
+    let b_deny = policy(serde_json::json!({
+        "namespace": "x", "name": "b-deny",
+        "podSelector": {"matchLabels": {"pod": "b"}},
+        "policyTypes": ["Ingress"],
+    }));
+    let after = scene(vec![a_deny(), b_out(), b_deny]);
+    dp.apply_changes(&diff(&state, &after))
+        .expect("policy changed");
+    expect(
+        &mut dp,
+        "established: b's next packet still reaches a",
+        Hook::ToPod,
+        tcp(b, a, 43000, 80, TCP_ACK),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "established: a's reply leaves a",
+        Hook::FromPod,
+        tcp(a, b, 80, 43000, TCP_SYN | TCP_ACK),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "established: a's reply reaches b (isolated now)",
+        Hook::ToPod,
+        tcp(a, b, 80, 43000, TCP_SYN | TCP_ACK),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "a SYN on the same tuple is a new connection: checked, denied",
+        Hook::ToPod,
+        tcp(b, a, 43000, 80, TCP_SYN),
+        SHOT,
+    );
+    expect(
+        &mut dp,
+        "a new connection b -> a:80 is denied",
+        Hook::ToPod,
+        tcp(b, a, 43001, 80, TCP_SYN),
+        SHOT,
+    );
+    expect(
+        &mut dp,
+        "c -> b now denied",
+        Hook::ToPod,
+        tcp("10.244.1.7", b, 40006, 9999, TCP_SYN),
+        SHOT,
+    );
+    expect(
+        &mut dp,
+        "the node still reaches b",
+        Hook::ToPod,
+        tcp("172.18.0.2", b, 40007, 8080, TCP_SYN),
+        OK,
+    );
+    assert_eq!(
+        stat(&dp, "policy_denied") - denied0,
+        denied.get(),
+        "each denied packet counted"
+    );
+
+    // Back to the first state by a full apply: the same numbering, nothing rewritten but
+    // what changed.
+    let report = dp.apply(&state).expect("full apply back");
+    assert!(report.objects_written > 0);
+    let again = dp.apply(&state).expect("full apply again");
+    assert_eq!(
+        again.objects_written, 0,
+        "an unchanged state writes nothing: {again:?}"
+    );
+    expect(
+        &mut dp,
+        "allow again: b -> a:80",
+        Hook::ToPod,
+        tcp(b, a, 43002, 80, TCP_SYN),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "deny again: c -> a:80",
+        Hook::ToPod,
+        tcp("10.244.1.7", a, 43003, 80, TCP_SYN),
+        SHOT,
+    );
+
+    // Without policies nothing is isolated.
+    let open = scene(Vec::new());
+    dp.apply_changes(&diff(&state, &open))
+        .expect("policies removed");
+    expect(
+        &mut dp,
+        "no policy: c -> a:81",
+        Hook::ToPod,
+        tcp("10.244.1.7", a, 43004, 81, TCP_SYN),
+        OK,
+    );
+    expect(
+        &mut dp,
+        "no policy: b -> 198.51.100.1",
+        Hook::FromPod,
+        tcp(b, "198.51.100.1", 43005, 443, TCP_SYN),
+        OK,
+    );
+}
+
+/// A rule without ports allows every protocol, ICMP included; IPv6 likewise.
+#[test]
+fn rules_without_ports_allow_every_protocol() {
+    if !require_root("rules_without_ports_allow_every_protocol") {
+        return;
+    }
+    let n = node("polany");
+    let mut dp = n.dataplane();
+    let mut st = scene(vec![
+        a_deny(),
+        policy(serde_json::json!({
+            "namespace": "x", "name": "a-from-y",
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"peers": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}]}],
+        })),
+    ]);
+    st.endpoints[0].ips.push("fd00:244::5".parse().unwrap());
+    st.pods[0].ips.push("fd00:244:1::7".parse().unwrap());
+    dp.apply(&st).expect("apply");
+    for (what, packet) in [
+        ("TCP", tcp("10.244.1.7", "10.244.0.5", 1000, 12345, TCP_SYN)),
+        (
+            "UDP",
+            eth().ip("10.244.1.7", "10.244.0.5").udp(1000, 53).build(),
+        ),
+        (
+            "ping",
+            eth()
+                .ip("10.244.1.7", "10.244.0.5")
+                .icmp_echo(false, 9)
+                .build(),
+        ),
+        (
+            "IPv6 TCP",
+            tcp("fd00:244:1::7", "fd00:244::5", 1000, 80, TCP_SYN),
+        ),
+    ] {
+        assert_eq!(
+            verdict(&mut dp, Hook::ToPod, &packet),
+            OK,
+            "{what} from y/c allowed"
+        );
+    }
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("10.244.0.6", "10.244.0.5", 1000, 80, TCP_SYN)
+        ),
+        SHOT,
+        "x/b is not in namespace y"
+    );
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("fd00:244:2::9", "fd00:244::5", 1000, 80, TCP_SYN)
+        ),
+        SHOT,
+        "an IPv6 address of no pod"
+    );
+}
+
+/// An address in more peer sets than configured is refused, naming the pod, before anything
+/// is written.
+#[test]
+fn too_many_sets_per_address_is_refused_with_nothing_written() {
+    if !require_root("too_many_sets_per_address_is_refused_with_nothing_written") {
+        return;
+    }
+    let n = node("polcap");
+    let mut config = n.config();
+    config.capacities.policy_sets_per_address = 1;
+    let mut dp = EbpfDataplane::new(config).expect("dataplane");
+    let open = scene(Vec::new());
+    dp.apply(&open).expect("apply without policies");
+    // b is in two sets: "pod=b in x" and "namespace x".
+    let two_sets = scene(vec![
+        a_from_b(),
+        policy(serde_json::json!({
+            "namespace": "x", "name": "a-from-x",
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"peers": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}],
+                         "ports": [{"port": 81}]}],
+        })),
+    ]);
+    let err = dp.apply(&two_sets).expect_err("refused");
+    match &err {
+        Error::CapacityExceeded {
+            what,
+            needed,
+            capacity,
+        } => {
+            assert!(
+                what.contains("x/b") && what.contains("policy_sets_per_address"),
+                "{what}"
+            );
+            assert_eq!((*needed, *capacity), (2, 1));
+        }
+        other => panic!("expected CapacityExceeded, got {other}"),
+    }
+    // Nothing written: a is not isolated.
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("10.244.1.7", "10.244.0.5", 1000, 80, TCP_SYN)
+        ),
+        OK
+    );
+    let err = dp
+        .apply_changes(&diff(&open, &two_sets))
+        .expect_err("refused incrementally too");
+    assert!(
+        matches!(
+            err,
+            Error::CapacityExceeded { .. } | Error::FullSyncRequired
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("10.244.1.7", "10.244.0.5", 1001, 80, TCP_SYN)
+        ),
+        OK
+    );
+}
+
+/// SCTP ports are skipped and reported; the rest of the policy holds.
+#[test]
+fn sctp_ports_are_skipped_and_reported() {
+    if !require_root("sctp_ports_are_skipped_and_reported") {
+        return;
+    }
+    let n = node("polsctp");
+    let mut dp = n.dataplane();
+    let st = scene(vec![policy(serde_json::json!({
+        "namespace": "x", "name": "a-sctp",
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"ports": [{"protocol": "SCTP", "port": 9}, {"protocol": "TCP", "port": 80}]}],
+    }))]);
+    let report = dp.apply(&st).expect("apply");
+    assert!(
+        report.skipped.iter().any(|s| s.object == "policy x/a-sctp"
+            && s.field == "ingress[0].ports[0]"
+            && s.feature == "SCTP"),
+        "{:?}",
+        report.skipped
+    );
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("10.244.1.7", "10.244.0.5", 1000, 80, TCP_SYN)
+        ),
+        OK
+    );
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("10.244.1.7", "10.244.0.5", 1000, 9, TCP_SYN)
+        ),
+        SHOT
+    );
+}
+
+/// A new process adopts the pinned policy maps: it numbers everything afresh, writes the new
+/// entries next to the old ones and removes those; verdicts and established connections stay.
+#[test]
+fn a_new_process_takes_over_the_policy_maps() {
+    if !require_root("a_new_process_takes_over_the_policy_maps") {
+        return;
+    }
+    let n = node("polrestart");
+    let mut config = n.config();
+    config.keep_attachments_on_drop = true;
+    let state = scene(vec![a_deny(), a_from_b(), b_out()]);
+    let mut dp = EbpfDataplane::new(config.clone()).expect("dataplane");
+    dp.apply(&state).expect("apply");
+    let (b, a) = ("10.244.0.6", "10.244.0.5");
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 44000, 80, TCP_SYN)),
+        OK
+    );
+    drop(dp);
+
+    let mut dp = EbpfDataplane::new(config).expect("adopt");
+    // Before its first apply the earlier process's entries still decide.
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("10.244.1.7", a, 44001, 80, TCP_SYN)
+        ),
+        SHOT
+    );
+    let report = dp.apply(&state).expect("apply after the restart");
+    assert!(report.objects_written > 0, "renumbered: {report:?}");
+    assert_eq!(
+        dp.apply(&state).expect("again").objects_written,
+        0,
+        "then stable"
+    );
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 44000, 80, TCP_ACK)),
+        OK,
+        "the connection opened before the restart goes on"
+    );
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 44002, 80, TCP_SYN)),
+        OK
+    );
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("10.244.1.7", a, 44003, 80, TCP_SYN)
+        ),
+        SHOT
+    );
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::FromPod,
+            &tcp(b, "10.244.1.7", 44004, 81, TCP_SYN)
+        ),
+        OK,
+        "named port after the restart"
+    );
+    dp.reset().expect("reset");
+}
+
+/// A client this node masqueraded on its way to a local pod (a NodePort with
+/// `externalTrafficPolicy: Cluster` from outside) is checked as itself, not as the node
+/// address it now carries: its reverse conntrack entry names it.
+#[test]
+fn masqueraded_clients_are_checked_as_themselves() {
+    if !require_root("masqueraded_clients_are_checked_as_themselves") {
+        return;
+    }
+    let n = node("polsnat");
+    let mut dp = n.dataplane();
+    let mut state = scene(vec![a_deny(), a_from_b()]);
+    let mut np = svc("np-a", "10.96.0.12", "10.244.0.5");
+    np.ports[0].node_port = Some(30080);
+    state.services.push(np);
+    dp.apply(&state).expect("apply");
+    let a = "10.244.0.5";
+    let to_pod = |dp: &mut EbpfDataplane, sport: u16| {
+        let syn = tcp("192.0.2.7", "172.18.0.2", sport, 30080, TCP_SYN);
+        let run = dp.run_packet(Hook::FromUplink, &syn, 1).expect("test run");
+        assert_eq!(run.verdict, REDIRECT, "to a's veth");
+        assert_eq!(
+            &run.output[26..34],
+            &[172, 18, 0, 2, 10, 244, 0, 5],
+            "masqueraded to the node, DNAT to a"
+        );
+        run.output[..syn.len()].to_vec()
+    };
+    let translated = to_pod(&mut dp, 45000);
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &translated),
+        SHOT,
+        "192.0.2.7 is not allowed into a, whatever address it carries now"
+    );
+    // The node itself (no reverse entry names another client) is still allowed.
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &tcp("172.18.0.2", a, 45001, 80, TCP_SYN)
+        ),
+        OK
+    );
+    // Allowing the client's block lets it in.
+    let allow_ext = policy(serde_json::json!({
+        "namespace": "x", "name": "a-from-outside",
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"peers": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 80}]}],
+    }));
+    let mut allowed = state.clone();
+    allowed.policies.push(allow_ext);
+    dp.apply_changes(&diff(&state, &allowed))
+        .expect("allow outside");
+    let translated = to_pod(&mut dp, 45002);
+    assert_eq!(verdict(&mut dp, Hook::ToPod, &translated), OK);
+}
+
+/// `maintain()` expires policy's conntrack: once a connection's entries are gone, its next
+/// packet is checked as new.
+#[test]
+fn maintain_expires_policy_conntrack() {
+    if !require_root("maintain_expires_policy_conntrack") {
+        return;
+    }
+    let n = node("polgc");
+    let mut dp = n.dataplane();
+    let state = scene(vec![a_deny(), a_from_b()]);
+    dp.apply(&state).expect("apply");
+    let (b, a) = ("10.244.0.6", "10.244.0.5");
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 46000, 80, TCP_SYN)),
+        OK
+    );
+    let now = dataplane_ebpf::monotonic_now();
+    let kept = dp.maintain(now).expect("maintain");
+    assert_eq!(kept.other["policy_flows_expired"], 0, "fresh entries stay");
+    // Now a accepts nobody: the connection lives on its entries only.
+    let closed = scene(vec![a_deny()]);
+    dp.apply_changes(&diff(&state, &closed))
+        .expect("allow removed");
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 46000, 80, TCP_ACK)),
+        OK
+    );
+    let later = now + std::time::Duration::from_hours(7 * 24);
+    let gc = dp.maintain(later).expect("maintain");
+    assert!(gc.other["policy_flows_expired"] >= 2, "{gc:?}");
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &tcp(b, a, 46000, 80, TCP_ACK)),
+        SHOT,
+        "no entry left: checked as new, denied"
+    );
+}
+
+/// `dp_to_pod` is attached on the TC egress of every endpoint's veth, next to `dp_from_pod`
+/// on its ingress, as a TCX link or a clsact filter, and goes with the endpoint.
+#[test]
+fn dp_to_pod_follows_the_endpoints() {
+    if !require_root("dp_to_pod_follows_the_endpoints") {
+        return;
+    }
+    let n = node("polattach");
+    let state = scene(vec![a_deny()]);
+    let mut without_a = state.clone();
+    without_a.endpoints.remove(0);
+    let mut dp = n.dataplane();
+    dp.apply(&state).expect("apply");
+    for ifname in ["lxc0", "lxc1"] {
+        assert_eq!(
+            common::tcx_programs(&n, ifname, true),
+            ["dp_to_pod"],
+            "{ifname} egress"
+        );
+        assert_eq!(
+            common::tcx_programs(&n, ifname, false),
+            ["dp_from_pod"],
+            "{ifname} ingress"
+        );
+    }
+    dp.apply_changes(&diff(&state, &without_a)).expect("a goes");
+    assert!(
+        common::tcx_programs(&n, "lxc0", true).is_empty(),
+        "detached with a"
+    );
+    assert_eq!(common::tcx_programs(&n, "lxc1", true), ["dp_to_pod"]);
+    dp.reset().expect("reset");
+    assert!(common::tcx_programs(&n, "lxc1", true).is_empty());
+
+    let mut config = n.config();
+    config.attach_mode = AttachMode::Clsact;
+    let mut dp = EbpfDataplane::new(config).expect("clsact");
+    dp.apply(&state).expect("apply");
+    assert!(
+        common::tcx_programs(&n, "lxc0", true).is_empty(),
+        "no TCX link"
+    );
+    assert_eq!(common::clsact_filters(&n, "lxc0", true, "dp_to_pod"), 1);
+    assert_eq!(common::clsact_filters(&n, "lxc0", false, "dp_from_pod"), 1);
+    dp.reset().expect("reset");
+    assert_eq!(common::clsact_filters(&n, "lxc0", true, "dp_to_pod"), 0);
+}
+
+/// With policies in the state, a pod's packet from an address that is not its own is
+/// dropped (`spoofed_dropped`): forging the node's address would pass as the node. IPv6
+/// link-local sources are exempt; without policies nothing changes.
+#[test]
+fn forged_sources_are_dropped_with_policies() {
+    if !require_root("forged_sources_are_dropped_with_policies") {
+        return;
+    }
+    let n = node("polspoof");
+    let mut dp = n.dataplane();
+    let open = scene(Vec::new());
+    dp.apply(&open).expect("apply without policies");
+    let a = "10.244.0.5";
+    let forged_node = tcp("172.18.0.2", a, 47000, 80, TCP_SYN);
+    assert_eq!(
+        verdict(&mut dp, Hook::FromPod, &forged_node),
+        OK,
+        "no policy: judged as before"
+    );
+    let state = scene(vec![a_deny(), a_from_b()]);
+    dp.apply_changes(&diff(&open, &state)).expect("policies");
+    let before = stat(&dp, "spoofed_dropped");
+    for (what, packet) in [
+        ("the node's address", forged_node.clone()),
+        (
+            "an outside address",
+            tcp("198.51.100.9", a, 47001, 80, TCP_SYN),
+        ),
+        (
+            "the node's IPv6 address",
+            tcp("fd00:18::2", "fd00:244::5", 47002, 80, TCP_SYN),
+        ),
+    ] {
+        assert_eq!(verdict(&mut dp, Hook::FromPod, &packet), SHOT, "{what}");
+    }
+    assert_eq!(stat(&dp, "spoofed_dropped") - before, 3);
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::FromPod,
+            &tcp("10.244.0.6", a, 47003, 80, TCP_SYN)
+        ),
+        OK,
+        "b from its own address, on its own veth"
+    );
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::FromPod,
+            &tcp("fe80::1", "fe80::2", 47004, 80, TCP_SYN)
+        ),
+        OK,
+        "IPv6 link-local is exempt"
+    );
+}
