@@ -628,6 +628,58 @@ mod policy {
         assert!(checked.iter().all(|n| *n > 100), "{checked:?}");
     }
 
+    /// Anti-spoofing: every packet in on a local endpoint's interface from an address that
+    /// is not its own (the fixture's addresses, IPv6 link-local and unspecified ones) to any
+    /// address (link-local and multicast ones too) is dropped exactly when the reference
+    /// model says it is forged ([`dataplane_core::is_spoofed`]).
+    #[test]
+    fn anti_spoofing_agrees_with_the_reference_model() {
+        let state = fixture::showcase();
+        let (_, sets) = programmed(&state, IpFamily::V4);
+        let compiled = compile(&state);
+        let mut addresses: Vec<IpAddr> = state
+            .endpoints
+            .iter()
+            .flat_map(|e| e.ips.iter().copied())
+            .chain(state.node.addresses.iter().copied())
+            .chain(["8.8.8.8", "2001:db8::1"].map(ip))
+            .collect();
+        let sources: Vec<IpAddr> = addresses
+            .iter()
+            .copied()
+            .chain(["fe80::1", "::"].map(ip))
+            .collect();
+        addresses.extend(["fe80::2", "ff02::1", "ff02::1:ff00:1"].map(ip));
+        let mut seen = [0usize; 2];
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let chains = chains(&compiled, &state, "DP", family).unwrap();
+            for e in &state.endpoints {
+                for &from in sources.iter().filter(|a| IpFamily::of(a) == family) {
+                    if e.ips.contains(&from) {
+                        continue;
+                    }
+                    for &to in addresses.iter().filter(|a| IpFamily::of(a) == family) {
+                        let dropped = matches!(
+                            run(
+                                &chains,
+                                &sets,
+                                &policy_chain("DP"),
+                                (from, to, Protocol::Udp, 53, e.interface.as_str())
+                            ),
+                            Outcome::Drop
+                        );
+                        let spoofed = dataplane_core::is_spoofed(&state, &e.name, from, to);
+                        // A forged packet is dropped; an exempt one (link-local towards the
+                        // link) is not dropped by anything (no pod is its source or target).
+                        assert_eq!(dropped, spoofed, "{} {from} -> {to}", e.name);
+                        seen[usize::from(spoofed)] += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen.iter().all(|n| *n > 0), "{seen:?}");
+    }
+
     /// Runs every new connection between `state`'s addresses (and a few outside ones) with
     /// at least one end on this node, on TCP/UDP/SCTP and ports that policies name and do
     /// not, through the policy chains of `state` over the ipsets `sets`: the chains must drop

@@ -6,7 +6,8 @@
 //! filter OUTPUT ─▶ DP-FILTER-OUT (the same drops/rejects; the node's own traffic: no policy)
 //!   DP-POLICY: -i <pod interface>              ─▶ DP-AS-<hash>  (anti-spoofing: its addresses
 //!                                                                RETURN, IPv6 fe80::/10 and ::
-//!                                                                too, the rest counted DROP)
+//!                                                                to fe80::/10 and ff00::/8 too,
+//!                                                                the rest counted DROP)
 //!              ct state ESTABLISHED,RELATED     ─▶ RETURN        (checked on the first packet only)
 //!              IPv6 neighbour discovery        ─▶ RETURN        (ICMPv6 types 133-136)
 //!              -d <node address>               ─▶ RETURN        (pods to the node: INPUT only)
@@ -273,8 +274,9 @@ pub fn chains_named(
     // sending from the node's or another pod's address would borrow their rights. Calico
     // does this with strict reverse-path filtering on workload interfaces, Cilium by checking
     // the source of an endpoint's packets. Only packets that came in on an interface (INPUT,
-    // FORWARD) can match `-i`. IPv6 link-local and unspecified sources are exempt: neighbour
-    // discovery and duplicate address detection use them, and they are never forwarded.
+    // FORWARD) can match `-i`. IPv6 link-local and unspecified sources are exempt towards
+    // link-local and multicast destinations: neighbour discovery, duplicate address
+    // detection and MLD use them.
     let mut by_interface: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
     for e in &state.endpoints {
         by_interface
@@ -289,8 +291,13 @@ pub fn chains_named(
             .map(|ip| format!("-s {} -j RETURN", host(ip)))
             .collect();
         if family == IpFamily::V6 {
-            rules.push("-s fe80::/10 -j RETURN".to_owned());
-            rules.push("-s ::/128 -j RETURN".to_owned());
+            // Only towards link-local and multicast destinations (neighbour discovery, DAD,
+            // MLD: traffic that stays on the link); elsewhere such a source is borrowed too.
+            for src in ["fe80::/10", "::/128"] {
+                for dst in ["fe80::/10", "ff00::/8"] {
+                    rules.push(format!("-s {src} -d {dst} -j RETURN"));
+                }
+            }
         }
         rules.push("-m comment --comment \"network policy: spoofed source\" -j DROP".to_owned());
         let content = format!("{interface}\n{}", rules.join("\n"));
