@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Duration;
 
 use common::policy::{labels, pods, policy, port, rule};
@@ -85,11 +85,13 @@ fn allow_clients(state: &DesiredState) -> DesiredState {
     s
 }
 
-/// Who answers a probe from `from` to `to` (`None`: dropped or refused).
+/// Whether a probe from `from` to `to` is answered; not answered means dropped (a policy
+/// denial is a drop, never a refusal: a refusal or an unreachable fails the test).
 fn answers(from: &NetNs, to: SocketAddr, protocol: Protocol) -> bool {
     match probe(from, to, protocol, Duration::from_secs(1)).expect("probe") {
         ProbeOutcome::Answered { .. } => true,
-        ProbeOutcome::Timeout | ProbeOutcome::Refused | ProbeOutcome::Unreachable => false,
+        ProbeOutcome::Timeout => false,
+        other => panic!("{to} {protocol:?}: {other:?}, not a drop"),
     }
 }
 
@@ -132,7 +134,7 @@ fn our_sets(lab: &Lab) -> Vec<String> {
         .expect("ipset list");
     String::from_utf8_lossy(&o.stdout)
         .lines()
-        .filter(|n| n.starts_with("dp-"))
+        .filter(|n| n.starts_with("DP-"))
         .map(str::to_owned)
         .collect()
 }
@@ -160,6 +162,9 @@ fn default_deny_then_allow_with_real_traffic() {
     for to in [v4, v6, cluster_ip] {
         assert!(answers(client, to, Protocol::Tcp), "{to} before any policy");
     }
+    // UDP answers before the policy: its silence after is the policy's drop.
+    assert!(answers(client, v4, Protocol::Udp));
+    assert!(answers(client, v6, Protocol::Udp));
     let mut established = TcpSession::open(client, v4).expect("session");
     established.request().expect("answered before the policy");
 
@@ -416,4 +421,321 @@ fn without_ipset_policy_is_an_error_and_services_still_work() {
         Protocol::Tcp
     ));
     dp.reset().unwrap();
+}
+
+/// Another component inserting an ACCEPT above our hook (a CNI firewall plugin, Docker)
+/// would bypass policy: the next sync, even one with nothing to change, puts our jump first
+/// again (both families).
+#[test]
+fn a_rule_inserted_above_our_hook_is_moved_below_it() {
+    if !require_root("a_rule_inserted_above_our_hook_is_moved_below_it") {
+        return;
+    }
+    let lab = lab();
+    let ns = &lab.node(0).netns;
+    let mut dp = backend(&lab, |_| {});
+    let denied = deny_ingress(&base(&lab));
+    dp.apply(&denied).unwrap();
+    let (client, v4, v6) = (
+        &lab.pod(1).netns,
+        pod_addr(&lab, 0, Family::V4),
+        pod_addr(&lab, 0, Family::V6),
+    );
+    assert!(!answers(client, v4, Protocol::Tcp));
+    for tool in ["iptables", "ip6tables"] {
+        ns.exec_checked(tool, &["-I", "FORWARD", "1", "-j", "ACCEPT"], None)
+            .unwrap();
+    }
+    // Bypassed until the next sync.
+    assert!(answers(client, v4, Protocol::Tcp));
+    let report = dp.apply_changes(&diff(&denied, &denied)).unwrap();
+    assert!(!report.full_sync);
+    for tool in ["iptables", "ip6tables"] {
+        let o = ns.exec_checked(tool, &["-S", "FORWARD"], None).unwrap();
+        let rules: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            rules,
+            ["-A FORWARD -j DP-FILTER", "-A FORWARD -j ACCEPT"],
+            "{tool}"
+        );
+    }
+    assert!(!answers(client, v4, Protocol::Tcp));
+    assert!(!answers(client, v6, Protocol::Tcp));
+    dp.reset().unwrap();
+    let o = ns
+        .exec_checked("iptables", &["-S", "FORWARD"], None)
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("DP-"));
+}
+
+/// A UDP datagram from `src` to `dst` (port `port`, payload `payload`) sent as a whole IP
+/// packet from a raw socket (`IPPROTO_RAW`: the header is ours, its source whatever we
+/// write) inside `from`: how a pod forges another's address.
+fn send_forged(from: &NetNs, src: IpAddr, dst: SocketAddr, payload: &[u8]) {
+    use nix::sys::socket::{
+        sendto, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn,
+        SockaddrIn6,
+    };
+    use std::os::fd::AsRawFd as _;
+    let udp_len = u16::try_from(8 + payload.len()).unwrap();
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&4242u16.to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let packet = match (src, dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            // Total length, identification and header checksum are the kernel's to fill
+            // (raw(7)); a zero UDP checksum is "none" in IPv4.
+            let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&udp);
+            p
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            // IPv6 UDP needs its checksum, over the pseudo-header.
+            let mut sum: u32 = 17 + u32::from(udp_len);
+            let mut words = |bytes: &[u8]| {
+                for c in bytes.chunks(2) {
+                    sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+                }
+            };
+            words(&s.octets());
+            words(&d.octets());
+            words(&udp);
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            let check = !(sum as u16);
+            udp[6..8].copy_from_slice(&check.to_be_bytes());
+            let mut p = vec![0x60, 0, 0, 0];
+            p.extend_from_slice(&udp_len.to_be_bytes());
+            p.extend_from_slice(&[17, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&udp);
+            p
+        }
+        _ => panic!("{src} and {dst} are of different families"),
+    };
+    from.run(|| {
+        let family = match dst {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let fd = socket(family, SockType::Raw, SockFlag::empty(), SockProtocol::Raw)
+            .expect("raw socket");
+        let sent = match dst {
+            SocketAddr::V4(d) => sendto(
+                fd.as_raw_fd(),
+                &packet,
+                &SockaddrIn::from(SocketAddrV4::new(*d.ip(), 0)),
+                MsgFlags::empty(),
+            ),
+            SocketAddr::V6(d) => sendto(
+                fd.as_raw_fd(),
+                &packet,
+                &SockaddrIn6::from(SocketAddrV6::new(*d.ip(), 0, 0, 0)),
+                MsgFlags::empty(),
+            ),
+        };
+        assert_eq!(sent.expect("sendto"), packet.len());
+    })
+    .expect("in the pod");
+}
+
+/// With policies, a pod cannot borrow another's rights by forging its source address: to an
+/// isolated pod's UDP server that admits the node's traffic and `role=client` (pod-0-1),
+/// pod-0-2 sends from the node's address and from pod-0-1's (raw sockets, both families);
+/// none of it arrives, while pod-0-1's own datagram, sent after, does, and so does the
+/// node's from an address of its that `node.addresses` does not list.
+#[test]
+fn forged_sources_do_not_pass_policy() {
+    const PORT: u16 = 9999;
+    if !require_root("forged_sources_do_not_pass_policy") {
+        return;
+    }
+    let lab = lab();
+    let mut dp = backend(&lab, |_| {});
+    let mut desired = deny_ingress(&base(&lab));
+    let mut allow = policy(
+        "default",
+        "allow-clients-udp",
+        labels(&[("app", "pod-0-0")]),
+        &[PolicyType::Ingress],
+    );
+    allow.ingress = vec![rule(
+        vec![pods(&[("role", "client")])],
+        vec![port(Protocol::Udp, PORT, None)],
+    )];
+    desired.policies.push(allow);
+    dp.apply(&desired).unwrap();
+    let (server, client, forger) = (&lab.pod(0).netns, &lab.pod(1).netns, &lab.pod(2).netns);
+    for family in [Family::V4, Family::V6] {
+        let to = SocketAddr::new(lab.pod(0).address(family).unwrap(), PORT);
+        let any: SocketAddr = match family {
+            Family::V4 => "0.0.0.0:9999".parse().unwrap(),
+            Family::V6 => "[::]:9999".parse().unwrap(),
+        };
+        let receiver = server
+            .run(|| std::net::UdpSocket::bind(any))
+            .unwrap()
+            .expect("bind");
+        // A guard against a hang, not an expectation: the real datagram comes at once.
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let node = lab.node(0).address(family).unwrap();
+        let allowed = lab.pod(1).address(family).unwrap();
+        send_forged(forger, node, to, b"forged node");
+        send_forged(forger, allowed, to, b"forged pod");
+        // The node's own traffic passes whatever its source: kubelet may probe from an
+        // address that is not in `node.addresses`.
+        let secondary: IpAddr = match family {
+            Family::V4 => "172.18.0.99".parse().unwrap(),
+            Family::V6 => "fd00:18::99".parse().unwrap(),
+        };
+        let prefix = if secondary.is_ipv4() { "/32" } else { "/128" };
+        lab.node(0)
+            .netns
+            .exec_checked(
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    &format!("{secondary}{prefix}"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ],
+                None,
+            )
+            .unwrap();
+        lab.node(0)
+            .netns
+            .run(|| {
+                let s = std::net::UdpSocket::bind(SocketAddr::new(secondary, 0))?;
+                s.send_to(b"node", to)
+            })
+            .unwrap()
+            .expect("node send");
+        let bind: SocketAddr = SocketAddr::new(allowed, 0);
+        client
+            .run(|| {
+                let s = std::net::UdpSocket::bind(bind)?;
+                s.send_to(b"real", to)
+            })
+            .unwrap()
+            .expect("real send");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            let (n, from) = receiver.recv_from(&mut buf).expect("the real datagram");
+            got.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from.ip()));
+            if &buf[..n] == b"real" {
+                break;
+            }
+        }
+        assert_eq!(
+            got,
+            [("node".to_owned(), secondary), ("real".to_owned(), allowed)],
+            "{family:?}"
+        );
+    }
+    let stats = dp.stats().unwrap();
+    assert!(
+        stats.other.get("policy_dropped").copied().unwrap_or(0) >= 3,
+        "{stats:?}"
+    );
+    dp.reset().unwrap();
+}
+
+/// An `ipset` that runs the real one, except while `flag` exists: then the commands whose
+/// arguments contain `fails` exit 1 without running.
+fn flaky_ipset(name: &str, fails: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("dp-ipset-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let flag = dir.join("fail");
+    let script = dir.join("ipset");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then case \"$*\" in *'{fails}'*) echo refused >&2; exit 1;; esac; fi\nexec ipset \"$@\"\n",
+            flag.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, flag)
+}
+
+/// iptables-restore commits nat, then filter: a filter section that would be refused (here
+/// it names sets an `ipset` that does nothing never created) is found by the `--test` run
+/// before anything is written, so the service change in nat is not committed either.
+#[test]
+fn a_refused_filter_section_leaves_nat_as_it_was() {
+    if !require_root("a_refused_filter_section_leaves_nat_as_it_was") {
+        return;
+    }
+    let lab = lab();
+    let mut dp = backend(&lab, |c| c.ipset = "/bin/true".into());
+    let open = base(&lab);
+    dp.apply(&open).unwrap();
+    let held = strip_counters(&kernel(&lab));
+    let mut next = allow_clients(&deny_ingress(&open));
+    next.services[0].ports[0].port = 81;
+    let err = dp.apply(&next).unwrap_err();
+    assert!(matches!(err, Error::Kernel { .. }), "{err}");
+    assert_eq!(strip_counters(&kernel(&lab)), held);
+    dp.reset().unwrap();
+}
+
+/// Once the backend wrote sets, a failed `ipset save` is an error (taking it for "no sets"
+/// would leave ours forever); a failed destroy of unused sets after the rules committed is
+/// not (the sync is done; a later one destroys them).
+#[test]
+fn set_read_and_destroy_failures_do_not_leak_sets() {
+    if !require_root("set_read_and_destroy_failures_do_not_leak_sets") {
+        return;
+    }
+    let lab = lab();
+    let open = base(&lab);
+    let allowed = allow_clients(&deny_ingress(&open));
+
+    let (script, flag) = flaky_ipset("read", "save");
+    let mut dp = backend(&lab, |c| c.ipset = script.clone());
+    dp.apply(&allowed).unwrap();
+    assert_eq!(our_sets(&lab).len(), 2);
+    let held = strip_counters(&kernel(&lab));
+    std::fs::write(&flag, "").unwrap();
+    let err = dp.apply(&open).unwrap_err();
+    assert!(matches!(err, Error::Kernel { .. }), "{err}");
+    assert_eq!(strip_counters(&kernel(&lab)), held);
+    std::fs::remove_file(&flag).unwrap();
+    dp.apply(&open).unwrap();
+    assert!(our_sets(&lab).is_empty());
+
+    let (script, flag) = flaky_ipset("destroy", "-exist restore");
+    let mut dp = backend(&lab, |c| c.ipset = script.clone());
+    dp.apply(&allowed).unwrap();
+    std::fs::write(&flag, "").unwrap();
+    let report = dp.apply(&open).unwrap();
+    assert!(report.full_sync);
+    // The rules no longer name them: left, not an error.
+    assert_eq!(our_sets(&lab).len(), 2);
+    assert!(!filter_rules(&lab, Family::V4).contains("DP-POLICY"));
+    std::fs::remove_file(&flag).unwrap();
+    // The next sync, a partial one with nothing to change, destroys them.
+    let report = dp.apply_changes(&diff(&open, &open)).unwrap();
+    assert!(!report.full_sync);
+    assert!(our_sets(&lab).is_empty());
+    dp.reset().unwrap();
+    let _ = std::fs::remove_dir_all(script.parent().unwrap());
 }

@@ -487,9 +487,11 @@ mod policy {
     use dataplane_core::{
         compile, diff, policy_verdict, validate, DesiredState, IpFamily, PolicyType, Protocol,
     };
-    use dataplane_iptables::iptables::digest::digests;
+    use dataplane_iptables::iptables::digest::{digests, digests_with};
     use dataplane_iptables::iptables::ipset::{self, converge, incremental, KernelSets, SetOp};
-    use dataplane_iptables::iptables::policy::{chains, ipsets, policy_chain, IpSets};
+    use dataplane_iptables::iptables::policy::{
+        chains, chains_named, ipsets, ipsets_named, policy_chain, IpSets,
+    };
     use dataplane_iptables::iptables::render::{compile_state, Chains, Existing};
     use dataplane_iptables::{IptablesDataplane, NetfilterConfig};
     use ipnetwork::IpNetwork;
@@ -504,10 +506,11 @@ mod policy {
     ) -> (Chains, BTreeMap<String, BTreeSet<IpAddr>>) {
         let compiled = compile(state);
         let sets = ipsets(&compiled, "DP")
+            .unwrap()
             .iter()
             .map(|(name, spec)| (name.clone(), ipset::members(&compiled, spec).collect()))
             .collect();
-        (chains(&compiled, &state.node, "DP", family), sets)
+        (chains(&compiled, state, "DP", family).unwrap(), sets)
     }
 
     /// What a rule does when it matches.
@@ -524,9 +527,9 @@ mod policy {
         chains: &Chains,
         sets: &BTreeMap<String, BTreeSet<IpAddr>>,
         chain: &str,
-        packet: (IpAddr, IpAddr, Protocol, u16),
+        packet: (IpAddr, IpAddr, Protocol, u16, &str),
     ) -> Outcome {
-        let (src, dst, protocol, port) = packet;
+        let (src, dst, protocol, port, iif) = packet;
         for rule in &chains[chain] {
             // The comment's text is not a match.
             let rule = match rule.split_once("-m comment --comment \"") {
@@ -550,6 +553,10 @@ mod policy {
                     }
                     "-s" => {
                         matches &= net(words[i + 1]).contains(src);
+                        i += 1;
+                    }
+                    "-i" => {
+                        matches &= words[i + 1] == iif;
                         i += 1;
                     }
                     "-d" => {
@@ -621,6 +628,58 @@ mod policy {
         assert!(checked.iter().all(|n| *n > 100), "{checked:?}");
     }
 
+    /// Anti-spoofing: every packet in on a local endpoint's interface from an address that
+    /// is not its own (the fixture's addresses, IPv6 link-local and unspecified ones) to any
+    /// address (link-local and multicast ones too) is dropped exactly when the reference
+    /// model says it is forged ([`dataplane_core::is_spoofed`]).
+    #[test]
+    fn anti_spoofing_agrees_with_the_reference_model() {
+        let state = fixture::showcase();
+        let (_, sets) = programmed(&state, IpFamily::V4);
+        let compiled = compile(&state);
+        let mut addresses: Vec<IpAddr> = state
+            .endpoints
+            .iter()
+            .flat_map(|e| e.ips.iter().copied())
+            .chain(state.node.addresses.iter().copied())
+            .chain(["8.8.8.8", "2001:db8::1"].map(ip))
+            .collect();
+        let sources: Vec<IpAddr> = addresses
+            .iter()
+            .copied()
+            .chain(["fe80::1", "::"].map(ip))
+            .collect();
+        addresses.extend(["fe80::2", "ff02::1", "ff02::1:ff00:1"].map(ip));
+        let mut seen = [0usize; 2];
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let chains = chains(&compiled, &state, "DP", family).unwrap();
+            for e in &state.endpoints {
+                for &from in sources.iter().filter(|a| IpFamily::of(a) == family) {
+                    if e.ips.contains(&from) {
+                        continue;
+                    }
+                    for &to in addresses.iter().filter(|a| IpFamily::of(a) == family) {
+                        let dropped = matches!(
+                            run(
+                                &chains,
+                                &sets,
+                                &policy_chain("DP"),
+                                (from, to, Protocol::Udp, 53, e.interface.as_str())
+                            ),
+                            Outcome::Drop
+                        );
+                        let spoofed = dataplane_core::is_spoofed(&state, &e.name, from, to);
+                        // A forged packet is dropped; an exempt one (link-local towards the
+                        // link) is not dropped by anything (no pod is its source or target).
+                        assert_eq!(dropped, spoofed, "{} {from} -> {to}", e.name);
+                        seen[usize::from(spoofed)] += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen.iter().all(|n| *n > 0), "{seen:?}");
+    }
+
     /// Runs every new connection between `state`'s addresses (and a few outside ones) with
     /// at least one end on this node, on TCP/UDP/SCTP and ports that policies name and do
     /// not, through the policy chains of `state` over the ipsets `sets`: the chains must drop
@@ -653,9 +712,19 @@ mod policy {
             .map(ip),
         );
         let compiled = compile(state);
+        // The interface a packet from `from` comes in on: its pod's, else the uplink.
+        let interface = |from: IpAddr| -> &str {
+            state
+                .endpoints
+                .iter()
+                .find(|e| e.ips.contains(&from))
+                .map_or(state.node.interfaces.uplink.as_str(), |e| {
+                    e.interface.as_str()
+                })
+        };
         let mut checked = [0usize; 2];
         for family in [IpFamily::V4, IpFamily::V6] {
-            let chains = chains(&compiled, &state.node, "DP", family);
+            let chains = chains(&compiled, state, "DP", family).unwrap();
             for &from in &addresses {
                 for &to in &addresses {
                     let same_family = IpFamily::of(&from) == family && IpFamily::of(&to) == family;
@@ -667,13 +736,16 @@ mod policy {
                             let v = policy_verdict(state, from, to, protocol, port);
                             let want = (!local.contains(&from) || v.egress.allows())
                                 && (!local.contains(&to) || v.ingress.allows());
+                            // The node's own traffic goes through OUTPUT, which does
+                            // not jump to the policy chains.
                             let got = chains.is_empty()
+                                || state.node.addresses.contains(&from)
                                 || matches!(
                                     run(
                                         &chains,
                                         sets,
                                         &policy_chain("DP"),
-                                        (from, to, protocol, port)
+                                        (from, to, protocol, port, interface(from))
                                     ),
                                     Outcome::Return
                                 );
@@ -841,12 +913,12 @@ mod policy {
                 validate(&state).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let (compiled, want, ops) = if let Some((old, mut compiled, before)) = previous.take() {
                     let delta = compiled.update(&state, &diff(&old, &state));
-                    let want = ipsets(&compiled, "DP");
+                    let want = ipsets(&compiled, "DP").unwrap();
                     let ops = incremental(&before, &want, &compiled, &delta);
                     (compiled, want, ops)
                 } else {
                     let compiled = compile(&state);
-                    let want = ipsets(&compiled, "DP");
+                    let want = ipsets(&compiled, "DP").unwrap();
                     let held = KernelSets { ours: kernel.clone(), foreign: 0 };
                     let ops = converge(&held, &want, &compiled);
                     (compiled, want, ops)
@@ -883,7 +955,7 @@ mod policy {
         }
         let compiled = compile(&state);
         writeln!(out, "# ipsets").unwrap();
-        for (name, spec) in ipsets(&compiled, "DP") {
+        for (name, spec) in ipsets(&compiled, "DP").unwrap() {
             let members: Vec<String> = ipset::members(&compiled, &spec)
                 .map(|m| m.to_string())
                 .collect();
@@ -914,17 +986,34 @@ mod policy {
         assert_eq!(v4.filter["DP-FILTER"].last().unwrap(), "-j DP-POLICY");
         assert_eq!(v6.filter["DP-FILTER"].last().unwrap(), "-j DP-POLICY");
         let top = &v4.filter["DP-POLICY"];
+        // Anti-spoofing first, one rule per local endpoint's interface, then the
+        // established connections.
+        let spoof = state.endpoints.len();
+        for e in &state.endpoints {
+            let at = top
+                .iter()
+                .position(|r| r.starts_with(&format!("-i {} -j DP-AS-", e.interface)));
+            assert!(at.is_some_and(|at| at < spoof), "{top:?}");
+        }
         assert_eq!(
-            top[0],
+            top[spoof],
             "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
         );
+        // The node's own traffic never reaches it (OUTPUT has its own entry chain), so no
+        // rule trusts the node's address as a source.
         assert!(
-            top.iter().any(|r| r.starts_with("-s 172.18.0.10/32 ")),
+            !top.iter().any(|r| r.starts_with("-s 172.18.0.10/32 ")),
             "{top:?}"
+        );
+        assert!(
+            !v4.filter["DP-FILTER-OUT"]
+                .iter()
+                .any(|r| r.contains("POLICY")),
+            "{v4:?}"
         );
         assert!(top
             .iter()
-            .any(|r| r.starts_with("-s 10.244.0.10/32 -d 10.244.0.10/32 ")));
+            .any(|r| r.contains("-s 10.244.0.10/32 -d 10.244.0.10/32 ")));
         // endPort range, UDP, SCTP, named port resolved on ingress (8080).
         assert!(has("-p tcp -m tcp --dport 80:81 -j RETURN"));
         assert!(has("-p udp -m udp --dport 53 -j RETURN"));
@@ -1005,14 +1094,15 @@ mod policy {
                 s
             }),
             "DP",
-        );
-        let after = ipsets(&compiled, "DP");
+        )
+        .unwrap();
+        let after = ipsets(&compiled, "DP").unwrap();
         // The peer `app=client` (with and without ports) is one set already named.
         assert_eq!(
             before.keys().collect::<Vec<_>>(),
             after.keys().collect::<Vec<_>>()
         );
-        let v4 = chains(&compiled, &state.node, "DP", IpFamily::V4);
+        let v4 = chains(&compiled, &state, "DP", IpFamily::V4).unwrap();
         let target = |ip: &str| -> &str {
             let dispatch = format!("-d {ip}/32 -j ");
             v4["DP-POLICY"]
@@ -1041,10 +1131,10 @@ mod policy {
             .unwrap();
         client.labels.insert("app".into(), "x".into());
         let mut compiled = compile(&old);
-        let before = ipsets(&compiled, "DP");
+        let before = ipsets(&compiled, "DP").unwrap();
         let delta = compiled.update(&new, &diff(&old, &new));
         assert_eq!(compiled, compile(&new));
-        let want = ipsets(&compiled, "DP");
+        let want = ipsets(&compiled, "DP").unwrap();
         let ops = incremental(&before, &want, &compiled, &delta);
         assert!(!ops.is_empty());
         assert!(
@@ -1112,14 +1202,51 @@ mod policy {
         }
     }
 
+    /// Two different contents hashed to one name (forced through the hash seam) are a typed
+    /// error, never one overwriting the other; a prefix with `-` is refused.
+    #[test]
+    fn name_collisions_are_refused() {
+        let state = fixture::showcase();
+        let compiled = compile(&state);
+        let same = |_: &str| "SAME".to_owned();
+        let err = chains_named(&compiled, &state, "DP", IpFamily::V4, &same).unwrap_err();
+        assert!(err.name.starts_with("DP-"), "{err:?}");
+        assert_ne!(err.first, err.second);
+        let err = ipsets_named(&compiled, "DP", &same).unwrap_err();
+        assert_eq!(err.name, "DP-v4-SAME");
+        assert!(matches!(
+            err.into_error("iptables"),
+            dataplane_core::Error::Unsupported { .. }
+        ));
+        // The real hash: no collision in the fixture.
+        assert!(chains(&compiled, &state, "DP", IpFamily::V4).is_ok());
+        // Any chain (service chains too): a policy chain given the name of the filter chain,
+        // with other rules, is refused by the digests, not written over it.
+        let clash = Chains::from([("DP-FILTER".to_owned(), vec!["-j DROP".to_owned()])]);
+        let err = digests_with(&state, &clash, "DP", IpFamily::V4).unwrap_err();
+        assert_eq!(err.name, "filter chain DP-FILTER");
+        assert_ne!(err.first, err.second);
+        let none = Chains::new();
+        assert!(digests_with(&state, &none, "DP", IpFamily::V4).is_ok());
+        let dp = IptablesDataplane::new(NetfilterConfig {
+            name: "DP-X".to_owned(),
+            ..NetfilterConfig::iptables(None)
+        });
+        assert!(matches!(
+            dp.render(&state, IpFamily::V4),
+            Err(dataplane_core::Error::Unsupported { .. })
+        ));
+    }
+
     /// No policy, no policy chains, no sets, and the filter chain is as it was.
     #[test]
     fn no_policy_no_chains() {
         let state = common::showcase();
         let compiled = compile(&state);
-        assert!(ipsets(&compiled, "DP").is_empty());
+        assert!(ipsets(&compiled, "DP").unwrap().is_empty());
         let [v4, _] = compile_state(&state, "DP");
-        assert_eq!(v4.filter.len(), 1);
+        // DP-FILTER and the OUTPUT entry DP-FILTER-OUT.
+        assert_eq!(v4.filter.len(), 2);
         assert!(!v4.filter["DP-FILTER"].iter().any(|r| r.contains("POLICY")));
         // Policies that isolate nobody on this node need none either.
         let mut state = state;
@@ -1129,8 +1256,16 @@ mod policy {
             fixture::labels(&[]),
             &[PolicyType::Ingress],
         ));
-        let s: IpSets = ipsets(&compile(&state), "DP");
+        let s: IpSets = ipsets(&compile(&state), "DP").unwrap();
         assert!(s.is_empty());
-        assert_eq!(compile_state(&state, "DP")[0].filter.len(), 1);
+        // Only the anti-spoofing of the local endpoints (with policies, a pod's packet from
+        // an address not its own is dropped), nothing isolated.
+        let filter = &compile_state(&state, "DP")[0].filter;
+        assert!(
+            filter
+                .keys()
+                .all(|c| c.starts_with("DP-FILTER") || c == "DP-POLICY" || c.starts_with("DP-AS-")),
+            "{filter:?}"
+        );
     }
 }

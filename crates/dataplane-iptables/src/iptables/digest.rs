@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 
 use dataplane_core::DesiredState;
 
-use super::policy;
+use super::policy::{self, NameCollision};
 use super::render::{each_chain, hook_lines, node_wide, Chains, Existing, Table};
 use crate::plan::node_plan;
 use dataplane_core::IpFamily;
@@ -74,19 +74,22 @@ fn rules_hash(rules: &[String]) -> u64 {
 /// The digests of `family`'s chains of `state` (its policy compiled here; see
 /// [`digests_with`]).
 pub fn digests(state: &DesiredState, prefix: &str, family: IpFamily) -> Digests {
-    let policy = policy::chains(&dataplane_core::compile(state), &state.node, prefix, family);
-    digests_with(state, &policy, prefix, family)
+    // Two contents under one name are refused by the backend before it gets here.
+    let policy =
+        policy::chains(&dataplane_core::compile(state), state, prefix, family).unwrap_or_default();
+    digests_with(state, &policy, prefix, family).unwrap_or_default()
 }
 
 /// The digests of `family`'s chains of `state` with its policy chains `policy` (from
 /// [`policy::chains`] of the state's compiled policy, which the backend keeps up to date
-/// between syncs).
+/// between syncs). One name given two different rule lists (two hashed texts whose hashes
+/// met) is a [`NameCollision`]: neither is written over the other.
 pub fn digests_with(
     state: &DesiredState,
     policy: &Chains,
     prefix: &str,
     family: IpFamily,
-) -> Digests {
+) -> Result<Digests, NameCollision> {
     let node = node_plan(&state.node);
     let mut d = Digests::default();
     let _ = each_chain::<()>(
@@ -104,14 +107,57 @@ pub fn digests_with(
             Ok(())
         },
     );
-    for t in [&mut d.nat, &mut d.filter] {
-        // A chain compiled twice keeps its last rules, as a map insert would.
-        t.reverse();
-        t.sort_by_key(|(h, _)| *h);
+    let mut collided = None;
+    for table in Table::ALL {
+        let t = d.table_mut(table);
+        t.sort_unstable();
+        // A chain compiled twice (a backend's endpoint chain under two choices of one port)
+        // has the same rules both times; different rules under one name are a collision.
+        if let Some(w) = t.windows(2).find(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1) {
+            collided.get_or_insert((table, w[0].0));
+        }
         t.dedup_by_key(|(h, _)| *h);
         t.shrink_to_fit();
     }
-    d
+    match collided {
+        None => Ok(d),
+        Some((table, hash)) => Err(collision(state, &node, policy, prefix, family, table, hash)),
+    }
+}
+
+/// The two rule lists of the chain of `table` whose name hashes to `hash` (found again: the
+/// digests keep no text).
+fn collision(
+    state: &DesiredState,
+    node: &crate::plan::NodePlan,
+    policy: &Chains,
+    prefix: &str,
+    family: IpFamily,
+    table: Table,
+    hash: NameHash,
+) -> NameCollision {
+    let mut found: Option<(String, String)> = None;
+    let mut second = None;
+    let _ = each_chain::<()>(state, node, policy, prefix, family, &mut |t, chains| {
+        for (name, rules) in chains {
+            if t != table || name_hash(name) != hash {
+                continue;
+            }
+            let text = rules.join("\n");
+            match &found {
+                None => found = Some((name.clone(), text)),
+                Some((_, first)) if *first != text && second.is_none() => second = Some(text),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    });
+    let (name, first) = found.unwrap_or_default();
+    NameCollision {
+        name: format!("{table} chain {name}"),
+        first,
+        second: second.unwrap_or_default(),
+    }
 }
 
 /// What a sync from `old` (`None`: unknown, rewrite everything) to `new` does, given what the
@@ -194,6 +240,11 @@ impl<'a> SyncPlan<'a> {
             .filter(move |c| self.new.get(table, name_hash(c)).is_none())
     }
 
+    /// The sync writes into `table`.
+    pub fn touches_table(&self, table: Table) -> bool {
+        self.touches(table)
+    }
+
     fn touches(&self, table: Table) -> bool {
         self.new
             .table(table)
@@ -215,7 +266,20 @@ impl<'a> SyncPlan<'a> {
         &self,
         state: &DesiredState,
         family: IpFamily,
+        fault: Option<&str>,
+        out: &mut W,
+    ) -> std::fmt::Result {
+        self.write_tables(state, family, fault, &Table::ALL, out)
+    }
+
+    /// [`Self::write`] of the sections of `tables` only (the backend tries the filter
+    /// section alone before writing both).
+    pub fn write_tables<W: std::fmt::Write + ?Sized>(
+        &self,
+        state: &DesiredState,
+        family: IpFamily,
         mut fault: Option<&str>,
+        tables: &[Table],
         out: &mut W,
     ) -> std::fmt::Result {
         let node = node_plan(&state.node);
@@ -223,12 +287,8 @@ impl<'a> SyncPlan<'a> {
         let policy = if let Some(p) = self.policy {
             p
         } else {
-            compiled = policy::chains(
-                &dataplane_core::compile(state),
-                &state.node,
-                self.prefix,
-                family,
-            );
+            compiled = policy::chains(&dataplane_core::compile(state), state, self.prefix, family)
+                .map_err(|_| std::fmt::Error)?;
             &compiled
         };
         // The filter table holds the policy chains and node-wide chains, which do not depend
@@ -242,7 +302,7 @@ impl<'a> SyncPlan<'a> {
             !policy.is_empty(),
         );
         for table in Table::ALL {
-            if !self.touches(table) {
+            if !self.touches(table) || !tables.contains(&table) {
                 continue;
             }
             writeln!(out, "*{table}")?;

@@ -4,10 +4,22 @@
 //! the tool.
 //!
 //! `ipset restore` is not a transaction: it stops at the first line the kernel refuses and
-//! keeps what it did before. A sync therefore writes sets in an order that is safe at every
-//! step — creates and member changes first, while the old rules still run; the rules that
-//! use them next; destroys of the sets no rule names any more last — and undoes the first
-//! step with the inverse operations when a later one fails.
+//! keeps what it did before. A sync therefore writes sets in an order where every window
+//! fails closed (the rules loaded at that moment allow at most what the old or the new state
+//! allows; sets only ever allow):
+//!
+//! 1. before the rules ([`split`]): creates (no loaded rule names a new set), the members of
+//!    the new sets, and the removals from existing sets (the old rules then allow less);
+//! 2. the rules;
+//! 3. the additions to existing sets: before the rules, a pod added to a set that an entry
+//!    being removed still names would be let in by the old rules;
+//! 4. the destroys of the sets no rule names any more, best effort (a leftover set is
+//!    destroyed by a later sync).
+//!
+//! When a later step fails, the first is undone with [`undo`], which is total: it runs under
+//! `-exist` whatever part of the batch ran (a set created by the batch is created again with
+//! the same parameters and destroyed; the additions and removals of existing sets are
+//! reversed, which `-exist` lets pass where they never ran).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -49,11 +61,10 @@ pub enum SetOp {
 }
 
 impl SetOp {
-    /// The operation that undoes this one (`None` for a destroy, which is never undone:
-    /// destroys run after the rules stopped using the sets).
+    /// The operation that undoes a member change (`None` for a create or destroy: see
+    /// [`undo`]).
     pub fn inverse(&self) -> Option<SetOp> {
         Some(match self {
-            SetOp::Create { name, .. } => SetOp::Destroy { name: name.clone() },
             SetOp::Add { name, ip } => SetOp::Del {
                 name: name.clone(),
                 ip: *ip,
@@ -62,7 +73,7 @@ impl SetOp {
                 name: name.clone(),
                 ip: *ip,
             },
-            SetOp::Destroy { .. } => return None,
+            SetOp::Create { .. } | SetOp::Destroy { .. } => return None,
         })
     }
 
@@ -103,9 +114,50 @@ pub fn write_ops<W: std::fmt::Write + ?Sized>(
     Ok(())
 }
 
-/// The inverse of `ops`, last first: what undoes the part of them that ran.
+/// What undoes any part of `ops` that ran, to be run under `-exist` (every line then
+/// succeeds whether its operation ran or not: `ipset restore` stops at the first refused
+/// line, so an undo that could fail part-way would not be one): the member changes of sets
+/// `ops` did not create reversed, last first; then each set `ops` created is created again
+/// with the same parameters (a no-op if it exists, so that the destroy that follows cannot
+/// fail on a set the batch never got to) and destroyed, members and all. Destroys in `ops`
+/// are not undone (they run after the rules stopped naming the sets).
 pub fn undo(ops: &[SetOp]) -> Vec<SetOp> {
-    ops.iter().rev().filter_map(SetOp::inverse).collect()
+    let created: BTreeSet<&str> = ops
+        .iter()
+        .filter_map(|o| match o {
+            SetOp::Create { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut out: Vec<SetOp> = ops
+        .iter()
+        .rev()
+        .filter(|o| !created.contains(o.name()))
+        .filter_map(SetOp::inverse)
+        .collect();
+    for op in ops {
+        if let SetOp::Create { name, .. } = op {
+            out.push(op.clone());
+            out.push(SetOp::Destroy { name: name.clone() });
+        }
+    }
+    out
+}
+
+/// `ops` in the two runs of a sync: before the rules (creates, the members of created sets,
+/// removals) and after them (additions to sets that existed): see the module's order.
+pub fn split(ops: Vec<SetOp>) -> (Vec<SetOp>, Vec<SetOp>) {
+    let created: BTreeSet<String> = ops
+        .iter()
+        .filter_map(|o| match o {
+            SetOp::Create { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    ops.into_iter().partition(|o| match o {
+        SetOp::Add { name, .. } => created.contains(name),
+        SetOp::Create { .. } | SetOp::Del { .. } | SetOp::Destroy { .. } => true,
+    })
 }
 
 /// What the kernel holds: our sets with their members, and how many sets are not ours (they
@@ -258,15 +310,75 @@ mod tests {
 
     #[test]
     fn parses_ours_and_counts_the_rest() {
-        let save = "create dp-v4-AAA hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x1\n\
-                    add dp-v4-AAA 10.0.0.1\nadd dp-v4-AAA 10.0.0.2\n\
+        let save = "create DP-v4-AAA hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x1\n\
+                    add DP-v4-AAA 10.0.0.1\nadd DP-v4-AAA 10.0.0.2\n\
                     create other hash:net family inet hashsize 1024 maxelem 65536\nadd other 10.0.0.0/8\n\
-                    create dp-v6-BBB hash:ip family inet6 hashsize 1024 maxelem 65536\n";
+                    create DP-v6-BBB hash:ip family inet6 hashsize 1024 maxelem 65536\n";
         let k = parse_save(save, "DP");
         assert_eq!(k.foreign, 1);
         assert_eq!(k.ours.len(), 2);
-        assert_eq!(k.ours["dp-v4-AAA"].len(), 2);
-        assert!(k.ours["dp-v6-BBB"].is_empty());
+        assert_eq!(k.ours["DP-v4-AAA"].len(), 2);
+        assert!(k.ours["DP-v6-BBB"].is_empty());
+    }
+
+    /// The undo of a batch that stopped anywhere succeeds under `-exist`, simulated: each
+    /// prefix of the ops run, then the undo, gives back the sets as they were.
+    #[test]
+    fn undo_is_total_for_every_prefix_that_ran() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip2: IpAddr = "10.0.0.2".parse().unwrap();
+        let ops = vec![
+            SetOp::Create {
+                name: "new".into(),
+                family: IpFamily::V4,
+            },
+            SetOp::Add {
+                name: "new".into(),
+                ip,
+            },
+            SetOp::Del {
+                name: "old".into(),
+                ip: ip2,
+            },
+            SetOp::Add {
+                name: "old".into(),
+                ip,
+            },
+        ];
+        let start: BTreeMap<String, BTreeSet<IpAddr>> =
+            BTreeMap::from([("old".to_owned(), BTreeSet::from([ip2]))]);
+        // `exist`: the ipset tool's `-exist` (no error for an op that changes nothing).
+        let run = |sets: &mut BTreeMap<String, BTreeSet<IpAddr>>, ops: &[SetOp], exist: bool| {
+            for op in ops {
+                let ok = match op {
+                    SetOp::Create { name, .. } => {
+                        let had = sets.contains_key(name);
+                        sets.entry(name.clone()).or_default();
+                        exist || !had
+                    }
+                    SetOp::Add { name, ip } => {
+                        sets.get_mut(name).is_some_and(|m| m.insert(*ip) || exist)
+                    }
+                    SetOp::Del { name, ip } => {
+                        sets.get_mut(name).is_some_and(|m| m.remove(ip) || exist)
+                    }
+                    SetOp::Destroy { name } => sets.remove(name).is_some() || exist,
+                };
+                if !ok {
+                    return false;
+                }
+            }
+            true
+        };
+        for ran in 0..=ops.len() {
+            let mut sets = start.clone();
+            assert!(run(&mut sets, &ops[..ran], false));
+            assert!(run(&mut sets, &undo(&ops), true), "after {ran} ops");
+            assert_eq!(sets, start, "after {ran} ops");
+        }
+        let (before, after) = split(ops.clone());
+        assert_eq!(before, ops[..3].to_vec());
+        assert_eq!(after, ops[3..].to_vec());
     }
 
     #[test]
@@ -294,9 +406,9 @@ mod tests {
                     name: "t".into(),
                     ip
                 },
-                SetOp::Del {
+                SetOp::Create {
                     name: "s".into(),
-                    ip
+                    family: IpFamily::V4,
                 },
                 SetOp::Destroy { name: "s".into() },
             ]

@@ -1,7 +1,9 @@
 //! The iptables flavour: kube-proxy iptables-mode chains applied with
 //! `iptables-restore --noflush` / `ip6tables-restore --noflush`, and NetworkPolicy as
-//! filter chains ([`policy`]) over ipsets ([`ipset`]): sets written before the rules that
-//! name them, destroyed after the rules stop naming them, put back if the rules are refused.
+//! filter chains ([`policy`]) over ipsets ([`ipset`]): sets created and emptied of leaving
+//! members before the rules that name them, filled with joining members after, destroyed
+//! (best effort) after the rules stop naming them, put back if the rules are refused (see
+//! [`ipset`] for why that order fails closed at every step).
 
 // Chain digests and the partial-sync plan: public for the render tests, which check what a
 // partial restore writes, not part of the API: hidden.
@@ -58,6 +60,12 @@ pub struct IptablesDataplane {
     /// What the last successful sync programmed.
     applied: Option<Applied>,
     dirty: bool,
+    /// This backend ever ran an `ipset restore` (sets of ours may be in the kernel): from
+    /// then on, sets that cannot be read are an error, not "none" (they would leak).
+    wrote_sets: bool,
+    /// A destroy of unused sets failed after its sync committed: the next sync reads the
+    /// kernel's sets to destroy them, whatever it needs.
+    sets_to_clean: bool,
     /// The test hook ([`IptablesDataplane::set_fail_transactions`]) is on.
     #[cfg(feature = "fault-injection")]
     fail_transactions: bool,
@@ -71,6 +79,8 @@ impl IptablesDataplane {
             config,
             applied: None,
             dirty: false,
+            wrote_sets: false,
+            sets_to_clean: false,
             #[cfg(feature = "fault-injection")]
             fail_transactions: false,
         }
@@ -93,8 +103,10 @@ impl IptablesDataplane {
         self.check(desired)?;
         let prefix = &self.config.name;
         let compiled = dataplane_core::compile(desired);
-        let policy = policy::chains(&compiled, &desired.node, prefix, family);
-        let new = digests_with(desired, &policy, prefix, family);
+        let policy = policy::chains(&compiled, desired, prefix, family)
+            .map_err(|e| e.into_error(BACKEND))?;
+        let new =
+            digests_with(desired, &policy, prefix, family).map_err(|e| e.into_error(BACKEND))?;
         let none = Existing::default();
         let mut out = String::new();
         SyncPlan::new(None, &new, &none, prefix)
@@ -202,13 +214,26 @@ impl IptablesDataplane {
         render: &exec::Render<'_>,
         op: &str,
     ) -> Result<usize, NetfilterError> {
+        self.restore_with(family, render, op, &[])
+    }
+
+    /// [`Self::restore`] with more arguments (`--test`: check, write nothing).
+    fn restore_with(
+        &mut self,
+        family: IpFamily,
+        render: &exec::Render<'_>,
+        op: &str,
+        more: &[&str],
+    ) -> Result<usize, NetfilterError> {
         let (restore, _) = self.tools(family);
         let restore = restore.to_owned();
+        let mut args = vec!["--noflush", "-w"];
+        args.extend_from_slice(more);
         let result = exec::run_streamed(
             BACKEND,
             self.config.netns.as_deref(),
             &restore,
-            &["--noflush", "-w"],
+            &args,
             render,
             op,
         );
@@ -225,6 +250,15 @@ impl IptablesDataplane {
     }
 
     fn check(&self, desired: &DesiredState) -> Result<Vec<Skipped>, Error> {
+        if self.config.name.contains('-') {
+            // Our chains and sets are `<prefix>-…`: with a `-` in it, one instance's prefix
+            // could start another's names (`DP` would take `DP-X`'s chains and sets).
+            return Err(Error::Unsupported {
+                dataplane: BACKEND.to_owned(),
+                feature: "a chain prefix with '-'".to_owned(),
+                object: format!("configuration name {:?}", self.config.name),
+            });
+        }
         if self.config.name.is_empty() || self.config.name.len() > MAX_PREFIX_LEN {
             return Err(Error::Unsupported {
                 dataplane: BACKEND.to_owned(),
@@ -270,7 +304,8 @@ impl IptablesDataplane {
 
     /// The sets in the kernel (`members`: with our sets' members, else their names only).
     /// Without the `ipset` tool, or when the kernel cannot list sets, there are none of
-    /// ours, unless `needed` (the state's policy needs sets): then that is the error.
+    /// ours, unless `needed` (the state's policy needs sets) or this backend ever wrote
+    /// sets (they would be left forever): then that is the error.
     fn kernel_sets(&self, members: bool, needed: bool) -> Result<KernelSets, NetfilterError> {
         let prefix = &self.config.name;
         let listed = if members {
@@ -290,7 +325,7 @@ impl IptablesDataplane {
             })
         };
         match listed {
-            Err(e) if !needed => {
+            Err(e) if !needed && !self.wrote_sets => {
                 tracing::debug!(error = %e, "no ipsets read");
                 Ok(KernelSets::default())
             }
@@ -303,6 +338,7 @@ impl IptablesDataplane {
         if ops.is_empty() {
             return Ok(());
         }
+        self.wrote_sets = true;
         let result = self.ipset(&["restore"], Some(ops), op).map(|_| ());
         if result.is_err() {
             self.undo_set_ops(ops);
@@ -310,9 +346,36 @@ impl IptablesDataplane {
         result
     }
 
-    /// Undoes `ops` (or the part of them that ran: `-exist` lets the inverse of an operation
-    /// that never ran pass). A failure here is logged: the caller reports the first one, and
-    /// the backend is dirty (the next sync is a full one, which reads the kernel's sets).
+    /// Destroys `destroys` after the rules that named them committed: best effort (the sync
+    /// is done; a failure, a set still busy for a moment, is logged and retried once after
+    /// 100 ms, as weave's npc retries its ipset destroys; a set left is destroyed by the
+    /// next sync, which then reads the kernel's sets). Returns how many were destroyed.
+    fn destroy_unused(&mut self, destroys: &[SetOp]) -> usize {
+        if destroys.is_empty() {
+            return 0;
+        }
+        for attempt in 0..2 {
+            match self.ipset(&["-exist", "restore"], Some(destroys), "ipset destroy") {
+                Ok(_) => {
+                    self.sets_to_clean = false;
+                    return destroys.len();
+                }
+                Err(e) if attempt == 0 => {
+                    tracing::warn!(error = %e, "unused ipsets not destroyed; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "unused ipsets left for the next sync");
+                }
+            }
+        }
+        self.sets_to_clean = true;
+        0
+    }
+
+    /// Undoes `ops`, whatever part of them ran (see [`ipset::undo`], total under `-exist`).
+    /// A failure here is logged: the caller reports the first one, and the backend is dirty
+    /// (the next sync is a full one, which reads the kernel's sets).
     fn undo_set_ops(&mut self, ops: &[SetOp]) {
         self.dirty = true;
         let undo = ipset::undo(ops);
@@ -343,17 +406,17 @@ impl IptablesDataplane {
             }
             _ => (dataplane_core::compile(desired), None, None),
         };
-        let want = policy::ipsets(&compiled, &prefix);
+        let want = policy::ipsets(&compiled, &prefix).map_err(|e| e.into_error(BACKEND))?;
         // Only a full sync reads every member (to make each set exact); a partial one trusts
         // what the last sync left and reads the names (for the count).
         let incremental = before.is_some();
         let had = before.as_ref().is_some_and(|b| !b.is_empty());
         // Reading the sets may fail quietly only when there are none to write or destroy
         // (no `ipset` tool, no ipset support in the kernel, and no policy that needs it).
-        let kernel = if incremental && want.is_empty() && !had {
+        let kernel = if incremental && want.is_empty() && !had && !self.sets_to_clean {
             KernelSets::default()
         } else {
-            self.kernel_sets(!incremental, !want.is_empty() || had)?
+            self.kernel_sets(!incremental, !want.is_empty() || had || self.sets_to_clean)?
         };
         let peak = ipset::peak(kernel.foreign, kernel.ours.keys(), &want);
         if peak > self.config.max_ipsets {
@@ -384,17 +447,22 @@ impl IptablesDataplane {
                 });
             }
         }
-        let ops = match (&before, &delta) {
+        let (ops, adds) = ipset::split(match (&before, &delta) {
             (Some(before), Some(delta)) => ipset::incremental(before, &want, &compiled, delta),
             _ => ipset::converge(&kernel, &want, &compiled),
-        };
-        let chains = [IpFamily::V4, IpFamily::V6]
-            .map(|f| policy::chains(&compiled, &desired.node, &prefix, f));
+        });
+        let chains = [
+            policy::chains(&compiled, desired, &prefix, IpFamily::V4)
+                .map_err(|e| e.into_error(BACKEND))?,
+            policy::chains(&compiled, desired, &prefix, IpFamily::V6)
+                .map_err(|e| e.into_error(BACKEND))?,
+        ];
         Ok(SetsPlan {
             compiled,
             want,
             kernel: kernel.ours.into_keys().collect(),
             ops,
+            adds,
             chains,
         })
     }
@@ -444,8 +512,12 @@ impl IptablesDataplane {
             .filter(|_| !full_sync && changes.is_some())
             .map(|a| (std::mem::take(&mut a.compiled), a.sets.clone()));
         let sets = self.plan_sets(desired, previous, changes.filter(|_| !full_sync))?;
-        let new =
-            families.map(|f| digests_with(desired, &sets.chains[family_index(f)], &prefix, f));
+        let new = [
+            digests_with(desired, &sets.chains[0], &prefix, IpFamily::V4)
+                .map_err(|e| e.into_error(BACKEND))?,
+            digests_with(desired, &sets.chains[1], &prefix, IpFamily::V6)
+                .map_err(|e| e.into_error(BACKEND))?,
+        ];
         // Both families' kernel state is read before either is written.
         let (existing4, present4) = self.existing_against(IpFamily::V4, &new[0])?;
         let (existing6, present6) = self.existing_against(IpFamily::V6, &new[1])?;
@@ -456,11 +528,12 @@ impl IptablesDataplane {
         } else {
             "partial sync"
         };
-        // Sets first: the rules loaded next name them (and the rules still loaded name the
-        // old ones, which stay until the end).
+        // Sets first (creates, the members of new sets, removals): the rules loaded next
+        // name them, and the rules still loaded only lose members (see `ipset`'s order).
         self.run_set_ops(&sets.ops, "ipset restore")?;
         let fault = self.fault_rule();
         let mut written = sets.ops.len();
+        let mut plans = Vec::new();
         for (i, family) in families.into_iter().enumerate() {
             let old = applied
                 .as_ref()
@@ -474,38 +547,54 @@ impl IptablesDataplane {
                 &prefix,
             )
             .with_policy(&sets.chains[i]);
+            plans.push((family, plan));
+        }
+        // iptables-restore commits nat and filter one after the other (the nf_tables backend
+        // too): a filter section refused after nat committed would leave the new services
+        // with the old filter rules. The filter section (policy chains and drops, small) is
+        // tried first with `--test` (which checks what userspace can: the matches, the sets
+        // named, the syntax), and a refusal is returned before either table is written.
+        for (family, plan) in &plans {
+            if plan.touches_table(Table::Nat) && plan.touches_table(Table::Filter) {
+                let render = |out: &mut dyn std::fmt::Write| {
+                    plan.write_tables(desired, *family, None, &[Table::Filter], out)
+                };
+                if let Err(e) = self.restore_with(*family, &render, "filter test", &["--test"]) {
+                    // Nothing written yet: every set operation goes back.
+                    self.undo_unloaded(&sets, 0);
+                    return Err(e.into());
+                }
+            }
+        }
+        for (i, (family, plan)) in plans.iter().enumerate() {
             if plan.is_empty() {
                 continue;
             }
             // The chains are compiled again and written into the tool while it runs (tens of
             // MiB at 10k services), never held.
             let render =
-                |out: &mut dyn std::fmt::Write| plan.write(desired, family, fault.as_deref(), out);
-            match self.restore(family, &render, op) {
+                |out: &mut dyn std::fmt::Write| plan.write(desired, *family, fault.as_deref(), out);
+            match self.restore(*family, &render, op) {
                 Ok(lines) => written += lines,
                 Err(e) => {
-                    // The sets of this family and the next are put back; the rules of a
-                    // family loaded before name its own (the next sync is a full one).
-                    let unloaded: Vec<SetOp> = sets
-                        .ops
-                        .iter()
-                        .filter(|o| {
-                            sets.want
-                                .get(o.name())
-                                .is_none_or(|s| family_index(s.family) >= i)
-                        })
-                        .cloned()
-                        .collect();
-                    self.undo_set_ops(&unloaded);
+                    self.undo_unloaded(&sets, i);
                     return Err(e.into());
                 }
             }
         }
+        drop(plans);
         drop(existing);
-        // The sets no rule names any more go last.
+        // Additions to sets that existed, now that the rules naming the new state run (the
+        // old rules with the new members could have let in what neither allows). If this
+        // fails the rules stay loaded with sets that lack members: fail closed, the sync an
+        // error, the backend dirty (the next sync, a full one, makes every set exact).
+        if let Err(e) = self.run_set_ops(&sets.adds, "ipset add") {
+            return Err(e.into());
+        }
+        written += sets.adds.len();
+        // The sets no rule names any more go last, best effort: the sync has committed.
         let destroys = ipset::destroys(&sets.kernel, &sets.want);
-        self.run_set_ops(&destroys, "ipset destroy")?;
-        written += destroys.len();
+        written += self.destroy_unused(&destroys);
         // Compared with the services of the last successful sync (which a failed sync leaves
         // as the applied state), not with the chains: see `dataplane_core::counts`.
         let before = applied
@@ -529,6 +618,23 @@ impl IptablesDataplane {
             sets: sets.want,
         };
         Ok((report, now))
+    }
+
+    /// Undoes the set operations run before the rules of family `i` and the next (the rules
+    /// of a family loaded before name its own; the backend is dirty: the next sync is a full
+    /// one).
+    fn undo_unloaded(&mut self, sets: &SetsPlan, i: usize) {
+        let unloaded: Vec<SetOp> = sets
+            .ops
+            .iter()
+            .filter(|o| {
+                sets.want
+                    .get(o.name())
+                    .is_none_or(|s| family_index(s.family) >= i)
+            })
+            .cloned()
+            .collect();
+        self.undo_set_ops(&unloaded);
     }
 
     /// The rules of our chains in `iptables-save -c`: (table, chain) → (packets, rule text).
@@ -609,8 +715,10 @@ struct SetsPlan {
     want: IpSets,
     /// Our sets in the kernel before the sync.
     kernel: BTreeSet<String>,
-    /// Creates and member changes, run before the rules.
+    /// Creates, the members of created sets and removals, run before the rules.
     ops: Vec<SetOp>,
+    /// Additions to sets that existed, run after the rules (see [`ipset`]'s order).
+    adds: Vec<SetOp>,
     /// The policy chains per family (IPv4, IPv6).
     chains: [Chains; 2],
 }
@@ -784,6 +892,8 @@ impl Dataplane for IptablesDataplane {
         }
         // Our sets go after the rules that named them.
         let kernel = self.kernel_sets(false, false)?;
+        self.wrote_sets = false;
+        self.sets_to_clean = false;
         let destroys = ipset::destroys(kernel.ours.keys(), &IpSets::new());
         if !destroys.is_empty() {
             self.ipset(&["-exist", "restore"], Some(&destroys), "ipset destroy")?;

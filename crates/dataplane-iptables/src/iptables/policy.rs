@@ -2,15 +2,20 @@
 //! ([`dataplane_core::policy_tables`]) → filter-table chains over ipsets. Pure functions.
 //!
 //! ```text
-//! filter INPUT/FORWARD/OUTPUT ─▶ DP-FILTER (service drops/rejects) ─▶ DP-POLICY
-//!   DP-POLICY: ct state ESTABLISHED,RELATED     ─▶ RETURN        (checked on the first packet only)
+//! filter INPUT/FORWARD ─▶ DP-FILTER (service drops/rejects) ─▶ DP-POLICY
+//! filter OUTPUT ─▶ DP-FILTER-OUT (the same drops/rejects; the node's own traffic: no policy)
+//!   DP-POLICY: -i <pod interface>              ─▶ DP-AS-<hash>  (anti-spoofing: its addresses
+//!                                                                RETURN, IPv6 fe80::/10 and ::
+//!                                                                to fe80::/10 and ff00::/8 too,
+//!                                                                the rest counted DROP)
+//!              ct state ESTABLISHED,RELATED     ─▶ RETURN        (checked on the first packet only)
 //!              IPv6 neighbour discovery        ─▶ RETURN        (ICMPv6 types 133-136)
-//!              -s|-d <node address>            ─▶ RETURN        (node ↔ its pods: kubelet probes)
-//!              -s <pod ip> -d <same ip>        ─▶ RETURN        (a pod reaching itself)
+//!              -d <node address>               ─▶ RETURN        (pods to the node: INPUT only)
+//!              -i <its interface> -s <pod ip> -d <same ip> ─▶ RETURN (a pod reaching itself)
 //!              -s <egress-isolated pod ip>     ─▶ DP-PE-<hash>  (the client's egress)
 //!              -d <ingress-isolated pod ip>    ─▶ DP-PI-<hash>  (the server's ingress)
 //!   DP-PE/PI-<hash>: one rule per allow entry ─▶ RETURN
-//!              -m set --match-set dp-v4-<hash of the peer set> dst|src [-p tcp -m tcp --dport 80:81]
+//!              -m set --match-set DP-v4-<hash of the peer set> dst|src [-p tcp -m tcp --dport 80:81]
 //!              (ipBlocks, longest prefix first) -d|-s <prefix> [ports] ─▶ RETURN, excepts ─▶ DROP
 //!              last: counted DROP
 //! ```
@@ -27,7 +32,7 @@
 //! `RELATED,ESTABLISHED` first, traffic from the node itself let through; ipsets of the
 //! selected peers) and Calico's iptables dataplane (ipsets named by a hash of the selector,
 //! so that every policy with the same peer shares one set, `cali40s:`/`cali60s:` per
-//! family; here `dp-v4-`/`dp-v6-` under the configured prefix). Departures, and why:
+//! family; here `DP-v4-`/`DP-v6-` under the configured prefix). Departures, and why:
 //!
 //! - Denied traffic is dropped and counted (kube-router logs and rejects it): the project's
 //!   decision for every backend.
@@ -52,7 +57,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use dataplane_core::policy_tables::{DirectionTable, Peer, PortSpec, SetId};
-use dataplane_core::{CompiledPolicy, IpFamily, Node, ObjectName, PolicyType, Protocol};
+use dataplane_core::{CompiledPolicy, DesiredState, IpFamily, ObjectName, PolicyType, Protocol};
 use ipnetwork::IpNetwork;
 
 use super::render::{hash_name, host, Chains};
@@ -76,10 +81,12 @@ pub fn policy_chain(prefix: &str) -> String {
     format!("{prefix}-POLICY")
 }
 
-/// The prefix of our ipset names (`dp-` for the chain prefix `DP`): ipset names are global in
-/// the network namespace, so they carry the configured prefix too.
+/// The prefix of our ipset names (`DP-` for the chain prefix `DP`): ipset names are global in
+/// the network namespace, so they carry the configured prefix too, case kept (instances
+/// `DP` and `dp` must not share sets; the configuration refuses a `-` in the prefix, which
+/// would let one prefix's names start with another's).
 pub fn set_prefix(prefix: &str) -> String {
-    format!("{}-", prefix.to_ascii_lowercase())
+    format!("{prefix}-")
 }
 
 /// Whether `name` is one of our ipsets (either family).
@@ -89,15 +96,20 @@ pub fn is_our_set(prefix: &str, name: &str) -> bool {
         .is_some_and(|rest| rest.starts_with("v4-") || rest.starts_with("v6-"))
 }
 
-/// The ipset of peer set `id` in `family`: `dp-v4-<13 characters of hash>`, at most 22
+/// The ipset of peer set `id` in `family`: `DP-v4-<16 characters of hash>`, at most 25
 /// characters (ipset names are limited to 31).
 pub fn set_name(prefix: &str, family: IpFamily, id: &SetId) -> String {
-    format!(
-        "{}{}-{}",
-        set_prefix(prefix),
-        family.suffix(),
-        hash_name(&id.0)
-    )
+    set_name_with(prefix, family, id, &hash_name)
+}
+
+/// [`set_name`] with the hash `name`.
+fn set_name_with(
+    prefix: &str,
+    family: IpFamily,
+    id: &SetId,
+    name: &dyn Fn(&str) -> String,
+) -> String {
+    format!("{}{}-{}", set_prefix(prefix), family.suffix(), name(&id.0))
 }
 
 /// The addresses of `ips` in `family`.
@@ -108,8 +120,17 @@ fn of_family(ips: &[IpAddr], family: IpFamily) -> impl Iterator<Item = &IpAddr> 
 /// The ipsets the chains of both families name. A peer set gets a set in a family when an
 /// isolated endpoint with an address of that family names it (its chain of that family
 /// does), even while no member is of that family: a member change is then an element
-/// change, never a rule change.
-pub fn ipsets(compiled: &CompiledPolicy, prefix: &str) -> IpSets {
+/// change, never a rule change. Two peer sets under one name are a [`NameCollision`].
+pub fn ipsets(compiled: &CompiledPolicy, prefix: &str) -> Result<IpSets, NameCollision> {
+    ipsets_named(compiled, prefix, &hash_name)
+}
+
+/// [`ipsets`] with the hash `name` (a seam: the tests collide names on purpose).
+pub fn ipsets_named(
+    compiled: &CompiledPolicy,
+    prefix: &str,
+    name: &dyn Fn(&str) -> String,
+) -> Result<IpSets, NameCollision> {
     let mut out = IpSets::new();
     for tables in compiled.endpoints.values() {
         for family in [IpFamily::V4, IpFamily::V6] {
@@ -118,16 +139,31 @@ pub fn ipsets(compiled: &CompiledPolicy, prefix: &str) -> IpSets {
             }
             for direction in [&tables.ingress, &tables.egress] {
                 for id in set_ids(direction) {
-                    out.entry(set_name(prefix, family, id))
-                        .or_insert_with(|| IpSetSpec {
-                            id: id.clone(),
-                            family,
-                        });
+                    let set = set_name_with(prefix, family, id, name);
+                    match out.get(&set) {
+                        Some(spec) if spec.id != *id => {
+                            return Err(NameCollision {
+                                name: set,
+                                first: format!("peer set {}", spec.id),
+                                second: format!("peer set {id}"),
+                            });
+                        }
+                        Some(_) => {}
+                        None => {
+                            out.insert(
+                                set,
+                                IpSetSpec {
+                                    id: id.clone(),
+                                    family,
+                                },
+                            );
+                        }
+                    }
                 }
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The sets an isolated direction names.
@@ -162,56 +198,118 @@ pub fn first_over(compiled: &CompiledPolicy, prefix: &str, room: usize) -> Optio
     None
 }
 
-/// The policy chains of `family` (empty when no endpoint with an address of `family` is
-/// isolated): `DP-POLICY` and the direction chains it dispatches to.
-pub fn chains(compiled: &CompiledPolicy, node: &Node, prefix: &str, family: IpFamily) -> Chains {
+/// Two different contents hashed to one chain or ipset name: refused (writing either would
+/// make the other's rules or members wrong).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameCollision {
+    /// The name.
+    pub name: String,
+    /// What the name stood for first.
+    pub first: String,
+    /// What it was to stand for too.
+    pub second: String,
+}
+
+impl NameCollision {
+    /// The typed error of the backend called `backend`.
+    pub fn into_error(self, backend: &str) -> dataplane_core::Error {
+        dataplane_core::Error::Unsupported {
+            dataplane: backend.to_owned(),
+            feature: format!("two different contents under one name {}", self.name),
+            object: format!("{} and {}", self.first, self.second),
+        }
+    }
+}
+
+/// Records `name` for `content`; a name already standing for another content is a
+/// collision.
+fn claim(
+    names: &mut BTreeMap<String, String>,
+    name: &str,
+    content: &str,
+) -> Result<(), NameCollision> {
+    match names.get(name) {
+        Some(first) if first != content => Err(NameCollision {
+            name: name.to_owned(),
+            first: first.clone(),
+            second: content.to_owned(),
+        }),
+        Some(_) => Ok(()),
+        None => {
+            names.insert(name.to_owned(), content.to_owned());
+            Ok(())
+        }
+    }
+}
+
+/// The policy chains of `family` of `state` (whose compiled policy is `compiled`): empty
+/// when the state has no policy (or no endpoint); else `DP-POLICY` with the anti-spoofing
+/// chains and the direction chains it dispatches to.
+pub fn chains(
+    compiled: &CompiledPolicy,
+    state: &DesiredState,
+    prefix: &str,
+    family: IpFamily,
+) -> Result<Chains, NameCollision> {
+    chains_named(compiled, state, prefix, family, &hash_name)
+}
+
+/// [`chains`] with the chain names' hash `name` (a seam: the tests collide names on purpose).
+pub fn chains_named(
+    compiled: &CompiledPolicy,
+    state: &DesiredState,
+    prefix: &str,
+    family: IpFamily,
+    name: &dyn Fn(&str) -> String,
+) -> Result<Chains, NameCollision> {
     let mut chains = Chains::new();
-    let mut top = vec![
-        // Policy is checked on a connection's first packet: replies, later packets and
-        // related ICMP of a connection it let through are not checked again (a change
-        // applies to new connections).
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN".to_owned(),
-    ];
-    let mut own = Vec::new();
-    let mut egress = Vec::new();
-    let mut ingress = Vec::new();
-    for tables in compiled.endpoints.values() {
-        let ips: Vec<&IpAddr> = of_family(&tables.ips, family).collect();
-        if ips.is_empty() || !(tables.ingress.isolated || tables.egress.isolated) {
-            continue;
-        }
-        for (direction, table, dispatch) in [
-            (PolicyType::Egress, &tables.egress, &mut egress),
-            (PolicyType::Ingress, &tables.ingress, &mut ingress),
-        ] {
-            if !table.isolated {
-                continue;
-            }
-            let rules = direction_rules(table, direction, prefix, family);
-            let tag = match direction {
-                PolicyType::Ingress => "PI",
-                PolicyType::Egress => "PE",
-            };
-            let chain = format!("{prefix}-{tag}-{}", hash_name(&rules.join("\n")));
-            let flag = match direction {
-                PolicyType::Ingress => "-d",
-                PolicyType::Egress => "-s",
-            };
-            for ip in &ips {
-                dispatch.push(format!("{flag} {} -j {chain}", host(ip)));
-            }
-            chains.insert(chain, rules);
-        }
-        for ip in &ips {
-            let h = host(ip);
-            own.push(format!(
-                "-s {h} -d {h} -m comment --comment \"a pod reaching itself\" -j RETURN"
-            ));
-        }
+    if state.policies.is_empty() || state.endpoints.is_empty() {
+        return Ok(chains);
     }
-    if chains.is_empty() {
-        return chains;
+    let mut names = BTreeMap::new();
+    // Anti-spoofing, before anything else (established connections included: a forged
+    // packet must not ride on another's conntrack entry): a packet in on a local endpoint's
+    // interface must come from one of its addresses, as the reference model says
+    // (`dataplane_core::is_spoofed`). Policy knows a client by its source address: a pod
+    // sending from the node's or another pod's address would borrow their rights. Calico
+    // does this with strict reverse-path filtering on workload interfaces, Cilium by checking
+    // the source of an endpoint's packets. Only packets that came in on an interface (INPUT,
+    // FORWARD) can match `-i`. IPv6 link-local and unspecified sources are exempt towards
+    // link-local and multicast destinations: neighbour discovery, duplicate address
+    // detection and MLD use them.
+    let mut by_interface: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
+    for e in &state.endpoints {
+        by_interface
+            .entry(e.interface.as_str())
+            .or_default()
+            .extend(of_family(&e.ips, family).copied());
     }
+    let mut top = Vec::new();
+    for (interface, ips) in &by_interface {
+        let mut rules: Vec<String> = ips
+            .iter()
+            .map(|ip| format!("-s {} -j RETURN", host(ip)))
+            .collect();
+        if family == IpFamily::V6 {
+            // Only towards link-local and multicast destinations (neighbour discovery, DAD,
+            // MLD: traffic that stays on the link); elsewhere such a source is borrowed too.
+            for src in ["fe80::/10", "::/128"] {
+                for dst in ["fe80::/10", "ff00::/8"] {
+                    rules.push(format!("-s {src} -d {dst} -j RETURN"));
+                }
+            }
+        }
+        rules.push("-m comment --comment \"network policy: spoofed source\" -j DROP".to_owned());
+        let content = format!("{interface}\n{}", rules.join("\n"));
+        let chain = format!("{prefix}-AS-{}", name(&content));
+        claim(&mut names, &chain, &content)?;
+        top.push(format!("-i {interface} -j {chain}"));
+        chains.insert(chain, rules);
+    }
+    // Policy is checked on a connection's first packet: replies, later packets and related
+    // ICMP of a connection it let through are not checked again (a change applies to new
+    // connections).
+    top.push("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN".to_owned());
     if family == IpFamily::V6 {
         // IPv6 neighbour discovery between pods and the node is not policy's to decide (no
         // conntrack entry carries it, and IPv4's ARP never meets iptables): router
@@ -223,20 +321,69 @@ pub fn chains(compiled: &CompiledPolicy, node: &Node, prefix: &str, family: IpFa
             ));
         }
     }
-    for a in of_family(&node.addresses, family) {
-        let h = host(a);
+    // Pods to the node: only INPUT sees a destination that is the node's (a forwarded
+    // packet is not addressed to it), and its source was checked above. The node to its
+    // pods needs no rule: locally generated traffic never jumps here (see
+    // [`super::render::hooks`]), whatever its source address (kubelet may use one that is not
+    // in `node.addresses`).
+    for a in of_family(&state.node.addresses, family) {
         top.push(format!(
-            "-s {h} -m comment --comment \"the node to its pods\" -j RETURN"
-        ));
-        top.push(format!(
-            "-d {h} -m comment --comment \"pods to the node\" -j RETURN"
+            "-d {} -m comment --comment \"pods to the node\" -j RETURN",
+            host(a)
         ));
     }
-    top.extend(own);
+    let interfaces: BTreeMap<&ObjectName, &str> = state
+        .endpoints
+        .iter()
+        .map(|e| (&e.name, e.interface.as_str()))
+        .collect();
+    let mut egress = Vec::new();
+    let mut ingress = Vec::new();
+    for (endpoint, tables) in &compiled.endpoints {
+        let ips: Vec<&IpAddr> = of_family(&tables.ips, family).collect();
+        if ips.is_empty() || !(tables.ingress.isolated || tables.egress.isolated) {
+            continue;
+        }
+        for (direction, table, dispatch) in [
+            (PolicyType::Egress, &tables.egress, &mut egress),
+            (PolicyType::Ingress, &tables.ingress, &mut ingress),
+        ] {
+            if !table.isolated {
+                continue;
+            }
+            let rules = direction_rules(table, direction, prefix, family, name);
+            let tag = match direction {
+                PolicyType::Ingress => "PI",
+                PolicyType::Egress => "PE",
+            };
+            let content = rules.join("\n");
+            let chain = format!("{prefix}-{tag}-{}", name(&content));
+            claim(&mut names, &chain, &content)?;
+            // The source of an egress dispatch was checked above when it came from a pod.
+            let flag = match direction {
+                PolicyType::Ingress => "-d",
+                PolicyType::Egress => "-s",
+            };
+            for ip in &ips {
+                dispatch.push(format!("{flag} {} -j {chain}", host(ip)));
+            }
+            chains.insert(chain, rules);
+        }
+        // A pod reaching itself (hairpin through a service included): from its own
+        // interface only.
+        if let Some(interface) = interfaces.get(endpoint) {
+            for ip in &ips {
+                let h = host(ip);
+                top.push(format!(
+                    "-i {interface} -s {h} -d {h} -m comment --comment \"a pod reaching itself\" -j RETURN"
+                ));
+            }
+        }
+    }
     top.extend(egress);
     top.extend(ingress);
     chains.insert(policy_chain(prefix), top);
-    chains
+    Ok(chains)
 }
 
 /// The rules of one isolated direction: a `RETURN` per allow entry, the ipBlocks' prefixes
@@ -246,6 +393,7 @@ fn direction_rules(
     direction: PolicyType,
     prefix: &str,
     family: IpFamily,
+    name: &dyn Fn(&str) -> String,
 ) -> Vec<String> {
     // The peer is the client on ingress (source), the server on egress (destination).
     let (addr_flag, set_flag) = match direction {
@@ -259,7 +407,7 @@ fn direction_rules(
             Peer::Any => String::new(),
             Peer::Set(id) => format!(
                 "-m set --match-set {} {set_flag} ",
-                set_name(prefix, family, id)
+                set_name_with(prefix, family, id, name)
             ),
             // Below, merged into one longest-prefix table.
             Peer::Block(_) => continue,
@@ -330,7 +478,8 @@ mod tests {
             assert!(is_our_set("DPXYZ", &n), "{n}");
             assert!(!is_our_set("DP", &n), "{n}");
         }
-        assert!(!is_our_set("DP", "dp-other"));
+        assert!(!is_our_set("DP", "DP-other"));
+        assert!(!is_our_set("DP", &set_name("dp", IpFamily::V4, &id)));
         assert!(!is_our_set("DP", "cali40s:abc"));
     }
 

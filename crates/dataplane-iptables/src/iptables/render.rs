@@ -145,21 +145,33 @@ pub fn hooks(prefix: &str) -> Vec<(Table, &'static str, String)> {
         (Table::Nat, "POSTROUTING", format!("{prefix}-POSTROUTING")),
         (Table::Filter, "INPUT", format!("{prefix}-FILTER")),
         (Table::Filter, "FORWARD", format!("{prefix}-FILTER")),
-        (Table::Filter, "OUTPUT", format!("{prefix}-FILTER")),
+        // Locally generated traffic has its own entry, without the policy jump: the node's
+        // own traffic is not a pod's (pods' packets come in on an interface: INPUT, FORWARD),
+        // and a source address cannot tell the node from a pod forging it.
+        (Table::Filter, "OUTPUT", format!("{prefix}-FILTER-OUT")),
     ]
 }
 
-/// FNV-1a, for short stable chain (and ipset) names.
+/// Characters of a name hash: 16 base32 characters, 80 bits.
+pub const HASH_CHARS: usize = 16;
+
+/// The first 80 bits of SHA-256 of `s` in base32 (16 characters), for short stable chain and
+/// ipset names, as kube-proxy names its chains (`KUBE-SVC-` + 16 characters of base32
+/// SHA-256; Calico names its ipsets by SHA-224). The hashed text is tenant-controlled (names,
+/// labels, selectors): a cryptographic hash keeps a tenant from choosing text whose name
+/// collides with another's, and the policy chains and sets check for collisions anyway
+/// ([`super::policy::NameCollision`]).
 pub(crate) fn hash_name(s: &str) -> String {
+    use sha2::{Digest as _, Sha256};
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let digest = Sha256::digest(s.as_bytes());
+    let mut bits = u128::from_be_bytes(digest[..16].try_into().unwrap_or([0; 16]));
+    let mut out = String::with_capacity(HASH_CHARS);
+    for _ in 0..HASH_CHARS {
+        out.push(ALPHABET[(bits >> 123) as usize] as char);
+        bits <<= 5;
     }
-    (0..13)
-        .map(|i| ALPHABET[((h >> (i * 5)) & 31) as usize] as char)
-        .collect()
+    out
 }
 
 pub(crate) fn host(ip: &IpAddr) -> String {
@@ -191,7 +203,9 @@ pub fn compile_state(state: &DesiredState, prefix: &str) -> [IptRuleset; 2] {
     let compiled = dataplane_core::compile(state);
     [IpFamily::V4, IpFamily::V6].map(|family| {
         let mut rs = IptRuleset::empty(family, prefix);
-        let policy = policy::chains(&compiled, &state.node, prefix, family);
+        // Two contents under one name: the backend refuses the state; here (for tests and
+        // debugging) the policy chains are left out.
+        let policy = policy::chains(&compiled, state, prefix, family).unwrap_or_default();
         let _ = each_chain::<()>(
             state,
             &node,
@@ -273,8 +287,9 @@ pub(crate) fn node_wide(
     finish_ruleset(node, family, prefix, &mut rs, frontends, reject_ips);
     if policy {
         // After the service drops and rejects (a connection to a service without backends
-        // is rejected whatever the policy), in every hook of the filter chain: INPUT checks
-        // a pod's egress to this node's other addresses as the reference model does.
+        // is rejected whatever the policy), from INPUT and FORWARD (not OUTPUT: see
+        // [`hooks`]): INPUT checks a pod's egress to this node's other addresses as the
+        // reference model does.
         if let Some(filter) = rs.filter.get_mut(&format!("{prefix}-FILTER")) {
             filter.push(format!("-j {}", policy::policy_chain(prefix)));
         }
@@ -355,6 +370,9 @@ fn finish_ruleset(
             "-d {cidr} -m conntrack --ctstate NEW -m comment --comment \"unallocated service address\" -j DROP"
         ));
     }
+    // The same drops and rejects for locally generated traffic, which has its own entry
+    // chain (see [`hooks`]).
+    rs.filter.insert(format!("{p}-FILTER-OUT"), filter.clone());
     rs.filter.insert(format!("{p}-FILTER"), filter);
 }
 
@@ -534,8 +552,17 @@ pub struct Existing {
     pub nat_chains: BTreeSet<String>,
     /// Our chains in the filter table.
     pub filter_chains: BTreeSet<String>,
-    /// (table, built-in chain) pairs that already jump to our chain.
+    /// (table, built-in chain) pairs whose first rule, and only jump to our chain, is our
+    /// hook: nothing to do.
     pub hooks: BTreeSet<(Table, String)>,
+    /// (table, built-in chain) pairs that hold our hook elsewhere than first (another
+    /// component inserted rules above it, whose ACCEPT would bypass ours) or more than once:
+    /// how many times. Each sync deletes them and inserts the hook at position 1 again.
+    pub misplaced: BTreeMap<(Table, String), usize>,
+    /// Other rules of the hooked built-in chains that jump to one of our chains (a hook of an
+    /// earlier version, such as `OUTPUT -j DP-FILTER`): `(table, rule)` with the rule as
+    /// `iptables-save` lists it, without `-A `. Deleted by the next sync.
+    pub stale_jumps: Vec<(Table, String)>,
 }
 
 impl Existing {
@@ -548,13 +575,31 @@ impl Existing {
     }
 }
 
-/// The hook jumps into our chains that `existing` lacks, as `-I` lines.
+/// What puts our hook jumps first in their built-in chains, as `-D`/`-I` lines: a missing
+/// hook is inserted at position 1; a hook that is not first (or there twice) is deleted and
+/// inserted at 1 again, as kube-router keeps its top-level jumps first on every sync
+/// (`ensureRuleAtPosition` in `pkg/controllers/netpol/network_policy_controller.go`): a rule
+/// that another component (a CNI firewall plugin, Docker, firewalld) inserted above ours
+/// and that accepts would bypass the service drops and NetworkPolicy. Jumps into our chains
+/// that are no hook any more are deleted. One restore input: atomic per table.
 pub fn hook_lines(prefix: &str, existing: &Existing, table: Table) -> Vec<String> {
-    hooks(prefix)
-        .into_iter()
-        .filter(|(t, c, _)| *t == table && !existing.hooks.contains(&(*t, (*c).to_owned())))
-        .map(|(_, c, target)| format!("-I {c} 1 -j {target}"))
-        .collect()
+    let mut out: Vec<String> = existing
+        .stale_jumps
+        .iter()
+        .filter(|(t, _)| *t == table)
+        .map(|(_, rule)| format!("-D {rule}"))
+        .collect();
+    for (t, c, target) in hooks(prefix) {
+        let key = (t, c.to_owned());
+        if t != table || existing.hooks.contains(&key) {
+            continue;
+        }
+        for _ in 0..existing.misplaced.get(&key).copied().unwrap_or(0) {
+            out.push(format!("-D {c} -j {target}"));
+        }
+        out.push(format!("-I {c} 1 -j {target}"));
+    }
+    out
 }
 
 /// The input that removes everything of ours that `existing` lists.
@@ -574,11 +619,22 @@ pub fn write_reset<W: std::fmt::Write + ?Sized>(
     let mut wrote = false;
     for table in [Table::Filter, Table::Nat] {
         let chains = existing.chains(table);
-        let jumps: Vec<(String, String)> = hooks(prefix)
-            .into_iter()
-            .filter(|(t, c, _)| *t == table && existing.hooks.contains(&(*t, (*c).to_owned())))
-            .map(|(_, c, target)| (c.to_owned(), target))
-            .collect();
+        let mut jumps: Vec<String> = Vec::new();
+        for (t, c, target) in hooks(prefix) {
+            let key = (t, c.to_owned());
+            let n = usize::from(existing.hooks.contains(&key))
+                + existing.misplaced.get(&key).copied().unwrap_or(0);
+            if t == table {
+                jumps.extend((0..n).map(|_| format!("{c} -j {target}")));
+            }
+        }
+        jumps.extend(
+            existing
+                .stale_jumps
+                .iter()
+                .filter(|(t, _)| *t == table)
+                .map(|(_, r)| r.clone()),
+        );
         if chains.is_empty() && jumps.is_empty() {
             continue;
         }
@@ -587,8 +643,8 @@ pub fn write_reset<W: std::fmt::Write + ?Sized>(
         for c in chains {
             writeln!(out, ":{c} - [0:0]")?;
         }
-        for (c, target) in jumps {
-            writeln!(out, "-D {c} -j {target}")?;
+        for rule in jumps {
+            writeln!(out, "-D {rule}")?;
         }
         for c in chains {
             writeln!(out, "-X {c}")?;
@@ -617,6 +673,8 @@ pub struct ExistingParser<'a> {
     /// The table being read (`None`: not one of ours).
     table: Option<Table>,
     hook_targets: Vec<((Table, String), String)>,
+    /// Rules seen so far in each hooked built-in chain of the table being read.
+    positions: BTreeMap<String, usize>,
     existing: Existing,
     keep: Option<Keep<'a>>,
 }
@@ -640,6 +698,7 @@ impl<'a> ExistingParser<'a> {
                 .into_iter()
                 .map(|(t, c, target)| ((t, c.to_owned()), target))
                 .collect(),
+            positions: BTreeMap::new(),
             existing: Existing::default(),
             keep: None,
         }
@@ -660,6 +719,7 @@ impl<'a> ExistingParser<'a> {
         let e = &mut self.existing;
         if let Some(t) = line.strip_prefix('*') {
             self.table = Table::from_name(t);
+            self.positions.clear();
         } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or("");
             let Some(table) = self.table else {
@@ -678,7 +738,7 @@ impl<'a> ExistingParser<'a> {
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let chain = rule.split_whitespace().next().unwrap_or("");
-            // Only the built-in chains we hook matter: no allocation per rule.
+            // Only the built-in chains we hook matter: no allocation per rule of ours.
             let Some((key, target)) = self
                 .hook_targets
                 .iter()
@@ -686,8 +746,20 @@ impl<'a> ExistingParser<'a> {
             else {
                 return;
             };
-            if rule.trim_end().ends_with(&format!("-j {target}")) {
-                e.hooks.insert(key.clone());
+            let position = self.positions.entry(chain.to_owned()).or_insert(0);
+            *position += 1;
+            let rule = rule.trim_end();
+            let body = rule[chain.len()..].trim();
+            if body == format!("-j {target}") {
+                if *position == 1 && !e.misplaced.contains_key(key) {
+                    e.hooks.insert(key.clone());
+                } else {
+                    // Not first, or a second one: the first one found is misplaced too.
+                    let n = usize::from(e.hooks.remove(key));
+                    *e.misplaced.entry(key.clone()).or_insert(0) += n + 1;
+                }
+            } else if jumps_to(body, &self.ours) {
+                e.stale_jumps.push((key.0, rule.to_owned()));
             }
         }
     }
@@ -696,6 +768,17 @@ impl<'a> ExistingParser<'a> {
     pub fn finish(self) -> Existing {
         self.existing
     }
+}
+
+/// Whether rule `body` jumps (`-j`, `-g`) to a chain that starts with `ours`.
+fn jumps_to(body: &str, ours: &str) -> bool {
+    let mut words = body.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "-j" || w == "-g" {
+            return words.next().is_some_and(|t| t.starts_with(ours));
+        }
+    }
+    false
 }
 
 /// The name of the ClusterIP chain (`<prefix>-SVC-…`) of a service port in `family`.
@@ -734,6 +817,64 @@ mod tests {
         assert_eq!(e.filter_chains, BTreeSet::from(["DP-FILTER".to_owned()]));
         assert!(e.hooks.contains(&(Table::Nat, "PREROUTING".to_owned())));
         assert_eq!(e.hooks.len(), 1);
+    }
+
+    /// A hook pushed down by another component's rule, a hook there twice and a jump of an
+    /// earlier layout are seen; the sync deletes them and inserts the hook first again.
+    #[test]
+    fn hooks_not_first_are_moved_back_to_the_top() {
+        let save = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                    -A INPUT -j DP-FILTER\n\
+                    -A FORWARD -j ACCEPT\n-A FORWARD -j DP-FILTER\n\
+                    -A OUTPUT -j DP-FILTER-OUT\n-A OUTPUT -j DP-FILTER\n-A OUTPUT -j DP-FILTER-OUT\n\
+                    COMMIT\n";
+        let e = parse_existing(save, "DP");
+        assert_eq!(
+            e.hooks,
+            BTreeSet::from([(Table::Filter, "INPUT".to_owned())])
+        );
+        assert_eq!(
+            e.misplaced,
+            BTreeMap::from([
+                ((Table::Filter, "FORWARD".to_owned()), 1),
+                ((Table::Filter, "OUTPUT".to_owned()), 2),
+            ])
+        );
+        assert_eq!(
+            e.stale_jumps,
+            vec![(Table::Filter, "OUTPUT -j DP-FILTER".to_owned())]
+        );
+        assert_eq!(
+            hook_lines("DP", &e, Table::Filter),
+            [
+                "-D OUTPUT -j DP-FILTER",
+                "-D FORWARD -j DP-FILTER",
+                "-I FORWARD 1 -j DP-FILTER",
+                "-D OUTPUT -j DP-FILTER-OUT",
+                "-D OUTPUT -j DP-FILTER-OUT",
+                "-I OUTPUT 1 -j DP-FILTER-OUT",
+            ]
+        );
+        // A reset deletes every one of them.
+        let reset = render_reset("DP", &e);
+        for rule in [
+            "-D INPUT -j DP-FILTER\n",
+            "-D FORWARD -j DP-FILTER\n",
+            "-D OUTPUT -j DP-FILTER\n",
+        ] {
+            assert!(reset.contains(rule), "{reset}");
+        }
+        assert_eq!(reset.matches("-D OUTPUT -j DP-FILTER-OUT\n").count(), 2);
+        // Another instance's chains are not ours.
+        let other = parse_existing("*filter\n-A FORWARD -j DPX-FILTER\nCOMMIT\n", "DP");
+        assert!(other.stale_jumps.is_empty() && other.misplaced.is_empty());
+    }
+
+    #[test]
+    fn name_hashes_are_sha256_prefixes() {
+        // SHA-256("") = e3b0c442 98fc1c14 …: its first 80 bits in base32.
+        assert_eq!(hash_name(""), "4OYMIQUY7QOBJGX3");
+        assert_eq!(hash_name("a").len(), HASH_CHARS);
     }
 
     #[test]
