@@ -13,6 +13,7 @@ pub mod digest;
 // simulated kernel, not part of the API: hidden.
 #[doc(hidden)]
 pub mod ipset;
+mod naming;
 pub mod policy;
 pub mod render;
 

@@ -60,7 +60,7 @@ use dataplane_core::policy_tables::{DirectionTable, Peer, PortSpec, SetId};
 use dataplane_core::{CompiledPolicy, DesiredState, IpFamily, ObjectName, PolicyType, Protocol};
 use ipnetwork::IpNetwork;
 
-use super::render::{hash_name, host, Chains};
+use super::naming::{hash_name, host, Chains};
 use crate::plan::{proto_name, FamilySuffix as _};
 
 /// The ipsets the policy chains of both families name: set name → what it holds.

@@ -92,8 +92,8 @@ impl std::fmt::Display for Table {
     }
 }
 
-/// Chains by name and their rules (`-A` lines without the `-A CHAIN`).
-pub type Chains = BTreeMap<String, Vec<String>>;
+pub(crate) use super::naming::{hash_name, host};
+pub use super::naming::{Chains, HASH_CHARS};
 
 /// A visitor of one group of chains of a table.
 pub(crate) type Visit<'a, E> = dyn FnMut(Table, &Chains) -> Result<(), E> + 'a;
@@ -150,35 +150,6 @@ pub fn hooks(prefix: &str) -> Vec<(Table, &'static str, String)> {
         // and a source address cannot tell the node from a pod forging it.
         (Table::Filter, "OUTPUT", format!("{prefix}-FILTER-OUT")),
     ]
-}
-
-/// Characters of a name hash: 16 base32 characters, 80 bits.
-pub const HASH_CHARS: usize = 16;
-
-/// The first 80 bits of SHA-256 of `s` in base32 (16 characters), for short stable chain and
-/// ipset names, as kube-proxy names its chains (`KUBE-SVC-` + 16 characters of base32
-/// SHA-256; Calico names its ipsets by SHA-224). The hashed text is tenant-controlled (names,
-/// labels, selectors): a cryptographic hash keeps a tenant from choosing text whose name
-/// collides with another's, and the policy chains and sets check for collisions anyway
-/// ([`super::policy::NameCollision`]).
-pub(crate) fn hash_name(s: &str) -> String {
-    use sha2::{Digest as _, Sha256};
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let digest = Sha256::digest(s.as_bytes());
-    let mut bits = u128::from_be_bytes(digest[..16].try_into().unwrap_or([0; 16]));
-    let mut out = String::with_capacity(HASH_CHARS);
-    for _ in 0..HASH_CHARS {
-        out.push(ALPHABET[(bits >> 123) as usize] as char);
-        bits <<= 5;
-    }
-    out
-}
-
-pub(crate) fn host(ip: &IpAddr) -> String {
-    match ip {
-        IpAddr::V4(_) => format!("{ip}/32"),
-        IpAddr::V6(_) => format!("{ip}/128"),
-    }
 }
 
 fn dnat_target(a: &SocketAddr) -> String {

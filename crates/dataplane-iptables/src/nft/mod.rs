@@ -1,5 +1,6 @@
 //! The nftables flavour.
 
+mod family;
 mod netlink;
 // Reading `nft -j` listings back: public for the tests that parse captured listings (its
 // `Listing` holds `serde_json` values), not part of the API: hidden.

@@ -110,8 +110,8 @@ use dataplane_core::{
 };
 use ipnetwork::IpNetwork;
 
+use super::family::{addr_type, ip_kw};
 use super::netlink;
-use super::render::{addr_type, ip_kw};
 use crate::error::NetfilterError;
 use crate::plan::{proto_name, FamilySuffix as _};
 

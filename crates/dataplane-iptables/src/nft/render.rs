@@ -57,6 +57,7 @@ use dataplane_core::{
 };
 use ipnetwork::IpNetwork;
 
+use super::family::{addr_type, ip_kw};
 use super::policy::NftPolicy;
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
@@ -294,22 +295,6 @@ fn by_family(f: IpFamily, v4: &'static str, v6: &'static str) -> &'static str {
     match f {
         IpFamily::V4 => v4,
         IpFamily::V6 => v6,
-    }
-}
-
-/// `ip` or `ip6`: the payload keyword of family `f`.
-pub(super) fn ip_kw(f: IpFamily) -> &'static str {
-    match f {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
-    }
-}
-
-/// The nft address type of family `f`.
-pub(super) fn addr_type(f: IpFamily) -> &'static str {
-    match f {
-        IpFamily::V4 => "ipv4_addr",
-        IpFamily::V6 => "ipv6_addr",
     }
 }
 
