@@ -339,32 +339,29 @@ impl EbpfDataplane {
         };
         let report = writer::write(&mut objects.maps, current, planner, frontends, &caps)?;
 
-        // Attachments follow the uplink and the endpoints' interfaces: a change of services
-        // alone leaves them as they are (and skips entering the namespace).
-        let reattach = changes.is_none_or(|c| c.node.is_some() || !c.endpoints.is_empty());
-        let mut local_written = 0;
-        if reattach {
-            let wanted = Self::wanted_attachments(rest, xdp_mode);
-            local_written = netns::in_netns(netns.as_deref(), || {
-                for (ifname, hook) in &wanted {
-                    objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
+        // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
+        // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
+        // same name changes no endpoint, but has lost its programs and its ifindex in dp_local.
+        let wanted = Self::wanted_attachments(rest, xdp_mode);
+        let local_written = netns::in_netns(netns.as_deref(), || {
+            for (ifname, hook) in &wanted {
+                objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
+            }
+            loopback::enable(&pin_dir)?;
+            let stale: Vec<(String, Hook)> = objects
+                .attachments
+                .keys()
+                .filter(|k| !wanted.contains(k))
+                .cloned()
+                .collect();
+            for k in stale {
+                if let Some(a) = objects.attachments.remove(&k) {
+                    a.detach()?;
                 }
-                loopback::enable(&pin_dir)?;
-                let stale: Vec<(String, Hook)> = objects
-                    .attachments
-                    .keys()
-                    .filter(|k| !wanted.contains(k))
-                    .cloned()
-                    .collect();
-                for k in stale {
-                    if let Some(a) = objects.attachments.remove(&k) {
-                        a.detach()?;
-                    }
-                }
-                let pods = local::wanted(&rest.endpoints, caps.local);
-                writer::sync_local(&mut objects.maps, &pods)
-            })?;
-        }
+            }
+            let pods = local::wanted(&rest.endpoints, caps.local);
+            writer::sync_local(&mut objects.maps, &pods)
+        })?;
 
         // Policy last: its ingress hook (dp_to_pod) is attached on the endpoints by now.
         let policy_written = policy_plan.writes();

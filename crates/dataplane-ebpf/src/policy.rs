@@ -249,7 +249,8 @@ fn direction_entries(
         let data = PolBlockData {
             ep_id,
             dir,
-            pad: [0; 3],
+            family: family_of(&prefix.network()),
+            pad: [0; 2],
             addr: Addr::mapped(prefix.network()),
         };
         blocks.insert((data, 64 + mapped_len(&prefix)), group);

@@ -272,7 +272,9 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 		return TC_ACT_SHOT;
 	}
 	if (ret == 0) {
-		if (p.proto != IPPROTO_ICMP && p.proto != IPPROTO_ICMPV6)
+		/* Non-first fragments and IPv6 with extension headers: policy judged them above,
+		 * translation leaves them alone. */
+		if (p.opaque || (p.proto != IPPROTO_ICMP && p.proto != IPPROTO_ICMPV6))
 			return TC_ACT_OK;
 		ret = echo_parse(skb, &p);
 		if (ret)

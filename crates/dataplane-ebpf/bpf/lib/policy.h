@@ -42,6 +42,14 @@
 #define POL_ICMPV6_ND_FIRST 133 /* router solicitation .. redirect (133-137) */
 #define POL_ICMPV6_ND_LAST 137
 
+/* What dp_to_pod pulls into the linear data when the headers are not all there: Ethernet,
+ * the largest IPv4 header and a TCP header with options. */
+#define PARSE_PULL_LEN (14 + 60 + 60)
+
+/* pol_check()'s @how: the direction, and this bit for a packet without known ports (one
+ * argument: a BPF subprogram takes at most five). */
+#define POL_CHECK_NOPORTS 0x80
+
 /* What pol_tables() looks up. */
 struct pol_query {
 	__u32 peer[4]; /* the peer's address (the client on ingress, the server on egress) */
@@ -101,6 +109,7 @@ static __noinline int pol_tables(const struct pol_query *q, const struct pol_add
 	__builtin_memset(&bk, 0, sizeof(bk));
 	bk.ep_id = q->ep_id;
 	bk.dir = q->dir;
+	bk.family = q->family;
 	if (q->family == DP_AF_INET) {
 		bk.addr[2] = bpf_htonl(0xffff);
 		bk.addr[3] = q->peer[0];
@@ -217,14 +226,20 @@ static __noinline int pol_snat_client(const struct ct_key *k, __u32 *client)
  *        ingress the source
  * @port: the destination port after service translation (on ingress: k->dport)
  * @tcp_flags: the packet's TCP flags (0 for other protocols)
- * @dir: POL_DIR_EGRESS (k->saddr is the local endpoint) or POL_DIR_INGRESS (k->daddr is)
+ * @how: POL_DIR_EGRESS (k->saddr is the local endpoint) or POL_DIR_INGRESS (k->daddr is),
+ *       with POL_CHECK_NOPORTS for a packet whose ports are unknown (a non-first fragment)
  *
  * Returns 0 (allowed, or no local endpoint of this node involved) or DROP_POLICY_DENIED
  * (counted in STAT_POLICY_DENIED).
  */
 static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be16 port,
-				__u8 tcp_flags, __u8 dir)
+				__u8 tcp_flags, __u8 how)
 {
+	__u8 dir = how & ~POL_CHECK_NOPORTS;
+	/* Ports unknown (a non-first fragment): the key is no connection's, so it neither
+	 * takes nor leaves a dp_pol_ct shortcut, and only a rule without ports can allow it
+	 * (q.port stays 0, which no port rule covers). */
+	int noports = how & POL_CHECK_NOPORTS;
 	const __u32 *self = dir == POL_DIR_EGRESS ? k->saddr : k->daddr;
 	__u32 ok = dir == POL_DIR_EGRESS ? (POLCT_EGRESS | POLCT_REPLY_INGRESS)
 					 : (POLCT_INGRESS | POLCT_REPLY_EGRESS);
@@ -238,7 +253,7 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 	if (!me || !me->ep_id)
 		return 0;
 	e = bpf_map_lookup_elem(&dp_pol_ct, k);
-	if (e && (e->flags & ok) && !syn) {
+	if (e && (e->flags & ok) && !syn && !noports) {
 		pol_ct_touch(e, k->proto, tcp_flags);
 		return 0;
 	}
@@ -264,13 +279,17 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 			}
 		}
 	}
+	if (noports)
+		return 0;
 	return pol_track(k, dir == POL_DIR_EGRESS ? POLCT_EGRESS : POLCT_INGRESS, tcp_flags);
 }
 
 /*
  * Policy for a packet that is neither TCP nor UDP (@p from parse_packet()): ICMP/ICMPv6 echo
  * is tracked by its identifier (request: sport, reply: dport, as echo_parse() gives them),
- * anything else by its addresses and protocol (port 0). ICMP errors and IPv6 neighbour
+ * anything else by its addresses and protocol (port 0). Behind IPv6 extension headers the
+ * real protocol and ports are used (parse_packet() walks them); a non-first fragment has
+ * none: pol_check() with POL_CHECK_NOPORTS. ICMP errors and IPv6 neighbour
  * discovery pass: errors belong to a connection already allowed (they are not matched to it:
  * see the README's limits), and without neighbour discovery an isolated IPv6 pod could not
  * even reach its node.
@@ -278,11 +297,15 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 static __noinline int pol_other(struct __sk_buff *skb, struct pkt *p, __u8 dir)
 {
 	struct ct_key k;
+	__u8 how = dir;
 	__u8 type;
 
 	if (!p->family)
 		return 0;
-	if ((p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) && !echo_parse(skb, p)) {
+	/* One pol_check() call site: each one costs the verifier the whole subprogram again. */
+	if (p->opaque == PKT_NOPORTS)
+		how |= POL_CHECK_NOPORTS;
+	else if ((p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) && !echo_parse(skb, p)) {
 		if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
 			return 0;
 		if (p->proto == IPPROTO_ICMP &&
@@ -295,7 +318,8 @@ static __noinline int pol_other(struct __sk_buff *skb, struct pkt *p, __u8 dir)
 			return 0;
 	}
 	ct_key_from_pkt(&k, p);
-	return pol_check(&k, dir == POL_DIR_EGRESS ? p->daddr : p->saddr, p->dport, 0, dir);
+	return pol_check(&k, dir == POL_DIR_EGRESS ? p->daddr : p->saddr, p->dport, p->tcp_flags,
+			 how);
 }
 
 /*
@@ -323,8 +347,19 @@ static __always_inline int dp_handle_to_pod(struct __sk_buff *skb)
 	int ret;
 
 	ret = parse_packet(skb, &p);
-	if (ret < 0)
-		return TC_ACT_OK; /* malformed: the pod's stack drops it */
+	if (ret < 0) {
+		/* Headers beyond the skb's linear data (direct access sees only that): pull them
+		 * in and parse again. What still does not parse is dropped, not passed unchecked
+		 * to a pod that policy may isolate. */
+		__u32 len = skb->len < PARSE_PULL_LEN ? skb->len : PARSE_PULL_LEN;
+
+		if (bpf_skb_pull_data(skb, len) == 0)
+			ret = parse_packet(skb, &p);
+		if (ret < 0) {
+			stat_inc(STAT_DROPPED);
+			return TC_ACT_SHOT;
+		}
+	}
 	if (ret == 0) {
 		ret = pol_other(skb, &p, POL_DIR_INGRESS);
 	} else {
