@@ -20,7 +20,7 @@ use dataplane_core::{
     diff, Backend, Dataplane, DesiredState, Endpoint, Error, NamedPort, Namespace, ObjectName,
     PeerPod, Policy, Protocol, Service, ServicePort,
 };
-use dataplane_ebpf::{AttachMode, EbpfDataplane, Hook};
+use dataplane_ebpf::{AttachMode, EbpfDataplane, Hook, RunOn};
 
 const OK: u32 = 0;
 const SHOT: u32 = 2;
@@ -1103,4 +1103,97 @@ fn a_recreated_veth_gets_its_programs_again() {
         REDIRECT,
         "b -> the new service -> a, to a's new veth"
     );
+}
+
+/// A packet from a node address is the node (always allowed with its pods) only when the
+/// host sent it: one received on the uplink or a veth with that source is forged (our
+/// redirects skip the kernel's martian check) and is judged by the tables, which deny it.
+#[test]
+fn only_the_host_is_the_node() {
+    if !require_root("only_the_host_is_the_node") {
+        return;
+    }
+    let n = node("polnode");
+    let mut dp = n.dataplane();
+    dp.apply(&scene(vec![a_deny(), a_from_b()])).expect("apply");
+    let run = |dp: &mut EbpfDataplane, sport: u16, ingress: Option<&str>| {
+        dp.run_packet_on(
+            Hook::ToPod,
+            &tcp("172.18.0.2", "10.244.0.5", sport, 81, TCP_SYN),
+            1,
+            &RunOn {
+                interface: Some("lxc0".to_owned()),
+                ingress: ingress.map(str::to_owned),
+            },
+        )
+        .expect("test run")
+        .verdict
+    };
+    assert_eq!(run(&mut dp, 48000, None), OK, "sent by the host");
+    assert_eq!(
+        run(&mut dp, 48001, Some("lxc1")),
+        SHOT,
+        "received on a veth"
+    );
+    assert_eq!(
+        run(&mut dp, 48002, Some("eth0")),
+        SHOT,
+        "received on the uplink"
+    );
+}
+
+/// An IPv6 link-local or unspecified source is exempt from anti-spoofing only towards
+/// link-local and multicast destinations (the reference model's `is_spoofed`).
+#[test]
+fn link_local_sources_reach_only_link_local_and_multicast() {
+    if !require_root("link_local_sources_reach_only_link_local_and_multicast") {
+        return;
+    }
+    let n = node("polll");
+    let mut dp = n.dataplane();
+    let mut st = scene(vec![a_deny()]);
+    st.endpoints[1].ips.push("fd00:244::6".parse().unwrap());
+    dp.apply(&st).expect("apply");
+    let from_b = |dp: &mut EbpfDataplane, packet: Vec<u8>| {
+        dp.run_packet_on(
+            Hook::FromPod,
+            &packet,
+            1,
+            &RunOn {
+                interface: Some("lxc1".to_owned()),
+                ingress: None,
+            },
+        )
+        .expect("test run")
+        .verdict
+    };
+    for (what, packet, want) in [
+        (
+            "fe80::6 -> fe80::1",
+            tcp("fe80::6", "fe80::1", 1000, 80, TCP_SYN),
+            OK,
+        ),
+        (
+            "fe80::6 -> ff02::1",
+            eth().ip("fe80::6", "ff02::1").udp(1000, 80).build(),
+            OK,
+        ),
+        (
+            ":: -> ff02::1:ff00:6",
+            eth().ip("::", "ff02::1:ff00:6").udp(1000, 80).build(),
+            OK,
+        ),
+        (
+            "fe80::6 -> fd00:244::5",
+            tcp("fe80::6", "fd00:244::5", 1000, 80, TCP_SYN),
+            SHOT,
+        ),
+        (
+            ":: -> 2001:db8::1",
+            eth().ip("::", "2001:db8::1").udp(1000, 80).build(),
+            SHOT,
+        ),
+    ] {
+        assert_eq!(from_b(&mut dp, packet), want, "{what}");
+    }
 }

@@ -207,9 +207,12 @@ static __noinline int to_lo(struct __sk_buff *skb)
  * source is not one of that pod's addresses would borrow another's rights (policy knows a
  * client by its address: a pod forging the node's address would pass as the node). Its own
  * addresses are those dp_local sends to this veth; an address dp_local does not hold (over
- * its capacity) is judged only when it is no local endpoint's at all. IPv6 link-local and
- * unspecified sources are exempt: neighbour discovery and duplicate address detection with
- * the gateway use them, and they are never forwarded. Calico drops these with strict RPF on
+ * its capacity) is judged only when it is no local endpoint's at all. An IPv6 link-local or
+ * unspecified source is exempt only towards a link-local or multicast destination (neighbour
+ * discovery, duplicate address detection, MLD with the gateway; the reference model's
+ * is_spoofed): towards anything else it is dropped like any borrowed address, since
+ * lb_forward would translate and redirect it (past the kernel, which refuses to forward
+ * link-local sources) and policy knows no such client. Calico drops these with strict RPF on
  * workload interfaces, Cilium checks an endpoint's source addresses.
  */
 static __noinline int pol_spoofed(struct __sk_buff *skb)
@@ -242,8 +245,12 @@ static __noinline int pol_spoofed(struct __sk_buff *skb)
 		family = DP_AF_INET6;
 		__builtin_memcpy(saddr, &ip6->saddr, 16);
 		if ((saddr[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000) ||
-		    !(saddr[0] | saddr[1] | saddr[2] | saddr[3]))
-			return 0;
+		    !(saddr[0] | saddr[1] | saddr[2] | saddr[3])) {
+			__u32 d0 = ip6->daddr.in6_u.u6_addr32[0];
+
+			return !((d0 & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000) ||
+				 (d0 & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000));
+		}
 	} else {
 		return 0;
 	}

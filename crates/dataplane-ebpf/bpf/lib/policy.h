@@ -49,6 +49,10 @@
 /* pol_check()'s @how: the direction, and this bit for a packet without known ports (one
  * argument: a BPF subprogram takes at most five). */
 #define POL_CHECK_NOPORTS 0x80
+/* ... and this bit on ingress for a packet the host itself sent (its skb was never received
+ * on an interface: skb->ingress_ifindex is 0; dp_to_lo's redirects keep that): only such a
+ * packet from a node address is the node. */
+#define POL_CHECK_FROM_HOST 0x40
 
 /* What pol_tables() looks up. */
 struct pol_query {
@@ -228,6 +232,7 @@ static __noinline int pol_snat_client(const struct ct_key *k, __u32 *client)
  * @tcp_flags: the packet's TCP flags (0 for other protocols)
  * @how: POL_DIR_EGRESS (k->saddr is the local endpoint) or POL_DIR_INGRESS (k->daddr is),
  *       with POL_CHECK_NOPORTS for a packet whose ports are unknown (a non-first fragment)
+ *       and POL_CHECK_FROM_HOST for one the host sent
  *
  * Returns 0 (allowed, or no local endpoint of this node involved) or DROP_POLICY_DENIED
  * (counted in STAT_POLICY_DENIED).
@@ -235,7 +240,7 @@ static __noinline int pol_snat_client(const struct ct_key *k, __u32 *client)
 static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be16 port,
 				__u8 tcp_flags, __u8 how)
 {
-	__u8 dir = how & ~POL_CHECK_NOPORTS;
+	__u8 dir = how & ~(POL_CHECK_NOPORTS | POL_CHECK_FROM_HOST);
 	/* Ports unknown (a non-first fragment): the key is no connection's, so it neither
 	 * takes nor leaves a dp_pol_ct shortcut, and only a rule without ports can allow it
 	 * (q.port stays 0, which no port rule covers). */
@@ -262,10 +267,19 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 		addr_copy(q.peer, peer);
 		them = pol_addr_of(q.peer, k->family);
 		/* A node address may be a client this node masqueraded on its way here (a
-		 * NodePort with SNAT, masquerade.allServices): policy is about the client. */
-		if (dir == POL_DIR_INGRESS && them && (them->flags & POL_F_NODE) &&
-		    pol_snat_client(k, q.peer))
-			them = pol_addr_of(q.peer, k->family);
+		 * NodePort with SNAT, masquerade.allServices): policy is about the client.
+		 * Otherwise it is the node only when the host sent the packet: one from the
+		 * uplink or a veth with a node source is forged (our redirects skip the
+		 * kernel's martian check, IPv6 has none) or a masqueraded client whose reverse
+		 * entry is gone (LRU): neither may pass as the node. */
+		if (dir == POL_DIR_INGRESS && them && (them->flags & POL_F_NODE)) {
+			if (pol_snat_client(k, q.peer)) {
+				them = pol_addr_of(q.peer, k->family);
+			} else if (!(how & POL_CHECK_FROM_HOST)) {
+				stat_inc(STAT_POLICY_DENIED);
+				return DROP_POLICY_DENIED;
+			}
+		}
 		/* Fixed rules: the node and its pods; a pod and itself. */
 		if (!them || !((them->flags & POL_F_NODE) || them->ep_id == me->ep_id)) {
 			q.ep_id = me->ep_id;
@@ -299,6 +313,9 @@ static __noinline int pol_other(struct __sk_buff *skb, struct pkt *p, __u8 dir)
 	struct ct_key k;
 	__u8 how = dir;
 	__u8 type;
+
+	if (dir == POL_DIR_INGRESS && skb->ingress_ifindex == 0)
+		how |= POL_CHECK_FROM_HOST;
 
 	if (!p->family)
 		return 0;
@@ -364,7 +381,9 @@ static __always_inline int dp_handle_to_pod(struct __sk_buff *skb)
 		ret = pol_other(skb, &p, POL_DIR_INGRESS);
 	} else {
 		ct_key_from_pkt(&k, &p);
-		ret = pol_check(&k, p.saddr, p.dport, p.tcp_flags, POL_DIR_INGRESS);
+		ret = pol_check(&k, p.saddr, p.dport, p.tcp_flags,
+				POL_DIR_INGRESS |
+					(skb->ingress_ifindex == 0 ? POL_CHECK_FROM_HOST : 0));
 	}
 	if (ret < 0) {
 		stat_inc(STAT_DROPPED);
