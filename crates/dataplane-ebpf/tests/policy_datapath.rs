@@ -1197,3 +1197,34 @@ fn link_local_sources_reach_only_link_local_and_multicast() {
         assert_eq!(from_b(&mut dp, packet), want, "{what}");
     }
 }
+
+/// The RST that answers a pod's SYN to a service without backends reaches the pod even when
+/// it is isolated for ingress: it is the reply of the pod's own attempt, not a connection
+/// from the service address.
+#[test]
+fn rejects_reach_ingress_isolated_pods() {
+    if !require_root("rejects_reach_ingress_isolated_pods") {
+        return;
+    }
+    let n = node("polrst");
+    let mut dp = n.dataplane();
+    let mut st = scene(vec![a_deny()]);
+    let mut empty = svc("empty", "10.96.0.13", "10.244.0.6");
+    empty.backends.clear();
+    st.services.push(empty);
+    dp.apply(&st).expect("apply");
+    let run = dp
+        .run_packet(
+            Hook::FromPod,
+            &tcp("10.244.0.5", "10.96.0.13", 45000, 80, TCP_SYN),
+            1,
+        )
+        .expect("test run");
+    assert_eq!(run.verdict, REDIRECT, "answered with a RST");
+    assert_eq!(run.output[14 + 20 + 13] & 0x04, 0x04, "a RST");
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &run.output),
+        OK,
+        "the RST reaches a"
+    );
+}

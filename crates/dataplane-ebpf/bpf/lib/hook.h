@@ -344,6 +344,8 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	case DP_DSR:
 		return TC_ACT_OK;
 	case DP_REJECT:
+		if (ctx == CTX_FROM_POD && p.proto == IPPROTO_TCP && !(p.tcp_flags & TCPF_RST))
+			pol_approve_rst(&p);
 		return reject(skb, &p, ctx);
 	case DP_FRAG_NEEDED:
 		return frag_needed(skb, &p, ctx);

@@ -340,6 +340,37 @@ static __noinline int pol_other(struct __sk_buff *skb, struct pkt *p, __u8 dir)
 }
 
 /*
+ * A pod's TCP packet that reject() answers with a RST (a service without backends): the RST
+ * goes back to the pod through its veth's egress, where dp_to_pod would judge it as a new
+ * connection from the service address and drop it at an ingress-isolated pod (which then
+ * waits for its timeout instead of being refused). Its key is marked as the reply of an
+ * approved connection (POLCT_REPLY_EGRESS) first; the pod's own key gets no approval, so its
+ * next packets on that tuple are judged as before.
+ */
+static __noinline void pol_approve_rst(const struct pkt *p)
+{
+	struct pol_ct v = {};
+	struct pol_addr *me;
+	struct pol_ct *e;
+	struct ct_key k, r;
+
+	me = pol_addr_of(p->saddr, p->family);
+	if (!me || !me->ep_id)
+		return;
+	ct_key_from_pkt(&k, p);
+	pol_reply_key(&r, &k);
+	e = bpf_map_lookup_elem(&dp_pol_ct, &r);
+	if (e) {
+		e->flags |= POLCT_REPLY_EGRESS;
+		return;
+	}
+	v.last_seen_ns = bpf_ktime_get_ns();
+	v.flags = POLCT_REPLY_EGRESS;
+	if (bpf_map_update_elem(&dp_pol_ct, &r, &v, BPF_ANY) < 0)
+		stat_inc(STAT_CT_FULL);
+}
+
+/*
  * Removes the dp_ct entries lb_forward() has just written for a connection that policy then
  * denied: @k its key as the client sent it, @p its packet as translated (the reverse entry is
  * keyed by its reply).
