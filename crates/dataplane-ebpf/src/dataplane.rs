@@ -337,7 +337,21 @@ impl EbpfDataplane {
             None => policy.plan_full(rest, limits)?,
             Some(c) => policy.plan_changes(rest, c, limits)?,
         };
+        // Make before break, so that no moment is fail-open. The last policy going: isolation
+        // goes before the anti-spoofing flag (CFG_F_POLICY, in dp_config) does. Otherwise
+        // dp_config (the flag on) first, then the new rules and addresses (a new pod's
+        // isolation) before its programs are attached, and what is stale (a removed pod's
+        // entries) after its programs are detached.
+        let policy_written = policy_plan.writes();
+        let policy_skipped = std::mem::take(&mut policy_plan.skipped);
+        let clearing = rest.policies.is_empty();
+        if clearing {
+            policy.write(&mut objects.maps, std::mem::take(&mut policy_plan))?;
+        }
         let report = writer::write(&mut objects.maps, current, planner, frontends, &caps)?;
+        if !clearing {
+            policy.write_new(&mut objects.maps, &policy_plan)?;
+        }
 
         // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
         // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
@@ -363,10 +377,9 @@ impl EbpfDataplane {
             writer::sync_local(&mut objects.maps, &pods)
         })?;
 
-        // Policy last: its ingress hook (dp_to_pod) is attached on the endpoints by now.
-        let policy_written = policy_plan.writes();
-        let policy_skipped = std::mem::take(&mut policy_plan.skipped);
-        policy.write(&mut objects.maps, policy_plan)?;
+        if !clearing {
+            policy.write_stale(&mut objects.maps, policy_plan)?;
+        }
 
         // Health checks: all of them after a full sync, the changed services' otherwise.
         match changes {
