@@ -333,6 +333,21 @@ impl EbpfDataplane {
             blocks: caps.policy_blocks,
             sets_per_address,
         };
+        // Anti-spoofing knows a pod's addresses by dp_local (an address it does not hold is
+        // dropped as forged): with policies every local address must fit, or any veth could
+        // forge the addresses left out.
+        if !rest.policies.is_empty() {
+            let addresses: BTreeSet<_> = rest.endpoints.iter().flat_map(|e| &e.ips).collect();
+            if addresses.len() > caps.local as usize {
+                return Err(Error::CapacityExceeded {
+                    what: "local pod addresses (Capacities::local; with NetworkPolicy every one \
+                           must be in dp_local for anti-spoofing)"
+                        .to_owned(),
+                    needed: addresses.len(),
+                    capacity: caps.local as usize,
+                });
+            }
+        }
         let mut policy_plan = match changes {
             None => policy.plan_full(rest, limits)?,
             Some(c) => policy.plan_changes(rest, c, limits)?,

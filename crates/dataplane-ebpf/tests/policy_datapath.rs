@@ -1228,3 +1228,53 @@ fn rejects_reach_ingress_isolated_pods() {
         "the RST reaches a"
     );
 }
+
+/// A pod forging another local pod's address on its own veth is dropped; with policies a
+/// state whose local addresses do not all fit in `dp_local` (which anti-spoofing relies on)
+/// is refused before anything is written.
+#[test]
+fn a_pod_cannot_borrow_another_pods_address() {
+    if !require_root("a_pod_cannot_borrow_another_pods_address") {
+        return;
+    }
+    let n = node("polborrow");
+    let mut dp = n.dataplane();
+    dp.apply(&scene(vec![a_deny(), a_from_b()])).expect("apply");
+    let on = |ifname: &str| RunOn {
+        interface: Some(ifname.to_owned()),
+        ingress: None,
+    };
+    let forged = tcp("10.244.0.5", "10.244.0.6", 1000, 80, TCP_SYN);
+    let before = stat(&dp, "spoofed_dropped");
+    assert_eq!(
+        dp.run_packet_on(Hook::FromPod, &forged, 1, &on("lxc1"))
+            .expect("test run")
+            .verdict,
+        SHOT,
+        "a's address on b's veth"
+    );
+    assert_eq!(stat(&dp, "spoofed_dropped") - before, 1);
+    assert_ne!(
+        dp.run_packet_on(Hook::FromPod, &forged, 1, &on("lxc0"))
+            .expect("test run")
+            .verdict,
+        SHOT,
+        "a's address on a's veth"
+    );
+
+    // A node of its own: pinned maps keep the size they were created with.
+    let n = node("polborrowcap");
+    let mut config = n.config();
+    config.capacities.local = 1;
+    let mut dp = EbpfDataplane::new(config).expect("dataplane");
+    dp.apply(&scene(Vec::new()))
+        .expect("without policies the rest is left to the FIB");
+    match dp.apply(&scene(vec![a_deny()])) {
+        Err(Error::CapacityExceeded {
+            needed, capacity, ..
+        }) => {
+            assert_eq!((needed, capacity), (2, 1));
+        }
+        other => panic!("expected CapacityExceeded, got {other:?}"),
+    }
+}

@@ -206,8 +206,8 @@ static __noinline int to_lo(struct __sk_buff *skb)
  * Anti-spoofing, with NetworkPolicy in the state (CFG_F_POLICY): a packet from a pod whose
  * source is not one of that pod's addresses would borrow another's rights (policy knows a
  * client by its address: a pod forging the node's address would pass as the node). Its own
- * addresses are those dp_local sends to this veth; an address dp_local does not hold (over
- * its capacity) is judged only when it is no local endpoint's at all. An IPv6 link-local or
+ * addresses are those dp_local sends to this veth (with policies user space refuses a state
+ * whose local addresses do not all fit in dp_local, so any other source is forged). An IPv6 link-local or
  * unspecified source is exempt only towards a link-local or multicast destination (neighbour
  * discovery, duplicate address detection, MLD with the gateway; the reference model's
  * is_spoofed): towards anything else it is dropped like any borrowed address, since
@@ -222,7 +222,6 @@ static __noinline int pol_spoofed(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	struct local_value *local;
 	struct dp_config *cfg;
-	struct pol_addr *pa;
 	__u32 saddr[4] = {};
 	__u32 zero = 0;
 	__u8 family;
@@ -254,11 +253,10 @@ static __noinline int pol_spoofed(struct __sk_buff *skb)
 	} else {
 		return 0;
 	}
+	/* User space refuses a state with policies whose local addresses dp_local cannot all
+	 * hold, so an address it lacks is no pod's on this node: forged. */
 	local = local_pod(saddr, family);
-	if (local)
-		return local->ifindex != skb->ifindex;
-	pa = pol_addr_of(saddr, family);
-	return !pa || !pa->ep_id;
+	return !local || local->ifindex != skb->ifindex;
 }
 
 static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
