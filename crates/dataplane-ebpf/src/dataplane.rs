@@ -333,21 +333,7 @@ impl EbpfDataplane {
             blocks: caps.policy_blocks,
             sets_per_address,
         };
-        // Anti-spoofing knows a pod's addresses by dp_local (an address it does not hold is
-        // dropped as forged): with policies every local address must fit, or any veth could
-        // forge the addresses left out.
-        if !rest.policies.is_empty() {
-            let addresses: BTreeSet<_> = rest.endpoints.iter().flat_map(|e| &e.ips).collect();
-            if addresses.len() > caps.local as usize {
-                return Err(Error::CapacityExceeded {
-                    what: "local pod addresses (Capacities::local; with NetworkPolicy every one \
-                           must be in dp_local for anti-spoofing)"
-                        .to_owned(),
-                    needed: addresses.len(),
-                    capacity: caps.local as usize,
-                });
-            }
-        }
+        check_local_fits(rest, caps.local)?;
         let mut policy_plan = match changes {
             None => policy.plan_full(rest, limits)?,
             Some(c) => policy.plan_changes(rest, c, limits)?,
@@ -775,4 +761,24 @@ impl Drop for EbpfDataplane {
             tracing::warn!(error = %e, "detaching programs on drop");
         }
     }
+}
+
+/// Anti-spoofing knows a pod's addresses by `dp_local` (a source it does not send to the
+/// veth is dropped as forged): with policies every local address must fit, or it would be
+/// left for any veth to borrow.
+fn check_local_fits(state: &DesiredState, capacity: u32) -> Result<(), Error> {
+    if state.policies.is_empty() {
+        return Ok(());
+    }
+    let addresses: BTreeSet<_> = state.endpoints.iter().flat_map(|e| &e.ips).collect();
+    if addresses.len() > capacity as usize {
+        return Err(Error::CapacityExceeded {
+            what: "local pod addresses (Capacities::local; with NetworkPolicy every one must be \
+                   in dp_local for anti-spoofing)"
+                .to_owned(),
+            needed: addresses.len(),
+            capacity: capacity as usize,
+        });
+    }
+    Ok(())
 }
