@@ -309,8 +309,9 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 			}
 			/* The pod's egress policy: its own tuple (k) is the connection's key, p now
 			 * holds the backend chosen (or, for a reply, the client). A denied new
-			 * connection's entries go before the packet is dropped: dp_ct holds allowed
-			 * connections only. (Checked here, not inside lb_forward() before it writes
+			 * connection's entries go before the packet is dropped (one denied later, at
+			 * a server pod's ingress, keeps them until they expire: they approve
+			 * nothing, dp_pol_ct does). (Checked here, not inside lb_forward() before it writes
 			 * them: that call chain would outgrow the 512-byte stack.) */
 			if (ctx == CTX_FROM_POD &&
 			    (ret == DP_PASS || ret == DP_NAT || ret == DP_TO_LO)) {

@@ -5,7 +5,9 @@
  *   pod --veth--> [dp_from_pod]  egress of the pod: after service translation, against the
  *                                backend chosen and its port, from the pod's own address
  *   pod <--veth-- [dp_to_pod]    ingress of the pod: TC egress of the host-side veth, which
- *                                every way in passes (the stack's forwarding, our redirects)
+ *                                the stack's forwarding and TC's redirects to the veth pass
+ *                                (XDP never redirects into a veth: xdp_route(); nothing
+ *                                here uses bpf_redirect_peer, which would skip it)
  *
  * A connection is checked on its first packet at each of this node's pods it touches; an
  * allowed one gets dp_pol_ct entries (its key and its reply's), and later packets that find
