@@ -333,43 +333,54 @@ impl EbpfDataplane {
             blocks: caps.policy_blocks,
             sets_per_address,
         };
+        check_local_fits(rest, caps.local)?;
         let mut policy_plan = match changes {
             None => policy.plan_full(rest, limits)?,
             Some(c) => policy.plan_changes(rest, c, limits)?,
         };
-        let report = writer::write(&mut objects.maps, current, planner, frontends, &caps)?;
-
-        // Attachments follow the uplink and the endpoints' interfaces: a change of services
-        // alone leaves them as they are (and skips entering the namespace).
-        let reattach = changes.is_none_or(|c| c.node.is_some() || !c.endpoints.is_empty());
-        let mut local_written = 0;
-        if reattach {
-            let wanted = Self::wanted_attachments(rest, xdp_mode);
-            local_written = netns::in_netns(netns.as_deref(), || {
-                for (ifname, hook) in &wanted {
-                    objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
-                }
-                loopback::enable(&pin_dir)?;
-                let stale: Vec<(String, Hook)> = objects
-                    .attachments
-                    .keys()
-                    .filter(|k| !wanted.contains(k))
-                    .cloned()
-                    .collect();
-                for k in stale {
-                    if let Some(a) = objects.attachments.remove(&k) {
-                        a.detach()?;
-                    }
-                }
-                let pods = local::wanted(&rest.endpoints, caps.local);
-                writer::sync_local(&mut objects.maps, &pods)
-            })?;
-        }
-
-        // Policy last: its ingress hook (dp_to_pod) is attached on the endpoints by now.
+        // Make before break, so that no moment is fail-open. The last policy going: isolation
+        // goes before the anti-spoofing flag (CFG_F_POLICY, in dp_config) does. Otherwise
+        // dp_config (the flag on) first, then the new rules and addresses (a new pod's
+        // isolation) before its programs are attached, and what is stale (a removed pod's
+        // entries) after its programs are detached.
         let policy_written = policy_plan.writes();
         let policy_skipped = std::mem::take(&mut policy_plan.skipped);
-        policy.write(&mut objects.maps, policy_plan)?;
+        let clearing = rest.policies.is_empty();
+        if clearing {
+            policy.write(&mut objects.maps, std::mem::take(&mut policy_plan))?;
+        }
+        let report = writer::write(&mut objects.maps, current, planner, frontends, &caps)?;
+        if !clearing {
+            policy.write_new(&mut objects.maps, &policy_plan)?;
+        }
+
+        // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
+        // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
+        // same name changes no endpoint, but has lost its programs and its ifindex in dp_local.
+        let wanted = Self::wanted_attachments(rest, xdp_mode);
+        let local_written = netns::in_netns(netns.as_deref(), || {
+            for (ifname, hook) in &wanted {
+                objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
+            }
+            loopback::enable(&pin_dir)?;
+            let stale: Vec<(String, Hook)> = objects
+                .attachments
+                .keys()
+                .filter(|k| !wanted.contains(k))
+                .cloned()
+                .collect();
+            for k in stale {
+                if let Some(a) = objects.attachments.remove(&k) {
+                    a.detach()?;
+                }
+            }
+            let pods = local::wanted(&rest.endpoints, caps.local);
+            writer::sync_local(&mut objects.maps, &pods)
+        })?;
+
+        if !clearing {
+            policy.write_stale(&mut objects.maps, policy_plan)?;
+        }
 
         // Health checks: all of them after a full sync, the changed services' otherwise.
         match changes {
@@ -750,4 +761,24 @@ impl Drop for EbpfDataplane {
             tracing::warn!(error = %e, "detaching programs on drop");
         }
     }
+}
+
+/// Anti-spoofing knows a pod's addresses by `dp_local` (a source it does not send to the
+/// veth is dropped as forged): with policies every local address must fit, or it would be
+/// left for any veth to borrow.
+fn check_local_fits(state: &DesiredState, capacity: u32) -> Result<(), Error> {
+    if state.policies.is_empty() {
+        return Ok(());
+    }
+    let addresses: BTreeSet<_> = state.endpoints.iter().flat_map(|e| &e.ips).collect();
+    if addresses.len() > capacity as usize {
+        return Err(Error::CapacityExceeded {
+            what: "local pod addresses (Capacities::local; with NetworkPolicy every one must be \
+                   in dp_local for anti-spoofing)"
+                .to_owned(),
+            needed: addresses.len(),
+            capacity: capacity as usize,
+        });
+    }
+    Ok(())
 }

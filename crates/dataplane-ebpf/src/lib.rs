@@ -74,4 +74,4 @@ pub use loader::{
     SOCK_PROGRAMS,
 };
 #[doc(hidden)]
-pub use test_run::PacketRun;
+pub use test_run::{PacketRun, RunOn};

@@ -256,6 +256,9 @@ pub(crate) struct Objects {
     /// The sizes the maps really have (pinned maps keep the size they were created with).
     pub capacities: Capacities,
     pub attachments: BTreeMap<(String, Hook), Attachment>,
+    /// The ifindex each attachment was made on: an interface deleted and recreated under the
+    /// same name (a pod's veth) has lost its programs with the old device.
+    pub attached_ifindex: BTreeMap<(String, Hook), u32>,
 }
 
 impl std::fmt::Debug for Objects {
@@ -505,6 +508,7 @@ pub(crate) fn load(
         maps,
         capacities,
         attachments: BTreeMap::new(),
+        attached_ifindex: BTreeMap::new(),
     })
 }
 
@@ -752,8 +756,10 @@ impl Objects {
         Ok(())
     }
 
-    /// Attaches `hook`'s program to `ifname` (call inside the node's network namespace).
-    /// A link pinned by an earlier process is taken over: its program is replaced atomically.
+    /// Attaches `hook`'s program to `ifname` (call inside the node's network namespace),
+    /// unless it is attached to the interface that has that name now: an attachment made on
+    /// an interface since deleted (and perhaps recreated under the same name, as a pod's veth
+    /// is) died with it, so it is forgotten and the program attached anew.
     pub(crate) fn attach(
         &mut self,
         pin_dir: &Path,
@@ -762,9 +768,37 @@ impl Objects {
         mode: AttachMode,
         xdp: XdpMode,
     ) -> Result<(), EbpfError> {
-        if self.attachments.contains_key(&(ifname.to_owned(), hook)) {
-            return Ok(());
+        let key = (ifname.to_owned(), hook);
+        let ifindex = crate::local::ifindex_of(ifname);
+        if self.attachments.contains_key(&key) {
+            if self.attached_ifindex.get(&key) == Some(&ifindex) {
+                return Ok(());
+            }
+            tracing::info!(
+                interface = ifname,
+                hook = hook.tag(),
+                ifindex,
+                "interface recreated or gone: attaching again"
+            );
+            if let Some(a) = self.attachments.remove(&key) {
+                // Its device is gone: the pin (or marker) is all that is left to remove.
+                a.detach()?;
+            }
+            self.attached_ifindex.remove(&key);
         }
+        self.attach_new(pin_dir, ifname, hook, mode, xdp)?;
+        self.attached_ifindex.insert(key, ifindex);
+        Ok(())
+    }
+
+    fn attach_new(
+        &mut self,
+        pin_dir: &Path,
+        ifname: &str,
+        hook: Hook,
+        mode: AttachMode,
+        xdp: XdpMode,
+    ) -> Result<(), EbpfError> {
         if hook == Hook::Xdp {
             return self.attach_xdp(pin_dir, ifname, xdp);
         }

@@ -491,8 +491,10 @@ pub struct PolBlockData {
     pub ep_id: u32,
     /// `POL_DIR_*`.
     pub dir: u8,
+    /// `DP_AF_*` of the prefix: an IPv6 prefix never matches an IPv4 peer.
+    pub family: u8,
     /// Zero.
-    pub pad: [u8; 3],
+    pub pad: [u8; 2],
     /// The prefix, IPv4 mapped.
     pub addr: Addr,
 }

@@ -249,7 +249,8 @@ fn direction_entries(
         let data = PolBlockData {
             ep_id,
             dir,
-            pad: [0; 3],
+            family: family_of(&prefix.network()),
+            pad: [0; 2],
             addr: Addr::mapped(prefix.network()),
         };
         blocks.insert((data, 64 + mapped_len(&prefix)), group);
@@ -636,6 +637,17 @@ impl PolicyState {
     /// its numbering and compile for the next sync. After a failure the mirror still says
     /// what the maps hold and the next sync is full (no compile).
     pub(crate) fn write(&mut self, maps: &mut Maps, plan: PolicyPlan) -> Result<(), EbpfError> {
+        self.write_new(maps, &plan)?;
+        self.write_stale(maps, plan)
+    }
+
+    /// The first half of [`Self::write`]: new and changed rules, blocks and addresses (a new
+    /// pod's isolation among them), written before its programs are attached.
+    pub(crate) fn write_new(
+        &mut self,
+        maps: &mut Maps,
+        plan: &PolicyPlan,
+    ) -> Result<(), EbpfError> {
         let err = |name: &'static str, op: &'static str| {
             move |e: aya::maps::MapError| EbpfError::map(name, op, e)
         };
@@ -657,6 +669,16 @@ impl PolicyState {
                 .map_err(err(map_table::POL_ADDR.name, "writing"))?;
             self.addrs.insert(*key, *value);
         }
+        Ok(())
+    }
+
+    /// The second half of [`Self::write`]: what is stale goes (a removed pod's entries after
+    /// its programs were detached); keeps the plan's numbering and compile.
+    pub(crate) fn write_stale(
+        &mut self,
+        maps: &mut Maps,
+        plan: PolicyPlan,
+    ) -> Result<(), EbpfError> {
         for key in &plan.del_addrs {
             match maps.pol_addr.remove(key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}

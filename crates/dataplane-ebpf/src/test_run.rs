@@ -43,18 +43,36 @@ impl EbpfDataplane {
         packet: &[u8],
         repeat: u32,
     ) -> Result<PacketRun, Error> {
+        self.run_packet_on(hook, packet, repeat, &RunOn::default())
+    }
+
+    /// [`Self::run_packet`] with the interfaces of the skb chosen (TC hooks): `on.interface`
+    /// the one it is on (for [`Hook::FromPod`]: instead of the veth that has its source, so a
+    /// pod forging another's address can be run), `on.ingress` the one it was received on
+    /// (`skb->ingress_ifindex`; none: sent by the host). For tests only (hidden).
+    #[doc(hidden)]
+    pub fn run_packet_on(
+        &mut self,
+        hook: Hook,
+        packet: &[u8],
+        repeat: u32,
+        on: &RunOn,
+    ) -> Result<PacketRun, Error> {
         let netns = self.config.netns.clone();
         let uplink = self.applied().map(|s| s.node.interfaces.uplink.clone());
-        let pod_interface = (hook == Hook::FromPod)
-            .then(|| source_of(packet))
-            .flatten()
-            .and_then(|src| {
-                self.applied()?
-                    .endpoints
-                    .iter()
-                    .find(|e| e.ips.contains(&src))
-                    .map(|e| e.interface.clone())
-            });
+        let pod_interface = on.interface.clone().or_else(|| {
+            (hook == Hook::FromPod)
+                .then(|| source_of(packet))
+                .flatten()
+                .and_then(|src| {
+                    self.applied()?
+                        .endpoints
+                        .iter()
+                        .find(|e| e.ips.contains(&src))
+                        .map(|e| e.interface.clone())
+                })
+        });
+        let ingress = on.ingress.clone();
         let objects = &mut self.loaded_mut()?.objects;
         let mut out = vec![0u8; packet.len() + 256];
         let err = |e: aya::programs::ProgramError| EbpfError::Load {
@@ -85,14 +103,17 @@ impl EbpfDataplane {
             let prog = objects.program_mut(hook)?;
             netns::in_netns(netns.as_deref(), || {
                 // struct __sk_buff up to `ifindex` (the 11th word): the device the skb is on.
+                // `ingress_ifindex` is the 10th word.
                 let ifindex = pod_interface.as_deref().map_or(0, local::ifindex_of);
+                let ingress = ingress.as_deref().map_or(0, local::ifindex_of);
                 let mut words = [0u32; 11];
+                words[9] = ingress;
                 words[10] = ifindex;
                 let ctx: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
                 prog.test_run(TestRunOptions {
                     data_in: Some(packet),
                     data_out: Some(&mut out),
-                    ctx_in: (ifindex > 1).then_some(ctx.as_slice()),
+                    ctx_in: (ifindex > 1 || ingress != 0).then_some(ctx.as_slice()),
                     repeat: repeat.max(1),
                     ..TestRunOptions::default()
                 })
@@ -106,6 +127,17 @@ impl EbpfDataplane {
             duration: result.duration,
         })
     }
+}
+
+/// The interfaces a test packet is run with ([`EbpfDataplane::run_packet_on`]), by name in
+/// the node's namespace. For tests only (hidden).
+#[doc(hidden)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOn {
+    /// The interface the skb is on (`skb->ifindex`).
+    pub interface: Option<String>,
+    /// The interface the skb was received on (`skb->ingress_ifindex`).
+    pub ingress: Option<String>,
 }
 
 /// The source address of Ethernet frame `packet` (IPv4 or IPv6), if it has one.

@@ -190,6 +190,7 @@ fn map_layouts_match_btf() {
                 ),
                 ("ep_id".to_owned(), d(offset_of!(PolBlockData, ep_id))),
                 ("dir".to_owned(), d(offset_of!(PolBlockData, dir))),
+                ("family".to_owned(), d(offset_of!(PolBlockData, family))),
                 ("pad".to_owned(), d(offset_of!(PolBlockData, pad))),
                 ("addr".to_owned(), d(offset_of!(PolBlockData, addr))),
             ]

@@ -20,7 +20,7 @@ use dataplane_core::{
     diff, Backend, Dataplane, DesiredState, Endpoint, Error, NamedPort, Namespace, ObjectName,
     PeerPod, Policy, Protocol, Service, ServicePort,
 };
-use dataplane_ebpf::{AttachMode, EbpfDataplane, Hook};
+use dataplane_ebpf::{AttachMode, EbpfDataplane, Hook, RunOn};
 
 const OK: u32 = 0;
 const SHOT: u32 = 2;
@@ -873,4 +873,408 @@ fn forged_sources_are_dropped_with_policies() {
         OK,
         "IPv6 link-local is exempt"
     );
+}
+
+/// `packet` (Ethernet + IPv6 + upper layer) with an IPv6 extension header of type `kind`
+/// (8 bytes) inserted after the fixed header.
+fn with_ipv6_ext(packet: &[u8], kind: u8, fragment_offset: u16) -> Vec<u8> {
+    let (l3, rest) = packet.split_at(14 + 40);
+    let mut out = l3.to_vec();
+    let upper = out[14 + 6];
+    out[14 + 6] = kind;
+    let len = u16::from_be_bytes([out[14 + 4], out[14 + 5]]) + 8;
+    out[14 + 4..14 + 6].copy_from_slice(&len.to_be_bytes());
+    let ext = if kind == 44 {
+        let off = (fragment_offset << 3).to_be_bytes();
+        [upper, 0, off[0], off[1], 0, 0, 0x12, 0x34]
+    } else {
+        // Hop-by-hop or destination options: a PadN option fills the 8 bytes.
+        [upper, 0, 1, 4, 0, 0, 0, 0]
+    };
+    out.extend_from_slice(&ext);
+    out.extend_from_slice(rest);
+    out
+}
+
+/// `packet` (Ethernet + IPv4) as a non-first fragment.
+fn ipv4_later_fragment(packet: &[u8]) -> Vec<u8> {
+    let mut out = packet.to_vec();
+    out[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes());
+    out
+}
+
+/// Packets behind IPv6 extension headers are judged by their real protocol and ports, and
+/// fragments without ports never ride on a conntrack shortcut: a pod that once sent a
+/// fragment-headered packet to b must not get every fragment-headered packet from b past
+/// its ingress policy (the shortcut used to be keyed by protocol 44 and ports 0).
+#[test]
+#[allow(clippy::too_many_lines)] // one scene, read top to bottom
+fn fragments_and_extension_headers_are_judged_by_their_ports() {
+    if !require_root("fragments_and_extension_headers_are_judged_by_their_ports") {
+        return;
+    }
+    let n = node("polfrag");
+    let mut dp = n.dataplane();
+    let mut st = scene(vec![
+        a_deny(),
+        a_from_b(),
+        policy(serde_json::json!({
+            "namespace": "x", "name": "a-from-y",
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"peers": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}]}],
+        })),
+    ]);
+    st.endpoints[0].ips.push("fd00:244::5".parse().unwrap());
+    st.endpoints[1].ips.push("fd00:244::6".parse().unwrap());
+    dp.apply(&st).expect("apply");
+    let (a6, b6) = ("fd00:244::5", "fd00:244::6");
+
+    // a (not isolated for egress) sends b an atomic fragment.
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::FromPod,
+            &with_ipv6_ext(&tcp(a6, b6, 9999, 50000, TCP_SYN), 44, 0)
+        ),
+        OK,
+        "a's egress is open"
+    );
+    for (what, packet, want) in [
+        (
+            "b -> a:81 as an atomic fragment (port 81 denied)",
+            with_ipv6_ext(&tcp(b6, a6, 50000, 81, TCP_SYN), 44, 0),
+            SHOT,
+        ),
+        (
+            "b -> a:81 ACK as an atomic fragment (no shortcut for it)",
+            with_ipv6_ext(&tcp(b6, a6, 50000, 81, TCP_ACK), 44, 0),
+            SHOT,
+        ),
+        (
+            "b -> a:81 UDP behind hop-by-hop options",
+            with_ipv6_ext(&eth().ip(b6, a6).udp(50000, 81).build(), 0, 0),
+            SHOT,
+        ),
+        (
+            "b -> a:80 as an atomic fragment (allowed port)",
+            with_ipv6_ext(&tcp(b6, a6, 50001, 80, TCP_SYN), 44, 0),
+            OK,
+        ),
+        (
+            "b -> a:80 behind destination options",
+            with_ipv6_ext(&tcp(b6, a6, 50002, 80, TCP_SYN), 60, 0),
+            OK,
+        ),
+        (
+            "b -> a: a later IPv6 fragment (a-from-b has ports)",
+            with_ipv6_ext(&tcp(b6, a6, 50001, 80, TCP_ACK), 44, 185),
+            SHOT,
+        ),
+        (
+            "b -> a: a later IPv4 fragment (a-from-b has ports)",
+            ipv4_later_fragment(&eth().ip("10.244.0.6", "10.244.0.5").udp(1, 2).build()),
+            SHOT,
+        ),
+        (
+            "c -> a: a later IPv4 fragment (a-from-y has no ports)",
+            ipv4_later_fragment(&eth().ip("10.244.1.7", "10.244.0.5").udp(1, 2).build()),
+            OK,
+        ),
+    ] {
+        assert_eq!(verdict(&mut dp, Hook::ToPod, &packet), want, "{what}");
+    }
+    // The allowed connection's replies and later packets find their entries.
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::ToPod,
+            &with_ipv6_ext(&tcp(b6, a6, 50001, 80, TCP_ACK), 44, 0)
+        ),
+        OK,
+        "b -> a:80 ACK of the allowed connection"
+    );
+}
+
+/// A packet `dp_to_pod` cannot parse (a truncated TCP header) is dropped, not passed to a pod
+/// that policy may isolate.
+#[test]
+fn unparsable_packets_to_pods_are_dropped() {
+    if !require_root("unparsable_packets_to_pods_are_dropped") {
+        return;
+    }
+    let n = node("poltrunc");
+    let mut dp = n.dataplane();
+    dp.apply(&scene(vec![a_deny()])).expect("apply");
+    let mut packet = tcp("10.244.1.7", "10.244.0.5", 1000, 80, TCP_SYN);
+    packet.truncate(14 + 20 + 10);
+    packet[14 + 2..14 + 4].copy_from_slice(&30u16.to_be_bytes());
+    assert_eq!(verdict(&mut dp, Hook::ToPod, &packet), SHOT);
+}
+
+/// ipBlocks of one family never match peers of the other: b's egress allows 10.0.0.0/8 and
+/// `::/0`, so 8.8.8.8 (whose mapped form `::ffff:8.8.8.8` lies in `::/0`) is denied.
+#[test]
+fn ip_blocks_keep_their_family() {
+    if !require_root("ip_blocks_keep_their_family") {
+        return;
+    }
+    let n = node("polfam");
+    let mut dp = n.dataplane();
+    let mut st = scene(vec![policy(serde_json::json!({
+        "namespace": "x", "name": "b-blocks",
+        "podSelector": {"matchLabels": {"pod": "b"}},
+        "policyTypes": ["Egress"],
+        "egress": [{"peers": [{"ipBlock": {"cidr": "10.0.0.0/8"}}, {"ipBlock": {"cidr": "::/0"}}]}],
+    }))]);
+    st.endpoints[1].ips.push("fd00:244::6".parse().unwrap());
+    dp.apply(&st).expect("apply");
+    for (what, packet, want) in [
+        (
+            "b -> 10.1.2.3 (10.0.0.0/8)",
+            tcp("10.244.0.6", "10.1.2.3", 1000, 80, TCP_SYN),
+            OK,
+        ),
+        (
+            "b -> 2001:db8::1 (::/0)",
+            tcp("fd00:244::6", "2001:db8::1", 1000, 80, TCP_SYN),
+            OK,
+        ),
+        (
+            "b -> 8.8.8.8 (no IPv4 block covers it)",
+            tcp("10.244.0.6", "8.8.8.8", 1000, 80, TCP_SYN),
+            SHOT,
+        ),
+    ] {
+        assert_eq!(verdict(&mut dp, Hook::FromPod, &packet), want, "{what}");
+    }
+}
+
+/// A pod's veth deleted and recreated under the same name (a pod restarted in place) gets
+/// its programs and its `dp_local` entry again on the next sync, even one that changes only a
+/// service: the old attachments died with the old device.
+#[test]
+fn a_recreated_veth_gets_its_programs_again() {
+    if !require_root("a_recreated_veth_gets_its_programs_again") {
+        return;
+    }
+    let n = node("polrecreate");
+    let mut dp = n.dataplane();
+    let state = scene(vec![a_deny(), a_from_b()]);
+    dp.apply(&state).expect("apply");
+    for args in [
+        vec!["-n", &n.name, "link", "del", "lxc0"],
+        vec![
+            "-n", &n.name, "link", "add", "lxc0", "type", "veth", "peer", "name", "lxc0p",
+        ],
+        vec!["-n", &n.name, "link", "set", "lxc0", "up"],
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .expect("ip");
+        assert!(out.status.success(), "ip {args:?}");
+    }
+    assert!(common::tcx_programs(&n, "lxc0", true).is_empty());
+    let mut next = state.clone();
+    next.services
+        .push(svc("to-a-2", "10.96.0.12", "10.244.0.5"));
+    dp.apply_changes(&diff(&state, &next))
+        .expect("a service change");
+    assert_eq!(common::tcx_programs(&n, "lxc0", true), ["dp_to_pod"]);
+    assert_eq!(common::tcx_programs(&n, "lxc0", false), ["dp_from_pod"]);
+    let spoofed = stat(&dp, "spoofed_dropped");
+    assert_ne!(
+        verdict(
+            &mut dp,
+            Hook::FromPod,
+            &tcp("10.244.0.5", "10.96.0.11", 1000, 80, TCP_SYN)
+        ),
+        SHOT,
+        "a on its new veth is itself (dp_local follows the new ifindex)"
+    );
+    assert_eq!(stat(&dp, "spoofed_dropped"), spoofed);
+    assert_eq!(
+        verdict(
+            &mut dp,
+            Hook::FromPod,
+            &tcp("10.244.0.6", "10.96.0.12", 1001, 80, TCP_SYN)
+        ),
+        REDIRECT,
+        "b -> the new service -> a, to a's new veth"
+    );
+}
+
+/// A packet from a node address is the node (always allowed with its pods) only when the
+/// host sent it: one received on the uplink or a veth with that source is forged (our
+/// redirects skip the kernel's martian check) and is judged by the tables, which deny it.
+#[test]
+fn only_the_host_is_the_node() {
+    if !require_root("only_the_host_is_the_node") {
+        return;
+    }
+    let n = node("polnode");
+    let mut dp = n.dataplane();
+    dp.apply(&scene(vec![a_deny(), a_from_b()])).expect("apply");
+    let run = |dp: &mut EbpfDataplane, sport: u16, ingress: Option<&str>| {
+        dp.run_packet_on(
+            Hook::ToPod,
+            &tcp("172.18.0.2", "10.244.0.5", sport, 81, TCP_SYN),
+            1,
+            &RunOn {
+                interface: Some("lxc0".to_owned()),
+                ingress: ingress.map(str::to_owned),
+            },
+        )
+        .expect("test run")
+        .verdict
+    };
+    assert_eq!(run(&mut dp, 48000, None), OK, "sent by the host");
+    assert_eq!(
+        run(&mut dp, 48001, Some("lxc1")),
+        SHOT,
+        "received on a veth"
+    );
+    assert_eq!(
+        run(&mut dp, 48002, Some("eth0")),
+        SHOT,
+        "received on the uplink"
+    );
+}
+
+/// An IPv6 link-local or unspecified source is exempt from anti-spoofing only towards
+/// link-local and multicast destinations (the reference model's `is_spoofed`).
+#[test]
+fn link_local_sources_reach_only_link_local_and_multicast() {
+    if !require_root("link_local_sources_reach_only_link_local_and_multicast") {
+        return;
+    }
+    let n = node("polll");
+    let mut dp = n.dataplane();
+    let mut st = scene(vec![a_deny()]);
+    st.endpoints[1].ips.push("fd00:244::6".parse().unwrap());
+    dp.apply(&st).expect("apply");
+    let from_b = |dp: &mut EbpfDataplane, packet: Vec<u8>| {
+        dp.run_packet_on(
+            Hook::FromPod,
+            &packet,
+            1,
+            &RunOn {
+                interface: Some("lxc1".to_owned()),
+                ingress: None,
+            },
+        )
+        .expect("test run")
+        .verdict
+    };
+    for (what, packet, want) in [
+        (
+            "fe80::6 -> fe80::1",
+            tcp("fe80::6", "fe80::1", 1000, 80, TCP_SYN),
+            OK,
+        ),
+        (
+            "fe80::6 -> ff02::1",
+            eth().ip("fe80::6", "ff02::1").udp(1000, 80).build(),
+            OK,
+        ),
+        (
+            ":: -> ff02::1:ff00:6",
+            eth().ip("::", "ff02::1:ff00:6").udp(1000, 80).build(),
+            OK,
+        ),
+        (
+            "fe80::6 -> fd00:244::5",
+            tcp("fe80::6", "fd00:244::5", 1000, 80, TCP_SYN),
+            SHOT,
+        ),
+        (
+            ":: -> 2001:db8::1",
+            eth().ip("::", "2001:db8::1").udp(1000, 80).build(),
+            SHOT,
+        ),
+    ] {
+        assert_eq!(from_b(&mut dp, packet), want, "{what}");
+    }
+}
+
+/// The RST that answers a pod's SYN to a service without backends reaches the pod even when
+/// it is isolated for ingress: it is the reply of the pod's own attempt, not a connection
+/// from the service address.
+#[test]
+fn rejects_reach_ingress_isolated_pods() {
+    if !require_root("rejects_reach_ingress_isolated_pods") {
+        return;
+    }
+    let n = node("polrst");
+    let mut dp = n.dataplane();
+    let mut st = scene(vec![a_deny()]);
+    let mut empty = svc("empty", "10.96.0.13", "10.244.0.6");
+    empty.backends.clear();
+    st.services.push(empty);
+    dp.apply(&st).expect("apply");
+    let run = dp
+        .run_packet(
+            Hook::FromPod,
+            &tcp("10.244.0.5", "10.96.0.13", 45000, 80, TCP_SYN),
+            1,
+        )
+        .expect("test run");
+    assert_eq!(run.verdict, REDIRECT, "answered with a RST");
+    assert_eq!(run.output[14 + 20 + 13] & 0x04, 0x04, "a RST");
+    assert_eq!(
+        verdict(&mut dp, Hook::ToPod, &run.output),
+        OK,
+        "the RST reaches a"
+    );
+}
+
+/// A pod forging another local pod's address on its own veth is dropped; with policies a
+/// state whose local addresses do not all fit in `dp_local` (which anti-spoofing relies on)
+/// is refused before anything is written.
+#[test]
+fn a_pod_cannot_borrow_another_pods_address() {
+    if !require_root("a_pod_cannot_borrow_another_pods_address") {
+        return;
+    }
+    let n = node("polborrow");
+    let mut dp = n.dataplane();
+    dp.apply(&scene(vec![a_deny(), a_from_b()])).expect("apply");
+    let on = |ifname: &str| RunOn {
+        interface: Some(ifname.to_owned()),
+        ingress: None,
+    };
+    let forged = tcp("10.244.0.5", "10.244.0.6", 1000, 80, TCP_SYN);
+    let before = stat(&dp, "spoofed_dropped");
+    assert_eq!(
+        dp.run_packet_on(Hook::FromPod, &forged, 1, &on("lxc1"))
+            .expect("test run")
+            .verdict,
+        SHOT,
+        "a's address on b's veth"
+    );
+    assert_eq!(stat(&dp, "spoofed_dropped") - before, 1);
+    assert_ne!(
+        dp.run_packet_on(Hook::FromPod, &forged, 1, &on("lxc0"))
+            .expect("test run")
+            .verdict,
+        SHOT,
+        "a's address on a's veth"
+    );
+
+    // A node of its own: pinned maps keep the size they were created with.
+    let n = node("polborrowcap");
+    let mut config = n.config();
+    config.capacities.local = 1;
+    let mut dp = EbpfDataplane::new(config).expect("dataplane");
+    dp.apply(&scene(Vec::new()))
+        .expect("without policies the rest is left to the FIB");
+    match dp.apply(&scene(vec![a_deny()])) {
+        Err(Error::CapacityExceeded {
+            needed, capacity, ..
+        }) => {
+            assert_eq!((needed, capacity), (2, 1));
+        }
+        other => panic!("expected CapacityExceeded, got {other:?}"),
+    }
 }

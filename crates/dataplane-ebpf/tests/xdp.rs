@@ -409,3 +409,64 @@ fn xdp_attach_modes_adopt_and_detach() {
     assert!(!link().contains("xdp"), "reset removes it: {}", link());
     assert!(!n.pin_dir.exists(), "reset removes the pin directory");
 }
+
+/// XDP sends a packet back out of the uplink only: a backend the FIB reaches through a pod's
+/// veth is TC's, so that the packet passes `dp_to_pod` (NetworkPolicy) on its way in.
+#[test]
+fn xdp_never_redirects_into_another_interface() {
+    if !require_root("xdp_never_redirects_into_another_interface") {
+        return;
+    }
+    let n = xdp_node("xdpveth");
+    for args in [
+        vec![
+            "-n", &n.name, "link", "add", "lxc9", "type", "veth", "peer", "name", "lxc9p",
+        ],
+        vec!["-n", &n.name, "link", "set", "lxc9", "up"],
+        vec![
+            "-n",
+            &n.name,
+            "neigh",
+            "replace",
+            "10.244.3.9",
+            "lladdr",
+            "02:00:00:00:00:09",
+            "dev",
+            "lxc9",
+            "nud",
+            "permanent",
+        ],
+        vec![
+            "-n",
+            &n.name,
+            "route",
+            "replace",
+            "10.244.3.0/24",
+            "dev",
+            "lxc9",
+        ],
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .expect("ip");
+        assert!(out.status.success(), "ip {args:?}");
+    }
+    let mut dp = xdp_dataplane(&n, XdpMode::Native);
+    let mut st = scene();
+    st.services.push(service(
+        "behind-a-veth",
+        "10.96.0.34",
+        &[30094],
+        backend("10.244.3.9", "node-c"),
+    ));
+    dp.apply(&st).expect("apply");
+    let syn = eth()
+        .ip("192.0.2.7", "172.18.0.2")
+        .tcp(45100, 30094, TCP_SYN)
+        .build();
+    assert_eq!(
+        dp.run_packet(Hook::Xdp, &syn, 1).expect("test run").verdict,
+        XDP_PASS
+    );
+}

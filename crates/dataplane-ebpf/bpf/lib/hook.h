@@ -206,10 +206,13 @@ static __noinline int to_lo(struct __sk_buff *skb)
  * Anti-spoofing, with NetworkPolicy in the state (CFG_F_POLICY): a packet from a pod whose
  * source is not one of that pod's addresses would borrow another's rights (policy knows a
  * client by its address: a pod forging the node's address would pass as the node). Its own
- * addresses are those dp_local sends to this veth; an address dp_local does not hold (over
- * its capacity) is judged only when it is no local endpoint's at all. IPv6 link-local and
- * unspecified sources are exempt: neighbour discovery and duplicate address detection with
- * the gateway use them, and they are never forwarded. Calico drops these with strict RPF on
+ * addresses are those dp_local sends to this veth (with policies user space refuses a state
+ * whose local addresses do not all fit in dp_local, so any other source is forged). An IPv6 link-local or
+ * unspecified source is exempt only towards a link-local or multicast destination (neighbour
+ * discovery, duplicate address detection, MLD with the gateway; the reference model's
+ * is_spoofed): towards anything else it is dropped like any borrowed address, since
+ * lb_forward would translate and redirect it (past the kernel, which refuses to forward
+ * link-local sources) and policy knows no such client. Calico drops these with strict RPF on
  * workload interfaces, Cilium checks an endpoint's source addresses.
  */
 static __noinline int pol_spoofed(struct __sk_buff *skb)
@@ -219,7 +222,6 @@ static __noinline int pol_spoofed(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	struct local_value *local;
 	struct dp_config *cfg;
-	struct pol_addr *pa;
 	__u32 saddr[4] = {};
 	__u32 zero = 0;
 	__u8 family;
@@ -242,16 +244,19 @@ static __noinline int pol_spoofed(struct __sk_buff *skb)
 		family = DP_AF_INET6;
 		__builtin_memcpy(saddr, &ip6->saddr, 16);
 		if ((saddr[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000) ||
-		    !(saddr[0] | saddr[1] | saddr[2] | saddr[3]))
-			return 0;
+		    !(saddr[0] | saddr[1] | saddr[2] | saddr[3])) {
+			__u32 d0 = ip6->daddr.in6_u.u6_addr32[0];
+
+			return !((d0 & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000) ||
+				 (d0 & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000));
+		}
 	} else {
 		return 0;
 	}
+	/* User space refuses a state with policies whose local addresses dp_local cannot all
+	 * hold, so an address it lacks is no pod's on this node: forged. */
 	local = local_pod(saddr, family);
-	if (local)
-		return local->ifindex != skb->ifindex;
-	pa = pol_addr_of(saddr, family);
-	return !pa || !pa->ep_id;
+	return !local || local->ifindex != skb->ifindex;
 }
 
 static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
@@ -272,7 +277,9 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 		return TC_ACT_SHOT;
 	}
 	if (ret == 0) {
-		if (p.proto != IPPROTO_ICMP && p.proto != IPPROTO_ICMPV6)
+		/* Non-first fragments and IPv6 with extension headers: policy judged them above,
+		 * translation leaves them alone. */
+		if (p.opaque || (p.proto != IPPROTO_ICMP && p.proto != IPPROTO_ICMPV6))
 			return TC_ACT_OK;
 		ret = echo_parse(skb, &p);
 		if (ret)
@@ -302,8 +309,9 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 			}
 			/* The pod's egress policy: its own tuple (k) is the connection's key, p now
 			 * holds the backend chosen (or, for a reply, the client). A denied new
-			 * connection's entries go before the packet is dropped: dp_ct holds allowed
-			 * connections only. (Checked here, not inside lb_forward() before it writes
+			 * connection's entries go before the packet is dropped (one denied later, at
+			 * a server pod's ingress, keeps them until they expire: they approve
+			 * nothing, dp_pol_ct does). (Checked here, not inside lb_forward() before it writes
 			 * them: that call chain would outgrow the 512-byte stack.) */
 			if (ctx == CTX_FROM_POD &&
 			    (ret == DP_PASS || ret == DP_NAT || ret == DP_TO_LO)) {
@@ -335,6 +343,8 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	case DP_DSR:
 		return TC_ACT_OK;
 	case DP_REJECT:
+		if (ctx == CTX_FROM_POD && p.proto == IPPROTO_TCP && !(p.tcp_flags & TCPF_RST))
+			pol_approve_rst(&p);
 		return reject(skb, &p, ctx);
 	case DP_FRAG_NEEDED:
 		return frag_needed(skb, &p, ctx);

@@ -445,14 +445,17 @@ struct pol_rule_key {
 	__be16 port; /* destination port (ICMP: 0) */
 };
 
-/* dp_pol_blocks key (LPM trie): (endpoint, direction, address prefix; IPv4 as ::ffff:a.b.c.d),
- * prefixlen = 64 + address bits. The value is the prefix's allowed-ports group
- * (POL_PEER_BLOCK | n), or 0 when nothing is allowed (an except). */
+/* dp_pol_blocks key (LPM trie): (endpoint, direction, family, address prefix; IPv4 as
+ * ::ffff:a.b.c.d), prefixlen = 64 + address bits. The family is in the fixed part: an IPv6
+ * prefix (::/0 included) must never match an IPv4 peer, whose mapped form it may cover. The
+ * value is the prefix's allowed-ports group (POL_PEER_BLOCK | n), or 0 when nothing is
+ * allowed (an except). */
 struct pol_block_key {
 	__u32 prefixlen;
 	__u32 ep_id;
 	__u8 dir;
-	__u8 pad[3];
+	__u8 family; /* DP_AF_* */
+	__u8 pad[2];
 	__u32 addr[4];
 };
 

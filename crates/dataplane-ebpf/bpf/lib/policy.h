@@ -5,7 +5,9 @@
  *   pod --veth--> [dp_from_pod]  egress of the pod: after service translation, against the
  *                                backend chosen and its port, from the pod's own address
  *   pod <--veth-- [dp_to_pod]    ingress of the pod: TC egress of the host-side veth, which
- *                                every way in passes (the stack's forwarding, our redirects)
+ *                                the stack's forwarding and TC's redirects to the veth pass
+ *                                (XDP never redirects into a veth: xdp_route(); nothing
+ *                                here uses bpf_redirect_peer, which would skip it)
  *
  * A connection is checked on its first packet at each of this node's pods it touches; an
  * allowed one gets dp_pol_ct entries (its key and its reply's), and later packets that find
@@ -41,6 +43,18 @@
 #define POL_ICMP_PARAMETERPROB 12
 #define POL_ICMPV6_ND_FIRST 133 /* router solicitation .. redirect (133-137) */
 #define POL_ICMPV6_ND_LAST 137
+
+/* What dp_to_pod pulls into the linear data when the headers are not all there: Ethernet,
+ * the largest IPv4 header and a TCP header with options. */
+#define PARSE_PULL_LEN (14 + 60 + 60)
+
+/* pol_check()'s @how: the direction, and this bit for a packet without known ports (one
+ * argument: a BPF subprogram takes at most five). */
+#define POL_CHECK_NOPORTS 0x80
+/* ... and this bit on ingress for a packet the host itself sent (its skb was never received
+ * on an interface: skb->ingress_ifindex is 0; dp_to_lo's redirects keep that): only such a
+ * packet from a node address is the node. */
+#define POL_CHECK_FROM_HOST 0x40
 
 /* What pol_tables() looks up. */
 struct pol_query {
@@ -101,6 +115,7 @@ static __noinline int pol_tables(const struct pol_query *q, const struct pol_add
 	__builtin_memset(&bk, 0, sizeof(bk));
 	bk.ep_id = q->ep_id;
 	bk.dir = q->dir;
+	bk.family = q->family;
 	if (q->family == DP_AF_INET) {
 		bk.addr[2] = bpf_htonl(0xffff);
 		bk.addr[3] = q->peer[0];
@@ -217,14 +232,21 @@ static __noinline int pol_snat_client(const struct ct_key *k, __u32 *client)
  *        ingress the source
  * @port: the destination port after service translation (on ingress: k->dport)
  * @tcp_flags: the packet's TCP flags (0 for other protocols)
- * @dir: POL_DIR_EGRESS (k->saddr is the local endpoint) or POL_DIR_INGRESS (k->daddr is)
+ * @how: POL_DIR_EGRESS (k->saddr is the local endpoint) or POL_DIR_INGRESS (k->daddr is),
+ *       with POL_CHECK_NOPORTS for a packet whose ports are unknown (a non-first fragment)
+ *       and POL_CHECK_FROM_HOST for one the host sent
  *
  * Returns 0 (allowed, or no local endpoint of this node involved) or DROP_POLICY_DENIED
  * (counted in STAT_POLICY_DENIED).
  */
 static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be16 port,
-				__u8 tcp_flags, __u8 dir)
+				__u8 tcp_flags, __u8 how)
 {
+	__u8 dir = how & ~(POL_CHECK_NOPORTS | POL_CHECK_FROM_HOST);
+	/* Ports unknown (a non-first fragment): the key is no connection's, so it neither
+	 * takes nor leaves a dp_pol_ct shortcut, and only a rule without ports can allow it
+	 * (q.port stays 0, which no port rule covers). */
+	int noports = how & POL_CHECK_NOPORTS;
 	const __u32 *self = dir == POL_DIR_EGRESS ? k->saddr : k->daddr;
 	__u32 ok = dir == POL_DIR_EGRESS ? (POLCT_EGRESS | POLCT_REPLY_INGRESS)
 					 : (POLCT_INGRESS | POLCT_REPLY_EGRESS);
@@ -238,7 +260,7 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 	if (!me || !me->ep_id)
 		return 0;
 	e = bpf_map_lookup_elem(&dp_pol_ct, k);
-	if (e && (e->flags & ok) && !syn) {
+	if (e && (e->flags & ok) && !syn && !noports) {
 		pol_ct_touch(e, k->proto, tcp_flags);
 		return 0;
 	}
@@ -247,10 +269,19 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 		addr_copy(q.peer, peer);
 		them = pol_addr_of(q.peer, k->family);
 		/* A node address may be a client this node masqueraded on its way here (a
-		 * NodePort with SNAT, masquerade.allServices): policy is about the client. */
-		if (dir == POL_DIR_INGRESS && them && (them->flags & POL_F_NODE) &&
-		    pol_snat_client(k, q.peer))
-			them = pol_addr_of(q.peer, k->family);
+		 * NodePort with SNAT, masquerade.allServices): policy is about the client.
+		 * Otherwise it is the node only when the host sent the packet: one from the
+		 * uplink or a veth with a node source is forged (our redirects skip the
+		 * kernel's martian check, IPv6 has none) or a masqueraded client whose reverse
+		 * entry is gone (LRU): neither may pass as the node. */
+		if (dir == POL_DIR_INGRESS && them && (them->flags & POL_F_NODE)) {
+			if (pol_snat_client(k, q.peer)) {
+				them = pol_addr_of(q.peer, k->family);
+			} else if (!(how & POL_CHECK_FROM_HOST)) {
+				stat_inc(STAT_POLICY_DENIED);
+				return DROP_POLICY_DENIED;
+			}
+		}
 		/* Fixed rules: the node and its pods; a pod and itself. */
 		if (!them || !((them->flags & POL_F_NODE) || them->ep_id == me->ep_id)) {
 			q.ep_id = me->ep_id;
@@ -264,13 +295,17 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 			}
 		}
 	}
+	if (noports)
+		return 0;
 	return pol_track(k, dir == POL_DIR_EGRESS ? POLCT_EGRESS : POLCT_INGRESS, tcp_flags);
 }
 
 /*
  * Policy for a packet that is neither TCP nor UDP (@p from parse_packet()): ICMP/ICMPv6 echo
  * is tracked by its identifier (request: sport, reply: dport, as echo_parse() gives them),
- * anything else by its addresses and protocol (port 0). ICMP errors and IPv6 neighbour
+ * anything else by its addresses and protocol (port 0). Behind IPv6 extension headers the
+ * real protocol and ports are used (parse_packet() walks them); a non-first fragment has
+ * none: pol_check() with POL_CHECK_NOPORTS. ICMP errors and IPv6 neighbour
  * discovery pass: errors belong to a connection already allowed (they are not matched to it:
  * see the README's limits), and without neighbour discovery an isolated IPv6 pod could not
  * even reach its node.
@@ -278,11 +313,18 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 static __noinline int pol_other(struct __sk_buff *skb, struct pkt *p, __u8 dir)
 {
 	struct ct_key k;
+	__u8 how = dir;
 	__u8 type;
+
+	if (dir == POL_DIR_INGRESS && skb->ingress_ifindex == 0)
+		how |= POL_CHECK_FROM_HOST;
 
 	if (!p->family)
 		return 0;
-	if ((p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) && !echo_parse(skb, p)) {
+	/* One pol_check() call site: each one costs the verifier the whole subprogram again. */
+	if (p->opaque == PKT_NOPORTS)
+		how |= POL_CHECK_NOPORTS;
+	else if ((p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) && !echo_parse(skb, p)) {
 		if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
 			return 0;
 		if (p->proto == IPPROTO_ICMP &&
@@ -295,7 +337,39 @@ static __noinline int pol_other(struct __sk_buff *skb, struct pkt *p, __u8 dir)
 			return 0;
 	}
 	ct_key_from_pkt(&k, p);
-	return pol_check(&k, dir == POL_DIR_EGRESS ? p->daddr : p->saddr, p->dport, 0, dir);
+	return pol_check(&k, dir == POL_DIR_EGRESS ? p->daddr : p->saddr, p->dport, p->tcp_flags,
+			 how);
+}
+
+/*
+ * A pod's TCP packet that reject() answers with a RST (a service without backends): the RST
+ * goes back to the pod through its veth's egress, where dp_to_pod would judge it as a new
+ * connection from the service address and drop it at an ingress-isolated pod (which then
+ * waits for its timeout instead of being refused). Its key is marked as the reply of an
+ * approved connection (POLCT_REPLY_EGRESS) first; the pod's own key gets no approval, so its
+ * next packets on that tuple are judged as before.
+ */
+static __noinline void pol_approve_rst(const struct pkt *p)
+{
+	struct pol_ct v = {};
+	struct pol_addr *me;
+	struct pol_ct *e;
+	struct ct_key k, r;
+
+	me = pol_addr_of(p->saddr, p->family);
+	if (!me || !me->ep_id)
+		return;
+	ct_key_from_pkt(&k, p);
+	pol_reply_key(&r, &k);
+	e = bpf_map_lookup_elem(&dp_pol_ct, &r);
+	if (e) {
+		e->flags |= POLCT_REPLY_EGRESS;
+		return;
+	}
+	v.last_seen_ns = bpf_ktime_get_ns();
+	v.flags = POLCT_REPLY_EGRESS;
+	if (bpf_map_update_elem(&dp_pol_ct, &r, &v, BPF_ANY) < 0)
+		stat_inc(STAT_CT_FULL);
 }
 
 /*
@@ -323,13 +397,26 @@ static __always_inline int dp_handle_to_pod(struct __sk_buff *skb)
 	int ret;
 
 	ret = parse_packet(skb, &p);
-	if (ret < 0)
-		return TC_ACT_OK; /* malformed: the pod's stack drops it */
+	if (ret < 0) {
+		/* Headers beyond the skb's linear data (direct access sees only that): pull them
+		 * in and parse again. What still does not parse is dropped, not passed unchecked
+		 * to a pod that policy may isolate. */
+		__u32 len = skb->len < PARSE_PULL_LEN ? skb->len : PARSE_PULL_LEN;
+
+		if (bpf_skb_pull_data(skb, len) == 0)
+			ret = parse_packet(skb, &p);
+		if (ret < 0) {
+			stat_inc(STAT_DROPPED);
+			return TC_ACT_SHOT;
+		}
+	}
 	if (ret == 0) {
 		ret = pol_other(skb, &p, POL_DIR_INGRESS);
 	} else {
 		ct_key_from_pkt(&k, &p);
-		ret = pol_check(&k, p.saddr, p.dport, p.tcp_flags, POL_DIR_INGRESS);
+		ret = pol_check(&k, p.saddr, p.dport, p.tcp_flags,
+				POL_DIR_INGRESS |
+					(skb->ingress_ifindex == 0 ? POL_CHECK_FROM_HOST : 0));
 	}
 	if (ret < 0) {
 		stat_inc(STAT_DROPPED);

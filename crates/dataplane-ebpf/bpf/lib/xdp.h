@@ -2,7 +2,7 @@
 /*
  * xdp.h - the NodePort/LoadBalancer/ExternalIP fast path at XDP on the uplink.
  *
- *   outside --eth0--> [dp_xdp_uplink] --XDP_TX / redirect--> other node (DSR or SNAT)
+ *   outside --eth0--> [dp_xdp_uplink] --XDP_TX--> other node (DSR or SNAT)
  *                           |
  *                           +--XDP_PASS (untouched)--> [dp_from_uplink] (TC) --> ...
  *
@@ -131,7 +131,8 @@ static __always_inline int xdp_dsr_fits(struct xdp_md *ctx)
  * xdp_route() - FIB lookup (as a forwarding decision on the ingress interface) for the packet
  * as it will leave. Fills the egress interface and MAC addresses of @x.
  * Returns 0 when the packet can be sent on, -1 otherwise (no route, local delivery, no
- * neighbour entry yet, forwarding disabled, too big for the route's MTU).
+ * neighbour entry yet, forwarding disabled, too big for the route's MTU, a way out other
+ * than the uplink it came in on).
  */
 static __noinline int xdp_route(struct xdp_md *ctx, const struct pkt *p, struct xdp_xlate *x)
 {
@@ -150,6 +151,11 @@ static __noinline int xdp_route(struct xdp_md *ctx, const struct pkt *p, struct 
 	fib.ifindex = ctx->ingress_ifindex;
 	ret = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (ret != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	/* Back out of the uplink only (other nodes, DSR): an XDP redirect into a pod's veth
+	 * would reach the pod past dp_to_pod and its ingress policy (a connection policy
+	 * denied there keeps its dp_ct entries); another way out is TC's. */
+	if (fib.ifindex != ctx->ingress_ifindex)
 		return -1;
 	x->ifindex = fib.ifindex;
 	__builtin_memcpy(x->smac, fib.smac, ETH_ALEN);
