@@ -370,6 +370,7 @@ impl EbpfDataplane {
                 .cloned()
                 .collect();
             for k in stale {
+                objects.attached_ifindex.remove(&k);
                 if let Some(a) = objects.attachments.remove(&k) {
                     a.detach()?;
                 }

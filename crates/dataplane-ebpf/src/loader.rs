@@ -769,7 +769,38 @@ impl Objects {
         xdp: XdpMode,
     ) -> Result<(), EbpfError> {
         let key = (ifname.to_owned(), hook);
-        let ifindex = crate::local::ifindex_of(ifname);
+        let pod_hook = matches!(hook, Hook::FromPod | Hook::ToPod);
+        let ifindex = match crate::local::lookup_ifindex(ifname) {
+            Ok(Some(i)) => i,
+            // A pod's interface that is not there (not created yet, or deleted while the pod
+            // is still in the state: a terminating pod) carries no traffic to police: skipped,
+            // and attached by the first sync that finds it. Failing here would stop every
+            // sync, and with it every other pod's attachments, until the pod leaves the state.
+            Ok(None) if pod_hook => {
+                if let Some(a) = self.attachments.remove(&key) {
+                    // Its device is gone: the pin (or marker) is all that is left to remove.
+                    if let Err(e) = a.detach() {
+                        tracing::warn!(interface = ifname, hook = hook.tag(), error = %e, "removing the attachment of a deleted interface");
+                    }
+                }
+                self.attached_ifindex.remove(&key);
+                tracing::warn!(
+                    interface = ifname,
+                    hook = hook.tag(),
+                    "pod interface not found: not attached"
+                );
+                return Ok(());
+            }
+            // The lookup failed, not the interface: an attachment that exists stays (detaching
+            // it would leave a live interface without its programs).
+            Err(e) if self.attachments.contains_key(&key) => {
+                tracing::warn!(interface = ifname, hook = hook.tag(), error = %e, "interface lookup failed: attachment kept");
+                return Ok(());
+            }
+            // The uplink and lo must be there, and a first attachment needs its interface:
+            // attaching reports the error.
+            Ok(None) | Err(_) => 0,
+        };
         if self.attachments.contains_key(&key) {
             if self.attached_ifindex.get(&key) == Some(&ifindex) {
                 return Ok(());
@@ -778,7 +809,7 @@ impl Objects {
                 interface = ifname,
                 hook = hook.tag(),
                 ifindex,
-                "interface recreated or gone: attaching again"
+                "interface recreated: attaching again"
             );
             if let Some(a) = self.attachments.remove(&key) {
                 // Its device is gone: the pin (or marker) is all that is left to remove.

@@ -8,11 +8,27 @@ use crate::maps::{family_of, Addr, LocalKey};
 
 /// The index of interface `name` in the calling thread's namespace, 0 when there is none.
 pub(crate) fn ifindex_of(name: &str) -> u32 {
+    lookup_ifindex(name).ok().flatten().unwrap_or(0)
+}
+
+/// The index of interface `name` in the calling thread's namespace: `Ok(None)` when there is
+/// no such interface (`ENODEV`, or a name no interface can have), `Err` when the lookup
+/// itself failed (out of file descriptors, say), which says nothing about the interface.
+pub(crate) fn lookup_ifindex(name: &str) -> std::io::Result<Option<u32>> {
     let Ok(c) = std::ffi::CString::new(name) else {
-        return 0;
+        return Ok(None);
     };
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ENODEV | libc::ENXIO) => Ok(None),
+                _ => Err(e),
+            }
+        }
+        i => Ok(Some(i)),
+    }
 }
 
 /// The `dp_local` entries of `endpoints`, at most `max` (the map's size; the rest are left

@@ -996,6 +996,55 @@ fn fragments_and_extension_headers_are_judged_by_their_ports() {
     );
 }
 
+/// A pod's egress packet behind IPv6 extension headers is not translated, so it is judged
+/// against its own destination (a service address here); its approval must not be taken by
+/// the plain packets of the same tuple, which are translated and must be judged against the
+/// backend: b may send to the service range on UDP 80 but not to a, the service's backend.
+#[test]
+fn an_extension_header_packet_approves_no_translated_connection() {
+    if !require_root("an_extension_header_packet_approves_no_translated_connection") {
+        return;
+    }
+    let n = node("polextsvc");
+    let mut dp = n.dataplane();
+    let mut st = scene(vec![policy(serde_json::json!({
+        "namespace": "x", "name": "b-to-services",
+        "podSelector": {"matchLabels": {"pod": "b"}},
+        "policyTypes": ["Egress"],
+        "egress": [{"peers": [{"ipBlock": {"cidr": "fd00:96::/108"}}],
+                    "ports": [{"protocol": "UDP", "port": 80}]}],
+    }))]);
+    st.endpoints[0].ips.push("fd00:244::5".parse().unwrap());
+    st.endpoints[1].ips.push("fd00:244::6".parse().unwrap());
+    let mut to_a6 = Service::new(ObjectName::new("x", "to-a6"));
+    to_a6.cluster_ips = vec!["fd00:96::10".parse().unwrap()];
+    to_a6.ports = vec![ServicePort::new(Protocol::Udp, 80, 80)];
+    to_a6.backends = vec![Backend::new("fd00:244::5".parse().unwrap())];
+    st.services.push(to_a6);
+    dp.apply(&st).expect("apply");
+    let udp = |sport| {
+        eth()
+            .ip("fd00:244::6", "fd00:96::10")
+            .udp(sport, 80)
+            .build()
+    };
+    assert_eq!(
+        verdict(&mut dp, Hook::FromPod, &with_ipv6_ext(&udp(5353), 60, 0)),
+        OK,
+        "behind destination options: untranslated, to the service range, allowed"
+    );
+    assert_eq!(
+        verdict(&mut dp, Hook::FromPod, &udp(5353)),
+        SHOT,
+        "the same tuple without the header goes to a, which b's egress does not allow"
+    );
+    assert_eq!(
+        verdict(&mut dp, Hook::FromPod, &udp(5354)),
+        SHOT,
+        "another port alike"
+    );
+}
+
 /// A packet `dp_to_pod` cannot parse (a truncated TCP header) is dropped, not passed to a pod
 /// that policy may isolate.
 #[test]
@@ -1103,6 +1152,50 @@ fn a_recreated_veth_gets_its_programs_again() {
         REDIRECT,
         "b -> the new service -> a, to a's new veth"
     );
+}
+
+/// A pod's veth deleted while the pod is still in the state (a terminating pod) does not stop
+/// the syncs: its attachment is forgotten, the sync goes on, and when the veth comes back
+/// under the same name the next sync attaches it again.
+#[test]
+fn a_deleted_veth_does_not_stop_the_syncs() {
+    if !require_root("a_deleted_veth_does_not_stop_the_syncs") {
+        return;
+    }
+    let n = node("poldeleted");
+    let mut dp = n.dataplane();
+    let state = scene(vec![a_deny(), a_from_b()]);
+    dp.apply(&state).expect("apply");
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(out.status.success(), "ip {args:?}");
+    };
+    ip(&["-n", &n.name, "link", "del", "lxc0"]);
+    let mut next = state.clone();
+    next.services
+        .push(svc("to-a-2", "10.96.0.12", "10.244.0.5"));
+    dp.apply_changes(&diff(&state, &next))
+        .expect("a service change with a pod's veth gone");
+    assert_eq!(
+        common::tcx_programs(&n, "lxc1", true),
+        ["dp_to_pod"],
+        "b keeps its programs"
+    );
+    dp.apply(&next)
+        .expect("a full apply with a pod's veth gone");
+    ip(&[
+        "-n", &n.name, "link", "add", "lxc0", "type", "veth", "peer", "name", "lxc0p",
+    ]);
+    ip(&["-n", &n.name, "link", "set", "lxc0", "up"]);
+    let mut again = next.clone();
+    again.services.retain(|s| s.name.name != "to-a-2");
+    dp.apply_changes(&diff(&next, &again))
+        .expect("the next sync");
+    assert_eq!(common::tcx_programs(&n, "lxc0", true), ["dp_to_pod"]);
+    assert_eq!(common::tcx_programs(&n, "lxc0", false), ["dp_from_pod"]);
 }
 
 /// A packet from a node address is the node (always allowed with its pods) only when the

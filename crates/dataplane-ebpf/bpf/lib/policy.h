@@ -48,9 +48,13 @@
  * the largest IPv4 header and a TCP header with options. */
 #define PARSE_PULL_LEN (14 + 60 + 60)
 
-/* pol_check()'s @how: the direction, and this bit for a packet without known ports (one
- * argument: a BPF subprogram takes at most five). */
-#define POL_CHECK_NOPORTS 0x80
+/* pol_check()'s @how: the direction, and this bit for a packet whose key is no connection's
+ * to track (one argument: a BPF subprogram takes at most five): a non-first fragment (no
+ * ports), or a pod's egress packet behind IPv6 extension headers, which translation leaves
+ * alone — its key is the one a translated connection on that tuple would be approved under
+ * (judged against the backend), so its own approval, judged against the untranslated
+ * destination, must not stand in for that check. */
+#define POL_CHECK_UNTRACKED 0x80
 /* ... and this bit on ingress for a packet the host itself sent (its skb was never received
  * on an interface: skb->ingress_ifindex is 0; dp_to_lo's redirects keep that): only such a
  * packet from a node address is the node. */
@@ -233,7 +237,7 @@ static __noinline int pol_snat_client(const struct ct_key *k, __u32 *client)
  * @port: the destination port after service translation (on ingress: k->dport)
  * @tcp_flags: the packet's TCP flags (0 for other protocols)
  * @how: POL_DIR_EGRESS (k->saddr is the local endpoint) or POL_DIR_INGRESS (k->daddr is),
- *       with POL_CHECK_NOPORTS for a packet whose ports are unknown (a non-first fragment)
+ *       with POL_CHECK_UNTRACKED for a packet whose key is no connection's (see its define)
  *       and POL_CHECK_FROM_HOST for one the host sent
  *
  * Returns 0 (allowed, or no local endpoint of this node involved) or DROP_POLICY_DENIED
@@ -242,11 +246,11 @@ static __noinline int pol_snat_client(const struct ct_key *k, __u32 *client)
 static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be16 port,
 				__u8 tcp_flags, __u8 how)
 {
-	__u8 dir = how & ~(POL_CHECK_NOPORTS | POL_CHECK_FROM_HOST);
-	/* Ports unknown (a non-first fragment): the key is no connection's, so it neither
-	 * takes nor leaves a dp_pol_ct shortcut, and only a rule without ports can allow it
-	 * (q.port stays 0, which no port rule covers). */
-	int noports = how & POL_CHECK_NOPORTS;
+	__u8 dir = how & ~(POL_CHECK_UNTRACKED | POL_CHECK_FROM_HOST);
+	/* A key that is no connection's (POL_CHECK_UNTRACKED) neither takes nor leaves a
+	 * dp_pol_ct shortcut: every such packet is judged by the tables (a non-first fragment
+	 * with port 0, which only a rule without ports covers). */
+	int noports = how & POL_CHECK_UNTRACKED;
 	const __u32 *self = dir == POL_DIR_EGRESS ? k->saddr : k->daddr;
 	__u32 ok = dir == POL_DIR_EGRESS ? (POLCT_EGRESS | POLCT_REPLY_INGRESS)
 					 : (POLCT_INGRESS | POLCT_REPLY_EGRESS);
@@ -305,7 +309,8 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
  * is tracked by its identifier (request: sport, reply: dport, as echo_parse() gives them),
  * anything else by its addresses and protocol (port 0). Behind IPv6 extension headers the
  * real protocol and ports are used (parse_packet() walks them); a non-first fragment has
- * none: pol_check() with POL_CHECK_NOPORTS. ICMP errors and IPv6 neighbour
+ * none: pol_check() with POL_CHECK_UNTRACKED, as a pod's own egress packet behind extension
+ * headers (see the define). ICMP errors and IPv6 neighbour
  * discovery pass: errors belong to a connection already allowed (they are not matched to it:
  * see the README's limits), and without neighbour discovery an isolated IPv6 pod could not
  * even reach its node.
@@ -322,8 +327,8 @@ static __noinline int pol_other(struct __sk_buff *skb, struct pkt *p, __u8 dir)
 	if (!p->family)
 		return 0;
 	/* One pol_check() call site: each one costs the verifier the whole subprogram again. */
-	if (p->opaque == PKT_NOPORTS)
-		how |= POL_CHECK_NOPORTS;
+	if (p->opaque == PKT_NOPORTS || (p->opaque == PKT_EXT && dir == POL_DIR_EGRESS))
+		how |= POL_CHECK_UNTRACKED;
 	else if ((p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) && !echo_parse(skb, p)) {
 		if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
 			return 0;
