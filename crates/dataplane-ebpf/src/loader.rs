@@ -759,7 +759,8 @@ impl Objects {
     /// Attaches `hook`'s program to `ifname` (call inside the node's network namespace),
     /// unless it is attached to the interface that has that name now: an attachment made on
     /// an interface since deleted (and perhaps recreated under the same name, as a pod's veth
-    /// is) died with it, so it is forgotten and the program attached anew.
+    /// is) died with it, so it is forgotten and the program attached anew. A pod hook whose
+    /// interface is not there is skipped (see the match below).
     pub(crate) fn attach(
         &mut self,
         pin_dir: &Path,

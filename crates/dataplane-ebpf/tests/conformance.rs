@@ -3,11 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::PinDirs;
-use dataplane_core::Dataplane;
-use dataplane_ebpf::{EbpfConfig, EbpfDataplane};
 use dataplane_testkit::conformance::{run, standard_cases, STANDARD_LAB};
 use dataplane_testkit::{require_root, Lab};
 
@@ -17,17 +12,7 @@ fn conformance_table() {
         return;
     }
     let lab = Lab::new(STANDARD_LAB).expect("lab");
-    let pid = std::process::id();
-    let dirs: Vec<PathBuf> = (0..STANDARD_LAB.nodes)
-        .map(|i| PathBuf::from(format!("/sys/fs/bpf/dpe-conf-{pid}-n{i}")))
-        .collect();
-    let _cleanup = PinDirs(dirs.clone());
-    let report = run(&lab, &standard_cases(), &mut |node| {
-        let dir = dirs[node.index].clone();
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut config = EbpfConfig::new(dir);
-        config.netns = Some(node.netns.path().to_owned());
-        Box::new(EbpfDataplane::new(config).expect("eBPF dataplane loads")) as Box<dyn Dataplane>
-    });
+    let (_cleanup, mut factory) = common::lab_dataplanes("dpe-conf", STANDARD_LAB.nodes);
+    let report = run(&lab, &standard_cases(), &mut factory);
     report.assert_ok();
 }

@@ -72,6 +72,31 @@ impl Drop for PinDirs {
     }
 }
 
+/// The pin directories of a lab of `nodes` nodes (`/sys/fs/bpf/<tag>-<pid>-n<i>`, removed when
+/// the returned guard drops) and the factory the testkit's conformance runners call per node:
+/// a fresh `EbpfDataplane` in that node's network namespace, pinned in its own directory.
+pub fn lab_dataplanes(
+    tag: &str,
+    nodes: usize,
+) -> (
+    PinDirs,
+    impl FnMut(&dataplane_testkit::LabNode) -> Box<dyn Dataplane>,
+) {
+    let pid = std::process::id();
+    let dirs: Vec<PathBuf> = (0..nodes)
+        .map(|i| PathBuf::from(format!("/sys/fs/bpf/{tag}-{pid}-n{i}")))
+        .collect();
+    let guard = PinDirs(dirs.clone());
+    let factory = move |node: &dataplane_testkit::LabNode| {
+        let dir = dirs[node.index].clone();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = EbpfConfig::new(dir);
+        config.netns = Some(node.netns.path().to_owned());
+        Box::new(EbpfDataplane::new(config).expect("eBPF dataplane loads")) as Box<dyn Dataplane>
+    };
+    (guard, factory)
+}
+
 /// Node `node-a` (`172.18.0.2`, `fd00:18::2`) of the per-packet tests: pods `10.244.0.0/24`,
 /// cluster `10.244.0.0/16` and `fd00:244::/64`, uplink `eth0`.
 pub fn node_a() -> Node {
