@@ -1,0 +1,2 @@
+//! Kubernetes objects (k8s-openapi types) to the dataplane's desired state, the way
+//! kube-proxy reads them. Pure: no client, no clock.

@@ -1,0 +1,3 @@
+//! `dataplane-agent`: the example node agent (work in progress on a branch).
+
+fn main() {}
