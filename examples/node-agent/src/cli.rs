@@ -60,10 +60,10 @@ pub struct Args {
     pub retry_interval: Duration,
     /// Where /healthz and /livez are served (empty: not at all).
     #[arg(long, default_value = "0.0.0.0:10256", value_parser = parse_bind)]
-    pub healthz_bind_address: Option<SocketAddr>,
+    pub healthz_bind_address: BindAddress,
     /// Where /metrics is served (empty: not at all).
     #[arg(long, default_value = "127.0.0.1:10249", value_parser = parse_bind)]
-    pub metrics_bind_address: Option<SocketAddr>,
+    pub metrics_bind_address: BindAddress,
     /// The bpffs directory of the eBPF dataplane's pinned maps and links.
     #[arg(long, default_value = "/sys/fs/bpf/dataplane", value_name = "DIR")]
     pub bpf_pin_dir: PathBuf,
@@ -140,12 +140,16 @@ fn parse_selection(s: &str) -> Result<Selection, String> {
     s.parse().map_err(|e: dataplane::UnknownKind| e.to_string())
 }
 
-fn parse_bind(s: &str) -> Result<Option<SocketAddr>, String> {
+/// A server's `address:port`, or none (an empty flag value turns the server off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress(pub Option<SocketAddr>);
+
+fn parse_bind(s: &str) -> Result<BindAddress, String> {
     if s.is_empty() {
-        return Ok(None);
+        return Ok(BindAddress(None));
     }
     s.parse()
-        .map(Some)
+        .map(|a| BindAddress(Some(a)))
         .map_err(|e| format!("{s:?} is no address:port: {e}"))
 }
 
@@ -265,11 +269,11 @@ mod tests {
         assert_eq!(args.sync_period, Duration::from_secs(30));
         assert_eq!(args.retry_interval, Duration::from_secs(5));
         assert_eq!(
-            args.healthz_bind_address,
+            args.healthz_bind_address.0,
             Some("0.0.0.0:10256".parse().unwrap())
         );
         assert_eq!(
-            args.metrics_bind_address,
+            args.metrics_bind_address.0,
             Some("127.0.0.1:10249".parse().unwrap())
         );
         let settings = args.settings().unwrap();

@@ -125,13 +125,15 @@ impl Status {
     }
 }
 
-/// Serves `/healthz` and `/livez` on `addr` until the returned task is aborted.
+/// Serves `/healthz` and `/livez` on `addr` until the returned task is aborted; the address
+/// bound (its port when `addr`'s is 0).
 pub fn serve_healthz(
     addr: SocketAddr,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let listener = http::bind(addr)?;
+    let bound = listener.local_addr()?;
     let handler = http::handler(move |path| -> Reply {
         let livez = match path {
             "/healthz" => false,
@@ -148,8 +150,8 @@ pub fn serve_healthz(
         metrics.health_answer(livez, code.as_u16());
         (code, "application/json", body)
     });
-    tracing::info!(address = %addr, "serving /healthz and /livez");
-    Ok(tokio::spawn(http::serve(listener, handler)))
+    tracing::info!(address = %bound, "serving /healthz and /livez");
+    Ok((tokio::spawn(http::serve(listener, handler)), bound))
 }
 
 /// The body and status a service health port answers with.

@@ -54,16 +54,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // kube-proxy's health timeout: twice the sync period.
     let status = Arc::new(Status::new(args.sync_period * 2));
     let mut servers = Vec::new();
-    if let Some(addr) = args.healthz_bind_address {
+    if let Some(addr) = args.healthz_bind_address.0 {
         servers.push(
             health::serve_healthz(addr, Arc::clone(&status), Arc::clone(&metrics))
-                .with_context(|| format!("serving /healthz on {addr}"))?,
+                .with_context(|| format!("serving /healthz on {addr}"))?
+                .0,
         );
     }
-    if let Some(addr) = args.metrics_bind_address {
+    if let Some(addr) = args.metrics_bind_address.0 {
         servers.push(
             metrics::serve_metrics(addr, Arc::clone(&metrics))
-                .with_context(|| format!("serving /metrics on {addr}"))?,
+                .with_context(|| format!("serving /metrics on {addr}"))?
+                .0,
         );
     }
 

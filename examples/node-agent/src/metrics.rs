@@ -451,12 +451,14 @@ pub fn no_local_endpoints(state: &DesiredState) -> (usize, usize) {
     (internal, external)
 }
 
-/// Serves `/metrics` on `addr` until the returned task is aborted.
+/// Serves `/metrics` on `addr` until the returned task is aborted; the address bound (its
+/// port when `addr`'s is 0).
 pub fn serve_metrics(
     addr: std::net::SocketAddr,
     metrics: std::sync::Arc<Metrics>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
     let listener = crate::http::bind(addr)?;
+    let bound = listener.local_addr()?;
     let handler = crate::http::handler(move |path| match path {
         "/metrics" => (
             hyper::StatusCode::OK,
@@ -469,6 +471,6 @@ pub fn serve_metrics(
             "404 page not found\n".to_owned(),
         ),
     });
-    tracing::info!(address = %addr, "serving /metrics");
-    Ok(tokio::spawn(crate::http::serve(listener, handler)))
+    tracing::info!(address = %bound, "serving /metrics");
+    Ok((tokio::spawn(crate::http::serve(listener, handler)), bound))
 }
