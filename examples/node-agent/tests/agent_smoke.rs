@@ -1,6 +1,7 @@
 //! The real binary on a lab node (root): over a manifest directory it makes a ClusterIP
 //! answer from another pod, follows an edit of the EndpointSlice, answers `/healthz`, leaves
-//! the datapath in place when stopped with SIGTERM, and `--cleanup` removes it.
+//! the datapath in place when stopped with SIGTERM (an open connection keeps working, also
+//! after a new agent adopted the datapath), and `--cleanup` removes it.
 //!
 //! ```text
 //!   node-0 (agent: nsenter --net=<node-0> dataplane-agent --manifests DIR)
@@ -19,17 +20,41 @@ use std::time::{Duration, Instant};
 
 use agent_common::{documents, namespace, node, pod, service, slice};
 use dataplane::Protocol;
-use dataplane_testkit::{probe, Lab, LabSpec, NetNs, ProbeOutcome};
+use dataplane_testkit::{probe, Lab, LabSpec, NetNs, ProbeOutcome, TcpSession};
 
 /// Generous: the agent loads eBPF programs, a loaded CI machine is slow.
 const DEADLINE: Duration = Duration::from_mins(1);
 
-/// The agent process; killed (and its datapath removed by `--cleanup`) however the test ends.
+/// The agent process, killed however the test ends.
 struct Agent {
     child: Option<Child>,
     args: Vec<String>,
     netns: PathBuf,
     log: PathBuf,
+}
+
+/// Runs `--cleanup` however the test ends (a killed agent leaves its datapath, on purpose).
+struct Cleanup {
+    args: Vec<String>,
+    netns: PathBuf,
+}
+
+impl Cleanup {
+    fn run(&self) -> ExitStatus {
+        let mut args = self.args.clone();
+        args.push("--cleanup".to_owned());
+        Agent::command(&self.netns, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = self.run();
+    }
 }
 
 impl Agent {
@@ -79,14 +104,13 @@ impl Agent {
         }
     }
 
-    fn cleanup(&self) -> ExitStatus {
-        let mut args = self.args.clone();
-        args.push("--cleanup".to_owned());
-        Self::command(&self.netns, &args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
+    /// Waits until the log has `count` sync lines.
+    fn wait_for_syncs(&self, count: usize) {
+        let start = Instant::now();
+        while self.log().matches(" synced").count() < count {
+            assert!(start.elapsed() < DEADLINE, "no sync:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -96,7 +120,6 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = self.cleanup();
     }
 }
 
@@ -143,10 +166,33 @@ fn write_slice(dir: &Path, pod_name: &str, ip: &str) {
 }
 
 #[test]
-fn the_agent_programs_a_lab_node_from_a_manifest_directory() {
-    if !dataplane_testkit::require_root("the_agent_programs_a_lab_node_from_a_manifest_directory") {
-        return;
+fn the_agent_programs_a_lab_node_from_a_manifest_directory_ebpf() {
+    if dataplane_testkit::require_root(
+        "the_agent_programs_a_lab_node_from_a_manifest_directory_ebpf",
+    ) {
+        smoke("ebpf");
     }
+}
+
+#[test]
+fn the_agent_programs_a_lab_node_from_a_manifest_directory_nftables() {
+    if dataplane_testkit::require_root(
+        "the_agent_programs_a_lab_node_from_a_manifest_directory_nftables",
+    ) {
+        smoke("nft");
+    }
+}
+
+#[test]
+fn the_agent_programs_a_lab_node_from_a_manifest_directory_iptables() {
+    if dataplane_testkit::require_root(
+        "the_agent_programs_a_lab_node_from_a_manifest_directory_iptables",
+    ) {
+        smoke("iptables");
+    }
+}
+
+fn smoke(backend: &str) {
     let lab = Lab::new(LabSpec {
         nodes: 1,
         pods_per_node: 3,
@@ -191,12 +237,14 @@ fn the_agent_programs_a_lab_node_from_a_manifest_directory() {
         "10.244.0.0/16",
         "--service-cidr",
         "10.96.0.0/12",
+        "--backend",
+        backend,
         "--min-sync-period",
         "100ms",
         "--bpf-pin-dir",
-        &format!("/sys/fs/bpf/dp-agent-smoke-{id}"),
+        &format!("/sys/fs/bpf/dp-agent-smoke-{id}-{backend}"),
         "--nft-table",
-        &format!("dpagent{id}"),
+        &format!("dpagent{id}{backend}"),
         "--iptables-prefix",
         "DPAS",
         "--healthz-bind-address",
@@ -207,8 +255,15 @@ fn the_agent_programs_a_lab_node_from_a_manifest_directory() {
     .iter()
     .map(ToString::to_string)
     .collect();
-    let log = dir.path().join("agent.log.txt");
-    let mut agent = Agent::start(node0.netns.path(), args, log);
+    let cleanup = Cleanup {
+        args: args.clone(),
+        netns: node0.netns.path().to_owned(),
+    };
+    let mut agent = Agent::start(
+        node0.netns.path(),
+        args.clone(),
+        dir.path().join("agent-1.log.txt"),
+    );
     let client = &lab.pod(0).netns;
     wait_for(client, "the ClusterIP answers from pod-0-1", &agent, |o| {
         o.backend() == Some(lab.pod(1).name.as_str())
@@ -227,7 +282,12 @@ fn the_agent_programs_a_lab_node_from_a_manifest_directory() {
     });
     let log = agent.log();
     assert!(log.contains("synced"), "one line per sync:\n{log}");
-    eprintln!("agent log:\n{log}");
+    eprintln!("{backend} agent log:\n{log}");
+
+    // A connection open across the stop and the restart.
+    let frontend: SocketAddr = "10.96.0.10:80".parse().unwrap();
+    let mut session = TcpSession::open(client, frontend).unwrap();
+    assert_eq!(session.request().unwrap().0, lab.pod(2).name);
 
     // SIGTERM: a clean exit, and the datapath stays.
     let status = agent.terminate();
@@ -238,9 +298,29 @@ fn the_agent_programs_a_lab_node_from_a_manifest_directory() {
         &agent,
         |o| o.backend() == Some(lab.pod(2).name.as_str()),
     );
+    assert_eq!(session.request().unwrap().0, lab.pod(2).name);
+
+    // A new agent adopts the datapath: its first (full) sync breaks nothing.
+    let restarted = Agent::start(node0.netns.path(), args, dir.path().join("agent-2.log.txt"));
+    restarted.wait_for_syncs(1);
+    assert!(restarted.log().contains("full=true"), "{}", restarted.log());
+    assert_eq!(
+        session
+            .request()
+            .expect("the connection survives the restart")
+            .0,
+        lab.pod(2).name
+    );
+    wait_for(
+        client,
+        "traffic flows under the new agent",
+        &restarted,
+        |o| o.backend() == Some(lab.pod(2).name.as_str()),
+    );
+    drop(restarted);
 
     // --cleanup removes it.
-    assert!(agent.cleanup().success());
+    assert!(cleanup.run().success());
     wait_for(
         client,
         "the ClusterIP is gone after --cleanup",
