@@ -28,8 +28,6 @@ const DEADLINE: Duration = Duration::from_mins(1);
 /// The agent process, killed however the test ends.
 struct Agent {
     child: Option<Child>,
-    args: Vec<String>,
-    netns: PathBuf,
     log: PathBuf,
 }
 
@@ -69,17 +67,15 @@ impl Agent {
         cmd
     }
 
-    fn start(netns: &Path, args: Vec<String>, log: PathBuf) -> Agent {
+    fn start(netns: &Path, args: &[String], log: PathBuf) -> Agent {
         let file = std::fs::File::create(&log).unwrap();
-        let child = Self::command(netns, &args)
+        let child = Self::command(netns, args)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .expect("nsenter runs");
         Agent {
             child: Some(child),
-            args,
-            netns: netns.to_owned(),
             log,
         }
     }
@@ -192,16 +188,9 @@ fn the_agent_programs_a_lab_node_from_a_manifest_directory_iptables() {
     }
 }
 
-fn smoke(backend: &str) {
-    let lab = Lab::new(LabSpec {
-        nodes: 1,
-        pods_per_node: 3,
-        external_clients: 0,
-        ipv6: false,
-    })
-    .unwrap();
+/// The Node, the Namespace, the lab's pods, Service `web` and its slice to pod-0-1.
+fn write_cluster(lab: &Lab, dir: &Path) {
     let node0 = lab.node(0);
-    let dir = tempfile::tempdir().unwrap();
     let pods: Vec<String> = (0..3)
         .map(|p| {
             let lp = lab.pod(p);
@@ -218,19 +207,17 @@ fn smoke(backend: &str) {
         namespace("default"),
     ];
     cluster.extend(pods);
-    std::fs::write(dir.path().join("cluster.yaml"), documents(&cluster)).unwrap();
-    std::fs::write(
-        dir.path().join("web.yaml"),
-        service("web", "10.96.0.10", 80, None),
-    )
-    .unwrap();
-    let backend1 = lab.pod(1).addresses[0].to_string();
-    write_slice(dir.path(), &lab.pod(1).name, &backend1);
+    std::fs::write(dir.join("cluster.yaml"), documents(&cluster)).unwrap();
+    std::fs::write(dir.join("web.yaml"), service("web", "10.96.0.10", 80, None)).unwrap();
+    write_slice(dir, &lab.pod(1).name, &lab.pod(1).addresses[0].to_string());
+}
 
+/// The agent's command line for node-0 over `dir` with `backend` (names of its own).
+fn agent_args(dir: &Path, backend: &str) -> Vec<String> {
     let id = std::process::id();
-    let args: Vec<String> = [
+    [
         "--manifests",
-        &dir.path().display().to_string(),
+        &dir.display().to_string(),
         "--hostname-override",
         "node-0",
         "--cluster-cidr",
@@ -254,14 +241,28 @@ fn smoke(backend: &str) {
     ]
     .iter()
     .map(ToString::to_string)
-    .collect();
+    .collect()
+}
+
+fn smoke(backend: &str) {
+    let lab = Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 3,
+        external_clients: 0,
+        ipv6: false,
+    })
+    .unwrap();
+    let node0 = lab.node(0);
+    let dir = tempfile::tempdir().unwrap();
+    write_cluster(&lab, dir.path());
+    let args = agent_args(dir.path(), backend);
     let cleanup = Cleanup {
         args: args.clone(),
         netns: node0.netns.path().to_owned(),
     };
     let mut agent = Agent::start(
         node0.netns.path(),
-        args.clone(),
+        &args,
         dir.path().join("agent-1.log.txt"),
     );
     let client = &lab.pod(0).netns;
@@ -301,7 +302,11 @@ fn smoke(backend: &str) {
     assert_eq!(session.request().unwrap().0, lab.pod(2).name);
 
     // A new agent adopts the datapath: its first (full) sync breaks nothing.
-    let restarted = Agent::start(node0.netns.path(), args, dir.path().join("agent-2.log.txt"));
+    let restarted = Agent::start(
+        node0.netns.path(),
+        &args,
+        dir.path().join("agent-2.log.txt"),
+    );
     restarted.wait_for_syncs(1);
     assert!(restarted.log().contains("full=true"), "{}", restarted.log());
     assert_eq!(
