@@ -4,4 +4,5 @@
 //! [`run`](crate); the parts are public so that tests and benchmarks drive them directly.
 #![warn(missing_docs)]
 
+pub mod kube_source;
 pub mod source;
