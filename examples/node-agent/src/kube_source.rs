@@ -2,23 +2,26 @@
 //! turned into [`SourceEvent`]s on the agent's channel.
 //!
 //! ```text
-//!  Services        !service-proxy-name / headless label selectors ─┐
-//!  EndpointSlices  (dataplane_kube::*_label_selector, kube-proxy's) ─┤
-//!  NetworkPolicies all                                               ├─▶ watcher ─▶ Listed / Applied /
-//!  Pods            not Succeeded / Failed (field selector)           │   Deleted / Error ─▶ mpsc
-//!  Namespaces      all                                               │
-//!  Node            metadata.name=<this node> (field selector) ──────┘
+//!  Services        label: dataplane_kube::service_label_selector ─┐
+//!                  field: spec.clusterIP!=None                    │
+//!  EndpointSlices  label: dataplane_kube::endpoint_slice_label_…  │
+//!  NetworkPolicies all                                            ├─▶ watchers ─▶ SourceEvent
+//!  Pods            field: status.phase!=Failed,…!=Succeeded       │   (Listed, Applied, Deleted,
+//!                                                                 │   Error) ─▶ mpsc
+//!  Namespaces      all                                            │
+//!  Node            field: metadata.name=<this node> ──────────────┘
 //! ```
 //!
 //! What each watch asks for, and why:
-//! - Services and EndpointSlices are filtered on the server with the label selectors kube-proxy
-//!   uses (`cmd/kube-proxy/app/server.go`, `ProxyServer.Run`: `!service.kubernetes.io/service-proxy-name`
-//!   on Services, `!service.kubernetes.io/headless` on EndpointSlices), taken from
+//! - Services and EndpointSlices are filtered on the server as kube-proxy filters them
+//!   (`cmd/kube-proxy/app/server.go`, `ProxyServer.Run`:
+//!   `!service.kubernetes.io/service-proxy-name` and `spec.clusterIP!=None` on Services,
+//!   `!service.kubernetes.io/headless` on EndpointSlices). The label selectors come from
 //!   [`dataplane_kube::service_label_selector`] and
-//!   [`dataplane_kube::endpoint_slice_label_selector`] so that the translation and the watch
+//!   [`dataplane_kube::endpoint_slice_label_selector`], so that the translation and the watch
 //!   agree on which objects are ours.
-//! - The Node is watched by name (`metadata.name=<node>`), as kube-proxy's `NodeConfig` does: the
-//!   agent needs its own Node only (addresses, podCIDRs, the draining taint).
+//! - The Node is watched by name (`metadata.name=<node>`), as kube-proxy's node informer is:
+//!   the agent needs its own Node only (addresses, podCIDRs, the draining taint).
 //! - Pods are watched cluster-wide, because NetworkPolicy peers are selected across namespaces
 //!   and nodes, but without finished pods (`status.phase!=Failed,status.phase!=Succeeded`):
 //!   a finished pod has released its address, which may already belong to another pod, and
@@ -44,9 +47,11 @@
 //! `WatchList` feature on the server, and the plain list works everywhere.
 //!
 //! Errors: every watcher error becomes a [`SourceEvent::Error`] naming the kind, and the watch
-//! is retried after kube-rs' [`default_backoff`](kube::runtime::WatchStreamExt::default_backoff): client-go's
-//! reflector backoff (exponential from 800 ms, doubling, capped at 30 s, with jitter, reset after
-//! 120 s without errors).
+//! is retried after kube-rs'
+//! [`default_backoff`](kube::runtime::WatchStreamExt::default_backoff), which is client-go's
+//! reflector backoff: exponential from 800 ms, doubling, capped at 30 s, with jitter, starting
+//! over once 120 s have passed since the last error. (The kube client itself retries only 429,
+//! 503 and 504 answers, three times, before the watcher sees them.)
 
 use std::{fmt::Debug, path::Path};
 
@@ -77,7 +82,9 @@ use crate::source::SourceEvent;
 pub const POD_FIELD_SELECTOR: &str = "status.phase!=Failed,status.phase!=Succeeded";
 
 /// Field selector of the Service watch: headless Services (`clusterIP: None`) have nothing to
-/// proxy, and kube-proxy leaves them out on the server the same way.
+/// proxy, and kube-proxy leaves them out on the server the same way (kubernetes/kubernetes
+/// #126769, kube-proxy 1.32). API servers support this selector since 1.31 (#123905); an older
+/// one rejects the Service watch with 400, which [`run`] reports as an error on every retry.
 pub const SERVICE_FIELD_SELECTOR: &str = "spec.clusterIP!=None";
 
 /// The annotation `kubectl apply` leaves on every object it applied: a full copy of the
@@ -102,8 +109,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
                 .await
                 .with_context(|| format!("loading kubeconfig {}", path.display()))?
         }
-        None => kube::Config::incluster()
-            .context("no --kubeconfig given and no in-cluster configuration (service account, KUBERNETES_SERVICE_HOST)")?,
+        None => kube::Config::incluster().context(
+            "no --kubeconfig given and no in-cluster configuration \
+             (service account token, KUBERNETES_SERVICE_HOST)",
+        )?,
     };
     Client::try_from(config).context("building the Kubernetes client")
 }

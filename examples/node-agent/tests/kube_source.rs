@@ -10,10 +10,11 @@
 //!
 //! ```text
 //!   kube_source::run ──kube::Client──▶ fake API server (127.0.0.1:port)
-//!        │                                ├─ GET /api/v1/services?labelSelector=…&limit=500&resourceVersion=0…
-//!        ▼                                │     ◀─ tests/kube_api/services.json
-//!   mpsc<SourceEvent> ◀── test asserts    └─ GET /api/v1/services?watch=true&resourceVersion=1043…
-//!                                               ◀─ tests/kube_api/services.watch-*.jsonl, then held open or closed
+//!        │                  ├─ GET /api/v1/services?labelSelector=…&resourceVersion=0&…
+//!        ▼                  │     ◀─ tests/kube_api/services.json
+//!   mpsc<SourceEvent>       └─ GET /api/v1/services?watch=true&resourceVersion=1043&…
+//!        ▲                        ◀─ tests/kube_api/services.watch-*.jsonl,
+//!   test asserts                     then the stream is held open or closed
 //! ```
 //!
 //! Nothing here is timed: every wait is for a condition, with a generous deadline that only
@@ -235,7 +236,12 @@ fn answer(
         return Ok(status(
             StatusCode::NOT_FOUND,
             format!(
-                r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{{}},"code":404,"path":"{path}"}}"#
+                concat!(
+                    r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","#,
+                    r#""message":"the server could not find the requested resource","#,
+                    r#""reason":"NotFound","details":{{}},"code":404,"path":"{path}"}}"#
+                ),
+                path = path
             ),
         ));
     };
@@ -656,9 +662,10 @@ async fn a_dropped_watch_resumes_from_the_last_bookmark() {
     })
     .await;
     assert!(
-        before.iter().any(
-            |e| matches!(e, SourceEvent::Listed { kind: Kind::EndpointSlice, objects } if objects.len() == 2)
-        ),
+        before.iter().any(|e| matches!(
+            e,
+            SourceEvent::Listed { kind: Kind::EndpointSlice, objects } if objects.len() == 2
+        )),
         "listed before the watch's events: {before:?}"
     );
     assert_eq!(slice.metadata.name.as_deref(), Some("api-q8w4n"));
@@ -817,9 +824,11 @@ async fn client_from_a_kubeconfig_file() {
     std::fs::write(
         &path,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: agent\n    namespace: kube-system\n\
-             current-context: fake\nusers:\n- name: agent\n  user:\n    token: recorded-token\n",
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: agent\n\
+             current-context: fake\n\
+             users:\n- name: agent\n  user:\n    token: recorded-token\n",
             api.addr
         ),
     )
