@@ -196,6 +196,17 @@ pub async fn run(
     }
 }
 
+/// [`run`] on its own task, for callers that hold owned names (the agent's command line): the
+/// task ends when the receiver of `tx` is dropped.
+pub fn spawn(
+    client: Client,
+    node_name: String,
+    proxy_name: Option<String>,
+    tx: mpsc::Sender<SourceEvent>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move { run(client, &node_name, proxy_name.as_deref(), tx).await })
+}
+
 /// One kind's watch as a stream of source events.
 ///
 /// The watcher reports a list as `Init`, `InitApply` per object, `InitDone`; the objects are
@@ -259,8 +270,10 @@ fn slim<K: Resource>(mut object: K) -> K {
     object
 }
 
-/// An error and its causes on one line (`watch of Service: failed to perform initial object
-/// list: ...: ...`), because the event carries a string and the causes say what went wrong.
+/// An error and its causes on one line, because the event carries a string and the causes say
+/// what went wrong. Unlike `dataplane::error_chain` it skips a cause whose text the message
+/// already holds: kube-rs' errors print their source inside their own message (`failed to
+/// perform initial object list: {source}`).
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();

@@ -251,6 +251,10 @@ fn answer(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // The API server sends bookmarks only to watches that ask for them.
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
     let reply = {
         let mut script = script.lock().unwrap();
         script.requests.push(Recorded {
@@ -285,6 +289,7 @@ fn answer(
             let events = stream::iter(
                 events
                     .into_iter()
+                    .filter(move |e| bookmarks || !e.contains(r#""type":"BOOKMARK""#))
                     .map(|e| Ok(Frame::data(Bytes::from(format!("{e}\n"))))),
             );
             let body = if hold {
@@ -837,7 +842,7 @@ async fn client_from_a_kubeconfig_file() {
         .await
         .expect("client from kubeconfig");
     let (tx, mut rx) = mpsc::channel(64);
-    let _task = tokio::spawn(async move { kube_source::run(client, NODE, None, tx).await });
+    let _task = kube_source::spawn(client, NODE.to_owned(), None, tx);
     initial_lists(&mut rx).await;
     assert_eq!(
         api.requests(Kind::Node, false)[0].authorization.as_deref(),
