@@ -58,7 +58,7 @@ use std::{fmt::Debug, path::Path};
 use anyhow::Context as _;
 use dataplane_kube::{
     k8s_openapi::api::{
-        core::v1::{Namespace, Node, Pod, Service},
+        core::v1::{Container, Namespace, Node, Pod, PodSpec, PodStatus, Service},
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
@@ -228,18 +228,14 @@ where
                     None
                 }
                 Ok(watcher::Event::InitApply(object)) => {
-                    listing
-                        .get_or_insert_with(Vec::new)
-                        .push(Object::from(slim(object)));
+                    listing.get_or_insert_with(Vec::new).push(slim(object));
                     None
                 }
                 Ok(watcher::Event::InitDone) => Some(SourceEvent::Listed {
                     kind,
                     objects: listing.take().unwrap_or_default(),
                 }),
-                Ok(watcher::Event::Apply(object)) => {
-                    Some(SourceEvent::Applied(Object::from(slim(object))))
-                }
+                Ok(watcher::Event::Apply(object)) => Some(SourceEvent::Applied(slim(object))),
                 Ok(watcher::Event::Delete(object)) => Some(match Object::from(object).key() {
                     Ok(key) => SourceEvent::Deleted(key),
                     Err(error) => SourceEvent::Error {
@@ -257,17 +253,69 @@ where
         .boxed()
 }
 
-/// Drops what the store never reads and that can outweigh the rest of an object:
-/// `metadata.managedFields` (server-side apply's bookkeeping, often the largest part of a
-/// Pod) and kubectl's last-applied copy. kube-rs suggests exactly this with
-/// [`watcher::Event::modify`]; it keeps the agent's memory proportional to what it uses.
-fn slim<K: Resource>(mut object: K) -> K {
+/// The object as the store keeps it: without what the translation never reads and that can
+/// outweigh the rest. From every object, `metadata.managedFields` (server-side apply's
+/// bookkeeping) and kubectl's last-applied copy, as kube-rs suggests with
+/// [`watcher::Event::modify`]; from Pods, everything but what [`dataplane_kube`] reads of
+/// them (see [`slim_pod`]). The agent's memory then grows with what it uses: the Pods of a
+/// cluster are most of what it watches, and a Pod's containers (images, commands,
+/// environment, probes, volume mounts) and container statuses are most of a Pod. Cilium keeps
+/// "slim" copies of the Kubernetes types for the same reason (`pkg/k8s/slim`).
+fn slim<K: Resource>(mut object: K) -> Object
+where
+    Object: From<K>,
+{
     let metadata = object.meta_mut();
     metadata.managed_fields = None;
     if let Some(annotations) = &mut metadata.annotations {
         annotations.remove(LAST_APPLIED);
     }
-    object
+    match Object::from(object) {
+        Object::Pod(pod) => Object::Pod(Box::new(slim_pod(*pod))),
+        other => other,
+    }
+}
+
+/// A Pod reduced to what the translation reads (dataplane-kube's `pod.rs`): the metadata
+/// (name, namespace, labels, deletionTimestamp), `spec.hostNetwork`, `spec.nodeName`, the
+/// containers' names and ports (NetworkPolicy named ports) and, of init containers, the same
+/// plus `restartPolicy` (sidecars' ports are the pod's too), `status.phase`, `status.podIP`
+/// and `status.podIPs`. A field the translation starts to read must be kept here: the test
+/// `slimmed_objects_translate_as_the_recorded_ones` compares the translation of slimmed and
+/// recorded objects.
+fn slim_pod(pod: Pod) -> Pod {
+    let Pod {
+        metadata,
+        spec,
+        status,
+    } = pod;
+    Pod {
+        metadata,
+        spec: spec.map(|spec| PodSpec {
+            host_network: spec.host_network,
+            node_name: spec.node_name,
+            containers: spec.containers.into_iter().map(slim_container).collect(),
+            init_containers: spec
+                .init_containers
+                .map(|containers| containers.into_iter().map(slim_container).collect()),
+            ..PodSpec::default()
+        }),
+        status: status.map(|status| PodStatus {
+            phase: status.phase,
+            pod_ip: status.pod_ip,
+            pod_ips: status.pod_ips,
+            ..PodStatus::default()
+        }),
+    }
+}
+
+fn slim_container(container: Container) -> Container {
+    Container {
+        name: container.name,
+        ports: container.ports,
+        restart_policy: container.restart_policy,
+        ..Container::default()
+    }
 }
 
 /// An error and its causes on one line, because the event carries a string and the causes say

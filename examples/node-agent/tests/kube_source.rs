@@ -23,14 +23,21 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use dataplane_agent::{kube_source, source::SourceEvent};
-use dataplane_kube::{Kind, Object, ObjectKey};
+use dataplane_kube::{
+    k8s_openapi::api::{
+        core::v1::{Namespace, Node, Pod, Service},
+        discovery::v1::EndpointSlice,
+        networking::v1::NetworkPolicy,
+    },
+    Cluster, Kind, Object, ObjectKey, Settings, Translation,
+};
 use futures::{stream, StreamExt as _};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::{
@@ -502,7 +509,11 @@ async fn initial_list_of_the_six_kinds() {
     );
     assert_eq!(
         keys(&listed[&Kind::Pod]),
-        ["Pod default/client", "Pod default/web-0"]
+        [
+            "Pod default/client",
+            "Pod default/web-0",
+            "Pod kube-system/node-exporter-7kq2d"
+        ]
     );
     assert_eq!(
         keys(&listed[&Kind::Namespace]),
@@ -858,4 +869,100 @@ async fn client_from_a_kubeconfig_file() {
         format!("{error:#}").contains(&missing.display().to_string()),
         "the error names the file: {error:#}"
     );
+}
+
+/// The objects of a recorded list, parsed as they are (no slimming).
+fn recorded_objects(kind: Kind) -> Vec<Object> {
+    fn parse<K: serde::de::DeserializeOwned>(item: serde_json::Value) -> K {
+        serde_json::from_value(item).expect("a recorded item")
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&fixture(list_fixture(kind))).expect("a recorded list");
+    let items = list["items"].as_array().expect("items").iter().cloned();
+    items
+        .map(|item| match kind {
+            Kind::Service => Object::from(parse::<Service>(item)),
+            Kind::EndpointSlice => Object::from(parse::<EndpointSlice>(item)),
+            Kind::NetworkPolicy => Object::from(parse::<NetworkPolicy>(item)),
+            Kind::Pod => Object::from(parse::<Pod>(item)),
+            Kind::Namespace => Object::from(parse::<Namespace>(item)),
+            Kind::Node => Object::from(parse::<Node>(item)),
+        })
+        .collect()
+}
+
+fn translate(lists: BTreeMap<Kind, Vec<Object>>) -> Translation {
+    let template = dataplane::Node::new(NODE, [])
+        .with_cluster_cidrs(["10.244.0.0/16".parse().unwrap()])
+        .with_service_cidrs(["10.96.0.0/12".parse().unwrap()]);
+    let mut cluster = Cluster::new(Settings::new(NODE, template));
+    for (kind, objects) in lists {
+        cluster
+            .replace(kind, objects)
+            .expect("the recorded objects");
+    }
+    // web-0 is this node's pod; its host-side interface as Calico would name it.
+    let interfaces = |_: &dataplane::ObjectName, _: &[IpAddr]| Some("cali1a2b3c4d5e6".to_owned());
+    cluster.translate(&interfaces).expect("a state")
+}
+
+#[tokio::test]
+async fn slimmed_objects_translate_as_the_recorded_ones() {
+    let api = FakeApi::start().await;
+    let (mut rx, _task) = start_source(&api, None);
+    let slimmed = initial_lists(&mut rx).await;
+    let recorded: BTreeMap<Kind, Vec<Object>> = Kind::ALL
+        .into_iter()
+        .map(|kind| (kind, recorded_objects(kind)))
+        .collect();
+
+    // What the source dropped from the pods is most of them...
+    let size = |objects: &[Object]| serde_json::to_string(&pods(objects)).unwrap().len();
+    assert!(
+        size(&slimmed[&Kind::Pod]) * 2 < size(&recorded[&Kind::Pod]),
+        "slimmed pods {} bytes, recorded {}",
+        size(&slimmed[&Kind::Pod]),
+        size(&recorded[&Kind::Pod])
+    );
+    // ...and nothing the translation reads.
+    let from_slimmed = translate(slimmed);
+    let from_recorded = translate(recorded);
+    assert_eq!(from_slimmed, from_recorded);
+
+    // The comparison is worth something: the recorded objects make a state with a local
+    // endpoint whose named port a policy uses, a peer pod, the policy and the service.
+    let state = &from_recorded.state;
+    let web = state
+        .endpoints
+        .iter()
+        .find(|e| e.name.name == "web-0")
+        .expect("web-0 is a local endpoint");
+    assert!(!web.named_ports.is_empty(), "{web:?}");
+    let client = state
+        .pods
+        .iter()
+        .find(|p| p.name.name == "client")
+        .expect("client is a peer pod");
+    assert_eq!(client.ips.len(), 2, "dual-stack: {client:?}");
+    let host_network = |name: &str| name.starts_with("node-exporter");
+    assert!(
+        !state.endpoints.iter().any(|e| host_network(&e.name.name))
+            && !state.pods.iter().any(|p| host_network(&p.name.name)),
+        "a host-network pod is neither an endpoint nor a peer: {state:#?}"
+    );
+    assert_eq!(state.policies.len(), 1, "{state:#?}");
+    assert!(
+        state.services.iter().any(|s| s.name.name == "web"),
+        "{state:#?}"
+    );
+}
+
+fn pods(objects: &[Object]) -> Vec<&Pod> {
+    objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Pod(pod) => Some(&**pod),
+            _ => None,
+        })
+        .collect()
 }
