@@ -46,6 +46,11 @@
 //! [`SourceEvent::Listed`]. Streaming lists (`sendInitialEvents`) are not used: they need the
 //! `WatchList` feature on the server, and the plain list works everywhere.
 //!
+//! Objects are kept slim: `managedFields` and kubectl's last-applied copy go from every
+//! object, and Pods keep only what the translation reads of them (metadata, `hostNetwork`,
+//! `nodeName`, the containers' names and ports, `phase`, `podIP(s)`): a cluster's Pods are
+//! most of what the agent watches, and the rest of a Pod is most of its size.
+//!
 //! Errors: every watcher error becomes a [`SourceEvent::Error`] naming the kind, and the watch
 //! is retried after kube-rs'
 //! [`default_backoff`](kube::runtime::WatchStreamExt::default_backoff), which is client-go's
@@ -143,7 +148,7 @@ pub fn watch_config(kind: Kind, node_name: &str, proxy_name: Option<&str>) -> wa
 /// is dropped (then returns `Ok`).
 ///
 /// For each kind the first event is a [`SourceEvent::Listed`] with every object of the kind
-/// (the list, paginated by the watcher, gathered into one event), then [`SourceEvent::Applied`]
+/// (the watcher's per-object list events gathered into one), then [`SourceEvent::Applied`]
 /// and [`SourceEvent::Deleted`] as the watch reports them, and a new `Listed` whenever the
 /// watch had to relist. Errors never end the source: each is sent as a [`SourceEvent::Error`]
 /// and the watch retries after a backoff.
