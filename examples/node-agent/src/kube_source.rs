@@ -46,6 +46,10 @@
 //! [`SourceEvent::Listed`]. Streaming lists (`sendInitialEvents`) are not used: they need the
 //! `WatchList` feature on the server, and the plain list works everywhere.
 //!
+//! Each watch holds its own HTTP/1.1 connection (kube-rs' client speaks no HTTP/2), so an
+//! agent keeps six connections to the API server where client-go multiplexes its informers
+//! over one HTTP/2 connection.
+//!
 //! Objects are kept slim: `managedFields` and kubectl's last-applied copy go from every
 //! object, and Pods keep only what the translation reads of them (metadata, `hostNetwork`,
 //! `nodeName`, the containers' names and ports, `phase`, `podIP(s)`): a cluster's Pods are
