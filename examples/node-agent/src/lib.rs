@@ -13,6 +13,7 @@ pub mod cli;
 pub mod health;
 pub mod http;
 pub mod interfaces;
+pub mod kube_source;
 pub mod manifests;
 pub mod metrics;
 pub mod reconcile;
