@@ -39,7 +39,7 @@ use crate::metrics::{Metrics, Programmed};
 use crate::runner::{Periods, RunKind, Runner};
 use crate::source::SourceEvent;
 
-/// How often the dataplane's counters are read into the metrics between syncs.
+/// How often the dataplane's counters are read into the metrics.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A resolver of pod interfaces whose cache the loop empties before each sync.
@@ -610,9 +610,10 @@ impl Reconciler {
                     }
                 }
                 () = sleep => {
-                    if self.sync_if_due(Instant::now()).await.is_some() {
-                        self.read_stats().await;
-                    }
+                    // Counters are read on their own timer only: the eBPF dataplane counts
+                    // its connections by walking its conntrack table, which a sync must not
+                    // wait for.
+                    self.sync_if_due(Instant::now()).await;
                 }
                 _ = stats_timer.tick() => self.read_stats().await,
                 changed = maintenance.changed(), if maintenance_open => {

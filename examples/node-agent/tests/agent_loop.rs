@@ -397,3 +397,75 @@ async fn translation_warnings_are_reported_and_counted() {
         .encode()
         .contains("dataplane_translation_warnings 1"));
 }
+
+/// Waits (generously) until `done()`.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_mins(1), "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_running_loop_follows_a_manifest_directory_until_shutdown() {
+    let h = harness(Duration::from_mins(1));
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+    write(
+        "cluster.yaml",
+        agent_common::documents(&[
+            node("node-0", "172.18.0.10", "10.244.0.0/24", None),
+            namespace("default"),
+        ]),
+    );
+    write(
+        "web.yaml",
+        agent_common::documents(&[
+            service("web", "10.96.0.10", 80, None),
+            slice("web-1", "web", &[("10.244.1.11", "node-1", "pod-1-1")]),
+        ]),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let source = dataplane_agent::manifests::spawn(dir.path(), tx).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let fake = h.fake.clone();
+    let running = tokio::spawn(h.reconciler.run(rx, async {
+        let _ = stopped.await;
+    }));
+    let backends = move || {
+        fake.applied().map(|s| {
+            s.services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .map(|b| b.ip)
+                .collect::<Vec<_>>()
+        })
+    };
+    let b = backends.clone();
+    eventually("the first sync", move || {
+        b() == Some(vec!["10.244.1.11".parse::<IpAddr>().unwrap()])
+    })
+    .await;
+    write(
+        "web.yaml",
+        agent_common::documents(&[
+            service("web", "10.96.0.10", 80, None),
+            slice("web-1", "web", &[("10.244.1.12", "node-1", "pod-1-2")]),
+        ]),
+    );
+    let b = backends.clone();
+    eventually("the edit is synced", move || {
+        b() == Some(vec!["10.244.1.12".parse::<IpAddr>().unwrap()])
+    })
+    .await;
+    std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
+    eventually("the deletion is synced", move || backends() == Some(vec![])).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().expect("a shutdown is no error");
+    drop(source);
+    assert!(h
+        .metrics
+        .encode()
+        .contains("kubeproxy_sync_proxy_rules_service_changes_total"));
+}
