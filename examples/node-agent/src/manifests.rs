@@ -113,9 +113,10 @@ impl ManifestDir {
     /// then `Listed` for every kind, empty ones included.
     pub fn list(&mut self) -> anyhow::Result<Vec<SourceEvent>> {
         let mut events = Vec::new();
-        let names = self.manifest_files()?;
-        let known: Vec<PathBuf> = self.files.keys().cloned().collect();
-        for path in names.iter().chain(&known) {
+        // The files there now, and those known from before that may be gone.
+        let mut paths: BTreeSet<PathBuf> = self.manifest_files()?.into_iter().collect();
+        paths.extend(self.files.keys().cloned());
+        for path in &paths {
             self.read_into(path, &mut events);
         }
         let mut by_kind: BTreeMap<Kind, Vec<Object>> =

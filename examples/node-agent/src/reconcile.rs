@@ -150,6 +150,8 @@ pub struct SyncOutcome {
     pub report: Option<ApplyReport>,
     /// Services, endpoints (local pods) and policies in the state.
     pub counts: (usize, usize, usize),
+    /// The translation's warnings (every current one, logged only when new).
+    pub warnings: Vec<String>,
 }
 
 /// Where the loop reports: health, metrics, health-check ports.
@@ -400,6 +402,7 @@ impl Reconciler {
                     kind,
                     report: None,
                     counts: (0, 0, 0),
+                    warnings: Vec::new(),
                 };
                 self.last_outcome = Some(outcome.clone());
                 return outcome;
@@ -409,6 +412,11 @@ impl Reconciler {
         self.metrics
             .translation_warnings
             .set(i64::try_from(translation.warnings.len()).unwrap_or(i64::MAX));
+        let warnings: Vec<String> = translation
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let state = translation.state;
         let counts = (
             state.services.len(),
@@ -424,10 +432,14 @@ impl Reconciler {
         let took = ended - started;
         match result {
             Ok(report) => {
-                self.synced(
-                    kind, started, ended, report, &checks, programmed, backends, changes,
-                )
-                .await
+                let mut outcome = self
+                    .synced(
+                        kind, started, ended, report, &checks, programmed, backends, changes,
+                    )
+                    .await;
+                outcome.warnings = warnings;
+                self.last_outcome = Some(outcome.clone());
+                outcome
             }
             Err(e) => {
                 self.runner.finished(kind, started, ended, false);
@@ -447,6 +459,7 @@ impl Reconciler {
                     kind,
                     report: None,
                     counts,
+                    warnings,
                 };
                 self.last_outcome = Some(outcome.clone());
                 outcome
@@ -512,13 +525,12 @@ impl Reconciler {
             self.metrics
                 .table_fill("backends", backends, caps.max_backends);
         }
-        let outcome = SyncOutcome {
+        SyncOutcome {
             kind,
             report: Some(report),
             counts,
-        };
-        self.last_outcome = Some(outcome.clone());
-        outcome
+            warnings: Vec::new(),
+        }
     }
 
     /// Logs the warnings that are new since the last sync: once per object version, not

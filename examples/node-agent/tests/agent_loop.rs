@@ -34,13 +34,19 @@ fn objects(kind: Kind, yamls: &[String]) -> SourceEvent {
     }
 }
 
-/// A port nobody listens on now (the test's servers then bind it).
+/// A NodePort (health check ports are NodePorts) nobody listens on now on 127.0.0.1, a
+/// different one per test of this binary.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind((LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 31_000 + (std::process::id() % 1000) as u16;
+    loop {
+        let port = start + NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(port <= 32_767, "no free NodePort");
+        if std::net::TcpListener::bind((LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `GET path` on `addr`: status and body, `None` when nothing listens.
@@ -149,6 +155,7 @@ async fn syncs_wait_for_every_kind_then_program_the_translated_state() {
         .await
         .expect("the first sync is due once every kind listed");
     assert_eq!(outcome.kind, RunKind::Full);
+    assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
     let report = outcome.report.expect("synced");
     assert!(report.full_sync);
     assert_eq!(outcome.counts.0, 1, "one service");
@@ -368,4 +375,25 @@ async fn metrics_are_served_under_kube_proxy_names() {
     // The trigger time is in 2026-01-01: the observed latency is positive (and large).
     assert!(!text.contains("kubeproxy_network_programming_duration_seconds_sum 0\n"));
     server.abort();
+}
+
+#[tokio::test]
+async fn translation_warnings_are_reported_and_counted() {
+    let mut h = harness(Duration::from_mins(1));
+    // 40000 is outside the NodePort range: the service is programmed without health check.
+    list_all(&mut h, 40_000);
+    let outcome = h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert!(outcome.report.is_some());
+    assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
+    assert!(
+        outcome.warnings[0].contains("Service default/web")
+            && outcome.warnings[0].contains("spec.healthCheckNodePort"),
+        "{:?}",
+        outcome.warnings
+    );
+    assert!(h.reconciler.health_ports().is_empty());
+    assert!(h
+        .metrics
+        .encode()
+        .contains("dataplane_translation_warnings 1"));
 }
