@@ -369,7 +369,7 @@ fn translate(lab: &Lab, dir: &Path) -> anyhow::Result<Vec<DesiredState>> {
 
 fn traffic_table(lab: &Lab, states: &[DesiredState]) -> anyhow::Result<usize> {
     println!(
-        "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<26} ok",
+        "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<36} ok",
         "client", "frontend", "destination", "", "backend", "source seen by backend", "expected"
     );
     let mut failures = 0;
@@ -412,7 +412,7 @@ fn traffic_table(lab: &Lab, states: &[DesiredState]) -> anyhow::Result<usize> {
             failures += 1;
         }
         println!(
-            "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<26} {}",
+            "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<36} {}",
             format!("{name} ({client_ip})"),
             row.frontend,
             row.destination.to_string(),
