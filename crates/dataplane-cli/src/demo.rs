@@ -200,24 +200,14 @@ pub fn run(selection: Selection, agent: Option<&Path>) -> anyhow::Result<()> {
     }
     drop(agents);
     drop(lab);
-    let keep = !matches!(result, Ok(0)) || cleanup_failed;
-    let failures = match result {
-        Ok(n) => n,
-        Err(e) => {
-            let dir = work.keep();
-            return Err(e.context(format!(
-                "the manifests and the agents' logs are kept in {}",
-                dir.display()
-            )));
-        }
-    };
-    if keep {
+    if !matches!(result, Ok(0)) || cleanup_failed {
         let dir = work.keep();
         eprintln!(
             "the manifests and the agents' logs are kept in {}",
             dir.display()
         );
     }
+    let failures = result?;
     if failures > 0 {
         bail!("{failures} row(s) disagree with the reference model");
     }
