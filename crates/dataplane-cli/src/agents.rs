@@ -6,9 +6,11 @@
 //! latter remounts `/sys` for the command, which hides the bpffs the eBPF dataplane pins its
 //! maps in. `nsenter` execs the agent, so the child's pid is the agent's.
 //!
-//! "Synced" is read from kube-proxy's `kubeproxy_sync_proxy_rules_last_timestamp_seconds`,
-//! which the agent sets after each successful sync; the demo asks through a socket opened in
-//! the node's namespace (the metrics listen on the node's loopback only).
+//! "Synced" is read from kube-proxy's gauges `kubeproxy_sync_proxy_rules_last_timestamp_seconds`
+//! (set after each successful sync) and `..._last_queued_timestamp_seconds` (set when a change
+//! is queued): an edit is programmed once a change was queued after it and a sync ended after
+//! that. The demo asks through a socket opened in the node's namespace (the metrics listen on
+//! the node's loopback only).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
