@@ -251,6 +251,14 @@ async fn health_check_ports_follow_local_endpoints_and_services() {
     let (code, body) = get(hc_addr, "/anything").await.unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains(r#""localEndpoints":0"#), "{body}");
+    // kube-proxy's gauge counts the port that has endpoints, none here.
+    let text = h.metrics.encode();
+    assert!(
+        text.contains(
+            r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"} 1"#
+        ),
+        "{text}"
+    );
     // The service goes: the port closes.
     h.reconciler.handle(SourceEvent::Deleted(ObjectKey {
         kind: Kind::Service,
