@@ -336,36 +336,32 @@ impl Reconciler {
     }
 
     fn changed(&mut self, now: Instant, keys: Vec<ObjectKey>, kind: Kind) {
+        let changes = keys.len() as u64;
         match kind {
             Kind::Service => {
-                self.metrics.service_changes.inc();
+                self.metrics.service_changes.inc_by(changes);
             }
             Kind::EndpointSlice => {
-                self.metrics.endpoint_changes.inc();
+                self.metrics.endpoint_changes.inc_by(changes);
             }
             Kind::Node => self.status.set_node_eligible(!self.cluster.node_draining()),
             _ => {}
         }
-        self.pending.extend(keys);
+        for key in keys {
+            let kind = key.kind;
+            if self.pending.insert(key) {
+                match kind {
+                    Kind::Service => self.metrics.service_changes_pending.inc(),
+                    Kind::EndpointSlice => self.metrics.endpoint_changes_pending.inc(),
+                    _ => 0,
+                };
+            }
+        }
         self.metrics.queued(SystemTime::now());
-        self.update_pending_gauges();
         if self.ready() {
             self.status.queued(now);
         }
         self.runner.request();
-    }
-
-    fn update_pending_gauges(&self) {
-        let count = |kind: Kind| {
-            i64::try_from(self.pending.iter().filter(|k| k.kind == kind).count())
-                .unwrap_or(i64::MAX)
-        };
-        self.metrics
-            .service_changes_pending
-            .set(count(Kind::Service));
-        self.metrics
-            .endpoint_changes_pending
-            .set(count(Kind::EndpointSlice));
     }
 
     /// When the next sync is due (`None`: not before an event).
@@ -500,7 +496,8 @@ impl Reconciler {
             }
         }
         self.pending.clear();
-        self.update_pending_gauges();
+        self.metrics.service_changes_pending.set(0);
+        self.metrics.endpoint_changes_pending.set(0);
         let skipped: Vec<String> = report.skipped.iter().map(ToString::to_string).collect();
         let warnings: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
         self.log_dataplane_notes(&skipped, &warnings);
