@@ -3,147 +3,18 @@
 
 mod agent_common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_common::{namespace, node, pod, service, slice};
-use dataplane::testing::{FakeDataplane, Fault};
-use dataplane::Node;
-use dataplane_agent::health::{serve_healthz, ServiceHealth, Status};
-use dataplane_agent::metrics::{serve_metrics, Metrics};
-use dataplane_agent::reconcile::{FnInterfaces, Outputs, Reconciler};
+use agent_common::harness::{free_port, get, harness, list_all, object, LOCALHOST};
+use agent_common::{namespace, node, service, slice};
+use dataplane::testing::Fault;
+use dataplane_agent::health::serve_healthz;
+use dataplane_agent::metrics::serve_metrics;
 use dataplane_agent::runner::{Periods, RunKind};
 use dataplane_agent::source::SourceEvent;
-use dataplane_kube::{parse_manifests, Cluster, Kind, Object, ObjectKey, Settings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// One object from its YAML.
-fn object(yaml: &str) -> Object {
-    let mut parsed = parse_manifests(yaml, "test.yaml").unwrap();
-    assert_eq!(parsed.objects.len(), 1, "{yaml}");
-    parsed.objects.remove(0)
-}
-
-fn objects(kind: Kind, yamls: &[String]) -> SourceEvent {
-    SourceEvent::Listed {
-        kind,
-        objects: yamls.iter().map(|y| object(y)).collect(),
-    }
-}
-
-/// A NodePort (health check ports are NodePorts) nobody listens on now on 127.0.0.1, a
-/// different one per test of this binary.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = 31_000 + (std::process::id() % 1000) as u16;
-    loop {
-        let port = start + NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(port <= 32_767, "no free NodePort");
-        if std::net::TcpListener::bind((LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// `GET path` on `addr`: status and body, `None` when nothing listens.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    Some((status, body))
-}
-
-struct Harness {
-    reconciler: Reconciler,
-    fake: FakeDataplane,
-    status: Arc<Status>,
-    metrics: Arc<Metrics>,
-}
-
-fn harness(health_timeout: Duration) -> Harness {
-    let settings = Settings {
-        node_name: "node-0".to_owned(),
-        node: Node::new("node-0", [])
-            .with_cluster_cidrs(["10.244.0.0/16".parse().unwrap()])
-            .with_service_cidrs(["10.96.0.0/12".parse().unwrap()]),
-        proxy_name: None,
-    };
-    let fake = FakeDataplane::new();
-    let status = Arc::new(Status::new(health_timeout));
-    let metrics = Arc::new(Metrics::new());
-    // Pods' veths by address, as the lab names them.
-    let interfaces = Arc::new(FnInterfaces(|_: &dataplane::ObjectName, ips: &[IpAddr]| {
-        ips.first()
-            .map(|ip| format!("vp{}", ip.to_string().rsplit('.').next().unwrap()))
-    }));
-    let reconciler = Reconciler::new(
-        Cluster::new(settings),
-        Box::new(fake.clone()),
-        interfaces,
-        Periods::default(),
-        Outputs {
-            status: Arc::clone(&status),
-            metrics: Arc::clone(&metrics),
-            service_health: ServiceHealth::on(Arc::clone(&status), vec![LOCALHOST]),
-            conntrack_capacity: Some(1000),
-        },
-    )
-    .unwrap();
-    Harness {
-        reconciler,
-        fake,
-        status,
-        metrics,
-    }
-}
-
-/// Lists every kind: node-0 (optionally tainted), pods 0-1 (local) and 1-1 (remote), the
-/// Local service `web` with health port `hc` and a local endpoint.
-fn list_all(h: &mut Harness, hc: u16) {
-    for event in [
-        objects(
-            Kind::Node,
-            &[
-                node("node-0", "172.18.0.10", "10.244.0.0/24", None),
-                node("node-1", "172.18.0.11", "10.244.1.0/24", None),
-            ],
-        ),
-        objects(Kind::Namespace, &[namespace("default")]),
-        objects(
-            Kind::Pod,
-            &[
-                pod("pod-0-1", "node-0", "10.244.0.11"),
-                pod("pod-1-1", "node-1", "10.244.1.11"),
-            ],
-        ),
-        objects(Kind::Service, &[service("web", "10.96.0.10", 80, Some(hc))]),
-        objects(
-            Kind::EndpointSlice,
-            &[slice(
-                "web-1",
-                "web",
-                &[("10.244.0.11", "node-0", "pod-0-1")],
-            )],
-        ),
-    ] {
-        h.reconciler.handle(event);
-        assert!(!h.reconciler.ready(), "ready before every kind listed");
-        assert!(
-            h.reconciler.next_sync(Instant::now()).is_none(),
-            "a sync before every kind listed"
-        );
-    }
-    h.reconciler.handle(objects(Kind::NetworkPolicy, &[]));
-    assert!(h.reconciler.ready());
-}
+use dataplane_kube::{Kind, ObjectKey};
 
 #[tokio::test]
 async fn syncs_wait_for_every_kind_then_program_the_translated_state() {
@@ -235,11 +106,9 @@ async fn health_check_ports_follow_local_endpoints_and_services() {
     );
     let (code, body) = get(hc_addr, "/").await.expect("the health port answers");
     assert_eq!(code, 200, "{body}");
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
-        json,
-        serde_json::json!({"service": {"namespace": "default", "name": "web"},
-                           "localEndpoints": 1, "serviceProxyHealthy": true})
+        body,
+        r#"{"service":{"namespace":"default","name":"web"},"localEndpoints":1,"serviceProxyHealthy":true}"#
     );
     // The only endpoint moves to node-1: 503 with no local endpoints.
     h.reconciler.handle(SourceEvent::Applied(object(&slice(
@@ -476,54 +345,4 @@ async fn the_running_loop_follows_a_manifest_directory_until_shutdown() {
         .metrics
         .encode()
         .contains("kubeproxy_sync_proxy_rules_service_changes_total"));
-}
-
-/// A log sink for the test's thread.
-#[derive(Clone, Default)]
-struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn count(&self, needle: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .matches(needle)
-            .count()
-    }
-}
-
-#[tokio::test]
-async fn a_translation_warning_is_logged_once_per_object_version() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // The test runs on one thread (tokio's current-thread runtime): the subscriber sees it all.
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let mut h = harness(Duration::from_mins(1));
-    list_all(&mut h, 40_000);
-    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
-    h.reconciler.sync(RunKind::Full).await.report.unwrap();
-    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
-    let warning = "40000 is outside the node port range";
-    assert_eq!(logs.count(warning), 1, "three syncs, one warning logged");
-    assert_eq!(logs.count(" synced"), 3, "one line per sync");
-    // A new version of the service, still with the problem: logged again, once.
-    h.reconciler.handle(SourceEvent::Applied(object(
-        &service("web", "10.96.0.10", 80, Some(40_000))
-            .replace("  name: web\n", "  name: web\n  resourceVersion: \"2\"\n"),
-    )));
-    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
-    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
-    assert_eq!(logs.count(warning), 2);
 }
