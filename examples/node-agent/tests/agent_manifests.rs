@@ -354,3 +354,39 @@ fn an_object_in_two_files_is_the_last_files_and_falls_back_to_the_other() {
     assert_eq!(summary(&events), ["+Service default/web"]);
     assert_eq!(web_port(&events), Some(80));
 }
+
+#[test]
+fn a_change_reads_only_the_files_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let mut m = ManifestDir::new(dir.path());
+    m.list().unwrap();
+    // web.yaml changes on disk, but the change reported is about cluster.yaml: web.yaml is
+    // not read (a directory of 10k services costs one file's parse per change).
+    write(
+        dir.path(),
+        "web.yaml",
+        &service("web", "10.96.0.10", 8080, None),
+    );
+    let cluster = write(
+        dir.path(),
+        "cluster.yaml",
+        &documents(&[
+            node("node-0", "172.18.0.10", "10.244.0.0/24", None),
+            namespace("default"),
+            namespace("kube-system"),
+        ]),
+    );
+    assert_eq!(
+        summary(&m.update(&[cluster].into(), false)),
+        ["+Namespace kube-system"]
+    );
+    // Its own event then reads it.
+    let web = dir.path().join("web.yaml");
+    let mut got = summary(&m.update(&[web].into(), false));
+    got.sort();
+    assert_eq!(
+        got,
+        ["+Service default/web", "-EndpointSlice default/web-1"]
+    );
+}
