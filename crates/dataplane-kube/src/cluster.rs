@@ -18,8 +18,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use dataplane_core::{DesiredState, ObjectName, Protocol};
+use dataplane_core::{ChangeSet, DesiredState, ObjectName, Protocol};
 
+use crate::materialized::Materialized;
 use crate::node::{translate_node, NodeInfo};
 use crate::pod::{translate_namespace, translate_pod, PodOut};
 use crate::policy::translate_policy;
@@ -29,10 +30,21 @@ use crate::{InterfaceResolver, Kind, Object, ObjectKey, Settings, TranslateError
 /// The result of [`Cluster::translate`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Translation {
-    /// The node's desired state; it always passes [`dataplane_core::validate`].
+    /// The node's desired state; it always passes [`dataplane_core::validate()`].
     pub state: DesiredState,
     /// What was left out of the state, or read differently than written, and why: every
     /// current warning (not only those of the objects that changed), ordered by object.
+    pub warnings: Vec<TranslationWarning>,
+}
+
+/// The result of [`Cluster::translate_changes`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changes {
+    /// What changed in the state since the last [`Cluster::translate`] or
+    /// [`Cluster::translate_changes`]: what `Dataplane::apply_changes` takes. The whole state
+    /// is [`Cluster::state`].
+    pub changes: ChangeSet,
+    /// Every current warning, as in [`Translation::warnings`].
     pub warnings: Vec<TranslationWarning>,
 }
 
@@ -202,21 +214,19 @@ pub struct Cluster {
     names_by_owner: BTreeMap<ObjectKey, Vec<ObjectName>>,
     models: BTreeMap<ObjectName, ModelService>,
     claims: BTreeMap<Frontend, BTreeMap<Claimant, u32>>,
-    services: BTreeMap<ObjectName, dataplane_core::Service>,
 
     pods: BTreeMap<ObjectName, PodRaw>,
     pod_claims: BTreeMap<IpAddr, BTreeSet<PodRank>>,
-    endpoints: BTreeMap<ObjectName, dataplane_core::Endpoint>,
-    peers: BTreeMap<ObjectName, dataplane_core::PeerPod>,
 
-    policies: BTreeMap<ObjectName, dataplane_core::Policy>,
-    namespaces: BTreeMap<String, dataplane_core::Namespace>,
+    /// The translated state, patched in place, and its changes.
+    out: Materialized,
 }
 
 impl Cluster {
     /// An empty store for the node and settings `settings`.
     pub fn new(settings: Settings) -> Self {
         let probe = DesiredState::new(settings.node.clone());
+        let out = Materialized::new(settings.node.clone());
         Self {
             settings,
             objects: BTreeMap::new(),
@@ -235,13 +245,9 @@ impl Cluster {
             names_by_owner: BTreeMap::new(),
             models: BTreeMap::new(),
             claims: BTreeMap::new(),
-            services: BTreeMap::new(),
             pods: BTreeMap::new(),
             pod_claims: BTreeMap::new(),
-            endpoints: BTreeMap::new(),
-            peers: BTreeMap::new(),
-            policies: BTreeMap::new(),
-            namespaces: BTreeMap::new(),
+            out,
         }
     }
 
@@ -252,17 +258,24 @@ impl Cluster {
 
     /// Adds `object` or replaces the stored one with its key; `false` when it is the same
     /// as the stored one (nothing to translate).
-    pub fn apply(&mut self, object: Object) -> Result<bool, TranslateError> {
+    ///
+    /// `metadata.managedFields` and the `kubectl.kubernetes.io/last-applied-configuration`
+    /// annotation are dropped first (client-go's `TransformStripManagedFields` does the same
+    /// for informer caches): the translation reads neither, and they are often most of an
+    /// object's size.
+    pub fn apply(&mut self, mut object: Object) -> Result<bool, TranslateError> {
         let key = object.key()?;
+        strip(&mut object);
         if self.objects.get(&key) == Some(&object) {
             return Ok(false);
         }
+        let new = slice_owner(&key, &object);
         let old = self.objects.insert(key.clone(), object);
         if old.is_none() {
             *self.counts.entry(key.kind).or_default() += 1;
         }
-        let new = self.objects.get(&key).cloned();
-        self.touch(&key, old.as_ref(), new.as_ref());
+        let old = old.map_or(Owner::Absent, |o| slice_owner(&key, &o));
+        self.touch(&key, old, new);
         Ok(true)
     }
 
@@ -274,7 +287,7 @@ impl Cluster {
         if let Some(n) = self.counts.get_mut(&key.kind) {
             *n -= 1;
         }
-        self.touch(key, Some(&old), None);
+        self.touch(key, slice_owner(key, &old), Owner::Absent);
         true
     }
 
@@ -333,42 +346,42 @@ impl Cluster {
         ObjectKey::cluster(Kind::Node, self.settings.node_name.clone())
     }
 
-    /// Records what a change of `key` (from `old` to `new`) makes stale.
-    fn touch(&mut self, key: &ObjectKey, old: Option<&Object>, new: Option<&Object>) {
+    /// Records what a change of `key` makes stale. For an EndpointSlice, `old` and `new` are
+    /// the Service it belonged to before and belongs to now.
+    fn touch(&mut self, key: &ObjectKey, old: Owner, new: Owner) {
         match key.kind {
             Kind::Service => {
                 self.dirty_services.insert(key.clone());
             }
             Kind::EndpointSlice => {
                 self.warnings.remove(&Source::Object(key.clone()));
-                for (o, added) in [(old, false), (new, true)] {
-                    let Some(Object::EndpointSlice(slice)) = o else {
-                        continue;
-                    };
-                    match slice_service(key, slice) {
-                        Some(svc) => {
-                            let set = self.slices_by_service.entry(svc.clone()).or_default();
-                            if added {
-                                set.insert(key.clone());
-                            } else {
-                                set.remove(key);
-                                if set.is_empty() {
-                                    self.slices_by_service.remove(&svc);
-                                }
-                            }
-                            self.dirty_services.insert(svc);
+                if let Owner::Service(svc) = old {
+                    if let Some(set) = self.slices_by_service.get_mut(&svc) {
+                        set.remove(key);
+                        if set.is_empty() {
+                            self.slices_by_service.remove(&svc);
                         }
-                        // kube-proxy ignores such slices (`endpointSliceCacheKeys`).
-                        None if added => {
-                            let mut w = Warnings::new(key.clone());
-                            w.push(
-                                format!("metadata.labels[{}]", crate::LABEL_SERVICE_NAME),
-                                "no service name label; slice ignored",
-                            );
-                            self.warnings.insert(Source::Object(key.clone()), w.list);
-                        }
-                        None => {}
                     }
+                    self.dirty_services.insert(svc);
+                }
+                match new {
+                    Owner::Service(svc) => {
+                        self.slices_by_service
+                            .entry(svc.clone())
+                            .or_default()
+                            .insert(key.clone());
+                        self.dirty_services.insert(svc);
+                    }
+                    // kube-proxy ignores such slices (`endpointSliceCacheKeys`).
+                    Owner::None => {
+                        let mut w = Warnings::new(key.clone());
+                        w.push(
+                            format!("metadata.labels[{}]", crate::LABEL_SERVICE_NAME),
+                            "no service name label; slice ignored",
+                        );
+                        self.warnings.insert(Source::Object(key.clone()), w.list);
+                    }
+                    Owner::Absent => {}
                 }
             }
             Kind::Pod => {
@@ -389,12 +402,67 @@ impl Cluster {
     }
 
     /// The node's desired state from the stored objects, re-translating only what changed
-    /// since the last call. Fails only when no state can exist: the local Node is not in
-    /// the store, or has no usable address.
+    /// since the last call (of this or [`Cluster::translate_changes`]). Fails only when no
+    /// state can exist: the local Node is not in the store, or has no usable address.
+    ///
+    /// The state is a copy, every list in name order; where that copy costs too much (it is
+    /// most of the cost of a small change to a big state), take the changes instead
+    /// ([`Cluster::translate_changes`]) and borrow the state ([`Cluster::state`]).
     pub fn translate(
         &mut self,
         interfaces: &dyn InterfaceResolver,
     ) -> Result<Translation, TranslateError> {
+        self.update(interfaces)?;
+        self.out.forget_changes();
+        Ok(Translation {
+            state: self.out.sorted_copy(),
+            warnings: self.current_warnings(),
+        })
+    }
+
+    /// Like [`Cluster::translate`], but returns what changed in the state since the last
+    /// call (of this or `translate`), in proportion to the change: the `ChangeSet` that
+    /// `dataplane_core::diff` would compute between the two states, without either state
+    /// being copied. The first call's changes add everything.
+    ///
+    /// ```
+    /// # use dataplane_kube::{parse_manifests, Cluster, Settings};
+    /// let yaml = "apiVersion: v1\nkind: Node\nmetadata: {name: n}\nstatus: {addresses: [{type: InternalIP, address: 172.18.0.2}]}\n";
+    /// let mut cluster = Cluster::new(Settings::new("n", dataplane_core::Node::new("n", [])));
+    /// for o in parse_manifests(yaml, "node.yaml")?.objects {
+    ///     cluster.apply(o)?;
+    /// }
+    /// let none = |_: &dataplane_core::ObjectName, _: &[std::net::IpAddr]| None;
+    /// let first = cluster.translate_changes(&none)?;
+    /// assert!(first.changes.node.is_some());
+    /// let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIPs: [10.96.0.1], ports: [{port: 80}]}\n";
+    /// for o in parse_manifests(svc, "svc.yaml")?.objects {
+    ///     cluster.apply(o)?;
+    /// }
+    /// let next = cluster.translate_changes(&none)?;
+    /// assert_eq!((next.changes.len(), next.changes.node.is_none()), (1, true));
+    /// assert_eq!(cluster.state().unwrap().services.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn translate_changes(
+        &mut self,
+        interfaces: &dyn InterfaceResolver,
+    ) -> Result<Changes, TranslateError> {
+        self.update(interfaces)?;
+        Ok(Changes {
+            changes: self.out.take_changes(),
+            warnings: self.current_warnings(),
+        })
+    }
+
+    /// The state as of the last successful [`Cluster::translate`] or
+    /// [`Cluster::translate_changes`], lent (no copy); `None` before the first. The order of
+    /// its lists is not meaningful (a removal takes the last element's place).
+    pub fn state(&self) -> Option<&DesiredState> {
+        self.node.is_some().then_some(&self.out.state)
+    }
+
+    fn update(&mut self, interfaces: &dyn InterfaceResolver) -> Result<(), TranslateError> {
         if self.node_dirty || self.node.is_none() {
             self.update_node()?;
         }
@@ -413,7 +481,11 @@ impl Cluster {
         for key in std::mem::take(&mut self.dirty_namespaces) {
             self.update_namespace(&key);
         }
-        Ok(self.assemble())
+        Ok(())
+    }
+
+    fn current_warnings(&self) -> Vec<TranslationWarning> {
+        self.warnings.values().flatten().cloned().collect()
     }
 
     fn set_warnings(&mut self, source: Source, list: Vec<TranslationWarning>) {
@@ -441,6 +513,7 @@ impl Cluster {
         // Every service depends on the node: addresses (NodePorts, ClusterIP checks), pod
         // CIDRs, the node port range, the zone (topology) and locality.
         self.probe = DesiredState::new(info.node.clone());
+        self.out.set_node(info.node.clone());
         self.node = Some(info);
         let all: Vec<ObjectKey> = self
             .objects
@@ -548,7 +621,7 @@ impl Cluster {
     fn resolve_service(&mut self, name: &ObjectName) {
         let source = Source::ServiceClaims(name.clone());
         let Some(m) = self.models.get(name) else {
-            self.services.remove(name);
+            self.out.put_service(name, None);
             self.warnings.remove(&source);
             return;
         };
@@ -629,11 +702,8 @@ impl Cluster {
         keep_indices(&mut service.external_ips, &drop_external);
         keep_indices(&mut service.load_balancer_ips, &drop_lb);
         keep_indices(&mut service.ports, &drop_ports);
-        if service.ports.is_empty() {
-            self.services.remove(name);
-        } else {
-            self.services.insert(name.clone(), service);
-        }
+        let service = (!service.ports.is_empty()).then_some(service);
+        self.out.put_service(name, service);
         self.set_warnings(source, w.list);
     }
 
@@ -698,9 +768,9 @@ impl Cluster {
 
     fn resolve_pod(&mut self, name: &ObjectName) {
         let source = Source::PodClaims(name.clone());
-        self.endpoints.remove(name);
-        self.peers.remove(name);
         let Some(raw) = self.pods.get(name) else {
+            self.out.put_endpoint(name, None);
+            self.out.put_pod(name, None);
             self.warnings.remove(&source);
             return;
         };
@@ -716,17 +786,16 @@ impl Cluster {
                 }
             }
         }
+        let (mut endpoint, mut peer) = (None, None);
         if w.list.is_empty() {
             match &raw.out {
-                PodOut::Local(e) => {
-                    self.endpoints.insert(name.clone(), e.clone());
-                }
-                PodOut::Peer(p) => {
-                    self.peers.insert(name.clone(), p.clone());
-                }
+                PodOut::Local(e) => endpoint = Some(e.clone()),
+                PodOut::Peer(p) => peer = Some(p.clone()),
                 PodOut::Nothing => {}
             }
         }
+        self.out.put_endpoint(name, endpoint);
+        self.out.put_pod(name, peer);
         self.set_warnings(source, w.list);
     }
 
@@ -740,10 +809,7 @@ impl Cluster {
             _ => None,
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
-        match policy {
-            Some(p) => self.policies.insert(name, p),
-            None => self.policies.remove(&name),
-        };
+        self.out.put_policy(&name, policy);
     }
 
     fn update_namespace(&mut self, key: &ObjectKey) {
@@ -753,23 +819,39 @@ impl Cluster {
             _ => None,
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
-        match ns {
-            Some(n) => self.namespaces.insert(key.name.clone(), n),
-            None => self.namespaces.remove(&key.name),
-        };
+        self.out.put_namespace(&key.name, ns);
     }
+}
 
-    /// The whole state, from the kept translations: one clone of each, no translating.
-    fn assemble(&self) -> Translation {
-        let node = self.node.as_ref().expect("translated before").node.clone();
-        let mut state = DesiredState::new(node);
-        state.services = self.services.values().cloned().collect();
-        state.endpoints = self.endpoints.values().cloned().collect();
-        state.pods = self.peers.values().cloned().collect();
-        state.policies = self.policies.values().cloned().collect();
-        state.namespaces = self.namespaces.values().cloned().collect();
-        let warnings = self.warnings.values().flatten().cloned().collect();
-        Translation { state, warnings }
+/// Whom an EndpointSlice belongs to, in a change.
+#[derive(Debug)]
+enum Owner {
+    /// The object does not exist (before an addition, after a deletion).
+    Absent,
+    /// It exists without a `kubernetes.io/service-name` label (or is not a slice).
+    None,
+    /// It belongs to this Service.
+    Service(ObjectKey),
+}
+
+fn slice_owner(key: &ObjectKey, object: &Object) -> Owner {
+    match object {
+        Object::EndpointSlice(slice) => {
+            slice_service(key, slice).map_or(Owner::None, Owner::Service)
+        }
+        _ => Owner::None,
+    }
+}
+
+/// What the translation never reads and an object can be mostly made of.
+fn strip(object: &mut Object) {
+    let meta = object.metadata_mut();
+    meta.managed_fields = None;
+    if let Some(a) = &mut meta.annotations {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if a.is_empty() {
+            meta.annotations = None;
+        }
     }
 }
 
