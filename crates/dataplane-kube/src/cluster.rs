@@ -259,10 +259,14 @@ impl Cluster {
     /// Adds `object` or replaces the stored one with its key; `false` when it is the same
     /// as the stored one (nothing to translate).
     ///
-    /// `metadata.managedFields` and the `kubectl.kubernetes.io/last-applied-configuration`
-    /// annotation are dropped first (client-go's `TransformStripManagedFields` does the same
-    /// for informer caches): the translation reads neither, and they are often most of an
-    /// object's size.
+    /// What the translation never reads and can be most of an object is dropped first, so
+    /// [`Cluster::get`] returns the object without it: `metadata.managedFields` and the
+    /// `kubectl.kubernetes.io/last-applied-configuration` annotation of every object; of a
+    /// Pod, everything but `spec.nodeName`, `spec.hostNetwork`, the containers' names and
+    /// ports, `status.phase` and its addresses (a readiness or restart update of a pod is
+    /// then no change); of an EndpointSlice, the endpoints' `targetRef` and
+    /// `deprecatedTopology`; of a Node, `status.images`. (client-go's informer caches do the
+    /// like with `TransformStripManagedFields`.)
     pub fn apply(&mut self, mut object: Object) -> Result<bool, TranslateError> {
         let key = object.key()?;
         strip(&mut object);
@@ -843,8 +847,15 @@ fn slice_owner(key: &ObjectKey, object: &Object) -> Owner {
     }
 }
 
-/// What the translation never reads and an object can be mostly made of.
+/// Drops what the translation never reads and an object can be mostly made of, as client-go's
+/// informer transforms do (`TransformStripManagedFields`): every object's `managedFields`
+/// and `kubectl.kubernetes.io/last-applied-configuration` annotation; of a Pod, all but its
+/// node, host network flag, containers' names and ports, phase and addresses (a pod's
+/// readiness and container statuses change often and matter to no translation, so such
+/// updates become no-ops); of an EndpointSlice, its endpoints' `targetRef` and
+/// `deprecatedTopology`; of a Node, its image list.
 fn strip(object: &mut Object) {
+    use k8s_openapi::api::core::v1 as core;
     let meta = object.metadata_mut();
     meta.managed_fields = None;
     if let Some(a) = &mut meta.annotations {
@@ -852,6 +863,46 @@ fn strip(object: &mut Object) {
         if a.is_empty() {
             meta.annotations = None;
         }
+    }
+    match object {
+        Object::Pod(pod) => {
+            if let Some(spec) = pod.spec.take() {
+                pod.spec = Some(core::PodSpec {
+                    containers: spec
+                        .containers
+                        .into_iter()
+                        .map(|c| core::Container {
+                            name: c.name,
+                            ports: c.ports,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    host_network: spec.host_network,
+                    node_name: spec.node_name,
+                    ..Default::default()
+                });
+            }
+            if let Some(status) = pod.status.take() {
+                pod.status = Some(core::PodStatus {
+                    phase: status.phase,
+                    pod_ip: status.pod_ip,
+                    pod_ips: status.pod_ips,
+                    ..Default::default()
+                });
+            }
+        }
+        Object::EndpointSlice(slice) => {
+            for e in &mut slice.endpoints {
+                e.target_ref = None;
+                e.deprecated_topology = None;
+            }
+        }
+        Object::Node(node) => {
+            if let Some(status) = &mut node.status {
+                status.images = None;
+            }
+        }
+        _ => {}
     }
 }
 

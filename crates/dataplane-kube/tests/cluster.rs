@@ -190,3 +190,46 @@ fn a_slice_relabelled_to_another_service_moves_its_endpoints() {
     cluster.delete(&ObjectKey::namespaced(Kind::EndpointSlice, "default", "s"));
     assert_eq!(counts(&mut cluster), [0, 0]);
 }
+
+#[test]
+fn what_no_translation_reads_is_not_kept_and_changes_nothing() {
+    let pod = |ready: &str| {
+        one(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-0\n  namespace: default\n  managedFields: [{{manager: kubelet, operation: Update}}]\n  annotations: {{kubectl.kubernetes.io/last-applied-configuration: '{{}}', keep: me}}\nspec:\n  nodeName: node-b\n  containers: [{{name: c, image: nginx, env: [{{name: A, value: b}}], ports: [{{name: http, containerPort: 80}}]}}]\nstatus:\n  phase: Running\n  conditions: [{{type: Ready, status: '{ready}'}}]\n  podIPs: [{{ip: 10.244.2.5}}]\n"
+        ))
+    };
+    let mut cluster = Cluster::new(settings());
+    assert!(cluster.apply(pod("True")).unwrap());
+    assert!(
+        !cluster.apply(pod("False")).unwrap(),
+        "a readiness flip is no change to the translation"
+    );
+    let key = ObjectKey::namespaced(Kind::Pod, "default", "web-0");
+    let Some(Object::Pod(stored)) = cluster.get(&key) else {
+        panic!("stored")
+    };
+    assert!(stored.metadata.managed_fields.is_none());
+    assert_eq!(
+        stored
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["keep"]
+    );
+    let c = &stored.spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        (
+            c.image.as_deref(),
+            c.env.as_ref(),
+            c.ports.as_ref().map(Vec::len)
+        ),
+        (None, None, Some(1))
+    );
+    assert!(stored.status.as_ref().unwrap().conditions.is_none());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    let t = cluster.translate(&none).unwrap();
+    assert_eq!(t.state.pods[0].named_ports[0].port, 80);
+}
