@@ -24,7 +24,7 @@ use crate::materialized::Materialized;
 use crate::node::{translate_node, NodeInfo};
 use crate::pod::{translate_namespace, translate_pod, PodOut};
 use crate::policy::translate_policy;
-use crate::service::{slice_service, RawService};
+use crate::service::slice_service;
 use crate::{InterfaceResolver, Kind, Object, ObjectKey, Settings, TranslateError};
 
 /// The result of [`Cluster::translate`].
@@ -154,7 +154,14 @@ enum What {
 #[derive(Debug)]
 struct ModelService {
     owner: ObjectKey,
-    raw: RawService,
+    /// The translation as made, before frontends lost to other services are taken out; kept
+    /// only while the state holds something else (a copy without them, or nothing). `None`:
+    /// the state holds exactly it (the common case, so it is not held twice).
+    kept: Option<Box<dataplane_core::Service>>,
+    /// For warnings: `RawService`'s fields.
+    port_fields: Vec<usize>,
+    external_ip_fields: Vec<String>,
+    lb_ip_fields: Vec<String>,
     claims: Vec<(Frontend, u32, What)>,
 }
 
@@ -194,7 +201,7 @@ pub struct Cluster {
     objects: BTreeMap<ObjectKey, Object>,
     counts: BTreeMap<Kind, usize>,
     /// EndpointSlices by the Service they belong to.
-    slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    slices_by_service: BTreeMap<ObjectKey, Bag<ObjectKey>>,
 
     dirty_services: BTreeSet<ObjectKey>,
     dirty_pods: BTreeSet<ObjectKey>,
@@ -213,10 +220,10 @@ pub struct Cluster {
     /// Model service names by the Kubernetes Service they come from.
     names_by_owner: BTreeMap<ObjectKey, Vec<ObjectName>>,
     models: BTreeMap<ObjectName, ModelService>,
-    claims: BTreeMap<Frontend, BTreeMap<Claimant, u32>>,
+    claims: BTreeMap<Frontend, Bag<Claimant>>,
 
     pods: BTreeMap<ObjectName, PodRaw>,
-    pod_claims: BTreeMap<IpAddr, BTreeSet<PodRank>>,
+    pod_claims: BTreeMap<IpAddr, Bag<PodRank>>,
 
     /// The translated state, patched in place, and its changes.
     out: Materialized,
@@ -373,7 +380,7 @@ impl Cluster {
                         self.slices_by_service
                             .entry(svc.clone())
                             .or_default()
-                            .insert(key.clone());
+                            .add(key.clone());
                         self.dirty_services.insert(svc);
                     }
                     // kube-proxy ignores such slices (`endpointSliceCacheKeys`).
@@ -541,7 +548,7 @@ impl Cluster {
                     self.slices_by_service
                         .get(key)
                         .into_iter()
-                        .flatten()
+                        .flat_map(Bag::iter)
                         .filter_map(|k| match self.objects.get(k) {
                             Some(Object::EndpointSlice(s)) => Some((k, &**s)),
                             _ => None,
@@ -565,7 +572,13 @@ impl Cluster {
         for name in &old_names {
             if let Some(m) = self.models.remove(name) {
                 for (frontend, slot, _) in &m.claims {
-                    release(&mut self.claims, frontend, &(name.clone(), *slot));
+                    let who = (name.clone(), *slot);
+                    if let Some(bag) = self.claims.get_mut(frontend) {
+                        bag.remove(&who);
+                        if bag.is_empty() {
+                            self.claims.remove(frontend);
+                        }
+                    }
                     touched.insert(*frontend);
                 }
             }
@@ -587,14 +600,12 @@ impl Cluster {
                     .extend(w.list);
                 continue;
             }
-            let claims = service_claims(&raw, addresses);
+            let claims = service_claims(&raw.service, addresses);
             for (frontend, slot, _) in &claims {
-                *self
-                    .claims
+                self.claims
                     .entry(*frontend)
                     .or_default()
-                    .entry((name.clone(), *slot))
-                    .or_default() += 1;
+                    .add((name.clone(), *slot));
                 touched.insert(*frontend);
             }
             affected.insert(name.clone());
@@ -603,7 +614,10 @@ impl Cluster {
                 name,
                 ModelService {
                     owner: key.clone(),
-                    raw,
+                    kept: Some(Box::new(raw.service)),
+                    port_fields: raw.port_fields,
+                    external_ip_fields: raw.external_ip_fields,
+                    lb_ip_fields: raw.lb_ip_fields,
                     claims,
                 },
             );
@@ -613,7 +627,7 @@ impl Cluster {
         }
         for frontend in &touched {
             if let Some(claimants) = self.claims.get(frontend) {
-                affected.extend(claimants.keys().map(|(n, _)| n.clone()));
+                affected.extend(claimants.iter().map(|(n, _)| n.clone()));
             }
         }
         for name in affected {
@@ -624,22 +638,26 @@ impl Cluster {
     /// The model service `name` with the frontends it lost to other claimants taken out.
     fn resolve_service(&mut self, name: &ObjectName) {
         let source = Source::ServiceClaims(name.clone());
-        let Some(m) = self.models.get(name) else {
+        let Some(m) = self.models.get_mut(name) else {
             self.out.put_service(name, None);
             self.warnings.remove(&source);
             return;
         };
+        let Some(raw_service) = m
+            .kept
+            .take()
+            .map(|b| *b)
+            .or_else(|| self.out.service(name).cloned())
+        else {
+            // Not reachable: without a kept translation the state holds it.
+            return;
+        };
+        let m = &*m;
         let mut w = Warnings::new(m.owner.clone());
-        let raw = &m.raw;
-        let mut drop_ports = BTreeSet::new();
-        let mut drop_external = BTreeSet::new();
-        let mut drop_lb = BTreeSet::new();
-        let mut drop_node_ports = BTreeSet::new();
-        let mut drop_health = false;
+        let raw = m;
+        let mut drop = Drops::default();
         for (frontend, slot, what) in &m.claims {
-            let Some(((winner, winner_slot), _)) =
-                self.claims.get(frontend).and_then(|c| c.first_key_value())
-            else {
+            let Some((winner, winner_slot)) = self.claims.get(frontend).and_then(Bag::first) else {
                 continue;
             };
             if winner == name && winner_slot == slot {
@@ -657,7 +675,7 @@ impl Cluster {
             let clash = format!("{proto} {addr} is also claimed by {other}");
             match *what {
                 What::ClusterIp(i) => {
-                    if drop_ports.insert(i) {
+                    if drop.ports.insert(i) {
                         w.push(
                             format!("spec.ports[{}]", raw.port_fields[i]),
                             format!("{clash}; port left out"),
@@ -665,7 +683,7 @@ impl Cluster {
                     }
                 }
                 What::ExternalIp(i) => {
-                    if drop_external.insert(i) {
+                    if drop.external.insert(i) {
                         w.push(
                             raw.external_ip_fields[i].clone(),
                             format!("{clash}; address left out"),
@@ -673,7 +691,7 @@ impl Cluster {
                     }
                 }
                 What::LoadBalancerIp(i) => {
-                    if drop_lb.insert(i) {
+                    if drop.lb.insert(i) {
                         w.push(
                             raw.lb_ip_fields[i].clone(),
                             format!("{clash}; address left out"),
@@ -681,7 +699,7 @@ impl Cluster {
                     }
                 }
                 What::NodePort(i) => {
-                    if drop_node_ports.insert(i) {
+                    if drop.node_ports.insert(i) {
                         w.push(
                             format!("spec.ports[{}].nodePort", raw.port_fields[i]),
                             format!("{clash}; nodePort left out"),
@@ -689,23 +707,23 @@ impl Cluster {
                     }
                 }
                 What::HealthCheck => {
-                    if !drop_health {
-                        drop_health = true;
+                    if !drop.health {
+                        drop.health = true;
                         w.push("spec.healthCheckNodePort", format!("{clash}; left out"));
                     }
                 }
             }
         }
-        let mut service = raw.service.clone();
-        if drop_health {
-            service.health_check_node_port = None;
+        if drop.is_empty() {
+            self.out.put_service(name, Some(raw_service));
+            self.set_warnings(source, w.list);
+            return;
         }
-        for i in &drop_node_ports {
-            service.ports[*i].node_port = None;
+        let mut service = raw_service.clone();
+        if let Some(m) = self.models.get_mut(name) {
+            m.kept = Some(Box::new(raw_service));
         }
-        keep_indices(&mut service.external_ips, &drop_external);
-        keep_indices(&mut service.load_balancer_ips, &drop_lb);
-        keep_indices(&mut service.ports, &drop_ports);
+        drop.apply(&mut service);
         let service = (!service.ports.is_empty()).then_some(service);
         self.out.put_service(name, service);
         self.set_warnings(source, w.list);
@@ -755,7 +773,7 @@ impl Cluster {
                 self.pod_claims
                     .entry(*ip)
                     .or_default()
-                    .insert(raw.rank.clone());
+                    .add(raw.rank.clone());
                 touched.insert(*ip);
             }
             self.pods.insert(name.clone(), raw);
@@ -781,7 +799,7 @@ impl Cluster {
         let key = ObjectKey::namespaced(Kind::Pod, name.namespace.clone(), name.name.clone());
         let mut w = Warnings::new(key);
         for ip in pod_ips(&raw.out) {
-            if let Some((_, winner)) = self.pod_claims.get(ip).and_then(|s| s.first()) {
+            if let Some((_, winner)) = self.pod_claims.get(ip).and_then(Bag::first) {
                 if winner != name {
                     w.push(
                         "status.podIPs",
@@ -906,21 +924,76 @@ fn strip(object: &mut Object) {
     }
 }
 
-fn release(
-    claims: &mut BTreeMap<Frontend, BTreeMap<Claimant, u32>>,
-    frontend: &Frontend,
-    who: &Claimant,
-) {
-    if let Some(set) = claims.get_mut(frontend) {
-        if let Some(n) = set.get_mut(who) {
-            *n -= 1;
-            if *n == 0 {
-                set.remove(who);
+/// A small sorted multiset. Most claims and slice sets hold one or two entries, where a
+/// `BTreeSet` allocates a node for eleven (a tenth of the store's memory at 10k services).
+#[derive(Debug)]
+struct Bag<T>(Vec<(T, u32)>);
+
+impl<T> Default for Bag<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T: Ord> Bag<T> {
+    fn add(&mut self, x: T) {
+        match self.0.binary_search_by(|(y, _)| y.cmp(&x)) {
+            Ok(i) => self.0[i].1 += 1,
+            Err(i) => self.0.insert(i, (x, 1)),
+        }
+    }
+
+    fn remove(&mut self, x: &T) {
+        if let Ok(i) = self.0.binary_search_by(|(y, _)| y.cmp(x)) {
+            self.0[i].1 -= 1;
+            if self.0[i].1 == 0 {
+                self.0.remove(i);
             }
         }
-        if set.is_empty() {
-            claims.remove(frontend);
+    }
+
+    fn first(&self) -> Option<&T> {
+        self.0.first().map(|(x, _)| x)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|(x, _)| x)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a model service loses to other claimants (indices into its lists).
+#[derive(Debug, Default)]
+struct Drops {
+    ports: BTreeSet<usize>,
+    external: BTreeSet<usize>,
+    lb: BTreeSet<usize>,
+    node_ports: BTreeSet<usize>,
+    health: bool,
+}
+
+impl Drops {
+    fn is_empty(&self) -> bool {
+        !self.health
+            && self.ports.is_empty()
+            && self.external.is_empty()
+            && self.lb.is_empty()
+            && self.node_ports.is_empty()
+    }
+
+    fn apply(&self, service: &mut dataplane_core::Service) {
+        if self.health {
+            service.health_check_node_port = None;
         }
+        for i in &self.node_ports {
+            service.ports[*i].node_port = None;
+        }
+        keep_indices(&mut service.external_ips, &self.external);
+        keep_indices(&mut service.load_balancer_ips, &self.lb);
+        keep_indices(&mut service.ports, &self.ports);
     }
 }
 
@@ -939,8 +1012,10 @@ fn keep_indices<T>(list: &mut Vec<T>, drop: &BTreeSet<usize>) {
 /// What a model service claims, as dataplane-core's validation counts it: each port on
 /// every ClusterIP, ExternalIP and LoadBalancer IP, its NodePort on every node address, and
 /// the health check port (TCP) on every node address.
-fn service_claims(raw: &RawService, node_addresses: &[IpAddr]) -> Vec<(Frontend, u32, What)> {
-    let s = &raw.service;
+fn service_claims(
+    s: &dataplane_core::Service,
+    node_addresses: &[IpAddr],
+) -> Vec<(Frontend, u32, What)> {
     let mut out = Vec::new();
     for (i, p) in s.ports.iter().enumerate() {
         let slot = u32::try_from(i).unwrap_or(HEALTH - 1);

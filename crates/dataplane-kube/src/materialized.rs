@@ -107,6 +107,13 @@ impl Materialized {
         }
     }
 
+    pub(crate) fn service(&self, name: &ObjectName) -> Option<&dataplane_core::Service> {
+        self.services
+            .index
+            .get(name)
+            .map(|&i| &self.state.services[i])
+    }
+
     pub(crate) fn put_service(&mut self, name: &ObjectName, s: Option<dataplane_core::Service>) {
         self.services
             .put(&mut self.state.services, name, s, |s| &s.name);
