@@ -4,7 +4,10 @@
 //! A [`Cluster`] is the store: hand it Services, `EndpointSlices`, `NetworkPolicies`, Pods,
 //! Namespaces and Nodes ([`Object`]) as a watch or a manifest directory delivers them, then
 //! call [`Cluster::translate`] for the node's [`dataplane_core::DesiredState`]. It keeps each
-//! object's translation and re-translates only what changed since the last call.
+//! object's translation and re-translates only what changed since the last call;
+//! [`Cluster::translate_changes`] returns just the `ChangeSet` since then, and
+//! [`Cluster::state`] lends the whole state, so that a big state is never copied. A bad object
+//! never fails a translation: it, or its bad part, is left out with a [`TranslationWarning`].
 //!
 //! ```
 //! use dataplane_kube::{parse_manifests, Cluster, Settings};
