@@ -1,0 +1,354 @@
+//! Kubernetes YAML as `kubectl get -o yaml` prints it: one or more documents, each an
+//! object or a `kind: List` of objects.
+
+use serde_json::Value;
+
+use crate::{Kind, Object};
+
+/// The objects of a manifest text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Manifests {
+    /// The objects of the kinds the translation reads, in document order.
+    pub objects: Vec<Object>,
+    /// Documents of other kinds (or other API versions), as `"Deployment default/web"`.
+    pub skipped: Vec<String>,
+}
+
+/// A manifest text that could not be read. Documents are counted from 1; `document` is
+/// `"document 2"` or, inside a `kind: List`, `"document 2 items[3]"`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The text is not YAML.
+    #[error("{file}: {message}")]
+    Yaml {
+        /// The source the text came from.
+        file: String,
+        /// The YAML parser's message, with its location.
+        message: String,
+    },
+    /// A document is not an object with `apiVersion` and `kind`.
+    #[error("{file}: {document}: {message}")]
+    Document {
+        /// The source the text came from.
+        file: String,
+        /// Which document.
+        document: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A document of one of our kinds does not parse as that kind.
+    #[error("{file}: {document}: {kind} {name}: {path}: {message}")]
+    Object {
+        /// The source the text came from.
+        file: String,
+        /// Which document.
+        document: String,
+        /// The object's kind.
+        kind: Kind,
+        /// The object's `namespace/name` (or name), as far as it could be read.
+        name: String,
+        /// Where in the object, as a path (`spec.ports[1].port`).
+        path: String,
+        /// What is wrong there.
+        message: String,
+    },
+}
+
+/// Parses `text`, Kubernetes YAML with one or more documents; `source` names it in errors.
+///
+/// ```
+/// let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: web, namespace: default }\n\
+///             ---\napiVersion: v1\nkind: Namespace\nmetadata: { name: shop }\n";
+/// let m = dataplane_kube::parse_manifests(text, "shop.yaml")?;
+/// assert_eq!((m.objects.len(), m.skipped.as_slice()), (1, ["Deployment default/web".to_owned()].as_slice()));
+///
+/// let bad = "apiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { ports: [{ port: http }] }\n";
+/// let err = dataplane_kube::parse_manifests(bad, "web.yaml").unwrap_err();
+/// assert!(err.to_string().starts_with("web.yaml: document 1: Service default/web: spec.ports[0].port: "), "{err}");
+/// # Ok::<(), dataplane_kube::ManifestError>(())
+/// ```
+pub fn parse_manifests(text: &str, source: &str) -> Result<Manifests, ManifestError> {
+    // YAML 1.2 booleans, as dataplane-core's own format: `ns: y` stays a string.
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
+            ManifestError::Yaml {
+                file: source.to_owned(),
+                message: one_line(&e.to_string()),
+            }
+        })?;
+    let mut out = Manifests::default();
+    for (i, document) in documents.into_iter().enumerate() {
+        let at = format!("document {}", i + 1);
+        read_document(&document, source, &at, true, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn read_document(
+    document: &Value,
+    file: &str,
+    at: &str,
+    list_allowed: bool,
+    out: &mut Manifests,
+) -> Result<(), ManifestError> {
+    let doc_err = |message: &str| ManifestError::Document {
+        file: file.to_owned(),
+        document: at.to_owned(),
+        message: message.to_owned(),
+    };
+    let map = match document {
+        // An empty document (a trailing `---`) holds nothing.
+        Value::Null => return Ok(()),
+        Value::Object(map) => map,
+        _ => return Err(doc_err("not a Kubernetes object (a mapping)")),
+    };
+    let kind_name = map
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or_else(|| doc_err("no kind"))?
+        .to_owned();
+    let api_version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .ok_or_else(|| doc_err("no apiVersion"))?
+        .to_owned();
+    // `kubectl get -o yaml` prints `kind: List`; the API server's own lists are `ServiceList`...
+    if list_allowed
+        && (kind_name == "List" || kind_name.ends_with("List") && map.contains_key("items"))
+    {
+        let Some(Value::Array(items)) = map.get("items") else {
+            return Err(doc_err("a List without items"));
+        };
+        for (j, item) in items.iter().enumerate() {
+            read_document(item, file, &format!("{at} items[{j}]"), false, out)?;
+        }
+        return Ok(());
+    }
+    let display_name = display_name(map);
+    let Some(kind) = Kind::from_name(&kind_name).filter(|k| k.api_version() == api_version) else {
+        let name = if Kind::from_name(&kind_name).is_some() {
+            format!("{kind_name} {display_name} ({api_version})")
+        } else {
+            format!("{kind_name} {display_name}")
+        };
+        out.skipped.push(name);
+        return Ok(());
+    };
+    let object = typed(kind, document.clone()).map_err(|e| ManifestError::Object {
+        file: file.to_owned(),
+        document: at.to_owned(),
+        kind,
+        name: object_display_name(kind, map),
+        path: error_path(kind, document),
+        message: one_line(&e.to_string()),
+    })?;
+    out.objects.push(object);
+    Ok(())
+}
+
+fn typed(kind: Kind, value: Value) -> Result<Object, serde_json::Error> {
+    use k8s_openapi::api::core::v1 as core;
+    Ok(match kind {
+        Kind::Service => serde_json::from_value::<core::Service>(value)?.into(),
+        Kind::EndpointSlice => {
+            serde_json::from_value::<k8s_openapi::api::discovery::v1::EndpointSlice>(value)?.into()
+        }
+        Kind::NetworkPolicy => {
+            serde_json::from_value::<k8s_openapi::api::networking::v1::NetworkPolicy>(value)?.into()
+        }
+        Kind::Pod => serde_json::from_value::<core::Pod>(value)?.into(),
+        Kind::Namespace => serde_json::from_value::<core::Namespace>(value)?.into(),
+        Kind::Node => serde_json::from_value::<core::Node>(value)?.into(),
+    })
+}
+
+fn meta_str<'a>(map: &'a serde_json::Map<String, Value>, field: &str) -> Option<&'a str> {
+    map.get("metadata")?.get(field)?.as_str()
+}
+
+/// `namespace/name` or `name` of an object of a kind we do not know.
+fn display_name(map: &serde_json::Map<String, Value>) -> String {
+    let name = meta_str(map, "name").unwrap_or("(no name)");
+    match meta_str(map, "namespace") {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// `namespace/name` (namespace defaulted) or `name`, for one of our kinds.
+fn object_display_name(kind: Kind, map: &serde_json::Map<String, Value>) -> String {
+    let name = meta_str(map, "name").unwrap_or("(no name)");
+    if kind.is_namespaced() {
+        let ns = meta_str(map, "namespace").unwrap_or(crate::DEFAULT_NAMESPACE);
+        format!("{ns}/{name}")
+    } else {
+        name.to_owned()
+    }
+}
+
+/// Where in `value` the typed parse of `kind` fails, as `spec.ports[1].port`.
+///
+/// `serde_json`'s errors from a `Value` carry no position, but its errors from text carry a
+/// line: the value is written out with one scalar per line, each line's path kept, and
+/// parsed again from that text (only when the first parse has failed). A missing field is
+/// reported at the end of its object, so the path is the object's.
+fn error_path(kind: Kind, value: &Value) -> String {
+    let mut text = String::new();
+    let mut paths = vec![String::new()];
+    render(value, "", &mut text, &mut paths);
+    let line = match typed_from_text(kind, &text) {
+        Err(e) => e.line(),
+        Ok(()) => 0,
+    };
+    match paths.get(line) {
+        Some(p) if !p.is_empty() => p.clone(),
+        _ => "(object)".to_owned(),
+    }
+}
+
+fn typed_from_text(kind: Kind, text: &str) -> Result<(), serde_json::Error> {
+    use k8s_openapi::api::core::v1 as core;
+    match kind {
+        Kind::Service => serde_json::from_str::<core::Service>(text).map(drop),
+        Kind::EndpointSlice => {
+            serde_json::from_str::<k8s_openapi::api::discovery::v1::EndpointSlice>(text).map(drop)
+        }
+        Kind::NetworkPolicy => {
+            serde_json::from_str::<k8s_openapi::api::networking::v1::NetworkPolicy>(text).map(drop)
+        }
+        Kind::Pod => serde_json::from_str::<core::Pod>(text).map(drop),
+        Kind::Namespace => serde_json::from_str::<core::Namespace>(text).map(drop),
+        Kind::Node => serde_json::from_str::<core::Node>(text).map(drop),
+    }
+}
+
+/// Writes `value` as JSON, one scalar or bracket per line; `paths[n]` is the path of line
+/// `n` (lines count from 1, so `paths[0]` is unused).
+fn render(value: &Value, path: &str, out: &mut String, paths: &mut Vec<String>) {
+    let line = |out: &mut String, paths: &mut Vec<String>, text: &str, path: &str| {
+        out.push_str(text);
+        out.push('\n');
+        paths.push(path.to_owned());
+    };
+    match value {
+        Value::Object(map) => {
+            line(out, paths, "{", path);
+            let n = map.len();
+            for (i, (k, v)) in map.iter().enumerate() {
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                let key = Value::String(k.clone()).to_string();
+                line(out, paths, &format!("{key}:"), &child);
+                render(v, &child, out, paths);
+                if i + 1 < n {
+                    line(out, paths, ",", &child);
+                }
+            }
+            line(out, paths, "}", path);
+        }
+        Value::Array(items) => {
+            line(out, paths, "[", path);
+            let n = items.len();
+            for (i, v) in items.iter().enumerate() {
+                let child = format!("{path}[{i}]");
+                render(v, &child, out, paths);
+                if i + 1 < n {
+                    line(out, paths, ",", &child);
+                }
+            }
+            line(out, paths, "]", path);
+        }
+        scalar => line(out, paths, &scalar.to_string(), path),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_empty_documents() {
+        let text = "---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: a}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c, namespace: a}\n---\n";
+        let m = parse_manifests(text, "t").unwrap();
+        assert_eq!(m.objects.len(), 1);
+        assert_eq!(m.skipped, ["ConfigMap a/c"]);
+    }
+
+    #[test]
+    fn other_api_versions_are_skipped() {
+        let text = "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: s, namespace: d}\naddressType: IPv4\nendpoints: []\n";
+        let m = parse_manifests(text, "t").unwrap();
+        assert_eq!(m.skipped, ["EndpointSlice d/s (discovery.k8s.io/v1beta1)"]);
+    }
+
+    #[test]
+    fn errors_name_file_document_object_and_path() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, namespace: d}\naddressType: IPv4\nendpoints:\n- addresses: [10.0.0.1]\n  conditions: {ready: maybe}\n";
+        let err = parse_manifests(text, "f.yaml").unwrap_err();
+        match &err {
+            ManifestError::Object {
+                file,
+                document,
+                kind,
+                name,
+                path,
+                ..
+            } => {
+                assert_eq!(
+                    (
+                        file.as_str(),
+                        document.as_str(),
+                        *kind,
+                        name.as_str(),
+                        path.as_str()
+                    ),
+                    (
+                        "f.yaml",
+                        "document 2",
+                        Kind::EndpointSlice,
+                        "d/s",
+                        "endpoints[0].conditions.ready"
+                    ),
+                    "{err}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_of_a_whole_field_names_it() {
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: 5\n";
+        let err = parse_manifests(text, "f").unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::Object { path, name, .. } if path == "spec" && name == "shop/web"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn not_yaml_and_not_objects() {
+        assert!(matches!(
+            parse_manifests("a: [", "f"),
+            Err(ManifestError::Yaml { .. })
+        ));
+        assert!(matches!(
+            parse_manifests("- 1\n", "f"),
+            Err(ManifestError::Document { .. })
+        ));
+        assert!(matches!(
+            parse_manifests("kind: Service\n", "f"),
+            Err(ManifestError::Document { .. })
+        ));
+    }
+}

@@ -1,0 +1,216 @@
+//! Pods (local endpoints and peers) and Namespaces.
+
+use std::net::IpAddr;
+
+use dataplane_core::{NamedPort, ObjectName};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+
+use crate::cluster::{Interner, Warnings};
+use crate::node::usable_unicast;
+use crate::service::{is_label, protocol};
+use crate::{InterfaceResolver, Settings};
+
+/// What a Pod becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PodOut {
+    /// A workload on this node.
+    Local(dataplane_core::Endpoint),
+    /// A pod elsewhere, as a policy peer.
+    Peer(dataplane_core::PeerPod),
+    /// Nothing: host network, finished, no address yet, or left out.
+    Nothing,
+}
+
+/// Result of translating one pod: what it becomes, and whether it must be tried again at
+/// the next translation (a local pod whose interface was not found).
+pub(crate) struct PodTranslation {
+    pub out: PodOut,
+    pub retry: bool,
+    /// Whether the pod is being deleted (it loses address clashes to a live pod).
+    pub terminating: bool,
+}
+
+pub(crate) fn translate_pod(
+    settings: &Settings,
+    interner: &mut Interner,
+    interfaces: &dyn InterfaceResolver,
+    name: &ObjectName,
+    pod: &Pod,
+    w: &mut Warnings,
+) -> PodTranslation {
+    let nothing = PodTranslation {
+        out: PodOut::Nothing,
+        retry: false,
+        terminating: false,
+    };
+    let spec = pod.spec.as_ref();
+    // A host-network pod's addresses are its node's: it is neither an endpoint nor a peer
+    // (policies do not select host-network pods).
+    if spec.and_then(|s| s.host_network).unwrap_or(false) {
+        return nothing;
+    }
+    let status = pod.status.as_ref();
+    // A finished pod's address may already be another pod's.
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        return nothing;
+    }
+    let ips = pod_ips(pod, w);
+    if ips.is_empty() {
+        return nothing;
+    }
+    if !is_label(&name.namespace, 63) || !is_subdomain(&name.name) {
+        w.push(
+            "metadata.name",
+            format!("{name} is not a valid pod name; left out"),
+        );
+        return nothing;
+    }
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    if labels.keys().any(String::is_empty) {
+        w.push("metadata.labels", "an empty label key; left out");
+        return nothing;
+    }
+    let named_ports = named_ports(pod, w);
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let node_name = spec
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty());
+    if node_name == Some(settings.node_name.as_str()) {
+        let Some(interface) = interfaces.interface(name, &ips) else {
+            w.push(
+                "status.podIPs",
+                "no host-side interface found for the pod's addresses; left out until one is",
+            );
+            return PodTranslation {
+                out: PodOut::Nothing,
+                retry: true,
+                terminating,
+            };
+        };
+        let mut e = dataplane_core::Endpoint::new(name.clone(), interface, ips);
+        e.labels = labels;
+        e.named_ports = named_ports;
+        return PodTranslation {
+            out: PodOut::Local(e),
+            retry: false,
+            terminating,
+        };
+    }
+    let mut p = dataplane_core::PeerPod::new(name.clone(), ips);
+    p.labels = labels;
+    p.named_ports = named_ports;
+    p.node_name = node_name.map(|n| interner.get(n));
+    PodTranslation {
+        out: PodOut::Peer(p),
+        retry: false,
+        terminating,
+    }
+}
+
+/// A DNS-1123 subdomain (pod and policy names).
+pub(crate) fn is_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|part| is_label(part, 253))
+}
+
+/// `status.podIPs` (`status.podIP` when absent), usable and distinct.
+fn pod_ips(pod: &Pod, w: &mut Warnings) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let (list, field): (Vec<&String>, &str) = match (&status.pod_ips, &status.pod_ip) {
+        (Some(list), _) if !list.is_empty() => {
+            (list.iter().map(|p| &p.ip).collect(), "status.podIPs")
+        }
+        (_, Some(one)) if !one.is_empty() => (vec![one], "status.podIP"),
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (i, s) in list.into_iter().enumerate() {
+        let field = if field == "status.podIP" {
+            field.to_owned()
+        } else {
+            format!("{field}[{i}].ip")
+        };
+        match s.trim().parse::<IpAddr>() {
+            Ok(ip) if usable_unicast(ip) => {
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+            Ok(ip) => w.push(field, format!("{ip} is not a unicast address; left out")),
+            Err(_) => w.push(field, format!("{s:?} is not an IP address; left out")),
+        }
+    }
+    out
+}
+
+/// Named container ports, which NetworkPolicy ports may name (`spec.containers[].ports`).
+fn named_ports(pod: &Pod, w: &mut Warnings) -> Vec<NamedPort> {
+    let mut out: Vec<NamedPort> = Vec::new();
+    let Some(spec) = &pod.spec else {
+        return out;
+    };
+    for (c, container) in spec.containers.iter().enumerate() {
+        for (i, p) in container.ports.iter().flatten().enumerate() {
+            let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let field = format!("spec.containers[{c}].ports[{i}]");
+            // IANA service names: at most 15 characters (what dataplane-core accepts).
+            if !is_label(name, 15) {
+                w.push(
+                    format!("{field}.name"),
+                    format!("{name:?} is not a valid port name; left out"),
+                );
+                continue;
+            }
+            let Some(proto) = protocol(p.protocol.as_deref()) else {
+                w.push(format!("{field}.protocol"), "unknown protocol; left out");
+                continue;
+            };
+            let Some(port) = u16::try_from(p.container_port).ok().filter(|p| *p != 0) else {
+                w.push(
+                    format!("{field}.containerPort"),
+                    format!("{} is not a port (1-65535); left out", p.container_port),
+                );
+                continue;
+            };
+            if out.iter().any(|o| o.name == name && o.protocol == proto) {
+                w.push(
+                    format!("{field}.name"),
+                    format!("{proto} {name} is named twice; left out"),
+                );
+                continue;
+            }
+            out.push(NamedPort::new(name, proto, port));
+        }
+    }
+    out
+}
+
+/// A Namespace and its labels (for namespace selectors).
+pub(crate) fn translate_namespace(
+    name: &str,
+    ns: &Namespace,
+    w: &mut Warnings,
+) -> Option<dataplane_core::Namespace> {
+    if !is_label(name, 63) {
+        w.push(
+            "metadata.name",
+            format!("{name:?} is not a valid namespace name; left out"),
+        );
+        return None;
+    }
+    let labels = ns.metadata.labels.clone().unwrap_or_default();
+    if labels.keys().any(String::is_empty) {
+        w.push("metadata.labels", "an empty label key; left out");
+        return None;
+    }
+    Some(dataplane_core::Namespace {
+        name: name.to_owned(),
+        labels,
+    })
+}

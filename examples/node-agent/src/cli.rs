@@ -1,0 +1,296 @@
+//! The command line (kube-proxy's flag names where one exists) and what it configures: the
+//! store's [`Settings`], the dataplane's [`Options`] and the loop's [`Periods`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use dataplane::ipnetwork::IpNetwork;
+use dataplane::{Masquerade, Node, Options, Selection};
+use dataplane_kube::Settings;
+
+use crate::runner::Periods;
+
+/// `dataplane-agent`: keeps this node's dataplane in sync with Kubernetes (a kube-proxy
+/// replacement). Runs in the network namespace it programs.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "dataplane-agent", version, about)]
+#[allow(clippy::struct_field_names)]
+pub struct Args {
+    /// Read the objects from this directory of Kubernetes manifests (*.yaml, *.yml, *.json,
+    /// multi-document), watched for changes, instead of the API server.
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    pub manifests: Option<PathBuf>,
+    /// The kubeconfig file of the API server; without it (and without --manifests) the
+    /// in-cluster configuration.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name, as in its Node object (default: the host name, lower-cased).
+    #[arg(long, value_name = "NAME")]
+    pub hostname_override: Option<String>,
+    /// The dataplane: auto (eBPF when it can run here, else nftables, else iptables), ebpf,
+    /// nft (nftables) or iptables.
+    #[arg(long, default_value = "auto", value_parser = parse_selection)]
+    pub backend: Selection,
+    /// The cluster's pod CIDRs, comma-separated (one per family).
+    #[arg(long, value_name = "CIDR[,CIDR]", value_delimiter = ',')]
+    pub cluster_cidr: Vec<IpNetwork>,
+    /// The service (ClusterIP) CIDRs, comma-separated (one per family).
+    #[arg(long, value_name = "CIDR[,CIDR]", value_delimiter = ',')]
+    pub service_cidr: Vec<IpNetwork>,
+    /// The NodePort range, `START-END`.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    pub nodeport_range: (u16, u16),
+    /// The node's uplink interface (towards the other nodes and the outside).
+    #[arg(long, default_value = dataplane::DEFAULT_UPLINK, value_name = "IFACE")]
+    pub uplink: String,
+    /// Masquerade every connection to a service to the node's address (kube-proxy's
+    /// --masquerade-all).
+    #[arg(long)]
+    pub masquerade_all: bool,
+    /// The shortest time between two syncs: a burst of changes is applied once.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub min_sync_period: Duration,
+    /// The longest time between two syncs; a sync after this long is a full one.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub sync_period: Duration,
+    /// After a failed sync, the next one (full) comes after this long at the latest.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub retry_interval: Duration,
+    /// Where /healthz and /livez are served (empty: not at all).
+    #[arg(long, default_value = "0.0.0.0:10256", value_parser = parse_bind)]
+    pub healthz_bind_address: BindAddress,
+    /// Where /metrics is served (empty: not at all).
+    #[arg(long, default_value = "127.0.0.1:10249", value_parser = parse_bind)]
+    pub metrics_bind_address: BindAddress,
+    /// The bpffs directory of the eBPF dataplane's pinned maps and links.
+    #[arg(long, default_value = "/sys/fs/bpf/dataplane", value_name = "DIR")]
+    pub bpf_pin_dir: PathBuf,
+    /// The nftables table of the nftables dataplane.
+    #[arg(long, default_value = "dataplane", value_name = "NAME")]
+    pub nft_table: String,
+    /// The chain-name prefix of the iptables dataplane.
+    #[arg(long, default_value = "DP", value_name = "PREFIX")]
+    pub iptables_prefix: String,
+    /// Handle only the Services labelled `service.kubernetes.io/service-proxy-name: NAME`
+    /// (default: only the unlabelled ones, like kube-proxy).
+    #[arg(long, value_name = "NAME")]
+    pub proxy_name: Option<String>,
+    /// Remove everything the agent installed (eBPF pins and links, the nftables table, the
+    /// iptables chains) and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+impl Args {
+    /// This node's name: `--hostname-override`, else the host name (lower-cased, as
+    /// kube-proxy does).
+    pub fn node_name(&self) -> anyhow::Result<String> {
+        if let Some(name) = &self.hostname_override {
+            return Ok(name.trim().to_lowercase());
+        }
+        // The UTS namespace's name, which is what `hostname` prints.
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+        Ok(name.trim().to_lowercase())
+    }
+
+    /// The store's settings: the node template from the flags (its name, addresses and pod
+    /// CIDRs come from the Node object).
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let node_name = self.node_name()?;
+        let node = Node::new(node_name.clone(), [])
+            .with_cluster_cidrs(self.cluster_cidr.iter().copied())
+            .with_service_cidrs(self.service_cidr.iter().copied())
+            .with_node_port_range(self.nodeport_range.0, self.nodeport_range.1)
+            .with_uplink(self.uplink.clone())
+            .with_masquerade(Masquerade {
+                all_services: self.masquerade_all,
+                ..Masquerade::default()
+            });
+        Ok(Settings {
+            node_name,
+            node,
+            proxy_name: self.proxy_name.clone(),
+        })
+    }
+
+    /// The dataplane options: the current network namespace, the names from the flags, and
+    /// eBPF attachments kept when the agent exits (traffic keeps flowing through a restart).
+    pub fn options(&self) -> Options {
+        let mut options = Options::default();
+        options.ebpf.pin_dir.clone_from(&self.bpf_pin_dir);
+        options.ebpf.keep_attachments_on_drop = true;
+        options.nftables = options.nftables.with_name(&self.nft_table);
+        options.iptables = options.iptables.with_name(&self.iptables_prefix);
+        options
+    }
+
+    /// The reconcile loop's periods.
+    pub fn periods(&self) -> Periods {
+        Periods {
+            min_sync: self.min_sync_period,
+            sync: self.sync_period.max(self.min_sync_period),
+            retry: self.retry_interval,
+        }
+    }
+}
+
+fn parse_selection(s: &str) -> Result<Selection, String> {
+    s.parse().map_err(|e: dataplane::UnknownKind| e.to_string())
+}
+
+/// A server's `address:port`, or none (an empty flag value turns the server off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress(pub Option<SocketAddr>);
+
+fn parse_bind(s: &str) -> Result<BindAddress, String> {
+    if s.is_empty() {
+        return Ok(BindAddress(None));
+    }
+    s.parse()
+        .map(|a| BindAddress(Some(a)))
+        .map_err(|e| format!("{s:?} is no address:port: {e}"))
+}
+
+/// `START-END`, inclusive, START <= END.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (start, end) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is no port range: expected START-END"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|e| format!("{p:?} in {s:?} is no port: {e}"))
+    };
+    let (start, end) = (port(start)?, port(end)?);
+    if start > end || start == 0 {
+        return Err(format!("{s:?}: the range is empty or starts at 0"));
+    }
+    Ok((start, end))
+}
+
+/// A duration as kube-proxy's flags write it: a sequence of number+unit, units `h`, `m`,
+/// `s`, `ms`, `us`, `ns` (`1s`, `500ms`, `2m`, `1m30s`, `1.5s`); a bare `0` is zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if text.is_empty() {
+        return Err("an empty duration".to_owned());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{s:?}: a number without a unit (h, m, s, ms, us, ns)"))?;
+        if number_len == 0 {
+            return Err(format!("{s:?}: expected a number at {rest:?}"));
+        }
+        let number: f64 = rest[..number_len]
+            .parse()
+            .map_err(|e| format!("{s:?}: {e}"))?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            unit => {
+                return Err(format!(
+                    "{s:?}: unknown unit {unit:?} (h, m, s, ms, us, ns)"
+                ))
+            }
+        };
+        rest = &rest[unit_len..];
+        total +=
+            Duration::try_from_secs_f64(number * seconds).map_err(|e| format!("{s:?}: {e}"))?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_kube_proxy_writes_them() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_mins(2)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("30000-32767"), Ok((30000, 32767)));
+        assert!(parse_port_range("32767-30000").is_err());
+        assert!(parse_port_range("30000").is_err());
+        assert!(parse_port_range("0-10").is_err());
+    }
+
+    #[test]
+    fn the_contract_command_line_parses_with_its_defaults() {
+        let args = Args::try_parse_from([
+            "dataplane-agent",
+            "--manifests",
+            "/m",
+            "--hostname-override",
+            "Node-0",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/56",
+            "--service-cidr",
+            "10.96.0.0/12",
+            "--backend",
+            "nft",
+            "--masquerade-all",
+        ])
+        .unwrap();
+        assert_eq!(args.node_name().unwrap(), "node-0");
+        assert_eq!(args.cluster_cidr.len(), 2);
+        assert_eq!(
+            args.backend,
+            Selection::Only(dataplane::DataplaneKind::Nftables)
+        );
+        assert_eq!(args.min_sync_period, Duration::from_secs(1));
+        assert_eq!(args.sync_period, Duration::from_secs(30));
+        assert_eq!(args.retry_interval, Duration::from_secs(5));
+        assert_eq!(
+            args.healthz_bind_address.0,
+            Some("0.0.0.0:10256".parse().unwrap())
+        );
+        assert_eq!(
+            args.metrics_bind_address.0,
+            Some("127.0.0.1:10249".parse().unwrap())
+        );
+        let settings = args.settings().unwrap();
+        assert_eq!(settings.node.node_port_range.start, 30000);
+        assert!(settings.node.masquerade.all_services);
+        assert_eq!(settings.node.interfaces.uplink, "eth0");
+        let options = args.options();
+        assert!(options.ebpf.keep_attachments_on_drop);
+        assert_eq!(options.nftables.name, "dataplane");
+        assert_eq!(options.iptables.name, "DP");
+        assert!(Args::try_parse_from([
+            "dataplane-agent",
+            "--manifests",
+            "/m",
+            "--kubeconfig",
+            "/k"
+        ])
+        .is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! `dataplane-agent`: a node agent that keeps this node's dataplane in sync with Kubernetes
+//! objects read from a directory of manifests (or the API server), a kube-proxy
+//! replacement. The binary (`src/main.rs`) parses the command line ([`cli::Args`]) and calls
+//! [`run`]; the parts are public so that tests and benchmarks drive them directly:
+//!
+//! - [`source`]: the events every source sends; [`manifests`]: the manifest directory;
+//! - [`reconcile`]: the store, the translation and the syncs, timed by [`runner`];
+//! - [`interfaces`]: pod interfaces from the routes of the node;
+//! - [`health`], [`metrics`]: kube-proxy-compatible health and metrics servers.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod health;
+pub mod http;
+pub mod interfaces;
+pub mod kube_source;
+pub mod manifests;
+pub mod metrics;
+pub mod reconcile;
+pub mod runner;
+pub mod source;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use dataplane::{DataplaneKind, Selection};
+use dataplane_kube::Cluster;
+use tokio::sync::mpsc;
+
+pub(crate) use dataplane::error_chain;
+
+use crate::cli::Args;
+use crate::health::{ServiceHealth, Status};
+use crate::interfaces::RouteResolver;
+use crate::metrics::Metrics;
+use crate::reconcile::{Outputs, Reconciler};
+
+/// How many source events may wait for the loop (a relist of a big cluster is one event per
+/// kind; watch events come one by one).
+pub const EVENT_QUEUE: usize = 4096;
+
+/// Runs the agent until SIGTERM or SIGINT (or, with `--cleanup`, removes what it installed).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.cleanup {
+        return cleanup(&args);
+    }
+    let settings = args.settings()?;
+    let options = args.options();
+    let opened = dataplane::open(args.backend, &options).context("opening the dataplane")?;
+    tracing::info!(dataplane = %opened.kind, reason = %opened.reason, node = %settings.node_name, "dataplane opened");
+    let conntrack_capacity =
+        (opened.kind == DataplaneKind::Ebpf).then(|| u64::from(options.ebpf.capacities.conntrack));
+
+    let metrics = Arc::new(Metrics::new());
+    // kube-proxy's health timeout: twice the sync period.
+    let status = Arc::new(Status::new(args.sync_period * 2));
+    let mut servers = Vec::new();
+    if let Some(addr) = args.healthz_bind_address.0 {
+        servers.push(
+            health::serve_healthz(addr, Arc::clone(&status), Arc::clone(&metrics))
+                .with_context(|| format!("serving /healthz on {addr}"))?
+                .0,
+        );
+    }
+    if let Some(addr) = args.metrics_bind_address.0 {
+        servers.push(
+            metrics::serve_metrics(addr, Arc::clone(&metrics))
+                .with_context(|| format!("serving /metrics on {addr}"))?
+                .0,
+        );
+    }
+
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let _source = match &args.manifests {
+        Some(dir) => manifests::spawn(dir, tx)?,
+        None => anyhow::bail!(
+            "the Kubernetes API source is not wired in this build: run with --manifests DIR"
+        ),
+    };
+    let interfaces = Arc::new(RouteResolver::new(settings.node.interfaces.uplink.clone()));
+    let reconciler = Reconciler::new(
+        Cluster::new(settings),
+        opened.dataplane,
+        interfaces,
+        args.periods(),
+        Outputs {
+            status: Arc::clone(&status),
+            metrics: Arc::clone(&metrics),
+            service_health: ServiceHealth::new(Arc::clone(&status)),
+            conntrack_capacity,
+        },
+    )
+    .context("starting the dataplane thread")?;
+    let result = reconciler.run(rx, shutdown_signal()).await;
+    for server in servers {
+        server.abort();
+    }
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}
+
+/// `--cleanup`: opens each kind of dataplane this machine can run with the agent's names and
+/// removes everything it installed (kube-proxy's `--cleanup` removes the rules of every
+/// mode too). A kind that cannot run here has nothing installed.
+pub fn cleanup(args: &Args) -> anyhow::Result<()> {
+    let options = args.options();
+    let mut failed = Vec::new();
+    for kind in DataplaneKind::ALL {
+        if let Err(reason) = kind.usable() {
+            tracing::info!(dataplane = %kind, %reason, "cannot run here: nothing to clean up");
+            continue;
+        }
+        let result = dataplane::open(Selection::Only(kind), &options)
+            .map_err(|e| error_chain(&e))
+            .and_then(|mut opened| opened.dataplane.reset().map_err(|e| error_chain(&e)));
+        match result {
+            Ok(()) => tracing::info!(dataplane = %kind, "cleaned up"),
+            Err(e) => {
+                tracing::error!(dataplane = %kind, error = %e, "cleanup failed");
+                failed.push(format!("{kind}: {e}"));
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("cleanup failed: {}", failed.join("; "))
+    }
+}

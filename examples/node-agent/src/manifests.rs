@@ -1,0 +1,425 @@
+//! The manifest-directory source (`--manifests DIR`): the objects of every `*.yaml`, `*.yml`
+//! and `*.json` file directly in the directory (multi-document, `kind: List` too), watched
+//! with inotify (the `notify` crate).
+//!
+//! ```text
+//!  DIR ──inotify──▶ notify thread ──paths──▶ source thread: debounce, re-read the changed
+//!                                            files only, diff per object ──SourceEvent──▶ loop
+//! ```
+//!
+//! - At start: `Listed` for all six kinds (empty lists included), then per change the
+//!   difference per object: `Applied` for a new or changed object, `Deleted` for one that is
+//!   gone from every file. An object that moved from one file to another in one burst is
+//!   neither deleted nor re-applied.
+//! - Editors that save by writing a temporary file and renaming it over the old one, files
+//!   created and deleted, and Kubernetes `ConfigMap` volumes (whose files are symlinks into a
+//!   `..data` directory swapped at once) are all seen: an event on a manifest file re-reads
+//!   that file, an event on anything else that is a directory (or the watch's own overflow)
+//!   rescans the directory, re-reading the files whose inode, size or mtime changed.
+//! - A file that fails to parse keeps the objects it had (a half-written file does not
+//!   delete services) and an `Error` event names the file, document and field.
+//! - When two files hold the same object, the one in the file whose name sorts last wins;
+//!   the other takes over if that file drops it.
+//! - Hidden files (a leading `.`: editors' swap files, `..data`) are not read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dataplane_kube::{parse_manifests, Kind, Object, ObjectKey};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::source::SourceEvent;
+
+/// How long the directory must be quiet before a burst of events is read: an editor's save
+/// is several events within microseconds, `kubectl get -o yaml > f` a few writes.
+pub const DEBOUNCE: Duration = Duration::from_millis(5);
+/// The longest a burst is held back while events keep coming.
+pub const MAX_BATCH_DELAY: Duration = Duration::from_millis(100);
+
+/// A file's identity and version as the directory listing shows it: a file replaced by a
+/// rename has a new inode, one written in place a new size or mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl Fingerprint {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        Self {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            len: metadata.len(),
+            mtime_ns: i128::from(metadata.mtime()) * 1_000_000_000
+                + i128::from(metadata.mtime_nsec()),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    fingerprint: Option<Fingerprint>,
+    objects: BTreeMap<ObjectKey, Object>,
+}
+
+/// The objects of a manifest directory, by file, and the differences between two looks at
+/// it. Pure except for reading the files: the watcher thread of [`spawn`] drives it, tests
+/// may too.
+#[derive(Debug)]
+pub struct ManifestDir {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+    /// Which files hold each object (the last one wins).
+    holders: BTreeMap<ObjectKey, BTreeSet<PathBuf>>,
+}
+
+/// What a file read gave.
+enum Read {
+    Gone,
+    Objects(Fingerprint, BTreeMap<ObjectKey, Object>),
+    Failed(String),
+}
+
+impl ManifestDir {
+    /// The directory `dir`, not read yet.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            holders: BTreeMap::new(),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The object as the directory defines it now.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
+        let file = self.holders.get(key)?.last()?;
+        self.files.get(file)?.objects.get(key)
+    }
+
+    /// Reads the whole directory (again) and lists it: the errors of the files that fail,
+    /// then `Listed` for every kind, empty ones included.
+    pub fn list(&mut self) -> anyhow::Result<Vec<SourceEvent>> {
+        let mut events = Vec::new();
+        // The files there now, and those known from before that may be gone.
+        let mut paths: BTreeSet<PathBuf> = self.manifest_files()?.into_iter().collect();
+        paths.extend(self.files.keys().cloned());
+        for path in &paths {
+            self.read_into(path, &mut events);
+        }
+        let mut by_kind: BTreeMap<Kind, Vec<Object>> =
+            Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
+        for key in self.holders.keys() {
+            if let Some(object) = self.get(key) {
+                by_kind.entry(key.kind).or_default().push(object.clone());
+            }
+        }
+        events.extend(
+            by_kind
+                .into_iter()
+                .map(|(kind, objects)| SourceEvent::Listed { kind, objects }),
+        );
+        Ok(events)
+    }
+
+    /// Takes in the changes at `paths` (what the watcher reported; `rescan`: it lost track, or
+    /// something other than a manifest file changed) and returns the differences per object.
+    pub fn update(&mut self, paths: &BTreeSet<PathBuf>, rescan: bool) -> Vec<SourceEvent> {
+        let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut rescan = rescan;
+        for path in paths {
+            if self.is_manifest_path(path) {
+                files.insert(path.clone());
+            } else if path == &self.dir || path.is_dir() {
+                // A directory appeared or was swapped in (a ConfigMap's `..data`): the files
+                // may all point somewhere else now.
+                rescan = true;
+            }
+            // Anything else (an editor's swap or backup file) is none of ours.
+        }
+        if rescan {
+            match self.manifest_files() {
+                Ok(names) => {
+                    for name in names {
+                        let unchanged = std::fs::metadata(&name).ok().is_some_and(|m| {
+                            self.files.get(&name).and_then(|f| f.fingerprint)
+                                == Some(Fingerprint::of(&m))
+                        });
+                        if !unchanged {
+                            files.insert(name);
+                        }
+                    }
+                    // Files that are gone from the listing.
+                    files.extend(self.files.keys().filter(|f| !f.exists()).cloned());
+                }
+                Err(e) => {
+                    return vec![SourceEvent::Error {
+                        kind: None,
+                        message: format!("{e:#}"),
+                    }]
+                }
+            }
+        }
+        let mut events = Vec::new();
+        // What each touched object looked like before: after all the files are read, an
+        // object is compared once (a move between two files is no change).
+        let mut before: BTreeMap<ObjectKey, Option<Object>> = BTreeMap::new();
+        for file in &files {
+            if let Some(state) = self.files.get(file) {
+                for key in state.objects.keys() {
+                    before
+                        .entry(key.clone())
+                        .or_insert_with(|| self.get(key).cloned());
+                }
+            }
+        }
+        let mut reads = Vec::new();
+        for file in &files {
+            let read = read_file(file);
+            if let Read::Objects(_, objects) = &read {
+                for key in objects.keys() {
+                    before
+                        .entry(key.clone())
+                        .or_insert_with(|| self.get(key).cloned());
+                }
+            }
+            reads.push((file.clone(), read));
+        }
+        for (file, read) in reads {
+            self.store(&file, read, &mut events);
+        }
+        for (key, old) in before {
+            match (old, self.get(&key)) {
+                (Some(old), Some(new)) if &old == new => {}
+                (_, Some(new)) => events.push(SourceEvent::Applied(new.clone())),
+                (Some(_), None) => events.push(SourceEvent::Deleted(key)),
+                (None, None) => {}
+            }
+        }
+        events
+    }
+
+    fn read_into(&mut self, path: &Path, events: &mut Vec<SourceEvent>) {
+        let read = read_file(path);
+        self.store(path, read, events);
+    }
+
+    fn store(&mut self, path: &Path, read: Read, events: &mut Vec<SourceEvent>) {
+        let (fingerprint, objects) = match read {
+            Read::Gone => (None, BTreeMap::new()),
+            Read::Objects(fingerprint, objects) => (Some(fingerprint), objects),
+            Read::Failed(message) => {
+                // Keep what the file had: a half-written or broken file deletes nothing.
+                events.push(SourceEvent::Error {
+                    kind: None,
+                    message,
+                });
+                return;
+            }
+        };
+        if let Some(old) = self.files.remove(path) {
+            for key in old.objects.keys() {
+                if let Some(holders) = self.holders.get_mut(key) {
+                    holders.remove(path);
+                    if holders.is_empty() {
+                        self.holders.remove(key);
+                    }
+                }
+            }
+        }
+        if fingerprint.is_none() {
+            return;
+        }
+        for key in objects.keys() {
+            let holders = self.holders.entry(key.clone()).or_default();
+            holders.insert(path.to_owned());
+            if holders.len() > 1 {
+                tracing::warn!(object = %key, files = ?holders, "an object is defined in several files: the last one wins");
+            }
+        }
+        self.files.insert(
+            path.to_owned(),
+            FileState {
+                fingerprint,
+                objects,
+            },
+        );
+    }
+
+    fn is_manifest_path(&self, path: &Path) -> bool {
+        path.parent() == Some(self.dir.as_path()) && is_manifest_name(path)
+    }
+
+    fn manifest_files(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let entries = std::fs::read_dir(&self.dir)
+            .with_context(|| format!("reading the manifest directory {}", self.dir.display()))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("reading the manifest directory {}", self.dir.display()))?
+                .path();
+            // Symlinks are followed (ConfigMap volumes): what counts is a file behind them.
+            if is_manifest_name(&path) && path.is_file() {
+                names.push(path);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+fn is_manifest_name(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let ext = path.extension().and_then(|e| e.to_str());
+    !hidden && matches!(ext, Some("yaml" | "yml" | "json"))
+}
+
+fn read_file(path: &Path) -> Read {
+    let metadata = match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return Read::Gone,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Read::Gone,
+        Err(e) => return Read::Failed(format!("{}: {e}", path.display())),
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        // Deleted between the two calls.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Read::Gone,
+        Err(e) => return Read::Failed(format!("{}: {e}", path.display())),
+    };
+    let source = path.display().to_string();
+    let manifests = match parse_manifests(&text, &source) {
+        Ok(m) => m,
+        Err(e) => return Read::Failed(crate::error_chain(&e)),
+    };
+    for skipped in &manifests.skipped {
+        tracing::debug!(file = %source, object = %skipped, "not a kind the agent reads: skipped");
+    }
+    let mut objects = BTreeMap::new();
+    for (index, object) in manifests.objects.into_iter().enumerate() {
+        match object.key() {
+            Ok(key) => {
+                objects.insert(key, object);
+            }
+            Err(e) => {
+                return Read::Failed(format!(
+                    "{source}: object {index} ({}): {}",
+                    object.kind(),
+                    crate::error_chain(&e)
+                ))
+            }
+        }
+    }
+    Read::Objects(Fingerprint::of(&metadata), objects)
+}
+
+/// A running manifest source: the watch and its thread. Dropping it stops both.
+#[derive(Debug)]
+pub struct ManifestSource {
+    // Dropped first: closing the watcher's channel ends the thread.
+    watcher: Option<RecommendedWatcher>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for ManifestSource {
+    fn drop(&mut self) {
+        drop(self.watcher.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Watches `dir` and sends its objects to `tx`: the lists first, then the changes. Fails
+/// when the directory cannot be read or watched.
+pub fn spawn(
+    dir: impl Into<PathBuf>,
+    tx: mpsc::Sender<SourceEvent>,
+) -> anyhow::Result<ManifestSource> {
+    let dir: PathBuf = dir.into();
+    // Canonical: the watcher reports absolute paths under the real directory.
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("the manifest directory {}", dir.display()))?;
+    let (events_tx, events_rx) = std_mpsc::channel::<notify::Result<notify::Event>>();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        // The source thread is gone only when the agent is stopping.
+        let _ = events_tx.send(event);
+    })
+    .context("starting the file watcher")?;
+    // Watch first, list second: a change in between is read twice, never missed.
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    let mut state = ManifestDir::new(dir.clone());
+    let initial = state.list()?;
+    let thread = std::thread::Builder::new()
+        .name("manifests".to_owned())
+        .spawn(move || run(state, initial, &events_rx, &tx))
+        .context("starting the manifest thread")?;
+    tracing::info!(directory = %dir.display(), "watching manifests");
+    Ok(ManifestSource {
+        watcher: Some(watcher),
+        thread: Some(thread),
+    })
+}
+
+fn run(
+    mut state: ManifestDir,
+    initial: Vec<SourceEvent>,
+    events: &std_mpsc::Receiver<notify::Result<notify::Event>>,
+    tx: &mpsc::Sender<SourceEvent>,
+) {
+    for event in initial {
+        if tx.blocking_send(event).is_err() {
+            return;
+        }
+    }
+    loop {
+        // Wait for the first event of a burst, then until the directory is quiet.
+        let Ok(first) = events.recv() else {
+            return; // the watcher is gone
+        };
+        let started = Instant::now();
+        let mut paths = BTreeSet::new();
+        let mut rescan = false;
+        let mut take = |event: notify::Result<notify::Event>| match event {
+            Ok(event) => {
+                rescan |= event.need_rescan() || event.paths.is_empty();
+                paths.extend(event.paths);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "file watch error: rescanning");
+                rescan = true;
+            }
+        };
+        take(first);
+        while started.elapsed() < MAX_BATCH_DELAY {
+            match events.recv_timeout(DEBOUNCE) {
+                Ok(event) => take(event),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        for event in state.update(&paths, rescan) {
+            if tx.blocking_send(event).is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,650 @@
+//! The reconcile loop: source events into the store (`dataplane_kube::Cluster`), and
+//! syncs of the translated state into the dataplane when the [`Runner`] says so.
+//!
+//! ```text
+//!  SourceEvent ─▶ Cluster (store) ──translate──▶ DesiredState ──AsyncDataplane::sync──▶ kernel
+//!                    │                               ├─▶ health_checks ─▶ ServiceHealth ports
+//!                    └─ node_draining ─▶ Status      └─▶ Metrics, one log line per sync
+//! ```
+//!
+//! - No sync until every kind has been listed once (a half-listed cluster would remove
+//!   services that are only not listed yet).
+//! - A sync hands the whole translated state to [`AsyncDataplane::sync`], which diffs it
+//!   against the state it programmed last and applies the difference. A *full* sync (the
+//!   first, the periodic one, a retry) makes the dataplane apply the whole state: the
+//!   dataplane is wrapped in [`FullSync`], which answers the one `apply_changes` of that sync
+//!   with `FullSyncRequired`, so that `Dataplane::sync` falls back to `apply` (the
+//!   trait's documented way for a backend to ask for the whole state).
+//! - Conntrack maintenance is the handle's: [`AsyncDataplane`] runs `maintain` on the
+//!   dataplane's own interval between requests; the loop only reads the results into the
+//!   metrics.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use dataplane::{
+    error_chain, health_checks, ApplyReport, AsyncDataplane, BoxDataplane, Capabilities, ChangeSet,
+    Dataplane, DesiredState, Error, Flow, MaintenanceReport, ObservedState, Stats,
+};
+use dataplane_kube::{
+    last_change_trigger_time, Cluster, InterfaceResolver, Kind, Object, ObjectKey,
+    TranslationWarning,
+};
+use tokio::sync::mpsc;
+
+use crate::health::{ServiceHealth, Status};
+use crate::metrics::{Metrics, Programmed};
+use crate::runner::{Periods, RunKind, Runner};
+use crate::source::SourceEvent;
+
+/// How often the dataplane's counters are read into the metrics between syncs.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A resolver of pod interfaces whose cache the loop empties before each sync.
+pub trait Interfaces: InterfaceResolver + Send + Sync {
+    /// Forgets cached answers.
+    fn refresh(&self) {}
+}
+
+impl Interfaces for crate::interfaces::RouteResolver {
+    fn refresh(&self) {
+        crate::interfaces::RouteResolver::refresh(self);
+    }
+}
+
+/// Interfaces from a function (tests, embedders with their own knowledge of the veths).
+pub struct FnInterfaces<F>(pub F);
+
+impl<F> std::fmt::Debug for FnInterfaces<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnInterfaces")
+    }
+}
+
+impl<F> InterfaceResolver for FnInterfaces<F>
+where
+    F: Fn(&dataplane::ObjectName, &[std::net::IpAddr]) -> Option<String>,
+{
+    fn interface(&self, pod: &dataplane::ObjectName, ips: &[std::net::IpAddr]) -> Option<String> {
+        (self.0)(pod, ips)
+    }
+}
+
+impl<F> Interfaces for FnInterfaces<F> where
+    F: Fn(&dataplane::ObjectName, &[std::net::IpAddr]) -> Option<String> + Send + Sync
+{
+}
+
+/// A dataplane whose next sync can be made full: while the switch is on, `apply_changes`
+/// answers `FullSyncRequired` (changing nothing) and `Dataplane::sync` applies the whole
+/// state; `apply` turns the switch off. Everything else is the wrapped dataplane's.
+pub struct FullSync {
+    inner: BoxDataplane,
+    full: Arc<AtomicBool>,
+}
+
+impl FullSync {
+    /// Wraps `inner`; the returned switch asks for a full sync.
+    pub fn new(inner: BoxDataplane) -> (Self, Arc<AtomicBool>) {
+        let full = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                full: Arc::clone(&full),
+            },
+            full,
+        )
+    }
+}
+
+impl std::fmt::Debug for FullSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FullSync")
+            .field("full", &self.full.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataplane for FullSync {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
+        self.full.store(false, Ordering::SeqCst);
+        self.inner.apply(desired)
+    }
+    fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(Error::FullSyncRequired);
+        }
+        self.inner.apply_changes(changes)
+    }
+    fn observe(&self) -> Result<ObservedState, Error> {
+        self.inner.observe()
+    }
+    fn flows(&self) -> Result<Vec<Flow>, Error> {
+        self.inner.flows()
+    }
+    fn stats(&self) -> Result<Stats, Error> {
+        self.inner.stats()
+    }
+    fn reset(&mut self) -> Result<(), Error> {
+        self.inner.reset()
+    }
+    fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
+        self.inner.maintain(now)
+    }
+    fn maintenance_interval(&self) -> Option<Duration> {
+        self.inner.maintenance_interval()
+    }
+}
+
+/// What a sync did, for the log line and for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// Full or partial, as the runner asked.
+    pub kind: RunKind,
+    /// The dataplane's report (`None`: the sync failed).
+    pub report: Option<ApplyReport>,
+    /// Services, endpoints (local pods) and policies in the state.
+    pub counts: (usize, usize, usize),
+    /// The translation's warnings (every current one, logged only when new).
+    pub warnings: Vec<String>,
+}
+
+/// Where the loop reports: health, metrics, health-check ports.
+#[derive(Debug)]
+pub struct Outputs {
+    /// What `/healthz`, `/livez` and the health-check ports answer from.
+    pub status: Arc<Status>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The health-check NodePort servers.
+    pub service_health: ServiceHealth,
+    /// Entries of the dataplane's conntrack table when it has a fixed size (eBPF), for the
+    /// fill-level metric.
+    pub conntrack_capacity: Option<u64>,
+}
+
+/// The loop's parts. Build with [`Reconciler::new`], then [`Reconciler::run`].
+pub struct Reconciler {
+    cluster: Cluster,
+    listed: BTreeSet<Kind>,
+    runner: Runner,
+    dataplane: AsyncDataplane,
+    full_switch: Arc<AtomicBool>,
+    interfaces: Arc<dyn Interfaces>,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+    service_health: ServiceHealth,
+    /// Objects changed since the last successful sync.
+    pending: BTreeSet<ObjectKey>,
+    /// Trigger times of the EndpointSlice changes since the last successful sync.
+    triggers: BTreeMap<ObjectKey, SystemTime>,
+    /// Warnings logged already (logged again only when they change).
+    warned: HashSet<String>,
+    conntrack_capacity: Option<u64>,
+    capabilities: Option<Capabilities>,
+    last_outcome: Option<SyncOutcome>,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("listed", &self.listed)
+            .field("runner", &self.runner)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reconciler {
+    /// A loop over `cluster` (the store, with its settings) programming `dataplane` (moved
+    /// to a thread of its own), reporting to `outputs`.
+    pub fn new(
+        cluster: Cluster,
+        dataplane: BoxDataplane,
+        interfaces: Arc<dyn Interfaces>,
+        periods: Periods,
+        outputs: Outputs,
+    ) -> std::io::Result<Self> {
+        let Outputs {
+            status,
+            metrics,
+            service_health,
+            conntrack_capacity,
+        } = outputs;
+        let (dataplane, full_switch) = FullSync::new(dataplane);
+        Ok(Self {
+            cluster,
+            listed: BTreeSet::new(),
+            runner: Runner::new(periods),
+            dataplane: AsyncDataplane::new(Box::new(dataplane))?,
+            full_switch,
+            interfaces,
+            status,
+            metrics,
+            service_health,
+            pending: BTreeSet::new(),
+            triggers: BTreeMap::new(),
+            warned: HashSet::new(),
+            conntrack_capacity,
+            capabilities: None,
+            last_outcome: None,
+        })
+    }
+
+    /// The store.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Whether every kind has been listed (syncs may run).
+    pub fn ready(&self) -> bool {
+        self.listed.len() == Kind::ALL.len()
+    }
+
+    /// The last sync's outcome.
+    pub fn last_outcome(&self) -> Option<&SyncOutcome> {
+        self.last_outcome.as_ref()
+    }
+
+    /// The health-check ports served now.
+    pub fn health_ports(&self) -> BTreeMap<dataplane::ObjectName, u16> {
+        self.service_health.ports()
+    }
+
+    /// Takes in one source event.
+    pub fn handle(&mut self, event: SourceEvent) {
+        let now = Instant::now();
+        match event {
+            SourceEvent::Listed { kind, objects } => {
+                let first = !self.listed.contains(&kind);
+                let mut changed_keys = Vec::new();
+                for object in &objects {
+                    if let Ok(key) = object.key() {
+                        if self.cluster.get(&key) != Some(object) {
+                            if !first {
+                                self.note_trigger(&key, object);
+                            }
+                            changed_keys.push(key);
+                        }
+                    }
+                }
+                match self.cluster.replace(kind, objects) {
+                    Ok(changed) => {
+                        if changed {
+                            // Deleted ones count too, but are not named by the list.
+                            self.changed(now, changed_keys, kind);
+                        }
+                    }
+                    Err(e) => self.source_error(Some(kind), &error_chain(&e)),
+                }
+                if first {
+                    self.listed.insert(kind);
+                    tracing::debug!(%kind, count = self.cluster.count(kind), "listed");
+                    if self.ready() {
+                        tracing::info!("every kind listed: first sync");
+                        self.runner.request();
+                    }
+                }
+            }
+            SourceEvent::Applied(object) => {
+                let kind = object.kind();
+                let key = match object.key() {
+                    Ok(key) => key,
+                    Err(e) => return self.source_error(Some(kind), &error_chain(&e)),
+                };
+                if self.cluster.get(&key) != Some(&object) {
+                    self.note_trigger(&key, &object);
+                }
+                match self.cluster.apply(object) {
+                    Ok(true) => self.changed(now, vec![key], kind),
+                    Ok(false) => {}
+                    Err(e) => self.source_error(Some(kind), &format!("{key}: {}", error_chain(&e))),
+                }
+            }
+            SourceEvent::Deleted(key) => {
+                let kind = key.kind;
+                self.triggers.remove(&key);
+                if self.cluster.delete(&key) {
+                    self.changed(now, vec![key], kind);
+                }
+            }
+            SourceEvent::Error { kind, message } => self.source_error(kind, &message),
+        }
+    }
+
+    fn note_trigger(&mut self, key: &ObjectKey, object: &Object) {
+        if let Object::EndpointSlice(slice) = object {
+            if let Some(at) = last_change_trigger_time(slice) {
+                // The oldest unsynced trigger of a slice is what kube-proxy measures from.
+                self.triggers.entry(key.clone()).or_insert(at);
+            }
+        }
+    }
+
+    fn source_error(&self, kind: Option<Kind>, message: &str) {
+        self.metrics.source_errors.inc();
+        if let Some(kind) = kind {
+            tracing::warn!(%kind, "{message}");
+        } else {
+            tracing::warn!("{message}");
+        }
+    }
+
+    fn changed(&mut self, now: Instant, keys: Vec<ObjectKey>, kind: Kind) {
+        match kind {
+            Kind::Service => {
+                self.metrics.service_changes.inc();
+            }
+            Kind::EndpointSlice => {
+                self.metrics.endpoint_changes.inc();
+            }
+            Kind::Node => self.status.set_node_eligible(!self.cluster.node_draining()),
+            _ => {}
+        }
+        self.pending.extend(keys);
+        self.metrics.queued(SystemTime::now());
+        self.update_pending_gauges();
+        if self.ready() {
+            self.status.queued(now);
+        }
+        self.runner.request();
+    }
+
+    fn update_pending_gauges(&self) {
+        let count = |kind: Kind| {
+            i64::try_from(self.pending.iter().filter(|k| k.kind == kind).count())
+                .unwrap_or(i64::MAX)
+        };
+        self.metrics
+            .service_changes_pending
+            .set(count(Kind::Service));
+        self.metrics
+            .endpoint_changes_pending
+            .set(count(Kind::EndpointSlice));
+    }
+
+    /// When the next sync is due (`None`: not before an event).
+    pub fn next_sync(&self, now: Instant) -> Option<Instant> {
+        if !self.ready() {
+            return None;
+        }
+        self.runner.next_run(now)
+    }
+
+    /// Runs the sync due at `now`, if one is.
+    pub async fn sync_if_due(&mut self, now: Instant) -> Option<SyncOutcome> {
+        if !self.ready() {
+            return None;
+        }
+        let kind = self.runner.due(now)?;
+        Some(self.sync(kind).await)
+    }
+
+    /// One sync of `kind`: translate, program, then health ports, metrics and the log line.
+    pub async fn sync(&mut self, kind: RunKind) -> SyncOutcome {
+        let started = Instant::now();
+        self.interfaces.refresh();
+        if kind == RunKind::Full {
+            self.full_switch.store(true, Ordering::SeqCst);
+        }
+        let translation = match self.cluster.translate(&*self.interfaces) {
+            Ok(t) => t,
+            Err(e) => {
+                self.metrics.apply_errors.inc();
+                tracing::error!(error = %error_chain(&e), "cannot translate the cluster: retrying");
+                self.runner.finished(kind, started, Instant::now(), false);
+                let outcome = SyncOutcome {
+                    kind,
+                    report: None,
+                    counts: (0, 0, 0),
+                    warnings: Vec::new(),
+                };
+                self.last_outcome = Some(outcome.clone());
+                return outcome;
+            }
+        };
+        self.log_warnings(&translation.warnings);
+        self.metrics
+            .translation_warnings
+            .set(i64::try_from(translation.warnings.len()).unwrap_or(i64::MAX));
+        let warnings: Vec<String> = translation
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let state = translation.state;
+        let counts = (
+            state.services.len(),
+            state.endpoints.len(),
+            state.policies.len(),
+        );
+        let checks = health_checks(&state);
+        let programmed = Programmed::of(&state);
+        let backends: usize = state.services.iter().map(|s| s.backends.len()).sum();
+        let changes = self.pending.len();
+        let result = self.dataplane.sync(state).await;
+        let ended = Instant::now();
+        let took = ended - started;
+        match result {
+            Ok(report) => {
+                let mut outcome = self
+                    .synced(
+                        kind, started, ended, report, &checks, programmed, backends, changes,
+                    )
+                    .await;
+                outcome.warnings = warnings;
+                self.last_outcome = Some(outcome.clone());
+                outcome
+            }
+            Err(e) => {
+                self.runner.finished(kind, started, ended, false);
+                self.metrics.apply_errors.inc();
+                tracing::error!(
+                    full = kind == RunKind::Full,
+                    services = counts.0,
+                    endpoints = counts.1,
+                    policies = counts.2,
+                    changes,
+                    duration_ms = took.as_secs_f64() * 1000.0,
+                    retry_in = ?self.runner.periods().retry,
+                    error = %error_chain(&e),
+                    "sync failed: the next one is full"
+                );
+                let outcome = SyncOutcome {
+                    kind,
+                    report: None,
+                    counts,
+                    warnings,
+                };
+                self.last_outcome = Some(outcome.clone());
+                outcome
+            }
+        }
+    }
+
+    /// The rest of a successful sync: health ports, metrics, the log line.
+    #[allow(clippy::too_many_arguments)]
+    async fn synced(
+        &mut self,
+        kind: RunKind,
+        started: Instant,
+        ended: Instant,
+        report: ApplyReport,
+        checks: &[dataplane::HealthCheck],
+        programmed: Programmed,
+        backends: usize,
+        changes: usize,
+    ) -> SyncOutcome {
+        let took = ended - started;
+        let counts = (
+            programmed.services,
+            programmed.endpoints,
+            programmed.policies,
+        );
+        let wall = SystemTime::now();
+        self.runner.finished(kind, started, ended, true);
+        self.status.updated(wall);
+        self.service_health.sync(checks);
+        self.metrics.synced(report.full_sync, took, wall);
+        self.metrics.programmed(&programmed);
+        for (_, at) in std::mem::take(&mut self.triggers) {
+            if let Ok(latency) = wall.duration_since(at) {
+                self.metrics
+                    .network_programming
+                    .observe(latency.as_secs_f64());
+            }
+        }
+        self.pending.clear();
+        self.update_pending_gauges();
+        let skipped: Vec<String> = report.skipped.iter().map(ToString::to_string).collect();
+        let warnings: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
+        self.log_dataplane_notes(&skipped, &warnings);
+        tracing::info!(
+            full = report.full_sync,
+            services = counts.0,
+            endpoints = counts.1,
+            policies = counts.2,
+            changes,
+            services_changed = report.services_changed,
+            services_removed = report.services_removed,
+            objects_written = report.objects_written,
+            duration_ms = took.as_secs_f64() * 1000.0,
+            "synced"
+        );
+        if self.capabilities.is_none() {
+            self.capabilities = self.dataplane.capabilities().await.ok();
+        }
+        if let Some(caps) = &self.capabilities {
+            self.metrics
+                .table_fill("services", counts.0, caps.max_services);
+            self.metrics
+                .table_fill("backends", backends, caps.max_backends);
+        }
+        SyncOutcome {
+            kind,
+            report: Some(report),
+            counts,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Logs the warnings that are new since the last sync: once per object version, not
+    /// every sync (an object that changes and still has the warning is logged again).
+    fn log_warnings(&mut self, warnings: &[TranslationWarning]) {
+        let mut now = HashSet::with_capacity(warnings.len());
+        for w in warnings {
+            let version = self
+                .cluster
+                .get(&w.object)
+                .and_then(resource_version)
+                .unwrap_or_default();
+            let id = format!("{w}@{version}");
+            if !self.warned.contains(&id) {
+                tracing::warn!(object = %w.object, field = %w.field, "{}", w.message);
+            }
+            now.insert(id);
+        }
+        // Dataplane notes are kept beside the translation's.
+        now.extend(
+            self.warned
+                .iter()
+                .filter(|id| id.starts_with("dataplane: "))
+                .cloned(),
+        );
+        self.warned = now;
+    }
+
+    fn log_dataplane_notes(&mut self, skipped: &[String], warnings: &[String]) {
+        for note in skipped.iter().chain(warnings) {
+            let id = format!("dataplane: {note}");
+            if self.warned.insert(id) {
+                tracing::warn!("{note}");
+            }
+        }
+    }
+
+    /// Reads the dataplane's counters into the metrics.
+    pub async fn read_stats(&self) {
+        match self.dataplane.stats().await {
+            Ok(stats) => self.metrics.stats(&stats, self.conntrack_capacity),
+            Err(e) => tracing::debug!(error = %e, "reading the dataplane's counters"),
+        }
+    }
+
+    /// Runs until `shutdown` resolves or the source ends, then stops the dataplane's thread
+    /// without touching the kernel (the datapath stays in place). `Err` when the source
+    /// ended first.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<SourceEvent>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut maintenance = self.dataplane.maintenance();
+        let mut stats_timer = tokio::time::interval(STATS_INTERVAL);
+        stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut maintenance_open = true;
+        let result = loop {
+            let next = self.next_sync(Instant::now());
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                event = events.recv() => {
+                    let Some(event) = event else {
+                        break Err(anyhow::anyhow!("the object source stopped"));
+                    };
+                    self.handle(event);
+                    // Take in the whole burst before looking at the clock again.
+                    while let Ok(event) = events.try_recv() {
+                        self.handle(event);
+                    }
+                }
+                () = sleep => {
+                    if self.sync_if_due(Instant::now()).await.is_some() {
+                        self.read_stats().await;
+                    }
+                }
+                _ = stats_timer.tick() => self.read_stats().await,
+                changed = maintenance.changed(), if maintenance_open => {
+                    // Closed: the dataplane thread ended (it panicked); syncs will say so.
+                    maintenance_open = changed.is_ok();
+                    if maintenance_open {
+                        let latest = maintenance.borrow_and_update().clone();
+                        if let Some(Ok(report)) = latest {
+                            self.metrics.conntrack_expired.inc_by(report.flows_expired);
+                        }
+                    }
+                }
+            }
+        };
+        tracing::info!("stopping: the datapath stays in place");
+        // Drops the dataplane on its thread: eBPF programs stay attached (their links are
+        // pinned and kept), nftables/iptables rules stay; the next agent adopts them.
+        if let Err(e) = self.dataplane.shutdown().await {
+            tracing::warn!(error = %e, "stopping the dataplane thread");
+        }
+        result
+    }
+}
+
+fn resource_version(object: &Object) -> Option<String> {
+    let meta = match object {
+        Object::Service(o) => &o.metadata,
+        Object::EndpointSlice(o) => &o.metadata,
+        Object::NetworkPolicy(o) => &o.metadata,
+        Object::Pod(o) => &o.metadata,
+        Object::Namespace(o) => &o.metadata,
+        Object::Node(o) => &o.metadata,
+    };
+    meta.resource_version.clone()
+}

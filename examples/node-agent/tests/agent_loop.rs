@@ -1,0 +1,399 @@
+//! The reconcile loop over an in-memory `FakeDataplane`: when it syncs, what it programs, full
+//! syncs, and the health and metrics it serves over HTTP on 127.0.0.1.
+
+mod agent_common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_common::{namespace, node, pod, service, slice};
+use dataplane::testing::{FakeDataplane, Fault};
+use dataplane::Node;
+use dataplane_agent::health::{serve_healthz, ServiceHealth, Status};
+use dataplane_agent::metrics::{serve_metrics, Metrics};
+use dataplane_agent::reconcile::{FnInterfaces, Outputs, Reconciler};
+use dataplane_agent::runner::{Periods, RunKind};
+use dataplane_agent::source::SourceEvent;
+use dataplane_kube::{parse_manifests, Cluster, Kind, Object, ObjectKey, Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// One object from its YAML.
+fn object(yaml: &str) -> Object {
+    let mut parsed = parse_manifests(yaml, "test.yaml").unwrap();
+    assert_eq!(parsed.objects.len(), 1, "{yaml}");
+    parsed.objects.remove(0)
+}
+
+fn objects(kind: Kind, yamls: &[String]) -> SourceEvent {
+    SourceEvent::Listed {
+        kind,
+        objects: yamls.iter().map(|y| object(y)).collect(),
+    }
+}
+
+/// A NodePort (health check ports are NodePorts) nobody listens on now on 127.0.0.1, a
+/// different one per test of this binary.
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 31_000 + (std::process::id() % 1000) as u16;
+    loop {
+        let port = start + NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(port <= 32_767, "no free NodePort");
+        if std::net::TcpListener::bind((LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `GET path` on `addr`: status and body, `None` when nothing listens.
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Some((status, body))
+}
+
+struct Harness {
+    reconciler: Reconciler,
+    fake: FakeDataplane,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+}
+
+fn harness(health_timeout: Duration) -> Harness {
+    let settings = Settings {
+        node_name: "node-0".to_owned(),
+        node: Node::new("node-0", [])
+            .with_cluster_cidrs(["10.244.0.0/16".parse().unwrap()])
+            .with_service_cidrs(["10.96.0.0/12".parse().unwrap()]),
+        proxy_name: None,
+    };
+    let fake = FakeDataplane::new();
+    let status = Arc::new(Status::new(health_timeout));
+    let metrics = Arc::new(Metrics::new());
+    // Pods' veths by address, as the lab names them.
+    let interfaces = Arc::new(FnInterfaces(|_: &dataplane::ObjectName, ips: &[IpAddr]| {
+        ips.first()
+            .map(|ip| format!("vp{}", ip.to_string().rsplit('.').next().unwrap()))
+    }));
+    let reconciler = Reconciler::new(
+        Cluster::new(settings),
+        Box::new(fake.clone()),
+        interfaces,
+        Periods::default(),
+        Outputs {
+            status: Arc::clone(&status),
+            metrics: Arc::clone(&metrics),
+            service_health: ServiceHealth::on(Arc::clone(&status), vec![LOCALHOST]),
+            conntrack_capacity: Some(1000),
+        },
+    )
+    .unwrap();
+    Harness {
+        reconciler,
+        fake,
+        status,
+        metrics,
+    }
+}
+
+/// Lists every kind: node-0 (optionally tainted), pods 0-1 (local) and 1-1 (remote), the
+/// Local service `web` with health port `hc` and a local endpoint.
+fn list_all(h: &mut Harness, hc: u16) {
+    for event in [
+        objects(
+            Kind::Node,
+            &[
+                node("node-0", "172.18.0.10", "10.244.0.0/24", None),
+                node("node-1", "172.18.0.11", "10.244.1.0/24", None),
+            ],
+        ),
+        objects(Kind::Namespace, &[namespace("default")]),
+        objects(
+            Kind::Pod,
+            &[
+                pod("pod-0-1", "node-0", "10.244.0.11"),
+                pod("pod-1-1", "node-1", "10.244.1.11"),
+            ],
+        ),
+        objects(Kind::Service, &[service("web", "10.96.0.10", 80, Some(hc))]),
+        objects(
+            Kind::EndpointSlice,
+            &[slice(
+                "web-1",
+                "web",
+                &[("10.244.0.11", "node-0", "pod-0-1")],
+            )],
+        ),
+    ] {
+        h.reconciler.handle(event);
+        assert!(!h.reconciler.ready(), "ready before every kind listed");
+        assert!(
+            h.reconciler.next_sync(Instant::now()).is_none(),
+            "a sync before every kind listed"
+        );
+    }
+    h.reconciler.handle(objects(Kind::NetworkPolicy, &[]));
+    assert!(h.reconciler.ready());
+}
+
+#[tokio::test]
+async fn syncs_wait_for_every_kind_then_program_the_translated_state() {
+    let mut h = harness(Duration::from_mins(1));
+    list_all(&mut h, free_port());
+    let outcome = h
+        .reconciler
+        .sync_if_due(Instant::now())
+        .await
+        .expect("the first sync is due once every kind listed");
+    assert_eq!(outcome.kind, RunKind::Full);
+    assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
+    let report = outcome.report.expect("synced");
+    assert!(report.full_sync);
+    assert_eq!(outcome.counts.0, 1, "one service");
+    let applied = h.fake.applied().expect("applied");
+    assert_eq!(applied.node.name, "node-0");
+    assert_eq!(applied.services[0].backends.len(), 1);
+    // The local pod is an endpoint on the veth the resolver named.
+    assert_eq!(applied.endpoints.len(), 1);
+    assert_eq!(applied.endpoints[0].interface, "vp11");
+
+    // A change: the next sync is partial and moves the backend.
+    h.reconciler.handle(SourceEvent::Applied(object(&slice(
+        "web-1",
+        "web",
+        &[("10.244.1.11", "node-1", "pod-1-1")],
+    ))));
+    let outcome = h.reconciler.sync(RunKind::Partial).await;
+    assert!(!outcome.report.unwrap().full_sync);
+    let applied = h.fake.applied().unwrap();
+    assert_eq!(
+        applied.services[0].backends[0].ip,
+        "10.244.1.11".parse::<IpAddr>().unwrap()
+    );
+    let calls = h.fake.calls();
+    assert_eq!((calls.full_syncs, calls.incremental_syncs), (1, 1));
+
+    // A periodic full sync with no change applies the whole state again.
+    let outcome = h.reconciler.sync(RunKind::Full).await;
+    assert!(outcome.report.unwrap().full_sync);
+    assert_eq!(h.fake.calls().full_syncs, 2);
+}
+
+#[tokio::test]
+async fn a_failed_sync_is_retried_in_full() {
+    let mut h = harness(Duration::from_mins(1));
+    list_all(&mut h, free_port());
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    h.reconciler.handle(SourceEvent::Deleted(ObjectKey {
+        kind: Kind::EndpointSlice,
+        namespace: Some("default".to_owned()),
+        name: "web-1".to_owned(),
+    }));
+    h.fake.fail_next_apply(Fault::Kernel("injected".to_owned()));
+    let failed = h.reconciler.sync(RunKind::Partial).await;
+    assert!(failed.report.is_none());
+    // Nothing is due before the retry interval (no new change)...
+    let now = Instant::now();
+    assert!(h.reconciler.sync_if_due(now).await.is_none());
+    // ...and the retry is full.
+    let retry = h
+        .reconciler
+        .sync_if_due(now + Periods::default().retry)
+        .await
+        .unwrap();
+    assert_eq!(retry.kind, RunKind::Full);
+    assert!(retry.report.unwrap().full_sync);
+    assert!(h.fake.applied().unwrap().services[0].backends.is_empty());
+    let text = h.metrics.encode();
+    assert!(text.contains("dataplane_apply_errors_total 1"), "{text}");
+}
+
+#[tokio::test]
+async fn health_check_ports_follow_local_endpoints_and_services() {
+    let mut h = harness(Duration::from_mins(1));
+    let hc = free_port();
+    let hc_addr = SocketAddr::new(LOCALHOST, hc);
+    list_all(&mut h, hc);
+    assert!(get(hc_addr, "/").await.is_none(), "no server before a sync");
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert_eq!(
+        h.reconciler
+            .health_ports()
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
+        [hc]
+    );
+    let (code, body) = get(hc_addr, "/").await.expect("the health port answers");
+    assert_eq!(code, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"service": {"namespace": "default", "name": "web"},
+                           "localEndpoints": 1, "serviceProxyHealthy": true})
+    );
+    // The only endpoint moves to node-1: 503 with no local endpoints.
+    h.reconciler.handle(SourceEvent::Applied(object(&slice(
+        "web-1",
+        "web",
+        &[("10.244.1.11", "node-1", "pod-1-1")],
+    ))));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    let (code, body) = get(hc_addr, "/anything").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(r#""localEndpoints":0"#), "{body}");
+    // The service goes: the port closes.
+    h.reconciler.handle(SourceEvent::Deleted(ObjectKey {
+        kind: Kind::Service,
+        namespace: Some("default".to_owned()),
+        name: "web".to_owned(),
+    }));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert!(h.reconciler.health_ports().is_empty());
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        while get(hc_addr, "/").await.is_some() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the health port still answers");
+}
+
+#[tokio::test]
+async fn healthz_reports_pending_changes_and_a_draining_node() {
+    // A zero timeout: any change waiting after the first sync makes the agent unhealthy.
+    let mut h = harness(Duration::ZERO);
+    let (server, addr) = serve_healthz(
+        SocketAddr::new(LOCALHOST, 0),
+        Arc::clone(&h.status),
+        Arc::clone(&h.metrics),
+    )
+    .unwrap();
+    let (code, body) = get(addr, "/healthz").await.unwrap();
+    assert_eq!(code, 200, "healthy while starting: {body}");
+    list_all(&mut h, free_port());
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    let (code, body) = get(addr, "/healthz").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["nodeEligible"], true);
+    assert!(
+        json["lastUpdated"].as_str().unwrap().ends_with('Z'),
+        "{body}"
+    );
+    let (code, body) = get(addr, "/livez").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(!body.contains("nodeEligible"), "{body}");
+
+    // A change that is not synced yet, older than the (zero) timeout.
+    h.reconciler.handle(SourceEvent::Applied(object(&service(
+        "api",
+        "10.96.0.20",
+        443,
+        None,
+    ))));
+    assert_eq!(get(addr, "/healthz").await.unwrap().0, 503);
+    assert_eq!(get(addr, "/livez").await.unwrap().0, 503);
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert_eq!(get(addr, "/livez").await.unwrap().0, 200);
+
+    // The node is tainted for deletion: /healthz says so, /livez does not care. (The taint
+    // is a change too: synced first so that only the taint counts.)
+    h.reconciler.handle(SourceEvent::Applied(object(&node(
+        "node-0",
+        "172.18.0.10",
+        "10.244.0.0/24",
+        Some("ToBeDeletedByClusterAutoscaler"),
+    ))));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    let (code, body) = get(addr, "/healthz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(r#""nodeEligible":false"#), "{body}");
+    assert_eq!(get(addr, "/livez").await.unwrap().0, 200);
+    assert_eq!(get(addr, "/other").await.unwrap().0, 404);
+    server.abort();
+    let text = h.metrics.encode();
+    assert!(
+        text.contains(r#"kubeproxy_proxy_healthz_total{code="503"}"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_served_under_kube_proxy_names() {
+    let mut h = harness(Duration::from_mins(1));
+    let (server, addr) =
+        serve_metrics(SocketAddr::new(LOCALHOST, 0), Arc::clone(&h.metrics)).unwrap();
+    list_all(&mut h, free_port());
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    // An endpoint change with a trigger time: programmed, it is measured.
+    h.reconciler.handle(SourceEvent::Applied(object(&slice(
+        "web-1",
+        "web",
+        &[
+            ("10.244.0.11", "node-0", "pod-0-1"),
+            ("10.244.1.11", "node-1", "pod-1-1"),
+        ],
+    ))));
+    let text = h.metrics.encode();
+    assert!(
+        text.contains("kubeproxy_sync_proxy_rules_endpoint_changes_pending 1"),
+        "{text}"
+    );
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    h.reconciler.read_stats().await;
+    let (code, text) = get(addr, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    for expected in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count 2",
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1",
+        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 1",
+        "kubeproxy_network_programming_duration_seconds_count 1",
+        "kubeproxy_sync_proxy_rules_endpoint_changes_pending 0",
+        "kubeproxy_sync_proxy_rules_service_changes_pending 0",
+        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"} 0"#,
+        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"} 0"#,
+        "dataplane_services 1",
+        "dataplane_endpoints 1",
+        "dataplane_policies 0",
+        "dataplane_conntrack_entries 0",
+        "dataplane_translation_warnings 0",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    assert!(text.contains("# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge"));
+    assert!(text.contains("# TYPE kubeproxy_network_programming_duration_seconds histogram"));
+    // The trigger time is in 2026-01-01: the observed latency is positive (and large).
+    assert!(!text.contains("kubeproxy_network_programming_duration_seconds_sum 0\n"));
+    server.abort();
+}
+
+#[tokio::test]
+async fn translation_warnings_are_reported_and_counted() {
+    let mut h = harness(Duration::from_mins(1));
+    // 40000 is outside the NodePort range: the service is programmed without health check.
+    list_all(&mut h, 40_000);
+    let outcome = h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert!(outcome.report.is_some());
+    assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
+    assert!(
+        outcome.warnings[0].contains("Service default/web")
+            && outcome.warnings[0].contains("spec.healthCheckNodePort"),
+        "{:?}",
+        outcome.warnings
+    );
+    assert!(h.reconciler.health_ports().is_empty());
+    assert!(h
+        .metrics
+        .encode()
+        .contains("dataplane_translation_warnings 1"));
+}

@@ -1,0 +1,319 @@
+//! The manifest-directory source: what it lists, and the differences it sends per change, with
+//! real files in a temporary directory (`ManifestDir` directly, and the inotify watcher).
+
+mod agent_common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agent_common::{documents, namespace, node, service, slice};
+use dataplane_agent::manifests::{spawn, ManifestDir};
+use dataplane_agent::source::SourceEvent;
+use dataplane_kube::{Kind, Object, ObjectKey};
+
+/// Generous: a loaded CI machine may take long to deliver inotify events.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn key(kind: Kind, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: (kind != Kind::Node && kind != Kind::Namespace).then(|| "default".to_owned()),
+        name: name.to_owned(),
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Writes `name` the way editors save: a temporary file renamed over the old one.
+fn save_by_rename(dir: &Path, name: &str, text: &str) -> BTreeSet<PathBuf> {
+    let tmp = dir.join(format!(".{name}.swp"));
+    std::fs::write(&tmp, text).unwrap();
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path).unwrap();
+    [tmp, path].into()
+}
+
+fn listed(events: &[SourceEvent], kind: Kind) -> Vec<ObjectKey> {
+    events
+        .iter()
+        .find_map(|e| match e {
+            SourceEvent::Listed { kind: k, objects } if *k == kind => {
+                Some(objects.iter().map(|o| o.key().unwrap()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Listed for {kind}: {events:?}"))
+}
+
+/// The events as `+key` (Applied), `-key` (Deleted) or `!` (Error), in order.
+fn summary(events: &[SourceEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e {
+            SourceEvent::Applied(o) => format!("+{}", o.key().unwrap()),
+            SourceEvent::Deleted(k) => format!("-{k}"),
+            SourceEvent::Error { .. } => "!".to_owned(),
+            SourceEvent::Listed { kind, objects } => format!("={kind}:{}", objects.len()),
+        })
+        .collect()
+}
+
+fn web_files(dir: &Path) {
+    write(
+        dir,
+        "cluster.yaml",
+        &documents(&[
+            node("node-0", "172.18.0.10", "10.244.0.0/24", None),
+            namespace("default"),
+        ]),
+    );
+    write(
+        dir,
+        "web.yaml",
+        &documents(&[
+            service("web", "10.96.0.10", 80, None),
+            slice("web-1", "web", &[("10.244.0.11", "node-0", "pod-0-1")]),
+        ]),
+    );
+}
+
+#[test]
+fn the_first_listing_has_every_kind_empty_ones_included() {
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    // Not ours: skipped, not an error.
+    write(dir.path(), "README.md", "not a manifest");
+    write(
+        dir.path(),
+        "deploy.yml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: default\n",
+    );
+    let mut m = ManifestDir::new(dir.path());
+    let events = m.list().unwrap();
+    assert_eq!(events.len(), 6, "{:?}", summary(&events));
+    assert_eq!(listed(&events, Kind::Node), [key(Kind::Node, "node-0")]);
+    assert_eq!(listed(&events, Kind::Service), [key(Kind::Service, "web")]);
+    assert_eq!(
+        listed(&events, Kind::EndpointSlice),
+        [key(Kind::EndpointSlice, "web-1")]
+    );
+    assert_eq!(listed(&events, Kind::Namespace).len(), 1);
+    assert!(listed(&events, Kind::Pod).is_empty());
+    assert!(listed(&events, Kind::NetworkPolicy).is_empty());
+}
+
+#[test]
+fn a_changed_file_sends_only_the_objects_that_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let mut m = ManifestDir::new(dir.path());
+    m.list().unwrap();
+    // The slice moves to another pod; the service in the same file is unchanged.
+    let paths = save_by_rename(
+        dir.path(),
+        "web.yaml",
+        &documents(&[
+            service("web", "10.96.0.10", 80, None),
+            slice("web-1", "web", &[("10.244.0.12", "node-0", "pod-0-2")]),
+        ]),
+    );
+    let events = m.update(&paths, false);
+    assert_eq!(summary(&events), ["+EndpointSlice default/web-1"]);
+    match &events[0] {
+        SourceEvent::Applied(Object::EndpointSlice(s)) => {
+            assert_eq!(s.endpoints[0].addresses, ["10.244.0.12"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same content again: nothing.
+    let paths = save_by_rename(
+        dir.path(),
+        "web.yaml",
+        &documents(&[
+            service("web", "10.96.0.10", 80, None),
+            slice("web-1", "web", &[("10.244.0.12", "node-0", "pod-0-2")]),
+        ]),
+    );
+    assert!(m.update(&paths, false).is_empty());
+}
+
+#[test]
+fn created_and_deleted_files_add_and_delete_their_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let mut m = ManifestDir::new(dir.path());
+    m.list().unwrap();
+    let api = write(
+        dir.path(),
+        "api.json",
+        // JSON is YAML too.
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"api","namespace":"default"},"spec":{"clusterIP":"10.96.0.20","ports":[{"port":443,"protocol":"TCP","targetPort":8443}],"type":"ClusterIP"}}"#,
+    );
+    assert_eq!(
+        summary(&m.update(&[api.clone()].into(), false)),
+        ["+Service default/api"]
+    );
+    let web = dir.path().join("web.yaml");
+    std::fs::remove_file(&web).unwrap();
+    std::fs::remove_file(&api).unwrap();
+    let events = m.update(&[web, api].into(), false);
+    let mut got = summary(&events);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "-EndpointSlice default/web-1",
+            "-Service default/api",
+            "-Service default/web"
+        ]
+    );
+}
+
+#[test]
+fn an_object_moved_between_files_in_one_burst_is_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let mut m = ManifestDir::new(dir.path());
+    m.list().unwrap();
+    // The slice moves from web.yaml into slices.yaml, unchanged.
+    let web = write(
+        dir.path(),
+        "web.yaml",
+        &service("web", "10.96.0.10", 80, None),
+    );
+    let slices = write(
+        dir.path(),
+        "slices.yaml",
+        &slice("web-1", "web", &[("10.244.0.11", "node-0", "pod-0-1")]),
+    );
+    assert!(m
+        .update(&[web.clone(), slices.clone()].into(), false)
+        .is_empty());
+    assert!(m.get(&key(Kind::EndpointSlice, "web-1")).is_some());
+    // Then removed from its new file: deleted.
+    std::fs::remove_file(&slices).unwrap();
+    assert_eq!(
+        summary(&m.update(&[slices].into(), false)),
+        ["-EndpointSlice default/web-1"]
+    );
+}
+
+#[test]
+fn a_file_that_fails_to_parse_keeps_its_objects_and_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let mut m = ManifestDir::new(dir.path());
+    m.list().unwrap();
+    // The second document's port is no number.
+    let broken = documents(&[
+        service("web", "10.96.0.10", 80, None),
+        slice("web-1", "web", &[("10.244.0.11", "node-0", "pod-0-1")])
+            .replace("port: 8080", "port: eighty"),
+    ]);
+    let web = write(dir.path(), "web.yaml", &broken);
+    let events = m.update(&[web.clone()].into(), false);
+    assert_eq!(summary(&events), ["!"]);
+    let SourceEvent::Error { message, .. } = &events[0] else {
+        unreachable!()
+    };
+    assert!(message.contains("web.yaml"), "names the file: {message}");
+    assert!(message.contains("port"), "names the field: {message}");
+    assert!(m.get(&key(Kind::EndpointSlice, "web-1")).is_some());
+    assert!(m.get(&key(Kind::Service, "web")).is_some());
+    // Fixed: back to normal, and the unchanged objects are not sent again.
+    write(
+        dir.path(),
+        "web.yaml",
+        &documents(&[
+            service("web", "10.96.0.10", 80, None),
+            slice("web-1", "web", &[("10.244.0.11", "node-0", "pod-0-1")]),
+        ]),
+    );
+    assert!(m.update(&[web].into(), false).is_empty());
+}
+
+#[test]
+fn a_rescan_finds_what_changed_behind_a_swapped_directory_symlink() {
+    // A ConfigMap volume: DIR/web.yaml -> ..data/web.yaml, ..data -> ..v1; an update writes
+    // ..v2 and swaps ..data (events only name ..data).
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("..v1");
+    std::fs::create_dir(&v1).unwrap();
+    web_files(&v1);
+    std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+    for name in ["cluster.yaml", "web.yaml"] {
+        std::os::unix::fs::symlink(format!("..data/{name}"), dir.path().join(name)).unwrap();
+    }
+    let mut m = ManifestDir::new(dir.path());
+    assert_eq!(listed(&m.list().unwrap(), Kind::Service).len(), 1);
+    let v2 = dir.path().join("..v2");
+    std::fs::create_dir(&v2).unwrap();
+    web_files(&v2);
+    write(&v2, "web.yaml", &service("web", "10.96.0.10", 8080, None));
+    std::os::unix::fs::symlink("..v2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    let events = m.update(&[dir.path().join("..data")].into(), false);
+    let mut got = summary(&events);
+    got.sort();
+    assert_eq!(
+        got,
+        ["+Service default/web", "-EndpointSlice default/web-1"]
+    );
+}
+
+/// Waits for the next event on `rx`, panicking after the deadline.
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<SourceEvent>) -> SourceEvent {
+    tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .expect("an event before the deadline")
+        .expect("the source is running")
+}
+
+#[tokio::test]
+async fn the_watcher_lists_then_follows_editor_saves_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let source = spawn(dir.path(), tx).unwrap();
+    let mut kinds = BTreeSet::new();
+    for _ in 0..6 {
+        match next(&mut rx).await {
+            SourceEvent::Listed { kind, .. } => {
+                kinds.insert(kind);
+            }
+            other => panic!("expected the lists first: {other:?}"),
+        }
+    }
+    assert_eq!(kinds.len(), 6);
+    // An editor's save (temporary file renamed over the original).
+    save_by_rename(
+        dir.path(),
+        "web.yaml",
+        &documents(&[
+            service("web", "10.96.0.10", 80, None),
+            slice("web-1", "web", &[("10.244.0.12", "node-0", "pod-0-2")]),
+        ]),
+    );
+    let event = next(&mut rx).await;
+    assert_eq!(summary(&[event]), ["+EndpointSlice default/web-1"]);
+    // A new file, then the file deleted.
+    write(
+        dir.path(),
+        "db.yaml",
+        &service("db", "10.96.0.30", 5432, None),
+    );
+    assert_eq!(summary(&[next(&mut rx).await]), ["+Service default/db"]);
+    std::fs::remove_file(dir.path().join("db.yaml")).unwrap();
+    assert_eq!(summary(&[next(&mut rx).await]), ["-Service default/db"]);
+    drop(source);
+    // The thread ended and dropped its sender.
+    assert!(tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .unwrap()
+        .is_none());
+}
