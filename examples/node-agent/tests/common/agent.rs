@@ -72,22 +72,54 @@ fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_dataplane-agent")
 }
 
-/// Removes pin directories of test processes that no longer exist (a run killed with
-/// SIGKILL cannot run its drops), as the testkit's `Lab` sweeps its namespaces.
-fn sweep_stale_pins() {
+/// The test process that owns a pin directory called `name` (`dpe2e-<pid>-...`).
+fn pin_owner(name: &str) -> Option<u32> {
+    name.strip_prefix(PIN_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Cleans up after test processes that no longer exist (a run killed with SIGKILL cannot
+/// run its drops), as the testkit's `Lab` sweeps its namespaces: their agents, orphaned and
+/// still running, are killed (they are recognised by their pin directory, which names the
+/// dead test process), then their pin directories removed.
+fn sweep_stale() {
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for entry in procs.filter_map(Result::ok) {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let is_agent = args
+                .first()
+                .is_some_and(|a| a.ends_with(b"/dataplane-agent"));
+            let orphan = args
+                .windows(2)
+                .filter(|w| w[0] == b"--bpf-pin-dir")
+                .filter_map(|w| std::str::from_utf8(w[1]).ok())
+                .filter_map(|dir| dir.strip_prefix("/sys/fs/bpf/"))
+                .filter_map(pin_owner)
+                .any(|owner| !alive(owner));
+            if is_agent && orphan {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
     let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") else {
         return;
     };
     for entry in dir.filter_map(Result::ok) {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PIN_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if pin_owner(&name).is_some_and(|owner| !alive(owner)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -99,7 +131,7 @@ impl Agents {
     /// lab's CIDRs, and `extra` flags. Returns at once: see [`Agents::wait_synced`].
     pub fn start(lab: &Lab, backend: Backend, dirs: &ManifestDirs, extra: &[&str]) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        sweep_stale_pins();
+        sweep_stale();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let spec = lab.spec();

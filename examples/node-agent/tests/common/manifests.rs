@@ -8,6 +8,30 @@ use std::time::SystemTime;
 
 use dataplane_testkit::{Lab, LabPod, POD_NAMESPACE, SERVER_PORT};
 
+/// Prefix of the manifest directories, followed by the test process's PID.
+const DIR_PREFIX: &str = "dp-e2e-";
+
+/// Removes the manifest directories (and agent logs) of test processes that no longer exist:
+/// a run killed with SIGKILL cannot drop its `TempDir`.
+fn sweep_stale_dirs() {
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in dir.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// `<tempdir>/node-<i>/` for each node, plus a staging directory: a file is written there
 /// and renamed into place, so an agent never reads half a file.
 #[derive(Debug)]
@@ -19,8 +43,9 @@ pub struct ManifestDirs {
 impl ManifestDirs {
     /// Empty directories for `nodes` nodes.
     pub fn new(nodes: usize) -> Self {
+        sweep_stale_dirs();
         let root = tempfile::Builder::new()
-            .prefix("dp-e2e-")
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .expect("temporary directory");
         for i in 0..nodes {
