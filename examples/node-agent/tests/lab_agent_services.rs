@@ -3,7 +3,7 @@
 //! traffic, and removing its endpoints and then the file gives what kube-proxy gives (the
 //! reference model says which); a Local service's health port answers 200 with the local
 //! endpoint count on the node that has one and 503 on the other, and follows the endpoint
-//! when it moves.
+//! when it moves; a dual-stack service (one slice per family) answers on both families.
 //!
 //! ```text
 //!   external-0 ──▶ node-0:30080 / node-1:30080 (NodePort), node-i:32000 (healthCheckNodePort)
@@ -17,7 +17,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::agent::{Backend, HEALTHZ_PORT};
-use common::manifests::{service_file, LOCAL, WEB};
+use common::manifests::{self, service_file, ServiceDef, LOCAL, WEB};
 use common::{http, model_expects, model_service, wait_for_backend, wait_for_outcome, wait_until};
 use dataplane::reference::Entry;
 use dataplane_testkit::{Family, Lab, ProbeOutcome};
@@ -90,6 +90,74 @@ common::per_backend!(service_file_lifecycle:
     service_file_lifecycle_ebpf => Ebpf,
     service_file_lifecycle_nft => Nft,
     service_file_lifecycle_iptables => Iptables,
+);
+
+/// A dual-stack NodePort service: ClusterIPs `10.96.0.12` and `fd00:96::12`, NodePort 30082.
+const DUAL: ServiceDef<'static> = ServiceDef {
+    name: "dual",
+    cluster_ip: "10.96.0.12",
+    cluster_ip_v6: Some("fd00:96::12"),
+    node_port: Some(30082),
+    ..WEB
+};
+
+/// The dual-stack service with one EndpointSlice per family, as the EndpointSlice
+/// controller writes them.
+fn dual_file(lab: &Lab, pods: &[usize]) -> String {
+    let mut text = manifests::service(&DUAL);
+    for family in [Family::V4, Family::V6] {
+        text.push_str(&manifests::endpoint_slice_of(
+            lab, DUAL.name, pods, None, family,
+        ));
+    }
+    text
+}
+
+fn dual_stack_service(backend: Backend) {
+    let _serial = common::serial();
+    let (lab, dirs, mut agents) = common::start_lab_with(backend, 1, true);
+    let client = lab.pod(0);
+    let external = &lab.external(0).netns;
+    let vips: Vec<SocketAddr> = std::iter::once(DUAL.cluster_ip)
+        .chain(DUAL.cluster_ip_v6)
+        .map(|ip| SocketAddr::new(ip.parse().expect("ClusterIP"), DUAL.port))
+        .collect();
+    let node_ports: Vec<SocketAddr> = [Family::V4, Family::V6]
+        .into_iter()
+        .map(|family| {
+            SocketAddr::new(
+                lab.node(0).address(family).expect("dual-stack node"),
+                DUAL.node_port.unwrap(),
+            )
+        })
+        .collect();
+
+    dirs.write("dual.yaml", &dual_file(&lab, &[POD_1_0]));
+    for &dst in &vips {
+        wait_for_backend(&client.netns, dst, "pod-1-0", 3);
+    }
+    for &dst in &node_ports {
+        wait_for_backend(external, dst, "pod-1-0", 3);
+    }
+
+    // Both slices edited: both families move.
+    dirs.write("dual.yaml", &dual_file(&lab, &[POD_0_1]));
+    for &dst in vips.iter().chain(&node_ports) {
+        let netns = if node_ports.contains(&dst) {
+            external
+        } else {
+            &client.netns
+        };
+        wait_for_backend(netns, dst, "pod-0-1", 3);
+    }
+    agents.assert_running(0);
+    agents.assert_running(1);
+}
+
+common::per_backend!(dual_stack_service:
+    dual_stack_service_ebpf => Ebpf,
+    dual_stack_service_nft => Nft,
+    dual_stack_service_iptables => Iptables,
 );
 
 /// `GET /` on `node`'s health check node port from the external client: status and the

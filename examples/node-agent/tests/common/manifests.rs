@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use dataplane_testkit::{Lab, LabPod, POD_NAMESPACE, SERVER_PORT};
+use dataplane_testkit::{Family, Lab, LabPod, POD_NAMESPACE, SERVER_PORT};
 
 /// Prefix of the manifest directories, followed by the test process's PID.
 const DIR_PREFIX: &str = "dp-e2e-";
@@ -247,6 +247,8 @@ pub struct ServiceDef<'a> {
     pub name: &'a str,
     /// Its ClusterIP.
     pub cluster_ip: &'a str,
+    /// Its IPv6 ClusterIP: a dual-stack service (`RequireDualStack`, IPv4 first).
+    pub cluster_ip_v6: Option<&'a str>,
     /// The service port.
     pub port: u16,
     /// Its type.
@@ -267,6 +269,7 @@ impl<'a> ServiceDef<'a> {
         Self {
             name,
             cluster_ip,
+            cluster_ip_v6: None,
             port,
             kind: ServiceType::ClusterIp,
             node_port: None,
@@ -293,6 +296,9 @@ pub fn service(def: &ServiceDef<'_>) -> String {
         "  clusterIP: {ip}\n  clusterIPs:\n  - {ip}\n",
         ip = def.cluster_ip
     );
+    if let Some(ip) = def.cluster_ip_v6 {
+        let _ = writeln!(spec, "  - {ip}");
+    }
     if def.kind != ServiceType::ClusterIp {
         let policy = if def.local { "Local" } else { "Cluster" };
         let _ = writeln!(spec, "  externalTrafficPolicy: {policy}");
@@ -300,9 +306,12 @@ pub fn service(def: &ServiceDef<'_>) -> String {
     if let Some(port) = def.health_check_node_port {
         let _ = writeln!(spec, "  healthCheckNodePort: {port}");
     }
-    spec.push_str(
-        "  internalTrafficPolicy: Cluster\n  ipFamilies:\n  - IPv4\n  ipFamilyPolicy: SingleStack\n",
-    );
+    spec.push_str(if def.cluster_ip_v6.is_some() {
+        "  internalTrafficPolicy: Cluster\n  ipFamilies:\n  - IPv4\n  - IPv6\n  \
+         ipFamilyPolicy: RequireDualStack\n"
+    } else {
+        "  internalTrafficPolicy: Cluster\n  ipFamilies:\n  - IPv4\n  ipFamilyPolicy: SingleStack\n"
+    });
     let _ = write!(spec, "  ports:\n  - name: http\n");
     if let Some(port) = def.node_port {
         let _ = writeln!(spec, "    nodePort: {port}");
@@ -346,6 +355,22 @@ pub fn endpoint_slice(
     pods: &[usize],
     trigger: Option<SystemTime>,
 ) -> String {
+    endpoint_slice_of(lab, service, pods, trigger, Family::V4)
+}
+
+/// [`endpoint_slice`] of address family `family` (the EndpointSlice controller writes one
+/// slice per family: `<service>-e2e` for IPv4, `<service>-e2e-v6` for IPv6).
+pub fn endpoint_slice_of(
+    lab: &Lab,
+    service: &str,
+    pods: &[usize],
+    trigger: Option<SystemTime>,
+    family: Family,
+) -> String {
+    let (address_type, suffix) = match family {
+        Family::V4 => ("IPv4", ""),
+        Family::V6 => ("IPv6", "-v6"),
+    };
     let annotations = trigger.map_or_else(String::new, |t| {
         format!(
             "  annotations:\n    endpoints.kubernetes.io/last-change-trigger-time: \"{}\"\n",
@@ -373,7 +398,9 @@ pub fn endpoint_slice(
     namespace: {POD_NAMESPACE}
     uid: {uid}
 ",
-                ip = pod.addresses[0],
+                ip = pod
+                    .address(family)
+                    .unwrap_or_else(|| panic!("{} has no {family:?} address", pod.name)),
                 node = lab.node(pod.node).name,
                 name = pod.name,
                 uid = uid(3, pod.index),
@@ -383,7 +410,7 @@ pub fn endpoint_slice(
     };
     format!(
         "---
-addressType: IPv4
+addressType: {address_type}
 apiVersion: discovery.k8s.io/v1
 {endpoints}kind: EndpointSlice
 metadata:
@@ -393,7 +420,7 @@ metadata:
   labels:
     endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
     kubernetes.io/service-name: {service}
-  name: {service}-e2e
+  name: {service}-e2e{suffix}
   namespace: {POD_NAMESPACE}
   resourceVersion: \"3000\"
   uid: {uid}
@@ -402,7 +429,7 @@ ports:
   port: {SERVER_PORT}
   protocol: TCP
 ",
-        uid = uid(5, name_hash(service)),
+        uid = uid(5, name_hash(service).wrapping_add(suffix.len())),
     )
 }
 
@@ -422,6 +449,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 pub const WEB: ServiceDef<'static> = ServiceDef {
     name: "web",
     cluster_ip: "10.96.0.10",
+    cluster_ip_v6: None,
     port: 80,
     kind: ServiceType::NodePort,
     node_port: Some(30080),
@@ -435,6 +463,7 @@ pub const WEB: ServiceDef<'static> = ServiceDef {
 pub const LOCAL: ServiceDef<'static> = ServiceDef {
     name: "local",
     cluster_ip: "10.96.0.11",
+    cluster_ip_v6: None,
     port: 80,
     kind: ServiceType::LoadBalancer,
     node_port: Some(30081),

@@ -187,7 +187,10 @@ pub fn model_service(
         dataplane_testkit::POD_NAMESPACE,
         def.name,
     ));
-    s.cluster_ips = vec![def.cluster_ip.parse().expect("a ClusterIP")];
+    s.cluster_ips = std::iter::once(def.cluster_ip)
+        .chain(def.cluster_ip_v6)
+        .map(|ip| ip.parse().expect("a ClusterIP"))
+        .collect();
     s.load_balancer_ips = def
         .load_balancer_ip
         .iter()
@@ -204,11 +207,16 @@ pub fn model_service(
         s.external_traffic_policy = dataplane::TrafficPolicy::Local;
     }
     s.health_check_node_port = def.health_check_node_port;
-    s.backends = backends
+    let mut families = vec![dataplane_testkit::Family::V4];
+    if def.cluster_ip_v6.is_some() {
+        families.push(dataplane_testkit::Family::V6);
+    }
+    s.backends = families
         .iter()
-        .map(|&p| {
-            lab.backend(p, dataplane_testkit::Family::V4)
-                .expect("a lab pod")
+        .flat_map(|&family| {
+            backends
+                .iter()
+                .map(move |&p| lab.backend(p, family).expect("a lab pod of that family"))
         })
         .collect();
     s
@@ -227,11 +235,24 @@ pub fn start_lab(
     manifests::ManifestDirs,
     agent::Agents,
 ) {
+    start_lab_with(backend, external_clients, false)
+}
+
+/// [`start_lab`], dual-stack when `ipv6` (the agents get both families' CIDRs).
+pub fn start_lab_with(
+    backend: agent::Backend,
+    external_clients: usize,
+    ipv6: bool,
+) -> (
+    dataplane_testkit::Lab,
+    manifests::ManifestDirs,
+    agent::Agents,
+) {
     let lab = dataplane_testkit::Lab::new(dataplane_testkit::LabSpec {
         nodes: 2,
         pods_per_node: 2,
         external_clients,
-        ipv6: false,
+        ipv6,
     })
     .expect("lab");
     let dirs = manifests::ManifestDirs::new(lab.nodes().len());
