@@ -1,35 +1,35 @@
-//! `dpctl demo`: the main job. Builds a lab of network namespaces, programs a dataplane on every
-//! node, sends real TCP and UDP traffic through each kind of service frontend, and prints who
-//! answered and which source address the backend saw, next to what the reference model says
-//! should happen. Then a NetworkPolicy section: a policy is added as a change, and probes that
-//! it allows and denies are printed with the policy verdict that explains them. Then it
-//! removes everything.
+//! `dpctl demo`: the node agent's demo. Builds a lab of network namespaces, writes the lab's
+//! cluster as Kubernetes manifests (Nodes, a Namespace, Pods, Services of every frontend kind
+//! with their EndpointSlices), starts one `dataplane-agent` per lab node over that directory,
+//! sends real TCP and UDP through each kind of frontend and prints who answered and which
+//! source address the backend saw, next to what the reference model says should happen. Then
+//! it edits the manifests the way a cluster changes: `web` is scaled down (a backend leaves its
+//! EndpointSlice) and a NetworkPolicy is added; once every agent has synced the change, the
+//! rows are printed again. Then it stops the agents, removes what they installed and the lab.
+//!
+//! The model judges exactly what the agents were given: the expected column comes from
+//! [`dataplane::reference::evaluate`] over the state `dataplane_kube::Cluster` translates from
+//! the same files, for the node whose agent sees the packet first.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use dataplane::reference::{
     evaluate, policy_verdict, Decision, Entry, Packet, PolicyVerdict, SourceSeen, Verdict,
 };
-use dataplane::{
-    Backend, BoxDataplane, DesiredState, ExternalMode, LabelSelector, Namespace, ObjectName,
-    PeerPod, Policy, PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRef, Protocol, Selection,
-    Service, ServicePort, TrafficPolicy,
-};
+use dataplane::{DataplaneKind, DesiredState, ObjectName, Protocol, Selection};
+use dataplane_kube::{parse_manifests, Cluster, Kind, Object, Settings};
 use dataplane_testkit::{probe, Lab, LabSpec, ProbeOutcome, SERVER_PORT};
 
-use crate::dataplanes;
+use crate::agents::{self, Agent, Fleet};
+use crate::manifests::{
+    self, API_IP, API_POD, CLUSTER_IP, EXTERNAL_IP, HEALTH_NODE_PORT, LB_IP, LOCAL_NODE_PORT,
+    NODE_PORT, POLICY, POLICY_CLIENT, SCALED_AWAY, WEB_PODS,
+};
 
-const CLUSTER_IP: &str = "10.96.0.10";
-const LB_IP: &str = "172.18.200.10";
-const EXTERNAL_IP: &str = "172.18.201.10";
-const NODE_PORT: u16 = 30080;
-const LOCAL_NODE_PORT: u16 = 30081;
-const DSR_NODE_PORT: u16 = 30082;
-/// ClusterIP of the policy section's `api` service (one backend: pod-1-0).
-const API_IP: &str = "10.96.0.13";
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Who sends a probe.
@@ -41,61 +41,14 @@ enum From {
 
 struct Row {
     client: From,
-    /// The node whose dataplane sees the packet first.
+    /// The node whose agent programmed the dataplane that sees the packet first.
     ingress: usize,
     frontend: &'static str,
     destination: SocketAddr,
     protocol: Protocol,
 }
 
-/// The demo's services; `dsr`: with a DSR NodePort (when the dataplane can do it).
-fn services(lab: &Lab, dsr: bool) -> Vec<Service> {
-    let ip = |s: &str| s.parse::<IpAddr>().expect("literal address");
-    let backend = |pod: usize| {
-        let p = lab.pod(pod);
-        let mut b = Backend::new(p.addresses[0]);
-        b.node_name = Some(lab.node(p.node).name.as_str().into());
-        b
-    };
-    let port = |name: &str, protocol, port, node_port| ServicePort {
-        name: name.to_owned(),
-        protocol,
-        port,
-        target_port: SERVER_PORT,
-        node_port,
-    };
-    let mut web = Service::new(ObjectName::new("default", "web"));
-    web.cluster_ips = vec![ip(CLUSTER_IP)];
-    web.load_balancer_ips = vec![ip(LB_IP)];
-    web.external_ips = vec![ip(EXTERNAL_IP)];
-    web.ports = vec![
-        port("http", Protocol::Tcp, 80, Some(NODE_PORT)),
-        port("dns", Protocol::Udp, 53, Some(NODE_PORT)),
-    ];
-    // pod-0-0 on node-0, pod-1-0 and pod-1-1 on node-1.
-    web.backends = vec![backend(0), backend(2), backend(3)];
-    let mut local = Service::new(ObjectName::new("default", "local"));
-    local.cluster_ips = vec![ip("10.96.0.11")];
-    local.ports = vec![port("http", Protocol::Tcp, 80, Some(LOCAL_NODE_PORT))];
-    local.external_traffic_policy = TrafficPolicy::Local;
-    local.backends = vec![backend(1)];
-    let mut out = vec![web, local];
-    if dsr {
-        // Backends on node-1 only: node-0 forwards, node-1 answers the client directly.
-        let mut direct = Service::new(ObjectName::new("default", "direct"));
-        direct.cluster_ips = vec![ip("10.96.0.12")];
-        direct.ports = vec![
-            port("http", Protocol::Tcp, 80, Some(DSR_NODE_PORT)),
-            port("dns", Protocol::Udp, 53, Some(DSR_NODE_PORT)),
-        ];
-        direct.backends = vec![backend(2), backend(3)];
-        direct.external_mode = Some(ExternalMode::Dsr);
-        out.push(direct);
-    }
-    out
-}
-
-fn rows(lab: &Lab, dsr: bool) -> Vec<Row> {
+fn rows(lab: &Lab) -> Vec<Row> {
     let sa = |ip: IpAddr, port| SocketAddr::new(ip, port);
     let ip = |s: &str| s.parse::<IpAddr>().expect("literal address");
     let node0 = lab.node(0).addresses[0];
@@ -159,90 +112,258 @@ fn rows(lab: &Lab, dsr: bool) -> Vec<Row> {
         destination: sa(ip(EXTERNAL_IP), 80),
         protocol: Protocol::Tcp,
     });
-    if dsr {
-        for protocol in [Protocol::Tcp, Protocol::Udp] {
-            rows.push(Row {
-                client: From::External(0),
-                ingress: 0,
-                frontend: "NodePort (DSR)",
-                destination: sa(node0, DSR_NODE_PORT),
-                protocol,
-            });
-        }
-    }
     rows
 }
 
-/// Runs the demo on the dataplane `selection` names.
-pub fn run(selection: Selection) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("the demo builds network namespaces and programs the kernel: run it as root");
+/// The kind every agent runs: what `selection` names if this machine can run it; for `auto`
+/// the first of [`DataplaneKind::ALL`] that can, with the reasons for the ones passed over
+/// (decided once here so that the whole lab runs one kind, and said on the first line).
+fn choose(selection: Selection) -> anyhow::Result<(DataplaneKind, String)> {
+    match selection {
+        Selection::Only(kind) => {
+            kind.usable()
+                .map_err(|reason| anyhow!("the {kind} dataplane cannot run here: {reason}"))?;
+            Ok((kind, format!("{kind} was asked for")))
+        }
+        Selection::Auto => {
+            let mut skipped = Vec::new();
+            for kind in DataplaneKind::ALL {
+                match kind.usable() {
+                    Ok(()) if skipped.is_empty() => {
+                        return Ok((
+                            kind,
+                            format!("auto: {kind} is the first choice and can run here"),
+                        ))
+                    }
+                    Ok(()) => {
+                        return Ok((
+                            kind,
+                            format!("auto: {kind}, because {}", skipped.join("; ")),
+                        ))
+                    }
+                    Err(reason) => skipped.push(format!("{kind}: {reason}")),
+                }
+            }
+            bail!("no dataplane can run here: {}", skipped.join("; "))
+        }
     }
-    let lab = Lab::new(LabSpec {
+}
+
+/// The demo's lab: 2 nodes x 2 pods, 1 external client, IPv4.
+fn lab() -> anyhow::Result<Lab> {
+    Lab::new(LabSpec {
         nodes: 2,
         pods_per_node: 2,
         external_clients: 1,
         ipv6: false,
     })
-    .context("building the lab")?;
+    .context("building the lab")
+}
+
+/// Runs the demo with the agents at `agent` (else found beside dpctl) on the dataplane
+/// `selection` names.
+pub fn run(selection: Selection, agent: Option<&Path>) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the demo builds network namespaces and programs the kernel: run it as root");
+    }
+    let binary = agents::find_binary(agent)?;
+    let (kind, reason) = choose(selection)?;
+    println!("dataplane: {kind} ({reason})");
+    let lab = lab()?;
     lab.route_via_node(0, format!("{LB_IP}/32").parse()?, 0)?;
     lab.route_via_node(0, format!("{EXTERNAL_IP}/32").parse()?, 1)?;
-    let opened = dataplanes::open_lab(selection, &lab)?;
-    println!("dataplane: {} ({})", opened.kind, opened.reason);
-    let mut dataplanes = opened.dataplanes;
-    let dsr = dataplanes.first().is_some_and(|dp| dp.capabilities().dsr);
-    if !dsr {
-        println!("(the {} dataplane has no DSR: no DSR rows)", opened.kind);
-    }
-    let svcs = services(&lab, dsr);
-    let states: Vec<DesiredState> = (0..lab.nodes().len())
-        .map(|i| {
-            let mut s = lab.desired_state(i);
-            s.services.clone_from(&svcs);
-            s
-        })
-        .collect();
-    for (i, (dp, state)) in dataplanes.iter_mut().zip(&states).enumerate() {
-        dp.sync(None, state)
-            .with_context(|| format!("programming the demo state on node-{i}"))?;
-    }
-    let result = traffic_table(&lab, &states, dsr).and_then(|failures| {
-        let policy_failures = if dataplanes
-            .first()
-            .is_some_and(|dp| dp.capabilities().network_policy)
-        {
-            policy_section(&lab, &mut dataplanes, &states)?
-        } else {
-            println!(
-                "\n(the {} dataplane has no network policy: no policy rows)",
-                opened.kind
-            );
-            0
-        };
-        Ok(failures + policy_failures)
-    });
-    for dp in &mut dataplanes {
-        if let Err(e) = dp.reset() {
-            eprintln!("warning: reset failed: {e}");
+    let work = tempfile::Builder::new()
+        .prefix("dpctl-demo-")
+        .tempdir()
+        .context("creating the demo's directory")?;
+    let fleet = Fleet {
+        binary,
+        kind,
+        manifests: work.path().join("manifests"),
+        logs: work.path().join("logs"),
+    };
+    std::fs::create_dir(&fleet.manifests)?;
+    std::fs::create_dir(&fleet.logs)?;
+    let mut agents = Vec::new();
+    let result = run_agents(&lab, &fleet, &mut agents);
+    let mut ended = Vec::new();
+    let mut cleanup_failed = false;
+    for agent in &mut agents {
+        let how = agent
+            .stop()
+            .unwrap_or_else(|e| format!("stop failed: {e:#}"));
+        if let Err(e) = agent.cleanup() {
+            eprintln!("warning: {e:#}");
+            cleanup_failed = true;
         }
+        ended.push(format!("{} {how}", agent.node));
     }
-    drop(dataplanes);
+    drop(agents);
     drop(lab);
+    if !matches!(result, Ok(0)) || cleanup_failed {
+        let dir = work.keep();
+        eprintln!(
+            "the manifests and the agents' logs are kept in {}",
+            dir.display()
+        );
+    }
     let failures = result?;
     if failures > 0 {
         bail!("{failures} row(s) disagree with the reference model");
     }
-    println!("all rows agree with the reference model; lab removed");
+    println!(
+        "all rows agree with the reference model; agents {}, cleaned up (--cleanup); lab removed",
+        ended.join(", ")
+    );
     Ok(())
 }
 
-fn traffic_table(lab: &Lab, states: &[DesiredState], dsr: bool) -> anyhow::Result<usize> {
+/// Writes the manifests, starts the agents (into `agents`, which the caller stops whatever
+/// happens), prints every section. Returns the rows that disagree with the model.
+fn run_agents(lab: &Lab, fleet: &Fleet, agents: &mut Vec<Agent>) -> anyhow::Result<usize> {
+    let dir = &fleet.manifests;
+    let files = manifests::initial(lab, SystemTime::now())?;
+    let names: Vec<&str> = files.iter().map(|f| f.name).collect();
+    for file in &files {
+        manifests::write(dir, file)?;
+    }
+    for i in 0..lab.nodes().len() {
+        agents.push(fleet.start(lab, i)?);
+    }
+    let mut synced = Vec::new();
+    for agent in agents.iter_mut() {
+        synced.push(agent.wait_first_sync()?);
+    }
     println!(
-        "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<26} ok",
+        "agents: {} over {} ({})",
+        agents
+            .iter()
+            .map(|a| format!("{} (pid {})", a.node, a.pid().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        dir.display(),
+        names.join(", ")
+    );
+    println!(
+        "(no DSR rows: Kubernetes has no field for DSR, and the agent reads only Kubernetes \
+         objects)"
+    );
+    let states = translate(lab, dir)?;
+    println!();
+    let mut failures = traffic_table(lab, &states)?;
+    failures += health_rows(lab, &states)?;
+    println!();
+    failures += policy_rows(lab, &states)?;
+
+    let scaled: Vec<&str> = WEB_PODS
+        .iter()
+        .copied()
+        .filter(|p| *p != SCALED_AWAY)
+        .collect();
+    let file = manifests::web(lab, &scaled, SystemTime::now())?;
+    let took = edit(agents, &mut synced, dir, &file)?;
+    println!(
+        "\nedit 1: web scaled down: {SCALED_AWAY} left EndpointSlice default/web-demo ({}); {took}",
+        file.name
+    );
+    let states = translate(lab, dir)?;
+    failures += traffic_table(lab, &states)?;
+
+    let file = manifests::policy()?;
+    let took = edit(agents, &mut synced, dir, &file)?;
+    println!(
+        "\nedit 2: NetworkPolicy default/{POLICY} added ({}): {API_POD} accepts only \
+         {POLICY_CLIENT}, on TCP {SERVER_PORT}; {took}",
+        file.name
+    );
+    let states = translate(lab, dir)?;
+    failures += policy_rows(lab, &states)?;
+    Ok(failures)
+}
+
+/// Writes `file` into `dir` and waits until every agent has synced after its last sync
+/// (`synced`, updated). Returns how long each took, in words.
+fn edit(
+    agents: &mut [Agent],
+    synced: &mut [f64],
+    dir: &Path,
+    file: &manifests::File,
+) -> anyhow::Result<String> {
+    let written = agents::unix_now();
+    manifests::write(dir, file)?;
+    let mut took = Vec::new();
+    for (agent, last) in agents.iter_mut().zip(synced.iter_mut()) {
+        *last = agent.wait_synced_since(*last, written)?;
+        took.push(format!(
+            "{} {:.0} ms",
+            agent.node,
+            ((*last - written) * 1000.0).max(0.0)
+        ));
+    }
+    Ok(format!("programmed by {}", took.join(", ")))
+}
+
+/// Every node's state as its agent should have it: the manifests in `dir` translated by
+/// `dataplane_kube::Cluster` for that node, with the lab's settings (the agents' flags) and
+/// the lab's host-side veths as the pods' interfaces (the agent finds them by route).
+fn translate(lab: &Lab, dir: &Path) -> anyhow::Result<Vec<DesiredState>> {
+    let mut objects: Vec<Object> = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let parsed = parse_manifests(&text, &path.display().to_string())?;
+        objects.extend(parsed.objects);
+    }
+    let mut states = Vec::new();
+    for i in 0..lab.nodes().len() {
+        let node = lab.node(i);
+        let mut cluster = Cluster::new(Settings {
+            node_name: node.name.clone(),
+            node: lab.node_state(i),
+            proxy_name: None,
+        });
+        for kind in Kind::ALL {
+            let of_kind = objects
+                .iter()
+                .filter(|o| o.kind() == kind)
+                .cloned()
+                .collect();
+            cluster.replace(kind, of_kind)?;
+        }
+        let resolver = |_: &ObjectName, ips: &[IpAddr]| {
+            lab.pods_on(i)
+                .find(|p| p.addresses.iter().any(|a| ips.contains(a)))
+                .map(|p| p.host_interface.clone())
+        };
+        let translation = cluster
+            .translate(&resolver)
+            .with_context(|| format!("translating the manifests for {}", node.name))?;
+        if let Some(w) = translation.warnings.first() {
+            bail!(
+                "the demo's manifests do not translate cleanly for {}: {w}",
+                node.name
+            );
+        }
+        states.push(translation.state);
+    }
+    Ok(states)
+}
+
+fn traffic_table(lab: &Lab, states: &[DesiredState]) -> anyhow::Result<usize> {
+    println!(
+        "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<36} ok",
         "client", "frontend", "destination", "", "backend", "source seen by backend", "expected"
     );
     let mut failures = 0;
-    for row in rows(lab, dsr) {
+    for row in rows(lab) {
         let (netns, client_ip, name, entry) = match row.client {
             From::Pod(p) => {
                 let pod = lab.pod(p);
@@ -281,7 +402,7 @@ fn traffic_table(lab: &Lab, states: &[DesiredState], dsr: bool) -> anyhow::Resul
             failures += 1;
         }
         println!(
-            "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<26} {}",
+            "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<36} {}",
             format!("{name} ({client_ip})"),
             row.frontend,
             row.destination.to_string(),
@@ -295,135 +416,82 @@ fn traffic_table(lab: &Lab, states: &[DesiredState], dsr: bool) -> anyhow::Resul
     Ok(failures)
 }
 
-/// Compares a probe's outcome with the reference model's verdict; returns the expectation as
-/// text and whether it was met.
-fn judge(lab: &Lab, verdict: &Verdict, outcome: &ProbeOutcome, client: IpAddr) -> (String, bool) {
-    match verdict {
-        Verdict::Forward {
-            backends, source, ..
-        } => {
-            let names: BTreeSet<String> = backends
-                .iter()
-                .filter_map(|b| {
-                    lab.pods()
-                        .iter()
-                        .find(|p| p.addresses.contains(&b.ip()))
-                        .map(|p| p.name.clone())
-                })
-                .collect();
-            let want_source = match source {
-                SourceSeen::Client => client,
-                SourceSeen::Masqueraded(a) => *a,
-            };
-            let ok = matches!(outcome, ProbeOutcome::Answered { backend, seen_source, .. }
-                if names.contains(backend) && seen_source.ip() == want_source);
-            let list = names
-                .into_iter()
-                .map(|n| n.trim_start_matches("pod-").to_owned())
-                .collect::<Vec<_>>()
-                .join("|");
-            (format!("pod-{{{list}}} from {want_source}"), ok)
-        }
-        Verdict::Drop => ("drop".to_owned(), matches!(outcome, ProbeOutcome::Timeout)),
-        Verdict::Reject => (
-            "reject".to_owned(),
-            matches!(outcome, ProbeOutcome::Refused | ProbeOutcome::Unreachable),
-        ),
-        Verdict::Untouched { .. } => (
-            "untouched".to_owned(),
-            matches!(outcome, ProbeOutcome::Answered { .. }),
-        ),
-    }
-}
-
-/// The policy section's states: `base` (one per node) with the `api` service, the lab's pods
-/// on other nodes as policy peers, the `default` namespace and the policy
-/// `default/api-from-pod-0-0`: pod-1-0 (the backend of `api`) lets in only pod-0-0, on TCP
-/// port 8080 (the port after DNAT, as Kubernetes checks service traffic).
-fn policy_states(lab: &Lab, base: &[DesiredState]) -> anyhow::Result<Vec<DesiredState>> {
-    let backend = lab.pod_by_name("pod-1-0").context("the lab has pod-1-0")?;
-    let allowed = lab.pod_by_name("pod-0-0").context("the lab has pod-0-0")?;
-    let mut b = Backend::new(backend.addresses[0]);
-    b.node_name = Some(lab.node(backend.node).name.as_str().into());
-    let api = Service::cluster_ip(
-        ObjectName::new("default", "api"),
-        API_IP.parse()?,
-        [ServicePort::tcp(80, SERVER_PORT).named("http")],
-    )
-    .with_backend(b);
-    let selector = |pod: &str| LabelSelector {
-        match_labels: [("app".to_owned(), pod.to_owned())].into(),
-        match_expressions: Vec::new(),
-    };
-    let policy = Policy {
-        name: ObjectName::new("default", "api-from-pod-0-0"),
-        pod_selector: selector(&backend.name),
-        policy_types: vec![PolicyType::Ingress],
-        ingress: vec![PolicyRule {
-            peers: vec![PolicyPeer {
-                pod_selector: Some(selector(&allowed.name)),
-                namespace_selector: None,
-                ip_block: None,
-            }],
-            ports: vec![PolicyPort {
-                protocol: Protocol::Tcp,
-                port: Some(PortRef::Number(SERVER_PORT)),
-                end_port: None,
-            }],
-        }],
-        egress: Vec::new(),
-    };
-    Ok(base
-        .iter()
-        .enumerate()
-        .map(|(i, state)| {
-            let mut s = state.clone();
-            s.services.push(api.clone());
-            s.policies.push(policy.clone());
-            s.namespaces.push(Namespace::new("default"));
-            s.pods = lab
-                .pods()
-                .iter()
-                .filter(|p| p.node != i)
-                .map(|p| {
-                    let endpoint = p.endpoint();
-                    let mut peer = PeerPod::new(endpoint.name, p.addresses.clone())
-                        .on_node(lab.node(p.node).name.as_str());
-                    peer.labels = endpoint.labels;
-                    peer
-                })
-                .collect();
-            s
-        })
-        .collect())
-}
-
-/// Adds the policy section's objects as a change on every node, probes, and prints each probe
-/// with the reference model's verdict and the policy decision behind it. Returns the rows that
-/// disagree.
-fn policy_section(
-    lab: &Lab,
-    dataplanes: &mut [BoxDataplane],
-    base: &[DesiredState],
-) -> anyhow::Result<usize> {
-    let states = policy_states(lab, base)?;
-    for (i, (dp, (before, after))) in dataplanes
-        .iter_mut()
-        .zip(base.iter().zip(&states))
-        .enumerate()
-    {
-        dp.sync(Some(before), after)
-            .with_context(|| format!("adding the policy section's objects on node-{i}"))?;
-    }
+/// The agents' kube-proxy health servers for `local` (`externalTrafficPolicy: Local`): asked
+/// from the external client, as a cloud load balancer asks, on every node; the expected status
+/// is the model's ([`dataplane::health_check`]: 200 with a local endpoint, else 503).
+fn health_rows(lab: &Lab, states: &[DesiredState]) -> anyhow::Result<usize> {
     println!(
-        "\nNetworkPolicy default/api-from-pod-0-0: pod-1-0 accepts only pod-0-0, on TCP {SERVER_PORT}"
+        "\nhealthCheckNodePort {HEALTH_NODE_PORT} of default/local (externalTrafficPolicy Local), \
+         as a load balancer asks it"
     );
+    println!(
+        "{:<26} {:<28} {:<6} {:<16} {:<14} ok",
+        "client", "node", "status", "localEndpoints", "expected"
+    );
+    let client = lab.external(0);
+    let mut failures = 0;
+    for (i, state) in states.iter().enumerate() {
+        let node = lab.node(i);
+        let expected = dataplane::health_checks(state)
+            .into_iter()
+            .find(|h| h.node_port == HEALTH_NODE_PORT)
+            .with_context(|| format!("default/local has no health check on {}", node.name))?;
+        let address = SocketAddr::new(node.addresses[0], HEALTH_NODE_PORT);
+        let (code, local) = match agents::http_get(&client.netns, address, "/") {
+            Ok((code, body)) => (
+                code.to_string(),
+                serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("localEndpoints").and_then(serde_json::Value::as_u64))
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            ),
+            Err(e) => (format!("({})", short_error(&e)), "-".to_owned()),
+        };
+        let want = expected.http_status();
+        let ok = code == want.to_string();
+        if !ok {
+            failures += 1;
+        }
+        println!(
+            "{:<26} {:<28} {:<6} {:<16} {:<14} {}",
+            format!("{} ({})", client.name, client.addresses[0]),
+            format!("{} ({address})", node.name),
+            code,
+            local,
+            format!("{want} ({} local)", expected.local_endpoints),
+            if ok { "yes" } else { "NO" }
+        );
+    }
+    Ok(failures)
+}
+
+fn short_error(e: &anyhow::Error) -> String {
+    e.root_cause().to_string()
+}
+
+/// Probes that the policy [`POLICY`] allows and denies once it exists, each printed with the
+/// reference model's verdict and the policy decision that explains it. Returns the rows that
+/// disagree.
+fn policy_rows(lab: &Lab, states: &[DesiredState]) -> anyhow::Result<usize> {
+    let policies: Vec<String> = states
+        .iter()
+        .flat_map(|s| s.policies.iter().map(|p| p.name.to_string()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if policies.is_empty() {
+        println!("NetworkPolicy: none yet");
+    } else {
+        println!("NetworkPolicy: {}", policies.join(", "));
+    }
     println!(
         "{:<24} {:<20} {:<4} {:<20} {:<10} {:<54} ok",
         "client", "destination", "", "expected", "seen", "policy verdict"
     );
     let api: IpAddr = API_IP.parse()?;
-    let server = lab.pod_by_name("pod-1-0").context("the lab has pod-1-0")?;
+    let server = lab
+        .pod_by_name(API_POD)
+        .with_context(|| format!("the lab has {API_POD}"))?;
     let direct = SocketAddr::new(server.addresses[0], SERVER_PORT);
     let rows = [
         ("pod-0-0", SocketAddr::new(api, 80), Protocol::Tcp),
@@ -486,6 +554,47 @@ fn policy_section(
     Ok(failures)
 }
 
+/// Compares a probe's outcome with the reference model's verdict; returns the expectation as
+/// text and whether it was met.
+fn judge(lab: &Lab, verdict: &Verdict, outcome: &ProbeOutcome, client: IpAddr) -> (String, bool) {
+    match verdict {
+        Verdict::Forward {
+            backends, source, ..
+        } => {
+            let names: BTreeSet<String> = backends
+                .iter()
+                .filter_map(|b| {
+                    lab.pods()
+                        .iter()
+                        .find(|p| p.addresses.contains(&b.ip()))
+                        .map(|p| p.name.clone())
+                })
+                .collect();
+            let want_source = match source {
+                SourceSeen::Client => client,
+                SourceSeen::Masqueraded(a) => *a,
+            };
+            let ok = matches!(outcome, ProbeOutcome::Answered { backend, seen_source, .. }
+                if names.contains(backend) && seen_source.ip() == want_source);
+            let list = names
+                .into_iter()
+                .map(|n| n.trim_start_matches("pod-").to_owned())
+                .collect::<Vec<_>>()
+                .join("|");
+            (format!("pod-{{{list}}} from {want_source}"), ok)
+        }
+        Verdict::Drop => ("drop".to_owned(), matches!(outcome, ProbeOutcome::Timeout)),
+        Verdict::Reject => (
+            "reject".to_owned(),
+            matches!(outcome, ProbeOutcome::Refused | ProbeOutcome::Unreachable),
+        ),
+        Verdict::Untouched { .. } => (
+            "untouched".to_owned(),
+            matches!(outcome, ProbeOutcome::Answered { .. }),
+        ),
+    }
+}
+
 /// A policy verdict in words: the decision of each half that is not a plain "not isolated".
 fn explain(verdict: &PolicyVerdict) -> String {
     let half = |direction: &str, d: &Decision| -> Option<String> {
@@ -516,5 +625,74 @@ fn explain(verdict: &PolicyVerdict) -> String {
         "no policy applies".to_owned()
     } else {
         parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo's manifests say, through the translation, what its rows expect: every node
+    /// sees the three services and the other node's pods as peers, the ETP Local service has
+    /// a health check, and the two edits change exactly `web`'s backends and the policies.
+    #[test]
+    fn the_manifests_translate_to_what_the_rows_expect() {
+        if !dataplane_testkit::require_root("the_manifests_translate_to_what_the_rows_expect") {
+            return;
+        }
+        let lab = lab().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("manifests");
+        std::fs::create_dir(&dir).unwrap();
+        for file in manifests::initial(&lab, SystemTime::now()).unwrap() {
+            manifests::write(&dir, &file).unwrap();
+        }
+        let states = translate(&lab, &dir).unwrap();
+        let web_backends = |states: &[DesiredState]| -> Vec<Vec<IpAddr>> {
+            states
+                .iter()
+                .map(|s| {
+                    let web = s
+                        .services
+                        .iter()
+                        .find(|s| s.name == ObjectName::new("default", "web"))
+                        .expect("web is translated");
+                    web.backends.iter().map(|b| b.ip).collect()
+                })
+                .collect()
+        };
+        for (i, state) in states.iter().enumerate() {
+            assert_eq!(state.node.name, format!("node-{i}"));
+            assert_eq!(state.services.len(), 3, "{:?}", state.services);
+            assert_eq!(state.endpoints.len(), 2, "node-{i}: {:?}", state.endpoints);
+            assert!(state.policies.is_empty());
+            let health = dataplane::health_checks(state);
+            assert_eq!(health.len(), 1, "{health:?}");
+            assert_eq!(health[0].local_endpoints, usize::from(i == 0));
+        }
+        assert!(web_backends(&states).iter().all(|b| b.len() == 3));
+
+        let scaled: Vec<&str> = WEB_PODS
+            .iter()
+            .copied()
+            .filter(|p| *p != SCALED_AWAY)
+            .collect();
+        manifests::write(
+            &dir,
+            &manifests::web(&lab, &scaled, SystemTime::now()).unwrap(),
+        )
+        .unwrap();
+        let gone = lab.pod_by_name(SCALED_AWAY).unwrap().addresses[0];
+        let after = translate(&lab, &dir).unwrap();
+        for backends in web_backends(&after) {
+            assert_eq!(backends.len(), 2);
+            assert!(!backends.contains(&gone));
+        }
+        manifests::write(&dir, &manifests::policy().unwrap()).unwrap();
+        let after = translate(&lab, &dir).unwrap();
+        for state in &after {
+            assert_eq!(state.policies.len(), 1);
+            assert_eq!(state.policies[0].name, ObjectName::new("default", POLICY));
+        }
     }
 }

@@ -1,9 +1,10 @@
-//! `dpctl`: validate and diff desired-state files, run a demo lab, show what a backend does.
+//! `dpctl`: validate and diff desired-state files, run a demo lab, show the node agent at work.
 
-mod dataplanes;
+mod agents;
 mod demo;
 mod files;
 mod lab;
+mod manifests;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,12 +47,16 @@ enum Command {
         #[command(subcommand)]
         action: lab::LabAction,
     },
-    /// Build a lab, program a dataplane, send traffic through each service type, print what
-    /// happened, tear down.
+    /// Build a lab, run a node agent per lab node over a directory of Kubernetes manifests,
+    /// send traffic through each service type, edit the manifests (scale a backend away, add a
+    /// NetworkPolicy), print what happened each time, tear down.
     Demo {
-        /// Dataplane to use; `auto` picks the best available and says why.
+        /// Dataplane every agent runs; `auto` picks the best available and says why.
         #[arg(long = "dataplane", visible_alias = "backend", value_enum, default_value_t = Choice::Auto)]
         dataplane: Choice,
+        /// The `dataplane-agent` binary (default: the one beside dpctl, as cargo builds both).
+        #[arg(long)]
+        agent: Option<PathBuf>,
     },
 }
 
@@ -94,8 +99,8 @@ fn main() -> ExitCode {
         Command::Validate { file } => files::validate(&file),
         Command::Diff { files, json } => files::diff(&files, json),
         Command::Lab { action } => lab::run(&action).map_err(files::Failure::Other),
-        Command::Demo { dataplane } => {
-            demo::run(dataplane.selection()).map_err(files::Failure::Other)
+        Command::Demo { dataplane, agent } => {
+            demo::run(dataplane.selection(), agent.as_deref()).map_err(files::Failure::Other)
         }
     };
     match result {

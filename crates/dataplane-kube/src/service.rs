@@ -155,6 +155,23 @@ pub(crate) fn translate(
     ) {
         return Vec::new();
     }
+    // Service names are DNS-1035 labels (they start with a letter): split model services
+    // are named with a leading digit so that they cannot meet a real one.
+    if !is_label(&key.name, MAX_LABEL) || !key.name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        w.push(
+            "metadata.name",
+            format!("{:?} is not a valid Service name; left out", key.name),
+        );
+        return Vec::new();
+    }
+    if !key
+        .namespace
+        .as_deref()
+        .is_some_and(|ns| is_label(ns, MAX_LABEL))
+    {
+        w.push("metadata.namespace", "not a valid namespace name; left out");
+        return Vec::new();
+    }
     let Some(spec) = &svc.spec else {
         w.push("spec", "no spec; left out");
         return Vec::new();
@@ -183,6 +200,11 @@ pub(crate) fn translate(
     }
     let cluster_ips = cluster_ips(ctx.node, spec, w);
     if cluster_ips.is_empty() {
+        let given = spec.cluster_ips.as_ref().is_some_and(|l| !l.is_empty())
+            || spec.cluster_ip.as_ref().is_some_and(|ip| !ip.is_empty());
+        if given {
+            w.push("spec.clusterIPs", "no usable ClusterIP; left out");
+        }
         return Vec::new();
     }
     let families: BTreeSet<bool> = cluster_ips.iter().map(IpAddr::is_ipv4).collect();
@@ -233,6 +255,8 @@ pub(crate) fn translate(
     if ports.is_empty() {
         if spec.ports.as_ref().is_none_or(Vec::is_empty) {
             w.push("spec.ports", "no ports; left out");
+        } else {
+            w.push("spec.ports", "no usable port; left out");
         }
         return Vec::new();
     }

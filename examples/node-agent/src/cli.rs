@@ -55,7 +55,8 @@ pub struct Args {
     /// The longest time between two syncs; a sync after this long is a full one.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub sync_period: Duration,
-    /// After a failed sync, the next one (full) comes after this long at the latest.
+    /// After a failed sync, the next one (full) comes after this long at the latest (at least
+    /// --min-sync-period).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub retry_interval: Duration,
     /// Where /healthz and /livez are served (empty: not at all).
@@ -126,12 +127,17 @@ impl Args {
         options
     }
 
-    /// The reconcile loop's periods.
+    /// The reconcile loop's periods. The sync period is at least the minimum one (kube-proxy
+    /// refuses the opposite); the retry interval too, and at least 10 ms: a zero one would
+    /// retry a failing sync in a busy loop.
     pub fn periods(&self) -> Periods {
         Periods {
             min_sync: self.min_sync_period,
             sync: self.sync_period.max(self.min_sync_period),
-            retry: self.retry_interval,
+            retry: self
+                .retry_interval
+                .max(self.min_sync_period)
+                .max(Duration::from_millis(10)),
         }
     }
 }

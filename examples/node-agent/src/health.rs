@@ -26,7 +26,6 @@ use std::time::{Duration, Instant, SystemTime};
 use dataplane::{HealthCheck, ObjectName};
 use hyper::StatusCode;
 use k8s_openapi::jiff::Timestamp;
-use serde_json::json;
 use tokio::task::AbortHandle;
 
 use crate::http::{self, Reply};
@@ -111,18 +110,25 @@ impl Status {
             t.and_then(|t| Timestamp::try_from(t).ok())
                 .map_or_else(String::new, |t| t.to_string())
         };
+        // In kube-proxy's key order (serde_json's maps would sort them).
+        let (last, current) = (quote(&time(last)), quote(&time(Some(wall))));
         let body = if livez {
-            json!({"lastUpdated": time(last), "currentTime": time(Some(wall))})
+            format!(r#"{{"lastUpdated":{last},"currentTime":{current}}}"#)
         } else {
-            json!({"lastUpdated": time(last), "currentTime": time(Some(wall)), "nodeEligible": eligible})
+            format!(r#"{{"lastUpdated":{last},"currentTime":{current},"nodeEligible":{eligible}}}"#)
         };
         let code = if ok {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        (code, body.to_string())
+        (code, body)
     }
+}
+
+/// `s` as a JSON string.
+fn quote(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
 }
 
 /// Serves `/healthz` and `/livez` on `addr` until the returned task is aborted; the address
@@ -156,17 +162,18 @@ pub fn serve_healthz(
 
 /// The body and status a service health port answers with.
 pub fn service_answer(service: &ObjectName, local_endpoints: usize, healthy: bool) -> Reply {
-    let body = json!({
-        "service": {"namespace": service.namespace.as_str(), "name": service.name.as_str()},
-        "localEndpoints": local_endpoints,
-        "serviceProxyHealthy": healthy,
-    });
+    // In kube-proxy's key order, compact.
+    let body = format!(
+        r#"{{"service":{{"namespace":{},"name":{}}},"localEndpoints":{local_endpoints},"serviceProxyHealthy":{healthy}}}"#,
+        quote(&service.namespace),
+        quote(&service.name),
+    );
     let code = if local_endpoints > 0 && healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, "application/json", body.to_string())
+    (code, "application/json", body)
 }
 
 /// The health-check NodePort servers, one per `externalTrafficPolicy: Local` service.

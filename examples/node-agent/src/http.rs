@@ -51,9 +51,10 @@ pub async fn serve(listener: TcpListener, handler: Handler) {
         let (stream, _peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors, say: keep serving the next ones.
+                // Out of file descriptors, say: keep serving, after a pause that lets some
+                // close (retrying at once would spin).
                 tracing::debug!(error = %e, "accepting a connection");
-                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };

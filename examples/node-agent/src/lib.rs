@@ -1,9 +1,9 @@
 //! `dataplane-agent`: a node agent that keeps this node's dataplane in sync with Kubernetes
-//! objects read from a directory of manifests (or the API server), a kube-proxy
-//! replacement. The binary (`src/main.rs`) parses the command line ([`cli::Args`]) and calls
+//! objects read from the API server or a directory of manifests, a kube-proxy replacement. The binary (`src/main.rs`) parses the command line ([`cli::Args`]) and calls
 //! [`run`]; the parts are public so that tests and benchmarks drive them directly:
 //!
 //! - [`source`]: the events every source sends; [`manifests`]: the manifest directory;
+//!   [`kube_source`]: the API server;
 //! - [`reconcile`]: the store, the translation and the syncs, timed by [`runner`];
 //! - [`interfaces`]: pod interfaces from the routes of the node;
 //! - [`health`], [`metrics`]: kube-proxy-compatible health and metrics servers.
@@ -71,11 +71,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-    let _source = match &args.manifests {
-        Some(dir) => manifests::spawn(dir, tx)?,
-        None => anyhow::bail!(
-            "the Kubernetes API source is not wired in this build: run with --manifests DIR"
-        ),
+    // Kept until the loop ends: dropping the manifest source stops its watch; the API
+    // source's task ends by itself once the loop's receiver is gone.
+    let source = if let Some(dir) = &args.manifests {
+        Source::Manifests(manifests::spawn(dir, tx)?)
+    } else {
+        let client = kube_source::client(args.kubeconfig.as_deref()).await?;
+        Source::Api(kube_source::spawn(
+            client,
+            settings.node_name.clone(),
+            settings.proxy_name.clone(),
+            tx,
+        ))
     };
     let interfaces = Arc::new(RouteResolver::new(settings.node.interfaces.uplink.clone()));
     let reconciler = Reconciler::new(
@@ -92,10 +99,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .context("starting the dataplane thread")?;
     let result = reconciler.run(rx, shutdown_signal()).await;
+    source.stop().await;
     for server in servers {
         server.abort();
     }
     result
+}
+
+/// The running source (held for its lifetime).
+#[derive(Debug)]
+enum Source {
+    Manifests(manifests::ManifestSource),
+    Api(tokio::task::JoinHandle<anyhow::Result<()>>),
+}
+
+impl Source {
+    /// Stops the source; an API source that ended by itself says why.
+    async fn stop(self) {
+        match self {
+            Source::Manifests(watch) => drop(watch),
+            Source::Api(task) if task.is_finished() => match task.await {
+                Ok(Err(e)) => tracing::error!("the API source failed: {e:#}"),
+                Err(e) => tracing::error!(error = %e, "the API source panicked"),
+                Ok(Ok(())) => {}
+            },
+            Source::Api(task) => task.abort(),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

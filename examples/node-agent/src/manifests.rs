@@ -64,10 +64,39 @@ impl Fingerprint {
     }
 }
 
+/// An object's content, to tell whether it changed: a hash of its JSON form. The directory
+/// keeps these, not the objects, so that the objects are held once (by the store): twenty
+/// thousand Kubernetes objects are a hundred megabytes.
+type Digest = u64;
+
+fn digest(object: &Object) -> Digest {
+    struct HashWriter(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            std::hash::Hasher::write(&mut self.0, buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = HashWriter(std::collections::hash_map::DefaultHasher::new());
+    // Serializing a Kubernetes object into a hasher cannot fail.
+    let _ = match object {
+        Object::Service(o) => serde_json::to_writer(&mut w, o),
+        Object::EndpointSlice(o) => serde_json::to_writer(&mut w, o),
+        Object::NetworkPolicy(o) => serde_json::to_writer(&mut w, o),
+        Object::Pod(o) => serde_json::to_writer(&mut w, o),
+        Object::Namespace(o) => serde_json::to_writer(&mut w, o),
+        Object::Node(o) => serde_json::to_writer(&mut w, o),
+    };
+    std::hash::Hasher::finish(&w.0)
+}
+
 #[derive(Debug, Default)]
 struct FileState {
     fingerprint: Option<Fingerprint>,
-    objects: BTreeMap<ObjectKey, Object>,
+    objects: BTreeMap<ObjectKey, Digest>,
 }
 
 /// The objects of a manifest directory, by file, and the differences between two looks at
@@ -88,6 +117,9 @@ enum Read {
     Failed(String),
 }
 
+/// Objects read in this round, by file.
+type Fresh = BTreeMap<PathBuf, BTreeMap<ObjectKey, Object>>;
+
 impl ManifestDir {
     /// The directory `dir`, not read yet.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -103,27 +135,39 @@ impl ManifestDir {
         &self.dir
     }
 
-    /// The object as the directory defines it now.
-    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
+    /// Whether the directory defines the object now.
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        self.current(key).is_some()
+    }
+
+    /// The file that defines the object now, and its digest.
+    fn current(&self, key: &ObjectKey) -> Option<(&PathBuf, Digest)> {
         let file = self.holders.get(key)?.last()?;
-        self.files.get(file)?.objects.get(key)
+        Some((file, *self.files.get(file)?.objects.get(key)?))
     }
 
     /// Reads the whole directory (again) and lists it: the errors of the files that fail,
-    /// then `Listed` for every kind, empty ones included.
+    /// then `Listed` for every kind, empty ones included. A file that fails to parse
+    /// contributes nothing to the listing.
     pub fn list(&mut self) -> anyhow::Result<Vec<SourceEvent>> {
         let mut events = Vec::new();
         // The files there now, and those known from before that may be gone.
         let mut paths: BTreeSet<PathBuf> = self.manifest_files()?.into_iter().collect();
         paths.extend(self.files.keys().cloned());
+        let mut fresh = Fresh::new();
         for path in &paths {
-            self.read_into(path, &mut events);
+            let read = read_file(path);
+            self.store(path, read, &mut events, &mut fresh);
         }
         let mut by_kind: BTreeMap<Kind, Vec<Object>> =
             Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
-        for key in self.holders.keys() {
-            if let Some(object) = self.get(key) {
-                by_kind.entry(key.kind).or_default().push(object.clone());
+        let keys: Vec<ObjectKey> = self.holders.keys().cloned().collect();
+        for key in keys {
+            let Some((file, _)) = self.current(&key) else {
+                continue;
+            };
+            if let Some(object) = fresh.get_mut(file).and_then(|objects| objects.remove(&key)) {
+                by_kind.entry(key.kind).or_default().push(object);
             }
         }
         events.extend(
@@ -137,6 +181,74 @@ impl ManifestDir {
     /// Takes in the changes at `paths` (what the watcher reported; `rescan`: it lost track, or
     /// something other than a manifest file changed) and returns the differences per object.
     pub fn update(&mut self, paths: &BTreeSet<PathBuf>, rescan: bool) -> Vec<SourceEvent> {
+        let files = match self.changed_files(paths, rescan) {
+            Ok(files) => files,
+            Err(e) => {
+                return vec![SourceEvent::Error {
+                    kind: None,
+                    message: format!("{e:#}"),
+                }]
+            }
+        };
+        let mut events = Vec::new();
+        // What each touched object looked like before: after all the files are read, an
+        // object is compared once (a move between two files is no change).
+        let mut before: BTreeMap<ObjectKey, Option<Digest>> = BTreeMap::new();
+        for file in &files {
+            if let Some(state) = self.files.get(file) {
+                for key in state.objects.keys() {
+                    before
+                        .entry(key.clone())
+                        .or_insert_with(|| self.current(key).map(|(_, d)| d));
+                }
+            }
+        }
+        let mut reads = Vec::new();
+        for file in &files {
+            let read = read_file(file);
+            if let Read::Objects(_, objects) = &read {
+                for key in objects.keys() {
+                    before
+                        .entry(key.clone())
+                        .or_insert_with(|| self.current(key).map(|(_, d)| d));
+                }
+            }
+            reads.push((file.clone(), read));
+        }
+        let mut fresh = Fresh::new();
+        for (file, read) in reads {
+            self.store(&file, read, &mut events, &mut fresh);
+        }
+        for (key, old) in before {
+            let now = self.current(&key).map(|(file, d)| (file.clone(), d));
+            match (old, now) {
+                (Some(old), Some((_, new))) if old == new => {}
+                (_, Some((file, _))) => {
+                    let object = fresh
+                        .get_mut(&file)
+                        .and_then(|objects| objects.remove(&key))
+                        .map_or_else(|| reread(&file, &key), Ok);
+                    match object {
+                        Ok(object) => events.push(SourceEvent::Applied(object)),
+                        Err(message) => events.push(SourceEvent::Error {
+                            kind: Some(key.kind),
+                            message,
+                        }),
+                    }
+                }
+                (Some(_), None) => events.push(SourceEvent::Deleted(key)),
+                (None, None) => {}
+            }
+        }
+        events
+    }
+
+    /// The files to read again for a change at `paths`.
+    fn changed_files(
+        &self,
+        paths: &BTreeSet<PathBuf>,
+        rescan: bool,
+    ) -> anyhow::Result<BTreeSet<PathBuf>> {
         let mut files: BTreeSet<PathBuf> = BTreeSet::new();
         let mut rescan = rescan;
         for path in paths {
@@ -150,73 +262,22 @@ impl ManifestDir {
             // Anything else (an editor's swap or backup file) is none of ours.
         }
         if rescan {
-            match self.manifest_files() {
-                Ok(names) => {
-                    for name in names {
-                        let unchanged = std::fs::metadata(&name).ok().is_some_and(|m| {
-                            self.files.get(&name).and_then(|f| f.fingerprint)
-                                == Some(Fingerprint::of(&m))
-                        });
-                        if !unchanged {
-                            files.insert(name);
-                        }
-                    }
-                    // Files that are gone from the listing.
-                    files.extend(self.files.keys().filter(|f| !f.exists()).cloned());
-                }
-                Err(e) => {
-                    return vec![SourceEvent::Error {
-                        kind: None,
-                        message: format!("{e:#}"),
-                    }]
+            for name in self.manifest_files()? {
+                let unchanged = std::fs::metadata(&name).ok().is_some_and(|m| {
+                    self.files.get(&name).and_then(|f| f.fingerprint) == Some(Fingerprint::of(&m))
+                });
+                if !unchanged {
+                    files.insert(name);
                 }
             }
+            // Files that are gone from the listing.
+            files.extend(self.files.keys().filter(|f| !f.exists()).cloned());
         }
-        let mut events = Vec::new();
-        // What each touched object looked like before: after all the files are read, an
-        // object is compared once (a move between two files is no change).
-        let mut before: BTreeMap<ObjectKey, Option<Object>> = BTreeMap::new();
-        for file in &files {
-            if let Some(state) = self.files.get(file) {
-                for key in state.objects.keys() {
-                    before
-                        .entry(key.clone())
-                        .or_insert_with(|| self.get(key).cloned());
-                }
-            }
-        }
-        let mut reads = Vec::new();
-        for file in &files {
-            let read = read_file(file);
-            if let Read::Objects(_, objects) = &read {
-                for key in objects.keys() {
-                    before
-                        .entry(key.clone())
-                        .or_insert_with(|| self.get(key).cloned());
-                }
-            }
-            reads.push((file.clone(), read));
-        }
-        for (file, read) in reads {
-            self.store(&file, read, &mut events);
-        }
-        for (key, old) in before {
-            match (old, self.get(&key)) {
-                (Some(old), Some(new)) if &old == new => {}
-                (_, Some(new)) => events.push(SourceEvent::Applied(new.clone())),
-                (Some(_), None) => events.push(SourceEvent::Deleted(key)),
-                (None, None) => {}
-            }
-        }
-        events
+        Ok(files)
     }
 
-    fn read_into(&mut self, path: &Path, events: &mut Vec<SourceEvent>) {
-        let read = read_file(path);
-        self.store(path, read, events);
-    }
-
-    fn store(&mut self, path: &Path, read: Read, events: &mut Vec<SourceEvent>) {
+    /// Takes in what reading `path` gave; the objects read go to `fresh`.
+    fn store(&mut self, path: &Path, read: Read, events: &mut Vec<SourceEvent>, fresh: &mut Fresh) {
         let (fingerprint, objects) = match read {
             Read::Gone => (None, BTreeMap::new()),
             Read::Objects(fingerprint, objects) => (Some(fingerprint), objects),
@@ -249,11 +310,16 @@ impl ManifestDir {
                 tracing::warn!(object = %key, files = ?holders, "an object is defined in several files: the last one wins");
             }
         }
+        let digests = objects
+            .iter()
+            .map(|(k, o)| (k.clone(), digest(o)))
+            .collect();
+        fresh.insert(path.to_owned(), objects);
         self.files.insert(
             path.to_owned(),
             FileState {
                 fingerprint,
-                objects,
+                objects: digests,
             },
         );
     }
@@ -287,6 +353,18 @@ fn is_manifest_name(path: &Path) -> bool {
         .is_none_or(|n| n.starts_with('.'));
     let ext = path.extension().and_then(|e| e.to_str());
     !hidden && matches!(ext, Some("yaml" | "yml" | "json"))
+}
+
+/// The object `key` as `file` defines it now (the file was not read in this round: another
+/// file gave the object up, and this one defines it too).
+fn reread(file: &Path, key: &ObjectKey) -> Result<Object, String> {
+    match read_file(file) {
+        Read::Objects(_, mut objects) => objects
+            .remove(key)
+            .ok_or_else(|| format!("{}: {key} is gone", file.display())),
+        Read::Gone => Err(format!("{}: gone while reading {key}", file.display())),
+        Read::Failed(message) => Err(message),
+    }
 }
 
 fn read_file(path: &Path) -> Read {

@@ -60,8 +60,8 @@ pub struct Metrics {
     pub endpoint_changes: Counter,
     /// `kubeproxy_sync_proxy_rules_service_changes_total`.
     pub service_changes: Counter,
-    /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy}`: services with a
-    /// Local policy, endpoints, and none of them on this node.
+    /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy}`: service ports
+    /// with a Local policy, endpoints, and none of them on this node.
     pub no_local_endpoints: Family<Labels, Gauge>,
     /// `kubeproxy_proxy_healthz_total{code}`.
     pub healthz: Family<Labels, Counter>,
@@ -393,9 +393,9 @@ pub struct Programmed {
     pub endpoints: usize,
     /// Network policies.
     pub policies: usize,
-    /// Services with `internalTrafficPolicy: Local` and no local endpoint.
+    /// Service ports with `internalTrafficPolicy: Local` and no local endpoint.
     pub no_local_internal: usize,
-    /// Services with `externalTrafficPolicy: Local` and no local endpoint.
+    /// Service ports with `externalTrafficPolicy: Local` and no local endpoint.
     pub no_local_external: usize,
 }
 
@@ -421,9 +421,9 @@ fn to_i64_u64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// kube-proxy's `serviceNoLocalEndpointsTotalInternal` / `...External`: services whose
+/// kube-proxy's `serviceNoLocalEndpointsTotalInternal` / `...External`: service ports whose
 /// internal (external) traffic policy is Local and that have endpoints, none of them
-/// usable on this node.
+/// usable on this node (kube-proxy counts in its loop over service ports).
 pub fn no_local_endpoints(state: &DesiredState) -> (usize, usize) {
     let no_local = |service: &dataplane::Service| {
         [IpFamily::V4, IpFamily::V6].iter().any(|family| {
@@ -445,8 +445,9 @@ pub fn no_local_endpoints(state: &DesiredState) -> (usize, usize) {
         if !(internal_local || external_local) || !no_local(service) {
             continue;
         }
-        internal += usize::from(internal_local);
-        external += usize::from(external_local);
+        let ports = service.ports.len();
+        internal += if internal_local { ports } else { 0 };
+        external += if external_local { ports } else { 0 };
     }
     (internal, external)
 }

@@ -39,7 +39,7 @@ use crate::metrics::{Metrics, Programmed};
 use crate::runner::{Periods, RunKind, Runner};
 use crate::source::SourceEvent;
 
-/// How often the dataplane's counters are read into the metrics between syncs.
+/// How often the dataplane's counters are read into the metrics.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A resolver of pod interfaces whose cache the loop empties before each sync.
@@ -336,36 +336,32 @@ impl Reconciler {
     }
 
     fn changed(&mut self, now: Instant, keys: Vec<ObjectKey>, kind: Kind) {
+        let changes = keys.len() as u64;
         match kind {
             Kind::Service => {
-                self.metrics.service_changes.inc();
+                self.metrics.service_changes.inc_by(changes);
             }
             Kind::EndpointSlice => {
-                self.metrics.endpoint_changes.inc();
+                self.metrics.endpoint_changes.inc_by(changes);
             }
             Kind::Node => self.status.set_node_eligible(!self.cluster.node_draining()),
             _ => {}
         }
-        self.pending.extend(keys);
+        for key in keys {
+            let kind = key.kind;
+            if self.pending.insert(key) {
+                match kind {
+                    Kind::Service => self.metrics.service_changes_pending.inc(),
+                    Kind::EndpointSlice => self.metrics.endpoint_changes_pending.inc(),
+                    _ => 0,
+                };
+            }
+        }
         self.metrics.queued(SystemTime::now());
-        self.update_pending_gauges();
         if self.ready() {
             self.status.queued(now);
         }
         self.runner.request();
-    }
-
-    fn update_pending_gauges(&self) {
-        let count = |kind: Kind| {
-            i64::try_from(self.pending.iter().filter(|k| k.kind == kind).count())
-                .unwrap_or(i64::MAX)
-        };
-        self.metrics
-            .service_changes_pending
-            .set(count(Kind::Service));
-        self.metrics
-            .endpoint_changes_pending
-            .set(count(Kind::EndpointSlice));
     }
 
     /// When the next sync is due (`None`: not before an event).
@@ -500,7 +496,8 @@ impl Reconciler {
             }
         }
         self.pending.clear();
-        self.update_pending_gauges();
+        self.metrics.service_changes_pending.set(0);
+        self.metrics.endpoint_changes_pending.set(0);
         let skipped: Vec<String> = report.skipped.iter().map(ToString::to_string).collect();
         let warnings: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
         self.log_dataplane_notes(&skipped, &warnings);
@@ -610,9 +607,10 @@ impl Reconciler {
                     }
                 }
                 () = sleep => {
-                    if self.sync_if_due(Instant::now()).await.is_some() {
-                        self.read_stats().await;
-                    }
+                    // Counters are read on their own timer only: the eBPF dataplane counts
+                    // its connections by walking its conntrack table, which a sync must not
+                    // wait for.
+                    self.sync_if_due(Instant::now()).await;
                 }
                 _ = stats_timer.tick() => self.read_stats().await,
                 changed = maintenance.changed(), if maintenance_open => {

@@ -194,7 +194,7 @@ fn an_object_moved_between_files_in_one_burst_is_not_deleted() {
     assert!(m
         .update(&[web.clone(), slices.clone()].into(), false)
         .is_empty());
-    assert!(m.get(&key(Kind::EndpointSlice, "web-1")).is_some());
+    assert!(m.contains(&key(Kind::EndpointSlice, "web-1")));
     // Then removed from its new file: deleted.
     std::fs::remove_file(&slices).unwrap();
     assert_eq!(
@@ -223,8 +223,8 @@ fn a_file_that_fails_to_parse_keeps_its_objects_and_says_where() {
     };
     assert!(message.contains("web.yaml"), "names the file: {message}");
     assert!(message.contains("port"), "names the field: {message}");
-    assert!(m.get(&key(Kind::EndpointSlice, "web-1")).is_some());
-    assert!(m.get(&key(Kind::Service, "web")).is_some());
+    assert!(m.contains(&key(Kind::EndpointSlice, "web-1")));
+    assert!(m.contains(&key(Kind::Service, "web")));
     // Fixed: back to normal, and the unchanged objects are not sent again.
     write(
         dir.path(),
@@ -316,4 +316,77 @@ async fn the_watcher_lists_then_follows_editor_saves_and_deletes() {
         .await
         .unwrap()
         .is_none());
+}
+
+#[test]
+fn an_object_in_two_files_is_the_last_files_and_falls_back_to_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    // zz.yaml sorts after web.yaml: its version of the service wins.
+    let zz = write(
+        dir.path(),
+        "zz.yaml",
+        &service("web", "10.96.0.10", 8080, None),
+    );
+    let mut m = ManifestDir::new(dir.path());
+    let events = m.list().unwrap();
+    let web_port = |events: &[SourceEvent]| {
+        events.iter().find_map(|e| match e {
+            SourceEvent::Listed {
+                kind: Kind::Service,
+                objects,
+            } => match &objects[0] {
+                Object::Service(s) => {
+                    Some(s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port)
+                }
+                _ => None,
+            },
+            SourceEvent::Applied(Object::Service(s)) => {
+                Some(s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port)
+            }
+            _ => None,
+        })
+    };
+    assert_eq!(web_port(&events), Some(8080));
+    // zz.yaml gives it up: web.yaml's version (port 80) is applied, read again from web.yaml.
+    std::fs::write(&zz, "").unwrap();
+    let events = m.update(&[zz].into(), false);
+    assert_eq!(summary(&events), ["+Service default/web"]);
+    assert_eq!(web_port(&events), Some(80));
+}
+
+#[test]
+fn a_change_reads_only_the_files_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let mut m = ManifestDir::new(dir.path());
+    m.list().unwrap();
+    // web.yaml changes on disk, but the change reported is about cluster.yaml: web.yaml is
+    // not read (a directory of 10k services costs one file's parse per change).
+    write(
+        dir.path(),
+        "web.yaml",
+        &service("web", "10.96.0.10", 8080, None),
+    );
+    let cluster = write(
+        dir.path(),
+        "cluster.yaml",
+        &documents(&[
+            node("node-0", "172.18.0.10", "10.244.0.0/24", None),
+            namespace("default"),
+            namespace("kube-system"),
+        ]),
+    );
+    assert_eq!(
+        summary(&m.update(&[cluster].into(), false)),
+        ["+Namespace kube-system"]
+    );
+    // Its own event then reads it.
+    let web = dir.path().join("web.yaml");
+    let mut got = summary(&m.update(&[web].into(), false));
+    got.sort();
+    assert_eq!(
+        got,
+        ["+Service default/web", "-EndpointSlice default/web-1"]
+    );
 }

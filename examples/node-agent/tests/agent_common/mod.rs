@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+pub mod harness;
+
 /// A Node with its internal address and pod CIDR; `taint`: a taint key to add.
 pub fn node(name: &str, address: &str, pod_cidr: &str, taint: Option<&str>) -> String {
     let taints = taint.map_or_else(String::new, |key| {
