@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use common::agent::{Backend, LAST_SYNC};
 use common::manifests::{self, LOCAL, WEB};
 use common::prom::{self, Metrics};
+use dataplane_testkit::Family;
 
 /// The agent's gauge of the services it programs.
 const SERVICES: &str = "dataplane_services";
@@ -49,11 +50,13 @@ fn metrics_follow_the_manifests(backend: Backend) {
     // web: endpoints on node-1, the slice stamped by "the EndpointSlice controller" now;
     // local (externalTrafficPolicy Local): its endpoint on node-1 only.
     let mut web = manifests::service(&WEB);
-    web.push_str(&manifests::endpoint_slice(
+    web.push_str(&manifests::endpoint_slice_of(
         &lab,
         WEB.name,
         &[2],
         Some(SystemTime::now()),
+        Family::V4,
+        WEB.udp,
     ));
     dirs.write("web.yaml", &web);
     let mut local = manifests::service(&LOCAL);

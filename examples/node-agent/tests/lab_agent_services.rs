@@ -18,7 +18,10 @@ use std::net::SocketAddr;
 
 use common::agent::{Backend, HEALTHZ_PORT};
 use common::manifests::{self, service_file, ServiceDef, LOCAL, WEB};
-use common::{http, model_expects, model_service, wait_for_backend, wait_for_outcome, wait_until};
+use common::{
+    http, model_expects, model_service, wait_for_backend, wait_for_outcome, wait_for_udp_backend,
+    wait_until,
+};
 use dataplane::reference::Entry;
 use dataplane_testkit::{Family, Lab, ProbeOutcome};
 
@@ -44,6 +47,7 @@ fn service_file_lifecycle(backend: Backend) {
     // of both nodes from outside.
     dirs.write("web.yaml", &service_file(&lab, &WEB, Some(&[POD_1_0])));
     wait_for_backend(&client.netns, vip, "pod-1-0", 3);
+    wait_for_udp_backend(&client.netns, vip, "pod-1-0", 3);
     for node in 0..2 {
         wait_for_backend(
             external,
@@ -56,6 +60,9 @@ fn service_file_lifecycle(backend: Backend) {
     // Editing it moves the traffic to the new endpoint (on the client's own node now).
     dirs.write("web.yaml", &service_file(&lab, &WEB, Some(&[POD_0_1])));
     wait_for_backend(&client.netns, vip, "pod-0-1", 5);
+    // New UDP flows too. (A flow that keeps its 5-tuple stays with the removed endpoint:
+    // the dataplanes let UDP conntrack entries age out where kube-proxy deletes them.)
+    wait_for_udp_backend(&client.netns, vip, "pod-0-1", 3);
     wait_for_backend(
         external,
         node_addr(&lab, 1, WEB.node_port.unwrap()),
@@ -98,6 +105,7 @@ const DUAL: ServiceDef<'static> = ServiceDef {
     cluster_ip: "10.96.0.12",
     cluster_ip_v6: Some("fd00:96::12"),
     node_port: Some(30082),
+    udp: false,
     ..WEB
 };
 
@@ -107,7 +115,7 @@ fn dual_file(lab: &Lab, pods: &[usize]) -> String {
     let mut text = manifests::service(&DUAL);
     for family in [Family::V4, Family::V6] {
         text.push_str(&manifests::endpoint_slice_of(
-            lab, DUAL.name, pods, None, family,
+            lab, DUAL.name, pods, None, family, false,
         ));
     }
     text

@@ -261,6 +261,9 @@ pub struct ServiceDef<'a> {
     pub health_check_node_port: Option<u16>,
     /// The load balancer's address in `status.loadBalancer.ingress`.
     pub load_balancer_ip: Option<&'a str>,
+    /// Also a UDP port `dns`: the same port (and NodePort) number → the servers' UDP
+    /// [`SERVER_PORT`].
+    pub udp: bool,
 }
 
 impl<'a> ServiceDef<'a> {
@@ -276,6 +279,7 @@ impl<'a> ServiceDef<'a> {
             local: false,
             health_check_node_port: None,
             load_balancer_ip: None,
+            udp: false,
         }
     }
 }
@@ -312,15 +316,25 @@ pub fn service(def: &ServiceDef<'_>) -> String {
     } else {
         "  internalTrafficPolicy: Cluster\n  ipFamilies:\n  - IPv4\n  ipFamilyPolicy: SingleStack\n"
     });
-    let _ = write!(spec, "  ports:\n  - name: http\n");
-    if let Some(port) = def.node_port {
-        let _ = writeln!(spec, "    nodePort: {port}");
+    spec.push_str("  ports:\n");
+    let mut ports = vec![("http", "TCP")];
+    if def.udp {
+        ports.push(("dns", "UDP"));
+    }
+    for (name, protocol) in ports {
+        let _ = writeln!(spec, "  - name: {name}");
+        if let Some(port) = def.node_port {
+            let _ = writeln!(spec, "    nodePort: {port}");
+        }
+        let _ = write!(
+            spec,
+            "    port: {port}\n    protocol: {protocol}\n    targetPort: {name}\n",
+            port = def.port,
+        );
     }
     let _ = write!(
         spec,
-        "    port: {port}\n    protocol: TCP\n    targetPort: http\n  selector:\n    app: {name}\n  \
-         sessionAffinity: None\n  type: {kind}\n",
-        port = def.port,
+        "  selector:\n    app: {name}\n  sessionAffinity: None\n  type: {kind}\n",
         name = def.name,
     );
     let status = match def.load_balancer_ip {
@@ -355,17 +369,19 @@ pub fn endpoint_slice(
     pods: &[usize],
     trigger: Option<SystemTime>,
 ) -> String {
-    endpoint_slice_of(lab, service, pods, trigger, Family::V4)
+    endpoint_slice_of(lab, service, pods, trigger, Family::V4, false)
 }
 
 /// [`endpoint_slice`] of address family `family` (the EndpointSlice controller writes one
-/// slice per family: `<service>-e2e` for IPv4, `<service>-e2e-v6` for IPv6).
+/// slice per family: `<service>-e2e` for IPv4, `<service>-e2e-v6` for IPv6), with the UDP
+/// port `dns` too when `udp`.
 pub fn endpoint_slice_of(
     lab: &Lab,
     service: &str,
     pods: &[usize],
     trigger: Option<SystemTime>,
     family: Family,
+    udp: bool,
 ) -> String {
     let (address_type, suffix) = match family {
         Family::V4 => ("IPv4", ""),
@@ -428,8 +444,13 @@ ports:
 - name: http
   port: {SERVER_PORT}
   protocol: TCP
-",
+{udp}",
         uid = uid(5, name_hash(service).wrapping_add(suffix.len())),
+        udp = if udp {
+            format!("- name: dns\n  port: {SERVER_PORT}\n  protocol: UDP\n")
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -445,7 +466,7 @@ pub fn rfc3339(t: SystemTime) -> String {
         .to_string()
 }
 
-/// The tests' NodePort service: ClusterIP 10.96.0.10:80, NodePort 30080.
+/// The tests' NodePort service: ClusterIP 10.96.0.10:80, NodePort 30080, TCP and UDP.
 pub const WEB: ServiceDef<'static> = ServiceDef {
     name: "web",
     cluster_ip: "10.96.0.10",
@@ -456,6 +477,7 @@ pub const WEB: ServiceDef<'static> = ServiceDef {
     local: false,
     health_check_node_port: None,
     load_balancer_ip: None,
+    udp: true,
 };
 
 /// The tests' `externalTrafficPolicy: Local` LoadBalancer service: ClusterIP 10.96.0.11:80,
@@ -470,6 +492,7 @@ pub const LOCAL: ServiceDef<'static> = ServiceDef {
     local: true,
     health_check_node_port: Some(32000),
     load_balancer_ip: Some("172.18.200.11"),
+    udp: false,
 };
 
 /// A service file: the Service, and its EndpointSlice with the lab pods `endpoints` when
@@ -477,7 +500,14 @@ pub const LOCAL: ServiceDef<'static> = ServiceDef {
 pub fn service_file(lab: &Lab, def: &ServiceDef<'_>, endpoints: Option<&[usize]>) -> String {
     let mut text = service(def);
     if let Some(pods) = endpoints {
-        text.push_str(&endpoint_slice(lab, def.name, pods, None));
+        text.push_str(&endpoint_slice_of(
+            lab,
+            def.name,
+            pods,
+            None,
+            Family::V4,
+            def.udp,
+        ));
     }
     text
 }

@@ -102,6 +102,21 @@ pub fn wait_for_outcome(
     })
 }
 
+/// Waits until `times` UDP probes in a row from `netns` to `dst` (each from a fresh source
+/// port) are answered by `backend`.
+pub fn wait_for_udp_backend(netns: &NetNs, dst: SocketAddr, backend: &str, times: usize) {
+    wait_until(&format!("UDP {dst} answered by {backend}"), || {
+        for i in 0..times {
+            let outcome = dataplane_testkit::probe(netns, dst, Protocol::Udp, PROBE_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+            if outcome.backend() != Some(backend) {
+                return Err(format!("probe {i} of {times}: {outcome:?}"));
+            }
+        }
+        Ok(())
+    });
+}
+
 /// Waits until `times` probes in a row from `netns` to `dst` are answered by `backend`.
 pub fn wait_for_backend(netns: &NetNs, dst: SocketAddr, backend: &str, times: usize) {
     wait_for_outcome(
@@ -196,13 +211,20 @@ pub fn model_service(
         .iter()
         .map(|ip| ip.parse().expect("an address"))
         .collect();
-    s.ports = vec![dataplane::ServicePort {
-        name: "http".to_owned(),
-        protocol: Protocol::Tcp,
-        port: def.port,
-        target_port: dataplane_testkit::SERVER_PORT,
-        node_port: def.node_port,
-    }];
+    let mut ports = vec![("http", Protocol::Tcp)];
+    if def.udp {
+        ports.push(("dns", Protocol::Udp));
+    }
+    s.ports = ports
+        .into_iter()
+        .map(|(name, protocol)| dataplane::ServicePort {
+            name: name.to_owned(),
+            protocol,
+            port: def.port,
+            target_port: dataplane_testkit::SERVER_PORT,
+            node_port: def.node_port,
+        })
+        .collect();
     if def.local {
         s.external_traffic_policy = dataplane::TrafficPolicy::Local;
     }
