@@ -18,21 +18,33 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use dataplane_core::{DesiredState, ObjectName, Protocol};
+use dataplane_core::{ChangeSet, DesiredState, ObjectName, Protocol};
 
+use crate::materialized::Materialized;
 use crate::node::{translate_node, NodeInfo};
 use crate::pod::{translate_namespace, translate_pod, PodOut};
 use crate::policy::translate_policy;
-use crate::service::{slice_service, RawService};
+use crate::service::slice_service;
 use crate::{InterfaceResolver, Kind, Object, ObjectKey, Settings, TranslateError};
 
 /// The result of [`Cluster::translate`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Translation {
-    /// The node's desired state; it always passes [`dataplane_core::validate`].
+    /// The node's desired state; it always passes [`dataplane_core::validate()`].
     pub state: DesiredState,
     /// What was left out of the state, or read differently than written, and why: every
     /// current warning (not only those of the objects that changed), ordered by object.
+    pub warnings: Vec<TranslationWarning>,
+}
+
+/// The result of [`Cluster::translate_changes`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changes {
+    /// What changed in the state since the last [`Cluster::translate`] or
+    /// [`Cluster::translate_changes`]: what `Dataplane::apply_changes` takes. The whole state
+    /// is [`Cluster::state`].
+    pub changes: ChangeSet,
+    /// Every current warning, as in [`Translation::warnings`].
     pub warnings: Vec<TranslationWarning>,
 }
 
@@ -142,7 +154,14 @@ enum What {
 #[derive(Debug)]
 struct ModelService {
     owner: ObjectKey,
-    raw: RawService,
+    /// The translation as made, before frontends lost to other services are taken out; kept
+    /// only while the state holds something else (a copy without them, or nothing). `None`:
+    /// the state holds exactly it (the common case, so it is not held twice).
+    kept: Option<Box<dataplane_core::Service>>,
+    /// For warnings: `RawService`'s fields.
+    port_fields: Vec<usize>,
+    external_ip_fields: Vec<String>,
+    lb_ip_fields: Vec<String>,
     claims: Vec<(Frontend, u32, What)>,
 }
 
@@ -182,7 +201,7 @@ pub struct Cluster {
     objects: BTreeMap<ObjectKey, Object>,
     counts: BTreeMap<Kind, usize>,
     /// EndpointSlices by the Service they belong to.
-    slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    slices_by_service: BTreeMap<ObjectKey, Bag<ObjectKey>>,
 
     dirty_services: BTreeSet<ObjectKey>,
     dirty_pods: BTreeSet<ObjectKey>,
@@ -201,22 +220,20 @@ pub struct Cluster {
     /// Model service names by the Kubernetes Service they come from.
     names_by_owner: BTreeMap<ObjectKey, Vec<ObjectName>>,
     models: BTreeMap<ObjectName, ModelService>,
-    claims: BTreeMap<Frontend, BTreeMap<Claimant, u32>>,
-    services: BTreeMap<ObjectName, dataplane_core::Service>,
+    claims: BTreeMap<Frontend, Bag<Claimant>>,
 
     pods: BTreeMap<ObjectName, PodRaw>,
-    pod_claims: BTreeMap<IpAddr, BTreeSet<PodRank>>,
-    endpoints: BTreeMap<ObjectName, dataplane_core::Endpoint>,
-    peers: BTreeMap<ObjectName, dataplane_core::PeerPod>,
+    pod_claims: BTreeMap<IpAddr, Bag<PodRank>>,
 
-    policies: BTreeMap<ObjectName, dataplane_core::Policy>,
-    namespaces: BTreeMap<String, dataplane_core::Namespace>,
+    /// The translated state, patched in place, and its changes.
+    out: Materialized,
 }
 
 impl Cluster {
     /// An empty store for the node and settings `settings`.
     pub fn new(settings: Settings) -> Self {
         let probe = DesiredState::new(settings.node.clone());
+        let out = Materialized::new(settings.node.clone());
         Self {
             settings,
             objects: BTreeMap::new(),
@@ -235,13 +252,9 @@ impl Cluster {
             names_by_owner: BTreeMap::new(),
             models: BTreeMap::new(),
             claims: BTreeMap::new(),
-            services: BTreeMap::new(),
             pods: BTreeMap::new(),
             pod_claims: BTreeMap::new(),
-            endpoints: BTreeMap::new(),
-            peers: BTreeMap::new(),
-            policies: BTreeMap::new(),
-            namespaces: BTreeMap::new(),
+            out,
         }
     }
 
@@ -252,17 +265,28 @@ impl Cluster {
 
     /// Adds `object` or replaces the stored one with its key; `false` when it is the same
     /// as the stored one (nothing to translate).
-    pub fn apply(&mut self, object: Object) -> Result<bool, TranslateError> {
+    ///
+    /// What the translation never reads and can be most of an object is dropped first, so
+    /// [`Cluster::get`] returns the object without it: `metadata.managedFields` and the
+    /// `kubectl.kubernetes.io/last-applied-configuration` annotation of every object; of a
+    /// Pod, everything but `spec.nodeName`, `spec.hostNetwork`, the containers' names and
+    /// ports, `status.phase` and its addresses (a readiness or restart update of a pod is
+    /// then no change); of an EndpointSlice, the endpoints' `targetRef` and
+    /// `deprecatedTopology`; of a Node, `status.images`. (client-go's informer caches do the
+    /// like with `TransformStripManagedFields`.)
+    pub fn apply(&mut self, mut object: Object) -> Result<bool, TranslateError> {
         let key = object.key()?;
+        strip(&mut object);
         if self.objects.get(&key) == Some(&object) {
             return Ok(false);
         }
+        let new = slice_owner(&key, &object);
         let old = self.objects.insert(key.clone(), object);
         if old.is_none() {
             *self.counts.entry(key.kind).or_default() += 1;
         }
-        let new = self.objects.get(&key).cloned();
-        self.touch(&key, old.as_ref(), new.as_ref());
+        let old = old.map_or(Owner::Absent, |o| slice_owner(&key, &o));
+        self.touch(&key, old, new);
         Ok(true)
     }
 
@@ -274,7 +298,7 @@ impl Cluster {
         if let Some(n) = self.counts.get_mut(&key.kind) {
             *n -= 1;
         }
-        self.touch(key, Some(&old), None);
+        self.touch(key, slice_owner(key, &old), Owner::Absent);
         true
     }
 
@@ -333,42 +357,42 @@ impl Cluster {
         ObjectKey::cluster(Kind::Node, self.settings.node_name.clone())
     }
 
-    /// Records what a change of `key` (from `old` to `new`) makes stale.
-    fn touch(&mut self, key: &ObjectKey, old: Option<&Object>, new: Option<&Object>) {
+    /// Records what a change of `key` makes stale. For an EndpointSlice, `old` and `new` are
+    /// the Service it belonged to before and belongs to now.
+    fn touch(&mut self, key: &ObjectKey, old: Owner, new: Owner) {
         match key.kind {
             Kind::Service => {
                 self.dirty_services.insert(key.clone());
             }
             Kind::EndpointSlice => {
                 self.warnings.remove(&Source::Object(key.clone()));
-                for (o, added) in [(old, false), (new, true)] {
-                    let Some(Object::EndpointSlice(slice)) = o else {
-                        continue;
-                    };
-                    match slice_service(key, slice) {
-                        Some(svc) => {
-                            let set = self.slices_by_service.entry(svc.clone()).or_default();
-                            if added {
-                                set.insert(key.clone());
-                            } else {
-                                set.remove(key);
-                                if set.is_empty() {
-                                    self.slices_by_service.remove(&svc);
-                                }
-                            }
-                            self.dirty_services.insert(svc);
+                if let Owner::Service(svc) = old {
+                    if let Some(set) = self.slices_by_service.get_mut(&svc) {
+                        set.remove(key);
+                        if set.is_empty() {
+                            self.slices_by_service.remove(&svc);
                         }
-                        // kube-proxy ignores such slices (`endpointSliceCacheKeys`).
-                        None if added => {
-                            let mut w = Warnings::new(key.clone());
-                            w.push(
-                                format!("metadata.labels[{}]", crate::LABEL_SERVICE_NAME),
-                                "no service name label; slice ignored",
-                            );
-                            self.warnings.insert(Source::Object(key.clone()), w.list);
-                        }
-                        None => {}
                     }
+                    self.dirty_services.insert(svc);
+                }
+                match new {
+                    Owner::Service(svc) => {
+                        self.slices_by_service
+                            .entry(svc.clone())
+                            .or_default()
+                            .add(key.clone());
+                        self.dirty_services.insert(svc);
+                    }
+                    // kube-proxy ignores such slices (`endpointSliceCacheKeys`).
+                    Owner::None => {
+                        let mut w = Warnings::new(key.clone());
+                        w.push(
+                            format!("metadata.labels[{}]", crate::LABEL_SERVICE_NAME),
+                            "no service name label; slice ignored",
+                        );
+                        self.warnings.insert(Source::Object(key.clone()), w.list);
+                    }
+                    Owner::Absent => {}
                 }
             }
             Kind::Pod => {
@@ -389,12 +413,67 @@ impl Cluster {
     }
 
     /// The node's desired state from the stored objects, re-translating only what changed
-    /// since the last call. Fails only when no state can exist: the local Node is not in
-    /// the store, or has no usable address.
+    /// since the last call (of this or [`Cluster::translate_changes`]). Fails only when no
+    /// state can exist: the local Node is not in the store, or has no usable address.
+    ///
+    /// The state is a copy, every list in name order; where that copy costs too much (it is
+    /// most of the cost of a small change to a big state), take the changes instead
+    /// ([`Cluster::translate_changes`]) and borrow the state ([`Cluster::state`]).
     pub fn translate(
         &mut self,
         interfaces: &dyn InterfaceResolver,
     ) -> Result<Translation, TranslateError> {
+        self.update(interfaces)?;
+        self.out.forget_changes();
+        Ok(Translation {
+            state: self.out.sorted_copy(),
+            warnings: self.current_warnings(),
+        })
+    }
+
+    /// Like [`Cluster::translate`], but returns what changed in the state since the last
+    /// call (of this or `translate`), in proportion to the change: the `ChangeSet` that
+    /// `dataplane_core::diff` would compute between the two states, without either state
+    /// being copied. The first call's changes add everything.
+    ///
+    /// ```
+    /// # use dataplane_kube::{parse_manifests, Cluster, Settings};
+    /// let yaml = "apiVersion: v1\nkind: Node\nmetadata: {name: n}\nstatus: {addresses: [{type: InternalIP, address: 172.18.0.2}]}\n";
+    /// let mut cluster = Cluster::new(Settings::new("n", dataplane_core::Node::new("n", [])));
+    /// for o in parse_manifests(yaml, "node.yaml")?.objects {
+    ///     cluster.apply(o)?;
+    /// }
+    /// let none = |_: &dataplane_core::ObjectName, _: &[std::net::IpAddr]| None;
+    /// let first = cluster.translate_changes(&none)?;
+    /// assert!(first.changes.node.is_some());
+    /// let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIPs: [10.96.0.1], ports: [{port: 80}]}\n";
+    /// for o in parse_manifests(svc, "svc.yaml")?.objects {
+    ///     cluster.apply(o)?;
+    /// }
+    /// let next = cluster.translate_changes(&none)?;
+    /// assert_eq!((next.changes.len(), next.changes.node.is_none()), (1, true));
+    /// assert_eq!(cluster.state().unwrap().services.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn translate_changes(
+        &mut self,
+        interfaces: &dyn InterfaceResolver,
+    ) -> Result<Changes, TranslateError> {
+        self.update(interfaces)?;
+        Ok(Changes {
+            changes: self.out.take_changes(),
+            warnings: self.current_warnings(),
+        })
+    }
+
+    /// The state as of the last successful [`Cluster::translate`] or
+    /// [`Cluster::translate_changes`], lent (no copy); `None` before the first. The order of
+    /// its lists is not meaningful (a removal takes the last element's place).
+    pub fn state(&self) -> Option<&DesiredState> {
+        self.node.is_some().then_some(&self.out.state)
+    }
+
+    fn update(&mut self, interfaces: &dyn InterfaceResolver) -> Result<(), TranslateError> {
         if self.node_dirty || self.node.is_none() {
             self.update_node()?;
         }
@@ -413,7 +492,11 @@ impl Cluster {
         for key in std::mem::take(&mut self.dirty_namespaces) {
             self.update_namespace(&key);
         }
-        Ok(self.assemble())
+        Ok(())
+    }
+
+    fn current_warnings(&self) -> Vec<TranslationWarning> {
+        self.warnings.values().flatten().cloned().collect()
     }
 
     fn set_warnings(&mut self, source: Source, list: Vec<TranslationWarning>) {
@@ -441,6 +524,7 @@ impl Cluster {
         // Every service depends on the node: addresses (NodePorts, ClusterIP checks), pod
         // CIDRs, the node port range, the zone (topology) and locality.
         self.probe = DesiredState::new(info.node.clone());
+        self.out.set_node(info.node.clone());
         self.node = Some(info);
         let all: Vec<ObjectKey> = self
             .objects
@@ -464,7 +548,7 @@ impl Cluster {
                     self.slices_by_service
                         .get(key)
                         .into_iter()
-                        .flatten()
+                        .flat_map(Bag::iter)
                         .filter_map(|k| match self.objects.get(k) {
                             Some(Object::EndpointSlice(s)) => Some((k, &**s)),
                             _ => None,
@@ -488,7 +572,13 @@ impl Cluster {
         for name in &old_names {
             if let Some(m) = self.models.remove(name) {
                 for (frontend, slot, _) in &m.claims {
-                    release(&mut self.claims, frontend, &(name.clone(), *slot));
+                    let who = (name.clone(), *slot);
+                    if let Some(bag) = self.claims.get_mut(frontend) {
+                        bag.remove(&who);
+                        if bag.is_empty() {
+                            self.claims.remove(frontend);
+                        }
+                    }
                     touched.insert(*frontend);
                 }
             }
@@ -510,14 +600,12 @@ impl Cluster {
                     .extend(w.list);
                 continue;
             }
-            let claims = service_claims(&raw, addresses);
+            let claims = service_claims(&raw.service, addresses);
             for (frontend, slot, _) in &claims {
-                *self
-                    .claims
+                self.claims
                     .entry(*frontend)
                     .or_default()
-                    .entry((name.clone(), *slot))
-                    .or_default() += 1;
+                    .add((name.clone(), *slot));
                 touched.insert(*frontend);
             }
             affected.insert(name.clone());
@@ -526,7 +614,10 @@ impl Cluster {
                 name,
                 ModelService {
                     owner: key.clone(),
-                    raw,
+                    kept: Some(Box::new(raw.service)),
+                    port_fields: raw.port_fields,
+                    external_ip_fields: raw.external_ip_fields,
+                    lb_ip_fields: raw.lb_ip_fields,
                     claims,
                 },
             );
@@ -536,7 +627,7 @@ impl Cluster {
         }
         for frontend in &touched {
             if let Some(claimants) = self.claims.get(frontend) {
-                affected.extend(claimants.keys().map(|(n, _)| n.clone()));
+                affected.extend(claimants.iter().map(|(n, _)| n.clone()));
             }
         }
         for name in affected {
@@ -547,22 +638,26 @@ impl Cluster {
     /// The model service `name` with the frontends it lost to other claimants taken out.
     fn resolve_service(&mut self, name: &ObjectName) {
         let source = Source::ServiceClaims(name.clone());
-        let Some(m) = self.models.get(name) else {
-            self.services.remove(name);
+        let Some(m) = self.models.get_mut(name) else {
+            self.out.put_service(name, None);
             self.warnings.remove(&source);
             return;
         };
+        let Some(raw_service) = m
+            .kept
+            .take()
+            .map(|b| *b)
+            .or_else(|| self.out.service(name).cloned())
+        else {
+            // Not reachable: without a kept translation the state holds it.
+            return;
+        };
+        let m = &*m;
         let mut w = Warnings::new(m.owner.clone());
-        let raw = &m.raw;
-        let mut drop_ports = BTreeSet::new();
-        let mut drop_external = BTreeSet::new();
-        let mut drop_lb = BTreeSet::new();
-        let mut drop_node_ports = BTreeSet::new();
-        let mut drop_health = false;
+        let raw = m;
+        let mut drop = Drops::default();
         for (frontend, slot, what) in &m.claims {
-            let Some(((winner, winner_slot), _)) =
-                self.claims.get(frontend).and_then(|c| c.first_key_value())
-            else {
+            let Some((winner, winner_slot)) = self.claims.get(frontend).and_then(Bag::first) else {
                 continue;
             };
             if winner == name && winner_slot == slot {
@@ -580,7 +675,7 @@ impl Cluster {
             let clash = format!("{proto} {addr} is also claimed by {other}");
             match *what {
                 What::ClusterIp(i) => {
-                    if drop_ports.insert(i) {
+                    if drop.ports.insert(i) {
                         w.push(
                             format!("spec.ports[{}]", raw.port_fields[i]),
                             format!("{clash}; port left out"),
@@ -588,7 +683,7 @@ impl Cluster {
                     }
                 }
                 What::ExternalIp(i) => {
-                    if drop_external.insert(i) {
+                    if drop.external.insert(i) {
                         w.push(
                             raw.external_ip_fields[i].clone(),
                             format!("{clash}; address left out"),
@@ -596,7 +691,7 @@ impl Cluster {
                     }
                 }
                 What::LoadBalancerIp(i) => {
-                    if drop_lb.insert(i) {
+                    if drop.lb.insert(i) {
                         w.push(
                             raw.lb_ip_fields[i].clone(),
                             format!("{clash}; address left out"),
@@ -604,7 +699,7 @@ impl Cluster {
                     }
                 }
                 What::NodePort(i) => {
-                    if drop_node_ports.insert(i) {
+                    if drop.node_ports.insert(i) {
                         w.push(
                             format!("spec.ports[{}].nodePort", raw.port_fields[i]),
                             format!("{clash}; nodePort left out"),
@@ -612,28 +707,25 @@ impl Cluster {
                     }
                 }
                 What::HealthCheck => {
-                    if !drop_health {
-                        drop_health = true;
+                    if !drop.health {
+                        drop.health = true;
                         w.push("spec.healthCheckNodePort", format!("{clash}; left out"));
                     }
                 }
             }
         }
-        let mut service = raw.service.clone();
-        if drop_health {
-            service.health_check_node_port = None;
+        if drop.is_empty() {
+            self.out.put_service(name, Some(raw_service));
+            self.set_warnings(source, w.list);
+            return;
         }
-        for i in &drop_node_ports {
-            service.ports[*i].node_port = None;
+        let mut service = raw_service.clone();
+        if let Some(m) = self.models.get_mut(name) {
+            m.kept = Some(Box::new(raw_service));
         }
-        keep_indices(&mut service.external_ips, &drop_external);
-        keep_indices(&mut service.load_balancer_ips, &drop_lb);
-        keep_indices(&mut service.ports, &drop_ports);
-        if service.ports.is_empty() {
-            self.services.remove(name);
-        } else {
-            self.services.insert(name.clone(), service);
-        }
+        drop.apply(&mut service);
+        let service = (!service.ports.is_empty()).then_some(service);
+        self.out.put_service(name, service);
         self.set_warnings(source, w.list);
     }
 
@@ -681,7 +773,7 @@ impl Cluster {
                 self.pod_claims
                     .entry(*ip)
                     .or_default()
-                    .insert(raw.rank.clone());
+                    .add(raw.rank.clone());
                 touched.insert(*ip);
             }
             self.pods.insert(name.clone(), raw);
@@ -698,16 +790,16 @@ impl Cluster {
 
     fn resolve_pod(&mut self, name: &ObjectName) {
         let source = Source::PodClaims(name.clone());
-        self.endpoints.remove(name);
-        self.peers.remove(name);
         let Some(raw) = self.pods.get(name) else {
+            self.out.put_endpoint(name, None);
+            self.out.put_pod(name, None);
             self.warnings.remove(&source);
             return;
         };
         let key = ObjectKey::namespaced(Kind::Pod, name.namespace.clone(), name.name.clone());
         let mut w = Warnings::new(key);
         for ip in pod_ips(&raw.out) {
-            if let Some((_, winner)) = self.pod_claims.get(ip).and_then(|s| s.first()) {
+            if let Some((_, winner)) = self.pod_claims.get(ip).and_then(Bag::first) {
                 if winner != name {
                     w.push(
                         "status.podIPs",
@@ -716,17 +808,16 @@ impl Cluster {
                 }
             }
         }
+        let (mut endpoint, mut peer) = (None, None);
         if w.list.is_empty() {
             match &raw.out {
-                PodOut::Local(e) => {
-                    self.endpoints.insert(name.clone(), e.clone());
-                }
-                PodOut::Peer(p) => {
-                    self.peers.insert(name.clone(), p.clone());
-                }
+                PodOut::Local(e) => endpoint = Some(e.clone()),
+                PodOut::Peer(p) => peer = Some(p.clone()),
                 PodOut::Nothing => {}
             }
         }
+        self.out.put_endpoint(name, endpoint);
+        self.out.put_pod(name, peer);
         self.set_warnings(source, w.list);
     }
 
@@ -740,10 +831,7 @@ impl Cluster {
             _ => None,
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
-        match policy {
-            Some(p) => self.policies.insert(name, p),
-            None => self.policies.remove(&name),
-        };
+        self.out.put_policy(&name, policy);
     }
 
     fn update_namespace(&mut self, key: &ObjectKey) {
@@ -753,41 +841,159 @@ impl Cluster {
             _ => None,
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
-        match ns {
-            Some(n) => self.namespaces.insert(key.name.clone(), n),
-            None => self.namespaces.remove(&key.name),
-        };
-    }
-
-    /// The whole state, from the kept translations: one clone of each, no translating.
-    fn assemble(&self) -> Translation {
-        let node = self.node.as_ref().expect("translated before").node.clone();
-        let mut state = DesiredState::new(node);
-        state.services = self.services.values().cloned().collect();
-        state.endpoints = self.endpoints.values().cloned().collect();
-        state.pods = self.peers.values().cloned().collect();
-        state.policies = self.policies.values().cloned().collect();
-        state.namespaces = self.namespaces.values().cloned().collect();
-        let warnings = self.warnings.values().flatten().cloned().collect();
-        Translation { state, warnings }
+        self.out.put_namespace(&key.name, ns);
     }
 }
 
-fn release(
-    claims: &mut BTreeMap<Frontend, BTreeMap<Claimant, u32>>,
-    frontend: &Frontend,
-    who: &Claimant,
-) {
-    if let Some(set) = claims.get_mut(frontend) {
-        if let Some(n) = set.get_mut(who) {
-            *n -= 1;
-            if *n == 0 {
-                set.remove(who);
+/// Whom an EndpointSlice belongs to, in a change.
+#[derive(Debug)]
+enum Owner {
+    /// The object does not exist (before an addition, after a deletion).
+    Absent,
+    /// It exists without a `kubernetes.io/service-name` label (or is not a slice).
+    None,
+    /// It belongs to this Service.
+    Service(ObjectKey),
+}
+
+fn slice_owner(key: &ObjectKey, object: &Object) -> Owner {
+    match object {
+        Object::EndpointSlice(slice) => {
+            slice_service(key, slice).map_or(Owner::None, Owner::Service)
+        }
+        _ => Owner::None,
+    }
+}
+
+/// Drops what the translation never reads and an object can be mostly made of, as client-go's
+/// informer transforms do (`TransformStripManagedFields`): every object's `managedFields`
+/// and `kubectl.kubernetes.io/last-applied-configuration` annotation; of a Pod, all but its
+/// node, host network flag, containers' names and ports, phase and addresses (a pod's
+/// readiness and container statuses change often and matter to no translation, so such
+/// updates become no-ops); of an EndpointSlice, its endpoints' `targetRef` and
+/// `deprecatedTopology`; of a Node, its image list.
+fn strip(object: &mut Object) {
+    use k8s_openapi::api::core::v1 as core;
+    let meta = object.metadata_mut();
+    meta.managed_fields = None;
+    if let Some(a) = &mut meta.annotations {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+    match object {
+        Object::Pod(pod) => {
+            if let Some(spec) = pod.spec.take() {
+                pod.spec = Some(core::PodSpec {
+                    containers: spec
+                        .containers
+                        .into_iter()
+                        .map(|c| core::Container {
+                            name: c.name,
+                            ports: c.ports,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    host_network: spec.host_network,
+                    node_name: spec.node_name,
+                    ..Default::default()
+                });
+            }
+            if let Some(status) = pod.status.take() {
+                pod.status = Some(core::PodStatus {
+                    phase: status.phase,
+                    pod_ip: status.pod_ip,
+                    pod_ips: status.pod_ips,
+                    ..Default::default()
+                });
             }
         }
-        if set.is_empty() {
-            claims.remove(frontend);
+        Object::EndpointSlice(slice) => {
+            for e in &mut slice.endpoints {
+                e.target_ref = None;
+                e.deprecated_topology = None;
+            }
         }
+        Object::Node(node) => {
+            if let Some(status) = &mut node.status {
+                status.images = None;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A small sorted multiset. Most claims and slice sets hold one or two entries, where a
+/// `BTreeSet` allocates a node for eleven (a tenth of the store's memory at 10k services).
+#[derive(Debug)]
+struct Bag<T>(Vec<(T, u32)>);
+
+impl<T> Default for Bag<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T: Ord> Bag<T> {
+    fn add(&mut self, x: T) {
+        match self.0.binary_search_by(|(y, _)| y.cmp(&x)) {
+            Ok(i) => self.0[i].1 += 1,
+            Err(i) => self.0.insert(i, (x, 1)),
+        }
+    }
+
+    fn remove(&mut self, x: &T) {
+        if let Ok(i) = self.0.binary_search_by(|(y, _)| y.cmp(x)) {
+            self.0[i].1 -= 1;
+            if self.0[i].1 == 0 {
+                self.0.remove(i);
+            }
+        }
+    }
+
+    fn first(&self) -> Option<&T> {
+        self.0.first().map(|(x, _)| x)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|(x, _)| x)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a model service loses to other claimants (indices into its lists).
+#[derive(Debug, Default)]
+struct Drops {
+    ports: BTreeSet<usize>,
+    external: BTreeSet<usize>,
+    lb: BTreeSet<usize>,
+    node_ports: BTreeSet<usize>,
+    health: bool,
+}
+
+impl Drops {
+    fn is_empty(&self) -> bool {
+        !self.health
+            && self.ports.is_empty()
+            && self.external.is_empty()
+            && self.lb.is_empty()
+            && self.node_ports.is_empty()
+    }
+
+    fn apply(&self, service: &mut dataplane_core::Service) {
+        if self.health {
+            service.health_check_node_port = None;
+        }
+        for i in &self.node_ports {
+            service.ports[*i].node_port = None;
+        }
+        keep_indices(&mut service.external_ips, &self.external);
+        keep_indices(&mut service.load_balancer_ips, &self.lb);
+        keep_indices(&mut service.ports, &self.ports);
     }
 }
 
@@ -806,8 +1012,10 @@ fn keep_indices<T>(list: &mut Vec<T>, drop: &BTreeSet<usize>) {
 /// What a model service claims, as dataplane-core's validation counts it: each port on
 /// every ClusterIP, ExternalIP and LoadBalancer IP, its NodePort on every node address, and
 /// the health check port (TCP) on every node address.
-fn service_claims(raw: &RawService, node_addresses: &[IpAddr]) -> Vec<(Frontend, u32, What)> {
-    let s = &raw.service;
+fn service_claims(
+    s: &dataplane_core::Service,
+    node_addresses: &[IpAddr],
+) -> Vec<(Frontend, u32, What)> {
     let mut out = Vec::new();
     for (i, p) in s.ports.iter().enumerate() {
         let slot = u32::try_from(i).unwrap_or(HEALTH - 1);

@@ -4,7 +4,10 @@
 //! A [`Cluster`] is the store: hand it Services, `EndpointSlices`, `NetworkPolicies`, Pods,
 //! Namespaces and Nodes ([`Object`]) as a watch or a manifest directory delivers them, then
 //! call [`Cluster::translate`] for the node's [`dataplane_core::DesiredState`]. It keeps each
-//! object's translation and re-translates only what changed since the last call.
+//! object's translation and re-translates only what changed since the last call;
+//! [`Cluster::translate_changes`] returns just the `ChangeSet` since then, and
+//! [`Cluster::state`] lends the whole state, so that a big state is never copied. A bad object
+//! never fails a translation: it, or its bad part, is left out with a [`TranslationWarning`].
 //!
 //! ```
 //! use dataplane_kube::{parse_manifests, Cluster, Settings};
@@ -57,6 +60,7 @@ pub use k8s_openapi;
 
 mod cluster;
 mod manifest;
+mod materialized;
 mod node;
 mod pod;
 mod policy;
@@ -72,7 +76,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-pub use cluster::{Cluster, Translation, TranslationWarning};
+pub use cluster::{Changes, Cluster, Translation, TranslationWarning};
 pub use manifest::{parse_manifests, ManifestError, Manifests};
 
 /// The label that hands a Service to another proxy (kube-proxy skips Services carrying it:
@@ -248,6 +252,17 @@ impl Object {
             Object::Pod(o) => &o.metadata,
             Object::Namespace(o) => &o.metadata,
             Object::Node(o) => &o.metadata,
+        }
+    }
+
+    pub(crate) fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+            Object::NetworkPolicy(o) => &mut o.metadata,
+            Object::Pod(o) => &mut o.metadata,
+            Object::Namespace(o) => &mut o.metadata,
+            Object::Node(o) => &mut o.metadata,
         }
     }
 
@@ -532,3 +547,8 @@ mod tests {
         assert_eq!(last_change_trigger_time(&slice), None);
     }
 }
+
+/// The README's example is compiled and run as a doc-test so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -293,7 +293,7 @@ pub(crate) fn translate(
     };
     let source_ranges = source_ranges(svc, w);
 
-    let endpoints = endpoints_by_port(ctx, key, &families, &ports, slices, w);
+    let endpoints = endpoints_by_port(&families, &ports, slices, w);
 
     let mut base = dataplane_core::Service::new(ObjectName::new(
         key.namespace.clone().unwrap_or_default(),
@@ -781,14 +781,11 @@ fn slice_endpoints(
 /// terminating (an endpoint moving between slices, or a reused IP of a terminating pod).
 /// Slices are taken in name order, where kube-proxy's map order is random.
 fn endpoints_by_port(
-    ctx: &Ctx<'_>,
-    key: &ObjectKey,
     families: &BTreeSet<bool>,
     ports: &[SpecPort],
     slices: &[(&ObjectKey, &EndpointSlice)],
     w: &mut Warnings,
 ) -> Vec<BTreeMap<(IpAddr, u16), Ep>> {
-    let _ = (ctx, key);
     let mut out: Vec<BTreeMap<(IpAddr, u16), Ep>> = ports.iter().map(|_| BTreeMap::new()).collect();
     for (slice_key, slice) in slices {
         let ipv4 = match slice.address_type.as_str() {

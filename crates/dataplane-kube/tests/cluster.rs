@@ -1,0 +1,235 @@
+//! The store's behaviour around the node, late interfaces and change scope.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+
+use dataplane_core::ObjectName;
+use dataplane_kube::{parse_manifests, Cluster, Kind, Object, ObjectKey, Settings, TranslateError};
+
+fn objects(yaml: &str) -> Vec<Object> {
+    parse_manifests(yaml, "test.yaml").unwrap().objects
+}
+
+fn one(yaml: &str) -> Object {
+    objects(yaml).remove(0)
+}
+
+fn node(extra_meta: &str, extra_spec: &str, addresses: &str) -> Object {
+    one(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n  labels: {{topology.kubernetes.io/zone: zone-a}}\n{extra_meta}spec:\n  podCIDRs: [10.244.1.0/24]\n{extra_spec}status:\n  addresses: {addresses}\n"
+    ))
+}
+
+fn settings() -> Settings {
+    Settings::new(
+        "node-a",
+        dataplane_core::Node::new("node-a", [])
+            .with_cluster_cidrs(["10.244.0.0/16".parse().unwrap()])
+            .with_service_cidrs(["10.96.0.0/16".parse().unwrap()]),
+    )
+}
+
+const ADDRESSES: &str = "[{type: InternalIP, address: 172.18.0.2}]";
+
+fn none(_: &ObjectName, _: &[IpAddr]) -> Option<String> {
+    None
+}
+
+#[test]
+fn no_node_no_state() {
+    let mut cluster = Cluster::new(settings());
+    assert_eq!(
+        cluster.translate(&none).unwrap_err(),
+        TranslateError::NodeNotFound {
+            name: "node-a".into()
+        }
+    );
+    // Another node is not ours.
+    cluster
+        .apply(one("apiVersion: v1\nkind: Node\nmetadata: {name: node-b}\nstatus: {addresses: [{type: InternalIP, address: 172.18.0.3}]}\n"))
+        .unwrap();
+    assert!(matches!(
+        cluster.translate(&none),
+        Err(TranslateError::NodeNotFound { .. })
+    ));
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    assert!(cluster.translate(&none).is_ok());
+    cluster.delete(&ObjectKey::cluster(Kind::Node, "node-a"));
+    assert!(matches!(
+        cluster.translate(&none),
+        Err(TranslateError::NodeNotFound { .. })
+    ));
+}
+
+#[test]
+fn a_node_without_addresses_uses_the_templates_or_fails() {
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", "[]")).unwrap();
+    let err = cluster.translate(&none).unwrap_err();
+    assert!(
+        matches!(&err, TranslateError::InvalidNode { field, .. } if field == "status.addresses"),
+        "{err}"
+    );
+
+    let mut with_addresses = settings();
+    with_addresses.node.addresses = vec!["172.18.0.9".parse().unwrap()];
+    let mut cluster = Cluster::new(with_addresses);
+    cluster.apply(node("", "", "[]")).unwrap();
+    let t = cluster.translate(&none).unwrap();
+    assert_eq!(
+        t.state.node.addresses,
+        ["172.18.0.9".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+    assert_eq!(t.warnings[0].to_string(), "Node node-a: status.addresses: no usable InternalIP or ExternalIP; the settings' node addresses are used");
+}
+
+#[test]
+fn draining_follows_deletion_and_the_autoscaler_taint() {
+    let mut cluster = Cluster::new(settings());
+    assert!(!cluster.node_draining());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    assert!(!cluster.node_draining());
+    cluster
+        .apply(node(
+            "",
+            "  taints: [{key: ToBeDeletedByClusterAutoscaler, value: '1700000000', effect: NoSchedule}]\n",
+            ADDRESSES,
+        ))
+        .unwrap();
+    assert!(cluster.node_draining());
+    cluster
+        .apply(node(
+            "  deletionTimestamp: '2026-12-06T11:00:00Z'\n",
+            "",
+            ADDRESSES,
+        ))
+        .unwrap();
+    assert!(cluster.node_draining());
+}
+
+const LOCAL_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: default, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.244.1.5}]}\n";
+
+#[test]
+fn a_local_pod_waits_for_its_interface() {
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    cluster.apply(one(LOCAL_POD)).unwrap();
+    let up = Cell::new(false);
+    let calls = Cell::new(0);
+    let resolver = |_: &ObjectName, ips: &[IpAddr]| {
+        calls.set(calls.get() + 1);
+        assert_eq!(ips, ["10.244.1.5".parse::<IpAddr>().unwrap()]);
+        up.get().then(|| "veth-web0".to_owned())
+    };
+    let t = cluster.translate(&resolver).unwrap();
+    assert!(t.state.endpoints.is_empty());
+    assert_eq!(t.warnings.len(), 1);
+    // Asked again at every translation until found, without any change to the pod.
+    cluster.translate(&resolver).unwrap();
+    assert_eq!(calls.get(), 2);
+    up.set(true);
+    let t = cluster.translate(&resolver).unwrap();
+    assert_eq!(t.state.endpoints[0].interface, "veth-web0");
+    assert!(t.warnings.is_empty());
+    // Found: not asked again until the pod changes.
+    cluster.translate(&resolver).unwrap();
+    assert_eq!(calls.get(), 3);
+}
+
+#[test]
+fn a_node_heartbeat_changes_nothing_and_a_zone_change_moves_topology() {
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIPs: [10.96.0.20], ports: [{port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints:\n- {addresses: [10.244.1.5], hints: {forZones: [{name: zone-a}]}}\n- {addresses: [10.244.2.5], hints: {forZones: [{name: zone-b}]}}\nports: [{name: '', port: 80}]\n";
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    for o in objects(service) {
+        cluster.apply(o).unwrap();
+    }
+    let backends = |c: &mut Cluster| -> Vec<String> {
+        c.translate(&none).unwrap().state.services[0]
+            .backends
+            .iter()
+            .map(|b| b.ip.to_string())
+            .collect()
+    };
+    assert_eq!(backends(&mut cluster), ["10.244.1.5"]);
+    let heartbeat = node("  annotations: {beat: '2'}\n", "", ADDRESSES);
+    assert!(cluster.apply(heartbeat).unwrap());
+    assert_eq!(backends(&mut cluster), ["10.244.1.5"]);
+    let moved = one(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n  labels: {{topology.kubernetes.io/zone: zone-b}}\nspec:\n  podCIDRs: [10.244.1.0/24]\nstatus:\n  addresses: {ADDRESSES}\n"
+    ));
+    cluster.apply(moved).unwrap();
+    assert_eq!(backends(&mut cluster), ["10.244.2.5"]);
+}
+
+#[test]
+fn a_slice_relabelled_to_another_service_moves_its_endpoints() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: default}\nspec: {clusterIPs: [10.96.0.1], ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: default}\nspec: {clusterIPs: [10.96.0.2], ports: [{port: 80}]}\n";
+    let slice = |owner: &str| {
+        one(&format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s, namespace: default, labels: {{kubernetes.io/service-name: {owner}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [10.244.2.5]}}]\nports: [{{name: '', port: 80}}]\n"))
+    };
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    for o in objects(yaml) {
+        cluster.apply(o).unwrap();
+    }
+    cluster.apply(slice("a")).unwrap();
+    let counts = |c: &mut Cluster| -> Vec<usize> {
+        c.translate(&none)
+            .unwrap()
+            .state
+            .services
+            .iter()
+            .map(|s| s.backends.len())
+            .collect()
+    };
+    assert_eq!(counts(&mut cluster), [1, 0]);
+    cluster.apply(slice("b")).unwrap();
+    assert_eq!(counts(&mut cluster), [0, 1]);
+    cluster.delete(&ObjectKey::namespaced(Kind::EndpointSlice, "default", "s"));
+    assert_eq!(counts(&mut cluster), [0, 0]);
+}
+
+#[test]
+fn what_no_translation_reads_is_not_kept_and_changes_nothing() {
+    let pod = |ready: &str| {
+        one(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-0\n  namespace: default\n  managedFields: [{{manager: kubelet, operation: Update}}]\n  annotations: {{kubectl.kubernetes.io/last-applied-configuration: '{{}}', keep: me}}\nspec:\n  nodeName: node-b\n  containers: [{{name: c, image: nginx, env: [{{name: A, value: b}}], ports: [{{name: http, containerPort: 80}}]}}]\nstatus:\n  phase: Running\n  conditions: [{{type: Ready, status: '{ready}'}}]\n  podIPs: [{{ip: 10.244.2.5}}]\n"
+        ))
+    };
+    let mut cluster = Cluster::new(settings());
+    assert!(cluster.apply(pod("True")).unwrap());
+    assert!(
+        !cluster.apply(pod("False")).unwrap(),
+        "a readiness flip is no change to the translation"
+    );
+    let key = ObjectKey::namespaced(Kind::Pod, "default", "web-0");
+    let Some(Object::Pod(stored)) = cluster.get(&key) else {
+        panic!("stored")
+    };
+    assert!(stored.metadata.managed_fields.is_none());
+    assert_eq!(
+        stored
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["keep"]
+    );
+    let c = &stored.spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        (
+            c.image.as_deref(),
+            c.env.as_ref(),
+            c.ports.as_ref().map(Vec::len)
+        ),
+        (None, None, Some(1))
+    );
+    assert!(stored.status.as_ref().unwrap().conditions.is_none());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    let t = cluster.translate(&none).unwrap();
+    assert_eq!(t.state.pods[0].named_ports[0].port, 80);
+}
