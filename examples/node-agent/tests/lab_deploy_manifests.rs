@@ -184,7 +184,7 @@ fn daemon_set_runs_a_node_agent_like_kube_proxy() {
     let ds = the(&d.daemon_sets, "DaemonSet");
     let spec = pod_spec(ds);
     assert_eq!(spec.host_network, Some(true));
-    assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    assert_eq!(spec.dns_policy.as_deref(), Some("Default"));
     assert_eq!(
         spec.priority_class_name.as_deref(),
         Some("system-node-critical")
