@@ -262,10 +262,13 @@ pub(crate) fn translate(
     }
 
     let session_affinity = session_affinity(spec, w);
-    // `apiservice.ExternalPolicyLocal`: only NodePort and LoadBalancer services have external
-    // traffic policy Local; `NeedsHealthCheck`: LoadBalancer ones with Local have a health port.
+    // `apiservice.ExternalPolicyLocal`: external traffic policy Local holds for externally
+    // accessible services (`ExternallyAccessible`: NodePort, LoadBalancer, or ClusterIP with
+    // `spec.externalIPs`); `NeedsHealthCheck`: LoadBalancer ones with Local have a health port.
+    let externally_accessible_type = node_ports_allowed
+        || (type_ == "ClusterIP" && spec.external_ips.as_ref().is_some_and(|l| !l.is_empty()));
     let etp = match spec.external_traffic_policy.as_deref() {
-        Some("Local") if node_ports_allowed => TrafficPolicy::Local,
+        Some("Local") if externally_accessible_type => TrafficPolicy::Local,
         None | Some("Cluster" | "Local") => TrafficPolicy::Cluster,
         Some(other) => {
             w.push(
