@@ -8,10 +8,12 @@
 //!
 //! Two objects can claim the same thing: a frontend (`TCP 192.0.2.1:80` as two Services'
 //! ExternalIP) or a pod address (a reused IP). dataplane-core rejects such a state, so each
-//! claim has one winner, the claimant that sorts first (model service name and port index;
-//! a live pod before a terminating one, then by name), and the others lose that frontend or
-//! are left out, with a warning. Claims are indexed, so a change re-checks only the objects
-//! that share a claim with it.
+//! claim has one winner, the claimant that sorts first (a frontend: by kind, ClusterIP then
+//! nodePort or health check port then LoadBalancer IP then ExternalIP, then model service
+//! name and port index; a pod address: a live pod before a terminating one, then by name),
+//! and the others lose that frontend or are left out, with a warning. A part lost (a port,
+//! an address, a nodePort) gives up its other claims, which go to the next claimant. Claims
+//! are indexed, so a change re-checks only the objects that share a claim with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -135,20 +137,38 @@ enum Source {
 /// A frontend: what dataplane-core lets only one service port claim.
 type Frontend = (IpAddr, Protocol, u16);
 
-/// Who claims a frontend: a model service and its port index (`HEALTH` for the health
-/// check port). The first in order wins.
-type Claimant = (ObjectName, u32);
+/// Who claims a frontend: the claim's rank ([`What::rank`]), a model service, its port index
+/// (`HEALTH` for the health check port) and what the claim is. The first in order that is
+/// still active wins.
+type Claimant = (u8, ObjectName, u32, What);
 
 const HEALTH: u32 = u32::MAX;
 
 /// What a claim is, to drop the right part when it is lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum What {
     ClusterIp(usize),
     ExternalIp(usize),
     LoadBalancerIp(usize),
     NodePort(usize),
     HealthCheck,
+}
+
+impl What {
+    /// Claims are ranked by kind first, by how much the address belongs to the service:
+    /// a ClusterIP is allocated to it by the API server; a nodePort and the health check
+    /// port are allocated too (from the node port range); a LoadBalancer IP is written by a
+    /// controller; an ExternalIP is whatever the Service's author wrote (CVE-2020-8554: a
+    /// Service with `externalIPs: [<kube-dns's ClusterIP>]` must not take DNS). kube-proxy
+    /// never drops a ClusterIP rule for another Service's ExternalIP.
+    fn rank(self) -> u8 {
+        match self {
+            What::ClusterIp(_) => 0,
+            What::NodePort(_) | What::HealthCheck => 1,
+            What::LoadBalancerIp(_) => 2,
+            What::ExternalIp(_) => 3,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -163,6 +183,31 @@ struct ModelService {
     external_ip_fields: Vec<String>,
     lb_ip_fields: Vec<String>,
     claims: Vec<(Frontend, u32, What)>,
+    /// What it lost to other claimants, as last resolved.
+    drops: Drops,
+}
+
+impl ModelService {
+    /// Whether a claim of this service still counts: a claim whose part (port, address,
+    /// nodePort, health check port) was dropped for losing another claim gives up its
+    /// other claims too, so that they go to the next claimant (kube-proxy serves them).
+    fn active(&self, slot: u32, what: What) -> bool {
+        if self.drops.all {
+            return false;
+        }
+        let port_alive = |i: usize| !self.drops.ports.contains(&i);
+        match what {
+            What::ClusterIp(i) => port_alive(i),
+            What::NodePort(i) => port_alive(i) && !self.drops.node_ports.contains(&i),
+            What::ExternalIp(j) => {
+                usize::try_from(slot).is_ok_and(port_alive) && !self.drops.external.contains(&j)
+            }
+            What::LoadBalancerIp(j) => {
+                usize::try_from(slot).is_ok_and(port_alive) && !self.drops.lb.contains(&j)
+            }
+            What::HealthCheck => !self.drops.health,
+        }
+    }
 }
 
 /// A pod's claim rank: live before terminating, then by name.
@@ -571,8 +616,8 @@ impl Cluster {
         let mut affected: BTreeSet<ObjectName> = old_names.iter().cloned().collect();
         for name in &old_names {
             if let Some(m) = self.models.remove(name) {
-                for (frontend, slot, _) in &m.claims {
-                    let who = (name.clone(), *slot);
+                for (frontend, slot, what) in &m.claims {
+                    let who = (what.rank(), name.clone(), *slot, *what);
                     if let Some(bag) = self.claims.get_mut(frontend) {
                         bag.remove(&who);
                         if bag.is_empty() {
@@ -601,11 +646,11 @@ impl Cluster {
                 continue;
             }
             let claims = service_claims(&raw.service, addresses);
-            for (frontend, slot, _) in &claims {
+            for (frontend, slot, what) in &claims {
                 self.claims
                     .entry(*frontend)
                     .or_default()
-                    .add((name.clone(), *slot));
+                    .add((what.rank(), name.clone(), *slot, *what));
                 touched.insert(*frontend);
             }
             affected.insert(name.clone());
@@ -619,6 +664,7 @@ impl Cluster {
                     external_ip_fields: raw.external_ip_fields,
                     lb_ip_fields: raw.lb_ip_fields,
                     claims,
+                    drops: Drops::default(),
                 },
             );
         }
@@ -627,21 +673,42 @@ impl Cluster {
         }
         for frontend in &touched {
             if let Some(claimants) = self.claims.get(frontend) {
-                affected.extend(claimants.iter().map(|(n, _)| n.clone()));
+                affected.extend(claimants.iter().map(|(_, n, _, _)| n.clone()));
             }
         }
-        for name in affected {
-            self.resolve_service(&name);
+        self.resolve_services(affected);
+    }
+
+    /// Resolves `names` and, while any one's losses change, every service that shares a
+    /// frontend with it. This ends: whether a claim wins depends only on the claims ranked
+    /// before it on its frontend (an earlier rank, or the same rank and an earlier name), so
+    /// the outcome settles in rank and name order, and there is one outcome, the same
+    /// whatever the order of the changes (the property test compares with a fresh store).
+    fn resolve_services(&mut self, names: BTreeSet<ObjectName>) {
+        let mut work = names;
+        while let Some(name) = work.pop_first() {
+            if !self.resolve_service(&name) {
+                continue;
+            }
+            if let Some(m) = self.models.get(&name) {
+                work.insert(name.clone());
+                for (frontend, _, _) in &m.claims {
+                    if let Some(claimants) = self.claims.get(frontend) {
+                        work.extend(claimants.iter().map(|(_, n, _, _)| n.clone()));
+                    }
+                }
+            }
         }
     }
 
-    /// The model service `name` with the frontends it lost to other claimants taken out.
-    fn resolve_service(&mut self, name: &ObjectName) {
+    /// The model service `name` with the frontends it lost to other claimants taken out;
+    /// `true` when what it loses changed (so its neighbours need resolving again).
+    fn resolve_service(&mut self, name: &ObjectName) -> bool {
         let source = Source::ServiceClaims(name.clone());
         let Some(m) = self.models.get_mut(name) else {
             self.out.put_service(name, None);
             self.warnings.remove(&source);
-            return;
+            return false;
         };
         let Some(raw_service) = m
             .kept
@@ -650,19 +717,25 @@ impl Cluster {
             .or_else(|| self.out.service(name).cloned())
         else {
             // Not reachable: without a kept translation the state holds it.
-            return;
+            return false;
         };
-        let m = &*m;
+        let Some(m) = self.models.get(name) else {
+            return false;
+        };
         let mut w = Warnings::new(m.owner.clone());
         let raw = m;
         let mut drop = Drops::default();
         for (frontend, slot, what) in &m.claims {
-            let Some((winner, winner_slot)) = self.claims.get(frontend).and_then(Bag::first) else {
+            let me = (what.rank(), name.clone(), *slot, *what);
+            // The first claimant ranked before this claim whose claim still counts.
+            let winner = self.claims.get(frontend).and_then(|bag| {
+                bag.iter().take_while(|c| **c < me).find(|(_, n, s, wh)| {
+                    self.models.get(n).is_some_and(|o| o.active(*s, *wh))
+                })
+            });
+            let Some((_, winner, _, _)) = winner else {
                 continue;
             };
-            if winner == name && winner_slot == slot {
-                continue;
-            }
             let (proto, addr) = (
                 frontend.1,
                 std::net::SocketAddr::new(frontend.0, frontend.2),
@@ -714,19 +787,28 @@ impl Cluster {
                 }
             }
         }
+        // A port dropped takes its other claims with it; so does the service when it has
+        // no port left.
+        drop.all = drop.ports.len() == raw_service.ports.len();
+        let changed = m.drops != drop;
         if drop.is_empty() {
             self.out.put_service(name, Some(raw_service));
             self.set_warnings(source, w.list);
-            return;
+            if let Some(m) = self.models.get_mut(name) {
+                m.drops = drop;
+            }
+            return changed;
         }
         let mut service = raw_service.clone();
+        drop.apply(&mut service);
         if let Some(m) = self.models.get_mut(name) {
             m.kept = Some(Box::new(raw_service));
+            m.drops = drop;
         }
-        drop.apply(&mut service);
         let service = (!service.ports.is_empty()).then_some(service);
         self.out.put_service(name, service);
         self.set_warnings(source, w.list);
+        changed
     }
 
     fn update_pod(&mut self, key: &ObjectKey, interfaces: &dyn InterfaceResolver) {
@@ -966,18 +1048,21 @@ impl<T: Ord> Bag<T> {
 }
 
 /// What a model service loses to other claimants (indices into its lists).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Drops {
     ports: BTreeSet<usize>,
     external: BTreeSet<usize>,
     lb: BTreeSet<usize>,
     node_ports: BTreeSet<usize>,
     health: bool,
+    /// Every port is dropped: the service is left out.
+    all: bool,
 }
 
 impl Drops {
     fn is_empty(&self) -> bool {
         !self.health
+            && !self.all
             && self.ports.is_empty()
             && self.external.is_empty()
             && self.lb.is_empty()
