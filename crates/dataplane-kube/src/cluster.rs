@@ -253,8 +253,9 @@ pub struct Cluster {
     dirty_policies: BTreeSet<ObjectKey>,
     dirty_namespaces: BTreeSet<ObjectKey>,
     node_dirty: bool,
-    /// Local pods whose interface was not found: tried again at each translation.
-    retry_pods: BTreeSet<ObjectKey>,
+    /// Pods on this node: their interfaces are looked up again at each translation (a
+    /// sandbox recreated with the same address has a new veth; one not found yet may be).
+    local_pods: BTreeSet<ObjectKey>,
 
     interner: Interner,
     node: Option<NodeInfo>,
@@ -289,7 +290,7 @@ impl Cluster {
             dirty_policies: BTreeSet::new(),
             dirty_namespaces: BTreeSet::new(),
             node_dirty: true,
-            retry_pods: BTreeSet::new(),
+            local_pods: BTreeSet::new(),
             interner: Interner::default(),
             node: None,
             probe,
@@ -526,11 +527,11 @@ impl Cluster {
         for key in dirty {
             self.update_service(&key);
         }
-        let mut dirty = std::mem::take(&mut self.dirty_pods);
-        dirty.append(&mut std::mem::take(&mut self.retry_pods));
-        for key in dirty {
-            self.update_pod(&key, interfaces);
+        let dirty = std::mem::take(&mut self.dirty_pods);
+        for key in &dirty {
+            self.update_pod(key, interfaces);
         }
+        self.recheck_interfaces(interfaces, &dirty);
         for key in std::mem::take(&mut self.dirty_policies) {
             self.update_policy(&key);
         }
@@ -647,10 +648,12 @@ impl Cluster {
             }
             let claims = service_claims(&raw.service, addresses);
             for (frontend, slot, what) in &claims {
-                self.claims
-                    .entry(*frontend)
-                    .or_default()
-                    .add((what.rank(), name.clone(), *slot, *what));
+                self.claims.entry(*frontend).or_default().add((
+                    what.rank(),
+                    name.clone(),
+                    *slot,
+                    *what,
+                ));
                 touched.insert(*frontend);
             }
             affected.insert(name.clone());
@@ -729,9 +732,9 @@ impl Cluster {
             let me = (what.rank(), name.clone(), *slot, *what);
             // The first claimant ranked before this claim whose claim still counts.
             let winner = self.claims.get(frontend).and_then(|bag| {
-                bag.iter().take_while(|c| **c < me).find(|(_, n, s, wh)| {
-                    self.models.get(n).is_some_and(|o| o.active(*s, *wh))
-                })
+                bag.iter()
+                    .take_while(|c| **c < me)
+                    .find(|(_, n, s, wh)| self.models.get(n).is_some_and(|o| o.active(*s, *wh)))
             });
             let Some((_, winner, _, _)) = winner else {
                 continue;
@@ -811,6 +814,35 @@ impl Cluster {
         changed
     }
 
+    /// Looks up the interface of every local pod not just translated (one resolver call
+    /// each; the agent's resolver answers from a cache) and re-translates the pods whose
+    /// interface changed, appeared or went away.
+    fn recheck_interfaces(
+        &mut self,
+        interfaces: &dyn InterfaceResolver,
+        just_updated: &BTreeSet<ObjectKey>,
+    ) {
+        let mut changed = Vec::new();
+        for key in self.local_pods.difference(just_updated) {
+            let Some(name) = key.object_name() else {
+                continue;
+            };
+            let (ips, current) = match self.pods.get(&name).map(|r| &r.out) {
+                Some(PodOut::Local(e)) => (&e.ips, Some(e.interface.as_str())),
+                Some(PodOut::Peer(p)) => (&p.ips, None),
+                _ => continue,
+            };
+            let found = interfaces.interface(&name, ips);
+            if found.as_deref() != current {
+                changed.push((key.clone(), found));
+            }
+        }
+        for (key, found) in changed {
+            let found = move |_: &ObjectName, _: &[IpAddr]| found.clone();
+            self.update_pod(&key, &found);
+        }
+    }
+
     fn update_pod(&mut self, key: &ObjectKey, interfaces: &dyn InterfaceResolver) {
         let Some(name) = key.object_name() else {
             return;
@@ -826,15 +858,20 @@ impl Cluster {
                     pod,
                     &mut w,
                 );
-                if t.retry {
-                    self.retry_pods.insert(key.clone());
+                if t.local {
+                    self.local_pods.insert(key.clone());
+                } else {
+                    self.local_pods.remove(key);
                 }
                 Some(PodRaw {
                     out: t.out,
                     rank: (t.terminating, name.clone()),
                 })
             }
-            _ => None,
+            _ => {
+                self.local_pods.remove(key);
+                None
+            }
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
         let mut affected: BTreeSet<ObjectName> = BTreeSet::from([name.clone()]);

@@ -322,7 +322,13 @@ pub(crate) fn translate(
         // endpoints: hints are judged per family (`CategorizeEndpoints` per proxier).
         let (v4, v6): (Vec<Ep>, Vec<Ep>) = eps.into_iter().partition(|e| e.ip.is_ipv4());
         let mut eps = topology_filter(ctx.node, etp, itp, externally_accessible, v4);
-        eps.extend(topology_filter(ctx.node, etp, itp, externally_accessible, v6));
+        eps.extend(topology_filter(
+            ctx.node,
+            etp,
+            itp,
+            externally_accessible,
+            v6,
+        ));
         let backends: Vec<Backend> = eps.into_iter().map(|e| backend(ctx.interner, e)).collect();
         let model_port = dataplane_core::ServicePort {
             name: port.name.clone(),

@@ -111,30 +111,53 @@ fn draining_follows_deletion_and_the_autoscaler_taint() {
 const LOCAL_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: default, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.244.1.5}]}\n";
 
 #[test]
-fn a_local_pod_waits_for_its_interface() {
+fn a_local_pod_waits_for_its_interface_as_a_peer_and_follows_a_new_one() {
     let mut cluster = Cluster::new(settings());
     cluster.apply(node("", "", ADDRESSES)).unwrap();
     cluster.apply(one(LOCAL_POD)).unwrap();
-    let up = Cell::new(false);
+    let veth: std::cell::RefCell<Option<&str>> = std::cell::RefCell::new(None);
     let calls = Cell::new(0);
     let resolver = |_: &ObjectName, ips: &[IpAddr]| {
         calls.set(calls.get() + 1);
         assert_eq!(ips, ["10.244.1.5".parse::<IpAddr>().unwrap()]);
-        up.get().then(|| "veth-web0".to_owned())
+        veth.borrow().map(str::to_owned)
     };
     let t = cluster.translate(&resolver).unwrap();
     assert!(t.state.endpoints.is_empty());
-    assert_eq!(t.warnings.len(), 1);
-    // Asked again at every translation until found, without any change to the pod.
+    // Not an endpoint yet, but a policy peer on this node, so that policies selecting it
+    // match its address.
+    assert_eq!(t.state.pods.len(), 1);
+    assert_eq!(
+        t.state.pods[0].ips,
+        ["10.244.1.5".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(t.state.pods[0].node_name.as_deref(), Some("node-a"));
+    assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+    // Asked again at every translation, once, without any change to the pod.
     cluster.translate(&resolver).unwrap();
     assert_eq!(calls.get(), 2);
-    up.set(true);
+    *veth.borrow_mut() = Some("veth-web0");
     let t = cluster.translate(&resolver).unwrap();
     assert_eq!(t.state.endpoints[0].interface, "veth-web0");
+    assert!(t.state.pods.is_empty());
     assert!(t.warnings.is_empty());
-    // Found: not asked again until the pod changes.
-    cluster.translate(&resolver).unwrap();
     assert_eq!(calls.get(), 3);
+    // Found: still asked once per translation (a sandbox recreated with the same address
+    // has a new veth); nothing changes while the answer is the same.
+    let c = cluster.translate_changes(&resolver).unwrap();
+    assert!(c.changes.is_empty());
+    assert_eq!(calls.get(), 4);
+    *veth.borrow_mut() = Some("veth-web1");
+    let c = cluster.translate_changes(&resolver).unwrap();
+    assert_eq!(c.changes.len(), 1);
+    assert_eq!(calls.get(), 5);
+    assert_eq!(cluster.state().unwrap().endpoints[0].interface, "veth-web1");
+    // Gone: a peer again, with the warning.
+    *veth.borrow_mut() = None;
+    let t = cluster.translate(&resolver).unwrap();
+    assert!(t.state.endpoints.is_empty());
+    assert_eq!((t.state.pods.len(), t.warnings.len()), (1, 1));
+    assert_eq!(calls.get(), 6);
 }
 
 #[test]
