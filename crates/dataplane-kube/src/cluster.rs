@@ -26,7 +26,7 @@ use crate::materialized::Materialized;
 use crate::node::{translate_node, NodeInfo};
 use crate::pod::{translate_namespace, translate_pod, PodOut};
 use crate::policy::translate_policy;
-use crate::service::slice_service;
+use crate::service::SliceData;
 use crate::{InterfaceResolver, Kind, Object, ObjectKey, Settings, TranslateError};
 
 /// The result of [`Cluster::translate`].
@@ -92,7 +92,18 @@ impl Warnings {
         });
     }
 
+    /// Warnings made earlier (an EndpointSlice's, read when it was stored).
+    pub(crate) fn extend(&mut self, list: impl IntoIterator<Item = TranslationWarning>) {
+        self.list.extend(list);
+    }
+
+    /// The warnings collected.
+    pub(crate) fn into_list(self) -> Vec<TranslationWarning> {
+        self.list
+    }
+
     /// A warning about `field` of another object read along (a Service's EndpointSlice).
+    #[allow(dead_code)]
     pub(crate) fn push_for(
         &mut self,
         object: &ObjectKey,
@@ -243,7 +254,7 @@ struct PodRaw {
 #[derive(Debug)]
 pub struct Cluster {
     settings: Settings,
-    objects: BTreeMap<ObjectKey, Object>,
+    objects: BTreeMap<ObjectKey, Stored>,
     counts: BTreeMap<Kind, usize>,
     /// EndpointSlices by the Service they belong to.
     slices_by_service: BTreeMap<ObjectKey, Bag<ObjectKey>>,
@@ -309,20 +320,24 @@ impl Cluster {
         &self.settings
     }
 
-    /// Adds `object` or replaces the stored one with its key; `false` when it is the same
-    /// as the stored one (nothing to translate).
+    /// Adds `object` or replaces the stored one with its key; `false` when it reads the
+    /// same to the translation as the stored one (nothing to translate).
     ///
-    /// What the translation never reads and can be most of an object is dropped first, so
-    /// [`Cluster::get`] returns the object without it: `metadata.managedFields` and the
-    /// `kubectl.kubernetes.io/last-applied-configuration` annotation of every object; of a
-    /// Pod, everything but `spec.nodeName`, `spec.hostNetwork`, the containers' names and
-    /// ports, `status.phase` and its addresses (a readiness or restart update of a pod is
-    /// then no change); of an EndpointSlice, the endpoints' `targetRef` and
-    /// `deprecatedTopology`; of a Node, `status.images`. (client-go's informer caches do the
-    /// like with `TransformStripManagedFields`.)
+    /// Only what translations read is kept (the store does not lend objects back): of every
+    /// object, its name, namespace, labels, deletion timestamp and the one annotation read
+    /// (`service.beta.kubernetes.io/load-balancer-source-ranges`, to warn about it), so a
+    /// new `resourceVersion`, `managedFields` or annotation is no change; of a Pod, only
+    /// `spec.nodeName`, `spec.hostNetwork`, the containers' names and ports, `status.phase`
+    /// and its addresses (a readiness or restart update of a pod is then no change); of a
+    /// Service, not its selector nor status conditions; of an EndpointSlice, its usable
+    /// endpoints and ports as read (node and zone names shared across the store); of a Node,
+    /// not `status.images`. (client-go's informer caches do the like with
+    /// `TransformStripManagedFields`.)
     pub fn apply(&mut self, mut object: Object) -> Result<bool, TranslateError> {
         let key = object.key()?;
         strip(&mut object);
+        let interner = &mut self.interner;
+        let object = Stored::new(&key, object, &mut |s| interner.get(s));
         if self.objects.get(&key) == Some(&object) {
             return Ok(false);
         }
@@ -379,9 +394,25 @@ impl Cluster {
         Ok(changed)
     }
 
-    /// The stored object `key`.
-    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
-        self.objects.get(key)
+    /// Whether an object with key `key` is stored.
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        self.objects.contains_key(key)
+    }
+
+    /// Whether applying `object` would change nothing ([`Cluster::apply`] would return
+    /// `false`): an object with its key is stored and reads the same to the translation.
+    /// `false` for an object without a key. For a caller that wants to know before applying
+    /// (to note which objects a relist changed); it costs a copy of the object.
+    pub fn is_current(&self, object: &Object) -> bool {
+        let Ok(key) = object.key() else {
+            return false;
+        };
+        let Some(stored) = self.objects.get(&key) else {
+            return false;
+        };
+        let mut object = object.clone();
+        strip(&mut object);
+        *stored == Stored::new(&key, object, &mut |s| Arc::from(s))
     }
 
     /// How many objects of `kind` are stored.
@@ -394,7 +425,7 @@ impl Cluster {
     /// fails, so that load balancers drain the node first).
     pub fn node_draining(&self) -> bool {
         match self.objects.get(&self.node_key()) {
-            Some(Object::Node(n)) => crate::node::draining(n),
+            Some(Stored::Object(Object::Node(n))) => crate::node::draining(n),
             _ => false,
         }
     }
@@ -555,7 +586,7 @@ impl Cluster {
 
     fn update_node(&mut self) -> Result<(), TranslateError> {
         let key = self.node_key();
-        let Some(Object::Node(k8s)) = self.objects.get(&key) else {
+        let Some(Stored::Object(Object::Node(k8s))) = self.objects.get(&key) else {
             return Err(TranslateError::NodeNotFound {
                 name: self.settings.node_name.clone(),
             });
@@ -589,21 +620,20 @@ impl Cluster {
         };
         let mut w = Warnings::new(key.clone());
         let raws = match self.objects.get(key) {
-            Some(Object::Service(svc)) => {
-                let slices: Vec<(&ObjectKey, &k8s_openapi::api::discovery::v1::EndpointSlice)> =
-                    self.slices_by_service
-                        .get(key)
-                        .into_iter()
-                        .flat_map(Bag::iter)
-                        .filter_map(|k| match self.objects.get(k) {
-                            Some(Object::EndpointSlice(s)) => Some((k, &**s)),
-                            _ => None,
-                        })
-                        .collect();
+            Some(Stored::Object(Object::Service(svc))) => {
+                let slices: Vec<&SliceData> = self
+                    .slices_by_service
+                    .get(key)
+                    .into_iter()
+                    .flat_map(Bag::iter)
+                    .filter_map(|k| match self.objects.get(k) {
+                        Some(Stored::Slice(s)) => Some(&**s),
+                        _ => None,
+                    })
+                    .collect();
                 let mut ctx = crate::service::Ctx {
                     settings: &self.settings,
                     node,
-                    interner: &mut self.interner,
                     probe: &mut self.probe,
                 };
                 crate::service::translate(&mut ctx, key, svc, &slices, &mut w)
@@ -706,6 +736,8 @@ impl Cluster {
 
     /// The model service `name` with the frontends it lost to other claimants taken out;
     /// `true` when what it loses changed (so its neighbours need resolving again).
+    // One claim kind per arm, each with its own warning; split, it reads worse.
+    #[allow(clippy::too_many_lines)]
     fn resolve_service(&mut self, name: &ObjectName) -> bool {
         let source = Source::ServiceClaims(name.clone());
         let Some(m) = self.models.get_mut(name) else {
@@ -848,30 +880,27 @@ impl Cluster {
             return;
         };
         let mut w = Warnings::new(key.clone());
-        let raw = match self.objects.get(key) {
-            Some(Object::Pod(pod)) => {
-                let t = translate_pod(
-                    &self.settings,
-                    &mut self.interner,
-                    interfaces,
-                    &name,
-                    pod,
-                    &mut w,
-                );
-                if t.local {
-                    self.local_pods.insert(key.clone());
-                } else {
-                    self.local_pods.remove(key);
-                }
-                Some(PodRaw {
-                    out: t.out,
-                    rank: (t.terminating, name.clone()),
-                })
-            }
-            _ => {
+        let raw = if let Some(Stored::Object(Object::Pod(pod))) = self.objects.get(key) {
+            let t = translate_pod(
+                &self.settings,
+                &mut self.interner,
+                interfaces,
+                &name,
+                pod,
+                &mut w,
+            );
+            if t.local {
+                self.local_pods.insert(key.clone());
+            } else {
                 self.local_pods.remove(key);
-                None
             }
+            Some(PodRaw {
+                out: t.out,
+                rank: (t.terminating, name.clone()),
+            })
+        } else {
+            self.local_pods.remove(key);
+            None
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
         let mut affected: BTreeSet<ObjectName> = BTreeSet::from([name.clone()]);
@@ -946,7 +975,7 @@ impl Cluster {
         };
         let mut w = Warnings::new(key.clone());
         let policy = match self.objects.get(key) {
-            Some(Object::NetworkPolicy(np)) => translate_policy(&name, np, &mut w),
+            Some(Stored::Object(Object::NetworkPolicy(np))) => translate_policy(&name, np, &mut w),
             _ => None,
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
@@ -956,7 +985,9 @@ impl Cluster {
     fn update_namespace(&mut self, key: &ObjectKey) {
         let mut w = Warnings::new(key.clone());
         let ns = match self.objects.get(key) {
-            Some(Object::Namespace(ns)) => translate_namespace(&key.name, ns, &mut w),
+            Some(Stored::Object(Object::Namespace(ns))) => {
+                translate_namespace(&key.name, ns, &mut w)
+            }
             _ => None,
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
@@ -975,33 +1006,76 @@ enum Owner {
     Service(ObjectKey),
 }
 
-fn slice_owner(key: &ObjectKey, object: &Object) -> Owner {
+fn slice_owner(key: &ObjectKey, object: &Stored) -> Owner {
+    let _ = key;
     match object {
-        Object::EndpointSlice(slice) => {
-            slice_service(key, slice).map_or(Owner::None, Owner::Service)
+        Stored::Slice(slice) => slice.service.clone().map_or(Owner::None, Owner::Service),
+        Stored::Object(_) => Owner::None,
+    }
+}
+
+/// What the store keeps of an object: what the translation reads. An EndpointSlice, most
+/// of a big store, is kept read ([`SliceData`]: its endpoints in a tenth of the space);
+/// the other kinds are kept stripped ([`strip`]), since their translation is made at the
+/// next translate (a Pod's needs the interface resolver) or depends on the node (a Service).
+#[derive(Debug, PartialEq)]
+enum Stored {
+    Object(Object),
+    Slice(Box<SliceData>),
+}
+
+impl Stored {
+    fn new(key: &ObjectKey, object: Object, intern: &mut dyn FnMut(&str) -> Arc<str>) -> Self {
+        match object {
+            Object::EndpointSlice(slice) => {
+                Stored::Slice(Box::new(SliceData::new(key, &slice, intern)))
+            }
+            other => Stored::Object(other),
         }
-        _ => Owner::None,
     }
 }
 
 /// Drops what the translation never reads and an object can be mostly made of, as client-go's
-/// informer transforms do (`TransformStripManagedFields`): every object's `managedFields`
-/// and `kubectl.kubernetes.io/last-applied-configuration` annotation; of a Pod, all but its
+/// informer transforms do (`TransformStripManagedFields`): of every object's metadata, all
+/// but its name, namespace, labels, deletion timestamp and the source-ranges annotation; of a
+/// Service, its selector and status conditions; of a Pod, all but its
 /// node, host network flag, containers' names and ports, phase and addresses (a pod's
 /// readiness and container statuses change often and matter to no translation, so such
 /// updates become no-ops); of an EndpointSlice, its endpoints' `targetRef` and
 /// `deprecatedTopology`; of a Node, its image list.
 fn strip(object: &mut Object) {
     use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     let meta = object.metadata_mut();
-    meta.managed_fields = None;
-    if let Some(a) = &mut meta.annotations {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    let mut annotations = meta.annotations.take();
+    if let Some(a) = &mut annotations {
+        // The only annotation any translation reads (to warn that it is not used).
+        a.retain(|k, _| k == crate::service::ANNOTATION_SOURCE_RANGES);
         if a.is_empty() {
-            meta.annotations = None;
+            annotations = None;
         }
     }
+    // What identifies the object and what the translations read; a resourceVersion,
+    // uid, managedFields, owner or finalizer change is no change.
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        labels: meta.labels.take(),
+        annotations,
+        deletion_timestamp: meta.deletion_timestamp.take(),
+        ..Default::default()
+    };
     match object {
+        Object::Service(svc) => {
+            // kube-proxy reads no selector (the EndpointSlice controller does) and no
+            // status but the load balancer's.
+            if let Some(spec) = &mut svc.spec {
+                spec.selector = None;
+            }
+            if let Some(status) = &mut svc.status {
+                status.conditions = None;
+            }
+        }
         Object::Pod(pod) => {
             if let Some(spec) = pod.spec.take() {
                 pod.spec = Some(core::PodSpec {

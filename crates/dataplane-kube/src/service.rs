@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use dataplane_core::{
     Backend, ObjectName, Protocol, SessionAffinity, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_SECONDS,
@@ -18,7 +19,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::cluster::{Interner, Warnings};
+use crate::cluster::Warnings;
 use crate::node::{usable_unicast, NodeInfo};
 use crate::{Kind, ObjectKey, Settings};
 
@@ -50,7 +51,6 @@ pub(crate) struct RawService {
 pub(crate) struct Ctx<'a> {
     pub settings: &'a Settings,
     pub node: &'a NodeInfo,
-    pub interner: &'a mut Interner,
     /// A state holding only the node, to validate one object at a time.
     pub probe: &'a mut dataplane_core::DesiredState,
 }
@@ -126,17 +126,64 @@ enum Target {
     Named,
 }
 
-/// One endpoint of a slice, read once per slice (`newEndpointSliceInfo`).
-#[derive(Debug, Clone)]
-struct Ep {
+/// One endpoint of a slice, read once when the slice is stored (`newEndpointSliceInfo`).
+/// Node and zone names are shared (the store's interner): a store holds one copy of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ep {
     ip: IpAddr,
     ready: bool,
     serving: bool,
     terminating: bool,
-    node_name: Option<String>,
-    zone: Option<String>,
-    zone_hints: BTreeSet<String>,
-    node_hints: BTreeSet<String>,
+    node_name: Option<Arc<str>>,
+    zone: Option<Arc<str>>,
+    zone_hints: Box<[Arc<str>]>,
+    node_hints: Box<[Arc<str>]>,
+}
+
+/// What the translation reads of an EndpointSlice, read once when it is stored: a
+/// k8s-openapi `EndpointSlice` of 10 endpoints takes several kilobytes, this a tenth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SliceData {
+    /// The Service it belongs to (`kubernetes.io/service-name`).
+    pub service: Option<ObjectKey>,
+    /// `addressType`: IPv4 (`true`) or IPv6; `None` for FQDN and others (not proxied).
+    ipv4: Option<bool>,
+    /// The usable endpoints.
+    endpoints: Vec<Ep>,
+    /// The usable ports: name, number, protocol.
+    ports: Vec<(String, u16, Protocol)>,
+    /// What reading the endpoints and ports left out, given again with each translation of
+    /// the Service (only when the slice is of one of its families, as before).
+    warnings: Vec<crate::TranslationWarning>,
+}
+
+impl SliceData {
+    /// Reads `slice` (named `key`), sharing names through `intern`.
+    pub(crate) fn new(
+        key: &ObjectKey,
+        slice: &EndpointSlice,
+        intern: &mut dyn FnMut(&str) -> Arc<str>,
+    ) -> Self {
+        let service = slice_service(key, slice);
+        let ipv4 = match slice.address_type.as_str() {
+            "IPv4" => Some(true),
+            "IPv6" => Some(false),
+            _ => None,
+        };
+        let mut w = Warnings::new(key.clone());
+        let (mut endpoints, mut ports) = (Vec::new(), Vec::new());
+        if let Some(ipv4) = ipv4 {
+            endpoints = slice_endpoints(slice, ipv4, intern, &mut w);
+            ports = slice_ports(slice, &mut w);
+        }
+        Self {
+            service,
+            ipv4,
+            endpoints,
+            ports,
+            warnings: w.into_list(),
+        }
+    }
 }
 
 /// Translates `svc` (named `key`) with `slices` (its `EndpointSlices`, by slice name).
@@ -146,7 +193,7 @@ pub(crate) fn translate(
     ctx: &mut Ctx<'_>,
     key: &ObjectKey,
     svc: &Service,
-    slices: &[(&ObjectKey, &EndpointSlice)],
+    slices: &[&SliceData],
     w: &mut Warnings,
 ) -> Vec<RawService> {
     if !crate::service_selected(
@@ -329,7 +376,7 @@ pub(crate) fn translate(
             externally_accessible,
             v6,
         ));
-        let backends: Vec<Backend> = eps.into_iter().map(|e| backend(ctx.interner, e)).collect();
+        let backends: Vec<Backend> = eps.into_iter().map(backend).collect();
         let model_port = dataplane_core::ServicePort {
             name: port.name.clone(),
             protocol: port.protocol,
@@ -395,14 +442,14 @@ fn group_ports(
     groups
 }
 
-fn backend(interner: &mut Interner, e: Ep) -> Backend {
+fn backend(e: Ep) -> Backend {
     Backend {
         ip: e.ip,
         ready: e.ready,
         serving: e.serving,
         terminating: e.terminating,
-        node_name: e.node_name.map(|n| interner.get(&n)),
-        zone: e.zone.map(|z| interner.get(&z)),
+        node_name: e.node_name,
+        zone: e.zone,
         weight: 1,
     }
 }
@@ -706,50 +753,39 @@ fn source_ranges(svc: &Service, w: &mut Warnings) -> Vec<IpNetwork> {
 /// Reads one slice's endpoints (`newEndpointSliceInfo`): the first address, kube-proxy's
 /// defaults for absent conditions (ready and serving true, terminating false), the hints.
 fn slice_endpoints(
-    slice_key: &ObjectKey,
     slice: &EndpointSlice,
     ipv4: bool,
+    intern: &mut dyn FnMut(&str) -> Arc<str>,
     w: &mut Warnings,
-) -> Vec<Option<Ep>> {
+) -> Vec<Ep> {
     let mut out = Vec::with_capacity(slice.endpoints.len());
     for (k, e) in slice.endpoints.iter().enumerate() {
         let field = |f: &str| format!("endpoints[{k}].{f}");
         let Some(first) = e.addresses.first() else {
-            w.push_for(
-                slice_key,
-                field("addresses"),
-                "no address; endpoint left out",
-            );
-            out.push(None);
+            w.push(field("addresses"), "no address; endpoint left out");
             continue;
         };
         let ip = match first.trim().parse::<IpAddr>() {
             Ok(ip) if ip.is_ipv4() != ipv4 => {
-                w.push_for(
-                    slice_key,
+                w.push(
                     field("addresses[0]"),
                     format!("{ip} is not of the slice's addressType; endpoint left out"),
                 );
-                out.push(None);
                 continue;
             }
             Ok(ip) if usable_unicast(ip) => ip,
             Ok(ip) => {
-                w.push_for(
-                    slice_key,
+                w.push(
                     field("addresses[0]"),
                     format!("{ip} is not a unicast address; endpoint left out"),
                 );
-                out.push(None);
                 continue;
             }
             Err(_) => {
-                w.push_for(
-                    slice_key,
+                w.push(
                     field("addresses[0]"),
                     format!("{first:?} is not an IP address; endpoint left out"),
                 );
-                out.push(None);
                 continue;
             }
         };
@@ -761,30 +797,82 @@ fn slice_endpoints(
             // The EndpointSlice controller never writes this (a terminating pod is not
             // ready); the model cannot hold it, and a terminating endpoint must not take
             // new connections while ready ones exist.
-            w.push_for(
-                slice_key,
+            w.push(
                 field("conditions.ready"),
                 "ready and terminating; taken as not ready",
             );
             ready = false;
         }
         let hints = e.hints.as_ref();
-        out.push(Some(Ep {
+        let mut names = |list: Option<Vec<&str>>| -> Box<[Arc<str>]> {
+            let mut v: Vec<Arc<str>> = list
+                .unwrap_or_default()
+                .into_iter()
+                .map(&mut *intern)
+                .collect();
+            v.sort();
+            v.dedup();
+            v.into_boxed_slice()
+        };
+        let zone_hints = names(
+            hints
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.as_str()).collect()),
+        );
+        let node_hints = names(
+            hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.as_str()).collect()),
+        );
+        out.push(Ep {
             ip,
             ready,
             serving,
             terminating,
-            node_name: e.node_name.clone().filter(|n| !n.is_empty()),
-            zone: e.zone.clone().filter(|z| !z.is_empty()),
-            zone_hints: hints
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).collect())
-                .unwrap_or_default(),
-            node_hints: hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.clone()).collect())
-                .unwrap_or_default(),
-        }));
+            node_name: e
+                .node_name
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .map(&mut *intern),
+            zone: e
+                .zone
+                .as_deref()
+                .filter(|z| !z.is_empty())
+                .map(&mut *intern),
+            zone_hints,
+            node_hints,
+        });
+    }
+    out
+}
+
+/// A slice's usable ports (name, number, protocol); the others with a warning.
+fn slice_ports(slice: &EndpointSlice, w: &mut Warnings) -> Vec<(String, u16, Protocol)> {
+    let mut out = Vec::new();
+    for (j, sp) in slice.ports.iter().flatten().enumerate() {
+        let Some(name) = &sp.name else {
+            w.push(format!("ports[{j}].name"), "no name; port ignored");
+            continue;
+        };
+        let Some(number) = sp
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
+            w.push(
+                format!("ports[{j}].port"),
+                "not a port (1-65535); port ignored",
+            );
+            continue;
+        };
+        let Some(proto) = protocol(sp.protocol.as_deref()) else {
+            w.push(
+                format!("ports[{j}].protocol"),
+                "unknown protocol; port ignored",
+            );
+            continue;
+        };
+        out.push((name.clone(), number, proto));
     }
     out
 }
@@ -796,60 +884,30 @@ fn slice_endpoints(
 fn endpoints_by_port(
     families: &BTreeSet<bool>,
     ports: &[SpecPort],
-    slices: &[(&ObjectKey, &EndpointSlice)],
+    slices: &[&SliceData],
     w: &mut Warnings,
 ) -> Vec<BTreeMap<(IpAddr, u16), Ep>> {
     let mut out: Vec<BTreeMap<(IpAddr, u16), Ep>> = ports.iter().map(|_| BTreeMap::new()).collect();
-    for (slice_key, slice) in slices {
-        let ipv4 = match slice.address_type.as_str() {
-            "IPv4" => true,
-            "IPv6" => false,
-            // FQDN slices are not proxied.
-            _ => continue,
+    for slice in slices {
+        // FQDN slices are not proxied.
+        let Some(ipv4) = slice.ipv4 else {
+            continue;
         };
         if !families.contains(&ipv4) {
             continue;
         }
-        let eps = slice_endpoints(slice_key, slice, ipv4, w);
-        for (j, sp) in slice.ports.iter().flatten().enumerate() {
-            let Some(name) = &sp.name else {
-                w.push_for(
-                    slice_key,
-                    format!("ports[{j}].name"),
-                    "no name; port ignored",
-                );
-                continue;
-            };
-            let Some(number) = sp
-                .port
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0)
-            else {
-                w.push_for(
-                    slice_key,
-                    format!("ports[{j}].port"),
-                    "not a port (1-65535); port ignored",
-                );
-                continue;
-            };
-            let Some(proto) = protocol(sp.protocol.as_deref()) else {
-                w.push_for(
-                    slice_key,
-                    format!("ports[{j}].protocol"),
-                    "unknown protocol; port ignored",
-                );
-                continue;
-            };
+        w.extend(slice.warnings.iter().cloned());
+        for (name, number, proto) in &slice.ports {
             // kube-proxy's ServicePortName: service, port name and protocol.
             let Some(pi) = ports
                 .iter()
-                .position(|p| &p.name == name && p.protocol == proto)
+                .position(|p| &p.name == name && p.protocol == *proto)
             else {
                 continue;
             };
             let set = &mut out[pi];
-            for e in eps.iter().flatten() {
-                let k = (e.ip, number);
+            for e in &slice.endpoints {
+                let k = (e.ip, *number);
                 if !set.contains_key(&k) || !e.terminating {
                     set.insert(k, e.clone());
                 }
@@ -939,13 +997,14 @@ fn topology_filter(
         return eps;
     }
     let all_node_hints = ready.iter().all(|e| !e.node_hints.is_empty());
-    let for_node = ready.iter().any(|e| e.node_hints.contains(node_name));
+    let has = |hints: &[Arc<str>], name: &str| hints.iter().any(|h| &**h == name);
+    let for_node = ready.iter().any(|e| has(&e.node_hints, node_name));
     let all_zone_hints = ready.iter().all(|e| !e.zone_hints.is_empty());
-    let for_zone = !zone.is_empty() && ready.iter().any(|e| e.zone_hints.contains(zone));
+    let for_zone = !zone.is_empty() && ready.iter().any(|e| has(&e.zone_hints, zone));
     let available: Box<dyn Fn(&Ep) -> bool> = if all_node_hints && for_node {
-        Box::new(|e: &Ep| e.node_hints.contains(node_name))
+        Box::new(|e: &Ep| has(&e.node_hints, node_name))
     } else if all_zone_hints && for_zone {
-        Box::new(|e: &Ep| e.zone_hints.contains(zone))
+        Box::new(|e: &Ep| has(&e.zone_hints, zone))
     } else {
         return eps;
     };

@@ -176,7 +176,11 @@ fn a_node_heartbeat_changes_nothing_and_a_zone_change_moves_topology() {
             .collect()
     };
     assert_eq!(backends(&mut cluster), ["10.244.1.5"]);
-    let heartbeat = node("  annotations: {beat: '2'}\n", "", ADDRESSES);
+    // An annotation is not even kept; a field no translation reads is a change of the
+    // object, not of the translation.
+    let annotated = node("  annotations: {beat: '2'}\n", "", ADDRESSES);
+    assert!(!cluster.apply(annotated).unwrap());
+    let heartbeat = node("", "  unschedulable: false\n", ADDRESSES);
     assert!(cluster.apply(heartbeat).unwrap());
     assert_eq!(backends(&mut cluster), ["10.244.1.5"]);
     let moved = one(&format!(
@@ -227,31 +231,28 @@ fn what_no_translation_reads_is_not_kept_and_changes_nothing() {
         !cluster.apply(pod("False")).unwrap(),
         "a readiness flip is no change to the translation"
     );
-    let key = ObjectKey::namespaced(Kind::Pod, "default", "web-0");
-    let Some(Object::Pod(stored)) = cluster.get(&key) else {
-        panic!("stored")
+    assert!(cluster.is_current(&pod("False")));
+    // A new resourceVersion, uid, image or annotation is no change either; a new address is.
+    let mut other = pod("True");
+    let Object::Pod(p) = &mut other else {
+        unreachable!()
     };
-    assert!(stored.metadata.managed_fields.is_none());
-    assert_eq!(
-        stored
-            .metadata
-            .annotations
-            .as_ref()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        ["keep"]
+    p.metadata.resource_version = Some("42".into());
+    p.metadata.uid = Some("u".into());
+    p.metadata.annotations = Some([("other".to_owned(), "x".to_owned())].into());
+    p.spec.as_mut().unwrap().containers[0].image = Some("nginx:2".into());
+    assert!(cluster.is_current(&other));
+    assert!(!cluster.apply(other).unwrap());
+    let moved = one(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: default}\nspec: {nodeName: node-b, containers: [{name: c, ports: [{name: http, containerPort: 80}]}]}\nstatus: {phase: Running, podIPs: [{ip: 10.244.2.6}]}\n",
     );
-    let c = &stored.spec.as_ref().unwrap().containers[0];
-    assert_eq!(
-        (
-            c.image.as_deref(),
-            c.env.as_ref(),
-            c.ports.as_ref().map(Vec::len)
-        ),
-        (None, None, Some(1))
-    );
-    assert!(stored.status.as_ref().unwrap().conditions.is_none());
+    assert!(!cluster.is_current(&moved));
+    assert!(cluster.apply(moved).unwrap());
+    assert!(!cluster.is_current(&pod("True")));
+    assert!(cluster.apply(pod("True")).unwrap());
+    assert!(!cluster.is_current(&one(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: default}\n"
+    )));
     cluster.apply(node("", "", ADDRESSES)).unwrap();
     let t = cluster.translate(&none).unwrap();
     assert_eq!(t.state.pods[0].named_ports[0].port, 80);
