@@ -1088,6 +1088,18 @@ fn strip(object: &mut Object) {
                             ..Default::default()
                         })
                         .collect(),
+                    // Sidecars (restartPolicy Always) name ports too.
+                    init_containers: spec.init_containers.map(|list| {
+                        list.into_iter()
+                            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                            .map(|c| core::Container {
+                                name: c.name,
+                                ports: c.ports,
+                                restart_policy: c.restart_policy,
+                                ..Default::default()
+                            })
+                            .collect()
+                    }),
                     host_network: spec.host_network,
                     node_name: spec.node_name,
                     ..Default::default()

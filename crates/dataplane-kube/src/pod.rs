@@ -140,7 +140,7 @@ fn pod_ips(pod: &Pod, w: &mut Warnings) -> Vec<IpAddr> {
         } else {
             format!("{field}[{i}].ip")
         };
-        match s.trim().parse::<IpAddr>() {
+        match crate::parse_ip_sloppy(s) {
             Ok(ip) if usable_unicast(ip) => {
                 if !out.contains(&ip) {
                     out.push(ip);
@@ -153,18 +153,32 @@ fn pod_ips(pod: &Pod, w: &mut Warnings) -> Vec<IpAddr> {
     out
 }
 
-/// Named container ports, which NetworkPolicy ports may name (`spec.containers[].ports`).
+/// Named container ports, which NetworkPolicy ports may name: `spec.containers[].ports`,
+/// then those of sidecars (`spec.initContainers[]` with `restartPolicy: Always`, which run
+/// beside the containers), as Kubernetes' `FindPort` (`pkg/api/v1/pod/util.go`) looks them up.
 fn named_ports(pod: &Pod, w: &mut Warnings) -> Vec<NamedPort> {
     let mut out: Vec<NamedPort> = Vec::new();
     let Some(spec) = &pod.spec else {
         return out;
     };
-    for (c, container) in spec.containers.iter().enumerate() {
+    let containers = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(c, container)| (format!("spec.containers[{c}]"), container));
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+        .map(|(c, container)| (format!("spec.initContainers[{c}]"), container));
+    for (container_field, container) in containers.chain(sidecars) {
         for (i, p) in container.ports.iter().flatten().enumerate() {
             let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) else {
                 continue;
             };
-            let field = format!("spec.containers[{c}].ports[{i}]");
+            let field = format!("{container_field}.ports[{i}]");
             // IANA service names: at most 15 characters (what dataplane-core accepts).
             if !is_label(name, 15) {
                 w.push(

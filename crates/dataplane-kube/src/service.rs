@@ -68,11 +68,11 @@ pub(crate) fn protocol(name: Option<&str>) -> Option<Protocol> {
 /// NetworkPolicy implementations take `10.0.0.1/24` as `10.0.0.0/24`). A bare address is
 /// not a CIDR. Surrounding white space is ignored (kube-proxy trims source ranges).
 pub(crate) fn parse_cidr(s: &str) -> Option<IpNetwork> {
-    let s = s.trim();
-    if !s.contains('/') {
-        return None;
-    }
-    let net: IpNetwork = s.parse().ok()?;
+    let (addr, prefix) = s.trim().split_once('/')?;
+    // `ParseCIDRSloppy`: the address as `parse_ip_sloppy` reads it.
+    let addr = crate::parse_ip_sloppy(addr).ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    let net = IpNetwork::new(addr, prefix).ok()?;
     IpNetwork::new(net.network(), net.prefix()).ok()
 }
 
@@ -455,7 +455,7 @@ fn backend(e: Ep) -> Backend {
 }
 
 fn parse_frontend_ip(s: &str) -> Result<IpAddr, String> {
-    match s.trim().parse::<IpAddr>() {
+    match crate::parse_ip_sloppy(s) {
         Ok(ip) if usable_unicast(ip) => Ok(ip),
         Ok(ip) => Err(format!("{ip} is not a unicast address; left out")),
         Err(_) => Err(format!("{s:?} is not an IP address; left out")),
@@ -765,7 +765,7 @@ fn slice_endpoints(
             w.push(field("addresses"), "no address; endpoint left out");
             continue;
         };
-        let ip = match first.trim().parse::<IpAddr>() {
+        let ip = match crate::parse_ip_sloppy(first) {
             Ok(ip) if ip.is_ipv4() != ipv4 => {
                 w.push(
                     field("addresses[0]"),
@@ -1050,6 +1050,22 @@ mod tests {
         assert_eq!(parse_cidr(" 10.0.0.1/24 "), "10.0.0.0/24".parse().ok());
         assert_eq!(parse_cidr("10.0.0.1"), None);
         assert_eq!(parse_cidr("10.0.0.0/33"), None);
+        assert_eq!(parse_cidr("010.000.001.0/24"), "10.0.1.0/24".parse().ok());
+    }
+
+    #[test]
+    fn ips_with_leading_zeros_are_decimal() {
+        assert_eq!(
+            crate::parse_ip_sloppy(" 010.096.000.010 "),
+            Ok("10.96.0.10".parse().unwrap())
+        );
+        assert!(crate::parse_ip_sloppy("256.1.1.1").is_err());
+        assert!(crate::parse_ip_sloppy("1.2.3").is_err());
+        assert!(crate::parse_ip_sloppy("0001.2.3.4").is_err());
+        assert_eq!(
+            crate::parse_ip_sloppy("fd00::1"),
+            Ok("fd00::1".parse().unwrap())
+        );
     }
 
     #[test]
