@@ -620,7 +620,7 @@ fn ports(
                     w.push(
                         field("nodePort"),
                         format!(
-                            "{np} is outside the node port range {}-{}; nodePort left out",
+                            "{np} is outside the node port range {}-{} of this node's settings; nodePort left out (the API server allocates from its --service-node-port-range: the node's range must cover it)",
                             range.start, range.end
                         ),
                     );
@@ -708,7 +708,7 @@ fn health_check_node_port(
                 w.push(
                     field,
                     format!(
-                        "{hc} is outside the node port range {}-{}; left out",
+                        "{hc} is outside the node port range {}-{} of this node's settings; left out (the API server allocates from its --service-node-port-range: the node's range must cover it)",
                         range.start, range.end
                     ),
                 );
