@@ -101,21 +101,6 @@ impl Warnings {
     pub(crate) fn into_list(self) -> Vec<TranslationWarning> {
         self.list
     }
-
-    /// A warning about `field` of another object read along (a Service's EndpointSlice).
-    #[allow(dead_code)]
-    pub(crate) fn push_for(
-        &mut self,
-        object: &ObjectKey,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        self.list.push(TranslationWarning {
-            object: object.clone(),
-            field: field.into(),
-            message: message.into(),
-        });
-    }
 }
 
 /// One shared string per node or zone name: every backend on a node names it, and the model
@@ -341,12 +326,12 @@ impl Cluster {
         if self.objects.get(&key) == Some(&object) {
             return Ok(false);
         }
-        let new = slice_owner(&key, &object);
+        let new = slice_owner(&object);
         let old = self.objects.insert(key.clone(), object);
         if old.is_none() {
             *self.counts.entry(key.kind).or_default() += 1;
         }
-        let old = old.map_or(Owner::Absent, |o| slice_owner(&key, &o));
+        let old = old.map_or(Owner::Absent, |o| slice_owner(&o));
         self.touch(&key, old, new);
         Ok(true)
     }
@@ -359,7 +344,7 @@ impl Cluster {
         if let Some(n) = self.counts.get_mut(&key.kind) {
             *n -= 1;
         }
-        self.touch(key, slice_owner(key, &old), Owner::Absent);
+        self.touch(key, slice_owner(&old), Owner::Absent);
         true
     }
 
@@ -1006,8 +991,7 @@ enum Owner {
     Service(ObjectKey),
 }
 
-fn slice_owner(key: &ObjectKey, object: &Stored) -> Owner {
-    let _ = key;
+fn slice_owner(object: &Stored) -> Owner {
     match object {
         Stored::Slice(slice) => slice.service.clone().map_or(Owner::None, Owner::Service),
         Stored::Object(_) => Owner::None,
