@@ -528,9 +528,24 @@ impl Cluster {
         })
     }
 
-    /// The state as of the last successful [`Cluster::translate`] or
-    /// [`Cluster::translate_changes`], lent (no copy); `None` before the first. The order of
-    /// its lists is not meaningful (a removal takes the last element's place).
+    /// Like [`Cluster::translate_changes`] without the changes: brings the state up to
+    /// date, lent by [`Cluster::state`], and returns the current warnings; the next
+    /// `translate_changes` reports the changes since this call. For a caller that programs
+    /// the whole state (a first sync, a resync): the first `translate_changes` of a big store
+    /// is a copy of the whole state (every object added), which this does not make.
+    pub fn translate_in_place(
+        &mut self,
+        interfaces: &dyn InterfaceResolver,
+    ) -> Result<Vec<TranslationWarning>, TranslateError> {
+        self.update(interfaces)?;
+        self.out.forget_changes();
+        Ok(self.current_warnings())
+    }
+
+    /// The state as of the last successful [`Cluster::translate`],
+    /// [`Cluster::translate_changes`] or [`Cluster::translate_in_place`], lent (no copy);
+    /// `None` before the first. The order of its lists is not meaningful (a removal takes
+    /// the last element's place).
     pub fn state(&self) -> Option<&DesiredState> {
         self.node.is_some().then_some(&self.out.state)
     }

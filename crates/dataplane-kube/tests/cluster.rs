@@ -257,3 +257,25 @@ fn what_no_translation_reads_is_not_kept_and_changes_nothing() {
     let t = cluster.translate(&none).unwrap();
     assert_eq!(t.state.pods[0].named_ports[0].port, 80);
 }
+
+#[test]
+fn translate_in_place_lends_the_state_and_takes_the_changes() {
+    let mut cluster = Cluster::new(settings());
+    assert!(matches!(
+        cluster.translate_in_place(&none),
+        Err(TranslateError::NodeNotFound { .. })
+    ));
+    assert!(cluster.state().is_none());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    for o in objects("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIPs: [10.96.0.20], ports: [{port: 80}]}\n") {
+        cluster.apply(o).unwrap();
+    }
+    assert!(cluster.translate_in_place(&none).unwrap().is_empty());
+    assert_eq!(cluster.state().unwrap().services.len(), 1);
+    // The changes up to it are taken: the next changes are only what came after.
+    assert!(cluster.translate_changes(&none).unwrap().changes.is_empty());
+    cluster.delete(&ObjectKey::namespaced(Kind::Service, "default", "web"));
+    let c = cluster.translate_changes(&none).unwrap();
+    assert_eq!(c.changes.services.len(), 1);
+    assert!(cluster.state().unwrap().services.is_empty());
+}
