@@ -614,13 +614,24 @@ impl Cluster {
         Ok(())
     }
 
+    /// The stored object `key` as an object again (a Service, Pod, NetworkPolicy or
+    /// Namespace is kept serialized); `None` for an EndpointSlice (kept read).
+    fn decoded(&self, key: &ObjectKey) -> Option<Object> {
+        match self.objects.get(key)? {
+            Stored::Object(o) => Some(o.clone()),
+            Stored::Json(bytes) => from_json(key.kind, bytes),
+            Stored::Slice(_) => None,
+        }
+    }
+
     fn update_service(&mut self, key: &ObjectKey) {
         let Some(node) = self.node.as_ref() else {
             return;
         };
         let mut w = Warnings::new(key.clone());
-        let raws = match self.objects.get(key) {
-            Some(Stored::Object(Object::Service(svc))) => {
+        let object = self.decoded(key);
+        let raws = match &object {
+            Some(Object::Service(svc)) => {
                 let slices: Vec<&SliceData> = self
                     .slices_by_service
                     .get(key)
@@ -880,13 +891,13 @@ impl Cluster {
             return;
         };
         let mut w = Warnings::new(key.clone());
-        let raw = if let Some(Stored::Object(Object::Pod(pod))) = self.objects.get(key) {
+        let raw = if let Some(Object::Pod(pod)) = self.decoded(key) {
             let t = translate_pod(
                 &self.settings,
                 &mut self.interner,
                 interfaces,
                 &name,
-                pod,
+                &pod,
                 &mut w,
             );
             if t.local {
@@ -974,8 +985,8 @@ impl Cluster {
             return;
         };
         let mut w = Warnings::new(key.clone());
-        let policy = match self.objects.get(key) {
-            Some(Stored::Object(Object::NetworkPolicy(np))) => translate_policy(&name, np, &mut w),
+        let policy = match self.decoded(key) {
+            Some(Object::NetworkPolicy(np)) => translate_policy(&name, &np, &mut w),
             _ => None,
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
@@ -984,10 +995,8 @@ impl Cluster {
 
     fn update_namespace(&mut self, key: &ObjectKey) {
         let mut w = Warnings::new(key.clone());
-        let ns = match self.objects.get(key) {
-            Some(Stored::Object(Object::Namespace(ns))) => {
-                translate_namespace(&key.name, ns, &mut w)
-            }
+        let ns = match self.decoded(key) {
+            Some(Object::Namespace(ns)) => translate_namespace(&key.name, &ns, &mut w),
             _ => None,
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
@@ -1009,17 +1018,22 @@ enum Owner {
 fn slice_owner(object: &Stored) -> Owner {
     match object {
         Stored::Slice(slice) => slice.service.clone().map_or(Owner::None, Owner::Service),
-        Stored::Object(_) => Owner::None,
+        Stored::Object(_) | Stored::Json(_) => Owner::None,
     }
 }
 
 /// What the store keeps of an object: what the translation reads. An EndpointSlice, most
-/// of a big store, is kept read ([`SliceData`]: its endpoints in a tenth of the space);
-/// the other kinds are kept stripped ([`strip`]), since their translation is made at the
-/// next translate (a Pod's needs the interface resolver) or depends on the node (a Service).
+/// of a big store, is kept read ([`SliceData`]: its endpoints in a tenth of the space).
+/// Services, Pods, `NetworkPolicy` objects and Namespaces are kept stripped ([`strip`]) and
+/// serialized: their translation is made again at a later translate (a Pod's needs the
+/// interface resolver; a Service's depends on the node and its slices), and a k8s-openapi
+/// object has room inline for every optional field (a stripped Pod takes kilobytes, its
+/// JSON a few hundred bytes). Reading one back costs microseconds, once per change. Nodes
+/// (one matters) are kept as objects.
 #[derive(Debug, PartialEq)]
 enum Stored {
     Object(Object),
+    Json(Box<[u8]>),
     Slice(Box<SliceData>),
 }
 
@@ -1029,9 +1043,48 @@ impl Stored {
             Object::EndpointSlice(slice) => {
                 Stored::Slice(Box::new(SliceData::new(key, &slice, intern)))
             }
-            other => Stored::Object(other),
+            Object::Node(node) => Stored::Object(Object::Node(node)),
+            other => match to_json(&other) {
+                Ok(bytes) => Stored::Json(bytes.into_boxed_slice()),
+                // Not reachable: k8s-openapi objects always serialize.
+                Err(_) => Stored::Object(other),
+            },
         }
     }
+}
+
+fn to_json(object: &Object) -> Result<Vec<u8>, serde_json::Error> {
+    match object {
+        Object::Service(o) => serde_json::to_vec(o),
+        Object::EndpointSlice(o) => serde_json::to_vec(o),
+        Object::NetworkPolicy(o) => serde_json::to_vec(o),
+        Object::Pod(o) => serde_json::to_vec(o),
+        Object::Namespace(o) => serde_json::to_vec(o),
+        Object::Node(o) => serde_json::to_vec(o),
+    }
+}
+
+/// An object `to_json` wrote. `None` is not reachable (what was written reads back).
+fn from_json(kind: Kind, bytes: &[u8]) -> Option<Object> {
+    use k8s_openapi::api::core::v1 as core;
+    Some(match kind {
+        Kind::Service => serde_json::from_slice::<core::Service>(bytes).ok()?.into(),
+        Kind::EndpointSlice => {
+            serde_json::from_slice::<k8s_openapi::api::discovery::v1::EndpointSlice>(bytes)
+                .ok()?
+                .into()
+        }
+        Kind::NetworkPolicy => {
+            serde_json::from_slice::<k8s_openapi::api::networking::v1::NetworkPolicy>(bytes)
+                .ok()?
+                .into()
+        }
+        Kind::Pod => serde_json::from_slice::<core::Pod>(bytes).ok()?.into(),
+        Kind::Namespace => serde_json::from_slice::<core::Namespace>(bytes)
+            .ok()?
+            .into(),
+        Kind::Node => serde_json::from_slice::<core::Node>(bytes).ok()?.into(),
+    })
 }
 
 /// Drops what the translation never reads and an object can be mostly made of, as client-go's
