@@ -422,6 +422,32 @@ pub fn endpoint_slice_label_selector(proxy_name: Option<&str>) -> String {
     service_label_selector(proxy_name)
 }
 
+/// An IP address as Kubernetes reads one (`k8s.io/utils/net.ParseIPSloppy`, which kube-proxy
+/// and the API server's validation of older objects use): surrounding white space ignored,
+/// and IPv4 octets with leading zeros (`010.000.000.001`) accepted and read as decimal, as Go
+/// did before 1.17 (objects stored then still have them).
+pub(crate) fn parse_ip_sloppy(s: &str) -> Result<std::net::IpAddr, std::net::AddrParseError> {
+    let s = s.trim();
+    match s.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(ip),
+        Err(e) => {
+            let octets: Vec<&str> = s.split('.').collect();
+            let valid = octets.len() == 4
+                && octets.iter().all(|o| {
+                    !o.is_empty() && o.len() <= 3 && o.bytes().all(|b| b.is_ascii_digit())
+                });
+            if !valid {
+                return Err(e);
+            }
+            let mut out = [0u8; 4];
+            for (slot, o) in out.iter_mut().zip(&octets) {
+                *slot = o.parse::<u8>().map_err(|_| e.clone())?;
+            }
+            Ok(std::net::IpAddr::from(out))
+        }
+    }
+}
+
 /// Whether a Service with `labels` is served by a dataplane answering to `proxy_name`
 /// (the selectors above, evaluated here for sources that cannot filter, like a manifest
 /// directory).

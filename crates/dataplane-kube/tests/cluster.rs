@@ -111,30 +111,53 @@ fn draining_follows_deletion_and_the_autoscaler_taint() {
 const LOCAL_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: default, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.244.1.5}]}\n";
 
 #[test]
-fn a_local_pod_waits_for_its_interface() {
+fn a_local_pod_waits_for_its_interface_as_a_peer_and_follows_a_new_one() {
     let mut cluster = Cluster::new(settings());
     cluster.apply(node("", "", ADDRESSES)).unwrap();
     cluster.apply(one(LOCAL_POD)).unwrap();
-    let up = Cell::new(false);
+    let veth: std::cell::RefCell<Option<&str>> = std::cell::RefCell::new(None);
     let calls = Cell::new(0);
     let resolver = |_: &ObjectName, ips: &[IpAddr]| {
         calls.set(calls.get() + 1);
         assert_eq!(ips, ["10.244.1.5".parse::<IpAddr>().unwrap()]);
-        up.get().then(|| "veth-web0".to_owned())
+        veth.borrow().map(str::to_owned)
     };
     let t = cluster.translate(&resolver).unwrap();
     assert!(t.state.endpoints.is_empty());
-    assert_eq!(t.warnings.len(), 1);
-    // Asked again at every translation until found, without any change to the pod.
+    // Not an endpoint yet, but a policy peer on this node, so that policies selecting it
+    // match its address.
+    assert_eq!(t.state.pods.len(), 1);
+    assert_eq!(
+        t.state.pods[0].ips,
+        ["10.244.1.5".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(t.state.pods[0].node_name.as_deref(), Some("node-a"));
+    assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+    // Asked again at every translation, once, without any change to the pod.
     cluster.translate(&resolver).unwrap();
     assert_eq!(calls.get(), 2);
-    up.set(true);
+    *veth.borrow_mut() = Some("veth-web0");
     let t = cluster.translate(&resolver).unwrap();
     assert_eq!(t.state.endpoints[0].interface, "veth-web0");
+    assert!(t.state.pods.is_empty());
     assert!(t.warnings.is_empty());
-    // Found: not asked again until the pod changes.
-    cluster.translate(&resolver).unwrap();
     assert_eq!(calls.get(), 3);
+    // Found: still asked once per translation (a sandbox recreated with the same address
+    // has a new veth); nothing changes while the answer is the same.
+    let c = cluster.translate_changes(&resolver).unwrap();
+    assert!(c.changes.is_empty());
+    assert_eq!(calls.get(), 4);
+    *veth.borrow_mut() = Some("veth-web1");
+    let c = cluster.translate_changes(&resolver).unwrap();
+    assert_eq!(c.changes.len(), 1);
+    assert_eq!(calls.get(), 5);
+    assert_eq!(cluster.state().unwrap().endpoints[0].interface, "veth-web1");
+    // Gone: a peer again, with the warning.
+    *veth.borrow_mut() = None;
+    let t = cluster.translate(&resolver).unwrap();
+    assert!(t.state.endpoints.is_empty());
+    assert_eq!((t.state.pods.len(), t.warnings.len()), (1, 1));
+    assert_eq!(calls.get(), 6);
 }
 
 #[test]
@@ -153,7 +176,11 @@ fn a_node_heartbeat_changes_nothing_and_a_zone_change_moves_topology() {
             .collect()
     };
     assert_eq!(backends(&mut cluster), ["10.244.1.5"]);
-    let heartbeat = node("  annotations: {beat: '2'}\n", "", ADDRESSES);
+    // An annotation is not even kept; a field no translation reads is a change of the
+    // object, not of the translation.
+    let annotated = node("  annotations: {beat: '2'}\n", "", ADDRESSES);
+    assert!(!cluster.apply(annotated).unwrap());
+    let heartbeat = node("", "  unschedulable: false\n", ADDRESSES);
     assert!(cluster.apply(heartbeat).unwrap());
     assert_eq!(backends(&mut cluster), ["10.244.1.5"]);
     let moved = one(&format!(
@@ -204,32 +231,51 @@ fn what_no_translation_reads_is_not_kept_and_changes_nothing() {
         !cluster.apply(pod("False")).unwrap(),
         "a readiness flip is no change to the translation"
     );
-    let key = ObjectKey::namespaced(Kind::Pod, "default", "web-0");
-    let Some(Object::Pod(stored)) = cluster.get(&key) else {
-        panic!("stored")
+    assert!(cluster.is_current(&pod("False")));
+    // A new resourceVersion, uid, image or annotation is no change either; a new address is.
+    let mut other = pod("True");
+    let Object::Pod(p) = &mut other else {
+        unreachable!()
     };
-    assert!(stored.metadata.managed_fields.is_none());
-    assert_eq!(
-        stored
-            .metadata
-            .annotations
-            .as_ref()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        ["keep"]
+    p.metadata.resource_version = Some("42".into());
+    p.metadata.uid = Some("u".into());
+    p.metadata.annotations = Some([("other".to_owned(), "x".to_owned())].into());
+    p.spec.as_mut().unwrap().containers[0].image = Some("nginx:2".into());
+    assert!(cluster.is_current(&other));
+    assert!(!cluster.apply(other).unwrap());
+    let moved = one(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: default}\nspec: {nodeName: node-b, containers: [{name: c, ports: [{name: http, containerPort: 80}]}]}\nstatus: {phase: Running, podIPs: [{ip: 10.244.2.6}]}\n",
     );
-    let c = &stored.spec.as_ref().unwrap().containers[0];
-    assert_eq!(
-        (
-            c.image.as_deref(),
-            c.env.as_ref(),
-            c.ports.as_ref().map(Vec::len)
-        ),
-        (None, None, Some(1))
-    );
-    assert!(stored.status.as_ref().unwrap().conditions.is_none());
+    assert!(!cluster.is_current(&moved));
+    assert!(cluster.apply(moved).unwrap());
+    assert!(!cluster.is_current(&pod("True")));
+    assert!(cluster.apply(pod("True")).unwrap());
+    assert!(!cluster.is_current(&one(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: default}\n"
+    )));
     cluster.apply(node("", "", ADDRESSES)).unwrap();
     let t = cluster.translate(&none).unwrap();
     assert_eq!(t.state.pods[0].named_ports[0].port, 80);
+}
+
+#[test]
+fn translate_in_place_lends_the_state_and_takes_the_changes() {
+    let mut cluster = Cluster::new(settings());
+    assert!(matches!(
+        cluster.translate_in_place(&none),
+        Err(TranslateError::NodeNotFound { .. })
+    ));
+    assert!(cluster.state().is_none());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    for o in objects("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIPs: [10.96.0.20], ports: [{port: 80}]}\n") {
+        cluster.apply(o).unwrap();
+    }
+    assert!(cluster.translate_in_place(&none).unwrap().is_empty());
+    assert_eq!(cluster.state().unwrap().services.len(), 1);
+    // The changes up to it are taken: the next changes are only what came after.
+    assert!(cluster.translate_changes(&none).unwrap().changes.is_empty());
+    cluster.delete(&ObjectKey::namespaced(Kind::Service, "default", "web"));
+    let c = cluster.translate_changes(&none).unwrap();
+    assert_eq!(c.changes.services.len(), 1);
+    assert!(cluster.state().unwrap().services.is_empty());
 }

@@ -5,6 +5,7 @@
 //! pools of good, clashing and malformed values).
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use dataplane_core::{DesiredState, ObjectName};
@@ -326,6 +327,7 @@ fn sorted(mut state: DesiredState) -> DesiredState {
 
 fn check(
     cluster: &mut Cluster,
+    objects: &BTreeMap<ObjectKey, Object>,
     appeared: &Cell<bool>,
     changes: bool,
     mirror: &mut Option<DesiredState>,
@@ -345,7 +347,11 @@ fn check(
     };
     let mut fresh = Cluster::new(settings());
     for kind in Kind::ALL {
-        let objects: Vec<Object> = all_of(cluster, kind);
+        let objects: Vec<Object> = objects
+            .values()
+            .filter(|o| o.kind() == kind)
+            .cloned()
+            .collect();
         fresh.replace(kind, objects).unwrap();
     }
     let full = fresh.translate(&resolve);
@@ -364,23 +370,6 @@ fn check(
     Ok(())
 }
 
-fn all_of(cluster: &Cluster, kind: Kind) -> Vec<Object> {
-    // The store has no iterator in its contract; the pools name every key there can be.
-    static KEYS: std::sync::OnceLock<Vec<ObjectKey>> = std::sync::OnceLock::new();
-    let keys = KEYS.get_or_init(|| {
-        let mut keys: Vec<ObjectKey> = (0..6u8)
-            .flat_map(|k| (0..=255u8).map(move |idx| object(k, idx, 0).key().unwrap()))
-            .collect();
-        keys.sort();
-        keys.dedup();
-        keys
-    });
-    keys.iter()
-        .filter(|k| k.kind == kind)
-        .filter_map(|k| cluster.get(k).cloned())
-        .collect()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
@@ -389,27 +378,44 @@ proptest! {
         let appeared = Cell::new(false);
         let mut mirror = None;
         let mut cluster = Cluster::new(settings());
+        // What the store holds, for the fresh store (the store keeps only what translations
+        // read, and lends no objects).
+        let mut objects: BTreeMap<ObjectKey, Object> = BTreeMap::new();
         // Every test starts with the local node, so that most translations produce a state.
-        cluster.apply(node(1, 0)).unwrap();
+        let first = node(1, 0);
+        objects.insert(first.key().unwrap(), first.clone());
+        cluster.apply(first).unwrap();
         for op in ops {
             match op {
                 Op::Apply(k, i, v) => {
-                    cluster.apply(object(k, i, v)).unwrap();
+                    let o = object(k, i, v);
+                    // `is_current` answers what `apply` then says.
+                    let current = cluster.is_current(&o);
+                    let changed = cluster.apply(o.clone()).unwrap();
+                    prop_assert_eq!(current, !changed);
+                    prop_assert!(cluster.is_current(&o));
+                    objects.insert(o.key().unwrap(), o);
                 }
                 Op::Delete(k, i) => {
                     let key: ObjectKey = object(k, i, 0).key().unwrap();
                     cluster.delete(&key);
+                    objects.remove(&key);
+                    prop_assert!(!cluster.contains(&key));
                 }
                 Op::Relist(k, list) => {
                     let kind = Kind::ALL[usize::from(k % 6)];
-                    let objects = list.into_iter().map(|(i, v)| object(k, i, v)).collect();
-                    cluster.replace(kind, objects).unwrap();
+                    let list: Vec<Object> = list.into_iter().map(|(i, v)| object(k, i, v)).collect();
+                    objects.retain(|key, _| key.kind != kind);
+                    for o in &list {
+                        objects.insert(o.key().unwrap(), o.clone());
+                    }
+                    cluster.replace(kind, list).unwrap();
                 }
                 Op::InterfacesAppear => appeared.set(true),
-                Op::Translate(changes) => check(&mut cluster, &appeared, changes, &mut mirror)?,
+                Op::Translate(changes) => check(&mut cluster, &objects, &appeared, changes, &mut mirror)?,
             }
         }
-        check(&mut cluster, &appeared, true, &mut mirror)?;
+        check(&mut cluster, &objects, &appeared, true, &mut mirror)?;
     }
 }
 
@@ -425,7 +431,8 @@ fn counts_follow_applies_deletes_and_relists() {
         .replace(Kind::Service, vec![service(1, 1), service(2, 1)])
         .unwrap());
     assert_eq!(cluster.count(Kind::Service), 2);
-    assert!(cluster.get(&service(0, 0).key().unwrap()).is_none());
+    assert!(!cluster.contains(&service(0, 0).key().unwrap()));
+    assert!(cluster.contains(&service(1, 0).key().unwrap()));
     assert!(!cluster
         .replace(Kind::Service, vec![service(1, 1), service(2, 1)])
         .unwrap());
