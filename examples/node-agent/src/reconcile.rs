@@ -265,7 +265,7 @@ impl Reconciler {
                 let mut changed_keys = Vec::new();
                 for object in &objects {
                     if let Ok(key) = object.key() {
-                        if self.cluster.get(&key) != Some(object) {
+                        if !self.cluster.is_current(object) {
                             if !first {
                                 self.note_trigger(&key, object);
                             }
@@ -297,7 +297,7 @@ impl Reconciler {
                     Ok(key) => key,
                     Err(e) => return self.source_error(Some(kind), &error_chain(&e)),
                 };
-                if self.cluster.get(&key) != Some(&object) {
+                if !self.cluster.is_current(&object) {
                     self.note_trigger(&key, &object);
                 }
                 match self.cluster.apply(object) {
@@ -535,12 +535,9 @@ impl Reconciler {
     fn log_warnings(&mut self, warnings: &[TranslationWarning]) {
         let mut now = HashSet::with_capacity(warnings.len());
         for w in warnings {
-            let version = self
-                .cluster
-                .get(&w.object)
-                .and_then(resource_version)
-                .unwrap_or_default();
-            let id = format!("{w}@{version}");
+            // The store keeps no resourceVersion (dataplane-kube trims it): a warning is
+            // logged once while it lasts, and again when it comes back.
+            let id = w.to_string();
             if !self.warned.contains(&id) {
                 tracing::warn!(object = %w.object, field = %w.field, "{}", w.message);
             }
@@ -633,16 +630,4 @@ impl Reconciler {
         }
         result
     }
-}
-
-fn resource_version(object: &Object) -> Option<String> {
-    let meta = match object {
-        Object::Service(o) => &o.metadata,
-        Object::EndpointSlice(o) => &o.metadata,
-        Object::NetworkPolicy(o) => &o.metadata,
-        Object::Pod(o) => &o.metadata,
-        Object::Namespace(o) => &o.metadata,
-        Object::Node(o) => &o.metadata,
-    };
-    meta.resource_version.clone()
 }
