@@ -19,7 +19,7 @@
 //!   dataplane's own interval between requests; the loop only reads the results into the
 //!   metrics.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -185,6 +185,9 @@ pub struct Reconciler {
     triggers: BTreeMap<ObjectKey, SystemTime>,
     /// Warnings logged already (logged again only when they change).
     warned: HashSet<String>,
+    /// How many times each object with a translation warning changed (the store keeps no
+    /// resourceVersion): a warning is logged once per version of its object.
+    versions: HashMap<ObjectKey, u64>,
     conntrack_capacity: Option<u64>,
     capabilities: Option<Capabilities>,
     last_outcome: Option<SyncOutcome>,
@@ -230,6 +233,7 @@ impl Reconciler {
             pending: BTreeSet::new(),
             triggers: BTreeMap::new(),
             warned: HashSet::new(),
+            versions: HashMap::new(),
             conntrack_capacity,
             capabilities: None,
             last_outcome: None,
@@ -309,6 +313,7 @@ impl Reconciler {
             SourceEvent::Deleted(key) => {
                 let kind = key.kind;
                 self.triggers.remove(&key);
+                self.versions.remove(&key);
                 if self.cluster.delete(&key) {
                     self.changed(now, vec![key], kind);
                 }
@@ -349,6 +354,9 @@ impl Reconciler {
         }
         for key in keys {
             let kind = key.kind;
+            if let Some(version) = self.versions.get_mut(&key) {
+                *version += 1;
+            }
             if self.pending.insert(key) {
                 match kind {
                     Kind::Service => self.metrics.service_changes_pending.inc(),
@@ -535,14 +543,16 @@ impl Reconciler {
     fn log_warnings(&mut self, warnings: &[TranslationWarning]) {
         let mut now = HashSet::with_capacity(warnings.len());
         for w in warnings {
-            // The store keeps no resourceVersion (dataplane-kube trims it): a warning is
-            // logged once while it lasts, and again when it comes back.
-            let id = w.to_string();
+            let version = *self.versions.entry(w.object.clone()).or_insert(0);
+            let id = format!("{w}@{version}");
             if !self.warned.contains(&id) {
                 tracing::warn!(object = %w.object, field = %w.field, "{}", w.message);
             }
             now.insert(id);
         }
+        // Only objects that still have a warning keep a version.
+        let objects: HashSet<&ObjectKey> = warnings.iter().map(|w| &w.object).collect();
+        self.versions.retain(|key, _| objects.contains(key));
         // Dataplane notes are kept beside the translation's.
         now.extend(
             self.warned

@@ -52,10 +52,17 @@ async fn a_translation_warning_is_logged_once_per_object_version() {
     let warning = "40000 is outside the node port range";
     assert_eq!(logs.count(warning), 1, "three syncs, one warning logged");
     assert_eq!(logs.count(" synced"), 3, "one line per sync");
-    // A new version of the service, still with the problem: logged again, once.
+    // A resourceVersion alone is no change (dataplane-kube keeps nothing it does not read)...
     h.reconciler.handle(SourceEvent::Applied(object(
         &service("web", "10.96.0.10", 80, Some(40_000))
             .replace("  name: web\n", "  name: web\n  resourceVersion: \"2\"\n"),
+    )));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert_eq!(logs.count(warning), 1);
+    // ...a new version of the service, still with the problem, is: logged again, once.
+    h.reconciler.handle(SourceEvent::Applied(object(
+        &service("web", "10.96.0.10", 80, Some(40_000))
+            .replace("  name: web\n", "  name: web\n  labels: {tier: front}\n"),
     )));
     h.reconciler.sync(RunKind::Partial).await.report.unwrap();
     h.reconciler.sync(RunKind::Partial).await.report.unwrap();
