@@ -4,14 +4,19 @@
 //! Why delete: a UDP (or SCTP) client that keeps its source port keeps its conntrack entry
 //! alive with every packet, and the entry keeps the NAT it was created with, so the client
 //! would reach a removed endpoint forever (the DNS-after-CoreDNS-restart problem). kube-proxy
-//! deletes those entries after every sync: `pkg/proxy/conntrack/cleanup.go`
-//! (`CleanStaleEntries`, kubernetes v1.31+) deletes every UDP entry whose original
-//! destination is a service IP and port (ClusterIP, externalIP, LoadBalancer IP) or whose
-//! original destination port is a NodePort, and whose reply source is not one of the
-//! service's serving endpoints. That also removes the entries of a service port that had no
-//! endpoints (their reply source is the frontend itself, not an endpoint). We follow it, per
-//! frontend `address:port` and protocol (kube-proxy keys by address only), for UDP and SCTP,
-//! and for the frontends of services or ports removed by the sync (no endpoint at all).
+//! deletes those entries after every sync: `pkg/proxy/conntrack/cleanup.go`,
+//! `CleanStaleEntries`. Its `deleteStaleEndpointConntrackEntries` deletes, for each removed UDP
+//! endpoint of a service port, the entries with original destination the ClusterIP, an
+//! externalIP or a LoadBalancer IP and reply source the endpoint (`ClearEntriesForNAT`), and
+//! for a NodePort those with that original destination port and reply source
+//! (`ClearEntriesForPortNAT`); its `deleteStaleServiceConntrackEntries` deletes every UDP entry
+//! to the IPs of a service port that went from no endpoints to some (the "black hole" entries
+//! of the time it had none) and to removed ClusterIPs. Later kube-proxy releases reconcile
+//! against the current state instead (one dump; delete what a service IP or NodePort was not
+//! answered from by a serving endpoint), which covers the same cases; we do that, per
+//! frontend `address:port` and protocol (kube-proxy keys by address), for UDP and SCTP, over
+//! the frontends a sync touched, including those of services or ports it removed (which keep
+//! no endpoint).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -104,6 +109,9 @@ pub struct Stale {
     /// NodePort and protocol → the serving endpoint addresses (a NodePort answers on any
     /// local address, so kube-proxy matches it by port).
     node_ports: BTreeMap<(u16, Protocol), BTreeSet<IpAddr>>,
+    /// The node's service CIDRs: a ClusterIP is never a NodePort destination (a ClusterIP
+    /// port may have a NodePort's number).
+    service_cidrs: Vec<ipnetwork::IpNetwork>,
 }
 
 /// Whether conntrack cleanup is about `protocol`: a connectionless one, whose entries the
@@ -123,6 +131,14 @@ fn service_ips(service: &Service) -> impl Iterator<Item = &IpAddr> {
 }
 
 impl Stale {
+    /// Nothing yet, on a node with service CIDRs `service_cidrs`.
+    pub fn new(service_cidrs: &[ipnetwork::IpNetwork]) -> Self {
+        Self {
+            service_cidrs: service_cidrs.to_vec(),
+            ..Self::default()
+        }
+    }
+
     /// Nothing to clean.
     pub fn is_empty(&self) -> bool {
         self.frontends.is_empty() && self.node_ports.is_empty()
@@ -181,7 +197,7 @@ impl Stale {
     /// The stale frontends of a full sync from `old` (the last applied state, if any) to
     /// `new`.
     pub fn between(old: Option<&DesiredState>, new: &DesiredState) -> Self {
-        let mut out = Self::default();
+        let mut out = Self::new(&new.node.service_cidrs);
         for s in &new.services {
             out.current(s, &new.node.addresses);
         }
@@ -193,10 +209,11 @@ impl Stale {
         out
     }
 
-    /// The stale frontends of a change set on a node with `node_addresses`: the changed
+    /// The stale frontends of a change set on `node`: the changed
     /// services' frontends only (the others' endpoints did not change).
-    pub fn of_changes(changes: &dataplane_core::ChangeSet, node_addresses: &[IpAddr]) -> Self {
-        let mut out = Self::default();
+    pub fn of_changes(changes: &dataplane_core::ChangeSet, node: &dataplane_core::Node) -> Self {
+        let node_addresses = &node.addresses;
+        let mut out = Self::new(&node.service_cidrs);
         for c in changes.services.values() {
             if let Some(s) = &c.current {
                 out.current(s, node_addresses);
@@ -217,20 +234,20 @@ impl Stale {
             return false;
         };
         if let Some(ok) = self.frontends.get(&(entry.orig_dst, protocol)) {
-            if !ok.contains(&entry.reply_src) {
-                return true;
-            }
+            return !ok.contains(&entry.reply_src);
         }
         // By port on any address, as kube-proxy does, but only for entries that were
-        // destination-NATed (answered from elsewhere than where they were sent): a pod's
-        // flow to some outside server on a port that happens to be a NodePort is not ours.
-        // Un-NATed entries to a NodePort on a node address are in `frontends`.
-        if entry.reply_src != entry.orig_dst.ip() {
-            if let Some(ok) = self.node_ports.get(&(entry.orig_dst.port(), protocol)) {
-                return !ok.contains(&entry.reply_src);
-            }
+        // destination-NATed (answered from elsewhere than where they were sent: a pod's flow
+        // to some outside server on a port that happens to be a NodePort is not ours) and
+        // not to a ClusterIP. Un-NATed entries to a NodePort on a node address are in
+        // `frontends`.
+        let dst = entry.orig_dst.ip();
+        if entry.reply_src == dst || self.service_cidrs.iter().any(|n| n.contains(dst)) {
+            return false;
         }
-        false
+        self.node_ports
+            .get(&(entry.orig_dst.port(), protocol))
+            .is_some_and(|ok| !ok.contains(&entry.reply_src))
     }
 }
 
@@ -638,6 +655,10 @@ mod tests {
         assert!(!stale.matches(&entry("172.18.0.1:30053", "10.244.1.6")));
         // Not NATed and not to a node address: someone else's flow.
         assert!(!stale.matches(&entry("8.8.8.8:30053", "8.8.8.8")));
+        // Another service's ClusterIP port with the NodePort's number: not ours.
+        let mut with_cidr = Stale::new(&["10.96.0.0/12".parse().unwrap()]);
+        with_cidr.current(&s, &[node]);
+        assert!(!with_cidr.matches(&entry("10.96.0.99:30053", "10.244.1.5")));
         // Not NATed to a node address: a flow of the time without endpoints.
         assert!(stale.matches(&entry("192.168.0.10:30053", "192.168.0.10")));
     }

@@ -487,7 +487,7 @@ impl IptablesDataplane {
                 // kube-proxy's stale UDP flows (see `crate::conntrack`): from a partial
                 // sync's changed services, or from the whole last state to this one.
                 let stale = match changes.filter(|_| !full_sync) {
-                    Some(c) => crate::conntrack::Stale::of_changes(c, &desired.node.addresses),
+                    Some(c) => crate::conntrack::Stale::of_changes(c, &desired.node),
                     None => crate::conntrack::Stale::between(
                         applied.as_ref().map(|a| &a.state),
                         desired,

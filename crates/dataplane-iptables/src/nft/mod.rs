@@ -273,7 +273,7 @@ impl NftablesDataplane {
         self.dirty = false;
         // The datagram frontends this sync programs, and the ones it removed (the old
         // ruleset's), whose stale conntrack entries go below.
-        let mut stale = crate::conntrack::Stale::default();
+        let mut stale = crate::conntrack::Stale::new(&desired.node.service_cidrs);
         for s in &desired.services {
             stale.current(s, &desired.node.addresses);
         }
@@ -554,7 +554,7 @@ impl Dataplane for NftablesDataplane {
             crate::conntrack::clean(
                 BACKEND,
                 self.config.netns.as_deref(),
-                &crate::conntrack::Stale::of_changes(changes, &node.addresses),
+                &crate::conntrack::Stale::of_changes(changes, node),
                 &mut report.warnings,
             );
         }
