@@ -451,6 +451,54 @@ impl EbpfDataplane {
     }
 }
 
+/// Whether any of `services` has a UDP or SCTP port.
+fn has_datagram_port<'a>(mut services: impl Iterator<Item = &'a dataplane_core::Service>) -> bool {
+    services.any(|s| {
+        s.ports
+            .iter()
+            .any(|p| crate::ct::datagram(p.protocol.number()))
+    })
+}
+
+impl EbpfDataplane {
+    /// After a successful sync that touched a UDP or SCTP service: deletes the conntrack
+    /// entries of datagram flows whose frontend or backend the maps no longer hold
+    /// ([`crate::ct::remove_stale_datagram_flows`], kube-proxy's `CleanStaleEntries`). A
+    /// failure is a warning of `report` (field `conntrack`), never the sync's error: the maps
+    /// are written, and the stale flows then only expire as before.
+    fn clean_stale_flows(&mut self, report: &mut ApplyReport) {
+        let Some(Loaded {
+            objects, current, ..
+        }) = self.loaded.as_deref_mut()
+        else {
+            return;
+        };
+        match crate::ct::remove_stale_datagram_flows(&mut objects.maps, current) {
+            Ok(r) => {
+                if r.removed > 0 {
+                    tracing::debug!(
+                        scanned = r.scanned,
+                        removed = r.removed,
+                        "stale datagram flows removed from dp_ct"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "stale datagram flows not removed from dp_ct");
+                report.warnings.push(dataplane_core::Warning {
+                    object: format!("{BACKEND} dataplane"),
+                    field: "conntrack".to_owned(),
+                    message: format!(
+                        "stale UDP/SCTP conntrack entries of removed backends were not \
+                         deleted (clients that keep their source port may reach them until \
+                         the entries expire): {e}"
+                    ),
+                });
+            }
+        }
+    }
+}
+
 /// The loopback interface, where `dp_to_lo` runs.
 const LOOPBACK: &str = "lo";
 
@@ -523,7 +571,18 @@ impl Dataplane for EbpfDataplane {
             pods: desired.pods.clone(),
             ..DesiredState::new(desired.node.clone())
         };
-        self.sync(Some(desired), rest, validator, None)
+        // Datagram frontends before or after: stale flows to clean (see `clean_stale_flows`).
+        let datagram_before = self.loaded().is_some_and(|l| {
+            l.current
+                .frontends
+                .keys()
+                .any(|k| crate::ct::datagram(k.proto))
+        });
+        let mut report = self.sync(Some(desired), rest, validator, None)?;
+        if datagram_before || has_datagram_port(desired.services.iter()) {
+            self.clean_stale_flows(&mut report);
+        }
+        Ok(report)
     }
 
     /// Validates and plans in proportion to the change: only the changed objects are checked
@@ -569,7 +628,15 @@ impl Dataplane for EbpfDataplane {
         }
         validator.commit(&next.node, changes);
         // On failure nothing is left applied: the next sync is a full one.
-        self.sync(None, next, validator, Some((changes, planner)))
+        let mut report = self.sync(None, next, validator, Some((changes, planner)))?;
+        let touched = changes
+            .services
+            .values()
+            .flat_map(|c| c.previous.iter().chain(&c.current));
+        if has_datagram_port(touched) {
+            self.clean_stale_flows(&mut report);
+        }
+        Ok(report)
     }
 
     /// After [`Dataplane::reset`] (nothing loaded until the next apply): nothing programmed.

@@ -20,7 +20,8 @@ use dataplane_core::{
 };
 use dataplane_ebpf::{EbpfConfig, EbpfDataplane};
 use dataplane_testkit::{
-    probe, require_root, serve, Family, Lab, LabSpec, ProbeOutcome, TcpSession, SERVER_PORT,
+    probe, probe_from, require_root, serve, Family, Lab, LabSpec, ProbeOutcome, TcpSession,
+    SERVER_PORT,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -323,6 +324,90 @@ fn tcp_connection_survives_dataplane_restart() {
     for dp in &mut dps {
         dp.reset().expect("reset");
     }
+}
+
+/// `state` with web's backends (ClusterIP 10.96.0.10, TCP and UDP port 80) on lab pod `pod`
+/// alone.
+fn web_on(lab: &Lab, state: &DesiredState, pod: usize) -> DesiredState {
+    let mut out = state.clone();
+    let web = out
+        .services
+        .iter_mut()
+        .find(|s| s.name.name == "web")
+        .expect("web service");
+    web.backends = vec![backend_of(lab, pod, Family::V4)];
+    out
+}
+
+/// Probes web's UDP ClusterIP from pod-0-1's port 41000 until `want` answers (a probe every
+/// 200 ms keeps the flow's conntrack entry alive, as a DNS client does); panics after a
+/// minute with the last answer.
+fn wait_for_udp_backend(lab: &Lab, want: &str) {
+    let src = SocketAddr::from(([0, 0, 0, 0], 41_000));
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        let outcome = probe_from(
+            &lab.pod(1).netns,
+            Some(src),
+            sa("10.96.0.10", 80),
+            Protocol::Udp,
+            Duration::from_secs(1),
+        )
+        .expect("probe");
+        if let ProbeOutcome::Answered { backend, local, .. } = &outcome {
+            assert_eq!(local.port(), 41_000, "the probe kept its source port");
+            if backend == want {
+                return;
+            }
+        }
+        last = Some(outcome);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("UDP 10.96.0.10:80 from port 41000 never answered by {want}; last: {last:?}");
+}
+
+/// kube-proxy parity (its `CleanStaleEntries`): a UDP client that keeps its source port
+/// keeps its `dp_ct` entry alive, and with it the backend it first reached. When that backend
+/// is removed the sync deletes the entry, and the same source port reaches the new backend:
+/// through a partial sync, then through a full one.
+#[test]
+fn a_udp_client_that_keeps_its_port_follows_the_backends() {
+    if !require_root("a_udp_client_that_keeps_its_port_follows_the_backends") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        external_clients: 0,
+        ipv6: false,
+    })
+    .expect("lab");
+    let _pins = PinDirs(vec![pin_dir("udpct", 0)]);
+    let mut dp = EbpfDataplane::new(config(&lab, "udpct", 0)).expect("load");
+    let full = state(&lab, 0);
+    // pod-1-0 (node 1), then pod-0-0 (node 0).
+    let on_a = web_on(&lab, &full, 2);
+    let on_b = web_on(&lab, &full, 0);
+    dp.apply(&on_a).expect("apply");
+    wait_for_udp_backend(&lab, "pod-1-0");
+    let report = dp
+        .apply_changes(&dataplane_core::diff(&on_a, &on_b))
+        .expect("apply_changes");
+    assert!(
+        report.warnings.iter().all(|w| w.field != "conntrack"),
+        "{:?}",
+        report.warnings
+    );
+    wait_for_udp_backend(&lab, "pod-0-0");
+    let report = dp.apply(&on_a).expect("apply");
+    assert!(
+        report.warnings.iter().all(|w| w.field != "conntrack"),
+        "{:?}",
+        report.warnings
+    );
+    wait_for_udp_backend(&lab, "pod-1-0");
+    dp.reset().expect("reset");
 }
 
 /// DSR and masquerade with real traffic:

@@ -19,7 +19,10 @@
 //!
 //! Both leave connection tracking to the kernel's conntrack, which expires its own entries:
 //! [`Dataplane::maintain`](dataplane_core::Dataplane::maintain) is the trait's no-op default
-//! and there is no maintenance interval.
+//! and there is no maintenance interval. As kube-proxy does, an apply deletes the UDP and SCTP
+//! entries of the frontends it touched that were answered by no serving endpoint (removed
+//! endpoints, removed services, ports that had none): a client that keeps its source port
+//! would otherwise keep its entry, and the removed endpoint, forever.
 #![warn(missing_docs)]
 
 pub mod config;

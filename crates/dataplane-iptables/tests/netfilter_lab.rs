@@ -15,7 +15,7 @@ use dataplane_core::{
 };
 use dataplane_iptables::iptables::render::service_chain;
 use dataplane_iptables::{IptablesDataplane, NetfilterConfig, NftablesDataplane};
-use dataplane_testkit::{probe, require_root, Lab, ProbeOutcome};
+use dataplane_testkit::{probe, probe_from, require_root, Lab, ProbeOutcome};
 
 /// A netfilter flavour under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +216,7 @@ for_each_flavour!(
     a_broken_apply_changes_nothing,
     foreign_rules_survive_apply_and_reset,
     parity_settings_through_partial_syncs_with_real_traffic,
+    a_udp_client_that_keeps_its_port_follows_the_endpoints,
 );
 
 /// Whether the test may run (root); names the test and flavour when it may not.
@@ -610,6 +611,96 @@ fn parity_settings_through_partial_syncs_with_real_traffic(flavour: Flavour) {
     common::lab::route_external(&lab);
     let mut dp = flavour.backend(&lab);
     common::lab::parity_changes(&lab, &mut *dp);
+    dp.reset().unwrap();
+}
+
+/// `state` with web's backends (ClusterIP 10.96.0.10, TCP and UDP port 80) on lab pod `k`
+/// alone.
+fn web_on(lab: &Lab, state: &DesiredState, k: usize) -> DesiredState {
+    let mut out = state.clone();
+    let web = out
+        .services
+        .iter_mut()
+        .find(|s| s.name.name == "web")
+        .expect("web service");
+    let template = web.backends[0].clone();
+    web.backends = lab
+        .pod(k)
+        .addresses
+        .iter()
+        .map(|ip| dataplane_core::Backend {
+            ip: *ip,
+            node_name: Some(format!("node-{}", k / 2).into()),
+            ..template.clone()
+        })
+        .collect();
+    out
+}
+
+/// Probes web's UDP ClusterIP from pod-0-1's port 41000 until `want` answers (a probe every
+/// 200 ms keeps the client's conntrack entry alive, as a DNS client does); panics after a
+/// minute with the last answer.
+fn wait_for_udp_backend(lab: &Lab, want: &str) {
+    let src = SocketAddr::from(([0, 0, 0, 0], 41_000));
+    let vip: SocketAddr = "10.96.0.10:80".parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        let outcome = probe_from(
+            &lab.pod(1).netns,
+            Some(src),
+            vip,
+            Protocol::Udp,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        if let ProbeOutcome::Answered { backend, local, .. } = &outcome {
+            assert_eq!(local.port(), 41_000, "the probe kept its source port");
+            if backend == want {
+                return;
+            }
+        }
+        last = Some(outcome);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("UDP {vip} from port 41000 never answered by {want}; last: {last:?}");
+}
+
+/// kube-proxy parity (its `CleanStaleEntries`): a UDP client that keeps its source port
+/// keeps its conntrack entry alive, and with it the DNAT to the endpoint it first reached.
+/// When that endpoint is removed, the sync deletes the entry, and the same source port
+/// reaches the new endpoint: through a partial sync, then through a full one.
+fn a_udp_client_that_keeps_its_port_follows_the_endpoints(flavour: Flavour) {
+    if !root(
+        "a_udp_client_that_keeps_its_port_follows_the_endpoints",
+        flavour,
+    ) {
+        return;
+    }
+    let lab = common::lab::lab();
+    let state = common::lab::services(&lab);
+    let on_a = web_on(&lab, &state, 2);
+    let on_b = web_on(&lab, &state, 0);
+    let mut dp = flavour.backend(&lab);
+    dp.apply(&on_a).unwrap();
+    wait_for_udp_backend(&lab, "pod-1-0");
+    // Partial sync: the endpoint set changes from pod-1-0 to pod-0-0.
+    let report = dp.apply_changes(&diff(&on_a, &on_b)).unwrap();
+    assert!(
+        report.warnings.iter().all(|w| w.field != "conntrack"),
+        "{:?}",
+        report.warnings
+    );
+    wait_for_udp_backend(&lab, "pod-0-0");
+    // Full sync: back to pod-1-0.
+    let report = dp.apply(&on_a).unwrap();
+    assert!(report.full_sync);
+    assert!(
+        report.warnings.iter().all(|w| w.field != "conntrack"),
+        "{:?}",
+        report.warnings
+    );
+    wait_for_udp_backend(&lab, "pod-1-0");
     dp.reset().unwrap();
 }
 

@@ -1,6 +1,7 @@
 //! The agent end to end, as a real process per lab node over a manifest directory, for each
 //! dataplane: a Service + EndpointSlice file makes traffic flow, editing it moves the
-//! traffic, and removing its endpoints and then the file gives what kube-proxy gives (the
+//! traffic (a UDP client that keeps its source port too: the stale conntrack entry is
+//! deleted), and removing its endpoints and then the file gives what kube-proxy gives (the
 //! reference model says which); a Local service's health port answers 200 with the local
 //! endpoint count on the node that has one and 503 on the other, and follows the endpoint
 //! when it moves; a dual-stack service (one slice per family) answers on both families.
@@ -20,10 +21,11 @@ use common::agent::{Backend, HEALTHZ_PORT};
 use common::manifests::{self, service_file, ServiceDef, LOCAL, WEB};
 use common::{
     http, model_expects, model_service, wait_for_backend, wait_for_outcome, wait_for_udp_backend,
-    wait_until,
+    wait_until, PROBE_TIMEOUT,
 };
 use dataplane::reference::Entry;
-use dataplane_testkit::{Family, Lab, ProbeOutcome};
+use dataplane::Protocol;
+use dataplane_testkit::{probe_from, Family, Lab, ProbeOutcome};
 
 /// Lab pods (lab-wide indices, node-major: 2 pods per node).
 const POD_0_1: usize = 1;
@@ -48,6 +50,29 @@ fn service_file_lifecycle(backend: Backend) {
     dirs.write("web.yaml", &service_file(&lab, &WEB, Some(&[POD_1_0])));
     wait_for_backend(&client.netns, vip, "pod-1-0", 3);
     wait_for_udp_backend(&client.netns, vip, "pod-1-0", 3);
+    // A UDP client that keeps its source port (a resolver's socket): one flow, one conntrack
+    // entry, which its own packets keep alive.
+    let fixed_port = SocketAddr::from(([0, 0, 0, 0], 41_000));
+    let udp_from_fixed_port = |want: &str| {
+        wait_until(
+            &format!("UDP {vip} from port 41000 answered by {want}"),
+            || {
+                let outcome = probe_from(
+                    &client.netns,
+                    Some(fixed_port),
+                    vip,
+                    Protocol::Udp,
+                    PROBE_TIMEOUT,
+                )
+                .map_err(|e| e.to_string())?;
+                match &outcome {
+                    ProbeOutcome::Answered { backend, .. } if backend == want => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        );
+    };
+    udp_from_fixed_port("pod-1-0");
     for node in 0..2 {
         wait_for_backend(
             external,
@@ -60,9 +85,10 @@ fn service_file_lifecycle(backend: Backend) {
     // Editing it moves the traffic to the new endpoint (on the client's own node now).
     dirs.write("web.yaml", &service_file(&lab, &WEB, Some(&[POD_0_1])));
     wait_for_backend(&client.netns, vip, "pod-0-1", 5);
-    // New UDP flows too. (A flow that keeps its 5-tuple stays with the removed endpoint:
-    // the dataplanes let UDP conntrack entries age out where kube-proxy deletes them.)
+    // New UDP flows too, and the flow that kept its source port: its conntrack entry, which
+    // names the removed endpoint, is deleted by the sync (kube-proxy's `CleanStaleEntries`).
     wait_for_udp_backend(&client.netns, vip, "pod-0-1", 3);
+    udp_from_fixed_port("pod-0-1");
     wait_for_backend(
         external,
         node_addr(&lab, 1, WEB.node_port.unwrap()),

@@ -45,7 +45,8 @@ const BACKEND: &str = Flavour::Iptables.name();
 ///
 /// It needs no [`Dataplane::maintain`] (the trait's no-op default, and `None` for
 /// [`Dataplane::maintenance_interval`]): connections are tracked by the kernel's conntrack,
-/// which expires its own entries.
+/// which expires its own entries; an apply deletes the stale UDP/SCTP ones, as kube-proxy
+/// does (see the crate documentation).
 ///
 /// ```no_run
 /// use dataplane_core::Dataplane;
@@ -483,6 +484,21 @@ impl IptablesDataplane {
             Ok((mut report, now)) => {
                 report.skipped = skipped;
                 self.dirty = false;
+                // kube-proxy's stale UDP flows (see `crate::conntrack`): from a partial
+                // sync's changed services, or from the whole last state to this one.
+                let stale = match changes.filter(|_| !full_sync) {
+                    Some(c) => crate::conntrack::Stale::of_changes(c, &desired.node),
+                    None => crate::conntrack::Stale::between(
+                        applied.as_ref().map(|a| &a.state),
+                        desired,
+                    ),
+                };
+                crate::conntrack::clean(
+                    BACKEND,
+                    self.config.netns.as_deref(),
+                    &stale,
+                    &mut report.warnings,
+                );
                 self.applied = Some(now);
                 Ok(report)
             }
@@ -769,10 +785,13 @@ impl Dataplane for IptablesDataplane {
             .values()
             .filter_map(|c| c.current.as_ref())
             .collect();
-        report.warnings = current
-            .iter()
-            .flat_map(|s| dataplane_core::service_warnings(&desired.node, s))
-            .collect();
+        // (The sync's own warnings, such as a failed conntrack cleanup, stay.)
+        report.warnings.retain(|w| w.field == "conntrack");
+        report.warnings.extend(
+            current
+                .iter()
+                .flat_map(|s| dataplane_core::service_warnings(&desired.node, s)),
+        );
         let objects: Vec<String> = current
             .iter()
             .map(|s| format!("service {}", s.name))

@@ -1,7 +1,7 @@
 //! The nftables flavour.
 
 mod family;
-mod netlink;
+pub(crate) mod netlink;
 // Reading `nft -j` listings back: public for the tests that parse captured listings (its
 // `Listing` holds `serde_json` values), not part of the API: hidden.
 #[doc(hidden)]
@@ -38,7 +38,8 @@ const FAULT_KEY: u32 = 0x7fff_ffff;
 ///
 /// It needs no [`Dataplane::maintain`] (the trait's no-op default, and `None` for
 /// [`Dataplane::maintenance_interval`]): connections are tracked by the kernel's conntrack,
-/// which expires its own entries.
+/// which expires its own entries; an apply deletes the stale UDP/SCTP ones, as kube-proxy
+/// does (see the crate documentation).
 ///
 /// ```no_run
 /// use dataplane_core::Dataplane;
@@ -270,10 +271,21 @@ impl NftablesDataplane {
             }
         }
         self.dirty = false;
+        // The datagram frontends this sync programs, and the ones it removed (the old
+        // ruleset's), whose stale conntrack entries go below.
+        let mut stale = crate::conntrack::Stale::new(&desired.node.service_cidrs);
+        for s in &desired.services {
+            stale.current(s, &desired.node.addresses);
+        }
+        if let Some((_, old)) = &self.applied {
+            for (frontend, protocol) in frontends(old).into_keys() {
+                stale.removed_frontend(frontend, protocol);
+            }
+        }
         let programmed = ServiceFingerprints::of(&desired.services);
         let (services_changed, services_removed) = programmed.counts_since(&self.programmed);
         self.programmed = programmed;
-        let report = ApplyReport {
+        let mut report = ApplyReport {
             full_sync: true,
             services_changed,
             services_removed,
@@ -281,6 +293,12 @@ impl NftablesDataplane {
             skipped,
             warnings: dataplane_core::warnings(desired),
         };
+        crate::conntrack::clean(
+            BACKEND,
+            self.config.netns.as_deref(),
+            &stale,
+            &mut report.warnings,
+        );
         self.applied = Some((desired.node.clone(), rs));
         self.validator = Some(validator);
         self.policy_state = Some(Box::new(policy_state(desired)));
@@ -319,101 +337,8 @@ impl NftablesDataplane {
         observe::parse_listing(&json)
     }
 
-    /// The packet counter at the top of one of our chains (`svc-v4-ns/name/tcp/80`, ...).
-    pub fn chain_counter(&self, chain: &str) -> Result<Option<u64>, Error> {
-        Ok(observe::chain_counter(&self.listing()?, chain))
-    }
-}
-
-/// What NetworkPolicy is compiled from: `desired` without its services (kept between syncs
-/// for incremental policy updates; the services would be most of a copy's memory).
-fn policy_state(desired: &DesiredState) -> DesiredState {
-    let mut state = DesiredState::new(desired.node.clone());
-    state.endpoints.clone_from(&desired.endpoints);
-    state.policies.clone_from(&desired.policies);
-    state.namespaces.clone_from(&desired.namespaces);
-    state.pods.clone_from(&desired.pods);
-    state
-}
-
-/// The element operations of `patch` when it changes nothing but elements of the backend and
-/// hairpin sets (whose keys and values have fixed binary forms); `None` otherwise.
-fn element_ops(old: &NftRuleset, patch: &render::Patch) -> Option<Vec<netlink::ElementOp>> {
-    let mut deletes = Vec::new();
-    let mut adds = Vec::new();
-    for e in &patch.node_elements {
-        adds.push(element_op(e, false)?);
-    }
-    for (name, new) in &patch.services {
-        let (Some(o), Some(n)) = (old.services.get(name), new) else {
-            return None;
-        };
-        if o.chains != n.chains || o.sets != n.sets {
-            return None;
-        }
-        for e in sorted_difference(&o.elements, &n.elements) {
-            deletes.push(element_op(e, true)?);
-        }
-        for e in sorted_difference(&n.elements, &o.elements) {
-            adds.push(element_op(e, false)?);
-        }
-    }
-    deletes.extend(adds);
-    Some(deletes)
-}
-
-/// Whether `e` can go to the kernel as a netlink element operation (a backend or hairpin
-/// element: fixed binary keys and values).
-fn by_netlink(e: &Element) -> bool {
-    matches!(e, Element::Backend { .. } | Element::Hairpin(_))
-}
-
-fn element_op(e: &Element, delete: bool) -> Option<netlink::ElementOp> {
-    let (key, data) = match e {
-        Element::Backend { slot, to } => (
-            netlink::mark_bytes(*slot),
-            (!delete).then(|| netlink::backend_bytes(&to.ip(), to.port())),
-        ),
-        Element::Hairpin(ip) => (netlink::addr_bytes(ip).with(&netlink::addr_bytes(ip)), None),
-        Element::Frontend { .. } | Element::ClusterIp(_) => return None,
-    };
-    Some(netlink::ElementOp {
-        set: e.set().into(),
-        key,
-        data,
-        delete,
-    })
-}
-
-/// The frontends of the applied ruleset and the service each leads to (for [`Dataplane::flows`]).
-fn frontends(rs: &NftRuleset) -> BTreeMap<(SocketAddr, Protocol), ObjectName> {
-    let mut out = BTreeMap::new();
-    for (name, svc) in &rs.services {
-        for e in &svc.elements {
-            if let Element::Frontend {
-                addr,
-                protocol,
-                port,
-                ..
-            } = e
-            {
-                out.insert((SocketAddr::new(*addr, *port), *protocol), name.clone());
-            }
-        }
-    }
-    out
-}
-
-impl Dataplane for NftablesDataplane {
-    fn capabilities(&self) -> Capabilities {
-        Flavour::Nftables.capabilities()
-    }
-
-    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
-        self.full_sync(desired)
-    }
-
-    fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+    /// [`Dataplane::apply_changes`] without the conntrack cleanup that follows it.
+    fn partial_sync(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
         let (Some((node, rs)), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };
@@ -524,6 +449,114 @@ impl Dataplane for NftablesDataplane {
             if let Some(v) = &mut self.validator {
                 v.commit(node, changes);
             }
+        }
+        Ok(report)
+    }
+
+    /// The packet counter at the top of one of our chains (`svc-v4-ns/name/tcp/80`, ...).
+    pub fn chain_counter(&self, chain: &str) -> Result<Option<u64>, Error> {
+        Ok(observe::chain_counter(&self.listing()?, chain))
+    }
+}
+
+/// What NetworkPolicy is compiled from: `desired` without its services (kept between syncs
+/// for incremental policy updates; the services would be most of a copy's memory).
+fn policy_state(desired: &DesiredState) -> DesiredState {
+    let mut state = DesiredState::new(desired.node.clone());
+    state.endpoints.clone_from(&desired.endpoints);
+    state.policies.clone_from(&desired.policies);
+    state.namespaces.clone_from(&desired.namespaces);
+    state.pods.clone_from(&desired.pods);
+    state
+}
+
+/// The element operations of `patch` when it changes nothing but elements of the backend and
+/// hairpin sets (whose keys and values have fixed binary forms); `None` otherwise.
+fn element_ops(old: &NftRuleset, patch: &render::Patch) -> Option<Vec<netlink::ElementOp>> {
+    let mut deletes = Vec::new();
+    let mut adds = Vec::new();
+    for e in &patch.node_elements {
+        adds.push(element_op(e, false)?);
+    }
+    for (name, new) in &patch.services {
+        let (Some(o), Some(n)) = (old.services.get(name), new) else {
+            return None;
+        };
+        if o.chains != n.chains || o.sets != n.sets {
+            return None;
+        }
+        for e in sorted_difference(&o.elements, &n.elements) {
+            deletes.push(element_op(e, true)?);
+        }
+        for e in sorted_difference(&n.elements, &o.elements) {
+            adds.push(element_op(e, false)?);
+        }
+    }
+    deletes.extend(adds);
+    Some(deletes)
+}
+
+/// Whether `e` can go to the kernel as a netlink element operation (a backend or hairpin
+/// element: fixed binary keys and values).
+fn by_netlink(e: &Element) -> bool {
+    matches!(e, Element::Backend { .. } | Element::Hairpin(_))
+}
+
+fn element_op(e: &Element, delete: bool) -> Option<netlink::ElementOp> {
+    let (key, data) = match e {
+        Element::Backend { slot, to } => (
+            netlink::mark_bytes(*slot),
+            (!delete).then(|| netlink::backend_bytes(&to.ip(), to.port())),
+        ),
+        Element::Hairpin(ip) => (netlink::addr_bytes(ip).with(&netlink::addr_bytes(ip)), None),
+        Element::Frontend { .. } | Element::ClusterIp(_) => return None,
+    };
+    Some(netlink::ElementOp {
+        set: e.set().into(),
+        key,
+        data,
+        delete,
+    })
+}
+
+/// The frontends of the applied ruleset and the service each leads to (for [`Dataplane::flows`]).
+fn frontends(rs: &NftRuleset) -> BTreeMap<(SocketAddr, Protocol), ObjectName> {
+    let mut out = BTreeMap::new();
+    for (name, svc) in &rs.services {
+        for e in &svc.elements {
+            if let Element::Frontend {
+                addr,
+                protocol,
+                port,
+                ..
+            } = e
+            {
+                out.insert((SocketAddr::new(*addr, *port), *protocol), name.clone());
+            }
+        }
+    }
+    out
+}
+
+impl Dataplane for NftablesDataplane {
+    fn capabilities(&self) -> Capabilities {
+        Flavour::Nftables.capabilities()
+    }
+
+    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
+        self.full_sync(desired)
+    }
+
+    fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        let mut report = self.partial_sync(changes)?;
+        // kube-proxy's stale UDP flows of the changed services (see `crate::conntrack`).
+        if let Some((node, _)) = &self.applied {
+            crate::conntrack::clean(
+                BACKEND,
+                self.config.netns.as_deref(),
+                &crate::conntrack::Stale::of_changes(changes, node),
+                &mut report.warnings,
+            );
         }
         Ok(report)
     }

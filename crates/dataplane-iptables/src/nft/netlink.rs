@@ -140,7 +140,8 @@ fn err(detail: impl Into<String>) -> NetfilterError {
     }
 }
 
-fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+/// Appends one netlink attribute, padded to 4 bytes (also ctnetlink's, `crate::conntrack`).
+pub(crate) fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
@@ -271,7 +272,9 @@ pub fn encode(table: &str, ops: impl IntoIterator<Item = ElementOp>) -> (Vec<u8>
     (buf, acked)
 }
 
-fn open_socket(netns: Option<&Path>) -> Result<OwnedFd, NetfilterError> {
+/// A `NETLINK_NETFILTER` socket inside `netns` (the caller's namespace when `None`); also
+/// the conntrack cleanup's (`crate::conntrack`).
+pub(crate) fn open_socket(netns: Option<&Path>) -> Result<OwnedFd, NetfilterError> {
     let make = || -> Result<OwnedFd, NetfilterError> {
         let fd = socket(
             AddressFamily::Netlink,
