@@ -25,13 +25,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use dataplane_kube::{parse_manifests, Kind, Object, ObjectKey};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{Config, EventKindMask, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::source::SourceEvent;
@@ -108,6 +111,8 @@ pub struct ManifestDir {
     files: BTreeMap<PathBuf, FileState>,
     /// Which files hold each object (the last one wins).
     holders: BTreeMap<ObjectKey, BTreeSet<PathBuf>>,
+    /// How many times a file was read (shared with [`ManifestSource::reads`]).
+    reads: Arc<AtomicU64>,
 }
 
 /// What a file read gave.
@@ -127,7 +132,19 @@ impl ManifestDir {
             dir: dir.into(),
             files: BTreeMap::new(),
             holders: BTreeMap::new(),
+            reads: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many times a manifest file was read so far (to tell that nothing is read while
+    /// nothing changes).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn read(&self, path: &Path) -> Read {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        read_file(path)
     }
 
     /// The directory.
@@ -156,7 +173,7 @@ impl ManifestDir {
         paths.extend(self.files.keys().cloned());
         let mut fresh = Fresh::new();
         for path in &paths {
-            let read = read_file(path);
+            let read = self.read(path);
             self.store(path, read, &mut events, &mut fresh);
         }
         let mut by_kind: BTreeMap<Kind, Vec<Object>> =
@@ -205,7 +222,7 @@ impl ManifestDir {
         }
         let mut reads = Vec::new();
         for file in &files {
-            let read = read_file(file);
+            let read = self.read(file);
             if let Read::Objects(_, objects) = &read {
                 for key in objects.keys() {
                     before
@@ -227,7 +244,7 @@ impl ManifestDir {
                     let object = fresh
                         .get_mut(&file)
                         .and_then(|objects| objects.remove(&key))
-                        .map_or_else(|| reread(&file, &key), Ok);
+                        .map_or_else(|| self.reread(&file, &key), Ok);
                     match object {
                         Ok(object) => events.push(SourceEvent::Applied(object)),
                         Err(message) => events.push(SourceEvent::Error {
@@ -324,6 +341,18 @@ impl ManifestDir {
         );
     }
 
+    /// The object `key` as `file` defines it now (the file was not read in this round: another
+    /// file gave the object up, and this one defines it too).
+    fn reread(&self, file: &Path, key: &ObjectKey) -> Result<Object, String> {
+        match self.read(file) {
+            Read::Objects(_, mut objects) => objects
+                .remove(key)
+                .ok_or_else(|| format!("{}: {key} is gone", file.display())),
+            Read::Gone => Err(format!("{}: gone while reading {key}", file.display())),
+            Read::Failed(message) => Err(message),
+        }
+    }
+
     fn is_manifest_path(&self, path: &Path) -> bool {
         path.parent() == Some(self.dir.as_path()) && is_manifest_name(path)
     }
@@ -353,18 +382,6 @@ fn is_manifest_name(path: &Path) -> bool {
         .is_none_or(|n| n.starts_with('.'));
     let ext = path.extension().and_then(|e| e.to_str());
     !hidden && matches!(ext, Some("yaml" | "yml" | "json"))
-}
-
-/// The object `key` as `file` defines it now (the file was not read in this round: another
-/// file gave the object up, and this one defines it too).
-fn reread(file: &Path, key: &ObjectKey) -> Result<Object, String> {
-    match read_file(file) {
-        Read::Objects(_, mut objects) => objects
-            .remove(key)
-            .ok_or_else(|| format!("{}: {key} is gone", file.display())),
-        Read::Gone => Err(format!("{}: gone while reading {key}", file.display())),
-        Read::Failed(message) => Err(message),
-    }
 }
 
 fn read_file(path: &Path) -> Read {
@@ -412,6 +429,14 @@ pub struct ManifestSource {
     // Dropped first: closing the watcher's channel ends the thread.
     watcher: Option<RecommendedWatcher>,
     thread: Option<JoinHandle<()>>,
+    reads: Arc<AtomicU64>,
+}
+
+impl ManifestSource {
+    /// How many times a manifest file was read so far (see [`ManifestDir::reads`]).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for ManifestSource {
@@ -435,16 +460,22 @@ pub fn spawn(
         .canonicalize()
         .with_context(|| format!("the manifest directory {}", dir.display()))?;
     let (events_tx, events_rx) = std_mpsc::channel::<notify::Result<notify::Event>>();
-    let mut watcher = notify::recommended_watcher(move |event| {
-        // The source thread is gone only when the agent is stopping.
-        let _ = events_tx.send(event);
-    })
+    let mut watcher = RecommendedWatcher::new(
+        move |event| {
+            // The source thread is gone only when the agent is stopping.
+            let _ = events_tx.send(event);
+        },
+        // notify 9's default adds IN_OPEN: reading a file would report an event that reads
+        // it again, forever. Only what can change a file's content is watched (see `wanted`).
+        Config::default().with_event_kinds(WATCHED),
+    )
     .context("starting the file watcher")?;
     // Watch first, list second: a change in between is read twice, never missed.
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {}", dir.display()))?;
     let mut state = ManifestDir::new(dir.clone());
+    let reads = Arc::clone(&state.reads);
     let initial = state.list()?;
     let thread = std::thread::Builder::new()
         .name("manifests".to_owned())
@@ -454,7 +485,30 @@ pub fn spawn(
     Ok(ManifestSource {
         watcher: Some(watcher),
         thread: Some(thread),
+        reads,
     })
+}
+
+/// The inotify events watched: creations, deletions and renames in the directory (a new
+/// file, an editor's rename over the old one, a `ConfigMap`'s `..data` swap) and a file
+/// closed after writing (`IN_CLOSE_WRITE`: the writer is done). Not `IN_MODIFY` (a file being
+/// written is half there) nor `IN_OPEN` (our own reads would wake us).
+const WATCHED: EventKindMask = EventKindMask::CREATE
+    .union(EventKindMask::REMOVE)
+    .union(EventKindMask::MODIFY_NAME)
+    .union(EventKindMask::ACCESS_CLOSE);
+
+/// Whether an event of `kind` may have changed a manifest (the mask filters in the kernel;
+/// this filters what another backend or a future notify might still report).
+fn wanted(kind: EventKind) -> bool {
+    match kind {
+        EventKind::Create(_)
+        | EventKind::Remove(_)
+        | EventKind::Modify(ModifyKind::Name(_))
+        | EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Any => true,
+        EventKind::Modify(_) | EventKind::Access(_) | EventKind::Other => false,
+    }
 }
 
 fn run(
@@ -477,10 +531,12 @@ fn run(
         let mut paths = BTreeSet::new();
         let mut rescan = false;
         let mut take = |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
-                rescan |= event.need_rescan() || event.paths.is_empty();
+            Ok(event) if event.need_rescan() => rescan = true,
+            Ok(event) if wanted(event.kind) => {
+                rescan |= event.paths.is_empty();
                 paths.extend(event.paths);
             }
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "file watch error: rescanning");
                 rescan = true;

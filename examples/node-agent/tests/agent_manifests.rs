@@ -390,3 +390,41 @@ fn a_change_reads_only_the_files_it_names() {
         ["+Service default/web", "-EndpointSlice default/web-1"]
     );
 }
+
+#[tokio::test]
+async fn the_watcher_reads_nothing_while_nothing_changes() {
+    // notify 9 reports IN_OPEN by default: the source's own reads woke it up to read again,
+    // in a loop. With files present and no change, no file is read after the listing.
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let source = spawn(dir.path(), tx).unwrap();
+    for _ in 0..6 {
+        assert!(matches!(next(&mut rx).await, SourceEvent::Listed { .. }));
+    }
+    let listed_reads = source.reads();
+    assert_eq!(listed_reads, 2, "the listing reads each file once");
+    // A quiet window: long enough for a read loop to go round many times.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        source.reads(),
+        listed_reads,
+        "files read while nothing changed"
+    );
+    // A change is read once (its close after writing), and that read wakes nothing.
+    write(
+        dir.path(),
+        "web.yaml",
+        &documents(&[
+            service("web", "10.96.0.10", 80, None),
+            slice("web-1", "web", &[("10.244.0.12", "node-0", "pod-0-2")]),
+        ]),
+    );
+    assert_eq!(
+        summary(&[next(&mut rx).await]),
+        ["+EndpointSlice default/web-1"]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(source.reads(), listed_reads + 1);
+    assert!(rx.try_recv().is_err(), "no event without a change");
+}
