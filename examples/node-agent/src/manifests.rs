@@ -15,7 +15,12 @@
 //!   created and deleted, and Kubernetes `ConfigMap` volumes (whose files are symlinks into a
 //!   `..data` directory swapped at once) are all seen: an event on a manifest file re-reads
 //!   that file, an event on anything else that is a directory (or the watch's own overflow)
-//!   rescans the directory, re-reading the files whose inode, size or mtime changed.
+//!   rescans the directory, re-reading the files whose inode, size or mtime changed. A file
+//!   is read when it is closed after writing, created, renamed or deleted, never while it is
+//!   being written (`IN_MODIFY` is not watched).
+//! - A file that goes empty or missing keeps its objects for [`SETTLE`] and is read again
+//!   before they are deleted (`kubectl get -o yaml > f` truncates first; emacs renames the
+//!   file to a backup first).
 //! - A file that fails to parse keeps the objects it had (a half-written file does not
 //!   delete services) and an `Error` event names the file, document and field.
 //! - When two files hold the same object, the one in the file whose name sorts last wins;
@@ -44,6 +49,10 @@ use crate::source::SourceEvent;
 pub const DEBOUNCE: Duration = Duration::from_millis(5);
 /// The longest a burst is held back while events keep coming.
 pub const MAX_BATCH_DELAY: Duration = Duration::from_millis(100);
+/// How long the objects of a file that went empty or missing are kept before they are
+/// deleted (the file is read once more then): long enough for `kubectl get -o yaml > f` or an
+/// editor's backup-and-write save to finish, short enough that a deleted file is soon seen.
+pub const SETTLE: Duration = Duration::from_millis(400);
 
 /// A file's identity and version as the directory listing shows it: a file replaced by a
 /// rename has a new inode, one written in place a new size or mtime.
@@ -113,6 +122,8 @@ pub struct ManifestDir {
     holders: BTreeMap<ObjectKey, BTreeSet<PathBuf>>,
     /// How many times a file was read (shared with [`ManifestSource::reads`]).
     reads: Arc<AtomicU64>,
+    /// Files that lost their objects, held back until the deadline (see [`SETTLE`]).
+    settling: BTreeMap<PathBuf, Instant>,
 }
 
 /// What a file read gave.
@@ -133,7 +144,14 @@ impl ManifestDir {
             files: BTreeMap::new(),
             holders: BTreeMap::new(),
             reads: Arc::new(AtomicU64::new(0)),
+            settling: BTreeMap::new(),
         }
+    }
+
+    /// When the earliest file held back (it went empty or missing) is to be read again and
+    /// its objects deleted if it is still empty; `None` when no file is held back.
+    pub fn settle_deadline(&self) -> Option<Instant> {
+        self.settling.values().min().copied()
     }
 
     /// How many times a manifest file was read so far (to tell that nothing is read while
@@ -197,16 +215,52 @@ impl ManifestDir {
 
     /// Takes in the changes at `paths` (what the watcher reported; `rescan`: it lost track, or
     /// something other than a manifest file changed) and returns the differences per object.
+    ///
+    /// A file that lost all its objects (it is gone, or reads empty) is not taken in at once:
+    /// its objects stay for [`SETTLE`], and the file is read again before they are deleted
+    /// (see [`ManifestDir::update_at`]).
     pub fn update(&mut self, paths: &BTreeSet<PathBuf>, rescan: bool) -> Vec<SourceEvent> {
-        let files = match self.changed_files(paths, rescan) {
-            Ok(files) => files,
-            Err(e) => {
-                return vec![SourceEvent::Error {
-                    kind: None,
-                    message: format!("{e:#}"),
-                }]
+        self.update_at(paths, rescan, Instant::now())
+    }
+
+    /// [`ManifestDir::update`] at `now` (tests pass a clock of their own). Also takes in
+    /// the files held back whose settle time is over at `now`.
+    ///
+    /// Why the hold-back: `kubectl get -o yaml > f` truncates `f` before it writes it, and
+    /// editors that keep a backup (emacs) rename `f` away before they write the new `f`.
+    /// Either way the file is empty or missing for a moment, and taking that as the truth
+    /// would delete every service it defines, then add them back (connections reset, load
+    /// balancers see the node fail).
+    pub fn update_at(
+        &mut self,
+        paths: &BTreeSet<PathBuf>,
+        rescan: bool,
+        now: Instant,
+    ) -> Vec<SourceEvent> {
+        let mut files = if paths.is_empty() && !rescan {
+            BTreeSet::new()
+        } else {
+            match self.changed_files(paths, rescan) {
+                Ok(files) => files,
+                Err(e) => {
+                    return vec![SourceEvent::Error {
+                        kind: None,
+                        message: format!("{e:#}"),
+                    }]
+                }
             }
         };
+        // Held-back files whose time is up: read once more and taken as they are then.
+        let settled: BTreeSet<PathBuf> = self
+            .settling
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(file, _)| file.clone())
+            .collect();
+        for file in &settled {
+            self.settling.remove(file);
+        }
+        files.extend(settled.iter().cloned());
         let mut events = Vec::new();
         // What each touched object looked like before: after all the files are read, an
         // object is compared once (a move between two files is no change).
@@ -223,6 +277,19 @@ impl ManifestDir {
         let mut reads = Vec::new();
         for file in &files {
             let read = self.read(file);
+            let emptied = match &read {
+                Read::Gone => true,
+                Read::Objects(_, objects) => objects.is_empty(),
+                Read::Failed(_) => false,
+            };
+            let had_objects = self.files.get(file).is_some_and(|f| !f.objects.is_empty());
+            if emptied && had_objects && !settled.contains(file) {
+                // Keep the objects for now; the first emptying's deadline stands, so that a
+                // file truncated again and again still settles.
+                self.settling.entry(file.clone()).or_insert(now + SETTLE);
+                continue;
+            }
+            self.settling.remove(file);
             if let Read::Objects(_, objects) = &read {
                 for key in objects.keys() {
                     before
@@ -523,9 +590,27 @@ fn run(
         }
     }
     loop {
-        // Wait for the first event of a burst, then until the directory is quiet.
-        let Ok(first) = events.recv() else {
-            return; // the watcher is gone
+        // Wait for the first event of a burst (or for a held-back file to settle), then until
+        // the directory is quiet.
+        let first = match state.settle_deadline() {
+            None => match events.recv() {
+                Ok(event) => event,
+                Err(_) => return, // the watcher is gone
+            },
+            Some(deadline) => {
+                match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(event) => event,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                        for event in state.update(&BTreeSet::new(), false) {
+                            if tx.blocking_send(event).is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
         };
         let started = Instant::now();
         let mut paths = BTreeSet::new();
