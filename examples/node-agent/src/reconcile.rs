@@ -258,6 +258,42 @@ impl Reconciler {
 
     /// Takes in one source event.
     pub fn handle(&mut self, event: SourceEvent) {
+        let node_event = match &event {
+            SourceEvent::Listed { kind, .. } => *kind == Kind::Node,
+            SourceEvent::Applied(object) => object.kind() == Kind::Node,
+            SourceEvent::Deleted(key) => key.kind == Kind::Node,
+            SourceEvent::Error { .. } => false,
+        };
+        self.take(event);
+        if node_event {
+            self.status.set_node_eligible(self.node_eligible());
+        }
+    }
+
+    /// Whether this node may take load-balancer traffic: eligible while the Nodes are not
+    /// listed yet (kube-proxy's start), then only while the local Node exists and is neither
+    /// being deleted nor tainted for deletion.
+    ///
+    /// A deleted Node is not eligible, and the agent stays up: kube-proxy exits when its Node
+    /// is deleted (`pkg/proxy/node.go`, `OnNodeDelete`) and its DaemonSet restarts it to wait
+    /// for the Node, but the agent keeps serving what it programmed (the pods of a deleted
+    /// Node are going anyway, and a manifest directory's Node may come back with the next
+    /// save), says so on `/healthz` (503, `nodeEligible: false`), retries its syncs (they fail
+    /// with "node not found") and takes the Node back when it returns, without a restart or
+    /// a crash loop's back-off. `/livez` stays 200: the agent is alive.
+    fn node_eligible(&self) -> bool {
+        if !self.listed.contains(&Kind::Node) {
+            return true;
+        }
+        let key = ObjectKey {
+            kind: Kind::Node,
+            namespace: None,
+            name: self.cluster.settings().node_name.clone(),
+        };
+        self.cluster.get(&key).is_some() && !self.cluster.node_draining()
+    }
+
+    fn take(&mut self, event: SourceEvent) {
         let now = Instant::now();
         match event {
             SourceEvent::Listed { kind, objects } => {
@@ -344,7 +380,6 @@ impl Reconciler {
             Kind::EndpointSlice => {
                 self.metrics.endpoint_changes.inc_by(changes);
             }
-            Kind::Node => self.status.set_node_eligible(!self.cluster.node_draining()),
             _ => {}
         }
         for key in keys {

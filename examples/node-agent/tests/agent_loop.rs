@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_common::harness::{free_port, get, harness, list_all, object, LOCALHOST};
+use agent_common::harness::{free_port, get, harness, list_all, object, objects, LOCALHOST};
 use agent_common::{namespace, node, service, slice};
 use dataplane::testing::Fault;
 use dataplane_agent::health::serve_healthz;
@@ -345,4 +345,54 @@ async fn the_running_loop_follows_a_manifest_directory_until_shutdown() {
         .metrics
         .encode()
         .contains("kubeproxy_sync_proxy_rules_service_changes_total"));
+}
+
+#[tokio::test]
+async fn a_deleted_or_missing_node_is_not_eligible_until_it_returns() {
+    let mut h = harness(Duration::from_mins(1));
+    let (server, addr) = serve_healthz(
+        SocketAddr::new(LOCALHOST, 0),
+        Arc::clone(&h.status),
+        Arc::clone(&h.metrics),
+    )
+    .unwrap();
+    list_all(&mut h, free_port());
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert_eq!(get(addr, "/healthz").await.unwrap().0, 200);
+    let node_0 = ObjectKey {
+        kind: Kind::Node,
+        namespace: None,
+        name: "node-0".to_owned(),
+    };
+    h.reconciler.handle(SourceEvent::Deleted(node_0));
+    let (code, body) = get(addr, "/healthz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(r#""nodeEligible":false"#), "{body}");
+    assert_eq!(get(addr, "/livez").await.unwrap().0, 200, "still alive");
+    // A relist without it: still missing.
+    h.reconciler.handle(objects(
+        Kind::Node,
+        &[node("node-1", "172.18.0.11", "10.244.1.0/24", None)],
+    ));
+    assert_eq!(get(addr, "/healthz").await.unwrap().0, 503);
+    // Back: eligible again, without a restart.
+    h.reconciler.handle(SourceEvent::Applied(object(&node(
+        "node-0",
+        "172.18.0.10",
+        "10.244.0.0/24",
+        None,
+    ))));
+    assert_eq!(get(addr, "/healthz").await.unwrap().0, 200);
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_first_node_list_without_the_local_node_is_not_eligible() {
+    let mut h = harness(Duration::from_mins(1));
+    assert!(h.status.node_eligible(), "eligible while starting");
+    h.reconciler.handle(objects(
+        Kind::Node,
+        &[node("node-1", "172.18.0.11", "10.244.1.0/24", None)],
+    ));
+    assert!(!h.status.node_eligible());
 }
