@@ -4,7 +4,8 @@
 //!   `healthCheckNodePort`, an HTTP server on that port (`0.0.0.0` and `[::]`) answering any
 //!   path with `200` and
 //!   `{"service":{"namespace":"…","name":"…"},"localEndpoints":N,"serviceProxyHealthy":true}`
-//!   when the node has local endpoints (and the agent is healthy), `503` otherwise, so that
+//!   when the node has ready local endpoints (and the agent is healthy; terminating ones do
+//!   not count, as in kube-proxy), `503` otherwise, so that
 //!   cloud load balancers send traffic only to nodes with a local endpoint. Servers open and
 //!   close as services come and go (a port that cannot be bound is tried again at the next
 //!   sync, as kube-proxy does).

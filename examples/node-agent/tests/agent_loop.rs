@@ -396,3 +396,37 @@ async fn a_first_node_list_without_the_local_node_is_not_eligible() {
     ));
     assert!(!h.status.node_eligible());
 }
+
+#[tokio::test]
+async fn a_health_port_fails_when_the_only_local_endpoints_are_terminating() {
+    // kube-proxy: "health check signal should fail if there are only terminating endpoints
+    // on a node"; the datapath still serves them (the terminating fallback).
+    let mut h = harness(Duration::from_mins(1));
+    let hc = free_port();
+    let hc_addr = SocketAddr::new(LOCALHOST, hc);
+    list_all(&mut h, hc);
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert_eq!(get(hc_addr, "/").await.unwrap().0, 200);
+    let terminating = slice("web-1", "web", &[("10.244.0.11", "node-0", "pod-0-1")]).replace(
+        "ready: true\n    serving: true\n    terminating: false",
+        "ready: false\n    serving: true\n    terminating: true",
+    );
+    assert!(terminating.contains("terminating: true"));
+    h.reconciler
+        .handle(SourceEvent::Applied(object(&terminating)));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    let (code, body) = get(hc_addr, "/").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(r#""localEndpoints":0"#), "{body}");
+    let applied = h.fake.applied().unwrap();
+    let web = applied
+        .services
+        .iter()
+        .find(|s| s.name.name == "web")
+        .unwrap();
+    assert!(
+        web.backends.iter().any(|b| b.terminating && b.serving),
+        "the terminating endpoint stays in the datapath: {:?}",
+        web.backends
+    );
+}
