@@ -132,15 +132,16 @@ fn quote(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
-/// Serves `/healthz` and `/livez` on `addr` until the returned task is aborted; the address
-/// bound (its port when `addr`'s is 0).
+/// Serves `/healthz` and `/livez` on `addr` (`0.0.0.0`: on `[::]` too, see
+/// [`http::bind_server`]) until the returned task is aborted; the address bound (its port when
+/// `addr`'s is 0).
 pub fn serve_healthz(
     addr: SocketAddr,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
-    let listener = http::bind(addr)?;
-    let bound = listener.local_addr()?;
+    let listeners = http::bind_server(addr)?;
+    let bound = listeners[0].local_addr()?;
     let handler = http::handler(move |path| -> Reply {
         let livez = match path {
             "/healthz" => false,
@@ -157,8 +158,8 @@ pub fn serve_healthz(
         metrics.health_answer(livez, code.as_u16());
         (code, "application/json", body)
     });
-    tracing::info!(address = %bound, "serving /healthz and /livez");
-    Ok((tokio::spawn(http::serve(listener, handler)), bound))
+    tracing::info!(address = %bound, listeners = listeners.len(), "serving /healthz and /livez");
+    Ok((tokio::spawn(http::serve_all(listeners, handler)), bound))
 }
 
 /// The body and status a service health port answers with.
@@ -276,15 +277,7 @@ impl ServiceHealth {
             let listener = match http::bind(SocketAddr::new(*address, check.node_port)) {
                 Ok(listener) => listener,
                 // A node without IPv6 (or IPv4): the other family serves.
-                Err(e)
-                    if address.is_ipv6()
-                        && matches!(
-                            e.raw_os_error(),
-                            Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
-                        ) =>
-                {
-                    continue
-                }
+                Err(e) if address.is_ipv6() && http::no_ipv6(&e) => continue,
                 // `instance` is dropped: what opened so far closes.
                 Err(e) => return Err(e),
             };

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -29,20 +29,67 @@ pub fn handler(f: impl Fn(&str) -> Reply + Send + Sync + 'static) -> Handler {
     })
 }
 
-/// Binds a listening socket at `addr`. An IPv6 wildcard address listens on IPv6 only, so that
+/// Binds a listening socket at `addr`. An IPv6 address listens on IPv6 only, so that
 /// `0.0.0.0` and `[::]` can both be bound on one port (kube-proxy listens on both).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind_socket(addr, true)
+}
+
+/// Binds the listening sockets of one of the agent's own servers (`/healthz`, `/metrics`) at
+/// `addr`: `0.0.0.0` is `[::]` too (IPv6 only, the same port; skipped on a node without
+/// IPV6), and `[::]` alone takes both families (dual-stack). kube-proxy is a Go program, and
+/// Go's `net.Listen("tcp", "0.0.0.0:10256")` opens one dual-stack socket: its `/healthz`
+/// answers over IPv6 too, and so must ours on an IPv6 or dual-stack node.
+pub fn bind_server(addr: SocketAddr) -> io::Result<Vec<TcpListener>> {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            let v4 = bind(addr)?;
+            // Port 0: the IPv6 socket takes the port the IPv4 one got.
+            let v6_addr = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), v4.local_addr()?.port());
+            match bind(v6_addr) {
+                Ok(v6) => Ok(vec![v4, v6]),
+                Err(e) if no_ipv6(&e) => {
+                    tracing::debug!(error = %e, "no IPv6 here: IPv4 only");
+                    Ok(vec![v4])
+                }
+                Err(e) => Err(e),
+            }
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => Ok(vec![bind_socket(addr, false)?]),
+        _ => Ok(vec![bind(addr)?]),
+    }
+}
+
+/// Whether binding failed because the node has no IPv6 (the IPv4 socket serves alone).
+pub fn no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+    )
+}
+
+fn bind_socket(addr: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         let socket = TcpSocket::new_v6()?;
-        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6V6Only, &true)?;
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6V6Only, &v6only)?;
         socket
     };
     // A restarted agent binds again at once, while connections of the old one linger.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(128)
+}
+
+/// Serves every one of `listeners` with `handler` until the task is aborted.
+pub async fn serve_all(listeners: Vec<TcpListener>, handler: Handler) {
+    futures::future::join_all(
+        listeners
+            .into_iter()
+            .map(|listener| serve(listener, Arc::clone(&handler))),
+    )
+    .await;
 }
 
 /// Serves `listener` with `handler` until the task is aborted.

@@ -452,14 +452,15 @@ pub fn no_local_endpoints(state: &DesiredState) -> (usize, usize) {
     (internal, external)
 }
 
-/// Serves `/metrics` on `addr` until the returned task is aborted; the address bound (its
+/// Serves `/metrics` on `addr` (`0.0.0.0`: on `[::]` too, see
+/// [`crate::http::bind_server`]) until the returned task is aborted; the address bound (its
 /// port when `addr`'s is 0).
 pub fn serve_metrics(
     addr: std::net::SocketAddr,
     metrics: std::sync::Arc<Metrics>,
 ) -> std::io::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
-    let listener = crate::http::bind(addr)?;
-    let bound = listener.local_addr()?;
+    let listeners = crate::http::bind_server(addr)?;
+    let bound = listeners[0].local_addr()?;
     let handler = crate::http::handler(move |path| match path {
         "/metrics" => (
             hyper::StatusCode::OK,
@@ -472,6 +473,9 @@ pub fn serve_metrics(
             "404 page not found\n".to_owned(),
         ),
     });
-    tracing::info!(address = %bound, "serving /metrics");
-    Ok((tokio::spawn(crate::http::serve(listener, handler)), bound))
+    tracing::info!(address = %bound, listeners = listeners.len(), "serving /metrics");
+    Ok((
+        tokio::spawn(crate::http::serve_all(listeners, handler)),
+        bound,
+    ))
 }
