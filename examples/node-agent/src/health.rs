@@ -159,7 +159,10 @@ pub fn serve_healthz(
         (code, "application/json", body)
     });
     tracing::info!(address = %bound, listeners = listeners.len(), "serving /healthz and /livez");
-    Ok((tokio::spawn(http::serve_all(listeners, handler)), bound))
+    Ok((
+        tokio::spawn(http::serve_all(listeners, handler, http::Limits::default())),
+        bound,
+    ))
 }
 
 /// The body and status a service health port answers with.
@@ -183,6 +186,7 @@ pub fn service_answer(service: &ObjectName, local_endpoints: usize, healthy: boo
 pub struct ServiceHealth {
     status: Arc<Status>,
     addresses: Vec<IpAddr>,
+    limits: http::Limits,
     servers: BTreeMap<ObjectName, Instance>,
 }
 
@@ -218,8 +222,16 @@ impl ServiceHealth {
         Self {
             status,
             addresses,
+            limits: http::Limits::default(),
             servers: BTreeMap::new(),
         }
+    }
+
+    /// The same with other limits for the ports' connections.
+    #[must_use]
+    pub fn with_limits(mut self, limits: http::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The ports served now, by service.
@@ -290,7 +302,7 @@ impl ServiceHealth {
             });
             instance
                 .tasks
-                .push(tokio::spawn(http::serve(listener, handler)).abort_handle());
+                .push(tokio::spawn(http::serve(listener, handler, self.limits)).abort_handle());
         }
         Ok(instance)
     }

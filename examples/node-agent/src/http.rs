@@ -1,18 +1,22 @@
 //! The small HTTP/1 servers of the agent (hyper 1): health-check ports, `/healthz`,
 //! `/metrics`. Each answers from a handler over shared state; a server ends when its task is
-//! aborted (the listener is owned by the task and closes with it).
+//! aborted (the listener and its connections are owned by the task and close with it). Each
+//! listener has [`Limits`]: a header read timeout and a cap on connections.
 
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 /// An answer: status, content type, body.
 pub type Reply = (StatusCode, &'static str, String);
@@ -82,31 +86,65 @@ fn bind_socket(addr: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
     socket.listen(128)
 }
 
+/// What one listener of a server allows its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a connection may take to send a request's headers, and stay idle between
+    /// requests: a client that connects and sends nothing holds no connection forever (Go's
+    /// `http.Server.ReadHeaderTimeout`; hyper has none without a timer).
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog until one ends,
+    /// so that a flood of clients costs bounded memory and file descriptors.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    /// 10 s for the headers (a probe sends them at once; kubelet's and load balancers'
+    /// probes time out sooner), 128 connections (probers keep a few each).
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 128,
+        }
+    }
+}
+
 /// Serves every one of `listeners` with `handler` until the task is aborted.
-pub async fn serve_all(listeners: Vec<TcpListener>, handler: Handler) {
+pub async fn serve_all(listeners: Vec<TcpListener>, handler: Handler, limits: Limits) {
     futures::future::join_all(
         listeners
             .into_iter()
-            .map(|listener| serve(listener, Arc::clone(&handler))),
+            .map(|listener| serve(listener, Arc::clone(&handler), limits)),
     )
     .await;
 }
 
-/// Serves `listener` with `handler` until the task is aborted.
-pub async fn serve(listener: TcpListener, handler: Handler) {
+/// Serves `listener` with `handler` until the task is aborted (or the future dropped): then
+/// the listener closes, and so do the connections it accepted (they are tasks of a
+/// `JoinSet` owned here), so that a closed health port leaves no client connected.
+pub async fn serve(listener: TcpListener, handler: Handler, limits: Limits) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut connections = JoinSet::new();
     loop {
+        // Forget the connections that ended.
+        while connections.try_join_next().is_some() {}
+        // At the cap: accept nothing until a connection ends.
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return; // never closed
+        };
         let (stream, _peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, say: keep serving, after a pause that lets some
                 // close (retrying at once would spin).
                 tracing::debug!(error = %e, "accepting a connection");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let handler = Arc::clone(&handler);
-        tokio::spawn(async move {
+        connections.spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let handler = Arc::clone(&handler);
                 async move {
@@ -122,6 +160,8 @@ pub async fn serve(listener: TcpListener, handler: Handler) {
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -475,7 +475,11 @@ pub fn serve_metrics(
     });
     tracing::info!(address = %bound, listeners = listeners.len(), "serving /metrics");
     Ok((
-        tokio::spawn(crate::http::serve_all(listeners, handler)),
+        tokio::spawn(crate::http::serve_all(
+            listeners,
+            handler,
+            crate::http::Limits::default(),
+        )),
         bound,
     ))
 }

@@ -6,10 +6,18 @@ mod agent_common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use agent_common::harness::get;
-use dataplane_agent::health::{serve_healthz, Status};
+use agent_common::harness::{free_port, get, LOCALHOST};
+use dataplane::{HealthCheck, ObjectName};
+use dataplane_agent::health::{serve_healthz, ServiceHealth, Status};
+use dataplane_agent::http::{self, Limits};
 use dataplane_agent::metrics::{serve_metrics, Metrics};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Generous: a loaded machine may be slow.
+const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Runs `f` on a thread of its own in a new network namespace (only `lo`, up), on a
 /// single-threaded runtime: every socket it opens is in that namespace.
@@ -77,4 +85,117 @@ fn servers_on_0_0_0_0_answer_over_ipv6_too_and_on_the_ipv6_wildcard_over_both() 
         dual.abort();
         healthz.abort();
     });
+}
+
+fn ok_handler() -> http::Handler {
+    http::handler(|_| (hyper::StatusCode::OK, "text/plain", "ok".to_owned()))
+}
+
+/// Sends a keep-alive `GET /` on `stream` and reads its response (headers and the
+/// `Content-Length` body); the connection stays open.
+async fn keep_alive_get(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+            .await
+            .expect("a response before the deadline")
+            .unwrap();
+        assert!(n > 0, "closed before the response ended");
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            if body.len() >= length {
+                return text;
+            }
+        }
+    }
+}
+
+/// Reads `stream` to its end (the server closed it), panicking after the deadline.
+async fn closed_by_server(stream: &mut TcpStream, what: &str) {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "{what}: the server kept the connection open");
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_no_headers_is_closed_by_the_server() {
+    let listener = http::bind(SocketAddr::new(LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(200),
+        max_connections: 4,
+    };
+    let server = tokio::spawn(http::serve(listener, ok_handler(), limits));
+    // Half a request line, then nothing.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    closed_by_server(&mut stream, "half-sent headers").await;
+    // Connected, nothing sent at all.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    closed_by_server(&mut idle, "an idle connection").await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_ends() {
+    let listener = http::bind(SocketAddr::new(LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(3600),
+        max_connections: 1,
+    };
+    let server = tokio::spawn(http::serve(listener, ok_handler(), limits));
+    // The first connection is served and stays open (keep-alive).
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    assert!(keep_alive_get(&mut first).await.starts_with("HTTP/1.1 200"));
+    // The second is in the backlog, not served, while the first is open.
+    let second = tokio::spawn(get(addr, "/"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "served past the cap");
+    drop(first);
+    let answer = tokio::time::timeout(DEADLINE, second)
+        .await
+        .expect("served once the first connection ended")
+        .unwrap();
+    assert_eq!(answer.map(|a| a.0), Some(200));
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_closed_health_port_closes_its_open_connections() {
+    let status = Arc::new(Status::new(Duration::from_mins(1)));
+    // No header timeout to speak of: only the port's closing can end the connection.
+    let mut health = ServiceHealth::on(status, vec![LOCALHOST]).with_limits(Limits {
+        header_read_timeout: Duration::from_secs(3600),
+        max_connections: 4,
+    });
+    let port = free_port();
+    let check = HealthCheck {
+        service: ObjectName::new("default", "web"),
+        node_port: port,
+        local_endpoints: 1,
+    };
+    health.sync(&[check]);
+    let mut stream = TcpStream::connect(SocketAddr::new(LOCALHOST, port))
+        .await
+        .unwrap();
+    assert!(keep_alive_get(&mut stream)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    health.sync(&[]);
+    closed_by_server(&mut stream, "a connection to a closed health port").await;
 }
