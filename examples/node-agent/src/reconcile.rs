@@ -25,8 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use dataplane::{
-    error_chain, health_checks, ApplyReport, AsyncDataplane, BoxDataplane, Capabilities, ChangeSet,
-    Dataplane, DesiredState, Error, Flow, MaintenanceReport, ObservedState, Stats,
+    error_chain, health_checks, ApplyReport, AsyncDataplane, AsyncError, BoxDataplane,
+    Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, MaintenanceReport,
+    ObservedState, Stats,
 };
 use dataplane_kube::{
     last_change_trigger_time, Cluster, InterfaceResolver, Kind, Object, ObjectKey,
@@ -188,6 +189,8 @@ pub struct Reconciler {
     conntrack_capacity: Option<u64>,
     capabilities: Option<Capabilities>,
     last_outcome: Option<SyncOutcome>,
+    /// The dataplane's thread is gone (it panicked): nothing will be programmed any more.
+    dataplane_stopped: bool,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -233,6 +236,7 @@ impl Reconciler {
             conntrack_capacity,
             capabilities: None,
             last_outcome: None,
+            dataplane_stopped: false,
         })
     }
 
@@ -473,6 +477,9 @@ impl Reconciler {
                 outcome
             }
             Err(e) => {
+                if matches!(e, AsyncError::Stopped) {
+                    self.dataplane_stopped = true;
+                }
                 self.runner.finished(kind, started, ended, false);
                 self.metrics.apply_errors.inc();
                 tracing::error!(
@@ -608,9 +615,18 @@ impl Reconciler {
         }
     }
 
+    /// Whether the dataplane's thread is gone (a sync answered [`AsyncError::Stopped`]).
+    pub fn dataplane_stopped(&self) -> bool {
+        self.dataplane_stopped
+    }
+
     /// Runs until `shutdown` resolves or the source ends, then stops the dataplane's thread
     /// without touching the kernel (the datapath stays in place). `Err` when the source
-    /// ended first.
+    /// ended first, or when the dataplane's thread died (a panic: a sync answered
+    /// [`AsyncError::Stopped`], or its maintenance channel closed): nothing could be programmed
+    /// any more, so the agent exits non-zero and its DaemonSet restarts it, which adopts the
+    /// datapath in place (a loop that kept running would only retry failing syncs forever,
+    /// its health going bad without anything restarting it).
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<SourceEvent>,
@@ -620,7 +636,6 @@ impl Reconciler {
         let mut maintenance = self.dataplane.maintenance();
         let mut stats_timer = tokio::time::interval(STATS_INTERVAL);
         stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut maintenance_open = true;
         let result = loop {
             let next = self.next_sync(Instant::now());
             let sleep = async {
@@ -646,16 +661,26 @@ impl Reconciler {
                     // its connections by walking its conntrack table, which a sync must not
                     // wait for.
                     self.sync_if_due(Instant::now()).await;
+                    if self.dataplane_stopped {
+                        break Err(anyhow::anyhow!(
+                            "the dataplane thread has stopped (the dataplane panicked): exiting \
+                             so that the agent is restarted"
+                        ));
+                    }
                 }
                 _ = stats_timer.tick() => self.read_stats().await,
-                changed = maintenance.changed(), if maintenance_open => {
-                    // Closed: the dataplane thread ended (it panicked); syncs will say so.
-                    maintenance_open = changed.is_ok();
-                    if maintenance_open {
-                        let latest = maintenance.borrow_and_update().clone();
-                        if let Some(Ok(report)) = latest {
-                            self.metrics.conntrack_expired.inc_by(report.flows_expired);
-                        }
+                changed = maintenance.changed() => {
+                    if changed.is_err() {
+                        // Closed: the dataplane thread ended, which it does only by a panic
+                        // while the handle lives.
+                        break Err(anyhow::anyhow!(
+                            "the dataplane thread has stopped (its maintenance channel closed): \
+                             exiting so that the agent is restarted"
+                        ));
+                    }
+                    let latest = maintenance.borrow_and_update().clone();
+                    if let Some(Ok(report)) = latest {
+                        self.metrics.conntrack_expired.inc_by(report.flows_expired);
                     }
                 }
             }

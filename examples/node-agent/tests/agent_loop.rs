@@ -430,3 +430,57 @@ async fn a_health_port_fails_when_the_only_local_endpoints_are_terminating() {
         web.backends
     );
 }
+
+/// A `FakeDataplane` that panics in `apply` (a bug in a backend).
+struct Panicking(dataplane::testing::FakeDataplane);
+
+impl dataplane::Dataplane for Panicking {
+    fn capabilities(&self) -> dataplane::Capabilities {
+        self.0.capabilities()
+    }
+    fn apply(
+        &mut self,
+        _desired: &dataplane::DesiredState,
+    ) -> Result<dataplane::ApplyReport, dataplane::Error> {
+        panic!("a dataplane bug (this panic is the test's)")
+    }
+    fn apply_changes(
+        &mut self,
+        changes: &dataplane::ChangeSet,
+    ) -> Result<dataplane::ApplyReport, dataplane::Error> {
+        self.0.apply_changes(changes)
+    }
+    fn observe(&self) -> Result<dataplane::ObservedState, dataplane::Error> {
+        self.0.observe()
+    }
+    fn flows(&self) -> Result<Vec<dataplane::Flow>, dataplane::Error> {
+        self.0.flows()
+    }
+    fn stats(&self) -> Result<dataplane::Stats, dataplane::Error> {
+        self.0.stats()
+    }
+    fn reset(&mut self) -> Result<(), dataplane::Error> {
+        self.0.reset()
+    }
+}
+
+#[tokio::test]
+async fn a_dead_dataplane_thread_ends_the_loop_with_an_error() {
+    let fake = dataplane::testing::FakeDataplane::new();
+    let mut h = agent_common::harness::harness_over(
+        Duration::from_mins(1),
+        Box::new(Panicking(fake.clone())),
+        fake,
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    list_all(&mut h, free_port());
+    // The source stays open and nobody asks for a shutdown: only the dead thread ends it.
+    let running = tokio::spawn(h.reconciler.run(rx, std::future::pending()));
+    let result = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the loop ends once the dataplane thread is dead")
+        .unwrap();
+    let error = result.expect_err("a dead dataplane is an error");
+    assert!(error.to_string().contains("dataplane thread"), "{error:#}");
+    drop(tx);
+}

@@ -69,6 +69,16 @@ pub struct Harness {
 }
 
 pub fn harness(health_timeout: Duration) -> Harness {
+    let fake = FakeDataplane::new();
+    harness_over(health_timeout, Box::new(fake.clone()), fake)
+}
+
+/// A loop over `dataplane`, a wrapper of `fake`.
+pub fn harness_over(
+    health_timeout: Duration,
+    dataplane: dataplane::BoxDataplane,
+    fake: FakeDataplane,
+) -> Harness {
     let settings = Settings {
         node_name: "node-0".to_owned(),
         node: Node::new("node-0", [])
@@ -76,7 +86,6 @@ pub fn harness(health_timeout: Duration) -> Harness {
             .with_service_cidrs(["10.96.0.0/12".parse().unwrap()]),
         proxy_name: None,
     };
-    let fake = FakeDataplane::new();
     let status = Arc::new(Status::new(health_timeout));
     let metrics = Arc::new(Metrics::new());
     // Pods' veths by address, as the lab names them.
@@ -86,7 +95,7 @@ pub fn harness(health_timeout: Duration) -> Harness {
     }));
     let reconciler = Reconciler::new(
         Cluster::new(settings),
-        Box::new(fake.clone()),
+        dataplane,
         interfaces,
         Periods::default(),
         Outputs {
