@@ -186,6 +186,8 @@ pub struct Reconciler {
     triggers: BTreeMap<ObjectKey, SystemTime>,
     /// Warnings logged already (logged again only when they change).
     warned: HashSet<String>,
+    /// The dataplane's notes of the programmed state, logged already.
+    noted: HashSet<String>,
     conntrack_capacity: Option<u64>,
     capabilities: Option<Capabilities>,
     last_outcome: Option<SyncOutcome>,
@@ -233,6 +235,7 @@ impl Reconciler {
             pending: BTreeSet::new(),
             triggers: BTreeMap::new(),
             warned: HashSet::new(),
+            noted: HashSet::new(),
             conntrack_capacity,
             capabilities: None,
             last_outcome: None,
@@ -542,7 +545,7 @@ impl Reconciler {
         self.metrics.endpoint_changes_pending.set(0);
         let skipped: Vec<String> = report.skipped.iter().map(ToString::to_string).collect();
         let warnings: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
-        self.log_dataplane_notes(&skipped, &warnings);
+        self.log_dataplane_notes(report.full_sync, &skipped, &warnings);
         tracing::info!(
             full = report.full_sync,
             services = counts.0,
@@ -588,23 +591,27 @@ impl Reconciler {
             }
             now.insert(id);
         }
-        // Dataplane notes are kept beside the translation's.
-        now.extend(
-            self.warned
-                .iter()
-                .filter(|id| id.starts_with("dataplane: "))
-                .cloned(),
-        );
         self.warned = now;
     }
 
-    fn log_dataplane_notes(&mut self, skipped: &[String], warnings: &[String]) {
+    /// Logs the dataplane's notes (what it skipped or serves in a lesser way) that are new.
+    /// A full sync reports every note of the state: the set is rebuilt from it, so that a
+    /// note that went away and comes back is logged again and the set holds only what is
+    /// true now (it grew forever before); a partial sync reports the changed services' notes
+    /// only, which are added.
+    fn log_dataplane_notes(&mut self, full: bool, skipped: &[String], warnings: &[String]) {
+        let mut now = if full {
+            HashSet::with_capacity(skipped.len() + warnings.len())
+        } else {
+            std::mem::take(&mut self.noted)
+        };
         for note in skipped.iter().chain(warnings) {
-            let id = format!("dataplane: {note}");
-            if self.warned.insert(id) {
+            if !self.noted.contains(note) && !now.contains(note) {
                 tracing::warn!("{note}");
             }
+            now.insert(note.clone());
         }
+        self.noted = now;
     }
 
     /// Reads the dataplane's counters into the metrics.

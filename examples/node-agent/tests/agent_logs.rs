@@ -61,3 +61,38 @@ async fn a_translation_warning_is_logged_once_per_object_version() {
     h.reconciler.sync(RunKind::Partial).await.report.unwrap();
     assert_eq!(logs.count(warning), 2);
 }
+
+#[tokio::test]
+async fn a_dataplane_note_is_logged_again_when_it_comes_back() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // A dataplane without TCP: the service's port is skipped, and says so.
+    let fake = dataplane::testing::FakeDataplane::new();
+    let full_caps = dataplane::testing::FakeDataplane::default_capabilities();
+    let mut no_tcp = full_caps.clone();
+    no_tcp.protocols.remove(&dataplane::Protocol::Tcp);
+    fake.set_capabilities(no_tcp.clone());
+    let mut h = agent_common::harness::harness_over(
+        Duration::from_mins(1),
+        Box::new(fake.clone()),
+        fake.clone(),
+    );
+    list_all(&mut h, 30_080);
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    h.reconciler.sync(RunKind::Full).await.report.unwrap();
+    let note = "service default/web";
+    assert_eq!(logs.count(note), 1, "two syncs, one note logged");
+    // TCP is back: the note goes; then gone again: the note is logged again (it was
+    // remembered forever before, and never logged a second time).
+    fake.set_capabilities(full_caps);
+    h.reconciler.sync(RunKind::Full).await.report.unwrap();
+    assert_eq!(logs.count(note), 1);
+    fake.set_capabilities(no_tcp);
+    h.reconciler.sync(RunKind::Full).await.report.unwrap();
+    assert_eq!(logs.count(note), 2);
+}
