@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use dataplane::{
     error_chain, health_checks, ApplyReport, AsyncDataplane, AsyncError, BoxDataplane,
-    Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, MaintenanceReport,
+    Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, IpFamily, MaintenanceReport,
     ObservedState, Stats,
 };
 use dataplane_kube::{
@@ -182,8 +182,13 @@ pub struct Reconciler {
     service_health: ServiceHealth,
     /// Objects changed since the last successful sync.
     pending: BTreeSet<ObjectKey>,
-    /// Trigger times of the EndpointSlice changes since the last successful sync.
-    triggers: BTreeMap<ObjectKey, SystemTime>,
+    /// Trigger times of the EndpointSlice changes since the last successful sync, each
+    /// change's (kube-proxy's `lastChangeTriggerTimes`), with the slice's family.
+    triggers: BTreeMap<ObjectKey, Vec<(IpFamily, SystemTime)>>,
+    /// When the loop was made: older trigger times are not measured (kube-proxy's
+    /// `trackerStartTime`: a restarted agent would otherwise report the age of every slice
+    /// that changed while it was down, or long before).
+    started: SystemTime,
     /// Warnings logged already (logged again only when they change).
     warned: HashSet<String>,
     /// The dataplane's notes of the programmed state, logged already.
@@ -234,6 +239,7 @@ impl Reconciler {
             service_health,
             pending: BTreeSet::new(),
             triggers: BTreeMap::new(),
+            started: SystemTime::now(),
             warned: HashSet::new(),
             noted: HashSet::new(),
             conntrack_capacity,
@@ -316,6 +322,11 @@ impl Reconciler {
                         }
                     }
                 }
+                let listed: BTreeSet<ObjectKey> =
+                    objects.iter().filter_map(|o| o.key().ok()).collect();
+                // Slices gone in the relist: their changes will never be programmed.
+                self.triggers
+                    .retain(|key, _| key.kind != kind || listed.contains(key));
                 match self.cluster.replace(kind, objects) {
                     Ok(changed) => {
                         if changed {
@@ -361,11 +372,21 @@ impl Reconciler {
     }
 
     fn note_trigger(&mut self, key: &ObjectKey, object: &Object) {
-        if let Object::EndpointSlice(slice) = object {
-            if let Some(at) = last_change_trigger_time(slice) {
-                // The oldest unsynced trigger of a slice is what kube-proxy measures from.
-                self.triggers.entry(key.clone()).or_insert(at);
-            }
+        let Object::EndpointSlice(slice) = object else {
+            return;
+        };
+        let family = match slice.address_type.as_str() {
+            "IPv4" => IpFamily::V4,
+            "IPv6" => IpFamily::V6,
+            // FQDN slices are not programmed (kube-proxy ignores them too).
+            _ => return,
+        };
+        if let Some(at) = last_change_trigger_time(slice).filter(|at| *at > self.started) {
+            // Every change is measured, as kube-proxy appends each trigger time.
+            self.triggers
+                .entry(key.clone())
+                .or_default()
+                .push((family, at));
         }
     }
 
@@ -435,7 +456,10 @@ impl Reconciler {
             Err(e) => {
                 self.metrics.apply_errors.inc();
                 tracing::error!(error = %error_chain(&e), "cannot translate the cluster: retrying");
-                self.runner.finished(kind, started, Instant::now(), false);
+                let ended = Instant::now();
+                self.metrics
+                    .sync_took(kind == RunKind::Full, ended - started);
+                self.runner.finished(kind, started, ended, false);
                 let outcome = SyncOutcome {
                     kind,
                     report: None,
@@ -463,6 +487,7 @@ impl Reconciler {
         );
         let checks = health_checks(&state);
         let programmed = Programmed::of(&state);
+        self.metrics.set_families(&programmed.families);
         let backends: usize = state.services.iter().map(|s| s.backends.len()).sum();
         let changes = self.pending.len();
         let result = self.dataplane.sync(state).await;
@@ -485,6 +510,7 @@ impl Reconciler {
                 }
                 self.runner.finished(kind, started, ended, false);
                 self.metrics.apply_errors.inc();
+                self.metrics.sync_took(kind == RunKind::Full, took);
                 tracing::error!(
                     full = kind == RunKind::Full,
                     services = counts.0,
@@ -533,11 +559,9 @@ impl Reconciler {
         self.service_health.sync(checks);
         self.metrics.synced(report.full_sync, took, wall);
         self.metrics.programmed(&programmed);
-        for (_, at) in std::mem::take(&mut self.triggers) {
+        for (family, at) in std::mem::take(&mut self.triggers).into_values().flatten() {
             if let Ok(latency) = wall.duration_since(at) {
-                self.metrics
-                    .network_programming
-                    .observe(latency.as_secs_f64());
+                self.metrics.network_programmed(family, latency);
             }
         }
         self.pending.clear();

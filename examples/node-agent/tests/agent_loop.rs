@@ -124,7 +124,7 @@ async fn health_check_ports_follow_local_endpoints_and_services() {
     let text = h.metrics.encode();
     assert!(
         text.contains(
-            r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"} 1"#
+            r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv4"} 1"#
         ),
         "{text}"
     );
@@ -231,14 +231,16 @@ async fn metrics_are_served_under_kube_proxy_names() {
     let (code, text) = get(addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     for expected in [
-        "kubeproxy_sync_proxy_rules_duration_seconds_count 2",
-        "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1",
-        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 1",
-        "kubeproxy_network_programming_duration_seconds_count 1",
+        r#"kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} 2"#,
+        r#"kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1"#,
+        r#"kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1"#,
+        r#"kubeproxy_network_programming_duration_seconds_count{ip_family="IPv4"} 1"#,
+        r#"kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"} "#,
+        r#"kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family="IPv4"} "#,
         "kubeproxy_sync_proxy_rules_endpoint_changes_pending 0",
         "kubeproxy_sync_proxy_rules_service_changes_pending 0",
-        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"} 0"#,
-        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"} 0"#,
+        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv4"} 0"#,
+        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal",ip_family="IPv4"} 0"#,
         "dataplane_services 1",
         "dataplane_endpoints 1",
         "dataplane_policies 0",
@@ -249,8 +251,8 @@ async fn metrics_are_served_under_kube_proxy_names() {
     }
     assert!(text.contains("# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge"));
     assert!(text.contains("# TYPE kubeproxy_network_programming_duration_seconds histogram"));
-    // The trigger time is in 2026-01-01: the observed latency is positive (and large).
-    assert!(!text.contains("kubeproxy_network_programming_duration_seconds_sum 0\n"));
+    // Not IPv6: the node has none.
+    assert!(!text.contains(r#"ip_family="IPv6""#), "{text}");
     server.abort();
 }
 
@@ -483,4 +485,77 @@ async fn a_dead_dataplane_thread_ends_the_loop_with_an_error() {
     let error = result.expect_err("a dead dataplane is an error");
     assert!(error.to_string().contains("dataplane thread"), "{error:#}");
     drop(tx);
+}
+
+/// The network programming latency observations so far.
+fn programmed_count(h: &agent_common::harness::Harness) -> u64 {
+    let text = h.metrics.encode();
+    let prefix = r#"kubeproxy_network_programming_duration_seconds_count{ip_family="IPv4"} "#;
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+fn web_slice(pod: &str, ip: &str, trigger: Option<&str>) -> SourceEvent {
+    let endpoints = [(ip, "node-0", pod)];
+    let yaml = match trigger {
+        Some(t) => agent_common::slice_triggered("web-1", "web", &endpoints, t),
+        None => slice("web-1", "web", &endpoints),
+    };
+    SourceEvent::Applied(object(&yaml))
+}
+
+#[tokio::test]
+async fn every_trigger_after_the_start_is_measured_and_relisted_away_ones_are_not() {
+    let mut h = harness(Duration::from_mins(1));
+    list_all(&mut h, free_port());
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert_eq!(programmed_count(&h), 0, "the listing is no change");
+    // Two changes of one slice before a sync: both measured (kube-proxy appends each).
+    h.reconciler
+        .handle(web_slice("pod-0-2", "10.244.0.12", None));
+    h.reconciler
+        .handle(web_slice("pod-0-3", "10.244.0.13", None));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert_eq!(programmed_count(&h), 2);
+    // Triggered before the agent started: not measured (kube-proxy's trackerStartTime).
+    h.reconciler.handle(web_slice(
+        "pod-0-4",
+        "10.244.0.14",
+        Some("2020-01-01T00:00:00Z"),
+    ));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert_eq!(programmed_count(&h), 2);
+    // A change, then a relist without the slice: it is never programmed, not measured.
+    h.reconciler
+        .handle(web_slice("pod-0-5", "10.244.0.15", None));
+    h.reconciler.handle(objects(Kind::EndpointSlice, &[]));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert_eq!(programmed_count(&h), 2);
+}
+
+#[tokio::test]
+async fn a_failed_sync_is_timed_too() {
+    let mut h = harness(Duration::from_mins(1));
+    list_all(&mut h, free_port());
+    h.fake.fail_next_apply(Fault::Kernel("refused".into()));
+    assert!(h
+        .reconciler
+        .sync_if_due(Instant::now())
+        .await
+        .unwrap()
+        .report
+        .is_none());
+    let text = h.metrics.encode();
+    for expected in [
+        r#"kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1"#,
+        r#"kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1"#,
+        "dataplane_apply_errors_total 1",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    assert!(
+        !text.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds{"),
+        "no successful sync yet: {text}"
+    );
 }
