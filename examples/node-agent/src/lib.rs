@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod interfaces;
 pub mod kube_source;
+pub mod leftovers;
 pub mod manifests;
 pub mod metrics;
 pub mod reconcile;
@@ -46,7 +47,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let settings = args.settings()?;
     let options = args.options();
-    let opened = dataplane::open(args.backend, &options).context("opening the dataplane")?;
+    // With `auto`, the kind whose datapath an earlier agent left must be the one to open.
+    let leftovers = if args.backend == Selection::Auto {
+        leftovers::leftovers(&args)
+    } else {
+        Vec::new()
+    };
+    let opened = leftovers::open_checked(args.backend, &leftovers, &options, dataplane::open)
+        .context("opening the dataplane")?;
     tracing::info!(dataplane = %opened.kind, reason = %opened.reason, node = %settings.node_name, "dataplane opened");
     let conntrack_capacity =
         (opened.kind == DataplaneKind::Ebpf).then(|| u64::from(options.ebpf.capacities.conntrack));
