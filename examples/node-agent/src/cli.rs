@@ -179,7 +179,7 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 
 /// The longest period a duration flag takes: a year. Far beyond any useful sync period, and
 /// far from where `Instant + Duration` overflows (which panics).
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const MAX_DURATION: Duration = Duration::from_hours(365 * 24);
 
 /// Why a duration flag's value is refused (clap prints it after the flag's name).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -155,7 +155,7 @@ async fn connections_past_the_cap_wait_until_one_ends() {
     let listener = http::bind(SocketAddr::new(LOCALHOST, 0)).unwrap();
     let addr = listener.local_addr().unwrap();
     let limits = Limits {
-        header_read_timeout: Duration::from_secs(3600),
+        header_read_timeout: Duration::from_hours(1),
         max_connections: 1,
     };
     let server = tokio::spawn(http::serve(listener, ok_handler(), limits));
@@ -180,7 +180,7 @@ async fn a_closed_health_port_closes_its_open_connections() {
     let status = Arc::new(Status::new(Duration::from_mins(1)));
     // No header timeout to speak of: only the port's closing can end the connection.
     let mut health = ServiceHealth::on(status, vec![LOCALHOST]).with_limits(Limits {
-        header_read_timeout: Duration::from_secs(3600),
+        header_read_timeout: Duration::from_hours(1),
         max_connections: 4,
     });
     let port = free_port();

@@ -57,8 +57,7 @@ fn auto_refuses_to_run_another_kind_beside_pins_it_cannot_open() {
         &Options::default(),
         opener(None, &asked),
     )
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     let message = format!("{error:#}");
     assert!(
         message.contains(&dir.path().display().to_string()),
@@ -112,8 +111,7 @@ fn auto_refuses_the_state_of_several_kinds_and_opens_freely_without_any() {
         &Options::default(),
         opener(all, &asked),
     )
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert!(format!("{error:#}").contains("several"), "{error:#}");
     assert!(asked.borrow().is_empty());
     let opened = open_checked(
