@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use dataplane::{HealthCheck, ObjectName};
 use hyper::StatusCode;
 use k8s_openapi::jiff::Timestamp;
+use nix::sys::socket::Shutdown;
 use tokio::task::AbortHandle;
 
 use crate::http::{self, Reply};
@@ -195,10 +197,19 @@ struct Instance {
     port: u16,
     local_endpoints: Arc<AtomicUsize>,
     tasks: Vec<AbortHandle>,
+    /// A second descriptor of each listening socket: shut down when the port closes.
+    listeners: Vec<OwnedFd>,
 }
 
 impl Drop for Instance {
     fn drop(&mut self) {
+        // An aborted task drops its listener only when the runtime next polls it: a service
+        // that takes over the port in the same sync would fail to bind it (and wait for the
+        // next sync). Shutting the socket down stops it listening now, and a socket that no
+        // longer listens does not keep SO_REUSEADDR sockets off its port.
+        for listener in &self.listeners {
+            let _ = nix::sys::socket::shutdown(listener.as_raw_fd(), Shutdown::Both);
+        }
         for task in &self.tasks {
             task.abort();
         }
@@ -284,6 +295,7 @@ impl ServiceHealth {
             port: check.node_port,
             local_endpoints: Arc::clone(&local_endpoints),
             tasks: Vec::new(),
+            listeners: Vec::new(),
         };
         for address in &self.addresses {
             let listener = match http::bind(SocketAddr::new(*address, check.node_port)) {
@@ -293,6 +305,9 @@ impl ServiceHealth {
                 // `instance` is dropped: what opened so far closes.
                 Err(e) => return Err(e),
             };
+            instance
+                .listeners
+                .push(listener.as_fd().try_clone_to_owned()?);
             let status = Arc::clone(&self.status);
             let local = Arc::clone(&local_endpoints);
             let service = check.service.clone();

@@ -199,3 +199,28 @@ async fn a_closed_health_port_closes_its_open_connections() {
     health.sync(&[]);
     closed_by_server(&mut stream, "a connection to a closed health port").await;
 }
+
+#[tokio::test]
+async fn a_port_given_up_and_taken_in_one_sync_is_served_at_once() {
+    // The single-threaded test runtime cannot run the old server's aborted task between
+    // the two: only closing its socket at once frees the port.
+    let status = Arc::new(Status::new(Duration::from_mins(1)));
+    let mut health = ServiceHealth::on(status, vec![LOCALHOST]);
+    let port = free_port();
+    let check = |name: &str| HealthCheck {
+        service: ObjectName::new("default", name),
+        node_port: port,
+        local_endpoints: 1,
+    };
+    health.sync(&[check("web")]);
+    assert_eq!(health.ports().len(), 1);
+    // `web` goes, `api` takes its health check port, in the same sync.
+    health.sync(&[check("api")]);
+    assert_eq!(
+        health.ports().into_iter().collect::<Vec<_>>(),
+        [(ObjectName::new("default", "api"), port)]
+    );
+    let (code, body) = get(SocketAddr::new(LOCALHOST, port), "/").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""name":"api""#), "{body}");
+}
