@@ -43,6 +43,12 @@ use crate::source::SourceEvent;
 /// How often the dataplane's counters are read into the metrics.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How soon a sync comes again while a local pod has no host-side interface yet (the CNI
+/// adds its route moments after the pod runs): sooner than `--sync-period`, which would leave
+/// the pod without its policies and as no endpoint for that long. At least `--min-sync-period`;
+/// doubled at each sync that still finds no interface, up to `--sync-period`.
+pub const INTERFACE_RETRY: Duration = Duration::from_secs(1);
+
 /// A resolver of pod interfaces whose cache the loop empties before each sync.
 pub trait Interfaces: InterfaceResolver + Send + Sync {
     /// Forgets cached answers.
@@ -198,6 +204,13 @@ pub struct Reconciler {
     last_outcome: Option<SyncOutcome>,
     /// The dataplane's thread is gone (it panicked): nothing will be programmed any more.
     dataplane_stopped: bool,
+    /// Local pods left out of the last translation for want of an interface: a sync is
+    /// requested at this time to look for them again.
+    interface_retry_at: Option<Instant>,
+    /// The last translation left local pods out for want of an interface.
+    pods_waiting: bool,
+    /// Syncs in a row that left pods out for want of an interface.
+    interface_retries: u32,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -246,6 +259,9 @@ impl Reconciler {
             capabilities: None,
             last_outcome: None,
             dataplane_stopped: false,
+            interface_retry_at: None,
+            pods_waiting: false,
+            interface_retries: 0,
         })
     }
 
@@ -432,7 +448,10 @@ impl Reconciler {
         if !self.ready() {
             return None;
         }
-        self.runner.next_run(now)
+        match (self.runner.next_run(now), self.interface_retry_at) {
+            (Some(run), Some(retry)) => Some(run.min(retry)),
+            (run, retry) => run.or(retry),
+        }
     }
 
     /// Runs the sync due at `now`, if one is.
@@ -440,12 +459,38 @@ impl Reconciler {
         if !self.ready() {
             return None;
         }
+        if self.interface_retry_at.is_some_and(|at| at <= now) {
+            // Look for the pods' interfaces again (the store translates them anew).
+            self.interface_retry_at = None;
+            self.runner.request();
+        }
         let kind = self.runner.due(now)?;
         Some(self.sync(kind).await)
     }
 
     /// One sync of `kind`: translate, program, then health ports, metrics and the log line.
     pub async fn sync(&mut self, kind: RunKind) -> SyncOutcome {
+        self.pods_waiting = false;
+        let outcome = self.sync_once(kind).await;
+        // From the end of the sync (the runner counts `min_sync` from there too), doubling
+        // while the pods stay without an interface, up to `--sync-period` (a pod that never
+        // gets a route must not cost a sync and a log line every second).
+        self.interface_retries = if self.pods_waiting {
+            self.interface_retries.saturating_add(1)
+        } else {
+            0
+        };
+        self.interface_retry_at = self.pods_waiting.then(|| {
+            let periods = self.runner.periods();
+            let backoff = INTERFACE_RETRY
+                .saturating_mul(1 << (self.interface_retries - 1).min(16))
+                .min(periods.sync);
+            Instant::now() + backoff.max(periods.min_sync)
+        });
+        outcome
+    }
+
+    async fn sync_once(&mut self, kind: RunKind) -> SyncOutcome {
         let started = Instant::now();
         self.interfaces.refresh();
         if kind == RunKind::Full {
@@ -471,6 +516,13 @@ impl Reconciler {
             }
         };
         self.log_warnings(&translation.warnings);
+        // The translation's word for a local pod without a host-side interface (it retries
+        // them at every translation; only a sync has to come).
+        let waiting = translation
+            .warnings
+            .iter()
+            .any(|w| w.object.kind == Kind::Pod && w.field == "status.podIPs");
+        self.pods_waiting = waiting;
         self.metrics
             .translation_warnings
             .set(i64::try_from(translation.warnings.len()).unwrap_or(i64::MAX));

@@ -559,3 +559,48 @@ async fn a_failed_sync_is_timed_too() {
         "no successful sync yet: {text}"
     );
 }
+
+#[tokio::test]
+async fn a_local_pod_without_an_interface_is_looked_for_again_soon() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The CNI has not added pod-0-1's route yet.
+    let routed = Arc::new(AtomicBool::new(false));
+    let r = Arc::clone(&routed);
+    let interfaces = Arc::new(dataplane_agent::reconcile::FnInterfaces(
+        move |_: &dataplane::ObjectName, ips: &[IpAddr]| {
+            r.load(Ordering::SeqCst)
+                .then(|| agent_common::harness::lab_veth(ips))
+                .flatten()
+        },
+    ));
+    let fake = dataplane::testing::FakeDataplane::new();
+    let mut h = agent_common::harness::harness_full(
+        Duration::from_mins(1),
+        Box::new(fake.clone()),
+        fake,
+        interfaces,
+    );
+    list_all(&mut h, free_port());
+    let outcome = h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert_eq!(outcome.counts.1, 0, "no endpoint without an interface");
+    // The next sync comes long before --sync-period (30 s), with no change to ask for it.
+    let now = Instant::now();
+    let next = h.reconciler.next_sync(now).unwrap();
+    let sync_period = Periods::default().sync;
+    assert!(next < now + sync_period / 2, "{:?}", next - now);
+    // Still no route: the next look comes later (doubling), still before --sync-period.
+    let outcome = h.reconciler.sync_if_due(next).await.expect("a sync is due");
+    assert_eq!(outcome.counts.1, 0);
+    let now = Instant::now();
+    let later = h.reconciler.next_sync(now).unwrap();
+    assert!(later - now > next.saturating_duration_since(now));
+    assert!(later < now + sync_period / 2, "{:?}", later - now);
+    let next = later;
+    // The route appears; at that time a sync finds the pod.
+    routed.store(true, Ordering::SeqCst);
+    let outcome = h.reconciler.sync_if_due(next).await.expect("a sync is due");
+    assert_eq!(outcome.counts.1, 1, "{outcome:?}");
+    // Found: back to the periodic syncs.
+    let now = Instant::now();
+    assert!(h.reconciler.next_sync(now).unwrap() >= now + sync_period / 2);
+}

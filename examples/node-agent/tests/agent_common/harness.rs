@@ -8,7 +8,7 @@ use dataplane::testing::FakeDataplane;
 use dataplane::Node;
 use dataplane_agent::health::{ServiceHealth, Status};
 use dataplane_agent::metrics::Metrics;
-use dataplane_agent::reconcile::{FnInterfaces, Outputs, Reconciler};
+use dataplane_agent::reconcile::{FnInterfaces, Interfaces, Outputs, Reconciler};
 use dataplane_agent::runner::Periods;
 use dataplane_agent::source::SourceEvent;
 use dataplane_kube::{parse_manifests, Cluster, Kind, Object, Settings};
@@ -73,11 +73,31 @@ pub fn harness(health_timeout: Duration) -> Harness {
     harness_over(health_timeout, Box::new(fake.clone()), fake)
 }
 
+/// Pods' veths by address, as the lab names them (`vp` and the last octet).
+pub fn lab_veth(ips: &[IpAddr]) -> Option<String> {
+    ips.first()
+        .map(|ip| format!("vp{}", ip.to_string().rsplit('.').next().unwrap()))
+}
+
 /// A loop over `dataplane`, a wrapper of `fake`.
 pub fn harness_over(
     health_timeout: Duration,
     dataplane: dataplane::BoxDataplane,
     fake: FakeDataplane,
+) -> Harness {
+    let interfaces = Arc::new(FnInterfaces(|_: &dataplane::ObjectName, ips: &[IpAddr]| {
+        lab_veth(ips)
+    }));
+    harness_full(health_timeout, dataplane, fake, interfaces)
+}
+
+/// A loop over `dataplane` (a wrapper of `fake`) that finds pod interfaces with
+/// `interfaces`.
+pub fn harness_full(
+    health_timeout: Duration,
+    dataplane: dataplane::BoxDataplane,
+    fake: FakeDataplane,
+    interfaces: Arc<dyn Interfaces>,
 ) -> Harness {
     let settings = Settings {
         node_name: "node-0".to_owned(),
@@ -88,11 +108,6 @@ pub fn harness_over(
     };
     let status = Arc::new(Status::new(health_timeout));
     let metrics = Arc::new(Metrics::new());
-    // Pods' veths by address, as the lab names them.
-    let interfaces = Arc::new(FnInterfaces(|_: &dataplane::ObjectName, ips: &[IpAddr]| {
-        ips.first()
-            .map(|ip| format!("vp{}", ip.to_string().rsplit('.').next().unwrap()))
-    }));
     let reconciler = Reconciler::new(
         Cluster::new(settings),
         dataplane,
