@@ -43,6 +43,11 @@ use crate::source::SourceEvent;
 /// How often the dataplane's counters are read into the metrics.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The most source events taken in one go before the loop looks at its clock, its shutdown
+/// signal and its dataplane again: a source that floods (a relist of a big cluster is one event
+/// per kind, but a storm of watch events is not) must not starve syncs and shutdown.
+pub const MAX_BURST: usize = 1024;
+
 /// How soon a sync comes again while a local pod has no host-side interface yet (the CNI
 /// adds its route moments after the pod runs): sooner than `--sync-period`, which would leave
 /// the pod without its policies and as no endpoint for that long. At least `--min-sync-period`;
@@ -690,6 +695,25 @@ impl Reconciler {
         self.noted = now;
     }
 
+    /// Takes in `first` and what else is queued on `events` already, [`MAX_BURST`] events at
+    /// most (the rest waits for the next turn of the loop); returns how many it took.
+    pub fn take_burst(
+        &mut self,
+        first: SourceEvent,
+        events: &mut mpsc::Receiver<SourceEvent>,
+    ) -> usize {
+        self.handle(first);
+        let mut taken = 1;
+        while taken < MAX_BURST {
+            let Ok(event) = events.try_recv() else {
+                break;
+            };
+            self.handle(event);
+            taken += 1;
+        }
+        taken
+    }
+
     /// Reads the dataplane's counters into the metrics.
     pub async fn read_stats(&self) {
         match self.dataplane.stats().await {
@@ -733,11 +757,7 @@ impl Reconciler {
                     let Some(event) = event else {
                         break Err(anyhow::anyhow!("the object source stopped"));
                     };
-                    self.handle(event);
-                    // Take in the whole burst before looking at the clock again.
-                    while let Ok(event) = events.try_recv() {
-                        self.handle(event);
-                    }
+                    self.take_burst(event, &mut events);
                 }
                 () = sleep => {
                     // Counters are read on their own timer only: the eBPF dataplane counts

@@ -604,3 +604,21 @@ async fn a_local_pod_without_an_interface_is_looked_for_again_soon() {
     let now = Instant::now();
     assert!(h.reconciler.next_sync(now).unwrap() >= now + sync_period / 2);
 }
+
+#[tokio::test]
+async fn a_burst_of_events_is_taken_in_bounded_turns() {
+    use dataplane_agent::reconcile::MAX_BURST;
+    let mut h = harness(Duration::from_mins(1));
+    list_all(&mut h, free_port());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(MAX_BURST * 2);
+    let event = || SourceEvent::Applied(object(&service("api", "10.96.0.20", 443, None)));
+    for _ in 0..MAX_BURST + 10 {
+        tx.try_send(event()).unwrap();
+    }
+    // The loop looks at its clock and shutdown between turns: a flood cannot starve them.
+    let first = rx.try_recv().unwrap();
+    assert_eq!(h.reconciler.take_burst(first, &mut rx), MAX_BURST);
+    let first = rx.try_recv().unwrap();
+    assert_eq!(h.reconciler.take_burst(first, &mut rx), 10);
+    assert!(rx.try_recv().is_err());
+}
