@@ -155,19 +155,60 @@ pub async fn shutdown_signal() {
 
 /// `--cleanup`: opens each kind of dataplane this machine can run with the agent's names and
 /// removes everything it installed (kube-proxy's `--cleanup` removes the rules of every
-/// mode too). A kind that cannot run here has nothing installed.
+/// mode too). A kind that cannot run here is checked for what it may have left: eBPF pins
+/// under `--bpf-pin-dir` remain after any eBPF dataplane, and an nftables table or iptables
+/// chains cannot even be looked for without their tool; either way the cleanup fails (exit
+/// status non-zero) rather than say "clean" while a datapath may be in place.
 pub fn cleanup(args: &Args) -> anyhow::Result<()> {
     let options = args.options();
+    cleanup_kinds(
+        args,
+        |kind| kind.usable(),
+        |kind| {
+            dataplane::open(Selection::Only(kind), &options)
+                .map_err(|e| error_chain(&e))
+                .and_then(|mut opened| opened.dataplane.reset().map_err(|e| error_chain(&e)))
+        },
+    )
+}
+
+/// [`cleanup`] over `usable` (whether a kind can run here) and `reset` (open the kind and
+/// remove its state); tests pass their own.
+pub fn cleanup_kinds(
+    args: &Args,
+    usable: impl Fn(DataplaneKind) -> Result<(), String>,
+    reset: impl Fn(DataplaneKind) -> Result<(), String>,
+) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for kind in DataplaneKind::ALL {
-        if let Err(reason) = kind.usable() {
-            tracing::info!(dataplane = %kind, %reason, "cannot run here: nothing to clean up");
+        if let Err(reason) = usable(kind) {
+            match kind {
+                // The pins are files: seen whether or not eBPF can run here.
+                DataplaneKind::Ebpf => match leftovers::ebpf_leftover(&args.bpf_pin_dir) {
+                    Some(left) => {
+                        tracing::error!(dataplane = %kind, %reason, "cannot run here, and {} remain", left.what);
+                        failed.push(format!(
+                            "{kind}: cannot run here ({reason}), and {} remain: remove them \
+                             by hand (rm -r {}) or run --cleanup where eBPF runs",
+                            left.what,
+                            args.bpf_pin_dir.display()
+                        ));
+                    }
+                    None => {
+                        tracing::info!(dataplane = %kind, %reason, "cannot run here, no pins: nothing to clean up");
+                    }
+                },
+                _ => {
+                    tracing::error!(dataplane = %kind, %reason, "cannot run here: cannot check for its rules");
+                    failed.push(format!(
+                        "{kind}: cannot run here ({reason}), so its rules could not be looked \
+                         for and may remain"
+                    ));
+                }
+            }
             continue;
         }
-        let result = dataplane::open(Selection::Only(kind), &options)
-            .map_err(|e| error_chain(&e))
-            .and_then(|mut opened| opened.dataplane.reset().map_err(|e| error_chain(&e)));
-        match result {
+        match reset(kind) {
             Ok(()) => tracing::info!(dataplane = %kind, "cleaned up"),
             Err(e) => {
                 tracing::error!(dataplane = %kind, error = %e, "cleanup failed");
