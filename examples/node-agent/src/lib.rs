@@ -161,15 +161,11 @@ pub async fn shutdown_signal() {
 /// status non-zero) rather than say "clean" while a datapath may be in place.
 pub fn cleanup(args: &Args) -> anyhow::Result<()> {
     let options = args.options();
-    cleanup_kinds(
-        args,
-        |kind| kind.usable(),
-        |kind| {
-            dataplane::open(Selection::Only(kind), &options)
-                .map_err(|e| error_chain(&e))
-                .and_then(|mut opened| opened.dataplane.reset().map_err(|e| error_chain(&e)))
-        },
-    )
+    cleanup_kinds(args, DataplaneKind::usable, |kind| {
+        dataplane::open(Selection::Only(kind), &options)
+            .map_err(|e| error_chain(&e))
+            .and_then(|mut opened| opened.dataplane.reset().map_err(|e| error_chain(&e)))
+    })
 }
 
 /// [`cleanup`] over `usable` (whether a kind can run here) and `reset` (open the kind and
@@ -182,29 +178,25 @@ pub fn cleanup_kinds(
     let mut failed = Vec::new();
     for kind in DataplaneKind::ALL {
         if let Err(reason) = usable(kind) {
-            match kind {
+            if kind == DataplaneKind::Ebpf {
                 // The pins are files: seen whether or not eBPF can run here.
-                DataplaneKind::Ebpf => match leftovers::ebpf_leftover(&args.bpf_pin_dir) {
-                    Some(left) => {
-                        tracing::error!(dataplane = %kind, %reason, "cannot run here, and {} remain", left.what);
-                        failed.push(format!(
-                            "{kind}: cannot run here ({reason}), and {} remain: remove them \
-                             by hand (rm -r {}) or run --cleanup where eBPF runs",
-                            left.what,
-                            args.bpf_pin_dir.display()
-                        ));
-                    }
-                    None => {
-                        tracing::info!(dataplane = %kind, %reason, "cannot run here, no pins: nothing to clean up");
-                    }
-                },
-                _ => {
-                    tracing::error!(dataplane = %kind, %reason, "cannot run here: cannot check for its rules");
+                if let Some(left) = leftovers::ebpf_leftover(&args.bpf_pin_dir) {
+                    tracing::error!(dataplane = %kind, %reason, "cannot run here, and {} remain", left.what);
                     failed.push(format!(
-                        "{kind}: cannot run here ({reason}), so its rules could not be looked \
-                         for and may remain"
+                        "{kind}: cannot run here ({reason}), and {} remain: remove them by hand \
+                         (rm -r {}) or run --cleanup where eBPF runs",
+                        left.what,
+                        args.bpf_pin_dir.display()
                     ));
+                } else {
+                    tracing::info!(dataplane = %kind, %reason, "cannot run here, no pins: nothing to clean up");
                 }
+            } else {
+                tracing::error!(dataplane = %kind, %reason, "cannot run here: cannot check for its rules");
+                failed.push(format!(
+                    "{kind}: cannot run here ({reason}), so its rules could not be looked for \
+                     and may remain"
+                ));
             }
             continue;
         }
