@@ -13,7 +13,8 @@
 //!   `{"lastUpdated":…,"currentTime":…,"nodeEligible":…}` (`/livez` without `nodeEligible`),
 //!   `503` when the oldest change not yet synced is older than the health timeout (twice the
 //!   sync period, kube-proxy's), and `/healthz` also when the Node is being deleted or is
-//!   tainted `ToBeDeletedByClusterAutoscaler` (load balancers drain it first).
+//!   tainted `ToBeDeletedByClusterAutoscaler` (load balancers drain it first), or is missing
+//!   once the Nodes are listed (deleted: see `Reconciler`'s eligibility).
 //!
 //! Times are RFC 3339 (kube-proxy prints Go's `time.Time` format there; both are strings and
 //! no client parses them).
@@ -80,7 +81,8 @@ impl Status {
         inner.last_updated = Some(at);
     }
 
-    /// Whether the Node may take traffic (not being deleted, not tainted for deletion).
+    /// Whether the Node may take traffic (present, not being deleted, not tainted for
+    /// deletion).
     pub fn set_node_eligible(&self, eligible: bool) {
         self.lock().node_eligible = eligible;
     }

@@ -213,14 +213,15 @@ async fn metrics_are_served_under_kube_proxy_names() {
     list_all(&mut h, free_port());
     h.reconciler.sync_if_due(Instant::now()).await.unwrap();
     // An endpoint change with a trigger time: programmed, it is measured.
-    h.reconciler.handle(SourceEvent::Applied(object(&slice(
-        "web-1",
-        "web",
-        &[
-            ("10.244.0.11", "node-0", "pod-0-1"),
-            ("10.244.1.11", "node-1", "pod-1-1"),
-        ],
-    ))));
+    h.reconciler
+        .handle(SourceEvent::Applied(object(&agent_common::slice_now(
+            "web-1",
+            "web",
+            &[
+                ("10.244.0.11", "node-0", "pod-0-1"),
+                ("10.244.1.11", "node-1", "pod-1-1"),
+            ],
+        ))));
     let text = h.metrics.encode();
     assert!(
         text.contains("kubeproxy_sync_proxy_rules_endpoint_changes_pending 1"),
@@ -500,7 +501,7 @@ fn web_slice(pod: &str, ip: &str, trigger: Option<&str>) -> SourceEvent {
     let endpoints = [(ip, "node-0", pod)];
     let yaml = match trigger {
         Some(t) => agent_common::slice_triggered("web-1", "web", &endpoints, t),
-        None => slice("web-1", "web", &endpoints),
+        None => agent_common::slice_now("web-1", "web", &endpoints),
     };
     SourceEvent::Applied(object(&yaml))
 }
