@@ -8,31 +8,45 @@
 //!
 //! Two objects can claim the same thing: a frontend (`TCP 192.0.2.1:80` as two Services'
 //! ExternalIP) or a pod address (a reused IP). dataplane-core rejects such a state, so each
-//! claim has one winner, the claimant that sorts first (model service name and port index;
-//! a live pod before a terminating one, then by name), and the others lose that frontend or
-//! are left out, with a warning. Claims are indexed, so a change re-checks only the objects
-//! that share a claim with it.
+//! claim has one winner, the claimant that sorts first (a frontend: by kind, ClusterIP then
+//! nodePort or health check port then LoadBalancer IP then ExternalIP, then model service
+//! name and port index; a pod address: a live pod before a terminating one, then by name),
+//! and the others lose that frontend or are left out, with a warning. A part lost (a port,
+//! an address, a nodePort) gives up its other claims, which go to the next claimant. Claims
+//! are indexed, so a change re-checks only the objects that share a claim with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use dataplane_core::{DesiredState, ObjectName, Protocol};
+use dataplane_core::{ChangeSet, DesiredState, ObjectName, Protocol};
 
+use crate::materialized::Materialized;
 use crate::node::{translate_node, NodeInfo};
 use crate::pod::{translate_namespace, translate_pod, PodOut};
 use crate::policy::translate_policy;
-use crate::service::{slice_service, RawService};
+use crate::service::SliceData;
 use crate::{InterfaceResolver, Kind, Object, ObjectKey, Settings, TranslateError};
 
 /// The result of [`Cluster::translate`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Translation {
-    /// The node's desired state; it always passes [`dataplane_core::validate`].
+    /// The node's desired state; it always passes [`dataplane_core::validate()`].
     pub state: DesiredState,
     /// What was left out of the state, or read differently than written, and why: every
     /// current warning (not only those of the objects that changed), ordered by object.
+    pub warnings: Vec<TranslationWarning>,
+}
+
+/// The result of [`Cluster::translate_changes`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changes {
+    /// What changed in the state since the last [`Cluster::translate`] or
+    /// [`Cluster::translate_changes`]: what `Dataplane::apply_changes` takes. The whole state
+    /// is [`Cluster::state`].
+    pub changes: ChangeSet,
+    /// Every current warning, as in [`Translation::warnings`].
     pub warnings: Vec<TranslationWarning>,
 }
 
@@ -78,18 +92,14 @@ impl Warnings {
         });
     }
 
-    /// A warning about `field` of another object read along (a Service's EndpointSlice).
-    pub(crate) fn push_for(
-        &mut self,
-        object: &ObjectKey,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        self.list.push(TranslationWarning {
-            object: object.clone(),
-            field: field.into(),
-            message: message.into(),
-        });
+    /// Warnings made earlier (an EndpointSlice's, read when it was stored).
+    pub(crate) fn extend(&mut self, list: impl IntoIterator<Item = TranslationWarning>) {
+        self.list.extend(list);
+    }
+
+    /// The warnings collected.
+    pub(crate) fn into_list(self) -> Vec<TranslationWarning> {
+        self.list
     }
 }
 
@@ -123,14 +133,15 @@ enum Source {
 /// A frontend: what dataplane-core lets only one service port claim.
 type Frontend = (IpAddr, Protocol, u16);
 
-/// Who claims a frontend: a model service and its port index (`HEALTH` for the health
-/// check port). The first in order wins.
-type Claimant = (ObjectName, u32);
+/// Who claims a frontend: the claim's rank ([`What::rank`]), a model service, its port index
+/// (`HEALTH` for the health check port) and what the claim is. The first in order that is
+/// still active wins.
+type Claimant = (u8, ObjectName, u32, What);
 
 const HEALTH: u32 = u32::MAX;
 
 /// What a claim is, to drop the right part when it is lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum What {
     ClusterIp(usize),
     ExternalIp(usize),
@@ -139,11 +150,60 @@ enum What {
     HealthCheck,
 }
 
+impl What {
+    /// Claims are ranked by kind first, by how much the address belongs to the service:
+    /// a ClusterIP is allocated to it by the API server; a nodePort and the health check
+    /// port are allocated too (from the node port range); a LoadBalancer IP is written by a
+    /// controller; an ExternalIP is whatever the Service's author wrote (CVE-2020-8554: a
+    /// Service with `externalIPs: [<kube-dns's ClusterIP>]` must not take DNS). kube-proxy
+    /// never drops a ClusterIP rule for another Service's ExternalIP.
+    fn rank(self) -> u8 {
+        match self {
+            What::ClusterIp(_) => 0,
+            What::NodePort(_) | What::HealthCheck => 1,
+            What::LoadBalancerIp(_) => 2,
+            What::ExternalIp(_) => 3,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ModelService {
     owner: ObjectKey,
-    raw: RawService,
+    /// The translation as made, before frontends lost to other services are taken out; kept
+    /// only while the state holds something else (a copy without them, or nothing). `None`:
+    /// the state holds exactly it (the common case, so it is not held twice).
+    kept: Option<Box<dataplane_core::Service>>,
+    /// For warnings: `RawService`'s fields.
+    port_fields: Vec<usize>,
+    external_ip_fields: Vec<String>,
+    lb_ip_fields: Vec<String>,
     claims: Vec<(Frontend, u32, What)>,
+    /// What it lost to other claimants, as last resolved.
+    drops: Drops,
+}
+
+impl ModelService {
+    /// Whether a claim of this service still counts: a claim whose part (port, address,
+    /// nodePort, health check port) was dropped for losing another claim gives up its
+    /// other claims too, so that they go to the next claimant (kube-proxy serves them).
+    fn active(&self, slot: u32, what: What) -> bool {
+        if self.drops.all {
+            return false;
+        }
+        let port_alive = |i: usize| !self.drops.ports.contains(&i);
+        match what {
+            What::ClusterIp(i) => port_alive(i),
+            What::NodePort(i) => port_alive(i) && !self.drops.node_ports.contains(&i),
+            What::ExternalIp(j) => {
+                usize::try_from(slot).is_ok_and(port_alive) && !self.drops.external.contains(&j)
+            }
+            What::LoadBalancerIp(j) => {
+                usize::try_from(slot).is_ok_and(port_alive) && !self.drops.lb.contains(&j)
+            }
+            What::HealthCheck => !self.drops.health,
+        }
+    }
 }
 
 /// A pod's claim rank: live before terminating, then by name.
@@ -179,18 +239,19 @@ struct PodRaw {
 #[derive(Debug)]
 pub struct Cluster {
     settings: Settings,
-    objects: BTreeMap<ObjectKey, Object>,
+    objects: BTreeMap<ObjectKey, Stored>,
     counts: BTreeMap<Kind, usize>,
     /// EndpointSlices by the Service they belong to.
-    slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    slices_by_service: BTreeMap<ObjectKey, Bag<ObjectKey>>,
 
     dirty_services: BTreeSet<ObjectKey>,
     dirty_pods: BTreeSet<ObjectKey>,
     dirty_policies: BTreeSet<ObjectKey>,
     dirty_namespaces: BTreeSet<ObjectKey>,
     node_dirty: bool,
-    /// Local pods whose interface was not found: tried again at each translation.
-    retry_pods: BTreeSet<ObjectKey>,
+    /// Pods on this node: their interfaces are looked up again at each translation (a
+    /// sandbox recreated with the same address has a new veth; one not found yet may be).
+    local_pods: BTreeSet<ObjectKey>,
 
     interner: Interner,
     node: Option<NodeInfo>,
@@ -201,22 +262,20 @@ pub struct Cluster {
     /// Model service names by the Kubernetes Service they come from.
     names_by_owner: BTreeMap<ObjectKey, Vec<ObjectName>>,
     models: BTreeMap<ObjectName, ModelService>,
-    claims: BTreeMap<Frontend, BTreeMap<Claimant, u32>>,
-    services: BTreeMap<ObjectName, dataplane_core::Service>,
+    claims: BTreeMap<Frontend, Bag<Claimant>>,
 
     pods: BTreeMap<ObjectName, PodRaw>,
-    pod_claims: BTreeMap<IpAddr, BTreeSet<PodRank>>,
-    endpoints: BTreeMap<ObjectName, dataplane_core::Endpoint>,
-    peers: BTreeMap<ObjectName, dataplane_core::PeerPod>,
+    pod_claims: BTreeMap<IpAddr, Bag<PodRank>>,
 
-    policies: BTreeMap<ObjectName, dataplane_core::Policy>,
-    namespaces: BTreeMap<String, dataplane_core::Namespace>,
+    /// The translated state, patched in place, and its changes.
+    out: Materialized,
 }
 
 impl Cluster {
     /// An empty store for the node and settings `settings`.
     pub fn new(settings: Settings) -> Self {
         let probe = DesiredState::new(settings.node.clone());
+        let out = Materialized::new(settings.node.clone());
         Self {
             settings,
             objects: BTreeMap::new(),
@@ -227,7 +286,7 @@ impl Cluster {
             dirty_policies: BTreeSet::new(),
             dirty_namespaces: BTreeSet::new(),
             node_dirty: true,
-            retry_pods: BTreeSet::new(),
+            local_pods: BTreeSet::new(),
             interner: Interner::default(),
             node: None,
             probe,
@@ -235,13 +294,9 @@ impl Cluster {
             names_by_owner: BTreeMap::new(),
             models: BTreeMap::new(),
             claims: BTreeMap::new(),
-            services: BTreeMap::new(),
             pods: BTreeMap::new(),
             pod_claims: BTreeMap::new(),
-            endpoints: BTreeMap::new(),
-            peers: BTreeMap::new(),
-            policies: BTreeMap::new(),
-            namespaces: BTreeMap::new(),
+            out,
         }
     }
 
@@ -250,19 +305,34 @@ impl Cluster {
         &self.settings
     }
 
-    /// Adds `object` or replaces the stored one with its key; `false` when it is the same
-    /// as the stored one (nothing to translate).
-    pub fn apply(&mut self, object: Object) -> Result<bool, TranslateError> {
+    /// Adds `object` or replaces the stored one with its key; `false` when it reads the
+    /// same to the translation as the stored one (nothing to translate).
+    ///
+    /// Only what translations read is kept (the store does not lend objects back): of every
+    /// object, its name, namespace, labels, deletion timestamp and the one annotation read
+    /// (`service.beta.kubernetes.io/load-balancer-source-ranges`, to warn about it), so a
+    /// new `resourceVersion`, `managedFields` or annotation is no change; of a Pod, only
+    /// `spec.nodeName`, `spec.hostNetwork`, the containers' names and ports, `status.phase`
+    /// and its addresses (a readiness or restart update of a pod is then no change); of a
+    /// Service, not its selector nor status conditions; of an EndpointSlice, its usable
+    /// endpoints and ports as read (node and zone names shared across the store); of a Node,
+    /// not `status.images`. (client-go's informer caches do the like with
+    /// `TransformStripManagedFields`.)
+    pub fn apply(&mut self, mut object: Object) -> Result<bool, TranslateError> {
         let key = object.key()?;
+        strip(&mut object);
+        let interner = &mut self.interner;
+        let object = Stored::new(&key, object, &mut |s| interner.get(s));
         if self.objects.get(&key) == Some(&object) {
             return Ok(false);
         }
+        let new = slice_owner(&object);
         let old = self.objects.insert(key.clone(), object);
         if old.is_none() {
             *self.counts.entry(key.kind).or_default() += 1;
         }
-        let new = self.objects.get(&key).cloned();
-        self.touch(&key, old.as_ref(), new.as_ref());
+        let old = old.map_or(Owner::Absent, |o| slice_owner(&o));
+        self.touch(&key, old, new);
         Ok(true)
     }
 
@@ -274,7 +344,7 @@ impl Cluster {
         if let Some(n) = self.counts.get_mut(&key.kind) {
             *n -= 1;
         }
-        self.touch(key, Some(&old), None);
+        self.touch(key, slice_owner(&old), Owner::Absent);
         true
     }
 
@@ -309,9 +379,25 @@ impl Cluster {
         Ok(changed)
     }
 
-    /// The stored object `key`.
-    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
-        self.objects.get(key)
+    /// Whether an object with key `key` is stored.
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        self.objects.contains_key(key)
+    }
+
+    /// Whether applying `object` would change nothing ([`Cluster::apply`] would return
+    /// `false`): an object with its key is stored and reads the same to the translation.
+    /// `false` for an object without a key. For a caller that wants to know before applying
+    /// (to note which objects a relist changed); it costs a copy of the object.
+    pub fn is_current(&self, object: &Object) -> bool {
+        let Ok(key) = object.key() else {
+            return false;
+        };
+        let Some(stored) = self.objects.get(&key) else {
+            return false;
+        };
+        let mut object = object.clone();
+        strip(&mut object);
+        *stored == Stored::new(&key, object, &mut |s| Arc::from(s))
     }
 
     /// How many objects of `kind` are stored.
@@ -324,7 +410,7 @@ impl Cluster {
     /// fails, so that load balancers drain the node first).
     pub fn node_draining(&self) -> bool {
         match self.objects.get(&self.node_key()) {
-            Some(Object::Node(n)) => crate::node::draining(n),
+            Some(Stored::Object(Object::Node(n))) => crate::node::draining(n),
             _ => false,
         }
     }
@@ -333,42 +419,42 @@ impl Cluster {
         ObjectKey::cluster(Kind::Node, self.settings.node_name.clone())
     }
 
-    /// Records what a change of `key` (from `old` to `new`) makes stale.
-    fn touch(&mut self, key: &ObjectKey, old: Option<&Object>, new: Option<&Object>) {
+    /// Records what a change of `key` makes stale. For an EndpointSlice, `old` and `new` are
+    /// the Service it belonged to before and belongs to now.
+    fn touch(&mut self, key: &ObjectKey, old: Owner, new: Owner) {
         match key.kind {
             Kind::Service => {
                 self.dirty_services.insert(key.clone());
             }
             Kind::EndpointSlice => {
                 self.warnings.remove(&Source::Object(key.clone()));
-                for (o, added) in [(old, false), (new, true)] {
-                    let Some(Object::EndpointSlice(slice)) = o else {
-                        continue;
-                    };
-                    match slice_service(key, slice) {
-                        Some(svc) => {
-                            let set = self.slices_by_service.entry(svc.clone()).or_default();
-                            if added {
-                                set.insert(key.clone());
-                            } else {
-                                set.remove(key);
-                                if set.is_empty() {
-                                    self.slices_by_service.remove(&svc);
-                                }
-                            }
-                            self.dirty_services.insert(svc);
+                if let Owner::Service(svc) = old {
+                    if let Some(set) = self.slices_by_service.get_mut(&svc) {
+                        set.remove(key);
+                        if set.is_empty() {
+                            self.slices_by_service.remove(&svc);
                         }
-                        // kube-proxy ignores such slices (`endpointSliceCacheKeys`).
-                        None if added => {
-                            let mut w = Warnings::new(key.clone());
-                            w.push(
-                                format!("metadata.labels[{}]", crate::LABEL_SERVICE_NAME),
-                                "no service name label; slice ignored",
-                            );
-                            self.warnings.insert(Source::Object(key.clone()), w.list);
-                        }
-                        None => {}
                     }
+                    self.dirty_services.insert(svc);
+                }
+                match new {
+                    Owner::Service(svc) => {
+                        self.slices_by_service
+                            .entry(svc.clone())
+                            .or_default()
+                            .add(key.clone());
+                        self.dirty_services.insert(svc);
+                    }
+                    // kube-proxy ignores such slices (`endpointSliceCacheKeys`).
+                    Owner::None => {
+                        let mut w = Warnings::new(key.clone());
+                        w.push(
+                            format!("metadata.labels[{}]", crate::LABEL_SERVICE_NAME),
+                            "no service name label; slice ignored",
+                        );
+                        self.warnings.insert(Source::Object(key.clone()), w.list);
+                    }
+                    Owner::Absent => {}
                 }
             }
             Kind::Pod => {
@@ -389,12 +475,82 @@ impl Cluster {
     }
 
     /// The node's desired state from the stored objects, re-translating only what changed
-    /// since the last call. Fails only when no state can exist: the local Node is not in
-    /// the store, or has no usable address.
+    /// since the last call (of this or [`Cluster::translate_changes`]). Fails only when no
+    /// state can exist: the local Node is not in the store, or has no usable address.
+    ///
+    /// The state is a copy, every list in name order; where that copy costs too much (it is
+    /// most of the cost of a small change to a big state), take the changes instead
+    /// ([`Cluster::translate_changes`]) and borrow the state ([`Cluster::state`]).
     pub fn translate(
         &mut self,
         interfaces: &dyn InterfaceResolver,
     ) -> Result<Translation, TranslateError> {
+        self.update(interfaces)?;
+        self.out.forget_changes();
+        Ok(Translation {
+            state: self.out.sorted_copy(),
+            warnings: self.current_warnings(),
+        })
+    }
+
+    /// Like [`Cluster::translate`], but returns what changed in the state since the last
+    /// call (of this or `translate`), in proportion to the change: the `ChangeSet` that
+    /// `dataplane_core::diff` would compute between the two states, without either state
+    /// being copied. The first call's changes add everything.
+    ///
+    /// ```
+    /// # use dataplane_kube::{parse_manifests, Cluster, Settings};
+    /// let yaml = "apiVersion: v1\nkind: Node\nmetadata: {name: n}\nstatus: {addresses: [{type: InternalIP, address: 172.18.0.2}]}\n";
+    /// let mut cluster = Cluster::new(Settings::new("n", dataplane_core::Node::new("n", [])));
+    /// for o in parse_manifests(yaml, "node.yaml")?.objects {
+    ///     cluster.apply(o)?;
+    /// }
+    /// let none = |_: &dataplane_core::ObjectName, _: &[std::net::IpAddr]| None;
+    /// let first = cluster.translate_changes(&none)?;
+    /// assert!(first.changes.node.is_some());
+    /// let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIPs: [10.96.0.1], ports: [{port: 80}]}\n";
+    /// for o in parse_manifests(svc, "svc.yaml")?.objects {
+    ///     cluster.apply(o)?;
+    /// }
+    /// let next = cluster.translate_changes(&none)?;
+    /// assert_eq!((next.changes.len(), next.changes.node.is_none()), (1, true));
+    /// assert_eq!(cluster.state().unwrap().services.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn translate_changes(
+        &mut self,
+        interfaces: &dyn InterfaceResolver,
+    ) -> Result<Changes, TranslateError> {
+        self.update(interfaces)?;
+        Ok(Changes {
+            changes: self.out.take_changes(),
+            warnings: self.current_warnings(),
+        })
+    }
+
+    /// Like [`Cluster::translate_changes`] without the changes: brings the state up to
+    /// date, lent by [`Cluster::state`], and returns the current warnings; the next
+    /// `translate_changes` reports the changes since this call. For a caller that programs
+    /// the whole state (a first sync, a resync): the first `translate_changes` of a big store
+    /// is a copy of the whole state (every object added), which this does not make.
+    pub fn translate_in_place(
+        &mut self,
+        interfaces: &dyn InterfaceResolver,
+    ) -> Result<Vec<TranslationWarning>, TranslateError> {
+        self.update(interfaces)?;
+        self.out.forget_changes();
+        Ok(self.current_warnings())
+    }
+
+    /// The state as of the last successful [`Cluster::translate`],
+    /// [`Cluster::translate_changes`] or [`Cluster::translate_in_place`], lent (no copy);
+    /// `None` before the first. The order of its lists is not meaningful (a removal takes
+    /// the last element's place).
+    pub fn state(&self) -> Option<&DesiredState> {
+        self.node.is_some().then_some(&self.out.state)
+    }
+
+    fn update(&mut self, interfaces: &dyn InterfaceResolver) -> Result<(), TranslateError> {
         if self.node_dirty || self.node.is_none() {
             self.update_node()?;
         }
@@ -402,18 +558,22 @@ impl Cluster {
         for key in dirty {
             self.update_service(&key);
         }
-        let mut dirty = std::mem::take(&mut self.dirty_pods);
-        dirty.append(&mut std::mem::take(&mut self.retry_pods));
-        for key in dirty {
-            self.update_pod(&key, interfaces);
+        let dirty = std::mem::take(&mut self.dirty_pods);
+        for key in &dirty {
+            self.update_pod(key, interfaces);
         }
+        self.recheck_interfaces(interfaces, &dirty);
         for key in std::mem::take(&mut self.dirty_policies) {
             self.update_policy(&key);
         }
         for key in std::mem::take(&mut self.dirty_namespaces) {
             self.update_namespace(&key);
         }
-        Ok(self.assemble())
+        Ok(())
+    }
+
+    fn current_warnings(&self) -> Vec<TranslationWarning> {
+        self.warnings.values().flatten().cloned().collect()
     }
 
     fn set_warnings(&mut self, source: Source, list: Vec<TranslationWarning>) {
@@ -426,7 +586,7 @@ impl Cluster {
 
     fn update_node(&mut self) -> Result<(), TranslateError> {
         let key = self.node_key();
-        let Some(Object::Node(k8s)) = self.objects.get(&key) else {
+        let Some(Stored::Object(Object::Node(k8s))) = self.objects.get(&key) else {
             return Err(TranslateError::NodeNotFound {
                 name: self.settings.node_name.clone(),
             });
@@ -441,6 +601,7 @@ impl Cluster {
         // Every service depends on the node: addresses (NodePorts, ClusterIP checks), pod
         // CIDRs, the node port range, the zone (topology) and locality.
         self.probe = DesiredState::new(info.node.clone());
+        self.out.set_node(info.node.clone());
         self.node = Some(info);
         let all: Vec<ObjectKey> = self
             .objects
@@ -453,27 +614,37 @@ impl Cluster {
         Ok(())
     }
 
+    /// The stored object `key` as an object again (a Service, Pod, NetworkPolicy or
+    /// Namespace is kept serialized); `None` for an EndpointSlice (kept read).
+    fn decoded(&self, key: &ObjectKey) -> Option<Object> {
+        match self.objects.get(key)? {
+            Stored::Object(o) => Some(o.clone()),
+            Stored::Json(bytes) => from_json(key.kind, bytes),
+            Stored::Slice(_) => None,
+        }
+    }
+
     fn update_service(&mut self, key: &ObjectKey) {
         let Some(node) = self.node.as_ref() else {
             return;
         };
         let mut w = Warnings::new(key.clone());
-        let raws = match self.objects.get(key) {
+        let object = self.decoded(key);
+        let raws = match &object {
             Some(Object::Service(svc)) => {
-                let slices: Vec<(&ObjectKey, &k8s_openapi::api::discovery::v1::EndpointSlice)> =
-                    self.slices_by_service
-                        .get(key)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|k| match self.objects.get(k) {
-                            Some(Object::EndpointSlice(s)) => Some((k, &**s)),
-                            _ => None,
-                        })
-                        .collect();
+                let slices: Vec<&SliceData> = self
+                    .slices_by_service
+                    .get(key)
+                    .into_iter()
+                    .flat_map(Bag::iter)
+                    .filter_map(|k| match self.objects.get(k) {
+                        Some(Stored::Slice(s)) => Some(&**s),
+                        _ => None,
+                    })
+                    .collect();
                 let mut ctx = crate::service::Ctx {
                     settings: &self.settings,
                     node,
-                    interner: &mut self.interner,
                     probe: &mut self.probe,
                 };
                 crate::service::translate(&mut ctx, key, svc, &slices, &mut w)
@@ -487,8 +658,14 @@ impl Cluster {
         let mut affected: BTreeSet<ObjectName> = old_names.iter().cloned().collect();
         for name in &old_names {
             if let Some(m) = self.models.remove(name) {
-                for (frontend, slot, _) in &m.claims {
-                    release(&mut self.claims, frontend, &(name.clone(), *slot));
+                for (frontend, slot, what) in &m.claims {
+                    let who = (what.rank(), name.clone(), *slot, *what);
+                    if let Some(bag) = self.claims.get_mut(frontend) {
+                        bag.remove(&who);
+                        if bag.is_empty() {
+                            self.claims.remove(frontend);
+                        }
+                    }
                     touched.insert(*frontend);
                 }
             }
@@ -510,14 +687,14 @@ impl Cluster {
                     .extend(w.list);
                 continue;
             }
-            let claims = service_claims(&raw, addresses);
-            for (frontend, slot, _) in &claims {
-                *self
-                    .claims
-                    .entry(*frontend)
-                    .or_default()
-                    .entry((name.clone(), *slot))
-                    .or_default() += 1;
+            let claims = service_claims(&raw.service, addresses);
+            for (frontend, slot, what) in &claims {
+                self.claims.entry(*frontend).or_default().add((
+                    what.rank(),
+                    name.clone(),
+                    *slot,
+                    *what,
+                ));
                 touched.insert(*frontend);
             }
             affected.insert(name.clone());
@@ -526,8 +703,12 @@ impl Cluster {
                 name,
                 ModelService {
                     owner: key.clone(),
-                    raw,
+                    kept: Some(Box::new(raw.service)),
+                    port_fields: raw.port_fields,
+                    external_ip_fields: raw.external_ip_fields,
+                    lb_ip_fields: raw.lb_ip_fields,
                     claims,
+                    drops: Drops::default(),
                 },
             );
         }
@@ -536,38 +717,71 @@ impl Cluster {
         }
         for frontend in &touched {
             if let Some(claimants) = self.claims.get(frontend) {
-                affected.extend(claimants.keys().map(|(n, _)| n.clone()));
+                affected.extend(claimants.iter().map(|(_, n, _, _)| n.clone()));
             }
         }
-        for name in affected {
-            self.resolve_service(&name);
+        self.resolve_services(affected);
+    }
+
+    /// Resolves `names` and, while any one's losses change, every service that shares a
+    /// frontend with it. This ends: whether a claim wins depends only on the claims ranked
+    /// before it on its frontend (an earlier rank, or the same rank and an earlier name), so
+    /// the outcome settles in rank and name order, and there is one outcome, the same
+    /// whatever the order of the changes (the property test compares with a fresh store).
+    fn resolve_services(&mut self, names: BTreeSet<ObjectName>) {
+        let mut work = names;
+        while let Some(name) = work.pop_first() {
+            if !self.resolve_service(&name) {
+                continue;
+            }
+            if let Some(m) = self.models.get(&name) {
+                work.insert(name.clone());
+                for (frontend, _, _) in &m.claims {
+                    if let Some(claimants) = self.claims.get(frontend) {
+                        work.extend(claimants.iter().map(|(_, n, _, _)| n.clone()));
+                    }
+                }
+            }
         }
     }
 
-    /// The model service `name` with the frontends it lost to other claimants taken out.
-    fn resolve_service(&mut self, name: &ObjectName) {
+    /// The model service `name` with the frontends it lost to other claimants taken out;
+    /// `true` when what it loses changed (so its neighbours need resolving again).
+    // One claim kind per arm, each with its own warning; split, it reads worse.
+    #[allow(clippy::too_many_lines)]
+    fn resolve_service(&mut self, name: &ObjectName) -> bool {
         let source = Source::ServiceClaims(name.clone());
-        let Some(m) = self.models.get(name) else {
-            self.services.remove(name);
+        let Some(m) = self.models.get_mut(name) else {
+            self.out.put_service(name, None);
             self.warnings.remove(&source);
-            return;
+            return false;
+        };
+        let Some(raw_service) = m
+            .kept
+            .take()
+            .map(|b| *b)
+            .or_else(|| self.out.service(name).cloned())
+        else {
+            // Not reachable: without a kept translation the state holds it.
+            return false;
+        };
+        let Some(m) = self.models.get(name) else {
+            return false;
         };
         let mut w = Warnings::new(m.owner.clone());
-        let raw = &m.raw;
-        let mut drop_ports = BTreeSet::new();
-        let mut drop_external = BTreeSet::new();
-        let mut drop_lb = BTreeSet::new();
-        let mut drop_node_ports = BTreeSet::new();
-        let mut drop_health = false;
+        let raw = m;
+        let mut drop = Drops::default();
         for (frontend, slot, what) in &m.claims {
-            let Some(((winner, winner_slot), _)) =
-                self.claims.get(frontend).and_then(|c| c.first_key_value())
-            else {
+            let me = (what.rank(), name.clone(), *slot, *what);
+            // The first claimant ranked before this claim whose claim still counts.
+            let winner = self.claims.get(frontend).and_then(|bag| {
+                bag.iter()
+                    .take_while(|c| **c < me)
+                    .find(|(_, n, s, wh)| self.models.get(n).is_some_and(|o| o.active(*s, *wh)))
+            });
+            let Some((_, winner, _, _)) = winner else {
                 continue;
             };
-            if winner == name && winner_slot == slot {
-                continue;
-            }
             let (proto, addr) = (
                 frontend.1,
                 std::net::SocketAddr::new(frontend.0, frontend.2),
@@ -580,7 +794,7 @@ impl Cluster {
             let clash = format!("{proto} {addr} is also claimed by {other}");
             match *what {
                 What::ClusterIp(i) => {
-                    if drop_ports.insert(i) {
+                    if drop.ports.insert(i) {
                         w.push(
                             format!("spec.ports[{}]", raw.port_fields[i]),
                             format!("{clash}; port left out"),
@@ -588,7 +802,7 @@ impl Cluster {
                     }
                 }
                 What::ExternalIp(i) => {
-                    if drop_external.insert(i) {
+                    if drop.external.insert(i) {
                         w.push(
                             raw.external_ip_fields[i].clone(),
                             format!("{clash}; address left out"),
@@ -596,7 +810,7 @@ impl Cluster {
                     }
                 }
                 What::LoadBalancerIp(i) => {
-                    if drop_lb.insert(i) {
+                    if drop.lb.insert(i) {
                         w.push(
                             raw.lb_ip_fields[i].clone(),
                             format!("{clash}; address left out"),
@@ -604,7 +818,7 @@ impl Cluster {
                     }
                 }
                 What::NodePort(i) => {
-                    if drop_node_ports.insert(i) {
+                    if drop.node_ports.insert(i) {
                         w.push(
                             format!("spec.ports[{}].nodePort", raw.port_fields[i]),
                             format!("{clash}; nodePort left out"),
@@ -612,29 +826,64 @@ impl Cluster {
                     }
                 }
                 What::HealthCheck => {
-                    if !drop_health {
-                        drop_health = true;
+                    if !drop.health {
+                        drop.health = true;
                         w.push("spec.healthCheckNodePort", format!("{clash}; left out"));
                     }
                 }
             }
         }
-        let mut service = raw.service.clone();
-        if drop_health {
-            service.health_check_node_port = None;
+        // A port dropped takes its other claims with it; so does the service when it has
+        // no port left.
+        drop.all = drop.ports.len() == raw_service.ports.len();
+        let changed = m.drops != drop;
+        if drop.is_empty() {
+            self.out.put_service(name, Some(raw_service));
+            self.set_warnings(source, w.list);
+            if let Some(m) = self.models.get_mut(name) {
+                m.drops = drop;
+            }
+            return changed;
         }
-        for i in &drop_node_ports {
-            service.ports[*i].node_port = None;
+        let mut service = raw_service.clone();
+        drop.apply(&mut service);
+        if let Some(m) = self.models.get_mut(name) {
+            m.kept = Some(Box::new(raw_service));
+            m.drops = drop;
         }
-        keep_indices(&mut service.external_ips, &drop_external);
-        keep_indices(&mut service.load_balancer_ips, &drop_lb);
-        keep_indices(&mut service.ports, &drop_ports);
-        if service.ports.is_empty() {
-            self.services.remove(name);
-        } else {
-            self.services.insert(name.clone(), service);
-        }
+        let service = (!service.ports.is_empty()).then_some(service);
+        self.out.put_service(name, service);
         self.set_warnings(source, w.list);
+        changed
+    }
+
+    /// Looks up the interface of every local pod not just translated (one resolver call
+    /// each; the agent's resolver answers from a cache) and re-translates the pods whose
+    /// interface changed, appeared or went away.
+    fn recheck_interfaces(
+        &mut self,
+        interfaces: &dyn InterfaceResolver,
+        just_updated: &BTreeSet<ObjectKey>,
+    ) {
+        let mut changed = Vec::new();
+        for key in self.local_pods.difference(just_updated) {
+            let Some(name) = key.object_name() else {
+                continue;
+            };
+            let (ips, current) = match self.pods.get(&name).map(|r| &r.out) {
+                Some(PodOut::Local(e)) => (&e.ips, Some(e.interface.as_str())),
+                Some(PodOut::Peer(p)) => (&p.ips, None),
+                _ => continue,
+            };
+            let found = interfaces.interface(&name, ips);
+            if found.as_deref() != current {
+                changed.push((key.clone(), found));
+            }
+        }
+        for (key, found) in changed {
+            let found = move |_: &ObjectName, _: &[IpAddr]| found.clone();
+            self.update_pod(&key, &found);
+        }
     }
 
     fn update_pod(&mut self, key: &ObjectKey, interfaces: &dyn InterfaceResolver) {
@@ -642,25 +891,27 @@ impl Cluster {
             return;
         };
         let mut w = Warnings::new(key.clone());
-        let raw = match self.objects.get(key) {
-            Some(Object::Pod(pod)) => {
-                let t = translate_pod(
-                    &self.settings,
-                    &mut self.interner,
-                    interfaces,
-                    &name,
-                    pod,
-                    &mut w,
-                );
-                if t.retry {
-                    self.retry_pods.insert(key.clone());
-                }
-                Some(PodRaw {
-                    out: t.out,
-                    rank: (t.terminating, name.clone()),
-                })
+        let raw = if let Some(Object::Pod(pod)) = self.decoded(key) {
+            let t = translate_pod(
+                &self.settings,
+                &mut self.interner,
+                interfaces,
+                &name,
+                &pod,
+                &mut w,
+            );
+            if t.local {
+                self.local_pods.insert(key.clone());
+            } else {
+                self.local_pods.remove(key);
             }
-            _ => None,
+            Some(PodRaw {
+                out: t.out,
+                rank: (t.terminating, name.clone()),
+            })
+        } else {
+            self.local_pods.remove(key);
+            None
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
         let mut affected: BTreeSet<ObjectName> = BTreeSet::from([name.clone()]);
@@ -681,7 +932,7 @@ impl Cluster {
                 self.pod_claims
                     .entry(*ip)
                     .or_default()
-                    .insert(raw.rank.clone());
+                    .add(raw.rank.clone());
                 touched.insert(*ip);
             }
             self.pods.insert(name.clone(), raw);
@@ -698,16 +949,16 @@ impl Cluster {
 
     fn resolve_pod(&mut self, name: &ObjectName) {
         let source = Source::PodClaims(name.clone());
-        self.endpoints.remove(name);
-        self.peers.remove(name);
         let Some(raw) = self.pods.get(name) else {
+            self.out.put_endpoint(name, None);
+            self.out.put_pod(name, None);
             self.warnings.remove(&source);
             return;
         };
         let key = ObjectKey::namespaced(Kind::Pod, name.namespace.clone(), name.name.clone());
         let mut w = Warnings::new(key);
         for ip in pod_ips(&raw.out) {
-            if let Some((_, winner)) = self.pod_claims.get(ip).and_then(|s| s.first()) {
+            if let Some((_, winner)) = self.pod_claims.get(ip).and_then(Bag::first) {
                 if winner != name {
                     w.push(
                         "status.podIPs",
@@ -716,17 +967,16 @@ impl Cluster {
                 }
             }
         }
+        let (mut endpoint, mut peer) = (None, None);
         if w.list.is_empty() {
             match &raw.out {
-                PodOut::Local(e) => {
-                    self.endpoints.insert(name.clone(), e.clone());
-                }
-                PodOut::Peer(p) => {
-                    self.peers.insert(name.clone(), p.clone());
-                }
+                PodOut::Local(e) => endpoint = Some(e.clone()),
+                PodOut::Peer(p) => peer = Some(p.clone()),
                 PodOut::Nothing => {}
             }
         }
+        self.out.put_endpoint(name, endpoint);
+        self.out.put_pod(name, peer);
         self.set_warnings(source, w.list);
     }
 
@@ -735,59 +985,275 @@ impl Cluster {
             return;
         };
         let mut w = Warnings::new(key.clone());
-        let policy = match self.objects.get(key) {
-            Some(Object::NetworkPolicy(np)) => translate_policy(&name, np, &mut w),
+        let policy = match self.decoded(key) {
+            Some(Object::NetworkPolicy(np)) => translate_policy(&name, &np, &mut w),
             _ => None,
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
-        match policy {
-            Some(p) => self.policies.insert(name, p),
-            None => self.policies.remove(&name),
-        };
+        self.out.put_policy(&name, policy);
     }
 
     fn update_namespace(&mut self, key: &ObjectKey) {
         let mut w = Warnings::new(key.clone());
-        let ns = match self.objects.get(key) {
-            Some(Object::Namespace(ns)) => translate_namespace(&key.name, ns, &mut w),
+        let ns = match self.decoded(key) {
+            Some(Object::Namespace(ns)) => translate_namespace(&key.name, &ns, &mut w),
             _ => None,
         };
         self.set_warnings(Source::Object(key.clone()), w.list);
-        match ns {
-            Some(n) => self.namespaces.insert(key.name.clone(), n),
-            None => self.namespaces.remove(&key.name),
-        };
-    }
-
-    /// The whole state, from the kept translations: one clone of each, no translating.
-    fn assemble(&self) -> Translation {
-        let node = self.node.as_ref().expect("translated before").node.clone();
-        let mut state = DesiredState::new(node);
-        state.services = self.services.values().cloned().collect();
-        state.endpoints = self.endpoints.values().cloned().collect();
-        state.pods = self.peers.values().cloned().collect();
-        state.policies = self.policies.values().cloned().collect();
-        state.namespaces = self.namespaces.values().cloned().collect();
-        let warnings = self.warnings.values().flatten().cloned().collect();
-        Translation { state, warnings }
+        self.out.put_namespace(&key.name, ns);
     }
 }
 
-fn release(
-    claims: &mut BTreeMap<Frontend, BTreeMap<Claimant, u32>>,
-    frontend: &Frontend,
-    who: &Claimant,
-) {
-    if let Some(set) = claims.get_mut(frontend) {
-        if let Some(n) = set.get_mut(who) {
-            *n -= 1;
-            if *n == 0 {
-                set.remove(who);
+/// Whom an EndpointSlice belongs to, in a change.
+#[derive(Debug)]
+enum Owner {
+    /// The object does not exist (before an addition, after a deletion).
+    Absent,
+    /// It exists without a `kubernetes.io/service-name` label (or is not a slice).
+    None,
+    /// It belongs to this Service.
+    Service(ObjectKey),
+}
+
+fn slice_owner(object: &Stored) -> Owner {
+    match object {
+        Stored::Slice(slice) => slice.service.clone().map_or(Owner::None, Owner::Service),
+        Stored::Object(_) | Stored::Json(_) => Owner::None,
+    }
+}
+
+/// What the store keeps of an object: what the translation reads. An EndpointSlice, most
+/// of a big store, is kept read ([`SliceData`]: its endpoints in a tenth of the space).
+/// Services, Pods, `NetworkPolicy` objects and Namespaces are kept stripped ([`strip`]) and
+/// serialized: their translation is made again at a later translate (a Pod's needs the
+/// interface resolver; a Service's depends on the node and its slices), and a k8s-openapi
+/// object has room inline for every optional field (a stripped Pod takes kilobytes, its
+/// JSON a few hundred bytes). Reading one back costs microseconds, once per change. Nodes
+/// (one matters) are kept as objects.
+#[derive(Debug, PartialEq)]
+enum Stored {
+    Object(Object),
+    Json(Box<[u8]>),
+    Slice(Box<SliceData>),
+}
+
+impl Stored {
+    fn new(key: &ObjectKey, object: Object, intern: &mut dyn FnMut(&str) -> Arc<str>) -> Self {
+        match object {
+            Object::EndpointSlice(slice) => {
+                Stored::Slice(Box::new(SliceData::new(key, &slice, intern)))
+            }
+            Object::Node(node) => Stored::Object(Object::Node(node)),
+            other => match to_json(&other) {
+                Ok(bytes) => Stored::Json(bytes.into_boxed_slice()),
+                // Not reachable: k8s-openapi objects always serialize.
+                Err(_) => Stored::Object(other),
+            },
+        }
+    }
+}
+
+fn to_json(object: &Object) -> Result<Vec<u8>, serde_json::Error> {
+    match object {
+        Object::Service(o) => serde_json::to_vec(o),
+        Object::EndpointSlice(o) => serde_json::to_vec(o),
+        Object::NetworkPolicy(o) => serde_json::to_vec(o),
+        Object::Pod(o) => serde_json::to_vec(o),
+        Object::Namespace(o) => serde_json::to_vec(o),
+        Object::Node(o) => serde_json::to_vec(o),
+    }
+}
+
+/// An object `to_json` wrote. `None` is not reachable (what was written reads back).
+fn from_json(kind: Kind, bytes: &[u8]) -> Option<Object> {
+    use k8s_openapi::api::core::v1 as core;
+    Some(match kind {
+        Kind::Service => serde_json::from_slice::<core::Service>(bytes).ok()?.into(),
+        Kind::EndpointSlice => {
+            serde_json::from_slice::<k8s_openapi::api::discovery::v1::EndpointSlice>(bytes)
+                .ok()?
+                .into()
+        }
+        Kind::NetworkPolicy => {
+            serde_json::from_slice::<k8s_openapi::api::networking::v1::NetworkPolicy>(bytes)
+                .ok()?
+                .into()
+        }
+        Kind::Pod => serde_json::from_slice::<core::Pod>(bytes).ok()?.into(),
+        Kind::Namespace => serde_json::from_slice::<core::Namespace>(bytes)
+            .ok()?
+            .into(),
+        Kind::Node => serde_json::from_slice::<core::Node>(bytes).ok()?.into(),
+    })
+}
+
+/// Drops what the translation never reads and an object can be mostly made of, as client-go's
+/// informer transforms do (`TransformStripManagedFields`): of every object's metadata, all
+/// but its name, namespace, labels, deletion timestamp and the source-ranges annotation; of a
+/// Service, its selector and status conditions; of a Pod, all but its
+/// node, host network flag, containers' names and ports, phase and addresses (a pod's
+/// readiness and container statuses change often and matter to no translation, so such
+/// updates become no-ops); of an EndpointSlice, its endpoints' `targetRef` and
+/// `deprecatedTopology`; of a Node, its image list.
+fn strip(object: &mut Object) {
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let meta = object.metadata_mut();
+    let mut annotations = meta.annotations.take();
+    if let Some(a) = &mut annotations {
+        // The only annotation any translation reads (to warn that it is not used).
+        a.retain(|k, _| k == crate::service::ANNOTATION_SOURCE_RANGES);
+        if a.is_empty() {
+            annotations = None;
+        }
+    }
+    // What identifies the object and what the translations read; a resourceVersion,
+    // uid, managedFields, owner or finalizer change is no change.
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        labels: meta.labels.take(),
+        annotations,
+        deletion_timestamp: meta.deletion_timestamp.take(),
+        ..Default::default()
+    };
+    match object {
+        Object::Service(svc) => {
+            // kube-proxy reads no selector (the EndpointSlice controller does) and no
+            // status but the load balancer's.
+            if let Some(spec) = &mut svc.spec {
+                spec.selector = None;
+            }
+            if let Some(status) = &mut svc.status {
+                status.conditions = None;
             }
         }
-        if set.is_empty() {
-            claims.remove(frontend);
+        Object::Pod(pod) => {
+            if let Some(spec) = pod.spec.take() {
+                pod.spec = Some(core::PodSpec {
+                    containers: spec
+                        .containers
+                        .into_iter()
+                        .map(|c| core::Container {
+                            name: c.name,
+                            ports: c.ports,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    // Sidecars (restartPolicy Always) name ports too.
+                    init_containers: spec.init_containers.map(|list| {
+                        list.into_iter()
+                            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                            .map(|c| core::Container {
+                                name: c.name,
+                                ports: c.ports,
+                                restart_policy: c.restart_policy,
+                                ..Default::default()
+                            })
+                            .collect()
+                    }),
+                    host_network: spec.host_network,
+                    node_name: spec.node_name,
+                    ..Default::default()
+                });
+            }
+            if let Some(status) = pod.status.take() {
+                pod.status = Some(core::PodStatus {
+                    phase: status.phase,
+                    pod_ip: status.pod_ip,
+                    pod_ips: status.pod_ips,
+                    ..Default::default()
+                });
+            }
         }
+        Object::EndpointSlice(slice) => {
+            for e in &mut slice.endpoints {
+                e.target_ref = None;
+                e.deprecated_topology = None;
+            }
+        }
+        Object::Node(node) => {
+            if let Some(status) = &mut node.status {
+                status.images = None;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A small sorted multiset. Most claims and slice sets hold one or two entries, where a
+/// `BTreeSet` allocates a node for eleven (a tenth of the store's memory at 10k services).
+#[derive(Debug)]
+struct Bag<T>(Vec<(T, u32)>);
+
+impl<T> Default for Bag<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T: Ord> Bag<T> {
+    fn add(&mut self, x: T) {
+        match self.0.binary_search_by(|(y, _)| y.cmp(&x)) {
+            Ok(i) => self.0[i].1 += 1,
+            Err(i) => self.0.insert(i, (x, 1)),
+        }
+    }
+
+    fn remove(&mut self, x: &T) {
+        if let Ok(i) = self.0.binary_search_by(|(y, _)| y.cmp(x)) {
+            self.0[i].1 -= 1;
+            if self.0[i].1 == 0 {
+                self.0.remove(i);
+            }
+        }
+    }
+
+    fn first(&self) -> Option<&T> {
+        self.0.first().map(|(x, _)| x)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|(x, _)| x)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a model service loses to other claimants (indices into its lists).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Drops {
+    ports: BTreeSet<usize>,
+    external: BTreeSet<usize>,
+    lb: BTreeSet<usize>,
+    node_ports: BTreeSet<usize>,
+    health: bool,
+    /// Every port is dropped: the service is left out.
+    all: bool,
+}
+
+impl Drops {
+    fn is_empty(&self) -> bool {
+        !self.health
+            && !self.all
+            && self.ports.is_empty()
+            && self.external.is_empty()
+            && self.lb.is_empty()
+            && self.node_ports.is_empty()
+    }
+
+    fn apply(&self, service: &mut dataplane_core::Service) {
+        if self.health {
+            service.health_check_node_port = None;
+        }
+        for i in &self.node_ports {
+            service.ports[*i].node_port = None;
+        }
+        keep_indices(&mut service.external_ips, &self.external);
+        keep_indices(&mut service.load_balancer_ips, &self.lb);
+        keep_indices(&mut service.ports, &self.ports);
     }
 }
 
@@ -806,8 +1272,10 @@ fn keep_indices<T>(list: &mut Vec<T>, drop: &BTreeSet<usize>) {
 /// What a model service claims, as dataplane-core's validation counts it: each port on
 /// every ClusterIP, ExternalIP and LoadBalancer IP, its NodePort on every node address, and
 /// the health check port (TCP) on every node address.
-fn service_claims(raw: &RawService, node_addresses: &[IpAddr]) -> Vec<(Frontend, u32, What)> {
-    let s = &raw.service;
+fn service_claims(
+    s: &dataplane_core::Service,
+    node_addresses: &[IpAddr],
+) -> Vec<(Frontend, u32, What)> {
     let mut out = Vec::new();
     for (i, p) in s.ports.iter().enumerate() {
         let slot = u32::try_from(i).unwrap_or(HEALTH - 1);

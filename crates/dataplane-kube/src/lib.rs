@@ -4,7 +4,10 @@
 //! A [`Cluster`] is the store: hand it Services, `EndpointSlices`, `NetworkPolicies`, Pods,
 //! Namespaces and Nodes ([`Object`]) as a watch or a manifest directory delivers them, then
 //! call [`Cluster::translate`] for the node's [`dataplane_core::DesiredState`]. It keeps each
-//! object's translation and re-translates only what changed since the last call.
+//! object's translation and re-translates only what changed since the last call;
+//! [`Cluster::translate_changes`] returns just the `ChangeSet` since then, and
+//! [`Cluster::state`] lends the whole state, so that a big state is never copied. A bad object
+//! never fails a translation: it, or its bad part, is left out with a [`TranslationWarning`].
 //!
 //! ```
 //! use dataplane_kube::{parse_manifests, Cluster, Settings};
@@ -57,6 +60,7 @@ pub use k8s_openapi;
 
 mod cluster;
 mod manifest;
+mod materialized;
 mod node;
 mod pod;
 mod policy;
@@ -72,7 +76,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-pub use cluster::{Cluster, Translation, TranslationWarning};
+pub use cluster::{Changes, Cluster, Translation, TranslationWarning};
 pub use manifest::{parse_manifests, ManifestError, Manifests};
 
 /// The label that hands a Service to another proxy (kube-proxy skips Services carrying it:
@@ -251,6 +255,17 @@ impl Object {
         }
     }
 
+    pub(crate) fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+            Object::NetworkPolicy(o) => &mut o.metadata,
+            Object::Pod(o) => &mut o.metadata,
+            Object::Namespace(o) => &mut o.metadata,
+            Object::Node(o) => &mut o.metadata,
+        }
+    }
+
     /// The object's key. A namespaced object without `metadata.namespace` is in `default`,
     /// as `kubectl apply` would put it; an object without `metadata.name` has no key.
     pub fn key(&self) -> Result<ObjectKey, TranslateError> {
@@ -407,6 +422,32 @@ pub fn endpoint_slice_label_selector(proxy_name: Option<&str>) -> String {
     service_label_selector(proxy_name)
 }
 
+/// An IP address as Kubernetes reads one (`k8s.io/utils/net.ParseIPSloppy`, which kube-proxy
+/// and the API server's validation of older objects use): surrounding white space ignored,
+/// and IPv4 octets with leading zeros (`010.000.000.001`) accepted and read as decimal, as Go
+/// did before 1.17 (objects stored then still have them).
+pub(crate) fn parse_ip_sloppy(s: &str) -> Result<std::net::IpAddr, std::net::AddrParseError> {
+    let s = s.trim();
+    match s.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(ip),
+        Err(e) => {
+            let octets: Vec<&str> = s.split('.').collect();
+            let valid = octets.len() == 4
+                && octets.iter().all(|o| {
+                    !o.is_empty() && o.len() <= 3 && o.bytes().all(|b| b.is_ascii_digit())
+                });
+            if !valid {
+                return Err(e);
+            }
+            let mut out = [0u8; 4];
+            for (slot, o) in out.iter_mut().zip(&octets) {
+                *slot = o.parse::<u8>().map_err(|_| e.clone())?;
+            }
+            Ok(std::net::IpAddr::from(out))
+        }
+    }
+}
+
 /// Whether a Service with `labels` is served by a dataplane answering to `proxy_name`
 /// (the selectors above, evaluated here for sources that cannot filter, like a manifest
 /// directory).
@@ -532,3 +573,8 @@ mod tests {
         assert_eq!(last_change_trigger_time(&slice), None);
     }
 }
+
+/// The README's example is compiled and run as a doc-test so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -37,7 +37,7 @@ fn node_addresses(node: &Node, w: &mut Warnings) -> Vec<IpAddr> {
                 continue;
             }
             let field = format!("status.addresses[{i}].address");
-            match a.address.trim().parse::<IpAddr>() {
+            match crate::parse_ip_sloppy(&a.address) {
                 Ok(ip) if usable_unicast(ip) => {
                     if !all.contains(&ip) {
                         all.push(ip);

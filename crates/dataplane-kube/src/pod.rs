@@ -21,11 +21,11 @@ pub(crate) enum PodOut {
     Nothing,
 }
 
-/// Result of translating one pod: what it becomes, and whether it must be tried again at
-/// the next translation (a local pod whose interface was not found).
+/// Result of translating one pod: what it becomes, and whether it is on this node (its
+/// interface is looked up again at each translation).
 pub(crate) struct PodTranslation {
     pub out: PodOut,
-    pub retry: bool,
+    pub local: bool,
     /// Whether the pod is being deleted (it loses address clashes to a live pod).
     pub terminating: bool,
 }
@@ -40,7 +40,7 @@ pub(crate) fn translate_pod(
 ) -> PodTranslation {
     let nothing = PodTranslation {
         out: PodOut::Nothing,
-        retry: false,
+        local: false,
         terminating: false,
     };
     let spec = pod.spec.as_ref();
@@ -80,13 +80,19 @@ pub(crate) fn translate_pod(
         .filter(|n| !n.is_empty());
     if node_name == Some(settings.node_name.as_str()) {
         let Some(interface) = interfaces.interface(name, &ips) else {
+            // Not an endpoint without its veth, but still a pod policies select: as a peer,
+            // rules that select it still match its addresses (elsewhere in the state).
             w.push(
                 "status.podIPs",
-                "no host-side interface found for the pod's addresses; left out until one is",
+                "no host-side interface found for the pod's addresses; a policy peer, not an endpoint, until one is",
             );
+            let mut p = dataplane_core::PeerPod::new(name.clone(), ips);
+            p.labels = labels;
+            p.named_ports = named_ports;
+            p.node_name = Some(interner.get(&settings.node_name));
             return PodTranslation {
-                out: PodOut::Nothing,
-                retry: true,
+                out: PodOut::Peer(p),
+                local: true,
                 terminating,
             };
         };
@@ -95,7 +101,7 @@ pub(crate) fn translate_pod(
         e.named_ports = named_ports;
         return PodTranslation {
             out: PodOut::Local(e),
-            retry: false,
+            local: true,
             terminating,
         };
     }
@@ -105,7 +111,7 @@ pub(crate) fn translate_pod(
     p.node_name = node_name.map(|n| interner.get(n));
     PodTranslation {
         out: PodOut::Peer(p),
-        retry: false,
+        local: false,
         terminating,
     }
 }
@@ -134,7 +140,7 @@ fn pod_ips(pod: &Pod, w: &mut Warnings) -> Vec<IpAddr> {
         } else {
             format!("{field}[{i}].ip")
         };
-        match s.trim().parse::<IpAddr>() {
+        match crate::parse_ip_sloppy(s) {
             Ok(ip) if usable_unicast(ip) => {
                 if !out.contains(&ip) {
                     out.push(ip);
@@ -147,18 +153,32 @@ fn pod_ips(pod: &Pod, w: &mut Warnings) -> Vec<IpAddr> {
     out
 }
 
-/// Named container ports, which NetworkPolicy ports may name (`spec.containers[].ports`).
+/// Named container ports, which NetworkPolicy ports may name: `spec.containers[].ports`,
+/// then those of sidecars (`spec.initContainers[]` with `restartPolicy: Always`, which run
+/// beside the containers), as Kubernetes' `FindPort` (`pkg/api/v1/pod/util.go`) looks them up.
 fn named_ports(pod: &Pod, w: &mut Warnings) -> Vec<NamedPort> {
     let mut out: Vec<NamedPort> = Vec::new();
     let Some(spec) = &pod.spec else {
         return out;
     };
-    for (c, container) in spec.containers.iter().enumerate() {
+    let containers = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(c, container)| (format!("spec.containers[{c}]"), container));
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+        .map(|(c, container)| (format!("spec.initContainers[{c}]"), container));
+    for (container_field, container) in containers.chain(sidecars) {
         for (i, p) in container.ports.iter().flatten().enumerate() {
             let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) else {
                 continue;
             };
-            let field = format!("spec.containers[{c}].ports[{i}]");
+            let field = format!("{container_field}.ports[{i}]");
             // IANA service names: at most 15 characters (what dataplane-core accepts).
             if !is_label(name, 15) {
                 w.push(

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use dataplane_core::{
     Backend, ObjectName, Protocol, SessionAffinity, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_SECONDS,
@@ -18,7 +19,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::cluster::{Interner, Warnings};
+use crate::cluster::Warnings;
 use crate::node::{usable_unicast, NodeInfo};
 use crate::{Kind, ObjectKey, Settings};
 
@@ -50,7 +51,6 @@ pub(crate) struct RawService {
 pub(crate) struct Ctx<'a> {
     pub settings: &'a Settings,
     pub node: &'a NodeInfo,
-    pub interner: &'a mut Interner,
     /// A state holding only the node, to validate one object at a time.
     pub probe: &'a mut dataplane_core::DesiredState,
 }
@@ -68,11 +68,11 @@ pub(crate) fn protocol(name: Option<&str>) -> Option<Protocol> {
 /// NetworkPolicy implementations take `10.0.0.1/24` as `10.0.0.0/24`). A bare address is
 /// not a CIDR. Surrounding white space is ignored (kube-proxy trims source ranges).
 pub(crate) fn parse_cidr(s: &str) -> Option<IpNetwork> {
-    let s = s.trim();
-    if !s.contains('/') {
-        return None;
-    }
-    let net: IpNetwork = s.parse().ok()?;
+    let (addr, prefix) = s.trim().split_once('/')?;
+    // `ParseCIDRSloppy`: the address as `parse_ip_sloppy` reads it.
+    let addr = crate::parse_ip_sloppy(addr).ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    let net = IpNetwork::new(addr, prefix).ok()?;
     IpNetwork::new(net.network(), net.prefix()).ok()
 }
 
@@ -126,17 +126,64 @@ enum Target {
     Named,
 }
 
-/// One endpoint of a slice, read once per slice (`newEndpointSliceInfo`).
-#[derive(Debug, Clone)]
-struct Ep {
+/// One endpoint of a slice, read once when the slice is stored (`newEndpointSliceInfo`).
+/// Node and zone names are shared (the store's interner): a store holds one copy of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ep {
     ip: IpAddr,
     ready: bool,
     serving: bool,
     terminating: bool,
-    node_name: Option<String>,
-    zone: Option<String>,
-    zone_hints: BTreeSet<String>,
-    node_hints: BTreeSet<String>,
+    node_name: Option<Arc<str>>,
+    zone: Option<Arc<str>>,
+    zone_hints: Box<[Arc<str>]>,
+    node_hints: Box<[Arc<str>]>,
+}
+
+/// What the translation reads of an EndpointSlice, read once when it is stored: a
+/// k8s-openapi `EndpointSlice` of 10 endpoints takes several kilobytes, this a tenth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SliceData {
+    /// The Service it belongs to (`kubernetes.io/service-name`).
+    pub service: Option<ObjectKey>,
+    /// `addressType`: IPv4 (`true`) or IPv6; `None` for FQDN and others (not proxied).
+    ipv4: Option<bool>,
+    /// The usable endpoints.
+    endpoints: Vec<Ep>,
+    /// The usable ports: name, number, protocol.
+    ports: Vec<(String, u16, Protocol)>,
+    /// What reading the endpoints and ports left out, given again with each translation of
+    /// the Service (only when the slice is of one of its families, as before).
+    warnings: Vec<crate::TranslationWarning>,
+}
+
+impl SliceData {
+    /// Reads `slice` (named `key`), sharing names through `intern`.
+    pub(crate) fn new(
+        key: &ObjectKey,
+        slice: &EndpointSlice,
+        intern: &mut dyn FnMut(&str) -> Arc<str>,
+    ) -> Self {
+        let service = slice_service(key, slice);
+        let ipv4 = match slice.address_type.as_str() {
+            "IPv4" => Some(true),
+            "IPv6" => Some(false),
+            _ => None,
+        };
+        let mut w = Warnings::new(key.clone());
+        let (mut endpoints, mut ports) = (Vec::new(), Vec::new());
+        if let Some(ipv4) = ipv4 {
+            endpoints = slice_endpoints(slice, ipv4, intern, &mut w);
+            ports = slice_ports(slice, &mut w);
+        }
+        Self {
+            service,
+            ipv4,
+            endpoints,
+            ports,
+            warnings: w.into_list(),
+        }
+    }
 }
 
 /// Translates `svc` (named `key`) with `slices` (its `EndpointSlices`, by slice name).
@@ -146,7 +193,7 @@ pub(crate) fn translate(
     ctx: &mut Ctx<'_>,
     key: &ObjectKey,
     svc: &Service,
-    slices: &[(&ObjectKey, &EndpointSlice)],
+    slices: &[&SliceData],
     w: &mut Warnings,
 ) -> Vec<RawService> {
     if !crate::service_selected(
@@ -262,10 +309,13 @@ pub(crate) fn translate(
     }
 
     let session_affinity = session_affinity(spec, w);
-    // `apiservice.ExternalPolicyLocal`: only NodePort and LoadBalancer services have external
-    // traffic policy Local; `NeedsHealthCheck`: LoadBalancer ones with Local have a health port.
+    // `apiservice.ExternalPolicyLocal`: external traffic policy Local holds for externally
+    // accessible services (`ExternallyAccessible`: NodePort, LoadBalancer, or ClusterIP with
+    // `spec.externalIPs`); `NeedsHealthCheck`: LoadBalancer ones with Local have a health port.
+    let externally_accessible_type = node_ports_allowed
+        || (type_ == "ClusterIP" && spec.external_ips.as_ref().is_some_and(|l| !l.is_empty()));
     let etp = match spec.external_traffic_policy.as_deref() {
-        Some("Local") if node_ports_allowed => TrafficPolicy::Local,
+        Some("Local") if externally_accessible_type => TrafficPolicy::Local,
         None | Some("Cluster" | "Local") => TrafficPolicy::Cluster,
         Some(other) => {
             w.push(
@@ -293,7 +343,7 @@ pub(crate) fn translate(
     };
     let source_ranges = source_ranges(svc, w);
 
-    let endpoints = endpoints_by_port(ctx, key, &families, &ports, slices, w);
+    let endpoints = endpoints_by_port(&families, &ports, slices, w);
 
     let mut base = dataplane_core::Service::new(ObjectName::new(
         key.namespace.clone().unwrap_or_default(),
@@ -315,8 +365,18 @@ pub(crate) fn translate(
         let externally_accessible = port.node_port.is_some()
             || !base.external_ips.is_empty()
             || !base.load_balancer_ips.is_empty();
-        let eps = topology_filter(ctx.node, etp, itp, externally_accessible, eps);
-        let backends: Vec<Backend> = eps.into_iter().map(|e| backend(ctx.interner, e)).collect();
+        // kube-proxy runs one proxier per IP family, each categorizing its own family's
+        // endpoints: hints are judged per family (`CategorizeEndpoints` per proxier).
+        let (v4, v6): (Vec<Ep>, Vec<Ep>) = eps.into_iter().partition(|e| e.ip.is_ipv4());
+        let mut eps = topology_filter(ctx.node, etp, itp, externally_accessible, v4);
+        eps.extend(topology_filter(
+            ctx.node,
+            etp,
+            itp,
+            externally_accessible,
+            v6,
+        ));
+        let backends: Vec<Backend> = eps.into_iter().map(backend).collect();
         let model_port = dataplane_core::ServicePort {
             name: port.name.clone(),
             protocol: port.protocol,
@@ -382,20 +442,20 @@ fn group_ports(
     groups
 }
 
-fn backend(interner: &mut Interner, e: Ep) -> Backend {
+fn backend(e: Ep) -> Backend {
     Backend {
         ip: e.ip,
         ready: e.ready,
         serving: e.serving,
         terminating: e.terminating,
-        node_name: e.node_name.map(|n| interner.get(&n)),
-        zone: e.zone.map(|z| interner.get(&z)),
+        node_name: e.node_name,
+        zone: e.zone,
         weight: 1,
     }
 }
 
 fn parse_frontend_ip(s: &str) -> Result<IpAddr, String> {
-    match s.trim().parse::<IpAddr>() {
+    match crate::parse_ip_sloppy(s) {
         Ok(ip) if usable_unicast(ip) => Ok(ip),
         Ok(ip) => Err(format!("{ip} is not a unicast address; left out")),
         Err(_) => Err(format!("{s:?} is not an IP address; left out")),
@@ -560,7 +620,7 @@ fn ports(
                     w.push(
                         field("nodePort"),
                         format!(
-                            "{np} is outside the node port range {}-{}; nodePort left out",
+                            "{np} is outside the node port range {}-{} of this node's settings; nodePort left out (the API server allocates from its --service-node-port-range: the node's range must cover it)",
                             range.start, range.end
                         ),
                     );
@@ -648,7 +708,7 @@ fn health_check_node_port(
                 w.push(
                     field,
                     format!(
-                        "{hc} is outside the node port range {}-{}; left out",
+                        "{hc} is outside the node port range {}-{} of this node's settings; left out (the API server allocates from its --service-node-port-range: the node's range must cover it)",
                         range.start, range.end
                     ),
                 );
@@ -693,50 +753,39 @@ fn source_ranges(svc: &Service, w: &mut Warnings) -> Vec<IpNetwork> {
 /// Reads one slice's endpoints (`newEndpointSliceInfo`): the first address, kube-proxy's
 /// defaults for absent conditions (ready and serving true, terminating false), the hints.
 fn slice_endpoints(
-    slice_key: &ObjectKey,
     slice: &EndpointSlice,
     ipv4: bool,
+    intern: &mut dyn FnMut(&str) -> Arc<str>,
     w: &mut Warnings,
-) -> Vec<Option<Ep>> {
+) -> Vec<Ep> {
     let mut out = Vec::with_capacity(slice.endpoints.len());
     for (k, e) in slice.endpoints.iter().enumerate() {
         let field = |f: &str| format!("endpoints[{k}].{f}");
         let Some(first) = e.addresses.first() else {
-            w.push_for(
-                slice_key,
-                field("addresses"),
-                "no address; endpoint left out",
-            );
-            out.push(None);
+            w.push(field("addresses"), "no address; endpoint left out");
             continue;
         };
-        let ip = match first.trim().parse::<IpAddr>() {
+        let ip = match crate::parse_ip_sloppy(first) {
             Ok(ip) if ip.is_ipv4() != ipv4 => {
-                w.push_for(
-                    slice_key,
+                w.push(
                     field("addresses[0]"),
                     format!("{ip} is not of the slice's addressType; endpoint left out"),
                 );
-                out.push(None);
                 continue;
             }
             Ok(ip) if usable_unicast(ip) => ip,
             Ok(ip) => {
-                w.push_for(
-                    slice_key,
+                w.push(
                     field("addresses[0]"),
                     format!("{ip} is not a unicast address; endpoint left out"),
                 );
-                out.push(None);
                 continue;
             }
             Err(_) => {
-                w.push_for(
-                    slice_key,
+                w.push(
                     field("addresses[0]"),
                     format!("{first:?} is not an IP address; endpoint left out"),
                 );
-                out.push(None);
                 continue;
             }
         };
@@ -748,30 +797,82 @@ fn slice_endpoints(
             // The EndpointSlice controller never writes this (a terminating pod is not
             // ready); the model cannot hold it, and a terminating endpoint must not take
             // new connections while ready ones exist.
-            w.push_for(
-                slice_key,
+            w.push(
                 field("conditions.ready"),
                 "ready and terminating; taken as not ready",
             );
             ready = false;
         }
         let hints = e.hints.as_ref();
-        out.push(Some(Ep {
+        let mut names = |list: Option<Vec<&str>>| -> Box<[Arc<str>]> {
+            let mut v: Vec<Arc<str>> = list
+                .unwrap_or_default()
+                .into_iter()
+                .map(&mut *intern)
+                .collect();
+            v.sort();
+            v.dedup();
+            v.into_boxed_slice()
+        };
+        let zone_hints = names(
+            hints
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.as_str()).collect()),
+        );
+        let node_hints = names(
+            hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.as_str()).collect()),
+        );
+        out.push(Ep {
             ip,
             ready,
             serving,
             terminating,
-            node_name: e.node_name.clone().filter(|n| !n.is_empty()),
-            zone: e.zone.clone().filter(|z| !z.is_empty()),
-            zone_hints: hints
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).collect())
-                .unwrap_or_default(),
-            node_hints: hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.clone()).collect())
-                .unwrap_or_default(),
-        }));
+            node_name: e
+                .node_name
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .map(&mut *intern),
+            zone: e
+                .zone
+                .as_deref()
+                .filter(|z| !z.is_empty())
+                .map(&mut *intern),
+            zone_hints,
+            node_hints,
+        });
+    }
+    out
+}
+
+/// A slice's usable ports (name, number, protocol); the others with a warning.
+fn slice_ports(slice: &EndpointSlice, w: &mut Warnings) -> Vec<(String, u16, Protocol)> {
+    let mut out = Vec::new();
+    for (j, sp) in slice.ports.iter().flatten().enumerate() {
+        let Some(name) = &sp.name else {
+            w.push(format!("ports[{j}].name"), "no name; port ignored");
+            continue;
+        };
+        let Some(number) = sp
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
+            w.push(
+                format!("ports[{j}].port"),
+                "not a port (1-65535); port ignored",
+            );
+            continue;
+        };
+        let Some(proto) = protocol(sp.protocol.as_deref()) else {
+            w.push(
+                format!("ports[{j}].protocol"),
+                "unknown protocol; port ignored",
+            );
+            continue;
+        };
+        out.push((name.clone(), number, proto));
     }
     out
 }
@@ -781,65 +882,32 @@ fn slice_endpoints(
 /// terminating (an endpoint moving between slices, or a reused IP of a terminating pod).
 /// Slices are taken in name order, where kube-proxy's map order is random.
 fn endpoints_by_port(
-    ctx: &Ctx<'_>,
-    key: &ObjectKey,
     families: &BTreeSet<bool>,
     ports: &[SpecPort],
-    slices: &[(&ObjectKey, &EndpointSlice)],
+    slices: &[&SliceData],
     w: &mut Warnings,
 ) -> Vec<BTreeMap<(IpAddr, u16), Ep>> {
-    let _ = (ctx, key);
     let mut out: Vec<BTreeMap<(IpAddr, u16), Ep>> = ports.iter().map(|_| BTreeMap::new()).collect();
-    for (slice_key, slice) in slices {
-        let ipv4 = match slice.address_type.as_str() {
-            "IPv4" => true,
-            "IPv6" => false,
-            // FQDN slices are not proxied.
-            _ => continue,
+    for slice in slices {
+        // FQDN slices are not proxied.
+        let Some(ipv4) = slice.ipv4 else {
+            continue;
         };
         if !families.contains(&ipv4) {
             continue;
         }
-        let eps = slice_endpoints(slice_key, slice, ipv4, w);
-        for (j, sp) in slice.ports.iter().flatten().enumerate() {
-            let Some(name) = &sp.name else {
-                w.push_for(
-                    slice_key,
-                    format!("ports[{j}].name"),
-                    "no name; port ignored",
-                );
-                continue;
-            };
-            let Some(number) = sp
-                .port
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0)
-            else {
-                w.push_for(
-                    slice_key,
-                    format!("ports[{j}].port"),
-                    "not a port (1-65535); port ignored",
-                );
-                continue;
-            };
-            let Some(proto) = protocol(sp.protocol.as_deref()) else {
-                w.push_for(
-                    slice_key,
-                    format!("ports[{j}].protocol"),
-                    "unknown protocol; port ignored",
-                );
-                continue;
-            };
+        w.extend(slice.warnings.iter().cloned());
+        for (name, number, proto) in &slice.ports {
             // kube-proxy's ServicePortName: service, port name and protocol.
             let Some(pi) = ports
                 .iter()
-                .position(|p| &p.name == name && p.protocol == proto)
+                .position(|p| &p.name == name && p.protocol == *proto)
             else {
                 continue;
             };
             let set = &mut out[pi];
-            for e in eps.iter().flatten() {
-                let k = (e.ip, number);
+            for e in &slice.endpoints {
+                let k = (e.ip, *number);
                 if !set.contains_key(&k) || !e.terminating {
                     set.insert(k, e.clone());
                 }
@@ -929,13 +997,14 @@ fn topology_filter(
         return eps;
     }
     let all_node_hints = ready.iter().all(|e| !e.node_hints.is_empty());
-    let for_node = ready.iter().any(|e| e.node_hints.contains(node_name));
+    let has = |hints: &[Arc<str>], name: &str| hints.iter().any(|h| &**h == name);
+    let for_node = ready.iter().any(|e| has(&e.node_hints, node_name));
     let all_zone_hints = ready.iter().all(|e| !e.zone_hints.is_empty());
-    let for_zone = !zone.is_empty() && ready.iter().any(|e| e.zone_hints.contains(zone));
+    let for_zone = !zone.is_empty() && ready.iter().any(|e| has(&e.zone_hints, zone));
     let available: Box<dyn Fn(&Ep) -> bool> = if all_node_hints && for_node {
-        Box::new(|e: &Ep| e.node_hints.contains(node_name))
+        Box::new(|e: &Ep| has(&e.node_hints, node_name))
     } else if all_zone_hints && for_zone {
-        Box::new(|e: &Ep| e.zone_hints.contains(zone))
+        Box::new(|e: &Ep| has(&e.zone_hints, zone))
     } else {
         return eps;
     };
@@ -981,6 +1050,22 @@ mod tests {
         assert_eq!(parse_cidr(" 10.0.0.1/24 "), "10.0.0.0/24".parse().ok());
         assert_eq!(parse_cidr("10.0.0.1"), None);
         assert_eq!(parse_cidr("10.0.0.0/33"), None);
+        assert_eq!(parse_cidr("010.000.001.0/24"), "10.0.1.0/24".parse().ok());
+    }
+
+    #[test]
+    fn ips_with_leading_zeros_are_decimal() {
+        assert_eq!(
+            crate::parse_ip_sloppy(" 010.096.000.010 "),
+            Ok("10.96.0.10".parse().unwrap())
+        );
+        assert!(crate::parse_ip_sloppy("256.1.1.1").is_err());
+        assert!(crate::parse_ip_sloppy("1.2.3").is_err());
+        assert!(crate::parse_ip_sloppy("0001.2.3.4").is_err());
+        assert_eq!(
+            crate::parse_ip_sloppy("fd00::1"),
+            Ok("fd00::1".parse().unwrap())
+        );
     }
 
     #[test]

@@ -1,0 +1,183 @@
+//! The translated state, kept as one `DesiredState` patched in place, and the changes made to
+//! it since they were last taken.
+//!
+//! Each list is indexed by name (a removal takes the last element's place, as
+//! `ChangeSet::apply_to_indexed` does), so a change costs in proportion to itself, and the
+//! state can be lent out (`Cluster::state`) or diffed (`Cluster::translate_changes`) without
+//! a copy of the whole. Only `Cluster::translate`, whose contract hands out an owned state,
+//! pays one clone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+use dataplane_core::{Change, ChangeSet, DesiredState, Node, ObjectName};
+
+/// A list of the state with its index, and the previous value of each name changed since the
+/// changes were last taken (`None`: it did not exist).
+#[derive(Debug)]
+struct Tracked<K, T> {
+    index: HashMap<K, usize>,
+    previous: BTreeMap<K, Option<T>>,
+}
+
+impl<K: Ord + Hash + Clone, T: Clone + PartialEq> Tracked<K, T> {
+    fn new() -> Self {
+        Self {
+            index: HashMap::new(),
+            previous: BTreeMap::new(),
+        }
+    }
+
+    /// Sets `key` to `value` (`None` removes it) in `list`.
+    fn put(&mut self, list: &mut Vec<T>, key: &K, value: Option<T>, key_of: impl Fn(&T) -> &K) {
+        let at = self.index.get(key).copied();
+        let old = at.map(|i| &list[i]);
+        if old == value.as_ref() {
+            return;
+        }
+        if !self.previous.contains_key(key) {
+            self.previous.insert(key.clone(), old.cloned());
+        }
+        match (at, value) {
+            (Some(i), Some(v)) => list[i] = v,
+            (Some(i), None) => {
+                list.swap_remove(i);
+                self.index.remove(key);
+                if let Some(moved) = list.get(i) {
+                    self.index.insert(key_of(moved).clone(), i);
+                }
+            }
+            (None, Some(v)) => {
+                self.index.insert(key.clone(), list.len());
+                list.push(v);
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// The changes since the last call: previous and current value of each name whose value
+    /// differs (a change undone since vanishes).
+    fn take(&mut self, list: &[T]) -> BTreeMap<K, Change<T>> {
+        std::mem::take(&mut self.previous)
+            .into_iter()
+            .filter_map(|(key, previous)| {
+                let current = self.index.get(&key).map(|&i| list[i].clone());
+                (previous != current).then_some((key, Change { previous, current }))
+            })
+            .collect()
+    }
+
+    fn forget(&mut self) {
+        self.previous.clear();
+    }
+}
+
+/// The state and its indexes.
+#[derive(Debug)]
+pub(crate) struct Materialized {
+    pub state: DesiredState,
+    /// The node before the changes not yet taken, if it changed.
+    node_previous: Option<Node>,
+    services: Tracked<ObjectName, dataplane_core::Service>,
+    endpoints: Tracked<ObjectName, dataplane_core::Endpoint>,
+    pods: Tracked<ObjectName, dataplane_core::PeerPod>,
+    policies: Tracked<ObjectName, dataplane_core::Policy>,
+    namespaces: Tracked<String, dataplane_core::Namespace>,
+}
+
+impl Materialized {
+    pub(crate) fn new(node: Node) -> Self {
+        Self {
+            state: DesiredState::new(node),
+            node_previous: None,
+            services: Tracked::new(),
+            endpoints: Tracked::new(),
+            pods: Tracked::new(),
+            policies: Tracked::new(),
+            namespaces: Tracked::new(),
+        }
+    }
+
+    pub(crate) fn set_node(&mut self, node: Node) {
+        if self.state.node != node {
+            if self.node_previous.is_none() {
+                self.node_previous = Some(self.state.node.clone());
+            }
+            self.state.node = node;
+        }
+    }
+
+    pub(crate) fn service(&self, name: &ObjectName) -> Option<&dataplane_core::Service> {
+        self.services
+            .index
+            .get(name)
+            .map(|&i| &self.state.services[i])
+    }
+
+    pub(crate) fn put_service(&mut self, name: &ObjectName, s: Option<dataplane_core::Service>) {
+        self.services
+            .put(&mut self.state.services, name, s, |s| &s.name);
+    }
+
+    pub(crate) fn put_endpoint(&mut self, name: &ObjectName, e: Option<dataplane_core::Endpoint>) {
+        self.endpoints
+            .put(&mut self.state.endpoints, name, e, |e| &e.name);
+    }
+
+    pub(crate) fn put_pod(&mut self, name: &ObjectName, p: Option<dataplane_core::PeerPod>) {
+        self.pods.put(&mut self.state.pods, name, p, |p| &p.name);
+    }
+
+    pub(crate) fn put_policy(&mut self, name: &ObjectName, p: Option<dataplane_core::Policy>) {
+        self.policies
+            .put(&mut self.state.policies, name, p, |p| &p.name);
+    }
+
+    pub(crate) fn put_namespace(&mut self, name: &str, n: Option<dataplane_core::Namespace>) {
+        self.namespaces
+            .put(&mut self.state.namespaces, &name.to_owned(), n, |n| &n.name);
+    }
+
+    /// The changes since they were last taken (or forgotten).
+    pub(crate) fn take_changes(&mut self) -> ChangeSet {
+        let node = self
+            .node_previous
+            .take()
+            .filter(|previous| *previous != self.state.node)
+            .map(|previous| Change {
+                previous: Some(previous),
+                current: Some(self.state.node.clone()),
+            });
+        ChangeSet {
+            node,
+            services: self.services.take(&self.state.services),
+            endpoints: self.endpoints.take(&self.state.endpoints),
+            policies: self.policies.take(&self.state.policies),
+            namespaces: self.namespaces.take(&self.state.namespaces),
+            pods: self.pods.take(&self.state.pods),
+        }
+    }
+
+    /// Drops the record of changes (the caller took the whole state instead).
+    pub(crate) fn forget_changes(&mut self) {
+        self.node_previous = None;
+        self.services.forget();
+        self.endpoints.forget();
+        self.pods.forget();
+        self.policies.forget();
+        self.namespaces.forget();
+    }
+
+    /// A copy of the state with every list in name order.
+    pub(crate) fn sorted_copy(&self) -> DesiredState {
+        let mut state = self.state.clone();
+        state.services.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        state.endpoints.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        state.pods.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        state.policies.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        state
+            .namespaces
+            .sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        state
+    }
+}

@@ -1,0 +1,281 @@
+//! The store's behaviour around the node, late interfaces and change scope.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+
+use dataplane_core::ObjectName;
+use dataplane_kube::{parse_manifests, Cluster, Kind, Object, ObjectKey, Settings, TranslateError};
+
+fn objects(yaml: &str) -> Vec<Object> {
+    parse_manifests(yaml, "test.yaml").unwrap().objects
+}
+
+fn one(yaml: &str) -> Object {
+    objects(yaml).remove(0)
+}
+
+fn node(extra_meta: &str, extra_spec: &str, addresses: &str) -> Object {
+    one(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n  labels: {{topology.kubernetes.io/zone: zone-a}}\n{extra_meta}spec:\n  podCIDRs: [10.244.1.0/24]\n{extra_spec}status:\n  addresses: {addresses}\n"
+    ))
+}
+
+fn settings() -> Settings {
+    Settings::new(
+        "node-a",
+        dataplane_core::Node::new("node-a", [])
+            .with_cluster_cidrs(["10.244.0.0/16".parse().unwrap()])
+            .with_service_cidrs(["10.96.0.0/16".parse().unwrap()]),
+    )
+}
+
+const ADDRESSES: &str = "[{type: InternalIP, address: 172.18.0.2}]";
+
+fn none(_: &ObjectName, _: &[IpAddr]) -> Option<String> {
+    None
+}
+
+#[test]
+fn no_node_no_state() {
+    let mut cluster = Cluster::new(settings());
+    assert_eq!(
+        cluster.translate(&none).unwrap_err(),
+        TranslateError::NodeNotFound {
+            name: "node-a".into()
+        }
+    );
+    // Another node is not ours.
+    cluster
+        .apply(one("apiVersion: v1\nkind: Node\nmetadata: {name: node-b}\nstatus: {addresses: [{type: InternalIP, address: 172.18.0.3}]}\n"))
+        .unwrap();
+    assert!(matches!(
+        cluster.translate(&none),
+        Err(TranslateError::NodeNotFound { .. })
+    ));
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    assert!(cluster.translate(&none).is_ok());
+    cluster.delete(&ObjectKey::cluster(Kind::Node, "node-a"));
+    assert!(matches!(
+        cluster.translate(&none),
+        Err(TranslateError::NodeNotFound { .. })
+    ));
+}
+
+#[test]
+fn a_node_without_addresses_uses_the_templates_or_fails() {
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", "[]")).unwrap();
+    let err = cluster.translate(&none).unwrap_err();
+    assert!(
+        matches!(&err, TranslateError::InvalidNode { field, .. } if field == "status.addresses"),
+        "{err}"
+    );
+
+    let mut with_addresses = settings();
+    with_addresses.node.addresses = vec!["172.18.0.9".parse().unwrap()];
+    let mut cluster = Cluster::new(with_addresses);
+    cluster.apply(node("", "", "[]")).unwrap();
+    let t = cluster.translate(&none).unwrap();
+    assert_eq!(
+        t.state.node.addresses,
+        ["172.18.0.9".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+    assert_eq!(t.warnings[0].to_string(), "Node node-a: status.addresses: no usable InternalIP or ExternalIP; the settings' node addresses are used");
+}
+
+#[test]
+fn draining_follows_deletion_and_the_autoscaler_taint() {
+    let mut cluster = Cluster::new(settings());
+    assert!(!cluster.node_draining());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    assert!(!cluster.node_draining());
+    cluster
+        .apply(node(
+            "",
+            "  taints: [{key: ToBeDeletedByClusterAutoscaler, value: '1700000000', effect: NoSchedule}]\n",
+            ADDRESSES,
+        ))
+        .unwrap();
+    assert!(cluster.node_draining());
+    cluster
+        .apply(node(
+            "  deletionTimestamp: '2026-12-06T11:00:00Z'\n",
+            "",
+            ADDRESSES,
+        ))
+        .unwrap();
+    assert!(cluster.node_draining());
+}
+
+const LOCAL_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: default, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: c}]}\nstatus: {phase: Running, podIPs: [{ip: 10.244.1.5}]}\n";
+
+#[test]
+fn a_local_pod_waits_for_its_interface_as_a_peer_and_follows_a_new_one() {
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    cluster.apply(one(LOCAL_POD)).unwrap();
+    let veth: std::cell::RefCell<Option<&str>> = std::cell::RefCell::new(None);
+    let calls = Cell::new(0);
+    let resolver = |_: &ObjectName, ips: &[IpAddr]| {
+        calls.set(calls.get() + 1);
+        assert_eq!(ips, ["10.244.1.5".parse::<IpAddr>().unwrap()]);
+        veth.borrow().map(str::to_owned)
+    };
+    let t = cluster.translate(&resolver).unwrap();
+    assert!(t.state.endpoints.is_empty());
+    // Not an endpoint yet, but a policy peer on this node, so that policies selecting it
+    // match its address.
+    assert_eq!(t.state.pods.len(), 1);
+    assert_eq!(
+        t.state.pods[0].ips,
+        ["10.244.1.5".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(t.state.pods[0].node_name.as_deref(), Some("node-a"));
+    assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+    // Asked again at every translation, once, without any change to the pod.
+    cluster.translate(&resolver).unwrap();
+    assert_eq!(calls.get(), 2);
+    *veth.borrow_mut() = Some("veth-web0");
+    let t = cluster.translate(&resolver).unwrap();
+    assert_eq!(t.state.endpoints[0].interface, "veth-web0");
+    assert!(t.state.pods.is_empty());
+    assert!(t.warnings.is_empty());
+    assert_eq!(calls.get(), 3);
+    // Found: still asked once per translation (a sandbox recreated with the same address
+    // has a new veth); nothing changes while the answer is the same.
+    let c = cluster.translate_changes(&resolver).unwrap();
+    assert!(c.changes.is_empty());
+    assert_eq!(calls.get(), 4);
+    *veth.borrow_mut() = Some("veth-web1");
+    let c = cluster.translate_changes(&resolver).unwrap();
+    assert_eq!(c.changes.len(), 1);
+    assert_eq!(calls.get(), 5);
+    assert_eq!(cluster.state().unwrap().endpoints[0].interface, "veth-web1");
+    // Gone: a peer again, with the warning.
+    *veth.borrow_mut() = None;
+    let t = cluster.translate(&resolver).unwrap();
+    assert!(t.state.endpoints.is_empty());
+    assert_eq!((t.state.pods.len(), t.warnings.len()), (1, 1));
+    assert_eq!(calls.get(), 6);
+}
+
+#[test]
+fn a_node_heartbeat_changes_nothing_and_a_zone_change_moves_topology() {
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIPs: [10.96.0.20], ports: [{port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints:\n- {addresses: [10.244.1.5], hints: {forZones: [{name: zone-a}]}}\n- {addresses: [10.244.2.5], hints: {forZones: [{name: zone-b}]}}\nports: [{name: '', port: 80}]\n";
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    for o in objects(service) {
+        cluster.apply(o).unwrap();
+    }
+    let backends = |c: &mut Cluster| -> Vec<String> {
+        c.translate(&none).unwrap().state.services[0]
+            .backends
+            .iter()
+            .map(|b| b.ip.to_string())
+            .collect()
+    };
+    assert_eq!(backends(&mut cluster), ["10.244.1.5"]);
+    // An annotation is not even kept; a field no translation reads is a change of the
+    // object, not of the translation.
+    let annotated = node("  annotations: {beat: '2'}\n", "", ADDRESSES);
+    assert!(!cluster.apply(annotated).unwrap());
+    let heartbeat = node("", "  unschedulable: false\n", ADDRESSES);
+    assert!(cluster.apply(heartbeat).unwrap());
+    assert_eq!(backends(&mut cluster), ["10.244.1.5"]);
+    let moved = one(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n  labels: {{topology.kubernetes.io/zone: zone-b}}\nspec:\n  podCIDRs: [10.244.1.0/24]\nstatus:\n  addresses: {ADDRESSES}\n"
+    ));
+    cluster.apply(moved).unwrap();
+    assert_eq!(backends(&mut cluster), ["10.244.2.5"]);
+}
+
+#[test]
+fn a_slice_relabelled_to_another_service_moves_its_endpoints() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: default}\nspec: {clusterIPs: [10.96.0.1], ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: default}\nspec: {clusterIPs: [10.96.0.2], ports: [{port: 80}]}\n";
+    let slice = |owner: &str| {
+        one(&format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s, namespace: default, labels: {{kubernetes.io/service-name: {owner}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [10.244.2.5]}}]\nports: [{{name: '', port: 80}}]\n"))
+    };
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    for o in objects(yaml) {
+        cluster.apply(o).unwrap();
+    }
+    cluster.apply(slice("a")).unwrap();
+    let counts = |c: &mut Cluster| -> Vec<usize> {
+        c.translate(&none)
+            .unwrap()
+            .state
+            .services
+            .iter()
+            .map(|s| s.backends.len())
+            .collect()
+    };
+    assert_eq!(counts(&mut cluster), [1, 0]);
+    cluster.apply(slice("b")).unwrap();
+    assert_eq!(counts(&mut cluster), [0, 1]);
+    cluster.delete(&ObjectKey::namespaced(Kind::EndpointSlice, "default", "s"));
+    assert_eq!(counts(&mut cluster), [0, 0]);
+}
+
+#[test]
+fn what_no_translation_reads_is_not_kept_and_changes_nothing() {
+    let pod = |ready: &str| {
+        one(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-0\n  namespace: default\n  managedFields: [{{manager: kubelet, operation: Update}}]\n  annotations: {{kubectl.kubernetes.io/last-applied-configuration: '{{}}', keep: me}}\nspec:\n  nodeName: node-b\n  containers: [{{name: c, image: nginx, env: [{{name: A, value: b}}], ports: [{{name: http, containerPort: 80}}]}}]\nstatus:\n  phase: Running\n  conditions: [{{type: Ready, status: '{ready}'}}]\n  podIPs: [{{ip: 10.244.2.5}}]\n"
+        ))
+    };
+    let mut cluster = Cluster::new(settings());
+    assert!(cluster.apply(pod("True")).unwrap());
+    assert!(
+        !cluster.apply(pod("False")).unwrap(),
+        "a readiness flip is no change to the translation"
+    );
+    assert!(cluster.is_current(&pod("False")));
+    // A new resourceVersion, uid, image or annotation is no change either; a new address is.
+    let mut other = pod("True");
+    let Object::Pod(p) = &mut other else {
+        unreachable!()
+    };
+    p.metadata.resource_version = Some("42".into());
+    p.metadata.uid = Some("u".into());
+    p.metadata.annotations = Some([("other".to_owned(), "x".to_owned())].into());
+    p.spec.as_mut().unwrap().containers[0].image = Some("nginx:2".into());
+    assert!(cluster.is_current(&other));
+    assert!(!cluster.apply(other).unwrap());
+    let moved = one(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: default}\nspec: {nodeName: node-b, containers: [{name: c, ports: [{name: http, containerPort: 80}]}]}\nstatus: {phase: Running, podIPs: [{ip: 10.244.2.6}]}\n",
+    );
+    assert!(!cluster.is_current(&moved));
+    assert!(cluster.apply(moved).unwrap());
+    assert!(!cluster.is_current(&pod("True")));
+    assert!(cluster.apply(pod("True")).unwrap());
+    assert!(!cluster.is_current(&one(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: default}\n"
+    )));
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    let t = cluster.translate(&none).unwrap();
+    assert_eq!(t.state.pods[0].named_ports[0].port, 80);
+}
+
+#[test]
+fn translate_in_place_lends_the_state_and_takes_the_changes() {
+    let mut cluster = Cluster::new(settings());
+    assert!(matches!(
+        cluster.translate_in_place(&none),
+        Err(TranslateError::NodeNotFound { .. })
+    ));
+    assert!(cluster.state().is_none());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    for o in objects("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIPs: [10.96.0.20], ports: [{port: 80}]}\n") {
+        cluster.apply(o).unwrap();
+    }
+    assert!(cluster.translate_in_place(&none).unwrap().is_empty());
+    assert_eq!(cluster.state().unwrap().services.len(), 1);
+    // The changes up to it are taken: the next changes are only what came after.
+    assert!(cluster.translate_changes(&none).unwrap().changes.is_empty());
+    cluster.delete(&ObjectKey::namespaced(Kind::Service, "default", "web"));
+    let c = cluster.translate_changes(&none).unwrap();
+    assert_eq!(c.changes.services.len(), 1);
+    assert!(cluster.state().unwrap().services.is_empty());
+}
