@@ -19,7 +19,7 @@
 //!   dataplane's own interval between requests; the loop only reads the results into the
 //!   metrics.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -200,8 +200,9 @@ pub struct Reconciler {
     /// `trackerStartTime`: a restarted agent would otherwise report the age of every slice
     /// that changed while it was down, or long before).
     started: SystemTime,
-    /// Warnings logged already (logged again only when they change).
-    warned: HashSet<String>,
+    /// Warnings logged already, by object: logged again only when they change or their
+    /// object does (the store keeps no resourceVersion to tell versions apart).
+    warned: HashMap<ObjectKey, HashSet<String>>,
     /// The dataplane's notes of the programmed state, logged already.
     noted: HashSet<String>,
     conntrack_capacity: Option<u64>,
@@ -258,7 +259,7 @@ impl Reconciler {
             pending: BTreeSet::new(),
             triggers: BTreeMap::new(),
             started: SystemTime::now(),
-            warned: HashSet::new(),
+            warned: HashMap::new(),
             noted: HashSet::new(),
             conntrack_capacity,
             capabilities: None,
@@ -324,7 +325,7 @@ impl Reconciler {
             namespace: None,
             name: self.cluster.settings().node_name.clone(),
         };
-        self.cluster.get(&key).is_some() && !self.cluster.node_draining()
+        self.cluster.contains(&key) && !self.cluster.node_draining()
     }
 
     fn take(&mut self, event: SourceEvent) {
@@ -335,7 +336,7 @@ impl Reconciler {
                 let mut changed_keys = Vec::new();
                 for object in &objects {
                     if let Ok(key) = object.key() {
-                        if self.cluster.get(&key) != Some(object) {
+                        if !self.cluster.is_current(object) {
                             if !first {
                                 self.note_trigger(&key, object);
                             }
@@ -372,7 +373,7 @@ impl Reconciler {
                     Ok(key) => key,
                     Err(e) => return self.source_error(Some(kind), &error_chain(&e)),
                 };
-                if self.cluster.get(&key) != Some(&object) {
+                if !self.cluster.is_current(&object) {
                     self.note_trigger(&key, &object);
                 }
                 match self.cluster.apply(object) {
@@ -433,6 +434,8 @@ impl Reconciler {
         }
         for key in keys {
             let kind = key.kind;
+            // A new version: its warnings are news again.
+            self.warned.remove(&key);
             if self.pending.insert(key) {
                 match kind {
                     Kind::Service => self.metrics.service_changes_pending.inc(),
@@ -657,20 +660,21 @@ impl Reconciler {
     }
 
     /// Logs the warnings that are new since the last sync: once per object version, not
-    /// every sync (an object that changes and still has the warning is logged again).
+    /// every sync (an object that changes and still has the warning is logged again; a
+    /// version is what the store tells apart, not a new resourceVersion alone).
     fn log_warnings(&mut self, warnings: &[TranslationWarning]) {
-        let mut now = HashSet::with_capacity(warnings.len());
+        let mut now: HashMap<ObjectKey, HashSet<String>> = HashMap::new();
         for w in warnings {
-            let version = self
-                .cluster
+            let text = w.to_string();
+            // Forgotten when the object changed (see `changed`): logged again then.
+            let logged = self
+                .warned
                 .get(&w.object)
-                .and_then(resource_version)
-                .unwrap_or_default();
-            let id = format!("{w}@{version}");
-            if !self.warned.contains(&id) {
+                .is_some_and(|texts| texts.contains(&text));
+            if !logged {
                 tracing::warn!(object = %w.object, field = %w.field, "{}", w.message);
             }
-            now.insert(id);
+            now.entry(w.object.clone()).or_default().insert(text);
         }
         self.warned = now;
     }
@@ -796,16 +800,4 @@ impl Reconciler {
         }
         result
     }
-}
-
-fn resource_version(object: &Object) -> Option<String> {
-    let meta = match object {
-        Object::Service(o) => &o.metadata,
-        Object::EndpointSlice(o) => &o.metadata,
-        Object::NetworkPolicy(o) => &o.metadata,
-        Object::Pod(o) => &o.metadata,
-        Object::Namespace(o) => &o.metadata,
-        Object::Node(o) => &o.metadata,
-    };
-    meta.resource_version.clone()
 }

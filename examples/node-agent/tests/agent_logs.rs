@@ -52,11 +52,21 @@ async fn a_translation_warning_is_logged_once_per_object_version() {
     let warning = "40000 is outside the node port range";
     assert_eq!(logs.count(warning), 1, "three syncs, one warning logged");
     assert_eq!(logs.count(" synced"), 3, "one line per sync");
-    // A new version of the service, still with the problem: logged again, once.
+    // The same service again, only its resourceVersion new: no change, not logged again.
     h.reconciler.handle(SourceEvent::Applied(object(
         &service("web", "10.96.0.10", 80, Some(40_000))
             .replace("  name: web\n", "  name: web\n  resourceVersion: \"2\"\n"),
     )));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert_eq!(logs.count(warning), 1);
+    // A new version of the service (another port), still with the problem: logged again,
+    // once.
+    h.reconciler.handle(SourceEvent::Applied(object(&service(
+        "web",
+        "10.96.0.10",
+        81,
+        Some(40_000),
+    ))));
     h.reconciler.sync(RunKind::Partial).await.report.unwrap();
     h.reconciler.sync(RunKind::Partial).await.report.unwrap();
     assert_eq!(logs.count(warning), 2);
