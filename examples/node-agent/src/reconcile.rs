@@ -196,7 +196,8 @@ pub struct Reconciler {
     /// Trigger times of the EndpointSlice changes since the last successful sync, each
     /// change's (kube-proxy's `lastChangeTriggerTimes`), with the slice's family.
     triggers: BTreeMap<ObjectKey, Vec<(IpFamily, SystemTime)>>,
-    /// When the loop was made: older trigger times are not measured (kube-proxy's
+    /// When the loop was made, to the second (the annotation's precision: a change in the
+    /// second the agent started counts): older trigger times are not measured (kube-proxy's
     /// `trackerStartTime`: a restarted agent would otherwise report the age of every slice
     /// that changed while it was down, or long before).
     started: SystemTime,
@@ -258,7 +259,7 @@ impl Reconciler {
             service_health,
             pending: BTreeSet::new(),
             triggers: BTreeMap::new(),
-            started: SystemTime::now(),
+            started: whole_second(SystemTime::now()),
             warned: HashMap::new(),
             noted: HashSet::new(),
             conntrack_capacity,
@@ -403,7 +404,7 @@ impl Reconciler {
             // FQDN slices are not programmed (kube-proxy ignores them too).
             _ => return,
         };
-        if let Some(at) = last_change_trigger_time(slice).filter(|at| *at > self.started) {
+        if let Some(at) = last_change_trigger_time(slice).filter(|at| *at >= self.started) {
             // Every change is measured, as kube-proxy appends each trigger time.
             self.triggers
                 .entry(key.clone())
@@ -800,4 +801,11 @@ impl Reconciler {
         }
         result
     }
+}
+
+/// `t` without its fraction of a second.
+fn whole_second(t: SystemTime) -> SystemTime {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(t, |d| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs())
+    })
 }
