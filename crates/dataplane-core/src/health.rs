@@ -1,9 +1,13 @@
 //! Health-check NodePort data for `externalTrafficPolicy: Local` services.
 //!
 //! Load balancers probe `http://NODE:healthCheckNodePort/` and send traffic only to nodes that
-//! answer 200, i.e. that have a local endpoint (kube-proxy's service health server). The HTTP
-//! server belongs to the agent; this module says what it must answer, from the same
-//! eligibility rules the datapath uses.
+//! answer 200, i.e. that have a ready local endpoint (kube-proxy's service health server). The
+//! HTTP server belongs to the agent; this module says what it must answer, from the same
+//! eligibility rules the datapath uses, less the datapath's terminating fallback: a node whose
+//! only local endpoints are terminating answers 503 (kube-proxy's `LocalReadyEndpoints`:
+//! "health check signal should fail if there are only terminating endpoints on a node"), so
+//! that load balancers move new connections elsewhere while those endpoints drain, and the
+//! datapath still sends them what arrives meanwhile.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -21,8 +25,8 @@ pub struct HealthCheck {
     pub service: ObjectName,
     /// `healthCheckNodePort`.
     pub node_port: u16,
-    /// Local endpoints that take new external connections (ready ones, or the serving
-    /// terminating ones when none is ready). Zero: answer 503 so that traffic goes elsewhere.
+    /// Ready local endpoints (terminating ones do not count, even those the datapath falls
+    /// back to). Zero: answer 503 so that traffic goes elsewhere.
     pub local_endpoints: usize,
 }
 
@@ -54,14 +58,16 @@ pub fn health_check(state: &DesiredState, s: &Service) -> Option<HealthCheck> {
         return None;
     }
     let node_port = s.health_check_node_port?;
-    // A backend counts once however many ports and families the service has.
+    // A backend counts once however many ports and families the service has. Only ready
+    // ones: when none is ready the datapath falls back to serving terminating endpoints, but
+    // the health check fails (kube-proxy's `EndpointsMap.LocalReadyEndpoints`).
     let mut local: BTreeSet<IpAddr> = BTreeSet::new();
     for port in &s.ports {
         for family in [IpFamily::V4, IpFamily::V6] {
             if let Eligible::Backends(b) =
                 eligible_backends(state, s, port, TrafficKind::External, family)
             {
-                local.extend(b.iter().map(|b| b.ip));
+                local.extend(b.iter().filter(|b| b.ready && !b.terminating).map(|b| b.ip));
             }
         }
     }
@@ -125,14 +131,25 @@ mod tests {
     }
 
     #[test]
-    fn no_local_endpoint_is_503_and_terminating_fallback_counts() {
+    fn no_ready_local_endpoint_is_503_even_with_terminating_ones_serving() {
         let mut st = state();
         st.services[0].backends[0].ready = false;
         assert_eq!(health_checks(&st)[0].local_endpoints, 0);
         assert_eq!(health_checks(&st)[0].http_status(), 503);
-        // Only terminating-but-serving local endpoints: they still take connections.
+        // Only terminating-but-serving local endpoints: the datapath still sends external
+        // connections to them (the fallback), but the health check fails so that load
+        // balancers stop sending new ones (kube-proxy's LocalReadyEndpoints).
         st.services[0].backends[0].terminating = true;
         st.services[0].backends[0].serving = true;
+        let port = st.services[0].ports[0].clone();
+        assert!(matches!(
+            eligible_backends(&st, &st.services[0], &port, TrafficKind::External, IpFamily::V4),
+            Eligible::Backends(b) if b.len() == 1 && b[0].terminating
+        ));
+        assert_eq!(health_checks(&st)[0].local_endpoints, 0);
+        assert_eq!(health_checks(&st)[0].http_status(), 503);
+        // A ready one next to it: counted alone.
+        st.services[0].backends[1].ready = true;
         assert_eq!(health_checks(&st)[0].local_endpoints, 1);
     }
 }

@@ -52,8 +52,9 @@ pub struct Args {
     /// The shortest time between two syncs: a burst of changes is applied once.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub min_sync_period: Duration,
-    /// The longest time between two syncs; a sync after this long is a full one.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// The longest time between two syncs; a sync after this long is a full one. Greater
+    /// than 0 (as kube-proxy requires).
+    #[arg(long, default_value = "30s", value_parser = parse_period)]
     pub sync_period: Duration,
     /// After a failed sync, the next one (full) comes after this long at the latest (at least
     /// --min-sync-period).
@@ -176,28 +177,99 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((start, end))
 }
 
+/// The longest period a duration flag takes: a year. Far beyond any useful sync period, and
+/// far from where `Instant + Duration` overflows (which panics).
+pub const MAX_DURATION: Duration = Duration::from_hours(365 * 24);
+
+/// Why a duration flag's value is refused (clap prints it after the flag's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DurationError {
+    /// Nothing given.
+    Empty,
+    /// Something other than a number where one was expected.
+    Number {
+        /// The whole value.
+        value: String,
+        /// Where the number was expected.
+        at: String,
+    },
+    /// A number without a unit.
+    NoUnit {
+        /// The whole value.
+        value: String,
+    },
+    /// A unit other than `h`, `m`, `s`, `ms`, `us`, `ns`.
+    Unit {
+        /// The whole value.
+        value: String,
+        /// The unit.
+        unit: String,
+    },
+    /// Longer than [`MAX_DURATION`] (or than any `Duration`).
+    TooLong {
+        /// The whole value.
+        value: String,
+    },
+    /// Zero where the flag needs a positive period.
+    Zero,
+}
+
+impl std::fmt::Display for DurationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DurationError::Empty => f.write_str("an empty duration"),
+            DurationError::Number { value, at } => {
+                write!(f, "{value:?}: expected a number at {at:?}")
+            }
+            DurationError::NoUnit { value } => {
+                write!(
+                    f,
+                    "{value:?}: a number without a unit (h, m, s, ms, us, ns)"
+                )
+            }
+            DurationError::Unit { value, unit } => {
+                write!(f, "{value:?}: unknown unit {unit:?} (h, m, s, ms, us, ns)")
+            }
+            DurationError::TooLong { value } => write!(
+                f,
+                "{value:?} is too long: at most {}h",
+                MAX_DURATION.as_secs() / 3600
+            ),
+            DurationError::Zero => f.write_str("must be greater than 0"),
+        }
+    }
+}
+
+impl std::error::Error for DurationError {}
+
 /// A duration as kube-proxy's flags write it: a sequence of number+unit, units `h`, `m`,
-/// `s`, `ms`, `us`, `ns` (`1s`, `500ms`, `2m`, `1m30s`, `1.5s`); a bare `0` is zero.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+/// `s`, `ms`, `us`, `ns` (`1s`, `500ms`, `2m`, `1m30s`, `1.5s`); a bare `0` is zero. At most
+/// [`MAX_DURATION`]; the sum is checked (a long value is an error, not a panic).
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let text = s.trim();
     if text == "0" {
         return Ok(Duration::ZERO);
     }
     if text.is_empty() {
-        return Err("an empty duration".to_owned());
+        return Err(DurationError::Empty);
     }
+    let too_long = || DurationError::TooLong {
+        value: s.to_owned(),
+    };
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
         let number_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{s:?}: a number without a unit (h, m, s, ms, us, ns)"))?;
-        if number_len == 0 {
-            return Err(format!("{s:?}: expected a number at {rest:?}"));
-        }
+            .ok_or_else(|| DurationError::NoUnit {
+                value: s.to_owned(),
+            })?;
         let number: f64 = rest[..number_len]
             .parse()
-            .map_err(|e| format!("{s:?}: {e}"))?;
+            .map_err(|_| DurationError::Number {
+                value: s.to_owned(),
+                at: rest.to_owned(),
+            })?;
         rest = &rest[number_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -210,16 +282,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "us" | "µs" => 1e-6,
             "ns" => 1e-9,
             unit => {
-                return Err(format!(
-                    "{s:?}: unknown unit {unit:?} (h, m, s, ms, us, ns)"
-                ))
+                return Err(DurationError::Unit {
+                    value: s.to_owned(),
+                    unit: unit.to_owned(),
+                })
             }
         };
         rest = &rest[unit_len..];
-        total +=
-            Duration::try_from_secs_f64(number * seconds).map_err(|e| format!("{s:?}: {e}"))?;
+        // Out of range for a Duration (or infinite): too long.
+        let part = Duration::try_from_secs_f64(number * seconds).map_err(|_| too_long())?;
+        total = total.checked_add(part).ok_or_else(too_long)?;
+    }
+    if total > MAX_DURATION {
+        return Err(too_long());
     }
     Ok(total)
+}
+
+/// [`parse_duration`] for a period that must be positive (`--sync-period`: kube-proxy
+/// refuses 0, which would make every loop iteration a full sync).
+pub fn parse_period(s: &str) -> Result<Duration, DurationError> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(DurationError::Zero),
+        period => Ok(period),
+    }
 }
 
 #[cfg(test)]
@@ -234,10 +320,55 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn long_durations_are_errors_not_panics() {
+        for long in [
+            "8761h",
+            "99999999999999999999h",
+            "0.5h8760h",
+            // Each part fits, the sum does not fit a Duration.
+            "18446744073709551615s18446744073709551615s",
+        ] {
+            assert!(
+                matches!(parse_duration(long), Err(DurationError::TooLong { .. })),
+                "{long}: {:?}",
+                parse_duration(long)
+            );
+        }
+        assert!(matches!(
+            parse_duration("1x"),
+            Err(DurationError::Unit { .. })
+        ));
+    }
+
+    #[test]
+    fn the_sync_period_must_be_positive_and_errors_name_the_flag() {
+        let parse = |flag: &str, value: &str| {
+            Args::try_parse_from(["dataplane-agent", "--manifests", "/m", flag, value])
+                .map(|a| a.periods())
+                .map_err(|e| e.to_string())
+        };
+        let zero = parse("--sync-period", "0").unwrap_err();
+        assert!(zero.contains("--sync-period"), "{zero}");
+        assert!(zero.contains("greater than 0"), "{zero}");
+        let long = parse("--min-sync-period", "100000h").unwrap_err();
+        assert!(long.contains("--min-sync-period"), "{long}");
+        assert!(long.contains("too long"), "{long}");
+        // The minimum may be 0 (kube-proxy allows it); the longest periods are fine.
+        let p = parse("--min-sync-period", "0").unwrap();
+        assert_eq!(p.min_sync, Duration::ZERO);
+        let p = parse("--sync-period", "8760h").unwrap();
+        assert_eq!(p.sync, MAX_DURATION);
+        // Far from an Instant overflow: a runner adds them to now.
+        let now = std::time::Instant::now();
+        assert!(now.checked_add(p.sync + p.retry + p.min_sync).is_some());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!   `healthCheckNodePort`, an HTTP server on that port (`0.0.0.0` and `[::]`) answering any
 //!   path with `200` and
 //!   `{"service":{"namespace":"…","name":"…"},"localEndpoints":N,"serviceProxyHealthy":true}`
-//!   when the node has local endpoints (and the agent is healthy), `503` otherwise, so that
+//!   when the node has ready local endpoints (and the agent is healthy; terminating ones do
+//!   not count, as in kube-proxy), `503` otherwise, so that
 //!   cloud load balancers send traffic only to nodes with a local endpoint. Servers open and
 //!   close as services come and go (a port that cannot be bound is tried again at the next
 //!   sync, as kube-proxy does).
@@ -12,13 +13,15 @@
 //!   `{"lastUpdated":…,"currentTime":…,"nodeEligible":…}` (`/livez` without `nodeEligible`),
 //!   `503` when the oldest change not yet synced is older than the health timeout (twice the
 //!   sync period, kube-proxy's), and `/healthz` also when the Node is being deleted or is
-//!   tainted `ToBeDeletedByClusterAutoscaler` (load balancers drain it first).
+//!   tainted `ToBeDeletedByClusterAutoscaler` (load balancers drain it first), or is missing
+//!   once the Nodes are listed (deleted: see `Reconciler`'s eligibility).
 //!
 //! Times are RFC 3339 (kube-proxy prints Go's `time.Time` format there; both are strings and
 //! no client parses them).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use dataplane::{HealthCheck, ObjectName};
 use hyper::StatusCode;
 use k8s_openapi::jiff::Timestamp;
+use nix::sys::socket::Shutdown;
 use tokio::task::AbortHandle;
 
 use crate::http::{self, Reply};
@@ -77,7 +81,8 @@ impl Status {
         inner.last_updated = Some(at);
     }
 
-    /// Whether the Node may take traffic (not being deleted, not tainted for deletion).
+    /// Whether the Node may take traffic (present, not being deleted, not tainted for
+    /// deletion).
     pub fn set_node_eligible(&self, eligible: bool) {
         self.lock().node_eligible = eligible;
     }
@@ -131,15 +136,16 @@ fn quote(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
-/// Serves `/healthz` and `/livez` on `addr` until the returned task is aborted; the address
-/// bound (its port when `addr`'s is 0).
+/// Serves `/healthz` and `/livez` on `addr` (`0.0.0.0`: on `[::]` too, see
+/// [`http::bind_server`]) until the returned task is aborted; the address bound (its port when
+/// `addr`'s is 0).
 pub fn serve_healthz(
     addr: SocketAddr,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
-    let listener = http::bind(addr)?;
-    let bound = listener.local_addr()?;
+    let listeners = http::bind_server(addr)?;
+    let bound = listeners[0].local_addr()?;
     let handler = http::handler(move |path| -> Reply {
         let livez = match path {
             "/healthz" => false,
@@ -156,8 +162,11 @@ pub fn serve_healthz(
         metrics.health_answer(livez, code.as_u16());
         (code, "application/json", body)
     });
-    tracing::info!(address = %bound, "serving /healthz and /livez");
-    Ok((tokio::spawn(http::serve(listener, handler)), bound))
+    tracing::info!(address = %bound, listeners = listeners.len(), "serving /healthz and /livez");
+    Ok((
+        tokio::spawn(http::serve_all(listeners, handler, http::Limits::default())),
+        bound,
+    ))
 }
 
 /// The body and status a service health port answers with.
@@ -181,6 +190,7 @@ pub fn service_answer(service: &ObjectName, local_endpoints: usize, healthy: boo
 pub struct ServiceHealth {
     status: Arc<Status>,
     addresses: Vec<IpAddr>,
+    limits: http::Limits,
     servers: BTreeMap<ObjectName, Instance>,
 }
 
@@ -189,10 +199,19 @@ struct Instance {
     port: u16,
     local_endpoints: Arc<AtomicUsize>,
     tasks: Vec<AbortHandle>,
+    /// A second descriptor of each listening socket: shut down when the port closes.
+    listeners: Vec<OwnedFd>,
 }
 
 impl Drop for Instance {
     fn drop(&mut self) {
+        // An aborted task drops its listener only when the runtime next polls it: a service
+        // that takes over the port in the same sync would fail to bind it (and wait for the
+        // next sync). Shutting the socket down stops it listening now, and a socket that no
+        // longer listens does not keep SO_REUSEADDR sockets off its port.
+        for listener in &self.listeners {
+            let _ = nix::sys::socket::shutdown(listener.as_raw_fd(), Shutdown::Both);
+        }
         for task in &self.tasks {
             task.abort();
         }
@@ -216,8 +235,16 @@ impl ServiceHealth {
         Self {
             status,
             addresses,
+            limits: http::Limits::default(),
             servers: BTreeMap::new(),
         }
+    }
+
+    /// The same with other limits for the ports' connections.
+    #[must_use]
+    pub fn with_limits(mut self, limits: http::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The ports served now, by service.
@@ -270,23 +297,19 @@ impl ServiceHealth {
             port: check.node_port,
             local_endpoints: Arc::clone(&local_endpoints),
             tasks: Vec::new(),
+            listeners: Vec::new(),
         };
         for address in &self.addresses {
             let listener = match http::bind(SocketAddr::new(*address, check.node_port)) {
                 Ok(listener) => listener,
                 // A node without IPv6 (or IPv4): the other family serves.
-                Err(e)
-                    if address.is_ipv6()
-                        && matches!(
-                            e.raw_os_error(),
-                            Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
-                        ) =>
-                {
-                    continue
-                }
+                Err(e) if address.is_ipv6() && http::no_ipv6(&e) => continue,
                 // `instance` is dropped: what opened so far closes.
                 Err(e) => return Err(e),
             };
+            instance
+                .listeners
+                .push(listener.as_fd().try_clone_to_owned()?);
             let status = Arc::clone(&self.status);
             let local = Arc::clone(&local_endpoints);
             let service = check.service.clone();
@@ -296,7 +319,7 @@ impl ServiceHealth {
             });
             instance
                 .tasks
-                .push(tokio::spawn(http::serve(listener, handler)).abort_handle());
+                .push(tokio::spawn(http::serve(listener, handler, self.limits)).abort_handle());
         }
         Ok(instance)
     }

@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod interfaces;
 pub mod kube_source;
+pub mod leftovers;
 pub mod manifests;
 pub mod metrics;
 pub mod reconcile;
@@ -46,7 +47,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let settings = args.settings()?;
     let options = args.options();
-    let opened = dataplane::open(args.backend, &options).context("opening the dataplane")?;
+    // With `auto`, the kind whose datapath an earlier agent left must be the one to open.
+    let leftovers = if args.backend == Selection::Auto {
+        leftovers::leftovers(&args)
+    } else {
+        Vec::new()
+    };
+    let opened = leftovers::open_checked(args.backend, &leftovers, &options, dataplane::open)
+        .context("opening the dataplane")?;
     tracing::info!(dataplane = %opened.kind, reason = %opened.reason, node = %settings.node_name, "dataplane opened");
     let conntrack_capacity =
         (opened.kind == DataplaneKind::Ebpf).then(|| u64::from(options.ebpf.capacities.conntrack));
@@ -147,19 +155,52 @@ pub async fn shutdown_signal() {
 
 /// `--cleanup`: opens each kind of dataplane this machine can run with the agent's names and
 /// removes everything it installed (kube-proxy's `--cleanup` removes the rules of every
-/// mode too). A kind that cannot run here has nothing installed.
+/// mode too). A kind that cannot run here is checked for what it may have left: eBPF pins
+/// under `--bpf-pin-dir` remain after any eBPF dataplane, and an nftables table or iptables
+/// chains cannot even be looked for without their tool; either way the cleanup fails (exit
+/// status non-zero) rather than say "clean" while a datapath may be in place.
 pub fn cleanup(args: &Args) -> anyhow::Result<()> {
     let options = args.options();
+    cleanup_kinds(args, DataplaneKind::usable, |kind| {
+        dataplane::open(Selection::Only(kind), &options)
+            .map_err(|e| error_chain(&e))
+            .and_then(|mut opened| opened.dataplane.reset().map_err(|e| error_chain(&e)))
+    })
+}
+
+/// [`cleanup`] over `usable` (whether a kind can run here) and `reset` (open the kind and
+/// remove its state); tests pass their own.
+pub fn cleanup_kinds(
+    args: &Args,
+    usable: impl Fn(DataplaneKind) -> Result<(), String>,
+    reset: impl Fn(DataplaneKind) -> Result<(), String>,
+) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for kind in DataplaneKind::ALL {
-        if let Err(reason) = kind.usable() {
-            tracing::info!(dataplane = %kind, %reason, "cannot run here: nothing to clean up");
+        if let Err(reason) = usable(kind) {
+            if kind == DataplaneKind::Ebpf {
+                // The pins are files: seen whether or not eBPF can run here.
+                if let Some(left) = leftovers::ebpf_leftover(&args.bpf_pin_dir) {
+                    tracing::error!(dataplane = %kind, %reason, "cannot run here, and {} remain", left.what);
+                    failed.push(format!(
+                        "{kind}: cannot run here ({reason}), and {} remain: remove them by hand \
+                         (rm -r {}) or run --cleanup where eBPF runs",
+                        left.what,
+                        args.bpf_pin_dir.display()
+                    ));
+                } else {
+                    tracing::info!(dataplane = %kind, %reason, "cannot run here, no pins: nothing to clean up");
+                }
+            } else {
+                tracing::error!(dataplane = %kind, %reason, "cannot run here: cannot check for its rules");
+                failed.push(format!(
+                    "{kind}: cannot run here ({reason}), so its rules could not be looked for \
+                     and may remain"
+                ));
+            }
             continue;
         }
-        let result = dataplane::open(Selection::Only(kind), &options)
-            .map_err(|e| error_chain(&e))
-            .and_then(|mut opened| opened.dataplane.reset().map_err(|e| error_chain(&e)));
-        match result {
+        match reset(kind) {
             Ok(()) => tracing::info!(dataplane = %kind, "cleaned up"),
             Err(e) => {
                 tracing::error!(dataplane = %kind, error = %e, "cleanup failed");

@@ -15,7 +15,12 @@
 //!   created and deleted, and Kubernetes `ConfigMap` volumes (whose files are symlinks into a
 //!   `..data` directory swapped at once) are all seen: an event on a manifest file re-reads
 //!   that file, an event on anything else that is a directory (or the watch's own overflow)
-//!   rescans the directory, re-reading the files whose inode, size or mtime changed.
+//!   rescans the directory, re-reading the files whose inode, size or mtime changed. A file
+//!   is read when it is closed after writing, created, renamed or deleted, never while it is
+//!   being written (`IN_MODIFY` is not watched).
+//! - A file that goes empty or missing keeps its objects for [`SETTLE`] and is read again
+//!   before they are deleted (`kubectl get -o yaml > f` truncates first; emacs renames the
+//!   file to a backup first).
 //! - A file that fails to parse keeps the objects it had (a half-written file does not
 //!   delete services) and an `Error` event names the file, document and field.
 //! - When two files hold the same object, the one in the file whose name sorts last wins;
@@ -25,13 +30,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use dataplane_kube::{parse_manifests, Kind, Object, ObjectKey};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{Config, EventKindMask, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::source::SourceEvent;
@@ -41,6 +49,10 @@ use crate::source::SourceEvent;
 pub const DEBOUNCE: Duration = Duration::from_millis(5);
 /// The longest a burst is held back while events keep coming.
 pub const MAX_BATCH_DELAY: Duration = Duration::from_millis(100);
+/// How long the objects of a file that went empty or missing are kept before they are
+/// deleted (the file is read once more then): long enough for `kubectl get -o yaml > f` or an
+/// editor's backup-and-write save to finish, short enough that a deleted file is soon seen.
+pub const SETTLE: Duration = Duration::from_millis(400);
 
 /// A file's identity and version as the directory listing shows it: a file replaced by a
 /// rename has a new inode, one written in place a new size or mtime.
@@ -108,6 +120,10 @@ pub struct ManifestDir {
     files: BTreeMap<PathBuf, FileState>,
     /// Which files hold each object (the last one wins).
     holders: BTreeMap<ObjectKey, BTreeSet<PathBuf>>,
+    /// How many times a file was read (shared with [`ManifestSource::reads`]).
+    reads: Arc<AtomicU64>,
+    /// Files that lost their objects, held back until the deadline (see [`SETTLE`]).
+    settling: BTreeMap<PathBuf, Instant>,
 }
 
 /// What a file read gave.
@@ -127,7 +143,26 @@ impl ManifestDir {
             dir: dir.into(),
             files: BTreeMap::new(),
             holders: BTreeMap::new(),
+            reads: Arc::new(AtomicU64::new(0)),
+            settling: BTreeMap::new(),
         }
+    }
+
+    /// When the earliest file held back (it went empty or missing) is to be read again and
+    /// its objects deleted if it is still empty; `None` when no file is held back.
+    pub fn settle_deadline(&self) -> Option<Instant> {
+        self.settling.values().min().copied()
+    }
+
+    /// How many times a manifest file was read so far (to tell that nothing is read while
+    /// nothing changes).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn read(&self, path: &Path) -> Read {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        read_file(path)
     }
 
     /// The directory.
@@ -156,7 +191,7 @@ impl ManifestDir {
         paths.extend(self.files.keys().cloned());
         let mut fresh = Fresh::new();
         for path in &paths {
-            let read = read_file(path);
+            let read = self.read(path);
             self.store(path, read, &mut events, &mut fresh);
         }
         let mut by_kind: BTreeMap<Kind, Vec<Object>> =
@@ -180,16 +215,52 @@ impl ManifestDir {
 
     /// Takes in the changes at `paths` (what the watcher reported; `rescan`: it lost track, or
     /// something other than a manifest file changed) and returns the differences per object.
+    ///
+    /// A file that lost all its objects (it is gone, or reads empty) is not taken in at once:
+    /// its objects stay for [`SETTLE`], and the file is read again before they are deleted
+    /// (see [`ManifestDir::update_at`]).
     pub fn update(&mut self, paths: &BTreeSet<PathBuf>, rescan: bool) -> Vec<SourceEvent> {
-        let files = match self.changed_files(paths, rescan) {
-            Ok(files) => files,
-            Err(e) => {
-                return vec![SourceEvent::Error {
-                    kind: None,
-                    message: format!("{e:#}"),
-                }]
+        self.update_at(paths, rescan, Instant::now())
+    }
+
+    /// [`ManifestDir::update`] at `now` (tests pass a clock of their own). Also takes in
+    /// the files held back whose settle time is over at `now`.
+    ///
+    /// Why the hold-back: `kubectl get -o yaml > f` truncates `f` before it writes it, and
+    /// editors that keep a backup (emacs) rename `f` away before they write the new `f`.
+    /// Either way the file is empty or missing for a moment, and taking that as the truth
+    /// would delete every service it defines, then add them back (connections reset, load
+    /// balancers see the node fail).
+    pub fn update_at(
+        &mut self,
+        paths: &BTreeSet<PathBuf>,
+        rescan: bool,
+        now: Instant,
+    ) -> Vec<SourceEvent> {
+        let mut files = if paths.is_empty() && !rescan {
+            BTreeSet::new()
+        } else {
+            match self.changed_files(paths, rescan) {
+                Ok(files) => files,
+                Err(e) => {
+                    return vec![SourceEvent::Error {
+                        kind: None,
+                        message: format!("{e:#}"),
+                    }]
+                }
             }
         };
+        // Held-back files whose time is up: read once more and taken as they are then.
+        let settled: BTreeSet<PathBuf> = self
+            .settling
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(file, _)| file.clone())
+            .collect();
+        for file in &settled {
+            self.settling.remove(file);
+        }
+        files.extend(settled.iter().cloned());
         let mut events = Vec::new();
         // What each touched object looked like before: after all the files are read, an
         // object is compared once (a move between two files is no change).
@@ -205,7 +276,20 @@ impl ManifestDir {
         }
         let mut reads = Vec::new();
         for file in &files {
-            let read = read_file(file);
+            let read = self.read(file);
+            let emptied = match &read {
+                Read::Gone => true,
+                Read::Objects(_, objects) => objects.is_empty(),
+                Read::Failed(_) => false,
+            };
+            let had_objects = self.files.get(file).is_some_and(|f| !f.objects.is_empty());
+            if emptied && had_objects && !settled.contains(file) {
+                // Keep the objects for now; the first emptying's deadline stands, so that a
+                // file truncated again and again still settles.
+                self.settling.entry(file.clone()).or_insert(now + SETTLE);
+                continue;
+            }
+            self.settling.remove(file);
             if let Read::Objects(_, objects) = &read {
                 for key in objects.keys() {
                     before
@@ -227,7 +311,7 @@ impl ManifestDir {
                     let object = fresh
                         .get_mut(&file)
                         .and_then(|objects| objects.remove(&key))
-                        .map_or_else(|| reread(&file, &key), Ok);
+                        .map_or_else(|| self.reread(&file, &key), Ok);
                     match object {
                         Ok(object) => events.push(SourceEvent::Applied(object)),
                         Err(message) => events.push(SourceEvent::Error {
@@ -324,6 +408,18 @@ impl ManifestDir {
         );
     }
 
+    /// The object `key` as `file` defines it now (the file was not read in this round: another
+    /// file gave the object up, and this one defines it too).
+    fn reread(&self, file: &Path, key: &ObjectKey) -> Result<Object, String> {
+        match self.read(file) {
+            Read::Objects(_, mut objects) => objects
+                .remove(key)
+                .ok_or_else(|| format!("{}: {key} is gone", file.display())),
+            Read::Gone => Err(format!("{}: gone while reading {key}", file.display())),
+            Read::Failed(message) => Err(message),
+        }
+    }
+
     fn is_manifest_path(&self, path: &Path) -> bool {
         path.parent() == Some(self.dir.as_path()) && is_manifest_name(path)
     }
@@ -353,18 +449,6 @@ fn is_manifest_name(path: &Path) -> bool {
         .is_none_or(|n| n.starts_with('.'));
     let ext = path.extension().and_then(|e| e.to_str());
     !hidden && matches!(ext, Some("yaml" | "yml" | "json"))
-}
-
-/// The object `key` as `file` defines it now (the file was not read in this round: another
-/// file gave the object up, and this one defines it too).
-fn reread(file: &Path, key: &ObjectKey) -> Result<Object, String> {
-    match read_file(file) {
-        Read::Objects(_, mut objects) => objects
-            .remove(key)
-            .ok_or_else(|| format!("{}: {key} is gone", file.display())),
-        Read::Gone => Err(format!("{}: gone while reading {key}", file.display())),
-        Read::Failed(message) => Err(message),
-    }
 }
 
 fn read_file(path: &Path) -> Read {
@@ -412,6 +496,14 @@ pub struct ManifestSource {
     // Dropped first: closing the watcher's channel ends the thread.
     watcher: Option<RecommendedWatcher>,
     thread: Option<JoinHandle<()>>,
+    reads: Arc<AtomicU64>,
+}
+
+impl ManifestSource {
+    /// How many times a manifest file was read so far (see [`ManifestDir::reads`]).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for ManifestSource {
@@ -435,16 +527,22 @@ pub fn spawn(
         .canonicalize()
         .with_context(|| format!("the manifest directory {}", dir.display()))?;
     let (events_tx, events_rx) = std_mpsc::channel::<notify::Result<notify::Event>>();
-    let mut watcher = notify::recommended_watcher(move |event| {
-        // The source thread is gone only when the agent is stopping.
-        let _ = events_tx.send(event);
-    })
+    let mut watcher = RecommendedWatcher::new(
+        move |event| {
+            // The source thread is gone only when the agent is stopping.
+            let _ = events_tx.send(event);
+        },
+        // notify 9's default adds IN_OPEN: reading a file would report an event that reads
+        // it again, forever. Only what can change a file's content is watched (see `wanted`).
+        Config::default().with_event_kinds(WATCHED),
+    )
     .context("starting the file watcher")?;
     // Watch first, list second: a change in between is read twice, never missed.
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {}", dir.display()))?;
     let mut state = ManifestDir::new(dir.clone());
+    let reads = Arc::clone(&state.reads);
     let initial = state.list()?;
     let thread = std::thread::Builder::new()
         .name("manifests".to_owned())
@@ -454,7 +552,30 @@ pub fn spawn(
     Ok(ManifestSource {
         watcher: Some(watcher),
         thread: Some(thread),
+        reads,
     })
+}
+
+/// The inotify events watched: creations, deletions and renames in the directory (a new
+/// file, an editor's rename over the old one, a `ConfigMap`'s `..data` swap) and a file
+/// closed after writing (`IN_CLOSE_WRITE`: the writer is done). Not `IN_MODIFY` (a file being
+/// written is half there) nor `IN_OPEN` (our own reads would wake us).
+const WATCHED: EventKindMask = EventKindMask::CREATE
+    .union(EventKindMask::REMOVE)
+    .union(EventKindMask::MODIFY_NAME)
+    .union(EventKindMask::ACCESS_CLOSE);
+
+/// Whether an event of `kind` may have changed a manifest (the mask filters in the kernel;
+/// this filters what another backend or a future notify might still report).
+fn wanted(kind: EventKind) -> bool {
+    match kind {
+        EventKind::Create(_)
+        | EventKind::Remove(_)
+        | EventKind::Modify(ModifyKind::Name(_))
+        | EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Any => true,
+        EventKind::Modify(_) | EventKind::Access(_) | EventKind::Other => false,
+    }
 }
 
 fn run(
@@ -469,18 +590,38 @@ fn run(
         }
     }
     loop {
-        // Wait for the first event of a burst, then until the directory is quiet.
-        let Ok(first) = events.recv() else {
-            return; // the watcher is gone
+        // Wait for the first event of a burst (or for a held-back file to settle), then until
+        // the directory is quiet.
+        let first = match state.settle_deadline() {
+            None => match events.recv() {
+                Ok(event) => event,
+                Err(_) => return, // the watcher is gone
+            },
+            Some(deadline) => {
+                match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(event) => event,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                        for event in state.update(&BTreeSet::new(), false) {
+                            if tx.blocking_send(event).is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
         };
         let started = Instant::now();
         let mut paths = BTreeSet::new();
         let mut rescan = false;
         let mut take = |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
-                rescan |= event.need_rescan() || event.paths.is_empty();
+            Ok(event) if event.need_rescan() => rescan = true,
+            Ok(event) if wanted(event.kind) => {
+                rescan |= event.paths.is_empty();
                 paths.extend(event.paths);
             }
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "file watch error: rescanning");
                 rescan = true;

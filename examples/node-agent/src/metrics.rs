@@ -1,6 +1,13 @@
 //! `/metrics` (Prometheus text format, prometheus-client): kube-proxy's metrics under their
-//! names, types and buckets (pkg/proxy/metrics/metrics.go) so that existing dashboards and
-//! alerts work, and the dataplane's own under `dataplane_`.
+//! names, types, buckets and labels (pkg/proxy/metrics/metrics.go) so that existing dashboards
+//! and alerts work, and the dataplane's own under `dataplane_`.
+//!
+//! `ip_family` (`IPv4`, `IPv6`): kube-proxy runs one proxier per family and labels what each
+//! measures (since 1.33: the sync durations, the last sync and last queued timestamps, the
+//! network programming latency, the no-local-endpoints gauges; not the change counters nor
+//! the health answers). The agent programs both families in one sync: a sync is observed once
+//! per family the node serves (the families of its cluster and service CIDRs and addresses),
+//! and a network programming latency under its EndpointSlice's address type.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -18,6 +25,20 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
+/// Histograms by label set, all with the buckets of the constructor.
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// kube-proxy's `ip_family` label value (`v1.IPFamily`: `IPv4`, `IPv6`).
+pub fn family_label(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "IPv4",
+        IpFamily::V6 => "IPv6",
+    }
+}
+
+fn ip_family(family: IpFamily) -> Labels {
+    label("ip_family", family_label(family))
+}
 
 /// The counters of [`Stats::other`] that count dropped or refused packets, by reason (the
 /// eBPF dataplane's names; others report none of these and only the totals show).
@@ -37,21 +58,24 @@ pub const DROP_REASONS: [&str; 8] = [
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// `kubeproxy_sync_proxy_rules_duration_seconds`: every sync, from translation to the
-    /// end of the kernel writes.
-    pub sync_duration: Histogram,
-    /// `kubeproxy_sync_full_proxy_rules_duration_seconds`.
-    pub full_sync_duration: Histogram,
-    /// `kubeproxy_sync_partial_proxy_rules_duration_seconds`.
-    pub partial_sync_duration: Histogram,
-    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds`: the last successful sync.
-    pub last_sync_timestamp: FloatGauge,
-    /// `kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds`: the last change queued.
-    pub last_queued_timestamp: FloatGauge,
-    /// `kubeproxy_network_programming_duration_seconds`: from an EndpointSlice's
+    /// `kubeproxy_sync_proxy_rules_duration_seconds{ip_family}`: every sync, failed ones
+    /// too (kube-proxy observes in a `defer`), from translation to the end of the kernel
+    /// writes.
+    pub sync_duration: Histograms,
+    /// `kubeproxy_sync_full_proxy_rules_duration_seconds{ip_family}`.
+    pub full_sync_duration: Histograms,
+    /// `kubeproxy_sync_partial_proxy_rules_duration_seconds{ip_family}`.
+    pub partial_sync_duration: Histograms,
+    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family}`: the last successful
+    /// sync.
+    pub last_sync_timestamp: Family<Labels, FloatGauge>,
+    /// `kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family}`: the last
+    /// change queued.
+    pub last_queued_timestamp: Family<Labels, FloatGauge>,
+    /// `kubeproxy_network_programming_duration_seconds{ip_family}`: from an EndpointSlice's
     /// `endpoints.kubernetes.io/last-change-trigger-time` to the end of the sync that
     /// programmed it.
-    pub network_programming: Histogram,
+    pub network_programming: Histograms,
     /// `kubeproxy_sync_proxy_rules_endpoint_changes_pending`.
     pub endpoint_changes_pending: Gauge,
     /// `kubeproxy_sync_proxy_rules_service_changes_pending`.
@@ -60,8 +84,9 @@ pub struct Metrics {
     pub endpoint_changes: Counter,
     /// `kubeproxy_sync_proxy_rules_service_changes_total`.
     pub service_changes: Counter,
-    /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy}`: service ports
-    /// with a Local policy, endpoints, and none of them on this node.
+    /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy,ip_family}`:
+    /// service ports with a Local policy, endpoints of the family, and none of them on this
+    /// node.
     pub no_local_endpoints: Family<Labels, Gauge>,
     /// `kubeproxy_proxy_healthz_total{code}`.
     pub healthz: Family<Labels, Counter>,
@@ -93,6 +118,9 @@ pub struct Metrics {
     pub conntrack_expired: Counter,
     /// The last value of each dataplane counter, to turn snapshots into increments.
     seen: Mutex<BTreeMap<String, u64>>,
+    /// The families the node serves (what a sync is observed under), from the last state
+    /// programmed; IPv4 until then.
+    families: Mutex<Vec<IpFamily>>,
 }
 
 impl Default for Metrics {
@@ -104,6 +132,17 @@ impl Default for Metrics {
 fn sync_buckets() -> Histogram {
     // ExponentialBuckets(0.001, 2, 15), as kube-proxy.
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+fn network_programming_buckets() -> Histogram {
+    // kube-proxy merges a 0 bucket, 0.25 s, 0.5 s, 1..59 s, 60..115 s, 2..5 min.
+    Histogram::new(
+        std::iter::once(0.0)
+            .chain(linear_buckets(0.25, 0.25, 2))
+            .chain(linear_buckets(1.0, 1.0, 59))
+            .chain(linear_buckets(60.0, 5.0, 12))
+            .chain(linear_buckets(120.0, 30.0, 7)),
+    )
 }
 
 fn label(key: &str, value: &str) -> Labels {
@@ -121,25 +160,15 @@ impl Metrics {
     #[allow(clippy::too_many_lines)] // one registration per metric
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let sync_duration = sync_buckets();
-        let full_sync_duration = sync_buckets();
-        let partial_sync_duration = sync_buckets();
-        // kube-proxy merges a 0 bucket, 0.25 s, 0.5 s, 1..59 s, 60..115 s, 2..5 min.
-        let network_programming = Histogram::new(
-            std::iter::once(0.0)
-                .chain(linear_buckets(0.25, 0.25, 2))
-                .chain(linear_buckets(1.0, 1.0, 59))
-                .chain(linear_buckets(60.0, 5.0, 12))
-                .chain(linear_buckets(120.0, 30.0, 7)),
-        );
+        let sync: fn() -> Histogram = sync_buckets;
         let m = Self {
             registry: Registry::default(),
-            sync_duration,
-            full_sync_duration,
-            partial_sync_duration,
-            last_sync_timestamp: FloatGauge::default(),
-            last_queued_timestamp: FloatGauge::default(),
-            network_programming,
+            sync_duration: Family::new_with_constructor(sync),
+            full_sync_duration: Family::new_with_constructor(sync),
+            partial_sync_duration: Family::new_with_constructor(sync),
+            last_sync_timestamp: Family::default(),
+            last_queued_timestamp: Family::default(),
+            network_programming: Family::new_with_constructor(network_programming_buckets),
             endpoint_changes_pending: Gauge::default(),
             service_changes_pending: Gauge::default(),
             endpoint_changes: Counter::default(),
@@ -159,6 +188,7 @@ impl Metrics {
             source_errors: Counter::default(),
             conntrack_expired: Counter::default(),
             seen: Mutex::default(),
+            families: Mutex::new(vec![IpFamily::V4]),
         };
         // Counters are registered without `_total`: the encoder appends it.
         let r = &mut registry;
@@ -293,16 +323,50 @@ impl Metrics {
         out
     }
 
+    /// The families the node serves now.
+    pub fn families(&self) -> Vec<IpFamily> {
+        self.families
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The node serves `families` now (from the state about to be programmed).
+    pub fn set_families(&self, families: &[IpFamily]) {
+        families.clone_into(&mut self.families.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// A sync of kind `full` took `took`, successful or not (kube-proxy observes the
+    /// durations in a `defer`, failed syncs included).
+    pub fn sync_took(&self, full: bool, took: Duration) {
+        let seconds = took.as_secs_f64();
+        for family in self.families() {
+            let labels = ip_family(family);
+            self.sync_duration.get_or_create(&labels).observe(seconds);
+            let kind = if full {
+                &self.full_sync_duration
+            } else {
+                &self.partial_sync_duration
+            };
+            kind.get_or_create(&labels).observe(seconds);
+        }
+    }
+
     /// A sync of kind `full` took `took` and succeeded at `at`.
     pub fn synced(&self, full: bool, took: Duration, at: SystemTime) {
-        let seconds = took.as_secs_f64();
-        self.sync_duration.observe(seconds);
-        if full {
-            self.full_sync_duration.observe(seconds);
-        } else {
-            self.partial_sync_duration.observe(seconds);
+        self.sync_took(full, took);
+        for family in self.families() {
+            self.last_sync_timestamp
+                .get_or_create(&ip_family(family))
+                .set(unix_seconds(at));
         }
-        self.last_sync_timestamp.set(unix_seconds(at));
+    }
+
+    /// A change of `family` triggered at the time `latency` ago is programmed.
+    pub fn network_programmed(&self, family: IpFamily, latency: Duration) {
+        self.network_programming
+            .get_or_create(&ip_family(family))
+            .observe(latency.as_secs_f64());
     }
 
     /// The counts of the state a sync programmed, and kube-proxy's no-local-endpoints
@@ -311,12 +375,18 @@ impl Metrics {
         self.services.set(to_i64(p.services));
         self.endpoints.set(to_i64(p.endpoints));
         self.policies.set(to_i64(p.policies));
-        self.no_local_endpoints
-            .get_or_create(&label("traffic_policy", "internal"))
-            .set(to_i64(p.no_local_internal));
-        self.no_local_endpoints
-            .get_or_create(&label("traffic_policy", "external"))
-            .set(to_i64(p.no_local_external));
+        self.set_families(&p.families);
+        for (family, internal, external) in &p.no_local {
+            for (policy, count) in [("internal", internal), ("external", external)] {
+                let labels = vec![
+                    ("traffic_policy".to_owned(), policy.to_owned()),
+                    ("ip_family".to_owned(), family_label(*family).to_owned()),
+                ];
+                self.no_local_endpoints
+                    .get_or_create(&labels)
+                    .set(to_i64(*count));
+            }
+        }
     }
 
     /// The dataplane's counters now (they only grow, except across a reset, after which
@@ -371,7 +441,11 @@ impl Metrics {
 
     /// A change was queued at `at`.
     pub fn queued(&self, at: SystemTime) {
-        self.last_queued_timestamp.set(unix_seconds(at));
+        for family in self.families() {
+            self.last_queued_timestamp
+                .get_or_create(&ip_family(family))
+                .set(unix_seconds(at));
+        }
     }
 
     /// Counts an answer of `/healthz` (`livez` false) or `/livez`.
@@ -385,7 +459,7 @@ impl Metrics {
 
 /// The counts of a desired state that the metrics show once it is programmed (taken before
 /// the state moves to the dataplane's thread).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Programmed {
     /// Services.
     pub services: usize,
@@ -393,24 +467,52 @@ pub struct Programmed {
     pub endpoints: usize,
     /// Network policies.
     pub policies: usize,
-    /// Service ports with `internalTrafficPolicy: Local` and no local endpoint.
-    pub no_local_internal: usize,
-    /// Service ports with `externalTrafficPolicy: Local` and no local endpoint.
-    pub no_local_external: usize,
+    /// The families the node serves ([`families_of`]).
+    pub families: Vec<IpFamily>,
+    /// Per family: service ports with `internalTrafficPolicy: Local` and with
+    /// `externalTrafficPolicy: Local` that have no local endpoint ([`no_local_endpoints`]).
+    pub no_local: Vec<(IpFamily, usize, usize)>,
 }
 
 impl Programmed {
     /// The counts of `state`.
     pub fn of(state: &DesiredState) -> Self {
-        let (no_local_internal, no_local_external) = no_local_endpoints(state);
+        let families = families_of(state);
+        let no_local = families
+            .iter()
+            .map(|family| {
+                let (internal, external) = no_local_endpoints(state, *family);
+                (*family, internal, external)
+            })
+            .collect();
         Self {
             services: state.services.len(),
             endpoints: state.endpoints.len(),
             policies: state.policies.len(),
-            no_local_internal,
-            no_local_external,
+            families,
+            no_local,
         }
     }
+}
+
+/// The families the node serves: those of its cluster and service CIDRs, pod CIDRs and
+/// addresses (kube-proxy runs a proxier for each family the node has); IPv4 when none says.
+pub fn families_of(state: &DesiredState) -> Vec<IpFamily> {
+    let node = &state.node;
+    let mut families: Vec<IpFamily> = node
+        .cluster_cidrs
+        .iter()
+        .chain(&node.service_cidrs)
+        .chain(&node.pod_cidrs)
+        .map(|net| IpFamily::of(&net.ip()))
+        .chain(node.addresses.iter().map(IpFamily::of))
+        .collect();
+    families.sort();
+    families.dedup();
+    if families.is_empty() {
+        families.push(IpFamily::V4);
+    }
+    families
 }
 
 fn to_i64(n: usize) -> i64 {
@@ -421,17 +523,16 @@ fn to_i64_u64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// kube-proxy's `serviceNoLocalEndpointsTotalInternal` / `...External`: service ports whose
-/// internal (external) traffic policy is Local and that have endpoints, none of them
-/// usable on this node (kube-proxy counts in its loop over service ports).
-pub fn no_local_endpoints(state: &DesiredState) -> (usize, usize) {
+/// kube-proxy's `serviceNoLocalEndpointsTotalInternal` / `...External` of the proxier of
+/// `family`: service ports whose internal (external) traffic policy is Local and that have
+/// endpoints of the family, none of them usable on this node (kube-proxy counts in its loop
+/// over service ports).
+pub fn no_local_endpoints(state: &DesiredState, family: IpFamily) -> (usize, usize) {
     let no_local = |service: &dataplane::Service| {
-        [IpFamily::V4, IpFamily::V6].iter().any(|family| {
-            matches!(
-                eligible_backends_with_policy(state, service, TrafficPolicy::Local, *family),
-                Eligible::NoLocal
-            )
-        })
+        matches!(
+            eligible_backends_with_policy(state, service, TrafficPolicy::Local, family),
+            Eligible::NoLocal
+        )
     };
     let mut internal = 0;
     let mut external = 0;
@@ -452,14 +553,15 @@ pub fn no_local_endpoints(state: &DesiredState) -> (usize, usize) {
     (internal, external)
 }
 
-/// Serves `/metrics` on `addr` until the returned task is aborted; the address bound (its
+/// Serves `/metrics` on `addr` (`0.0.0.0`: on `[::]` too, see
+/// [`crate::http::bind_server`]) until the returned task is aborted; the address bound (its
 /// port when `addr`'s is 0).
 pub fn serve_metrics(
     addr: std::net::SocketAddr,
     metrics: std::sync::Arc<Metrics>,
 ) -> std::io::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
-    let listener = crate::http::bind(addr)?;
-    let bound = listener.local_addr()?;
+    let listeners = crate::http::bind_server(addr)?;
+    let bound = listeners[0].local_addr()?;
     let handler = crate::http::handler(move |path| match path {
         "/metrics" => (
             hyper::StatusCode::OK,
@@ -472,6 +574,13 @@ pub fn serve_metrics(
             "404 page not found\n".to_owned(),
         ),
     });
-    tracing::info!(address = %bound, "serving /metrics");
-    Ok((tokio::spawn(crate::http::serve(listener, handler)), bound))
+    tracing::info!(address = %bound, listeners = listeners.len(), "serving /metrics");
+    Ok((
+        tokio::spawn(crate::http::serve_all(
+            listeners,
+            handler,
+            crate::http::Limits::default(),
+        )),
+        bound,
+    ))
 }

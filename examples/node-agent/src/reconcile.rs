@@ -25,8 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use dataplane::{
-    error_chain, health_checks, ApplyReport, AsyncDataplane, BoxDataplane, Capabilities, ChangeSet,
-    Dataplane, DesiredState, Error, Flow, MaintenanceReport, ObservedState, Stats,
+    error_chain, health_checks, ApplyReport, AsyncDataplane, AsyncError, BoxDataplane,
+    Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, IpFamily, MaintenanceReport,
+    ObservedState, Stats,
 };
 use dataplane_kube::{
     last_change_trigger_time, Cluster, InterfaceResolver, Kind, Object, ObjectKey,
@@ -41,6 +42,17 @@ use crate::source::SourceEvent;
 
 /// How often the dataplane's counters are read into the metrics.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The most source events taken in one go before the loop looks at its clock, its shutdown
+/// signal and its dataplane again: a source that floods (a relist of a big cluster is one event
+/// per kind, but a storm of watch events is not) must not starve syncs and shutdown.
+pub const MAX_BURST: usize = 1024;
+
+/// How soon a sync comes again while a local pod has no host-side interface yet (the CNI
+/// adds its route moments after the pod runs): sooner than `--sync-period`, which would leave
+/// the pod without its policies and as no endpoint for that long. At least `--min-sync-period`;
+/// doubled at each sync that still finds no interface, up to `--sync-period`.
+pub const INTERFACE_RETRY: Duration = Duration::from_secs(1);
 
 /// A resolver of pod interfaces whose cache the loop empties before each sync.
 pub trait Interfaces: InterfaceResolver + Send + Sync {
@@ -181,16 +193,31 @@ pub struct Reconciler {
     service_health: ServiceHealth,
     /// Objects changed since the last successful sync.
     pending: BTreeSet<ObjectKey>,
-    /// Trigger times of the EndpointSlice changes since the last successful sync.
-    triggers: BTreeMap<ObjectKey, SystemTime>,
-    /// Warnings logged already (logged again only when they change).
-    warned: HashSet<String>,
-    /// How many times each object with a translation warning changed (the store keeps no
-    /// resourceVersion): a warning is logged once per version of its object.
-    versions: HashMap<ObjectKey, u64>,
+    /// Trigger times of the EndpointSlice changes since the last successful sync, each
+    /// change's (kube-proxy's `lastChangeTriggerTimes`), with the slice's family.
+    triggers: BTreeMap<ObjectKey, Vec<(IpFamily, SystemTime)>>,
+    /// When the loop was made, to the second (the annotation's precision: a change in the
+    /// second the agent started counts): older trigger times are not measured (kube-proxy's
+    /// `trackerStartTime`: a restarted agent would otherwise report the age of every slice
+    /// that changed while it was down, or long before).
+    started: SystemTime,
+    /// Warnings logged already, by object: logged again only when they change or their
+    /// object does (the store keeps no resourceVersion to tell versions apart).
+    warned: HashMap<ObjectKey, HashSet<String>>,
+    /// The dataplane's notes of the programmed state, logged already.
+    noted: HashSet<String>,
     conntrack_capacity: Option<u64>,
     capabilities: Option<Capabilities>,
     last_outcome: Option<SyncOutcome>,
+    /// The dataplane's thread is gone (it panicked): nothing will be programmed any more.
+    dataplane_stopped: bool,
+    /// Local pods left out of the last translation for want of an interface: a sync is
+    /// requested at this time to look for them again.
+    interface_retry_at: Option<Instant>,
+    /// The last translation left local pods out for want of an interface.
+    pods_waiting: bool,
+    /// Syncs in a row that left pods out for want of an interface.
+    interface_retries: u32,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -232,11 +259,16 @@ impl Reconciler {
             service_health,
             pending: BTreeSet::new(),
             triggers: BTreeMap::new(),
-            warned: HashSet::new(),
-            versions: HashMap::new(),
+            started: whole_second(SystemTime::now()),
+            warned: HashMap::new(),
+            noted: HashSet::new(),
             conntrack_capacity,
             capabilities: None,
             last_outcome: None,
+            dataplane_stopped: false,
+            interface_retry_at: None,
+            pods_waiting: false,
+            interface_retries: 0,
         })
     }
 
@@ -262,6 +294,42 @@ impl Reconciler {
 
     /// Takes in one source event.
     pub fn handle(&mut self, event: SourceEvent) {
+        let node_event = match &event {
+            SourceEvent::Listed { kind, .. } => *kind == Kind::Node,
+            SourceEvent::Applied(object) => object.kind() == Kind::Node,
+            SourceEvent::Deleted(key) => key.kind == Kind::Node,
+            SourceEvent::Error { .. } => false,
+        };
+        self.take(event);
+        if node_event {
+            self.status.set_node_eligible(self.node_eligible());
+        }
+    }
+
+    /// Whether this node may take load-balancer traffic: eligible while the Nodes are not
+    /// listed yet (kube-proxy's start), then only while the local Node exists and is neither
+    /// being deleted nor tainted for deletion.
+    ///
+    /// A deleted Node is not eligible, and the agent stays up: kube-proxy exits when its Node
+    /// is deleted (`pkg/proxy/node.go`, `OnNodeDelete`) and its DaemonSet restarts it to wait
+    /// for the Node, but the agent keeps serving what it programmed (the pods of a deleted
+    /// Node are going anyway, and a manifest directory's Node may come back with the next
+    /// save), says so on `/healthz` (503, `nodeEligible: false`), retries its syncs (they fail
+    /// with "node not found") and takes the Node back when it returns, without a restart or
+    /// a crash loop's back-off. `/livez` stays 200: the agent is alive.
+    fn node_eligible(&self) -> bool {
+        if !self.listed.contains(&Kind::Node) {
+            return true;
+        }
+        let key = ObjectKey {
+            kind: Kind::Node,
+            namespace: None,
+            name: self.cluster.settings().node_name.clone(),
+        };
+        self.cluster.contains(&key) && !self.cluster.node_draining()
+    }
+
+    fn take(&mut self, event: SourceEvent) {
         let now = Instant::now();
         match event {
             SourceEvent::Listed { kind, objects } => {
@@ -277,6 +345,11 @@ impl Reconciler {
                         }
                     }
                 }
+                let listed: BTreeSet<ObjectKey> =
+                    objects.iter().filter_map(|o| o.key().ok()).collect();
+                // Slices gone in the relist: their changes will never be programmed.
+                self.triggers
+                    .retain(|key, _| key.kind != kind || listed.contains(key));
                 match self.cluster.replace(kind, objects) {
                     Ok(changed) => {
                         if changed {
@@ -313,7 +386,6 @@ impl Reconciler {
             SourceEvent::Deleted(key) => {
                 let kind = key.kind;
                 self.triggers.remove(&key);
-                self.versions.remove(&key);
                 if self.cluster.delete(&key) {
                     self.changed(now, vec![key], kind);
                 }
@@ -323,11 +395,21 @@ impl Reconciler {
     }
 
     fn note_trigger(&mut self, key: &ObjectKey, object: &Object) {
-        if let Object::EndpointSlice(slice) = object {
-            if let Some(at) = last_change_trigger_time(slice) {
-                // The oldest unsynced trigger of a slice is what kube-proxy measures from.
-                self.triggers.entry(key.clone()).or_insert(at);
-            }
+        let Object::EndpointSlice(slice) = object else {
+            return;
+        };
+        let family = match slice.address_type.as_str() {
+            "IPv4" => IpFamily::V4,
+            "IPv6" => IpFamily::V6,
+            // FQDN slices are not programmed (kube-proxy ignores them too).
+            _ => return,
+        };
+        if let Some(at) = last_change_trigger_time(slice).filter(|at| *at >= self.started) {
+            // Every change is measured, as kube-proxy appends each trigger time.
+            self.triggers
+                .entry(key.clone())
+                .or_default()
+                .push((family, at));
         }
     }
 
@@ -349,14 +431,12 @@ impl Reconciler {
             Kind::EndpointSlice => {
                 self.metrics.endpoint_changes.inc_by(changes);
             }
-            Kind::Node => self.status.set_node_eligible(!self.cluster.node_draining()),
             _ => {}
         }
         for key in keys {
             let kind = key.kind;
-            if let Some(version) = self.versions.get_mut(&key) {
-                *version += 1;
-            }
+            // A new version: its warnings are news again.
+            self.warned.remove(&key);
             if self.pending.insert(key) {
                 match kind {
                     Kind::Service => self.metrics.service_changes_pending.inc(),
@@ -377,7 +457,10 @@ impl Reconciler {
         if !self.ready() {
             return None;
         }
-        self.runner.next_run(now)
+        match (self.runner.next_run(now), self.interface_retry_at) {
+            (Some(run), Some(retry)) => Some(run.min(retry)),
+            (run, retry) => run.or(retry),
+        }
     }
 
     /// Runs the sync due at `now`, if one is.
@@ -385,12 +468,38 @@ impl Reconciler {
         if !self.ready() {
             return None;
         }
+        if self.interface_retry_at.is_some_and(|at| at <= now) {
+            // Look for the pods' interfaces again (the store translates them anew).
+            self.interface_retry_at = None;
+            self.runner.request();
+        }
         let kind = self.runner.due(now)?;
         Some(self.sync(kind).await)
     }
 
     /// One sync of `kind`: translate, program, then health ports, metrics and the log line.
     pub async fn sync(&mut self, kind: RunKind) -> SyncOutcome {
+        self.pods_waiting = false;
+        let outcome = self.sync_once(kind).await;
+        // From the end of the sync (the runner counts `min_sync` from there too), doubling
+        // while the pods stay without an interface, up to `--sync-period` (a pod that never
+        // gets a route must not cost a sync and a log line every second).
+        self.interface_retries = if self.pods_waiting {
+            self.interface_retries.saturating_add(1)
+        } else {
+            0
+        };
+        self.interface_retry_at = self.pods_waiting.then(|| {
+            let periods = self.runner.periods();
+            let backoff = INTERFACE_RETRY
+                .saturating_mul(1 << (self.interface_retries - 1).min(16))
+                .min(periods.sync);
+            Instant::now() + backoff.max(periods.min_sync)
+        });
+        outcome
+    }
+
+    async fn sync_once(&mut self, kind: RunKind) -> SyncOutcome {
         let started = Instant::now();
         self.interfaces.refresh();
         if kind == RunKind::Full {
@@ -401,7 +510,10 @@ impl Reconciler {
             Err(e) => {
                 self.metrics.apply_errors.inc();
                 tracing::error!(error = %error_chain(&e), "cannot translate the cluster: retrying");
-                self.runner.finished(kind, started, Instant::now(), false);
+                let ended = Instant::now();
+                self.metrics
+                    .sync_took(kind == RunKind::Full, ended - started);
+                self.runner.finished(kind, started, ended, false);
                 let outcome = SyncOutcome {
                     kind,
                     report: None,
@@ -413,6 +525,13 @@ impl Reconciler {
             }
         };
         self.log_warnings(&translation.warnings);
+        // The translation's word for a local pod without a host-side interface (it retries
+        // them at every translation; only a sync has to come).
+        let waiting = translation
+            .warnings
+            .iter()
+            .any(|w| w.object.kind == Kind::Pod && w.field == "status.podIPs");
+        self.pods_waiting = waiting;
         self.metrics
             .translation_warnings
             .set(i64::try_from(translation.warnings.len()).unwrap_or(i64::MAX));
@@ -429,6 +548,7 @@ impl Reconciler {
         );
         let checks = health_checks(&state);
         let programmed = Programmed::of(&state);
+        self.metrics.set_families(&programmed.families);
         let backends: usize = state.services.iter().map(|s| s.backends.len()).sum();
         let changes = self.pending.len();
         let result = self.dataplane.sync(state).await;
@@ -446,8 +566,12 @@ impl Reconciler {
                 outcome
             }
             Err(e) => {
+                if matches!(e, AsyncError::Stopped) {
+                    self.dataplane_stopped = true;
+                }
                 self.runner.finished(kind, started, ended, false);
                 self.metrics.apply_errors.inc();
+                self.metrics.sync_took(kind == RunKind::Full, took);
                 tracing::error!(
                     full = kind == RunKind::Full,
                     services = counts.0,
@@ -496,11 +620,9 @@ impl Reconciler {
         self.service_health.sync(checks);
         self.metrics.synced(report.full_sync, took, wall);
         self.metrics.programmed(&programmed);
-        for (_, at) in std::mem::take(&mut self.triggers) {
+        for (family, at) in std::mem::take(&mut self.triggers).into_values().flatten() {
             if let Ok(latency) = wall.duration_since(at) {
-                self.metrics
-                    .network_programming
-                    .observe(latency.as_secs_f64());
+                self.metrics.network_programmed(family, latency);
             }
         }
         self.pending.clear();
@@ -508,7 +630,7 @@ impl Reconciler {
         self.metrics.endpoint_changes_pending.set(0);
         let skipped: Vec<String> = report.skipped.iter().map(ToString::to_string).collect();
         let warnings: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
-        self.log_dataplane_notes(&skipped, &warnings);
+        self.log_dataplane_notes(report.full_sync, &skipped, &warnings);
         tracing::info!(
             full = report.full_sync,
             services = counts.0,
@@ -539,37 +661,62 @@ impl Reconciler {
     }
 
     /// Logs the warnings that are new since the last sync: once per object version, not
-    /// every sync (an object that changes and still has the warning is logged again).
+    /// every sync (an object that changes and still has the warning is logged again; a
+    /// version is what the store tells apart, not a new resourceVersion alone).
     fn log_warnings(&mut self, warnings: &[TranslationWarning]) {
-        let mut now = HashSet::with_capacity(warnings.len());
+        let mut now: HashMap<ObjectKey, HashSet<String>> = HashMap::new();
         for w in warnings {
-            let version = *self.versions.entry(w.object.clone()).or_insert(0);
-            let id = format!("{w}@{version}");
-            if !self.warned.contains(&id) {
+            let text = w.to_string();
+            // Forgotten when the object changed (see `changed`): logged again then.
+            let logged = self
+                .warned
+                .get(&w.object)
+                .is_some_and(|texts| texts.contains(&text));
+            if !logged {
                 tracing::warn!(object = %w.object, field = %w.field, "{}", w.message);
             }
-            now.insert(id);
+            now.entry(w.object.clone()).or_default().insert(text);
         }
-        // Only objects that still have a warning keep a version.
-        let objects: HashSet<&ObjectKey> = warnings.iter().map(|w| &w.object).collect();
-        self.versions.retain(|key, _| objects.contains(key));
-        // Dataplane notes are kept beside the translation's.
-        now.extend(
-            self.warned
-                .iter()
-                .filter(|id| id.starts_with("dataplane: "))
-                .cloned(),
-        );
         self.warned = now;
     }
 
-    fn log_dataplane_notes(&mut self, skipped: &[String], warnings: &[String]) {
+    /// Logs the dataplane's notes (what it skipped or serves in a lesser way) that are new.
+    /// A full sync reports every note of the state: the set is rebuilt from it, so that a
+    /// note that went away and comes back is logged again and the set holds only what is
+    /// true now (it grew forever before); a partial sync reports the changed services' notes
+    /// only, which are added.
+    fn log_dataplane_notes(&mut self, full: bool, skipped: &[String], warnings: &[String]) {
+        let mut now = if full {
+            HashSet::with_capacity(skipped.len() + warnings.len())
+        } else {
+            std::mem::take(&mut self.noted)
+        };
         for note in skipped.iter().chain(warnings) {
-            let id = format!("dataplane: {note}");
-            if self.warned.insert(id) {
+            if !self.noted.contains(note) && !now.contains(note) {
                 tracing::warn!("{note}");
             }
+            now.insert(note.clone());
         }
+        self.noted = now;
+    }
+
+    /// Takes in `first` and what else is queued on `events` already, [`MAX_BURST`] events at
+    /// most (the rest waits for the next turn of the loop); returns how many it took.
+    pub fn take_burst(
+        &mut self,
+        first: SourceEvent,
+        events: &mut mpsc::Receiver<SourceEvent>,
+    ) -> usize {
+        self.handle(first);
+        let mut taken = 1;
+        while taken < MAX_BURST {
+            let Ok(event) = events.try_recv() else {
+                break;
+            };
+            self.handle(event);
+            taken += 1;
+        }
+        taken
     }
 
     /// Reads the dataplane's counters into the metrics.
@@ -580,9 +727,18 @@ impl Reconciler {
         }
     }
 
+    /// Whether the dataplane's thread is gone (a sync answered [`AsyncError::Stopped`]).
+    pub fn dataplane_stopped(&self) -> bool {
+        self.dataplane_stopped
+    }
+
     /// Runs until `shutdown` resolves or the source ends, then stops the dataplane's thread
     /// without touching the kernel (the datapath stays in place). `Err` when the source
-    /// ended first.
+    /// ended first, or when the dataplane's thread died (a panic: a sync answered
+    /// [`AsyncError::Stopped`], or its maintenance channel closed): nothing could be programmed
+    /// any more, so the agent exits non-zero and its DaemonSet restarts it, which adopts the
+    /// datapath in place (a loop that kept running would only retry failing syncs forever,
+    /// its health going bad without anything restarting it).
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<SourceEvent>,
@@ -592,7 +748,6 @@ impl Reconciler {
         let mut maintenance = self.dataplane.maintenance();
         let mut stats_timer = tokio::time::interval(STATS_INTERVAL);
         stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut maintenance_open = true;
         let result = loop {
             let next = self.next_sync(Instant::now());
             let sleep = async {
@@ -607,27 +762,33 @@ impl Reconciler {
                     let Some(event) = event else {
                         break Err(anyhow::anyhow!("the object source stopped"));
                     };
-                    self.handle(event);
-                    // Take in the whole burst before looking at the clock again.
-                    while let Ok(event) = events.try_recv() {
-                        self.handle(event);
-                    }
+                    self.take_burst(event, &mut events);
                 }
                 () = sleep => {
                     // Counters are read on their own timer only: the eBPF dataplane counts
                     // its connections by walking its conntrack table, which a sync must not
                     // wait for.
                     self.sync_if_due(Instant::now()).await;
+                    if self.dataplane_stopped {
+                        break Err(anyhow::anyhow!(
+                            "the dataplane thread has stopped (the dataplane panicked): exiting \
+                             so that the agent is restarted"
+                        ));
+                    }
                 }
                 _ = stats_timer.tick() => self.read_stats().await,
-                changed = maintenance.changed(), if maintenance_open => {
-                    // Closed: the dataplane thread ended (it panicked); syncs will say so.
-                    maintenance_open = changed.is_ok();
-                    if maintenance_open {
-                        let latest = maintenance.borrow_and_update().clone();
-                        if let Some(Ok(report)) = latest {
-                            self.metrics.conntrack_expired.inc_by(report.flows_expired);
-                        }
+                changed = maintenance.changed() => {
+                    if changed.is_err() {
+                        // Closed: the dataplane thread ended, which it does only by a panic
+                        // while the handle lives.
+                        break Err(anyhow::anyhow!(
+                            "the dataplane thread has stopped (its maintenance channel closed): \
+                             exiting so that the agent is restarted"
+                        ));
+                    }
+                    let latest = maintenance.borrow_and_update().clone();
+                    if let Some(Ok(report)) = latest {
+                        self.metrics.conntrack_expired.inc_by(report.flows_expired);
                     }
                 }
             }
@@ -640,4 +801,11 @@ impl Reconciler {
         }
         result
     }
+}
+
+/// `t` without its fraction of a second.
+fn whole_second(t: SystemTime) -> SystemTime {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(t, |d| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs())
+    })
 }

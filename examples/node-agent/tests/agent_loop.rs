@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_common::harness::{free_port, get, harness, list_all, object, LOCALHOST};
+use agent_common::harness::{free_port, get, harness, list_all, object, objects, LOCALHOST};
 use agent_common::{namespace, node, service, slice};
 use dataplane::testing::Fault;
 use dataplane_agent::health::serve_healthz;
@@ -124,7 +124,7 @@ async fn health_check_ports_follow_local_endpoints_and_services() {
     let text = h.metrics.encode();
     assert!(
         text.contains(
-            r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"} 1"#
+            r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv4"} 1"#
         ),
         "{text}"
     );
@@ -213,14 +213,15 @@ async fn metrics_are_served_under_kube_proxy_names() {
     list_all(&mut h, free_port());
     h.reconciler.sync_if_due(Instant::now()).await.unwrap();
     // An endpoint change with a trigger time: programmed, it is measured.
-    h.reconciler.handle(SourceEvent::Applied(object(&slice(
-        "web-1",
-        "web",
-        &[
-            ("10.244.0.11", "node-0", "pod-0-1"),
-            ("10.244.1.11", "node-1", "pod-1-1"),
-        ],
-    ))));
+    h.reconciler
+        .handle(SourceEvent::Applied(object(&agent_common::slice_now(
+            "web-1",
+            "web",
+            &[
+                ("10.244.0.11", "node-0", "pod-0-1"),
+                ("10.244.1.11", "node-1", "pod-1-1"),
+            ],
+        ))));
     let text = h.metrics.encode();
     assert!(
         text.contains("kubeproxy_sync_proxy_rules_endpoint_changes_pending 1"),
@@ -231,14 +232,16 @@ async fn metrics_are_served_under_kube_proxy_names() {
     let (code, text) = get(addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     for expected in [
-        "kubeproxy_sync_proxy_rules_duration_seconds_count 2",
-        "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1",
-        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 1",
-        "kubeproxy_network_programming_duration_seconds_count 1",
+        r#"kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} 2"#,
+        r#"kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1"#,
+        r#"kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1"#,
+        r#"kubeproxy_network_programming_duration_seconds_count{ip_family="IPv4"} 1"#,
+        r#"kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"} "#,
+        r#"kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family="IPv4"} "#,
         "kubeproxy_sync_proxy_rules_endpoint_changes_pending 0",
         "kubeproxy_sync_proxy_rules_service_changes_pending 0",
-        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"} 0"#,
-        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"} 0"#,
+        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv4"} 0"#,
+        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal",ip_family="IPv4"} 0"#,
         "dataplane_services 1",
         "dataplane_endpoints 1",
         "dataplane_policies 0",
@@ -249,8 +252,8 @@ async fn metrics_are_served_under_kube_proxy_names() {
     }
     assert!(text.contains("# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge"));
     assert!(text.contains("# TYPE kubeproxy_network_programming_duration_seconds histogram"));
-    // The trigger time is in 2026-01-01: the observed latency is positive (and large).
-    assert!(!text.contains("kubeproxy_network_programming_duration_seconds_sum 0\n"));
+    // Not IPv6: the node has none.
+    assert!(!text.contains(r#"ip_family="IPv6""#), "{text}");
     server.abort();
 }
 
@@ -345,4 +348,278 @@ async fn the_running_loop_follows_a_manifest_directory_until_shutdown() {
         .metrics
         .encode()
         .contains("kubeproxy_sync_proxy_rules_service_changes_total"));
+}
+
+#[tokio::test]
+async fn a_deleted_or_missing_node_is_not_eligible_until_it_returns() {
+    let mut h = harness(Duration::from_mins(1));
+    let (server, addr) = serve_healthz(
+        SocketAddr::new(LOCALHOST, 0),
+        Arc::clone(&h.status),
+        Arc::clone(&h.metrics),
+    )
+    .unwrap();
+    list_all(&mut h, free_port());
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert_eq!(get(addr, "/healthz").await.unwrap().0, 200);
+    let node_0 = ObjectKey {
+        kind: Kind::Node,
+        namespace: None,
+        name: "node-0".to_owned(),
+    };
+    h.reconciler.handle(SourceEvent::Deleted(node_0));
+    let (code, body) = get(addr, "/healthz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(r#""nodeEligible":false"#), "{body}");
+    assert_eq!(get(addr, "/livez").await.unwrap().0, 200, "still alive");
+    // A relist without it: still missing.
+    h.reconciler.handle(objects(
+        Kind::Node,
+        &[node("node-1", "172.18.0.11", "10.244.1.0/24", None)],
+    ));
+    assert_eq!(get(addr, "/healthz").await.unwrap().0, 503);
+    // Back: eligible again, without a restart.
+    h.reconciler.handle(SourceEvent::Applied(object(&node(
+        "node-0",
+        "172.18.0.10",
+        "10.244.0.0/24",
+        None,
+    ))));
+    assert_eq!(get(addr, "/healthz").await.unwrap().0, 200);
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_first_node_list_without_the_local_node_is_not_eligible() {
+    let mut h = harness(Duration::from_mins(1));
+    assert!(h.status.node_eligible(), "eligible while starting");
+    h.reconciler.handle(objects(
+        Kind::Node,
+        &[node("node-1", "172.18.0.11", "10.244.1.0/24", None)],
+    ));
+    assert!(!h.status.node_eligible());
+}
+
+#[tokio::test]
+async fn a_health_port_fails_when_the_only_local_endpoints_are_terminating() {
+    // kube-proxy: "health check signal should fail if there are only terminating endpoints
+    // on a node"; the datapath still serves them (the terminating fallback).
+    let mut h = harness(Duration::from_mins(1));
+    let hc = free_port();
+    let hc_addr = SocketAddr::new(LOCALHOST, hc);
+    list_all(&mut h, hc);
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert_eq!(get(hc_addr, "/").await.unwrap().0, 200);
+    let terminating = slice("web-1", "web", &[("10.244.0.11", "node-0", "pod-0-1")]).replace(
+        "ready: true\n    serving: true\n    terminating: false",
+        "ready: false\n    serving: true\n    terminating: true",
+    );
+    assert!(terminating.contains("terminating: true"));
+    h.reconciler
+        .handle(SourceEvent::Applied(object(&terminating)));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    let (code, body) = get(hc_addr, "/").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(r#""localEndpoints":0"#), "{body}");
+    let applied = h.fake.applied().unwrap();
+    let web = applied
+        .services
+        .iter()
+        .find(|s| s.name.name == "web")
+        .unwrap();
+    assert!(
+        web.backends.iter().any(|b| b.terminating && b.serving),
+        "the terminating endpoint stays in the datapath: {:?}",
+        web.backends
+    );
+}
+
+/// A `FakeDataplane` that panics in `apply` (a bug in a backend).
+struct Panicking(dataplane::testing::FakeDataplane);
+
+impl dataplane::Dataplane for Panicking {
+    fn capabilities(&self) -> dataplane::Capabilities {
+        self.0.capabilities()
+    }
+    fn apply(
+        &mut self,
+        _desired: &dataplane::DesiredState,
+    ) -> Result<dataplane::ApplyReport, dataplane::Error> {
+        panic!("a dataplane bug (this panic is the test's)")
+    }
+    fn apply_changes(
+        &mut self,
+        changes: &dataplane::ChangeSet,
+    ) -> Result<dataplane::ApplyReport, dataplane::Error> {
+        self.0.apply_changes(changes)
+    }
+    fn observe(&self) -> Result<dataplane::ObservedState, dataplane::Error> {
+        self.0.observe()
+    }
+    fn flows(&self) -> Result<Vec<dataplane::Flow>, dataplane::Error> {
+        self.0.flows()
+    }
+    fn stats(&self) -> Result<dataplane::Stats, dataplane::Error> {
+        self.0.stats()
+    }
+    fn reset(&mut self) -> Result<(), dataplane::Error> {
+        self.0.reset()
+    }
+}
+
+#[tokio::test]
+async fn a_dead_dataplane_thread_ends_the_loop_with_an_error() {
+    let fake = dataplane::testing::FakeDataplane::new();
+    let mut h = agent_common::harness::harness_over(
+        Duration::from_mins(1),
+        Box::new(Panicking(fake.clone())),
+        fake,
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    list_all(&mut h, free_port());
+    // The source stays open and nobody asks for a shutdown: only the dead thread ends it.
+    let running = tokio::spawn(h.reconciler.run(rx, std::future::pending()));
+    let result = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the loop ends once the dataplane thread is dead")
+        .unwrap();
+    let error = result.expect_err("a dead dataplane is an error");
+    assert!(error.to_string().contains("dataplane thread"), "{error:#}");
+    drop(tx);
+}
+
+/// The network programming latency observations so far.
+fn programmed_count(h: &agent_common::harness::Harness) -> u64 {
+    let text = h.metrics.encode();
+    let prefix = r#"kubeproxy_network_programming_duration_seconds_count{ip_family="IPv4"} "#;
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+fn web_slice(pod: &str, ip: &str, trigger: Option<&str>) -> SourceEvent {
+    let endpoints = [(ip, "node-0", pod)];
+    let yaml = match trigger {
+        Some(t) => agent_common::slice_triggered("web-1", "web", &endpoints, t),
+        None => agent_common::slice_now("web-1", "web", &endpoints),
+    };
+    SourceEvent::Applied(object(&yaml))
+}
+
+#[tokio::test]
+async fn every_trigger_after_the_start_is_measured_and_relisted_away_ones_are_not() {
+    let mut h = harness(Duration::from_mins(1));
+    list_all(&mut h, free_port());
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert_eq!(programmed_count(&h), 0, "the listing is no change");
+    // Two changes of one slice before a sync: both measured (kube-proxy appends each).
+    h.reconciler
+        .handle(web_slice("pod-0-2", "10.244.0.12", None));
+    h.reconciler
+        .handle(web_slice("pod-0-3", "10.244.0.13", None));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert_eq!(programmed_count(&h), 2);
+    // Triggered before the agent started: not measured (kube-proxy's trackerStartTime).
+    h.reconciler.handle(web_slice(
+        "pod-0-4",
+        "10.244.0.14",
+        Some("2020-01-01T00:00:00Z"),
+    ));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert_eq!(programmed_count(&h), 2);
+    // A change, then a relist without the slice: it is never programmed, not measured.
+    h.reconciler
+        .handle(web_slice("pod-0-5", "10.244.0.15", None));
+    h.reconciler.handle(objects(Kind::EndpointSlice, &[]));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert_eq!(programmed_count(&h), 2);
+}
+
+#[tokio::test]
+async fn a_failed_sync_is_timed_too() {
+    let mut h = harness(Duration::from_mins(1));
+    list_all(&mut h, free_port());
+    h.fake.fail_next_apply(Fault::Kernel("refused".into()));
+    assert!(h
+        .reconciler
+        .sync_if_due(Instant::now())
+        .await
+        .unwrap()
+        .report
+        .is_none());
+    let text = h.metrics.encode();
+    for expected in [
+        r#"kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1"#,
+        r#"kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1"#,
+        "dataplane_apply_errors_total 1",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    assert!(
+        !text.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds{"),
+        "no successful sync yet: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_local_pod_without_an_interface_is_looked_for_again_soon() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The CNI has not added pod-0-1's route yet.
+    let routed = Arc::new(AtomicBool::new(false));
+    let r = Arc::clone(&routed);
+    let interfaces = Arc::new(dataplane_agent::reconcile::FnInterfaces(
+        move |_: &dataplane::ObjectName, ips: &[IpAddr]| {
+            r.load(Ordering::SeqCst)
+                .then(|| agent_common::harness::lab_veth(ips))
+                .flatten()
+        },
+    ));
+    let fake = dataplane::testing::FakeDataplane::new();
+    let mut h = agent_common::harness::harness_full(
+        Duration::from_mins(1),
+        Box::new(fake.clone()),
+        fake,
+        interfaces,
+    );
+    list_all(&mut h, free_port());
+    let outcome = h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert_eq!(outcome.counts.1, 0, "no endpoint without an interface");
+    // The next sync comes long before --sync-period (30 s), with no change to ask for it.
+    let now = Instant::now();
+    let next = h.reconciler.next_sync(now).unwrap();
+    let sync_period = Periods::default().sync;
+    assert!(next < now + sync_period / 2, "{:?}", next - now);
+    // Still no route: the next look comes later (doubling), still before --sync-period.
+    let outcome = h.reconciler.sync_if_due(next).await.expect("a sync is due");
+    assert_eq!(outcome.counts.1, 0);
+    let now = Instant::now();
+    let later = h.reconciler.next_sync(now).unwrap();
+    assert!(later - now > next.saturating_duration_since(now));
+    assert!(later < now + sync_period / 2, "{:?}", later - now);
+    let next = later;
+    // The route appears; at that time a sync finds the pod.
+    routed.store(true, Ordering::SeqCst);
+    let outcome = h.reconciler.sync_if_due(next).await.expect("a sync is due");
+    assert_eq!(outcome.counts.1, 1, "{outcome:?}");
+    // Found: back to the periodic syncs.
+    let now = Instant::now();
+    assert!(h.reconciler.next_sync(now).unwrap() >= now + sync_period / 2);
+}
+
+#[tokio::test]
+async fn a_burst_of_events_is_taken_in_bounded_turns() {
+    use dataplane_agent::reconcile::MAX_BURST;
+    let mut h = harness(Duration::from_mins(1));
+    list_all(&mut h, free_port());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(MAX_BURST * 2);
+    let event = || SourceEvent::Applied(object(&service("api", "10.96.0.20", 443, None)));
+    for _ in 0..MAX_BURST + 10 {
+        tx.try_send(event()).unwrap();
+    }
+    // The loop looks at its clock and shutdown between turns: a flood cannot starve them.
+    let first = rx.try_recv().unwrap();
+    assert_eq!(h.reconciler.take_burst(first, &mut rx), MAX_BURST);
+    let first = rx.try_recv().unwrap();
+    assert_eq!(h.reconciler.take_burst(first, &mut rx), 10);
+    assert!(rx.try_recv().is_err());
 }

@@ -5,10 +5,10 @@ mod agent_common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_common::{documents, namespace, node, service, slice};
-use dataplane_agent::manifests::{spawn, ManifestDir};
+use dataplane_agent::manifests::{spawn, ManifestDir, SETTLE};
 use dataplane_agent::source::SourceEvent;
 use dataplane_kube::{Kind, Object, ObjectKey};
 
@@ -161,7 +161,13 @@ fn created_and_deleted_files_add_and_delete_their_objects() {
     let web = dir.path().join("web.yaml");
     std::fs::remove_file(&web).unwrap();
     std::fs::remove_file(&api).unwrap();
-    let events = m.update(&[web, api].into(), false);
+    // Held back while a writer may still bring the files back; deleted once settled.
+    let now = Instant::now();
+    assert!(m.update_at(&[web, api].into(), false, now).is_empty());
+    assert_eq!(m.settle_deadline(), Some(now + SETTLE));
+    assert!(m.update_at(&BTreeSet::new(), false, now).is_empty());
+    let events = m.update_at(&BTreeSet::new(), false, now + SETTLE);
+    assert_eq!(m.settle_deadline(), None);
     let mut got = summary(&events);
     got.sort();
     assert_eq!(
@@ -197,8 +203,10 @@ fn an_object_moved_between_files_in_one_burst_is_not_deleted() {
     assert!(m.contains(&key(Kind::EndpointSlice, "web-1")));
     // Then removed from its new file: deleted.
     std::fs::remove_file(&slices).unwrap();
+    let now = Instant::now();
+    assert!(m.update_at(&[slices].into(), false, now).is_empty());
     assert_eq!(
-        summary(&m.update(&[slices].into(), false)),
+        summary(&m.update_at(&BTreeSet::new(), false, now + SETTLE)),
         ["-EndpointSlice default/web-1"]
     );
 }
@@ -350,7 +358,9 @@ fn an_object_in_two_files_is_the_last_files_and_falls_back_to_the_other() {
     assert_eq!(web_port(&events), Some(8080));
     // zz.yaml gives it up: web.yaml's version (port 80) is applied, read again from web.yaml.
     std::fs::write(&zz, "").unwrap();
-    let events = m.update(&[zz].into(), false);
+    let now = Instant::now();
+    assert!(m.update_at(&[zz].into(), false, now).is_empty());
+    let events = m.update_at(&BTreeSet::new(), false, now + SETTLE);
     assert_eq!(summary(&events), ["+Service default/web"]);
     assert_eq!(web_port(&events), Some(80));
 }
@@ -389,4 +399,130 @@ fn a_change_reads_only_the_files_it_names() {
         got,
         ["+Service default/web", "-EndpointSlice default/web-1"]
     );
+}
+
+#[tokio::test]
+async fn the_watcher_reads_nothing_while_nothing_changes() {
+    // notify 9 reports IN_OPEN by default: the source's own reads woke it up to read again,
+    // in a loop. With files present and no change, no file is read after the listing.
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let source = spawn(dir.path(), tx).unwrap();
+    for _ in 0..6 {
+        assert!(matches!(next(&mut rx).await, SourceEvent::Listed { .. }));
+    }
+    let listed_reads = source.reads();
+    assert_eq!(listed_reads, 2, "the listing reads each file once");
+    // A quiet window: long enough for a read loop to go round many times.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        source.reads(),
+        listed_reads,
+        "files read while nothing changed"
+    );
+    // A change is read once (its close after writing), and that read wakes nothing.
+    write(
+        dir.path(),
+        "web.yaml",
+        &documents(&[
+            service("web", "10.96.0.10", 80, None),
+            slice("web-1", "web", &[("10.244.0.12", "node-0", "pod-0-2")]),
+        ]),
+    );
+    assert_eq!(
+        summary(&[next(&mut rx).await]),
+        ["+EndpointSlice default/web-1"]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(source.reads(), listed_reads + 1);
+    assert!(rx.try_recv().is_err(), "no event without a change");
+}
+
+#[test]
+fn a_file_truncated_then_written_deletes_nothing_that_comes_back() {
+    // `kubectl get -o yaml > web.yaml`: the shell truncates the file, then kubectl writes it.
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let mut m = ManifestDir::new(dir.path());
+    m.list().unwrap();
+    let now = Instant::now();
+    let web = write(dir.path(), "web.yaml", "");
+    assert!(m.update_at(&[web.clone()].into(), false, now).is_empty());
+    assert!(m.contains(&key(Kind::Service, "web")));
+    // The write: one object changed, the other came back as it was.
+    write(
+        dir.path(),
+        "web.yaml",
+        &documents(&[
+            service("web", "10.96.0.10", 80, None),
+            slice("web-1", "web", &[("10.244.0.12", "node-0", "pod-0-2")]),
+        ]),
+    );
+    let later = now + SETTLE / 2;
+    assert_eq!(
+        summary(&m.update_at(&[web].into(), false, later)),
+        ["+EndpointSlice default/web-1"]
+    );
+    assert_eq!(m.settle_deadline(), None);
+    assert!(m
+        .update_at(&BTreeSet::new(), false, now + SETTLE * 2)
+        .is_empty());
+}
+
+#[test]
+fn an_emacs_save_renames_the_file_away_then_writes_it_and_deletes_nothing() {
+    // emacs keeps a backup: web.yaml is renamed to web.yaml~, then a new web.yaml written.
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let mut m = ManifestDir::new(dir.path());
+    m.list().unwrap();
+    let web = dir.path().join("web.yaml");
+    let backup = dir.path().join("web.yaml~");
+    std::fs::rename(&web, &backup).unwrap();
+    let now = Instant::now();
+    assert!(m
+        .update_at(&[web.clone(), backup.clone()].into(), false, now)
+        .is_empty());
+    // Even a rescan in between (a watch overflow) deletes nothing yet.
+    assert!(m.update_at(&BTreeSet::new(), true, now).is_empty());
+    write(
+        dir.path(),
+        "web.yaml",
+        &documents(&[
+            service("web", "10.96.0.10", 80, None),
+            slice("web-1", "web", &[("10.244.0.11", "node-0", "pod-0-1")]),
+        ]),
+    );
+    assert!(m
+        .update_at(&[web].into(), false, now + SETTLE / 2)
+        .is_empty());
+    assert!(m
+        .update_at(&BTreeSet::new(), false, now + SETTLE * 2)
+        .is_empty());
+    assert!(m.contains(&key(Kind::EndpointSlice, "web-1")));
+}
+
+#[test]
+fn a_file_still_empty_when_it_settles_deletes_its_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    web_files(dir.path());
+    let mut m = ManifestDir::new(dir.path());
+    m.list().unwrap();
+    let now = Instant::now();
+    let web = write(dir.path(), "web.yaml", "");
+    assert!(m.update_at(&[web.clone()].into(), false, now).is_empty());
+    // Emptied again before it settled: the first deadline stands.
+    assert!(m
+        .update_at(&[web].into(), false, now + SETTLE / 2)
+        .is_empty());
+    assert_eq!(m.settle_deadline(), Some(now + SETTLE));
+    let reads = m.reads();
+    let mut got = summary(&m.update_at(&BTreeSet::new(), false, now + SETTLE));
+    got.sort();
+    assert_eq!(
+        got,
+        ["-EndpointSlice default/web-1", "-Service default/web"]
+    );
+    assert_eq!(m.reads(), reads + 1, "read once more before the deletions");
 }

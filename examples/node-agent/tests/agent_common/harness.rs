@@ -8,7 +8,7 @@ use dataplane::testing::FakeDataplane;
 use dataplane::Node;
 use dataplane_agent::health::{ServiceHealth, Status};
 use dataplane_agent::metrics::Metrics;
-use dataplane_agent::reconcile::{FnInterfaces, Outputs, Reconciler};
+use dataplane_agent::reconcile::{FnInterfaces, Interfaces, Outputs, Reconciler};
 use dataplane_agent::runner::Periods;
 use dataplane_agent::source::SourceEvent;
 use dataplane_kube::{parse_manifests, Cluster, Kind, Object, Settings};
@@ -69,6 +69,36 @@ pub struct Harness {
 }
 
 pub fn harness(health_timeout: Duration) -> Harness {
+    let fake = FakeDataplane::new();
+    harness_over(health_timeout, Box::new(fake.clone()), fake)
+}
+
+/// Pods' veths by address, as the lab names them (`vp` and the last octet).
+pub fn lab_veth(ips: &[IpAddr]) -> Option<String> {
+    ips.first()
+        .map(|ip| format!("vp{}", ip.to_string().rsplit('.').next().unwrap()))
+}
+
+/// A loop over `dataplane`, a wrapper of `fake`.
+pub fn harness_over(
+    health_timeout: Duration,
+    dataplane: dataplane::BoxDataplane,
+    fake: FakeDataplane,
+) -> Harness {
+    let interfaces = Arc::new(FnInterfaces(|_: &dataplane::ObjectName, ips: &[IpAddr]| {
+        lab_veth(ips)
+    }));
+    harness_full(health_timeout, dataplane, fake, interfaces)
+}
+
+/// A loop over `dataplane` (a wrapper of `fake`) that finds pod interfaces with
+/// `interfaces`.
+pub fn harness_full(
+    health_timeout: Duration,
+    dataplane: dataplane::BoxDataplane,
+    fake: FakeDataplane,
+    interfaces: Arc<dyn Interfaces>,
+) -> Harness {
     let settings = Settings {
         node_name: "node-0".to_owned(),
         node: Node::new("node-0", [])
@@ -76,17 +106,11 @@ pub fn harness(health_timeout: Duration) -> Harness {
             .with_service_cidrs(["10.96.0.0/12".parse().unwrap()]),
         proxy_name: None,
     };
-    let fake = FakeDataplane::new();
     let status = Arc::new(Status::new(health_timeout));
     let metrics = Arc::new(Metrics::new());
-    // Pods' veths by address, as the lab names them.
-    let interfaces = Arc::new(FnInterfaces(|_: &dataplane::ObjectName, ips: &[IpAddr]| {
-        ips.first()
-            .map(|ip| format!("vp{}", ip.to_string().rsplit('.').next().unwrap()))
-    }));
     let reconciler = Reconciler::new(
         Cluster::new(settings),
-        Box::new(fake.clone()),
+        dataplane,
         interfaces,
         Periods::default(),
         Outputs {

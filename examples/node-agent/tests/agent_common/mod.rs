@@ -121,13 +121,31 @@ spec:
 
 /// An EndpointSlice of Service `service` with ready endpoints `(ip, node, pod)`.
 pub fn slice(name: &str, service: &str, endpoints: &[(&str, &str, &str)]) -> String {
+    // A fixed trigger time, long before any test (the same slice is the same text): not
+    // measured by the loop, which measures only triggers after its start.
+    slice_triggered(name, service, endpoints, "2026-01-01T00:00:00Z")
+}
+
+/// [`slice`] triggered now (the loop measures its network programming latency).
+pub fn slice_now(name: &str, service: &str, endpoints: &[(&str, &str, &str)]) -> String {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    slice_triggered(name, service, endpoints, &now)
+}
+
+/// [`slice`] with the trigger time `trigger` (RFC 3339).
+pub fn slice_triggered(
+    name: &str,
+    service: &str,
+    endpoints: &[(&str, &str, &str)],
+    trigger: &str,
+) -> String {
     let mut out = format!(
         r#"addressType: IPv4
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
   annotations:
-    endpoints.kubernetes.io/last-change-trigger-time: "2026-01-01T00:00:00Z"
+    endpoints.kubernetes.io/last-change-trigger-time: "{trigger}"
   labels:
     endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
     kubernetes.io/service-name: {service}
