@@ -343,12 +343,17 @@ impl Drop for Agent {
     }
 }
 
-/// The value of the unlabelled sample `name` in a Prometheus text exposition.
+/// The value of the first sample `name` in a Prometheus text exposition, whatever its labels
+/// (the agent's sync timestamps carry `ip_family`, and every family gets the same time).
 fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
-        // `name value` or `name{} value`; not a longer name with this prefix.
-        let rest = rest.strip_prefix("{}").unwrap_or(rest);
+        // `name value` or `name{labels} value`; not a longer name with this prefix. Label
+        // values here never hold `}`.
+        let rest = match rest.strip_prefix('{') {
+            Some(labels) => &labels[labels.find('}')? + 1..],
+            None => rest,
+        };
         if !rest.starts_with(' ') {
             return None;
         }
@@ -417,12 +422,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn metric_reads_unlabelled_samples_only_by_exact_name() {
+    fn metric_reads_samples_only_by_exact_name() {
         let body = "# HELP x\n\
                     kubeproxy_sync_proxy_rules_last_timestamp_seconds_total 9\n\
                     kubeproxy_sync_proxy_rules_last_timestamp_seconds 1.7e9\n";
         assert_eq!(metric(body, LAST_SYNC_METRIC), Some(1.7e9));
         assert_eq!(metric("other 1\n", LAST_SYNC_METRIC), None);
+        let labelled = "kubeproxy_sync_proxy_rules_last_timestamp_seconds_total{ip_family=\"IPv4\"} 9\n\
+                        kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 1.8e9\n";
+        assert_eq!(metric(labelled, LAST_SYNC_METRIC), Some(1.8e9));
     }
 
     #[test]

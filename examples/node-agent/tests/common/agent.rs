@@ -270,7 +270,7 @@ impl Agents {
         wait_until(&format!("first sync of the agent on {name}"), || {
             self.assert_running(i);
             let m = self.metrics(i)?;
-            match m.get(LAST_SYNC, &[]) {
+            match m.get(LAST_SYNC, &[("ip_family", "IPv4")]) {
                 Some(t) if t > 0.0 => Ok(m),
                 other => Err(format!("{LAST_SYNC} = {other:?}")),
             }
