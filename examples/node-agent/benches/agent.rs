@@ -147,7 +147,15 @@ fn main() {
     let markdown = package_dir().join("BENCHMARKS.md");
     if std::env::var("DP_AGENT_BENCH_REPORT_ONLY").as_deref() == Ok("1") {
         let text = std::fs::read_to_string(&json).expect("benches/results.json");
-        let results: Results = serde_json::from_str(&text).expect("benches/results.json parses");
+        let mut results: Results =
+            serde_json::from_str(&text).expect("benches/results.json parses");
+        if results.load.is_empty() {
+            // Written before the load moved out of `machine`.
+            let raw: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            if let Some(load) = raw.pointer("/machine/load").and_then(|v| v.as_str()) {
+                load.clone_into(&mut results.load);
+            }
+        }
         write_report(&results, &json, &markdown);
         return;
     }

@@ -307,8 +307,17 @@ impl HelperSampler {
         let handle = std::thread::spawn(move || {
             let mut peak = 0;
             let mut names = Vec::new();
+            let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+            // The agent's binary (not `exe(pid)`: the sampler may start before nsenter
+            // has exec'd it).
+            let agent = std::fs::canonicalize(env!("CARGO_BIN_EXE_dataplane-agent")).ok();
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                for child in children(pid) {
+                // A child that has not exec'd yet is a copy of the agent (its VmHWM is the
+                // agent's): not a helper.
+                for child in children(pid)
+                    .into_iter()
+                    .filter(|c| exe(*c).is_some_and(|e| Some(&e) != agent.as_ref()))
+                {
                     if let Some(hwm) = status_kib(child, "VmHWM:") {
                         peak = u64::max(peak, hwm);
                         let comm = std::fs::read_to_string(format!("/proc/{child}/comm"))
