@@ -17,7 +17,8 @@
 //!   trait's documented way for a backend to ask for the whole state).
 //! - Conntrack maintenance is the handle's: [`AsyncDataplane`] runs `maintain` on the
 //!   dataplane's own interval between requests; the loop only reads the results into the
-//!   metrics.
+//!   metrics. Its counters are read on their own timer ([`STATS_INTERVAL`]) without the loop
+//!   waiting for them: the reading is awaited alongside the events, one at a time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -721,7 +722,13 @@ impl Reconciler {
 
     /// Reads the dataplane's counters into the metrics.
     pub async fn read_stats(&self) {
-        match self.dataplane.stats().await {
+        let result = self.dataplane.stats().await;
+        self.record_stats(result);
+    }
+
+    /// Puts a reading of the counters into the metrics.
+    fn record_stats(&self, result: Result<Stats, AsyncError>) {
+        match result {
             Ok(stats) => self.metrics.stats(&stats, self.conntrack_capacity),
             Err(e) => tracing::debug!(error = %e, "reading the dataplane's counters"),
         }
@@ -748,6 +755,12 @@ impl Reconciler {
         let mut maintenance = self.dataplane.maintenance();
         let mut stats_timer = tokio::time::interval(STATS_INTERVAL);
         stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The reading of the counters in flight, awaited alongside the events and never in
+        // the way of them: nftables' `stats` lists the whole table and reads
+        // /proc/net/nf_conntrack, seconds at 10k services (BENCHMARKS.md), and the loop must
+        // keep taking events meanwhile. One at a time (a tick while one runs is skipped),
+        // and on its own timer only, not after each sync.
+        let mut stats_reading: Option<StatsReading> = None;
         let result = loop {
             let next = self.next_sync(Instant::now());
             let sleep = async {
@@ -776,7 +789,20 @@ impl Reconciler {
                         ));
                     }
                 }
-                _ = stats_timer.tick() => self.read_stats().await,
+                _ = stats_timer.tick() => {
+                    if stats_reading.is_none() {
+                        stats_reading = Some(Box::pin(self.dataplane.stats()));
+                    }
+                }
+                result = async {
+                    match stats_reading.as_mut() {
+                        Some(reading) => reading.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    stats_reading = None;
+                    self.record_stats(result);
+                }
                 changed = maintenance.changed() => {
                     if changed.is_err() {
                         // Closed: the dataplane thread ended, which it does only by a panic
@@ -802,6 +828,10 @@ impl Reconciler {
         result
     }
 }
+
+/// A reading of the dataplane's counters that [`Reconciler::run`] awaits between events.
+type StatsReading =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Stats, AsyncError>> + Send>>;
 
 /// `t` without its fraction of a second.
 fn whole_second(t: SystemTime) -> SystemTime {
