@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 #[cfg(doc)]
 use dataplane_core::Dataplane;
 use dataplane_core::{
-    ApplyReport, BoxDataplane, Capabilities, DesiredState, Error, Flow, MaintenanceReport,
-    ObservedState, Stats,
+    ApplyReport, BoxDataplane, Capabilities, ChangeSet, DesiredState, Error, Flow,
+    MaintenanceReport, ObservedState, Stats,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -114,6 +114,8 @@ impl Shared {
 ///   thread gets to them (it is busy with an earlier apply), only the newest is applied, once,
 ///   and every waiter of the states it replaced gets that apply's result. A state is queued
 ///   when `sync` is called, not when its future is first polled.
+/// - [`apply_changes`](Self::apply_changes) applies a [`ChangeSet`] relative to the state
+///   the thread holds, and keeps that state up to date for the next `sync`'s diff.
 /// - [`observe`](Self::observe), [`stats`](Self::stats), [`flows`](Self::flows),
 ///   [`capabilities`](Self::capabilities) and [`reset`](Self::reset) run on the thread in
 ///   the order they were asked, after any sync asked before them.
@@ -192,6 +194,48 @@ impl AsyncDataplane {
             // Stopped: `tx` is dropped here and the future answers `Stopped`.
         }
         answer(rx)
+    }
+
+    /// Applies `changes` to the state synced last, without handing over (or diffing) a
+    /// whole state: for a caller that knows what changed (`dataplane_kube`'s
+    /// `Cluster::translate_changes`), in proportion to the change instead of to the state.
+    ///
+    /// `changes` must be relative to the state the thread holds: the state of the last
+    /// successful [`sync`](Self::sync) or `apply_changes` asked before this one. On the thread:
+    /// [`Dataplane::apply_changes`]; when the dataplane answers
+    /// [`Error::FullSyncRequired`], the whole state (the held one with `changes` applied) is
+    /// [applied](Dataplane::apply), as [`Dataplane::sync`] does. On success the held state
+    /// becomes the held one with `changes` applied ([`ChangeSet::apply_to`]), so that a later
+    /// `sync` diffs against what is programmed; on an error it stays as it was (the same rule
+    /// as `sync`'s).
+    ///
+    /// Answers [`Error::FullSyncRequired`] (changing nothing) when no state is held: before
+    /// the first successful sync and after a [`reset`](Self::reset) there is nothing to
+    /// apply the changes to, so sync the whole state. Never coalesced: a sync asked after it
+    /// is not merged into one asked before it.
+    pub fn apply_changes(
+        &self,
+        changes: ChangeSet,
+    ) -> impl Future<Output = Result<ApplyReport, AsyncError>> + Send + 'static {
+        self.call(true, move |w| {
+            let Some(previous) = w.previous.as_mut() else {
+                return Err(AsyncError::from(Error::FullSyncRequired));
+            };
+            match w.dataplane.apply_changes(&changes) {
+                Ok(report) => {
+                    changes.apply_to(previous);
+                    Ok(report)
+                }
+                Err(Error::FullSyncRequired) => {
+                    let mut desired = previous.clone();
+                    changes.apply_to(&mut desired);
+                    let report = w.dataplane.apply(&desired)?;
+                    *previous = desired;
+                    Ok(report)
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
     }
 
     /// What is programmed, read back from the kernel ([`Dataplane::observe`]).
@@ -866,6 +910,54 @@ mod tests {
             "{kind}: {observed:?}"
         );
         dp.reset().await.unwrap();
+        dp.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn apply_changes_programs_the_changes_and_keeps_the_held_state_for_later_syncs() {
+        use dataplane_core::{diff, fake::Fault, FakeDataplane};
+        let names = |state: &DesiredState| {
+            let mut names: Vec<String> =
+                state.services.iter().map(|s| s.name.to_string()).collect();
+            names.sort();
+            names
+        };
+        let fake = FakeDataplane::new();
+        let dp = AsyncDataplane::new(Box::new(fake.clone())).unwrap();
+        // Nothing held yet: nothing to apply the changes to.
+        let refused = dp.apply_changes(diff(&state(1), &state(2))).await;
+        assert!(matches!(
+            refused.unwrap_err().dataplane_error(),
+            Some(Error::FullSyncRequired)
+        ));
+        assert_eq!(fake.calls().apply_changes + fake.calls().applies, 0);
+
+        dp.sync(state(2)).await.unwrap();
+        let report = dp.apply_changes(diff(&state(2), &state(3))).await.unwrap();
+        assert!(!report.full_sync);
+        assert_eq!(report.services_changed, 1);
+        assert_eq!(names(&fake.applied().unwrap()), names(&state(3)));
+
+        // A kernel failure: the held state stays state(3), and the dataplane asks for the
+        // whole state next, which the handle builds from the held one and the changes.
+        fake.fail_next_apply(Fault::Kernel("injected".into()));
+        let failed = dp.apply_changes(diff(&state(3), &state(4))).await;
+        assert!(matches!(
+            failed.unwrap_err().dataplane_error(),
+            Some(Error::Kernel { .. })
+        ));
+        let report = dp.apply_changes(diff(&state(3), &state(4))).await.unwrap();
+        assert!(report.full_sync);
+        assert_eq!(fake.calls().full_sync_required, 1);
+        assert_eq!(names(&fake.applied().unwrap()), names(&state(4)));
+
+        // The held state is what is programmed: a sync of it changes nothing, a sync of
+        // another state changes only the difference.
+        let same = dp.sync(state(4)).await.unwrap();
+        assert!(!same.full_sync);
+        assert_eq!((same.services_changed, same.services_removed), (0, 0));
+        let fewer = dp.sync(state(1)).await.unwrap();
+        assert_eq!((fewer.services_changed, fewer.services_removed), (0, 3));
         dp.shutdown().await.unwrap();
     }
 }
