@@ -2,16 +2,21 @@
 //! syncs of the translated state into the dataplane when the [`Runner`] says so.
 //!
 //! ```text
-//!  SourceEvent ─▶ Cluster (store) ──translate──▶ DesiredState ──AsyncDataplane::sync──▶ kernel
+//!  SourceEvent ─▶ Cluster (store) ──translate──▶ ChangeSet ──AsyncDataplane::apply_changes──▶ kernel
 //!                    │                               ├─▶ health_checks ─▶ ServiceHealth ports
 //!                    └─ node_draining ─▶ Status      └─▶ Metrics, one log line per sync
 //! ```
 //!
 //! - No sync until every kind has been listed once (a half-listed cluster would remove
 //!   services that are only not listed yet).
-//! - A sync hands the whole translated state to [`AsyncDataplane::sync`], which diffs it
-//!   against the state it programmed last and applies the difference. A *full* sync (the
-//!   first, the periodic one, a retry) makes the dataplane apply the whole state: the
+//! - A *partial* sync hands the store's changes since the last sync
+//!   (`Cluster::translate_changes`, in proportion to the change) to
+//!   [`AsyncDataplane::apply_changes`], which applies them and keeps the state it holds in
+//!   step; health checks and counts come from the store's state, lent (`Cluster::state`).
+//!   Only after a successful sync: otherwise the sync is full.
+//! - A *full* sync (the first, the periodic one, a retry) brings the store's state up to
+//!   date (`Cluster::translate_in_place`) and hands a copy to [`AsyncDataplane::sync`],
+//!   and makes the dataplane apply the whole state: the
 //!   dataplane is wrapped in [`FullSync`], which answers the one `apply_changes` of that sync
 //!   with `FullSyncRequired`, so that `Dataplane::sync` falls back to `apply` (the
 //!   trait's documented way for a backend to ask for the whole state).
@@ -34,6 +39,7 @@ use dataplane_kube::{
     last_change_trigger_time, Cluster, InterfaceResolver, Kind, Object, ObjectKey,
     TranslationWarning,
 };
+use futures::FutureExt;
 use tokio::sync::mpsc;
 
 use crate::health::{ServiceHealth, Status};
@@ -219,6 +225,9 @@ pub struct Reconciler {
     pods_waiting: bool,
     /// Syncs in a row that left pods out for want of an interface.
     interface_retries: u32,
+    /// The dataplane's thread holds the store's state as of its last translation (the last
+    /// sync succeeded): a partial sync may send the changes since then only.
+    in_step: bool,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -270,6 +279,7 @@ impl Reconciler {
             interface_retry_at: None,
             pods_waiting: false,
             interface_retries: 0,
+            in_step: false,
         })
     }
 
@@ -506,57 +516,66 @@ impl Reconciler {
         if kind == RunKind::Full {
             self.full_switch.store(true, Ordering::SeqCst);
         }
-        let translation = match self.cluster.translate(&*self.interfaces) {
-            Ok(t) => t,
-            Err(e) => {
-                self.metrics.apply_errors.inc();
-                tracing::error!(error = %error_chain(&e), "cannot translate the cluster: retrying");
-                let ended = Instant::now();
-                self.metrics
-                    .sync_took(kind == RunKind::Full, ended - started);
-                self.runner.finished(kind, started, ended, false);
-                let outcome = SyncOutcome {
-                    kind,
-                    report: None,
-                    counts: (0, 0, 0),
-                    warnings: Vec::new(),
-                };
-                self.last_outcome = Some(outcome.clone());
-                return outcome;
-            }
+        // A partial sync hands over only the store's changes since the last translation,
+        // which the dataplane's thread holds the state before of: only while the two are in
+        // step (the last sync succeeded), else the whole state goes.
+        let partial = kind == RunKind::Partial && self.in_step;
+        self.in_step = false;
+        let translated = if partial {
+            self.cluster
+                .translate_changes(&*self.interfaces)
+                .map(|c| (c.warnings, Some(c.changes)))
+        } else {
+            self.cluster
+                .translate_in_place(&*self.interfaces)
+                .map(|warnings| (warnings, None))
         };
-        self.log_warnings(&translation.warnings);
+        let (translation_warnings, changeset) = match translated {
+            Ok(t) => t,
+            Err(e) => return self.translate_failed(kind, started, &error_chain(&e)),
+        };
+        self.log_warnings(&translation_warnings);
         // The translation's word for a local pod without a host-side interface (it retries
         // them at every translation; only a sync has to come).
-        let waiting = translation
-            .warnings
+        let waiting = translation_warnings
             .iter()
             .any(|w| w.object.kind == Kind::Pod && w.field == "status.podIPs");
         self.pods_waiting = waiting;
         self.metrics
             .translation_warnings
-            .set(i64::try_from(translation.warnings.len()).unwrap_or(i64::MAX));
-        let warnings: Vec<String> = translation
-            .warnings
+            .set(i64::try_from(translation_warnings.len()).unwrap_or(i64::MAX));
+        let warnings: Vec<String> = translation_warnings
             .iter()
             .map(ToString::to_string)
             .collect();
-        let state = translation.state;
+        // Lent by the store, not copied: a copy of 10k services is ~25 ms (BENCHMARKS.md).
+        let Some(state) = self.cluster.state() else {
+            return self.translate_failed(kind, started, "the store has no state to program");
+        };
         let counts = (
             state.services.len(),
             state.endpoints.len(),
             state.policies.len(),
         );
-        let checks = health_checks(&state);
-        let programmed = Programmed::of(&state);
-        self.metrics.set_families(&programmed.families);
+        let checks = health_checks(state);
+        let programmed = Programmed::of(state);
         let backends: usize = state.services.iter().map(|s| s.backends.len()).sum();
+        // A full sync copies the state to the dataplane's thread (it diffs it against the
+        // state it holds, and `FullSync` makes it apply the whole); a partial one sends the
+        // changes, in proportion to the change (`AsyncDataplane::apply_changes` keeps the
+        // thread's state in step with them).
+        let request = match changeset {
+            Some(changeset) => self.dataplane.apply_changes(changeset).boxed(),
+            None => self.dataplane.sync(state.clone()).boxed(),
+        };
+        self.metrics.set_families(&programmed.families);
         let changes = self.pending.len();
-        let result = self.dataplane.sync(state).await;
+        let result = request.await;
         let ended = Instant::now();
         let took = ended - started;
         match result {
             Ok(report) => {
+                self.in_step = true;
                 let mut outcome = self
                     .synced(
                         kind, started, ended, report, &checks, programmed, backends, changes,
@@ -594,6 +613,24 @@ impl Reconciler {
                 outcome
             }
         }
+    }
+
+    /// A sync that found no state to program: counted, logged, retried in full.
+    fn translate_failed(&mut self, kind: RunKind, started: Instant, error: &str) -> SyncOutcome {
+        self.metrics.apply_errors.inc();
+        tracing::error!(error, "cannot translate the cluster: retrying");
+        let ended = Instant::now();
+        self.metrics
+            .sync_took(kind == RunKind::Full, ended - started);
+        self.runner.finished(kind, started, ended, false);
+        let outcome = SyncOutcome {
+            kind,
+            report: None,
+            counts: (0, 0, 0),
+            warnings: Vec::new(),
+        };
+        self.last_outcome = Some(outcome.clone());
+        outcome
     }
 
     /// The rest of a successful sync: health ports, metrics, the log line.

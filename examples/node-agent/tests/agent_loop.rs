@@ -59,6 +59,62 @@ async fn syncs_wait_for_every_kind_then_program_the_translated_state() {
     assert_eq!(h.fake.calls().full_syncs, 2);
 }
 
+/// Partial syncs hand the dataplane the store's changes only (`translate_changes` →
+/// `AsyncDataplane::apply_changes`); what is programmed must stay the store's whole state,
+/// through additions, removals and a failed sync's full retry.
+#[tokio::test]
+async fn partial_syncs_send_only_the_changes_and_program_the_stores_state() {
+    fn names(state: &dataplane::DesiredState) -> Vec<String> {
+        let mut names: Vec<String> = state.services.iter().map(|s| s.name.to_string()).collect();
+        names.sort();
+        names
+    }
+    let mut h = harness(Duration::from_mins(1));
+    list_all(&mut h, free_port());
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+
+    h.reconciler.handle(SourceEvent::Applied(object(&service(
+        "api",
+        "10.96.0.11",
+        80,
+        None,
+    ))));
+    let added = h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert!(!added.full_sync);
+    assert_eq!((added.services_changed, added.services_removed), (1, 0));
+    assert_eq!(
+        names(&h.fake.applied().unwrap()),
+        ["default/api", "default/web"]
+    );
+
+    h.reconciler.handle(SourceEvent::Deleted(ObjectKey {
+        kind: Kind::Service,
+        namespace: Some("default".to_owned()),
+        name: "web".to_owned(),
+    }));
+    h.fake.fail_next_apply(Fault::Kernel("injected".to_owned()));
+    assert!(h.reconciler.sync(RunKind::Partial).await.report.is_none());
+    // The failed sync's changes were taken from the store: even a partial sync now sends
+    // the whole state, so that nothing is lost.
+    let retry = h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert!(retry.full_sync);
+    assert_eq!(names(&h.fake.applied().unwrap()), ["default/api"]);
+
+    h.reconciler.handle(SourceEvent::Applied(object(&service(
+        "web",
+        "10.96.0.10",
+        80,
+        None,
+    ))));
+    let back = h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert!(!back.full_sync);
+    assert_eq!(back.services_changed, 1);
+    let applied = h.fake.applied().unwrap();
+    let store = h.reconciler.cluster().state().unwrap();
+    assert_eq!(names(&applied), names(store));
+    assert_eq!(h.fake.calls().incremental_syncs, 2);
+}
+
 #[tokio::test]
 async fn a_failed_sync_is_retried_in_full() {
     let mut h = harness(Duration::from_mins(1));
