@@ -69,16 +69,14 @@ async fn partial_syncs_send_only_the_changes_and_program_the_stores_state() {
         names.sort();
         names
     }
+    fn added_service(name: &str, cluster_ip: &str) -> SourceEvent {
+        SourceEvent::Applied(object(&service(name, cluster_ip, 80, None)))
+    }
     let mut h = harness(Duration::from_mins(1));
     list_all(&mut h, free_port());
     h.reconciler.sync_if_due(Instant::now()).await.unwrap();
 
-    h.reconciler.handle(SourceEvent::Applied(object(&service(
-        "api",
-        "10.96.0.11",
-        80,
-        None,
-    ))));
+    h.reconciler.handle(added_service("api", "10.96.0.11"));
     let added = h.reconciler.sync(RunKind::Partial).await.report.unwrap();
     assert!(!added.full_sync);
     assert_eq!((added.services_changed, added.services_removed), (1, 0));
@@ -100,12 +98,7 @@ async fn partial_syncs_send_only_the_changes_and_program_the_stores_state() {
     assert!(retry.full_sync);
     assert_eq!(names(&h.fake.applied().unwrap()), ["default/api"]);
 
-    h.reconciler.handle(SourceEvent::Applied(object(&service(
-        "web",
-        "10.96.0.10",
-        80,
-        None,
-    ))));
+    h.reconciler.handle(added_service("web", "10.96.0.10"));
     let back = h.reconciler.sync(RunKind::Partial).await.report.unwrap();
     assert!(!back.full_sync);
     assert_eq!(back.services_changed, 1);
