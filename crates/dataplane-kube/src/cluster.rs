@@ -16,7 +16,6 @@
 //! are indexed, so a change re-checks only the objects that share a claim with it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -27,6 +26,8 @@ use crate::node::{translate_node, NodeInfo};
 use crate::pod::{translate_namespace, translate_pod, PodOut};
 use crate::policy::translate_policy;
 use crate::service::SliceData;
+pub use crate::support::TranslationWarning;
+use crate::support::{Interner, Warnings};
 use crate::{InterfaceResolver, Kind, Object, ObjectKey, Settings, TranslateError};
 
 /// The result of [`Cluster::translate`].
@@ -48,75 +49,6 @@ pub struct Changes {
     pub changes: ChangeSet,
     /// Every current warning, as in [`Translation::warnings`].
     pub warnings: Vec<TranslationWarning>,
-}
-
-/// A part of an object that the translation left out or read differently than written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TranslationWarning {
-    /// The object.
-    pub object: ObjectKey,
-    /// The field, as a path (`spec.ports[1].port`).
-    pub field: String,
-    /// What is wrong and what was done about it.
-    pub message: String,
-}
-
-impl fmt::Display for TranslationWarning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.object, self.field, self.message)
-    }
-}
-
-/// Collects the warnings of one object's translation.
-#[derive(Debug)]
-pub(crate) struct Warnings {
-    key: ObjectKey,
-    list: Vec<TranslationWarning>,
-}
-
-impl Warnings {
-    pub(crate) fn new(key: ObjectKey) -> Self {
-        Self {
-            key,
-            list: Vec::new(),
-        }
-    }
-
-    /// A warning about `field` of the object being translated.
-    pub(crate) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        let object = self.key.clone();
-        self.list.push(TranslationWarning {
-            object,
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-
-    /// Warnings made earlier (an EndpointSlice's, read when it was stored).
-    pub(crate) fn extend(&mut self, list: impl IntoIterator<Item = TranslationWarning>) {
-        self.list.extend(list);
-    }
-
-    /// The warnings collected.
-    pub(crate) fn into_list(self) -> Vec<TranslationWarning> {
-        self.list
-    }
-}
-
-/// One shared string per node or zone name: every backend on a node names it, and the model
-/// shares those names (`Arc<str>`) so that a big state does not hold a copy per backend.
-#[derive(Debug, Default)]
-pub(crate) struct Interner(BTreeMap<Box<str>, Arc<str>>);
-
-impl Interner {
-    pub(crate) fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.0.get(s) {
-            return Arc::clone(a);
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.0.insert(s.into(), Arc::clone(&a));
-        a
-    }
 }
 
 /// Where a group of warnings comes from (each is replaced as a whole when re-translated).
@@ -452,7 +384,8 @@ impl Cluster {
                             format!("metadata.labels[{}]", crate::LABEL_SERVICE_NAME),
                             "no service name label; slice ignored",
                         );
-                        self.warnings.insert(Source::Object(key.clone()), w.list);
+                        self.warnings
+                            .insert(Source::Object(key.clone()), w.into_list());
                     }
                     Owner::Absent => {}
                 }
@@ -594,7 +527,7 @@ impl Cluster {
         let mut w = Warnings::new(key.clone());
         let info = translate_node(&self.settings, k8s, &mut w)?;
         self.node_dirty = false;
-        self.set_warnings(Source::Object(key), w.list);
+        self.set_warnings(Source::Object(key), w.into_list());
         if self.node.as_ref() == Some(&info) {
             return Ok(());
         }
@@ -651,7 +584,7 @@ impl Cluster {
             }
             _ => Vec::new(),
         };
-        self.set_warnings(Source::Object(key.clone()), w.list);
+        self.set_warnings(Source::Object(key.clone()), w.into_list());
 
         let old_names = self.names_by_owner.remove(key).unwrap_or_default();
         let mut touched: BTreeSet<Frontend> = BTreeSet::new();
@@ -684,7 +617,7 @@ impl Cluster {
                 self.warnings
                     .entry(Source::Object(key.clone()))
                     .or_default()
-                    .extend(w.list);
+                    .extend(w.into_list());
                 continue;
             }
             let claims = service_claims(&raw.service, addresses);
@@ -839,7 +772,7 @@ impl Cluster {
         let changed = m.drops != drop;
         if drop.is_empty() {
             self.out.put_service(name, Some(raw_service));
-            self.set_warnings(source, w.list);
+            self.set_warnings(source, w.into_list());
             if let Some(m) = self.models.get_mut(name) {
                 m.drops = drop;
             }
@@ -853,7 +786,7 @@ impl Cluster {
         }
         let service = (!service.ports.is_empty()).then_some(service);
         self.out.put_service(name, service);
-        self.set_warnings(source, w.list);
+        self.set_warnings(source, w.into_list());
         changed
     }
 
@@ -913,7 +846,7 @@ impl Cluster {
             self.local_pods.remove(key);
             None
         };
-        self.set_warnings(Source::Object(key.clone()), w.list);
+        self.set_warnings(Source::Object(key.clone()), w.into_list());
         let mut affected: BTreeSet<ObjectName> = BTreeSet::from([name.clone()]);
         let mut touched = BTreeSet::new();
         if let Some(old) = self.pods.remove(&name) {
@@ -968,7 +901,7 @@ impl Cluster {
             }
         }
         let (mut endpoint, mut peer) = (None, None);
-        if w.list.is_empty() {
+        if w.is_empty() {
             match &raw.out {
                 PodOut::Local(e) => endpoint = Some(e.clone()),
                 PodOut::Peer(p) => peer = Some(p.clone()),
@@ -977,7 +910,7 @@ impl Cluster {
         }
         self.out.put_endpoint(name, endpoint);
         self.out.put_pod(name, peer);
-        self.set_warnings(source, w.list);
+        self.set_warnings(source, w.into_list());
     }
 
     fn update_policy(&mut self, key: &ObjectKey) {
@@ -989,7 +922,7 @@ impl Cluster {
             Some(Object::NetworkPolicy(np)) => translate_policy(&name, &np, &mut w),
             _ => None,
         };
-        self.set_warnings(Source::Object(key.clone()), w.list);
+        self.set_warnings(Source::Object(key.clone()), w.into_list());
         self.out.put_policy(&name, policy);
     }
 
@@ -999,7 +932,7 @@ impl Cluster {
             Some(Object::Namespace(ns)) => translate_namespace(&key.name, &ns, &mut w),
             _ => None,
         };
-        self.set_warnings(Source::Object(key.clone()), w.list);
+        self.set_warnings(Source::Object(key.clone()), w.into_list());
         self.out.put_namespace(&key.name, ns);
     }
 }

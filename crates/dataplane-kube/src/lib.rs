@@ -65,6 +65,7 @@ mod node;
 mod pod;
 mod policy;
 mod service;
+mod support;
 mod time;
 
 use std::fmt;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 
-use crate::cluster::Warnings;
+use crate::support::{usable_unicast, Warnings};
 use crate::{Settings, TranslateError, LABEL_TOPOLOGY_ZONE, TAINT_TO_BE_DELETED};
 
 /// What the translation of everything else needs from the Node.
@@ -58,14 +58,6 @@ fn node_addresses(node: &Node, w: &mut Warnings) -> Vec<IpAddr> {
         }
     }
     all
-}
-
-/// What dataplane-core accepts as an address of a node, a pod or a frontend.
-pub(crate) fn usable_unicast(ip: IpAddr) -> bool {
-    !(ip.is_unspecified()
-        || ip.is_multicast()
-        || ip.is_loopback()
-        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()))
 }
 
 pub(crate) fn translate_node(
@@ -143,7 +135,7 @@ fn pod_cidrs(k8s: &Node, w: &mut Warnings) -> Vec<ipnetwork::IpNetwork> {
         } else {
             format!("{field}[{i}]")
         };
-        match crate::service::parse_cidr(c) {
+        match crate::support::parse_cidr(c) {
             Some(net) if !out.contains(&net) => out.push(net),
             Some(_) => {}
             None => w.push(field, format!("{c:?} is not a CIDR; left out")),

@@ -5,9 +5,7 @@ use std::net::IpAddr;
 use dataplane_core::{NamedPort, ObjectName};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 
-use crate::cluster::{Interner, Warnings};
-use crate::node::usable_unicast;
-use crate::service::{is_label, protocol};
+use crate::support::{is_label, is_subdomain, protocol, usable_unicast, Interner, Warnings};
 use crate::{InterfaceResolver, Settings};
 
 /// What a Pod becomes.
@@ -114,11 +112,6 @@ pub(crate) fn translate_pod(
         local: false,
         terminating,
     }
-}
-
-/// A DNS-1123 subdomain (pod and policy names).
-pub(crate) fn is_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(|part| is_label(part, 253))
 }
 
 /// `status.podIPs` (`status.podIP` when absent), usable and distinct.

@@ -9,9 +9,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::cluster::Warnings;
-use crate::pod::is_subdomain;
-use crate::service::{is_label, parse_cidr, protocol};
+use crate::support::{is_label, is_subdomain, parse_cidr, protocol, Warnings};
 
 /// A field and what is wrong with it.
 type Bad = (String, String);

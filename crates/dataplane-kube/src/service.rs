@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::cluster::Warnings;
-use crate::node::{usable_unicast, NodeInfo};
+use crate::node::NodeInfo;
+use crate::support::{is_label, parse_cidr, protocol, usable_unicast, Warnings};
 use crate::{Kind, ObjectKey, Settings};
 
 /// The annotation cloud providers read source ranges from when the spec has none. kube-proxy
@@ -53,37 +53,6 @@ pub(crate) struct Ctx<'a> {
     pub node: &'a NodeInfo,
     /// A state holding only the node, to validate one object at a time.
     pub probe: &'a mut dataplane_core::DesiredState,
-}
-
-/// Kubernetes protocol names are upper case (`TCP`); `None` defaults to TCP as the API
-/// server does.
-pub(crate) fn protocol(name: Option<&str>) -> Option<Protocol> {
-    match name {
-        None => Some(Protocol::Tcp),
-        Some(n) => Protocol::ALL.into_iter().find(|p| p.to_string() == n),
-    }
-}
-
-/// A CIDR as `net.ParseCIDR` reads it: the address masked to the prefix (kube-proxy and the
-/// NetworkPolicy implementations take `10.0.0.1/24` as `10.0.0.0/24`). A bare address is
-/// not a CIDR. Surrounding white space is ignored (kube-proxy trims source ranges).
-pub(crate) fn parse_cidr(s: &str) -> Option<IpNetwork> {
-    let (addr, prefix) = s.trim().split_once('/')?;
-    // `ParseCIDRSloppy`: the address as `parse_ip_sloppy` reads it.
-    let addr = crate::parse_ip_sloppy(addr).ok()?;
-    let prefix: u8 = prefix.parse().ok()?;
-    let net = IpNetwork::new(addr, prefix).ok()?;
-    IpNetwork::new(net.network(), net.prefix()).ok()
-}
-
-/// A DNS-1123 label (what dataplane-core accepts as a port name).
-pub(crate) fn is_label(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// The name of the model service for the ports starting at `spec.ports[index]` when a

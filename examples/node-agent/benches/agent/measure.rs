@@ -491,8 +491,9 @@ fn one_change(
     let after = Metrics::scrape(node)?;
     // The sync that carried the change: the first one that ended after the change was
     // queued.
+    // Labelled by family like kube-proxy's; the lab is IPv4 (every family gets the same time).
     let queued = after
-        .time("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds")
+        .time("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv4\"}")
         .filter(|q| *q >= t0);
     let carrier = new
         .iter()
