@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::diff::{diff, ChangeSet};
+use crate::events::{BoxEventSource, DropReason, EventOptions};
 use crate::model::{DesiredState, ObjectName, Protocol};
 // Validation owns its findings (`ValidationError`, `Warning`): this module reports them.
 use crate::validate::ValidationError;
@@ -88,6 +89,23 @@ pub trait Dataplane {
     /// needs no periodic work (the kernel's conntrack expires its own entries).
     fn maintenance_interval(&self) -> Option<Duration> {
         None
+    }
+
+    /// Starts reading [`FlowEvent`](crate::events::FlowEvent)s: drops and rejects always, new
+    /// connections and policy verdicts as `options` ask (options are the dataplane's: the
+    /// last reader's ask wins). Each call opens another reader; the kernel buffer behind it may
+    /// be shared (the eBPF ring buffer is: two readers split its events between them).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when this dataplane has no event source (the default), or
+    /// [`Error::Kernel`] when the source cannot be opened.
+    fn events(&self, options: &EventOptions) -> Result<BoxEventSource, Error> {
+        let _ = options;
+        Err(Error::Unsupported {
+            dataplane: self.capabilities().dataplane,
+            feature: "flow events".to_owned(),
+            object: "events()".to_owned(),
+        })
     }
 }
 
@@ -240,6 +258,10 @@ pub struct Stats {
     pub packets_rejected: u64,
     /// Tracked connections.
     pub flows: u64,
+    /// Packets dropped or rejected, by reason (the backends that can tell; the reasons add up
+    /// to at most `packets_dropped + packets_rejected`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops: BTreeMap<DropReason, u64>,
     /// Backend-specific counters by name.
     pub other: std::collections::BTreeMap<String, u64>,
 }

@@ -12,6 +12,7 @@ pub use ipnetwork;
 pub mod counts;
 pub mod dataplane;
 pub mod diff;
+pub mod events;
 pub mod fake;
 pub mod format;
 pub mod health;
@@ -32,6 +33,11 @@ pub use dataplane::{
     MaintenanceReport, ObservedFrontend, ObservedState, Skipped, Stats, Warning,
 };
 pub use diff::{diff, service_index, Change, ChangeSet, ServiceIndex};
+pub use events::{
+    BlockingEvents, BoxEventSource, Direction, DropReason, EventFilter, EventKind, EventOptions,
+    EventParseError, EventSource, EventVerdict, FlowEvent, L4Protocol, ObservationPoint, PeerMatch,
+    TcpFlags, Timestamp, Tuple, EVENT_SCHEMA_VERSION,
+};
 pub use fake::FakeDataplane;
 pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};
 pub use health::{health_check, health_checks, HealthCheck};

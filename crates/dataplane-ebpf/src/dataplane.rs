@@ -757,6 +757,7 @@ impl Dataplane for EbpfDataplane {
             packets_dropped: totals[STAT_DROPPED],
             packets_rejected: totals[STAT_REJECTED],
             flows,
+            drops: std::collections::BTreeMap::new(),
             other,
         })
     }
