@@ -16,6 +16,7 @@ pub mod events;
 pub mod fake;
 pub mod format;
 pub mod health;
+pub mod inspect;
 pub mod maglev;
 pub mod model;
 pub mod policy;
@@ -41,6 +42,7 @@ pub use events::{
 pub use fake::FakeDataplane;
 pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};
 pub use health::{health_check, health_checks, HealthCheck};
+pub use inspect::{Attachment, Inspect, LiveFrontend, NodeStatus, TableFill};
 pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};
 pub use model::*;
 pub use policy::{policy_allows, policy_verdict, Decision, Party, PolicyVerdict};
