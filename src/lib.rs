@@ -38,6 +38,8 @@ pub use open::{
     monotonic_now, open, DataplaneKind, OpenError, Opened, Options, Selection, UnknownKind,
 };
 
+pub mod events;
+
 #[cfg(feature = "tokio")]
 mod handle;
 #[cfg(feature = "tokio")]
