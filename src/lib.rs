@@ -40,6 +40,11 @@ pub use open::{
 
 pub mod events;
 
+// Looking at a node another process programmed (`dpctl status`): read-only.
+mod inspect;
+pub use dataplane_core::inspect::{Attachment, Inspect, LiveFrontend, NodeStatus, TableFill};
+pub use inspect::inspect;
+
 #[cfg(feature = "tokio")]
 mod handle;
 #[cfg(feature = "tokio")]
