@@ -65,12 +65,17 @@ struct ObjAttr {
 /// Opens the map pinned at `path` read-only (aya 0.14's `MapData::from_pin` opens it
 /// read-write).
 fn open_read_only(path: &Path) -> io::Result<OwnedFd> {
+    obj_get(path, BPF_F_RDONLY)
+}
+
+/// `BPF_OBJ_GET` of the object pinned at `path` with `file_flags`.
+fn obj_get(path: &Path, file_flags: u32) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut attr = ObjAttr {
         pathname: c.as_ptr() as u64,
-        file_flags: BPF_F_RDONLY,
+        file_flags,
         ..ObjAttr::default()
     };
     // SAFETY: `attr` is the kernel's `bpf_attr.obj` layout with every byte initialised;
@@ -604,82 +609,85 @@ impl LiveEbpf {
     }
 
     /// The programs attached by the owner, from the links pinned under `links/`: TCX and
-    /// XDP links (`<hook>@<interface>`), the socket hooks' cgroup links (`sock@<program>`),
-    /// and the clsact filters of kernels without TCX, which cannot be pinned and are
-    /// recorded by a marker directory (`nl/<hook>@<interface>`). Each link is opened to ask
-    /// the kernel what it is; a pin that does not open as a link is left out.
-    fn attachments(&self) -> Vec<Attachment> {
+    /// XDP links (`<hook>@<interface>`) and the socket hooks' cgroup links
+    /// (`sock@<program>`), each as the kernel describes it (its program, attach type,
+    /// interface or cgroup); and the clsact filters of kernels without TCX, which cannot be
+    /// pinned and are recorded by a marker directory (`nl/<hook>@<interface>`). A link whose
+    /// interface is gone (a deleted pod's veth: the pin outlives the device) is attached to
+    /// nothing and left out, as is a pin that does not open as a link.
+    fn attachments(&self) -> Result<Vec<Attachment>, EbpfError> {
         let dir = links_dir(&self.pin_dir);
-        let mut programs: Option<HashMap<u32, String>> = None;
-        let mut out = BTreeSet::new();
-        let mut as_links: BTreeSet<(String, Hook)> = BTreeSet::new();
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
+        let mut links: Vec<(String, LinkInfo)> = Vec::new();
         for entry in entries.flatten() {
             if entry.file_type().map_or(true, |t| t.is_dir()) {
                 continue;
             }
-            let file = entry.file_name().to_string_lossy().into_owned();
-            let Some((tag, rest)) = file.split_once('@') else {
-                continue;
-            };
-            let info = match aya::programs::links::PinnedLink::from_pin(entry.path())
-                .map(aya::programs::links::FdLink::from)
-                .and_then(|l| l.info())
-            {
-                Ok(info) => info,
+            match link_info(&entry.path()) {
+                Ok(info) => links.push((entry.file_name().to_string_lossy().into_owned(), info)),
                 Err(e) => {
                     tracing::debug!(pin = %entry.path().display(), error = %e, "not a link");
-                    continue;
                 }
-            };
-            let link_type = info.link_type().ok();
-            if link_type == Some(aya::programs::links::LinkType::Cgroup) {
-                // The socket hooks: `rest` is the program (the kernel keeps 15 characters
-                // of a name, too few for `dp_sock_getpeername4`).
-                if tag != "sock" {
-                    continue;
-                }
-                let hook = rest.strip_prefix("dp_sock_").unwrap_or(rest);
+            }
+        }
+        let programs = if links.is_empty() {
+            HashMap::new()
+        } else {
+            program_names()
+        };
+        // Interface indexes are the node's: resolved in its namespace.
+        let interfaces = crate::netns::in_netns(self.netns.as_deref(), || {
+            Ok(links
+                .iter()
+                .map(|(_, info)| (info.ifindex, interface_name(info.ifindex)))
+                .collect::<HashMap<u32, Option<String>>>())
+        })?;
+        let mut out = BTreeSet::new();
+        let mut as_links: BTreeSet<(String, &'static str)> = BTreeSet::new();
+        for (file, info) in &links {
+            if info.link_type == BPF_LINK_TYPE_CGROUP {
+                // The socket hooks: the pin names the program (the kernel keeps 15
+                // characters of a name, too few for `dp_sock_getpeername4`).
+                let program = file.strip_prefix("sock@").unwrap_or(file);
+                let hook = program.strip_prefix("dp_sock_").unwrap_or(program);
                 out.insert(Attachment {
-                    program: rest.to_owned(),
+                    program: program.to_owned(),
                     hook: format!("cgroup-{hook}"),
-                    target: None,
+                    target: Some(format!("cgroup id {}", info.cgroup_id())),
                 });
                 continue;
             }
-            let names = programs.get_or_insert_with(program_names);
-            let Some(program) = names.get(&info.program_id()) else {
-                continue;
-            };
-            let Some(hook) = HOOKS.iter().find(|h| h.program() == program) else {
-                continue;
-            };
-            let name = match link_type {
-                Some(aya::programs::links::LinkType::Xdp) => "xdp",
-                Some(aya::programs::links::LinkType::Tcx) => {
-                    if ingress(*hook) {
-                        "tc-ingress"
-                    } else {
-                        "tc-egress"
-                    }
-                }
+            let hook = match (info.link_type, info.tcx_attach_type()) {
+                (BPF_LINK_TYPE_XDP, _) => "xdp",
+                (BPF_LINK_TYPE_TCX, BPF_TCX_INGRESS) => "tc-ingress",
+                (BPF_LINK_TYPE_TCX, BPF_TCX_EGRESS) => "tc-egress",
                 _ => continue,
             };
-            as_links.insert((rest.to_owned(), *hook));
+            let Some(Some(ifname)) = interfaces.get(&info.ifindex) else {
+                tracing::debug!(pin = %file, link = info.id, "the link's interface is gone");
+                continue;
+            };
+            let Some(program) = programs.get(&info.prog_id) else {
+                continue;
+            };
+            if let Some(h) = HOOKS.iter().find(|h| h.program() == program) {
+                as_links.insert((ifname.clone(), h.program()));
+            }
             out.insert(Attachment {
                 program: program.clone(),
-                hook: name.to_owned(),
-                target: Some(rest.to_owned()),
+                hook: hook.to_owned(),
+                target: Some(ifname.clone()),
             });
         }
         // The rest of what the loader adopts are clsact filters (their marker directories).
         for (ifname, hook) in Objects::pinned_links(&self.pin_dir) {
-            if as_links.contains(&(ifname.clone(), hook)) || hook == Hook::Xdp {
+            if hook == Hook::Xdp || as_links.contains(&(ifname.clone(), hook.program())) {
                 continue;
             }
-            // A link pin that did not open is no clsact filter: only a marker says so.
+            // A link pin that did not open, or whose device is gone, is no clsact filter:
+            // only a marker says so.
             let suffix = format!("@{ifname}");
             let marked = std::fs::read_dir(dir.join("nl")).is_ok_and(|d| {
                 d.flatten()
@@ -699,8 +707,106 @@ impl LiveEbpf {
                 target: Some(ifname),
             });
         }
-        out.into_iter().collect()
+        Ok(out.into_iter().collect())
     }
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` in `enum bpf_cmd`.
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// `BPF_LINK_TYPE_CGROUP` in `enum bpf_link_type`.
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
+/// `BPF_LINK_TYPE_XDP`.
+const BPF_LINK_TYPE_XDP: u32 = 6;
+/// `BPF_LINK_TYPE_TCX`.
+const BPF_LINK_TYPE_TCX: u32 = 11;
+/// `BPF_TCX_INGRESS` in `enum bpf_attach_type`.
+const BPF_TCX_INGRESS: u32 = 46;
+/// `BPF_TCX_EGRESS`.
+const BPF_TCX_EGRESS: u32 = 47;
+
+/// `struct bpf_link_info` up to the union, and the union as words: aya 0.14's `LinkInfo`
+/// gives only the type and ids, not the interface (`xdp.ifindex`, `tcx.ifindex` and
+/// `tcx.attach_type` are its first two words, `cgroup.cgroup_id` its first eight bytes).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct LinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    /// The union is 8-byte aligned.
+    pad: u32,
+    ifindex: u32,
+    words: [u32; 15],
+}
+
+impl LinkInfo {
+    fn tcx_attach_type(&self) -> u32 {
+        self.words[0]
+    }
+    fn cgroup_id(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b[4..].copy_from_slice(&self.words[0].to_ne_bytes());
+        u64::from_ne_bytes(b)
+    }
+}
+
+/// The `info` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// What the kernel says of the link pinned at `path`. Opening a link pin needs a read-write
+/// fd (the kernel refuses others for links); it is used for this one query.
+fn link_info(path: &Path) -> Result<LinkInfo, EbpfError> {
+    use std::os::fd::AsRawFd as _;
+    let fd = obj_get(path, 0).map_err(|source| EbpfError::Pin {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut info = LinkInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd().cast_unsigned(),
+        info_len: u32::try_from(std::mem::size_of::<LinkInfo>()).unwrap_or(u32::MAX),
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    // SAFETY: `attr` is the kernel's `bpf_attr.info` layout, fully initialised; `info`
+    // points at `info_len` writable bytes of a plain-integer struct that outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            std::ptr::from_mut(&mut attr),
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(EbpfError::Pin {
+            path: path.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(info)
+}
+
+/// The name of interface `ifindex` in the calling thread's namespace; `None` when there is
+/// none (0: a link whose device went).
+fn interface_name(ifindex: u32) -> Option<String> {
+    if ifindex == 0 {
+        return None;
+    }
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes `if_indextoname` may write, NUL included.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).ok()
 }
 
 /// What one read of the service maps found.
@@ -830,7 +936,7 @@ impl LiveEbpf {
         let flows = ct.iter().filter(|(_, v)| v.is_forward()).count() as u64;
         Ok(NodeStatus {
             dataplane: BACKEND.to_owned(),
-            attachments: self.attachments(),
+            attachments: self.attachments()?,
             services: (with_name.len() + unnamed.len()) as u64,
             frontends: read.frontends.len() as u64,
             backends: backends.len() as u64,

@@ -26,7 +26,7 @@ use dataplane_core::{
     Backend, Dataplane, DesiredState, EventOptions, Inspect, Namespace, ObjectName, PeerPod,
     Policy, Protocol, Service, ServicePort,
 };
-use dataplane_ebpf::{EbpfConfig, EbpfDataplane, EbpfError, LiveEbpf};
+use dataplane_ebpf::{EbpfConfig, EbpfDataplane, EbpfError, LiveEbpf, XdpMode};
 use dataplane_testkit::{require_root, Family, Lab, LabSpec, TcpSession, SERVER_PORT};
 
 fn pin_dir(node: usize) -> PathBuf {
@@ -110,10 +110,35 @@ fn state(lab: &Lab, node: usize) -> DesiredState {
     st
 }
 
-/// Small maps: the raw dumps below read every element of the arrays.
-fn config(lab: &Lab, node: usize) -> EbpfConfig {
+/// An empty cgroup v2 directory (no process in it: the socket hooks attached there
+/// translate nothing), removed on drop.
+struct EmptyCgroup(PathBuf);
+
+impl EmptyCgroup {
+    fn new() -> Self {
+        let root = dataplane_testkit::cgroup::cgroup2_root().expect("cgroup v2");
+        let dir = root.join(format!("dpe-live-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).expect("create the cgroup");
+        Self(dir)
+    }
+}
+
+impl Drop for EmptyCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Small maps: the raw dumps below read every element of the arrays. Node 0 has every kind
+/// of attachment: TC, XDP (generic) on the uplink, the socket hooks on `cgroup`.
+fn config(lab: &Lab, node: usize, cgroup: &Path) -> EbpfConfig {
     let mut c = EbpfConfig::new(pin_dir(node));
     c.netns = Some(lab.node(node).netns.path().to_owned());
+    if node == 0 {
+        c.xdp = XdpMode::Generic;
+        c.socket_lb_cgroup = Some(cgroup.to_owned());
+    }
     let caps = &mut c.capacities;
     caps.services = 256;
     caps.backends = 128;
@@ -320,12 +345,13 @@ fn inspects_a_running_dataplane_and_changes_nothing() {
         ipv6: false,
     })
     .expect("lab");
+    let cgroup = EmptyCgroup::new();
     let _pins = PinDirs((0..2).map(pin_dir).collect());
     let desired: Vec<DesiredState> = (0..2).map(|i| state(&lab, i)).collect();
     let mut dps: Vec<EbpfDataplane> = (0..2)
         .map(|i| {
             let _ = std::fs::remove_dir_all(pin_dir(i));
-            let mut dp = EbpfDataplane::new(config(&lab, i)).expect("load");
+            let mut dp = EbpfDataplane::new(config(&lab, i, &cgroup.0)).expect("load");
             dp.apply(&desired[i]).expect("apply");
             dp
         })
@@ -441,7 +467,7 @@ fn inspects_a_running_dataplane_and_changes_nothing() {
             .unwrap_or_else(|| panic!("table {name} in {:?}", status.tables))
             .clone()
     };
-    let caps = &config(&lab, 0).capacities;
+    let caps = &config(&lab, 0, &cgroup.0).capacities;
     let local_addresses: usize = st.endpoints.iter().map(|e| e.ips.len()).sum();
     for (name, entries, capacity) in [
         ("dp_svc", want.svc_entries, caps.services),
@@ -464,6 +490,7 @@ fn inspects_a_running_dataplane_and_changes_nothing() {
         ("dp_pol_rules", caps.policy_rules),
         ("dp_pol_blocks", caps.policy_blocks),
         ("dp_pol_ct", caps.policy_conntrack),
+        ("dp_sock_rev", caps.socket_rev),
     ] {
         assert_eq!(
             table(name).capacity,
@@ -488,7 +515,26 @@ fn inspects_a_running_dataplane_and_changes_nothing() {
         .map(|a| (a.program.clone(), a.hook.clone(), a.target.clone()))
         .collect();
     hooks.sort();
+    let cgroup_id = format!(
+        "cgroup id {}",
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup.0).expect("cgroup"))
+    );
     let mut wanted = vec![
+        ("dp_xdp_uplink", "xdp", st.node.interfaces.uplink.clone()),
+        ("dp_sock_connect4", "cgroup-connect4", cgroup_id.clone()),
+        ("dp_sock_connect6", "cgroup-connect6", cgroup_id.clone()),
+        (
+            "dp_sock_getpeername4",
+            "cgroup-getpeername4",
+            cgroup_id.clone(),
+        ),
+        (
+            "dp_sock_getpeername6",
+            "cgroup-getpeername6",
+            cgroup_id.clone(),
+        ),
+        ("dp_sock_recvmsg4", "cgroup-recvmsg4", cgroup_id.clone()),
+        ("dp_sock_recvmsg6", "cgroup-recvmsg6", cgroup_id.clone()),
         (
             "dp_from_uplink",
             "tc-ingress",
@@ -539,6 +585,31 @@ fn inspects_a_running_dataplane_and_changes_nothing() {
 
     let (again, _) = session.request().expect("the session still works");
     assert!(again.starts_with("pod-1-"), "answered by a web backend");
+
+    // A pod's veth deleted under the owner: its links stay pinned, attached to nothing,
+    // and are no longer attachments.
+    let gone = &lab.pod_by_name("pod-0-1").expect("pod-0-1").host_interface;
+    lab.node(0)
+        .netns
+        .ip_batch(&[format!("link del {gone}")])
+        .expect("delete the veth");
+    let pins = std::fs::read_dir(pin_dir(0).join("links"))
+        .expect("links")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(&format!("@{gone}"))
+        })
+        .count();
+    assert_eq!(pins, 2, "the links of {gone} are still pinned");
+    let live = LiveEbpf::open(&pin_dir(0), Some(lab.node(0).netns.path())).expect("open");
+    let attached = live.status().expect("status").attachments;
+    assert!(
+        attached.iter().all(|a| a.target.as_ref() != Some(gone)),
+        "{gone} is gone: {attached:?}"
+    );
+    assert_eq!(attached.len(), status.attachments.len() - 2, "{attached:?}");
     for dp in &mut dps {
         dp.reset().expect("reset");
     }
