@@ -62,6 +62,28 @@ struct ObjAttr {
     pad: u32,
 }
 
+/// `bpf(cmd, attr, sizeof attr)`: the syscall's result, or the error it set.
+///
+/// # Safety
+/// `attr` must be the `union bpf_attr` member of `cmd`, every byte initialised, and every
+/// pointer in it valid for what `cmd` reads or writes through it for the call's duration.
+unsafe fn sys_bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
+    // SAFETY: the caller's promise.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<A>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
 /// Opens the map pinned at `path` read-only (aya 0.14's `MapData::from_pin` opens it
 /// read-write).
 fn open_read_only(path: &Path) -> io::Result<OwnedFd> {
@@ -81,17 +103,7 @@ fn obj_get(path: &Path, file_flags: u32) -> io::Result<OwnedFd> {
     // SAFETY: `attr` is the kernel's `bpf_attr.obj` layout with every byte initialised;
     // `pathname` points at a NUL-terminated string that outlives the call; the kernel only
     // reads `attr`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<ObjAttr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let ret = unsafe { sys_bpf(BPF_OBJ_GET, &mut attr) }?;
     let fd = i32::try_from(ret).map_err(|_| io::Error::other("fd out of range"))?;
     // SAFETY: on success `BPF_OBJ_GET` returns a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -776,20 +788,10 @@ fn link_info(path: &Path) -> Result<LinkInfo, EbpfError> {
     };
     // SAFETY: `attr` is the kernel's `bpf_attr.info` layout, fully initialised; `info`
     // points at `info_len` writable bytes of a plain-integer struct that outlives the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(EbpfError::Pin {
-            path: path.to_owned(),
-            source: io::Error::last_os_error(),
-        });
-    }
+    unsafe { sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }.map_err(|source| EbpfError::Pin {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(info)
 }
 
