@@ -635,3 +635,95 @@ fn nothing_programmed_is_a_typed_error() {
         }
     }
 }
+
+/// `count` ClusterIP services `svc-<i>` at `10.96.1.<i>:80`, each with the backends
+/// `10.244.<generation>.<j>` (j < 3): every generation has its own backends.
+fn churn_state(count: u8, generation: u8) -> DesiredState {
+    let mut st = DesiredState::new(common::node_a());
+    st.services = (1..=count)
+        .map(|i| {
+            let mut s = Service::new(ObjectName::new("default", format!("svc-{i}")));
+            s.cluster_ips = vec![format!("10.96.1.{i}").parse().unwrap()];
+            s.ports = vec![port("http", Protocol::Tcp, 80, SERVER_PORT)];
+            s.backends = (1..=3)
+                .map(|j| common::backend(&format!("10.244.{generation}.{j}"), "node-b"))
+                .collect();
+            s
+        })
+        .collect();
+    st
+}
+
+/// The owner keeps writing (a service set and its backends replaced, services added and
+/// removed) while an inspector reads: every read succeeds, and shows only frontends and
+/// backends some applied state had; once the owner stops, what it shows is the last state.
+#[test]
+fn reads_beside_a_writer() {
+    if !require_root("reads_beside_a_writer") {
+        return;
+    }
+    let n = common::TestNode::new("live");
+    let mut dp = n.dataplane();
+    let generations: Vec<DesiredState> = (0..6u8)
+        .map(|g| churn_state(10 + 5 * (g % 2), 10 + g))
+        .collect();
+    dp.apply(&generations[0]).expect("apply");
+    let live = LiveEbpf::open(&n.pin_dir, Some(&n.netns_path())).expect("open");
+    let known_frontends: BTreeSet<SocketAddr> = generations
+        .iter()
+        .flat_map(|st| &st.services)
+        .map(|s| SocketAddr::new(s.cluster_ips[0], 80))
+        .collect();
+    let known_backends: BTreeSet<SocketAddr> = generations
+        .iter()
+        .flat_map(|st| &st.services)
+        .flat_map(|s| &s.backends)
+        .map(|b| SocketAddr::new(b.ip, SERVER_PORT))
+        .collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for round in 0..60 {
+                let st = &generations[round % generations.len()];
+                dp.apply(st).expect("apply while inspected");
+            }
+            done.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let mut reads = 0;
+        while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+            let status = live.status().expect("status while the owner writes");
+            assert!(status.services >= 10 && status.services <= 15 + 15);
+            for f in live.services().expect("services while the owner writes") {
+                assert!(known_frontends.contains(&f.address), "{f:?}");
+                assert!(
+                    f.backends.iter().all(|b| known_backends.contains(b)),
+                    "{f:?}"
+                );
+            }
+            reads += 1;
+        }
+        writer.join().expect("writer");
+        reads
+    });
+    assert!(reads > 0);
+    let last = dp.observe().expect("observe");
+    let shown: Vec<_> = live
+        .services()
+        .expect("services")
+        .into_iter()
+        .map(|f| (f.address, f.protocol, f.backends))
+        .collect();
+    let observed: Vec<_> = last
+        .frontends
+        .iter()
+        .map(|f| {
+            (
+                f.address,
+                f.protocol,
+                f.backends.iter().copied().collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert_eq!(shown, observed, "after the writes: the last state");
+    dp.reset().expect("reset");
+}
