@@ -38,6 +38,7 @@ mod config;
 mod ct;
 mod dataplane;
 mod error;
+mod live;
 mod loader;
 mod local;
 mod loopback;
@@ -60,6 +61,7 @@ mod writer;
 pub use config::{AttachMode, Capacities, CtTimeouts, EbpfConfig, XdpMode};
 pub use dataplane::EbpfDataplane;
 pub use error::EbpfError;
+pub use live::LiveEbpf;
 pub use maintain::{
     maintenance_interval, monotonic_now, MAX_MAINTENANCE_INTERVAL, MIN_MAINTENANCE_INTERVAL,
 };
