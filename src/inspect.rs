@@ -221,11 +221,24 @@ fn run(
 /// Opens `kind`'s inspector over the state [`programmed`] found.
 #[allow(unused_variables, clippy::unnecessary_wraps)] // depends on the features
 fn open_live(kind: DataplaneKind, options: &Options) -> Result<Box<dyn Inspect>, Error> {
-    Err(Error::Unsupported {
-        dataplane: kind.name().to_owned(),
-        feature: "inspecting a live node (the backend's inspector is not in this build)".to_owned(),
-        object: "dataplane::inspect".to_owned(),
-    })
+    match kind {
+        #[cfg(feature = "ebpf")]
+        DataplaneKind::Ebpf => {
+            // The maps are found by their bpffs path, whatever the namespace; the namespace
+            // is where the inspector resolves the attachments' interfaces.
+            let netns = options.netns.as_deref().or(options.ebpf.netns.as_deref());
+            Ok(Box::new(dataplane_ebpf::LiveEbpf::open(
+                &options.ebpf.pin_dir,
+                netns,
+            )?))
+        }
+        _ => Err(Error::Unsupported {
+            dataplane: kind.name().to_owned(),
+            feature: "inspecting a live node (the backend's inspector is not in this build)"
+                .to_owned(),
+            object: "dataplane::inspect".to_owned(),
+        }),
+    }
 }
 
 #[cfg(test)]
