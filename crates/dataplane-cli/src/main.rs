@@ -6,6 +6,7 @@ mod demo;
 #[cfg(test)]
 mod fake;
 mod files;
+mod flowlog;
 mod flows;
 mod lab;
 mod live;
