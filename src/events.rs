@@ -4,7 +4,8 @@
 //! A [`FlowEvent`] comes from an [`EventSource`]: [`Dataplane::events`](crate::Dataplane::events)
 //! on a dataplane this process owns, or [`Inspect::events`](crate::Inspect::events) on a node
 //! another process programmed ([`inspect`](crate::inspect)). Read a source as a blocking
-//! iterator ([`BlockingEvents`]) or, with the `tokio` feature, as a [`Stream`] ([`EventStream`]).
+//! iterator ([`BlockingEvents`]) or, with the `tokio` feature, as a `futures_core::Stream`
+//! ([`EventStream`]).
 //! [`EventFilter`] selects events as `hubble observe` does (`dpctl flows` uses it).
 //!
 //! ```no_run
