@@ -129,7 +129,7 @@ impl EbpfDataplane {
         }
         let mut current = Current::read(&objects.maps, &objects.capacities)?;
         let policy = PolicyState::read(&objects.maps)?;
-        let names = Names::read(&objects.maps)?;
+        let names = Names::read(&objects.names)?;
         // Reading the arrays mapped each chunk that holds entries: kept mapped, they would
         // stay resident for the life of the process.
         objects.maps.unmap_arrays();
@@ -368,7 +368,7 @@ impl EbpfDataplane {
         }
         // The events' names: after the services and policy.
         let (names_count, names_warning) =
-            sync_names(names_written, &mut objects.maps, planner, rest)?;
+            sync_names(names_written, &mut objects.names, planner, rest)?;
 
         // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
         // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
@@ -770,7 +770,7 @@ impl Dataplane for EbpfDataplane {
             .map(|(n, v)| ((*n).to_owned(), v))
             .collect();
         let mut other: BTreeMap<String, u64> = other;
-        let drops = crate::events::drop_counters(&maps.drops, &mut other)?;
+        let drops = crate::events::drop_counters(&loaded.objects.drops, &mut other)?;
         Ok(Stats {
             packets_translated: totals[STAT_TRANSLATED],
             packets_dropped: totals[STAT_DROPPED],
@@ -887,11 +887,11 @@ impl Drop for EbpfDataplane {
 /// Returns the entries written, and a warning when some did not fit.
 fn sync_names(
     names: &mut Names,
-    maps: &mut loader::Maps,
+    map: &mut names::BpfNames,
     planner: &plan::Planner,
     rest: &DesiredState,
 ) -> Result<(usize, Option<Warning>), EbpfError> {
-    let (written, unfit) = names.sync(maps, names::wanted(&planner.names(), rest))?;
+    let (written, unfit) = names.sync(map, names::wanted(&planner.names(), rest))?;
     let warning = (unfit > 0).then(|| Warning {
         object: "node".to_owned(),
         field: "dp_names".to_owned(),

@@ -39,6 +39,7 @@ mod ct;
 mod dataplane;
 mod error;
 mod events;
+mod live;
 mod loader;
 mod local;
 mod loopback;
@@ -63,6 +64,7 @@ pub use config::{AttachMode, Capacities, CtTimeouts, EbpfConfig, XdpMode};
 pub use dataplane::EbpfDataplane;
 pub use error::EbpfError;
 pub use events::{open_pinned_events, EbpfEvents};
+pub use live::LiveEbpf;
 pub use maintain::{
     maintenance_interval, monotonic_now, MAX_MAINTENANCE_INTERVAL, MIN_MAINTENANCE_INTERVAL,
 };

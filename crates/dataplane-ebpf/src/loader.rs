@@ -157,10 +157,6 @@ pub(crate) struct Maps {
     pub pol_rules: LpmTrie<MapData, PolRuleData, u8>,
     pub pol_blocks: LpmTrie<MapData, PolBlockData, u32>,
     pub pol_ct: HashMap<MapData, CtKey, PolCt>,
-    /// Drops by observation point and reason (flow events, `events.rs`).
-    pub drops: PerCpuArray<MapData, u64>,
-    /// Names of service-port ids and pod addresses (written by `names.rs`).
-    pub names: HashMap<MapData, NameKey, NameValue>,
     /// Batch writers of the maps a full sync fills in bulk.
     pub svc_batch: BatchFd,
     pub backends_batch: BatchFd,
@@ -257,6 +253,11 @@ pub(crate) struct Objects {
     /// The socket hooks' links on the configured cgroup (pinned like TCX links).
     pub sock_links: Vec<Attachment>,
     pub maps: Maps,
+    /// Drops by observation point and reason (flow events, `events.rs`). Not in [`Maps`],
+    /// which the live inspector (`live.rs`) builds from the pins of any version.
+    pub drops: PerCpuArray<MapData, u64>,
+    /// Names of service-port ids and pod addresses (written by `names.rs`).
+    pub names: HashMap<MapData, NameKey, NameValue>,
     /// The sizes the maps really have (pinned maps keep the size they were created with).
     pub capacities: Capacities,
     pub attachments: BTreeMap<(String, Hook), Attachment>,
@@ -503,10 +504,10 @@ pub(crate) fn load(
         pol_rules: take(&mut pod, map_table::POL_RULES.name)?,
         pol_blocks: take(&mut pod, map_table::POL_BLOCKS.name)?,
         pol_ct: take(&mut pod, map_table::POL_CT.name)?,
-        drops: take(&mut pod, map_table::DROPS.name)?,
-        names: take(&mut pod, map_table::NAMES.name)?,
     };
     Ok(Objects {
+        drops: take(&mut pod, map_table::DROPS.name)?,
+        names: take(&mut pod, map_table::NAMES.name)?,
         pod,
         host,
         xdp,

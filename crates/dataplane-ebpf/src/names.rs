@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use dataplane_core::{DesiredState, ObjectName};
 
 use crate::error::{removed, EbpfError};
-use crate::loader::Maps;
 use crate::map_table;
 use crate::maps::{NameKey, NameValue};
+
+/// `dp_names` as aya opens it.
+pub(crate) type BpfNames = aya::maps::HashMap<aya::maps::MapData, NameKey, NameValue>;
 
 /// What `dp_names` holds, as the last sync left it.
 #[derive(Debug, Default)]
@@ -46,9 +48,9 @@ pub(crate) fn wanted(
 
 impl Names {
     /// What the pinned map holds (an earlier process's names, removed when stale).
-    pub(crate) fn read(maps: &Maps) -> Result<Self, EbpfError> {
+    pub(crate) fn read(map: &BpfNames) -> Result<Self, EbpfError> {
         let mut current = HashMap::new();
-        for entry in &maps.names {
+        for entry in map {
             let (k, v) = entry.map_err(|e| EbpfError::map(map_table::NAMES.name, "reading", e))?;
             current.insert(k, v);
         }
@@ -60,7 +62,7 @@ impl Names {
     /// map is full: their events go without those names).
     pub(crate) fn sync(
         &mut self,
-        maps: &mut Maps,
+        map: &mut BpfNames,
         want: HashMap<NameKey, NameValue>,
     ) -> Result<(usize, usize), EbpfError> {
         let stale: Vec<NameKey> = self
@@ -71,7 +73,7 @@ impl Names {
             .collect();
         let mut written = 0;
         for k in stale {
-            removed(maps.names.remove(&k))
+            removed(map.remove(&k))
                 .map_err(|e| EbpfError::map(map_table::NAMES.name, "removing", e))?;
             self.current.remove(&k);
             written += 1;
@@ -81,7 +83,7 @@ impl Names {
             if self.current.get(&k) == Some(&v) {
                 continue;
             }
-            match maps.names.insert(k, v, 0) {
+            match map.insert(k, v, 0) {
                 Ok(()) => {
                     self.current.insert(k, v);
                     written += 1;
