@@ -28,6 +28,7 @@
 pub mod config;
 mod conntrack;
 pub mod error;
+pub mod eventlog;
 mod exec;
 mod flavour;
 pub mod iptables;

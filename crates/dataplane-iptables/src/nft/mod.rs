@@ -22,7 +22,7 @@ use crate::error::NetfilterError;
 use crate::exec;
 use crate::flavour::Flavour;
 use crate::plan::check_supported;
-use crate::plan::{changed_hairpin, changed_ports, node_plan};
+use crate::plan::{changed_hairpin, changed_ports, node_plan_with};
 use dataplane_core::ServiceFingerprints;
 use render::{
     compile_patch, compile_state_with, render_full, render_patch, render_reset, sorted_difference,
@@ -368,7 +368,7 @@ impl NftablesDataplane {
         let planned = changed_ports(&touched, changes);
         let patch = compile_patch(
             rs,
-            &node_plan(node),
+            &node_plan_with(node, &self.config),
             planned.iter().map(|(n, p)| (n, p.as_deref())),
             &changed_hairpin(node, changes),
         )?;
@@ -586,7 +586,13 @@ impl Dataplane for NftablesDataplane {
     }
 
     fn stats(&self) -> Result<Stats, Error> {
-        let mut s = observe::stats(&self.listing()?);
+        let table = self.config.name.as_str();
+        let json = self.nft(
+            &["-j", "list", "counters", "table", "inet", table],
+            None,
+            "list counters",
+        )?;
+        let mut s = observe::counter_stats(&json)?;
         s.flows = self.flows()?.len() as u64;
         Ok(s)
     }
