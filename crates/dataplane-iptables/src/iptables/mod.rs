@@ -22,12 +22,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use dataplane_core::{
-    validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
-    ObservedFrontend, ObservedState, Protocol, Skipped, Stats,
+    validate, ApplyReport, BoxEventSource, Capabilities, ChangeSet, Dataplane, DesiredState, Error,
+    EventOptions, Flow, ObservedFrontend, ObservedState, Protocol, Skipped, Stats,
 };
 
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
+use crate::events::{Names, NetfilterEvents};
 use crate::exec;
 use crate::flavour::Flavour;
 use crate::plan::check_supported;
@@ -852,6 +853,18 @@ impl Dataplane for IptablesDataplane {
         }
         s.flows = self.flows()?.len() as u64;
         Ok(s)
+    }
+
+    /// NFLOG drops and rejects of our chains, and with `options.new_connections` the
+    /// connections they translated (see [`crate::events`]); named from the last applied
+    /// state.
+    fn events(&self, options: &EventOptions) -> Result<BoxEventSource, Error> {
+        let names = self
+            .applied
+            .as_ref()
+            .map(|a| Names::of_state(&a.state))
+            .unwrap_or_default();
+        NetfilterEvents::boxed(BACKEND, &self.config, options, names)
     }
 
     fn reset(&mut self) -> Result<(), Error> {

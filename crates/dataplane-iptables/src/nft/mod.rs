@@ -13,12 +13,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use dataplane_core::{
-    validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
-    Incremental, Node, ObjectName, ObservedState, Protocol, Skipped, Stats, Validator,
+    validate, ApplyReport, BoxEventSource, Capabilities, ChangeSet, Dataplane, DesiredState, Error,
+    EventOptions, Flow, Incremental, Node, ObjectName, ObservedState, Protocol, Skipped, Stats,
+    Validator,
 };
 
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
+use crate::events::{InterfaceRole, Names, NetfilterEvents};
 use crate::exec;
 use crate::flavour::Flavour;
 use crate::plan::check_supported;
@@ -595,6 +597,25 @@ impl Dataplane for NftablesDataplane {
         let mut s = observe::counter_stats(&json)?;
         s.flows = self.flows()?.len() as u64;
         Ok(s)
+    }
+
+    /// NFLOG drops and rejects of this table's rules, and with
+    /// `options.new_connections` the connections its rules translated (see
+    /// [`crate::events`]); named from the last applied state.
+    fn events(&self, options: &EventOptions) -> Result<BoxEventSource, Error> {
+        let mut names = Names::default();
+        if let Some((node, rs)) = &self.applied {
+            names.node.clone_from(&node.name);
+            names.frontends = frontends(rs);
+            names.pod_cidrs.clone_from(&node.pod_cidrs);
+            names
+                .interfaces
+                .insert(node.interfaces.uplink.clone(), InterfaceRole::Uplink);
+        }
+        if let Some(state) = &self.policy_state {
+            names.add_pods(state);
+        }
+        NetfilterEvents::boxed(BACKEND, &self.config, options, names)
     }
 
     fn reset(&mut self) -> Result<(), Error> {
