@@ -28,6 +28,8 @@
 pub mod config;
 mod conntrack;
 pub mod error;
+pub mod eventlog;
+pub mod events;
 mod exec;
 mod flavour;
 pub mod iptables;

@@ -76,6 +76,17 @@ pub struct IpSetSpec {
     pub family: IpFamily,
 }
 
+/// The filter chain that logs, counts and drops what NetworkPolicy denies (written with the
+/// node-wide chains, so that its log settings need not reach the policy chains).
+pub fn deny_chain(prefix: &str) -> String {
+    format!("{prefix}-DENY")
+}
+
+/// The filter chain that logs, counts and drops a forged source.
+pub fn spoofed_chain(prefix: &str) -> String {
+    format!("{prefix}-SPOOFED")
+}
+
 /// The name of the top-level policy chain.
 pub fn policy_chain(prefix: &str) -> String {
     format!("{prefix}-POLICY")
@@ -299,7 +310,10 @@ pub fn chains_named(
                 }
             }
         }
-        rules.push("-m comment --comment \"network policy: spoofed source\" -j DROP".to_owned());
+        rules.push(format!(
+            "-m comment --comment \"network policy: spoofed source\" -j {}",
+            spoofed_chain(prefix)
+        ));
         let content = format!("{interface}\n{}", rules.join("\n"));
         let chain = format!("{prefix}-AS-{}", name(&content));
         claim(&mut names, &chain, &content)?;
@@ -436,7 +450,8 @@ fn direction_rules(
             .any(|(o, _)| o.prefix() < net.prefix() && o.contains(net.network()));
         if shadows {
             rules.push(format!(
-                "{addr_flag} {net} -m comment --comment \"network policy: ipBlock except\" -j DROP"
+                "{addr_flag} {net} -m comment --comment \"network policy: ipBlock except\" -j {}",
+                deny_chain(prefix)
             ));
         }
     }
@@ -445,7 +460,8 @@ fn direction_rules(
         PolicyType::Egress => "egress",
     };
     rules.push(format!(
-        "-m comment --comment \"network policy: {what} denied\" -j DROP"
+        "-m comment --comment \"network policy: {what} denied\" -j {}",
+        deny_chain(prefix)
     ));
     rules
 }

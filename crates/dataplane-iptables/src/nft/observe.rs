@@ -3,11 +3,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use dataplane_core::{ObservedFrontend, ObservedState, Protocol, Stats};
+use dataplane_core::{DropReason, EventVerdict, ObservedFrontend, ObservedState, Protocol, Stats};
 use serde_json::Value;
 
 use crate::error::NetfilterError;
-use crate::nft::render::MASQUERADE_BIT;
+use crate::eventlog::{parse_counter_name, LOGGED_COUNTER};
+use crate::nft::render::{MASQUERADE_BIT, TRANSLATED_COUNTER};
 
 fn parse_err(detail: impl Into<String>) -> NetfilterError {
     NetfilterError::Parse {
@@ -236,29 +237,55 @@ fn counter_packets(expr: &Value) -> u64 {
         .sum()
 }
 
-/// Packets translated, dropped and rejected, from our rule counters.
-pub fn stats(l: &Listing) -> Stats {
+/// Packets translated, dropped and rejected, and drops by reason, from our table's named
+/// counters (the JSON of `nft -j list counters table inet <table>`: a few objects, whatever
+/// the number of services, so that `stats()` stays cheap for `/metrics`).
+pub fn counter_stats(json: &str) -> Result<Stats, NetfilterError> {
+    let root: Value = serde_json::from_str(json).map_err(|e| parse_err(e.to_string()))?;
+    let items = root
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or_else(|| parse_err("no \"nftables\" array"))?;
     let mut s = Stats::default();
-    for (chain, rules) in &l.rules {
-        let n: u64 = rules.iter().map(counter_packets).sum();
-        if chain.starts_with("dnat-") || chain.starts_with("ep-") {
-            s.packets_translated += n;
-        } else if chain == "reject-service" {
-            s.packets_rejected += n;
-        } else if chain == "drop-service" {
-            s.packets_dropped += n;
-        } else if chain == "pol-spoof" {
-            // NetworkPolicy anti-spoofing: a local pod's packet from an address not its own.
-            s.packets_dropped += n;
-            *s.other.entry("spoofed_dropped".to_owned()).or_default() += n;
-        } else if chain.starts_with("pol-in-") || chain.starts_with("pol-out-") {
-            // NetworkPolicy: the counted drop that ends an isolated endpoint's chain (its
-            // only counter).
-            s.packets_dropped += n;
-            *s.other.entry("policy_dropped".to_owned()).or_default() += n;
+    let mut counted = 0u64;
+    let mut logged = 0u64;
+    for c in items.iter().filter_map(|i| i.get("counter")) {
+        let (Some(name), Some(packets)) = (
+            c.get("name").and_then(Value::as_str),
+            c.get("packets").and_then(Value::as_u64),
+        ) else {
+            continue;
+        };
+        if name == TRANSLATED_COUNTER {
+            s.packets_translated += packets;
+        } else if name == LOGGED_COUNTER {
+            logged += packets;
+        } else if let Some((verdict, reason)) = parse_counter_name(name) {
+            counted += packets;
+            *s.drops.entry(reason).or_default() += packets;
+            if verdict == EventVerdict::Rejected {
+                s.packets_rejected += packets;
+            } else {
+                s.packets_dropped += packets;
+            }
+            let other = match reason {
+                DropReason::Policy => Some("policy_dropped"),
+                DropReason::Spoofed => Some("spoofed_dropped"),
+                _ => None,
+            };
+            if let Some(key) = other {
+                *s.other.entry(key.to_owned()).or_default() += packets;
+            }
         }
     }
-    s
+    s.drops.retain(|_, n| *n > 0);
+    // Every counted drop passed a log rule first; those it did not log were held back by
+    // the rule's rate limit.
+    s.other.insert(
+        "events_suppressed".to_owned(),
+        counted.saturating_sub(logged),
+    );
+    Ok(s)
 }
 
 /// The packet counter of the first rule of `chain` (the first rule of every service chain

@@ -371,7 +371,10 @@ pub fn base(node: &Node) -> Vec<String> {
         "pol-spoof",
         &format!("iifname . ip6 saddr @{} return", spoof_set(IpFamily::V6)),
     ));
-    out.push(rule("pol-spoof", "counter drop"));
+    out.push(rule(
+        "pol-spoof",
+        &format!("goto {}", super::render::DROP_SPOOFED_CHAIN),
+    ));
     for chain in ["pol-forward", "pol-input"] {
         out.push(rule(chain, &format!("iifname @{IFACES} jump pol-spoof")));
         out.push(rule(chain, "ct state established,related accept"));
@@ -648,7 +651,8 @@ fn direction_rules(
             ));
         }
     }
-    rules.push("counter drop".to_owned());
+    // Logged, counted and dropped in the services' base chain (see `crate::eventlog`).
+    rules.push(format!("goto {}", super::render::DENY_POLICY_CHAIN));
     Ok(rules)
 }
 
