@@ -118,6 +118,11 @@ pub fn run(inspect: &dyn Inspect, args: &FlowsArgs, out: &mut dyn Write) -> anyh
     let source = inspect
         .events(&args.event_options())
         .context("opening the dataplane's event reader")?;
+    if args.follow {
+        // On stderr, so that JSON on stdout stays clean: the reader is open from here on
+        // (events before this line are not shown; a script can wait for it).
+        eprintln!("following flow events (interrupt to stop)");
+    }
     quietly(show(source, args, out))
 }
 
