@@ -13,12 +13,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use dataplane::{
     open, Backend, DataplaneKind, DesiredState, LiveFrontend, ObjectName, Options, Protocol,
     Selection, Service, ServicePort,
 };
-use dataplane_testkit::{require_root, Family, Lab, LabSpec, SERVER_PORT};
+use dataplane_testkit::{probe, require_root, Family, Lab, LabSpec, SERVER_PORT};
 
 const WEB: &str = "10.96.0.10";
 const EMPTY: &str = "10.96.0.12";
@@ -225,6 +226,56 @@ fn status_and_services(kind: DataplaneKind) {
         .collect();
     want.sort();
     assert_eq!(got, want, "dpctl services -o json is what was programmed");
+
+    // The tables for people show the same.
+    let text = |args: &[&str]| {
+        let out = place.dpctl(args, kind.name()).output().expect("dpctl runs");
+        ok(&out, &format!("dpctl {args:?}"))
+    };
+    let status = text(&["status"]);
+    assert!(
+        status.starts_with(&format!(
+            "dataplane:   {kind}\nprogrammed:  2 services, 2 frontends"
+        )),
+        "{status}"
+    );
+    let services = text(&["services"]);
+    let row = |vip: &str| {
+        services
+            .lines()
+            .find(|l| l.contains(&format!(" {vip}:80 ")))
+            .unwrap_or_else(|| panic!("no row for {vip}:\n{services}"))
+            .to_owned()
+    };
+    assert!(row(EMPTY).trim_end().ends_with("<none>"), "{services}");
+    for b in &want.iter().find(|w| w.1.ip().to_string() == WEB).unwrap().3 {
+        assert!(row(WEB).contains(&b.to_string()), "{services}");
+    }
+
+    // A connection through web is in `dpctl conntrack`, with a backend of web's.
+    let client = lab.pod_by_name("pod-0-0").expect("pod");
+    let frontend = SocketAddr::new(WEB.parse().unwrap(), 80);
+    let outcome = probe(
+        &client.netns,
+        frontend,
+        Protocol::Tcp,
+        Duration::from_secs(5),
+    )
+    .expect("probe");
+    assert!(
+        matches!(outcome, dataplane_testkit::ProbeOutcome::Answered { .. }),
+        "{kind}: web did not answer: {outcome:?}"
+    );
+    let flows: Vec<dataplane::Flow> =
+        serde_json::from_value(place.run(&["conntrack", "-o", "json"], kind.name()))
+            .expect("conntrack JSON");
+    let web_backends = &want.iter().find(|w| w.1 == frontend).unwrap().3;
+    assert!(
+        flows.iter().any(|f| f.frontend == frontend
+            && f.client.ip() == client.address(Family::V4).unwrap()
+            && web_backends.contains(&f.backend)),
+        "{kind}: the probe's connection in {flows:?}"
+    );
 }
 
 #[test]
