@@ -193,7 +193,7 @@ fn status_and_services(kind: DataplaneKind) {
             .find(|s| s.cluster_ips.iter().any(|ip| *ip == address.ip()))
             .map(|s| s.name.to_string())
     };
-    let mut got: Vec<(Option<String>, SocketAddr, Protocol, Vec<SocketAddr>)> = services
+    let mut got: Vec<Listed> = services
         .into_iter()
         .map(|f| {
             let mut b = f.backends;
@@ -206,7 +206,7 @@ fn status_and_services(kind: DataplaneKind) {
         })
         .collect();
     got.sort();
-    let mut want: Vec<(Option<String>, SocketAddr, Protocol, Vec<SocketAddr>)> = st
+    let mut want: Vec<Listed> = st
         .services
         .iter()
         .map(|s| {
@@ -226,7 +226,16 @@ fn status_and_services(kind: DataplaneKind) {
         .collect();
     want.sort();
     assert_eq!(got, want, "dpctl services -o json is what was programmed");
+    tables_and_conntrack(&lab, &place, &want);
+}
 
+/// A frontend as `services -o json` lists it: name, address, protocol, backends (sorted).
+type Listed = (Option<String>, SocketAddr, Protocol, Vec<SocketAddr>);
+
+/// The tables for people show what `want` lists; a connection through web is in
+/// `dpctl conntrack`, with one of web's backends.
+fn tables_and_conntrack(lab: &Lab, place: &Place, want: &[Listed]) {
+    let kind = place.kind;
     // The tables for people show the same.
     let text = |args: &[&str]| {
         let out = place.dpctl(args, kind.name()).output().expect("dpctl runs");
