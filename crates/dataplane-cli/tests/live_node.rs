@@ -10,11 +10,14 @@
 //! `--netns`/`--pin-dir`/`--nft-table`/`--iptables-prefix`: every expected number is derived
 //! from the applied state, not from another reading of the kernel.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
+use dataplane::events::{DropReason, EventVerdict, FlowEvent, L4Protocol};
 use dataplane::{
     open, Backend, DataplaneKind, DesiredState, LiveFrontend, ObjectName, Options, Protocol,
     Selection, Service, ServicePort,
@@ -65,12 +68,13 @@ struct Place {
 }
 
 impl Place {
-    fn new(lab: &Lab, kind: DataplaneKind) -> Self {
+    /// `test`: a tag of the test's own (tests run in parallel; bpffs is global).
+    fn new(lab: &Lab, kind: DataplaneKind, test: &str) -> Self {
         let pid = std::process::id();
         Self {
             kind,
             netns: lab.node(0).netns.path().to_owned(),
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/dpctl-live-{pid}-{kind}")),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/dpctl-live-{pid}-{kind}-{test}")),
             nft_table: format!("dpctl_live_{pid}"),
             iptables_prefix: "DPCL".to_owned(),
         }
@@ -140,7 +144,7 @@ fn program(lab: &Lab, place: &Place) -> (Programmed, DesiredState) {
 /// `status -o json` and `services -o json` as programmed, by name and by `auto`.
 fn status_and_services(kind: DataplaneKind) {
     let lab = lab();
-    let place = Place::new(&lab, kind);
+    let place = Place::new(&lab, kind, "status");
     let (_dp, st) = program(&lab, &place);
 
     for backend in [kind.name(), "auto"] {
@@ -185,24 +189,12 @@ fn status_and_services(kind: DataplaneKind) {
     let services: Vec<LiveFrontend> =
         serde_json::from_value(place.run(&["services", "-o", "json"], kind.name()))
             .expect("services JSON");
-    // The service's name is there when the backend recorded it (the eBPF dataplane writes
-    // `dp_names` on apply): a name shown must be the right one.
-    let named = |address: SocketAddr| {
-        st.services
-            .iter()
-            .find(|s| s.cluster_ips.iter().any(|ip| *ip == address.ip()))
-            .map(|s| s.name.to_string())
-    };
     let mut got: Vec<Listed> = services
         .into_iter()
         .map(|f| {
             let mut b = f.backends;
             b.sort();
-            let name = f.service.map(|s| s.to_string());
-            if name.is_some() {
-                assert_eq!(name, named(f.address), "{}", f.address);
-            }
-            (named(f.address), f.address, f.protocol, b)
+            (f.service.map(|s| s.to_string()), f.address, f.protocol, b)
         })
         .collect();
     got.sort();
@@ -287,10 +279,136 @@ fn tables_and_conntrack(lab: &Lab, place: &Place, want: &[Listed]) {
     );
 }
 
+/// Generous: a deadline for conditions, never a measured time.
+const DEADLINE: Duration = Duration::from_mins(1);
+
+/// Kills the `dpctl flows` child when the test ends, also on failure.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `dpctl flows --follow --verdict dropped --verdict rejected -o json` started in the
+/// background beside the programmed dataplane shows a probe to `empty` (no backends) live:
+/// the reason `no-backend`, the service's name, the probe's tuple.
+fn flows_follow_shows_a_probe_to_a_service_without_backends(kind: DataplaneKind) {
+    let lab = lab();
+    let place = Place::new(&lab, kind, "flows");
+    let (_dp, _st) = program(&lab, &place);
+    let mut child = Running(
+        place
+            .dpctl(
+                &[
+                    "flows",
+                    "--follow",
+                    "--verdict",
+                    "dropped",
+                    "--verdict",
+                    "rejected",
+                    "-o",
+                    "json",
+                ],
+                kind.name(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dpctl flows starts"),
+    );
+    let (tx, lines) = mpsc::channel::<(&str, String)>();
+    for (name, pipe) in [
+        (
+            "stdout",
+            Box::new(child.0.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        ),
+        ("stderr", Box::new(child.0.stderr.take().unwrap())),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send((name, line)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let next = |what: &str| -> (&str, String) {
+        lines
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("{kind}: no {what} from dpctl flows within {DEADLINE:?}"))
+    };
+    // The reader is open once dpctl says so: only then is the probe sent.
+    let (stream, line) = next("start line");
+    assert_eq!(
+        (stream, line.as_str()),
+        ("stderr", "following flow events (interrupt to stop)"),
+        "{kind}"
+    );
+    let client = lab.pod_by_name("pod-0-0").expect("pod");
+    let destination = SocketAddr::new(EMPTY.parse().unwrap(), 80);
+    let outcome = probe(
+        &client.netns,
+        destination,
+        Protocol::Tcp,
+        Duration::from_secs(2),
+    )
+    .expect("probe");
+    assert!(
+        !matches!(outcome, dataplane_testkit::ProbeOutcome::Answered { .. }),
+        "{kind}: a service without backends answered: {outcome:?}"
+    );
+    let started = Instant::now();
+    let event = loop {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{kind}: no event for the probe"
+        );
+        let (stream, line) = next("event");
+        assert_eq!(stream, "stdout", "{kind}: dpctl said on stderr: {line}");
+        let event: FlowEvent = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{kind}: not a FlowEvent ({e}): {line}"));
+        if event.original.destination == destination {
+            break event;
+        }
+    };
+    assert!(
+        matches!(
+            event.verdict,
+            EventVerdict::Dropped | EventVerdict::Rejected
+        ),
+        "{kind}: {event}"
+    );
+    assert_eq!(event.reason, Some(DropReason::NoBackend), "{kind}: {event}");
+    assert_eq!(
+        event.service,
+        Some(ObjectName::new("default", "empty")),
+        "{kind}: {event}"
+    );
+    assert_eq!(event.protocol, L4Protocol::Tcp, "{kind}: {event}");
+    assert_eq!(
+        event.original.source.ip(),
+        client.address(Family::V4).unwrap(),
+        "{kind}: {event}"
+    );
+}
+
 #[test]
 fn ebpf_status_and_services() {
     if !require_root("ebpf_status_and_services") {
         return;
     }
     status_and_services(DataplaneKind::Ebpf);
+}
+
+#[test]
+fn ebpf_flows_follow_shows_a_drop_live() {
+    if !require_root("ebpf_flows_follow_shows_a_drop_live") {
+        return;
+    }
+    flows_follow_shows_a_probe_to_a_service_without_backends(DataplaneKind::Ebpf);
 }
