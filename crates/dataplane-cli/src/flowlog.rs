@@ -17,6 +17,7 @@ use dataplane::events::{BoxEventSource, EventOptions, FlowEvent};
 use dataplane::{error_chain, DataplaneKind, Options, Selection};
 
 use crate::flows::events_table;
+use crate::live::shown;
 
 /// How long one wait for events lasts before a reader looks at its stop flag.
 const POLL: Duration = Duration::from_millis(100);
@@ -145,7 +146,7 @@ impl FlowLog {
         if events.is_empty() {
             println!("(no events)");
         } else {
-            println!("{}", events_table(&events));
+            println!("{}", shown(&events_table(&events)));
         }
         for note in notes {
             println!("{note}");

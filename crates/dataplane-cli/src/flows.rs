@@ -22,7 +22,7 @@ use dataplane::events::{
 };
 use dataplane::{Inspect, ObjectName};
 
-use crate::live::{parse_object_name, table};
+use crate::live::{parse_object_name, shown, table};
 
 /// How long one wait for events lasts before dpctl looks again (and at the lost counter).
 const POLL: Duration = Duration::from_millis(200);
@@ -217,7 +217,7 @@ fn print_all(
             if events.is_empty() {
                 writeln!(out, "no events")
             } else {
-                writeln!(out, "{}", events_table(events))
+                writeln!(out, "{}", shown(&events_table(events)))
             }
         }
         _ => events.iter().try_for_each(|e| print_one(e, output, out)),

@@ -108,11 +108,21 @@ pub fn table(headers: &[&str]) -> Table {
     t.load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(headers.iter().copied());
-    // `NOTHING` pads every cell with a space on both sides: none at the left edge.
-    for column in t.column_iter_mut() {
-        column.set_padding((0, 2));
+    // `NOTHING` pads every cell with a space on both sides: none at the left edge, two
+    // spaces between columns, nothing after the last.
+    let last = headers.len().saturating_sub(1);
+    for (i, column) in t.column_iter_mut().enumerate() {
+        column.set_padding((0, if i == last { 0 } else { 2 }));
     }
     t
+}
+
+/// A table as text, without the spaces that pad the last column.
+pub fn shown(t: &Table) -> String {
+    t.lines()
+        .map(|l| l.trim_end().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `dpctl status`.
@@ -167,7 +177,7 @@ fn status_text(s: &NodeStatus) -> String {
                 a.target.unwrap_or_else(|| "-".to_owned()),
             ]);
         }
-        let _ = writeln!(text, "{t}");
+        let _ = writeln!(text, "{}", shown(&t));
     }
     if !s.tables.is_empty() {
         text.push_str("\nTABLES\n");
@@ -181,7 +191,7 @@ fn status_text(s: &NodeStatus) -> String {
             ]);
         }
         right_align(&mut t, &[1, 2, 3]);
-        let _ = writeln!(text, "{t}");
+        let _ = writeln!(text, "{}", shown(&t));
     }
     text.push_str("\nDROPS BY REASON\n");
     if s.stats.drops.is_empty() {
@@ -192,7 +202,7 @@ fn status_text(s: &NodeStatus) -> String {
             t.add_row([reason.to_string(), n.to_string()]);
         }
         right_align(&mut t, &[1]);
-        let _ = writeln!(text, "{t}");
+        let _ = writeln!(text, "{}", shown(&t));
     }
     if !s.stats.other.is_empty() {
         text.push_str("\nCOUNTERS\n");
@@ -201,7 +211,7 @@ fn status_text(s: &NodeStatus) -> String {
             t.add_row([name.clone(), n.to_string()]);
         }
         right_align(&mut t, &[1]);
-        let _ = writeln!(text, "{t}");
+        let _ = writeln!(text, "{}", shown(&t));
     }
     text
 }
@@ -235,7 +245,7 @@ pub fn services(
         }
         ServicesOutput::Table | ServicesOutput::Wide => {
             let wide = output == ServicesOutput::Wide;
-            writeln!(out, "{}", services_table(&frontends, wide))?;
+            writeln!(out, "{}", shown(&services_table(&frontends, wide)))?;
         }
     }
     Ok(())
@@ -332,7 +342,7 @@ pub fn conntrack(
                         .map_or_else(|| "-".to_owned(), ToString::to_string),
                 ]);
             }
-            writeln!(out, "{t}")?;
+            writeln!(out, "{}", shown(&t))?;
             writeln!(out, "{} connections", flows.len())?;
         }
     }
@@ -403,6 +413,10 @@ mod tests {
             ["REASON PACKETS", "no-backend 2", "policy 3"]
         );
         assert!(!text.contains("COUNTERS"), "no other counters: {text}");
+        assert!(
+            text.lines().all(|l| l == l.trim_end()),
+            "no trailing spaces: {text:?}"
+        );
     }
 
     #[test]
