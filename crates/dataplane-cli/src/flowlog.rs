@@ -121,7 +121,13 @@ impl FlowLog {
         for reader in self.readers {
             match reader.thread.join() {
                 Ok(read) => {
-                    events.extend(read.events);
+                    // The reader is this node's: its name is known here even where the
+                    // backend has only the machine's hostname (netfilter), which every lab
+                    // node shares.
+                    events.extend(read.events.into_iter().map(|mut e| {
+                        e.node.clone_from(&reader.node);
+                        e
+                    }));
                     if read.lost > 0 {
                         notes.push(format!(
                             "{}: {} events lost (the kernel's buffer was full)",
