@@ -395,6 +395,44 @@ fn flows_follow_shows_a_probe_to_a_service_without_backends(kind: DataplaneKind)
         client.address(Family::V4).unwrap(),
         "{kind}: {event}"
     );
+    drop(child);
+
+    // Without --follow: what is waiting. The eBPF ring buffer keeps what no reader took, so a
+    // probe sent while nobody reads is there; a netfilter socket opened after the probe has
+    // nothing of it.
+    let outcome = probe(
+        &client.netns,
+        destination,
+        Protocol::Tcp,
+        Duration::from_secs(2),
+    )
+    .expect("probe");
+    assert!(
+        !matches!(outcome, dataplane_testkit::ProbeOutcome::Answered { .. }),
+        "{kind}: {outcome:?}"
+    );
+    let out = place
+        .dpctl(
+            &["flows", "--reason", "no-backend", "-o", "json"],
+            kind.name(),
+        )
+        .output()
+        .expect("dpctl runs");
+    let text = ok(&out, "dpctl flows");
+    let waiting: Vec<FlowEvent> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a FlowEvent"))
+        .collect();
+    if kind == DataplaneKind::Ebpf {
+        assert!(
+            waiting
+                .iter()
+                .any(|e| e.original.destination == destination && e.time > event.time),
+            "{kind}: the probe sent while nobody read is waiting: {text}"
+        );
+    } else {
+        assert!(waiting.is_empty(), "{kind}: {text}");
+    }
 }
 
 #[test]
