@@ -396,10 +396,15 @@ fn flows_follow_shows_a_probe_to_a_service_without_backends(kind: DataplaneKind)
         "{kind}: {event}"
     );
     drop(child);
+    waiting_without_follow(&place, &lab, destination, &event);
+}
 
-    // Without --follow: what is waiting. The eBPF ring buffer keeps what no reader took, so a
-    // probe sent while nobody reads is there; a netfilter socket opened after the probe has
-    // nothing of it.
+/// `dpctl flows` without --follow shows what is waiting. The eBPF ring buffer keeps what no
+/// reader took, so a probe sent while nobody reads is there (newer than `seen`); a netfilter
+/// socket opened after the probe has nothing of it.
+fn waiting_without_follow(place: &Place, lab: &Lab, destination: SocketAddr, seen: &FlowEvent) {
+    let kind = place.kind;
+    let client = lab.pod_by_name("pod-0-0").expect("pod");
     let outcome = probe(
         &client.netns,
         destination,
@@ -427,7 +432,7 @@ fn flows_follow_shows_a_probe_to_a_service_without_backends(kind: DataplaneKind)
         assert!(
             waiting
                 .iter()
-                .any(|e| e.original.destination == destination && e.time > event.time),
+                .any(|e| e.original.destination == destination && e.time > seen.time),
             "{kind}: the probe sent while nobody read is waiting: {text}"
         );
     } else {
