@@ -79,6 +79,9 @@ enum Command {
     /// Flow events (drops with their reason, new connections, policy verdicts) as `hubble
     /// observe` shows them. Events exist only while a reader is open: without --follow, what
     /// is waiting now (eBPF: the ring buffer's unread events; netfilter: usually nothing).
+    /// Each event goes to one reader: on eBPF, readers at the same time (the agent's
+    /// --flow-log, another dpctl) split the ring buffer's events between them; on nftables
+    /// and iptables the NFLOG group has one reader per node, and a second is refused.
     Flows {
         #[command(flatten)]
         target: live::Target,
