@@ -115,15 +115,37 @@ impl FlowsArgs {
 
 /// `dpctl flows`.
 pub fn run(inspect: &dyn Inspect, args: &FlowsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let source = inspect
-        .events(&args.event_options())
-        .context("opening the dataplane's event reader")?;
+    let source = inspect.events(&args.event_options()).map_err(|e| {
+        let busy = single_reader(&e);
+        anyhow::Error::new(e).context(match busy {
+            Some(group) => format!(
+                "opening the dataplane's event reader: another reader holds NFLOG group \
+                 {group} (the agent's --flow-log, or another dpctl flows); netfilter events \
+                 have one reader per node: read the agent's flow log, or stop the other reader"
+            ),
+            None => "opening the dataplane's event reader".to_owned(),
+        })
+    })?;
     if args.follow {
         // On stderr, so that JSON on stdout stays clean: the reader is open from here on
         // (events before this line are not shown; a script can wait for it).
         eprintln!("following flow events (interrupt to stop)");
     }
     quietly(show(source, args, out))
+}
+
+/// The NFLOG group another reader holds, when that is why `e` happened.
+fn single_reader(e: &dataplane::Error) -> Option<u16> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(dataplane::netfilter::NetfilterError::NflogGroupBusy { group, .. }) =
+            c.downcast_ref()
+        {
+            return Some(*group);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// A closed pipe (`dpctl flows -f | head`) is the reader leaving, not a failure.
@@ -470,6 +492,40 @@ mod tests {
         node.script = vec![Step::Fail];
         let err = run_with(&node, &["--follow"]).unwrap_err();
         assert!(format!("{err:#}").contains("map gone"), "{err:#}");
+    }
+
+    #[test]
+    fn a_busy_nflog_group_names_the_other_reader() {
+        struct Busy;
+        impl Inspect for Busy {
+            fn status(&self) -> Result<dataplane::NodeStatus, dataplane::Error> {
+                unreachable!()
+            }
+            fn services(&self) -> Result<Vec<dataplane::LiveFrontend>, dataplane::Error> {
+                unreachable!()
+            }
+            fn conntrack(&self) -> Result<Vec<dataplane::Flow>, dataplane::Error> {
+                unreachable!()
+            }
+            fn events(&self, _: &EventOptions) -> Result<BoxEventSource, dataplane::Error> {
+                Err(dataplane::netfilter::NetfilterError::NflogGroupBusy {
+                    backend: "nftables",
+                    group: 7,
+                }
+                .into())
+            }
+        }
+        let err = run(&Busy, &args(&["--follow"]), &mut Vec::new()).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(
+                "opening the dataplane's event reader: another reader holds NFLOG group 7 \
+                 (the agent's --flow-log, or another dpctl flows)"
+            ),
+            "{text}"
+        );
+        let err = run(&fake::node(), &args(&[]), &mut Vec::new());
+        assert!(err.is_ok(), "a fake source opens");
     }
 
     #[test]

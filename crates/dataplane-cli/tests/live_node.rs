@@ -292,35 +292,22 @@ impl Drop for Running {
     }
 }
 
-/// `dpctl flows --follow --verdict dropped --verdict rejected -o json` started in the
-/// background beside the programmed dataplane shows a probe to `empty` (no backends) live:
-/// the reason `no-backend`, the service's name, the probe's tuple.
-fn flows_follow_shows_a_probe_to_a_service_without_backends(kind: DataplaneKind) {
-    let lab = lab();
-    let place = Place::new(&lab, kind, "flows");
-    let (_dp, _st) = program(&lab, &place);
+/// A line dpctl printed: on which stream, and the line.
+type Line = (&'static str, String);
+
+/// Starts `dpctl ARGS` in the background: the child (killed when dropped) and its output
+/// lines as they come, from both streams.
+fn follow(place: &Place, args: &[&str]) -> (Running, mpsc::Receiver<Line>) {
     let mut child = Running(
         place
-            .dpctl(
-                &[
-                    "flows",
-                    "--follow",
-                    "--verdict",
-                    "dropped",
-                    "--verdict",
-                    "rejected",
-                    "-o",
-                    "json",
-                ],
-                kind.name(),
-            )
+            .dpctl(args, place.kind.name())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("dpctl flows starts"),
+            .expect("dpctl starts"),
     );
-    let (tx, lines) = mpsc::channel::<(&str, String)>();
+    let (tx, lines) = mpsc::channel::<Line>();
     for (name, pipe) in [
         (
             "stdout",
@@ -337,6 +324,29 @@ fn flows_follow_shows_a_probe_to_a_service_without_backends(kind: DataplaneKind)
             }
         });
     }
+    (child, lines)
+}
+
+/// `dpctl flows --follow --verdict dropped --verdict rejected -o json` started in the
+/// background beside the programmed dataplane shows a probe to `empty` (no backends) live:
+/// the reason `no-backend`, the service's name, the probe's tuple.
+fn flows_follow_shows_a_probe_to_a_service_without_backends(kind: DataplaneKind) {
+    let lab = lab();
+    let place = Place::new(&lab, kind, "flows");
+    let (_dp, _st) = program(&lab, &place);
+    let (child, lines) = follow(
+        &place,
+        &[
+            "flows",
+            "--follow",
+            "--verdict",
+            "dropped",
+            "--verdict",
+            "rejected",
+            "-o",
+            "json",
+        ],
+    );
     let next = |what: &str| -> (&str, String) {
         lines
             .recv_timeout(DEADLINE)
@@ -349,6 +359,9 @@ fn flows_follow_shows_a_probe_to_a_service_without_backends(kind: DataplaneKind)
         ("stderr", "following flow events (interrupt to stop)"),
         "{kind}"
     );
+    if kind != DataplaneKind::Ebpf {
+        second_reader_is_refused(&place);
+    }
     let client = lab.pod_by_name("pod-0-0").expect("pod");
     let destination = SocketAddr::new(EMPTY.parse().unwrap(), 80);
     let outcome = probe(
@@ -397,6 +410,22 @@ fn flows_follow_shows_a_probe_to_a_service_without_backends(kind: DataplaneKind)
     );
     drop(child);
     waiting_without_follow(&place, &lab, destination, &event);
+}
+
+/// Netfilter: while one `dpctl flows` reads the node's NFLOG group, a second is refused with
+/// a message that says why.
+fn second_reader_is_refused(place: &Place) {
+    let out = place
+        .dpctl(&["flows", "--follow"], place.kind.name())
+        .output()
+        .expect("dpctl runs");
+    assert_eq!(out.status.code(), Some(1), "{}: {out:?}", place.kind);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another reader holds NFLOG group"),
+        "{}: {err}",
+        place.kind
+    );
 }
 
 /// `dpctl flows` without --follow shows what is waiting. The eBPF ring buffer keeps what no
