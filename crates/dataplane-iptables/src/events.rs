@@ -334,7 +334,10 @@ impl NetfilterEvents {
             for msg in nflog_bind_request(group) {
                 match request(&nflog, &msg) {
                     Ok(()) => {}
-                    Err(Errno::EBUSY) => {
+                    // The kernel answers EPERM when another socket owns the group's
+                    // instance (`nfulnl_recv_config`: `peer_portid` differs), EBUSY when
+                    // the group is bound already.
+                    Err(Errno::EPERM | Errno::EBUSY) => {
                         return Err(NetfilterError::NflogGroupBusy { backend, group });
                     }
                     Err(e) => return Err(err(backend, format!("NFLOG group {group}: {e}"))),

@@ -33,7 +33,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use dataplane_core::{DesiredState, DropReason, EventVerdict, IpFamily, ObjectName, Service};
+use dataplane_core::{
+    DesiredState, DropReason, EventVerdict, IpFamily, ObjectName, ObservedFrontend, Protocol,
+    Service,
+};
 
 use crate::eventlog::{self, LogPrefix};
 use ipnetwork::IpNetwork;
@@ -904,6 +907,104 @@ pub fn add_stats(rules: &CountedRules, s: &mut dataplane_core::Stats) {
         }
     }
     s.drops.retain(|_, n| *n > 0);
+}
+
+/// The word after `flag` in `rule`.
+pub(crate) fn word_after<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
+    let mut words = rule.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == flag {
+            return words.next();
+        }
+    }
+    None
+}
+
+/// The frontends of one family's `<prefix>-SERVICES` chain in `rules`, each with the
+/// backends its chains DNAT to and the comment of its rule (`<ns>/<name>/<proto>/<port>
+/// <kind>`, see [`frontend_comment`]).
+pub fn frontends_of(rules: &CountedRules, prefix: &str) -> Vec<(ObservedFrontend, Option<String>)> {
+    let mut out = Vec::new();
+    let Some(services) = rules.get(&(Table::Nat, format!("{prefix}-SERVICES"))) else {
+        return out;
+    };
+    for (_, r) in services {
+        let (Some(dst), Some(proto), Some(dport), Some(target)) = (
+            word_after(r, "-d"),
+            word_after(r, "-p"),
+            word_after(r, "--dport"),
+            word_after(r, "-g").or_else(|| word_after(r, "-j")),
+        ) else {
+            continue;
+        };
+        let ip: Option<IpAddr> = dst.split('/').next().and_then(|a| a.parse().ok());
+        let Some(protocol) = Protocol::from_name(proto) else {
+            continue;
+        };
+        let (Some(ip), Ok(port)) = (ip, dport.parse::<u16>()) else {
+            continue;
+        };
+        let mut backends = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![target.to_owned()];
+        while let Some(chain) = todo.pop() {
+            if !seen.insert(chain.clone()) {
+                continue;
+            }
+            for (_, rule) in rules.get(&(Table::Nat, chain)).into_iter().flatten() {
+                if let Some(to) = word_after(rule, "--to-destination") {
+                    let to = to.replace(['[', ']'], "");
+                    if let Some((a, p)) = to.rsplit_once(':') {
+                        if let (Ok(a), Ok(p)) = (a.parse::<IpAddr>(), p.parse::<u16>()) {
+                            backends.insert(SocketAddr::new(a, p));
+                        }
+                    }
+                }
+                if let Some(next) = word_after(rule, "-g").or_else(|| word_after(rule, "-j")) {
+                    if next.starts_with(&format!("{prefix}-")) {
+                        todo.push(next.to_owned());
+                    }
+                }
+            }
+        }
+        let comment = r.split_once("--comment ").map(|(_, c)| {
+            c.trim_start_matches('"')
+                .split('"')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        });
+        out.push((
+            ObservedFrontend {
+                address: SocketAddr::new(ip, port),
+                protocol,
+                backends,
+            },
+            comment,
+        ));
+    }
+    out
+}
+
+/// The service and the frontend kind (`ClusterIP`, `ExternalIP`, `NodePort`,
+/// `LoadBalancer`) of a frontend rule's comment (`<ns>/<name>/<proto>/<port> <kind>`).
+pub fn frontend_comment(comment: &str) -> (Option<ObjectName>, Option<&'static str>) {
+    let (key, kind) = comment.split_once(' ').unwrap_or((comment, ""));
+    let mut parts = key.split('/');
+    let service = match (parts.next(), parts.next()) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
+            Some(ObjectName::new(ns, name))
+        }
+        _ => None,
+    };
+    let kind = match kind {
+        "cluster IP" => Some("ClusterIP"),
+        "external IP" => Some("ExternalIP"),
+        "node port" => Some("NodePort"),
+        "load balancer IP" => Some("LoadBalancer"),
+        _ => None,
+    };
+    (service, kind)
 }
 
 #[cfg(test)]
