@@ -50,6 +50,15 @@ pub struct Capacities {
     /// address may be in, at most 32 (`POL_SETS_MAX`, the per-packet loop's bound). The
     /// per-connection cost grows with it.
     pub policy_sets_per_address: u32,
+    /// Size in bytes of the flow-event ring buffer (`dp_events`): a power of two multiple of
+    /// the page size (1 MiB by default, about 9000 events). A reader slower than the events
+    /// loses the ones that find it full ([`EventSource::lost`]).
+    ///
+    /// [`EventSource::lost`]: dataplane_core::EventSource::lost
+    pub events_ring_bytes: u32,
+    /// Names the events resolve (`dp_names`): one per service port and per pod address
+    /// (local endpoints and policy peers).
+    pub names: u32,
 }
 
 impl Default for Capacities {
@@ -69,6 +78,8 @@ impl Default for Capacities {
             policy_blocks: map_table::POL_BLOCKS.default_size,
             policy_conntrack: map_table::POL_CT.default_size,
             policy_sets_per_address: crate::maps::POL_SETS_MAX as u32,
+            events_ring_bytes: map_table::EVENTS.default_size,
+            names: map_table::NAMES.default_size,
         }
     }
 }
@@ -88,6 +99,8 @@ impl Capacities {
             Capacity::PolicyRules => &mut self.policy_rules,
             Capacity::PolicyBlocks => &mut self.policy_blocks,
             Capacity::PolicyConntrack => &mut self.policy_conntrack,
+            Capacity::EventsRing => &mut self.events_ring_bytes,
+            Capacity::Names => &mut self.names,
         }
     }
 
@@ -109,6 +122,8 @@ impl Capacities {
             Capacity::PolicyRules => self.policy_rules,
             Capacity::PolicyBlocks => self.policy_blocks,
             Capacity::PolicyConntrack => self.policy_conntrack,
+            Capacity::EventsRing => self.events_ring_bytes,
+            Capacity::Names => self.names,
         }
     }
 

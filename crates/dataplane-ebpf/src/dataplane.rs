@@ -6,12 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use dataplane_core::{
-    ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, HealthCheck,
-    Incremental, MaintenanceReport, ObjectName, ObservedFrontend, ObservedState, Protocol, Stats,
-    Validator,
+    ApplyReport, BoxEventSource, Capabilities, ChangeSet, Dataplane, DesiredState, Error,
+    EventOptions, Flow, HealthCheck, Incremental, MaintenanceReport, ObjectName, ObservedFrontend,
+    ObservedState, Protocol, Stats, Validator, Warning,
 };
 
 use crate::config::{EbpfConfig, XdpMode};
@@ -21,9 +22,11 @@ use crate::loader::{self, Hook, Objects};
 use crate::maintain::{gc, maintenance_interval};
 use crate::map_table;
 use crate::maps::{
-    self, CT_F_DSR, CT_F_MASQ, SCOPE_EXTERNAL_INSIDE, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED,
-    STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
+    self, CFG_F_EV_NEW_CONN, CFG_F_EV_POLICY, CT_F_DSR, CT_F_MASQ, SCOPE_EXTERNAL_INSIDE,
+    SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED,
+    SVC_F_WILDCARD,
 };
+use crate::names::{self, Names};
 use crate::plan::{self, BACKEND};
 use crate::policy::{self, PolicyState};
 use crate::support::{ensure_bpffs, BPFFS};
@@ -38,6 +41,8 @@ pub(crate) struct Loaded {
     pub(crate) current: Current,
     /// What the NetworkPolicy maps hold, with the last sync's numbering.
     pub(crate) policy: PolicyState,
+    /// What `dp_names` holds.
+    pub(crate) names: Names,
     pub(crate) synced: Synced,
 }
 
@@ -81,6 +86,9 @@ pub struct EbpfDataplane {
     loaded: Option<Box<Loaded>>,
     /// Health checks of the applied services that have one.
     health: BTreeMap<ObjectName, HealthCheck>,
+    /// The flow events the last [`Dataplane::events`] reader asked for (`CFG_F_EV_*`), which
+    /// every sync keeps in `dp_config`.
+    event_flags: AtomicU32,
 }
 
 impl EbpfDataplane {
@@ -96,6 +104,7 @@ impl EbpfDataplane {
             config,
             loaded: None,
             health: BTreeMap::new(),
+            event_flags: AtomicU32::new(0),
         };
         dp.loaded_mut()?;
         Ok(dp)
@@ -120,6 +129,7 @@ impl EbpfDataplane {
         }
         let mut current = Current::read(&objects.maps, &objects.capacities)?;
         let policy = PolicyState::read(&objects.maps)?;
+        let names = Names::read(&objects.names)?;
         // Reading the arrays mapped each chunk that holds entries: kept mapped, they would
         // stay resident for the life of the process.
         objects.maps.unmap_arrays();
@@ -157,6 +167,7 @@ impl EbpfDataplane {
             objects,
             current,
             policy,
+            names,
             synced: Synced::NEVER,
         })
     }
@@ -312,6 +323,7 @@ impl EbpfDataplane {
         let desired = desired.unwrap_or(rest);
         planner.set_host_routing(self.config.host_routing);
         planner.set_policy(!desired.policies.is_empty());
+        planner.set_event_flags(self.event_flags.load(Ordering::Relaxed));
         let full_sync = changes.is_none();
         let pin_dir = self.config.pin_dir.clone();
         let netns = self.config.netns.clone();
@@ -322,6 +334,7 @@ impl EbpfDataplane {
             objects,
             current,
             policy,
+            names: names_written,
             ..
         } = self.loaded_mut()?;
         let caps = objects.capacities.clone();
@@ -353,6 +366,9 @@ impl EbpfDataplane {
         if !clearing {
             policy.write_new(&mut objects.maps, &policy_plan)?;
         }
+        // The events' names: after the services and policy.
+        let (names_count, names_warning) =
+            sync_names(names_written, &mut objects.names, planner, rest)?;
 
         // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
         // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
@@ -404,7 +420,8 @@ impl EbpfDataplane {
                 }
             }
         }
-        let (warnings, mut skipped) = notes(desired, &rest.node, changes);
+        let (mut warnings, mut skipped) = notes(desired, &rest.node, changes);
+        warnings.extend(names_warning);
         for s in &policy_skipped {
             tracing::warn!(object = %s.object, field = %s.field, feature = %s.feature,
                 reason = %s.reason, "not programmed by the eBPF backend");
@@ -414,7 +431,7 @@ impl EbpfDataplane {
             full_sync,
             services_changed: 0,
             services_removed: 0,
-            objects_written: report.objects_written + local_written + policy_written,
+            objects_written: report.objects_written + local_written + policy_written + names_count,
             skipped,
             warnings,
         })
@@ -752,12 +769,14 @@ impl Dataplane for EbpfDataplane {
             .zip(totals)
             .map(|(n, v)| ((*n).to_owned(), v))
             .collect();
+        let mut other: BTreeMap<String, u64> = other;
+        let drops = crate::events::drop_counters(&loaded.objects.drops, &mut other)?;
         Ok(Stats {
             packets_translated: totals[STAT_TRANSLATED],
             packets_dropped: totals[STAT_DROPPED],
             packets_rejected: totals[STAT_REJECTED],
             flows,
-            drops: std::collections::BTreeMap::new(),
+            drops,
             other,
         })
     }
@@ -796,6 +815,38 @@ impl Dataplane for EbpfDataplane {
         Some(maintenance_interval(&self.config.timeouts))
     }
 
+    /// Sets which events the programs write (`dp_config`'s `CFG_F_EV_*`, kept by every later
+    /// sync) and opens a reader of the node's ring buffer ([`EbpfEvents`]). After
+    /// [`Dataplane::reset`] nothing is pinned: an error until the next apply.
+    ///
+    /// [`EbpfEvents`]: crate::EbpfEvents
+    fn events(&self, options: &EventOptions) -> Result<BoxEventSource, Error> {
+        let flags = if options.new_connections {
+            CFG_F_EV_NEW_CONN
+        } else {
+            0
+        } | if options.policy_verdicts {
+            CFG_F_EV_POLICY
+        } else {
+            0
+        };
+        self.event_flags.store(flags, Ordering::Relaxed);
+        set_event_flags(&self.config.pin_dir, flags)?;
+        let node = self.applied().map(|s| s.node.name.clone());
+        let events = match node {
+            Some(node) => crate::events::EbpfEvents::open_for(
+                &self.config.pin_dir,
+                self.config.netns.as_deref(),
+                node,
+            )?,
+            None => crate::events::open_pinned_events(
+                &self.config.pin_dir,
+                self.config.netns.as_deref(),
+            )?,
+        };
+        Ok(Box::new(events))
+    }
+
     fn reset(&mut self) -> Result<(), Error> {
         // Whatever fails below, the kernel no longer holds what the last sync left (detaching
         // starts by taking the attachments out): the next sync must be full.
@@ -830,6 +881,50 @@ impl Drop for EbpfDataplane {
             tracing::warn!(error = %e, "detaching programs on drop");
         }
     }
+}
+
+/// Makes `dp_names` hold the names of `planner`'s services and `rest`'s pods and node.
+/// Returns the entries written, and a warning when some did not fit.
+fn sync_names(
+    names: &mut Names,
+    map: &mut names::BpfNames,
+    planner: &plan::Planner,
+    rest: &DesiredState,
+) -> Result<(usize, Option<Warning>), EbpfError> {
+    let (written, unfit) = names.sync(map, names::wanted(&planner.names(), rest))?;
+    let warning = (unfit > 0).then(|| Warning {
+        object: "node".to_owned(),
+        field: "dp_names".to_owned(),
+        message: format!(
+            "{unfit} names (services, pods) did not fit Capacities::names: their flow events \
+             go without them"
+        ),
+    });
+    Ok((written, warning))
+}
+
+/// Sets `flags` (`CFG_F_EV_*`) in the pinned `dp_config`, leaving its other fields as they
+/// are: through the pin, as [`Dataplane::events`] holds only `&self`. The mirror
+/// (`Current::config`) does not know; the next sync writes the same flags again.
+fn set_event_flags(pin_dir: &Path, flags: u32) -> Result<(), EbpfError> {
+    use aya::maps::{Array, Map, MapData};
+    let spec = &map_table::CONFIG;
+    let data = MapData::from_pin(spec.pin_path(pin_dir))
+        .map_err(|e| EbpfError::map(spec.name, "opening the pinned map", e))?;
+    let mut config: Array<MapData, maps::DpConfig> =
+        Array::try_from(Map::Array(data)).map_err(|e| EbpfError::map(spec.name, "opening", e))?;
+    let mut value = config
+        .get(&0, 0)
+        .map_err(|e| EbpfError::map(spec.name, "reading", e))?;
+    let all = CFG_F_EV_NEW_CONN | CFG_F_EV_POLICY;
+    let wanted = (value.flags & !all) | flags;
+    if wanted != value.flags {
+        value.flags = wanted;
+        config
+            .set(0, value, 0)
+            .map_err(|e| EbpfError::map(spec.name, "writing", e))?;
+    }
+    Ok(())
 }
 
 /// Anti-spoofing knows a pod's addresses by `dp_local` (a source it does not send to the

@@ -38,6 +38,8 @@ mod config;
 mod ct;
 mod dataplane;
 mod error;
+mod events;
+mod live;
 mod loader;
 mod local;
 mod loopback;
@@ -50,6 +52,7 @@ pub mod map_table;
 #[doc(hidden)]
 pub mod maps;
 mod mmap;
+mod names;
 mod netns;
 mod plan;
 mod policy;
@@ -60,6 +63,8 @@ mod writer;
 pub use config::{AttachMode, Capacities, CtTimeouts, EbpfConfig, XdpMode};
 pub use dataplane::EbpfDataplane;
 pub use error::EbpfError;
+pub use events::{open_pinned_events, EbpfEvents};
+pub use live::LiveEbpf;
 pub use maintain::{
     maintenance_interval, monotonic_now, MAX_MAINTENANCE_INTERVAL, MIN_MAINTENANCE_INTERVAL,
 };

@@ -19,7 +19,7 @@ use crate::error::EbpfError;
 use crate::map_table::{self, Defined, MapSpec, MAPS};
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
-    PolAddr, PolBlockData, PolCt, PolRuleData, SrcRangeData, SvcKey, SvcValue,
+    NameKey, NameValue, PolAddr, PolBlockData, PolCt, PolRuleData, SrcRangeData, SvcKey, SvcValue,
 };
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
 
@@ -253,6 +253,11 @@ pub(crate) struct Objects {
     /// The socket hooks' links on the configured cgroup (pinned like TCX links).
     pub sock_links: Vec<Attachment>,
     pub maps: Maps,
+    /// Drops by observation point and reason (flow events, `events.rs`). Not in [`Maps`],
+    /// which the live inspector (`live.rs`) builds from the pins of any version.
+    pub drops: PerCpuArray<MapData, u64>,
+    /// Names of service-port ids and pod addresses (written by `names.rs`).
+    pub names: HashMap<MapData, NameKey, NameValue>,
     /// The sizes the maps really have (pinned maps keep the size they were created with).
     pub capacities: Capacities,
     pub attachments: BTreeMap<(String, Hook), Attachment>,
@@ -422,6 +427,7 @@ pub(crate) fn load(
     xdp: bool,
     sock: bool,
 ) -> Result<Objects, EbpfError> {
+    check_ring_size(caps.events_ring_bytes)?;
     for dir in [pin_dir.to_owned(), links_dir(pin_dir)] {
         std::fs::create_dir_all(&dir).map_err(|source| EbpfError::Pin { path: dir, source })?;
     }
@@ -500,6 +506,8 @@ pub(crate) fn load(
         pol_ct: take(&mut pod, map_table::POL_CT.name)?,
     };
     Ok(Objects {
+        drops: take(&mut pod, map_table::DROPS.name)?,
+        names: take(&mut pod, map_table::NAMES.name)?,
         pod,
         host,
         xdp,
@@ -509,6 +517,24 @@ pub(crate) fn load(
         capacities,
         attachments: BTreeMap::new(),
         attached_ifindex: BTreeMap::new(),
+    })
+}
+
+/// The kernel wants a ring buffer's size to be a power of two multiple of the page size.
+fn check_ring_size(bytes: u32) -> Result<(), EbpfError> {
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = u32::try_from(page).unwrap_or(4096);
+    if bytes.is_power_of_two() && bytes >= page {
+        return Ok(());
+    }
+    Err(EbpfError::Load {
+        object: map_table::EVENTS.name.to_owned(),
+        source: format!(
+            "Capacities::events_ring_bytes is {bytes}: it must be a power of two multiple of \
+             the page size ({page} bytes)"
+        )
+        .into(),
     })
 }
 

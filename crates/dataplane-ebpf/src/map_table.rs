@@ -9,9 +9,10 @@ use std::mem::size_of;
 use std::path::{Path, PathBuf};
 
 use crate::maps::{
-    Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
-    PolAddr, PolBlockKey, PolCt, PolRuleKey, SrcRangeData, SvcKey, SvcValue, SOCK_REV_KEY_SIZE,
-    SOCK_REV_VALUE_SIZE, STAT_NAMES,
+    Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, EvLimit, LocalKey,
+    LocalValue, NameKey, NameValue, PolAddr, PolBlockKey, PolCt, PolRuleKey, SrcRangeData, SvcKey,
+    SvcValue, DR_SLOTS, EV_KIND_MAX, EV_RING_BYTES, PT_MAX, SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE,
+    STAT_NAMES,
 };
 
 /// The [`Capacities`](crate::Capacities) field that sizes a map.
@@ -42,6 +43,10 @@ pub enum Capacity {
     PolicyBlocks,
     /// `Capacities::policy_conntrack`.
     PolicyConntrack,
+    /// `Capacities::events_ring_bytes` (bytes, not entries).
+    EventsRing,
+    /// `Capacities::names`.
+    Names,
 }
 
 /// Which compiled object defines a map.
@@ -199,10 +204,28 @@ pub(crate) const POL_CT: MapSpec = spec(
     Some(Capacity::PolicyConntrack),
 );
 
+/// Flow events: the ring buffer the programs write (`struct flow_event` records); its size is
+/// in bytes.
+pub(crate) const EVENTS: MapSpec =
+    spec("dp_events", 0, 0, EV_RING_BYTES, Some(Capacity::EventsRing));
+/// Per-CPU drop counters by observation point and reason.
+pub(crate) const DROPS: MapSpec = spec("dp_drops", 4, 8, PT_MAX * DR_SLOTS, None);
+/// Per-CPU token buckets of the flow events, one per event kind.
+pub(crate) const EV_LIMIT: MapSpec =
+    spec("dp_ev_limit", 4, size_of::<EvLimit>(), EV_KIND_MAX, None);
+/// Names of service-port ids and pod addresses, for the events (user space only).
+pub(crate) const NAMES: MapSpec = spec(
+    "dp_names",
+    size_of::<NameKey>(),
+    size_of::<NameValue>(),
+    131_072,
+    Some(Capacity::Names),
+);
+
 /// Every map.
-pub(crate) const MAPS: [MapSpec; 15] = [
+pub(crate) const MAPS: [MapSpec; 19] = [
     SVC, BACKENDS, SLOTS, CT, AFFINITY, SRC_RANGES, CIDRS, CONFIG, LOCAL, STATS, SOCK_REV,
-    POL_ADDR, POL_RULES, POL_BLOCKS, POL_CT,
+    POL_ADDR, POL_RULES, POL_BLOCKS, POL_CT, EVENTS, DROPS, EV_LIMIT, NAMES,
 ];
 
 /// Every map, for the BTF layout test (a separate crate): not part of the embedder's API.

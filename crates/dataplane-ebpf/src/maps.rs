@@ -92,6 +92,10 @@ pub const CFG_F_CLUSTER_V4: u32 = 1 << 5;
 pub const CFG_F_CLUSTER_V6: u32 = 1 << 6;
 /// `CFG_F_POLICY`: the state has network policies (pods' forged sources are dropped).
 pub const CFG_F_POLICY: u32 = 1 << 7;
+/// `CFG_F_EV_NEW_CONN`: the programs report every new connection in `dp_events`.
+pub const CFG_F_EV_NEW_CONN: u32 = 1 << 8;
+/// `CFG_F_EV_POLICY`: the programs report NetworkPolicy's allowed verdicts in `dp_events`.
+pub const CFG_F_EV_POLICY: u32 = 1 << 9;
 
 /// `CIDR_F_CLUSTER`: cluster CIDRs.
 pub const CIDR_F_CLUSTER: u8 = 1 << 0;
@@ -523,6 +527,231 @@ pub struct PolCt {
     pub pad: [u8; 3],
 }
 
+/// `EV_KIND_DROP`: a packet dropped or rejected.
+pub const EV_KIND_DROP: u8 = 1;
+/// `EV_KIND_NEW_CONN`: a conntrack entry created.
+pub const EV_KIND_NEW_CONN: u8 = 2;
+/// `EV_KIND_POLICY`: NetworkPolicy allowed a new connection.
+pub const EV_KIND_POLICY: u8 = 3;
+/// `EV_KIND_MAX`: the number of token buckets per CPU (`dp_ev_limit`'s size).
+pub const EV_KIND_MAX: u32 = 4;
+
+/// `EV_VERDICT_FORWARDED`.
+pub const EV_VERDICT_FORWARDED: u8 = 1;
+/// `EV_VERDICT_TRANSLATED`.
+pub const EV_VERDICT_TRANSLATED: u8 = 2;
+/// `EV_VERDICT_DROPPED`.
+pub const EV_VERDICT_DROPPED: u8 = 3;
+/// `EV_VERDICT_REJECTED`.
+pub const EV_VERDICT_REJECTED: u8 = 4;
+/// `EV_VERDICT_POLICY_DENIED`.
+pub const EV_VERDICT_POLICY_DENIED: u8 = 5;
+
+/// `DR_SLOTS`: `dp_drops` slots per observation point (reason codes at or above it count in
+/// slot 0). The reason codes themselves are `dataplane_core::DropReason::code()`.
+pub const DR_SLOTS: u32 = 16;
+
+/// `PT_FROM_POD` .. `PT_FROM_HOST`: observation points, as (code, program, point) in code
+/// order; `PT_MAX` is one more than the last.
+pub const POINTS: [(u8, &str); 7] = [
+    (1, "dp_from_pod"),
+    (2, "dp_to_pod"),
+    (3, "dp_from_uplink"),
+    (4, "dp_to_uplink"),
+    (5, "dp_xdp_uplink"),
+    (6, "dp_sock"),
+    (7, "dp_to_lo"),
+];
+/// `PT_MAX`.
+pub const PT_MAX: u32 = 8;
+
+/// `EV_DIR_ORIGINAL`.
+pub const EV_DIR_ORIGINAL: u8 = 1;
+/// `EV_DIR_REPLY`.
+pub const EV_DIR_REPLY: u8 = 2;
+/// `EV_F_TRANSLATED`: a flow event's `nat_*` fields hold the tuple after translation.
+pub const EV_F_TRANSLATED: u8 = 1 << 0;
+
+/// `EV_TOPUP_NS`: a token every this many nanoseconds, per CPU and event kind.
+pub const EV_TOPUP_NS: u64 = 1_000_000;
+/// `EV_TOKENS_PER_TOPUP`.
+pub const EV_TOKENS_PER_TOPUP: u64 = 1;
+/// `EV_BURST`: a bucket's size (the burst of events one CPU writes of one kind).
+pub const EV_BURST: u64 = 1000;
+/// `EV_RING_BYTES`: `dp_events`' default size in bytes.
+pub const EV_RING_BYTES: u32 = 1 << 20;
+
+/// `NAME_SERVICE`: a `dp_names` key naming a service-port id.
+pub const NAME_SERVICE: u8 = 1;
+/// `NAME_ENDPOINT`: a `dp_names` key naming a pod's address.
+pub const NAME_ENDPOINT: u8 = 2;
+/// `NAME_NODE`: the `dp_names` key of the node's name.
+pub const NAME_NODE: u8 = 3;
+
+/// `struct flow_event`: one record of the `dp_events` ring buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct FlowEventRecord {
+    /// `CLOCK_MONOTONIC` ns.
+    pub ktime_ns: u64,
+    /// Events of this kind the CPU did not write since the last one (rate limit).
+    pub suppressed: u64,
+    /// The interface the program ran on.
+    pub ifindex: u32,
+    /// Service-port id (`SvcValue::id`), 0: none.
+    pub svc_id: u32,
+    /// `dp_backends` index of the backend chosen, 0: none.
+    pub backend_id: u32,
+    /// `EV_KIND_*`.
+    pub kind: u8,
+    /// `EV_VERDICT_*`.
+    pub verdict: u8,
+    /// `dataplane_core::DropReason::code()`, 0: none.
+    pub reason: u8,
+    /// `PT_*`.
+    pub point: u8,
+    /// `EV_DIR_*` (0: unknown).
+    pub direction: u8,
+    /// `AF_*`.
+    pub family: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// TCP flags byte.
+    pub tcp_flags: u8,
+    /// `EV_F_*`.
+    pub flags: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+    /// Source as the packet arrived.
+    pub saddr: Addr,
+    /// Destination as the packet arrived.
+    pub daddr: Addr,
+    /// Source port as the packet arrived.
+    pub sport: Be16,
+    /// Destination port as the packet arrived.
+    pub dport: Be16,
+    /// Source port after translation.
+    pub nat_sport: Be16,
+    /// Destination port after translation.
+    pub nat_dport: Be16,
+    /// Source after translation.
+    pub nat_saddr: Addr,
+    /// Destination after translation.
+    pub nat_daddr: Addr,
+}
+
+impl FlowEventRecord {
+    /// The record at the start of `bytes` (a ring-buffer item), `None` when it is shorter.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let bytes = bytes.get(..std::mem::size_of::<Self>())?;
+        // SAFETY: `bytes` holds size_of::<Self>() bytes, `Self` is `#[repr(C)]` plain data
+        // for which every bit pattern is valid (see `pod!` below), and read_unaligned makes
+        // no assumption about the ring buffer's alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
+/// `struct ev_limit`: one CPU's token bucket of one event kind (`dp_ev_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct EvLimit {
+    /// `CLOCK_MONOTONIC` ns of the last top-up.
+    pub last_topup: u64,
+    /// Tokens left.
+    pub tokens: u64,
+    /// Events over the limit since the last one written.
+    pub suppressed: u64,
+    /// Events the ring buffer had no room for (a total, never reset).
+    pub lost: u64,
+}
+
+/// `struct name_key`: what a `dp_names` entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct NameKey {
+    /// `NAME_*`.
+    pub kind: u8,
+    /// `AF_*` for `NAME_ENDPOINT`, 0 otherwise.
+    pub family: u8,
+    /// Zero.
+    pub pad: [u8; 2],
+    /// Service-port id for `NAME_SERVICE`, 0 otherwise.
+    pub id: u32,
+    /// The pod's address for `NAME_ENDPOINT`, zero otherwise.
+    pub addr: Addr,
+}
+
+impl NameKey {
+    /// The key of service-port id `id`.
+    pub fn service(id: u32) -> Self {
+        Self {
+            kind: NAME_SERVICE,
+            id,
+            ..Self::default()
+        }
+    }
+
+    /// The key of the node's name.
+    pub fn node() -> Self {
+        Self {
+            kind: NAME_NODE,
+            ..Self::default()
+        }
+    }
+
+    /// The key of a pod's address `ip`.
+    pub fn endpoint(ip: IpAddr) -> Self {
+        Self {
+            kind: NAME_ENDPOINT,
+            family: family_of(&ip),
+            addr: Addr::new(ip),
+            ..Self::default()
+        }
+    }
+}
+
+/// The most bytes of a name in `dp_names` (`name_value.name`).
+pub const NAME_LEN: usize = 120;
+
+/// `struct name_value`: `"namespace/name"`, NUL-padded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct NameValue {
+    /// The name's bytes, NUL-padded.
+    pub name: [u8; NAME_LEN],
+}
+
+impl NameValue {
+    /// `namespace/name`, cut at [`NAME_LEN`] bytes (on a character boundary). Kubernetes
+    /// names are at most 63 (namespace) and 253 bytes: a long pod name is cut.
+    pub fn new(name: &dataplane_core::ObjectName) -> Self {
+        Self::plain(&format!("{}/{}", name.namespace, name.name))
+    }
+
+    /// `name` as it is (the node's name), cut at [`NAME_LEN`] bytes.
+    pub fn plain(name: &str) -> Self {
+        let mut end = name.len().min(NAME_LEN);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut out = [0u8; NAME_LEN];
+        out[..end].copy_from_slice(&name.as_bytes()[..end]);
+        Self { name: out }
+    }
+
+    /// The bytes up to the first NUL, `None` when they are not UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+        std::str::from_utf8(&self.name[..end]).ok()
+    }
+
+    /// The name, `None` when it is not `namespace/name` in UTF-8.
+    pub fn object_name(&self) -> Option<dataplane_core::ObjectName> {
+        let (ns, name) = self.as_str()?.split_once('/')?;
+        Some(dataplane_core::ObjectName::new(ns, name))
+    }
+}
+
 macro_rules! pod {
     ($($t:ty),*) => {$(
         // SAFETY: `$t` is `#[repr(C)]`, made of integers and byte arrays only, with explicit
@@ -547,7 +776,11 @@ pod!(
     PolAddr,
     PolRuleData,
     PolBlockData,
-    PolCt
+    PolCt,
+    FlowEventRecord,
+    EvLimit,
+    NameKey,
+    NameValue
 );
 
 // Compile-time sizes; the BTF test checks offsets as well.
@@ -567,3 +800,7 @@ const _: () = assert!(std::mem::size_of::<PolAddr>() == 136);
 const _: () = assert!(std::mem::size_of::<PolRuleKey>() == 16);
 const _: () = assert!(std::mem::size_of::<PolBlockKey>() == 28);
 const _: () = assert!(std::mem::size_of::<PolCt>() == 16);
+const _: () = assert!(std::mem::size_of::<FlowEventRecord>() == 112);
+const _: () = assert!(std::mem::size_of::<EvLimit>() == 32);
+const _: () = assert!(std::mem::size_of::<NameKey>() == 24);
+const _: () = assert!(std::mem::size_of::<NameValue>() == 120);

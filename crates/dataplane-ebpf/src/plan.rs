@@ -618,6 +618,13 @@ impl Planner {
         }
     }
 
+    /// Sets the flow-event flags (`CFG_F_EV_*`, what the last `events()` reader asked for:
+    /// a process setting, not the state's) in the node-wide configuration.
+    pub(crate) fn set_event_flags(&mut self, flags: u32) {
+        let all = crate::maps::CFG_F_EV_NEW_CONN | crate::maps::CFG_F_EV_POLICY;
+        self.node.config.flags = (self.node.config.flags & !all) | (flags & all);
+    }
+
     pub(crate) fn set_host_routing(&mut self, on: bool) {
         if on {
             self.node.config.flags |= CFG_F_HOST_ROUTING;
@@ -850,7 +857,7 @@ impl Planner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::IpAddr;
 
     use dataplane_core::{
@@ -867,7 +874,8 @@ mod tests {
         SVC_F_DSR, SVC_F_NO_LOCAL, SVC_F_SNAT, SVC_F_SRC_RANGES,
     };
 
-    fn node() -> Node {
+    /// A node for the unit tests (`node-a`, 172.18.0.2, pods 10.244.0.0/24).
+    pub(crate) fn node() -> Node {
         Node {
             name: "node-a".to_owned(),
             addresses: vec!["172.18.0.2".parse().unwrap()],

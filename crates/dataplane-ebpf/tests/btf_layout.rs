@@ -5,10 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem::{offset_of, size_of};
 
+use dataplane_core::DropReason;
+
 use dataplane_ebpf::maps::{
-    AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, LocalKey,
-    LocalValue, PolAddr, PolBlockData, PolBlockKey, PolCt, PolRuleData, PolRuleKey, SrcRangeKey,
-    SvcKey, SvcValue,
+    AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, EvLimit,
+    FlowEventRecord, LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockData, PolBlockKey,
+    PolCt, PolRuleData, PolRuleKey, SrcRangeKey, SvcKey, SvcValue,
 };
 
 /// struct name -> (size, [(field, byte offset)]).
@@ -125,6 +127,10 @@ fn map_layouts_match_btf() {
         layout!(LocalValue, "local_value", [ifindex => "ifindex"]),
         layout!(PolAddr, "pol_addr", [ep_id => "ep_id", flags => "flags", nsets => "nsets", pad => "pad", sets => "sets"]),
         layout!(PolCt, "pol_ct", [last_seen_ns => "last_seen_ns", flags => "flags", tcp_state => "tcp_state", pad => "pad"]),
+        layout!(FlowEventRecord, "flow_event", [ktime_ns => "ktime_ns", suppressed => "suppressed", ifindex => "ifindex", svc_id => "svc_id", backend_id => "backend_id", kind => "kind", verdict => "verdict", reason => "reason", point => "point", direction => "direction", family => "family", proto => "proto", tcp_flags => "tcp_flags", flags => "flags", pad => "pad", saddr => "saddr", daddr => "daddr", sport => "sport", dport => "dport", nat_sport => "nat_sport", nat_dport => "nat_dport", nat_saddr => "nat_saddr", nat_daddr => "nat_daddr"]),
+        layout!(EvLimit, "ev_limit", [last_topup => "last_topup", tokens => "tokens", suppressed => "suppressed", lost => "lost"]),
+        layout!(NameKey, "name_key", [kind => "kind", family => "family", pad => "pad", id => "id", addr => "addr"]),
+        layout!(NameValue, "name_value", [name => "name"]),
     ];
     for object in objects() {
         let btf = structs_of(object);
@@ -216,9 +222,19 @@ fn stat(name: &str) -> u64 {
     index as u64
 }
 
+/// The code of the observation point of `program` in `POINTS`.
+fn point(program: &str) -> u8 {
+    dataplane_ebpf::maps::POINTS
+        .iter()
+        .find(|(_, p)| *p == program)
+        .unwrap_or_else(|| panic!("POINTS has no {program:?}"))
+        .0
+}
+
 /// Every constant of `src/maps.rs` that mirrors a `maps.h` enumerator, as (C enum, C
 /// enumerator, the Rust value). An enumerator may appear more than once (a counter's index in
 /// `STAT_NAMES` and its own constant).
+#[allow(clippy::too_many_lines)] // one table: every mirrored enum
 fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
     use dataplane_ebpf::maps as m;
     macro_rules! mirror {
@@ -270,6 +286,8 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "CFG_F_CLUSTER_V4" => m::CFG_F_CLUSTER_V4,
             "CFG_F_CLUSTER_V6" => m::CFG_F_CLUSTER_V6,
             "CFG_F_POLICY" => m::CFG_F_POLICY,
+            "CFG_F_EV_NEW_CONN" => m::CFG_F_EV_NEW_CONN,
+            "CFG_F_EV_POLICY" => m::CFG_F_EV_POLICY,
         }
         "cidr_flag" {
             "CIDR_F_CLUSTER" => m::CIDR_F_CLUSTER,
@@ -315,6 +333,63 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "POLCT_INGRESS" => m::POLCT_INGRESS,
             "POLCT_REPLY_EGRESS" => m::POLCT_REPLY_EGRESS,
             "POLCT_REPLY_INGRESS" => m::POLCT_REPLY_INGRESS,
+        }
+        "ev_kind" {
+            "EV_KIND_DROP" => m::EV_KIND_DROP,
+            "EV_KIND_NEW_CONN" => m::EV_KIND_NEW_CONN,
+            "EV_KIND_POLICY" => m::EV_KIND_POLICY,
+            "EV_KIND_MAX" => m::EV_KIND_MAX,
+        }
+        "ev_verdict" {
+            "EV_VERDICT_FORWARDED" => m::EV_VERDICT_FORWARDED,
+            "EV_VERDICT_TRANSLATED" => m::EV_VERDICT_TRANSLATED,
+            "EV_VERDICT_DROPPED" => m::EV_VERDICT_DROPPED,
+            "EV_VERDICT_REJECTED" => m::EV_VERDICT_REJECTED,
+            "EV_VERDICT_POLICY_DENIED" => m::EV_VERDICT_POLICY_DENIED,
+        }
+        "drop_reason" {
+            "DR_NONE" => 0u8,
+            "DR_NO_BACKEND" => DropReason::NoBackend.code(),
+            "DR_SOURCE_RANGE" => DropReason::SourceRange.code(),
+            "DR_POLICY" => DropReason::Policy.code(),
+            "DR_CONNTRACK_FULL" => DropReason::ConntrackFull.code(),
+            "DR_MAP_FULL" => DropReason::MapFull.code(),
+            "DR_SNAT_EXHAUSTED" => DropReason::SnatExhausted.code(),
+            "DR_INVALID" => DropReason::InvalidPacket.code(),
+            "DR_MTU" => DropReason::Mtu.code(),
+            "DR_UNSUPPORTED_PROTOCOL" => DropReason::UnsupportedProtocol.code(),
+            "DR_UNALLOCATED" => DropReason::Unallocated.code(),
+            "DR_SPOOFED" => DropReason::Spoofed.code(),
+            "DR_FRAGMENT" => DropReason::Fragment.code(),
+            "DR_SLOTS" => m::DR_SLOTS,
+            "DR_UNKNOWN" => DropReason::Unknown.code(),
+        }
+        "ev_point" {
+            "PT_FROM_POD" => point("dp_from_pod"),
+            "PT_TO_POD" => point("dp_to_pod"),
+            "PT_FROM_UPLINK" => point("dp_from_uplink"),
+            "PT_TO_UPLINK" => point("dp_to_uplink"),
+            "PT_XDP" => point("dp_xdp_uplink"),
+            "PT_SOCKET" => point("dp_sock"),
+            "PT_FROM_HOST" => point("dp_to_lo"),
+            "PT_MAX" => m::PT_MAX,
+        }
+        "ev_direction" {
+            "EV_DIR_UNKNOWN" => 0u8,
+            "EV_DIR_ORIGINAL" => m::EV_DIR_ORIGINAL,
+            "EV_DIR_REPLY" => m::EV_DIR_REPLY,
+        }
+        "ev_flag" { "EV_F_TRANSLATED" => m::EV_F_TRANSLATED }
+        "ev_limit_const" {
+            "EV_TOPUP_NS" => m::EV_TOPUP_NS,
+            "EV_TOKENS_PER_TOPUP" => m::EV_TOKENS_PER_TOPUP,
+            "EV_BURST" => m::EV_BURST,
+            "EV_RING_BYTES" => m::EV_RING_BYTES,
+        }
+        "name_kind" {
+            "NAME_SERVICE" => m::NAME_SERVICE,
+            "NAME_ENDPOINT" => m::NAME_ENDPOINT,
+            "NAME_NODE" => m::NAME_NODE,
         }
     }
 }

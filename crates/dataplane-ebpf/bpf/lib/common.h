@@ -47,7 +47,7 @@
 #define EEXIST 17 /* what bpf_map_update_elem() returns for BPF_NOEXIST on a taken key */
 #endif
 
-#define DROP_POLICY -1  /* traffic policy or source range says drop */
+#define DROP_SRC_RANGE -1 /* the client is outside the frontend's loadBalancerSourceRanges */
 #define DROP_INVALID -2 /* malformed packet */
 #define DROP_NO_SNAT -3 /* no node address of the family, or no free SNAT port */
 #define DROP_CT_FULL -4 /* conntrack entry could not be written */
@@ -57,6 +57,17 @@
 #define DROP_UNALLOCATED -7 /* to an address in the service CIDRs that no service has */
 #define DP_TO_LO 4      /* reply of a CT_F_LOOPBACK connection: deliver it through lo */
 #define DROP_POLICY_DENIED -8 /* NetworkPolicy: a new connection no rule allows (policy.h) */
+#define DROP_NO_LOCAL -9 /* traffic policy Local and no local backend */
+#define DROP_NO_ROUTE -10 /* dp_to_lo: the FIB does not forward the translated packet */
+#define DROP_FRAG_TOO_BIG -11 /* dp_to_lo: ... because it does not fit the way out */
+#define DROP_SPOOFED -12 /* from a pod, with a source that is not its own */
+
+/* skb->cb words the packet's frontend and backend are left in for the flow event (events.h):
+ * lb_forward() sets them, dp_handle() clears them first. (Cilium keeps such per-packet
+ * metadata in skb->cb too.) */
+#define CB_SVC_ID 0
+#define CB_BACKEND_ID 1
+#define CB_EV 2 /* dp_handle(): the events it owes (EV_CREATED, EV_ALLOWED) */
 
 /* Where the program runs. */
 #define CTX_FROM_POD 0

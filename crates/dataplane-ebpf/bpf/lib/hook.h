@@ -12,6 +12,7 @@
 #include "icmp.h"
 #include "echo.h"
 #include "policy.h"
+#include "events.h"
 
 /*
  * A redirect forwards the packet in the stack's stead, so it decrements the TTL (hop limit)
@@ -129,7 +130,12 @@ static __noinline int dp_route(struct __sk_buff *skb, const struct pkt *p, int c
 		 * too (a host-network backend). Anything else (no route, too big for the way out)
 		 * would reach no one here. */
 		if (ctx == CTX_TO_LO && ret != BPF_FIB_LKUP_RET_NOT_FWDED) {
+			int why = ret == BPF_FIB_LKUP_RET_FRAG_NEEDED ? DROP_FRAG_TOO_BIG
+								       : DROP_NO_ROUTE;
+
 			stat_inc(STAT_DROPPED);
+			ev_pkt(skb, p, EV_META(EV_KIND_DROP, EV_VERDICT_DROPPED, ev_reason_of(why),
+					       PT_FROM_HOST, EV_DIR_ORIGINAL));
 			return TC_ACT_SHOT;
 		}
 		return TC_ACT_OK;
@@ -259,22 +265,86 @@ static __noinline int pol_spoofed(struct __sk_buff *skb)
 	return !local || local->ifindex != skb->ifindex;
 }
 
+/* The direction of a packet dropped with @ret: those verdicts judge a new connection's first
+ * packet (from its client); of the others the datapath does not know. */
+static __always_inline __u32 ev_dir_of(int ret)
+{
+	switch (ret) {
+	case DP_REJECT:
+	case DROP_SRC_RANGE:
+	case DROP_NO_LOCAL:
+	case DROP_UNALLOCATED:
+	case DROP_POLICY_DENIED:
+		return EV_DIR_ORIGINAL;
+	default:
+		return EV_DIR_UNKNOWN;
+	}
+}
+
+#define EV_CREATED 1
+#define EV_ALLOWED 2
+
+/*
+ * The events dp_handle() owes for a packet: a policy verdict and a new connection (skb->cb's
+ * EV_* bits), or its drop (counted in STAT_DROPPED too) or reject (@ret < 0), reported with the tuple as it arrived (@k, or
+ * @p's when NULL: nothing was translated) and @p as it is now.
+ */
+static __noinline void ev_after(struct __sk_buff *skb, const struct pkt *p,
+				const struct ct_key *k, int ret, int ctx)
+{
+	__u32 point = ev_point_of(ctx);
+	__u32 owed = skb->cb[CB_EV];
+	struct ct_key own;
+
+	if (!k) {
+		ct_key_from_pkt(&own, p);
+		k = &own;
+	}
+	if (ret < 0) {
+		/* Counted here rather than in dp_handle(), whose frame has no room for the key. */
+		if (ret != DP_REJECT && ret != DP_FRAG_NEEDED)
+			stat_inc(STAT_DROPPED);
+		ev_emit(skb, p, k, EV_META(EV_KIND_DROP, ev_verdict_of(ret), ev_reason_of(ret),
+					   point, ev_dir_of(ret)));
+		return;
+	}
+	if (owed & EV_ALLOWED)
+		ev_emit(skb, p, k, EV_META(EV_KIND_POLICY,
+					   ret == DP_NAT ? EV_VERDICT_TRANSLATED : EV_VERDICT_FORWARDED,
+					   DR_NONE, point, EV_DIR_ORIGINAL));
+	if (owed & EV_CREATED)
+		ev_emit(skb, p, k, EV_META(EV_KIND_NEW_CONN, EV_VERDICT_TRANSLATED, DR_NONE, point,
+					   EV_DIR_ORIGINAL));
+}
+
 static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 {
+	struct ct_key k; /* the packet's tuple as it arrived (TCP/UDP: l4) */
 	struct pkt p;
-	int l4 = 0; /* a TCP/UDP packet, parsed into p */
+	int l4 = 0;      /* a TCP/UDP packet, parsed into p */
 	int ret;
 
+	skb->cb[CB_SVC_ID] = 0;
+	skb->cb[CB_BACKEND_ID] = 0;
+	/* Events to report: EV_CREATED (lb_forward() wrote this connection's entries),
+	 * EV_ALLOWED (NetworkPolicy judged and allowed a new connection, pol_check() > 0). In
+	 * skb->cb, not a local: dp_from_pod's frame has no room for one more spilled value. */
+	skb->cb[CB_EV] = 0;
 	/* Before anything else holds stack: dp_from_pod's deepest call chain is at the limit. */
 	if (ctx == CTX_FROM_POD && pol_spoofed(skb)) {
-		stat_inc(STAT_SPOOFED);
-		stat_inc(STAT_DROPPED);
+		/* (counted in STAT_SPOOFED and STAT_DROPPED there) */
+		ev_drop_skb(skb, DROP_SPOOFED, PT_FROM_POD);
 		return TC_ACT_SHOT;
 	}
 	ret = parse_packet(skb, &p);
-	if (ret == 0 && ctx == CTX_FROM_POD && pol_other(skb, &p, POL_DIR_EGRESS) < 0) {
-		stat_inc(STAT_DROPPED);
-		return TC_ACT_SHOT;
+	if (ret == 0 && ctx == CTX_FROM_POD) {
+		/* A denial is dropped and reported below with the others. */
+		int verdict = pol_other(skb, &p, POL_DIR_EGRESS);
+
+		if (verdict < 0)
+			ret = verdict;
+		else if (verdict > 0)
+			skb->cb[CB_EV] = EV_ALLOWED;
 	}
 	if (ret == 0) {
 		/* Non-first fragments and IPv6 with extension headers: policy judged them above,
@@ -291,21 +361,21 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 		ret = DP_PASS;
 		if (ctx == CTX_FROM_UPLINK)
 			ret = dsr_accept(skb, &p);
+		ct_key_from_pkt(&k, &p);
 		if (ret == DP_PASS) {
 			/* One conntrack lookup for the packet's tuple serves every step below. */
-			struct ct_key k;
 			struct ct_entry *ct;
-			int created = 0; /* lb_forward() wrote this connection's entries */
 
-			ct_key_from_pkt(&k, &p);
 			ct = bpf_map_lookup_elem(&dp_ct, &k);
 			ret = lb_reply(skb, &p, ct);
 			if (ret == DP_NAT && ct && (ct->flags & CT_F_LOOPBACK))
 				ret = DP_TO_LO;
 			if (ret == DP_PASS) {
-				created = !ct || !ct_is_fwd(ct) || ct_is_reopen(ct, &p);
+				if (!ct || !ct_is_fwd(ct) || ct_is_reopen(ct, &p))
+					skb->cb[CB_EV] = EV_CREATED;
 				ret = lb_forward(skb, &p, ctx, ct);
-				created = created && ret == DP_NAT;
+				if (ret != DP_NAT)
+					skb->cb[CB_EV] = 0;
 			}
 			/* The pod's egress policy: its own tuple (k) is the connection's key, p now
 			 * holds the backend chosen (or, for a reply, the client). A denied new
@@ -319,9 +389,12 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 							POL_DIR_EGRESS);
 
 				if (verdict < 0) {
-					if (created)
+					if (skb->cb[CB_EV] & EV_CREATED)
 						pol_forget_ct(&k, &p);
+					skb->cb[CB_EV] = 0;
 					ret = verdict;
+				} else if (verdict > 0) {
+					skb->cb[CB_EV] |= EV_ALLOWED;
 				}
 			}
 			if (ret == DP_PASS && ctx == CTX_TO_UPLINK)
@@ -330,6 +403,10 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 		if (ret == DP_PASS && ctx == CTX_FROM_UPLINK)
 			ret = track_inbound(&p);
 	}
+	/* One call for every event the packet owes, so that dp_from_pod's frame stays as it
+	 * was (a spilled value more and its deepest call chain outgrows the stack). */
+	if (skb->cb[CB_EV] || ret < 0)
+		ev_after(skb, &p, l4 ? &k : NULL, ret, ctx);
 	switch (ret) {
 	case DP_PASS:
 		if (l4 && ctx == CTX_FROM_POD)
@@ -342,6 +419,10 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	case DP_MASQ:
 	case DP_DSR:
 		return TC_ACT_OK;
+	default:
+		break;
+	}
+	switch (ret) {
 	case DP_REJECT:
 		if (ctx == CTX_FROM_POD && p.proto == IPPROTO_TCP && !(p.tcp_flags & TCPF_RST))
 			pol_approve_rst(&p);
@@ -349,7 +430,7 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	case DP_FRAG_NEEDED:
 		return frag_needed(skb, &p, ctx);
 	default:
-		stat_inc(STAT_DROPPED);
+		/* (counted in STAT_DROPPED by ev_after()) */
 		return TC_ACT_SHOT;
 	}
 }
@@ -374,10 +455,10 @@ static __always_inline int is_loopback(const struct pkt *p)
 /*
  * Marks a connection lb_forward() has just created from lo (@p: its packet as translated, so
  * that its reply comes from p->daddr:dport to p->saddr:sport) with CT_F_LOOPBACK: its replies
- * are delivered through lo (to_lo). lb_forward() itself serves every hook and sees the host
+ * are delivered through lo (to_lo); and reports it (events.h). lb_forward() itself serves every hook and sees the host
  * here as it sees it on the uplink's egress.
  */
-static __noinline void lo_mark(const struct pkt *p)
+static __noinline void lo_mark(struct __sk_buff *skb, const struct pkt *p)
 {
 	struct ct_entry *e;
 	struct ct_key k;
@@ -391,6 +472,10 @@ static __noinline void lo_mark(const struct pkt *p)
 	e = bpf_map_lookup_elem(&dp_ct, &k);
 	if (e)
 		e->flags |= CT_F_LOOPBACK;
+	/* The new connection's event: k is its tuple as the host sent it. (Here, where the key
+	 * is, rather than in dp_handle_lo(), whose frame has no room for another.) */
+	ev_emit(skb, p, &k, EV_META(EV_KIND_NEW_CONN, EV_VERDICT_TRANSLATED, DR_NONE, PT_FROM_HOST,
+				    EV_DIR_ORIGINAL));
 }
 
 /* The conntrack entry of @p's own tuple (a subprogram: the key stays off the caller's
@@ -422,6 +507,8 @@ static __always_inline int dp_handle_lo(struct __sk_buff *skb)
 
 	if (parse_packet(skb, &p) <= 0 || is_loopback(&p))
 		return TC_ACT_OK;
+	skb->cb[CB_SVC_ID] = 0;
+	skb->cb[CB_BACKEND_ID] = 0;
 	ct = ct_lookup(&p);
 	ret = lb_reply(skb, &p, ct);
 	if (ret == DP_NAT) {
@@ -437,7 +524,7 @@ static __always_inline int dp_handle_lo(struct __sk_buff *skb)
 		ret = lb_forward(skb, &p, CTX_TO_UPLINK, ct);
 		if (ret == DP_NAT) {
 			if (created)
-				lo_mark(&p);
+				lo_mark(skb, &p);
 			return dp_route(skb, &p, CTX_TO_LO);
 		}
 	}
@@ -445,6 +532,12 @@ static __always_inline int dp_handle_lo(struct __sk_buff *skb)
 	case DP_PASS:
 	case DP_MASQ:
 		return TC_ACT_OK;
+	default:
+		break;
+	}
+	ev_pkt(skb, &p, EV_META(EV_KIND_DROP, ev_verdict_of(ret), ev_reason_of(ret), PT_FROM_HOST,
+				ev_dir_of(ret)));
+	switch (ret) {
 	case DP_REJECT:
 		/* As from the uplink's egress: the error goes up the stack, here through lo. */
 		return reject(skb, &p, CTX_TO_UPLINK);

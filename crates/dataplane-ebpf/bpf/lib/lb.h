@@ -184,14 +184,16 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 	}
 	if (!svc)
 		return lb_no_frontend(p);
+	skb->cb[CB_SVC_ID] = svc->id;
 	if ((svc->flags & SVC_F_SRC_RANGES) && !src_allowed(svc, p))
-		return DROP_POLICY;
+		return DROP_SRC_RANGE;
 	if (svc->slot_count == 0)
-		return (svc->flags & SVC_F_NO_LOCAL) ? DROP_POLICY : DP_REJECT;
+		return (svc->flags & SVC_F_NO_LOCAL) ? DROP_NO_LOCAL : DP_REJECT;
 
 	be = select_backend(svc, p, &backend_id);
 	if (!be || be->family != p->family)
 		return DP_REJECT;
+	skb->cb[CB_BACKEND_ID] = backend_id;
 
 	/* DSR: only backends on other nodes; a local one is answered through this node. */
 	if ((svc->flags & SVC_F_DSR) && p->family == DP_AF_INET && !is_local(p, be->addr))

@@ -102,6 +102,8 @@ enum config_flag {
 	CFG_F_CLUSTER_V6 = 1 << 6,   /* the same for IPv6 */
 	CFG_F_POLICY = 1 << 7,       /* the state has NetworkPolicies: pods' forged sources are
 				      * dropped (policy knows a client by its address) */
+	CFG_F_EV_NEW_CONN = 1 << 8,  /* flow events: report every new connection (events.h) */
+	CFG_F_EV_POLICY = 1 << 9,    /* flow events: report NetworkPolicy's allowed verdicts */
 };
 
 /*
@@ -507,6 +509,178 @@ struct {
 } dp_pol_ct SEC(".maps");
 
 /*
+ * Flow events (events.h): a record in the dp_events ring buffer for every drop and reject,
+ * and, when dp_config asks (CFG_F_EV_*), for every new connection and every policy verdict
+ * that allowed one. dataplane_core::FlowEvent is what user space makes of it (src/events.rs).
+ */
+
+/* flow_event.kind. */
+enum ev_kind {
+	EV_KIND_DROP = 1,     /* a packet dropped or rejected (always) */
+	EV_KIND_NEW_CONN = 2, /* a conntrack entry created (CFG_F_EV_NEW_CONN) */
+	EV_KIND_POLICY = 3,   /* NetworkPolicy allowed a new connection (CFG_F_EV_POLICY) */
+	EV_KIND_MAX = 4,      /* dp_ev_limit's size: one token bucket per kind */
+};
+
+/* flow_event.verdict. */
+enum ev_verdict {
+	EV_VERDICT_FORWARDED = 1,
+	EV_VERDICT_TRANSLATED = 2,
+	EV_VERDICT_DROPPED = 3,
+	EV_VERDICT_REJECTED = 4,
+	EV_VERDICT_POLICY_DENIED = 5,
+};
+
+/* flow_event.reason and dp_drops' second index: dataplane_core::DropReason::code(), stable
+ * numbers (0: none). */
+enum drop_reason {
+	DR_NONE = 0,
+	DR_NO_BACKEND = 1,
+	DR_SOURCE_RANGE = 2,
+	DR_POLICY = 3,
+	DR_CONNTRACK_FULL = 4,
+	DR_MAP_FULL = 5,
+	DR_SNAT_EXHAUSTED = 6,
+	DR_INVALID = 7,
+	DR_MTU = 8,
+	DR_UNSUPPORTED_PROTOCOL = 9,
+	DR_UNALLOCATED = 10,
+	DR_SPOOFED = 11,
+	DR_FRAGMENT = 12,
+	DR_SLOTS = 16,     /* dp_drops slots per observation point; a reason >= this counts in
+			    * slot 0 */
+	DR_UNKNOWN = 255,
+};
+
+/* flow_event.point and dp_drops' first index: where the packet was seen
+ * (dataplane_core::ObservationPoint). */
+enum ev_point {
+	PT_FROM_POD = 1,    /* dp_from_pod: TC ingress of a pod's host-side veth */
+	PT_TO_POD = 2,      /* dp_to_pod: its TC egress */
+	PT_FROM_UPLINK = 3, /* dp_from_uplink */
+	PT_TO_UPLINK = 4,   /* dp_to_uplink */
+	PT_XDP = 5,         /* dp_xdp_uplink */
+	PT_SOCKET = 6,      /* sock.c */
+	PT_FROM_HOST = 7,   /* dp_to_lo: the host to its own addresses */
+	PT_MAX = 8,
+};
+
+/* flow_event.direction. */
+enum ev_direction {
+	EV_DIR_UNKNOWN = 0,
+	EV_DIR_ORIGINAL = 1, /* from the client that opened the connection */
+	EV_DIR_REPLY = 2,
+};
+
+/* flow_event.flags. */
+enum ev_flag {
+	EV_F_TRANSLATED = 1 << 0, /* the nat_* fields hold the tuple after translation */
+};
+
+/*
+ * The per-CPU token bucket of one event kind (dp_ev_limit), after Cilium's
+ * bpf/lib/ratelimit.h (a bucket of at most bucket_size tokens, tokens_per_topup added every
+ * topup_interval_ns): here one bucket per CPU and kind, so no atomics and no contention. Over
+ * the limit an event is not written but counted in `suppressed`, which the next written event
+ * of that kind carries; `lost` counts events the ring buffer had no room for.
+ */
+enum ev_limit_const {
+	EV_TOPUP_NS = 1000000,   /* a token every millisecond: 1000 events/s per CPU and kind */
+	EV_TOKENS_PER_TOPUP = 1,
+	EV_BURST = 1000,         /* bucket size */
+	EV_RING_BYTES = 1 << 20, /* dp_events' default size (Capacities::events_ring_bytes) */
+};
+
+struct ev_limit {
+	__u64 last_topup; /* CLOCK_MONOTONIC ns of the last top-up */
+	__u64 tokens;
+	__u64 suppressed; /* over the limit since the last written event */
+	__u64 lost;       /* ring buffer full (never reset: user space reads the total) */
+};
+
+/* One record of dp_events. Addresses as in every key (network order, IPv4 in [0]). */
+struct flow_event {
+	__u64 ktime_ns;   /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 suppressed; /* events of this kind not written on this CPU since the last one */
+	__u32 ifindex;    /* the interface the program ran on */
+	__u32 svc_id;     /* svc_value.id of the frontend addressed, 0: none */
+	__u32 backend_id; /* dp_backends index of the backend chosen, 0: none */
+	__u8 kind;        /* EV_KIND_* */
+	__u8 verdict;     /* EV_VERDICT_* */
+	__u8 reason;      /* DR_* (0 unless a drop) */
+	__u8 point;       /* PT_* */
+	__u8 direction;   /* EV_DIR_* */
+	__u8 family;      /* DP_AF_* */
+	__u8 proto;       /* IPPROTO_* */
+	__u8 tcp_flags;   /* the packet's TCP flags byte (TCP only) */
+	__u8 flags;       /* EV_F_* */
+	__u8 pad[3];
+	__u32 saddr[4];   /* the tuple as the packet arrived */
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__be16 nat_sport; /* after translation (EV_F_TRANSLATED) */
+	__be16 nat_dport;
+	__u32 nat_saddr[4];
+	__u32 nat_daddr[4];
+};
+
+/*
+ * dp_names (user space only: no program reads it): who an id or an address is, for the
+ * events' service and endpoint names. Written by user space on every sync; read by the event
+ * decoder and the live inspector.
+ */
+enum name_kind {
+	NAME_SERVICE = 1,  /* id: svc_value.id -> "namespace/name" of the service */
+	NAME_ENDPOINT = 2, /* family + addr: a pod's address -> "namespace/pod" */
+	NAME_NODE = 3,     /* the one key with nothing else set -> the node's name */
+};
+
+struct name_key {
+	__u8 kind;   /* NAME_* */
+	__u8 family; /* DP_AF_* (NAME_ENDPOINT), 0 otherwise */
+	__u8 pad[2];
+	__u32 id;    /* NAME_SERVICE */
+	__u32 addr[4];
+};
+
+struct name_value {
+	char name[120]; /* NUL-padded "namespace/name" */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EV_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_events SEC(".maps");
+
+/* Drops and rejects by observation point and reason: index point * DR_SLOTS + reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, PT_MAX * DR_SLOTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ev_limit);
+	__uint(max_entries, EV_KIND_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_ev_limit SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct name_key);
+	__type(value, struct name_value);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_names SEC(".maps");
+
+/*
  * BTF holds an enum only when a type the object emits uses it. This struct names every
  * constant enum above and dp_consts_btf() takes it, so that each object's BTF carries them
  * for tests/btf_layout.rs. Nothing calls the function; `used` keeps it.
@@ -526,6 +700,16 @@ struct dp_consts {
 	enum pol_peer pol_peer;
 	enum pol_limit pol_limit;
 	enum pol_ct_flag pol_ct_flag;
+	enum ev_kind ev_kind;
+	enum ev_verdict ev_verdict;
+	enum drop_reason drop_reason;
+	enum ev_point ev_point;
+	enum ev_direction ev_direction;
+	enum ev_flag ev_flag;
+	enum ev_limit_const ev_limit_const;
+	enum name_kind name_kind;
+	/* and the event record, which only user space reads */
+	struct flow_event flow_event; /* by value: a pointer would carry only its name */
 };
 
 static __attribute__((used, noinline)) int dp_consts_btf(struct dp_consts *c)

@@ -35,6 +35,7 @@
 #include "parse.h"
 #include "ct.h"
 #include "echo.h"
+#include "events.h"
 
 /* ICMP types (linux/icmp.h and linux/icmpv6.h do not build for -target bpf). */
 #define POL_ICMP_SOURCE_QUENCH 4
@@ -240,8 +241,9 @@ static __noinline int pol_snat_client(const struct ct_key *k, __u32 *client)
  *       with POL_CHECK_UNTRACKED for a packet whose key is no connection's (see its define)
  *       and POL_CHECK_FROM_HOST for one the host sent
  *
- * Returns 0 (allowed, or no local endpoint of this node involved) or DROP_POLICY_DENIED
- * (counted in STAT_POLICY_DENIED).
+ * Returns 1 (a new connection the endpoint's policy allowed), 0 (allowed otherwise: an
+ * established one, no local endpoint of this node involved, or one no policy isolates) or
+ * DROP_POLICY_DENIED (counted in STAT_POLICY_DENIED).
  */
 static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be16 port,
 				__u8 tcp_flags, __u8 how)
@@ -301,7 +303,10 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 	}
 	if (noports)
 		return 0;
-	return pol_track(k, dir == POL_DIR_EGRESS ? POLCT_EGRESS : POLCT_INGRESS, tcp_flags);
+	pol_track(k, dir == POL_DIR_EGRESS ? POLCT_EGRESS : POLCT_INGRESS, tcp_flags);
+	/* A verdict of the endpoint's policy (not the default of an endpoint no policy
+	 * isolates): the caller reports it (events.h, CFG_F_EV_POLICY). */
+	return (me->flags & iso) ? 1 : 0;
 }
 
 /*
@@ -401,6 +406,9 @@ static __always_inline int dp_handle_to_pod(struct __sk_buff *skb)
 	struct pkt p;
 	int ret;
 
+	/* The ids an event reports (events.h): none known here. */
+	skb->cb[CB_SVC_ID] = 0;
+	skb->cb[CB_BACKEND_ID] = 0;
 	ret = parse_packet(skb, &p);
 	if (ret < 0) {
 		/* Headers beyond the skb's linear data (direct access sees only that): pull them
@@ -411,7 +419,7 @@ static __always_inline int dp_handle_to_pod(struct __sk_buff *skb)
 		if (bpf_skb_pull_data(skb, len) == 0)
 			ret = parse_packet(skb, &p);
 		if (ret < 0) {
-			stat_inc(STAT_DROPPED);
+			ev_drop_skb(skb, DROP_INVALID, PT_TO_POD);
 			return TC_ACT_SHOT;
 		}
 	}
@@ -425,8 +433,13 @@ static __always_inline int dp_handle_to_pod(struct __sk_buff *skb)
 	}
 	if (ret < 0) {
 		stat_inc(STAT_DROPPED);
+		ev_pkt(skb, &p, EV_META(EV_KIND_DROP, EV_VERDICT_POLICY_DENIED, DR_POLICY, PT_TO_POD,
+					EV_DIR_ORIGINAL));
 		return TC_ACT_SHOT;
 	}
+	if (ret > 0)
+		ev_pkt(skb, &p, EV_META(EV_KIND_POLICY, EV_VERDICT_FORWARDED, DR_NONE, PT_TO_POD,
+					EV_DIR_ORIGINAL));
 	return TC_ACT_OK;
 }
 

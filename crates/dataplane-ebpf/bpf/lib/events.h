@@ -1,0 +1,227 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * events.h - flow events and drop counters (maps.h: struct flow_event, dp_events, dp_drops,
+ * dp_ev_limit).
+ *
+ * Every drop and reject is counted in dp_drops (per CPU, by observation point and reason,
+ * always) and reported in the dp_events ring buffer; a new connection and a policy verdict
+ * that allowed one are reported when dp_config asks (CFG_F_EV_NEW_CONN, CFG_F_EV_POLICY).
+ * Nothing is emitted on the established fast path: these are called only where a packet is
+ * dropped or a connection is created, which is what Cilium's monitor aggregation keeps at its
+ * "medium" level and up (drops always, traces only when a connection starts; pkg/monitor,
+ * bpf/lib/trace.h's update_trace_metrics/send_trace_notify with the ct's report flags).
+ *
+ * A flood must starve neither the datapath nor the reader: each event kind has a per-CPU
+ * token bucket (struct ev_limit, after Cilium's bpf/lib/ratelimit.h, which also limits its
+ * events map with one, RATELIMIT_USAGE_EVENTS_MAP). An event over the limit is counted in
+ * `suppressed` and the next one written carries that count. bpf_ringbuf_reserve() never
+ * blocks: when the ring is full the event is counted in `lost` and the packet goes on.
+ */
+#ifndef DP_EVENTS_H
+#define DP_EVENTS_H
+
+#include "common.h"
+#include "parse.h"
+#include "ct.h"
+
+/* The meta argument of ev_emit(): kind, verdict, reason, point and direction in one
+ * register (a BPF function takes at most five arguments). */
+#define EV_META(kind, verdict, reason, point, dir)                                            \
+	((__u64)(kind) | ((__u64)(verdict) << 8) | ((__u64)(reason) << 16) |                  \
+	 ((__u64)(point) << 24) | ((__u64)(dir) << 32))
+
+/* The observation point of a dp_handle() context. */
+static __always_inline __u32 ev_point_of(int ctx)
+{
+	switch (ctx) {
+	case CTX_FROM_POD:
+		return PT_FROM_POD;
+	case CTX_FROM_UPLINK:
+		return PT_FROM_UPLINK;
+	case CTX_TO_UPLINK:
+		return PT_TO_UPLINK;
+	default:
+		return PT_FROM_HOST;
+	}
+}
+
+/* The reason (DR_*) of a DROP_* or DP_* verdict of the datapath. */
+static __always_inline __u32 ev_reason_of(int ret)
+{
+	switch (ret) {
+	case DP_REJECT:
+	case DROP_NO_LOCAL:
+		return DR_NO_BACKEND;
+	case DROP_SRC_RANGE:
+		return DR_SOURCE_RANGE;
+	case DROP_POLICY_DENIED:
+		return DR_POLICY;
+	case DROP_CT_FULL:
+		return DR_CONNTRACK_FULL;
+	case DROP_NO_SNAT:
+		return DR_SNAT_EXHAUSTED;
+	case DROP_INVALID:
+		return DR_INVALID;
+	case DP_FRAG_NEEDED:
+	case DROP_FRAG_TOO_BIG:
+		return DR_MTU;
+	case DROP_UNALLOCATED:
+		return DR_UNALLOCATED;
+	case DROP_SPOOFED:
+		return DR_SPOOFED;
+	default:
+		return DR_UNKNOWN;
+	}
+}
+
+/* The verdict (EV_VERDICT_*) of a drop: a reject answers, a denial is policy's. */
+static __always_inline __u32 ev_verdict_of(int ret)
+{
+	if (ret == DP_REJECT || ret == DP_FRAG_NEEDED)
+		return EV_VERDICT_REJECTED;
+	if (ret == DROP_POLICY_DENIED)
+		return EV_VERDICT_POLICY_DENIED;
+	return EV_VERDICT_DROPPED;
+}
+
+/*
+ * Takes a token of @kind's bucket on this CPU. Returns the bucket, NULL when the event is over
+ * the limit (counted as suppressed) or the map is missing.
+ */
+static __always_inline struct ev_limit *ev_take(__u32 kind)
+{
+	struct ev_limit *l = bpf_map_lookup_elem(&dp_ev_limit, &kind);
+	__u64 now, n;
+
+	if (!l)
+		return NULL;
+	now = bpf_ktime_get_ns();
+	n = (now - l->last_topup) / EV_TOPUP_NS;
+	if (n) {
+		/* A bucket idle for a second or more is full; the check keeps the product
+		 * below from overflowing. */
+		if (n >= EV_BURST)
+			l->tokens = EV_BURST;
+		else if (l->tokens + n * EV_TOKENS_PER_TOPUP > EV_BURST)
+			l->tokens = EV_BURST;
+		else
+			l->tokens += n * EV_TOKENS_PER_TOPUP;
+		l->last_topup = now;
+	}
+	if (!l->tokens) {
+		l->suppressed++;
+		return NULL;
+	}
+	l->tokens--;
+	return l;
+}
+
+/**
+ * ev_emit() - count and report one event.
+ * @skb: the packet's context (its ifindex; skb->cb holds the frontend and backend ids)
+ * @p: the packet as it is now (after any translation)
+ * @orig: the packet's tuple as it arrived (equal to @p's when nothing was translated)
+ * @meta: EV_META(kind, verdict, reason, point, direction)
+ *
+ * A global function: the verifier checks it once, on its own, instead of along every path of
+ * its callers (which are at the verifier's limits already). Returns 0.
+ */
+__attribute__((noinline)) int ev_emit(struct __sk_buff *skb, const struct pkt *p,
+				      const struct ct_key *orig, __u64 meta)
+{
+	__u32 kind = meta & 0xff;
+	__u32 reason = (meta >> 16) & 0xff;
+	__u32 point = (meta >> 24) & 0xff;
+	struct flow_event *e;
+	struct ev_limit *l;
+
+	if (!skb || !p || !orig)
+		return 0;
+	if (kind == EV_KIND_DROP) {
+		__u32 idx = (point & (PT_MAX - 1)) * DR_SLOTS + (reason < DR_SLOTS ? reason : 0);
+		__u64 *count = bpf_map_lookup_elem(&dp_drops, &idx);
+
+		if (count)
+			*count += 1;
+	} else {
+		__u32 zero = 0;
+		struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
+		__u32 want = kind == EV_KIND_NEW_CONN ? CFG_F_EV_NEW_CONN : CFG_F_EV_POLICY;
+
+		if (!cfg || !(cfg->flags & want))
+			return 0;
+	}
+	l = ev_take(kind);
+	if (!l)
+		return 0;
+	e = bpf_ringbuf_reserve(&dp_events, sizeof(*e), 0);
+	if (!e) {
+		l->lost++;
+		return 0;
+	}
+	e->ktime_ns = bpf_ktime_get_ns();
+	e->suppressed = l->suppressed;
+	l->suppressed = 0;
+	e->ifindex = skb->ifindex;
+	e->svc_id = skb->cb[CB_SVC_ID];
+	e->backend_id = skb->cb[CB_BACKEND_ID];
+	e->kind = kind;
+	e->verdict = (meta >> 8) & 0xff;
+	e->reason = reason;
+	e->point = point;
+	e->direction = (meta >> 32) & 0xff;
+	e->family = orig->family;
+	e->proto = orig->proto;
+	e->tcp_flags = orig->proto == IPPROTO_TCP ? p->tcp_flags : 0;
+	e->pad[0] = 0;
+	e->pad[1] = 0;
+	e->pad[2] = 0;
+	addr_copy(e->saddr, orig->saddr);
+	addr_copy(e->daddr, orig->daddr);
+	e->sport = orig->sport;
+	e->dport = orig->dport;
+	if (!addr_eq(p->saddr, orig->saddr) || !addr_eq(p->daddr, orig->daddr) ||
+	    p->sport != orig->sport || p->dport != orig->dport) {
+		e->flags = EV_F_TRANSLATED;
+		addr_copy(e->nat_saddr, p->saddr);
+		addr_copy(e->nat_daddr, p->daddr);
+		e->nat_sport = p->sport;
+		e->nat_dport = p->dport;
+	} else {
+		e->flags = 0;
+		__builtin_memset(e->nat_saddr, 0, sizeof(e->nat_saddr));
+		__builtin_memset(e->nat_daddr, 0, sizeof(e->nat_daddr));
+		e->nat_sport = 0;
+		e->nat_dport = 0;
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ev_emit() for @p, untranslated (its key is built here: a subprogram, so that the key stays
+ * off the caller's stack). */
+static __noinline void ev_pkt(struct __sk_buff *skb, const struct pkt *p, __u64 meta)
+{
+	struct ct_key k;
+
+	ct_key_from_pkt(&k, p);
+	ev_emit(skb, p, &k, meta);
+}
+
+/* A drop (DROP_* @ret) of a packet not parsed yet, at @point; counted in dp_stats too
+ * (STAT_SPOOFED for a spoofed one, and STAT_DROPPED). */
+static __noinline void ev_drop_skb(struct __sk_buff *skb, int ret, __u32 point)
+{
+	struct pkt p;
+
+	if (ret == DROP_SPOOFED)
+		stat_inc(STAT_SPOOFED);
+	stat_inc(STAT_DROPPED);
+
+	/* A header that does not parse leaves p's tuple zero: the event says what is known. */
+	parse_packet(skb, &p);
+	ev_pkt(skb, &p, EV_META(EV_KIND_DROP, EV_VERDICT_DROPPED, ev_reason_of(ret), point,
+				EV_DIR_UNKNOWN));
+}
+
+#endif

@@ -1,0 +1,444 @@
+//! Flow events and drop counters per packet, with BPF_PROG_TEST_RUN against live maps: the
+//! bytes the programs write into `dp_events`, what `Dataplane::events()` makes of them, the
+//! `dp_drops` counters behind `Stats::drops`, and the per-CPU rate limit.
+//!
+//! ```text
+//!   node-a 172.18.0.2, uplink eth0
+//!     x/a 10.244.0.5  --lxc0--  (ingress isolated: only pods pod=b on TCP 80)
+//!     x/b 10.244.0.6  --lxc1--
+//!   elsewhere: y/c 10.244.1.7; outside 192.0.2.0/24, 203.0.113.0/24
+//!   x/empty  ClusterIP 10.96.0.15:80, no backends            -> RST, no-backend
+//!   x/lb     LB IP 198.51.100.1:80, sources 192.0.2.0/24      -> others dropped, source-range
+//!   x/to-c   ClusterIP 10.96.0.11:80 -> y/c 10.244.1.7:80     -> a new connection
+//! ```
+
+mod common;
+mod events_common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use aya::maps::ring_buf::RingBuf;
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use common::{eth, require_root, TestNode, TCP_SYN};
+use dataplane_core::{
+    Backend, Dataplane, DesiredState, Direction, DropReason, Endpoint, EventKind, EventOptions,
+    EventSource, EventVerdict, FlowEvent, L4Protocol, Namespace, ObjectName, ObservationPoint,
+    PeerPod, Policy, Protocol, Service, ServicePort, TcpFlags, Tuple,
+};
+use dataplane_ebpf::maps::{
+    FlowEventRecord, NameKey, NameValue, AF_INET, EV_KIND_DROP, EV_VERDICT_REJECTED,
+};
+use dataplane_ebpf::{EbpfDataplane, Hook, RunOn};
+use events_common::the_one;
+
+const SHOT: u32 = 2;
+/// Drops in one burst: more than a bucket holds (`EV_BURST`, 1000).
+const BURST: u32 = 1500;
+
+fn policy(json: serde_json::Value) -> Policy {
+    serde_json::from_value(json).expect("policy JSON")
+}
+
+fn svc(name: &str, ip: &str, backends: &[&str]) -> Service {
+    let mut s = Service::new(ObjectName::new("x", name));
+    s.cluster_ips = vec![ip.parse().unwrap()];
+    s.ports = vec![ServicePort::new(Protocol::Tcp, 80, 80)];
+    s.backends = backends
+        .iter()
+        .map(|b| Backend::new(b.parse().unwrap()))
+        .collect();
+    s
+}
+
+fn scene() -> DesiredState {
+    let mut st = DesiredState::new(common::node_a());
+    st.namespaces = vec![Namespace::new("x"), Namespace::new("y")];
+    st.endpoints = vec![
+        Endpoint::new(
+            ObjectName::new("x", "a"),
+            "lxc0",
+            ["10.244.0.5".parse().unwrap()],
+        )
+        .with_label("pod", "a"),
+        Endpoint::new(
+            ObjectName::new("x", "b"),
+            "lxc1",
+            ["10.244.0.6".parse().unwrap()],
+        )
+        .with_label("pod", "b"),
+    ];
+    st.pods = vec![
+        PeerPod::new(ObjectName::new("y", "c"), ["10.244.1.7".parse().unwrap()]).on_node("node-b"),
+    ];
+    let mut lb = svc("lb", "10.96.0.12", &["10.244.1.7"]);
+    lb.load_balancer_ips = vec!["198.51.100.1".parse().unwrap()];
+    lb.load_balancer_source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
+    st.services = vec![
+        svc("empty", "10.96.0.15", &[]),
+        lb,
+        svc("to-c", "10.96.0.11", &["10.244.1.7"]),
+    ];
+    st.policies = vec![policy(serde_json::json!({
+        "namespace": "x", "name": "a-from-b",
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"peers": [{"podSelector": {"matchLabels": {"pod": "b"}}}],
+                     "ports": [{"protocol": "TCP", "port": 80}]}],
+    }))];
+    st
+}
+
+/// A node with the pods' host-side veths lxc0 and lxc1.
+fn node(tag: &str) -> TestNode {
+    let n = TestNode::new(tag);
+    for (host, peer) in [("lxc0", "lxc0p"), ("lxc1", "lxc1p")] {
+        for args in [
+            vec![
+                "-n", &n.name, "link", "add", host, "type", "veth", "peer", "name", peer,
+            ],
+            vec!["-n", &n.name, "link", "set", host, "up"],
+        ] {
+            let out = std::process::Command::new("ip")
+                .args(&args)
+                .output()
+                .expect("ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    n
+}
+
+/// Keeps this thread (and the threads it spawns, which run the test runs in the node's
+/// namespace) on one CPU: the rate limit is per CPU.
+fn pin_to_one_cpu() {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let allowed = sched_getaffinity(Pid::from_raw(0)).expect("affinity");
+    let cpu = (0..CpuSet::count())
+        .find(|&c| allowed.is_set(c).unwrap_or(false))
+        .expect("an allowed CPU");
+    let mut one = CpuSet::new();
+    one.set(cpu).expect("a CPU number");
+    sched_setaffinity(Pid::from_raw(0), &one).expect("pinned");
+}
+
+fn run_on(dp: &mut EbpfDataplane, hook: Hook, packet: &[u8], on: &str, repeat: u32) -> u32 {
+    let on = RunOn {
+        interface: Some(on.to_owned()),
+        ingress: None,
+    };
+    dp.run_packet_on(hook, packet, repeat, &on)
+        .expect("test run")
+        .verdict
+}
+
+fn read_all(events: &mut dyn EventSource) -> Vec<FlowEvent> {
+    let mut out = Vec::new();
+    while events.read(&mut out, 4096).expect("read events") > 0 {}
+    out
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Pod or service `name` of namespace x, as an event names it.
+#[allow(clippy::unnecessary_wraps)] // compared with the events' Option fields
+fn x(name: &str) -> Option<ObjectName> {
+    Some(ObjectName::new("x", name))
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scene, one load: the cases read best in order
+fn drops_new_connections_and_policy_verdicts() {
+    if !require_root("drops_new_connections_and_policy_verdicts") {
+        return;
+    }
+    pin_to_one_cpu();
+    let n = node("evt");
+    let mut dp = n.dataplane();
+    dp.apply(&scene()).expect("apply");
+
+    // The raw record of a reject: TCP SYN from x/a to a ClusterIP without backends.
+    let mut ring = RingBuf::try_from(Map::RingBuf(
+        MapData::from_pin(n.pin_dir.join("dp_events")).expect("dp_events pinned"),
+    ))
+    .expect("a ring buffer");
+    let names: BpfHashMap<MapData, NameKey, NameValue> = BpfHashMap::try_from(Map::HashMap(
+        MapData::from_pin(n.pin_dir.join("dp_names")).expect("dp_names pinned"),
+    ))
+    .expect("a hash map");
+    let empty_syn = eth()
+        .ip("10.244.0.5", "10.96.0.15")
+        .tcp(40000, 80, TCP_SYN)
+        .build();
+    let rejected = dp.run_packet(Hook::FromPod, &empty_syn, 1).expect("run");
+    assert_eq!(rejected.verdict, 7, "the RST is redirected back to the pod");
+    let record = {
+        let item = ring.next().expect("one record");
+        FlowEventRecord::from_bytes(&item).expect("a whole record")
+    };
+    assert!(ring.next().is_none(), "exactly one record");
+    drop(ring);
+    assert_eq!(record.kind, EV_KIND_DROP);
+    assert_eq!(record.verdict, EV_VERDICT_REJECTED);
+    assert_eq!(record.reason, DropReason::NoBackend.code());
+    assert_eq!(record.point, 1, "PT_FROM_POD");
+    assert_eq!(record.direction, 1, "EV_DIR_ORIGINAL");
+    assert_eq!((record.family, record.proto), (AF_INET, 6));
+    assert_eq!(record.tcp_flags, TCP_SYN);
+    assert_eq!(record.flags, 0, "not translated");
+    assert_eq!(record.pad, [0; 3]);
+    assert_eq!(
+        record.saddr.ip(AF_INET),
+        "10.244.0.5".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(
+        record.daddr.ip(AF_INET),
+        "10.96.0.15".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!((record.sport.get(), record.dport.get()), (40000, 80));
+    assert_eq!(record.backend_id, 0);
+    assert_eq!(record.suppressed, 0);
+    assert_ne!(record.svc_id, 0, "the frontend's service-port id");
+    assert_eq!(
+        names
+            .get(&NameKey::service(record.svc_id), 0)
+            .expect("the id is named")
+            .object_name(),
+        x("empty")
+    );
+    assert!(record.ktime_ns > 0);
+
+    // From here on through the dataplane's reader, new connections off.
+    let mut events = dp.events(&EventOptions::default()).expect("events");
+    assert!(events.readiness_fd().is_some());
+    assert!(read_all(events.as_mut()).is_empty());
+
+    // Source range: dropped at the uplink.
+    let outsider = eth()
+        .ip("203.0.113.9", "198.51.100.1")
+        .tcp(41000, 80, TCP_SYN)
+        .build();
+    assert_eq!(
+        run_on(&mut dp, Hook::FromUplink, &outsider, "eth0", 1),
+        SHOT
+    );
+    let got = read_all(events.as_mut());
+    let e = the_one(
+        &got,
+        EventKind::Drop,
+        EventVerdict::Dropped,
+        Some(DropReason::SourceRange),
+    );
+    assert_eq!(e.point, Some(ObservationPoint::FromUplink));
+    assert_eq!(e.interface.as_deref(), Some("eth0"));
+    assert_eq!(e.node, "node-a");
+    assert_eq!(e.service, x("lb"));
+    assert_eq!(
+        e.original,
+        Tuple::new(addr("203.0.113.9:41000"), addr("198.51.100.1:80"))
+    );
+    assert_eq!(e.translated, None);
+    assert_eq!(e.protocol, L4Protocol::Tcp);
+    assert_eq!(e.tcp_flags, Some(TcpFlags(TCP_SYN)));
+    assert_eq!(
+        (e.source_endpoint.clone(), e.destination_endpoint.clone()),
+        (None, None)
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let age = i128::try_from(now).unwrap() - i128::from(e.time.0);
+    assert!(
+        (0..60_000_000_000).contains(&age),
+        "wall-clock time, {age} ns ago"
+    );
+
+    // NetworkPolicy: x/a admits only pod=b; a client outside is denied at a's veth.
+    let denied = eth()
+        .ip("192.0.2.9", "10.244.0.5")
+        .tcp(42000, 80, TCP_SYN)
+        .build();
+    let on = RunOn {
+        interface: Some("lxc0".to_owned()),
+        ingress: Some("eth0".to_owned()),
+    };
+    let run = dp.run_packet_on(Hook::ToPod, &denied, 1, &on).expect("run");
+    assert_eq!(run.verdict, SHOT);
+    let got = read_all(events.as_mut());
+    let e = the_one(
+        &got,
+        EventKind::Drop,
+        EventVerdict::PolicyDenied,
+        Some(DropReason::Policy),
+    );
+    assert_eq!(e.point, Some(ObservationPoint::ToPod));
+    assert_eq!(e.interface.as_deref(), Some("lxc0"));
+    assert_eq!(e.direction, Some(Direction::Original));
+    assert_eq!(e.destination_endpoint, x("a"));
+    assert_eq!(e.source_endpoint, None);
+
+    // A new connection, with the flag off: no event; on: one, with the translation.
+    let to_c = |sport| {
+        eth()
+            .ip("10.244.0.6", "10.96.0.11")
+            .tcp(sport, 80, TCP_SYN)
+            .build()
+    };
+    assert_eq!(
+        dp.run_packet(Hook::FromPod, &to_c(43000), 1)
+            .expect("run")
+            .verdict,
+        0
+    );
+    assert!(
+        read_all(events.as_mut()).is_empty(),
+        "new connections are off"
+    );
+    let mut events = dp
+        .events(&EventOptions {
+            new_connections: true,
+            policy_verdicts: true,
+        })
+        .expect("events");
+    dp.run_packet(Hook::FromPod, &to_c(43001), 1).expect("run");
+    let got = read_all(events.as_mut());
+    let e = the_one(
+        &got,
+        EventKind::NewConnection,
+        EventVerdict::Translated,
+        None,
+    );
+    assert_eq!(e.point, Some(ObservationPoint::FromPod));
+    assert_eq!(e.interface.as_deref(), Some("lxc1"));
+    assert_eq!(e.service, x("to-c"));
+    assert_eq!(e.backend, Some(addr("10.244.1.7:80")));
+    assert_eq!(
+        e.original,
+        Tuple::new(addr("10.244.0.6:43001"), addr("10.96.0.11:80"))
+    );
+    assert_eq!(
+        e.translated,
+        Some(Tuple::new(addr("10.244.0.6:43001"), addr("10.244.1.7:80")))
+    );
+    assert_eq!(e.source_endpoint, x("b"));
+    assert_eq!(e.destination_endpoint, Some(ObjectName::new("y", "c")));
+    // An established packet of it: nothing.
+    let ack = eth()
+        .ip("10.244.0.6", "10.96.0.11")
+        .tcp(43001, 80, common::TCP_ACK)
+        .build();
+    dp.run_packet(Hook::FromPod, &ack, 1).expect("run");
+    assert!(
+        read_all(events.as_mut()).is_empty(),
+        "established: no event"
+    );
+
+    // A policy verdict: b reaches a on TCP 80 (a's policy allows it).
+    let allowed = eth()
+        .ip("10.244.0.6", "10.244.0.5")
+        .tcp(44000, 80, TCP_SYN)
+        .build();
+    let on = RunOn {
+        interface: Some("lxc0".to_owned()),
+        ingress: Some("lxc1".to_owned()),
+    };
+    assert_eq!(
+        dp.run_packet_on(Hook::ToPod, &allowed, 1, &on)
+            .expect("run")
+            .verdict,
+        0
+    );
+    let got = read_all(events.as_mut());
+    let e = the_one(
+        &got,
+        EventKind::PolicyVerdict,
+        EventVerdict::Forwarded,
+        None,
+    );
+    assert_eq!(e.point, Some(ObservationPoint::ToPod));
+    assert_eq!(
+        (e.source_endpoint.clone(), e.destination_endpoint.clone()),
+        (x("b"), x("a"))
+    );
+
+    // An apply keeps the event flags the reader asked for.
+    dp.apply(&scene()).expect("apply again");
+    dp.run_packet(Hook::FromPod, &to_c(43002), 1).expect("run");
+    let got = read_all(events.as_mut());
+    the_one(
+        &got,
+        EventKind::NewConnection,
+        EventVerdict::Translated,
+        None,
+    );
+
+    // The counters: every drop and reject by reason, and per program.
+    let stats = dp.stats().expect("stats");
+    assert_eq!(stats.drops.get(&DropReason::NoBackend), Some(&1));
+    assert_eq!(stats.drops.get(&DropReason::SourceRange), Some(&1));
+    assert_eq!(stats.drops.get(&DropReason::Policy), Some(&1));
+    assert_eq!(stats.drops.len(), 3, "{:?}", stats.drops);
+    assert_eq!(stats.other["drops.dp_from_pod.no-backend"], 1);
+    assert_eq!(stats.other["drops.dp_from_uplink.source-range"], 1);
+    assert_eq!(stats.other["drops.dp_to_pod.policy"], 1);
+    assert_eq!(events.lost(), 0);
+
+    // The rate limit: a burst beyond the bucket writes fewer events; the next one written
+    // carries the count of those it stands for.
+    assert_eq!(
+        run_on(&mut dp, Hook::FromUplink, &outsider, "eth0", BURST),
+        SHOT
+    );
+    let written = read_all(events.as_mut());
+    assert!(!written.is_empty());
+    assert!(
+        written.len() < BURST as usize,
+        "{} events for {BURST} drops",
+        written.len()
+    );
+    assert!(written
+        .iter()
+        .all(|e| e.reason == Some(DropReason::SourceRange)));
+    let mut runs = u64::from(BURST);
+    let mut later = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while later.is_empty() {
+        assert!(Instant::now() < deadline, "no event after the burst");
+        std::thread::sleep(Duration::from_millis(5));
+        run_on(&mut dp, Hook::FromUplink, &outsider, "eth0", 1);
+        runs += 1;
+        later = read_all(events.as_mut());
+    }
+    let carried: u64 = written.iter().chain(&later).map(|e| e.suppressed).sum();
+    assert!(later.iter().any(|e| e.suppressed > 0), "{later:#?}");
+    assert_eq!(
+        (written.len() + later.len()) as u64 + carried,
+        runs,
+        "every drop is written or counted in a later event's `suppressed`"
+    );
+    let stats = dp.stats().expect("stats");
+    assert_eq!(stats.drops[&DropReason::SourceRange], 1 + runs);
+    assert_eq!(events.lost(), 0);
+}
+
+#[test]
+fn a_ring_size_that_is_no_power_of_two_pages_is_refused() {
+    if !require_root("a_ring_size_that_is_no_power_of_two_pages_is_refused") {
+        return;
+    }
+    let n = TestNode::new("evring");
+    let mut config = n.config();
+    config.capacities.events_ring_bytes = 3 * 4096;
+    let err = EbpfDataplane::new(config).expect_err("refused");
+    let chain = dataplane_core::error_chain(&dataplane_core::Error::from(err));
+    assert!(chain.contains("events_ring_bytes"), "{chain}");
+    assert!(!n.pin_dir.join("dp_svc").exists(), "nothing pinned");
+}
