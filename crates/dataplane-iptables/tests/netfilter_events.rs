@@ -146,6 +146,69 @@ fn refused_probe(lab: &Lab, from: SocketAddr, to: SocketAddr) {
     );
 }
 
+/// Datagrams of the flood in [`check_flood`]: at the rules' 20 a second (burst 20), logging
+/// them all would take 50 seconds.
+const FLOOD: u64 = 1000;
+
+/// A flood of UDP datagrams to a ClusterIP port that is not served (rejected, unallocated):
+/// the log rules' limit holds most back, the counters count every one, and what was logged
+/// plus what was held back is the flood.
+fn check_flood(lab: &Lab, dp: &dyn Dataplane, events: &mut dyn EventSource) {
+    let suppressed = |dp: &dyn Dataplane| {
+        let s = dp.stats().expect("stats");
+        (
+            s.drops.get(&DropReason::Unallocated).copied().unwrap_or(0),
+            s.other.get("events_suppressed").copied().unwrap_or(0),
+        )
+    };
+    let (counted_before, suppressed_before) = suppressed(dp);
+    let client = lab.pod(1);
+    let from = SocketAddr::new(client.address(Family::V4).unwrap(), 41006);
+    let to: SocketAddr = EMPTY.parse().unwrap();
+    client
+        .netns
+        .run(|| {
+            let socket = std::net::UdpSocket::bind(from).expect("bind");
+            for _ in 0..FLOOD {
+                // Refusals (ICMP) of earlier datagrams may surface as errors: not ours to count.
+                let _ = socket.send_to(b"flood", to);
+            }
+        })
+        .expect("netns");
+    // Every datagram counted (the kernel may still be passing the last ones on).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut counted, mut held) = suppressed(dp);
+    while counted - counted_before < FLOOD && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        (counted, held) = suppressed(dp);
+    }
+    assert_eq!(counted - counted_before, FLOOD);
+    let held = held - suppressed_before;
+    assert!(held > 0, "the limit held nothing back");
+    // The rest was logged: read until all of it arrived.
+    let mut logged = 0u64;
+    let mut buf = Vec::new();
+    while logged + held < FLOOD && Instant::now() < deadline {
+        events.wait(Duration::from_millis(200)).unwrap();
+        buf.clear();
+        events.read(&mut buf, 256).unwrap();
+        for e in buf.iter().filter(|e| e.original.source == from) {
+            assert_eq!(
+                (e.verdict, e.reason, e.protocol),
+                (
+                    EventVerdict::Rejected,
+                    Some(DropReason::Unallocated),
+                    dataplane_core::L4Protocol::Udp
+                ),
+                "{e}"
+            );
+            logged += 1;
+        }
+    }
+    assert_eq!(logged + held, FLOOD, "logged {logged}, held back {held}");
+    assert_eq!(events.lost(), 0);
+}
+
 /// The expected drop of a probe from `client` (pod-0-1) to `to`.
 fn drop_of(
     lab: &Lab,
@@ -475,6 +538,7 @@ fn check_events(lab: &Lab, dp: &mut dyn Dataplane) -> BoxEventSource {
         interface: None,
     };
     assert_eq!(got, BTreeSet::from([want]));
+    check_flood(lab, dp, events.as_mut());
     // The drops are counted by reason.
     let stats = dp.stats().expect("stats");
     for reason in [

@@ -25,7 +25,10 @@
 //! Beyond kube-proxy's iptables mode: the drop of unallocated service addresses (its nftables
 //! mode's `cluster-ips-check`), and pods short-circuiting an externalTrafficPolicy Local
 //! frontend told by this node's pod CIDRs (`NodeCIDR` local detection) rather than by the
-//! cluster CIDRs (the reference model treats a pod of another node as an outside client).
+//! cluster CIDRs (the reference model treats a pod of another node as an outside client);
+//! and before every rule that drops, rejects or marks for either, a rate-limited NFLOG rule
+//! with the same matches (`crate::eventlog`; in nat for the services, where the service is
+//! known).
 //!
 //! Everything after the first packet of a connection is conntrack's job. Per-packet cost grows
 //! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.
@@ -883,16 +886,23 @@ pub fn counted_rules(save: &str, prefix: &str) -> CountedRules {
 /// NetworkPolicy's drops (`other["policy_dropped"]`), and drops by reason: the rule right
 /// after each of our NFLOG rules (`crate::eventlog`) is the rule that drops, rejects or marks
 /// for either, and counts every packet the log rule saw, limited or not.
+///
+/// An NFLOG rule's counter counts the packets its `limit` let through (logged); the rule
+/// after it every packet: the difference is what the limit held back, added to
+/// `other["events_suppressed"]`.
 pub fn add_stats(rules: &CountedRules, s: &mut dataplane_core::Stats) {
+    let (mut logged_total, mut counted_total) = (0u64, 0u64);
     for ((table, _), rules) in rules {
         let mut logged: Option<LogPrefix> = None;
         for (packets, rule) in rules {
             if let Some(prefix) = eventlog::ipt_prefix_of(rule) {
                 logged = Some(prefix);
+                logged_total += packets;
                 continue;
             }
             if let Some(prefix) = logged.take() {
                 *s.drops.entry(prefix.reason).or_default() += packets;
+                counted_total += packets;
             }
             if *table == Table::Filter && rule.contains("network policy:") {
                 *s.other.entry("policy_dropped".to_owned()).or_default() += packets;
@@ -907,6 +917,8 @@ pub fn add_stats(rules: &CountedRules, s: &mut dataplane_core::Stats) {
         }
     }
     s.drops.retain(|_, n| *n > 0);
+    *s.other.entry("events_suppressed".to_owned()).or_default() +=
+        counted_total.saturating_sub(logged_total);
 }
 
 /// The word after `flag` in `rule`.
