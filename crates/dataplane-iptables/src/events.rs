@@ -454,9 +454,8 @@ impl NetfilterEvents {
                 };
                 return (Some(point), Some(name.clone()));
             }
-            if p.outdev.is_none() {
-                return (Some(ObservationPoint::FromHost), None);
-            }
+            // No input interface: the node sent it (an output hook).
+            return (Some(ObservationPoint::FromHost), None);
         }
         (None, None)
     }
