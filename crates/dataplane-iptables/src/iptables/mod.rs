@@ -18,12 +18,11 @@ pub mod policy;
 pub mod render;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use dataplane_core::{
     validate, ApplyReport, BoxEventSource, Capabilities, ChangeSet, Dataplane, DesiredState, Error,
-    EventOptions, Flow, ObservedFrontend, ObservedState, Protocol, Skipped, Stats,
+    EventOptions, Flow, ObservedState, Skipped, Stats,
 };
 
 use crate::config::NetfilterConfig;
@@ -723,16 +722,6 @@ impl std::fmt::Write for Discard {
     }
 }
 
-fn word_after<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
-    let mut words = rule.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == flag {
-            return words.next();
-        }
-    }
-    None
-}
-
 impl Dataplane for IptablesDataplane {
     fn capabilities(&self) -> Capabilities {
         Flavour::Iptables.capabilities()
@@ -773,59 +762,13 @@ impl Dataplane for IptablesDataplane {
 
     fn observe(&self) -> Result<ObservedState, Error> {
         let mut frontends = Vec::new();
-        let prefix = &self.config.name;
         for family in [IpFamily::V4, IpFamily::V6] {
             let rules = self.our_rules(family)?;
-            let Some(services) = rules.get(&(Table::Nat, format!("{prefix}-SERVICES"))) else {
-                continue;
-            };
-            for (_, r) in services {
-                let (Some(dst), Some(proto), Some(dport), Some(target)) = (
-                    word_after(r, "-d"),
-                    word_after(r, "-p"),
-                    word_after(r, "--dport"),
-                    word_after(r, "-g").or_else(|| word_after(r, "-j")),
-                ) else {
-                    continue;
-                };
-                let ip: Option<IpAddr> = dst.split('/').next().and_then(|a| a.parse().ok());
-                let Some(protocol) = Protocol::from_name(proto) else {
-                    continue;
-                };
-                let (Some(ip), Ok(port)) = (ip, dport.parse::<u16>()) else {
-                    continue;
-                };
-                let mut backends = BTreeSet::new();
-                let mut seen = BTreeSet::new();
-                let mut todo = vec![target.to_owned()];
-                while let Some(chain) = todo.pop() {
-                    if !seen.insert(chain.clone()) {
-                        continue;
-                    }
-                    for (_, rule) in rules.get(&(Table::Nat, chain)).into_iter().flatten() {
-                        if let Some(to) = word_after(rule, "--to-destination") {
-                            let to = to.replace(['[', ']'], "");
-                            if let Some((a, p)) = to.rsplit_once(':') {
-                                if let (Ok(a), Ok(p)) = (a.parse::<IpAddr>(), p.parse::<u16>()) {
-                                    backends.insert(SocketAddr::new(a, p));
-                                }
-                            }
-                        }
-                        if let Some(next) =
-                            word_after(rule, "-g").or_else(|| word_after(rule, "-j"))
-                        {
-                            if next.starts_with(&format!("{prefix}-")) {
-                                todo.push(next.to_owned());
-                            }
-                        }
-                    }
-                }
-                frontends.push(ObservedFrontend {
-                    address: SocketAddr::new(ip, port),
-                    protocol,
-                    backends,
-                });
-            }
+            frontends.extend(
+                render::frontends_of(&rules, &self.config.name)
+                    .into_iter()
+                    .map(|(f, _)| f),
+            );
         }
         frontends.sort();
         Ok(ObservedState { frontends })

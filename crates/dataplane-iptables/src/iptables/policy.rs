@@ -7,7 +7,7 @@
 //!   DP-POLICY: -i <pod interface>              ─▶ DP-AS-<hash>  (anti-spoofing: its addresses
 //!                                                                RETURN, IPv6 fe80::/10 and ::
 //!                                                                to fe80::/10 and ff00::/8 too,
-//!                                                                the rest counted DROP)
+//!                                                                the rest ─▶ DP-SPOOFED)
 //!              ct state ESTABLISHED,RELATED     ─▶ RETURN        (checked on the first packet only)
 //!              IPv6 neighbour discovery        ─▶ RETURN        (ICMPv6 types 133-136)
 //!              -d <node address>               ─▶ RETURN        (pods to the node: INPUT only)
@@ -16,8 +16,8 @@
 //!              -d <ingress-isolated pod ip>    ─▶ DP-PI-<hash>  (the server's ingress)
 //!   DP-PE/PI-<hash>: one rule per allow entry ─▶ RETURN
 //!              -m set --match-set DP-v4-<hash of the peer set> dst|src [-p tcp -m tcp --dport 80:81]
-//!              (ipBlocks, longest prefix first) -d|-s <prefix> [ports] ─▶ RETURN, excepts ─▶ DROP
-//!              last: counted DROP
+//!              (ipBlocks, longest prefix first) -d|-s <prefix> [ports] ─▶ RETURN, excepts ─▶ DP-DENY
+//!              last: ─▶ DP-DENY   (node-wide: NFLOG rate-limited, then DROP, counted)
 //! ```
 //!
 //! The filter table sees a packet after the nat table's DNAT and before its SNAT: a service

@@ -25,7 +25,10 @@
 //! Beyond kube-proxy's iptables mode: the drop of unallocated service addresses (its nftables
 //! mode's `cluster-ips-check`), and pods short-circuiting an externalTrafficPolicy Local
 //! frontend told by this node's pod CIDRs (`NodeCIDR` local detection) rather than by the
-//! cluster CIDRs (the reference model treats a pod of another node as an outside client).
+//! cluster CIDRs (the reference model treats a pod of another node as an outside client);
+//! and before every rule that drops, rejects or marks for either, a rate-limited NFLOG rule
+//! with the same matches (`crate::eventlog`; in nat for the services, where the service is
+//! known).
 //!
 //! Everything after the first packet of a connection is conntrack's job. Per-packet cost grows
 //! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.
@@ -33,7 +36,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use dataplane_core::{DesiredState, DropReason, EventVerdict, IpFamily, ObjectName, Service};
+use dataplane_core::{
+    DesiredState, DropReason, EventVerdict, IpFamily, ObjectName, ObservedFrontend, Protocol,
+    Service,
+};
 
 use crate::eventlog::{self, LogPrefix};
 use ipnetwork::IpNetwork;
@@ -880,16 +886,23 @@ pub fn counted_rules(save: &str, prefix: &str) -> CountedRules {
 /// NetworkPolicy's drops (`other["policy_dropped"]`), and drops by reason: the rule right
 /// after each of our NFLOG rules (`crate::eventlog`) is the rule that drops, rejects or marks
 /// for either, and counts every packet the log rule saw, limited or not.
+///
+/// An NFLOG rule's counter counts the packets its `limit` let through (logged); the rule
+/// after it every packet: the difference is what the limit held back, added to
+/// `other["events_suppressed"]`.
 pub fn add_stats(rules: &CountedRules, s: &mut dataplane_core::Stats) {
+    let (mut logged_total, mut counted_total) = (0u64, 0u64);
     for ((table, _), rules) in rules {
         let mut logged: Option<LogPrefix> = None;
         for (packets, rule) in rules {
             if let Some(prefix) = eventlog::ipt_prefix_of(rule) {
                 logged = Some(prefix);
+                logged_total += packets;
                 continue;
             }
             if let Some(prefix) = logged.take() {
                 *s.drops.entry(prefix.reason).or_default() += packets;
+                counted_total += packets;
             }
             if *table == Table::Filter && rule.contains("network policy:") {
                 *s.other.entry("policy_dropped".to_owned()).or_default() += packets;
@@ -904,6 +917,106 @@ pub fn add_stats(rules: &CountedRules, s: &mut dataplane_core::Stats) {
         }
     }
     s.drops.retain(|_, n| *n > 0);
+    *s.other.entry("events_suppressed".to_owned()).or_default() +=
+        counted_total.saturating_sub(logged_total);
+}
+
+/// The word after `flag` in `rule`.
+pub(crate) fn word_after<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
+    let mut words = rule.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == flag {
+            return words.next();
+        }
+    }
+    None
+}
+
+/// The frontends of one family's `<prefix>-SERVICES` chain in `rules`, each with the
+/// backends its chains DNAT to and the comment of its rule (`<ns>/<name>/<proto>/<port>
+/// <kind>`, see [`frontend_comment`]).
+pub fn frontends_of(rules: &CountedRules, prefix: &str) -> Vec<(ObservedFrontend, Option<String>)> {
+    let mut out = Vec::new();
+    let Some(services) = rules.get(&(Table::Nat, format!("{prefix}-SERVICES"))) else {
+        return out;
+    };
+    for (_, r) in services {
+        let (Some(dst), Some(proto), Some(dport), Some(target)) = (
+            word_after(r, "-d"),
+            word_after(r, "-p"),
+            word_after(r, "--dport"),
+            word_after(r, "-g").or_else(|| word_after(r, "-j")),
+        ) else {
+            continue;
+        };
+        let ip: Option<IpAddr> = dst.split('/').next().and_then(|a| a.parse().ok());
+        let Some(protocol) = Protocol::from_name(proto) else {
+            continue;
+        };
+        let (Some(ip), Ok(port)) = (ip, dport.parse::<u16>()) else {
+            continue;
+        };
+        let mut backends = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![target.to_owned()];
+        while let Some(chain) = todo.pop() {
+            if !seen.insert(chain.clone()) {
+                continue;
+            }
+            for (_, rule) in rules.get(&(Table::Nat, chain)).into_iter().flatten() {
+                if let Some(to) = word_after(rule, "--to-destination") {
+                    let to = to.replace(['[', ']'], "");
+                    if let Some((a, p)) = to.rsplit_once(':') {
+                        if let (Ok(a), Ok(p)) = (a.parse::<IpAddr>(), p.parse::<u16>()) {
+                            backends.insert(SocketAddr::new(a, p));
+                        }
+                    }
+                }
+                if let Some(next) = word_after(rule, "-g").or_else(|| word_after(rule, "-j")) {
+                    if next.starts_with(&format!("{prefix}-")) {
+                        todo.push(next.to_owned());
+                    }
+                }
+            }
+        }
+        let comment = r.split_once("--comment ").map(|(_, c)| {
+            c.trim_start_matches('"')
+                .split('"')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        });
+        out.push((
+            ObservedFrontend {
+                address: SocketAddr::new(ip, port),
+                protocol,
+                backends,
+            },
+            comment,
+        ));
+    }
+    out
+}
+
+/// The service and the frontend kind (`ClusterIP`, `ExternalIP`, `NodePort`,
+/// `LoadBalancer`) of a frontend rule's comment (`<ns>/<name>/<proto>/<port> <kind>`).
+pub fn frontend_comment(comment: &str) -> (Option<ObjectName>, Option<&'static str>) {
+    let (key, kind) = comment.split_once(' ').unwrap_or((comment, ""));
+    let mut parts = key.split('/');
+    let service = match (parts.next(), parts.next()) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
+            Some(ObjectName::new(ns, name))
+        }
+        _ => None,
+    };
+    let kind = match kind {
+        "cluster IP" => Some("ClusterIP"),
+        "external IP" => Some("ExternalIP"),
+        "node port" => Some("NodePort"),
+        "load balancer IP" => Some("LoadBalancer"),
+        _ => None,
+    };
+    (service, kind)
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub struct Listing {
     pub maps: BTreeMap<String, Vec<(Value, Option<Value>)>>,
     /// Chain name → rules (their `expr` arrays).
     pub rules: BTreeMap<String, Vec<Value>>,
+    /// Base chains: (chain, hook, type).
+    pub hooks: Vec<(String, String, String)>,
 }
 
 /// Parses the JSON of `nft -j list table`.
@@ -66,6 +68,11 @@ pub fn parse_listing(json: &str) -> Result<Listing, NetfilterError> {
         } else if let Some(c) = item.get("chain") {
             if let Some(name) = c.get("name").and_then(Value::as_str) {
                 out.rules.entry(name.to_owned()).or_default();
+                if let Some(hook) = c.get("hook").and_then(Value::as_str) {
+                    let kind = c.get("type").and_then(Value::as_str).unwrap_or("filter");
+                    out.hooks
+                        .push((name.to_owned(), hook.to_owned(), kind.to_owned()));
+                }
             }
         }
     }
@@ -152,6 +159,13 @@ fn protocol_of(v: &Value) -> Option<Protocol> {
 
 /// Frontends (from the `service-ips-*` maps) and the backends each can reach.
 pub fn observed_state(l: &Listing) -> Result<ObservedState, NetfilterError> {
+    let frontends = live_frontends(l)?.into_iter().map(|(f, _)| f).collect();
+    Ok(ObservedState { frontends })
+}
+
+/// Frontends as [`observed_state`] reads them, with the chain each leads to (its name
+/// carries the service's: `svc-v4-<ns>/<name>/<proto>/<port>`, `ext-…`, `fw-…`).
+pub fn live_frontends(l: &Listing) -> Result<Vec<(ObservedFrontend, String)>, NetfilterError> {
     let mut slots: BTreeMap<u32, SocketAddr> = BTreeMap::new();
     for name in ["backends-v4", "backends-v6"] {
         for (k, v) in l.maps.get(name).into_iter().flatten() {
@@ -163,21 +177,18 @@ pub fn observed_state(l: &Listing) -> Result<ObservedState, NetfilterError> {
             slots.insert(key, b);
         }
     }
-    let mut frontends = Vec::new();
+    let mut out = Vec::new();
     for name in ["service-ips-v4", "service-ips-v6"] {
         for (k, v) in l.maps.get(name).into_iter().flatten() {
-            let parts = k
-                .get("concat")
-                .and_then(Value::as_array)
-                .ok_or_else(|| parse_err(format!("{name}: key {k}")))?;
+            let parts = k.get("concat").and_then(Value::as_array);
             let (Some(ip), Some(proto), Some(port)) = (
                 parts
-                    .first()
+                    .and_then(|p| p.first())
                     .and_then(Value::as_str)
                     .and_then(|s| s.parse::<IpAddr>().ok()),
-                parts.get(1).and_then(protocol_of),
+                parts.and_then(|p| p.get(1)).and_then(protocol_of),
                 parts
-                    .get(2)
+                    .and_then(|p| p.get(2))
                     .and_then(Value::as_u64)
                     .and_then(|p| u16::try_from(p).ok()),
             ) else {
@@ -187,16 +198,33 @@ pub fn observed_state(l: &Listing) -> Result<ObservedState, NetfilterError> {
             if let Some(v) = v {
                 walk(v, &mut reach);
             }
-            let backends = reachable(l, &slots, reach);
-            frontends.push(ObservedFrontend {
-                address: SocketAddr::new(ip, port),
-                protocol: proto,
-                backends,
-            });
+            let chain = reach.targets.iter().next().cloned().unwrap_or_default();
+            out.push((
+                ObservedFrontend {
+                    address: SocketAddr::new(ip, port),
+                    protocol: proto,
+                    backends: reachable(l, &slots, reach),
+                },
+                chain,
+            ));
         }
     }
-    frontends.sort();
-    Ok(ObservedState { frontends })
+    out.sort();
+    Ok(out)
+}
+
+/// The elements of a verdict map whose values lead to chains: (key, target chain).
+pub fn verdict_elements<'a>(l: &'a Listing, map: &str) -> Vec<(&'a Value, String)> {
+    l.maps
+        .get(map)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let mut reach = Reach::default();
+            walk(v.as_ref()?, &mut reach);
+            Some((k, reach.targets.into_iter().next()?))
+        })
+        .collect()
 }
 
 fn reachable(l: &Listing, slots: &BTreeMap<u32, SocketAddr>, start: Reach) -> BTreeSet<SocketAddr> {

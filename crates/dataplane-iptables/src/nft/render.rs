@@ -46,6 +46,10 @@
 //!   reference model's rule; kube-proxy's `--masquerade-all` marks only ClusterIP traffic).
 //! - Services without endpoints reject (or drop) from their own chain in the nat hooks rather
 //!   than from kube-proxy's `no-endpoint-services` vmap in the filter hooks.
+//! - Every drop and reject is preceded by a rate-limited NFLOG rule with the same matches
+//!   (prefix: verdict, reason, service) and counted in a named counter per verdict and
+//!   reason (`crate::eventlog`); kube-proxy logs nothing and counts no reasons. The policy
+//!   layer's drops go through the base chains `deny-policy` and `drop-spoofed` for it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -59,7 +63,7 @@ use dataplane_core::{
 use ipnetwork::IpNetwork;
 
 use super::family::{addr_type, ip_kw};
-use super::policy::NftPolicy;
+use super::policy::{NftPolicy, DENY_POLICY_CHAIN, DROP_SPOOFED_CHAIN};
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
 use crate::eventlog::{self, LogPlan, LogPrefix};
@@ -878,10 +882,6 @@ fn base(node: &NodePlan) -> Vec<String> {
 
 /// The named counter of the packets translated to a backend (the DNAT rules).
 pub const TRANSLATED_COUNTER: &str = "translated";
-/// The chain NetworkPolicy's endpoint chains end in: logs, counts and drops.
-pub const DENY_POLICY_CHAIN: &str = "deny-policy";
-/// The chain the anti-spoofing chain ends in: logs, counts and drops.
-pub const DROP_SPOOFED_CHAIN: &str = "drop-spoofed";
 
 /// Node-wide chains and their rules.
 fn base_chains(node: &NodePlan) -> Vec<String> {
