@@ -267,12 +267,35 @@ fn open_live(kind: DataplaneKind, options: &Options) -> Result<Box<dyn Inspect>,
                 netns: netns.map(Path::to_owned),
             }))
         }
-        _ => Err(Error::Unsupported {
-            dataplane: kind.name().to_owned(),
-            feature: "inspecting a live node (the backend's inspector is not in this build)"
-                .to_owned(),
-            object: "dataplane::inspect".to_owned(),
-        }),
+        #[cfg(feature = "nft")]
+        DataplaneKind::Nftables | DataplaneKind::Iptables => {
+            let mut config = if kind == DataplaneKind::Nftables {
+                options.nftables.clone()
+            } else {
+                options.iptables.clone()
+            };
+            if options.netns.is_some() {
+                config.netns.clone_from(&options.netns);
+            }
+            // One inspector for both flavours: it takes the table of that name, else the
+            // chains of that prefix. A name that is the other flavour's here is not this kind.
+            let live = dataplane_iptables::LiveNetfilter::open(&config)?;
+            if live.dataplane() != kind.name() {
+                return Err(Error::Kernel {
+                    dataplane: kind.name().to_owned(),
+                    operation: format!("inspecting {}", config.name),
+                    source: format!(
+                        "{} is programmed by the {} dataplane, not {kind}",
+                        config.name,
+                        live.dataplane()
+                    )
+                    .into(),
+                });
+            }
+            Ok(Box::new(live))
+        }
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("inspect() refuses kinds that are not compiled in"),
     }
 }
 

@@ -4,6 +4,7 @@
 //!   node-0 (its own network namespace): pod-0-0, pod-0-1
 //!   web   10.96.0.10:80/TCP -> pod-0-0:8080, pod-0-1:8080
 //!   empty 10.96.0.12:80/TCP -> (none)
+//!   NetworkPolicy default/no-egress: pod-0-1 isolated for egress
 //! ```
 //! The test programs the node with `dataplane::open` + `apply` (as an embedder or the agent
 //! would) and keeps that dataplane open, then runs the `dpctl` binary beside it with
@@ -19,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use dataplane::events::{DropReason, EventVerdict, FlowEvent, L4Protocol};
 use dataplane::{
-    open, Backend, DataplaneKind, DesiredState, LiveFrontend, ObjectName, Options, Protocol,
-    Selection, Service, ServicePort,
+    open, Backend, DataplaneKind, DesiredState, LiveFrontend, Namespace, ObjectName, Options,
+    Protocol, Selection, Service, ServicePort,
 };
 use dataplane_testkit::{probe, require_root, Family, Lab, LabSpec, SERVER_PORT};
 
@@ -55,7 +56,24 @@ fn state(lab: &Lab) -> DesiredState {
         service("web", WEB, &["pod-0-0", "pod-0-1"]),
         service("empty", EMPTY, &[]),
     ];
+    // A policy, so that every backend programs its per-pod layer (netfilter programs pod
+    // interfaces only for policy): pod-0-1 may send nothing (replies still leave).
+    st.namespaces = vec![Namespace::new("default")];
+    st.policies = vec![serde_json::from_value(serde_json::json!({
+        "namespace": "default", "name": "no-egress",
+        "podSelector": {"matchLabels": {"app": "pod-0-1"}}, "policyTypes": ["Egress"],
+    }))
+    .expect("policy JSON")];
     st
+}
+
+/// The isolated (endpoint, direction) pairs of `st`'s policies.
+fn isolated(st: &DesiredState) -> usize {
+    dataplane::implement::compile(st)
+        .endpoints
+        .values()
+        .map(|t| usize::from(t.ingress.isolated) + usize::from(t.egress.isolated))
+        .sum()
 }
 
 /// Where this test's dataplane keeps its state: names of its own (bpffs is global).
@@ -154,7 +172,8 @@ fn status_and_services(kind: DataplaneKind) {
         assert_eq!(status["frontends"], 2, "{status:#}");
         assert_eq!(status["backends"], 2, "{status:#}");
         assert_eq!(status["endpoints"], st.endpoints.len(), "{status:#}");
-        assert_eq!(status["policies"], 0, "{status:#}");
+        // Rule sets per endpoint and direction: pod-0-1's egress.
+        assert_eq!(status["policies"], isolated(&st), "{status:#}");
     }
     let status = place.run(&["status", "-o", "json"], kind.name());
     let tables = status["tables"].as_array().expect("tables");
@@ -483,4 +502,36 @@ fn ebpf_flows_follow_shows_a_drop_live() {
         return;
     }
     flows_follow_shows_a_probe_to_a_service_without_backends(DataplaneKind::Ebpf);
+}
+
+#[test]
+fn nftables_status_and_services() {
+    if !require_root("nftables_status_and_services") {
+        return;
+    }
+    status_and_services(DataplaneKind::Nftables);
+}
+
+#[test]
+fn nftables_flows_follow_shows_a_drop_live() {
+    if !require_root("nftables_flows_follow_shows_a_drop_live") {
+        return;
+    }
+    flows_follow_shows_a_probe_to_a_service_without_backends(DataplaneKind::Nftables);
+}
+
+#[test]
+fn iptables_status_and_services() {
+    if !require_root("iptables_status_and_services") {
+        return;
+    }
+    status_and_services(DataplaneKind::Iptables);
+}
+
+#[test]
+fn iptables_flows_follow_shows_a_drop_live() {
+    if !require_root("iptables_flows_follow_shows_a_drop_live") {
+        return;
+    }
+    flows_follow_shows_a_probe_to_a_service_without_backends(DataplaneKind::Iptables);
 }
