@@ -187,7 +187,7 @@ fn status_text(s: &NodeStatus) -> String {
                 fill.name.clone(),
                 fill.entries.to_string(),
                 fill.capacity.to_string(),
-                format!("{:.1}%", fill.percent()),
+                fill_level(fill.percent()),
             ]);
         }
         right_align(&mut t, &[1, 2, 3]);
@@ -214,6 +214,16 @@ fn status_text(s: &NodeStatus) -> String {
         let _ = writeln!(text, "{}", shown(&t));
     }
     text
+}
+
+/// A fill level for people: one decimal, and `<0.1%` rather than `0.0%` for a table that is
+/// not empty.
+fn fill_level(percent: f64) -> String {
+    if percent > 0.0 && percent < 0.05 {
+        "<0.1%".to_owned()
+    } else {
+        format!("{percent:.1}%")
+    }
 }
 
 fn right_align(t: &mut Table, columns: &[usize]) {
@@ -481,6 +491,15 @@ mod tests {
         let other = ObjectName::new("default", "other");
         let json = render(|out| conntrack(&node, Some(&other), Output::Json, out));
         assert_eq!(json.trim(), "[]");
+    }
+
+    #[test]
+    fn a_nearly_empty_table_is_not_shown_empty() {
+        assert_eq!(fill_level(0.0), "0.0%");
+        assert_eq!(fill_level(4.0 * 100.0 / 65536.0), "<0.1%");
+        assert_eq!(fill_level(0.05), "0.1%");
+        assert_eq!(fill_level(37.5), "37.5%");
+        assert_eq!(fill_level(100.0), "100.0%");
     }
 
     #[test]
