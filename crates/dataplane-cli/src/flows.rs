@@ -3,6 +3,12 @@
 //! [`EventFilter`]), as a table, one line per event, or JSON lines (one [`FlowEvent`] per line,
 //! its stable schema).
 //!
+//! Followed from `hubble observe` (cilium/cilium, `hubble/cmd/observe/flows.go`): a flag given
+//! several times matches any of its values, different flags must all match; `--follow`,
+//! `--last N`, `-o table|compact|json`; a one-line "compact" form per flow. Left out: `--not`,
+//! the L7 and identity filters (no such data here), and the history without `--follow`
+//! (Hubble's agent keeps a ring of past flows; see below).
+//!
 //! Events exist only while a reader is open: the backends keep no history (Hubble keeps a ring
 //! of past flows in the agent; ours do not). Without `--follow`, dpctl opens a reader, takes
 //! what is waiting in it right away and exits: for eBPF that is what the ring buffer holds
