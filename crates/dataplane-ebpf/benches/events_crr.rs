@@ -144,7 +144,11 @@ fn main() {
         let mut failures = 0;
         for round in 0..ROUNDS {
             let mut rate = [0.0; 2];
-            let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
             for on in order {
                 let options = EventOptions {
                     new_connections: on,

@@ -368,7 +368,7 @@ impl EbpfDataplane {
         }
         // The events' names: after the services and policy.
         let (names_count, names_warning) =
-            sync_names(names_written, &mut objects.names, planner, rest)?;
+            sync_names(names_written, &mut objects.names, planner, rest, changes)?;
 
         // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
         // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
@@ -883,15 +883,20 @@ impl Drop for EbpfDataplane {
     }
 }
 
-/// Makes `dp_names` hold the names of `planner`'s services and `rest`'s pods and node.
-/// Returns the entries written, and a warning when some did not fit.
+/// Makes `dp_names` hold the names of `planner`'s services and `rest`'s pods and node (only
+/// what `changes` touched, when there are changes). Returns the entries written, and a
+/// warning when some did not fit.
 fn sync_names(
     names: &mut Names,
     map: &mut names::BpfNames,
     planner: &plan::Planner,
     rest: &DesiredState,
+    changes: Option<&ChangeSet>,
 ) -> Result<(usize, Option<Warning>), EbpfError> {
-    let (written, unfit) = names.sync(map, names::wanted(&planner.names(), rest))?;
+    let (written, unfit) = match changes {
+        None => names.sync_full(map, planner, rest)?,
+        Some(changes) => names.sync_changes(map, planner, rest, changes)?,
+    };
     let warning = (unfit > 0).then(|| Warning {
         object: "node".to_owned(),
         field: "dp_names".to_owned(),

@@ -40,7 +40,7 @@ use crate::netns;
 
 /// A reader of the eBPF flow events ([`EventSource`]): from [`Dataplane::events`] or
 /// [`open_pinned_events`]. Reading changes nothing in the kernel but the ring buffer's read
-/// position.
+/// position. Needs Linux >= 5.8 (BPF ring buffer).
 ///
 /// [`Dataplane::events`]: dataplane_core::Dataplane::events
 pub struct EbpfEvents {

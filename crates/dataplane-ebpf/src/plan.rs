@@ -714,6 +714,14 @@ impl Planner {
         })
     }
 
+    /// The service-port ids of service `name` (none when it is not planned).
+    pub(crate) fn ids_of(&self, name: &ObjectName) -> Vec<u32> {
+        self.by_service
+            .get(name)
+            .map(|e| e.ids.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Service-port id -> service name (for `flows()`; built per call, not kept).
     pub(crate) fn names(&self) -> HashMap<u32, &ObjectName> {
         self.by_service

@@ -22,9 +22,9 @@ use aya::maps::ring_buf::RingBuf;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use common::{eth, require_root, TestNode, TCP_SYN};
 use dataplane_core::{
-    Backend, Dataplane, DesiredState, Direction, DropReason, Endpoint, EventKind, EventOptions,
-    EventSource, EventVerdict, FlowEvent, L4Protocol, Namespace, ObjectName, ObservationPoint,
-    PeerPod, Policy, Protocol, Service, ServicePort, TcpFlags, Tuple,
+    diff, Backend, Dataplane, DesiredState, Direction, DropReason, Endpoint, EventKind,
+    EventOptions, EventSource, EventVerdict, FlowEvent, L4Protocol, Namespace, ObjectName,
+    ObservationPoint, PeerPod, Policy, Protocol, Service, ServicePort, TcpFlags, Tuple,
 };
 use dataplane_ebpf::maps::{
     FlowEventRecord, NameKey, NameValue, AF_INET, EV_KIND_DROP, EV_VERDICT_REJECTED,
@@ -141,6 +141,18 @@ fn read_all(events: &mut dyn EventSource) -> Vec<FlowEvent> {
     let mut out = Vec::new();
     while events.read(&mut out, 4096).expect("read events") > 0 {}
     out
+}
+
+/// The one event waiting in `events`, checked to be a translated new connection.
+fn the_new_connection(events: &mut dyn EventSource) -> FlowEvent {
+    let got = read_all(events);
+    the_one(
+        &got,
+        EventKind::NewConnection,
+        EventVerdict::Translated,
+        None,
+    )
+    .clone()
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -309,13 +321,7 @@ fn drops_new_connections_and_policy_verdicts() {
         })
         .expect("events");
     dp.run_packet(Hook::FromPod, &to_c(43001), 1).expect("run");
-    let got = read_all(events.as_mut());
-    let e = the_one(
-        &got,
-        EventKind::NewConnection,
-        EventVerdict::Translated,
-        None,
-    );
+    let e = &the_new_connection(events.as_mut());
     assert_eq!(e.point, Some(ObservationPoint::FromPod));
     assert_eq!(e.interface.as_deref(), Some("lxc1"));
     assert_eq!(e.service, x("to-c"));
@@ -369,16 +375,28 @@ fn drops_new_connections_and_policy_verdicts() {
         (x("b"), x("a"))
     );
 
+    // Pod masquerade: a new connection leaving the cluster, its source translated.
+    let out = eth()
+        .ip("10.244.0.6", "192.0.2.50")
+        .udp(45000, 53)
+        .payload(b"q")
+        .build();
+    run_on(&mut dp, Hook::ToUplink, &out, "eth0", 1);
+    let e = &the_new_connection(events.as_mut());
+    assert_eq!(e.point, Some(ObservationPoint::ToUplink));
+    assert_eq!(e.protocol, L4Protocol::Udp);
+    assert_eq!(
+        e.translated.map(|t| t.source),
+        Some(addr("172.18.0.2:45000")),
+        "masqueraded to the node"
+    );
+    assert_eq!((e.service.clone(), e.backend), (None, None));
+    assert_eq!(e.source_endpoint, x("b"));
+
     // An apply keeps the event flags the reader asked for.
     dp.apply(&scene()).expect("apply again");
     dp.run_packet(Hook::FromPod, &to_c(43002), 1).expect("run");
-    let got = read_all(events.as_mut());
-    the_one(
-        &got,
-        EventKind::NewConnection,
-        EventVerdict::Translated,
-        None,
-    );
+    the_new_connection(events.as_mut());
 
     // The counters: every drop and reject by reason, and per program.
     let stats = dp.stats().expect("stats");
@@ -390,6 +408,52 @@ fn drops_new_connections_and_policy_verdicts() {
     assert_eq!(stats.other["drops.dp_from_uplink.source-range"], 1);
     assert_eq!(stats.other["drops.dp_to_pod.policy"], 1);
     assert_eq!(events.lost(), 0);
+
+    // An incremental sync names what it changed: a new service is named, a peer pod that
+    // went is no longer.
+    let mut next = scene();
+    next.services.push(svc("late", "10.96.0.16", &[]));
+    next.pods.clear();
+    dp.apply_changes(&diff(&scene(), &next))
+        .expect("apply changes");
+    let late = eth()
+        .ip("10.244.0.5", "10.96.0.16")
+        .tcp(40100, 80, TCP_SYN)
+        .build();
+    dp.run_packet(Hook::FromPod, &late, 1).expect("run");
+    let got = read_all(events.as_mut());
+    let e = the_one(
+        &got,
+        EventKind::Drop,
+        EventVerdict::Rejected,
+        Some(DropReason::NoBackend),
+    );
+    assert_eq!(e.service, x("late"));
+    assert!(
+        names
+            .get(&NameKey::endpoint("10.244.1.7".parse().unwrap()), 0)
+            .is_err(),
+        "the removed peer pod's name is gone"
+    );
+    assert!(names
+        .get(&NameKey::endpoint("10.244.0.5".parse().unwrap()), 0)
+        .is_ok());
+    // ... and a service that went is no longer.
+    let named_late = |names: &BpfHashMap<MapData, NameKey, NameValue>| {
+        names
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.object_name() == x("late"))
+            .count()
+    };
+    assert_eq!(named_late(&names), 1, "one port, one id");
+    dp.apply_changes(&diff(&next, &scene()))
+        .expect("apply changes");
+    assert_eq!(
+        named_late(&names),
+        0,
+        "the removed service's id is no longer named"
+    );
 
     // The rate limit: a burst beyond the bucket writes fewer events; the next one written
     // carries the count of those it stands for.

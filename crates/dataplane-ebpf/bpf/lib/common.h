@@ -67,7 +67,9 @@
  * metadata in skb->cb too.) */
 #define CB_SVC_ID 0
 #define CB_BACKEND_ID 1
-#define CB_EV 2 /* dp_handle(): the events it owes (EV_CREATED, EV_ALLOWED) */
+#define CB_EV 2 /* dp_handle(): the events it owes: */
+#define EV_CREATED 1 /* lb_forward() or masquerade() wrote a new connection's entries */
+#define EV_ALLOWED 2 /* NetworkPolicy judged and allowed a new connection */
 
 /* Where the program runs. */
 #define CTX_FROM_POD 0

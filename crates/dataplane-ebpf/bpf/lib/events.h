@@ -98,6 +98,10 @@ static __always_inline struct ev_limit *ev_take(__u32 kind)
 	now = bpf_ktime_get_ns();
 	n = (now - l->last_topup) / EV_TOPUP_NS;
 	if (n) {
+		/* The part of an interval not topped up yet counts towards the next (as Cilium's
+		 * ratelimit_check_and_take keeps the remainder). */
+		__u64 rest = (now - l->last_topup) % EV_TOPUP_NS;
+
 		/* A bucket idle for a second or more is full; the check keeps the product
 		 * below from overflowing. */
 		if (n >= EV_BURST)
@@ -106,7 +110,7 @@ static __always_inline struct ev_limit *ev_take(__u32 kind)
 			l->tokens = EV_BURST;
 		else
 			l->tokens += n * EV_TOKENS_PER_TOPUP;
-		l->last_topup = now;
+		l->last_topup = now - rest;
 	}
 	if (!l->tokens) {
 		l->suppressed++;

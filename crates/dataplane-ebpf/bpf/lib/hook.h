@@ -281,8 +281,6 @@ static __always_inline __u32 ev_dir_of(int ret)
 	}
 }
 
-#define EV_CREATED 1
-#define EV_ALLOWED 2
 
 /*
  * The events dp_handle() owes for a packet: a policy verdict and a new connection (skb->cb's
@@ -326,9 +324,10 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 
 	skb->cb[CB_SVC_ID] = 0;
 	skb->cb[CB_BACKEND_ID] = 0;
-	/* Events to report: EV_CREATED (lb_forward() wrote this connection's entries),
-	 * EV_ALLOWED (NetworkPolicy judged and allowed a new connection, pol_check() > 0). In
-	 * skb->cb, not a local: dp_from_pod's frame has no room for one more spilled value. */
+	/* Events to report: EV_CREATED (lb_forward() or masquerade() wrote this connection's
+	 * entries), EV_ALLOWED (NetworkPolicy judged and allowed a new connection, pol_check()
+	 * > 0). In skb->cb, not a local: dp_from_pod's frame has no room for one more spilled
+	 * value. */
 	skb->cb[CB_EV] = 0;
 	/* Before anything else holds stack: dp_from_pod's deepest call chain is at the limit. */
 	if (ctx == CTX_FROM_POD && pol_spoofed(skb)) {
