@@ -29,7 +29,7 @@ use dataplane_core::{
 use dataplane_ebpf::maps::{
     FlowEventRecord, NameKey, NameValue, AF_INET, EV_KIND_DROP, EV_VERDICT_REJECTED,
 };
-use dataplane_ebpf::{EbpfDataplane, Hook, RunOn};
+use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 use events_common::the_one;
 
 const SHOT: u32 = 2;
@@ -491,6 +491,64 @@ fn drops_new_connections_and_policy_verdicts() {
     let stats = dp.stats().expect("stats");
     assert_eq!(stats.drops[&DropReason::SourceRange], 1 + runs);
     assert_eq!(events.lost(), 0);
+}
+
+/// The XDP fast path creates the connections it sends on itself (TC sees only their later,
+/// established packets): it reports them, at the `xdp` observation point.
+#[test]
+fn xdp_reports_its_new_connections() {
+    if !require_root("xdp_reports_its_new_connections") {
+        return;
+    }
+    let n = TestNode::new("evxdp");
+    n.route_via_neighbour(
+        "02:00:00:00:00:02",
+        "10.244.1.0/24",
+        "172.18.0.3",
+        "02:00:00:00:00:03",
+    );
+    let mut config = n.config();
+    config.xdp = XdpMode::Native;
+    let mut dp = EbpfDataplane::new(config).expect("loads with XDP");
+    let mut st = DesiredState::new(common::node_a());
+    let mut np = svc("np", "10.96.0.31", &["10.244.1.20"]);
+    np.ports = vec![ServicePort {
+        node_port: Some(30080),
+        ..ServicePort::new(Protocol::Tcp, 80, 8080)
+    }];
+    st.services = vec![np];
+    dp.apply(&st).expect("apply");
+    let mut events = dp
+        .events(&EventOptions {
+            new_connections: true,
+            policy_verdicts: false,
+        })
+        .expect("events");
+    let syn = eth()
+        .ip("192.0.2.7", "172.18.0.2")
+        .tcp(45010, 30080, TCP_SYN)
+        .build();
+    let run = dp.run_packet(Hook::Xdp, &syn, 1).expect("run");
+    assert_eq!(run.verdict, 3, "XDP_TX: forwarded by the fast path");
+    let e = the_new_connection(events.as_mut());
+    assert_eq!(e.point, Some(ObservationPoint::Xdp));
+    assert_eq!(e.interface.as_deref(), Some("eth0"));
+    assert_eq!(e.service, x("np"));
+    assert_eq!(e.backend, Some(addr("10.244.1.20:8080")));
+    assert_eq!(
+        e.original,
+        Tuple::new(addr("192.0.2.7:45010"), addr("172.18.0.2:30080"))
+    );
+    let t = e.translated.expect("translated");
+    assert_eq!(t.destination, addr("10.244.1.20:8080"));
+    assert_eq!(t.source.ip(), addr("172.18.0.2:0").ip(), "SNAT to the node");
+    // The flow's next packet is established: no event, at XDP or TC.
+    let ack = eth()
+        .ip("192.0.2.7", "172.18.0.2")
+        .tcp(45010, 30080, common::TCP_ACK)
+        .build();
+    dp.run_packet(Hook::Xdp, &ack, 1).expect("run");
+    assert!(read_all(events.as_mut()).is_empty());
 }
 
 #[test]

@@ -120,18 +120,15 @@ static __always_inline struct ev_limit *ev_take(__u32 kind)
 	return l;
 }
 
-/**
- * ev_emit() - count and report one event.
- * @skb: the packet's context (its ifindex; skb->cb holds the frontend and backend ids)
- * @p: the packet as it is now (after any translation)
- * @orig: the packet's tuple as it arrived (equal to @p's when nothing was translated)
- * @meta: EV_META(kind, verdict, reason, point, direction)
- *
- * A global function: the verifier checks it once, on its own, instead of along every path of
- * its callers (which are at the verifier's limits already). Returns 0.
+/*
+ * Counts one event seen on interface @ifindex (a drop in dp_drops) and, when it is wanted
+ * and within the limit, reserves its record with everything but the translation filled in:
+ * @svc_id and @backend_id (0 when none), @meta (EV_META), the tuple as the packet arrived.
+ * Returns the record for the caller to finish and submit, or NULL.
  */
-__attribute__((noinline)) int ev_emit(struct __sk_buff *skb, const struct pkt *p,
-				      const struct ct_key *orig, __u64 meta)
+static __always_inline struct flow_event *
+ev_reserve(__u32 ifindex, __u32 svc_id, __u32 backend_id, __u64 meta, __u8 family, __u8 proto,
+	   __u8 tcp_flags, const __u32 *saddr, const __u32 *daddr, __be16 sport, __be16 dport)
 {
 	__u32 kind = meta & 0xff;
 	__u32 reason = (meta >> 16) & 0xff;
@@ -139,8 +136,6 @@ __attribute__((noinline)) int ev_emit(struct __sk_buff *skb, const struct pkt *p
 	struct flow_event *e;
 	struct ev_limit *l;
 
-	if (!skb || !p || !orig)
-		return 0;
 	if (kind == EV_KIND_DROP) {
 		__u32 idx = (point & (PT_MAX - 1)) * DR_SLOTS + (reason < DR_SLOTS ? reason : 0);
 		__u64 *count = bpf_map_lookup_elem(&dp_drops, &idx);
@@ -153,37 +148,67 @@ __attribute__((noinline)) int ev_emit(struct __sk_buff *skb, const struct pkt *p
 		__u32 want = kind == EV_KIND_NEW_CONN ? CFG_F_EV_NEW_CONN : CFG_F_EV_POLICY;
 
 		if (!cfg || !(cfg->flags & want))
-			return 0;
+			return NULL;
 	}
 	l = ev_take(kind);
 	if (!l)
-		return 0;
+		return NULL;
 	e = bpf_ringbuf_reserve(&dp_events, sizeof(*e), 0);
 	if (!e) {
 		l->lost++;
-		return 0;
+		return NULL;
 	}
 	e->ktime_ns = bpf_ktime_get_ns();
 	e->suppressed = l->suppressed;
 	l->suppressed = 0;
-	e->ifindex = skb->ifindex;
-	e->svc_id = skb->cb[CB_SVC_ID];
-	e->backend_id = skb->cb[CB_BACKEND_ID];
+	e->ifindex = ifindex;
+	e->svc_id = svc_id;
+	e->backend_id = backend_id;
 	e->kind = kind;
 	e->verdict = (meta >> 8) & 0xff;
 	e->reason = reason;
 	e->point = point;
 	e->direction = (meta >> 32) & 0xff;
-	e->family = orig->family;
-	e->proto = orig->proto;
-	e->tcp_flags = orig->proto == IPPROTO_TCP ? p->tcp_flags : 0;
+	e->family = family;
+	e->proto = proto;
+	e->tcp_flags = proto == IPPROTO_TCP ? tcp_flags : 0;
+	e->flags = 0;
 	e->pad[0] = 0;
 	e->pad[1] = 0;
 	e->pad[2] = 0;
-	addr_copy(e->saddr, orig->saddr);
-	addr_copy(e->daddr, orig->daddr);
-	e->sport = orig->sport;
-	e->dport = orig->dport;
+	addr_copy(e->saddr, saddr);
+	addr_copy(e->daddr, daddr);
+	e->sport = sport;
+	e->dport = dport;
+	__builtin_memset(e->nat_saddr, 0, sizeof(e->nat_saddr));
+	__builtin_memset(e->nat_daddr, 0, sizeof(e->nat_daddr));
+	e->nat_sport = 0;
+	e->nat_dport = 0;
+	return e;
+}
+
+/**
+ * ev_emit() - count and report one event of a TC program.
+ * @skb: the packet's context (its ifindex; skb->cb holds the frontend and backend ids)
+ * @p: the packet as it is now (after any translation)
+ * @orig: the packet's tuple as it arrived (equal to @p's when nothing was translated)
+ * @meta: EV_META(kind, verdict, reason, point, direction)
+ *
+ * A global function: the verifier checks it once, on its own, instead of along every path of
+ * its callers (which are at the verifier's limits already). Returns 0.
+ */
+__attribute__((noinline)) int ev_emit(struct __sk_buff *skb, const struct pkt *p,
+				      const struct ct_key *orig, __u64 meta)
+{
+	struct flow_event *e;
+
+	if (!skb || !p || !orig)
+		return 0;
+	e = ev_reserve(skb->ifindex, skb->cb[CB_SVC_ID], skb->cb[CB_BACKEND_ID], meta,
+		       orig->family, orig->proto, p->tcp_flags, orig->saddr, orig->daddr,
+		       orig->sport, orig->dport);
+	if (!e)
+		return 0;
 	if (!addr_eq(p->saddr, orig->saddr) || !addr_eq(p->daddr, orig->daddr) ||
 	    p->sport != orig->sport || p->dport != orig->dport) {
 		e->flags = EV_F_TRANSLATED;
@@ -191,12 +216,6 @@ __attribute__((noinline)) int ev_emit(struct __sk_buff *skb, const struct pkt *p
 		addr_copy(e->nat_daddr, p->daddr);
 		e->nat_sport = p->sport;
 		e->nat_dport = p->dport;
-	} else {
-		e->flags = 0;
-		__builtin_memset(e->nat_saddr, 0, sizeof(e->nat_saddr));
-		__builtin_memset(e->nat_daddr, 0, sizeof(e->nat_daddr));
-		e->nat_sport = 0;
-		e->nat_dport = 0;
 	}
 	bpf_ringbuf_submit(e, 0);
 	return 0;
