@@ -33,6 +33,7 @@ use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 use events_common::the_one;
 
 const SHOT: u32 = 2;
+const TCP_RST: u8 = 0x04;
 /// Drops in one burst: more than a bucket holds (`EV_BURST`, 1000).
 const BURST: u32 = 1500;
 
@@ -454,6 +455,24 @@ fn drops_new_connections_and_policy_verdicts() {
         0,
         "the removed service's id is no longer named"
     );
+
+    // A TCP RST to a frontend without backends is not answered (RFC 9293): dropped.
+    let rst = eth()
+        .ip("10.244.0.5", "10.96.0.15")
+        .tcp(40200, 80, TCP_RST)
+        .build();
+    assert_eq!(
+        dp.run_packet(Hook::FromPod, &rst, 1).expect("run").verdict,
+        SHOT
+    );
+    let got = read_all(events.as_mut());
+    let e = the_one(
+        &got,
+        EventKind::Drop,
+        EventVerdict::Dropped,
+        Some(DropReason::NoBackend),
+    );
+    assert_eq!(e.tcp_flags, Some(TcpFlags(TCP_RST)));
 
     // The rate limit: a burst beyond the bucket writes fewer events; the next one written
     // carries the count of those it stands for.

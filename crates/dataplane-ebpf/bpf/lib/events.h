@@ -74,9 +74,12 @@ static __always_inline __u32 ev_reason_of(int ret)
 	}
 }
 
-/* The verdict (EV_VERDICT_*) of a drop: a reject answers, a denial is policy's. */
-static __always_inline __u32 ev_verdict_of(int ret)
+/* The verdict (EV_VERDICT_*) of a drop of @p: a reject answers (but never a TCP RST, which
+ * reject() drops, RFC 9293 3.10.7.1), a denial is policy's. */
+static __always_inline __u32 ev_verdict_of(int ret, const struct pkt *p)
 {
+	if (ret == DP_REJECT && p->proto == IPPROTO_TCP && (p->tcp_flags & TCPF_RST))
+		return EV_VERDICT_DROPPED;
 	if (ret == DP_REJECT || ret == DP_FRAG_NEEDED)
 		return EV_VERDICT_REJECTED;
 	if (ret == DROP_POLICY_DENIED)

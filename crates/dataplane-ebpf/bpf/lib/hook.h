@@ -302,7 +302,7 @@ static __noinline void ev_after(struct __sk_buff *skb, const struct pkt *p,
 		/* Counted here rather than in dp_handle(), whose frame has no room for the key. */
 		if (ret != DP_REJECT && ret != DP_FRAG_NEEDED)
 			stat_inc(STAT_DROPPED);
-		ev_emit(skb, p, k, EV_META(EV_KIND_DROP, ev_verdict_of(ret), ev_reason_of(ret),
+		ev_emit(skb, p, k, EV_META(EV_KIND_DROP, ev_verdict_of(ret, p), ev_reason_of(ret),
 					   point, ev_dir_of(ret)));
 		return;
 	}
@@ -534,7 +534,7 @@ static __always_inline int dp_handle_lo(struct __sk_buff *skb)
 	default:
 		break;
 	}
-	ev_pkt(skb, &p, EV_META(EV_KIND_DROP, ev_verdict_of(ret), ev_reason_of(ret), PT_FROM_HOST,
+	ev_pkt(skb, &p, EV_META(EV_KIND_DROP, ev_verdict_of(ret, &p), ev_reason_of(ret), PT_FROM_HOST,
 				ev_dir_of(ret)));
 	switch (ret) {
 	case DP_REJECT:
