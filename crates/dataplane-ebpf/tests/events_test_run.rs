@@ -144,16 +144,24 @@ fn read_all(events: &mut dyn EventSource) -> Vec<FlowEvent> {
     out
 }
 
+/// The one event waiting in `events`, checked to be of `kind` with `verdict` and `reason`.
+fn only(
+    events: &mut dyn EventSource,
+    kind: EventKind,
+    verdict: EventVerdict,
+    reason: Option<DropReason>,
+) -> FlowEvent {
+    the_one(&read_all(events), kind, verdict, reason).clone()
+}
+
 /// The one event waiting in `events`, checked to be a translated new connection.
 fn the_new_connection(events: &mut dyn EventSource) -> FlowEvent {
-    let got = read_all(events);
-    the_one(
-        &got,
+    only(
+        events,
         EventKind::NewConnection,
         EventVerdict::Translated,
         None,
     )
-    .clone()
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -242,9 +250,8 @@ fn drops_new_connections_and_policy_verdicts() {
         run_on(&mut dp, Hook::FromUplink, &outsider, "eth0", 1),
         SHOT
     );
-    let got = read_all(events.as_mut());
-    let e = the_one(
-        &got,
+    let e = &only(
+        events.as_mut(),
         EventKind::Drop,
         EventVerdict::Dropped,
         Some(DropReason::SourceRange),
@@ -285,9 +292,8 @@ fn drops_new_connections_and_policy_verdicts() {
     };
     let run = dp.run_packet_on(Hook::ToPod, &denied, 1, &on).expect("run");
     assert_eq!(run.verdict, SHOT);
-    let got = read_all(events.as_mut());
-    let e = the_one(
-        &got,
+    let e = &only(
+        events.as_mut(),
         EventKind::Drop,
         EventVerdict::PolicyDenied,
         Some(DropReason::Policy),
@@ -363,9 +369,8 @@ fn drops_new_connections_and_policy_verdicts() {
             .verdict,
         0
     );
-    let got = read_all(events.as_mut());
-    let e = the_one(
-        &got,
+    let e = &only(
+        events.as_mut(),
         EventKind::PolicyVerdict,
         EventVerdict::Forwarded,
         None,
@@ -422,9 +427,8 @@ fn drops_new_connections_and_policy_verdicts() {
         .tcp(40100, 80, TCP_SYN)
         .build();
     dp.run_packet(Hook::FromPod, &late, 1).expect("run");
-    let got = read_all(events.as_mut());
-    let e = the_one(
-        &got,
+    let e = &only(
+        events.as_mut(),
         EventKind::Drop,
         EventVerdict::Rejected,
         Some(DropReason::NoBackend),
@@ -465,9 +469,8 @@ fn drops_new_connections_and_policy_verdicts() {
         dp.run_packet(Hook::FromPod, &rst, 1).expect("run").verdict,
         SHOT
     );
-    let got = read_all(events.as_mut());
-    let e = the_one(
-        &got,
+    let e = &only(
+        events.as_mut(),
         EventKind::Drop,
         EventVerdict::Dropped,
         Some(DropReason::NoBackend),
