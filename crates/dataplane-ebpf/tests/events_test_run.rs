@@ -573,6 +573,39 @@ fn xdp_reports_its_new_connections() {
     assert!(read_all(events.as_mut()).is_empty());
 }
 
+/// A reader too slow for the programs loses events, counted; the packets are not affected.
+#[test]
+fn a_full_ring_counts_lost_events() {
+    if !require_root("a_full_ring_counts_lost_events") {
+        return;
+    }
+    pin_to_one_cpu();
+    let n = node("evlost");
+    let mut config = n.config();
+    config.capacities.events_ring_bytes = 4096; // one page: 34 records of 120 bytes
+    let mut dp = EbpfDataplane::new(config).expect("load");
+    dp.apply(&scene()).expect("apply");
+    let mut events = dp.events(&EventOptions::default()).expect("events");
+    let outsider = eth()
+        .ip("203.0.113.9", "198.51.100.1")
+        .tcp(41000, 80, TCP_SYN)
+        .build();
+    let drops: u32 = 200; // within the bucket: none suppressed
+    assert_eq!(
+        run_on(&mut dp, Hook::FromUplink, &outsider, "eth0", drops),
+        SHOT
+    );
+    let written = read_all(events.as_mut());
+    assert!(!written.is_empty());
+    assert!(events.lost() > 0, "the ring was full");
+    assert_eq!(written.len() as u64 + events.lost(), u64::from(drops));
+    assert_eq!(
+        dp.stats().expect("stats").drops[&DropReason::SourceRange],
+        u64::from(drops),
+        "every drop counted, written or not"
+    );
+}
+
 #[test]
 fn a_ring_size_that_is_no_power_of_two_pages_is_refused() {
     if !require_root("a_ring_size_that_is_no_power_of_two_pages_is_refused") {
