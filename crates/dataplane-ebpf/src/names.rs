@@ -24,18 +24,41 @@ pub(crate) struct Names {
     by_service: HashMap<ObjectName, Vec<u32>>,
 }
 
+/// Names to write, and how many were left out for being longer than a `dp_names` value
+/// holds (a cut name would be another one: their events go without it).
+#[derive(Debug, Default)]
+pub(crate) struct Wanted {
+    pub(crate) names: HashMap<NameKey, NameValue>,
+    pub(crate) too_long: usize,
+}
+
+impl Wanted {
+    fn add(&mut self, key: NameKey, value: Option<NameValue>) {
+        if let Some(v) = value {
+            self.names.insert(key, v);
+        } else {
+            // (a local endpoint's long name must not leave a peer's short one behind)
+            self.names.remove(&key);
+            self.too_long += 1;
+        }
+    }
+}
+
 /// The names of the pods of `state`: every address of the peer pods and the local endpoints
 /// (a local endpoint wins an address both claim).
-fn pod_names(state: &DesiredState) -> HashMap<NameKey, NameValue> {
-    let mut want = HashMap::with_capacity(state.endpoints.len() * 2 + state.pods.len() * 2);
+fn pod_names(state: &DesiredState) -> Wanted {
+    let mut want = Wanted {
+        names: HashMap::with_capacity(state.endpoints.len() * 2 + state.pods.len() * 2),
+        too_long: 0,
+    };
     for pod in &state.pods {
         for ip in &pod.ips {
-            want.insert(NameKey::endpoint(*ip), NameValue::new(&pod.name));
+            want.add(NameKey::endpoint(*ip), NameValue::new(&pod.name));
         }
     }
     for e in &state.endpoints {
         for ip in &e.ips {
-            want.insert(NameKey::endpoint(*ip), NameValue::new(&e.name));
+            want.add(NameKey::endpoint(*ip), NameValue::new(&e.name));
         }
     }
     want
@@ -43,14 +66,11 @@ fn pod_names(state: &DesiredState) -> HashMap<NameKey, NameValue> {
 
 /// The names `state` gives: each service-port id of `services` (id -> service), the node,
 /// and the pods ([`pod_names`]).
-pub(crate) fn wanted(
-    services: &HashMap<u32, &ObjectName>,
-    state: &DesiredState,
-) -> HashMap<NameKey, NameValue> {
+pub(crate) fn wanted(services: &HashMap<u32, &ObjectName>, state: &DesiredState) -> Wanted {
     let mut want = pod_names(state);
-    want.insert(NameKey::node(), NameValue::plain(&state.node.name));
+    want.add(NameKey::node(), NameValue::plain(&state.node.name));
     for (id, name) in services {
-        want.insert(NameKey::service(*id), NameValue::new(name));
+        want.add(NameKey::service(*id), NameValue::new(name));
     }
     want
 }
@@ -90,7 +110,7 @@ impl Names {
         let gone: Vec<NameKey> = self
             .current
             .keys()
-            .filter(|k| !want.contains_key(k))
+            .filter(|k| !want.names.contains_key(k))
             .copied()
             .collect();
         self.write(map, gone, want)
@@ -105,12 +125,14 @@ impl Names {
         state: &DesiredState,
         changes: &ChangeSet,
     ) -> Result<(usize, usize), EbpfError> {
-        let mut want = HashMap::new();
+        let mut want = Wanted::default();
         let mut gone = Vec::new();
         for name in changes.services.keys() {
             let ids = planner.ids_of(name);
             let value = NameValue::new(name);
-            want.extend(ids.iter().map(|id| (NameKey::service(*id), value)));
+            for id in &ids {
+                want.add(NameKey::service(*id), value);
+            }
             let old = if ids.is_empty() {
                 self.by_service.remove(name)
             } else {
@@ -119,26 +141,28 @@ impl Names {
             gone.extend(old.unwrap_or_default().into_iter().map(NameKey::service));
         }
         // An id one changed service released and another took is written, not removed.
-        gone.retain(|k| !want.contains_key(k));
+        gone.retain(|k| !want.names.contains_key(k));
         if !changes.endpoints.is_empty() || !changes.pods.is_empty() {
             let pods = pod_names(state);
             gone.extend(
                 self.current
                     .keys()
-                    .filter(|k| k.kind == NAME_ENDPOINT && !pods.contains_key(k))
+                    .filter(|k| k.kind == NAME_ENDPOINT && !pods.names.contains_key(k))
                     .copied(),
             );
-            want.extend(pods);
+            want.names.extend(pods.names);
+            want.too_long += pods.too_long;
         }
         self.write(map, gone, want)
     }
 
     /// Removes `gone` (room for the new), then writes what of `want` differs from the map.
+    /// Returns the entries written or removed, and the names left out (too long, or no room).
     fn write(
         &mut self,
         map: &mut BpfNames,
         gone: Vec<NameKey>,
-        want: HashMap<NameKey, NameValue>,
+        want: Wanted,
     ) -> Result<(usize, usize), EbpfError> {
         let mut written = 0;
         let gone: HashSet<NameKey> = gone.into_iter().collect();
@@ -149,8 +173,8 @@ impl Names {
                 written += 1;
             }
         }
-        let mut unfit = 0;
-        for (k, v) in want {
+        let mut unfit = want.too_long;
+        for (k, v) in want.names {
             if self.current.get(&k) == Some(&v) {
                 continue;
             }
@@ -192,6 +216,8 @@ mod tests {
         let web = ObjectName::new("default", "web");
         let services: HashMap<u32, &ObjectName> = [(3, &web), (4, &web)].into();
         let want = wanted(&services, &state);
+        assert_eq!(want.too_long, 0);
+        let want = want.names;
         let name = |k: NameKey| want[&k].as_str().unwrap().to_owned();
         assert_eq!(name(NameKey::node()), "node-a");
         assert_eq!(name(NameKey::service(3)), "default/web");

@@ -477,6 +477,20 @@ fn drops_new_connections_and_policy_verdicts() {
     );
     assert_eq!(e.tcp_flags, Some(TcpFlags(TCP_RST)));
 
+    // A ClusterIP's port that no service has: rejected, the address:port unallocated.
+    let unserved = eth()
+        .ip("10.244.0.5", "10.96.0.11")
+        .tcp(40300, 9999, TCP_SYN)
+        .build();
+    dp.run_packet(Hook::FromPod, &unserved, 1).expect("run");
+    let e = &only(
+        events.as_mut(),
+        EventKind::Drop,
+        EventVerdict::Rejected,
+        Some(DropReason::Unallocated),
+    );
+    assert_eq!(e.service, None, "no service has the port");
+
     // The rate limit: a burst beyond the bucket writes fewer events; the next one written
     // carries the count of those it stands for.
     assert_eq!(
@@ -513,6 +527,68 @@ fn drops_new_connections_and_policy_verdicts() {
     let stats = dp.stats().expect("stats");
     assert_eq!(stats.drops[&DropReason::SourceRange], 1 + runs);
     assert_eq!(events.lost(), 0);
+
+    // The reader that asked for new connections goes: so do they (the first reader, which
+    // asked for nothing, is still open).
+    drop(events);
+    let mut quiet = dp.events(&EventOptions::default()).expect("events");
+    dp.run_packet(Hook::FromPod, &to_c(43004), 1).expect("run");
+    assert!(read_all(quiet.as_mut()).is_empty(), "no reader wants them");
+    // ... and a sync does not bring them back.
+    dp.apply(&scene()).expect("apply");
+    dp.run_packet(Hook::FromPod, &to_c(43005), 1).expect("run");
+    assert!(
+        read_all(quiet.as_mut()).is_empty(),
+        "still none after a sync"
+    );
+    // A reader beside the owner (dpctl flows) changes nothing.
+    let pinned = dataplane_ebpf::open_pinned_events(&n.pin_dir, Some(&n.netns_path()))
+        .expect("open the pinned events");
+    dp.run_packet(Hook::FromPod, &to_c(43006), 1).expect("run");
+    drop(pinned);
+    assert!(read_all(quiet.as_mut()).is_empty());
+}
+
+/// A policy verdict on a packet without ports (GRE from an egress-isolated pod, which
+/// translation leaves alone) is reported like one on TCP or UDP.
+#[test]
+fn a_policy_verdict_without_ports() {
+    if !require_root("a_policy_verdict_without_ports") {
+        return;
+    }
+    let n = node("evicmp");
+    let mut dp = n.dataplane();
+    let mut st = scene();
+    st.policies = vec![policy(serde_json::json!({
+        "namespace": "x", "name": "b-out",
+        "podSelector": {"matchLabels": {"pod": "b"}},
+        "policyTypes": ["Egress"],
+        "egress": [{"peers": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}],
+    }))];
+    dp.apply(&st).expect("apply");
+    let mut events = dp
+        .events(&EventOptions {
+            new_connections: false,
+            policy_verdicts: true,
+        })
+        .expect("events");
+    // A UDP datagram made GRE: IPv4 protocol 47 (no program checks the header checksum).
+    let mut gre = eth()
+        .ip("10.244.0.6", "192.0.2.9")
+        .udp(1, 2)
+        .payload(b"gre payload")
+        .build();
+    gre[14 + 9] = 47;
+    dp.run_packet(Hook::FromPod, &gre, 1).expect("run");
+    let e = only(
+        events.as_mut(),
+        EventKind::PolicyVerdict,
+        EventVerdict::Forwarded,
+        None,
+    );
+    assert_eq!(e.protocol, L4Protocol::Other(47));
+    assert_eq!(e.source_endpoint, x("b"));
+    assert_eq!(e.point, Some(ObservationPoint::FromPod));
 }
 
 /// The XDP fast path creates the connections it sends on itself (TC sees only their later,

@@ -61,6 +61,7 @@
 #define DROP_NO_ROUTE -10 /* dp_to_lo: the FIB does not forward the translated packet */
 #define DROP_FRAG_TOO_BIG -11 /* dp_to_lo: ... because it does not fit the way out */
 #define DROP_SPOOFED -12 /* from a pod, with a source that is not its own */
+#define DP_REJECT_PORT -13 /* a ClusterIP's port no service has: answered as DP_REJECT */
 
 /* skb->cb words the packet's frontend and backend are left in for the flow event (events.h):
  * lb_forward() sets them, dp_handle() clears them first. (Cilium keeps such per-packet

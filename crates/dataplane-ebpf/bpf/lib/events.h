@@ -52,6 +52,10 @@ static __always_inline __u32 ev_reason_of(int ret)
 	case DP_REJECT:
 	case DROP_NO_LOCAL:
 		return DR_NO_BACKEND;
+	case DP_REJECT_PORT:
+		/* kube-proxy rejects a ClusterIP's unserved ports; the netfilter backends' events
+		 * call the address:port unallocated, and so do these */
+		return DR_UNALLOCATED;
 	case DROP_SRC_RANGE:
 		return DR_SOURCE_RANGE;
 	case DROP_POLICY_DENIED:
@@ -78,9 +82,11 @@ static __always_inline __u32 ev_reason_of(int ret)
  * reject() drops, RFC 9293 3.10.7.1), a denial is policy's. */
 static __always_inline __u32 ev_verdict_of(int ret, const struct pkt *p)
 {
-	if (ret == DP_REJECT && p->proto == IPPROTO_TCP && (p->tcp_flags & TCPF_RST))
+	int reject = ret == DP_REJECT || ret == DP_REJECT_PORT;
+
+	if (reject && p->proto == IPPROTO_TCP && (p->tcp_flags & TCPF_RST))
 		return EV_VERDICT_DROPPED;
-	if (ret == DP_REJECT || ret == DP_FRAG_NEEDED)
+	if (reject || ret == DP_FRAG_NEEDED)
 		return EV_VERDICT_REJECTED;
 	if (ret == DROP_POLICY_DENIED)
 		return EV_VERDICT_POLICY_DENIED;
@@ -88,12 +94,12 @@ static __always_inline __u32 ev_verdict_of(int ret, const struct pkt *p)
 }
 
 /*
- * Takes a token of @kind's bucket on this CPU. Returns the bucket, NULL when the event is over
- * the limit (counted as suppressed) or the map is missing.
+ * Takes a token of bucket @slot (dp_ev_limit's index) on this CPU. Returns the bucket, NULL
+ * when the event is over the limit (counted as suppressed) or the map is missing.
  */
-static __always_inline struct ev_limit *ev_take(__u32 kind)
+static __always_inline struct ev_limit *ev_take(__u32 slot)
 {
-	struct ev_limit *l = bpf_map_lookup_elem(&dp_ev_limit, &kind);
+	struct ev_limit *l = bpf_map_lookup_elem(&dp_ev_limit, &slot);
 	__u64 now, n;
 
 	if (!l)
@@ -136,16 +142,20 @@ ev_reserve(__u32 ifindex, __u32 svc_id, __u32 backend_id, __u64 meta, __u8 famil
 	__u32 kind = meta & 0xff;
 	__u32 reason = (meta >> 16) & 0xff;
 	__u32 point = (meta >> 24) & 0xff;
+	__u32 slot = reason < DR_SLOTS ? reason : 0;
 	struct flow_event *e;
 	struct ev_limit *l;
 
 	if (kind == EV_KIND_DROP) {
-		__u32 idx = (point & (PT_MAX - 1)) * DR_SLOTS + (reason < DR_SLOTS ? reason : 0);
+		__u32 idx = (point & (PT_MAX - 1)) * DR_SLOTS + slot;
 		__u64 *count = bpf_map_lookup_elem(&dp_drops, &idx);
 
 		if (count)
 			*count += 1;
+		/* a bucket per reason */
+		slot += EV_KIND_MAX;
 	} else {
+		slot = kind;
 		__u32 zero = 0;
 		struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
 		__u32 want = kind == EV_KIND_NEW_CONN ? CFG_F_EV_NEW_CONN : CFG_F_EV_POLICY;
@@ -153,7 +163,7 @@ ev_reserve(__u32 ifindex, __u32 svc_id, __u32 backend_id, __u64 meta, __u8 famil
 		if (!cfg || !(cfg->flags & want))
 			return NULL;
 	}
-	l = ev_take(kind);
+	l = ev_take(slot);
 	if (!l)
 		return NULL;
 	e = bpf_ringbuf_reserve(&dp_events, sizeof(*e), 0);
