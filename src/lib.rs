@@ -38,6 +38,13 @@ pub use open::{
     monotonic_now, open, DataplaneKind, OpenError, Opened, Options, Selection, UnknownKind,
 };
 
+pub mod events;
+
+// Looking at a node another process programmed (`dpctl status`): read-only.
+mod inspect;
+pub use dataplane_core::inspect::{Attachment, Inspect, LiveFrontend, NodeStatus, TableFill};
+pub use inspect::inspect;
+
 #[cfg(feature = "tokio")]
 mod handle;
 #[cfg(feature = "tokio")]

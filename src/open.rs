@@ -181,7 +181,7 @@ impl fmt::Debug for Opened {
     }
 }
 
-/// Why [`open`] opened nothing.
+/// Why [`open`] (or [`inspect`](crate::inspect)) opened nothing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
@@ -198,6 +198,14 @@ pub enum OpenError {
     NoneUsable {
         /// Each kind tried and why it cannot run.
         reasons: Vec<(DataplaneKind, String)>,
+    },
+    /// [`inspect`](crate::inspect) found no dataplane's state: nothing is programmed where
+    /// the options point (or the kind named has nothing there).
+    #[error("nothing is programmed here: {}", .looked.iter().map(|(_, place)| place.as_str()).collect::<Vec<_>>().join(", "))]
+    NothingProgrammed {
+        /// Each kind looked for, and where, in words (`no pinned maps in
+        /// /sys/fs/bpf/dataplane`, `no nftables table inet dataplane`, ...).
+        looked: Vec<(DataplaneKind, String)>,
     },
     /// The kind asked for can run here, but creating it failed.
     #[error("opening the {kind} dataplane failed")]

@@ -133,9 +133,9 @@ impl Fleet {
             "--bpf-pin-dir".to_owned(),
             pin_dir(pid, index).display().to_string(),
             "--nft-table".to_owned(),
-            format!("dpctl_demo_{index}"),
+            nft_table(index),
             "--iptables-prefix".to_owned(),
-            format!("DPD{index}"),
+            iptables_prefix(index),
         ]
     }
 
@@ -163,6 +163,28 @@ impl Fleet {
             .with_context(|| format!("starting the agent of {}", agent.node))?;
         agent.child = Some(child);
         Ok(agent)
+    }
+}
+
+/// The nftables table of node `index`'s agent.
+pub fn nft_table(index: usize) -> String {
+    format!("dpctl_demo_{index}")
+}
+
+/// The iptables chain prefix of node `index`'s agent.
+pub fn iptables_prefix(index: usize) -> String {
+    format!("DPD{index}")
+}
+
+/// Where node `index`'s agent keeps its state, for an inspector beside it.
+pub fn node_state(lab: &Lab, index: usize) -> crate::flowlog::NodeState {
+    let node = lab.node(index);
+    crate::flowlog::NodeState {
+        node: node.name.clone(),
+        netns: node.netns.path().to_owned(),
+        pin_dir: pin_dir(std::process::id(), index),
+        nft_table: nft_table(index),
+        iptables_prefix: iptables_prefix(index),
     }
 }
 

@@ -7,6 +7,10 @@
 //! EndpointSlice) and a NetworkPolicy is added; once every agent has synced the change, the
 //! rows are printed again. Then it stops the agents, removes what they installed and the lab.
 //!
+//! Before the first probe it opens an event reader on every node (`dataplane::inspect`, as
+//! `dpctl flows --follow` beside each agent) and ends with the flow log of what it did
+//! ([`FlowLog`]): shown, never judged, so that no check depends on when events arrive.
+//!
 //! The model judges exactly what the agents were given: the expected column comes from
 //! [`dataplane::reference::evaluate`] over the state `dataplane_kube::Cluster` translates from
 //! the same files, for the node whose agent sees the packet first.
@@ -25,6 +29,7 @@ use dataplane_kube::{parse_manifests, Cluster, Kind, Object, Settings};
 use dataplane_testkit::{probe, Lab, LabSpec, ProbeOutcome, SERVER_PORT};
 
 use crate::agents::{self, Agent, Fleet};
+use crate::flowlog::FlowLog;
 use crate::manifests::{
     self, API_IP, API_POD, CLUSTER_IP, EXTERNAL_IP, HEALTH_NODE_PORT, LB_IP, LOCAL_NODE_PORT,
     NODE_PORT, POLICY, POLICY_CLIENT, SCALED_AWAY, WEB_PODS,
@@ -248,6 +253,24 @@ fn run_agents(lab: &Lab, fleet: &Fleet, agents: &mut Vec<Agent>) -> anyhow::Resu
         "(no DSR rows: Kubernetes has no field for DSR, and the agent reads only Kubernetes \
          objects)"
     );
+    // Readers open before the first probe, so that the log has the whole demo.
+    let nodes: Vec<_> = (0..lab.nodes().len())
+        .map(|i| agents::node_state(lab, i))
+        .collect();
+    let log = FlowLog::open(fleet.kind, &nodes);
+    let failures = sections(lab, agents, &mut synced, dir);
+    log.finish();
+    failures
+}
+
+/// Every section of traffic, health checks and edits. Returns the rows that disagree with the
+/// model.
+fn sections(
+    lab: &Lab,
+    agents: &mut [Agent],
+    synced: &mut [f64],
+    dir: &Path,
+) -> anyhow::Result<usize> {
     let states = translate(lab, dir)?;
     println!();
     let mut failures = traffic_table(lab, &states)?;
@@ -261,7 +284,7 @@ fn run_agents(lab: &Lab, fleet: &Fleet, agents: &mut Vec<Agent>) -> anyhow::Resu
         .filter(|p| *p != SCALED_AWAY)
         .collect();
     let file = manifests::web(lab, &scaled, SystemTime::now())?;
-    let took = edit(agents, &mut synced, dir, &file)?;
+    let took = edit(agents, synced, dir, &file)?;
     println!(
         "\nedit 1: web scaled down: {SCALED_AWAY} left EndpointSlice default/web-demo ({}); {took}",
         file.name
@@ -270,7 +293,7 @@ fn run_agents(lab: &Lab, fleet: &Fleet, agents: &mut Vec<Agent>) -> anyhow::Resu
     failures += traffic_table(lab, &states)?;
 
     let file = manifests::policy()?;
-    let took = edit(agents, &mut synced, dir, &file)?;
+    let took = edit(agents, synced, dir, &file)?;
     println!(
         "\nedit 2: NetworkPolicy default/{POLICY} added ({}): {API_POD} accepts only \
          {POLICY_CLIENT}, on TCP {SERVER_PORT}; {took}",

@@ -1,9 +1,15 @@
-//! `dpctl`: validate and diff desired-state files, run a demo lab, show the node agent at work.
+//! `dpctl`: validate and diff desired-state files, look at a live node's dataplane (status,
+//! services, conntrack, flow events), run a demo lab, show the node agent at work.
 
 mod agents;
 mod demo;
+#[cfg(test)]
+mod fake;
 mod files;
+mod flowlog;
+mod flows;
 mod lab;
+mod live;
 mod manifests;
 
 use std::path::PathBuf;
@@ -18,7 +24,7 @@ const EXIT_BAD_INPUT: u8 = 2;
 #[command(
     name = "dpctl",
     version,
-    about = "Kubernetes node dataplane: validate, diff, lab, demo"
+    about = "Kubernetes node dataplane: validate, diff, status, services, conntrack, flows, lab, demo"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +47,43 @@ enum Command {
         /// Print the change set as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// What the running dataplane programmed on this node: backend, attachments, counts, table
+    /// fill levels, conntrack entries, drops by reason (read-only).
+    Status {
+        #[command(flatten)]
+        target: live::Target,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = live::Output::Table)]
+        output: live::Output,
+    },
+    /// The programmed frontends and their backends, like `kubectl get` (read-only).
+    Services {
+        #[command(flatten)]
+        target: live::Target,
+        /// Output format (`wide`: every backend).
+        #[arg(short = 'o', long, value_enum, default_value_t = live::ServicesOutput::Table)]
+        output: live::ServicesOutput,
+    },
+    /// The tracked service connections (read-only).
+    Conntrack {
+        #[command(flatten)]
+        target: live::Target,
+        /// Only the connections of this service (namespace/name).
+        #[arg(long, value_name = "NAMESPACE/NAME", value_parser = live::parse_object_name)]
+        service: Option<dataplane::ObjectName>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = live::Output::Table)]
+        output: live::Output,
+    },
+    /// Flow events (drops with their reason, new connections, policy verdicts) as `hubble
+    /// observe` shows them. Events exist only while a reader is open: without --follow, what
+    /// is waiting now (eBPF: the ring buffer's unread events; netfilter: usually nothing).
+    Flows {
+        #[command(flatten)]
+        target: live::Target,
+        #[command(flatten)]
+        args: flows::FlowsArgs,
     },
     /// Build, inspect or remove the demo lab (network namespaces only).
     Lab {
@@ -68,6 +111,7 @@ pub enum Choice {
     /// TC/XDP programs.
     Ebpf,
     /// nftables.
+    #[value(name = "nftables", alias = "nft")]
     Nft,
     /// iptables-restore.
     Iptables,
@@ -86,6 +130,17 @@ impl Choice {
     }
 }
 
+/// Opens the node's dataplane read-only and runs `f` on it, printing to stdout.
+fn live_command(
+    target: &live::Target,
+    f: impl FnOnce(&dyn dataplane::Inspect, &mut dyn std::io::Write) -> anyhow::Result<()>,
+) -> Result<(), files::Failure> {
+    let inspect = target.open().map_err(files::Failure::Other)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    f(inspect.as_ref(), &mut out).map_err(files::Failure::Other)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -99,6 +154,22 @@ fn main() -> ExitCode {
         Command::Validate { file } => files::validate(&file),
         Command::Diff { files, json } => files::diff(&files, json),
         Command::Lab { action } => lab::run(&action).map_err(files::Failure::Other),
+        Command::Status { target, output } => {
+            live_command(&target, |i, out| live::status(i, output, out))
+        }
+        Command::Services { target, output } => {
+            live_command(&target, |i, out| live::services(i, output, out))
+        }
+        Command::Conntrack {
+            target,
+            service,
+            output,
+        } => live_command(&target, |i, out| {
+            live::conntrack(i, service.as_ref(), output, out)
+        }),
+        Command::Flows { target, args } => {
+            live_command(&target, |i, out| flows::run(i, &args, out))
+        }
         Command::Demo { dataplane, agent } => {
             demo::run(dataplane.selection(), agent.as_deref()).map_err(files::Failure::Other)
         }

@@ -164,3 +164,69 @@ fn diff_lists_changed_objects() {
     assert_eq!(change["previous"]["backends"][0]["ip"], "10.244.1.5", "{v}");
     assert_eq!(change["current"]["backends"][0]["ip"], "10.244.1.6", "{v}");
 }
+
+/// `dpctl status` / `services` / `conntrack` / `flows` where nothing is programmed: exit code
+/// 1 and one line naming every place looked at (the eBPF pin directory, the nftables table,
+/// the iptables chains), whatever each found.
+#[test]
+fn live_commands_say_what_they_looked_for_when_nothing_is_programmed() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().display().to_string();
+    for command in ["status", "services", "conntrack", "flows"] {
+        let out = dpctl(&[command, "--backend", "ebpf", "--pin-dir", &dir]);
+        assert_eq!(out.status.code(), Some(1), "{command}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out).trim(),
+            format!("error: nothing is programmed here: no pinned maps in {dir}"),
+            "{command}"
+        );
+        assert!(out.stdout.is_empty(), "{command}");
+    }
+    // auto looks at all three (whether nft and iptables can answer here or not, each is named).
+    let out = dpctl(&[
+        "status",
+        "--pin-dir",
+        &dir,
+        "--nft-table",
+        "dpctl_test_absent",
+        "--iptables-prefix",
+        "DPCTLABSENT",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "error: nothing is programmed here: no pinned maps in {dir}, "
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("nftables table inet dpctl_test_absent"),
+        "{err}"
+    );
+    assert!(err.contains("iptables chains DPCTLABSENT-*"), "{err}");
+    let out = dpctl(&["status", "--netns", "dpctl-test-absent-netns"]);
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: --netns /run/netns/dpctl-test-absent-netns: no such network namespace"
+    );
+}
+
+#[test]
+fn flows_refuses_bad_selections_with_exit_code_2() {
+    for (flag, value) in [
+        ("--verdict", "gone"),
+        ("--reason", "bored"),
+        ("--service", "web"),
+        ("--from", "a/b/c"),
+        ("--backend", "bpfx"),
+    ] {
+        let out = dpctl(&["flows", flag, value]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(
+            stderr(&out).contains(value),
+            "{flag} {value}: {}",
+            stderr(&out)
+        );
+    }
+}

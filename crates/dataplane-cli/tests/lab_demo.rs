@@ -101,7 +101,7 @@ fn check_sections(backend: &str, all: &str) {
 
     // Edit 2, the NetworkPolicy: an allowed probe answered by the selected pod and a
     // denied one dropped, each with the decision that explains it.
-    let policy = section(all, Some("edit 2:"), None);
+    let policy = section(all, Some("edit 2:"), Some("flow log:"));
     assert!(
         policy.iter().any(
             |l| l.contains("ingress allowed by default/api-from-pod-0-0")
@@ -158,7 +158,16 @@ fn demo_runs_agents_on_every_backend_and_agrees_with_the_model() {
             all.contains("all rows agree with the reference model"),
             "{all}"
         );
-        assert!(!all.contains(" NO"), "{all}");
+        // The "ok" column is each row's last ("NODE" is a header of the flow log).
+        assert!(!all.lines().any(|l| l.trim_end().ends_with(" NO")), "{all}");
+        // The flow log comes last, after every section, whatever events it has.
+        assert!(
+            section(&all, Some("edit 2:"), None)
+                .iter()
+                .any(|l| l.starts_with("flow log: ")),
+            "{backend}: no flow log after the last section:
+{all}"
+        );
 
         // One agent process per node, and none left once the demo is over.
         let agents = all

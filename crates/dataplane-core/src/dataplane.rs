@@ -7,10 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::diff::{diff, ChangeSet};
+pub use crate::error::{error_chain, Error};
 use crate::events::{BoxEventSource, DropReason, EventOptions};
 use crate::model::{DesiredState, ObjectName, Protocol};
-// Validation owns its findings (`ValidationError`, `Warning`): this module reports them.
-use crate::validate::ValidationError;
+// Validation owns its findings (`Warning`): this module reports them.
 pub use crate::validate::Warning;
 
 /// A node networking dataplane: the kernel programming of one node's Services, NAT and policy.
@@ -264,62 +264,4 @@ pub struct Stats {
     pub drops: BTreeMap<DropReason, u64>,
     /// Backend-specific counters by name.
     pub other: std::collections::BTreeMap<String, u64>,
-}
-
-/// Errors of a [`Dataplane`].
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The desired state is invalid; nothing was changed.
-    #[error("invalid desired state: {0}")]
-    Invalid(#[from] ValidationError),
-    /// The state needs something the backend cannot do; nothing was changed.
-    #[error("the {dataplane} dataplane does not support {feature} (needed by {object})")]
-    Unsupported {
-        /// The dataplane's name ([`Capabilities::dataplane`]).
-        dataplane: String,
-        /// The missing capability.
-        feature: String,
-        /// The object that needs it.
-        object: String,
-    },
-    /// A capacity would be exceeded; nothing was changed.
-    #[error("{what} is full: {needed} entries needed, capacity {capacity}")]
-    CapacityExceeded {
-        /// Which table.
-        what: String,
-        /// Entries the state needs.
-        needed: usize,
-        /// Configured capacity.
-        capacity: usize,
-    },
-    /// `apply_changes` was called before a successful full `apply`, after a failure, or with a
-    /// change the backend can only make with the whole state (it changed nothing): call
-    /// `apply` with the new state.
-    #[error("a full sync is required before incremental changes")]
-    FullSyncRequired,
-    /// The kernel (or a tool the backend drives) refused an operation.
-    #[error("{dataplane}: {operation} failed")]
-    Kernel {
-        /// The dataplane's name ([`Capabilities::dataplane`]).
-        dataplane: String,
-        /// What was being done.
-        operation: String,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
-    },
-}
-
-/// `e` and its causes on one line, `": "` between them: the whole story of a failure for a
-/// log line or a report (each error in the chain prints only its own part).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::dataplane::Error;
+use crate::error::Error;
 use crate::model::ObjectName;
 
 /// The version of the [`FlowEvent`] JSON schema. Incremented only when a field changes meaning

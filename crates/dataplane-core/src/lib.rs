@@ -12,6 +12,7 @@ pub use ipnetwork;
 pub mod counts;
 pub mod dataplane;
 pub mod diff;
+pub mod error;
 pub mod events;
 pub mod fake;
 pub mod format;

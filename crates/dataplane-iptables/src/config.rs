@@ -37,6 +37,13 @@ pub struct NetfilterConfig {
     /// state that needs more is refused with `Error::CapacityExceeded`, naming the endpoint,
     /// the direction and the field, before anything is written.
     pub max_policy_elements: usize,
+    /// The NFLOG group the drop and reject rules log to (see `eventlog`): by default
+    /// 2000 for nftables, 2001 for iptables, so both flavours can share a network namespace.
+    /// One process at a time can read a group (the kernel binds it to one socket).
+    pub nflog_group: u16,
+    /// Packets a second each drop or reject rule logs at most (the burst too; default 20);
+    /// 0 logs nothing (the drop counters stay).
+    pub nflog_rate: u32,
 }
 
 impl NetfilterConfig {
@@ -45,6 +52,7 @@ impl NetfilterConfig {
         Self {
             netns,
             name: "dataplane".to_owned(),
+            nflog_group: crate::eventlog::NFLOG_GROUP_NFTABLES,
             ..Self::base()
         }
     }
@@ -54,6 +62,7 @@ impl NetfilterConfig {
         Self {
             netns,
             name: "DP".to_owned(),
+            nflog_group: crate::eventlog::NFLOG_GROUP_IPTABLES,
             ..Self::base()
         }
     }
@@ -78,6 +87,16 @@ impl NetfilterConfig {
             max_ipsets: 256,
             ipset_max_elements: 65536,
             max_policy_elements: 4096,
+            nflog_group: crate::eventlog::NFLOG_GROUP_NFTABLES,
+            nflog_rate: crate::eventlog::DEFAULT_LOG_RATE,
+        }
+    }
+
+    /// How the drop rules log (group and rate).
+    pub fn log_plan(&self) -> crate::eventlog::LogPlan {
+        crate::eventlog::LogPlan {
+            group: self.nflog_group,
+            rate: self.nflog_rate,
         }
     }
 }

@@ -273,6 +273,7 @@ const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_STATUS: u16 = 3;
 const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
@@ -366,7 +367,7 @@ pub fn clean(
     }
 }
 
-fn push_nested(buf: &mut Vec<u8>, kind: u16, build: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn push_nested(buf: &mut Vec<u8>, kind: u16, build: impl FnOnce(&mut Vec<u8>)) {
     let mut inner = Vec::new();
     build(&mut inner);
     push_attr(buf, kind | NLA_F_NESTED, &inner);
@@ -386,7 +387,7 @@ fn message(kind: u16, flags: u16, seq: u32, family: u8, body: &[u8]) -> Vec<u8> 
 }
 
 /// The attributes in `buf`: (type without flags, payload).
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if buf.len() < 4 {
             return None;
@@ -472,6 +473,57 @@ pub fn parse_entry(body: &[u8]) -> Option<Entry> {
         orig_dst,
         reply_src: reply_src.ip(),
         zone,
+    })
+}
+
+/// `IPS_SRC_NAT` in `CTA_STATUS`: the connection's source is translated (masquerade, SNAT).
+pub const IPS_SRC_NAT: u32 = 0x10;
+/// `IPS_DST_NAT`: the connection's destination is translated (a service's DNAT).
+pub const IPS_DST_NAT: u32 = 0x20;
+
+/// A whole conntrack entry as a ctnetlink event carries it: both tuples and the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtFlow {
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Original direction: the client and the address it sent to.
+    pub orig_src: SocketAddr,
+    /// Original destination (a frontend, for a service connection).
+    pub orig_dst: SocketAddr,
+    /// Reply direction source: who answers (the backend after DNAT).
+    pub reply_src: SocketAddr,
+    /// Reply destination: whom the answer goes to (the masquerade address after SNAT).
+    pub reply_dst: SocketAddr,
+    /// `CTA_STATUS` bits (`IPS_*`), 0 when absent.
+    pub status: u32,
+}
+
+/// The entry of one ctnetlink message body (after `nfgenmsg`) with both tuples; `None`
+/// without them.
+pub fn parse_flow(body: &[u8]) -> Option<CtFlow> {
+    let (mut orig, mut reply, mut status) = (None, None, 0);
+    for (kind, p) in attrs(body) {
+        match kind {
+            CTA_TUPLE_ORIG => orig = tuple(p),
+            CTA_TUPLE_REPLY => reply = tuple(p),
+            CTA_STATUS => {
+                status = p
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_be_bytes);
+            }
+            _ => {}
+        }
+    }
+    let (protocol, orig_src, orig_dst) = orig?;
+    let (_, reply_src, reply_dst) = reply?;
+    Some(CtFlow {
+        protocol,
+        orig_src,
+        orig_dst,
+        reply_src,
+        reply_dst,
+        status,
     })
 }
 

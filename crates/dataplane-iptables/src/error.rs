@@ -71,6 +71,23 @@ pub enum NetfilterError {
         /// The object that would get it too.
         second: String,
     },
+    /// Another socket reads the NFLOG group (the kernel gives a group to one reader per
+    /// network namespace): the dataplane's own event stream, or another inspector.
+    #[error("NFLOG group {group} is read by another process (one reader per group and network namespace)")]
+    NflogGroupBusy {
+        /// Backend name.
+        backend: &'static str,
+        /// The group.
+        group: u16,
+    },
+    /// An inspector found nothing of ours to read.
+    #[error("nothing is programmed: {detail}")]
+    NothingProgrammed {
+        /// Backend name.
+        backend: &'static str,
+        /// What was looked for and not found.
+        detail: String,
+    },
 }
 
 impl From<NetfilterError> for Error {
@@ -87,6 +104,12 @@ impl From<NetfilterError> for Error {
             } => (*backend, operation.clone()),
             NetfilterError::Internal { backend, .. }
             | NetfilterError::NameCollision { backend, .. } => (*backend, "rendering".to_owned()),
+            NetfilterError::NflogGroupBusy { backend, .. } => {
+                (*backend, "opening flow events".to_owned())
+            }
+            NetfilterError::NothingProgrammed { backend, .. } => {
+                (*backend, "inspecting".to_owned())
+            }
         };
         Error::Kernel {
             dataplane: backend.to_owned(),

@@ -28,13 +28,17 @@
 pub mod config;
 mod conntrack;
 pub mod error;
+pub mod eventlog;
+pub mod events;
 mod exec;
 mod flavour;
 pub mod iptables;
+mod live;
 pub mod nft;
 pub mod plan;
 
 pub use config::NetfilterConfig;
 pub use error::NetfilterError;
 pub use iptables::IptablesDataplane;
+pub use live::LiveNetfilter;
 pub use nft::NftablesDataplane;

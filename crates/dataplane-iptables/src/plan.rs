@@ -171,6 +171,9 @@ pub struct NodePlan {
     pub masquerade_services: bool,
     /// The node's service CIDRs: addresses in them that are no ClusterIP are dropped.
     pub service_cidrs: Vec<IpNetwork>,
+    /// How the drop and reject rules log (the backend's configuration; the nftables
+    /// defaults from [`node_plan`]).
+    pub log: crate::eventlog::LogPlan,
 }
 
 impl NodePlan {
@@ -216,6 +219,15 @@ pub fn node_plan(node: &Node) -> NodePlan {
         masquerade_all: node.masquerade.all,
         masquerade_services: node.masquerade.all_services,
         service_cidrs: node.service_cidrs.clone(),
+        log: crate::eventlog::LogPlan::default(),
+    }
+}
+
+/// [`node_plan`] with the logging of `config`.
+pub fn node_plan_with(node: &Node, config: &crate::NetfilterConfig) -> NodePlan {
+    NodePlan {
+        log: config.log_plan(),
+        ..node_plan(node)
     }
 }
 

@@ -347,12 +347,58 @@ mod parity {
         state
     }
 
-    /// The nat chain of `kind` (`SVC`, `EXT`, `FW`): there is one of each per family here.
+    /// The nat chain of `kind` (`SVC`, `EXT`, `FW`): there is one of each per family here;
+    /// without the NFLOG rules, each checked to copy the matches of the drop or reject
+    /// rule right after it and to name the service ([`logs`] has them).
     fn chain(rs: &IptRuleset, kind: &str) -> Option<Vec<String>> {
+        let rules = rs
+            .nat
+            .iter()
+            .find(|(name, _)| name.starts_with(&format!("DP-{kind}-")))
+            .map(|(_, rules)| rules.clone())?;
+        Some(without_logs(&rules))
+    }
+
+    /// `rules` without the NFLOG rules; each must precede a rule with its matches that
+    /// marks for drop or reject (or drops), and name what it logs.
+    fn without_logs(rules: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            if let Some((matches, _)) = r.split_once("-m limit --limit 20/sec --limit-burst 20 -j NFLOG --nflog-group 2001 --nflog-prefix \"dp ") {
+                let next = &rules[i + 1];
+                assert!(next.starts_with(matches), "{r} before {next}");
+                assert!(
+                    ["-g DP-MARK-DROP", "-g DP-MARK-REJ", "-j DROP"]
+                        .iter()
+                        .any(|t| next.ends_with(t)),
+                    "{r} before {next}"
+                );
+            } else {
+                out.push(r.clone());
+            }
+        }
+        out
+    }
+
+    /// The NFLOG prefixes of the rules of `kind`'s chain, in order.
+    fn logs(rs: &IptRuleset, kind: &str) -> Vec<String> {
         rs.nat
             .iter()
             .find(|(name, _)| name.starts_with(&format!("DP-{kind}-")))
-            .map(|(_, rules)| rules.clone())
+            .map(|(_, rules)| {
+                rules
+                    .iter()
+                    .filter_map(|r| {
+                        Some(
+                            r.split_once("--nflog-prefix ")?
+                                .1
+                                .trim_matches('"')
+                                .to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Items 1, 2, 12: the firewall chain sends each allowed source (ranges, and the LB IPs
@@ -375,6 +421,7 @@ mod parity {
                 "-g DP-MARK-DROP".to_owned(),
             ]
         );
+        assert_eq!(logs(&v4, "FW"), ["dp drop source-range default/lb"]);
         let v6 = compile(&state, IpFamily::V6);
         assert!(chain(&v6, "FW").is_none());
         let ext6 = v6.nat.keys().find(|c| c.starts_with("DP-EXT-")).unwrap();
@@ -439,6 +486,15 @@ mod parity {
                 "-g DP-MARK-DROP"
             ]
         );
+        // No backend on this node for internalTrafficPolicy Local: logged as such, twice
+        // (one rule per drop rule).
+        assert_eq!(
+            logs(&v4, "SVC"),
+            [
+                "dp drop no-backend default/lb",
+                "dp drop no-backend default/lb"
+            ]
+        );
         let svc = v4.nat.keys().find(|c| c.starts_with("DP-SVC-")).unwrap();
         assert!(v4.nat["DP-SERVICES"]
             .iter()
@@ -464,7 +520,7 @@ mod parity {
     fn unallocated_service_addresses_are_dropped() {
         let state = lb_state();
         let v4 = compile(&state, IpFamily::V4);
-        let filter = &v4.filter["DP-FILTER"];
+        let filter = &without_logs(&v4.filter["DP-FILTER"]);
         assert_eq!(
             filter.last().unwrap(),
             "-d 10.96.0.0/12 -m conntrack --ctstate NEW -m comment --comment \"unallocated service address\" -j DROP"
@@ -474,6 +530,16 @@ mod parity {
             .all(|r| r.contains("--mark")));
         let v6 = compile(&state, IpFamily::V6);
         assert!(v6.filter["DP-FILTER"].iter().all(|r| !r.contains("-d ")));
+        // Logged right before, with the reason.
+        let raw = &v4.filter["DP-FILTER"];
+        assert!(raw[raw.len() - 2].ends_with("--nflog-prefix \"dp drop unallocated\""));
+        // The rejects of unserved ClusterIP ports are logged in nat, where they are marked.
+        let services = &v4.nat["DP-SERVICES"];
+        let reject = services
+            .iter()
+            .position(|r| r.ends_with("-g DP-MARK-REJ"))
+            .unwrap();
+        assert!(services[reject - 1].ends_with("\"dp reject unallocated\""));
     }
 }
 
@@ -602,7 +668,8 @@ mod policy {
             }
             match target {
                 Some("RETURN") => return Outcome::Return,
-                Some("DROP") => return Outcome::Drop,
+                // The node-wide chains that log, count and drop.
+                Some("DROP" | "DP-DENY" | "DP-SPOOFED") => return Outcome::Drop,
                 Some(sub) => {
                     if let Outcome::Drop = run(chains, sets, sub, packet) {
                         return Outcome::Drop;
@@ -1032,7 +1099,7 @@ mod policy {
         let rules = &v4.filter[&chain];
         let except = rules
             .iter()
-            .position(|r| r.starts_with("-s 192.168.1.0/24") && r.ends_with("-j DROP"));
+            .position(|r| r.starts_with("-s 192.168.1.0/24") && r.ends_with("-j DP-DENY"));
         let cidr = rules
             .iter()
             .position(|r| r.starts_with("-s 192.168.0.0/16"));
@@ -1041,7 +1108,7 @@ mod policy {
         for (name, rules) in &v4.filter {
             if name.starts_with("DP-PI-") || name.starts_with("DP-PE-") {
                 assert!(
-                    rules.last().unwrap().ends_with("-j DROP"),
+                    rules.last().unwrap().ends_with("-j DP-DENY"),
                     "{name}: {rules:?}"
                 );
             }
@@ -1050,7 +1117,7 @@ mod policy {
         let v6_rules: Vec<&String> = v6.filter.values().flatten().collect();
         assert!(v6_rules
             .iter()
-            .any(|r| r.contains("-s fd00:99:1::/48") && r.ends_with("-j DROP")));
+            .any(|r| r.contains("-s fd00:99:1::/48") && r.ends_with("-j DP-DENY")));
         assert!(
             !v6_rules.iter().any(|r| r.contains("10.244.")),
             "{v6_rules:?}"
@@ -1245,8 +1312,12 @@ mod policy {
         let compiled = compile(&state);
         assert!(ipsets(&compiled, "DP").unwrap().is_empty());
         let [v4, _] = compile_state(&state, "DP");
-        // DP-FILTER and the OUTPUT entry DP-FILTER-OUT.
-        assert_eq!(v4.filter.len(), 2);
+        // DP-FILTER, the OUTPUT entry DP-FILTER-OUT, and the (empty of traffic) drop chains
+        // of policy and anti-spoofing, which carry the log settings.
+        assert_eq!(
+            v4.filter.keys().collect::<Vec<_>>(),
+            ["DP-DENY", "DP-FILTER", "DP-FILTER-OUT", "DP-SPOOFED"]
+        );
         assert!(!v4.filter["DP-FILTER"].iter().any(|r| r.contains("POLICY")));
         // Policies that isolate nobody on this node need none either.
         let mut state = state;
@@ -1262,9 +1333,9 @@ mod policy {
         // an address not its own is dropped), nothing isolated.
         let filter = &compile_state(&state, "DP")[0].filter;
         assert!(
-            filter
-                .keys()
-                .all(|c| c.starts_with("DP-FILTER") || c == "DP-POLICY" || c.starts_with("DP-AS-")),
+            filter.keys().all(|c| c.starts_with("DP-FILTER")
+                || ["DP-POLICY", "DP-DENY", "DP-SPOOFED"].contains(&c.as_str())
+                || c.starts_with("DP-AS-")),
             "{filter:?}"
         );
     }

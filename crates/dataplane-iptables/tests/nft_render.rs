@@ -270,7 +270,10 @@ mod parity {
         assert_eq!(
             rules(&rs, "fw-v4-default/lb/tcp/80"),
             [
-                "ip saddr != { 203.0.113.0/24, 172.18.0.0/16, 192.0.2.16/29, 192.0.2.24/32 } goto drop-service",
+                // Logged (rate-limited, with the reason and the service) right before the
+                // drop, which counts by reason (see `eventlog`).
+                "ip saddr != { 203.0.113.0/24, 172.18.0.0/16, 192.0.2.16/29, 192.0.2.24/32 } limit rate 20/second burst 20 packets counter name \"events-logged\" log prefix \"dp drop source-range default/lb\" group 2000",
+                "ip saddr != { 203.0.113.0/24, 172.18.0.0/16, 192.0.2.16/29, 192.0.2.24/32 } counter name \"drop-source-range\" goto drop-service",
                 "goto ext-v4-default/lb/tcp/80",
             ]
         );
@@ -297,8 +300,8 @@ mod parity {
         let svc = rs.services.values().next().unwrap();
         assert!(svc.chain("fw-v4-default/lb/tcp/80").is_none());
         assert_eq!(
-            svc.chain("fw-v6-default/lb/tcp/80").unwrap()[0],
-            "ip6 saddr != { 2001:db8:1::/48 } goto drop-service"
+            svc.chain("fw-v6-default/lb/tcp/80").unwrap()[1],
+            "ip6 saddr != { 2001:db8:1::/48 } counter name \"drop-source-range\" goto drop-service"
         );
     }
 
@@ -372,7 +375,10 @@ mod parity {
         let rs = compile_state(&state, "dataplane").unwrap();
         assert_eq!(
             rules(&rs, "svc-v4-default/lb/tcp/80"),
-            ["counter goto drop-service"]
+            [
+                "counter limit rate 20/second burst 20 packets counter name \"events-logged\" log prefix \"dp drop no-backend default/lb\" group 2000",
+                "counter name \"drop-no-backend\" goto drop-service"
+            ]
         );
         state.services[0].internal_traffic_policy = TrafficPolicy::Cluster;
         let rs = compile_state(&state, "dataplane").unwrap();
@@ -431,10 +437,14 @@ mod parity {
         assert_eq!(
             base_rules(&rs, "cluster-ips-check"),
             [
-                "ip daddr @cluster-ips-v4 goto reject-service",
-                "ip daddr @service-cidrs-v4 goto drop-service",
-                "ip6 daddr @cluster-ips-v6 goto reject-service",
-                "ip6 daddr @service-cidrs-v6 goto drop-service",
+                "ip daddr @cluster-ips-v4 limit rate 20/second burst 20 packets counter name \"events-logged\" log prefix \"dp reject unallocated\" group 2000",
+                "ip daddr @cluster-ips-v4 counter name \"reject-unallocated\" goto reject-service",
+                "ip daddr @service-cidrs-v4 limit rate 20/second burst 20 packets counter name \"events-logged\" log prefix \"dp drop unallocated\" group 2000",
+                "ip daddr @service-cidrs-v4 counter name \"drop-unallocated\" goto drop-service",
+                "ip6 daddr @cluster-ips-v6 limit rate 20/second burst 20 packets counter name \"events-logged\" log prefix \"dp reject unallocated\" group 2000",
+                "ip6 daddr @cluster-ips-v6 counter name \"reject-unallocated\" goto reject-service",
+                "ip6 daddr @service-cidrs-v6 limit rate 20/second burst 20 packets counter name \"events-logged\" log prefix \"dp drop unallocated\" group 2000",
+                "ip6 daddr @service-cidrs-v6 counter name \"drop-unallocated\" goto drop-service",
             ]
         );
         assert!(base_rules(&rs, "services")

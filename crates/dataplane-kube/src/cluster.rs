@@ -311,6 +311,12 @@ impl Cluster {
         Ok(changed)
     }
 
+    /// The keys of the stored objects of `kind` (a source that lists in parts deletes the
+    /// ones its listing did not name).
+    pub fn keys(&self, kind: Kind) -> impl Iterator<Item = &ObjectKey> + '_ {
+        self.objects.keys().filter(move |k| k.kind == kind)
+    }
+
     /// Whether an object with key `key` is stored.
     pub fn contains(&self, key: &ObjectKey) -> bool {
         self.objects.contains_key(key)

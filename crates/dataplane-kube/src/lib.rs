@@ -78,7 +78,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use cluster::{Changes, Cluster, Translation, TranslationWarning};
-pub use manifest::{parse_manifests, ManifestError, Manifests};
+pub use manifest::{
+    parse_document, parse_manifests, split_documents, ManifestDocument, ManifestError, Manifests,
+};
 
 /// The label that hands a Service to another proxy (kube-proxy skips Services carrying it:
 /// `cmd/kube-proxy/app/server.go`, `apis.LabelServiceProxyName`).

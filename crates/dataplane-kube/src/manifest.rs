@@ -86,6 +86,121 @@ pub fn parse_manifests(text: &str, source: &str) -> Result<Manifests, ManifestEr
     Ok(out)
 }
 
+/// One document of a manifest text, as [`split_documents`] cuts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestDocument<'a> {
+    /// The number of the text's first document in this piece, from 1, as
+    /// [`parse_manifests`]'s errors count them.
+    pub number: usize,
+    /// The line of the text the piece starts on, from 1.
+    pub line: usize,
+    /// The piece: from its `---` line (when it has one) to the next document's.
+    pub text: &'a str,
+}
+
+/// Cuts a manifest text into its documents, without parsing them: each piece parses on its
+/// own ([`parse_document`]) to what [`parse_manifests`] gives for that document. A watcher of
+/// a manifest file can so tell the documents that changed from those that did not (by their
+/// text) and parse only those: one edited Service in a file of a hundred costs one document.
+///
+/// YAML forbids a line that starts with `---` followed by a space, a tab or the line's end
+/// anywhere but between documents (a block or quoted scalar cannot hold one: YAML 1.2
+/// §9.1.4 "c-forbidden"), so cutting there is exact. A text with a directive (`%YAML`) or a
+/// document-end marker (`...`) — where a document may begin without `---` — comes back as one
+/// piece. Text before the first `---` that is only blank lines and comments is no document
+/// (and no piece).
+///
+/// ```
+/// let text = "# shop\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n";
+/// let docs = dataplane_kube::split_documents(text);
+/// assert_eq!(docs.iter().map(|d| (d.number, d.line)).collect::<Vec<_>>(), [(1, 1), (2, 5)]);
+/// let b = dataplane_kube::parse_document(&docs[1], "shop.yaml")?;
+/// assert_eq!(b.objects[0].metadata().name.as_deref(), Some("b"));
+/// # Ok::<(), dataplane_kube::ManifestError>(())
+/// ```
+pub fn split_documents(text: &str) -> Vec<ManifestDocument<'_>> {
+    fn is_marker(line: &str, marker: &str) -> bool {
+        line.strip_prefix(marker)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+    }
+    let whole = || {
+        vec![ManifestDocument {
+            number: 1,
+            line: 1,
+            text,
+        }]
+    };
+    // (byte offset, line) of each `---` line.
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        if line.starts_with('%') || is_marker(line, "...") {
+            return whole();
+        }
+        if is_marker(line, "---") {
+            starts.push((offset, index + 1));
+        }
+        offset += line.len();
+    }
+    let mut out = Vec::with_capacity(starts.len() + 1);
+    let first = starts.first().map_or(text.len(), |(o, _)| *o);
+    let preamble = &text[..first];
+    let mut number = 1;
+    if preamble
+        .lines()
+        .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    {
+        out.push(ManifestDocument {
+            number,
+            line: 1,
+            text: preamble,
+        });
+        number += 1;
+    }
+    for (i, &(start, line)) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map_or(text.len(), |(o, _)| *o);
+        out.push(ManifestDocument {
+            number,
+            line,
+            text: &text[start..end],
+        });
+        number += 1;
+    }
+    out
+}
+
+/// Parses one piece of [`split_documents`]; `source` names the whole text in errors, which
+/// count documents and lines in the whole text. The same objects, skipped documents and
+/// errors as [`parse_manifests`] gives for that document.
+pub fn parse_document(
+    document: &ManifestDocument<'_>,
+    source: &str,
+) -> Result<Manifests, ManifestError> {
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let Ok(documents) = serde_saphyr::from_multiple_with_options::<Value>(document.text, options)
+    else {
+        // Parsed again with the lines before it blank, so that the parser's message names
+        // the line of the whole text (only on this error path).
+        let mut padded = "\n".repeat(document.line.saturating_sub(1));
+        padded.push_str(document.text);
+        let options = serde_saphyr::options! { strict_booleans: true };
+        let message = match serde_saphyr::from_multiple_with_options::<Value>(&padded, options) {
+            Err(e) => e.to_string(),
+            Ok(_) => format!("document {}: not YAML", document.number),
+        };
+        return Err(ManifestError::Yaml {
+            file: source.to_owned(),
+            message: one_line(&message),
+        });
+    };
+    let mut out = Manifests::default();
+    for (i, value) in documents.into_iter().enumerate() {
+        let at = format!("document {}", document.number + i);
+        read_document(&value, source, &at, true, &mut out)?;
+    }
+    Ok(out)
+}
+
 fn read_document(
     document: &Value,
     file: &str,
@@ -274,6 +389,80 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `parse_manifests` of the whole text, and `parse_document` of each piece put together.
+    fn whole_and_pieces(
+        text: &str,
+    ) -> (
+        Result<Manifests, ManifestError>,
+        Result<Manifests, ManifestError>,
+    ) {
+        let whole = parse_manifests(text, "f");
+        let mut pieces = Manifests::default();
+        let mut error = None;
+        for document in split_documents(text) {
+            match parse_document(&document, "f") {
+                Ok(m) => {
+                    pieces.objects.extend(m.objects);
+                    pieces.skipped.extend(m.skipped);
+                }
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        (whole, error.map_or(Ok(pieces), Err))
+    }
+
+    #[test]
+    fn pieces_parse_as_the_whole_text() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        let mut texts: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        assert!(texts.len() >= 10);
+        texts.extend(
+            [
+                "",
+                "# only a comment\n",
+                "---\n",
+                "---\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n",
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n",
+                "# c\n\n--- \napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n--- # x\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n",
+                // Not markers: `----`, an indented `---`, `---` inside a block scalar's line.
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  annotations:\n    x: |\n      ---\n      ----\n",
+                // Directives and end markers: one piece.
+                "%YAML 1.2\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n...\n",
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n...\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n",
+                "apiVersion: v1\r\nkind: Namespace\r\nmetadata: {name: a}\r\n---\r\napiVersion: v1\r\nkind: Namespace\r\nmetadata: {name: b}\r\n",
+                // Errors, counted in the whole text.
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: { ports: [{ port: http }] }\n",
+                "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nkind: Service\n",
+                "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n- 1\n",
+            ]
+            .map(str::to_owned),
+        );
+        for text in &texts {
+            let (whole, pieces) = whole_and_pieces(text);
+            assert_eq!(whole, pieces, "{text}");
+        }
+        // A YAML error names the line of the whole text.
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\na: [\n";
+        let (whole, pieces) = whole_and_pieces(text);
+        let (
+            Err(ManifestError::Yaml { message: w, .. }),
+            Err(ManifestError::Yaml { message: p, .. }),
+        ) = (whole, pieces)
+        else {
+            panic!("not YAML errors");
+        };
+        assert!(w.contains("line 5") || w.contains("line 6"), "{w}");
+        assert!(p.contains("line 5") || p.contains("line 6"), "{p}");
+    }
 
     #[test]
     fn lists_and_empty_documents() {

@@ -79,6 +79,15 @@ pub struct Args {
     /// (default: only the unlabelled ones, like kube-proxy).
     #[arg(long, value_name = "NAME")]
     pub proxy_name: Option<String>,
+    /// Write the dataplane's flow events (drops and rejects; new connections with
+    /// `--flow-log-new-connections`) as JSON lines to PATH (appended to) or to standard
+    /// output (`-`).
+    #[arg(long, value_name = "PATH|-")]
+    pub flow_log: Option<crate::flowlog::Output>,
+    /// With `--flow-log`: every new connection too, not only drops and rejects (costs a little
+    /// per new connection).
+    #[arg(long, requires = "flow_log")]
+    pub flow_log_new_connections: bool,
     /// Remove everything the agent installed (eBPF pins and links, the nftables table, the
     /// iptables chains) and exit.
     #[arg(long)]

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod flowlog;
 pub mod health;
 pub mod http;
 pub mod interfaces;
@@ -78,6 +79,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
+    // Opened before the dataplane moves to its thread (`events` is the dataplane's).
+    let flow_log = match &args.flow_log {
+        Some(output) => {
+            let options = dataplane_core::events::EventOptions {
+                new_connections: args.flow_log_new_connections,
+                policy_verdicts: false,
+            };
+            flowlog::start(&*opened.dataplane, &options, output, Arc::clone(&metrics))?
+        }
+        None => None,
+    };
+
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     // Kept until the loop ends: dropping the manifest source stops its watch; the API
     // source's task ends by itself once the loop's receiver is gone.
@@ -108,6 +121,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .context("starting the dataplane thread")?;
     let result = reconciler.run(rx, shutdown_signal()).await;
     source.stop().await;
+    if let Some(flow_log) = flow_log {
+        flow_log.stop();
+    }
     for server in servers {
         server.abort();
     }

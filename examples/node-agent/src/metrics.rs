@@ -40,19 +40,6 @@ fn ip_family(family: IpFamily) -> Labels {
     label("ip_family", family_label(family))
 }
 
-/// The counters of [`Stats::other`] that count dropped or refused packets, by reason (the
-/// eBPF dataplane's names; others report none of these and only the totals show).
-pub const DROP_REASONS: [&str; 8] = [
-    "dropped",
-    "rejected",
-    "ct_full",
-    "snat_exhausted",
-    "frag_needed",
-    "unallocated_dropped",
-    "policy_denied",
-    "spoofed_dropped",
-];
-
 /// Every metric the agent exports. Cheap to update from the loop (atomics); `encode` is what
 /// the HTTP handler serves.
 #[derive(Debug)]
@@ -106,7 +93,8 @@ pub struct Metrics {
     pub map_fill: Family<Labels, FloatGauge>,
     /// `dataplane_packets_total{counter}`: every counter the dataplane keeps.
     pub packets: Family<Labels, Counter>,
-    /// `dataplane_drops_total{reason}`: the dropping counters of `packets`, by reason.
+    /// `dataplane_drops_total{reason}`: packets dropped or rejected, by reason
+    /// ([`Stats::drops`], the reasons' stable names: `no-backend`, `policy`, ...).
     pub drops: Family<Labels, Counter>,
     /// `dataplane_apply_errors_total`: failed syncs (translation or kernel).
     pub apply_errors: Counter,
@@ -116,6 +104,11 @@ pub struct Metrics {
     pub source_errors: Counter,
     /// `dataplane_conntrack_expired_total`: connections expired by maintenance.
     pub conntrack_expired: Counter,
+    /// `dataplane_flow_events_total`: flow events written by `--flow-log`.
+    pub flow_events: Counter,
+    /// `dataplane_flow_events_lost_total`: flow events the kernel buffer could not hold
+    /// (the flow log's reader was too slow).
+    pub flow_events_lost: Counter,
     /// The last value of each dataplane counter, to turn snapshots into increments.
     seen: Mutex<BTreeMap<String, u64>>,
     /// The families the node serves (what a sync is observed under), from the last state
@@ -187,6 +180,8 @@ impl Metrics {
             translation_warnings: Gauge::default(),
             source_errors: Counter::default(),
             conntrack_expired: Counter::default(),
+            flow_events: Counter::default(),
+            flow_events_lost: Counter::default(),
             seen: Mutex::default(),
             families: Mutex::new(vec![IpFamily::V4]),
         };
@@ -313,6 +308,16 @@ impl Metrics {
             "Connections expired by the dataplane's maintenance",
             m.conntrack_expired.clone(),
         );
+        r.register(
+            "dataplane_flow_events",
+            "Flow events written by --flow-log",
+            m.flow_events.clone(),
+        );
+        r.register(
+            "dataplane_flow_events_lost",
+            "Flow events lost before --flow-log read them (the kernel buffer was full)",
+            m.flow_events_lost.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -422,7 +427,14 @@ impl Metrics {
             self.packets
                 .get_or_create(&label("counter", name))
                 .inc_by(delta);
-            if DROP_REASONS.contains(&name) {
+        }
+        // Drops by reason, as the backends count them (`Stats::drops`): the same snapshot,
+        // nothing more is read for them.
+        for (reason, value) in &stats.drops {
+            let name = reason.name();
+            let last = seen.insert(format!("drop:{name}"), *value).unwrap_or(0);
+            let delta = if *value >= last { value - last } else { *value };
+            if delta > 0 {
                 self.drops
                     .get_or_create(&label("reason", name))
                     .inc_by(delta);

@@ -22,7 +22,8 @@
 //!   trait's documented way for a backend to ask for the whole state).
 //! - Conntrack maintenance is the handle's: [`AsyncDataplane`] runs `maintain` on the
 //!   dataplane's own interval between requests; the loop only reads the results into the
-//!   metrics. Its counters are read on their own timer ([`STATS_INTERVAL`]) without the loop
+//!   metrics. Its counters are read on their own schedule ([`STATS_INTERVAL`], longer when a
+//!   reading is slow: [`stats_pause`]; put off while changes wait for a sync) without the loop
 //!   waiting for them: the reading is awaited alongside the events, one at a time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -47,8 +48,30 @@ use crate::metrics::{Metrics, Programmed};
 use crate::runner::{Periods, RunKind, Runner};
 use crate::source::SourceEvent;
 
-/// How often the dataplane's counters are read into the metrics.
+/// How often the dataplane's counters are read into the metrics, at most.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The dataplane's thread spends at most 1/`STATS_DUTY` of its time reading counters: a
+/// reading that took `t` is followed by the next one no sooner than `STATS_DUTY * t` later
+/// (see [`stats_pause`]). A reading runs on the dataplane's thread, and a sync that comes
+/// meanwhile waits for it: nftables' `stats` lists the whole table as JSON, ~3 s at 10k
+/// services (BENCHMARKS.md), which at a fixed 10 s delayed about one change in four by
+/// seconds. eBPF's reading takes milliseconds and keeps the 10 s.
+pub const STATS_DUTY: u32 = 50;
+
+/// How long a reading is put off while changes wait for a sync (a sync coming behind a
+/// reading would wait for it), at most [`STATS_MAX_DEFERRALS`] times in a row.
+pub const STATS_DEFER: Duration = Duration::from_secs(1);
+
+/// See [`STATS_DEFER`]: past this, the counters are read even with changes waiting (a sync
+/// that keeps failing must not stop the readings).
+pub const STATS_MAX_DEFERRALS: u32 = 10;
+
+/// The pause after a reading of the counters that took `took`: [`STATS_INTERVAL`], or
+/// [`STATS_DUTY`] times the reading when that is longer.
+pub fn stats_pause(took: Duration) -> Duration {
+    took.saturating_mul(STATS_DUTY).max(STATS_INTERVAL)
+}
 
 /// The most source events taken in one go before the loop looks at its clock, its shutdown
 /// signal and its dataplane again: a source that floods (a relist of a big cluster is one event
@@ -191,6 +214,9 @@ pub struct Outputs {
 pub struct Reconciler {
     cluster: Cluster,
     listed: BTreeSet<Kind>,
+    /// Keys named by the `ListPart`s of a listing in progress, by kind (its `Listed` deletes
+    /// the stored objects it did not name).
+    listing: BTreeMap<Kind, BTreeSet<ObjectKey>>,
     runner: Runner,
     dataplane: AsyncDataplane,
     full_switch: Arc<AtomicBool>,
@@ -260,6 +286,7 @@ impl Reconciler {
         Ok(Self {
             cluster,
             listed: BTreeSet::new(),
+            listing: BTreeMap::new(),
             runner: Runner::new(periods),
             dataplane: AsyncDataplane::new(Box::new(dataplane))?,
             full_switch,
@@ -306,7 +333,9 @@ impl Reconciler {
     /// Takes in one source event.
     pub fn handle(&mut self, event: SourceEvent) {
         let node_event = match &event {
-            SourceEvent::Listed { kind, .. } => *kind == Kind::Node,
+            SourceEvent::Listed { kind, .. } | SourceEvent::ListPart { kind, .. } => {
+                *kind == Kind::Node
+            }
             SourceEvent::Applied(object) => object.kind() == Kind::Node,
             SourceEvent::Deleted(key) => key.kind == Kind::Node,
             SourceEvent::Error { .. } => false,
@@ -343,6 +372,7 @@ impl Reconciler {
     fn take(&mut self, event: SourceEvent) {
         let now = Instant::now();
         match event {
+            SourceEvent::ListPart { kind, objects } => self.take_part(now, kind, objects),
             SourceEvent::Listed { kind, objects } => {
                 let first = !self.listed.contains(&kind);
                 let mut changed_keys = Vec::new();
@@ -356,12 +386,32 @@ impl Reconciler {
                         }
                     }
                 }
-                let listed: BTreeSet<ObjectKey> =
-                    objects.iter().filter_map(|o| o.key().ok()).collect();
+                let mut listed = self.listing.remove(&kind).unwrap_or_default();
+                let parts = !listed.is_empty();
+                listed.extend(objects.iter().filter_map(|o| o.key().ok()));
                 // Slices gone in the relist: their changes will never be programmed.
                 self.triggers
                     .retain(|key, _| key.kind != kind || listed.contains(key));
-                match self.cluster.replace(kind, objects) {
+                let result = if parts {
+                    // The parts' objects are stored already: delete what the listing did not
+                    // name, then store this event's objects.
+                    let gone: Vec<ObjectKey> = self
+                        .cluster
+                        .keys(kind)
+                        .filter(|k| !listed.contains(*k))
+                        .cloned()
+                        .collect();
+                    let mut changed = false;
+                    for key in gone {
+                        changed |= self.cluster.delete(&key);
+                    }
+                    objects.into_iter().try_fold(changed, |changed, o| {
+                        self.cluster.apply(o).map(|c| changed | c)
+                    })
+                } else {
+                    self.cluster.replace(kind, objects)
+                };
+                match result {
                     Ok(changed) => {
                         if changed {
                             // Deleted ones count too, but are not named by the list.
@@ -402,6 +452,43 @@ impl Reconciler {
                 }
             }
             SourceEvent::Error { kind, message } => self.source_error(kind, &message),
+        }
+    }
+
+    /// A part of a listing: its objects stored at once (trimmed, the full objects dropped
+    /// here), their keys kept for the listing's closing `Listed`.
+    fn take_part(&mut self, now: Instant, kind: Kind, objects: Vec<Object>) {
+        let first = !self.listed.contains(&kind);
+        let mut changed_keys = Vec::new();
+        for object in objects {
+            let key = match object.key() {
+                Ok(key) if key.kind == kind => key,
+                Ok(key) => {
+                    self.source_error(
+                        Some(kind),
+                        &format!("{key} in a listing of {kind}: left out"),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    self.source_error(Some(kind), &error_chain(&e));
+                    continue;
+                }
+            };
+            if !first && !self.cluster.is_current(&object) {
+                self.note_trigger(&key, &object);
+            }
+            self.listing.entry(kind).or_default().insert(key.clone());
+            match self.cluster.apply(object) {
+                Ok(true) => changed_keys.push(key),
+                Ok(false) => {}
+                Err(e) => {
+                    self.source_error(Some(kind), &format!("{key}: {}", error_chain(&e)));
+                }
+            }
+        }
+        if !changed_keys.is_empty() {
+            self.changed(now, changed_keys, kind);
         }
     }
 
@@ -790,14 +877,16 @@ impl Reconciler {
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut maintenance = self.dataplane.maintenance();
-        let mut stats_timer = tokio::time::interval(STATS_INTERVAL);
-        stats_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The reading of the counters in flight, awaited alongside the events and never in
         // the way of them: nftables' `stats` lists the whole table and reads
         // /proc/net/nf_conntrack, seconds at 10k services (BENCHMARKS.md), and the loop must
-        // keep taking events meanwhile. One at a time (a tick while one runs is skipped),
-        // and on its own timer only, not after each sync.
-        let mut stats_reading: Option<StatsReading> = None;
+        // keep taking events meanwhile. One at a time, on its own schedule only (not after
+        // each sync), spaced by how long the last one took (`stats_pause`), and put off while
+        // changes wait for a sync: the dataplane's thread does one thing at a time, and a
+        // sync behind a reading waits for it.
+        let mut stats_reading: Option<(StatsReading, Instant)> = None;
+        let mut next_stats = Instant::now() + STATS_INTERVAL;
+        let mut deferrals = 0;
         let result = loop {
             let next = self.next_sync(Instant::now());
             let sleep = async {
@@ -826,18 +915,28 @@ impl Reconciler {
                         ));
                     }
                 }
-                _ = stats_timer.tick() => {
-                    if stats_reading.is_none() {
-                        stats_reading = Some(Box::pin(self.dataplane.stats()));
+                () = tokio::time::sleep_until(next_stats.into()), if stats_reading.is_none() => {
+                    let now = Instant::now();
+                    if !self.pending.is_empty() && deferrals < STATS_MAX_DEFERRALS {
+                        deferrals += 1;
+                        next_stats = now + STATS_DEFER;
+                    } else {
+                        deferrals = 0;
+                        stats_reading = Some((Box::pin(self.dataplane.stats()), now));
                     }
                 }
                 result = async {
                     match stats_reading.as_mut() {
-                        Some(reading) => reading.await,
+                        Some((reading, _)) => reading.await,
                         None => std::future::pending().await,
                     }
                 } => {
-                    stats_reading = None;
+                    let took = stats_reading.take().map_or(Duration::ZERO, |(_, at)| at.elapsed());
+                    let pause = stats_pause(took);
+                    if pause > STATS_INTERVAL {
+                        tracing::debug!(took_ms = took.as_millis(), next_in_s = pause.as_secs(), "the dataplane's counters are slow to read: read less often");
+                    }
+                    next_stats = Instant::now() + pause;
                     self.record_stats(result);
                 }
                 changed = maintenance.changed() => {

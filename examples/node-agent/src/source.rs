@@ -12,8 +12,19 @@ use dataplane_kube::{Kind, Object, ObjectKey};
 /// services that merely were not listed yet.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceEvent {
-    /// Every object of `kind` as of now (possibly none): the store replaces what it holds of
-    /// that kind, deleting the objects that are missing.
+    /// Part of a listing of `kind` in progress: these objects are stored at once (the store
+    /// trims them on the way in), the listing's closing `Listed` deletes what no part nor the
+    /// `Listed` itself named. A source streams a big listing in parts so that the objects are
+    /// never all held at once.
+    ListPart {
+        /// The kind being listed.
+        kind: Kind,
+        /// Some of its objects.
+        objects: Vec<Object>,
+    },
+    /// Every object of `kind` as of now (possibly none), besides those of the `ListPart`s of
+    /// `kind` since the last `Listed` of it: the store replaces what it holds of that kind,
+    /// deleting the objects that are missing.
     Listed {
         /// The kind listed.
         kind: Kind,
@@ -38,7 +49,7 @@ impl SourceEvent {
     /// The kind this event is about (`None` for an error about no kind in particular).
     pub fn kind(&self) -> Option<Kind> {
         match self {
-            SourceEvent::Listed { kind, .. } => Some(*kind),
+            SourceEvent::Listed { kind, .. } | SourceEvent::ListPart { kind, .. } => Some(*kind),
             SourceEvent::Applied(object) => Some(object.kind()),
             SourceEvent::Deleted(key) => Some(key.kind),
             SourceEvent::Error { kind, .. } => *kind,

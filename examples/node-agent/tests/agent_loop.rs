@@ -59,6 +59,87 @@ async fn syncs_wait_for_every_kind_then_program_the_translated_state() {
     assert_eq!(h.fake.calls().full_syncs, 2);
 }
 
+/// A listing in parts (the manifest source streams the directory file by file): each part
+/// is stored at once, nothing syncs before every kind's closing `Listed`, and a relist in
+/// parts deletes exactly what neither a part nor the closing event named.
+#[tokio::test]
+async fn a_listing_in_parts_stores_each_part_and_deletes_what_it_did_not_name() {
+    fn part(kind: Kind, yamls: &[String]) -> SourceEvent {
+        let SourceEvent::Listed { objects, .. } = objects(kind, yamls) else {
+            unreachable!()
+        };
+        SourceEvent::ListPart { kind, objects }
+    }
+    fn closing(kind: Kind) -> SourceEvent {
+        SourceEvent::Listed {
+            kind,
+            objects: Vec::new(),
+        }
+    }
+    fn names(h: &agent_common::harness::Harness) -> Vec<String> {
+        let mut names: Vec<String> = h
+            .fake
+            .applied()
+            .unwrap()
+            .services
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+    let mut h = harness(Duration::from_mins(1));
+    let parts = [
+        part(
+            Kind::Node,
+            &[node("node-0", "172.18.0.10", "10.244.0.0/24", None)],
+        ),
+        part(Kind::Namespace, &[namespace("default")]),
+        part(Kind::Service, &[service("web", "10.96.0.10", 80, None)]),
+        part(Kind::Service, &[service("api", "10.96.0.11", 80, None)]),
+    ];
+    for event in parts {
+        h.reconciler.handle(event);
+    }
+    assert_eq!(
+        h.reconciler.cluster().count(Kind::Service),
+        2,
+        "stored at once"
+    );
+    assert!(h.reconciler.next_sync(Instant::now()).is_none());
+    for kind in Kind::ALL {
+        assert!(
+            h.reconciler.next_sync(Instant::now()).is_none(),
+            "a sync before {kind} listed"
+        );
+        h.reconciler.handle(closing(kind));
+    }
+    assert!(h.reconciler.ready());
+    h.reconciler.sync_if_due(Instant::now()).await.unwrap();
+    assert_eq!(names(&h), ["default/api", "default/web"]);
+    assert_eq!(
+        h.reconciler.cluster().count(Kind::Node),
+        1,
+        "the closing event kept the part's node"
+    );
+
+    // A relist that names `db` in a part and `web` in its closing event: `api` is gone.
+    h.reconciler.handle(part(
+        Kind::Service,
+        &[service("db", "10.96.0.12", 80, None)],
+    ));
+    h.reconciler.handle(SourceEvent::Listed {
+        kind: Kind::Service,
+        objects: vec![object(&service("web", "10.96.0.10", 80, None))],
+    });
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert_eq!(names(&h), ["default/db", "default/web"]);
+    // A relist with no parts at all replaces as before.
+    h.reconciler.handle(closing(Kind::Service));
+    h.reconciler.sync(RunKind::Partial).await.report.unwrap();
+    assert_eq!(names(&h), Vec::<String>::new());
+}
+
 /// Partial syncs hand the dataplane the store's changes only (`translate_changes` →
 /// `AsyncDataplane::apply_changes`); what is programmed must stay the store's whole state,
 /// through additions, removals and a failed sync's full retry.

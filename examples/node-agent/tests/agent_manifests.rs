@@ -59,6 +59,7 @@ fn summary(events: &[SourceEvent]) -> Vec<String> {
             SourceEvent::Deleted(k) => format!("-{k}"),
             SourceEvent::Error { .. } => "!".to_owned(),
             SourceEvent::Listed { kind, objects } => format!("={kind}:{}", objects.len()),
+            SourceEvent::ListPart { kind, objects } => format!("~{kind}:{}", objects.len()),
         })
         .collect()
 }
@@ -79,6 +80,77 @@ fn web_files(dir: &Path) {
             service("web", "10.96.0.10", 80, None),
             slice("web-1", "web", &[("10.244.0.11", "node-0", "pod-0-1")]),
         ]),
+    );
+}
+
+/// A change to one document of a file parses that document only (parsing is most of what a
+/// change costs: ~90 ms for a file of 100 Services and their slices); documents moved,
+/// added or removed are told apart by their text.
+#[test]
+fn a_file_read_again_parses_only_the_documents_that_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let services: Vec<String> = (0..5)
+        .map(|i| service(&format!("s{i}"), &format!("10.96.0.{}", 10 + i), 80, None))
+        .collect();
+    let path = write(dir.path(), "many.yaml", &documents(&services));
+    let mut m = ManifestDir::new(dir.path());
+    m.list().unwrap();
+    assert_eq!(m.documents_parsed(), 5, "the listing parses every document");
+
+    let mut edited = services.clone();
+    edited[2] = service("s2", "10.96.0.12", 8080, None);
+    std::fs::write(&path, documents(&edited)).unwrap();
+    let events = m.update(&[path.clone()].into(), false);
+    assert_eq!(summary(&events), ["+Service default/s2"]);
+    assert_eq!(m.documents_parsed(), 6, "one document parsed again");
+
+    // Reordered and one removed: nothing parsed, one deleted.
+    let reordered = [
+        edited[4].clone(),
+        edited[2].clone(),
+        edited[0].clone(),
+        edited[1].clone(),
+    ];
+    std::fs::write(&path, documents(&reordered)).unwrap();
+    let events = m.update(&[path.clone()].into(), false);
+    assert_eq!(summary(&events), ["-Service default/s3"]);
+    assert_eq!(m.documents_parsed(), 6);
+
+    // The same object twice in the file: the later document wins, parsed or not.
+    let twice = [edited[2].clone(), services[2].clone()];
+    std::fs::write(&path, documents(&twice)).unwrap();
+    let mut got = summary(&m.update(&[path.clone()].into(), false));
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "+Service default/s2",
+            "-Service default/s0",
+            "-Service default/s1",
+            "-Service default/s4"
+        ]
+    );
+    let events = m.update(&[path.clone()].into(), false);
+    assert!(events.is_empty(), "{:?}", summary(&events));
+    let applied = m.list().unwrap();
+    let port = applied
+        .iter()
+        .find_map(|e| match e {
+            SourceEvent::Listed {
+                kind: Kind::Service,
+                objects,
+            } => Some(objects.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(port.len(), 1);
+    let dataplane_kube::Object::Service(s) = &port[0] else {
+        panic!()
+    };
+    assert_eq!(
+        s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+        80,
+        "the later document"
     );
 }
 
@@ -289,15 +361,31 @@ async fn the_watcher_lists_then_follows_editor_saves_and_deletes() {
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let source = spawn(dir.path(), tx).unwrap();
     let mut kinds = BTreeSet::new();
-    for _ in 0..6 {
+    let mut parts = Vec::new();
+    while kinds.len() < 6 {
         match next(&mut rx).await {
-            SourceEvent::Listed { kind, .. } => {
-                kinds.insert(kind);
+            SourceEvent::Listed { kind, objects } => {
+                assert!(objects.is_empty());
+                assert!(kinds.insert(kind));
+            }
+            SourceEvent::ListPart { kind, objects } => {
+                assert!(kinds.is_empty(), "a part after a closing");
+                parts.extend(objects.iter().map(|o| (kind, o.key().unwrap().name)));
             }
             other => panic!("expected the lists first: {other:?}"),
         }
     }
-    assert_eq!(kinds.len(), 6);
+    let mut parts: Vec<String> = parts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    parts.sort();
+    assert_eq!(
+        parts,
+        [
+            "EndpointSlice web-1",
+            "Namespace default",
+            "Node node-0",
+            "Service web"
+        ]
+    );
     // An editor's save (temporary file renamed over the original).
     save_by_rename(
         dir.path(),
@@ -409,8 +497,17 @@ async fn the_watcher_reads_nothing_while_nothing_changes() {
     web_files(dir.path());
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let source = spawn(dir.path(), tx).unwrap();
-    for _ in 0..6 {
-        assert!(matches!(next(&mut rx).await, SourceEvent::Listed { .. }));
+    // The listing streams file by file (parts), then closes each kind.
+    let mut closed = 0;
+    while closed < 6 {
+        match next(&mut rx).await {
+            SourceEvent::Listed { objects, .. } => {
+                assert!(objects.is_empty(), "the objects came in parts");
+                closed += 1;
+            }
+            SourceEvent::ListPart { .. } => assert_eq!(closed, 0, "a part after a closing"),
+            other => panic!("{other:?}"),
+        }
     }
     let listed_reads = source.reads();
     assert_eq!(listed_reads, 2, "the listing reads each file once");

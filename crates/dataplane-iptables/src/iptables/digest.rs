@@ -14,7 +14,8 @@ use dataplane_core::DesiredState;
 
 use super::policy::{self, NameCollision};
 use super::render::{each_chain, hook_lines, node_wide, Chains, Existing, Table};
-use crate::plan::node_plan;
+use crate::eventlog::LogPlan;
+use crate::plan::{node_plan, NodePlan};
 use dataplane_core::IpFamily;
 
 /// A chain name's 128-bit hash, as two words (a `u128` would align the entries to 32 bytes).
@@ -90,7 +91,26 @@ pub fn digests_with(
     prefix: &str,
     family: IpFamily,
 ) -> Result<Digests, NameCollision> {
-    let node = node_plan(&state.node);
+    digests_logged(state, policy, prefix, family, &default_log())
+}
+
+/// The iptables flavour's default log settings (of [`NetfilterConfig::iptables`](crate::NetfilterConfig::iptables)).
+pub fn default_log() -> LogPlan {
+    crate::NetfilterConfig::iptables(None).log_plan()
+}
+
+/// [`digests_with`] with the drop rules logging as `log` says.
+pub fn digests_logged(
+    state: &DesiredState,
+    policy: &Chains,
+    prefix: &str,
+    family: IpFamily,
+    log: &LogPlan,
+) -> Result<Digests, NameCollision> {
+    let node = NodePlan {
+        log: *log,
+        ..node_plan(&state.node)
+    };
     let mut d = Digests::default();
     let _ = each_chain::<()>(
         state,
@@ -172,6 +192,8 @@ pub struct SyncPlan<'a> {
     present: [Vec<NameHash>; 2],
     /// The policy chains `new` was made with (`None`: compiled from the state when written).
     policy: Option<&'a Chains>,
+    /// How the drop rules log.
+    log: LogPlan,
 }
 
 impl<'a> SyncPlan<'a> {
@@ -212,7 +234,16 @@ impl<'a> SyncPlan<'a> {
             prefix,
             present,
             policy: None,
+            log: default_log(),
         }
+    }
+
+    /// The same sync with the drop rules logging as `log` says (as `new` was made with,
+    /// [`digests_logged`]).
+    #[must_use]
+    pub fn with_log(mut self, log: LogPlan) -> Self {
+        self.log = log;
+        self
     }
 
     /// The same sync with the policy chains `new` was made with ([`digests_with`]).
@@ -282,7 +313,10 @@ impl<'a> SyncPlan<'a> {
         tables: &[Table],
         out: &mut W,
     ) -> std::fmt::Result {
-        let node = node_plan(&state.node);
+        let node = NodePlan {
+            log: self.log,
+            ..node_plan(&state.node)
+        };
         let compiled;
         let policy = if let Some(p) = self.policy {
             p

@@ -17,24 +17,24 @@ mod naming;
 pub mod policy;
 pub mod render;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use dataplane_core::{
-    validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
-    ObservedFrontend, ObservedState, Protocol, Skipped, Stats,
+    validate, ApplyReport, BoxEventSource, Capabilities, ChangeSet, Dataplane, DesiredState, Error,
+    EventOptions, Flow, ObservedState, Skipped, Stats,
 };
 
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
+use crate::events::{Names, NetfilterEvents};
 use crate::exec;
 use crate::flavour::Flavour;
 use crate::plan::check_supported;
 use dataplane_core::CompiledPolicy;
 use dataplane_core::IpFamily;
 use dataplane_core::ServiceFingerprints;
-use digest::{digests_with, name_hash, Digests, NameHash, SyncPlan};
+use digest::{digests_logged, name_hash, Digests, NameHash, SyncPlan};
 use ipset::{KernelSets, SetOp};
 use policy::{is_our_set, IpSets};
 use render::{write_reset, Chains, Existing, ExistingParser, Table, MAX_PREFIX_LEN};
@@ -107,12 +107,13 @@ impl IptablesDataplane {
         let compiled = dataplane_core::compile(desired);
         let policy = policy::chains(&compiled, desired, prefix, family)
             .map_err(|e| e.into_error(BACKEND))?;
-        let new =
-            digests_with(desired, &policy, prefix, family).map_err(|e| e.into_error(BACKEND))?;
+        let new = digests_logged(desired, &policy, prefix, family, &self.config.log_plan())
+            .map_err(|e| e.into_error(BACKEND))?;
         let none = Existing::default();
         let mut out = String::new();
         SyncPlan::new(None, &new, &none, prefix)
             .with_policy(&policy)
+            .with_log(self.config.log_plan())
             .write(desired, family, None, &mut out)
             .map_err(|_| NetfilterError::Internal {
                 backend: BACKEND,
@@ -523,6 +524,7 @@ impl IptablesDataplane {
         applied: &mut Option<Applied>,
     ) -> Result<(ApplyReport, Applied), Error> {
         let prefix = self.config.name.clone();
+        let log = self.config.log_plan();
         let families = [IpFamily::V4, IpFamily::V6];
         let previous = applied
             .as_mut()
@@ -530,9 +532,9 @@ impl IptablesDataplane {
             .map(|a| (std::mem::take(&mut a.compiled), a.sets.clone()));
         let sets = self.plan_sets(desired, previous, changes.filter(|_| !full_sync))?;
         let new = [
-            digests_with(desired, &sets.chains[0], &prefix, IpFamily::V4)
+            digests_logged(desired, &sets.chains[0], &prefix, IpFamily::V4, &log)
                 .map_err(|e| e.into_error(BACKEND))?,
-            digests_with(desired, &sets.chains[1], &prefix, IpFamily::V6)
+            digests_logged(desired, &sets.chains[1], &prefix, IpFamily::V6, &log)
                 .map_err(|e| e.into_error(BACKEND))?,
         ];
         // Both families' kernel state is read before either is written.
@@ -563,7 +565,8 @@ impl IptablesDataplane {
                 std::mem::take(&mut present[i]),
                 &prefix,
             )
-            .with_policy(&sets.chains[i]);
+            .with_policy(&sets.chains[i])
+            .with_log(log);
             plans.push((family, plan));
         }
         // iptables-restore commits nat and filter one after the other (the nf_tables backend
@@ -657,39 +660,7 @@ impl IptablesDataplane {
     /// The rules of our chains in `iptables-save -c`: (table, chain) → (packets, rule text).
     fn our_rules(&self, family: IpFamily) -> Result<Rules, NetfilterError> {
         let save = self.save_with_counters(family)?;
-        let mut out = Rules::new();
-        let mut table = None;
-        for line in save.lines() {
-            if let Some(t) = line.strip_prefix('*') {
-                table = Table::from_name(t);
-                continue;
-            }
-            let Some(table) = table else {
-                continue;
-            };
-            let (packets, rest) = match line.strip_prefix('[') {
-                Some(r) => {
-                    let (c, rest) = r.split_once("] ").unwrap_or(("0:0", r));
-                    (
-                        c.split(':')
-                            .next()
-                            .and_then(|p| p.parse().ok())
-                            .unwrap_or(0),
-                        rest,
-                    )
-                }
-                None => (0, line),
-            };
-            if let Some(rule) = rest.strip_prefix("-A ") {
-                let (chain, body) = rule.split_once(' ').unwrap_or((rule, ""));
-                if chain.starts_with(&format!("{}-", self.config.name)) {
-                    out.entry((table, chain.to_owned()))
-                        .or_default()
-                        .push((packets, body.to_owned()));
-                }
-            }
-        }
-        Ok(out)
+        Ok(render::counted_rules(&save, &self.config.name))
     }
 
     /// The packets counted by all rules of one of our nat chains (`None`: no such chain or
@@ -740,8 +711,7 @@ struct SetsPlan {
     chains: [Chains; 2],
 }
 
-/// The rules of our chains: (table, chain) → (packets, rule text).
-type Rules = BTreeMap<(Table, String), Vec<(u64, String)>>;
+use render::CountedRules as Rules;
 
 /// A `fmt::Write` that keeps nothing.
 struct Discard;
@@ -750,16 +720,6 @@ impl std::fmt::Write for Discard {
     fn write_str(&mut self, _: &str) -> std::fmt::Result {
         Ok(())
     }
-}
-
-fn word_after<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
-    let mut words = rule.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == flag {
-            return words.next();
-        }
-    }
-    None
 }
 
 impl Dataplane for IptablesDataplane {
@@ -802,59 +762,13 @@ impl Dataplane for IptablesDataplane {
 
     fn observe(&self) -> Result<ObservedState, Error> {
         let mut frontends = Vec::new();
-        let prefix = &self.config.name;
         for family in [IpFamily::V4, IpFamily::V6] {
             let rules = self.our_rules(family)?;
-            let Some(services) = rules.get(&(Table::Nat, format!("{prefix}-SERVICES"))) else {
-                continue;
-            };
-            for (_, r) in services {
-                let (Some(dst), Some(proto), Some(dport), Some(target)) = (
-                    word_after(r, "-d"),
-                    word_after(r, "-p"),
-                    word_after(r, "--dport"),
-                    word_after(r, "-g").or_else(|| word_after(r, "-j")),
-                ) else {
-                    continue;
-                };
-                let ip: Option<IpAddr> = dst.split('/').next().and_then(|a| a.parse().ok());
-                let Some(protocol) = Protocol::from_name(proto) else {
-                    continue;
-                };
-                let (Some(ip), Ok(port)) = (ip, dport.parse::<u16>()) else {
-                    continue;
-                };
-                let mut backends = BTreeSet::new();
-                let mut seen = BTreeSet::new();
-                let mut todo = vec![target.to_owned()];
-                while let Some(chain) = todo.pop() {
-                    if !seen.insert(chain.clone()) {
-                        continue;
-                    }
-                    for (_, rule) in rules.get(&(Table::Nat, chain)).into_iter().flatten() {
-                        if let Some(to) = word_after(rule, "--to-destination") {
-                            let to = to.replace(['[', ']'], "");
-                            if let Some((a, p)) = to.rsplit_once(':') {
-                                if let (Ok(a), Ok(p)) = (a.parse::<IpAddr>(), p.parse::<u16>()) {
-                                    backends.insert(SocketAddr::new(a, p));
-                                }
-                            }
-                        }
-                        if let Some(next) =
-                            word_after(rule, "-g").or_else(|| word_after(rule, "-j"))
-                        {
-                            if next.starts_with(&format!("{prefix}-")) {
-                                todo.push(next.to_owned());
-                            }
-                        }
-                    }
-                }
-                frontends.push(ObservedFrontend {
-                    address: SocketAddr::new(ip, port),
-                    protocol,
-                    backends,
-                });
-            }
+            frontends.extend(
+                render::frontends_of(&rules, &self.config.name)
+                    .into_iter()
+                    .map(|(f, _)| f),
+            );
         }
         frontends.sort();
         Ok(ObservedState { frontends })
@@ -878,23 +792,22 @@ impl Dataplane for IptablesDataplane {
     fn stats(&self) -> Result<Stats, Error> {
         let mut s = Stats::default();
         for family in [IpFamily::V4, IpFamily::V6] {
-            for ((table, _), rules) in self.our_rules(family)? {
-                for (packets, rule) in rules {
-                    if table == Table::Filter && rule.contains("network policy:") {
-                        *s.other.entry("policy_dropped".to_owned()).or_default() += packets;
-                    }
-                    if rule.contains("-j DNAT") {
-                        s.packets_translated += packets;
-                    } else if table == Table::Filter && rule.contains("-j DROP") {
-                        s.packets_dropped += packets;
-                    } else if table == Table::Filter && rule.contains("-j REJECT") {
-                        s.packets_rejected += packets;
-                    }
-                }
-            }
+            render::add_stats(&self.our_rules(family)?, &mut s);
         }
         s.flows = self.flows()?.len() as u64;
         Ok(s)
+    }
+
+    /// NFLOG drops and rejects of our chains, and with `options.new_connections` the
+    /// connections they translated (see [`crate::events`]); named from the last applied
+    /// state.
+    fn events(&self, options: &EventOptions) -> Result<BoxEventSource, Error> {
+        let names = self
+            .applied
+            .as_ref()
+            .map(|a| Names::of_state(&a.state))
+            .unwrap_or_default();
+        NetfilterEvents::boxed(BACKEND, &self.config, options, names)
     }
 
     fn reset(&mut self) -> Result<(), Error> {

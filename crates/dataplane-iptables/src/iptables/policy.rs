@@ -7,7 +7,7 @@
 //!   DP-POLICY: -i <pod interface>              ─▶ DP-AS-<hash>  (anti-spoofing: its addresses
 //!                                                                RETURN, IPv6 fe80::/10 and ::
 //!                                                                to fe80::/10 and ff00::/8 too,
-//!                                                                the rest counted DROP)
+//!                                                                the rest ─▶ DP-SPOOFED)
 //!              ct state ESTABLISHED,RELATED     ─▶ RETURN        (checked on the first packet only)
 //!              IPv6 neighbour discovery        ─▶ RETURN        (ICMPv6 types 133-136)
 //!              -d <node address>               ─▶ RETURN        (pods to the node: INPUT only)
@@ -16,8 +16,8 @@
 //!              -d <ingress-isolated pod ip>    ─▶ DP-PI-<hash>  (the server's ingress)
 //!   DP-PE/PI-<hash>: one rule per allow entry ─▶ RETURN
 //!              -m set --match-set DP-v4-<hash of the peer set> dst|src [-p tcp -m tcp --dport 80:81]
-//!              (ipBlocks, longest prefix first) -d|-s <prefix> [ports] ─▶ RETURN, excepts ─▶ DROP
-//!              last: counted DROP
+//!              (ipBlocks, longest prefix first) -d|-s <prefix> [ports] ─▶ RETURN, excepts ─▶ DP-DENY
+//!              last: ─▶ DP-DENY   (node-wide: NFLOG rate-limited, then DROP, counted)
 //! ```
 //!
 //! The filter table sees a packet after the nat table's DNAT and before its SNAT: a service
@@ -74,6 +74,17 @@ pub struct IpSetSpec {
     pub id: SetId,
     /// `inet` or `inet6`.
     pub family: IpFamily,
+}
+
+/// The filter chain that logs, counts and drops what NetworkPolicy denies (written with the
+/// node-wide chains, so that its log settings need not reach the policy chains).
+pub fn deny_chain(prefix: &str) -> String {
+    format!("{prefix}-DENY")
+}
+
+/// The filter chain that logs, counts and drops a forged source.
+pub fn spoofed_chain(prefix: &str) -> String {
+    format!("{prefix}-SPOOFED")
 }
 
 /// The name of the top-level policy chain.
@@ -299,7 +310,10 @@ pub fn chains_named(
                 }
             }
         }
-        rules.push("-m comment --comment \"network policy: spoofed source\" -j DROP".to_owned());
+        rules.push(format!(
+            "-m comment --comment \"network policy: spoofed source\" -j {}",
+            spoofed_chain(prefix)
+        ));
         let content = format!("{interface}\n{}", rules.join("\n"));
         let chain = format!("{prefix}-AS-{}", name(&content));
         claim(&mut names, &chain, &content)?;
@@ -436,7 +450,8 @@ fn direction_rules(
             .any(|(o, _)| o.prefix() < net.prefix() && o.contains(net.network()));
         if shadows {
             rules.push(format!(
-                "{addr_flag} {net} -m comment --comment \"network policy: ipBlock except\" -j DROP"
+                "{addr_flag} {net} -m comment --comment \"network policy: ipBlock except\" -j {}",
+                deny_chain(prefix)
             ));
         }
     }
@@ -445,7 +460,8 @@ fn direction_rules(
         PolicyType::Egress => "egress",
     };
     rules.push(format!(
-        "-m comment --comment \"network policy: {what} denied\" -j DROP"
+        "-m comment --comment \"network policy: {what} denied\" -j {}",
+        deny_chain(prefix)
     ));
     rules
 }

@@ -25,7 +25,10 @@
 //! Beyond kube-proxy's iptables mode: the drop of unallocated service addresses (its nftables
 //! mode's `cluster-ips-check`), and pods short-circuiting an externalTrafficPolicy Local
 //! frontend told by this node's pod CIDRs (`NodeCIDR` local detection) rather than by the
-//! cluster CIDRs (the reference model treats a pod of another node as an outside client).
+//! cluster CIDRs (the reference model treats a pod of another node as an outside client);
+//! and before every rule that drops, rejects or marks for either, a rate-limited NFLOG rule
+//! with the same matches (`crate::eventlog`; in nat for the services, where the service is
+//! known).
 //!
 //! Everything after the first packet of a connection is conntrack's job. Per-packet cost grows
 //! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.
@@ -33,13 +36,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use dataplane_core::{DesiredState, IpFamily, ObjectName, Service};
+use dataplane_core::{
+    DesiredState, DropReason, EventVerdict, IpFamily, ObjectName, ObservedFrontend, Protocol,
+    Service,
+};
+
+use crate::eventlog::{self, LogPrefix};
 use ipnetwork::IpNetwork;
 
 use super::policy;
-use crate::plan::{
-    node_plan, proto_name, service_ports, Choice, FamilySuffix as _, NodePlan, PortPlan,
-};
+use crate::plan::{proto_name, service_ports, Choice, FamilySuffix as _, NodePlan, PortPlan};
 
 /// Mark bit: masquerade this connection (SNAT to the node address) in POSTROUTING.
 pub const MARK_MASQUERADE: u32 = 0x4000;
@@ -170,7 +176,8 @@ fn of_family(nets: &[IpNetwork], f: IpFamily) -> Vec<IpNetwork> {
 /// backend itself visits them a group at a time, through [`super::digest`], to write a sync
 /// without holding the rules).
 pub fn compile_state(state: &DesiredState, prefix: &str) -> [IptRuleset; 2] {
-    let node = node_plan(&state.node);
+    // The iptables flavour's default log settings.
+    let node = crate::plan::node_plan_with(&state.node, &crate::NetfilterConfig::iptables(None));
     let compiled = dataplane_core::compile(state);
     [IpFamily::V4, IpFamily::V6].map(|family| {
         let mut rs = IptRuleset::empty(family, prefix);
@@ -277,8 +284,14 @@ fn finish_ruleset(
     services: &mut Vec<String>,
     reject_ips: &BTreeSet<IpAddr>,
 ) {
+    // A ClusterIP on a port it does not serve (see `crate::eventlog` for the log rules).
+    let unserved = LogPrefix::new(EventVerdict::Rejected, DropReason::Unallocated);
     for ip in reject_ips {
-        services.push(format!("-d {} -g {p}-MARK-REJ", host(ip)));
+        services.extend(eventlog::ipt_rules(
+            &format!("-d {} -g {p}-MARK-REJ", host(ip)),
+            &unserved,
+            &plan_node.log,
+        ));
     }
     rs.nat
         .insert(format!("{p}-SERVICES"), std::mem::take(services));
@@ -337,10 +350,31 @@ fn finish_ruleset(
     // does not serve was marked for reject above), so a new connection still addressed to
     // the service CIDRs went to no service.
     for cidr in of_family(&plan_node.service_cidrs, family) {
-        filter.push(format!(
-            "-d {cidr} -m conntrack --ctstate NEW -m comment --comment \"unallocated service address\" -j DROP"
+        filter.extend(eventlog::ipt_rules(
+            &format!(
+                "-d {cidr} -m conntrack --ctstate NEW -m comment --comment \"unallocated service address\" -j DROP"
+            ),
+            &LogPrefix::new(EventVerdict::Dropped, DropReason::Unallocated),
+            &plan_node.log,
         ));
     }
+    // NetworkPolicy's denials and forged sources end in these (see [`policy::deny_chain`]).
+    rs.filter.insert(
+        policy::deny_chain(p),
+        eventlog::ipt_rules(
+            "-j DROP",
+            &LogPrefix::new(EventVerdict::PolicyDenied, DropReason::Policy),
+            &plan_node.log,
+        ),
+    );
+    rs.filter.insert(
+        policy::spoofed_chain(p),
+        eventlog::ipt_rules(
+            "-j DROP",
+            &LogPrefix::new(EventVerdict::Dropped, DropReason::Spoofed),
+            &plan_node.log,
+        ),
+    );
     // The same drops and rejects for locally generated traffic, which has its own entry
     // chain (see [`hooks`]).
     rs.filter.insert(format!("{p}-FILTER-OUT"), filter.clone());
@@ -385,7 +419,10 @@ fn compile_port(
             rules.push(format!("-j {p}-MARK-MASQ"));
         }
         rules.push(format!("-g {internal}"));
-        nat.insert(svc.clone(), rules);
+        nat.insert(
+            svc.clone(),
+            logged(rules, p, pp, node, DropReason::NoBackend),
+        );
         for ip in &pp.cluster_ips {
             services.push(format!(
                 "-d {} {} {} -g {svc}",
@@ -419,24 +456,26 @@ fn compile_port(
             }
         }
         rules.push(format!("-g {external}"));
-        nat.insert(ext.clone(), rules);
-        for ip in &pp.external_ips {
+        nat.insert(
+            ext.clone(),
+            logged(rules, p, pp, node, DropReason::NoBackend),
+        );
+        let node_ports = pp
+            .node_port
+            .iter()
+            .flat_map(|(addrs, np)| addrs.iter().map(|a| (a, *np)));
+        for (ip, port, what) in pp
+            .external_ips
+            .iter()
+            .map(|ip| (ip, pp.port, "external IP"))
+            .chain(node_ports.map(|(a, np)| (a, np, "node port")))
+        {
             services.push(format!(
                 "-d {} {} {} -g {ext}",
                 host(ip),
-                m(pp.port),
-                comment("external IP")
+                m(port),
+                comment(what)
             ));
-        }
-        if let Some((addrs, np)) = &pp.node_port {
-            for a in addrs {
-                services.push(format!(
-                    "-d {} {} {} -g {ext}",
-                    host(a),
-                    m(*np),
-                    comment("node port")
-                ));
-            }
         }
         if !pp.load_balancer_ips.is_empty() {
             let target = if pp.source_ranges.is_empty() {
@@ -446,13 +485,7 @@ fn compile_port(
                 // IPs when a range holds the node: allowFromNode) to the service, everyone
                 // else (pods, the node, outside) dropped.
                 let fw = format!("{p}-FW-{}", hash_name(&key));
-                let mut rules: Vec<String> = pp
-                    .source_ranges
-                    .iter()
-                    .map(|r| format!("-s {r} -g {ext}"))
-                    .collect();
-                rules.push(format!("-g {p}-MARK-DROP"));
-                nat.insert(fw.clone(), rules);
+                nat.insert(fw.clone(), firewall_rules(pp, p, &ext, node));
                 fw
             };
             for ip in &pp.load_balancer_ips {
@@ -465,6 +498,47 @@ fn compile_port(
             }
         }
     }
+}
+
+/// The rules of `pp`'s firewall chain: each allowed source range to `ext`, the rest marked
+/// for drop (and logged).
+fn firewall_rules(pp: &PortPlan, p: &str, ext: &str, node: &NodePlan) -> Vec<String> {
+    let mut rules: Vec<String> = pp
+        .source_ranges
+        .iter()
+        .map(|r| format!("-s {r} -g {ext}"))
+        .collect();
+    rules.push(format!("-g {p}-MARK-DROP"));
+    logged(rules, p, pp, node, DropReason::SourceRange)
+}
+
+/// `rules` of a chain of `pp`'s service with the NFLOG rule (see `crate::eventlog`) before
+/// each that marks the packet for drop or reject (for `reason`, with the service's name).
+fn logged(
+    rules: Vec<String>,
+    p: &str,
+    pp: &PortPlan,
+    node: &NodePlan,
+    reason: DropReason,
+) -> Vec<String> {
+    let (drop, reject) = (format!("-g {p}-MARK-DROP"), format!("-g {p}-MARK-REJ"));
+    let mut out = Vec::with_capacity(rules.len());
+    for r in rules {
+        let verdict = if r.ends_with(&drop) {
+            EventVerdict::Dropped
+        } else if r.ends_with(&reject) {
+            EventVerdict::Rejected
+        } else {
+            out.push(r);
+            continue;
+        };
+        out.extend(eventlog::ipt_rules(
+            &r,
+            &LogPrefix::new(verdict, reason).of(&pp.service),
+            &node.log,
+        ));
+    }
+    out
 }
 
 /// The selection chain of one choice, and the endpoint chains it leads to.
@@ -764,6 +838,185 @@ pub fn service_chain(
         "{prefix}-SVC-{}",
         hash_name(&format!("{}-{service}/{protocol}/{port}", family.suffix()))
     )
+}
+
+/// The rules of our chains with their packet counters: (table, chain) → (packets, rule text).
+pub type CountedRules = BTreeMap<(Table, String), Vec<(u64, String)>>;
+
+/// Our chains' rules (chains named `<prefix>-…`) with their counters, from `iptables-save -c`.
+pub fn counted_rules(save: &str, prefix: &str) -> CountedRules {
+    let ours = format!("{prefix}-");
+    let mut out = CountedRules::new();
+    let mut table = None;
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = Table::from_name(t);
+            continue;
+        }
+        let Some(table) = table else {
+            continue;
+        };
+        let (packets, rest) = match line.strip_prefix('[') {
+            Some(r) => {
+                let (c, rest) = r.split_once("] ").unwrap_or(("0:0", r));
+                (
+                    c.split(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0),
+                    rest,
+                )
+            }
+            None => (0, line),
+        };
+        if let Some(rule) = rest.strip_prefix("-A ") {
+            let (chain, body) = rule.split_once(' ').unwrap_or((rule, ""));
+            if chain.starts_with(&ours) {
+                out.entry((table, chain.to_owned()))
+                    .or_default()
+                    .push((packets, body.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// Adds the counters of `rules` (one family) to `s`: packets translated (DNAT rules),
+/// dropped and rejected (the filter table's DROP and REJECT rules, where every drop ends),
+/// NetworkPolicy's drops (`other["policy_dropped"]`), and drops by reason: the rule right
+/// after each of our NFLOG rules (`crate::eventlog`) is the rule that drops, rejects or marks
+/// for either, and counts every packet the log rule saw, limited or not.
+///
+/// An NFLOG rule's counter counts the packets its `limit` let through (logged); the rule
+/// after it every packet: the difference is what the limit held back, added to
+/// `other["events_suppressed"]`.
+pub fn add_stats(rules: &CountedRules, s: &mut dataplane_core::Stats) {
+    let (mut logged_total, mut counted_total) = (0u64, 0u64);
+    for ((table, _), rules) in rules {
+        let mut logged: Option<LogPrefix> = None;
+        for (packets, rule) in rules {
+            if let Some(prefix) = eventlog::ipt_prefix_of(rule) {
+                logged = Some(prefix);
+                logged_total += packets;
+                continue;
+            }
+            if let Some(prefix) = logged.take() {
+                *s.drops.entry(prefix.reason).or_default() += packets;
+                counted_total += packets;
+            }
+            if *table == Table::Filter && rule.contains("network policy:") {
+                *s.other.entry("policy_dropped".to_owned()).or_default() += packets;
+            }
+            if rule.contains("-j DNAT") {
+                s.packets_translated += packets;
+            } else if *table == Table::Filter && rule.contains("-j DROP") {
+                s.packets_dropped += packets;
+            } else if *table == Table::Filter && rule.contains("-j REJECT") {
+                s.packets_rejected += packets;
+            }
+        }
+    }
+    s.drops.retain(|_, n| *n > 0);
+    *s.other.entry("events_suppressed".to_owned()).or_default() +=
+        counted_total.saturating_sub(logged_total);
+}
+
+/// The word after `flag` in `rule`.
+pub(crate) fn word_after<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
+    let mut words = rule.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == flag {
+            return words.next();
+        }
+    }
+    None
+}
+
+/// The frontends of one family's `<prefix>-SERVICES` chain in `rules`, each with the
+/// backends its chains DNAT to and the comment of its rule (`<ns>/<name>/<proto>/<port>
+/// <kind>`, see [`frontend_comment`]).
+pub fn frontends_of(rules: &CountedRules, prefix: &str) -> Vec<(ObservedFrontend, Option<String>)> {
+    let mut out = Vec::new();
+    let Some(services) = rules.get(&(Table::Nat, format!("{prefix}-SERVICES"))) else {
+        return out;
+    };
+    for (_, r) in services {
+        let (Some(dst), Some(proto), Some(dport), Some(target)) = (
+            word_after(r, "-d"),
+            word_after(r, "-p"),
+            word_after(r, "--dport"),
+            word_after(r, "-g").or_else(|| word_after(r, "-j")),
+        ) else {
+            continue;
+        };
+        let ip: Option<IpAddr> = dst.split('/').next().and_then(|a| a.parse().ok());
+        let Some(protocol) = Protocol::from_name(proto) else {
+            continue;
+        };
+        let (Some(ip), Ok(port)) = (ip, dport.parse::<u16>()) else {
+            continue;
+        };
+        let mut backends = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![target.to_owned()];
+        while let Some(chain) = todo.pop() {
+            if !seen.insert(chain.clone()) {
+                continue;
+            }
+            for (_, rule) in rules.get(&(Table::Nat, chain)).into_iter().flatten() {
+                if let Some(to) = word_after(rule, "--to-destination") {
+                    let to = to.replace(['[', ']'], "");
+                    if let Some((a, p)) = to.rsplit_once(':') {
+                        if let (Ok(a), Ok(p)) = (a.parse::<IpAddr>(), p.parse::<u16>()) {
+                            backends.insert(SocketAddr::new(a, p));
+                        }
+                    }
+                }
+                if let Some(next) = word_after(rule, "-g").or_else(|| word_after(rule, "-j")) {
+                    if next.starts_with(&format!("{prefix}-")) {
+                        todo.push(next.to_owned());
+                    }
+                }
+            }
+        }
+        let comment = r.split_once("--comment ").map(|(_, c)| {
+            c.trim_start_matches('"')
+                .split('"')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        });
+        out.push((
+            ObservedFrontend {
+                address: SocketAddr::new(ip, port),
+                protocol,
+                backends,
+            },
+            comment,
+        ));
+    }
+    out
+}
+
+/// The service and the frontend kind (`ClusterIP`, `ExternalIP`, `NodePort`,
+/// `LoadBalancer`) of a frontend rule's comment (`<ns>/<name>/<proto>/<port> <kind>`).
+pub fn frontend_comment(comment: &str) -> (Option<ObjectName>, Option<&'static str>) {
+    let (key, kind) = comment.split_once(' ').unwrap_or((comment, ""));
+    let mut parts = key.split('/');
+    let service = match (parts.next(), parts.next()) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
+            Some(ObjectName::new(ns, name))
+        }
+        _ => None,
+    };
+    let kind = match kind {
+        "cluster IP" => Some("ClusterIP"),
+        "external IP" => Some("ExternalIP"),
+        "node port" => Some("NodePort"),
+        "load balancer IP" => Some("LoadBalancer"),
+        _ => None,
+    };
+    (service, kind)
 }
 
 #[cfg(test)]

@@ -13,16 +13,18 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use dataplane_core::{
-    validate, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow,
-    Incremental, Node, ObjectName, ObservedState, Protocol, Skipped, Stats, Validator,
+    validate, ApplyReport, BoxEventSource, Capabilities, ChangeSet, Dataplane, DesiredState, Error,
+    EventOptions, Flow, Incremental, Node, ObjectName, ObservedState, Protocol, Skipped, Stats,
+    Validator,
 };
 
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
+use crate::events::{InterfaceRole, Names, NetfilterEvents};
 use crate::exec;
 use crate::flavour::Flavour;
 use crate::plan::check_supported;
-use crate::plan::{changed_hairpin, changed_ports, node_plan};
+use crate::plan::{changed_hairpin, changed_ports, node_plan_with};
 use dataplane_core::ServiceFingerprints;
 use render::{
     compile_patch, compile_state_with, render_full, render_patch, render_reset, sorted_difference,
@@ -368,7 +370,7 @@ impl NftablesDataplane {
         let planned = changed_ports(&touched, changes);
         let patch = compile_patch(
             rs,
-            &node_plan(node),
+            &node_plan_with(node, &self.config),
             planned.iter().map(|(n, p)| (n, p.as_deref())),
             &changed_hairpin(node, changes),
         )?;
@@ -586,9 +588,34 @@ impl Dataplane for NftablesDataplane {
     }
 
     fn stats(&self) -> Result<Stats, Error> {
-        let mut s = observe::stats(&self.listing()?);
+        let table = self.config.name.as_str();
+        let json = self.nft(
+            &["-j", "list", "counters", "table", "inet", table],
+            None,
+            "list counters",
+        )?;
+        let mut s = observe::counter_stats(&json)?;
         s.flows = self.flows()?.len() as u64;
         Ok(s)
+    }
+
+    /// NFLOG drops and rejects of this table's rules, and with
+    /// `options.new_connections` the connections its rules translated (see
+    /// [`crate::events`]); named from the last applied state.
+    fn events(&self, options: &EventOptions) -> Result<BoxEventSource, Error> {
+        let mut names = Names::default();
+        if let Some((node, rs)) = &self.applied {
+            names.node.clone_from(&node.name);
+            names.frontends = frontends(rs);
+            names.pod_cidrs.clone_from(&node.pod_cidrs);
+            names
+                .interfaces
+                .insert(node.interfaces.uplink.clone(), InterfaceRole::Uplink);
+        }
+        if let Some(state) = &self.policy_state {
+            names.add_pods(state);
+        }
+        NetfilterEvents::boxed(BACKEND, &self.config, options, names)
     }
 
     fn reset(&mut self) -> Result<(), Error> {

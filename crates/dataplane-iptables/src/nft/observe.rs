@@ -3,11 +3,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use dataplane_core::{ObservedFrontend, ObservedState, Protocol, Stats};
+use dataplane_core::{DropReason, EventVerdict, ObservedFrontend, ObservedState, Protocol, Stats};
 use serde_json::Value;
 
 use crate::error::NetfilterError;
-use crate::nft::render::MASQUERADE_BIT;
+use crate::eventlog::{parse_counter_name, LOGGED_COUNTER};
+use crate::nft::render::{MASQUERADE_BIT, TRANSLATED_COUNTER};
 
 fn parse_err(detail: impl Into<String>) -> NetfilterError {
     NetfilterError::Parse {
@@ -24,6 +25,8 @@ pub struct Listing {
     pub maps: BTreeMap<String, Vec<(Value, Option<Value>)>>,
     /// Chain name → rules (their `expr` arrays).
     pub rules: BTreeMap<String, Vec<Value>>,
+    /// Base chains: (chain, hook, type).
+    pub hooks: Vec<(String, String, String)>,
 }
 
 /// Parses the JSON of `nft -j list table`.
@@ -65,6 +68,11 @@ pub fn parse_listing(json: &str) -> Result<Listing, NetfilterError> {
         } else if let Some(c) = item.get("chain") {
             if let Some(name) = c.get("name").and_then(Value::as_str) {
                 out.rules.entry(name.to_owned()).or_default();
+                if let Some(hook) = c.get("hook").and_then(Value::as_str) {
+                    let kind = c.get("type").and_then(Value::as_str).unwrap_or("filter");
+                    out.hooks
+                        .push((name.to_owned(), hook.to_owned(), kind.to_owned()));
+                }
             }
         }
     }
@@ -151,6 +159,13 @@ fn protocol_of(v: &Value) -> Option<Protocol> {
 
 /// Frontends (from the `service-ips-*` maps) and the backends each can reach.
 pub fn observed_state(l: &Listing) -> Result<ObservedState, NetfilterError> {
+    let frontends = live_frontends(l)?.into_iter().map(|(f, _)| f).collect();
+    Ok(ObservedState { frontends })
+}
+
+/// Frontends as [`observed_state`] reads them, with the chain each leads to (its name
+/// carries the service's: `svc-v4-<ns>/<name>/<proto>/<port>`, `ext-…`, `fw-…`).
+pub fn live_frontends(l: &Listing) -> Result<Vec<(ObservedFrontend, String)>, NetfilterError> {
     let mut slots: BTreeMap<u32, SocketAddr> = BTreeMap::new();
     for name in ["backends-v4", "backends-v6"] {
         for (k, v) in l.maps.get(name).into_iter().flatten() {
@@ -162,21 +177,18 @@ pub fn observed_state(l: &Listing) -> Result<ObservedState, NetfilterError> {
             slots.insert(key, b);
         }
     }
-    let mut frontends = Vec::new();
+    let mut out = Vec::new();
     for name in ["service-ips-v4", "service-ips-v6"] {
         for (k, v) in l.maps.get(name).into_iter().flatten() {
-            let parts = k
-                .get("concat")
-                .and_then(Value::as_array)
-                .ok_or_else(|| parse_err(format!("{name}: key {k}")))?;
+            let parts = k.get("concat").and_then(Value::as_array);
             let (Some(ip), Some(proto), Some(port)) = (
                 parts
-                    .first()
+                    .and_then(|p| p.first())
                     .and_then(Value::as_str)
                     .and_then(|s| s.parse::<IpAddr>().ok()),
-                parts.get(1).and_then(protocol_of),
+                parts.and_then(|p| p.get(1)).and_then(protocol_of),
                 parts
-                    .get(2)
+                    .and_then(|p| p.get(2))
                     .and_then(Value::as_u64)
                     .and_then(|p| u16::try_from(p).ok()),
             ) else {
@@ -186,16 +198,33 @@ pub fn observed_state(l: &Listing) -> Result<ObservedState, NetfilterError> {
             if let Some(v) = v {
                 walk(v, &mut reach);
             }
-            let backends = reachable(l, &slots, reach);
-            frontends.push(ObservedFrontend {
-                address: SocketAddr::new(ip, port),
-                protocol: proto,
-                backends,
-            });
+            let chain = reach.targets.iter().next().cloned().unwrap_or_default();
+            out.push((
+                ObservedFrontend {
+                    address: SocketAddr::new(ip, port),
+                    protocol: proto,
+                    backends: reachable(l, &slots, reach),
+                },
+                chain,
+            ));
         }
     }
-    frontends.sort();
-    Ok(ObservedState { frontends })
+    out.sort();
+    Ok(out)
+}
+
+/// The elements of a verdict map whose values lead to chains: (key, target chain).
+pub fn verdict_elements<'a>(l: &'a Listing, map: &str) -> Vec<(&'a Value, String)> {
+    l.maps
+        .get(map)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let mut reach = Reach::default();
+            walk(v.as_ref()?, &mut reach);
+            Some((k, reach.targets.into_iter().next()?))
+        })
+        .collect()
 }
 
 fn reachable(l: &Listing, slots: &BTreeMap<u32, SocketAddr>, start: Reach) -> BTreeSet<SocketAddr> {
@@ -236,29 +265,55 @@ fn counter_packets(expr: &Value) -> u64 {
         .sum()
 }
 
-/// Packets translated, dropped and rejected, from our rule counters.
-pub fn stats(l: &Listing) -> Stats {
+/// Packets translated, dropped and rejected, and drops by reason, from our table's named
+/// counters (the JSON of `nft -j list counters table inet <table>`: a few objects, whatever
+/// the number of services, so that `stats()` stays cheap for `/metrics`).
+pub fn counter_stats(json: &str) -> Result<Stats, NetfilterError> {
+    let root: Value = serde_json::from_str(json).map_err(|e| parse_err(e.to_string()))?;
+    let items = root
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or_else(|| parse_err("no \"nftables\" array"))?;
     let mut s = Stats::default();
-    for (chain, rules) in &l.rules {
-        let n: u64 = rules.iter().map(counter_packets).sum();
-        if chain.starts_with("dnat-") || chain.starts_with("ep-") {
-            s.packets_translated += n;
-        } else if chain == "reject-service" {
-            s.packets_rejected += n;
-        } else if chain == "drop-service" {
-            s.packets_dropped += n;
-        } else if chain == "pol-spoof" {
-            // NetworkPolicy anti-spoofing: a local pod's packet from an address not its own.
-            s.packets_dropped += n;
-            *s.other.entry("spoofed_dropped".to_owned()).or_default() += n;
-        } else if chain.starts_with("pol-in-") || chain.starts_with("pol-out-") {
-            // NetworkPolicy: the counted drop that ends an isolated endpoint's chain (its
-            // only counter).
-            s.packets_dropped += n;
-            *s.other.entry("policy_dropped".to_owned()).or_default() += n;
+    let mut counted = 0u64;
+    let mut logged = 0u64;
+    for c in items.iter().filter_map(|i| i.get("counter")) {
+        let (Some(name), Some(packets)) = (
+            c.get("name").and_then(Value::as_str),
+            c.get("packets").and_then(Value::as_u64),
+        ) else {
+            continue;
+        };
+        if name == TRANSLATED_COUNTER {
+            s.packets_translated += packets;
+        } else if name == LOGGED_COUNTER {
+            logged += packets;
+        } else if let Some((verdict, reason)) = parse_counter_name(name) {
+            counted += packets;
+            *s.drops.entry(reason).or_default() += packets;
+            if verdict == EventVerdict::Rejected {
+                s.packets_rejected += packets;
+            } else {
+                s.packets_dropped += packets;
+            }
+            let other = match reason {
+                DropReason::Policy => Some("policy_dropped"),
+                DropReason::Spoofed => Some("spoofed_dropped"),
+                _ => None,
+            };
+            if let Some(key) = other {
+                *s.other.entry(key.to_owned()).or_default() += packets;
+            }
         }
     }
-    s
+    s.drops.retain(|_, n| *n > 0);
+    // Every counted drop passed a log rule first; those it did not log were held back by
+    // the rule's rate limit.
+    s.other.insert(
+        "events_suppressed".to_owned(),
+        counted.saturating_sub(logged),
+    );
+    Ok(s)
 }
 
 /// The packet counter of the first rule of `chain` (the first rule of every service chain

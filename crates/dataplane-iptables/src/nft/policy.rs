@@ -21,7 +21,7 @@
 //!   pol-spoof:  iifname . ip saddr @pol-pod-src-v4 return
 //!               ip6 saddr { fe80::/10, ::/128 } return
 //!               iifname . ip6 saddr @pol-pod-src-v6 return
-//!               counter drop
+//!               goto drop-spoofed        (services' base chain: NFLOG, counted, drop)
 //!   pol-dispatch: ip saddr vmap @pol-egress-v4  ─jump─▶ pol-out-<ns>/<pod>   (client's egress)
 //!                 ip daddr vmap @pol-ingress-v4 ─jump─▶ pol-in-<ns>/<pod>    (server's ingress)
 //!                 (and the same for ip6)
@@ -29,7 +29,7 @@
 //!     ip saddr @pset-v4-<hash> meta l4proto . th dport { tcp . 80-81, udp . 53 } return
 //!     ip saddr { 10.0.0.0/9, … } return                            (ipBlock, every port)
 //!     ip saddr . meta l4proto . th dport { 10.0.0.0/9 . tcp . 80, … } return
-//!     counter drop
+//!     goto deny-policy                 (services' base chain: NFLOG, counted, drop)
 //! ```
 //!
 //! Why this shape:
@@ -217,6 +217,12 @@ pub struct NftPolicy {
     pub names: Names,
 }
 
+/// The chain the endpoint chains end in: it logs, counts and drops (written with the
+/// services' base chains, which carry the log settings).
+pub const DENY_POLICY_CHAIN: &str = "deny-policy";
+/// The chain the anti-spoofing chain ends in: it logs, counts and drops.
+pub const DROP_SPOOFED_CHAIN: &str = "drop-spoofed";
+
 /// The name of the peer set `stem` of `family`.
 pub fn set_name(family: IpFamily, stem: &str) -> String {
     format!("pset-{}-{stem}", family.suffix())
@@ -371,7 +377,7 @@ pub fn base(node: &Node) -> Vec<String> {
         "pol-spoof",
         &format!("iifname . ip6 saddr @{} return", spoof_set(IpFamily::V6)),
     ));
-    out.push(rule("pol-spoof", "counter drop"));
+    out.push(rule("pol-spoof", &format!("goto {DROP_SPOOFED_CHAIN}")));
     for chain in ["pol-forward", "pol-input"] {
         out.push(rule(chain, &format!("iifname @{IFACES} jump pol-spoof")));
         out.push(rule(chain, "ct state established,related accept"));
@@ -648,7 +654,8 @@ fn direction_rules(
             ));
         }
     }
-    rules.push("counter drop".to_owned());
+    // Logged, counted and dropped in the services' base chain (see `crate::eventlog`).
+    rules.push(format!("goto {DENY_POLICY_CHAIN}"));
     Ok(rules)
 }
 

@@ -46,6 +46,10 @@
 //!   reference model's rule; kube-proxy's `--masquerade-all` marks only ClusterIP traffic).
 //! - Services without endpoints reject (or drop) from their own chain in the nat hooks rather
 //!   than from kube-proxy's `no-endpoint-services` vmap in the filter hooks.
+//! - Every drop and reject is preceded by a rate-limited NFLOG rule with the same matches
+//!   (prefix: verdict, reason, service) and counted in a named counter per verdict and
+//!   reason (`crate::eventlog`); kube-proxy logs nothing and counts no reasons. The policy
+//!   layer's drops go through the base chains `deny-policy` and `drop-spoofed` for it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -53,16 +57,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use dataplane_core::{
-    maglev_table, DesiredState, Error, IpFamily, MaglevBackend, ObjectName, Protocol, Service,
+    maglev_table, DesiredState, DropReason, Error, EventVerdict, IpFamily, MaglevBackend,
+    ObjectName, Protocol, Service,
 };
 use ipnetwork::IpNetwork;
 
 use super::family::{addr_type, ip_kw};
-use super::policy::NftPolicy;
+use super::policy::{NftPolicy, DENY_POLICY_CHAIN, DROP_SPOOFED_CHAIN};
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
+use crate::eventlog::{self, LogPlan, LogPrefix};
 use crate::plan::{
-    local_pod_ips, node_plan, proto_name, service_ports, slots, Choice, FamilySuffix as _,
+    local_pod_ips, node_plan_with, proto_name, service_ports, slots, Choice, FamilySuffix as _,
     NodePlan, PortPlan,
 };
 
@@ -335,7 +341,7 @@ pub fn compile_state_with(
     config: &NetfilterConfig,
 ) -> Result<NftRuleset, Error> {
     let table = config.name.as_str();
-    let node = node_plan(&state.node);
+    let node = node_plan_with(&state.node, config);
     let mut rs = NftRuleset::empty(&node, table);
     // Name order, as the plan's map has it: slot-group ids are handed out in that order.
     // Of services with one name the last counts, as in the plan's map: reversed, a stable
@@ -477,6 +483,7 @@ fn compile_port(node: &NodePlan, p: &PortPlan, svc: &mut ServiceBuilder) -> Resu
     let ids = std::mem::take(&mut svc.ids);
     let ctx = ChoiceCtx {
         p,
+        log: node.log,
         ids: &ids,
         written: std::cell::RefCell::new(Vec::new()),
     };
@@ -606,16 +613,14 @@ fn compile_external(
             // frontend's own `service-ips` element rather than a second `firewall-ips` vmap
             // in a filter chain: one lookup per new connection, not two.
             let fw: Arc<str> = format!("fw-{fs}-{key}").into();
-            svc.chains.insert(
-                Arc::clone(&fw),
-                vec![
-                    format!(
-                        "{ip} saddr != {{ {} }} goto drop-service",
-                        join_set(&p.source_ranges)
-                    ),
-                    format!("goto {chain}"),
-                ],
+            let mut fw_rules = eventlog::nft_rules(
+                &format!("{ip} saddr != {{ {} }}", join_set(&p.source_ranges)),
+                "goto drop-service",
+                &LogPrefix::new(EventVerdict::Dropped, DropReason::SourceRange).of(&p.service),
+                &node.log,
             );
+            fw_rules.push(format!("goto {chain}"));
+            svc.chains.insert(Arc::clone(&fw), fw_rules);
             fw
         };
         for a in &p.load_balancer_ips {
@@ -657,6 +662,8 @@ enum Masq {
 
 struct ChoiceCtx<'a> {
     p: &'a PortPlan,
+    /// How the drop and reject rules log.
+    log: LogPlan,
     ids: &'a BTreeMap<String, u32>,
     /// Slot groups whose backend elements are in the service already: the rules of a port
     /// that pick from the same group add its elements once.
@@ -682,8 +689,20 @@ impl ChoiceCtx<'_> {
             format!("{cond} ")
         };
         match choice {
-            Choice::Drop => rules.push(format!("{prefix}goto drop-service")),
-            Choice::Reject => rules.push(format!("{prefix}goto reject-service")),
+            // A service (or, eTP Local, a node) without a backend for this client: logged
+            // with the service's name, counted by reason (see `crate::eventlog`).
+            Choice::Drop => rules.extend(eventlog::nft_rules(
+                cond,
+                "goto drop-service",
+                &LogPrefix::new(EventVerdict::Dropped, DropReason::NoBackend).of(&p.service),
+                &self.log,
+            )),
+            Choice::Reject => rules.extend(eventlog::nft_rules(
+                cond,
+                "goto reject-service",
+                &LogPrefix::new(EventVerdict::Rejected, DropReason::NoBackend).of(&p.service),
+                &self.log,
+            )),
             Choice::Backends(b) => {
                 let s = if p.affinity_timeout.is_some() {
                     slots(b, MAX_SLOTS)
@@ -794,7 +813,7 @@ impl ChoiceCtx<'_> {
                 vec![
                     format!("update @{} {{ {ip} saddr }}", aff_name(a)),
                     format!(
-                        "counter meta l4proto {proto} dnat {ip} to {}",
+                        "counter name \"{TRANSLATED_COUNTER}\" meta l4proto {proto} dnat {ip} to {}",
                         nft_dnat_target(a)
                     ),
                 ],
@@ -849,9 +868,20 @@ fn base(node: &NodePlan) -> Vec<String> {
             ));
         }
     }
+    // Named counters: drops and rejects by verdict and reason, packets translated, packets
+    // logged. `Dataplane::stats` reads these few objects (`nft list counters table`), not
+    // the whole table.
+    for (v, r) in eventlog::COUNTED {
+        out.push(format!("counter {}", eventlog::counter_name(v, r)));
+    }
+    out.push(format!("counter {TRANSLATED_COUNTER}"));
+    out.push(format!("counter {}", eventlog::LOGGED_COUNTER));
     out.extend(base_chains(node));
     out
 }
+
+/// The named counter of the packets translated to a backend (the DNAT rules).
+pub const TRANSLATED_COUNTER: &str = "translated";
 
 /// Node-wide chains and their rules.
 fn base_chains(node: &NodePlan) -> Vec<String> {
@@ -891,6 +921,8 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
         "cluster-ips-check",
         "reject-service",
         "drop-service",
+        DENY_POLICY_CHAIN,
+        DROP_SPOOFED_CHAIN,
         "masquerade-node",
     ] {
         out.push(format!("chain {chain}"));
@@ -918,18 +950,26 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
         // kube-proxy's cluster-ips-check: an allocated ClusterIP on a port it does not
         // serve is rejected, the rest of the service CIDRs dropped (a served port was
         // translated before this chain sees the packet).
-        out.push(rule(
-            "cluster-ips-check",
-            &format!("{ip} daddr @cluster-ips-{fs} goto reject-service"),
-        ));
-        out.push(rule(
-            "cluster-ips-check",
-            &format!("{ip} daddr @service-cidrs-{fs} goto drop-service"),
-        ));
+        for r in eventlog::nft_rules(
+            &format!("{ip} daddr @cluster-ips-{fs}"),
+            "goto reject-service",
+            &LogPrefix::new(EventVerdict::Rejected, DropReason::Unallocated),
+            &node.log,
+        ) {
+            out.push(rule("cluster-ips-check", &r));
+        }
+        for r in eventlog::nft_rules(
+            &format!("{ip} daddr @service-cidrs-{fs}"),
+            "goto drop-service",
+            &LogPrefix::new(EventVerdict::Dropped, DropReason::Unallocated),
+            &node.log,
+        ) {
+            out.push(rule("cluster-ips-check", &r));
+        }
         out.push(rule(
             &format!("dnat-{fs}"),
             &format!(
-                "counter meta l4proto {{ tcp, udp, sctp }} dnat {ip} to meta mark & {:#010x} map @backends-{fs}",
+                "counter name \"{TRANSLATED_COUNTER}\" meta l4proto {{ tcp, udp, sctp }} dnat {ip} to meta mark & {:#010x} map @backends-{fs}",
                 !MASQUERADE_BIT
             ),
         ));
@@ -947,16 +987,42 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
             &format!("goto dnat-{fs}"),
         ));
     }
-    out.push(rule(
-        "reject-service",
-        "counter meta l4proto tcp reject with tcp reset",
-    ));
-    out.push(rule(
-        "reject-service",
-        "counter reject with icmpx port-unreachable",
-    ));
-    out.push(rule("drop-service", "counter drop"));
+    out.extend(drop_rules(node));
     out.extend(masquerade_rules(node));
+    out
+}
+
+/// The rules of the chains that drop or reject: `reject-service` and `drop-service`
+/// (counted by reason and logged where they are reached from), NetworkPolicy's
+/// `deny-policy` and `drop-spoofed`.
+fn drop_rules(node: &NodePlan) -> Vec<String> {
+    let mut out = Vec::new();
+    let rule = |chain: &str, r: &str| format!("rule {chain} {r}");
+    out.push(rule(
+        "reject-service",
+        "meta l4proto tcp reject with tcp reset",
+    ));
+    out.push(rule("reject-service", "reject with icmpx port-unreachable"));
+    out.push(rule("drop-service", "drop"));
+    // NetworkPolicy's drops, here so that the policy layer (created with the first policy)
+    // needs no configuration of its own: its endpoint chains end in `goto deny-policy`, its
+    // anti-spoofing chain in `goto drop-spoofed`.
+    for r in eventlog::nft_rules(
+        "",
+        "drop",
+        &LogPrefix::new(EventVerdict::PolicyDenied, DropReason::Policy),
+        &node.log,
+    ) {
+        out.push(rule(DENY_POLICY_CHAIN, &r));
+    }
+    for r in eventlog::nft_rules(
+        "",
+        "drop",
+        &LogPrefix::new(EventVerdict::Dropped, DropReason::Spoofed),
+        &node.log,
+    ) {
+        out.push(rule(DROP_SPOOFED_CHAIN, &r));
+    }
     out
 }
 

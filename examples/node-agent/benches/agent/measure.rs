@@ -102,12 +102,17 @@ pub struct BackendRun {
 pub struct InProcess {
     /// Reading and parsing the whole directory (the agent's start).
     pub list_ms: f64,
-    /// What this process's RSS grew by while listing: the objects the source keeps per file
-    /// plus the `Listed` events it returns (a copy of each object for the store).
+    /// What this process's RSS grew by while listing as the agent does
+    /// (`ManifestDir::list_with`, each file's objects handed on and dropped here: what the
+    /// source keeps, digests and document hashes, plus one file's objects at a time).
     #[serde(default)]
     pub list_rss_kib: u64,
-    /// Re-reading the probe's file after a change (median of 5): read, parse, diff.
+    /// Re-reading the probe's file after a change (median of 5): read, split, hash, parse
+    /// the changed documents, diff.
     pub update_ms: f64,
+    /// Documents parsed per re-read (median of 5): 1 when only the changed one is.
+    #[serde(default)]
+    pub update_documents: f64,
     /// `dataplane_kube::parse_manifests` of that file alone (median of 5).
     pub parse_ms: f64,
     /// The file's size.
@@ -129,11 +134,18 @@ fn in_process(
         || crate::process::status_kib(std::process::id().cast_signed(), "VmRSS:").unwrap_or(0);
     let before = rss();
     let t = Instant::now();
-    let listed = source.list().map_err(|e| format!("{e:#}"))?;
+    // As the agent lists: each file's objects handed on (and dropped here, as the agent's
+    // store drops them once trimmed).
+    source
+        .list_with(&mut |event| {
+            drop(event);
+            true
+        })
+        .map_err(|e| format!("{e:#}"))?;
     let list_ms = ms(t.elapsed());
     let list_rss_kib = rss().saturating_sub(before);
-    drop(listed);
     let mut updates = Vec::new();
+    let mut documents = Vec::new();
     let mut parses = Vec::new();
     for n in 0..5 {
         let pod = lab.pod(1 + n % (PODS - 1));
@@ -145,9 +157,12 @@ fn in_process(
             &rfc3339(SystemTime::now()),
         );
         std::fs::write(path, &text).map_err(|e| e.to_string())?;
+        let parsed_before = source.documents_parsed();
         let t = Instant::now();
         let events = source.update(&BTreeSet::from([path.to_owned()]), false);
         updates.push(ms(t.elapsed()));
+        #[allow(clippy::cast_precision_loss)] // a handful of documents
+        documents.push((source.documents_parsed() - parsed_before) as f64);
         if events.is_empty() {
             return Err("the manifest source saw no change".to_owned());
         }
@@ -160,6 +175,7 @@ fn in_process(
         list_ms,
         list_rss_kib,
         update_ms: crate::report::quantile(&updates, 0.5).unwrap_or(0.0),
+        update_documents: crate::report::quantile(&documents, 0.5).unwrap_or(0.0),
         parse_ms: crate::report::quantile(&parses, 0.5).unwrap_or(0.0),
         probe_file_bytes: original.len() as u64,
     })

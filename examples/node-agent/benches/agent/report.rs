@@ -169,7 +169,7 @@ pub fn markdown(results: &Results, json: &Path) -> String {
     // Changes.
     let _ = writeln!(
         out,
-        "## A manifest change to traffic, {} services present\n\nEach row: {} changes of the probe service's EndpointSlice, each moving its one endpoint to another pod; the time from just before the write until a new TCP connection from a client pod to the ClusterIP is answered by the new pod. The split (medians, each column on its own, so they need not add up to the total's median):\n\n- **watch**: from the write until the reconcile loop queued the change (`kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds`): inotify, the source's 5 ms debounce, reading and parsing the file of {} Services and their slices, the per-object diff, the channel;\n- **wait**: from queued until the sync started (the runner; 0 after a quiet period);\n- **sync**: the sync's `duration_ms` (= the `kubeproxy_sync_proxy_rules_duration_seconds` observation): translate, health checks, program the dataplane;\n- **after**: from the end of the sync (its log line) until the probe was answered by the new pod (negative: the datapath answered before the sync's bookkeeping was done).\n",
+        "## A manifest change to traffic, {} services present\n\nEach row: {} changes of the probe service's EndpointSlice, each moving its one endpoint to another pod; the time from just before the write until a new TCP connection from a client pod to the ClusterIP is answered by the new pod. The split (medians, each column on its own, so they need not add up to the total's median):\n\n- **watch**: from the write until the reconcile loop queued the change (`kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds`): inotify, the source's 5 ms debounce, reading the file of {} Services and their slices, splitting it into documents and parsing the changed ones, the per-object diff, the channel;\n- **wait**: from queued until the sync started (the runner; 0 after a quiet period);\n- **sync**: the sync's `duration_ms` (= the `kubeproxy_sync_proxy_rules_duration_seconds` observation): translate, health checks, program the dataplane;\n- **after**: from the end of the sync (its log line) until the probe was answered by the new pod (negative: the datapath answered before the sync's bookkeeping was done).\n",
         s.services,
         s.changes,
         crate::manifests::PER_FILE
@@ -229,7 +229,7 @@ pub fn markdown(results: &Results, json: &Path) -> String {
             .unwrap_or(("nothing", 0.0));
         let _ = writeln!(
             out,
-            "- {}: median {total:.1} ms over both write methods, of which {}; the largest part is {what} ({most:.1} ms). For comparison, the agent's manifest source (`ManifestDir::update`) re-reads and re-parses the probe's file ({:.0} KiB) in {:.1} ms in the bench's own process, and the agent used {:.0}% of a core over 5 s with nothing changing.",
+            "- {}: median {total:.1} ms over both write methods, of which {}; the largest part is {what} ({most:.1} ms). For comparison, the agent's manifest source (`ManifestDir::update`) re-reads the probe's file ({:.0} KiB), parsing only its changed documents, in {:.1} ms in the bench's own process, and the agent used {:.0}% of a core over 5 s with nothing changing.",
             backend_name(&run.backend),
             parts
                 .iter()
@@ -275,7 +275,7 @@ pub fn markdown(results: &Results, json: &Path) -> String {
     out.push('\n');
     let _ = writeln!(
         out,
-        "The agent's manifest source (`dataplane_agent::manifests::ManifestDir`, the code the agent runs) on the same directory in the bench's own process, before the agent starts: what reading and parsing cost without the agent's other work.\n\n| backend run | list the directory | RSS growth of the list | re-read the probe's file | `parse_manifests` of it | agent CPU with nothing changing (5 s) |\n|---|---:|---:|---:|---:|---:|"
+        "The agent's manifest source (`dataplane_agent::manifests::ManifestDir`, the code the agent runs) on the same directory in the bench's own process, before the agent starts: what reading and parsing cost without the agent's other work.\n\n| backend run | list the directory (streamed) | RSS growth of the list | re-read the probe's file after a change | documents parsed by it | `parse_manifests` of the whole file | agent CPU with nothing changing (5 s) |\n|---|---:|---:|---:|---:|---:|---:|"
     );
     for (n, run) in results.runs.iter().enumerate() {
         let p = &run.in_process;
@@ -288,10 +288,11 @@ pub fn markdown(results: &Results, json: &Path) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {:.0} ms | {growth} | {:.1} ms | {:.1} ms | {:.0}% of a core |",
+            "| {} | {:.0} ms | {growth} | {:.1} ms | {:.0} | {:.1} ms | {:.0}% of a core |",
             backend_name(&run.backend),
             p.list_ms,
             p.update_ms,
+            p.update_documents,
             p.parse_ms,
             run.idle_cpu_percent
         );
@@ -303,7 +304,7 @@ pub fn markdown(results: &Results, json: &Path) -> String {
         r"## Method
 
 - **Lab**: one `dataplane_testkit::Lab` node with 4 pods (pod 0 the client, pods 1-3 the backends the probe service moves between), each pod serving its name on port 8080.
-- **Manifests**: a directory as a user keeps one: `cluster.yaml` (the lab's Node, the `default` Namespace, the lab's Pods) and `services-000.yaml` ... with {per} Services and their EndpointSlices per file, as `kubectl get -o yaml` prints them (uids, resource versions, owner references, the slice controller's labels and `last-change-trigger-time`). {services} Services: the probe service (ClusterIP {vip}:80, one endpoint: a lab pod) and {synthetic} others with {endpoints} endpoints each, at synthetic addresses on other nodes' pod CIDRs (10.244.1-254.x, not backed by pods). The probe service is in `services-000.yaml`, so every change re-reads and re-parses a file of {per} Services and {per} slices.
+- **Manifests**: a directory as a user keeps one: `cluster.yaml` (the lab's Node, the `default` Namespace, the lab's Pods) and `services-000.yaml` ... with {per} Services and their EndpointSlices per file, as `kubectl get -o yaml` prints them (uids, resource versions, owner references, the slice controller's labels and `last-change-trigger-time`). {services} Services: the probe service (ClusterIP {vip}:80, one endpoint: a lab pod) and {synthetic} others with {endpoints} endpoints each, at synthetic addresses on other nodes' pod CIDRs (10.244.1-254.x, not backed by pods). The probe service is in `services-000.yaml`, so every change re-reads a file of {per} Services and {per} slices (the agent parses only its documents whose text changed: the probe's slice).
 - **Agent**: the release binary, started as `nsenter --net=<node netns> -- dataplane-agent --manifests DIR --hostname-override node-0 --backend <backend> --cluster-cidr 10.244.0.0/16 --service-cidr 10.96.0.0/12 --min-sync-period {min_sync}ms` with a pin directory and nftables table of its own; `RUST_LOG=info`. `--min-sync-period` is the agent's default, 1 s: it only holds back a change that comes within 1 s of the end of the last sync (a burst), and the first change after a quiet period is synced at once; the changes here come {gap} ms apart, so each one is such a first change, which is what one edit costs. `--sync-period` is the default 30 s: a change may meet a periodic full resync (counted in the table).
 - **First sync**: from spawning the agent to its first `synced` log line; memory: `VmHWM` and `VmRSS` of the agent's `/proc/<pid>/status` right after it, and again after all the changes; helper processes (`nft`, `iptables-restore`): their `VmHWM` sampled every 2 ms while they run (children of any agent thread).
 - **A change**: the probe service's file is rewritten with its slice's one endpoint moved to the next backend pod (and a new `resourceVersion`, `generation` and `last-change-trigger-time`), either written to a hidden temporary file and renamed over the old one (`rename`: kubectl, editors, config management) or truncated and written in place (`in-place`: a shell's `>`). On one thread in the client pod's network namespace the bench takes the time, writes the file, then probes the ClusterIP in a loop until the new pod answers: a new TCP connection each time (connect timeout 10 ms, so a SYN lost in a transition is retried by the next probe and not after TCP's 1 s), a line sent and the pod's name read back, 0.5 ms pause between probes for the first 250 ms and 2 ms after that (the loop leaves the agent the other core; the resolution is about 1 ms), each probe closed with RST (no TIME_WAIT piles up). The split comes from the agent's own `/metrics` (last queued timestamp) and `synced` log lines (timestamp and `duration_ms`), scraped and read after the answer; the clocks are the same machine's wall clock.

@@ -1,0 +1,596 @@
+//! Flow events of both netfilter flavours in the testkit lab, with real traffic: NFLOG drops
+//! and rejects (no backend, source range, NetworkPolicy) with their reason, service and
+//! pods; conntrack events of a translated connection; and the read-only inspector
+//! (`LiveNetfilter`) beside the backend. Needs root.
+//!
+//! ```text
+//!   node-0 (backend under test)
+//!     ├── pod-0-0  server, isolated by a default-deny ingress policy
+//!     ├── pod-0-1  the client of every probe (fixed source ports)
+//!     └── pod-0-2  server, the backend of default/open
+//!   default/empty   ClusterIP 10.96.0.40:80, no endpoints          → rejected, no-backend
+//!   default/fenced  LoadBalancer 192.0.2.50:80, source 203.0.113.0/24 → dropped, source-range
+//!   default/open    ClusterIP 10.96.0.20:80 → pod-0-2               → translated
+//!   pod-0-1 → pod-0-0:SERVER_PORT                                   → policy-denied, policy
+//! ```
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::policy::{labels, policy};
+use dataplane_core::{
+    BoxEventSource, Dataplane, DesiredState, DropReason, EventKind, EventOptions, EventSource,
+    EventVerdict, FlowEvent, Inspect, ObjectName, ObservationPoint, PolicyType, Protocol, Service,
+};
+use dataplane_iptables::{LiveNetfilter, NetfilterConfig, NetfilterError};
+use dataplane_testkit::{probe_from, require_root, Family, Lab, LabSpec, SERVER_PORT};
+
+const EMPTY: &str = "10.96.0.40:80";
+const FENCED_LB: &str = "192.0.2.50:80";
+const OPEN: &str = "10.96.0.20:80";
+
+fn lab() -> Lab {
+    Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 3,
+        external_clients: 0,
+        ipv6: false,
+    })
+    .expect("lab")
+}
+
+fn service(name: &str, cluster_ip: &str) -> Service {
+    let mut s = Service::new(ObjectName::new("default", name));
+    let ip: SocketAddr = cluster_ip.parse().unwrap();
+    s.cluster_ips = vec![ip.ip()];
+    s.ports = vec![common::port(Protocol::Tcp, ip.port(), SERVER_PORT, None)];
+    s
+}
+
+/// The node's pods, the three services and a default-deny ingress policy on pod-0-0.
+fn state(lab: &Lab) -> DesiredState {
+    let mut state = lab.desired_state(0);
+    state.services.push(service("empty", EMPTY));
+    let mut fenced = service("fenced", "10.96.0.50:80");
+    fenced.load_balancer_ips = vec![FENCED_LB.parse::<SocketAddr>().unwrap().ip()];
+    fenced.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+    fenced.backends = vec![lab.backend(2, Family::V4).unwrap()];
+    state.services.push(fenced);
+    let mut open = service("open", OPEN);
+    open.backends = vec![lab.backend(2, Family::V4).unwrap()];
+    state.services.push(open);
+    state.policies.push(policy(
+        "default",
+        "deny-in",
+        labels(&[("app", "pod-0-0")]),
+        &[PolicyType::Ingress],
+    ));
+    state
+}
+
+/// What an event is checked on (time and TCP flags left out: the kernel decides those).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Seen {
+    kind: EventKind,
+    verdict: EventVerdict,
+    reason: Option<DropReason>,
+    service: Option<ObjectName>,
+    source: SocketAddr,
+    destination: SocketAddr,
+    backend: Option<SocketAddr>,
+    source_endpoint: Option<ObjectName>,
+    destination_endpoint: Option<ObjectName>,
+    point: Option<ObservationPoint>,
+    interface: Option<String>,
+}
+
+fn seen(e: &FlowEvent) -> Seen {
+    Seen {
+        kind: e.kind,
+        verdict: e.verdict,
+        reason: e.reason,
+        service: e.service.clone(),
+        source: e.original.source,
+        destination: e.original.destination,
+        backend: e.backend,
+        source_endpoint: e.source_endpoint.clone(),
+        destination_endpoint: e.destination_endpoint.clone(),
+        point: e.point,
+        interface: e.interface.clone(),
+    }
+}
+
+/// Reads `events` until one from `source` arrives (generous deadline), then what else the
+/// source holds: every event of the probe, each once.
+fn events_from(
+    events: &mut dyn EventSource,
+    source: SocketAddr,
+    kind: EventKind,
+) -> BTreeSet<Seen> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut out = BTreeSet::new();
+    let mut buf = Vec::new();
+    while Instant::now() < deadline {
+        events.wait(Duration::from_millis(200)).unwrap();
+        buf.clear();
+        events.read(&mut buf, 64).unwrap();
+        out.extend(
+            buf.iter()
+                .filter(|e| e.original.source == source && e.kind == kind)
+                .map(seen),
+        );
+        if !out.is_empty() && buf.is_empty() {
+            break;
+        }
+    }
+    out
+}
+
+/// A TCP probe from `from` (pod-0-1) to `to` that must not be answered.
+fn refused_probe(lab: &Lab, from: SocketAddr, to: SocketAddr) {
+    let outcome = probe_from(
+        &lab.pod(1).netns,
+        Some(from),
+        to,
+        Protocol::Tcp,
+        Duration::from_secs(1),
+    )
+    .expect("probe");
+    assert!(
+        !matches!(outcome, dataplane_testkit::ProbeOutcome::Answered { .. }),
+        "{to}: {outcome:?}"
+    );
+}
+
+/// Datagrams of the flood in [`check_flood`]: at the rules' 20 a second (burst 20), logging
+/// them all would take 50 seconds.
+const FLOOD: u64 = 1000;
+
+/// A flood of UDP datagrams to a ClusterIP port that is not served (rejected, unallocated):
+/// the log rules' limit holds most back, the counters count every one, and what was logged
+/// plus what was held back is the flood.
+fn check_flood(lab: &Lab, dp: &dyn Dataplane, events: &mut dyn EventSource) {
+    let suppressed = |dp: &dyn Dataplane| {
+        let s = dp.stats().expect("stats");
+        (
+            s.drops.get(&DropReason::Unallocated).copied().unwrap_or(0),
+            s.other.get("events_suppressed").copied().unwrap_or(0),
+        )
+    };
+    let (counted_before, suppressed_before) = suppressed(dp);
+    let client = lab.pod(1);
+    let from = SocketAddr::new(client.address(Family::V4).unwrap(), 41006);
+    let to: SocketAddr = EMPTY.parse().unwrap();
+    client
+        .netns
+        .run(|| {
+            let socket = std::net::UdpSocket::bind(from).expect("bind");
+            for _ in 0..FLOOD {
+                // Refusals (ICMP) of earlier datagrams may surface as errors: not ours to count.
+                let _ = socket.send_to(b"flood", to);
+            }
+        })
+        .expect("netns");
+    // Every datagram counted (the kernel may still be passing the last ones on).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut counted, mut held) = suppressed(dp);
+    while counted - counted_before < FLOOD && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        (counted, held) = suppressed(dp);
+    }
+    assert_eq!(counted - counted_before, FLOOD);
+    let held = held - suppressed_before;
+    assert!(held > 0, "the limit held nothing back");
+    // The rest was logged: read until all of it arrived.
+    let mut logged = 0u64;
+    let mut buf = Vec::new();
+    while logged + held < FLOOD && Instant::now() < deadline {
+        events.wait(Duration::from_millis(200)).unwrap();
+        buf.clear();
+        events.read(&mut buf, 256).unwrap();
+        for e in buf.iter().filter(|e| e.original.source == from) {
+            assert_eq!(
+                (e.verdict, e.reason, e.protocol),
+                (
+                    EventVerdict::Rejected,
+                    Some(DropReason::Unallocated),
+                    dataplane_core::L4Protocol::Udp
+                ),
+                "{e}"
+            );
+            logged += 1;
+        }
+    }
+    assert_eq!(logged + held, FLOOD, "logged {logged}, held back {held}");
+    assert_eq!(events.lost(), 0);
+}
+
+/// The expected drop of a probe from `client` (pod-0-1) to `to`.
+fn drop_of(
+    lab: &Lab,
+    client: SocketAddr,
+    to: SocketAddr,
+    verdict: EventVerdict,
+    reason: DropReason,
+    service: Option<&str>,
+) -> Seen {
+    let pod = lab.pod(1);
+    let destination_endpoint = lab
+        .pods()
+        .iter()
+        .find(|p| p.addresses.contains(&to.ip()))
+        .map(|p| p.endpoint().name);
+    Seen {
+        kind: EventKind::Drop,
+        verdict,
+        reason: Some(reason),
+        service: service.map(|s| ObjectName::new("default", s)),
+        source: client,
+        destination: to,
+        backend: None,
+        source_endpoint: Some(pod.endpoint().name),
+        destination_endpoint,
+        point: Some(ObservationPoint::FromPod),
+        interface: Some(pod.host_interface.clone()),
+    }
+}
+
+/// Runs the probes against a backend `make` builds for the lab node's namespace, then the
+/// inspector beside it.
+fn check_flavour(make: impl Fn(PathBuf) -> Box<dyn Dataplane>, config: &NetfilterConfig) {
+    let lab = lab();
+    let mut dp = make(lab.node(0).netns.path().to_owned());
+    let mut config = config.clone();
+    config.netns = Some(lab.node(0).netns.path().to_owned());
+    // Nothing programmed yet: a typed error naming what was looked for.
+    let err = LiveNetfilter::open(&config).unwrap_err();
+    assert!(
+        matches!(err, NetfilterError::NothingProgrammed { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&config.name), "{err}");
+    let events = check_events(&lab, dp.as_mut());
+    check_inspector(&lab, dp.as_ref(), &config, events);
+    dp.reset().expect("reset");
+}
+
+/// The ruleset as the tools print it, counters left out (they count traffic, not rules;
+/// the inspector's own probe moves them) and whitespace normalised.
+fn ruleset(lab: &Lab, flavour: &str) -> String {
+    let path = lab.node(0).netns.path().to_owned();
+    let tools: &[&[&str]] = if flavour == "nftables" {
+        &[&["nft", "list", "ruleset"]]
+    } else {
+        &[&["iptables-save"], &["ip6tables-save"]]
+    };
+    let mut out = String::new();
+    for tool in tools {
+        let o = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", path.display()))
+            .args(*tool)
+            .output()
+            .expect("nsenter");
+        assert!(
+            o.status.success(),
+            "{tool:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            // `[packets:bytes]` (iptables) and `packets N bytes N` (nft).
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let mut kept = Vec::new();
+            let mut i = 0;
+            while i < words.len() {
+                if (words[i] == "packets" || words[i] == "bytes")
+                    && words.get(i + 1).is_some_and(|n| n.parse::<u64>().is_ok())
+                {
+                    i += 2;
+                    continue;
+                }
+                if words[i].starts_with('[') && words[i].ends_with(']') && words[i].contains(':') {
+                    i += 1;
+                    continue;
+                }
+                kept.push(words[i]);
+                i += 1;
+            }
+            kept.join(" ") + "\n"
+        })
+        .collect()
+}
+
+/// The frontends of `state` with the service and the backends new connections may use
+/// (every service here is Cluster-wide and its backends ready).
+fn expected_frontends(
+    state: &DesiredState,
+) -> BTreeMap<(SocketAddr, Protocol), (ObjectName, BTreeSet<SocketAddr>)> {
+    let mut out = BTreeMap::new();
+    for s in &state.services {
+        for p in &s.ports {
+            let backends: BTreeSet<SocketAddr> = s
+                .backends
+                .iter()
+                .map(|b| SocketAddr::new(b.ip, p.target_port))
+                .collect();
+            for ip in s
+                .cluster_ips
+                .iter()
+                .chain(&s.external_ips)
+                .chain(&s.load_balancer_ips)
+            {
+                out.insert(
+                    (SocketAddr::new(*ip, p.port), p.protocol),
+                    (s.name.clone(), backends.clone()),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The inspector's status against the desired state (`want`: its frontends).
+fn check_status(
+    live: &LiveNetfilter,
+    dp: &dyn Dataplane,
+    desired: &DesiredState,
+    want: &BTreeMap<(SocketAddr, Protocol), (ObjectName, BTreeSet<SocketAddr>)>,
+) {
+    let flavour = dp.capabilities().dataplane;
+    let status = live.status().expect("status");
+    let names: BTreeSet<&ObjectName> = want.values().map(|(n, _)| n).collect();
+    let mut backends: BTreeMap<&ObjectName, BTreeSet<SocketAddr>> = BTreeMap::new();
+    for (n, b) in want.values() {
+        backends.entry(n).or_default().extend(b);
+    }
+    let isolated: usize = dataplane_core::compile(desired)
+        .endpoints
+        .values()
+        .map(|t| usize::from(t.ingress.isolated) + usize::from(t.egress.isolated))
+        .sum();
+    let interfaces: BTreeSet<&str> = desired
+        .endpoints
+        .iter()
+        .map(|e| e.interface.as_str())
+        .collect();
+    assert_eq!(status.dataplane, flavour);
+    assert_eq!(status.services, names.len() as u64);
+    assert_eq!(status.frontends, want.len() as u64);
+    assert_eq!(
+        status.backends,
+        backends.values().map(|b| b.len() as u64).sum::<u64>()
+    );
+    assert_eq!(status.endpoints, interfaces.len() as u64);
+    assert_eq!(status.policies, isolated as u64);
+    assert!(status.tables.is_empty());
+    assert!(
+        status
+            .attachments
+            .iter()
+            .any(|a| a.hook.to_lowercase().contains("prerouting")),
+        "{:?}",
+        status.attachments
+    );
+    assert_eq!(status.stats.drops, dp.stats().expect("stats").drops);
+}
+
+/// `LiveNetfilter` beside the backend: status and services as programmed (computed from the
+/// desired state), the same drop counters, an event of its own reader, and the ruleset
+/// unchanged by all of it.
+fn check_inspector(
+    lab: &Lab,
+    dp: &dyn Dataplane,
+    config: &NetfilterConfig,
+    events: BoxEventSource,
+) {
+    let desired = state(lab);
+    let flavour = dp.capabilities().dataplane;
+    let before = ruleset(lab, &flavour);
+    let live = LiveNetfilter::open(config).expect("open");
+    assert_eq!(live.dataplane(), flavour);
+    // The dataplane's own reader holds the NFLOG group: a second reader is told so.
+    let Err(busy) = live.events(&EventOptions::default()) else {
+        panic!("a second reader of the group")
+    };
+    let source = std::error::Error::source(&busy).and_then(|e| e.downcast_ref::<NetfilterError>());
+    assert!(
+        matches!(source, Some(NetfilterError::NflogGroupBusy { group, .. }) if *group == config.nflog_group),
+        "{busy}: {source:?}"
+    );
+    drop(events);
+
+    let want = expected_frontends(&desired);
+    let services = live.services().expect("services");
+    let got: BTreeMap<_, _> = services
+        .iter()
+        .map(|f| {
+            (
+                (f.address, f.protocol),
+                (
+                    f.service.clone().expect("named"),
+                    f.backends.iter().copied().collect::<BTreeSet<_>>(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    let kinds: BTreeMap<SocketAddr, Option<String>> = services
+        .iter()
+        .map(|f| (f.address, f.kind.clone()))
+        .collect();
+    assert_eq!(kinds[&EMPTY.parse().unwrap()].as_deref(), Some("ClusterIP"));
+    assert_eq!(
+        kinds[&FENCED_LB.parse().unwrap()].as_deref(),
+        Some("LoadBalancer")
+    );
+
+    check_status(&live, dp, &desired, &want);
+    // The connection to default/open may still be tracked: every tracked flow is to a
+    // frontend of ours.
+    for f in live.conntrack().expect("conntrack") {
+        assert!(want.contains_key(&(f.frontend, f.protocol)), "{f:?}");
+    }
+
+    // Its own reader, now that the group is free: a probe to the service without
+    // endpoints, named from the ruleset.
+    let mut events = live.events(&EventOptions::default()).expect("events");
+    let client = lab.pod(1);
+    let from = SocketAddr::new(client.address(Family::V4).unwrap(), 41005);
+    let to: SocketAddr = EMPTY.parse().unwrap();
+    refused_probe(lab, from, to);
+    let got = events_from(events.as_mut(), from, EventKind::Drop);
+    let mut want = drop_of(
+        lab,
+        from,
+        to,
+        EventVerdict::Rejected,
+        DropReason::NoBackend,
+        Some("empty"),
+    );
+    // The ruleset names isolated pods only (nftables' dispatch maps): the client is not
+    // one. Its interface is a pod interface of the policy layer in both flavours.
+    want.source_endpoint = None;
+    assert_eq!(got, BTreeSet::from([want]));
+    drop(events);
+    assert_eq!(
+        ruleset(lab, &flavour),
+        before,
+        "inspection changed the ruleset"
+    );
+}
+
+fn check_events(lab: &Lab, dp: &mut dyn Dataplane) -> BoxEventSource {
+    let desired = state(lab);
+    dp.apply(&desired).expect("apply");
+    let mut events = dp
+        .events(&EventOptions {
+            new_connections: true,
+            policy_verdicts: false,
+        })
+        .expect("events");
+    assert!(events.readiness_fd().is_some());
+    let client = lab.pod(1);
+    let client_ip = client.address(Family::V4).unwrap();
+    let cases = [
+        (
+            41001,
+            EMPTY.parse().unwrap(),
+            EventVerdict::Rejected,
+            DropReason::NoBackend,
+            Some("empty"),
+        ),
+        (
+            41002,
+            FENCED_LB.parse().unwrap(),
+            EventVerdict::Dropped,
+            DropReason::SourceRange,
+            Some("fenced"),
+        ),
+        (
+            41003,
+            SocketAddr::new(lab.pod(0).address(Family::V4).unwrap(), SERVER_PORT),
+            EventVerdict::PolicyDenied,
+            DropReason::Policy,
+            None,
+        ),
+    ];
+    for (port, to, verdict, reason, service) in cases {
+        let from = SocketAddr::new(client_ip, port);
+        refused_probe(lab, from, to);
+        let got = events_from(events.as_mut(), from, EventKind::Drop);
+        let want = drop_of(lab, from, to, verdict, reason, service);
+        assert_eq!(got, BTreeSet::from([want]), "probe to {to}");
+    }
+    // A connection to default/open: a new connection, translated to pod-0-2.
+    let from = SocketAddr::new(client_ip, 41004);
+    let outcome = probe_from(
+        &client.netns,
+        Some(from),
+        OPEN.parse().unwrap(),
+        Protocol::Tcp,
+        Duration::from_secs(5),
+    )
+    .expect("probe");
+    assert!(
+        matches!(outcome, dataplane_testkit::ProbeOutcome::Answered { ref backend, .. } if backend == "pod-0-2"),
+        "{outcome:?}"
+    );
+    let got = events_from(events.as_mut(), from, EventKind::NewConnection);
+    let backend = SocketAddr::new(lab.pod(2).address(Family::V4).unwrap(), SERVER_PORT);
+    let want = Seen {
+        kind: EventKind::NewConnection,
+        verdict: EventVerdict::Translated,
+        reason: None,
+        service: Some(ObjectName::new("default", "open")),
+        source: from,
+        destination: OPEN.parse().unwrap(),
+        backend: Some(backend),
+        source_endpoint: Some(client.endpoint().name),
+        destination_endpoint: Some(lab.pod(2).endpoint().name),
+        point: None,
+        interface: None,
+    };
+    assert_eq!(got, BTreeSet::from([want]));
+    check_flood(lab, dp, events.as_mut());
+    // The drops are counted by reason.
+    let stats = dp.stats().expect("stats");
+    for reason in [
+        DropReason::NoBackend,
+        DropReason::SourceRange,
+        DropReason::Policy,
+    ] {
+        assert!(
+            stats.drops.get(&reason).copied().unwrap_or(0) > 0,
+            "{reason}: {stats:?}"
+        );
+    }
+    assert_eq!(events.lost(), 0);
+    events
+}
+
+mod nftables {
+    use super::*;
+    use dataplane_iptables::NftablesDataplane;
+
+    #[test]
+    fn drops_rejects_and_connections_are_events() {
+        if !require_root("nftables::drops_rejects_and_connections_are_events") {
+            return;
+        }
+        check_flavour(
+            |netns| {
+                Box::new(NftablesDataplane::new(NetfilterConfig::nftables(Some(
+                    netns,
+                ))))
+            },
+            &NetfilterConfig::nftables(None),
+        );
+    }
+}
+
+mod iptables {
+    use super::*;
+    use dataplane_iptables::IptablesDataplane;
+
+    #[test]
+    fn drops_rejects_and_connections_are_events() {
+        if !require_root("iptables::drops_rejects_and_connections_are_events") {
+            return;
+        }
+        check_flavour(
+            |netns| {
+                Box::new(IptablesDataplane::new(NetfilterConfig::iptables(Some(
+                    netns,
+                ))))
+            },
+            &NetfilterConfig::iptables(None),
+        );
+    }
+}
