@@ -92,9 +92,11 @@ pub trait Dataplane {
     }
 
     /// Starts reading [`FlowEvent`](crate::events::FlowEvent)s: drops and rejects always, new
-    /// connections and policy verdicts as `options` ask (options are the dataplane's: the
-    /// last reader's ask wins). Each call opens another reader; the kernel buffer behind it may
-    /// be shared (the eBPF ring buffer is: two readers split its events between them).
+    /// connections and policy verdicts as `options` ask: the kernel reports what any open
+    /// reader asked for while that reader lives (a reader may so see more than it asked for;
+    /// filter with [`EventFilter`](crate::events::EventFilter)). Each call opens another reader;
+    /// the kernel buffer behind it may be single-consumer (the eBPF ring buffer: two readers
+    /// split its events between them; an NFLOG group: a second reader is refused).
     ///
     /// # Errors
     /// [`Error::Unsupported`] when this dataplane has no event source (the default), or

@@ -154,10 +154,11 @@ fn main() {
                     new_connections: on,
                     policy_verdicts: false,
                 };
-                // A second reader only sets the flags; the draining one keeps reading.
-                drop(dp.events(&options).expect("set the event flags"));
+                // A second reader holds the setting while it lives; the draining one reads.
+                let ask = dp.events(&options).expect("set the event flags");
                 crr(&lab, dst, WARM);
                 let (r, failed) = crr(&lab, dst, MEASURE);
+                drop(ask);
                 failures += failed;
                 rate[usize::from(on)] = r;
             }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dataplane_core::{
@@ -18,13 +18,13 @@ use dataplane_core::{
 use crate::config::{EbpfConfig, XdpMode};
 use crate::ct::ct_entries;
 use crate::error::EbpfError;
+use crate::events::{EventAsk, EventAsks};
 use crate::loader::{self, Hook, Objects};
 use crate::maintain::{gc, maintenance_interval};
 use crate::map_table;
 use crate::maps::{
-    self, CFG_F_EV_NEW_CONN, CFG_F_EV_POLICY, CT_F_DSR, CT_F_MASQ, SCOPE_EXTERNAL_INSIDE,
-    SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED,
-    SVC_F_WILDCARD,
+    self, CT_F_DSR, CT_F_MASQ, SCOPE_EXTERNAL_INSIDE, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED,
+    STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
 };
 use crate::names::{self, Names};
 use crate::plan::{self, BACKEND};
@@ -86,9 +86,11 @@ pub struct EbpfDataplane {
     loaded: Option<Box<Loaded>>,
     /// Health checks of the applied services that have one.
     health: BTreeMap<ObjectName, HealthCheck>,
-    /// The flow events the last [`Dataplane::events`] reader asked for (`CFG_F_EV_*`), which
-    /// every sync keeps in `dp_config`.
-    event_flags: AtomicU32,
+    /// What the open [`Dataplane::events`] readers asked for: the programs write the events
+    /// any of them wants (`CFG_F_EV_*` in `dp_config`, which every sync keeps), until it is
+    /// dropped. Locked while a sync writes `dp_config`, so that a reader dropped meanwhile
+    /// does not see its flag written back.
+    event_asks: Arc<Mutex<EventAsks>>,
 }
 
 impl EbpfDataplane {
@@ -104,7 +106,7 @@ impl EbpfDataplane {
             config,
             loaded: None,
             health: BTreeMap::new(),
-            event_flags: AtomicU32::new(0),
+            event_asks: Arc::default(),
         };
         dp.loaded_mut()?;
         Ok(dp)
@@ -321,10 +323,13 @@ impl EbpfDataplane {
         frontends: plan::Frontends,
     ) -> Result<ApplyReport, Error> {
         let desired = desired.unwrap_or(rest);
-        planner.set_host_routing(self.config.host_routing);
-        planner.set_policy(!desired.policies.is_empty());
-        planner.set_event_flags(self.event_flags.load(Ordering::Relaxed));
-        let full_sync = changes.is_none();
+        let asks = Arc::clone(&self.event_asks);
+        let asks = asks.lock().unwrap_or_else(PoisonError::into_inner);
+        planner.set_flags(
+            self.config.host_routing,
+            !desired.policies.is_empty(),
+            asks.flags(),
+        );
         let pin_dir = self.config.pin_dir.clone();
         let netns = self.config.netns.clone();
         let mode = self.config.attach_mode;
@@ -363,12 +368,13 @@ impl EbpfDataplane {
             policy.write(&mut objects.maps, std::mem::take(&mut policy_plan))?;
         }
         let report = writer::write(&mut objects.maps, current, planner, frontends, &caps)?;
+        drop(asks);
         if !clearing {
             policy.write_new(&mut objects.maps, &policy_plan)?;
         }
         // The events' names: after the services and policy.
         let (names_count, names_warning) =
-            sync_names(names_written, &mut objects.names, planner, rest)?;
+            sync_names(names_written, &mut objects.names, planner, rest, changes)?;
 
         // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
         // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
@@ -399,27 +405,7 @@ impl EbpfDataplane {
             policy.write_stale(&mut objects.maps, policy_plan)?;
         }
 
-        // Health checks: all of them after a full sync, the changed services' otherwise.
-        match changes {
-            None => {
-                self.health = dataplane_core::health_checks(desired)
-                    .into_iter()
-                    .map(|h| (h.service.clone(), h))
-                    .collect();
-            }
-            Some(changes) => {
-                for (name, change) in &changes.services {
-                    self.health.remove(name);
-                    let check = change
-                        .current
-                        .as_ref()
-                        .and_then(|s| dataplane_core::health_check(rest, s));
-                    if let Some(h) = check {
-                        self.health.insert(name.clone(), h);
-                    }
-                }
-            }
-        }
+        self.update_health(desired, rest, changes);
         let (mut warnings, mut skipped) = notes(desired, &rest.node, changes);
         warnings.extend(names_warning);
         for s in &policy_skipped {
@@ -428,13 +414,40 @@ impl EbpfDataplane {
         }
         skipped.extend(policy_skipped);
         Ok(ApplyReport {
-            full_sync,
+            full_sync: changes.is_none(),
             services_changed: 0,
             services_removed: 0,
             objects_written: report.objects_written + local_written + policy_written + names_count,
             skipped,
             warnings,
         })
+    }
+
+    /// Health checks: all of them after a full sync (`changes` is `None`), the changed
+    /// services' otherwise.
+    fn update_health(
+        &mut self,
+        desired: &DesiredState,
+        rest: &DesiredState,
+        changes: Option<&ChangeSet>,
+    ) {
+        let Some(changes) = changes else {
+            self.health = dataplane_core::health_checks(desired)
+                .into_iter()
+                .map(|h| (h.service.clone(), h))
+                .collect();
+            return;
+        };
+        for (name, change) in &changes.services {
+            self.health.remove(name);
+            let check = change
+                .current
+                .as_ref()
+                .and_then(|s| dataplane_core::health_check(rest, s));
+            if let Some(h) = check {
+                self.health.insert(name.clone(), h);
+            }
+        }
     }
 
     /// What each `healthCheckNodePort` must answer on this node: the local endpoints of every
@@ -815,23 +828,14 @@ impl Dataplane for EbpfDataplane {
         Some(maintenance_interval(&self.config.timeouts))
     }
 
-    /// Sets which events the programs write (`dp_config`'s `CFG_F_EV_*`, kept by every later
-    /// sync) and opens a reader of the node's ring buffer ([`EbpfEvents`]). After
+    /// Opens a reader of the node's ring buffer ([`EbpfEvents`]) and has the programs write
+    /// the events `options` asks for besides drops, as long as the reader lives: the
+    /// programs write what any open reader asked for (`dp_config`'s `CFG_F_EV_*`, kept by
+    /// every sync), and stop when the last reader that asked is dropped. After
     /// [`Dataplane::reset`] nothing is pinned: an error until the next apply.
     ///
     /// [`EbpfEvents`]: crate::EbpfEvents
     fn events(&self, options: &EventOptions) -> Result<BoxEventSource, Error> {
-        let flags = if options.new_connections {
-            CFG_F_EV_NEW_CONN
-        } else {
-            0
-        } | if options.policy_verdicts {
-            CFG_F_EV_POLICY
-        } else {
-            0
-        };
-        self.event_flags.store(flags, Ordering::Relaxed);
-        set_event_flags(&self.config.pin_dir, flags)?;
         let node = self.applied().map(|s| s.node.name.clone());
         let events = match node {
             Some(node) => crate::events::EbpfEvents::open_for(
@@ -844,7 +848,8 @@ impl Dataplane for EbpfDataplane {
                 self.config.netns.as_deref(),
             )?,
         };
-        Ok(Box::new(events))
+        let ask = EventAsk::new(&self.event_asks, &self.config.pin_dir, *options)?;
+        Ok(Box::new(events.with_ask(ask)))
     }
 
     fn reset(&mut self) -> Result<(), Error> {
@@ -883,48 +888,29 @@ impl Drop for EbpfDataplane {
     }
 }
 
-/// Makes `dp_names` hold the names of `planner`'s services and `rest`'s pods and node.
-/// Returns the entries written, and a warning when some did not fit.
+/// Makes `dp_names` hold the names of `planner`'s services and `rest`'s pods and node (only
+/// what `changes` touched, when there are changes). Returns the entries written, and a
+/// warning when some did not fit.
 fn sync_names(
     names: &mut Names,
     map: &mut names::BpfNames,
     planner: &plan::Planner,
     rest: &DesiredState,
+    changes: Option<&ChangeSet>,
 ) -> Result<(usize, Option<Warning>), EbpfError> {
-    let (written, unfit) = names.sync(map, names::wanted(&planner.names(), rest))?;
+    let (written, unfit) = match changes {
+        None => names.sync_full(map, planner, rest)?,
+        Some(changes) => names.sync_changes(map, planner, rest, changes)?,
+    };
     let warning = (unfit > 0).then(|| Warning {
         object: "node".to_owned(),
         field: "dp_names".to_owned(),
         message: format!(
-            "{unfit} names (services, pods) did not fit Capacities::names: their flow events \
-             go without them"
+            "{unfit} names (services, pods) were not written, being longer than 120 bytes \
+             or finding Capacities::names full: their flow events go without them"
         ),
     });
     Ok((written, warning))
-}
-
-/// Sets `flags` (`CFG_F_EV_*`) in the pinned `dp_config`, leaving its other fields as they
-/// are: through the pin, as [`Dataplane::events`] holds only `&self`. The mirror
-/// (`Current::config`) does not know; the next sync writes the same flags again.
-fn set_event_flags(pin_dir: &Path, flags: u32) -> Result<(), EbpfError> {
-    use aya::maps::{Array, Map, MapData};
-    let spec = &map_table::CONFIG;
-    let data = MapData::from_pin(spec.pin_path(pin_dir))
-        .map_err(|e| EbpfError::map(spec.name, "opening the pinned map", e))?;
-    let mut config: Array<MapData, maps::DpConfig> =
-        Array::try_from(Map::Array(data)).map_err(|e| EbpfError::map(spec.name, "opening", e))?;
-    let mut value = config
-        .get(&0, 0)
-        .map_err(|e| EbpfError::map(spec.name, "reading", e))?;
-    let all = CFG_F_EV_NEW_CONN | CFG_F_EV_POLICY;
-    let wanted = (value.flags & !all) | flags;
-    if wanted != value.flags {
-        value.flags = wanted;
-        config
-            .set(0, value, 0)
-            .map_err(|e| EbpfError::map(spec.name, "writing", e))?;
-    }
-    Ok(())
 }
 
 /// Anti-spoofing knows a pod's addresses by `dp_local` (a source it does not send to the

@@ -6,9 +6,10 @@
 //!                                                  │  epoll-able map fd
 //!   EbpfEvents::read ◀── aya RingBuf ◀─────────────┘
 //!        │ names: dp_names (service ids, pod addresses, the node)
-//!        │ backend: dp_backends[backend_id]     interface: ifindex in the node's netns
+//!        │ interface: ifindex in the node's netns (cached)
 //!        ▼
-//!   FlowEvent (wall-clock time = ktime + the CLOCK_MONOTONIC→CLOCK_REALTIME offset at open)
+//!   FlowEvent (wall-clock time = ktime + the CLOCK_MONOTONIC→CLOCK_REALTIME offset, taken
+//!   at each read)
 //! ```
 //!
 //! The ring buffer is one per node: two readers split its events between them. A full ring
@@ -19,43 +20,53 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aya::maps::ring_buf::RingBuf;
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use dataplane_core::{
-    Direction, DropReason, Error, EventKind, EventSource, EventVerdict, FlowEvent, L4Protocol,
-    ObjectName, ObservationPoint, TcpFlags, Timestamp, Tuple,
+    Direction, DropReason, Error, EventKind, EventOptions, EventSource, EventVerdict, FlowEvent,
+    L4Protocol, ObjectName, ObservationPoint, TcpFlags, Timestamp, Tuple,
 };
 
 use crate::error::EbpfError;
 use crate::map_table::{self, MapSpec};
 use crate::maps::{
-    BackendValue, EvLimit, FlowEventRecord, NameKey, NameValue, AF_INET, AF_INET6, DR_SLOTS,
-    EV_DIR_ORIGINAL, EV_DIR_REPLY, EV_F_TRANSLATED, EV_KIND_DROP, EV_KIND_MAX, EV_KIND_NEW_CONN,
-    EV_KIND_POLICY, EV_VERDICT_DROPPED, EV_VERDICT_FORWARDED, EV_VERDICT_POLICY_DENIED,
-    EV_VERDICT_REJECTED, EV_VERDICT_TRANSLATED, POINTS,
+    DpConfig, EvLimit, FlowEventRecord, NameKey, NameValue, AF_INET, AF_INET6, CFG_F_EV_NEW_CONN,
+    CFG_F_EV_POLICY, DR_SLOTS, EV_DIR_ORIGINAL, EV_DIR_REPLY, EV_F_TRANSLATED, EV_KIND_DROP,
+    EV_KIND_NEW_CONN, EV_KIND_POLICY, EV_LIMIT_SLOTS, EV_VERDICT_DROPPED, EV_VERDICT_FORWARDED,
+    EV_VERDICT_POLICY_DENIED, EV_VERDICT_REJECTED, EV_VERDICT_TRANSLATED, POINTS,
 };
 use crate::netns;
 
+/// The most interface names [`EbpfEvents`] keeps.
+const INTERFACE_CACHE: usize = 1024;
+
 /// A reader of the eBPF flow events ([`EventSource`]): from [`Dataplane::events`] or
 /// [`open_pinned_events`]. Reading changes nothing in the kernel but the ring buffer's read
-/// position.
+/// position. Needs Linux >= 5.8 (BPF ring buffer).
 ///
 /// [`Dataplane::events`]: dataplane_core::Dataplane::events
 pub struct EbpfEvents {
     ring: RingBuf<MapData>,
     names: BpfHashMap<MapData, NameKey, NameValue>,
-    backends: Array<MapData, BackendValue>,
     limits: PerCpuArray<MapData, EvLimit>,
     node: String,
     netns: Option<PathBuf>,
-    /// Interface names by index, resolved once each in the node's namespace.
+    /// Interface names by index, resolved once each in the node's namespace (at most
+    /// [`INTERFACE_CACHE`]; pods' interfaces come and go).
     interfaces: HashMap<u32, Option<String>>,
-    /// `CLOCK_REALTIME` - `CLOCK_MONOTONIC` at open, in ns: the programs stamp monotonic time.
+    /// `CLOCK_REALTIME` - `CLOCK_MONOTONIC` at the last read, in ns: the programs stamp
+    /// monotonic time, and the wall clock may be stepped meanwhile.
     clock_offset: i128,
     /// The programs' lost count (summed over CPUs and kinds) at open.
     lost_at_open: u64,
+    /// What this reader asked the programs to write (readers of [`Dataplane::events`]; none
+    /// for [`open_pinned_events`]): withdrawn when it is dropped.
+    ///
+    /// [`Dataplane::events`]: dataplane_core::Dataplane::events
+    _ask: Option<EventAsk>,
 }
 
 impl std::fmt::Debug for EbpfEvents {
@@ -72,8 +83,8 @@ fn open_pinned(pin_dir: &Path, spec: &MapSpec) -> Result<MapData, EbpfError> {
         .map_err(|e| EbpfError::map(spec.name, "opening the pinned map", e))
 }
 
-/// Opens the flow events of the dataplane pinned in `pin_dir` (its `dp_events`, `dp_names`,
-/// `dp_backends` and `dp_ev_limit`) without changing anything: which events the programs
+/// Opens the flow events of the dataplane pinned in `pin_dir` (its `dp_events`, `dp_names`
+/// and `dp_ev_limit`) without changing anything: which events the programs
 /// write stays as their owner set it (drops and rejects always). `netns` is the namespace
 /// the programs are attached in, where interface indexes are resolved. For a read-only
 /// inspector beside a running agent, and `dpctl flows`.
@@ -108,8 +119,6 @@ impl EbpfEvents {
     ) -> Result<Self, EbpfError> {
         let ring = RingBuf::try_from(Map::RingBuf(open_pinned(pin_dir, &map_table::EVENTS)?))
             .map_err(|e| EbpfError::map(map_table::EVENTS.name, "opening", e))?;
-        let backends = Array::try_from(Map::Array(open_pinned(pin_dir, &map_table::BACKENDS)?))
-            .map_err(|e| EbpfError::map(map_table::BACKENDS.name, "opening", e))?;
         let limits = PerCpuArray::try_from(Map::PerCpuArray(open_pinned(
             pin_dir,
             &map_table::EV_LIMIT,
@@ -118,13 +127,13 @@ impl EbpfEvents {
         let mut events = Self {
             ring,
             names,
-            backends,
             limits,
             node,
             netns: netns.map(Path::to_owned),
             interfaces: HashMap::new(),
             clock_offset: clock_offset(),
             lost_at_open: 0,
+            _ask: None,
         };
         events.lost_at_open = events.lost_total();
         Ok(events)
@@ -143,6 +152,14 @@ impl EbpfEvents {
         Self::open(pin_dir, netns, names, node)
     }
 
+    /// This reader, holding `ask` for as long as it lives.
+    pub(crate) fn with_ask(self, ask: EventAsk) -> Self {
+        Self {
+            _ask: Some(ask),
+            ..self
+        }
+    }
+
     /// The node name the events carry.
     pub fn node(&self) -> &str {
         &self.node
@@ -151,8 +168,8 @@ impl EbpfEvents {
     /// Events the programs could not write since this reader opened (the ring was full),
     /// summed over the CPUs.
     fn lost_total(&self) -> u64 {
-        (0..EV_KIND_MAX)
-            .filter_map(|kind| self.limits.get(&kind, 0).ok())
+        (0..EV_LIMIT_SLOTS)
+            .filter_map(|slot| self.limits.get(&slot, 0).ok())
             .map(|values| values.iter().map(|l| l.lost).sum::<u64>())
             .sum()
     }
@@ -174,6 +191,10 @@ impl EbpfEvents {
         }
         if let Some(name) = self.interfaces.get(&ifindex) {
             return name.clone();
+        }
+        if self.interfaces.len() >= INTERFACE_CACHE {
+            // Indexes of deleted interfaces are reused: start over rather than grow.
+            self.interfaces.clear();
         }
         let name = netns::in_netns(self.netns.as_deref(), || Ok(interface_name(ifindex)))
             .ok()
@@ -237,13 +258,10 @@ impl EbpfEvents {
                 .name(&NameKey::service(r.svc_id))
                 .and_then(|v| v.object_name());
         }
+        // The backend as the packet was translated to (an id looked up now may name another
+        // backend since).
         if r.backend_id != 0 {
-            event.backend = self
-                .backends
-                .get(&r.backend_id, 0)
-                .ok()
-                .filter(|b| b.family != 0)
-                .map(|b| SocketAddr::new(b.addr.ip(b.family), b.port.get()));
+            event.backend = translated.map(|t| t.destination);
         }
         if protocol == L4Protocol::Tcp {
             event.tcp_flags = Some(TcpFlags(r.tcp_flags));
@@ -301,6 +319,106 @@ fn clock_offset() -> i128 {
     real - i128::midpoint(mono, mono2)
 }
 
+/// How many open readers of one dataplane asked for each optional kind of event.
+#[derive(Debug, Default)]
+pub(crate) struct EventAsks {
+    new_connections: u32,
+    policy_verdicts: u32,
+}
+
+impl EventAsks {
+    /// `dp_config`'s `CFG_F_EV_*`: the kinds some reader wants.
+    pub(crate) fn flags(&self) -> u32 {
+        (if self.new_connections > 0 {
+            CFG_F_EV_NEW_CONN
+        } else {
+            0
+        }) | (if self.policy_verdicts > 0 {
+            CFG_F_EV_POLICY
+        } else {
+            0
+        })
+    }
+
+    fn count(&mut self, options: EventOptions, add: bool) {
+        let step = |n: &mut u32, on: bool| {
+            if on {
+                *n = if add { *n + 1 } else { n.saturating_sub(1) };
+            }
+        };
+        step(&mut self.new_connections, options.new_connections);
+        step(&mut self.policy_verdicts, options.policy_verdicts);
+    }
+}
+
+/// One reader's ask ([`EventAsks`]): counted while it lives, and `dp_config` rewritten when
+/// it comes and goes.
+#[derive(Debug)]
+pub(crate) struct EventAsk {
+    asks: Arc<Mutex<EventAsks>>,
+    pin_dir: PathBuf,
+    options: EventOptions,
+}
+
+impl EventAsk {
+    /// Counts `options` in `asks` and writes the flags it makes into the dataplane's pinned
+    /// `dp_config` (in `pin_dir`).
+    pub(crate) fn new(
+        asks: &Arc<Mutex<EventAsks>>,
+        pin_dir: &Path,
+        options: EventOptions,
+    ) -> Result<Self, EbpfError> {
+        let mut held = asks.lock().unwrap_or_else(PoisonError::into_inner);
+        held.count(options, true);
+        if let Err(e) = set_event_flags(pin_dir, held.flags()) {
+            held.count(options, false);
+            return Err(e);
+        }
+        Ok(Self {
+            asks: Arc::clone(asks),
+            pin_dir: pin_dir.to_owned(),
+            options,
+        })
+    }
+}
+
+impl Drop for EventAsk {
+    fn drop(&mut self) {
+        let mut held = self.asks.lock().unwrap_or_else(PoisonError::into_inner);
+        held.count(self.options, false);
+        if let Err(e) = set_event_flags(&self.pin_dir, held.flags()) {
+            // (after reset() nothing is pinned: the next sync writes the flags anyway)
+            tracing::debug!(error = %e, "withdrawing a flow-event reader's ask");
+        }
+    }
+}
+
+/// Sets `flags` (`CFG_F_EV_*`) in the pinned `dp_config`, leaving its other fields as they
+/// are: through the pin, as [`Dataplane::events`] holds only `&self` (and a reader's drop
+/// nothing of the dataplane). The writer's mirror does not know; the next sync writes the
+/// same flags, from the same [`EventAsks`].
+///
+/// [`Dataplane::events`]: dataplane_core::Dataplane::events
+fn set_event_flags(pin_dir: &Path, flags: u32) -> Result<(), EbpfError> {
+    let spec = &map_table::CONFIG;
+    let data = MapData::from_pin(spec.pin_path(pin_dir))
+        .map_err(|e| EbpfError::map(spec.name, "opening the pinned map", e))?;
+    let mut config: Array<MapData, DpConfig> =
+        Array::try_from(Map::Array(data)).map_err(|e| EbpfError::map(spec.name, "opening", e))?;
+    let mut value = config
+        .get(&0, 0)
+        .map_err(|e| EbpfError::map(spec.name, "reading", e))?;
+    let all = CFG_F_EV_NEW_CONN | CFG_F_EV_POLICY;
+    let wanted = (value.flags & !all) | flags;
+    if wanted != value.flags {
+        value.flags = wanted;
+        config
+            .set(0, value, 0)
+            .map_err(|e| EbpfError::map(spec.name, "writing", e))?;
+    }
+    Ok(())
+}
+
 /// `dp_drops` (`drops`, opened from its pin or the loaded objects) summed over the CPUs: by
 /// reason, and per program and reason into `other` (`drops.<program>.<reason>`, the counters
 /// that are not zero). For `Stats::drops` of the dataplane and of the live inspector.
@@ -336,6 +454,7 @@ pub(crate) fn drop_counters(
 
 impl EventSource for EbpfEvents {
     fn read(&mut self, out: &mut Vec<FlowEvent>, max: usize) -> Result<usize, Error> {
+        self.clock_offset = clock_offset();
         let mut added = 0;
         while added < max {
             // Copied out, so that the item (which borrows the ring) is released first.
@@ -420,12 +539,13 @@ mod tests {
     }
 
     #[test]
-    fn names_round_trip_and_are_cut() {
+    fn names_round_trip_and_are_never_cut() {
         let n = ObjectName::new("default", "web");
-        assert_eq!(NameValue::new(&n).object_name(), Some(n));
-        let long = ObjectName::new("ns", "é".repeat(100));
-        let v = NameValue::new(&long);
-        assert!(v.as_str().unwrap().len() <= crate::maps::NAME_LEN);
-        assert!(v.object_name().is_some());
+        assert_eq!(NameValue::new(&n).unwrap().object_name(), Some(n));
+        // 120 bytes exactly fit (no NUL needed); one more does not.
+        let fits = ObjectName::new("ns", "a".repeat(crate::maps::NAME_LEN - 3));
+        assert_eq!(NameValue::new(&fits).unwrap().object_name(), Some(fits));
+        let long = ObjectName::new("ns", "é".repeat(60));
+        assert_eq!(NameValue::new(&long), None);
     }
 }

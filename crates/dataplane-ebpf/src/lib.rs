@@ -14,6 +14,12 @@
 //! Needs Linux >= 6.6 for TCX (older kernels fall back to clsact filters, which cannot be
 //! pinned), BTF, bpffs, and root (`CAP_BPF` + `CAP_NET_ADMIN`).
 //!
+//! Flow events (drops and rejects with their reason always; new connections and policy
+//! verdicts on request) come from a BPF ring buffer: [`Dataplane::events`] on the dataplane,
+//! or [`open_pinned_events`] beside a running one; see [`EbpfEvents`].
+//!
+//! [`Dataplane::events`]: dataplane_core::Dataplane::events
+//!
 //! ```no_run
 //! use dataplane_core::Dataplane;
 //! use dataplane_ebpf::{EbpfConfig, EbpfDataplane};

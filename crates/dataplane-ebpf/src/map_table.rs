@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, EvLimit, LocalKey,
     LocalValue, NameKey, NameValue, PolAddr, PolBlockKey, PolCt, PolRuleKey, SrcRangeData, SvcKey,
-    SvcValue, DR_SLOTS, EV_KIND_MAX, EV_RING_BYTES, PT_MAX, SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE,
-    STAT_NAMES,
+    SvcValue, DR_SLOTS, EV_LIMIT_SLOTS, EV_RING_BYTES, PT_MAX, SOCK_REV_KEY_SIZE,
+    SOCK_REV_VALUE_SIZE, STAT_NAMES,
 };
 
 /// The [`Capacities`](crate::Capacities) field that sizes a map.
@@ -210,9 +210,9 @@ pub(crate) const EVENTS: MapSpec =
     spec("dp_events", 0, 0, EV_RING_BYTES, Some(Capacity::EventsRing));
 /// Per-CPU drop counters by observation point and reason.
 pub(crate) const DROPS: MapSpec = spec("dp_drops", 4, 8, PT_MAX * DR_SLOTS, None);
-/// Per-CPU token buckets of the flow events, one per event kind.
+/// Per-CPU token buckets of the flow events, one per event kind and drop reason.
 pub(crate) const EV_LIMIT: MapSpec =
-    spec("dp_ev_limit", 4, size_of::<EvLimit>(), EV_KIND_MAX, None);
+    spec("dp_ev_limit", 4, size_of::<EvLimit>(), EV_LIMIT_SLOTS, None);
 /// Names of service-port ids and pod addresses, for the events (user space only).
 pub(crate) const NAMES: MapSpec = spec(
     "dp_names",

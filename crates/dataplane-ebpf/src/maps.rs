@@ -533,7 +533,8 @@ pub const EV_KIND_DROP: u8 = 1;
 pub const EV_KIND_NEW_CONN: u8 = 2;
 /// `EV_KIND_POLICY`: NetworkPolicy allowed a new connection.
 pub const EV_KIND_POLICY: u8 = 3;
-/// `EV_KIND_MAX`: the number of token buckets per CPU (`dp_ev_limit`'s size).
+/// `EV_KIND_MAX`: the kinds' token buckets in `dp_ev_limit` (the drops' per-reason ones
+/// follow).
 pub const EV_KIND_MAX: u32 = 4;
 
 /// `EV_VERDICT_FORWARDED`.
@@ -580,6 +581,9 @@ pub const EV_TOKENS_PER_TOPUP: u64 = 1;
 pub const EV_BURST: u64 = 1000;
 /// `EV_RING_BYTES`: `dp_events`' default size in bytes.
 pub const EV_RING_BYTES: u32 = 1 << 20;
+/// `EV_LIMIT_SLOTS`: `dp_ev_limit`'s size: a token bucket per event kind and, for drops, per
+/// reason (index `EV_KIND_MAX` + the reason's `dp_drops` slot).
+pub const EV_LIMIT_SLOTS: u32 = EV_KIND_MAX + DR_SLOTS;
 
 /// `NAME_SERVICE`: a `dp_names` key naming a service-port id.
 pub const NAME_SERVICE: u8 = 1;
@@ -722,21 +726,22 @@ pub struct NameValue {
 }
 
 impl NameValue {
-    /// `namespace/name`, cut at [`NAME_LEN`] bytes (on a character boundary). Kubernetes
-    /// names are at most 63 (namespace) and 253 bytes: a long pod name is cut.
-    pub fn new(name: &dataplane_core::ObjectName) -> Self {
+    /// `namespace/name`; `None` when it is longer than [`NAME_LEN`] bytes (Kubernetes
+    /// names can be: 63 bytes of namespace and 253 of name), which a cut would make another
+    /// name.
+    pub fn new(name: &dataplane_core::ObjectName) -> Option<Self> {
         Self::plain(&format!("{}/{}", name.namespace, name.name))
     }
 
-    /// `name` as it is (the node's name), cut at [`NAME_LEN`] bytes.
-    pub fn plain(name: &str) -> Self {
-        let mut end = name.len().min(NAME_LEN);
-        while !name.is_char_boundary(end) {
-            end -= 1;
+    /// `name` as it is (the node's name); `None` when it is longer than [`NAME_LEN`] bytes.
+    pub fn plain(name: &str) -> Option<Self> {
+        let bytes = name.as_bytes();
+        if bytes.len() > NAME_LEN {
+            return None;
         }
         let mut out = [0u8; NAME_LEN];
-        out[..end].copy_from_slice(&name.as_bytes()[..end]);
-        Self { name: out }
+        out[..bytes.len()].copy_from_slice(bytes);
+        Some(Self { name: out })
     }
 
     /// The bytes up to the first NUL, `None` when they are not UTF-8.

@@ -618,6 +618,14 @@ impl Planner {
         }
     }
 
+    /// The node-wide flags that are no part of the state's services: host routing (a
+    /// setting), NetworkPolicy present, and the flow events the readers asked for.
+    pub(crate) fn set_flags(&mut self, host_routing: bool, policy: bool, events: u32) {
+        self.set_host_routing(host_routing);
+        self.set_policy(policy);
+        self.set_event_flags(events);
+    }
+
     /// Sets the flow-event flags (`CFG_F_EV_*`, what the last `events()` reader asked for:
     /// a process setting, not the state's) in the node-wide configuration.
     pub(crate) fn set_event_flags(&mut self, flags: u32) {
@@ -712,6 +720,14 @@ impl Planner {
             gone: Some(gone),
             backends_bound: 0,
         })
+    }
+
+    /// The service-port ids of service `name` (none when it is not planned).
+    pub(crate) fn ids_of(&self, name: &ObjectName) -> Vec<u32> {
+        self.by_service
+            .get(name)
+            .map(|e| e.ids.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Service-port id -> service name (for `flows()`; built per call, not kept).

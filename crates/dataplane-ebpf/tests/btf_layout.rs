@@ -385,6 +385,7 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "EV_TOKENS_PER_TOPUP" => m::EV_TOKENS_PER_TOPUP,
             "EV_BURST" => m::EV_BURST,
             "EV_RING_BYTES" => m::EV_RING_BYTES,
+            "EV_LIMIT_SLOTS" => m::EV_LIMIT_SLOTS,
         }
         "name_kind" {
             "NAME_SERVICE" => m::NAME_SERVICE,

@@ -22,17 +22,18 @@ use aya::maps::ring_buf::RingBuf;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use common::{eth, require_root, TestNode, TCP_SYN};
 use dataplane_core::{
-    Backend, Dataplane, DesiredState, Direction, DropReason, Endpoint, EventKind, EventOptions,
-    EventSource, EventVerdict, FlowEvent, L4Protocol, Namespace, ObjectName, ObservationPoint,
-    PeerPod, Policy, Protocol, Service, ServicePort, TcpFlags, Tuple,
+    diff, Backend, Dataplane, DesiredState, Direction, DropReason, Endpoint, EventKind,
+    EventOptions, EventSource, EventVerdict, FlowEvent, L4Protocol, Namespace, ObjectName,
+    ObservationPoint, PeerPod, Policy, Protocol, Service, ServicePort, TcpFlags, Tuple,
 };
 use dataplane_ebpf::maps::{
     FlowEventRecord, NameKey, NameValue, AF_INET, EV_KIND_DROP, EV_VERDICT_REJECTED,
 };
-use dataplane_ebpf::{EbpfDataplane, Hook, RunOn};
+use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 use events_common::the_one;
 
 const SHOT: u32 = 2;
+const TCP_RST: u8 = 0x04;
 /// Drops in one burst: more than a bucket holds (`EV_BURST`, 1000).
 const BURST: u32 = 1500;
 
@@ -143,6 +144,26 @@ fn read_all(events: &mut dyn EventSource) -> Vec<FlowEvent> {
     out
 }
 
+/// The one event waiting in `events`, checked to be of `kind` with `verdict` and `reason`.
+fn only(
+    events: &mut dyn EventSource,
+    kind: EventKind,
+    verdict: EventVerdict,
+    reason: Option<DropReason>,
+) -> FlowEvent {
+    the_one(&read_all(events), kind, verdict, reason).clone()
+}
+
+/// The one event waiting in `events`, checked to be a translated new connection.
+fn the_new_connection(events: &mut dyn EventSource) -> FlowEvent {
+    only(
+        events,
+        EventKind::NewConnection,
+        EventVerdict::Translated,
+        None,
+    )
+}
+
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -229,9 +250,8 @@ fn drops_new_connections_and_policy_verdicts() {
         run_on(&mut dp, Hook::FromUplink, &outsider, "eth0", 1),
         SHOT
     );
-    let got = read_all(events.as_mut());
-    let e = the_one(
-        &got,
+    let e = &only(
+        events.as_mut(),
         EventKind::Drop,
         EventVerdict::Dropped,
         Some(DropReason::SourceRange),
@@ -272,9 +292,8 @@ fn drops_new_connections_and_policy_verdicts() {
     };
     let run = dp.run_packet_on(Hook::ToPod, &denied, 1, &on).expect("run");
     assert_eq!(run.verdict, SHOT);
-    let got = read_all(events.as_mut());
-    let e = the_one(
-        &got,
+    let e = &only(
+        events.as_mut(),
         EventKind::Drop,
         EventVerdict::PolicyDenied,
         Some(DropReason::Policy),
@@ -309,13 +328,7 @@ fn drops_new_connections_and_policy_verdicts() {
         })
         .expect("events");
     dp.run_packet(Hook::FromPod, &to_c(43001), 1).expect("run");
-    let got = read_all(events.as_mut());
-    let e = the_one(
-        &got,
-        EventKind::NewConnection,
-        EventVerdict::Translated,
-        None,
-    );
+    let e = &the_new_connection(events.as_mut());
     assert_eq!(e.point, Some(ObservationPoint::FromPod));
     assert_eq!(e.interface.as_deref(), Some("lxc1"));
     assert_eq!(e.service, x("to-c"));
@@ -356,9 +369,8 @@ fn drops_new_connections_and_policy_verdicts() {
             .verdict,
         0
     );
-    let got = read_all(events.as_mut());
-    let e = the_one(
-        &got,
+    let e = &only(
+        events.as_mut(),
         EventKind::PolicyVerdict,
         EventVerdict::Forwarded,
         None,
@@ -369,16 +381,28 @@ fn drops_new_connections_and_policy_verdicts() {
         (x("b"), x("a"))
     );
 
+    // Pod masquerade: a new connection leaving the cluster, its source translated.
+    let out = eth()
+        .ip("10.244.0.6", "192.0.2.50")
+        .udp(45000, 53)
+        .payload(b"q")
+        .build();
+    run_on(&mut dp, Hook::ToUplink, &out, "eth0", 1);
+    let e = &the_new_connection(events.as_mut());
+    assert_eq!(e.point, Some(ObservationPoint::ToUplink));
+    assert_eq!(e.protocol, L4Protocol::Udp);
+    assert_eq!(
+        e.translated.map(|t| t.source),
+        Some(addr("172.18.0.2:45000")),
+        "masqueraded to the node"
+    );
+    assert_eq!((e.service.clone(), e.backend), (None, None));
+    assert_eq!(e.source_endpoint, x("b"));
+
     // An apply keeps the event flags the reader asked for.
     dp.apply(&scene()).expect("apply again");
     dp.run_packet(Hook::FromPod, &to_c(43002), 1).expect("run");
-    let got = read_all(events.as_mut());
-    the_one(
-        &got,
-        EventKind::NewConnection,
-        EventVerdict::Translated,
-        None,
-    );
+    the_new_connection(events.as_mut());
 
     // The counters: every drop and reject by reason, and per program.
     let stats = dp.stats().expect("stats");
@@ -390,6 +414,82 @@ fn drops_new_connections_and_policy_verdicts() {
     assert_eq!(stats.other["drops.dp_from_uplink.source-range"], 1);
     assert_eq!(stats.other["drops.dp_to_pod.policy"], 1);
     assert_eq!(events.lost(), 0);
+
+    // An incremental sync names what it changed: a new service is named, a peer pod that
+    // went is no longer.
+    let mut next = scene();
+    next.services.push(svc("late", "10.96.0.16", &[]));
+    next.pods.clear();
+    dp.apply_changes(&diff(&scene(), &next))
+        .expect("apply changes");
+    let late = eth()
+        .ip("10.244.0.5", "10.96.0.16")
+        .tcp(40100, 80, TCP_SYN)
+        .build();
+    dp.run_packet(Hook::FromPod, &late, 1).expect("run");
+    let e = &only(
+        events.as_mut(),
+        EventKind::Drop,
+        EventVerdict::Rejected,
+        Some(DropReason::NoBackend),
+    );
+    assert_eq!(e.service, x("late"));
+    assert!(
+        names
+            .get(&NameKey::endpoint("10.244.1.7".parse().unwrap()), 0)
+            .is_err(),
+        "the removed peer pod's name is gone"
+    );
+    assert!(names
+        .get(&NameKey::endpoint("10.244.0.5".parse().unwrap()), 0)
+        .is_ok());
+    // ... and a service that went is no longer.
+    let named_late = |names: &BpfHashMap<MapData, NameKey, NameValue>| {
+        names
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.object_name() == x("late"))
+            .count()
+    };
+    assert_eq!(named_late(&names), 1, "one port, one id");
+    dp.apply_changes(&diff(&next, &scene()))
+        .expect("apply changes");
+    assert_eq!(
+        named_late(&names),
+        0,
+        "the removed service's id is no longer named"
+    );
+
+    // A TCP RST to a frontend without backends is not answered (RFC 9293): dropped.
+    let rst = eth()
+        .ip("10.244.0.5", "10.96.0.15")
+        .tcp(40200, 80, TCP_RST)
+        .build();
+    assert_eq!(
+        dp.run_packet(Hook::FromPod, &rst, 1).expect("run").verdict,
+        SHOT
+    );
+    let e = &only(
+        events.as_mut(),
+        EventKind::Drop,
+        EventVerdict::Dropped,
+        Some(DropReason::NoBackend),
+    );
+    assert_eq!(e.tcp_flags, Some(TcpFlags(TCP_RST)));
+
+    // A ClusterIP's port that no service has: rejected, the address:port unallocated.
+    let unserved = eth()
+        .ip("10.244.0.5", "10.96.0.11")
+        .tcp(40300, 9999, TCP_SYN)
+        .build();
+    dp.run_packet(Hook::FromPod, &unserved, 1).expect("run");
+    let e = &only(
+        events.as_mut(),
+        EventKind::Drop,
+        EventVerdict::Rejected,
+        Some(DropReason::Unallocated),
+    );
+    assert_eq!(e.service, None, "no service has the port");
 
     // The rate limit: a burst beyond the bucket writes fewer events; the next one written
     // carries the count of those it stands for.
@@ -427,6 +527,159 @@ fn drops_new_connections_and_policy_verdicts() {
     let stats = dp.stats().expect("stats");
     assert_eq!(stats.drops[&DropReason::SourceRange], 1 + runs);
     assert_eq!(events.lost(), 0);
+
+    // The reader that asked for new connections goes: so do they (the first reader, which
+    // asked for nothing, is still open).
+    drop(events);
+    let mut quiet = dp.events(&EventOptions::default()).expect("events");
+    dp.run_packet(Hook::FromPod, &to_c(43004), 1).expect("run");
+    assert!(read_all(quiet.as_mut()).is_empty(), "no reader wants them");
+    // ... and a sync does not bring them back.
+    dp.apply(&scene()).expect("apply");
+    dp.run_packet(Hook::FromPod, &to_c(43005), 1).expect("run");
+    assert!(
+        read_all(quiet.as_mut()).is_empty(),
+        "still none after a sync"
+    );
+    // A reader beside the owner (dpctl flows) changes nothing.
+    let pinned = dataplane_ebpf::open_pinned_events(&n.pin_dir, Some(&n.netns_path()))
+        .expect("open the pinned events");
+    dp.run_packet(Hook::FromPod, &to_c(43006), 1).expect("run");
+    drop(pinned);
+    assert!(read_all(quiet.as_mut()).is_empty());
+}
+
+/// A policy verdict on a packet without ports (GRE from an egress-isolated pod, which
+/// translation leaves alone) is reported like one on TCP or UDP.
+#[test]
+fn a_policy_verdict_without_ports() {
+    if !require_root("a_policy_verdict_without_ports") {
+        return;
+    }
+    let n = node("evicmp");
+    let mut dp = n.dataplane();
+    let mut st = scene();
+    st.policies = vec![policy(serde_json::json!({
+        "namespace": "x", "name": "b-out",
+        "podSelector": {"matchLabels": {"pod": "b"}},
+        "policyTypes": ["Egress"],
+        "egress": [{"peers": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}],
+    }))];
+    dp.apply(&st).expect("apply");
+    let mut events = dp
+        .events(&EventOptions {
+            new_connections: false,
+            policy_verdicts: true,
+        })
+        .expect("events");
+    // A UDP datagram made GRE: IPv4 protocol 47 (no program checks the header checksum).
+    let mut gre = eth()
+        .ip("10.244.0.6", "192.0.2.9")
+        .udp(1, 2)
+        .payload(b"gre payload")
+        .build();
+    gre[14 + 9] = 47;
+    dp.run_packet(Hook::FromPod, &gre, 1).expect("run");
+    let e = only(
+        events.as_mut(),
+        EventKind::PolicyVerdict,
+        EventVerdict::Forwarded,
+        None,
+    );
+    assert_eq!(e.protocol, L4Protocol::Other(47));
+    assert_eq!(e.source_endpoint, x("b"));
+    assert_eq!(e.point, Some(ObservationPoint::FromPod));
+}
+
+/// The XDP fast path creates the connections it sends on itself (TC sees only their later,
+/// established packets): it reports them, at the `xdp` observation point.
+#[test]
+fn xdp_reports_its_new_connections() {
+    if !require_root("xdp_reports_its_new_connections") {
+        return;
+    }
+    let n = TestNode::new("evxdp");
+    n.route_via_neighbour(
+        "02:00:00:00:00:02",
+        "10.244.1.0/24",
+        "172.18.0.3",
+        "02:00:00:00:00:03",
+    );
+    let mut config = n.config();
+    config.xdp = XdpMode::Native;
+    let mut dp = EbpfDataplane::new(config).expect("loads with XDP");
+    let mut st = DesiredState::new(common::node_a());
+    let mut np = svc("np", "10.96.0.31", &["10.244.1.20"]);
+    np.ports = vec![ServicePort {
+        node_port: Some(30080),
+        ..ServicePort::new(Protocol::Tcp, 80, 8080)
+    }];
+    st.services = vec![np];
+    dp.apply(&st).expect("apply");
+    let mut events = dp
+        .events(&EventOptions {
+            new_connections: true,
+            policy_verdicts: false,
+        })
+        .expect("events");
+    let syn = eth()
+        .ip("192.0.2.7", "172.18.0.2")
+        .tcp(45010, 30080, TCP_SYN)
+        .build();
+    let run = dp.run_packet(Hook::Xdp, &syn, 1).expect("run");
+    assert_eq!(run.verdict, 3, "XDP_TX: forwarded by the fast path");
+    let e = the_new_connection(events.as_mut());
+    assert_eq!(e.point, Some(ObservationPoint::Xdp));
+    assert_eq!(e.interface.as_deref(), Some("eth0"));
+    assert_eq!(e.service, x("np"));
+    assert_eq!(e.backend, Some(addr("10.244.1.20:8080")));
+    assert_eq!(
+        e.original,
+        Tuple::new(addr("192.0.2.7:45010"), addr("172.18.0.2:30080"))
+    );
+    let t = e.translated.expect("translated");
+    assert_eq!(t.destination, addr("10.244.1.20:8080"));
+    assert_eq!(t.source.ip(), addr("172.18.0.2:0").ip(), "SNAT to the node");
+    // The flow's next packet is established: no event, at XDP or TC.
+    let ack = eth()
+        .ip("192.0.2.7", "172.18.0.2")
+        .tcp(45010, 30080, common::TCP_ACK)
+        .build();
+    dp.run_packet(Hook::Xdp, &ack, 1).expect("run");
+    assert!(read_all(events.as_mut()).is_empty());
+}
+
+/// A reader too slow for the programs loses events, counted; the packets are not affected.
+#[test]
+fn a_full_ring_counts_lost_events() {
+    if !require_root("a_full_ring_counts_lost_events") {
+        return;
+    }
+    pin_to_one_cpu();
+    let n = node("evlost");
+    let mut config = n.config();
+    config.capacities.events_ring_bytes = 4096; // one page: 34 records of 120 bytes
+    let mut dp = EbpfDataplane::new(config).expect("load");
+    dp.apply(&scene()).expect("apply");
+    let mut events = dp.events(&EventOptions::default()).expect("events");
+    let outsider = eth()
+        .ip("203.0.113.9", "198.51.100.1")
+        .tcp(41000, 80, TCP_SYN)
+        .build();
+    let drops: u32 = 200; // within the bucket: none suppressed
+    assert_eq!(
+        run_on(&mut dp, Hook::FromUplink, &outsider, "eth0", drops),
+        SHOT
+    );
+    let written = read_all(events.as_mut());
+    assert!(!written.is_empty());
+    assert!(events.lost() > 0, "the ring was full");
+    assert_eq!(written.len() as u64 + events.lost(), u64::from(drops));
+    assert_eq!(
+        dp.stats().expect("stats").drops[&DropReason::SourceRange],
+        u64::from(drops),
+        "every drop counted, written or not"
+    );
 }
 
 #[test]

@@ -61,13 +61,16 @@
 #define DROP_NO_ROUTE -10 /* dp_to_lo: the FIB does not forward the translated packet */
 #define DROP_FRAG_TOO_BIG -11 /* dp_to_lo: ... because it does not fit the way out */
 #define DROP_SPOOFED -12 /* from a pod, with a source that is not its own */
+#define DP_REJECT_PORT -13 /* a ClusterIP's port no service has: answered as DP_REJECT */
 
 /* skb->cb words the packet's frontend and backend are left in for the flow event (events.h):
  * lb_forward() sets them, dp_handle() clears them first. (Cilium keeps such per-packet
  * metadata in skb->cb too.) */
 #define CB_SVC_ID 0
 #define CB_BACKEND_ID 1
-#define CB_EV 2 /* dp_handle(): the events it owes (EV_CREATED, EV_ALLOWED) */
+#define CB_EV 2 /* dp_handle(): the events it owes: */
+#define EV_CREATED 1 /* lb_forward() or masquerade() wrote a new connection's entries */
+#define EV_ALLOWED 2 /* NetworkPolicy judged and allowed a new connection */
 
 /* Where the program runs. */
 #define CTX_FROM_POD 0

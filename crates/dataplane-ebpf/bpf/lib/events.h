@@ -52,6 +52,10 @@ static __always_inline __u32 ev_reason_of(int ret)
 	case DP_REJECT:
 	case DROP_NO_LOCAL:
 		return DR_NO_BACKEND;
+	case DP_REJECT_PORT:
+		/* kube-proxy rejects a ClusterIP's unserved ports; the netfilter backends' events
+		 * call the address:port unallocated, and so do these */
+		return DR_UNALLOCATED;
 	case DROP_SRC_RANGE:
 		return DR_SOURCE_RANGE;
 	case DROP_POLICY_DENIED:
@@ -74,10 +78,15 @@ static __always_inline __u32 ev_reason_of(int ret)
 	}
 }
 
-/* The verdict (EV_VERDICT_*) of a drop: a reject answers, a denial is policy's. */
-static __always_inline __u32 ev_verdict_of(int ret)
+/* The verdict (EV_VERDICT_*) of a drop of @p: a reject answers (but never a TCP RST, which
+ * reject() drops, RFC 9293 3.10.7.1), a denial is policy's. */
+static __always_inline __u32 ev_verdict_of(int ret, const struct pkt *p)
 {
-	if (ret == DP_REJECT || ret == DP_FRAG_NEEDED)
+	int reject = ret == DP_REJECT || ret == DP_REJECT_PORT;
+
+	if (reject && p->proto == IPPROTO_TCP && (p->tcp_flags & TCPF_RST))
+		return EV_VERDICT_DROPPED;
+	if (reject || ret == DP_FRAG_NEEDED)
 		return EV_VERDICT_REJECTED;
 	if (ret == DROP_POLICY_DENIED)
 		return EV_VERDICT_POLICY_DENIED;
@@ -85,12 +94,12 @@ static __always_inline __u32 ev_verdict_of(int ret)
 }
 
 /*
- * Takes a token of @kind's bucket on this CPU. Returns the bucket, NULL when the event is over
- * the limit (counted as suppressed) or the map is missing.
+ * Takes a token of bucket @slot (dp_ev_limit's index) on this CPU. Returns the bucket, NULL
+ * when the event is over the limit (counted as suppressed) or the map is missing.
  */
-static __always_inline struct ev_limit *ev_take(__u32 kind)
+static __always_inline struct ev_limit *ev_take(__u32 slot)
 {
-	struct ev_limit *l = bpf_map_lookup_elem(&dp_ev_limit, &kind);
+	struct ev_limit *l = bpf_map_lookup_elem(&dp_ev_limit, &slot);
 	__u64 now, n;
 
 	if (!l)
@@ -98,6 +107,10 @@ static __always_inline struct ev_limit *ev_take(__u32 kind)
 	now = bpf_ktime_get_ns();
 	n = (now - l->last_topup) / EV_TOPUP_NS;
 	if (n) {
+		/* The part of an interval not topped up yet counts towards the next (as Cilium's
+		 * ratelimit_check_and_take keeps the remainder). */
+		__u64 rest = (now - l->last_topup) % EV_TOPUP_NS;
+
 		/* A bucket idle for a second or more is full; the check keeps the product
 		 * below from overflowing. */
 		if (n >= EV_BURST)
@@ -106,7 +119,7 @@ static __always_inline struct ev_limit *ev_take(__u32 kind)
 			l->tokens = EV_BURST;
 		else
 			l->tokens += n * EV_TOKENS_PER_TOPUP;
-		l->last_topup = now;
+		l->last_topup = now - rest;
 	}
 	if (!l->tokens) {
 		l->suppressed++;
@@ -116,8 +129,79 @@ static __always_inline struct ev_limit *ev_take(__u32 kind)
 	return l;
 }
 
+/*
+ * Counts one event seen on interface @ifindex (a drop in dp_drops) and, when it is wanted
+ * and within the limit, reserves its record with everything but the translation filled in:
+ * @svc_id and @backend_id (0 when none), @meta (EV_META), the tuple as the packet arrived.
+ * Returns the record for the caller to finish and submit, or NULL.
+ */
+static __always_inline struct flow_event *
+ev_reserve(__u32 ifindex, __u32 svc_id, __u32 backend_id, __u64 meta, __u8 family, __u8 proto,
+	   __u8 tcp_flags, const __u32 *saddr, const __u32 *daddr, __be16 sport, __be16 dport)
+{
+	__u32 kind = meta & 0xff;
+	__u32 reason = (meta >> 16) & 0xff;
+	__u32 point = (meta >> 24) & 0xff;
+	__u32 slot = reason < DR_SLOTS ? reason : 0;
+	struct flow_event *e;
+	struct ev_limit *l;
+
+	if (kind == EV_KIND_DROP) {
+		__u32 idx = (point & (PT_MAX - 1)) * DR_SLOTS + slot;
+		__u64 *count = bpf_map_lookup_elem(&dp_drops, &idx);
+
+		if (count)
+			*count += 1;
+		/* a bucket per reason */
+		slot += EV_KIND_MAX;
+	} else {
+		slot = kind;
+		__u32 zero = 0;
+		struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
+		__u32 want = kind == EV_KIND_NEW_CONN ? CFG_F_EV_NEW_CONN : CFG_F_EV_POLICY;
+
+		if (!cfg || !(cfg->flags & want))
+			return NULL;
+	}
+	l = ev_take(slot);
+	if (!l)
+		return NULL;
+	e = bpf_ringbuf_reserve(&dp_events, sizeof(*e), 0);
+	if (!e) {
+		l->lost++;
+		return NULL;
+	}
+	e->ktime_ns = bpf_ktime_get_ns();
+	e->suppressed = l->suppressed;
+	l->suppressed = 0;
+	e->ifindex = ifindex;
+	e->svc_id = svc_id;
+	e->backend_id = backend_id;
+	e->kind = kind;
+	e->verdict = (meta >> 8) & 0xff;
+	e->reason = reason;
+	e->point = point;
+	e->direction = (meta >> 32) & 0xff;
+	e->family = family;
+	e->proto = proto;
+	e->tcp_flags = proto == IPPROTO_TCP ? tcp_flags : 0;
+	e->flags = 0;
+	e->pad[0] = 0;
+	e->pad[1] = 0;
+	e->pad[2] = 0;
+	addr_copy(e->saddr, saddr);
+	addr_copy(e->daddr, daddr);
+	e->sport = sport;
+	e->dport = dport;
+	__builtin_memset(e->nat_saddr, 0, sizeof(e->nat_saddr));
+	__builtin_memset(e->nat_daddr, 0, sizeof(e->nat_daddr));
+	e->nat_sport = 0;
+	e->nat_dport = 0;
+	return e;
+}
+
 /**
- * ev_emit() - count and report one event.
+ * ev_emit() - count and report one event of a TC program.
  * @skb: the packet's context (its ifindex; skb->cb holds the frontend and backend ids)
  * @p: the packet as it is now (after any translation)
  * @orig: the packet's tuple as it arrived (equal to @p's when nothing was translated)
@@ -129,57 +213,15 @@ static __always_inline struct ev_limit *ev_take(__u32 kind)
 __attribute__((noinline)) int ev_emit(struct __sk_buff *skb, const struct pkt *p,
 				      const struct ct_key *orig, __u64 meta)
 {
-	__u32 kind = meta & 0xff;
-	__u32 reason = (meta >> 16) & 0xff;
-	__u32 point = (meta >> 24) & 0xff;
 	struct flow_event *e;
-	struct ev_limit *l;
 
 	if (!skb || !p || !orig)
 		return 0;
-	if (kind == EV_KIND_DROP) {
-		__u32 idx = (point & (PT_MAX - 1)) * DR_SLOTS + (reason < DR_SLOTS ? reason : 0);
-		__u64 *count = bpf_map_lookup_elem(&dp_drops, &idx);
-
-		if (count)
-			*count += 1;
-	} else {
-		__u32 zero = 0;
-		struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
-		__u32 want = kind == EV_KIND_NEW_CONN ? CFG_F_EV_NEW_CONN : CFG_F_EV_POLICY;
-
-		if (!cfg || !(cfg->flags & want))
-			return 0;
-	}
-	l = ev_take(kind);
-	if (!l)
+	e = ev_reserve(skb->ifindex, skb->cb[CB_SVC_ID], skb->cb[CB_BACKEND_ID], meta,
+		       orig->family, orig->proto, p->tcp_flags, orig->saddr, orig->daddr,
+		       orig->sport, orig->dport);
+	if (!e)
 		return 0;
-	e = bpf_ringbuf_reserve(&dp_events, sizeof(*e), 0);
-	if (!e) {
-		l->lost++;
-		return 0;
-	}
-	e->ktime_ns = bpf_ktime_get_ns();
-	e->suppressed = l->suppressed;
-	l->suppressed = 0;
-	e->ifindex = skb->ifindex;
-	e->svc_id = skb->cb[CB_SVC_ID];
-	e->backend_id = skb->cb[CB_BACKEND_ID];
-	e->kind = kind;
-	e->verdict = (meta >> 8) & 0xff;
-	e->reason = reason;
-	e->point = point;
-	e->direction = (meta >> 32) & 0xff;
-	e->family = orig->family;
-	e->proto = orig->proto;
-	e->tcp_flags = orig->proto == IPPROTO_TCP ? p->tcp_flags : 0;
-	e->pad[0] = 0;
-	e->pad[1] = 0;
-	e->pad[2] = 0;
-	addr_copy(e->saddr, orig->saddr);
-	addr_copy(e->daddr, orig->daddr);
-	e->sport = orig->sport;
-	e->dport = orig->dport;
 	if (!addr_eq(p->saddr, orig->saddr) || !addr_eq(p->daddr, orig->daddr) ||
 	    p->sport != orig->sport || p->dport != orig->dport) {
 		e->flags = EV_F_TRANSLATED;
@@ -187,12 +229,6 @@ __attribute__((noinline)) int ev_emit(struct __sk_buff *skb, const struct pkt *p
 		addr_copy(e->nat_daddr, p->daddr);
 		e->nat_sport = p->sport;
 		e->nat_dport = p->dport;
-	} else {
-		e->flags = 0;
-		__builtin_memset(e->nat_saddr, 0, sizeof(e->nat_saddr));
-		__builtin_memset(e->nat_daddr, 0, sizeof(e->nat_daddr));
-		e->nat_sport = 0;
-		e->nat_dport = 0;
 	}
 	bpf_ringbuf_submit(e, 0);
 	return 0;

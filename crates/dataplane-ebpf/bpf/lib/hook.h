@@ -271,6 +271,7 @@ static __always_inline __u32 ev_dir_of(int ret)
 {
 	switch (ret) {
 	case DP_REJECT:
+	case DP_REJECT_PORT:
 	case DROP_SRC_RANGE:
 	case DROP_NO_LOCAL:
 	case DROP_UNALLOCATED:
@@ -281,8 +282,6 @@ static __always_inline __u32 ev_dir_of(int ret)
 	}
 }
 
-#define EV_CREATED 1
-#define EV_ALLOWED 2
 
 /*
  * The events dp_handle() owes for a packet: a policy verdict and a new connection (skb->cb's
@@ -302,9 +301,9 @@ static __noinline void ev_after(struct __sk_buff *skb, const struct pkt *p,
 	}
 	if (ret < 0) {
 		/* Counted here rather than in dp_handle(), whose frame has no room for the key. */
-		if (ret != DP_REJECT && ret != DP_FRAG_NEEDED)
+		if (ret != DP_REJECT && ret != DP_REJECT_PORT && ret != DP_FRAG_NEEDED)
 			stat_inc(STAT_DROPPED);
-		ev_emit(skb, p, k, EV_META(EV_KIND_DROP, ev_verdict_of(ret), ev_reason_of(ret),
+		ev_emit(skb, p, k, EV_META(EV_KIND_DROP, ev_verdict_of(ret, p), ev_reason_of(ret),
 					   point, ev_dir_of(ret)));
 		return;
 	}
@@ -326,9 +325,10 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 
 	skb->cb[CB_SVC_ID] = 0;
 	skb->cb[CB_BACKEND_ID] = 0;
-	/* Events to report: EV_CREATED (lb_forward() wrote this connection's entries),
-	 * EV_ALLOWED (NetworkPolicy judged and allowed a new connection, pol_check() > 0). In
-	 * skb->cb, not a local: dp_from_pod's frame has no room for one more spilled value. */
+	/* Events to report: EV_CREATED (lb_forward() or masquerade() wrote this connection's
+	 * entries), EV_ALLOWED (NetworkPolicy judged and allowed a new connection, pol_check()
+	 * > 0). In skb->cb, not a local: dp_from_pod's frame has no room for one more spilled
+	 * value. */
 	skb->cb[CB_EV] = 0;
 	/* Before anything else holds stack: dp_from_pod's deepest call chain is at the limit. */
 	if (ctx == CTX_FROM_POD && pol_spoofed(skb)) {
@@ -348,14 +348,14 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	}
 	if (ret == 0) {
 		/* Non-first fragments and IPv6 with extension headers: policy judged them above,
-		 * translation leaves them alone. */
-		if (p.opaque || (p.proto != IPPROTO_ICMP && p.proto != IPPROTO_ICMPV6))
-			return TC_ACT_OK;
-		ret = echo_parse(skb, &p);
-		if (ret)
-			ret = echo_nat(skb, &p, ctx, ret);
-		else
-			ret = icmp_error_nat(skb, &p);
+		 * translation leaves them alone (DP_PASS, after the policy verdict's event). */
+		if (!p.opaque && (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6)) {
+			ret = echo_parse(skb, &p);
+			if (ret)
+				ret = echo_nat(skb, &p, ctx, ret);
+			else
+				ret = icmp_error_nat(skb, &p);
+		}
 	} else if (ret > 0) {
 		l4 = 1;
 		ret = DP_PASS;
@@ -424,6 +424,7 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	}
 	switch (ret) {
 	case DP_REJECT:
+	case DP_REJECT_PORT:
 		if (ctx == CTX_FROM_POD && p.proto == IPPROTO_TCP && !(p.tcp_flags & TCPF_RST))
 			pol_approve_rst(&p);
 		return reject(skb, &p, ctx);
@@ -455,10 +456,10 @@ static __always_inline int is_loopback(const struct pkt *p)
 /*
  * Marks a connection lb_forward() has just created from lo (@p: its packet as translated, so
  * that its reply comes from p->daddr:dport to p->saddr:sport) with CT_F_LOOPBACK: its replies
- * are delivered through lo (to_lo); and reports it (events.h). lb_forward() itself serves every hook and sees the host
+ * are delivered through lo (to_lo); and reports it (events.h) when @report. lb_forward() itself serves every hook and sees the host
  * here as it sees it on the uplink's egress.
  */
-static __noinline void lo_mark(struct __sk_buff *skb, const struct pkt *p)
+static __noinline void lo_mark(struct __sk_buff *skb, const struct pkt *p, int report)
 {
 	struct ct_entry *e;
 	struct ct_key k;
@@ -472,10 +473,12 @@ static __noinline void lo_mark(struct __sk_buff *skb, const struct pkt *p)
 	e = bpf_map_lookup_elem(&dp_ct, &k);
 	if (e)
 		e->flags |= CT_F_LOOPBACK;
-	/* The new connection's event: k is its tuple as the host sent it. (Here, where the key
-	 * is, rather than in dp_handle_lo(), whose frame has no room for another.) */
-	ev_emit(skb, p, &k, EV_META(EV_KIND_NEW_CONN, EV_VERDICT_TRANSLATED, DR_NONE, PT_FROM_HOST,
-				    EV_DIR_ORIGINAL));
+	/* The new connection's event (@report: lb_forward() created it): k is its tuple as the
+	 * host sent it. (Here, where the key is, rather than in dp_handle_lo(), whose frame has
+	 * no room for another.) */
+	if (report)
+		ev_emit(skb, p, &k, EV_META(EV_KIND_NEW_CONN, EV_VERDICT_TRANSLATED, DR_NONE,
+					    PT_FROM_HOST, EV_DIR_ORIGINAL));
 }
 
 /* The conntrack entry of @p's own tuple (a subprogram: the key stays off the caller's
@@ -519,12 +522,16 @@ static __always_inline int dp_handle_lo(struct __sk_buff *skb)
 		return dp_route(skb, &p, CTX_TO_LO);
 	}
 	if (ret == DP_PASS) {
-		created = !ct || !ct_is_fwd(ct) || !(ct->flags & CT_F_LOOPBACK) ||
-			  ct_is_reopen(ct, &p);
+		/* 2: lb_forward() creates the connection; 1: it exists (another hook made it for
+		 * this tuple) but is not marked CT_F_LOOPBACK yet. */
+		if (!ct || !ct_is_fwd(ct) || ct_is_reopen(ct, &p))
+			created = 2;
+		else
+			created = !(ct->flags & CT_F_LOOPBACK);
 		ret = lb_forward(skb, &p, CTX_TO_UPLINK, ct);
 		if (ret == DP_NAT) {
 			if (created)
-				lo_mark(skb, &p);
+				lo_mark(skb, &p, created == 2);
 			return dp_route(skb, &p, CTX_TO_LO);
 		}
 	}
@@ -535,10 +542,13 @@ static __always_inline int dp_handle_lo(struct __sk_buff *skb)
 	default:
 		break;
 	}
-	ev_pkt(skb, &p, EV_META(EV_KIND_DROP, ev_verdict_of(ret), ev_reason_of(ret), PT_FROM_HOST,
-				ev_dir_of(ret)));
+	/* (ICMP fragmentation needed is not answered here: dropped) */
+	ev_pkt(skb, &p, EV_META(EV_KIND_DROP,
+				ret == DP_FRAG_NEEDED ? EV_VERDICT_DROPPED : ev_verdict_of(ret, &p),
+				ev_reason_of(ret), PT_FROM_HOST, ev_dir_of(ret)));
 	switch (ret) {
 	case DP_REJECT:
+	case DP_REJECT_PORT:
 		/* As from the uplink's egress: the error goes up the stack, here through lo. */
 		return reject(skb, &p, CTX_TO_UPLINK);
 	default:

@@ -95,7 +95,7 @@ static __noinline int lb_no_frontend(const struct pkt *p)
 	struct svc_value *svc = svc_lookup(p, SVC_SCOPE_INTERNAL, 1);
 
 	if (svc && (svc->flags & SVC_F_WILDCARD))
-		return DP_REJECT;
+		return DP_REJECT_PORT;
 	if (cidr_bits(p, p->daddr) & CIDR_F_SERVICE) {
 		stat_inc(STAT_UNALLOCATED);
 		return DROP_UNALLOCATED;
@@ -122,7 +122,8 @@ static __always_inline int outside_cluster(const struct pkt *p)
 /**
  * lb_forward() - translate a packet from a client to a service frontend; @ct is the packet's
  * conntrack entry (NULL when it has none).
- * Returns DP_NAT (translated), DP_PASS (not a service), DP_REJECT or a DROP_* reason.
+ * Returns DP_NAT (translated), DP_PASS (not a service), DP_REJECT (no backend),
+ * DP_REJECT_PORT (a ClusterIP's port no service has) or a DROP_* reason.
  */
 static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 				 struct ct_entry *ct)

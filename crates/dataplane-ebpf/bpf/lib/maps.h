@@ -519,7 +519,7 @@ enum ev_kind {
 	EV_KIND_DROP = 1,     /* a packet dropped or rejected (always) */
 	EV_KIND_NEW_CONN = 2, /* a conntrack entry created (CFG_F_EV_NEW_CONN) */
 	EV_KIND_POLICY = 3,   /* NetworkPolicy allowed a new connection (CFG_F_EV_POLICY) */
-	EV_KIND_MAX = 4,      /* dp_ev_limit's size: one token bucket per kind */
+	EV_KIND_MAX = 4,      /* the kinds' token buckets in dp_ev_limit (drops: see below) */
 };
 
 /* flow_event.verdict. */
@@ -578,17 +578,20 @@ enum ev_flag {
 };
 
 /*
- * The per-CPU token bucket of one event kind (dp_ev_limit), after Cilium's
- * bpf/lib/ratelimit.h (a bucket of at most bucket_size tokens, tokens_per_topup added every
- * topup_interval_ns): here one bucket per CPU and kind, so no atomics and no contention. Over
- * the limit an event is not written but counted in `suppressed`, which the next written event
- * of that kind carries; `lost` counts events the ring buffer had no room for.
+ * The per-CPU token buckets of the events (dp_ev_limit), after Cilium's bpf/lib/ratelimit.h
+ * (a bucket of at most bucket_size tokens, tokens_per_topup added every topup_interval_ns):
+ * per CPU, so no atomics and no contention; one per event kind (index EV_KIND_*) and, for
+ * drops, one per reason (index EV_KIND_MAX + the reason's dp_drops slot), so that a flood of
+ * one reason does not hide the rare drops of another. Over the limit an event is not written
+ * but counted in `suppressed`, which the next written event of its bucket carries; `lost`
+ * counts events the ring buffer had no room for.
  */
 enum ev_limit_const {
 	EV_TOPUP_NS = 1000000,   /* a token every millisecond: 1000 events/s per CPU and kind */
 	EV_TOKENS_PER_TOPUP = 1,
 	EV_BURST = 1000,         /* bucket size */
 	EV_RING_BYTES = 1 << 20, /* dp_events' default size (Capacities::events_ring_bytes) */
+	EV_LIMIT_SLOTS = EV_KIND_MAX + DR_SLOTS, /* dp_ev_limit's size */
 };
 
 struct ev_limit {
@@ -667,7 +670,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct ev_limit);
-	__uint(max_entries, EV_KIND_MAX);
+	__uint(max_entries, EV_LIMIT_SLOTS);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_ev_limit SEC(".maps");
 

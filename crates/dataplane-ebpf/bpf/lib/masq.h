@@ -113,6 +113,8 @@ static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p, struct ct
 	if (ret < 0)
 		return ret;
 	stat_inc(STAT_MASQUERADED);
+	/* A new connection: dp_handle() reports it (events.h). */
+	skb->cb[CB_EV] |= EV_CREATED;
 	return DP_MASQ;
 }
 

@@ -34,6 +34,8 @@
 #pragma clang diagnostic push
 #pragma clang diagnostic ignored "-Wunused-function"
 #include "dsr.h"
+/* events.h for ev_reserve(); its TC helpers are not used here either. */
+#include "events.h"
 #pragma clang diagnostic pop
 
 #define XDP_L4_OFF (sizeof(struct ethhdr) + IPV4_BASE_LEN)
@@ -356,6 +358,37 @@ static __always_inline int xdp_ct_create(const struct pkt *p, const struct svc_v
 	return 0;
 }
 
+/*
+ * Reports the new connection of @p (as it arrived) that XDP has just written the entries of,
+ * to backend @be (@ids: the frontend's id, and the backend's in bits 32-63), its source
+ * translated to the address in bits 16-47 and the port in bits 0-15 of @snat when bit 48 is
+ * set. TC sees only its later packets (established: no event). The record is written in
+ * place: xdp_new_flow()'s frame leaves no room for a translated copy of the packet.
+ */
+static __noinline void ev_xdp_new(struct xdp_md *ctx, const struct pkt *p,
+				  const struct backend *be, __u64 ids, __u64 snat)
+{
+	struct flow_event *e;
+
+	e = ev_reserve(ctx->ingress_ifindex, (__u32)ids, (__u32)(ids >> 32),
+		       EV_META(EV_KIND_NEW_CONN, EV_VERDICT_TRANSLATED, DR_NONE, PT_XDP,
+			       EV_DIR_ORIGINAL),
+		       p->family, p->proto, p->tcp_flags, p->saddr, p->daddr, p->sport, p->dport);
+	if (!e)
+		return;
+	e->flags = EV_F_TRANSLATED;
+	if (snat >> 48) {
+		e->nat_saddr[0] = (__u32)(snat >> 16);
+		e->nat_sport = (__be16)snat;
+	} else {
+		addr_copy(e->nat_saddr, p->saddr);
+		e->nat_sport = p->sport;
+	}
+	addr_copy(e->nat_daddr, be->addr);
+	e->nat_dport = be->port;
+	bpf_ringbuf_submit(e, 0);
+}
+
 /**
  * xdp_new_flow() - a packet without a (live) forward entry: lb_forward()'s decisions for an
  * external frontend. A flow to a remote backend is translated and sent on; a flow to a local
@@ -369,6 +402,8 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 	struct ct_key rk;
 	__u32 snat[4] = {};
 	__u32 backend_id = 0;
+	__u64 snat_info = 0;
+	__u64 ids;
 	int do_snat = 0;
 	int dsr = 0;
 	int local;
@@ -400,9 +435,13 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 		if (!dsr && bpf_map_lookup_elem(&dp_ct, &rk))
 			return XDP_PASS;
 	}
+	ids = ((__u64)backend_id << 32) | svc->id;
+	if (do_snat)
+		snat_info = (1ULL << 48) | ((__u64)snat[0] << 16) | rk.dport;
 	if (local) {
 		/* Random selection would pick again in TC (and favour remote backends). */
-		xdp_ct_create(p, svc, be, backend_id, do_snat, 0, snat, &rk);
+		if (xdp_ct_create(p, svc, be, backend_id, do_snat, 0, snat, &rk) == 0)
+			ev_xdp_new(ctx, p, be, ids, snat_info);
 		return XDP_PASS;
 	}
 
@@ -425,6 +464,7 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 		return XDP_PASS;
 	if (xdp_ct_create(p, svc, be, backend_id, do_snat, dsr, snat, &rk) < 0)
 		return XDP_PASS;
+	ev_xdp_new(ctx, p, be, ids, snat_info);
 	if (xdp_rewrite(ctx, p, &x) < 0)
 		return XDP_PASS;
 	return xdp_send(ctx, &x);
