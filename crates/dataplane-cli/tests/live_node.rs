@@ -535,3 +535,30 @@ fn iptables_flows_follow_shows_a_drop_live() {
     }
     flows_follow_shows_a_probe_to_a_service_without_backends(DataplaneKind::Iptables);
 }
+
+/// A node namespace where nothing is programmed: `auto` looks at all three places (the pin
+/// directory, the nftables table and the iptables chains in that namespace) and names each.
+#[test]
+fn auto_names_every_place_it_looked_in_an_empty_namespace() {
+    if !require_root("auto_names_every_place_it_looked_in_an_empty_namespace") {
+        return;
+    }
+    let lab = lab();
+    let place = Place::new(&lab, DataplaneKind::Ebpf, "empty");
+    let out = place
+        .dpctl(&["status"], "auto")
+        .output()
+        .expect("dpctl runs");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let ns = place.netns.display();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!(
+            "error: nothing is programmed here: no pinned maps in {}, no nftables table inet \
+             {} in network namespace {ns}, no iptables chains {}-* in network namespace {ns}",
+            place.pin_dir.display(),
+            place.nft_table,
+            place.iptables_prefix,
+        )
+    );
+}
