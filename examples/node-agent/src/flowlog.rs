@@ -1,6 +1,6 @@
 //! `--flow-log PATH|-`: the dataplane's flow events ([`Dataplane::events`]: drops and
 //! rejects, and with `--flow-log-new-connections` every new connection) written as JSON lines
-//! ([`FlowEvent::to_json_line`], the schema `dpctl flows -o json` prints), to a file (appended
+//! ([`FlowEvent::to_json_line`], dataplane-core's versioned event schema), to a file (appended
 //! to) or to standard output (`-`; the agent's logs go to standard error).
 //!
 //! The events are read on a thread of their own, never the reconcile loop's or the dataplane's:
