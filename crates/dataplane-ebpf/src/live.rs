@@ -983,3 +983,42 @@ impl Inspect for LiveEbpf {
         )?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+
+    use super::open_read_only;
+    use crate::map_table;
+    use crate::maps::{SvcKey, SvcValue};
+    use crate::{EbpfConfig, EbpfDataplane};
+
+    /// The inspector's map fds cannot write: the kernel refuses an update through one with
+    /// `EPERM`, whatever the code holding it does.
+    #[test]
+    fn a_read_only_fd_cannot_write() {
+        if !dataplane_testkit::require_root("a_read_only_fd_cannot_write") {
+            return;
+        }
+        let dir = PathBuf::from(format!("/sys/fs/bpf/dpe-live-ro-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut owner = EbpfDataplane::new(EbpfConfig::new(&dir)).expect("load");
+        let fd = open_read_only(&map_table::SVC.pin_path(&dir)).expect("open read-only");
+        let data = MapData::from_fd(fd).expect("map data");
+        let mut svc: BpfHashMap<MapData, SvcKey, SvcValue> = Map::from_map_data(data)
+            .and_then(BpfHashMap::try_from)
+            .expect("typed");
+        let err = svc
+            .insert(SvcKey::default(), SvcValue::default(), 0)
+            .expect_err("a read-only fd writes nothing");
+        let refused = matches!(
+            &err,
+            aya::maps::MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EPERM)
+        );
+        assert!(refused, "EPERM expected: {err:?}");
+        assert_eq!(svc.keys().count(), 0, "and reads work");
+        dataplane_core::Dataplane::reset(&mut owner).expect("reset");
+    }
+}
