@@ -5,7 +5,9 @@
 //! kernel refuses updates and deletes through such an fd with `EPERM`), no program is loaded,
 //! nothing is attached, and the pinned links are opened only to read their info (a link pin
 //! cannot be opened read-only: the kernel wants `O_RDWR` for links). bpftool's
-//! `map show`/`map dump` read pinned maps the same way.
+//! `map show`/`map dump` read pinned maps the same way. The one exception is
+//! [`Inspect::events`]: reading a ring buffer moves its consumer position, and the ring is
+//! single-consumer (beside the agent's own reader, each gets part of the events).
 //!
 //! Reading beside the writer is safe: the owning process writes make-before-break (new
 //! backends and slot range first, then the frontend repointed, frees last), each element
@@ -353,7 +355,7 @@ impl LiveEbpf {
             if k.kind != NAME_SERVICE {
                 continue;
             }
-            if let Some(name) = object_name(&v) {
+            if let Some(name) = v.object_name() {
                 out.insert(k.id, name);
             }
         }
@@ -470,7 +472,8 @@ impl LiveEbpf {
     /// `dp_backends` the ids that hold a backend, `dp_slots` the slots of the ranges the
     /// frontends point at (a range shared by several frontends once). Left out: `dp_config`
     /// (one element, always used), `dp_stats` and the other per-CPU counter arrays (every
-    /// element is a counter: a fill level means nothing).
+    /// element is a counter: a fill level means nothing) and the `dp_events` ring buffer
+    /// (sized in bytes, not entries).
     fn tables(&self, read: &Read, ct_entries: usize) -> Result<Vec<TableFill>, EbpfError> {
         let m = &self.maps;
         let mut out = vec![
@@ -831,13 +834,6 @@ fn kind(k: &SvcKey, v: &SvcValue, node_ips: &BTreeSet<Addr>) -> Option<String> {
     Some(kind.to_owned())
 }
 
-/// `namespace/name` out of a `dp_names` value; `None` when it is not one.
-fn object_name(v: &NameValue) -> Option<ObjectName> {
-    let text = v.as_str()?;
-    let (namespace, name) = text.split_once('/')?;
-    (!namespace.is_empty() && !name.is_empty()).then(|| ObjectName::new(namespace, name))
-}
-
 /// How many keys a walk of a map meets. A walk that meets a key deleted under it starts
 /// again (the kernel's next key after a missing key is the first), so under churn this is an
 /// estimate; a quiet map is counted exactly.
@@ -985,5 +981,44 @@ impl Inspect for LiveEbpf {
             &self.pin_dir,
             self.netns.as_deref(),
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+
+    use super::open_read_only;
+    use crate::map_table;
+    use crate::maps::{SvcKey, SvcValue};
+    use crate::{EbpfConfig, EbpfDataplane};
+
+    /// The inspector's map fds cannot write: the kernel refuses an update through one with
+    /// `EPERM`, whatever the code holding it does.
+    #[test]
+    fn a_read_only_fd_cannot_write() {
+        if !dataplane_testkit::require_root("a_read_only_fd_cannot_write") {
+            return;
+        }
+        let dir = PathBuf::from(format!("/sys/fs/bpf/dpe-live-ro-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut owner = EbpfDataplane::new(EbpfConfig::new(&dir)).expect("load");
+        let fd = open_read_only(&map_table::SVC.pin_path(&dir)).expect("open read-only");
+        let data = MapData::from_fd(fd).expect("map data");
+        let mut svc: BpfHashMap<MapData, SvcKey, SvcValue> = Map::from_map_data(data)
+            .and_then(BpfHashMap::try_from)
+            .expect("typed");
+        let err = svc
+            .insert(SvcKey::default(), SvcValue::default(), 0)
+            .expect_err("a read-only fd writes nothing");
+        let refused = matches!(
+            &err,
+            aya::maps::MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EPERM)
+        );
+        assert!(refused, "EPERM expected: {err:?}");
+        assert_eq!(svc.keys().count(), 0, "and reads work");
+        dataplane_core::Dataplane::reset(&mut owner).expect("reset");
     }
 }
