@@ -23,8 +23,8 @@ use crate::loader::{self, Hook, Objects};
 use crate::maintain::{gc, maintenance_interval};
 use crate::map_table;
 use crate::maps::{
-    self, CT_F_DSR, CT_F_MASQ, SCOPE_EXTERNAL_INSIDE, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED,
-    STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
+    self, SCOPE_EXTERNAL_INSIDE, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES,
+    STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
 };
 use crate::names::{self, Names};
 use crate::plan::{self, BACKEND};
@@ -719,39 +719,9 @@ impl Dataplane for EbpfDataplane {
             Synced::Yes(applied) => applied.planner.names(),
             Synced::No { .. } => HashMap::new(),
         };
-        let mut out = Vec::new();
-        for (k, v) in ct_entries(maps)? {
-            let Some(protocol) = Protocol::from_number(k.proto) else {
-                continue;
-            };
-            let at = |a: &crate::maps::Addr, port: crate::maps::Be16| {
-                SocketAddr::new(a.ip(k.family), port.get())
-            };
-            if v.is_reverse() && v.flags & CT_F_DSR != 0 {
-                // A DSR flow on the backend's node: only the reverse entry learnt from the
-                // option exists (the service is the ingress node's business).
-                out.push(Flow {
-                    protocol,
-                    client: at(&k.daddr, k.dport),
-                    frontend: at(&v.nat_addr, v.nat_port),
-                    backend: at(&k.saddr, k.sport),
-                    service: None,
-                });
-                continue;
-            }
-            if !v.is_forward() || v.flags & CT_F_MASQ != 0 {
-                continue;
-            }
-            out.push(Flow {
-                protocol,
-                client: at(&k.saddr, k.sport),
-                frontend: at(&k.daddr, k.dport),
-                backend: at(&v.nat_addr, v.nat_port),
-                service: names.get(&v.svc_id).map(|n| (*n).clone()),
-            });
-        }
-        out.sort_by_key(|f| (f.frontend, f.client));
-        Ok(out)
+        Ok(crate::live::flows(ct_entries(maps)?, |id| {
+            names.get(&id).map(|n| (*n).clone())
+        }))
     }
 
     /// After [`Dataplane::reset`]: all zero (the counters went with the maps).

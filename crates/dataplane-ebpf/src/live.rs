@@ -5,7 +5,9 @@
 //! kernel refuses updates and deletes through such an fd with `EPERM`), no program is loaded,
 //! nothing is attached, and the pinned links are opened only to read their info (a link pin
 //! cannot be opened read-only: the kernel wants `O_RDWR` for links). bpftool's
-//! `map show`/`map dump` read pinned maps the same way.
+//! `map show`/`map dump` read pinned maps the same way. The one exception is
+//! [`Inspect::events`]: reading a ring buffer moves its consumer position, and the ring is
+//! single-consumer (beside the agent's own reader, each gets part of the events).
 //!
 //! Reading beside the writer is safe: the owning process writes make-before-break (new
 //! backends and slot range first, then the frontend repointed, frees last), each element
@@ -35,12 +37,12 @@ use crate::config::Capacities;
 use crate::ct::{all_entries, ct_entries};
 use crate::error::EbpfError;
 use crate::loader::{links_dir, Hook, Maps, Objects};
-use crate::map_table::{self, Defined, MapSpec, MAPS};
+use crate::map_table::{self, MapSpec, MAPS};
 use crate::maps::{
-    Addr, BackendValue, Be16, CtEntry, CtKey, SvcKey, SvcValue, CIDR_F_NODE, CT_F_DSR, CT_F_MASQ,
-    POL_F_ISO_EGRESS, POL_F_ISO_INGRESS, SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL,
-    SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES, STAT_ORIGINAL, STAT_REJECTED,
-    STAT_TRANSLATED, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
+    Addr, BackendValue, Be16, CtEntry, CtKey, NameKey, NameValue, SvcKey, SvcValue, CIDR_F_NODE,
+    CT_F_DSR, CT_F_MASQ, NAME_SERVICE, POL_F_ISO_EGRESS, POL_F_ISO_INGRESS, SCOPE_EXTERNAL,
+    SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED,
+    STAT_NAMES, STAT_ORIGINAL, STAT_REJECTED, STAT_TRANSLATED, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
 };
 use crate::plan::BACKEND;
 use crate::writer::Current;
@@ -190,51 +192,6 @@ impl Pinned {
     }
 }
 
-/// `struct name_key` of `dp_names` (the contract of issue 20): what a name is of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[repr(C)]
-struct NameKey {
-    /// [`NAME_SERVICE`] or [`NAME_ENDPOINT`].
-    kind: u8,
-    /// `AF_*` of `addr` (endpoints).
-    family: u8,
-    pad: [u8; 2],
-    /// Service-port id (services).
-    id: u32,
-    /// Endpoint address.
-    addr: Addr,
-}
-
-/// `struct name_value`: `namespace/name`, NUL-padded.
-#[derive(Debug, Clone, Copy)]
-#[repr(C)]
-struct NameValue {
-    name: [u8; 120],
-}
-
-// SAFETY: both are `#[repr(C)]`, made of integers and byte arrays only, with explicit
-// padding fields, so every bit pattern is a valid value and there are no hidden
-// uninitialised bytes.
-unsafe impl aya::Pod for NameKey {}
-// SAFETY: as above.
-unsafe impl aya::Pod for NameValue {}
-
-const _: () = assert!(std::mem::size_of::<NameKey>() == 24);
-const _: () = assert!(std::mem::size_of::<NameValue>() == 120);
-
-/// `name_key.kind` of a service-port id.
-const NAME_SERVICE: u8 = 1;
-/// `dp_names`: user-space-only names of services and endpoints, written by the owner on every
-/// apply (absent when the owner is a version without it).
-const NAMES: MapSpec = MapSpec {
-    name: "dp_names",
-    key_size: std::mem::size_of::<NameKey>(),
-    value_size: std::mem::size_of::<NameValue>(),
-    default_size: 0,
-    capacity: None,
-    defined: Defined::Shared,
-};
-
 /// A read-only view of the eBPF dataplane pinned in a directory: its maps and links, opened
 /// by a process that does not own them. See [`Inspect`] for what it answers.
 ///
@@ -261,6 +218,8 @@ pub struct LiveEbpf {
     /// `dp_sock_rev`, pinned only when the owner runs socket-level load balancing.
     sock_rev: Option<aya::maps::HashMap<MapData, [u8; 32], [u8; 24]>>,
     names: Option<aya::maps::HashMap<MapData, NameKey, NameValue>>,
+    /// `dp_drops`: drops by observation point and reason.
+    drops: Option<aya::maps::PerCpuArray<MapData, u64>>,
 }
 
 impl std::fmt::Debug for LiveEbpf {
@@ -305,7 +264,7 @@ impl LiveEbpf {
             }
         }
         let mut by_name = HashMap::new();
-        for spec in MAPS.iter().chain([&NAMES]) {
+        for spec in &MAPS {
             if let Some(opened) = open_map(pin_dir, spec)? {
                 by_name.insert(spec.name, opened);
             }
@@ -357,8 +316,14 @@ impl LiveEbpf {
         } else {
             None
         };
-        let names = if sizes.contains_key(NAMES.name) {
-            Some(pinned.map(&NAMES)?)
+        // Both absent when the owner is a version without flow events.
+        let names = if sizes.contains_key(map_table::NAMES.name) {
+            Some(pinned.map(&map_table::NAMES)?)
+        } else {
+            None
+        };
+        let drops = if sizes.contains_key(map_table::DROPS.name) {
+            Some(pinned.map(&map_table::DROPS)?)
         } else {
             None
         };
@@ -370,6 +335,7 @@ impl LiveEbpf {
             sizes,
             sock_rev,
             names,
+            drops,
         })
     }
 
@@ -385,11 +351,11 @@ impl LiveEbpf {
         };
         let mut out = HashMap::new();
         for item in names {
-            let (k, v) = item.map_err(|e| EbpfError::map(NAMES.name, "reading", e))?;
+            let (k, v) = item.map_err(|e| EbpfError::map(map_table::NAMES.name, "reading", e))?;
             if k.kind != NAME_SERVICE {
                 continue;
             }
-            if let Some(name) = object_name(&v) {
+            if let Some(name) = v.object_name() {
                 out.insert(k.id, name);
             }
         }
@@ -506,7 +472,8 @@ impl LiveEbpf {
     /// `dp_backends` the ids that hold a backend, `dp_slots` the slots of the ranges the
     /// frontends point at (a range shared by several frontends once). Left out: `dp_config`
     /// (one element, always used), `dp_stats` and the other per-CPU counter arrays (every
-    /// element is a counter: a fill level means nothing).
+    /// element is a counter: a fill level means nothing) and the `dp_events` ring buffer
+    /// (sized in bytes, not entries).
     fn tables(&self, read: &Read, ct_entries: usize) -> Result<Vec<TableFill>, EbpfError> {
         let m = &self.maps;
         let mut out = vec![
@@ -557,7 +524,10 @@ impl LiveEbpf {
             ));
         }
         if let Some(names) = &self.names {
-            out.push(self.fill(&NAMES, count(names.keys(), NAMES.name)?));
+            out.push(self.fill(
+                &map_table::NAMES,
+                count(names.keys(), map_table::NAMES.name)?,
+            ));
         }
         Ok(out)
     }
@@ -606,17 +576,22 @@ impl LiveEbpf {
             };
             *total = values.iter().sum();
         }
+        let mut other: BTreeMap<String, u64> = STAT_NAMES
+            .iter()
+            .zip(totals)
+            .map(|(n, v)| ((*n).to_owned(), v))
+            .collect();
+        let drops = match &self.drops {
+            Some(map) => crate::events::drop_counters(map, &mut other)?,
+            None => BTreeMap::new(),
+        };
         Ok(Stats {
             packets_translated: totals[STAT_TRANSLATED],
             packets_dropped: totals[STAT_DROPPED],
             packets_rejected: totals[STAT_REJECTED],
             flows,
-            drops: BTreeMap::new(),
-            other: STAT_NAMES
-                .iter()
-                .zip(totals)
-                .map(|(n, v)| ((*n).to_owned(), v))
-                .collect(),
+            drops,
+            other,
         })
     }
 
@@ -859,14 +834,6 @@ fn kind(k: &SvcKey, v: &SvcValue, node_ips: &BTreeSet<Addr>) -> Option<String> {
     Some(kind.to_owned())
 }
 
-/// `namespace/name` out of a `dp_names` value; `None` when it is not one.
-fn object_name(v: &NameValue) -> Option<ObjectName> {
-    let end = v.name.iter().position(|b| *b == 0).unwrap_or(v.name.len());
-    let text = std::str::from_utf8(&v.name[..end]).ok()?;
-    let (namespace, name) = text.split_once('/')?;
-    (!namespace.is_empty() && !name.is_empty()).then(|| ObjectName::new(namespace, name))
-}
-
 /// How many keys a walk of a map meets. A walk that meets a key deleted under it starts
 /// again (the kernel's next key after a missing key is the first), so under churn this is an
 /// estimate; a quiet map is counted exactly.
@@ -1004,14 +971,54 @@ impl Inspect for LiveEbpf {
         Ok(self.read_conntrack()?)
     }
 
-    /// The flow events come from the owner's ring buffer, which this version of the
-    /// dataplane does not have yet.
+    /// A reader of the owner's pinned ring buffer. `options` are ignored: an inspector never
+    /// changes what the owner's programs report (drops and rejects always; the rest as the
+    /// owner's readers asked). The ring buffer is single-consumer: beside another reader
+    /// (the agent's flow log) each gets part of the events.
     fn events(&self, options: &EventOptions) -> Result<BoxEventSource, Error> {
         let _ = options;
-        Err(Error::Unsupported {
-            dataplane: BACKEND.to_owned(),
-            feature: "flow events".to_owned(),
-            object: format!("the dataplane pinned in {}", self.pin_dir.display()),
-        })
+        Ok(Box::new(crate::events::open_pinned_events(
+            &self.pin_dir,
+            self.netns.as_deref(),
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+
+    use super::open_read_only;
+    use crate::map_table;
+    use crate::maps::{SvcKey, SvcValue};
+    use crate::{EbpfConfig, EbpfDataplane};
+
+    /// The inspector's map fds cannot write: the kernel refuses an update through one with
+    /// `EPERM`, whatever the code holding it does.
+    #[test]
+    fn a_read_only_fd_cannot_write() {
+        if !dataplane_testkit::require_root("a_read_only_fd_cannot_write") {
+            return;
+        }
+        let dir = PathBuf::from(format!("/sys/fs/bpf/dpe-live-ro-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut owner = EbpfDataplane::new(EbpfConfig::new(&dir)).expect("load");
+        let fd = open_read_only(&map_table::SVC.pin_path(&dir)).expect("open read-only");
+        let data = MapData::from_fd(fd).expect("map data");
+        let mut svc: BpfHashMap<MapData, SvcKey, SvcValue> = Map::from_map_data(data)
+            .and_then(BpfHashMap::try_from)
+            .expect("typed");
+        let err = svc
+            .insert(SvcKey::default(), SvcValue::default(), 0)
+            .expect_err("a read-only fd writes nothing");
+        let refused = matches!(
+            &err,
+            aya::maps::MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EPERM)
+        );
+        assert!(refused, "EPERM expected: {err:?}");
+        assert_eq!(svc.keys().count(), 0, "and reads work");
+        dataplane_core::Dataplane::reset(&mut owner).expect("reset");
     }
 }

@@ -23,11 +23,13 @@ use std::time::{Duration, Instant};
 use common::PinDirs;
 use dataplane_core::policy_tables::compile;
 use dataplane_core::{
-    Backend, Dataplane, DesiredState, EventOptions, Inspect, Namespace, ObjectName, PeerPod,
-    Policy, Protocol, Service, ServicePort,
+    Backend, Dataplane, DesiredState, DropReason, EventOptions, Inspect, Namespace, ObjectName,
+    PeerPod, Policy, Protocol, Service, ServicePort,
 };
 use dataplane_ebpf::{EbpfConfig, EbpfDataplane, EbpfError, LiveEbpf, XdpMode};
-use dataplane_testkit::{require_root, Family, Lab, LabSpec, TcpSession, SERVER_PORT};
+use dataplane_testkit::{
+    probe, require_root, Family, Lab, LabSpec, ProbeOutcome, TcpSession, SERVER_PORT,
+};
 
 fn pin_dir(node: usize) -> PathBuf {
     PathBuf::from(format!(
@@ -363,10 +365,18 @@ fn inspects_a_running_dataplane_and_changes_nothing() {
     session.request().expect("web answers");
 
     let live = LiveEbpf::open(&pin_dir(0), Some(lab.node(0).netns.path())).expect("open");
-    let names = pin_dir(0).join("dp_names").exists();
+    // An event reader opened before the drop it must see: a SYN to the service without
+    // backends, answered with a RST by node 0 (counted in dp_drops as no-backend).
+    let mut reader = live
+        .events(&EventOptions::default())
+        .expect("the owner's ring buffer opens");
+    let empty = SocketAddr::new("10.96.0.12".parse().unwrap(), 80);
+    let refused = probe(&client.netns, empty, Protocol::Tcp, Duration::from_secs(2))
+        .expect("probe the empty service");
+    assert_eq!(refused, ProbeOutcome::Refused, "no backend: rejected");
     let before = quiet_snapshot(&pin_dir(0));
 
-    // Services: what the owner observes, with kinds (and names, once the owner writes them).
+    // Services: what the owner observes, with kinds and names.
     let services = live.services().expect("services");
     let observed = dps[0].observe().expect("observe");
     assert_eq!(
@@ -393,20 +403,19 @@ fn inspects_a_running_dataplane_and_changes_nothing() {
             "ClusterIP"
         };
         assert_eq!(f.kind.as_deref(), Some(want), "kind of {}", f.address);
-        if names {
-            let owner = st
-                .services
-                .iter()
-                .find(|s| {
-                    s.cluster_ips.contains(&f.address.ip())
-                        || (f.address.ip() == node_ip
-                            && s.ports
-                                .iter()
-                                .any(|p| p.node_port == Some(f.address.port())))
-                })
-                .map(|s| s.name.clone());
-            assert_eq!(f.service, owner, "name of {}", f.address);
-        }
+        let owner = st
+            .services
+            .iter()
+            .find(|s| {
+                s.cluster_ips.contains(&f.address.ip())
+                    || (f.address.ip() == node_ip
+                        && s.ports
+                            .iter()
+                            .any(|p| p.node_port == Some(f.address.port())))
+            })
+            .map(|s| s.name.clone());
+        assert!(owner.is_some(), "{} is one of the state's", f.address);
+        assert_eq!(f.service, owner, "name of {}", f.address);
     }
 
     // Conntrack: the session through the ClusterIP, as the owner's flows() has it.
@@ -418,26 +427,20 @@ fn inspects_a_running_dataplane_and_changes_nothing() {
             .any(|f| f.frontend == vip && f.client.ip() == client_ip),
         "conntrack shows the session: {flows:?}"
     );
-    let mut owner_flows = dps[0].flows().expect("flows");
-    if !names {
-        // The owner names flows from its planner; without dp_names an inspector cannot.
-        for f in &mut owner_flows {
-            f.service = None;
-        }
-    }
-    assert_eq!(flows, owner_flows, "conntrack() is the owner's flows()");
+    assert_eq!(
+        flows,
+        dps[0].flows().expect("flows"),
+        "conntrack() is the owner's flows(), names included"
+    );
+    assert!(flows
+        .iter()
+        .any(|f| f.service == Some(ObjectName::new("default", "web"))));
 
     // Status: counts and fill levels as programmed.
     let status = live.status().expect("status");
     let want = expected(st);
     assert_eq!(status.dataplane, "ebpf");
-    let service_count = if names {
-        st.services.len()
-    } else {
-        // Without names each service port is a service of its own.
-        st.services.iter().map(|s| s.ports.len()).sum()
-    };
-    assert_eq!(status.services, service_count as u64, "services");
+    assert_eq!(status.services, st.services.len() as u64, "services");
     assert_eq!(status.frontends, want.frontends, "frontends");
     assert_eq!(
         status.frontends,
@@ -503,6 +506,12 @@ fn inspects_a_running_dataplane_and_changes_nothing() {
     assert!(table("dp_pol_addr").entries >= st.endpoints.len() as u64);
     let owner_stats = dps[0].stats().expect("stats");
     assert_eq!(status.stats.other, owner_stats.other, "counters");
+    assert_eq!(status.stats.drops, owner_stats.drops, "drops by reason");
+    assert!(
+        status.stats.drops.get(&DropReason::NoBackend) >= Some(&1),
+        "the refused probe is counted: {:?}",
+        status.stats.drops
+    );
     assert!(
         status.stats.packets_translated > 0,
         "the session was translated"
@@ -558,13 +567,29 @@ fn inspects_a_running_dataplane_and_changes_nothing() {
     wanted.sort();
     assert_eq!(hooks, wanted, "attachments");
 
-    // Events: the owner has no ring buffer to read yet.
-    if !pin_dir(0).join("dp_events").exists() {
-        assert!(matches!(
-            live.events(&EventOptions::default()),
-            Err(dataplane_core::Error::Unsupported { .. })
-        ));
+    // Events: the reader opened before the probe has its drop, named. (Reading moves the
+    // ring buffer's consumer position, which no map dump shows: the snapshots below are
+    // about everything else.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut events = Vec::new();
+    while !events.iter().any(|e: &dataplane_core::FlowEvent| {
+        e.reason == Some(DropReason::NoBackend) && e.original.destination == empty
+    }) {
+        assert!(Instant::now() < deadline, "no no-backend event: {events:?}");
+        reader.wait(Duration::from_millis(200)).expect("wait");
+        reader.read(&mut events, 1024).expect("read");
     }
+    let event = events
+        .iter()
+        .find(|e| e.reason == Some(DropReason::NoBackend))
+        .expect("the event");
+    assert_eq!(
+        event.service,
+        Some(ObjectName::new("default", "empty")),
+        "{event}"
+    );
+    assert_eq!(event.original.source.ip(), client_ip, "{event}");
+    drop(reader);
 
     // Nothing changed: the maps, links and markers are as they were.
     assert!(

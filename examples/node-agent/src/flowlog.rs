@@ -1,6 +1,6 @@
 //! `--flow-log PATH|-`: the dataplane's flow events ([`Dataplane::events`]: drops and
 //! rejects, and with `--flow-log-new-connections` every new connection) written as JSON lines
-//! ([`FlowEvent::to_json_line`], the schema `dpctl flows -o json` prints), to a file (appended
+//! ([`FlowEvent::to_json_line`], dataplane-core's versioned event schema), to a file (appended
 //! to) or to standard output (`-`; the agent's logs go to standard error).
 //!
 //! The events are read on a thread of their own, never the reconcile loop's or the dataplane's:
@@ -103,12 +103,12 @@ impl Drop for FlowLog {
 }
 
 /// Opens `dataplane`'s event source with `options` and writes its events to `output` on a
-/// thread of its own. `Ok(None)` when the dataplane has no event source (`Unsupported`,
-/// logged once as a warning).
+/// thread of its own. `Ok(None)` when the dataplane has no event source (`Unsupported`) or
+/// it cannot be opened now (a single-consumer source another reader holds), logged once as
+/// a warning.
 ///
 /// # Errors
-/// The output cannot be opened, the source fails to open for another reason, or the thread
-/// cannot start.
+/// The output cannot be opened, or the thread cannot start.
 pub fn start(
     dataplane: &dyn Dataplane,
     options: &EventOptions,
@@ -121,7 +121,13 @@ pub fn start(
             tracing::warn!(error = %e, "--flow-log: this dataplane reports no flow events (yet); running without a flow log");
             return Ok(None);
         }
-        Err(e) => return Err(anyhow::Error::new(e).context("--flow-log: opening the flow events")),
+        // Never fatal: a restarting agent must not crash-loop because another reader holds a
+        // single-consumer source (an NFLOG group bound by `dpctl flows`). Services matter
+        // more than the log; the warning says why it is missing.
+        Err(e) => {
+            tracing::warn!(error = %dataplane::error_chain(&e), "--flow-log: the flow events cannot be opened (another reader, such as `dpctl flows`, may hold them); running without a flow log");
+            return Ok(None);
+        }
     };
     let out = output
         .open()

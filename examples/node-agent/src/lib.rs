@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod flowlog;
 pub mod health;
+pub mod heap;
 pub mod http;
 pub mod interfaces;
 pub mod kube_source;

@@ -424,7 +424,10 @@ impl Reconciler {
                     self.listed.insert(kind);
                     tracing::debug!(%kind, count = self.cluster.count(kind), "listed");
                     if self.ready() {
-                        tracing::info!("every kind listed: first sync");
+                        tracing::info!(
+                            rss_kib = crate::heap::rss_kib(),
+                            "every kind listed: first sync"
+                        );
                         self.runner.request();
                     }
                 }
@@ -756,6 +759,17 @@ impl Reconciler {
         let skipped: Vec<String> = report.skipped.iter().map(ToString::to_string).collect();
         let warnings: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
         self.log_dataplane_notes(report.full_sync, &skipped, &warnings);
+        if report.full_sync {
+            // The full sync's transient copies of the state are freed: their pages go back
+            // to the system rather than staying in the allocator until the next one.
+            if let Some((before, after)) = crate::heap::trim() {
+                tracing::debug!(
+                    rss_before_kib = before,
+                    rss_after_kib = after,
+                    "free heap returned to the system"
+                );
+            }
+        }
         tracing::info!(
             full = report.full_sync,
             services = counts.0,
@@ -938,6 +952,11 @@ impl Reconciler {
                     }
                     next_stats = Instant::now() + pause;
                     self.record_stats(result);
+                    if took > STATS_INTERVAL / 100 {
+                        // A slow reading parsed a big listing (nftables: the whole table as
+                        // JSON, hundreds of MiB at 10k services), freed by now.
+                        crate::heap::trim();
+                    }
                 }
                 changed = maintenance.changed() => {
                     if changed.is_err() {

@@ -753,3 +753,16 @@ async fn a_burst_of_events_is_taken_in_bounded_turns() {
     assert_eq!(h.reconciler.take_burst(first, &mut rx), 10);
     assert!(rx.try_recv().is_err());
 }
+
+/// A reading of the counters that took `t` is followed by the next no sooner than
+/// `STATS_DUTY * t` later, and never sooner than `STATS_INTERVAL`: the dataplane's thread,
+/// which a sync waits on, spends at most 1/`STATS_DUTY` of its time on counters.
+#[test]
+fn slow_counter_readings_are_spaced_by_how_long_they_took() {
+    use dataplane_agent::reconcile::{stats_pause, STATS_DUTY, STATS_INTERVAL};
+    assert_eq!(stats_pause(Duration::from_millis(2)), STATS_INTERVAL);
+    assert_eq!(stats_pause(Duration::ZERO), STATS_INTERVAL);
+    let nft = Duration::from_secs(3);
+    assert_eq!(stats_pause(nft), nft * STATS_DUTY);
+    assert!(stats_pause(nft) >= Duration::from_mins(2));
+}

@@ -81,6 +81,9 @@ pub struct BackendRun {
     /// changes.
     pub vmhwm_kib: u64,
     pub vmrss_kib: u64,
+    /// The agent's `VmRSS` when every kind was listed, before the first sync (its log line).
+    #[serde(default)]
+    pub listed_rss_kib: Option<u64>,
     pub vmrss_end_kib: u64,
     pub vmhwm_end_kib: u64,
     /// The peak `VmHWM` of the agent's helper processes, and their names.
@@ -261,10 +264,11 @@ pub fn run(backend: &str, settings: &Settings) -> Result<BackendRun, String> {
     let vmrss_kib = agent.status_kib("VmRSS:").unwrap_or(0);
     let first = first[0].clone();
     let lines: Vec<LogLine> = agent.log().lines().filter_map(LogLine::parse).collect();
-    let listed = lines
-        .iter()
-        .find(|l| l.text.contains("every kind listed"))
-        .map_or(first.at, |l| l.at);
+    let listed_line = lines.iter().find(|l| l.text.contains("every kind listed"));
+    let listed = listed_line.map_or(first.at, |l| l.at);
+    let listed_rss_kib = listed_line
+        .and_then(|l| l.field("rss_kib"))
+        .and_then(|v| v.parse().ok());
     let opened = lines
         .iter()
         .find(|l| l.text.contains("dataplane opened"))
@@ -345,6 +349,7 @@ pub fn run(backend: &str, settings: &Settings) -> Result<BackendRun, String> {
         first_sync_duration_ms: first.duration().map_or(0.0, ms),
         vmhwm_kib,
         vmrss_kib,
+        listed_rss_kib,
         vmrss_end_kib,
         vmhwm_end_kib,
         helpers_kib,

@@ -246,7 +246,7 @@ pub fn markdown(results: &Results, json: &Path) -> String {
     // First sync and memory.
     let _ = writeln!(
         out,
-        "## First sync and memory, {} x {}\n\n| backend | dataplane | files | MiB of YAML | start to every kind listed | first sync's duration | start to first sync done | agent `VmHWM` | agent `VmRSS` | `VmRSS` / `VmHWM` after the changes | helpers' peak (`VmHWM`) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "## First sync and memory, {} x {}\n\n| backend | dataplane | files | MiB of YAML | start to every kind listed | first sync's duration | start to first sync done | agent `VmRSS` when every kind was listed | agent `VmHWM` | agent `VmRSS` | `VmRSS` / `VmHWM` after the changes | helpers' peak (`VmHWM`) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         s.services, s.endpoints
     );
     for run in &results.runs {
@@ -259,13 +259,14 @@ pub fn markdown(results: &Results, json: &Path) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {yaml:.1} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {} | {} / {} | {helpers} |",
+            "| {} | {} | {} | {yaml:.1} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {} | {} | {} / {} | {helpers} |",
             backend_name(&run.backend),
             run.opened,
             run.files,
             run.listed_ms,
             run.first_sync_duration_ms,
             run.first_sync_ms,
+            run.listed_rss_kib.map_or_else(|| "-".to_owned(), mib),
             mib(run.vmhwm_kib),
             mib(run.vmrss_kib),
             mib(run.vmrss_end_kib),
