@@ -218,40 +218,6 @@ fn run(
     )))
 }
 
-/// The eBPF inspector: [`dataplane_ebpf::LiveEbpf`] for the maps and links, and the pinned
-/// ring buffer's reader ([`dataplane_ebpf::open_pinned_events`]) for the events, which
-/// `LiveEbpf::events` does not open (yet).
-#[cfg(feature = "ebpf")]
-struct EbpfInspector {
-    live: dataplane_ebpf::LiveEbpf,
-    pin_dir: std::path::PathBuf,
-    netns: Option<std::path::PathBuf>,
-}
-
-#[cfg(feature = "ebpf")]
-impl Inspect for EbpfInspector {
-    fn status(&self) -> Result<dataplane_core::NodeStatus, Error> {
-        self.live.status()
-    }
-    fn services(&self) -> Result<Vec<dataplane_core::LiveFrontend>, Error> {
-        self.live.services()
-    }
-    fn conntrack(&self) -> Result<Vec<dataplane_core::Flow>, Error> {
-        self.live.conntrack()
-    }
-    /// What the programs write stays as the owner set it: `options` cannot change it.
-    fn events(
-        &self,
-        options: &dataplane_core::EventOptions,
-    ) -> Result<dataplane_core::BoxEventSource, Error> {
-        let _ = options;
-        Ok(Box::new(dataplane_ebpf::open_pinned_events(
-            &self.pin_dir,
-            self.netns.as_deref(),
-        )?))
-    }
-}
-
 /// Opens `kind`'s inspector over the state [`programmed`] found.
 #[allow(unused_variables, clippy::unnecessary_wraps)] // depends on the features
 fn open_live(kind: DataplaneKind, options: &Options) -> Result<Box<dyn Inspect>, Error> {
@@ -261,11 +227,10 @@ fn open_live(kind: DataplaneKind, options: &Options) -> Result<Box<dyn Inspect>,
             // The maps are found by their bpffs path, whatever the namespace; the namespace
             // is where the inspector resolves the attachments' interfaces.
             let netns = options.netns.as_deref().or(options.ebpf.netns.as_deref());
-            Ok(Box::new(EbpfInspector {
-                live: dataplane_ebpf::LiveEbpf::open(&options.ebpf.pin_dir, netns)?,
-                pin_dir: options.ebpf.pin_dir.clone(),
-                netns: netns.map(Path::to_owned),
-            }))
+            Ok(Box::new(dataplane_ebpf::LiveEbpf::open(
+                &options.ebpf.pin_dir,
+                netns,
+            )?))
         }
         #[cfg(feature = "nft")]
         DataplaneKind::Nftables | DataplaneKind::Iptables => {
