@@ -253,6 +253,7 @@ impl IptablesDataplane {
     }
 
     fn check(&self, desired: &DesiredState) -> Result<Vec<Skipped>, Error> {
+        self.config.validate(BACKEND)?;
         if self.config.name.contains('-') {
             // Our chains and sets are `<prefix>-…`: with a `-` in it, one instance's prefix
             // could start another's names (`DP` would take `DP-X`'s chains and sets).

@@ -144,6 +144,7 @@ impl NftablesDataplane {
     }
 
     fn compile(&self, desired: &DesiredState) -> Result<NftRuleset, Error> {
+        self.config.validate(BACKEND)?;
         Self::check(desired)?;
         compile_state_with(desired, &self.config)
     }
@@ -214,6 +215,7 @@ impl NftablesDataplane {
     }
 
     fn full_sync(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
+        self.config.validate(BACKEND)?;
         // Validates in full, as `check` does, and keeps the claims for partial syncs.
         let validator = Validator::new(desired)?;
         let skipped = Self::check_supported(desired)?;
@@ -341,6 +343,7 @@ impl NftablesDataplane {
 
     /// [`Dataplane::apply_changes`] without the conntrack cleanup that follows it.
     fn partial_sync(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        self.config.validate(BACKEND)?;
         let (Some((node, rs)), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };
