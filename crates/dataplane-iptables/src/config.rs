@@ -2,6 +2,12 @@
 
 use std::path::PathBuf;
 
+use crate::error::NetfilterError;
+
+/// The highest [`NetfilterConfig::nflog_rate`]: iptables' `limit` match refuses a rate above
+/// 10000 a second (`XT_LIMIT_SCALE`: "Rate too fast") and a burst above 10000.
+pub const MAX_NFLOG_RATE: u32 = 10_000;
+
 /// Where and how a netfilter backend programs the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetfilterConfig {
@@ -42,7 +48,9 @@ pub struct NetfilterConfig {
     /// One process at a time can read a group (the kernel binds it to one socket).
     pub nflog_group: u16,
     /// Packets a second each drop or reject rule logs at most (the burst too; default 20);
-    /// 0 logs nothing (the drop counters stay).
+    /// 0 logs nothing (the drop counters stay). At most [`MAX_NFLOG_RATE`] (iptables'
+    /// `--limit` and `--limit-burst` limits; both flavours share it): more is refused with
+    /// [`NetfilterError::InvalidConfig`] before anything is written.
     pub nflog_rate: u32,
 }
 
@@ -92,11 +100,58 @@ impl NetfilterConfig {
         }
     }
 
+    /// Checks the fields a backend cannot program as given (`nflog_rate`), before anything
+    /// touches the kernel.
+    ///
+    /// # Errors
+    /// [`NetfilterError::InvalidConfig`] naming the field.
+    pub fn validate(&self, backend: &'static str) -> Result<(), NetfilterError> {
+        if self.nflog_rate > MAX_NFLOG_RATE {
+            return Err(NetfilterError::InvalidConfig {
+                backend,
+                field: "nflog_rate",
+                detail: format!(
+                    "is {}: at most {MAX_NFLOG_RATE} packets a second (iptables' limit match; \
+                     0 turns logging off)",
+                    self.nflog_rate
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// How the drop rules log (group and rate).
     pub fn log_plan(&self) -> crate::eventlog::LogPlan {
         crate::eventlog::LogPlan {
             group: self.nflog_group,
             rate: self.nflog_rate,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_rate_past_the_limit_match_is_refused_by_name() {
+        let mut c = NetfilterConfig::iptables(None);
+        for ok in [0, 20, MAX_NFLOG_RATE] {
+            c.nflog_rate = ok;
+            assert!(c.validate("iptables").is_ok(), "{ok}");
+        }
+        c.nflog_rate = MAX_NFLOG_RATE + 1;
+        let e = c.validate("iptables").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                NetfilterError::InvalidConfig {
+                    field: "nflog_rate",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("nflog_rate"), "{e}");
     }
 }

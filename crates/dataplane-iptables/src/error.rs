@@ -73,12 +73,25 @@ pub enum NetfilterError {
     },
     /// Another socket reads the NFLOG group (the kernel gives a group to one reader per
     /// network namespace): the dataplane's own event stream, or another inspector.
-    #[error("NFLOG group {group} is read by another process (one reader per group and network namespace)")]
+    #[error(
+        "NFLOG group {group} is held by another reader (such as the node agent's --flow-log or \
+         another `dpctl flows`): the kernel lets one socket bind a group per network namespace"
+    )]
     NflogGroupBusy {
         /// Backend name.
         backend: &'static str,
         /// The group.
         group: u16,
+    },
+    /// A configuration field out of its range: refused before anything touches the kernel.
+    #[error("NetfilterConfig::{field} {detail}")]
+    InvalidConfig {
+        /// Backend name.
+        backend: &'static str,
+        /// The field (`nflog_rate`).
+        field: &'static str,
+        /// What is wrong with its value.
+        detail: String,
     },
     /// An inspector found nothing of ours to read.
     #[error("nothing is programmed: {detail}")]
@@ -109,6 +122,9 @@ impl From<NetfilterError> for Error {
             }
             NetfilterError::NothingProgrammed { backend, .. } => {
                 (*backend, "inspecting".to_owned())
+            }
+            NetfilterError::InvalidConfig { backend, .. } => {
+                (*backend, "checking the configuration".to_owned())
             }
         };
         Error::Kernel {

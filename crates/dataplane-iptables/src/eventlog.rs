@@ -9,11 +9,14 @@
 //! as Cilium's datapath sends a drop notification from the place that drops (`bpf/lib/drop.h`,
 //! `send_drop_notify`) with the reason as a number. The limit is per rule (a token bucket of
 //! `rate` packets a second, burst `rate`), so a flood to one frontend cannot flood the reader:
-//! what it held back is not lost for the counters (the drop rule counts every packet; the log
-//! rules count what they logged in the named counter [`LOGGED_COUNTER`], nftables only), but
-//! an event cannot say how many packets of its own kind were held back before it
-//! ([`dataplane_core::FlowEvent::suppressed`] stays 0; the total is in
-//! `Stats::other["events_suppressed"]` on nftables).
+//! what it held back is not lost for the counters (the drop rule counts every packet, by
+//! verdict and reason: an nftables named counter, an iptables comment [`IPT_COUNT_TAG`];
+//! with or without logging), but an event cannot say how many packets of its own kind were
+//! held back before it ([`dataplane_core::FlowEvent::suppressed`] stays 0; the total is
+//! `Stats::other["events_suppressed"]`: the drop rules' count less the log rules', nftables'
+//! named counter [`LOGGED_COUNTER`] or the NFLOG rules' own counters; absent with rate 0).
+//! NetworkPolicy denials name their direction (`dp deny policy in|out`,
+//! [`LogPrefix::policy_denial`]).
 //!
 //! The prefix ([`LogPrefix`]) is `dp <verdict> <reason>[ <namespace>/<name>]`, at most
 //! [`PREFIX_MAX`] bytes (iptables' `--nflog-prefix` limit, 64 bytes with its NUL): verdict
@@ -23,7 +26,7 @@
 
 use std::fmt;
 
-use dataplane_core::{DropReason, EventVerdict, ObjectName};
+use dataplane_core::{DropReason, EventVerdict, ObjectName, PolicyType};
 
 /// The NFLOG group of the nftables flavour by default.
 pub const NFLOG_GROUP_NFTABLES: u16 = 2000;
@@ -68,6 +71,14 @@ impl Default for LogPlan {
     }
 }
 
+/// The word of a policy direction in a prefix.
+fn direction_word(d: PolicyType) -> &'static str {
+    match d {
+        PolicyType::Ingress => "in",
+        PolicyType::Egress => "out",
+    }
+}
+
 /// The word of a verdict in a prefix.
 fn verdict_word(v: EventVerdict) -> &'static str {
     match v {
@@ -87,6 +98,10 @@ pub struct LogPrefix {
     pub reason: DropReason,
     /// The service the rule belongs to, if any.
     pub service: Option<ObjectName>,
+    /// NetworkPolicy denials: the direction denied (`in` or `out` in the prefix). Both run
+    /// in the forward hook, so the reader needs it for the observation point: an ingress
+    /// denial is at the server's side (`ToPod`, the output interface).
+    pub policy_direction: Option<PolicyType>,
 }
 
 impl LogPrefix {
@@ -96,6 +111,15 @@ impl LogPrefix {
             verdict,
             reason,
             service: None,
+            policy_direction: None,
+        }
+    }
+
+    /// A NetworkPolicy denial of `direction`: `dp deny policy in|out`.
+    pub fn policy_denial(direction: PolicyType) -> Self {
+        Self {
+            policy_direction: Some(direction),
+            ..Self::new(EventVerdict::PolicyDenied, DropReason::Policy)
         }
     }
 
@@ -111,11 +135,14 @@ impl LogPrefix {
         counter_name(self.verdict, self.reason)
     }
 
-    /// The prefix text: `dp <verdict> <reason>[ <namespace>/<name>]`, the service left out
-    /// when the whole would be longer than [`PREFIX_MAX`] (Kubernetes names are DNS labels:
-    /// no spaces or quotes to escape).
+    /// The prefix text: `dp <verdict> <reason>[ <namespace>/<name>]` (a policy denial:
+    /// `dp deny policy in|out`), the service left out when the whole would be longer than
+    /// [`PREFIX_MAX`] (Kubernetes names are DNS labels: no spaces or quotes to escape).
     pub fn encode(&self) -> String {
         let base = format!("dp {} {}", verdict_word(self.verdict), self.reason.name());
+        if let Some(d) = self.policy_direction {
+            return format!("{base} {}", direction_word(d));
+        }
         match &self.service {
             Some(s) if base.len() + 2 + s.namespace.len() + s.name.len() <= PREFIX_MAX => {
                 format!("{base} {s}")
@@ -137,8 +164,17 @@ impl LogPrefix {
             _ => return None,
         };
         let reason = words.next()?.parse::<DropReason>().ok()?;
+        let mut policy_direction = None;
         let service = match words.next() {
             None => None,
+            Some("in") if verdict == EventVerdict::PolicyDenied => {
+                policy_direction = Some(PolicyType::Ingress);
+                None
+            }
+            Some("out") if verdict == EventVerdict::PolicyDenied => {
+                policy_direction = Some(PolicyType::Egress);
+                None
+            }
             Some(s) => {
                 let (ns, name) = s.split_once('/')?;
                 if ns.is_empty() || name.is_empty() {
@@ -154,6 +190,7 @@ impl LogPrefix {
             verdict,
             reason,
             service,
+            policy_direction,
         })
     }
 }
@@ -200,18 +237,30 @@ pub fn nft_rules(cond: &str, verdict: &str, prefix: &LogPrefix, log: &LogPlan) -
     out
 }
 
-/// iptables: the NFLOG rule to put right before `rule` (same matches, its target replaced),
-/// then `rule`.
+/// The comment that tags an iptables rule that drops, rejects or marks for either, with its
+/// verdict and reason: `dp-count:<verdict>-<reason>` (one word: `iptables-save` prints it
+/// unquoted). `Dataplane::stats` counts drops by reason from the tagged rules' counters,
+/// whether or not a log rule is in front of them.
+pub const IPT_COUNT_TAG: &str = "dp-count:";
+
+/// iptables: the NFLOG rule to put right before `rule` (same matches, its target replaced;
+/// none when `log.rate` is 0), then `rule` tagged with its verdict and reason
+/// ([`IPT_COUNT_TAG`]).
 pub fn ipt_rules(rule: &str, prefix: &LogPrefix, log: &LogPlan) -> Vec<String> {
-    if log.rate == 0 {
-        return vec![rule.to_owned()];
-    }
     let matches = ipt_matches(rule);
     let lead = if matches.is_empty() {
         String::new()
     } else {
         format!("{matches} ")
     };
+    let tagged = format!(
+        "{lead}-m comment --comment {IPT_COUNT_TAG}{} {}",
+        prefix.counter(),
+        &rule[matches.len()..].trim_start()
+    );
+    if log.rate == 0 {
+        return vec![tagged];
+    }
     vec![
         format!(
             "{lead}-m limit --limit {r}/sec --limit-burst {r} -j NFLOG --nflog-group {g} --nflog-prefix \"{p}\"",
@@ -219,8 +268,16 @@ pub fn ipt_rules(rule: &str, prefix: &LogPrefix, log: &LogPlan) -> Vec<String> {
             g = log.group,
             p = prefix.encode(),
         ),
-        rule.to_owned(),
+        tagged,
     ]
+}
+
+/// iptables: the verdict and reason a rule is tagged with ([`IPT_COUNT_TAG`]), as written or
+/// as `iptables-save` prints it.
+pub fn ipt_counted_of(rule: &str) -> Option<(EventVerdict, DropReason)> {
+    let at = rule.find(IPT_COUNT_TAG)? + IPT_COUNT_TAG.len();
+    let name = rule[at..].split([' ', '"']).next()?;
+    parse_counter_name(name)
 }
 
 /// The matches of an iptables rule: everything before its target (`-j`/`-g`).
@@ -275,6 +332,20 @@ mod tests {
     }
 
     #[test]
+    fn policy_denials_name_their_direction() {
+        for (d, text) in [
+            (PolicyType::Ingress, "dp deny policy in"),
+            (PolicyType::Egress, "dp deny policy out"),
+        ] {
+            let p = LogPrefix::policy_denial(d);
+            assert_eq!(p.encode(), text);
+            assert_eq!(LogPrefix::decode(text), Some(p));
+        }
+        // Only denials have a direction.
+        assert_eq!(LogPrefix::decode("dp drop spoofed in"), None);
+    }
+
+    #[test]
     fn a_name_too_long_is_left_out() {
         let long = ObjectName::new("a-namespace-with-a-long-name", "and-a-long-service-name");
         let p = LogPrefix::new(EventVerdict::Dropped, DropReason::SourceRange).of(&long);
@@ -318,16 +389,27 @@ mod tests {
             rules,
             [
                 "-s 10.0.0.0/8 -m limit --limit 5/sec --limit-burst 5 -j NFLOG --nflog-group 7 --nflog-prefix \"dp drop source-range prod/shop\"",
-                "-s 10.0.0.0/8 -g DP-MARK-DROP"
+                "-s 10.0.0.0/8 -m comment --comment dp-count:drop-source-range -g DP-MARK-DROP"
             ]
         );
         assert_eq!(ipt_prefix_of(&rules[0]), Some(p.clone()));
         assert_eq!(ipt_prefix_of(&rules[1]), None);
+        assert_eq!(ipt_counted_of(&rules[0]), None);
+        assert_eq!(
+            ipt_counted_of(&rules[1]),
+            Some((EventVerdict::Dropped, DropReason::SourceRange))
+        );
         let bare = ipt_rules("-g DP-MARK-DROP", &p, &log);
         assert!(bare[0].starts_with("-m limit"), "{}", bare[0]);
+        // Without logging the drop rule is still tagged: drops are counted by reason.
+        let quiet = ipt_rules("-j DROP", &p, &LogPlan { group: 7, rate: 0 });
         assert_eq!(
-            ipt_rules("-j DROP", &p, &LogPlan { group: 7, rate: 0 }),
-            ["-j DROP"]
+            quiet,
+            ["-m comment --comment dp-count:drop-source-range -j DROP"]
+        );
+        assert_eq!(
+            ipt_counted_of(&quiet[0]),
+            Some((EventVerdict::Dropped, DropReason::SourceRange))
         );
     }
 

@@ -21,6 +21,9 @@
 //!   that was destination-NATed is a service connection (the reply's source is the backend);
 //!   one from this node's pod CIDRs that was only source-NATed is a masqueraded connection.
 //!   Others (the node's own traffic, other components' NAT) are not ours and are skipped.
+//! - **Names**: [`SharedNames`], replaced by the dataplane on every apply, so a reader
+//!   opened before the first apply names what each apply programs; interface indexes are
+//!   named on first sight (`RTM_GETLINK` in the namespace), cached until the next apply.
 //! - **Loss**: a socket whose receive buffer overflowed returns `ENOBUFS` once; [`lost`]
 //!   counts those overflows (each lost at least one message).
 //!
@@ -39,11 +42,12 @@ use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dataplane_core::{
     Direction, Error, EventKind, EventOptions, EventSource, EventVerdict, FlowEvent, L4Protocol,
-    ObjectName, ObservationPoint, Protocol, TcpFlags, Timestamp, Tuple,
+    ObjectName, ObservationPoint, PolicyType, Protocol, TcpFlags, Timestamp, Tuple,
 };
 use ipnetwork::IpNetwork;
 use nix::errno::Errno;
@@ -90,6 +94,8 @@ const NLM_F_ACK: u16 = 4;
 const NLMSG_ERROR: u16 = 2;
 
 const BACKEND_OP: &str = "flow events";
+/// Datagrams read from one socket before the other's turn (see `NetfilterEvents::drain`).
+const DRAIN_TURN: usize = 4;
 
 fn err(backend: &'static str, detail: impl Into<String>) -> NetfilterError {
     NetfilterError::Command {
@@ -160,17 +166,74 @@ impl Names {
     }
 }
 
+/// [`Names`] shared between a dataplane and the event readers it opened: the dataplane
+/// replaces them on every successful apply, the readers look them up per event. A reader
+/// opened before the first apply (the node agent opens its `--flow-log` reader at start)
+/// names what each apply programmed from then on, not what was there when it opened.
+#[derive(Debug, Clone, Default)]
+pub struct SharedNames(Arc<RwLock<Versioned>>);
+
+#[derive(Debug, Default)]
+struct Versioned {
+    /// Bumped on every replacement: a reader drops what it resolved from older names.
+    generation: u64,
+    names: Names,
+}
+
+impl SharedNames {
+    /// Names shared from now on.
+    pub fn new(names: Names) -> Self {
+        Self(Arc::new(RwLock::new(Versioned {
+            generation: 0,
+            names,
+        })))
+    }
+
+    /// Replaces the names every reader sees.
+    pub fn set(&self, names: Names) {
+        let mut v = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        v.generation += 1;
+        v.names = names;
+    }
+
+    /// Whether a reader holds these names (else a dataplane need not compute them).
+    pub fn has_readers(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
+
+    /// Runs `f` on the current names and their generation.
+    fn with<T>(&self, f: impl FnOnce(u64, &Names) -> T) -> T {
+        let v = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        f(v.generation, &v.names)
+    }
+}
+
+impl From<Names> for SharedNames {
+    fn from(names: Names) -> Self {
+        Self::new(names)
+    }
+}
+
+/// Interface indexes resolved at most: past it the cache starts over (pods come and go;
+/// their indexes are not reused soon, so old entries only take room).
+const IFINDEX_CACHE: usize = 1024;
+
 /// The NFLOG and conntrack-event reader of one network namespace.
 pub struct NetfilterEvents {
     backend: &'static str,
     nflog: OwnedFd,
     conntrack: Option<OwnedFd>,
+    /// An rtnetlink socket made in the namespace, to name an interface index the first time
+    /// a packet shows it (`RTM_GETLINK`): sockets answer for the namespace they were made in.
+    route: OwnedFd,
+    route_seq: u32,
     epoll: Epoll,
-    names: Names,
-    /// Interface index → (name, role) of the interfaces [`Names::interfaces`] lists, resolved
-    /// in the namespace when the reader opened (an interface created later is named by
-    /// nothing: its events have no point and no interface).
-    ifindex: BTreeMap<u32, (String, InterfaceRole)>,
+    names: SharedNames,
+    /// Interface index → name (`None`: no such interface when asked), resolved lazily and
+    /// bounded by [`IFINDEX_CACHE`]; cleared when the names change (a new apply may bring
+    /// new pod interfaces), together with the generation it was filled under.
+    ifindex: BTreeMap<u32, Option<String>>,
+    ifindex_generation: u64,
     pending: VecDeque<FlowEvent>,
     lost: u64,
     buf: Vec<u8>,
@@ -205,19 +268,29 @@ fn in_netns<T: Send + 'static>(
     .map_err(|_| err(backend, "netns thread panicked"))?
 }
 
-fn netfilter_socket(backend: &'static str, groups: u32) -> Result<OwnedFd, NetfilterError> {
+/// A netlink socket of `protocol` whose blocking reads give up after `timeout_secs`.
+fn netlink_socket(
+    backend: &'static str,
+    protocol: SockProtocol,
+    timeout_secs: i64,
+) -> Result<OwnedFd, NetfilterError> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
         SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkNetFilter,
+        protocol,
     )
     .map_err(|e| err(backend, format!("socket: {e}")))?;
+    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(timeout_secs, 0))
+        .map_err(|e| err(backend, format!("timeout: {e}")))?;
+    Ok(fd)
+}
+
+fn netfilter_socket(backend: &'static str, groups: u32) -> Result<OwnedFd, NetfilterError> {
+    // A timeout for the configuration's acknowledgement; events are read with MSG_DONTWAIT.
+    let fd = netlink_socket(backend, SockProtocol::NetlinkNetFilter, 2)?;
     bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))
         .map_err(|e| err(backend, format!("bind: {e}")))?;
-    // A timeout for the configuration's acknowledgement; events are read with MSG_DONTWAIT.
-    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(2, 0))
-        .map_err(|e| err(backend, format!("timeout: {e}")))?;
     if setsockopt(&fd, sockopt::RcvBufForce, &RCVBUF).is_err() {
         let _ = setsockopt(&fd, sockopt::RcvBuf, &RCVBUF);
     }
@@ -268,26 +341,64 @@ pub fn nflog_bind_request(group: u16) -> [Vec<u8>; 2] {
     })
 }
 
-/// Sends `msg` and waits for its acknowledgement: 0, or the kernel's errno.
-fn request(fd: &OwnedFd, msg: &[u8]) -> Result<(), Errno> {
+/// Sends `msg` and waits for its acknowledgement: 0, or the kernel's errno. Datagrams with
+/// other messages that arrive first (packets logged to a group bound by the first request,
+/// before the second is acknowledged) are kept in `early`, not lost.
+fn request(fd: &OwnedFd, msg: &[u8], early: &mut Vec<Vec<u8>>) -> Result<(), Errno> {
     send(fd.as_raw_fd(), msg, MsgFlags::empty())?;
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        let mut ack = None;
+        let mut others = false;
         for (kind, _, body) in messages(&buf[..n]) {
             if kind == NLMSG_ERROR {
                 let code = body
                     .get(..4)
                     .and_then(|b| b.try_into().ok())
                     .map_or(-(Errno::EPROTO as i32), i32::from_ne_bytes);
-                return if code == 0 {
-                    Ok(())
-                } else {
-                    Err(Errno::from_raw(-code))
-                };
+                ack = Some(code);
+            } else {
+                others = true;
             }
         }
+        if others {
+            early.push(buf[..n].to_vec());
+        }
+        if let Some(code) = ack {
+            return if code == 0 {
+                Ok(())
+            } else {
+                Err(Errno::from_raw(-code))
+            };
+        }
     }
+}
+
+/// `RTM_GETLINK` of interface `index` (`struct ifinfomsg` with only the index set).
+fn getlink_request(index: u32, seq: u32) -> Vec<u8> {
+    const RTM_GETLINK: u16 = 18;
+    let mut buf = Vec::with_capacity(32);
+    buf.extend_from_slice(&32u32.to_ne_bytes());
+    buf.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
+    buf.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    // ifi_family, pad, ifi_type, ifi_index, ifi_flags, ifi_change.
+    buf.extend_from_slice(&[0, 0, 0, 0]);
+    buf.extend_from_slice(&index.to_ne_bytes());
+    buf.extend_from_slice(&[0; 8]);
+    buf
+}
+
+/// The interface name (`IFLA_IFNAME`) of an `RTM_NEWLINK` payload.
+fn link_name(body: &[u8]) -> Option<String> {
+    const IFLA_IFNAME: u16 = 3;
+    attrs(body.get(16..)?)
+        .find(|(k, _)| *k == IFLA_IFNAME)
+        .map(|(_, a)| {
+            String::from_utf8_lossy(a.split(|b| *b == 0).next().unwrap_or(a)).into_owned()
+        })
 }
 
 /// The netlink messages in `buf`: (type, flags, payload after the 16-byte header).
@@ -320,42 +431,35 @@ impl NetfilterEvents {
         netns: Option<&Path>,
         group: u16,
         options: &EventOptions,
-        names: Names,
+        names: impl Into<SharedNames>,
     ) -> Result<Self, NetfilterError> {
         let with_conntrack = options.new_connections;
-        let interfaces: Vec<(String, InterfaceRole)> = names
-            .interfaces
-            .iter()
-            .map(|(n, r)| (n.clone(), *r))
-            .collect();
         let netns_path: Option<PathBuf> = netns.map(Path::to_path_buf);
-        let (nflog, conntrack, ifindex) = in_netns(backend, netns_path.as_deref(), move || {
-            let nflog = netfilter_socket(backend, 0)?;
-            for msg in nflog_bind_request(group) {
-                match request(&nflog, &msg) {
-                    Ok(()) => {}
-                    // The kernel answers EPERM when another socket owns the group's
-                    // instance (`nfulnl_recv_config`: `peer_portid` differs), EBUSY when
-                    // the group is bound already.
-                    Err(Errno::EPERM | Errno::EBUSY) => {
-                        return Err(NetfilterError::NflogGroupBusy { backend, group });
+        let (nflog, conntrack, route, early) =
+            in_netns(backend, netns_path.as_deref(), move || {
+                let nflog = netfilter_socket(backend, 0)?;
+                let mut early = Vec::new();
+                for msg in nflog_bind_request(group) {
+                    match request(&nflog, &msg, &mut early) {
+                        Ok(()) => {}
+                        // The kernel answers EPERM when another socket owns the group's
+                        // instance (`nfulnl_recv_config`: `peer_portid` differs), EBUSY when
+                        // the group is bound already.
+                        Err(Errno::EPERM | Errno::EBUSY) => {
+                            return Err(NetfilterError::NflogGroupBusy { backend, group });
+                        }
+                        Err(e) => return Err(err(backend, format!("NFLOG group {group}: {e}"))),
                     }
-                    Err(e) => return Err(err(backend, format!("NFLOG group {group}: {e}"))),
                 }
-            }
-            let conntrack = if with_conntrack {
-                Some(netfilter_socket(backend, CONNTRACK_GROUPS)?)
-            } else {
-                None
-            };
-            let mut ifindex = BTreeMap::new();
-            for (name, role) in interfaces {
-                if let Ok(i) = nix::net::if_::if_nametoindex(name.as_str()) {
-                    ifindex.insert(i, (name, role));
-                }
-            }
-            Ok((nflog, conntrack, ifindex))
-        })?;
+                let conntrack = if with_conntrack {
+                    Some(netfilter_socket(backend, CONNTRACK_GROUPS)?)
+                } else {
+                    None
+                };
+                // A lookup answers at once; the timeout only bounds a kernel that does not.
+                let route = netlink_socket(backend, SockProtocol::NetlinkRoute, 1)?;
+                Ok((nflog, conntrack, route, early))
+            })?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| err(backend, format!("epoll: {e}")))?;
         for fd in std::iter::once(&nflog).chain(conntrack.as_ref()) {
@@ -363,17 +467,24 @@ impl NetfilterEvents {
                 .add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0))
                 .map_err(|e| err(backend, format!("epoll: {e}")))?;
         }
-        Ok(Self {
+        let mut this = Self {
             backend,
             nflog,
             conntrack,
+            route,
+            route_seq: 0,
             epoll,
-            names,
-            ifindex,
+            names: names.into(),
+            ifindex: BTreeMap::new(),
+            ifindex_generation: 0,
             pending: VecDeque::new(),
             lost: 0,
             buf: vec![0u8; 1 << 16],
-        })
+        };
+        for datagram in early {
+            this.decode(&datagram, true);
+        }
+        Ok(this)
     }
 
     /// [`NetfilterEvents::open`] of `config`'s namespace and group, as the trait's source.
@@ -384,7 +495,7 @@ impl NetfilterEvents {
         backend: &'static str,
         config: &crate::NetfilterConfig,
         options: &EventOptions,
-        names: Names,
+        names: impl Into<SharedNames>,
     ) -> Result<dataplane_core::BoxEventSource, Error> {
         Ok(Box::new(Self::open(
             backend,
@@ -395,95 +506,164 @@ impl NetfilterEvents {
         )?))
     }
 
-    /// Reads what the sockets hold now (without waiting) into `pending`.
+    /// Reads what the sockets hold now (without waiting) into `pending`, taking turns: at
+    /// most [`DRAIN_TURN`] datagrams from one socket before the other's turn, so a flood of
+    /// drops cannot starve the conntrack socket until its buffer overflows (or the other
+    /// way round).
     fn drain(&mut self, enough: usize) -> Result<(), NetfilterError> {
-        let fds: Vec<(RawFd, bool)> = std::iter::once((self.nflog.as_raw_fd(), true))
+        let mut fds: Vec<(RawFd, bool)> = std::iter::once((self.nflog.as_raw_fd(), true))
             .chain(self.conntrack.as_ref().map(|c| (c.as_raw_fd(), false)))
             .collect();
-        for (fd, is_nflog) in fds {
-            while self.pending.len() < enough {
-                let n = match recv(fd, &mut self.buf, MsgFlags::MSG_DONTWAIT) {
-                    Ok(0) | Err(Errno::EAGAIN) => break,
-                    Ok(n) => n,
-                    Err(Errno::ENOBUFS) => {
-                        // The kernel dropped messages for this socket; it goes on.
-                        self.lost += 1;
-                        continue;
+        while self.pending.len() < enough && !fds.is_empty() {
+            let mut i = 0;
+            while i < fds.len() {
+                let (fd, is_nflog) = fds[i];
+                let mut empty = false;
+                for _ in 0..DRAIN_TURN {
+                    if self.pending.len() >= enough {
+                        break;
                     }
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(err(self.backend, format!("recv: {e}"))),
-                };
-                let now = Timestamp::from_unix(
-                    SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default(),
-                );
-                let buf = std::mem::take(&mut self.buf);
-                for (kind, flags, body) in messages(&buf[..n]) {
-                    let event = if is_nflog {
-                        (kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)
-                            .then(|| decode_nflog(body))
-                            .flatten()
-                            .and_then(|p| self.nflog_event(&p, now))
-                    } else {
-                        self.conntrack_event(kind, flags, body, now)
-                    };
-                    self.pending.extend(event);
+                    if !self.recv_one(fd, is_nflog)? {
+                        empty = true;
+                        break;
+                    }
                 }
-                self.buf = buf;
+                if empty {
+                    fds.remove(i);
+                } else {
+                    i += 1;
+                }
             }
         }
         Ok(())
     }
 
-    fn point_of(&self, p: &NflogPacket) -> (Option<ObservationPoint>, Option<String>) {
-        let named = |i: Option<u32>| i.and_then(|i| self.ifindex.get(&i));
-        if let Some((name, role)) = named(p.indev) {
-            let point = match role {
-                InterfaceRole::Pod => ObservationPoint::FromPod,
-                InterfaceRole::Uplink => ObservationPoint::FromUplink,
+    /// Reads one datagram of `fd` into `pending`: `false` when the socket had none.
+    fn recv_one(&mut self, fd: RawFd, is_nflog: bool) -> Result<bool, NetfilterError> {
+        loop {
+            let n = match recv(fd, &mut self.buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) | Err(Errno::EAGAIN) => return Ok(false),
+                Ok(n) => n,
+                Err(Errno::ENOBUFS) => {
+                    // The kernel dropped messages for this socket; it goes on.
+                    self.lost += 1;
+                    continue;
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(err(self.backend, format!("recv: {e}"))),
             };
-            return (Some(point), Some(name.clone()));
+            let buf = std::mem::take(&mut self.buf);
+            self.decode(&buf[..n], is_nflog);
+            self.buf = buf;
+            return Ok(true);
         }
-        if p.indev.is_none() {
-            if let Some((name, role)) = named(p.outdev) {
-                // Sent by the node itself (no input interface) towards a known interface.
-                let point = match role {
-                    InterfaceRole::Pod => ObservationPoint::ToPod,
-                    InterfaceRole::Uplink => ObservationPoint::ToUplink,
-                };
-                return (Some(point), Some(name.clone()));
-            }
-            // No input interface: the node sent it (an output hook).
-            return (Some(ObservationPoint::FromHost), None);
-        }
-        (None, None)
     }
 
-    fn nflog_event(&self, p: &NflogPacket, now: Timestamp) -> Option<FlowEvent> {
+    /// Decodes the messages of one datagram into `pending`.
+    fn decode(&mut self, datagram: &[u8], is_nflog: bool) {
+        let now = Timestamp::from_unix(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        for (kind, flags, body) in messages(datagram) {
+            let event = if is_nflog {
+                (kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)
+                    .then(|| decode_nflog(body))
+                    .flatten()
+                    .and_then(|p| self.nflog_event(&p, now))
+            } else {
+                self.conntrack_event(kind, flags, body, now)
+            };
+            self.pending.extend(event);
+        }
+    }
+
+    /// The name of interface `index` in the reader's namespace (cached; `None` when no
+    /// interface has it now).
+    fn interface_name(&mut self, index: u32, generation: u64) -> Option<String> {
+        if generation != self.ifindex_generation || self.ifindex.len() >= IFINDEX_CACHE {
+            self.ifindex.clear();
+            self.ifindex_generation = generation;
+        }
+        if let Some(name) = self.ifindex.get(&index) {
+            return name.clone();
+        }
+        let name = self.resolve(index);
+        self.ifindex.insert(index, name.clone());
+        name
+    }
+
+    /// Asks the kernel for the name of interface `index` (`RTM_GETLINK`).
+    fn resolve(&mut self, index: u32) -> Option<String> {
+        const RTM_NEWLINK: u16 = 16;
+        self.route_seq = self.route_seq.wrapping_add(1);
+        let seq = self.route_seq;
+        send(
+            self.route.as_raw_fd(),
+            &getlink_request(index, seq),
+            MsgFlags::empty(),
+        )
+        .ok()?;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = match recv(self.route.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                // A timeout or an error: unnamed, and asked again only after the next apply.
+                Err(_) => return None,
+            };
+            if n == 0 {
+                return None;
+            }
+            let mut rest = &buf[..n];
+            while rest.len() >= 16 {
+                let len = u32::from_ne_bytes(rest[..4].try_into().ok()?) as usize;
+                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+                let got = u32::from_ne_bytes(rest[8..12].try_into().ok()?);
+                if len < 16 || len > rest.len() {
+                    break;
+                }
+                if got == seq {
+                    return match kind {
+                        RTM_NEWLINK => link_name(&rest[16..len]),
+                        // ENODEV: gone since the packet was logged.
+                        _ => None,
+                    };
+                }
+                rest = &rest[((len + 3) & !3).min(rest.len())..];
+            }
+        }
+    }
+
+    fn nflog_event(&mut self, p: &NflogPacket, now: Timestamp) -> Option<FlowEvent> {
         let prefix = LogPrefix::decode(&p.prefix)?;
         let (protocol, tuple, flags) = packet_tuple(&p.payload)?;
-        let mut e = FlowEvent::new(
-            p.time.unwrap_or(now),
-            self.names.node.clone(),
-            EventKind::Drop,
-            prefix.verdict,
-            protocol,
-            tuple,
-        );
-        e.reason = Some(prefix.reason);
-        e.service = prefix.service.or_else(|| {
-            let proto = Protocol::from_number(protocol.number())?;
-            self.names
-                .frontends
-                .get(&(tuple.destination, proto))
-                .cloned()
-        });
-        (e.point, e.interface) = self.point_of(p);
-        e.tcp_flags = flags;
-        e.source_endpoint = self.names.endpoints.get(&tuple.source.ip()).cloned();
-        e.destination_endpoint = self.names.endpoints.get(&tuple.destination.ip()).cloned();
-        Some(e)
+        // Interfaces named first, outside the names' lock: a lookup waits for the kernel,
+        // and an apply waits for the lock.
+        let generation = self.names.with(|generation, _| generation);
+        let indev = p.indev.map(|i| self.interface_name(i, generation));
+        let outdev = p.outdev.and_then(|i| self.interface_name(i, generation));
+        self.names.with(|_, names| {
+            let mut e = FlowEvent::new(
+                p.time.unwrap_or(now),
+                names.node.clone(),
+                EventKind::Drop,
+                prefix.verdict,
+                protocol,
+                tuple,
+            );
+            e.reason = Some(prefix.reason);
+            e.service = prefix.service.clone().or_else(|| {
+                let proto = Protocol::from_number(protocol.number())?;
+                names.frontends.get(&(tuple.destination, proto)).cloned()
+            });
+            (e.point, e.interface) = point_of(indev, outdev, &prefix, names);
+            e.tcp_flags = flags;
+            e.source_endpoint = names.endpoints.get(&tuple.source.ip()).cloned();
+            e.destination_endpoint = names.endpoints.get(&tuple.destination.ip()).cloned();
+            Some(e)
+        })
     }
 
     fn conntrack_event(
@@ -501,7 +681,47 @@ impl NetfilterEvents {
             _ => return None,
         };
         let flow = conntrack::parse_flow(body.get(4..)?)?;
-        connection_event(&self.names, kind, &flow, now)
+        self.names
+            .with(|_, names| connection_event(names, kind, &flow, now))
+    }
+}
+
+/// The observation point and interface of a logged packet, from its interfaces' names:
+/// `indev` is `None` without an input interface, `Some(None)` for one without a name. A
+/// packet is seen where it was dropped: on the way in (`FromPod`/`FromUplink`, its input
+/// interface), except for an ingress NetworkPolicy denial, which is at the server's side
+/// (`ToPod`, its output interface: where the eBPF backend reports it, on the server's
+/// veth), and packets the node sent (no input interface: `ToPod`/`ToUplink` towards a known
+/// interface, else `FromHost`).
+pub fn point_of(
+    indev: Option<Option<String>>,
+    outdev: Option<String>,
+    prefix: &LogPrefix,
+    names: &Names,
+) -> (Option<ObservationPoint>, Option<String>) {
+    let role = |name: &String| names.interfaces.get(name).copied();
+    let towards = |role: InterfaceRole| match role {
+        InterfaceRole::Pod => ObservationPoint::ToPod,
+        InterfaceRole::Uplink => ObservationPoint::ToUplink,
+    };
+    if prefix.policy_direction == Some(PolicyType::Ingress) {
+        if let Some(name) = outdev.as_ref() {
+            return (role(name).map(towards), outdev);
+        }
+    }
+    match indev {
+        None => match outdev.as_ref().and_then(role) {
+            Some(r) => (Some(towards(r)), outdev),
+            None => (Some(ObservationPoint::FromHost), None),
+        },
+        Some(None) => (None, None),
+        Some(Some(name)) => {
+            let point = role(&name).map(|r| match r {
+                InterfaceRole::Pod => ObservationPoint::FromPod,
+                InterfaceRole::Uplink => ObservationPoint::FromUplink,
+            });
+            (point, Some(name))
+        }
     }
 }
 
@@ -620,11 +840,7 @@ pub fn decode_nflog(body: &[u8]) -> Option<NflogPacket> {
             NFULA_TIMESTAMP if a.len() >= 16 => {
                 let sec = u64::from_be_bytes(a[..8].try_into().ok()?);
                 let usec = u64::from_be_bytes(a[8..16].try_into().ok()?);
-                if sec > 0 {
-                    p.time = Some(Timestamp::from_unix(
-                        Duration::from_secs(sec) + Duration::from_micros(usec),
-                    ));
-                }
+                p.time = nflog_time(sec, usec);
             }
             _ => {}
         }
@@ -632,38 +848,86 @@ pub fn decode_nflog(body: &[u8]) -> Option<NflogPacket> {
     Some(p)
 }
 
+/// The time of an `NFULA_TIMESTAMP` (`struct nfulnl_msg_packet_timestamp`: seconds and
+/// microseconds): `None` (the reader uses the time it read the message) for no time (0) and
+/// for what no kernel writes: microseconds past a second, or a time a [`Timestamp`] (u64
+/// nanoseconds, up to the year 2554) cannot hold.
+pub fn nflog_time(sec: u64, usec: u64) -> Option<Timestamp> {
+    if sec == 0 || usec >= 1_000_000 {
+        return None;
+    }
+    let nanos = sec
+        .checked_mul(1_000_000_000)?
+        .checked_add(usec.checked_mul(1_000)?)?;
+    Some(Timestamp(nanos))
+}
+
 /// The protocol, addresses and ports (0 without ports) and TCP flags of an IP packet.
 pub fn packet_tuple(ip: &[u8]) -> Option<(L4Protocol, Tuple, Option<TcpFlags>)> {
-    let (src, dst, mut proto, mut l4): (IpAddr, IpAddr, u8, &[u8]) = match ip.first()? >> 4 {
+    // `l4` is `None` for a packet whose transport header is elsewhere (a non-first
+    // fragment): its ports are 0, not whatever bytes follow.
+    let (src, dst, mut proto, mut l4): (IpAddr, IpAddr, u8, Option<&[u8]>) = match ip.first()? >> 4
+    {
         4 => {
             let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            // A header shorter than its fixed 20 bytes is malformed (the kernel drops
+            // it before any hook; a decoder must not read ports out of it).
+            if ihl < 20 {
+                return None;
+            }
             let src = Ipv4Addr::from(<[u8; 4]>::try_from(ip.get(12..16)?).ok()?);
             let dst = Ipv4Addr::from(<[u8; 4]>::try_from(ip.get(16..20)?).ok()?);
             // A non-first fragment has no transport header.
             let frag_offset = u16::from_be_bytes(ip.get(6..8)?.try_into().ok()?) & 0x1fff;
             let l4 = if frag_offset == 0 {
-                ip.get(ihl..)?
+                Some(ip.get(ihl..)?)
             } else {
-                &[]
+                None
             };
             (src.into(), dst.into(), *ip.get(9)?, l4)
         }
         6 => {
             let src = Ipv6Addr::from(<[u8; 16]>::try_from(ip.get(8..24)?).ok()?);
             let dst = Ipv6Addr::from(<[u8; 16]>::try_from(ip.get(24..40)?).ok()?);
-            (src.into(), dst.into(), *ip.get(6)?, ip.get(40..)?)
+            (src.into(), dst.into(), *ip.get(6)?, Some(ip.get(40..)?))
         }
         _ => return None,
     };
     if src.is_ipv6() {
-        // Hop-by-hop, routing and destination options: skip to the transport header.
-        while matches!(proto, 0 | 43 | 60) && l4.len() >= 8 {
-            let len = (usize::from(l4[1]) + 1) * 8;
-            proto = l4[0];
-            l4 = l4.get(len..).unwrap_or(&[]);
+        // Extension headers before the transport header (RFC 8200 4.1; the kernel's
+        // `ipv6_skip_exthdr`): hop-by-hop (0), routing (43), destination options (60):
+        // (length + 1) x 8 bytes; fragment (44): 8 bytes, and the transport header only
+        // in the first fragment (offset 0); authentication (51): (length + 2) x 4 bytes.
+        while let Some(h) = l4 {
+            if !matches!(proto, 0 | 43 | 44 | 51 | 60) {
+                break;
+            }
+            // Every extension header is at least 8 bytes; a shorter rest was cut off.
+            if h.len() < 8 {
+                l4 = None;
+                break;
+            }
+            let (next, len) = (h[0], usize::from(h[1]));
+            let skip = match proto {
+                44 => {
+                    let offset = u16::from_be_bytes([h[2], h[3]]) >> 3;
+                    if offset != 0 {
+                        proto = next;
+                        l4 = None;
+                        break;
+                    }
+                    8
+                }
+                51 => (len + 2) * 4,
+                _ => (len + 1) * 8,
+            };
+            proto = next;
+            // A header cut off by the copy range: no ports rather than invented ones.
+            l4 = h.get(skip..);
         }
     }
     let protocol = L4Protocol::from_number(proto);
+    let l4 = l4.unwrap_or(&[]);
     let ports = matches!(proto, 6 | 17 | 132)
         .then(|| {
             Some((
@@ -854,6 +1118,162 @@ mod tests {
         assert_eq!(t.source, "[fd00::1]:5000".parse().unwrap());
         assert_eq!(t.destination.port(), 53);
         assert_eq!(flags, None);
+    }
+
+    #[test]
+    fn absurd_timestamps_fall_back_to_the_read_time() {
+        assert_eq!(nflog_time(0, 5), None);
+        assert_eq!(nflog_time(u64::MAX, u64::MAX), None);
+        assert_eq!(nflog_time(u64::MAX, 0), None);
+        assert_eq!(nflog_time(1, 1_000_000), None);
+        assert_eq!(
+            nflog_time(1_700_000_000, 250_000),
+            Some(Timestamp(1_700_000_000_250_000_000))
+        );
+        // As the kernel would send them, in a whole message: decoded without a panic.
+        let mut body = vec![AF_INET, 0, 0x07, 0xd0];
+        let mut ts = u64::MAX.to_be_bytes().to_vec();
+        ts.extend_from_slice(&u64::MAX.to_be_bytes());
+        push_attr(&mut body, NFULA_TIMESTAMP, &ts);
+        assert_eq!(decode_nflog(&body).unwrap().time, None);
+    }
+
+    /// An IPv6 header (40 bytes) from `fd00::1` to `fd00::2` with next header `next`, then `rest`.
+    fn ipv6(next: u8, rest: &[u8]) -> Vec<u8> {
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 0, next, 64];
+        v6.extend_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        v6.extend_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+        v6.extend_from_slice(rest);
+        v6
+    }
+
+    const UDP_5000_53: [u8; 8] = [0x13, 0x88, 0, 53, 0, 8, 0, 0];
+
+    #[test]
+    fn ipv6_fragment_and_authentication_headers_are_skipped() {
+        // First fragment (offset 0): the transport header follows the 8-byte header.
+        let mut first = vec![17, 0, 0, 0, 0, 0, 0, 1];
+        first.extend_from_slice(&UDP_5000_53);
+        let (proto, t, _) = packet_tuple(&ipv6(44, &first)).unwrap();
+        assert_eq!(proto, L4Protocol::Udp);
+        assert_eq!((t.source.port(), t.destination.port()), (5000, 53));
+        // A later fragment (offset 1, in 8-byte units: 0x0008): no transport header, no ports
+        // (not the payload's first bytes read as ports).
+        let mut later = vec![17, 0, 0, 8, 0, 0, 0, 1];
+        later.extend_from_slice(&UDP_5000_53);
+        let (proto, t, _) = packet_tuple(&ipv6(44, &later)).unwrap();
+        assert_eq!(proto, L4Protocol::Udp);
+        assert_eq!((t.source.port(), t.destination.port()), (0, 0));
+        // AH with payload length 4: (4 + 2) x 4 = 24 bytes, then UDP.
+        let mut ah = vec![17, 4];
+        ah.extend_from_slice(&[0; 22]);
+        ah.extend_from_slice(&UDP_5000_53);
+        let (proto, t, _) = packet_tuple(&ipv6(51, &ah)).unwrap();
+        assert_eq!(proto, L4Protocol::Udp);
+        assert_eq!((t.source.port(), t.destination.port()), (5000, 53));
+        // Hop-by-hop, then AH, then a first fragment, then TCP.
+        let mut chain = vec![51, 0, 0, 0, 0, 0, 0, 0];
+        chain.extend_from_slice(&[44, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        chain.extend_from_slice(&[6, 0, 0, 0, 0, 0, 0, 1]);
+        chain.extend_from_slice(&[0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02]);
+        let (proto, t, flags) = packet_tuple(&ipv6(0, &chain)).unwrap();
+        assert_eq!(proto, L4Protocol::Tcp);
+        assert_eq!((t.source.port(), t.destination.port()), (40000, 80));
+        assert_eq!(flags, Some(TcpFlags(TcpFlags::SYN)));
+        // An extension header cut off by the copy range: no ports.
+        let (_, t, _) = packet_tuple(&ipv6(44, &[17, 0, 0])).unwrap();
+        assert_eq!(t.source.port(), 0);
+    }
+
+    #[test]
+    fn an_ipv4_header_shorter_than_20_bytes_is_refused() {
+        let mut packet = vec![
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, //
+            0x13, 0x88, 0, 53, 0, 8, 0, 0,
+        ];
+        assert!(packet_tuple(&packet).is_some());
+        for ihl in 0..5u8 {
+            packet[0] = 0x40 | ihl;
+            assert_eq!(packet_tuple(&packet), None, "ihl {ihl}");
+        }
+    }
+
+    #[test]
+    fn the_link_request_asks_for_one_index() {
+        let req = getlink_request(7, 3);
+        assert_eq!(req.len(), 32);
+        assert_eq!(u32::from_ne_bytes(req[..4].try_into().unwrap()), 32);
+        assert_eq!(u32::from_ne_bytes(req[8..12].try_into().unwrap()), 3);
+        assert_eq!(u32::from_ne_bytes(req[20..24].try_into().unwrap()), 7);
+        // An RTM_NEWLINK payload: ifinfomsg, then IFLA_IFNAME.
+        let mut body = vec![0u8; 16];
+        push_attr(&mut body, 3, b"veth-a\0");
+        assert_eq!(link_name(&body).as_deref(), Some("veth-a"));
+        assert_eq!(link_name(&body[..10]), None);
+    }
+
+    #[test]
+    fn an_ingress_denial_is_at_the_server() {
+        let mut n = names();
+        n.interfaces
+            .insert("veth-client".into(), InterfaceRole::Pod);
+        n.interfaces
+            .insert("veth-server".into(), InterfaceRole::Pod);
+        n.interfaces.insert("eth0".into(), InterfaceRole::Uplink);
+        let name = |s: &str| Some(s.to_owned());
+        let ingress = LogPrefix::policy_denial(PolicyType::Ingress);
+        let egress = LogPrefix::policy_denial(PolicyType::Egress);
+        let no_backend = LogPrefix::new(EventVerdict::Rejected, DropReason::NoBackend);
+        let cases = [
+            // Client pod to server pod: ingress at the server, egress at the client.
+            (
+                Some(name("veth-client")),
+                name("veth-server"),
+                &ingress,
+                (Some(ObservationPoint::ToPod), name("veth-server")),
+            ),
+            (
+                Some(name("veth-client")),
+                name("veth-server"),
+                &egress,
+                (Some(ObservationPoint::FromPod), name("veth-client")),
+            ),
+            // From the uplink to a pod that denies it.
+            (
+                Some(name("eth0")),
+                name("veth-server"),
+                &ingress,
+                (Some(ObservationPoint::ToPod), name("veth-server")),
+            ),
+            // A service drop: where it came in; an unnamed interface: no point.
+            (
+                Some(name("eth0")),
+                None,
+                &no_backend,
+                (Some(ObservationPoint::FromUplink), name("eth0")),
+            ),
+            (Some(None), None, &no_backend, (None, None)),
+            // Sent by the node.
+            (
+                None,
+                name("eth0"),
+                &no_backend,
+                (Some(ObservationPoint::ToUplink), name("eth0")),
+            ),
+            (
+                None,
+                None,
+                &no_backend,
+                (Some(ObservationPoint::FromHost), None),
+            ),
+        ];
+        for (indev, outdev, prefix, want) in cases {
+            assert_eq!(
+                point_of(indev.clone(), outdev.clone(), prefix, &n),
+                want,
+                "{indev:?} {outdev:?} {prefix}"
+            );
+        }
     }
 
     #[test]

@@ -325,6 +325,7 @@ mod parity {
     use super::compile;
     use dataplane_core::IpFamily;
     use dataplane_core::{DesiredState, ObjectName, Protocol, Service, TrafficPolicy};
+    use dataplane_iptables::eventlog;
     use dataplane_iptables::iptables::render::IptRuleset;
 
     fn lb_state() -> DesiredState {
@@ -359,8 +360,9 @@ mod parity {
         Some(without_logs(&rules))
     }
 
-    /// `rules` without the NFLOG rules; each must precede a rule with its matches that
-    /// marks for drop or reject (or drops), and name what it logs.
+    /// `rules` without the NFLOG rules and the count tags (`-m comment --comment
+    /// dp-count:<verdict>-<reason>`); each NFLOG rule must precede a rule with its matches
+    /// that marks for drop or reject (or drops), tagged with the verdict and reason it logs.
     fn without_logs(rules: &[String]) -> Vec<String> {
         let mut out = Vec::new();
         for (i, r) in rules.iter().enumerate() {
@@ -373,11 +375,30 @@ mod parity {
                         .any(|t| next.ends_with(t)),
                     "{r} before {next}"
                 );
+                let logged = eventlog::ipt_prefix_of(r).expect("our prefix");
+                assert_eq!(
+                    eventlog::ipt_counted_of(next),
+                    Some((logged.verdict, logged.reason)),
+                    "{r} before {next}"
+                );
             } else {
-                out.push(r.clone());
+                out.push(untagged(r));
             }
         }
         out
+    }
+
+    /// `rule` without its count tag.
+    fn untagged(rule: &str) -> String {
+        const TAG: &str = "-m comment --comment dp-count:";
+        match rule.find(TAG) {
+            Some(at) => {
+                let rest = &rule[at + TAG.len()..];
+                let after = rest.find(' ').map_or("", |e| &rest[e + 1..]);
+                format!("{}{after}", &rule[..at])
+            }
+            None => rule.to_owned(),
+        }
     }
 
     /// The NFLOG prefixes of the rules of `kind`'s chain, in order.
@@ -669,7 +690,7 @@ mod policy {
             match target {
                 Some("RETURN") => return Outcome::Return,
                 // The node-wide chains that log, count and drop.
-                Some("DROP" | "DP-DENY" | "DP-SPOOFED") => return Outcome::Drop,
+                Some("DROP" | "DP-DENY-IN" | "DP-DENY-OUT" | "DP-SPOOFED") => return Outcome::Drop,
                 Some(sub) => {
                     if let Outcome::Drop = run(chains, sets, sub, packet) {
                         return Outcome::Drop;
@@ -1099,25 +1120,27 @@ mod policy {
         let rules = &v4.filter[&chain];
         let except = rules
             .iter()
-            .position(|r| r.starts_with("-s 192.168.1.0/24") && r.ends_with("-j DP-DENY"));
+            .position(|r| r.starts_with("-s 192.168.1.0/24") && r.ends_with("-j DP-DENY-IN"));
         let cidr = rules
             .iter()
             .position(|r| r.starts_with("-s 192.168.0.0/16"));
         assert!(except.unwrap() < cidr.unwrap(), "{rules:?}");
-        // Every isolated chain ends in a counted drop.
+        // Every isolated chain ends in a counted drop of its direction.
         for (name, rules) in &v4.filter {
-            if name.starts_with("DP-PI-") || name.starts_with("DP-PE-") {
-                assert!(
-                    rules.last().unwrap().ends_with("-j DP-DENY"),
-                    "{name}: {rules:?}"
-                );
-            }
+            let deny = if name.starts_with("DP-PI-") {
+                "-j DP-DENY-IN"
+            } else if name.starts_with("DP-PE-") {
+                "-j DP-DENY-OUT"
+            } else {
+                continue;
+            };
+            assert!(rules.last().unwrap().ends_with(deny), "{name}: {rules:?}");
         }
         // v6: the v6 ipBlock, no v4 address anywhere.
         let v6_rules: Vec<&String> = v6.filter.values().flatten().collect();
         assert!(v6_rules
             .iter()
-            .any(|r| r.contains("-s fd00:99:1::/48") && r.ends_with("-j DP-DENY")));
+            .any(|r| r.contains("-s fd00:99:1::/48") && r.ends_with("-j DP-DENY-IN")));
         assert!(
             !v6_rules.iter().any(|r| r.contains("10.244.")),
             "{v6_rules:?}"
@@ -1316,7 +1339,13 @@ mod policy {
         // of policy and anti-spoofing, which carry the log settings.
         assert_eq!(
             v4.filter.keys().collect::<Vec<_>>(),
-            ["DP-DENY", "DP-FILTER", "DP-FILTER-OUT", "DP-SPOOFED"]
+            [
+                "DP-DENY-IN",
+                "DP-DENY-OUT",
+                "DP-FILTER",
+                "DP-FILTER-OUT",
+                "DP-SPOOFED"
+            ]
         );
         assert!(!v4.filter["DP-FILTER"].iter().any(|r| r.contains("POLICY")));
         // Policies that isolate nobody on this node need none either.
@@ -1334,7 +1363,7 @@ mod policy {
         let filter = &compile_state(&state, "DP")[0].filter;
         assert!(
             filter.keys().all(|c| c.starts_with("DP-FILTER")
-                || ["DP-POLICY", "DP-DENY", "DP-SPOOFED"].contains(&c.as_str())
+                || ["DP-POLICY", "DP-DENY-IN", "DP-DENY-OUT", "DP-SPOOFED"].contains(&c.as_str())
                 || c.starts_with("DP-AS-")),
             "{filter:?}"
         );

@@ -27,7 +27,7 @@ use dataplane_core::{
 
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
-use crate::events::{Names, NetfilterEvents};
+use crate::events::{Names, NetfilterEvents, SharedNames};
 use crate::exec;
 use crate::flavour::Flavour;
 use crate::plan::check_supported;
@@ -68,6 +68,9 @@ pub struct IptablesDataplane {
     /// A destroy of unused sets failed after its sync committed: the next sync reads the
     /// kernel's sets to destroy them, whatever it needs.
     sets_to_clean: bool,
+    /// What the event readers name things with, replaced after every apply while a reader
+    /// is open (see [`SharedNames`]).
+    names: SharedNames,
     /// The test hook ([`IptablesDataplane::set_fail_transactions`]) is on.
     #[cfg(feature = "fault-injection")]
     fail_transactions: bool,
@@ -83,8 +86,25 @@ impl IptablesDataplane {
             dirty: false,
             wrote_sets: false,
             sets_to_clean: false,
+            names: SharedNames::default(),
             #[cfg(feature = "fault-injection")]
             fail_transactions: false,
+        }
+    }
+
+    /// The names of what is applied now, for the event readers.
+    fn current_names(&self) -> Names {
+        self.applied
+            .as_ref()
+            .map(|a| Names::of_state(&a.state))
+            .unwrap_or_default()
+    }
+
+    /// Hands the names of what is applied now to the open event readers (none open: nothing
+    /// to compute; `events()` computes them when one opens).
+    fn share_names(&self) {
+        if self.names.has_readers() {
+            self.names.set(self.current_names());
         }
     }
 
@@ -253,6 +273,7 @@ impl IptablesDataplane {
     }
 
     fn check(&self, desired: &DesiredState) -> Result<Vec<Skipped>, Error> {
+        self.config.validate(BACKEND)?;
         if self.config.name.contains('-') {
             // Our chains and sets are `<prefix>-…`: with a `-` in it, one instance's prefix
             // could start another's names (`DP` would take `DP-X`'s chains and sets).
@@ -728,7 +749,9 @@ impl Dataplane for IptablesDataplane {
     }
 
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
-        self.sync(desired, true, None)
+        let report = self.sync(desired, true, None);
+        self.share_names();
+        report
     }
 
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
@@ -737,7 +760,9 @@ impl Dataplane for IptablesDataplane {
         };
         let mut desired = applied.state.clone();
         changes.apply_to(&mut desired);
-        let mut report = self.sync(&desired, false, Some(changes))?;
+        let report = self.sync(&desired, false, Some(changes));
+        self.share_names();
+        let mut report = report?;
         (report.services_changed, report.services_removed) = changes.service_counts();
         // An incremental apply reports about the changed services only (the trait's contract).
         let current: Vec<&dataplane_core::Service> = changes
@@ -799,15 +824,12 @@ impl Dataplane for IptablesDataplane {
     }
 
     /// NFLOG drops and rejects of our chains, and with `options.new_connections` the
-    /// connections they translated (see [`crate::events`]); named from the last applied
-    /// state.
+    /// connections they translated (see [`crate::events`]); named from what is applied, as
+    /// every later apply changes it (a reader opened before the first apply names what it
+    /// programs).
     fn events(&self, options: &EventOptions) -> Result<BoxEventSource, Error> {
-        let names = self
-            .applied
-            .as_ref()
-            .map(|a| Names::of_state(&a.state))
-            .unwrap_or_default();
-        NetfilterEvents::boxed(BACKEND, &self.config, options, names)
+        self.names.set(self.current_names());
+        NetfilterEvents::boxed(BACKEND, &self.config, options, self.names.clone())
     }
 
     fn reset(&mut self) -> Result<(), Error> {
@@ -833,6 +855,7 @@ impl Dataplane for IptablesDataplane {
         }
         self.applied = None;
         self.dirty = false;
+        self.share_names();
         Ok(())
     }
 }

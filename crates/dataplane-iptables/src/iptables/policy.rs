@@ -76,10 +76,15 @@ pub struct IpSetSpec {
     pub family: IpFamily,
 }
 
-/// The filter chain that logs, counts and drops what NetworkPolicy denies (written with the
-/// node-wide chains, so that its log settings need not reach the policy chains).
-pub fn deny_chain(prefix: &str) -> String {
-    format!("{prefix}-DENY")
+/// The filter chain that logs, counts and drops what NetworkPolicy denies in `direction`
+/// (written with the node-wide chains, so that its log settings need not reach the policy
+/// chains). One per direction for the log prefix (`dp deny policy in|out`): both run in
+/// forward, and an ingress denial is reported at the server's interface.
+pub fn deny_chain(prefix: &str, direction: PolicyType) -> String {
+    match direction {
+        PolicyType::Ingress => format!("{prefix}-DENY-IN"),
+        PolicyType::Egress => format!("{prefix}-DENY-OUT"),
+    }
 }
 
 /// The filter chain that logs, counts and drops a forged source.
@@ -451,7 +456,7 @@ fn direction_rules(
         if shadows {
             rules.push(format!(
                 "{addr_flag} {net} -m comment --comment \"network policy: ipBlock except\" -j {}",
-                deny_chain(prefix)
+                deny_chain(prefix, direction)
             ));
         }
     }
@@ -461,7 +466,7 @@ fn direction_rules(
     };
     rules.push(format!(
         "-m comment --comment \"network policy: {what} denied\" -j {}",
-        deny_chain(prefix)
+        deny_chain(prefix, direction)
     ));
     rules
 }

@@ -37,8 +37,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use dataplane_core::{
-    DesiredState, DropReason, EventVerdict, IpFamily, ObjectName, ObservedFrontend, Protocol,
-    Service,
+    DesiredState, DropReason, EventVerdict, IpFamily, ObjectName, ObservedFrontend, PolicyType,
+    Protocol, Service,
 };
 
 use crate::eventlog::{self, LogPrefix};
@@ -359,14 +359,16 @@ fn finish_ruleset(
         ));
     }
     // NetworkPolicy's denials and forged sources end in these (see [`policy::deny_chain`]).
-    rs.filter.insert(
-        policy::deny_chain(p),
-        eventlog::ipt_rules(
-            "-j DROP",
-            &LogPrefix::new(EventVerdict::PolicyDenied, DropReason::Policy),
-            &plan_node.log,
-        ),
-    );
+    for direction in [PolicyType::Ingress, PolicyType::Egress] {
+        rs.filter.insert(
+            policy::deny_chain(p, direction),
+            eventlog::ipt_rules(
+                "-j DROP",
+                &LogPrefix::policy_denial(direction),
+                &plan_node.log,
+            ),
+        );
+    }
     rs.filter.insert(
         policy::spoofed_chain(p),
         eventlog::ipt_rules(
@@ -883,25 +885,23 @@ pub fn counted_rules(save: &str, prefix: &str) -> CountedRules {
 
 /// Adds the counters of `rules` (one family) to `s`: packets translated (DNAT rules),
 /// dropped and rejected (the filter table's DROP and REJECT rules, where every drop ends),
-/// NetworkPolicy's drops (`other["policy_dropped"]`), and drops by reason: the rule right
-/// after each of our NFLOG rules (`crate::eventlog`) is the rule that drops, rejects or marks
-/// for either, and counts every packet the log rule saw, limited or not.
+/// NetworkPolicy's drops (`other["policy_dropped"]`), and drops by reason: the rules tagged
+/// with their verdict and reason ([`eventlog::IPT_COUNT_TAG`]: the rule that drops, rejects
+/// or marks for either), which count every packet whether or not a log rule is in front.
 ///
-/// An NFLOG rule's counter counts the packets its `limit` let through (logged); the rule
-/// after it every packet: the difference is what the limit held back, added to
-/// `other["events_suppressed"]`.
+/// An NFLOG rule's counter counts the packets its `limit` let through (logged): with log
+/// rules, the tagged rules' total less the logged is what the limits held back, added to
+/// `other["events_suppressed"]` (absent without log rules: `nflog_rate` 0).
 pub fn add_stats(rules: &CountedRules, s: &mut dataplane_core::Stats) {
-    let (mut logged_total, mut counted_total) = (0u64, 0u64);
+    let (mut logged_total, mut counted_total) = (None::<u64>, 0u64);
     for ((table, _), rules) in rules {
-        let mut logged: Option<LogPrefix> = None;
         for (packets, rule) in rules {
-            if let Some(prefix) = eventlog::ipt_prefix_of(rule) {
-                logged = Some(prefix);
-                logged_total += packets;
+            if eventlog::ipt_prefix_of(rule).is_some() {
+                *logged_total.get_or_insert(0) += packets;
                 continue;
             }
-            if let Some(prefix) = logged.take() {
-                *s.drops.entry(prefix.reason).or_default() += packets;
+            if let Some((_, reason)) = eventlog::ipt_counted_of(rule) {
+                *s.drops.entry(reason).or_default() += packets;
                 counted_total += packets;
             }
             if *table == Table::Filter && rule.contains("network policy:") {
@@ -917,8 +917,10 @@ pub fn add_stats(rules: &CountedRules, s: &mut dataplane_core::Stats) {
         }
     }
     s.drops.retain(|_, n| *n > 0);
-    *s.other.entry("events_suppressed".to_owned()).or_default() +=
-        counted_total.saturating_sub(logged_total);
+    if let Some(logged) = logged_total {
+        *s.other.entry("events_suppressed".to_owned()).or_default() +=
+            counted_total.saturating_sub(logged);
+    }
 }
 
 /// The word after `flag` in `rule`.

@@ -20,7 +20,7 @@ use dataplane_core::{
 
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
-use crate::events::{InterfaceRole, Names, NetfilterEvents};
+use crate::events::{InterfaceRole, Names, NetfilterEvents, SharedNames};
 use crate::exec;
 use crate::flavour::Flavour;
 use crate::plan::check_supported;
@@ -76,6 +76,9 @@ pub struct NftablesDataplane {
     ///
     /// [`CompiledPolicy::update`]: dataplane_core::CompiledPolicy::update
     policy_state: Option<Box<DesiredState>>,
+    /// What the event readers name things with, replaced after every apply while a reader
+    /// is open (see [`SharedNames`]).
+    names: SharedNames,
     /// The test hook ([`NftablesDataplane::set_fail_transactions`]) is on.
     #[cfg(feature = "fault-injection")]
     fail_transactions: bool,
@@ -93,8 +96,34 @@ impl NftablesDataplane {
             netlink: None,
             programmed: ServiceFingerprints::default(),
             policy_state: None,
+            names: SharedNames::default(),
             #[cfg(feature = "fault-injection")]
             fail_transactions: false,
+        }
+    }
+
+    /// The names of what is applied now, for the event readers.
+    fn current_names(&self) -> Names {
+        let mut names = Names::default();
+        if let Some((node, rs)) = &self.applied {
+            names.node.clone_from(&node.name);
+            names.frontends = frontends(rs);
+            names.pod_cidrs.clone_from(&node.pod_cidrs);
+            names
+                .interfaces
+                .insert(node.interfaces.uplink.clone(), InterfaceRole::Uplink);
+        }
+        if let Some(state) = &self.policy_state {
+            names.add_pods(state);
+        }
+        names
+    }
+
+    /// Hands the names of what is applied now to the open event readers (none open: nothing
+    /// to compute; `events()` computes them when one opens).
+    fn share_names(&self) {
+        if self.names.has_readers() {
+            self.names.set(self.current_names());
         }
     }
 
@@ -144,6 +173,7 @@ impl NftablesDataplane {
     }
 
     fn compile(&self, desired: &DesiredState) -> Result<NftRuleset, Error> {
+        self.config.validate(BACKEND)?;
         Self::check(desired)?;
         compile_state_with(desired, &self.config)
     }
@@ -214,6 +244,7 @@ impl NftablesDataplane {
     }
 
     fn full_sync(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
+        self.config.validate(BACKEND)?;
         // Validates in full, as `check` does, and keeps the claims for partial syncs.
         let validator = Validator::new(desired)?;
         let skipped = Self::check_supported(desired)?;
@@ -341,6 +372,7 @@ impl NftablesDataplane {
 
     /// [`Dataplane::apply_changes`] without the conntrack cleanup that follows it.
     fn partial_sync(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        self.config.validate(BACKEND)?;
         let (Some((node, rs)), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };
@@ -546,11 +578,15 @@ impl Dataplane for NftablesDataplane {
     }
 
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
-        self.full_sync(desired)
+        let report = self.full_sync(desired);
+        self.share_names();
+        report
     }
 
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
-        let mut report = self.partial_sync(changes)?;
+        let report = self.partial_sync(changes);
+        self.share_names();
+        let mut report = report?;
         // kube-proxy's stale UDP flows of the changed services (see `crate::conntrack`).
         if let Some((node, _)) = &self.applied {
             crate::conntrack::clean(
@@ -601,21 +637,11 @@ impl Dataplane for NftablesDataplane {
 
     /// NFLOG drops and rejects of this table's rules, and with
     /// `options.new_connections` the connections its rules translated (see
-    /// [`crate::events`]); named from the last applied state.
+    /// [`crate::events`]); named from what is applied, as every later apply changes it (a
+    /// reader opened before the first apply names what it programs).
     fn events(&self, options: &EventOptions) -> Result<BoxEventSource, Error> {
-        let mut names = Names::default();
-        if let Some((node, rs)) = &self.applied {
-            names.node.clone_from(&node.name);
-            names.frontends = frontends(rs);
-            names.pod_cidrs.clone_from(&node.pod_cidrs);
-            names
-                .interfaces
-                .insert(node.interfaces.uplink.clone(), InterfaceRole::Uplink);
-        }
-        if let Some(state) = &self.policy_state {
-            names.add_pods(state);
-        }
-        NetfilterEvents::boxed(BACKEND, &self.config, options, names)
+        self.names.set(self.current_names());
+        NetfilterEvents::boxed(BACKEND, &self.config, options, self.names.clone())
     }
 
     fn reset(&mut self) -> Result<(), Error> {
@@ -627,6 +653,7 @@ impl Dataplane for NftablesDataplane {
         self.dirty = false;
         self.programmed = ServiceFingerprints::default();
         self.policy_state = None;
+        self.share_names();
         Ok(())
     }
 }

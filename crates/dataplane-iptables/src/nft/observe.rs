@@ -276,7 +276,8 @@ pub fn counter_stats(json: &str) -> Result<Stats, NetfilterError> {
         .ok_or_else(|| parse_err("no \"nftables\" array"))?;
     let mut s = Stats::default();
     let mut counted = 0u64;
-    let mut logged = 0u64;
+    // `None`: no log rules (`nflog_rate` 0), so nothing was held back either.
+    let mut logged: Option<u64> = None;
     for c in items.iter().filter_map(|i| i.get("counter")) {
         let (Some(name), Some(packets)) = (
             c.get("name").and_then(Value::as_str),
@@ -287,7 +288,7 @@ pub fn counter_stats(json: &str) -> Result<Stats, NetfilterError> {
         if name == TRANSLATED_COUNTER {
             s.packets_translated += packets;
         } else if name == LOGGED_COUNTER {
-            logged += packets;
+            *logged.get_or_insert(0) += packets;
         } else if let Some((verdict, reason)) = parse_counter_name(name) {
             counted += packets;
             *s.drops.entry(reason).or_default() += packets;
@@ -308,11 +309,13 @@ pub fn counter_stats(json: &str) -> Result<Stats, NetfilterError> {
     }
     s.drops.retain(|_, n| *n > 0);
     // Every counted drop passed a log rule first; those it did not log were held back by
-    // the rule's rate limit.
-    s.other.insert(
-        "events_suppressed".to_owned(),
-        counted.saturating_sub(logged),
-    );
+    // the rule's rate limit. Without log rules there is no such count.
+    if let Some(logged) = logged {
+        s.other.insert(
+            "events_suppressed".to_owned(),
+            counted.saturating_sub(logged),
+        );
+    }
     Ok(s)
 }
 

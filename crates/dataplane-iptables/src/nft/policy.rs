@@ -29,7 +29,7 @@
 //!     ip saddr @pset-v4-<hash> meta l4proto . th dport { tcp . 80-81, udp . 53 } return
 //!     ip saddr { 10.0.0.0/9, … } return                            (ipBlock, every port)
 //!     ip saddr . meta l4proto . th dport { 10.0.0.0/9 . tcp . 80, … } return
-//!     goto deny-policy                 (services' base chain: NFLOG, counted, drop)
+//!     goto deny-policy-in|out          (services' base chains: NFLOG, counted, drop)
 //! ```
 //!
 //! Why this shape:
@@ -217,9 +217,12 @@ pub struct NftPolicy {
     pub names: Names,
 }
 
-/// The chain the endpoint chains end in: it logs, counts and drops (written with the
+/// The chain the ingress endpoint chains end in: it logs (`dp deny policy in`: the reader
+/// reports the denial at the server's interface), counts and drops (written with the
 /// services' base chains, which carry the log settings).
-pub const DENY_POLICY_CHAIN: &str = "deny-policy";
+pub const DENY_POLICY_IN_CHAIN: &str = "deny-policy-in";
+/// The chain the egress endpoint chains end in (`dp deny policy out`: at the client's).
+pub const DENY_POLICY_OUT_CHAIN: &str = "deny-policy-out";
 /// The chain the anti-spoofing chain ends in: it logs, counts and drops.
 pub const DROP_SPOOFED_CHAIN: &str = "drop-spoofed";
 
@@ -655,7 +658,11 @@ fn direction_rules(
         }
     }
     // Logged, counted and dropped in the services' base chain (see `crate::eventlog`).
-    rules.push(format!("goto {DENY_POLICY_CHAIN}"));
+    let deny = match direction {
+        Direction::Ingress => DENY_POLICY_IN_CHAIN,
+        Direction::Egress => DENY_POLICY_OUT_CHAIN,
+    };
+    rules.push(format!("goto {deny}"));
     Ok(rules)
 }
 

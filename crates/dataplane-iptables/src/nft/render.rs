@@ -49,7 +49,8 @@
 //! - Every drop and reject is preceded by a rate-limited NFLOG rule with the same matches
 //!   (prefix: verdict, reason, service) and counted in a named counter per verdict and
 //!   reason (`crate::eventlog`); kube-proxy logs nothing and counts no reasons. The policy
-//!   layer's drops go through the base chains `deny-policy` and `drop-spoofed` for it.
+//!   layer's drops go through the base chains `deny-policy-in`, `deny-policy-out` and
+//!   `drop-spoofed` for it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -58,12 +59,12 @@ use std::sync::Arc;
 
 use dataplane_core::{
     maglev_table, DesiredState, DropReason, Error, EventVerdict, IpFamily, MaglevBackend,
-    ObjectName, Protocol, Service,
+    ObjectName, PolicyType, Protocol, Service,
 };
 use ipnetwork::IpNetwork;
 
 use super::family::{addr_type, ip_kw};
-use super::policy::{NftPolicy, DENY_POLICY_CHAIN, DROP_SPOOFED_CHAIN};
+use super::policy::{NftPolicy, DENY_POLICY_IN_CHAIN, DENY_POLICY_OUT_CHAIN, DROP_SPOOFED_CHAIN};
 use crate::config::NetfilterConfig;
 use crate::error::NetfilterError;
 use crate::eventlog::{self, LogPlan, LogPrefix};
@@ -868,14 +869,18 @@ fn base(node: &NodePlan) -> Vec<String> {
             ));
         }
     }
-    // Named counters: drops and rejects by verdict and reason, packets translated, packets
-    // logged. `Dataplane::stats` reads these few objects (`nft list counters table`), not
+    // Named counters: drops and rejects by verdict and reason (on the rules that drop, so
+    // they count whether or not anything is logged), packets translated, packets logged
+    // (only when logging is on: its presence tells `stats` that drops not logged were held
+    // back). `Dataplane::stats` reads these few objects (`nft list counters table`), not
     // the whole table.
     for (v, r) in eventlog::COUNTED {
         out.push(format!("counter {}", eventlog::counter_name(v, r)));
     }
     out.push(format!("counter {TRANSLATED_COUNTER}"));
-    out.push(format!("counter {}", eventlog::LOGGED_COUNTER));
+    if node.log.rate > 0 {
+        out.push(format!("counter {}", eventlog::LOGGED_COUNTER));
+    }
     out.extend(base_chains(node));
     out
 }
@@ -921,7 +926,8 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
         "cluster-ips-check",
         "reject-service",
         "drop-service",
-        DENY_POLICY_CHAIN,
+        DENY_POLICY_IN_CHAIN,
+        DENY_POLICY_OUT_CHAIN,
         DROP_SPOOFED_CHAIN,
         "masquerade-node",
     ] {
@@ -994,7 +1000,7 @@ fn base_chains(node: &NodePlan) -> Vec<String> {
 
 /// The rules of the chains that drop or reject: `reject-service` and `drop-service`
 /// (counted by reason and logged where they are reached from), NetworkPolicy's
-/// `deny-policy` and `drop-spoofed`.
+/// `deny-policy-in`, `deny-policy-out` and `drop-spoofed`.
 fn drop_rules(node: &NodePlan) -> Vec<String> {
     let mut out = Vec::new();
     let rule = |chain: &str, r: &str| format!("rule {chain} {r}");
@@ -1005,15 +1011,17 @@ fn drop_rules(node: &NodePlan) -> Vec<String> {
     out.push(rule("reject-service", "reject with icmpx port-unreachable"));
     out.push(rule("drop-service", "drop"));
     // NetworkPolicy's drops, here so that the policy layer (created with the first policy)
-    // needs no configuration of its own: its endpoint chains end in `goto deny-policy`, its
-    // anti-spoofing chain in `goto drop-spoofed`.
-    for r in eventlog::nft_rules(
-        "",
-        "drop",
-        &LogPrefix::new(EventVerdict::PolicyDenied, DropReason::Policy),
-        &node.log,
-    ) {
-        out.push(rule(DENY_POLICY_CHAIN, &r));
+    // needs no configuration of its own: its endpoint chains end in `goto deny-policy-in`
+    // or `goto deny-policy-out`, its anti-spoofing chain in `goto drop-spoofed`.
+    // One chain per direction, for the prefix: both run in forward, and an ingress denial
+    // is reported at the server's interface (see `crate::events`). One counter for both.
+    for (chain, direction) in [
+        (DENY_POLICY_IN_CHAIN, PolicyType::Ingress),
+        (DENY_POLICY_OUT_CHAIN, PolicyType::Egress),
+    ] {
+        for r in eventlog::nft_rules("", "drop", &LogPrefix::policy_denial(direction), &node.log) {
+            out.push(rule(chain, &r));
+        }
     }
     for r in eventlog::nft_rules(
         "",
