@@ -505,7 +505,7 @@ pub fn probe_from(
     timeout: Duration,
 ) -> Result<ProbeOutcome, TrafficError> {
     match protocol {
-        Protocol::Tcp => netns.run(|| probe_tcp(source, dst, timeout))?,
+        Protocol::Tcp => netns.run(|| probe_tcp(source, dst, timeout, Close::Normal))?,
         Protocol::Udp => netns.run(|| probe_udp(source, dst, timeout))?,
         Protocol::Sctp => Err(TrafficError::Unsupported { protocol }),
     }
@@ -676,10 +676,22 @@ fn parse_reply(from: SocketAddr, line: &str) -> Result<(String, SocketAddr), Tra
     Ok((name.to_owned(), peer))
 }
 
+/// How a TCP probe's connection ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// FIN, except from a fixed source (see [`probe_from`]): the client keeps the port in
+    /// `TIME_WAIT` for a minute.
+    Normal,
+    /// RST (`SO_LINGER` 0): nothing stays in `TIME_WAIT`. For loads that open more
+    /// connections per minute than [`FRESH_PORTS`] has ports (see [`measure`]).
+    Abort,
+}
+
 fn probe_tcp(
     source: Option<SocketAddr>,
     dst: SocketAddr,
     timeout: Duration,
+    close: Close,
 ) -> Result<ProbeOutcome, TrafficError> {
     let start = Instant::now();
     let deadline = start + timeout;
@@ -687,7 +699,7 @@ fn probe_tcp(
         Ok(stream) => stream,
         Err(outcome) => return Ok(outcome),
     };
-    if source.is_some() {
+    if source.is_some() || close == Close::Abort {
         let linger = libc::linger {
             l_onoff: 1,
             l_linger: 0,
@@ -1115,7 +1127,14 @@ impl Measurement {
 /// Runs `count` exchanges one after the other from inside `netns` to `dst`, each on a new
 /// TCP connection (or a new UDP socket), all from one thread that entered the namespace once
 /// — the per-exchange cost is the network's, not the testkit's. For connection-rate and
-/// latency benchmarks.
+/// latency benchmarks and for loads that run while something else happens.
+///
+/// TCP connections end with RST, as `netperf TCP_CRR`-style loads with many connections do:
+/// a FIN close leaves the client's port in `TIME_WAIT` for 60 s, and a load of more than
+/// ~170 connections per second would use up [`FRESH_PORTS`] within that minute (bind then
+/// fails with EADDRINUSE — a long CRR load in the agent's restart test did, at ~1700/s).
+/// A port that comes around again meets its old flow closed by the RST, which conntrack
+/// (ours and the kernel's) treats as a new connection on the next SYN.
 pub fn measure(
     netns: &NetNs,
     dst: SocketAddr,
@@ -1124,7 +1143,7 @@ pub fn measure(
     timeout: Duration,
 ) -> Result<Measurement, TrafficError> {
     let exchange = match protocol {
-        Protocol::Tcp => probe_tcp,
+        Protocol::Tcp => |source, dst, timeout| probe_tcp(source, dst, timeout, Close::Abort),
         Protocol::Udp => probe_udp,
         Protocol::Sctp => return Err(TrafficError::Unsupported { protocol }),
     };

@@ -307,6 +307,23 @@ fn measure_counts_answers_and_failures() {
     assert_eq!(m.failures.get("Refused"), Some(&5), "{m:?}");
 }
 
+/// A TCP load longer than the fresh-port range (10 000 ports) within a minute: every port
+/// comes around again while a FIN-closed connection would still hold it in `TIME_WAIT`. The
+/// load's connections end with RST, so every bind succeeds and every exchange is answered
+/// (a CRR load in the agent's restart test failed with EADDRINUSE before).
+#[test]
+fn measure_outlasts_the_port_range() {
+    if !require_root("measure_outlasts_the_port_range") {
+        return;
+    }
+    let lab = Lab::new(spec(false)).unwrap();
+    let dst = SocketAddr::new(lab.pod(3).addresses[0], SERVER_PORT);
+    let m =
+        dataplane_testkit::measure(&lab.pod(0).netns, dst, Protocol::Tcp, 12_000, TIMEOUT).unwrap();
+    assert_eq!(m.latencies.len(), 12_000, "{:?}", m.failures);
+    assert_eq!(m.backends.get("pod-1-1"), Some(&12_000));
+}
+
 /// Probes that name no source port never share one (until the range wraps), so a probe
 /// cannot meet the NAT state of an earlier flow with the same 5-tuple; and the ports stay out
 /// of the kernel's ephemeral range and the NodePort range.
