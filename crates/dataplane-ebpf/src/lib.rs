@@ -66,7 +66,10 @@ mod support;
 mod test_run;
 mod writer;
 
-pub use config::{AttachMode, Capacities, CtTimeouts, EbpfConfig, XdpMode};
+pub use config::{
+    AttachMode, Capacities, CtTimeouts, EbpfConfig, EventLimit, EventLimitError, EventLimits,
+    XdpMode,
+};
 pub use dataplane::EbpfDataplane;
 pub use error::EbpfError;
 pub use events::{open_pinned_events, EbpfEvents};
