@@ -45,6 +45,7 @@ mod ct;
 mod dataplane;
 mod error;
 mod events;
+mod layout;
 mod live;
 mod loader;
 mod local;
@@ -74,6 +75,7 @@ pub use dataplane::EbpfDataplane;
 pub use error::EbpfError;
 pub use events::{open_pinned_events, EbpfEvents};
 pub use live::LiveEbpf;
+pub use loader::remove_pinned;
 pub use maintain::{
     maintenance_interval, monotonic_now, MAX_MAINTENANCE_INTERVAL, MIN_MAINTENANCE_INTERVAL,
 };
@@ -87,5 +89,8 @@ pub use loader::{
     floor_object, sock_object, tc_host_object, tc_pod_object, xdp_uplink_object, Hook,
     SOCK_PROGRAMS,
 };
+// The layout records of the pinned maps, for the upgrade tests.
+#[doc(hidden)]
+pub use layout::{expected_layout, LayoutRecord, LAYOUT_MAP};
 #[doc(hidden)]
 pub use test_run::{PacketRun, RunOn};
