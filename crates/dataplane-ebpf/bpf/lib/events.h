@@ -227,6 +227,31 @@ ev_reserve(__u32 ifindex, __u32 svc_id, __u32 backend_id, __u64 meta, __u8 famil
 	return e;
 }
 
+/*
+ * Submits record @e. A drop keeps the kernel's default (flags 0: the reader is woken when it
+ * has caught up, so a drop shows at once on a quiet node; drops are rate-limited). A new
+ * connection or a policy verdict, one per connection, wakes the reader only once a
+ * sixteenth of the ring is waiting: with the default, a reader that keeps up is woken at
+ * every record, at tens of thousands of connections a second a context switch per
+ * connection, which cost more than everything else the events do (BENCHMARKS.md, "Flow
+ * events"). The kernel's Documentation/bpf/ringbuf.rst offers BPF_RB_NO_WAKEUP /
+ * BPF_RB_FORCE_WAKEUP for this batching of notifications. What stays below the threshold is
+ * read when the reader's wait times out (EventSource::wait: every 100 ms for dataplane's
+ * EventStream, 200 ms for dpctl flows): the most such an event waits on a quiet node; a
+ * drop behind them waits as long.
+ */
+static __always_inline void ev_submit(struct flow_event *e)
+{
+	__u64 flags = 0;
+
+	if (e->kind != EV_KIND_DROP)
+		flags = bpf_ringbuf_query(&dp_events, BPF_RB_AVAIL_DATA) <
+				bpf_ringbuf_query(&dp_events, BPF_RB_RING_SIZE) / 16
+			? BPF_RB_NO_WAKEUP
+			: BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
 /**
  * ev_emit() - count and report one event of a TC program.
  * @skb: the packet's context (its ifindex; skb->cb holds the frontend and backend ids)
@@ -257,7 +282,7 @@ __attribute__((noinline)) int ev_emit(struct __sk_buff *skb, const struct pkt *p
 		e->nat_sport = p->sport;
 		e->nat_dport = p->dport;
 	}
-	bpf_ringbuf_submit(e, 0);
+	ev_submit(e);
 	return 0;
 }
 
