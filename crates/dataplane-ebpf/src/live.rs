@@ -152,6 +152,21 @@ fn open_map(pin_dir: &Path, spec: &MapSpec) -> Result<Option<Opened>, EbpfError>
     }))
 }
 
+/// The owner's layout records (`layout.rs`), read through a read-only fd: a map pinned by
+/// another version is refused rather than read with this version's meaning.
+fn layout_records(pin_dir: &Path) -> Result<crate::layout::Records, EbpfError> {
+    let path = pin_dir.join(crate::layout::LAYOUT_MAP);
+    let layout = match open_read_only(&path) {
+        Ok(fd) => Some(
+            MapData::from_fd(fd)
+                .map_err(|e| EbpfError::map(crate::layout::LAYOUT_MAP, "opening read-only", e))?,
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => return Err(EbpfError::Pin { path, source }),
+    };
+    crate::layout::Records::read(pin_dir, layout)
+}
+
 /// The maps of a pin directory, opened read-only.
 struct Pinned {
     by_name: HashMap<&'static str, Opened>,
@@ -263,9 +278,11 @@ impl LiveEbpf {
                 })
             }
         }
+        let records = layout_records(pin_dir)?;
         let mut by_name = HashMap::new();
         for spec in &MAPS {
             if let Some(opened) = open_map(pin_dir, spec)? {
+                records.check(pin_dir, spec)?;
                 by_name.insert(spec.name, opened);
             }
         }
