@@ -1037,3 +1037,46 @@ fn service_connections_of_pods_are_not_masqueraded_again() {
         &[pod_to_cluster_ip(true), pod_to_cluster_ip(false)],
     );
 }
+
+/// Found by the differential test: a ClientIP affinity entry written by one scope of a
+/// service port was honoured by another with other eligible backends. The scopes share the
+/// service port's affinity key, and the datapath checked only that the remembered backend
+/// still existed (user space prunes entries whose backend is in none of the port's scopes).
+/// Here a pod's NodePort connection (cluster-wide backends: the ready remote one) made the
+/// pod's next ClusterIP connection (`internalTrafficPolicy: Local`: the local terminating
+/// one) go to the remote backend too. kube-proxy considers affinity only among the endpoints
+/// of the chain the packet is in; the datapath now keeps it only while the slot it was
+/// picked from, in this entry's own range, still holds the backend.
+#[test]
+fn affinity_stays_within_the_entrys_backends() {
+    if !require_root("affinity_stays_within_the_entrys_backends") {
+        return;
+    }
+    let mut svc = cluster_ip_service(v4(10, 96, 0, 9), v4(10, 244, 1, 20));
+    svc.session_affinity = dataplane_core::SessionAffinity::ClientIp {
+        timeout_seconds: 3600,
+    };
+    svc.internal_traffic_policy = TrafficPolicy::Local;
+    svc.ports[0].node_port = Some(30_080);
+    svc.ports[1].node_port = Some(30_053);
+    let mut local = common::backend("10.244.0.50", "node-0");
+    local.ready = false;
+    local.terminating = true;
+    svc.backends.push(local);
+    let mut state = regression_state();
+    state.services = vec![svc];
+    let to = |dest, tcp| Probe {
+        dest,
+        ..pod_to_cluster_ip(tcp)
+    };
+    check_state(
+        "affinity",
+        &state,
+        &[
+            to(Dest::NodePort, true),
+            to(Dest::ClusterIp, true),
+            to(Dest::NodePort, false),
+            to(Dest::ClusterIp, false),
+        ],
+    );
+}
