@@ -116,6 +116,9 @@ impl Shared {
 ///   when `sync` is called, not when its future is first polled.
 /// - [`apply_changes`](Self::apply_changes) applies a [`ChangeSet`] relative to the state
 ///   the thread holds, and keeps that state up to date for the next `sync`'s diff.
+/// - [`apply`](Self::apply) and [`apply_changes_shared`](Self::apply_changes_shared) take
+///   the state shared (`Arc`) instead of owned, and keep no copy of it: for a caller that
+///   keeps the state itself, so that it is held once.
 /// - [`observe`](Self::observe), [`stats`](Self::stats), [`flows`](Self::flows),
 ///   [`capabilities`](Self::capabilities) and [`reset`](Self::reset) run on the thread in
 ///   the order they were asked, after any sync asked before them.
@@ -235,6 +238,48 @@ impl AsyncDataplane {
                 }
                 Err(e) => Err(e.into()),
             }
+        })
+    }
+
+    /// Applies the whole of `desired` ([`Dataplane::apply`]), shared with the caller rather
+    /// than copied, and **keeps no state**: the thread drops its reference before answering
+    /// (so the caller's `Arc` is its only one again, and `Arc::make_mut` on it copies
+    /// nothing) and forgets the state it held, so that a later [`sync`](Self::sync) is a full
+    /// apply and a later [`apply_changes`](Self::apply_changes) answers
+    /// [`Error::FullSyncRequired`]; follow it with [`apply_changes_shared`](Self::apply_changes_shared).
+    /// For a caller that keeps the state itself (the node agent's store), so that a big
+    /// state is held once, not twice. Never coalesced.
+    pub fn apply(
+        &self,
+        desired: Arc<DesiredState>,
+    ) -> impl Future<Output = Result<ApplyReport, AsyncError>> + Send + 'static {
+        self.call(true, move |w| {
+            w.previous = None;
+            let result = w.dataplane.apply(&desired).map_err(AsyncError::from);
+            drop(desired);
+            result
+        })
+    }
+
+    /// Applies `changes` ([`Dataplane::apply_changes`]) relative to what the dataplane
+    /// programmed last; when the dataplane answers [`Error::FullSyncRequired`], applies the
+    /// whole of `desired`, which must be the state with `changes` applied (the caller's, shared,
+    /// not copied). Like [`apply`](Self::apply) it keeps no state: the reference to `desired`
+    /// is dropped before answering, and the held state is forgotten. Never coalesced.
+    pub fn apply_changes_shared(
+        &self,
+        changes: ChangeSet,
+        desired: Arc<DesiredState>,
+    ) -> impl Future<Output = Result<ApplyReport, AsyncError>> + Send + 'static {
+        self.call(true, move |w| {
+            w.previous = None;
+            let result = match w.dataplane.apply_changes(&changes) {
+                Err(Error::FullSyncRequired) => w.dataplane.apply(&desired),
+                other => other,
+            }
+            .map_err(AsyncError::from);
+            drop((changes, desired));
+            result
         })
     }
 
@@ -630,6 +675,13 @@ mod tests {
         synthetic::state(services, 1)
     }
 
+    /// The names of `state`'s services, sorted.
+    fn names(state: &DesiredState) -> Vec<String> {
+        let mut names: Vec<String> = state.services.iter().map(|s| s.name.to_string()).collect();
+        names.sort();
+        names
+    }
+
     fn log_of(log: &Log) -> Vec<String> {
         log.lock().unwrap().clone()
     }
@@ -916,12 +968,6 @@ mod tests {
     #[tokio::test]
     async fn apply_changes_programs_the_changes_and_keeps_the_held_state_for_later_syncs() {
         use dataplane_core::{diff, fake::Fault, FakeDataplane};
-        let names = |state: &DesiredState| {
-            let mut names: Vec<String> =
-                state.services.iter().map(|s| s.name.to_string()).collect();
-            names.sort();
-            names
-        };
         let fake = FakeDataplane::new();
         let dp = AsyncDataplane::new(Box::new(fake.clone())).unwrap();
         // Nothing held yet: nothing to apply the changes to.
@@ -958,6 +1004,59 @@ mod tests {
         assert_eq!((same.services_changed, same.services_removed), (0, 0));
         let fewer = dp.sync(state(1)).await.unwrap();
         assert_eq!((fewer.services_changed, fewer.services_removed), (0, 3));
+        dp.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shared_applies_keep_no_state_and_hand_the_state_back_before_answering() {
+        use dataplane_core::{diff, fake::Fault, FakeDataplane};
+        let fake = FakeDataplane::new();
+        let dp = AsyncDataplane::new(Box::new(fake.clone())).unwrap();
+        let mut held = Arc::new(state(2));
+        let report = dp.apply(Arc::clone(&held)).await.unwrap();
+        assert!(report.full_sync);
+        assert_eq!(names(&fake.applied().unwrap()), names(&state(2)));
+        // The thread's reference is gone once the future answered: the caller may change
+        // its state in place (no copy).
+        assert_eq!(Arc::strong_count(&held), 1);
+        assert!(Arc::get_mut(&mut held).is_some());
+
+        // Changes go to the dataplane as changes...
+        let next = Arc::new(state(3));
+        let report = dp
+            .apply_changes_shared(diff(&state(2), &state(3)), Arc::clone(&next))
+            .await
+            .unwrap();
+        assert!(!report.full_sync);
+        assert_eq!(report.services_changed, 1);
+        assert_eq!(names(&fake.applied().unwrap()), names(&state(3)));
+        assert_eq!(Arc::strong_count(&next), 1);
+
+        // ...and when it asks for the whole state (after a kernel failure), the shared one
+        // is applied.
+        fake.fail_next_apply(Fault::Kernel("injected".into()));
+        let failed = dp
+            .apply_changes_shared(diff(&state(3), &state(4)), Arc::new(state(4)))
+            .await;
+        assert!(matches!(
+            failed.unwrap_err().dataplane_error(),
+            Some(Error::Kernel { .. })
+        ));
+        let last = Arc::new(state(4));
+        let report = dp
+            .apply_changes_shared(diff(&state(3), &state(4)), Arc::clone(&last))
+            .await
+            .unwrap();
+        assert!(report.full_sync);
+        assert_eq!(names(&fake.applied().unwrap()), names(&state(4)));
+        assert_eq!(Arc::strong_count(&last), 1);
+
+        // The handle holds no state: it has none to apply plain changes to.
+        let refused = dp.apply_changes(diff(&state(4), &state(5))).await;
+        assert!(matches!(
+            refused.unwrap_err().dataplane_error(),
+            Some(Error::FullSyncRequired)
+        ));
         dp.shutdown().await.unwrap();
     }
 }

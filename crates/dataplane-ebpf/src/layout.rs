@@ -94,7 +94,7 @@ fn record_type(map: &str) -> Option<&'static str> {
 /// A map's layout: its version and the fingerprint of its types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayoutRecord {
-    /// The layout version ([`VERSIONS`]).
+    /// The layout version (bumped by hand when the bytes change meaning).
     pub version: u64,
     /// The hash of the map's type and its key and value types in the object's BTF.
     pub fingerprint: u64,

@@ -33,7 +33,7 @@
 //! ```
 #![warn(missing_docs)]
 // `unsafe` is for what aya does not wrap: the batch map syscalls (`bpf(2)` through libc,
-// `batch.rs`), the shared mappings of the mmapable arrays (`mmap.rs`), libc calls
+// `batch.rs`), opening pins with flags and detaching links (`sys.rs`), the shared mappings of the mmapable arrays (`mmap.rs`), libc calls
 // (`geteuid`, `clock_gettime`, `if_nametoindex`) and the `aya::Pod` impls of the map mirror
 // (`maps.rs`). Each use has a `// SAFETY:` comment.
 #![allow(unsafe_code)]
@@ -64,6 +64,7 @@ mod netns;
 mod plan;
 mod policy;
 mod support;
+mod sys;
 mod test_run;
 mod writer;
 

@@ -220,11 +220,22 @@ fn remove_path(path: PathBuf, dir: bool) -> Result<(), EbpfError> {
     }
 }
 
+/// Detaches the link pinned at `pin` at once, then removes the pin. Removing the pin alone
+/// detaches the link only when the kernel frees it, later, in a work item
+/// ([`crate::sys::detach_pinned_link`]); a kernel that cannot detach a link of this type
+/// (`BPF_LINK_DETACH` refused) still frees it that way.
+fn detach_and_unpin(pin: PathBuf) -> Result<(), EbpfError> {
+    if let Err(e) = crate::sys::detach_pinned_link(&pin) {
+        tracing::debug!(pin = %pin.display(), error = %e, "BPF_LINK_DETACH refused: the link goes with its last reference");
+    }
+    remove_path(pin, false)
+}
+
 impl Attachment {
     pub(crate) fn detach(self) -> Result<(), EbpfError> {
         match self {
             Attachment::Tcx { link, pin } => {
-                remove_path(pin, false)?;
+                detach_and_unpin(pin)?;
                 drop(link);
                 Ok(())
             }
@@ -389,7 +400,7 @@ fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
 pub(crate) fn remove_pinned_sock(pin_dir: &Path) -> Result<(), EbpfError> {
     for name in SOCK_PROGRAMS {
         for tag in [SOCK_TAG, "sock-new"] {
-            remove_path(links_dir(pin_dir).join(format!("{tag}@{name}")), false)?;
+            detach_and_unpin(links_dir(pin_dir).join(format!("{tag}@{name}")))?;
         }
     }
     Ok(())
@@ -444,8 +455,8 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), EbpfError> {
 /// Removes what an eBPF dataplane left in `pin_dir` without loading anything: detaches the
 /// clsact filters its markers name (in the network namespace `netns`), turns
 /// `net.ipv4.conf.lo.accept_local` off again if the dataplane turned it on, and removes the
-/// directory, which detaches its pinned TCX, XDP and cgroup links (once no process holds
-/// them) and frees its maps. What [`Dataplane::reset`] does, for pins this version cannot
+/// directory: its pinned TCX, XDP and cgroup links are detached first (`BPF_LINK_DETACH`:
+/// at once, even while another process holds them), and its maps go with their last user. What [`Dataplane::reset`] does, for pins this version cannot
 /// load ([`EbpfError::IncompatiblePins`]). Established connections through the old
 /// datapath lose their translation.
 ///
@@ -489,6 +500,14 @@ pub fn remove_pinned(pin_dir: &Path, netns: Option<&Path>) -> Result<(), EbpfErr
         }
         first_err.map_or(Ok(()), Err)
     })?;
+    // The pinned links (TCX, XDP, socket hooks) at once, not when the kernel frees them.
+    if let Ok(entries) = std::fs::read_dir(links_dir(pin_dir)) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                detach_and_unpin(entry.path())?;
+            }
+        }
+    }
     match std::fs::remove_dir_all(pin_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -675,10 +694,7 @@ impl Objects {
     /// Removes the pin of an XDP link an earlier process left on `ifname`, which detaches it
     /// once nothing else holds it.
     pub(crate) fn remove_pinned_xdp(pin_dir: &Path, ifname: &str) -> Result<(), EbpfError> {
-        remove_path(
-            links_dir(pin_dir).join(format!("{}@{}", Hook::Xdp.tag(), ifname)),
-            false,
-        )
+        detach_and_unpin(links_dir(pin_dir).join(format!("{}@{}", Hook::Xdp.tag(), ifname)))
     }
 
     /// Attachments an earlier process left: pinned TCX links under `pin_dir/links` and clsact

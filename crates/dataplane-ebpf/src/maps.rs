@@ -364,8 +364,9 @@ pub struct AffinityValue {
     pub last_seen_ns: u64,
     /// Backend id.
     pub backend_id: u32,
-    /// Padding.
-    pub pad: u32,
+    /// Index in the frontend entry's slot range the backend was picked from: the datapath
+    /// keeps the affinity only while that slot still holds the backend.
+    pub slot: u32,
 }
 
 /// `struct srcrange_key` (the data part after `prefixlen`; aya's `lpm_trie::Key` adds it).

@@ -120,7 +120,7 @@ fn map_layouts_match_btf() {
         layout!(CtKey, "ct_key", [saddr => "saddr", daddr => "daddr", sport => "sport", dport => "dport", proto => "proto", family => "family", pad0 => "pad0", pad => "pad"]),
         layout!(CtEntry, "ct_entry", [nat_addr => "nat_addr", snat_addr => "snat_addr", nat_port => "nat_port", snat_port => "snat_port", backend_id => "backend_id", svc_id => "svc_id", flags => "flags", tcp_state => "tcp_state", pad => "pad", created_ns => "created_ns", last_seen_ns => "last_seen_ns"]),
         layout!(AffinityKey, "affinity_key", [svc_id => "svc_id", family => "family", pad => "pad", addr => "addr"]),
-        layout!(AffinityValue, "affinity_value", [last_seen_ns => "last_seen_ns", backend_id => "backend_id", pad => "pad"]),
+        layout!(AffinityValue, "affinity_value", [last_seen_ns => "last_seen_ns", backend_id => "backend_id", slot => "slot"]),
         layout!(CidrKey, "cidr_key", [prefixlen => "prefixlen", addr => "addr"]),
         layout!(DpConfig, "dp_config", [node_v4 => "node_v4", node_v6 => "node_v6", flags => "flags", mtu => "mtu", ev_limits => "ev_limits"]),
         layout!(EvRate, "ev_rate", [rate => "rate", burst => "burst"]),

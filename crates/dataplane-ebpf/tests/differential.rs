@@ -36,7 +36,7 @@ mod strategies;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use common::wire::{parse_checked, Frame, L4};
-use common::{eth, ip, require_root, TestNode, TCP_SYN};
+use common::{eth, ip, require_root, TestNode, TCP_ACK, TCP_SYN};
 use dataplane_core::{
     evaluate, node_address, validate, Dataplane, DesiredState, Entry, FrontendKind, IpFamily,
     Packet, Protocol, SourceSeen, TrafficPolicy, Verdict,
@@ -71,7 +71,7 @@ fn v6(segments: [u16; 8]) -> IpAddr {
 /// namespace's uplink, and SCTP ports are TCP ports (SCTP is not programmed, a documented
 /// limit: `ApplyReport::skipped`).
 fn state() -> impl Strategy<Value = DesiredState> {
-    strategies::state().prop_map(|mut s| {
+    (strategies::state(), prop::collection::vec(any::<bool>(), 3)).prop_map(|(mut s, widen)| {
         s.node.addresses = vec![IpAddr::V4(NODE_V4), IpAddr::V6(NODE_V6)];
         for svc in &mut s.services {
             let mut seen = std::collections::BTreeSet::new();
@@ -83,6 +83,18 @@ fn state() -> impl Strategy<Value = DesiredState> {
             // An SCTP port that became a TCP port the service has already goes.
             svc.ports.retain(|p| seen.insert((p.protocol, p.port)));
         }
+        // The strategies' selectors rarely match an endpoint's random labels: some policies
+        // select every pod of an endpoint's namespace instead, so that probes meet isolated
+        // pods. (A name taken there already keeps its policy as it was.)
+        for (i, policy) in s.policies.iter_mut().enumerate() {
+            let Some(e) = s.endpoints.get(i) else { break };
+            if widen[i % widen.len()] {
+                policy.pod_selector = dataplane_core::LabelSelector::default();
+                policy.name.namespace.clone_from(&e.name.namespace);
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        s.policies.retain(|p| names.insert(p.name.clone()));
         s
     })
 }
@@ -444,31 +456,49 @@ fn through_xdp(
     }
 }
 
-/// The packet through the hooks it meets on this node (see the module's diagram).
+/// Where a frame enters this node's dataplane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sender {
+    /// The pod behind this veth.
+    Pod(String),
+    /// Another node or the outside, through the uplink.
+    Uplink,
+    /// The node itself.
+    Host,
+}
+
+/// The sender of the model's `entry`, whose packet comes from `client`.
+fn sender_of(state: &DesiredState, entry: &Entry, client: IpAddr) -> Sender {
+    match entry {
+        Entry::FromPod(_) => Sender::Pod(endpoint_interface(state, client).unwrap_or_default()),
+        Entry::FromUplink => Sender::Uplink,
+        Entry::FromHost => Sender::Host,
+    }
+}
+
+/// `input` (from `from`) through the hooks it meets on this node (see the module's diagram).
 fn deliver(
     dp: &mut EbpfDataplane,
     state: &DesiredState,
-    r: &Resolved,
+    from: &Sender,
+    mut input: Vec<u8>,
     trace: &mut Vec<String>,
 ) -> Result<Outcome, String> {
-    let client = r.packet.source.ip();
-    let dst = r.packet.destination.ip();
+    let sent = parse_checked(&input).map_err(|e| format!("the test built a bad frame: {e}"))?;
+    let (client, dst) = (sent.src, sent.dst);
     let uplink = state.node.interfaces.uplink.clone();
     let is_node = |ip: IpAddr| state.node.addresses.contains(&ip);
     // The first hook, and the interface the packet was received on (none: the host sent it).
-    let (hook, on, received_on) = match &r.entry {
-        Entry::FromPod(_) => {
-            let veth = endpoint_interface(state, client);
-            (
-                Hook::FromPod,
-                RunOn {
-                    interface: veth.clone(),
-                    ingress: veth.clone(),
-                },
-                veth,
-            )
-        }
-        Entry::FromUplink => (
+    let (hook, on, received_on) = match from {
+        Sender::Pod(veth) => (
+            Hook::FromPod,
+            RunOn {
+                interface: Some(veth.clone()),
+                ingress: Some(veth.clone()),
+            },
+            Some(veth.clone()),
+        ),
+        Sender::Uplink => (
             Hook::FromUplink,
             RunOn {
                 interface: Some(uplink.clone()),
@@ -476,8 +506,8 @@ fn deliver(
             },
             Some(uplink.clone()),
         ),
-        Entry::FromHost if is_node(dst) => (Hook::ToLo, RunOn::default(), None),
-        Entry::FromHost => match endpoint_interface(state, dst) {
+        Sender::Host if is_node(dst) => (Hook::ToLo, RunOn::default(), None),
+        Sender::Host => match endpoint_interface(state, dst) {
             // The node's route to its own pod is that pod's veth.
             Some(veth) => (
                 Hook::ToPod,
@@ -497,21 +527,25 @@ fn deliver(
             ),
         },
     };
-    let mut input = frame_of(r);
     if hook == Hook::FromUplink {
         match through_xdp(dp, &input, client, dst, &uplink, trace)? {
             Ok(passed) => input = passed,
             Err(outcome) => return Ok(outcome),
         }
     }
-    let Some((_, out, bytes)) = run_hook(dp, hook, &input, &on, trace)? else {
+    let Some((verdict, out, bytes)) = run_hook(dp, hook, &input, &on, trace)? else {
         return Ok(Outcome::Dropped(hook));
     };
     if is_reject_to(&out, client) && out.src == dst {
         return Ok(Outcome::Rejected(out));
     }
-    // The way out of the translated packet.
-    if hook == Hook::ToUplink || hook == Hook::ToPod || is_node(out.dst) {
+    // The way out of the translated packet. A redirect to lo's ingress (the reply of a
+    // connection the host made to itself) is delivered to the host.
+    if hook == Hook::ToUplink
+        || hook == Hook::ToPod
+        || is_node(out.dst)
+        || hook == Hook::ToLo && verdict == TC_OK
+    {
         return Ok(Outcome::Delivered(out));
     }
     let (next, on) = match endpoint_interface(state, out.dst) {
@@ -533,6 +567,46 @@ fn deliver(
     match run_hook(dp, next, &bytes, &on, trace)? {
         None => Ok(Outcome::Dropped(next)),
         Some((_, last, _)) => Ok(Outcome::Delivered(last)),
+    }
+}
+
+/// The backend's answer to `f` (the request as it reached the backend) must reach the
+/// client of `r` from the address and port it asked for, through the hooks it meets. DSR
+/// requests (an IPv4 option) are answered by the backend's node straight to the client, not
+/// through this one.
+fn check_reply(
+    dp: &mut EbpfDataplane,
+    state: &DesiredState,
+    r: &Resolved,
+    f: &Frame,
+    trace: &mut Vec<String>,
+) -> Result<(), String> {
+    if !f.ip_options.is_empty() {
+        return Ok(());
+    }
+    let (sport, dport) = f.ports().expect("TCP or UDP");
+    let b = eth().ips(f.dst, f.src);
+    let reply = match f.l4 {
+        L4::Tcp { .. } => b.tcp(dport, sport, TCP_SYN | TCP_ACK).build(),
+        _ => b.udp(dport, sport).payload(b"reply").build(),
+    };
+    let from = match endpoint_interface(state, f.dst) {
+        Some(veth) => Sender::Pod(veth),
+        None => Sender::Uplink,
+    };
+    trace.push(format!("reply from {from:?}:"));
+    match deliver(dp, state, &from, reply, trace)? {
+        Outcome::Delivered(g)
+            if g.ports()
+                .map(|(s, d)| (SocketAddr::new(g.src, s), SocketAddr::new(g.dst, d)))
+                == Some((r.packet.destination, r.packet.source)) =>
+        {
+            Ok(())
+        }
+        other => Err(format!(
+            "the backend's reply should reach {} from {}, it did {other:?}",
+            r.packet.source, r.packet.destination
+        )),
     }
 }
 
@@ -657,6 +731,10 @@ struct Harness {
     seen: [usize; 4],
     /// Probes XDP forwarded itself.
     xdp_forwarded: usize,
+    /// Backend replies checked.
+    replies: usize,
+    /// Probes the model drops for NetworkPolicy alone.
+    policy_drops: usize,
 }
 
 impl Harness {
@@ -731,6 +809,8 @@ impl Harness {
             next_port: 1024,
             seen: [0; 4],
             xdp_forwarded: 0,
+            replies: 0,
+            policy_drops: 0,
         }
     }
 
@@ -760,6 +840,12 @@ impl Harness {
                 continue;
             };
             let want = expected(state, &r);
+            if want == Verdict::Drop && !state.policies.is_empty() {
+                let mut open = state.clone();
+                open.policies.clear();
+                self.policy_drops +=
+                    usize::from(evaluate(&open, &r.packet, &r.entry) != Verdict::Drop);
+            }
             self.seen[match want {
                 Verdict::Forward { .. } => 0,
                 Verdict::Drop => 1,
@@ -767,8 +853,18 @@ impl Harness {
                 Verdict::Untouched { .. } => 3,
             }] += 1;
             let mut trace = Vec::new();
-            let result = deliver(&mut self.dp, state, &r, &mut trace)
-                .and_then(|got| compare(state, &r, &want, &got));
+            let from = sender_of(state, &r.entry, r.packet.source.ip());
+            let result =
+                deliver(&mut self.dp, state, &from, frame_of(&r), &mut trace).and_then(|got| {
+                    compare(state, &r, &want, &got)?;
+                    match (&want, got) {
+                        (Verdict::Forward { .. }, Outcome::Delivered(f)) => {
+                            self.replies += usize::from(f.ip_options.is_empty());
+                            check_reply(&mut self.dp, state, &r, &f, &mut trace)
+                        }
+                        _ => Ok(()),
+                    }
+                });
             if trace
                 .iter()
                 .any(|t| t == "Xdp -> verdict 3" || t == "Xdp -> verdict 4")
@@ -828,20 +924,23 @@ fn programs_agree_with_the_reference_model() {
                 .map_err(TestCaseError::fail)
         },
     );
-    let (seen, xdp) = (h.borrow().seen, h.borrow().xdp_forwarded);
+    let (seen, xdp, replies, policy) = {
+        let h = h.borrow();
+        (h.seen, h.xdp_forwarded, h.replies, h.policy_drops)
+    };
     drop(h);
     if let Err(e) = result {
         panic!("{e}");
     }
     eprintln!(
         "probes by the model's verdict: forward, drop, reject, untouched: {seen:?}; \
-         forwarded by XDP: {xdp}"
+         forwarded by XDP: {xdp}; replies checked: {replies}; dropped by policy: {policy}"
     );
     // A run that never met one of the verdicts (or never had XDP forward) would prove
     // nothing about it.
     assert!(
-        cases < 100 || (seen.iter().all(|&n| n >= 10) && xdp > 0),
-        "too few probes of some kind: {seen:?}, XDP {xdp}"
+        cases < 100 || (seen.iter().all(|&n| n >= 10) && xdp > 0 && replies > 0 && policy > 0),
+        "too few probes of some kind: {seen:?}, XDP {xdp}, replies {replies}, policy {policy}"
     );
 }
 
@@ -936,5 +1035,48 @@ fn service_connections_of_pods_are_not_masqueraded_again() {
         "masq-host",
         &state,
         &[pod_to_cluster_ip(true), pod_to_cluster_ip(false)],
+    );
+}
+
+/// Found by the differential test: a ClientIP affinity entry written by one scope of a
+/// service port was honoured by another with other eligible backends. The scopes share the
+/// service port's affinity key, and the datapath checked only that the remembered backend
+/// still existed (user space prunes entries whose backend is in none of the port's scopes).
+/// Here a pod's NodePort connection (cluster-wide backends: the ready remote one) made the
+/// pod's next ClusterIP connection (`internalTrafficPolicy: Local`: the local terminating
+/// one) go to the remote backend too. kube-proxy considers affinity only among the endpoints
+/// of the chain the packet is in; the datapath now keeps it only while the slot it was
+/// picked from, in this entry's own range, still holds the backend.
+#[test]
+fn affinity_stays_within_the_entrys_backends() {
+    if !require_root("affinity_stays_within_the_entrys_backends") {
+        return;
+    }
+    let mut svc = cluster_ip_service(v4(10, 96, 0, 9), v4(10, 244, 1, 20));
+    svc.session_affinity = dataplane_core::SessionAffinity::ClientIp {
+        timeout_seconds: 3600,
+    };
+    svc.internal_traffic_policy = TrafficPolicy::Local;
+    svc.ports[0].node_port = Some(30_080);
+    svc.ports[1].node_port = Some(30_053);
+    let mut local = common::backend("10.244.0.50", "node-0");
+    local.ready = false;
+    local.terminating = true;
+    svc.backends.push(local);
+    let mut state = regression_state();
+    state.services = vec![svc];
+    let to = |dest, tcp| Probe {
+        dest,
+        ..pod_to_cluster_ip(tcp)
+    };
+    check_state(
+        "affinity",
+        &state,
+        &[
+            to(Dest::NodePort, true),
+            to(Dest::ClusterIp, true),
+            to(Dest::NodePort, false),
+            to(Dest::ClusterIp, false),
+        ],
     );
 }

@@ -319,25 +319,60 @@ fn remove_pinned_detaches_what_a_kept_dataplane_left() {
         common::tcx_programs(&node, "eth0", true),
         vec!["dp_to_uplink"]
     );
+    // Another holder of a link (a process still running the old version, here this test):
+    // without BPF_LINK_DETACH the link would stay attached as long as it holds it.
+    let held =
+        aya::programs::links::PinnedLink::from_pin(node.pin_dir.join("links/to-uplink@eth0"))
+            .expect("link pinned");
     dataplane_ebpf::remove_pinned(&node.pin_dir, Some(&node.netns_path())).expect("removed");
     assert!(!node.pin_dir.exists());
-    // The links go once their pins do (and no process holds them); the kernel releases a
-    // link's last reference in a work item, so this waits for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let left = [
-            common::tcx_programs(&node, "eth0", true),
-            common::tcx_programs(&node, "eth0", false),
-        ];
-        if left.iter().all(Vec::is_empty) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still attached: {left:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    // Detached when remove_pinned returns, not when the kernel gets to free the links.
+    assert!(common::tcx_programs(&node, "eth0", true).is_empty());
+    assert!(common::tcx_programs(&node, "eth0", false).is_empty());
+    drop(held);
+}
+
+/// `reset()` and a drop without keeping detach the links before they return, even while
+/// something else holds a link (the kernel would otherwise free it, and detach it, only with
+/// its last reference, and then in a work item: a program still attached right after
+/// `reset()` on a loaded machine).
+#[test]
+fn reset_and_drop_detach_at_once() {
+    if !require_root("pin_upgrade") {
+        return;
     }
+    let node = TestNode::new("up-det");
+    let hold_link = |node: &TestNode| {
+        aya::programs::links::PinnedLink::from_pin(node.pin_dir.join("links/to-uplink@eth0"))
+            .expect("link pinned")
+    };
+    let attached = |node: &TestNode| {
+        [
+            common::tcx_programs(node, "eth0", true),
+            common::tcx_programs(node, "eth0", false),
+        ]
+    };
+    let mut dp = node.dataplane();
+    dp.apply(&state()).expect("apply");
+    let held = hold_link(&node);
+    dp.reset().expect("reset");
+    assert_eq!(
+        attached(&node),
+        [Vec::<String>::new(), Vec::new()],
+        "reset detaches"
+    );
+    drop(held);
+
+    let mut dp = node.dataplane();
+    dp.apply(&state()).expect("apply");
+    let held = hold_link(&node);
+    drop(dp);
+    assert_eq!(
+        attached(&node),
+        [Vec::<String>::new(), Vec::new()],
+        "drop detaches"
+    );
+    drop(held);
 }
 
 #[test]

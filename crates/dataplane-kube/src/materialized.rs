@@ -6,9 +6,15 @@
 //! state can be lent out (`Cluster::state`) or diffed (`Cluster::translate_changes`) without
 //! a copy of the whole. Only `Cluster::translate`, whose contract hands out an owned state,
 //! pays one clone.
+//!
+//! The state is behind an `Arc` so that it can also be shared (`Cluster::shared_state`)
+//! with whoever programs it, e.g. a dataplane's thread, without a copy: a change made while
+//! someone else holds it copies it once (`Arc::make_mut`), never silently changing what they
+//! hold.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+use std::sync::Arc;
 
 use dataplane_core::{Change, ChangeSet, DesiredState, Node, ObjectName};
 
@@ -26,6 +32,11 @@ impl<K: Ord + Hash + Clone, T: Clone + PartialEq> Tracked<K, T> {
             index: HashMap::new(),
             previous: BTreeMap::new(),
         }
+    }
+
+    /// Whether `key` is `value` (`None`: absent) in `list` already.
+    fn holds(&self, list: &[T], key: &K, value: Option<&T>) -> bool {
+        self.index.get(key).map(|&i| &list[i]) == value
     }
 
     /// Sets `key` to `value` (`None` removes it) in `list`.
@@ -75,7 +86,8 @@ impl<K: Ord + Hash + Clone, T: Clone + PartialEq> Tracked<K, T> {
 /// The state and its indexes.
 #[derive(Debug)]
 pub(crate) struct Materialized {
-    pub state: DesiredState,
+    /// Changed only through [`Materialized::state_mut`].
+    pub state: Arc<DesiredState>,
     /// The node before the changes not yet taken, if it changed.
     node_previous: Option<Node>,
     services: Tracked<ObjectName, dataplane_core::Service>,
@@ -88,7 +100,7 @@ pub(crate) struct Materialized {
 impl Materialized {
     pub(crate) fn new(node: Node) -> Self {
         Self {
-            state: DesiredState::new(node),
+            state: Arc::new(DesiredState::new(node)),
             node_previous: None,
             services: Tracked::new(),
             endpoints: Tracked::new(),
@@ -98,12 +110,17 @@ impl Materialized {
         }
     }
 
+    /// The state to change: copied first if someone else holds it too.
+    fn state_mut(&mut self) -> &mut DesiredState {
+        Arc::make_mut(&mut self.state)
+    }
+
     pub(crate) fn set_node(&mut self, node: Node) {
         if self.state.node != node {
             if self.node_previous.is_none() {
                 self.node_previous = Some(self.state.node.clone());
             }
-            self.state.node = node;
+            self.state_mut().node = node;
         }
     }
 
@@ -114,28 +131,49 @@ impl Materialized {
             .map(|&i| &self.state.services[i])
     }
 
+    // Each `put_*` looks before it writes: `Arc::make_mut` copies the state while someone
+    // else holds it, which a put that changes nothing must not cost.
+
     pub(crate) fn put_service(&mut self, name: &ObjectName, s: Option<dataplane_core::Service>) {
-        self.services
-            .put(&mut self.state.services, name, s, |s| &s.name);
+        if !self.services.holds(&self.state.services, name, s.as_ref()) {
+            let list = &mut Arc::make_mut(&mut self.state).services;
+            self.services.put(list, name, s, |s| &s.name);
+        }
     }
 
     pub(crate) fn put_endpoint(&mut self, name: &ObjectName, e: Option<dataplane_core::Endpoint>) {
-        self.endpoints
-            .put(&mut self.state.endpoints, name, e, |e| &e.name);
+        if !self
+            .endpoints
+            .holds(&self.state.endpoints, name, e.as_ref())
+        {
+            let list = &mut Arc::make_mut(&mut self.state).endpoints;
+            self.endpoints.put(list, name, e, |e| &e.name);
+        }
     }
 
     pub(crate) fn put_pod(&mut self, name: &ObjectName, p: Option<dataplane_core::PeerPod>) {
-        self.pods.put(&mut self.state.pods, name, p, |p| &p.name);
+        if !self.pods.holds(&self.state.pods, name, p.as_ref()) {
+            let list = &mut Arc::make_mut(&mut self.state).pods;
+            self.pods.put(list, name, p, |p| &p.name);
+        }
     }
 
     pub(crate) fn put_policy(&mut self, name: &ObjectName, p: Option<dataplane_core::Policy>) {
-        self.policies
-            .put(&mut self.state.policies, name, p, |p| &p.name);
+        if !self.policies.holds(&self.state.policies, name, p.as_ref()) {
+            let list = &mut Arc::make_mut(&mut self.state).policies;
+            self.policies.put(list, name, p, |p| &p.name);
+        }
     }
 
     pub(crate) fn put_namespace(&mut self, name: &str, n: Option<dataplane_core::Namespace>) {
-        self.namespaces
-            .put(&mut self.state.namespaces, &name.to_owned(), n, |n| &n.name);
+        let name = name.to_owned();
+        if !self
+            .namespaces
+            .holds(&self.state.namespaces, &name, n.as_ref())
+        {
+            let list = &mut Arc::make_mut(&mut self.state).namespaces;
+            self.namespaces.put(list, &name, n, |n| &n.name);
+        }
     }
 
     /// The changes since they were last taken (or forgotten).
@@ -170,7 +208,7 @@ impl Materialized {
 
     /// A copy of the state with every list in name order.
     pub(crate) fn sorted_copy(&self) -> DesiredState {
-        let mut state = self.state.clone();
+        let mut state = DesiredState::clone(&self.state);
         state.services.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         state.endpoints.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         state.pods.sort_unstable_by(|a, b| a.name.cmp(&b.name));

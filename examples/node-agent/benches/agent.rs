@@ -12,7 +12,10 @@
 //!   (`rename,in-place`, the default, or one of them),
 //! - `DP_AGENT_BENCH_MIN_SYNC` (the agent's `--min-sync-period` in ms, default 1000: the
 //!   agent's default) and `DP_AGENT_BENCH_GAP` (ms between two changes, default 1200),
-//! - `DP_AGENT_BENCH_REPORT_ONLY=1`: rewrite the report from `benches/results.json`.
+//! - `DP_AGENT_BENCH_REPORT_ONLY=1`: rewrite the report from `benches/results.json`,
+//! - `DP_AGENT_BENCH_AGENT_ENV`: `NAME=value` pairs, separated by spaces, set for the agent
+//!   only (not its `--cleanup` run): a heap profile with heaptrack's preload library, see
+//!   `BENCHMARKS.md` ("Where the memory goes").
 
 // The root package's bench records the machine the same way.
 #[path = "../../../benches/scaling/machine.rs"]

@@ -2,24 +2,26 @@
 //! syncs of the translated state into the dataplane when the [`Runner`] says so.
 //!
 //! ```text
-//!  SourceEvent ─▶ Cluster (store) ──translate──▶ ChangeSet ──AsyncDataplane::apply_changes──▶ kernel
+//!  SourceEvent ─▶ Cluster (store) ──translate──▶ ChangeSet ──AsyncDataplane::apply_changes_shared──▶ kernel
 //!                    │                               ├─▶ health_checks ─▶ ServiceHealth ports
 //!                    └─ node_draining ─▶ Status      └─▶ Metrics, one log line per sync
 //! ```
 //!
 //! - No sync until every kind has been listed once (a half-listed cluster would remove
 //!   services that are only not listed yet).
+//! - The translated state is held once, by the store: each sync shares it
+//!   (`Cluster::shared_state`, an `Arc`) with the dataplane's thread for the time of the
+//!   apply, and the thread keeps no copy ([`AsyncDataplane::apply`],
+//!   [`AsyncDataplane::apply_changes_shared`]). Health checks and counts come from it too.
 //! - A *partial* sync hands the store's changes since the last sync
 //!   (`Cluster::translate_changes`, in proportion to the change) to
-//!   [`AsyncDataplane::apply_changes`], which applies them and keeps the state it holds in
-//!   step; health checks and counts come from the store's state, lent (`Cluster::state`).
-//!   Only after a successful sync: otherwise the sync is full.
+//!   [`AsyncDataplane::apply_changes_shared`]: the dataplane applies them, or the whole
+//!   state when it answers `FullSyncRequired`. Only after a successful sync: otherwise the
+//!   sync is full.
 //! - A *full* sync (the first, the periodic one, a retry) brings the store's state up to
-//!   date (`Cluster::translate_in_place`) and hands a copy to [`AsyncDataplane::sync`],
-//!   and makes the dataplane apply the whole state: the
-//!   dataplane is wrapped in [`FullSync`], which answers the one `apply_changes` of that sync
-//!   with `FullSyncRequired`, so that `Dataplane::sync` falls back to `apply` (the
-//!   trait's documented way for a backend to ask for the whole state).
+//!   date (`Cluster::translate_in_place`) and makes the dataplane apply the whole of it
+//!   ([`AsyncDataplane::apply`]: no diff against what it holds, which is what repairs a
+//!   datapath changed behind the agent's back).
 //! - Conntrack maintenance is the handle's: [`AsyncDataplane`] runs `maintain` on the
 //!   dataplane's own interval between requests; the loop only reads the results into the
 //!   metrics. Its counters are read on their own schedule ([`STATS_INTERVAL`], longer when a
@@ -27,14 +29,12 @@
 //!   waiting for them: the reading is awaited alongside the events, one at a time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use dataplane::{
     error_chain, health_checks, ApplyReport, AsyncDataplane, AsyncError, BoxDataplane,
-    Capabilities, ChangeSet, Dataplane, DesiredState, Error, Flow, IpFamily, MaintenanceReport,
-    ObservedState, Stats,
+    Capabilities, IpFamily, Stats,
 };
 use dataplane_kube::{
     last_change_trigger_time, Cluster, InterfaceResolver, Kind, Object, ObjectKey,
@@ -119,70 +119,6 @@ impl<F> Interfaces for FnInterfaces<F> where
 {
 }
 
-/// A dataplane whose next sync can be made full: while the switch is on, `apply_changes`
-/// answers `FullSyncRequired` (changing nothing) and `Dataplane::sync` applies the whole
-/// state; `apply` turns the switch off. Everything else is the wrapped dataplane's.
-pub struct FullSync {
-    inner: BoxDataplane,
-    full: Arc<AtomicBool>,
-}
-
-impl FullSync {
-    /// Wraps `inner`; the returned switch asks for a full sync.
-    pub fn new(inner: BoxDataplane) -> (Self, Arc<AtomicBool>) {
-        let full = Arc::new(AtomicBool::new(false));
-        (
-            Self {
-                inner,
-                full: Arc::clone(&full),
-            },
-            full,
-        )
-    }
-}
-
-impl std::fmt::Debug for FullSync {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FullSync")
-            .field("full", &self.full.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
-}
-
-impl Dataplane for FullSync {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
-        self.full.store(false, Ordering::SeqCst);
-        self.inner.apply(desired)
-    }
-    fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
-        if self.full.load(Ordering::SeqCst) {
-            return Err(Error::FullSyncRequired);
-        }
-        self.inner.apply_changes(changes)
-    }
-    fn observe(&self) -> Result<ObservedState, Error> {
-        self.inner.observe()
-    }
-    fn flows(&self) -> Result<Vec<Flow>, Error> {
-        self.inner.flows()
-    }
-    fn stats(&self) -> Result<Stats, Error> {
-        self.inner.stats()
-    }
-    fn reset(&mut self) -> Result<(), Error> {
-        self.inner.reset()
-    }
-    fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
-        self.inner.maintain(now)
-    }
-    fn maintenance_interval(&self) -> Option<Duration> {
-        self.inner.maintenance_interval()
-    }
-}
-
 /// What a sync did, for the log line and for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncOutcome {
@@ -219,7 +155,6 @@ pub struct Reconciler {
     listing: BTreeMap<Kind, BTreeSet<ObjectKey>>,
     runner: Runner,
     dataplane: AsyncDataplane,
-    full_switch: Arc<AtomicBool>,
     interfaces: Arc<dyn Interfaces>,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
@@ -282,14 +217,12 @@ impl Reconciler {
             service_health,
             conntrack_capacity,
         } = outputs;
-        let (dataplane, full_switch) = FullSync::new(dataplane);
         Ok(Self {
             cluster,
             listed: BTreeSet::new(),
             listing: BTreeMap::new(),
             runner: Runner::new(periods),
-            dataplane: AsyncDataplane::new(Box::new(dataplane))?,
-            full_switch,
+            dataplane: AsyncDataplane::new(dataplane)?,
             interfaces,
             status,
             metrics,
@@ -603,9 +536,6 @@ impl Reconciler {
     async fn sync_once(&mut self, kind: RunKind) -> SyncOutcome {
         let started = Instant::now();
         self.interfaces.refresh();
-        if kind == RunKind::Full {
-            self.full_switch.store(true, Ordering::SeqCst);
-        }
         // A partial sync hands over only the store's changes since the last translation,
         // which the dataplane's thread holds the state before of: only while the two are in
         // step (the last sync succeeded), else the whole state goes.
@@ -638,8 +568,10 @@ impl Reconciler {
             .iter()
             .map(ToString::to_string)
             .collect();
-        // Lent by the store, not copied: a copy of 10k services is ~25 ms (BENCHMARKS.md).
-        let Some(state) = self.cluster.state() else {
+        // Shared by the store, not copied: a copy of 10k services is ~25 ms (BENCHMARKS.md)
+        // and 8 MiB. The dataplane's thread drops it before answering and keeps no copy, so
+        // the store holds the only one again when it next changes it (in place).
+        let Some(state) = self.cluster.shared_state() else {
             return self.translate_failed(kind, started, "the store has no state to program");
         };
         let counts = (
@@ -647,16 +579,19 @@ impl Reconciler {
             state.endpoints.len(),
             state.policies.len(),
         );
-        let checks = health_checks(state);
-        let programmed = Programmed::of(state);
+        let checks = health_checks(&state);
+        let programmed = Programmed::of(&state);
         let backends: usize = state.services.iter().map(|s| s.backends.len()).sum();
-        // A full sync copies the state to the dataplane's thread (it diffs it against the
-        // state it holds, and `FullSync` makes it apply the whole); a partial one sends the
-        // changes, in proportion to the change (`AsyncDataplane::apply_changes` keeps the
-        // thread's state in step with them).
+        // A full sync applies the whole state (`Dataplane::apply`: no diff against what the
+        // dataplane holds, which is what repairs a datapath changed behind our back); a
+        // partial one the changes, in proportion to the change, the whole state applied only
+        // when the dataplane asks for it (`FullSyncRequired`).
         let request = match changeset {
-            Some(changeset) => self.dataplane.apply_changes(changeset).boxed(),
-            None => self.dataplane.sync(state.clone()).boxed(),
+            Some(changeset) => self
+                .dataplane
+                .apply_changes_shared(changeset, state)
+                .boxed(),
+            None => self.dataplane.apply(state).boxed(),
         };
         self.metrics.set_families(&programmed.families);
         let changes = self.pending.len();

@@ -219,7 +219,7 @@ struct affinity_key {
 struct affinity_value {
 	__u64 last_seen_ns;
 	__u32 backend_id;
-	__u32 pad;
+	__u32 slot; /* index in the entry's slot range it was picked from (svc.h) */
 };
 
 /* LPM key: prefixlen counts the 32 bits of svc_id plus the address bits (IPv4 as ::ffff:a.b.c.d). */

@@ -46,7 +46,13 @@ impl Agent {
     pub fn start(netns: &Path, args: Vec<String>, log: PathBuf) -> Result<Agent, String> {
         let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let spawned = SystemTime::now();
-        let child = command(netns, &args)
+        let mut cmd = command(netns, &args);
+        // A heap profile of the agent (not of its `--cleanup` run, which would find no
+        // reader on heaptrack's pipe): `DP_AGENT_BENCH_AGENT_ENV="LD_PRELOAD=... DUMP_...=..."`.
+        if let Ok(vars) = std::env::var("DP_AGENT_BENCH_AGENT_ENV") {
+            cmd.envs(vars.split_whitespace().filter_map(|v| v.split_once('=')));
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
