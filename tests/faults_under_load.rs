@@ -282,16 +282,25 @@ fn crr_load(netns: NetNs, seen: Arc<Seen>) -> JoinHandle<()> {
 /// backends.
 fn streams(netns: NetNs, seen: Arc<Seen>) -> JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
-        let mut sessions: Vec<(TcpSession, String)> = (0..STREAMS)
+        let opened: Result<Vec<(TcpSession, String)>, String> = (0..STREAMS)
             .map(|i| {
                 let mut s = TcpSession::open_with_timeout(&netns, vip(), EXCHANGE_TIMEOUT)
-                    .unwrap_or_else(|e| panic!("stream {i} opens: {e}"));
+                    .map_err(|e| format!("stream {i} opens: {e}"))?;
                 let (first, _) = s
                     .request()
-                    .unwrap_or_else(|e| panic!("stream {i}: first request: {e}"));
-                (s, first)
+                    .map_err(|e| format!("stream {i}: first request: {e}"))?;
+                Ok((s, first))
             })
             .collect();
+        // A failure is reported where the test waits for progress, not as a thread panic
+        // that would surface only as a timeout.
+        let mut sessions = match opened {
+            Ok(sessions) => sessions,
+            Err(e) => {
+                *lock(&seen.stream_error) = Some(e);
+                return Vec::new();
+            }
+        };
         let mut round = 0_usize;
         'run: while !seen.stop.load(Ordering::Relaxed) {
             round += 1;
