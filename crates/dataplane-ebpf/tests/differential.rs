@@ -746,7 +746,9 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(tag: &str) -> Self {
+    /// A node namespace named after `tag`; `host_routing` is
+    /// `EbpfConfig::host_routing`.
+    fn new(tag: &str, host_routing: bool) -> Self {
         let node = TestNode::new(tag);
         for i in 0..POD_INTERFACES {
             let (host, peer) = (format!("veth{i}"), format!("veth{i}p"));
@@ -809,6 +811,7 @@ impl Harness {
         // XDP on the uplink too: outside clients meet dp_xdp_uplink before dp_from_uplink.
         let mut config = node.config();
         config.xdp = XdpMode::Generic;
+        config.host_routing = host_routing;
         let dp = EbpfDataplane::new(config).expect("eBPF dataplane loads");
         Harness {
             dp,
@@ -915,7 +918,7 @@ fn programs_agree_with_the_reference_model() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     // TestRunner::run takes a `Fn`: the one dataplane every case reuses sits in a RefCell.
-    let h = std::cell::RefCell::new(Harness::new("diff"));
+    let h = std::cell::RefCell::new(Harness::new("diff", false));
     let mut runner = TestRunner::new(Config {
         cases,
         source_file: Some(file!()),
@@ -955,7 +958,7 @@ fn programs_agree_with_the_reference_model() {
 
 /// Runs `probe`s against `state` on a fresh harness (the named regression cases).
 fn check_state(tag: &str, state: &DesiredState, probes: &[Probe]) {
-    let mut h = Harness::new(tag);
+    let mut h = Harness::new(tag, false);
     if let Err(e) = h.case(state, probes) {
         panic!("{e}");
     }
@@ -1194,7 +1197,8 @@ fn raw_frame() -> impl Strategy<Value = RawFrame> {
 }
 
 impl RawFrame {
-    fn build(&self, state: &DesiredState) -> Vec<u8> {
+    /// The frame, and the source address it was built with.
+    fn build(&self, state: &DesiredState) -> (Vec<u8>, IpAddr) {
         let pool = addresses(self.v6);
         let aimed = self.aim.and_then(|p| resolve(state, &p, self.sport));
         let (src, dst, sport, dport) = match &aimed {
@@ -1252,7 +1256,7 @@ impl RawFrame {
         if let Some(cut) = self.cut {
             frame.truncate(frame.len().saturating_sub(cut).max(14));
         }
-        frame
+        (frame, src)
     }
 }
 
@@ -1268,9 +1272,11 @@ impl Harness {
             .sync(self.applied.as_ref(), state)
             .map_err(|e| TestCaseError::fail(format!("sync: {e}")))?;
         self.applied = Some(state.clone());
-        let veth = state.endpoints.first().map(|e| e.interface.clone());
         for raw in frames {
-            let frame = raw.build(state);
+            let (frame, src) = raw.build(state);
+            // From the veth of the pod that has its source, else from the first pod's.
+            let veth = endpoint_interface(state, src)
+                .or_else(|| state.endpoints.first().map(|e| e.interface.clone()));
             let valid = parse_checked(&frame).is_ok();
             for (hook, on) in [
                 (
@@ -1353,7 +1359,8 @@ fn any_frame_into_any_hook() {
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
         .map_or(60, |c| (c / 4).max(1));
-    let h = std::cell::RefCell::new(Harness::new("frames"));
+    // With host routing (off in the other tests): pod-to-pod frames take host_route().
+    let h = std::cell::RefCell::new(Harness::new("frames", true));
     let mut runner = TestRunner::new(Config {
         cases,
         source_file: Some(file!()),
