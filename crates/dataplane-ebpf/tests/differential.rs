@@ -20,7 +20,9 @@
 //! goes out through `dp_to_uplink`), the entry program, then the program of the way out; the
 //! namespace has default routes, so FIB lookups answer as on a node), and the result — dropped,
 //! rejected back to the client, or delivered to some address — must be what `evaluate` says:
-//! a backend of the allowed set, the source address it promises, drop, reject, untouched.
+//! a backend of the allowed set, the source address it promises, drop, reject, untouched;
+//! a forwarded packet's backend answer must reach the client from the frontend it dialled,
+//! and the client's next packet must be translated as its first was.
 //! Every frame a program emits must have right IP and L4 lengths and checksums
 //! (`common::wire`, an independent reader).
 //!
@@ -616,6 +618,41 @@ fn check_reply(
     }
 }
 
+/// The client's next packet of the connection (a TCP ACK, another datagram) must be
+/// translated as its first one was into `f`: same backend, same source address and port.
+fn check_next(
+    dp: &mut EbpfDataplane,
+    state: &DesiredState,
+    r: &Resolved,
+    f: &Frame,
+    trace: &mut Vec<String>,
+) -> Result<(), String> {
+    let (s, d) = (r.packet.source.port(), r.packet.destination.port());
+    let b = eth().ips(r.packet.source.ip(), r.packet.destination.ip());
+    let next = match r.packet.protocol {
+        Protocol::Tcp => b.tcp(s, d, TCP_ACK).build(),
+        _ => b.udp(s, d).payload(b"again").build(),
+    };
+    trace.push("the client's next packet:".into());
+    match deliver(
+        dp,
+        state,
+        &sender_of(state, &r.entry, r.packet.source.ip()),
+        next,
+        trace,
+    )? {
+        Outcome::Delivered(g)
+            if (g.src, g.dst, g.ports()) == (f.src, f.dst, f.ports())
+                && g.ip_options == f.ip_options =>
+        {
+            Ok(())
+        }
+        other => Err(format!(
+            "the connection's next packet should go as its first did ({f:?}), it did {other:?}"
+        )),
+    }
+}
+
 /// The model's verdict, with the documented limits of this backend applied (each cites the
 /// README paragraph that states it).
 fn expected(state: &DesiredState, r: &Resolved) -> Verdict {
@@ -872,7 +909,8 @@ impl Harness {
                     match (&want, got) {
                         (Verdict::Forward { .. }, Outcome::Delivered(f)) => {
                             self.replies += usize::from(f.ip_options.is_empty());
-                            check_reply(&mut self.dp, state, &r, &f, &mut trace)
+                            check_reply(&mut self.dp, state, &r, &f, &mut trace)?;
+                            check_next(&mut self.dp, state, &r, &f, &mut trace)
                         }
                         _ => Ok(()),
                     }
