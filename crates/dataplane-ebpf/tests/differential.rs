@@ -627,11 +627,11 @@ fn check_next(
     f: &Frame,
     trace: &mut Vec<String>,
 ) -> Result<(), String> {
-    let (s, d) = (r.packet.source.port(), r.packet.destination.port());
-    let b = eth().ips(r.packet.source.ip(), r.packet.destination.ip());
+    let (sport, dport) = (r.packet.source.port(), r.packet.destination.port());
+    let frame = eth().ips(r.packet.source.ip(), r.packet.destination.ip());
     let next = match r.packet.protocol {
-        Protocol::Tcp => b.tcp(s, d, TCP_ACK).build(),
-        _ => b.udp(s, d).payload(b"again").build(),
+        Protocol::Tcp => frame.tcp(sport, dport, TCP_ACK).build(),
+        _ => frame.udp(sport, dport).payload(b"again").build(),
     };
     trace.push("the client's next packet:".into());
     match deliver(
