@@ -386,7 +386,7 @@ static __noinline void ev_xdp_new(struct xdp_md *ctx, const struct pkt *p,
 	}
 	addr_copy(e->nat_daddr, be->addr);
 	e->nat_dport = be->port;
-	bpf_ringbuf_submit(e, 0);
+	ev_submit(e); /* batched wake-ups, as every new-connection record */
 }
 
 /**
