@@ -297,7 +297,7 @@ impl Cluster {
                 return Err(TranslateError::WrongKind {
                     expected: kind,
                     found: key.kind,
-                    name: key.name,
+                    name: key.name.to_string(),
                 });
             }
             keys.insert(key);
@@ -413,7 +413,7 @@ impl Cluster {
                 self.dirty_namespaces.insert(key.clone());
             }
             Kind::Node => {
-                if key.name == self.settings.node_name {
+                if *key.name == *self.settings.node_name {
                     self.node_dirty = true;
                 }
             }

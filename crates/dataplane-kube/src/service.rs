@@ -334,8 +334,8 @@ pub(crate) fn translate(
     let endpoints = endpoints_by_port(&families, &ports, slices, w);
 
     let mut base = dataplane_core::Service::new(ObjectName::new(
-        key.namespace.clone().unwrap_or_default(),
-        key.name.clone(),
+        key.namespace.as_deref().unwrap_or_default(),
+        &*key.name,
     ));
     base.cluster_ips = cluster_ips;
     base.external_ips = external_ips;
@@ -1023,7 +1023,7 @@ pub(crate) fn slice_service(slice_key: &ObjectKey, slice: &EndpointSlice) -> Opt
     Some(ObjectKey {
         kind: Kind::Service,
         namespace: slice_key.namespace.clone(),
-        name: name.clone(),
+        name: Arc::from(name.as_str()),
     })
 }
 

@@ -9,6 +9,25 @@
 //! milliseconds, once per full sync. Other allocators (musl) have no such call: nothing is
 //! done there.
 
+/// One malloc arena for the whole process (glibc's `M_ARENA_MAX`, as `MALLOC_ARENA_MAX=1`
+/// does), to be called first thing in `main`, before any thread starts. glibc gives each
+/// thread that meets a locked arena an arena of its own, up to eight per core: the agent's
+/// threads (the runtime's, the dataplane's, the manifest reader's) each kept their own heap,
+/// every one with its own free and fragmented pages, and objects made on one thread (parsed
+/// manifests) and freed on another stay in the arena that made them. The agent allocates
+/// from one thread at a time nearly always (the loop waits for the dataplane's thread), so
+/// sharing one arena costs no measurable contention; at 10k services it saves several MiB
+/// (BENCHMARKS.md).
+pub fn single_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets a tunable of glibc's allocator; called before any other
+    // thread exists, it races with nothing.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Returns the free heap to the system; the process's `VmRSS` before and after, in KiB, when
 /// it could be read.
 pub fn trim() -> Option<(u64, u64)> {

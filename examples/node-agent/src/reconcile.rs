@@ -294,11 +294,7 @@ impl Reconciler {
         if !self.listed.contains(&Kind::Node) {
             return true;
         }
-        let key = ObjectKey {
-            kind: Kind::Node,
-            namespace: None,
-            name: self.cluster.settings().node_name.clone(),
-        };
+        let key = ObjectKey::cluster(Kind::Node, self.cluster.settings().node_name.as_str());
         self.cluster.contains(&key) && !self.cluster.node_draining()
     }
 
@@ -357,8 +353,12 @@ impl Reconciler {
                     self.listed.insert(kind);
                     tracing::debug!(%kind, count = self.cluster.count(kind), "listed");
                     if self.ready() {
+                        // What parsing the listing left free (the objects were trimmed on the
+                        // way into the store) goes back before the first sync's peak.
+                        let rss = crate::heap::trim();
                         tracing::info!(
-                            rss_kib = crate::heap::rss_kib(),
+                            rss_kib = rss.map(|(_, after)| after),
+                            rss_before_trim_kib = rss.map(|(before, _)| before),
                             "every kind listed: first sync"
                         );
                         self.runner.request();
