@@ -82,6 +82,77 @@ impl Target {
     }
 }
 
+/// What the read-only views need, for their `--help` (`status`, `services`, `conntrack`).
+pub const READ_PRIVILEGES: &str = "Privileges: root. eBPF: CAP_BPF (or CAP_SYS_ADMIN) and \
+read access to the pins in --pin-dir (the dataplane makes them root's: directory 0700, pins \
+0600). nftables, iptables: CAP_NET_ADMIN (netlink, `nft`, `iptables-save`). --netns: \
+CAP_SYS_ADMIN to enter the namespace. Without them dpctl says so and exits 1.";
+
+/// What `flows` needs, for its `--help`.
+pub const FLOWS_PRIVILEGES: &str = "Privileges: root. eBPF: CAP_BPF (or CAP_SYS_ADMIN) and \
+read-write access to the pins of dp_events, dp_names and dp_ev_limit in --pin-dir (a ring \
+buffer reader moves its read position; the pins are root's, 0600). nftables, iptables: \
+CAP_NET_ADMIN (NFLOG and conntrack netlink sockets). --netns: CAP_SYS_ADMIN. Without them \
+dpctl says so and exits 1.";
+
+impl Target {
+    /// What reading this target's state with `command` needs, in words.
+    pub fn needs(&self, command: &str) -> String {
+        let access = if command == "flows" {
+            "read-write"
+        } else {
+            "read"
+        };
+        let ebpf = format!(
+            "CAP_BPF and {access} access to the pins in {} (root's: 0700, 0600)",
+            self.pin_dir.display()
+        );
+        let netfilter = "CAP_NET_ADMIN".to_owned();
+        let mut needs = match self.backend {
+            Choice::Ebpf => ebpf,
+            Choice::Nft | Choice::Iptables => netfilter,
+            Choice::Auto => format!("{ebpf} (eBPF), or {netfilter} (nftables, iptables)"),
+        };
+        if self.netns.is_some() {
+            needs.push_str(", and CAP_SYS_ADMIN to enter --netns");
+        }
+        needs
+    }
+}
+
+/// Whether `e` happened for want of privileges: an `EPERM`/`EACCES` anywhere in its chain,
+/// or the words the tools (`nft`, `iptables-save`) and the kernel use for it in a message
+/// (the facade reports a tool's failure as its stderr).
+pub fn permission_denied(e: &anyhow::Error) -> bool {
+    const WORDS: [&str; 4] = [
+        "Permission denied",
+        "Operation not permitted",
+        "you must be root",
+        "must be run as root",
+    ];
+    e.chain().any(|c| {
+        let io = c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::PermissionDenied
+                || io.raw_os_error().is_some_and(|n| {
+                    n == nix::errno::Errno::EPERM as i32 || n == nix::errno::Errno::EACCES as i32
+                })
+        });
+        io || WORDS.iter().any(|w| c.to_string().contains(w))
+    })
+}
+
+/// `e`, said as what `dpctl COMMAND` needs when it failed for want of privileges.
+pub fn explain_privileges(command: &str, target: &Target, e: anyhow::Error) -> anyhow::Error {
+    if permission_denied(&e) {
+        e.context(format!(
+            "dpctl {command} needs {}: run it as root",
+            target.needs(command)
+        ))
+    } else {
+        e
+    }
+}
+
 /// How `status` and `conntrack` print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -378,6 +449,34 @@ mod tests {
         let mut out = Vec::new();
         f(&mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn only_a_want_of_privileges_is_explained() {
+        let target = Target {
+            backend: Choice::Ebpf,
+            netns: None,
+            pin_dir: "/sys/fs/bpf/x".into(),
+            nft_table: "dataplane".to_owned(),
+            iptables_prefix: "DP".to_owned(),
+        };
+        let denied = anyhow::Error::new(std::io::Error::from_raw_os_error(13)).context("opening");
+        let e = explain_privileges("status", &target, denied);
+        assert_eq!(
+            format!("{e:#}"),
+            "dpctl status needs CAP_BPF and read access to the pins in /sys/fs/bpf/x (root's: \
+             0700, 0600): run it as root: opening: Permission denied (os error 13)"
+        );
+        let eperm = anyhow::Error::new(std::io::Error::from_raw_os_error(1));
+        assert!(permission_denied(&eperm));
+        let tool = anyhow::anyhow!("`nft list table inet x` failed: Operation not permitted");
+        assert!(permission_denied(&tool));
+        let other = anyhow::Error::new(std::io::Error::from_raw_os_error(2)).context("opening");
+        let e = explain_privileges("flows", &target, other);
+        assert_eq!(
+            format!("{e:#}"),
+            "opening: No such file or directory (os error 2)"
+        );
     }
 
     #[test]

@@ -50,6 +50,7 @@ enum Command {
     },
     /// What the running dataplane programmed on this node: backend, attachments, counts, table
     /// fill levels, conntrack entries, drops by reason (read-only).
+    #[command(after_help = live::READ_PRIVILEGES)]
     Status {
         #[command(flatten)]
         target: live::Target,
@@ -58,6 +59,7 @@ enum Command {
         output: live::Output,
     },
     /// The programmed frontends and their backends, like `kubectl get` (read-only).
+    #[command(after_help = live::READ_PRIVILEGES)]
     Services {
         #[command(flatten)]
         target: live::Target,
@@ -66,6 +68,7 @@ enum Command {
         output: live::ServicesOutput,
     },
     /// The tracked service connections (read-only).
+    #[command(after_help = live::READ_PRIVILEGES)]
     Conntrack {
         #[command(flatten)]
         target: live::Target,
@@ -82,6 +85,7 @@ enum Command {
     /// Each event goes to one reader: on eBPF, readers at the same time (the agent's
     /// --flow-log, another dpctl) split the ring buffer's events between them; on nftables
     /// and iptables the NFLOG group has one reader per node, and a second is refused.
+    #[command(after_help = live::FLOWS_PRIVILEGES)]
     Flows {
         #[command(flatten)]
         target: live::Target,
@@ -133,15 +137,20 @@ impl Choice {
     }
 }
 
-/// Opens the node's dataplane read-only and runs `f` on it, printing to stdout.
+/// Opens the node's dataplane read-only and runs `f` on it, printing to stdout; a failure
+/// for want of privileges says what `dpctl COMMAND` needs.
 fn live_command(
+    command: &str,
     target: &live::Target,
     f: impl FnOnce(&dyn dataplane::Inspect, &mut dyn std::io::Write) -> anyhow::Result<()>,
 ) -> Result<(), files::Failure> {
-    let inspect = target.open().map_err(files::Failure::Other)?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    f(inspect.as_ref(), &mut out).map_err(files::Failure::Other)
+    let run = || {
+        let inspect = target.open()?;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        f(inspect.as_ref(), &mut out)
+    };
+    run().map_err(|e| files::Failure::Other(live::explain_privileges(command, target, e)))
 }
 
 fn main() -> ExitCode {
@@ -158,20 +167,20 @@ fn main() -> ExitCode {
         Command::Diff { files, json } => files::diff(&files, json),
         Command::Lab { action } => lab::run(&action).map_err(files::Failure::Other),
         Command::Status { target, output } => {
-            live_command(&target, |i, out| live::status(i, output, out))
+            live_command("status", &target, |i, out| live::status(i, output, out))
         }
         Command::Services { target, output } => {
-            live_command(&target, |i, out| live::services(i, output, out))
+            live_command("services", &target, |i, out| live::services(i, output, out))
         }
         Command::Conntrack {
             target,
             service,
             output,
-        } => live_command(&target, |i, out| {
+        } => live_command("conntrack", &target, |i, out| {
             live::conntrack(i, service.as_ref(), output, out)
         }),
         Command::Flows { target, args } => {
-            live_command(&target, |i, out| flows::run(i, &args, out))
+            live_command("flows", &target, |i, out| flows::run(i, &args, out))
         }
         Command::Demo { dataplane, agent } => {
             demo::run(dataplane.selection(), agent.as_deref()).map_err(files::Failure::Other)

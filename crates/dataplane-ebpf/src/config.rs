@@ -1,10 +1,12 @@
 //! Configuration of an [`EbpfDataplane`](crate::EbpfDataplane): where it pins, which
-//! namespace it attaches in, map sizes, conntrack timeouts and the attachment modes.
+//! namespace it attaches in, map sizes, conntrack timeouts, the attachment modes and the flow
+//! events' rate limits.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::map_table::{self, Capacity, MapSpec};
+use crate::maps::{EvRate, EV_KIND_DROP, EV_KIND_MAX, EV_KIND_NEW_CONN, EV_KIND_POLICY};
 
 /// Map sizes. A state that does not fit is refused with [`Error::CapacityExceeded`] before
 /// anything is written. Sizes apply when the maps are created; pinned maps keep their size.
@@ -206,6 +208,10 @@ pub struct EbpfConfig {
     /// filters pod-to-pod traffic in the node's netfilter. With socket-level load balancing
     /// it takes the service connections to local backends as well.
     pub host_routing: bool,
+    /// The flow events' rate limits (checked by [`EventLimits::validate`] when the programs
+    /// load; change them on a running dataplane with
+    /// [`EbpfDataplane::set_event_limits`](crate::EbpfDataplane::set_event_limits)).
+    pub events: EventLimits,
 }
 
 impl EbpfConfig {
@@ -221,8 +227,164 @@ impl EbpfConfig {
             xdp: XdpMode::Off,
             socket_lb_cgroup: None,
             host_routing: false,
+            events: EventLimits::default(),
         }
     }
+}
+
+/// The rate limit of one kind of flow event: a token bucket of `burst` events refilled at
+/// `rate` events per second, **per CPU** (the programs' buckets are per CPU: no atomics, no
+/// contention), and for drops also per drop reason (a flood of one reason does not hide the
+/// rare drops of another). An event over the limit is not written; the next one written
+/// carries the count of those it stands for (`FlowEvent::suppressed`). The packets are never
+/// affected. `0` for both is no limit, as in Cilium's
+/// `--bpf-events-default-rate-limit`/`--bpf-events-default-burst-limit`: then the ring
+/// buffer's size is the limit, and the events that find it full are counted as lost
+/// ([`EventSource::lost`]).
+///
+/// [`EventSource::lost`]: dataplane_core::EventSource::lost
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLimit {
+    /// Events per second (at most 10^9, one per nanosecond); 0 (with a burst of 0): no limit.
+    pub rate: u32,
+    /// The most events written at once, after a quiet time (the bucket's size).
+    pub burst: u32,
+}
+
+impl EventLimit {
+    /// No limit.
+    pub const UNLIMITED: Self = Self { rate: 0, burst: 0 };
+
+    /// At most `burst` at once, refilled at `rate` per second.
+    pub const fn per_second(rate: u32, burst: u32) -> Self {
+        Self { rate, burst }
+    }
+
+    /// Whether this is no limit.
+    pub const fn is_unlimited(self) -> bool {
+        self.rate == 0 && self.burst == 0
+    }
+
+    /// The highest rate: one event per nanosecond (the programs refill one token every
+    /// `10^9 / rate` ns).
+    pub const MAX_RATE: u32 = 1_000_000_000;
+
+    fn validate(self, field: &'static str) -> Result<(), EventLimitError> {
+        match (self.rate, self.burst) {
+            (0, 0) => Ok(()),
+            (0, burst) => Err(EventLimitError::NoRate { field, burst }),
+            (rate, 0) => Err(EventLimitError::NoBurst { field, rate }),
+            (rate, _) if rate > Self::MAX_RATE => Err(EventLimitError::RateTooHigh { field, rate }),
+            _ => Ok(()),
+        }
+    }
+
+    fn rate(self) -> EvRate {
+        EvRate {
+            rate: self.rate,
+            burst: self.burst,
+        }
+    }
+}
+
+/// The flow events' rate limits, per kind ([`EventLimit`]: per CPU, drops also per reason).
+///
+/// Defaults, with Cilium as the reference (its `--bpf-events-default-rate-limit` and
+/// `--bpf-events-default-burst-limit`, one bucket for all of its events, default to 0: no
+/// limit; it writes a trace only when a connection starts, at its default monitor
+/// aggregation, and every drop):
+/// - **drops: 1000 per second, burst 1000**, per CPU and reason. Unlike Cilium: a drop
+///   costs the sender nothing and a flood of them (the 1 Mpps at the uplink) would
+///   otherwise fill the ring at the flood's rate, cost the datapath a ring-buffer write per
+///   dropped packet and the reader a decode per event, for records that all say the same;
+///   every drop is still counted in the per-CPU drop counters (`Stats::drops`), limited or not.
+/// - **new connections and policy verdicts: no limit**, as in Cilium: they are written only
+///   when a reader asks for them ([`EventOptions`]), once per connection (never on the
+///   established fast path), and a reader that asks wants each one; under more than the ring
+///   holds, the ring's overflow is the limit and is counted as lost.
+///
+/// [`EventOptions`]: dataplane_core::EventOptions
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLimits {
+    /// Drop and reject events.
+    pub drops: EventLimit,
+    /// New-connection events (when a reader asks for them).
+    pub new_connections: EventLimit,
+    /// Policy-verdict events (when a reader asks for them).
+    pub policy_verdicts: EventLimit,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        Self {
+            drops: EventLimit::per_second(1000, 1000),
+            new_connections: EventLimit::UNLIMITED,
+            policy_verdicts: EventLimit::UNLIMITED,
+        }
+    }
+}
+
+impl EventLimits {
+    /// No limit on any kind.
+    pub const UNLIMITED: Self = Self {
+        drops: EventLimit::UNLIMITED,
+        new_connections: EventLimit::UNLIMITED,
+        policy_verdicts: EventLimit::UNLIMITED,
+    };
+
+    /// Checks each limit: a rate needs a burst and a burst a rate (0/0 is no limit), and a
+    /// rate is at most [`EventLimit::MAX_RATE`].
+    ///
+    /// # Errors
+    /// [`EventLimitError`] naming the first wrong field.
+    pub fn validate(&self) -> Result<(), EventLimitError> {
+        self.drops.validate("events.drops")?;
+        self.new_connections.validate("events.new_connections")?;
+        self.policy_verdicts.validate("events.policy_verdicts")
+    }
+
+    /// `dp_config.ev_limits`: the limits by `EV_KIND_*`.
+    pub(crate) fn rates(&self) -> [EvRate; EV_KIND_MAX as usize] {
+        let mut out = [EvRate::default(); EV_KIND_MAX as usize];
+        out[usize::from(EV_KIND_DROP)] = self.drops.rate();
+        out[usize::from(EV_KIND_NEW_CONN)] = self.new_connections.rate();
+        out[usize::from(EV_KIND_POLICY)] = self.policy_verdicts.rate();
+        out
+    }
+}
+
+/// An [`EventLimits`] field that the programs cannot apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventLimitError {
+    /// A rate without a burst would write nothing: a burst of at least 1 is needed.
+    #[error(
+        "EbpfConfig.{field}: a rate of {rate}/s needs a burst of at least 1 (0/0 is no limit)"
+    )]
+    NoBurst {
+        /// The field (`events.drops`, ...).
+        field: &'static str,
+        /// Its rate.
+        rate: u32,
+    },
+    /// A burst without a rate would never refill.
+    #[error(
+        "EbpfConfig.{field}: a burst of {burst} needs a rate of at least 1/s (0/0 is no limit)"
+    )]
+    NoRate {
+        /// The field.
+        field: &'static str,
+        /// Its burst.
+        burst: u32,
+    },
+    /// More than one event per nanosecond.
+    #[error("EbpfConfig.{field}: a rate of {rate}/s is above the highest, 1000000000/s")]
+    RateTooHigh {
+        /// The field.
+        field: &'static str,
+        /// Its rate.
+        rate: u32,
+    },
 }
 
 /// How programs are attached to interfaces.
@@ -257,5 +419,63 @@ impl XdpMode {
     /// Whether an XDP program is loaded and attached.
     pub fn is_on(self) -> bool {
         self != XdpMode::Off
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EventLimit, EventLimitError, EventLimits};
+
+    #[test]
+    fn event_limits_are_checked_per_field() {
+        assert_eq!(EventLimits::default().validate(), Ok(()));
+        assert_eq!(EventLimits::UNLIMITED.validate(), Ok(()));
+        let mut l = EventLimits {
+            new_connections: EventLimit::per_second(10, 0),
+            ..EventLimits::default()
+        };
+        assert_eq!(
+            l.validate(),
+            Err(EventLimitError::NoBurst {
+                field: "events.new_connections",
+                rate: 10
+            })
+        );
+        l.new_connections = EventLimit::UNLIMITED;
+        l.drops = EventLimit::per_second(0, 5);
+        let err = l.validate().unwrap_err();
+        assert_eq!(
+            err,
+            EventLimitError::NoRate {
+                field: "events.drops",
+                burst: 5
+            }
+        );
+        assert!(err.to_string().contains("EbpfConfig.events.drops"), "{err}");
+        l.drops = EventLimit::UNLIMITED;
+        l.policy_verdicts = EventLimit::per_second(EventLimit::MAX_RATE + 1, 1);
+        assert!(matches!(
+            l.validate(),
+            Err(EventLimitError::RateTooHigh {
+                field: "events.policy_verdicts",
+                ..
+            })
+        ));
+        l.policy_verdicts = EventLimit::per_second(EventLimit::MAX_RATE, 1);
+        assert_eq!(l.validate(), Ok(()));
+    }
+
+    #[test]
+    fn rates_are_indexed_by_event_kind() {
+        let l = EventLimits {
+            drops: EventLimit::per_second(1, 2),
+            new_connections: EventLimit::per_second(3, 4),
+            policy_verdicts: EventLimit::UNLIMITED,
+        };
+        let r = l.rates();
+        assert_eq!((r[0].rate, r[0].burst), (0, 0), "index 0 is no kind");
+        assert_eq!((r[1].rate, r[1].burst), (1, 2));
+        assert_eq!((r[2].rate, r[2].burst), (3, 4));
+        assert_eq!((r[3].rate, r[3].burst), (0, 0));
     }
 }

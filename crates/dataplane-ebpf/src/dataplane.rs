@@ -114,6 +114,7 @@ impl EbpfDataplane {
 
     /// Loads the objects, adopting what the pin directory holds.
     fn load(&self) -> Result<Loaded, EbpfError> {
+        self.config.events.validate().map_err(invalid_events)?;
         let xdp = self.config.xdp.is_on();
         let sock = self.config.socket_lb_cgroup.clone();
         let mut objects = loader::load(
@@ -136,6 +137,7 @@ impl EbpfDataplane {
         // stay resident for the life of the process.
         objects.maps.unmap_arrays();
         writer::set_host_routing(&mut objects.maps, &mut current, self.config.host_routing)?;
+        writer::set_event_limits(&mut objects.maps, &mut current, self.config.events.rates())?;
         let mut pinned = Objects::pinned_links(&self.config.pin_dir);
         if !xdp {
             // An XDP link an earlier process left is no longer wanted: without its pin nothing
@@ -177,6 +179,30 @@ impl EbpfDataplane {
     /// The configuration.
     pub fn config(&self) -> &EbpfConfig {
         &self.config
+    }
+
+    /// Changes the flow events' rate limits ([`EbpfConfig::events`]) of the running programs,
+    /// and of every later sync: each kind's next event is measured against its new limit
+    /// (a lowered burst takes away the tokens above it; a raised one fills as the rate
+    /// allows). Nothing else changes.
+    ///
+    /// # Errors
+    /// [`EbpfError::Load`] with an [`EventLimitError`](crate::EventLimitError) as its source
+    /// when a limit is wrong (nothing changes then); [`EbpfError::Map`] when writing fails.
+    pub fn set_event_limits(&mut self, limits: crate::EventLimits) -> Result<(), EbpfError> {
+        limits.validate().map_err(invalid_events)?;
+        if let Some(loaded) = self.loaded.as_deref_mut() {
+            // Serialised with the readers' flag writes, which go through the same entry.
+            let asks = Arc::clone(&self.event_asks);
+            let _held = asks.lock().unwrap_or_else(PoisonError::into_inner);
+            writer::set_event_limits(
+                &mut loaded.objects.maps,
+                &mut loaded.current,
+                limits.rates(),
+            )?;
+        }
+        self.config.events = limits;
+        Ok(())
     }
 
     /// The loaded objects, loading them first when nothing is loaded (after `reset`).
@@ -329,6 +355,7 @@ impl EbpfDataplane {
             self.config.host_routing,
             !desired.policies.is_empty(),
             asks.flags(),
+            self.config.events.rates(),
         );
         let pin_dir = self.config.pin_dir.clone();
         let netns = self.config.netns.clone();
@@ -901,4 +928,12 @@ fn check_local_fits(state: &DesiredState, capacity: u32) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// The error of [`EbpfConfig::events`] that the programs cannot apply.
+fn invalid_events(e: crate::EventLimitError) -> EbpfError {
+    EbpfError::Load {
+        object: "EbpfConfig::events".to_owned(),
+        source: Box::new(e),
+    }
 }

@@ -59,6 +59,24 @@ pub enum EbpfError {
         #[source]
         source: std::io::Error,
     },
+    /// A pinned map holds another version's layout that this version can neither read nor
+    /// migrate (see the crate README, "Upgrades over old pins"). Nothing was changed.
+    #[error(
+        "pinned map {map} in {} has {found}, this version needs {expected}: {what_to_do}",
+        pin_dir.display()
+    )]
+    IncompatiblePins {
+        /// The map's name.
+        map: String,
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// What the pinned map is (its layout record, or its sizes).
+        found: String,
+        /// What this version needs.
+        expected: String,
+        /// What the operator can do.
+        what_to_do: String,
+    },
     /// The system cannot run this backend.
     #[error("eBPF backend not supported here: {reason}")]
     NotSupported {
@@ -109,6 +127,7 @@ impl EbpfError {
             EbpfError::Netns { .. } => "entering the network namespace",
             EbpfError::Pin { .. } => "managing the pin directory",
             EbpfError::NotSupported { .. } => "checking for eBPF support",
+            EbpfError::IncompatiblePins { .. } => "adopting the pinned maps",
         }
     }
 }
@@ -173,6 +192,13 @@ mod tests {
             },
             EbpfError::NotSupported {
                 reason: "needs root".to_owned(),
+            },
+            EbpfError::IncompatiblePins {
+                map: "dp_svc".to_owned(),
+                pin_dir: "/sys/fs/bpf/dataplane".into(),
+                found: "layout version 2".to_owned(),
+                expected: "layout version 1".to_owned(),
+                what_to_do: "remove it".to_owned(),
             },
         ];
         for e in errors {

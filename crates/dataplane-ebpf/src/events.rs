@@ -62,6 +62,11 @@ pub struct EbpfEvents {
     clock_offset: i128,
     /// The programs' lost count (summed over CPUs and kinds) at open.
     lost_at_open: u64,
+    /// Names looked up during the current [`EventSource::read`] call (emptied at its start):
+    /// a batch of events names the same few services and pods over and over, and each
+    /// lookup is a `bpf()` syscall. Never older than the batch, so a name changed by a sync
+    /// shows from the next read on.
+    batch_names: HashMap<NameKey, Option<NameValue>>,
     /// What this reader asked the programs to write (readers of [`Dataplane::events`]; none
     /// for [`open_pinned_events`]): withdrawn when it is dropped.
     ///
@@ -133,6 +138,7 @@ impl EbpfEvents {
             interfaces: HashMap::new(),
             clock_offset: clock_offset(),
             lost_at_open: 0,
+            batch_names: HashMap::new(),
             _ask: None,
         };
         events.lost_at_open = events.lost_total();
@@ -174,11 +180,16 @@ impl EbpfEvents {
             .sum()
     }
 
-    fn name(&self, key: &NameKey) -> Option<NameValue> {
-        self.names.get(key, 0).ok()
+    fn name(&mut self, key: &NameKey) -> Option<NameValue> {
+        if let Some(v) = self.batch_names.get(key) {
+            return *v;
+        }
+        let v = self.names.get(key, 0).ok();
+        self.batch_names.insert(*key, v);
+        v
     }
 
-    fn endpoint(&self, ip: IpAddr) -> Option<ObjectName> {
+    fn endpoint(&mut self, ip: IpAddr) -> Option<ObjectName> {
         if ip.is_unspecified() {
             return None;
         }
@@ -455,6 +466,7 @@ pub(crate) fn drop_counters(
 impl EventSource for EbpfEvents {
     fn read(&mut self, out: &mut Vec<FlowEvent>, max: usize) -> Result<usize, Error> {
         self.clock_offset = clock_offset();
+        self.batch_names.clear();
         let mut added = 0;
         while added < max {
             // Copied out, so that the item (which borrows the ring) is released first.

@@ -33,7 +33,7 @@
 //! ```
 #![warn(missing_docs)]
 // `unsafe` is for what aya does not wrap: the batch map syscalls (`bpf(2)` through libc,
-// `batch.rs`), the shared mappings of the mmapable arrays (`mmap.rs`), libc calls
+// `batch.rs`), opening pins with flags and detaching links (`sys.rs`), the shared mappings of the mmapable arrays (`mmap.rs`), libc calls
 // (`geteuid`, `clock_gettime`, `if_nametoindex`) and the `aya::Pod` impls of the map mirror
 // (`maps.rs`). Each use has a `// SAFETY:` comment.
 #![allow(unsafe_code)]
@@ -45,6 +45,7 @@ mod ct;
 mod dataplane;
 mod error;
 mod events;
+mod layout;
 mod live;
 mod loader;
 mod local;
@@ -63,14 +64,19 @@ mod netns;
 mod plan;
 mod policy;
 mod support;
+mod sys;
 mod test_run;
 mod writer;
 
-pub use config::{AttachMode, Capacities, CtTimeouts, EbpfConfig, XdpMode};
+pub use config::{
+    AttachMode, Capacities, CtTimeouts, EbpfConfig, EventLimit, EventLimitError, EventLimits,
+    XdpMode,
+};
 pub use dataplane::EbpfDataplane;
 pub use error::EbpfError;
 pub use events::{open_pinned_events, EbpfEvents};
 pub use live::LiveEbpf;
+pub use loader::remove_pinned;
 pub use maintain::{
     maintenance_interval, monotonic_now, MAX_MAINTENANCE_INTERVAL, MIN_MAINTENANCE_INTERVAL,
 };
@@ -84,5 +90,8 @@ pub use loader::{
     floor_object, sock_object, tc_host_object, tc_pod_object, xdp_uplink_object, Hook,
     SOCK_PROGRAMS,
 };
+// The layout records of the pinned maps, for the upgrade tests.
+#[doc(hidden)]
+pub use layout::{expected_layout, LayoutRecord, LAYOUT_MAP};
 #[doc(hidden)]
 pub use test_run::{PacketRun, RunOn};

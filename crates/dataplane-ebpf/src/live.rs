@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Map, MapData, MapError};
@@ -45,70 +45,13 @@ use crate::maps::{
     STAT_NAMES, STAT_ORIGINAL, STAT_REJECTED, STAT_TRANSLATED, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
 };
 use crate::plan::BACKEND;
+use crate::sys::{obj_get, sys_bpf, BPF_F_RDONLY};
 use crate::writer::Current;
-
-/// `BPF_OBJ_GET` in `enum bpf_cmd`.
-const BPF_OBJ_GET: libc::c_long = 7;
-/// `BPF_F_RDONLY`: the fd `BPF_OBJ_GET` returns can read the map, not write it.
-const BPF_F_RDONLY: u32 = 1 << 3;
-
-/// The `obj` member of `union bpf_attr` (`BPF_OBJ_GET`), padded to its size so that every
-/// byte the kernel reads is initialised (it refuses non-zero bytes after the last field).
-#[repr(C)]
-#[derive(Debug, Default)]
-struct ObjAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    pad: u32,
-}
-
-/// `bpf(cmd, attr, sizeof attr)`: the syscall's result, or the error it set.
-///
-/// # Safety
-/// `attr` must be the `union bpf_attr` member of `cmd`, every byte initialised, and every
-/// pointer in it valid for what `cmd` reads or writes through it for the call's duration.
-unsafe fn sys_bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
-    // SAFETY: the caller's promise.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            std::mem::size_of::<A>(),
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 /// Opens the map pinned at `path` read-only (aya 0.14's `MapData::from_pin` opens it
 /// read-write).
 fn open_read_only(path: &Path) -> io::Result<OwnedFd> {
     obj_get(path, BPF_F_RDONLY)
-}
-
-/// `BPF_OBJ_GET` of the object pinned at `path` with `file_flags`.
-fn obj_get(path: &Path, file_flags: u32) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjAttr {
-        pathname: c.as_ptr() as u64,
-        file_flags,
-        ..ObjAttr::default()
-    };
-    // SAFETY: `attr` is the kernel's `bpf_attr.obj` layout with every byte initialised;
-    // `pathname` points at a NUL-terminated string that outlives the call; the kernel only
-    // reads `attr`.
-    let ret = unsafe { sys_bpf(BPF_OBJ_GET, &mut attr) }?;
-    let fd = i32::try_from(ret).map_err(|_| io::Error::other("fd out of range"))?;
-    // SAFETY: on success `BPF_OBJ_GET` returns a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A pinned map opened read-only, with its `max_entries`.
@@ -150,6 +93,21 @@ fn open_map(pin_dir: &Path, spec: &MapSpec) -> Result<Option<Opened>, EbpfError>
         capacity: info.max_entries(),
         data,
     }))
+}
+
+/// The owner's layout records (`layout.rs`), read through a read-only fd: a map pinned by
+/// another version is refused rather than read with this version's meaning.
+fn layout_records(pin_dir: &Path) -> Result<crate::layout::Records, EbpfError> {
+    let path = pin_dir.join(crate::layout::LAYOUT_MAP);
+    let layout = match open_read_only(&path) {
+        Ok(fd) => Some(
+            MapData::from_fd(fd)
+                .map_err(|e| EbpfError::map(crate::layout::LAYOUT_MAP, "opening read-only", e))?,
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => return Err(EbpfError::Pin { path, source }),
+    };
+    crate::layout::Records::read(pin_dir, layout)
 }
 
 /// The maps of a pin directory, opened read-only.
@@ -263,9 +221,11 @@ impl LiveEbpf {
                 })
             }
         }
+        let records = layout_records(pin_dir)?;
         let mut by_name = HashMap::new();
         for spec in &MAPS {
             if let Some(opened) = open_map(pin_dir, spec)? {
+                records.check(pin_dir, spec)?;
                 by_name.insert(spec.name, opened);
             }
         }

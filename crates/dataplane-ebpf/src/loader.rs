@@ -16,6 +16,7 @@ use aya::{Ebpf, EbpfLoader};
 use crate::batch::BatchFd;
 use crate::config::{AttachMode, Capacities, XdpMode};
 use crate::error::EbpfError;
+use crate::layout;
 use crate::map_table::{self, Defined, MapSpec, MAPS};
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
@@ -219,11 +220,22 @@ fn remove_path(path: PathBuf, dir: bool) -> Result<(), EbpfError> {
     }
 }
 
+/// Detaches the link pinned at `pin` at once, then removes the pin. Removing the pin alone
+/// detaches the link only when the kernel frees it, later, in a work item
+/// ([`crate::sys::detach_pinned_link`]); a kernel that cannot detach a link of this type
+/// (`BPF_LINK_DETACH` refused) still frees it that way.
+fn detach_and_unpin(pin: PathBuf) -> Result<(), EbpfError> {
+    if let Err(e) = crate::sys::detach_pinned_link(&pin) {
+        tracing::debug!(pin = %pin.display(), error = %e, "BPF_LINK_DETACH refused: the link goes with its last reference");
+    }
+    remove_path(pin, false)
+}
+
 impl Attachment {
     pub(crate) fn detach(self) -> Result<(), EbpfError> {
         match self {
             Attachment::Tcx { link, pin } => {
-                remove_path(pin, false)?;
+                detach_and_unpin(pin)?;
                 drop(link);
                 Ok(())
             }
@@ -388,7 +400,7 @@ fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
 pub(crate) fn remove_pinned_sock(pin_dir: &Path) -> Result<(), EbpfError> {
     for name in SOCK_PROGRAMS {
         for tag in [SOCK_TAG, "sock-new"] {
-            remove_path(links_dir(pin_dir).join(format!("{tag}@{name}")), false)?;
+            detach_and_unpin(links_dir(pin_dir).join(format!("{tag}@{name}")))?;
         }
     }
     Ok(())
@@ -419,6 +431,93 @@ pub(crate) fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
+/// Creates `dir` (and its missing parents) with mode 0700, and makes an existing `dir` 0700
+/// (an earlier version created them 0755): the pins are root's (`bpf_obj_pin` makes each
+/// 0600), and their names (interfaces, programs) are no one else's business either.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), EbpfError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let err = |source| EbpfError::Pin {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Removes what an eBPF dataplane left in `pin_dir` without loading anything: detaches the
+/// clsact filters its markers name (in the network namespace `netns`), turns
+/// `net.ipv4.conf.lo.accept_local` off again if the dataplane turned it on, and removes the
+/// directory: its pinned TCX, XDP and cgroup links are detached first (`BPF_LINK_DETACH`:
+/// at once, even while another process holds them), and its maps go with their last user. What [`Dataplane::reset`] does, for pins this version cannot
+/// load ([`EbpfError::IncompatiblePins`]). Established connections through the old
+/// datapath lose their translation.
+///
+/// [`Dataplane::reset`]: dataplane_core::Dataplane::reset
+pub fn remove_pinned(pin_dir: &Path, netns: Option<&Path>) -> Result<(), EbpfError> {
+    use aya::programs::links::Link as _;
+    let nl = links_dir(pin_dir).join("nl");
+    crate::netns::in_netns(netns, || {
+        let mut first_err = None;
+        for (ifname, hook) in Objects::pinned_links(pin_dir) {
+            let marker = nl.join(format!("{}@{}", hook.tag(), ifname));
+            if !marker.exists() {
+                continue;
+            }
+            let detached = SchedClassifierLink::attached(
+                &ifname,
+                hook.attach_type(),
+                NL_PRIORITY,
+                NL_HANDLE,
+                None,
+            )
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            .and_then(|link| link.detach().map_err(|e| Box::new(e) as _));
+            match detached {
+                Ok(()) => {}
+                // The interface (and its filter) is gone: nothing to detach.
+                Err(e) if crate::local::lookup_ifindex(&ifname).is_ok_and(|i| i.is_none()) => {
+                    tracing::debug!(interface = %ifname, error = %e, "interface gone with its filter");
+                }
+                Err(source) => {
+                    first_err.get_or_insert(EbpfError::Attach {
+                        interface: ifname.clone(),
+                        program: hook.program().to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        if let Err(e) = crate::loopback::restore(pin_dir) {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
+    })?;
+    // The pinned links (TCX, XDP, socket hooks) at once, not when the kernel frees them.
+    if let Ok(entries) = std::fs::read_dir(links_dir(pin_dir)) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                detach_and_unpin(entry.path())?;
+            }
+        }
+    }
+    match std::fs::remove_dir_all(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(EbpfError::Pin {
+            path: pin_dir.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Loads the objects (the XDP one when `xdp`); maps are created and pinned under `pin_dir`,
 /// or reused when pinned.
 pub(crate) fn load(
@@ -428,9 +527,12 @@ pub(crate) fn load(
     sock: bool,
 ) -> Result<Objects, EbpfError> {
     check_ring_size(caps.events_ring_bytes)?;
+    // Decided before anything is created: a refusal leaves the directory as it was.
+    let layout = layout::plan(pin_dir, sock)?;
     for dir in [pin_dir.to_owned(), links_dir(pin_dir)] {
-        std::fs::create_dir_all(&dir).map_err(|source| EbpfError::Pin { path: dir, source })?;
+        create_private_dir(&dir)?;
     }
+    layout.apply(pin_dir, sock)?;
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir);
     for map in MAPS.iter().filter(|m| m.capacity.is_some()) {
@@ -592,10 +694,7 @@ impl Objects {
     /// Removes the pin of an XDP link an earlier process left on `ifname`, which detaches it
     /// once nothing else holds it.
     pub(crate) fn remove_pinned_xdp(pin_dir: &Path, ifname: &str) -> Result<(), EbpfError> {
-        remove_path(
-            links_dir(pin_dir).join(format!("{}@{}", Hook::Xdp.tag(), ifname)),
-            false,
-        )
+        detach_and_unpin(links_dir(pin_dir).join(format!("{}@{}", Hook::Xdp.tag(), ifname)))
     }
 
     /// Attachments an earlier process left: pinned TCX links under `pin_dir/links` and clsact
@@ -946,10 +1045,7 @@ impl Objects {
                         .map_err(|e| attach_err(Box::new(e)))?,
                 };
                 let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-                std::fs::create_dir_all(&marker).map_err(|source| EbpfError::Pin {
-                    path: marker.clone(),
-                    source,
-                })?;
+                create_private_dir(&marker)?;
                 Attachment::Netlink { link, marker }
             }
         };

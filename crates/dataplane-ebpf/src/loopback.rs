@@ -47,7 +47,7 @@ pub(crate) fn enable(pin_dir: &Path) -> Result<(), EbpfError> {
     // Marker first: a crash in between leaves a marker for a value still 0, which a later
     // restore writes again, harmlessly.
     let m = marker(pin_dir);
-    std::fs::create_dir_all(&m).map_err(|source| EbpfError::Pin { path: m, source })?;
+    crate::loader::create_private_dir(&m)?;
     std::fs::write(SYSCTL, "1").map_err(|e| error(&e))
 }
 

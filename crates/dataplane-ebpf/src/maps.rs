@@ -364,8 +364,9 @@ pub struct AffinityValue {
     pub last_seen_ns: u64,
     /// Backend id.
     pub backend_id: u32,
-    /// Padding.
-    pub pad: u32,
+    /// Index in the frontend entry's slot range the backend was picked from: the datapath
+    /// keeps the affinity only while that slot still holds the backend.
+    pub slot: u32,
 }
 
 /// `struct srcrange_key` (the data part after `prefixlen`; aya's `lpm_trie::Key` adds it).
@@ -410,6 +411,20 @@ pub struct DpConfig {
     pub flags: u32,
     /// Underlay MTU (node.mtu).
     pub mtu: u32,
+    /// The flow events' rate limits by `EV_KIND_*` (`[0]` unused), from
+    /// [`EbpfConfig::events`](crate::EbpfConfig::events).
+    pub ev_limits: [EvRate; EV_KIND_MAX as usize],
+}
+
+/// `struct ev_rate`: the rate limit of one kind of flow event, per CPU (and per reason for
+/// drops); 0/0 is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct EvRate {
+    /// Events per second (at most `NSEC_PER_SEC`); 0: unlimited.
+    pub rate: u32,
+    /// Bucket size: the most events written at once.
+    pub burst: u32,
 }
 
 /// `struct local_key`: a pod on this node.
@@ -573,12 +588,6 @@ pub const EV_DIR_REPLY: u8 = 2;
 /// `EV_F_TRANSLATED`: a flow event's `nat_*` fields hold the tuple after translation.
 pub const EV_F_TRANSLATED: u8 = 1 << 0;
 
-/// `EV_TOPUP_NS`: a token every this many nanoseconds, per CPU and event kind.
-pub const EV_TOPUP_NS: u64 = 1_000_000;
-/// `EV_TOKENS_PER_TOPUP`.
-pub const EV_TOKENS_PER_TOPUP: u64 = 1;
-/// `EV_BURST`: a bucket's size (the burst of events one CPU writes of one kind).
-pub const EV_BURST: u64 = 1000;
 /// `EV_RING_BYTES`: `dp_events`' default size in bytes.
 pub const EV_RING_BYTES: u32 = 1 << 20;
 /// `EV_LIMIT_SLOTS`: `dp_ev_limit`'s size: a token bucket per event kind and, for drops, per
@@ -776,6 +785,7 @@ pod!(
     AffinityValue,
     SrcRangeData,
     DpConfig,
+    EvRate,
     LocalKey,
     LocalValue,
     PolAddr,
@@ -798,7 +808,8 @@ const _: () = assert!(std::mem::size_of::<AffinityKey>() == 24);
 const _: () = assert!(std::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(std::mem::size_of::<SrcRangeKey>() == 24);
 const _: () = assert!(std::mem::size_of::<CidrKey>() == 20);
-const _: () = assert!(std::mem::size_of::<DpConfig>() == 28);
+const _: () = assert!(std::mem::size_of::<DpConfig>() == 60);
+const _: () = assert!(std::mem::size_of::<EvRate>() == 8);
 const _: () = assert!(std::mem::size_of::<LocalKey>() == 20);
 const _: () = assert!(std::mem::size_of::<LocalValue>() == 4);
 const _: () = assert!(std::mem::size_of::<PolAddr>() == 136);

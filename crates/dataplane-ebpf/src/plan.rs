@@ -618,12 +618,20 @@ impl Planner {
         }
     }
 
-    /// The node-wide flags that are no part of the state's services: host routing (a
-    /// setting), NetworkPolicy present, and the flow events the readers asked for.
-    pub(crate) fn set_flags(&mut self, host_routing: bool, policy: bool, events: u32) {
+    /// The node-wide settings that are no part of the state's services: host routing (a
+    /// setting), NetworkPolicy present, the flow events the readers asked for and the
+    /// events' rate limits (a setting).
+    pub(crate) fn set_flags(
+        &mut self,
+        host_routing: bool,
+        policy: bool,
+        events: u32,
+        limits: [crate::maps::EvRate; crate::maps::EV_KIND_MAX as usize],
+    ) {
         self.set_host_routing(host_routing);
         self.set_policy(policy);
         self.set_event_flags(events);
+        self.node.config.ev_limits = limits;
     }
 
     /// Sets the flow-event flags (`CFG_F_EV_*`, what the last `events()` reader asked for:

@@ -45,21 +45,29 @@ pub fn is_supported() -> Result<(), EbpfError> {
     }
 }
 
-/// Mounts bpffs at `dir` when nothing is mounted there yet.
+/// Mounts bpffs at `dir` when nothing is mounted there yet, root's only (mode 0700, as
+/// systemd mounts `/sys/fs/bpf`).
 pub(crate) fn ensure_bpffs(dir: &Path) -> Result<(), EbpfError> {
+    use std::os::unix::fs::DirBuilderExt as _;
     if is_bpffs(dir) {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(|source| EbpfError::Pin {
-        path: dir.to_owned(),
-        source,
-    })?;
+    // (`/sys/fs/bpf` itself is sysfs's and exists; an existing mount point keeps its mode,
+    // the mount's root is what counts.)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| EbpfError::Pin {
+            path: dir.to_owned(),
+            source,
+        })?;
     nix::mount::mount(
         Some("bpffs"),
         dir,
         Some("bpf"),
         nix::mount::MsFlags::empty(),
-        None::<&str>,
+        Some("mode=0700"),
     )
     .map_err(|e| EbpfError::Pin {
         path: dir.to_owned(),

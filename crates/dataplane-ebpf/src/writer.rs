@@ -14,8 +14,8 @@ use crate::error::EbpfError;
 use crate::loader::Maps;
 use crate::map_table;
 use crate::maps::{
-    Addr, AffinityKey, BackendValue, Be16, CtKey, DpConfig, LocalKey, LocalValue, SrcRangeData,
-    SvcKey, SvcValue, CFG_F_HOST_ROUTING, SVC_F_AFFINITY,
+    Addr, AffinityKey, BackendValue, Be16, CtKey, DpConfig, EvRate, LocalKey, LocalValue,
+    SrcRangeData, SvcKey, SvcValue, CFG_F_HOST_ROUTING, EV_KIND_MAX, SVC_F_AFFINITY,
 };
 use crate::mmap::MmapArray;
 use crate::plan::{Frontends, Planner, Slots};
@@ -999,6 +999,32 @@ pub(crate) fn set_host_routing(
         flags,
         ..cur.config
     };
+    maps.config
+        .set(0, config, 0)
+        .map_err(merr(map_table::CONFIG.name, "writing"))?;
+    cur.config = config;
+    Ok(1)
+}
+
+/// Sets `dp_config`'s flow-event rate limits (`ev_limits`) to `limits`: the process's
+/// setting, not the state's, written when the programs load and when it changes. Read from the
+/// map and written back with only the limits changed, as the events' readers set their flags
+/// (`CFG_F_EV_*`) through the pin (the caller holds their lock). Returns the entries written.
+pub(crate) fn set_event_limits(
+    maps: &mut Maps,
+    cur: &mut Current,
+    limits: [EvRate; EV_KIND_MAX as usize],
+) -> Result<usize, EbpfError> {
+    let mut config = maps
+        .config
+        .get(&0, 0)
+        .map_err(merr(map_table::CONFIG.name, "reading"))?;
+    cur.config.flags = config.flags;
+    if config.ev_limits == limits {
+        cur.config.ev_limits = limits;
+        return Ok(0);
+    }
+    config.ev_limits = limits;
     maps.config
         .set(0, config, 0)
         .map_err(merr(map_table::CONFIG.name, "writing"))?;

@@ -8,7 +8,7 @@ use std::mem::{offset_of, size_of};
 use dataplane_core::DropReason;
 
 use dataplane_ebpf::maps::{
-    AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, EvLimit,
+    AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, EvLimit, EvRate,
     FlowEventRecord, LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockData, PolBlockKey,
     PolCt, PolRuleData, PolRuleKey, SrcRangeKey, SvcKey, SvcValue,
 };
@@ -120,9 +120,10 @@ fn map_layouts_match_btf() {
         layout!(CtKey, "ct_key", [saddr => "saddr", daddr => "daddr", sport => "sport", dport => "dport", proto => "proto", family => "family", pad0 => "pad0", pad => "pad"]),
         layout!(CtEntry, "ct_entry", [nat_addr => "nat_addr", snat_addr => "snat_addr", nat_port => "nat_port", snat_port => "snat_port", backend_id => "backend_id", svc_id => "svc_id", flags => "flags", tcp_state => "tcp_state", pad => "pad", created_ns => "created_ns", last_seen_ns => "last_seen_ns"]),
         layout!(AffinityKey, "affinity_key", [svc_id => "svc_id", family => "family", pad => "pad", addr => "addr"]),
-        layout!(AffinityValue, "affinity_value", [last_seen_ns => "last_seen_ns", backend_id => "backend_id", pad => "pad"]),
+        layout!(AffinityValue, "affinity_value", [last_seen_ns => "last_seen_ns", backend_id => "backend_id", slot => "slot"]),
         layout!(CidrKey, "cidr_key", [prefixlen => "prefixlen", addr => "addr"]),
-        layout!(DpConfig, "dp_config", [node_v4 => "node_v4", node_v6 => "node_v6", flags => "flags", mtu => "mtu"]),
+        layout!(DpConfig, "dp_config", [node_v4 => "node_v4", node_v6 => "node_v6", flags => "flags", mtu => "mtu", ev_limits => "ev_limits"]),
+        layout!(EvRate, "ev_rate", [rate => "rate", burst => "burst"]),
         layout!(LocalKey, "local_key", [addr => "addr", family => "family", pad => "pad"]),
         layout!(LocalValue, "local_value", [ifindex => "ifindex"]),
         layout!(PolAddr, "pol_addr", [ep_id => "ep_id", flags => "flags", nsets => "nsets", pad => "pad", sets => "sets"]),
@@ -381,9 +382,6 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
         }
         "ev_flag" { "EV_F_TRANSLATED" => m::EV_F_TRANSLATED }
         "ev_limit_const" {
-            "EV_TOPUP_NS" => m::EV_TOPUP_NS,
-            "EV_TOKENS_PER_TOPUP" => m::EV_TOKENS_PER_TOPUP,
-            "EV_BURST" => m::EV_BURST,
             "EV_RING_BYTES" => m::EV_RING_BYTES,
             "EV_LIMIT_SLOTS" => m::EV_LIMIT_SLOTS,
         }

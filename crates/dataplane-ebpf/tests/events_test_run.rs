@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use aya::maps::ring_buf::RingBuf;
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use common::{eth, require_root, TestNode, TCP_SYN};
 use dataplane_core::{
     diff, Backend, Dataplane, DesiredState, Direction, DropReason, Endpoint, EventKind,
@@ -27,14 +27,15 @@ use dataplane_core::{
     ObservationPoint, PeerPod, Policy, Protocol, Service, ServicePort, TcpFlags, Tuple,
 };
 use dataplane_ebpf::maps::{
-    FlowEventRecord, NameKey, NameValue, AF_INET, EV_KIND_DROP, EV_VERDICT_REJECTED,
+    EvLimit, FlowEventRecord, NameKey, NameValue, AF_INET, EV_KIND_DROP, EV_KIND_MAX,
+    EV_KIND_NEW_CONN, EV_VERDICT_REJECTED,
 };
-use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
+use dataplane_ebpf::{EbpfDataplane, EventLimit, EventLimits, Hook, RunOn, XdpMode};
 use events_common::the_one;
 
 const SHOT: u32 = 2;
 const TCP_RST: u8 = 0x04;
-/// Drops in one burst: more than a bucket holds (`EV_BURST`, 1000).
+/// Drops in one burst: more than a bucket holds (`EventLimits::default()`'s drops: 1000).
 const BURST: u32 = 1500;
 
 fn policy(json: serde_json::Value) -> Policy {
@@ -547,6 +548,193 @@ fn drops_new_connections_and_policy_verdicts() {
     dp.run_packet(Hook::FromPod, &to_c(43006), 1).expect("run");
     drop(pinned);
     assert!(read_all(quiet.as_mut()).is_empty());
+}
+
+/// What the programs' bucket `slot` of `dp_ev_limit` (pinned in `pin_dir`) holds back now:
+/// its `suppressed` count summed over the CPUs.
+fn suppressed_in(pin_dir: &std::path::Path, slot: u32) -> u64 {
+    let limits: PerCpuArray<MapData, EvLimit> = PerCpuArray::try_from(Map::PerCpuArray(
+        MapData::from_pin(pin_dir.join("dp_ev_limit")).expect("dp_ev_limit pinned"),
+    ))
+    .expect("a per-CPU array");
+    limits
+        .get(&slot, 0)
+        .expect("a bucket")
+        .iter()
+        .map(|l| l.suppressed)
+        .sum()
+}
+
+/// Runs `f` and returns what it returns with the whole seconds it took: what a rate of 1/s
+/// may have refilled meanwhile (0 unless the machine stalled the test for a second).
+fn timed<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let start = Instant::now();
+    let out = f();
+    (
+        out,
+        usize::try_from(start.elapsed().as_secs()).unwrap_or(usize::MAX),
+    )
+}
+
+/// `EbpfConfig::events` is what the programs apply, per kind: a burst of B then nothing, at a
+/// rate (1/s) that refills nothing within the test (the bound allows for a stalled second);
+/// every event over the limit counted in its bucket and carried by the next one written. A
+/// change on the running dataplane applies from the next event and outlives a sync; a limit
+/// the programs cannot apply is refused, naming its field.
+#[test]
+#[allow(clippy::too_many_lines)] // one dataplane, its limits changed step by step
+fn configured_limits_apply_and_change_live() {
+    if !require_root("configured_limits_apply_and_change_live") {
+        return;
+    }
+    pin_to_one_cpu();
+    let n = node("evlim");
+    let mut config = n.config();
+    config.events = EventLimits {
+        drops: EventLimit::per_second(1, 10),
+        new_connections: EventLimit::per_second(1, 3),
+        policy_verdicts: EventLimit::UNLIMITED,
+    };
+    let mut dp = EbpfDataplane::new(config).expect("load");
+    dp.apply(&scene()).expect("apply");
+    let mut events = dp
+        .events(&EventOptions {
+            new_connections: true,
+            policy_verdicts: false,
+        })
+        .expect("events");
+    let pin_dir = n.pin_dir.clone();
+    let source_range_slot = EV_KIND_MAX + u32::from(DropReason::SourceRange.code());
+    let no_backend_slot = EV_KIND_MAX + u32::from(DropReason::NoBackend.code());
+    let outsider = eth()
+        .ip("203.0.113.9", "198.51.100.1")
+        .tcp(41000, 80, TCP_SYN)
+        .build();
+    let of_reason = |events: &[FlowEvent], reason| {
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::Drop && e.reason == Some(reason))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // Drops: 30 with a burst of 10.
+    let (verdict, slack) = timed(|| run_on(&mut dp, Hook::FromUplink, &outsider, "eth0", 30));
+    assert_eq!(verdict, SHOT);
+    let first = of_reason(&read_all(events.as_mut()), DropReason::SourceRange);
+    assert!(
+        (10..=10 + slack).contains(&first.len()),
+        "{} events of 30 drops with a burst of 10 ({slack} s)",
+        first.len()
+    );
+    let held_back = 30 - first.len() as u64;
+    assert_eq!(suppressed_in(&pin_dir, source_range_slot), held_back);
+
+    // New connections: 8 with a burst of 3.
+    let to_c = |sport| {
+        eth()
+            .ip("10.244.0.6", "10.96.0.11")
+            .tcp(sport, 80, TCP_SYN)
+            .build()
+    };
+    let ((), slack) = timed(|| {
+        for port in 44000..44008 {
+            dp.run_packet(Hook::FromPod, &to_c(port), 1).expect("run");
+        }
+    });
+    let new: Vec<FlowEvent> = read_all(events.as_mut())
+        .into_iter()
+        .filter(|e| e.kind == EventKind::NewConnection)
+        .collect();
+    assert!(
+        (3..=3 + slack).contains(&new.len()),
+        "{} events of 8 new connections with a burst of 3 ({slack} s)",
+        new.len()
+    );
+    assert_eq!(
+        suppressed_in(&pin_dir, EV_KIND_NEW_CONN.into()),
+        8 - new.len() as u64
+    );
+
+    // Live: drops unlimited. Every drop is written; the first carries those held back.
+    dp.set_event_limits(EventLimits {
+        drops: EventLimit::UNLIMITED,
+        ..dp.config().events
+    })
+    .expect("new limits");
+    assert_eq!(
+        run_on(&mut dp, Hook::FromUplink, &outsider, "eth0", 20),
+        SHOT
+    );
+    let all = of_reason(&read_all(events.as_mut()), DropReason::SourceRange);
+    assert_eq!(all.len(), 20, "no limit");
+    assert_eq!(all[0].suppressed, held_back);
+    assert!(all[1..].iter().all(|e| e.suppressed == 0));
+    assert_eq!(suppressed_in(&pin_dir, source_range_slot), 0);
+    // ... and a sync keeps the new limits.
+    dp.apply(&scene()).expect("apply");
+    assert_eq!(
+        run_on(&mut dp, Hook::FromUplink, &outsider, "eth0", 20),
+        SHOT
+    );
+    assert_eq!(
+        of_reason(&read_all(events.as_mut()), DropReason::SourceRange).len(),
+        20,
+        "still no limit after a sync"
+    );
+
+    // Live: a burst of 25, in a bucket not used yet (rejects: no backend).
+    dp.set_event_limits(EventLimits {
+        drops: EventLimit::per_second(1, 25),
+        ..dp.config().events
+    })
+    .expect("new limits");
+    let empty_syn = eth()
+        .ip("10.244.0.5", "10.96.0.15")
+        .tcp(40000, 80, TCP_SYN)
+        .build();
+    let ((), slack) = timed(|| {
+        // One run each: a reject rewrites the packet it answers.
+        for _ in 0..40 {
+            dp.run_packet(Hook::FromPod, &empty_syn, 1).expect("run");
+        }
+    });
+    let rejected = of_reason(&read_all(events.as_mut()), DropReason::NoBackend);
+    assert!(
+        (25..=25 + slack).contains(&rejected.len()),
+        "{} events of 40 rejects with a burst of 25 ({slack} s)",
+        rejected.len()
+    );
+    assert_eq!(
+        suppressed_in(&pin_dir, no_backend_slot),
+        40 - rejected.len() as u64
+    );
+    let stats = dp.stats().expect("stats");
+    assert_eq!(
+        stats.drops[&DropReason::SourceRange],
+        70,
+        "every drop counted"
+    );
+    assert_eq!(stats.drops[&DropReason::NoBackend], 40);
+    assert_eq!(events.lost(), 0);
+
+    // A limit the programs cannot apply: refused, naming the field; nothing changes.
+    let err = dp
+        .set_event_limits(EventLimits {
+            new_connections: EventLimit::per_second(5, 0),
+            ..dp.config().events
+        })
+        .expect_err("a rate without a burst");
+    let chain = dataplane_core::error_chain(&dataplane_core::Error::from(err));
+    assert!(chain.contains("events.new_connections"), "{chain}");
+    assert_eq!(dp.config().events.drops, EventLimit::per_second(1, 25));
+    let mut bad = n.config();
+    bad.pin_dir = n.pin_dir.with_extension("bad");
+    bad.events.drops = EventLimit::per_second(0, 10);
+    let err = EbpfDataplane::new(bad.clone()).expect_err("refused");
+    let chain = dataplane_core::error_chain(&dataplane_core::Error::from(err));
+    assert!(chain.contains("events.drops"), "{chain}");
+    assert!(!bad.pin_dir.join("dp_svc").exists(), "nothing pinned");
 }
 
 /// A policy verdict on a packet without ports (GRE from an egress-isolated pod, which

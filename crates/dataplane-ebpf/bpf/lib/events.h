@@ -13,9 +13,11 @@
  *
  * A flood must starve neither the datapath nor the reader: each event kind has a per-CPU
  * token bucket (struct ev_limit, after Cilium's bpf/lib/ratelimit.h, which also limits its
- * events map with one, RATELIMIT_USAGE_EVENTS_MAP). An event over the limit is counted in
- * `suppressed` and the next one written carries that count. bpf_ringbuf_reserve() never
- * blocks: when the ring is full the event is counted in `lost` and the packet goes on.
+ * events map with one, RATELIMIT_USAGE_EVENTS_MAP), whose rate and size user space sets in
+ * dp_config.ev_limits (EbpfConfig::events; by default drops are limited and the optional
+ * kinds are not). An event over the limit is counted in `suppressed` and the next one
+ * written carries that count. bpf_ringbuf_reserve() never blocks: when the ring is full the
+ * event is counted in `lost` and the packet goes on.
  */
 #ifndef DP_EVENTS_H
 #define DP_EVENTS_H
@@ -23,6 +25,10 @@
 #include "common.h"
 #include "parse.h"
 #include "ct.h"
+
+#ifndef NSEC_PER_SEC
+#define NSEC_PER_SEC 1000000000ULL
+#endif
 
 /* The meta argument of ev_emit(): kind, verdict, reason, point and direction in one
  * register (a BPF function takes at most five arguments). */
@@ -94,32 +100,46 @@ static __always_inline __u32 ev_verdict_of(int ret, const struct pkt *p)
 }
 
 /*
- * Takes a token of bucket @slot (dp_ev_limit's index) on this CPU. Returns the bucket, NULL
- * when the event is over the limit (counted as suppressed) or the map is missing.
+ * Takes a token of bucket @slot (dp_ev_limit's index) on this CPU, under @lim (the bucket's
+ * kind's rate and burst in dp_config; NULL or a rate of 0: no limit). Returns the bucket,
+ * NULL when the event is over the limit (counted as suppressed) or the map is missing.
+ *
+ * The refill is Cilium's ratelimit_check_and_take() with one token per NSEC_PER_SEC / rate
+ * ns (so that a rate of 1000/s refills every millisecond, not 1000 at once every second), and
+ * the remainder of an interval kept, as there. Unlike there, a full bucket gains nothing
+ * while it waits: its clock restarts when it is found full, so that a burst right after a
+ * quiet time writes exactly @burst events. A limit lowered at run time takes effect at the
+ * next event (the tokens beyond the new burst go).
  */
-static __always_inline struct ev_limit *ev_take(__u32 slot)
+static __always_inline struct ev_limit *ev_take(__u32 slot, const struct ev_rate *lim)
 {
 	struct ev_limit *l = bpf_map_lookup_elem(&dp_ev_limit, &slot);
-	__u64 now, n;
+	__u64 now, per, n, burst;
 
 	if (!l)
 		return NULL;
+	if (!lim || !lim->rate)
+		return l;
+	burst = lim->burst;
+	/* rate <= NSEC_PER_SEC (user space checks): per >= 1; the guard is for the verifier's
+	 * and a hand-written map's sake (BPF's division by zero gives 0) */
+	per = NSEC_PER_SEC / lim->rate;
+	if (!per)
+		per = 1;
 	now = bpf_ktime_get_ns();
-	n = (now - l->last_topup) / EV_TOPUP_NS;
-	if (n) {
-		/* The part of an interval not topped up yet counts towards the next (as Cilium's
-		 * ratelimit_check_and_take keeps the remainder). */
-		__u64 rest = (now - l->last_topup) % EV_TOPUP_NS;
-
-		/* A bucket idle for a second or more is full; the check keeps the product
-		 * below from overflowing. */
-		if (n >= EV_BURST)
-			l->tokens = EV_BURST;
-		else if (l->tokens + n * EV_TOKENS_PER_TOPUP > EV_BURST)
-			l->tokens = EV_BURST;
-		else
-			l->tokens += n * EV_TOKENS_PER_TOPUP;
-		l->last_topup = now - rest;
+	if (l->tokens >= burst) {
+		l->tokens = burst;
+		l->last_topup = now;
+	} else {
+		n = (now - l->last_topup) / per;
+		if (n >= burst - l->tokens) {
+			/* (also a bucket never used: its last_topup is 0) */
+			l->tokens = burst;
+			l->last_topup = now;
+		} else if (n) {
+			l->tokens += n;
+			l->last_topup += n * per;
+		}
 	}
 	if (!l->tokens) {
 		l->suppressed++;
@@ -143,6 +163,9 @@ ev_reserve(__u32 ifindex, __u32 svc_id, __u32 backend_id, __u64 meta, __u8 famil
 	__u32 reason = (meta >> 16) & 0xff;
 	__u32 point = (meta >> 24) & 0xff;
 	__u32 slot = reason < DR_SLOTS ? reason : 0;
+	__u32 zero = 0;
+	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
+	const struct ev_rate *lim = NULL;
 	struct flow_event *e;
 	struct ev_limit *l;
 
@@ -155,15 +178,19 @@ ev_reserve(__u32 ifindex, __u32 svc_id, __u32 backend_id, __u64 meta, __u8 famil
 		/* a bucket per reason */
 		slot += EV_KIND_MAX;
 	} else {
-		slot = kind;
-		__u32 zero = 0;
-		struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
 		__u32 want = kind == EV_KIND_NEW_CONN ? CFG_F_EV_NEW_CONN : CFG_F_EV_POLICY;
 
 		if (!cfg || !(cfg->flags & want))
 			return NULL;
+		slot = kind;
 	}
-	l = ev_take(slot);
+	/* (a dp_config not written yet holds zeros: no limit until user space sets one, which
+	 * it does when it loads the programs) */
+	/* kind is an EV_KIND_* below EV_KIND_MAX, a power of two: the mask keeps the index in
+	 * bounds for the verifier, which loses a comparison's bound on the copy indexed here */
+	if (cfg)
+		lim = &cfg->ev_limits[kind & (EV_KIND_MAX - 1)];
+	l = ev_take(slot, lim);
 	if (!l)
 		return NULL;
 	e = bpf_ringbuf_reserve(&dp_events, sizeof(*e), 0);
@@ -200,6 +227,31 @@ ev_reserve(__u32 ifindex, __u32 svc_id, __u32 backend_id, __u64 meta, __u8 famil
 	return e;
 }
 
+/*
+ * Submits record @e. A drop keeps the kernel's default (flags 0: the reader is woken when it
+ * has caught up, so a drop shows at once on a quiet node; drops are rate-limited). A new
+ * connection or a policy verdict, one per connection, wakes the reader only once a
+ * sixteenth of the ring is waiting: with the default, a reader that keeps up is woken at
+ * every record, at tens of thousands of connections a second a context switch per
+ * connection, which cost more than everything else the events do (BENCHMARKS.md, "Flow
+ * events"). The kernel's Documentation/bpf/ringbuf.rst offers BPF_RB_NO_WAKEUP /
+ * BPF_RB_FORCE_WAKEUP for this batching of notifications. What stays below the threshold is
+ * read when the reader's wait times out (EventSource::wait: every 100 ms for dataplane's
+ * EventStream, 200 ms for dpctl flows): the most such an event waits on a quiet node; a
+ * drop behind them waits as long.
+ */
+static __always_inline void ev_submit(struct flow_event *e)
+{
+	__u64 flags = 0;
+
+	if (e->kind != EV_KIND_DROP)
+		flags = bpf_ringbuf_query(&dp_events, BPF_RB_AVAIL_DATA) <
+				bpf_ringbuf_query(&dp_events, BPF_RB_RING_SIZE) / 16
+			? BPF_RB_NO_WAKEUP
+			: BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
 /**
  * ev_emit() - count and report one event of a TC program.
  * @skb: the packet's context (its ifindex; skb->cb holds the frontend and backend ids)
@@ -230,7 +282,7 @@ __attribute__((noinline)) int ev_emit(struct __sk_buff *skb, const struct pkt *p
 		e->nat_sport = p->sport;
 		e->nat_dport = p->dport;
 	}
-	bpf_ringbuf_submit(e, 0);
+	ev_submit(e);
 	return 0;
 }
 

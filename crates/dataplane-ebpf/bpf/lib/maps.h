@@ -219,7 +219,7 @@ struct affinity_key {
 struct affinity_value {
 	__u64 last_seen_ns;
 	__u32 backend_id;
-	__u32 pad;
+	__u32 slot; /* index in the entry's slot range it was picked from (svc.h) */
 };
 
 /* LPM key: prefixlen counts the 32 bits of svc_id plus the address bits (IPv4 as ::ffff:a.b.c.d). */
@@ -235,11 +235,32 @@ struct cidr_key {
 	__u32 addr[4];
 };
 
+/* flow_event.kind (the flow events are further below, with dp_events). */
+enum ev_kind {
+	EV_KIND_DROP = 1,     /* a packet dropped or rejected (always) */
+	EV_KIND_NEW_CONN = 2, /* a conntrack entry created (CFG_F_EV_NEW_CONN) */
+	EV_KIND_POLICY = 3,   /* NetworkPolicy allowed a new connection (CFG_F_EV_POLICY) */
+	EV_KIND_MAX = 4,      /* the kinds' token buckets in dp_ev_limit (drops: see below);
+			       * a power of two (events.h masks with it) */
+};
+
+/*
+ * The rate limit of one kind of flow event (dp_config.ev_limits, written by user space from
+ * EbpfConfig::events; events.h applies it to the dp_ev_limit buckets): at most @burst events
+ * at once, refilled at @rate events per second, per CPU (and, for drops, per reason). 0/0: no
+ * limit (Cilium's --bpf-events-default-{rate,burst}-limit mean the same by 0).
+ */
+struct ev_rate {
+	__u32 rate;  /* events per second, at most NSEC_PER_SEC; 0: unlimited */
+	__u32 burst; /* bucket size */
+};
+
 struct dp_config {
 	__u32 node_v4;    /* masquerade address, network order */
 	__u32 node_v6[4];
 	__u32 flags;      /* CFG_F_* */
 	__u32 mtu;        /* underlay MTU: a DSR request that no longer fits gets ICMP frag needed */
+	struct ev_rate ev_limits[EV_KIND_MAX]; /* by EV_KIND_* ([0] unused) */
 };
 
 /* Default sizes: the same as Capacities::default() (src/lib.rs), from which user space sets
@@ -514,13 +535,7 @@ struct {
  * that allowed one. dataplane_core::FlowEvent is what user space makes of it (src/events.rs).
  */
 
-/* flow_event.kind. */
-enum ev_kind {
-	EV_KIND_DROP = 1,     /* a packet dropped or rejected (always) */
-	EV_KIND_NEW_CONN = 2, /* a conntrack entry created (CFG_F_EV_NEW_CONN) */
-	EV_KIND_POLICY = 3,   /* NetworkPolicy allowed a new connection (CFG_F_EV_POLICY) */
-	EV_KIND_MAX = 4,      /* the kinds' token buckets in dp_ev_limit (drops: see below) */
-};
+/* flow_event.kind: above, with dp_config, whose ev_limits it indexes. */
 
 /* flow_event.verdict. */
 enum ev_verdict {
@@ -579,17 +594,15 @@ enum ev_flag {
 
 /*
  * The per-CPU token buckets of the events (dp_ev_limit), after Cilium's bpf/lib/ratelimit.h
- * (a bucket of at most bucket_size tokens, tokens_per_topup added every topup_interval_ns):
- * per CPU, so no atomics and no contention; one per event kind (index EV_KIND_*) and, for
- * drops, one per reason (index EV_KIND_MAX + the reason's dp_drops slot), so that a flood of
- * one reason does not hide the rare drops of another. Over the limit an event is not written
- * but counted in `suppressed`, which the next written event of its bucket carries; `lost`
- * counts events the ring buffer had no room for.
+ * (a bucket of at most bucket_size tokens, tokens_per_topup added every topup_interval_ns),
+ * with the rate and the bucket size of each kind in dp_config.ev_limits: per CPU, so no
+ * atomics and no contention; one per event kind (index EV_KIND_*) and, for drops, one per
+ * reason (index EV_KIND_MAX + the reason's dp_drops slot), so that a flood of one reason does
+ * not hide the rare drops of another. Over the limit an event is not written but counted in
+ * `suppressed`, which the next written event of its bucket carries; `lost` counts events the
+ * ring buffer had no room for.
  */
 enum ev_limit_const {
-	EV_TOPUP_NS = 1000000,   /* a token every millisecond: 1000 events/s per CPU and kind */
-	EV_TOKENS_PER_TOPUP = 1,
-	EV_BURST = 1000,         /* bucket size */
 	EV_RING_BYTES = 1 << 20, /* dp_events' default size (Capacities::events_ring_bytes) */
 	EV_LIMIT_SLOTS = EV_KIND_MAX + DR_SLOTS, /* dp_ev_limit's size */
 };

@@ -96,6 +96,7 @@ static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p, struct ct
 {
 	__u32 zero = 0;
 	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
+	struct ct_entry *rev;
 	struct ct_key rk;
 	__u32 snat[4] = {};
 	int ret;
@@ -106,6 +107,16 @@ static __noinline int masquerade(struct __sk_buff *skb, struct pkt *p, struct ct
 		return DP_PASS;
 	if (ct && (ct->flags & CT_F_INBOUND))
 		return DP_PASS; /* a reply of a connection that came in */
+	/* A service connection, translated on the pod's veth: its reply key holds the
+	 * connection's reverse entry, and the service decided its source already. netfilter
+	 * leaves DNATed connections to the service rules too (kube-proxy's pod masquerade and
+	 * our nft/iptables backends match `ct status dnat` / `! --ctstate DNAT`). Masqueraded
+	 * here a second time, the backend would see the node for a pod and its reply, translated
+	 * back by the masquerade entry alone, would reach the pod from the backend's address. */
+	ct_reply_key(&rk, p, p->daddr, p->dport);
+	rev = bpf_map_lookup_elem(&dp_ct, &rk);
+	if (rev && ct_is_rev(rev))
+		return DP_PASS;
 	ret = masq_track(p, snat, &rk);
 	if (ret < 0)
 		return ret;

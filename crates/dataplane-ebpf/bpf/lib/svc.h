@@ -117,12 +117,27 @@ static __always_inline struct backend *select_backend(const struct svc_value *sv
 		addr_copy(ak.addr, p->saddr);
 		now = bpf_ktime_get_ns();
 		prev = bpf_map_lookup_elem(&dp_affinity, &ak);
-		if (prev && now - prev->last_seen_ns <= (__u64)svc->affinity_timeout * NSEC_PER_SEC) {
-			be = bpf_map_lookup_elem(&dp_backends, &prev->backend_id);
+		/*
+		 * The client's backend only while it is still one of this entry's eligible
+		 * backends: at the slot it was picked from. A backend gone from the service, no
+		 * longer ready, or not local for a Local policy is in none of its slots (user space
+		 * writes a fresh slot range whenever the set changes), and the scopes of one
+		 * service port (a ClusterIP under internalTrafficPolicy: Local, its NodePort from a
+		 * pod) share the affinity key but not their slots. kube-proxy checks affinity only
+		 * among the endpoints of the chain the packet is in (a `recent` match per endpoint
+		 * chain); Cilium keeps a match map of (backend, service) for the same reason
+		 * (bpf/lib/lb.h, lb4_affinity_backend_id). An entry without a slot (0 from an
+		 * earlier version) holds only when slot 0 still has its backend.
+		 */
+		if (prev && now - prev->last_seen_ns <= (__u64)svc->affinity_timeout * NSEC_PER_SEC &&
+		    prev->slot < svc->slot_count) {
+			__u32 id = 0;
+
+			be = backend_at(svc, prev->slot, &id);
 			/* user space clears a backend's family when it is freed */
-			if (be && be->family == p->family) {
+			if (be && id == prev->backend_id && be->family == p->family) {
 				prev->last_seen_ns = now;
-				*id_out = prev->backend_id;
+				*id_out = id;
 				return be;
 			}
 		}
@@ -135,6 +150,7 @@ static __always_inline struct backend *select_backend(const struct svc_value *sv
 	if (be && (svc->flags & SVC_F_AFFINITY)) {
 		av.last_seen_ns = now;
 		av.backend_id = *id_out;
+		av.slot = idx;
 		bpf_map_update_elem(&dp_affinity, &ak, &av, BPF_ANY);
 	}
 	return be;

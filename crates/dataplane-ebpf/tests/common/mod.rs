@@ -3,6 +3,8 @@
 //! (`eth().ip(..).tcp(..)`, from `dataplane_testkit::packet`).
 #![allow(dead_code, unused_imports)] // each test binary uses a part
 
+pub mod wire;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -129,7 +131,8 @@ pub fn backend(ip: &str, node: &str) -> Backend {
     b
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS`, failing the test with its error output when it fails.
+pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip runs");
     assert!(
         out.status.success(),
