@@ -1,9 +1,11 @@
-//! Returning freed heap memory to the system after a full sync.
+//! Keeping the heap small: one malloc arena ([`single_arena`]), and freed heap memory returned
+//! to the system ([`trim`]) once every kind is listed (the parse garbage of the listing) and
+//! after a full sync.
 //!
-//! A full sync makes transient copies of the whole translated state (the copy handed to the
-//! dataplane's thread, the dataplane's own rendering of it): tens of MiB at 10k services,
-//! freed when the sync ends. glibc's allocator keeps freed memory mapped for reuse, so the
-//! agent's RSS would stay at that peak between full syncs. `malloc_trim(0)` hands the free
+//! A full sync makes transient copies of parts of the translated state (the dataplane's own
+//! rendering of it, its plan): MiB at 10k services, freed when the sync ends. glibc's
+//! allocator keeps freed memory mapped for reuse, so the agent's RSS would stay at that peak
+//! between full syncs. `malloc_trim(0)` hands the free
 //! pages of every arena back to the kernel (glibc ≥ 2.8 also releases free pages inside the
 //! heap, not only its top: `man 3 malloc_trim`). It costs a walk over the free lists, a few
 //! milliseconds, once per full sync. Other allocators (musl) have no such call: nothing is

@@ -277,6 +277,10 @@ pub fn markdown(results: &Results, json: &Path) -> String {
     out.push('\n');
     let _ = writeln!(
         out,
+        "Where the agent's memory goes (the store, the translation, the source, the backend, the binary), from a heap profile: the [README](README.md#limits). To profile the agent under this bench: `mkfifo /tmp/ht.fifo; /usr/lib/heaptrack/libexec/heaptrack_interpret < /tmp/ht.fifo | zstd > /tmp/ht.zst &` then `DP_AGENT_BENCH_AGENT_ENV=\"LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so DUMP_HEAPTRACK_OUTPUT=/tmp/ht.fifo\" DP_AGENT_BENCH_BACKENDS=ebpf DP_AGENT_BENCH_CHANGES=2 sudo -E cargo bench -p dataplane-agent --bench agent` and `heaptrack_print -f /tmp/ht.zst`.\n"
+    );
+    let _ = writeln!(
+        out,
         "The agent's manifest source (`dataplane_agent::manifests::ManifestDir`, the code the agent runs) on the same directory in the bench's own process, before the agent starts: what reading and parsing cost without the agent's other work.\n\n| backend run | list the directory (streamed) | RSS growth of the list | re-read the probe's file after a change | documents parsed by it | `parse_manifests` of the whole file | agent CPU with nothing changing (5 s) |\n|---|---:|---:|---:|---:|---:|---:|"
     );
     for (n, run) in results.runs.iter().enumerate() {
