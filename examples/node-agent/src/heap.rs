@@ -20,15 +20,25 @@
 /// from one thread at a time nearly always (the loop waits for the dataplane's thread), so
 /// sharing one arena costs no measurable contention; at 10k services it saves several MiB
 /// (BENCHMARKS.md).
+///
+/// Also a fixed mmap threshold ([`MMAP_THRESHOLD`]): glibc raises its threshold to the size
+/// of any mapped block freed (up to 32 MiB), after which the big buffers of a sync (the
+/// state's lists growing, hash tables rehashing, a backend's plan) come from the heap and
+/// leave holes there when freed; mapped, they go back to the system when freed.
 pub fn single_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only sets a tunable of glibc's allocator; called before any other
+    // SAFETY: `mallopt` only sets tunables of glibc's allocator; called before any other
     // thread exists, it races with nothing.
     #[allow(unsafe_code)]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
+
+/// Blocks of this many bytes or more are mapped on their own (glibc's default before it
+/// adjusts it).
+pub const MMAP_THRESHOLD: i32 = 128 * 1024;
 
 /// Returns the free heap to the system; the process's `VmRSS` before and after, in KiB, when
 /// it could be read.
