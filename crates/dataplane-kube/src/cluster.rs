@@ -260,8 +260,7 @@ impl Cluster {
     pub fn apply(&mut self, mut object: Object) -> Result<bool, TranslateError> {
         let key = object.key()?;
         strip(&mut object);
-        let interner = &mut self.interner;
-        let object = Stored::new(&key, object, &mut |s| interner.get(s));
+        let object = Stored::new(&key, object, &mut self.interner);
         if self.objects.get(&key) == Some(&object) {
             return Ok(false);
         }
@@ -297,7 +296,7 @@ impl Cluster {
                 return Err(TranslateError::WrongKind {
                     expected: kind,
                     found: key.kind,
-                    name: key.name,
+                    name: key.name.to_string(),
                 });
             }
             keys.insert(key);
@@ -342,7 +341,8 @@ impl Cluster {
         };
         let mut object = object.clone();
         strip(&mut object);
-        *stored == Stored::new(&key, object, &mut |s| Arc::from(s))
+        // A scratch interner: the names compare by value.
+        *stored == Stored::new(&key, object, &mut Interner::default())
     }
 
     /// How many objects of `kind` are stored.
@@ -413,7 +413,7 @@ impl Cluster {
                 self.dirty_namespaces.insert(key.clone());
             }
             Kind::Node => {
-                if key.name == self.settings.node_name {
+                if *key.name == *self.settings.node_name {
                     self.node_dirty = true;
                 }
             }
@@ -993,10 +993,10 @@ enum Stored {
 }
 
 impl Stored {
-    fn new(key: &ObjectKey, object: Object, intern: &mut dyn FnMut(&str) -> Arc<str>) -> Self {
+    fn new(key: &ObjectKey, object: Object, interner: &mut Interner) -> Self {
         match object {
             Object::EndpointSlice(slice) => {
-                Stored::Slice(Box::new(SliceData::new(key, &slice, intern)))
+                Stored::Slice(Box::new(SliceData::new(key, &slice, interner)))
             }
             Object::Node(node) => Stored::Object(Object::Node(node)),
             other => match to_json(&other) {

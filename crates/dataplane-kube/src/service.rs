@@ -20,7 +20,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::node::NodeInfo;
-use crate::support::{is_label, parse_cidr, protocol, usable_unicast, Warnings};
+use crate::support::{is_label, parse_cidr, protocol, usable_unicast, Interner, Place, Warnings};
 use crate::{Kind, ObjectKey, Settings};
 
 /// The annotation cloud providers read source ranges from when the spec has none. kube-proxy
@@ -96,15 +96,16 @@ enum Target {
 }
 
 /// One endpoint of a slice, read once when the slice is stored (`newEndpointSliceInfo`).
-/// Node and zone names are shared (the store's interner): a store holds one copy of each.
+/// Node and zone names are shared (the store's interner): a store holds one copy of each,
+/// and one [`Place`] per pair of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Ep {
     ip: IpAddr,
     ready: bool,
     serving: bool,
     terminating: bool,
-    node_name: Option<Arc<str>>,
-    zone: Option<Arc<str>>,
+    /// Its node and zone (`None`: neither is known).
+    place: Option<Arc<Place>>,
     /// `hints.forZones` and `hints.forNodes`; `None` when both are empty (the common case:
     /// boxed so that an endpoint without hints does not carry two empty lists, 24 of its 88
     /// bytes, 100k endpoints in a big cluster).
@@ -119,6 +120,14 @@ pub(crate) struct Hints {
 }
 
 impl Ep {
+    fn node_name(&self) -> Option<&Arc<str>> {
+        self.place.as_ref().and_then(|p| p.node.as_ref())
+    }
+
+    fn zone(&self) -> Option<&Arc<str>> {
+        self.place.as_ref().and_then(|p| p.zone.as_ref())
+    }
+
     fn zone_hints(&self) -> &[Arc<str>] {
         self.hints.as_ref().map_or(&[], |h| &h.zones)
     }
@@ -146,12 +155,8 @@ pub(crate) struct SliceData {
 }
 
 impl SliceData {
-    /// Reads `slice` (named `key`), sharing names through `intern`.
-    pub(crate) fn new(
-        key: &ObjectKey,
-        slice: &EndpointSlice,
-        intern: &mut dyn FnMut(&str) -> Arc<str>,
-    ) -> Self {
+    /// Reads `slice` (named `key`), sharing names through `interner`.
+    pub(crate) fn new(key: &ObjectKey, slice: &EndpointSlice, interner: &mut Interner) -> Self {
         let service = slice_service(key, slice);
         let ipv4 = match slice.address_type.as_str() {
             "IPv4" => Some(true),
@@ -161,7 +166,7 @@ impl SliceData {
         let mut w = Warnings::new(key.clone());
         let (mut endpoints, mut ports) = (Vec::new(), Vec::new());
         if let Some(ipv4) = ipv4 {
-            endpoints = slice_endpoints(slice, ipv4, intern, &mut w);
+            endpoints = slice_endpoints(slice, ipv4, interner, &mut w);
             ports = slice_ports(slice, &mut w);
         }
         Self {
@@ -334,8 +339,8 @@ pub(crate) fn translate(
     let endpoints = endpoints_by_port(&families, &ports, slices, w);
 
     let mut base = dataplane_core::Service::new(ObjectName::new(
-        key.namespace.clone().unwrap_or_default(),
-        key.name.clone(),
+        key.namespace.as_deref().unwrap_or_default(),
+        &*key.name,
     ));
     base.cluster_ips = cluster_ips;
     base.external_ips = external_ips;
@@ -364,11 +369,10 @@ pub(crate) fn translate(
             externally_accessible,
             v6,
         ));
-        let mut backends: Vec<Backend> = eps.into_iter().map(backend).collect();
-        // The collect may reuse the endpoints' larger buffer (or one grown by `extend`):
-        // held for as long as the state holds the service, 10k services x 10 endpoints
-        // wasted ~5 MiB of slack (tests/memory.rs).
-        backends.shrink_to_fit();
+        // Collected from a slice: exactly as long as needed. `into_iter` reused the
+        // endpoints' larger buffer (grown by `extend` too), held for as long as the state
+        // holds the service: ~5 MiB of slack at 10k services x 10 (tests/memory.rs).
+        let backends: Vec<Backend> = eps.iter().map(backend).collect();
         let model_port = dataplane_core::ServicePort {
             name: port.name.clone(),
             protocol: port.protocol,
@@ -434,14 +438,14 @@ fn group_ports(
     groups
 }
 
-fn backend(e: Ep) -> Backend {
+fn backend(e: &Ep) -> Backend {
     Backend {
         ip: e.ip,
         ready: e.ready,
         serving: e.serving,
         terminating: e.terminating,
-        node_name: e.node_name,
-        zone: e.zone,
+        node_name: e.node_name().cloned(),
+        zone: e.zone().cloned(),
         weight: 1,
     }
 }
@@ -747,7 +751,7 @@ fn source_ranges(svc: &Service, w: &mut Warnings) -> Vec<IpNetwork> {
 fn slice_endpoints(
     slice: &EndpointSlice,
     ipv4: bool,
-    intern: &mut dyn FnMut(&str) -> Arc<str>,
+    interner: &mut Interner,
     w: &mut Warnings,
 ) -> Vec<Ep> {
     let mut out = Vec::with_capacity(slice.endpoints.len());
@@ -800,7 +804,7 @@ fn slice_endpoints(
             let mut v: Vec<Arc<str>> = list
                 .unwrap_or_default()
                 .into_iter()
-                .map(&mut *intern)
+                .map(|n| interner.get(n))
                 .collect();
             v.sort();
             v.dedup();
@@ -821,16 +825,10 @@ fn slice_endpoints(
             ready,
             serving,
             terminating,
-            node_name: e
-                .node_name
-                .as_deref()
-                .filter(|n| !n.is_empty())
-                .map(&mut *intern),
-            zone: e
-                .zone
-                .as_deref()
-                .filter(|z| !z.is_empty())
-                .map(&mut *intern),
+            place: interner.place(
+                e.node_name.as_deref().filter(|n| !n.is_empty()),
+                e.zone.as_deref().filter(|z| !z.is_empty()),
+            ),
             hints: (!zone_hints.is_empty() || !node_hints.is_empty()).then(|| {
                 Box::new(Hints {
                     zones: zone_hints,
@@ -1005,7 +1003,7 @@ fn topology_filter(
         return eps;
     };
     eps.into_iter()
-        .filter(|e| available(e) || (uses_local && e.node_name.as_deref() == Some(node_name)))
+        .filter(|e| available(e) || (uses_local && e.node_name().map(|n| &**n) == Some(node_name)))
         .collect()
 }
 
@@ -1023,7 +1021,7 @@ pub(crate) fn slice_service(slice_key: &ObjectKey, slice: &EndpointSlice) -> Opt
     Some(ObjectKey {
         kind: Kind::Service,
         namespace: slice_key.namespace.clone(),
-        name: name.clone(),
+        name: Arc::from(name.as_str()),
     })
 }
 

@@ -72,17 +72,50 @@ impl Warnings {
 
 /// One shared string per node or zone name: every backend on a node names it, and the model
 /// shares those names (`Arc<str>`) so that a big state does not hold a copy per backend.
+/// Likewise one shared [`Place`] per node and zone pair.
 #[derive(Debug, Default)]
-pub(crate) struct Interner(BTreeMap<Box<str>, Arc<str>>);
+pub(crate) struct Interner {
+    names: BTreeMap<Box<str>, Arc<str>>,
+    places: BTreeMap<PlaceKey, Arc<Place>>,
+}
+
+/// A node and a zone name, either unknown.
+type PlaceKey = (Option<Arc<str>>, Option<Arc<str>>);
+
+/// Where an endpoint is: its node and zone, shared by every endpoint with the same pair. An
+/// endpoint holds one thin pointer (8 bytes) instead of two names (32): 2.3 MiB at 100k
+/// endpoints.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Place {
+    pub node: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
+}
 
 impl Interner {
     pub(crate) fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.0.get(s) {
+        if let Some(a) = self.names.get(s) {
             return Arc::clone(a);
         }
         let a: Arc<str> = Arc::from(s);
-        self.0.insert(s.into(), Arc::clone(&a));
+        self.names.insert(s.into(), Arc::clone(&a));
         a
+    }
+
+    /// The shared place of `node` and `zone`; `None` when both are unknown.
+    pub(crate) fn place(&mut self, node: Option<&str>, zone: Option<&str>) -> Option<Arc<Place>> {
+        if node.is_none() && zone.is_none() {
+            return None;
+        }
+        let key = (node.map(|n| self.get(n)), zone.map(|z| self.get(z)));
+        if let Some(p) = self.places.get(&key) {
+            return Some(Arc::clone(p));
+        }
+        let place = Arc::new(Place {
+            node: key.0.clone(),
+            zone: key.1.clone(),
+        });
+        self.places.insert(key, Arc::clone(&place));
+        Some(place)
     }
 }
 

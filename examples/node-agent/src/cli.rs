@@ -52,10 +52,15 @@ pub struct Args {
     /// The shortest time between two syncs: a burst of changes is applied once.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub min_sync_period: Duration,
-    /// The longest time between two syncs; a sync after this long is a full one. Greater
-    /// than 0 (as kube-proxy requires).
+    /// The longest time between two syncs (a sync after this long applies the changes, if
+    /// any). Greater than 0 (as kube-proxy requires).
     #[arg(long, default_value = "30s", value_parser = parse_period)]
     pub sync_period: Duration,
+    /// The longest time between two full syncs, which apply the whole state again and so
+    /// repair what changed behind the agent's back (kube-proxy's `FullSyncPeriod`, an hour,
+    /// which it has no flag for). At least --sync-period.
+    #[arg(long, default_value = "1h", value_parser = parse_period)]
+    pub full_sync_period: Duration,
     /// After a failed sync, the next one (full) comes after this long at the latest (at least
     /// --min-sync-period).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -141,9 +146,11 @@ impl Args {
     /// refuses the opposite); the retry interval too, and at least 10 ms: a zero one would
     /// retry a failing sync in a busy loop.
     pub fn periods(&self) -> Periods {
+        let sync = self.sync_period.max(self.min_sync_period);
         Periods {
             min_sync: self.min_sync_period,
-            sync: self.sync_period.max(self.min_sync_period),
+            sync,
+            full_sync: self.full_sync_period.max(sync),
             retry: self
                 .retry_interval
                 .max(self.min_sync_period)

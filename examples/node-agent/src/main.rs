@@ -6,6 +6,7 @@ use clap::Parser;
 use dataplane_agent::cli::Args;
 
 fn main() -> ExitCode {
+    dataplane_agent::heap::single_arena();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -6,9 +6,16 @@
 //! - a change requests a run; runs are at least `min_sync` apart (from the end of one to the
 //!   start of the next), so a burst of changes coalesces into one run, and the first change
 //!   after a quiet period runs at once;
-//! - a run happens at least every `sync` even without changes, and that periodic run is a
-//!   *full* one (the whole state applied again, repairing whatever changed behind our back);
-//!   under a steady stream of changes, one run per `sync` is full too;
+//! - a run happens at least every `sync` even without changes; it is *partial* (the changes
+//!   since the last run, often none), and a run is *full* (the whole state applied again,
+//!   repairing whatever changed behind our back) once `full_sync` has passed since the last
+//!   full one, whether periodic or asked for by a change. kube-proxy's nftables and iptables
+//!   proxiers do the same: `doFullSync := proxier.needFullSync ||
+//!   (time.Since(proxier.lastFullSync) > proxyutil.FullSyncPeriod)` in `syncProxyRules`
+//!   (`pkg/proxy/nftables/proxier.go`), `FullSyncPeriod` being an hour, while their
+//!   `--sync-period` runs are partial. A full run of 10k services costs the nftables
+//!   backend's `nft` process ~300 MiB and the eBPF backend a plan of every service
+//!   (BENCHMARKS.md): every 30 s was most of the agent's work on a quiet node;
 //! - after a failed run the next one comes `retry` later at the latest (sooner when a change
 //!   allows it), and it is full.
 //!
@@ -17,23 +24,32 @@
 
 use std::time::{Duration, Instant};
 
-/// The periods of the loop (`--min-sync-period`, `--sync-period`, `--retry-interval`).
+/// kube-proxy's `proxyutil.FullSyncPeriod`: how long at most between two full runs.
+pub const FULL_SYNC_PERIOD: Duration = Duration::from_hours(1);
+
+/// The periods of the loop (`--min-sync-period`, `--sync-period`, `--retry-interval`,
+/// `--full-sync-period`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Periods {
     /// The shortest time between the end of a run and the start of the next.
     pub min_sync: Duration,
-    /// The longest time between two runs; also the longest time between two full runs.
+    /// The longest time between two runs.
     pub sync: Duration,
+    /// The longest time between two full runs (at least `sync` apart in effect: a run comes
+    /// only that often without changes).
+    pub full_sync: Duration,
     /// After a failure, the longest time until the next (full) run.
     pub retry: Duration,
 }
 
 impl Default for Periods {
-    /// kube-proxy's defaults for the iptables proxier's flags: 1 s, 30 s, and a 5 s retry.
+    /// kube-proxy's defaults for the iptables proxier's flags: 1 s, 30 s, and a 5 s retry;
+    /// a full run every hour ([`FULL_SYNC_PERIOD`]).
     fn default() -> Self {
         Self {
             min_sync: Duration::from_secs(1),
             sync: Duration::from_secs(30),
+            full_sync: FULL_SYNC_PERIOD,
             retry: Duration::from_secs(5),
         }
     }
@@ -122,7 +138,7 @@ impl Runner {
         }
         let periodic_full = self
             .last_full
-            .is_none_or(|full| now.saturating_duration_since(full) >= self.periods.sync);
+            .is_none_or(|full| now.saturating_duration_since(full) >= self.periods.full_sync);
         if self.full_next || periodic_full {
             Some(RunKind::Full)
         } else {

@@ -168,8 +168,8 @@ async fn partial_syncs_send_only_the_changes_and_program_the_stores_state() {
 
     h.reconciler.handle(SourceEvent::Deleted(ObjectKey {
         kind: Kind::Service,
-        namespace: Some("default".to_owned()),
-        name: "web".to_owned(),
+        namespace: Some("default".into()),
+        name: "web".into(),
     }));
     h.fake.fail_next_apply(Fault::Kernel("injected".to_owned()));
     assert!(h.reconciler.sync(RunKind::Partial).await.report.is_none());
@@ -196,8 +196,8 @@ async fn a_failed_sync_is_retried_in_full() {
     h.reconciler.sync_if_due(Instant::now()).await.unwrap();
     h.reconciler.handle(SourceEvent::Deleted(ObjectKey {
         kind: Kind::EndpointSlice,
-        namespace: Some("default".to_owned()),
-        name: "web-1".to_owned(),
+        namespace: Some("default".into()),
+        name: "web-1".into(),
     }));
     h.fake.fail_next_apply(Fault::Kernel("injected".to_owned()));
     let failed = h.reconciler.sync(RunKind::Partial).await;
@@ -261,8 +261,8 @@ async fn health_check_ports_follow_local_endpoints_and_services() {
     // The service goes: the port closes.
     h.reconciler.handle(SourceEvent::Deleted(ObjectKey {
         kind: Kind::Service,
-        namespace: Some("default".to_owned()),
-        name: "web".to_owned(),
+        namespace: Some("default".into()),
+        name: "web".into(),
     }));
     h.reconciler.sync(RunKind::Partial).await.report.unwrap();
     assert!(h.reconciler.health_ports().is_empty());
@@ -495,7 +495,7 @@ async fn a_deleted_or_missing_node_is_not_eligible_until_it_returns() {
     let node_0 = ObjectKey {
         kind: Kind::Node,
         namespace: None,
-        name: "node-0".to_owned(),
+        name: "node-0".into(),
     };
     h.reconciler.handle(SourceEvent::Deleted(node_0));
     let (code, body) = get(addr, "/healthz").await.unwrap();

@@ -18,8 +18,8 @@ const DEADLINE: Duration = Duration::from_secs(20);
 fn key(kind: Kind, name: &str) -> ObjectKey {
     ObjectKey {
         kind,
-        namespace: (kind != Kind::Node && kind != Kind::Namespace).then(|| "default".to_owned()),
-        name: name.to_owned(),
+        namespace: (kind != Kind::Node && kind != Kind::Namespace).then(|| "default".into()),
+        name: name.into(),
     }
 }
 

@@ -9,6 +9,7 @@ use dataplane_agent::runner::{Periods, RunKind, Runner};
 const MIN: Duration = Duration::from_secs(1);
 const SYNC: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(5);
+const FULL: Duration = Duration::from_secs(90);
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -18,6 +19,7 @@ fn runner() -> Runner {
     Runner::new(Periods {
         min_sync: MIN,
         sync: SYNC,
+        full_sync: FULL,
         retry: RETRY,
     })
 }
@@ -74,29 +76,48 @@ fn the_first_change_after_a_quiet_period_runs_at_once() {
 }
 
 #[test]
-fn without_changes_a_full_resync_comes_every_sync_period() {
+fn without_changes_a_run_comes_every_sync_period_and_one_per_full_sync_period_is_full() {
     let t0 = Instant::now();
     let mut r = runner();
     r.request();
     run_at(&mut r, t0, ms(10)).unwrap();
-    let end = t0 + ms(10);
+    let mut end = t0 + ms(10);
     assert_eq!(r.next_run(end), Some(end + SYNC));
     assert_eq!(r.due(end + SYNC - ms(1)), None);
-    assert_eq!(run_at(&mut r, end + SYNC, ms(10)), Some(RunKind::Full));
-    let end2 = end + SYNC + ms(10);
-    assert_eq!(r.next_run(end2), Some(end2 + SYNC));
+    // Partial until FULL has passed since the first (full) run started.
+    let mut kinds = Vec::new();
+    while end < t0 + FULL * 2 {
+        let at = r.next_run(end).unwrap();
+        assert_eq!(at, end + SYNC, "a run every SYNC");
+        kinds.push((at - t0, run_at(&mut r, at, ms(10)).unwrap()));
+        end = at + ms(10);
+    }
+    let fulls: Vec<Duration> = kinds
+        .iter()
+        .filter(|(_, k)| *k == RunKind::Full)
+        .map(|(t, _)| *t)
+        .collect();
+    // The first run at or past FULL after the first full run started, then FULL after the
+    // start of that one; the runs between are partial.
+    assert_eq!(fulls.len(), 2, "{kinds:?}");
+    assert!(fulls[0] >= FULL && fulls[0] < FULL + SYNC, "{kinds:?}");
+    assert!(
+        fulls[1] - fulls[0] >= FULL && fulls[1] - fulls[0] < FULL + SYNC,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.len(), 6, "{kinds:?}");
 }
 
 #[test]
-fn under_a_steady_stream_of_changes_one_run_per_sync_period_is_full() {
+fn under_a_steady_stream_of_changes_one_run_per_full_sync_period_is_full() {
     let t0 = Instant::now();
     let mut r = runner();
     r.request();
     run_at(&mut r, t0, Duration::ZERO).unwrap();
     let mut now = t0;
     let mut kinds = Vec::new();
-    // A change every 500 ms for 65 s: runs every MIN, partial except one per SYNC.
-    for _ in 0..130 {
+    // A change every 500 ms for 185 s: runs every MIN, partial except one per FULL.
+    for _ in 0..370 {
         now += ms(500);
         r.request();
         if let Some(kind) = run_at(&mut r, now, Duration::ZERO) {
@@ -106,14 +127,14 @@ fn under_a_steady_stream_of_changes_one_run_per_sync_period_is_full() {
     let fulls: Vec<_> = kinds.iter().filter(|(_, k)| *k == RunKind::Full).collect();
     assert_eq!(
         fulls.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        [SYNC, SYNC * 2],
+        [FULL, FULL * 2],
         "{kinds:?}"
     );
     assert!(
         kinds.windows(2).all(|w| w[1].0 - w[0].0 >= MIN),
         "runs closer than MIN: {kinds:?}"
     );
-    assert_eq!(kinds.len(), 65, "one run per second");
+    assert_eq!(kinds.len(), 185, "one run per second");
 }
 
 #[test]

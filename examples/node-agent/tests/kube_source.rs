@@ -445,8 +445,8 @@ fn keys(objects: &[Object]) -> Vec<String> {
 fn key(kind: Kind, namespace: Option<&str>, name: &str) -> ObjectKey {
     ObjectKey {
         kind,
-        namespace: namespace.map(str::to_owned),
-        name: name.to_owned(),
+        namespace: namespace.map(Into::into),
+        name: name.into(),
     }
 }
 
@@ -525,7 +525,7 @@ async fn initial_list_of_the_six_kinds() {
     // last-applied copy; other annotations stay.
     let Some(Object::Service(web)) = listed[&Kind::Service]
         .iter()
-        .find(|o| o.key().unwrap().name == "web")
+        .find(|o| &*o.key().unwrap().name == "web")
     else {
         panic!("web is a Service");
     };

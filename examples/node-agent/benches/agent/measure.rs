@@ -84,6 +84,10 @@ pub struct BackendRun {
     /// The agent's `VmRSS` when every kind was listed, before the first sync (its log line).
     #[serde(default)]
     pub listed_rss_kib: Option<u64>,
+    /// Of `vmrss_kib`, the pages of mapped files (`RssFile`: the agent's binary and
+    /// libraries, a floor that no heap work lowers).
+    #[serde(default)]
+    pub rss_file_kib: Option<u64>,
     pub vmrss_end_kib: u64,
     pub vmhwm_end_kib: u64,
     /// The peak `VmHWM` of the agent's helper processes, and their names.
@@ -262,6 +266,7 @@ pub fn run(backend: &str, settings: &Settings) -> Result<BackendRun, String> {
     let first = agent.wait_for_syncs(1, Duration::from_mins(10))?;
     let vmhwm_kib = agent.status_kib("VmHWM:").unwrap_or(0);
     let vmrss_kib = agent.status_kib("VmRSS:").unwrap_or(0);
+    let rss_file_kib = agent.status_kib("RssFile:");
     let first = first[0].clone();
     let lines: Vec<LogLine> = agent.log().lines().filter_map(LogLine::parse).collect();
     let listed_line = lines.iter().find(|l| l.text.contains("every kind listed"));
@@ -350,6 +355,7 @@ pub fn run(backend: &str, settings: &Settings) -> Result<BackendRun, String> {
         vmhwm_kib,
         vmrss_kib,
         listed_rss_kib,
+        rss_file_kib,
         vmrss_end_kib,
         vmhwm_end_kib,
         helpers_kib,

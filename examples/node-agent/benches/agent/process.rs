@@ -27,12 +27,17 @@ pub struct Agent {
     netns: PathBuf,
 }
 
-fn command(netns: &Path, args: &[String]) -> Command {
+/// `env`: `NAME=value` pairs for the agent alone, set by `env(1)` after `nsenter` (which
+/// would otherwise be the one a preloaded library profiles); `env` execs the agent, so the
+/// pid stays the agent's.
+fn command(netns: &Path, args: &[String], env: &[&str]) -> Command {
     let mut cmd = Command::new("nsenter");
     // Not `ip netns exec`: it remounts /sys, which hides the bpffs.
-    cmd.arg(format!("--net={}", netns.display()))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_dataplane-agent"))
+    cmd.arg(format!("--net={}", netns.display())).arg("--");
+    if !env.is_empty() {
+        cmd.arg("env").args(env);
+    }
+    cmd.arg(env!("CARGO_BIN_EXE_dataplane-agent"))
         .args(args)
         .env(
             "RUST_LOG",
@@ -46,13 +51,14 @@ impl Agent {
     pub fn start(netns: &Path, args: Vec<String>, log: PathBuf) -> Result<Agent, String> {
         let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let spawned = SystemTime::now();
-        let mut cmd = command(netns, &args);
         // A heap profile of the agent (not of its `--cleanup` run, which would find no
         // reader on heaptrack's pipe): `DP_AGENT_BENCH_AGENT_ENV="LD_PRELOAD=... DUMP_...=..."`.
-        if let Ok(vars) = std::env::var("DP_AGENT_BENCH_AGENT_ENV") {
-            cmd.envs(vars.split_whitespace().filter_map(|v| v.split_once('=')));
-        }
-        let child = cmd
+        let vars = std::env::var("DP_AGENT_BENCH_AGENT_ENV").unwrap_or_default();
+        let env: Vec<&str> = vars
+            .split_whitespace()
+            .filter(|v| v.contains('='))
+            .collect();
+        let child = command(netns, &args, &env)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -161,7 +167,7 @@ impl Agent {
         }
         let mut args = self.args.clone();
         args.push("--cleanup".to_owned());
-        let status = command(&self.netns, &args)
+        let status = command(&self.netns, &args, &[])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()

@@ -246,7 +246,7 @@ pub fn markdown(results: &Results, json: &Path) -> String {
     // First sync and memory.
     let _ = writeln!(
         out,
-        "## First sync and memory, {} x {}\n\n| backend | dataplane | files | MiB of YAML | start to every kind listed | first sync's duration | start to first sync done | agent `VmRSS` when every kind was listed | agent `VmHWM` | agent `VmRSS` | `VmRSS` / `VmHWM` after the changes | helpers' peak (`VmHWM`) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "## First sync and memory, {} x {}\n\n| backend | dataplane | files | MiB of YAML | start to every kind listed | first sync's duration | start to first sync done | agent `VmRSS` when every kind was listed | agent `VmHWM` | agent `VmRSS` | of which `RssFile` (binary, libraries) | `VmRSS` / `VmHWM` after the changes | helpers' peak (`VmHWM`) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         s.services, s.endpoints
     );
     for run in &results.runs {
@@ -259,7 +259,7 @@ pub fn markdown(results: &Results, json: &Path) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {yaml:.1} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {} | {} | {} / {} | {helpers} |",
+            "| {} | {} | {} | {yaml:.1} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {} | {} | {} | {} / {} | {helpers} |",
             backend_name(&run.backend),
             run.opened,
             run.files,
@@ -269,11 +269,16 @@ pub fn markdown(results: &Results, json: &Path) -> String {
             run.listed_rss_kib.map_or_else(|| "-".to_owned(), mib),
             mib(run.vmhwm_kib),
             mib(run.vmrss_kib),
+            run.rss_file_kib.map_or_else(|| "-".to_owned(), mib),
             mib(run.vmrss_end_kib),
             mib(run.vmhwm_end_kib),
         );
     }
     out.push('\n');
+    let _ = writeln!(
+        out,
+        "Where the agent's memory goes (the store, the translation, the source, the backend, the binary), from a heap profile: the [README](README.md#limits). To profile the agent under this bench: `mkfifo /tmp/ht.fifo; /usr/lib/heaptrack/libexec/heaptrack_interpret < /tmp/ht.fifo | zstd > /tmp/ht.zst &` then `DP_AGENT_BENCH_AGENT_ENV=\"LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so DUMP_HEAPTRACK_OUTPUT=/tmp/ht.fifo\" DP_AGENT_BENCH_BACKENDS=ebpf DP_AGENT_BENCH_CHANGES=2 sudo -E cargo bench -p dataplane-agent --bench agent` and `heaptrack_print -f /tmp/ht.zst`.\n"
+    );
     let _ = writeln!(
         out,
         "The agent's manifest source (`dataplane_agent::manifests::ManifestDir`, the code the agent runs) on the same directory in the bench's own process, before the agent starts: what reading and parsing cost without the agent's other work.\n\n| backend run | list the directory (streamed) | RSS growth of the list | re-read the probe's file after a change | documents parsed by it | `parse_manifests` of the whole file | agent CPU with nothing changing (5 s) |\n|---|---:|---:|---:|---:|---:|---:|"
@@ -306,7 +311,7 @@ pub fn markdown(results: &Results, json: &Path) -> String {
 
 - **Lab**: one `dataplane_testkit::Lab` node with 4 pods (pod 0 the client, pods 1-3 the backends the probe service moves between), each pod serving its name on port 8080.
 - **Manifests**: a directory as a user keeps one: `cluster.yaml` (the lab's Node, the `default` Namespace, the lab's Pods) and `services-000.yaml` ... with {per} Services and their EndpointSlices per file, as `kubectl get -o yaml` prints them (uids, resource versions, owner references, the slice controller's labels and `last-change-trigger-time`). {services} Services: the probe service (ClusterIP {vip}:80, one endpoint: a lab pod) and {synthetic} others with {endpoints} endpoints each, at synthetic addresses on other nodes' pod CIDRs (10.244.1-254.x, not backed by pods). The probe service is in `services-000.yaml`, so every change re-reads a file of {per} Services and {per} slices (the agent parses only its documents whose text changed: the probe's slice).
-- **Agent**: the release binary, started as `nsenter --net=<node netns> -- dataplane-agent --manifests DIR --hostname-override node-0 --backend <backend> --cluster-cidr 10.244.0.0/16 --service-cidr 10.96.0.0/12 --min-sync-period {min_sync}ms` with a pin directory and nftables table of its own; `RUST_LOG=info`. `--min-sync-period` is the agent's default, 1 s: it only holds back a change that comes within 1 s of the end of the last sync (a burst), and the first change after a quiet period is synced at once; the changes here come {gap} ms apart, so each one is such a first change, which is what one edit costs. `--sync-period` is the default 30 s: a change may meet a periodic full resync (counted in the table).
+- **Agent**: the release binary, started as `nsenter --net=<node netns> -- dataplane-agent --manifests DIR --hostname-override node-0 --backend <backend> --cluster-cidr 10.244.0.0/16 --service-cidr 10.96.0.0/12 --min-sync-period {min_sync}ms` with a pin directory and nftables table of its own; `RUST_LOG=info`. `--min-sync-period` is the agent's default, 1 s: it only holds back a change that comes within 1 s of the end of the last sync (a burst), and the first change after a quiet period is synced at once; the changes here come {gap} ms apart, so each one is such a first change, which is what one edit costs. `--sync-period` is the default 30 s and `--full-sync-period` the default 1 h: the periodic syncs every 30 s are partial, and a change meets a full resync only after an hour (counted in the table).
 - **First sync**: from spawning the agent to its first `synced` log line; memory: `VmHWM` and `VmRSS` of the agent's `/proc/<pid>/status` right after it, and again after all the changes; helper processes (`nft`, `iptables-restore`): their `VmHWM` sampled every 2 ms while they run (children of any agent thread).
 - **A change**: the probe service's file is rewritten with its slice's one endpoint moved to the next backend pod (and a new `resourceVersion`, `generation` and `last-change-trigger-time`), either written to a hidden temporary file and renamed over the old one (`rename`: kubectl, editors, config management) or truncated and written in place (`in-place`: a shell's `>`). On one thread in the client pod's network namespace the bench takes the time, writes the file, then probes the ClusterIP in a loop until the new pod answers: a new TCP connection each time (connect timeout 10 ms, so a SYN lost in a transition is retried by the next probe and not after TCP's 1 s), a line sent and the pod's name read back, 0.5 ms pause between probes for the first 250 ms and 2 ms after that (the loop leaves the agent the other core; the resolution is about 1 ms), each probe closed with RST (no TIME_WAIT piles up). The split comes from the agent's own `/metrics` (last queued timestamp) and `synced` log lines (timestamp and `duration_ms`), scraped and read after the answer; the clocks are the same machine's wall clock.
 - **Verdicts**: change-to-traffic on the p90 of each write method's {changes} changes; memory on `VmHWM` after the first sync (the peak of listing, translating and programming {services} x {endpoints}).
