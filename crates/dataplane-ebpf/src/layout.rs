@@ -135,8 +135,8 @@ pub fn expected_layout(map: &str) -> Option<LayoutRecord> {
 fn expected() -> &'static BTreeMap<&'static str, LayoutRecord> {
     static EXPECTED: OnceLock<BTreeMap<&'static str, LayoutRecord>> = OnceLock::new();
     EXPECTED.get_or_init(|| {
-        let pod = Fingerprints::of(crate::loader::tc_pod_object());
-        let sock = Fingerprints::of(crate::loader::sock_object());
+        let pod = Fingerprints::of(crate::objects::tc_pod_object());
+        let sock = Fingerprints::of(crate::objects::sock_object());
         MAPS.iter()
             .map(|m| {
                 let fps = if m.defined == Defined::Sock {
@@ -648,7 +648,7 @@ mod tests {
             e[map_table::CT.name].fingerprint
         );
         // The same object parsed twice gives the same fingerprints.
-        let again = Fingerprints::of(crate::loader::tc_pod_object());
+        let again = Fingerprints::of(crate::objects::tc_pod_object());
         assert_eq!(
             again.map(map_table::CT.name),
             e[map_table::CT.name].fingerprint
@@ -657,7 +657,7 @@ mod tests {
 
     #[test]
     fn a_struct_change_changes_the_description() {
-        let pod = Fingerprints::of(crate::loader::tc_pod_object());
+        let pod = Fingerprints::of(crate::objects::tc_pod_object());
         let btf = pod.btf.as_ref().expect("BTF");
         let (_, key, _) = pod.maps[map_table::CT.name];
         let text = btf.describe(key, 0);

@@ -51,6 +51,7 @@ mod loader;
 mod local;
 mod loopback;
 mod maintain;
+mod objects;
 // The table of the maps: public (hidden) for the BTF layout test, which is another crate.
 #[doc(hidden)]
 pub mod map_table;
@@ -86,10 +87,9 @@ pub use support::is_supported;
 // program names are for the BTF layout and socket tests; `Hook` names the program that
 // `EbpfDataplane::run_packet` runs, `PacketRun` is what it returns.
 #[doc(hidden)]
-pub use loader::{
-    floor_object, sock_object, tc_host_object, tc_pod_object, xdp_uplink_object, Hook,
-    SOCK_PROGRAMS,
-};
+pub use loader::{Hook, SOCK_PROGRAMS};
+#[doc(hidden)]
+pub use objects::{floor_object, sock_object, tc_host_object, tc_pod_object, xdp_uplink_object};
 // The layout records of the pinned maps, for the upgrade tests.
 #[doc(hidden)]
 pub use layout::{expected_layout, LayoutRecord, LAYOUT_MAP};

@@ -23,19 +23,7 @@ use crate::maps::{
     NameKey, NameValue, PolAddr, PolBlockData, PolCt, PolRuleData, SrcRangeData, SvcKey, SvcValue,
 };
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
-
-// `build.rs` points DATAPLANE_EBPF_OBJ_DIR at the committed `bpf/obj/` (or, with
-// `DATAPLANE_BPF_REBUILD=1`, at fresh builds in OUT_DIR).
-static TC_POD_OBJ: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("DATAPLANE_EBPF_OBJ_DIR"), "/tc_pod.o"));
-static TC_HOST_OBJ: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("DATAPLANE_EBPF_OBJ_DIR"), "/tc_host.o"));
-static XDP_UPLINK_OBJ: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("DATAPLANE_EBPF_OBJ_DIR"), "/xdp_uplink.o"));
-static SOCK_OBJ: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("DATAPLANE_EBPF_OBJ_DIR"), "/sock.o"));
-static FLOOR_OBJ: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("DATAPLANE_EBPF_OBJ_DIR"), "/floor.o"));
+use crate::objects::{SOCK_OBJ, TC_HOST_OBJ, TC_POD_OBJ, XDP_UPLINK_OBJ};
 
 /// The socket-level load-balancing programs of `sock.o`, one per cgroup hook.
 pub const SOCK_PROGRAMS: [&str; 6] = [
@@ -49,35 +37,6 @@ pub const SOCK_PROGRAMS: [&str; 6] = [
 /// Pin-name prefix of the socket hooks' links (`links/sock@PROGRAM`).
 const SOCK_TAG: &str = "sock";
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
-/// The compiled `tc_pod.o`, for layout checks and tooling.
-pub fn tc_pod_object() -> &'static [u8] {
-    TC_POD_OBJ
-}
-
-/// The compiled `tc_host.o`, for layout checks and tooling.
-pub fn tc_host_object() -> &'static [u8] {
-    TC_HOST_OBJ
-}
-
-/// The compiled `xdp_uplink.o`, for layout checks and tooling.
-pub fn xdp_uplink_object() -> &'static [u8] {
-    XDP_UPLINK_OBJ
-}
-
-/// The compiled `sock.o` (socket-level load balancing), for layout checks and tooling.
-pub fn sock_object() -> &'static [u8] {
-    SOCK_OBJ
-}
-
-/// The compiled bench fixture `bpf/test/floor.c`: TC programs that stop after the first
-/// steps of `dp_from_pod` (`floor_entry`, `floor_ct`, `floor_ct_nat`, `floor_svc`), loaded by the
-/// per-packet bench against a dataplane's pinned maps to measure what a test run costs at
-/// least on a machine. Not part of the dataplane.
-#[doc(hidden)]
-pub fn floor_object() -> &'static [u8] {
-    FLOOR_OBJ
-}
 
 /// Where a program runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
