@@ -45,6 +45,7 @@ mod ct;
 mod dataplane;
 mod error;
 mod events;
+mod hook;
 mod layout;
 mod live;
 mod loader;
@@ -52,6 +53,7 @@ mod local;
 mod loopback;
 mod maintain;
 mod objects;
+mod pins;
 // The table of the maps: public (hidden) for the BTF layout test, which is another crate.
 #[doc(hidden)]
 pub mod map_table;

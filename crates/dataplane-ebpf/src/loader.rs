@@ -8,14 +8,13 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::xdp::XdpLink;
-use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
-};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::batch::BatchFd;
 use crate::config::{AttachMode, Capacities, XdpMode};
 use crate::error::EbpfError;
+pub use crate::hook::Hook;
 use crate::layout;
 use crate::map_table::{self, Defined, MapSpec, MAPS};
 use crate::maps::{
@@ -24,6 +23,7 @@ use crate::maps::{
 };
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
 use crate::objects::{SOCK_OBJ, TC_HOST_OBJ, TC_POD_OBJ, XDP_UPLINK_OBJ};
+pub(crate) use crate::pins::{create_private_dir, links_dir};
 
 /// The socket-level load-balancing programs of `sock.o`, one per cgroup hook.
 pub const SOCK_PROGRAMS: [&str; 6] = [
@@ -37,69 +37,6 @@ pub const SOCK_PROGRAMS: [&str; 6] = [
 /// Pin-name prefix of the socket hooks' links (`links/sock@PROGRAM`).
 const SOCK_TAG: &str = "sock";
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
-/// Where a program runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Hook {
-    /// TC ingress on a pod's host-side veth: packets leaving the pod (`dp_from_pod`).
-    FromPod,
-    /// TC egress on a pod's host-side veth: packets to the pod, whichever way they came
-    /// (`dp_to_pod`: the pod's ingress NetworkPolicy).
-    ToPod,
-    /// TC ingress on the uplink: packets from other nodes and the outside (`dp_from_uplink`).
-    FromUplink,
-    /// TC egress on the uplink: packets the host sends (`dp_to_uplink`).
-    ToUplink,
-    /// TC egress on `lo`: the host connecting to one of its own addresses at a NodePort (or
-    /// a LoadBalancer IP / ExternalIP configured on the node), which never reaches the uplink
-    /// (`dp_to_lo`).
-    ToLo,
-    /// XDP on the uplink, before TC ingress: the NodePort/LoadBalancer fast path
-    /// (`dp_xdp_uplink`). Loaded only when [`crate::EbpfConfig::xdp`] is not
-    /// [`XdpMode::Off`].
-    Xdp,
-}
-
-impl Hook {
-    pub(crate) fn program(self) -> &'static str {
-        match self {
-            Hook::FromPod => "dp_from_pod",
-            Hook::ToPod => "dp_to_pod",
-            Hook::FromUplink => "dp_from_uplink",
-            Hook::ToUplink => "dp_to_uplink",
-            Hook::ToLo => "dp_to_lo",
-            Hook::Xdp => "dp_xdp_uplink",
-        }
-    }
-    fn attach_type(self) -> TcAttachType {
-        match self {
-            // (XDP is attached by attach_xdp, never as a TC program.)
-            Hook::FromPod | Hook::FromUplink | Hook::Xdp => TcAttachType::Ingress,
-            Hook::ToPod | Hook::ToUplink | Hook::ToLo => TcAttachType::Egress,
-        }
-    }
-    fn tag(self) -> &'static str {
-        match self {
-            Hook::FromPod => "from-pod",
-            Hook::ToPod => "to-pod",
-            Hook::FromUplink => "from-uplink",
-            Hook::ToUplink => "to-uplink",
-            Hook::ToLo => "to-lo",
-            Hook::Xdp => "xdp",
-        }
-    }
-    fn from_tag(tag: &str) -> Option<Self> {
-        match tag {
-            "from-pod" => Some(Hook::FromPod),
-            "to-pod" => Some(Hook::ToPod),
-            "from-uplink" => Some(Hook::FromUplink),
-            "to-uplink" => Some(Hook::ToUplink),
-            "to-lo" => Some(Hook::ToLo),
-            "xdp" => Some(Hook::Xdp),
-            _ => None,
-        }
-    }
-}
 
 pub(crate) struct Maps {
     pub svc: HashMap<MapData, SvcKey, SvcValue>,
@@ -382,31 +319,6 @@ fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> Result<(), EbpfError> {
             object: (*name).to_owned(),
             source: Box::new(e),
         })?;
-    }
-    Ok(())
-}
-
-pub(crate) fn links_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("links")
-}
-
-/// Creates `dir` (and its missing parents) with mode 0700, and makes an existing `dir` 0700
-/// (an earlier version created them 0755): the pins are root's (`bpf_obj_pin` makes each
-/// 0600), and their names (interfaces, programs) are no one else's business either.
-pub(crate) fn create_private_dir(dir: &Path) -> Result<(), EbpfError> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    let err = |source| EbpfError::Pin {
-        path: dir.to_owned(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(err)?;
-    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
     }
     Ok(())
 }

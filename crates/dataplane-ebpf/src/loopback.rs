@@ -16,7 +16,8 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use crate::error::EbpfError;
-use crate::loader::{links_dir, Hook};
+use crate::hook::Hook;
+use crate::pins::links_dir;
 
 /// Relative to the calling thread's network namespace.
 const SYSCTL: &str = "/proc/sys/net/ipv4/conf/lo/accept_local";
@@ -47,7 +48,7 @@ pub(crate) fn enable(pin_dir: &Path) -> Result<(), EbpfError> {
     // Marker first: a crash in between leaves a marker for a value still 0, which a later
     // restore writes again, harmlessly.
     let m = marker(pin_dir);
-    crate::loader::create_private_dir(&m)?;
+    crate::pins::create_private_dir(&m)?;
     std::fs::write(SYSCTL, "1").map_err(|e| error(&e))
 }
 
