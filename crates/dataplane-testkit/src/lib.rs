@@ -14,8 +14,8 @@ pub use lab::{
 };
 pub use netns::{NetNs, NetNsError};
 pub use traffic::{
-    measure, probe, probe_batch, probe_from, send_forged, serve, sink, BatchOutcome, BatchProbe,
-    Measurement, ProbeOutcome, Server, Sink, TcpSession, TrafficError,
+    measure, probe, probe_batch, probe_from, probe_refused_at_once, send_forged, serve, sink,
+    BatchOutcome, BatchProbe, Measurement, ProbeOutcome, Server, Sink, TcpSession, TrafficError,
 };
 
 /// Whether the test may run privileged code: `true` as root. Otherwise it panics when the

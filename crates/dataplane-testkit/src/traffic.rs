@@ -610,6 +610,48 @@ fn remaining(deadline: Instant) -> Option<Duration> {
     (left >= Duration::from_millis(1)).then_some(left)
 }
 
+/// The calling thread's network namespace's count of retransmitted SYNs (`TCPSynRetrans` of
+/// `/proc/thread-self/net/netstat`), `None` if it cannot be read.
+fn syn_retransmits() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").ok()?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "TCPSynRetrans")?;
+        return values.split_whitespace().nth(at)?.parse().ok();
+    }
+    None
+}
+
+/// A TCP probe like [`probe_from`] that also says whether a refusal answered its first SYN:
+/// `(outcome, SYNs retransmitted in the client's namespace meanwhile)`; for `Refused`, 0
+/// means the first RST (or ICMP error) arrived and was good. A timing check cannot tell this
+/// on a loaded machine (a refusal took 669 ms there without any loss), the retransmission
+/// count can: a lost refusal shows as a SYN sent again after the initial RTO (1 s). The
+/// count is the namespace's, so nothing else in it may connect at the same time (a
+/// conformance row's client runs one probe at a time).
+pub fn probe_refused_at_once(
+    netns: &NetNs,
+    source: Option<SocketAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<(ProbeOutcome, u64), TrafficError> {
+    netns.run(|| {
+        let before = syn_retransmits();
+        let outcome = probe_tcp(source, dst, timeout, Close::Normal)?;
+        let after = syn_retransmits();
+        let retransmits = match (before, after) {
+            (Some(b), Some(a)) => a.saturating_sub(b),
+            _ => 0,
+        };
+        Ok((outcome, retransmits))
+    })?
+}
+
 /// Connects a TCP socket within `timeout`: `Ok(Err(outcome))` when the connect itself failed
 /// in a way the caller reports as an outcome.
 fn connect_tcp(

@@ -324,6 +324,32 @@ fn measure_outlasts_the_port_range() {
     assert_eq!(m.backends.get("pod-1-1"), Some(&12_000));
 }
 
+/// `probe_refused_at_once` tells a refusal of the first SYN from one that came only after a
+/// retransmission: the server's namespace drops every second SYN to a closed port, so the
+/// first probe's refusal answers its second SYN.
+#[test]
+fn refusals_count_retransmitted_syns() {
+    if !require_root("refusals_count_retransmitted_syns") {
+        return;
+    }
+    let lab = Lab::new(spec(false)).unwrap();
+    let dst = SocketAddr::new(lab.pod(3).addresses[0], 9);
+    let (outcome, retransmits) =
+        dataplane_testkit::probe_refused_at_once(&lab.pod(0).netns, None, dst, TIMEOUT).unwrap();
+    assert_eq!((outcome, retransmits), (ProbeOutcome::Refused, 0));
+    let server = &lab.pod(3).netns;
+    let rules = "add table inet lossy\n\
+                 add chain inet lossy input { type filter hook input priority 0; }\n\
+                 add rule inet lossy input tcp dport 9 tcp flags syn numgen inc mod 2 == 0 drop\n";
+    server
+        .exec_checked("nft", &["-f", "-"], Some(rules))
+        .unwrap();
+    let (outcome, retransmits) =
+        dataplane_testkit::probe_refused_at_once(&lab.pod(0).netns, None, dst, TIMEOUT).unwrap();
+    assert_eq!(outcome, ProbeOutcome::Refused);
+    assert!(retransmits >= 1, "the first SYN was dropped: {retransmits}");
+}
+
 /// Probes that name no source port never share one (until the range wraps), so a probe
 /// cannot meet the NAT state of an earlier flow with the same 5-tuple; and the ports stay out
 /// of the kernel's ephemeral range and the NodePort range.

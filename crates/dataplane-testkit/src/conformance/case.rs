@@ -1,7 +1,6 @@
 //! The vocabulary a conformance row is written in.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use dataplane_core::{Capabilities, IpFamily, Node, Protocol, Service};
 
@@ -243,10 +242,12 @@ pub struct Case {
     /// The name of an earlier row whose probes must have been answered by the same single
     /// backend as this row's (Maglev: the same 5-tuple through another node).
     pub consistent_with: Option<String>,
-    /// For a [`Expect::Reject`] row: the refusal must arrive within this time. A refusal
-    /// that comes only after the client's first retransmission (TCP: ~1 s) means the first
-    /// RST or ICMP error was lost or malformed; this catches it.
-    pub refused_within: Option<Duration>,
+    /// For a TCP [`Expect::Reject`] row: the refusal must answer the client's first SYN. A
+    /// refusal that comes only after a retransmission (TCP: ~1 s) means the first RST or
+    /// ICMP error was lost or malformed. The runner counts the client namespace's SYN
+    /// retransmissions around the probe ([`crate::probe_refused_at_once`]): a loaded machine
+    /// cannot fake those the way it stretches a timing check.
+    pub refused_at_once: bool,
 }
 
 impl Case {
@@ -270,7 +271,7 @@ impl Case {
             client_port: None,
             node: None,
             consistent_with: None,
-            refused_within: None,
+            refused_at_once: false,
         }
     }
 
@@ -323,10 +324,10 @@ impl Case {
         self
     }
 
-    /// A reject row's refusal must arrive within `limit` (see [`Case::refused_within`]).
+    /// A TCP reject row's refusal must answer the first SYN (see [`Case::refused_at_once`]).
     #[must_use]
-    pub fn refused_within(mut self, limit: Duration) -> Self {
-        self.refused_within = Some(limit);
+    pub fn refused_at_once(mut self) -> Self {
+        self.refused_at_once = true;
         self
     }
 

@@ -12,7 +12,7 @@ use ipnetwork::IpNetwork;
 
 use crate::lab::{Lab, LabNode, POD_NAMESPACE, SERVER_PORT};
 use crate::netns::NetNs;
-use crate::traffic::{probe_from, serve, ProbeOutcome, Server};
+use crate::traffic::{probe_from, probe_refused_at_once, serve, ProbeOutcome, Server};
 
 use super::case::{Case, Client, Destination, Expect, Seen};
 use super::report::{OneRow, Report, RowOutcome, RowReport};
@@ -842,23 +842,24 @@ fn send_probes(
     };
     let dst = resolved.destination;
     for n in 0..count {
-        let started = std::time::Instant::now();
-        let outcome = match probe_from(&resolved.client_netns, source, dst, case.protocol, wait) {
-            Ok(outcome) => outcome,
+        let probed = if case.refused_at_once && case.protocol == dataplane_core::Protocol::Tcp {
+            probe_refused_at_once(&resolved.client_netns, source, dst, wait)
+        } else {
+            probe_from(&resolved.client_netns, source, dst, case.protocol, wait).map(|o| (o, 0))
+        };
+        let (outcome, retransmits) = match probed {
+            Ok(probed) => probed,
             Err(e) => {
                 traffic.push(format!("probe {n} to {dst}: {}", error_chain(&e)));
                 return n + 1;
             }
         };
-        let took = started.elapsed();
-        if let (Some(limit), ProbeOutcome::Refused) = (case.refused_within, &outcome) {
-            if took > limit {
-                traffic.push(format!(
-                    "probe {n} {} to {dst}: refused after {took:?}, more than {limit:?} (the first refusal was lost)",
-                    case.protocol
-                ));
-                return n + 1;
-            }
+        if matches!(outcome, ProbeOutcome::Refused) && retransmits > 0 {
+            traffic.push(format!(
+                "probe {n} {} to {dst}: refused only after {retransmits} retransmitted SYN(s) (the first refusal was lost)",
+                case.protocol
+            ));
+            return n + 1;
         }
         if let Err(e) = check_outcome(case, resolved, ingress_state, &outcome, answered) {
             traffic.push(format!("probe {n} {} to {dst}: {e}", case.protocol));
