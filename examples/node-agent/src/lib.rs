@@ -179,10 +179,34 @@ pub async fn shutdown_signal() {
 pub fn cleanup(args: &Args) -> anyhow::Result<()> {
     let options = args.options();
     cleanup_kinds(args, DataplaneKind::usable, |kind| {
-        dataplane::open(Selection::Only(kind), &options)
-            .map_err(|e| error_chain(&e))
-            .and_then(|mut opened| opened.dataplane.reset().map_err(|e| error_chain(&e)))
+        match dataplane::open(Selection::Only(kind), &options) {
+            Ok(mut opened) => opened.dataplane.reset().map_err(|e| error_chain(&e)),
+            // Pins of another layout version, which this version cannot load (and so not
+            // reset): removed without loading anything.
+            Err(e) if kind == DataplaneKind::Ebpf && incompatible_pins(&e) => {
+                tracing::warn!(error = %error_chain(&e), "removing another version's eBPF pins");
+                dataplane::ebpf::remove_pinned(&options.ebpf.pin_dir, options.netns.as_deref())
+                    .map_err(|e| error_chain(&e))
+            }
+            Err(e) => Err(error_chain(&e)),
+        }
     })
+}
+
+/// Whether `e` is, somewhere in its chain, pins another version left
+/// ([`dataplane::ebpf::EbpfError::IncompatiblePins`]).
+fn incompatible_pins(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if matches!(
+            c.downcast_ref(),
+            Some(dataplane::ebpf::EbpfError::IncompatiblePins { .. })
+        ) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// [`cleanup`] over `usable` (whether a kind can run here) and `reset` (open the kind and
@@ -229,5 +253,34 @@ pub fn cleanup_kinds(
         Ok(())
     } else {
         anyhow::bail!("cleanup failed: {}", failed.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::incompatible_pins;
+    use dataplane::ebpf::EbpfError;
+
+    /// `--cleanup` removes another version's pins only when opening failed on them, wherever
+    /// in the error chain the refusal is.
+    #[test]
+    fn incompatible_pins_are_found_in_the_chain() {
+        let refused = EbpfError::IncompatiblePins {
+            map: "dp_svc".to_owned(),
+            pin_dir: "/sys/fs/bpf/dataplane".into(),
+            found: "version 9".to_owned(),
+            expected: "version 1".to_owned(),
+            what_to_do: "run dataplane-agent --cleanup".to_owned(),
+        };
+        assert!(incompatible_pins(&refused));
+        let wrapped = dataplane::OpenError::Failed {
+            kind: dataplane::DataplaneKind::Ebpf,
+            source: refused.into(),
+        };
+        assert!(incompatible_pins(&wrapped));
+        let other = EbpfError::NotSupported {
+            reason: "no BTF".to_owned(),
+        };
+        assert!(!incompatible_pins(&other));
     }
 }
