@@ -21,7 +21,7 @@ pub enum Hook {
     ToLo,
     /// XDP on the uplink, before TC ingress: the NodePort/LoadBalancer fast path
     /// (`dp_xdp_uplink`). Loaded only when [`crate::EbpfConfig::xdp`] is not
-    /// [`XdpMode::Off`].
+    /// [`XdpMode::Off`](crate::XdpMode::Off).
     Xdp,
 }
 

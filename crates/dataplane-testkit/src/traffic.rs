@@ -1173,8 +1173,9 @@ impl Measurement {
 ///
 /// TCP connections end with RST, as `netperf TCP_CRR`-style loads with many connections do:
 /// a FIN close leaves the client's port in `TIME_WAIT` for 60 s, and a load of more than
-/// ~170 connections per second would use up [`FRESH_PORTS`] within that minute (bind then
-/// fails with EADDRINUSE — a long CRR load in the agent's restart test did, at ~1700/s).
+/// ~170 connections per second would use up the testkit's 10 000 fresh source ports within
+/// that minute (bind then fails with EADDRINUSE — a long CRR load in the agent's restart
+/// test did, at ~1700/s).
 /// A port that comes around again meets its old flow closed by the RST, which conntrack
 /// (ours and the kernel's) treats as a new connection on the next SYN.
 pub fn measure(
