@@ -87,12 +87,12 @@ fn committed_objects_match_a_fresh_build() {
 /// out of `bpf/obj/`, which is what the package ships.
 #[test]
 fn library_objects_live_in_bpf_obj_and_fixtures_do_not() {
-    let loader = include_str!("../src/loader.rs");
+    let loader = include_str!("../src/objects.rs");
     for object in BPF_OBJECTS {
         let included = loader.contains(&format!("\"/{}.o\"", object.name));
         assert_eq!(
             included, object.library,
-            "{}: embedded by src/loader.rs = {included}, listed as a library object = {}",
+            "{}: embedded by src/objects.rs = {included}, listed as a library object = {}",
             object.name, object.library
         );
         assert_eq!(
