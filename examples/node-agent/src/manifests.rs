@@ -109,10 +109,30 @@ fn digest(object: &Object) -> Digest {
 #[derive(Debug, Default)]
 struct FileState {
     fingerprint: Option<Fingerprint>,
-    objects: BTreeMap<ObjectKey, Digest>,
     /// The file's documents as last read, in order: a document whose text is the same when
-    /// the file is read again is not parsed again.
+    /// the file is read again is not parsed again. Also the file's objects (no map of them
+    /// by key besides: ~2 MiB at 10k services and their slices, for lookups that come a few
+    /// hundred per change).
     documents: Vec<DocumentState>,
+}
+
+impl FileState {
+    /// The file's objects (an object defined twice in it, twice).
+    fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.documents
+            .iter()
+            .flat_map(|d| d.objects.iter().map(|(key, _)| key))
+    }
+
+    /// The digest of `key` as the file defines it (the later document's, as a whole-file
+    /// parse takes it).
+    fn digest(&self, key: &ObjectKey) -> Option<Digest> {
+        self.documents
+            .iter()
+            .rev()
+            .find_map(|d| d.objects.iter().rev().find(|(k, _)| k == key))
+            .map(|(_, digest)| *digest)
+    }
 }
 
 /// One document of a file as last read: a hash of its text, and the objects it gave.
@@ -233,7 +253,7 @@ impl ManifestDir {
     /// The file that defines the object now, and its digest.
     fn current(&self, key: &ObjectKey) -> Option<(&Path, Digest)> {
         let file = self.holders.get(key)?.last()?;
-        Some((file, *self.files.get(&**file)?.objects.get(key)?))
+        Some((file, self.files.get(&**file)?.digest(key)?))
     }
 
     /// Reads the whole directory (again) and lists it: the errors of the files that fail,
@@ -367,7 +387,7 @@ impl ManifestDir {
         let mut before: BTreeMap<ObjectKey, Option<Digest>> = BTreeMap::new();
         for file in &files {
             if let Some(state) = self.files.get(file) {
-                for key in state.objects.keys() {
+                for key in state.keys() {
                     before
                         .entry(key.clone())
                         .or_insert_with(|| self.current(key).map(|(_, d)| d));
@@ -382,7 +402,10 @@ impl ManifestDir {
                 Read::Objects(_, read) => read.digests.is_empty(),
                 Read::Failed(_) => false,
             };
-            let had_objects = self.files.get(file).is_some_and(|f| !f.objects.is_empty());
+            let had_objects = self
+                .files
+                .get(file)
+                .is_some_and(|f| f.keys().next().is_some());
             if emptied && had_objects && !settled.contains(file) {
                 // Keep the objects for now; the first emptying's deadline stands, so that a
                 // file truncated again and again still settles.
@@ -475,7 +498,7 @@ impl ManifestDir {
             }
         };
         if let Some(old) = self.files.remove(path) {
-            for key in old.objects.keys() {
+            for key in old.keys() {
                 if let Some(holders) = self.holders.get_mut(key) {
                     holders.retain(|h| **h != *path);
                     if holders.is_empty() {
@@ -503,7 +526,6 @@ impl ManifestDir {
             path.to_owned(),
             FileState {
                 fingerprint,
-                objects: read.digests,
                 documents: read.documents,
             },
         );
