@@ -379,6 +379,10 @@ impl EbpfDataplane {
             sets_per_address,
         };
         check_local_fits(rest, caps.local)?;
+        // The interfaces the new state attaches to, before anything is written: a state whose
+        // uplink is missing is refused with the maps as they were.
+        let wanted = Self::wanted_attachments(rest, xdp_mode);
+        netns::in_netns(netns.as_deref(), || objects.check_interfaces(&wanted))?;
         let mut policy_plan = match changes {
             None => policy.plan_full(rest, limits)?,
             Some(c) => policy.plan_changes(rest, c, limits)?,
@@ -406,7 +410,6 @@ impl EbpfDataplane {
         // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
         // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
         // same name changes no endpoint, but has lost its programs and its ifindex in dp_local.
-        let wanted = Self::wanted_attachments(rest, xdp_mode);
         let local_written = netns::in_netns(netns.as_deref(), || {
             for (ifname, hook) in &wanted {
                 objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;

@@ -3,6 +3,7 @@
 //! (`eth().ip(..).tcp(..)`, from `dataplane_testkit::packet`).
 #![allow(dead_code, unused_imports)] // each test binary uses a part
 
+pub mod pins;
 pub mod wire;
 
 use std::net::IpAddr;
