@@ -772,10 +772,8 @@ impl Dataplane for EbpfDataplane {
             };
             *total = values.iter().sum();
         }
-        let flows = ct_entries(maps)?
-            .iter()
-            .filter(|(_, v)| v.is_forward())
-            .count() as u64;
+        let ct = ct_entries(maps)?;
+        let flows = ct.iter().filter(|(_, v)| v.is_forward()).count() as u64;
         // (masquerade entries are counted too: they are connections the datapath tracks)
         let other = STAT_NAMES
             .iter()
@@ -783,6 +781,7 @@ impl Dataplane for EbpfDataplane {
             .map(|(n, v)| ((*n).to_owned(), v))
             .collect();
         let mut other: BTreeMap<String, u64> = other;
+        crate::ct::fill_counters(&mut other, ct.len(), loaded.objects.capacities.conntrack);
         let drops = crate::events::drop_counters(&loaded.objects.drops, &mut other)?;
         Ok(Stats {
             packets_translated: totals[STAT_TRANSLATED],

@@ -15,16 +15,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::pins::quiet_snapshot;
-use common::PinDirs;
-use dataplane_core::{
-    diff, Dataplane, Error, IpFamily, ObjectName, Protocol, Service, ServicePort, ValidationError,
-};
-use dataplane_ebpf::{EbpfConfig, EbpfDataplane};
-use dataplane_testkit::{probe, require_root, Lab, LabSpec, ProbeOutcome, SERVER_PORT};
+use dataplane_core::{diff, Dataplane, Error, Protocol, Service, ValidationError};
+use dataplane_ebpf::EbpfDataplane;
+use dataplane_testkit::{probe, require_root, Lab, LabSpec, ProbeOutcome};
 
 const WEB: &str = "10.96.0.10";
 const NEW: &str = "10.96.0.11";
@@ -35,17 +31,7 @@ const SERVICE_ENTRIES: u32 = 16;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn service(lab: &Lab, name: &str, vip: &str) -> Service {
-    let mut s = Service::new(ObjectName::new("default", name));
-    s.cluster_ips = vec![vip.parse().unwrap()];
-    s.ports = vec![ServicePort {
-        name: "http".to_owned(),
-        protocol: Protocol::Tcp,
-        port: 80,
-        target_port: SERVER_PORT,
-        node_port: None,
-    }];
-    s.backends = vec![lab.backend(1, IpFamily::V4).expect("lab backend")];
-    s
+    common::lab_cluster_ip(lab, name, vip, &[1])
 }
 
 /// The maps and links of `dir`, without what the programs write per packet (counters, the
@@ -79,15 +65,10 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
         ipv6: false,
     })
     .expect("lab");
-    let dir = PathBuf::from(format!("/sys/fs/bpf/dpe-rejected-{}", std::process::id()));
-    let _pins = PinDirs(vec![dir.clone()]);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut config = EbpfConfig::new(&dir);
-    config.netns = Some(lab.node(0).netns.path().to_owned());
-    common::pins::small_capacities(&mut config.capacities);
-    config.capacities.services = SERVICE_ENTRIES;
-    let mut dp = EbpfDataplane::new(config).expect("eBPF dataplane loads");
-
+    let (pins, mut dp) = common::lab_node_dataplane(&lab, "dpe-rejected", |caps| {
+        caps.services = SERVICE_ENTRIES;
+    });
+    let dir = pins.0[0].clone();
     let mut old = lab.desired_state(0);
     old.services = vec![service(&lab, "web", WEB)];
     dp.apply(&old).expect("apply");
