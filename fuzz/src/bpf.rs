@@ -19,6 +19,7 @@ mod wire;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use arbitrary::{Result, Unstructured};
@@ -543,6 +544,10 @@ impl Harness {
                 hex(frame)
             );
             if valid && run.verdict != dropped {
+                CHECKED.fetch_add(1, Ordering::Relaxed);
+                if run.output != frame {
+                    REWRITTEN.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Err(e) = parse_checked(&run.output) {
                     panic!(
                         "{hook:?} (verdict {}) made a bad frame of a good one: {e}\n\
@@ -558,8 +563,17 @@ impl Harness {
 }
 
 static HARNESS: Mutex<Option<Harness>> = Mutex::new(None);
+/// Well-formed frames a hook passed on (and whose output was checked), and those of them it
+/// rewrote: printed at exit, so that a run shows its checks were not vacuous.
+static CHECKED: AtomicU64 = AtomicU64::new(0);
+static REWRITTEN: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn cleanup() {
+    eprintln!(
+        "bpf_entry: {} well-formed frames passed on by a hook and checked, {} of them rewritten",
+        CHECKED.load(Ordering::Relaxed),
+        REWRITTEN.load(Ordering::Relaxed)
+    );
     // libFuzzer ends a bounded run with exit(): drop the harness, which removes the
     // namespace and the pins (a crash leaves them: `scripts/fuzz` removes leftovers).
     if let Ok(mut h) = HARNESS.try_lock() {

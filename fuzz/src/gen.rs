@@ -456,6 +456,22 @@ pub fn state(u: &mut Unstructured) -> Result<DesiredState> {
     for i in indices(u, NAMES.len(), 4)? {
         state.pods.push(peer_pod(u, i)?);
     }
+    // Random selectors rarely match an endpoint's random labels: like the differential test,
+    // some policies select every pod of an endpoint's namespace instead, so that endpoints
+    // are isolated (and the renderers write policy chains and sets). A name taken there
+    // already keeps its policy as it was.
+    for i in 0..state.policies.len() {
+        let Some(ns) = state.endpoints.get(i).map(|e| e.name.namespace.clone()) else {
+            break;
+        };
+        if u.arbitrary()? {
+            let p = &mut state.policies[i];
+            p.pod_selector = LabelSelector::default();
+            p.name.namespace = ns;
+        }
+    }
+    let mut names = BTreeSet::new();
+    state.policies.retain(|p| names.insert(p.name.clone()));
     // An endpoint's own namespace labels may not contradict a namespace object.
     for e in &mut state.endpoints {
         if state.namespaces.iter().any(|n| n.name == e.name.namespace) {
