@@ -797,7 +797,8 @@ impl Dataplane for EbpfDataplane {
     /// `now` ([`CtTimeouts`](crate::CtTimeouts), and each service's affinity timeout): this
     /// backend tracks connections in its own maps, which nothing else expires (the LRU evicts
     /// only under pressure). `other` holds `orphans`, the reverse entries whose forward entry
-    /// was gone. After [`Dataplane::reset`]: nothing tracked, nothing to expire.
+    /// was gone, and `reverse_lost`, the live connections whose reverse entry was gone (their
+    /// forward entry goes too, so that their next packet sets both up again). After [`Dataplane::reset`]: nothing tracked, nothing to expire.
     fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
         let timeouts = self.config.timeouts;
         let Some(loaded) = self.loaded.as_deref_mut() else {
@@ -813,6 +814,7 @@ impl Dataplane for EbpfDataplane {
             flows_remaining: Some(gc.remaining as u64),
             other: [
                 ("orphans".to_owned(), gc.orphans as u64),
+                ("reverse_lost".to_owned(), gc.reverse_lost as u64),
                 ("policy_flows_expired".to_owned(), gc.policy_expired as u64),
             ]
             .into(),
