@@ -1058,7 +1058,8 @@ fn from_json(kind: Kind, bytes: &[u8]) -> Option<Object> {
 /// Drops what the translation never reads and an object can be mostly made of, as client-go's
 /// informer transforms do (`TransformStripManagedFields`): of every object's metadata, all
 /// but its name, namespace, labels, deletion timestamp and the source-ranges annotation; of a
-/// Service, its selector and status conditions; of a Pod, all but its
+/// Service, its selector, status conditions and labels other than the two kube-proxy
+/// selects Services by (headless, service-proxy-name); of a Pod, all but its
 /// node, host network flag, containers' names and ports, phase and addresses (a pod's
 /// readiness and container statuses change often and matter to no translation, so such
 /// updates become no-ops); of an EndpointSlice, its endpoints' `targetRef` and
@@ -1088,7 +1089,15 @@ fn strip(object: &mut Object) {
     match object {
         Object::Service(svc) => {
             // kube-proxy reads no selector (the EndpointSlice controller does) and no
-            // status but the load balancer's.
+            // status but the load balancer's; of the labels only the two it selects on.
+            if let Some(labels) = &mut svc.metadata.labels {
+                labels.retain(|k, _| {
+                    k == crate::LABEL_HEADLESS || k == crate::LABEL_SERVICE_PROXY_NAME
+                });
+                if labels.is_empty() {
+                    svc.metadata.labels = None;
+                }
+            }
             if let Some(spec) = &mut svc.spec {
                 spec.selector = None;
             }
