@@ -9,10 +9,16 @@ use arbitrary::Unstructured;
 use dataplane_fuzz::bpf;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let mut u = Unstructured::new(data);
-    let Ok((frame, src)) = bpf::frame(&mut u) else {
-        return;
-    };
-    bpf::with_harness(|h| h.run(&frame, src));
-});
+fuzz_target!(
+    // The namespace and the dataplane are set up before the first input: loading and
+    // verifying the programs on a loaded machine can take longer than libFuzzer's timeout
+    // for one input.
+    init: bpf::with_harness(|_| {}),
+    |data: &[u8]| {
+        let mut u = Unstructured::new(data);
+        let Ok((frame, src)) = bpf::frame(&mut u) else {
+            return;
+        };
+        bpf::with_harness(|h| h.run(&frame, src));
+    }
+);
