@@ -342,6 +342,28 @@ impl SyncPlan<'_> {
                 Ok(())
             },
         )?;
+        // `SERVICES` jumps to every service's first chain: one commit naming them all is
+        // quadratic again. Where it does not exist yet (from empty: no hook leads to it
+        // before the last section), it is filled a section at a time; over an existing one
+        // it is rewritten in one commit, never left half filled.
+        let fresh = self
+            .present(Table::Nat)
+            .binary_search(&name_hash(&services))
+            .is_err();
+        if let Some(i) = pending
+            .iter()
+            .position(|(n, _)| *n == services)
+            .filter(|_| fresh)
+        {
+            let (name, rules) = pending.swap_remove(i);
+            // The services' chains it jumps to first.
+            section(&mut pending, None, &mut fault, out)?;
+            if rules.is_empty() {
+                pending.push((name, rules));
+            } else {
+                write_chain_in_sections(&name, &rules, limit, fault.take(), out)?;
+            }
+        }
         let finish = |out: &mut W| -> std::fmt::Result {
             for h in hook_lines(self.prefix, self.existing, Table::Nat) {
                 writeln!(out, "{h}")?;
@@ -357,6 +379,31 @@ impl SyncPlan<'_> {
         };
         section(&mut pending, Some(&finish), &mut fault, out)
     }
+}
+
+/// Declares chain `name` and appends `rules` to it, `limit` rules per `COMMIT` section
+/// (`fault` ends the first).
+fn write_chain_in_sections<W: std::fmt::Write + ?Sized>(
+    name: &str,
+    rules: &[String],
+    limit: usize,
+    mut fault: Option<&str>,
+    out: &mut W,
+) -> std::fmt::Result {
+    for (k, part) in rules.chunks(limit).enumerate() {
+        writeln!(out, "*nat")?;
+        if k == 0 {
+            writeln!(out, ":{name} - [0:0]")?;
+        }
+        for r in part {
+            writeln!(out, "-A {name} {r}")?;
+        }
+        if let Some(f) = fault.take() {
+            writeln!(out, "{f}")?;
+        }
+        writeln!(out, "COMMIT")?;
+    }
+    Ok(())
 }
 
 /// 128-bit hash of a chain name (two independent 64-bit hashes: names must not collide).
@@ -551,8 +598,8 @@ impl<'a> SyncPlan<'a> {
     /// list it searches for each; measured in `benches/notes.md`: 1k services in 14 s, 2k in
     /// 98 s, 10k in over 5 minutes), so sections keep it linear. Each section declares and
     /// fills whole services (a service's chains jump only to each other and to node-wide
-    /// ones), the node-wide chains but `SERVICES` come first, `SERVICES`, the hooks and the
-    /// deletions last: every state between two sections is a mix of whole old and new
+    /// ones), the node-wide chains but `SERVICES` come first, `SERVICES` (a section at a time
+    /// where it is new: it names every service's chain), the hooks and the deletions last: every state between two sections is a mix of whole old and new
     /// services, never a service half written. A section refused leaves the ones before it
     /// (the backend is dirty, the next sync a full one).
     #[must_use]

@@ -582,12 +582,17 @@ impl IptablesDataplane {
         };
         // Compared with the services of the last successful sync (which a failed sync leaves
         // as the applied state), not with the chains: see `dataplane_core::counts`.
-        let before = applied
-            .as_ref()
-            .map(|a| ServiceFingerprints::of(&a.state.services))
-            .unwrap_or_default();
-        let (services_changed, services_removed) =
-            ServiceFingerprints::of(&desired.services).counts_since(&before);
+        // A partial sync's counts are the change set's (`apply_changes` sets them): not
+        // worth two fingerprints of every service.
+        let (services_changed, services_removed) = if let Some(c) = changes.filter(|_| !full_sync) {
+            c.service_counts()
+        } else {
+            let before = applied
+                .as_ref()
+                .map(|a| ServiceFingerprints::of(&a.state.services))
+                .unwrap_or_default();
+            ServiceFingerprints::of(&desired.services).counts_since(&before)
+        };
         let report = ApplyReport {
             full_sync,
             services_changed,
