@@ -116,7 +116,9 @@ impl DesiredState {
     }
 
     /// The labels of namespace `name`: its [`Namespace`] object's if the state has one, else
-    /// the `namespaceLabels` of its endpoints (validation keeps the two from disagreeing).
+    /// the `namespaceLabels` of its endpoints: those of the endpoint first by name among the
+    /// ones that carry some, so that the answer does not depend on the order of the list
+    /// (validation does not make endpoints of one namespace agree).
     /// Kubernetes' automatic `kubernetes.io/metadata.name` label is always there, as the API
     /// server sets it on every namespace.
     pub fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
@@ -128,7 +130,8 @@ impl DesiredState {
             .or_else(|| {
                 self.endpoints
                     .iter()
-                    .find(|e| e.name.namespace == name && !e.namespace_labels.is_empty())
+                    .filter(|e| e.name.namespace == name && !e.namespace_labels.is_empty())
+                    .min_by(|a, b| a.name.cmp(&b.name))
                     .map(|e| e.namespace_labels.clone())
             })
             .unwrap_or_default();

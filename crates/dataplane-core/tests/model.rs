@@ -111,3 +111,55 @@ fn protocols_convert_both_ways() {
     assert_eq!(Protocol::from_number(1), None);
     assert_eq!(Protocol::from_name("icmp"), None);
 }
+
+/// Found by the `render_nft` fuzz target: two endpoints of one namespace (without a
+/// `Namespace` object) with different `namespaceLabels` made the namespace's labels, and so
+/// the members of a policy's peer sets, depend on the order of the endpoints. They are the
+/// labels of the endpoint first by name, whatever the order.
+#[test]
+fn namespace_labels_do_not_depend_on_the_order_of_the_endpoints() {
+    let pod = |name: &str, addr: &str, env: &str| {
+        let mut e = Endpoint::new(
+            ObjectName::new("team", name),
+            format!("veth-{name}"),
+            [ip(addr)],
+        );
+        e.namespace_labels.insert("env".into(), env.into());
+        e
+    };
+    let mut state = DesiredState::new(Node::new("node-a", [ip("172.18.0.10")]))
+        .with_endpoint(pod("b", "10.244.0.2", "prod"))
+        .with_endpoint(pod("a", "10.244.0.1", "dev"));
+    // Ingress to every pod of `team` from the namespaces labelled env=dev: `team` is one of
+    // them by the first endpoint's labels, not by the second's.
+    let from_dev = dataplane_core::PolicyPeer {
+        namespace_selector: Some(dataplane_core::LabelSelector {
+            match_labels: [("env".to_owned(), "dev".to_owned())].into(),
+            match_expressions: vec![],
+        }),
+        ..Default::default()
+    };
+    state = state.with_policy(dataplane_core::Policy {
+        name: ObjectName::new("team", "from-dev"),
+        pod_selector: dataplane_core::LabelSelector::default(),
+        policy_types: vec![dataplane_core::PolicyType::Ingress],
+        ingress: vec![dataplane_core::PolicyRule {
+            peers: vec![from_dev],
+            ports: vec![],
+        }],
+        egress: vec![],
+    });
+    validate(&state).unwrap();
+    let labels = state.namespace_labels("team");
+    assert_eq!(labels.get("env").map(String::as_str), Some("dev"));
+    state.endpoints.reverse();
+    assert_eq!(state.namespace_labels("team"), labels);
+    assert_eq!(
+        dataplane_core::compile(&state),
+        dataplane_core::compile(&{
+            let mut r = state.clone();
+            r.endpoints.reverse();
+            r
+        })
+    );
+}
