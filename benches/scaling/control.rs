@@ -17,56 +17,76 @@ use crate::rss::rss_of_child;
 use crate::settings::Settings;
 use crate::states::{control_state, vip_probe};
 
-/// Closes the end-to-end dataplanes and measures each backend's control plane into `rows`.
-pub fn run(settings: &Settings, bench: &mut BenchLab, rows: &mut Vec<ControlRow>, start: Instant) {
+/// Closes the end-to-end dataplanes and measures the control plane of each backend of
+/// `backends` (see [`crate::settings::CONTROL_BACKENDS`]) into `rows`, replacing their earlier
+/// rows and keeping the others'.
+pub fn run(
+    settings: &Settings,
+    bench: &mut BenchLab,
+    backends: &[&str],
+    rows: &mut Vec<ControlRow>,
+    start: Instant,
+) {
     log(start, "control plane: 10k services x 10");
+    rows.retain(|r| !backends.contains(&r.backend.as_str()));
     let base_dir = std::env::temp_dir();
+    let date = crate::machine::Machine::this().date;
     for node in bench.nodes.iter_mut().skip(1) {
-        let mut row = ControlRow {
-            backend: node.kind.to_owned(),
-            ..ControlRow::default()
-        };
         if let Some(mut dp) = node.dp.take() {
             let _ = dp.reset();
         }
-        // The same maps and planner as "ebpf": its control plane is that one.
-        if node.kind == "ebpf-socket" {
-            continue;
+        // "ebpf-socket" has the same maps and planner as "ebpf": its control plane is that
+        // one. The iptables node also measures the backend with the nf_tables tools.
+        let kinds: Vec<&'static str> = match node.kind {
+            "ebpf-socket" => Vec::new(),
+            "iptables" => vec!["iptables", "iptables-nft"],
+            other => vec![other],
+        };
+        for &kind in kinds.iter().filter(|k| backends.contains(k)) {
+            let mut row = ControlRow {
+                backend: kind.to_owned(),
+                measured: Some(date.clone()),
+                ..ControlRow::default()
+            };
+            let base = bench.lab.desired_state(node.index);
+            let base_file = base_dir.join(format!("dp-bench-{}-{kind}.json", std::process::id()));
+            let r = measure(
+                settings, &bench.lab, node, kind, &base, &base_file, &mut row, start,
+            );
+            if let Err(e) = r {
+                eprintln!("  {kind}: {e}");
+                row.error = Some(e);
+            }
+            let _ = std::fs::remove_file(&base_file);
+            rows.push(row);
         }
-        let base = bench.lab.desired_state(node.index);
-        let base_file = base_dir.join(format!(
-            "dp-bench-{}-{}.json",
-            std::process::id(),
-            node.kind
-        ));
-        let r = measure(
-            settings, &bench.lab, node, &base, &base_file, &mut row, start,
-        );
-        if let Err(e) = r {
-            eprintln!("  {}: {e}", node.kind);
-            row.error = Some(e);
-        }
-        let _ = std::fs::remove_file(&base_file);
-        rows.push(row);
     }
+    let place = |b: &str| {
+        crate::settings::CONTROL_BACKENDS
+            .iter()
+            .position(|c| *c == b)
+    };
+    rows.sort_by_key(|r| place(&r.backend));
 }
 
-/// The control plane of `node`'s backend, on the node state `base` (written to `base_file`
-/// for the RSS child).
+/// The control plane of backend `kind` on `node`, on the node state `base` (written to
+/// `base_file` for the RSS child).
+#[allow(clippy::too_many_arguments)]
 fn measure(
     settings: &Settings,
     lab: &Lab,
     node: &Node,
+    kind: &'static str,
     base: &DesiredState,
     base_file: &Path,
     row: &mut ControlRow,
     start: Instant,
 ) -> Result<(), String> {
     let netns = lab.node(node.index).netns.path();
-    peak_rss(node, netns, base, base_file, row, start)?;
+    peak_rss(kind, netns, base, base_file, row, start)?;
     let state = control_state(base, node.pods[0]);
-    let mut dp = from_empty(settings, node, netns, base, &state, row, start)?;
-    endpoint_changes(settings, lab, node, &mut dp, &state, row, start)?;
+    let mut dp = from_empty(settings, kind, netns, base, &state, row, start)?;
+    endpoint_changes(settings, lab, node, kind, &mut dp, &state, row, start)?;
     dp.reset().map_err(|e| format!("reset: {e}"))?;
     Ok(())
 }
@@ -74,7 +94,7 @@ fn measure(
 /// Peak RSS of a fresh process that builds and programs 10k x 10; a child that fails is
 /// reported and leaves `row.rss` empty.
 fn peak_rss(
-    node: &Node,
+    kind: &str,
     netns: &Path,
     base: &DesiredState,
     base_file: &Path,
@@ -83,18 +103,18 @@ fn peak_rss(
 ) -> Result<(), String> {
     let json = dataplane::to_json(base).map_err(|e| e.to_string())?;
     std::fs::write(base_file, json).map_err(|e| format!("write {}: {e}", base_file.display()))?;
-    match rss_of_child(node.kind, netns, base_file) {
+    match rss_of_child(kind, netns, base_file) {
         Ok(r) => {
             log(
                 start,
                 &format!(
-                    "  {} child: VmHWM {} KiB, apply {:.0} ms",
-                    node.kind, r.vmhwm_kib, r.apply_ms
+                    "  {kind} child: VmHWM {} KiB, apply {:.0} ms",
+                    r.vmhwm_kib, r.apply_ms
                 ),
             );
             row.rss = Some(r);
         }
-        Err(e) => eprintln!("  {} RSS child: {e}", node.kind),
+        Err(e) => eprintln!("  {kind} RSS child: {e}"),
     }
     Ok(())
 }
@@ -104,7 +124,7 @@ fn peak_rss(
 /// holding `state`.
 fn from_empty(
     settings: &Settings,
-    node: &Node,
+    kind: &str,
     netns: &Path,
     base: &DesiredState,
     state: &DesiredState,
@@ -117,7 +137,7 @@ fn from_empty(
         if let Some(mut old) = dp.take() {
             old.reset().map_err(|e| format!("reset: {e}"))?;
         }
-        let mut fresh = open_dataplane(node.kind, netns, &format!("cp{k}"), None)?;
+        let mut fresh = open_dataplane(kind, netns, &format!("cp{k}"), None)?;
         // The node without services first: what the programs' attachments (or the base
         // rules) cost is node setup, not service programming, and is shown on its own.
         let (applied, setup) = timed(|| fresh.apply(base));
@@ -128,10 +148,7 @@ fn from_empty(
         row.apply_from_empty_ms.push(ms(took));
         log(
             start,
-            &format!(
-                "  {} node setup {setup:?}, then from empty: {took:?}",
-                node.kind
-            ),
+            &format!("  {kind} node setup {setup:?}, then from empty: {took:?}"),
         );
         dp = Some(fresh);
         // A slow backend gets fewer repetitions: the bench has a time budget.
@@ -145,10 +162,12 @@ fn from_empty(
 /// Moves the probe service's one backend between two pods, `settings.changes` times (or for
 /// 30 s): the time `apply_changes` takes and the time until the client's probe reaches the
 /// new backend.
+#[allow(clippy::too_many_arguments)]
 fn endpoint_changes(
     settings: &Settings,
     lab: &Lab,
     node: &Node,
+    kind: &str,
     dp: &mut BoxDataplane,
     state: &DesiredState,
     row: &mut ControlRow,
@@ -193,8 +212,7 @@ fn endpoint_changes(
     log(
         start,
         &format!(
-            "  {} endpoint change: apply {:.0} µs, reached {:.0} µs (medians of {})",
-            node.kind,
+            "  {kind} endpoint change: apply {:.0} µs, reached {:.0} µs (medians of {})",
             median(&row.change_apply_us),
             median(&row.change_reach_us),
             row.change_reach_us.len()

@@ -23,10 +23,16 @@ struct Mode {
     node: usize,
 }
 
-/// Sets up the lab, measures every size of `settings`, then the control plane; a dataplane
-/// that fails is reported in its rows and the others go on.
-pub fn run(settings: &Settings, results: &mut Results, start: Instant) -> Result<(), String> {
-    let mut bench = BenchLab::set_up(start)?;
+/// Sets up the lab, measures every size of `settings`, then (`control`: the backends to
+/// measure, if any) the control plane on the same lab; a dataplane that fails is reported in
+/// its rows and the others go on.
+pub fn run(
+    settings: &Settings,
+    results: &mut Results,
+    control: Option<&[&str]>,
+    start: Instant,
+) -> Result<(), String> {
+    let mut bench = BenchLab::set_up(start, &|_| true)?;
     for &n in &settings.services {
         let rank = program(&mut bench, n, &mut results.programming, start);
         let modes = modes(n);
@@ -44,7 +50,9 @@ pub fn run(settings: &Settings, results: &mut Results, start: Instant) -> Result
         }
         results.scaling.extend(rows);
     }
-    control::run(settings, &mut bench, &mut results.control, start);
+    if let Some(backends) = control {
+        control::run(settings, &mut bench, backends, &mut results.control, start);
+    }
     Ok(())
 }
 

@@ -33,7 +33,9 @@
 //!
 //! Settings, from the environment: see `settings` (`DP_BENCH_QUICK=1` is the quick check,
 //! `DP_BENCH_SECTIONS=policy` measures only the NetworkPolicy sections and keeps the others'
-//! numbers from the last run's `scaling.json`).
+//! numbers from the last run's `scaling.json`; `DP_BENCH_SECTIONS=control
+//! DP_BENCH_BACKENDS=iptables,iptables-nft` measures the control plane of those backends only
+//! and keeps the other backends' rows).
 //!
 //! Modules: `settings` (command line, environment), `machine` (what ran it), `results` (the
 //! rows of `scaling.json`), `clock` (durations, progress log), `compute` and `per_packet`
@@ -167,17 +169,34 @@ fn bench(paths: &Paths) {
             }
         }
     }
+    let backends = match settings::backends_from_env() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let control = sections.contains(&"control").then_some(&backends[..]);
     if sections.contains(&"end-to-end") {
         results.scaling.clear();
         results.programming.clear();
         results.in_situ.clear();
-        results.control.clear();
-        if let Err(e) = end_to_end::run(&settings, &mut results, start) {
+        // The control plane runs on the end-to-end lab.
+        if let Err(e) = end_to_end::run(&settings, &mut results, control, start) {
             eprintln!("end-to-end section failed: {e}");
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
                 "bench scaling: {e}"
             );
+        }
+    } else if let Some(backends) = control {
+        // On a lab of its own: only the nodes of the backends measured (their dataplanes are
+        // opened afresh by the measurement).
+        match nodes::BenchLab::set_up(start, &|_| false) {
+            Ok(mut bench) => {
+                control::run(&settings, &mut bench, backends, &mut results.control, start);
+            }
+            Err(e) => eprintln!("control section failed: {e}"),
         }
     }
     if sections.contains(&"policy") {

@@ -164,7 +164,7 @@ fn packet_costs(
 /// The end-to-end lab's eBPF (TC), nftables and iptables nodes: CRR, programming from empty
 /// and a label change, one backend at a time.
 fn end_to_end(settings: &Settings, r: &mut PolicyResults, start: Instant) -> Result<(), String> {
-    let mut bench = BenchLab::set_up(start)?;
+    let mut bench = BenchLab::set_up(start, &|_| true)?;
     let remote_pod = bench
         .lab
         .pods_on(0)

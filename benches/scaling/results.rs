@@ -85,6 +85,9 @@ pub struct ControlRow {
     pub change_reach_us: Vec<f64>,
     pub rss: Option<Rss>,
     pub error: Option<String>,
+    /// When this row was measured (a `control` run of some backends keeps the others' rows).
+    #[serde(default)]
+    pub measured: Option<String>,
 }
 
 /// The "ebpf" node's `dp_from_pod` under one CRR measurement: runs and mean ns per run.

@@ -11,7 +11,10 @@
 //! root), `DP_BENCH_SECTIONS` (a comma-separated subset of [`SECTIONS`], default all: the
 //! sections not named keep their numbers from the last `scaling.json`, so that
 //! `DP_BENCH_SECTIONS=policy` measures the NetworkPolicy sections alone and regenerates the
-//! whole report).
+//! whole report), `DP_BENCH_BACKENDS` (a comma-separated subset of the control plane's
+//! backends, [`CONTROL_BACKENDS`], default all: the `control` section measures only those and
+//! keeps the other backends' rows, so that `DP_BENCH_SECTIONS=control
+//! DP_BENCH_BACKENDS=iptables,iptables-nft` measures the iptables control plane alone).
 
 use std::path::{Path, PathBuf};
 
@@ -125,30 +128,49 @@ impl Settings {
 }
 
 /// The sections of a run, in the order they run: compute-only costs, per-packet cost,
-/// end-to-end (CRR, RR and the control plane), NetworkPolicy.
-pub const SECTIONS: [&str; 4] = ["compute", "packet", "end-to-end", "policy"];
+/// end-to-end (CRR and RR), the control plane (on the end-to-end lab when both run, else on a
+/// lab of its own), NetworkPolicy.
+pub const SECTIONS: [&str; 5] = ["compute", "packet", "end-to-end", "control", "policy"];
+
+/// The control plane's backends: the end-to-end nodes' (but "ebpf-socket", whose control
+/// plane is "ebpf"'s) and "iptables-nft", the iptables backend with the `nf_tables` flavour of
+/// the tools on the iptables node ("iptables" runs iptables-legacy, as end to end).
+pub const CONTROL_BACKENDS: [&str; 4] = ["ebpf", "nftables", "iptables", "iptables-nft"];
+
+/// The control-plane backends `DP_BENCH_BACKENDS` names (all of [`CONTROL_BACKENDS`] when it
+/// is unset or empty).
+pub fn backends_from_env() -> Result<Vec<&'static str>, String> {
+    subset_from_env("DP_BENCH_BACKENDS", &CONTROL_BACKENDS, "backend")
+}
 
 /// The sections `DP_BENCH_SECTIONS` names (all of [`SECTIONS`] when it is unset or empty).
 pub fn sections_from_env() -> Result<Vec<&'static str>, String> {
-    let Some(v) = std::env::var("DP_BENCH_SECTIONS")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-    else {
-        return Ok(SECTIONS.to_vec());
+    subset_from_env("DP_BENCH_SECTIONS", &SECTIONS, "section")
+}
+
+/// The names of `known` that the comma-separated variable `var` lists, in `known`'s order
+/// (all when it is unset or empty); an unknown name is an error naming `what` it should be.
+fn subset_from_env(
+    var: &str,
+    known: &[&'static str],
+    what: &str,
+) -> Result<Vec<&'static str>, String> {
+    let Some(v) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) else {
+        return Ok(known.to_vec());
     };
     let mut wanted = Vec::new();
     for name in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let Some(section) = SECTIONS.iter().find(|s| **s == name) else {
+        let Some(k) = known.iter().find(|k| **k == name) else {
             return Err(format!(
-                "DP_BENCH_SECTIONS: unknown section {name:?} (known: {})",
-                SECTIONS.join(", ")
+                "{var}: unknown {what} {name:?} (known: {})",
+                known.join(", ")
             ));
         };
-        wanted.push(*section);
+        wanted.push(*k);
     }
-    Ok(SECTIONS
+    Ok(known
         .iter()
         .copied()
-        .filter(|s| wanted.contains(s))
+        .filter(|k| wanted.contains(k))
         .collect())
 }

@@ -278,3 +278,36 @@ fn a_full_sync_in_sections_writes_what_one_section_writes() {
     assert!(ours(ns, IptablesMode::Nft).is_empty());
     assert_eq!(differences(&sectioned, &whole), Vec::<String>::new());
 }
+
+/// `reset()` in sections (iptables-nft's, see `write_reset_in_sections`), cut here every
+/// two chains, removes every chain and hook of ours and nothing else.
+#[test]
+fn a_reset_in_sections_removes_what_one_section_removes() {
+    use dataplane_core::IpFamily;
+    use dataplane_iptables::iptables::render::{parse_existing, write_reset_in_sections};
+    if !require_root("a_reset_in_sections_removes_what_one_section_removes") {
+        return;
+    }
+    let lab = lab();
+    let ns = &lab.node(0).netns;
+    ns.exec_checked("iptables-nft", &["-t", "nat", "-N", "FOREIGN"], None)
+        .expect("foreign chain");
+    let mut dp = IptablesDataplane::new(config(ns, IptablesMode::Nft));
+    dp.apply(&showcase()).expect("apply");
+    assert!(!ours(ns, IptablesMode::Nft).is_empty());
+    for (family, save, restore) in [
+        (IpFamily::V4, "iptables-nft-save", "iptables-nft-restore"),
+        (IpFamily::V6, "ip6tables-nft-save", "ip6tables-nft-restore"),
+    ] {
+        let text = ns.exec_checked(save, &[] as &[&str], None).expect("save");
+        let existing = parse_existing(&String::from_utf8_lossy(&text.stdout), PREFIX);
+        let mut input = String::new();
+        write_reset_in_sections(PREFIX, &existing, 2, &mut input).expect("write");
+        assert!(input.matches("COMMIT").count() > 4, "{family:?}");
+        ns.exec_checked(restore, &["--noflush", "-w"], Some(&input))
+            .unwrap_or_else(|e| panic!("{family:?}: {e}\n{input}"));
+    }
+    assert!(ours(ns, IptablesMode::Nft).is_empty());
+    ns.exec_checked("iptables-nft", &["-t", "nat", "-S", "FOREIGN"], None)
+        .expect("the foreign chain stays");
+}

@@ -1006,13 +1006,30 @@ impl Dataplane for IptablesDataplane {
         for family in [IpFamily::V4, IpFamily::V6] {
             let existing = self.existing(family)?;
             let prefix = self.config.name.clone();
-            // Anything to remove (found without writing it), then written into the tool.
+            // Anything to remove (found without writing it), then written into the tool;
+            // with iptables-nft in sections (see `write_reset_in_sections`).
             if write_reset(&prefix, &existing, &mut Discard).unwrap_or(true) {
-                self.restore(
-                    family,
-                    &|out| write_reset(&prefix, &existing, out).map(|_| ()),
-                    "reset",
-                )?;
+                if self.mode() == crate::config::IptablesMode::Nft {
+                    self.restore(
+                        family,
+                        &|out| {
+                            render::write_reset_in_sections(
+                                &prefix,
+                                &existing,
+                                NFT_SECTION_CHAINS,
+                                out,
+                            )
+                            .map(|_| ())
+                        },
+                        "reset",
+                    )?;
+                } else {
+                    self.restore(
+                        family,
+                        &|out| write_reset(&prefix, &existing, out).map(|_| ()),
+                        "reset",
+                    )?;
+                }
             }
         }
         // Our sets go after the rules that named them.

@@ -690,22 +690,7 @@ pub fn write_reset<W: std::fmt::Write + ?Sized>(
     let mut wrote = false;
     for table in [Table::Filter, Table::Nat] {
         let chains = existing.chains(table);
-        let mut jumps: Vec<String> = Vec::new();
-        for (t, c, target) in hooks(prefix) {
-            let key = (t, c.to_owned());
-            let n = usize::from(existing.hooks.contains(&key))
-                + existing.misplaced.get(&key).copied().unwrap_or(0);
-            if t == table {
-                jumps.extend((0..n).map(|_| format!("{c} -j {target}")));
-            }
-        }
-        jumps.extend(
-            existing
-                .stale_jumps
-                .iter()
-                .filter(|(t, _)| *t == table)
-                .map(|(_, r)| r.clone()),
-        );
+        let jumps = reset_jumps(prefix, existing, table);
         if chains.is_empty() && jumps.is_empty() {
             continue;
         }
@@ -721,6 +706,72 @@ pub fn write_reset<W: std::fmt::Write + ?Sized>(
             writeln!(out, "-X {c}")?;
         }
         writeln!(out, "COMMIT")?;
+    }
+    Ok(wrote)
+}
+
+/// The rules of `table`'s built-in chains that jump to ours (hooks, misplaced or stale), as
+/// `CHAIN rule` for `-D`.
+fn reset_jumps(prefix: &str, existing: &Existing, table: Table) -> Vec<String> {
+    let mut jumps: Vec<String> = Vec::new();
+    for (t, c, target) in hooks(prefix) {
+        let key = (t, c.to_owned());
+        let n = usize::from(existing.hooks.contains(&key))
+            + existing.misplaced.get(&key).copied().unwrap_or(0);
+        if t == table {
+            jumps.extend((0..n).map(|_| format!("{c} -j {target}")));
+        }
+    }
+    jumps.extend(
+        existing
+            .stale_jumps
+            .iter()
+            .filter(|(t, _)| *t == table)
+            .map(|(_, r)| r.clone()),
+    );
+    jumps
+}
+
+/// [`write_reset`] in sections of at most `limit` chains per `COMMIT`, for iptables-nft,
+/// whose restore is quadratic in the chains one commit names (see
+/// `super::digest::SyncPlan::in_sections`): per table, the hook jumps are deleted and the
+/// chains flushed a section at a time, then deleted a section at a time (once all are
+/// flushed no rule refers to any of them). Not atomic: a failure leaves some of our chains,
+/// which the next `reset()` or full sync finds.
+pub fn write_reset_in_sections<W: std::fmt::Write + ?Sized>(
+    prefix: &str,
+    existing: &Existing,
+    limit: usize,
+    out: &mut W,
+) -> Result<bool, std::fmt::Error> {
+    let limit = limit.max(1);
+    let mut wrote = false;
+    for table in [Table::Filter, Table::Nat] {
+        let chains: Vec<&String> = existing.chains(table).iter().collect();
+        let jumps = reset_jumps(prefix, existing, table);
+        if chains.is_empty() && jumps.is_empty() {
+            continue;
+        }
+        wrote = true;
+        writeln!(out, "*{table}")?;
+        for rule in &jumps {
+            writeln!(out, "-D {rule}")?;
+        }
+        writeln!(out, "COMMIT")?;
+        for part in chains.chunks(limit) {
+            writeln!(out, "*{table}")?;
+            for c in part {
+                writeln!(out, ":{c} - [0:0]")?;
+            }
+            writeln!(out, "COMMIT")?;
+        }
+        for part in chains.chunks(limit) {
+            writeln!(out, "*{table}")?;
+            for c in part {
+                writeln!(out, "-X {c}")?;
+            }
+            writeln!(out, "COMMIT")?;
+        }
     }
     Ok(wrote)
 }
