@@ -103,10 +103,10 @@ fn programmed(kind: DataplaneKind, options: &Options) -> Result<bool, String> {
             // CHAIN` of iptables-nft 1.8 answers a missing chain with "incompatible".
             let declared = format!(":{}-SERVICES ", ipt.name);
             let mut reasons = Vec::new();
-            for restore in [&ipt.iptables_restore, &ipt.ip6tables_restore] {
-                let save = std::path::PathBuf::from(
-                    restore.to_string_lossy().replace("-restore", "-save"),
-                );
+            // The flavour the backend writes (legacy or nft), resolved in that namespace.
+            let mut config = ipt.clone();
+            config.netns = netns.map(Path::to_path_buf);
+            for save in dataplane_iptables::IptablesDataplane::save_tools(&config) {
                 match output(netns, &save, &["-t", "nat"]) {
                     Ok(text) if text.lines().any(|l| l.starts_with(&declared)) => return Ok(true),
                     Ok(_) => {}

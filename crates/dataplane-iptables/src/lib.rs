@@ -37,7 +37,7 @@ mod live;
 pub mod nft;
 pub mod plan;
 
-pub use config::NetfilterConfig;
+pub use config::{IptablesMode, NetfilterConfig};
 pub use error::NetfilterError;
 pub use iptables::IptablesDataplane;
 pub use live::LiveNetfilter;

@@ -274,11 +274,13 @@ fn save(
     family: IpFamily,
     counters: bool,
 ) -> Result<String, NetfilterError> {
-    let restore = match family {
-        IpFamily::V4 => &config.iptables_restore,
-        IpFamily::V6 => &config.ip6tables_restore,
+    // The flavour the backend writes (legacy or nft, `IptablesMode::Auto` resolved in the
+    // namespace), not whichever `iptables-save` is on PATH.
+    let [v4, v6] = crate::IptablesDataplane::save_tools(config);
+    let tool = match family {
+        IpFamily::V4 => v4,
+        IpFamily::V6 => v6,
     };
-    let tool = std::path::PathBuf::from(restore.to_string_lossy().replace("-restore", "-save"));
     let args: &[&str] = if counters { &["-c"] } else { &[] };
     exec::run(
         Flavour::Iptables.name(),

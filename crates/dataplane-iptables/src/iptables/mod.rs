@@ -111,6 +111,16 @@ impl IptablesDataplane {
         self.resolved().mode
     }
 
+    /// The `iptables-save` and `ip6tables-save` a backend of `config` reads its rules with
+    /// (the flavour [`mode`](Self::mode) resolves to, found out in the namespace for
+    /// [`IptablesMode::Auto`](crate::config::IptablesMode::Auto)): for a reader in another
+    /// process (an inspector) that must look at the flavour the writer uses, not at the one
+    /// `iptables-save` on `PATH` happens to be.
+    #[must_use]
+    pub fn save_tools(config: &NetfilterConfig) -> [std::path::PathBuf; 2] {
+        mode::resolve(BACKEND, config).save
+    }
+
     fn resolved(&self) -> &mode::Tools {
         self.tools
             .get_or_init(|| mode::resolve(BACKEND, &self.config))
