@@ -189,7 +189,7 @@ impl PolicyStates {
         let namespace = st
             .endpoints
             .first()
-            .map_or_else(|| "default".to_owned(), |e| e.name.namespace.clone());
+            .map_or_else(|| "default".to_owned(), |e| e.name.namespace.to_string());
         synthetic::policies(POLICIES, PEERS, &namespace, &target, load::PORT)
             .add_to(&mut with_policies);
         with_policies.pods.push(remote.clone());

@@ -387,7 +387,7 @@ fn backend_list(backends: &[SocketAddr], wide: bool) -> String {
 fn names(service: Option<&ObjectName>) -> (String, String) {
     service.map_or_else(
         || ("-".to_owned(), "-".to_owned()),
-        |s| (s.namespace.clone(), s.name.clone()),
+        |s| (s.namespace.to_string(), s.name.to_string()),
     )
 }
 

@@ -237,22 +237,163 @@ impl PeerPod {
 }
 
 /// A namespaced Kubernetes object name, written `namespace/name`.
+///
+/// Its parts are [`SharedStr`]s: a name is copied into every index that names its object
+/// (a translation's, a backend's mirrors), and a copy is then a reference count, not two
+/// allocations (tens of thousands of names at 10k services). They serialize as plain
+/// strings and compare with `&str` and `String`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectName {
     /// Kubernetes namespace.
-    pub namespace: String,
+    pub namespace: SharedStr,
     /// Object name inside the namespace.
-    pub name: String,
+    pub name: SharedStr,
 }
 
 impl ObjectName {
-    /// Builds a name from its parts.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    /// Builds a name from its parts (`&str`, `String`, or a shared `Arc<str>` or
+    /// [`SharedStr`], which is not copied).
+    pub fn new(namespace: impl Into<SharedStr>, name: impl Into<SharedStr>) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),
         }
+    }
+}
+
+/// An immutable string shared by reference count (`Arc<str>`), for names held by many
+/// indexes: cloning one copies no text. Reads as a `&str` (`Deref`, [`SharedStr::as_str`]),
+/// compares with `str` and `String`, and serializes as a plain string.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SharedStr(Arc<str>);
+
+impl SharedStr {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shared allocation (cloning it shares the text).
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SharedStr {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for SharedStr {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for SharedStr {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<&String> for SharedStr {
+    fn from(s: &String) -> Self {
+        Self(s.as_str().into())
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<Arc<str>> for SharedStr {
+    fn from(s: Arc<str>) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&Arc<str>> for SharedStr {
+    fn from(s: &Arc<str>) -> Self {
+        Self(Arc::clone(s))
+    }
+}
+
+impl From<&SharedStr> for SharedStr {
+    fn from(s: &SharedStr) -> Self {
+        s.clone()
+    }
+}
+
+impl From<SharedStr> for Arc<str> {
+    fn from(s: SharedStr) -> Self {
+        s.0
+    }
+}
+
+impl From<SharedStr> for String {
+    fn from(s: SharedStr) -> Self {
+        s.0.as_ref().to_owned()
+    }
+}
+
+impl PartialEq<str> for SharedStr {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for SharedStr {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for SharedStr {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<SharedStr> for str {
+    fn eq(&self, other: &SharedStr) -> bool {
+        *self == *other.0
+    }
+}
+
+impl PartialEq<SharedStr> for &str {
+    fn eq(&self, other: &SharedStr) -> bool {
+        **self == *other.0
+    }
+}
+
+impl PartialEq<SharedStr> for String {
+    fn eq(&self, other: &SharedStr) -> bool {
+        **self == *other.0
     }
 }
 

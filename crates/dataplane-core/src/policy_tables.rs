@@ -85,7 +85,7 @@ impl SetKey {
         Self {
             namespace: namespace_selector
                 .is_none()
-                .then(|| policy.name.namespace.clone())
+                .then(|| policy.name.namespace.to_string())
                 .filter(|_| peer.ip_block.is_none()),
             namespace_selector,
             pod_selector: peer.pod_selector.as_ref().map(canonical),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{
     Backend, DesiredState, ObjectName, Protocol, Service, ServicePort, TrafficPolicy,
 };
-use crate::policy::policy_allows;
+use crate::policy::{policy_verdict, Decision, Party};
 
 /// A packet's 5-tuple.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -258,7 +258,7 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 /// - Anything else is untouched; pod traffic leaving the cluster is masqueraded when the node
 ///   says so.
 /// - NetworkPolicy ([`crate::policy`]), for the first packet of a connection: a forwarded
-///   connection keeps the backends that [`policy_allows`] from the client's own address to
+///   connection keeps the backends that [`crate::policy_allows`] from the client's own address to
 ///   the backend's address and target port (after DNAT), and is dropped when none is left.
 ///   Those are the backends a connection can reach: dataplanes pick a backend first and then
 ///   check policy on the translated packet (as Cilium, Calico and kube-proxy with a policy
@@ -279,6 +279,50 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 ///   source is dropped (Linux never forwards a link-local source, RFC 4291 2.5.6, and a
 ///   dataplane that redirects packets past the kernel's forwarding must not either).
 pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict {
+    evaluate_in(state, packet, entry, Scope::Cluster)
+}
+
+/// [`evaluate`] as far as this node's dataplane decides it: NetworkPolicy halves that belong
+/// to a pod on **another** node (a [`crate::PeerPod`]) are left to that node — the ingress of
+/// a remote server, the egress of a remote client — so a connection only they deny is
+/// forwarded here (and dropped there). Every other rule is [`evaluate`]'s.
+///
+/// Why: every dataplane enforces a pod's policy on the pod's own node — the egress of its
+/// client pods where they run, the ingress of its server pods where they run (Cilium's
+/// `bpf_lxc.c` ingress tail call and Calico's workload-interface programs alike; kube-proxy
+/// does no policy at all). [`evaluate`] judges the whole cluster's answer (a backend on
+/// another node denying this client on ingress means the connection fails); a test that
+/// watches one node's programs compares them with this instead.
+///
+/// ```
+/// use dataplane_core::{evaluate, evaluate_on_node, DesiredState, Entry, Node, Packet, Protocol};
+/// let state = DesiredState::new(Node::new("node-a", ["172.18.0.2".parse()?]));
+/// let packet = Packet {
+///     protocol: Protocol::Tcp,
+///     source: "100.64.0.9:8015".parse()?,
+///     destination: "10.244.1.7:80".parse()?,
+/// };
+/// // Without policies, or without pods on other nodes, both agree.
+/// assert_eq!(
+///     evaluate(&state, &packet, &Entry::FromUplink),
+///     evaluate_on_node(&state, &packet, &Entry::FromUplink),
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn evaluate_on_node(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict {
+    evaluate_in(state, packet, entry, Scope::Node)
+}
+
+/// Whose policy halves [`evaluate_in`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Both halves of every connection, wherever the pods run.
+    Cluster,
+    /// Not those of pods on other nodes.
+    Node,
+}
+
+fn evaluate_in(state: &DesiredState, packet: &Packet, entry: &Entry, scope: Scope) -> Verdict {
     let verdict = evaluate_services(state, packet, entry);
     if state.policies.is_empty() {
         return verdict;
@@ -294,7 +338,7 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
     // comes from, not by its address.
     let allows = |to: IpAddr, port: u16| {
         (matches!(entry, Entry::FromHost) && state.endpoints.iter().any(|e| e.ips.contains(&to)))
-            || policy_allows(state, client, to, packet.protocol, port)
+            || allowed_in(state, scope, client, to, packet.protocol, port)
     };
     match verdict {
         Verdict::Forward {
@@ -322,6 +366,23 @@ pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict
         }
         other => other,
     }
+}
+
+/// Whether `scope`'s halves of the policy verdict from `from` to `to` allow a new connection.
+fn allowed_in(
+    state: &DesiredState,
+    scope: Scope,
+    from: IpAddr,
+    to: IpAddr,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
+    let v = policy_verdict(state, from, to, protocol, port);
+    let elsewhere = |ip: IpAddr| {
+        scope == Scope::Node && matches!(Party::at(state, ip), Party::Pod { local: false, .. })
+    };
+    let half = |d: &Decision, ip: IpAddr| d.allows() || elsewhere(ip);
+    half(&v.egress, from) && half(&v.ingress, to)
 }
 
 /// Whether a packet from local pod `pod` with `source`, to `destination`, has a forged
@@ -518,5 +579,131 @@ fn forward(
         frontend: kind,
         backends,
         source: masquerade_if(state, family, masquerade),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        Endpoint, LabelSelector, Node, PeerPod, Policy, PolicyPort, PolicyRule, PolicyType, PortRef,
+    };
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn deny_all(namespace: &str, direction: PolicyType) -> Policy {
+        Policy {
+            name: ObjectName::new(namespace, "deny"),
+            pod_selector: LabelSelector::default(),
+            policy_types: vec![direction],
+            ingress: vec![],
+            egress: vec![],
+        }
+    }
+
+    /// A node with pod `a/local` (10.244.0.5), pod `b/remote` on node-b (10.244.1.7), and a
+    /// ClusterIP 10.96.0.5:80 served by the remote pod (TCP 8080).
+    fn state() -> DesiredState {
+        let mut state = DesiredState::new(Node::new("node-a", [ip("172.18.0.2")]));
+        state.endpoints = vec![Endpoint::new(
+            ObjectName::new("a", "local"),
+            "veth0",
+            [ip("10.244.0.5")],
+        )];
+        state.pods = vec![
+            PeerPod::new(ObjectName::new("b", "remote"), [ip("10.244.1.7")]).on_node("node-b"),
+        ];
+        state.services = vec![Service::cluster_ip(
+            ObjectName::new("b", "svc"),
+            ip("10.96.0.5"),
+            [ServicePort::tcp(80, 8080)],
+        )
+        .with_backends([Backend::new(ip("10.244.1.7")).on_node("node-b")])];
+        state
+    }
+
+    fn packet(from: &str, to: &str) -> Packet {
+        Packet {
+            protocol: Protocol::Tcp,
+            source: from.parse().unwrap(),
+            destination: to.parse().unwrap(),
+        }
+    }
+
+    /// The differential test's case: a remote backend's ingress policy denies the client.
+    /// The cluster drops the connection (on the backend's node); this node forwards it.
+    #[test]
+    fn a_remote_servers_ingress_is_its_nodes_share() {
+        let mut state = state();
+        state.policies = vec![deny_all("b", PolicyType::Ingress)];
+        for (p, entry) in [
+            (packet("100.64.0.9:8015", "10.96.0.5:80"), Entry::FromUplink),
+            (packet("172.18.0.2:8016", "10.96.0.5:80"), Entry::FromHost),
+            (
+                packet("10.244.0.5:8017", "10.96.0.5:80"),
+                Entry::FromPod(ObjectName::new("a", "local")),
+            ),
+        ] {
+            assert_eq!(evaluate(&state, &p, &entry), Verdict::Drop, "{entry:?}");
+            assert!(
+                matches!(
+                    evaluate_on_node(&state, &p, &entry),
+                    Verdict::Forward { ref backends, .. }
+                        if backends.iter().eq([&"10.244.1.7:8080".parse().unwrap()])
+                ),
+                "{entry:?}: {:?}",
+                evaluate_on_node(&state, &p, &entry)
+            );
+        }
+        // Untouched pod-to-pod traffic too.
+        let p = packet("10.244.0.5:8018", "10.244.1.7:8080");
+        let entry = Entry::FromPod(ObjectName::new("a", "local"));
+        assert_eq!(evaluate(&state, &p, &entry), Verdict::Drop);
+        assert!(matches!(
+            evaluate_on_node(&state, &p, &entry),
+            Verdict::Untouched { .. }
+        ));
+    }
+
+    /// A remote client's egress is its node's share; a local pod's ingress stays this node's.
+    #[test]
+    fn a_remote_clients_egress_is_its_nodes_share() {
+        let mut state = state();
+        state.policies = vec![deny_all("b", PolicyType::Egress)];
+        let p = packet("10.244.1.7:8019", "10.244.0.5:8080");
+        assert_eq!(evaluate(&state, &p, &Entry::FromUplink), Verdict::Drop);
+        assert!(matches!(
+            evaluate_on_node(&state, &p, &Entry::FromUplink),
+            Verdict::Untouched { .. }
+        ));
+        state.policies.push(deny_all("a", PolicyType::Ingress));
+        assert_eq!(
+            evaluate_on_node(&state, &p, &Entry::FromUplink),
+            Verdict::Drop
+        );
+    }
+
+    /// What this node enforces itself is dropped in both scopes: a local pod's egress, also
+    /// towards a remote backend a policy of its own allows on another port only.
+    #[test]
+    fn a_local_pods_egress_is_this_nodes_share() {
+        let mut state = state();
+        state.policies = vec![Policy {
+            egress: vec![PolicyRule {
+                peers: vec![],
+                ports: vec![PolicyPort {
+                    protocol: Protocol::Udp,
+                    port: Some(PortRef::Number(53)),
+                    end_port: None,
+                }],
+            }],
+            ..deny_all("a", PolicyType::Egress)
+        }];
+        let p = packet("10.244.0.5:8020", "10.96.0.5:80");
+        let entry = Entry::FromPod(ObjectName::new("a", "local"));
+        assert_eq!(evaluate(&state, &p, &entry), Verdict::Drop);
+        assert_eq!(evaluate_on_node(&state, &p, &entry), Verdict::Drop);
     }
 }

@@ -146,7 +146,7 @@ fn empty_fields_elsewhere() {
         ),
         (
             "service name",
-            |s| s.services[1].name.name.clear(),
+            |s| s.services[1].name.name = "".into(),
             "service default/",
             "name",
         ),
@@ -213,7 +213,7 @@ fn invalid_names_elsewhere() {
             max: 63,
         }
     );
-    let err = invalid(|s| s.services[1].name.name = long_label.clone());
+    let err = invalid(|s| s.services[1].name.name = long_label.clone().into());
     assert!(
         matches!(&err, ValidationError::InvalidName { field, max: 63, .. } if field == "name"),
         "{err:?}"

@@ -197,3 +197,15 @@ pub(crate) fn forward_key(k: &CtKey, v: &CtEntry) -> CtKey {
         pad: 0,
     }
 }
+
+/// `dp_ct`'s fill level into a `Stats::other`: `ct_entries` (forward and reverse) and
+/// `ct_capacity`. An LRU: full, it evicts the least recently used connections, whose next TCP
+/// packet counts in `ct_lost`. Taken from the walk that counts `flows` anyway.
+pub(crate) fn fill_counters(
+    other: &mut std::collections::BTreeMap<String, u64>,
+    entries: usize,
+    capacity: u32,
+) {
+    other.insert("ct_entries".to_owned(), entries as u64);
+    other.insert("ct_capacity".to_owned(), u64::from(capacity));
+}

@@ -379,6 +379,10 @@ impl EbpfDataplane {
             sets_per_address,
         };
         check_local_fits(rest, caps.local)?;
+        // The interfaces the new state attaches to, before anything is written: a state whose
+        // uplink is missing is refused with the maps as they were.
+        let wanted = Self::wanted_attachments(rest, xdp_mode);
+        netns::in_netns(netns.as_deref(), || objects.check_interfaces(&wanted))?;
         let mut policy_plan = match changes {
             None => policy.plan_full(rest, limits)?,
             Some(c) => policy.plan_changes(rest, c, limits)?,
@@ -406,7 +410,6 @@ impl EbpfDataplane {
         // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
         // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
         // same name changes no endpoint, but has lost its programs and its ifindex in dp_local.
-        let wanted = Self::wanted_attachments(rest, xdp_mode);
         let local_written = netns::in_netns(netns.as_deref(), || {
             for (ifname, hook) in &wanted {
                 objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
@@ -769,10 +772,8 @@ impl Dataplane for EbpfDataplane {
             };
             *total = values.iter().sum();
         }
-        let flows = ct_entries(maps)?
-            .iter()
-            .filter(|(_, v)| v.is_forward())
-            .count() as u64;
+        let ct = ct_entries(maps)?;
+        let flows = ct.iter().filter(|(_, v)| v.is_forward()).count() as u64;
         // (masquerade entries are counted too: they are connections the datapath tracks)
         let other = STAT_NAMES
             .iter()
@@ -780,6 +781,7 @@ impl Dataplane for EbpfDataplane {
             .map(|(n, v)| ((*n).to_owned(), v))
             .collect();
         let mut other: BTreeMap<String, u64> = other;
+        crate::ct::fill_counters(&mut other, ct.len(), loaded.objects.capacities.conntrack);
         let drops = crate::events::drop_counters(&loaded.objects.drops, &mut other)?;
         Ok(Stats {
             packets_translated: totals[STAT_TRANSLATED],
@@ -795,7 +797,8 @@ impl Dataplane for EbpfDataplane {
     /// `now` ([`CtTimeouts`](crate::CtTimeouts), and each service's affinity timeout): this
     /// backend tracks connections in its own maps, which nothing else expires (the LRU evicts
     /// only under pressure). `other` holds `orphans`, the reverse entries whose forward entry
-    /// was gone. After [`Dataplane::reset`]: nothing tracked, nothing to expire.
+    /// was gone, and `reverse_lost`, the live connections whose reverse entry was gone (their
+    /// forward entry goes too, so that their next packet sets both up again). After [`Dataplane::reset`]: nothing tracked, nothing to expire.
     fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
         let timeouts = self.config.timeouts;
         let Some(loaded) = self.loaded.as_deref_mut() else {
@@ -811,6 +814,7 @@ impl Dataplane for EbpfDataplane {
             flows_remaining: Some(gc.remaining as u64),
             other: [
                 ("orphans".to_owned(), gc.orphans as u64),
+                ("reverse_lost".to_owned(), gc.reverse_lost as u64),
                 ("policy_flows_expired".to_owned(), gc.policy_expired as u64),
             ]
             .into(),

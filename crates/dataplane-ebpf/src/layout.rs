@@ -21,6 +21,8 @@
 //!   anew, empty (its entries are lost: connections tracked by an older conntrack lose their
 //!   translation). Any other mismatch, and a record newer than this version, is
 //!   [`EbpfError::IncompatiblePins`] with nothing changed.
+//! - A fixed-size [`Migration::Recreate`] map (the counters) pinned with another size than
+//!   this version's (a counter was added) is created anew at this version's size.
 //! - Pins from before layout records existed (maps but no `dp_layout`): the maps that user
 //!   space writes are adopted when their sizes match (that version's layouts are version 1's),
 //!   the [`Migration::Recreate`] ones are recreated (the conntrack meaning change above came
@@ -215,7 +217,15 @@ pub(crate) fn plan(pin_dir: &Path, sock: bool) -> Result<Plan, EbpfError> {
             && info.value_size() as usize == map.value_size;
         let expected = expected()[map.name];
         let found = records.as_ref().and_then(|r| r.get(map.name).copied());
-        let decision = decide(map, expected, records.is_some(), found, sizes_match);
+        // A fixed-size map of what the datapath writes whose size this version changed (a
+        // counter added to dp_stats) is created anew at its new size: adopted, the new
+        // counters would have no slot and read 0 for good.
+        let resized = map.capacity.is_none() && info.max_entries() != map.default_size;
+        let decision = if resized && migration(map.name) == Migration::Recreate {
+            Decision::Recreate
+        } else {
+            decide(map, expected, records.is_some(), found, sizes_match)
+        };
         match decision {
             Decision::Adopt => {}
             Decision::Recreate => plan.recreate.push(map.name),

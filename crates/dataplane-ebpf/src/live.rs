@@ -523,8 +523,8 @@ impl LiveEbpf {
     }
 
     /// The counters of `dp_stats`, summed over CPUs, as `EbpfDataplane::stats` reports them
-    /// (`flows`: the forward conntrack entries).
-    fn stats(&self, flows: u64) -> Result<Stats, EbpfError> {
+    /// (`flows`: the forward conntrack entries; `ct_entries`: all of them).
+    fn stats(&self, flows: u64, ct_entries: usize) -> Result<Stats, EbpfError> {
         let mut totals = [0u64; STAT_NAMES.len()];
         for (i, total) in totals.iter_mut().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
@@ -541,6 +541,7 @@ impl LiveEbpf {
             .zip(totals)
             .map(|(n, v)| ((*n).to_owned(), v))
             .collect();
+        crate::ct::fill_counters(&mut other, ct_entries, self.capacities.conntrack);
         let drops = match &self.drops {
             Some(map) => crate::events::drop_counters(map, &mut other)?,
             None => BTreeMap::new(),
@@ -873,7 +874,7 @@ impl LiveEbpf {
             policies: self.policies()?,
             tables: self.tables(&read, ct.len())?,
             conntrack_entries: flows,
-            stats: self.stats(flows)?,
+            stats: self.stats(flows, ct.len())?,
         })
     }
 }

@@ -757,6 +757,42 @@ impl Objects {
     /// an interface since deleted (and perhaps recreated under the same name, as a pod's veth
     /// is) died with it, so it is forgotten and the program attached anew. A pod hook whose
     /// interface is not there is skipped (see the match below).
+    /// Fails, before a sync writes anything, when an attachment of `wanted` that
+    /// [`Self::attach`] would have to make cannot be made because its interface is not there
+    /// (the uplink or `lo`; a pod's missing veth is skipped, not an error, see `attach`). One
+    /// ifindex lookup per non-pod attachment (three), in the caller's namespace. Without it the
+    /// sync wrote the new state's maps and then failed at the attach, so a refused state was
+    /// served anyway (issue 21). What the kernel may still refuse (a device that vanishes
+    /// between this check and the attach, a driver without native XDP) fails after the maps
+    /// were written: the sync is an error and the next one must be full.
+    pub(crate) fn check_interfaces(
+        &self,
+        wanted: &std::collections::BTreeSet<(String, Hook)>,
+    ) -> Result<(), EbpfError> {
+        for (ifname, hook) in wanted {
+            if matches!(hook, Hook::FromPod | Hook::ToPod) {
+                continue;
+            }
+            let missing = |source: Box<dyn std::error::Error + Send + Sync>| EbpfError::Attach {
+                interface: ifname.clone(),
+                program: hook.program().to_owned(),
+                source,
+            };
+            match crate::local::lookup_ifindex(ifname) {
+                Ok(Some(_)) => {}
+                // `attach` keeps an attachment whose lookup failed: nothing to refuse.
+                Err(_) if self.attachments.contains_key(&(ifname.clone(), *hook)) => {}
+                Ok(None) => {
+                    return Err(missing(
+                        format!("no interface {ifname} in the node's network namespace").into(),
+                    ))
+                }
+                Err(e) => return Err(missing(Box::new(e))),
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn attach(
         &mut self,
         pin_dir: &Path,

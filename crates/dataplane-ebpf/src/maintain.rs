@@ -68,12 +68,32 @@ pub(crate) struct GcReport {
     pub expired: usize,
     /// Reverse entries whose forward entry was gone.
     pub orphans: usize,
+    /// Live connections whose reverse entry was gone (evicted by the LRU, or its key taken
+    /// by another connection): their forward entry is removed too, so that the next packet
+    /// finds no entry (`ct_lost`) and the connection gets both entries again, instead of its
+    /// replies passing untranslated for as long as the forward entry lives.
+    pub reverse_lost: usize,
     /// Session-affinity entries expired.
     pub affinity_expired: usize,
     /// Connections still tracked.
     pub remaining: usize,
     /// `dp_pol_ct` entries expired (NetworkPolicy's conntrack; two per connection).
     pub policy_expired: usize,
+}
+
+/// `dp_ct`'s entry at `key` now (a second look after the dump).
+fn lookup(maps: &Maps, key: &CtKey) -> Result<Option<CtEntry>, EbpfError> {
+    match maps.ct.get(key, 0) {
+        Ok(e) => Ok(Some(e)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(EbpfError::map(map_table::CT.name, "reading", e)),
+    }
+}
+
+/// Whether forward entry `k` → `v` has its own reverse entry in `by_key`.
+fn paired(by_key: &BTreeMap<CtKey, CtEntry>, k: &CtKey, v: &CtEntry) -> bool {
+    let rk = reverse_key(k, v);
+    by_key.get(&rk).is_some_and(|r| pair(k, v, &rk, r))
 }
 
 /// The current `CLOCK_MONOTONIC` time, the clock `bpf_ktime_get_ns` uses.
@@ -112,6 +132,7 @@ pub(crate) fn gc(
     // A set: one key is never deleted twice in a pass.
     let mut remove = BTreeSet::new();
     let mut orphans = Vec::new();
+    let mut half = Vec::new();
     for (k, v) in &by_key {
         // DSR entries stand alone: the ingress node's forward entry never sees a reply,
         // the backend node's reverse entry has no forward partner.
@@ -145,6 +166,8 @@ pub(crate) fn gc(
                     remove.insert(rk);
                 }
                 report.expired += 1;
+            } else if v.is_forward() && !dsr && !paired(&by_key, k, v) {
+                half.push((*k, *v));
             } else {
                 report.remaining += 1;
             }
@@ -158,13 +181,20 @@ pub(crate) fn gc(
     for (k, v, fk) in orphans {
         // The dump is not atomic: a new connection's reverse entry is written just before
         // its forward entry, which the dump may have passed already. Look again.
-        let partner = match maps.ct.get(&fk, 0) {
-            Ok(f) => Some(f),
-            Err(aya::maps::MapError::KeyNotFound) => None,
-            Err(e) => return Err(EbpfError::map(map_table::CT.name, "reading", e)),
-        };
+        let partner = lookup(maps, &fk)?;
         if !partner.is_some_and(|f| pair(&fk, &f, &k, &v)) && remove.insert(k) {
             report.orphans += 1;
+        }
+    }
+    for (k, v) in half {
+        // As for orphans: the dump may have passed the reverse key's bucket before the
+        // datapath wrote it (a reverse entry is written before its forward entry).
+        let rk = reverse_key(&k, &v);
+        let partner = lookup(maps, &rk)?;
+        if !partner.is_some_and(|r| pair(&k, &v, &rk, &r)) && remove.insert(k) {
+            report.reverse_lost += 1;
+        } else {
+            report.remaining += 1;
         }
     }
     writer::remove_ct(maps, &remove)?;

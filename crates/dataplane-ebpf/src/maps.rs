@@ -110,7 +110,7 @@ pub const CIDR_F_SERVICE: u8 = 1 << 4;
 
 /// The counters of `dp_stats` by index (`enum dp_stat`): the name of `STAT_TRANSLATED`, then
 /// `STAT_REV_TRANSLATED`, ...; their number is `STAT_MAX`.
-pub const STAT_NAMES: [&str; 17] = [
+pub const STAT_NAMES: [&str; 18] = [
     "translated",
     "reverse_translated",
     "dropped",
@@ -128,6 +128,7 @@ pub const STAT_NAMES: [&str; 17] = [
     "unallocated_dropped",
     "policy_denied",
     "spoofed_dropped",
+    "ct_lost",
 ];
 /// Counters a `dp_stats` pinned by an older version has (it has fewer entries; the programs'
 /// increments of the newer ones find no slot and are lost).

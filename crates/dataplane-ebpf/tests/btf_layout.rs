@@ -316,6 +316,7 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "STAT_POLICY_DENIED" => stat("policy_denied"),
             "STAT_POLICY_DENIED" => m::STAT_POLICY_DENIED,
             "STAT_SPOOFED" => stat("spoofed_dropped"),
+            "STAT_CT_LOST" => stat("ct_lost"),
             "STAT_MAX" => m::STAT_NAMES.len(),
             "STAT_TRANSLATED" => m::STAT_TRANSLATED,
             "STAT_DROPPED" => m::STAT_DROPPED,

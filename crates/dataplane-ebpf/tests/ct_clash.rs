@@ -333,19 +333,22 @@ fn gc_drains_expired_entries_whose_reverse_keys_are_gone_or_shared() {
         ct.insert(k, v, 0).expect("insert");
     }
     // 5. A reverse entry whose forward entry is gone (an orphan), and one whose forward key
-    //    holds an entry of another connection (its reverse key is elsewhere): both go.
+    //    holds an entry of another connection (its reverse key is elsewhere): both go. That
+    //    other connection's own reverse entry is missing (evicted): its live forward entry
+    //    goes too (`reverse_lost`), so that its next packet sets up both again.
     let (_, _, orphan, orphan_e) = conn(40003, 80, None, fresh);
     ct.insert(orphan, orphan_e, 0).expect("insert");
     let (_, _, stale_rev, stale_rev_e) = conn(40004, 80, Some(50004), fresh);
     let (other, other_e, _, _) = conn(40004, 80, Some(50005), fresh);
     ct.insert(stale_rev, stale_rev_e, 0).expect("insert");
     ct.insert(other, other_e, 0).expect("insert");
-    must_go.extend([orphan, stale_rev]);
+    must_go.extend([orphan, stale_rev, other]);
 
     let report = dp.maintain(now).expect("maintenance completes");
     assert_eq!(report.flows_expired, expired_fwd.len() as u64, "{report:?}");
     assert_eq!(report.other["orphans"], 2, "{report:?}");
-    assert_eq!(report.flows_remaining, Some(3), "{report:?}");
+    assert_eq!(report.other["reverse_lost"], 1, "{report:?}");
+    assert_eq!(report.flows_remaining, Some(2), "{report:?}");
     let left: BTreeMap<CtKey, CtEntry> = ct.iter().map(|r| r.expect("entry")).collect();
     for k in expired_fwd.iter().chain(&must_go) {
         assert!(!left.contains_key(k), "removed: {k:?}");
@@ -362,17 +365,17 @@ fn gc_drains_expired_entries_whose_reverse_keys_are_gone_or_shared() {
     );
     assert_eq!(left.get(&live), Some(&livee));
     assert_eq!(left.get(&liver), Some(&liverv));
-    assert_eq!(left.get(&other), Some(&other_e));
-    assert_eq!(left.len(), 5, "nothing else: {left:#?}");
+    assert_eq!(left.len(), 4, "nothing else: {left:#?}");
     // Nothing left to do.
     let report = dp.maintain(now).expect("maintain again");
     assert_eq!(
         (
             report.flows_expired,
             report.other["orphans"],
+            report.other["reverse_lost"],
             report.flows_remaining
         ),
-        (0, 0, Some(3))
+        (0, 0, 0, Some(2))
     );
 }
 

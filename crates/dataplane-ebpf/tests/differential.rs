@@ -46,8 +46,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use common::wire::{parse_checked, Frame, L4};
 use common::{eth, ip, require_root, TestNode, TCP_ACK, TCP_SYN};
 use dataplane_core::{
-    evaluate, node_address, validate, Dataplane, DesiredState, Entry, FrontendKind, IpFamily,
-    Packet, Protocol, SourceSeen, TrafficPolicy, Verdict,
+    evaluate, evaluate_on_node, node_address, validate, Dataplane, DesiredState, Entry,
+    FrontendKind, IpFamily, Packet, Protocol, SourceSeen, TrafficPolicy, Verdict,
 };
 use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 use proptest::prelude::*;
@@ -656,7 +656,9 @@ fn check_next(
 /// The model's verdict, with the documented limits of this backend applied (each cites the
 /// README paragraph that states it).
 fn expected(state: &DesiredState, r: &Resolved) -> Verdict {
-    let verdict = evaluate(state, &r.packet, &r.entry);
+    // This node's share: the policy halves of pods on other nodes (a remote backend's
+    // ingress, a remote client's egress) are enforced on their nodes, not by these programs.
+    let verdict = evaluate_on_node(state, &r.packet, &r.entry);
     match verdict {
         // README "Direct server return (DSR)": IPv6 DSR is not done; a service in Dsr/Hybrid
         // mode serves its IPv6 external frontends with SNAT instead (`ApplyReport::skipped`).
@@ -1129,6 +1131,95 @@ fn affinity_stays_within_the_entrys_backends() {
             to(Dest::ClusterIp, false),
         ],
     );
+}
+
+/// Found by the differential test: an ExternalIP whose only backend is a pod on another node
+/// (a `PeerPod`) that a policy of its namespace isolates for ingress, denying the port. The
+/// reference model's `evaluate` judges the cluster: the backend's node drops the connection,
+/// so `Drop`; the programs, rightly, forward it to that node (it enforces its pods' ingress,
+/// as every node does for its own). The test now compares with `evaluate_on_node`, this
+/// node's share; a local pod whose own egress is denied is still dropped here.
+#[test]
+fn a_remote_backends_ingress_policy_is_its_nodes_job() {
+    if !require_root("a_remote_backends_ingress_policy_is_its_nodes_job") {
+        return;
+    }
+    let remote = v4(10, 244, 1, 7);
+    let mut svc = cluster_ip_service(v4(10, 96, 0, 5), remote);
+    svc.name = dataplane_core::ObjectName::new("default", "ext");
+    svc.external_ips = vec![v4(198, 51, 100, 5)];
+    let mut state = regression_state();
+    state.services = vec![svc];
+    state.pods = vec![dataplane_core::PeerPod::new(
+        dataplane_core::ObjectName::new("kube-system", "peer-api"),
+        [remote],
+    )
+    .with_label("app", "api")
+    .on_node("node-1")];
+    let port = |protocol, port: u16| dataplane_core::PolicyPort {
+        protocol,
+        port: Some(dataplane_core::PortRef::Number(port)),
+        end_port: None,
+    };
+    // The remote pod accepts UDP 5353 (the service's UDP port) only; the local pod may send
+    // to UDP 5353 only.
+    state.policies = vec![
+        dataplane_core::Policy {
+            name: dataplane_core::ObjectName::new("kube-system", "udp-only"),
+            pod_selector: dataplane_core::LabelSelector::default(),
+            policy_types: vec![dataplane_core::PolicyType::Ingress],
+            ingress: vec![dataplane_core::PolicyRule {
+                peers: vec![],
+                ports: vec![port(Protocol::Udp, 5353)],
+            }],
+            egress: vec![],
+        },
+        dataplane_core::Policy {
+            name: dataplane_core::ObjectName::new("default", "no-http-out"),
+            pod_selector: dataplane_core::LabelSelector::default(),
+            policy_types: vec![dataplane_core::PolicyType::Egress],
+            ingress: vec![],
+            egress: vec![dataplane_core::PolicyRule {
+                peers: vec![],
+                ports: vec![port(Protocol::Udp, 5353)],
+            }],
+        },
+    ];
+    let probe = |client, tcp| Probe {
+        client,
+        dest: Dest::ExternalIp,
+        v6: false,
+        tcp,
+        pick: 0,
+        right_port: true,
+        port: 1,
+    };
+    let probes = [
+        probe(Client::Outside { in_range: false }, true),
+        probe(Client::Host, true),
+        probe(Client::LocalPod(0), true),
+        probe(Client::Outside { in_range: false }, false),
+        probe(Client::LocalPod(0), false),
+    ];
+    // The premise: the cluster-wide verdict drops these, this node's share forwards them but
+    // the local pod's TCP connection (its own egress policy).
+    for p in &probes {
+        let r = resolve(&state, p, 1000).expect("the probe resolves");
+        assert_eq!(
+            evaluate(&state, &r.packet, &r.entry) == Verdict::Drop,
+            r.packet.protocol == Protocol::Tcp,
+            "cluster verdict of {p:?}"
+        );
+        assert_eq!(
+            matches!(
+                evaluate_on_node(&state, &r.packet, &r.entry),
+                Verdict::Forward { .. }
+            ),
+            !matches!((p.client, p.tcp), (Client::LocalPod(_), true)),
+            "node verdict of {p:?}"
+        );
+    }
+    check_state("remote-ingress", &state, &probes);
 }
 
 /// The addresses random frames use: of the family, the node's, frontends of core's

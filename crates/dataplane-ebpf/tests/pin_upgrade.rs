@@ -244,6 +244,45 @@ fn an_older_conntrack_is_created_anew() {
         .expect("maintain");
 }
 
+/// A `dp_stats` pinned by the version before the last counter (`ct_lost`, 17 counters, the
+/// same layout record) is created anew with every counter: adopted, `ct_lost` would have no
+/// slot and read 0 for good.
+#[test]
+fn counters_pinned_with_fewer_entries_are_created_anew() {
+    if !require_root("pin_upgrade") {
+        return;
+    }
+    let node = programmed("up-stats");
+    let dir = &node.pin_dir;
+    let path = dir.join("dp_stats");
+    std::fs::remove_file(&path).expect("unpin dp_stats");
+    let older = dataplane_ebpf::maps::STAT_NAMES.len() - 1;
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args(["type", "percpu_array", "key", "4", "value", "8", "entries"])
+        .arg(older.to_string())
+        .args(["name", "dp_stats"])
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old = map_id(dir, "dp_stats");
+    let mut dp = node.dataplane();
+    assert_ne!(map_id(dir, "dp_stats"), old, "a new dp_stats");
+    let info = MapInfo::from_pin(&path).expect("pinned");
+    assert_eq!(
+        info.max_entries() as usize,
+        dataplane_ebpf::maps::STAT_NAMES.len()
+    );
+    assert_eq!(record(dir, "dp_stats"), Some(expected("dp_stats")));
+    dp.apply(&state()).expect("apply");
+    assert_eq!(dp.stats().expect("stats").other.get("ct_lost"), Some(&0));
+}
+
 #[test]
 fn pins_from_before_layout_records() {
     if !require_root("pin_upgrade") {

@@ -265,7 +265,7 @@ fn syncs_from_digests_do_what_syncs_from_rulesets_do() {
             .push(Backend::new(common::ip("10.244.2.10")));
         let removed = new.services.remove(1);
         let mut added = removed.clone();
-        added.name.name = format!("{}-again", added.name.name);
+        added.name.name = format!("{}-again", added.name.name).into();
         added.cluster_ips.clear();
         for p in &mut added.ports {
             p.node_port = None;

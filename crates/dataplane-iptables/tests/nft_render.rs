@@ -92,7 +92,7 @@ fn added_service_takes_a_free_group_id() {
     let old = common::showcase();
     let mut new = old.clone();
     let mut extra = new.services[0].clone();
-    extra.name.name = "web2".to_owned();
+    extra.name.name = "web2".into();
     extra.cluster_ips = vec![common::ip("10.96.0.99")];
     new.services.push(extra);
     let rs = compile_state(&old, "dataplane").unwrap();

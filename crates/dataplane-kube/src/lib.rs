@@ -208,7 +208,7 @@ impl ObjectKey {
     pub fn object_name(&self) -> Option<ObjectName> {
         self.namespace
             .as_ref()
-            .map(|ns| ObjectName::new(&**ns, &*self.name))
+            .map(|ns| ObjectName::new(ns, &self.name))
     }
 }
 

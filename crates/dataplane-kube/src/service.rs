@@ -338,10 +338,11 @@ pub(crate) fn translate(
 
     let endpoints = endpoints_by_port(&families, &ports, slices, w);
 
-    let mut base = dataplane_core::Service::new(ObjectName::new(
-        key.namespace.as_deref().unwrap_or_default(),
-        &*key.name,
-    ));
+    // The key's names, shared (not copied) by the model's.
+    let mut base = dataplane_core::Service::new(
+        key.object_name()
+            .unwrap_or_else(|| ObjectName::new("", &key.name)),
+    );
     base.cluster_ips = cluster_ips;
     base.external_ips = external_ips;
     base.load_balancer_ips = lb_ips;
@@ -389,7 +390,7 @@ pub(crate) fn translate(
     for (indices, model_ports, backends) in groups {
         let mut service = base.clone();
         if split {
-            service.name.name = split_name(&key.name, indices[0]);
+            service.name.name = split_name(&key.name, indices[0]).into();
         }
         // A health check port belongs to the service as a whole: it stays with the part
         // that carries the first port.

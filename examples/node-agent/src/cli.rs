@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use dataplane::ebpf::EventLimit;
 use dataplane::ipnetwork::IpNetwork;
+use dataplane::netfilter::config::MAX_NFLOG_RATE;
 use dataplane::{Masquerade, Node, Options, Selection};
 use dataplane_kube::Settings;
 
@@ -93,6 +95,17 @@ pub struct Args {
     /// per new connection).
     #[arg(long, requires = "flow_log")]
     pub flow_log_new_connections: bool,
+    /// Drop and reject events the dataplane writes per second at most (the packets are
+    /// dropped all the same and counted; only the events are limited). eBPF: per CPU and drop
+    /// reason (default 1000, burst 1000); 0: no limit (Cilium's
+    /// --bpf-events-default-rate-limit). nftables/iptables: per drop or reject rule, the burst
+    /// being the rate (default 20), at most 10000 (iptables' limit match); 0 logs that most.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=i64::from(EventLimit::MAX_RATE)))]
+    pub event_drop_rate: Option<u32>,
+    /// With --event-drop-rate: the most drop events written at once after a quiet time (eBPF
+    /// only; default: the rate). 0 only with a rate of 0.
+    #[arg(long, value_name = "N", requires = "event_drop_rate")]
+    pub event_drop_burst: Option<u32>,
     /// Remove everything the agent installed (eBPF pins and links, the nftables table, the
     /// iptables chains) and exit.
     #[arg(long)]
@@ -131,15 +144,47 @@ impl Args {
         })
     }
 
-    /// The dataplane options: the current network namespace, the names from the flags, and
-    /// eBPF attachments kept when the agent exits (traffic keeps flowing through a restart).
-    pub fn options(&self) -> Options {
+    /// The dataplane options: the current network namespace, the names from the flags, the
+    /// drop events' limits, and eBPF attachments kept when the agent exits (traffic keeps
+    /// flowing through a restart).
+    ///
+    /// # Errors
+    /// A drop-event burst the eBPF programs cannot apply (one of 0 with a rate, or one without
+    /// a rate of 0), naming the flags.
+    pub fn options(&self) -> anyhow::Result<Options> {
         let mut options = Options::default();
         options.ebpf.pin_dir.clone_from(&self.bpf_pin_dir);
         options.ebpf.keep_attachments_on_drop = true;
         options.nftables = options.nftables.with_name(&self.nft_table);
         options.iptables = options.iptables.with_name(&self.iptables_prefix);
-        options
+        if let Some(drops) = self.event_drop_limit()? {
+            options.ebpf.events.drops = drops;
+            // Netfilter's limit is one number per rule (rate and burst), and has a ceiling:
+            // "no limit" is the most it can log.
+            let nflog_rate = match drops.rate {
+                0 => MAX_NFLOG_RATE,
+                rate => rate.min(MAX_NFLOG_RATE),
+            };
+            options.nftables.nflog_rate = nflog_rate;
+            options.iptables.nflog_rate = nflog_rate;
+        }
+        Ok(options)
+    }
+
+    /// `--event-drop-rate` and `--event-drop-burst` as the eBPF dataplane's limit (the burst
+    /// defaults to the rate), or `None` for the defaults.
+    fn event_drop_limit(&self) -> anyhow::Result<Option<EventLimit>> {
+        let Some(rate) = self.event_drop_rate else {
+            return Ok(None);
+        };
+        let burst = self.event_drop_burst.unwrap_or(rate);
+        if (rate == 0) != (burst == 0) {
+            anyhow::bail!(
+                "--event-drop-rate {rate} --event-drop-burst {burst}: a rate needs a burst of at \
+                 least 1, and a rate of 0 (no limit) a burst of 0"
+            );
+        }
+        Ok(Some(EventLimit::per_second(rate, burst)))
     }
 
     /// The reconcile loop's periods. The sync period is at least the minimum one (kube-proxy
@@ -433,8 +478,14 @@ mod tests {
         assert_eq!(settings.node.node_port_range.start, 30000);
         assert!(settings.node.masquerade.all_services);
         assert_eq!(settings.node.interfaces.uplink, "eth0");
-        let options = args.options();
+        let options = args.options().unwrap();
         assert!(options.ebpf.keep_attachments_on_drop);
+        // Without the flags, each dataplane's own defaults.
+        assert_eq!(options.ebpf.events, dataplane::ebpf::EventLimits::default());
+        assert_eq!(
+            options.nftables.nflog_rate,
+            dataplane::netfilter::eventlog::DEFAULT_LOG_RATE
+        );
         assert_eq!(options.nftables.name, "dataplane");
         assert_eq!(options.iptables.name, "DP");
         assert!(Args::try_parse_from([
@@ -445,5 +496,67 @@ mod tests {
             "/k"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn event_drop_limits() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["dataplane-agent", "--manifests", "/m"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv)
+                .map_err(|e| e.to_string())
+                .and_then(|a| a.options().map_err(|e| e.to_string()))
+        };
+        let limits = |o: &Options| {
+            (
+                o.ebpf.events.drops,
+                o.nftables.nflog_rate,
+                o.iptables.nflog_rate,
+            )
+        };
+        // The burst defaults to the rate.
+        let o = parse(&["--event-drop-rate", "50"]).unwrap();
+        assert_eq!(limits(&o), (EventLimit::per_second(50, 50), 50, 50));
+        let o = parse(&["--event-drop-rate", "50", "--event-drop-burst", "200"]).unwrap();
+        assert_eq!(limits(&o), (EventLimit::per_second(50, 200), 50, 50));
+        // New connections and policy verdicts keep their defaults.
+        assert_eq!(
+            o.ebpf.events.new_connections,
+            dataplane::ebpf::EventLimits::default().new_connections
+        );
+        // No limit: eBPF unlimited, netfilter as many as it can log; above that, its ceiling.
+        let o = parse(&["--event-drop-rate", "0"]).unwrap();
+        assert_eq!(
+            limits(&o),
+            (EventLimit::UNLIMITED, MAX_NFLOG_RATE, MAX_NFLOG_RATE)
+        );
+        let o = parse(&["--event-drop-rate", "1000000000"]).unwrap();
+        assert_eq!(
+            o.ebpf.events.drops,
+            EventLimit::per_second(1_000_000_000, 1_000_000_000)
+        );
+        assert_eq!(o.nftables.nflog_rate, MAX_NFLOG_RATE);
+        assert_eq!(o.ebpf.events.validate(), Ok(()));
+        // Refused, naming the flag.
+        for (flags, flag) in [
+            (
+                &["--event-drop-rate", "1000000001"][..],
+                "--event-drop-rate",
+            ),
+            (&["--event-drop-rate=-1"][..], "--event-drop-rate"),
+            (&["--event-drop-rate", "lots"][..], "--event-drop-rate"),
+            (&["--event-drop-burst", "10"][..], "--event-drop-rate"),
+            (
+                &["--event-drop-rate", "10", "--event-drop-burst", "0"][..],
+                "--event-drop-burst",
+            ),
+            (
+                &["--event-drop-rate", "0", "--event-drop-burst", "10"][..],
+                "--event-drop-burst",
+            ),
+        ] {
+            let e = parse(flags).unwrap_err();
+            assert!(e.contains(flag), "{flags:?}: {e}");
+        }
     }
 }

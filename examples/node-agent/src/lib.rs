@@ -48,7 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return cleanup(&args);
     }
     let settings = args.settings()?;
-    let options = args.options();
+    let options = args.options()?;
     // With `auto`, the kind whose datapath an earlier agent left must be the one to open.
     let leftovers = if args.backend == Selection::Auto {
         leftovers::leftovers(&args)
@@ -177,7 +177,7 @@ pub async fn shutdown_signal() {
 /// chains cannot even be looked for without their tool; either way the cleanup fails (exit
 /// status non-zero) rather than say "clean" while a datapath may be in place.
 pub fn cleanup(args: &Args) -> anyhow::Result<()> {
-    let options = args.options();
+    let options = args.options()?;
     cleanup_kinds(args, DataplaneKind::usable, |kind| {
         match dataplane::open(Selection::Only(kind), &options) {
             Ok(mut opened) => opened.dataplane.reset().map_err(|e| error_chain(&e)),

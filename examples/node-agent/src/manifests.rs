@@ -109,17 +109,80 @@ fn digest(object: &Object) -> Digest {
 #[derive(Debug, Default)]
 struct FileState {
     fingerprint: Option<Fingerprint>,
-    objects: BTreeMap<ObjectKey, Digest>,
     /// The file's documents as last read, in order: a document whose text is the same when
-    /// the file is read again is not parsed again.
+    /// the file is read again is not parsed again. Also the file's objects (no map of them
+    /// by key besides: ~2 MiB at 10k services and their slices, for lookups that come a few
+    /// hundred per change).
     documents: Vec<DocumentState>,
+}
+
+impl FileState {
+    /// The file's objects (an object defined twice in it, twice).
+    fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.documents
+            .iter()
+            .flat_map(|d| d.objects.as_slice().iter().map(|(key, _)| key))
+    }
+
+    /// The digest of `key` as the file defines it (the later document's, as a whole-file
+    /// parse takes it).
+    fn digest(&self, key: &ObjectKey) -> Option<Digest> {
+        self.documents
+            .iter()
+            .rev()
+            .find_map(|d| d.objects.as_slice().iter().rev().find(|(k, _)| k == key))
+            .map(|(_, digest)| *digest)
+    }
 }
 
 /// One document of a file as last read: a hash of its text, and the objects it gave.
 #[derive(Debug, Clone)]
 struct DocumentState {
     text: u64,
-    objects: Vec<(ObjectKey, Digest)>,
+    objects: Few<(ObjectKey, Digest)>,
+}
+
+/// A list that nearly always holds one item (a document's objects, an object's files),
+/// which is then kept inline: a `Vec` of one is an allocation of its own (~1 MiB per 20 000
+/// at 10k services and their slices).
+#[derive(Debug, Clone)]
+enum Few<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> Default for Few<T> {
+    fn default() -> Self {
+        Few::Many(Vec::new())
+    }
+}
+
+impl<T> Few<T> {
+    fn as_slice(&self) -> &[T] {
+        match self {
+            Few::One(item) => std::slice::from_ref(item),
+            Few::Many(items) => items,
+        }
+    }
+
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            Few::One(item) => vec![item],
+            Few::Many(items) => items,
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for Few<T> {
+    fn from(mut items: Vec<T>) -> Self {
+        if items.len() == 1 {
+            if let Some(item) = items.pop() {
+                return Few::One(item);
+            }
+        }
+        items.shrink_to_fit();
+        Few::Many(items)
+    }
 }
 
 /// What reading a file gave: its documents, every object's digest, and the objects of the
@@ -144,7 +207,7 @@ pub struct ManifestDir {
     /// paths shared by all of a file's objects: nearly every object is in one file, where a
     /// `BTreeSet<PathBuf>` took a node for eleven and a copy of the path each (~7 MiB at 10k
     /// services and their slices).
-    holders: BTreeMap<ObjectKey, Vec<Arc<Path>>>,
+    holders: BTreeMap<ObjectKey, Few<Arc<Path>>>,
     /// How many times a file was read (shared with [`ManifestSource::reads`]).
     reads: Arc<AtomicU64>,
     /// How many documents were parsed so far.
@@ -232,8 +295,8 @@ impl ManifestDir {
 
     /// The file that defines the object now, and its digest.
     fn current(&self, key: &ObjectKey) -> Option<(&Path, Digest)> {
-        let file = self.holders.get(key)?.last()?;
-        Some((file, *self.files.get(&**file)?.objects.get(key)?))
+        let file = self.holders.get(key)?.as_slice().last()?;
+        Some((file, self.files.get(&**file)?.digest(key)?))
     }
 
     /// Reads the whole directory (again) and lists it: the errors of the files that fail,
@@ -367,7 +430,7 @@ impl ManifestDir {
         let mut before: BTreeMap<ObjectKey, Option<Digest>> = BTreeMap::new();
         for file in &files {
             if let Some(state) = self.files.get(file) {
-                for key in state.objects.keys() {
+                for key in state.keys() {
                     before
                         .entry(key.clone())
                         .or_insert_with(|| self.current(key).map(|(_, d)| d));
@@ -382,7 +445,10 @@ impl ManifestDir {
                 Read::Objects(_, read) => read.digests.is_empty(),
                 Read::Failed(_) => false,
             };
-            let had_objects = self.files.get(file).is_some_and(|f| !f.objects.is_empty());
+            let had_objects = self
+                .files
+                .get(file)
+                .is_some_and(|f| f.keys().next().is_some());
             if emptied && had_objects && !settled.contains(file) {
                 // Keep the objects for now; the first emptying's deadline stands, so that a
                 // file truncated again and again still settles.
@@ -475,11 +541,12 @@ impl ManifestDir {
             }
         };
         if let Some(old) = self.files.remove(path) {
-            for key in old.objects.keys() {
-                if let Some(holders) = self.holders.get_mut(key) {
+            for key in old.keys() {
+                if let Some(holders) = self.holders.remove(key) {
+                    let mut holders = holders.into_vec();
                     holders.retain(|h| **h != *path);
-                    if holders.is_empty() {
-                        self.holders.remove(key);
+                    if !holders.is_empty() {
+                        self.holders.insert(key.clone(), holders.into());
                     }
                 }
             }
@@ -490,12 +557,15 @@ impl ManifestDir {
         let shared: Arc<Path> = Arc::from(path);
         for key in read.digests.keys() {
             let holders = self.holders.entry(key.clone()).or_default();
-            if let Err(at) = holders.binary_search(&shared) {
-                holders.reserve_exact(1);
-                holders.insert(at, Arc::clone(&shared));
+            if holders.as_slice().binary_search(&shared).is_err() {
+                let mut list = std::mem::take(holders).into_vec();
+                if let Err(at) = list.binary_search(&shared) {
+                    list.insert(at, Arc::clone(&shared));
+                }
+                *holders = list.into();
             }
-            if holders.len() > 1 {
-                tracing::warn!(object = %key, files = ?holders, "an object is defined in several files: the last one wins");
+            if holders.as_slice().len() > 1 {
+                tracing::warn!(object = %key, files = ?holders.as_slice(), "an object is defined in several files: the last one wins");
             }
         }
         fresh.insert(path.to_owned(), read.parsed);
@@ -503,7 +573,6 @@ impl ManifestDir {
             path.to_owned(),
             FileState {
                 fingerprint,
-                objects: read.digests,
                 documents: read.documents,
             },
         );
@@ -585,7 +654,7 @@ fn read_file(path: &Path, known: &[DocumentState], hasher: &std::hash::RandomSta
             .map_or(document.text, |(_, rest)| rest);
         let hash = hasher.hash_one(body);
         if let Some(state) = known.get(&hash) {
-            for (key, digest) in &state.objects {
+            for (key, digest) in state.objects.as_slice() {
                 // An object defined twice in one file is the later document's (as when the
                 // whole file is parsed); this one is not parsed, so none parsed before stands.
                 read.parsed.remove(key);
@@ -602,15 +671,12 @@ fn read_file(path: &Path, known: &[DocumentState], hasher: &std::hash::RandomSta
         for skipped in &manifests.skipped {
             tracing::debug!(file = %source, object = %skipped, "not a kind the agent reads: skipped");
         }
-        let mut state = DocumentState {
-            text: hash,
-            objects: Vec::with_capacity(manifests.objects.len()),
-        };
+        let mut objects = Vec::with_capacity(manifests.objects.len());
         for object in manifests.objects {
             match object.key() {
                 Ok(key) => {
                     let digest = digest(&object);
-                    state.objects.push((key.clone(), digest));
+                    objects.push((key.clone(), digest));
                     read.digests.insert(key.clone(), digest);
                     read.parsed.insert(key, object);
                 }
@@ -624,7 +690,10 @@ fn read_file(path: &Path, known: &[DocumentState], hasher: &std::hash::RandomSta
                 }
             }
         }
-        read.documents.push(state);
+        read.documents.push(DocumentState {
+            text: hash,
+            objects: objects.into(),
+        });
     }
     Read::Objects(Fingerprint::of(&metadata), read)
 }

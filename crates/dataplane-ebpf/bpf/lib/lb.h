@@ -186,6 +186,13 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 	if (!svc)
 		return lb_no_frontend(p);
 	skb->cb[CB_SVC_ID] = svc->id;
+	/* A TCP packet of a connection whose entries the LRU evicted (dp_ct full) or GC expired:
+	 * it gets a backend afresh, as Katran and Cilium do for a packet that misses their
+	 * conntrack, counted. The same backend where the choice is deterministic (Maglev, one
+	 * backend) continues the connection; another one answers RST, which goes back through
+	 * the new entries: the client sees a reset, never another backend's stream. */
+	if (p->proto == IPPROTO_TCP && !(p->tcp_flags & TCPF_SYN))
+		stat_inc(STAT_CT_LOST);
 	if ((svc->flags & SVC_F_SRC_RANGES) && !src_allowed(svc, p))
 		return DROP_SRC_RANGE;
 	if (svc->slot_count == 0)

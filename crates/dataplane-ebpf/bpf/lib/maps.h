@@ -150,7 +150,9 @@ enum dp_stat {
 	STAT_UNALLOCATED = 14,     /* dropped: to a service-CIDR address that is no frontend */
 	STAT_POLICY_DENIED = 15,   /* dropped: a new connection NetworkPolicy does not allow */
 	STAT_SPOOFED = 16,         /* dropped: from a pod, with a source that is not its own */
-	STAT_MAX = 17,             /* the number of counters (dp_stats' size) */
+	STAT_CT_LOST = 17,         /* a TCP packet without SYN to a frontend, no dp_ct entry:
+				    * its connection's entry was evicted or expired */
+	STAT_MAX = 18,             /* the number of counters (dp_stats' size) */
 };
 
 struct svc_key {

@@ -411,6 +411,9 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 	svc = svc_lookup(p, SVC_SCOPE_EXTERNAL, 0);
 	if (!svc || svc->slot_count == 0)
 		return XDP_PASS;
+	/* A connection that lost its entry: TC's lb_forward() counts it (STAT_CT_LOST). */
+	if (p->proto == IPPROTO_TCP && !(p->tcp_flags & TCPF_SYN))
+		return XDP_PASS;
 	if ((svc->flags & SVC_F_SRC_RANGES) && !src_allowed(svc, p))
 		return XDP_PASS;
 	be = select_backend(svc, p, &backend_id);

@@ -3,6 +3,7 @@
 //! (`eth().ip(..).tcp(..)`, from `dataplane_testkit::packet`).
 #![allow(dead_code, unused_imports)] // each test binary uses a part
 
+pub mod pins;
 pub mod wire;
 
 use std::net::IpAddr;
@@ -362,4 +363,50 @@ pub fn clsact_filters(node: &TestNode, ifname: &str, egress: bool, prog: &str) -
         .lines()
         .filter(|l| l.contains(prog))
         .count()
+}
+
+/// A dataplane in node 0 of `lab`, pinned in its own directory (`/sys/fs/bpf/<tag>-<pid>`,
+/// removed when the returned guard drops), with [`pins::small_capacities`] changed by
+/// `capacities`.
+pub fn lab_node_dataplane(
+    lab: &dataplane_testkit::Lab,
+    tag: &str,
+    capacities: impl FnOnce(&mut dataplane_ebpf::Capacities),
+) -> (PinDirs, EbpfDataplane) {
+    let dir = PathBuf::from(format!("/sys/fs/bpf/{tag}-{}", std::process::id()));
+    let guard = PinDirs(vec![dir.clone()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = EbpfConfig::new(&dir);
+    config.netns = Some(lab.node(0).netns.path().to_owned());
+    pins::small_capacities(&mut config.capacities);
+    capacities(&mut config.capacities);
+    let dp = EbpfDataplane::new(config).expect("eBPF dataplane loads");
+    (guard, dp)
+}
+
+/// ClusterIP `default/<name>` at `vip`, TCP 80 to the lab's server port on the IPv4
+/// addresses of the lab pods `pods`.
+pub fn lab_cluster_ip(
+    lab: &dataplane_testkit::Lab,
+    name: &str,
+    vip: &str,
+    pods: &[usize],
+) -> dataplane_core::Service {
+    let mut s = dataplane_core::Service::new(dataplane_core::ObjectName::new("default", name));
+    s.cluster_ips = vec![vip.parse().unwrap()];
+    s.ports = vec![dataplane_core::ServicePort {
+        name: "http".to_owned(),
+        protocol: dataplane_core::Protocol::Tcp,
+        port: 80,
+        target_port: dataplane_testkit::SERVER_PORT,
+        node_port: None,
+    }];
+    s.backends = pods
+        .iter()
+        .map(|&p| {
+            lab.backend(p, dataplane_core::IpFamily::V4)
+                .expect("lab backend")
+        })
+        .collect();
+    s
 }

@@ -13,6 +13,7 @@ pub mod digest;
 // simulated kernel, not part of the API: hidden.
 #[doc(hidden)]
 pub mod ipset;
+pub(crate) mod mode;
 mod naming;
 pub mod policy;
 pub mod render;
@@ -34,12 +35,18 @@ use crate::plan::check_supported;
 use dataplane_core::CompiledPolicy;
 use dataplane_core::IpFamily;
 use dataplane_core::ServiceFingerprints;
-use digest::{digests_logged, name_hash, Digests, NameHash, SyncPlan};
+use digest::{digests_logged, name_hash, Digests, NameHash, ServicesPatch, SyncPlan};
 use ipset::{KernelSets, SetOp};
 use policy::{is_our_set, IpSets};
 use render::{write_reset, Chains, Existing, ExistingParser, Table, MAX_PREFIX_LEN};
 
 const BACKEND: &str = Flavour::Iptables.name();
+
+/// nat chains per `COMMIT` of a full sync with iptables-nft (see [`SyncPlan::in_sections`]):
+/// `iptables-nft-restore` 1.8.9 is quadratic in the chains of one commit; at 10k services x
+/// 10 (130k chains) sections of ~500 chains took ~10 s of CPU, of ~2000 ~15 s, one section
+/// over 5 minutes (`benches/notes.md`).
+const NFT_SECTION_CHAINS: usize = 1000;
 
 /// The iptables backend (works with iptables-nft and iptables-legacy).
 ///
@@ -71,6 +78,10 @@ pub struct IptablesDataplane {
     /// What the event readers name things with, replaced after every apply while a reader
     /// is open (see [`SharedNames`]).
     names: SharedNames,
+    /// The tools, resolved from the configuration at first use (an
+    /// [`IptablesMode::Auto`](crate::config::IptablesMode::Auto) configuration looks at the
+    /// namespace once).
+    tools: std::sync::OnceLock<mode::Tools>,
     /// The test hook ([`IptablesDataplane::set_fail_transactions`]) is on.
     #[cfg(feature = "fault-injection")]
     fail_transactions: bool,
@@ -87,9 +98,22 @@ impl IptablesDataplane {
             wrote_sets: false,
             sets_to_clean: false,
             names: SharedNames::default(),
+            tools: std::sync::OnceLock::new(),
             #[cfg(feature = "fault-injection")]
             fail_transactions: false,
         }
+    }
+
+    /// The iptables mode the backend runs the tools in (`Legacy` or `Nft`; resolved from the
+    /// configuration, for [`IptablesMode::Auto`](crate::config::IptablesMode::Auto) by looking
+    /// at the namespace, once).
+    pub fn mode(&self) -> crate::config::IptablesMode {
+        self.resolved().mode
+    }
+
+    fn resolved(&self) -> &mode::Tools {
+        self.tools
+            .get_or_init(|| mode::resolve(BACKEND, &self.config))
     }
 
     /// The names of what is applied now, for the event readers.
@@ -142,18 +166,17 @@ impl IptablesDataplane {
         Ok(out)
     }
 
+    /// The restore tool and the plain tool of `family`.
     fn tools(&self, family: IpFamily) -> (&Path, &Path) {
-        match family {
-            IpFamily::V4 => (&self.config.iptables_restore, &self.config.iptables),
-            IpFamily::V6 => (&self.config.ip6tables_restore, &self.config.ip6tables),
-        }
+        let t = self.resolved();
+        let i = family_index(family);
+        (&t.restore[i], &t.plain[i])
     }
 
     /// The `iptables-save` of `family`: iptables-restore and iptables-save are one binary
     /// family, so it is derived from the restore tool.
     fn save_tool(&self, family: IpFamily) -> PathBuf {
-        let (restore, _) = self.tools(family);
-        PathBuf::from(restore.to_string_lossy().replace("-restore", "-save"))
+        self.resolved().save[family_index(family)].clone()
     }
 
     /// `iptables-save -c`: everything of `family`, with counters.
@@ -544,14 +567,63 @@ impl IptablesDataplane {
         changes: Option<&ChangeSet>,
         applied: &mut Option<Applied>,
     ) -> Result<(ApplyReport, Applied), Error> {
-        let prefix = self.config.name.clone();
-        let log = self.config.log_plan();
-        let families = [IpFamily::V4, IpFamily::V6];
         let previous = applied
             .as_mut()
             .filter(|_| !full_sync && changes.is_some())
             .map(|a| (std::mem::take(&mut a.compiled), a.sets.clone()));
         let sets = self.plan_sets(desired, previous, changes.filter(|_| !full_sync))?;
+        let fast = match (full_sync, changes, applied.as_ref()) {
+            (false, Some(c), Some(a)) => self.services_only(desired, c, a, &sets)?,
+            _ => None,
+        };
+        let (new, written) = match fast {
+            Some(done) => done,
+            None => self.sync_all(desired, full_sync, applied.as_ref(), &sets)?,
+        };
+        // Compared with the services of the last successful sync (which a failed sync leaves
+        // as the applied state), not with the chains: see `dataplane_core::counts`.
+        // A partial sync's counts are the change set's (`apply_changes` sets them): not
+        // worth two fingerprints of every service.
+        let (services_changed, services_removed) = if let Some(c) = changes.filter(|_| !full_sync) {
+            c.service_counts()
+        } else {
+            let before = applied
+                .as_ref()
+                .map(|a| ServiceFingerprints::of(&a.state.services))
+                .unwrap_or_default();
+            ServiceFingerprints::of(&desired.services).counts_since(&before)
+        };
+        let report = ApplyReport {
+            full_sync,
+            services_changed,
+            services_removed,
+            objects_written: written,
+            skipped: Vec::new(),
+            warnings: dataplane_core::warnings(desired),
+        };
+        let now = Applied {
+            state: desired.clone(),
+            digests: new,
+            compiled: sets.compiled,
+            sets: sets.want,
+        };
+        Ok((report, now))
+    }
+
+    /// The sync over every service (a full sync, or a partial one that is not only services'
+    /// endpoints): the digests of the whole state against what the kernel holds
+    /// (`iptables-save`), the set operations around the rules, the rules of the chains that
+    /// differ. Returns the new digests and the lines written.
+    fn sync_all(
+        &mut self,
+        desired: &DesiredState,
+        full_sync: bool,
+        applied: Option<&Applied>,
+        sets: &SetsPlan,
+    ) -> Result<([Digests; 2], usize), Error> {
+        let prefix = self.config.name.clone();
+        let log = self.config.log_plan();
+        let families = [IpFamily::V4, IpFamily::V6];
         let new = [
             digests_logged(desired, &sets.chains[0], &prefix, IpFamily::V4, &log)
                 .map_err(|e| e.into_error(BACKEND))?,
@@ -574,6 +646,7 @@ impl IptablesDataplane {
         let fault = self.fault_rule();
         let mut written = sets.ops.len();
         let mut plans = Vec::new();
+        let nft_sections = self.mode() == crate::config::IptablesMode::Nft;
         for (i, family) in families.into_iter().enumerate() {
             let old = applied
                 .as_ref()
@@ -588,9 +661,14 @@ impl IptablesDataplane {
             )
             .with_policy(&sets.chains[i])
             .with_log(log);
+            let plan = if nft_sections {
+                plan.in_sections(NFT_SECTION_CHAINS)
+            } else {
+                plan
+            };
             plans.push((family, plan));
         }
-        // iptables-restore commits nat and filter one after the other (the nf_tables backend
+        // iptables-restore commits nat and filter one after the other (the `nf_tables` backend
         // too): a filter section refused after nat committed would leave the new services
         // with the old filter rules. The filter section (policy chains and drops, small) is
         // tried first with `--test` (which checks what userspace can: the matches, the sets
@@ -602,7 +680,7 @@ impl IptablesDataplane {
                 };
                 if let Err(e) = self.restore_with(*family, &render, "filter test", &["--test"]) {
                     // Nothing written yet: every set operation goes back.
-                    self.undo_unloaded(&sets, 0);
+                    self.undo_unloaded(sets, 0);
                     return Err(e.into());
                 }
             }
@@ -618,7 +696,7 @@ impl IptablesDataplane {
             match self.restore(*family, &render, op) {
                 Ok(lines) => written += lines,
                 Err(e) => {
-                    self.undo_unloaded(&sets, i);
+                    self.undo_unloaded(sets, i);
                     return Err(e.into());
                 }
             }
@@ -636,29 +714,121 @@ impl IptablesDataplane {
         // The sets no rule names any more go last, best effort: the sync has committed.
         let destroys = ipset::destroys(&sets.kernel, &sets.want);
         written += self.destroy_unused(&destroys);
-        // Compared with the services of the last successful sync (which a failed sync leaves
-        // as the applied state), not with the chains: see `dataplane_core::counts`.
-        let before = applied
-            .as_ref()
-            .map(|a| ServiceFingerprints::of(&a.state.services))
-            .unwrap_or_default();
-        let (services_changed, services_removed) =
-            ServiceFingerprints::of(&desired.services).counts_since(&before);
-        let report = ApplyReport {
-            full_sync,
-            services_changed,
-            services_removed,
-            objects_written: written,
-            skipped: Vec::new(),
-            warnings: dataplane_core::warnings(desired),
+        Ok((new, written))
+    }
+
+    /// A partial sync of a change set that changes services only, without reading the
+    /// kernel's rules back, as kube-proxy's partial sync (see [`ServicesPatch`]): the changed
+    /// services are compiled before and after, and only their nat chains that differ from
+    /// the last sync's are written, one small `--noflush` restore per family. With
+    /// iptables-nft that restore costs in proportion to it; iptables-legacy replaces the
+    /// whole table on every commit whatever it holds. The filter hooks are read (three
+    /// built-in chains with `-S`, cheap in both modes) and put first again as on every sync;
+    /// the nat hooks, like kube-proxy's jumps, only on a full sync. `None`: not such a change
+    /// (the node, endpoints, policies or sets change, a service's frontends change, or the
+    /// filter chains would differ): the caller syncs over every service. Returns the digests
+    /// of what is programmed after it and the lines written.
+    fn services_only(
+        &mut self,
+        desired: &DesiredState,
+        changes: &ChangeSet,
+        applied: &Applied,
+        sets: &SetsPlan,
+    ) -> Result<Option<([Digests; 2], usize)>, Error> {
+        let only_services = changes.node.is_none()
+            && changes.endpoints.is_empty()
+            && changes.policies.is_empty()
+            && changes.namespaces.is_empty()
+            && changes.pods.is_empty();
+        if !only_services
+            || !sets.ops.is_empty()
+            || !sets.adds.is_empty()
+            || self.sets_to_clean
+            || !ipset::destroys(&sets.kernel, &sets.want).is_empty()
+        {
+            return Ok(None);
+        }
+        let prefix = self.config.name.clone();
+        let log = self.config.log_plan();
+        // The services as programmed (the last applied state's) and as wanted.
+        let before = |name: &dataplane_core::ObjectName| {
+            applied.state.services.iter().find(|s| &s.name == name)
         };
-        let now = Applied {
-            state: desired.clone(),
-            digests: new,
-            compiled: sets.compiled,
-            sets: sets.want,
-        };
-        Ok((report, now))
+        let after =
+            |name: &dataplane_core::ObjectName| desired.services.iter().find(|s| &s.name == name);
+        let services: Vec<(
+            Option<&dataplane_core::Service>,
+            Option<&dataplane_core::Service>,
+        )> = changes
+            .services
+            .keys()
+            .map(|name| (before(name), after(name)))
+            .collect();
+        let mut patches = Vec::new();
+        for (i, family) in [IpFamily::V4, IpFamily::V6].into_iter().enumerate() {
+            let old = &applied.digests[i];
+            if digest::filter_digests(desired, &sets.chains[i], &prefix, family, &log)
+                != old.filter()
+            {
+                return Ok(None);
+            }
+            match ServicesPatch::new(old, &services, desired, &prefix, family, &log) {
+                Some(p) => patches.push(p),
+                None => return Ok(None),
+            }
+        }
+        let hooks = [
+            self.filter_hooks(IpFamily::V4)?,
+            self.filter_hooks(IpFamily::V6)?,
+        ];
+        let fault = self.fault_rule();
+        let mut written = 0;
+        for (i, family) in [IpFamily::V4, IpFamily::V6].into_iter().enumerate() {
+            let (patch, hooks) = (&patches[i], &hooks[i]);
+            if patch.is_empty() && hooks.is_empty() {
+                continue;
+            }
+            let (chains, removed) = patch.counts();
+            tracing::debug!(?family, chains, removed, "partial sync of changed services");
+            let render = |out: &mut dyn std::fmt::Write| patch.write(hooks, fault.as_deref(), out);
+            written += self.restore(family, &render, "partial sync")?;
+        }
+        let digests = [
+            patches[0].digests_after(&applied.digests[0]),
+            patches[1].digests_after(&applied.digests[1]),
+        ];
+        Ok(Some((digests, written)))
+    }
+
+    /// The lines that put our filter hooks first again in `family` (see [`hook_lines`]),
+    /// from `-S` of the three hooked built-in filter chains: one chain each, where
+    /// `iptables-save` would list every table (and, with iptables-nft, fetch every rule).
+    fn filter_hooks(&self, family: IpFamily) -> Result<Vec<String>, NetfilterError> {
+        let (_, tool) = self.tools(family);
+        let tool = tool.to_owned();
+        let mut parser = ExistingParser::new(&self.config.name);
+        parser.line("*filter");
+        let mut builtins: Vec<&str> = render::hooks(&self.config.name)
+            .into_iter()
+            .filter(|(t, _, _)| *t == Table::Filter)
+            .map(|(_, chain, _)| chain)
+            .collect();
+        builtins.dedup();
+        for chain in builtins {
+            exec::run_lines(
+                BACKEND,
+                self.config.netns.as_deref(),
+                &tool,
+                &["-w", "-t", "filter", "-S", chain],
+                &mut |line| parser.line(line),
+                "list a hooked chain",
+            )?;
+        }
+        Ok(render::hook_lines(
+            &self.config.name,
+            &parser.finish(),
+            Table::Filter,
+        ))
     }
 
     /// Undoes the set operations run before the rules of family `i` and the next (the rules

@@ -220,19 +220,15 @@ pub(crate) fn each_chain<E>(
     let mut frontends = Vec::new();
     let mut reject_ips = BTreeSet::new();
     for s in services {
-        let mut chains = BTreeMap::new();
-        let kept = frontends.len();
-        for port in service_ports(state, s)
-            .iter()
-            .filter(|p| p.family == family)
-        {
-            compile_port(node, port, prefix, &mut chains, &mut frontends);
-            reject_ips.extend(port.cluster_ips.iter().copied());
-        }
-        // The frontend rules stay until the `SERVICES` chain is made: exactly sized.
-        for r in &mut frontends[kept..] {
-            r.shrink_to_fit();
-        }
+        let chains = service_chains(
+            state,
+            node,
+            s,
+            prefix,
+            family,
+            &mut frontends,
+            &mut reject_ips,
+        );
         f(Table::Nat, &chains)?;
     }
     let rs = node_wide(
@@ -248,6 +244,34 @@ pub(crate) fn each_chain<E>(
         f(Table::Filter, policy)?;
     }
     f(Table::Filter, &rs.filter)
+}
+
+/// The nat chains of service `s` in `family` (they jump only to each other and to node-wide
+/// chains); its frontend rules (its part of the `SERVICES` chain, in order) are appended to
+/// `frontends` and the cluster IPs whose unserved ports are rejected to `reject_ips`.
+pub(crate) fn service_chains(
+    state: &DesiredState,
+    node: &NodePlan,
+    s: &Service,
+    prefix: &str,
+    family: IpFamily,
+    frontends: &mut Vec<String>,
+    reject_ips: &mut BTreeSet<IpAddr>,
+) -> Chains {
+    let mut chains = BTreeMap::new();
+    let kept = frontends.len();
+    for port in service_ports(state, s)
+        .iter()
+        .filter(|p| p.family == family)
+    {
+        compile_port(node, port, prefix, &mut chains, frontends);
+        reject_ips.extend(port.cluster_ips.iter().copied());
+    }
+    // The frontend rules stay until the `SERVICES` chain is made: exactly sized.
+    for r in &mut frontends[kept..] {
+        r.shrink_to_fit();
+    }
+    chains
 }
 
 /// The node-wide chains of `family`, with the `SERVICES` chain of `frontends` (the frontend

@@ -632,6 +632,17 @@ impl Dataplane for NftablesDataplane {
         )?;
         let mut s = observe::counter_stats(&json)?;
         s.flows = self.flows()?.len() as u64;
+        // The kernel conntrack's failures in this namespace (a full table drops new
+        // connections: `conntrack_drop`). No such file: conntrack is not loaded, nothing to
+        // count.
+        match exec::read_proc(
+            BACKEND,
+            self.config.netns.as_deref(),
+            "/proc/net/stat/nf_conntrack",
+        ) {
+            Ok(text) => observe::add_conntrack_stat(&mut s.other, &text),
+            Err(e) => tracing::debug!(error = %e, "no conntrack statistics"),
+        }
         Ok(s)
     }
 

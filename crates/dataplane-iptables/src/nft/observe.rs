@@ -324,3 +324,60 @@ pub fn counter_stats(json: &str) -> Result<Stats, NetfilterError> {
 pub fn chain_counter(l: &Listing, chain: &str) -> Option<u64> {
     l.rules.get(chain)?.first().map(counter_packets)
 }
+
+/// The columns of `/proc/net/stat/nf_conntrack` that count connections the kernel's conntrack
+/// could not track, with the name each gets in `Stats::other`: `drop` (a new connection
+/// dropped because the table was full and nothing could be evicted), `early_drop` (a
+/// not-yet-assured entry evicted to make room), `insert_failed` (a race lost at insert).
+const CONNTRACK_STAT_COLUMNS: [(&str, &str); 3] = [
+    ("drop", "conntrack_drop"),
+    ("early_drop", "conntrack_early_drop"),
+    ("insert_failed", "conntrack_insert_failed"),
+];
+
+/// Adds the kernel conntrack's per-namespace failure counters to `other`, summed over the
+/// CPUs, from the text of `/proc/net/stat/nf_conntrack` (a header of column names, then one
+/// line of hexadecimal values per CPU). A column this kernel does not have is left out.
+pub(crate) fn add_conntrack_stat(other: &mut BTreeMap<String, u64>, text: &str) {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else { return };
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    let rows: Vec<Vec<u64>> = lines
+        .map(|l| {
+            l.split_whitespace()
+                .map(|v| u64::from_str_radix(v, 16).unwrap_or(0))
+                .collect()
+        })
+        .collect();
+    for (column, name) in CONNTRACK_STAT_COLUMNS {
+        let Some(i) = columns.iter().position(|c| *c == column) else {
+            continue;
+        };
+        let sum = rows.iter().filter_map(|r| r.get(i)).sum();
+        other.insert(name.to_owned(), sum);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_failures_are_summed_over_the_cpus() {
+        let text = "entries  clashres found new invalid ignore delete chainlength insert \
+                    insert_failed drop early_drop icmp_error  expect_new expect_create \
+                    expect_delete search_restart\n\
+            00000003  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 \
+            00000001 0000000a 00000002 00000000  00000000 00000000 00000000 00000000\n\
+            00000003  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 \
+            00000000 00000010 00000001 00000000  00000000 00000000 00000000 00000000\n";
+        let mut other = BTreeMap::new();
+        add_conntrack_stat(&mut other, text);
+        assert_eq!(other["conntrack_drop"], 0x1a);
+        assert_eq!(other["conntrack_early_drop"], 3);
+        assert_eq!(other["conntrack_insert_failed"], 1);
+        let mut none = BTreeMap::new();
+        add_conntrack_stat(&mut none, "entries found\n00000001 00000002\n");
+        assert!(none.is_empty(), "{none:?}");
+    }
+}

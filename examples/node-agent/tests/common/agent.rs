@@ -248,6 +248,11 @@ impl Agents {
         tail(&self.nodes[i].log)
     }
 
+    /// Node `i`'s agent's `--bpf-pin-dir`.
+    pub fn pin_dir(&self, i: usize) -> &Path {
+        &self.nodes[i].pin_dir
+    }
+
     /// Node `i`'s namespace.
     pub fn netns(&self, i: usize) -> &NetNs {
         &self.nodes[i].netns

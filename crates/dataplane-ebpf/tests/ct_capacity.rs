@@ -1,0 +1,148 @@
+//! Conntrack filled past its capacity (issue 21, item 4), with real traffic: `dp_ct` is an LRU
+//! hash sized by `Capacities::conntrack` (16 entries here: 8 connections).
+//!
+//! ```text
+//!   pod-0-0 ══ 12 long connections ═▶ 10.96.0.10:80 ─┬─▶ pod-0-1
+//!   pod-0-0 ── 50 new connections ──▶ 10.96.0.10:80 ─┘   pod-0-2   (random choice)
+//! ```
+//!
+//! - New connections are never refused: the LRU evicts the least recently used entries (the
+//!   idle long connections'), and `stats()` shows the table at most full (`ct_entries` <=
+//!   `ct_capacity`).
+//! - A long connection whose entries went is counted at its next packet (`ct_lost`) and gets a
+//!   backend afresh: it continues on its own backend or fails (the other backend answers RST);
+//!   it is never answered by another backend. One whose reverse entry alone went loses its
+//!   forward entry at the next `maintain()` (`reverse_lost`), so that no connection fails
+//!   uncounted.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dataplane_core::{Dataplane, Protocol};
+use dataplane_ebpf::{monotonic_now, EbpfDataplane};
+use dataplane_testkit::{probe, require_root, Lab, LabSpec, ProbeOutcome, TcpSession};
+
+const VIP: &str = "10.96.0.10";
+/// `dp_ct`'s size: 8 connections.
+const CONNTRACK: u32 = 16;
+/// More long connections than fit.
+const LONG: usize = 12;
+const FILL: usize = 50;
+/// Bounds each wait (a probe, a request on a long connection); measures nothing.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_full_conntrack_evicts_counts_and_never_mistranslates() {
+    if !require_root("a_full_conntrack_evicts_counts_and_never_mistranslates") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 3,
+        external_clients: 0,
+        ipv6: false,
+    })
+    .expect("lab");
+    let (_pins, mut dp) = common::lab_node_dataplane(&lab, "dpe-ctcap", |caps| {
+        caps.conntrack = CONNTRACK;
+    });
+    let mut state = lab.desired_state(0);
+    state.services = vec![common::lab_cluster_ip(&lab, "web", VIP, &[1, 2])];
+    dp.apply(&state).expect("apply");
+    let vip = SocketAddr::new(VIP.parse().unwrap(), 80);
+    let client = &lab.pod(0).netns;
+    let stat = |dp: &EbpfDataplane, name: &str| -> u64 {
+        *dp.stats()
+            .expect("stats")
+            .other
+            .get(name)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    };
+
+    let mut long: Vec<(TcpSession, String)> = (0..LONG)
+        .map(|i| {
+            let mut s = TcpSession::open(client, vip).expect("long connection");
+            s.set_timeout(TIMEOUT);
+            let (backend, _) = s.request().unwrap_or_else(|e| panic!("long {i}: {e}"));
+            (s, backend)
+        })
+        .collect();
+
+    // Fill: every new connection is answered, the table never holds more than its size.
+    for i in 0..FILL {
+        let o = probe(client, vip, Protocol::Tcp, TIMEOUT).expect("probe runs");
+        assert!(
+            matches!(o, ProbeOutcome::Answered { .. }),
+            "new connection {i} with conntrack full: {o:?}"
+        );
+    }
+    let counters = dp.stats().expect("stats").other;
+    assert_eq!(counters["ct_capacity"], u64::from(CONNTRACK));
+    assert!(
+        counters["ct_entries"] <= u64::from(CONNTRACK),
+        "{counters:?}"
+    );
+    assert!(
+        counters["ct_created"] >= (LONG + FILL) as u64,
+        "{counters:?}"
+    );
+
+    // A maintenance pass removes the forward entries whose reverse entry the LRU evicted
+    // (their replies would pass untranslated): counted in `reverse_lost`. After it a
+    // connection is tracked with both entries or not at all, and the table holds at most
+    // CONNTRACK / 2 connections: at least LONG - CONNTRACK / 2 long ones lost theirs.
+    let gc = dp.maintain(monotonic_now()).expect("maintain");
+    let reverse_lost = gc.other["reverse_lost"];
+    let tracked: BTreeSet<SocketAddr> = dp
+        .flows()
+        .expect("flows")
+        .into_iter()
+        .map(|f| f.client)
+        .collect();
+    let untracked = long
+        .iter()
+        .filter(|(s, _)| !tracked.contains(&s.local_addr()))
+        .count();
+    assert!(
+        untracked >= LONG - CONNTRACK as usize / 2,
+        "{untracked} long connections without entries"
+    );
+
+    // Each continues on its backend or fails (the other backend's RST), never answered by
+    // the other; each without entries is counted at its next packet; none fails uncounted.
+    let lost_before = stat(&dp, "ct_lost");
+    let mut kept = 0;
+    let mut failed = 0;
+    for (i, (s, backend)) in long.iter_mut().enumerate() {
+        match s.request() {
+            Ok((now, _)) => {
+                assert_eq!(
+                    &now, backend,
+                    "long connection {i} moved to another backend"
+                );
+                kept += 1;
+            }
+            Err(e) => {
+                eprintln!("long connection {i} lost: {e}");
+                failed += 1;
+            }
+        }
+    }
+    let lost = stat(&dp, "ct_lost") - lost_before;
+    eprintln!(
+        "{kept} of {LONG} long connections kept their backend ({untracked} without entries); \
+         ct_lost {lost}, reverse_lost {reverse_lost}"
+    );
+    assert!(
+        lost >= untracked as u64,
+        "{untracked} connections without entries, {lost} counted in ct_lost"
+    );
+    assert!(
+        failed <= lost,
+        "{failed} connections failed, {lost} counted in ct_lost"
+    );
+    dp.reset().expect("reset");
+}

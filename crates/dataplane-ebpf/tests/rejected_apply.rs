@@ -1,0 +1,146 @@
+//! A refused sync leaves the kernel as it was (issue 21, item 4): after each rejected
+//! `apply` / `apply_changes` (a validation error, a capacity error, an uplink that is not
+//! there) the pin directory holds the same maps, byte for byte, and the same links, and
+//! `observe()` says the same; traffic still follows the old state.
+//!
+//! ```text
+//!   pod-0-0 ──▶ 10.96.0.10:80 (web) ──▶ pod-0-1        served before and after
+//!   pod-0-0 ──▶ 10.96.0.11:80 (new) ──▶ pod-0-1        only in the refused states: dropped
+//! ```
+//!
+//! The missing uplink is the regression case: the sync used to write the new state's maps and
+//! fail at the attach, so the refused service was served.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::pins::quiet_snapshot;
+use dataplane_core::{diff, Dataplane, Error, Protocol, Service, ValidationError};
+use dataplane_ebpf::EbpfDataplane;
+use dataplane_testkit::{probe, require_root, Lab, LabSpec, ProbeOutcome};
+
+const WEB: &str = "10.96.0.10";
+const NEW: &str = "10.96.0.11";
+/// Frontend entries the test's maps hold (`Capacities::services`).
+const SERVICE_ENTRIES: u32 = 16;
+/// How long a probe waits for an answer before it counts as dropped: bounds a wait, measures
+/// nothing.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn service(lab: &Lab, name: &str, vip: &str) -> Service {
+    common::lab_cluster_ip(lab, name, vip, &[1])
+}
+
+/// The maps and links of `dir`, without what the programs write per packet (counters, the
+/// event rate limiter), which stray packets of the lab could change between two snapshots.
+fn kernel_state(dir: &std::path::Path) -> BTreeMap<String, String> {
+    let mut s = quiet_snapshot(dir);
+    for per_packet in ["dp_stats", "dp_drops", "dp_ev_limit"] {
+        assert!(s.remove(per_packet).is_some(), "{per_packet} is pinned");
+    }
+    s
+}
+
+fn answered_by(lab: &Lab, vip: &str) -> Option<String> {
+    let dst = SocketAddr::new(vip.parse().unwrap(), 80);
+    match probe(&lab.pod(0).netns, dst, Protocol::Tcp, PROBE_TIMEOUT).expect("probe runs") {
+        ProbeOutcome::Answered { backend, .. } => Some(backend),
+        _ => None,
+    }
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scene, read top to bottom
+fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
+    if !require_root("a_rejected_apply_leaves_maps_links_and_traffic_as_they_were") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        external_clients: 0,
+        ipv6: false,
+    })
+    .expect("lab");
+    let (pins, mut dp) = common::lab_node_dataplane(&lab, "dpe-rejected", |caps| {
+        caps.services = SERVICE_ENTRIES;
+    });
+    let dir = pins.0[0].clone();
+    let mut old = lab.desired_state(0);
+    old.services = vec![service(&lab, "web", WEB)];
+    dp.apply(&old).expect("apply");
+    assert_eq!(answered_by(&lab, WEB).as_deref(), Some("pod-0-1"));
+    let maps_before = kernel_state(&dir);
+    let observed_before = dp.observe().expect("observe");
+    let unchanged = |dp: &EbpfDataplane, what: &str| {
+        assert_eq!(
+            dp.observe().expect("observe"),
+            observed_before,
+            "{what}: observe() changed"
+        );
+        let now = kernel_state(&dir);
+        for (name, value) in &maps_before {
+            assert_eq!(now.get(name), Some(value), "{what}: {name} changed");
+        }
+        assert_eq!(now.len(), maps_before.len(), "{what}: pins added");
+    };
+
+    // A validation error: a second service on web's frontend.
+    let mut clash = old.clone();
+    clash.services.push(service(&lab, "clash", WEB));
+    let e = dp.apply(&clash).unwrap_err();
+    assert!(
+        matches!(e, Error::Invalid(ValidationError::DuplicateFrontend { .. })),
+        "{e:?}"
+    );
+    unchanged(&dp, "validation error (apply)");
+    let e = dp.apply_changes(&diff(&old, &clash)).unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+    unchanged(&dp, "validation error (apply_changes)");
+
+    // A capacity error: more frontend entries than the map holds (each ClusterIP port
+    // takes one, and one more for its unknown ports), as a full and as an incremental sync.
+    let mut big = old.clone();
+    for i in 0..SERVICE_ENTRIES {
+        big.services.push(service(
+            &lab,
+            &format!("s{i}"),
+            &format!("10.96.1.{}", i + 1),
+        ));
+    }
+    // (a failed sync asks for a full one next: the incremental one first)
+    let e = dp.apply_changes(&diff(&old, &big)).unwrap_err();
+    assert!(matches!(e, Error::CapacityExceeded { .. }), "{e:?}");
+    unchanged(&dp, "capacity error (apply_changes)");
+    let e = dp.apply(&big).unwrap_err();
+    assert!(matches!(e, Error::CapacityExceeded { .. }), "{e:?}");
+    unchanged(&dp, "capacity error (apply)");
+
+    // An uplink that is not there, with a new service: refused before any map is written.
+    let mut no_uplink = old.clone();
+    no_uplink.services.push(service(&lab, "new", NEW));
+    "missing0".clone_into(&mut no_uplink.node.interfaces.uplink);
+    let e = dp.apply(&no_uplink).unwrap_err();
+    unchanged(&dp, "missing uplink");
+    let chain = format!("{e:?}");
+    assert!(chain.contains("missing0"), "{chain}");
+
+    // Traffic follows the old state: web answers, the refused service does not.
+    assert_eq!(answered_by(&lab, WEB).as_deref(), Some("pod-0-1"));
+    assert_eq!(
+        answered_by(&lab, NEW),
+        None,
+        "the refused service is served"
+    );
+
+    // The next good state is programmed as usual (a full sync after the failures).
+    let mut good = no_uplink.clone();
+    good.node = old.node.clone();
+    let report = dp.apply(&good).expect("apply after the refusals");
+    assert!(report.full_sync);
+    assert_eq!(answered_by(&lab, NEW).as_deref(), Some("pod-0-1"));
+    dp.reset().expect("reset");
+}
