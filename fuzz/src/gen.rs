@@ -520,7 +520,7 @@ pub fn wild_state(u: &mut Unstructured) -> Result<DesiredState> {
             };
         }
         (7, Some(i)) => {
-            s.services[i].name.name = pick(u, &["", "UPPER", "a_b", "-x"])?.to_owned();
+            s.services[i].name.name = pick(u, &["", "UPPER", "a_b", "-x"])?.into();
         }
         (8, _) => {
             s.node.node_port_range = PortRange {
