@@ -1000,6 +1000,16 @@ impl Dataplane for IptablesDataplane {
             render::add_stats(&self.our_rules(family)?, &mut s);
         }
         s.flows = self.flows()?.len() as u64;
+        // The kernel conntrack's failures in this namespace (table full: `drop`), as the
+        // nftables backend reports them.
+        match crate::exec::read_proc(
+            BACKEND,
+            self.config.netns.as_deref(),
+            "/proc/net/stat/nf_conntrack",
+        ) {
+            Ok(text) => crate::nft::observe::add_conntrack_stat(&mut s.other, &text),
+            Err(e) => tracing::debug!(error = %e, "no conntrack statistics"),
+        }
         Ok(s)
     }
 
