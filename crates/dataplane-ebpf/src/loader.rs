@@ -752,11 +752,6 @@ impl Objects {
         Ok(())
     }
 
-    /// Attaches `hook`'s program to `ifname` (call inside the node's network namespace),
-    /// unless it is attached to the interface that has that name now: an attachment made on
-    /// an interface since deleted (and perhaps recreated under the same name, as a pod's veth
-    /// is) died with it, so it is forgotten and the program attached anew. A pod hook whose
-    /// interface is not there is skipped (see the match below).
     /// Fails, before a sync writes anything, when an attachment of `wanted` that
     /// [`Self::attach`] would have to make cannot be made because its interface is not there
     /// (the uplink or `lo`; a pod's missing veth is skipped, not an error, see `attach`). One
@@ -793,6 +788,11 @@ impl Objects {
         Ok(())
     }
 
+    /// Attaches `hook`'s program to `ifname` (call inside the node's network namespace),
+    /// unless it is attached to the interface that has that name now: an attachment made on
+    /// an interface since deleted (and perhaps recreated under the same name, as a pod's veth
+    /// is) died with it, so it is forgotten and the program attached anew. A pod hook whose
+    /// interface is not there is skipped (see the match below).
     pub(crate) fn attach(
         &mut self,
         pin_dir: &Path,
