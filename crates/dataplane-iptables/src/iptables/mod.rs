@@ -760,19 +760,15 @@ impl IptablesDataplane {
         }
         let prefix = self.config.name.clone();
         let log = self.config.log_plan();
-        // The services as programmed (the last applied state's) and as wanted.
-        let before = |name: &dataplane_core::ObjectName| {
-            applied.state.services.iter().find(|s| &s.name == name)
-        };
-        let after =
-            |name: &dataplane_core::ObjectName| desired.services.iter().find(|s| &s.name == name);
+        // The services as programmed and as wanted: the change set carries both (it is
+        // relative to the applied state), so neither state is searched.
         let services: Vec<(
             Option<&dataplane_core::Service>,
             Option<&dataplane_core::Service>,
         )> = changes
             .services
-            .keys()
-            .map(|name| (before(name), after(name)))
+            .values()
+            .map(|c| (c.previous.as_ref(), c.current.as_ref()))
             .collect();
         let mut patches = Vec::new();
         for (i, family) in [IpFamily::V4, IpFamily::V6].into_iter().enumerate() {
