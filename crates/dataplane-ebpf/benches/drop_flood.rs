@@ -1,30 +1,40 @@
 //! What a flood of drops at the uplink costs forwarded traffic (issue 20: 1 Mpps of drops
 //! must not slow forwarded traffic by more than 5 %): TCP connect/request/response/close
 //! (CRR) from one external client through a NodePort, with and without a flood that the
-//! eBPF programs drop at the uplink, in a one-node testkit lab. A reader drains the events
-//! the whole time, as an agent streaming them would.
+//! eBPF programs drop at the uplink, in a one-node testkit lab with the XDP program on in
+//! driver mode on node-0's veth uplink. A reader drains the events the whole time, as an
+//! agent streaming them would.
 //!
 //! ```text
-//!   external-0 ── x0 ─┐  flood: TCP SYNs to LB IP 198.51.100.1:80, whose source ranges
-//!   (generator, CPU 0)│  (192.0.2.0/24) leave external-0 out: dropped by dp_from_uplink
-//!                     ├─ br0 ── node-0 eth0 (TC: dp_from_uplink) ──▶ pod-0-1, pod-0-2
-//!   external-1 ── x1 ─┘  CRR to NodePort 172.18.0.10:30080 (2 threads, CPU 1)
+//!   underlay: generator ──XDP_REDIRECT──▶ n0 ═veth═▶ node-0 eth0 [dp_xdp_uplink: XDP_DROP]
+//!   (CPU 0)   flood: TCP SYNs from external-0 to LB IP 198.51.100.1:80, whose source ranges
+//!             (192.0.2.0/24) leave external-0 out: dropped at XDP (reason source-range)
+//!   external-1 ── x1 ── br0 ── n0 ═veth═▶ node-0 eth0 (XDP passes, TC) ──▶ pod-0-1, pod-0-2
+//!   CRR to NodePort 172.18.0.10:30080 (2 threads, CPU 1)
 //! ```
 //!
-//! The generator is the kernel's own: `BPF_PROG_TEST_RUN` of an XDP program that returns
-//! `XDP_PASS` with `BPF_F_TEST_XDP_LIVE_FRAMES` (Linux >= 5.18), run in the underlay namespace on external-0's bridge port `x0`: each repetition is a real frame that
-//! enters the stack as if external-0 had sent it (the bridge forwards it to node-0's uplink,
-//! where `dp_from_uplink` drops it and counts it in `dp_drops`). It is paced in 1 ms slices
-//! to `TARGET_PPS`; what it achieves is read from the drop counters, not assumed.
+//! The generator is the kernel's own, and builds no skb: `BPF_PROG_TEST_RUN` with
+//! `BPF_F_TEST_XDP_LIVE_FRAMES` (Linux >= 5.18) of the `xdp_redirect` fixture
+//! (`bpf/test/xdp_redirect.c`: `bpf_redirect(target_ifindex)`), run in the underlay namespace
+//! with `target_ifindex` = `n0`, the underlay side of node-0's veth uplink. Each repetition is
+//! an XDP frame redirected into `n0`, whose `ndo_xdp_xmit` (`veth_xdp_xmit`) puts it on the
+//! XDP ring of its peer, node-0's `eth0`; `eth0`'s NAPI poll (on the generator's CPU, when the
+//! test run's batch re-enables softirqs) runs `dp_xdp_uplink` on it as on a frame from a NIC,
+//! in driver mode, and the frame is dropped and recycled without ever becoming an skb. (A veth
+//! accepts `ndo_xdp_xmit` only while its peer runs an XDP program: node-0's own is that one.)
+//! The previous generator, the `xdp_pass` fixture returning `XDP_PASS`, handed every frame to
+//! the stack as an skb (6-12 us a frame on this VM: 0.07-0.11 Mpps; `benches/notes.md`). It is
+//! paced in 5 ms slices to `TARGET_PPS`; what it achieves is read from XDP's source-range
+//! counter in `dp_drops`, not assumed.
 //!
 //! CPUs: the generator thread runs on CPU 0, everything else (the client threads, the pods'
 //! servers, the event reader: all threads of this process) on CPU 1. The frames' whole path
-//! (bridge, veth, the TC program) runs in the generator's context, on CPU 0, as a one-flow
-//! flood arriving on one NIC queue is handled by the one CPU that queue interrupts (RSS).
-//! What the flood can cost the forwarded traffic on the other CPU is what this measures: the
-//! maps, the ring buffer, the event reader and the devices they share. Without the pinning
-//! the flood would take one of this VM's two cores away from the forwarding, which measures
-//! the VM's size, not the dataplane.
+//! (redirect, veth ring, `eth0`'s NAPI and the XDP program) runs in the generator's context, on
+//! CPU 0, as a one-flow flood arriving on one NIC queue is handled by the one CPU that queue
+//! interrupts (RSS). What the flood can cost the forwarded traffic on the other CPU is what
+//! this measures: the maps, the ring buffer, the event reader and the devices they share.
+//! Without the pinning the flood would take one of this VM's two cores away from the
+//! forwarding, which measures the VM's size, not the dataplane.
 //!
 //! Rounds alternate the order of flood on / off; each gets `WARM` of unmeasured load, then
 //! `MEASURE` of CRR; the result is the median of the rounds' on/off ratios, with their spread.
@@ -43,7 +53,7 @@ use dataplane_core::{
     Dataplane, DropReason, EventOptions, EventSource, FlowEvent, ObjectName, Protocol, Service,
     ServicePort, TrafficPolicy,
 };
-use dataplane_ebpf::{EbpfConfig, EbpfDataplane, Hook, RunOn};
+use dataplane_ebpf::{EbpfConfig, EbpfDataplane, Hook, RunOn, XdpMode};
 use dataplane_testkit::packet::eth;
 use dataplane_testkit::{Family, Lab, LabSpec, SERVER_PORT};
 
@@ -56,51 +66,47 @@ const TARGET_PPS: u64 = 1_000_000;
 const SLICE: Duration = Duration::from_millis(5);
 const NODE_PORT: u16 = 30080;
 
-/// Where the flood's frames enter (`DROP_FLOOD_INJECT`).
-#[derive(Debug, Clone, Copy)]
-enum Inject {
-    /// `port` (default): external-0's bridge port in the underlay, as if external-0 had sent
-    /// them: the bridge forwards them over node-0's veth uplink.
-    Port,
-    /// `uplink`: node-0's uplink itself, as if its wire had delivered them: only the
-    /// node's own receive path and the programs, none of the lab's bridge and veth.
-    Uplink,
-}
 const GUARDED_IP: &str = "198.51.100.1";
 /// The CPUs: the flood's, and everything else's.
 const FLOOD_CPU: usize = 0;
 const WORK_CPU: usize = 1;
 
-/// The kernel's packet generator: the `xdp_pass` test fixture (`bpf/test/xdp_pass.c`,
-/// committed as `bpf/test/obj/xdp_pass.o`: `return XDP_PASS`) run with `BPF_PROG_TEST_RUN`
-/// and `BPF_F_TEST_XDP_LIVE_FRAMES` (aya's `TestRunAttrs::xdp_live_frames`): each of the
-/// `repeat` runs turns the frame into an skb that the stack receives on the interface of
-/// `ctx_in`'s `ingress_ifindex`, in batches of `LIVE_BATCH`.
+/// The kernel's packet generator: the `xdp_redirect` bench fixture
+/// (`bpf/test/xdp_redirect.c`, committed as `bpf/test/obj/xdp_redirect.o`:
+/// `return bpf_redirect(target_ifindex, 0)`) run with `BPF_PROG_TEST_RUN` and
+/// `BPF_F_TEST_XDP_LIVE_FRAMES` (aya's `TestRunAttrs::xdp_live_frames`): each of the `repeat`
+/// runs redirects the frame, as an XDP frame (no skb), to interface `target_ifindex`, in
+/// batches of `LIVE_BATCH` (flushed to the device at the end of each batch).
 struct XdpGenerator {
     ebpf: aya::Ebpf,
 }
 
-/// Frames per batch of the live test run (the kernel's default, NAPI's poll weight).
+/// Frames per batch of the live test run (the kernel's default, NAPI's poll weight; below the
+/// 256 frames a veth's XDP ring holds, so that a batch never overflows it).
 const LIVE_BATCH: u32 = 64;
 
 impl XdpGenerator {
-    fn load() -> Result<Self, Box<dyn std::error::Error>> {
+    /// Loads the fixture with its redirect target, interface `target` of the calling
+    /// thread's namespace.
+    fn load(target: u32) -> Result<Self, Box<dyn std::error::Error>> {
         // A test-only fixture: committed beside its source, never built by the library.
         static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/bpf/test/obj/xdp_pass.o"
+            "/bpf/test/obj/xdp_redirect.o"
         ));
-        let mut ebpf = aya::Ebpf::load(OBJ)?;
+        let mut ebpf = aya::EbpfLoader::new()
+            .override_global("target_ifindex", &target, true)
+            .load(OBJ)?;
         let prog: &mut aya::programs::Xdp = ebpf
-            .program_mut("xdp_pass")
-            .ok_or("no xdp_pass program")?
+            .program_mut("xdp_redirect")
+            .ok_or("no xdp_redirect program")?
             .try_into()?;
         prog.load()?;
         Ok(Self { ebpf })
     }
 
     /// Sends `frame` `count` times as if interface `ifindex` (of the calling thread's
-    /// namespace) had received it.
+    /// namespace) had received it: each one is redirected to the target.
     fn send(
         &self,
         frame: &[u8],
@@ -110,7 +116,7 @@ impl XdpGenerator {
         use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
         let prog: &Xdp = self
             .ebpf
-            .program("xdp_pass")
+            .program("xdp_redirect")
             .and_then(|p| p.try_into().ok())
             .expect("loaded in load()");
         // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
@@ -154,13 +160,20 @@ fn mac_of(ns: &str, interface: &str) -> [u8; 6] {
     mac
 }
 
-fn source_range_drops(dp: &EbpfDataplane) -> u64 {
-    dp.stats()
-        .expect("stats")
-        .drops
-        .get(&DropReason::SourceRange)
-        .copied()
-        .unwrap_or(0)
+/// Source-range drops at XDP and at `dp_from_uplink` (`dp_drops` by program).
+fn source_range_drops(dp: &EbpfDataplane) -> (u64, u64) {
+    let stats = dp.stats().expect("stats");
+    let at = |program: &str| {
+        stats
+            .other
+            .get(&format!(
+                "drops.{program}.{}",
+                DropReason::SourceRange.name()
+            ))
+            .copied()
+            .unwrap_or(0)
+    };
+    (at("dp_xdp_uplink"), at("dp_from_uplink"))
 }
 
 fn services(lab: &Lab) -> Vec<Service> {
@@ -194,11 +207,6 @@ fn main() {
         eprintln!("SKIPPED drop_flood: needs 2 CPUs (one for the flood, one for the rest)");
         return;
     }
-    let inject = match std::env::var("DROP_FLOOD_INJECT").as_deref() {
-        Ok("uplink") => Inject::Uplink,
-        Ok("port") | Err(_) => Inject::Port,
-        Ok(other) => panic!("DROP_FLOOD_INJECT={other}: `port` or `uplink`"),
-    };
     let rounds = std::env::var("DROP_FLOOD_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -217,6 +225,8 @@ fn main() {
     let _ = std::fs::remove_dir_all(&pin_dir);
     let mut config = EbpfConfig::new(&pin_dir);
     config.netns = Some(lab.node(0).netns.path().to_owned());
+    // Driver mode on the veth uplink: the flood's frames reach it as XDP frames.
+    config.xdp = XdpMode::Native;
     let mut dp = EbpfDataplane::new(config).expect("load");
     let mut state = lab.desired_state(0);
     state.services = services(&lab);
@@ -264,51 +274,53 @@ fn main() {
             (read, suppressed, events.lost())
         });
         let flood = s.spawn(|| {
-            let (ns, port) = match inject {
-                Inject::Port => (lab.underlay(), "x0"),
-                Inject::Uplink => (&lab.node(0).netns, "eth0"),
-            };
-            ns.run(|| {
-                pin_to(FLOOD_CPU);
-                let generator = XdpGenerator::load().expect("load the generator's XDP program");
-                let ifindex = nix::net::if_::if_nametoindex(port).expect("the flood's interface");
-                let per_slice = u32::try_from(
-                    TARGET_PPS * u64::try_from(SLICE.as_micros()).unwrap() / 1_000_000,
-                )
-                .unwrap();
-                let mut next = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    if !flooding.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(2));
-                        next = Instant::now();
-                        continue;
+            lab.underlay()
+                .run(|| {
+                    pin_to(FLOOD_CPU);
+                    // Received on external-0's bridge port, redirected into node-0's uplink veth.
+                    let ifindex = nix::net::if_::if_nametoindex("x0").expect("external-0's port");
+                    let target = nix::net::if_::if_nametoindex("n0").expect("node-0's port");
+                    let generator =
+                        XdpGenerator::load(target).expect("load the generator's XDP program");
+                    let per_slice = u32::try_from(
+                        TARGET_PPS * u64::try_from(SLICE.as_micros()).unwrap() / 1_000_000,
+                    )
+                    .unwrap();
+                    let mut next = Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        if !flooding.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(2));
+                            next = Instant::now();
+                            continue;
+                        }
+                        let t = Instant::now();
+                        if generator.send(&frame, ifindex, per_slice).is_err() {
+                            generator_errors.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            generated.fetch_add(u64::from(per_slice), Ordering::Relaxed);
+                        }
+                        generating_ns.fetch_add(
+                            u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                            Ordering::Relaxed,
+                        );
+                        next += SLICE;
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        } else if now - next > SLICE * 10 {
+                            // Behind: flat out, without banking the slices it missed.
+                            next = now;
+                        }
                     }
-                    let t = Instant::now();
-                    if generator.send(&frame, ifindex, per_slice).is_err() {
-                        generator_errors.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        generated.fetch_add(u64::from(per_slice), Ordering::Relaxed);
-                    }
-                    generating_ns.fetch_add(
-                        u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                        Ordering::Relaxed,
-                    );
-                    next += SLICE;
-                    let now = Instant::now();
-                    if next > now {
-                        std::thread::sleep(next - now);
-                    } else if now - next > SLICE * 10 {
-                        // Behind: flat out, without banking the slices it missed.
-                        next = now;
-                    }
-                }
-            })
-            .expect("enter the flood's namespace");
+                })
+                .expect("enter the flood's namespace");
         });
 
         let mut ratios = Vec::new();
         let mut rates = Vec::new();
         let mut failures = 0;
+        // Flood frames dropped by dp_from_uplink instead of XDP (none expected).
+        let mut tc_drops = 0;
         for round in 0..rounds {
             let mut conn_rate = [0.0; 2];
             let order = if round % 2 == 0 {
@@ -323,10 +335,12 @@ fn main() {
                     .expect("maintain");
                 flooding.store(on, Ordering::Relaxed);
                 crr(client, dst, WARM);
-                let drops_before = source_range_drops(&dp);
+                let (xdp_before, tc_before) = source_range_drops(&dp);
                 let start = Instant::now();
                 let (r, failed) = crr(client, dst, MEASURE);
-                let drops = source_range_drops(&dp) - drops_before;
+                let (xdp_after, tc_after) = source_range_drops(&dp);
+                let drops = xdp_after - xdp_before;
+                tc_drops += tc_after - tc_before;
                 #[allow(clippy::cast_precision_loss)] // counts far below 2^52
                 let pps = drops as f64 / start.elapsed().as_secs_f64();
                 if on {
@@ -350,9 +364,13 @@ fn main() {
         flood.join().expect("generator");
         let read = reader.join().expect("reader");
         assert_eq!(failures, 0, "failed connections");
-        (ratios, rates, read)
+        (ratios, rates, read, tc_drops)
     });
-    let (ratios, mut rates, read) = results;
+    let (ratios, mut rates, read, tc_drops) = results;
+    assert_eq!(
+        tc_drops, 0,
+        "every flood frame was dropped at XDP, none in TC"
+    );
     assert_eq!(
         generator_errors.load(Ordering::Relaxed),
         0,
@@ -375,7 +393,8 @@ fn main() {
     let busy = ns as f64 / 1e9;
     println!(
         "generator: {frames} frames in {busy:.2} s of BPF_PROG_TEST_RUN calls: {per_frame:.0} ns \
-         a frame through the node's receive path (the most one CPU makes of it: {:.3} Mpps)",
+         a frame (redirect, veth ring, node-0's XDP drop; the most one CPU makes of it: {:.3} \
+         Mpps)",
         1e3 / per_frame
     );
     println!(
@@ -391,7 +410,7 @@ fn main() {
     );
     println!("|---|---:|---:|---|---|");
     println!(
-        "| eBPF (TC), 1 node, external CRR -> NodePort -> 2 local pods; flood injected at {inject:?} | {:.3} Mpps | {ratio:.3} | {:.3}-{:.3} | ≥ 0.95 at 1 Mpps {} |",
+        "| eBPF (XDP drop, driver mode on the veth uplink), 1 node, external CRR -> NodePort -> 2 local pods | {:.3} Mpps | {ratio:.3} | {:.3}-{:.3} | ≥ 0.95 at 1 Mpps {} |",
         pps / 1e6,
         sorted[0],
         sorted[sorted.len() - 1],
@@ -402,8 +421,18 @@ fn main() {
         }
     );
     // What the programs themselves spend on one dropped frame, without the lab's receive
-    // path: dp_from_uplink on the flood's frame with BPF_PROG_TEST_RUN (the kernel's
-    // average over the runs).
+    // path: dp_xdp_uplink (and, for comparison, dp_from_uplink, which drops it when XDP is
+    // off) on the flood's frame with BPF_PROG_TEST_RUN (the kernel's average over the runs).
+    let run = dp.run_packet(Hook::Xdp, &frame, 100_000).expect("test run");
+    assert_eq!(run.verdict, 1, "XDP_DROP: the flood's frame is dropped");
+    #[allow(clippy::cast_precision_loss)] // nanoseconds far below 2^52
+    let ns = run.duration.as_nanos() as f64;
+    println!(
+        "dp_xdp_uplink per dropped frame: {ns:.0} ns (BPF_PROG_TEST_RUN, 100000 runs, drop \
+         events limited as configured): 1 Mpps of such drops is {:.1} % of one CPU in the \
+         program",
+        ns * 1e6 / 1e9 * 100.0
+    );
     let on = RunOn {
         interface: Some("eth0".to_owned()),
         ingress: Some("eth0".to_owned()),

@@ -65,6 +65,12 @@ const BPF_OBJECTS: &[BpfObject] = &[
         committed: "bpf/test/obj/xdp_pass.o",
         library: false,
     },
+    BpfObject {
+        name: "xdp_redirect",
+        source: "bpf/test/xdp_redirect.c",
+        committed: "bpf/test/obj/xdp_redirect.o",
+        library: false,
+    },
 ];
 
 /// The pinned compiler. The committed objects are built with Debian 12's clang-19

@@ -19,13 +19,18 @@ use common::{
     TestNode, TCP_ACK, TCP_SYN,
 };
 use dataplane_core::{
-    Backend, Dataplane, DesiredState, ExternalMode, ObjectName, Protocol, Service, ServicePort,
+    Backend, Dataplane, DesiredState, Direction, DropReason, EventKind, EventOptions, EventSource,
+    EventVerdict, ExternalMode, FlowEvent, ObjectName, ObservationPoint, Protocol, Service,
+    ServicePort, TcpFlags, Tuple,
 };
+use dataplane_ebpf::maps::{FlowEventRecord, AF_INET, EV_KIND_DROP, EV_VERDICT_DROPPED};
 use dataplane_ebpf::{EbpfDataplane, Hook, XdpMode};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const TC_OK: u32 = 0;
+const TC_SHOT: u32 = 2;
 const TC_REDIRECT: u32 = 7;
 
 const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -469,4 +474,263 @@ fn xdp_never_redirects_into_another_interface() {
         dp.run_packet(Hook::Xdp, &syn, 1).expect("test run").verdict,
         XDP_PASS
     );
+}
+
+/// A LoadBalancer service on `lb_ip`, TCP and UDP port 80 -> 8080, with `ranges` as its
+/// loadBalancerSourceRanges (none: unrestricted).
+fn load_balancer(name: &str, cluster_ip: &str, lb_ip: &str, ranges: &[&str]) -> Service {
+    let mut s = Service::new(ObjectName::new("default", name));
+    s.cluster_ips = vec![cluster_ip.parse().unwrap()];
+    s.ports = [Protocol::Tcp, Protocol::Udp]
+        .into_iter()
+        .map(|protocol| ServicePort {
+            name: protocol.to_string().to_lowercase(),
+            protocol,
+            port: 80,
+            target_port: 8080,
+            node_port: None,
+        })
+        .collect();
+    s.load_balancer_ips = vec![lb_ip.parse().unwrap()];
+    s.load_balancer_source_ranges = ranges.iter().map(|r| r.parse().unwrap()).collect();
+    s
+}
+
+/// `guarded` 198.51.100.1 (sources `ranges`, remote backend), `guarded-empty` 198.51.100.2
+/// (sources 192.0.2.0/24, no backend), `open` 198.51.100.3 (no ranges, remote backend).
+fn ranged_scene(ranges: &[&str]) -> DesiredState {
+    let mut guarded = load_balancer("guarded", "10.96.0.40", "198.51.100.1", ranges);
+    guarded.backends = vec![backend("10.244.1.20", "node-b")];
+    let empty = load_balancer(
+        "guarded-empty",
+        "10.96.0.41",
+        "198.51.100.2",
+        &["192.0.2.0/24"],
+    );
+    let mut open = load_balancer("open", "10.96.0.42", "198.51.100.3", &[]);
+    open.backends = vec![backend("10.244.1.20", "node-b")];
+    let mut st = DesiredState::new(node());
+    st.services = vec![guarded, empty, open];
+    st
+}
+
+fn read_all(events: &mut dyn EventSource) -> Vec<FlowEvent> {
+    let mut out = Vec::new();
+    while events.read(&mut out, 4096).expect("read events") > 0 {}
+    out
+}
+
+/// loadBalancerSourceRanges at XDP: the first packet of a connection from outside the ranges
+/// is dropped there (`XDP_DROP`), with what `dp_from_uplink` counts and reports for the same
+/// drop (its `dp_drops` slot and event at the `xdp` point); a client inside is forwarded, a
+/// frontend without backends still judges the source first, one without ranges takes
+/// everyone, an established connection keeps going when the ranges change, and TC still
+/// drops the outsider itself when XDP does not see the packet.
+#[test]
+#[allow(clippy::too_many_lines)] // a fixture table and its counters read best in one piece
+fn xdp_drops_source_range_outsiders() {
+    use aya::maps::ring_buf::RingBuf;
+    use aya::maps::{Map, MapData};
+
+    if !require_root("xdp_drops_source_range_outsiders") {
+        return;
+    }
+    let n = xdp_node("xdpsrc");
+    let mut dp = xdp_dataplane(&n, XdpMode::Native);
+    dp.apply(&ranged_scene(&["192.0.2.0/24"])).expect("apply");
+
+    let syn = |src: &str, dst: &str, sport, dport| eth().ip(src, dst).tcp(sport, dport, TCP_SYN);
+    let ack = |src: &str, dst: &str, sport, dport| {
+        eth()
+            .ip(src, dst)
+            .tcp(sport, dport, TCP_ACK)
+            .payload(b"GET /")
+    };
+    let dropped = |description, input: Vec<u8>| Fixture {
+        description,
+        hook: Hook::Xdp,
+        output: input.clone(),
+        input,
+        verdict: XDP_DROP,
+    };
+
+    // The first drop's record, byte for byte through the ring buffer.
+    let mut ring = RingBuf::try_from(Map::RingBuf(
+        MapData::from_pin(n.pin_dir.join("dp_events")).expect("dp_events pinned"),
+    ))
+    .expect("a ring buffer");
+    check(
+        &mut dp,
+        &dropped(
+            "TCP SYN from outside the LB IP's source ranges: dropped at XDP",
+            syn("203.0.113.9", "198.51.100.1", 41000, 80).build(),
+        ),
+    );
+    let record = {
+        let item = ring.next().expect("one record");
+        FlowEventRecord::from_bytes(&item).expect("a whole record")
+    };
+    assert!(ring.next().is_none(), "exactly one record");
+    drop(ring);
+    assert_eq!(record.kind, EV_KIND_DROP);
+    assert_eq!(record.verdict, EV_VERDICT_DROPPED);
+    assert_eq!(record.reason, DropReason::SourceRange.code());
+    assert_eq!(record.point, 5, "PT_XDP");
+    assert_eq!(record.direction, 1, "EV_DIR_ORIGINAL");
+    assert_eq!((record.family, record.proto), (AF_INET, 6));
+    assert_eq!(record.tcp_flags, TCP_SYN);
+    assert_eq!(record.flags, 0, "not translated");
+    assert_eq!(record.pad, [0; 3]);
+    assert_eq!(
+        (record.saddr.ip(AF_INET), record.daddr.ip(AF_INET)),
+        (
+            "203.0.113.9".parse::<std::net::IpAddr>().unwrap(),
+            "198.51.100.1".parse::<std::net::IpAddr>().unwrap()
+        )
+    );
+    assert_eq!((record.sport.get(), record.dport.get()), (41000, 80));
+    assert_ne!(record.svc_id, 0, "the frontend's service-port id");
+    assert_eq!(record.backend_id, 0);
+    assert_eq!(record.suppressed, 0);
+    assert_eq!(
+        record.nat_saddr.ip(AF_INET),
+        "0.0.0.0".parse::<std::net::IpAddr>().unwrap()
+    );
+
+    let mut events = dp.events(&EventOptions::default()).expect("events");
+    let fixtures = vec![
+        dropped(
+            "UDP from outside the ranges: dropped at XDP",
+            eth()
+                .ip("203.0.113.9", "198.51.100.1")
+                .udp(41001, 80)
+                .payload(b"ping")
+                .build(),
+        ),
+        dropped(
+            "TCP without SYN and without an entry from outside (counted ct_lost, as TC \\
+             counts it): dropped at XDP",
+            ack("203.0.113.9", "198.51.100.1", 41002, 80).build(),
+        ),
+        dropped(
+            "outside the ranges of a frontend without backends: dropped, not rejected (the \\
+             source is judged first, as in lb_forward)",
+            syn("203.0.113.9", "198.51.100.2", 41003, 80).build(),
+        ),
+        Fixture::passed(
+            "inside the ranges of a frontend without backends: passed (TC rejects)",
+            syn("192.0.2.7", "198.51.100.2", 46000, 80).build(),
+        ),
+        Fixture {
+            description: "inside the ranges: SNAT to the remote backend, sent back out",
+            hook: Hook::Xdp,
+            input: syn("192.0.2.7", "198.51.100.1", 46001, 80).build(),
+            verdict: XDP_TX,
+            output: to_node_b(syn("172.18.0.2", "10.244.1.20", 46001, 8080)).build(),
+        },
+        Fixture {
+            description: "a frontend without ranges takes any source",
+            hook: Hook::Xdp,
+            input: syn("203.0.113.9", "198.51.100.3", 41004, 80).build(),
+            verdict: XDP_TX,
+            output: to_node_b(syn("172.18.0.2", "10.244.1.20", 41004, 8080)).build(),
+        },
+        Fixture {
+            description: "the same outsider at dp_from_uplink (XDP not attached or passing): \\
+                          TC still drops it",
+            hook: Hook::FromUplink,
+            input: syn("203.0.113.9", "198.51.100.1", 41005, 80).build(),
+            verdict: TC_SHOT,
+            output: syn("203.0.113.9", "198.51.100.1", 41005, 80).build(),
+        },
+    ];
+    for f in &fixtures {
+        check(&mut dp, f);
+    }
+
+    // The ranges change and leave 192.0.2.7 out: its connection goes on, a new one is dropped.
+    dp.apply(&ranged_scene(&["192.0.2.128/25"]))
+        .expect("apply narrower ranges");
+    for f in [
+        Fixture {
+            description: "an established connection from a source the new ranges leave out: \\
+                          still forwarded (only new connections are judged)",
+            hook: Hook::Xdp,
+            input: ack("192.0.2.7", "198.51.100.1", 46001, 80).build(),
+            verdict: XDP_TX,
+            output: to_node_b(ack("172.18.0.2", "10.244.1.20", 46001, 8080)).build(),
+        },
+        dropped(
+            "a new connection from that source: dropped at XDP",
+            syn("192.0.2.7", "198.51.100.1", 46002, 80).build(),
+        ),
+    ] {
+        check(&mut dp, &f);
+    }
+
+    let stats = dp.stats().expect("stats");
+    assert_eq!(
+        stats.other.get("drops.dp_xdp_uplink.source-range"),
+        Some(&5),
+        "five drops at XDP: {:?}",
+        stats.other
+    );
+    assert_eq!(
+        stats.other.get("drops.dp_from_uplink.source-range"),
+        Some(&1),
+        "one at TC"
+    );
+    assert_eq!(stats.drops.get(&DropReason::SourceRange), Some(&6));
+    assert_eq!(stats.drops.len(), 1, "no other reason: {:?}", stats.drops);
+    assert_eq!(stats.other["dropped"], 6, "every drop in dp_stats too");
+    assert_eq!(stats.other["ct_lost"], 1, "the ACK without an entry");
+    assert_eq!(stats.other["xdp_forwarded"], 3);
+
+    let got = read_all(events.as_mut());
+    let at = |point| got.iter().filter(|e| e.point == Some(point)).count();
+    assert_eq!(
+        (at(ObservationPoint::Xdp), at(ObservationPoint::FromUplink)),
+        (4, 1),
+        "the drops after the first one's, by point: {got:#?}"
+    );
+    let guarded = Some(ObjectName::new("default", "guarded"));
+    for e in &got {
+        assert_eq!(
+            (e.kind, e.verdict, e.reason),
+            (
+                EventKind::Drop,
+                EventVerdict::Dropped,
+                Some(DropReason::SourceRange)
+            ),
+            "{e:#?}"
+        );
+        if e.point == Some(ObservationPoint::Xdp) {
+            // (the TC test run's packet arrives on no interface of its own: lo)
+            assert_eq!(e.interface.as_deref(), Some("eth0"), "{e:#?}");
+        }
+        assert_eq!(e.direction, Some(Direction::Original));
+        assert_eq!(e.translated, None);
+        assert_eq!(e.backend, None);
+    }
+    let last = got.last().expect("events");
+    assert_eq!(last.point, Some(ObservationPoint::Xdp));
+    assert_eq!(last.service, guarded);
+    assert_eq!(
+        last.original,
+        Tuple::new(
+            "192.0.2.7:46002".parse().unwrap(),
+            "198.51.100.1:80".parse().unwrap()
+        )
+    );
+    assert_eq!(last.tcp_flags, Some(TcpFlags(TCP_SYN)));
+    let empty = got
+        .iter()
+        .find(|e| e.original.destination.port() == 80 && e.original.source.port() == 41003)
+        .expect("the drop at the frontend without backends");
+    assert_eq!(
+        empty.service,
+        Some(ObjectName::new("default", "guarded-empty"))
+    );
+    assert_eq!(events.lost(), 0);
+    dp.reset().expect("reset");
 }

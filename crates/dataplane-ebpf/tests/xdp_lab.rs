@@ -26,22 +26,33 @@ use common::{
     answered, attach_xdp_pass, ethtool_set, require_root, stat, PinDirs, ETHTOOL_STXCSUM,
 };
 use dataplane_core::{
-    Backend, Dataplane, DesiredState, ExternalMode, ObjectName, Protocol, Service, ServicePort,
+    Backend, Dataplane, DesiredState, DropReason, EventKind, EventOptions, EventVerdict,
+    ExternalMode, FlowEvent, ObjectName, ObservationPoint, Protocol, Service, ServicePort,
 };
 use dataplane_ebpf::{EbpfConfig, EbpfDataplane, XdpMode};
-use dataplane_testkit::{probe, Family, Lab, LabSpec, TcpSession, SERVER_PORT};
+use dataplane_testkit::{probe, Family, Lab, LabSpec, ProbeOutcome, TcpSession, SERVER_PORT};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// Shorter than TCP's first retransmission timeout: one SYN per dropped probe.
+const SHORT: Duration = Duration::from_millis(700);
 
 fn pin_dir(node: usize) -> PathBuf {
+    test_pin_dir("xdplab", node)
+}
+
+/// The pin directory of node `node` in test `tag` (tests run in parallel in one process).
+fn test_pin_dir(tag: &str, node: usize) -> PathBuf {
     PathBuf::from(format!(
-        "/sys/fs/bpf/dpe-xdplab-{}-n{node}",
+        "/sys/fs/bpf/dpe-{tag}-{}-n{node}",
         std::process::id()
     ))
 }
 
 fn config(lab: &Lab, node: usize, xdp: XdpMode) -> EbpfConfig {
-    let dir = pin_dir(node);
+    config_in(lab, node, pin_dir(node), xdp)
+}
+
+fn config_in(lab: &Lab, node: usize, dir: PathBuf, xdp: XdpMode) -> EbpfConfig {
     let _ = std::fs::remove_dir_all(&dir);
     let mut c = EbpfConfig::new(dir);
     c.netns = Some(lab.node(node).netns.path().to_owned());
@@ -168,4 +179,154 @@ fn xdp_node_port_dsr_and_snat_end_to_end() {
     for dp in &mut dps {
         dp.reset().expect("reset");
     }
+}
+
+const GUARDED_IP: &str = "198.51.100.1";
+
+/// `guarded`: LB IP 198.51.100.1:80 (TCP) to node 0's own pods, sources `ranges`.
+fn guarded_state(lab: &Lab, ranges: &[String]) -> DesiredState {
+    let mut s = lab.desired_state(0);
+    let mut guarded = Service::new(ObjectName::new("default", "guarded"));
+    guarded.cluster_ips = vec!["10.96.0.22".parse().unwrap()];
+    guarded.ports = vec![ServicePort::new(Protocol::Tcp, 80, SERVER_PORT)];
+    guarded.load_balancer_ips = vec![GUARDED_IP.parse().unwrap()];
+    guarded.load_balancer_source_ranges = ranges.iter().map(|r| r.parse().unwrap()).collect();
+    guarded.backends = lab
+        .pods_on(0)
+        .map(|p| {
+            let mut b = Backend::new(p.address(Family::V4).expect("pod address"));
+            b.node_name = Some(lab.node(0).name.as_str().into());
+            b
+        })
+        .collect();
+    s.services = vec![guarded];
+    s
+}
+
+/// The drop events of `events` to the guarded LB IP (read until one came, or 10 s).
+fn guarded_drops(events: &mut dyn dataplane_core::EventSource) -> Vec<FlowEvent> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    loop {
+        let mut buf = Vec::new();
+        events.read(&mut buf, 1024).expect("read events");
+        out.extend(buf.into_iter().filter(|e| {
+            e.kind == EventKind::Drop && e.original.destination.ip().to_string() == GUARDED_IP
+        }));
+        if !out.is_empty() || std::time::Instant::now() >= deadline {
+            return out;
+        }
+        events.wait(Duration::from_millis(50)).expect("wait");
+    }
+}
+
+/// Real TCP to an LB IP with loadBalancerSourceRanges, XDP in driver mode on node 0: the
+/// client outside the ranges is dropped at XDP (its drop in XDP's `dp_drops` slot, its event
+/// at the `xdp` point, nothing at `dp_from_uplink`), the client inside is served by node 0's
+/// pods; when the ranges change to leave that client out, its open connection goes on and its
+/// next one is dropped at XDP.
+#[test]
+#[allow(clippy::too_many_lines)] // one lab, in order
+fn xdp_drops_source_range_outsiders_end_to_end() {
+    if !require_root("xdp_drops_source_range_outsiders_end_to_end") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        external_clients: 2,
+        ipv6: false,
+    })
+    .expect("lab");
+    let pins = PinDirs(vec![test_pin_dir("xdpsrc", 0)]);
+    let (outsider, insider) = (lab.external(0), lab.external(1));
+    let insider_ip = insider.address(Family::V4).unwrap();
+    let outsider_ip = outsider.address(Family::V4).unwrap();
+    for k in 0..2 {
+        lab.route_via_node(k, format!("{GUARDED_IP}/32").parse().unwrap(), 0)
+            .expect("route the LB IP via node 0");
+    }
+    let mut dp = EbpfDataplane::new(config_in(
+        &lab,
+        0,
+        test_pin_dir("xdpsrc", 0),
+        XdpMode::Native,
+    ))
+    .expect("load");
+    dp.apply(&guarded_state(&lab, &[format!("{insider_ip}/32")]))
+        .expect("apply");
+    assert!(dp.capabilities().xdp);
+    let mut events = dp.events(&EventOptions::default()).expect("events");
+    let lb = SocketAddr::new(GUARDED_IP.parse().unwrap(), 80);
+    let pods: Vec<String> = lab.pods_on(0).map(|p| p.name.clone()).collect();
+    let xdp_drops = |dp: &EbpfDataplane| {
+        let stats = dp.stats().expect("stats");
+        (
+            stats
+                .other
+                .get("drops.dp_xdp_uplink.source-range")
+                .copied()
+                .unwrap_or(0),
+            stats
+                .other
+                .get("drops.dp_from_uplink.source-range")
+                .copied()
+                .unwrap_or(0),
+        )
+    };
+
+    // (externalTrafficPolicy Cluster: the pod sees node 0's address)
+    let (backend, _) = answered(&probe(&insider.netns, lb, Protocol::Tcp, TIMEOUT).expect("probe"));
+    assert!(pods.contains(&backend), "the insider is served: {backend}");
+    assert_eq!(xdp_drops(&dp), (0, 0), "nothing dropped for the insider");
+
+    let out = probe(&outsider.netns, lb, Protocol::Tcp, SHORT).expect("probe");
+    assert_eq!(out, ProbeOutcome::Timeout, "the outsider gets no answer");
+    assert_eq!(
+        xdp_drops(&dp),
+        (1, 0),
+        "its one SYN dropped at XDP, none reached dp_from_uplink"
+    );
+    let got = guarded_drops(events.as_mut());
+    assert_eq!(got.len(), 1, "one drop event: {got:#?}");
+    let e = &got[0];
+    assert_eq!(
+        (e.verdict, e.reason, e.point),
+        (
+            EventVerdict::Dropped,
+            Some(DropReason::SourceRange),
+            Some(ObservationPoint::Xdp)
+        )
+    );
+    assert_eq!(e.original.source.ip(), outsider_ip);
+    assert_eq!(e.service, Some(ObjectName::new("default", "guarded")));
+    assert_eq!(e.interface.as_deref(), Some("eth0"));
+    println!("{e}");
+
+    // The insider's open connection outlives a change of the ranges that leaves it out.
+    let mut session = TcpSession::open(&insider.netns, lb).expect("connect");
+    let (first, _) = session.request().expect("request");
+    dp.apply(&guarded_state(&lab, &[format!("{outsider_ip}/32")]))
+        .expect("apply other ranges");
+    for _ in 0..3 {
+        let (again, _) = session
+            .request()
+            .expect("the established connection goes on");
+        assert_eq!(again, first);
+    }
+    drop(session);
+    let out = probe(&insider.netns, lb, Protocol::Tcp, SHORT).expect("probe");
+    assert_eq!(
+        out,
+        ProbeOutcome::Timeout,
+        "a new connection is dropped now"
+    );
+    assert_eq!(xdp_drops(&dp), (2, 0), "at XDP");
+    let (backend, _) =
+        answered(&probe(&outsider.netns, lb, Protocol::Tcp, TIMEOUT).expect("probe"));
+    assert!(pods.contains(&backend), "the new ranges' client is served");
+    assert_eq!(events.lost(), 0);
+    drop(events);
+    dp.reset().expect("reset");
+    drop(pins);
 }

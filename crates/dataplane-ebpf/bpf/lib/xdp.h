@@ -3,15 +3,19 @@
  * xdp.h - the NodePort/LoadBalancer/ExternalIP fast path at XDP on the uplink.
  *
  *   outside --eth0--> [dp_xdp_uplink] --XDP_TX--> other node (DSR or SNAT)
- *                           |
+ *                           |     `--XDP_DROP: outside the frontend's source ranges
  *                           +--XDP_PASS (untouched)--> [dp_from_uplink] (TC) --> ...
  *
  * Only IPv4 (no options, no fragment) TCP/UDP to an external frontend whose backend is on
  * another node is handled, in the two modes lb_forward() uses for it: DSR (destination
  * rewritten, source kept, the frontend in an IP option, byte-identical to dsr_forward()) and
- * SNAT (DNAT + source NAT to the node address). Everything else - replies, ClusterIPs, local
- * backends, rejects, source-range drops, IPv6, packets that would outgrow the MTU, routes the
- * FIB cannot answer - goes to TC untouched, which handles it exactly as without XDP.
+ * SNAT (DNAT + source NAT to the node address). One drop is made here too: the first packet
+ * of a connection to an external frontend whose loadBalancerSourceRanges leave its source out
+ * (xdp_drop_src_range(): the decision, counters and event of lb_forward()'s DROP_SRC_RANGE, at
+ * the `xdp` observation point), so that a flood of them costs no skb. Everything else -
+ * replies, ClusterIPs, local backends, rejects, IPv6, packets that would outgrow the MTU,
+ * routes the FIB cannot answer - goes to TC untouched, which handles it exactly as without
+ * XDP (and makes the source-range drop itself when XDP is not attached).
  *
  * Conntrack entries are the ones lb_forward() writes (same pinned dp_ct), so TC's reverse NAT
  * of SNAT replies, flows() and maintain() work unchanged, and flows XDP started continue in TC (and
@@ -389,6 +393,34 @@ static __noinline void ev_xdp_new(struct xdp_md *ctx, const struct pkt *p,
 	ev_submit(e); /* batched wake-ups, as every new-connection record */
 }
 
+/*
+ * Drops @p, the first packet of a connection (no live forward entry) to the external frontend
+ * @svc_id whose loadBalancerSourceRanges leave its source out: lb_forward()'s DROP_SRC_RANGE,
+ * with what dp_from_uplink counts and reports for it (STAT_CT_LOST first for a TCP packet
+ * without SYN, as lb_forward() counts it; STAT_DROPPED; dp_drops and the rate-limited drop
+ * event, here at PT_XDP). Like TC, only a new connection is judged: an established one keeps
+ * going when the ranges change (kube-proxy's nftables mode jumps to its firewall-check chain
+ * on `ct state new` only, pkg/proxy/nftables/proxier.go nftablesJumpChains). Cilium makes
+ * this drop at XDP too (bpf/lib/nodeport.h, nodeport_lb4(): lb4_src_range_ok() ->
+ * DROP_NOT_IN_SRC_RANGE, built into bpf_xdp.c with NodePort acceleration), though for every
+ * packet to the frontend, before its conntrack lookup.
+ */
+static __noinline int xdp_drop_src_range(struct xdp_md *ctx, const struct pkt *p, __u32 svc_id)
+{
+	struct flow_event *e;
+
+	if (p->proto == IPPROTO_TCP && !(p->tcp_flags & TCPF_SYN))
+		stat_inc(STAT_CT_LOST);
+	stat_inc(STAT_DROPPED);
+	e = ev_reserve(ctx->ingress_ifindex, svc_id, 0,
+		       EV_META(EV_KIND_DROP, EV_VERDICT_DROPPED, DR_SOURCE_RANGE, PT_XDP,
+			       EV_DIR_ORIGINAL),
+		       p->family, p->proto, p->tcp_flags, p->saddr, p->daddr, p->sport, p->dport);
+	if (e)
+		ev_submit(e);
+	return XDP_DROP;
+}
+
 /**
  * xdp_new_flow() - a packet without a (live) forward entry: lb_forward()'s decisions for an
  * external frontend. A flow to a remote backend is translated and sent on; a flow to a local
@@ -409,12 +441,15 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 	int local;
 
 	svc = svc_lookup(p, SVC_SCOPE_EXTERNAL, 0);
-	if (!svc || svc->slot_count == 0)
+	if (!svc)
+		return XDP_PASS;
+	/* Before the backends, as in lb_forward(): a frontend without any drops outsiders too. */
+	if ((svc->flags & SVC_F_SRC_RANGES) && !src_allowed(svc, p))
+		return xdp_drop_src_range(ctx, p, svc->id);
+	if (svc->slot_count == 0)
 		return XDP_PASS;
 	/* A connection that lost its entry: TC's lb_forward() counts it (STAT_CT_LOST). */
 	if (p->proto == IPPROTO_TCP && !(p->tcp_flags & TCPF_SYN))
-		return XDP_PASS;
-	if ((svc->flags & SVC_F_SRC_RANGES) && !src_allowed(svc, p))
 		return XDP_PASS;
 	be = select_backend(svc, p, &backend_id);
 	if (!be || be->family != DP_AF_INET)
