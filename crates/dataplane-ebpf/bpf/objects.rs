@@ -66,9 +66,9 @@ const BPF_OBJECTS: &[BpfObject] = &[
         library: false,
     },
     BpfObject {
-        name: "xdp_redirect",
-        source: "bpf/test/xdp_redirect.c",
-        committed: "bpf/test/obj/xdp_redirect.o",
+        name: "flood_loop",
+        source: "bpf/test/flood_loop.c",
+        committed: "bpf/test/obj/flood_loop.o",
         library: false,
     },
 ];
