@@ -226,7 +226,7 @@ fn send_on(socket: &std::os::fd::OwnedFd, ifindex: i32, frame: &[u8]) -> std::io
 /// 256-frame ring and the flood crowds the forwarded packets out of it.
 #[allow(unsafe_code)] // two ioctls, see the SAFETY comments
 fn set_queues(netns: &std::path::Path, ifname: &str, queues: u32) {
-    /// struct ethtool_channels
+    /// `struct ethtool_channels`
     #[repr(C)]
     #[derive(Default)]
     struct Channels {

@@ -8,6 +8,9 @@
 //!        +------------- DSR: reply from node-0:nodePort, straight from node-1 ------+
 //!        +------------- SNAT: reply back through node-0 (TC reverse NAT) -----------+
 //! ```
+//! Also an LB IP with loadBalancerSourceRanges, node 0's own pods behind it and two external
+//! clients: the one outside the ranges is dropped at XDP, the one inside is served.
+//!
 //! Every node runs its own `EbpfDataplane` (own pin directory, its namespace, TC programs
 //! attached by the normal apply); only node 0 has XDP on.
 //!
