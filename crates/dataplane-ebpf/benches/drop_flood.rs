@@ -585,5 +585,17 @@ fn main() {
          program",
         ns * 1e6 / 1e9 * 100.0
     );
+    // Frames the veths dropped (a full XDP ring shows as n0's TX drops): forwarded packets
+    // lost there would be the flood crowding them out.
+    for (ns, dev) in [
+        (lab.underlay().name(), "n0"),
+        (lab.node(0).netns.name(), "eth0"),
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns, "-s", "link", "show", dev])
+            .output()
+            .expect("ip");
+        println!("{dev}: {}", String::from_utf8_lossy(&out.stdout).trim());
+    }
     dp.reset().expect("reset");
 }
