@@ -142,6 +142,20 @@ fn bench(paths: &Paths) {
     // The machine and settings at the top describe the end-to-end run (the report's
     // method); a run without it keeps those of the run that measured it.
     if sections.contains(&"end-to-end") || results.machine.is_none() {
+        // The sections this run keeps and that name no run of their own were measured by the
+        // run at the top: name it before it is replaced.
+        if let Some(old) = &results.machine {
+            let quick = results.settings.as_ref().is_some_and(|s| s.quick);
+            for section in SECTIONS.iter().filter(|s| !sections.contains(s)) {
+                results
+                    .section_runs
+                    .entry((*section).to_owned())
+                    .or_insert_with(|| SectionRun {
+                        date: old.date.clone(),
+                        quick,
+                    });
+            }
+        }
         results.machine = Some(machine.clone());
         results.settings = Some(settings.clone());
     }

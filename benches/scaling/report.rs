@@ -350,7 +350,7 @@ fn growth_targets(results: &Results, out: &mut String) {
 
 /// A number of services as the targets name it: "10k", "100k", "500".
 fn size_name(n: usize) -> String {
-    if n >= 1_000 && n % 1_000 == 0 {
+    if n >= 1_000 && n.is_multiple_of(1_000) {
         format!("{}k", n / 1_000)
     } else {
         n.to_string()

@@ -79,10 +79,10 @@ pub struct ProgramRow {
 pub struct Rss {
     pub vmhwm_kib: u64,
     pub vmrss_before_kib: u64,
-    /// VmRSS with the backend open and the state built, before the sync (0: not measured).
+    /// `VmRSS` with the backend open and the state built, before the sync (0: not measured).
     #[serde(default)]
     pub vmrss_state_kib: u64,
-    /// VmRSS after the sync (0: not measured).
+    /// `VmRSS` after the sync (0: not measured).
     #[serde(default)]
     pub vmrss_after_kib: u64,
     pub children_maxrss_kib: u64,
