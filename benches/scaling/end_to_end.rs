@@ -52,6 +52,14 @@ pub fn run(
     }
     if let Some(backends) = control {
         control::run(settings, &mut bench, backends, &mut results.control, start);
+    } else {
+        // Nothing else uses the dataplanes: remove what they hold outside the lab's
+        // namespaces (the eBPF pins; they outlived end-to-end runs without `control`).
+        for node in &mut bench.nodes {
+            if let Some(mut dp) = node.dp.take() {
+                let _ = dp.reset();
+            }
+        }
     }
     Ok(())
 }
