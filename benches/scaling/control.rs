@@ -1,6 +1,6 @@
-//! The control plane on the end-to-end lab, one backend node at a time: peak RSS of a process
-//! holding 10k services x 10, programming them from empty, and one endpoint change until a
-//! client sees it.
+//! The control plane on the end-to-end lab, one backend node and one size at a time: peak RSS
+//! of a process holding N services x 10, programming them from empty, and one endpoint change
+//! until a client sees it (N: `Settings::control_services`, 10k by default).
 
 use std::net::{IpAddr, SocketAddrV4};
 use std::path::Path;
@@ -18,8 +18,10 @@ use crate::settings::Settings;
 use crate::states::{control_state, vip_probe};
 
 /// Closes the end-to-end dataplanes and measures the control plane of each backend of
-/// `backends` (see [`crate::settings::CONTROL_BACKENDS`]) into `rows`, replacing their earlier
-/// rows and keeping the others'.
+/// `backends` (see [`crate::settings::CONTROL_BACKENDS`]) at each size of
+/// `settings.control_services` into `rows`, replacing their earlier rows and keeping the
+/// others'. A size beyond `settings.iptables_max` gets a skipped row for the iptables
+/// backends.
 pub fn run(
     settings: &Settings,
     bench: &mut BenchLab,
@@ -27,7 +29,13 @@ pub fn run(
     rows: &mut Vec<ControlRow>,
     start: Instant,
 ) {
-    log(start, "control plane: 10k services x 10");
+    log(
+        start,
+        &format!(
+            "control plane: {:?} services x 10",
+            settings.control_services
+        ),
+    );
     rows.retain(|r| !backends.contains(&r.backend.as_str()));
     let base_dir = std::env::temp_dir();
     let date = crate::machine::Machine::this().date;
@@ -43,22 +51,32 @@ pub fn run(
             other => vec![other],
         };
         for &kind in kinds.iter().filter(|k| backends.contains(k)) {
-            let mut row = ControlRow {
-                backend: kind.to_owned(),
-                measured: Some(date.clone()),
-                ..ControlRow::default()
-            };
-            let base = bench.lab.desired_state(node.index);
-            let base_file = base_dir.join(format!("dp-bench-{}-{kind}.json", std::process::id()));
-            let r = measure(
-                settings, &bench.lab, node, kind, &base, &base_file, &mut row, start,
-            );
-            if let Err(e) = r {
-                eprintln!("  {kind}: {e}");
-                row.error = Some(e);
+            for &n in &settings.control_services {
+                let mut row = ControlRow {
+                    backend: kind.to_owned(),
+                    services: n,
+                    measured: Some(date.clone()),
+                    skipped: settings.skip_reason(kind, n),
+                    ..ControlRow::default()
+                };
+                if let Some(skipped) = &row.skipped {
+                    log(start, &format!("  {kind} at {n} services: {skipped}"));
+                    rows.push(row);
+                    continue;
+                }
+                let base = bench.lab.desired_state(node.index);
+                let base_file =
+                    base_dir.join(format!("dp-bench-{}-{kind}-{n}.json", std::process::id()));
+                let r = measure(
+                    settings, &bench.lab, node, kind, n, &base, &base_file, &mut row, start,
+                );
+                if let Err(e) = r {
+                    eprintln!("  {kind} at {n} services: {e}");
+                    row.error = Some(e);
+                }
+                let _ = std::fs::remove_file(&base_file);
+                rows.push(row);
             }
-            let _ = std::fs::remove_file(&base_file);
-            rows.push(row);
         }
     }
     let place = |b: &str| {
@@ -66,35 +84,37 @@ pub fn run(
             .iter()
             .position(|c| *c == b)
     };
-    rows.sort_by_key(|r| place(&r.backend));
+    rows.sort_by_key(|r| (place(&r.backend), r.services));
 }
 
-/// The control plane of backend `kind` on `node`, on the node state `base` (written to
-/// `base_file` for the RSS child).
+/// The control plane of backend `kind` on `node` with `n` services, on the node state `base`
+/// (written to `base_file` for the RSS child).
 #[allow(clippy::too_many_arguments)]
 fn measure(
     settings: &Settings,
     lab: &Lab,
     node: &Node,
     kind: &'static str,
+    n: usize,
     base: &DesiredState,
     base_file: &Path,
     row: &mut ControlRow,
     start: Instant,
 ) -> Result<(), String> {
     let netns = lab.node(node.index).netns.path();
-    peak_rss(kind, netns, base, base_file, row, start)?;
-    let state = control_state(base, node.pods[0]);
-    let mut dp = from_empty(settings, kind, netns, base, &state, row, start)?;
+    peak_rss(kind, n, netns, base, base_file, row, start)?;
+    let state = control_state(base, n, node.pods[0]);
+    let mut dp = from_empty(settings, kind, n, netns, base, &state, row, start)?;
     endpoint_changes(settings, lab, node, kind, &mut dp, &state, row, start)?;
     dp.reset().map_err(|e| format!("reset: {e}"))?;
     Ok(())
 }
 
-/// Peak RSS of a fresh process that builds and programs 10k x 10; a child that fails is
+/// Peak RSS of a fresh process that builds and programs `n` x 10; a child that fails is
 /// reported and leaves `row.rss` empty.
 fn peak_rss(
     kind: &str,
+    n: usize,
     netns: &Path,
     base: &DesiredState,
     base_file: &Path,
@@ -103,12 +123,12 @@ fn peak_rss(
 ) -> Result<(), String> {
     let json = dataplane::to_json(base).map_err(|e| e.to_string())?;
     std::fs::write(base_file, json).map_err(|e| format!("write {}: {e}", base_file.display()))?;
-    match rss_of_child(kind, netns, base_file) {
+    match rss_of_child(kind, n, netns, base_file) {
         Ok(r) => {
             log(
                 start,
                 &format!(
-                    "  {kind} child: VmHWM {} KiB, apply {:.0} ms",
+                    "  {kind} child, {n} services: VmHWM {} KiB, apply {:.0} ms",
                     r.vmhwm_kib, r.apply_ms
                 ),
             );
@@ -119,12 +139,14 @@ fn peak_rss(
     Ok(())
 }
 
-/// A fresh dataplane programmed with the node alone (node setup), then with `state` (10k
+/// A fresh dataplane programmed with the node alone (node setup), then with `state` (`n`
 /// services from empty), up to three times (once in quick runs); returns the last one,
 /// holding `state`.
+#[allow(clippy::too_many_arguments)]
 fn from_empty(
     settings: &Settings,
     kind: &str,
+    n: usize,
     netns: &Path,
     base: &DesiredState,
     state: &DesiredState,
@@ -137,18 +159,18 @@ fn from_empty(
         if let Some(mut old) = dp.take() {
             old.reset().map_err(|e| format!("reset: {e}"))?;
         }
-        let mut fresh = open_dataplane(kind, netns, &format!("cp{k}"), None)?;
+        let mut fresh = open_dataplane(kind, netns, &format!("cp{k}"), None, n)?;
         // The node without services first: what the programs' attachments (or the base
         // rules) cost is node setup, not service programming, and is shown on its own.
         let (applied, setup) = timed(|| fresh.apply(base));
         applied.map_err(|e| format!("apply the node without services: {e}"))?;
         row.setup_ms.push(ms(setup));
         let (applied, took) = timed(|| fresh.apply(state));
-        applied.map_err(|e| format!("apply 10k services from empty: {e}"))?;
+        applied.map_err(|e| format!("apply {n} services from empty: {e}"))?;
         row.apply_from_empty_ms.push(ms(took));
         log(
             start,
-            &format!("  {kind} node setup {setup:?}, then from empty: {took:?}"),
+            &format!("  {kind} node setup {setup:?}, then {n} services from empty: {took:?}"),
         );
         dp = Some(fresh);
         // A slow backend gets fewer repetitions: the bench has a time budget.

@@ -32,11 +32,11 @@ pub fn run(
     control: Option<&[&str]>,
     start: Instant,
 ) -> Result<(), String> {
-    let mut bench = BenchLab::set_up(start, &|_| true)?;
+    let mut bench = BenchLab::set_up(start, &|_| true, settings.max_services())?;
     for &n in &settings.services {
-        let rank = program(&mut bench, n, &mut results.programming, start);
+        let rank = program(settings, &mut bench, n, &mut results.programming, start);
         let modes = modes(n);
-        let mut rows = rows(&bench, &modes, n, rank);
+        let mut rows = rows(settings, &bench, &modes, n, rank);
         check_paths(&bench, &modes, &mut rows);
         if Some(&n) == settings.services.first() {
             fill_conntrack(settings, start, &bench, &modes, &rows);
@@ -52,13 +52,22 @@ pub fn run(
     }
     if let Some(backends) = control {
         control::run(settings, &mut bench, backends, &mut results.control, start);
+    } else {
+        // Nothing else uses the dataplanes: remove what they hold outside the lab's
+        // namespaces (the eBPF pins; they outlived end-to-end runs without `control`).
+        for node in &mut bench.nodes {
+            if let Some(mut dp) = node.dp.take() {
+                let _ = dp.reset();
+            }
+        }
     }
     Ok(())
 }
 
-/// Programs `n` services into every node's dataplane (a full apply), recording the time;
-/// returns the name-order rank of the random target.
+/// Programs `n` services into every node's dataplane (a full apply), recording the time, but
+/// those that `settings` skips at this size; returns the name-order rank of the random target.
 fn program(
+    settings: &Settings,
     bench: &mut BenchLab,
     n: usize,
     programming: &mut Vec<ProgramRow>,
@@ -70,12 +79,24 @@ fn program(
         let base = bench.lab.desired_state(node.index);
         let (state, r) = scaling_state(&base, node.index, &node.pods, n);
         rank = r;
+        if let Some(skipped) = settings.skip_reason(node.kind, n) {
+            log(start, &format!("  {}: {skipped}", node.kind));
+            programming.push(ProgramRow {
+                backend: node.kind.to_owned(),
+                services: n,
+                apply_ms: None,
+                error: None,
+                skipped: Some(skipped),
+            });
+            continue;
+        }
         let Some(dp) = node.dp.as_mut() else {
             programming.push(ProgramRow {
                 backend: node.kind.to_owned(),
                 services: n,
                 apply_ms: None,
                 error: node.error.clone(),
+                skipped: None,
             });
             continue;
         };
@@ -93,6 +114,7 @@ fn program(
             services: n,
             apply_ms: error.is_none().then(|| ms(took)),
             error: error.clone(),
+            skipped: None,
         });
         node.error = error;
     }
@@ -137,8 +159,15 @@ fn targets(bench: &BenchLab, m: &Mode) -> Vec<SocketAddr> {
     }
 }
 
-/// Empty rows of `n` services, one per mode, carrying the node's error if it has one.
-fn rows(bench: &BenchLab, modes: &[Mode], n: usize, rank: usize) -> Vec<ScalingRow> {
+/// Empty rows of `n` services, one per mode, carrying the node's error if it has one, or why
+/// `settings` skips it at this size.
+fn rows(
+    settings: &Settings,
+    bench: &BenchLab,
+    modes: &[Mode],
+    n: usize,
+    rank: usize,
+) -> Vec<ScalingRow> {
     modes
         .iter()
         .map(|m| ScalingRow {
@@ -158,6 +187,7 @@ fn rows(bench: &BenchLab, modes: &[Mode], n: usize, rank: usize) -> Vec<ScalingR
             failed_connections: 0,
             backends_seen: 0,
             error: bench.nodes[m.node].error.clone(),
+            skipped: settings.skip_reason(m.kind, n),
         })
         .collect()
 }
@@ -166,7 +196,7 @@ fn rows(bench: &BenchLab, modes: &[Mode], n: usize, rank: usize) -> Vec<ScalingR
 /// really be balanced at `connect()`, not by TC. A mode that fails gets its row's error.
 fn check_paths(bench: &BenchLab, modes: &[Mode], rows: &mut [ScalingRow]) {
     for (m, row) in modes.iter().zip(rows.iter_mut()) {
-        if row.error.is_some() {
+        if !row.measurable() {
             continue;
         }
         let balanced_before = bench.nodes[m.node].socket_balanced();
@@ -218,7 +248,7 @@ fn fill_conntrack(
     );
     let fill = Duration::from_secs_f64(settings.fill_secs);
     for (m, row) in modes.iter().zip(rows) {
-        if m.kind == "direct" || m.placement == "random" || row.error.is_some() {
+        if m.kind == "direct" || m.placement == "random" || !row.measurable() {
             continue;
         }
         let client = client(&bench.lab, m.node);
@@ -245,7 +275,7 @@ fn measure_round(
     let mut crr_of = vec![f64::NAN; modes.len()];
     let mut p99_of = vec![f64::NAN; modes.len()];
     for &i in &order {
-        if rows[i].error.is_some() {
+        if !rows[i].measurable() {
             continue;
         }
         (crr_of[i], p99_of[i]) = measure_mode(settings, bench, &modes[i], &mut rows[i], results);
@@ -316,6 +346,9 @@ fn measure_mode(
 
 /// The medians of a mode at one size, on the progress log.
 fn log_row(start: Instant, row: &ScalingRow) {
+    if row.skipped.is_some() {
+        return;
+    }
     log(
         start,
         &format!(

@@ -27,7 +27,8 @@
 //!
 //! Sections: per-packet cost (BPF_PROG_TEST_RUN), end-to-end CRR and RR latency, control
 //! plane (program 10k x 10 from empty, one endpoint change, peak RSS of a process holding
-//! 10k x 10, measured in a child process `--rss-child`), compute-only costs, NetworkPolicy
+//! 10k x 10, measured in a child process `--rss-child`; with `DP_BENCH_LARGE=1` also 50k and
+//! 100k, end to end too), compute-only costs, NetworkPolicy
 //! (`policy`: per-packet cost with 0 / 100 / 10k policies, CRR to pods selected by 1k
 //! policies, programming them over 10k peers, one label change until enforced).
 //!
@@ -141,6 +142,20 @@ fn bench(paths: &Paths) {
     // The machine and settings at the top describe the end-to-end run (the report's
     // method); a run without it keeps those of the run that measured it.
     if sections.contains(&"end-to-end") || results.machine.is_none() {
+        // The sections this run keeps and that name no run of their own were measured by the
+        // run at the top: name it before it is replaced.
+        if let Some(old) = &results.machine {
+            let quick = results.settings.as_ref().is_some_and(|s| s.quick);
+            for section in SECTIONS.iter().filter(|s| !sections.contains(s)) {
+                results
+                    .section_runs
+                    .entry((*section).to_owned())
+                    .or_insert_with(|| SectionRun {
+                        date: old.date.clone(),
+                        quick,
+                    });
+            }
+        }
         results.machine = Some(machine.clone());
         results.settings = Some(settings.clone());
     }
@@ -192,7 +207,7 @@ fn bench(paths: &Paths) {
     } else if let Some(backends) = control {
         // On a lab of its own: only the nodes of the backends measured (their dataplanes are
         // opened afresh by the measurement).
-        match nodes::BenchLab::set_up(start, &|_| false) {
+        match nodes::BenchLab::set_up(start, &|_| false, settings.max_services()) {
             Ok(mut bench) => {
                 control::run(&settings, &mut bench, backends, &mut results.control, start);
             }

@@ -60,7 +60,12 @@ impl BenchLab {
     /// Builds the lab, starts the servers and opens the dataplane of every node whose kind
     /// `open` accepts (end to end: all). A dataplane that does not open leaves its node with
     /// an error; the others are measured.
-    pub fn set_up(start: Instant, open: &dyn Fn(&str) -> bool) -> Result<BenchLab, String> {
+    /// `services`: the most services the dataplanes will hold (sizes their eBPF maps).
+    pub fn set_up(
+        start: Instant,
+        open: &dyn Fn(&str) -> bool,
+        services: usize,
+    ) -> Result<BenchLab, String> {
         log(
             start,
             &format!(
@@ -94,6 +99,7 @@ impl BenchLab {
                 lab.node(node.index).netns.path(),
                 "e2e",
                 Some(&socket_cgroup),
+                services,
             ) {
                 Ok(dp) => node.dp = Some(dp),
                 Err(e) => node.error = Some(e),
@@ -166,14 +172,30 @@ fn ebpf_pin_dir(tag: &str) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/dp-bench-{}-{tag}", std::process::id()))
 }
 
+/// `Capacities::services` for up to `services` synthetic services: each ClusterIP takes two
+/// frontend entries (its port and the wildcard for unknown ports), and the synthetic NodePorts
+/// (the first 2768 services) a few more per node address; never below 64k, the size the
+/// bench has always measured up to 10k services with (the library's default).
+///
+/// Bigger than the default only beyond 24k services: `dp_svc` is a preallocated hash, about
+/// 100 bytes of kernel memory per entry whether used or not (7 MiB at 64k, 28 MiB at 256k),
+/// so the default stays sized for 10k-service clusters and larger ones set it (see the eBPF
+/// crate's README, "Capacities").
+pub fn ebpf_service_entries(services: usize) -> u32 {
+    let want = (2 * services + 16_384).next_power_of_two();
+    u32::try_from(want).unwrap_or(u32::MAX).max(1 << 16)
+}
+
 /// The dataplane of bench mode `kind` in `netns`, opened by the library with the bench's
-/// settings; "ebpf-socket" is the eBPF dataplane with its socket hooks on `cgroup`.
-/// `pin_tag` keeps the eBPF pin directories of the bench's phases apart.
+/// settings, its eBPF maps sized for `services` services ([`ebpf_service_entries`]);
+/// "ebpf-socket" is the eBPF dataplane with its socket hooks on `cgroup`. `pin_tag` keeps
+/// the eBPF pin directories of the bench's phases apart.
 pub fn open_dataplane(
     kind: &str,
     netns: &Path,
     pin_tag: &str,
     cgroup: Option<&Path>,
+    services: usize,
 ) -> Result<BoxDataplane, String> {
     let mut options = Options::in_netns(netns);
     let dataplane = match kind {
@@ -186,8 +208,10 @@ pub fn open_dataplane(
                 // translated ones, straight to the backend's veth.
                 options.ebpf.host_routing = true;
             }
-            // 10k ClusterIPs take two entries each, the synthetic NodePorts two more.
-            options.ebpf.capacities.services = 1 << 16;
+            // The other capacities' defaults fit 100k x 10 synthetic services: 65k distinct
+            // backends (their addresses repeat beyond), 1M of the 2M slots, 100k of the 128k
+            // names.
+            options.ebpf.capacities.services = ebpf_service_entries(services);
             DataplaneKind::Ebpf
         }
         "nftables" => DataplaneKind::Nftables,

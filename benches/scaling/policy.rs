@@ -164,7 +164,8 @@ fn packet_costs(
 /// The end-to-end lab's eBPF (TC), nftables and iptables nodes: CRR, programming from empty
 /// and a label change, one backend at a time.
 fn end_to_end(settings: &Settings, r: &mut PolicyResults, start: Instant) -> Result<(), String> {
-    let mut bench = BenchLab::set_up(start, &|_| true)?;
+    // One service per node (the target): the eBPF maps keep their default sizes.
+    let mut bench = BenchLab::set_up(start, &|_| true, 1)?;
     let remote_pod = bench
         .lab
         .pods_on(0)
@@ -344,7 +345,7 @@ fn control(
         if let Some(mut old) = dp.take() {
             old.reset().map_err(|e| format!("reset: {e}"))?;
         }
-        let mut fresh = open_dataplane(node.kind, netns, &format!("pol{k}"), None)?;
+        let mut fresh = open_dataplane(node.kind, netns, &format!("pol{k}"), None, 1)?;
         let (applied, setup) = timed(|| fresh.apply(&states.base));
         applied.map_err(|e| format!("apply the node without policies: {e}"))?;
         row.setup_ms.push(ms(setup));

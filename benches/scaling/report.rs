@@ -82,6 +82,7 @@ fn fmt_num(v: f64, digits: usize) -> String {
 fn cell(r: Option<&ScalingRow>, f: impl Fn(&ScalingRow) -> f64, digits: usize) -> String {
     match r {
         None => "–".to_owned(),
+        Some(r) if r.skipped.is_some() => "skipped".to_owned(),
         Some(r) if r.error.is_some() && f(r).is_nan() => "failed".to_owned(),
         Some(r) => fmt_num(f(r), digits),
     }
@@ -165,8 +166,23 @@ fn targets(results: &Results, out: &mut String) {
     }
 }
 
-/// Each eBPF mode's CRR at the largest size, its flatness and its lead over iptables.
+/// The size the end-to-end targets are set at: the largest one measured up to 10k (CRR ≥ 0.95
+/// of direct there, flat from the smallest one, the lead over iptables), or the largest one
+/// when none is that small.
+fn reference_size(results: &Results) -> usize {
+    let ns = sizes(results);
+    ns.iter()
+        .copied()
+        .filter(|&n| n <= crate::states::CONTROL_SERVICES)
+        .max()
+        .or_else(|| ns.last().copied())
+        .unwrap_or(0)
+}
+
+/// Each eBPF mode's CRR at the reference size (10k), its flatness up to there and beyond
+/// (to the largest size, `DP_BENCH_LARGE`), and its lead over iptables.
 fn end_to_end_targets(results: &Results, out: &mut String) {
+    let ref_n = reference_size(results);
     let max_n = sizes(results).into_iter().max().unwrap_or(0);
     let min_n = sizes(results).into_iter().min().unwrap_or(0);
     let mut line = |t: &str, m: String, v: String| {
@@ -174,27 +190,33 @@ fn end_to_end_targets(results: &Results, out: &mut String) {
     };
     for (mode, name) in EBPF_MODES {
         for p in ["random", "last"] {
-            let r = ratio_median(results, max_n, mode, p);
+            let r = ratio_median(results, ref_n, mode, p);
             line(
-                &format!("{name} CRR at {max_n} services ≥ 0.95 of direct (target {p})"),
+                &format!("{name} CRR at {ref_n} services ≥ 0.95 of direct (target {p})"),
                 fmt_num(r, 3),
                 at_least(r, 0.95),
             );
         }
-        for p in ["random", "last"] {
-            let flat =
-                ratio_median(results, max_n, mode, p) / ratio_median(results, min_n, mode, p);
-            line(
-                &format!("{name} CRR flat from {min_n} to {max_n} services ≥ 0.97 (target {p})"),
-                fmt_num(flat, 3),
-                at_least(flat, 0.97),
-            );
+        let mut spans = vec![(min_n, ref_n)];
+        if max_n > ref_n {
+            spans.push((ref_n, max_n));
+        }
+        for (from, to) in spans {
+            for p in ["random", "last"] {
+                let flat =
+                    ratio_median(results, to, mode, p) / ratio_median(results, from, mode, p);
+                line(
+                    &format!("{name} CRR flat from {from} to {to} services ≥ 0.97 (target {p})"),
+                    fmt_num(flat, 3),
+                    at_least(flat, 0.97),
+                );
+            }
         }
         for (p, want) in [("random", 2.5), ("last", 3.0)] {
             let x =
-                ratio_median(results, max_n, mode, p) / ratio_median(results, max_n, "iptables", p);
+                ratio_median(results, ref_n, mode, p) / ratio_median(results, ref_n, "iptables", p);
             line(
-                &format!("{name} ≥ {want}x iptables CRR at {max_n} services (target {p})"),
+                &format!("{name} ≥ {want}x iptables CRR at {ref_n} services (target {p})"),
                 format!("{}x", fmt_num(x, 2)),
                 at_least(x, want),
             );
@@ -326,57 +348,100 @@ fn growth_targets(results: &Results, out: &mut String) {
     );
 }
 
-/// Programming from empty, one endpoint change, peak RSS.
+/// A number of services as the targets name it: "10k", "100k", "500".
+fn size_name(n: usize) -> String {
+    if n >= 1_000 && n.is_multiple_of(1_000) {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// The control-plane goals of backend `b` at `n` services: programming from empty (ms), one
+/// endpoint change until reached (µs), peak RSS (MiB); `None`: no goal. Up to 10k services
+/// the goals of issues 9 and 24; beyond, issue 24's 100k goals (eBPF and nftables only).
+fn control_goals(b: &str, n: usize) -> (Option<f64>, Option<f64>, Option<f64>) {
+    if n <= crate::states::CONTROL_SERVICES {
+        match b {
+            "ebpf" => (Some(100.0), Some(200.0), Some(32.0)),
+            "nftables" => (Some(1_500.0), Some(20_000.0), Some(32.0)),
+            _ => (Some(5_000.0), Some(1_000_000.0), Some(32.0)),
+        }
+    } else {
+        match b {
+            "ebpf" => (Some(1_000.0), Some(200.0), Some(128.0)),
+            "nftables" => (Some(10_000.0), Some(20_000.0), None),
+            _ => (None, None, None),
+        }
+    }
+}
+
+/// `measured` against an optional "≤ goal": the goal's text for the target's name, and the
+/// verdict.
+fn optional_at_most(measured: f64, goal: Option<f64>, unit: &str) -> (String, String) {
+    match goal {
+        Some(g) => (format!("≤ {g} {unit}"), at_most(measured, g)),
+        None if measured.is_finite() => ("(no target)".to_owned(), "measured".to_owned()),
+        None => ("(no target)".to_owned(), verdict(None, "")),
+    }
+}
+
+/// Programming from empty, one endpoint change, peak RSS, per backend and size (the sizes a
+/// run skipped are in the control-plane table, not here).
 fn control_targets(results: &Results, out: &mut String) {
     let mut line = |t: &str, m: String, v: String| {
         let _ = writeln!(out, "| {t} | {m} | {v} |");
     };
-    let cp = |b: &str| results.control.iter().find(|c| c.backend == b);
-    for (b, want_ms) in [
-        ("ebpf", 100.0),
-        ("nftables", 1500.0),
-        ("iptables", 5000.0),
-        ("iptables-nft", 5000.0),
-    ] {
-        if cp(b).is_none() && b == "iptables-nft" {
-            continue;
-        }
-        let m = cp(b).map_or(f64::NAN, |c| median(&c.apply_from_empty_ms));
+    let rows: Vec<&crate::results::ControlRow> = results
+        .control
+        .iter()
+        .filter(|c| c.skipped.is_none())
+        .collect();
+    for c in &rows {
+        let (goal, _, _) = control_goals(&c.backend, c.services);
+        let m = median(&c.apply_from_empty_ms);
+        let (want, v) = optional_at_most(m, goal, "ms");
         line(
-            &format!("Programming 10k x 10 from empty (node set up): {b} ≤ {want_ms} ms"),
+            &format!(
+                "Programming {} x 10 from empty (node set up): {} {want}",
+                size_name(c.services),
+                c.backend
+            ),
             format!("{} ms", fmt_num(m, 0)),
-            at_most(m, want_ms),
+            v,
         );
     }
-    for (b, want_us) in [
-        ("ebpf", 200.0),
-        ("nftables", 20_000.0),
-        ("iptables", 1_000_000.0),
-        ("iptables-nft", 1_000_000.0),
-    ] {
-        if cp(b).is_none() && b == "iptables-nft" {
-            continue;
-        }
-        let m = cp(b).map_or(f64::NAN, |c| median(&c.change_reach_us));
+    for c in &rows {
+        let (_, goal, _) = control_goals(&c.backend, c.services);
+        let m = median(&c.change_reach_us);
+        let (want, v) = optional_at_most(m, goal, "µs");
         line(
-            &format!("One endpoint change with 10k present: {b} ≤ {want_us} µs (until a probe reaches the new backend)"),
+            &format!(
+                "One endpoint change with {} present: {} {want} (until a probe reaches the new \
+                 backend)",
+                size_name(c.services),
+                c.backend
+            ),
             format!("{} µs", fmt_num(m, 0)),
-            at_most(m, want_us),
+            v,
         );
     }
-    for c in &results.control {
+    for c in &rows {
+        let (_, _, goal) = control_goals(&c.backend, c.services);
         #[allow(clippy::cast_precision_loss)]
         let mib = c
             .rss
             .as_ref()
             .map_or(f64::NAN, |r| r.vmhwm_kib as f64 / 1024.0);
+        let (want, v) = optional_at_most(mib, goal, "MiB");
         line(
             &format!(
-                "Peak RSS of the process holding 10k x 10 ≤ 32 MiB ({})",
+                "Peak RSS of the process holding {} x 10 {want} ({})",
+                size_name(c.services),
                 c.backend
             ),
             format!("{} MiB", fmt_num(mib, 1)),
-            at_most(mib, 32.0),
+            v,
         );
     }
 }
@@ -778,6 +843,7 @@ fn end_to_end(o: &mut String, results: &Results, plots_dir: &str, plots: &[&str]
     );
     size_table(o, results, true, |r| match r {
         None => "–".to_owned(),
+        Some(r) if r.skipped.is_some() => "skipped".to_owned(),
         Some(r) if r.p99_us.is_empty() && r.error.is_some() => "failed".to_owned(),
         Some(r) => format!(
             "{} / {}",
@@ -814,6 +880,22 @@ fn failures(o: &mut String, results: &Results) {
             );
         }
         let _ = writeln!(o);
+    }
+    let mut skipped: Vec<String> = Vec::new();
+    for r in &results.scaling {
+        if let Some(why) = &r.skipped {
+            let text = format!("- {} at {} services: {why}", r.mode, r.services);
+            if !skipped.contains(&text) {
+                skipped.push(text);
+            }
+        }
+    }
+    if !skipped.is_empty() {
+        let _ = writeln!(
+            o,
+            "Skipped (`skipped` in the tables):\n\n{}\n",
+            skipped.join("\n")
+        );
     }
     let lost: u64 = results.scaling.iter().map(|r| r.failed_connections).sum();
     let _ = writeln!(
@@ -887,9 +969,11 @@ fn programming(o: &mut String, results: &Results, ns: &[usize]) {
                 " {} |",
                 c.map_or_else(
                     || "–".to_owned(),
-                    |c| c
-                        .apply_ms
-                        .map_or_else(|| "failed".to_owned(), |v| fmt_num(v, 0))
+                    |c| match c.apply_ms {
+                        Some(v) => fmt_num(v, 0),
+                        None if c.skipped.is_some() => "skipped".to_owned(),
+                        None => "failed".to_owned(),
+                    }
                 )
             );
         }
@@ -964,32 +1048,58 @@ fn per_packet(o: &mut String, results: &Results) {
 
 /// The control-plane section.
 fn control_plane(o: &mut String, results: &Results) {
-    let _ = writeln!(o, "## Control plane: 10k services x 10 endpoints\n");
+    let mut ns: Vec<usize> = results.control.iter().map(|c| c.services).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    let names: Vec<String> = ns.iter().map(|&n| size_name(n)).collect();
+    let _ = writeln!(
+        o,
+        "## Control plane: {} services x 10 endpoints\n",
+        names.join(", ")
+    );
     let _ = writeln!(
         o,
         "Apply from empty: a fresh backend instance that holds the node without services \
          (node setup: its programs attached to the uplink and the 11 pod interfaces, or its \
-         base rules installed; timed on its own) programs the whole state (median of the \
-         runs listed). The peak-RSS child below does both in one apply. One endpoint change: the probe service's only endpoint moves to another \
+         base rules installed; timed on its own) programs the whole state: N-1 services of \
+         `synthetic::state` and the probe service (median of the runs listed; a backend that \
+         takes over 5 s runs once). The peak-RSS child below does both in one apply. One \
+         endpoint change: the probe service's only endpoint moves to another \
          pod through `apply_changes` with a one-service `ChangeSet`; the clock runs until a \
          new TCP connection from a client pod is answered by the new pod. Peak RSS: VmHWM of a \
          child process that, as an agent does, first creates the backend (the eBPF one loads \
-         its programs), then parses the node's state, builds the 10k x 10 services and \
+         its programs), then parses the node's state, builds the N x 10 services and \
          programs them (kernel memory such as BPF maps and rules is not in it, pages of BPF \
          arrays it writes through a mapping are); helper processes \
-         (`nft`, `iptables-restore`) are listed separately.\n"
+         (`nft`, `iptables-restore`) are listed separately. The eBPF backend's \
+         `Capacities::services` (frontend entries, `dp_svc`) is set by the bench to \
+         `(2 N + 16384)` rounded up to a power of two, at least the default 65536: 65536 up to \
+         24k services, 131072 at 50k, 262144 at 100k; the other capacities keep their \
+         defaults (the eBPF crate's README, \"Capacities\"). A size beyond \
+         `DP_BENCH_IPTABLES_MAX` (default 10000) is skipped for the iptables backend.\n"
     );
     let _ = writeln!(
         o,
-        "| backend | apply from empty (ms) | node setup (ms) | endpoint change: apply (µs) | endpoint change: until reached (µs) | peak RSS (MiB) | helper process peak RSS (MiB) | note |\n|---|---:|---:|---:|---:|---:|---:|---|"
+        "| backend | services | apply from empty (ms) | node setup (ms) | endpoint change: apply (µs) | endpoint change: until reached (µs) | peak RSS (MiB) | RSS: at start / backend open and state built / after the sync (MiB) | helper process peak RSS (MiB) | note |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for c in &results.control {
         #[allow(clippy::cast_precision_loss)]
         let mib = |k: u64| fmt_num(k as f64 / 1024.0, 1);
+        if c.skipped.is_some() {
+            let _ = writeln!(
+                o,
+                "| {} | {} | skipped | | | | | | | {} |",
+                c.backend,
+                c.services,
+                control_note(c, results)
+            );
+            continue;
+        }
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.backend,
+            c.services,
             median_and_runs(&c.apply_from_empty_ms),
             fmt_num(median(&c.setup_ms), 0),
             fmt_num(median(&c.change_apply_us), 0),
@@ -997,6 +1107,18 @@ fn control_plane(o: &mut String, results: &Results) {
             c.rss
                 .as_ref()
                 .map_or_else(|| "–".to_owned(), |r| mib(r.vmhwm_kib)),
+            c.rss
+                .as_ref()
+                .filter(|r| r.vmrss_state_kib > 0)
+                .map_or_else(
+                    || "–".to_owned(),
+                    |r| format!(
+                        "{} / {} / {}",
+                        mib(r.vmrss_before_kib),
+                        mib(r.vmrss_state_kib),
+                        mib(r.vmrss_after_kib)
+                    )
+                ),
             c.rss.as_ref().map_or_else(
                 || "–".to_owned(),
                 |r| if r.children_maxrss_kib == 0 {
@@ -1013,7 +1135,11 @@ fn control_plane(o: &mut String, results: &Results) {
 /// A control row's note: its error, and when it was measured if not by the run at the top.
 fn control_note(c: &crate::results::ControlRow, results: &Results) -> String {
     let top = results.machine.as_ref().map(|m| m.date.as_str());
-    let mut note = c.error.clone().unwrap_or_default();
+    let mut note = c
+        .error
+        .clone()
+        .or_else(|| c.skipped.clone())
+        .unwrap_or_default();
     if let Some(date) = c.measured.as_deref().filter(|d| Some(*d) != top) {
         if !note.is_empty() {
             note.push_str("; ");
@@ -1055,7 +1181,7 @@ fn method(o: &mut String, results: &Results) {
              request line).\n\
              - Services: N-2 services of `synthetic::state` (10 endpoints each, at addresses \
              that only need to exist in the tables) plus the two targets whose 10 endpoints \
-             are the node's backend pods. Sizes: {:?}.\n\
+             are the node's backend pods. Sizes: {:?}{}.\n\
              - CRR: {} client threads, each connect / send one line / read the answer / close \
              (RST, no TIME_WAIT), for {:.1} s. RR: {} persistent connections, one request at \
              a time, for {:.1} s; p50 and p99 of all exchanges.\n\
@@ -1070,6 +1196,7 @@ fn method(o: &mut String, results: &Results) {
              measures those rows alone and keeps the others.\n\
              - All traffic stays inside the lab's namespaces.\n",
             s.services,
+            sizes_note(s),
             s.threads,
             s.crr_secs,
             crate::load::RR_CONNECTIONS,
@@ -1077,6 +1204,34 @@ fn method(o: &mut String, results: &Results) {
             s.rounds
         );
     }
+}
+
+/// What the method says about the sizes beyond the default ones: the iptables limit and the
+/// eBPF nodes' frontend capacity.
+fn sizes_note(s: &crate::settings::Settings) -> String {
+    let max = s.services.iter().copied().max().unwrap_or(0);
+    let mut note = String::new();
+    if s.large {
+        note.push_str(" (`DP_BENCH_LARGE=1`: 50000 and 100000 added to the default sizes)");
+    }
+    if max > s.iptables_max {
+        let _ = write!(
+            note,
+            "; the iptables node is programmed up to {} services and skipped beyond \
+             (`DP_BENCH_IPTABLES_MAX`: it takes 10 s per full sync at 10k and grows faster \
+             than linearly, the bench has a time budget)",
+            s.iptables_max
+        );
+    }
+    let entries = crate::nodes::ebpf_service_entries(s.max_services());
+    if entries > 1 << 16 {
+        let _ = write!(
+            note,
+            "; the eBPF nodes' `Capacities::services` is {entries} (the largest size's \
+             frontend entries: 65536, the default, up to 24k services) at every size"
+        );
+    }
+    note
 }
 
 /// `benches/notes.md`, as is.
@@ -1105,7 +1260,12 @@ fn reproduce(o: &mut String) {
          `compute`, `packet`, `end-to-end`, `control`, `policy`) measures those sections only and keeps \
          the others' numbers from `scaling.json`; with `control`, `DP_BENCH_BACKENDS` (a \
          subset of `ebpf`, `nftables`, `iptables`, `iptables-nft`) measures those backends' \
-         control-plane rows only and keeps the others'. The full run takes about 9 minutes on this machine. The \
+         control-plane rows only and keeps the others'. `DP_BENCH_LARGE=1` adds 50k and 100k \
+         services to the end-to-end sizes and to the control plane's (10k by default; \
+         `DP_BENCH_SERVICES` and `DP_BENCH_CONTROL_SERVICES` set either list), for eBPF and \
+         nftables: the iptables backend is skipped beyond `DP_BENCH_IPTABLES_MAX` (default \
+         10000). The full run takes about 9 minutes on this machine (about 15 more with \
+         `DP_BENCH_LARGE=1`). The \
          criterion benches: `cargo bench --bench core`, `cargo bench --features nft --bench \
          render`, `sudo cargo bench --features ebpf --bench packet`."
     );

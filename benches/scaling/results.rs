@@ -50,6 +50,16 @@ pub struct ScalingRow {
     pub failed_connections: u64,
     pub backends_seen: usize,
     pub error: Option<String>,
+    /// Why this mode was not measured at this size (`DP_BENCH_IPTABLES_MAX`).
+    #[serde(default)]
+    pub skipped: Option<String>,
+}
+
+impl ScalingRow {
+    /// Whether the mode is measured: it neither failed nor is skipped at this size.
+    pub fn measurable(&self) -> bool {
+        self.error.is_none() && self.skipped.is_none()
+    }
 }
 
 /// Programming one number of services into a backend of the end-to-end lab.
@@ -59,6 +69,9 @@ pub struct ProgramRow {
     pub services: usize,
     pub apply_ms: Option<f64>,
     pub error: Option<String>,
+    /// Why the backend was not programmed with this size (`DP_BENCH_IPTABLES_MAX`).
+    #[serde(default)]
+    pub skipped: Option<String>,
 }
 
 /// Memory of the `--rss-child` process (KiB) and how long its apply took.
@@ -66,6 +79,12 @@ pub struct ProgramRow {
 pub struct Rss {
     pub vmhwm_kib: u64,
     pub vmrss_before_kib: u64,
+    /// `VmRSS` with the backend open and the state built, before the sync (0: not measured).
+    #[serde(default)]
+    pub vmrss_state_kib: u64,
+    /// `VmRSS` after the sync (0: not measured).
+    #[serde(default)]
+    pub vmrss_after_kib: u64,
     pub children_maxrss_kib: u64,
     pub apply_ms: f64,
 }
@@ -74,7 +93,10 @@ pub struct Rss {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct ControlRow {
     pub backend: String,
-    /// 10k x 10 applied to a backend that holds the node without services (its programs or
+    /// Services programmed (x 10 endpoints); rows of runs before this field are 10k.
+    #[serde(default = "control_services_before")]
+    pub services: usize,
+    /// `services` x 10 applied to a backend that holds the node without services (its programs or
     /// base rules installed).
     pub apply_from_empty_ms: Vec<f64>,
     /// Node setup before that: the first apply, of the node and its endpoints without
@@ -88,6 +110,14 @@ pub struct ControlRow {
     /// When this row was measured (a `control` run of some backends keeps the others' rows).
     #[serde(default)]
     pub measured: Option<String>,
+    /// Why this backend was not measured at this size (`DP_BENCH_IPTABLES_MAX`).
+    #[serde(default)]
+    pub skipped: Option<String>,
+}
+
+/// The control plane's size before it was a setting.
+fn control_services_before() -> usize {
+    crate::states::CONTROL_SERVICES
 }
 
 /// The "ebpf" node's `dp_from_pod` under one CRR measurement: runs and mean ns per run.

@@ -1,4 +1,4 @@
-//! Peak RSS of a process that holds the control plane's 10k services: a child process of the
+//! Peak RSS of a process that holds the control plane's N services: a child process of the
 //! bench (`--rss-child`) opens a fresh dataplane, programs the state into a lab node and
 //! prints its `VmHWM`, so that nothing the parent allocated for its other measurements counts.
 
@@ -22,12 +22,14 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the child for dataplane `kind` in `netns`, on the node state in `base_file`.
-pub fn rss_of_child(kind: &str, netns: &Path, base_file: &Path) -> Result<Rss, String> {
+/// Runs the child for dataplane `kind` with `n` services in `netns`, on the node state in
+/// `base_file`.
+pub fn rss_of_child(kind: &str, n: usize, netns: &Path, base_file: &Path) -> Result<Rss, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = Command::new(exe)
         .arg("--rss-child")
         .arg(kind)
+        .arg(n.to_string())
         .arg(netns)
         .arg(base_file)
         .output()
@@ -47,6 +49,8 @@ pub fn rss_of_child(kind: &str, netns: &Path, base_file: &Path) -> Result<Rss, S
     Ok(Rss {
         vmhwm_kib: get("vmhwm_kib"),
         vmrss_before_kib: get("vmrss_before_kib"),
+        vmrss_state_kib: get("vmrss_state_kib"),
+        vmrss_after_kib: get("vmrss_after_kib"),
         children_maxrss_kib: get("children_maxrss_kib"),
         apply_ms: v
             .get("apply_ms")
@@ -55,27 +59,37 @@ pub fn rss_of_child(kind: &str, netns: &Path, base_file: &Path) -> Result<Rss, S
     })
 }
 
-/// `--rss-child KIND NETNS BASE_JSON`: build the control-plane state, program it into NETNS
-/// with a fresh backend, print peak RSS, remove everything.
+/// `--rss-child KIND SERVICES NETNS BASE_JSON`: build the control-plane state of SERVICES
+/// services, program it into NETNS with a fresh backend, print peak RSS, remove everything.
 pub fn rss_child(args: &[String]) -> i32 {
-    let [kind, netns, base_file, ..] = args else {
-        eprintln!("usage: --rss-child KIND NETNS BASE_JSON");
-        return 2;
+    let usage = || {
+        eprintln!("usage: --rss-child KIND SERVICES NETNS BASE_JSON");
+        2
+    };
+    let [kind, services, netns, base_file, ..] = args else {
+        return usage();
+    };
+    let Ok(n) = services.parse::<usize>() else {
+        return usage();
     };
     let before = status_kib("VmRSS:");
     let run = || -> Result<serde_json::Value, String> {
         // As an agent does: the backend first (at start-up; the eBPF one loads its programs,
         // which peaks while aya parses the kernel's BTF), then the state it is handed.
-        let mut dp = open_dataplane(kind, Path::new(netns), "rss", None)?;
+        let mut dp = open_dataplane(kind, Path::new(netns), "rss", None, n)?;
         let text = std::fs::read_to_string(base_file).map_err(|e| e.to_string())?;
         let base = dataplane::from_json(&text).map_err(|e| e.to_string())?;
         drop(text);
-        let state = control_state(&base, Ipv4Addr::new(10, 244, 255, 1));
+        let state = control_state(&base, n, Ipv4Addr::new(10, 244, 255, 1));
         drop(base);
+        // Where the memory goes: the backend loaded and the state built, then what the sync
+        // adds at its peak and keeps after it.
+        let with_state = status_kib("VmRSS:");
         let t = Instant::now();
         let applied = dp.sync(None, &state);
         let took = t.elapsed();
         let hwm = status_kib("VmHWM:");
+        let after = status_kib("VmRSS:");
         let children = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
             .map_or(0, |u| u.max_rss());
         let _ = dp.reset();
@@ -83,6 +97,8 @@ pub fn rss_child(args: &[String]) -> i32 {
         Ok(serde_json::json!({
             "vmhwm_kib": hwm,
             "vmrss_before_kib": before,
+            "vmrss_state_kib": with_state,
+            "vmrss_after_kib": after,
             "children_maxrss_kib": children,
             "apply_ms": ms(took),
         }))

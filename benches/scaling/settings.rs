@@ -1,11 +1,15 @@
 //! What a run measures and where it writes, from the command line and the environment.
 //!
 //! Command line: `--bench` (what `cargo bench` passes) runs the bench; `--report-only` rewrites
-//! the report and plots from the last run's `scaling.json`; `--rss-child KIND NETNS BASE_JSON`
-//! is the child process of the peak-RSS measurement (see `rss`).
+//! the report and plots from the last run's `scaling.json`; `--rss-child KIND SERVICES NETNS
+//! BASE_JSON` is the child process of the peak-RSS measurement (see `rss`).
 //!
 //! Environment: `DP_BENCH_QUICK=1` (1 and 1k services, 2 rounds: a quick check),
-//! `DP_BENCH_SERVICES=1,1000,5000,10000`, `DP_BENCH_ROUNDS`, `DP_BENCH_CRR_SECS`,
+//! `DP_BENCH_LARGE=1` (adds 50k and 100k services to the end-to-end sizes and to the control
+//! plane's, for eBPF and nftables: see [`Settings::iptables_max`]),
+//! `DP_BENCH_SERVICES=1,1000,5000,10000` (the end-to-end sizes),
+//! `DP_BENCH_CONTROL_SERVICES=10000` (the control plane's sizes), `DP_BENCH_IPTABLES_MAX`
+//! (default 10000: the largest size the iptables backend is programmed with), `DP_BENCH_ROUNDS`, `DP_BENCH_CRR_SECS`,
 //! `DP_BENCH_RR_SECS`, `DP_BENCH_THREADS`, `DP_BENCH_CHANGES`, `DP_BENCH_FILL_SECS`,
 //! `DP_BENCH_REPORT` (path of the markdown report; default `BENCHMARKS.md` at the repository
 //! root), `DP_BENCH_SECTIONS` (a comma-separated subset of [`SECTIONS`], default all: the
@@ -19,6 +23,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::states::CONTROL_SERVICES;
 
 /// What the command line asks for.
 pub enum Invocation {
@@ -76,7 +82,20 @@ impl Paths {
 /// The run's settings, recorded in the results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
+    /// The end-to-end sizes (services per node).
     pub services: Vec<usize>,
+    /// The control plane's sizes (services from empty, one change among them, peak RSS).
+    #[serde(default = "default_control_services")]
+    pub control_services: Vec<usize>,
+    /// The largest size the iptables backend is programmed with, end to end and in the
+    /// control plane: beyond it its rows are skipped (10k x 10 already takes it 9 s from
+    /// empty and 10 s as a full sync, growing faster than linearly, and the bench has a time
+    /// budget). `usize::MAX`: no limit.
+    #[serde(default = "default_iptables_max")]
+    pub iptables_max: usize,
+    /// `DP_BENCH_LARGE`: 50k and 100k services were added to the default sizes.
+    #[serde(default)]
+    pub large: bool,
     pub rounds: usize,
     pub crr_secs: f64,
     pub rr_secs: f64,
@@ -90,7 +109,54 @@ pub struct Settings {
     pub fill_secs: f64,
 }
 
+/// The control plane's size before it had a setting of its own.
+fn default_control_services() -> Vec<usize> {
+    vec![CONTROL_SERVICES]
+}
+
+/// The iptables limit of runs before it had a setting: none.
+fn default_iptables_max() -> usize {
+    usize::MAX
+}
+
+/// The sizes `DP_BENCH_LARGE` adds, end to end and to the control plane.
+pub const LARGE_SERVICES: [usize; 2] = [50_000, 100_000];
+
+/// Default of [`Settings::iptables_max`].
+const IPTABLES_MAX: usize = 10_000;
+
+/// A comma-separated list of sizes.
+fn sizes(v: &str) -> Vec<usize> {
+    v.split(',').filter_map(|s| s.trim().parse().ok()).collect()
+}
+
 impl Settings {
+    /// Whether backend `kind` (a node kind or a control-plane backend) is programmed with
+    /// `n` services (see [`Settings::iptables_max`]).
+    pub fn measures(&self, kind: &str, n: usize) -> bool {
+        !kind.starts_with("iptables") || n <= self.iptables_max
+    }
+
+    /// Why backend `kind` is not measured at `n` services ([`Settings::measures`]).
+    pub fn skip_reason(&self, kind: &str, n: usize) -> Option<String> {
+        (!self.measures(kind, n)).then(|| {
+            format!(
+                "not measured beyond {} services (DP_BENCH_IPTABLES_MAX: the bench's time budget)",
+                self.iptables_max
+            )
+        })
+    }
+
+    /// The largest number of services any measurement programs (sizes the eBPF maps).
+    pub fn max_services(&self) -> usize {
+        self.services
+            .iter()
+            .chain(&self.control_services)
+            .copied()
+            .max()
+            .unwrap_or(CONTROL_SERVICES)
+    }
+
     /// From the `DP_BENCH_*` variables (see the module docs); `DP_BENCH_QUICK` changes the
     /// defaults.
     pub fn from_env() -> Settings {
@@ -103,18 +169,36 @@ impl Settings {
             clippy::cast_precision_loss
         )]
         let int = |k: &str, d: usize| num(k, d as f64) as usize;
+        let large = var("DP_BENCH_LARGE").is_some_and(|v| v != "0");
         let services = var("DP_BENCH_SERVICES").map_or_else(
             || {
-                if quick {
+                let mut v = if quick {
                     vec![1, 1_000]
                 } else {
                     vec![1, 1_000, 5_000, 10_000]
+                };
+                if large {
+                    v.extend(LARGE_SERVICES);
                 }
+                v
             },
-            |v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+            |v| sizes(&v),
+        );
+        let control_services = var("DP_BENCH_CONTROL_SERVICES").map_or_else(
+            || {
+                let mut v = vec![CONTROL_SERVICES];
+                if large {
+                    v.extend(LARGE_SERVICES);
+                }
+                v
+            },
+            |v| sizes(&v),
         );
         Settings {
             services,
+            control_services,
+            iptables_max: int("DP_BENCH_IPTABLES_MAX", IPTABLES_MAX),
+            large,
             rounds: int("DP_BENCH_ROUNDS", if quick { 2 } else { 8 }).max(1),
             crr_secs: num("DP_BENCH_CRR_SECS", if quick { 0.5 } else { 1.2 }),
             rr_secs: num("DP_BENCH_RR_SECS", if quick { 0.3 } else { 0.5 }),

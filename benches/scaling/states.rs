@@ -1,5 +1,5 @@
 //! The desired states the bench programs: N services with two targets for the end-to-end
-//! measurement, 10k services with a probe service for the control plane. Synthetic services
+//! measurement, N services (10k by default) with a probe service for the control plane. Synthetic services
 //! (`dataplane::testing::synthetic`) fill the tables; the targets and the probe point at the
 //! lab node's own pods, on ClusterIPs far above the synthetic ones. The NetworkPolicy
 //! sections' states: the last target with 1k synthetic policies (`synthetic::policies`) over
@@ -14,7 +14,9 @@ use dataplane::{
 
 use crate::load;
 
-/// Services of the control-plane bench (and of the compute-only costs).
+/// Services of the control-plane bench by default (and of the compute-only costs), and the
+/// reference size of the end-to-end targets (CRR at 10k, flat from 1 to 10k; beyond, flat
+/// from 10k to the largest size).
 pub const CONTROL_SERVICES: usize = 10_000;
 
 fn vip(i: usize) -> Ipv4Addr {
@@ -109,16 +111,16 @@ pub fn scaling_state(
     (st, rank)
 }
 
-/// The control plane's state on `base`'s node: `CONTROL_SERVICES - 1` synthetic services and
+/// The control plane's state of `n` services on `base`'s node: `n - 1` synthetic services and
 /// the probe service (`zzz-bench/probe`, last), whose one backend is `probe_backend`.
-pub fn control_state(base: &DesiredState, probe_backend: Ipv4Addr) -> DesiredState {
+pub fn control_state(base: &DesiredState, n: usize, probe_backend: Ipv4Addr) -> DesiredState {
     let mut st = base.clone();
     let node = st.node.name.clone();
     // Sized once: growing by the last push would double the vector's capacity, which the
     // peak-RSS measurement would count.
-    st.services = Vec::with_capacity(CONTROL_SERVICES);
+    st.services = Vec::with_capacity(n.max(1));
     st.services
-        .extend((0..CONTROL_SERVICES - 1).map(|i| synthetic::service(i, 10)));
+        .extend((0..n.saturating_sub(1)).map(|i| synthetic::service(i, 10)));
     st.services.push(target_service(
         "zzz-bench",
         "probe",
