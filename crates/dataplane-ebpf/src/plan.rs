@@ -603,6 +603,9 @@ pub(crate) struct Planner {
     /// Services holding each ClusterIP wildcard entry: services may share a ClusterIP on
     /// different ports, and the entry stays while one of them does.
     wildcards: HashMap<SvcKey, u32>,
+    /// The service-port ids the last [`Planner::update_in_place`] took from the services it
+    /// removed or replaced (their `dp_names` entries go unless a new service took them).
+    released: Vec<u32>,
 }
 
 impl Planner {
@@ -709,6 +712,7 @@ impl Planner {
             return Err(Error::FullSyncRequired);
         }
         let mut gone = Vec::new();
+        self.released.clear();
         for (name, change) in &changes.services {
             if let Some(previous) = &change.previous {
                 self.remove_service(&state.node, name, previous, &mut gone);
@@ -736,6 +740,20 @@ impl Planner {
             .get(name)
             .map(|e| e.ids.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Each planned service-port id and its service, and how many there are.
+    pub(crate) fn service_ids(&self) -> (usize, impl Iterator<Item = (u32, &ObjectName)>) {
+        let ids = self
+            .by_service
+            .iter()
+            .flat_map(|(name, e)| e.ids.iter().map(move |id| (*id, name)));
+        (self.used_ids.len(), ids)
+    }
+
+    /// The ids the last [`Planner::update_in_place`] released (none after [`Planner::full`]).
+    pub(crate) fn released_ids(&self) -> &[u32] {
+        &self.released
     }
 
     /// Service-port id -> service name (for `flows()`; built per call, not kept).
@@ -822,6 +840,7 @@ impl Planner {
         for id in entries.ids.iter() {
             self.used_ids.remove(id);
         }
+        self.released.extend(entries.ids.iter().copied());
     }
 
     fn add_service(

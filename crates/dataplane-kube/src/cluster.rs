@@ -198,7 +198,9 @@ pub struct Cluster {
     probe: DesiredState,
     warnings: BTreeMap<Source, Vec<TranslationWarning>>,
 
-    /// Model service names by the Kubernetes Service they come from.
+    /// Model service names by the Kubernetes Service they come from, when they are not
+    /// just one model named as the Service (which a lookup in `models` finds: no entry for
+    /// nearly every Service, ~1.5 MiB at 10k services).
     names_by_owner: BTreeMap<ObjectKey, Vec<ObjectName>>,
     /// Boxed: a map filled in name order leaves its nodes about half empty, and a
     /// `ModelService` is ~150 bytes (boxed: ~2 MiB less at 10k services).
@@ -255,7 +257,9 @@ impl Cluster {
     /// new `resourceVersion`, `managedFields` or annotation is no change; of a Pod, only
     /// `spec.nodeName`, `spec.hostNetwork`, the containers' names and ports, `status.phase`
     /// and its addresses (a readiness or restart update of a pod is then no change); of a
-    /// Service, not its selector nor status conditions; of an EndpointSlice, its usable
+    /// Service, only the fields the translation reads, a default spelled out read as its
+    /// absence (not its selector, IP family fields, status conditions, nor its name and
+    /// namespace, which the key holds); of an EndpointSlice, its usable
     /// endpoints and ports as read (node and zone names shared across the store); of a Node,
     /// not `status.images`. (client-go's informer caches do the like with
     /// `TransformStripManagedFields`.)
@@ -576,6 +580,7 @@ impl Cluster {
             .keys()
             .filter(|k| k.kind == Kind::Service)
             .chain(self.names_by_owner.keys())
+            .chain(self.models.values().map(|m| &m.owner))
             .cloned()
             .collect();
         self.dirty_services.extend(all);
@@ -589,6 +594,18 @@ impl Cluster {
             Stored::Object(o) => Some(o.clone()),
             Stored::Json(bytes) => from_json(key.kind, bytes),
             Stored::Slice(_) => None,
+        }
+    }
+
+    /// Takes the names of the model services made from the Service `key`: its entry in
+    /// `names_by_owner`, else its own name when the model of that name is its.
+    fn take_model_names(&mut self, key: &ObjectKey) -> Vec<ObjectName> {
+        if let Some(names) = self.names_by_owner.remove(key) {
+            return names;
+        }
+        match key.object_name() {
+            Some(name) if self.models.get(&name).is_some_and(|m| &m.owner == key) => vec![name],
+            _ => Vec::new(),
         }
     }
 
@@ -621,7 +638,7 @@ impl Cluster {
         };
         self.set_warnings(Source::Object(key.clone()), w.into_list());
 
-        let old_names = self.names_by_owner.remove(key).unwrap_or_default();
+        let old_names = self.take_model_names(key);
         let mut touched: BTreeSet<Frontend> = BTreeSet::new();
         let mut affected: BTreeSet<ObjectName> = old_names.iter().cloned().collect();
         for name in &old_names {
@@ -680,7 +697,9 @@ impl Cluster {
                 }),
             );
         }
-        if !new_names.is_empty() {
+        // One model named as the Service (nearly every one) needs no entry.
+        let implied = matches!(&new_names[..], [one] if key.object_name().as_ref() == Some(one));
+        if !new_names.is_empty() && !implied {
             self.names_by_owner.insert(key.clone(), new_names);
         }
         for frontend in &touched {
@@ -1058,8 +1077,7 @@ fn from_json(kind: Kind, bytes: &[u8]) -> Option<Object> {
 /// Drops what the translation never reads and an object can be mostly made of, as client-go's
 /// informer transforms do (`TransformStripManagedFields`): of every object's metadata, all
 /// but its name, namespace, labels, deletion timestamp and the source-ranges annotation; of a
-/// Service, its selector, status conditions and labels other than the two kube-proxy
-/// selects Services by (headless, service-proxy-name); of a Pod, all but its
+/// Service, all but what [`strip_service`] keeps; of a Pod, all but its
 /// node, host network flag, containers' names and ports, phase and addresses (a pod's
 /// readiness and container statuses change often and matter to no translation, so such
 /// updates become no-ops); of an EndpointSlice, its endpoints' `targetRef` and
@@ -1087,24 +1105,7 @@ fn strip(object: &mut Object) {
         ..Default::default()
     };
     match object {
-        Object::Service(svc) => {
-            // kube-proxy reads no selector (the EndpointSlice controller does) and no
-            // status but the load balancer's; of the labels only the two it selects on.
-            if let Some(labels) = &mut svc.metadata.labels {
-                labels.retain(|k, _| {
-                    k == crate::LABEL_HEADLESS || k == crate::LABEL_SERVICE_PROXY_NAME
-                });
-                if labels.is_empty() {
-                    svc.metadata.labels = None;
-                }
-            }
-            if let Some(spec) = &mut svc.spec {
-                spec.selector = None;
-            }
-            if let Some(status) = &mut svc.status {
-                status.conditions = None;
-            }
-        }
+        Object::Service(svc) => strip_service(svc),
         Object::Pod(pod) => {
             if let Some(spec) = pod.spec.take() {
                 pod.spec = Some(core::PodSpec {
@@ -1156,6 +1157,89 @@ fn strip(object: &mut Object) {
         }
         _ => {}
     }
+}
+
+/// [`strip`] of a Service: only the fields `service::translate` reads are kept, and those
+/// whose value reads as their absence (`type: ClusterIP`, `sessionAffinity: None`, traffic
+/// policies `Cluster`, `protocol: TCP`, `clusterIP` next to a `clusterIPs` list) are
+/// dropped, so that the stored JSON is a third of a stripped Service's (10k services:
+/// ~2 MiB) and a change between spellings of the same thing is no change. kube-proxy reads
+/// no selector (the EndpointSlice controller does), no IP family fields (the ClusterIPs
+/// tell) and of the status only the load balancer's ingress IPs and their mode; of the
+/// labels only the two it selects on, of the metadata nothing else (the key names the
+/// Service). Lists keep their length: warnings name their entries by index.
+fn strip_service(svc: &mut k8s_openapi::api::core::v1::Service) {
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let meta = std::mem::take(&mut svc.metadata);
+    let mut labels = meta.labels;
+    if let Some(l) = &mut labels {
+        l.retain(|k, _| k == crate::LABEL_HEADLESS || k == crate::LABEL_SERVICE_PROXY_NAME);
+        if l.is_empty() {
+            labels = None;
+        }
+    }
+    svc.metadata = ObjectMeta {
+        labels,
+        annotations: meta.annotations,
+        ..Default::default()
+    };
+    let not = |value: Option<String>, default: &str| value.filter(|v| v != default);
+    if let Some(spec) = svc.spec.take() {
+        let has_list = spec.cluster_ips.as_ref().is_some_and(|l| !l.is_empty());
+        let session_affinity = not(spec.session_affinity, "None");
+        svc.spec = Some(core::ServiceSpec {
+            type_: not(spec.type_, "ClusterIP"),
+            // With a list, `clusterIP` only matters as `None` (headless).
+            cluster_ip: spec.cluster_ip.filter(|ip| !has_list || ip == "None"),
+            cluster_ips: spec.cluster_ips,
+            external_ips: spec.external_ips,
+            ports: spec.ports.map(|ports| {
+                ports
+                    .into_iter()
+                    .map(|p| core::ServicePort {
+                        name: p.name,
+                        protocol: not(p.protocol, "TCP"),
+                        port: p.port,
+                        node_port: p.node_port,
+                        target_port: p.target_port,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            // Its config is read with ClientIP affinity only.
+            session_affinity_config: spec
+                .session_affinity_config
+                .filter(|_| session_affinity.is_some()),
+            session_affinity,
+            external_traffic_policy: not(spec.external_traffic_policy, "Cluster"),
+            internal_traffic_policy: not(spec.internal_traffic_policy, "Cluster"),
+            health_check_node_port: spec.health_check_node_port,
+            load_balancer_source_ranges: spec.load_balancer_source_ranges,
+            ..Default::default()
+        });
+    }
+    let ingress = svc
+        .status
+        .take()
+        .and_then(|s| s.load_balancer)
+        .and_then(|l| l.ingress)
+        .filter(|l| !l.is_empty());
+    svc.status = ingress.map(|ingress| core::ServiceStatus {
+        load_balancer: Some(core::LoadBalancerStatus {
+            ingress: Some(
+                ingress
+                    .into_iter()
+                    .map(|i| core::LoadBalancerIngress {
+                        ip: i.ip,
+                        ip_mode: i.ip_mode,
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }),
+        ..Default::default()
+    });
 }
 
 /// A small sorted multiset. Most claims and slice sets hold one or two entries, where a

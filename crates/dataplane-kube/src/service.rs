@@ -147,8 +147,9 @@ pub(crate) struct SliceData {
     ipv4: Option<bool>,
     /// The usable endpoints.
     endpoints: Vec<Ep>,
-    /// The usable ports: name, number, protocol.
-    ports: Vec<(String, u16, Protocol)>,
+    /// The usable ports: name (shared: nearly every slice names the same few), number,
+    /// protocol.
+    ports: Box<[(Arc<str>, u16, Protocol)]>,
     /// What reading the endpoints and ports left out, given again with each translation of
     /// the Service (only when the slice is of one of its families, as before).
     warnings: Vec<crate::TranslationWarning>,
@@ -164,10 +165,10 @@ impl SliceData {
             _ => None,
         };
         let mut w = Warnings::new(key.clone());
-        let (mut endpoints, mut ports) = (Vec::new(), Vec::new());
+        let (mut endpoints, mut ports) = (Vec::new(), Box::default());
         if let Some(ipv4) = ipv4 {
             endpoints = slice_endpoints(slice, ipv4, interner, &mut w);
-            ports = slice_ports(slice, &mut w);
+            ports = slice_ports(slice, interner, &mut w);
         }
         Self {
             service,
@@ -842,7 +843,11 @@ fn slice_endpoints(
 }
 
 /// A slice's usable ports (name, number, protocol); the others with a warning.
-fn slice_ports(slice: &EndpointSlice, w: &mut Warnings) -> Vec<(String, u16, Protocol)> {
+fn slice_ports(
+    slice: &EndpointSlice,
+    interner: &mut Interner,
+    w: &mut Warnings,
+) -> Box<[(Arc<str>, u16, Protocol)]> {
     let mut out = Vec::new();
     for (j, sp) in slice.ports.iter().flatten().enumerate() {
         let Some(name) = &sp.name else {
@@ -867,9 +872,9 @@ fn slice_ports(slice: &EndpointSlice, w: &mut Warnings) -> Vec<(String, u16, Pro
             );
             continue;
         };
-        out.push((name.clone(), number, proto));
+        out.push((interner.get(name), number, proto));
     }
-    out
+    out.into_boxed_slice()
 }
 
 /// For each of `ports`, its endpoints by (address, port number), deduplicated across
@@ -896,7 +901,7 @@ fn endpoints_by_port(
             // kube-proxy's ServicePortName: service, port name and protocol.
             let Some(pi) = ports
                 .iter()
-                .position(|p| &p.name == name && p.protocol == *proto)
+                .position(|p| p.name == **name && p.protocol == *proto)
             else {
                 continue;
             };

@@ -259,6 +259,52 @@ fn what_no_translation_reads_is_not_kept_and_changes_nothing() {
 }
 
 #[test]
+fn a_service_spelling_out_defaults_or_ip_families_is_no_change() {
+    // As `kubectl get -o yaml` prints a Service: every default written out.
+    let full = |ip: &str, extra: &str| {
+        one(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n  uid: u1\n  resourceVersion: '7'\n  labels: {{app: web}}\nspec:\n  type: ClusterIP\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n  ipFamilies: [IPv4]\n  ipFamilyPolicy: SingleStack\n  internalTrafficPolicy: Cluster\n  sessionAffinity: None\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080, appProtocol: http}}]\n{extra}status:\n  loadBalancer: {{}}\n"
+        ))
+    };
+    let short = one(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIPs: [10.96.0.20]\n  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    );
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    assert!(cluster.apply(full("10.96.0.20", "")).unwrap());
+    let before = cluster.translate(&none).unwrap().state;
+    assert!(cluster.is_current(&short));
+    assert!(!cluster.apply(short).unwrap());
+    assert_eq!(cluster.translate(&none).unwrap().state, before);
+    // What the translation reads is still a change: the address, the affinity's timeout.
+    assert!(!cluster.is_current(&full("10.96.0.21", "")));
+    let affinity = "  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n";
+    assert!(
+        cluster.is_current(&full("10.96.0.20", affinity)),
+        "read with ClientIP only"
+    );
+    let client_ip = full("10.96.0.20", affinity);
+    let Object::Service(mut svc) = client_ip else {
+        unreachable!()
+    };
+    svc.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+    assert!(cluster.apply(Object::Service(svc)).unwrap());
+    let t = cluster.translate(&none).unwrap();
+    assert_eq!(
+        t.state.services[0].session_affinity,
+        dataplane_core::SessionAffinity::ClientIp {
+            timeout_seconds: 60
+        }
+    );
+    // A headless Service (clusterIP None next to a list) stays headless.
+    let headless = one(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: None\n  clusterIPs: [None]\n  ports: [{name: http, port: 80}]\n",
+    );
+    assert!(cluster.apply(headless).unwrap());
+    assert!(cluster.translate(&none).unwrap().state.services.is_empty());
+}
+
+#[test]
 fn translate_in_place_lends_the_state_and_takes_the_changes() {
     let mut cluster = Cluster::new(settings());
     assert!(matches!(
