@@ -14,6 +14,9 @@
 //!   it is never answered by another backend. One whose reverse entry alone went loses its
 //!   forward entry at the next `maintain()` (`reverse_lost`), so that no connection fails
 //!   uncounted.
+//! - Under a high rate of new connections with the table full (a CRR load: connect, request,
+//!   answer, reset), no connection stalls: the entries a SYN has just created are not the
+//!   ones the LRU evicts before its SYN-ACK comes back (`crr_through_a_full_conntrack...`).
 
 mod common;
 
@@ -23,7 +26,7 @@ use std::time::Duration;
 
 use dataplane_core::{Dataplane, Protocol};
 use dataplane_ebpf::{monotonic_now, EbpfDataplane};
-use dataplane_testkit::{probe, require_root, Lab, LabSpec, ProbeOutcome, TcpSession};
+use dataplane_testkit::{measure, probe, require_root, Lab, LabSpec, ProbeOutcome, TcpSession};
 
 const VIP: &str = "10.96.0.10";
 /// `dp_ct`'s size: 8 connections.
@@ -145,4 +148,77 @@ fn a_full_conntrack_evicts_counts_and_never_mistranslates() {
         "{failed} connections failed, {lost} counted in ct_lost"
     );
     dp.reset().expect("reset");
+}
+
+/// `dp_ct`'s size for the CRR test: 512 connections.
+const CRR_CONNTRACK: u32 = 1024;
+/// Client threads (the entries are created on both CPUs at once, as under the scaling bench's
+/// CRR load) and connections per thread: ten times what the table holds.
+const CRR_THREADS: usize = 4;
+const CRR_PER_THREAD: usize = 5000;
+/// Bounds each connection (a stalled one waits it out); measures nothing.
+const CRR_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The scaling bench's eBPF node lost connections once its `dp_ct` was full (159 failed at
+/// 10k services, counted nowhere). Each failed connection's SYN was translated and its SYN-ACK
+/// was not (`translated` short by 4 and `reverse_translated` by 3 per failure): the reverse
+/// entry the SYN had just written was evicted first, as a fresh LRU node without its
+/// reference bit is, and each retransmitted SYN found the forward entry alone. Before the fix
+/// (`ct_mark_used`) 50-113 of these 20 000 connections timed out; now every one is answered.
+#[test]
+fn crr_through_a_full_conntrack_loses_no_connection() {
+    if !require_root("crr_through_a_full_conntrack_loses_no_connection") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 3,
+        external_clients: 0,
+        ipv6: false,
+    })
+    .expect("lab");
+    let (_pins, mut dp) = common::lab_node_dataplane(&lab, "dpe-ctcrr", |caps| {
+        caps.conntrack = CRR_CONNTRACK;
+    });
+    let mut state = lab.desired_state(0);
+    state.services = vec![common::lab_cluster_ip(&lab, "web", VIP, &[1, 2])];
+    dp.apply(&state).expect("apply");
+    let vip = SocketAddr::new(VIP.parse().unwrap(), 80);
+    let client = &lab.pod(0).netns;
+
+    let runs: Vec<_> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..CRR_THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    measure(client, vip, Protocol::Tcp, CRR_PER_THREAD, CRR_TIMEOUT)
+                        .expect("CRR runs")
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("client thread"))
+            .collect()
+    });
+    let answered: usize = runs.iter().map(|m| m.latencies.len()).sum();
+    let failures: Vec<_> = runs
+        .iter()
+        .filter(|m| !m.failures.is_empty())
+        .map(|m| &m.failures)
+        .collect();
+    let stats = dp.stats().expect("stats");
+    eprintln!(
+        "{answered} of {} connections answered; {:?}; drops {:?}",
+        CRR_THREADS * CRR_PER_THREAD,
+        stats.other,
+        stats.drops
+    );
+    dp.reset().expect("reset");
+    assert!(
+        stats.other["ct_created"] > u64::from(CRR_CONNTRACK),
+        "the table never filled: {:?}",
+        stats.other
+    );
+    assert!(failures.is_empty(), "connections failed: {failures:?}");
+    assert_eq!(answered, CRR_THREADS * CRR_PER_THREAD);
 }

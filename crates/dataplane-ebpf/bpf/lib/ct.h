@@ -38,6 +38,23 @@ static __always_inline void ct_reply_key(struct ct_key *k, const struct pkt *p, 
 	k->family = p->family;
 }
 
+/*
+ * Marks the entry just written under @k as used, as its first lookup would. An LRU hash
+ * update leaves the new node's reference bit clear (only a lookup sets it), and when full the
+ * kernel evicts nodes without it first, a CPU short of free nodes even taking those another
+ * CPU has just added (kernel/bpf/bpf_lru_list.c: __bpf_lru_list_shrink_inactive,
+ * __local_list_pop_pending). With dp_ct full under a high rate of new connections the reverse
+ * entry a SYN had just written was sometimes gone when its SYN-ACK came back: the SYN-ACK
+ * reached the client untranslated, every retransmitted SYN found the forward entry alone, and
+ * the connection stalled until the client gave up, counted nowhere (tests/ct_capacity.rs,
+ * crr_through_a_full_conntrack_loses_no_connection). One lookup per entry a new connection
+ * writes.
+ */
+static __always_inline void ct_mark_used(const struct ct_key *k)
+{
+	bpf_map_lookup_elem(&dp_ct, k);
+}
+
 /* A forward entry (client -> frontend); reverse and inbound-marker entries are not. */
 static __always_inline int ct_is_fwd(const struct ct_entry *e)
 {

@@ -274,11 +274,13 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 			stat_inc(STAT_CT_FULL);
 			return DROP_CT_FULL;
 		}
+		ct_mark_used(&rk);
 	}
 	if (bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
 		stat_inc(STAT_CT_FULL);
 		return DROP_CT_FULL;
 	}
+	ct_mark_used(&fk);
 	stat_inc(STAT_CT_CREATED);
 	if (dsr)
 		return dsr_forward(skb, p, be->addr, be->port);
