@@ -206,18 +206,18 @@ fn crr_through_a_full_conntrack_loses_no_connection() {
         .filter(|m| !m.failures.is_empty())
         .map(|m| &m.failures)
         .collect();
-    let stats = dp.stats().expect("stats");
+    let counters = dp.stats().expect("stats");
     eprintln!(
         "{answered} of {} connections answered; {:?}; drops {:?}",
         CRR_THREADS * CRR_PER_THREAD,
-        stats.other,
-        stats.drops
+        counters.other,
+        counters.drops
     );
     dp.reset().expect("reset");
     assert!(
-        stats.other["ct_created"] > u64::from(CRR_CONNTRACK),
+        counters.other["ct_created"] > u64::from(CRR_CONNTRACK),
         "the table never filled: {:?}",
-        stats.other
+        counters.other
     );
     assert!(failures.is_empty(), "connections failed: {failures:?}");
     assert_eq!(answered, CRR_THREADS * CRR_PER_THREAD);
