@@ -36,7 +36,8 @@ static __noinline int rev_key_pick(const struct pkt *p, const struct backend *be
 	int free;
 
 	ct_reply_key(rk, p, be->addr, be->port);
-	free = ct_rev_key_free(rk, fk);
+	free = ct_rev_key_free(rk, fk, p);
+	ct_reply_key(rk, p, be->addr, be->port); /* ct_rev_key_free may have used it */
 	if (free)
 		return free;
 #pragma unroll
