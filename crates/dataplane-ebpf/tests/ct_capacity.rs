@@ -14,6 +14,12 @@
 //!   it is never answered by another backend. One whose reverse entry alone went loses its
 //!   forward entry at the next `maintain()` (`reverse_lost`), so that no connection fails
 //!   uncounted.
+//! - Under a high rate of new connections with the table full (a CRR load: connect, request,
+//!   answer, reset), no connection stalls: the entries a SYN has just created are not the
+//!   ones the LRU evicts before its SYN-ACK comes back (`crr_through_a_full_conntrack...`).
+//! - A client port reused towards a second frontend with the same backend takes over the
+//!   first frontend's stale reverse entry (its connection reset) instead of clashing with it
+//!   (`client_ports_reused_across_frontends...`).
 
 mod common;
 
@@ -23,7 +29,9 @@ use std::time::Duration;
 
 use dataplane_core::{Dataplane, Protocol};
 use dataplane_ebpf::{monotonic_now, EbpfDataplane};
-use dataplane_testkit::{probe, require_root, Lab, LabSpec, ProbeOutcome, TcpSession};
+use dataplane_testkit::{
+    measure, probe, probe_from, require_root, Lab, LabSpec, ProbeOutcome, TcpSession,
+};
 
 const VIP: &str = "10.96.0.10";
 /// `dp_ct`'s size: 8 connections.
@@ -145,4 +153,145 @@ fn a_full_conntrack_evicts_counts_and_never_mistranslates() {
         "{failed} connections failed, {lost} counted in ct_lost"
     );
     dp.reset().expect("reset");
+}
+
+/// `dp_ct`'s size for the CRR test: 512 connections.
+const CRR_CONNTRACK: u32 = 1024;
+/// Client threads (the entries are created on both CPUs at once, as under the scaling bench's
+/// CRR load) and connections per thread: ten times what the table holds.
+const CRR_THREADS: usize = 4;
+const CRR_PER_THREAD: usize = 5000;
+/// Bounds each connection (a stalled one waits it out); measures nothing.
+const CRR_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The scaling bench's eBPF node lost connections once its `dp_ct` was full (159 failed at
+/// 10k services, counted nowhere). Each failed connection's SYN was translated and its SYN-ACK
+/// was not (`translated` short by 4 and `reverse_translated` by 3 per failure): the reverse
+/// entry the SYN had just written was evicted first, as a fresh LRU node without its
+/// reference bit is, and each retransmitted SYN found the forward entry alone. Before the fix
+/// (`ct_mark_used`) 50-113 of these 20 000 connections timed out; now every one is answered.
+#[test]
+fn crr_through_a_full_conntrack_loses_no_connection() {
+    if !require_root("crr_through_a_full_conntrack_loses_no_connection") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 3,
+        external_clients: 0,
+        ipv6: false,
+    })
+    .expect("lab");
+    let (_pins, mut dp) = common::lab_node_dataplane(&lab, "dpe-ctcrr", |caps| {
+        caps.conntrack = CRR_CONNTRACK;
+    });
+    let mut state = lab.desired_state(0);
+    state.services = vec![common::lab_cluster_ip(&lab, "web", VIP, &[1, 2])];
+    dp.apply(&state).expect("apply");
+    let vip = SocketAddr::new(VIP.parse().unwrap(), 80);
+    let client = &lab.pod(0).netns;
+
+    let runs: Vec<_> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..CRR_THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    measure(client, vip, Protocol::Tcp, CRR_PER_THREAD, CRR_TIMEOUT)
+                        .expect("CRR runs")
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("client thread"))
+            .collect()
+    });
+    let answered: usize = runs.iter().map(|m| m.latencies.len()).sum();
+    let failures: Vec<_> = runs
+        .iter()
+        .filter(|m| !m.failures.is_empty())
+        .map(|m| &m.failures)
+        .collect();
+    let counters = dp.stats().expect("stats");
+    eprintln!(
+        "{answered} of {} connections answered; {:?}; drops {:?}",
+        CRR_THREADS * CRR_PER_THREAD,
+        counters.other,
+        counters.drops
+    );
+    dp.reset().expect("reset");
+    assert!(
+        counters.other["ct_created"] > u64::from(CRR_CONNTRACK),
+        "the table never filled: {:?}",
+        counters.other
+    );
+    assert!(failures.is_empty(), "connections failed: {failures:?}");
+    assert_eq!(answered, CRR_THREADS * CRR_PER_THREAD);
+}
+
+/// The second ClusterIP of the port-reuse test, with the same backend as [`VIP`].
+const VIP2: &str = "10.96.0.11";
+/// The SNAT ports (`snat.h`): the client uses each on VIP first.
+const SNAT_PORTS: std::ops::RangeInclusive<u16> = 32_768..=60_999;
+/// Connections to VIP2, from the first ports of that range.
+const REUSED: u16 = 40;
+
+/// The scaling bench's eBPF node dropped SYNs (`snat_exhausted`, `DROP_NO_SNAT`) once its
+/// client had used its whole port range on one ClusterIP and then connected to another with
+/// the same backends: each new connection's reverse key (backend -> client:port) was held by
+/// a closed connection's stale entry of the first ClusterIP, counted as a clash, and the
+/// random SNAT ports tried instead were all held the same way; the client waited a second
+/// for its SYN's retransmission (a failed connection under the bench's 1 s timeout, and the
+/// CRR collapse). Here the client connects to VIP from every SNAT port, then to VIP2 from
+/// some of them: every one must be answered, nothing dropped.
+#[test]
+fn client_ports_reused_across_frontends_take_over_stale_entries() {
+    if !require_root("client_ports_reused_across_frontends_take_over_stale_entries") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        external_clients: 0,
+        ipv6: false,
+    })
+    .expect("lab");
+    let (_pins, mut dp) = common::lab_node_dataplane(&lab, "dpe-ctport", |caps| {
+        caps.conntrack = 1 << 17;
+    });
+    let mut state = lab.desired_state(0);
+    state.services = vec![
+        common::lab_cluster_ip(&lab, "web", VIP, &[1]),
+        common::lab_cluster_ip(&lab, "web2", VIP2, &[1]),
+    ];
+    dp.apply(&state).expect("apply");
+    let client = &lab.pod(0).netns;
+    let from = |port: u16| Some(SocketAddr::new([0, 0, 0, 0].into(), port));
+
+    let first = SocketAddr::new(VIP.parse().unwrap(), 80);
+    for port in SNAT_PORTS {
+        let o = probe_from(client, from(port), first, Protocol::Tcp, TIMEOUT).expect("probe runs");
+        assert!(
+            matches!(o, ProbeOutcome::Answered { .. }),
+            "{VIP} from port {port}: {o:?}"
+        );
+    }
+    let second = SocketAddr::new(VIP2.parse().unwrap(), 80);
+    let failed: Vec<(u16, ProbeOutcome)> = SNAT_PORTS
+        .take(usize::from(REUSED))
+        .filter_map(|port| {
+            let o = probe_from(client, from(port), second, Protocol::Tcp, CRR_TIMEOUT)
+                .expect("probe runs");
+            (!matches!(o, ProbeOutcome::Answered { .. })).then_some((port, o))
+        })
+        .collect();
+    let counters = dp.stats().expect("stats");
+    eprintln!(
+        "{VIP2}: {} of {REUSED} failed; {:?}",
+        failed.len(),
+        counters.other
+    );
+    dp.reset().expect("reset");
+    assert!(failed.is_empty(), "{VIP2}: {failed:?}");
+    assert_eq!(counters.other["snat_exhausted"], 0, "{:?}", counters.other);
+    assert_eq!(counters.other["dropped"], 0, "{:?}", counters.other);
 }

@@ -38,6 +38,23 @@ static __always_inline void ct_reply_key(struct ct_key *k, const struct pkt *p, 
 	k->family = p->family;
 }
 
+/*
+ * Marks the entry just written under @k as used, as its first lookup would. An LRU hash
+ * update leaves the new node's reference bit clear (only a lookup sets it), and when full the
+ * kernel evicts nodes without it first, a CPU short of free nodes even taking those another
+ * CPU has just added (kernel/bpf/bpf_lru_list.c: __bpf_lru_list_shrink_inactive,
+ * __local_list_pop_pending). With dp_ct full under a high rate of new connections the reverse
+ * entry a SYN had just written was sometimes gone when its SYN-ACK came back: the SYN-ACK
+ * reached the client untranslated, every retransmitted SYN found the forward entry alone, and
+ * the connection stalled until the client gave up, counted nowhere (tests/ct_capacity.rs,
+ * crr_through_a_full_conntrack_loses_no_connection). One lookup per entry a new connection
+ * writes.
+ */
+static __always_inline void ct_mark_used(const struct ct_key *k)
+{
+	bpf_map_lookup_elem(&dp_ct, k);
+}
+
 /* A forward entry (client -> frontend); reverse and inbound-marker entries are not. */
 static __always_inline int ct_is_fwd(const struct ct_entry *e)
 {
@@ -126,16 +143,34 @@ static __always_inline void ct_fwd_key_of_rev(struct ct_key *k, const struct ct_
 	k->family = p->family;
 }
 
+/* Whether a forward entry's connection is over (a reset, or FIN both ways). */
+static __always_inline int ct_is_closed(const struct ct_entry *e)
+{
+	if (e->tcp_state & CT_TCP_RST)
+		return 1;
+	return (e->tcp_state & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV)) ==
+	       (CT_TCP_FIN_FWD | CT_TCP_FIN_REV);
+}
+
 /*
  * Whether reverse key @rk may be written for the connection whose forward key is @fk:
  * returns 1 when no entry holds it, 2 when the connection's own (earlier) reverse entry does
- * (a reopened connection: overwriting is right), 0 when another connection's entry, or an
- * entry of another kind, holds it: a clash. (The entry's forward key is compared field by
- * field, not rebuilt: a second key on the stack would not fit the caller's budget.)
+ * (a reopened connection: overwriting is right) or a connection that is over does (its
+ * forward entry closed or gone: its replies are done, and a forward packet of it would find
+ * no entry and get new ones), 0 when a live connection's entry, or an entry of another kind,
+ * holds it: a clash. (Its own: the entry's forward key compared field by field. Another's
+ * forward entry is looked up under a key built in @rk, which the caller rebuilds: a second key
+ * on the stack would not fit the caller's budget.) Without the closed case a
+ * client port reused towards a second frontend with the same backend (a CRR load over two
+ * ClusterIPs) clashed with the first frontend's stale entries and took a random SNAT port,
+ * which failed (SNAT_TRIES taken) once the client had used its whole port range: the SYN was
+ * dropped (DROP_NO_SNAT) and the client waited a second for its retransmission.
  */
-static __always_inline int ct_rev_key_free(const struct ct_key *rk, const struct ct_key *fk)
+static __always_inline int ct_rev_key_free(struct ct_key *rk, const struct ct_key *fk,
+					   const struct pkt *p)
 {
 	struct ct_entry *cur = bpf_map_lookup_elem(&dp_ct, rk);
+	struct ct_entry *owner;
 	__u32 diff = 0;
 
 	if (!cur)
@@ -146,7 +181,13 @@ static __always_inline int ct_rev_key_free(const struct ct_key *rk, const struct
 	for (int i = 0; i < 4; i++)
 		diff |= (cur->snat_addr[i] ^ fk->saddr[i]) | (cur->nat_addr[i] ^ fk->daddr[i]);
 	diff |= (cur->snat_port ^ fk->sport) | (cur->nat_port ^ fk->dport);
-	return diff ? 0 : 2;
+	if (!diff)
+		return 2;
+	ct_fwd_key_of_rev(rk, cur, p);
+	owner = bpf_map_lookup_elem(&dp_ct, rk);
+	if (!owner || !ct_is_fwd(owner) || ct_is_closed(owner))
+		return 2;
+	return 0;
 }
 
 #endif

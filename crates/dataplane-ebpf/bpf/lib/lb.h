@@ -36,7 +36,8 @@ static __noinline int rev_key_pick(const struct pkt *p, const struct backend *be
 	int free;
 
 	ct_reply_key(rk, p, be->addr, be->port);
-	free = ct_rev_key_free(rk, fk);
+	free = ct_rev_key_free(rk, fk, p);
+	ct_reply_key(rk, p, be->addr, be->port); /* ct_rev_key_free may have used it */
 	if (free)
 		return free;
 #pragma unroll
@@ -274,11 +275,13 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 			stat_inc(STAT_CT_FULL);
 			return DROP_CT_FULL;
 		}
+		ct_mark_used(&rk);
 	}
 	if (bpf_map_update_elem(&dp_ct, &fk, &fe, BPF_ANY) < 0) {
 		stat_inc(STAT_CT_FULL);
 		return DROP_CT_FULL;
 	}
+	ct_mark_used(&fk);
 	stat_inc(STAT_CT_CREATED);
 	if (dsr)
 		return dsr_forward(skb, p, be->addr, be->port);

@@ -81,6 +81,8 @@ static __noinline int masq_track(const struct pkt *p, __u32 *snat, struct ct_key
 		stat_inc(STAT_CT_FULL);
 		return DROP_CT_FULL;
 	}
+	ct_mark_used(rk);
+	ct_mark_used(&fk);
 	stat_inc(STAT_CT_CREATED);
 	return 0;
 }

@@ -349,6 +349,7 @@ static __always_inline int xdp_ct_create(const struct pkt *p, const struct svc_v
 		 * rule): then nothing is written and TC decides. */
 		if (bpf_map_update_elem(&dp_ct, rk, &e, BPF_NOEXIST) < 0)
 			return -1;
+		ct_mark_used(rk);
 		e.flags &= ~CT_F_REV;
 	}
 	addr_copy(e.nat_addr, be->addr);
@@ -358,6 +359,7 @@ static __always_inline int xdp_ct_create(const struct pkt *p, const struct svc_v
 	ct_key_from_pkt(&fk, p);
 	if (bpf_map_update_elem(&dp_ct, &fk, &e, BPF_ANY) < 0)
 		return -1;
+	ct_mark_used(&fk);
 	stat_inc(STAT_CT_CREATED);
 	return 0;
 }
