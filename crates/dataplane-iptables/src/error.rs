@@ -93,6 +93,32 @@ pub enum NetfilterError {
         /// What is wrong with its value.
         detail: String,
     },
+    /// The rules of the first family could not be kept aside (in a temporary file) to be put
+    /// back if the second family's restore fails: refused before anything is written.
+    #[error("the rules to put back on a failure could not be kept")]
+    Snapshot {
+        /// Backend name.
+        backend: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A restore failed (`failed`) after the restore of an earlier family had committed, and
+    /// putting that family's rules back failed too (`source`): the kernel holds that family's
+    /// part of the refused state. The backend is dirty: the next sync is a full one, which
+    /// reads the kernel.
+    #[error("the {family} rules stay changed: putting them back failed after {failed}")]
+    RollbackFailed {
+        /// Backend name.
+        backend: &'static str,
+        /// The family left changed (`IPv4`).
+        family: &'static str,
+        /// The failure that made the rollback necessary.
+        failed: Box<NetfilterError>,
+        /// Why the rollback failed.
+        #[source]
+        source: Box<NetfilterError>,
+    },
     /// An inspector found nothing of ours to read.
     #[error("nothing is programmed: {detail}")]
     NothingProgrammed {
@@ -126,6 +152,10 @@ impl From<NetfilterError> for Error {
             NetfilterError::InvalidConfig { backend, .. } => {
                 (*backend, "checking the configuration".to_owned())
             }
+            NetfilterError::Snapshot { backend, .. } => {
+                (*backend, "keeping the rules to put back".to_owned())
+            }
+            NetfilterError::RollbackFailed { backend, .. } => (*backend, "rollback".to_owned()),
         };
         Error::Kernel {
             dataplane: backend.to_owned(),

@@ -10,9 +10,9 @@
 //! ```
 //!
 //! The iptables backend writes IPv4 and IPv6 with two tools (`iptables-restore`, then
-//! `ip6tables-restore`); `the_second_family_failing_after_the_first_committed` shows that a
-//! failure of the second leaves the first committed (ignored until that is fixed; see the
-//! eBPF README's "Faults" table).
+//! `ip6tables-restore`); `iptables_*_second_family_failing_after_the_first_committed` show
+//! that a failure of the second puts the first back (`src/iptables/rollback.rs`), in both
+//! modes, on the sync over every service and on the changed-services partial sync.
 
 mod common;
 
@@ -25,18 +25,20 @@ use dataplane_core::{
     Dataplane, Error, IpFamily, LabelSelector, ObjectName, ObservedState, Policy, PolicyType,
     Protocol, Service, ServicePort, ValidationError,
 };
+use dataplane_iptables::config::IptablesMode;
 use dataplane_iptables::{IptablesDataplane, NetfilterConfig, NftablesDataplane};
 use dataplane_testkit::{probe, require_root, Lab, LabSpec, ProbeOutcome, SERVER_PORT};
 
 const WEB: &str = "10.96.0.10";
 const NEW: &str = "10.96.0.11";
+const WEB6: &str = "fd00:96::10";
 const NEW6: &str = "fd00:96::11";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flavour {
     Nftables,
-    Iptables,
+    Iptables(IptablesMode),
 }
 
 fn lab() -> Lab {
@@ -88,17 +90,21 @@ fn ruleset(lab: &Lab, flavour: Flavour) -> String {
     };
     match flavour {
         Flavour::Nftables => run("nft", &["-s", "list", "table", "inet", "dataplane"]),
-        Flavour::Iptables => ["iptables-save", "ip6tables-save"]
-            .into_iter()
-            .flat_map(|tool| {
-                run(tool, &[])
-                    .lines()
-                    .filter(|l| !l.starts_with('#'))
-                    .map(|l| l.split(" [").next().unwrap_or(l).to_owned())
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Flavour::Iptables(mode) => {
+            let mut c = NetfilterConfig::iptables(Some(lab.node(0).netns.path().to_owned()));
+            c.iptables_mode = mode;
+            IptablesDataplane::save_tools(&c)
+                .iter()
+                .flat_map(|tool| {
+                    run(tool.to_str().expect("a tool path"), &[])
+                        .lines()
+                        .filter(|l| !l.starts_with('#'))
+                        .map(|l| l.split(" [").next().unwrap_or(l).to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
     }
 }
 
@@ -111,44 +117,84 @@ fn answered_by(lab: &Lab, vip: &str) -> Option<String> {
 }
 
 /// A directory with a tool `name` that reads its input and fails, as a tool that dies
-/// halfway would (except for `--test`), and `<name without -restore>-save` (read before any
-/// write) as the real one.
+/// halfway would (except for `--test`, and while [`FailingTool::pass`] is on), and
+/// `<name without -restore>-save` (read before any write) as the real one, counting its runs.
+/// `infix`: the flavour of the real tools (`iptables-<infix>-restore`; `None`: the name).
 struct FailingTool(PathBuf);
 
 impl FailingTool {
-    fn new(name: &str) -> FailingTool {
+    fn new(name: &str, infix: Option<&str>) -> FailingTool {
         let dir = PathBuf::from(format!(
-            "/tmp/dp-rejected-{}-{}",
+            "/tmp/dp-rejected-{}-{}-{}",
             std::process::id(),
             // (not the tool's name: the save tool's path is the restore tool's with
             // "-restore" replaced)
-            name.replace("-restore", "")
+            name.replace("-restore", ""),
+            // (the tests run at once)
+            infix.unwrap_or("path")
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let tool = dir.join(name);
+        let flavoured = |name: &str| match (infix, name.split_once('-')) {
+            (Some(infix), Some((family, rest))) => format!("{family}-{infix}-{rest}"),
+            _ => name.to_owned(),
+        };
+        let script = |path: PathBuf, text: String| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
         // A check (`--test`) writes nothing: the real tool answers it, so that the failure
         // comes where a commit would.
-        let real = which(name);
-        std::fs::write(
-            &tool,
+        let real = which(&flavoured(name));
+        script(
+            dir.join(name),
             format!(
-                "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = --test ] && exec {} \"$@\"; done\n\
+                "#!/bin/sh\n\
+                 for a in \"$@\"; do [ \"$a\" = --test ] && exec {real} \"$@\"; done\n\
+                 n=$(cat {pass} 2>/dev/null || echo 0)\n\
+                 [ \"$n\" = always ] && exec {real} \"$@\"\n\
+                 if [ \"$n\" -gt 0 ]; then echo $((n - 1)) >{pass}; exec {real} \"$@\"; fi\n\
                  cat >/dev/null\necho 'injected failure' >&2\nexit 1\n",
-                real.display()
+                pass = dir.join("pass").display(),
+                real = real.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         if let Some(base) = name.strip_suffix("-restore") {
-            let real = which(&format!("{base}-save"));
-            std::os::unix::fs::symlink(real, dir.join(format!("{base}-save"))).unwrap();
+            let real = which(&flavoured(&format!("{base}-save")));
+            script(
+                dir.join(format!("{base}-save")),
+                format!(
+                    "#!/bin/sh\necho >>{saves}\nexec {real} \"$@\"\n",
+                    saves = dir.join("saves").display(),
+                    real = real.display()
+                ),
+            );
         }
         FailingTool(dir)
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
+    }
+
+    /// The tool runs the real one (`true`) or fails (`false`, the start).
+    fn pass(&self, pass: bool) {
+        let flag = self.0.join("pass");
+        if pass {
+            std::fs::write(flag, "always").unwrap();
+        } else {
+            let _ = std::fs::remove_file(flag);
+        }
+    }
+
+    /// The tool runs the real one `n` more times (checks aside), then fails.
+    fn pass_times(&self, n: u32) {
+        std::fs::write(self.0.join("pass"), n.to_string()).unwrap();
+    }
+
+    /// How many times the save tool ran.
+    fn saves(&self) -> usize {
+        std::fs::read_to_string(self.0.join("saves")).map_or(0, |s| s.lines().count())
     }
 }
 
@@ -182,8 +228,9 @@ impl Backend {
                 tweak(&mut c);
                 Backend::Nftables(NftablesDataplane::new(c))
             }
-            Flavour::Iptables => {
+            Flavour::Iptables(mode) => {
                 let mut c = NetfilterConfig::iptables(netns);
+                c.iptables_mode = mode;
                 tweak(&mut c);
                 Backend::Iptables(IptablesDataplane::new(c))
             }
@@ -269,9 +316,9 @@ fn rejected_applies_change_nothing(flavour: Flavour) {
     // The tool dies after reading its input.
     let tool = match flavour {
         Flavour::Nftables => "nft",
-        Flavour::Iptables => "iptables-restore",
+        Flavour::Iptables(_) => "iptables-restore",
     };
-    let failing = FailingTool::new(tool);
+    let failing = FailingTool::new(tool, None);
     let mut broken = Backend::new(&lab, flavour, |c| {
         c.nft = failing.path("nft");
         c.iptables_restore = failing.path("iptables-restore");
@@ -316,43 +363,173 @@ fn nftables_rejected_applies_change_nothing() {
 #[test]
 fn iptables_rejected_applies_change_nothing() {
     if require_root("iptables_rejected_applies_change_nothing") {
-        rejected_applies_change_nothing(Flavour::Iptables);
+        rejected_applies_change_nothing(Flavour::Iptables(IptablesMode::Auto));
     }
 }
 
-/// iptables: a change of both families whose `ip6tables-restore` fails after
-/// `iptables-restore` committed the IPv4 part. Fails today: the IPv4 part stays committed
-/// and serves the refused state's IPv4 service (a half-applied sync, which the next full sync
-/// repairs). The fix, rolling the first family back when the second fails, is in
-/// `src/iptables/mod.rs` (`sync_checked`), which another change owns (issue 24).
-#[test]
-#[ignore = "known half-apply: the IPv4 restore is not rolled back when ip6tables-restore fails (issue 21/24)"]
-fn the_second_family_failing_after_the_first_committed() {
-    if !require_root("the_second_family_failing_after_the_first_committed") {
-        return;
-    }
+/// iptables: changes of both families whose `ip6tables-restore` fails after
+/// `iptables-restore` committed the IPv4 part: IPv4 is put back, on every path that writes
+/// both families:
+///
+/// - the sync over every service (`apply`), by a backend whose last sync succeeded, the same
+///   backend again (now dirty), and a new backend over the same chains (as a restarted agent:
+///   nothing applied, the kernel read);
+/// - the changed-services partial sync (`apply_changes` of endpoint changes in both
+///   families; it reads no `iptables-save`, the reverse patch neither).
+///
+/// Each time the ruleset (both families, our chains and the hooks) and `observe()` are as
+/// before and the refused services are not served.
+fn second_family_failing_after_the_first_committed(mode: IptablesMode) {
     let lab = lab();
+    let infix = mode.infix();
+    let failing = FailingTool::new("ip6tables-restore", infix);
+    let broken = |c: &mut NetfilterConfig| c.ip6tables_restore = failing.path("ip6tables-restore");
+    let flavour = Flavour::Iptables(mode);
     let mut old = lab.desired_state(0);
-    old.services = vec![service(&lab, "web", WEB, IpFamily::V4)];
-    let failing = FailingTool::new("ip6tables-restore");
-    let mut dp = Backend::new(&lab, Flavour::Iptables, |_| {});
+    old.services = vec![
+        service(&lab, "web", WEB, IpFamily::V4),
+        service(&lab, "web6", WEB6, IpFamily::V6),
+    ];
+    let mut dp = Backend::new(&lab, flavour, broken);
+    failing.pass(true);
     dp.dp().apply(&old).expect("apply");
+    failing.pass(false);
+    assert_eq!(answered_by(&lab, WEB).as_deref(), Some("pod-0-1"));
     let before = Before {
         lab: &lab,
-        flavour: Flavour::Iptables,
-        ruleset: ruleset(&lab, Flavour::Iptables),
+        flavour,
+        ruleset: ruleset(&lab, flavour),
         observed: dp.dp().observe().expect("observe"),
     };
     let mut new = old.clone();
     new.services.push(service(&lab, "new", NEW, IpFamily::V4));
     new.services.push(service(&lab, "new6", NEW6, IpFamily::V6));
-    // (a second backend on the same chains: `IptablesDataplane` has no `config_mut`)
-    let mut broken = Backend::new(&lab, Flavour::Iptables, |c| {
-        c.ip6tables_restore = failing.path("ip6tables-restore");
-    });
-    let e = broken.dp().apply(&new).unwrap_err();
-    assert!(format!("{e:?}").contains("injected failure"), "{e:?}");
-    before.unchanged(&mut dp, "ip6tables-restore failing after iptables-restore");
+    let refused = |e: Error, what: &str| {
+        assert!(
+            matches!(e, Error::Kernel { .. }) && format!("{e:?}").contains("injected failure"),
+            "{what}: {e:?}"
+        );
+        assert!(
+            !format!("{e:?}").contains("RollbackFailed"),
+            "{what}: the rollback failed: {e:?}"
+        );
+    };
+
+    // The sync over every service, twice (the second from a dirty backend).
+    for what in ["apply", "apply again"] {
+        refused(dp.dp().apply(&new).unwrap_err(), what);
+        before.unchanged(&mut dp, what);
+        assert_eq!(
+            answered_by(&lab, NEW),
+            None,
+            "{what}: a refused service is served"
+        );
+    }
+    // A new backend over the same chains (nothing applied: the kernel is all it knows).
+    let mut restarted = Backend::new(&lab, flavour, broken);
+    refused(restarted.dp().apply(&new).unwrap_err(), "a new backend");
+    before.unchanged(&mut dp, "a new backend");
     assert_eq!(answered_by(&lab, NEW), None, "a refused service is served");
-    dp.dp().reset().expect("reset");
+
+    // The changed-services partial sync: the endpoints of both services move to pod-0-0.
+    failing.pass(true);
+    dp.dp()
+        .apply(&old)
+        .expect("apply (the backend is clean again)");
+    failing.pass(false);
+    let mut moved = old.clone();
+    moved.services[0].backends = vec![lab.backend(0, IpFamily::V4).expect("lab backend")];
+    moved.services[1].backends = vec![lab.backend(0, IpFamily::V6).expect("lab backend")];
+    let changes = dataplane_core::diff(&old, &moved);
+    let saves = failing.saves();
+    refused(
+        dp.dp().apply_changes(&changes).unwrap_err(),
+        "changed services",
+    );
+    assert_eq!(
+        failing.saves(),
+        saves,
+        "the changed-services path reads no ip6tables-save (another path was taken)"
+    );
+    before.unchanged(&mut dp, "changed services");
+    assert_eq!(answered_by(&lab, WEB).as_deref(), Some("pod-0-1"));
+
+    // The tool working again, the refused states apply.
+    failing.pass(true);
+    dp.dp().apply_changes(&changes).expect("apply_changes");
+    assert_eq!(answered_by(&lab, WEB).as_deref(), Some("pod-0-0"));
+    dp.dp().apply(&new).expect("apply");
+    assert_eq!(answered_by(&lab, NEW).as_deref(), Some("pod-0-1"));
+
+    dp.dp().apply(&old).expect("apply");
+    a_failed_rollback_is_reported(&lab, mode, &failing, &old, &new);
+}
+
+/// A rollback that fails too (`iptables-restore` commits IPv4, then fails putting it back):
+/// reported as such, and the backend is dirty: the next change set is applied as a full
+/// sync. `failing`: the `ip6tables-restore` of the caller.
+fn a_failed_rollback_is_reported(
+    lab: &Lab,
+    mode: IptablesMode,
+    failing: &FailingTool,
+    old: &dataplane_core::DesiredState,
+    new: &dataplane_core::DesiredState,
+) {
+    let infix = mode.infix();
+    let broken = |c: &mut NetfilterConfig| c.ip6tables_restore = failing.path("ip6tables-restore");
+    let flavour = Flavour::Iptables(mode);
+    let failing4 = FailingTool::new("iptables-restore", infix);
+    let mut both = Backend::new(lab, flavour, |c| {
+        broken(c);
+        c.iptables_restore = failing4.path("iptables-restore");
+    });
+    failing4.pass(true);
+    both.dp().apply(old).expect("apply");
+    failing4.pass_times(1);
+    failing.pass(false);
+    let e = both
+        .dp()
+        .apply_changes(&dataplane_core::diff(old, new))
+        .unwrap_err();
+    match &e {
+        Error::Kernel { operation, .. } => assert_eq!(operation, "rollback", "{e:?}"),
+        _ => panic!("{e:?}"),
+    }
+    let chain = format!("{e:?}");
+    assert!(
+        chain.contains("RollbackFailed") && chain.contains("IPv4"),
+        "{chain}"
+    );
+    // (what failed first, and the rollback's own failure)
+    assert_eq!(chain.matches("injected failure").count(), 2, "{chain}");
+    assert_eq!(
+        answered_by(lab, NEW).as_deref(),
+        Some("pod-0-1"),
+        "IPv4 stays changed"
+    );
+    failing.pass(true);
+    failing4.pass(true);
+    let report = both
+        .dp()
+        .apply_changes(&dataplane_core::diff(old, new))
+        .expect("apply_changes after the failed rollback");
+    assert!(
+        report.full_sync,
+        "a sync after a failed rollback is a full one"
+    );
+    both.dp().reset().expect("reset");
+}
+
+#[test]
+fn iptables_legacy_second_family_failing_after_the_first_committed() {
+    if require_root("iptables_legacy_second_family_failing_after_the_first_committed") {
+        second_family_failing_after_the_first_committed(IptablesMode::Legacy);
+    }
+}
+
+#[test]
+fn iptables_nft_second_family_failing_after_the_first_committed() {
+    if require_root("iptables_nft_second_family_failing_after_the_first_committed") {
+        second_family_failing_after_the_first_committed(IptablesMode::Nft);
+    }
 }

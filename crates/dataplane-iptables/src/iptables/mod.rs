@@ -17,6 +17,7 @@ pub(crate) mod mode;
 mod naming;
 pub mod policy;
 pub mod render;
+mod rollback;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use digest::{digests_logged, name_hash, Digests, NameHash, ServicesPatch, SyncPl
 use ipset::{KernelSets, SetOp};
 use policy::{is_our_set, IpSets};
 use render::{write_reset, Chains, Existing, ExistingParser, Table, MAX_PREFIX_LEN};
+use rollback::Snapshot;
 
 const BACKEND: &str = Flavour::Iptables.name();
 
@@ -204,11 +206,13 @@ impl IptablesDataplane {
     /// What the kernel holds of ours against the chains of `new`: the name hashes of all our
     /// chains (nat, filter; sorted), and the names of those `new` lacks (the stale ones, to
     /// remove) with the hook jumps. Every sync reads this, and there are several chains per
-    /// service port: their names are not kept.
+    /// service port: their names are not kept. `snapshot`: also handed every line, to keep
+    /// what is there to be put back (see [`rollback`]).
     fn existing_against(
         &self,
         family: IpFamily,
         new: &Digests,
+        mut snapshot: Option<&mut Snapshot>,
     ) -> Result<(Existing, [Vec<NameHash>; 2]), NetfilterError> {
         let mut present: [Vec<NameHash>; 2] = [Vec::new(), Vec::new()];
         let mut parser = ExistingParser::filtered(&self.config.name, |table, name| {
@@ -216,7 +220,19 @@ impl IptablesDataplane {
             present[table.index()].push(h);
             new.get(table, h).is_none()
         });
-        self.save_into(family, &mut parser)?;
+        exec::run_lines(
+            BACKEND,
+            self.config.netns.as_deref(),
+            &self.save_tool(family),
+            &[],
+            &mut |line| {
+                parser.line(line);
+                if let Some(s) = snapshot.as_deref_mut() {
+                    s.line(line);
+                }
+            },
+            "save",
+        )?;
         let existing = parser.finish();
         for p in &mut present {
             p.sort_unstable();
@@ -640,9 +656,18 @@ impl IptablesDataplane {
             digests_logged(desired, &sets.chains[1], &prefix, IpFamily::V6, &log)
                 .map_err(|e| e.into_error(BACKEND))?,
         ];
-        // Both families' kernel state is read before either is written.
-        let (existing4, present4) = self.existing_against(IpFamily::V4, &new[0])?;
-        let (existing6, present6) = self.existing_against(IpFamily::V6, &new[1])?;
+        // Both families' kernel state is read before either is written; IPv4's also kept, to
+        // be put back if IPv6 then fails (see `rollback`).
+        let mut snapshot = Snapshot::new(&prefix);
+        let (existing4, present4) =
+            self.existing_against(IpFamily::V4, &new[0], Some(&mut snapshot))?;
+        snapshot
+            .finish()
+            .map_err(|source| NetfilterError::Snapshot {
+                backend: BACKEND,
+                source,
+            })?;
+        let (existing6, present6) = self.existing_against(IpFamily::V6, &new[1], None)?;
         let existing = [existing4, existing6];
         let mut present = [present4, present6];
         let op = if full_sync {
@@ -695,6 +720,7 @@ impl IptablesDataplane {
                 }
             }
         }
+        let mut committed = false;
         for (i, (family, plan)) in plans.iter().enumerate() {
             if plan.is_empty() {
                 continue;
@@ -704,13 +730,27 @@ impl IptablesDataplane {
             let render =
                 |out: &mut dyn std::fmt::Write| plan.write(desired, *family, fault.as_deref(), out);
             match self.restore(*family, &render, op) {
-                Ok(lines) => written += lines,
+                Ok(lines) => {
+                    written += lines;
+                    committed = true;
+                }
+                Err(e) if committed => {
+                    // IPv6 failed after IPv4 committed: IPv4 goes back, then the set
+                    // operations of both (no rule loaded names what they created).
+                    if let Err(r) = self.roll_back_snapshot(IpFamily::V4, &snapshot, &existing[0]) {
+                        self.undo_unloaded(sets, i);
+                        return Err(rollback_failed(IpFamily::V4, e, r).into());
+                    }
+                    self.undo_unloaded(sets, 0);
+                    return Err(e.into());
+                }
                 Err(e) => {
                     self.undo_unloaded(sets, i);
                     return Err(e.into());
                 }
             }
         }
+        drop(snapshot);
         drop(plans);
         drop(existing);
         // Additions to sets that existed, now that the rules naming the new state run (the
@@ -787,22 +827,59 @@ impl IptablesDataplane {
             self.filter_hooks(IpFamily::V4)?,
             self.filter_hooks(IpFamily::V6)?,
         ];
+        let writes = |i: usize| !patches[i].is_empty() || !hooks[i].is_empty();
+        if writes(0) && writes(1) && !hooks[0].is_empty() {
+            // IPv4's hooks would be moved first again, and the reverse patch below cannot
+            // put a displaced hook back where it was: the sync over every service does
+            // (from its snapshot of IPv4).
+            return Ok(None);
+        }
         let fault = self.fault_rule();
         let mut written = 0;
+        let digests = [
+            patches[0].digests_after(&applied.digests[0]),
+            patches[1].digests_after(&applied.digests[1]),
+        ];
         for (i, family) in [IpFamily::V4, IpFamily::V6].into_iter().enumerate() {
             let (patch, hooks) = (&patches[i], &hooks[i]);
-            if patch.is_empty() && hooks.is_empty() {
+            if !writes(i) {
                 continue;
             }
             let (chains, removed) = patch.counts();
             tracing::debug!(?family, chains, removed, "partial sync of changed services");
             let render = |out: &mut dyn std::fmt::Write| patch.write(hooks, fault.as_deref(), out);
-            written += self.restore(family, &render, "partial sync")?;
+            match self.restore(family, &render, "partial sync") {
+                Ok(lines) => written += lines,
+                Err(e) if i > 0 && writes(0) => {
+                    // IPv6 failed after IPv4's patch committed: the reverse patch (each
+                    // changed service from after back to before) over what IPv4 holds now.
+                    let reversed: Vec<_> = services.iter().map(|(b, a)| (*a, *b)).collect();
+                    let back = ServicesPatch::new(
+                        &digests[0],
+                        &reversed,
+                        &applied.state,
+                        &prefix,
+                        IpFamily::V4,
+                        &log,
+                    );
+                    let result = match back {
+                        Some(back) => self
+                            .restore(IpFamily::V4, &|out| back.write(&[], None, out), "rollback")
+                            .map(|_| ()),
+                        None => Err(NetfilterError::Internal {
+                            backend: BACKEND,
+                            detail: "the reverse of a services patch changes the dispatch"
+                                .to_owned(),
+                        }),
+                    };
+                    return Err(match result {
+                        Ok(()) => e.into(),
+                        Err(r) => rollback_failed(IpFamily::V4, e, r).into(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        let digests = [
-            patches[0].digests_after(&applied.digests[0]),
-            patches[1].digests_after(&applied.digests[1]),
-        ];
         Ok(Some((digests, written)))
     }
 
@@ -854,6 +931,34 @@ impl IptablesDataplane {
         self.undo_set_ops(&unloaded);
     }
 
+    /// Puts `family`'s rules back as `snapshot` holds them (see [`rollback`]), over what the
+    /// kernel holds now; `before`: what the sync read before writing (where it moved hooks,
+    /// they go back where they were).
+    fn roll_back_snapshot(
+        &mut self,
+        family: IpFamily,
+        snapshot: &Snapshot,
+        before: &Existing,
+    ) -> Result<(), NetfilterError> {
+        let prefix = self.config.name.clone();
+        let moved = Table::ALL.map(|t| !render::hook_lines(&prefix, before, t).is_empty());
+        // The chains of ours the sync added (the snapshot lacks them), and the hooks now.
+        let mut parser = ExistingParser::filtered(&prefix, |t, name| !snapshot.has(t, name));
+        self.save_into(family, &mut parser)?;
+        let now = parser.finish();
+        let lines = self.restore(
+            family,
+            &|out| snapshot.write_rollback(&prefix, &now, moved, out),
+            "rollback",
+        )?;
+        tracing::warn!(
+            ?family,
+            lines,
+            "rules put back after the next family failed"
+        );
+        Ok(())
+    }
+
     /// The rules of our chains in `iptables-save -c`: (table, chain) → (packets, rule text).
     fn our_rules(&self, family: IpFamily) -> Result<Rules, NetfilterError> {
         let save = self.save_with_counters(family)?;
@@ -867,6 +972,24 @@ impl IptablesDataplane {
         Ok(rules
             .get(&(Table::Nat, chain.to_owned()))
             .map(|r| r.iter().map(|(p, _)| *p).sum()))
+    }
+}
+
+/// The error of a failed rollback of `family` after `failed`.
+fn rollback_failed(
+    family: IpFamily,
+    failed: NetfilterError,
+    rollback: NetfilterError,
+) -> NetfilterError {
+    tracing::error!(error = %rollback, ?family, "rules could not be put back");
+    NetfilterError::RollbackFailed {
+        backend: BACKEND,
+        family: match family {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        },
+        failed: Box::new(failed),
+        source: Box::new(rollback),
     }
 }
 

@@ -712,7 +712,7 @@ pub fn write_reset<W: std::fmt::Write + ?Sized>(
 
 /// The rules of `table`'s built-in chains that jump to ours (hooks, misplaced or stale), as
 /// `CHAIN rule` for `-D`.
-fn reset_jumps(prefix: &str, existing: &Existing, table: Table) -> Vec<String> {
+pub(crate) fn reset_jumps(prefix: &str, existing: &Existing, table: Table) -> Vec<String> {
     let mut jumps: Vec<String> = Vec::new();
     for (t, c, target) in hooks(prefix) {
         let key = (t, c.to_owned());
@@ -893,7 +893,7 @@ impl<'a> ExistingParser<'a> {
 }
 
 /// Whether rule `body` jumps (`-j`, `-g`) to a chain that starts with `ours`.
-fn jumps_to(body: &str, ours: &str) -> bool {
+pub(crate) fn jumps_to(body: &str, ours: &str) -> bool {
     let mut words = body.split_whitespace();
     while let Some(w) = words.next() {
         if w == "-j" || w == "-g" {
