@@ -164,10 +164,12 @@ const CRR_PER_THREAD: usize = 5000;
 /// Bounds each connection (a stalled one waits it out); measures nothing.
 const CRR_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The scaling bench's eBPF node lost connections once its `dp_ct` was full (159 failed at
-/// 10k services, counted nowhere). Each failed connection's SYN was translated and its SYN-ACK
-/// was not (`translated` short by 4 and `reverse_translated` by 3 per failure): the reverse
-/// entry the SYN had just written was evicted first, as a fresh LRU node without its
+/// With a full `dp_ct` under CRR, connections were lost, counted nowhere (found while looking
+/// for the scaling bench's failed connections, which had another cause: the test
+/// `client_ports_reused_across_frontends_take_over_stale_entries`). Each failed connection's
+/// SYN was translated and its SYN-ACK was not (`translated` short by 4 and
+/// `reverse_translated` by 3 per failure): the reverse entry the SYN had just written was
+/// evicted first, as a fresh LRU node without its
 /// reference bit is, and each retransmitted SYN found the forward entry alone. Before the fix
 /// (`ct_mark_used`) 50-113 of these 20 000 connections timed out; now every one is answered.
 #[test]
