@@ -21,11 +21,12 @@
 //! `ndo_xdp_xmit` (`veth_xdp_xmit`) puts the copy on the XDP ring of its peer, node-0's `eth0`,
 //! whose NAPI poll runs `dp_xdp_uplink` on it in driver mode, as on a frame from a NIC: it is
 //! dropped (source range) and recycled, never an skb. So each seed frame circulates between
-//! the two veths' NAPI polls, one copy to the node per turn, while `flood_budget` has turns
-//! left; the generator thread sets that budget every 5 ms slice to `TARGET_PPS` x 5 ms (no
-//! banking) and sends `SEEDS` seed frames (`AF_PACKET`, the only skbs) when the last slice's
-//! loops ran out. What it achieves is read from XDP's source-range slot in `dp_drops`, not
-//! assumed.
+//! the two veths' NAPI polls, `COPIES` copies to the node per turn (`n0` sits in that many
+//! slots of the broadcast's devmap: with one copy a turn the loop's own cost held the flood to
+//! ~0.5 Mpps), while `flood_budget` has frames left; the generator thread sets that budget
+//! every 5 ms slice to `TARGET_PPS` x 5 ms (no banking) and sends `IN_FLIGHT / COPIES` seed
+//! frames (`AF_PACKET`, the only skbs) when the last slice's loops ran out. What it achieves
+//! is read from XDP's source-range slot in `dp_drops`, not assumed.
 //!
 //! Two earlier generators: `BPF_PROG_TEST_RUN` of an `XDP_PASS` program with
 //! `BPF_F_TEST_XDP_LIVE_FRAMES` turned each frame into an skb on the stack's receive path
@@ -33,11 +34,15 @@
 //! into `n0` would build no skb, but live-frame test runs are refused on this VM's current
 //! kernel (`EPERM`, for every program, `xdp_pass` too), hence the loop.
 //!
-//! Queues: a veth with an XDP program receives on the queue of the sending CPU
-//! (`veth_select_rxq`), and the lab's veths have one: the flood's frames and the forwarded
-//! traffic's would share one 256-frame ring and one NAPI context, and the flood would crowd
-//! the forwarded packets out of it. The bench gives node-0's `eth0` and `n0` one queue per CPU
-//! (`ETHTOOL_SCHANNELS`) before XDP is attached, as RSS spreads flows over a NIC's queues.
+//! Queues: the lab's veths have one, so the flood's frames and the forwarded traffic's would
+//! share one 256-frame ring and one NAPI context, and the flood would crowd the forwarded
+//! packets out of it. The bench gives node-0's `eth0` and `n0` one queue per CPU
+//! (`ETHTOOL_SCHANNELS`) before XDP is attached, and steers `n0`'s transmits by CPU (XPS,
+//! `set_xps`): an XDP frame lands on the peer's queue of the sending CPU (`veth_select_rxq`),
+//! a forwarded skb on the queue its transmit picked, which without XPS is the flow's hash
+//! (see `set_xps` for what that cost). So the flood, sent on CPU 0, and the forwarded traffic,
+//! sent on CPU 1, have a receive queue and a NAPI context each, as a one-flow flood on a NIC
+//! takes the one queue RSS gives it.
 //!
 //! CPUs: the generator thread runs on CPU 0, everything else (the client threads, the pods'
 //! servers, the event reader: all threads of this process) on CPU 1. The frames' whole path
@@ -48,14 +53,17 @@
 //! Without the pinning the flood would take one of this VM's two cores away from the
 //! forwarding, which measures the VM's size, not the dataplane.
 //!
-//! Rounds alternate the order of flood on / off; each gets `WARM` of unmeasured load, then
-//! `MEASURE` of CRR; the result is the median of the rounds' on/off ratios, with their spread.
+//! Rounds measure three phases, in an order that rotates: no flood, the flood, and a control
+//! with no packets, CPU 0 busy in a user-space spin instead (what any work on the other CPU
+//! costs the forwarded traffic on this VM); each gets `WARM` of unmeasured load, then
+//! `MEASURE` of CRR; the result is the median of the rounds' flood/off ratios, with their
+//! spread, beside spin/off and flood/spin.
 //! Run as root: `cargo bench -p dataplane-ebpf --bench drop_flood` (prints a Markdown row).
 //! All traffic stays inside the lab's namespaces.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -83,12 +91,30 @@ const GUARDED_IP: &str = "198.51.100.1";
 const FLOOD_CPU: usize = 0;
 const WORK_CPU: usize = 1;
 
+/// What CPU 0 does while the CRR is measured: nothing, the flood, or (the control) a
+/// user-space busy loop with no packet at all, which shows what any load on the other CPU
+/// costs the forwarded traffic on this VM.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle = 0,
+    Flood = 1,
+    Spin = 2,
+}
+
+impl Phase {
+    const ALL: [Phase; 3] = [Phase::Idle, Phase::Flood, Phase::Spin];
+
+    fn from_u8(v: u8) -> Phase {
+        Phase::ALL[usize::from(v).min(2)]
+    }
+}
+
 /// The flood's generator, in the underlay namespace: the `flood_loop` bench fixture
 /// (`bpf/test/flood_loop.c`, committed as `bpf/test/obj/flood_loop.o`) on a veth pair of its
 /// own, `fl_a` / `fl_b`. A frame arriving on `fl_b` is broadcast (devmap) into `n0`, whose
 /// `ndo_xdp_xmit` hands it to node-0's uplink XDP program as an XDP frame, and back out of
-/// `fl_b`; `fl_a` returns it (`XDP_TX`); so each seed frame circulates, one copy to the node
-/// per turn, until `flood_budget` runs out. No skb is built per frame: only the seeds, sent
+/// `fl_b`; `fl_a` returns it (`XDP_TX`); so each seed frame circulates, `COPIES` copies to
+/// the node per turn, until `flood_budget` runs out. No skb is built per frame: only the seeds, sent
 /// with an `AF_PACKET` socket on `fl_a`, are skbs.
 struct FloodLoop {
     ebpf: aya::Ebpf,
@@ -96,16 +122,25 @@ struct FloodLoop {
     seeder: std::os::fd::OwnedFd,
     /// `fl_a`'s index.
     seed_ifindex: i32,
+    /// Seed frames sent at once.
+    seeds: usize,
 }
 
-/// Seed frames sent when the loops have died out: loops that run side by side fill the
-/// veths' NAPI polls (64 frames a poll) instead of one frame a poll.
-const SEEDS: usize = 32;
+/// Copies of a frame sent to the node per turn of a loop (see `flood_loop.c`): a turn's own
+/// cost (two XDP runs, one veth hop) is shared by this many frames to the node.
+const COPIES: u32 = 8;
+
+/// Frames to the node per turn of all loops together: seed frames sent when the loops have
+/// died out are this divided by the copies a turn. Loops that run side by side fill the
+/// veths' NAPI polls (64 frames a poll) instead of one frame a poll; more than half of the
+/// node's 256-frame XDP ring at once and its receive poll falls behind (`n0`'s TX drops).
+const IN_FLIGHT: usize = 128;
 
 impl FloodLoop {
     /// Creates `fl_a` / `fl_b` in namespace `ns` (the calling thread must be in it), attaches
-    /// the fixture's programs in driver mode and points the broadcast at `target` and `fl_b`.
-    fn start(ns: &str, target: &str) -> Result<Self, Box<dyn std::error::Error>> {
+    /// the fixture's programs in driver mode and points the broadcast at `target` (`copies`
+    /// slots) and `fl_b`.
+    fn start(ns: &str, target: &str, copies: u32) -> Result<Self, Box<dyn std::error::Error>> {
         use aya::maps::{Array, DevMap};
         use aya::programs::xdp::XdpMode as Mode;
         // A test-only fixture: committed beside its source, never built by the library.
@@ -137,17 +172,22 @@ impl FloodLoop {
             prog.attach(interface, Mode::Driver)?;
         }
         let mut ports = DevMap::try_from(ebpf.map_mut("flood_ports").ok_or("flood_ports")?)?;
-        ports.set(0, nix::net::if_::if_nametoindex(target)?, None, 0)?;
-        ports.set(1, nix::net::if_::if_nametoindex("fl_b")?, None, 0)?;
+        let target = nix::net::if_::if_nametoindex(target)?;
+        for slot in 0..copies {
+            ports.set(slot, target, None, 0)?;
+        }
+        ports.set(copies, nix::net::if_::if_nametoindex("fl_b")?, None, 0)?;
         let mut budget: Array<_, u64> =
             Array::try_from(ebpf.map_mut("flood_budget").ok_or("flood_budget")?)?;
         budget.set(0, 0, 0)?;
+        budget.set(2, u64::from(copies), 0)?;
         let seeder = packet_socket()?;
         let seed_ifindex = i32::try_from(nix::net::if_::if_nametoindex("fl_a")?)?;
         Ok(Self {
             ebpf,
             seeder,
             seed_ifindex,
+            seeds: (IN_FLIGHT / copies as usize).max(1),
         })
     }
 
@@ -156,12 +196,12 @@ impl FloodLoop {
             .expect("an array")
     }
 
-    /// Frames sent to the node so far (the turns the loops took).
+    /// Frames sent to the node so far (copies of the turns the loops took).
     fn sent(&mut self) -> u64 {
         self.budget().get(&1, 0).expect("flood_budget[1]")
     }
 
-    /// One pacing slice: allows `frames` more turns (the unused rest of the last slice is not
+    /// One pacing slice: allows `frames` more frames to the node (the unused rest of the last slice is not
     /// kept), and sends `frame` as seeds when the last slice's loops used up their budget
     /// and so ended.
     fn slice(&mut self, frame: &[u8], frames: u64) -> std::io::Result<()> {
@@ -171,7 +211,7 @@ impl FloodLoop {
         if left > 0 || frames == 0 {
             return Ok(());
         }
-        for _ in 0..SEEDS {
+        for _ in 0..self.seeds {
             send_on(&self.seeder, self.seed_ifindex, frame)?;
         }
         Ok(())
@@ -282,6 +322,35 @@ fn set_queues(netns: &std::path::Path, ifname: &str, queues: u32) {
     .expect("ethtool thread");
 }
 
+/// Transmit packet steering on veth `ifname` in namespace `ns`: TX queue `q` for CPU `q`. A
+/// forwarded skb that `ifname` transmits lands on its peer's RX queue of the same number
+/// (`veth_xmit` keeps the skb's queue mapping; only XDP frames, `veth_xdp_xmit`, pick the
+/// queue by the sending CPU). Without it the queue is the flow's hash: half of the CRR's
+/// connections, sent from CPU 1, were queued on the flood's RX queue behind its frames and
+/// handled by CPU 0's poll (rounds at 0.36-0.82 of no flood at 0.9-1 Mpps; with a user-space
+/// spin on CPU 0 instead, 0.82-1.14).
+fn set_xps(ns: &str, ifname: &str, queues: u32) {
+    let mut script = String::new();
+    for q in 0..queues {
+        use std::fmt::Write as _;
+        let _ = write!(
+            script,
+            "echo {:x} > /sys/class/net/{ifname}/queues/tx-{q}/xps_cpus; ",
+            1u64 << q
+        );
+    }
+    // `ip netns exec` mounts the namespace's own sysfs, where the device's queues are.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", &script])
+        .output()
+        .expect("ip netns exec");
+    assert!(
+        out.status.success(),
+        "xps on {ifname}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn pin_to(cpu: usize) {
     use nix::sched::{sched_setaffinity, CpuSet};
     use nix::unistd::Pid;
@@ -370,6 +439,7 @@ fn main() {
     // set_queues).
     set_queues(lab.node(0).netns.path(), "eth0", 2);
     set_queues(lab.underlay().path(), "n0", 2);
+    set_xps(lab.underlay().name(), "n0", 2);
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dpe-flood-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&pin_dir);
     let mut config = EbpfConfig::new(&pin_dir);
@@ -398,7 +468,7 @@ fn main() {
 
     let mut events = dp.events(&EventOptions::default()).expect("events");
     let stop = AtomicBool::new(false);
-    let flooding = AtomicBool::new(false);
+    let phase = AtomicU8::new(Phase::Idle as u8);
     let generator_errors = AtomicU64::new(0);
     // Frames the generator sent to the node.
     let generated = AtomicU64::new(0);
@@ -425,20 +495,34 @@ fn main() {
             lab.underlay()
                 .run(|| {
                     pin_to(FLOOD_CPU);
-                    let mut generator = FloodLoop::start(lab.underlay().name(), "n0")
+                    let copies = std::env::var("DROP_FLOOD_COPIES")
+                        .ok()
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(COPIES)
+                        .clamp(1, 16);
+                    let mut generator = FloodLoop::start(lab.underlay().name(), "n0", copies)
                         .expect("start the flood's generator");
                     let per_slice =
                         TARGET_PPS * u64::try_from(SLICE.as_micros()).unwrap() / 1_000_000;
                     let mut next = Instant::now();
                     let mut idle = false;
                     while !stop.load(Ordering::Relaxed) {
-                        if !flooding.load(Ordering::Relaxed) {
+                        let now_phase = Phase::from_u8(phase.load(Ordering::Relaxed));
+                        if now_phase != Phase::Flood {
                             if !idle {
                                 // No more turns: the loops end.
                                 generator.slice(&frame, 0).expect("stop the flood");
                                 idle = true;
                             }
-                            std::thread::sleep(Duration::from_millis(2));
+                            if now_phase == Phase::Spin {
+                                // The control: CPU 0 busy in user space, no packets.
+                                let until = Instant::now() + Duration::from_millis(2);
+                                while Instant::now() < until {
+                                    std::hint::spin_loop();
+                                }
+                            } else {
+                                std::thread::sleep(Duration::from_millis(2));
+                            }
                             next = Instant::now();
                             continue;
                         }
@@ -463,23 +547,23 @@ fn main() {
         });
 
         let mut ratios = Vec::new();
+        let mut spin_ratios = Vec::new();
         let mut rates = Vec::new();
         let mut failures = 0;
         // Flood frames dropped by dp_from_uplink instead of XDP (none expected).
         let mut tc_drops = 0;
         for round in 0..rounds {
-            let mut conn_rate = [0.0; 2];
-            let order = if round % 2 == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            };
-            for on in order {
+            let mut conn_rate = [0.0; 3];
+            // Each phase first, in the middle and last in turn.
+            let mut order = Phase::ALL;
+            order.rotate_left(round % 3);
+            for this in order {
+                let on = this == Phase::Flood;
                 // Conntrack GC, as an agent's periodic maintain() does, outside the measured
                 // time: the closed connections' entries go.
                 dp.maintain(dataplane_ebpf::monotonic_now())
                     .expect("maintain");
-                flooding.store(on, Ordering::Relaxed);
+                phase.store(this as u8, Ordering::Relaxed);
                 crr(client, dst, WARM);
                 let (xdp_before, tc_before) = source_range_drops(&dp);
                 let start = Instant::now();
@@ -493,26 +577,30 @@ fn main() {
                     rates.push(pps);
                 }
                 failures += failed;
-                conn_rate[usize::from(on)] = r;
+                conn_rate[this as usize] = r;
             }
-            flooding.store(false, Ordering::Relaxed);
+            phase.store(Phase::Idle as u8, Ordering::Relaxed);
             let ratio = conn_rate[1] / conn_rate[0];
+            let spin = conn_rate[2] / conn_rate[0];
             println!(
                 "round {round}: off {:.0} conn/s, flood {:.0} conn/s at {:.3} Mpps of drops, \
-                 flood/off {ratio:.3}",
+                 spin {:.0} conn/s; flood/off {ratio:.3}, spin/off {spin:.3}, flood/spin {:.3}",
                 conn_rate[0],
                 conn_rate[1],
                 rates.last().copied().unwrap_or(0.0) / 1e6,
+                conn_rate[2],
+                conn_rate[1] / conn_rate[2],
             );
             ratios.push(ratio);
+            spin_ratios.push(spin);
         }
         stop.store(true, Ordering::Relaxed);
         flood.join().expect("generator");
         let read = reader.join().expect("reader");
         assert_eq!(failures, 0, "failed connections");
-        (ratios, rates, read, tc_drops)
+        (ratios, spin_ratios, rates, read, tc_drops)
     });
-    let (ratios, mut rates, read, tc_drops) = results;
+    let (ratios, spin_ratios, mut rates, read, tc_drops) = results;
     assert_eq!(
         tc_drops, 0,
         "every flood frame was dropped at XDP, none in TC"
@@ -528,6 +616,13 @@ fn main() {
     };
     let mut sorted = ratios.clone();
     let ratio = median(&mut sorted);
+    let spin = median(&mut spin_ratios.clone());
+    let mut per_spin: Vec<f64> = ratios
+        .iter()
+        .zip(&spin_ratios)
+        .map(|(flood, spin)| flood / spin)
+        .collect();
+    let flood_per_spin = median(&mut per_spin);
     let pps = median(&mut rates);
     println!(
         "generator: {} frames sent to node-0's uplink (flood_loop turns)",
@@ -541,12 +636,12 @@ fn main() {
         dp.config().events
     );
     println!(
-        "| backend | flood of drops at the uplink (median achieved, target {} Mpps) | CRR flood / no flood (median of {rounds}) | rounds min-max | goal |",
+        "| backend | flood of drops at the uplink (median achieved, target {} Mpps) | CRR flood / no flood (median of {rounds}) | rounds min-max | control: CRR with CPU 0 spinning in user space / idle | CRR flood / spin | goal |",
         TARGET_PPS / 1_000_000
     );
-    println!("|---|---:|---:|---|---|");
+    println!("|---|---:|---:|---|---:|---:|---|");
     println!(
-        "| eBPF (XDP drop, driver mode on the veth uplink), 1 node, external CRR -> NodePort -> 2 local pods | {:.3} Mpps | {ratio:.3} | {:.3}-{:.3} | ≥ 0.95 at 1 Mpps {} |",
+        "| eBPF (XDP drop, driver mode on the veth uplink), 1 node, external CRR -> NodePort -> 2 local pods | {:.3} Mpps | {ratio:.3} | {:.3}-{:.3} | {spin:.3} | {flood_per_spin:.3} | ≥ 0.95 at 1 Mpps {} |",
         pps / 1e6,
         sorted[0],
         sorted[sorted.len() - 1],
