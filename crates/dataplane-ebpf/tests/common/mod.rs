@@ -27,8 +27,8 @@ pub struct Fixture {
     pub output: Vec<u8>,
 }
 
-/// Runs `f` through `dp` and checks its verdict and output bytes.
-pub fn check(dp: &mut EbpfDataplane, f: &Fixture) {
+/// Runs `f` through `dp` and checks its verdict and output bytes; returns the output.
+pub fn check(dp: &mut EbpfDataplane, f: &Fixture) -> Vec<u8> {
     let run = dp.run_packet(f.hook, &f.input, 1).expect("test run");
     assert_eq!(run.verdict, f.verdict, "{}: verdict", f.description);
     assert_eq!(
@@ -37,6 +37,7 @@ pub fn check(dp: &mut EbpfDataplane, f: &Fixture) {
         "{}: output bytes (left: got, right: expected)",
         f.description
     );
+    run.output
 }
 
 /// Bytes as space-separated hex, for readable assertion diffs.
