@@ -427,7 +427,7 @@ fn scene6() -> DesiredState {
     st
 }
 
-/// `frame` (IPv6, no extension header) with an empty destination-options header (PadN) in
+/// `frame` (IPv6, no extension header) with an empty destination-options header (`PadN`) in
 /// front of its upper layer; the L4 checksum stays right (its pseudo header has the upper
 /// layer's length).
 fn with_dest_options(frame: &[u8]) -> Vec<u8> {
