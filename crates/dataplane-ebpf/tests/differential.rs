@@ -826,44 +826,7 @@ impl Harness {
             "172.18.0.1",
             "02:00:00:00:00:01",
         );
-        for args in [
-            vec![
-                "-n",
-                &node.name,
-                "addr",
-                "add",
-                "fd00:18::2/64",
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-            vec![
-                "-n",
-                &node.name,
-                "neigh",
-                "replace",
-                "fd00:18::1",
-                "lladdr",
-                "02:00:00:00:00:01",
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ],
-            vec![
-                "-n",
-                &node.name,
-                "-6",
-                "route",
-                "replace",
-                "default",
-                "via",
-                "fd00:18::1",
-            ],
-        ] {
-            ip(&args);
-        }
-        node.sysctl("net/ipv6/conf/all/forwarding", "1");
+        node.route6_via_neighbour("default", "fd00:18::1", "02:00:00:00:00:01");
         // XDP on the uplink too: outside clients meet dp_xdp_uplink before dp_from_uplink.
         let mut config = node.config();
         config.xdp = XdpMode::Generic;

@@ -18,7 +18,7 @@
 mod common;
 
 use common::{
-    backend, check, eth, hex, ip, l4_checksum, node_a as node, quoted, require_root, stat, Fixture,
+    backend, check, eth, hex, l4_checksum, node_a as node, quoted, require_root, stat, Fixture,
     PacketBuilder, TestNode, TCP_ACK, TCP_SYN,
 };
 use dataplane_core::{
@@ -359,42 +359,7 @@ const LB6: &str = "2001:db8:100::1";
 /// (`fd00:18::3`, a permanent neighbour entry), IPv6 forwarding on.
 fn xdp_node6(tag: &str) -> TestNode {
     let n = xdp_node(tag);
-    let name = n.name.as_str();
-    ip(&[
-        "-n",
-        name,
-        "addr",
-        "add",
-        "fd00:18::2/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    ip(&[
-        "-n",
-        name,
-        "neigh",
-        "replace",
-        "fd00:18::3",
-        "lladdr",
-        "02:00:00:00:00:03",
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
-    ip(&[
-        "-n",
-        name,
-        "route",
-        "replace",
-        "fd00:244:1::/64",
-        "via",
-        "fd00:18::3",
-        "dev",
-        "eth0",
-    ]);
-    n.sysctl("net/ipv6/conf/all/forwarding", "1");
+    n.route6_via_neighbour("fd00:244:1::/64", "fd00:18::3", "02:00:00:00:00:03");
     n
 }
 

@@ -211,6 +211,40 @@ impl TestNode {
         self.sysctl("net/ipv4/ip_forward", "1");
     }
 
+    /// The IPv6 side of [`Self::route_via_neighbour`] (call that first, for the MAC): gives
+    /// `eth0` `fd00:18::2/64` (no DAD), routes `cidr` via `gateway` with a permanent neighbour
+    /// entry (`gateway_mac`) and turns IPv6 forwarding on.
+    pub fn route6_via_neighbour(&self, cidr: &str, gateway: &str, gateway_mac: &str) {
+        let name = self.name.as_str();
+        ip(&[
+            "-n",
+            name,
+            "addr",
+            "add",
+            "fd00:18::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            name,
+            "neigh",
+            "replace",
+            gateway,
+            "lladdr",
+            gateway_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        ip(&[
+            "-n", name, "-6", "route", "replace", cidr, "via", gateway, "dev", "eth0",
+        ]);
+        self.sysctl("net/ipv6/conf/all/forwarding", "1");
+    }
+
     /// Writes `/proc/sys/KEY` inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = self.netns_path();
