@@ -192,19 +192,7 @@ impl TestNode {
         ip(&["-n", name, "link", "set", "eth0", "down"]);
         ip(&["-n", name, "link", "set", "eth0", "address", mac]);
         ip(&["-n", name, "link", "set", "eth0", "up"]);
-        ip(&[
-            "-n",
-            name,
-            "neigh",
-            "replace",
-            gateway,
-            "lladdr",
-            gateway_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
+        self.permanent_neighbour(gateway, gateway_mac);
         ip(&[
             "-n", name, "route", "replace", cidr, "via", gateway, "dev", "eth0",
         ]);
@@ -226,23 +214,28 @@ impl TestNode {
             "eth0",
             "nodad",
         ]);
+        self.permanent_neighbour(gateway, gateway_mac);
+        ip(&[
+            "-n", name, "-6", "route", "replace", cidr, "via", gateway, "dev", "eth0",
+        ]);
+        self.sysctl("net/ipv6/conf/all/forwarding", "1");
+    }
+
+    /// A permanent neighbour entry on `eth0`: `addr` is at `mac`.
+    fn permanent_neighbour(&self, addr: &str, mac: &str) {
         ip(&[
             "-n",
-            name,
+            &self.name,
             "neigh",
             "replace",
-            gateway,
+            addr,
             "lladdr",
-            gateway_mac,
+            mac,
             "dev",
             "eth0",
             "nud",
             "permanent",
         ]);
-        ip(&[
-            "-n", name, "-6", "route", "replace", cidr, "via", gateway, "dev", "eth0",
-        ]);
-        self.sysctl("net/ipv6/conf/all/forwarding", "1");
     }
 
     /// Writes `/proc/sys/KEY` inside the namespace.
