@@ -7,6 +7,9 @@
 //!                                                          v                 (02:..:03, permanent)
 //!                                                    [dp_from_uplink]        10.244.1.0/24
 //!   local pods 10.244.0.0/24; 10.244.2.0/24 has no route
+//!
+//!   IPv6 (xdp6_fixtures): client 2001:db8::7 --eth0 (fd00:18::2)--> node-b fd00:18::3
+//!   (fd00:244:1::/64); local pods fd00:244::/64; fd00:244:2::/64 has no route
 //! ```
 //! Each fixture: description, hook, input packet, expected verdict, expected output bytes.
 //! XDP verdicts: `XDP_PASS` 2 (untouched: TC takes it), `XDP_TX` 3 (the FIB sends it back out
@@ -15,16 +18,19 @@
 mod common;
 
 use common::{
-    backend, check, eth, node_a as node, quoted, require_root, stat, Fixture, PacketBuilder,
-    TestNode, TCP_ACK, TCP_SYN,
+    backend, check, eth, hex, l4_checksum, node_a as node, quoted, require_root, stat, Fixture,
+    PacketBuilder, TestNode, TCP_ACK, TCP_SYN,
 };
 use dataplane_core::{
     Backend, Dataplane, DesiredState, Direction, DropReason, EventKind, EventOptions, EventSource,
     EventVerdict, ExternalMode, FlowEvent, ObjectName, ObservationPoint, Protocol, Service,
     ServicePort, TcpFlags, Tuple,
 };
-use dataplane_ebpf::maps::{FlowEventRecord, AF_INET, EV_KIND_DROP, EV_VERDICT_DROPPED};
-use dataplane_ebpf::{EbpfDataplane, Hook, XdpMode};
+use dataplane_ebpf::maps::{
+    family_of, Addr, Be16, CtEntry, CtKey, FlowEventRecord, AF_INET, CT_F_EXTERNAL, CT_F_REV,
+    CT_F_SNAT, CT_TCP_SYN, EV_KIND_DROP, EV_VERDICT_DROPPED,
+};
+use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -285,7 +291,8 @@ fn xdp_fixtures() {
             syn("192.0.2.7", "10.96.0.30", 45041, 80).build(),
         ),
         Fixture::passed(
-            "IPv6: passed untouched",
+            "IPv6 to a port no IPv6 frontend has (these services are IPv4-only): passed \
+             untouched (xdp6_fixtures has IPv6 frontends)",
             syn("2001:db8::7", "fd00:18::2", 45050, 30090).build(),
         ),
         Fixture::passed(
@@ -336,6 +343,446 @@ fn xdp_fixtures() {
         report.other["orphans"], 0,
         "XDP's entries are complete: {report:?}"
     );
+    dp.reset().expect("reset");
+}
+
+// The IPv6 side of the same topology: node-a `fd00:18::2` on eth0, node-b `fd00:18::3`
+// (02:..:03, permanent) routing `fd00:244:1::/64`; local pods `fd00:244::/64`.
+const CLIENT6: &str = "2001:db8::7";
+const OUTSIDER6: &str = "2001:db8:ff::9";
+const NODE6: &str = "fd00:18::2";
+const BACKEND6: &str = "fd00:244:1::20";
+const LOCAL6: &str = "fd00:244::10";
+const LB6: &str = "2001:db8:100::1";
+
+/// `xdp_node` with IPv6: `fd00:18::2/64` on eth0, `fd00:244:1::/64` routed via node-b
+/// (`fd00:18::3`, a permanent neighbour entry), IPv6 forwarding on.
+fn xdp_node6(tag: &str) -> TestNode {
+    let n = xdp_node(tag);
+    n.route6_via_neighbour("fd00:244:1::/64", "fd00:18::3", "02:00:00:00:00:03");
+    n
+}
+
+/// IPv6 NodePorts on `fd00:18::2`: `snat6` 30180 (remote backend), `dsr6` 30190 (externalMode
+/// Dsr, remote backend: served with SNAT over IPv6), `local6` 30192 (a local backend),
+/// `unrouted6` 30193 (a backend the FIB has no route for); `guarded6`, LB IP
+/// `2001:db8:100::1` port 80 for sources in `2001:db8::/64` only (remote backend).
+fn scene6() -> DesiredState {
+    let mut n = node();
+    n.pod_cidrs.push("fd00:244::/64".parse().unwrap());
+    let snat = service(
+        "snat6",
+        "fd00:96::31",
+        &[30180],
+        backend(BACKEND6, "node-b"),
+    );
+    let mut dsr = service("dsr6", "fd00:96::30", &[30190], backend(BACKEND6, "node-b"));
+    dsr.external_mode = Some(ExternalMode::Dsr);
+    let local = service("local6", "fd00:96::32", &[30192], backend(LOCAL6, "node-a"));
+    let unrouted = service(
+        "unrouted6",
+        "fd00:96::33",
+        &[30193],
+        backend("fd00:244:2::30", "node-c"),
+    );
+    let mut guarded = load_balancer("guarded6", "fd00:96::40", LB6, &["2001:db8::/64"]);
+    guarded.backends = vec![backend(BACKEND6, "node-b")];
+    let mut st = DesiredState::new(n);
+    st.services = vec![snat, dsr, local, unrouted, guarded];
+    st
+}
+
+/// `frame` (IPv6, no extension header) with an empty destination-options header (`PadN`) in
+/// front of its upper layer; the L4 checksum stays right (its pseudo header has the upper
+/// layer's length).
+fn with_dest_options(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..54].to_vec();
+    let upper = out[20];
+    out[20] = 60;
+    let len = u16::from_be_bytes([out[18], out[19]]) + 8;
+    out[18..20].copy_from_slice(&len.to_be_bytes());
+    out.extend([upper, 0, 1, 4, 0, 0, 0, 0]);
+    out.extend(&frame[54..]);
+    out
+}
+
+/// Checks the TCP/UDP checksum of IPv6 `frame` (no extension header) against its pseudo
+/// header, computed here from the frame's own addresses.
+fn assert_l4_checksum6(frame: &[u8], what: &str) {
+    let addr = |at: usize| {
+        let b: [u8; 16] = frame[at..at + 16].try_into().unwrap();
+        std::net::IpAddr::from(b)
+    };
+    assert_eq!(
+        l4_checksum(addr(22), addr(38), frame[20], &frame[54..]),
+        0,
+        "{what}: L4 checksum of {}",
+        hex(frame)
+    );
+    if frame[20] == 17 {
+        assert_ne!(&frame[60..62], &[0, 0], "{what}: a UDP checksum is sent");
+    }
+}
+
+/// `dp_from_uplink` with the packet on eth0, as received there (so that `dp_route` looks the
+/// FIB up on eth0 and forwards).
+fn run_tc_on_eth0(dp: &mut EbpfDataplane, packet: &[u8]) -> dataplane_ebpf::PacketRun {
+    let on = RunOn {
+        interface: Some("eth0".to_owned()),
+        ingress: Some("eth0".to_owned()),
+    };
+    dp.run_packet_on(Hook::FromUplink, packet, 1, &on)
+        .expect("test run")
+}
+
+/// `dp_ct` of `n`, typed.
+fn ct_map(n: &TestNode) -> aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry> {
+    let map = aya::maps::MapData::from_pin(n.pin_dir.join("dp_ct")).expect("pinned dp_ct");
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("dp_ct")
+}
+
+/// The conntrack key of `src`:`sport` -> `dst`:`dport` (TCP).
+fn ct_key(src: &str, sport: u16, dst: &str, dport: u16) -> CtKey {
+    let src: std::net::IpAddr = src.parse().unwrap();
+    CtKey {
+        saddr: Addr::new(src),
+        daddr: Addr::new(dst.parse().unwrap()),
+        sport: Be16::new(sport),
+        dport: Be16::new(dport),
+        proto: 6,
+        family: family_of(&src),
+        pad0: 0,
+        pad: 0,
+    }
+}
+
+/// `e` without its timestamps, for comparing entries written at different times.
+fn timeless(e: CtEntry) -> CtEntry {
+    CtEntry {
+        created_ns: 0,
+        last_seen_ns: 0,
+        ..e
+    }
+}
+
+/// The IPv6 fast path on hand-built packets: NodePort SNAT to a remote backend (TCP and UDP:
+/// exact bytes, hop limit 63, checksums checked against the pseudo header here), the bytes and
+/// the conntrack entries TC makes of the same packet, flows continued across XDP and TC both
+/// ways, the source-range drop, and what XDP leaves to TC.
+#[test]
+#[allow(clippy::too_many_lines)] // a fixture table and its checks read best in one piece
+fn xdp6_fixtures() {
+    if !require_root("xdp6_fixtures") {
+        return;
+    }
+    let n = xdp_node6("xdp6");
+    let mut dp = xdp_dataplane(&n, XdpMode::Native);
+    dp.apply(&scene6()).expect("apply");
+    let mut events = dp
+        .events(&EventOptions {
+            new_connections: true,
+            policy_verdicts: false,
+        })
+        .expect("events");
+
+    let syn = |src: &str, dst: &str, sport, dport| eth().ip(src, dst).tcp(sport, dport, TCP_SYN);
+    let ack = |src: &str, dst: &str, sport, dport| {
+        eth()
+            .ip(src, dst)
+            .tcp(sport, dport, TCP_ACK)
+            .payload(b"GET /")
+    };
+    let udp =
+        |src: &str, dst: &str, sport, dport| eth().ip(src, dst).udp(sport, dport).payload(b"ping");
+    let reply = eth()
+        .ip(BACKEND6, NODE6)
+        .tcp(8080, 45010, TCP_SYN | TCP_ACK)
+        .build();
+    let dropped = |description, input: Vec<u8>| Fixture {
+        description,
+        hook: Hook::Xdp,
+        output: input.clone(),
+        input,
+        verdict: XDP_DROP,
+    };
+    let fixtures = vec![
+        Fixture {
+            description: "IPv6 SNAT NodePort SYN: DNAT + SNAT to the node's IPv6 address, hop \
+                          limit 63, MACs from the FIB, sent back out (XDP_TX)",
+            hook: Hook::Xdp,
+            input: syn(CLIENT6, NODE6, 45010, 30180).build(),
+            verdict: XDP_TX,
+            output: to_node_b(syn(NODE6, BACKEND6, 45010, 8080)).build(),
+        },
+        Fixture::passed(
+            "IPv6 SNAT reply from the backend: a reverse entry, passed to TC",
+            reply.clone(),
+        ),
+        Fixture {
+            description: "... where dp_from_uplink reverse-translates the entries XDP wrote",
+            hook: Hook::FromUplink,
+            input: reply,
+            verdict: TC_OK,
+            output: eth()
+                .ip(NODE6, CLIENT6)
+                .tcp(30180, 45010, TCP_SYN | TCP_ACK)
+                .build(),
+        },
+        Fixture {
+            description: "IPv6 SNAT established packet: the same translation from conntrack",
+            hook: Hook::Xdp,
+            input: ack(CLIENT6, NODE6, 45010, 30180).build(),
+            verdict: XDP_TX,
+            output: to_node_b(ack(NODE6, BACKEND6, 45010, 8080)).build(),
+        },
+        Fixture {
+            description: "IPv6 SNAT UDP: the UDP checksum fixed for the new pseudo header",
+            hook: Hook::Xdp,
+            input: udp(CLIENT6, NODE6, 45011, 30180).build(),
+            verdict: XDP_TX,
+            output: to_node_b(udp(NODE6, BACKEND6, 45011, 8080)).build(),
+        },
+        Fixture {
+            description: "a Dsr service's IPv6 NodePort: SNAT, as TC serves it (no IPv6 DSR)",
+            hook: Hook::Xdp,
+            input: syn(CLIENT6, NODE6, 45012, 30190).build(),
+            verdict: XDP_TX,
+            output: to_node_b(syn(NODE6, BACKEND6, 45012, 8080)).build(),
+        },
+        Fixture::passed(
+            "hop limit 1: passed untouched (the stack answers time exceeded)",
+            syn(CLIENT6, NODE6, 45013, 30180).ttl(1).build(),
+        ),
+        Fixture::passed(
+            "a destination-options header before TCP: passed untouched (TC leaves such \
+             packets alone too)",
+            with_dest_options(&syn(CLIENT6, NODE6, 45014, 30180).build()),
+        ),
+        Fixture::passed(
+            "an IPv6 NodePort whose backend is local: passed untouched",
+            syn(CLIENT6, NODE6, 45020, 30192).build(),
+        ),
+        Fixture {
+            description: "... and TC translates it to the local backend XDP chose, with the \
+                          SNAT of the entries XDP wrote (externalTrafficPolicy Cluster)",
+            hook: Hook::FromUplink,
+            input: syn(CLIENT6, NODE6, 45020, 30192).build(),
+            verdict: TC_OK,
+            output: syn(NODE6, LOCAL6, 45020, 8080).build(),
+        },
+        Fixture::passed(
+            "a backend the FIB has no route for: passed untouched",
+            syn(CLIENT6, NODE6, 45030, 30193).build(),
+        ),
+        Fixture::passed(
+            "not a service (the node's own SSH port): passed untouched",
+            syn(CLIENT6, NODE6, 45040, 22).build(),
+        ),
+        Fixture::passed(
+            "the IPv6 ClusterIP from outside: TC's, passed untouched",
+            syn(CLIENT6, "fd00:96::31", 45041, 80).build(),
+        ),
+        Fixture::passed(
+            "ICMPv6 echo to the node: passed untouched",
+            eth().ip(CLIENT6, NODE6).icmp_echo(false, 7).build(),
+        ),
+        dropped(
+            "TCP SYN from outside the IPv6 LB IP's source ranges: dropped at XDP",
+            syn(OUTSIDER6, LB6, 41000, 80).build(),
+        ),
+        dropped(
+            "UDP from outside the ranges: dropped at XDP",
+            udp(OUTSIDER6, LB6, 41001, 80).build(),
+        ),
+        Fixture {
+            description: "inside the ranges: SNAT to the remote backend, sent back out",
+            hook: Hook::Xdp,
+            input: syn(CLIENT6, LB6, 46001, 80).build(),
+            verdict: XDP_TX,
+            output: to_node_b(syn(NODE6, BACKEND6, 46001, 8080)).build(),
+        },
+    ];
+    for f in &fixtures {
+        let out = check(&mut dp, f);
+        if f.verdict == XDP_TX {
+            assert_l4_checksum6(&out, f.description);
+        }
+    }
+
+    // The same SYN through TC and through XDP: the same bytes but the MACs (TC leaves them to
+    // bpf_redirect_neigh), and the same conntrack entries.
+    let mut ct = ct_map(&n);
+    let fresh = syn(CLIENT6, NODE6, 45050, 30180).build();
+    let (fk, rk) = (
+        ct_key(CLIENT6, 45050, NODE6, 30180),
+        ct_key(BACKEND6, 8080, NODE6, 45050),
+    );
+    let tc = run_tc_on_eth0(&mut dp, &fresh);
+    assert_eq!(tc.verdict, TC_REDIRECT, "TC forwards it to node b");
+    let by_tc = (
+        ct.get(&fk, 0).expect("TC's forward entry"),
+        ct.get(&rk, 0).expect("TC's reverse entry"),
+    );
+    ct.remove(&fk).expect("remove");
+    ct.remove(&rk).expect("remove");
+    let xdp = dp.run_packet(Hook::Xdp, &fresh, 1).expect("test run");
+    assert_eq!(xdp.verdict, XDP_TX);
+    assert_eq!(
+        hex(&xdp.output[12..]),
+        hex(&tc.output[12..]),
+        "XDP's bytes are TC's past the MACs"
+    );
+    assert_eq!(
+        hex(&xdp.output[..12]),
+        hex(&[NODE_B_MAC, NODE_MAC].concat())
+    );
+    let by_xdp = (
+        ct.get(&fk, 0).expect("XDP's forward entry"),
+        ct.get(&rk, 0).expect("XDP's reverse entry"),
+    );
+    assert_eq!(
+        (timeless(by_xdp.0), timeless(by_xdp.1)),
+        (timeless(by_tc.0), timeless(by_tc.1)),
+        "XDP writes the entries TC writes"
+    );
+    let (fe, re) = by_xdp;
+    assert_eq!(
+        (
+            fe.nat_addr,
+            fe.nat_port.get(),
+            fe.snat_addr,
+            fe.snat_port.get()
+        ),
+        (
+            Addr::new(BACKEND6.parse().unwrap()),
+            8080,
+            Addr::new(NODE6.parse().unwrap()),
+            45050
+        )
+    );
+    assert_eq!(
+        (fe.flags, fe.tcp_state),
+        (CT_F_SNAT | CT_F_EXTERNAL, CT_TCP_SYN)
+    );
+    assert_ne!((fe.svc_id, fe.backend_id), (0, 0));
+    assert_eq!(
+        (
+            re.nat_addr,
+            re.nat_port.get(),
+            re.snat_addr,
+            re.snat_port.get()
+        ),
+        (
+            Addr::new(NODE6.parse().unwrap()),
+            30180,
+            Addr::new(CLIENT6.parse().unwrap()),
+            45050
+        )
+    );
+    assert_eq!(re.flags, CT_F_SNAT | CT_F_EXTERNAL | CT_F_REV);
+
+    // A flow TC started is continued at XDP.
+    let tc = run_tc_on_eth0(&mut dp, &syn(CLIENT6, NODE6, 45060, 30180).build());
+    assert_eq!(tc.verdict, TC_REDIRECT);
+    check(
+        &mut dp,
+        &Fixture {
+            description: "an established packet of a flow TC started: translated at XDP",
+            hook: Hook::Xdp,
+            input: ack(CLIENT6, NODE6, 45060, 30180).build(),
+            verdict: XDP_TX,
+            output: to_node_b(ack(NODE6, BACKEND6, 45060, 8080)).build(),
+        },
+    );
+
+    let stats = dp.stats().expect("stats");
+    assert_eq!(
+        stats.other["xdp_forwarded"], 7,
+        "SYN, ACK, UDP, the Dsr service's SYN, the insider, TC's twin, TC's flow's ACK"
+    );
+    assert_eq!(stats.other["dsr_forwarded"], 0, "no IPv6 DSR");
+    assert_eq!(
+        stats.other.get("drops.dp_xdp_uplink.source-range"),
+        Some(&2),
+        "{:?}",
+        stats.other
+    );
+    assert_eq!(stats.other["dropped"], 2);
+    let flows = dp.flows().expect("flows");
+    let has = |client: &str, frontend: &str, backend: &str| {
+        flows.iter().any(|f| {
+            f.client.to_string() == client
+                && f.frontend.to_string() == frontend
+                && f.backend.to_string() == backend
+        })
+    };
+    for (client, frontend, backend) in [
+        (
+            "[2001:db8::7]:45010",
+            "[fd00:18::2]:30180",
+            "[fd00:244:1::20]:8080",
+        ),
+        (
+            "[2001:db8::7]:45012",
+            "[fd00:18::2]:30190",
+            "[fd00:244:1::20]:8080",
+        ),
+        (
+            "[2001:db8::7]:45020",
+            "[fd00:18::2]:30192",
+            "[fd00:244::10]:8080",
+        ),
+        (
+            "[2001:db8::7]:46001",
+            "[2001:db8:100::1]:80",
+            "[fd00:244:1::20]:8080",
+        ),
+    ] {
+        assert!(
+            has(client, frontend, backend),
+            "the flow {client} -> {frontend} XDP created is listed: {flows:?}"
+        );
+    }
+    assert!(
+        !flows
+            .iter()
+            .any(|f| [45013, 45014, 45030, 41000, 41001].contains(&f.client.port())),
+        "no conntrack entry for the packets XDP passed or dropped: {flows:?}"
+    );
+    let report = dp
+        .maintain(dataplane_ebpf::monotonic_now())
+        .expect("maintain");
+    assert_eq!(
+        report.other["orphans"], 0,
+        "XDP's entries are complete: {report:?}"
+    );
+
+    // XDP's new connections are reported with the source they leave with.
+    let got = read_all(events.as_mut());
+    let first = got
+        .iter()
+        .find(|e| e.kind == EventKind::NewConnection && e.original.source.port() == 45010)
+        .unwrap_or_else(|| panic!("the first SYN's event: {got:#?}"));
+    assert_eq!(first.point, Some(ObservationPoint::Xdp));
+    assert_eq!(first.interface.as_deref(), Some("eth0"));
+    assert_eq!(first.service, Some(ObjectName::new("default", "snat6")));
+    let t = first.translated.expect("translated");
+    assert_eq!(
+        t,
+        Tuple::new(
+            "[fd00:18::2]:45010".parse().unwrap(),
+            "[fd00:244:1::20]:8080".parse().unwrap()
+        )
+    );
+    let drop = got
+        .iter()
+        .find(|e| e.kind == EventKind::Drop && e.original.source.port() == 41000)
+        .unwrap_or_else(|| panic!("the outsider's drop: {got:#?}"));
+    assert_eq!(
+        (drop.reason, drop.point),
+        (Some(DropReason::SourceRange), Some(ObservationPoint::Xdp))
+    );
+    assert_eq!(drop.service, Some(ObjectName::new("default", "guarded6")));
     dp.reset().expect("reset");
 }
 

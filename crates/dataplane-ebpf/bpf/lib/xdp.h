@@ -6,25 +6,30 @@
  *                           |     `--XDP_DROP: outside the frontend's source ranges
  *                           +--XDP_PASS (untouched)--> [dp_from_uplink] (TC) --> ...
  *
- * Only IPv4 (no options, no fragment) TCP/UDP to an external frontend whose backend is on
- * another node is handled, in the two modes lb_forward() uses for it: DSR (destination
- * rewritten, source kept, the frontend in an IP option, byte-identical to dsr_forward()) and
- * SNAT (DNAT + source NAT to the node address). One drop is made here too: the first packet
- * of a connection to an external frontend whose loadBalancerSourceRanges leave its source out
+ * Only IPv4 (no options, no fragment) and IPv6 (no extension header) TCP/UDP to an external
+ * frontend whose backend is on another node is handled, in the modes lb_forward() uses for
+ * it: DSR (IPv4 only, as in lb_forward(): destination rewritten, source kept, the frontend in
+ * an IP option, byte-identical to dsr_forward()) and SNAT (DNAT + source NAT to the node
+ * address of the packet's family). One drop is made here too: the first packet of a
+ * connection to an external frontend whose loadBalancerSourceRanges leave its source out
  * (xdp_drop_src_range(): the decision, counters and event of lb_forward()'s DROP_SRC_RANGE, at
  * the `xdp` observation point), so that a flood of them costs no skb. Everything else -
- * replies, ClusterIPs, local backends, rejects, IPv6, packets that would outgrow the MTU,
- * routes the FIB cannot answer - goes to TC untouched, which handles it exactly as without
- * XDP (and makes the source-range drop itself when XDP is not attached).
+ * replies, ClusterIPs, local backends, rejects, IPv4 options and fragments, IPv6 extension
+ * headers, packets that would outgrow the MTU, routes the FIB cannot answer - goes to TC
+ * untouched, which handles it exactly as without XDP (and makes the source-range drop itself
+ * when XDP is not attached).
  *
- * Conntrack entries are the ones lb_forward() writes (same pinned dp_ct), so TC's reverse NAT
- * of SNAT replies, flows() and maintain() work unchanged, and flows XDP started continue in TC (and
- * the other way round) when XDP is detached or passes a packet.
+ * Conntrack entries are the ones lb_forward() writes (same pinned dp_ct, same keys and
+ * entries for both families), so TC's reverse NAT of SNAT replies, flows() and maintain()
+ * work unchanged, and flows XDP started continue in TC (and the other way round) when XDP is
+ * detached or passes a packet.
  *
- * The packet is changed with direct packet access and incremental checksums (RFC 1624); XDP
- * has no CHECKSUM_PARTIAL state, so the L4 checksum must be complete, as it is from a NIC.
- * The FIB lookup for the new destination comes before any write: a packet we cannot route is
- * passed with no trace.
+ * The packet is changed with direct packet access and incremental checksums (RFC 1624): the
+ * IPv4 header checksum, and the TCP/UDP checksum for the ports and the pseudo header's
+ * addresses (IPv6: all 16 bytes of each; IPv6 has no header checksum, so its hop limit is
+ * decremented as it is). XDP has no CHECKSUM_PARTIAL state, so the L4 checksum must be
+ * complete, as it is from a NIC. The FIB lookup for the new destination comes before any
+ * write: a packet we cannot route is passed with no trace.
  */
 #ifndef DP_XDP_H
 #define DP_XDP_H
@@ -42,15 +47,16 @@
 #include "events.h"
 #pragma clang diagnostic pop
 
-#define XDP_L4_OFF (sizeof(struct ethhdr) + IPV4_BASE_LEN)
+#define XDP_L4_OFF4 (sizeof(struct ethhdr) + IPV4_BASE_LEN)
+#define XDP_L4_OFF6 (sizeof(struct ethhdr) + sizeof(struct ipv6hdr))
 
 /* How one packet is to be rewritten and where it goes. */
 struct xdp_xlate {
-	__be32 saddr; /* new source (the client's own with DSR) */
-	__be32 daddr; /* new destination: the backend */
+	__u32 saddr[4]; /* new source (the client's own with DSR); IPv4 in word 0 */
+	__u32 daddr[4]; /* new destination: the backend */
 	__be16 sport;
 	__be16 dport;
-	__be32 fe_addr; /* DSR: the frontend carried in the option */
+	__u32 fe_addr[4]; /* DSR: the frontend carried in the option (IPv4: word 0) */
 	__be16 fe_port;
 	__u8 dsr;
 	__u8 pad;
@@ -59,32 +65,12 @@ struct xdp_xlate {
 	__u8 dmac[ETH_ALEN];
 };
 
-/**
- * xdp_parse() - fill @p from an IPv4 TCP/UDP packet without options or fragmentation.
- * Returns 1 for such a packet, 0 for anything else (passed to TC as it is).
- */
-static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
+/* The ports (and TCP flags and sequence number) of @p, whose TCP/UDP header is at @l4_off. */
+static __always_inline int xdp_parse_l4(struct pkt *p, void *data, void *end, __u32 l4_off)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = data + sizeof(*eth);
-	void *l4 = data + XDP_L4_OFF;
+	void *l4 = data + l4_off;
 
-	__builtin_memset(p, 0, sizeof(*p));
-	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return 0;
-	if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
-		return 0;
-	/* Forwarded here it would need a TTL to decrement: the stack answers time exceeded. */
-	if (ip->ttl <= 1)
-		return 0;
-	p->family = DP_AF_INET;
-	p->proto = ip->protocol;
-	p->saddr[0] = ip->saddr;
-	p->daddr[0] = ip->daddr;
-	p->l3_off = sizeof(*eth);
-	p->l4_off = XDP_L4_OFF;
+	p->l4_off = l4_off;
 	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 
@@ -94,7 +80,7 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 		p->dport = th->dest;
 		p->tcp_flags = ((__u8 *)th)[13];
 		p->seq = bpf_ntohl(th->seq);
-		p->csum_off = XDP_L4_OFF + offsetof(struct tcphdr, check);
+		p->csum_off = l4_off + offsetof(struct tcphdr, check);
 		return 1;
 	}
 	if (p->proto == IPPROTO_UDP) {
@@ -104,8 +90,61 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 			return 0;
 		p->sport = uh->source;
 		p->dport = uh->dest;
-		p->csum_off = XDP_L4_OFF + offsetof(struct udphdr, check);
+		p->csum_off = l4_off + offsetof(struct udphdr, check);
 		return 1;
+	}
+	return 0;
+}
+
+/**
+ * xdp_parse() - fill @p from a TCP/UDP packet over IPv4 without options or fragmentation, or
+ * over IPv6 without extension headers.
+ * Returns 1 for such a packet, 0 for anything else (passed to TC as it is).
+ */
+static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	__builtin_memset(p, 0, sizeof(*p));
+	if ((void *)(eth + 1) > end)
+		return 0;
+	p->l3_off = sizeof(*eth);
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end)
+			return 0;
+		if (ip->version != 4 || ip->ihl != 5 ||
+		    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+			return 0;
+		/* Forwarded here it would need a TTL to decrement: the stack answers time
+		 * exceeded. */
+		if (ip->ttl <= 1)
+			return 0;
+		p->family = DP_AF_INET;
+		p->proto = ip->protocol;
+		p->saddr[0] = ip->saddr;
+		p->daddr[0] = ip->daddr;
+		return xdp_parse_l4(p, data, end, XDP_L4_OFF4);
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		/* As for IPv4's TTL: the stack answers ICMPv6 time exceeded. */
+		if (ip6->version != 6 || ip6->hop_limit <= 1)
+			return 0;
+		p->family = DP_AF_INET6;
+		/* An extension header (fragment, routing, ...; an IPv6 DSR option once there is
+		 * one) is no TCP/UDP here: xdp_parse_l4() leaves it to TC, whose translation
+		 * leaves such packets alone too (parse_packet()'s PKT_EXT). */
+		p->proto = ip6->nexthdr;
+		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+		return xdp_parse_l4(p, data, end, XDP_L4_OFF6);
 	}
 	return 0;
 }
@@ -121,8 +160,19 @@ static __always_inline __u32 ports_word(__be16 sport, __be16 dport)
 }
 
 /*
+ * Whether a new flow of @p to a backend of @svc on another node goes with DSR: lb_forward()'s
+ * rule, which takes DSR for IPv4 only (user space plans an IPv6 frontend of a DSR service with
+ * SNAT). IPv6 DSR, when it comes, is switched on here, in xdp_dsr_fits() and in
+ * xdp_rewrite6(); the rest of the path (entries, events, routing) is already family-blind.
+ */
+static __always_inline int xdp_dsr(const struct pkt *p, const struct svc_value *svc)
+{
+	return (svc->flags & SVC_F_DSR) && p->family == DP_AF_INET;
+}
+
+/*
  * Whether a DSR request still fits the underlay MTU once the option is added; when it does
- * not, TC answers ICMP fragmentation needed.
+ * not, TC answers ICMP fragmentation needed (IPv4, the only DSR family).
  */
 static __always_inline int xdp_dsr_fits(struct xdp_md *ctx)
 {
@@ -147,13 +197,21 @@ static __noinline int xdp_route(struct xdp_md *ctx, const struct pkt *p, struct 
 	long ret;
 
 	__builtin_memset(&fib, 0, sizeof(fib));
-	fib.family = AF_INET;
 	fib.l4_protocol = p->proto;
 	fib.sport = x->sport;
 	fib.dport = x->dport;
+	/* (checked against the route's MTU for both families: a packet over it goes to TC, as
+	 * without XDP) */
 	fib.tot_len = len - sizeof(struct ethhdr) + (x->dsr ? DSR_OPT_LEN : 0);
-	fib.ipv4_src = x->saddr;
-	fib.ipv4_dst = x->daddr;
+	if (p->family == DP_AF_INET) {
+		fib.family = AF_INET;
+		fib.ipv4_src = x->saddr[0];
+		fib.ipv4_dst = x->daddr[0];
+	} else {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, x->saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, x->daddr, 16);
+	}
 	fib.ifindex = ctx->ingress_ifindex;
 	ret = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (ret != BPF_FIB_LKUP_RET_SUCCESS)
@@ -169,13 +227,66 @@ static __noinline int xdp_route(struct xdp_md *ctx, const struct pkt *p, struct 
 	return 0;
 }
 
+/*
+ * @acc plus the one's-complement change of an address of @words 32-bit words (1: IPv4, 4:
+ * IPv6) from @old to @new.
+ */
+static __always_inline __u64 xdp_addr_delta(__u64 acc, const __u32 *old, const __u32 *new,
+					    int words)
+{
+#pragma unroll
+	for (int i = 0; i < words; i++)
+		acc = csum_delta(acc, old[i], new[i]);
+	return acc;
+}
+
+/*
+ * The TCP/UDP header at @l4 for @x: the ports, and the checksum for them and for @acc, the
+ * change of the pseudo header's addresses (the same words for both families, 1 or 4 per
+ * address). Returns 0, or -1 when the header is not all in the packet.
+ */
+static __always_inline int xdp_l4_rewrite(const struct pkt *p, const struct xdp_xlate *x,
+					  void *l4, void *end, __u64 acc)
+{
+	__u16 *l4_check;
+	__u16 check;
+
+	if (l4 + sizeof(struct udphdr) > end)
+		return -1;
+	acc = csum_delta(acc, ports_word(p->sport, p->dport), ports_word(x->sport, x->dport));
+	((__be16 *)l4)[0] = x->sport;
+	((__be16 *)l4)[1] = x->dport;
+	if (p->proto == IPPROTO_TCP) {
+		if (l4 + sizeof(struct tcphdr) > end)
+			return -1;
+		l4_check = l4 + offsetof(struct tcphdr, check);
+		*l4_check = csum_update(*l4_check, acc);
+	} else {
+		l4_check = l4 + offsetof(struct udphdr, check);
+		/* 0: the sender computed no checksum (IPv6 forbids that, but TC's
+		 * BPF_F_MARK_MANGLED_0 leaves it too: the receiver judges it as it would have);
+		 * a computed 0 is sent as 0xffff. */
+		if (*l4_check) {
+			check = csum_update(*l4_check, acc);
+			*l4_check = check ? check : 0xffff;
+		}
+	}
+	return 0;
+}
+
+static __always_inline void xdp_set_macs(struct ethhdr *eth, const struct xdp_xlate *x)
+{
+	__builtin_memcpy(eth->h_dest, x->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, x->smac, ETH_ALEN);
+}
+
 /**
- * xdp_rewrite() - apply @x to the packet: addresses, ports, checksums, the DSR option
+ * xdp_rewrite4() - apply @x to an IPv4 packet: addresses, ports, checksums, the DSR option
  * (inserted after the 20-byte IPv4 header: ihl 7, tot_len + 8) and the Ethernet addresses.
  * Returns 0, or -1 when the head could not be grown (the packet is then unchanged).
  */
-static __noinline int xdp_rewrite(struct xdp_md *ctx, const struct pkt *p,
-				  const struct xdp_xlate *x)
+static __noinline int xdp_rewrite4(struct xdp_md *ctx, const struct pkt *p,
+				   const struct xdp_xlate *x)
 {
 	void *data, *end;
 	struct ethhdr *eth;
@@ -183,11 +294,9 @@ static __noinline int xdp_rewrite(struct xdp_md *ctx, const struct pkt *p,
 	struct iphdr hdr;
 	struct dsr_opt opt;
 	__u32 old_w0, new_w0;
-	__u16 *l4_check;
 	void *l4;
-	__u32 l4_off = XDP_L4_OFF;
+	__u32 l4_off = XDP_L4_OFF4;
 	__u64 acc;
-	__u16 check;
 
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
@@ -199,10 +308,10 @@ static __noinline int xdp_rewrite(struct xdp_md *ctx, const struct pkt *p,
 	ipv4_dec_ttl(&hdr);
 
 	/* IPv4 header: addresses, and for DSR ihl/tot_len and the option's words. */
-	acc = csum_delta(0, hdr.saddr, x->saddr);
-	acc = csum_delta(acc, hdr.daddr, x->daddr);
-	hdr.saddr = x->saddr;
-	hdr.daddr = x->daddr;
+	acc = csum_delta(0, hdr.saddr, x->saddr[0]);
+	acc = csum_delta(acc, hdr.daddr, x->daddr[0]);
+	hdr.saddr = x->saddr[0];
+	hdr.daddr = x->daddr[0];
 	if (x->dsr) {
 		old_w0 = *(__u32 *)&hdr;
 		hdr.ihl = (IPV4_BASE_LEN + DSR_OPT_LEN) / 4;
@@ -211,7 +320,7 @@ static __noinline int xdp_rewrite(struct xdp_md *ctx, const struct pkt *p,
 		opt.type = DSR_OPT_TYPE;
 		opt.len = DSR_OPT_LEN;
 		opt.port = x->fe_port;
-		opt.addr = x->fe_addr;
+		opt.addr = x->fe_addr[0];
 		acc = csum_delta(acc, old_w0, new_w0);
 		acc = csum_delta(acc, 0, ((__u32 *)&opt)[0]);
 		acc = csum_delta(acc, 0, ((__u32 *)&opt)[1]);
@@ -238,30 +347,53 @@ static __noinline int xdp_rewrite(struct xdp_md *ctx, const struct pkt *p,
 			return -1;
 		__builtin_memcpy(ip + 1, &opt, sizeof(opt));
 	}
-	__builtin_memcpy(eth->h_dest, x->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, x->smac, ETH_ALEN);
+	xdp_set_macs(eth, x);
 	eth->h_proto = bpf_htons(ETH_P_IP);
 
-	/* L4: ports, and the checksum for them and the pseudo header's addresses. */
-	acc = csum_delta(0, p->saddr[0], x->saddr);
-	acc = csum_delta(acc, p->daddr[0], x->daddr);
-	acc = csum_delta(acc, ports_word(p->sport, p->dport), ports_word(x->sport, x->dport));
-	((__be16 *)l4)[0] = x->sport;
-	((__be16 *)l4)[1] = x->dport;
-	if (p->proto == IPPROTO_TCP) {
-		if (l4 + sizeof(struct tcphdr) > end)
-			return -1;
-		l4_check = l4 + offsetof(struct tcphdr, check);
-		*l4_check = csum_update(*l4_check, acc);
-	} else {
-		l4_check = l4 + offsetof(struct udphdr, check);
-		/* 0: the sender computed no checksum; a computed 0 is sent as 0xffff. */
-		if (*l4_check) {
-			check = csum_update(*l4_check, acc);
-			*l4_check = check ? check : 0xffff;
-		}
-	}
+	acc = xdp_addr_delta(0, p->saddr, x->saddr, 1);
+	acc = xdp_addr_delta(acc, p->daddr, x->daddr, 1);
+	return xdp_l4_rewrite(p, x, l4, end, acc);
+}
+
+/**
+ * xdp_rewrite6() - apply @x to an IPv6 packet: addresses, hop limit, ports, the L4 checksum
+ * (its pseudo header's addresses, all four words of each; IPv6 has no header checksum) and
+ * the Ethernet addresses. The result is the bytes TC's lb_forward() and dp_route() make of
+ * the same packet (nat_src()/nat_dst() and forward_ttl()), with the MACs of the FIB's answer.
+ * No DSR: there is no IPv6 DSR (xdp_dsr()); the destination option it will carry goes in
+ * after the fixed header here, as xdp_rewrite4() inserts the IPv4 option.
+ * Returns 0, or -1 when the headers are not all in the packet.
+ */
+static __noinline int xdp_rewrite6(struct xdp_md *ctx, const struct pkt *p,
+				   const struct xdp_xlate *x)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	__u64 acc;
+
+	if (x->dsr || (void *)(ip6 + 1) > end)
+		return -1;
+	acc = xdp_addr_delta(0, p->saddr, x->saddr, 4);
+	acc = xdp_addr_delta(acc, p->daddr, x->daddr, 4);
+	if (xdp_l4_rewrite(p, x, data + XDP_L4_OFF6, end, acc) < 0)
+		return -1;
+	/* Forwarded: one hop (xdp_parse passed hop limits that run out). */
+	ip6->hop_limit--;
+	__builtin_memcpy(&ip6->saddr, x->saddr, 16);
+	__builtin_memcpy(&ip6->daddr, x->daddr, 16);
+	xdp_set_macs(eth, x);
 	return 0;
+}
+
+/* xdp_rewrite4() or xdp_rewrite6(), by @p's family. */
+static __always_inline int xdp_rewrite(struct xdp_md *ctx, const struct pkt *p,
+				       const struct xdp_xlate *x)
+{
+	if (p->family == DP_AF_INET)
+		return xdp_rewrite4(ctx, p, x);
+	return xdp_rewrite6(ctx, p, x);
 }
 
 static __always_inline int xdp_send(struct xdp_md *ctx, const struct xdp_xlate *x)
@@ -297,18 +429,19 @@ static __noinline int xdp_established(struct xdp_md *ctx, struct pkt *p, struct 
 	if (!xdp_takes_entry(fwd) || is_local(p, fwd->nat_addr))
 		return XDP_PASS;
 	__builtin_memset(&x, 0, sizeof(x));
-	x.daddr = fwd->nat_addr[0];
+	addr_copy(x.daddr, fwd->nat_addr);
 	x.dport = fwd->nat_port;
 	if (fwd->flags & CT_F_DSR) {
-		x.dsr = 1;
-		x.saddr = p->saddr[0];
-		x.sport = p->sport;
-		x.fe_addr = p->daddr[0];
-		x.fe_port = p->dport;
-		if (!xdp_dsr_fits(ctx))
+		/* (no IPv6 DSR entry is ever written: TC's dsr_forward() refuses IPv6) */
+		if (p->family != DP_AF_INET || !xdp_dsr_fits(ctx))
 			return XDP_PASS;
+		x.dsr = 1;
+		addr_copy(x.saddr, p->saddr);
+		x.sport = p->sport;
+		addr_copy(x.fe_addr, p->daddr);
+		x.fe_port = p->dport;
 	} else {
-		x.saddr = fwd->snat_addr[0];
+		addr_copy(x.saddr, fwd->snat_addr);
 		x.sport = fwd->snat_port;
 	}
 	if (xdp_route(ctx, p, &x) < 0)
@@ -366,13 +499,14 @@ static __always_inline int xdp_ct_create(const struct pkt *p, const struct svc_v
 
 /*
  * Reports the new connection of @p (as it arrived) that XDP has just written the entries of,
- * to backend @be (@ids: the frontend's id, and the backend's in bits 32-63), its source
- * translated to the address in bits 16-47 and the port in bits 0-15 of @snat when bit 48 is
- * set. TC sees only its later packets (established: no event). The record is written in
- * place: xdp_new_flow()'s frame leaves no room for a translated copy of the packet.
+ * to backend @be (@ids: the frontend's id, and the backend's in bits 32-63); @rk is its
+ * reverse key, whose destination is the source the packet leaves with (the SNAT address and
+ * port, or the client's own). TC sees only its later packets (established: no event). The
+ * record is written in place: xdp_new_flow()'s frame leaves no room for a translated copy of
+ * the packet.
  */
 static __noinline void ev_xdp_new(struct xdp_md *ctx, const struct pkt *p,
-				  const struct backend *be, __u64 ids, __u64 snat)
+				  const struct backend *be, __u64 ids, const struct ct_key *rk)
 {
 	struct flow_event *e;
 
@@ -383,13 +517,8 @@ static __noinline void ev_xdp_new(struct xdp_md *ctx, const struct pkt *p,
 	if (!e)
 		return;
 	e->flags = EV_F_TRANSLATED;
-	if (snat >> 48) {
-		e->nat_saddr[0] = (__u32)(snat >> 16);
-		e->nat_sport = (__be16)snat;
-	} else {
-		addr_copy(e->nat_saddr, p->saddr);
-		e->nat_sport = p->sport;
-	}
+	addr_copy(e->nat_saddr, rk->daddr);
+	e->nat_sport = rk->dport;
 	addr_copy(e->nat_daddr, be->addr);
 	e->nat_dport = be->port;
 	ev_submit(e); /* batched wake-ups, as every new-connection record */
@@ -436,7 +565,6 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 	struct ct_key rk;
 	__u32 snat[4] = {};
 	__u32 backend_id = 0;
-	__u64 snat_info = 0;
 	__u64 ids;
 	int do_snat = 0;
 	int dsr = 0;
@@ -454,10 +582,10 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 	if (p->proto == IPPROTO_TCP && !(p->tcp_flags & TCPF_SYN))
 		return XDP_PASS;
 	be = select_backend(svc, p, &backend_id);
-	if (!be || be->family != DP_AF_INET)
+	if (!be || be->family != p->family)
 		return XDP_PASS;
 	local = is_local(p, be->addr);
-	if ((svc->flags & SVC_F_DSR) && !local)
+	if (xdp_dsr(p, svc) && !local)
 		dsr = 1;
 	else if (svc->flags & SVC_F_SNAT)
 		do_snat = 1;
@@ -476,35 +604,33 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 			return XDP_PASS;
 	}
 	ids = ((__u64)backend_id << 32) | svc->id;
-	if (do_snat)
-		snat_info = (1ULL << 48) | ((__u64)snat[0] << 16) | rk.dport;
 	if (local) {
 		/* Random selection would pick again in TC (and favour remote backends). */
 		if (xdp_ct_create(p, svc, be, backend_id, do_snat, 0, snat, &rk) == 0)
-			ev_xdp_new(ctx, p, be, ids, snat_info);
+			ev_xdp_new(ctx, p, be, ids, &rk);
 		return XDP_PASS;
 	}
 
 	__builtin_memset(&x, 0, sizeof(x));
-	x.daddr = be->addr[0];
+	addr_copy(x.daddr, be->addr);
 	x.dport = be->port;
 	x.dsr = dsr;
 	if (dsr) {
-		x.saddr = p->saddr[0];
+		addr_copy(x.saddr, p->saddr);
 		x.sport = p->sport;
-		x.fe_addr = p->daddr[0];
+		addr_copy(x.fe_addr, p->daddr);
 		x.fe_port = p->dport;
 		if (!xdp_dsr_fits(ctx))
 			return XDP_PASS;
 	} else {
-		x.saddr = snat[0];
+		addr_copy(x.saddr, snat);
 		x.sport = rk.dport;
 	}
 	if (xdp_route(ctx, p, &x) < 0)
 		return XDP_PASS;
 	if (xdp_ct_create(p, svc, be, backend_id, do_snat, dsr, snat, &rk) < 0)
 		return XDP_PASS;
-	ev_xdp_new(ctx, p, be, ids, snat_info);
+	ev_xdp_new(ctx, p, be, ids, &rk);
 	if (xdp_rewrite(ctx, p, &x) < 0)
 		return XDP_PASS;
 	return xdp_send(ctx, &x);

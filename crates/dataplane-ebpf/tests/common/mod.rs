@@ -27,8 +27,8 @@ pub struct Fixture {
     pub output: Vec<u8>,
 }
 
-/// Runs `f` through `dp` and checks its verdict and output bytes.
-pub fn check(dp: &mut EbpfDataplane, f: &Fixture) {
+/// Runs `f` through `dp` and checks its verdict and output bytes; returns the output.
+pub fn check(dp: &mut EbpfDataplane, f: &Fixture) -> Vec<u8> {
     let run = dp.run_packet(f.hook, &f.input, 1).expect("test run");
     assert_eq!(run.verdict, f.verdict, "{}: verdict", f.description);
     assert_eq!(
@@ -37,6 +37,7 @@ pub fn check(dp: &mut EbpfDataplane, f: &Fixture) {
         "{}: output bytes (left: got, right: expected)",
         f.description
     );
+    run.output
 }
 
 /// Bytes as space-separated hex, for readable assertion diffs.
@@ -191,23 +192,50 @@ impl TestNode {
         ip(&["-n", name, "link", "set", "eth0", "down"]);
         ip(&["-n", name, "link", "set", "eth0", "address", mac]);
         ip(&["-n", name, "link", "set", "eth0", "up"]);
+        self.permanent_neighbour(gateway, gateway_mac);
+        ip(&[
+            "-n", name, "route", "replace", cidr, "via", gateway, "dev", "eth0",
+        ]);
+        self.sysctl("net/ipv4/ip_forward", "1");
+    }
+
+    /// The IPv6 side of [`Self::route_via_neighbour`] (call that first, for the MAC): gives
+    /// `eth0` `fd00:18::2/64` (no DAD), routes `cidr` via `gateway` with a permanent neighbour
+    /// entry (`gateway_mac`) and turns IPv6 forwarding on.
+    pub fn route6_via_neighbour(&self, cidr: &str, gateway: &str, gateway_mac: &str) {
+        let name = self.name.as_str();
         ip(&[
             "-n",
             name,
+            "addr",
+            "add",
+            "fd00:18::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        self.permanent_neighbour(gateway, gateway_mac);
+        ip(&[
+            "-n", name, "-6", "route", "replace", cidr, "via", gateway, "dev", "eth0",
+        ]);
+        self.sysctl("net/ipv6/conf/all/forwarding", "1");
+    }
+
+    /// A permanent neighbour entry on `eth0`: `addr` is at `mac`.
+    fn permanent_neighbour(&self, addr: &str, mac: &str) {
+        ip(&[
+            "-n",
+            &self.name,
             "neigh",
             "replace",
-            gateway,
+            addr,
             "lladdr",
-            gateway_mac,
+            mac,
             "dev",
             "eth0",
             "nud",
             "permanent",
         ]);
-        ip(&[
-            "-n", name, "route", "replace", cidr, "via", gateway, "dev", "eth0",
-        ]);
-        self.sysctl("net/ipv4/ip_forward", "1");
     }
 
     /// Writes `/proc/sys/KEY` inside the namespace.
