@@ -190,7 +190,7 @@ fn slots_for(
 ) -> Result<Arc<[BackendRef]>, Error> {
     let mut refs: Vec<(BackendRef, u16)> = backends
         .iter()
-        .map(|b| (backend_ref(state, b, port.target_port), b.weight.max(1)))
+        .map(|b| (backend_ref(state, b, b.target_port(port)), b.weight.max(1)))
         .collect();
     refs.sort();
     refs.dedup_by(|a, b| a.0.addr == b.0.addr && a.0.port == b.0.port);

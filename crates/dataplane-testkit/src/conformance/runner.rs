@@ -18,6 +18,11 @@ use super::case::{Case, Client, Destination, Expect, Seen};
 use super::report::{OneRow, Report, RowOutcome, RowReport};
 use dataplane_core::error_chain;
 
+/// Probes per expected backend, at most, of a row whose every backend must answer
+/// ([`Case::every_backend_answers`]): with random selection among 2 backends, one is missed
+/// by 40 probes with probability 2^-39.
+const EVERY_BACKEND_PROBES: usize = 20;
+
 /// Source port the reference model is asked about when a row does not fix one.
 const NOMINAL_CLIENT_PORT: u16 = 40000;
 
@@ -78,7 +83,7 @@ pub fn run_with(
 ) -> Report {
     let (mut planes, caps, mut report) = start(lab, factory);
     let mut single_answers: BTreeMap<String, String> = BTreeMap::new();
-    let mut servers = BTreeMap::new();
+    let mut servers = Servers::default();
     let only = row_filter();
     for case in cases {
         if let Some(only) = &only {
@@ -221,13 +226,49 @@ fn of_family(
         .ok_or_else(|| format!("service {} has no {family:?} {what}", service.name))
 }
 
-/// The destination address, the ingress node for external clients, the backends' port, and
+/// The ports a row's backends listen on: the service port's `targetPort`, or a backend's
+/// own ([`dataplane_core::Backend::port`]).
+#[derive(Debug, Clone, Default)]
+struct TargetPorts {
+    /// The port of backends without one of their own (and of plain routing rows).
+    common: u16,
+    /// Backends with their own port.
+    own: BTreeMap<IpAddr, u16>,
+}
+
+impl TargetPorts {
+    fn plain(port: u16) -> Self {
+        TargetPorts {
+            common: port,
+            own: BTreeMap::new(),
+        }
+    }
+
+    fn of(service: &Service, port: &ServicePort) -> Self {
+        TargetPorts {
+            common: port.target_port,
+            own: service
+                .backends
+                .iter()
+                .filter(|b| b.port.is_some())
+                .map(|b| (b.ip, b.target_port(port)))
+                .collect(),
+        }
+    }
+
+    /// The port the backend at `ip` is reached on.
+    fn at(&self, ip: IpAddr) -> u16 {
+        self.own.get(&ip).copied().unwrap_or(self.common)
+    }
+}
+
+/// The destination address, the ingress node for external clients, the backends' ports, and
 /// whether it is a service.
 fn resolve_destination(
     lab: &Lab,
     case: &Case,
     services: &[Service],
-) -> Result<(SocketAddr, usize, u16, bool), String> {
+) -> Result<(SocketAddr, usize, TargetPorts, bool), String> {
     let family = case.family;
     let fam = |what: String, ip: Option<IpAddr>| {
         ip.ok_or_else(|| format!("{what} has no {family:?} address"))
@@ -250,7 +291,7 @@ fn resolve_destination(
             let s = find_service(service)?;
             let p = find_port(s, port_name)?;
             let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
-            (SocketAddr::new(ip, p.port), 0, p.target_port, true)
+            (SocketAddr::new(ip, p.port), 0, TargetPorts::of(s, &p), true)
         }
         Destination::ClusterIpVia {
             node,
@@ -261,19 +302,34 @@ fn resolve_destination(
             let p = find_port(s, port_name)?;
             let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
             let node = check_node(*node)?;
-            (SocketAddr::new(ip, p.port), node, p.target_port, true)
+            (
+                SocketAddr::new(ip, p.port),
+                node,
+                TargetPorts::of(s, &p),
+                true,
+            )
         }
         Destination::ClusterIpPort { service, port } => {
             let s = find_service(service)?;
             let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
-            (SocketAddr::new(ip, *port), 0, SERVER_PORT, true)
+            (
+                SocketAddr::new(ip, *port),
+                0,
+                TargetPorts::plain(SERVER_PORT),
+                true,
+            )
         }
         Destination::UnallocatedServiceIp => {
             let ip = unallocated_service_ip(lab, family)?;
             if services.iter().any(|s| s.cluster_ips.contains(&ip)) {
                 return Err(format!("the setup allocates {ip}"));
             }
-            (SocketAddr::new(ip, 80), 0, SERVER_PORT, false)
+            (
+                SocketAddr::new(ip, 80),
+                0,
+                TargetPorts::plain(SERVER_PORT),
+                false,
+            )
         }
         Destination::NodePort {
             node,
@@ -287,7 +343,12 @@ fn resolve_destination(
                 .node_port
                 .ok_or_else(|| format!("port {port_name:?} of {} has no nodePort", s.name))?;
             let ip = fam(format!("node {node}"), lab.node(node).address(family))?;
-            (SocketAddr::new(ip, node_port), node, p.target_port, true)
+            (
+                SocketAddr::new(ip, node_port),
+                node,
+                TargetPorts::of(s, &p),
+                true,
+            )
         }
         Destination::LoadBalancer {
             node,
@@ -308,12 +369,22 @@ fn resolve_destination(
             };
             let ip = of_family(ips, what, s)?;
             let node = check_node(*node)?;
-            (SocketAddr::new(ip, p.port), node, p.target_port, true)
+            (
+                SocketAddr::new(ip, p.port),
+                node,
+                TargetPorts::of(s, &p),
+                true,
+            )
         }
         Destination::External(k) => {
             let ext = lab.try_external(*k).map_err(|e| e.to_string())?;
             let ip = fam(ext.name.clone(), ext.address(family))?;
-            (SocketAddr::new(ip, SERVER_PORT), 0, SERVER_PORT, false)
+            (
+                SocketAddr::new(ip, SERVER_PORT),
+                0,
+                TargetPorts::plain(SERVER_PORT),
+                false,
+            )
         }
         Destination::PodIp(p) => {
             let pod = lab.try_pod(*p).map_err(|e| e.to_string())?;
@@ -321,7 +392,7 @@ fn resolve_destination(
             (
                 SocketAddr::new(ip, SERVER_PORT),
                 pod.node,
-                SERVER_PORT,
+                TargetPorts::plain(SERVER_PORT),
                 false,
             )
         }
@@ -351,7 +422,7 @@ fn resolve(lab: &Lab, case: &Case, services: &[Service]) -> Result<Resolved, Str
     let fam = |what: String, ip: Option<IpAddr>| {
         ip.ok_or_else(|| format!("{what} has no {family:?} address"))
     };
-    let (destination, external_ingress, target_port, is_service) =
+    let (destination, external_ingress, target_ports, is_service) =
         resolve_destination(lab, case, services)?;
 
     let (client_netns, client_ip, ingress, entry, route) = match case.client {
@@ -410,7 +481,8 @@ fn resolve(lab: &Lab, case: &Case, services: &[Service]) -> Result<Resolved, Str
             for &p in pods {
                 let pod = lab.try_pod(p).map_err(|e| e.to_string())?;
                 let ip = fam(pod.name.clone(), pod.address(family))?;
-                expected.insert(SocketAddr::new(ip, target_port), pod.name.clone());
+                let port = target_ports.at(ip);
+                expected.insert(SocketAddr::new(ip, port), pod.server_name(port));
             }
         }
         (Expect::Direct, Destination::PodIp(p)) => {
@@ -529,7 +601,7 @@ fn run_case(
     planes: &mut [Box<dyn Dataplane>],
     caps: &Capabilities,
     options: &RunOptions,
-    external_servers: &mut BTreeMap<usize, Server>,
+    servers: &mut Servers,
 ) -> RowOutcome {
     let services = (case.setup)(lab);
     let states: Vec<DesiredState> = (0..lab.nodes().len())
@@ -587,10 +659,11 @@ fn run_case(
         }
     }
     if let Destination::External(k) = case.destination {
-        if let Err(e) = ensure_server(lab, k, external_servers) {
+        if let Err(e) = servers.external(lab, k) {
             traffic.push(e);
         }
     }
+    traffic.extend(servers.own_ports(lab, &services).err());
     let mut answered = BTreeMap::new();
     let mut probes = 0;
     if traffic.is_empty() {
@@ -804,15 +877,49 @@ fn skip_reason(lab: &Lab, case: &Case, caps: &Capabilities) -> Option<String> {
     (!skip.is_empty()).then(|| skip.join("; "))
 }
 
-/// Starts the server of external client `k` unless it runs already.
-fn ensure_server(lab: &Lab, k: usize, servers: &mut BTreeMap<usize, Server>) -> Result<(), String> {
-    if let std::collections::btree_map::Entry::Vacant(slot) = servers.entry(k) {
-        let ext = lab.external(k);
-        let server = serve(&ext.netns, &ext.name, SERVER_PORT)
-            .map_err(|e| format!("server on {}: {}", ext.name, error_chain(&e)))?;
-        slot.insert(server);
+/// Servers a run starts beyond the lab's own, kept until the run ends.
+#[derive(Default)]
+struct Servers {
+    /// External client `k`'s, on [`SERVER_PORT`].
+    external: BTreeMap<usize, Server>,
+    /// Pod `p`'s on a port other than [`SERVER_PORT`].
+    pods: BTreeMap<(usize, u16), Server>,
+}
+
+impl Servers {
+    /// Starts the server of external client `k` unless it runs already.
+    fn external(&mut self, lab: &Lab, k: usize) -> Result<(), String> {
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.external.entry(k) {
+            let ext = lab.external(k);
+            let server = serve(&ext.netns, &ext.name, SERVER_PORT)
+                .map_err(|e| format!("server on {}: {}", ext.name, error_chain(&e)))?;
+            slot.insert(server);
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Starts a server, unless one runs already, on every port other than [`SERVER_PORT`]
+    /// that a backend of `services` which is a lab pod listens on (its own port or the
+    /// service port's target): answering as [`crate::LabPod::server_name`], so that a probe
+    /// reaching the pod on the wrong port is told apart.
+    fn own_ports(&mut self, lab: &Lab, services: &[Service]) -> Result<(), String> {
+        for s in services {
+            for port in &s.ports {
+                for b in &s.backends {
+                    let target = b.target_port(port);
+                    let Some(pod) = lab.pods().iter().find(|p| p.addresses.contains(&b.ip)) else {
+                        continue;
+                    };
+                    if target == SERVER_PORT || self.pods.contains_key(&(pod.index, target)) {
+                        continue;
+                    }
+                    let server = pod.serve(target).map_err(|e| error_chain(&e))?;
+                    self.pods.insert((pod.index, target), server);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn send_probes(
@@ -831,6 +938,20 @@ fn send_probes(
         Expect::Drop => (1, options.drop_wait),
         Expect::Reject => (1, options.timeout),
     };
+    // Every backend must answer: probe on (each probe a new connection, so a new choice)
+    // until all have; a backend missed by `EVERY_BACKEND_PROBES` per backend is not used.
+    let every = case.every_backend_answers && matches!(case.expect, Expect::Backends(_));
+    let limit = if every {
+        count.max(EVERY_BACKEND_PROBES * resolved.expected.len())
+    } else {
+        count
+    };
+    let all_answered = |answered: &BTreeMap<String, usize>| {
+        resolved
+            .expected
+            .values()
+            .all(|name| answered.contains_key(name))
+    };
     let source = match case.client {
         Client::HostFromFrontend(_) => Some(SocketAddr::new(
             resolved.client_ip,
@@ -841,7 +962,12 @@ fn send_probes(
             .map(|port| SocketAddr::new(unspecified(case.family), port)),
     };
     let dst = resolved.destination;
-    for n in 0..count {
+    let mut sent = 0;
+    for n in 0..limit {
+        if n >= count && all_answered(answered) {
+            break;
+        }
+        sent = n + 1;
         let probed = if case.refused_at_once && case.protocol == dataplane_core::Protocol::Tcp {
             probe_refused_at_once(&resolved.client_netns, source, dst, wait)
         } else {
@@ -871,7 +997,13 @@ fn send_probes(
             "expected every probe to reach the same backend, got {answered:?}"
         ));
     }
-    count
+    if every && !all_answered(answered) {
+        let names: Vec<&String> = resolved.expected.values().collect();
+        traffic.push(format!(
+            "expected every one of {names:?} to answer; after {sent} probes only {answered:?} did"
+        ));
+    }
+    sent
 }
 
 fn check_outcome(
