@@ -901,14 +901,14 @@ impl Planner {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, SocketAddr};
 
     use dataplane_core::{
         diff, Backend, BackendSelection, DesiredState, Interfaces, Node, ObjectName, Protocol,
         Service, ServicePort, TrafficPolicy,
     };
 
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use super::{FrontendPlan, Planner, SvcKey};
     use crate::maps::{
@@ -1001,6 +1001,48 @@ pub(crate) mod tests {
             (4, 3),
             "weight 3:1 gives 3 of 4 slots"
         );
+    }
+
+    /// A backend's own target port is the port of its `dp_backends` value on every frontend
+    /// (ClusterIP, NodePort inside and outside); the others keep the service port's; a change
+    /// of it alone is an update that plans the same as a full plan.
+    #[test]
+    fn a_backends_own_port_is_its_backend_value_port() {
+        let mut web = svc(
+            "web",
+            "10.96.0.10",
+            &[("10.244.1.5", 1, "node-b"), ("10.244.1.6", 1, "node-b")],
+        );
+        web.backends[1].port = Some(9090);
+        let old = state(vec![web]);
+        let p = plan(&old, 251);
+        let ports = |f: &FrontendPlan| -> BTreeSet<SocketAddr> {
+            f.slots.iter().map(super::BackendRef::socket).collect()
+        };
+        let want: BTreeSet<SocketAddr> = ["10.244.1.5:8080", "10.244.1.6:9090"]
+            .into_iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        for k in [
+            key("10.96.0.10", 80, SCOPE_INTERNAL),
+            key("172.18.0.2", 30080, SCOPE_EXTERNAL),
+            key("172.18.0.2", 30080, super::SCOPE_EXTERNAL_INSIDE),
+        ] {
+            assert_eq!(ports(&p[&k]), want, "{k:?}");
+        }
+        let mut new = old.clone();
+        new.services[0].backends[1].port = Some(9091);
+        let changes = diff(&old, &new);
+        let (mut planner, _) = Planner::full(&old, 251).unwrap();
+        let update = planner.update_in_place(&new, &changes, 251).unwrap();
+        let mut map = plan(&old, 251);
+        for k in update.gone.unwrap() {
+            map.remove(&k);
+        }
+        map.extend(update.planned);
+        assert_eq!(map, plan(&new, 251));
+        let moved = &map[&key("10.96.0.10", 80, SCOPE_INTERNAL)];
+        assert!(ports(moved).contains(&"10.244.1.6:9091".parse().unwrap()));
     }
 
     #[test]
