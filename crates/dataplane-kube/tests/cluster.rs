@@ -429,3 +429,37 @@ fn ports_with_backends_of_their_own_numbers_are_not_grouped() {
     }
     dataplane_core::validate(&t.state).unwrap();
 }
+
+/// One address listed with two numbers for one port (two slices disagreeing about a pod):
+/// kube-proxy would make two endpoints of it; the model holds one backend per address, so it
+/// keeps the port's number and says so.
+#[test]
+fn an_address_with_two_numbers_keeps_the_ports_and_warns() {
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    cluster
+        .apply(one("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.22\n  ports: [{name: http, port: 80, protocol: TCP, targetPort: http}]\n"))
+        .unwrap();
+    for (name, ips, number) in [
+        ("a", "[{addresses: [10.244.1.10]}]", 8080),
+        ("b", "[{addresses: [10.244.1.10]}, {addresses: [10.244.1.11]}]", 9090),
+    ] {
+        cluster
+            .apply(one(&format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-{name}, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nendpoints: {ips}\nports: [{{name: http, port: {number}, protocol: TCP}}]\n")))
+            .unwrap();
+    }
+    let t = cluster.translate(&none).unwrap();
+    let web = &t.state.services[0];
+    assert_eq!(web.ports[0].target_port, 9090);
+    let targets: Vec<String> = web
+        .backends
+        .iter()
+        .map(|b| b.target(&web.ports[0]).to_string())
+        .collect();
+    assert_eq!(targets, ["10.244.1.10:9090", "10.244.1.11:9090"]);
+    let warnings: Vec<String> = t.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        ["Service default/web: spec.ports[0].targetPort: service default/web port http: an endpoint address has several numbers, the model keeps one per address: 10.244.1.10 (8080 and 9090; 9090 is used)"]
+    );
+}
