@@ -976,6 +976,18 @@ pub(crate) mod tests {
         f.planned.into_iter().collect()
     }
 
+    /// The service map of a full plan of `old` with the in-place update to `new` applied.
+    fn plan_by_update(old: &DesiredState, new: &DesiredState) -> BTreeMap<SvcKey, FrontendPlan> {
+        let (mut planner, _) = Planner::full(old, 251).unwrap();
+        let update = planner.update_in_place(new, &diff(old, new), 251).unwrap();
+        let mut map = plan(old, 251);
+        for k in update.gone.unwrap() {
+            map.remove(&k);
+        }
+        map.extend(update.planned);
+        map
+    }
+
     fn state(services: Vec<Service>) -> DesiredState {
         let mut s = DesiredState::new(node());
         s.services = services;
@@ -1032,14 +1044,7 @@ pub(crate) mod tests {
         }
         let mut new = old.clone();
         new.services[0].backends[1].port = Some(9091);
-        let changes = diff(&old, &new);
-        let (mut planner, _) = Planner::full(&old, 251).unwrap();
-        let update = planner.update_in_place(&new, &changes, 251).unwrap();
-        let mut map = plan(&old, 251);
-        for k in update.gone.unwrap() {
-            map.remove(&k);
-        }
-        map.extend(update.planned);
+        let map = plan_by_update(&old, &new);
         assert_eq!(map, plan(&new, 251));
         let moved = &map[&key("10.96.0.10", 80, SCOPE_INTERNAL)];
         assert!(ports(moved).contains(&"10.244.1.6:9091".parse().unwrap()));
@@ -1341,15 +1346,7 @@ pub(crate) mod tests {
 
         // An update through such a service agrees with a full plan.
         let old = state(vec![svc("a", "10.96.0.1", &[])]);
-        let changes = diff(&old, &st);
-        let (mut planner, _) = Planner::full(&old, 251).unwrap();
-        let update = planner.update_in_place(&st, &changes, 251).unwrap();
-        let mut map = plan(&old, 251);
-        for k in update.gone.unwrap() {
-            map.remove(&k);
-        }
-        map.extend(update.planned);
-        assert_eq!(map, p);
+        assert_eq!(plan_by_update(&old, &st), p);
     }
 
     #[test]

@@ -936,8 +936,9 @@ fn endpoints_by_port(
 /// DNATs every endpoint to its own address and number (`endpointslicecache.go`:
 /// `addEndpoints` makes one endpoint per address and slice port), and so does the model: the
 /// port's number is the one most endpoints use (the lowest on a tie), the others carry their
-/// own ([`Backend::port`]). An address listed with several numbers (which the model cannot
-/// hold: one backend per address) keeps the port's number, or its lowest, with a warning.
+/// own ([`Backend::port`]); the map holds each endpoint's number only when they differ (empty:
+/// all use the port's). An address listed with several numbers (which the model cannot hold:
+/// one backend per address) keeps the port's number, or its lowest, with a warning.
 fn resolve_target(
     key: &ObjectKey,
     port: &SpecPort,
@@ -957,6 +958,10 @@ fn resolve_target(
         };
         return (n, BTreeMap::new(), Vec::new());
     };
+    if counts.len() == 1 {
+        // One number (the common case): no endpoint carries its own, none is doubled.
+        return (number, BTreeMap::new(), eps.into_values().collect());
+    }
     let mut numbers: BTreeMap<IpAddr, u16> = BTreeMap::new();
     let mut by_ip: BTreeMap<IpAddr, Ep> = BTreeMap::new();
     let mut doubled: Vec<String> = Vec::new();
