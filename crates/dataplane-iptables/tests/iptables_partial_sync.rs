@@ -107,11 +107,9 @@ fn mutate(state: &DesiredState, rng: &mut Rng, step: usize) -> DesiredState {
                 // a named port): its DNAT changes, nothing else.
                 4 if single_port && !s.backends.is_empty() => {
                     let j = rng.below(s.backends.len());
-                    let b = &mut s.backends[j];
-                    b.port = match b.port {
-                        None => Some(9000 + u16::try_from(step % 500).unwrap_or(0)),
-                        Some(_) => None,
-                    };
+                    let own = 9000 + u16::try_from(step % 500).unwrap_or(0);
+                    let moved = s.backends[j].port.is_none();
+                    s.backends[j].port = moved.then_some(own);
                 }
                 1 => s.backends.push(remote(&addr(step * 7 + 5))),
                 2 if !s.backends.is_empty() => {

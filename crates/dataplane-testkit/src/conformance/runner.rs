@@ -226,49 +226,29 @@ fn of_family(
         .ok_or_else(|| format!("service {} has no {family:?} {what}", service.name))
 }
 
-/// The ports a row's backends listen on: the service port's `targetPort`, or a backend's
-/// own ([`dataplane_core::Backend::port`]).
-#[derive(Debug, Clone, Default)]
-struct TargetPorts {
-    /// The port of backends without one of their own (and of plain routing rows).
-    common: u16,
-    /// Backends with their own port.
-    own: BTreeMap<IpAddr, u16>,
+/// A service and one of its ports: whose backends answer a row.
+type Target<'a> = (&'a Service, ServicePort);
+
+/// The port the backend at `ip` of `target`'s service listens on for its port (the lab's
+/// server port where there is no service).
+fn target_port(target: Option<&Target<'_>>, ip: IpAddr) -> u16 {
+    let Some((service, port)) = target else {
+        return SERVER_PORT;
+    };
+    service
+        .backends
+        .iter()
+        .find(|b| b.ip == ip)
+        .map_or(port.target_port, |b| b.target_port(port))
 }
 
-impl TargetPorts {
-    fn plain(port: u16) -> Self {
-        TargetPorts {
-            common: port,
-            own: BTreeMap::new(),
-        }
-    }
-
-    fn of(service: &Service, port: &ServicePort) -> Self {
-        TargetPorts {
-            common: port.target_port,
-            own: service
-                .backends
-                .iter()
-                .filter(|b| b.port.is_some())
-                .map(|b| (b.ip, b.target_port(port)))
-                .collect(),
-        }
-    }
-
-    /// The port the backend at `ip` is reached on.
-    fn at(&self, ip: IpAddr) -> u16 {
-        self.own.get(&ip).copied().unwrap_or(self.common)
-    }
-}
-
-/// The destination address, the ingress node for external clients, the backends' ports, and
-/// whether it is a service.
-fn resolve_destination(
+/// The destination address, the ingress node for external clients, the service and port
+/// (whose backends answer), and whether it is a service.
+fn resolve_destination<'a>(
     lab: &Lab,
     case: &Case,
-    services: &[Service],
-) -> Result<(SocketAddr, usize, TargetPorts, bool), String> {
+    services: &'a [Service],
+) -> Result<(SocketAddr, usize, Option<Target<'a>>, bool), String> {
     let family = case.family;
     let fam = |what: String, ip: Option<IpAddr>| {
         ip.ok_or_else(|| format!("{what} has no {family:?} address"))
@@ -291,7 +271,7 @@ fn resolve_destination(
             let s = find_service(service)?;
             let p = find_port(s, port_name)?;
             let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
-            (SocketAddr::new(ip, p.port), 0, TargetPorts::of(s, &p), true)
+            (SocketAddr::new(ip, p.port), 0, Some((s, p)), true)
         }
         Destination::ClusterIpVia {
             node,
@@ -302,34 +282,19 @@ fn resolve_destination(
             let p = find_port(s, port_name)?;
             let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
             let node = check_node(*node)?;
-            (
-                SocketAddr::new(ip, p.port),
-                node,
-                TargetPorts::of(s, &p),
-                true,
-            )
+            (SocketAddr::new(ip, p.port), node, Some((s, p)), true)
         }
         Destination::ClusterIpPort { service, port } => {
             let s = find_service(service)?;
             let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
-            (
-                SocketAddr::new(ip, *port),
-                0,
-                TargetPorts::plain(SERVER_PORT),
-                true,
-            )
+            (SocketAddr::new(ip, *port), 0, None, true)
         }
         Destination::UnallocatedServiceIp => {
             let ip = unallocated_service_ip(lab, family)?;
             if services.iter().any(|s| s.cluster_ips.contains(&ip)) {
                 return Err(format!("the setup allocates {ip}"));
             }
-            (
-                SocketAddr::new(ip, 80),
-                0,
-                TargetPorts::plain(SERVER_PORT),
-                false,
-            )
+            (SocketAddr::new(ip, 80), 0, None, false)
         }
         Destination::NodePort {
             node,
@@ -343,12 +308,7 @@ fn resolve_destination(
                 .node_port
                 .ok_or_else(|| format!("port {port_name:?} of {} has no nodePort", s.name))?;
             let ip = fam(format!("node {node}"), lab.node(node).address(family))?;
-            (
-                SocketAddr::new(ip, node_port),
-                node,
-                TargetPorts::of(s, &p),
-                true,
-            )
+            (SocketAddr::new(ip, node_port), node, Some((s, p)), true)
         }
         Destination::LoadBalancer {
             node,
@@ -369,32 +329,17 @@ fn resolve_destination(
             };
             let ip = of_family(ips, what, s)?;
             let node = check_node(*node)?;
-            (
-                SocketAddr::new(ip, p.port),
-                node,
-                TargetPorts::of(s, &p),
-                true,
-            )
+            (SocketAddr::new(ip, p.port), node, Some((s, p)), true)
         }
         Destination::External(k) => {
             let ext = lab.try_external(*k).map_err(|e| e.to_string())?;
             let ip = fam(ext.name.clone(), ext.address(family))?;
-            (
-                SocketAddr::new(ip, SERVER_PORT),
-                0,
-                TargetPorts::plain(SERVER_PORT),
-                false,
-            )
+            (SocketAddr::new(ip, SERVER_PORT), 0, None, false)
         }
         Destination::PodIp(p) => {
             let pod = lab.try_pod(*p).map_err(|e| e.to_string())?;
             let ip = fam(pod.name.clone(), pod.address(family))?;
-            (
-                SocketAddr::new(ip, SERVER_PORT),
-                pod.node,
-                TargetPorts::plain(SERVER_PORT),
-                false,
-            )
+            (SocketAddr::new(ip, SERVER_PORT), pod.node, None, false)
         }
     })
 }
@@ -417,12 +362,48 @@ fn unallocated_service_ip(lab: &Lab, family: IpFamily) -> Result<IpAddr, String>
     })
 }
 
+/// The acceptable backend addresses of a row, each with the name its server answers with
+/// ([`crate::LabPod::server_name`]: a pod answers on its own port as `<pod>:<port>`).
+fn expected_answers(
+    lab: &Lab,
+    case: &Case,
+    destination: SocketAddr,
+    target: Option<&Target<'_>>,
+) -> Result<BTreeMap<SocketAddr, String>, String> {
+    let family = case.family;
+    let fam = |what: String, ip: Option<IpAddr>| {
+        ip.ok_or_else(|| format!("{what} has no {family:?} address"))
+    };
+    let mut expected = BTreeMap::new();
+    match (&case.expect, &case.destination) {
+        (Expect::Backends(pods) | Expect::SameBackend(pods), _) => {
+            for &p in pods {
+                let pod = lab.try_pod(p).map_err(|e| e.to_string())?;
+                let ip = fam(pod.name.clone(), pod.address(family))?;
+                let port = target_port(target, ip);
+                expected.insert(SocketAddr::new(ip, port), pod.server_name(port));
+            }
+        }
+        (Expect::Direct, Destination::PodIp(p)) => {
+            expected.insert(destination, lab.pod(*p).name.clone());
+        }
+        (Expect::Direct, Destination::External(k)) => {
+            expected.insert(destination, lab.external(*k).name.clone());
+        }
+        (Expect::Direct, _) => {
+            return Err("Direct is for pod IP and external destinations".to_owned());
+        }
+        (Expect::Drop | Expect::Reject, _) => {}
+    }
+    Ok(expected)
+}
+
 fn resolve(lab: &Lab, case: &Case, services: &[Service]) -> Result<Resolved, String> {
     let family = case.family;
     let fam = |what: String, ip: Option<IpAddr>| {
         ip.ok_or_else(|| format!("{what} has no {family:?} address"))
     };
-    let (destination, external_ingress, target_ports, is_service) =
+    let (destination, external_ingress, target, is_service) =
         resolve_destination(lab, case, services)?;
 
     let (client_netns, client_ip, ingress, entry, route) = match case.client {
@@ -475,27 +456,7 @@ fn resolve(lab: &Lab, case: &Case, services: &[Service]) -> Result<Resolved, Str
     ) {
         return Err("external clients do not reach each other through the cluster".to_owned());
     }
-    let mut expected = BTreeMap::new();
-    match (&case.expect, &case.destination) {
-        (Expect::Backends(pods) | Expect::SameBackend(pods), _) => {
-            for &p in pods {
-                let pod = lab.try_pod(p).map_err(|e| e.to_string())?;
-                let ip = fam(pod.name.clone(), pod.address(family))?;
-                let port = target_ports.at(ip);
-                expected.insert(SocketAddr::new(ip, port), pod.server_name(port));
-            }
-        }
-        (Expect::Direct, Destination::PodIp(p)) => {
-            expected.insert(destination, lab.pod(*p).name.clone());
-        }
-        (Expect::Direct, Destination::External(k)) => {
-            expected.insert(destination, lab.external(*k).name.clone());
-        }
-        (Expect::Direct, _) => {
-            return Err("Direct is for pod IP and external destinations".to_owned());
-        }
-        (Expect::Drop | Expect::Reject, _) => {}
-    }
+    let expected = expected_answers(lab, case, destination, target.as_ref())?;
     match (&case.destination, &case.expect) {
         (Destination::PodIp(p), Expect::Backends(set)) if set != &[*p] => {
             return Err(format!(
@@ -658,12 +619,7 @@ fn run_case(
             traffic.push(format!("apply on node-{i}: {}", error_chain(&e)));
         }
     }
-    if let Destination::External(k) = case.destination {
-        if let Err(e) = servers.external(lab, k) {
-            traffic.push(e);
-        }
-    }
-    traffic.extend(servers.own_ports(lab, &services).err());
+    servers.start(lab, case, &services, &mut traffic);
     let mut answered = BTreeMap::new();
     let mut probes = 0;
     if traffic.is_empty() {
@@ -887,6 +843,15 @@ struct Servers {
 }
 
 impl Servers {
+    /// Starts what `case` with `services` needs and is not running yet; a failure goes to
+    /// `traffic`.
+    fn start(&mut self, lab: &Lab, case: &Case, services: &[Service], traffic: &mut Vec<String>) {
+        if let Destination::External(k) = case.destination {
+            traffic.extend(self.external(lab, k).err());
+        }
+        traffic.extend(self.own_ports(lab, services).err());
+    }
+
     /// Starts the server of external client `k` unless it runs already.
     fn external(&mut self, lab: &Lab, k: usize) -> Result<(), String> {
         if let std::collections::btree_map::Entry::Vacant(slot) = self.external.entry(k) {
