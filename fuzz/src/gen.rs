@@ -147,7 +147,9 @@ fn ports(u: &mut Unstructured, idx: usize) -> Result<Vec<ServicePort>> {
     Ok(out)
 }
 
-fn backend(u: &mut Unstructured, v6: bool, host: u8) -> Result<Backend> {
+/// A backend; with `own_port` (a single-port service) it sometimes listens on a target port
+/// of its own.
+fn backend(u: &mut Unstructured, v6: bool, host: u8, own_port: bool) -> Result<Backend> {
     let terminating: bool = u.arbitrary()?;
     let ready: bool = u.int_in_range(0..=3)? != 0;
     let serving: bool = u.int_in_range(0..=3)? != 0;
@@ -166,6 +168,11 @@ fn backend(u: &mut Unstructured, v6: bool, host: u8) -> Result<Backend> {
             .map(Into::into),
         zone: pick(u, &[None, Some("zone-a"), Some("zone-b")])?.map(Into::into),
         weight: pick(u, &[1u16, 1, 2, 5, 100, u16::MAX])?,
+        port: if own_port && u.int_in_range(0..=3u8)? == 0 {
+            Some(port(u)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -213,7 +220,7 @@ pub fn service(u: &mut Unstructured, idx: usize) -> Result<Service> {
     for _ in 0..u.int_in_range(0..=5)? {
         let (is_v6, host) = (u.arbitrary::<bool>()?, u.int_in_range(1..=250u8)?);
         if (headless || if is_v6 { has_v6 } else { has_v4 }) && hosts.insert((is_v6, host)) {
-            s.backends.push(backend(u, is_v6, host)?);
+            s.backends.push(backend(u, is_v6, host, s.ports.len() == 1)?);
         }
     }
     s.session_affinity = if u.arbitrary()? {
@@ -489,7 +496,7 @@ pub fn state(u: &mut Unstructured) -> Result<DesiredState> {
 /// or changed in a way it must accept.
 pub fn wild_state(u: &mut Unstructured) -> Result<DesiredState> {
     let mut s = state(u)?;
-    let how = u.int_in_range(0..=15u8)?;
+    let how = u.int_in_range(0..=16u8)?;
     let svc = if s.services.is_empty() {
         None
     } else {
@@ -512,6 +519,14 @@ pub fn wild_state(u: &mut Unstructured) -> Result<DesiredState> {
         (5, Some(i)) => {
             if let Some(b) = s.services[i].backends.first_mut() {
                 b.weight = 0;
+            }
+        }
+        (16, Some(i)) => {
+            // A backend's own port of 0, or one in a multi-port service.
+            let svc = &mut s.services[i];
+            let several = svc.ports.len() > 1;
+            if let Some(b) = svc.backends.first_mut() {
+                b.port = Some(if several { port(u)? } else { 0 });
             }
         }
         (6, Some(i)) => {
@@ -651,6 +666,12 @@ fn mutate(u: &mut Unstructured, s: &mut DesiredState) -> Result<()> {
             if let Some(svc) = pick_mut(u, &mut s.services)? {
                 svc.ports[0].target_port = port(u)?;
                 svc.external_traffic_policy = traffic_policy(u)?;
+                // A rolling update moving a named port: one backend's own number changes.
+                if svc.ports.len() == 1 {
+                    if let Some(b) = pick_mut(u, &mut svc.backends)? {
+                        b.port = if u.arbitrary()? { Some(port(u)?) } else { None };
+                    }
+                }
             }
         }
     }

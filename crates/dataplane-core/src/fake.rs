@@ -516,10 +516,7 @@ impl Inner {
             let mut add = |ip: std::net::IpAddr, port: u16, traffic: TrafficKind| {
                 let backends =
                     match reference::eligible_backends(state, s, p, traffic, IpFamily::of(&ip)) {
-                        Eligible::Backends(b) => b
-                            .iter()
-                            .map(|b| SocketAddr::new(b.ip, p.target_port))
-                            .collect(),
+                        Eligible::Backends(b) => b.iter().map(|b| b.target(p)).collect(),
                         Eligible::NoLocal | Eligible::NoBackends => BTreeSet::new(),
                     };
                 out.push(ObservedFrontend {
@@ -562,12 +559,10 @@ impl Inner {
         let backends: BTreeSet<SocketAddr> = services
             .values()
             .flat_map(|p| {
-                p.service.ports.iter().flat_map(|port| {
-                    p.service
-                        .backends
-                        .iter()
-                        .map(|b| SocketAddr::new(b.ip, port.target_port))
-                })
+                p.service
+                    .ports
+                    .iter()
+                    .flat_map(|port| p.service.backends.iter().map(|b| b.target(port)))
             })
             .collect();
         check("backends", backends.len(), caps.max_backends)

@@ -977,6 +977,15 @@ pub struct Backend {
     /// random selection with more backend slots.
     #[serde(default = "default_weight")]
     pub weight: u16,
+    /// This backend's own target port, instead of the service port's
+    /// [`ServicePort::target_port`] (`None`, the usual case). A named `targetPort` resolves
+    /// per pod, so during a rolling update that moves the container port the endpoints of one
+    /// service port listen on different numbers; kube-proxy DNATs each to the number its
+    /// EndpointSlice gives. Only a service with exactly one port may carry it (validation
+    /// rejects it otherwise): the number belongs to one service port, and a translation
+    /// splits ports whose endpoints differ into services of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 fn default_weight() -> u16 {
@@ -994,6 +1003,7 @@ impl Backend {
             node_name: None,
             zone: None,
             weight: 1,
+            port: None,
         }
     }
 
@@ -1023,6 +1033,33 @@ impl Backend {
     pub fn with_weight(mut self, weight: u16) -> Self {
         self.weight = weight;
         self
+    }
+
+    /// This backend listening on its own target port `port` (see [`Backend::port`]).
+    ///
+    /// ```
+    /// use dataplane_core::{Backend, ServicePort};
+    /// let http = ServicePort::tcp(80, 8080).named("http");
+    /// let moved = Backend::new("10.244.1.5".parse()?).with_port(9090);
+    /// let old = Backend::new("10.244.2.7".parse()?);
+    /// assert_eq!((moved.target_port(&http), old.target_port(&http)), (9090, 8080));
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    #[must_use]
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// The port traffic to `service_port` is forwarded to on this backend: its own
+    /// [`Backend::port`], else the service port's [`ServicePort::target_port`].
+    pub fn target_port(&self, service_port: &ServicePort) -> u16 {
+        self.port.unwrap_or(service_port.target_port)
+    }
+
+    /// The address traffic to `service_port` is forwarded to on this backend.
+    pub fn target(&self, service_port: &ServicePort) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.ip, self.target_port(service_port))
     }
 
     /// This backend terminating: not ready, still serving (kube-proxy uses such backends

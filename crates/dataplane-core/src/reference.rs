@@ -536,10 +536,7 @@ fn forward(
     };
     let backends: BTreeSet<SocketAddr> = match eligible_with_policy(state, service, policy, family)
     {
-        Eligible::Backends(b) => b
-            .iter()
-            .map(|b| SocketAddr::new(b.ip, port.target_port))
-            .collect(),
+        Eligible::Backends(b) => b.iter().map(|b| b.target(port)).collect(),
         Eligible::NoLocal => return Verdict::Drop,
         Eligible::NoBackends => return Verdict::Reject,
     };

@@ -162,6 +162,21 @@ pub enum ValidationError {
         /// Its family.
         backend_family: IpFamily,
     },
+    /// A backend carries its own target port ([`crate::Backend::port`]) in a service with
+    /// more than one port: the number belongs to one service port.
+    #[error("{object}: {field}: backend {backend} has its own target port {port}, but the service has {ports} ports (a backend's own port needs a single-port service)")]
+    BackendPortWithSeveralPorts {
+        /// The object.
+        object: String,
+        /// The field (`backends[1].port`).
+        field: String,
+        /// The backend address.
+        backend: IpAddr,
+        /// Its port.
+        port: u16,
+        /// How many ports the service has.
+        ports: usize,
+    },
     /// More than one ClusterIP of one family.
     #[error("{object}: {field}: more than one {family:?} ClusterIP")]
     TooManyClusterIps {
@@ -221,6 +236,7 @@ impl ValidationError {
             | V::DuplicateFrontend { object, .. }
             | V::Duplicate { object, .. }
             | V::BackendFamilyMismatch { object, .. }
+            | V::BackendPortWithSeveralPorts { object, .. }
             | V::TooManyClusterIps { object, .. }
             | V::UnnamedPort { object, .. }
             | V::Inconsistent { object, .. }
@@ -772,6 +788,18 @@ fn validate_backends(
                 min: 1,
                 max: u64::from(u16::MAX),
             });
+        }
+        if let Some(port) = b.port {
+            check_port_with(object, || format!("backends[{i}].port"), port)?;
+            if s.ports.len() != 1 {
+                return Err(ValidationError::BackendPortWithSeveralPorts {
+                    object: object.to_owned(),
+                    field: format!("backends[{i}].port"),
+                    backend: b.ip,
+                    port,
+                    ports: s.ports.len(),
+                });
+            }
         }
         if b.ready && b.terminating {
             return Err(ValidationError::Inconsistent {

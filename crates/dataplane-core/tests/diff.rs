@@ -108,6 +108,22 @@ fn changed_service_keeps_previous_and_current() {
 }
 
 #[test]
+fn a_backends_own_port_is_a_change_of_its_service() {
+    let a = base();
+    let mut b = a.clone();
+    b.services[1].backends[0].port = Some(9090);
+    let changes = diff(&a, &b);
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    let change = &changes.services[&name("default", "api")];
+    assert_eq!(change.current.as_ref(), Some(&b.services[1]));
+    assert_eq!(applied(&changes, &a), b);
+    // Back to the service port's number: a change again, and the two merge into nothing.
+    let mut changes = diff(&a, &b);
+    changes.merge(diff(&b, &a));
+    assert!(changes.is_empty(), "{changes:#?}");
+}
+
+#[test]
 fn a_rewrite_to_the_same_value_vanishes() {
     let a = base();
     // Rebuilt from its own YAML: another value, equal: no change.
@@ -319,6 +335,12 @@ fn pair() -> impl Strategy<Value = (DesiredState, DesiredState)> {
             1 => {
                 if let Some(s) = b.services.first_mut() {
                     s.ports[0].target_port = s.ports[0].target_port.checked_add(1).unwrap_or(1);
+                    // A backend moving to its own port (a rolling update of a named port).
+                    if s.ports.len() == 1 {
+                        if let Some(be) = s.backends.first_mut() {
+                            be.port = Some(be.port.map_or(1, |p| p.checked_add(1).unwrap_or(1)));
+                        }
+                    }
                 } else {
                     b.node.mtu += 1;
                 }

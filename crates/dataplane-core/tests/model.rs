@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 
 use dataplane_core::{
-    from_yaml, validate, Backend, BackendSelection, DesiredState, Endpoint, ExternalMode, Node,
-    ObjectName, Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
+    from_yaml, to_yaml, validate, Backend, BackendSelection, DesiredState, Endpoint, ExternalMode,
+    Node, ObjectName, Protocol, Service, ServicePort, SessionAffinity, TrafficPolicy,
     DEFAULT_AFFINITY_TIMEOUT_SECONDS, DEFAULT_UPLINK,
 };
 
@@ -162,4 +162,39 @@ fn namespace_labels_do_not_depend_on_the_order_of_the_endpoints() {
             r
         })
     );
+}
+
+/// A backend's own target port reads as `port`, is written only when set (documents without
+/// it are unchanged), and `with_port` builds the same.
+#[test]
+fn a_backends_own_port_reads_and_writes_as_port() {
+    let doc = "apiVersion: dataplane.rs/v1alpha1\nkind: DesiredState\n\
+               node: { name: node-a, addresses: [172.18.0.10], interfaces: { uplink: eth0 } }\n\
+               services:\n\
+               - namespace: default\n  name: web\n  clusterIPs: [10.96.0.20]\n  \
+                 ports: [{ name: http, protocol: TCP, port: 80, targetPort: 8080 }]\n  \
+                 backends: [{ ip: 10.244.1.5 }, { ip: 10.244.2.7, port: 9090 }]\n";
+    let read = from_yaml(doc).unwrap();
+    let built = DesiredState::new(Node::new("node-a", [ip("172.18.0.10")])).with_service(
+        Service::cluster_ip(
+            ObjectName::new("default", "web"),
+            ip("10.96.0.20"),
+            [ServicePort::tcp(80, 8080).named("http")],
+        )
+        .with_backend(Backend::new(ip("10.244.1.5")))
+        .with_backend(Backend::new(ip("10.244.2.7")).with_port(9090)),
+    );
+    assert_eq!(read, built);
+    validate(&read).unwrap();
+    let web = &read.services[0];
+    let targets: Vec<String> = web
+        .backends
+        .iter()
+        .map(|b| b.target(&web.ports[0]).to_string())
+        .collect();
+    assert_eq!(targets, ["10.244.1.5:8080", "10.244.2.7:9090"]);
+    let json = serde_json::to_value(&web.backends).unwrap();
+    assert_eq!(json[0].get("port"), None, "{json}");
+    assert_eq!(json[1]["port"], 9090, "{json}");
+    assert_eq!(from_yaml(&to_yaml(&read).unwrap()).unwrap(), read);
 }

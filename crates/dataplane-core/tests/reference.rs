@@ -120,6 +120,15 @@ fn remove_backend(s: &mut DesiredState, service: usize, backend: &str) {
     s.services[service].backends.retain(|b| b.ip != ip(backend));
 }
 
+/// `np`'s backend 10.244.1.7 listens on 9090, its own, instead of the port's 8080.
+fn np_backend_on_9090(s: &mut DesiredState) {
+    for b in &mut s.services[NP].backends {
+        if b.ip == ip("10.244.1.7") {
+            b.port = Some(9090);
+        }
+    }
+}
+
 struct Case {
     name: &'static str,
     tweak: fn(&mut DesiredState),
@@ -392,6 +401,34 @@ fn cases() -> Vec<Case> {
             packet: tcp("203.0.113.7:50000", "172.18.0.10:30080"),
             entry: Entry::FromUplink,
             expected: forward("np", NodePort, &NP_ALL, masq(NODE)),
+        },
+        // --- A backend on its own target port (a named port resolving per pod).
+        Case {
+            name: "a backend's own port: the clusterip DNATs it there, the others to targetPort",
+            tweak: np_backend_on_9090,
+            packet: tcp("10.244.0.50:40000", "10.96.0.20:80"),
+            entry: client(),
+            expected: forward(
+                "np",
+                ClusterIp,
+                &["10.244.0.7:8080", "10.244.1.7:9090"],
+                SourceSeen::Client,
+            ),
+        },
+        Case {
+            name: "a backend's own port: so does the nodeport, with DSR too",
+            tweak: |s| {
+                np_backend_on_9090(s);
+                s.services[NP].external_mode = Some(ExternalMode::Dsr);
+            },
+            packet: tcp("203.0.113.7:50000", "172.18.0.10:30080"),
+            entry: Entry::FromUplink,
+            expected: forward(
+                "np",
+                NodePort,
+                &["10.244.0.7:8080", "10.244.1.7:9090"],
+                SourceSeen::Client,
+            ),
         },
         Case {
             name: "nodeport from uplink, externalMode Dsr: any backend, client address kept",
@@ -1168,7 +1205,7 @@ fn expected_verdict(
             frontend,
             backends: b
                 .iter()
-                .map(|b| SocketAddr::new(b.ip, port.target_port))
+                .map(|b| SocketAddr::new(b.ip, b.port.unwrap_or(port.target_port)))
                 .collect(),
             source,
         },
@@ -1275,8 +1312,11 @@ proptest! {
                         let svc = state.service(&service).expect("the named service exists");
                         prop_assert!(!backends.is_empty());
                         for b in &backends {
-                            prop_assert!(svc.backends.iter().any(|x| x.ip == b.ip()), "{} not a backend of {}", b, service);
-                            prop_assert!(svc.ports.iter().any(|x| x.target_port == b.port()));
+                            let backend = svc.backends.iter().find(|x| x.ip == b.ip());
+                            prop_assert!(backend.is_some(), "{} not a backend of {}", b, service);
+                            // Its own port, or (without one) a port's target.
+                            let own = backend.and_then(|x| x.port);
+                            prop_assert!(own.map_or_else(|| svc.ports.iter().any(|x| x.target_port == b.port()), |o| o == b.port()), "{} of {}", b, service);
                             prop_assert_eq!(IpFamily::of(&b.ip()), IpFamily::of(&dst));
                         }
                     }

@@ -1826,3 +1826,46 @@ fn incremental_validation_keeps_pod_names_unique_across_endpoints_and_peers() {
     });
     assert_eq!(err.unwrap_err(), "pod db/pg-0: duplicate name");
 }
+
+/// A backend's own target port: valid in a single-port service, never 0, and refused in a
+/// service with several ports (it would not say which port it is for).
+#[test]
+fn backend_port() {
+    valid(|s| s.services[1].backends[0].port = Some(9090));
+    // Its own port equal to the service port's target says the same thing: accepted.
+    valid(|s| s.services[1].backends[0].port = Some(8080));
+    let err = invalid(|s| s.services[1].backends[0].port = Some(0));
+    assert_eq!(
+        err,
+        ValidationError::PortZero {
+            object: API.into(),
+            field: "backends[0].port".into(),
+        }
+    );
+    assert_names(&err, API, "backends[0].port");
+    let err = invalid(|s| s.services[0].backends[1].port = Some(9090));
+    assert_eq!(
+        err,
+        ValidationError::BackendPortWithSeveralPorts {
+            object: WEB.into(),
+            field: "backends[1].port".into(),
+            backend: ip("10.244.1.5"),
+            port: 9090,
+            ports: 3,
+        }
+    );
+    assert_names(&err, WEB, "backends[1].port");
+    assert!(err.to_string().contains("10.244.1.5"), "{err}");
+    // A second port added to a service whose backends carry their own: refused too.
+    let err = invalid(|s| {
+        s.services[1].backends[0].port = Some(9090);
+        s.services[1].ports[0].name = "http".into();
+        s.services[1]
+            .ports
+            .push(ServicePort::tcp(81, 8081).named("alt"));
+    });
+    assert!(
+        matches!(err, ValidationError::BackendPortWithSeveralPorts { ref field, ports: 2, .. } if field == "backends[0].port"),
+        "{err:?}"
+    );
+}

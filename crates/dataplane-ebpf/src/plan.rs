@@ -190,7 +190,7 @@ fn slots_for(
 ) -> Result<Arc<[BackendRef]>, Error> {
     let mut refs: Vec<(BackendRef, u16)> = backends
         .iter()
-        .map(|b| (backend_ref(state, b, port.target_port), b.weight.max(1)))
+        .map(|b| (backend_ref(state, b, b.target_port(port)), b.weight.max(1)))
         .collect();
     refs.sort();
     refs.dedup_by(|a, b| a.0.addr == b.0.addr && a.0.port == b.0.port);
@@ -901,14 +901,14 @@ impl Planner {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, SocketAddr};
 
     use dataplane_core::{
         diff, Backend, BackendSelection, DesiredState, Interfaces, Node, ObjectName, Protocol,
         Service, ServicePort, TrafficPolicy,
     };
 
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use super::{FrontendPlan, Planner, SvcKey};
     use crate::maps::{
@@ -976,6 +976,18 @@ pub(crate) mod tests {
         f.planned.into_iter().collect()
     }
 
+    /// The service map of a full plan of `old` with the in-place update to `new` applied.
+    fn plan_by_update(old: &DesiredState, new: &DesiredState) -> BTreeMap<SvcKey, FrontendPlan> {
+        let (mut planner, _) = Planner::full(old, 251).unwrap();
+        let update = planner.update_in_place(new, &diff(old, new), 251).unwrap();
+        let mut map = plan(old, 251);
+        for k in update.gone.unwrap() {
+            map.remove(&k);
+        }
+        map.extend(update.planned);
+        map
+    }
+
     fn state(services: Vec<Service>) -> DesiredState {
         let mut s = DesiredState::new(node());
         s.services = services;
@@ -1001,6 +1013,41 @@ pub(crate) mod tests {
             (4, 3),
             "weight 3:1 gives 3 of 4 slots"
         );
+    }
+
+    /// A backend's own target port is the port of its `dp_backends` value on every frontend
+    /// (ClusterIP, NodePort inside and outside); the others keep the service port's; a change
+    /// of it alone is an update that plans the same as a full plan.
+    #[test]
+    fn a_backends_own_port_is_its_backend_value_port() {
+        let mut web = svc(
+            "web",
+            "10.96.0.10",
+            &[("10.244.1.5", 1, "node-b"), ("10.244.1.6", 1, "node-b")],
+        );
+        web.backends[1].port = Some(9090);
+        let old = state(vec![web]);
+        let p = plan(&old, 251);
+        let ports = |f: &FrontendPlan| -> BTreeSet<SocketAddr> {
+            f.slots.iter().map(super::BackendRef::socket).collect()
+        };
+        let want: BTreeSet<SocketAddr> = ["10.244.1.5:8080", "10.244.1.6:9090"]
+            .into_iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        for k in [
+            key("10.96.0.10", 80, SCOPE_INTERNAL),
+            key("172.18.0.2", 30080, SCOPE_EXTERNAL),
+            key("172.18.0.2", 30080, super::SCOPE_EXTERNAL_INSIDE),
+        ] {
+            assert_eq!(ports(&p[&k]), want, "{k:?}");
+        }
+        let mut new = old.clone();
+        new.services[0].backends[1].port = Some(9091);
+        let map = plan_by_update(&old, &new);
+        assert_eq!(map, plan(&new, 251));
+        let moved = &map[&key("10.96.0.10", 80, SCOPE_INTERNAL)];
+        assert!(ports(moved).contains(&"10.244.1.6:9091".parse().unwrap()));
     }
 
     #[test]
@@ -1299,15 +1346,7 @@ pub(crate) mod tests {
 
         // An update through such a service agrees with a full plan.
         let old = state(vec![svc("a", "10.96.0.1", &[])]);
-        let changes = diff(&old, &st);
-        let (mut planner, _) = Planner::full(&old, 251).unwrap();
-        let update = planner.update_in_place(&st, &changes, 251).unwrap();
-        let mut map = plan(&old, 251);
-        for k in update.gone.unwrap() {
-            map.remove(&k);
-        }
-        map.extend(update.planned);
-        assert_eq!(map, p);
+        assert_eq!(plan_by_update(&old, &st), p);
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn eligible(
         Eligible::Backends(chosen) => {
             let mut out: Vec<(SocketAddr, u16)> = chosen
                 .into_iter()
-                .map(|b| (SocketAddr::new(b.ip, port.target_port), b.weight.max(1)))
+                .map(|b| (b.target(port), b.weight.max(1)))
                 .collect();
             out.sort_unstable();
             out.dedup_by(|a, b| a.0 == b.0);

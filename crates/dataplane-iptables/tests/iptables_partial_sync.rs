@@ -97,10 +97,19 @@ fn mutate(state: &DesiredState, rng: &mut Rng, step: usize) -> DesiredState {
                     format!("10.244.{}.{}", 1 + k / 200, 1 + k % 200)
                 }
             };
-            match rng.below(4) {
+            let single_port = s.ports.len() == 1;
+            match rng.below(5) {
                 0 if !s.backends.is_empty() => {
                     let j = rng.below(s.backends.len());
                     s.backends[j] = remote(&addr(step * 7 + j));
+                }
+                // A backend moves to a target port of its own, or back (a rolling update of
+                // a named port): its DNAT changes, nothing else.
+                4 if single_port && !s.backends.is_empty() => {
+                    let j = rng.below(s.backends.len());
+                    let own = 9000 + u16::try_from(step % 500).unwrap_or(0);
+                    let moved = s.backends[j].port.is_none();
+                    s.backends[j].port = moved.then_some(own);
                 }
                 1 => s.backends.push(remote(&addr(step * 7 + 5))),
                 2 if !s.backends.is_empty() => {

@@ -5,7 +5,9 @@
 //! EndpointSlices into endpoints per service port (`endpointslicecache.go`:
 //! `endpointInfoByServicePort`, `addEndpoints`), then picks the usable ones with
 //! `topology.go`: `CategorizeEndpoints`. The model has one backend list per service and
-//! one `targetPort` per port, so this module also groups ports (see [`group_ports`]).
+//! one `targetPort` per port (a backend may carry its own number when a named port resolves
+//! differently per pod, see [`resolve_target`]), so this module also groups ports (see
+//! [`group_ports`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -356,7 +358,7 @@ pub(crate) fn translate(
     // Per port: its target number and its usable backends.
     let mut resolved = Vec::with_capacity(ports.len());
     for (port, eps) in ports.iter().zip(endpoints) {
-        let (target, eps) = resolve_target(key, port, eps, w);
+        let (target, numbers, eps) = resolve_target(key, port, eps, w);
         let externally_accessible = port.node_port.is_some()
             || !base.external_ips.is_empty()
             || !base.load_balancer_ips.is_empty();
@@ -374,7 +376,14 @@ pub(crate) fn translate(
         // Collected from a slice: exactly as long as needed. `into_iter` reused the
         // endpoints' larger buffer (grown by `extend` too), held for as long as the state
         // holds the service: ~5 MiB of slack at 10k services x 10 (tests/memory.rs).
-        let backends: Vec<Backend> = eps.iter().map(backend).collect();
+        let backends: Vec<Backend> = eps
+            .iter()
+            .map(|e| {
+                let mut b = backend(e);
+                b.port = numbers.get(&e.ip).copied().filter(|n| *n != target);
+                b
+            })
+            .collect();
         let model_port = dataplane_core::ServicePort {
             name: port.name.clone(),
             protocol: port.protocol,
@@ -422,14 +431,17 @@ pub(crate) fn translate(
 /// Groups ports that have the same backends into one model service (the common case is one
 /// group: every port of a Service selects the same pods). Ports whose backends differ (a
 /// port some pods do not expose, a named port resolving differently) are split into
-/// separate model services, in `spec.ports` order.
+/// separate model services, in `spec.ports` order. A port whose backends carry their own
+/// numbers ([`Backend::port`]) is always a group of its own: the model allows those only in
+/// a single-port service.
 #[allow(clippy::type_complexity)]
 fn group_ports(
     resolved: Vec<(usize, dataplane_core::ServicePort, Vec<Backend>)>,
 ) -> Vec<(Vec<usize>, Vec<dataplane_core::ServicePort>, Vec<Backend>)> {
     let mut groups: Vec<(Vec<usize>, Vec<dataplane_core::ServicePort>, Vec<Backend>)> = Vec::new();
     for (index, port, backends) in resolved {
-        match groups.iter_mut().find(|g| g.2 == backends) {
+        let own_numbers = backends.iter().any(|b| b.port.is_some());
+        match groups.iter_mut().find(|g| !own_numbers && g.2 == backends) {
             Some(g) => {
                 g.0.push(index);
                 g.1.push(port);
@@ -449,6 +461,7 @@ fn backend(e: &Ep) -> Backend {
         node_name: e.node_name().cloned(),
         zone: e.zone().cloned(),
         weight: 1,
+        port: None,
     }
 }
 
@@ -917,36 +930,60 @@ fn endpoints_by_port(
     out
 }
 
-/// The target port number of `port` and its endpoints. A named port can resolve to
-/// different numbers on different pods (a rolling update that moves it); the model has one
-/// number per port, so the number most endpoints use is kept (the lowest on a tie) and the
-/// others are left out with a warning.
+/// The target port number of `port`, the number of each endpoint, and its endpoints (by
+/// address). A named port can resolve to different numbers on different pods (a rolling
+/// update that moves it; each EndpointSlice carries the number of its endpoints). kube-proxy
+/// DNATs every endpoint to its own address and number (`endpointslicecache.go`:
+/// `addEndpoints` makes one endpoint per address and slice port), and so does the model: the
+/// port's number is the one most endpoints use (the lowest on a tie), the others carry their
+/// own ([`Backend::port`]); the map holds each endpoint's number only when they differ (empty:
+/// all use the port's). An address listed with several numbers (which the model cannot hold:
+/// one backend per address) keeps the port's number, or its lowest, with a warning.
 fn resolve_target(
     key: &ObjectKey,
     port: &SpecPort,
     eps: BTreeMap<(IpAddr, u16), Ep>,
     w: &mut Warnings,
-) -> (u16, Vec<Ep>) {
+) -> (u16, BTreeMap<IpAddr, u16>, Vec<Ep>) {
     let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
     for (_, number) in eps.keys() {
         *counts.entry(*number).or_default() += 1;
     }
-    let Some((&number, &count)) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-    else {
+    let Some((&number, _)) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))) else {
         // No endpoints: the number does not matter for traffic (there is no backend); the
         // spec's number, or the service port for a named one.
         let n = match &port.target {
             Target::Number(n) => *n,
             Target::Named => port.port,
         };
-        return (n, Vec::new());
+        return (n, BTreeMap::new(), Vec::new());
     };
-    if counts.len() > 1 {
-        let left_out: Vec<String> = eps
-            .keys()
-            .filter(|(_, n)| *n != number)
-            .map(|(ip, n)| std::net::SocketAddr::new(*ip, *n).to_string())
-            .collect();
+    if counts.len() == 1 {
+        // One number (the common case): no endpoint carries its own, none is doubled.
+        return (number, BTreeMap::new(), eps.into_values().collect());
+    }
+    let mut numbers: BTreeMap<IpAddr, u16> = BTreeMap::new();
+    let mut by_ip: BTreeMap<IpAddr, Ep> = BTreeMap::new();
+    let mut doubled: Vec<String> = Vec::new();
+    for ((ip, n), e) in eps {
+        match numbers.get(&ip) {
+            None => {
+                numbers.insert(ip, n);
+                by_ip.insert(ip, e);
+            }
+            Some(&kept) => {
+                // Keys come in number order: the first is the lowest; the port's number wins.
+                if n == number {
+                    numbers.insert(ip, n);
+                    by_ip.insert(ip, e);
+                    doubled.push(format!("{ip} ({kept} and {n}; {n} is used)"));
+                } else {
+                    doubled.push(format!("{ip} ({kept} and {n}; {kept} is used)"));
+                }
+            }
+        }
+    }
+    if !doubled.is_empty() {
         let port_name = if port.name.is_empty() {
             port.port.to_string()
         } else {
@@ -955,21 +992,14 @@ fn resolve_target(
         w.push(
             format!("spec.ports[{}].targetPort", port.index),
             format!(
-                "service {}/{} port {port_name} resolves to {number} on {count} endpoints and to other numbers on {}; left out: {}",
+                "service {}/{} port {port_name}: an endpoint address has several numbers, the model keeps one per address: {}",
                 key.namespace.as_deref().unwrap_or_default(),
                 key.name,
-                left_out.len(),
-                left_out.join(", ")
+                doubled.join(", ")
             ),
         );
     }
-    let mut out: Vec<Ep> = eps
-        .into_iter()
-        .filter(|((_, n), _)| *n == number)
-        .map(|(_, e)| e)
-        .collect();
-    out.sort_by_key(|e| e.ip);
-    (number, out)
+    (number, numbers, by_ip.into_values().collect())
 }
 
 /// Topology-aware routing (`topology.go`: `CategorizeEndpoints`, `topologyModeFromHints`):

@@ -325,3 +325,143 @@ fn translate_in_place_lends_the_state_and_takes_the_changes() {
     assert_eq!(c.changes.services.len(), 1);
     assert!(cluster.state().unwrap().services.is_empty());
 }
+
+/// Service `default/web` at `cluster_ip` with `ports` (a YAML flow list).
+fn web_service(cluster_ip: &str, ports: &str) -> Object {
+    one(&format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: {cluster_ip}\n  ports: {ports}\n"))
+}
+
+/// EndpointSlice `name` of `default/web`: `ips` (on node-a), with the ports `port_names`, each
+/// at `number`.
+fn web_slice(name: &str, ips: &[&str], port_names: &[&str], number: u16) -> Object {
+    let endpoints: Vec<String> = ips
+        .iter()
+        .map(|ip| format!("{{addresses: [{ip}], nodeName: node-a}}"))
+        .collect();
+    let ports: Vec<String> = port_names
+        .iter()
+        .map(|p| format!("{{name: {p}, port: {number}, protocol: TCP}}"))
+        .collect();
+    one(&format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nendpoints: [{}]\nports: [{}]\n",
+        endpoints.join(", "),
+        ports.join(", ")
+    ))
+}
+
+const HTTP: &str = "[{name: http, port: 80, protocol: TCP, targetPort: http}]";
+
+/// The backends of single-port model service `s` as `address:target port`.
+fn targets(s: &dataplane_core::Service) -> Vec<String> {
+    s.backends
+        .iter()
+        .map(|b| b.target(&s.ports[0]).to_string())
+        .collect()
+}
+
+/// A rolling update moving the named port `http` from 8080 to 9090: the old pods' slice says
+/// 8080, the new ones' 9090. kube-proxy DNATs each endpoint to its own number
+/// (`endpointslicecache.go`: `addEndpoints`); so does the translation: one model service, every
+/// endpoint in it, the port's number the most common one, the others on their backends.
+#[test]
+fn a_named_port_on_two_numbers_keeps_every_endpoint_with_its_own_number() {
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    cluster.apply(web_service("10.96.0.20", HTTP)).unwrap();
+    let old = ["10.244.1.10", "10.244.1.11"];
+    cluster
+        .apply(web_slice("web-old", &old, &["http"], 8080))
+        .unwrap();
+    cluster
+        .apply(web_slice("web-new", &["10.244.2.10"], &["http"], 9090))
+        .unwrap();
+    let t = cluster.translate(&none).unwrap();
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    assert_eq!(t.state.services.len(), 1, "{:?}", t.state.services);
+    let web = &t.state.services[0];
+    assert_eq!(web.name, ObjectName::new("default", "web"));
+    assert_eq!(web.ports.len(), 1);
+    let port = &web.ports[0];
+    assert_eq!((port.port, port.target_port), (80, 8080));
+    assert_eq!(
+        targets(web),
+        ["10.244.1.10:8080", "10.244.1.11:8080", "10.244.2.10:9090"]
+    );
+    // Only the backend off the port's number carries its own.
+    let own: Vec<Option<u16>> = web.backends.iter().map(|b| b.port).collect();
+    assert_eq!(own, [None, None, Some(9090)]);
+
+    // The new ReplicaSet takes over: 9090 becomes the port's number, 8080 the odd one out.
+    let new = ["10.244.2.10", "10.244.2.11", "10.244.2.12"];
+    cluster
+        .apply(web_slice("web-new", &new, &["http"], 9090))
+        .unwrap();
+    let t = cluster.translate(&none).unwrap();
+    let web = &t.state.services[0];
+    assert_eq!(web.ports[0].target_port, 9090);
+    let own: Vec<Option<u16>> = web.backends.iter().map(|b| b.port).collect();
+    assert_eq!(own, [Some(8080), Some(8080), None, None, None]);
+    dataplane_core::validate(&t.state).unwrap();
+}
+
+/// Two ports resolving to the same numbers on the same pods, some of them off the common
+/// number: each port is a model service of its own (a backend's own number needs a
+/// single-port service), and nothing is left out.
+#[test]
+fn ports_with_backends_of_their_own_numbers_are_not_grouped() {
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    cluster
+        .apply(web_service(
+            "10.96.0.21",
+            "[{name: http, port: 80, protocol: TCP, targetPort: http}, {name: alt, port: 8000, protocol: TCP, targetPort: http}]",
+        ))
+        .unwrap();
+    for (name, ip, number) in [("a", "10.244.1.10", 8080), ("b", "10.244.2.10", 9090)] {
+        cluster
+            .apply(web_slice(name, &[ip], &["http", "alt"], number))
+            .unwrap();
+    }
+    let t = cluster.translate(&none).unwrap();
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    let names: Vec<String> = t
+        .state
+        .services
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(names, ["default/0-web", "default/1-web"]);
+    for s in &t.state.services {
+        assert_eq!(s.ports.len(), 1);
+        assert_eq!(targets(s), ["10.244.1.10:8080", "10.244.2.10:9090"]);
+    }
+    dataplane_core::validate(&t.state).unwrap();
+}
+
+/// One address listed with two numbers for one port (two slices disagreeing about a pod):
+/// kube-proxy would make two endpoints of it; the model holds one backend per address, so it
+/// keeps the port's number and says so.
+#[test]
+fn an_address_with_two_numbers_keeps_the_ports_and_warns() {
+    let mut cluster = Cluster::new(settings());
+    cluster.apply(node("", "", ADDRESSES)).unwrap();
+    cluster.apply(web_service("10.96.0.22", HTTP)).unwrap();
+    let slices: [(&str, &[&str], u16); 2] = [
+        ("web-a", &["10.244.1.10"], 8080),
+        ("web-b", &["10.244.1.10", "10.244.1.11"], 9090),
+    ];
+    for (name, ips, number) in slices {
+        cluster
+            .apply(web_slice(name, ips, &["http"], number))
+            .unwrap();
+    }
+    let t = cluster.translate(&none).unwrap();
+    let web = &t.state.services[0];
+    assert_eq!(web.ports[0].target_port, 9090);
+    assert_eq!(targets(web), ["10.244.1.10:9090", "10.244.1.11:9090"]);
+    let warnings: Vec<String> = t.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        ["Service default/web: spec.ports[0].targetPort: service default/web port http: an endpoint address has several numbers, the model keeps one per address: 10.244.1.10 (8080 and 9090; 9090 is used)"]
+    );
+}

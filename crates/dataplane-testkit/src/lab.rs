@@ -50,6 +50,9 @@ use crate::traffic::{self, Server, TrafficError};
 
 /// Port on which every pod's TCP and UDP servers listen.
 pub const SERVER_PORT: u16 = 8080;
+/// A second port for servers started on demand ([`LabPod::serve`]): a backend whose target
+/// port is not the lab's usual one (a rolling update that moved a named port).
+pub const OTHER_SERVER_PORT: u16 = 9090;
 /// Kubernetes namespace of the lab's pods.
 pub const POD_NAMESPACE: &str = "default";
 /// MAC address of every host-side pod veth (the pods' gateway), as Calico does.
@@ -190,6 +193,27 @@ impl LabPod {
     /// The pod address of `family`, if the lab has that family.
     pub fn address(&self, family: Family) -> Option<IpAddr> {
         pick(&self.addresses, family)
+    }
+
+    /// The name the pod's server on `port` answers with: the pod name on [`SERVER_PORT`]
+    /// (the servers every lab starts), `<pod name>:<port>` on any other port
+    /// ([`LabPod::serve`]), so that an answer tells which of the pod's ports was reached.
+    pub fn server_name(&self, port: u16) -> String {
+        if port == SERVER_PORT {
+            self.name.clone()
+        } else {
+            format!("{}:{port}", self.name)
+        }
+    }
+
+    /// Starts TCP and UDP servers on `port` in the pod, answering with
+    /// [`LabPod::server_name`]; they stop when the returned [`Server`] is dropped. The lab
+    /// serves [`SERVER_PORT`] (with this): this is for any other port.
+    pub fn serve(&self, port: u16) -> Result<Server, LabError> {
+        traffic::serve(&self.netns, &self.server_name(port), port).map_err(|e| LabError::Serve {
+            pod: self.name.clone(),
+            source: Box::new(e),
+        })
     }
 
     /// The pod as a workload of its node's [`DesiredState`](dataplane_core::DesiredState):
@@ -436,13 +460,7 @@ impl Lab {
             self.build_external(k)?;
         }
         for p in 0..self.pods.len() {
-            let pod = &self.pods[p];
-            let server = traffic::serve(&pod.netns, &pod.name, SERVER_PORT).map_err(|e| {
-                LabError::Serve {
-                    pod: pod.name.clone(),
-                    source: Box::new(e),
-                }
-            })?;
+            let server = self.pods[p].serve(SERVER_PORT)?;
             self.servers.push(server);
         }
         Ok(())

@@ -10,7 +10,8 @@ pub mod traffic;
 
 pub use cgroup::{CgroupError, CgroupScope};
 pub use lab::{
-    Family, Lab, LabError, LabExternal, LabNode, LabPod, LabSpec, POD_NAMESPACE, SERVER_PORT,
+    Family, Lab, LabError, LabExternal, LabNode, LabPod, LabSpec, OTHER_SERVER_PORT, POD_NAMESPACE,
+    SERVER_PORT,
 };
 pub use netns::{NetNs, NetNsError};
 pub use traffic::{

@@ -116,7 +116,8 @@ fn ports(idx: usize) -> impl Strategy<Value = Vec<ServicePort>> {
         })
 }
 
-/// (terminating, ready, serving, node, zone, weight); a terminating backend is never ready.
+/// (terminating, ready, serving, node, zone, weight, own target port); a terminating backend
+/// is never ready; the own port is kept only in a single-port service.
 type BackendAttrs = (
     bool,
     bool,
@@ -124,6 +125,7 @@ type BackendAttrs = (
     Option<&'static str>,
     Option<&'static str>,
     u16,
+    Option<u16>,
 );
 
 fn backend_attrs() -> impl Strategy<Value = BackendAttrs> {
@@ -134,11 +136,12 @@ fn backend_attrs() -> impl Strategy<Value = BackendAttrs> {
         option::of(select(vec!["node-0", "node-1", "node-2"])),
         option::of(select(vec!["zone-a", "zone-b"])),
         select(vec![1u16, 1, 2, 5, 100, u16::MAX]),
+        option::of(1u16..=u16::MAX),
     )
 }
 
 fn backend(v6: bool, host: u8, attrs: BackendAttrs) -> Backend {
-    let (terminating, ready, serving, node, zone, weight) = attrs;
+    let (terminating, ready, serving, node, zone, weight, port) = attrs;
     let ip = if v6 {
         IpAddr::V6(Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, u16::from(host)))
     } else {
@@ -152,6 +155,7 @@ fn backend(v6: bool, host: u8, attrs: BackendAttrs) -> Backend {
         node_name: node.map(Into::into),
         zone: zone.map(Into::into),
         weight,
+        port,
     }
 }
 
@@ -230,6 +234,12 @@ pub fn service(idx: usize) -> impl Strategy<Value = Service> {
                 .into_iter()
                 .filter(|((is_v6, _), _)| headless || if *is_v6 { has_v6 } else { has_v4 })
                 .map(|((is_v6, host), attrs)| backend(is_v6, host, attrs))
+                .map(|mut b| {
+                    if ports.len() != 1 {
+                        b.port = None;
+                    }
+                    b
+                })
                 .collect();
             s.ports = ports;
             s.session_affinity = affinity;

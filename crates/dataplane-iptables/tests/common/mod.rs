@@ -84,7 +84,8 @@ pub fn showcase() -> DesiredState {
         backend("10.244.1.10", "node-1"),
     ];
     state.services.push(web);
-    // NodePort + LoadBalancer with source ranges + ExternalIP, ETP Local, weights.
+    // NodePort + LoadBalancer with source ranges + ExternalIP, ETP Local, weights, and a
+    // backend on its own target port (a named port a rolling update moved).
     let mut lb = Service::new(ObjectName::new("prod", "shop"));
     lb.cluster_ips = vec![ip("10.96.0.20")];
     lb.load_balancer_ips = vec![ip("192.0.2.20")];
@@ -94,7 +95,7 @@ pub fn showcase() -> DesiredState {
     lb.external_traffic_policy = TrafficPolicy::Local;
     let mut heavy = backend("10.244.0.11", "node-0");
     heavy.weight = 2;
-    lb.backends = vec![heavy, backend("10.244.1.11", "node-1")];
+    lb.backends = vec![heavy, backend("10.244.1.11", "node-1").with_port(9443)];
     state.services.push(lb);
     // ClientIP affinity, dual stack, SCTP.
     let mut sticky = Service::new(ObjectName::new("default", "sticky"));

@@ -248,6 +248,10 @@ pub struct Case {
     /// retransmissions around the probe ([`crate::probe_refused_at_once`]): a loaded machine
     /// cannot fake those the way it stretches a timing check.
     pub refused_at_once: bool,
+    /// For an [`Expect::Backends`] row: probe until every backend of the set has answered
+    /// (up to a bound), instead of checking only that each answer is one of them. For rows
+    /// whose backends differ in a way one answer cannot show (each on its own target port).
+    pub every_backend_answers: bool,
 }
 
 impl Case {
@@ -272,6 +276,7 @@ impl Case {
             node: None,
             consistent_with: None,
             refused_at_once: false,
+            every_backend_answers: false,
         }
     }
 
@@ -328,6 +333,14 @@ impl Case {
     #[must_use]
     pub fn refused_at_once(mut self) -> Self {
         self.refused_at_once = true;
+        self
+    }
+
+    /// Every backend of the row's [`Expect::Backends`] set must answer (see
+    /// [`Case::every_backend_answers`]).
+    #[must_use]
+    pub fn every_backend_answers(mut self) -> Self {
+        self.every_backend_answers = true;
         self
     }
 

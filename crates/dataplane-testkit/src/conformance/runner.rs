@@ -18,6 +18,11 @@ use super::case::{Case, Client, Destination, Expect, Seen};
 use super::report::{OneRow, Report, RowOutcome, RowReport};
 use dataplane_core::error_chain;
 
+/// Probes per expected backend, at most, of a row whose every backend must answer
+/// ([`Case::every_backend_answers`]): with random selection among 2 backends, one is missed
+/// by 40 probes with probability 2^-39.
+const EVERY_BACKEND_PROBES: usize = 20;
+
 /// Source port the reference model is asked about when a row does not fix one.
 const NOMINAL_CLIENT_PORT: u16 = 40000;
 
@@ -78,7 +83,7 @@ pub fn run_with(
 ) -> Report {
     let (mut planes, caps, mut report) = start(lab, factory);
     let mut single_answers: BTreeMap<String, String> = BTreeMap::new();
-    let mut servers = BTreeMap::new();
+    let mut servers = Servers::default();
     let only = row_filter();
     for case in cases {
         if let Some(only) = &only {
@@ -221,13 +226,29 @@ fn of_family(
         .ok_or_else(|| format!("service {} has no {family:?} {what}", service.name))
 }
 
-/// The destination address, the ingress node for external clients, the backends' port, and
-/// whether it is a service.
-fn resolve_destination(
+/// A service and one of its ports: whose backends answer a row.
+type Target<'a> = (&'a Service, ServicePort);
+
+/// The port the backend at `ip` of `target`'s service listens on for its port (the lab's
+/// server port where there is no service).
+fn target_port(target: Option<&Target<'_>>, ip: IpAddr) -> u16 {
+    let Some((service, port)) = target else {
+        return SERVER_PORT;
+    };
+    service
+        .backends
+        .iter()
+        .find(|b| b.ip == ip)
+        .map_or(port.target_port, |b| b.target_port(port))
+}
+
+/// The destination address, the ingress node for external clients, the service and port
+/// (whose backends answer), and whether it is a service.
+fn resolve_destination<'a>(
     lab: &Lab,
     case: &Case,
-    services: &[Service],
-) -> Result<(SocketAddr, usize, u16, bool), String> {
+    services: &'a [Service],
+) -> Result<(SocketAddr, usize, Option<Target<'a>>, bool), String> {
     let family = case.family;
     let fam = |what: String, ip: Option<IpAddr>| {
         ip.ok_or_else(|| format!("{what} has no {family:?} address"))
@@ -250,7 +271,7 @@ fn resolve_destination(
             let s = find_service(service)?;
             let p = find_port(s, port_name)?;
             let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
-            (SocketAddr::new(ip, p.port), 0, p.target_port, true)
+            (SocketAddr::new(ip, p.port), 0, Some((s, p)), true)
         }
         Destination::ClusterIpVia {
             node,
@@ -261,19 +282,19 @@ fn resolve_destination(
             let p = find_port(s, port_name)?;
             let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
             let node = check_node(*node)?;
-            (SocketAddr::new(ip, p.port), node, p.target_port, true)
+            (SocketAddr::new(ip, p.port), node, Some((s, p)), true)
         }
         Destination::ClusterIpPort { service, port } => {
             let s = find_service(service)?;
             let ip = of_family(&s.cluster_ips, "ClusterIP", s)?;
-            (SocketAddr::new(ip, *port), 0, SERVER_PORT, true)
+            (SocketAddr::new(ip, *port), 0, None, true)
         }
         Destination::UnallocatedServiceIp => {
             let ip = unallocated_service_ip(lab, family)?;
             if services.iter().any(|s| s.cluster_ips.contains(&ip)) {
                 return Err(format!("the setup allocates {ip}"));
             }
-            (SocketAddr::new(ip, 80), 0, SERVER_PORT, false)
+            (SocketAddr::new(ip, 80), 0, None, false)
         }
         Destination::NodePort {
             node,
@@ -287,7 +308,7 @@ fn resolve_destination(
                 .node_port
                 .ok_or_else(|| format!("port {port_name:?} of {} has no nodePort", s.name))?;
             let ip = fam(format!("node {node}"), lab.node(node).address(family))?;
-            (SocketAddr::new(ip, node_port), node, p.target_port, true)
+            (SocketAddr::new(ip, node_port), node, Some((s, p)), true)
         }
         Destination::LoadBalancer {
             node,
@@ -308,22 +329,17 @@ fn resolve_destination(
             };
             let ip = of_family(ips, what, s)?;
             let node = check_node(*node)?;
-            (SocketAddr::new(ip, p.port), node, p.target_port, true)
+            (SocketAddr::new(ip, p.port), node, Some((s, p)), true)
         }
         Destination::External(k) => {
             let ext = lab.try_external(*k).map_err(|e| e.to_string())?;
             let ip = fam(ext.name.clone(), ext.address(family))?;
-            (SocketAddr::new(ip, SERVER_PORT), 0, SERVER_PORT, false)
+            (SocketAddr::new(ip, SERVER_PORT), 0, None, false)
         }
         Destination::PodIp(p) => {
             let pod = lab.try_pod(*p).map_err(|e| e.to_string())?;
             let ip = fam(pod.name.clone(), pod.address(family))?;
-            (
-                SocketAddr::new(ip, SERVER_PORT),
-                pod.node,
-                SERVER_PORT,
-                false,
-            )
+            (SocketAddr::new(ip, SERVER_PORT), pod.node, None, false)
         }
     })
 }
@@ -346,12 +362,48 @@ fn unallocated_service_ip(lab: &Lab, family: IpFamily) -> Result<IpAddr, String>
     })
 }
 
+/// The acceptable backend addresses of a row, each with the name its server answers with
+/// ([`crate::LabPod::server_name`]: a pod answers on its own port as `<pod>:<port>`).
+fn expected_answers(
+    lab: &Lab,
+    case: &Case,
+    destination: SocketAddr,
+    target: Option<&Target<'_>>,
+) -> Result<BTreeMap<SocketAddr, String>, String> {
+    let family = case.family;
+    let fam = |what: String, ip: Option<IpAddr>| {
+        ip.ok_or_else(|| format!("{what} has no {family:?} address"))
+    };
+    let mut expected = BTreeMap::new();
+    match (&case.expect, &case.destination) {
+        (Expect::Backends(pods) | Expect::SameBackend(pods), _) => {
+            for &p in pods {
+                let pod = lab.try_pod(p).map_err(|e| e.to_string())?;
+                let ip = fam(pod.name.clone(), pod.address(family))?;
+                let port = target_port(target, ip);
+                expected.insert(SocketAddr::new(ip, port), pod.server_name(port));
+            }
+        }
+        (Expect::Direct, Destination::PodIp(p)) => {
+            expected.insert(destination, lab.pod(*p).name.clone());
+        }
+        (Expect::Direct, Destination::External(k)) => {
+            expected.insert(destination, lab.external(*k).name.clone());
+        }
+        (Expect::Direct, _) => {
+            return Err("Direct is for pod IP and external destinations".to_owned());
+        }
+        (Expect::Drop | Expect::Reject, _) => {}
+    }
+    Ok(expected)
+}
+
 fn resolve(lab: &Lab, case: &Case, services: &[Service]) -> Result<Resolved, String> {
     let family = case.family;
     let fam = |what: String, ip: Option<IpAddr>| {
         ip.ok_or_else(|| format!("{what} has no {family:?} address"))
     };
-    let (destination, external_ingress, target_port, is_service) =
+    let (destination, external_ingress, target, is_service) =
         resolve_destination(lab, case, services)?;
 
     let (client_netns, client_ip, ingress, entry, route) = match case.client {
@@ -404,26 +456,7 @@ fn resolve(lab: &Lab, case: &Case, services: &[Service]) -> Result<Resolved, Str
     ) {
         return Err("external clients do not reach each other through the cluster".to_owned());
     }
-    let mut expected = BTreeMap::new();
-    match (&case.expect, &case.destination) {
-        (Expect::Backends(pods) | Expect::SameBackend(pods), _) => {
-            for &p in pods {
-                let pod = lab.try_pod(p).map_err(|e| e.to_string())?;
-                let ip = fam(pod.name.clone(), pod.address(family))?;
-                expected.insert(SocketAddr::new(ip, target_port), pod.name.clone());
-            }
-        }
-        (Expect::Direct, Destination::PodIp(p)) => {
-            expected.insert(destination, lab.pod(*p).name.clone());
-        }
-        (Expect::Direct, Destination::External(k)) => {
-            expected.insert(destination, lab.external(*k).name.clone());
-        }
-        (Expect::Direct, _) => {
-            return Err("Direct is for pod IP and external destinations".to_owned());
-        }
-        (Expect::Drop | Expect::Reject, _) => {}
-    }
+    let expected = expected_answers(lab, case, destination, target.as_ref())?;
     match (&case.destination, &case.expect) {
         (Destination::PodIp(p), Expect::Backends(set)) if set != &[*p] => {
             return Err(format!(
@@ -529,7 +562,7 @@ fn run_case(
     planes: &mut [Box<dyn Dataplane>],
     caps: &Capabilities,
     options: &RunOptions,
-    external_servers: &mut BTreeMap<usize, Server>,
+    servers: &mut Servers,
 ) -> RowOutcome {
     let services = (case.setup)(lab);
     let states: Vec<DesiredState> = (0..lab.nodes().len())
@@ -586,11 +619,7 @@ fn run_case(
             traffic.push(format!("apply on node-{i}: {}", error_chain(&e)));
         }
     }
-    if let Destination::External(k) = case.destination {
-        if let Err(e) = ensure_server(lab, k, external_servers) {
-            traffic.push(e);
-        }
-    }
+    servers.start(lab, case, &services, &mut traffic);
     let mut answered = BTreeMap::new();
     let mut probes = 0;
     if traffic.is_empty() {
@@ -804,15 +833,58 @@ fn skip_reason(lab: &Lab, case: &Case, caps: &Capabilities) -> Option<String> {
     (!skip.is_empty()).then(|| skip.join("; "))
 }
 
-/// Starts the server of external client `k` unless it runs already.
-fn ensure_server(lab: &Lab, k: usize, servers: &mut BTreeMap<usize, Server>) -> Result<(), String> {
-    if let std::collections::btree_map::Entry::Vacant(slot) = servers.entry(k) {
-        let ext = lab.external(k);
-        let server = serve(&ext.netns, &ext.name, SERVER_PORT)
-            .map_err(|e| format!("server on {}: {}", ext.name, error_chain(&e)))?;
-        slot.insert(server);
+/// Servers a run starts beyond the lab's own, kept until the run ends.
+#[derive(Default)]
+struct Servers {
+    /// External client `k`'s, on [`SERVER_PORT`].
+    external: BTreeMap<usize, Server>,
+    /// Pod `p`'s on a port other than [`SERVER_PORT`].
+    pods: BTreeMap<(usize, u16), Server>,
+}
+
+impl Servers {
+    /// Starts what `case` with `services` needs and is not running yet; a failure goes to
+    /// `traffic`.
+    fn start(&mut self, lab: &Lab, case: &Case, services: &[Service], traffic: &mut Vec<String>) {
+        if let Destination::External(k) = case.destination {
+            traffic.extend(self.external(lab, k).err());
+        }
+        traffic.extend(self.own_ports(lab, services).err());
     }
-    Ok(())
+
+    /// Starts the server of external client `k` unless it runs already.
+    fn external(&mut self, lab: &Lab, k: usize) -> Result<(), String> {
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.external.entry(k) {
+            let ext = lab.external(k);
+            let server = serve(&ext.netns, &ext.name, SERVER_PORT)
+                .map_err(|e| format!("server on {}: {}", ext.name, error_chain(&e)))?;
+            slot.insert(server);
+        }
+        Ok(())
+    }
+
+    /// Starts a server, unless one runs already, on every port other than [`SERVER_PORT`]
+    /// that a backend of `services` which is a lab pod listens on (its own port or the
+    /// service port's target): answering as [`crate::LabPod::server_name`], so that a probe
+    /// reaching the pod on the wrong port is told apart.
+    fn own_ports(&mut self, lab: &Lab, services: &[Service]) -> Result<(), String> {
+        for s in services {
+            for port in &s.ports {
+                for b in &s.backends {
+                    let target = b.target_port(port);
+                    let Some(pod) = lab.pods().iter().find(|p| p.addresses.contains(&b.ip)) else {
+                        continue;
+                    };
+                    if target == SERVER_PORT || self.pods.contains_key(&(pod.index, target)) {
+                        continue;
+                    }
+                    let server = pod.serve(target).map_err(|e| error_chain(&e))?;
+                    self.pods.insert((pod.index, target), server);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn send_probes(
@@ -831,6 +903,20 @@ fn send_probes(
         Expect::Drop => (1, options.drop_wait),
         Expect::Reject => (1, options.timeout),
     };
+    // Every backend must answer: probe on (each probe a new connection, so a new choice)
+    // until all have; a backend missed by `EVERY_BACKEND_PROBES` per backend is not used.
+    let every = case.every_backend_answers && matches!(case.expect, Expect::Backends(_));
+    let limit = if every {
+        count.max(EVERY_BACKEND_PROBES * resolved.expected.len())
+    } else {
+        count
+    };
+    let all_answered = |answered: &BTreeMap<String, usize>| {
+        resolved
+            .expected
+            .values()
+            .all(|name| answered.contains_key(name))
+    };
     let source = match case.client {
         Client::HostFromFrontend(_) => Some(SocketAddr::new(
             resolved.client_ip,
@@ -841,7 +927,12 @@ fn send_probes(
             .map(|port| SocketAddr::new(unspecified(case.family), port)),
     };
     let dst = resolved.destination;
-    for n in 0..count {
+    let mut sent = 0;
+    for n in 0..limit {
+        if n >= count && all_answered(answered) {
+            break;
+        }
+        sent = n + 1;
         let probed = if case.refused_at_once && case.protocol == dataplane_core::Protocol::Tcp {
             probe_refused_at_once(&resolved.client_netns, source, dst, wait)
         } else {
@@ -871,7 +962,13 @@ fn send_probes(
             "expected every probe to reach the same backend, got {answered:?}"
         ));
     }
-    count
+    if every && !all_answered(answered) {
+        let names: Vec<&String> = resolved.expected.values().collect();
+        traffic.push(format!(
+            "expected every one of {names:?} to answer; after {sent} probes only {answered:?} did"
+        ));
+    }
+    sent
 }
 
 fn check_outcome(

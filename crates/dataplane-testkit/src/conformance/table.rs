@@ -7,7 +7,7 @@ use dataplane_core::{
     ServicePort, SessionAffinity, TrafficPolicy,
 };
 
-use crate::lab::{Lab, LabSpec, POD_NAMESPACE, SERVER_PORT};
+use crate::lab::{Lab, LabSpec, OTHER_SERVER_PORT, POD_NAMESPACE, SERVER_PORT};
 
 use super::case::{Case, Client, Destination, Expect, Requirement, Seen};
 
@@ -200,6 +200,41 @@ fn maglev(lab: &Lab) -> Vec<Service> {
     s.load_balancer_ips = vec!["172.18.200.12".parse().expect("literal address")];
     s.backend_selection = BackendSelection::Maglev;
     vec![s]
+}
+/// A rolling update that moved a named target port: of `pods`, the first listens on the
+/// port's `targetPort` (the lab's server port), the second on its own
+/// [`OTHER_SERVER_PORT`]. A backend's own port needs a single-port service: one service per
+/// protocol, `<name>t` (TCP, port `tcp`) and `<name>u` (UDP, port `udp`), ClusterIPs
+/// `10.96.0.n` and `.n+1`, NodePorts 30000 + n and + n + 1.
+fn moved_target_port(lab: &Lab, name: &str, n: u8, pods: [usize; 2]) -> Vec<Service> {
+    [(Protocol::Tcp, "t", 0), (Protocol::Udp, "u", 1)]
+        .into_iter()
+        .map(|(protocol, suffix, k)| {
+            let mut s = service(
+                &format!("{name}{suffix}"),
+                &format!("10.96.0.{}", n + k),
+                Some(30_000 + u16::from(n + k)),
+                vec![
+                    backend(lab, pods[0], IpFamily::V4),
+                    backend(lab, pods[1], IpFamily::V4).with_port(OTHER_SERVER_PORT),
+                ],
+            );
+            s.ports.retain(|p| p.protocol == protocol);
+            s
+        })
+        .collect()
+}
+/// Pod 1 (node 0) on the service's port, pod 2 (node 1) on its own.
+fn target_port_per_backend(lab: &Lab) -> Vec<Service> {
+    moved_target_port(lab, "tp", 90, [1, 2])
+}
+/// DSR, pods 3 and 2 (both on node 1), pod 2 on its own port.
+fn target_port_per_backend_dsr(lab: &Lab) -> Vec<Service> {
+    let mut services = moved_target_port(lab, "tpd", 92, [3, 2]);
+    for s in &mut services {
+        s.external_mode = Some(ExternalMode::Dsr);
+    }
+    services
 }
 fn web_v6(lab: &Lab) -> Vec<Service> {
     vec![service(
@@ -666,7 +701,60 @@ pub fn standard_cases() -> Vec<Case> {
     );
     cases.push(tcp.seen(Seen::Client));
     cases.push(udp.seen(Seen::IngressNode));
+    cases.extend(target_port_cases());
     cases.extend(parity_cases());
+    cases
+}
+
+/// Backends of one service port on different target ports (kube-proxy DNATs each endpoint to
+/// the number its EndpointSlice gives): every backend must answer, each on its own port
+/// (its server there answers as `<pod>:<port>`, so a probe sent to the wrong port of the
+/// right pod fails). ClusterIP from a pod, NodePort from outside (SNAT), NodePort with DSR.
+fn target_port_cases() -> Vec<Case> {
+    use Client::{External, Pod};
+    let mut cases = Vec::new();
+    for (protocol, suffix, port_name) in [
+        (Protocol::Tcp, "t", TCP_PORT),
+        (Protocol::Udp, "u", UDP_PORT),
+    ] {
+        let label = protocol.to_string().to_lowercase();
+        let row = |name: &str, setup: fn(&Lab) -> Vec<Service>, client, destination| {
+            Case::new(&format!("{name} {label}"), setup, client, destination)
+                .protocol(protocol)
+                .every_backend_answers()
+        };
+        cases.push(
+            row(
+                "target port per backend clusterip",
+                target_port_per_backend,
+                Pod(0),
+                Destination::cluster_ip(&format!("tp{suffix}"), port_name),
+            )
+            .expect(Expect::Backends(vec![1, 2]))
+            .seen(Seen::Client),
+        );
+        cases.push(
+            row(
+                "target port per backend nodeport",
+                target_port_per_backend,
+                External(0),
+                Destination::node_port(0, &format!("tp{suffix}"), port_name),
+            )
+            .expect(Expect::Backends(vec![1, 2]))
+            .seen(Seen::IngressNode),
+        );
+        cases.push(
+            row(
+                "target port per backend nodeport dsr",
+                target_port_per_backend_dsr,
+                External(0),
+                Destination::node_port(0, &format!("tpd{suffix}"), port_name),
+            )
+            .expect(Expect::Backends(vec![2, 3]))
+            .seen(Seen::Client)
+            .requires(Requirement::Dsr),
+        );
+    }
     cases
 }
 
