@@ -27,6 +27,13 @@
 //! paths: a SYN to a further ClusterIP, backed by B on port 7070 that no policy allows, is
 //! dropped by `dp_from_pod`, and a SYN to B from an address no policy admits by `dp_to_pod`.
 //!
+//! Conntrack: before the first size [`PacketLab::program`] runs as many new-flow SYNs as `dp_ct`
+//! has entries (two entries each: the LRU map is full and evicting afterwards), so that every
+//! size measures its new flows against the conntrack of a busy node, as the end-to-end section
+//! does with its CRR fill; without it the first sizes inserted into an emptier map than the
+//! later ones, and the new flow's growth with services was partly conntrack filling up.
+//! `DP_BENCH_PACKET_FILL=0` leaves it out (as runs before 2026-12-07 measured).
+//!
 //! The time is the kernel's own measurement of the program run (`repeat = 1`: each packet runs
 //! once), summed over all packets; it includes the kernel's timer reads around the run.
 #![allow(dead_code)] // each including bench uses a part
@@ -122,6 +129,10 @@ pub struct PacketLab {
     node_addr: Ipv4Addr,
     rng: u64,
     next_policy_new: u64,
+    /// `dp_ct`'s capacity (entries).
+    ct_capacity: u32,
+    /// New flows run to fill conntrack before the first size (0: not yet).
+    ct_fill: u64,
 }
 
 fn pin_dir() -> PathBuf {
@@ -168,6 +179,7 @@ impl PacketLab {
         // under new numbers (the config's advice: twice the rules).
         config.capacities.policy_rules = 1 << 18;
         config.xdp = XdpMode::Native;
+        let ct_capacity = config.capacities.conntrack;
         let dp = match EbpfDataplane::new(config) {
             Ok(dp) => dp,
             Err(e) => {
@@ -190,6 +202,8 @@ impl PacketLab {
             node_addr,
             rng: 0x9e37_79b9_7f4a_7c15,
             next_policy_new: 0,
+            ct_capacity,
+            ct_fill: 0,
         })
     }
 
@@ -210,8 +224,14 @@ impl PacketLab {
         }
     }
 
-    /// Programs `n` services x 10 backends; returns how long the apply took. Then opens
-    /// [`ESTABLISHED_FLOWS`] flows to random services.
+    /// New flows run to fill conntrack before the first size (see the module docs).
+    pub fn conntrack_fill(&self) -> u64 {
+        self.ct_fill
+    }
+
+    /// Programs `n` services x 10 backends; returns how long the apply took. The first time,
+    /// fills conntrack (see the module docs). Then opens [`ESTABLISHED_FLOWS`] flows to
+    /// random services.
     pub fn program(&mut self, n: usize) -> Result<Duration, String> {
         let mut state = self.lab.desired_state(0);
         state.node.pod_cidrs = vec![POD_CIDR.parse().expect("literal CIDR")];
@@ -222,6 +242,13 @@ impl PacketLab {
             .map_err(|e| format!("apply {n} services: {e}"))?;
         let took = start.elapsed();
         self.services = n;
+        let skip_fill = std::env::var("DP_BENCH_PACKET_FILL").is_ok_and(|v| v == "0");
+        if self.ct_fill == 0 && !skip_fill {
+            // Before the established flows, which must stay in conntrack.
+            let fill = u64::from(self.ct_capacity);
+            self.new_flows(fill)?;
+            self.ct_fill = fill;
+        }
         self.established.clear();
         self.next_established = 0;
         for k in 0..ESTABLISHED_FLOWS {

@@ -174,15 +174,7 @@ fn bench(paths: &Paths) {
     }
     if sections.contains(&"packet") {
         log(start, "per-packet cost (BPF_PROG_TEST_RUN)");
-        results.packet.clear();
-        results.packet_error = None;
-        match per_packet::packet_costs(&settings, start) {
-            Ok(rows) => results.packet = rows,
-            Err(e) => {
-                eprintln!("per-packet section failed: {e}");
-                results.packet_error = Some(e);
-            }
-        }
+        per_packet::run(&settings, start, &mut results);
     }
     let backends = match settings::backends_from_env() {
         Ok(b) => b,

@@ -5,15 +5,32 @@ use std::time::Instant;
 
 use crate::clock::{log, ms};
 use crate::packet;
-use crate::results::PacketRow;
+use crate::results::{PacketRow, Results};
 use crate::settings::Settings;
 
 /// Service sizes of the per-packet section.
 const PACKET_SERVICES: [usize; 4] = [10, 1_000, 10_000, 100_000];
 
+/// Measures the section into `results`: its rows and conntrack fill, or its error.
+pub fn run(settings: &Settings, start: Instant, results: &mut Results) {
+    results.packet.clear();
+    results.packet_error = None;
+    results.packet_ct_fill = 0;
+    match packet_costs(settings, start) {
+        Ok((rows, fill)) => {
+            results.packet = rows;
+            results.packet_ct_fill = fill;
+        }
+        Err(e) => {
+            eprintln!("per-packet section failed: {e}");
+            results.packet_error = Some(e);
+        }
+    }
+}
+
 /// The TC program's established and new-flow costs, the XDP program's, and the floor
-/// fixture's, at each of `PACKET_SERVICES`.
-pub fn packet_costs(settings: &Settings, start: Instant) -> Result<Vec<PacketRow>, String> {
+/// fixture's, at each of `PACKET_SERVICES`; and the new flows run to fill conntrack first.
+fn packet_costs(settings: &Settings, start: Instant) -> Result<(Vec<PacketRow>, u64), String> {
     let mut lab = packet::PacketLab::new()?;
     let mut rows = Vec::new();
     for n in PACKET_SERVICES {
@@ -52,11 +69,12 @@ pub fn packet_costs(settings: &Settings, start: Instant) -> Result<Vec<PacketRow
         log(
             start,
             &format!(
-                "  {n} services: TC established {:.0} ns, new flow {:.0} ns; XDP established \
-                 {:.0} ns, new flow {:.0} ns; floor {:.0} / {:.0} / {:.0} ns, service \
-                 {:.0} ns (programmed in {:.0} ms)",
+                "  {n} services: TC established {:.0} ns, new flow {:.0} ns ({:.2}x the \
+                 floor); XDP established {:.0} ns, new flow {:.0} ns; floor {:.0} / {:.0} / \
+                 {:.0} ns, service {:.0} ns (programmed in {:.0} ms)",
                 row.established_ns,
                 row.new_flow_ns,
+                row.new_flow_ns / floor[2].ns_per_packet(),
                 xdp_established.ns_per_packet(),
                 xdp_new_flow.ns_per_packet(),
                 floor[0].ns_per_packet(),
@@ -68,5 +86,5 @@ pub fn packet_costs(settings: &Settings, start: Instant) -> Result<Vec<PacketRow
         );
         rows.push(row);
     }
-    Ok(rows)
+    Ok((rows, lab.conntrack_fill()))
 }

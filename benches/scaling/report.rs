@@ -10,6 +10,7 @@ use crate::results::{median, PacketRow, PolicyPacketRow, PolicyResults, Results,
 
 const PLOT_CRR: &str = "crr.png";
 const PLOT_P99: &str = "p99.png";
+const PLOT_NEW_FLOW: &str = "new_flow.png";
 const COMMAND: &str = "sudo -E cargo bench --features ebpf,nft --bench scaling";
 
 /// Writes everything; plots that cannot be drawn (no font) are reported and skipped.
@@ -39,13 +40,21 @@ pub fn write_all(results: &Results, out_dir: &Path, report: &Path) -> Result<(),
             Err(e) => eprintln!("plot {}: {e}", path.display()),
         }
     }
+    let new_flow_plot = out_dir.join(PLOT_NEW_FLOW);
+    let new_flow_plot = match plot_new_flow(results, &new_flow_plot) {
+        Ok(()) => Some(PLOT_NEW_FLOW),
+        Err(e) => {
+            eprintln!("plot {}: {e}", new_flow_plot.display());
+            None
+        }
+    };
     let base = report.parent().unwrap_or(Path::new("."));
     let rel = out_dir.strip_prefix(base).map_or_else(
         |_| out_dir.display().to_string(),
         |p| p.display().to_string(),
     );
     let notes = std::fs::read_to_string(out_dir.join("../notes.md")).ok();
-    let md = markdown(results, &rel, &plots, notes.as_deref());
+    let md = markdown(results, &rel, &plots, new_flow_plot, notes.as_deref());
     std::fs::write(report, md).map_err(|e| format!("{}: {e}", report.display()))
 }
 
@@ -158,6 +167,7 @@ fn targets(results: &Results, out: &mut String) {
     let _ = writeln!(out, "| Target | Measured | Verdict |\n|---|---|---|");
     end_to_end_targets(results, out);
     packet_targets(results, out);
+    new_flow_goals(results, out);
     floor_targets(results, out);
     growth_targets(results, out);
     control_targets(results, out);
@@ -249,6 +259,42 @@ fn packet_targets(results: &Results, out: &mut String) {
         format!("{} ns", fmt_num(new, 0)),
         at_most(new, 500.0),
     );
+}
+
+/// Issue 24's new-flow goals, measured in one run: the TC new flow at most 4x the floor
+/// fixture's conntrack hit and rewrite, and at most 25% growth from 10 to 100k services.
+fn new_flow_goals(results: &Results, out: &mut String) {
+    let mut line = |t: &str, m: String, v: String| {
+        let _ = writeln!(out, "| {t} | {m} | {v} |");
+    };
+    let worst = results
+        .packet
+        .iter()
+        .filter_map(|r| r.floor_ns.map(|f| (r.new_flow_ns / f[2], r.services)))
+        .filter(|(x, _)| x.is_finite())
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((worst, at)) = worst {
+        line(
+            "TC new flow ≤ 4x the floor fixture (parse + conntrack hit + rewrite), same run \
+             (worst N)",
+            format!("{}x (at {})", fmt_num(worst, 2), size_name(at)),
+            at_most(worst, 4.0),
+        );
+    }
+    let p = |n: usize| results.packet.iter().find(|r| r.services == n);
+    if let (Some(a), Some(b)) = (p(10), p(100_000)) {
+        let g = (b.new_flow_ns / a.new_flow_ns - 1.0) * 100.0;
+        line(
+            "TC new flow ≤ 25% growth from 10 to 100k services",
+            format!(
+                "{} -> {} ns: {}%",
+                fmt_num(a.new_flow_ns, 0),
+                fmt_num(b.new_flow_ns, 0),
+                fmt_num(g, 1)
+            ),
+            at_most(g.max(0.0), 25.0),
+        );
+    }
 }
 
 /// What a test run costs here at least (no target: context for the per-packet ones).
@@ -672,14 +718,20 @@ fn policy_end_to_end(o: &mut String, p: &PolicyResults) {
 }
 
 /// The report: each section in the order the reader needs it.
-fn markdown(results: &Results, plots_dir: &str, plots: &[&str], notes: Option<&str>) -> String {
+fn markdown(
+    results: &Results,
+    plots_dir: &str,
+    plots: &[&str],
+    new_flow_plot: Option<&str>,
+    notes: Option<&str>,
+) -> String {
     let mut o = String::new();
     intro(&mut o, results, plots_dir);
     let _ = writeln!(o, "## Targets\n");
     targets(results, &mut o);
     let _ = writeln!(o);
     end_to_end(&mut o, results, plots_dir, plots);
-    per_packet(&mut o, results);
+    per_packet(&mut o, results, plots_dir, new_flow_plot);
     control_plane(&mut o, results);
     if let Some(p) = &results.policy {
         policy_section(&mut o, p);
@@ -982,8 +1034,8 @@ fn programming(o: &mut String, results: &Results, ns: &[usize]) {
     let _ = writeln!(o);
 }
 
-/// The per-packet section (`BPF_PROG_TEST_RUN`).
-fn per_packet(o: &mut String, results: &Results) {
+/// The per-packet section (`BPF_PROG_TEST_RUN`), with the new-flow plot when drawn.
+fn per_packet(o: &mut String, results: &Results, plots_dir: &str, plot: Option<&str>) {
     let _ = writeln!(
         o,
         "## Per packet: the TC service program and the XDP program (BPF_PROG_TEST_RUN)\n"
@@ -1015,6 +1067,17 @@ fn per_packet(o: &mut String, results: &Results) {
              up its ClusterIP frontend and chooses a backend (service map, slot, backend: \
              the lookups a new flow adds).\n"
         );
+        if results.packet_ct_fill > 0 {
+            let _ = writeln!(
+                o,
+                "Conntrack: before the first size the bench runs {} new-flow SYNs (as many as \
+                 `dp_ct` has entries, two entries each), so that every size inserts into a \
+                 full, evicting LRU map, a busy node's steady state (runs before 2026-12-07 \
+                 did not: their first sizes inserted into an emptier map than the later \
+                 ones).\n",
+                results.packet_ct_fill
+            );
+        }
         let _ = writeln!(
             o,
             "XDP: `dp_xdp_uplink` on TCP packets from an external client to NodePorts of the \
@@ -1043,6 +1106,9 @@ fn per_packet(o: &mut String, results: &Results) {
             );
         }
         let _ = writeln!(o);
+        if let Some(p) = plot {
+            let _ = writeln!(o, "![{p}]({plots_dir}/{p})\n");
+        }
     }
 }
 
@@ -1334,31 +1400,152 @@ fn plot(
                 })
                 .filter(|(_, v)| v.is_finite())
                 .collect();
-            if points.is_empty() {
-                continue;
-            }
-            let style = ShapeStyle::from(&color).stroke_width(3);
-            chart
-                .draw_series(LineSeries::new(points.clone(), style))
-                .map_err(|x| e(&x))?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-            chart
-                .draw_series(
-                    points
-                        .iter()
-                        .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
-                )
-                .map_err(|x| e(&x))?;
+            draw_line(&mut chart, &points, label, color, 3, true)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerLeft)
-            .draw()
-            .map_err(|x| e(&x))?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
     }
     root.present().map_err(|x| e(&x))?;
     Ok(())
+}
+
+/// A value of a per-packet row, for a plot line (none: not measured).
+type PacketPick = fn(&PacketRow) -> Option<f64>;
+
+/// New-flow cost against services, one line per arm: the TC and XDP programs' new flows, the
+/// TC program's established packets, the floor fixture (parse, conntrack hit, rewrite) and its
+/// service lookups (service map, slot, backend), with issue 24's goal of 4x the floor.
+fn plot_new_flow(results: &Results, path: &Path) -> Result<(), String> {
+    let rows = &results.packet;
+    if rows.is_empty() {
+        return Err("no per-packet data".to_owned());
+    }
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let series: [(&str, RGBColor, PacketPick); 6] = [
+        ("TC new flow (dp_from_pod)", RGBColor(31, 119, 180), |r| {
+            Some(r.new_flow_ns)
+        }),
+        (
+            "XDP new flow (dp_xdp_uplink)",
+            RGBColor(255, 127, 14),
+            |r| r.xdp_new_flow_ns,
+        ),
+        ("TC established", RGBColor(148, 103, 189), |r| {
+            Some(r.established_ns)
+        }),
+        (
+            "floor: parse + conntrack hit + rewrite",
+            RGBColor(90, 90, 90),
+            |r| r.floor_ns.map(|f| f[2]),
+        ),
+        (
+            "floor: service lookups (service, slot, backend)",
+            RGBColor(44, 160, 44),
+            |r| r.floor_ns.map(|f| f[3]),
+        ),
+        ("goal: 4x the floor", RGBColor(214, 39, 40), |r| {
+            r.floor_ns.map(|f| 4.0 * f[2])
+        }),
+    ];
+    let y_max = rows
+        .iter()
+        .flat_map(|r| series.iter().filter_map(|(_, _, f)| f(r)))
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    let y_max = if y_max > 0.0 { y_max * 1.15 } else { 1.0 };
+    #[allow(clippy::cast_precision_loss)]
+    let x_max = rows.iter().map(|r| r.services).max().unwrap_or(1) as f64 * 1.5;
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Per packet (BPF_PROG_TEST_RUN): new flow against services",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((5f64..x_max).log_scale(), 0f64..y_max)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc("services x 10 endpoints (log scale)")
+        .y_desc("ns per packet")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+        .map_err(|x| e(&x))?;
+    let goal_index = series.len() - 1;
+    for (i, (label, color, pick)) in series.into_iter().enumerate() {
+        #[allow(clippy::cast_precision_loss)]
+        let points: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| pick(r).map(|v| (r.services as f64, v)))
+            .filter(|(_, v)| v.is_finite())
+            .collect();
+        let goal = i == goal_index;
+        draw_line(
+            &mut chart,
+            &points,
+            label,
+            color,
+            if goal { 1 } else { 3 },
+            !goal,
+        )?;
+    }
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+/// Draws a labelled line through `points` (none: nothing), of `width`, with a dot on each
+/// point when `dots`.
+fn draw_line<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    points: &[(f64, f64)],
+    label: &str,
+    color: RGBColor,
+    width: u32,
+    dots: bool,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    if points.is_empty() {
+        return Ok(());
+    }
+    let style = ShapeStyle::from(&color).stroke_width(width);
+    chart
+        .draw_series(LineSeries::new(points.to_vec(), style))
+        .map_err(|x| x.to_string())?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    if dots {
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+            )
+            .map_err(|x| x.to_string())?;
+    }
+    Ok(())
+}
+
+/// The legend of every labelled line, at `position`.
+fn draw_legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+        .map_err(|x| x.to_string())
 }

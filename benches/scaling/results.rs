@@ -204,6 +204,10 @@ pub struct Results {
     pub compute: Vec<ComputeRow>,
     pub packet: Vec<PacketRow>,
     pub packet_error: Option<String>,
+    /// New flows the per-packet section ran to fill conntrack before its first size (0: not
+    /// filled, as runs before 2026-12-07; see `benches/common/packet.rs`).
+    #[serde(default)]
+    pub packet_ct_fill: u64,
     pub scaling: Vec<ScalingRow>,
     pub programming: Vec<ProgramRow>,
     pub in_situ: Vec<InSitu>,

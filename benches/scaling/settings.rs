@@ -11,6 +11,8 @@
 //! `DP_BENCH_CONTROL_SERVICES=10000` (the control plane's sizes), `DP_BENCH_IPTABLES_MAX`
 //! (default 10000: the largest size the iptables backend is programmed with), `DP_BENCH_ROUNDS`, `DP_BENCH_CRR_SECS`,
 //! `DP_BENCH_RR_SECS`, `DP_BENCH_THREADS`, `DP_BENCH_CHANGES`, `DP_BENCH_FILL_SECS`,
+//! `DP_BENCH_PACKET_FILL=0` (the per-packet section without its conntrack fill, see
+//! `benches/common/packet.rs`),
 //! `DP_BENCH_REPORT` (path of the markdown report; default `BENCHMARKS.md` at the repository
 //! root), `DP_BENCH_SECTIONS` (a comma-separated subset of [`SECTIONS`], default all: the
 //! sections not named keep their numbers from the last `scaling.json`, so that

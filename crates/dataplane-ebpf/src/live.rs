@@ -953,7 +953,7 @@ mod tests {
 
     use super::open_read_only;
     use crate::map_table;
-    use crate::maps::{SvcKey, SvcValue};
+    use crate::maps::{SvcEntry, SvcKey};
     use crate::{EbpfConfig, EbpfDataplane};
 
     /// The inspector's map fds cannot write: the kernel refuses an update through one with
@@ -968,11 +968,11 @@ mod tests {
         let mut owner = EbpfDataplane::new(EbpfConfig::new(&dir)).expect("load");
         let fd = open_read_only(&map_table::SVC.pin_path(&dir)).expect("open read-only");
         let data = MapData::from_fd(fd).expect("map data");
-        let mut svc: BpfHashMap<MapData, SvcKey, SvcValue> = Map::from_map_data(data)
+        let mut svc: BpfHashMap<MapData, SvcKey, SvcEntry> = Map::from_map_data(data)
             .and_then(BpfHashMap::try_from)
             .expect("typed");
         let err = svc
-            .insert(SvcKey::default(), SvcValue::default(), 0)
+            .insert(SvcKey::default(), SvcEntry::default(), 0)
             .expect_err("a read-only fd writes nothing");
         let refused = matches!(
             &err,

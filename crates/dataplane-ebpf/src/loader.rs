@@ -19,7 +19,7 @@ use crate::layout;
 use crate::map_table::{self, Defined, MapSpec, MAPS};
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
-    NameKey, NameValue, PolAddr, PolBlockData, PolCt, PolRuleData, SrcRangeData, SvcKey, SvcValue,
+    NameKey, NameValue, PolAddr, PolBlockData, PolCt, PolRuleData, SrcRangeData, SvcEntry, SvcKey,
 };
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
 use crate::objects::{SOCK_OBJ, TC_HOST_OBJ, TC_POD_OBJ, XDP_UPLINK_OBJ};
@@ -39,7 +39,7 @@ const SOCK_TAG: &str = "sock";
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 pub(crate) struct Maps {
-    pub svc: HashMap<MapData, SvcKey, SvcValue>,
+    pub svc: HashMap<MapData, SvcKey, SvcEntry>,
     pub backends: Array<MapData, BackendValue>,
     pub slots: Array<MapData, u32>,
     pub ct: HashMap<MapData, CtKey, CtEntry>,

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, EvLimit, LocalKey,
-    LocalValue, NameKey, NameValue, PolAddr, PolBlockKey, PolCt, PolRuleKey, SrcRangeData, SvcKey,
-    SvcValue, DR_SLOTS, EV_LIMIT_SLOTS, EV_RING_BYTES, PT_MAX, SOCK_REV_KEY_SIZE,
+    LocalValue, NameKey, NameValue, PolAddr, PolBlockKey, PolCt, PolRuleKey, SrcRangeData,
+    SvcEntry, SvcKey, DR_SLOTS, EV_LIMIT_SLOTS, EV_RING_BYTES, PT_MAX, SOCK_REV_KEY_SIZE,
     SOCK_REV_VALUE_SIZE, STAT_NAMES,
 };
 
@@ -103,11 +103,11 @@ const fn spec(
     }
 }
 
-/// Frontends: (address, port, protocol, scope) -> service entry.
+/// Frontends: (address, port, protocol, scope) -> service entry and its first slots.
 pub(crate) const SVC: MapSpec = spec(
     "dp_svc",
     size_of::<SvcKey>(),
-    size_of::<SvcValue>(),
+    size_of::<SvcEntry>(),
     65_536,
     Some(Capacity::Services),
 );

@@ -267,6 +267,31 @@ pub struct SvcValue {
     pub pad: u16,
 }
 
+/// `SVC_INLINE_SLOTS`: the slots a `dp_svc` entry carries itself ([`SvcEntry::slots`]).
+pub const SVC_INLINE_SLOTS: usize = 16;
+
+/// `struct svc_entry`: `dp_svc`'s value, the frontend and the first slots of its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct SvcEntry {
+    /// The frontend.
+    pub v: SvcValue,
+    /// The first `min(v.slot_count, SVC_INLINE_SLOTS)` backend ids of its range (the
+    /// datapath reads them instead of `dp_slots` when the whole range fits), then zeros.
+    pub slots: [u32; SVC_INLINE_SLOTS],
+}
+
+impl SvcEntry {
+    /// The entry of frontend `v` whose range holds `range` (`v.slot_count` ids).
+    pub fn new(v: SvcValue, range: &[u32]) -> SvcEntry {
+        let mut slots = [0; SVC_INLINE_SLOTS];
+        for (s, id) in slots.iter_mut().zip(range) {
+            *s = *id;
+        }
+        SvcEntry { v, slots }
+    }
+}
+
 /// `struct backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -779,6 +804,7 @@ pod!(
     Addr,
     SvcKey,
     SvcValue,
+    SvcEntry,
     BackendValue,
     CtKey,
     CtEntry,
@@ -802,6 +828,7 @@ pod!(
 // Compile-time sizes; the BTF test checks offsets as well.
 const _: () = assert!(std::mem::size_of::<SvcKey>() == 24);
 const _: () = assert!(std::mem::size_of::<SvcValue>() == 20);
+const _: () = assert!(std::mem::size_of::<SvcEntry>() == 20 + 4 * SVC_INLINE_SLOTS);
 const _: () = assert!(std::mem::size_of::<BackendValue>() == 20);
 const _: () = assert!(std::mem::size_of::<CtKey>() == 40);
 const _: () = assert!(std::mem::size_of::<CtEntry>() == 64);

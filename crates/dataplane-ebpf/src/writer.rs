@@ -15,7 +15,7 @@ use crate::loader::Maps;
 use crate::map_table;
 use crate::maps::{
     Addr, AffinityKey, BackendValue, Be16, CtKey, DpConfig, EvRate, LocalKey, LocalValue,
-    SrcRangeData, SvcKey, SvcValue, CFG_F_HOST_ROUTING, EV_KIND_MAX, SVC_F_AFFINITY,
+    SrcRangeData, SvcEntry, SvcKey, SvcValue, CFG_F_HOST_ROUTING, EV_KIND_MAX, SVC_F_AFFINITY,
 };
 use crate::mmap::MmapArray;
 use crate::plan::{Frontends, Planner, Slots};
@@ -342,7 +342,7 @@ impl Current {
             alloc: SlotAlloc::new(caps.backend_slots),
         };
         for item in &maps.svc {
-            let (k, v) = item.map_err(merr(map_table::SVC.name, "reading"))?;
+            let (k, SvcEntry { v, .. }) = item.map_err(merr(map_table::SVC.name, "reading"))?;
             if v.slot_count > 0 {
                 if let Some(r) = cur.ranges.by_place.get_mut(&(v.slot_base, v.slot_count)) {
                     r.users += 1;
@@ -877,8 +877,10 @@ pub(crate) fn write(
     // In chunks: each entry is complete on its own (its slots and backends are written), and
     // the key and value arrays stay small.
     for chunk in prep.writes.chunks(SVC_CHUNK) {
-        let (keys, values): (Vec<SvcKey>, Vec<SvcValue>) =
-            chunk.iter().map(|w| (w.key, w.value)).unzip();
+        let (keys, values): (Vec<SvcKey>, Vec<SvcEntry>) = chunk
+            .iter()
+            .map(|w| (w.key, SvcEntry::new(w.value, &w.slots)))
+            .unzip();
         if !batch(&maps.svc_batch, map_table::SVC.name, &keys, &values)? {
             for (key, value) in keys.iter().zip(&values) {
                 maps.svc

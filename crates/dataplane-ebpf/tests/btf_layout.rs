@@ -10,7 +10,7 @@ use dataplane_core::DropReason;
 use dataplane_ebpf::maps::{
     AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, EvLimit, EvRate,
     FlowEventRecord, LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockData, PolBlockKey,
-    PolCt, PolRuleData, PolRuleKey, SrcRangeKey, SvcKey, SvcValue,
+    PolCt, PolRuleData, PolRuleKey, SrcRangeKey, SvcEntry, SvcKey, SvcValue,
 };
 
 /// struct name -> (size, [(field, byte offset)]).
@@ -116,6 +116,7 @@ fn map_layouts_match_btf() {
     let expected: Vec<(&str, u32, Vec<(&str, u32)>)> = vec![
         layout!(SvcKey, "svc_key", [addr => "addr", port => "port", proto => "proto", scope => "scope", family => "family", pad => "pad"]),
         layout!(SvcValue, "svc_value", [id => "id", slot_base => "slot_base", slot_count => "slot_count", affinity_timeout => "affinity_timeout", flags => "flags", pad => "pad"]),
+        layout!(SvcEntry, "svc_entry", [v => "v", slots => "slots"]),
         layout!(BackendValue, "backend", [addr => "addr", port => "port", family => "family", flags => "flags"]),
         layout!(CtKey, "ct_key", [saddr => "saddr", daddr => "daddr", sport => "sport", dport => "dport", proto => "proto", family => "family", pad0 => "pad0", pad => "pad"]),
         layout!(CtEntry, "ct_entry", [nat_addr => "nat_addr", snat_addr => "snat_addr", nat_port => "nat_port", snat_port => "snat_port", backend_id => "backend_id", svc_id => "svc_id", flags => "flags", tcp_state => "tcp_state", pad => "pad", created_ns => "created_ns", last_seen_ns => "last_seen_ns"]),
@@ -330,6 +331,7 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
         "pol_dir" { "POL_DIR_INGRESS" => m::POL_DIR_INGRESS, "POL_DIR_EGRESS" => m::POL_DIR_EGRESS }
         "pol_peer" { "POL_PEER_ANY" => m::POL_PEER_ANY, "POL_PEER_BLOCK" => m::POL_PEER_BLOCK }
         "pol_limit" { "POL_SETS_MAX" => m::POL_SETS_MAX }
+        "svc_limit" { "SVC_INLINE_SLOTS" => m::SVC_INLINE_SLOTS }
         "pol_ct_flag" {
             "POLCT_EGRESS" => m::POLCT_EGRESS,
             "POLCT_INGRESS" => m::POLCT_INGRESS,

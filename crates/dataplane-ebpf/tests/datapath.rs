@@ -1208,6 +1208,134 @@ fn identical_slot_ranges_are_shared() {
     assert_ne!(hex(&run.output), hex(&syn), "NodePort translated");
 }
 
+/// The `dp_svc` entry of ClusterIP `ip` port 80/TCP, read from the pinned map.
+fn svc_entry(pin_dir: &std::path::Path, ip: &str) -> dataplane_ebpf::maps::SvcEntry {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use dataplane_ebpf::maps::{Addr, Be16, SvcEntry, SvcKey, AF_INET, SCOPE_INTERNAL};
+
+    let svc: BpfHashMap<MapData, SvcKey, SvcEntry> = BpfHashMap::try_from(Map::HashMap(
+        MapData::from_pin(pin_dir.join("dp_svc")).expect("dp_svc pinned"),
+    ))
+    .expect("dp_svc as a hash map");
+    let key = SvcKey {
+        addr: Addr::new(ip.parse().unwrap()),
+        port: Be16::new(80),
+        proto: 6,
+        scope: SCOPE_INTERNAL,
+        family: AF_INET,
+        pad: [0; 3],
+    };
+    svc.get(&key, 0).expect("the frontend's entry")
+}
+
+/// The backends 400 new connections from a pod to `vip`:80 reach (source ports from `base`).
+fn backends_reached(
+    dp: &mut EbpfDataplane,
+    vip: &str,
+    base: u16,
+) -> std::collections::BTreeSet<String> {
+    (base..base + 400)
+        .map(|sport| {
+            let p = eth().ip("10.244.0.5", vip).tcp(sport, 80, TCP_SYN).build();
+            backend_of(dp, &p).to_string()
+        })
+        .collect()
+}
+
+/// A frontend entry carries the first `SVC_INLINE_SLOTS` slots of its range (`struct
+/// svc_entry`), equal to the range in `dp_slots`, the rest zero. A range that fits is read
+/// from the entry: with its `dp_slots` range zeroed behind the dataplane's back, a small
+/// service still reaches every backend. A bigger range is read from `dp_slots`: its backends
+/// beyond the inline ones are reached, and with its range zeroed it has none (rejected).
+#[test]
+fn frontend_entries_carry_their_first_slots() {
+    use aya::maps::{Array, Map, MapData};
+    use dataplane_ebpf::maps::SVC_INLINE_SLOTS;
+
+    if !require_root("frontend_entries_carry_their_first_slots") {
+        return;
+    }
+    let n = TestNode::new("inline");
+    let mut dp = n.dataplane();
+    let ips = |prefix: &str, count: usize| -> Vec<String> {
+        (0..count).map(|i| format!("{prefix}.{}", 10 + i)).collect()
+    };
+    let small_ips = ips("10.244.1", 3);
+    let big_ips = ips("10.244.2", SVC_INLINE_SLOTS + 4);
+    let small = service(
+        "small",
+        "10.96.0.10",
+        small_ips.iter().map(|ip| backend(ip, "node-b")).collect(),
+    );
+    let big = service(
+        "big",
+        "10.96.0.11",
+        big_ips.iter().map(|ip| backend(ip, "node-b")).collect(),
+    );
+    dp.apply(&state(vec![small, big])).expect("apply");
+
+    let mut slots: Array<MapData, u32> = Array::try_from(Map::Array(
+        MapData::from_pin(n.pin_dir.join("dp_slots")).expect("dp_slots pinned"),
+    ))
+    .expect("dp_slots as an array");
+    let entry = |ip: &str| svc_entry(&n.pin_dir, ip);
+    let (small_entry, big_entry) = (entry("10.96.0.10"), entry("10.96.0.11"));
+    for (what, e, count) in [
+        ("small", small_entry, small_ips.len()),
+        ("big", big_entry, big_ips.len()),
+    ] {
+        assert_eq!(
+            e.v.slot_count as usize, count,
+            "{what}: one slot per backend"
+        );
+        let range: Vec<u32> = (0..e.v.slot_count)
+            .map(|i| slots.get(&(e.v.slot_base + i), 0).expect("slot"))
+            .collect();
+        let inline = count.min(SVC_INLINE_SLOTS);
+        assert_eq!(
+            &e.slots[..inline],
+            &range[..inline],
+            "{what}: the inline slots"
+        );
+        assert!(
+            e.slots[inline..].iter().all(|s| *s == 0),
+            "{what}: zeros after them: {:?}",
+            e.slots
+        );
+    }
+
+    let all = |ips: &[String]| {
+        ips.iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        backends_reached(&mut dp, "10.96.0.11", 10_000),
+        all(&big_ips),
+        "the big service reaches its backends beyond the inline slots (dp_slots)"
+    );
+    // Zero both ranges behind the dataplane's back.
+    for e in [small_entry, big_entry] {
+        for i in 0..e.v.slot_count {
+            slots.set(e.v.slot_base + i, 0, 0).expect("zero a slot");
+        }
+    }
+    assert_eq!(
+        backends_reached(&mut dp, "10.96.0.10", 20_000),
+        all(&small_ips),
+        "the small service's range is read from its entry"
+    );
+    let syn = eth()
+        .ip("10.244.0.5", "10.96.0.11")
+        .tcp(30_000, 80, TCP_SYN)
+        .build();
+    let run = dp.run_packet(Hook::FromPod, &syn, 1).expect("run");
+    assert_eq!(
+        run.verdict, REDIRECT,
+        "the big service's range is read from dp_slots: zeroed, no backend (RST)"
+    );
+}
+
 /// Arrays pinned by a version without `BPF_F_MMAPABLE` (here: created by bpftool) cannot be
 /// mapped: the writer falls back on batch calls, and backends and slots still reach the
 /// datapath, through a full sync, an update that frees a backend, and adoption.

@@ -173,6 +173,26 @@ struct svc_value {
 	__u16 pad;
 };
 
+/* The slots a frontend entry carries itself (svc_entry.slots). */
+enum svc_limit {
+	SVC_INLINE_SLOTS = 16,
+};
+
+/*
+ * dp_svc's value: the frontend, and the first slots of its range side by side with it (as
+ * Katran keeps a VIP's metadata and its ring together). A range of at most SVC_INLINE_SLOTS
+ * slots (most services: one slot per endpoint) is read from here, so a new connection costs
+ * the service lookup and the backend's, no dp_slots lookup (a cache and TLB miss in a big
+ * array). dp_slots still holds every range (user space's mirror, the socket hooks' and
+ * observe()'s reads, bigger ranges and Maglev tables); slots[i] equals
+ * dp_slots[v.slot_base + i] for i < min(v.slot_count, SVC_INLINE_SLOTS), the rest 0. The
+ * entry is replaced whole by an update, so a packet never sees slots of another range.
+ */
+struct svc_entry {
+	struct svc_value v; /* first: a struct svc_value * to an entry points at its head */
+	__u32 slots[SVC_INLINE_SLOTS];
+};
+
 struct backend {
 	__u32 addr[4];
 	__be16 port;
@@ -271,7 +291,7 @@ struct dp_config {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct svc_key);
-	__type(value, struct svc_value);
+	__type(value, struct svc_entry);
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_svc SEC(".maps");
@@ -726,6 +746,7 @@ struct dp_consts {
 	enum ev_flag ev_flag;
 	enum ev_limit_const ev_limit_const;
 	enum name_kind name_kind;
+	enum svc_limit svc_limit;
 	/* and the event record, which only user space reads */
 	struct flow_event flow_event; /* by value: a pointer would carry only its name */
 };
