@@ -574,6 +574,14 @@ impl Run<'_> {
             self.push(&case.name, RowOutcome::Skipped { reason });
             return;
         }
+        if case.needs_cluster_policy() && !self.caps.cluster_policy {
+            let reason = format!(
+                "backend {:?} lacks cluster-wide ordered policy",
+                self.caps.dataplane
+            );
+            self.push(&case.name, RowOutcome::Skipped { reason });
+            return;
+        }
         let mut world = World::initial();
         let mut previous: Option<Applied> = None;
         for (i, step) in case.steps.iter().enumerate() {

@@ -59,8 +59,86 @@ pub fn policy_cases() -> Vec<PolicyCase> {
         ip_blocks(),
         ipv6_cases(),
         vec![anti_spoofing()],
+        cluster_tiers(),
     ]
     .concat()
+}
+
+/// The AdminNetworkPolicy API reference's precedence rules.
+const ANP: &str = "AdminNetworkPolicy API (network-policy-api.sigs.k8s.io):";
+
+/// A cluster policy at `priority` whose subject is namespace `subject` (every pod of it), with
+/// one ingress rule `action` from every pod of namespace `from`.
+fn cluster_ingress(
+    name: &str,
+    priority: u32,
+    subject: &str,
+    action: dataplane_core::ClusterAction,
+    from: &str,
+) -> dataplane_core::ClusterPolicy {
+    use dataplane_core::{ClusterPeer, ClusterPolicy, ClusterPolicyRule};
+    ClusterPolicy::for_namespaces(name, priority, ns_named(subject)).with_ingress(
+        ClusterPolicyRule::new(
+            format!("{action:?}-from-{from}").to_lowercase(),
+            action,
+            [ClusterPeer::Namespaces(ns_named(from))],
+        ),
+    )
+}
+
+/// Issue 22's conformance rows for cluster policies and the baseline: a cluster Deny beats a
+/// NetworkPolicy Allow, Pass defers to NetworkPolicy, the baseline applies only where
+/// nothing else decided. A backend without cluster policy skips them, visibly.
+fn cluster_tiers() -> Vec<PolicyCase> {
+    use dataplane_core::ClusterAction::{Allow, Deny, Pass};
+    use dataplane_core::{
+        BaselineAction, BaselinePolicy, BaselineRule, ClusterPeer, ClusterPolicySubject,
+    };
+    let allow_all_x = || {
+        policy("x", "allow-all", all())
+            .ingress(rule(Vec::new(), Vec::new()))
+            .build()
+    };
+    let baseline_deny_from_y = BaselinePolicy::new(ClusterPolicySubject::Namespaces(all()))
+        .with_ingress(BaselineRule::new(
+            "deny-from-y",
+            BaselineAction::Deny,
+            [ClusterPeer::Namespaces(ns_named("y"))],
+        ));
+    vec![
+        case(
+            "cluster-deny-beats-networkpolicy-allow",
+            &format!("{ANP} AdminNetworkPolicy rules take precedence over NetworkPolicy"),
+            vec![
+                apply(vec![allow_all_x()]),
+                Step::ApplyCluster(vec![cluster_ingress("deny-y-to-x", 10, "x", Deny, "y")]),
+                Step::DeleteCluster("deny-y-to-x".to_owned()),
+            ],
+        ),
+        case(
+            "cluster-pass-defers-to-networkpolicy",
+            &format!("{ANP} Pass skips the remaining AdminNetworkPolicies"),
+            vec![
+                Step::ApplyCluster(vec![
+                    cluster_ingress("pass-y-to-x", 5, "x", Pass, "y"),
+                    cluster_ingress("deny-y-to-x", 10, "x", Deny, "y"),
+                ]),
+                apply(vec![policy("x", "allow-z", all())
+                    .ingress(rule(vec![namespaces(ns_named("z"))], Vec::new()))
+                    .build()]),
+            ],
+        ),
+        case(
+            "baseline-only-where-nothing-else-decided",
+            &format!("{ANP} BaselineAdminNetworkPolicy applies where no NetworkPolicy isolates"),
+            vec![
+                Step::SetBaseline(Some(baseline_deny_from_y)),
+                apply(vec![allow_all_x()]),
+                Step::ApplyCluster(vec![cluster_ingress("allow-y-to-z", 1, "z", Allow, "y")]),
+                Step::SetBaseline(None),
+            ],
+        ),
+    ]
 }
 
 /// The team's anti-spoofing rule: z/c accepts x/a (any port) and its node (kubelet's rule),

@@ -495,3 +495,88 @@ fn forged_sources_are_dropped_with_policies_though_the_target_would_accept_them(
         assert_eq!(super::layout::pod_name(SPOOF_TARGET), "z/c");
     }
 }
+
+/// Issue 22's rows for the reference model: a cluster Deny beats a NetworkPolicy Allow, Pass
+/// defers to NetworkPolicy, the baseline applies only where nothing else decided.
+#[test]
+fn the_cluster_policy_matrices_say_what_the_cases_mean() {
+    use Path::{ClusterIp, Direct};
+    let m = matrices(&case("cluster-deny-beats-networkpolicy-allow"));
+    assert!(
+        allowed(&m[0], "y/b", "x/a", Tcp, 80, Direct),
+        "the NetworkPolicy allows all"
+    );
+    assert!(
+        !allowed(&m[1], "y/b", "x/a", Tcp, 80, Direct),
+        "the cluster Deny wins"
+    );
+    assert!(!allowed(&m[1], "y/a", "x/c", Udp, 81, ClusterIp));
+    assert!(
+        allowed(&m[1], "z/a", "x/a", Tcp, 80, Direct),
+        "z is no peer of the rule"
+    );
+    assert!(allowed(&m[1], "node-1", "x/a", Tcp, 80, Direct));
+    assert!(
+        allowed(&m[1], "node-0", "x/a", Tcp, 80, Direct),
+        "the node reaches its pods"
+    );
+    assert!(
+        allowed(&m[2], "y/b", "x/a", Tcp, 80, Direct),
+        "deleted: allowed again"
+    );
+
+    let m = matrices(&case("cluster-pass-defers-to-networkpolicy"));
+    assert!(
+        allowed(&m[0], "y/b", "x/a", Tcp, 80, Direct),
+        "Pass skips the Deny; nothing else decides"
+    );
+    assert!(
+        !allowed(&m[1], "y/b", "x/a", Tcp, 80, Direct),
+        "the NetworkPolicy decides"
+    );
+    assert!(allowed(&m[1], "z/b", "x/a", Udp, 81, ClusterIp));
+    assert!(!allowed(&m[1], "x/b", "x/a", Tcp, 80, Direct));
+
+    let m = matrices(&case("baseline-only-where-nothing-else-decided"));
+    assert!(
+        !allowed(&m[0], "y/a", "x/b", Tcp, 80, Direct),
+        "the baseline denies y"
+    );
+    assert!(!allowed(&m[0], "y/a", "z/b", Tcp, 80, ClusterIp));
+    assert!(!allowed(&m[0], "y/a", "y/b", Tcp, 80, Direct));
+    assert!(
+        allowed(&m[0], "z/a", "x/b", Tcp, 80, Direct),
+        "z is no peer of the rule"
+    );
+    assert!(
+        allowed(&m[1], "y/a", "x/b", Tcp, 80, Direct),
+        "x is isolated: its policy decides"
+    );
+    assert!(!allowed(&m[1], "y/a", "z/b", Tcp, 80, Direct), "z is not");
+    assert!(
+        allowed(&m[2], "y/a", "z/b", Tcp, 80, Direct),
+        "the cluster Allow decides"
+    );
+    assert!(!allowed(&m[2], "y/a", "y/b", Tcp, 80, Direct));
+    assert!(
+        allowed(&m[3], "y/a", "y/b", Tcp, 80, Direct),
+        "no baseline: open"
+    );
+}
+
+#[test]
+fn cluster_cases_are_marked_for_the_capability() {
+    let marked: Vec<String> = policy_cases()
+        .into_iter()
+        .filter(PolicyCase::needs_cluster_policy)
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(
+        marked,
+        [
+            "cluster-deny-beats-networkpolicy-allow",
+            "cluster-pass-defers-to-networkpolicy",
+            "baseline-only-where-nothing-else-decided"
+        ]
+    );
+}
