@@ -350,7 +350,13 @@ pub fn run_policy_with(
         forged: 0,
         report: &mut report,
     };
-    let needed = ports_needed(cases, &run.families);
+    // Cases the backend skips send no probe.
+    let runnable: Vec<PolicyCase> = cases
+        .iter()
+        .filter(|c| caps.cluster_policy || !c.needs_cluster_policy())
+        .cloned()
+        .collect();
+    let needed = ports_needed(&runnable, &run.families);
     let have = POD_PROBE_PORTS.len().min(NODE_PROBE_PORTS.len());
     let prepared = if needed > have {
         Err(format!(
