@@ -222,13 +222,14 @@ fn the_baseline_applies_only_where_nothing_else_decided() {
     // Peers the baseline does not name: default allow.
     assert!(allowed(&state, OTHER_NODE, XA, 8080));
     // A NetworkPolicy isolating x/a decides instead (its allow).
-    let with_np = state.clone().with_policy(np_allow_all_ingress());
-    assert!(allowed(&with_np, YB, XA, 8080));
+    let with_networkpolicy = state.clone().with_policy(np_allow_all_ingress());
+    assert!(allowed(&with_networkpolicy, YB, XA, 8080));
     // A cluster Allow decides instead.
-    let with_anp = state
-        .clone()
-        .with_cluster_policy(anp("allow-y", 1, ClusterAction::Allow, "y"));
-    assert!(allowed(&with_anp, YB, XA, 8080));
+    let with_cluster_allow =
+        state
+            .clone()
+            .with_cluster_policy(anp("allow-y", 1, ClusterAction::Allow, "y"));
+    assert!(allowed(&with_cluster_allow, YB, XA, 8080));
     // A Pass with no NetworkPolicy reaches the baseline.
     let passed = state.with_cluster_policy(anp("pass-y", 1, ClusterAction::Pass, "y"));
     assert!(!allowed(&passed, YB, XA, 8080));

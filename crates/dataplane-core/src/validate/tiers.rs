@@ -207,7 +207,7 @@ fn validate_cluster_rule(
         let field = format!("{at}.peers[{j}]");
         match peer {
             ClusterPeer::Namespaces(sel) => {
-                check_selector(object, &format!("{field}.namespaces"), sel)?
+                check_selector(object, &format!("{field}.namespaces"), sel)?;
             }
             ClusterPeer::Pods(pods) => {
                 check_selector(
@@ -263,7 +263,7 @@ fn validate_cluster_rule(
                 check_port(object, &format!("{field}.portNumber.port"), *port)?;
             }
             ClusterPort::NamedPort(name) => {
-                check_name(object, &format!("{field}.namedPort"), name, 15)?
+                check_name(object, &format!("{field}.namedPort"), name, 15)?;
             }
             ClusterPort::PortRange { start, end, .. } => {
                 check_port(object, &format!("{field}.portRange.start"), *start)?;
