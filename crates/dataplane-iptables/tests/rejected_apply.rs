@@ -214,6 +214,8 @@ fn which(tool: &str) -> PathBuf {
 }
 
 /// Either backend, with its test hook.
+// One per test, made once and never moved around: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Nftables(NftablesDataplane),
     Iptables(IptablesDataplane),
