@@ -7,8 +7,8 @@
 //! (<https://docs.tigera.io/calico/latest/reference/host-endpoints/>). The reference model
 //! knows one host interface, the uplink: [`uplink_host_endpoint`] is the endpoint on it (the
 //! one named for it, else an all-interfaces one), and a packet crosses it
-//! - inward when it arrives from outside the node ([`crate::Entry::FromUplink`]);
-//! - outward when it leaves the node: sent by the node itself ([`crate::Entry::FromHost`]) or
+//! - inward when it arrives from outside the node (`Entry::FromUplink`);
+//! - outward when it leaves the node: sent by the node itself (`Entry::FromHost`) or
 //!   forwarded (from a pod or from the uplink), to an address that is neither a local pod's
 //!   nor one of the node's (traffic between the node and its pods, and between its pods,
 //!   crosses no host endpoint).
@@ -46,7 +46,26 @@ use std::net::{IpAddr, SocketAddr};
 use crate::model::{
     DesiredState, HostAction, HostEndpoint, HostPolicy, HostRule, PolicyType, Protocol,
 };
-use crate::reference::Packet;
+
+/// Where a packet enters the node's dataplane, as host policy sees it (the reference
+/// model's `Entry` without the pod's name: this module sits below it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum From {
+    /// From outside, on the uplink.
+    Uplink,
+    /// From the node itself.
+    Host,
+    /// From a local pod.
+    Pod,
+}
+
+/// A packet's protocol, source and destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Flow {
+    pub(crate) protocol: Protocol,
+    pub(crate) source: SocketAddr,
+    pub(crate) destination: SocketAddr,
+}
 
 /// The kind of a host policy, by its flags: when it is evaluated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -183,7 +202,7 @@ impl<'a> HostView<'a> {
     }
 
     /// Failsafe, untracked and pre-DNAT stages for `packet` entering at `entry`.
-    pub(crate) fn before_translation(&self, packet: &Packet, entry: &crate::Entry) -> Early {
+    pub(crate) fn before_translation(&self, packet: &Flow, entry: From) -> Early {
         let dst = packet.destination;
         let failsafe = |ports: &[crate::model::FailsafePort]| {
             ports
@@ -197,7 +216,7 @@ impl<'a> HostView<'a> {
         };
         let (p, s) = (packet.protocol, packet.source);
         match entry {
-            crate::Entry::FromUplink => {
+            From::Uplink => {
                 let to_host = self.state.node.addresses.contains(&dst.ip());
                 if to_host && failsafe(&self.state.failsafe_ports.inbound) {
                     return Early::Allowed;
@@ -215,7 +234,7 @@ impl<'a> HostView<'a> {
                 })
                 .unwrap_or(Early::Continue)
             }
-            crate::Entry::FromHost if !self.is_local(dst.ip()) => {
+            From::Host if !self.is_local(dst.ip()) => {
                 if failsafe(&self.state.failsafe_ports.outbound) {
                     return Early::Allowed;
                 }
@@ -234,7 +253,7 @@ impl<'a> HostView<'a> {
     /// twice (from the uplink, forwarded out of it again) must pass both ways.
     pub(crate) fn normal_allows(
         &self,
-        entry: &crate::Entry,
+        entry: From,
         protocol: Protocol,
         source: SocketAddr,
         destination: SocketAddr,
@@ -256,13 +275,13 @@ impl<'a> HostView<'a> {
         };
         let leaves = !self.is_local(destination.ip());
         let inward = match entry {
-            crate::Entry::FromUplink => leg(PolicyType::Ingress, !host.contains(&destination.ip())),
+            From::Uplink => leg(PolicyType::Ingress, !host.contains(&destination.ip())),
             _ => true,
         };
         let outward = match entry {
             _ if !leaves => true,
-            crate::Entry::FromHost => leg(PolicyType::Egress, false),
-            crate::Entry::FromPod(_) | crate::Entry::FromUplink => leg(PolicyType::Egress, true),
+            From::Host => leg(PolicyType::Egress, false),
+            From::Pod | From::Uplink => leg(PolicyType::Egress, true),
         };
         inward && outward
     }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::host_policy::{Early, HostView};
+use crate::host_policy::{Early, Flow, From, HostView};
 use crate::model::{
     Backend, DesiredState, ObjectName, Protocol, Service, ServicePort, TrafficPolicy,
 };
@@ -331,11 +331,29 @@ enum Scope {
     Node,
 }
 
+/// What host policy knows of a packet.
+fn flow(packet: &Packet) -> Flow {
+    Flow {
+        protocol: packet.protocol,
+        source: packet.source,
+        destination: packet.destination,
+    }
+}
+
+/// What host policy knows of an entry.
+fn from(entry: &Entry) -> From {
+    match entry {
+        Entry::FromUplink => From::Uplink,
+        Entry::FromHost => From::Host,
+        Entry::FromPod(_) => From::Pod,
+    }
+}
+
 fn evaluate_in(state: &DesiredState, packet: &Packet, entry: &Entry, scope: Scope) -> Verdict {
     let host = HostView::of(state);
-    let early = host
-        .as_ref()
-        .map_or(Early::Continue, |h| h.before_translation(packet, entry));
+    let early = host.as_ref().map_or(Early::Continue, |h| {
+        h.before_translation(&flow(packet), from(entry))
+    });
     let verdict = match early {
         Early::Drop => return Verdict::Drop,
         // No conntrack, so no NAT either: the packet goes where it is addressed, as it is.
@@ -358,7 +376,8 @@ fn with_host_policy(
     packet: &Packet,
     entry: &Entry,
 ) -> Verdict {
-    let allows = |to: SocketAddr| host.normal_allows(entry, packet.protocol, packet.source, to);
+    let allows =
+        |to: SocketAddr| host.normal_allows(from(entry), packet.protocol, packet.source, to);
     match verdict {
         Verdict::Forward {
             service,
@@ -466,7 +485,7 @@ pub fn reply_allowed(state: &DesiredState, packet: &Packet, entry: &Entry) -> bo
         return false;
     }
     let untracked = HostView::of(state)
-        .is_some_and(|h| h.before_translation(packet, entry) == Early::Untracked);
+        .is_some_and(|h| h.before_translation(&flow(packet), from(entry)) == Early::Untracked);
     if !untracked {
         return true;
     }
