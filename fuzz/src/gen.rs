@@ -19,13 +19,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::{Result, Unstructured};
 use dataplane_core::{
-    Backend, BackendSelection, BaselineAction, BaselinePolicy, BaselineRule, ClusterAction,
-    ClusterPeer, ClusterPolicy, ClusterPolicyRule, ClusterPolicySubject, ClusterPort,
-    DesiredState, Endpoint, ExternalMode, FailsafePort, FailsafePorts, HostAction, HostEndpoint,
-    HostPolicy, HostPort, HostRule, Interfaces, IpBlock, LabelRequirement, LabelSelector,
-    Masquerade, NamedPort, Namespace, NamespacedPods, Node, ObjectName, PeerNode, PeerPod, Policy,
-    PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRange, PortRef, Protocol,
-    SelectorOperator, Service, ServicePort, SessionAffinity, TrafficPolicy, API_VERSION, KIND,
+    Backend, BackendSelection, BaselineAction, BaselinePolicy, ClusterAction, ClusterPeer,
+    ClusterPolicy, ClusterPolicyRule, ClusterPolicySubject, ClusterPort, ClusterRule, DesiredState,
+    Endpoint, ExternalMode, FailsafePort, FailsafePorts, HostAction, HostEndpoint, HostPolicy,
+    HostPort, HostRule, Interfaces, IpBlock, LabelRequirement, LabelSelector, Masquerade,
+    NamedPort, Namespace, NamespacedPods, Node, ObjectName, PeerNode, PeerPod, Policy, PolicyPeer,
+    PolicyPort, PolicyRule, PolicyType, PortRange, PortRef, Protocol, SelectorOperator, Service,
+    ServicePort, SessionAffinity, TrafficPolicy, API_VERSION, KIND,
 };
 use ipnetwork::IpNetwork;
 
@@ -467,7 +467,11 @@ fn cluster_rule_parts(
             1 => ClusterPeer::Pods(namespaced_pods(u)?),
             2 => ClusterPeer::Nodes(selector(u)?),
             _ => {
-                let mut nets = subset(u, &[net("10.0.0.0/8"), net("0.0.0.0/0"), net("2001:db8::/32")], 2)?;
+                let mut nets = subset(
+                    u,
+                    &[net("10.0.0.0/8"), net("0.0.0.0/0"), net("2001:db8::/32")],
+                    2,
+                )?;
                 if nets.is_empty() {
                     nets.push(net("192.0.2.7/32"));
                 }
@@ -496,6 +500,25 @@ fn cluster_rule_parts(
     Ok((name, peers, ports))
 }
 
+/// Up to 2 rules with actions from `actions` (`nodes` and `networks` peers on egress only).
+fn tier_rules<A: Clone>(
+    u: &mut Unstructured,
+    egress: bool,
+    actions: &[A],
+) -> Result<Vec<ClusterRule<A>>> {
+    let mut rules = Vec::new();
+    for _ in 0..u.int_in_range(0..=2)? {
+        let (name, peers, ports) = cluster_rule_parts(u, egress)?;
+        rules.push(ClusterRule {
+            name,
+            action: pick(u, actions)?,
+            peers,
+            ports,
+        });
+    }
+    Ok(rules)
+}
+
 fn cluster_policy(u: &mut Unstructured, idx: usize) -> Result<ClusterPolicy> {
     let mut p = ClusterPolicy::new(
         NAMES[idx],
@@ -503,44 +526,21 @@ fn cluster_policy(u: &mut Unstructured, idx: usize) -> Result<ClusterPolicy> {
         idx as u32 * 100 + u.int_in_range(0..=99)?,
         cluster_subject(u)?,
     );
-    let actions = [ClusterAction::Allow, ClusterAction::Deny, ClusterAction::Pass];
-    for egress in [false, true] {
-        for _ in 0..u.int_in_range(0..=2)? {
-            let (name, peers, ports) = cluster_rule_parts(u, egress)?;
-            let rule = ClusterPolicyRule {
-                name,
-                action: pick(u, &actions)?,
-                peers,
-                ports,
-            };
-            if egress {
-                p.egress.push(rule);
-            } else {
-                p.ingress.push(rule);
-            }
-        }
-    }
+    let actions = [
+        ClusterAction::Allow,
+        ClusterAction::Deny,
+        ClusterAction::Pass,
+    ];
+    p.ingress = tier_rules(u, false, &actions)?;
+    p.egress = tier_rules(u, true, &actions)?;
     Ok(p)
 }
 
 fn baseline_policy(u: &mut Unstructured) -> Result<BaselinePolicy> {
     let mut p = BaselinePolicy::new(cluster_subject(u)?);
-    for egress in [false, true] {
-        for _ in 0..u.int_in_range(0..=2)? {
-            let (name, peers, ports) = cluster_rule_parts(u, egress)?;
-            let rule = BaselineRule {
-                name,
-                action: pick(u, &[BaselineAction::Allow, BaselineAction::Deny])?,
-                peers,
-                ports,
-            };
-            if egress {
-                p.egress.push(rule);
-            } else {
-                p.ingress.push(rule);
-            }
-        }
-    }
+    let actions = [BaselineAction::Allow, BaselineAction::Deny];
+    p.ingress = tier_rules(u, false, &actions)?;
+    p.egress = tier_rules(u, true, &actions)?;
     Ok(p)
 }
 
@@ -561,7 +561,11 @@ fn host_ports(u: &mut Unstructured) -> Result<Vec<HostPort>> {
 }
 
 fn host_rule(u: &mut Unstructured) -> Result<HostRule> {
-    let nets = [net("198.51.100.0/24"), net("0.0.0.0/0"), net("2001:db8::/32")];
+    let nets = [
+        net("198.51.100.0/24"),
+        net("0.0.0.0/0"),
+        net("2001:db8::/32"),
+    ];
     let mut rule = HostRule::new(pick(u, &[HostAction::Allow, HostAction::Deny])?)
         .from_nets(subset(u, &nets, 2)?)
         .to_nets(subset(u, &nets, 2)?);

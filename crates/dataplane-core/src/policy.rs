@@ -92,8 +92,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     BaselineAction, ClusterAction, ClusterPeer, ClusterPolicy, ClusterPolicySubject, ClusterPort,
-    DesiredState, IpBlock, LabelSelector, NamedPort, ObjectName, Policy, PolicyPeer, PolicyPort,
-    PolicyRule, PolicyType, PortRef, Protocol, SelectorOperator,
+    ClusterRule, DesiredState, IpBlock, LabelSelector, NamedPort, ObjectName, Policy, PolicyPeer,
+    PolicyPort, PolicyRule, PolicyType, PortRef, Protocol, SelectorOperator,
 };
 
 /// The labels of a node without a [`crate::PeerNode`] entry: none.
@@ -463,11 +463,7 @@ impl Connection<'_> {
             .collect();
         selecting.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
         for policy in selecting {
-            let rule = policy
-                .rules(direction)
-                .iter()
-                .find(|r| self.cluster_rule_matches(&r.peers, &r.ports, peer, peer_ip));
-            if let Some(rule) = rule {
+            if let Some(rule) = self.first_rule(policy.rules(direction), peer, peer_ip) {
                 let action = rule.action;
                 let (policy, rule) = (policy.name.clone(), rule.name.clone());
                 return match action {
@@ -493,10 +489,7 @@ impl Connection<'_> {
         if !self.subject_matches(&baseline.subject, subject) {
             return None;
         }
-        let rule = baseline
-            .rules(direction)
-            .iter()
-            .find(|r| self.cluster_rule_matches(&r.peers, &r.ports, peer, peer_ip))?;
+        let rule = self.first_rule(baseline.rules(direction), peer, peer_ip)?;
         let name = rule.name.clone();
         Some(match rule.action {
             BaselineAction::Allow => Decision::BaselineAllowed { rule: name },
@@ -515,17 +508,19 @@ impl Connection<'_> {
         }
     }
 
-    fn cluster_rule_matches(
+    /// The first of `rules` whose peers and ports match.
+    fn first_rule<'r, A>(
         &self,
-        peers: &[ClusterPeer],
-        ports: &[ClusterPort],
+        rules: &'r [ClusterRule<A>],
         peer: &Party<'_>,
         peer_ip: IpAddr,
-    ) -> bool {
-        peers
-            .iter()
-            .any(|p| self.cluster_peer_matches(p, peer, peer_ip))
-            && (ports.is_empty() || ports.iter().any(|p| self.cluster_port_matches(p)))
+    ) -> Option<&'r ClusterRule<A>> {
+        rules.iter().find(|r| {
+            r.peers
+                .iter()
+                .any(|p| self.cluster_peer_matches(p, peer, peer_ip))
+                && (r.ports.is_empty() || r.ports.iter().any(|p| self.cluster_port_matches(p)))
+        })
     }
 
     fn cluster_peer_matches(

@@ -376,8 +376,18 @@ fn with_host_policy(
     packet: &Packet,
     entry: &Entry,
 ) -> Verdict {
-    let allows =
-        |to: SocketAddr| host.normal_allows(from(entry), packet.protocol, packet.source, to);
+    keep_allowed(verdict, packet.destination, |to| {
+        host.normal_allows(from(entry), packet.protocol, packet.source, to)
+    })
+}
+
+/// `verdict` keeping only what `allows` (a destination after translation): the backends of
+/// a forward (none left: drop), the destination of an untouched packet.
+fn keep_allowed(
+    verdict: Verdict,
+    destination: SocketAddr,
+    allows: impl Fn(SocketAddr) -> bool,
+) -> Verdict {
     match verdict {
         Verdict::Forward {
             service,
@@ -397,7 +407,7 @@ fn with_host_policy(
                 }
             }
         }
-        Verdict::Untouched { .. } if !allows(packet.destination) => Verdict::Drop,
+        Verdict::Untouched { .. } if !allows(destination) => Verdict::Drop,
         other => other,
     }
 }
@@ -423,36 +433,12 @@ fn with_pod_policy(
     // The node's own traffic to its own pods is allowed whatever source address the kernel
     // picked for it (a secondary address, another interface's): it is the node's by where it
     // comes from, not by its address.
-    let allows = |to: IpAddr, port: u16| {
-        (matches!(entry, Entry::FromHost) && state.endpoints.iter().any(|e| e.ips.contains(&to)))
-            || allowed_in(state, scope, client, to, packet.protocol, port)
+    let allows = |to: SocketAddr| {
+        (matches!(entry, Entry::FromHost)
+            && state.endpoints.iter().any(|e| e.ips.contains(&to.ip())))
+            || allowed_in(state, scope, client, to.ip(), packet.protocol, to.port())
     };
-    match verdict {
-        Verdict::Forward {
-            service,
-            frontend,
-            mut backends,
-            source,
-        } => {
-            backends.retain(|b| allows(b.ip(), b.port()));
-            if backends.is_empty() {
-                Verdict::Drop
-            } else {
-                Verdict::Forward {
-                    service,
-                    frontend,
-                    backends,
-                    source,
-                }
-            }
-        }
-        Verdict::Untouched { .. }
-            if !allows(packet.destination.ip(), packet.destination.port()) =>
-        {
-            Verdict::Drop
-        }
-        other => other,
-    }
+    keep_allowed(verdict, packet.destination, allows)
 }
 
 /// Whether the replies of the connection whose first packet is `packet`, entering at

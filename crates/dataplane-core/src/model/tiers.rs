@@ -172,14 +172,15 @@ pub enum BaselineAction {
     Deny,
 }
 
-/// One rule of a cluster policy.
+/// One rule of a cluster policy ([`ClusterPolicyRule`], actions [`ClusterAction`]) or of the
+/// baseline ([`BaselineRule`], actions [`BaselineAction`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ClusterPolicyRule {
+pub struct ClusterRule<A> {
     /// Rule name (1..=[`MAX_RULE_NAME`] characters): counters and flow events name it.
     pub name: String,
     /// What a match does.
-    pub action: ClusterAction,
+    pub action: A,
     /// The peers (at least one). In files also `from` (ingress) or `to` (egress), the API's
     /// names.
     #[serde(alias = "from", alias = "to")]
@@ -189,50 +190,17 @@ pub struct ClusterPolicyRule {
     pub ports: Vec<ClusterPort>,
 }
 
-impl ClusterPolicyRule {
+/// A rule of a cluster policy: `Allow`, `Deny` or `Pass`.
+pub type ClusterPolicyRule = ClusterRule<ClusterAction>;
+
+/// A rule of the baseline policy: `Allow` or `Deny`.
+pub type BaselineRule = ClusterRule<BaselineAction>;
+
+impl<A> ClusterRule<A> {
     /// A rule for every port.
     pub fn new(
         name: impl Into<String>,
-        action: ClusterAction,
-        peers: impl IntoIterator<Item = ClusterPeer>,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            action,
-            peers: peers.into_iter().collect(),
-            ports: Vec::new(),
-        }
-    }
-
-    /// This rule restricted to `port` too.
-    #[must_use]
-    pub fn with_port(mut self, port: ClusterPort) -> Self {
-        self.ports.push(port);
-        self
-    }
-}
-
-/// One rule of the baseline policy: a [`ClusterPolicyRule`] without `Pass`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BaselineRule {
-    /// Rule name (1..=[`MAX_RULE_NAME`] characters).
-    pub name: String,
-    /// What a match does.
-    pub action: BaselineAction,
-    /// The peers (at least one); also `from` / `to` in files.
-    #[serde(alias = "from", alias = "to")]
-    pub peers: Vec<ClusterPeer>,
-    /// The destination ports (empty: every port and protocol).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<ClusterPort>,
-}
-
-impl BaselineRule {
-    /// A rule for every port.
-    pub fn new(
-        name: impl Into<String>,
-        action: BaselineAction,
+        action: A,
         peers: impl IntoIterator<Item = ClusterPeer>,
     ) -> Self {
         Self {

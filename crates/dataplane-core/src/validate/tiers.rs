@@ -9,9 +9,9 @@ use super::{
     ValidationError,
 };
 use crate::model::{
-    BaselinePolicy, ClusterPeer, ClusterPolicy, ClusterPolicySubject, ClusterPort, DesiredState,
-    FailsafePorts, HostEndpoint, HostPolicy, HostPort, HostRule, PeerNode, ALL_INTERFACES,
-    MAX_CLUSTER_NETWORKS, MAX_CLUSTER_POLICY_PRIORITY, MAX_CLUSTER_POLICY_RULES,
+    BaselinePolicy, ClusterPeer, ClusterPolicy, ClusterPolicySubject, ClusterPort, ClusterRule,
+    DesiredState, FailsafePorts, HostEndpoint, HostPolicy, HostPort, HostRule, PeerNode,
+    ALL_INTERFACES, MAX_CLUSTER_NETWORKS, MAX_CLUSTER_POLICY_PRIORITY, MAX_CLUSTER_POLICY_RULES,
     MAX_CLUSTER_RULE_PEERS, MAX_RULE_NAME,
 };
 
@@ -137,53 +137,40 @@ pub(super) fn validate_cluster_policy(
         });
     }
     validate_subject(object, &p.subject)?;
-    for (dir, rules) in [("ingress", &p.ingress), ("egress", &p.egress)] {
-        if rules.len() > MAX_CLUSTER_POLICY_RULES {
-            check_count(object, dir, rules.len(), 0, MAX_CLUSTER_POLICY_RULES)?;
-        }
-        for (i, r) in rules.iter().enumerate() {
-            validate_cluster_rule(
-                object,
-                &format!("{dir}[{i}]"),
-                dir == "egress",
-                &r.name,
-                &r.peers,
-                &r.ports,
-            )?;
-        }
-    }
-    Ok(())
+    validate_rules(object, &p.ingress, &p.egress)
 }
 
 pub(super) fn validate_baseline(p: &BaselinePolicy, object: &str) -> Result<(), ValidationError> {
     validate_subject(object, &p.subject)?;
-    for (dir, rules) in [("ingress", &p.ingress), ("egress", &p.egress)] {
+    validate_rules(object, &p.ingress, &p.egress)
+}
+
+/// The ingress and egress rules of a cluster or baseline policy.
+fn validate_rules<A>(
+    object: &str,
+    ingress: &[ClusterRule<A>],
+    egress: &[ClusterRule<A>],
+) -> Result<(), ValidationError> {
+    for (dir, rules) in [("ingress", ingress), ("egress", egress)] {
         if rules.len() > MAX_CLUSTER_POLICY_RULES {
             check_count(object, dir, rules.len(), 0, MAX_CLUSTER_POLICY_RULES)?;
         }
         for (i, r) in rules.iter().enumerate() {
-            validate_cluster_rule(
-                object,
-                &format!("{dir}[{i}]"),
-                dir == "egress",
-                &r.name,
-                &r.peers,
-                &r.ports,
-            )?;
+            let at = format!("{dir}[{i}]");
+            validate_cluster_rule(object, &at, dir == "egress", r)?;
         }
     }
     Ok(())
 }
 
 /// A rule of a cluster or baseline policy (`at` is `ingress[0]`).
-fn validate_cluster_rule(
+fn validate_cluster_rule<A>(
     object: &str,
     at: &str,
     egress: bool,
-    name: &str,
-    peers: &[ClusterPeer],
-    ports: &[ClusterPort],
+    rule: &ClusterRule<A>,
 ) -> Result<(), ValidationError> {
+    let (name, peers, ports) = (&rule.name, &rule.peers, &rule.ports);
     if name.is_empty() {
         return Err(err_empty(object, &format!("{at}.name")));
     }

@@ -14,12 +14,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane_core::{
     Backend, BackendSelection, BaselineAction, BaselinePolicy, BaselineRule, ClusterAction,
-    ClusterPeer, ClusterPolicy, ClusterPolicyRule, ClusterPolicySubject, ClusterPort, DesiredState,
-    Endpoint, ExternalMode, FailsafePort, FailsafePorts, HostAction, HostEndpoint, HostPolicy,
-    HostPort, HostRule, Interfaces, IpBlock, LabelRequirement, LabelSelector, Masquerade,
-    NamedPort, Namespace, NamespacedPods, Node, ObjectName, PeerNode, PeerPod, Policy, PolicyPeer,
-    PolicyPort, PolicyRule, PolicyType, PortRange, PortRef, Protocol, SelectorOperator, Service,
-    ServicePort, SessionAffinity, TrafficPolicy, API_VERSION, KIND,
+    ClusterPeer, ClusterPolicy, ClusterPolicyRule, ClusterPolicySubject, ClusterPort, ClusterRule,
+    DesiredState, Endpoint, ExternalMode, FailsafePort, FailsafePorts, HostAction, HostEndpoint,
+    HostPolicy, HostPort, HostRule, Interfaces, IpBlock, LabelRequirement, LabelSelector,
+    Masquerade, NamedPort, Namespace, NamespacedPods, Node, ObjectName, PeerNode, PeerPod, Policy,
+    PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRange, PortRef, Protocol, SelectorOperator,
+    Service, ServicePort, SessionAffinity, TrafficPolicy, API_VERSION, KIND,
 };
 use ipnetwork::IpNetwork;
 use proptest::collection::{btree_map, btree_set, vec};
@@ -546,16 +546,15 @@ fn cluster_rule_parts(
     )
 }
 
-fn cluster_rules(egress: bool) -> impl Strategy<Value = Vec<ClusterPolicyRule>> {
-    let action = select(vec![
-        ClusterAction::Allow,
-        ClusterAction::Deny,
-        ClusterAction::Pass,
-    ]);
-    vec((cluster_rule_parts(egress), action), 0..=2).prop_map(|rules| {
+/// Up to 2 rules with actions from `actions`.
+fn tier_rules<A: Clone + std::fmt::Debug + 'static>(
+    egress: bool,
+    actions: Vec<A>,
+) -> impl Strategy<Value = Vec<ClusterRule<A>>> {
+    vec((cluster_rule_parts(egress), select(actions)), 0..=2).prop_map(|rules| {
         rules
             .into_iter()
-            .map(|((name, peers, ports), action)| ClusterPolicyRule {
+            .map(|((name, peers, ports), action)| ClusterRule {
                 name: name.to_owned(),
                 action,
                 peers,
@@ -565,19 +564,19 @@ fn cluster_rules(egress: bool) -> impl Strategy<Value = Vec<ClusterPolicyRule>> 
     })
 }
 
+fn cluster_rules(egress: bool) -> impl Strategy<Value = Vec<ClusterPolicyRule>> {
+    tier_rules(
+        egress,
+        vec![
+            ClusterAction::Allow,
+            ClusterAction::Deny,
+            ClusterAction::Pass,
+        ],
+    )
+}
+
 fn baseline_rules(egress: bool) -> impl Strategy<Value = Vec<BaselineRule>> {
-    let action = select(vec![BaselineAction::Allow, BaselineAction::Deny]);
-    vec((cluster_rule_parts(egress), action), 0..=2).prop_map(|rules| {
-        rules
-            .into_iter()
-            .map(|((name, peers, ports), action)| BaselineRule {
-                name: name.to_owned(),
-                action,
-                peers,
-                ports,
-            })
-            .collect()
-    })
+    tier_rules(egress, vec![BaselineAction::Allow, BaselineAction::Deny])
 }
 
 /// Up to 3 cluster policies with distinct names and priorities, in random order.
