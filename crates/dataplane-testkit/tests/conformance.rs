@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use dataplane_core::{Capabilities, Dataplane, FakeDataplane, IpFamily, Protocol, Service};
+use dataplane_testkit::conformance::policy::{policy_cases, run_policy, POLICY_LAB};
 use dataplane_testkit::conformance::{
     self, standard_cases, Case, Client, Destination, Expect, RowOutcome, Seen, STANDARD_LAB,
 };
@@ -227,7 +228,6 @@ fn cluster_policy_cases_are_skipped_visibly_without_the_capability() {
     if !require_root("cluster_policy_cases_are_skipped_visibly_without_the_capability") {
         return;
     }
-    use dataplane_testkit::conformance::policy::{policy_cases, run_policy, POLICY_LAB};
     let lab = Lab::new(POLICY_LAB).unwrap();
     let made = Made::default();
     let claims = Capabilities {
