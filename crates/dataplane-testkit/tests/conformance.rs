@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use dataplane_core::{Capabilities, Dataplane, FakeDataplane, IpFamily, Protocol, Service};
-use dataplane_testkit::conformance::policy::{policy_cases, run_policy, POLICY_LAB};
+use dataplane_testkit::conformance::policy::{policy_cases, run_policy, PolicyCase, POLICY_LAB};
 use dataplane_testkit::conformance::{
     self, standard_cases, Case, Client, Destination, Expect, RowOutcome, Seen, STANDARD_LAB,
 };
@@ -237,7 +237,7 @@ fn cluster_policy_cases_are_skipped_visibly_without_the_capability() {
     };
     let cases: Vec<_> = policy_cases()
         .into_iter()
-        .filter(|c| c.needs_cluster_policy())
+        .filter(PolicyCase::needs_cluster_policy)
         .collect();
     assert_eq!(cases.len(), 1);
     let report = run_policy(&lab, &cases, &mut factory(claims, &made));
