@@ -70,7 +70,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(merged.is_empty(), "old -> new -> old merged to {merged:?}");
     let mut v = Validator::new(&old).expect("a valid state builds a validator");
     match v.check(&old.node, &changes) {
-        Ok(Incremental::FullRequired) => assert!(changes.node.is_some()),
+        // The node, and the cluster-wide policy objects (their checks span the state).
+        Ok(Incremental::FullRequired) => {
+            assert!(changes.node.is_some() || changes.has_tier_changes());
+        }
         Ok(Incremental::Valid) => {
             v.commit(&old.node, &changes);
             let back = diff(&new, &old);
@@ -92,8 +95,14 @@ fn names_unique(s: &dataplane_core::DesiredState) -> bool {
         && unique(s.endpoints.iter().map(|x| &x.name))
         && unique(s.policies.iter().map(|x| &x.name))
         && unique(s.pods.iter().map(|x| &x.name))
-        && {
-            let mut seen = std::collections::BTreeSet::new();
-            s.namespaces.iter().all(|n| seen.insert(&n.name))
-        }
+        && unique_str(s.namespaces.iter().map(|n| n.name.as_str()))
+        && unique_str(s.cluster_policies.iter().map(|n| n.name.as_str()))
+        && unique_str(s.nodes.iter().map(|n| n.name.as_str()))
+        && unique_str(s.host_endpoints.iter().map(|n| n.name.as_str()))
+        && unique_str(s.host_policies.iter().map(|n| n.name.as_str()))
+}
+
+fn unique_str<'a>(names: impl Iterator<Item = &'a str>) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    names.into_iter().all(|n| seen.insert(n))
 }

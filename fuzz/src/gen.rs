@@ -3,7 +3,9 @@
 //! (ClusterIP v4/v6/dual/headless, ExternalIP, LoadBalancer with source ranges, NodePort,
 //! health-check NodePort), traffic policies, ClientIP affinity, ready/serving/terminating
 //! backends with nodes, zones and weights, Random/Maglev selection, SNAT/DSR/Hybrid, the
-//! masquerade settings, endpoints, NetworkPolicies, namespaces and peer pods.
+//! masquerade settings, endpoints, NetworkPolicies, namespaces and peer pods, cluster policies
+//! (Allow/Deny/Pass, every peer and port kind), a baseline, peer nodes, host endpoints, host
+//! policies of every kind (normal, applyOnForward, pre-DNAT, untracked) and failsafe ports.
 //!
 //! [`state`] is valid by construction, like the strategies (names from a pool, each service's
 //! addresses and NodePorts derived from its pool index). [`wild_state`] then breaks it in one
@@ -17,10 +19,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::{Result, Unstructured};
 use dataplane_core::{
-    Backend, BackendSelection, DesiredState, Endpoint, ExternalMode, Interfaces, IpBlock,
-    LabelRequirement, LabelSelector, Masquerade, NamedPort, Namespace, Node, ObjectName, PeerPod,
-    Policy, PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRange, PortRef, Protocol,
-    SelectorOperator, Service, ServicePort, SessionAffinity, TrafficPolicy, API_VERSION, KIND,
+    Backend, BackendSelection, BaselineAction, BaselinePolicy, ClusterAction, ClusterPeer,
+    ClusterPolicy, ClusterPolicyRule, ClusterPolicySubject, ClusterPort, ClusterRule, DesiredState,
+    Endpoint, ExternalMode, FailsafePort, FailsafePorts, HostAction, HostEndpoint, HostPolicy,
+    HostPort, HostRule, Interfaces, IpBlock, LabelRequirement, LabelSelector, Masquerade,
+    NamedPort, Namespace, NamespacedPods, Node, ObjectName, PeerNode, PeerPod, Policy, PolicyPeer,
+    PolicyPort, PolicyRule, PolicyType, PortRange, PortRef, Protocol, SelectorOperator, Service,
+    ServicePort, SessionAffinity, TrafficPolicy, API_VERSION, KIND,
 };
 use ipnetwork::IpNetwork;
 
@@ -440,6 +445,220 @@ fn peer_pod(u: &mut Unstructured, idx: usize) -> Result<PeerPod> {
     })
 }
 
+fn namespaced_pods(u: &mut Unstructured) -> Result<NamespacedPods> {
+    Ok(NamespacedPods {
+        namespace_selector: selector(u)?,
+        pod_selector: selector(u)?,
+    })
+}
+
+fn cluster_subject(u: &mut Unstructured) -> Result<ClusterPolicySubject> {
+    Ok(if u.arbitrary()? {
+        ClusterPolicySubject::Namespaces(selector(u)?)
+    } else {
+        ClusterPolicySubject::Pods(namespaced_pods(u)?)
+    })
+}
+
+/// A rule's name, peers (`nodes` and `networks` on egress only) and ports.
+fn cluster_rule_parts(
+    u: &mut Unstructured,
+    egress: bool,
+) -> Result<(String, Vec<ClusterPeer>, Vec<ClusterPort>)> {
+    let name = pick(u, &NAMES)?.to_owned();
+    let mut peers = Vec::new();
+    for _ in 0..u.int_in_range(1..=2)? {
+        let kinds = if egress { 3 } else { 1 };
+        peers.push(match u.int_in_range(0..=kinds)? {
+            0 => ClusterPeer::Namespaces(selector(u)?),
+            1 => ClusterPeer::Pods(namespaced_pods(u)?),
+            2 => ClusterPeer::Nodes(selector(u)?),
+            _ => {
+                let mut nets = subset(
+                    u,
+                    &[net("10.0.0.0/8"), net("0.0.0.0/0"), net("2001:db8::/32")],
+                    2,
+                )?;
+                if nets.is_empty() {
+                    nets.push(net("192.0.2.7/32"));
+                }
+                ClusterPeer::Networks(nets)
+            }
+        });
+    }
+    let mut ports = Vec::new();
+    for _ in 0..u.int_in_range(0..=2)? {
+        ports.push(match u.int_in_range(0..=2u8)? {
+            0 => ClusterPort::PortNumber {
+                protocol: protocol(u)?,
+                port: port(u)?,
+            },
+            1 => ClusterPort::NamedPort(pick(u, &PORT_NAMES)?.to_owned()),
+            _ => {
+                let start = port(u)?;
+                ClusterPort::PortRange {
+                    protocol: protocol(u)?,
+                    start,
+                    end: start.saturating_add(u.int_in_range(0..=1000)?),
+                }
+            }
+        });
+    }
+    Ok((name, peers, ports))
+}
+
+/// Up to 2 rules with actions from `actions` (`nodes` and `networks` peers on egress only).
+fn tier_rules<A: Clone>(
+    u: &mut Unstructured,
+    egress: bool,
+    actions: &[A],
+) -> Result<Vec<ClusterRule<A>>> {
+    let mut rules = Vec::new();
+    for _ in 0..u.int_in_range(0..=2)? {
+        let (name, peers, ports) = cluster_rule_parts(u, egress)?;
+        rules.push(ClusterRule {
+            name,
+            action: pick(u, actions)?,
+            peers,
+            ports,
+        });
+    }
+    Ok(rules)
+}
+
+fn cluster_policy(u: &mut Unstructured, idx: usize) -> Result<ClusterPolicy> {
+    let mut p = ClusterPolicy::new(
+        NAMES[idx],
+        // Distinct by construction, inside 0..=1000.
+        idx as u32 * 100 + u.int_in_range(0..=99)?,
+        cluster_subject(u)?,
+    );
+    let actions = [
+        ClusterAction::Allow,
+        ClusterAction::Deny,
+        ClusterAction::Pass,
+    ];
+    p.ingress = tier_rules(u, false, &actions)?;
+    p.egress = tier_rules(u, true, &actions)?;
+    Ok(p)
+}
+
+fn baseline_policy(u: &mut Unstructured) -> Result<BaselinePolicy> {
+    let mut p = BaselinePolicy::new(cluster_subject(u)?);
+    let actions = [BaselineAction::Allow, BaselineAction::Deny];
+    p.ingress = tier_rules(u, false, &actions)?;
+    p.egress = tier_rules(u, true, &actions)?;
+    Ok(p)
+}
+
+fn host_ports(u: &mut Unstructured) -> Result<Vec<HostPort>> {
+    let mut out = Vec::new();
+    for _ in 0..u.int_in_range(0..=2)? {
+        let start = port(u)?;
+        out.push(if u.arbitrary()? {
+            HostPort::Number(start)
+        } else {
+            HostPort::Range(PortRange {
+                start,
+                end: start.saturating_add(u.int_in_range(0..=1000)?),
+            })
+        });
+    }
+    Ok(out)
+}
+
+fn host_rule(u: &mut Unstructured) -> Result<HostRule> {
+    let nets = [
+        net("198.51.100.0/24"),
+        net("0.0.0.0/0"),
+        net("2001:db8::/32"),
+    ];
+    let mut rule = HostRule::new(pick(u, &[HostAction::Allow, HostAction::Deny])?)
+        .from_nets(subset(u, &nets, 2)?)
+        .to_nets(subset(u, &nets, 2)?);
+    // Ports need a protocol.
+    if u.arbitrary()? {
+        rule = rule
+            .protocol(protocol(u)?)
+            .from_ports(host_ports(u)?)
+            .to_ports(host_ports(u)?);
+    }
+    Ok(rule)
+}
+
+/// A host policy of any kind: normal, applyOnForward, pre-DNAT (ingress only), untracked.
+fn host_policy(u: &mut Unstructured, idx: usize) -> Result<HostPolicy> {
+    let mut p = HostPolicy::new(NAMES[idx], selector(u)?);
+    p.order = pick(u, &[None, Some(0), Some(1), Some(10)])?;
+    p.types = subset(u, &[PolicyType::Ingress, PolicyType::Egress], 2)?;
+    for _ in 0..u.int_in_range(0..=2)? {
+        p.ingress.push(host_rule(u)?);
+    }
+    for _ in 0..u.int_in_range(0..=2)? {
+        p.egress.push(host_rule(u)?);
+    }
+    Ok(match u.int_in_range(0..=3u8)? {
+        1 => p.on_forward(),
+        2 => {
+            let mut p = p.pre_dnat();
+            p.egress.clear();
+            p.types.retain(|t| *t == PolicyType::Ingress);
+            p
+        }
+        3 => p.untracked(),
+        _ => p,
+    })
+}
+
+/// Host endpoint `i` of 0..4: distinct (node, interface) pairs.
+fn host_endpoint(u: &mut Unstructured, i: usize) -> Result<HostEndpoint> {
+    let mut e = HostEndpoint::new(
+        format!("hep-{i}"),
+        ["node-a", "node-b"][i / 2],
+        ["eth0", "*"][i % 2],
+    );
+    e.labels = labels(u)?;
+    Ok(e)
+}
+
+fn failsafe_ports(u: &mut Unstructured) -> Result<FailsafePorts> {
+    Ok(match u.int_in_range(0..=2u8)? {
+        0 => FailsafePorts::default(),
+        1 => FailsafePorts::none(),
+        _ => FailsafePorts {
+            inbound: subset(u, &[FailsafePort::tcp(22), FailsafePort::udp(68)], 2)?,
+            outbound: subset(u, &[FailsafePort::udp(53), FailsafePort::tcp(6443)], 2)?,
+        },
+    })
+}
+
+/// The cluster policies, baseline, peer nodes, host endpoints, host policies and failsafe
+/// ports of [`state`].
+fn tiers(u: &mut Unstructured, state: &mut DesiredState) -> Result<()> {
+    for i in indices(u, NAMES.len(), 3)? {
+        state.cluster_policies.push(cluster_policy(u, i)?);
+    }
+    if u.arbitrary()? {
+        state.baseline_policy = Some(baseline_policy(u)?);
+    }
+    for i in indices(u, 3, 3)? {
+        let mut n = PeerNode::new(
+            format!("node-{}", (b'a' + i as u8) as char),
+            [v4(172, 18, 0, 10 + i as u8)],
+        );
+        n.labels = labels(u)?;
+        state.nodes.push(n);
+    }
+    for i in indices(u, 4, 3)? {
+        state.host_endpoints.push(host_endpoint(u, i)?);
+    }
+    for i in indices(u, NAMES.len(), 3)? {
+        state.host_policies.push(host_policy(u, i)?);
+    }
+    state.failsafe_ports = failsafe_ports(u)?;
+    Ok(())
+}
+
 /// A valid state: up to 6 services, 4 endpoints, 3 policies, 3 namespaces and 4 peer pods,
 /// each with a distinct pool name, in an order the bytes pick.
 pub fn state(u: &mut Unstructured) -> Result<DesiredState> {
@@ -463,6 +682,7 @@ pub fn state(u: &mut Unstructured) -> Result<DesiredState> {
     for i in indices(u, NAMES.len(), 4)? {
         state.pods.push(peer_pod(u, i)?);
     }
+    tiers(u, &mut state)?;
     // Random selectors rarely match an endpoint's random labels: like the differential test,
     // some policies select every pod of an endpoint's namespace instead, so that endpoints
     // are isolated (and the renderers write policy chains and sets). A name taken there
@@ -496,7 +716,7 @@ pub fn state(u: &mut Unstructured) -> Result<DesiredState> {
 /// or changed in a way it must accept.
 pub fn wild_state(u: &mut Unstructured) -> Result<DesiredState> {
     let mut s = state(u)?;
-    let how = u.int_in_range(0..=16u8)?;
+    let how = u.int_in_range(0..=21u8)?;
     let svc = if s.services.is_empty() {
         None
     } else {
@@ -521,7 +741,7 @@ pub fn wild_state(u: &mut Unstructured) -> Result<DesiredState> {
                 b.weight = 0;
             }
         }
-        (16, Some(i)) => {
+        (20, Some(i)) => {
             // A backend's own port of 0, or one in a multi-port service.
             let svc = &mut s.services[i];
             let several = svc.ports.len() > 1;
@@ -577,6 +797,58 @@ pub fn wild_state(u: &mut Unstructured) -> Result<DesiredState> {
                 .backends
                 .push(Backend::new(v4(10, 244, 0, 1)).terminating());
         }
+        (15, _) => {
+            if let Some(p) = s.cluster_policies.first().cloned() {
+                // Another policy at the same priority, or a priority out of range.
+                let mut twin = p;
+                twin.name = "twin".into();
+                if u.arbitrary()? {
+                    twin.priority = 1001;
+                }
+                s.cluster_policies.push(twin);
+            }
+        }
+        (16, _) => {
+            if let Some(p) = s.host_policies.first_mut() {
+                // preDNAT with an egress rule, or doNotTrack without applyOnForward.
+                if u.arbitrary()? {
+                    p.pre_dnat = true;
+                    p.apply_on_forward = true;
+                    p.do_not_track = false;
+                    p.egress.push(HostRule::new(HostAction::Deny));
+                } else {
+                    p.do_not_track = true;
+                    p.pre_dnat = false;
+                    p.apply_on_forward = false;
+                }
+            }
+        }
+        (17, _) => {
+            if let Some(p) = s.cluster_policies.first_mut() {
+                // A networks peer on ingress.
+                p.ingress.push(ClusterPolicyRule::new(
+                    "in",
+                    ClusterAction::Deny,
+                    [ClusterPeer::Networks(vec![net("10.0.0.0/8")])],
+                ));
+            }
+        }
+        (18, _) => {
+            if let Some(p) = s.host_policies.first_mut() {
+                // Ports without a protocol.
+                let mut rule = HostRule::new(HostAction::Allow);
+                rule.destination.ports.push(HostPort::Number(22));
+                p.ingress.push(rule);
+            }
+        }
+        (19, _) => {
+            if let Some(e) = s.host_endpoints.first().cloned() {
+                // A second endpoint for the same interface.
+                let mut twin = e;
+                twin.name = "twin".into();
+                s.host_endpoints.push(twin);
+            }
+        }
         _ => {}
     }
     Ok(s)
@@ -597,6 +869,10 @@ pub fn next_state(u: &mut Unstructured, a: &DesiredState) -> Result<DesiredState
             shuffle(u, &mut b.policies)?;
             shuffle(u, &mut b.namespaces)?;
             shuffle(u, &mut b.pods)?;
+            shuffle(u, &mut b.cluster_policies)?;
+            shuffle(u, &mut b.nodes)?;
+            shuffle(u, &mut b.host_endpoints)?;
+            shuffle(u, &mut b.host_policies)?;
         }
         1 | 2 => {
             for _ in 0..u.int_in_range(1..=4)? {
@@ -610,8 +886,33 @@ pub fn next_state(u: &mut Unstructured, a: &DesiredState) -> Result<DesiredState
 
 /// One small change of the kind a watch event brings.
 fn mutate(u: &mut Unstructured, s: &mut DesiredState) -> Result<()> {
-    match u.int_in_range(0..=9u8)? {
+    match u.int_in_range(0..=13u8)? {
         0 => s.node = node(u)?,
+        10 => {
+            let i = u.int_in_range(0..=NAMES.len() - 1)?;
+            let new = cluster_policy(u, i)?;
+            s.cluster_policies.retain(|x| x.name != NAMES[i]);
+            s.cluster_policies.push(new);
+        }
+        11 => {
+            let i = u.int_in_range(0..=NAMES.len() - 1)?;
+            let new = host_policy(u, i)?;
+            s.host_policies.retain(|x| x.name != NAMES[i]);
+            s.host_policies.push(new);
+        }
+        12 => {
+            s.baseline_policy = if u.arbitrary()? {
+                Some(baseline_policy(u)?)
+            } else {
+                None
+            };
+        }
+        13 => {
+            s.failsafe_ports = failsafe_ports(u)?;
+            if let Some(e) = pick_mut(u, &mut s.host_endpoints)? {
+                e.labels = labels(u)?;
+            }
+        }
         1 => {
             let i = u.int_in_range(0..=NAMES.len() - 1)?;
             let new = service(u, i)?;
@@ -694,5 +995,9 @@ pub fn normalised(mut state: DesiredState) -> DesiredState {
     state.policies.sort_by(|a, b| a.name.cmp(&b.name));
     state.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
     state.pods.sort_by(|a, b| a.name.cmp(&b.name));
+    state.cluster_policies.sort_by(|a, b| a.name.cmp(&b.name));
+    state.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    state.host_endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+    state.host_policies.sort_by(|a, b| a.name.cmp(&b.name));
     state
 }

@@ -635,6 +635,18 @@ fn explain(verdict: &PolicyVerdict) -> String {
             Decision::Denied(list) => {
                 Some(format!("{direction} denied (isolated by {})", names(list)))
             }
+            Decision::ClusterAllowed { policy, rule } => Some(format!(
+                "{direction} allowed by cluster policy {policy} rule {rule}"
+            )),
+            Decision::ClusterDenied { policy, rule } => Some(format!(
+                "{direction} denied by cluster policy {policy} rule {rule}"
+            )),
+            Decision::BaselineAllowed { rule } => {
+                Some(format!("{direction} allowed by baseline rule {rule}"))
+            }
+            Decision::BaselineDenied { rule } => {
+                Some(format!("{direction} denied by baseline rule {rule}"))
+            }
         }
     };
     let parts: Vec<String> = [

@@ -158,6 +158,97 @@ pub struct Capabilities {
     pub max_services: u32,
     /// Largest number of backends over all services (0: no fixed limit).
     pub max_backends: u32,
+    /// Cluster-wide ordered policy: cluster policies (AdminNetworkPolicy), the baseline and
+    /// the peer nodes they select.
+    #[serde(default)]
+    pub cluster_policy: bool,
+    /// Host endpoint policy: host endpoints and host policies (normal, pre-DNAT, untracked)
+    /// with failsafe ports.
+    #[serde(default)]
+    pub host_policy: bool,
+}
+
+impl Capabilities {
+    /// Refuses `state` when it carries cluster policies, a baseline, host endpoints or host
+    /// policies that these capabilities lack, naming the first such object: a backend calls
+    /// it before it touches the kernel. Peer nodes and failsafe ports alone change nothing
+    /// without the policies that use them and are accepted.
+    ///
+    /// ```
+    /// use dataplane_core::{Capabilities, ClusterPolicy, DesiredState, Error, LabelSelector, Node};
+    /// let state = DesiredState::new(Node::new("node-a", ["172.18.0.2".parse()?]))
+    ///     .with_cluster_policy(ClusterPolicy::for_namespaces("deny", 5, LabelSelector::default()));
+    /// let caps = Capabilities { dataplane: "mine".into(), ..Capabilities::default() };
+    /// let err = caps.check_policy_tiers(&state).unwrap_err();
+    /// assert!(matches!(err, Error::Unsupported { ref object, .. } if object == "cluster policy deny"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] naming the object and the feature.
+    pub fn check_policy_tiers(&self, state: &DesiredState) -> Result<(), Error> {
+        self.check_tier_objects(
+            state.cluster_policies.iter().map(|p| p.name.as_str()),
+            state.baseline_policy.is_some(),
+            state.host_endpoints.iter().map(|e| e.name.as_str()),
+            state.host_policies.iter().map(|p| p.name.as_str()),
+        )
+    }
+
+    /// [`Capabilities::check_policy_tiers`] for the objects `changes` adds or changes (an
+    /// `apply_changes`: removals are always accepted).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] naming the object and the feature.
+    pub fn check_policy_tier_changes(&self, changes: &ChangeSet) -> Result<(), Error> {
+        fn present<'a, T>(
+            (name, change): (&'a String, &crate::diff::Change<T>),
+        ) -> Option<&'a str> {
+            change.current.is_some().then_some(name.as_str())
+        }
+        self.check_tier_objects(
+            changes.cluster_policies.iter().filter_map(present),
+            changes
+                .baseline_policy
+                .as_ref()
+                .is_some_and(|c| c.current.is_some()),
+            changes.host_endpoints.iter().filter_map(present),
+            changes.host_policies.iter().filter_map(present),
+        )
+    }
+
+    fn check_tier_objects<'a>(
+        &self,
+        mut cluster_policies: impl Iterator<Item = &'a str>,
+        baseline: bool,
+        mut host_endpoints: impl Iterator<Item = &'a str>,
+        mut host_policies: impl Iterator<Item = &'a str>,
+    ) -> Result<(), Error> {
+        let unsupported = |feature: &str, object: String| Error::Unsupported {
+            dataplane: self.dataplane.clone(),
+            feature: feature.to_owned(),
+            object,
+        };
+        if !self.cluster_policy {
+            const FEATURE: &str = "cluster-wide ordered policy";
+            if let Some(name) = cluster_policies.next() {
+                return Err(unsupported(FEATURE, format!("cluster policy {name}")));
+            }
+            if baseline {
+                return Err(unsupported(FEATURE, "baseline policy".to_owned()));
+            }
+        }
+        if !self.host_policy {
+            const FEATURE: &str = "host endpoint policy";
+            if let Some(name) = host_endpoints.next() {
+                return Err(unsupported(FEATURE, format!("host endpoint {name}")));
+            }
+            if let Some(name) = host_policies.next() {
+                return Err(unsupported(FEATURE, format!("host policy {name}")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What an apply did.

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DesiredState, Endpoint, Namespace, Node, ObjectName, PeerPod, Policy, Service};
+use crate::model::{
+    BaselinePolicy, ClusterPolicy, DesiredState, Endpoint, FailsafePorts, HostEndpoint, HostPolicy,
+    Namespace, Node, ObjectName, PeerNode, PeerPod, Policy, Service,
+};
 
 /// One object's change: `previous: None` is an addition, `current: None` a removal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +41,24 @@ pub struct ChangeSet {
     /// Changed peer pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "by_name")]
     pub pods: BTreeMap<ObjectName, Change<PeerPod>>,
+    /// Changed cluster policies, keyed by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cluster_policies: BTreeMap<String, Change<ClusterPolicy>>,
+    /// The baseline policy, if it was added, changed or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_policy: Option<Change<BaselinePolicy>>,
+    /// Changed peer nodes, keyed by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, Change<PeerNode>>,
+    /// Changed host endpoints, keyed by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_endpoints: BTreeMap<String, Change<HostEndpoint>>,
+    /// Changed host policies, keyed by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_policies: BTreeMap<String, Change<HostPolicy>>,
+    /// The failsafe ports, if they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failsafe_ports: Option<Change<FailsafePorts>>,
 }
 
 impl ChangeSet {
@@ -49,6 +70,18 @@ impl ChangeSet {
             && self.policies.is_empty()
             && self.namespaces.is_empty()
             && self.pods.is_empty()
+            && !self.has_tier_changes()
+    }
+
+    /// Whether cluster policies, the baseline, peer nodes, host endpoints, host policies or
+    /// failsafe ports changed.
+    pub fn has_tier_changes(&self) -> bool {
+        !self.cluster_policies.is_empty()
+            || self.baseline_policy.is_some()
+            || !self.nodes.is_empty()
+            || !self.host_endpoints.is_empty()
+            || !self.host_policies.is_empty()
+            || self.failsafe_ports.is_some()
     }
 
     /// Number of changed objects.
@@ -59,6 +92,12 @@ impl ChangeSet {
             + self.policies.len()
             + self.namespaces.len()
             + self.pods.len()
+            + self.cluster_policies.len()
+            + usize::from(self.baseline_policy.is_some())
+            + self.nodes.len()
+            + self.host_endpoints.len()
+            + self.host_policies.len()
+            + usize::from(self.failsafe_ports.is_some())
     }
 
     /// Applies the changes to `state`, turning the diff's old state into its new one.
@@ -78,6 +117,7 @@ impl ChangeSet {
         patch(&mut state.policies, &self.policies, |p| &p.name);
         patch(&mut state.namespaces, &self.namespaces, |n| &n.name);
         patch(&mut state.pods, &self.pods, |p| &p.name);
+        self.apply_tiers_to(state);
     }
 
     /// [`ChangeSet::apply_to`] in proportion to the change for services: `index` maps each
@@ -113,6 +153,28 @@ impl ChangeSet {
         patch(&mut state.policies, &self.policies, |p| &p.name);
         patch(&mut state.namespaces, &self.namespaces, |n| &n.name);
         patch(&mut state.pods, &self.pods, |p| &p.name);
+        self.apply_tiers_to(state);
+    }
+
+    /// The cluster policies, baseline, peer nodes, host endpoints, host policies and
+    /// failsafe ports of [`ChangeSet::apply_to`].
+    fn apply_tiers_to(&self, state: &mut DesiredState) {
+        patch(&mut state.cluster_policies, &self.cluster_policies, |p| {
+            &p.name
+        });
+        if let Some(change) = &self.baseline_policy {
+            state.baseline_policy.clone_from(&change.current);
+        }
+        patch(&mut state.nodes, &self.nodes, |n| &n.name);
+        patch(&mut state.host_endpoints, &self.host_endpoints, |e| &e.name);
+        patch(&mut state.host_policies, &self.host_policies, |p| &p.name);
+        if let Some(Change {
+            current: Some(ports),
+            ..
+        }) = &self.failsafe_ports
+        {
+            state.failsafe_ports = ports.clone();
+        }
     }
 
     /// Merges `later` (a diff from this set's new state onwards) into this set, so that the
@@ -125,6 +187,12 @@ impl ChangeSet {
         merge_map(&mut self.policies, later.policies);
         merge_map(&mut self.namespaces, later.namespaces);
         merge_map(&mut self.pods, later.pods);
+        merge_map(&mut self.cluster_policies, later.cluster_policies);
+        merge_one(&mut self.baseline_policy, later.baseline_policy);
+        merge_map(&mut self.nodes, later.nodes);
+        merge_map(&mut self.host_endpoints, later.host_endpoints);
+        merge_map(&mut self.host_policies, later.host_policies);
+        merge_one(&mut self.failsafe_ports, later.failsafe_ports);
     }
 }
 
@@ -209,6 +277,18 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> ChangeSet {
         policies: diff_named(&old.policies, &new.policies, |p| &p.name),
         namespaces: diff_named(&old.namespaces, &new.namespaces, |n| &n.name),
         pods: diff_named(&old.pods, &new.pods, |p| &p.name),
+        cluster_policies: diff_named(&old.cluster_policies, &new.cluster_policies, |p| &p.name),
+        baseline_policy: (old.baseline_policy != new.baseline_policy).then(|| Change {
+            previous: old.baseline_policy.clone(),
+            current: new.baseline_policy.clone(),
+        }),
+        nodes: diff_named(&old.nodes, &new.nodes, |n| &n.name),
+        host_endpoints: diff_named(&old.host_endpoints, &new.host_endpoints, |e| &e.name),
+        host_policies: diff_named(&old.host_policies, &new.host_policies, |p| &p.name),
+        failsafe_ports: (old.failsafe_ports != new.failsafe_ports).then(|| Change {
+            previous: Some(old.failsafe_ports.clone()),
+            current: Some(new.failsafe_ports.clone()),
+        }),
     }
 }
 

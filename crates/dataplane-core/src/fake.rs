@@ -213,8 +213,8 @@ impl FakeDataplane {
     }
 
     /// Everything a real backend can do, under the name [`FAKE`]: TCP, UDP and SCTP, IPv6,
-    /// Maglev, session affinity, DSR, XDP, masquerade, NetworkPolicy, weights, no capacity
-    /// limits. Policies are enforced by [`FakeDataplane::evaluate`] (the reference model):
+    /// Maglev, session affinity, DSR, XDP, masquerade, NetworkPolicy, cluster and host
+    /// policy, weights, no capacity limits. Policies are enforced by [`FakeDataplane::evaluate`] (the reference model):
     /// service connections keep only the backends policy allows, pod-to-pod packets that
     /// policy denies are dropped.
     pub fn default_capabilities() -> Capabilities {
@@ -233,6 +233,8 @@ impl FakeDataplane {
             weights: true,
             max_services: 0,
             max_backends: 0,
+            cluster_policy: true,
+            host_policy: true,
         }
     }
 
@@ -613,6 +615,7 @@ impl Inner {
     fn full_sync(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
         let validator = Validator::new(desired)?;
         self.check_policies(desired.policies.iter())?;
+        self.capabilities.check_policy_tiers(desired)?;
         let (programmed, services, mut skipped) = self.plan(desired);
         self.check_capacity(&services)?;
         self.apply_fault("full sync")?;
@@ -677,6 +680,7 @@ impl Inner {
             return Err(Error::FullSyncRequired);
         }
         self.check_policies(changes.policies.values().filter_map(|c| c.current.as_ref()))?;
+        self.capabilities.check_policy_tier_changes(changes)?;
         let mut next = applied.clone();
         changes.apply_to(&mut next);
         let (programmed, services, _) = self.plan(&next);

@@ -17,6 +17,7 @@ pub mod events;
 pub mod fake;
 pub mod format;
 pub mod health;
+pub mod host_policy;
 pub mod inspect;
 pub mod maglev;
 pub mod model;
@@ -43,6 +44,7 @@ pub use events::{
 pub use fake::FakeDataplane;
 pub use format::{from_json, from_yaml, to_json, to_yaml, FormatError};
 pub use health::{health_check, health_checks, HealthCheck};
+pub use host_policy::{host_policies_for, uplink_host_endpoint, HostStage};
 pub use inspect::{Attachment, Inspect, LiveFrontend, NodeStatus, TableFill};
 pub use maglev::{maglev_table, MaglevBackend, MaglevError, DEFAULT_MAGLEV_TABLE_SIZE};
 pub use model::*;
@@ -50,8 +52,8 @@ pub use policy::{policy_allows, policy_verdict, Decision, Party, PolicyVerdict};
 pub use policy_tables::{compile, CompiledPolicy, PolicyDelta};
 pub use reference::{
     eligible_backends, eligible_backends_with_policy, evaluate, evaluate_on_node, is_spoofed,
-    node_address, source_range_allow_list, source_range_allows, Eligible, Entry, FrontendKind,
-    IpFamily, Packet, SourceSeen, TrafficKind, Verdict,
+    node_address, reply_allowed, source_range_allow_list, source_range_allows, Eligible, Entry,
+    FrontendKind, IpFamily, Packet, SourceSeen, TrafficKind, Verdict,
 };
 pub use validate::{service_warnings, validate, warnings, Incremental, ValidationError, Validator};
 

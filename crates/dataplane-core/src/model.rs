@@ -12,6 +12,9 @@ use std::sync::Arc;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+mod tiers;
+pub use tiers::*;
+
 /// The `apiVersion` that this version of the crate reads and writes.
 pub const API_VERSION: &str = "dataplane.rs/v1alpha1";
 /// The `kind` of a desired-state document.
@@ -45,6 +48,27 @@ pub struct DesiredState {
     /// Calico's remote workload endpoints).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<PeerPod>,
+    /// Cluster-wide ordered policies (AdminNetworkPolicies), evaluated before
+    /// [`DesiredState::policies`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_policies: Vec<ClusterPolicy>,
+    /// The cluster's baseline policy (the BaselineAdminNetworkPolicy), evaluated where
+    /// neither a cluster policy nor a NetworkPolicy decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_policy: Option<BaselinePolicy>,
+    /// The cluster's nodes with their labels, for cluster policies' `nodes` peers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<PeerNode>,
+    /// Host endpoints (the node's interfaces as policy subjects); those of other nodes are
+    /// ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_endpoints: Vec<HostEndpoint>,
+    /// Policies for host endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_policies: Vec<HostPolicy>,
+    /// Ports host policy never closes (Calico's defaults when absent).
+    #[serde(default, skip_serializing_if = "FailsafePorts::is_default")]
+    pub failsafe_ports: FailsafePorts,
 }
 
 impl DesiredState {
@@ -59,6 +83,12 @@ impl DesiredState {
             policies: Vec::new(),
             namespaces: Vec::new(),
             pods: Vec::new(),
+            cluster_policies: Vec::new(),
+            baseline_policy: None,
+            nodes: Vec::new(),
+            host_endpoints: Vec::new(),
+            host_policies: Vec::new(),
+            failsafe_ports: FailsafePorts::default(),
         }
     }
 
@@ -113,6 +143,56 @@ impl DesiredState {
     pub fn with_pod(mut self, pod: PeerPod) -> Self {
         self.pods.push(pod);
         self
+    }
+
+    /// This state with cluster policy `policy` added.
+    #[must_use]
+    pub fn with_cluster_policy(mut self, policy: ClusterPolicy) -> Self {
+        self.cluster_policies.push(policy);
+        self
+    }
+
+    /// This state with `baseline` as the baseline policy.
+    #[must_use]
+    pub fn with_baseline_policy(mut self, baseline: BaselinePolicy) -> Self {
+        self.baseline_policy = Some(baseline);
+        self
+    }
+
+    /// This state with `node` (a node of the cluster, as a policy peer) added.
+    #[must_use]
+    pub fn with_peer_node(mut self, node: PeerNode) -> Self {
+        self.nodes.push(node);
+        self
+    }
+
+    /// This state with host endpoint `endpoint` added.
+    #[must_use]
+    pub fn with_host_endpoint(mut self, endpoint: HostEndpoint) -> Self {
+        self.host_endpoints.push(endpoint);
+        self
+    }
+
+    /// This state with host policy `policy` added.
+    #[must_use]
+    pub fn with_host_policy(mut self, policy: HostPolicy) -> Self {
+        self.host_policies.push(policy);
+        self
+    }
+
+    /// This state with `ports` as the failsafe ports.
+    #[must_use]
+    pub fn with_failsafe_ports(mut self, ports: FailsafePorts) -> Self {
+        self.failsafe_ports = ports;
+        self
+    }
+
+    /// Whether any pod policy is present: NetworkPolicy, cluster policy or baseline (with
+    /// none, pod traffic is judged without policy).
+    pub fn has_pod_policy(&self) -> bool {
+        !self.policies.is_empty()
+            || !self.cluster_policies.is_empty()
+            || self.baseline_policy.is_some()
     }
 
     /// The labels of namespace `name`: its [`Namespace`] object's if the state has one, else
@@ -1271,6 +1351,15 @@ pub struct LabelSelector {
     /// Set-based requirements.
     #[serde(default)]
     pub match_expressions: Vec<LabelRequirement>,
+}
+
+impl LabelSelector {
+    /// This selector with `matchLabels` entry `key=value` added.
+    #[must_use]
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.match_labels.insert(key.into(), value.into());
+        self
+    }
 }
 
 /// One set-based selector requirement.

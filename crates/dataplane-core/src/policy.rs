@@ -36,6 +36,37 @@
 //!   node dataplane sees it, and Kubernetes leaves it undefined (the e2e suite ignores
 //!   loopback cells, kubernetes/kubernetes#95879).
 //!
+//! # Cluster policies and the baseline (the AdminNetworkPolicy model)
+//!
+//! Followed: the AdminNetworkPolicy API reference
+//! (<https://network-policy-api.sigs.k8s.io/reference/spec/>) and its "Policy precedence"
+//! explanation. For one direction of a connection (the client's egress, the server's
+//! ingress), with the subject pod as above:
+//!
+//! 1. **Cluster policies** ([`crate::ClusterPolicy`]) whose subject selects the pod, lowest
+//!    priority first (validation makes priorities unique), each one's rules of that direction
+//!    in order: the first rule whose peers and ports match decides. `Allow` allows and `Deny`
+//!    denies, final for this direction; `Pass` skips every remaining cluster policy.
+//! 2. **NetworkPolicy**, as above: a pod isolated for the direction is allowed by a rule of a
+//!    policy or denied (its implicit deny is final: the baseline is not consulted).
+//! 3. **The baseline** ([`crate::BaselinePolicy`]), for a pod it selects that no
+//!    NetworkPolicy isolates: its rules in order, the first match allows or denies.
+//! 4. Otherwise allowed.
+//!
+//! Peers: `namespaces` selects every pod of the selected namespaces, `pods` the selected pods
+//! of the selected namespaces (cluster policies are cluster-wide: no "own namespace"
+//! default), `nodes` the addresses of the selected nodes ([`crate::PeerNode`]; this node is
+//! known by its [`crate::Node::addresses`] and labelled by the peer node of its name),
+//! `networks` any address in the CIDRs, pods' and nodes' included. Ports: `portNumber` and
+//! `portRange` of their protocol, `namedPort` resolved on the destination pod like a
+//! NetworkPolicy's named port (of the connection's protocol), matching nothing on a
+//! destination that is no known pod. No ports: every port and protocol.
+//!
+//! The fixed rules above still come first: traffic between the node and its own pods is
+//! allowed whatever a cluster policy or the baseline says (kubelet's probes: a cluster-wide
+//! deny-all must not take every pod's readiness down; the API's subjects are pods and its
+//! ingress peers have no `nodes`), and a pod reaching its own address is allowed.
+//!
 //! Addresses are the pods' own: service traffic is checked **after** DNAT, against the
 //! backend chosen and its target port, from the client's own address (before any SNAT).
 //! [`crate::evaluate`] applies this to the first packet of a connection: a
@@ -60,9 +91,13 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    DesiredState, IpBlock, LabelSelector, NamedPort, ObjectName, Policy, PolicyPeer, PolicyPort,
-    PolicyRule, PolicyType, PortRef, Protocol, SelectorOperator,
+    BaselineAction, ClusterAction, ClusterPeer, ClusterPolicy, ClusterPolicySubject, ClusterPort,
+    ClusterRule, DesiredState, IpBlock, LabelSelector, NamedPort, ObjectName, Policy, PolicyPeer,
+    PolicyPort, PolicyRule, PolicyType, PortRef, Protocol, SelectorOperator,
 };
+
+/// The labels of a node without a [`crate::PeerNode`] entry: none.
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 impl LabelSelector {
     /// Whether `labels` satisfy every `matchLabels` entry and every `matchExpressions`
@@ -186,12 +221,40 @@ pub enum Decision {
     Allowed(Vec<ObjectName>),
     /// Isolated by these policies and allowed by none.
     Denied(Vec<ObjectName>),
+    /// Allowed by this rule of this cluster policy (NetworkPolicy and baseline not
+    /// consulted).
+    ClusterAllowed {
+        /// The cluster policy.
+        policy: String,
+        /// Its rule's name.
+        rule: String,
+    },
+    /// Denied by this rule of this cluster policy.
+    ClusterDenied {
+        /// The cluster policy.
+        policy: String,
+        /// Its rule's name.
+        rule: String,
+    },
+    /// Allowed by this rule of the baseline policy.
+    BaselineAllowed {
+        /// The rule's name.
+        rule: String,
+    },
+    /// Denied by this rule of the baseline policy.
+    BaselineDenied {
+        /// The rule's name.
+        rule: String,
+    },
 }
 
 impl Decision {
     /// Whether the direction lets the connection through.
     pub fn allows(&self) -> bool {
-        !matches!(self, Decision::Denied(_))
+        !matches!(
+            self,
+            Decision::Denied(_) | Decision::ClusterDenied { .. } | Decision::BaselineDenied { .. }
+        )
     }
 }
 
@@ -284,6 +347,10 @@ impl Connection<'_> {
         if *local && *peer == Party::Node {
             return Decision::NodeTraffic;
         }
+        let subject = Subject { name, labels };
+        if let Some(decision) = self.cluster_tier(direction, &subject, peer, peer_ip) {
+            return decision;
+        }
         let isolating: Vec<&Policy> = self
             .state
             .policies
@@ -295,7 +362,9 @@ impl Connection<'_> {
             })
             .collect();
         if isolating.is_empty() {
-            return Decision::NotIsolated;
+            return self
+                .baseline_tier(direction, &subject, peer, peer_ip)
+                .unwrap_or(Decision::NotIsolated);
         }
         let allowing: Vec<ObjectName> = isolating
             .iter()
@@ -359,12 +428,163 @@ impl Connection<'_> {
         match &entry.port {
             None => true,
             Some(PortRef::Number(p)) => (*p..=entry.end_port.unwrap_or(*p)).contains(&self.port),
-            Some(PortRef::Name(n)) => match self.server {
-                Party::Pod { named_ports, .. } => named_ports.iter().any(|np| {
-                    np.name == *n && np.protocol == self.protocol && np.port == self.port
-                }),
-                Party::Node | Party::Other => false,
-            },
+            Some(PortRef::Name(n)) => self.named_port_matches(n),
         }
     }
+
+    /// Whether container port `name` of the destination pod is this connection's port (of
+    /// its protocol); nothing on a destination that is no known pod.
+    fn named_port_matches(&self, name: &str) -> bool {
+        match self.server {
+            Party::Pod { named_ports, .. } => named_ports
+                .iter()
+                .any(|np| np.name == name && np.protocol == self.protocol && np.port == self.port),
+            Party::Node | Party::Other => false,
+        }
+    }
+
+    /// The cluster policies' decision for `subject` in `direction`: `None` when no rule
+    /// matched or a `Pass` rule did (NetworkPolicy decides).
+    fn cluster_tier(
+        &self,
+        direction: PolicyType,
+        subject: &Subject<'_>,
+        peer: &Party<'_>,
+        peer_ip: IpAddr,
+    ) -> Option<Decision> {
+        if self.state.cluster_policies.is_empty() {
+            return None;
+        }
+        let mut selecting: Vec<&ClusterPolicy> = self
+            .state
+            .cluster_policies
+            .iter()
+            .filter(|p| self.subject_matches(&p.subject, subject))
+            .collect();
+        selecting.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+        for policy in selecting {
+            if let Some(rule) = self.first_rule(policy.rules(direction), peer, peer_ip) {
+                let action = rule.action;
+                let (policy, rule) = (policy.name.clone(), rule.name.clone());
+                return match action {
+                    ClusterAction::Allow => Some(Decision::ClusterAllowed { policy, rule }),
+                    ClusterAction::Deny => Some(Decision::ClusterDenied { policy, rule }),
+                    ClusterAction::Pass => None,
+                };
+            }
+        }
+        None
+    }
+
+    /// The baseline's decision for `subject` in `direction`, if it selects the pod and a
+    /// rule matches.
+    fn baseline_tier(
+        &self,
+        direction: PolicyType,
+        subject: &Subject<'_>,
+        peer: &Party<'_>,
+        peer_ip: IpAddr,
+    ) -> Option<Decision> {
+        let baseline = self.state.baseline_policy.as_ref()?;
+        if !self.subject_matches(&baseline.subject, subject) {
+            return None;
+        }
+        let rule = self.first_rule(baseline.rules(direction), peer, peer_ip)?;
+        let name = rule.name.clone();
+        Some(match rule.action {
+            BaselineAction::Allow => Decision::BaselineAllowed { rule: name },
+            BaselineAction::Deny => Decision::BaselineDenied { rule: name },
+        })
+    }
+
+    fn subject_matches(&self, selector: &ClusterPolicySubject, subject: &Subject<'_>) -> bool {
+        let namespace = || self.state.namespace_labels(&subject.name.namespace);
+        match selector {
+            ClusterPolicySubject::Namespaces(sel) => sel.matches(&namespace()),
+            ClusterPolicySubject::Pods(pods) => {
+                pods.pod_selector.matches(subject.labels)
+                    && pods.namespace_selector.matches(&namespace())
+            }
+        }
+    }
+
+    /// The first of `rules` whose peers and ports match.
+    fn first_rule<'r, A>(
+        &self,
+        rules: &'r [ClusterRule<A>],
+        peer: &Party<'_>,
+        peer_ip: IpAddr,
+    ) -> Option<&'r ClusterRule<A>> {
+        rules.iter().find(|r| {
+            r.peers
+                .iter()
+                .any(|p| self.cluster_peer_matches(p, peer, peer_ip))
+                && (r.ports.is_empty() || r.ports.iter().any(|p| self.cluster_port_matches(p)))
+        })
+    }
+
+    fn cluster_peer_matches(
+        &self,
+        selector: &ClusterPeer,
+        peer: &Party<'_>,
+        peer_ip: IpAddr,
+    ) -> bool {
+        match (selector, peer) {
+            (ClusterPeer::Networks(nets), _) => nets.iter().any(|n| n.contains(peer_ip)),
+            (ClusterPeer::Nodes(sel), _) => self
+                .node_labels(peer, peer_ip)
+                .is_some_and(|l| sel.matches(l)),
+            (ClusterPeer::Namespaces(sel), Party::Pod { name, .. }) => {
+                sel.matches(&self.state.namespace_labels(&name.namespace))
+            }
+            (ClusterPeer::Pods(pods), Party::Pod { name, labels, .. }) => {
+                pods.pod_selector.matches(labels)
+                    && pods
+                        .namespace_selector
+                        .matches(&self.state.namespace_labels(&name.namespace))
+            }
+            (ClusterPeer::Namespaces(_) | ClusterPeer::Pods(_), Party::Node | Party::Other) => {
+                false
+            }
+        }
+    }
+
+    /// The labels of the node `peer` at `ip` is, if it is one: this node (labelled by the
+    /// peer node of its name, else none) or a [`crate::PeerNode`] with that address.
+    fn node_labels(&self, peer: &Party<'_>, ip: IpAddr) -> Option<&BTreeMap<String, String>> {
+        let nodes = &self.state.nodes;
+        match peer {
+            Party::Node => Some(
+                nodes
+                    .iter()
+                    .find(|n| n.name == self.state.node.name)
+                    .map_or(&NO_LABELS, |n| &n.labels),
+            ),
+            Party::Other => nodes
+                .iter()
+                .find(|n| n.addresses.contains(&ip))
+                .map(|n| &n.labels),
+            Party::Pod { .. } => None,
+        }
+    }
+
+    fn cluster_port_matches(&self, port: &ClusterPort) -> bool {
+        match port {
+            ClusterPort::PortNumber { protocol, port } => {
+                *protocol == self.protocol && *port == self.port
+            }
+            ClusterPort::PortRange {
+                protocol,
+                start,
+                end,
+            } => *protocol == self.protocol && (*start..=*end).contains(&self.port),
+            ClusterPort::NamedPort(name) => self.named_port_matches(name),
+        }
+    }
+}
+
+/// The pod a cluster policy or the baseline is asked about.
+struct Subject<'a> {
+    name: &'a ObjectName,
+    labels: &'a BTreeMap<String, String>,
 }

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::host_policy::{Early, Flow, From, HostView};
 use crate::model::{
     Backend, DesiredState, ObjectName, Protocol, Service, ServicePort, TrafficPolicy,
 };
@@ -278,6 +279,14 @@ fn in_any(ip: IpAddr, cidrs: &[ipnetwork::IpNetwork]) -> bool {
 ///   address detection and MLD between a pod and its gateway use them; anywhere else such a
 ///   source is dropped (Linux never forwards a link-local source, RFC 4291 2.5.6, and a
 ///   dataplane that redirects packets past the kernel's forwarding must not either).
+/// - Cluster policies and the baseline are pod policy too: per direction, cluster policies by
+///   priority, then NetworkPolicy, then the baseline, then allowed ([`crate::policy`]'s
+///   module documentation); anti-spoofing holds with any of them.
+/// - Host endpoint policy ([`crate::host_policy`]) for packets crossing this node's host
+///   endpoint on the uplink: failsafe ports, then untracked rules (an untracked `Allow` is
+///   not translated: no conntrack, no NAT), then pre-DNAT rules on the original destination,
+///   then service translation and pod policy, then the normal host policies on the
+///   translated packet (default deny where one applies). Replies: [`reply_allowed`].
 pub fn evaluate(state: &DesiredState, packet: &Packet, entry: &Entry) -> Verdict {
     evaluate_in(state, packet, entry, Scope::Cluster)
 }
@@ -322,24 +331,63 @@ enum Scope {
     Node,
 }
 
+/// What host policy knows of a packet.
+fn flow(packet: &Packet) -> Flow {
+    Flow {
+        protocol: packet.protocol,
+        source: packet.source,
+        destination: packet.destination,
+    }
+}
+
+/// What host policy knows of an entry.
+fn from(entry: &Entry) -> From {
+    match entry {
+        Entry::FromUplink => From::Uplink,
+        Entry::FromHost => From::Host,
+        Entry::FromPod(_) => From::Pod,
+    }
+}
+
 fn evaluate_in(state: &DesiredState, packet: &Packet, entry: &Entry, scope: Scope) -> Verdict {
-    let verdict = evaluate_services(state, packet, entry);
-    if state.policies.is_empty() {
-        return verdict;
-    }
-    let client = packet.source.ip();
-    if let Entry::FromPod(name) = entry {
-        if is_spoofed(state, name, client, packet.destination.ip()) {
-            return Verdict::Drop;
-        }
-    }
-    // The node's own traffic to its own pods is allowed whatever source address the kernel
-    // picked for it (a secondary address, another interface's): it is the node's by where it
-    // comes from, not by its address.
-    let allows = |to: IpAddr, port: u16| {
-        (matches!(entry, Entry::FromHost) && state.endpoints.iter().any(|e| e.ips.contains(&to)))
-            || allowed_in(state, scope, client, to, packet.protocol, port)
+    let host = HostView::of(state);
+    let early = host.as_ref().map_or(Early::Continue, |h| {
+        h.before_translation(&flow(packet), from(entry))
+    });
+    let verdict = match early {
+        Early::Drop => return Verdict::Drop,
+        // No conntrack, so no NAT either: the packet goes where it is addressed, as it is.
+        Early::Untracked => Verdict::Untouched {
+            source: SourceSeen::Client,
+        },
+        Early::Allowed | Early::Continue => evaluate_services(state, packet, entry),
     };
+    let verdict = with_pod_policy(state, verdict, packet, entry, scope);
+    match (&host, early) {
+        (Some(h), Early::Continue) => with_host_policy(h, verdict, packet, entry),
+        _ => verdict,
+    }
+}
+
+/// `verdict` after the normal host policies of `host` (the connection's translated packets).
+fn with_host_policy(
+    host: &HostView<'_>,
+    verdict: Verdict,
+    packet: &Packet,
+    entry: &Entry,
+) -> Verdict {
+    keep_allowed(verdict, packet.destination, |to| {
+        host.normal_allows(from(entry), packet.protocol, packet.source, to)
+    })
+}
+
+/// `verdict` keeping only what `allows` (a destination after translation): the backends of
+/// a forward (none left: drop), the destination of an untouched packet.
+fn keep_allowed(
+    verdict: Verdict,
+    destination: SocketAddr,
+    allows: impl Fn(SocketAddr) -> bool,
+) -> Verdict {
     match verdict {
         Verdict::Forward {
             service,
@@ -347,7 +395,7 @@ fn evaluate_in(state: &DesiredState, packet: &Packet, entry: &Entry, scope: Scop
             mut backends,
             source,
         } => {
-            backends.retain(|b| allows(b.ip(), b.port()));
+            backends.retain(|b| allows(*b));
             if backends.is_empty() {
                 Verdict::Drop
             } else {
@@ -359,13 +407,91 @@ fn evaluate_in(state: &DesiredState, packet: &Packet, entry: &Entry, scope: Scop
                 }
             }
         }
-        Verdict::Untouched { .. }
-            if !allows(packet.destination.ip(), packet.destination.port()) =>
-        {
-            Verdict::Drop
-        }
+        Verdict::Untouched { .. } if !allows(destination) => Verdict::Drop,
         other => other,
     }
+}
+
+/// `verdict` after pod policy: NetworkPolicy, cluster policies and the baseline (none: as it
+/// is).
+fn with_pod_policy(
+    state: &DesiredState,
+    verdict: Verdict,
+    packet: &Packet,
+    entry: &Entry,
+    scope: Scope,
+) -> Verdict {
+    if !state.has_pod_policy() {
+        return verdict;
+    }
+    let client = packet.source.ip();
+    if let Entry::FromPod(name) = entry {
+        if is_spoofed(state, name, client, packet.destination.ip()) {
+            return Verdict::Drop;
+        }
+    }
+    // The node's own traffic to its own pods is allowed whatever source address the kernel
+    // picked for it (a secondary address, another interface's): it is the node's by where it
+    // comes from, not by its address.
+    let allows = |to: SocketAddr| {
+        (matches!(entry, Entry::FromHost)
+            && state.endpoints.iter().any(|e| e.ips.contains(&to.ip())))
+            || allowed_in(state, scope, client, to.ip(), packet.protocol, to.port())
+    };
+    keep_allowed(verdict, packet.destination, allows)
+}
+
+/// Whether the replies of the connection whose first packet is `packet`, entering at
+/// `entry`, get back to its client.
+///
+/// A connection [`evaluate`] drops or rejects has none. A tracked one's replies pass
+/// (conntrack). A connection that a host endpoint's untracked (`doNotTrack`) rule let in or
+/// out has no conntrack entry: each reply is a packet of its own, judged by [`evaluate`]
+/// with source and destination swapped, entering where the reply enters (from the node for a
+/// connection that came in on the uplink, from the uplink for one the node opened) — so it
+/// needs a rule of its own (an untracked `Allow` in the other direction, or a normal policy
+/// that allows it; a default-deny endpoint drops it).
+///
+/// ```
+/// use dataplane_core::{reply_allowed, DesiredState, Entry, Node, Packet, Protocol};
+/// let state = DesiredState::new(Node::new("node-a", ["172.18.0.2".parse()?]));
+/// let packet = Packet {
+///     protocol: Protocol::Tcp,
+///     source: "198.51.100.7:40000".parse()?,
+///     destination: "172.18.0.2:6379".parse()?,
+/// };
+/// assert!(reply_allowed(&state, &packet, &Entry::FromUplink)); // no host policy: tracked
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn reply_allowed(state: &DesiredState, packet: &Packet, entry: &Entry) -> bool {
+    if matches!(
+        evaluate(state, packet, entry),
+        Verdict::Drop | Verdict::Reject
+    ) {
+        return false;
+    }
+    let untracked = HostView::of(state)
+        .is_some_and(|h| h.before_translation(&flow(packet), from(entry)) == Early::Untracked);
+    if !untracked {
+        return true;
+    }
+    let reply = Packet {
+        protocol: packet.protocol,
+        source: packet.destination,
+        destination: packet.source,
+    };
+    let back = match entry {
+        Entry::FromUplink => state
+            .endpoints
+            .iter()
+            .find(|e| e.ips.contains(&packet.destination.ip()))
+            .map_or(Entry::FromHost, |e| Entry::FromPod(e.name.clone())),
+        Entry::FromHost | Entry::FromPod(_) => Entry::FromUplink,
+    };
+    !matches!(
+        evaluate(state, &reply, &back),
+        Verdict::Drop | Verdict::Reject
+    )
 }
 
 /// Whether `scope`'s halves of the policy verdict from `from` to `to` allow a new connection.

@@ -245,6 +245,56 @@ fn selector(key: &str, value: String) -> LabelSelector {
     }
 }
 
+/// States a backend without cluster or host endpoint policy must refuse, each with the object
+/// its [`crate::Error::Unsupported`] names: `base` plus `service` plus, in turn, a deny-all
+/// cluster policy (`cluster policy deny-all`), a baseline (`baseline policy`), and a host
+/// endpoint on the node's uplink with a deny-all host policy (`host endpoint uplink`). The
+/// rejected-apply tests of every backend use them: the service shows that nothing of a
+/// refused state is programmed.
+pub fn tier_refusals(base: &DesiredState, service: Service) -> Vec<(DesiredState, String)> {
+    use crate::model::{
+        BaselineAction, BaselinePolicy, BaselineRule, ClusterAction, ClusterPeer, ClusterPolicy,
+        ClusterPolicyRule, ClusterPolicySubject, HostEndpoint, HostPolicy,
+    };
+    let everyone = || ClusterPeer::Namespaces(LabelSelector::default());
+    let with_service = base.clone().with_service(service);
+    vec![
+        (
+            with_service.clone().with_cluster_policy(
+                ClusterPolicy::for_namespaces("deny-all", 0, LabelSelector::default())
+                    .with_ingress(ClusterPolicyRule::new(
+                        "all",
+                        ClusterAction::Deny,
+                        [everyone()],
+                    )),
+            ),
+            "cluster policy deny-all".to_owned(),
+        ),
+        (
+            with_service.clone().with_baseline_policy(
+                BaselinePolicy::new(ClusterPolicySubject::Namespaces(LabelSelector::default()))
+                    .with_ingress(BaselineRule::new("all", BaselineAction::Deny, [everyone()])),
+            ),
+            "baseline policy".to_owned(),
+        ),
+        (
+            with_service
+                .with_host_endpoint(
+                    HostEndpoint::new("uplink", &base.node.name, &base.node.interfaces.uplink)
+                        .with_label("role", "uplink"),
+                )
+                .with_host_policy(
+                    HostPolicy::new(
+                        "deny-all",
+                        LabelSelector::default().with_label("role", "uplink"),
+                    )
+                    .with_types([PolicyType::Ingress, PolicyType::Egress]),
+                ),
+            "host endpoint uplink".to_owned(),
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

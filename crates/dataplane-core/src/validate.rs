@@ -1,7 +1,8 @@
 //! Validation of a [`DesiredState`]: semantic checks that the file format's types cannot express.
 //!
 //! Every error names the object (`service default/web`, `node`, `endpoint default/pod-a`,
-//! `policy default/deny`, `namespace team-a`, `pod y/b`) and the field (`ports[1].nodePort`) so that a person can find it.
+//! `policy default/deny`, `namespace team-a`, `pod y/b`, `cluster policy deny-all`, `baseline policy`,
+//! `peer node node-b`, `host endpoint node-a-eth0`, `host policy block`, `failsafe ports`) and the field (`ports[1].nodePort`) so that a person can find it.
 //! Backends validate before they touch the kernel: a rejected state changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +19,8 @@ use crate::model::{
 };
 use crate::reference::IpFamily;
 use serde::{Deserialize, Serialize};
+
+mod tiers;
 
 /// Longest ClientIP affinity timeout Kubernetes accepts (one day).
 pub const MAX_AFFINITY_TIMEOUT_SECONDS: u32 = 86_400;
@@ -321,6 +324,7 @@ fn validate_claims(state: &DesiredState) -> Result<Claims, ValidationError> {
         }
         validate_policy(policy, &object)?;
     }
+    tiers::validate_tiers(state)?;
     Ok((frontends, ips))
 }
 
@@ -1022,8 +1026,8 @@ fn validate_rule(rule: &PolicyRule, object: &str, at: &str) -> Result<(), Valida
 pub enum Incremental {
     /// The changed objects are valid and clash with nothing that stays.
     Valid,
-    /// The change touches the node (whose settings every service depends on): validate the
-    /// whole new state instead.
+    /// The change touches the node (whose settings every service depends on) or a
+    /// cluster-wide policy object: validate the whole new state instead.
     FullRequired,
 }
 
@@ -1085,8 +1089,13 @@ impl Validator {
 
     /// Checks `changes` against the state this validator was built from (and committed to);
     /// `node` is that state's node.
+    ///
+    /// A change of the node, of cluster policies, the baseline, peer nodes, host endpoints,
+    /// host policies or failsafe ports needs [`Incremental::FullRequired`]: their checks
+    /// (unique priorities, one host endpoint per interface) span the whole state, and they
+    /// change rarely.
     pub fn check(&self, node: &Node, changes: &ChangeSet) -> Result<Incremental, ValidationError> {
-        if changes.node.is_some() {
+        if changes.node.is_some() || changes.has_tier_changes() {
             return Ok(Incremental::FullRequired);
         }
         let changed_services: BTreeSet<String> = changes

@@ -331,6 +331,10 @@ fn pair() -> impl Strategy<Value = (DesiredState, DesiredState)> {
                 b.policies.reverse();
                 b.namespaces.reverse();
                 b.pods.reverse();
+                b.cluster_policies.reverse();
+                b.nodes.reverse();
+                b.host_endpoints.reverse();
+                b.host_policies.reverse();
             }
             1 => {
                 if let Some(s) = b.services.first_mut() {
@@ -407,6 +411,12 @@ proptest! {
                 + changes.policies.len()
                 + changes.namespaces.len()
                 + changes.pods.len()
+                + changes.cluster_policies.len()
+                + usize::from(changes.baseline_policy.is_some())
+                + changes.nodes.len()
+                + changes.host_endpoints.len()
+                + changes.host_policies.len()
+                + usize::from(changes.failsafe_ports.is_some())
         );
     }
 

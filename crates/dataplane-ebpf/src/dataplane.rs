@@ -619,11 +619,15 @@ impl Dataplane for EbpfDataplane {
             weights: true,
             max_services: caps.services,
             max_backends: caps.backends.saturating_sub(1),
+            // Not programmed yet (issue 22): states with them are refused.
+            cluster_policy: false,
+            host_policy: false,
         }
     }
 
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
         let validator = Validator::new(desired)?;
+        self.capabilities().check_policy_tiers(desired)?;
         let rest = DesiredState {
             endpoints: desired.endpoints.clone(),
             policies: desired.policies.clone(),
@@ -651,6 +655,7 @@ impl Dataplane for EbpfDataplane {
     /// state, of which this backend keeps no copy: it returns [`Error::FullSyncRequired`]
     /// and changes nothing; call [`Dataplane::apply`] with the new state.
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        self.capabilities().check_policy_tier_changes(changes)?;
         let Some(Synced::Yes(applied)) = self.loaded().map(|l| &l.synced) else {
             return Err(Error::FullSyncRequired);
         };
@@ -683,6 +688,7 @@ impl Dataplane for EbpfDataplane {
                 policies: changes.policies.clone(),
                 namespaces: changes.namespaces.clone(),
                 pods: changes.pods.clone(),
+                ..ChangeSet::default()
             }
             .apply_to(&mut next);
         }

@@ -232,7 +232,8 @@ pub fn node_plan_with(node: &Node, config: &crate::NetfilterConfig) -> NodePlan 
 }
 
 /// Refuses states that need what the flavour cannot express safely (network policy where
-/// the flavour lacks it: left out, its pods would be open to everyone) and lists what it serves in a lesser way instead of
+/// the flavour lacks it: left out, its pods would be open to everyone; cluster and host
+/// endpoint policy, which neither flavour programs yet) and lists what it serves in a lesser way instead of
 /// refusing the node (issue 15: one unsupported feature must not take a whole node down):
 /// DSR and hybrid external modes are served with SNAT (backends see the node address),
 /// Maglev selection where the flavour lacks it with random selection.
@@ -253,6 +254,9 @@ pub(crate) fn check_supported(
             object: format!("policy {}", p.name),
         });
     }
+    // Cluster-wide and host endpoint policy are not programmed yet (issue 22): refused, as
+    // leaving them out would leave open what they close.
+    capabilities.check_policy_tiers(state)?;
     let mut skipped = Vec::new();
     for s in &state.services {
         let object = || format!("service {}", s.name);

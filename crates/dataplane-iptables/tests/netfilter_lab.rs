@@ -25,6 +25,8 @@ enum Flavour {
 }
 
 /// A backend of either flavour; a `Dataplane` through `Deref`.
+// One per test, made once and never moved around: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Nftables(NftablesDataplane),
     Iptables(IptablesDataplane),

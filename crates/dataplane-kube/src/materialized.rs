@@ -196,6 +196,8 @@ impl Materialized {
             policies: self.policies.take(&self.state.policies),
             namespaces: self.namespaces.take(&self.state.namespaces),
             pods: self.pods.take(&self.state.pods),
+            // Cluster and host policy have no Kubernetes translation here yet.
+            ..ChangeSet::default()
         }
     }
 

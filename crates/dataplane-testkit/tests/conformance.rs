@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use dataplane_core::{Capabilities, Dataplane, FakeDataplane, IpFamily, Protocol, Service};
+use dataplane_testkit::conformance::policy::{policy_cases, run_policy, PolicyCase, POLICY_LAB};
 use dataplane_testkit::conformance::{
     self, standard_cases, Case, Client, Destination, Expect, RowOutcome, Seen, STANDARD_LAB,
 };
@@ -218,4 +219,37 @@ fn a_backend_that_does_not_deliver_fails_its_rows() {
         );
         assert!(!traffic.is_empty(), "{}", row.name);
     }
+}
+
+/// The policy table's cluster-policy case against a backend without the capability: one
+/// visible skipped row that names what is missing, nothing applied for it, no failure.
+#[test]
+fn cluster_policy_cases_are_skipped_visibly_without_the_capability() {
+    if !require_root("cluster_policy_cases_are_skipped_visibly_without_the_capability") {
+        return;
+    }
+    let lab = Lab::new(POLICY_LAB).unwrap();
+    let made = Made::default();
+    let claims = Capabilities {
+        dataplane: "no-tiers".to_owned(),
+        cluster_policy: false,
+        ..FakeDataplane::default_capabilities()
+    };
+    let cases: Vec<_> = policy_cases()
+        .into_iter()
+        .filter(PolicyCase::needs_cluster_policy)
+        .collect();
+    assert_eq!(cases.len(), 1);
+    let report = run_policy(&lab, &cases, &mut factory(claims, &made));
+    report.assert_ok();
+    assert_eq!(report.rows.len(), 1, "{report}");
+    let RowOutcome::Skipped { reason } = &report.rows[0].outcome else {
+        panic!("not skipped: {report}")
+    };
+    assert!(
+        reason.contains("lacks cluster-wide ordered policy"),
+        "{reason}"
+    );
+    // Only the no-policy warm-up state was applied, on each node.
+    assert_eq!(applies(&made), POLICY_LAB.nodes);
 }

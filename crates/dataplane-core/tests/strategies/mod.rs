@@ -2,7 +2,8 @@
 //! `mod strategies;` (cargo also builds this file as a test target of its own, with no tests).
 //!
 //! States are bounded (at most 6 services of at most 3 ports and 5 backends, 4 endpoints,
-//! 3 policies, 4 namespaces, 4 peer pods) and valid by construction: names come from a pool of 8, and each service derives
+//! 3 policies, 4 namespaces, 4 peer pods, 3 cluster policies, a baseline, 3 peer nodes, 3
+//! host endpoints, 3 host policies of every kind, failsafe ports) and valid by construction: names come from a pool of 8, and each service derives
 //! its addresses and NodePorts from its pool index so that no two services share a frontend.
 //! Names and label values include strings that YAML would read as something else unquoted
 //! (`true`, `null`, `123`, `1e3`, `~`): serialisers must quote them.
@@ -12,10 +13,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane_core::{
-    Backend, BackendSelection, DesiredState, Endpoint, ExternalMode, Interfaces, IpBlock,
-    LabelRequirement, LabelSelector, Masquerade, NamedPort, Namespace, Node, ObjectName, PeerPod,
-    Policy, PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRange, PortRef, Protocol,
-    SelectorOperator, Service, ServicePort, SessionAffinity, TrafficPolicy, API_VERSION, KIND,
+    Backend, BackendSelection, BaselineAction, BaselinePolicy, BaselineRule, ClusterAction,
+    ClusterPeer, ClusterPolicy, ClusterPolicyRule, ClusterPolicySubject, ClusterPort, ClusterRule,
+    DesiredState, Endpoint, ExternalMode, FailsafePort, FailsafePorts, HostAction, HostEndpoint,
+    HostPolicy, HostPort, HostRule, Interfaces, IpBlock, LabelRequirement, LabelSelector,
+    Masquerade, NamedPort, Namespace, NamespacedPods, Node, ObjectName, PeerNode, PeerPod, Policy,
+    PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRange, PortRef, Protocol, SelectorOperator,
+    Service, ServicePort, SessionAffinity, TrafficPolicy, API_VERSION, KIND,
 };
 use ipnetwork::IpNetwork;
 use proptest::collection::{btree_map, btree_set, vec};
@@ -483,6 +487,300 @@ pub fn pods() -> impl Strategy<Value = Vec<PeerPod>> {
         .prop_shuffle()
 }
 
+fn cluster_subject() -> impl Strategy<Value = ClusterPolicySubject> {
+    prop_oneof![
+        selector().prop_map(ClusterPolicySubject::Namespaces),
+        (selector(), selector()).prop_map(|(namespace_selector, pod_selector)| {
+            ClusterPolicySubject::Pods(NamespacedPods {
+                namespace_selector,
+                pod_selector,
+            })
+        }),
+    ]
+}
+
+/// A cluster policy peer; `nodes` and `networks` only on egress.
+fn cluster_peer(egress: bool) -> BoxedStrategy<ClusterPeer> {
+    let pods = (selector(), selector()).prop_map(|(namespace_selector, pod_selector)| {
+        ClusterPeer::Pods(NamespacedPods {
+            namespace_selector,
+            pod_selector,
+        })
+    });
+    let namespaces = selector().prop_map(ClusterPeer::Namespaces);
+    if !egress {
+        return prop_oneof![namespaces, pods].boxed();
+    }
+    let networks = subsequence(
+        vec![
+            net("10.0.0.0/8"),
+            net("0.0.0.0/0"),
+            net("2001:db8::/32"),
+            net("192.0.2.7/32"),
+        ],
+        1..=2,
+    )
+    .prop_map(ClusterPeer::Networks);
+    prop_oneof![
+        namespaces,
+        pods,
+        selector().prop_map(ClusterPeer::Nodes),
+        networks
+    ]
+    .boxed()
+}
+
+fn cluster_port() -> impl Strategy<Value = ClusterPort> {
+    prop_oneof![
+        (protocol(), 1u16..=60_000)
+            .prop_map(|(protocol, port)| ClusterPort::PortNumber { protocol, port }),
+        select(PORT_NAMES.to_vec()).prop_map(|n| ClusterPort::NamedPort(n.to_owned())),
+        (protocol(), 1u16..=60_000, 0u16..=1000).prop_map(|(protocol, start, span)| {
+            ClusterPort::PortRange {
+                protocol,
+                start,
+                end: start + span,
+            }
+        }),
+    ]
+}
+
+/// A rule's parts: name, peers, ports.
+fn cluster_rule_parts(
+    egress: bool,
+) -> impl Strategy<Value = (&'static str, Vec<ClusterPeer>, Vec<ClusterPort>)> {
+    (
+        select(NAMES.to_vec()),
+        vec(cluster_peer(egress), 1..=2),
+        vec(cluster_port(), 0..=2),
+    )
+}
+
+/// Up to 2 rules with actions from `actions`.
+fn tier_rules<A: Clone + std::fmt::Debug + 'static>(
+    egress: bool,
+    actions: Vec<A>,
+) -> impl Strategy<Value = Vec<ClusterRule<A>>> {
+    vec((cluster_rule_parts(egress), select(actions)), 0..=2).prop_map(|rules| {
+        rules
+            .into_iter()
+            .map(|((name, peers, ports), action)| ClusterRule {
+                name: name.to_owned(),
+                action,
+                peers,
+                ports,
+            })
+            .collect()
+    })
+}
+
+fn cluster_rules(egress: bool) -> impl Strategy<Value = Vec<ClusterPolicyRule>> {
+    tier_rules(
+        egress,
+        vec![
+            ClusterAction::Allow,
+            ClusterAction::Deny,
+            ClusterAction::Pass,
+        ],
+    )
+}
+
+fn baseline_rules(egress: bool) -> impl Strategy<Value = Vec<BaselineRule>> {
+    tier_rules(egress, vec![BaselineAction::Allow, BaselineAction::Deny])
+}
+
+/// Up to 3 cluster policies with distinct names and priorities, in random order.
+pub fn cluster_policies() -> impl Strategy<Value = Vec<ClusterPolicy>> {
+    btree_set(0..NAMES.len(), 0..=3)
+        .prop_flat_map(|idxs| {
+            idxs.into_iter()
+                .map(|idx| {
+                    (
+                        0u32..100,
+                        cluster_subject(),
+                        cluster_rules(false),
+                        cluster_rules(true),
+                    )
+                        .prop_map(move |(offset, subject, ingress, egress)| {
+                            ClusterPolicy {
+                                name: NAMES[idx].to_owned(),
+                                // Distinct by construction, inside 0..=1000.
+                                priority: idx as u32 * 100 + offset,
+                                subject,
+                                ingress,
+                                egress,
+                            }
+                        })
+                })
+                .collect::<Vec<_>>()
+        })
+        .prop_shuffle()
+}
+
+/// No baseline, or one.
+pub fn baseline_policy() -> impl Strategy<Value = Option<BaselinePolicy>> {
+    option::of(
+        (
+            cluster_subject(),
+            baseline_rules(false),
+            baseline_rules(true),
+        )
+            .prop_map(|(subject, ingress, egress)| BaselinePolicy {
+                subject,
+                ingress,
+                egress,
+            }),
+    )
+}
+
+/// Up to 3 peer nodes with distinct names and addresses.
+pub fn peer_nodes() -> impl Strategy<Value = Vec<PeerNode>> {
+    btree_map(0u8..3, labels(), 0..=3)
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(i, labels)| PeerNode {
+                    name: format!("node-{}", (b'a' + i) as char),
+                    addresses: vec![IpAddr::V4(Ipv4Addr::new(172, 18, 0, 10 + i))],
+                    labels,
+                })
+                .collect::<Vec<_>>()
+        })
+        .prop_shuffle()
+}
+
+/// Up to 3 host endpoints, distinct names and (node, interface) pairs.
+pub fn host_endpoints() -> impl Strategy<Value = Vec<HostEndpoint>> {
+    btree_map(0usize..4, labels(), 0..=3)
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(i, labels)| HostEndpoint {
+                    name: format!("hep-{i}"),
+                    node: ["node-a", "node-b"][i / 2].to_owned(),
+                    interface_name: ["eth0", "*"][i % 2].to_owned(),
+                    expected_ips: vec![IpAddr::V4(Ipv4Addr::new(172, 18, 0, 10 + i as u8))],
+                    labels,
+                })
+                .collect::<Vec<_>>()
+        })
+        .prop_shuffle()
+}
+
+fn host_port() -> impl Strategy<Value = HostPort> {
+    prop_oneof![
+        (1u16..=60_000).prop_map(HostPort::Number),
+        (1u16..=60_000, 0u16..=1000).prop_map(|(start, span)| HostPort::Range(PortRange {
+            start,
+            end: start + span
+        })),
+    ]
+}
+
+fn host_rule() -> impl Strategy<Value = HostRule> {
+    let nets = subsequence(
+        vec![
+            net("198.51.100.0/24"),
+            net("0.0.0.0/0"),
+            net("2001:db8::/32"),
+        ],
+        0..=2,
+    );
+    (
+        select(vec![HostAction::Allow, HostAction::Deny]),
+        option::of(protocol()),
+        nets.clone(),
+        vec(host_port(), 0..=2),
+        nets,
+        vec(host_port(), 0..=2),
+    )
+        .prop_map(
+            |(action, protocol, src_nets, src_ports, dst_nets, dst_ports)| {
+                let mut rule = HostRule::new(action).from_nets(src_nets).to_nets(dst_nets);
+                // Ports need a protocol.
+                if let Some(p) = protocol {
+                    rule = rule.protocol(p).from_ports(src_ports).to_ports(dst_ports);
+                }
+                rule
+            },
+        )
+}
+
+/// Up to 3 host policies with distinct names, of every kind (normal, applyOnForward,
+/// pre-DNAT with ingress rules only, untracked).
+pub fn host_policies() -> impl Strategy<Value = Vec<HostPolicy>> {
+    btree_set(0..NAMES.len(), 0..=3)
+        .prop_flat_map(|idxs| {
+            idxs.into_iter()
+                .map(|idx| {
+                    (
+                        option::of(0u32..5),
+                        selector(),
+                        subsequence(vec![PolicyType::Ingress, PolicyType::Egress], 0..=2),
+                        vec(host_rule(), 0..=2),
+                        vec(host_rule(), 0..=2),
+                        0u8..4,
+                    )
+                        .prop_map(
+                            move |(order, selector, types, ingress, egress, kind)| {
+                                let mut p = HostPolicy::new(NAMES[idx], selector);
+                                p.order = order;
+                                p.types = types;
+                                p.ingress = ingress;
+                                p.egress = egress;
+                                match kind {
+                                    1 => p.on_forward(),
+                                    2 => {
+                                        let mut p = p.pre_dnat();
+                                        p.egress.clear();
+                                        p.types.retain(|t| *t == PolicyType::Ingress);
+                                        p
+                                    }
+                                    3 => p.untracked(),
+                                    _ => p,
+                                }
+                            },
+                        )
+                })
+                .collect::<Vec<_>>()
+        })
+        .prop_shuffle()
+}
+
+/// Calico's defaults, none, or a few ports.
+pub fn failsafe_ports() -> impl Strategy<Value = FailsafePorts> {
+    prop_oneof![
+        Just(FailsafePorts::default()),
+        Just(FailsafePorts::none()),
+        (btree_set(1u16..1000, 0..=2), btree_set(1u16..1000, 0..=2)).prop_map(|(i, o)| {
+            FailsafePorts {
+                inbound: i.into_iter().map(FailsafePort::tcp).collect(),
+                outbound: o.into_iter().map(FailsafePort::udp).collect(),
+            }
+        }),
+    ]
+}
+
+/// Cluster policies, baseline, peer nodes, host endpoints, host policies and failsafe ports.
+pub type Tiers = (
+    Vec<ClusterPolicy>,
+    Option<BaselinePolicy>,
+    Vec<PeerNode>,
+    Vec<HostEndpoint>,
+    Vec<HostPolicy>,
+    FailsafePorts,
+);
+
+/// Every object of [`Tiers`], valid.
+pub fn tiers() -> impl Strategy<Value = Tiers> {
+    (
+        cluster_policies(),
+        baseline_policy(),
+        peer_nodes(),
+        host_endpoints(),
+        host_policies(),
+        failsafe_ports(),
+    )
+}
+
 /// A whole valid state.
 pub fn state() -> impl Strategy<Value = DesiredState> {
     (
@@ -492,9 +790,18 @@ pub fn state() -> impl Strategy<Value = DesiredState> {
         policies(),
         namespaces(),
         pods(),
+        tiers(),
     )
         .prop_map(
-            |(node, services, mut endpoints, policies, namespaces, pods)| {
+            |(node, services, mut endpoints, policies, namespaces, pods, tiers)| {
+                let (
+                    cluster_policies,
+                    baseline_policy,
+                    nodes,
+                    host_endpoints,
+                    host_policies,
+                    failsafe_ports,
+                ) = tiers;
                 // An endpoint's own namespace labels may not contradict a namespace object.
                 for e in &mut endpoints {
                     if namespaces.iter().any(|n| n.name == e.name.namespace) {
@@ -510,6 +817,12 @@ pub fn state() -> impl Strategy<Value = DesiredState> {
                     policies,
                     namespaces,
                     pods,
+                    cluster_policies,
+                    baseline_policy,
+                    nodes,
+                    host_endpoints,
+                    host_policies,
+                    failsafe_ports,
                 }
             },
         )
@@ -522,6 +835,10 @@ pub fn normalised(mut state: DesiredState) -> DesiredState {
     state.policies.sort_by(|a, b| a.name.cmp(&b.name));
     state.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
     state.pods.sort_by(|a, b| a.name.cmp(&b.name));
+    state.cluster_policies.sort_by(|a, b| a.name.cmp(&b.name));
+    state.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    state.host_endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+    state.host_policies.sort_by(|a, b| a.name.cmp(&b.name));
     state
 }
 

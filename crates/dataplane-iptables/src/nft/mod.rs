@@ -373,6 +373,10 @@ impl NftablesDataplane {
     /// [`Dataplane::apply_changes`] without the conntrack cleanup that follows it.
     fn partial_sync(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
         self.config.validate(BACKEND)?;
+        // Cluster and host policy are not programmed yet: refused by name, before anything.
+        Flavour::Nftables
+            .capabilities()
+            .check_policy_tier_changes(changes)?;
         let (Some((node, rs)), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };

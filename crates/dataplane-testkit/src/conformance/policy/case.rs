@@ -2,8 +2,8 @@
 //! the policies themselves.
 
 use dataplane_core::{
-    IpBlock, IpFamily, LabelRequirement, LabelSelector, ObjectName, Policy, PolicyPeer, PolicyPort,
-    PolicyRule, PolicyType, PortRef, Protocol, SelectorOperator,
+    BaselinePolicy, ClusterPolicy, IpBlock, IpFamily, LabelRequirement, LabelSelector, ObjectName,
+    Policy, PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRef, Protocol, SelectorOperator,
 };
 use ipnetwork::IpNetwork;
 
@@ -48,6 +48,15 @@ impl PolicyCase {
         self
     }
 
+    /// Whether a step applies a cluster policy or a baseline: a backend without
+    /// [`Capabilities::cluster_policy`](dataplane_core::Capabilities::cluster_policy) skips
+    /// the case, visibly.
+    pub fn needs_cluster_policy(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::ApplyCluster(_) | Step::SetBaseline(Some(_))))
+    }
+
     /// The same case written for `family` (skipped where the lab or backend lacks it).
     #[must_use]
     pub fn in_family(mut self, family: IpFamily) -> Self {
@@ -64,6 +73,12 @@ pub enum Step {
     Apply(Vec<Policy>),
     /// Deletes the policy `namespace/name`.
     Delete(ObjectName),
+    /// Creates these cluster policies, replacing those of the same name.
+    ApplyCluster(Vec<ClusterPolicy>),
+    /// Deletes the cluster policy of this name.
+    DeleteCluster(String),
+    /// Sets (`Some`) or removes (`None`) the baseline policy.
+    SetBaseline(Option<BaselinePolicy>),
     /// Sets (`Some`) or removes (`None`) label `key` of pod `pod` (`"x/a"`).
     LabelPod {
         /// The pod, `namespace/name`.
@@ -139,6 +154,13 @@ impl Step {
                 format!("apply {}", names.join(", "))
             }
             Step::Delete(name) => format!("delete {name}"),
+            Step::ApplyCluster(policies) => {
+                let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+                format!("apply cluster policy {}", names.join(", "))
+            }
+            Step::DeleteCluster(name) => format!("delete cluster policy {name}"),
+            Step::SetBaseline(Some(_)) => "set the baseline".to_owned(),
+            Step::SetBaseline(None) => "remove the baseline".to_owned(),
             Step::LabelPod { pod, key, value } => format!("label pod {pod} {}", label(key, value)),
             Step::LabelNamespace {
                 namespace,
@@ -180,6 +202,24 @@ impl Step {
                     return Err(format!("step deletes policy {name}, which does not exist"));
                 }
             }
+            Step::ApplyCluster(policies) => {
+                for p in policies {
+                    match world.cluster_policies.iter_mut().find(|q| q.name == p.name) {
+                        Some(q) => *q = p.clone(),
+                        None => world.cluster_policies.push(p.clone()),
+                    }
+                }
+            }
+            Step::DeleteCluster(name) => {
+                let before = world.cluster_policies.len();
+                world.cluster_policies.retain(|p| p.name != *name);
+                if world.cluster_policies.len() == before {
+                    return Err(format!(
+                        "step deletes cluster policy {name}, which does not exist"
+                    ));
+                }
+            }
+            Step::SetBaseline(baseline) => world.baseline.clone_from(baseline),
             Step::LabelPod { pod, key, value } => {
                 let k = pod_index(pod)?;
                 set(&mut world.pod_labels[k], key, value.as_ref());

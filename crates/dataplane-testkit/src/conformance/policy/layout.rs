@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane_core::{
-    Backend, DesiredState, Endpoint, IpFamily, NamedPort, Namespace, ObjectName, PeerPod, Policy,
-    Protocol, Service, ServicePort,
+    Backend, BaselinePolicy, ClusterPolicy, DesiredState, Endpoint, IpFamily, NamedPort, Namespace,
+    ObjectName, PeerPod, Policy, Protocol, Service, ServicePort,
 };
 use ipnetwork::IpNetwork;
 
@@ -154,6 +154,10 @@ pub(super) struct World {
     pub(super) namespace_labels: Vec<BTreeMap<String, String>>,
     /// The policies, in creation order.
     pub(super) policies: Vec<Policy>,
+    /// The cluster policies, in creation order.
+    pub(super) cluster_policies: Vec<ClusterPolicy>,
+    /// The baseline policy.
+    pub(super) baseline: Option<BaselinePolicy>,
 }
 
 impl World {
@@ -167,6 +171,8 @@ impl World {
                 .collect(),
             namespace_labels: NAMESPACES.iter().map(|n| label("ns", n)).collect(),
             policies: Vec::new(),
+            cluster_policies: Vec::new(),
+            baseline: None,
         }
     }
 }
@@ -237,6 +243,8 @@ pub(super) fn node_states(spec: LabSpec, world: &World) -> Vec<DesiredState> {
             state.namespaces.clone_from(&namespaces);
             state.services.clone_from(&services);
             state.policies.clone_from(&world.policies);
+            state.cluster_policies.clone_from(&world.cluster_policies);
+            state.baseline_policy.clone_from(&world.baseline);
             state
         })
         .collect()

@@ -120,6 +120,13 @@
 //!   IPv6 CIDRs;
 //! - anti-spoofing: pods forging another pod's and (IPv6) the node's address, dropped with
 //!   policies, delivered without;
+//! - cluster-wide ordered policy (issue 22, the AdminNetworkPolicy model), `cluster-tiers`: a
+//!   baseline deny applies only where no NetworkPolicy isolates the pod, a cluster Deny beats
+//!   a NetworkPolicy Allow, a Pass defers to NetworkPolicy. A backend without
+//!   [`Capabilities::cluster_policy`](dataplane_core::Capabilities::cluster_policy) skips
+//!   the case, as one visible skipped row (and its probes leave the source-port budget);
+//!   host endpoint policy has no cells in this matrix (its clients and servers are pods and
+//!   nodes reaching pods): core's `tests/tiers.rs` holds its reference cases;
 //! - in every case, the nodes as clients: a node reaches its own pods whatever the policies
 //!   (the docs: "traffic to and from the node where a Pod is running is always allowed"),
 //!   another node is matched like any address outside the cluster's pods.

@@ -350,7 +350,13 @@ pub fn run_policy_with(
         forged: 0,
         report: &mut report,
     };
-    let needed = ports_needed(cases, &run.families);
+    // Cases the backend skips send no probe.
+    let runnable: Vec<PolicyCase> = cases
+        .iter()
+        .filter(|c| caps.cluster_policy || !c.needs_cluster_policy())
+        .cloned()
+        .collect();
+    let needed = ports_needed(&runnable, &run.families);
     let have = POD_PROBE_PORTS.len().min(NODE_PROBE_PORTS.len());
     let prepared = if needed > have {
         Err(format!(
@@ -571,6 +577,14 @@ impl Run<'_> {
             } else {
                 "the lab was built without IPv6".to_owned()
             };
+            self.push(&case.name, RowOutcome::Skipped { reason });
+            return;
+        }
+        if case.needs_cluster_policy() && !self.caps.cluster_policy {
+            let reason = format!(
+                "backend {:?} lacks cluster-wide ordered policy",
+                self.caps.dataplane
+            );
             self.push(&case.name, RowOutcome::Skipped { reason });
             return;
         }

@@ -445,11 +445,23 @@ fn source_ports_cannot_wrap_and_nodes_never_share_them_with_pods() {
         take_port(&mut next, POD_COUNT).is_err(),
         "and stays so: no wrap"
     );
-    let needed = ports_needed(&policy_cases(), &BOTH);
+    // What a backend without cluster policy runs (every kernel dataplane today).
+    let without_cluster: Vec<PolicyCase> = policy_cases()
+        .into_iter()
+        .filter(|c| !c.needs_cluster_policy())
+        .collect();
+    let needed = ports_needed(&without_cluster, &BOTH);
     let have = pods.len().min(nodes.len());
     // A quarter left for re-probes (loss under load, slow batches).
     assert!(
         needed * 5 / 4 <= have,
+        "{needed} source ports needed per client, {have} in a range"
+    );
+    // Every case: still no wrap, with less room for re-probes (enlarge the ranges, or
+    // reuse ports across cases, before a backend with cluster policy meets many losses).
+    let needed = ports_needed(&policy_cases(), &BOTH);
+    assert!(
+        needed <= have,
         "{needed} source ports needed per client, {have} in a range"
     );
 }
@@ -494,4 +506,61 @@ fn forged_sources_are_dropped_with_policies_though_the_target_would_accept_them(
         assert!(accepted, "{spoof}");
         assert_eq!(super::layout::pod_name(SPOOF_TARGET), "z/c");
     }
+}
+
+/// Issue 22's rows for the reference model: the baseline applies only where nothing else
+/// decided, a cluster Deny beats a NetworkPolicy Allow, Pass defers to NetworkPolicy.
+#[test]
+fn the_cluster_policy_matrices_say_what_the_cases_mean() {
+    use Path::{ClusterIp, Direct};
+    let m = matrices(&case("cluster-tiers"));
+    // 1: the baseline denies y, and nothing else decides.
+    assert!(
+        !allowed(&m[0], "y/a", "x/b", Tcp, 80, Direct),
+        "the baseline denies y"
+    );
+    assert!(!allowed(&m[0], "y/a", "z/b", Tcp, 80, ClusterIp));
+    assert!(!allowed(&m[0], "y/a", "y/b", Udp, 81, Direct));
+    assert!(
+        allowed(&m[0], "z/a", "x/b", Tcp, 80, Direct),
+        "z is no peer of the rule"
+    );
+    assert!(
+        allowed(&m[0], "node-0", "y/b", Tcp, 80, Direct),
+        "the node reaches its pods"
+    );
+    // 2: x is isolated by its NetworkPolicy, which decides; z is not.
+    assert!(
+        allowed(&m[1], "y/a", "x/b", Tcp, 80, Direct),
+        "x's policy allows all"
+    );
+    assert!(
+        !allowed(&m[1], "y/a", "z/b", Tcp, 80, Direct),
+        "the baseline still decides"
+    );
+    // 3: the cluster Deny beats the NetworkPolicy's Allow.
+    assert!(!allowed(&m[2], "y/b", "x/a", Tcp, 80, Direct));
+    assert!(!allowed(&m[2], "y/a", "x/c", Udp, 81, ClusterIp));
+    assert!(
+        allowed(&m[2], "z/a", "x/a", Tcp, 80, Direct),
+        "z is no peer of the rule"
+    );
+    assert!(allowed(&m[2], "node-1", "x/a", Tcp, 80, Direct));
+    // 4: a Pass before the Deny hands y -> x back to the NetworkPolicy.
+    assert!(allowed(&m[3], "y/b", "x/a", Tcp, 80, Direct));
+    assert!(allowed(&m[3], "y/a", "x/c", Udp, 81, ClusterIp));
+    assert!(
+        !allowed(&m[3], "y/a", "z/b", Tcp, 80, Direct),
+        "the baseline for z"
+    );
+}
+
+#[test]
+fn cluster_cases_are_marked_for_the_capability() {
+    let marked: Vec<String> = policy_cases()
+        .into_iter()
+        .filter(PolicyCase::needs_cluster_policy)
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(marked, ["cluster-tiers"]);
 }

@@ -1,0 +1,403 @@
+//! Validation of cluster policies, the baseline, peer nodes, host endpoints, host policies and
+//! failsafe ports: the AdminNetworkPolicy API's bounds and Calico's constraints on host
+//! policies (see [`crate::model`]'s `tiers` documentation for the sources).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    check_cidr, check_ifname, check_name, check_port, check_selector, check_unicast, err_empty,
+    ValidationError,
+};
+use crate::model::{
+    BaselinePolicy, ClusterPeer, ClusterPolicy, ClusterPolicySubject, ClusterPort, ClusterRule,
+    DesiredState, FailsafePorts, HostEndpoint, HostPolicy, HostPort, HostRule, PeerNode,
+    ALL_INTERFACES, MAX_CLUSTER_NETWORKS, MAX_CLUSTER_POLICY_PRIORITY, MAX_CLUSTER_POLICY_RULES,
+    MAX_CLUSTER_RULE_PEERS, MAX_RULE_NAME,
+};
+
+fn inconsistent(object: &str, field: String, reason: &'static str) -> ValidationError {
+    ValidationError::Inconsistent {
+        object: object.to_owned(),
+        field,
+        reason,
+    }
+}
+
+fn check_count(
+    object: &str,
+    field: &str,
+    len: usize,
+    min: usize,
+    max: usize,
+) -> Result<(), ValidationError> {
+    if (min..=max).contains(&len) {
+        return Ok(());
+    }
+    if len == 0 {
+        return Err(err_empty(object, field));
+    }
+    Err(ValidationError::OutOfRange {
+        object: object.to_owned(),
+        field: format!("{field} (count)"),
+        value: len as u64,
+        min: min as u64,
+        max: max as u64,
+    })
+}
+
+/// Everything of [`DesiredState`] this module covers, in the order `validate` reports it.
+pub(super) fn validate_tiers(state: &DesiredState) -> Result<(), ValidationError> {
+    let mut names = BTreeSet::new();
+    let mut priorities: BTreeMap<u32, &str> = BTreeMap::new();
+    for policy in &state.cluster_policies {
+        let object = format!("cluster policy {}", policy.name);
+        if !names.insert(&policy.name) {
+            return Err(ValidationError::DuplicateName { object });
+        }
+        validate_cluster_policy(policy, &object)?;
+        if let Some(other) = priorities.insert(policy.priority, &policy.name) {
+            return Err(ValidationError::Duplicate {
+                object,
+                field: "priority".to_owned(),
+                value: format!(
+                    "{} (also the priority of cluster policy {other})",
+                    policy.priority
+                ),
+            });
+        }
+    }
+    if let Some(baseline) = &state.baseline_policy {
+        validate_baseline(baseline, "baseline policy")?;
+    }
+    let mut names = BTreeSet::new();
+    for node in &state.nodes {
+        let object = format!("peer node {}", node.name);
+        if !names.insert(&node.name) {
+            return Err(ValidationError::DuplicateName { object });
+        }
+        validate_peer_node(node, &object)?;
+    }
+    let mut names = BTreeSet::new();
+    let mut interfaces = BTreeMap::new();
+    for endpoint in &state.host_endpoints {
+        let object = format!("host endpoint {}", endpoint.name);
+        if !names.insert(&endpoint.name) {
+            return Err(ValidationError::DuplicateName { object });
+        }
+        validate_host_endpoint(endpoint, &object)?;
+        let key = (&endpoint.node, &endpoint.interface_name);
+        if let Some(other) = interfaces.insert(key, &endpoint.name) {
+            return Err(ValidationError::Duplicate {
+                object,
+                field: "interfaceName".to_owned(),
+                value: format!(
+                    "{} on node {} (also host endpoint {other})",
+                    endpoint.interface_name, endpoint.node
+                ),
+            });
+        }
+    }
+    let mut names = BTreeSet::new();
+    for policy in &state.host_policies {
+        let object = format!("host policy {}", policy.name);
+        if !names.insert(&policy.name) {
+            return Err(ValidationError::DuplicateName { object });
+        }
+        validate_host_policy(policy, &object)?;
+    }
+    validate_failsafe(&state.failsafe_ports, "failsafe ports")
+}
+
+fn validate_subject(object: &str, subject: &ClusterPolicySubject) -> Result<(), ValidationError> {
+    match subject {
+        ClusterPolicySubject::Namespaces(sel) => check_selector(object, "subject.namespaces", sel),
+        ClusterPolicySubject::Pods(pods) => {
+            check_selector(
+                object,
+                "subject.pods.namespaceSelector",
+                &pods.namespace_selector,
+            )?;
+            check_selector(object, "subject.pods.podSelector", &pods.pod_selector)
+        }
+    }
+}
+
+pub(super) fn validate_cluster_policy(
+    p: &ClusterPolicy,
+    object: &str,
+) -> Result<(), ValidationError> {
+    check_name(object, "name", &p.name, 253)?;
+    if p.priority > MAX_CLUSTER_POLICY_PRIORITY {
+        return Err(ValidationError::OutOfRange {
+            object: object.to_owned(),
+            field: "priority".to_owned(),
+            value: u64::from(p.priority),
+            min: 0,
+            max: u64::from(MAX_CLUSTER_POLICY_PRIORITY),
+        });
+    }
+    validate_subject(object, &p.subject)?;
+    validate_rules(object, &p.ingress, &p.egress)
+}
+
+pub(super) fn validate_baseline(p: &BaselinePolicy, object: &str) -> Result<(), ValidationError> {
+    validate_subject(object, &p.subject)?;
+    validate_rules(object, &p.ingress, &p.egress)
+}
+
+/// The ingress and egress rules of a cluster or baseline policy.
+fn validate_rules<A>(
+    object: &str,
+    ingress: &[ClusterRule<A>],
+    egress: &[ClusterRule<A>],
+) -> Result<(), ValidationError> {
+    for (dir, rules) in [("ingress", ingress), ("egress", egress)] {
+        if rules.len() > MAX_CLUSTER_POLICY_RULES {
+            check_count(object, dir, rules.len(), 0, MAX_CLUSTER_POLICY_RULES)?;
+        }
+        for (i, r) in rules.iter().enumerate() {
+            let at = format!("{dir}[{i}]");
+            validate_cluster_rule(object, &at, dir == "egress", r)?;
+        }
+    }
+    Ok(())
+}
+
+/// A rule of a cluster or baseline policy (`at` is `ingress[0]`).
+fn validate_cluster_rule<A>(
+    object: &str,
+    at: &str,
+    egress: bool,
+    rule: &ClusterRule<A>,
+) -> Result<(), ValidationError> {
+    let (name, peers, ports) = (&rule.name, &rule.peers, &rule.ports);
+    if name.is_empty() {
+        return Err(err_empty(object, &format!("{at}.name")));
+    }
+    if name.chars().count() > MAX_RULE_NAME {
+        check_count(
+            object,
+            &format!("{at}.name"),
+            name.chars().count(),
+            1,
+            MAX_RULE_NAME,
+        )?;
+    }
+    check_count(
+        object,
+        &format!("{at}.peers"),
+        peers.len(),
+        1,
+        MAX_CLUSTER_RULE_PEERS,
+    )?;
+    for (j, peer) in peers.iter().enumerate() {
+        let field = format!("{at}.peers[{j}]");
+        match peer {
+            ClusterPeer::Namespaces(sel) => {
+                check_selector(object, &format!("{field}.namespaces"), sel)?;
+            }
+            ClusterPeer::Pods(pods) => {
+                check_selector(
+                    object,
+                    &format!("{field}.pods.namespaceSelector"),
+                    &pods.namespace_selector,
+                )?;
+                check_selector(
+                    object,
+                    &format!("{field}.pods.podSelector"),
+                    &pods.pod_selector,
+                )?;
+            }
+            ClusterPeer::Nodes(sel) => {
+                if !egress {
+                    return Err(inconsistent(
+                        object,
+                        format!("{field}.nodes"),
+                        "nodes peers are egress peers only",
+                    ));
+                }
+                check_selector(object, &format!("{field}.nodes"), sel)?;
+            }
+            ClusterPeer::Networks(nets) => {
+                if !egress {
+                    return Err(inconsistent(
+                        object,
+                        format!("{field}.networks"),
+                        "networks peers are egress peers only",
+                    ));
+                }
+                let f = format!("{field}.networks");
+                check_count(object, &f, nets.len(), 1, MAX_CLUSTER_NETWORKS)?;
+                for (k, net) in nets.iter().enumerate() {
+                    check_cidr(object, &format!("{f}[{k}]"), *net)?;
+                }
+            }
+        }
+    }
+    if ports.len() > MAX_CLUSTER_RULE_PEERS {
+        check_count(
+            object,
+            &format!("{at}.ports"),
+            ports.len(),
+            0,
+            MAX_CLUSTER_RULE_PEERS,
+        )?;
+    }
+    for (j, port) in ports.iter().enumerate() {
+        let field = format!("{at}.ports[{j}]");
+        match port {
+            ClusterPort::PortNumber { port, .. } => {
+                check_port(object, &format!("{field}.portNumber.port"), *port)?;
+            }
+            ClusterPort::NamedPort(name) => {
+                check_name(object, &format!("{field}.namedPort"), name, 15)?;
+            }
+            ClusterPort::PortRange { start, end, .. } => {
+                check_port(object, &format!("{field}.portRange.start"), *start)?;
+                if end < start {
+                    return Err(inconsistent(
+                        object,
+                        format!("{field}.portRange.end"),
+                        "end is smaller than start",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_peer_node(n: &PeerNode, object: &str) -> Result<(), ValidationError> {
+    check_name(object, "name", &n.name, 253)?;
+    for (i, a) in n.addresses.iter().enumerate() {
+        check_unicast(object, &format!("addresses[{i}]"), *a)?;
+    }
+    if n.labels.keys().any(String::is_empty) {
+        return Err(err_empty(object, "labels"));
+    }
+    Ok(())
+}
+
+pub(super) fn validate_host_endpoint(
+    e: &HostEndpoint,
+    object: &str,
+) -> Result<(), ValidationError> {
+    check_name(object, "name", &e.name, 253)?;
+    check_name(object, "node", &e.node, 253)?;
+    if e.interface_name != ALL_INTERFACES {
+        check_ifname(object, "interfaceName", &e.interface_name)?;
+    }
+    for (i, ip) in e.expected_ips.iter().enumerate() {
+        check_unicast(object, &format!("expectedIPs[{i}]"), *ip)?;
+    }
+    if e.labels.keys().any(String::is_empty) {
+        return Err(err_empty(object, "labels"));
+    }
+    Ok(())
+}
+
+pub(super) fn validate_host_policy(p: &HostPolicy, object: &str) -> Result<(), ValidationError> {
+    check_name(object, "name", &p.name, 253)?;
+    check_selector(object, "selector", &p.selector)?;
+    for (i, t) in p.types.iter().enumerate() {
+        if p.types[..i].contains(t) {
+            return Err(ValidationError::Duplicate {
+                object: object.to_owned(),
+                field: format!("types[{i}]"),
+                value: format!("{t:?}"),
+            });
+        }
+    }
+    // Calico's GlobalNetworkPolicy validation.
+    if p.pre_dnat && p.do_not_track {
+        return Err(inconsistent(
+            object,
+            "preDNAT".to_owned(),
+            "a policy cannot be both preDNAT and doNotTrack",
+        ));
+    }
+    if p.pre_dnat && !p.egress.is_empty() {
+        return Err(inconsistent(
+            object,
+            "egress".to_owned(),
+            "preDNAT policy takes ingress rules only",
+        ));
+    }
+    if p.pre_dnat && p.types.contains(&crate::model::PolicyType::Egress) {
+        return Err(inconsistent(
+            object,
+            "types".to_owned(),
+            "preDNAT policy takes ingress rules only",
+        ));
+    }
+    if p.pre_dnat && !p.apply_on_forward {
+        return Err(inconsistent(
+            object,
+            "applyOnForward".to_owned(),
+            "preDNAT policy needs applyOnForward",
+        ));
+    }
+    if p.do_not_track && !p.apply_on_forward {
+        return Err(inconsistent(
+            object,
+            "applyOnForward".to_owned(),
+            "doNotTrack policy needs applyOnForward",
+        ));
+    }
+    for (dir, rules) in [("ingress", &p.ingress), ("egress", &p.egress)] {
+        for (i, rule) in rules.iter().enumerate() {
+            validate_host_rule(rule, object, &format!("{dir}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_host_rule(rule: &HostRule, object: &str, at: &str) -> Result<(), ValidationError> {
+    for (side, m) in [("source", &rule.source), ("destination", &rule.destination)] {
+        for (k, net) in m.nets.iter().enumerate() {
+            check_cidr(object, &format!("{at}.{side}.nets[{k}]"), *net)?;
+        }
+        if !m.ports.is_empty() && rule.protocol.is_none() {
+            return Err(inconsistent(
+                object,
+                format!("{at}.{side}.ports"),
+                "ports need a protocol",
+            ));
+        }
+        for (k, port) in m.ports.iter().enumerate() {
+            let field = format!("{at}.{side}.ports[{k}]");
+            match port {
+                HostPort::Number(p) => check_port(object, &field, *p)?,
+                HostPort::Range(r) => {
+                    check_port(object, &format!("{field}.start"), r.start)?;
+                    if r.end < r.start {
+                        return Err(inconsistent(
+                            object,
+                            format!("{field}.end"),
+                            "end is smaller than start",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_failsafe(f: &FailsafePorts, object: &str) -> Result<(), ValidationError> {
+    for (dir, ports) in [("inbound", &f.inbound), ("outbound", &f.outbound)] {
+        let mut seen = BTreeSet::new();
+        for (i, p) in ports.iter().enumerate() {
+            let field = format!("{dir}[{i}]");
+            check_port(object, &format!("{field}.port"), p.port)?;
+            if !seen.insert(p) {
+                return Err(ValidationError::Duplicate {
+                    object: object.to_owned(),
+                    field,
+                    value: format!("{} {}", p.protocol, p.port),
+                });
+            }
+        }
+    }
+    Ok(())
+}
