@@ -1604,6 +1604,14 @@ fn dsr6_scene() -> DesiredState {
     st
 }
 
+/// `dsr6_fixtures`' client, node-a (the ingress node), the remote backend and the local one.
+const DSR6: (&str, &str, &str, &str) = (
+    "2001:db8:9::7",
+    "fd00:18::2",
+    "fd00:244:1::20",
+    "fd00:244::10",
+);
+
 /// IPv6 DSR on both nodes' sides: the destination-options header added on the ingress node
 /// for NodePort, LB IP and ExternalIP (TCP and UDP, the L4 checksum kept for the backend's
 /// pseudo header), Packet Too Big for a request it would push over the MTU, Hybrid, a local
@@ -1615,10 +1623,7 @@ fn dsr6_fixtures() {
     if !require_root("dsr6_fixtures") {
         return;
     }
-    const CLIENT: &str = "2001:db8:9::7";
-    const NODE: &str = "fd00:18::2";
-    const BACKEND: &str = "fd00:244:1::20";
-    const LOCAL: &str = "fd00:244::10";
+    let (client, node, backend, local) = DSR6;
     let n = TestNode::new("dsr6");
     let mut dp = n.dataplane();
     dp.apply(&dsr6_scene()).expect("apply");
@@ -1632,12 +1637,12 @@ fn dsr6_fixtures() {
         |src: &str, dst: &str, sport, dport| eth().ip(src, dst).udp(sport, dport).payload(b"ping");
     // 1440 bytes of payload: a full 1500-byte IPv6 packet that the header would push over.
     let big = eth()
-        .ip(CLIENT, NODE)
+        .ip(client, node)
         .tcp(45000, 30190, TCP_ACK)
         .payload(&[0x5a; 1440])
         .build();
     // A destination-options header that is not ours (another option type) is left alone.
-    let mut foreign = syn(CLIENT, LOCAL, 46001, 8080)
+    let mut foreign = syn(client, local, 46001, 8080)
         .dsr6_option("fd00:18::9", 30190)
         .build();
     foreign[14 + 40 + 2] = 0x1f;
@@ -1646,26 +1651,26 @@ fn dsr6_fixtures() {
             description: "IPv6 DSR NodePort SYN: DNAT to the remote backend, client kept, \
                           destination options {frontend} added",
             hook: Hook::FromUplink,
-            input: syn(CLIENT, NODE, 45000, 30190).build(),
+            input: syn(client, node, 45000, 30190).build(),
             verdict: OK,
-            output: syn(CLIENT, BACKEND, 45000, 8080)
-                .dsr6_option(NODE, 30190)
+            output: syn(client, backend, 45000, 8080)
+                .dsr6_option(node, 30190)
                 .build(),
         },
         Fixture {
             description: "IPv6 DSR established packet: same backend, header on every request",
             hook: Hook::FromUplink,
             input: eth()
-                .ip(CLIENT, NODE)
+                .ip(client, node)
                 .tcp(45000, 30190, TCP_ACK)
                 .payload(b"GET /")
                 .build(),
             verdict: OK,
             output: eth()
-                .ip(CLIENT, BACKEND)
+                .ip(client, backend)
                 .tcp(45000, 8080, TCP_ACK)
                 .payload(b"GET /")
-                .dsr6_option(NODE, 30190)
+                .dsr6_option(node, 30190)
                 .build(),
         },
         Fixture {
@@ -1673,7 +1678,7 @@ fn dsr6_fixtures() {
             hook: Hook::FromUplink,
             output: swap_macs(
                 eth()
-                    .ip(NODE, CLIENT)
+                    .ip(node, client)
                     .icmp6_packet_too_big(quoted(&big), 1476),
             )
             .build(),
@@ -1683,72 +1688,72 @@ fn dsr6_fixtures() {
         Fixture {
             description: "IPv6 DSR LoadBalancer IP: the LB IP and port in the header",
             hook: Hook::FromUplink,
-            input: syn(CLIENT, "2001:db8:100::1", 45001, 80).build(),
+            input: syn(client, "2001:db8:100::1", 45001, 80).build(),
             verdict: OK,
-            output: syn(CLIENT, BACKEND, 45001, 8080)
+            output: syn(client, backend, 45001, 8080)
                 .dsr6_option("2001:db8:100::1", 80)
                 .build(),
         },
         Fixture {
             description: "IPv6 DSR ExternalIP: the ExternalIP and port in the header",
             hook: Hook::FromUplink,
-            input: syn(CLIENT, "2001:db8:100::2", 45002, 80).build(),
+            input: syn(client, "2001:db8:100::2", 45002, 80).build(),
             verdict: OK,
-            output: syn(CLIENT, BACKEND, 45002, 8080)
+            output: syn(client, backend, 45002, 8080)
                 .dsr6_option("2001:db8:100::2", 80)
                 .build(),
         },
         Fixture {
             description: "IPv6 DSR UDP: header added, UDP checksum fixed",
             hook: Hook::FromUplink,
-            input: udp(CLIENT, NODE, 45003, 30190).build(),
+            input: udp(client, node, 45003, 30190).build(),
             verdict: OK,
-            output: udp(CLIENT, BACKEND, 45003, 8080)
-                .dsr6_option(NODE, 30190)
+            output: udp(client, backend, 45003, 8080)
+                .dsr6_option(node, 30190)
                 .build(),
         },
         Fixture {
             description: "IPv6 Hybrid NodePort TCP: DSR",
             hook: Hook::FromUplink,
-            input: syn(CLIENT, NODE, 45004, 30191).build(),
+            input: syn(client, node, 45004, 30191).build(),
             verdict: OK,
-            output: syn(CLIENT, BACKEND, 45004, 8080)
-                .dsr6_option(NODE, 30191)
+            output: syn(client, backend, 45004, 8080)
+                .dsr6_option(node, 30191)
                 .build(),
         },
         Fixture {
             description: "IPv6 Hybrid NodePort UDP: SNAT to the node address",
             hook: Hook::FromUplink,
-            input: udp(CLIENT, NODE, 45005, 30191).build(),
+            input: udp(client, node, 45005, 30191).build(),
             verdict: OK,
-            output: udp(NODE, BACKEND, 45005, 8080).build(),
+            output: udp(node, backend, 45005, 8080).build(),
         },
         Fixture {
             description: "IPv6 DSR NodePort with a local backend: plain DNAT, no header",
             hook: Hook::FromUplink,
-            input: syn(CLIENT, NODE, 45006, 30192).build(),
+            input: syn(client, node, 45006, 30192).build(),
             verdict: OK,
-            output: syn(CLIENT, LOCAL, 45006, 8080).build(),
+            output: syn(client, local, 45006, 8080).build(),
         },
         Fixture {
             description: "backend's node: a request with the DSR header is delivered without it",
             hook: Hook::FromUplink,
-            input: syn(CLIENT, LOCAL, 46000, 8080)
+            input: syn(client, local, 46000, 8080)
                 .dsr6_option("fd00:18::9", 30190)
                 .build(),
             verdict: OK,
-            output: syn(CLIENT, LOCAL, 46000, 8080).build(),
+            output: syn(client, local, 46000, 8080).build(),
         },
         Fixture {
             description: "backend's node: the pod's reply leaves from the frontend it learnt",
             hook: Hook::FromPod,
             input: eth()
-                .ip(LOCAL, CLIENT)
+                .ip(local, client)
                 .tcp(8080, 46000, TCP_SYN | TCP_ACK)
                 .build(),
             verdict: OK,
             output: eth()
-                .ip("fd00:18::9", CLIENT)
+                .ip("fd00:18::9", client)
                 .tcp(30190, 46000, TCP_SYN | TCP_ACK)
                 .build(),
         },

@@ -46,8 +46,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use common::wire::{parse_checked, Frame, L4};
 use common::{eth, ip, require_root, TestNode, TCP_ACK, TCP_SYN};
 use dataplane_core::{
-    evaluate, evaluate_on_node, node_address, validate, Dataplane, DesiredState, Entry,
-    FrontendKind, IpFamily, Packet, Protocol, SourceSeen, TrafficPolicy, Verdict,
+    evaluate, evaluate_on_node, node_address, validate, Dataplane, DesiredState, Entry, IpFamily,
+    Packet, Protocol, SourceSeen, TrafficPolicy, Verdict,
 };
 use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 use proptest::prelude::*;

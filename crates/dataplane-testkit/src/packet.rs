@@ -274,7 +274,7 @@ impl PacketBuilder {
         self
     }
 
-    /// ICMPv6 Packet Too Big quoting `quoted`, with the next-hop `mtu`.
+    /// `ICMPv6` Packet Too Big quoting `quoted`, with the next-hop `mtu`.
     #[must_use]
     pub fn icmp6_packet_too_big(mut self, quoted: Vec<u8>, mtu: u32) -> Self {
         self.l4 = Some(L4::Icmp {
@@ -467,13 +467,14 @@ mod tests {
     /// the packet bench were written against them): a change that alters a byte fails here.
     /// Each IPv4 header checksum is re-checked on its own.
     #[test]
+    #[allow(clippy::too_many_lines)] // a table of frames reads best in one piece
     fn golden_frames() {
         let syn = || {
             eth()
                 .ip("10.244.0.10", "10.96.0.10")
                 .tcp(40000, 80, TCP_SYN)
         };
-        let cases: [(&str, Vec<u8>, &str); 8] = [
+        let cases: [(&str, Vec<u8>, &str); 9] = [
             (
                 "tcp4",
                 syn().build(),
@@ -541,6 +542,20 @@ mod tests {
                     .build(),
                 "02000000000202000000000108004700003100000000400678e6ac1200020af4010a\
                  9b080050ac1200649c401f90000003e8000000005002ffffc016000078",
+            ),
+            (
+                // (computed independently: the destination options {0x1e, 20, port, 0, 0,
+                // frontend} after the fixed header, the TCP checksum over the backend's
+                // pseudo header)
+                "dsr6",
+                eth()
+                    .ip("2001:db8::7", "fd00:244:1::20")
+                    .dsr6_option("fd00:18::2", 30190)
+                    .tcp(45000, 8080, TCP_SYN)
+                    .build(),
+                "02000000000202000000000186dd60000000002c3c4020010db8000000000000000000000007\
+                 fd00024400010000000000000000002006021e1475ee0000fd000018000000000000000000000002\
+                 afc81f90000003e8000000005002ffffaf7c0000",
             ),
             (
                 "ack4-df",
