@@ -207,11 +207,6 @@ static __always_inline int dsr_forward(struct __sk_buff *skb, struct pkt *p,
 	return dsr_forward6(skb, p, be_addr, be_port);
 }
 
-/**
- * dsr_accept() - on a backend's node: when a request carries the DSR option, remember that
- * replies of this flow must come from the frontend, then strip the option.
- * Returns DP_PASS when there is no option, DP_DSR when it was taken, or a DROP_* reason.
- */
 /*
  * On a backend's node: the reverse entry of @p's flow {backend -> client: answer from
  * @fe_addr:@fe_port}, learnt from its DSR header (kept when it says the same already).
@@ -246,6 +241,11 @@ static __always_inline int dsr_learn(const struct pkt *p, const __u32 *fe_addr, 
 	return 0;
 }
 
+/**
+ * dsr_accept() - on a backend's node: when a request carries the DSR option, remember that
+ * replies of this flow must come from the frontend, then strip the option.
+ * Returns DP_PASS when there is no option, DP_DSR when it was taken, or a DROP_* reason.
+ */
 static __noinline int dsr_accept(struct __sk_buff *skb, struct pkt *p)
 {
 	struct dsr_opt opt;

@@ -10,8 +10,9 @@
  * frontend whose backend is on another node is handled, in the modes lb_forward() uses for
  * it: DSR (as in lb_forward(): destination rewritten, source kept, the frontend in an IPv4
  * option or an IPv6 destination-options header, byte-identical to dsr_forward()) and SNAT
- * (DNAT + source NAT to the node address of the packet's family). One drop is made here too: the first packet of a
- * connection to an external frontend whose loadBalancerSourceRanges leave its source out
+ * (DNAT + source NAT to the node address of the packet's family). One drop is made here
+ * too: the first packet of a connection to an external frontend whose
+ * loadBalancerSourceRanges leave its source out
  * (xdp_drop_src_range(): the decision, counters and event of lb_forward()'s DROP_SRC_RANGE, at
  * the `xdp` observation point), so that a flood of them costs no skb. Everything else -
  * replies, ClusterIPs, local backends, rejects, IPv4 options and fragments, IPv6 extension
@@ -357,13 +358,13 @@ static __noinline int xdp_rewrite4(struct xdp_md *ctx, const struct pkt *p,
 
 /**
  * xdp_rewrite6() - apply @x to an IPv6 packet: addresses, hop limit, ports, the L4 checksum
- * (its pseudo header's addresses, all four words of each; IPv6 has no header checksum), the
- * DSR destination-options header (inserted after the 40-byte fixed header: next header 60,
- * payload length + 24; the L4 checksum's pseudo header keeps its upper-layer length) and the
- * Ethernet addresses. The result is the bytes TC's lb_forward() and dp_route() make of the
+ * (its pseudo header's addresses, all four words of each; IPv6 has no header checksum) and
+ * the Ethernet addresses; with DSR after xdp_dsr_grow6() put the destination-options header
+ * in (the L4 header 24 bytes further from the start; its checksum's pseudo header keeps its
+ * upper-layer length). The result is the bytes TC's lb_forward() and dp_route() make of the
  * same packet (nat_src()/nat_dst(), dsr_forward6() and forward_ttl()), with the MACs of the
  * FIB's answer.
- * Returns 0, or -1 when the head could not be grown (the packet is then unchanged).
+ * Returns 0, or -1 when the headers are not all in the packet.
  */
 static __noinline int xdp_rewrite6(struct xdp_md *ctx, const struct pkt *p,
 				   const struct xdp_xlate *x)
