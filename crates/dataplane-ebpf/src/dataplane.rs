@@ -585,10 +585,8 @@ fn notes(
             .flat_map(|s| dataplane_core::service_warnings(node, s))
             .collect(),
     };
-    let skipped: Vec<dataplane_core::Skipped> = looked_at
-        .iter()
-        .flat_map(|s| plan::skipped(node, s))
-        .collect();
+    let skipped: Vec<dataplane_core::Skipped> =
+        looked_at.iter().flat_map(|s| plan::skipped(s)).collect();
     for s in &skipped {
         tracing::warn!(
             object = %s.object,

@@ -81,22 +81,18 @@ fn programmed(port: &ServicePort) -> bool {
     port.protocol != Protocol::Sctp
 }
 
-/// Whether `ip`, an external frontend of `service`'s `port`, would be served with DSR were it
-/// IPv4: DSR carries the frontend in an IPv4 option (an IPv6 destination-options header would
-/// need a parser that walks extension headers), so IPv6 external frontends are served with
-/// SNAT instead (reported by [`skipped`]).
+/// Whether the external frontends of `service`'s `port` are served with DSR (both families:
+/// the frontend travels in an IPv4 option or an IPv6 destination-options header).
 fn dsr_wanted(node: &Node, service: &Service, port: &ServicePort) -> bool {
     service.external_traffic_policy == TrafficPolicy::Cluster
         && service.uses_dsr(node, port.protocol)
 }
 
-/// What of `service` this backend leaves out or serves differently than asked, for
-/// `ApplyReport::skipped`: SCTP ports (not programmed; the other ports are), and DSR for
-/// IPv6 external frontends (served with SNAT: traffic keeps flowing, but the backends see the
-/// node's address instead of the client's).
-pub(crate) fn skipped(node: &Node, service: &Service) -> Vec<Skipped> {
+/// What of `service` this backend leaves out, for `ApplyReport::skipped`: SCTP ports (not
+/// programmed; the other ports are).
+pub(crate) fn skipped(service: &Service) -> Vec<Skipped> {
     let object = format!("service {}", service.name);
-    let mut out: Vec<Skipped> = service
+    service
         .ports
         .iter()
         .enumerate()
@@ -110,30 +106,7 @@ pub(crate) fn skipped(node: &Node, service: &Service) -> Vec<Skipped> {
                 p.port
             ),
         })
-        .collect();
-    let dsr = service
-        .ports
-        .iter()
-        .any(|p| programmed(p) && dsr_wanted(node, service, p));
-    let node_ports = service.ports.iter().any(|p| p.node_port.is_some());
-    let v6_external = service
-        .external_ips
-        .iter()
-        .chain(&service.load_balancer_ips)
-        .chain(node.addresses.iter().filter(|_| node_ports))
-        .any(IpAddr::is_ipv6);
-    if dsr && v6_external && service.backends.iter().any(|b| b.ip.is_ipv6()) {
-        // (the service's own externalMode, or the node's default it inherits)
-        out.push(Skipped {
-            object,
-            field: "externalMode".to_owned(),
-            feature: "direct server return over IPv6".to_owned(),
-            reason: "IPv6 external frontends served with SNAT: their backends see the node \
-                     address, not the client's"
-                .to_owned(),
-        });
-    }
-    out
+        .collect()
 }
 
 /// The identity of a service port; its FNV-1a hash is the port's id (probed on a collision).
@@ -383,12 +356,10 @@ fn plan_port(
         push(out, key(*ip, port.port, proto, SCOPE_INTERNAL), e, all_snat)?;
     }
     // From outside, Cluster policy sends clients to remote backends: with SNAT to this node,
-    // or with DSR over IPv4 (the datapath still answers local backends itself; IPv6 falls
-    // back to SNAT, see `skipped`). Local keeps the client address.
-    let outside = |ip: &IpAddr| match service.external_traffic_policy {
-        TrafficPolicy::Cluster if ip.is_ipv4() && dsr_wanted(&state.node, service, port) => {
-            SVC_F_DSR
-        }
+    // or with DSR (the datapath still answers local backends itself). Local keeps the client
+    // address.
+    let outside = match service.external_traffic_policy {
+        TrafficPolicy::Cluster if dsr_wanted(&state.node, service, port) => SVC_F_DSR,
         TrafficPolicy::Cluster => SVC_F_SNAT,
         TrafficPolicy::Local => 0,
     };
@@ -433,7 +404,7 @@ fn plan_port(
             out,
             key(ip, fport, proto, SCOPE_EXTERNAL),
             e,
-            outside(&ip) | ranges,
+            outside | ranges,
         )?;
         push(
             out,
@@ -1336,7 +1307,7 @@ pub(crate) mod tests {
             "no SCTP entry: {:?}",
             p.keys().collect::<Vec<_>>()
         );
-        let skipped = super::skipped(&st.node, &web);
+        let skipped = super::skipped(&web);
         assert_eq!(skipped.len(), 1, "{skipped:?}");
         assert_eq!(
             (skipped[0].object.as_str(), skipped[0].field.as_str()),
@@ -1350,7 +1321,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn ipv6_dsr_is_served_with_snat_and_reported() {
+    fn ipv6_dsr_is_planned_like_ipv4() {
         let mut web = svc("web", "10.96.0.10", &[("10.244.1.5", 1, "node-b")]);
         web.cluster_ips.push("fd00:96::10".parse().unwrap());
         web.backends.push({
@@ -1364,13 +1335,33 @@ pub(crate) mod tests {
         let p = plan(&st, 251);
         let mode = |k: SvcKey| p[&k].flags & (SVC_F_SNAT | SVC_F_DSR);
         assert_eq!(mode(key("172.18.0.2", 30080, SCOPE_EXTERNAL)), SVC_F_DSR);
-        assert_eq!(mode(key6("fd00:18::2", 30080, SCOPE_EXTERNAL)), SVC_F_SNAT);
-        let skipped = super::skipped(&st.node, &web);
-        assert_eq!(skipped.len(), 1, "{skipped:?}");
-        assert_eq!(skipped[0].field, "externalMode");
-        assert!(skipped[0].reason.contains("SNAT"), "{}", skipped[0]);
-        // Under externalTrafficPolicy Local there is no DSR to miss.
-        web.external_traffic_policy = TrafficPolicy::Local;
-        assert!(super::skipped(&st.node, &web).is_empty());
+        assert_eq!(mode(key6("fd00:18::2", 30080, SCOPE_EXTERNAL)), SVC_F_DSR);
+        // Nothing is served differently than asked.
+        assert!(super::skipped(&web).is_empty());
+        // Hybrid: DSR for TCP, SNAT for UDP, in IPv6 as in IPv4.
+        web.external_mode = Some(dataplane_core::ExternalMode::Hybrid);
+        web.ports.push(ServicePort {
+            name: "dns".to_owned(),
+            protocol: Protocol::Udp,
+            port: 53,
+            target_port: 53,
+            node_port: Some(30053),
+        });
+        st.services = vec![web];
+        let p = plan(&st, 251);
+        let mode = |k: SvcKey| p[&k].flags & (SVC_F_SNAT | SVC_F_DSR);
+        assert_eq!(mode(key6("fd00:18::2", 30080, SCOPE_EXTERNAL)), SVC_F_DSR);
+        let udp = |ip| SvcKey {
+            proto: Protocol::Udp.number(),
+            ..key6(ip, 30053, SCOPE_EXTERNAL)
+        };
+        assert_eq!(mode(udp("fd00:18::2")), SVC_F_SNAT);
+        assert_eq!(
+            mode(SvcKey {
+                family: 4,
+                ..udp("172.18.0.2")
+            }),
+            SVC_F_SNAT
+        );
     }
 }

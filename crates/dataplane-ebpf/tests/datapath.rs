@@ -1700,6 +1700,245 @@ fn dsr_fixtures() {
     assert!(dp.flows().expect("flows").len() >= 3);
 }
 
+/// IPv6 DSR scene on node-a (`fd00:18::2`, pods `fd00:244::/64`): `dsr6` (externalMode Dsr,
+/// TCP and UDP) on NodePort 30190, LB IP `2001:db8:100::1` and ExternalIP `2001:db8:100::2`
+/// port 80, its one backend `fd00:244:1::20` on node-b; `hybrid6` NodePort 30191 (Hybrid: DSR
+/// for TCP only); `dsr6-local` NodePort 30192 (Dsr) whose only backend is local.
+fn dsr6_scene() -> DesiredState {
+    let remote = || vec![backend("fd00:244:1::20", "node-b")];
+    let mut dsr = service("dsr6", "fd00:96::40", remote());
+    dsr.ports = vec![
+        port(Protocol::Tcp, 80, 8080, Some(30190)),
+        port(Protocol::Udp, 80, 8080, Some(30190)),
+    ];
+    dsr.load_balancer_ips = vec!["2001:db8:100::1".parse().unwrap()];
+    dsr.external_ips = vec!["2001:db8:100::2".parse().unwrap()];
+    dsr.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+    let mut hybrid = service("hybrid6", "fd00:96::41", remote());
+    hybrid.ports = vec![
+        port(Protocol::Tcp, 80, 8080, Some(30191)),
+        port(Protocol::Udp, 80, 8080, Some(30191)),
+    ];
+    hybrid.external_mode = Some(dataplane_core::ExternalMode::Hybrid);
+    let mut local = service(
+        "dsr6-local",
+        "fd00:96::42",
+        vec![backend("fd00:244::10", "node-a")],
+    );
+    local.ports = vec![port(Protocol::Tcp, 80, 8080, Some(30192))];
+    local.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+    let mut st = state(vec![dsr, hybrid, local]);
+    st.node.pod_cidrs.push("fd00:244::/64".parse().unwrap());
+    st
+}
+
+/// `dsr6_fixtures`' client, node-a (the ingress node), the remote backend and the local one.
+const DSR6: (&str, &str, &str, &str) = (
+    "2001:db8:9::7",
+    "fd00:18::2",
+    "fd00:244:1::20",
+    "fd00:244::10",
+);
+
+/// IPv6 DSR on both nodes' sides: the destination-options header added on the ingress node
+/// for NodePort, LB IP and ExternalIP (TCP and UDP, the L4 checksum kept for the backend's
+/// pseudo header), Packet Too Big for a request it would push over the MTU, Hybrid, a local
+/// backend; on the backend's node the header learnt and stripped, and the pod's reply sent
+/// from the frontend.
+#[test]
+#[allow(clippy::too_many_lines)] // a fixture table reads best in one piece
+fn dsr6_fixtures() {
+    if !require_root("dsr6_fixtures") {
+        return;
+    }
+    let (client, node, backend, local) = DSR6;
+    let n = TestNode::new("dsr6");
+    let mut dp = n.dataplane();
+    dp.apply(&dsr6_scene()).expect("apply");
+    assert!(
+        dp.apply(&dsr6_scene()).expect("apply").skipped.is_empty(),
+        "IPv6 DSR is served as asked"
+    );
+
+    let syn = |src: &str, dst: &str, sport, dport| eth().ip(src, dst).tcp(sport, dport, TCP_SYN);
+    let udp =
+        |src: &str, dst: &str, sport, dport| eth().ip(src, dst).udp(sport, dport).payload(b"ping");
+    // 1440 bytes of payload: a full 1500-byte IPv6 packet that the header would push over.
+    let big = eth()
+        .ip(client, node)
+        .tcp(45000, 30190, TCP_ACK)
+        .payload(&[0x5a; 1440])
+        .build();
+    // A destination-options header that is not ours (another option type) is left alone.
+    let mut foreign = syn(client, local, 46001, 8080)
+        .dsr6_option("fd00:18::9", 30190)
+        .build();
+    foreign[14 + 40 + 2] = 0x1f;
+    let fixtures = vec![
+        Fixture {
+            description: "IPv6 DSR NodePort SYN: DNAT to the remote backend, client kept, \
+                          destination options {frontend} added",
+            hook: Hook::FromUplink,
+            input: syn(client, node, 45000, 30190).build(),
+            verdict: OK,
+            output: syn(client, backend, 45000, 8080)
+                .dsr6_option(node, 30190)
+                .build(),
+        },
+        Fixture {
+            description: "IPv6 DSR established packet: same backend, header on every request",
+            hook: Hook::FromUplink,
+            input: eth()
+                .ip(client, node)
+                .tcp(45000, 30190, TCP_ACK)
+                .payload(b"GET /")
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip(client, backend)
+                .tcp(45000, 8080, TCP_ACK)
+                .payload(b"GET /")
+                .dsr6_option(node, 30190)
+                .build(),
+        },
+        Fixture {
+            description: "IPv6 DSR request that no longer fits the MTU: Packet Too Big (1476)",
+            hook: Hook::FromUplink,
+            output: swap_macs(
+                eth()
+                    .ip(node, client)
+                    .icmp6_packet_too_big(quoted(&big), 1476),
+            )
+            .build(),
+            input: big,
+            verdict: REDIRECT,
+        },
+        Fixture {
+            description: "IPv6 DSR LoadBalancer IP: the LB IP and port in the header",
+            hook: Hook::FromUplink,
+            input: syn(client, "2001:db8:100::1", 45001, 80).build(),
+            verdict: OK,
+            output: syn(client, backend, 45001, 8080)
+                .dsr6_option("2001:db8:100::1", 80)
+                .build(),
+        },
+        Fixture {
+            description: "IPv6 DSR ExternalIP: the ExternalIP and port in the header",
+            hook: Hook::FromUplink,
+            input: syn(client, "2001:db8:100::2", 45002, 80).build(),
+            verdict: OK,
+            output: syn(client, backend, 45002, 8080)
+                .dsr6_option("2001:db8:100::2", 80)
+                .build(),
+        },
+        Fixture {
+            description: "IPv6 DSR UDP: header added, UDP checksum fixed",
+            hook: Hook::FromUplink,
+            input: udp(client, node, 45003, 30190).build(),
+            verdict: OK,
+            output: udp(client, backend, 45003, 8080)
+                .dsr6_option(node, 30190)
+                .build(),
+        },
+        Fixture {
+            description: "IPv6 Hybrid NodePort TCP: DSR",
+            hook: Hook::FromUplink,
+            input: syn(client, node, 45004, 30191).build(),
+            verdict: OK,
+            output: syn(client, backend, 45004, 8080)
+                .dsr6_option(node, 30191)
+                .build(),
+        },
+        Fixture {
+            description: "IPv6 Hybrid NodePort UDP: SNAT to the node address",
+            hook: Hook::FromUplink,
+            input: udp(client, node, 45005, 30191).build(),
+            verdict: OK,
+            output: udp(node, backend, 45005, 8080).build(),
+        },
+        Fixture {
+            description: "IPv6 DSR NodePort with a local backend: plain DNAT, no header",
+            hook: Hook::FromUplink,
+            input: syn(client, node, 45006, 30192).build(),
+            verdict: OK,
+            output: syn(client, local, 45006, 8080).build(),
+        },
+        Fixture {
+            description: "backend's node: a request with the DSR header is delivered without it",
+            hook: Hook::FromUplink,
+            input: syn(client, local, 46000, 8080)
+                .dsr6_option("fd00:18::9", 30190)
+                .build(),
+            verdict: OK,
+            output: syn(client, local, 46000, 8080).build(),
+        },
+        Fixture {
+            description: "backend's node: the pod's reply leaves from the frontend it learnt",
+            hook: Hook::FromPod,
+            input: eth()
+                .ip(local, client)
+                .tcp(8080, 46000, TCP_SYN | TCP_ACK)
+                .build(),
+            verdict: OK,
+            output: eth()
+                .ip("fd00:18::9", client)
+                .tcp(30190, 46000, TCP_SYN | TCP_ACK)
+                .build(),
+        },
+        Fixture {
+            description: "backend's node: destination options that are not DSR's: untouched",
+            hook: Hook::FromUplink,
+            output: foreign.clone(),
+            input: foreign,
+            verdict: OK,
+        },
+    ];
+    for f in &fixtures {
+        check(&mut dp, f);
+    }
+    assert_eq!(
+        stat(&dp, "dsr_forwarded"),
+        6,
+        "six requests went out with the header"
+    );
+    assert_eq!(
+        stat(&dp, "dsr_replies"),
+        1,
+        "one reply answered from the frontend"
+    );
+    assert_eq!(stat(&dp, "frag_needed"), 1, "one Packet Too Big");
+    let flows = dp.flows().expect("flows");
+    let has = |client: &str, frontend: &str, backend: &str| {
+        flows.iter().any(|f| {
+            f.client.to_string() == client
+                && f.frontend.to_string() == frontend
+                && f.backend.to_string() == backend
+        })
+    };
+    assert!(
+        has(
+            "[2001:db8:9::7]:45000",
+            "[fd00:18::2]:30190",
+            "[fd00:244:1::20]:8080"
+        ),
+        "the DSR flow is listed on the ingress node: {flows:?}"
+    );
+    assert!(
+        has(
+            "[2001:db8:9::7]:46000",
+            "[fd00:18::9]:30190",
+            "[fd00:244::10]:8080"
+        ),
+        "the DSR flow is listed on the backend's node too: {flows:?}"
+    );
+    assert!(
+        !flows.iter().any(|f| f.client.port() == 46001),
+        "nothing learnt from a foreign header: {flows:?}"
+    );
+    let report = dp.maintain(monotonic_now()).expect("maintain");
+    assert_eq!(report.other["orphans"], 0, "{report:?}");
+}
+
 /// Source address and port (or echo identifier) of an IPv4 output packet.
 fn src_of(out: &[u8]) -> (IpAddr, u16) {
     let port_at = if out[23] == 1 { 38 } else { 34 };
@@ -2439,8 +2678,7 @@ fn masquerade_all_services_fixtures() {
 
 /// One feature this backend lacks costs that part of the state, not the node: an SCTP port is
 /// left out (and reported) while everything else is programmed, by a full apply and by
-/// `apply_changes`; IPv6 DSR is served with SNAT (and reported). Network policy is still refused
-/// as a whole, with nothing written.
+/// `apply_changes`. Network policy is still refused as a whole, with nothing written.
 #[test]
 #[allow(clippy::too_many_lines)]
 fn unsupported_features_are_skipped_and_reported() {
@@ -2521,47 +2759,10 @@ fn unsupported_features_are_skipped_and_reported() {
         .expect("web's TCP port");
     assert_eq!(web80.backends.len(), 2, "the new backend is programmed");
 
-    // IPv6 DSR: the IPv6 NodePort is served with SNAT and the report says so.
-    let mut dsr = service(
-        "dsr6",
-        "fd00:96::60",
-        vec![backend("fd00:244:1::20", "node-b")],
-    );
-    dsr.ports = vec![port(Protocol::Tcp, 80, 8080, Some(30600))];
-    dsr.external_mode = Some(dataplane_core::ExternalMode::Dsr);
-    let mut with_dsr = next.clone();
-    with_dsr.services.push(dsr);
-    let report = dp
-        .apply(&with_dsr)
-        .expect("IPv6 DSR does not refuse the state");
-    let dsr_skip: Vec<_> = report
-        .skipped
-        .iter()
-        .filter(|s| s.object == "service default/dsr6")
-        .collect();
-    assert_eq!(dsr_skip.len(), 1, "{report:?}");
-    assert_eq!(dsr_skip[0].field, "externalMode");
-    check(
-        &mut dp,
-        &Fixture {
-            description: "IPv6 NodePort of a DSR service: SNAT instead",
-            hook: Hook::FromUplink,
-            input: eth()
-                .ip("2001:db8:9::7", "fd00:18::2")
-                .tcp(62002, 30600, TCP_SYN)
-                .build(),
-            verdict: OK,
-            output: eth()
-                .ip("fd00:18::2", "fd00:244:1::20")
-                .tcp(62002, 8080, TCP_SYN)
-                .build(),
-        },
-    );
-
     // Network policy is enforced (tests/policy_datapath.rs): a state with one is applied,
     // its services as before.
     let before = dp.observe().expect("observe");
-    let mut with_policy = with_dsr.clone();
+    let mut with_policy = next.clone();
     with_policy.policies.push(dataplane_core::Policy {
         name: ObjectName::new("default", "deny-all"),
         pod_selector: dataplane_core::LabelSelector::default(),

@@ -46,8 +46,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use common::wire::{parse_checked, Frame, L4};
 use common::{eth, ip, require_root, TestNode, TCP_ACK, TCP_SYN};
 use dataplane_core::{
-    evaluate, evaluate_on_node, node_address, validate, Dataplane, DesiredState, Entry,
-    FrontendKind, IpFamily, Packet, Protocol, SourceSeen, TrafficPolicy, Verdict,
+    evaluate, evaluate_on_node, node_address, validate, Dataplane, DesiredState, Entry, IpFamily,
+    Packet, Protocol, SourceSeen, TrafficPolicy, Verdict,
 };
 use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 use proptest::prelude::*;
@@ -597,8 +597,8 @@ fn deliver(
 
 /// The backend's answer to `f` (the request as it reached the backend) must reach the
 /// client of `r` from the address and port it asked for, through the hooks it meets. DSR
-/// requests (an IPv4 option) are answered by the backend's node straight to the client, not
-/// through this one.
+/// requests (an IPv4 option, an IPv6 destination-options header) are answered by the
+/// backend's node straight to the client, not through this one.
 fn check_reply(
     dp: &mut EbpfDataplane,
     state: &DesiredState,
@@ -670,40 +670,12 @@ fn check_next(
     }
 }
 
-/// The model's verdict, with the documented limits of this backend applied (each cites the
-/// README paragraph that states it).
+/// The model's verdict (this backend has no documented limit the model would need applied:
+/// IPv6 DSR, the last one, is done).
 fn expected(state: &DesiredState, r: &Resolved) -> Verdict {
     // This node's share: the policy halves of pods on other nodes (a remote backend's
     // ingress, a remote client's egress) are enforced on their nodes, not by these programs.
-    let verdict = evaluate_on_node(state, &r.packet, &r.entry);
-    match verdict {
-        // README "Direct server return (DSR)": IPv6 DSR is not done; a service in Dsr/Hybrid
-        // mode serves its IPv6 external frontends with SNAT instead (`ApplyReport::skipped`).
-        Verdict::Forward {
-            service,
-            frontend,
-            backends,
-            source: SourceSeen::Client,
-        } if r.entry == Entry::FromUplink
-            && frontend != FrontendKind::ClusterIp
-            && r.packet.destination.is_ipv6()
-            && state.services.iter().any(|s| {
-                s.name == service
-                    && s.external_traffic_policy == TrafficPolicy::Cluster
-                    && s.uses_dsr(&state.node, r.packet.protocol)
-            }) =>
-        {
-            Verdict::Forward {
-                service,
-                frontend,
-                backends,
-                source: SourceSeen::Masqueraded(
-                    node_address(state, IpFamily::V6).expect("a v6 frontend has a v6 node address"),
-                ),
-            }
-        }
-        other => other,
-    }
+    evaluate_on_node(state, &r.packet, &r.entry)
 }
 
 /// Whether `outcome` is what `verdict` allows; `Err` says how it differs.
@@ -1335,8 +1307,12 @@ impl RawFrame {
             (_, k) => k,
         };
         let mut b = eth().ips(src, dst).ttl(self.ttl).payload(&self.payload);
-        if self.dsr_option && src.is_ipv4() {
-            b = b.dsr_option("192.0.2.1", 80);
+        if self.dsr_option {
+            b = if src.is_ipv4() {
+                b.dsr_option("192.0.2.1", 80)
+            } else {
+                b.dsr6_option("2001:db8::1", 80)
+            };
         }
         let mut frame = match kind {
             0 => b.tcp(sport, dport, self.flags).build(),

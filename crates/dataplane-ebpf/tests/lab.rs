@@ -628,6 +628,165 @@ fn dsr_and_masquerade_end_to_end() {
     }
 }
 
+/// IPv6 DSR with real traffic, the frontend in a destination-options header:
+///
+/// ```text
+///   external-0 --(SYN to [node-0]:30190)--> node-0 --(DNAT, client kept, +dst opts)--> node-1 --> pod-1-x
+///   external-0 <--------------------(reply from [node-0]:30190, straight from node-1)-------'
+/// ```
+///
+/// NodePort and LB IP, TCP and UDP, Hybrid, a DSR backend's port unreachable, and a bulk
+/// upload whose full-size segments draw Packet Too Big from node-0.
+#[test]
+#[allow(clippy::too_many_lines)] // one lab, many checks: building the lab is the slow part
+fn dsr6_end_to_end() {
+    if !require_root("dsr6_end_to_end") {
+        return;
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 2,
+        pods_per_node: 2,
+        external_clients: 1,
+        ipv6: true,
+    })
+    .expect("lab");
+    let _pins = PinDirs((0..2).map(|i| pin_dir("dsr6", i)).collect());
+    let remote: Vec<Backend> = lab
+        .pods_on(1)
+        .map(|p| backend_of(&lab, p.index, Family::V6))
+        .collect();
+    let lb_ip: IpAddr = "fd00:200::20".parse().unwrap();
+    let mut dsr = Service::new(ObjectName::new("default", "dsr6"));
+    dsr.cluster_ips = vec!["fd00:96::20".parse().unwrap()];
+    dsr.ports = vec![
+        port(Protocol::Tcp, 80, Some(30190)),
+        port(Protocol::Udp, 80, Some(30190)),
+    ];
+    dsr.load_balancer_ips = vec![lb_ip];
+    dsr.backends.clone_from(&remote);
+    dsr.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+    let mut hybrid = dsr.clone();
+    hybrid.name = ObjectName::new("default", "hybrid6");
+    hybrid.cluster_ips = vec!["fd00:96::21".parse().unwrap()];
+    hybrid.load_balancer_ips = Vec::new();
+    hybrid.ports = vec![
+        port(Protocol::Tcp, 80, Some(30191)),
+        port(Protocol::Udp, 80, Some(30191)),
+    ];
+    hybrid.external_mode = Some(dataplane_core::ExternalMode::Hybrid);
+    // Backends that do not listen on the target port: their ICMPv6 errors must reach the
+    // client from the frontend, quoting what the client sent.
+    let mut closed = hybrid.clone();
+    closed.name = ObjectName::new("default", "dsr6-closed");
+    closed.cluster_ips = vec!["fd00:96::22".parse().unwrap()];
+    let mut closed_port = port(Protocol::Udp, 80, Some(30192));
+    closed_port.target_port = 9999;
+    closed.ports = vec![closed_port];
+    closed.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+    let ext = lab.external(0);
+    let ext_ip = ext.address(Family::V6).unwrap();
+    let node_state = |i: usize| {
+        let mut s = lab.desired_state(i);
+        s.services = vec![dsr.clone(), hybrid.clone(), closed.clone()];
+        s
+    };
+    let mut dps: Vec<EbpfDataplane> = (0..2)
+        .map(|i| {
+            let mut dp = EbpfDataplane::new(config(&lab, "dsr6", i)).expect("load");
+            let report = dp.apply(&node_state(i)).expect("apply");
+            assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+            dp
+        })
+        .collect();
+    let node0 = lab.node(0).address(Family::V6).unwrap();
+    lab.route_via_node(0, ipnetwork::IpNetwork::new(lb_ip, 128).unwrap(), 0)
+        .expect("LB IP routed via node-0");
+    let names: Vec<String> = lab.pods_on(1).map(|p| p.name.clone()).collect();
+
+    let rev_before = stat(&dps[0], "reverse_translated");
+    for frontend in [SocketAddr::new(node0, 30190), SocketAddr::new(lb_ip, 80)] {
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            // (a TCP handshake and the probe's connected UDP socket accept answers from the
+            // address they dialled only: the replies come from the frontend)
+            let out = probe(&ext.netns, frontend, proto, TIMEOUT).expect("probe");
+            let (backend, seen) = answered(&out);
+            assert!(
+                names.contains(&backend),
+                "{frontend} {proto}: DSR reaches a node-1 pod"
+            );
+            assert_eq!(
+                seen, ext_ip,
+                "{frontend} {proto}: with DSR the backend sees the client itself"
+            );
+        }
+    }
+    assert!(
+        stat(&dps[0], "dsr_forwarded") >= 4,
+        "node-0 sent with the destination-options header"
+    );
+    assert!(
+        stat(&dps[1], "dsr_replies") >= 4,
+        "node-1 answered from the frontend"
+    );
+    assert_eq!(
+        stat(&dps[0], "reverse_translated"),
+        rev_before,
+        "no DSR reply passed through node-0"
+    );
+    let out = probe(
+        &ext.netns,
+        SocketAddr::new(node0, 30191),
+        Protocol::Tcp,
+        TIMEOUT,
+    )
+    .expect("probe");
+    assert_eq!(answered(&out).1, ext_ip, "Hybrid TCP: DSR");
+    let out = probe(
+        &ext.netns,
+        SocketAddr::new(node0, 30191),
+        Protocol::Udp,
+        TIMEOUT,
+    )
+    .expect("probe");
+    assert_eq!(answered(&out).1, node0, "Hybrid UDP: SNAT to node-0");
+
+    let out = probe(
+        &ext.netns,
+        SocketAddr::new(node0, 30192),
+        Protocol::Udp,
+        TIMEOUT,
+    )
+    .expect("probe");
+    assert!(
+        matches!(out, ProbeOutcome::Refused),
+        "a DSR backend's ICMPv6 port unreachable reaches the client, translated: {out:?}"
+    );
+
+    // A bulk upload over DSR with full-size segments: the 24-byte header does not fit a
+    // 1500-byte packet, node-0 answers Packet Too Big and the client's path MTU discovery
+    // shrinks its segments; no black hole. Without GSO on the client every segment is a
+    // packet of its own.
+    ext.netns
+        .ip_batch(&["link set eth0 gso_max_size 1500".to_owned()])
+        .expect("client without GSO");
+    let mut session = TcpSession::open_with_timeout(
+        &ext.netns,
+        SocketAddr::new(node0, 30190),
+        Duration::from_secs(10),
+    )
+    .expect("connect over DSR");
+    let (backend, seen) = session.upload(2 << 20).expect("2 MiB upload over IPv6 DSR");
+    assert!(names.contains(&backend));
+    assert_eq!(seen.ip(), ext_ip);
+    assert!(
+        stat(&dps[0], "frag_needed") >= 1,
+        "node-0 sent Packet Too Big for the DSR overhead"
+    );
+    for dp in &mut dps {
+        dp.reset().expect("reset");
+    }
+}
+
 /// Host routing: pod-to-pod packets on node 0 go from one veth to the other in the program,
 /// past the node's netfilter (a FORWARD rule dropping them does not see them); other nodes'
 /// pods are still reached through the stack; off again, the rule applies.

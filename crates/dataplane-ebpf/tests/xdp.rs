@@ -27,8 +27,8 @@ use dataplane_core::{
     ServicePort, TcpFlags, Tuple,
 };
 use dataplane_ebpf::maps::{
-    family_of, Addr, Be16, CtEntry, CtKey, FlowEventRecord, AF_INET, CT_F_EXTERNAL, CT_F_REV,
-    CT_F_SNAT, CT_TCP_SYN, EV_KIND_DROP, EV_VERDICT_DROPPED,
+    family_of, Addr, Be16, CtEntry, CtKey, FlowEventRecord, AF_INET, CT_F_DSR, CT_F_EXTERNAL,
+    CT_F_REV, CT_F_SNAT, CT_TCP_SYN, EV_KIND_DROP, EV_VERDICT_DROPPED,
 };
 use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 
@@ -354,6 +354,8 @@ const NODE6: &str = "fd00:18::2";
 const BACKEND6: &str = "fd00:244:1::20";
 const LOCAL6: &str = "fd00:244::10";
 const LB6: &str = "2001:db8:100::1";
+const DSR_LB6: &str = "2001:db8:100::5";
+const DSR_EXT6: &str = "2001:db8:100::6";
 
 /// `xdp_node` with IPv6: `fd00:18::2/64` on eth0, `fd00:244:1::/64` routed via node-b
 /// (`fd00:18::3`, a permanent neighbour entry), IPv6 forwarding on.
@@ -364,7 +366,8 @@ fn xdp_node6(tag: &str) -> TestNode {
 }
 
 /// IPv6 NodePorts on `fd00:18::2`: `snat6` 30180 (remote backend), `dsr6` 30190 (externalMode
-/// Dsr, remote backend: served with SNAT over IPv6), `local6` 30192 (a local backend),
+/// Dsr, remote backend; also LB IP `2001:db8:100::5` and ExternalIP `2001:db8:100::6` port
+/// 80), `local6` 30192 (a local backend),
 /// `unrouted6` 30193 (a backend the FIB has no route for); `guarded6`, LB IP
 /// `2001:db8:100::1` port 80 for sources in `2001:db8::/64` only (remote backend).
 fn scene6() -> DesiredState {
@@ -378,6 +381,8 @@ fn scene6() -> DesiredState {
     );
     let mut dsr = service("dsr6", "fd00:96::30", &[30190], backend(BACKEND6, "node-b"));
     dsr.external_mode = Some(ExternalMode::Dsr);
+    dsr.load_balancer_ips = vec![DSR_LB6.parse().unwrap()];
+    dsr.external_ips = vec![DSR_EXT6.parse().unwrap()];
     let local = service("local6", "fd00:96::32", &[30192], backend(LOCAL6, "node-a"));
     let unrouted = service(
         "unrouted6",
@@ -406,21 +411,31 @@ fn with_dest_options(frame: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Checks the TCP/UDP checksum of IPv6 `frame` (no extension header) against its pseudo
-/// header, computed here from the frame's own addresses.
+/// Checks the TCP/UDP checksum of IPv6 `frame` (no extension header, or one destination-options
+/// header: DSR's) against its pseudo header, computed here from the frame's own addresses
+/// (the final destination: there is no routing header).
 fn assert_l4_checksum6(frame: &[u8], what: &str) {
     let addr = |at: usize| {
         let b: [u8; 16] = frame[at..at + 16].try_into().unwrap();
         std::net::IpAddr::from(b)
     };
+    let (proto, l4) = if frame[20] == 60 {
+        (frame[54], 54 + (usize::from(frame[55]) + 1) * 8)
+    } else {
+        (frame[20], 54)
+    };
     assert_eq!(
-        l4_checksum(addr(22), addr(38), frame[20], &frame[54..]),
+        l4_checksum(addr(22), addr(38), proto, &frame[l4..]),
         0,
         "{what}: L4 checksum of {}",
         hex(frame)
     );
-    if frame[20] == 17 {
-        assert_ne!(&frame[60..62], &[0, 0], "{what}: a UDP checksum is sent");
+    if proto == 17 {
+        assert_ne!(
+            &frame[l4 + 6..l4 + 8],
+            &[0, 0],
+            "{what}: a UDP checksum is sent"
+        );
     }
 }
 
@@ -543,11 +558,13 @@ fn xdp6_fixtures() {
             output: to_node_b(udp(NODE6, BACKEND6, 45011, 8080)).build(),
         },
         Fixture {
-            description: "a Dsr service's IPv6 NodePort: SNAT, as TC serves it (no IPv6 DSR)",
+            description: "a Dsr service's IPv6 NodePort: DSR, the destination-options header \
+                          added (xdp6_dsr_fixtures has the rest)",
             hook: Hook::Xdp,
             input: syn(CLIENT6, NODE6, 45012, 30190).build(),
             verdict: XDP_TX,
-            output: to_node_b(syn(NODE6, BACKEND6, 45012, 8080)).build(),
+            output: to_node_b(syn(CLIENT6, BACKEND6, 45012, 8080).dsr6_option(NODE6, 30190))
+                .build(),
         },
         Fixture::passed(
             "hop limit 1: passed untouched (the stack answers time exceeded)",
@@ -700,7 +717,7 @@ fn xdp6_fixtures() {
         stats.other["xdp_forwarded"], 7,
         "SYN, ACK, UDP, the Dsr service's SYN, the insider, TC's twin, TC's flow's ACK"
     );
-    assert_eq!(stats.other["dsr_forwarded"], 0, "no IPv6 DSR");
+    assert_eq!(stats.other["dsr_forwarded"], 1, "the Dsr service's SYN");
     assert_eq!(
         stats.other.get("drops.dp_xdp_uplink.source-range"),
         Some(&2),
@@ -783,6 +800,191 @@ fn xdp6_fixtures() {
         (Some(DropReason::SourceRange), Some(ObservationPoint::Xdp))
     );
     assert_eq!(drop.service, Some(ObjectName::new("default", "guarded6")));
+    dp.reset().expect("reset");
+}
+
+/// IPv6 DSR at XDP: the destination-options header {frontend} added for NodePort, LB IP and
+/// ExternalIP (TCP and UDP; hop limit 63; checksums checked against the backend's pseudo
+/// header here), the bytes and the conntrack entry TC makes of the same packet, a request the
+/// header would push over the MTU left to TC (which answers Packet Too Big), and a DSR request
+/// reaching its backend's node left to TC (which strips the header).
+#[test]
+#[allow(clippy::too_many_lines)] // a fixture table and its checks read best in one piece
+fn xdp6_dsr_fixtures() {
+    if !require_root("xdp6_dsr_fixtures") {
+        return;
+    }
+    let n = xdp_node6("xdp6dsr");
+    let mut dp = xdp_dataplane(&n, XdpMode::Native);
+    dp.apply(&scene6()).expect("apply");
+
+    let syn = |src: &str, dst: &str, sport, dport| eth().ip(src, dst).tcp(sport, dport, TCP_SYN);
+    // 1440 bytes of payload: a full 1500-byte IPv6 packet that the header would push over.
+    let big = eth()
+        .ip(CLIENT6, NODE6)
+        .tcp(45110, 30190, TCP_ACK)
+        .payload(&[0x5a; 1440])
+        .build();
+    let at_backend = syn(CLIENT6, LOCAL6, 45120, 8080)
+        .dsr6_option("fd00:18::9", 30190)
+        .build();
+    let fixtures = vec![
+        Fixture {
+            description: "IPv6 DSR NodePort SYN: DNAT to the remote backend, client kept, \
+                          destination options {frontend} added, hop limit 63, sent back out",
+            hook: Hook::Xdp,
+            input: syn(CLIENT6, NODE6, 45100, 30190).build(),
+            verdict: XDP_TX,
+            output: to_node_b(syn(CLIENT6, BACKEND6, 45100, 8080).dsr6_option(NODE6, 30190))
+                .build(),
+        },
+        Fixture {
+            description: "IPv6 DSR established packet: the same translation from conntrack",
+            hook: Hook::Xdp,
+            input: eth()
+                .ip(CLIENT6, NODE6)
+                .tcp(45100, 30190, TCP_ACK)
+                .payload(b"GET /")
+                .build(),
+            verdict: XDP_TX,
+            output: to_node_b(
+                eth()
+                    .ip(CLIENT6, BACKEND6)
+                    .tcp(45100, 8080, TCP_ACK)
+                    .payload(b"GET /")
+                    .dsr6_option(NODE6, 30190),
+            )
+            .build(),
+        },
+        Fixture {
+            description: "IPv6 DSR UDP: header added, UDP checksum fixed",
+            hook: Hook::Xdp,
+            input: eth()
+                .ip(CLIENT6, NODE6)
+                .udp(45101, 30190)
+                .payload(b"ping")
+                .build(),
+            verdict: XDP_TX,
+            output: to_node_b(
+                eth()
+                    .ip(CLIENT6, BACKEND6)
+                    .udp(45101, 8080)
+                    .payload(b"ping")
+                    .dsr6_option(NODE6, 30190),
+            )
+            .build(),
+        },
+        Fixture {
+            description: "IPv6 DSR LoadBalancer IP: the LB IP and port in the header",
+            hook: Hook::Xdp,
+            input: syn(CLIENT6, DSR_LB6, 45102, 80).build(),
+            verdict: XDP_TX,
+            output: to_node_b(syn(CLIENT6, BACKEND6, 45102, 8080).dsr6_option(DSR_LB6, 80)).build(),
+        },
+        Fixture {
+            description: "IPv6 DSR ExternalIP: the ExternalIP and port in the header",
+            hook: Hook::Xdp,
+            input: syn(CLIENT6, DSR_EXT6, 45103, 80).build(),
+            verdict: XDP_TX,
+            output: to_node_b(syn(CLIENT6, BACKEND6, 45103, 8080).dsr6_option(DSR_EXT6, 80))
+                .build(),
+        },
+        Fixture::passed(
+            "IPv6 DSR request that would outgrow the MTU: passed untouched",
+            big.clone(),
+        ),
+        Fixture {
+            description: "... and TC answers it with ICMPv6 Packet Too Big (1476)",
+            hook: Hook::FromUplink,
+            output: eth()
+                .macs(NODE_MAC, CLIENT_MAC)
+                .ip(NODE6, CLIENT6)
+                .icmp6_packet_too_big(quoted(&big), 1476)
+                .build(),
+            input: big,
+            verdict: TC_REDIRECT,
+        },
+        Fixture::passed(
+            "a DSR request at its backend's node: passed untouched (an extension header)",
+            at_backend.clone(),
+        ),
+        Fixture {
+            description: "... where TC learns and strips the header",
+            hook: Hook::FromUplink,
+            input: at_backend,
+            verdict: TC_OK,
+            output: syn(CLIENT6, LOCAL6, 45120, 8080).build(),
+        },
+    ];
+    for f in &fixtures {
+        let out = check(&mut dp, f);
+        if f.verdict == XDP_TX {
+            assert_l4_checksum6(&out, f.description);
+        }
+    }
+
+    // The same SYN through TC and through XDP: the same bytes but the MACs, and the same
+    // forward entry (no reverse one: replies never come back to this node).
+    let mut ct = ct_map(&n);
+    let fresh = syn(CLIENT6, NODE6, 45150, 30190).build();
+    let (fk, rk) = (
+        ct_key(CLIENT6, 45150, NODE6, 30190),
+        ct_key(BACKEND6, 8080, CLIENT6, 45150),
+    );
+    let tc = run_tc_on_eth0(&mut dp, &fresh);
+    assert_eq!(tc.verdict, TC_REDIRECT, "TC forwards it to node b");
+    let by_tc = ct.get(&fk, 0).expect("TC's forward entry");
+    assert!(ct.get(&rk, 0).is_err(), "TC writes no reverse entry");
+    ct.remove(&fk).expect("remove");
+    let xdp = dp.run_packet(Hook::Xdp, &fresh, 1).expect("test run");
+    assert_eq!(xdp.verdict, XDP_TX);
+    assert_eq!(
+        hex(&xdp.output[12..]),
+        hex(&tc.output[12..]),
+        "XDP's bytes are TC's past the MACs"
+    );
+    assert_eq!(
+        hex(&xdp.output[12..]),
+        hex(
+            &to_node_b(syn(CLIENT6, BACKEND6, 45150, 8080).dsr6_option(NODE6, 30190)).build()[12..]
+        )
+    );
+    let by_xdp = ct.get(&fk, 0).expect("XDP's forward entry");
+    assert!(ct.get(&rk, 0).is_err(), "XDP writes no reverse entry");
+    assert_eq!(
+        timeless(by_xdp),
+        timeless(by_tc),
+        "XDP writes the entry TC writes"
+    );
+    assert_eq!(
+        (by_xdp.nat_addr, by_xdp.nat_port.get(), by_xdp.flags),
+        (
+            Addr::new(BACKEND6.parse().unwrap()),
+            8080,
+            CT_F_DSR | CT_F_EXTERNAL
+        )
+    );
+
+    let stats = dp.stats().expect("stats");
+    assert_eq!(
+        stats.other["xdp_forwarded"], 6,
+        "SYN, ACK, UDP, LB IP, ExternalIP, TC's twin"
+    );
+    assert_eq!(
+        stats.other["dsr_forwarded"], 7,
+        "the six at XDP and TC's twin"
+    );
+    assert_eq!(stats.other["frag_needed"], 1, "one Packet Too Big");
+    assert_eq!(stats.other["dsr_replies"], 0, "no reply through this node");
+    let flows = dp.flows().expect("flows");
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.client.to_string() == "[2001:db8::7]:45120"
+                && f.frontend.to_string() == "[fd00:18::9]:30190"
+                && f.backend.to_string() == "[fd00:244::10]:8080"),
+        "the flow learnt from the header is listed: {flows:?}"
+    );
     dp.reset().expect("reset");
 }
 

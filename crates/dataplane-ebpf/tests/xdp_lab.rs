@@ -1,6 +1,6 @@
 //! The XDP fast path end to end in the testkit lab: real TCP/UDP from an external client to
 //! node 0's NodePorts, forwarded at XDP (driver mode on node 0's veth uplink) to pods on
-//! node 1, over IPv4 (DSR and SNAT) and IPv6 (SNAT: IPv6 has no DSR).
+//! node 1, over IPv4 and IPv6 (DSR and SNAT each).
 //!
 //! ```text
 //!   external-0 --x0-- br0 --n0-- [XDP on node-0 eth0] --XDP_TX--> n0 -- br0 --n1-- node-1 --> pod-1-*
@@ -197,8 +197,8 @@ fn xdp_node_port_dsr_and_snat_end_to_end() {
     }
 }
 
-/// `snat6` NodePort 30180 (Snat) and `dsr6` NodePort 30190 (externalMode Dsr: served with
-/// SNAT over IPv6, as TC serves it), IPv6 only, TCP and UDP, backends only on node 1.
+/// `snat6` NodePort 30180 (Snat) and `dsr6` NodePort 30190 (externalMode Dsr), IPv6 only,
+/// TCP and UDP, backends only on node 1.
 fn state6(lab: &Lab, node: usize) -> DesiredState {
     let mut s = lab.desired_state(node);
     s.services = vec![
@@ -209,8 +209,9 @@ fn state6(lab: &Lab, node: usize) -> DesiredState {
 }
 
 /// Real TCP and UDP over IPv6 from an external client to node 0's NodePorts, forwarded at XDP
-/// (driver mode) to node 1's pods with SNAT to node 0's IPv6 address; the replies come back
-/// through node 0's TC. XDP's own counter shows the requests went through the fast path
+/// (driver mode) to node 1's pods with SNAT to node 0's IPv6 address (the replies come back
+/// through node 0's TC) or with DSR (the destination-options header stripped on node 1, which
+/// answers the client itself from the frontend). XDP's own counter shows the requests went through the fast path
 /// (with XDP passing IPv6, as it did, every packet would go through TC and the counter would
 /// not move).
 #[test]
@@ -238,10 +239,17 @@ fn xdp_node_port_ipv6_end_to_end() {
             remote.contains(&backend),
             "{proto} to [{node0}]:{port} reaches a node-1 pod, got {backend}"
         );
-        assert_eq!(
-            seen, node0,
-            "{proto} to {port}: SNAT shows node 0's IPv6 address"
-        );
+        if port == 30190 {
+            assert_eq!(
+                seen, ext_ip,
+                "{proto} to {port}: DSR keeps the client's address"
+            );
+        } else {
+            assert_eq!(
+                seen, node0,
+                "{proto} to {port}: SNAT shows node 0's IPv6 address"
+            );
+        }
     };
 
     // The first packet towards node 1 finds no neighbour entry for it on node 0: XDP leaves
@@ -276,7 +284,14 @@ fn xdp_node_port_ipv6_end_to_end() {
         after >= before + 12,
         "node 0 forwarded the IPv6 requests at XDP: {before} -> {after}"
     );
-    assert_eq!(stat(&dps[0], "dsr_forwarded"), 0, "no IPv6 DSR");
+    assert!(
+        stat(&dps[0], "dsr_forwarded") >= 2,
+        "node 0 sent the IPv6 DSR requests with the destination-options header"
+    );
+    assert!(
+        stat(&dps[1], "dsr_replies") >= 2,
+        "node 1 answered them from the frontend"
+    );
     for dp in &mut dps {
         dp.reset().expect("reset");
     }

@@ -13,7 +13,7 @@
 //! so a frame is what a kernel would accept. The module imports nothing from the rest of the
 //! crate.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// TCP flag SYN.
 pub const TCP_SYN: u8 = 0x02;
@@ -116,7 +116,8 @@ pub struct PacketBuilder {
     payload: Vec<u8>,
     ttl: u8,
     dont_fragment: bool,
-    /// IPv4 options (a multiple of 4 bytes).
+    /// IPv4 options (a multiple of 4 bytes), or for IPv6 a destination-options header (a
+    /// multiple of 8 bytes, its next-header byte filled by [`PacketBuilder::build`]).
     options: Vec<u8>,
 }
 
@@ -273,6 +274,32 @@ impl PacketBuilder {
         self
     }
 
+    /// `ICMPv6` Packet Too Big quoting `quoted`, with the next-hop `mtu`.
+    #[must_use]
+    pub fn icmp6_packet_too_big(mut self, quoted: Vec<u8>, mtu: u32) -> Self {
+        self.l4 = Some(L4::Icmp {
+            kind: 2,
+            code: 0,
+            rest: mtu,
+            quoted,
+        });
+        self
+    }
+
+    /// The dataplane's IPv6 DSR header: a destination-options header (next header 60) right
+    /// after the fixed header, 24 bytes, holding the option `0x1e` (length 20) with the
+    /// frontend `port`, two zero bytes and the frontend `addr`.
+    #[must_use]
+    pub fn dsr6_option(mut self, addr: &str, port: u16) -> Self {
+        let a: Ipv6Addr = addr.parse().expect("IPv6 frontend literal");
+        // (next header: filled by build)
+        self.options = vec![0, 2, 0x1e, 20];
+        self.options.extend(port.to_be_bytes());
+        self.options.extend([0, 0]);
+        self.options.extend(a.octets());
+        self
+    }
+
     /// The L4 payload.
     #[must_use]
     pub fn payload(mut self, p: &[u8]) -> Self {
@@ -362,11 +389,19 @@ impl PacketBuilder {
         if v6 {
             out.extend(0x86ddu16.to_be_bytes());
             out.extend([0x60, 0, 0, 0]);
-            out.extend((l4.len() as u16).to_be_bytes());
-            out.push(proto);
+            out.extend(((self.options.len() + l4.len()) as u16).to_be_bytes());
+            if self.options.is_empty() {
+                out.push(proto);
+            } else {
+                out.push(60);
+            }
             out.push(self.ttl);
             out.extend(octets(src));
             out.extend(octets(dst));
+            if !self.options.is_empty() {
+                out.push(proto);
+                out.extend(&self.options[1..]);
+            }
         } else {
             out.extend(0x0800u16.to_be_bytes());
             let hlen = 20 + self.options.len();
@@ -432,13 +467,14 @@ mod tests {
     /// the packet bench were written against them): a change that alters a byte fails here.
     /// Each IPv4 header checksum is re-checked on its own.
     #[test]
+    #[allow(clippy::too_many_lines)] // a table of frames reads best in one piece
     fn golden_frames() {
         let syn = || {
             eth()
                 .ip("10.244.0.10", "10.96.0.10")
                 .tcp(40000, 80, TCP_SYN)
         };
-        let cases: [(&str, Vec<u8>, &str); 8] = [
+        let cases: [(&str, Vec<u8>, &str); 9] = [
             (
                 "tcp4",
                 syn().build(),
@@ -506,6 +542,20 @@ mod tests {
                     .build(),
                 "02000000000202000000000108004700003100000000400678e6ac1200020af4010a\
                  9b080050ac1200649c401f90000003e8000000005002ffffc016000078",
+            ),
+            (
+                // (computed independently: the destination options {0x1e, 20, port, 0, 0,
+                // frontend} after the fixed header, the TCP checksum over the backend's
+                // pseudo header)
+                "dsr6",
+                eth()
+                    .ip("2001:db8::7", "fd00:244:1::20")
+                    .dsr6_option("fd00:18::2", 30190)
+                    .tcp(45000, 8080, TCP_SYN)
+                    .build(),
+                "02000000000202000000000186dd60000000002c3c4020010db8000000000000000000000007\
+                 fd00024400010000000000000000002006021e1475ee0000fd000018000000000000000000000002\
+                 afc81f90000003e8000000005002ffffaf7c0000",
             ),
             (
                 "ack4-df",

@@ -27,6 +27,7 @@
 #define ICMP_FRAG_NEEDED 4
 #define ICMPV6_DEST_UNREACH 1
 #define ICMPV6_PORT_UNREACH 4
+#define ICMPV6_PKT_TOOBIG 2
 
 /* IPv4 fragment bits of iphdr.frag_off (host order). */
 #define IP_MF 0x2000

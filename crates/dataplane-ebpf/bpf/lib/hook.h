@@ -348,8 +348,11 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	}
 	if (ret == 0) {
 		/* Non-first fragments and IPv6 with extension headers: policy judged them above,
-		 * translation leaves them alone (DP_PASS, after the policy verdict's event). */
-		if (!p.opaque && (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6)) {
+		 * translation leaves them alone (DP_PASS, after the policy verdict's event), but
+		 * for an IPv6 DSR request from the ingress node, learnt and stripped here. */
+		if (ctx == CTX_FROM_UPLINK && p.opaque == PKT_EXT) {
+			ret = dsr_accept6(skb, &p);
+		} else if (!p.opaque && (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6)) {
 			ret = echo_parse(skb, &p);
 			if (ret)
 				ret = echo_nat(skb, &p, ctx, ret);

@@ -205,7 +205,7 @@ static __noinline int lb_forward(struct __sk_buff *skb, struct pkt *p, int ctx,
 	skb->cb[CB_BACKEND_ID] = backend_id;
 
 	/* DSR: only backends on other nodes; a local one is answered through this node. */
-	if ((svc->flags & SVC_F_DSR) && p->family == DP_AF_INET && !is_local(p, be->addr))
+	if ((svc->flags & SVC_F_DSR) && !is_local(p, be->addr))
 		dsr = 1;
 	else if (svc->flags & SVC_F_SNAT)
 		do_snat = 1; /* every client of this entry (user space decided) */

@@ -19,6 +19,7 @@
 #include "common.h"
 #include "parse.h"
 #include "csum.h"
+#include "dsr.h"
 
 struct icmp4_reply {
 	struct iphdr ip;
@@ -121,7 +122,12 @@ static __always_inline int reject_v4(struct __sk_buff *skb, const struct pkt *p,
 	return reject_finish(skb, ctx, code == ICMP_FRAG_NEEDED ? STAT_FRAG_NEEDED : STAT_REJECTED);
 }
 
-static __always_inline int reject_v6(struct __sk_buff *skb, const struct pkt *p, int ctx)
+/*
+ * @type, @code: ICMPV6_DEST_UNREACH / ICMPV6_PORT_UNREACH, or ICMPV6_PKT_TOOBIG / 0 with
+ * @mtu, the MTU the client must use (DSR's overhead taken off the underlay MTU).
+ */
+static __always_inline int reject_v6(struct __sk_buff *skb, const struct pkt *p, int ctx,
+				     __u8 type, __u8 code, __u32 mtu)
 {
 	struct icmp6_reply r;
 	struct icmp6_pseudo ph;
@@ -151,8 +157,9 @@ static __always_inline int reject_v6(struct __sk_buff *skb, const struct pkt *p,
 	r.ip.hop_limit = 64;
 	__builtin_memcpy(&r.ip.saddr, p->daddr, 16);
 	__builtin_memcpy(&r.ip.daddr, p->saddr, 16);
-	r.type = ICMPV6_DEST_UNREACH;
-	r.code = ICMPV6_PORT_UNREACH;
+	r.type = type;
+	r.code = code;
+	r.unused = bpf_htonl(mtu);
 
 	addr_copy(ph.saddr, p->daddr);
 	addr_copy(ph.daddr, p->saddr);
@@ -170,7 +177,7 @@ static __always_inline int reject_v6(struct __sk_buff *skb, const struct pkt *p,
 					BPF_F_INVALIDATE_HASH) < 0)
 			return TC_ACT_SHOT;
 	}
-	return reject_finish(skb, ctx, STAT_REJECTED);
+	return reject_finish(skb, ctx, type == ICMPV6_PKT_TOOBIG ? STAT_FRAG_NEEDED : STAT_REJECTED);
 }
 
 struct tcp4_rst {
@@ -306,18 +313,39 @@ static __noinline int reject(struct __sk_buff *skb, const struct pkt *p, int ctx
 		return p->family == DP_AF_INET ? reject_tcp_v4(skb, p, ctx)
 					       : reject_tcp_v6(skb, p, ctx);
 	return p->family == DP_AF_INET ? reject_v4(skb, p, ctx, ICMP_PORT_UNREACH, 0)
-				       : reject_v6(skb, p, ctx);
+				       : reject_v6(skb, p, ctx, ICMPV6_DEST_UNREACH,
+						   ICMPV6_PORT_UNREACH, 0);
 }
 
-/* ICMP fragmentation needed for a DSR request that does not fit once the option is added. */
-static __noinline int frag_needed(struct __sk_buff *skb, const struct pkt *p, int ctx)
+/* The underlay MTU less DSR's overhead for @family (0: no MTU configured). */
+static __always_inline __u32 dsr_mtu(__u8 family)
 {
 	__u32 zero = 0;
 	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
 
-	if (!cfg || p->family != DP_AF_INET)
-		return TC_ACT_SHOT;
-	return reject_v4(skb, p, ctx, ICMP_FRAG_NEEDED, cfg->mtu - DSR_OPT_LEN);
+	return cfg ? cfg->mtu - dsr_overhead(family) : 0;
+}
+
+static __noinline int frag_needed4(struct __sk_buff *skb, const struct pkt *p, int ctx)
+{
+	return reject_v4(skb, p, ctx, ICMP_FRAG_NEEDED, dsr_mtu(DP_AF_INET));
+}
+
+static __noinline int frag_needed6(struct __sk_buff *skb, const struct pkt *p, int ctx)
+{
+	return reject_v6(skb, p, ctx, ICMPV6_PKT_TOOBIG, 0, dsr_mtu(DP_AF_INET6));
+}
+
+/*
+ * ICMP fragmentation needed (IPv6: Packet Too Big) for a DSR request that does not fit once
+ * its header is added, with the MTU that leaves. (One subprogram per family: both in one
+ * frame would not fit dp_from_pod's 512-byte stack.)
+ */
+static __always_inline int frag_needed(struct __sk_buff *skb, const struct pkt *p, int ctx)
+{
+	if (p->family == DP_AF_INET)
+		return frag_needed4(skb, p, ctx);
+	return frag_needed6(skb, p, ctx);
 }
 
 #endif

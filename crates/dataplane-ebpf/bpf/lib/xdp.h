@@ -8,14 +8,16 @@
  *
  * Only IPv4 (no options, no fragment) and IPv6 (no extension header) TCP/UDP to an external
  * frontend whose backend is on another node is handled, in the modes lb_forward() uses for
- * it: DSR (IPv4 only, as in lb_forward(): destination rewritten, source kept, the frontend in
- * an IP option, byte-identical to dsr_forward()) and SNAT (DNAT + source NAT to the node
- * address of the packet's family). One drop is made here too: the first packet of a
- * connection to an external frontend whose loadBalancerSourceRanges leave its source out
+ * it: DSR (as in lb_forward(): destination rewritten, source kept, the frontend in an IPv4
+ * option or an IPv6 destination-options header, byte-identical to dsr_forward()) and SNAT
+ * (DNAT + source NAT to the node address of the packet's family). One drop is made here
+ * too: the first packet of a connection to an external frontend whose
+ * loadBalancerSourceRanges leave its source out
  * (xdp_drop_src_range(): the decision, counters and event of lb_forward()'s DROP_SRC_RANGE, at
  * the `xdp` observation point), so that a flood of them costs no skb. Everything else -
  * replies, ClusterIPs, local backends, rejects, IPv4 options and fragments, IPv6 extension
- * headers, packets that would outgrow the MTU, routes the FIB cannot answer - goes to TC
+ * headers (an IPv6 DSR request reaching its backend's node among them: TC learns and strips
+ * it), packets that would outgrow the MTU, routes the FIB cannot answer - goes to TC
  * untouched, which handles it exactly as without XDP (and makes the source-range drop itself
  * when XDP is not attached).
  *
@@ -39,7 +41,8 @@
 #include "ct.h"
 #include "svc.h"
 #include "snat.h"
-/* dsr.h for the IPv4 header constants: its TC stages take an skb and are not used here. */
+/* dsr.h for the IPv4 header constants and the DSR headers: its TC stages take an skb and are
+ * not used here. */
 #pragma clang diagnostic push
 #pragma clang diagnostic ignored "-Wunused-function"
 #include "dsr.h"
@@ -138,9 +141,10 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 		if (ip6->version != 6 || ip6->hop_limit <= 1)
 			return 0;
 		p->family = DP_AF_INET6;
-		/* An extension header (fragment, routing, ...; an IPv6 DSR option once there is
-		 * one) is no TCP/UDP here: xdp_parse_l4() leaves it to TC, whose translation
-		 * leaves such packets alone too (parse_packet()'s PKT_EXT). */
+		/* An extension header (fragment, routing, ..., the DSR destination options a
+		 * backend's node receives) is no TCP/UDP here: xdp_parse_l4() leaves it to TC,
+		 * whose translation leaves such packets alone too (parse_packet()'s PKT_EXT) but
+		 * for the DSR header, which dsr_accept6() learns and strips. */
 		p->proto = ip6->nexthdr;
 		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
@@ -160,27 +164,24 @@ static __always_inline __u32 ports_word(__be16 sport, __be16 dport)
 }
 
 /*
- * Whether a new flow of @p to a backend of @svc on another node goes with DSR: lb_forward()'s
- * rule, which takes DSR for IPv4 only (user space plans an IPv6 frontend of a DSR service with
- * SNAT). IPv6 DSR, when it comes, is switched on here, in xdp_dsr_fits() and in
- * xdp_rewrite6(); the rest of the path (entries, events, routing) is already family-blind.
+ * Whether a new flow to a backend of @svc on another node goes with DSR: lb_forward()'s rule,
+ * for both families (the rest of the path - entries, events, routing - is family-blind).
  */
-static __always_inline int xdp_dsr(const struct pkt *p, const struct svc_value *svc)
+static __always_inline int xdp_dsr(const struct svc_value *svc)
 {
-	return (svc->flags & SVC_F_DSR) && p->family == DP_AF_INET;
+	return svc->flags & SVC_F_DSR;
 }
 
 /*
- * Whether a DSR request still fits the underlay MTU once the option is added; when it does
- * not, TC answers ICMP fragmentation needed (IPv4, the only DSR family).
+ * Whether a DSR request of @p still fits the underlay MTU once its header is added
+ * (dsr_too_big()); when it does not, TC answers ICMP fragmentation needed / Packet Too Big.
+ * (A subprogram: inlined, it grows xdp_new_flow()'s frame past its call chain's room.)
  */
-static __always_inline int xdp_dsr_fits(struct xdp_md *ctx)
+static __noinline int xdp_dsr_fits(struct xdp_md *ctx, const struct pkt *p)
 {
-	__u32 zero = 0;
-	struct dp_config *cfg = bpf_map_lookup_elem(&dp_config, &zero);
 	__u32 len = ctx->data_end - ctx->data;
 
-	return !cfg || !cfg->mtu || len - sizeof(struct ethhdr) + DSR_OPT_LEN <= cfg->mtu;
+	return !dsr_too_big(len - sizeof(struct ethhdr), p->family);
 }
 
 /**
@@ -202,7 +203,7 @@ static __noinline int xdp_route(struct xdp_md *ctx, const struct pkt *p, struct 
 	fib.dport = x->dport;
 	/* (checked against the route's MTU for both families: a packet over it goes to TC, as
 	 * without XDP) */
-	fib.tot_len = len - sizeof(struct ethhdr) + (x->dsr ? DSR_OPT_LEN : 0);
+	fib.tot_len = len - sizeof(struct ethhdr) + (x->dsr ? dsr_overhead(p->family) : 0);
 	if (p->family == DP_AF_INET) {
 		fib.family = AF_INET;
 		fib.ipv4_src = x->saddr[0];
@@ -358,10 +359,11 @@ static __noinline int xdp_rewrite4(struct xdp_md *ctx, const struct pkt *p,
 /**
  * xdp_rewrite6() - apply @x to an IPv6 packet: addresses, hop limit, ports, the L4 checksum
  * (its pseudo header's addresses, all four words of each; IPv6 has no header checksum) and
- * the Ethernet addresses. The result is the bytes TC's lb_forward() and dp_route() make of
- * the same packet (nat_src()/nat_dst() and forward_ttl()), with the MACs of the FIB's answer.
- * No DSR: there is no IPv6 DSR (xdp_dsr()); the destination option it will carry goes in
- * after the fixed header here, as xdp_rewrite4() inserts the IPv4 option.
+ * the Ethernet addresses; with DSR after xdp_dsr_grow6() put the destination-options header
+ * in (the L4 header 24 bytes further from the start; its checksum's pseudo header keeps its
+ * upper-layer length). The result is the bytes TC's lb_forward() and dp_route() make of the
+ * same packet (nat_src()/nat_dst(), dsr_forward6() and forward_ttl()), with the MACs of the
+ * FIB's answer.
  * Returns 0, or -1 when the headers are not all in the packet.
  */
 static __noinline int xdp_rewrite6(struct xdp_md *ctx, const struct pkt *p,
@@ -373,11 +375,11 @@ static __noinline int xdp_rewrite6(struct xdp_md *ctx, const struct pkt *p,
 	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
 	__u64 acc;
 
-	if (x->dsr || (void *)(ip6 + 1) > end)
+	if ((void *)(ip6 + 1) > end)
 		return -1;
 	acc = xdp_addr_delta(0, p->saddr, x->saddr, 4);
 	acc = xdp_addr_delta(acc, p->daddr, x->daddr, 4);
-	if (xdp_l4_rewrite(p, x, data + XDP_L4_OFF6, end, acc) < 0)
+	if (xdp_l4_rewrite(p, x, data + XDP_L4_OFF6 + (x->dsr ? DSR_OPT6_LEN : 0), end, acc) < 0)
 		return -1;
 	/* Forwarded: one hop (xdp_parse passed hop limits that run out). */
 	ip6->hop_limit--;
@@ -387,12 +389,58 @@ static __noinline int xdp_rewrite6(struct xdp_md *ctx, const struct pkt *p,
 	return 0;
 }
 
+/*
+ * For xdp_rewrite6() with DSR: grows the packet at the head by the destination-options header
+ * and writes it {x->fe_addr, x->fe_port} after the fixed header (next header 60, payload
+ * length + 24); the fixed header's first 8 bytes move with it, the rest of it and the MACs
+ * are xdp_rewrite6()'s to write, and the L4 header does not move. A subprogram of its own
+ * (and nothing bigger than a word through the stack): xdp_rewrite6()'s frame is the last of
+ * xdp_new_flow()'s call chain, at the 512-byte limit.
+ * Returns 0, or -1 when the head could not be grown (the packet is then unchanged).
+ */
+static __noinline int xdp_dsr_grow6(struct xdp_md *ctx, const struct xdp_xlate *x)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	__u64 w;
+	__u8 *b = (__u8 *)&w;
+	__u8 *opt;
+
+	if ((void *)(ip6 + 1) > end)
+		return -1;
+	w = *(__u64 *)ip6;
+	if (bpf_xdp_adjust_head(ctx, -(int)DSR_OPT6_LEN))
+		return -1;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	ip6 = data + sizeof(struct ethhdr);
+	opt = (void *)(ip6 + 1);
+	if ((void *)(opt + DSR_OPT6_LEN) > end)
+		return -1;
+	opt[0] = b[6]; /* the old next header */
+	opt[1] = (DSR_OPT6_LEN - 8) / 8;
+	opt[2] = DSR_OPT6_TYPE;
+	opt[3] = DSR_OPT6_LEN - 4;
+	*(__be16 *)&opt[4] = x->fe_port;
+	opt[6] = 0;
+	opt[7] = 0;
+	__builtin_memcpy(opt + offsetof(struct dsr_opt6, addr), x->fe_addr, 16);
+	*(__be16 *)&b[4] = bpf_htons(bpf_ntohs(*(__be16 *)&b[4]) + DSR_OPT6_LEN);
+	b[6] = IPPROTO_DSTOPTS;
+	*(__u64 *)ip6 = w;
+	((struct ethhdr *)data)->h_proto = bpf_htons(ETH_P_IPV6);
+	return 0;
+}
+
 /* xdp_rewrite4() or xdp_rewrite6(), by @p's family. */
 static __always_inline int xdp_rewrite(struct xdp_md *ctx, const struct pkt *p,
 				       const struct xdp_xlate *x)
 {
 	if (p->family == DP_AF_INET)
 		return xdp_rewrite4(ctx, p, x);
+	if (x->dsr && xdp_dsr_grow6(ctx, x) < 0)
+		return -1;
 	return xdp_rewrite6(ctx, p, x);
 }
 
@@ -432,8 +480,7 @@ static __noinline int xdp_established(struct xdp_md *ctx, struct pkt *p, struct 
 	addr_copy(x.daddr, fwd->nat_addr);
 	x.dport = fwd->nat_port;
 	if (fwd->flags & CT_F_DSR) {
-		/* (no IPv6 DSR entry is ever written: TC's dsr_forward() refuses IPv6) */
-		if (p->family != DP_AF_INET || !xdp_dsr_fits(ctx))
+		if (!xdp_dsr_fits(ctx, p))
 			return XDP_PASS;
 		x.dsr = 1;
 		addr_copy(x.saddr, p->saddr);
@@ -585,7 +632,7 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 	if (!be || be->family != p->family)
 		return XDP_PASS;
 	local = is_local(p, be->addr);
-	if (xdp_dsr(p, svc) && !local)
+	if (xdp_dsr(svc) && !local)
 		dsr = 1;
 	else if (svc->flags & SVC_F_SNAT)
 		do_snat = 1;
@@ -620,7 +667,7 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 		x.sport = p->sport;
 		addr_copy(x.fe_addr, p->daddr);
 		x.fe_port = p->dport;
-		if (!xdp_dsr_fits(ctx))
+		if (!xdp_dsr_fits(ctx, p))
 			return XDP_PASS;
 	} else {
 		addr_copy(x.saddr, snat);

@@ -1,5 +1,5 @@
 //! An independent reader of the frames the programs emit: parses Ethernet, IPv4 (with
-//! options) or IPv6, and TCP, UDP, ICMP or `ICMPv6`, and checks every length and checksum on
+//! options) or IPv6 (with at most a destination-options header), and TCP, UDP, ICMP or `ICMPv6`, and checks every length and checksum on
 //! the way (IPv4 header checksum and total length, IPv6 payload length, TCP/UDP checksums with
 //! their pseudo header, ICMP and `ICMPv6` checksums, the IPv4 header quoted in an ICMP error).
 //!
@@ -18,7 +18,8 @@ pub struct Frame {
     pub dst: IpAddr,
     /// The transport part.
     pub l4: L4,
-    /// The IPv4 options (empty for IPv6).
+    /// The IPv4 options, or an IPv6 destination-options header in front of the transport
+    /// header (DSR's); empty when there are none.
     pub ip_options: Vec<u8>,
 }
 
@@ -139,12 +140,24 @@ pub fn parse_checked(frame: &[u8]) -> Result<Frame, String> {
             }
             let s: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
             let d: [u8; 16] = ip[24..40].try_into().expect("16 bytes");
+            // One destination-options header (next header 60) is walked: DSR's carries the
+            // frontend. (Its options are not judged: the L4 checksum is.)
+            let (proto, upper, options) = if ip[6] == 60 {
+                let len = ip
+                    .get(41)
+                    .map(|&l| (usize::from(l) + 1) * 8)
+                    .filter(|&len| 40 + len <= ip.len())
+                    .ok_or("IPv6: truncated destination options")?;
+                (ip[40], &ip[40 + len..], ip[40..40 + len].to_vec())
+            } else {
+                (ip[6], &ip[40..], Vec::new())
+            };
             (
                 IpAddr::from(Ipv6Addr::from(s)),
                 IpAddr::from(Ipv6Addr::from(d)),
-                ip[6],
-                &ip[40..],
-                Vec::new(),
+                proto,
+                upper,
+                options,
             )
         }
         other => return Err(format!("ethertype {other:02x?}")),

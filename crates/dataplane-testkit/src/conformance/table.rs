@@ -118,6 +118,39 @@ fn load_balancer_dsr(lab: &Lab) -> Vec<Service> {
     s.external_mode = Some(ExternalMode::Dsr);
     vec![s]
 }
+/// The IPv6 twins of the DSR setups: IPv6 backends only, IPv6 frontends.
+fn node_port_dsr_v6(lab: &Lab) -> Vec<Service> {
+    let mut s = service(
+        "np6dsr",
+        "fd00:96::22",
+        Some(30186),
+        vec![backend(lab, 2, IpFamily::V6)],
+    );
+    s.external_mode = Some(ExternalMode::Dsr);
+    vec![s]
+}
+fn node_port_hybrid_v6(lab: &Lab) -> Vec<Service> {
+    let mut s = service(
+        "np6hybrid",
+        "fd00:96::24",
+        Some(30187),
+        vec![backend(lab, 2, IpFamily::V6)],
+    );
+    s.external_mode = Some(ExternalMode::Hybrid);
+    vec![s]
+}
+fn load_balancer_dsr_v6(lab: &Lab) -> Vec<Service> {
+    let mut s = service(
+        "lb6dsr",
+        "fd00:96::26",
+        None,
+        vec![backend(lab, 2, IpFamily::V6), backend(lab, 3, IpFamily::V6)],
+    );
+    s.load_balancer_ips = vec!["fd00:200::12".parse().expect("literal address")];
+    s.external_ips = vec!["fd00:201::12".parse().expect("literal address")];
+    s.external_mode = Some(ExternalMode::Dsr);
+    vec![s]
+}
 fn dsr_by_default(node: &mut Node) {
     node.external_mode = ExternalMode::Dsr;
 }
@@ -669,6 +702,37 @@ pub fn standard_cases() -> Vec<Case> {
     .family(IpFamily::V6)
     .expect(Backends(vec![2]))
     .seen(Seen::IngressNode));
+    // IPv6 DSR: the same, the frontend in a destination-options header.
+    add(Case::new(
+        "ipv6 nodeport dsr",
+        node_port_dsr_v6,
+        External(0),
+        Destination::node_port(0, "np6dsr", TCP_PORT),
+    )
+    .family(IpFamily::V6)
+    .expect(Backends(vec![2]))
+    .seen(Seen::Client)
+    .requires(Requirement::Dsr));
+    add(Case::new(
+        "ipv6 loadbalancer dsr",
+        load_balancer_dsr_v6,
+        External(0),
+        Destination::load_balancer(0, "lb6dsr", TCP_PORT),
+    )
+    .family(IpFamily::V6)
+    .expect(Backends(vec![2, 3]))
+    .seen(Seen::Client)
+    .requires(Requirement::Dsr));
+    add(Case::new(
+        "ipv6 externalip dsr",
+        load_balancer_dsr_v6,
+        External(1),
+        Destination::external_ip(0, "lb6dsr", TCP_PORT),
+    )
+    .family(IpFamily::V6)
+    .expect(Backends(vec![2, 3]))
+    .seen(Seen::Client)
+    .requires(Requirement::Dsr));
     // One client 5-tuple to a LoadBalancer IP through either node: Maglev makes both nodes
     // pick the same backend (and the reference model's choice for the tuple is checked per
     // probe, should it narrow Maglev down to one backend).
@@ -696,6 +760,19 @@ pub fn standard_cases() -> Vec<Case> {
             External(0),
             Destination::node_port(0, "np", TCP_PORT),
         )
+        .expect(Backends(vec![2]))
+        .requires(Requirement::Dsr),
+    );
+    cases.push(tcp.seen(Seen::Client));
+    cases.push(udp.seen(Seen::IngressNode));
+    let [tcp, udp] = both(
+        Case::new(
+            "ipv6 nodeport hybrid",
+            node_port_hybrid_v6,
+            External(0),
+            Destination::node_port(0, "np6hybrid", TCP_PORT),
+        )
+        .family(IpFamily::V6)
         .expect(Backends(vec![2]))
         .requires(Requirement::Dsr),
     );
