@@ -76,10 +76,15 @@ fn v6(segments: [u16; 8]) -> IpAddr {
 }
 
 /// A state of core's strategies on this test's node: the node's addresses are those of the
-/// namespace's uplink, and SCTP ports are TCP ports (SCTP is not programmed, a documented
-/// limit: `ApplyReport::skipped`).
+/// namespace's uplink, SCTP ports are TCP ports (SCTP is not programmed, a documented limit:
+/// `ApplyReport::skipped`), and without cluster, baseline and host endpoint policy (which this
+/// backend declares missing and refuses: `Capabilities::check_policy_tiers`).
 fn state() -> impl Strategy<Value = DesiredState> {
     (strategies::state(), prop::collection::vec(any::<bool>(), 3)).prop_map(|(mut s, widen)| {
+        s.cluster_policies.clear();
+        s.baseline_policy = None;
+        s.host_endpoints.clear();
+        s.host_policies.clear();
         s.node.addresses = vec![IpAddr::V4(NODE_V4), IpAddr::V6(NODE_V6)];
         // Core's strategies put an IPv4 backend at 10.244.{host % 3}.host (this node's pod
         // CIDR or another node's) but every IPv6 one in this node's fd00:244::/64: spread
