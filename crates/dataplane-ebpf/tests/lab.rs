@@ -475,80 +475,15 @@ fn dsr_and_masquerade_end_to_end() {
     let node0 = lab.node(0).address(Family::V4).unwrap();
     let names: Vec<String> = lab.pods_on(1).map(|p| p.name.clone()).collect();
 
-    let rev_before = stat(&dps[0], "reverse_translated");
-    for proto in [Protocol::Tcp, Protocol::Udp] {
-        let out = probe(&ext.netns, SocketAddr::new(node0, 30090), proto, TIMEOUT).expect("probe");
-        let (backend, seen) = answered(&out);
-        assert!(
-            names.contains(&backend),
-            "{proto}: DSR reaches a node-1 pod"
-        );
-        assert_eq!(
-            seen, ext_ip,
-            "{proto}: with DSR the backend sees the client itself"
-        );
-    }
-    assert!(
-        stat(&dps[0], "dsr_forwarded") >= 2,
-        "node-0 sent with the option"
-    );
-    assert!(
-        stat(&dps[1], "dsr_replies") >= 2,
-        "node-1 answered from the frontend"
-    );
-    assert_eq!(
-        stat(&dps[0], "reverse_translated"),
-        rev_before,
-        "no DSR reply passed through node-0"
-    );
-    let out = probe(
+    dsr_paths(
+        &dps,
         &ext.netns,
-        SocketAddr::new(node0, 30091),
-        Protocol::Tcp,
-        TIMEOUT,
-    )
-    .expect("probe");
-    assert_eq!(answered(&out).1, ext_ip, "Hybrid TCP: DSR");
-    let out = probe(
-        &ext.netns,
-        SocketAddr::new(node0, 30091),
-        Protocol::Udp,
-        TIMEOUT,
-    )
-    .expect("probe");
-    assert_eq!(answered(&out).1, node0, "Hybrid UDP: SNAT to node-0");
-
-    let out = probe(
-        &ext.netns,
-        SocketAddr::new(node0, 30092),
-        Protocol::Udp,
-        TIMEOUT,
-    )
-    .expect("probe");
-    assert!(
-        matches!(out, ProbeOutcome::Refused),
-        "a DSR backend's ICMP port unreachable reaches the client, translated: {out:?}"
-    );
-
-    // A bulk upload over DSR with full-size segments: the 8-byte option does not fit a
-    // 1500-byte packet, node-0 answers "fragmentation needed" and the client's path MTU
-    // discovery shrinks its segments; no black hole. Without GSO on the client every segment
-    // is a packet of its own.
-    ext.netns
-        .ip_batch(&["link set eth0 gso_max_size 1500".to_owned()])
-        .expect("client without GSO");
-    let mut session = TcpSession::open_with_timeout(
-        &ext.netns,
-        SocketAddr::new(node0, 30090),
-        Duration::from_secs(10),
-    )
-    .expect("connect over DSR");
-    let (backend, seen) = session.upload(2 << 20).expect("2 MiB upload over DSR");
-    assert!(names.contains(&backend));
-    assert_eq!(seen.ip(), ext_ip);
-    assert!(
-        stat(&dps[0], "frag_needed") >= 1,
-        "node-0 sent ICMP fragmentation needed for the DSR overhead"
+        ext_ip,
+        node0,
+        &names,
+        &[SocketAddr::new(node0, 30090)],
+        [30090, 30091, 30092],
+        "IPv4 (an 8-byte IP option; ICMP fragmentation needed)",
     );
 
     // Pod egress: masqueraded to the node; ping too; nonMasqueradeCIDRs keep the pod address.
@@ -703,88 +638,98 @@ fn dsr6_end_to_end() {
         .expect("LB IP routed via node-0");
     let names: Vec<String> = lab.pods_on(1).map(|p| p.name.clone()).collect();
 
-    let rev_before = stat(&dps[0], "reverse_translated");
-    for frontend in [SocketAddr::new(node0, 30190), SocketAddr::new(lb_ip, 80)] {
-        for proto in [Protocol::Tcp, Protocol::Udp] {
-            // (a TCP handshake and the probe's connected UDP socket accept answers from the
-            // address they dialled only: the replies come from the frontend)
-            let out = probe(&ext.netns, frontend, proto, TIMEOUT).expect("probe");
-            let (backend, seen) = answered(&out);
-            assert!(
-                names.contains(&backend),
-                "{frontend} {proto}: DSR reaches a node-1 pod"
-            );
-            assert_eq!(
-                seen, ext_ip,
-                "{frontend} {proto}: with DSR the backend sees the client itself"
-            );
-        }
-    }
-    assert!(
-        stat(&dps[0], "dsr_forwarded") >= 4,
-        "node-0 sent with the destination-options header"
-    );
-    assert!(
-        stat(&dps[1], "dsr_replies") >= 4,
-        "node-1 answered from the frontend"
-    );
-    assert_eq!(
-        stat(&dps[0], "reverse_translated"),
-        rev_before,
-        "no DSR reply passed through node-0"
-    );
-    let out = probe(
+    dsr_paths(
+        &dps,
         &ext.netns,
-        SocketAddr::new(node0, 30191),
-        Protocol::Tcp,
-        TIMEOUT,
-    )
-    .expect("probe");
-    assert_eq!(answered(&out).1, ext_ip, "Hybrid TCP: DSR");
-    let out = probe(
-        &ext.netns,
-        SocketAddr::new(node0, 30191),
-        Protocol::Udp,
-        TIMEOUT,
-    )
-    .expect("probe");
-    assert_eq!(answered(&out).1, node0, "Hybrid UDP: SNAT to node-0");
-
-    let out = probe(
-        &ext.netns,
-        SocketAddr::new(node0, 30192),
-        Protocol::Udp,
-        TIMEOUT,
-    )
-    .expect("probe");
-    assert!(
-        matches!(out, ProbeOutcome::Refused),
-        "a DSR backend's ICMPv6 port unreachable reaches the client, translated: {out:?}"
-    );
-
-    // A bulk upload over DSR with full-size segments: the 24-byte header does not fit a
-    // 1500-byte packet, node-0 answers Packet Too Big and the client's path MTU discovery
-    // shrinks its segments; no black hole. Without GSO on the client every segment is a
-    // packet of its own.
-    ext.netns
-        .ip_batch(&["link set eth0 gso_max_size 1500".to_owned()])
-        .expect("client without GSO");
-    let mut session = TcpSession::open_with_timeout(
-        &ext.netns,
-        SocketAddr::new(node0, 30190),
-        Duration::from_secs(10),
-    )
-    .expect("connect over DSR");
-    let (backend, seen) = session.upload(2 << 20).expect("2 MiB upload over IPv6 DSR");
-    assert!(names.contains(&backend));
-    assert_eq!(seen.ip(), ext_ip);
-    assert!(
-        stat(&dps[0], "frag_needed") >= 1,
-        "node-0 sent Packet Too Big for the DSR overhead"
+        ext_ip,
+        node0,
+        &names,
+        &[SocketAddr::new(node0, 30190), SocketAddr::new(lb_ip, 80)],
+        [30190, 30191, 30192],
+        "IPv6 (a 24-byte destination-options header; ICMPv6 Packet Too Big)",
     );
     for dp in &mut dps {
         dp.reset().expect("reset");
     }
+}
+
+/// The DSR checks both families share, node-0 the ingress node and node-1's pods (`names`) the
+/// backends, from the external client (`ext`, `ext_ip`): each of `frontends` reaches a node-1
+/// pod over TCP and UDP, which sees the client itself, node-0 sent with the DSR header, node-1
+/// answered from the frontend and no reply passed through node-0; then node-0's NodePorts
+/// `[dsr, hybrid, closed]`: Hybrid is DSR for TCP and SNAT to `node0` for UDP; a closed
+/// backend port's ICMP error reaches the client, translated; a 2 MiB upload with full-size
+/// segments draws node-0's "does not fit" answer (the header outgrows a 1500-byte packet) and
+/// path MTU discovery shrinks the segments, no black hole. `family` names the family and its
+/// header in the messages.
+#[allow(clippy::too_many_arguments)] // one scenario's addresses
+fn dsr_paths(
+    dps: &[EbpfDataplane],
+    ext: &dataplane_testkit::NetNs,
+    ext_ip: IpAddr,
+    node0: IpAddr,
+    names: &[String],
+    frontends: &[SocketAddr],
+    [dsr, hybrid, closed]: [u16; 3],
+    family: &str,
+) {
+    let rev_before = stat(&dps[0], "reverse_translated");
+    for &frontend in frontends {
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            // (a TCP handshake and the probe's connected UDP socket accept answers from the
+            // address they dialled only: the replies come from the frontend)
+            let out = probe(ext, frontend, proto, TIMEOUT).expect("probe");
+            let (backend, seen) = answered(&out);
+            assert!(
+                names.contains(&backend),
+                "{family} {frontend} {proto}: DSR reaches a node-1 pod"
+            );
+            assert_eq!(
+                seen, ext_ip,
+                "{family} {frontend} {proto}: with DSR the backend sees the client itself"
+            );
+        }
+    }
+    let sent = 2 * frontends.len() as u64;
+    assert!(
+        stat(&dps[0], "dsr_forwarded") >= sent,
+        "{family}: node-0 sent with the DSR header"
+    );
+    assert!(
+        stat(&dps[1], "dsr_replies") >= sent,
+        "{family}: node-1 answered from the frontend"
+    );
+    assert_eq!(
+        stat(&dps[0], "reverse_translated"),
+        rev_before,
+        "{family}: no DSR reply passed through node-0"
+    );
+    let at = |port: u16| SocketAddr::new(node0, port);
+    let out = probe(ext, at(hybrid), Protocol::Tcp, TIMEOUT).expect("probe");
+    assert_eq!(answered(&out).1, ext_ip, "{family} Hybrid TCP: DSR");
+    let out = probe(ext, at(hybrid), Protocol::Udp, TIMEOUT).expect("probe");
+    assert_eq!(
+        answered(&out).1,
+        node0,
+        "{family} Hybrid UDP: SNAT to node-0"
+    );
+    let out = probe(ext, at(closed), Protocol::Udp, TIMEOUT).expect("probe");
+    assert!(
+        matches!(out, ProbeOutcome::Refused),
+        "{family}: a DSR backend's port unreachable reaches the client, translated: {out:?}"
+    );
+    // Without GSO on the client every segment is a packet of its own.
+    ext.ip_batch(&["link set eth0 gso_max_size 1500".to_owned()])
+        .expect("client without GSO");
+    let mut session = TcpSession::open_with_timeout(ext, at(dsr), Duration::from_secs(10))
+        .expect("connect over DSR");
+    let (backend, seen) = session.upload(2 << 20).expect("2 MiB upload over DSR");
+    assert!(names.contains(&backend));
+    assert_eq!(seen.ip(), ext_ip);
+    assert!(
+        stat(&dps[0], "frag_needed") >= 1,
+        "{family}: node-0 answered that the DSR header does not fit"
+    );
 }
 
 /// Host routing: pod-to-pod packets on node 0 go from one veth to the other in the program,
