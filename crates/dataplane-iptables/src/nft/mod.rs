@@ -1,6 +1,7 @@
 //! The nftables flavour.
 
 mod family;
+pub mod host;
 pub(crate) mod netlink;
 // Reading `nft -j` listings back: public for the tests that parse captured listings (its
 // `Listing` holds `serde_json` values), not part of the API: hidden.
@@ -8,6 +9,7 @@ pub(crate) mod netlink;
 pub mod observe;
 pub mod policy;
 pub mod render;
+pub mod tiers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -373,7 +375,8 @@ impl NftablesDataplane {
     /// [`Dataplane::apply_changes`] without the conntrack cleanup that follows it.
     fn partial_sync(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
         self.config.validate(BACKEND)?;
-        // Cluster and host policy are not programmed yet: refused by name, before anything.
+        // What the flavour does not program (host policy, for now) is refused by name,
+        // before anything.
         Flavour::Nftables
             .capabilities()
             .check_policy_tier_changes(changes)?;
@@ -382,7 +385,27 @@ impl NftablesDataplane {
         };
         // The changed objects against the ones that stay, as a full validation would: a
         // clash is a typed error naming both, before the kernel sees anything.
-        let verdict = validator.check(node, changes)?;
+        // Cluster-wide policy objects (cluster policies, the baseline, peer nodes, host
+        // endpoints and policies, failsafe ports) need a whole-state check (unique
+        // priorities, one host endpoint per interface), which core's validator leaves to a
+        // full sync: here the rest of the change goes through the validator and the policy
+        // objects after the change (this backend keeps them; no services) through a full
+        // validation, before anything is touched.
+        let (verdict, tiered) = if changes.node.is_none() && changes.has_tier_changes() {
+            let rest = without_tier_changes(changes);
+            let verdict = validator.check(node, &rest)?;
+            let mut next = self
+                .policy_state
+                .as_deref()
+                .ok_or(Error::FullSyncRequired)?
+                .clone();
+            changes.apply_to(&mut next);
+            next.services.clear();
+            validate(&next)?;
+            (verdict, Some(Box::new(next)))
+        } else {
+            (validator.check(node, changes)?, None)
+        };
         // After a failed transaction, and for a change of the node (which every service is
         // compiled against), the whole state is needed, of which this backend keeps no copy.
         if self.dirty || verdict == Incremental::FullRequired {
@@ -429,12 +452,23 @@ impl NftablesDataplane {
         let policy_changed = !changes.policies.is_empty()
             || !changes.pods.is_empty()
             || !changes.namespaces.is_empty()
-            || !changes.endpoints.is_empty();
+            || !changes.endpoints.is_empty()
+            || changes.has_tier_changes();
         let policy = if policy_changed {
-            let mut state = self.policy_state.take().ok_or(Error::FullSyncRequired)?;
-            changes.apply_to(&mut state);
-            // `apply_to` also brings the changed services: not what policy is compiled from.
-            state.services.clear();
+            let state = match tiered {
+                Some(next) => {
+                    self.policy_state = None;
+                    next
+                }
+                None => {
+                    let mut state = self.policy_state.take().ok_or(Error::FullSyncRequired)?;
+                    changes.apply_to(&mut state);
+                    // `apply_to` also brings the changed services: not what policy is
+                    // compiled from.
+                    state.services.clear();
+                    state
+                }
+            };
             let (_, rs) = self.applied.as_mut().ok_or(Error::FullSyncRequired)?;
             // Updates core's tables in place (a copy would cost the whole policy per
             // change): from here on a failure leaves them ahead of the kernel, so it makes
@@ -505,7 +539,27 @@ fn policy_state(desired: &DesiredState) -> DesiredState {
     state.policies.clone_from(&desired.policies);
     state.namespaces.clone_from(&desired.namespaces);
     state.pods.clone_from(&desired.pods);
+    state.cluster_policies.clone_from(&desired.cluster_policies);
+    state.baseline_policy.clone_from(&desired.baseline_policy);
+    state.nodes.clone_from(&desired.nodes);
+    state.host_endpoints.clone_from(&desired.host_endpoints);
+    state.host_policies.clone_from(&desired.host_policies);
+    state.failsafe_ports.clone_from(&desired.failsafe_ports);
     state
+}
+
+/// `changes` without its cluster-wide policy objects (for the validator's check of the
+/// rest).
+fn without_tier_changes(changes: &ChangeSet) -> ChangeSet {
+    ChangeSet {
+        cluster_policies: BTreeMap::new(),
+        baseline_policy: None,
+        nodes: BTreeMap::new(),
+        host_endpoints: BTreeMap::new(),
+        host_policies: BTreeMap::new(),
+        failsafe_ports: None,
+        ..changes.clone()
+    }
 }
 
 /// The element operations of `patch` when it changes nothing but elements of the backend and
