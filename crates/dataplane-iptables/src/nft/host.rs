@@ -117,24 +117,18 @@ pub fn compile(state: &DesiredState) -> NftHost {
         }
     }
     let failsafe_out: Vec<String> = outbound.into_iter().collect();
-    let stage = |s: HostStage, d: PolicyType, forwarded: bool| -> Vec<&HostPolicy> {
-        policies
-            .iter()
-            .copied()
-            .filter(|p| p.stage() == s && p.applies_to(d) && (!forwarded || p.apply_on_forward))
-            .collect()
-    };
+    let stages = Stages(policies);
     let ingress = PolicyType::Ingress;
     let egress = PolicyType::Egress;
     // Untracked: allow = notrack, first match in policy order, no default deny.
-    let raw_in = stage(HostStage::Untracked, ingress, false);
+    let raw_in = stages.applicable(HostStage::Untracked, ingress, false);
     if !raw_in.is_empty() {
         let mut rules = vec![format!("iifname != \"{uplink}\" return")];
         rules.extend(failsafe_in.iter().map(|m| format!("{m} return")));
         b.rules(&raw_in, ingress, "notrack accept", &mut rules);
         b.base("host-raw-pre", "filter hook prerouting priority raw", rules);
     }
-    let raw_out = stage(HostStage::Untracked, egress, false);
+    let raw_out = stages.applicable(HostStage::Untracked, egress, false);
     if !raw_out.is_empty() {
         let mut rules = vec![format!("oifname != \"{uplink}\" return")];
         rules.extend(failsafe_out.iter().map(|m| format!("{m} return")));
@@ -142,7 +136,7 @@ pub fn compile(state: &DesiredState) -> NftHost {
         b.base("host-raw-out", "filter hook output priority raw", rules);
     }
     // Pre-DNAT: ingress only, on the original destination; allow marks the connection.
-    let pre = stage(HostStage::PreDnat, ingress, false);
+    let pre = stages.applicable(HostStage::PreDnat, ingress, false);
     if !pre.is_empty() {
         let mut rules = vec![
             format!("iifname != \"{uplink}\" return"),
@@ -157,7 +151,33 @@ pub fn compile(state: &DesiredState) -> NftHost {
             rules,
         );
     }
-    // Normal: after DNAT, stateful, default deny where a policy applies.
+    normal_chains(&mut b, &stages, uplink, &failsafe_in, &failsafe_out);
+    out
+}
+
+/// The policies selecting the endpoint, in order.
+struct Stages<'a>(Vec<&'a HostPolicy>);
+
+impl<'a> Stages<'a> {
+    /// Those of stage `s` that apply to `d` (to forwarded traffic: `applyOnForward` only).
+    fn applicable(&self, s: HostStage, d: PolicyType, forwarded: bool) -> Vec<&'a HostPolicy> {
+        self.0
+            .iter()
+            .copied()
+            .filter(|p| p.stage() == s && p.applies_to(d) && (!forwarded || p.apply_on_forward))
+            .collect()
+    }
+}
+
+/// The normal policies' chains: after DNAT, stateful, default deny where a policy applies.
+fn normal_chains(
+    b: &mut Builder<'_>,
+    stages: &Stages<'_>,
+    uplink: &str,
+    failsafe_in: &[String],
+    failsafe_out: &[String],
+) {
+    let (ingress, egress) = (PolicyType::Ingress, PolicyType::Egress);
     let head = |extra: &[String]| {
         let mut rules = vec![
             "ct state established,related accept".to_owned(),
@@ -170,10 +190,10 @@ pub fn compile(state: &DesiredState) -> NftHost {
         rules.extend(extra.iter().map(|m| format!("{m} accept")));
         rules
     };
-    let own_in = stage(HostStage::Normal, ingress, false);
+    let own_in = stages.applicable(HostStage::Normal, ingress, false);
     if !own_in.is_empty() {
         let mut rules = vec![format!("iifname != \"{uplink}\" accept")];
-        rules.extend(head(&failsafe_in));
+        rules.extend(head(failsafe_in));
         b.rules(&own_in, ingress, "accept", &mut rules);
         rules.push("drop".to_owned());
         b.base(
@@ -182,10 +202,10 @@ pub fn compile(state: &DesiredState) -> NftHost {
             rules,
         );
     }
-    let own_out = stage(HostStage::Normal, egress, false);
+    let own_out = stages.applicable(HostStage::Normal, egress, false);
     if !own_out.is_empty() {
         let mut rules = vec![format!("oifname != \"{uplink}\" accept")];
-        rules.extend(head(&failsafe_out));
+        rules.extend(head(failsafe_out));
         b.rules(&own_out, egress, "accept", &mut rules);
         rules.push("drop".to_owned());
         b.base(
@@ -194,8 +214,8 @@ pub fn compile(state: &DesiredState) -> NftHost {
             rules,
         );
     }
-    let fwd_in = stage(HostStage::Normal, ingress, true);
-    let fwd_out = stage(HostStage::Normal, egress, true);
+    let fwd_in = stages.applicable(HostStage::Normal, ingress, true);
+    let fwd_out = stages.applicable(HostStage::Normal, egress, true);
     if !fwd_in.is_empty() || !fwd_out.is_empty() {
         let mut rules = head(&[]);
         if !fwd_in.is_empty() {
@@ -218,7 +238,6 @@ pub fn compile(state: &DesiredState) -> NftHost {
             rules,
         );
     }
-    out
 }
 
 fn addrs(state: &DesiredState, f: IpFamily) -> Vec<String> {

@@ -372,6 +372,52 @@ impl NftablesDataplane {
         observe::parse_listing(&json)
     }
 
+    /// Validates `changes` against the applied state: the validator's check of what it
+    /// covers, and for a change of cluster-wide policy objects (cluster policies, the
+    /// baseline, peer nodes, host endpoints and policies, failsafe ports), whose checks span
+    /// the whole state (unique priorities, one host endpoint per interface) and which core's
+    /// validator leaves to a full sync, a full validation of the policy objects after the
+    /// change (this backend keeps them; no services), returned for the policy update. Before
+    /// anything is touched.
+    fn check_changes(
+        &self,
+        node: &Node,
+        validator: &Validator,
+        changes: &ChangeSet,
+    ) -> Result<(Incremental, Option<Box<DesiredState>>), Error> {
+        if changes.node.is_some() || !changes.has_tier_changes() {
+            return Ok((validator.check(node, changes)?, None));
+        }
+        let verdict = validator.check(node, &without_tier_changes(changes))?;
+        let mut next = self
+            .policy_state
+            .as_deref()
+            .ok_or(Error::FullSyncRequired)?
+            .clone();
+        changes.apply_to(&mut next);
+        next.services.clear();
+        validate(&next)?;
+        Ok((verdict, Some(Box::new(next))))
+    }
+
+    /// The policy objects after `changes` (`checked`: as [`Self::check_changes`] built
+    /// them), taken out of the backend (put back when the sync succeeds).
+    fn next_policy_state(
+        &mut self,
+        changes: &ChangeSet,
+        checked: Option<Box<DesiredState>>,
+    ) -> Result<Box<DesiredState>, Error> {
+        let state = self.policy_state.take().ok_or(Error::FullSyncRequired)?;
+        if let Some(next) = checked {
+            return Ok(next);
+        }
+        let mut state = state;
+        changes.apply_to(&mut state);
+        // `apply_to` also brings the changed services: not what policy is compiled from.
+        state.services.clear();
+        Ok(state)
+    }
+
     /// [`Dataplane::apply_changes`] without the conntrack cleanup that follows it.
     fn partial_sync(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
         self.config.validate(BACKEND)?;
@@ -391,21 +437,7 @@ impl NftablesDataplane {
         // full sync: here the rest of the change goes through the validator and the policy
         // objects after the change (this backend keeps them; no services) through a full
         // validation, before anything is touched.
-        let (verdict, tiered) = if changes.node.is_none() && changes.has_tier_changes() {
-            let rest = without_tier_changes(changes);
-            let verdict = validator.check(node, &rest)?;
-            let mut next = self
-                .policy_state
-                .as_deref()
-                .ok_or(Error::FullSyncRequired)?
-                .clone();
-            changes.apply_to(&mut next);
-            next.services.clear();
-            validate(&next)?;
-            (verdict, Some(Box::new(next)))
-        } else {
-            (validator.check(node, changes)?, None)
-        };
+        let (verdict, tiered) = self.check_changes(node, validator, changes)?;
         // After a failed transaction, and for a change of the node (which every service is
         // compiled against), the whole state is needed, of which this backend keeps no copy.
         if self.dirty || verdict == Incremental::FullRequired {
@@ -455,20 +487,7 @@ impl NftablesDataplane {
             || !changes.endpoints.is_empty()
             || changes.has_tier_changes();
         let policy = if policy_changed {
-            let state = match tiered {
-                Some(next) => {
-                    self.policy_state = None;
-                    next
-                }
-                None => {
-                    let mut state = self.policy_state.take().ok_or(Error::FullSyncRequired)?;
-                    changes.apply_to(&mut state);
-                    // `apply_to` also brings the changed services: not what policy is
-                    // compiled from.
-                    state.services.clear();
-                    state
-                }
-            };
+            let state = self.next_policy_state(changes, tiered)?;
             let (_, rs) = self.applied.as_mut().ok_or(Error::FullSyncRequired)?;
             // Updates core's tables in place (a copy would cost the whole policy per
             // change): from here on a failure leaves them ahead of the kernel, so it makes

@@ -1182,14 +1182,7 @@ pub fn write_patch<W: std::fmt::Write + ?Sized>(
         writeln!(out, "add {kind} inet {t} {rest}")?;
     }
     // The tiers' chains reference NetworkPolicy's endpoint chains: out first, in last.
-    let kept = match &patch.tiers {
-        Some(new) => Some(super::tiers::write_remove(&old.tiers, new, t, out)?),
-        None => None,
-    };
-    let host_kept = match &patch.host {
-        Some(new) => Some(super::host::write_remove(&old.host, new, t, out)?),
-        None => None,
-    };
+    let kept = write_extras_remove(old, patch, t, out)?;
     let empty = EndpointRules::default();
     // Dispatch elements first out (they reference the chains deleted below), last in.
     let mut del_dispatch = Vec::new();
@@ -1262,12 +1255,7 @@ pub fn write_patch<W: std::fmt::Write + ?Sized>(
         add_dispatch.iter().map(|d| dispatch_element(d, true)),
         out,
     )?;
-    if let (Some(new), Some(kept)) = (&patch.tiers, &kept) {
-        super::tiers::write_add(new, kept, t, out)?;
-    }
-    if let (Some(new), Some(kept)) = (&patch.host, &host_kept) {
-        super::host::write_add(new, kept, t, out)?;
-    }
+    write_extras_add(patch, &kept, t, out)?;
     // The last policy went: the layer goes (its endpoint chains and peer sets went above),
     // so that a node without policies has no policy hook at all.
     let objects = || {
@@ -1285,6 +1273,43 @@ pub fn write_patch<W: std::fmt::Write + ?Sized>(
     }
     for (kind, name) in objects().filter(|(k, _)| *k == "set" || *k == "map") {
         writeln!(out, "delete {kind} inet {t} {name}")?;
+    }
+    Ok(())
+}
+
+/// What [`write_extras_remove`] kept (flushed, to be refilled): tier chains, host objects.
+type Kept<'a> = (BTreeSet<&'a str>, BTreeSet<String>);
+
+/// The removal half of replacing the tier and host parts that `patch` changes.
+fn write_extras_remove<'a, W: std::fmt::Write + ?Sized>(
+    old: &'a NftPolicy,
+    patch: &PolicyPatch,
+    t: &str,
+    out: &mut W,
+) -> Result<Kept<'a>, std::fmt::Error> {
+    let tiers = match &patch.tiers {
+        Some(new) => super::tiers::write_remove(&old.tiers, new, t, out)?,
+        None => BTreeSet::new(),
+    };
+    let host = match &patch.host {
+        Some(new) => super::host::write_remove(&old.host, new, t, out)?,
+        None => BTreeSet::new(),
+    };
+    Ok((tiers, host))
+}
+
+/// The adding half of replacing the tier and host parts that `patch` changes.
+fn write_extras_add<W: std::fmt::Write + ?Sized>(
+    patch: &PolicyPatch,
+    (tiers, host): &Kept<'_>,
+    t: &str,
+    out: &mut W,
+) -> std::fmt::Result {
+    if let Some(new) = &patch.tiers {
+        super::tiers::write_add(new, tiers, t, out)?;
+    }
+    if let Some(new) = &patch.host {
+        super::host::write_add(new, host, t, out)?;
     }
     Ok(())
 }

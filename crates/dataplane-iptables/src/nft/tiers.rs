@@ -44,7 +44,7 @@
 //!   (a plain `protocol . port`), on egress each peer pod (an `address . protocol . port`
 //!   element per pod that names the port), in a rule of its own with the same verdict.
 //! - The whole tier part is recompiled from the state on every change that can touch it
-//!   (cluster policies, baseline, nodes, pods, namespaces, endpoints, NetworkPolicies) and,
+//!   (cluster policies, baseline, nodes, pods, namespaces, endpoints, NetworkPolicy objects) and,
 //!   when it differs, replaced in the same transaction: its chains are flushed and refilled,
 //!   so there is no moment without rules. Its cost is linear in endpoints x cluster rules.
 
