@@ -121,19 +121,25 @@ pub fn compile(state: &DesiredState) -> NftHost {
     let ingress = PolicyType::Ingress;
     let egress = PolicyType::Egress;
     // Untracked: allow = notrack, first match in policy order, no default deny.
-    let raw_in = stages.applicable(HostStage::Untracked, ingress, false);
-    if !raw_in.is_empty() {
-        let mut rules = vec![format!("iifname != \"{uplink}\" return")];
-        rules.extend(failsafe_in.iter().map(|m| format!("{m} return")));
-        b.rules(&raw_in, ingress, "notrack accept", &mut rules);
-        b.base("host-raw-pre", "filter hook prerouting priority raw", rules);
-    }
-    let raw_out = stages.applicable(HostStage::Untracked, egress, false);
-    if !raw_out.is_empty() {
-        let mut rules = vec![format!("oifname != \"{uplink}\" return")];
-        rules.extend(failsafe_out.iter().map(|m| format!("{m} return")));
-        b.rules(&raw_out, egress, "notrack accept", &mut rules);
-        b.base("host-raw-out", "filter hook output priority raw", rules);
+    // (Outward: the node's own packets, whose crossing is known before DNAT.)
+    for (direction, dev, failsafe, chain, hook) in [
+        (
+            ingress,
+            "iifname",
+            &failsafe_in,
+            "host-raw-pre",
+            "prerouting",
+        ),
+        (egress, "oifname", &failsafe_out, "host-raw-out", "output"),
+    ] {
+        let untracked = stages.applicable(HostStage::Untracked, direction, false);
+        if untracked.is_empty() {
+            continue;
+        }
+        let mut rules = vec![format!("{dev} != \"{uplink}\" return")];
+        rules.extend(failsafe.iter().map(|m| format!("{m} return")));
+        b.rules(&untracked, direction, "notrack accept", &mut rules);
+        b.base(chain, &format!("filter hook {hook} priority raw"), rules);
     }
     // Pre-DNAT: ingress only, on the original destination; allow marks the connection.
     let pre = stages.applicable(HostStage::PreDnat, ingress, false);
@@ -190,47 +196,42 @@ fn normal_chains(
         rules.extend(extra.iter().map(|m| format!("{m} accept")));
         rules
     };
-    let own_in = stages.applicable(HostStage::Normal, ingress, false);
-    if !own_in.is_empty() {
-        let mut rules = vec![format!("iifname != \"{uplink}\" accept")];
-        rules.extend(head(failsafe_in));
-        b.rules(&own_in, ingress, "accept", &mut rules);
-        rules.push("drop".to_owned());
-        b.base(
-            "host-input",
-            "filter hook input priority filter + 10",
-            rules,
-        );
-    }
-    let own_out = stages.applicable(HostStage::Normal, egress, false);
-    if !own_out.is_empty() {
-        let mut rules = vec![format!("oifname != \"{uplink}\" accept")];
-        rules.extend(head(failsafe_out));
-        b.rules(&own_out, egress, "accept", &mut rules);
-        rules.push("drop".to_owned());
-        b.base(
-            "host-output",
-            "filter hook output priority filter + 10",
-            rules,
-        );
-    }
-    let fwd_in = stages.applicable(HostStage::Normal, ingress, true);
-    let fwd_out = stages.applicable(HostStage::Normal, egress, true);
-    if !fwd_in.is_empty() || !fwd_out.is_empty() {
-        let mut rules = head(&[]);
-        if !fwd_in.is_empty() {
-            let mut r = Vec::new();
-            b.rules(&fwd_in, ingress, "return", &mut r);
-            r.push("drop".to_owned());
-            b.out.chains.insert("host-fwd-in".to_owned(), r);
-            rules.push(format!("iifname \"{uplink}\" jump host-fwd-in"));
+    // The node's own traffic: from the uplink to the node, from the node to the uplink.
+    for (direction, dev, failsafe, chain, hook) in [
+        (ingress, "iifname", failsafe_in, "host-input", "input"),
+        (egress, "oifname", failsafe_out, "host-output", "output"),
+    ] {
+        let own = stages.applicable(HostStage::Normal, direction, false);
+        if own.is_empty() {
+            continue;
         }
-        if !fwd_out.is_empty() {
+        let mut rules = vec![format!("{dev} != \"{uplink}\" accept")];
+        rules.extend(head(failsafe));
+        b.rules(&own, direction, "accept", &mut rules);
+        rules.push("drop".to_owned());
+        b.base(
+            chain,
+            &format!("filter hook {hook} priority filter + 10"),
+            rules,
+        );
+    }
+    // Forwarded traffic crossing the endpoint, each way (both for uplink to uplink).
+    let legs: Vec<_> = [
+        (ingress, "iifname", "host-fwd-in"),
+        (egress, "oifname", "host-fwd-out"),
+    ]
+    .into_iter()
+    .map(|(d, dev, chain)| (d, dev, chain, stages.applicable(HostStage::Normal, d, true)))
+    .filter(|(.., policies)| !policies.is_empty())
+    .collect();
+    if !legs.is_empty() {
+        let mut rules = head(&[]);
+        for (direction, dev, chain, policies) in legs {
             let mut r = Vec::new();
-            b.rules(&fwd_out, egress, "return", &mut r);
+            b.rules(&policies, direction, "return", &mut r);
             r.push("drop".to_owned());
-            b.out.chains.insert("host-fwd-out".to_owned(), r);
-            rules.push(format!("oifname \"{uplink}\" jump host-fwd-out"));
+            b.out.chains.insert(chain.to_owned(), r);
+            rules.push(format!("{dev} \"{uplink}\" jump {chain}"));
         }
         b.base(
             "host-forward",
