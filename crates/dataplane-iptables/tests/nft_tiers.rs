@@ -17,10 +17,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use dataplane_core::{
-    diff, BaselineAction, BaselinePolicy, ClusterAction, ClusterPeer, ClusterPolicy,
+    diff, BaselineAction, BaselinePolicy, BaselineRule, ClusterAction, ClusterPeer, ClusterPolicy,
     ClusterPolicyRule, ClusterPolicySubject, ClusterPort, Dataplane, DesiredState, Endpoint,
     FailsafePorts, HostAction, HostEndpoint, HostPolicy, HostPort, HostRule, LabelSelector,
-    NamedPort, Namespace, ObjectName, PeerNode, PeerPod, Protocol,
+    NamedPort, Namespace, ObjectName, PeerNode, PeerPod, PolicyType, Protocol,
 };
 use dataplane_iptables::{NetfilterConfig, NftablesDataplane};
 use dataplane_testkit::{probe, require_root, serve, Family, Lab, LabSpec, ProbeOutcome};
@@ -179,8 +179,6 @@ fn tiers_render_in_priority_order() {
     let text = render(&state);
     assert_eq!(lines_of(&text, "tnp-in-x/a"), ["jump pol-in-x/a", "return"]);
 }
-
-use dataplane_core::BaselineRule;
 
 /// The order of the host chains: failsafe before untracked, default deny in the normal
 /// chains only; big address lists in a named interval set.
@@ -386,4 +384,127 @@ fn host_policy_against_traffic() {
     // Back to open: the host chains go.
     dp.apply_changes(&diff(&untracked, &open)).expect("removed");
     assert!(answered(&reach(9090)), "open again");
+}
+
+/// A sequence of partial syncs through cluster policies, the baseline, NetworkPolicy, pod,
+/// namespace and peer-node changes and host policies of every kind leaves the kernel with
+/// the same table as a full sync of each state into another table (but for the hairpin
+/// elements of removed pods, which stay until the next full sync).
+#[test]
+fn tier_and_host_partial_syncs_match_a_full_sync() {
+    if !require_root("tier_and_host_partial_syncs_match_a_full_sync") {
+        return;
+    }
+    let lab = one_node_lab(0);
+    let netns = &lab.node(0).netns;
+    let (mut partial, mut full) = common::partial_and_fresh(netns);
+    let mut state = cluster();
+    state.node = lab.node_state(0);
+    let steps = steps(&state.node.interfaces.uplink, &state.node.name);
+    partial.apply(&state).expect("apply");
+    for (i, step) in steps.iter().enumerate() {
+        let mut next = state.clone();
+        step(&mut next);
+        let report = partial
+            .apply_changes(&diff(&state, &next))
+            .unwrap_or_else(|e| panic!("step {i}: {e}"));
+        assert!(!report.full_sync);
+        full.apply(&next).expect("full");
+        common::assert_same_tables(netns, "dataplane", "fresh", &format!("step {i}"));
+        state = next;
+    }
+    partial.reset().expect("reset");
+    full.reset().expect("reset");
+}
+
+/// A change of a state.
+type Step = Box<dyn Fn(&mut DesiredState)>;
+
+/// The changes of [`tier_and_host_partial_syncs_match_a_full_sync`], one after the other, on
+/// the node named `node` with uplink `uplink`.
+fn steps(uplink: &str, node: &str) -> Vec<Step> {
+    let (uplink, node_name) = (uplink.to_owned(), node.to_owned());
+    vec![
+        Box::new(|s| {
+            s.cluster_policies = vec![ClusterPolicy::for_namespaces("deny-y", 10, sel("ns", "x"))
+                .with_ingress(ClusterPolicyRule::new(
+                    "deny-y",
+                    ClusterAction::Deny,
+                    [ClusterPeer::Namespaces(sel("ns", "y"))],
+                ))];
+        }),
+        Box::new(|s| {
+            s.baseline_policy = Some(
+                BaselinePolicy::new(ClusterPolicySubject::Namespaces(LabelSelector::default()))
+                    .with_egress(BaselineRule::new(
+                        "deny-nodes",
+                        BaselineAction::Deny,
+                        [ClusterPeer::Nodes(LabelSelector::default())],
+                    )),
+            );
+        }),
+        Box::new(|s| {
+            let mut p = common::deny_all_policy();
+            p.name = ObjectName::new("x", "deny-all");
+            s.policies = vec![p];
+        }),
+        Box::new(|s| {
+            s.cluster_policies.push(
+                ClusterPolicy::for_namespaces("pass-y", 5, sel("ns", "x")).with_ingress(
+                    ClusterPolicyRule::new(
+                        "pass-y",
+                        ClusterAction::Pass,
+                        [ClusterPeer::Namespaces(sel("ns", "y"))],
+                    )
+                    .with_port(ClusterPort::NamedPort("web".into())),
+                ),
+            );
+        }),
+        Box::new(|s| {
+            s.namespaces[1] = Namespace::new("y").with_label("ns", "x");
+        }),
+        Box::new(|s| {
+            s.nodes = vec![PeerNode::new("node-1", [ip("172.18.0.11")])];
+            s.pods
+                .push(PeerPod::new(ObjectName::new("y", "c"), [ip("10.244.1.9")]));
+        }),
+        Box::new(|s| s.policies.clear()),
+        Box::new(move |s| {
+            s.host_endpoints = vec![HostEndpoint::new("uplink", &node_name, &uplink)];
+            let many: Vec<IpNetwork> = (0..200u32)
+                .map(|i| {
+                    IpNetwork::new(ip(&format!("198.18.{}.{}", i / 64, (i % 64) * 4)), 31).unwrap()
+                })
+                .collect();
+            s.host_policies = vec![
+                HostPolicy::new("flood", LabelSelector::default())
+                    .untracked()
+                    .with_ingress(HostRule::new(HostAction::Deny).from_nets(many)),
+                HostPolicy::new("nodeport", LabelSelector::default())
+                    .pre_dnat()
+                    .with_ingress(
+                        HostRule::new(HostAction::Deny)
+                            .protocol(Protocol::Tcp)
+                            .to_ports([HostPort::Number(30080)]),
+                    ),
+                HostPolicy::new("web", LabelSelector::default())
+                    .on_forward()
+                    .with_types([PolicyType::Ingress, PolicyType::Egress])
+                    .with_ingress(
+                        HostRule::new(HostAction::Allow)
+                            .protocol(Protocol::Tcp)
+                            .to_ports([HostPort::Number(8080)]),
+                    ),
+            ];
+        }),
+        Box::new(|s| {
+            s.host_policies.remove(0);
+            s.failsafe_ports = FailsafePorts::none();
+        }),
+        Box::new(|s| {
+            s.host_policies.clear();
+            s.cluster_policies.clear();
+        }),
+        Box::new(|s| s.baseline_policy = None),
+    ]
 }
