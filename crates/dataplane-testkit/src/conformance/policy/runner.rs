@@ -1008,7 +1008,7 @@ fn client_netns(lab: &Lab, client: usize) -> &crate::netns::NetNs {
 }
 
 /// What a cell saw, in a few words.
-fn seen(outcome: &BatchOutcome) -> String {
+pub(in crate::conformance) fn seen(outcome: &BatchOutcome) -> String {
     match outcome {
         BatchOutcome::Ended(ProbeOutcome::Answered { backend, .. }) => {
             format!("answered by {backend}")
@@ -1048,7 +1048,7 @@ fn agrees(cell: Cell, allowed: bool, outcome: &BatchOutcome) -> bool {
 /// - when the batch was slow — an allowed cell answered later than half the drop wait —
 ///   denied cells that timed out: their drop wait was too short to tell a drop from a late
 ///   answer, so they are asked again with the full timeout instead of passing.
-pub(super) fn reprobes(
+pub(in crate::conformance) fn reprobes(
     expected: &[bool],
     outcomes: &[BatchOutcome],
     drop_wait: Duration,
