@@ -245,3 +245,36 @@ fn hand_written_nftables_pass_the_deny_all_case_and_a_broken_firewall_fails_it()
         "only failsafe cells fail: {traffic:#?}"
     );
 }
+
+/// A backend without `Capabilities::host_policy` (every backend before issue 22's helpers):
+/// each case is one visible skipped row naming what is missing, nothing is applied, nothing
+/// fails.
+#[test]
+fn host_cases_are_skipped_visibly_without_the_capability() {
+    if !require_root("host_cases_are_skipped_visibly_without_the_capability") {
+        return;
+    }
+    let lab = Lab::new(HOST_LAB).expect("lab");
+    let claims = Capabilities {
+        dataplane: "no-host-policy".to_owned(),
+        host_policy: false,
+        ..FakeDataplane::default_capabilities()
+    };
+    let mut made = Vec::new();
+    let cases = host_cases();
+    let report = run_host(&lab, &cases, &mut |_node| {
+        let fake = FakeDataplane::with_capabilities(claims.clone());
+        made.push(fake.clone());
+        Box::new(fake)
+    });
+    report.assert_ok();
+    assert_eq!(report.rows.len(), cases.len(), "{report}");
+    for (row, case) in report.rows.iter().zip(&cases) {
+        assert_eq!(row.name, case.name);
+        let RowOutcome::Skipped { reason } = &row.outcome else {
+            panic!("not skipped: {report}")
+        };
+        assert!(reason.contains("Capabilities::host_policy"), "{reason}");
+    }
+    assert!(made.iter().all(|f| f.calls().applies == 0));
+}

@@ -12,13 +12,11 @@ use dataplane_core::{
 
 use crate::lab::{Lab, LabNode, LabSpec, POD_NAMESPACE};
 use crate::netns::NetNs;
-use crate::traffic::{
-    probe_batch, serve, BatchOutcome, BatchProbe, ProbeOutcome, Server, TcpSession,
-};
+use crate::traffic::{serve, BatchOutcome, BatchProbe, ProbeOutcome, Server, TcpSession};
 
 use super::super::policy::runner::{reprobes, seen};
 use super::super::report::{OneRow, Report, RowOutcome, RowReport};
-use super::super::runner::{reset_all, row_filter, start, unspecified};
+use super::super::runner::{probe_clients, reset_all, row_filter, start, unspecified, ClientBatch};
 use super::case::{HostCase, HostProbe, HostStep, Meaning, Party, Target};
 use super::table::{
     cluster_ip, families, node_states, party_address, server_name, servers, ATTACKER, ATTACKER_V4,
@@ -547,34 +545,15 @@ impl Run<'_> {
             };
             batches.entry(cell.probe.from).or_default().push((i, probe));
         }
-        let results: Vec<Result<Vec<(usize, BatchOutcome)>, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = batches
-                .into_iter()
-                .map(|(party, batch)| {
-                    let netns = self.netns(party);
-                    s.spawn(move || {
-                        let probes: Vec<BatchProbe> = batch.iter().map(|(_, p)| *p).collect();
-                        probe_batch(netns, &probes)
-                            .map(|outcomes| batch.iter().map(|(i, _)| *i).zip(outcomes).collect())
-                            .map_err(|e| format!("probes from {party}: {}", error_chain(&e)))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("a probe thread panicked".to_owned()))
-                })
-                .collect()
-        });
-        let mut outcomes = vec![BatchOutcome::Ended(ProbeOutcome::Timeout); cells.len()];
-        for result in results {
-            for (i, outcome) in result? {
-                outcomes[i] = outcome;
-            }
-        }
-        Ok(outcomes)
+        let batches = batches
+            .into_iter()
+            .map(|(party, probes)| ClientBatch {
+                netns: self.netns(party),
+                name: party.to_string(),
+                probes,
+            })
+            .collect();
+        probe_clients(batches, cells.len())
     }
 
     /// Applies `states` to every node: in full (`previous` is `None`) or as the diff from
