@@ -295,17 +295,19 @@ pub fn run_host_with(
         report: &mut report,
     };
     let only = row_filter();
-    let chosen: Vec<&HostCase> = cases
+    let chosen: Vec<HostCase> = cases
         .iter()
         .filter(|c| {
             only.as_ref()
                 .is_none_or(|o| o.iter().any(|part| c.name.contains(part.as_str())))
         })
+        .cloned()
         .collect();
     if caps.host_policy {
-        match run.prepare(&mut planes, cases) {
+        // Servers and warm-up for the chosen cases only.
+        match run.prepare(&mut planes, &chosen) {
             Ok(servers) => {
-                for case in chosen {
+                for case in &chosen {
                     let started = Instant::now();
                     run.case(case, &mut planes);
                     if options.verbose {
@@ -323,7 +325,7 @@ pub fn run_host_with(
             ),
         }
     } else {
-        for case in chosen {
+        for case in &chosen {
             let table = check_case(spec, case, &run.families);
             let outcome = if table.is_empty() {
                 RowOutcome::Skipped {
