@@ -8,7 +8,8 @@ use dataplane_core::{FailsafePorts, HostPolicy, Protocol};
 pub struct HostCase {
     /// Case name (unique in the table).
     pub name: String,
-    /// Where it comes from: the Calico documentation page it follows.
+    /// Where it comes from: the Calico documentation pages it follows, by title and path
+    /// under <https://docs.tigera.io/calico/latest/>.
     pub source: String,
     /// The steps, in order; each is applied to every node as a full state.
     pub steps: Vec<HostStep>,
