@@ -7,8 +7,6 @@
 //! The hand rules are this test's, not a backend: they cover the one case's policy (a normal
 //! policy for ingress and egress without rules, on the uplink `eth0`) and refuse any other.
 
-use std::path::PathBuf;
-
 use dataplane_core::{
     uplink_host_endpoint, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error,
     FailsafePort, FakeDataplane, Flow, ObservedState, Protocol, Stats,
@@ -138,15 +136,9 @@ impl Dataplane for HandNft {
         let rules = self.ruleset(desired)?;
         self.flush();
         if let Some(rules) = rules {
-            let path: PathBuf = std::env::temp_dir().join(format!(
-                "{TABLE}-{}-{}.nft",
-                std::process::id(),
-                self.netns.name()
-            ));
-            std::fs::write(&path, rules).map_err(|e| kernel("write the ruleset", e.into()))?;
-            let result = self.nft(&["-f", &path.to_string_lossy()]);
-            let _ = std::fs::remove_file(&path);
-            result?;
+            self.netns
+                .exec_checked("nft", &["-f", "-"], Some(&rules))
+                .map_err(|e| kernel("nft -f -", Box::new(e)))?;
         }
         self.fake.apply(desired)
     }

@@ -512,6 +512,22 @@ impl Run<'_> {
                     .ok_or("attacker without IPv6")?
             ));
         }
+        // The attacker's neighbour entries for node-0, fixed: its ARP and neighbour
+        // solicitations go out from its blocked source, which an untracked deny of the
+        // prefix (any protocol: ICMPv6 too) drops, and the failsafe probes must still reach
+        // the node after the entries it learnt would have gone stale.
+        let mac = node
+            .netns
+            .exec_checked("cat", &["/sys/class/net/eth0/address"], None)
+            .map_err(|e| error_chain(&e))?;
+        let mac = String::from_utf8_lossy(&mac.stdout).trim().to_owned();
+        for ip in &node.addresses {
+            if v6 || ip.is_ipv4() {
+                evil.push(format!(
+                    "neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
+                ));
+            }
+        }
         attacker
             .netns
             .ip_batch(&evil)
