@@ -4,10 +4,15 @@
 //! (`doNotTrack`), pre-DNAT, DNAT and NetworkPolicy, normal. Pure functions.
 //!
 //! Followed: Calico's "Summary of host endpoint policies", "Untracked policy", "Pre-DNAT
-//! policy", "Apply on forwarded traffic" and "Failsafe rules" pages, and the felix rule
-//! renderer (felix/rules/static.go: untracked policy in the `raw` table's PREROUTING and
-//! OUTPUT with `NOTRACK` on allow, pre-DNAT policy in `mangle` PREROUTING, normal policy in
-//! `filter` INPUT/OUTPUT and, for applyOnForward, FORWARD; failsafe rules in each).
+//! policy", "Apply on forwarded traffic" and "Failsafe rules" pages, and felix's rule
+//! renderer in projectcalico/calico `felix/rules/static.go`: `StaticRawTableChains` (the
+//! failsafe chains `failsafeInChain("raw")`/`failsafeOutChain("raw")` and the host endpoint
+//! dispatch of `StaticRawPreroutingChain`/`StaticRawOutputChain`: untracked policy, before
+//! conntrack), `StaticMangleTableChains` (pre-DNAT policy in mangle PREROUTING, "Host
+//! endpoint policy accepted packet" by a mark bit) and `StaticFilterInputChains` /
+//! output / forward (normal policy, `failsafeInChain("filter")`). Our own layout: one `inet`
+//! table, base chains at the priorities of those tables, a conntrack mark in place of the
+//! packet mark (which our service chains own).
 //!
 //! Layout (base chains of our `inet` table, present while this node has a host endpoint on
 //! its uplink and a host policy selects it):

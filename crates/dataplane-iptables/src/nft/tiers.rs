@@ -4,10 +4,10 @@
 //! policies and the baseline"). Pure functions.
 //!
 //! Followed: the AdminNetworkPolicy API reference and its "Policy precedence" section
-//! (<https://network-policy-api.sigs.k8s.io/reference/spec/>), and for the shape Calico's
-//! tiered policy chains (felix/rules/policy.go and endpoints.go: per endpoint, the policies of
-//! a tier in order, a `pass` action jumping to the end of the tier and so to the next tier,
-//! a tier's default drop at its end) — written here as verdict-map dispatch and `goto`.
+//! (<https://network-policy-api.sigs.k8s.io/reference/spec/>), and for the shape the tiers
+//! of Calico's per-endpoint chains (projectcalico/calico `felix/rules/endpoints.go`, tested
+//! in `endpoints_test.go`: per endpoint, each tier's policies in order, a pass that goes on
+//! to the next tier) — written here as verdict-map dispatch and `goto`, our own code.
 //!
 //! Layout (inside the policy layer of [`super::policy`], whose `pol-dispatch` consults the
 //! tier maps before NetworkPolicy's):
