@@ -1,4 +1,5 @@
-//! What the lab benches share: the CRR load and the priority they run at.
+//! What the lab benches share: the CRR load and the priority they run at, and the flood
+//! generator (`flood`).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -6,6 +7,10 @@ use std::time::{Duration, Instant};
 
 use dataplane_core::Backend;
 use dataplane_testkit::{Family, Lab, NetNs};
+
+/// Not every bench floods.
+#[allow(dead_code)]
+pub mod flood;
 
 /// Client threads of a CRR load.
 const THREADS: usize = 2;
