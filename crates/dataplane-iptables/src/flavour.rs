@@ -40,9 +40,10 @@ impl Flavour {
             weights: true,
             max_services: 0,
             max_backends: 0,
-            // Not programmed yet (issue 22): states with them are refused.
-            cluster_policy: false,
-            host_policy: false,
+            // iptables: `iptables/tiers.rs` and `iptables/host.rs`; nftables: not programmed
+            // yet (issue 22), refused.
+            cluster_policy: self == Flavour::Iptables,
+            host_policy: self == Flavour::Iptables,
         }
     }
 }

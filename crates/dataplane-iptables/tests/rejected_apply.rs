@@ -315,13 +315,52 @@ fn rejected_applies_change_nothing(flavour: Flavour) {
     assert!(matches!(e, Error::CapacityExceeded { .. }), "{e:?}");
     before.unchanged(&mut dp, "capacity error");
 
-    // Cluster and host endpoint policy, not programmed yet (issue 22): declared missing and
-    // refused by name, as a full and an incremental sync.
+    // iptables programs cluster and host endpoint policy (issue 22): a host policy whose
+    // CIDRs need an ipset is refused for the capacity (none allowed here), as a full and an
+    // incremental sync, before the kernel is touched.
     let caps = dp.dp().capabilities();
-    assert!(!caps.cluster_policy && !caps.host_policy, "{caps:?}");
-    for (tiered, object) in
+    if let Flavour::Iptables(_) = flavour {
+        assert!(caps.cluster_policy && caps.host_policy, "{caps:?}");
+        let node = new.node.name.clone();
+        let hosted = new
+            .clone()
+            .with_host_endpoint(
+                dataplane_core::HostEndpoint::new("uplink", node, dataplane_core::ALL_INTERFACES)
+                    .with_label("role", "uplink"),
+            )
+            .with_host_policy(
+                dataplane_core::HostPolicy::new(
+                    "block",
+                    dataplane_core::LabelSelector::default().with_label("role", "uplink"),
+                )
+                .untracked()
+                .with_ingress(
+                    dataplane_core::HostRule::new(dataplane_core::HostAction::Deny).from_nets([
+                        "198.51.100.0/24".parse().unwrap(),
+                        "203.0.113.0/24".parse().unwrap(),
+                    ]),
+                ),
+            );
+        let e = dp.dp().apply(&hosted).unwrap_err();
+        assert!(matches!(e, Error::CapacityExceeded { .. }), "{e:?}");
+        before.unchanged(&mut dp, "host policy ipset capacity (apply)");
+        let e = dp
+            .dp()
+            .apply_changes(&dataplane_core::diff(&old, &hosted))
+            .unwrap_err();
+        assert!(matches!(e, Error::CapacityExceeded { .. }), "{e:?}");
+        before.unchanged(&mut dp, "host policy ipset capacity (apply_changes)");
+    } else {
+        // Cluster and host endpoint policy, not programmed yet (issue 22): declared missing
+        // and refused by name, as a full and an incremental sync.
+        assert!(!caps.cluster_policy && !caps.host_policy, "{caps:?}");
+    }
+    let refused = if caps.cluster_policy {
+        Vec::new()
+    } else {
         dataplane_core::synthetic::tier_refusals(&old, service(&lab, "new", NEW, IpFamily::V4))
-    {
+    };
+    for (tiered, object) in refused {
         let e = dp.dp().apply(&tiered).unwrap_err();
         assert!(
             matches!(&e, Error::Unsupported { object: o, .. } if *o == object),
