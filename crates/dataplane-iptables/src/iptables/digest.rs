@@ -111,7 +111,7 @@ pub fn filter_digests(
     );
     let mut v: Vec<(NameHash, u64)> = policy
         .iter()
-        .filter(|(name, _)| super::host::table_of(prefix, name) == Table::Filter)
+        .filter(|(name, _)| super::render::table_of(prefix, name) == Table::Filter)
         .chain(rs.filter.iter())
         .map(|(name, rules)| (name_hash(name), rules_hash(rules)))
         .collect();
@@ -781,7 +781,7 @@ impl<'a> SyncPlan<'a> {
                     Table::Filter | Table::Raw | Table::Mangle => {
                         let mine: Chains = policy
                             .iter()
-                            .filter(|(n, _)| super::host::table_of(self.prefix, n) == table)
+                            .filter(|(n, _)| super::render::table_of(self.prefix, n) == table)
                             .map(|(n, r)| (n.clone(), r.clone()))
                             .collect();
                         emit(&mine)?;

@@ -1,7 +1,8 @@
 //! Host endpoint policy in the iptables flavour (Calico's semantics, as the reference model
 //! [`dataplane_core::host_policy`] states them): this node's host endpoint on its uplink and
 //! the [`dataplane_core::HostPolicy`]s selecting it, as chains in the `raw`, `mangle` and
-//! `filter` tables over `hash:net` ipsets. Pure functions.
+//! `filter` tables over `hash:net` ipsets (the raw and mangle ones named `DP-RAW-*` and
+//! `DP-MGL-*`: [`super::render::table_of`] files them by name). Pure functions.
 //!
 //! ```text
 //! raw PREROUTING ─▶ DP-RAW-PRE      ! -i <uplink> ─▶ RETURN
@@ -67,7 +68,6 @@ use dataplane_core::{
 use ipnetwork::IpNetwork;
 
 use super::naming::{hash_name, host, Chains};
-use super::render::Table;
 use crate::plan::proto_name;
 
 /// Mark bit: a failsafe port or a pre-DNAT rule allowed the packet (no normal host policy
@@ -114,19 +114,6 @@ pub fn filter_out(prefix: &str) -> String {
     format!("{prefix}-HOST-OUT")
 }
 
-/// The table a policy chain of ours lives in, by its name: `DP-RAW-*` raw, `DP-MGL-*`
-/// mangle, every other filter.
-pub fn table_of(prefix: &str, name: &str) -> Table {
-    match name
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('-'))
-    {
-        Some(rest) if rest.starts_with("RAW-") => Table::Raw,
-        Some(rest) if rest.starts_with("MGL-") => Table::Mangle,
-        _ => Table::Filter,
-    }
-}
-
 /// The `hash:net` ipsets of host policy: set name → its family and CIDRs.
 pub type NetSets = BTreeMap<String, (IpFamily, Vec<IpNetwork>)>;
 
@@ -140,11 +127,8 @@ pub fn net_set_name(prefix: &str, family: IpFamily, nets: &[IpNetwork]) -> Strin
         IpFamily::V4 => "n4",
         IpFamily::V6 => "n6",
     };
-    format!(
-        "{}{tag}-{}",
-        super::policy::set_prefix(prefix),
-        hash_name(&text)
-    )
+    // `super::policy::set_prefix(prefix)`, spelled out: this module sits below `policy`.
+    format!("{prefix}-{tag}-{}", hash_name(&text))
 }
 
 /// The host policy of `state` in `family`: its chains (raw and mangle ones named as
@@ -444,19 +428,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chains_are_filed_under_their_table() {
-        assert_eq!(table_of("DP", "DP-RAW-PRE"), Table::Raw);
-        assert_eq!(table_of("DP", "DP-MGL-ALLOW"), Table::Mangle);
-        assert_eq!(table_of("DP", "DP-HOST"), Table::Filter);
-        assert_eq!(table_of("DP", "DP-POLICY"), Table::Filter);
-        assert_eq!(table_of("DP", "DPX-RAW-PRE"), Table::Filter);
-    }
-
-    #[test]
     fn net_set_names_fit_ipset_limits() {
         let nets: Vec<IpNetwork> = vec!["10.0.0.0/8".parse().unwrap()];
         let n = net_set_name("DPXYZ", IpFamily::V4, &nets);
         assert!(n.len() <= 31, "{n}");
-        assert!(super::super::policy::is_our_set("DPXYZ", &n), "{n}");
+        assert!(n.starts_with("DPXYZ-n4-"), "{n}");
     }
 }

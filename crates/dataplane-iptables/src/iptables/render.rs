@@ -111,6 +111,19 @@ impl std::fmt::Display for Table {
     }
 }
 
+/// The table a policy chain of ours lives in, by its name: `DP-RAW-*` raw, `DP-MGL-*`
+/// mangle (host endpoint policy, see [`super::host`]), every other filter.
+pub fn table_of(prefix: &str, name: &str) -> Table {
+    match name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+    {
+        Some(rest) if rest.starts_with("RAW-") => Table::Raw,
+        Some(rest) if rest.starts_with("MGL-") => Table::Mangle,
+        _ => Table::Filter,
+    }
+}
+
 pub(crate) use super::naming::{hash_name, host};
 pub use super::naming::{Chains, HASH_CHARS};
 
@@ -265,7 +278,7 @@ pub(crate) fn each_chain<E>(
     for table in [Table::Filter, Table::Raw, Table::Mangle] {
         let mine: Chains = policy
             .iter()
-            .filter(|(name, _)| super::host::table_of(prefix, name) == table)
+            .filter(|(name, _)| table_of(prefix, name) == table)
             .map(|(n, r)| (n.clone(), r.clone()))
             .collect();
         if !mine.is_empty() {
@@ -1215,6 +1228,15 @@ mod tests {
         // Another instance's chains are not ours.
         let other = parse_existing("*filter\n-A FORWARD -j DPX-FILTER\nCOMMIT\n", "DP");
         assert!(other.stale_jumps.is_empty() && other.misplaced.is_empty());
+    }
+
+    #[test]
+    fn policy_chains_are_filed_under_their_table() {
+        assert_eq!(table_of("DP", "DP-RAW-PRE"), Table::Raw);
+        assert_eq!(table_of("DP", "DP-MGL-ALLOW"), Table::Mangle);
+        assert_eq!(table_of("DP", "DP-HOST"), Table::Filter);
+        assert_eq!(table_of("DP", "DP-POLICY"), Table::Filter);
+        assert_eq!(table_of("DP", "DPX-RAW-PRE"), Table::Filter);
     }
 
     #[test]
