@@ -2,9 +2,10 @@
 //! mangle and filter chains of untracked, pre-DNAT and normal policies, failsafe ports
 //! first, `hash:net` sets for a rule's CIDRs, and the backend refusing more ipsets than the
 //! kernel allows before writing anything. The real-traffic table is
-//! tests/host_conformance.rs (`dataplane_testkit::conformance::host`).
+//! `tests/host_conformance.rs` (`dataplane_testkit::conformance::host`).
 
 use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt as _;
 
 use dataplane_core::ipnetwork::IpNetwork;
 use dataplane_core::{
@@ -237,7 +238,6 @@ fn more_ipsets_than_configured_are_refused_before_the_kernel_is_touched() {
         .collect();
     // Every tool is a script that records its arguments; `ipset` lists no sets, the rest
     // fail: the refusal must come after the listing and before anything else runs.
-    use std::os::unix::fs::PermissionsExt as _;
     let dir = std::env::temp_dir().join(format!("dp-ipt-host-cap-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("calls");

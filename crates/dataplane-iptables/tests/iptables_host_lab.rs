@@ -2,7 +2,7 @@
 //! untracked deny over a 100k-prefix `hash:net` set (its apply time printed, not asserted),
 //! failsafe ports before it, its removal by a partial sync, and a normal policy's default
 //! deny of the node's own ingress. Needs root. The whole host policy table is
-//! tests/host_conformance.rs.
+//! `tests/host_conformance.rs`.
 //!
 //! ```text
 //!   external-0 (allowed)   external-1 (in the blocked prefixes)

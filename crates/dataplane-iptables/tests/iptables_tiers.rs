@@ -3,7 +3,7 @@
 //! rule order), `Pass` going on to NetworkPolicy or the baseline, peers resolved to
 //! addresses (pods by namespace labels, nodes by peer-node labels, networks), named ports
 //! resolved on the destination pod. The real-traffic check is the policy conformance
-//! table's `cluster-tiers` case (tests/policy_conformance.rs).
+//! table's `cluster-tiers` case (`tests/policy_conformance.rs`).
 
 use std::net::IpAddr;
 

@@ -14,7 +14,8 @@ use dataplane_core::{DesiredState, Service};
 
 use super::policy::{self, NameCollision};
 use super::render::{
-    each_chain, hook_lines, node_wide, reset_jumps, service_chains, Chains, Existing, Table,
+    each_chain, hook_lines, node_wide, policy_in, reset_jumps, service_chains, Chains, Existing,
+    Table,
 };
 use crate::eventlog::LogPlan;
 use crate::plan::{node_plan, NodePlan};
@@ -779,12 +780,7 @@ impl<'a> SyncPlan<'a> {
                         )?;
                     }
                     Table::Filter | Table::Raw | Table::Mangle => {
-                        let mine: Chains = policy
-                            .iter()
-                            .filter(|(n, _)| super::render::table_of(self.prefix, n) == table)
-                            .map(|(n, r)| (n.clone(), r.clone()))
-                            .collect();
-                        emit(&mine)?;
+                        emit(&policy_in(policy, self.prefix, table))?;
                         emit(node_wide.chains(table))?;
                     }
                 }

@@ -144,23 +144,6 @@ pub fn plan(state: &DesiredState, prefix: &str, family: IpFamily) -> (Chains, Ne
     let Some(endpoint) = uplink_host_endpoint(state) else {
         return (out.chains, out.sets);
     };
-    let policies = host_policies_for(state, endpoint);
-    let uplink = state.node.interfaces.uplink.as_str();
-    let addrs: Vec<&IpAddr> = state
-        .node
-        .addresses
-        .iter()
-        .filter(|a| IpFamily::of(a) == family)
-        .collect();
-    let stage = |stage: HostStage, direction: PolicyType, forwarded: bool| -> Vec<&HostPolicy> {
-        policies
-            .iter()
-            .copied()
-            .filter(|p| {
-                p.stage() == stage && p.applies_to(direction) && (!forwarded || p.apply_on_forward)
-            })
-            .collect()
-    };
     let failsafe = |ports: &[dataplane_core::FailsafePort]| -> Vec<String> {
         ports
             .iter()
@@ -170,152 +153,199 @@ pub fn plan(state: &DesiredState, prefix: &str, family: IpFamily) -> (Chains, Ne
             })
             .collect()
     };
-    let fs_in = failsafe(&state.failsafe_ports.inbound);
-    let fs_out = failsafe(&state.failsafe_ports.outbound);
-    let established = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN".to_owned();
-    let untracked = "-m conntrack --ctstate UNTRACKED -j RETURN".to_owned();
-    let marked = format!("-m mark --mark {MARK_HOST_ALLOWED:#x}/{MARK_HOST_ALLOWED:#x} -j RETURN");
-
-    // raw: failsafe, then untracked rules, on the packet as it arrives (or leaves the node).
-    let notrack = raw_notrack(prefix);
-    let mut pre = vec![format!("! -i {uplink} -j RETURN")];
-    for a in &addrs {
-        pre.extend(fs_in.iter().map(|m| {
-            format!(
-                "-d {} {m} -m comment --comment \"failsafe in\" -j RETURN",
-                host(a)
-            )
-        }));
-    }
-    let ingress = PolicyType::Ingress;
-    let egress = PolicyType::Egress;
-    out.rules(
-        &mut pre,
-        &stage(HostStage::Untracked, ingress, false),
-        ingress,
-        |a| match a {
-            HostAction::Allow => format!("-j {notrack}"),
-            HostAction::Deny => "-j DROP".to_owned(),
-        },
-    );
-    let mut rout = vec![format!("! -o {uplink} -j RETURN")];
-    rout.extend(
-        fs_out
+    let host = Host {
+        prefix,
+        family,
+        policies: host_policies_for(state, endpoint),
+        uplink: state.node.interfaces.uplink.as_str(),
+        addrs: state
+            .node
+            .addresses
             .iter()
-            .map(|m| format!("{m} -m comment --comment \"failsafe out\" -j RETURN")),
-    );
-    out.rules(
-        &mut rout,
-        &stage(HostStage::Untracked, egress, false),
-        egress,
-        |a| match a {
+            .filter(|a| IpFamily::of(a) == family)
+            .collect(),
+        fs_in: failsafe(&state.failsafe_ports.inbound),
+        fs_out: failsafe(&state.failsafe_ports.outbound),
+    };
+    host.raw(&mut out);
+    host.mangle(&mut out);
+    host.filter(&mut out);
+    (out.chains, out.sets)
+}
+
+const ESTABLISHED: &str = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN";
+const UNTRACKED: &str = "-m conntrack --ctstate UNTRACKED -j RETURN";
+
+/// The host endpoint of one family's render: its policies in order and what every stage
+/// matches first.
+struct Host<'a> {
+    prefix: &'a str,
+    family: IpFamily,
+    policies: Vec<&'a HostPolicy>,
+    uplink: &'a str,
+    /// The node's addresses of the family.
+    addrs: Vec<&'a IpAddr>,
+    /// The failsafe ports' matches, inbound and outbound.
+    fs_in: Vec<String>,
+    fs_out: Vec<String>,
+}
+
+impl Host<'_> {
+    /// The policies of `stage` that apply to `direction`, for forwarded traffic or not (the
+    /// reference model's `HostView::applicable`).
+    fn of_stage(
+        &self,
+        stage: HostStage,
+        direction: PolicyType,
+        forwarded: bool,
+    ) -> Vec<&HostPolicy> {
+        self.policies
+            .iter()
+            .copied()
+            .filter(|p| {
+                p.stage() == stage && p.applies_to(direction) && (!forwarded || p.apply_on_forward)
+            })
+            .collect()
+    }
+
+    /// The failsafe inbound matches to the node's addresses, each ending in `target`.
+    fn failsafe_in(&self, target: &str) -> Vec<String> {
+        self.addrs
+            .iter()
+            .flat_map(|a| {
+                self.fs_in.iter().map(move |m| {
+                    format!(
+                        "-d {} {m} -m comment --comment \"failsafe in\" {target}",
+                        host(a)
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// raw: failsafe, then the untracked rules, on the packet as it arrives (or leaves the
+    /// node).
+    fn raw(&self, out: &mut HostRender<'_>) {
+        let prefix = self.prefix;
+        let notrack = raw_notrack(prefix);
+        let untracked = |a: HostAction| match a {
             HostAction::Allow => format!("-j {notrack}"),
             HostAction::Deny => "-j DROP".to_owned(),
-        },
-    );
-    out.chains.insert(raw_pre(prefix), pre);
-    out.chains.insert(raw_out(prefix), rout);
-    out.chains.insert(
-        notrack,
-        vec![
-            "-m comment --comment \"untracked host policy\" -j CT --notrack".to_owned(),
-            "-j ACCEPT".to_owned(),
-        ],
-    );
-
-    // mangle: failsafe and pre-DNAT rules mark what they allow.
-    let allow = mangle_allow(prefix);
-    let mut mpre = vec![
-        format!("! -i {uplink} -j RETURN"),
-        established.clone(),
-        untracked.clone(),
-    ];
-    for a in &addrs {
-        mpre.extend(fs_in.iter().map(|m| {
-            format!(
-                "-d {} {m} -m comment --comment \"failsafe in\" -g {allow}",
-                host(a)
-            )
-        }));
+        };
+        let (ingress, egress) = (PolicyType::Ingress, PolicyType::Egress);
+        let mut pre = vec![format!("! -i {} -j RETURN", self.uplink)];
+        pre.extend(self.failsafe_in("-j RETURN"));
+        let policies = self.of_stage(HostStage::Untracked, ingress, false);
+        out.rules(&mut pre, &policies, ingress, untracked);
+        let mut post = vec![format!("! -o {} -j RETURN", self.uplink)];
+        post.extend(
+            self.fs_out
+                .iter()
+                .map(|m| format!("{m} -m comment --comment \"failsafe out\" -j RETURN")),
+        );
+        let policies = self.of_stage(HostStage::Untracked, egress, false);
+        out.rules(&mut post, &policies, egress, untracked);
+        out.chains.insert(raw_pre(prefix), pre);
+        out.chains.insert(raw_out(prefix), post);
+        out.chains.insert(
+            notrack,
+            vec![
+                "-m comment --comment \"untracked host policy\" -j CT --notrack".to_owned(),
+                "-j ACCEPT".to_owned(),
+            ],
+        );
     }
-    out.rules(
-        &mut mpre,
-        &stage(HostStage::PreDnat, ingress, false),
-        ingress,
-        |a| match a {
+
+    /// mangle: the failsafe ports and the pre-DNAT rules mark what they allow.
+    fn mangle(&self, out: &mut HostRender<'_>) {
+        let prefix = self.prefix;
+        let allow = mangle_allow(prefix);
+        let ingress = PolicyType::Ingress;
+        let mut pre = vec![
+            format!("! -i {} -j RETURN", self.uplink),
+            ESTABLISHED.to_owned(),
+            UNTRACKED.to_owned(),
+        ];
+        pre.extend(self.failsafe_in(&format!("-g {allow}")));
+        let policies = self.of_stage(HostStage::PreDnat, ingress, false);
+        out.rules(&mut pre, &policies, ingress, |a| match a {
             HostAction::Allow => format!("-g {allow}"),
             HostAction::Deny => "-j DROP".to_owned(),
-        },
-    );
-    let mut mout = vec![format!("! -o {uplink} -j RETURN")];
-    mout.extend(
-        fs_out
-            .iter()
-            .map(|m| format!("{m} -m comment --comment \"failsafe out\" -g {allow}")),
-    );
-    out.chains.insert(mangle_pre(prefix), mpre);
-    out.chains.insert(mangle_out(prefix), mout);
-    out.chains.insert(
-        allow,
-        vec![format!(
-            "-j MARK --set-xmark {MARK_HOST_ALLOWED:#x}/{MARK_HOST_ALLOWED:#x}"
-        )],
-    );
-
-    // filter: the normal policies, per leg; a leg no policy applies to is open.
-    let mut top = vec![established.clone(), untracked.clone(), marked.clone()];
-    let mut bottom = vec![
-        format!("! -o {uplink} -j RETURN"),
-        established,
-        untracked,
-        marked,
-    ];
-    if family == IpFamily::V6 {
-        // Neighbour discovery on the uplink is not host policy's to decide (a default deny
-        // would cut the node's IPv6 off its link).
-        for nd in 133..=136 {
-            let rule = format!(
-                "-p ipv6-icmp -m icmp6 --icmpv6-type {nd} -m comment --comment \"neighbour discovery\" -j RETURN"
-            );
-            top.insert(0, rule.clone());
-            bottom.insert(1, rule);
-        }
-    }
-    let legs = [
-        ("IN", ingress, false),
-        ("FWDI", ingress, true),
-        ("FWDO", egress, true),
-        ("EGR", egress, false),
-    ];
-    for (tag, direction, forwarded) in legs {
-        let applicable = stage(HostStage::Normal, direction, forwarded);
-        if applicable.is_empty() {
-            continue;
-        }
-        let chain = format!("{prefix}-HOST-{tag}");
-        let mut rules = Vec::new();
-        out.rules(&mut rules, &applicable, direction, |a| match a {
-            HostAction::Allow => "-j RETURN".to_owned(),
-            HostAction::Deny => "-j DROP".to_owned(),
         });
-        rules.push("-m comment --comment \"host policy: default deny\" -j DROP".to_owned());
-        out.chains.insert(chain.clone(), rules);
-        match tag {
-            "IN" => {
-                for a in &addrs {
-                    top.push(format!("-i {uplink} -d {} -j {chain}", host(a)));
-                }
-            }
-            "FWDI" => top.push(format!("-i {uplink} -j {chain}")),
-            "FWDO" => top.push(format!("-o {uplink} -j {chain}")),
-            _ => bottom.push(format!("-j {chain}")),
-        }
+        let mut post = vec![format!("! -o {} -j RETURN", self.uplink)];
+        post.extend(
+            self.fs_out
+                .iter()
+                .map(|m| format!("{m} -m comment --comment \"failsafe out\" -g {allow}")),
+        );
+        out.chains.insert(mangle_pre(prefix), pre);
+        out.chains.insert(mangle_out(prefix), post);
+        out.chains.insert(
+            allow,
+            vec![format!(
+                "-j MARK --set-xmark {MARK_HOST_ALLOWED:#x}/{MARK_HOST_ALLOWED:#x}"
+            )],
+        );
     }
-    // The legs in order: the node's own ingress (`-i <uplink> -d <node>`) before the
-    // forwarded one, which matches every other packet in on the uplink.
-    out.chains.insert(filter_in(prefix), top);
-    out.chains.insert(filter_out(prefix), bottom);
-    (out.chains, out.sets)
+
+    /// filter: the normal policies per leg; a leg no policy applies to is open.
+    fn filter(&self, out: &mut HostRender<'_>) {
+        let (prefix, uplink) = (self.prefix, self.uplink);
+        let marked =
+            format!("-m mark --mark {MARK_HOST_ALLOWED:#x}/{MARK_HOST_ALLOWED:#x} -j RETURN");
+        let mut inward = vec![ESTABLISHED.to_owned(), UNTRACKED.to_owned(), marked.clone()];
+        let mut outward = vec![
+            format!("! -o {uplink} -j RETURN"),
+            ESTABLISHED.to_owned(),
+            UNTRACKED.to_owned(),
+            marked,
+        ];
+        if self.family == IpFamily::V6 {
+            // Neighbour discovery on the uplink is not host policy's to decide (a default
+            // deny would cut the node's IPv6 off its link).
+            for nd in 133..=136 {
+                let rule = format!(
+                    "-p ipv6-icmp -m icmp6 --icmpv6-type {nd} -m comment --comment \"neighbour discovery\" -j RETURN"
+                );
+                inward.insert(0, rule.clone());
+                outward.insert(1, rule);
+            }
+        }
+        let (ingress, egress) = (PolicyType::Ingress, PolicyType::Egress);
+        // In order: the node's own ingress (`-i <uplink> -d <node>`) before the forwarded
+        // one, which matches every other packet in on the uplink.
+        for (tag, direction, forwarded) in [
+            ("IN", ingress, false),
+            ("FWDI", ingress, true),
+            ("FWDO", egress, true),
+            ("EGR", egress, false),
+        ] {
+            let applicable = self.of_stage(HostStage::Normal, direction, forwarded);
+            if applicable.is_empty() {
+                continue;
+            }
+            let chain = format!("{prefix}-HOST-{tag}");
+            let mut rules = Vec::new();
+            out.rules(&mut rules, &applicable, direction, |a| match a {
+                HostAction::Allow => "-j RETURN".to_owned(),
+                HostAction::Deny => "-j DROP".to_owned(),
+            });
+            rules.push("-m comment --comment \"host policy: default deny\" -j DROP".to_owned());
+            out.chains.insert(chain.clone(), rules);
+            match tag {
+                "IN" => inward.extend(
+                    self.addrs
+                        .iter()
+                        .map(|a| format!("-i {uplink} -d {} -j {chain}", host(a))),
+                ),
+                "FWDI" => inward.push(format!("-i {uplink} -j {chain}")),
+                "FWDO" => inward.push(format!("-o {uplink} -j {chain}")),
+                _ => outward.push(format!("-j {chain}")),
+            }
+        }
+        out.chains.insert(filter_in(prefix), inward);
+        out.chains.insert(filter_out(prefix), outward);
+    }
 }
 
 /// What one family's host chains are written into.

@@ -714,28 +714,7 @@ impl IptablesDataplane {
             };
             plans.push((family, plan));
         }
-        // iptables-restore commits nat and filter one after the other (the `nf_tables` backend
-        // too): a filter section refused after nat committed would leave the new services
-        // with the old filter rules. The filter section (policy chains and drops, small; with
-        // the raw and mangle ones of host policy) is tried first with `--test` (which checks what userspace can: the matches, the sets
-        // named, the syntax), and a refusal is returned before either table is written.
-        // The host policy tables (raw, mangle) come after filter, and are tried with it.
-        for (family, plan) in &plans {
-            let later: Vec<Table> = [Table::Filter, Table::Raw, Table::Mangle]
-                .into_iter()
-                .filter(|t| plan.touches_table(*t))
-                .collect();
-            if later.len() + usize::from(plan.touches_table(Table::Nat)) > 1 {
-                let render = |out: &mut dyn std::fmt::Write| {
-                    plan.write_tables(desired, *family, None, &later, out)
-                };
-                if let Err(e) = self.restore_with(*family, &render, "filter test", &["--test"]) {
-                    // Nothing written yet: every set operation goes back.
-                    self.undo_unloaded(sets, 0);
-                    return Err(e.into());
-                }
-            }
-        }
+        self.test_later_tables(desired, &plans, sets)?;
         let mut committed = false;
         for (i, (family, plan)) in plans.iter().enumerate() {
             if plan.is_empty() {
@@ -781,6 +760,37 @@ impl IptablesDataplane {
         let destroys = ipset::destroys(&sets.kernel, &sets.want);
         written += self.destroy_unused(&destroys);
         Ok((new, written))
+    }
+
+    /// iptables-restore commits nat and filter one after the other (the `nf_tables` backend
+    /// too): a filter section refused after nat committed would leave the new services with
+    /// the old filter rules. The sections after the first that `plans` write (filter: policy
+    /// chains and drops, small; raw and mangle: host policy) are tried first with `--test`
+    /// (which checks what userspace can: the matches, the sets named, the syntax), and a
+    /// refusal is returned, the set operations undone, before any table is written.
+    fn test_later_tables(
+        &mut self,
+        desired: &DesiredState,
+        plans: &[(IpFamily, SyncPlan<'_>)],
+        sets: &SetsPlan,
+    ) -> Result<(), Error> {
+        for (family, plan) in plans {
+            let later: Vec<Table> = [Table::Filter, Table::Raw, Table::Mangle]
+                .into_iter()
+                .filter(|t| plan.touches_table(*t))
+                .collect();
+            if later.len() + usize::from(plan.touches_table(Table::Nat)) > 1 {
+                let render = |out: &mut dyn std::fmt::Write| {
+                    plan.write_tables(desired, *family, None, &later, out)
+                };
+                if let Err(e) = self.restore_with(*family, &render, "filter test", &["--test"]) {
+                    // Nothing written yet: every set operation goes back.
+                    self.undo_unloaded(sets, 0);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A partial sync of a change set that changes services only, without reading the

@@ -353,23 +353,7 @@ fn pod_chains(
     }
     let mut top = Vec::new();
     for (interface, ips) in &by_interface {
-        let mut rules: Vec<String> = ips
-            .iter()
-            .map(|ip| format!("-s {} -j RETURN", host(ip)))
-            .collect();
-        if family == IpFamily::V6 {
-            // Only towards link-local and multicast destinations (neighbour discovery, DAD,
-            // MLD: traffic that stays on the link); elsewhere such a source is borrowed too.
-            for src in ["fe80::/10", "::/128"] {
-                for dst in ["fe80::/10", "ff00::/8"] {
-                    rules.push(format!("-s {src} -d {dst} -j RETURN"));
-                }
-            }
-        }
-        rules.push(format!(
-            "-m comment --comment \"network policy: spoofed source\" -j {}",
-            spoofed_chain(prefix)
-        ));
+        let rules = anti_spoofing_rules(ips, family, prefix);
         let content = format!("{interface}\n{}", rules.join("\n"));
         let chain = format!("{prefix}-AS-{}", name(&content));
         claim(&mut names, &chain, &content)?;
@@ -459,6 +443,29 @@ fn pod_chains(
     top.extend(ingress);
     chains.insert(policy_chain(prefix), top);
     Ok(chains)
+}
+
+/// The rules of an interface's anti-spoofing chain: its endpoints' addresses `ips` return,
+/// the rest goes to the spoofed chain.
+fn anti_spoofing_rules(ips: &BTreeSet<IpAddr>, family: IpFamily, prefix: &str) -> Vec<String> {
+    let mut rules: Vec<String> = ips
+        .iter()
+        .map(|ip| format!("-s {} -j RETURN", host(ip)))
+        .collect();
+    if family == IpFamily::V6 {
+        // Only towards link-local and multicast destinations (neighbour discovery, DAD,
+        // MLD: traffic that stays on the link); elsewhere such a source is borrowed too.
+        for src in ["fe80::/10", "::/128"] {
+            for dst in ["fe80::/10", "ff00::/8"] {
+                rules.push(format!("-s {src} -d {dst} -j RETURN"));
+            }
+        }
+    }
+    rules.push(format!(
+        "-m comment --comment \"network policy: spoofed source\" -j {}",
+        spoofed_chain(prefix)
+    ));
+    rules
 }
 
 /// The chain `DP-POLICY` sends endpoint `e`'s packets of `direction` to (`None`: nothing

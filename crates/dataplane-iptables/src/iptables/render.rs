@@ -124,6 +124,15 @@ pub fn table_of(prefix: &str, name: &str) -> Table {
     }
 }
 
+/// The chains of `policy` (pod and host policy) that live in `table` ([`table_of`]).
+pub(crate) fn policy_in(policy: &Chains, prefix: &str, table: Table) -> Chains {
+    policy
+        .iter()
+        .filter(|(name, _)| table_of(prefix, name) == table)
+        .map(|(n, r)| (n.clone(), r.clone()))
+        .collect()
+}
+
 pub(crate) use super::naming::{hash_name, host};
 pub use super::naming::{Chains, HASH_CHARS};
 
@@ -276,11 +285,7 @@ pub(crate) fn each_chain<E>(
     let rs = node_wide(node, family, prefix, &mut frontends, &reject_ips, policy);
     f(Table::Nat, &rs.nat)?;
     for table in [Table::Filter, Table::Raw, Table::Mangle] {
-        let mine: Chains = policy
-            .iter()
-            .filter(|(name, _)| table_of(prefix, name) == table)
-            .map(|(n, r)| (n.clone(), r.clone()))
-            .collect();
+        let mine = policy_in(policy, prefix, table);
         if !mine.is_empty() {
             f(table, &mine)?;
         }

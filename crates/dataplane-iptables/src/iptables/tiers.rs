@@ -308,7 +308,7 @@ impl<'a> TierContext<'a> {
                 for np in pod.named_ports.iter().filter(|np| np.name == name) {
                     for ip in pod.ips.iter().filter(|ip| in_family(ip)) {
                         let first = self.pods.iter().find(|q| q.ips.contains(ip));
-                        if !first.is_some_and(|q| q.name == pod.name) {
+                        if first.is_none_or(|q| q.name != pod.name) {
                             continue;
                         }
                         let peer_ok = rule.peers.iter().any(|peer| match peer {
@@ -368,7 +368,7 @@ impl<'a> TierContext<'a> {
         deny: &str,
         next: Option<&str>,
     ) -> Option<Vec<String>> {
-        let subject = self.view(endpoint);
+        let subject = Self::view(endpoint);
         let mut selecting: Vec<&dataplane_core::ClusterPolicy> = self
             .state
             .cluster_policies
@@ -399,7 +399,7 @@ impl<'a> TierContext<'a> {
         deny: &str,
     ) -> Option<Vec<String>> {
         let baseline = self.state.baseline_policy.as_ref()?;
-        let subject = self.view(endpoint);
+        let subject = Self::view(endpoint);
         if !self.subject_matches(&baseline.subject, &subject) {
             return None;
         }
@@ -408,7 +408,7 @@ impl<'a> TierContext<'a> {
         (!lines.is_empty()).then_some(lines)
     }
 
-    fn view<'e>(&self, e: &'e Endpoint) -> PodView<'e> {
+    fn view(e: &Endpoint) -> PodView<'_> {
         PodView {
             name: &e.name,
             labels: &e.labels,
