@@ -214,3 +214,61 @@ fn egress_named_ports_resolve_on_each_destination_pod() {
     ));
     assert!(rules(&text, "DP-FILTER").contains(&"-j DP-POLICY"));
 }
+
+#[test]
+fn a_partial_sync_of_a_cluster_policy_change_rewrites_only_its_chains() {
+    use dataplane_iptables::iptables::digest::{digests, SyncPlan};
+    use dataplane_iptables::iptables::render::{compile_state, hooks, Existing, Table};
+    let policy = |action| {
+        ClusterPolicy::for_namespaces("red", 10, sel("team", "blue")).with_ingress(
+            ClusterPolicyRule::new(
+                "from-red",
+                action,
+                [ClusterPeer::Namespaces(sel("team", "red"))],
+            ),
+        )
+    };
+    let before = state().with_cluster_policy(policy(ClusterAction::Deny));
+    let after = state().with_cluster_policy(policy(ClusterAction::Allow));
+    // The kernel holds everything of `before`.
+    let [rs, _] = compile_state(&before, "DP");
+    let mut existing = Existing {
+        nat_chains: rs.nat.keys().cloned().collect(),
+        filter_chains: rs.filter.keys().cloned().collect(),
+        ..Existing::default()
+    };
+    for (t, c, _) in hooks("DP")
+        .into_iter()
+        .filter(|h| Table::ALL.contains(&h.0))
+    {
+        existing.hooks.insert((t, c.to_owned()));
+    }
+    let old_chain = dispatched(&render(&before), "-d", "10.244.0.10")
+        .unwrap()
+        .to_owned();
+    let new_chain = dispatched(&render(&after), "-d", "10.244.0.10")
+        .unwrap()
+        .to_owned();
+    assert_ne!(old_chain, new_chain);
+    let (d0, d1) = (
+        digests(&before, "DP", IpFamily::V4),
+        digests(&after, "DP", IpFamily::V4),
+    );
+    let mut out = String::new();
+    SyncPlan::new(Some(&d0), &d1, &existing, "DP")
+        .write(&after, IpFamily::V4, None, &mut out)
+        .unwrap();
+    // Only filter: the new tier chain and the dispatch written, the old tier chain removed.
+    assert!(!out.contains("*nat"), "{out}");
+    let declared: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    let mut want = vec!["DP-POLICY", new_chain.as_str(), old_chain.as_str()];
+    want.sort_unstable();
+    let mut got = declared.clone();
+    got.sort_unstable();
+    assert_eq!(got, want, "{out}");
+    assert!(out.contains(&format!("-X {old_chain}\n")), "{out}");
+}
