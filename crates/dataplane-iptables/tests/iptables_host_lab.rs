@@ -19,7 +19,7 @@ use dataplane_core::{
     diff, Dataplane, DesiredState, HostAction, HostEndpoint, HostPolicy, HostPort, HostRule,
     LabelSelector, PolicyType, Protocol,
 };
-use dataplane_iptables::{IptablesDataplane, NetfilterConfig};
+use dataplane_iptables::{IptablesDataplane, IptablesMode, NetfilterConfig};
 use dataplane_testkit::{probe, require_root, serve, Family, Lab, LabSpec, ProbeOutcome};
 
 const APP: u16 = 7000;
@@ -81,10 +81,21 @@ fn net_set_members(lab: &Lab) -> usize {
 }
 
 #[test]
-fn untracked_deny_of_100k_prefixes_with_failsafe_and_default_deny() {
-    if !require_root("untracked_deny_of_100k_prefixes_with_failsafe_and_default_deny") {
-        return;
+fn untracked_deny_of_100k_prefixes_with_failsafe_and_default_deny_nft() {
+    if require_root("untracked_deny_of_100k_prefixes_with_failsafe_and_default_deny_nft") {
+        host_policy_in_the_lab(IptablesMode::Nft);
     }
+}
+
+#[test]
+fn untracked_deny_of_100k_prefixes_with_failsafe_and_default_deny_legacy() {
+    if require_root("untracked_deny_of_100k_prefixes_with_failsafe_and_default_deny_legacy") {
+        host_policy_in_the_lab(IptablesMode::Legacy);
+    }
+}
+
+/// The whole sequence with the iptables tools of `mode`.
+fn host_policy_in_the_lab(mode: IptablesMode) {
     let lab = Lab::new(LabSpec {
         nodes: 1,
         pods_per_node: 1,
@@ -97,6 +108,7 @@ fn untracked_deny_of_100k_prefixes_with_failsafe_and_default_deny() {
     let _ssh = serve(&node.netns, "node-0:22", SSH).expect("serve 22");
     let mut config = NetfilterConfig::iptables(Some(node.netns.path().to_owned()));
     config.ipset_max_elements = 131_072;
+    config.iptables_mode = mode;
     let [save, _] = IptablesDataplane::save_tools(&config);
     let mut dp = IptablesDataplane::new(config);
 
@@ -114,7 +126,7 @@ fn untracked_deny_of_100k_prefixes_with_failsafe_and_default_deny() {
     dp.apply_changes(&diff(&open, &blocked))
         .expect("apply the 100k-prefix untracked deny");
     let took = started.elapsed();
-    println!("untracked deny of 100001 prefixes (hash:net): apply_changes took {took:?}");
+    println!("{mode:?}: untracked deny of 100001 prefixes (hash:net): apply_changes took {took:?}");
     assert_eq!(net_set_members(&lab), 100_001);
     assert!(answered(&lab, 0, APP), "external-0 is not in the prefixes");
     assert!(
@@ -129,7 +141,7 @@ fn untracked_deny_of_100k_prefixes_with_failsafe_and_default_deny() {
     let started = Instant::now();
     dp.apply(&blocked).expect("full sync");
     println!(
-        "the same state again as a full sync took {:?}",
+        "{mode:?}: the same state again as a full sync took {:?}",
         started.elapsed()
     );
     assert!(!answered(&lab, 1, APP));
