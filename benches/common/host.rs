@@ -34,7 +34,11 @@ pub fn open_backend(
             DataplaneKind::Ebpf
         }
         "nftables" => DataplaneKind::Nftables,
-        "iptables" => DataplaneKind::Iptables,
+        "iptables" => {
+            // 100k prefixes in one rule's ipset: above the default capacity (65536).
+            options.iptables.ipset_max_elements = 1 << 18;
+            DataplaneKind::Iptables
+        }
         other => return Err(format!("unknown backend {other}")),
     };
     open(Selection::Only(selected), &options)
