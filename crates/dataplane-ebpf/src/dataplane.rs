@@ -353,7 +353,7 @@ impl EbpfDataplane {
         let asks = asks.lock().unwrap_or_else(PoisonError::into_inner);
         planner.set_flags(
             self.config.host_routing,
-            !desired.policies.is_empty(),
+            desired.has_pod_policy(),
             asks.flags(),
             self.config.events.rates(),
         );
@@ -394,7 +394,7 @@ impl EbpfDataplane {
         // entries) after its programs are detached.
         let policy_written = policy_plan.writes();
         let policy_skipped = std::mem::take(&mut policy_plan.skipped);
-        let clearing = rest.policies.is_empty();
+        let clearing = !rest.has_pod_policy();
         if clearing {
             policy.write(&mut objects.maps, std::mem::take(&mut policy_plan))?;
         }
@@ -617,8 +617,9 @@ impl Dataplane for EbpfDataplane {
             weights: true,
             max_services: caps.services,
             max_backends: caps.backends.saturating_sub(1),
+            // Cluster policies and the baseline: TC policy (policy.rs, bpf/lib/policy.h).
+            cluster_policy: true,
             // Not programmed yet (issue 22): states with them are refused.
-            cluster_policy: false,
             host_policy: false,
         }
     }
@@ -631,6 +632,9 @@ impl Dataplane for EbpfDataplane {
             policies: desired.policies.clone(),
             namespaces: desired.namespaces.clone(),
             pods: desired.pods.clone(),
+            cluster_policies: desired.cluster_policies.clone(),
+            baseline_policy: desired.baseline_policy.clone(),
+            nodes: desired.nodes.clone(),
             ..DesiredState::new(desired.node.clone())
         };
         // Datagram frontends before or after: stale flows to clean (see `clean_stale_flows`).
@@ -678,6 +682,9 @@ impl Dataplane for EbpfDataplane {
             || !changes.policies.is_empty()
             || !changes.namespaces.is_empty()
             || !changes.pods.is_empty()
+            || !changes.cluster_policies.is_empty()
+            || changes.baseline_policy.is_some()
+            || !changes.nodes.is_empty()
         {
             ChangeSet {
                 node: None,
@@ -686,6 +693,9 @@ impl Dataplane for EbpfDataplane {
                 policies: changes.policies.clone(),
                 namespaces: changes.namespaces.clone(),
                 pods: changes.pods.clone(),
+                cluster_policies: changes.cluster_policies.clone(),
+                baseline_policy: changes.baseline_policy.clone(),
+                nodes: changes.nodes.clone(),
                 ..ChangeSet::default()
             }
             .apply_to(&mut next);

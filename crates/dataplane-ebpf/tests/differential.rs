@@ -77,12 +77,11 @@ fn v6(segments: [u16; 8]) -> IpAddr {
 
 /// A state of core's strategies on this test's node: the node's addresses are those of the
 /// namespace's uplink, SCTP ports are TCP ports (SCTP is not programmed, a documented limit:
-/// `ApplyReport::skipped`), and without cluster, baseline and host endpoint policy (which this
-/// backend declares missing and refuses: `Capabilities::check_policy_tiers`).
+/// `ApplyReport::skipped`), with cluster policies and the baseline, and without host endpoint
+/// policy (which this backend declares missing and refuses:
+/// `Capabilities::check_policy_tiers`).
 fn state() -> impl Strategy<Value = DesiredState> {
     (strategies::state(), prop::collection::vec(any::<bool>(), 3)).prop_map(|(mut s, widen)| {
-        s.cluster_policies.clear();
-        s.baseline_policy = None;
         s.host_endpoints.clear();
         s.host_policies.clear();
         s.node.addresses = vec![IpAddr::V4(NODE_V4), IpAddr::V6(NODE_V6)];
@@ -125,6 +124,20 @@ fn state() -> impl Strategy<Value = DesiredState> {
         }
         let mut names = std::collections::BTreeSet::new();
         s.policies.retain(|p| names.insert(p.name.clone()));
+        // Likewise the cluster policies and the baseline: some select every pod.
+        let everyone = || {
+            dataplane_core::ClusterPolicySubject::Namespaces(
+                dataplane_core::LabelSelector::default(),
+            )
+        };
+        for (i, policy) in s.cluster_policies.iter_mut().enumerate() {
+            if widen[(i + 1) % widen.len()] {
+                policy.subject = everyone();
+            }
+        }
+        if let Some(baseline) = s.baseline_policy.as_mut().filter(|_| widen[0]) {
+            baseline.subject = everyone();
+        }
         s
     })
 }
@@ -772,7 +785,8 @@ struct Harness {
     xdp_forwarded: [usize; 2],
     /// Backend replies checked.
     replies: usize,
-    /// Probes the model drops for NetworkPolicy alone.
+    /// Probes the model drops for pod policy alone (NetworkPolicy, cluster policies, the
+    /// baseline).
     policy_drops: usize,
     /// Well-formed random frames a program rewrote (and did not drop).
     rewritten: usize,
@@ -848,9 +862,11 @@ impl Harness {
                 continue;
             };
             let want = expected(state, &r);
-            if want == Verdict::Drop && !state.policies.is_empty() {
+            if want == Verdict::Drop && state.has_pod_policy() {
                 let mut open = state.clone();
                 open.policies.clear();
+                open.cluster_policies.clear();
+                open.baseline_policy = None;
                 self.policy_drops +=
                     usize::from(evaluate(&open, &r.packet, &r.entry) != Verdict::Drop);
             }
