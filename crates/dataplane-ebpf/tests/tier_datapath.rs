@@ -355,6 +355,59 @@ fn tier_fixtures() {
         SHOT,
     );
 
+    // Cluster policy changes are incremental too: deny-y goes (apply_changes), c reaches a
+    // again through the NetworkPolicy.
+    let mut fewer = relabelled.clone();
+    fewer.cluster_policies.retain(|p| p.name != "deny-y");
+    let report = dp
+        .apply_changes(&diff(&relabelled, &fewer))
+        .expect("incremental cluster policy change");
+    assert!(!report.full_sync, "{report:?}");
+    ck.expect(
+        &mut dp,
+        "deny-y removed: c -> a:80",
+        Hook::ToPod,
+        &tcp(C, A, 40013, 80, TCP_SYN),
+        OK,
+    );
+    // A change the tiers' validation refuses (a priority taken) changes nothing.
+    let mut clash = fewer.clone();
+    clash.cluster_policies.push(
+        ClusterPolicy::new(
+            "clash",
+            5,
+            pods(LabelSelector::default(), LabelSelector::default()),
+        )
+        .with_ingress(ClusterPolicyRule::new(
+            "deny-all",
+            ClusterAction::Deny,
+            [ClusterPeer::Namespaces(LabelSelector::default())],
+        )),
+    );
+    let err = dp
+        .apply_changes(&diff(&fewer, &clash))
+        .expect_err("duplicate priority");
+    assert!(
+        matches!(&err, dataplane_core::Error::Invalid(_)) && err.to_string().contains("clash"),
+        "{err}"
+    );
+    ck.expect(
+        &mut dp,
+        "refused change: b -> a:80 still allowed",
+        Hook::ToPod,
+        &tcp(B, A, 40014, 80, TCP_SYN),
+        OK,
+    );
+    dp.apply_changes(&diff(&fewer, &relabelled))
+        .expect("deny-y back, incrementally");
+    ck.expect(
+        &mut dp,
+        "deny-y back: c -> a:80",
+        Hook::ToPod,
+        &tcp(C, A, 40015, 80, TCP_SYN),
+        SHOT,
+    );
+
     // The tiers go (full apply): back to the NetworkPolicy alone; an unchanged state writes
     // nothing.
     dp.apply(&plain).expect("tiers removed");
