@@ -1127,9 +1127,14 @@ fn tier_tables(
                     ClusterAction::Deny => TierAction::Deny,
                     ClusterAction::Pass => TierAction::Pass,
                 };
-                let order = (policy.priority << 8) | (i as u32 & 0xff);
-                let out = tables.entries_mut(Tier::Cluster, direction);
-                tier_rule_entries(state, endpoint, direction, rule, order, action, out, keys);
+                let ctx = TierRule {
+                    state,
+                    endpoint,
+                    direction,
+                    order: (policy.priority << 8) | (i as u32 & 0xff),
+                    action,
+                };
+                ctx.entries(rule, tables.entries_mut(Tier::Cluster, direction), keys);
             }
         }
         if let Some(baseline) = &state.baseline_policy {
@@ -1139,9 +1144,14 @@ fn tier_tables(
                         BaselineAction::Allow => TierAction::Allow,
                         BaselineAction::Deny => TierAction::Deny,
                     };
-                    let out = tables.entries_mut(Tier::Baseline, direction);
-                    let order = i as u32;
-                    tier_rule_entries(state, endpoint, direction, rule, order, action, out, keys);
+                    let ctx = TierRule {
+                        state,
+                        endpoint,
+                        direction,
+                        order: i as u32,
+                        action,
+                    };
+                    ctx.entries(rule, tables.entries_mut(Tier::Baseline, direction), keys);
                 }
             }
         }
@@ -1149,141 +1159,169 @@ fn tier_tables(
     tables
 }
 
-/// The entries of one rule (peers x ports) into `out`.
-#[allow(clippy::too_many_arguments)]
-fn tier_rule_entries<A>(
-    state: &DesiredState,
-    endpoint: &Endpoint,
+/// What one tier rule's entries are compiled against.
+struct TierRule<'a> {
+    state: &'a DesiredState,
+    /// The subject: ingress named ports resolve on it.
+    endpoint: &'a Endpoint,
     direction: PolicyType,
-    rule: &crate::model::ClusterRule<A>,
     order: u32,
     action: TierAction,
-    out: &mut BTreeSet<TierEntry>,
-    keys: &mut BTreeMap<SetId, TierSetKey>,
-) {
-    use crate::model::{ClusterPeer, ClusterPort};
-    let mut numeric: Vec<PortSpec> = Vec::new();
-    let mut named: Vec<NamedPort> = Vec::new();
-    if rule.ports.is_empty() {
-        numeric.push((None, (0, u16::MAX)));
-    }
-    for port in &rule.ports {
-        match port {
-            ClusterPort::PortNumber { protocol, port } => {
-                numeric.push((Some(*protocol), (*port, *port)));
-            }
-            ClusterPort::PortRange {
-                protocol,
-                start,
-                end,
-            } => numeric.push((Some(*protocol), (*start, *end))),
-            ClusterPort::NamedPort(name) if direction == PolicyType::Ingress => numeric.extend(
-                endpoint
-                    .named_ports
-                    .iter()
-                    .filter(|np| np.name == *name)
-                    .map(|np| (Some(np.protocol), (np.port, np.port))),
-            ),
-            // Every (protocol, number) the name has on the cluster's pods.
-            ClusterPort::NamedPort(name) => {
-                let all: BTreeSet<(Protocol, u16)> = state
-                    .endpoints
-                    .iter()
-                    .flat_map(|e| &e.named_ports)
-                    .chain(state.pods.iter().flat_map(|p| &p.named_ports))
-                    .filter(|np| np.name == *name)
-                    .map(|np| (np.protocol, np.port))
-                    .collect();
-                named.extend(
-                    all.into_iter()
-                        .map(|(protocol, port)| NamedPort::new(name.as_str(), protocol, port)),
-                );
-            }
+}
+
+impl TierRule<'_> {
+    /// The rule's numeric `(protocol, ports)` (ingress named ports resolved on the endpoint)
+    /// and, on egress, its named ports with every `(protocol, number)` they have on the
+    /// cluster's pods.
+    fn ports(&self, ports: &[crate::model::ClusterPort]) -> (Vec<PortSpec>, Vec<NamedPort>) {
+        use crate::model::ClusterPort;
+        let mut numeric: Vec<PortSpec> = Vec::new();
+        let mut named: Vec<NamedPort> = Vec::new();
+        if ports.is_empty() {
+            numeric.push((None, (0, u16::MAX)));
         }
-    }
-    let mut push = |peer: Peer, spec: PortSpec| {
-        out.insert(TierEntry {
-            order,
-            action,
-            peer,
-            protocol: spec.0,
-            ports: spec.1,
-        });
-    };
-    let mut add_set = |key: TierSetKey| {
-        let id = key.id();
-        keys.entry(id.clone()).or_insert(key);
-        id
-    };
-    for peer in &rule.peers {
-        // The pod set of the peer restricted to `np` (None: unrestricted).
-        let pods_key = |np: Option<NamedPort>| -> Option<SetKey> {
-            let (namespace_selector, pod_selector, ip_block) = match peer {
-                ClusterPeer::Namespaces(sel) => (Some(canonical(sel)), None, None),
-                ClusterPeer::Pods(p) => (
-                    Some(canonical(&p.namespace_selector)),
-                    Some(canonical(&p.pod_selector)),
-                    None,
-                ),
-                ClusterPeer::Networks(_) | ClusterPeer::Nodes(_) => return None,
-            };
-            Some(SetKey {
-                namespace_selector,
-                pod_selector,
-                namespace: None,
-                ip_block,
-                named_port: np,
-            })
-        };
-        if !numeric.is_empty() {
-            let matched = match peer {
-                ClusterPeer::Networks(nets) => {
-                    let mut table: Vec<LpmEntry> = nets
+        for port in ports {
+            match port {
+                ClusterPort::PortNumber { protocol, port } => {
+                    numeric.push((Some(*protocol), (*port, *port)));
+                }
+                ClusterPort::PortRange {
+                    protocol,
+                    start,
+                    end,
+                } => numeric.push((Some(*protocol), (*start, *end))),
+                ClusterPort::NamedPort(name) if self.direction == PolicyType::Ingress => numeric
+                    .extend(
+                        self.endpoint
+                            .named_ports
+                            .iter()
+                            .filter(|np| np.name == *name)
+                            .map(|np| (Some(np.protocol), (np.port, np.port))),
+                    ),
+                ClusterPort::NamedPort(name) => {
+                    let state = self.state;
+                    let all: BTreeSet<(Protocol, u16)> = state
+                        .endpoints
                         .iter()
-                        .map(|n| LpmEntry {
-                            prefix: *n,
-                            allow: true,
-                        })
+                        .flat_map(|e| &e.named_ports)
+                        .chain(state.pods.iter().flat_map(|p| &p.named_ports))
+                        .filter(|np| np.name == *name)
+                        .map(|np| (np.protocol, np.port))
                         .collect();
-                    table.sort();
-                    table.dedup();
-                    Peer::Block(table)
+                    named.extend(
+                        all.into_iter()
+                            .map(|(protocol, port)| NamedPort::new(name.as_str(), protocol, port)),
+                    );
                 }
-                ClusterPeer::Nodes(sel) => Peer::Set(add_set(TierSetKey::Nodes(canonical(sel)))),
-                ClusterPeer::Namespaces(_) | ClusterPeer::Pods(_) => match pods_key(None) {
-                    Some(k) => Peer::Set(add_set(TierSetKey::Pods(k))),
-                    None => continue,
-                },
-            };
-            for spec in &numeric {
-                push(matched.clone(), *spec);
             }
         }
-        for np in &named {
-            let keys_np: Vec<SetKey> = match peer {
-                ClusterPeer::Networks(nets) => nets
+        (numeric, named)
+    }
+
+    /// The entries of `rule` (peers x ports) into `out`.
+    fn entries<A>(
+        &self,
+        rule: &crate::model::ClusterRule<A>,
+        out: &mut BTreeSet<TierEntry>,
+        keys: &mut BTreeMap<SetId, TierSetKey>,
+    ) {
+        use crate::model::ClusterPeer;
+        let (numeric, named) = self.ports(&rule.ports);
+        let mut push = |peer: Peer, spec: PortSpec| {
+            out.insert(TierEntry {
+                order: self.order,
+                action: self.action,
+                peer,
+                protocol: spec.0,
+                ports: spec.1,
+            });
+        };
+        let mut add_set = |key: TierSetKey| {
+            let id = key.id();
+            keys.entry(id.clone()).or_insert(key);
+            id
+        };
+        for peer in &rule.peers {
+            if !numeric.is_empty() {
+                let matched = match peer {
+                    ClusterPeer::Networks(nets) => {
+                        let mut table: Vec<LpmEntry> = nets
+                            .iter()
+                            .map(|n| LpmEntry {
+                                prefix: *n,
+                                allow: true,
+                            })
+                            .collect();
+                        table.sort();
+                        table.dedup();
+                        Some(Peer::Block(table))
+                    }
+                    ClusterPeer::Nodes(sel) => {
+                        Some(Peer::Set(add_set(TierSetKey::Nodes(canonical(sel)))))
+                    }
+                    ClusterPeer::Namespaces(_) | ClusterPeer::Pods(_) => {
+                        pod_peer_key(peer, None).map(|k| Peer::Set(add_set(TierSetKey::Pods(k))))
+                    }
+                };
+                for spec in matched
                     .iter()
-                    .map(|n| SetKey {
-                        namespace_selector: None,
-                        pod_selector: None,
-                        namespace: None,
-                        ip_block: Some(IpBlock {
-                            cidr: *n,
-                            except: Vec::new(),
-                        }),
-                        named_port: Some(np.clone()),
-                    })
-                    .collect(),
-                // A node is no pod: its named ports are none.
-                ClusterPeer::Nodes(_) => Vec::new(),
-                ClusterPeer::Namespaces(_) | ClusterPeer::Pods(_) => {
-                    pods_key(Some(np.clone())).into_iter().collect()
+                    .flat_map(|m| numeric.iter().map(move |s| (m, s)))
+                {
+                    push(spec.0.clone(), *spec.1);
                 }
-            };
-            for key in keys_np {
-                let id = add_set(TierSetKey::Pods(key));
-                push(Peer::Set(id), (Some(np.protocol), (np.port, np.port)));
             }
+            for np in &named {
+                for key in named_port_keys(peer, np) {
+                    let id = add_set(TierSetKey::Pods(key));
+                    push(Peer::Set(id), (Some(np.protocol), (np.port, np.port)));
+                }
+            }
+        }
+    }
+}
+
+/// The pod set of a `namespaces` or `pods` peer, restricted to the pods with `named_port`
+/// when given (cluster-wide: no own-namespace default); `None` for other peers.
+fn pod_peer_key(peer: &crate::model::ClusterPeer, named_port: Option<NamedPort>) -> Option<SetKey> {
+    use crate::model::ClusterPeer;
+    let (namespace_selector, pod_selector) = match peer {
+        ClusterPeer::Namespaces(sel) => (Some(canonical(sel)), None),
+        ClusterPeer::Pods(p) => (
+            Some(canonical(&p.namespace_selector)),
+            Some(canonical(&p.pod_selector)),
+        ),
+        ClusterPeer::Networks(_) | ClusterPeer::Nodes(_) => return None,
+    };
+    Some(SetKey {
+        namespace_selector,
+        pod_selector,
+        namespace: None,
+        ip_block: None,
+        named_port,
+    })
+}
+
+/// The sets of the pods of `peer` with named port `np` (an egress named port: a `networks`
+/// peer's pods in each network; a `nodes` peer has no pods, so none).
+fn named_port_keys(peer: &crate::model::ClusterPeer, np: &NamedPort) -> Vec<SetKey> {
+    use crate::model::ClusterPeer;
+    match peer {
+        ClusterPeer::Networks(nets) => nets
+            .iter()
+            .map(|n| SetKey {
+                namespace_selector: None,
+                pod_selector: None,
+                namespace: None,
+                ip_block: Some(IpBlock {
+                    cidr: *n,
+                    except: Vec::new(),
+                }),
+                named_port: Some(np.clone()),
+            })
+            .collect(),
+        ClusterPeer::Nodes(_) => Vec::new(),
+        ClusterPeer::Namespaces(_) | ClusterPeer::Pods(_) => {
+            pod_peer_key(peer, Some(np.clone())).into_iter().collect()
         }
     }
 }

@@ -89,7 +89,7 @@ fn peers(state: &DesiredState) -> BTreeSet<IpAddr> {
         .flat_map(|r| &r.peers);
     for peer in rules.chain(baseline) {
         if let ClusterPeer::Networks(nets) = peer {
-            out.extend(nets.iter().map(|n| n.network()));
+            out.extend(nets.iter().map(ipnetwork::IpNetwork::network));
         }
     }
     out

@@ -348,14 +348,13 @@ fn tier_direction_entries(
             })
             .map(|(_, spec)| *spec)
             .collect();
-        let group = match groups.get(&specs) {
-            Some(g) => *g,
-            None => {
-                let g = POL_PEER_BLOCK | (groups.len() as u32 + 1);
-                tier_values(ep_id, dir, g, &specs, &mut out.tiers);
-                groups.insert(specs, g);
-                g
-            }
+        let group = if let Some(g) = groups.get(&specs) {
+            *g
+        } else {
+            let g = POL_PEER_BLOCK | (groups.len() as u32 + 1);
+            tier_values(ep_id, dir, g, &specs, &mut out.tiers);
+            groups.insert(specs, g);
+            g
         };
         let data = PolBlockData {
             ep_id,
@@ -1120,28 +1119,26 @@ impl<'a> AddrContext<'a> {
     /// The set numbers of `ip`.
     fn sets_of(&self, ip: IpAddr) -> Vec<u32> {
         let number = |id: &SetId| self.numbers.sets.get(id).copied();
-        match &self.membership {
-            Some(m) => m
+        if let Some(m) = &self.membership {
+            return m
                 .get(&ip)
                 .map(|ids| ids.iter().filter_map(|id| number(id)).collect())
-                .unwrap_or_default(),
-            None => {
-                let policy = self
-                    .compiled
-                    .sets
-                    .iter()
-                    .filter(|(_, s)| s.members.contains(&ip))
-                    .map(|(id, _)| id);
-                let tiers = self
-                    .tiers
-                    .sets
-                    .iter()
-                    .filter(|(_, s)| s.members.contains(&ip))
-                    .map(|(id, _)| id);
-                let ids: BTreeSet<&SetId> = policy.chain(tiers).collect();
-                ids.into_iter().filter_map(number).collect()
-            }
+                .unwrap_or_default();
         }
+        let policy = self
+            .compiled
+            .sets
+            .iter()
+            .filter(|(_, s)| s.members.contains(&ip))
+            .map(|(id, _)| id);
+        let tiers = self
+            .tiers
+            .sets
+            .iter()
+            .filter(|(_, s)| s.members.contains(&ip))
+            .map(|(id, _)| id);
+        let ids: BTreeSet<&SetId> = policy.chain(tiers).collect();
+        ids.into_iter().filter_map(number).collect()
     }
 
     /// The `dp_pol_addr` value of `ip`, `None` for no entry; too many sets is

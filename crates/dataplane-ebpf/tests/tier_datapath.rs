@@ -30,6 +30,9 @@ use dataplane_core::{
 };
 use dataplane_ebpf::{EbpfDataplane, Hook};
 
+/// Runs per `BPF_PROG_TEST_RUN` of the cost measurement.
+const RUNS: u32 = 20_000;
+
 const OK: u32 = 0;
 const SHOT: u32 = 2;
 
@@ -445,7 +448,6 @@ fn tier_cost_per_new_flow() {
     if !require_root("tier_cost_per_new_flow") {
         return;
     }
-    const RUNS: u32 = 20_000;
     let n = node("tiercost");
     let mut dp = n.dataplane();
     let measure = |dp: &mut EbpfDataplane, what: &str, packet: &[u8], want: u32| {
