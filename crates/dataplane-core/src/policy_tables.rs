@@ -1368,12 +1368,7 @@ impl CompiledTiers {
     /// What changed from `self` to `after`, in [`CompiledPolicy::delta`]'s terms (an
     /// endpoint whose tier entries all went is in `endpoints_removed`).
     pub fn delta(&self, after: &CompiledTiers) -> PolicyDelta {
-        let members = |sets: &BTreeMap<SetId, TierSet>| -> BTreeMap<SetId, BTreeSet<IpAddr>> {
-            sets.iter()
-                .map(|(id, s)| (id.clone(), s.members.clone()))
-                .collect()
-        };
-        let mut delta = member_delta(&members(&self.sets), &members(&after.sets));
+        let mut delta = member_delta(&self.sets, &after.sets);
         for (name, tables) in &after.endpoints {
             if self.endpoints.get(name) != Some(tables) {
                 delta.endpoints_changed.insert(name.clone());
@@ -1389,14 +1384,14 @@ impl CompiledTiers {
     }
 }
 
-/// The set part of a delta between two set → members maps.
+/// The set part of a delta between two compiles' tier sets.
 fn member_delta(
-    before: &BTreeMap<SetId, BTreeSet<IpAddr>>,
-    after: &BTreeMap<SetId, BTreeSet<IpAddr>>,
+    before: &BTreeMap<SetId, TierSet>,
+    after: &BTreeMap<SetId, TierSet>,
 ) -> PolicyDelta {
     let mut delta = PolicyDelta::default();
-    for (id, members) in after {
-        match before.get(id) {
+    for (id, TierSet { members, .. }) in after {
+        match before.get(id).map(|s| &s.members) {
             None => {
                 delta.sets_added.insert(id.clone(), members.clone());
             }

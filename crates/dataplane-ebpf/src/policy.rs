@@ -478,6 +478,25 @@ fn sctp_skipped<'a>(policies: impl Iterator<Item = &'a dataplane_core::Policy>) 
     out
 }
 
+/// What to write to turn a map holding `old` into one holding `new`: the entries new or
+/// changed, and the keys to remove.
+fn map_diff<K: Ord + Copy, V: PartialEq + Copy>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> (BTreeMap<K, V>, BTreeSet<K>) {
+    let put = new
+        .iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let del = old
+        .keys()
+        .filter(|k| !new.contains_key(k))
+        .copied()
+        .collect();
+    (put, del)
+}
+
 /// The SCTP ports of cluster policies and the baseline (of `state`; only those `changes`
 /// touches when given), left out: such a rule matches no SCTP traffic (an SCTP connection
 /// goes on to the next rule, NetworkPolicy, the baseline).
@@ -663,42 +682,18 @@ impl PolicyState {
             }
         }
         drop(ctx);
+        let (put_blocks, del_blocks) = map_diff(&self.blocks, &blocks);
+        let (put_addrs, del_addrs) = map_diff(&self.addrs, &addrs);
+        let (put_tiers, del_tiers) = map_diff(&self.tiers, &tier_entries);
         let plan = PolicyPlan {
             put_rules: rules.difference(&self.rules).copied().collect(),
             del_rules: self.rules.difference(&rules).copied().collect(),
-            put_blocks: blocks
-                .iter()
-                .filter(|(k, v)| self.blocks.get(k) != Some(v))
-                .map(|(k, v)| (*k, *v))
-                .collect(),
-            del_blocks: self
-                .blocks
-                .keys()
-                .filter(|k| !blocks.contains_key(k))
-                .copied()
-                .collect(),
-            put_addrs: addrs
-                .iter()
-                .filter(|(k, v)| self.addrs.get(k) != Some(v))
-                .map(|(k, v)| (*k, *v))
-                .collect(),
-            del_addrs: self
-                .addrs
-                .keys()
-                .filter(|k| !addrs.contains_key(k))
-                .copied()
-                .collect(),
-            put_tiers: tier_entries
-                .iter()
-                .filter(|(k, v)| self.tiers.get(k) != Some(v))
-                .map(|(k, v)| (*k, *v))
-                .collect(),
-            del_tiers: self
-                .tiers
-                .keys()
-                .filter(|k| !tier_entries.contains_key(k))
-                .copied()
-                .collect(),
+            put_blocks,
+            del_blocks,
+            put_addrs,
+            del_addrs,
+            put_tiers,
+            del_tiers,
             numbers,
             compiled,
             tiers,

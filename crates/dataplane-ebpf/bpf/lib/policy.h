@@ -109,12 +109,34 @@ static __always_inline int pol_rule_hit(const struct pol_query *q, __u32 peer)
 	return bpf_map_lookup_elem(&dp_pol_rules, &k) != NULL;
 }
 
+/* The group of @q's peer in dp_pol_blocks under direction @dir (the longest prefix of the
+ * endpoint's ipBlocks, or with POL_DIR_TIERS of its cluster and baseline `networks`): 0 for
+ * none (no prefix, or an except). */
+static __always_inline __u32 pol_block_group(const struct pol_query *q, __u8 dir)
+{
+	struct pol_block_key bk;
+	__u32 *group;
+
+	__builtin_memset(&bk, 0, sizeof(bk));
+	bk.ep_id = q->ep_id;
+	bk.dir = dir;
+	bk.family = q->family;
+	if (q->family == DP_AF_INET) {
+		bk.addr[2] = bpf_htonl(0xffff);
+		bk.addr[3] = q->peer[0];
+	} else {
+		addr_copy(bk.addr, q->peer);
+	}
+	bk.prefixlen = 64 + 128;
+	group = bpf_map_lookup_elem(&dp_pol_blocks, &bk);
+	return group ? *group : 0;
+}
+
 /* The tables' answer for @q (@peer: the peer's dp_pol_addr entry, NULL when it has none):
  * "any", each set the peer is in, then the longest ipBlock prefix. */
 static __noinline int pol_tables(const struct pol_query *q, const struct pol_addr *peer)
 {
-	struct pol_block_key bk;
-	__u32 *group;
+	__u32 group;
 
 	if (pol_rule_hit(q, POL_PEER_ANY))
 		return 1;
@@ -128,19 +150,8 @@ static __noinline int pol_tables(const struct pol_query *q, const struct pol_add
 				return 1;
 		}
 	}
-	__builtin_memset(&bk, 0, sizeof(bk));
-	bk.ep_id = q->ep_id;
-	bk.dir = q->dir;
-	bk.family = q->family;
-	if (q->family == DP_AF_INET) {
-		bk.addr[2] = bpf_htonl(0xffff);
-		bk.addr[3] = q->peer[0];
-	} else {
-		addr_copy(bk.addr, q->peer);
-	}
-	bk.prefixlen = 64 + 128;
-	group = bpf_map_lookup_elem(&dp_pol_blocks, &bk);
-	return group && *group && pol_rule_hit(q, *group);
+	group = pol_block_group(q, q->dir);
+	return group && pol_rule_hit(q, group);
 }
 
 /* Folds @peer's dp_pol_tiers entry for @q (if any) into @best: per tier, the lowest order. */
@@ -181,8 +192,7 @@ static __always_inline void pol_tier_hit(const struct pol_query *q, __u32 peer,
 static __noinline int pol_tiers(const struct pol_query *q, const struct pol_addr *peer,
 				struct pol_tier *best)
 {
-	struct pol_block_key bk;
-	__u32 *group;
+	__u32 group;
 
 	best->cluster_order = 0xffffffff;
 	best->baseline_order = 0xffffffff;
@@ -197,20 +207,9 @@ static __noinline int pol_tiers(const struct pol_query *q, const struct pol_addr
 			pol_tier_hit(q, peer->sets[i], best);
 		}
 	}
-	__builtin_memset(&bk, 0, sizeof(bk));
-	bk.ep_id = q->ep_id;
-	bk.dir = q->dir | POL_DIR_TIERS;
-	bk.family = q->family;
-	if (q->family == DP_AF_INET) {
-		bk.addr[2] = bpf_htonl(0xffff);
-		bk.addr[3] = q->peer[0];
-	} else {
-		addr_copy(bk.addr, q->peer);
-	}
-	bk.prefixlen = 64 + 128;
-	group = bpf_map_lookup_elem(&dp_pol_blocks, &bk);
-	if (group && *group)
-		pol_tier_hit(q, *group, best);
+	group = pol_block_group(q, q->dir | POL_DIR_TIERS);
+	if (group)
+		pol_tier_hit(q, group, best);
 	return 0;
 }
 
