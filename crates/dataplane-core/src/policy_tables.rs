@@ -998,14 +998,20 @@ impl TierSetKey {
                     .then_some(&state.node.addresses)
                     .into_iter()
                     .flatten();
-                // Another node's entry with one of this node's addresses does not label it:
-                // the reference asks the entry of this node's name for those.
+                // Any other address is labelled by the first entry that lists it (the
+                // reference's lookup); this node's addresses only by the entry of its name.
                 let others = state
                     .nodes
                     .iter()
-                    .filter(|n| n.name != state.node.name && sel.matches(&n.labels))
                     .flat_map(|n| &n.addresses)
-                    .filter(|ip| !state.node.addresses.contains(ip));
+                    .filter(|ip| !state.node.addresses.contains(ip))
+                    .filter(|ip| {
+                        state
+                            .nodes
+                            .iter()
+                            .find(|n| n.addresses.contains(ip))
+                            .is_some_and(|n| sel.matches(&n.labels))
+                    });
                 own.chain(others)
                     .filter(|ip| !pods.contains(ip))
                     .copied()

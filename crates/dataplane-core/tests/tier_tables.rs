@@ -391,3 +391,42 @@ fn egress_named_ports_and_networks() {
     assert_eq!(blocks, 1);
     check(&st).expect("agrees with the reference");
 }
+
+/// A peer node's address is labelled by the first entry that lists it, whatever its name
+/// (the entry of this node's name included, for an address that is not in
+/// `Node::addresses`); this node's own addresses never reach the tiers (the fixed rule).
+#[test]
+fn nodes_peers_label_addresses_as_the_reference_does() {
+    let mut st = base();
+    st.nodes = vec![
+        PeerNode::new("node-a", [ip("172.18.0.2"), ip("172.18.0.9")]).with_label("zone", "a"),
+        PeerNode::new("node-b", [ip("172.18.0.3"), ip("172.18.0.9")]).with_label("zone", "b"),
+    ];
+    st.cluster_policies = vec![ClusterPolicy::for_namespaces("zones", 1, sel("team", "x"))
+        .with_egress(ClusterPolicyRule::new(
+            "deny-zone-a",
+            ClusterAction::Deny,
+            [ClusterPeer::Nodes(sel("zone", "a"))],
+        ))];
+    validate(&st).expect("valid");
+    let np = compile(&st);
+    let tiers = compile_tiers(&st);
+    let to = |addr: &str| {
+        tiered_allows(
+            &np,
+            &tiers,
+            &xa(),
+            PolicyType::Egress,
+            ip(addr),
+            Protocol::Tcp,
+            80,
+        )
+    };
+    assert_eq!(
+        to("172.18.0.9"),
+        Some(false),
+        "labelled zone a by node-a's entry"
+    );
+    assert_eq!(to("172.18.0.3"), Some(true), "node-b is zone b");
+    check(&st).expect("agrees with the reference");
+}
