@@ -527,7 +527,7 @@ fn main() {
     for arm in &arms {
         match &arm.outcome {
             Err(why) => println!(
-                "| {} | {} | {why} | | | | | | | | |",
+                "| {} | {} | {why} | | | | | | | | | |",
                 arm.kind, arm.prefixes
             ),
             Ok(r) => {

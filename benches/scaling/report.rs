@@ -1333,7 +1333,11 @@ fn reproduce(o: &mut String) {
          10000). The full run takes about 9 minutes on this machine (about 15 more with \
          `DP_BENCH_LARGE=1`). The \
          criterion benches: `cargo bench --bench core`, `cargo bench --features nft --bench \
-         render`, `sudo cargo bench --features ebpf --bench packet`."
+         render`, `sudo cargo bench --features ebpf --bench packet`. The lab benches whose \
+         results are in the notes above (each writes nothing but its plot; its section says \
+         what it measures): `sudo -E cargo bench --features ebpf,nft --bench host_workload` \
+         and `--bench untracked_deny` (host endpoint policy, issue 22), `sudo -E cargo bench \
+         -p dataplane-ebpf --bench drop_flood` and `--bench events_crr`."
     );
 }
 
