@@ -238,8 +238,20 @@ fn main() {
                     let failed: u64 = s.iter().map(|x| x.failed).sum();
                     let (speedup, check) = if arm == Arm::Untracked {
                         let ok = ct == 0 && flows <= 0;
+                        // Each round's untracked / tracked (the two arms ran back to back).
+                        let mut per_round: Vec<f64> = samples[1]
+                            .iter()
+                            .zip(&samples[0])
+                            .map(|(u, t)| u.rate / t.rate)
+                            .collect();
+                        per_round.sort_by(f64::total_cmp);
                         (
-                            format!("{:.2}x", rates[1] / rates[0]),
+                            format!(
+                                "{:.2}x (rounds {:.2}-{:.2})",
+                                rates[1] / rates[0],
+                                per_round[0],
+                                per_round[per_round.len() - 1]
+                            ),
                             if ok {
                                 "conntrack untouched".to_owned()
                             } else {
