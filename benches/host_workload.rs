@@ -126,7 +126,10 @@ fn measure(
     let node = &lab.node(0).netns;
     let client = &lab.external(0).netns;
     host::conntrack_flush(node);
-    let flows = |dp: &dataplane::BoxDataplane| dp.stats().map_or(0, |s| s.flows);
+    let flows = |dp: &dataplane::BoxDataplane| {
+        dp.stats()
+            .map_or(0, |s| s.other.get("ct_entries").copied().unwrap_or(s.flows))
+    };
     lab_common::crr(client, dst, WARM);
     host::conntrack_flush(node);
     let before = flows(dp);
