@@ -216,7 +216,7 @@ fn main() {
     }
 
     println!("\nhost_workload, {started}, {machine}; {rounds} rounds of {secs:?} CRR per arm\n");
-    println!("| backend | arm | conn/s (median) | failed | Linux conntrack entries at the end (max) | backend flows growth (max) | untracked / tracked | check |");
+    println!("| backend | arm | conn/s (median) | failed | Linux conntrack entries at the end (max) | eBPF `dp_ct` growth (max) | untracked / tracked | check |");
     println!("|---|---|---:|---:|---:|---:|---:|---|");
     let mut series: Vec<(String, Vec<Option<f64>>)> = vec![
         (Arm::Tracked.name().to_owned(), Vec::new()),
