@@ -2,22 +2,49 @@
 /*
  * tc_host.c - the node's uplink.
  *
- *   outside --eth0--> [dp_from_uplink] (TC ingress)  NodePort/LB/ExternalIP/ClusterIP, replies
- *   host    --eth0--> [dp_to_uplink]   (TC egress)   service traffic the host itself sends
+ *   outside --eth0--> [dp_from_uplink] (TC ingress)  host policy (failsafe, untracked,
+ *                                                    pre-DNAT), then NodePort/LB/ExternalIP/
+ *                                                    ClusterIP, replies
+ *   host    --eth0--> [dp_to_uplink]   (TC egress)   host policy (failsafe, untracked) on the
+ *                                                    node's own packets, then service traffic
+ *                                                    the host itself sends
  *   host    --lo-->   [dp_to_lo]       (TC egress)   the host to its own NodePorts (and LB
  *                                                    IPs / ExternalIPs configured on it)
  */
 #include "lib/hook.h"
+#include "lib/host_policy.h"
+
+/* A host policy verdict as a TC one; -1: dp_handle() goes on. */
+static __always_inline int host_verdict(int host)
+{
+	switch (host) {
+	case HOST_DROP:
+		return TC_ACT_SHOT;
+	case HOST_UNTRACKED:
+		/* no conntrack entry, no translation: the stack as it is */
+		return TC_ACT_OK;
+	default:
+		return -1;
+	}
+}
 
 SEC("classifier")
 int dp_from_uplink(struct __sk_buff *skb)
 {
+	int v = host_verdict(host_from_uplink(skb));
+
+	if (v >= 0)
+		return v;
 	return dp_handle(skb, CTX_FROM_UPLINK);
 }
 
 SEC("classifier")
 int dp_to_uplink(struct __sk_buff *skb)
 {
+	int v = host_verdict(host_to_uplink(skb));
+
+	if (v >= 0)
+		return v;
 	return dp_handle(skb, CTX_TO_UPLINK);
 }
 

@@ -9,8 +9,9 @@ use dataplane_core::DropReason;
 
 use dataplane_ebpf::maps::{
     AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, EvLimit, EvRate,
-    FlowEventRecord, LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockData, PolBlockKey,
-    PolCt, PolRuleData, PolRuleKey, SrcRangeKey, SvcEntry, SvcKey, SvcValue,
+    FlowEventRecord, HostCfg, HostData, HostKey, LocalKey, LocalValue, NameKey, NameValue, PolAddr,
+    PolBlockData, PolBlockKey, PolCt, PolRuleData, PolRuleKey, SrcRangeKey, SvcEntry, SvcKey,
+    SvcValue,
 };
 
 /// struct name -> (size, [(field, byte offset)]).
@@ -133,6 +134,7 @@ fn map_layouts_match_btf() {
         layout!(EvLimit, "ev_limit", [last_topup => "last_topup", tokens => "tokens", suppressed => "suppressed", lost => "lost"]),
         layout!(NameKey, "name_key", [kind => "kind", family => "family", pad => "pad", id => "id", addr => "addr"]),
         layout!(NameValue, "name_value", [name => "name"]),
+        layout!(HostCfg, "host_cfg", [gen => "gen", flags => "flags"]),
     ];
     for object in objects() {
         let btf = structs_of(object);
@@ -201,6 +203,28 @@ fn map_layouts_match_btf() {
                 ("family".to_owned(), d(offset_of!(PolBlockData, family))),
                 ("pad".to_owned(), d(offset_of!(PolBlockData, pad))),
                 ("addr".to_owned(), d(offset_of!(PolBlockData, addr))),
+            ]
+        );
+    }
+    // The host policy LPM key, split the same way.
+    for object in objects() {
+        let btf = structs_of(object);
+        let (size, fields) = &btf["host_key"];
+        assert_eq!(*size, size_of::<HostKey>() as u32);
+        let data = offset_of!(HostKey, data) as u32;
+        let d = |f: usize| data + f as u32;
+        assert_eq!(
+            fields,
+            &vec![
+                (
+                    "prefixlen".to_owned(),
+                    offset_of!(HostKey, prefixlen) as u32
+                ),
+                ("gen".to_owned(), d(offset_of!(HostData, gen))),
+                ("kind".to_owned(), d(offset_of!(HostData, kind))),
+                ("set".to_owned(), d(offset_of!(HostData, set))),
+                ("sub".to_owned(), d(offset_of!(HostData, sub))),
+                ("data".to_owned(), d(offset_of!(HostData, data))),
             ]
         );
     }
@@ -393,6 +417,30 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "NAME_ENDPOINT" => m::NAME_ENDPOINT,
             "NAME_NODE" => m::NAME_NODE,
         }
+        "host_set" {
+            "HS_UNTRACKED_IN" => m::HS_UNTRACKED_IN,
+            "HS_UNTRACKED_OUT" => m::HS_UNTRACKED_OUT,
+            "HS_PREDNAT_IN" => m::HS_PREDNAT_IN,
+            "HS_NORMAL_IN" => m::HS_NORMAL_IN,
+            "HS_NORMAL_OUT" => m::HS_NORMAL_OUT,
+            "HS_SETS" => m::HS_SETS,
+            "HS_RULES" => m::HS_RULES,
+            "HS_GEN_RULES" => m::HS_GEN_RULES,
+            "HS_RULE_SLOTS" => m::HS_RULE_SLOTS,
+        }
+        "host_kind" {
+            "HK_SRC_NET" => m::HK_SRC_NET,
+            "HK_DST_NET" => m::HK_DST_NET,
+            "HK_SRC_PORT" => m::HK_SRC_PORT,
+            "HK_DST_PORT" => m::HK_DST_PORT,
+            "HK_FAILSAFE" => m::HK_FAILSAFE,
+        }
+        "host_action" {
+            "HA_NONE" => m::HA_NONE,
+            "HA_ALLOW" => m::HA_ALLOW,
+            "HA_DENY" => m::HA_DENY,
+        }
+        "host_cfg_flag" { "HC_F_ON" => m::HC_F_ON }
     }
 }
 
