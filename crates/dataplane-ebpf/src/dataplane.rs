@@ -19,7 +19,7 @@ use crate::config::{EbpfConfig, XdpMode};
 use crate::ct::ct_entries;
 use crate::error::EbpfError;
 use crate::events::{EventAsk, EventAsks};
-use crate::host_policy::{self, HostRuleDrops, HostState};
+use crate::host_policy::{HostRuleDrops, HostState};
 use crate::loader::{self, Hook, Objects};
 use crate::maintain::{gc, maintenance_interval};
 use crate::map_table;
@@ -406,15 +406,7 @@ impl EbpfDataplane {
             Some(c) => policy.plan_changes(rest, c, limits)?,
         };
         // Host endpoint policy, compiled and checked before anything is written too.
-        let host_tables = host_policy::compile(rest, BACKEND)?;
-        let host_peak = host.peak(&host_tables, &objects.host_maps);
-        if host_peak > caps.host_prefixes as usize {
-            return Err(Error::CapacityExceeded {
-                what: format!("{} (host policy prefixes)", map_table::HOST_LPM.name),
-                needed: host_peak,
-                capacity: caps.host_prefixes as usize,
-            });
-        }
+        let host_tables = host.plan(rest, BACKEND, &objects.host_maps, caps.host_prefixes)?;
         // Make before break, so that no moment is fail-open. The last policy going: isolation
         // goes before the anti-spoofing flag (CFG_F_POLICY, in dp_config) does. Otherwise
         // dp_config (the flag on) first, then the new rules and addresses (a new pod's

@@ -263,12 +263,12 @@ pub(crate) fn compile(state: &DesiredState, dataplane: &str) -> Result<HostTable
     out.flags = HC_F_ON;
     let mut next_bit: BTreeMap<u8, u32> = BTreeMap::new();
     for policy in host_policies_for(state, endpoint) {
-        let stage = policy.stage();
+        let kind = policy.stage();
         for direction in [PolicyType::Ingress, PolicyType::Egress] {
             if !policy.applies_to(direction) {
                 continue;
             }
-            if stage == HostStage::Normal {
+            if kind == HostStage::Normal {
                 return Err(unsupported(
                     dataplane,
                     "host endpoint policy: normal (stateful, neither preDNAT nor doNotTrack) \
@@ -276,7 +276,7 @@ pub(crate) fn compile(state: &DesiredState, dataplane: &str) -> Result<HostTable
                     policy,
                 ));
             }
-            let Some(set) = set_of(stage, direction) else {
+            let Some(set) = set_of(kind, direction) else {
                 continue;
             };
             for (index, rule) in policy.rules(direction).iter().enumerate() {
@@ -387,9 +387,33 @@ impl HostState {
         })
     }
 
+    /// The tables of `state` ([`compile`]), checked against `capacity` (`dp_host_lpm`'s
+    /// size) at the write's peak. Writes nothing.
+    ///
+    /// # Errors
+    /// [`compile`]'s, and [`Error::CapacityExceeded`].
+    pub(crate) fn plan(
+        &self,
+        state: &DesiredState,
+        dataplane: &str,
+        maps: &HostMaps,
+        capacity: u32,
+    ) -> Result<HostTables, Error> {
+        let tables = compile(state, dataplane)?;
+        let peak = self.peak(&tables, maps);
+        if peak > capacity as usize {
+            return Err(Error::CapacityExceeded {
+                what: format!("{} (host policy prefixes)", map_table::HOST_LPM.name),
+                needed: peak,
+                capacity: capacity as usize,
+            });
+        }
+        Ok(tables)
+    }
+
     /// The `dp_host_lpm` entries a write of `tables` needs at its peak (the new generation
     /// next to what the maps hold), for the capacity check.
-    pub(crate) fn peak(&self, tables: &HostTables, maps: &HostMaps) -> usize {
+    fn peak(&self, tables: &HostTables, maps: &HostMaps) -> usize {
         if self.written.as_ref() == Some(tables) {
             return tables.len();
         }

@@ -150,6 +150,7 @@ fn drops(dp: &EbpfDataplane, policy: &str, direction: PolicyType, rule: usize) -
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one table of fixtures, then the refusal and the removal
 fn untracked_denies_at_xdp_and_tc_with_failsafes_and_untracked_allows() {
     if !require_root("untracked_denies_at_xdp_and_tc_with_failsafes_and_untracked_allows") {
         return;
