@@ -440,15 +440,7 @@ impl HostState {
         let previous = self.written.take();
         let lpm_err = map_err(map_table::HOST_LPM.name);
         // Leftovers of the generation about to be written (a failed write, another process).
-        let stale: Vec<Key<HostData>> = maps
-            .lpm
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data().gen == new)
-            .collect();
-        for k in &stale {
-            maps.lpm.remove(k).map_err(&lpm_err)?;
-        }
+        remove_generation(maps, new)?;
         for ((d, len), mask) in &tables.entries {
             let mut d = *d;
             d.gen = new;
@@ -495,15 +487,7 @@ impl HostState {
         self.gen = new;
         self.base = new_base;
         // The old generation's entries.
-        let stale: Vec<Key<HostData>> = maps
-            .lpm
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data().gen == old)
-            .collect();
-        for k in &stale {
-            maps.lpm.remove(k).map_err(&lpm_err)?;
-        }
+        remove_generation(maps, old)?;
         let written = tables.entries.len();
         self.written = Some(tables);
         Ok(written)
@@ -540,6 +524,20 @@ impl HostState {
             })
             .collect()
     }
+}
+
+/// Removes generation `gen`'s entries from `dp_host_lpm`.
+fn remove_generation(maps: &mut HostMaps, gen: u8) -> Result<(), EbpfError> {
+    let stale: Vec<Key<HostData>> = maps
+        .lpm
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.data().gen == gen)
+        .collect();
+    for k in &stale {
+        crate::error::removed(maps.lpm.remove(k)).map_err(map_err(map_table::HOST_LPM.name))?;
+    }
+    Ok(())
 }
 
 /// The drops counted in slot `idx` of `dp_host_drops`, summed over the CPUs.

@@ -16,12 +16,11 @@
 
 mod common;
 
-use common::{backend, check, eth, require_root, Fixture, TestNode, TCP_SYN};
+use common::{backend, check, ct_key, ct_map, eth, require_root, Fixture, TestNode, TCP_SYN};
 use dataplane_core::{
     Dataplane, DesiredState, Error, HostAction, HostEndpoint, HostPolicy, HostPort, HostRule,
     LabelSelector, ObjectName, PolicyType, Protocol, Service, ServicePort,
 };
-use dataplane_ebpf::maps::{family_of, Addr, Be16, CtEntry, CtKey};
 use dataplane_ebpf::{EbpfDataplane, Hook, HostRuleDrops, XdpMode};
 
 const XDP_DROP: u32 = 1;
@@ -116,25 +115,6 @@ fn same(description: &'static str, hook: Hook, input: Vec<u8>, verdict: u32) -> 
         output: input.clone(),
         input,
         verdict,
-    }
-}
-
-fn ct_map(n: &TestNode) -> aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry> {
-    let map = aya::maps::MapData::from_pin(n.pin_dir.join("dp_ct")).expect("pinned dp_ct");
-    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("dp_ct")
-}
-
-fn ct_key(src: &str, sport: u16, dst: &str, dport: u16) -> CtKey {
-    let src: std::net::IpAddr = src.parse().unwrap();
-    CtKey {
-        saddr: Addr::new(src),
-        daddr: Addr::new(dst.parse().unwrap()),
-        sport: Be16::new(sport),
-        dport: Be16::new(dport),
-        proto: 6,
-        family: family_of(&src),
-        pad0: 0,
-        pad: 0,
     }
 }
 
