@@ -4,10 +4,12 @@
  *
  *   outside --eth0--> [dp_from_uplink] (TC ingress)  host policy (failsafe, untracked,
  *                                                    pre-DNAT), then NodePort/LB/ExternalIP/
- *                                                    ClusterIP, replies
+ *                                                    ClusterIP, replies, then the normal
+ *                                                    host policies
  *   host    --eth0--> [dp_to_uplink]   (TC egress)   host policy (failsafe, untracked) on the
  *                                                    node's own packets, then service traffic
- *                                                    the host itself sends
+ *                                                    the host itself sends, then the normal
+ *                                                    host policies
  *   host    --lo-->   [dp_to_lo]       (TC egress)   the host to its own NodePorts (and LB
  *                                                    IPs / ExternalIPs configured on it)
  */
@@ -28,6 +30,17 @@ static __always_inline int host_verdict(int host)
 	}
 }
 
+/* After dp_handle()'s verdict @v: the normal host policies on the translated packet, when
+ * host_*_uplink() deferred it to them (its drop overrides a redirect dp_handle() asked for:
+ * that takes effect only on TC_ACT_REDIRECT). A subprogram: inlined, the verdict kept across
+ * host_after() grows dp_from_uplink's frame, whose deepest chain is at the stack limit. */
+static __noinline int host_then(struct __sk_buff *skb, int v, int ingress)
+{
+	if (v != TC_ACT_SHOT && skb->cb[CB_HOST] != HOST_AFTER_NONE && host_after(skb, ingress))
+		return TC_ACT_SHOT;
+	return v;
+}
+
 SEC("classifier")
 int dp_from_uplink(struct __sk_buff *skb)
 {
@@ -35,7 +48,7 @@ int dp_from_uplink(struct __sk_buff *skb)
 
 	if (v >= 0)
 		return v;
-	return dp_handle(skb, CTX_FROM_UPLINK);
+	return host_then(skb, dp_handle(skb, CTX_FROM_UPLINK), 1);
 }
 
 SEC("classifier")
@@ -45,7 +58,7 @@ int dp_to_uplink(struct __sk_buff *skb)
 
 	if (v >= 0)
 		return v;
-	return dp_handle(skb, CTX_TO_UPLINK);
+	return host_then(skb, dp_handle(skb, CTX_TO_UPLINK), 0);
 }
 
 SEC("classifier")

@@ -646,8 +646,7 @@ impl Dataplane for EbpfDataplane {
             max_backends: caps.backends.saturating_sub(1),
             // Not programmed yet (issue 22): states with them are refused.
             cluster_policy: false,
-            // Failsafe ports, untracked and pre-DNAT host policies (host_policy.rs); a state
-            // with a normal host policy is refused there, by name.
+            // Failsafe ports, untracked, pre-DNAT and normal host policies (host_policy.rs).
             host_policy: true,
         }
     }

@@ -5,7 +5,10 @@
 //! - **Sets.** The policies selecting the uplink's host endpoint
 //!   ([`uplink_host_endpoint`], [`host_policies_for`]: order, then name) are compiled per
 //!   stage and direction into a *set* of at most [`HS_RULES`] rules, numbered in evaluation
-//!   order: untracked ingress, untracked egress, pre-DNAT ingress.
+//!   order: untracked ingress and egress, pre-DNAT ingress, normal ingress and egress. For
+//!   the normal sets `dp_host_cfg` also holds which rules are of `applyOnForward` policies
+//!   (forwarded traffic sees only those) and whether a policy applies to each direction, for
+//!   the node's own and for forwarded traffic (the default deny).
 //! - **Masks.** A rule is one bit. For each part of a rule — source nets, destination nets,
 //!   source ports, destination ports (with the protocol) — every prefix it names holds the
 //!   rule's bit in `dp_host_lpm`, a part not given holds it in the set's catch-all prefix
@@ -22,11 +25,12 @@
 //!   then `dp_host_cfg[0].gen` flips to it, then the old generation's entries go: a change is
 //!   make-before-break, and the datapath never sees half a policy. An unchanged compile
 //!   writes nothing.
-//! - **Not programmed yet**: normal (stateful) host policies, whose default deny needs a
-//!   conntrack of the node's own connections (replies of a tracked connection must pass)
-//!   that this backend does not keep; such a state is refused with
-//!   [`Error::Unsupported`] naming the policy, as are rules with SCTP ports (the programs do
-//!   not parse SCTP).
+//! - **Connections.** The normal stage judges a connection's first packet (after
+//!   translation); what it lets through goes into `dp_host_ct` (the datapath writes it), so
+//!   that later packets and replies pass, as conntrack lets them in Calico's chains.
+//! - **Refused**: a rule with SCTP ports ([`Error::Unsupported`] naming the policy: the
+//!   programs do not parse SCTP), more than [`HS_RULES`] rules in a set
+//!   ([`Error::CapacityExceeded`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -42,9 +46,10 @@ use crate::error::EbpfError;
 use crate::loader::HostMaps;
 use crate::map_table;
 use crate::maps::{
-    family_of, HostCfg, HostData, HA_ALLOW, HA_DENY, HA_NONE, HC_F_ON, HK_DST_NET, HK_DST_PORT,
-    HK_FAILSAFE, HK_SRC_NET, HK_SRC_PORT, HS_GEN_RULES, HS_PREDNAT_IN, HS_RULES, HS_UNTRACKED_IN,
-    HS_UNTRACKED_OUT,
+    family_of, HostCfg, HostData, HA_ALLOW, HA_DENY, HA_NONE, HC_F_DEF_IN, HC_F_DEF_IN_FWD,
+    HC_F_DEF_OUT, HC_F_DEF_OUT_FWD, HC_F_NORMAL, HC_F_ON, HK_DST_NET, HK_DST_PORT, HK_FAILSAFE,
+    HK_SRC_NET, HK_SRC_PORT, HS_GEN_RULES, HS_NORMAL_IN, HS_NORMAL_OUT, HS_PREDNAT_IN, HS_RULES,
+    HS_UNTRACKED_IN, HS_UNTRACKED_OUT,
 };
 use crate::policy::port_prefixes;
 
@@ -89,8 +94,10 @@ impl HostRuleRef {
 /// What the host maps hold for one state (generation aside).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct HostTables {
-    /// `HC_F_ON` and the sets with rules.
+    /// `HC_F_*` and the sets with rules.
     flags: u32,
+    /// The normal sets' rules of `applyOnForward` policies (ingress, egress).
+    fwd: [u64; 2],
     /// `dp_host_lpm`'s entries.
     entries: BTreeMap<EntryKey, u64>,
     /// Slot within a generation (`set * HS_RULES + bit`) -> action and rule.
@@ -98,6 +105,34 @@ pub(crate) struct HostTables {
 }
 
 impl HostTables {
+    /// Rule `rule` (`at`) as bit `bit` of `set`, slot `slot`.
+    fn add_rule(&mut self, set: u8, slot: u32, bit: u64, rule: &HostRule, at: HostRuleRef) {
+        self.flags |= 1 << set;
+        part_entries(
+            HK_SRC_NET,
+            HK_SRC_PORT,
+            set,
+            rule.protocol,
+            &rule.source,
+            bit,
+            &mut self.entries,
+        );
+        part_entries(
+            HK_DST_NET,
+            HK_DST_PORT,
+            set,
+            rule.protocol,
+            &rule.destination,
+            bit,
+            &mut self.entries,
+        );
+        let action = match rule.action {
+            HostAction::Allow => HA_ALLOW,
+            HostAction::Deny => HA_DENY,
+        };
+        self.rules.insert(slot, (action, at));
+    }
+
     /// Entries of `dp_host_lpm` it needs.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
@@ -112,7 +147,9 @@ fn set_of(stage: HostStage, direction: PolicyType) -> Option<u8> {
         (HostStage::Untracked, PolicyType::Ingress) => Some(HS_UNTRACKED_IN),
         (HostStage::Untracked, PolicyType::Egress) => Some(HS_UNTRACKED_OUT),
         (HostStage::PreDnat, PolicyType::Ingress) => Some(HS_PREDNAT_IN),
-        _ => None,
+        (HostStage::PreDnat, PolicyType::Egress) => None,
+        (HostStage::Normal, PolicyType::Ingress) => Some(HS_NORMAL_IN),
+        (HostStage::Normal, PolicyType::Egress) => Some(HS_NORMAL_OUT),
     }
 }
 
@@ -253,8 +290,8 @@ fn has_sctp_ports(rule: &HostRule) -> bool {
 /// it, the failsafe ports) into the maps' contents.
 ///
 /// # Errors
-/// [`Error::Unsupported`] for a normal host policy selecting the endpoint or a rule with
-/// SCTP ports; [`Error::CapacityExceeded`] for a set of more than [`HS_RULES`] rules.
+/// [`Error::Unsupported`] for a rule with SCTP ports; [`Error::CapacityExceeded`] for a set
+/// of more than [`HS_RULES`] rules.
 pub(crate) fn compile(state: &DesiredState, dataplane: &str) -> Result<HostTables, Error> {
     let mut out = HostTables::default();
     let Some(endpoint) = uplink_host_endpoint(state) else {
@@ -264,21 +301,29 @@ pub(crate) fn compile(state: &DesiredState, dataplane: &str) -> Result<HostTable
     let mut next_bit: BTreeMap<u8, u32> = BTreeMap::new();
     for policy in host_policies_for(state, endpoint) {
         let kind = policy.stage();
+        if kind == HostStage::Normal {
+            out.flags |= HC_F_NORMAL;
+        }
         for direction in [PolicyType::Ingress, PolicyType::Egress] {
             if !policy.applies_to(direction) {
                 continue;
             }
-            if kind == HostStage::Normal {
-                return Err(unsupported(
-                    dataplane,
-                    "host endpoint policy: normal (stateful, neither preDNAT nor doNotTrack) \
-                     host policies",
-                    policy,
-                ));
-            }
             let Some(set) = set_of(kind, direction) else {
                 continue;
             };
+            if kind == HostStage::Normal {
+                // Default deny for the node's own traffic, and forwarded traffic's with
+                // applyOnForward.
+                let (own, fwd) = if direction == PolicyType::Ingress {
+                    (HC_F_DEF_IN, HC_F_DEF_IN_FWD)
+                } else {
+                    (HC_F_DEF_OUT, HC_F_DEF_OUT_FWD)
+                };
+                out.flags |= own;
+                if policy.apply_on_forward {
+                    out.flags |= fwd;
+                }
+            }
             for (index, rule) in policy.rules(direction).iter().enumerate() {
                 if has_sctp_ports(rule) {
                     return Err(unsupported(
@@ -301,40 +346,15 @@ pub(crate) fn compile(state: &DesiredState, dataplane: &str) -> Result<HostTable
                 let bit = 1u64 << *n;
                 let slot = u32::from(set) * HS_RULES + *n;
                 *n += 1;
-                out.flags |= 1 << set;
-                part_entries(
-                    HK_SRC_NET,
-                    HK_SRC_PORT,
-                    set,
-                    rule.protocol,
-                    &rule.source,
-                    bit,
-                    &mut out.entries,
-                );
-                part_entries(
-                    HK_DST_NET,
-                    HK_DST_PORT,
-                    set,
-                    rule.protocol,
-                    &rule.destination,
-                    bit,
-                    &mut out.entries,
-                );
-                let action = match rule.action {
-                    HostAction::Allow => HA_ALLOW,
-                    HostAction::Deny => HA_DENY,
+                if kind == HostStage::Normal && policy.apply_on_forward {
+                    out.fwd[usize::from(set == HS_NORMAL_OUT)] |= bit;
+                }
+                let at = HostRuleRef {
+                    policy: policy.name.clone(),
+                    direction,
+                    rule: index,
                 };
-                out.rules.insert(
-                    slot,
-                    (
-                        action,
-                        HostRuleRef {
-                            policy: policy.name.clone(),
-                            direction,
-                            rule: index,
-                        },
-                    ),
-                );
+                out.add_rule(set, slot, bit, rule, at);
             }
         }
     }
@@ -463,6 +483,8 @@ impl HostState {
         let cfg = HostCfg {
             gen: 0,
             flags: tables.flags,
+            fwd_in: tables.fwd[0],
+            fwd_out: tables.fwd[1],
         };
         maps.cfg.set(1 + u32::from(new), cfg, 0).map_err(&cfg_err)?;
         // Counts of the old generation, kept for the rules that stay.
@@ -479,7 +501,7 @@ impl HostState {
                 0,
                 HostCfg {
                     gen: u32::from(new),
-                    flags: 0,
+                    ..HostCfg::default()
                 },
                 0,
             )
@@ -600,12 +622,39 @@ mod tests {
     }
 
     #[test]
-    fn normal_policies_are_refused_by_name() {
-        let normal = HostPolicy::new("normal", sel())
+    fn normal_policies_set_default_deny_and_forward_masks() {
+        let own = HostPolicy::new("a-own", sel())
+            .with_order(1)
             .with_ingress(HostRule::new(HostAction::Allow).protocol(Protocol::Tcp));
-        let e = compile(&state(vec![normal]), "ebpf").unwrap_err();
+        let fwd = HostPolicy::new("b-fwd", sel())
+            .with_order(2)
+            .on_forward()
+            .with_types([PolicyType::Ingress, PolicyType::Egress])
+            .with_ingress(HostRule::new(HostAction::Deny));
+        let t = compile(&state(vec![own, fwd]), "ebpf").unwrap();
+        assert_eq!(
+            t.flags,
+            HC_F_ON
+                | HC_F_NORMAL
+                | HC_F_DEF_IN
+                | HC_F_DEF_IN_FWD
+                | HC_F_DEF_OUT
+                | HC_F_DEF_OUT_FWD
+                | (1 << HS_NORMAL_IN)
+        );
+        assert_eq!(t.fwd, [0b10, 0]);
+    }
+
+    #[test]
+    fn sctp_ports_are_refused_by_name() {
+        let sctp = HostPolicy::new("sctp", sel()).untracked().with_ingress(
+            HostRule::new(HostAction::Deny)
+                .protocol(Protocol::Sctp)
+                .to_ports([HostPort::Number(9)]),
+        );
+        let e = compile(&state(vec![sctp]), "ebpf").unwrap_err();
         assert!(
-            matches!(&e, Error::Unsupported { object, .. } if object == "host policy normal"),
+            matches!(&e, Error::Unsupported { object, .. } if object == "host policy sctp"),
             "{e:?}"
         );
     }

@@ -62,7 +62,7 @@ pub(crate) enum Migration {
 
 /// Per map: the layout version (bump it when the bytes change meaning without a change of
 /// type) and what to do with another version's pin.
-pub(crate) const VERSIONS: [(&str, u64, Migration); 23] = {
+pub(crate) const VERSIONS: [(&str, u64, Migration); 25] = {
     use Migration::{Recreate, Refuse};
     [
         (map_table::SVC.name, 1, Refuse),
@@ -90,6 +90,8 @@ pub(crate) const VERSIONS: [(&str, u64, Migration); 23] = {
         (map_table::HOST_RULES.name, 1, Recreate),
         (map_table::HOST_CFG.name, 1, Recreate),
         (map_table::HOST_DROPS.name, 1, Recreate),
+        (map_table::HOST_CT.name, 1, Recreate),
+        (map_table::HOST_SCRATCH.name, 1, Recreate),
     ]
 };
 

@@ -237,14 +237,41 @@ pub(crate) const HOST_LPM: MapSpec = spec(
 pub(crate) const HOST_RULES: MapSpec = spec("dp_host_rules", 4, 4, HS_RULE_SLOTS, None);
 /// Host endpoint policy: the active generation and its flags.
 pub(crate) const HOST_CFG: MapSpec = spec("dp_host_cfg", 4, size_of::<HostCfg>(), 3, None);
+/// Host endpoint policy: the connections its normal stage let through, both ways.
+pub(crate) const HOST_CT: MapSpec = spec("dp_host_ct", size_of::<CtKey>(), 8, 262_144, None);
+/// Host endpoint policy: per-CPU scratch between its first stages and the normal one.
+pub(crate) const HOST_SCRATCH: MapSpec =
+    spec("dp_host_scratch", 4, size_of::<CtKey>() + 8, 1, None);
 /// Host endpoint policy: per-CPU drops by rule slot.
 pub(crate) const HOST_DROPS: MapSpec = spec("dp_host_drops", 4, 8, HS_RULE_SLOTS, None);
 
 /// Every map.
-pub(crate) const MAPS: [MapSpec; 23] = [
-    SVC, BACKENDS, SLOTS, CT, AFFINITY, SRC_RANGES, CIDRS, CONFIG, LOCAL, STATS, SOCK_REV,
-    POL_ADDR, POL_RULES, POL_BLOCKS, POL_CT, EVENTS, DROPS, EV_LIMIT, NAMES, HOST_LPM, HOST_RULES,
-    HOST_CFG, HOST_DROPS,
+pub(crate) const MAPS: [MapSpec; 25] = [
+    SVC,
+    BACKENDS,
+    SLOTS,
+    CT,
+    AFFINITY,
+    SRC_RANGES,
+    CIDRS,
+    CONFIG,
+    LOCAL,
+    STATS,
+    SOCK_REV,
+    POL_ADDR,
+    POL_RULES,
+    POL_BLOCKS,
+    POL_CT,
+    EVENTS,
+    DROPS,
+    EV_LIMIT,
+    NAMES,
+    HOST_LPM,
+    HOST_RULES,
+    HOST_CFG,
+    HOST_DROPS,
+    HOST_CT,
+    HOST_SCRATCH,
 ];
 
 /// Every map, for the BTF layout test (a separate crate): not part of the embedder's API.

@@ -431,9 +431,9 @@ pub const HS_UNTRACKED_IN: u8 = 0;
 pub const HS_UNTRACKED_OUT: u8 = 1;
 /// `HS_PREDNAT_IN`.
 pub const HS_PREDNAT_IN: u8 = 2;
-/// `HS_NORMAL_IN` (reserved).
+/// `HS_NORMAL_IN`.
 pub const HS_NORMAL_IN: u8 = 3;
-/// `HS_NORMAL_OUT` (reserved).
+/// `HS_NORMAL_OUT`.
 pub const HS_NORMAL_OUT: u8 = 4;
 /// `HS_SETS`: set slots per generation.
 pub const HS_SETS: u32 = 8;
@@ -461,6 +461,16 @@ pub const HA_ALLOW: u32 = 1;
 pub const HA_DENY: u32 = 2;
 /// `HC_F_ON`: the uplink has a host endpoint (`host_cfg.flags`).
 pub const HC_F_ON: u32 = 1 << 30;
+/// `HC_F_NORMAL`: a normal policy selects it (connections are tracked in `dp_host_ct`).
+pub const HC_F_NORMAL: u32 = 1 << 20;
+/// `HC_F_DEF_IN`: a normal policy applies to ingress (default deny).
+pub const HC_F_DEF_IN: u32 = 1 << 16;
+/// `HC_F_DEF_IN_FWD`: one with `applyOnForward` does.
+pub const HC_F_DEF_IN_FWD: u32 = 1 << 17;
+/// `HC_F_DEF_OUT`: a normal policy applies to egress.
+pub const HC_F_DEF_OUT: u32 = 1 << 18;
+/// `HC_F_DEF_OUT_FWD`: one with `applyOnForward` does.
+pub const HC_F_DEF_OUT_FWD: u32 = 1 << 19;
 
 /// `struct host_key` after `prefixlen` (the key of `dp_host_lpm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -495,8 +505,12 @@ pub struct HostKey {
 pub struct HostCfg {
     /// Entry 0: the active generation.
     pub gen: u32,
-    /// Entries 1 + gen: `HC_F_ON` and `1 << HS_*` of the sets with rules.
+    /// Entries 1 + gen: `HC_F_*` and `1 << HS_*` of the sets with rules.
     pub flags: u32,
+    /// `HS_NORMAL_IN`'s rules of `applyOnForward` policies.
+    pub fwd_in: u64,
+    /// `HS_NORMAL_OUT`'s.
+    pub fwd_out: u64,
 }
 
 /// `struct dp_config`.
@@ -925,4 +939,4 @@ const _: () = assert!(std::mem::size_of::<EvLimit>() == 32);
 const _: () = assert!(std::mem::size_of::<NameKey>() == 24);
 const _: () = assert!(std::mem::size_of::<NameValue>() == 120);
 const _: () = assert!(std::mem::size_of::<HostKey>() == 24);
-const _: () = assert!(std::mem::size_of::<HostCfg>() == 8);
+const _: () = assert!(std::mem::size_of::<HostCfg>() == 24);

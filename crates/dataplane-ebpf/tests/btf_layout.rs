@@ -134,7 +134,7 @@ fn map_layouts_match_btf() {
         layout!(EvLimit, "ev_limit", [last_topup => "last_topup", tokens => "tokens", suppressed => "suppressed", lost => "lost"]),
         layout!(NameKey, "name_key", [kind => "kind", family => "family", pad => "pad", id => "id", addr => "addr"]),
         layout!(NameValue, "name_value", [name => "name"]),
-        layout!(HostCfg, "host_cfg", [gen => "gen", flags => "flags"]),
+        layout!(HostCfg, "host_cfg", [gen => "gen", flags => "flags", fwd_in => "fwd_in", fwd_out => "fwd_out"]),
     ];
     for object in objects() {
         let btf = structs_of(object);
@@ -444,7 +444,14 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "HA_ALLOW" => m::HA_ALLOW,
             "HA_DENY" => m::HA_DENY,
         }
-        "host_cfg_flag" { "HC_F_ON" => m::HC_F_ON }
+        "host_cfg_flag" {
+            "HC_F_ON" => m::HC_F_ON,
+            "HC_F_NORMAL" => m::HC_F_NORMAL,
+            "HC_F_DEF_IN" => m::HC_F_DEF_IN,
+            "HC_F_DEF_IN_FWD" => m::HC_F_DEF_IN_FWD,
+            "HC_F_DEF_OUT" => m::HC_F_DEF_OUT,
+            "HC_F_DEF_OUT_FWD" => m::HC_F_DEF_OUT_FWD,
+        }
     }
 }
 

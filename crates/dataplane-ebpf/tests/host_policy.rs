@@ -1,7 +1,9 @@
 //! Host endpoint policy on the uplink with BPF_PROG_TEST_RUN on hand-built packets, against
 //! live maps: untracked denies at XDP (and first thing in TC where XDP is not attached),
 //! failsafe ports, untracked allows that leave no conntrack entry, pre-DNAT denies of a
-//! NodePort by source, and the refusals (normal host policies) that change nothing.
+//! NodePort by source, normal policies (default deny, the node's own traffic, applyOnForward
+//! for forwarded traffic, judged after translation, replies through their connection), and a
+//! refusal (SCTP ports) that changes nothing.
 //!
 //! ```text
 //!   client --eth0 (02:..:02, 172.18.0.2, fd00:18::2)--> [dp_xdp_uplink] --XDP_TX--> node-b
@@ -273,15 +275,18 @@ fn untracked_denies_at_xdp_and_tc_with_failsafes_and_untracked_allows() {
         .get(&ct_key("192.0.2.200", 40011, "172.18.0.2", 30080), 0)
         .is_ok());
 
-    // A normal host policy is refused by name and changes nothing: blocked stays blocked.
-    let mut normal = untracked(blocked_nets());
-    normal.push(
-        HostPolicy::new("normal", uplink())
-            .with_ingress(HostRule::new(HostAction::Allow).protocol(Protocol::Tcp)),
+    // A rule with SCTP ports is refused by name and changes nothing: blocked stays blocked.
+    let mut sctp = untracked(blocked_nets());
+    sctp.push(
+        HostPolicy::new("sctp", uplink()).untracked().with_ingress(
+            HostRule::new(HostAction::Deny)
+                .protocol(Protocol::Sctp)
+                .to_ports([HostPort::Number(9)]),
+        ),
     );
-    let e = dp.apply(&scene(normal)).unwrap_err();
+    let e = dp.apply(&scene(sctp)).unwrap_err();
     assert!(
-        matches!(&e, Error::Unsupported { object, .. } if object == "host policy normal"),
+        matches!(&e, Error::Unsupported { object, .. } if object == "host policy sctp"),
         "{e:?}"
     );
     check(
@@ -394,6 +399,144 @@ fn pre_dnat_denies_a_node_port_by_source() {
         )
         .expect("run");
     assert_eq!(run.verdict, TC_REDIRECT, "pre-DNAT policy gone");
+    dp.reset().expect("reset");
+}
+
+/// Normal policies: `node-in` lets 192.0.2.0/24 reach the node's TCP 6379 (not forwarded
+/// traffic: no applyOnForward), `node-out` lets the node reach 198.51.100.0/24 on TCP 443,
+/// `fwd-in` (applyOnForward, ingress only) lets anyone reach TCP 8080 through the node.
+fn normal() -> Vec<HostPolicy> {
+    vec![
+        HostPolicy::new("node-in", uplink())
+            .with_order(10)
+            .with_ingress(
+                HostRule::new(HostAction::Allow)
+                    .protocol(Protocol::Tcp)
+                    .from_nets([net("192.0.2.0/24")])
+                    .to_ports([HostPort::Number(6379)]),
+            ),
+        HostPolicy::new("node-out", uplink())
+            .with_order(20)
+            .with_types([PolicyType::Egress])
+            .with_egress(
+                HostRule::new(HostAction::Allow)
+                    .protocol(Protocol::Tcp)
+                    .to_nets([net("198.51.100.0/24")])
+                    .to_ports([HostPort::Number(443)]),
+            ),
+        HostPolicy::new("fwd-in", uplink())
+            .with_order(30)
+            .on_forward()
+            .with_types([PolicyType::Ingress])
+            .with_ingress(
+                HostRule::new(HostAction::Allow)
+                    .protocol(Protocol::Tcp)
+                    .to_ports([HostPort::Number(8080)]),
+            ),
+    ]
+}
+
+#[test]
+fn normal_policies_default_deny_apply_on_forward_and_replies() {
+    if !require_root("normal_policies_default_deny_apply_on_forward_and_replies") {
+        return;
+    }
+    let n = node("hpnorm");
+    let mut dp = dataplane(&n);
+    dp.apply(&scene(normal())).expect("apply");
+    let syn_ack = |src: &str, dst: &str, sport, dport| {
+        eth()
+            .ip(src, dst)
+            .tcp(sport, dport, TCP_SYN | common::TCP_ACK)
+            .build()
+    };
+    for f in [
+        same(
+            "192.0.2.7 to the node's TCP 6379: node-in allows it",
+            Hook::FromUplink,
+            syn("192.0.2.7", "172.18.0.2", 40000, 6379),
+            TC_OK,
+        ),
+        same(
+            "... the node's reply leaves through its connection (node-out would not allow it)",
+            Hook::ToUplink,
+            syn_ack("172.18.0.2", "192.0.2.7", 6379, 40000),
+            TC_OK,
+        ),
+        same(
+            "203.0.113.9 to the node's TCP 6379: no rule, default deny",
+            Hook::FromUplink,
+            syn("203.0.113.9", "172.18.0.2", 40001, 6379),
+            TC_SHOT,
+        ),
+        same(
+            "203.0.113.9 to failsafe TCP 22: exempt",
+            Hook::FromUplink,
+            syn("203.0.113.9", "172.18.0.2", 40002, 22),
+            TC_OK,
+        ),
+        same(
+            "... and the node's reply from 22 leaves through its connection",
+            Hook::ToUplink,
+            syn_ack("172.18.0.2", "203.0.113.9", 22, 40002),
+            TC_OK,
+        ),
+        same(
+            "the node to 198.51.100.7:443: node-out allows it",
+            Hook::ToUplink,
+            syn("172.18.0.2", "198.51.100.7", 40003, 443),
+            TC_OK,
+        ),
+        same(
+            "... its reply comes in through its connection (no ingress rule for it)",
+            Hook::FromUplink,
+            syn_ack("198.51.100.7", "172.18.0.2", 443, 40003),
+            TC_OK,
+        ),
+        same(
+            "the node to 203.0.113.9:443: no egress rule, default deny",
+            Hook::ToUplink,
+            syn("172.18.0.2", "203.0.113.9", 40004, 443),
+            TC_SHOT,
+        ),
+        same(
+            "forwarded to a pod's TCP 8080: fwd-in (applyOnForward) allows it",
+            Hook::FromUplink,
+            syn("203.0.113.9", "10.244.0.10", 40005, 8080),
+            TC_OK,
+        ),
+        same(
+            "forwarded to a pod's TCP 9090: fwd-in applies and has no rule: default deny",
+            Hook::FromUplink,
+            syn("203.0.113.9", "10.244.0.10", 40006, 9090),
+            TC_SHOT,
+        ),
+        same(
+            "forwarded from 192.0.2.7 to a pod's TCP 6379: node-in is not applyOnForward",
+            Hook::FromUplink,
+            syn("192.0.2.7", "10.244.0.10", 40007, 6379),
+            TC_SHOT,
+        ),
+        same(
+            "normal policies in force: XDP leaves NodePort flows to TC",
+            Hook::Xdp,
+            syn("203.0.113.9", "172.18.0.2", 40008, 30080),
+            XDP_PASS,
+        ),
+    ] {
+        check(&mut dp, &f);
+    }
+    // The NodePort is judged after translation: to node-b's pod on 8080, forwarded, so
+    // fwd-in's rule for 8080 lets NodePort 30080 through (SNAT, redirected).
+    let run = dp
+        .run_packet(
+            Hook::FromUplink,
+            &syn("203.0.113.9", "172.18.0.2", 40009, 30080),
+            1,
+        )
+        .expect("run");
+    assert_eq!(run.verdict, TC_REDIRECT, "NodePort to 8080 allowed");
+    assert_eq!(drops(&dp, "fwd-in", PolicyType::Ingress, 0), 0);
     dp.reset().expect("reset");
 }
 

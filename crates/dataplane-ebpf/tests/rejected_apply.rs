@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::pins::quiet_snapshot;
-use dataplane_core::{diff, Dataplane, Error, Protocol, Service, ValidationError};
+use dataplane_core::{diff, Dataplane, DesiredState, Error, Protocol, Service, ValidationError};
 use dataplane_ebpf::EbpfDataplane;
 use dataplane_testkit::{probe, require_root, Lab, LabSpec, ProbeOutcome};
 
@@ -130,27 +130,43 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
 
     // Cluster policy, not programmed yet (issue 22): declared missing and refused by name,
     // with a new service in the same state, as a full and an incremental sync. Host endpoint
-    // policy is programmed (failsafe, untracked, pre-DNAT) but for normal host policies,
-    // which the eBPF backend refuses by the policy's name: the synthetic host state's
-    // "deny-all" is one.
+    // policy is programmed (the synthetic host state is left out), but a host policy rule
+    // with SCTP ports (the programs do not parse SCTP) is refused by the policy's name; its
+    // change set needs a full sync (core's validator says so first), which changes nothing
+    // either.
     let caps = dp.capabilities();
     assert!(!caps.cluster_policy, "{caps:?}");
     assert!(caps.host_policy, "{caps:?}");
-    for (tiered, object) in
+    let mut refusals: Vec<(DesiredState, String)> =
         dataplane_core::synthetic::tier_refusals(&old, service(&lab, "new", NEW))
-    {
-        let object = if object.starts_with("host endpoint") {
-            "host policy deny-all".to_owned()
-        } else {
-            object
-        };
+            .into_iter()
+            .filter(|(_, object)| !object.starts_with("host endpoint"))
+            .collect();
+    let mut sctp = old.clone().with_service(service(&lab, "new", NEW));
+    let uplink = sctp.node.interfaces.uplink.clone();
+    sctp.host_endpoints =
+        vec![
+            dataplane_core::HostEndpoint::new("uplink", &sctp.node.name, uplink)
+                .with_label("role", "uplink"),
+        ];
+    sctp.host_policies = vec![dataplane_core::HostPolicy::new(
+        "sctp-ports",
+        dataplane_core::LabelSelector::default().with_label("role", "uplink"),
+    )
+    .untracked()
+    .with_ingress(
+        dataplane_core::HostRule::new(dataplane_core::HostAction::Deny)
+            .protocol(Protocol::Sctp)
+            .to_ports([dataplane_core::HostPort::Number(9)]),
+    )];
+    refusals.push((sctp, "host policy sctp-ports".to_owned()));
+    for (tiered, object) in refusals {
         let e = dp.apply(&tiered).unwrap_err();
         assert!(
             matches!(&e, Error::Unsupported { object: o, .. } if *o == object),
             "{object}: {e:?}"
         );
         unchanged(&dp, &format!("{object} (apply)"));
-        // (host policy changes need a full sync: core's validator answers that first)
         let e = dp.apply_changes(&diff(&old, &tiered)).unwrap_err();
         assert!(
             matches!(&e, Error::Unsupported { object: o, .. } if *o == object)

@@ -732,8 +732,8 @@ enum host_set {
 	HS_UNTRACKED_IN = 0,  /* doNotTrack ingress */
 	HS_UNTRACKED_OUT = 1, /* doNotTrack egress (the node's own packets) */
 	HS_PREDNAT_IN = 2,    /* preDNAT ingress */
-	HS_NORMAL_IN = 3,     /* reserved: normal ingress (not programmed yet) */
-	HS_NORMAL_OUT = 4,    /* reserved: normal egress (not programmed yet) */
+	HS_NORMAL_IN = 3,     /* normal ingress (after translation) */
+	HS_NORMAL_OUT = 4,    /* normal egress (after translation) */
 	HS_SETS = 8,          /* set slots per generation */
 	HS_RULES = 64,        /* rules per set: the bits of a mask */
 	HS_GEN_RULES = 512,   /* HS_SETS * HS_RULES: rule slots per generation */
@@ -758,7 +758,12 @@ enum host_action {
 
 /* host_cfg.flags (entry 1 + gen); entry 0 holds only the active gen */
 enum host_cfg_flag {
-	HC_F_ON = 1 << 30, /* the uplink has a host endpoint */
+	HC_F_ON = 1 << 30,          /* the uplink has a host endpoint */
+	HC_F_NORMAL = 1 << 20,      /* a normal policy selects it: connections are tracked */
+	HC_F_DEF_IN = 1 << 16,      /* a normal policy applies to ingress: default deny */
+	HC_F_DEF_IN_FWD = 1 << 17,  /* ... one with applyOnForward (forwarded traffic) */
+	HC_F_DEF_OUT = 1 << 18,     /* a normal policy applies to egress */
+	HC_F_DEF_OUT_FWD = 1 << 19, /* ... one with applyOnForward */
 	/* bit 1 << HS_*: the set has rules */
 };
 
@@ -776,8 +781,18 @@ struct host_key {
 };
 
 struct host_cfg {
-	__u32 gen;   /* entry 0: the active generation (0 or 1) */
-	__u32 flags; /* entries 1 and 2 (1 + gen): HC_F_*, 1 << HS_* */
+	__u32 gen;     /* entry 0: the active generation (0 or 1) */
+	__u32 flags;   /* entries 1 and 2 (1 + gen): HC_F_*, 1 << HS_* */
+	__u64 fwd_in;  /* HS_NORMAL_IN's rules of applyOnForward policies (forwarded traffic) */
+	__u64 fwd_out; /* HS_NORMAL_OUT's */
+};
+
+/* What host policy's first stages left for the normal stage after translation (per CPU:
+ * the same program run reads it back). */
+struct host_scratch {
+	struct ct_key arrived; /* the packet's tuple before translation */
+	__u32 own;             /* egress: sent by the node itself (its source a node address) */
+	__u32 pad;
 };
 
 struct {
@@ -805,6 +820,25 @@ struct {
 	__uint(max_entries, 3);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_host_cfg SEC(".maps");
+
+/* Connections host policy let through (normal stage): each one's tuples both ways, before
+ * and after translation -> last seen (ns). Their later packets and replies skip the normal
+ * policies (Calico's conntrack accepts established traffic before them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, __u64);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_host_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct host_scratch);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_host_scratch SEC(".maps");
 
 /* Packets each rule dropped, per CPU, indexed as dp_host_rules. */
 struct {

@@ -691,7 +691,7 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
  * dp_host_drops and at the `xdp` point with reason Policy), unless it is for one of the
  * node's addresses on an inbound failsafe port. Returns XDP_DROP; XDP_PASS when TC must
  * decide (an untracked Allow, which must get no conntrack entry from the fast path; pre-DNAT
- * rules in force, which TC applies; an IPv6 extension header or IPv4 fragment, whose ports
+ * or normal rules in force, which TC applies; an IPv6 extension header or IPv4 fragment, whose ports
  * TC finds); HOST_GO_ON when host policy has nothing to say. Its own frame: the fast path's
  * chain below is at the stack limit. Calico's XDP program (felix/bpf-gpl/xdp.c) does the
  * same with its untracked policy program: failsafes first (failsafe.h), then the policy; it
@@ -713,7 +713,7 @@ static __noinline int host_xdp(struct xdp_md *ctx)
 
 	gen = host_gen(&flags);
 	if (!(flags & HC_F_ON) ||
-	    !(flags & ((1 << HS_UNTRACKED_IN) | (1 << HS_PREDNAT_IN))))
+	    !(flags & ((1 << HS_UNTRACKED_IN) | (1 << HS_PREDNAT_IN) | HC_F_NORMAL)))
 		return HOST_GO_ON;
 	if ((void *)(eth + 1) > end)
 		return HOST_GO_ON;
@@ -761,7 +761,7 @@ static __noinline int host_xdp(struct xdp_md *ctx)
 	if ((cidr_bits(&p, hp.daddr) & CIDR_F_NODE) && host_failsafe(&hp, gen, 0))
 		return HOST_GO_ON;
 	if (flags & (1 << HS_UNTRACKED_IN)) {
-		idx = host_first(&hp, gen, HS_UNTRACKED_IN);
+		idx = host_first(&hp, gen, HS_UNTRACKED_IN, ~0ULL);
 		if (idx >= 0) {
 			if (host_action(idx) != HA_DENY)
 				return XDP_PASS;
@@ -769,7 +769,8 @@ static __noinline int host_xdp(struct xdp_md *ctx)
 			return XDP_DROP;
 		}
 	}
-	return (flags & (1 << HS_PREDNAT_IN)) ? XDP_PASS : HOST_GO_ON;
+	/* Pre-DNAT and normal policies are TC's (and the connections they track). */
+	return (flags & ((1 << HS_PREDNAT_IN) | HC_F_NORMAL)) ? XDP_PASS : HOST_GO_ON;
 }
 
 static __always_inline int xdp_uplink(struct xdp_md *ctx)
