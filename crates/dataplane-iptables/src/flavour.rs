@@ -40,9 +40,10 @@ impl Flavour {
             weights: true,
             max_services: 0,
             max_backends: 0,
-            // Not programmed yet (issue 22): states with them are refused.
-            cluster_policy: false,
-            host_policy: false,
+            // nftables: `nft/tiers.rs` and `nft/host.rs`. Not programmed yet by iptables
+            // (issue 22): states with them are refused.
+            cluster_policy: self == Flavour::Nftables,
+            host_policy: self == Flavour::Nftables,
         }
     }
 }

@@ -315,29 +315,12 @@ fn rejected_applies_change_nothing(flavour: Flavour) {
     assert!(matches!(e, Error::CapacityExceeded { .. }), "{e:?}");
     before.unchanged(&mut dp, "capacity error");
 
-    // Cluster and host endpoint policy, not programmed yet (issue 22): declared missing and
-    // refused by name, as a full and an incremental sync.
-    let caps = dp.dp().capabilities();
-    assert!(!caps.cluster_policy && !caps.host_policy, "{caps:?}");
-    for (tiered, object) in
-        dataplane_core::synthetic::tier_refusals(&old, service(&lab, "new", NEW, IpFamily::V4))
-    {
-        let e = dp.dp().apply(&tiered).unwrap_err();
-        assert!(
-            matches!(&e, Error::Unsupported { object: o, .. } if *o == object),
-            "{object}: {e:?}"
-        );
-        before.unchanged(&mut dp, &format!("{object} (apply)"));
-        let e = dp
-            .dp()
-            .apply_changes(&dataplane_core::diff(&old, &tiered))
-            .unwrap_err();
-        assert!(
-            matches!(&e, Error::Unsupported { object: o, .. } if *o == object),
-            "{object}: {e:?}"
-        );
-        before.unchanged(&mut dp, &format!("{object} (apply_changes)"));
-    }
+    tier_objects(
+        &mut dp,
+        &before,
+        &old,
+        service(&lab, "new", NEW, IpFamily::V4),
+    );
 
     // The tool dies after reading its input.
     let tool = match flavour {
@@ -377,6 +360,46 @@ fn rejected_applies_change_nothing(flavour: Flavour) {
         assert!(other.contains_key(name), "{name}: {other:?}");
     }
     dp.dp().reset().expect("reset");
+}
+
+/// Cluster and host endpoint policy (issue 22), against the state `old` with
+/// `new_service` added.
+fn tier_objects(
+    dp: &mut Backend,
+    before: &Before<'_>,
+    old: &dataplane_core::DesiredState,
+    new_service: Service,
+) {
+    // Cluster and host endpoint policy (issue 22): nftables programs them, so a state with
+    // one whose transaction the kernel refuses changes nothing, as a full and an incremental
+    // sync; a flavour that does not declares them missing and refuses them by name.
+    let caps = dp.dp().capabilities();
+    let programs_tiers = matches!(before.flavour, Flavour::Nftables);
+    assert_eq!(
+        (caps.cluster_policy, caps.host_policy),
+        (programs_tiers, programs_tiers),
+        "{caps:?}"
+    );
+    for (tiered, object) in dataplane_core::synthetic::tier_refusals(old, new_service) {
+        // nftables: refused by the kernel (the fault hook), a failed transaction; the
+        // others: refused by name before anything.
+        let expected = |e: &Error| match e {
+            Error::Kernel { .. } | Error::FullSyncRequired => programs_tiers,
+            Error::Unsupported { object: o, .. } => !programs_tiers && *o == object,
+            _ => false,
+        };
+        dp.set_fail_transactions(programs_tiers);
+        let e = dp.dp().apply(&tiered).unwrap_err();
+        assert!(expected(&e), "{object}: {e:?}");
+        before.unchanged(dp, &format!("{object} (apply)"));
+        let e = dp
+            .dp()
+            .apply_changes(&dataplane_core::diff(old, &tiered))
+            .unwrap_err();
+        assert!(expected(&e), "{object}: {e:?}");
+        before.unchanged(dp, &format!("{object} (apply_changes)"));
+        dp.set_fail_transactions(false);
+    }
 }
 
 #[test]
