@@ -404,7 +404,8 @@ fn pre_dnat_denies_a_node_port_by_source() {
 
 /// Normal policies: `node-in` lets 192.0.2.0/24 reach the node's TCP 6379 (not forwarded
 /// traffic: no applyOnForward), `node-out` lets the node reach 198.51.100.0/24 on TCP 443,
-/// `fwd-in` (applyOnForward, ingress only) lets anyone reach TCP 8080 through the node.
+/// `fwd-in` (applyOnForward, ingress only) lets anyone but 100.64.0.0/10 reach TCP 8080
+/// through the node.
 fn normal() -> Vec<HostPolicy> {
     vec![
         HostPolicy::new("node-in", uplink())
@@ -428,6 +429,7 @@ fn normal() -> Vec<HostPolicy> {
             .with_order(30)
             .on_forward()
             .with_types([PolicyType::Ingress])
+            .with_ingress(HostRule::new(HostAction::Deny).from_nets([net("100.64.0.0/10")]))
             .with_ingress(
                 HostRule::new(HostAction::Allow)
                     .protocol(Protocol::Tcp)
@@ -518,6 +520,30 @@ fn normal_policies_default_deny_apply_on_forward_and_replies() {
             TC_SHOT,
         ),
         same(
+            "a TCP ACK with no connection (a session from before the policies): picked up",
+            Hook::FromUplink,
+            eth()
+                .ip("203.0.113.9", "172.18.0.2")
+                .tcp(40010, 6379, common::TCP_ACK)
+                .build(),
+            TC_OK,
+        ),
+        same(
+            "... and the node's answer in that session leaves through it",
+            Hook::ToUplink,
+            eth()
+                .ip("172.18.0.2", "203.0.113.9")
+                .tcp(6379, 40010, common::TCP_ACK)
+                .build(),
+            TC_OK,
+        ),
+        same(
+            "a SYN-ACK with no connection (to a SYN no policy saw): judged, default deny",
+            Hook::ToUplink,
+            syn_ack("172.18.0.2", "203.0.113.9", 7000, 40011),
+            TC_SHOT,
+        ),
+        same(
             "normal policies in force: XDP leaves NodePort flows to TC",
             Hook::Xdp,
             syn("203.0.113.9", "172.18.0.2", 40008, 30080),
@@ -536,7 +562,17 @@ fn normal_policies_default_deny_apply_on_forward_and_replies() {
         )
         .expect("run");
     assert_eq!(run.verdict, TC_REDIRECT, "NodePort to 8080 allowed");
-    assert_eq!(drops(&dp, "fwd-in", PolicyType::Ingress, 0), 0);
+    // Judged with the client's own source, though the NodePort's SNAT has replaced it by
+    // the node's address: fwd-in's deny of 100.64.0.0/10 drops it.
+    let run = dp
+        .run_packet(
+            Hook::FromUplink,
+            &syn("100.64.0.9", "172.18.0.2", 40012, 30080),
+            1,
+        )
+        .expect("run");
+    assert_eq!(run.verdict, TC_SHOT, "NodePort from a denied client");
+    assert_eq!(drops(&dp, "fwd-in", PolicyType::Ingress, 0), 1);
     dp.reset().expect("reset");
 }
 

@@ -291,6 +291,13 @@ static __always_inline __u32 host_defer(const struct pkt *p, __u32 flags, __u32 
 		return HOST_AFTER_NONE;
 	}
 	s->own = own;
+	/* A TCP packet without SYN belongs to a connection that was there before the normal
+	 * policies came: picked up as established and tracked, as netfilter's conntrack does by
+	 * default (nf_conntrack_tcp_loose), so that sessions outlive a policy change. A SYN
+	 * (a new connection) and a SYN-ACK (an answer to one, e.g. to a SYN an untracked Allow
+	 * let in: it needs a rule of its own) are judged. */
+	if (after == HOST_AFTER_JUDGE && p->proto == IPPROTO_TCP && !(p->tcp_flags & TCPF_SYN))
+		return HOST_AFTER_TRACK;
 	return after;
 }
 
@@ -365,6 +372,11 @@ static __noinline int host_after(struct __sk_buff *skb, int ingress)
 	if (skb->cb[CB_HOST] == HOST_AFTER_JUDGE) {
 		int local = is_local(&p, p.daddr);
 
+		/* The client as it sent the packet, the destination as translated (a source NAT
+		 * came with the DNAT in lb_forward(); netfilter's FORWARD chain, where Calico's
+		 * policies run, sees the packet after DNAT and before SNAT). */
+		addr_copy(hp.saddr, s->arrived.saddr);
+		hp.sport = s->arrived.sport;
 		if (ingress) {
 			drop = host_leg(&hp, gen, c, HS_NORMAL_IN,
 					!(cidr_bits(&p, p.daddr) & CIDR_F_NODE));
