@@ -439,6 +439,7 @@ fn normal() -> Vec<HostPolicy> {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one table of fixtures, then the NodePort's two runs
 fn normal_policies_default_deny_apply_on_forward_and_replies() {
     if !require_root("normal_policies_default_deny_apply_on_forward_and_replies") {
         return;
