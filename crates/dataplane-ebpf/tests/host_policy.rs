@@ -58,7 +58,8 @@ fn net(s: &str) -> ipnetwork::IpNetwork {
 }
 
 /// Untracked: `blocked` denies the given prefixes; `trusted` lets 192.0.2.0/25 reach TCP
-/// 30080 untracked, and the node's replies from TCP 30080 out.
+/// 30080 untracked, and the node's replies from TCP 30080 out, and denies the node's own
+/// packets to 198.51.100.0/24 and to node-b's pods (10.244.1.0/24).
 fn untracked(blocked: Vec<ipnetwork::IpNetwork>) -> Vec<HostPolicy> {
     vec![
         HostPolicy::new("blocked", uplink())
@@ -79,7 +80,8 @@ fn untracked(blocked: Vec<ipnetwork::IpNetwork>) -> Vec<HostPolicy> {
                     .protocol(Protocol::Tcp)
                     .from_ports([HostPort::Number(30080)]),
             )
-            .with_egress(HostRule::new(HostAction::Deny).to_nets([net("198.51.100.0/24")])),
+            .with_egress(HostRule::new(HostAction::Deny).to_nets([net("198.51.100.0/24")]))
+            .with_egress(HostRule::new(HostAction::Deny).to_nets([net("10.244.1.0/24")])),
     ]
 }
 
@@ -274,6 +276,33 @@ fn untracked_denies_at_xdp_and_tc_with_failsafes_and_untracked_allows() {
     assert!(ct
         .get(&ct_key("192.0.2.200", 40011, "172.18.0.2", 30080), 0)
         .is_ok());
+
+    // A NodePort connection translated in TC (SNAT to the node's address, to node-b's pod)
+    // leaves by the uplink's egress: forwarded, not the node's own, so the untracked egress
+    // Deny of 10.244.1.0/24 (the node's own packets only) leaves it alone; the node's own
+    // packet there is dropped.
+    let run = dp
+        .run_packet(
+            Hook::FromUplink,
+            &syn("192.0.2.201", "172.18.0.2", 40014, 30080),
+            1,
+        )
+        .expect("run");
+    assert_eq!(run.verdict, TC_REDIRECT, "NodePort translated in TC");
+    let out = dp.run_packet(Hook::ToUplink, &run.output, 1).expect("run");
+    assert_eq!(
+        out.verdict, TC_OK,
+        "the translated packet is forwarded, not the node's"
+    );
+    check(
+        &mut dp,
+        &same(
+            "the node's own packet to node-b's pod: untracked egress Deny",
+            Hook::ToUplink,
+            syn("172.18.0.2", "10.244.1.20", 40015, 8080),
+            TC_SHOT,
+        ),
+    );
 
     // A rule with SCTP ports is refused by name and changes nothing: blocked stays blocked.
     let mut sctp = untracked(blocked_nets());
@@ -573,6 +602,12 @@ fn normal_policies_default_deny_apply_on_forward_and_replies() {
         )
         .expect("run");
     assert_eq!(run.verdict, TC_SHOT, "NodePort from a denied client");
+    // A ClusterIP's unknown port from outside is rejected (the reference model's Reject):
+    // the answer is ours, the normal stage does not judge it (fwd-in would drop the packet).
+    let input = syn("203.0.113.9", "10.96.0.31", 40013, 81);
+    let run = dp.run_packet(Hook::FromUplink, &input, 1).expect("run");
+    assert_ne!(run.verdict, TC_SHOT, "rejected, not dropped");
+    assert_ne!(run.output, input, "the answer (a RST) goes back");
     assert_eq!(drops(&dp, "fwd-in", PolicyType::Ingress, 0), 1);
     dp.reset().expect("reset");
 }

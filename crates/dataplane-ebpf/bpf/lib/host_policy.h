@@ -49,8 +49,8 @@
 #define HOST_UNTRACKED 1 /* an untracked Allow: leave the packet alone */
 #define HOST_DROP 2     /* a Deny: dropped (counted and reported already) */
 
-/* skb->cb[CB_HOST]: what host_after() owes the packet (dp_handle() leaves cb[3..4] alone) */
-#define CB_HOST 4
+/* skb->cb[CB_HOST] (common.h): what host_after() owes the packet (dp_handle() clears it for
+ * its own answers: rejects, fragmentation needed) */
 #define HOST_AFTER_NONE 0  /* nothing: no host policy, or a known connection */
 #define HOST_AFTER_TRACK 1 /* allowed early (failsafe, pre-DNAT Allow): track it */
 #define HOST_AFTER_JUDGE 2 /* the normal policies judge it after translation */
@@ -440,6 +440,22 @@ static __noinline int host_from_uplink(struct __sk_buff *skb)
 	return HOST_GO_ON;
 }
 
+/*
+ * Whether @p, leaving with a node address as its source, is a packet this datapath
+ * translated on its way through the node (a service connection from elsewhere, source NAT to
+ * the node address): its reply's tuple is a reverse conntrack entry. Such a packet is
+ * forwarded, not the node's own.
+ */
+static __always_inline int host_translated(const struct pkt *p)
+{
+	struct ct_entry *e;
+	struct ct_key k;
+
+	ct_reply_key(&k, p, p->daddr, p->dport);
+	e = bpf_map_lookup_elem(&dp_ct, &k);
+	return e && ct_is_rev(e);
+}
+
 /**
  * host_to_uplink() - host policy for a packet leaving by the uplink (TC egress): the node's
  * own packets (from one of its addresses; forwarded ones meet no untracked policy), before
@@ -461,7 +477,7 @@ static __noinline int host_to_uplink(struct __sk_buff *skb)
 	ret = parse_packet(skb, &p);
 	if (ret < 0 || !p.family || is_local(&p, p.daddr))
 		return HOST_GO_ON;
-	own = cidr_bits(&p, p.saddr) & CIDR_F_NODE;
+	own = (cidr_bits(&p, p.saddr) & CIDR_F_NODE) && !host_translated(&p);
 	if (own) {
 		host_pkt_of(&hp, &p, ret);
 		if (host_failsafe(&hp, gen, 1)) {
