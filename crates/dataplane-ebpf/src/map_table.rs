@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, EvLimit, HostCfg,
     HostKey, LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockKey, PolCt, PolRuleKey,
-    SrcRangeData, SvcEntry, SvcKey, DR_SLOTS, EV_LIMIT_SLOTS, EV_RING_BYTES, HS_RULE_SLOTS, PT_MAX,
-    SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE, STAT_NAMES,
+    PolTier, SrcRangeData, SvcEntry, SvcKey, DR_SLOTS, EV_LIMIT_SLOTS, EV_RING_BYTES,
+    HS_RULE_SLOTS, PT_MAX, SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE, STAT_NAMES,
 };
 
 /// The [`Capacities`](crate::Capacities) field that sizes a map.
@@ -197,6 +197,16 @@ pub(crate) const POL_BLOCKS: MapSpec = spec(
     16_384,
     Some(Capacity::PolicyBlocks),
 );
+/// Cluster policies and the baseline: (endpoint, peer, direction, protocol, port prefix) ->
+/// the first rule of each tier (LPM trie). Sized like `dp_pol_rules` (one capacity,
+/// `Capacities::policy_rules`, for each of the two maps).
+pub(crate) const POL_TIERS: MapSpec = spec(
+    "dp_pol_tiers",
+    size_of::<PolRuleKey>(),
+    size_of::<PolTier>(),
+    65_536,
+    Some(Capacity::PolicyRules),
+);
 /// NetworkPolicy's conntrack: connections seen at the pods' veths.
 pub(crate) const POL_CT: MapSpec = spec(
     "dp_pol_ct",
@@ -246,7 +256,7 @@ pub(crate) const HOST_SCRATCH: MapSpec =
 pub(crate) const HOST_DROPS: MapSpec = spec("dp_host_drops", 4, 8, HS_RULE_SLOTS, None);
 
 /// Every map.
-pub(crate) const MAPS: [MapSpec; 25] = [
+pub(crate) const MAPS: [MapSpec; 26] = [
     SVC,
     BACKENDS,
     SLOTS,
@@ -261,6 +271,7 @@ pub(crate) const MAPS: [MapSpec; 25] = [
     POL_ADDR,
     POL_RULES,
     POL_BLOCKS,
+    POL_TIERS,
     POL_CT,
     EVENTS,
     DROPS,

@@ -128,19 +128,25 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
     let chain = format!("{e:?}");
     assert!(chain.contains("missing0"), "{chain}");
 
-    // Cluster policy, not programmed yet (issue 22): declared missing and refused by name,
-    // with a new service in the same state, as a full and an incremental sync. Host endpoint
-    // policy is programmed (the synthetic host state is left out), but a host policy rule
-    // with SCTP ports (the programs do not parse SCTP) is refused by the policy's name; its
-    // change set needs a full sync (core's validator says so first), which changes nothing
-    // either.
+    // Cluster policies, the baseline and host endpoint policy are programmed: what the
+    // backend would still declare missing of core's synthetic tier states is refused by name,
+    // with a new service in the same state, as a full and an incremental sync (none today).
+    // A host policy rule with SCTP ports (the programs do not parse SCTP) is refused by the
+    // policy's name; its change set needs a full sync (core's validator says so first), which
+    // changes nothing either.
     let caps = dp.capabilities();
-    assert!(!caps.cluster_policy, "{caps:?}");
+    assert!(caps.cluster_policy, "{caps:?}");
     assert!(caps.host_policy, "{caps:?}");
     let mut refusals: Vec<(DesiredState, String)> =
         dataplane_core::synthetic::tier_refusals(&old, service(&lab, "new", NEW))
             .into_iter()
-            .filter(|(_, object)| !object.starts_with("host endpoint"))
+            .filter(|(_, object)| {
+                !(if object.starts_with("host endpoint") {
+                    caps.host_policy
+                } else {
+                    caps.cluster_policy
+                })
+            })
             .collect();
     let mut sctp = old.clone().with_service(service(&lab, "new", NEW));
     let uplink = sctp.node.interfaces.uplink.clone();

@@ -40,10 +40,9 @@ impl Flavour {
             weights: true,
             max_services: 0,
             max_backends: 0,
-            // nftables: `nft/tiers.rs` and `nft/host.rs`. Not programmed yet by iptables
-            // (issue 22): states with them are refused.
-            cluster_policy: self == Flavour::Nftables,
-            host_policy: self == Flavour::Nftables,
+            // `nft/tiers.rs` and `nft/host.rs`; `iptables/tiers.rs` and `iptables/host.rs`.
+            cluster_policy: true,
+            host_policy: true,
         }
     }
 }
