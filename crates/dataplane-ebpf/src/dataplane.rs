@@ -734,7 +734,6 @@ impl Dataplane for EbpfDataplane {
                 cluster_policies: changes.cluster_policies.clone(),
                 baseline_policy: changes.baseline_policy.clone(),
                 nodes: changes.nodes.clone(),
-                ..ChangeSet::default()
             }
             .apply_to(&mut next);
         }
