@@ -102,6 +102,11 @@ fn digest(object: &Object) -> Digest {
         Object::Pod(o) => serde_json::to_writer(&mut w, o),
         Object::Namespace(o) => serde_json::to_writer(&mut w, o),
         Object::Node(o) => serde_json::to_writer(&mut w, o),
+        Object::AdminNetworkPolicy(o) => serde_json::to_writer(&mut w, o),
+        Object::BaselineAdminNetworkPolicy(o) => serde_json::to_writer(&mut w, o),
+        Object::HostEndpoint(o) => serde_json::to_writer(&mut w, o),
+        Object::GlobalNetworkPolicy(o) => serde_json::to_writer(&mut w, o),
+        Object::FelixConfiguration(o) => serde_json::to_writer(&mut w, o),
     };
     std::hash::Hasher::finish(&w.0)
 }
