@@ -929,12 +929,19 @@ mod tests {
             assert!(state.cluster_policies.is_empty() && state.host_policies.is_empty());
         }
 
+        tier_rows_expect(&lab, &dir);
+    }
+
+    /// Edits 3 and 4: the AdminNetworkPolicy's Deny beats the NetworkPolicy's Allow, and
+    /// node-0's uplink drops the blocked source (untracked) and the client on `local`'s
+    /// NodePort (pre-DNAT), and serves the client on `web`'s.
+    fn tier_rows_expect(lab: &Lab, dir: &Path) {
         // Edits 3 and 4: the AdminNetworkPolicy's Deny beats the NetworkPolicy's Allow, and
         // node-0's uplink drops the blocked source (untracked) and the client on `local`'s
         // NodePort (pre-DNAT), and serves the client on `web`'s.
-        manifests::write(&dir, &manifests::admin_policy().unwrap()).unwrap();
-        manifests::write(&dir, &manifests::host_policy(&lab).unwrap()).unwrap();
-        let after = translate(&lab, &dir).unwrap();
+        manifests::write(dir, &manifests::admin_policy().unwrap()).unwrap();
+        manifests::write(dir, &manifests::host_policy(lab).unwrap()).unwrap();
+        let after = translate(lab, dir).unwrap();
         for (i, state) in after.iter().enumerate() {
             assert_eq!(
                 state.cluster_policies.len(),
@@ -978,7 +985,7 @@ mod tests {
             evaluate(&after[client.node], &direct, &entry),
             Verdict::Drop
         );
-        let expected: Vec<bool> = host_rows_spec(&lab)
+        let expected: Vec<bool> = host_rows_spec(lab)
             .unwrap()
             .iter()
             .map(|row| {

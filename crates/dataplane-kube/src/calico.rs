@@ -1,5 +1,5 @@
 //! Calico's host endpoint policy objects (`projectcalico.org/v3`: HostEndpoint,
-//! GlobalNetworkPolicy for host endpoints, FelixConfiguration's failsafe ports) as serde types
+//! GlobalNetworkPolicy for host endpoints, `FelixConfiguration`'s failsafe ports) as serde types
 //! of their own, and their translation to [`dataplane_core::HostEndpoint`],
 //! [`dataplane_core::HostPolicy`] and [`dataplane_core::FailsafePorts`].
 //!
@@ -13,7 +13,7 @@
 //! `&&` of `k == 'v'`, `k != 'v'`, `has(k)`, `!has(k)`, `k in {..}`, `k not in {..}`),
 //! `types`, `applyOnForward`, `preDNAT`, `doNotTrack`, and rules with `action` Allow or
 //! Deny, `protocol` (TCP, UDP, SCTP), and `source` / `destination` `nets` and `ports`
-//! (numbers and `"start:end"` ranges); FelixConfiguration `default` and `node.<this node>`
+//! (numbers and `"start:end"` ranges); `FelixConfiguration` `default` and `node.<this node>`
 //! `failsafeInboundHostPorts` / `failsafeOutboundHostPorts` (the node's object overrides
 //! `default` per field, as Felix merges them; absent: Calico's defaults; `[]`: none).
 //!
@@ -24,7 +24,7 @@
 //! `notProtocol`, ICMP matches, `ipVersion`, `http`, the entity fields `notNets`,
 //! `selector`, `notSelector`, `namespaceSelector`, `notPorts`, `serviceAccounts`,
 //! `services`, named ports, a HostEndpoint's `profiles` and `ports`, a failsafe port's `net`,
-//! and unknown fields. FelixConfiguration's other settings are not read.
+//! and unknown fields. `FelixConfiguration`'s other settings are not read.
 
 use dataplane_core::{
     FailsafePort, FailsafePorts, HostAction, HostPolicy, HostPort, HostRule, HostRuleMatch,
@@ -36,10 +36,10 @@ use serde::{Deserialize, Serialize};
 use crate::anp::Bad;
 use crate::support::parse_cidr;
 
-/// The FelixConfiguration every node reads.
+/// The `FelixConfiguration` every node reads.
 pub const FELIX_DEFAULT: &str = "default";
 
-/// The prefix of a node's own FelixConfiguration (`node.<node name>`).
+/// The prefix of a node's own `FelixConfiguration` (`node.<node name>`).
 pub const FELIX_NODE_PREFIX: &str = "node.";
 
 /// `projectcalico.org/v3` HostEndpoint (cluster-scoped).
@@ -198,7 +198,7 @@ pub struct EntityRule {
     pub services: Option<serde_json::Value>,
 }
 
-/// `projectcalico.org/v3` FelixConfiguration (cluster-scoped): only its failsafe ports are
+/// `projectcalico.org/v3` `FelixConfiguration` (cluster-scoped): only its failsafe ports are
 /// read, the other settings are let through unread.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -466,7 +466,7 @@ fn host_port(p: &serde_json::Value) -> Result<HostPort, String> {
     }
 }
 
-/// The failsafe ports of FelixConfiguration `default` overridden per field by `node` (this
+/// The failsafe ports of `FelixConfiguration` `default` overridden per field by `node` (this
 /// node's `node.<name>`).
 pub(crate) fn failsafe_ports(
     default: Option<&FelixConfiguration>,

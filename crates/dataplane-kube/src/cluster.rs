@@ -474,7 +474,7 @@ impl Cluster {
 
     /// Refuses a policy tier object that does not translate, or that makes the policy
     /// tiers invalid together with the stored ones (two AdminNetworkPolicies at one
-    /// priority, two HostEndpoints for one interface).
+    /// priority, two `HostEndpoints` for one interface).
     fn check_tier(&self, key: &ObjectKey, object: &Object) -> Result<(), TranslateError> {
         let objects = self.tier_objects(Some((key, object)));
         crate::tiers::translate_tiers(&self.settings.node_name, &objects, Some(key)).map(drop)

@@ -127,7 +127,7 @@ pub enum Kind {
     HostEndpoint,
     /// `projectcalico.org/v3` GlobalNetworkPolicy (for host endpoints).
     GlobalNetworkPolicy,
-    /// `projectcalico.org/v3` FelixConfiguration (its failsafe ports).
+    /// `projectcalico.org/v3` `FelixConfiguration` (its failsafe ports).
     FelixConfiguration,
 }
 
@@ -309,7 +309,7 @@ pub enum Object {
     HostEndpoint(Box<calico::HostEndpoint>),
     /// A Calico GlobalNetworkPolicy.
     GlobalNetworkPolicy(Box<calico::GlobalNetworkPolicy>),
-    /// A Calico FelixConfiguration.
+    /// A Calico `FelixConfiguration`.
     FelixConfiguration(Box<calico::FelixConfiguration>),
 }
 
@@ -443,7 +443,7 @@ pub enum TranslateError {
         /// The node name looked for.
         name: String,
     },
-    /// A cluster-wide or host policy object (or a FelixConfiguration's failsafe ports) has
+    /// A cluster-wide or host policy object (or a `FelixConfiguration`'s failsafe ports) has
     /// a field the model cannot hold, or a value it refuses: the object is not taken (a
     /// rule left out could open what it should close). The store keeps its previous version.
     #[error("{object}: {field}: {message}")]

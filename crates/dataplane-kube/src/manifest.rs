@@ -210,12 +210,12 @@ pub fn parse_document(
 ///     "apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
 ///     "metadata": { "name": "all" }, "spec": { "selector": "all()" },
 /// });
-/// let err = dataplane_kube::parse_value(value).unwrap_err();
+/// let err = dataplane_kube::parse_value(&value).unwrap_err();
 /// assert!(err.to_string().contains("GlobalNetworkPolicy all: spec.selector: "), "{err}");
 /// ```
-pub fn parse_value(value: Value) -> Result<Object, ManifestError> {
+pub fn parse_value(value: &Value) -> Result<Object, ManifestError> {
     let mut out = Manifests::default();
-    read_document(&value, "watch", "object", false, &mut out)?;
+    read_document(value, "watch", "object", false, &mut out)?;
     out.objects.pop().ok_or_else(|| ManifestError::Document {
         file: "watch".to_owned(),
         document: "object".to_owned(),

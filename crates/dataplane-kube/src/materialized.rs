@@ -102,8 +102,9 @@ pub(crate) struct Materialized {
     cluster_policies: Tracked<String, dataplane_core::ClusterPolicy>,
     host_endpoints: Tracked<String, dataplane_core::HostEndpoint>,
     host_policies: Tracked<String, dataplane_core::HostPolicy>,
-    /// The baseline before the changes not yet taken, if it changed (the outer `Some`).
-    baseline_previous: Option<Option<dataplane_core::BaselinePolicy>>,
+    /// Whether the baseline changed since the changes were last taken, and what it was.
+    baseline_changed: bool,
+    baseline_previous: Option<dataplane_core::BaselinePolicy>,
     /// The failsafe ports before the changes not yet taken, if they changed.
     failsafe_previous: Option<dataplane_core::FailsafePorts>,
 }
@@ -122,6 +123,7 @@ impl Materialized {
             cluster_policies: Tracked::new(),
             host_endpoints: Tracked::new(),
             host_policies: Tracked::new(),
+            baseline_changed: false,
             baseline_previous: None,
             failsafe_previous: None,
         }
@@ -256,8 +258,9 @@ impl Materialized {
         if self.state.baseline_policy != tiers.baseline_policy {
             let old =
                 std::mem::replace(&mut self.state_mut().baseline_policy, tiers.baseline_policy);
-            if self.cluster_policies.recording && self.baseline_previous.is_none() {
-                self.baseline_previous = Some(old);
+            if self.cluster_policies.recording && !self.baseline_changed {
+                self.baseline_changed = true;
+                self.baseline_previous = old;
             }
         }
         if self.state.failsafe_ports != tiers.failsafe_ports {
@@ -286,9 +289,8 @@ impl Materialized {
             namespaces: self.namespaces.take(&self.state.namespaces),
             pods: self.pods.take(&self.state.pods),
             cluster_policies: self.cluster_policies.take(&self.state.cluster_policies),
-            baseline_policy: self
-                .baseline_previous
-                .take()
+            baseline_policy: std::mem::take(&mut self.baseline_changed)
+                .then(|| self.baseline_previous.take())
                 .filter(|previous| *previous != self.state.baseline_policy)
                 .map(|previous| Change {
                     previous,
@@ -358,6 +360,7 @@ impl Materialized {
         self.cluster_policies.forget();
         self.host_endpoints.forget();
         self.host_policies.forget();
+        self.baseline_changed = false;
         self.baseline_previous = None;
         self.failsafe_previous = None;
     }

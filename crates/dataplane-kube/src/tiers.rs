@@ -133,7 +133,7 @@ pub(crate) fn strip_peer_node(node: &mut Node) {
     });
 }
 
-/// Node `name` as a policy peer: its InternalIP and ExternalIP addresses (those kube-proxy
+/// Node `name` as a policy peer: its `InternalIP` and `ExternalIP` addresses (those kube-proxy
 /// reads as node IPs, `GetNodeHostIPs`) and labels.
 pub(crate) fn peer_node(name: &str, node: &Node, w: &mut Warnings) -> Option<PeerNode> {
     let mut out = PeerNode::new(name, []);

@@ -1,5 +1,5 @@
-//! AdminNetworkPolicy, BaselineAdminNetworkPolicy, Calico HostEndpoint, GlobalNetworkPolicy
-//! and FelixConfiguration from YAML manifests to the state's policy tiers, Nodes as peers,
+//! `AdminNetworkPolicy`, `BaselineAdminNetworkPolicy`, Calico `HostEndpoint`,
+//! `GlobalNetworkPolicy` and `FelixConfiguration` from YAML manifests to the state's policy tiers, Nodes as peers,
 //! and every field that is rejected (by the manifest parser and by the store).
 
 use std::net::IpAddr;
@@ -222,7 +222,13 @@ fn the_tiers_translate() {
         ]
     );
     assert_eq!(s.nodes[0].labels["role"], "worker");
+}
 
+#[test]
+fn the_host_tiers_translate() {
+    let mut cluster = store();
+    let t = cluster.translate(&none).unwrap();
+    let s = &t.state;
     // HostEndpoints: this node's only.
     assert_eq!(s.host_endpoints.len(), 1);
     let hep = &s.host_endpoints[0];
@@ -562,17 +568,20 @@ fn unsupported_calico_fields_are_rejected() {
     ] {
         rejected("GlobalNetworkPolicy", CALICO, "bad", &spec, field);
     }
+}
+
+#[test]
+fn unsupported_host_endpoint_and_felix_fields_are_rejected() {
     // An unknown field of a rule is named by the parser.
     let text = format!(
-        "apiVersion: {CALICO}\nkind: GlobalNetworkPolicy\nmetadata: {{ name: bad }}\nspec:\n{}\n",
-        ingress("{ action: Deny, destinationx: {} }")
+        "apiVersion: {CALICO}\nkind: GlobalNetworkPolicy\nmetadata: {{ name: bad }}\nspec:\n  \
+         selector: has(host-endpoint)\n  ingress: [{{ action: Deny, destinationx: {{}} }}]\n"
     );
     let err = parse_manifests(&text, "bad.yaml").unwrap_err();
     assert!(
         matches!(&err, ManifestError::Object { path, .. } if path == "spec.ingress[0].destinationx"),
         "{err}"
     );
-
     for (spec, field) in [
         ("  node: node-a\n  interfaceName: eth1\n  profiles: [projectcalico-default-allow]", "spec.profiles"),
         ("  node: node-a\n  interfaceName: eth1\n  ports: [{ name: ssh, port: 22, protocol: TCP }]", "spec.ports"),

@@ -317,7 +317,7 @@ fn watch_policy_tier(client: &Client, kind: Kind) -> BoxStream<'static, SourceEv
                 a.remove(LAST_APPLIED);
             }
         }
-        dataplane_kube::parse_value(value)
+        dataplane_kube::parse_value(&value)
             .map_err(|e| format!("watch of {kind}: {kind} {name}: {e}"))
     };
     let mut listing: Option<Vec<Object>> = None;
