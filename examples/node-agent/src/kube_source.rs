@@ -28,7 +28,7 @@
 //!   labels and addresses, so their status heartbeats are no change).
 //! - The policy tier kinds (AdminNetworkPolicy and BaselineAdminNetworkPolicy of
 //!   `policy.networking.k8s.io/v1alpha1`; Calico's HostEndpoint, GlobalNetworkPolicy and
-//!   FelixConfiguration of `projectcalico.org/v3`) are custom resources: they are watched as
+//!   `FelixConfiguration` of `projectcalico.org/v3`) are custom resources: they are watched as
 //!   dynamic objects and read into `dataplane_kube`'s types; one that does not read is an
 //!   error naming it (and the store keeps its previous version). A cluster without the
 //!   definition answers 404: that kind is then listed as empty (so that the agent syncs) and
