@@ -40,9 +40,9 @@ impl Flavour {
             weights: true,
             max_services: 0,
             max_backends: 0,
-            // Not programmed yet (issue 22): states with them are refused.
-            cluster_policy: false,
-            host_policy: false,
+            // `nft/tiers.rs` and `nft/host.rs`; `iptables/tiers.rs` and `iptables/host.rs`.
+            cluster_policy: true,
+            host_policy: true,
         }
     }
 }

@@ -254,8 +254,8 @@ pub(crate) fn check_supported(
             object: format!("policy {}", p.name),
         });
     }
-    // Cluster-wide and host endpoint policy are not programmed yet (issue 22): refused, as
-    // leaving them out would leave open what they close.
+    // Cluster-wide and host endpoint policy: both flavours program them (issue 22); a flavour
+    // that did not would refuse them here, as leaving them out would leave open what they close.
     capabilities.check_policy_tiers(state)?;
     let mut skipped = Vec::new();
     for s in &state.services {

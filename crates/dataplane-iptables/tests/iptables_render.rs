@@ -101,7 +101,11 @@ fn partial_sync_rewrites_only_changed_chains() {
         filter_chains: before.filter.keys().cloned().collect(),
         ..Existing::default()
     };
-    for (t, c, _) in hooks("DP") {
+    // (The raw and mangle hooks are host policy's: not in this state.)
+    for (t, c, _) in hooks("DP")
+        .into_iter()
+        .filter(|h| Table::ALL.contains(&h.0))
+    {
         existing.hooks.insert((t, c.to_owned()));
     }
     let (before_d, after_d) = (
@@ -253,7 +257,10 @@ fn syncs_from_digests_do_what_syncs_from_rulesets_do() {
             filter_chains: rs.filter.keys().cloned().collect(),
             ..Existing::default()
         };
-        for (t, c, _) in hooks("DP") {
+        for (t, c, _) in hooks("DP")
+            .into_iter()
+            .filter(|h| Table::ALL.contains(&h.0))
+        {
             e.hooks.insert((t, c.to_owned()));
         }
         e
@@ -863,6 +870,8 @@ mod policy {
                 SetOp::Add { name, ip } => kernel.get_mut(name).is_some_and(|s| s.insert(*ip)),
                 SetOp::Del { name, ip } => kernel.get_mut(name).is_some_and(|s| s.remove(ip)),
                 SetOp::Destroy { name } => kernel.remove(name).is_some(),
+                // Host policy's `hash:net` sets: not in these NetworkPolicy worlds.
+                SetOp::CreateNet { .. } | SetOp::AddNet { .. } | SetOp::DelNet { .. } => false,
             };
             if !ok {
                 return Err(format!("ipset refuses {op:?}"));
@@ -1007,7 +1016,11 @@ mod policy {
                 } else {
                     let compiled = compile(&state);
                     let want = ipsets(&compiled, "DP").unwrap();
-                    let held = KernelSets { ours: kernel.clone(), foreign: 0 };
+                    let held = KernelSets {
+                        ours: kernel.clone(),
+                        foreign: 0,
+                        ..KernelSets::default()
+                    };
                     let ops = converge(&held, &want, &compiled);
                     (compiled, want, ops)
                 };
@@ -1246,6 +1259,7 @@ mod policy {
                 .map(|(n, spec)| (n.clone(), ipset::members(&compile(&old), spec).collect()))
                 .collect(),
             foreign: 0,
+            ..KernelSets::default()
         };
         let mut full = converge(&kernel, &want, &compiled);
         let mut inc = ops.clone();

@@ -820,45 +820,6 @@ fn lab_egress_ip_block_except() {
     t.dp.reset().unwrap();
 }
 
-/// `nft -j list table inet <table>` in `netns`, with each set's elements sorted (hash sets
-/// list in their own order): set and chain name → its elements or rules as JSON text.
-fn listing(netns: &dataplane_testkit::NetNs, table: &str) -> BTreeMap<String, Vec<String>> {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns.name(),
-            "nft",
-            "-j",
-            "list",
-            "table",
-            "inet",
-            table,
-        ])
-        .output()
-        .expect("nft runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let l = dataplane_iptables::nft::observe::parse_listing(&String::from_utf8_lossy(&out.stdout))
-        .expect("listing parses");
-    let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, elems) in l.maps {
-        let mut e: Vec<String> = elems.iter().map(|kv| format!("{kv:?}")).collect();
-        e.sort();
-        all.insert(format!("set {name}"), e);
-    }
-    for (name, rules) in l.rules {
-        all.insert(
-            format!("chain {name}"),
-            rules.iter().map(ToString::to_string).collect(),
-        );
-    }
-    all
-}
-
 /// Random sequences of partial syncs (the netlink element path included) leave the kernel
 /// with the same table as a full sync of the same state into another table (but for the
 /// hairpin elements of removed pods, which stay until the next full sync).
@@ -869,13 +830,7 @@ fn random_partial_syncs_match_a_full_sync_in_the_kernel() {
     }
     let lab = one_node_lab(1, true);
     let netns = &lab.node(0).netns;
-    let config = |table: &str| {
-        let mut c = NetfilterConfig::nftables(Some(netns.path().to_owned()));
-        c.name = table.to_owned();
-        c
-    };
-    let mut partial = NftablesDataplane::new(config("dataplane"));
-    let mut full = NftablesDataplane::new(config("fresh"));
+    let (mut partial, mut full) = common::partial_and_fresh(netns);
     let mut compared = 0;
     for seed in [7u64, 11] {
         let mut changes = Changes(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -892,21 +847,11 @@ fn random_partial_syncs_match_a_full_sync_in_the_kernel() {
             assert!(!report.full_sync);
             full.apply(&next).unwrap();
             if !next.policies.is_empty() {
-                let (a, b) = (listing(netns, "dataplane"), listing(netns, "fresh"));
-                // Hairpin elements are only added between full syncs (an extra one is
-                // harmless: see `plan::hairpin_candidates`).
-                let differ: Vec<&String> = a
-                    .keys()
-                    .chain(b.keys())
-                    .filter(|k| !k.starts_with("set hairpin-") && a.get(*k) != b.get(*k))
-                    .collect();
-                assert!(
-                    differ.is_empty(),
-                    "seed {seed} step {step}: {:#?}",
-                    differ
-                        .iter()
-                        .map(|k| (k, a.get(*k), b.get(*k)))
-                        .collect::<Vec<_>>()
+                common::assert_same_tables(
+                    netns,
+                    "dataplane",
+                    "fresh",
+                    &format!("seed {seed} step {step}"),
                 );
                 compared += 1;
             }
@@ -944,12 +889,12 @@ fn a_refused_policy_change_changes_nothing() {
         let mut dp =
             NftablesDataplane::new(NetfilterConfig::nftables(Some(netns.path().to_owned())));
         dp.apply(&state).unwrap();
-        let before = listing(netns, "dataplane");
+        let before = common::listing(netns, "dataplane");
         dp.set_fail_transactions(true);
         let err = dp.apply_changes(&diff(&state, &next)).unwrap_err();
         assert!(matches!(err, dataplane_core::Error::Kernel { .. }), "{err}");
         assert!(
-            listing(netns, "dataplane") == before,
+            common::listing(netns, "dataplane") == before,
             "the refused change was written"
         );
         dp.set_fail_transactions(false);
@@ -958,9 +903,9 @@ fn a_refused_policy_change_changes_nothing() {
             matches!(err, dataplane_core::Error::FullSyncRequired),
             "{err}"
         );
-        assert_eq!(listing(netns, "dataplane"), before);
+        assert_eq!(common::listing(netns, "dataplane"), before);
         dp.apply(&next).unwrap();
-        assert_ne!(listing(netns, "dataplane"), before);
+        assert_ne!(common::listing(netns, "dataplane"), before);
         dp.reset().unwrap();
     }
 }

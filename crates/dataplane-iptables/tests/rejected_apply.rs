@@ -22,8 +22,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dataplane_core::{
-    Dataplane, Error, IpFamily, LabelSelector, ObjectName, ObservedState, Policy, PolicyType,
-    Protocol, Service, ServicePort, ValidationError,
+    Dataplane, DesiredState, Error, HostAction, HostEndpoint, HostPolicy, HostRule, IpFamily,
+    LabelSelector, ObjectName, ObservedState, Policy, PolicyType, Protocol, Service, ServicePort,
+    ValidationError, ALL_INTERFACES,
 };
 use dataplane_iptables::config::IptablesMode;
 use dataplane_iptables::{IptablesDataplane, NetfilterConfig, NftablesDataplane};
@@ -315,28 +316,14 @@ fn rejected_applies_change_nothing(flavour: Flavour) {
     assert!(matches!(e, Error::CapacityExceeded { .. }), "{e:?}");
     before.unchanged(&mut dp, "capacity error");
 
-    // Cluster and host endpoint policy, not programmed yet (issue 22): declared missing and
-    // refused by name, as a full and an incremental sync.
-    let caps = dp.dp().capabilities();
-    assert!(!caps.cluster_policy && !caps.host_policy, "{caps:?}");
-    for (tiered, object) in
-        dataplane_core::synthetic::tier_refusals(&old, service(&lab, "new", NEW, IpFamily::V4))
-    {
-        let e = dp.dp().apply(&tiered).unwrap_err();
-        assert!(
-            matches!(&e, Error::Unsupported { object: o, .. } if *o == object),
-            "{object}: {e:?}"
-        );
-        before.unchanged(&mut dp, &format!("{object} (apply)"));
-        let e = dp
-            .dp()
-            .apply_changes(&dataplane_core::diff(&old, &tiered))
-            .unwrap_err();
-        assert!(
-            matches!(&e, Error::Unsupported { object: o, .. } if *o == object),
-            "{object}: {e:?}"
-        );
-        before.unchanged(&mut dp, &format!("{object} (apply_changes)"));
+    tier_objects(
+        &mut dp,
+        &before,
+        &old,
+        service(&lab, "new", NEW, IpFamily::V4),
+    );
+    if let Flavour::Iptables(_) = flavour {
+        host_policy_over_capacity_changes_nothing(&mut dp, &before, &old, &new);
     }
 
     // The tool dies after reading its input.
@@ -379,6 +366,47 @@ fn rejected_applies_change_nothing(flavour: Flavour) {
     dp.dp().reset().expect("reset");
 }
 
+/// Cluster and host endpoint policy (issue 22), against the state `old` with
+/// `new_service` added.
+fn tier_objects(
+    dp: &mut Backend,
+    before: &Before<'_>,
+    old: &dataplane_core::DesiredState,
+    new_service: Service,
+) {
+    // Cluster and host endpoint policy (issue 22): both flavours program them, so a state
+    // with one whose transaction the kernel refuses changes nothing, as a full and an
+    // incremental sync; a flavour that did not would declare them missing and refuse them
+    // by name.
+    let caps = dp.dp().capabilities();
+    let programs_tiers = true;
+    assert_eq!(
+        (caps.cluster_policy, caps.host_policy),
+        (programs_tiers, programs_tiers),
+        "{caps:?}"
+    );
+    for (tiered, object) in dataplane_core::synthetic::tier_refusals(old, new_service) {
+        // Refused by the kernel (the fault hook), a failed transaction; a flavour without
+        // them: refused by name before anything.
+        let expected = |e: &Error| match e {
+            Error::Kernel { .. } | Error::FullSyncRequired => programs_tiers,
+            Error::Unsupported { object: o, .. } => !programs_tiers && *o == object,
+            _ => false,
+        };
+        dp.set_fail_transactions(programs_tiers);
+        let e = dp.dp().apply(&tiered).unwrap_err();
+        assert!(expected(&e), "{object}: {e:?}");
+        before.unchanged(dp, &format!("{object} (apply)"));
+        let e = dp
+            .dp()
+            .apply_changes(&dataplane_core::diff(old, &tiered))
+            .unwrap_err();
+        assert!(expected(&e), "{object}: {e:?}");
+        before.unchanged(dp, &format!("{object} (apply_changes)"));
+        dp.set_fail_transactions(false);
+    }
+}
+
 #[test]
 fn nftables_rejected_applies_change_nothing() {
     if require_root("nftables_rejected_applies_change_nothing") {
@@ -391,6 +419,42 @@ fn iptables_rejected_applies_change_nothing() {
     if require_root("iptables_rejected_applies_change_nothing") {
         rejected_applies_change_nothing(Flavour::Iptables(IptablesMode::Auto));
     }
+}
+
+/// iptables: a host policy whose CIDRs need an ipset, where the configuration allows none,
+/// is refused as a full and as an incremental sync, changing nothing.
+fn host_policy_over_capacity_changes_nothing(
+    dp: &mut Backend,
+    before: &Before<'_>,
+    old: &DesiredState,
+    new: &DesiredState,
+) {
+    let node = new.node.name.clone();
+    let hosted = new
+        .clone()
+        .with_host_endpoint(
+            HostEndpoint::new("uplink", node, ALL_INTERFACES).with_label("role", "uplink"),
+        )
+        .with_host_policy(
+            HostPolicy::new(
+                "block",
+                LabelSelector::default().with_label("role", "uplink"),
+            )
+            .untracked()
+            .with_ingress(HostRule::new(HostAction::Deny).from_nets([
+                "198.51.100.0/24".parse().unwrap(),
+                "203.0.113.0/24".parse().unwrap(),
+            ])),
+        );
+    let e = dp.dp().apply(&hosted).unwrap_err();
+    assert!(matches!(e, Error::CapacityExceeded { .. }), "{e:?}");
+    before.unchanged(dp, "host policy ipset capacity (apply)");
+    let e = dp
+        .dp()
+        .apply_changes(&dataplane_core::diff(old, &hosted))
+        .unwrap_err();
+    assert!(matches!(e, Error::CapacityExceeded { .. }), "{e:?}");
+    before.unchanged(dp, "host policy ipset capacity (apply_changes)");
 }
 
 /// iptables: changes of both families whose `ip6tables-restore` fails after

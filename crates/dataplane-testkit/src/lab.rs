@@ -220,18 +220,24 @@ impl LabPod {
     /// namespace `default`, the pod name, label `app=<pod name>`, its host-side veth and
     /// addresses. A caller that runs its own workloads in the pod renames and relabels it.
     pub fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            name: ObjectName::new(POD_NAMESPACE, &self.name),
-            interface: self.host_interface.clone(),
-            ips: self.addresses.clone(),
-            labels: std::iter::once(("app".to_owned(), self.name.clone())).collect(),
-            namespace_labels: std::iter::once((
-                "kubernetes.io/metadata.name".to_owned(),
-                POD_NAMESPACE.to_owned(),
-            ))
-            .collect(),
-            named_ports: Vec::new(),
-        }
+        pod_endpoint(&self.name, &self.host_interface, &self.addresses)
+    }
+}
+
+/// The workload [`LabPod::endpoint`] describes, from its parts: the host-side tables
+/// plan a lab's pods without building it.
+pub(crate) fn pod_endpoint(name: &str, interface: &str, addresses: &[IpAddr]) -> Endpoint {
+    Endpoint {
+        name: ObjectName::new(POD_NAMESPACE, name),
+        interface: interface.to_owned(),
+        ips: addresses.to_vec(),
+        labels: std::iter::once(("app".to_owned(), name.to_owned())).collect(),
+        namespace_labels: std::iter::once((
+            "kubernetes.io/metadata.name".to_owned(),
+            POD_NAMESPACE.to_owned(),
+        ))
+        .collect(),
+        named_ports: Vec::new(),
     }
 }
 
@@ -345,10 +351,10 @@ pub(crate) fn pod_cidr_v4(i: usize) -> IpNetwork {
 pub(crate) fn pod_cidr_v6(i: usize) -> IpNetwork {
     net(&format!("fd00:244:0:{i}::/64"))
 }
-fn ext_v4(k: usize) -> IpAddr {
+pub(crate) fn ext_v4(k: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(172, 18, 255, (1 + k) as u8))
 }
-fn ext_v6(k: usize) -> IpAddr {
+pub(crate) fn ext_v6(k: usize) -> IpAddr {
     v6(&format!("fd00:18::ff:{}", 1 + k))
 }
 

@@ -13,7 +13,10 @@ use std::hash::{Hash, Hasher};
 use dataplane_core::{DesiredState, Service};
 
 use super::policy::{self, NameCollision};
-use super::render::{each_chain, hook_lines, node_wide, service_chains, Chains, Existing, Table};
+use super::render::{
+    each_chain, hook_lines, node_wide, policy_in, reset_jumps, service_chains, Chains, Existing,
+    Table,
+};
 use crate::eventlog::LogPlan;
 use crate::plan::{node_plan, NodePlan};
 use dataplane_core::IpFamily;
@@ -29,6 +32,10 @@ pub struct Digests {
     pub nat: Vec<(NameHash, u64)>,
     /// filter-table chains.
     pub filter: Vec<(NameHash, u64)>,
+    /// raw-table chains (host endpoint policy).
+    pub raw: Vec<(NameHash, u64)>,
+    /// mangle-table chains (host endpoint policy).
+    pub mangle: Vec<(NameHash, u64)>,
 }
 
 impl Digests {
@@ -36,6 +43,8 @@ impl Digests {
         match table {
             Table::Nat => &self.nat,
             Table::Filter => &self.filter,
+            Table::Raw => &self.raw,
+            Table::Mangle => &self.mangle,
         }
     }
 
@@ -43,6 +52,8 @@ impl Digests {
         match table {
             Table::Nat => &mut self.nat,
             Table::Filter => &mut self.filter,
+            Table::Raw => &mut self.raw,
+            Table::Mangle => &mut self.mangle,
         }
     }
 
@@ -97,10 +108,11 @@ pub fn filter_digests(
         prefix,
         &mut Vec::new(),
         &BTreeSet::new(),
-        !policy.is_empty(),
+        policy,
     );
     let mut v: Vec<(NameHash, u64)> = policy
         .iter()
+        .filter(|(name, _)| super::render::table_of(prefix, name) == Table::Filter)
         .chain(rs.filter.iter())
         .map(|(name, rules)| (name_hash(name), rules_hash(rules)))
         .collect();
@@ -279,7 +291,7 @@ impl SyncPlan<'_> {
             self.prefix,
             &mut Vec::new(),
             &BTreeSet::new(),
-            !policy.is_empty(),
+            policy,
         )
         .nat;
         let node_names: BTreeSet<String> = node_nat.keys().cloned().collect();
@@ -479,7 +491,7 @@ pub fn digests_logged(
         },
     );
     let mut collided = None;
-    for table in Table::ALL {
+    for table in Table::EVERY {
         let t = d.table_mut(table);
         t.sort_unstable();
         // A chain compiled twice (a backend's endpoint chain under two choices of one port)
@@ -539,8 +551,8 @@ pub struct SyncPlan<'a> {
     new: &'a Digests,
     existing: &'a Existing,
     prefix: &'a str,
-    /// Name hashes of our chains in the kernel, per table (nat, filter), sorted.
-    present: [Vec<NameHash>; 2],
+    /// Name hashes of our chains in the kernel, per table ([`Table::EVERY`]), sorted.
+    present: [Vec<NameHash>; 4],
     /// The policy chains `new` was made with (`None`: compiled from the state when written).
     policy: Option<&'a Chains>,
     /// How the drop rules log.
@@ -563,21 +575,18 @@ impl<'a> SyncPlan<'a> {
             v.sort_unstable();
             v
         };
-        let present = [
-            hashed(&existing.nat_chains),
-            hashed(&existing.filter_chains),
-        ];
+        let present = Table::EVERY.map(|t| hashed(existing.chains(t)));
         SyncPlan::with_present(old, new, existing, present, prefix)
     }
 
-    /// The same sync, from the name hashes of all our chains in the kernel (`present`: nat,
-    /// filter) and an `existing` that lists only the stale ones (see
+    /// The same sync, from the name hashes of all our chains in the kernel (`present`, per
+    /// table in [`Table::EVERY`] order) and an `existing` that lists only the stale ones (see
     /// [`super::render::ExistingParser::filtered`]).
     pub fn with_present(
         old: Option<&'a Digests>,
         new: &'a Digests,
         existing: &'a Existing,
-        present: [Vec<NameHash>; 2],
+        present: [Vec<NameHash>; 4],
         prefix: &'a str,
     ) -> Self {
         SyncPlan {
@@ -652,12 +661,25 @@ impl<'a> SyncPlan<'a> {
             .iter()
             .any(|(h, d)| self.changed(table, *h, *d))
             || self.stale(table).next().is_some()
-            || !hook_lines(self.prefix, self.existing, table).is_empty()
+            || !self.hooks(table).is_empty()
+    }
+
+    /// The hook lines of `table`: [`hook_lines`], but for a host policy table (raw, mangle)
+    /// that the new state has no chain in, the deletion of our jumps there (its chains are
+    /// stale and go too).
+    fn hooks(&self, table: Table) -> Vec<String> {
+        if matches!(table, Table::Raw | Table::Mangle) && self.new.table(table).is_empty() {
+            return reset_jumps(self.prefix, self.existing, table)
+                .into_iter()
+                .map(|r| format!("-D {r}"))
+                .collect();
+        }
+        hook_lines(self.prefix, self.existing, table)
     }
 
     /// The sync changes nothing.
     pub fn is_empty(&self) -> bool {
-        Table::ALL.iter().all(|t| !self.touches(*t))
+        Table::EVERY.iter().all(|t| !self.touches(*t))
     }
 
     /// Writes the `iptables-restore --noflush` input of this sync for `state`'s `family`
@@ -670,7 +692,7 @@ impl<'a> SyncPlan<'a> {
         fault: Option<&str>,
         out: &mut W,
     ) -> std::fmt::Result {
-        self.write_tables(state, family, fault, &Table::ALL, out)
+        self.write_tables(state, family, fault, &Table::EVERY, out)
     }
 
     /// [`Self::write`] of the sections of `tables` only (the backend tries the filter
@@ -703,9 +725,9 @@ impl<'a> SyncPlan<'a> {
             self.prefix,
             &mut Vec::new(),
             &BTreeSet::new(),
-            !policy.is_empty(),
+            policy,
         );
-        for table in Table::ALL {
+        for table in Table::EVERY {
             if !self.touches(table) || !tables.contains(&table) {
                 continue;
             }
@@ -757,9 +779,9 @@ impl<'a> SyncPlan<'a> {
                             },
                         )?;
                     }
-                    Table::Filter => {
-                        emit(policy)?;
-                        emit(&node_wide.filter)?;
+                    Table::Filter | Table::Raw | Table::Mangle => {
+                        emit(&policy_in(policy, self.prefix, table))?;
+                        emit(node_wide.chains(table))?;
                     }
                 }
                 if declare {
@@ -774,7 +796,7 @@ impl<'a> SyncPlan<'a> {
                     names = String::new();
                 }
             }
-            for h in hook_lines(self.prefix, self.existing, table) {
+            for h in self.hooks(table) {
                 writeln!(out, "{h}")?;
             }
             let gone: Vec<&String> = self.stale(table).collect();

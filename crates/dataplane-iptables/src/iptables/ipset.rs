@@ -27,7 +27,9 @@ use std::net::IpAddr;
 use dataplane_core::policy_tables::MemberChange;
 use dataplane_core::{CompiledPolicy, IpFamily, PolicyDelta};
 
-use super::policy::{is_our_set, IpSetSpec, IpSets};
+use ipnetwork::IpNetwork;
+
+use super::policy::{is_net_set, is_our_set, IpSetSpec, IpSets};
 
 /// One `ipset restore` command.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -58,6 +60,27 @@ pub enum SetOp {
         /// Set name.
         name: String,
     },
+    /// Create an empty `hash:net` set of `family` (host policy's CIDRs).
+    CreateNet {
+        /// Set name.
+        name: String,
+        /// Its family.
+        family: IpFamily,
+    },
+    /// Add a CIDR to a `hash:net` set.
+    AddNet {
+        /// Set name.
+        name: String,
+        /// The CIDR.
+        net: IpNetwork,
+    },
+    /// Remove a CIDR from a `hash:net` set.
+    DelNet {
+        /// Set name.
+        name: String,
+        /// The CIDR.
+        net: IpNetwork,
+    },
 }
 
 impl SetOp {
@@ -73,7 +96,15 @@ impl SetOp {
                 name: name.clone(),
                 ip: *ip,
             },
-            SetOp::Create { .. } | SetOp::Destroy { .. } => return None,
+            SetOp::AddNet { name, net } => SetOp::DelNet {
+                name: name.clone(),
+                net: *net,
+            },
+            SetOp::DelNet { name, net } => SetOp::AddNet {
+                name: name.clone(),
+                net: *net,
+            },
+            SetOp::Create { .. } | SetOp::CreateNet { .. } | SetOp::Destroy { .. } => return None,
         })
     }
 
@@ -83,7 +114,10 @@ impl SetOp {
             SetOp::Create { name, .. }
             | SetOp::Add { name, .. }
             | SetOp::Del { name, .. }
-            | SetOp::Destroy { name } => name,
+            | SetOp::Destroy { name }
+            | SetOp::CreateNet { name, .. }
+            | SetOp::AddNet { name, .. }
+            | SetOp::DelNet { name, .. } => name,
         }
     }
 }
@@ -96,16 +130,22 @@ pub fn write_ops<W: std::fmt::Write + ?Sized>(
 ) -> std::fmt::Result {
     for op in ops {
         match op {
-            SetOp::Create { name, family } => {
+            SetOp::Create { name, family } | SetOp::CreateNet { name, family } => {
+                let kind = match op {
+                    SetOp::CreateNet { .. } => "hash:net",
+                    _ => "hash:ip",
+                };
                 let family = match family {
                     IpFamily::V4 => "inet",
                     IpFamily::V6 => "inet6",
                 };
                 writeln!(
                     out,
-                    "create {name} hash:ip family {family} maxelem {max_elements}"
+                    "create {name} {kind} family {family} maxelem {max_elements}"
                 )?;
             }
+            SetOp::AddNet { name, net } => writeln!(out, "add {name} {net}")?,
+            SetOp::DelNet { name, net } => writeln!(out, "del {name} {net}")?,
             SetOp::Add { name, ip } => writeln!(out, "add {name} {ip}")?,
             SetOp::Del { name, ip } => writeln!(out, "del {name} {ip}")?,
             SetOp::Destroy { name } => writeln!(out, "destroy {name}")?,
@@ -125,7 +165,7 @@ pub fn undo(ops: &[SetOp]) -> Vec<SetOp> {
     let created: BTreeSet<&str> = ops
         .iter()
         .filter_map(|o| match o {
-            SetOp::Create { name, .. } => Some(name.as_str()),
+            SetOp::Create { name, .. } | SetOp::CreateNet { name, .. } => Some(name.as_str()),
             _ => None,
         })
         .collect();
@@ -136,7 +176,7 @@ pub fn undo(ops: &[SetOp]) -> Vec<SetOp> {
         .filter_map(SetOp::inverse)
         .collect();
     for op in ops {
-        if let SetOp::Create { name, .. } = op {
+        if let SetOp::Create { name, .. } | SetOp::CreateNet { name, .. } = op {
             out.push(op.clone());
             out.push(SetOp::Destroy { name: name.clone() });
         }
@@ -150,13 +190,17 @@ pub fn split(ops: Vec<SetOp>) -> (Vec<SetOp>, Vec<SetOp>) {
     let created: BTreeSet<String> = ops
         .iter()
         .filter_map(|o| match o {
-            SetOp::Create { name, .. } => Some(name.clone()),
+            SetOp::Create { name, .. } | SetOp::CreateNet { name, .. } => Some(name.clone()),
             _ => None,
         })
         .collect();
     ops.into_iter().partition(|o| match o {
-        SetOp::Add { name, .. } => created.contains(name),
-        SetOp::Create { .. } | SetOp::Del { .. } | SetOp::Destroy { .. } => true,
+        SetOp::Add { name, .. } | SetOp::AddNet { name, .. } => created.contains(name),
+        SetOp::Create { .. }
+        | SetOp::CreateNet { .. }
+        | SetOp::Del { .. }
+        | SetOp::DelNet { .. }
+        | SetOp::Destroy { .. } => true,
     })
 }
 
@@ -164,10 +208,12 @@ pub fn split(ops: Vec<SetOp>) -> (Vec<SetOp>, Vec<SetOp>) {
 /// count against the kernel's limit too).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelSets {
-    /// Our sets: name → members.
+    /// Our sets: name → members (`hash:ip`; a `hash:net` set's are in `nets`).
     pub ours: BTreeMap<String, BTreeSet<IpAddr>>,
     /// Sets that are not ours.
     pub foreign: usize,
+    /// Our `hash:net` sets' CIDRs (read by a full sync).
+    pub nets: BTreeMap<String, BTreeSet<IpNetwork>>,
 }
 
 /// Reads `ipset save` output.
@@ -181,6 +227,15 @@ pub fn parse_save(save: &str, prefix: &str) -> KernelSets {
                     sets.ours.entry(name.to_owned()).or_default();
                 } else {
                     sets.foreign += 1;
+                }
+            }
+            (Some("add"), Some(name), Some(member)) if is_net_set(prefix, name) => {
+                // `ipset save` lists a host-length CIDR of a `hash:net` as an address.
+                let net = member
+                    .parse::<IpNetwork>()
+                    .or_else(|_| member.parse::<IpAddr>().map(IpNetwork::from));
+                if let (true, Ok(net)) = (sets.ours.contains_key(name), net) {
+                    sets.nets.entry(name.to_owned()).or_default().insert(net);
                 }
             }
             (Some("add"), Some(name), Some(member)) => {
@@ -213,8 +268,28 @@ pub fn members<'a>(
 /// (see [`destroys`]).
 pub fn converge(kernel: &KernelSets, want: &IpSets, compiled: &CompiledPolicy) -> Vec<SetOp> {
     let empty = BTreeSet::new();
+    let no_nets = BTreeSet::new();
     let mut ops = Vec::new();
     for (name, spec) in want {
+        if !spec.nets.is_empty() {
+            if !kernel.ours.contains_key(name) {
+                ops.push(SetOp::CreateNet {
+                    name: name.clone(),
+                    family: spec.family,
+                });
+            }
+            let have = kernel.nets.get(name).unwrap_or(&no_nets);
+            let target: BTreeSet<IpNetwork> = spec.nets.iter().copied().collect();
+            ops.extend(target.difference(have).map(|net| SetOp::AddNet {
+                name: name.clone(),
+                net: *net,
+            }));
+            ops.extend(have.difference(&target).map(|net| SetOp::DelNet {
+                name: name.clone(),
+                net: *net,
+            }));
+            continue;
+        }
         let have = if let Some(have) = kernel.ours.get(name) {
             have
         } else {
@@ -249,6 +324,18 @@ pub fn incremental(
     let mut ops = Vec::new();
     for (name, spec) in want {
         if before.contains_key(name) {
+            // A host policy set is named by its CIDRs: one that stays is as it was.
+            continue;
+        }
+        if !spec.nets.is_empty() {
+            ops.push(SetOp::CreateNet {
+                name: name.clone(),
+                family: spec.family,
+            });
+            ops.extend(spec.nets.iter().map(|net| SetOp::AddNet {
+                name: name.clone(),
+                net: *net,
+            }));
             continue;
         }
         ops.push(SetOp::Create {
@@ -363,6 +450,7 @@ mod tests {
                         sets.get_mut(name).is_some_and(|m| m.remove(ip) || exist)
                     }
                     SetOp::Destroy { name } => sets.remove(name).is_some() || exist,
+                    SetOp::CreateNet { .. } | SetOp::AddNet { .. } | SetOp::DelNet { .. } => false,
                 };
                 if !ok {
                     return false;

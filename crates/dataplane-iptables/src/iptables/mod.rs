@@ -11,6 +11,7 @@
 pub mod digest;
 // The set operations of a sync: public for the render tests, which run them against a
 // simulated kernel, not part of the API: hidden.
+pub(crate) mod host;
 #[doc(hidden)]
 pub mod ipset;
 pub(crate) mod mode;
@@ -18,6 +19,7 @@ mod naming;
 pub mod policy;
 pub mod render;
 mod rollback;
+mod tiers;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -213,8 +215,8 @@ impl IptablesDataplane {
         family: IpFamily,
         new: &Digests,
         mut snapshot: Option<&mut Snapshot>,
-    ) -> Result<(Existing, [Vec<NameHash>; 2]), NetfilterError> {
-        let mut present: [Vec<NameHash>; 2] = [Vec::new(), Vec::new()];
+    ) -> Result<(Existing, [Vec<NameHash>; 4]), NetfilterError> {
+        let mut present: [Vec<NameHash>; 4] = Default::default();
         let mut parser = ExistingParser::filtered(&self.config.name, |table, name| {
             let h = name_hash(name);
             present[table.index()].push(h);
@@ -479,7 +481,9 @@ impl IptablesDataplane {
             }
             _ => (dataplane_core::compile(desired), None, None),
         };
-        let want = policy::ipsets(&compiled, &prefix).map_err(|e| e.into_error(BACKEND))?;
+        let mut want = policy::ipsets(&compiled, &prefix).map_err(|e| e.into_error(BACKEND))?;
+        // Host policy's `hash:net` sets (named by their CIDRs: never a peer set's name).
+        want.extend(policy::host_ipsets(desired, &prefix));
         // Only a full sync reads every member (to make each set exact); a partial one trusts
         // what the last sync left and reads the names (for the count).
         let incremental = before.is_some();
@@ -497,9 +501,10 @@ impl IptablesDataplane {
             let over = policy::first_over(&compiled, &prefix, room).map_or_else(String::new, |e| {
                 format!("; the peers of endpoint {e} go over")
             });
+            let hosts = want.values().filter(|s| !s.nets.is_empty()).count();
             return Err(Error::CapacityExceeded {
                 what: format!(
-                    "the ipsets of network policy (NetfilterConfig::max_ipsets, {} set(s) held by others{over})",
+                    "the ipsets of network policy and host policy (NetfilterConfig::max_ipsets, {} set(s) held by others, {hosts} of host policy{over})",
                     kernel.foreign
                 ),
                 needed: peak,
@@ -508,13 +513,19 @@ impl IptablesDataplane {
         }
         let max = self.config.ipset_max_elements as usize;
         for (name, spec) in &want {
-            let n = ipset::members(&compiled, spec).count();
+            let n = if spec.nets.is_empty() {
+                ipset::members(&compiled, spec).count()
+            } else {
+                spec.nets.len()
+            };
             if n > max {
+                let of = if spec.nets.is_empty() {
+                    format!("peer set {}", spec.id)
+                } else {
+                    "the CIDRs of a host policy rule".to_owned()
+                };
                 return Err(Error::CapacityExceeded {
-                    what: format!(
-                        "ipset {name} (peer set {}), NetfilterConfig::ipset_max_elements",
-                        spec.id
-                    ),
+                    what: format!("ipset {name} ({of}), NetfilterConfig::ipset_max_elements"),
                     needed: n,
                     capacity: max,
                 });
@@ -703,23 +714,7 @@ impl IptablesDataplane {
             };
             plans.push((family, plan));
         }
-        // iptables-restore commits nat and filter one after the other (the `nf_tables` backend
-        // too): a filter section refused after nat committed would leave the new services
-        // with the old filter rules. The filter section (policy chains and drops, small) is
-        // tried first with `--test` (which checks what userspace can: the matches, the sets
-        // named, the syntax), and a refusal is returned before either table is written.
-        for (family, plan) in &plans {
-            if plan.touches_table(Table::Nat) && plan.touches_table(Table::Filter) {
-                let render = |out: &mut dyn std::fmt::Write| {
-                    plan.write_tables(desired, *family, None, &[Table::Filter], out)
-                };
-                if let Err(e) = self.restore_with(*family, &render, "filter test", &["--test"]) {
-                    // Nothing written yet: every set operation goes back.
-                    self.undo_unloaded(sets, 0);
-                    return Err(e.into());
-                }
-            }
-        }
+        self.test_later_tables(desired, &plans, sets)?;
         let mut committed = false;
         for (i, (family, plan)) in plans.iter().enumerate() {
             if plan.is_empty() {
@@ -767,6 +762,37 @@ impl IptablesDataplane {
         Ok((new, written))
     }
 
+    /// iptables-restore commits nat and filter one after the other (the `nf_tables` backend
+    /// too): a filter section refused after nat committed would leave the new services with
+    /// the old filter rules. The sections after the first that `plans` write (filter: policy
+    /// chains and drops, small; raw and mangle: host policy) are tried first with `--test`
+    /// (which checks what userspace can: the matches, the sets named, the syntax), and a
+    /// refusal is returned, the set operations undone, before any table is written.
+    fn test_later_tables(
+        &mut self,
+        desired: &DesiredState,
+        plans: &[(IpFamily, SyncPlan<'_>)],
+        sets: &SetsPlan,
+    ) -> Result<(), Error> {
+        for (family, plan) in plans {
+            let later: Vec<Table> = [Table::Filter, Table::Raw, Table::Mangle]
+                .into_iter()
+                .filter(|t| plan.touches_table(*t))
+                .collect();
+            if later.len() + usize::from(plan.touches_table(Table::Nat)) > 1 {
+                let render = |out: &mut dyn std::fmt::Write| {
+                    plan.write_tables(desired, *family, None, &later, out)
+                };
+                if let Err(e) = self.restore_with(*family, &render, "filter test", &["--test"]) {
+                    // Nothing written yet: every set operation goes back.
+                    self.undo_unloaded(sets, 0);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A partial sync of a change set that changes services only, without reading the
     /// kernel's rules back, as kube-proxy's partial sync (see [`ServicesPatch`]): the changed
     /// services are compiled before and after, and only their nat chains that differ from
@@ -789,7 +815,13 @@ impl IptablesDataplane {
             && changes.endpoints.is_empty()
             && changes.policies.is_empty()
             && changes.namespaces.is_empty()
-            && changes.pods.is_empty();
+            && changes.pods.is_empty()
+            && changes.cluster_policies.is_empty()
+            && changes.baseline_policy.is_none()
+            && changes.nodes.is_empty()
+            && changes.host_endpoints.is_empty()
+            && changes.host_policies.is_empty()
+            && changes.failsafe_ports.is_none();
         if !only_services
             || !sets.ops.is_empty()
             || !sets.adds.is_empty()
@@ -941,11 +973,18 @@ impl IptablesDataplane {
         before: &Existing,
     ) -> Result<(), NetfilterError> {
         let prefix = self.config.name.clone();
-        let moved = Table::ALL.map(|t| !render::hook_lines(&prefix, before, t).is_empty());
         // The chains of ours the sync added (the snapshot lacks them), and the hooks now.
         let mut parser = ExistingParser::filtered(&prefix, |t, name| !snapshot.has(t, name));
         self.save_into(family, &mut parser)?;
         let now = parser.finish();
+        // nat and filter: the sync put missing or misplaced hooks first; raw and mangle
+        // (hooked only with host policy): the sync added or deleted our jumps.
+        let moved = Table::EVERY.map(|t| match t {
+            Table::Nat | Table::Filter => !render::hook_lines(&prefix, before, t).is_empty(),
+            Table::Raw | Table::Mangle => {
+                render::reset_jumps(&prefix, before, t) != render::reset_jumps(&prefix, &now, t)
+            }
+        });
         let lines = self.restore(
             family,
             &|out| snapshot.write_rollback(&prefix, &now, moved, out),

@@ -57,23 +57,35 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use dataplane_core::policy_tables::{DirectionTable, Peer, PortSpec, SetId};
-use dataplane_core::{CompiledPolicy, DesiredState, IpFamily, ObjectName, PolicyType, Protocol};
+use dataplane_core::{
+    CompiledPolicy, DesiredState, Endpoint, IpFamily, ObjectName, PolicyType, Protocol,
+};
 use ipnetwork::IpNetwork;
 
 use super::naming::{hash_name, host, Chains};
+use super::tiers::TierContext;
 use crate::plan::{proto_name, FamilySuffix as _};
 
 /// The ipsets the policy chains of both families name: set name → what it holds.
 pub type IpSets = BTreeMap<String, IpSetSpec>;
 
-/// One ipset (`hash:ip`): the members of one peer set in one address family (read from the
-/// compiled policy when written: see [`super::ipset::members`]).
+/// One ipset: a `hash:ip` of the members of one peer set in one address family (read from
+/// the compiled policy when written: see [`super::ipset::members`]), or a `hash:net` of the
+/// CIDRs of a host policy rule (`nets`, see [`super::host`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpSetSpec {
-    /// The peer set it holds.
+    /// The peer set it holds (for a host policy set, its name).
     pub id: SetId,
     /// `inet` or `inet6`.
     pub family: IpFamily,
+    /// A host policy set's CIDRs (`hash:net`); empty for a peer set (`hash:ip`).
+    pub nets: Vec<IpNetwork>,
+}
+
+/// Whether `name` is one of our host policy (`hash:net`) sets.
+pub fn is_net_set(prefix: &str, name: &str) -> bool {
+    name.strip_prefix(&set_prefix(prefix))
+        .is_some_and(|rest| rest.starts_with("n4-") || rest.starts_with("n6-"))
 }
 
 /// The filter chain that logs, counts and drops what NetworkPolicy denies in `direction`
@@ -108,8 +120,11 @@ pub fn set_prefix(prefix: &str) -> String {
 /// Whether `name` is one of our ipsets (either family).
 pub fn is_our_set(prefix: &str, name: &str) -> bool {
     let ours = set_prefix(prefix);
-    name.strip_prefix(&ours)
-        .is_some_and(|rest| rest.starts_with("v4-") || rest.starts_with("v6-"))
+    name.strip_prefix(&ours).is_some_and(|rest| {
+        ["v4-", "v6-", "n4-", "n6-"]
+            .iter()
+            .any(|tag| rest.starts_with(tag))
+    })
 }
 
 /// The ipset of peer set `id` in `family`: `DP-v4-<16 characters of hash>`, at most 25
@@ -139,6 +154,24 @@ fn of_family(ips: &[IpAddr], family: IpFamily) -> impl Iterator<Item = &IpAddr> 
 /// change, never a rule change. Two peer sets under one name are a [`NameCollision`].
 pub fn ipsets(compiled: &CompiledPolicy, prefix: &str) -> Result<IpSets, NameCollision> {
     ipsets_named(compiled, prefix, &hash_name)
+}
+
+/// The `hash:net` ipsets of host policy (both families; see [`super::host`]).
+pub fn host_ipsets(state: &DesiredState, prefix: &str) -> IpSets {
+    let mut out = IpSets::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for (name, (family, nets)) in super::host::plan(state, prefix, family).1 {
+            out.insert(
+                name.clone(),
+                IpSetSpec {
+                    id: SetId(name),
+                    family,
+                    nets,
+                },
+            );
+        }
+    }
+    out
 }
 
 /// [`ipsets`] with the hash `name` (a seam: the tests collide names on purpose).
@@ -171,6 +204,7 @@ pub fn ipsets_named(
                                 IpSetSpec {
                                     id: id.clone(),
                                     family,
+                                    nets: Vec::new(),
                                 },
                             );
                         }
@@ -258,9 +292,10 @@ fn claim(
     }
 }
 
-/// The policy chains of `family` of `state` (whose compiled policy is `compiled`): empty
-/// when the state has no policy (or no endpoint); else `DP-POLICY` with the anti-spoofing
-/// chains and the direction chains it dispatches to.
+/// The policy chains of `family` of `state` (whose compiled policy is `compiled`): when the
+/// state has pod policy (NetworkPolicy, cluster tiers) and endpoints, `DP-POLICY` with the
+/// anti-spoofing chains and the direction chains it dispatches to; with host endpoint
+/// policy, its chains (see [`super::host`]).
 pub fn chains(
     compiled: &CompiledPolicy,
     state: &DesiredState,
@@ -278,10 +313,26 @@ pub fn chains_named(
     family: IpFamily,
     name: &dyn Fn(&str) -> String,
 ) -> Result<Chains, NameCollision> {
+    let mut chains = pod_chains(compiled, state, prefix, family, name)?;
+    // Host endpoint policy: filter chains, and raw and mangle ones named for their table
+    // (see [`super::host::table_of`]).
+    chains.extend(super::host::plan(state, prefix, family).0);
+    Ok(chains)
+}
+
+/// The pod policy chains (NetworkPolicy and the cluster tiers) of [`chains_named`].
+fn pod_chains(
+    compiled: &CompiledPolicy,
+    state: &DesiredState,
+    prefix: &str,
+    family: IpFamily,
+    name: &dyn Fn(&str) -> String,
+) -> Result<Chains, NameCollision> {
     let mut chains = Chains::new();
-    if state.policies.is_empty() || state.endpoints.is_empty() {
+    if !state.has_pod_policy() || state.endpoints.is_empty() {
         return Ok(chains);
     }
+    let tiers = TierContext::new(state);
     let mut names = BTreeMap::new();
     // Anti-spoofing, before anything else (established connections included: a forged
     // packet must not ride on another's conntrack entry): a packet in on a local endpoint's
@@ -302,23 +353,7 @@ pub fn chains_named(
     }
     let mut top = Vec::new();
     for (interface, ips) in &by_interface {
-        let mut rules: Vec<String> = ips
-            .iter()
-            .map(|ip| format!("-s {} -j RETURN", host(ip)))
-            .collect();
-        if family == IpFamily::V6 {
-            // Only towards link-local and multicast destinations (neighbour discovery, DAD,
-            // MLD: traffic that stays on the link); elsewhere such a source is borrowed too.
-            for src in ["fe80::/10", "::/128"] {
-                for dst in ["fe80::/10", "ff00::/8"] {
-                    rules.push(format!("-s {src} -d {dst} -j RETURN"));
-                }
-            }
-        }
-        rules.push(format!(
-            "-m comment --comment \"network policy: spoofed source\" -j {}",
-            spoofed_chain(prefix)
-        ));
+        let rules = anti_spoofing_rules(ips, family, prefix);
         let content = format!("{interface}\n{}", rules.join("\n"));
         let chain = format!("{prefix}-AS-{}", name(&content));
         claim(&mut names, &chain, &content)?;
@@ -351,33 +386,38 @@ pub fn chains_named(
             host(a)
         ));
     }
-    let interfaces: BTreeMap<&ObjectName, &str> = state
-        .endpoints
-        .iter()
-        .map(|e| (&e.name, e.interface.as_str()))
-        .collect();
+    let endpoints: BTreeMap<&ObjectName, &Endpoint> =
+        state.endpoints.iter().map(|e| (&e.name, e)).collect();
     let mut egress = Vec::new();
     let mut ingress = Vec::new();
     for (endpoint, tables) in &compiled.endpoints {
         let ips: Vec<&IpAddr> = of_family(&tables.ips, family).collect();
-        if ips.is_empty() || !(tables.ingress.isolated || tables.egress.isolated) {
+        let Some(e) = endpoints.get(endpoint).copied() else {
+            continue;
+        };
+        if ips.is_empty() {
             continue;
         }
+        let mut checked = false;
         for (direction, table, dispatch) in [
             (PolicyType::Egress, &tables.egress, &mut egress),
             (PolicyType::Ingress, &tables.ingress, &mut ingress),
         ] {
-            if !table.isolated {
+            let Some(chain) = direction_chain(
+                &tiers,
+                e,
+                table,
+                direction,
+                prefix,
+                family,
+                name,
+                &mut names,
+                &mut chains,
+            )?
+            else {
                 continue;
-            }
-            let rules = direction_rules(table, direction, prefix, family, name);
-            let tag = match direction {
-                PolicyType::Ingress => "PI",
-                PolicyType::Egress => "PE",
             };
-            let content = rules.join("\n");
-            let chain = format!("{prefix}-{tag}-{}", name(&content));
-            claim(&mut names, &chain, &content)?;
+            checked = true;
             // The source of an egress dispatch was checked above when it came from a pod.
             let flag = match direction {
                 PolicyType::Ingress => "-d",
@@ -386,15 +426,15 @@ pub fn chains_named(
             for ip in &ips {
                 dispatch.push(format!("{flag} {} -j {chain}", host(ip)));
             }
-            chains.insert(chain, rules);
         }
         // A pod reaching itself (hairpin through a service included): from its own
         // interface only.
-        if let Some(interface) = interfaces.get(endpoint) {
+        if checked {
             for ip in &ips {
                 let h = host(ip);
                 top.push(format!(
-                    "-i {interface} -s {h} -d {h} -m comment --comment \"a pod reaching itself\" -j RETURN"
+                    "-i {} -s {h} -d {h} -m comment --comment \"a pod reaching itself\" -j RETURN",
+                    e.interface
                 ));
             }
         }
@@ -403,6 +443,76 @@ pub fn chains_named(
     top.extend(ingress);
     chains.insert(policy_chain(prefix), top);
     Ok(chains)
+}
+
+/// The rules of an interface's anti-spoofing chain: its endpoints' addresses `ips` return,
+/// the rest goes to the spoofed chain.
+fn anti_spoofing_rules(ips: &BTreeSet<IpAddr>, family: IpFamily, prefix: &str) -> Vec<String> {
+    let mut rules: Vec<String> = ips
+        .iter()
+        .map(|ip| format!("-s {} -j RETURN", host(ip)))
+        .collect();
+    if family == IpFamily::V6 {
+        // Only towards link-local and multicast destinations (neighbour discovery, DAD,
+        // MLD: traffic that stays on the link); elsewhere such a source is borrowed too.
+        for src in ["fe80::/10", "::/128"] {
+            for dst in ["fe80::/10", "ff00::/8"] {
+                rules.push(format!("-s {src} -d {dst} -j RETURN"));
+            }
+        }
+    }
+    rules.push(format!(
+        "-m comment --comment \"network policy: spoofed source\" -j {}",
+        spoofed_chain(prefix)
+    ));
+    rules
+}
+
+/// The chain `DP-POLICY` sends endpoint `e`'s packets of `direction` to (`None`: nothing
+/// to check, the direction is allowed), with the chains it goes on to, added to `chains`:
+/// the cluster tier's chain when a cluster policy selects the pod, going on to the
+/// NetworkPolicy chain when one isolates it, else to the baseline's when the baseline
+/// selects it (see [`super::tiers`]).
+#[allow(clippy::too_many_arguments)] // one call site; the pieces of one render
+fn direction_chain(
+    tiers: &TierContext<'_>,
+    e: &Endpoint,
+    table: &DirectionTable,
+    direction: PolicyType,
+    prefix: &str,
+    family: IpFamily,
+    name: &dyn Fn(&str) -> String,
+    names: &mut BTreeMap<String, String>,
+    chains: &mut Chains,
+) -> Result<Option<String>, NameCollision> {
+    let (np_tag, baseline_tag, cluster_tag) = match direction {
+        PolicyType::Ingress => ("PI", "BI", "CI"),
+        PolicyType::Egress => ("PE", "BE", "CE"),
+    };
+    let mut add = |tag: &str, rules: Vec<String>| -> Result<String, NameCollision> {
+        let content = rules.join("\n");
+        let chain = format!("{prefix}-{tag}-{}", name(&content));
+        claim(names, &chain, &content)?;
+        chains.insert(chain.clone(), rules);
+        Ok(chain)
+    };
+    let deny = deny_chain(prefix, direction);
+    // NetworkPolicy, when it isolates the pod: its implicit deny is final (no baseline).
+    let next = if table.isolated {
+        Some(add(
+            np_tag,
+            direction_rules(table, direction, prefix, family, name),
+        )?)
+    } else {
+        match tiers.baseline_lines(e, direction, family, &deny) {
+            Some(rules) => Some(add(baseline_tag, rules)?),
+            None => None,
+        }
+    };
+    match tiers.cluster_lines(e, direction, family, &deny, next.as_deref()) {
+        Some(rules) if !rules.is_empty() => Ok(Some(add(cluster_tag, rules)?)),
+        _ => Ok(next),
+    }
 }
 
 /// The rules of one isolated direction: a `RETURN` per allow entry, the ipBlocks' prefixes

@@ -63,31 +63,44 @@ pub enum Table {
     Nat,
     /// `filter`: drops and rejects of marked packets.
     Filter,
+    /// `raw`: untracked (`doNotTrack`) host endpoint policy, before conntrack (only while
+    /// the state has host endpoint policy: see [`super::host`]).
+    Raw,
+    /// `mangle`: pre-DNAT host endpoint policy, before the nat table's DNAT (as `raw`).
+    Mangle,
 }
 
 impl Table {
-    /// Both, in the order an input lists them (nat first: if the tool refuses it, it stops
-    /// before touching the filter table).
+    /// The tables every sync writes, in the order an input lists them (nat first: if the
+    /// tool refuses it, it stops before touching the filter table).
     pub const ALL: [Table; 2] = [Table::Nat, Table::Filter];
+
+    /// Every table of ours, in the order an input lists them: [`Table::ALL`], then the host
+    /// policy tables (each section after nat is tried with `--test` before nat is written).
+    pub const EVERY: [Table; 4] = [Table::Nat, Table::Filter, Table::Raw, Table::Mangle];
 
     /// The name iptables knows it by.
     pub fn name(self) -> &'static str {
         match self {
             Table::Nat => "nat",
             Table::Filter => "filter",
+            Table::Raw => "raw",
+            Table::Mangle => "mangle",
         }
     }
 
     /// The table called `name`, if it is one of ours.
     pub fn from_name(name: &str) -> Option<Table> {
-        Table::ALL.into_iter().find(|t| t.name() == name)
+        Table::EVERY.into_iter().find(|t| t.name() == name)
     }
 
-    /// Its place in per-table arrays (in [`Table::ALL`] order).
+    /// Its place in per-table arrays (in [`Table::EVERY`] order).
     pub(crate) fn index(self) -> usize {
         match self {
             Table::Nat => 0,
             Table::Filter => 1,
+            Table::Raw => 2,
+            Table::Mangle => 3,
         }
     }
 }
@@ -96,6 +109,28 @@ impl std::fmt::Display for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// The table a policy chain of ours lives in, by its name: `DP-RAW-*` raw, `DP-MGL-*`
+/// mangle (host endpoint policy, see [`super::host`]), every other filter.
+pub fn table_of(prefix: &str, name: &str) -> Table {
+    match name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+    {
+        Some(rest) if rest.starts_with("RAW-") => Table::Raw,
+        Some(rest) if rest.starts_with("MGL-") => Table::Mangle,
+        _ => Table::Filter,
+    }
+}
+
+/// The chains of `policy` (pod and host policy) that live in `table` ([`table_of`]).
+pub(crate) fn policy_in(policy: &Chains, prefix: &str, table: Table) -> Chains {
+    policy
+        .iter()
+        .filter(|(name, _)| table_of(prefix, name) == table)
+        .map(|(n, r)| (n.clone(), r.clone()))
+        .collect()
 }
 
 pub(crate) use super::naming::{hash_name, host};
@@ -115,6 +150,10 @@ pub struct IptRuleset {
     pub nat: BTreeMap<String, Vec<String>>,
     /// filter-table chains.
     pub filter: BTreeMap<String, Vec<String>>,
+    /// raw-table chains (host endpoint policy only).
+    pub raw: BTreeMap<String, Vec<String>>,
+    /// mangle-table chains (host endpoint policy only).
+    pub mangle: BTreeMap<String, Vec<String>>,
 }
 
 impl IptRuleset {
@@ -124,6 +163,8 @@ impl IptRuleset {
             prefix: prefix.to_owned(),
             nat: BTreeMap::new(),
             filter: BTreeMap::new(),
+            raw: BTreeMap::new(),
+            mangle: BTreeMap::new(),
         }
     }
 
@@ -132,6 +173,8 @@ impl IptRuleset {
         match table {
             Table::Nat => &self.nat,
             Table::Filter => &self.filter,
+            Table::Raw => &self.raw,
+            Table::Mangle => &self.mangle,
         }
     }
 
@@ -139,6 +182,8 @@ impl IptRuleset {
         match table {
             Table::Nat => &mut self.nat,
             Table::Filter => &mut self.filter,
+            Table::Raw => &mut self.raw,
+            Table::Mangle => &mut self.mangle,
         }
     }
 }
@@ -155,6 +200,12 @@ pub fn hooks(prefix: &str) -> Vec<(Table, &'static str, String)> {
         // own traffic is not a pod's (pods' packets come in on an interface: INPUT, FORWARD),
         // and a source address cannot tell the node from a pod forging it.
         (Table::Filter, "OUTPUT", format!("{prefix}-FILTER-OUT")),
+        // Host endpoint policy (see [`super::host`]), hooked only while the state has some:
+        // untracked rules before conntrack, pre-DNAT ones before the nat table's DNAT.
+        (Table::Raw, "PREROUTING", super::host::raw_pre(prefix)),
+        (Table::Raw, "OUTPUT", super::host::raw_out(prefix)),
+        (Table::Mangle, "PREROUTING", super::host::mangle_pre(prefix)),
+        (Table::Mangle, "OUTPUT", super::host::mangle_out(prefix)),
     ]
 }
 
@@ -231,17 +282,13 @@ pub(crate) fn each_chain<E>(
         );
         f(Table::Nat, &chains)?;
     }
-    let rs = node_wide(
-        node,
-        family,
-        prefix,
-        &mut frontends,
-        &reject_ips,
-        !policy.is_empty(),
-    );
+    let rs = node_wide(node, family, prefix, &mut frontends, &reject_ips, policy);
     f(Table::Nat, &rs.nat)?;
-    if !policy.is_empty() {
-        f(Table::Filter, policy)?;
+    for table in [Table::Filter, Table::Raw, Table::Mangle] {
+        let mine = policy_in(policy, prefix, table);
+        if !mine.is_empty() {
+            f(table, &mine)?;
+        }
     }
     f(Table::Filter, &rs.filter)
 }
@@ -275,25 +322,34 @@ pub(crate) fn service_chains(
 }
 
 /// The node-wide chains of `family`, with the `SERVICES` chain of `frontends` (the frontend
-/// rules of every service port) and the rejects of `reject_ips`; `policy`: the filter chain
-/// ends with the jump to the policy chains.
+/// rules of every service port) and the rejects of `reject_ips`; `policy`: the policy
+/// chains (pod policy and host endpoint policy), which the filter chains end by jumping to.
 pub(crate) fn node_wide(
     node: &NodePlan,
     family: IpFamily,
     prefix: &str,
     frontends: &mut Vec<String>,
     reject_ips: &BTreeSet<IpAddr>,
-    policy: bool,
+    policy: &Chains,
 ) -> IptRuleset {
     let mut rs = IptRuleset::empty(family, prefix);
     finish_ruleset(node, family, prefix, &mut rs, frontends, reject_ips);
-    if policy {
+    if let Some(filter) = rs.filter.get_mut(&format!("{prefix}-FILTER")) {
         // After the service drops and rejects (a connection to a service without backends
         // is rejected whatever the policy), from INPUT and FORWARD (not OUTPUT: see
         // [`hooks`]): INPUT checks a pod's egress to this node's other addresses as the
         // reference model does.
-        if let Some(filter) = rs.filter.get_mut(&format!("{prefix}-FILTER")) {
+        if policy.contains_key(&policy::policy_chain(prefix)) {
             filter.push(format!("-j {}", policy::policy_chain(prefix)));
+        }
+        // Normal host endpoint policy after pod policy (on the translated packet).
+        if policy.contains_key(&super::host::filter_in(prefix)) {
+            filter.push(format!("-j {}", super::host::filter_in(prefix)));
+        }
+    }
+    if let Some(filter) = rs.filter.get_mut(&format!("{prefix}-FILTER-OUT")) {
+        if policy.contains_key(&super::host::filter_out(prefix)) {
+            filter.push(format!("-j {}", super::host::filter_out(prefix)));
         }
     }
     rs
@@ -623,6 +679,10 @@ pub struct Existing {
     pub nat_chains: BTreeSet<String>,
     /// Our chains in the filter table.
     pub filter_chains: BTreeSet<String>,
+    /// Our chains in the raw table.
+    pub raw_chains: BTreeSet<String>,
+    /// Our chains in the mangle table.
+    pub mangle_chains: BTreeSet<String>,
     /// (table, built-in chain) pairs whose first rule, and only jump to our chain, is our
     /// hook: nothing to do.
     pub hooks: BTreeSet<(Table, String)>,
@@ -642,6 +702,8 @@ impl Existing {
         match table {
             Table::Nat => &self.nat_chains,
             Table::Filter => &self.filter_chains,
+            Table::Raw => &self.raw_chains,
+            Table::Mangle => &self.mangle_chains,
         }
     }
 }
@@ -688,7 +750,7 @@ pub fn write_reset<W: std::fmt::Write + ?Sized>(
     out: &mut W,
 ) -> Result<bool, std::fmt::Error> {
     let mut wrote = false;
-    for table in [Table::Filter, Table::Nat] {
+    for table in [Table::Filter, Table::Nat, Table::Raw, Table::Mangle] {
         let chains = existing.chains(table);
         let jumps = reset_jumps(prefix, existing, table);
         if chains.is_empty() && jumps.is_empty() {
@@ -746,7 +808,7 @@ pub fn write_reset_in_sections<W: std::fmt::Write + ?Sized>(
 ) -> Result<bool, std::fmt::Error> {
     let limit = limit.max(1);
     let mut wrote = false;
-    for table in [Table::Filter, Table::Nat] {
+    for table in [Table::Filter, Table::Nat, Table::Raw, Table::Mangle] {
         let chains: Vec<&String> = existing.chains(table).iter().collect();
         let jumps = reset_jumps(prefix, existing, table);
         if chains.is_empty() && jumps.is_empty() {
@@ -856,6 +918,8 @@ impl<'a> ExistingParser<'a> {
                 match table {
                     Table::Nat => e.nat_chains.insert(name.to_owned()),
                     Table::Filter => e.filter_chains.insert(name.to_owned()),
+                    Table::Raw => e.raw_chains.insert(name.to_owned()),
+                    Table::Mangle => e.mangle_chains.insert(name.to_owned()),
                 };
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
@@ -1172,6 +1236,15 @@ mod tests {
     }
 
     #[test]
+    fn policy_chains_are_filed_under_their_table() {
+        assert_eq!(table_of("DP", "DP-RAW-PRE"), Table::Raw);
+        assert_eq!(table_of("DP", "DP-MGL-ALLOW"), Table::Mangle);
+        assert_eq!(table_of("DP", "DP-HOST"), Table::Filter);
+        assert_eq!(table_of("DP", "DP-POLICY"), Table::Filter);
+        assert_eq!(table_of("DP", "DPX-RAW-PRE"), Table::Filter);
+    }
+
+    #[test]
     fn name_hashes_are_sha256_prefixes() {
         // SHA-256("") = e3b0c442 98fc1c14 …: its first 80 bits in base32.
         assert_eq!(hash_name(""), "4OYMIQUY7QOBJGX3");
@@ -1180,7 +1253,7 @@ mod tests {
 
     #[test]
     fn filtered_parse_sees_every_chain_and_keeps_only_the_chosen() {
-        let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:DP-SERVICES - [0:0]\n:DP-SVC-A - [0:0]\n:KUBE-X - [0:0]\n-A PREROUTING -j DP-SERVICES\nCOMMIT\n*filter\n:DP-FILTER - [0:0]\nCOMMIT\n*mangle\n:DP-M - [0:0]\nCOMMIT\n";
+        let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:DP-SERVICES - [0:0]\n:DP-SVC-A - [0:0]\n:KUBE-X - [0:0]\n-A PREROUTING -j DP-SERVICES\nCOMMIT\n*filter\n:DP-FILTER - [0:0]\nCOMMIT\n*security\n:DP-M - [0:0]\nCOMMIT\n";
         let mut seen = Vec::new();
         let mut parser = ExistingParser::filtered("DP", |table, name| {
             seen.push(format!("{table}/{name}"));

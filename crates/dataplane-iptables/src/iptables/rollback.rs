@@ -38,7 +38,7 @@ impl<T: Read + Write + Seek + Send> Spool for T {}
 /// A family's rules of ours as the kernel listed them before a sync (see the module docs).
 pub(crate) struct Snapshot {
     ours: String,
-    /// Lines of our chains: `n` or `f` (the table), then the declaration or `-A` rule.
+    /// Lines of our chains: `n`, `f`, `r` or `m` (the table), then the declaration or `-A` rule.
     spool: Mutex<std::io::BufWriter<Box<dyn Spool>>>,
     /// The first write error (the snapshot is then unusable).
     error: Option<std::io::Error>,
@@ -49,8 +49,8 @@ pub(crate) struct Snapshot {
     /// Our jumps in the hooked built-in chains: (table, chain, position from 1, rule without
     /// the chain), in the order listed.
     jumps: Vec<(Table, String, usize, String)>,
-    /// Name hashes of our chains per table (nat, filter), sorted once finished.
-    chains: [Vec<NameHash>; 2],
+    /// Name hashes of our chains per table ([`Table::EVERY`]), sorted once finished.
+    chains: [Vec<NameHash>; 4],
     /// The hooked built-in chains per table.
     hooked: Vec<(Table, &'static str)>,
 }
@@ -60,7 +60,7 @@ impl std::fmt::Debug for Snapshot {
         f.debug_struct("Snapshot")
             .field("ours", &self.ours)
             .field("jumps", &self.jumps)
-            .field("chains", &[self.chains[0].len(), self.chains[1].len()])
+            .field("chains", &self.chains.each_ref().map(Vec::len))
             .finish_non_exhaustive()
     }
 }
@@ -85,7 +85,7 @@ impl Snapshot {
             table: None,
             positions: BTreeMap::new(),
             jumps: Vec::new(),
-            chains: [Vec::new(), Vec::new()],
+            chains: Default::default(),
             hooked,
         }
     }
@@ -103,6 +103,8 @@ impl Snapshot {
         let tag = match table {
             Table::Nat => 'n',
             Table::Filter => 'f',
+            Table::Raw => 'r',
+            Table::Mangle => 'm',
         };
         if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or("");
@@ -161,24 +163,26 @@ impl Snapshot {
 
     /// Writes the `iptables-restore --noflush` input that puts the snapshot back over `now`
     /// (the kernel after the sync: its hook jumps, and the chains of ours the snapshot does
-    /// not hold, to delete). `moved`: per table (nat, filter), the sync changed the hooked
+    /// not hold, to delete). `moved`: per table ([`Table::EVERY`]), the sync changed the hooked
     /// built-in chains (inserted, moved or deleted our jumps): they are put back as they
     /// were, else left alone.
     pub(crate) fn write_rollback<W: std::fmt::Write + ?Sized>(
         &self,
         prefix: &str,
         now: &Existing,
-        moved: [bool; 2],
+        moved: [bool; 4],
         out: &mut W,
     ) -> std::fmt::Result {
         let mut spool = self
             .spool
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for table in Table::ALL {
+        for table in Table::EVERY {
             let tag = match table {
                 Table::Nat => b'n',
                 Table::Filter => b'f',
+                Table::Raw => b'r',
+                Table::Mangle => b'm',
             };
             let created = now.chains(table);
             let moved = moved[table.index()];
@@ -312,7 +316,7 @@ COMMIT
         }
         let now = parser.finish();
         let mut out = String::new();
-        snap.write_rollback("DP", &now, [true, false], &mut out)
+        snap.write_rollback("DP", &now, [true, false, false, false], &mut out)
             .unwrap();
         assert_eq!(
             out,
@@ -340,7 +344,7 @@ COMMIT
         );
         // Written twice, the same (the spool is read from its start each time).
         let mut again = String::new();
-        snap.write_rollback("DP", &now, [true, false], &mut again)
+        snap.write_rollback("DP", &now, [true, false, false, false], &mut again)
             .unwrap();
         assert_eq!(again, out);
     }
@@ -359,7 +363,7 @@ COMMIT
         }
         let now = parser.finish();
         let mut out = String::new();
-        snap.write_rollback("DP", &now, [true, true], &mut out)
+        snap.write_rollback("DP", &now, [true, true, false, false], &mut out)
             .unwrap();
         assert_eq!(
             out,

@@ -1,6 +1,7 @@
 //! The nftables flavour.
 
 mod family;
+pub mod host;
 pub(crate) mod netlink;
 // Reading `nft -j` listings back: public for the tests that parse captured listings (its
 // `Listing` holds `serde_json` values), not part of the API: hidden.
@@ -8,6 +9,7 @@ pub(crate) mod netlink;
 pub mod observe;
 pub mod policy;
 pub mod render;
+pub mod tiers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -370,10 +372,57 @@ impl NftablesDataplane {
         observe::parse_listing(&json)
     }
 
+    /// Validates `changes` against the applied state: the validator's check of what it
+    /// covers, and for a change of cluster-wide policy objects (cluster policies, the
+    /// baseline, peer nodes, host endpoints and policies, failsafe ports), whose checks span
+    /// the whole state (unique priorities, one host endpoint per interface) and which core's
+    /// validator leaves to a full sync, a full validation of the policy objects after the
+    /// change (this backend keeps them; no services), returned for the policy update. Before
+    /// anything is touched.
+    fn check_changes(
+        &self,
+        node: &Node,
+        validator: &Validator,
+        changes: &ChangeSet,
+    ) -> Result<(Incremental, Option<Box<DesiredState>>), Error> {
+        if changes.node.is_some() || !changes.has_tier_changes() {
+            return Ok((validator.check(node, changes)?, None));
+        }
+        let verdict = validator.check(node, &without_tier_changes(changes))?;
+        let mut next = self
+            .policy_state
+            .as_deref()
+            .ok_or(Error::FullSyncRequired)?
+            .clone();
+        changes.apply_to(&mut next);
+        next.services.clear();
+        validate(&next)?;
+        Ok((verdict, Some(Box::new(next))))
+    }
+
+    /// The policy objects after `changes` (`checked`: as [`Self::check_changes`] built
+    /// them), taken out of the backend (put back when the sync succeeds).
+    fn next_policy_state(
+        &mut self,
+        changes: &ChangeSet,
+        checked: Option<Box<DesiredState>>,
+    ) -> Result<Box<DesiredState>, Error> {
+        let state = self.policy_state.take().ok_or(Error::FullSyncRequired)?;
+        if let Some(next) = checked {
+            return Ok(next);
+        }
+        let mut state = state;
+        changes.apply_to(&mut state);
+        // `apply_to` also brings the changed services: not what policy is compiled from.
+        state.services.clear();
+        Ok(state)
+    }
+
     /// [`Dataplane::apply_changes`] without the conntrack cleanup that follows it.
     fn partial_sync(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
         self.config.validate(BACKEND)?;
-        // Cluster and host policy are not programmed yet: refused by name, before anything.
+        // What the flavour does not program (host policy, for now) is refused by name,
+        // before anything.
         Flavour::Nftables
             .capabilities()
             .check_policy_tier_changes(changes)?;
@@ -382,7 +431,13 @@ impl NftablesDataplane {
         };
         // The changed objects against the ones that stay, as a full validation would: a
         // clash is a typed error naming both, before the kernel sees anything.
-        let verdict = validator.check(node, changes)?;
+        // Cluster-wide policy objects (cluster policies, the baseline, peer nodes, host
+        // endpoints and policies, failsafe ports) need a whole-state check (unique
+        // priorities, one host endpoint per interface), which core's validator leaves to a
+        // full sync: here the rest of the change goes through the validator and the policy
+        // objects after the change (this backend keeps them; no services) through a full
+        // validation, before anything is touched.
+        let (verdict, tiered) = self.check_changes(node, validator, changes)?;
         // After a failed transaction, and for a change of the node (which every service is
         // compiled against), the whole state is needed, of which this backend keeps no copy.
         if self.dirty || verdict == Incremental::FullRequired {
@@ -429,12 +484,10 @@ impl NftablesDataplane {
         let policy_changed = !changes.policies.is_empty()
             || !changes.pods.is_empty()
             || !changes.namespaces.is_empty()
-            || !changes.endpoints.is_empty();
+            || !changes.endpoints.is_empty()
+            || changes.has_tier_changes();
         let policy = if policy_changed {
-            let mut state = self.policy_state.take().ok_or(Error::FullSyncRequired)?;
-            changes.apply_to(&mut state);
-            // `apply_to` also brings the changed services: not what policy is compiled from.
-            state.services.clear();
+            let state = self.next_policy_state(changes, tiered)?;
             let (_, rs) = self.applied.as_mut().ok_or(Error::FullSyncRequired)?;
             // Updates core's tables in place (a copy would cost the whole policy per
             // change): from here on a failure leaves them ahead of the kernel, so it makes
@@ -505,7 +558,27 @@ fn policy_state(desired: &DesiredState) -> DesiredState {
     state.policies.clone_from(&desired.policies);
     state.namespaces.clone_from(&desired.namespaces);
     state.pods.clone_from(&desired.pods);
+    state.cluster_policies.clone_from(&desired.cluster_policies);
+    state.baseline_policy.clone_from(&desired.baseline_policy);
+    state.nodes.clone_from(&desired.nodes);
+    state.host_endpoints.clone_from(&desired.host_endpoints);
+    state.host_policies.clone_from(&desired.host_policies);
+    state.failsafe_ports.clone_from(&desired.failsafe_ports);
     state
+}
+
+/// `changes` without its cluster-wide policy objects (for the validator's check of the
+/// rest).
+fn without_tier_changes(changes: &ChangeSet) -> ChangeSet {
+    ChangeSet {
+        cluster_policies: BTreeMap::new(),
+        baseline_policy: None,
+        nodes: BTreeMap::new(),
+        host_endpoints: BTreeMap::new(),
+        host_policies: BTreeMap::new(),
+        failsafe_ports: None,
+        ..changes.clone()
+    }
 }
 
 /// The element operations of `patch` when it changes nothing but elements of the backend and

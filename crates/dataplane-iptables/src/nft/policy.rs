@@ -111,7 +111,9 @@ use dataplane_core::{
 use ipnetwork::IpNetwork;
 
 use super::family::{addr_type, ip_kw};
+use super::host::NftHost;
 use super::netlink;
+use super::tiers::{tier_map, NftTiers, DISPATCH_IN_CHAIN};
 use crate::error::NetfilterError;
 use crate::plan::{proto_name, FamilySuffix as _};
 
@@ -215,6 +217,10 @@ pub struct NftPolicy {
     pub spoof: BTreeSet<(String, IpAddr)>,
     /// The hashed names in use.
     pub names: Names,
+    /// Cluster policies and the baseline ([`super::tiers`]).
+    pub tiers: NftTiers,
+    /// Host endpoint policy ([`super::host`]).
+    pub host: NftHost,
 }
 
 /// The chain the ingress endpoint chains end in: it logs (`dp deny policy in`: the reader
@@ -358,6 +364,7 @@ pub fn base(node: &Node) -> Vec<String> {
         out.push(format!("set {} {{ type ifname . {at}; }}", spoof_set(f)));
         for d in [Direction::Ingress, Direction::Egress] {
             out.push(format!("map {} {{ type {at} : verdict; }}", d.map(f)));
+            out.push(format!("map {} {{ type {at} : verdict; }}", tier_map(d, f)));
         }
     }
     out.push(format!("set {IFACES} {{ type ifname; }}"));
@@ -368,6 +375,7 @@ pub fn base(node: &Node) -> Vec<String> {
     }
     out.push("chain pol-spoof".to_owned());
     out.push("chain pol-dispatch".to_owned());
+    out.push(format!("chain {DISPATCH_IN_CHAIN}"));
     let rule = |chain: &str, r: &str| format!("rule {chain} {r}");
     // Anti-spoofing first, before anything accepts (conntrack included: a forged packet
     // matching another pod's connection would be `established`).
@@ -418,19 +426,27 @@ pub fn base(node: &Node) -> Vec<String> {
     }
     out.push(rule("pol-input", "jump pol-dispatch"));
     // Egress first: its chains `return` when they allow, so that the server's ingress is
-    // checked next in the same walk.
-    for d in [Direction::Egress, Direction::Ingress] {
-        for f in FAMILIES {
-            let field = match d {
-                Direction::Ingress => "daddr",
-                Direction::Egress => "saddr",
-            };
-            out.push(rule(
-                "pol-dispatch",
-                &format!("{} {field} vmap @{}", ip_kw(f), d.map(f)),
-            ));
+    // checked next in the same walk. The cluster tiers' maps come first in each half: an
+    // endpoint direction they cover is dispatched there by `goto` and never comes back to
+    // NetworkPolicy's map (see `super::tiers`).
+    for (d, chain) in [
+        (Direction::Egress, "pol-dispatch"),
+        (Direction::Ingress, DISPATCH_IN_CHAIN),
+    ] {
+        let field = match d {
+            Direction::Ingress => "daddr",
+            Direction::Egress => "saddr",
+        };
+        for map in [tier_map, Direction::map] {
+            for f in FAMILIES {
+                out.push(rule(
+                    chain,
+                    &format!("{} {field} vmap @{}", ip_kw(f), map(d, f)),
+                ));
+            }
         }
     }
+    out.push(rule("pol-dispatch", &format!("goto {DISPATCH_IN_CHAIN}")));
     out
 }
 
@@ -484,7 +500,7 @@ pub(crate) fn compile_with(
     max_elements: usize,
     hash: Hasher,
 ) -> Result<NftPolicy, Error> {
-    let layer = !state.policies.is_empty();
+    let layer = state.has_pod_policy();
     let mut spoof = BTreeSet::new();
     if layer {
         for e in &state.endpoints {
@@ -517,6 +533,8 @@ pub(crate) fn compile_with(
         endpoints,
         spoof,
         names,
+        tiers: super::tiers::compile(state),
+        host: super::host::compile(state),
     })
 }
 
@@ -699,7 +717,7 @@ fn port_text((lo, hi): (u16, u16)) -> String {
 
 /// The match of a set of port specs with a trailing space; empty when one of them allows
 /// every protocol (a rule without ports).
-fn port_match(specs: &BTreeSet<PortSpec>) -> String {
+pub(super) fn port_match(specs: &BTreeSet<PortSpec>) -> String {
     if specs.iter().any(|(p, _)| p.is_none()) {
         return String::new();
     }
@@ -818,7 +836,7 @@ fn host_mask(bits: u32, prefix: u8) -> u128 {
 }
 
 /// The fewest prefixes that cover `lo..=hi` exactly.
-fn range_prefixes(mut lo: u128, hi: u128, family: IpFamily) -> Vec<IpNetwork> {
+pub(super) fn range_prefixes(mut lo: u128, hi: u128, family: IpFamily) -> Vec<IpNetwork> {
     let bits: u32 = match family {
         IpFamily::V4 => 32,
         IpFamily::V6 => 128,
@@ -874,6 +892,10 @@ pub struct PolicyPatch {
     pub spoof_removed: BTreeSet<(String, IpAddr)>,
     /// The hashed names after the patch.
     pub names: Names,
+    /// The cluster tiers' objects, when they change.
+    pub tiers: Option<NftTiers>,
+    /// The host policy objects, when they change.
+    pub host: Option<NftHost>,
 }
 
 impl PolicyPatch {
@@ -886,6 +908,8 @@ impl PolicyPatch {
             && self.sets_added.is_empty()
             && self.sets_removed.is_empty()
             && self.endpoints.is_empty()
+            && self.tiers.is_none()
+            && self.host.is_none()
     }
 }
 
@@ -908,7 +932,7 @@ pub fn compile_patch(
     let old: &NftPolicy = old;
     let compiled = &old.compiled;
     let had_layer = !old.base.is_empty();
-    let layer = !state.policies.is_empty();
+    let layer = state.has_pod_policy();
     let mut names = old.names.clone();
     let mut set_names = old.set_names.clone();
     for id in &delta.sets_removed {
@@ -987,6 +1011,8 @@ pub fn compile_patch(
         spoof_added,
         spoof_removed,
         names,
+        tiers: Some(super::tiers::compile(state)).filter(|t| *t != old.tiers),
+        host: Some(super::host::compile(state)).filter(|h| *h != old.host),
     })
 }
 
@@ -1010,6 +1036,12 @@ impl NftPolicy {
         }
         self.spoof.extend(patch.spoof_added);
         self.names = patch.names;
+        if let Some(t) = patch.tiers {
+            self.tiers = t;
+        }
+        if let Some(h) = patch.host {
+            self.host = h;
+        }
         for (name, rules) in patch.endpoints {
             match rules {
                 Some(r) => self.endpoints.insert(name, r),
@@ -1129,7 +1161,9 @@ pub fn write_full<W: std::fmt::Write + ?Sized>(
             .values()
             .flat_map(|r| r.dispatch.iter().map(|d| dispatch_element(d, true))),
         out,
-    )
+    )?;
+    super::tiers::write_add(&p.tiers, &BTreeSet::new(), table, out)?;
+    super::host::write_add(&p.host, &BTreeSet::new(), table, out)
 }
 
 /// The policy part of a partial-sync transaction: `old` → `patch`, touching only the
@@ -1147,6 +1181,8 @@ pub fn write_patch<W: std::fmt::Write + ?Sized>(
         let (kind, rest) = stmt.split_once(' ').unwrap_or((stmt, ""));
         writeln!(out, "add {kind} inet {t} {rest}")?;
     }
+    // The tiers' chains reference NetworkPolicy's endpoint chains: out first, in last.
+    let kept = write_extras_remove(old, patch, t, out)?;
     let empty = EndpointRules::default();
     // Dispatch elements first out (they reference the chains deleted below), last in.
     let mut del_dispatch = Vec::new();
@@ -1219,6 +1255,7 @@ pub fn write_patch<W: std::fmt::Write + ?Sized>(
         add_dispatch.iter().map(|d| dispatch_element(d, true)),
         out,
     )?;
+    write_extras_add(patch, &kept, t, out)?;
     // The last policy went: the layer goes (its endpoint chains and peer sets went above),
     // so that a node without policies has no policy hook at all.
     let objects = || {
@@ -1236,6 +1273,43 @@ pub fn write_patch<W: std::fmt::Write + ?Sized>(
     }
     for (kind, name) in objects().filter(|(k, _)| *k == "set" || *k == "map") {
         writeln!(out, "delete {kind} inet {t} {name}")?;
+    }
+    Ok(())
+}
+
+/// What [`write_extras_remove`] kept (flushed, to be refilled): tier chains, host objects.
+type Kept<'a> = (BTreeSet<&'a str>, BTreeSet<String>);
+
+/// The removal half of replacing the tier and host parts that `patch` changes.
+fn write_extras_remove<'a, W: std::fmt::Write + ?Sized>(
+    old: &'a NftPolicy,
+    patch: &PolicyPatch,
+    t: &str,
+    out: &mut W,
+) -> Result<Kept<'a>, std::fmt::Error> {
+    let tiers = match &patch.tiers {
+        Some(new) => super::tiers::write_remove(&old.tiers, new, t, out)?,
+        None => BTreeSet::new(),
+    };
+    let host = match &patch.host {
+        Some(new) => super::host::write_remove(&old.host, new, t, out)?,
+        None => BTreeSet::new(),
+    };
+    Ok((tiers, host))
+}
+
+/// The adding half of replacing the tier and host parts that `patch` changes.
+fn write_extras_add<W: std::fmt::Write + ?Sized>(
+    patch: &PolicyPatch,
+    (tiers, host): &Kept<'_>,
+    t: &str,
+    out: &mut W,
+) -> std::fmt::Result {
+    if let Some(new) = &patch.tiers {
+        super::tiers::write_add(new, tiers, t, out)?;
+    }
+    if let Some(new) = &patch.host {
+        super::host::write_add(new, host, t, out)?;
     }
     Ok(())
 }

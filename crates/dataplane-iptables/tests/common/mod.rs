@@ -125,3 +125,84 @@ pub fn showcase() -> DesiredState {
 }
 pub mod lab;
 pub mod policy;
+
+/// `nft -j list table inet <table>` in `netns`, with each set's elements sorted (hash sets
+/// list in their own order): set and chain name → its elements or rules as JSON text.
+pub fn listing(
+    netns: &dataplane_testkit::NetNs,
+    table: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns.name(),
+            "nft",
+            "-j",
+            "list",
+            "table",
+            "inet",
+            table,
+        ])
+        .output()
+        .expect("nft runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = dataplane_iptables::nft::observe::parse_listing(&String::from_utf8_lossy(&out.stdout))
+        .expect("listing parses");
+    let mut all = std::collections::BTreeMap::new();
+    for (name, elems) in l.maps {
+        let mut e: Vec<String> = elems.iter().map(|kv| format!("{kv:?}")).collect();
+        e.sort();
+        all.insert(format!("set {name}"), e);
+    }
+    for (name, rules) in l.rules {
+        all.insert(
+            format!("chain {name}"),
+            rules.iter().map(ToString::to_string).collect(),
+        );
+    }
+    all
+}
+
+/// Asserts that tables `a` and `b` in `netns` hold the same sets, maps and chains (but for
+/// the `hairpin-` sets: their elements are only added between full syncs, and an extra one
+/// is harmless, see `plan::hairpin_candidates`); `what` names the step in the message.
+pub fn assert_same_tables(netns: &dataplane_testkit::NetNs, a: &str, b: &str, what: &str) {
+    let (a, b) = (listing(netns, a), listing(netns, b));
+    let differ: Vec<&String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| !k.starts_with("set hairpin-") && a.get(*k) != b.get(*k))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{what}: {:#?}",
+        differ
+            .iter()
+            .map(|k| (k, a.get(*k), b.get(*k)))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Two nftables backends in `netns`: one on the usual table `dataplane` (for partial syncs),
+/// one on table `fresh` (for full syncs of the same states), for [`assert_same_tables`].
+pub fn partial_and_fresh(
+    netns: &dataplane_testkit::NetNs,
+) -> (
+    dataplane_iptables::NftablesDataplane,
+    dataplane_iptables::NftablesDataplane,
+) {
+    let config = |table: &str| {
+        let mut c = dataplane_iptables::NetfilterConfig::nftables(Some(netns.path().to_owned()));
+        table.clone_into(&mut c.name);
+        c
+    };
+    (
+        dataplane_iptables::NftablesDataplane::new(config("dataplane")),
+        dataplane_iptables::NftablesDataplane::new(config("fresh")),
+    )
+}

@@ -24,11 +24,15 @@
 //! written in: [`Case`], [`Client`], [`Destination`], [`Expect`], [`Seen`], [`Requirement`]),
 //! `report` ([`Report`] and its rows), `runner` ([`run`], [`run_with`]: the checks above),
 //! `table` ([`standard_cases`] for [`STANDARD_LAB`], kube-proxy parity rows included) and
-//! `port_reuse` ([`run_port_reuse`], the source-port clash rows, a runner of its own) and
+//! `port_reuse` ([`run_port_reuse`], the source-port clash rows, a runner of its own),
 //! [`policy`] (the NetworkPolicy reachability matrices: [`policy::run_policy`] over
-//! [`policy::policy_cases`] in [`policy::POLICY_LAB`], reporting in the same [`Report`]).
+//! [`policy::policy_cases`] in [`policy::POLICY_LAB`], reporting in the same [`Report`]) and
+//! [`host`] (host endpoint policy, Calico's model: [`host::run_host`] over
+//! [`host::host_cases`] in [`host::HOST_LAB`], the same [`Report`]; it shares the policy
+//! runner's re-probe rule).
 
 mod case;
+pub mod host;
 pub mod policy;
 mod port_reuse;
 mod report;

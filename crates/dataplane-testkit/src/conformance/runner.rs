@@ -12,7 +12,10 @@ use ipnetwork::IpNetwork;
 
 use crate::lab::{Lab, LabNode, POD_NAMESPACE, SERVER_PORT};
 use crate::netns::NetNs;
-use crate::traffic::{probe_from, probe_refused_at_once, serve, ProbeOutcome, Server};
+use crate::traffic::{
+    probe_batch, probe_from, probe_refused_at_once, serve, BatchOutcome, BatchProbe, ProbeOutcome,
+    Server,
+};
 
 use super::case::{Case, Client, Destination, Expect, Seen};
 use super::report::{OneRow, Report, RowOutcome, RowReport};
@@ -547,6 +550,53 @@ fn check_verdict(
             "row expects {expect:?}, the model says {verdict:?}"
         )),
     }
+}
+
+/// One client's share of a [`probe_clients`] batch: the namespace it sends from, its name
+/// (for errors), and its probes, each with its index in the whole batch.
+pub(super) struct ClientBatch<'a> {
+    pub(super) netns: &'a NetNs,
+    pub(super) name: String,
+    pub(super) probes: Vec<(usize, BatchProbe)>,
+}
+
+/// Sends every client's probes at once, one thread per client ([`probe_batch`] in its
+/// namespace), and returns the `count` outcomes in index order (an index no client sends
+/// stays a timeout). The policy and host tables' matrices.
+pub(super) fn probe_clients(
+    batches: Vec<ClientBatch<'_>>,
+    count: usize,
+) -> Result<Vec<BatchOutcome>, String> {
+    let results: Vec<Result<Vec<(usize, BatchOutcome)>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = batches
+            .into_iter()
+            .filter(|b| !b.probes.is_empty())
+            .map(|batch| {
+                s.spawn(move || {
+                    let probes: Vec<BatchProbe> = batch.probes.iter().map(|(_, p)| *p).collect();
+                    probe_batch(batch.netns, &probes)
+                        .map(|outcomes| {
+                            batch.probes.iter().map(|(i, _)| *i).zip(outcomes).collect()
+                        })
+                        .map_err(|e| format!("probes from {}: {}", batch.name, error_chain(&e)))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a probe thread panicked".to_owned()))
+            })
+            .collect()
+    });
+    let mut outcomes = vec![BatchOutcome::Ended(ProbeOutcome::Timeout); count];
+    for result in results {
+        for (i, outcome) in result? {
+            outcomes[i] = outcome;
+        }
+    }
+    Ok(outcomes)
 }
 
 pub(super) fn unspecified(family: IpFamily) -> IpAddr {

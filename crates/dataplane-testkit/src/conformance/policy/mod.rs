@@ -157,7 +157,7 @@
 
 mod case;
 mod layout;
-mod runner;
+pub(super) mod runner;
 mod table;
 
 pub use case::{

@@ -13,12 +13,11 @@ use dataplane_core::{
 
 use crate::lab::{Lab, LabNode, SERVER_PORT};
 use crate::traffic::{
-    probe_batch, send_forged, serve, sink, BatchOutcome, BatchProbe, ProbeOutcome, Server, Sink,
-    TcpSession,
+    send_forged, serve, sink, BatchOutcome, BatchProbe, ProbeOutcome, Server, Sink, TcpSession,
 };
 
 use super::super::report::{OneRow, Report, RowOutcome, RowReport};
-use super::super::runner::{reset_all, row_filter, start};
+use super::super::runner::{probe_clients, reset_all, row_filter, start, ClientBatch};
 use super::case::PolicyCase;
 use super::layout::{
     cluster_ip, node_of, node_states, pod_name, World, NAMESPACES, PODS, POD_COUNT, POLICY_LAB,
@@ -534,38 +533,16 @@ impl Run<'_> {
             batches[cell.client].push((i, probe));
         }
         let lab = self.lab;
-        let results: Vec<Result<Vec<(usize, BatchOutcome)>, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = batches
-                .into_iter()
-                .enumerate()
-                .filter(|(_, b)| !b.is_empty())
-                .map(|(client, batch)| {
-                    s.spawn(move || {
-                        let probes: Vec<BatchProbe> = batch.iter().map(|(_, p)| *p).collect();
-                        let netns = client_netns(lab, client);
-                        probe_batch(netns, &probes)
-                            .map(|outcomes| batch.iter().map(|(i, _)| *i).zip(outcomes).collect())
-                            .map_err(|e| {
-                                format!("probes from {}: {}", client_name(client), error_chain(&e))
-                            })
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("a probe thread panicked".to_owned()))
-                })
-                .collect()
-        });
-        let mut outcomes = vec![BatchOutcome::Ended(ProbeOutcome::Timeout); cells.len()];
-        for result in results {
-            for (i, outcome) in result? {
-                outcomes[i] = outcome;
-            }
-        }
-        Ok(outcomes)
+        let batches = batches
+            .into_iter()
+            .enumerate()
+            .map(|(client, probes)| ClientBatch {
+                netns: client_netns(lab, client),
+                name: client_name(client),
+                probes,
+            })
+            .collect();
+        probe_clients(batches, cells.len())
     }
 
     /// Runs one case: a row per step; a step that cannot be applied ends the case.
@@ -1008,7 +985,7 @@ fn client_netns(lab: &Lab, client: usize) -> &crate::netns::NetNs {
 }
 
 /// What a cell saw, in a few words.
-fn seen(outcome: &BatchOutcome) -> String {
+pub(in crate::conformance) fn seen(outcome: &BatchOutcome) -> String {
     match outcome {
         BatchOutcome::Ended(ProbeOutcome::Answered { backend, .. }) => {
             format!("answered by {backend}")
@@ -1048,7 +1025,7 @@ fn agrees(cell: Cell, allowed: bool, outcome: &BatchOutcome) -> bool {
 /// - when the batch was slow — an allowed cell answered later than half the drop wait —
 ///   denied cells that timed out: their drop wait was too short to tell a drop from a late
 ///   answer, so they are asked again with the full timeout instead of passing.
-pub(super) fn reprobes(
+pub(in crate::conformance) fn reprobes(
     expected: &[bool],
     outcomes: &[BatchOutcome],
     drop_wait: Duration,
