@@ -5,7 +5,10 @@
 //! source address the backend saw, next to what the reference model says should happen. Then
 //! it edits the manifests the way a cluster changes: `web` is scaled down (a backend leaves its
 //! EndpointSlice) and a NetworkPolicy is added; once every agent has synced the change, the
-//! rows are printed again. Then it stops the agents, removes what they installed and the lab.
+//! rows are printed again. Then, where the backend can program them, an AdminNetworkPolicy
+//! whose Deny beats the NetworkPolicy's Allow, and Calico host endpoint policy on node-0's
+//! uplink (untracked and pre-DNAT denies); a backend that cannot gets rows that say so. Then
+//! it stops the agents, removes what they installed and the lab.
 //!
 //! Before the first probe it opens an event reader on every node (`dataplane::inspect`, as
 //! `dpctl flows --follow` beside each agent) and ends with the flow log of what it did
