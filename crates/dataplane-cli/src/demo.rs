@@ -315,7 +315,9 @@ fn sections(
 
 /// Edits 3 and 4: an AdminNetworkPolicy whose Deny beats the NetworkPolicy's Allow, and
 /// Calico host endpoint policy on node-0's uplink (an untracked deny of a blocked range, a
-/// pre-DNAT deny of one client on one NodePort). Each is written only when the backend can
+/// pre-DNAT deny of one client on `web`'s NodePort). The served row is `local`'s NodePort:
+/// its one backend is not isolated, where `web`'s pod-1-0 is (edit 2's NetworkPolicy), which
+/// would make a `web` row depend on the backend drawn. Each is written only when the backend can
 /// program it (a backend refuses a state it cannot program whole, which would stop every
 /// agent's syncs); otherwise its rows say so. Returns the rows that disagree with the model.
 fn tier_sections(
@@ -383,7 +385,7 @@ fn tier_sections(
             println!(
                 "\nedit 4: Calico HostEndpoint {HOST_ENDPOINT} for node-0's uplink, \
                  GlobalNetworkPolicies {UNTRACKED_POLICY} (doNotTrack: Deny from {BLOCKED_CIDR}) \
-                 and {PRE_DNAT_POLICY} (preDNAT: Deny {} to NodePort {LOCAL_NODE_PORT}) added \
+                 and {PRE_DNAT_POLICY} (preDNAT: Deny {} to NodePort {NODE_PORT}) added \
                  ({}); {took}",
                 client.addresses[0], file.name
             );
@@ -439,19 +441,19 @@ fn host_rows_spec(lab: &Lab) -> anyhow::Result<Vec<HostRow>> {
     let client = lab.external(0).addresses[0];
     Ok(vec![
         HostRow {
-            what: "NodePort, blocked src",
+            what: "NodePort (ETP Local)",
             source: BLOCKED_SOURCE.parse()?,
-            destination: SocketAddr::new(node0, NODE_PORT),
-        },
-        HostRow {
-            what: "NodePort",
-            source: client,
-            destination: SocketAddr::new(node0, NODE_PORT),
+            destination: SocketAddr::new(node0, LOCAL_NODE_PORT),
         },
         HostRow {
             what: "NodePort (ETP Local)",
             source: client,
             destination: SocketAddr::new(node0, LOCAL_NODE_PORT),
+        },
+        HostRow {
+            what: "NodePort",
+            source: client,
+            destination: SocketAddr::new(node0, NODE_PORT),
         },
     ])
 }
@@ -936,8 +938,8 @@ mod tests {
     }
 
     /// Edits 3 and 4: the AdminNetworkPolicy's Deny beats the NetworkPolicy's Allow, and
-    /// node-0's uplink drops the blocked source (untracked) and the client on `local`'s
-    /// NodePort (pre-DNAT), and serves the client on `web`'s.
+    /// node-0's uplink drops the blocked source (untracked) and the client on `web`'s
+    /// NodePort (pre-DNAT), and serves the client on `local`'s.
     fn tier_rows_expect(lab: &Lab, dir: &Path) {
         // Edits 3 and 4: the AdminNetworkPolicy's Deny beats the NetworkPolicy's Allow, and
         // node-0's uplink drops the blocked source (untracked) and the client on `local`'s
@@ -1006,7 +1008,7 @@ mod tests {
         assert_eq!(
             expected,
             [false, true, false],
-            "blocked src, NodePort, pre-DNAT guarded"
+            "blocked src, local's NodePort, web's NodePort (pre-DNAT guarded)"
         );
     }
 }

@@ -61,9 +61,9 @@ pub const ADMIN_RULE: &str = "deny-pod-0-0";
 pub const HOST_ENDPOINT: &str = "node-0-uplink";
 /// The untracked (`doNotTrack`) GlobalNetworkPolicy: denies [`BLOCKED_CIDR`].
 pub const UNTRACKED_POLICY: &str = "drop-blocked";
-/// The pre-DNAT GlobalNetworkPolicy: denies the external client's own address on `local`'s
-/// NodePort ([`LOCAL_NODE_PORT`]) before DNAT.
-pub const PRE_DNAT_POLICY: &str = "guard-local-nodeport";
+/// The pre-DNAT GlobalNetworkPolicy: denies the external client's own address on `web`'s
+/// NodePort ([`NODE_PORT`]) before DNAT.
+pub const PRE_DNAT_POLICY: &str = "guard-web-nodeport";
 /// The blocked range (inside the lab's underlay /16, where the external client gets its
 /// second address [`BLOCKED_SOURCE`]).
 pub const BLOCKED_CIDR: &str = "172.18.250.0/24";
@@ -580,7 +580,7 @@ pub fn host_policy(lab: &Lab) -> anyhow::Result<File> {
                 "action": "Deny",
                 "protocol": "TCP",
                 "source": { "nets": [format!("{client}/32")] },
-                "destination": { "ports": [LOCAL_NODE_PORT] },
+                "destination": { "ports": [NODE_PORT] },
             }],
         },
     });
