@@ -169,7 +169,7 @@ pub fn watch_config(kind: Kind, node_name: &str, proxy_name: Option<&str>) -> wa
     }
 }
 
-/// Watches the six kinds through `client` and sends what they see on `tx` until the receiver
+/// Watches every kind through `client` and sends what they see on `tx` until the receiver
 /// is dropped (then returns `Ok`).
 ///
 /// For each kind the first event is a [`SourceEvent::Listed`] with every object of the kind

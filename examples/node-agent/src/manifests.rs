@@ -8,7 +8,7 @@
 //! ```
 //!
 //! - At start: the directory file by file (`ListPart`s, one file's objects at a time), then
-//!   `Listed` for all six kinds (closing the listing), then per change the
+//!   `Listed` for every kind (closing the listing), then per change the
 //!   difference per object: `Applied` for a new or changed object, `Deleted` for one that is
 //!   gone from every file. An object that moved from one file to another in one burst is
 //!   neither deleted nor re-applied.
