@@ -851,3 +851,606 @@ fn named_labels_changed(change: &Change<Endpoint>) -> bool {
     change.previous.as_ref().map(|e| &e.namespace_labels)
         != change.current.as_ref().map(|e| &e.namespace_labels)
 }
+
+// ---------------------------------------------------------------------------------------
+// The tiers around NetworkPolicy: cluster policies and the baseline.
+// ---------------------------------------------------------------------------------------
+
+/// Which ordered tier a [`TierEntry`] belongs to ([`crate::policy`]'s module documentation:
+/// cluster policies before NetworkPolicy, the baseline after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Tier {
+    /// [`crate::ClusterPolicy`]: `Allow`, `Deny` or `Pass`, before NetworkPolicy.
+    Cluster,
+    /// [`crate::BaselinePolicy`]: `Allow` or `Deny`, for a pod no NetworkPolicy isolates.
+    Baseline,
+}
+
+/// What the first matching entry of a tier does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TierAction {
+    /// Allowed, final for the direction.
+    Allow,
+    /// Denied, final for the direction.
+    Deny,
+    /// The remaining cluster policies are skipped: NetworkPolicy (then the baseline) decides.
+    Pass,
+}
+
+/// One entry of a tier's table: a rule's peer and one of its `(protocol, ports)`, with the
+/// rule's place in the evaluation order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TierEntry {
+    /// Evaluation order, lower first: of all entries matching a connection, the lowest
+    /// order decides. Cluster tier: `priority << 8 | rule index` (priorities are unique,
+    /// at most 1000, rules at most 100 per direction); baseline: the rule index. Stable when
+    /// other policies come and go, so a change rewrites only its own policy's entries.
+    pub order: u32,
+    /// What a match does.
+    pub action: TierAction,
+    /// The peer (the client on ingress, the server on egress): [`Peer::Any`] is never
+    /// produced (a tier rule has at least one peer); a `networks` peer is a
+    /// [`Peer::Block`] of allowing prefixes only.
+    pub peer: Peer,
+    /// The protocol; `None` for every protocol and port (a rule without ports).
+    pub protocol: Option<Protocol>,
+    /// The destination ports, inclusive.
+    pub ports: (u16, u16),
+}
+
+impl TierEntry {
+    /// Whether the entry's `(protocol, ports)` covers `protocol` and `port`.
+    fn port_matches(&self, protocol: Protocol, port: u16) -> bool {
+        self.protocol.is_none_or(|p| p == protocol) && (self.ports.0..=self.ports.1).contains(&port)
+    }
+}
+
+/// The tier tables of one local endpoint (entries of the cluster policies and of the
+/// baseline that select it; empty tables when none does).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierTables {
+    /// The endpoint's addresses.
+    pub ips: Vec<IpAddr>,
+    /// Cluster tier, traffic to the endpoint.
+    pub cluster_ingress: BTreeSet<TierEntry>,
+    /// Cluster tier, traffic from the endpoint.
+    pub cluster_egress: BTreeSet<TierEntry>,
+    /// Baseline, traffic to the endpoint.
+    pub baseline_ingress: BTreeSet<TierEntry>,
+    /// Baseline, traffic from the endpoint.
+    pub baseline_egress: BTreeSet<TierEntry>,
+}
+
+impl TierTables {
+    /// The entries of `tier` and `direction`.
+    pub fn entries(&self, tier: Tier, direction: PolicyType) -> &BTreeSet<TierEntry> {
+        match (tier, direction) {
+            (Tier::Cluster, PolicyType::Ingress) => &self.cluster_ingress,
+            (Tier::Cluster, PolicyType::Egress) => &self.cluster_egress,
+            (Tier::Baseline, PolicyType::Ingress) => &self.baseline_ingress,
+            (Tier::Baseline, PolicyType::Egress) => &self.baseline_egress,
+        }
+    }
+
+    fn entries_mut(&mut self, tier: Tier, direction: PolicyType) -> &mut BTreeSet<TierEntry> {
+        match (tier, direction) {
+            (Tier::Cluster, PolicyType::Ingress) => &mut self.cluster_ingress,
+            (Tier::Cluster, PolicyType::Egress) => &mut self.cluster_egress,
+            (Tier::Baseline, PolicyType::Ingress) => &mut self.baseline_ingress,
+            (Tier::Baseline, PolicyType::Egress) => &mut self.baseline_egress,
+        }
+    }
+
+    /// Whether `direction` has entries in either tier.
+    pub fn has(&self, direction: PolicyType) -> bool {
+        !self.entries(Tier::Cluster, direction).is_empty()
+            || !self.entries(Tier::Baseline, direction).is_empty()
+    }
+
+    /// Whether no tier has an entry.
+    pub fn is_empty(&self) -> bool {
+        !self.has(PolicyType::Ingress) && !self.has(PolicyType::Egress)
+    }
+}
+
+/// What selects the members of a tier's peer set: pods (a [`SetKey`], the same ids as
+/// NetworkPolicy's sets, so a selector both name is one set) or nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TierSetKey {
+    /// Pods: the `namespaces` and `pods` peers (cluster-wide: no own-namespace default), and
+    /// an egress named port's destinations.
+    Pods(SetKey),
+    /// The addresses of the nodes the selector selects ([`crate::PeerNode`]; this node by
+    /// the entry of its name, or without labels), pods' addresses excepted.
+    Nodes(LabelSelector),
+}
+
+impl TierSetKey {
+    fn id(&self) -> SetId {
+        match self {
+            TierSetKey::Pods(key) => key.id(),
+            TierSetKey::Nodes(sel) => SetId(format!(
+                "{{\"nodes\":{}}}",
+                serde_json::to_string(sel).unwrap_or_default()
+            )),
+        }
+    }
+
+    fn members(&self, state: &DesiredState) -> BTreeSet<IpAddr> {
+        match self {
+            TierSetKey::Pods(key) => key.members(state),
+            TierSetKey::Nodes(sel) => {
+                let pods: BTreeSet<IpAddr> = state
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| &e.ips)
+                    .chain(state.pods.iter().flat_map(|p| &p.ips))
+                    .copied()
+                    .collect();
+                let own_labels = state
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == state.node.name)
+                    .map(|n| n.labels.clone())
+                    .unwrap_or_default();
+                let own = sel
+                    .matches(&own_labels)
+                    .then_some(&state.node.addresses)
+                    .into_iter()
+                    .flatten();
+                // Any other address is labelled by the first entry that lists it (the
+                // reference's lookup); this node's addresses only by the entry of its name.
+                let others = state
+                    .nodes
+                    .iter()
+                    .flat_map(|n| &n.addresses)
+                    .filter(|ip| !state.node.addresses.contains(ip))
+                    .filter(|ip| {
+                        state
+                            .nodes
+                            .iter()
+                            .find(|n| n.addresses.contains(ip))
+                            .is_some_and(|n| sel.matches(&n.labels))
+                    });
+                own.chain(others)
+                    .filter(|ip| !pods.contains(ip))
+                    .copied()
+                    .collect()
+            }
+        }
+    }
+}
+
+/// A peer set of the tiers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierSet {
+    /// What selects the members.
+    pub key: TierSetKey,
+    /// The members' addresses.
+    pub members: BTreeSet<IpAddr>,
+}
+
+/// The compiled cluster policies and baseline of a node: per local endpoint and direction,
+/// the entries of each tier over peer sets (see [`compile_tiers`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompiledTiers {
+    /// The peer sets the entries name.
+    pub sets: BTreeMap<SetId, TierSet>,
+    /// The local endpoints with at least one entry.
+    pub endpoints: BTreeMap<ObjectName, TierTables>,
+}
+
+/// Compiles the cluster policies and the baseline of `state` (assumed valid) into
+/// per-endpoint tables, as [`compile`] does for NetworkPolicy:
+///
+/// - Only the policies whose subject selects the endpoint contribute; each rule's peers
+///   times its ports become [`TierEntry`]s with the rule's order and action.
+/// - `namespaces` and `pods` peers are pod sets ([`TierSetKey::Pods`]), `nodes` peers node
+///   sets, `networks` peers [`Peer::Block`]s (allowing prefixes).
+/// - A named port resolves on the destination: on ingress on the endpoint itself (every
+///   protocol it has the name on), on egress into per-number sets of the peer's pods that
+///   have it (a `nodes` peer has no pods: nothing).
+///
+/// What a backend programs from it: for one connection and tier, the matching entry of
+/// lowest order decides ([`CompiledTiers::decide`]); [`tiered_allows`] is how the tiers and
+/// NetworkPolicy's tables combine, the answer [`crate::policy_verdict`] gives (the fixed
+/// rules aside).
+pub fn compile_tiers(state: &DesiredState) -> CompiledTiers {
+    let mut compiled = CompiledTiers::default();
+    if state.cluster_policies.is_empty() && state.baseline_policy.is_none() {
+        return compiled;
+    }
+    let mut keys: BTreeMap<SetId, TierSetKey> = BTreeMap::new();
+    for endpoint in &state.endpoints {
+        let tables = tier_tables(state, endpoint, &mut keys);
+        if !tables.is_empty() {
+            compiled.endpoints.insert(endpoint.name.clone(), tables);
+        }
+    }
+    let named: BTreeSet<&SetId> = compiled
+        .endpoints
+        .values()
+        .flat_map(|t| {
+            [Tier::Cluster, Tier::Baseline]
+                .into_iter()
+                .flat_map(move |tier| {
+                    [PolicyType::Ingress, PolicyType::Egress]
+                        .into_iter()
+                        .flat_map(move |d| t.entries(tier, d))
+                })
+        })
+        .filter_map(|e| match &e.peer {
+            Peer::Set(id) => Some(id),
+            Peer::Any | Peer::Block(_) => None,
+        })
+        .collect();
+    compiled.sets = keys
+        .into_iter()
+        .filter(|(id, _)| named.contains(id))
+        .map(|(id, key)| {
+            let members = key.members(state);
+            (id, TierSet { key, members })
+        })
+        .collect();
+    compiled
+}
+
+/// Whether a cluster policy or baseline subject selects `endpoint`.
+fn subject_selects(
+    state: &DesiredState,
+    subject: &crate::model::ClusterPolicySubject,
+    endpoint: &Endpoint,
+) -> bool {
+    use crate::model::ClusterPolicySubject;
+    let namespace = state.namespace_labels(&endpoint.name.namespace);
+    match subject {
+        ClusterPolicySubject::Namespaces(sel) => sel.matches(&namespace),
+        ClusterPolicySubject::Pods(pods) => {
+            pods.pod_selector.matches(&endpoint.labels)
+                && pods.namespace_selector.matches(&namespace)
+        }
+    }
+}
+
+fn tier_tables(
+    state: &DesiredState,
+    endpoint: &Endpoint,
+    keys: &mut BTreeMap<SetId, TierSetKey>,
+) -> TierTables {
+    use crate::model::{BaselineAction, ClusterAction};
+    let mut tables = TierTables {
+        ips: endpoint.ips.clone(),
+        ..TierTables::default()
+    };
+    for direction in [PolicyType::Ingress, PolicyType::Egress] {
+        for policy in &state.cluster_policies {
+            if !subject_selects(state, &policy.subject, endpoint) {
+                continue;
+            }
+            for (i, rule) in policy.rules(direction).iter().enumerate() {
+                let action = match rule.action {
+                    ClusterAction::Allow => TierAction::Allow,
+                    ClusterAction::Deny => TierAction::Deny,
+                    ClusterAction::Pass => TierAction::Pass,
+                };
+                let ctx = TierRule {
+                    state,
+                    endpoint,
+                    direction,
+                    order: (policy.priority << 8) | (i as u32 & 0xff),
+                    action,
+                };
+                ctx.entries(rule, tables.entries_mut(Tier::Cluster, direction), keys);
+            }
+        }
+        if let Some(baseline) = &state.baseline_policy {
+            if subject_selects(state, &baseline.subject, endpoint) {
+                for (i, rule) in baseline.rules(direction).iter().enumerate() {
+                    let action = match rule.action {
+                        BaselineAction::Allow => TierAction::Allow,
+                        BaselineAction::Deny => TierAction::Deny,
+                    };
+                    let ctx = TierRule {
+                        state,
+                        endpoint,
+                        direction,
+                        order: i as u32,
+                        action,
+                    };
+                    ctx.entries(rule, tables.entries_mut(Tier::Baseline, direction), keys);
+                }
+            }
+        }
+    }
+    tables
+}
+
+/// What one tier rule's entries are compiled against.
+struct TierRule<'a> {
+    state: &'a DesiredState,
+    /// The subject: ingress named ports resolve on it.
+    endpoint: &'a Endpoint,
+    direction: PolicyType,
+    order: u32,
+    action: TierAction,
+}
+
+impl TierRule<'_> {
+    /// The rule's numeric `(protocol, ports)` (ingress named ports resolved on the endpoint)
+    /// and, on egress, its named ports with every `(protocol, number)` they have on the
+    /// cluster's pods.
+    fn ports(&self, ports: &[crate::model::ClusterPort]) -> (Vec<PortSpec>, Vec<NamedPort>) {
+        use crate::model::ClusterPort;
+        let mut numeric: Vec<PortSpec> = Vec::new();
+        let mut named: Vec<NamedPort> = Vec::new();
+        if ports.is_empty() {
+            numeric.push((None, (0, u16::MAX)));
+        }
+        for port in ports {
+            match port {
+                ClusterPort::PortNumber { protocol, port } => {
+                    numeric.push((Some(*protocol), (*port, *port)));
+                }
+                ClusterPort::PortRange {
+                    protocol,
+                    start,
+                    end,
+                } => numeric.push((Some(*protocol), (*start, *end))),
+                ClusterPort::NamedPort(name) if self.direction == PolicyType::Ingress => numeric
+                    .extend(
+                        self.endpoint
+                            .named_ports
+                            .iter()
+                            .filter(|np| np.name == *name)
+                            .map(|np| (Some(np.protocol), (np.port, np.port))),
+                    ),
+                ClusterPort::NamedPort(name) => {
+                    let state = self.state;
+                    let all: BTreeSet<(Protocol, u16)> = state
+                        .endpoints
+                        .iter()
+                        .flat_map(|e| &e.named_ports)
+                        .chain(state.pods.iter().flat_map(|p| &p.named_ports))
+                        .filter(|np| np.name == *name)
+                        .map(|np| (np.protocol, np.port))
+                        .collect();
+                    named.extend(
+                        all.into_iter()
+                            .map(|(protocol, port)| NamedPort::new(name.as_str(), protocol, port)),
+                    );
+                }
+            }
+        }
+        (numeric, named)
+    }
+
+    /// The entries of `rule` (peers x ports) into `out`.
+    fn entries<A>(
+        &self,
+        rule: &crate::model::ClusterRule<A>,
+        out: &mut BTreeSet<TierEntry>,
+        keys: &mut BTreeMap<SetId, TierSetKey>,
+    ) {
+        use crate::model::ClusterPeer;
+        let (numeric, named) = self.ports(&rule.ports);
+        let mut push = |peer: Peer, spec: PortSpec| {
+            out.insert(TierEntry {
+                order: self.order,
+                action: self.action,
+                peer,
+                protocol: spec.0,
+                ports: spec.1,
+            });
+        };
+        let mut add_set = |key: TierSetKey| {
+            let id = key.id();
+            keys.entry(id.clone()).or_insert(key);
+            id
+        };
+        for peer in &rule.peers {
+            if !numeric.is_empty() {
+                let matched = match peer {
+                    ClusterPeer::Networks(nets) => {
+                        let mut table: Vec<LpmEntry> = nets
+                            .iter()
+                            .map(|n| LpmEntry {
+                                prefix: *n,
+                                allow: true,
+                            })
+                            .collect();
+                        table.sort();
+                        table.dedup();
+                        Some(Peer::Block(table))
+                    }
+                    ClusterPeer::Nodes(sel) => {
+                        Some(Peer::Set(add_set(TierSetKey::Nodes(canonical(sel)))))
+                    }
+                    ClusterPeer::Namespaces(_) | ClusterPeer::Pods(_) => {
+                        pod_peer_key(peer, None).map(|k| Peer::Set(add_set(TierSetKey::Pods(k))))
+                    }
+                };
+                for spec in matched
+                    .iter()
+                    .flat_map(|m| numeric.iter().map(move |s| (m, s)))
+                {
+                    push(spec.0.clone(), *spec.1);
+                }
+            }
+            for np in &named {
+                for key in named_port_keys(peer, np) {
+                    let id = add_set(TierSetKey::Pods(key));
+                    push(Peer::Set(id), (Some(np.protocol), (np.port, np.port)));
+                }
+            }
+        }
+    }
+}
+
+/// The pod set of a `namespaces` or `pods` peer, restricted to the pods with `named_port`
+/// when given (cluster-wide: no own-namespace default); `None` for other peers.
+fn pod_peer_key(peer: &crate::model::ClusterPeer, named_port: Option<NamedPort>) -> Option<SetKey> {
+    use crate::model::ClusterPeer;
+    let (namespace_selector, pod_selector) = match peer {
+        ClusterPeer::Namespaces(sel) => (Some(canonical(sel)), None),
+        ClusterPeer::Pods(p) => (
+            Some(canonical(&p.namespace_selector)),
+            Some(canonical(&p.pod_selector)),
+        ),
+        ClusterPeer::Networks(_) | ClusterPeer::Nodes(_) => return None,
+    };
+    Some(SetKey {
+        namespace_selector,
+        pod_selector,
+        namespace: None,
+        ip_block: None,
+        named_port,
+    })
+}
+
+/// The sets of the pods of `peer` with named port `np` (an egress named port: a `networks`
+/// peer's pods in each network; a `nodes` peer has no pods, so none).
+fn named_port_keys(peer: &crate::model::ClusterPeer, np: &NamedPort) -> Vec<SetKey> {
+    use crate::model::ClusterPeer;
+    match peer {
+        ClusterPeer::Networks(nets) => nets
+            .iter()
+            .map(|n| SetKey {
+                namespace_selector: None,
+                pod_selector: None,
+                namespace: None,
+                ip_block: Some(IpBlock {
+                    cidr: *n,
+                    except: Vec::new(),
+                }),
+                named_port: Some(np.clone()),
+            })
+            .collect(),
+        ClusterPeer::Nodes(_) => Vec::new(),
+        ClusterPeer::Namespaces(_) | ClusterPeer::Pods(_) => {
+            pod_peer_key(peer, Some(np.clone())).into_iter().collect()
+        }
+    }
+}
+
+impl CompiledTiers {
+    /// Address → ids of the tier sets it is a member of.
+    pub fn membership(&self) -> BTreeMap<IpAddr, BTreeSet<&SetId>> {
+        let mut map: BTreeMap<IpAddr, BTreeSet<&SetId>> = BTreeMap::new();
+        for (id, set) in &self.sets {
+            for ip in &set.members {
+                map.entry(*ip).or_default().insert(id);
+            }
+        }
+        map
+    }
+
+    /// The tables' answer for one tier and half of a new connection: the order and action
+    /// of the matching entry of lowest order, `None` when no entry matches (or `endpoint` has
+    /// no tier entries).
+    pub fn decide(
+        &self,
+        endpoint: &ObjectName,
+        tier: Tier,
+        direction: PolicyType,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<(u32, TierAction)> {
+        let tables = self.endpoints.get(endpoint)?;
+        tables
+            .entries(tier, direction)
+            .iter()
+            .filter(|e| e.port_matches(protocol, port))
+            .filter(|e| match &e.peer {
+                Peer::Any => true,
+                Peer::Set(id) => self.sets.get(id).is_some_and(|s| s.members.contains(&peer)),
+                // Networks: allowing prefixes only.
+                Peer::Block(table) => table.iter().any(|l| l.allow && l.prefix.contains(peer)),
+            })
+            .map(|e| (e.order, e.action))
+            .min()
+    }
+
+    /// What changed from `self` to `after`, in [`CompiledPolicy::delta`]'s terms (an
+    /// endpoint whose tier entries all went is in `endpoints_removed`).
+    pub fn delta(&self, after: &CompiledTiers) -> PolicyDelta {
+        let mut delta = member_delta(&self.sets, &after.sets);
+        for (name, tables) in &after.endpoints {
+            if self.endpoints.get(name) != Some(tables) {
+                delta.endpoints_changed.insert(name.clone());
+            }
+        }
+        delta.endpoints_removed = self
+            .endpoints
+            .keys()
+            .filter(|n| !after.endpoints.contains_key(*n))
+            .cloned()
+            .collect();
+        delta
+    }
+}
+
+/// The set part of a delta between two compiles' tier sets.
+fn member_delta(
+    before: &BTreeMap<SetId, TierSet>,
+    after: &BTreeMap<SetId, TierSet>,
+) -> PolicyDelta {
+    let mut delta = PolicyDelta::default();
+    for (id, TierSet { members, .. }) in after {
+        match before.get(id).map(|s| &s.members) {
+            None => {
+                delta.sets_added.insert(id.clone(), members.clone());
+            }
+            Some(old) if old != members => {
+                delta.members_changed.insert(
+                    id.clone(),
+                    MemberChange {
+                        added: members.difference(old).copied().collect(),
+                        removed: old.difference(members).copied().collect(),
+                    },
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    delta.sets_removed = before
+        .keys()
+        .filter(|id| !after.contains_key(*id))
+        .cloned()
+        .collect();
+    delta
+}
+
+/// How the tiers and NetworkPolicy's tables combine for one half of a new connection (the
+/// answer every backend's tables must give; [`crate::policy`]'s order): the cluster tier's
+/// decision if it is `Allow` or `Deny`; else (no match or `Pass`) NetworkPolicy's if a
+/// policy isolates the endpoint; else the baseline's; else allowed. `None` when `endpoint`
+/// is not local. The fixed rules (node traffic, same pod) are not applied here.
+pub fn tiered_allows(
+    policy: &CompiledPolicy,
+    tiers: &CompiledTiers,
+    endpoint: &ObjectName,
+    direction: PolicyType,
+    peer: IpAddr,
+    protocol: Protocol,
+    port: u16,
+) -> Option<bool> {
+    let np = policy.allows(endpoint, direction, peer, protocol, port)?;
+    let decide = |tier| tiers.decide(endpoint, tier, direction, peer, protocol, port);
+    match decide(Tier::Cluster) {
+        Some((_, TierAction::Allow)) => return Some(true),
+        Some((_, TierAction::Deny)) => return Some(false),
+        Some((_, TierAction::Pass)) | None => {}
+    }
+    let isolated = policy
+        .endpoints
+        .get(endpoint)
+        .is_some_and(|t| t.direction(direction).isolated);
+    if isolated {
+        return Some(np);
+    }
+    Some(!matches!(
+        decide(Tier::Baseline),
+        Some((_, TierAction::Deny))
+    ))
+}

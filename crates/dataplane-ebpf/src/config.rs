@@ -42,9 +42,11 @@ pub struct Capacities {
     /// NetworkPolicy: rule entries (`dp_pol_rules`): per local endpoint and direction, one
     /// per (peer, protocol, port prefix); a port range takes up to 30 prefixes. A new process
     /// rewrites them all under new numbers before it removes the old ones: size it for twice
-    /// the rules.
+    /// the rules. Also the size of `dp_pol_tiers`, the cluster policies' and baseline's
+    /// entries (per endpoint, direction and peer, one per port prefix of their rules).
     pub policy_rules: u32,
-    /// NetworkPolicy: ipBlock prefixes (`dp_pol_blocks`), per local endpoint and direction.
+    /// NetworkPolicy: ipBlock prefixes (`dp_pol_blocks`), per local endpoint and direction;
+    /// the cluster policies' and baseline's `networks` prefixes count here too.
     pub policy_blocks: u32,
     /// NetworkPolicy's conntrack (`dp_pol_ct`): two entries per connection of a local pod.
     pub policy_conntrack: u32,

@@ -353,7 +353,7 @@ impl EbpfDataplane {
         let asks = asks.lock().unwrap_or_else(PoisonError::into_inner);
         planner.set_flags(
             self.config.host_routing,
-            !desired.policies.is_empty(),
+            desired.has_pod_policy(),
             asks.flags(),
             self.config.events.rates(),
         );
@@ -394,7 +394,7 @@ impl EbpfDataplane {
         // entries) after its programs are detached.
         let policy_written = policy_plan.writes();
         let policy_skipped = std::mem::take(&mut policy_plan.skipped);
-        let clearing = rest.policies.is_empty();
+        let clearing = !rest.has_pod_policy();
         if clearing {
             policy.write(&mut objects.maps, std::mem::take(&mut policy_plan))?;
         }
@@ -617,8 +617,9 @@ impl Dataplane for EbpfDataplane {
             weights: true,
             max_services: caps.services,
             max_backends: caps.backends.saturating_sub(1),
+            // Cluster policies and the baseline: TC policy (policy.rs, bpf/lib/policy.h).
+            cluster_policy: true,
             // Not programmed yet (issue 22): states with them are refused.
-            cluster_policy: false,
             host_policy: false,
         }
     }
@@ -631,6 +632,9 @@ impl Dataplane for EbpfDataplane {
             policies: desired.policies.clone(),
             namespaces: desired.namespaces.clone(),
             pods: desired.pods.clone(),
+            cluster_policies: desired.cluster_policies.clone(),
+            baseline_policy: desired.baseline_policy.clone(),
+            nodes: desired.nodes.clone(),
             ..DesiredState::new(desired.node.clone())
         };
         // Datagram frontends before or after: stale flows to clean (see `clean_stale_flows`).
@@ -651,13 +655,15 @@ impl Dataplane for EbpfDataplane {
     /// (against what the others claim) and only the changed services' map entries are
     /// written. A change of the node (which every service is planned against) needs the whole
     /// state, of which this backend keeps no copy: it returns [`Error::FullSyncRequired`]
-    /// and changes nothing; call [`Dataplane::apply`] with the new state.
+    /// and changes nothing; call [`Dataplane::apply`] with the new state. Cluster policies,
+    /// the baseline and peer nodes are kept (with the pods, endpoints and policies) and
+    /// change incrementally: the policy maps' difference is written.
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
         self.capabilities().check_policy_tier_changes(changes)?;
         let Some(Synced::Yes(applied)) = self.loaded().map(|l| &l.synced) else {
             return Err(Error::FullSyncRequired);
         };
-        if applied.validator.check(&applied.rest.node, changes)? == Incremental::FullRequired {
+        if validate_changes(applied, changes)? == Incremental::FullRequired {
             return Err(Error::FullSyncRequired);
         }
         // The planner derives a changed service's old entries from `previous`: a change set
@@ -678,6 +684,9 @@ impl Dataplane for EbpfDataplane {
             || !changes.policies.is_empty()
             || !changes.namespaces.is_empty()
             || !changes.pods.is_empty()
+            || !changes.cluster_policies.is_empty()
+            || changes.baseline_policy.is_some()
+            || !changes.nodes.is_empty()
         {
             ChangeSet {
                 node: None,
@@ -686,6 +695,9 @@ impl Dataplane for EbpfDataplane {
                 policies: changes.policies.clone(),
                 namespaces: changes.namespaces.clone(),
                 pods: changes.pods.clone(),
+                cluster_policies: changes.cluster_policies.clone(),
+                baseline_policy: changes.baseline_policy.clone(),
+                nodes: changes.nodes.clone(),
                 ..ChangeSet::default()
             }
             .apply_to(&mut next);
@@ -891,6 +903,43 @@ impl Drop for EbpfDataplane {
             tracing::warn!(error = %e, "detaching programs on drop");
         }
     }
+}
+
+/// Checks `changes` against the applied state: the incremental validator for everything but
+/// cluster policies, the baseline and peer nodes, which it sends to a full sync (their checks
+/// — names, unique priorities, bounds — span those objects, and only those: core's
+/// `validate_tiers`). This backend keeps them in `rest`, so it validates them itself: the
+/// tier objects of the next state, with the applied node, through `validate` (whose other
+/// checks pass on a state without services and pods). Host endpoint policy has been refused
+/// before (`Capabilities::check_policy_tier_changes`).
+fn validate_changes(applied: &Applied, changes: &ChangeSet) -> Result<Incremental, Error> {
+    let pod_tiers = !changes.cluster_policies.is_empty()
+        || changes.baseline_policy.is_some()
+        || !changes.nodes.is_empty();
+    if !pod_tiers || changes.node.is_some() {
+        return Ok(applied.validator.check(&applied.rest.node, changes)?);
+    }
+    let mut tiers = DesiredState {
+        cluster_policies: applied.rest.cluster_policies.clone(),
+        baseline_policy: applied.rest.baseline_policy.clone(),
+        nodes: applied.rest.nodes.clone(),
+        ..DesiredState::new(applied.rest.node.clone())
+    };
+    ChangeSet {
+        cluster_policies: changes.cluster_policies.clone(),
+        baseline_policy: changes.baseline_policy.clone(),
+        nodes: changes.nodes.clone(),
+        ..ChangeSet::default()
+    }
+    .apply_to(&mut tiers);
+    dataplane_core::validate(&tiers)?;
+    let others = ChangeSet {
+        cluster_policies: BTreeMap::new(),
+        baseline_policy: None,
+        nodes: BTreeMap::new(),
+        ..changes.clone()
+    };
+    Ok(applied.validator.check(&applied.rest.node, &others)?)
 }
 
 /// Makes `dp_names` hold the names of `planner`'s services and `rest`'s pods and node (only

@@ -62,7 +62,7 @@ pub(crate) enum Migration {
 
 /// Per map: the layout version (bump it when the bytes change meaning without a change of
 /// type) and what to do with another version's pin.
-pub(crate) const VERSIONS: [(&str, u64, Migration); 19] = {
+pub(crate) const VERSIONS: [(&str, u64, Migration); 20] = {
     use Migration::{Recreate, Refuse};
     [
         (map_table::SVC.name, 1, Refuse),
@@ -79,6 +79,7 @@ pub(crate) const VERSIONS: [(&str, u64, Migration); 19] = {
         (map_table::POL_ADDR.name, 1, Refuse),
         (map_table::POL_RULES.name, 1, Refuse),
         (map_table::POL_BLOCKS.name, 1, Refuse),
+        (map_table::POL_TIERS.name, 1, Refuse),
         (map_table::POL_CT.name, 1, Recreate),
         (map_table::EVENTS.name, 1, Recreate),
         (map_table::DROPS.name, 1, Recreate),

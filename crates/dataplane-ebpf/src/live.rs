@@ -260,6 +260,7 @@ impl LiveEbpf {
             pol_addr: pinned.map(&map_table::POL_ADDR)?,
             pol_rules: pinned.map(&map_table::POL_RULES)?,
             pol_blocks: pinned.map(&map_table::POL_BLOCKS)?,
+            pol_tiers: pinned.map(&map_table::POL_TIERS)?,
             pol_ct,
             svc_batch,
             backends_batch,
@@ -471,6 +472,10 @@ impl LiveEbpf {
             self.fill(
                 &map_table::POL_BLOCKS,
                 count(m.pol_blocks.keys(), map_table::POL_BLOCKS.name)?,
+            ),
+            self.fill(
+                &map_table::POL_TIERS,
+                count(m.pol_tiers.keys(), map_table::POL_TIERS.name)?,
             ),
             self.fill(
                 &map_table::POL_CT,

@@ -19,7 +19,8 @@ use crate::layout;
 use crate::map_table::{self, Defined, MapSpec, MAPS};
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
-    NameKey, NameValue, PolAddr, PolBlockData, PolCt, PolRuleData, SrcRangeData, SvcEntry, SvcKey,
+    NameKey, NameValue, PolAddr, PolBlockData, PolCt, PolRuleData, PolTier, SrcRangeData, SvcEntry,
+    SvcKey,
 };
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
 use crate::objects::{SOCK_OBJ, TC_HOST_OBJ, TC_POD_OBJ, XDP_UPLINK_OBJ};
@@ -53,6 +54,8 @@ pub(crate) struct Maps {
     pub pol_addr: HashMap<MapData, LocalKey, PolAddr>,
     pub pol_rules: LpmTrie<MapData, PolRuleData, u8>,
     pub pol_blocks: LpmTrie<MapData, PolBlockData, u32>,
+    /// Cluster policies and the baseline (`policy.rs`).
+    pub pol_tiers: LpmTrie<MapData, PolRuleData, PolTier>,
     pub pol_ct: HashMap<MapData, CtKey, PolCt>,
     /// Batch writers of the maps a full sync fills in bulk.
     pub svc_batch: BatchFd,
@@ -476,6 +479,7 @@ pub(crate) fn load(
         pol_addr: take(&mut pod, map_table::POL_ADDR.name)?,
         pol_rules: take(&mut pod, map_table::POL_RULES.name)?,
         pol_blocks: take(&mut pod, map_table::POL_BLOCKS.name)?,
+        pol_tiers: take(&mut pod, map_table::POL_TIERS.name)?,
         pol_ct: take(&mut pod, map_table::POL_CT.name)?,
     };
     Ok(Objects {

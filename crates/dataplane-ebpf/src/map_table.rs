@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, EvLimit, LocalKey,
-    LocalValue, NameKey, NameValue, PolAddr, PolBlockKey, PolCt, PolRuleKey, SrcRangeData,
+    LocalValue, NameKey, NameValue, PolAddr, PolBlockKey, PolCt, PolRuleKey, PolTier, SrcRangeData,
     SvcEntry, SvcKey, DR_SLOTS, EV_LIMIT_SLOTS, EV_RING_BYTES, PT_MAX, SOCK_REV_KEY_SIZE,
     SOCK_REV_VALUE_SIZE, STAT_NAMES,
 };
@@ -195,6 +195,16 @@ pub(crate) const POL_BLOCKS: MapSpec = spec(
     16_384,
     Some(Capacity::PolicyBlocks),
 );
+/// Cluster policies and the baseline: (endpoint, peer, direction, protocol, port prefix) ->
+/// the first rule of each tier (LPM trie). Sized like `dp_pol_rules` (one capacity,
+/// `Capacities::policy_rules`, for each of the two maps).
+pub(crate) const POL_TIERS: MapSpec = spec(
+    "dp_pol_tiers",
+    size_of::<PolRuleKey>(),
+    size_of::<PolTier>(),
+    65_536,
+    Some(Capacity::PolicyRules),
+);
 /// NetworkPolicy's conntrack: connections seen at the pods' veths.
 pub(crate) const POL_CT: MapSpec = spec(
     "dp_pol_ct",
@@ -223,9 +233,9 @@ pub(crate) const NAMES: MapSpec = spec(
 );
 
 /// Every map.
-pub(crate) const MAPS: [MapSpec; 19] = [
+pub(crate) const MAPS: [MapSpec; 20] = [
     SVC, BACKENDS, SLOTS, CT, AFFINITY, SRC_RANGES, CIDRS, CONFIG, LOCAL, STATS, SOCK_REV,
-    POL_ADDR, POL_RULES, POL_BLOCKS, POL_CT, EVENTS, DROPS, EV_LIMIT, NAMES,
+    POL_ADDR, POL_RULES, POL_BLOCKS, POL_TIERS, POL_CT, EVENTS, DROPS, EV_LIMIT, NAMES,
 ];
 
 /// Every map, for the BTF layout test (a separate crate): not part of the embedder's API.

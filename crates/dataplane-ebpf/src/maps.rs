@@ -154,10 +154,25 @@ pub const POL_F_ISO_INGRESS: u8 = 1 << 0;
 pub const POL_F_ISO_EGRESS: u8 = 1 << 1;
 /// `POL_F_NODE`: one of the node's addresses.
 pub const POL_F_NODE: u8 = 1 << 2;
+/// `POL_F_TIERS_INGRESS`: a local endpoint with cluster or baseline entries for ingress.
+pub const POL_F_TIERS_INGRESS: u8 = 1 << 3;
+/// `POL_F_TIERS_EGRESS`: ... for egress.
+pub const POL_F_TIERS_EGRESS: u8 = 1 << 4;
 /// `POL_DIR_INGRESS`.
 pub const POL_DIR_INGRESS: u8 = 0;
 /// `POL_DIR_EGRESS`.
 pub const POL_DIR_EGRESS: u8 = 1;
+/// `POL_DIR_TIERS`: the bit of a `dp_pol_blocks` direction whose prefix is a cluster or
+/// baseline `networks` prefix.
+pub const POL_DIR_TIERS: u8 = 2;
+/// `POL_TIER_NONE`: no entry of the tier matches.
+pub const POL_TIER_NONE: u8 = 0;
+/// `POL_TIER_ALLOW`.
+pub const POL_TIER_ALLOW: u8 = 1;
+/// `POL_TIER_DENY`.
+pub const POL_TIER_DENY: u8 = 2;
+/// `POL_TIER_PASS`: cluster tier only.
+pub const POL_TIER_PASS: u8 = 3;
 /// `POL_PEER_ANY`: the peer number of rules without peers.
 pub const POL_PEER_ANY: u32 = 0;
 /// `POL_PEER_BLOCK`: the bit of an ipBlock ports group's peer number.
@@ -554,6 +569,35 @@ pub struct PolBlockKey {
     pub data: PolBlockData,
 }
 
+/// `struct pol_tier`: per tier, the first rule in evaluation order of a `dp_pol_tiers`
+/// prefix (keyed like `dp_pol_rules`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(C)]
+pub struct PolTier {
+    /// The cluster tier's order (`priority << 8 | rule index`), `u32::MAX` for none.
+    pub cluster_order: u32,
+    /// The baseline's order (rule index), `u32::MAX` for none.
+    pub baseline_order: u32,
+    /// `POL_TIER_*`.
+    pub cluster: u8,
+    /// `POL_TIER_NONE`, `POL_TIER_ALLOW` or `POL_TIER_DENY`.
+    pub baseline: u8,
+    /// Zero.
+    pub pad: [u8; 2],
+}
+
+impl Default for PolTier {
+    fn default() -> Self {
+        Self {
+            cluster_order: u32::MAX,
+            baseline_order: u32::MAX,
+            cluster: POL_TIER_NONE,
+            baseline: POL_TIER_NONE,
+            pad: [0; 2],
+        }
+    }
+}
+
 /// `struct pol_ct`: a connection seen at a pod's veth (`dp_pol_ct`, keyed by [`CtKey`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -818,6 +862,7 @@ pod!(
     PolAddr,
     PolRuleData,
     PolBlockData,
+    PolTier,
     PolCt,
     FlowEventRecord,
     EvLimit,
@@ -844,6 +889,7 @@ const _: () = assert!(std::mem::size_of::<PolAddr>() == 136);
 const _: () = assert!(std::mem::size_of::<PolRuleKey>() == 16);
 const _: () = assert!(std::mem::size_of::<PolBlockKey>() == 28);
 const _: () = assert!(std::mem::size_of::<PolCt>() == 16);
+const _: () = assert!(std::mem::size_of::<PolTier>() == 12);
 const _: () = assert!(std::mem::size_of::<FlowEventRecord>() == 112);
 const _: () = assert!(std::mem::size_of::<EvLimit>() == 32);
 const _: () = assert!(std::mem::size_of::<NameKey>() == 24);

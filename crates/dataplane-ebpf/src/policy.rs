@@ -19,22 +19,35 @@
 //!   `(protocol, ports)` gets a group number (`POL_PEER_BLOCK | n`, per endpoint and
 //!   direction) whose rules are written like a peer's; an `except` prefix allowing nothing
 //!   holds 0.
+//! - **Tiers.** Cluster policies and the baseline from [`compile_tiers`]: per endpoint,
+//!   direction and peer number (a set, or a group of `networks` prefixes in `dp_pol_blocks`
+//!   under `dir | POL_DIR_TIERS`) one `dp_pol_tiers` entry per port prefix of the peer's
+//!   rules, holding per tier the order and action of the first rule that covers the whole
+//!   prefix ([`tier_values`]): the programs keep the lowest order over the peer's lookups,
+//!   which is the reference's first match (`dataplane_core::policy`'s `cluster_tier` and
+//!   `baseline_tier`). Tier sets share NetworkPolicy's numbering (one `SetId`, one number).
+//!   Change sets recompile the tiers whole while there are any and write the difference
+//!   ([`CompiledTiers::delta`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use dataplane_core::policy_tables::{
-    compile, CompiledPolicy, DirectionTable, PolicyDelta, PortSpec, SetId,
+    compile, compile_tiers, CompiledPolicy, CompiledTiers, DirectionTable, Peer, PolicyDelta,
+    PortSpec, SetId, Tier, TierAction, TierTables,
 };
-use dataplane_core::{ChangeSet, DesiredState, Error, ObjectName, Protocol, Skipped};
+use dataplane_core::{
+    ChangeSet, ClusterPort, DesiredState, Error, ObjectName, PolicyType, Protocol, Skipped,
+};
 
 use crate::error::EbpfError;
 use crate::loader::Maps;
 use crate::map_table;
 use crate::maps::{
-    family_of, Addr, Be16, LocalKey, PolAddr, PolBlockData, PolRuleData, POL_DIR_EGRESS,
-    POL_DIR_INGRESS, POL_F_ISO_EGRESS, POL_F_ISO_INGRESS, POL_F_NODE, POL_PEER_ANY, POL_PEER_BLOCK,
-    POL_SETS_MAX,
+    family_of, Addr, Be16, LocalKey, PolAddr, PolBlockData, PolRuleData, PolTier, POL_DIR_EGRESS,
+    POL_DIR_INGRESS, POL_DIR_TIERS, POL_F_ISO_EGRESS, POL_F_ISO_INGRESS, POL_F_NODE,
+    POL_F_TIERS_EGRESS, POL_F_TIERS_INGRESS, POL_PEER_ANY, POL_PEER_BLOCK, POL_SETS_MAX,
+    POL_TIER_ALLOW, POL_TIER_DENY, POL_TIER_PASS,
 };
 use aya::maps::lpm_trie::Key;
 
@@ -50,10 +63,11 @@ pub(crate) struct PolicyState {
     addrs: BTreeMap<LocalKey, PolAddr>,
     rules: BTreeSet<RuleKey>,
     blocks: BTreeMap<BlockKey, u32>,
+    tiers: BTreeMap<RuleKey, PolTier>,
     /// The numbering the maps hold for `compiled`; empty when it is not known (a new
     /// process, a failed sync).
     numbers: Numbers,
-    compiled: Option<CompiledPolicy>,
+    compiled: Option<(CompiledPolicy, CompiledTiers)>,
 }
 
 /// Set and endpoint numbers.
@@ -100,11 +114,14 @@ pub(crate) struct PolicyPlan {
     put_rules: BTreeSet<RuleKey>,
     put_blocks: BTreeMap<BlockKey, u32>,
     put_addrs: BTreeMap<LocalKey, PolAddr>,
+    put_tiers: BTreeMap<RuleKey, PolTier>,
     del_rules: BTreeSet<RuleKey>,
     del_blocks: BTreeSet<BlockKey>,
     del_addrs: BTreeSet<LocalKey>,
+    del_tiers: BTreeSet<RuleKey>,
     numbers: Numbers,
     compiled: CompiledPolicy,
+    tiers: CompiledTiers,
     /// SCTP ports left out.
     pub(crate) skipped: Vec<Skipped>,
 }
@@ -118,6 +135,8 @@ impl PolicyPlan {
             + self.del_rules.len()
             + self.del_blocks.len()
             + self.del_addrs.len()
+            + self.put_tiers.len()
+            + self.del_tiers.len()
     }
 }
 
@@ -207,6 +226,147 @@ fn rule_keys(ep_id: u32, dir: u8, peer: u32, spec: PortSpec, out: &mut BTreeSet<
     }
 }
 
+/// The map entries of some endpoints: NetworkPolicy's rules, the blocks of both, the tiers'
+/// entries.
+#[derive(Debug, Default)]
+struct Entries {
+    rules: BTreeSet<RuleKey>,
+    blocks: BTreeMap<BlockKey, u32>,
+    tiers: BTreeMap<RuleKey, PolTier>,
+}
+
+/// One tier entry's `(protocol, ports)`, tier, order and action.
+type TierSpec = (PortSpec, Tier, u32, TierAction);
+
+/// Whether `spec` covers every port of the rule key `key` (a prefix of `rule_keys`).
+fn covers(spec: PortSpec, (data, len): &RuleKey) -> bool {
+    match spec {
+        (None, _) => true,
+        (Some(Protocol::Sctp), _) => false,
+        (Some(p), (lo, hi)) => {
+            if *len < 80 || data.proto != p.number() {
+                return false;
+            }
+            let first = u32::from(data.port.get());
+            let last = first + (1u32 << (96 - *len)) - 1;
+            u32::from(lo) <= first && last <= u32::from(hi)
+        }
+    }
+}
+
+/// The `dp_pol_tiers` entries of one peer number: every prefix of `specs`' ports, each with
+/// the lowest order per tier among the specs that cover all of it. Exact under longest-prefix
+/// lookup: a spec matching a port has one of its prefixes on that port, which the longest
+/// matching prefix lies within, so the spec covers that one too (the argument of
+/// `DirectionTable::block_table`).
+fn tier_values(
+    ep_id: u32,
+    dir: u8,
+    peer: u32,
+    specs: &BTreeSet<TierSpec>,
+    out: &mut BTreeMap<RuleKey, PolTier>,
+) {
+    let mut keys = BTreeSet::new();
+    for (spec, ..) in specs {
+        rule_keys(ep_id, dir, peer, *spec, &mut keys);
+    }
+    for key in keys {
+        let mut value = PolTier::default();
+        for (spec, tier, order, action) in specs {
+            if !covers(*spec, &key) {
+                continue;
+            }
+            let code = match action {
+                TierAction::Allow => POL_TIER_ALLOW,
+                TierAction::Deny => POL_TIER_DENY,
+                TierAction::Pass => POL_TIER_PASS,
+            };
+            let (best, what) = match tier {
+                Tier::Cluster => (&mut value.cluster_order, &mut value.cluster),
+                Tier::Baseline => (&mut value.baseline_order, &mut value.baseline),
+            };
+            if *order < *best {
+                *best = *order;
+                *what = code;
+            }
+        }
+        out.insert(key, value);
+    }
+}
+
+/// The tier entries of one endpoint direction: per peer number (a set) its prefixes, and the
+/// `networks` prefixes merged in one longest-prefix table (`dp_pol_blocks`, direction
+/// `| POL_DIR_TIERS`) whose groups are peers like sets.
+fn tier_direction_entries(
+    ep_id: u32,
+    direction: PolicyType,
+    tables: &TierTables,
+    sets: &BTreeMap<SetId, u32>,
+    out: &mut Entries,
+) {
+    let dir = match direction {
+        PolicyType::Ingress => POL_DIR_INGRESS,
+        PolicyType::Egress => POL_DIR_EGRESS,
+    };
+    let mut by_peer: BTreeMap<u32, BTreeSet<TierSpec>> = BTreeMap::new();
+    let mut blocks: Vec<(&[dataplane_core::policy_tables::LpmEntry], TierSpec)> = Vec::new();
+    for tier in [Tier::Cluster, Tier::Baseline] {
+        for e in tables.entries(tier, direction) {
+            let spec = ((e.protocol, e.ports), tier, e.order, e.action);
+            match &e.peer {
+                Peer::Any => {
+                    by_peer.entry(POL_PEER_ANY).or_default().insert(spec);
+                }
+                Peer::Set(id) => {
+                    if let Some(n) = sets.get(id) {
+                        by_peer.entry(*n).or_default().insert(spec);
+                    }
+                }
+                Peer::Block(table) => blocks.push((table, spec)),
+            }
+        }
+    }
+    for (peer, specs) in &by_peer {
+        tier_values(ep_id, dir, *peer, specs, &mut out.tiers);
+    }
+    let prefixes: BTreeSet<ipnetwork::IpNetwork> = blocks
+        .iter()
+        .flat_map(|(table, _)| table.iter().map(|e| e.prefix))
+        .collect();
+    let mut groups: BTreeMap<BTreeSet<TierSpec>, u32> = BTreeMap::new();
+    for prefix in prefixes {
+        // `networks` are allowing prefixes only: a spec covers the prefix when one of its
+        // networks contains it.
+        let specs: BTreeSet<TierSpec> = blocks
+            .iter()
+            .filter(|(table, _)| {
+                table.iter().any(|l| {
+                    l.allow
+                        && l.prefix.prefix() <= prefix.prefix()
+                        && l.prefix.contains(prefix.network())
+                })
+            })
+            .map(|(_, spec)| *spec)
+            .collect();
+        let group = if let Some(g) = groups.get(&specs) {
+            *g
+        } else {
+            let g = POL_PEER_BLOCK | (groups.len() as u32 + 1);
+            tier_values(ep_id, dir, g, &specs, &mut out.tiers);
+            groups.insert(specs, g);
+            g
+        };
+        let data = PolBlockData {
+            ep_id,
+            dir: dir | POL_DIR_TIERS,
+            family: family_of(&prefix.network()),
+            pad: [0; 2],
+            addr: Addr::mapped(prefix.network()),
+        };
+        out.blocks.insert((data, 64 + mapped_len(&prefix)), group);
+    }
+}
+
 /// The rules and blocks of one endpoint direction.
 fn direction_entries(
     ep_id: u32,
@@ -257,16 +417,23 @@ fn direction_entries(
     }
 }
 
-/// The rules and blocks of one endpoint (both directions).
+/// The entries of one endpoint (both directions): NetworkPolicy's `tables`, the tiers'
+/// `tiers` (none when no cluster policy or baseline selects it).
 fn endpoint_entries(
     ep_id: u32,
     tables: &dataplane_core::policy_tables::EndpointTables,
+    tiers: Option<&TierTables>,
     sets: &BTreeMap<SetId, u32>,
-    rules: &mut BTreeSet<RuleKey>,
-    blocks: &mut BTreeMap<BlockKey, u32>,
+    out: &mut Entries,
 ) {
+    let (rules, blocks) = (&mut out.rules, &mut out.blocks);
     direction_entries(ep_id, POL_DIR_INGRESS, &tables.ingress, sets, rules, blocks);
     direction_entries(ep_id, POL_DIR_EGRESS, &tables.egress, sets, rules, blocks);
+    if let Some(tiers) = tiers {
+        for direction in [PolicyType::Ingress, PolicyType::Egress] {
+            tier_direction_entries(ep_id, direction, tiers, sets, out);
+        }
+    }
 }
 
 /// Who has `ip`, for errors: `pod NS/NAME` or `endpoint NS/NAME`.
@@ -311,6 +478,101 @@ fn sctp_skipped<'a>(policies: impl Iterator<Item = &'a dataplane_core::Policy>) 
     out
 }
 
+/// What to write to turn a map holding `old` into one holding `new`: the entries new or
+/// changed, and the keys to remove.
+fn map_diff<K: Ord + Copy, V: PartialEq + Copy>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> (BTreeMap<K, V>, BTreeSet<K>) {
+    let put = new
+        .iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let del = old
+        .keys()
+        .filter(|k| !new.contains_key(k))
+        .copied()
+        .collect();
+    (put, del)
+}
+
+/// The SCTP ports of cluster policies and the baseline (of `state`; only those `changes`
+/// touches when given), left out: such a rule matches no SCTP traffic (an SCTP connection
+/// goes on to the next rule, NetworkPolicy, the baseline).
+fn tier_sctp_skipped(state: &DesiredState, changes: Option<&ChangeSet>) -> Vec<Skipped> {
+    let cluster = state
+        .cluster_policies
+        .iter()
+        .filter(|p| changes.is_none_or(|c| c.cluster_policies.contains_key(&p.name)));
+    let mut rules: Vec<(String, &str, usize, &[ClusterPort])> = Vec::new();
+    for p in cluster {
+        for (dir, list) in [("ingress", &p.ingress), ("egress", &p.egress)] {
+            for (i, r) in list.iter().enumerate() {
+                rules.push((format!("cluster policy {}", p.name), dir, i, &r.ports));
+            }
+        }
+    }
+    let baseline_changed = changes.is_none_or(|c| c.baseline_policy.is_some());
+    if let Some(b) = state.baseline_policy.as_ref().filter(|_| baseline_changed) {
+        for (dir, list) in [("ingress", &b.ingress), ("egress", &b.egress)] {
+            for (i, r) in list.iter().enumerate() {
+                rules.push(("baseline policy".to_owned(), dir, i, &r.ports));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (object, dir, i, ports) in rules {
+        for (j, port) in ports.iter().enumerate() {
+            let sctp = matches!(
+                port,
+                ClusterPort::PortNumber {
+                    protocol: Protocol::Sctp,
+                    ..
+                } | ClusterPort::PortRange {
+                    protocol: Protocol::Sctp,
+                    ..
+                }
+            );
+            if sctp {
+                out.push(Skipped {
+                    object: object.clone(),
+                    field: format!("{dir}[{i}].ports[{j}]"),
+                    feature: "SCTP".to_owned(),
+                    reason: "the eBPF programs do not parse SCTP: its ports cannot match (the \
+                             rule neither allows nor denies SCTP traffic)"
+                        .to_owned(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Adds the tiers' delta to NetworkPolicy's: an endpoint whose tier entries changed or went
+/// is reprogrammed (it is removed only when NetworkPolicy's compile, which has every local
+/// endpoint, no longer has it); sets as they are.
+fn merge_delta(delta: &mut PolicyDelta, tiers: PolicyDelta, compiled: &CompiledPolicy) {
+    for name in tiers
+        .endpoints_changed
+        .into_iter()
+        .chain(tiers.endpoints_removed)
+    {
+        if compiled.endpoints.contains_key(&name) {
+            delta.endpoints_changed.insert(name);
+        }
+    }
+    for (id, members) in tiers.sets_added {
+        delta.sets_added.entry(id).or_default().extend(members);
+    }
+    for (id, change) in tiers.members_changed {
+        let merged = delta.members_changed.entry(id).or_default();
+        merged.added.extend(change.added);
+        merged.removed.extend(change.removed);
+    }
+    delta.sets_removed.extend(tiers.sets_removed);
+}
+
 impl PolicyState {
     /// Reads what the maps hold (an earlier process's entries are kept until a sync replaces
     /// them).
@@ -330,6 +592,11 @@ impl PolicyState {
                 item.map_err(|e| EbpfError::map(map_table::POL_BLOCKS.name, "reading", e))?;
             st.blocks.insert((k.data(), k.prefix_len()), v);
         }
+        for item in &maps.pol_tiers {
+            let (k, v) =
+                item.map_err(|e| EbpfError::map(map_table::POL_TIERS.name, "reading", e))?;
+            st.tiers.insert((k.data(), k.prefix_len()), v);
+        }
         Ok(st)
     }
 
@@ -341,7 +608,7 @@ impl PolicyState {
             sets.extend(v.sets.iter().take(usize::from(v.nsets)).copied());
             eps.insert(v.ep_id);
         }
-        for (r, _) in &self.rules {
+        for (r, _) in self.rules.iter().chain(self.tiers.keys()) {
             if r.peer & POL_PEER_BLOCK == 0 {
                 sets.insert(r.peer);
             }
@@ -355,10 +622,16 @@ impl PolicyState {
 
     /// The numbering of `compiled`: `numbers`' where they apply, new ones around every
     /// number the maps hold.
-    fn renumbered(&self, numbers: &Numbers, compiled: &CompiledPolicy) -> Numbers {
+    fn renumbered(
+        &self,
+        numbers: &Numbers,
+        compiled: &CompiledPolicy,
+        tiers: &CompiledTiers,
+    ) -> Numbers {
         let (used_sets, used_eps) = self.used();
+        let set_ids = compiled.sets.keys().chain(tiers.sets.keys()).cloned();
         Numbers {
-            sets: Numbers::renumber(&numbers.sets, compiled.sets.keys().cloned(), &used_sets),
+            sets: Numbers::renumber(&numbers.sets, set_ids, &used_sets),
             endpoints: Numbers::renumber(
                 &numbers.endpoints,
                 compiled.endpoints.keys().cloned(),
@@ -380,14 +653,20 @@ impl PolicyState {
     ) -> Result<PolicyPlan, Error> {
         self.compiled = None;
         let compiled = compile(state);
-        let numbers = self.renumbered(&self.numbers, &compiled);
-        let mut rules = BTreeSet::new();
-        let mut blocks = BTreeMap::new();
+        let tiers = compile_tiers(state);
+        let numbers = self.renumbered(&self.numbers, &compiled, &tiers);
+        let mut entries = Entries::default();
         for (name, tables) in &compiled.endpoints {
             let ep = numbers.endpoints[name];
-            endpoint_entries(ep, tables, &numbers.sets, &mut rules, &mut blocks);
+            let tier_tables = tiers.endpoints.get(name);
+            endpoint_entries(ep, tables, tier_tables, &numbers.sets, &mut entries);
         }
-        let ctx = AddrContext::new(state, &compiled, &numbers, true, limits);
+        let Entries {
+            rules,
+            blocks,
+            tiers: tier_entries,
+        } = entries;
+        let ctx = AddrContext::new(state, &compiled, &tiers, &numbers, true, limits);
         let mut addrs = BTreeMap::new();
         let ips: BTreeSet<IpAddr> = ctx
             .membership
@@ -403,34 +682,25 @@ impl PolicyState {
             }
         }
         drop(ctx);
+        let (put_blocks, del_blocks) = map_diff(&self.blocks, &blocks);
+        let (put_addrs, del_addrs) = map_diff(&self.addrs, &addrs);
+        let (put_tiers, del_tiers) = map_diff(&self.tiers, &tier_entries);
         let plan = PolicyPlan {
             put_rules: rules.difference(&self.rules).copied().collect(),
             del_rules: self.rules.difference(&rules).copied().collect(),
-            put_blocks: blocks
-                .iter()
-                .filter(|(k, v)| self.blocks.get(k) != Some(v))
-                .map(|(k, v)| (*k, *v))
-                .collect(),
-            del_blocks: self
-                .blocks
-                .keys()
-                .filter(|k| !blocks.contains_key(k))
-                .copied()
-                .collect(),
-            put_addrs: addrs
-                .iter()
-                .filter(|(k, v)| self.addrs.get(k) != Some(v))
-                .map(|(k, v)| (*k, *v))
-                .collect(),
-            del_addrs: self
-                .addrs
-                .keys()
-                .filter(|k| !addrs.contains_key(k))
-                .copied()
-                .collect(),
+            put_blocks,
+            del_blocks,
+            put_addrs,
+            del_addrs,
+            put_tiers,
+            del_tiers,
             numbers,
             compiled,
-            skipped: sctp_skipped(state.policies.iter()),
+            tiers,
+            skipped: sctp_skipped(state.policies.iter())
+                .into_iter()
+                .chain(tier_sctp_skipped(state, None))
+                .collect(),
         };
         self.check(&plan, limits)?;
         Ok(plan)
@@ -447,13 +717,24 @@ impl PolicyState {
     ) -> Result<PolicyPlan, Error> {
         // Updated in place (a copy would cost every member of every set): taken, it comes
         // back only with a written plan.
-        let Some(mut compiled) = self.compiled.take() else {
+        let Some((mut compiled, old_tiers)) = self.compiled.take() else {
             return Err(Error::FullSyncRequired);
         };
-        let delta = compiled.update(state, changes);
-        let numbers = self.renumbered(&self.numbers, &compiled);
+        let mut delta = compiled.update(state, changes);
+        // The tiers are compiled whole while there are any (a node has few cluster
+        // policies; their sets are the cost) and diffed: only what changed is written.
+        let tiers = if old_tiers.endpoints.is_empty()
+            && state.cluster_policies.is_empty()
+            && state.baseline_policy.is_none()
+        {
+            old_tiers.clone()
+        } else {
+            compile_tiers(state)
+        };
+        merge_delta(&mut delta, old_tiers.delta(&tiers), &compiled);
+        let numbers = self.renumbered(&self.numbers, &compiled, &tiers);
         let mut plan = PolicyPlan::default();
-        let mut addresses = self.plan_endpoints(&delta, &compiled, &numbers, &mut plan);
+        let mut addresses = self.plan_endpoints(&delta, &compiled, &tiers, &numbers, &mut plan);
         // Addresses whose sets changed.
         for members in delta.sets_added.values() {
             addresses.extend(members.iter().copied());
@@ -473,7 +754,7 @@ impl PolicyState {
                 }
             }
         }
-        let ctx = AddrContext::new(state, &compiled, &numbers, false, limits);
+        let ctx = AddrContext::new(state, &compiled, &tiers, &numbers, false, limits);
         for ip in addresses {
             let key = local_key(ip);
             match ctx.value(ip)? {
@@ -488,8 +769,10 @@ impl PolicyState {
         }
         drop(ctx);
         plan.skipped = sctp_skipped(changes.policies.values().filter_map(|c| c.current.as_ref()));
+        plan.skipped.extend(tier_sctp_skipped(state, Some(changes)));
         plan.numbers = numbers;
         plan.compiled = compiled;
+        plan.tiers = tiers;
         self.check(&plan, limits)?;
         Ok(plan)
     }
@@ -502,6 +785,7 @@ impl PolicyState {
         &self,
         delta: &PolicyDelta,
         compiled: &CompiledPolicy,
+        tiers: &CompiledTiers,
         numbers: &Numbers,
         plan: &mut PolicyPlan,
     ) -> BTreeSet<IpAddr> {
@@ -538,8 +822,7 @@ impl PolicyState {
                 addresses.extend(keys.iter().map(|k| k.addr.ip(k.family)));
             }
         }
-        let mut rules = BTreeSet::new();
-        let mut blocks = BTreeMap::new();
+        let mut entries = Entries::default();
         for name in &delta.endpoints_changed {
             let (Some(tables), Some(ep)) =
                 (compiled.endpoints.get(name), numbers.endpoints.get(name))
@@ -547,8 +830,14 @@ impl PolicyState {
                 continue;
             };
             addresses.extend(tables.ips.iter().copied());
-            endpoint_entries(*ep, tables, &numbers.sets, &mut rules, &mut blocks);
+            let tier_tables = tiers.endpoints.get(name);
+            endpoint_entries(*ep, tables, tier_tables, &numbers.sets, &mut entries);
         }
+        let Entries {
+            rules,
+            blocks,
+            tiers: tier_entries,
+        } = entries;
         for id in &ep_ids {
             let lo = PolRuleData {
                 ep_id: *id,
@@ -561,6 +850,16 @@ impl PolicyState {
             {
                 if !rules.contains(key) {
                     plan.del_rules.insert(*key);
+                }
+            }
+            for key in self
+                .tiers
+                .range((lo, 0)..)
+                .map(|(k, _)| k)
+                .take_while(|(d, _)| d.ep_id == *id)
+            {
+                if !tier_entries.contains_key(key) {
+                    plan.del_tiers.insert(*key);
                 }
             }
             let lo = PolBlockData {
@@ -578,6 +877,10 @@ impl PolicyState {
             }
         }
         plan.put_rules = rules.difference(&self.rules).copied().collect();
+        plan.put_tiers = tier_entries
+            .into_iter()
+            .filter(|(k, v)| self.tiers.get(k) != Some(v))
+            .collect();
         plan.put_blocks = blocks
             .into_iter()
             .filter(|(k, v)| self.blocks.get(k) != Some(v))
@@ -622,7 +925,18 @@ impl PolicyState {
         })
         .or_else(|| {
             over(
-                "policy ipBlock prefixes (Capacities::policy_blocks)",
+                "cluster and baseline policy entries (dp_pol_tiers: Capacities::policy_rules)",
+                self.tiers.len(),
+                plan.put_tiers
+                    .keys()
+                    .filter(|k| !self.tiers.contains_key(k))
+                    .count(),
+                limits.rules,
+            )
+        })
+        .or_else(|| {
+            over(
+                "policy ipBlock and networks prefixes (Capacities::policy_blocks)",
                 self.blocks.len(),
                 new_blocks,
                 limits.blocks,
@@ -656,6 +970,12 @@ impl PolicyState {
                 .insert(&Key::new(key.1, key.0), 1, 0)
                 .map_err(err(map_table::POL_RULES.name, "writing"))?;
             self.rules.insert(*key);
+        }
+        for (key, value) in &plan.put_tiers {
+            maps.pol_tiers
+                .insert(&Key::new(key.1, key.0), value, 0)
+                .map_err(err(map_table::POL_TIERS.name, "writing"))?;
+            self.tiers.insert(*key, *value);
         }
         for (key, group) in &plan.put_blocks {
             maps.pol_blocks
@@ -693,6 +1013,13 @@ impl PolicyState {
             }
             self.blocks.remove(key);
         }
+        for key in &plan.del_tiers {
+            match maps.pol_tiers.remove(&Key::new(key.1, key.0)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(EbpfError::map(map_table::POL_TIERS.name, "removing", e)),
+            }
+            self.tiers.remove(key);
+        }
         for key in &plan.del_rules {
             match maps.pol_rules.remove(&Key::new(key.1, key.0)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
@@ -701,7 +1028,7 @@ impl PolicyState {
             self.rules.remove(key);
         }
         self.numbers = plan.numbers;
-        self.compiled = Some(plan.compiled);
+        self.compiled = Some((plan.compiled, plan.tiers));
         Ok(())
     }
 
@@ -719,11 +1046,16 @@ impl PolicyState {
         for k in &plan.del_blocks {
             self.blocks.remove(k);
         }
+        self.tiers
+            .extend(plan.put_tiers.iter().map(|(k, v)| (*k, *v)));
+        for k in &plan.del_tiers {
+            self.tiers.remove(k);
+        }
         for k in &plan.del_rules {
             self.rules.remove(k);
         }
         self.numbers = plan.numbers;
-        self.compiled = Some(plan.compiled);
+        self.compiled = Some((plan.compiled, plan.tiers));
     }
 }
 
@@ -731,6 +1063,7 @@ impl PolicyState {
 struct AddrContext<'a> {
     state: &'a DesiredState,
     compiled: &'a CompiledPolicy,
+    tiers: &'a CompiledTiers,
     numbers: &'a Numbers,
     /// Local endpoint address -> its name.
     local: BTreeMap<IpAddr, &'a ObjectName>,
@@ -741,10 +1074,23 @@ struct AddrContext<'a> {
     limits: Limits,
 }
 
+/// Address → its sets of NetworkPolicy and of the tiers (a set both name once).
+fn full_membership<'a>(
+    compiled: &'a CompiledPolicy,
+    tiers: &'a CompiledTiers,
+) -> BTreeMap<IpAddr, BTreeSet<&'a SetId>> {
+    let mut m = compiled.membership();
+    for (ip, ids) in tiers.membership() {
+        m.entry(ip).or_default().extend(ids);
+    }
+    m
+}
+
 impl<'a> AddrContext<'a> {
     fn new(
         state: &'a DesiredState,
         compiled: &'a CompiledPolicy,
+        tiers: &'a CompiledTiers,
         numbers: &'a Numbers,
         full: bool,
         limits: Limits,
@@ -752,6 +1098,7 @@ impl<'a> AddrContext<'a> {
         Self {
             state,
             compiled,
+            tiers,
             numbers,
             local: compiled
                 .endpoints
@@ -759,7 +1106,7 @@ impl<'a> AddrContext<'a> {
                 .flat_map(|(name, t)| t.ips.iter().map(move |ip| (*ip, name)))
                 .collect(),
             node: state.node.addresses.iter().copied().collect(),
-            membership: full.then(|| compiled.membership()),
+            membership: full.then(|| full_membership(compiled, tiers)),
             limits,
         }
     }
@@ -767,19 +1114,26 @@ impl<'a> AddrContext<'a> {
     /// The set numbers of `ip`.
     fn sets_of(&self, ip: IpAddr) -> Vec<u32> {
         let number = |id: &SetId| self.numbers.sets.get(id).copied();
-        match &self.membership {
-            Some(m) => m
+        if let Some(m) = &self.membership {
+            return m
                 .get(&ip)
                 .map(|ids| ids.iter().filter_map(|id| number(id)).collect())
-                .unwrap_or_default(),
-            None => self
-                .compiled
-                .sets
-                .iter()
-                .filter(|(_, s)| s.members.contains(&ip))
-                .filter_map(|(id, _)| number(id))
-                .collect(),
+                .unwrap_or_default();
         }
+        let policy = self
+            .compiled
+            .sets
+            .iter()
+            .filter(|(_, s)| s.members.contains(&ip))
+            .map(|(id, _)| id);
+        let tiers = self
+            .tiers
+            .sets
+            .iter()
+            .filter(|(_, s)| s.members.contains(&ip))
+            .map(|(id, _)| id);
+        let ids: BTreeSet<&SetId> = policy.chain(tiers).collect();
+        ids.into_iter().filter_map(number).collect()
     }
 
     /// The `dp_pol_addr` value of `ip`, `None` for no entry; too many sets is
@@ -794,6 +1148,14 @@ impl<'a> AddrContext<'a> {
                 }
                 if t.egress.isolated {
                     value.flags |= POL_F_ISO_EGRESS;
+                }
+            }
+            if let Some(t) = self.tiers.endpoints.get(*name) {
+                if t.has(PolicyType::Ingress) {
+                    value.flags |= POL_F_TIERS_INGRESS;
+                }
+                if t.has(PolicyType::Egress) {
+                    value.flags |= POL_F_TIERS_EGRESS;
                 }
             }
         }
@@ -1177,6 +1539,307 @@ mod tests {
             .expect_err("more addresses than 1");
         let plan = st.plan_full(&state(true, "c"), limits()).expect("plan");
         assert_eq!(plan.writes(), 0, "{plan:?}");
+    }
+
+    /// What the programs answer for one half-connection (`pol_decide` over the mirror of the
+    /// maps): longest-prefix lookups emulated on the entries.
+    mod emulate {
+        use super::*;
+
+        fn rule_lpm<'a, V: Copy + 'a>(
+            entries: impl Iterator<Item = (&'a RuleKey, V)>,
+            key: (u32, u32, u8, u8, u16),
+        ) -> Option<V> {
+            let (ep, peer, dir, proto, port) = key;
+            entries
+                .filter(|((d, len), _)| {
+                    d.ep_id == ep
+                        && d.peer == peer
+                        && d.dir == dir
+                        && (*len <= 72
+                            || (d.proto == proto
+                                && (*len <= 80 || (d.port.get() ^ port) >> (96 - *len) == 0)))
+                })
+                .max_by_key(|((_, len), _)| *len)
+                .map(|(_, v)| v)
+        }
+
+        fn block_lpm(st: &PolicyState, ep: u32, dir: u8, ip: IpAddr) -> Option<u32> {
+            let want = Addr::mapped(ip).0;
+            st.blocks
+                .iter()
+                .filter(|((d, len), _)| {
+                    let bits = (*len - 64) as usize;
+                    let ok = (0..bits).all(|i| {
+                        let (byte, bit) = (i / 8, 7 - i % 8);
+                        (d.addr.0[byte] >> bit) & 1 == (want[byte] >> bit) & 1
+                    });
+                    d.ep_id == ep && d.dir == dir && d.family == family_of(&ip) && ok
+                })
+                .max_by_key(|((_, len), _)| *len)
+                .map(|(_, g)| *g)
+        }
+
+        /// Whether the maps let `peer` through `ip`'s endpoint in `direction`.
+        pub(super) fn allows(
+            st: &PolicyState,
+            ip: IpAddr,
+            direction: PolicyType,
+            peer: IpAddr,
+            protocol: Protocol,
+            port: u16,
+        ) -> bool {
+            let me = st.addrs[&local_key(ip)];
+            let (dir, iso, tiers) = match direction {
+                PolicyType::Ingress => (POL_DIR_INGRESS, POL_F_ISO_INGRESS, POL_F_TIERS_INGRESS),
+                PolicyType::Egress => (POL_DIR_EGRESS, POL_F_ISO_EGRESS, POL_F_TIERS_EGRESS),
+            };
+            let sets: Vec<u32> = st
+                .addrs
+                .get(&local_key(peer))
+                .map(|v| v.sets[..usize::from(v.nsets)].to_vec())
+                .unwrap_or_default();
+            let (proto, ep) = (protocol.number(), me.ep_id);
+            let mut best = PolTier::default();
+            if me.flags & tiers != 0 {
+                let mut hit = |peer_number: u32| {
+                    let key = (ep, peer_number, dir, proto, port);
+                    if let Some(t) = rule_lpm(st.tiers.iter().map(|(k, v)| (k, *v)), key) {
+                        if t.cluster != 0 && t.cluster_order < best.cluster_order {
+                            (best.cluster_order, best.cluster) = (t.cluster_order, t.cluster);
+                        }
+                        if t.baseline != 0 && t.baseline_order < best.baseline_order {
+                            (best.baseline_order, best.baseline) = (t.baseline_order, t.baseline);
+                        }
+                    }
+                };
+                for n in &sets {
+                    hit(*n);
+                }
+                if let Some(g) = block_lpm(st, ep, dir | POL_DIR_TIERS, peer).filter(|g| *g != 0) {
+                    hit(g);
+                }
+                match best.cluster {
+                    POL_TIER_ALLOW => return true,
+                    POL_TIER_DENY => return false,
+                    _ => {}
+                }
+            }
+            if me.flags & iso != 0 {
+                let rule = |n: u32| {
+                    rule_lpm(st.rules.iter().map(|k| (k, ())), (ep, n, dir, proto, port)).is_some()
+                };
+                return rule(POL_PEER_ANY)
+                    || sets.iter().any(|n| rule(*n))
+                    || block_lpm(st, ep, dir, peer).is_some_and(|g| g != 0 && rule(g));
+            }
+            best.baseline != POL_TIER_DENY
+        }
+    }
+
+    /// x/a (`pod: a`, named port http TCP 8080) and x/b local, y/c and y/d remote, node-b a
+    /// peer node; overlapping cluster rules (ranges inside ranges, Pass inside Deny, networks
+    /// inside networks) and a baseline.
+    fn tier_state(c_label: &str, with_np: bool) -> DesiredState {
+        use dataplane_core::{
+            BaselineAction, BaselinePolicy, BaselineRule, ClusterAction, ClusterPeer,
+            ClusterPolicy, ClusterPolicyRule, ClusterPolicySubject, LabelSelector, NamedPort,
+            Namespace, PeerNode, PeerPod,
+        };
+        let mut st = state(false, c_label);
+        st.namespaces = vec![
+            Namespace::new("x").with_label("team", "x"),
+            Namespace::new("y").with_label("team", "y"),
+        ];
+        st.endpoints[0].named_ports = vec![NamedPort::new("http", Protocol::Tcp, 8080)];
+        st.pods.push(
+            PeerPod::new(ObjectName::new("y", "d"), ["10.244.1.8".parse().unwrap()])
+                .with_label("pod", "d")
+                .with_named_port(NamedPort::new("http", Protocol::Tcp, 9090)),
+        );
+        st.nodes =
+            vec![PeerNode::new("node-b", ["172.18.0.3".parse().unwrap()]).with_label("zone", "b")];
+        let sel = |k: &str, v: &str| LabelSelector::default().with_label(k, v);
+        let y = || ClusterPeer::Namespaces(sel("team", "y"));
+        let net = |s: &str| ClusterPeer::Networks(vec![s.parse().unwrap()]);
+        let tcp = |lo: u16, hi: u16| ClusterPort::PortRange {
+            protocol: Protocol::Tcp,
+            start: lo,
+            end: hi,
+        };
+        st.cluster_policies = vec![
+            ClusterPolicy::for_namespaces("first", 1, sel("team", "x"))
+                .with_ingress(
+                    ClusterPolicyRule::new("pass-mid", ClusterAction::Pass, [y()])
+                        .with_port(tcp(1500, 1600)),
+                )
+                .with_egress(
+                    ClusterPolicyRule::new("http", ClusterAction::Allow, [y()])
+                        .with_port(ClusterPort::NamedPort("http".into())),
+                )
+                .with_egress(
+                    ClusterPolicyRule::new("dns", ClusterAction::Allow, [net("192.0.2.53/32")])
+                        .with_port(ClusterPort::PortNumber {
+                            protocol: Protocol::Udp,
+                            port: 53,
+                        }),
+                ),
+            ClusterPolicy::for_namespaces("second", 2, sel("team", "x"))
+                .with_ingress(
+                    ClusterPolicyRule::new("deny-range", ClusterAction::Deny, [y()])
+                        .with_port(tcp(1000, 2000)),
+                )
+                .with_ingress(ClusterPolicyRule::new(
+                    "allow-c",
+                    ClusterAction::Allow,
+                    [ClusterPeer::Pods(dataplane_core::NamespacedPods {
+                        namespace_selector: LabelSelector::default(),
+                        pod_selector: sel("pod", "c"),
+                    })],
+                ))
+                .with_egress(ClusterPolicyRule::new(
+                    "deny-net",
+                    ClusterAction::Deny,
+                    [net("192.0.2.0/24")],
+                ))
+                .with_egress(ClusterPolicyRule::new(
+                    "deny-pods",
+                    ClusterAction::Deny,
+                    [net("10.244.0.0/16")],
+                )),
+        ];
+        st.baseline_policy = Some(
+            BaselinePolicy::new(ClusterPolicySubject::Namespaces(LabelSelector::default()))
+                .with_ingress(BaselineRule::new("deny-y", BaselineAction::Deny, [y()]))
+                .with_egress(BaselineRule::new(
+                    "deny-zone-b",
+                    BaselineAction::Deny,
+                    [ClusterPeer::Nodes(sel("zone", "b"))],
+                )),
+        );
+        if with_np {
+            st.policies = state(true, c_label).policies;
+        }
+        st
+    }
+
+    /// The maps answer every half-connection as core's tables (`tiered_allows`, checked
+    /// against the reference model in core) do.
+    fn assert_maps_agree(st: &PolicyState, state: &DesiredState) {
+        let np = compile(state);
+        let tiers = compile_tiers(state);
+        let peers: Vec<IpAddr> = [
+            "10.244.0.5",
+            "10.244.0.6",
+            "10.244.1.7",
+            "10.244.1.8",
+            "172.18.0.3",
+            "192.0.2.53",
+            "192.0.2.54",
+            "192.0.2.200",
+            "198.51.100.1",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let ports = [
+            1, 53, 80, 999, 1000, 1001, 1499, 1500, 1600, 1601, 2000, 2001, 8080, 9090,
+        ];
+        let mut checked = 0;
+        for e in &state.endpoints {
+            let ip = e.ips[0];
+            for peer in peers.iter().filter(|p| **p != ip) {
+                for protocol in [Protocol::Tcp, Protocol::Udp] {
+                    for port in ports {
+                        for direction in [PolicyType::Ingress, PolicyType::Egress] {
+                            let want = dataplane_core::policy_tables::tiered_allows(
+                                &np, &tiers, &e.name, direction, *peer, protocol, port,
+                            );
+                            let got = emulate::allows(st, ip, direction, *peer, protocol, port);
+                            assert_eq!(
+                                Some(got),
+                                want,
+                                "{} {direction:?} {peer} {protocol:?}/{port}",
+                                e.name
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 800);
+    }
+
+    #[test]
+    fn tier_tables_answer_as_core_full_and_incremental() {
+        let s0 = state(true, "c");
+        let s1 = tier_state("c", true);
+        let s2 = tier_state("other", true);
+        let s3 = tier_state("other", false);
+        let mut st = PolicyState::default();
+        full(&mut st, &s1);
+        assert_maps_agree(&st, &s1);
+        // Incremental steps (pod relabel, policy removal) end where full plans would.
+        for pair in [[&s1, &s2], [&s2, &s3]] {
+            let plan = st
+                .plan_changes(pair[1], &dataplane_core::diff(pair[0], pair[1]), limits())
+                .expect("plan");
+            st.apply_to_mirror(plan);
+            assert_maps_agree(&st, pair[1]);
+            let mut fresh = PolicyState::default();
+            full(&mut fresh, pair[1]);
+            assert_eq!(semantic(&st), semantic(&fresh));
+            assert_eq!(st.tiers.len(), fresh.tiers.len());
+        }
+        // The tiers go (a full plan): their entries, blocks and flags go with them.
+        let plan = st.plan_full(&s0, limits()).expect("plan");
+        st.apply_to_mirror(plan);
+        assert!(st.tiers.is_empty());
+        assert!(st
+            .addrs
+            .values()
+            .all(|v| v.flags & (POL_F_TIERS_INGRESS | POL_F_TIERS_EGRESS) == 0));
+        assert!(st.blocks.keys().all(|(d, _)| d.dir & POL_DIR_TIERS == 0));
+        let mut fresh = PolicyState::default();
+        full(&mut fresh, &s0);
+        assert_eq!(semantic(&st), semantic(&fresh));
+    }
+
+    #[test]
+    fn tier_values_keep_the_first_rule_of_each_prefix() {
+        let specs: BTreeSet<TierSpec> = [
+            (
+                (Some(Protocol::Tcp), (1000, 2000)),
+                Tier::Cluster,
+                10,
+                TierAction::Deny,
+            ),
+            (
+                (Some(Protocol::Tcp), (1500, 1500)),
+                Tier::Cluster,
+                5,
+                TierAction::Pass,
+            ),
+            ((None, (0, u16::MAX)), Tier::Baseline, 0, TierAction::Allow),
+        ]
+        .into();
+        let mut out = BTreeMap::new();
+        tier_values(1, POL_DIR_INGRESS, 7, &specs, &mut out);
+        let at = |port: u16| {
+            out.iter()
+                .filter(|((d, len), _)| {
+                    *len <= 72
+                        || (d.proto == 6
+                            && (*len <= 80 || (d.port.get() ^ port) >> (96 - *len) == 0))
+                })
+                .max_by_key(|((_, len), _)| *len)
+                .map(|(_, v)| (v.cluster, v.cluster_order, v.baseline))
+        };
+        assert_eq!(at(1500), Some((POL_TIER_PASS, 5, POL_TIER_ALLOW)));
+        assert_eq!(at(1501), Some((POL_TIER_DENY, 10, POL_TIER_ALLOW)));
+        assert_eq!(at(2000), Some((POL_TIER_DENY, 10, POL_TIER_ALLOW)));
+        assert_eq!(at(2001), Some((0, u32::MAX, POL_TIER_ALLOW)));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use dataplane_core::DropReason;
 use dataplane_ebpf::maps::{
     AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, EvLimit, EvRate,
     FlowEventRecord, LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockData, PolBlockKey,
-    PolCt, PolRuleData, PolRuleKey, SrcRangeKey, SvcEntry, SvcKey, SvcValue,
+    PolCt, PolRuleData, PolRuleKey, PolTier, SrcRangeKey, SvcEntry, SvcKey, SvcValue,
 };
 
 /// struct name -> (size, [(field, byte offset)]).
@@ -129,6 +129,7 @@ fn map_layouts_match_btf() {
         layout!(LocalValue, "local_value", [ifindex => "ifindex"]),
         layout!(PolAddr, "pol_addr", [ep_id => "ep_id", flags => "flags", nsets => "nsets", pad => "pad", sets => "sets"]),
         layout!(PolCt, "pol_ct", [last_seen_ns => "last_seen_ns", flags => "flags", tcp_state => "tcp_state", pad => "pad"]),
+        layout!(PolTier, "pol_tier", [cluster_order => "cluster_order", baseline_order => "baseline_order", cluster => "cluster", baseline => "baseline", pad => "pad"]),
         layout!(FlowEventRecord, "flow_event", [ktime_ns => "ktime_ns", suppressed => "suppressed", ifindex => "ifindex", svc_id => "svc_id", backend_id => "backend_id", kind => "kind", verdict => "verdict", reason => "reason", point => "point", direction => "direction", family => "family", proto => "proto", tcp_flags => "tcp_flags", flags => "flags", pad => "pad", saddr => "saddr", daddr => "daddr", sport => "sport", dport => "dport", nat_sport => "nat_sport", nat_dport => "nat_dport", nat_saddr => "nat_saddr", nat_daddr => "nat_daddr"]),
         layout!(EvLimit, "ev_limit", [last_topup => "last_topup", tokens => "tokens", suppressed => "suppressed", lost => "lost"]),
         layout!(NameKey, "name_key", [kind => "kind", family => "family", pad => "pad", id => "id", addr => "addr"]),
@@ -327,8 +328,20 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "POL_F_ISO_INGRESS" => m::POL_F_ISO_INGRESS,
             "POL_F_ISO_EGRESS" => m::POL_F_ISO_EGRESS,
             "POL_F_NODE" => m::POL_F_NODE,
+            "POL_F_TIERS_INGRESS" => m::POL_F_TIERS_INGRESS,
+            "POL_F_TIERS_EGRESS" => m::POL_F_TIERS_EGRESS,
         }
-        "pol_dir" { "POL_DIR_INGRESS" => m::POL_DIR_INGRESS, "POL_DIR_EGRESS" => m::POL_DIR_EGRESS }
+        "pol_dir" {
+            "POL_DIR_INGRESS" => m::POL_DIR_INGRESS,
+            "POL_DIR_EGRESS" => m::POL_DIR_EGRESS,
+            "POL_DIR_TIERS" => m::POL_DIR_TIERS,
+        }
+        "pol_tier_action" {
+            "POL_TIER_NONE" => m::POL_TIER_NONE,
+            "POL_TIER_ALLOW" => m::POL_TIER_ALLOW,
+            "POL_TIER_DENY" => m::POL_TIER_DENY,
+            "POL_TIER_PASS" => m::POL_TIER_PASS,
+        }
         "pol_peer" { "POL_PEER_ANY" => m::POL_PEER_ANY, "POL_PEER_BLOCK" => m::POL_PEER_BLOCK }
         "pol_limit" { "POL_SETS_MAX" => m::POL_SETS_MAX }
         "svc_limit" { "SVC_INLINE_SLOTS" => m::SVC_INLINE_SLOTS }

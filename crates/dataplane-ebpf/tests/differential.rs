@@ -77,12 +77,11 @@ fn v6(segments: [u16; 8]) -> IpAddr {
 
 /// A state of core's strategies on this test's node: the node's addresses are those of the
 /// namespace's uplink, SCTP ports are TCP ports (SCTP is not programmed, a documented limit:
-/// `ApplyReport::skipped`), and without cluster, baseline and host endpoint policy (which this
-/// backend declares missing and refuses: `Capabilities::check_policy_tiers`).
+/// `ApplyReport::skipped`), with cluster policies and the baseline, and without host endpoint
+/// policy (which this backend declares missing and refuses:
+/// `Capabilities::check_policy_tiers`).
 fn state() -> impl Strategy<Value = DesiredState> {
     (strategies::state(), prop::collection::vec(any::<bool>(), 3)).prop_map(|(mut s, widen)| {
-        s.cluster_policies.clear();
-        s.baseline_policy = None;
         s.host_endpoints.clear();
         s.host_policies.clear();
         s.node.addresses = vec![IpAddr::V4(NODE_V4), IpAddr::V6(NODE_V6)];
@@ -125,6 +124,46 @@ fn state() -> impl Strategy<Value = DesiredState> {
         }
         let mut names = std::collections::BTreeSet::new();
         s.policies.retain(|p| names.insert(p.name.clone()));
+        // Likewise the cluster policies and the baseline: some select every pod, and their
+        // first rules every pod (ingress) or every address (egress: services' backends are
+        // mostly no pods of the state) as a peer too.
+        let everyone = || {
+            dataplane_core::ClusterPolicySubject::Namespaces(
+                dataplane_core::LabelSelector::default(),
+            )
+        };
+        let every_pod =
+            || dataplane_core::ClusterPeer::Namespaces(dataplane_core::LabelSelector::default());
+        let everywhere = || {
+            dataplane_core::ClusterPeer::Networks(vec![
+                "0.0.0.0/0".parse().expect("CIDR"),
+                "::/0".parse().expect("CIDR"),
+            ])
+        };
+        let widen_rules = |ingress: Option<&mut Vec<_>>, egress: Option<&mut Vec<_>>| {
+            if let Some(peers) = ingress {
+                peers.push(every_pod());
+            }
+            if let Some(peers) = egress {
+                peers.push(everywhere());
+            }
+        };
+        for (i, policy) in s.cluster_policies.iter_mut().enumerate() {
+            if widen[(i + 1) % widen.len()] {
+                policy.subject = everyone();
+                widen_rules(
+                    policy.ingress.first_mut().map(|r| &mut r.peers),
+                    policy.egress.first_mut().map(|r| &mut r.peers),
+                );
+            }
+        }
+        if let Some(baseline) = s.baseline_policy.as_mut().filter(|_| widen[0]) {
+            baseline.subject = everyone();
+            widen_rules(
+                baseline.ingress.first_mut().map(|r| &mut r.peers),
+                baseline.egress.first_mut().map(|r| &mut r.peers),
+            );
+        }
         s
     })
 }
@@ -772,8 +811,12 @@ struct Harness {
     xdp_forwarded: [usize; 2],
     /// Backend replies checked.
     replies: usize,
-    /// Probes the model drops for NetworkPolicy alone.
+    /// Probes the model drops for pod policy alone (NetworkPolicy, cluster policies, the
+    /// baseline).
     policy_drops: usize,
+    /// Probes whose drop or not a cluster policy or the baseline decides (NetworkPolicy alone
+    /// would say the other).
+    tier_decided: usize,
     /// Well-formed random frames a program rewrote (and did not drop).
     rewritten: usize,
 }
@@ -818,6 +861,7 @@ impl Harness {
             xdp_forwarded: [0; 2],
             replies: 0,
             policy_drops: 0,
+            tier_decided: 0,
             rewritten: 0,
         }
     }
@@ -848,11 +892,20 @@ impl Harness {
                 continue;
             };
             let want = expected(state, &r);
-            if want == Verdict::Drop && !state.policies.is_empty() {
+            if want == Verdict::Drop && state.has_pod_policy() {
                 let mut open = state.clone();
                 open.policies.clear();
+                open.cluster_policies.clear();
+                open.baseline_policy = None;
                 self.policy_drops +=
                     usize::from(evaluate(&open, &r.packet, &r.entry) != Verdict::Drop);
+            }
+            if state.has_pod_policy() {
+                let mut np_only = state.clone();
+                np_only.cluster_policies.clear();
+                np_only.baseline_policy = None;
+                let np_drop = evaluate(&np_only, &r.packet, &r.entry) == Verdict::Drop;
+                self.tier_decided += usize::from((want == Verdict::Drop) != np_drop);
             }
             self.seen[match want {
                 Verdict::Forward { .. } => 0,
@@ -933,9 +986,15 @@ fn programs_agree_with_the_reference_model() {
                 .map_err(TestCaseError::fail)
         },
     );
-    let (seen, xdp, replies, policy) = {
+    let (seen, xdp, replies, policy, tiers) = {
         let h = h.borrow();
-        (h.seen, h.xdp_forwarded, h.replies, h.policy_drops)
+        (
+            h.seen,
+            h.xdp_forwarded,
+            h.replies,
+            h.policy_drops,
+            h.tier_decided,
+        )
     };
     drop(h);
     if let Err(e) = result {
@@ -943,7 +1002,8 @@ fn programs_agree_with_the_reference_model() {
     }
     eprintln!(
         "probes by the model's verdict: forward, drop, reject, untouched: {seen:?}; \
-         forwarded by XDP (IPv4, IPv6): {xdp:?}; replies checked: {replies}; dropped by policy: {policy}"
+         forwarded by XDP (IPv4, IPv6): {xdp:?}; replies checked: {replies}; dropped by policy: {policy}; \
+         decided by a cluster policy or the baseline: {tiers}"
     );
     // A run that never met one of the verdicts (or never had XDP forward) would prove
     // nothing about it. (IPv6 probes XDP forwards are few, 1-4 in 200 cases: not required

@@ -432,12 +432,18 @@ enum pol_flag {
 	POL_F_ISO_INGRESS = 1 << 0, /* a local endpoint a policy isolates for ingress */
 	POL_F_ISO_EGRESS = 1 << 1,  /* ... for egress */
 	POL_F_NODE = 1 << 2,        /* one of this node's addresses: always allowed with its pods */
+	POL_F_TIERS_INGRESS = 1 << 3, /* a local endpoint with cluster or baseline entries for
+				       * ingress (dp_pol_tiers) */
+	POL_F_TIERS_EGRESS = 1 << 4,  /* ... for egress */
 };
 
 /* Directions in policy keys. */
 enum pol_dir {
 	POL_DIR_INGRESS = 0,
 	POL_DIR_EGRESS = 1,
+	/* In dp_pol_blocks' dir, with a POL_DIR_*: the prefix is a cluster or baseline
+	 * `networks` prefix, its group's entries are in dp_pol_tiers. */
+	POL_DIR_TIERS = 2,
 };
 
 /* Peer numbers in pol_rule_key.peer: POL_PEER_ANY (a rule without peers), a set number
@@ -504,6 +510,30 @@ struct pol_block_key {
 	__u32 addr[4];
 };
 
+/* pol_tier.cluster and .baseline: what the entry of lowest order that matched does. */
+enum pol_tier_action {
+	POL_TIER_NONE = 0, /* no entry of this tier matches */
+	POL_TIER_ALLOW = 1,
+	POL_TIER_DENY = 2,
+	POL_TIER_PASS = 3, /* cluster tier only: NetworkPolicy decides, then the baseline */
+};
+
+/*
+ * dp_pol_tiers value (key: struct pol_rule_key, as dp_pol_rules; peers are set numbers, or
+ * POL_PEER_BLOCK | n for the groups of dp_pol_blocks' POL_DIR_TIERS prefixes). For the
+ * prefix of one peer, protocol and ports: per tier, the entry of lowest order among the
+ * rules that cover the whole prefix (user space resolves overlapping port ranges so, as the
+ * longest match is the only one an LPM lookup returns). A new connection takes, per tier,
+ * the lowest order over the lookups of every peer number of the peer.
+ */
+struct pol_tier {
+	__u32 cluster_order;  /* cluster tier: priority << 8 | rule index */
+	__u32 baseline_order; /* baseline: rule index */
+	__u8 cluster;         /* POL_TIER_* */
+	__u8 baseline;        /* POL_TIER_NONE, _ALLOW or _DENY */
+	__u8 pad[2];
+};
+
 /* dp_pol_ct value. */
 struct pol_ct {
 	__u64 last_seen_ns;
@@ -539,6 +569,16 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dp_pol_blocks SEC(".maps");
+
+/* Cluster policies and the baseline (policy.h, pol_tiers()). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct pol_rule_key);
+	__type(value, struct pol_tier);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_pol_tiers SEC(".maps");
 
 /* Connections that crossed a local endpoint's veth (all of them, isolated or not, so that a
  * policy added later leaves established connections alone): the policy verdict's
@@ -738,6 +778,7 @@ struct dp_consts {
 	enum pol_peer pol_peer;
 	enum pol_limit pol_limit;
 	enum pol_ct_flag pol_ct_flag;
+	enum pol_tier_action pol_tier_action;
 	enum ev_kind ev_kind;
 	enum ev_verdict ev_verdict;
 	enum drop_reason drop_reason;

@@ -27,6 +27,17 @@
  * ranges as LPM prefixes, bpf/lib/policy.h), with Calico's ipsets as the identities: an
  * address carries the numbers of the peer sets it is in (felix/bpf/ipsets), and ipBlocks are a
  * per-endpoint LPM (Calico compiles CIDRs into its ipset LPM as well).
+ *
+ * Cluster policies and the baseline (the AdminNetworkPolicy model) wrap that: pol_decide()
+ * asks the cluster tier first (Allow and Deny final, Pass or no match go on), NetworkPolicy
+ * for an endpoint it isolates, the baseline for one it does not. The tiers are compiled in
+ * user space into the same shape (dataplane_core::policy_tables::compile_tiers): per endpoint,
+ * direction, peer number and port prefix the verdict of the first rule in evaluation order
+ * that covers it (dp_pol_tiers), so a new connection costs the same lookups again, never a
+ * loop over rules. Calico's eBPF dataplane instead generates one policy program per endpoint
+ * that walks each tier's rules in order, a "pass" jumping to the tier's end label
+ * (felix/bpf/polprog/pol_prog_builder.go, writeTiers): per-rule instructions, which cost more
+ * the more rules select the pod; Cilium has no ordered tiers (a deny wins over any allow).
  */
 #ifndef DP_POLICY_H
 #define DP_POLICY_H
@@ -98,12 +109,34 @@ static __always_inline int pol_rule_hit(const struct pol_query *q, __u32 peer)
 	return bpf_map_lookup_elem(&dp_pol_rules, &k) != NULL;
 }
 
+/* The group of @q's peer in dp_pol_blocks under direction @dir (the longest prefix of the
+ * endpoint's ipBlocks, or with POL_DIR_TIERS of its cluster and baseline `networks`): 0 for
+ * none (no prefix, or an except). */
+static __always_inline __u32 pol_block_group(const struct pol_query *q, __u8 dir)
+{
+	struct pol_block_key bk;
+	__u32 *group;
+
+	__builtin_memset(&bk, 0, sizeof(bk));
+	bk.ep_id = q->ep_id;
+	bk.dir = dir;
+	bk.family = q->family;
+	if (q->family == DP_AF_INET) {
+		bk.addr[2] = bpf_htonl(0xffff);
+		bk.addr[3] = q->peer[0];
+	} else {
+		addr_copy(bk.addr, q->peer);
+	}
+	bk.prefixlen = 64 + 128;
+	group = bpf_map_lookup_elem(&dp_pol_blocks, &bk);
+	return group ? *group : 0;
+}
+
 /* The tables' answer for @q (@peer: the peer's dp_pol_addr entry, NULL when it has none):
  * "any", each set the peer is in, then the longest ipBlock prefix. */
 static __noinline int pol_tables(const struct pol_query *q, const struct pol_addr *peer)
 {
-	struct pol_block_key bk;
-	__u32 *group;
+	__u32 group;
 
 	if (pol_rule_hit(q, POL_PEER_ANY))
 		return 1;
@@ -117,19 +150,93 @@ static __noinline int pol_tables(const struct pol_query *q, const struct pol_add
 				return 1;
 		}
 	}
-	__builtin_memset(&bk, 0, sizeof(bk));
-	bk.ep_id = q->ep_id;
-	bk.dir = q->dir;
-	bk.family = q->family;
-	if (q->family == DP_AF_INET) {
-		bk.addr[2] = bpf_htonl(0xffff);
-		bk.addr[3] = q->peer[0];
-	} else {
-		addr_copy(bk.addr, q->peer);
+	group = pol_block_group(q, q->dir);
+	return group && pol_rule_hit(q, group);
+}
+
+/* Folds @peer's dp_pol_tiers entry for @q (if any) into @best: per tier, the lowest order. */
+static __always_inline void pol_tier_hit(const struct pol_query *q, __u32 peer,
+					 struct pol_tier *best)
+{
+	struct pol_rule_key k;
+	struct pol_tier *t;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	k.prefixlen = 96;
+	k.ep_id = q->ep_id;
+	k.peer = peer;
+	k.dir = q->dir;
+	k.proto = q->proto;
+	k.port = q->port;
+	t = bpf_map_lookup_elem(&dp_pol_tiers, &k);
+	if (!t)
+		return;
+	if (t->cluster != POL_TIER_NONE && t->cluster_order < best->cluster_order) {
+		best->cluster_order = t->cluster_order;
+		best->cluster = t->cluster;
 	}
-	bk.prefixlen = 64 + 128;
-	group = bpf_map_lookup_elem(&dp_pol_blocks, &bk);
-	return group && *group && pol_rule_hit(q, *group);
+	if (t->baseline != POL_TIER_NONE && t->baseline_order < best->baseline_order) {
+		best->baseline_order = t->baseline_order;
+		best->baseline = t->baseline;
+	}
+}
+
+/*
+ * pol_tiers() - the cluster tier's and the baseline's answer for @q (@peer: the peer's
+ * dp_pol_addr entry, NULL when it has none), into @best: per tier the action of the matching
+ * rule of lowest order (the AdminNetworkPolicy's "first match by priority, then rule order";
+ * dataplane_core::policy's cluster_tier and baseline_tier). The same lookups as
+ * pol_tables(): each set the peer is in, then the longest `networks` prefix's group. A rule
+ * is never "any peer" here (a cluster rule has at least one peer).
+ */
+static __noinline int pol_tiers(const struct pol_query *q, const struct pol_addr *peer,
+				struct pol_tier *best)
+{
+	__u32 group;
+
+	best->cluster_order = 0xffffffff;
+	best->baseline_order = 0xffffffff;
+	best->cluster = POL_TIER_NONE;
+	best->baseline = POL_TIER_NONE;
+	if (peer) {
+		__u32 n = peer->nsets;
+
+		for (__u32 i = 0; i < POL_SETS_MAX; i++) {
+			if (i >= n)
+				break;
+			pol_tier_hit(q, peer->sets[i], best);
+		}
+	}
+	group = pol_block_group(q, q->dir | POL_DIR_TIERS);
+	if (group)
+		pol_tier_hit(q, group, best);
+	return 0;
+}
+
+/*
+ * pol_decide() - the verdict of one direction for @q, the tiers in the reference's order
+ * (dataplane_core::policy, Connection::decide): a cluster Allow or Deny is final; otherwise
+ * (no match, Pass) NetworkPolicy decides for an endpoint it isolates (@flags: the endpoint's
+ * POL_F_*), and for one it does not, a baseline Deny denies; anything else is allowed.
+ * Returns 1 (allowed) or 0.
+ */
+static __noinline int pol_decide(const struct pol_query *q, const struct pol_addr *peer,
+				 __u8 flags)
+{
+	__u8 iso = q->dir == POL_DIR_EGRESS ? POL_F_ISO_EGRESS : POL_F_ISO_INGRESS;
+	__u8 tiers = q->dir == POL_DIR_EGRESS ? POL_F_TIERS_EGRESS : POL_F_TIERS_INGRESS;
+	struct pol_tier best = {};
+
+	if (flags & tiers) {
+		pol_tiers(q, peer, &best);
+		if (best.cluster == POL_TIER_ALLOW)
+			return 1;
+		if (best.cluster == POL_TIER_DENY)
+			return 0;
+	}
+	if (flags & iso)
+		return pol_tables(q, peer);
+	return best.baseline != POL_TIER_DENY;
 }
 
 /* The key of the replies of the connection whose key is @k. */
@@ -241,8 +348,9 @@ static __noinline int pol_snat_client(const struct ct_key *k, __u32 *client)
  *       with POL_CHECK_UNTRACKED for a packet whose key is no connection's (see its define)
  *       and POL_CHECK_FROM_HOST for one the host sent
  *
- * Returns 1 (a new connection the endpoint's policy allowed), 0 (allowed otherwise: an
- * established one, no local endpoint of this node involved, or one no policy isolates) or
+ * Returns 1 (a new connection the endpoint's policy allowed: NetworkPolicy isolates it or a
+ * cluster policy or the baseline selects it), 0 (allowed otherwise: an established one, no
+ * local endpoint of this node involved, or one no policy isolates or selects) or
  * DROP_POLICY_DENIED (counted in STAT_POLICY_DENIED).
  */
 static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be16 port,
@@ -256,7 +364,10 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 	const __u32 *self = dir == POL_DIR_EGRESS ? k->saddr : k->daddr;
 	__u32 ok = dir == POL_DIR_EGRESS ? (POLCT_EGRESS | POLCT_REPLY_INGRESS)
 					 : (POLCT_INGRESS | POLCT_REPLY_EGRESS);
-	__u8 iso = dir == POL_DIR_EGRESS ? POL_F_ISO_EGRESS : POL_F_ISO_INGRESS;
+	/* The endpoint has a verdict of its own to look up: NetworkPolicy isolates it, or a
+	 * cluster policy or the baseline selects it. */
+	__u8 iso = dir == POL_DIR_EGRESS ? (POL_F_ISO_EGRESS | POL_F_TIERS_EGRESS)
+					 : (POL_F_ISO_INGRESS | POL_F_TIERS_INGRESS);
 	int syn = k->proto == IPPROTO_TCP && (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 	struct pol_addr *me, *them;
 	struct pol_query q;
@@ -295,7 +406,7 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 			q.dir = dir;
 			q.proto = k->proto;
 			q.family = k->family;
-			if (!pol_tables(&q, them)) {
+			if (!pol_decide(&q, them, me->flags)) {
 				stat_inc(STAT_POLICY_DENIED);
 				return DROP_POLICY_DENIED;
 			}
