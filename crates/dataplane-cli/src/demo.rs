@@ -5,7 +5,10 @@
 //! source address the backend saw, next to what the reference model says should happen. Then
 //! it edits the manifests the way a cluster changes: `web` is scaled down (a backend leaves its
 //! EndpointSlice) and a NetworkPolicy is added; once every agent has synced the change, the
-//! rows are printed again. Then it stops the agents, removes what they installed and the lab.
+//! rows are printed again. Then, where the backend can program them, an AdminNetworkPolicy
+//! whose Deny beats the NetworkPolicy's Allow, and Calico host endpoint policy on node-0's
+//! uplink (untracked and pre-DNAT denies); a backend that cannot gets rows that say so. Then
+//! it stops the agents, removes what they installed and the lab.
 //!
 //! Before the first probe it opens an event reader on every node (`dataplane::inspect`, as
 //! `dpctl flows --follow` beside each agent) and ends with the flow log of what it did
@@ -24,15 +27,18 @@ use anyhow::{anyhow, bail, Context};
 use dataplane::reference::{
     evaluate, policy_verdict, Decision, Entry, Packet, PolicyVerdict, SourceSeen, Verdict,
 };
-use dataplane::{DataplaneKind, DesiredState, ObjectName, Protocol, Selection};
+use dataplane::{
+    Capabilities, DataplaneKind, DesiredState, ObjectName, Options, Protocol, Selection,
+};
 use dataplane_kube::{parse_manifests, Cluster, Kind, Object, Settings};
-use dataplane_testkit::{probe, Lab, LabSpec, ProbeOutcome, SERVER_PORT};
+use dataplane_testkit::{probe, probe_from, Lab, LabSpec, ProbeOutcome, SERVER_PORT};
 
 use crate::agents::{self, Agent, Fleet};
 use crate::flowlog::FlowLog;
 use crate::manifests::{
-    self, API_IP, API_POD, CLUSTER_IP, EXTERNAL_IP, HEALTH_NODE_PORT, LB_IP, LOCAL_NODE_PORT,
-    NODE_PORT, POLICY, POLICY_CLIENT, SCALED_AWAY, WEB_PODS,
+    self, ADMIN_POLICY, API_IP, API_POD, BLOCKED_CIDR, BLOCKED_SOURCE, CLUSTER_IP, EXTERNAL_IP,
+    HEALTH_NODE_PORT, HOST_ENDPOINT, LB_IP, LOCAL_NODE_PORT, NODE_PORT, POLICY, POLICY_CLIENT,
+    PRE_DNAT_POLICY, SCALED_AWAY, UNTRACKED_POLICY, WEB_PODS,
 };
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -258,7 +264,7 @@ fn run_agents(lab: &Lab, fleet: &Fleet, agents: &mut Vec<Agent>) -> anyhow::Resu
         .map(|i| agents::node_state(lab, i))
         .collect();
     let log = FlowLog::open(fleet.kind, &nodes);
-    let failures = sections(lab, agents, &mut synced, dir);
+    let failures = sections(lab, agents, &mut synced, dir, fleet.kind);
     log.finish();
     failures
 }
@@ -270,6 +276,7 @@ fn sections(
     agents: &mut [Agent],
     synced: &mut [f64],
     dir: &Path,
+    kind: DataplaneKind,
 ) -> anyhow::Result<usize> {
     let states = translate(lab, dir)?;
     println!();
@@ -301,7 +308,212 @@ fn sections(
     );
     let states = translate(lab, dir)?;
     failures += policy_rows(lab, &states)?;
+
+    failures += tier_sections(lab, agents, synced, dir, kind)?;
     Ok(failures)
+}
+
+/// Edits 3 and 4: an AdminNetworkPolicy whose Deny beats the NetworkPolicy's Allow, and
+/// Calico host endpoint policy on node-0's uplink (an untracked deny of a blocked range, a
+/// pre-DNAT deny of one client on `web`'s NodePort). The served row is `local`'s NodePort:
+/// its one backend is not isolated, where `web`'s pod-1-0 is (edit 2's NetworkPolicy), which
+/// would make a `web` row depend on the backend drawn. Each is written only when the backend can
+/// program it (a backend refuses a state it cannot program whole, which would stop every
+/// agent's syncs); otherwise its rows say so. Returns the rows that disagree with the model.
+fn tier_sections(
+    lab: &Lab,
+    agents: &mut [Agent],
+    synced: &mut [f64],
+    dir: &Path,
+    kind: DataplaneKind,
+) -> anyhow::Result<usize> {
+    let caps = backend_capabilities(kind, lab);
+    let lacks = |what: &str, has: fn(&Capabilities) -> bool| match &caps {
+        Ok(c) if has(c) => None,
+        Ok(_) => Some(format!("skipped: backend lacks {what}")),
+        Err(e) => Some(format!(
+            "skipped: could not ask the backend for its capabilities: {e}"
+        )),
+    };
+    let mut failures = 0;
+    let file = manifests::admin_policy()?;
+    match lacks("cluster policy", |c| c.cluster_policy) {
+        None => {
+            let took = edit(agents, synced, dir, &file)?;
+            println!(
+                "\nedit 3: AdminNetworkPolicy {ADMIN_POLICY} added ({}): Deny {POLICY_CLIENT} to \
+                 {API_POD} on TCP {SERVER_PORT}, which NetworkPolicy default/{POLICY} allows; \
+                 {took}",
+                file.name
+            );
+            let states = translate(lab, dir)?;
+            failures += policy_rows(lab, &states)?;
+        }
+        Some(why) => {
+            println!(
+                "\nedit 3: AdminNetworkPolicy {ADMIN_POLICY} ({}) not written: {why}",
+                file.name
+            );
+            println!(
+                "{:<24} {:<20} {:<4} {why}",
+                format!("{POLICY_CLIENT}"),
+                API_POD,
+                "TCP"
+            );
+        }
+    }
+    let file = manifests::host_policy(lab)?;
+    let rows = host_rows_spec(lab)?;
+    match lacks("host policy", |c| c.host_policy) {
+        None => {
+            let client = lab.external(0);
+            client
+                .netns
+                .exec_checked(
+                    "ip",
+                    &[
+                        "addr",
+                        "add",
+                        &format!("{BLOCKED_SOURCE}/16"),
+                        "dev",
+                        &client.interface,
+                    ],
+                    None,
+                )
+                .context("giving the external client its blocked address")?;
+            let took = edit(agents, synced, dir, &file)?;
+            println!(
+                "\nedit 4: Calico HostEndpoint {HOST_ENDPOINT} for node-0's uplink, \
+                 GlobalNetworkPolicies {UNTRACKED_POLICY} (doNotTrack: Deny from {BLOCKED_CIDR}) \
+                 and {PRE_DNAT_POLICY} (preDNAT: Deny {} to NodePort {NODE_PORT}) added \
+                 ({}); {took}",
+                client.addresses[0], file.name
+            );
+            let states = translate(lab, dir)?;
+            failures += host_rows(lab, &states, &rows)?;
+        }
+        Some(why) => {
+            println!(
+                "\nedit 4: Calico host endpoint policy ({}) not written: {why}",
+                file.name
+            );
+            for row in &rows {
+                println!(
+                    "{:<26} {:<22} {:<20} {why}",
+                    format!("{} ({})", lab.external(0).name, row.source),
+                    row.what,
+                    row.destination.to_string()
+                );
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// What the backend the agents run can program: asked of a dataplane of that kind opened in
+/// the external client's namespace (nothing is programmed before a sync; an eBPF one gets a
+/// pin directory of its own, removed after).
+fn backend_capabilities(kind: DataplaneKind, lab: &Lab) -> Result<Capabilities, String> {
+    let pin = PathBuf::from(format!(
+        "/sys/fs/bpf/dpctl-demo-capabilities-{}",
+        std::process::id()
+    ));
+    let mut options = Options::in_netns(lab.external(0).netns.path());
+    options.ebpf.pin_dir.clone_from(&pin);
+    let caps = dataplane::open(Selection::Only(kind), &options)
+        .map(|opened| opened.dataplane.capabilities())
+        .map_err(|e| e.to_string());
+    if pin.exists() {
+        let _ = std::fs::remove_dir_all(&pin);
+    }
+    caps
+}
+
+/// A probe of the host policy section: from the external client, from `source`.
+struct HostRow {
+    what: &'static str,
+    source: IpAddr,
+    destination: SocketAddr,
+}
+
+fn host_rows_spec(lab: &Lab) -> anyhow::Result<Vec<HostRow>> {
+    let node0 = lab.node(0).addresses[0];
+    let client = lab.external(0).addresses[0];
+    Ok(vec![
+        HostRow {
+            what: "NodePort (ETP Local)",
+            source: BLOCKED_SOURCE.parse()?,
+            destination: SocketAddr::new(node0, LOCAL_NODE_PORT),
+        },
+        HostRow {
+            what: "NodePort (ETP Local)",
+            source: client,
+            destination: SocketAddr::new(node0, LOCAL_NODE_PORT),
+        },
+        HostRow {
+            what: "NodePort",
+            source: client,
+            destination: SocketAddr::new(node0, NODE_PORT),
+        },
+    ])
+}
+
+/// The host policy rows: each probe judged against the reference model's verdict for
+/// node-0, which sees the packet first on its uplink.
+fn host_rows(lab: &Lab, states: &[DesiredState], rows: &[HostRow]) -> anyhow::Result<usize> {
+    println!(
+        "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<36} ok",
+        "client", "frontend", "destination", "", "backend", "source seen by backend", "expected"
+    );
+    let client = lab.external(0);
+    let mut failures = 0;
+    for row in rows {
+        let packet = Packet {
+            protocol: Protocol::Tcp,
+            source: SocketAddr::new(row.source, 40000),
+            destination: row.destination,
+        };
+        let verdict = evaluate(&states[0], &packet, &Entry::FromUplink);
+        let outcome = probe_from(
+            &client.netns,
+            Some(SocketAddr::new(row.source, 0)),
+            row.destination,
+            Protocol::Tcp,
+            PROBE_TIMEOUT,
+        )
+        .with_context(|| format!("probing {} from {}", row.destination, row.source))?;
+        let (got_backend, got_source) = seen(&outcome);
+        let (expected, ok) = judge(lab, &verdict, &outcome, row.source);
+        if !ok {
+            failures += 1;
+        }
+        println!(
+            "{:<26} {:<22} {:<20} {:<4} {:<10} {:<24} {:<36} {}",
+            format!("{} ({})", client.name, row.source),
+            row.what,
+            row.destination.to_string(),
+            "TCP",
+            got_backend,
+            got_source,
+            expected,
+            if ok { "yes" } else { "NO" }
+        );
+    }
+    Ok(failures)
+}
+
+/// Who answered a probe and the source it saw, in words.
+fn seen(outcome: &ProbeOutcome) -> (String, String) {
+    match outcome {
+        ProbeOutcome::Answered {
+            backend,
+            seen_source,
+            ..
+        } => (backend.clone(), seen_source.ip().to_string()),
+        ProbeOutcome::Refused => ("(rejected)".to_owned(), "-".to_owned()),
+        ProbeOutcome::Unreachable => ("(unreachable)".to_owned(), "-".to_owned()),
+        ProbeOutcome::Timeout => ("(dropped)".to_owned(), "-".to_owned()),
+    }
 }
 
 /// Writes `file` into `dir` and waits until every agent has synced after its last sync
@@ -410,16 +622,7 @@ fn traffic_table(lab: &Lab, states: &[DesiredState]) -> anyhow::Result<usize> {
             destination: row.destination,
         };
         let verdict = evaluate(&states[row.ingress], &packet, &entry);
-        let (got_backend, got_source) = match &outcome {
-            ProbeOutcome::Answered {
-                backend,
-                seen_source,
-                ..
-            } => (backend.clone(), seen_source.ip().to_string()),
-            ProbeOutcome::Refused => ("(rejected)".to_owned(), "-".to_owned()),
-            ProbeOutcome::Unreachable => ("(unreachable)".to_owned(), "-".to_owned()),
-            ProbeOutcome::Timeout => ("(dropped)".to_owned(), "-".to_owned()),
-        };
+        let (got_backend, got_source) = seen(&outcome);
         let (expected, ok) = judge(lab, &verdict, &outcome, client_ip);
         if !ok {
             failures += 1;
@@ -728,6 +931,84 @@ mod tests {
         for state in &after {
             assert_eq!(state.policies.len(), 1);
             assert_eq!(state.policies[0].name, ObjectName::new("default", POLICY));
+            assert!(state.cluster_policies.is_empty() && state.host_policies.is_empty());
         }
+
+        tier_rows_expect(&lab, &dir);
+    }
+
+    /// Edits 3 and 4: the AdminNetworkPolicy's Deny beats the NetworkPolicy's Allow, and
+    /// node-0's uplink drops the blocked source (untracked) and the client on `web`'s
+    /// NodePort (pre-DNAT), and serves the client on `local`'s.
+    fn tier_rows_expect(lab: &Lab, dir: &Path) {
+        // Edits 3 and 4: the AdminNetworkPolicy's Deny beats the NetworkPolicy's Allow, and
+        // node-0's uplink drops the blocked source (untracked) and the client on `local`'s
+        // NodePort (pre-DNAT), and serves the client on `web`'s.
+        manifests::write(dir, &manifests::admin_policy().unwrap()).unwrap();
+        manifests::write(dir, &manifests::host_policy(lab).unwrap()).unwrap();
+        let after = translate(lab, dir).unwrap();
+        for (i, state) in after.iter().enumerate() {
+            assert_eq!(
+                state.cluster_policies.len(),
+                1,
+                "{:?}",
+                state.cluster_policies
+            );
+            assert_eq!(state.host_policies.len(), 2, "{:?}", state.host_policies);
+            let endpoints: Vec<&str> = state
+                .host_endpoints
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect();
+            let want: &[&str] = if i == 0 { &[HOST_ENDPOINT] } else { &[] };
+            assert_eq!(endpoints, want, "node-{i}");
+            assert_eq!(state.nodes.len(), 2, "node-{i}: the Nodes as peers");
+        }
+        let client = lab.pod_by_name(POLICY_CLIENT).unwrap();
+        let server = lab.pod_by_name(API_POD).unwrap();
+        let verdict = policy_verdict(
+            &after[client.node],
+            client.addresses[0],
+            server.addresses[0],
+            Protocol::Tcp,
+            SERVER_PORT,
+        );
+        assert_eq!(
+            verdict.ingress,
+            Decision::ClusterDenied {
+                policy: ADMIN_POLICY.to_owned(),
+                rule: manifests::ADMIN_RULE.to_owned()
+            }
+        );
+        let direct = Packet {
+            protocol: Protocol::Tcp,
+            source: SocketAddr::new(client.addresses[0], 40000),
+            destination: SocketAddr::new(server.addresses[0], SERVER_PORT),
+        };
+        let entry = Entry::FromPod(ObjectName::new("default", client.name.clone()));
+        assert_eq!(
+            evaluate(&after[client.node], &direct, &entry),
+            Verdict::Drop
+        );
+        let expected: Vec<bool> = host_rows_spec(lab)
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let packet = Packet {
+                    protocol: Protocol::Tcp,
+                    source: SocketAddr::new(row.source, 40000),
+                    destination: row.destination,
+                };
+                matches!(
+                    evaluate(&after[0], &packet, &Entry::FromUplink),
+                    Verdict::Forward { .. }
+                )
+            })
+            .collect();
+        assert_eq!(
+            expected,
+            [false, true, false],
+            "blocked src, local's NodePort, web's NodePort (pre-DNAT guarded)"
+        );
     }
 }

@@ -52,6 +52,23 @@ pub const HEALTH_NODE_PORT: u16 = 30090;
 pub const API_IP: &str = "10.96.0.13";
 /// The policy the demo adds: pod-1-0 accepts only pod-0-0, on TCP [`SERVER_PORT`].
 pub const POLICY: &str = "api-from-pod-0-0";
+/// The AdminNetworkPolicy the demo adds: a Deny of [`POLICY_CLIENT`] to [`API_POD`] on TCP
+/// [`SERVER_PORT`], which beats the NetworkPolicy [`POLICY`]'s Allow of the same traffic.
+pub const ADMIN_POLICY: &str = "api-deny-pod-0-0";
+/// Its rule.
+pub const ADMIN_RULE: &str = "deny-pod-0-0";
+/// The Calico HostEndpoint of node-0's uplink.
+pub const HOST_ENDPOINT: &str = "node-0-uplink";
+/// The untracked (`doNotTrack`) GlobalNetworkPolicy: denies [`BLOCKED_CIDR`].
+pub const UNTRACKED_POLICY: &str = "drop-blocked";
+/// The pre-DNAT GlobalNetworkPolicy: denies the external client's own address on `web`'s
+/// NodePort ([`NODE_PORT`]) before DNAT.
+pub const PRE_DNAT_POLICY: &str = "guard-web-nodeport";
+/// The blocked range (inside the lab's underlay /16, where the external client gets its
+/// second address [`BLOCKED_SOURCE`]).
+pub const BLOCKED_CIDR: &str = "172.18.250.0/24";
+/// The external client's second address, inside [`BLOCKED_CIDR`].
+pub const BLOCKED_SOURCE: &str = "172.18.250.7";
 /// The field manager the demo's EndpointSlices name.
 const MANAGED_BY: &str = "dpctl-demo";
 
@@ -487,6 +504,96 @@ pub fn policy() -> anyhow::Result<File> {
     Ok(File {
         name: "policy.yaml",
         documents: vec![yaml(&policy, &format!("NetworkPolicy default/{POLICY}"))?],
+    })
+}
+
+/// The AdminNetworkPolicy [`ADMIN_POLICY`] (`policy.networking.k8s.io/v1alpha1`).
+pub fn admin_policy() -> anyhow::Result<File> {
+    let pods = |app: &str| {
+        serde_json::json!({
+            "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": POD_NAMESPACE } },
+            "podSelector": { "matchLabels": { "app": app } },
+        })
+    };
+    let anp = serde_json::json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha1",
+        "kind": "AdminNetworkPolicy",
+        "metadata": { "name": ADMIN_POLICY },
+        "spec": {
+            "priority": 10,
+            "subject": { "pods": pods(API_POD) },
+            "ingress": [{
+                "name": ADMIN_RULE,
+                "action": "Deny",
+                "from": [{ "pods": pods(POLICY_CLIENT) }],
+                "ports": [{ "portNumber": { "protocol": "TCP", "port": SERVER_PORT } }],
+            }],
+        },
+    });
+    Ok(File {
+        name: "admin-policy.yaml",
+        documents: vec![yaml(&anp, &format!("AdminNetworkPolicy {ADMIN_POLICY}"))?],
+    })
+}
+
+/// Calico host endpoint policy for node-0's uplink: the HostEndpoint [`HOST_ENDPOINT`], the
+/// untracked [`UNTRACKED_POLICY`] and the pre-DNAT [`PRE_DNAT_POLICY`]
+/// (`projectcalico.org/v3`). Neither kind has a default deny, so the node's other traffic
+/// (the agents' health ports, the other rows) is untouched.
+pub fn host_policy(lab: &Lab) -> anyhow::Result<File> {
+    let node = lab.node(0);
+    let client = lab.external(0).addresses[0];
+    let endpoint = serde_json::json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "HostEndpoint",
+        "metadata": { "name": HOST_ENDPOINT, "labels": { "host-endpoint": "uplink" } },
+        "spec": {
+            "node": node.name,
+            "interfaceName": node.uplink,
+            "expectedIPs": [node.addresses[0].to_string()],
+        },
+    });
+    let untracked = serde_json::json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "GlobalNetworkPolicy",
+        "metadata": { "name": UNTRACKED_POLICY },
+        "spec": {
+            "order": 10,
+            "selector": "host-endpoint == 'uplink'",
+            "doNotTrack": true,
+            "applyOnForward": true,
+            "types": ["Ingress"],
+            "ingress": [{ "action": "Deny", "source": { "nets": [BLOCKED_CIDR] } }],
+        },
+    });
+    let pre_dnat = serde_json::json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "GlobalNetworkPolicy",
+        "metadata": { "name": PRE_DNAT_POLICY },
+        "spec": {
+            "order": 20,
+            "selector": "has(host-endpoint)",
+            "preDNAT": true,
+            "applyOnForward": true,
+            "types": ["Ingress"],
+            "ingress": [{
+                "action": "Deny",
+                "protocol": "TCP",
+                "source": { "nets": [format!("{client}/32")] },
+                "destination": { "ports": [NODE_PORT] },
+            }],
+        },
+    });
+    Ok(File {
+        name: "host-policy.yaml",
+        documents: vec![
+            yaml(&endpoint, &format!("HostEndpoint {HOST_ENDPOINT}"))?,
+            yaml(
+                &untracked,
+                &format!("GlobalNetworkPolicy {UNTRACKED_POLICY}"),
+            )?,
+            yaml(&pre_dnat, &format!("GlobalNetworkPolicy {PRE_DNAT_POLICY}"))?,
+        ],
     })
 }
 

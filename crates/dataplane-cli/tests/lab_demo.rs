@@ -101,7 +101,7 @@ fn check_sections(backend: &str, all: &str) {
 
     // Edit 2, the NetworkPolicy: an allowed probe answered by the selected pod and a
     // denied one dropped, each with the decision that explains it.
-    let policy = section(all, Some("edit 2:"), Some("flow log:"));
+    let policy = section(all, Some("edit 2:"), Some("edit 3:"));
     assert!(
         policy.iter().any(
             |l| l.contains("ingress allowed by default/api-from-pod-0-0")
@@ -115,6 +115,36 @@ fn check_sections(backend: &str, all: &str) {
                 && l.contains("(dropped)")
         ),
         "{backend}: no denied policy row:\n{all}"
+    );
+
+    // Edit 3, the AdminNetworkPolicy: its Deny beats the NetworkPolicy's Allow, or the row
+    // says that the backend cannot program it.
+    let admin = section(all, Some("edit 3:"), Some("edit 4:"));
+    assert!(
+        admin
+            .iter()
+            .any(|l| l.contains("skipped: backend lacks cluster policy"))
+            || admin.iter().any(|l| l
+                .contains("ingress denied by cluster policy api-deny-pod-0-0 rule deny-pod-0-0")
+                && l.contains("(dropped)")),
+        "{backend}: no cluster policy row:\n{all}"
+    );
+    // Edit 4, host endpoint policy: the blocked source dropped and the client served, or
+    // every row says that the backend cannot program it.
+    let host = section(all, Some("edit 4:"), Some("flow log:"));
+    let skipped = host
+        .iter()
+        .filter(|l| l.contains("skipped: backend lacks host policy"))
+        .count();
+    assert!(
+        skipped == 3
+            || (host
+                .iter()
+                .any(|l| l.contains("(172.18.250.7)") && l.contains("(dropped)"))
+                && host
+                    .iter()
+                    .any(|l| l.contains("(172.18.255.1)") && l.contains(" pod-0-1 "))),
+        "{backend}: no host policy rows:\n{all}"
     );
 }
 

@@ -63,6 +63,11 @@ pub struct Capacities {
     /// Names the events resolve (`dp_names`): one per service port and per pod address
     /// (local endpoints and policy peers).
     pub names: u32,
+    /// Host endpoint policy: prefixes (`dp_host_lpm`): per rule set, each distinct source
+    /// and destination net, port prefix and failsafe port. A changed host policy is written
+    /// under a new generation before the old one is removed: size it for twice the
+    /// prefixes (the default holds two generations of 100,000 source prefixes and more).
+    pub host_prefixes: u32,
 }
 
 impl Default for Capacities {
@@ -84,6 +89,7 @@ impl Default for Capacities {
             policy_sets_per_address: crate::maps::POL_SETS_MAX as u32,
             events_ring_bytes: map_table::EVENTS.default_size,
             names: map_table::NAMES.default_size,
+            host_prefixes: map_table::HOST_LPM.default_size,
         }
     }
 }
@@ -105,6 +111,7 @@ impl Capacities {
             Capacity::PolicyConntrack => &mut self.policy_conntrack,
             Capacity::EventsRing => &mut self.events_ring_bytes,
             Capacity::Names => &mut self.names,
+            Capacity::HostPrefixes => &mut self.host_prefixes,
         }
     }
 
@@ -128,6 +135,7 @@ impl Capacities {
             Capacity::PolicyConntrack => self.policy_conntrack,
             Capacity::EventsRing => self.events_ring_bytes,
             Capacity::Names => self.names,
+            Capacity::HostPrefixes => self.host_prefixes,
         }
     }
 

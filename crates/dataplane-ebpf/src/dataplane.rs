@@ -19,6 +19,7 @@ use crate::config::{EbpfConfig, XdpMode};
 use crate::ct::ct_entries;
 use crate::error::EbpfError;
 use crate::events::{EventAsk, EventAsks};
+use crate::host_policy::{HostRuleDrops, HostState};
 use crate::loader::{self, Hook, Objects};
 use crate::maintain::{gc, maintenance_interval};
 use crate::map_table;
@@ -43,6 +44,8 @@ pub(crate) struct Loaded {
     pub(crate) policy: PolicyState,
     /// What `dp_names` holds.
     pub(crate) names: Names,
+    /// What the host endpoint policy maps hold.
+    pub(crate) host: HostState,
     pub(crate) synced: Synced,
 }
 
@@ -133,6 +136,7 @@ impl EbpfDataplane {
         let mut current = Current::read(&objects.maps, &objects.capacities)?;
         let policy = PolicyState::read(&objects.maps)?;
         let names = Names::read(&objects.names)?;
+        let host = HostState::read(&objects.host_maps)?;
         // Reading the arrays mapped each chunk that holds entries: kept mapped, they would
         // stay resident for the life of the process.
         objects.maps.unmap_arrays();
@@ -172,8 +176,21 @@ impl EbpfDataplane {
             current,
             policy,
             names,
+            host,
             synced: Synced::NEVER,
         })
+    }
+
+    /// Packets each host policy rule dropped (untracked and pre-DNAT denies, at XDP and in
+    /// TC), for the rules of the applied state; empty before the first successful apply.
+    ///
+    /// # Errors
+    /// [`EbpfError::Map`] when the counters cannot be read.
+    pub fn host_rule_drops(&self) -> Result<Vec<HostRuleDrops>, EbpfError> {
+        match self.loaded() {
+            Some(l) => l.host.drops(&l.objects.host_maps),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The configuration.
@@ -367,6 +384,7 @@ impl EbpfDataplane {
             current,
             policy,
             names: names_written,
+            host,
             ..
         } = self.loaded_mut()?;
         let caps = objects.capacities.clone();
@@ -387,6 +405,8 @@ impl EbpfDataplane {
             None => policy.plan_full(rest, limits)?,
             Some(c) => policy.plan_changes(rest, c, limits)?,
         };
+        // Host endpoint policy, compiled and checked before anything is written too.
+        let host_tables = host.plan(rest, BACKEND, &objects.host_maps, caps.host_prefixes)?;
         // Make before break, so that no moment is fail-open. The last policy going: isolation
         // goes before the anti-spoofing flag (CFG_F_POLICY, in dp_config) does. Otherwise
         // dp_config (the flag on) first, then the new rules and addresses (a new pod's
@@ -399,6 +419,9 @@ impl EbpfDataplane {
             policy.write(&mut objects.maps, std::mem::take(&mut policy_plan))?;
         }
         let report = writer::write(&mut objects.maps, current, planner, frontends, &caps)?;
+        // Host policy after the services' write, the last step that can refuse the state
+        // (a refused state leaves the maps as they were).
+        let host_written = host.write(&mut objects.host_maps, host_tables)?;
         drop(asks);
         if !clearing {
             policy.write_new(&mut objects.maps, &policy_plan)?;
@@ -447,7 +470,11 @@ impl EbpfDataplane {
             full_sync: changes.is_none(),
             services_changed: 0,
             services_removed: 0,
-            objects_written: report.objects_written + local_written + policy_written + names_count,
+            objects_written: report.objects_written
+                + local_written
+                + policy_written
+                + names_count
+                + host_written,
             skipped,
             warnings,
         })
@@ -619,8 +646,8 @@ impl Dataplane for EbpfDataplane {
             max_backends: caps.backends.saturating_sub(1),
             // Cluster policies and the baseline: TC policy (policy.rs, bpf/lib/policy.h).
             cluster_policy: true,
-            // Not programmed yet (issue 22): states with them are refused.
-            host_policy: false,
+            // Failsafe ports, untracked, pre-DNAT and normal host policies (host_policy.rs).
+            host_policy: true,
         }
     }
 
@@ -632,6 +659,9 @@ impl Dataplane for EbpfDataplane {
             policies: desired.policies.clone(),
             namespaces: desired.namespaces.clone(),
             pods: desired.pods.clone(),
+            host_endpoints: desired.host_endpoints.clone(),
+            host_policies: desired.host_policies.clone(),
+            failsafe_ports: desired.failsafe_ports.clone(),
             cluster_policies: desired.cluster_policies.clone(),
             baseline_policy: desired.baseline_policy.clone(),
             nodes: desired.nodes.clone(),
@@ -684,6 +714,9 @@ impl Dataplane for EbpfDataplane {
             || !changes.policies.is_empty()
             || !changes.namespaces.is_empty()
             || !changes.pods.is_empty()
+            || !changes.host_endpoints.is_empty()
+            || !changes.host_policies.is_empty()
+            || changes.failsafe_ports.is_some()
             || !changes.cluster_policies.is_empty()
             || changes.baseline_policy.is_some()
             || !changes.nodes.is_empty()
@@ -695,10 +728,12 @@ impl Dataplane for EbpfDataplane {
                 policies: changes.policies.clone(),
                 namespaces: changes.namespaces.clone(),
                 pods: changes.pods.clone(),
+                host_endpoints: changes.host_endpoints.clone(),
+                host_policies: changes.host_policies.clone(),
+                failsafe_ports: changes.failsafe_ports.clone(),
                 cluster_policies: changes.cluster_policies.clone(),
                 baseline_policy: changes.baseline_policy.clone(),
                 nodes: changes.nodes.clone(),
-                ..ChangeSet::default()
             }
             .apply_to(&mut next);
         }

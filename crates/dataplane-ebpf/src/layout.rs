@@ -62,7 +62,7 @@ pub(crate) enum Migration {
 
 /// Per map: the layout version (bump it when the bytes change meaning without a change of
 /// type) and what to do with another version's pin.
-pub(crate) const VERSIONS: [(&str, u64, Migration); 20] = {
+pub(crate) const VERSIONS: [(&str, u64, Migration); 26] = {
     use Migration::{Recreate, Refuse};
     [
         (map_table::SVC.name, 1, Refuse),
@@ -85,6 +85,14 @@ pub(crate) const VERSIONS: [(&str, u64, Migration); 20] = {
         (map_table::DROPS.name, 1, Recreate),
         (map_table::EV_LIMIT.name, 1, Recreate),
         (map_table::NAMES.name, 1, Recreate),
+        // Host policy: the next sync writes them again (a new map starts at generation 0,
+        // empty: no host policy until then).
+        (map_table::HOST_LPM.name, 1, Recreate),
+        (map_table::HOST_RULES.name, 1, Recreate),
+        (map_table::HOST_CFG.name, 1, Recreate),
+        (map_table::HOST_DROPS.name, 1, Recreate),
+        (map_table::HOST_CT.name, 1, Recreate),
+        (map_table::HOST_SCRATCH.name, 1, Recreate),
     ]
 };
 

@@ -46,6 +46,7 @@ mod dataplane;
 mod error;
 mod events;
 mod hook;
+mod host_policy;
 mod layout;
 mod live;
 mod loader;
@@ -78,6 +79,7 @@ pub use config::{
 pub use dataplane::EbpfDataplane;
 pub use error::EbpfError;
 pub use events::{open_pinned_events, EbpfEvents};
+pub use host_policy::{HostRuleDrops, HostRuleRef};
 pub use live::LiveEbpf;
 pub use loader::remove_pinned;
 pub use maintain::{

@@ -18,9 +18,9 @@ pub use crate::hook::Hook;
 use crate::layout;
 use crate::map_table::{self, Defined, MapSpec, MAPS};
 use crate::maps::{
-    Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, LocalKey, LocalValue,
-    NameKey, NameValue, PolAddr, PolBlockData, PolCt, PolRuleData, PolTier, SrcRangeData, SvcEntry,
-    SvcKey,
+    Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, HostCfg, HostData,
+    LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockData, PolCt, PolRuleData, PolTier,
+    SrcRangeData, SvcEntry, SvcKey,
 };
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
 use crate::objects::{SOCK_OBJ, TC_HOST_OBJ, TC_POD_OBJ, XDP_UPLINK_OBJ};
@@ -169,12 +169,28 @@ pub(crate) struct Objects {
     pub drops: PerCpuArray<MapData, u64>,
     /// Names of service-port ids and pod addresses (written by `names.rs`).
     pub names: HashMap<MapData, NameKey, NameValue>,
+    /// Host endpoint policy (written by `host_policy.rs`).
+    pub host_maps: HostMaps,
     /// The sizes the maps really have (pinned maps keep the size they were created with).
     pub capacities: Capacities,
     pub attachments: BTreeMap<(String, Hook), Attachment>,
     /// The ifindex each attachment was made on: an interface deleted and recreated under the
     /// same name (a pod's veth) has lost its programs with the old device.
     pub attached_ifindex: BTreeMap<(String, Hook), u32>,
+}
+
+/// The maps of host endpoint policy (`bpf/lib/maps.h`, `dp_host_*`).
+pub(crate) struct HostMaps {
+    pub lpm: LpmTrie<MapData, HostData, u64>,
+    pub rules: Array<MapData, u32>,
+    pub cfg: Array<MapData, HostCfg>,
+    pub drops: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for HostMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostMaps").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Objects {
@@ -485,6 +501,12 @@ pub(crate) fn load(
     Ok(Objects {
         drops: take(&mut pod, map_table::DROPS.name)?,
         names: take(&mut pod, map_table::NAMES.name)?,
+        host_maps: HostMaps {
+            lpm: take(&mut pod, map_table::HOST_LPM.name)?,
+            rules: take(&mut pod, map_table::HOST_RULES.name)?,
+            cfg: take(&mut pod, map_table::HOST_CFG.name)?,
+            drops: take(&mut pod, map_table::HOST_DROPS.name)?,
+        },
         pod,
         host,
         xdp,

@@ -9,10 +9,10 @@ use std::mem::size_of;
 use std::path::{Path, PathBuf};
 
 use crate::maps::{
-    Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, EvLimit, LocalKey,
-    LocalValue, NameKey, NameValue, PolAddr, PolBlockKey, PolCt, PolRuleKey, PolTier, SrcRangeData,
-    SvcEntry, SvcKey, DR_SLOTS, EV_LIMIT_SLOTS, EV_RING_BYTES, PT_MAX, SOCK_REV_KEY_SIZE,
-    SOCK_REV_VALUE_SIZE, STAT_NAMES,
+    Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, EvLimit, HostCfg,
+    HostKey, LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockKey, PolCt, PolRuleKey,
+    PolTier, SrcRangeData, SvcEntry, SvcKey, DR_SLOTS, EV_LIMIT_SLOTS, EV_RING_BYTES,
+    HS_RULE_SLOTS, PT_MAX, SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE, STAT_NAMES,
 };
 
 /// The [`Capacities`](crate::Capacities) field that sizes a map.
@@ -47,6 +47,8 @@ pub enum Capacity {
     EventsRing,
     /// `Capacities::names`.
     Names,
+    /// `Capacities::host_prefixes`.
+    HostPrefixes,
 }
 
 /// Which compiled object defines a map.
@@ -232,10 +234,55 @@ pub(crate) const NAMES: MapSpec = spec(
     Some(Capacity::Names),
 );
 
+/// Host endpoint policy: (generation, kind, set, family or protocol, prefix) -> rule mask
+/// (LPM trie; `host_policy.rs`).
+pub(crate) const HOST_LPM: MapSpec = spec(
+    "dp_host_lpm",
+    size_of::<HostKey>(),
+    8,
+    262_144,
+    Some(Capacity::HostPrefixes),
+);
+/// Host endpoint policy: rule slot -> action.
+pub(crate) const HOST_RULES: MapSpec = spec("dp_host_rules", 4, 4, HS_RULE_SLOTS, None);
+/// Host endpoint policy: the active generation and its flags.
+pub(crate) const HOST_CFG: MapSpec = spec("dp_host_cfg", 4, size_of::<HostCfg>(), 3, None);
+/// Host endpoint policy: the connections its normal stage let through, both ways.
+pub(crate) const HOST_CT: MapSpec = spec("dp_host_ct", size_of::<CtKey>(), 8, 262_144, None);
+/// Host endpoint policy: per-CPU scratch between its first stages and the normal one.
+pub(crate) const HOST_SCRATCH: MapSpec =
+    spec("dp_host_scratch", 4, size_of::<CtKey>() + 8, 1, None);
+/// Host endpoint policy: per-CPU drops by rule slot.
+pub(crate) const HOST_DROPS: MapSpec = spec("dp_host_drops", 4, 8, HS_RULE_SLOTS, None);
+
 /// Every map.
-pub(crate) const MAPS: [MapSpec; 20] = [
-    SVC, BACKENDS, SLOTS, CT, AFFINITY, SRC_RANGES, CIDRS, CONFIG, LOCAL, STATS, SOCK_REV,
-    POL_ADDR, POL_RULES, POL_BLOCKS, POL_TIERS, POL_CT, EVENTS, DROPS, EV_LIMIT, NAMES,
+pub(crate) const MAPS: [MapSpec; 26] = [
+    SVC,
+    BACKENDS,
+    SLOTS,
+    CT,
+    AFFINITY,
+    SRC_RANGES,
+    CIDRS,
+    CONFIG,
+    LOCAL,
+    STATS,
+    SOCK_REV,
+    POL_ADDR,
+    POL_RULES,
+    POL_BLOCKS,
+    POL_TIERS,
+    POL_CT,
+    EVENTS,
+    DROPS,
+    EV_LIMIT,
+    NAMES,
+    HOST_LPM,
+    HOST_RULES,
+    HOST_CFG,
+    HOST_DROPS,
+    HOST_CT,
+    HOST_SCRATCH,
 ];
 
 /// Every map, for the BTF layout test (a separate crate): not part of the embedder's API.

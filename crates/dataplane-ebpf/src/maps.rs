@@ -440,6 +440,94 @@ pub struct CidrKey {
     pub addr: Addr,
 }
 
+/// `enum host_set`: host policy's rule sets (`HS_*`), per generation.
+pub const HS_UNTRACKED_IN: u8 = 0;
+/// `HS_UNTRACKED_OUT`.
+pub const HS_UNTRACKED_OUT: u8 = 1;
+/// `HS_PREDNAT_IN`.
+pub const HS_PREDNAT_IN: u8 = 2;
+/// `HS_NORMAL_IN`.
+pub const HS_NORMAL_IN: u8 = 3;
+/// `HS_NORMAL_OUT`.
+pub const HS_NORMAL_OUT: u8 = 4;
+/// `HS_SETS`: set slots per generation.
+pub const HS_SETS: u32 = 8;
+/// `HS_RULES`: rules per set (the bits of a mask).
+pub const HS_RULES: u32 = 64;
+/// `HS_GEN_RULES`: rule slots per generation.
+pub const HS_GEN_RULES: u32 = HS_SETS * HS_RULES;
+/// `HS_RULE_SLOTS`: `dp_host_rules` and `dp_host_drops` size (two generations).
+pub const HS_RULE_SLOTS: u32 = 2 * HS_GEN_RULES;
+/// `enum host_kind`: `HK_SRC_NET`.
+pub const HK_SRC_NET: u8 = 0;
+/// `HK_DST_NET`.
+pub const HK_DST_NET: u8 = 1;
+/// `HK_SRC_PORT`.
+pub const HK_SRC_PORT: u8 = 2;
+/// `HK_DST_PORT`.
+pub const HK_DST_PORT: u8 = 3;
+/// `HK_FAILSAFE`.
+pub const HK_FAILSAFE: u8 = 4;
+/// `enum host_action`: `HA_NONE`.
+pub const HA_NONE: u32 = 0;
+/// `HA_ALLOW`.
+pub const HA_ALLOW: u32 = 1;
+/// `HA_DENY`.
+pub const HA_DENY: u32 = 2;
+/// `HC_F_ON`: the uplink has a host endpoint (`host_cfg.flags`).
+pub const HC_F_ON: u32 = 1 << 30;
+/// `HC_F_NORMAL`: a normal policy selects it (connections are tracked in `dp_host_ct`).
+pub const HC_F_NORMAL: u32 = 1 << 20;
+/// `HC_F_DEF_IN`: a normal policy applies to ingress (default deny).
+pub const HC_F_DEF_IN: u32 = 1 << 16;
+/// `HC_F_DEF_IN_FWD`: one with `applyOnForward` does.
+pub const HC_F_DEF_IN_FWD: u32 = 1 << 17;
+/// `HC_F_DEF_OUT`: a normal policy applies to egress.
+pub const HC_F_DEF_OUT: u32 = 1 << 18;
+/// `HC_F_DEF_OUT_FWD`: one with `applyOnForward` does.
+pub const HC_F_DEF_OUT_FWD: u32 = 1 << 19;
+
+/// `struct host_key` after `prefixlen` (the key of `dp_host_lpm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct HostData {
+    /// Generation (0 or 1).
+    pub gen: u8,
+    /// `HK_*`.
+    pub kind: u8,
+    /// `HS_*` (failsafe: 0 inbound, 1 outbound).
+    pub set: u8,
+    /// `DP_AF_*` (nets) or `IPPROTO_*` (ports, failsafe).
+    pub sub: u8,
+    /// Nets: the address (IPv4 in the first 4 bytes); ports: the port in the first 2 bytes,
+    /// network order.
+    pub data: [u8; 16],
+}
+
+/// `struct host_key` as a whole, for the layout check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct HostKey {
+    /// Prefix length in bits (24: gen, kind, set; 32 with sub; then the data's).
+    pub prefixlen: u32,
+    /// The data.
+    pub data: HostData,
+}
+
+/// `struct host_cfg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct HostCfg {
+    /// Entry 0: the active generation.
+    pub gen: u32,
+    /// Entries 1 + gen: `HC_F_*` and `1 << HS_*` of the sets with rules.
+    pub flags: u32,
+    /// `HS_NORMAL_IN`'s rules of `applyOnForward` policies.
+    pub fwd_in: u64,
+    /// `HS_NORMAL_OUT`'s.
+    pub fwd_out: u64,
+}
+
 /// `struct dp_config`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -867,7 +955,9 @@ pod!(
     FlowEventRecord,
     EvLimit,
     NameKey,
-    NameValue
+    NameValue,
+    HostData,
+    HostCfg
 );
 
 // Compile-time sizes; the BTF test checks offsets as well.
@@ -894,3 +984,5 @@ const _: () = assert!(std::mem::size_of::<FlowEventRecord>() == 112);
 const _: () = assert!(std::mem::size_of::<EvLimit>() == 32);
 const _: () = assert!(std::mem::size_of::<NameKey>() == 24);
 const _: () = assert!(std::mem::size_of::<NameValue>() == 120);
+const _: () = assert!(std::mem::size_of::<HostKey>() == 24);
+const _: () = assert!(std::mem::size_of::<HostCfg>() == 24);

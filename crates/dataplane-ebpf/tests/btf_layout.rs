@@ -9,8 +9,9 @@ use dataplane_core::DropReason;
 
 use dataplane_ebpf::maps::{
     AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, EvLimit, EvRate,
-    FlowEventRecord, LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockData, PolBlockKey,
-    PolCt, PolRuleData, PolRuleKey, PolTier, SrcRangeKey, SvcEntry, SvcKey, SvcValue,
+    FlowEventRecord, HostCfg, HostData, HostKey, LocalKey, LocalValue, NameKey, NameValue, PolAddr,
+    PolBlockData, PolBlockKey, PolCt, PolRuleData, PolRuleKey, PolTier, SrcRangeKey, SvcEntry,
+    SvcKey, SvcValue,
 };
 
 /// struct name -> (size, [(field, byte offset)]).
@@ -111,6 +112,7 @@ macro_rules! layout {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one table: every mirrored struct, then the split LPM keys
 fn map_layouts_match_btf() {
     #[allow(clippy::type_complexity)]
     let expected: Vec<(&str, u32, Vec<(&str, u32)>)> = vec![
@@ -134,6 +136,7 @@ fn map_layouts_match_btf() {
         layout!(EvLimit, "ev_limit", [last_topup => "last_topup", tokens => "tokens", suppressed => "suppressed", lost => "lost"]),
         layout!(NameKey, "name_key", [kind => "kind", family => "family", pad => "pad", id => "id", addr => "addr"]),
         layout!(NameValue, "name_value", [name => "name"]),
+        layout!(HostCfg, "host_cfg", [gen => "gen", flags => "flags", fwd_in => "fwd_in", fwd_out => "fwd_out"]),
     ];
     for object in objects() {
         let btf = structs_of(object);
@@ -214,6 +217,32 @@ fn map_layouts_match_btf() {
         sock["sock_rev_value"].0 as usize,
         dataplane_ebpf::maps::SOCK_REV_VALUE_SIZE
     );
+}
+
+/// The host policy LPM key, split like the others into prefixlen + data (aya's LPM Key).
+#[test]
+fn host_key_layout_matches_btf() {
+    for object in objects() {
+        let btf = structs_of(object);
+        let (size, fields) = &btf["host_key"];
+        assert_eq!(*size, size_of::<HostKey>() as u32);
+        let data = offset_of!(HostKey, data) as u32;
+        let d = |f: usize| data + f as u32;
+        assert_eq!(
+            fields,
+            &vec![
+                (
+                    "prefixlen".to_owned(),
+                    offset_of!(HostKey, prefixlen) as u32
+                ),
+                ("gen".to_owned(), d(offset_of!(HostData, gen))),
+                ("kind".to_owned(), d(offset_of!(HostData, kind))),
+                ("set".to_owned(), d(offset_of!(HostData, set))),
+                ("sub".to_owned(), d(offset_of!(HostData, sub))),
+                ("data".to_owned(), d(offset_of!(HostData, data))),
+            ]
+        );
+    }
 }
 
 /// The index of a counter in `STAT_NAMES`.
@@ -405,6 +434,37 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "NAME_SERVICE" => m::NAME_SERVICE,
             "NAME_ENDPOINT" => m::NAME_ENDPOINT,
             "NAME_NODE" => m::NAME_NODE,
+        }
+        "host_set" {
+            "HS_UNTRACKED_IN" => m::HS_UNTRACKED_IN,
+            "HS_UNTRACKED_OUT" => m::HS_UNTRACKED_OUT,
+            "HS_PREDNAT_IN" => m::HS_PREDNAT_IN,
+            "HS_NORMAL_IN" => m::HS_NORMAL_IN,
+            "HS_NORMAL_OUT" => m::HS_NORMAL_OUT,
+            "HS_SETS" => m::HS_SETS,
+            "HS_RULES" => m::HS_RULES,
+            "HS_GEN_RULES" => m::HS_GEN_RULES,
+            "HS_RULE_SLOTS" => m::HS_RULE_SLOTS,
+        }
+        "host_kind" {
+            "HK_SRC_NET" => m::HK_SRC_NET,
+            "HK_DST_NET" => m::HK_DST_NET,
+            "HK_SRC_PORT" => m::HK_SRC_PORT,
+            "HK_DST_PORT" => m::HK_DST_PORT,
+            "HK_FAILSAFE" => m::HK_FAILSAFE,
+        }
+        "host_action" {
+            "HA_NONE" => m::HA_NONE,
+            "HA_ALLOW" => m::HA_ALLOW,
+            "HA_DENY" => m::HA_DENY,
+        }
+        "host_cfg_flag" {
+            "HC_F_ON" => m::HC_F_ON,
+            "HC_F_NORMAL" => m::HC_F_NORMAL,
+            "HC_F_DEF_IN" => m::HC_F_DEF_IN,
+            "HC_F_DEF_IN_FWD" => m::HC_F_DEF_IN_FWD,
+            "HC_F_DEF_OUT" => m::HC_F_DEF_OUT,
+            "HC_F_DEF_OUT_FWD" => m::HC_F_DEF_OUT_FWD,
         }
     }
 }

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::pins::quiet_snapshot;
-use dataplane_core::{diff, Dataplane, Error, Protocol, Service, ValidationError};
+use dataplane_core::{diff, Dataplane, DesiredState, Error, Protocol, Service, ValidationError};
 use dataplane_ebpf::EbpfDataplane;
 use dataplane_testkit::{probe, require_root, Lab, LabSpec, ProbeOutcome};
 
@@ -128,22 +128,45 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
     let chain = format!("{e:?}");
     assert!(chain.contains("missing0"), "{chain}");
 
-    // Cluster policies and the baseline are programmed (TC policy); what the backend still
-    // declares missing (host endpoint policy, issue 22) is refused by name, with a new
-    // service in the same state, as a full and an incremental sync.
+    // Cluster policies, the baseline and host endpoint policy are programmed: what the
+    // backend would still declare missing of core's synthetic tier states is refused by name,
+    // with a new service in the same state, as a full and an incremental sync (none today).
+    // A host policy rule with SCTP ports (the programs do not parse SCTP) is refused by the
+    // policy's name; its change set needs a full sync (core's validator says so first), which
+    // changes nothing either.
     let caps = dp.capabilities();
     assert!(caps.cluster_policy, "{caps:?}");
-    for (tiered, object) in
+    assert!(caps.host_policy, "{caps:?}");
+    let mut refusals: Vec<(DesiredState, String)> =
         dataplane_core::synthetic::tier_refusals(&old, service(&lab, "new", NEW))
-    {
-        let supported = if object.starts_with("host endpoint") {
-            caps.host_policy
-        } else {
-            caps.cluster_policy
-        };
-        if supported {
-            continue;
-        }
+            .into_iter()
+            .filter(|(_, object)| {
+                !(if object.starts_with("host endpoint") {
+                    caps.host_policy
+                } else {
+                    caps.cluster_policy
+                })
+            })
+            .collect();
+    let mut sctp = old.clone().with_service(service(&lab, "new", NEW));
+    let uplink = sctp.node.interfaces.uplink.clone();
+    sctp.host_endpoints =
+        vec![
+            dataplane_core::HostEndpoint::new("uplink", &sctp.node.name, uplink)
+                .with_label("role", "uplink"),
+        ];
+    sctp.host_policies = vec![dataplane_core::HostPolicy::new(
+        "sctp-ports",
+        dataplane_core::LabelSelector::default().with_label("role", "uplink"),
+    )
+    .untracked()
+    .with_ingress(
+        dataplane_core::HostRule::new(dataplane_core::HostAction::Deny)
+            .protocol(Protocol::Sctp)
+            .to_ports([dataplane_core::HostPort::Number(9)]),
+    )];
+    refusals.push((sctp, "host policy sctp-ports".to_owned()));
+    for (tiered, object) in refusals {
         let e = dp.apply(&tiered).unwrap_err();
         assert!(
             matches!(&e, Error::Unsupported { object: o, .. } if *o == object),
@@ -152,7 +175,8 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
         unchanged(&dp, &format!("{object} (apply)"));
         let e = dp.apply_changes(&diff(&old, &tiered)).unwrap_err();
         assert!(
-            matches!(&e, Error::Unsupported { object: o, .. } if *o == object),
+            matches!(&e, Error::Unsupported { object: o, .. } if *o == object)
+                || (object.starts_with("host policy") && matches!(e, Error::FullSyncRequired)),
             "{object}: {e:?}"
         );
         unchanged(&dp, &format!("{object} (apply_changes)"));

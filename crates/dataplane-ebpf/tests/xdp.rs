@@ -18,8 +18,8 @@
 mod common;
 
 use common::{
-    backend, check, eth, hex, l4_checksum, node_a as node, quoted, require_root, stat, Fixture,
-    PacketBuilder, TestNode, TCP_ACK, TCP_SYN,
+    backend, check, ct_key, ct_map, eth, hex, l4_checksum, node_a as node, quoted, require_root,
+    stat, Fixture, PacketBuilder, TestNode, TCP_ACK, TCP_SYN,
 };
 use dataplane_core::{
     Backend, Dataplane, DesiredState, Direction, DropReason, EventKind, EventOptions, EventSource,
@@ -27,8 +27,8 @@ use dataplane_core::{
     ServicePort, TcpFlags, Tuple,
 };
 use dataplane_ebpf::maps::{
-    family_of, Addr, Be16, CtEntry, CtKey, FlowEventRecord, AF_INET, CT_F_DSR, CT_F_EXTERNAL,
-    CT_F_REV, CT_F_SNAT, CT_TCP_SYN, EV_KIND_DROP, EV_VERDICT_DROPPED,
+    Addr, CtEntry, FlowEventRecord, AF_INET, CT_F_DSR, CT_F_EXTERNAL, CT_F_REV, CT_F_SNAT,
+    CT_TCP_SYN, EV_KIND_DROP, EV_VERDICT_DROPPED,
 };
 use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 
@@ -448,27 +448,6 @@ fn run_tc_on_eth0(dp: &mut EbpfDataplane, packet: &[u8]) -> dataplane_ebpf::Pack
     };
     dp.run_packet_on(Hook::FromUplink, packet, 1, &on)
         .expect("test run")
-}
-
-/// `dp_ct` of `n`, typed.
-fn ct_map(n: &TestNode) -> aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry> {
-    let map = aya::maps::MapData::from_pin(n.pin_dir.join("dp_ct")).expect("pinned dp_ct");
-    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("dp_ct")
-}
-
-/// The conntrack key of `src`:`sport` -> `dst`:`dport` (TCP).
-fn ct_key(src: &str, sport: u16, dst: &str, dport: u16) -> CtKey {
-    let src: std::net::IpAddr = src.parse().unwrap();
-    CtKey {
-        saddr: Addr::new(src),
-        daddr: Addr::new(dst.parse().unwrap()),
-        sport: Be16::new(sport),
-        dport: Be16::new(dport),
-        proto: 6,
-        family: family_of(&src),
-        pad0: 0,
-        pad: 0,
-    }
 }
 
 /// `e` without its timestamps, for comparing entries written at different times.

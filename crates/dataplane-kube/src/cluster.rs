@@ -187,6 +187,11 @@ pub struct Cluster {
     dirty_pods: BTreeSet<ObjectKey>,
     dirty_policies: BTreeSet<ObjectKey>,
     dirty_namespaces: BTreeSet<ObjectKey>,
+    /// Nodes (this one too) whose peer entry (`DesiredState::nodes`) is stale.
+    dirty_nodes: BTreeSet<ObjectKey>,
+    /// Whether a cluster-wide or host policy object changed: they are few, and all of them
+    /// are translated again together (`tiers::translate_tiers`).
+    tiers_dirty: bool,
     node_dirty: bool,
     /// Pods on this node: their interfaces are looked up again at each translation (a
     /// sandbox recreated with the same address has a new veth; one not found yet may be).
@@ -228,6 +233,8 @@ impl Cluster {
             dirty_pods: BTreeSet::new(),
             dirty_policies: BTreeSet::new(),
             dirty_namespaces: BTreeSet::new(),
+            dirty_nodes: BTreeSet::new(),
+            tiers_dirty: true,
             node_dirty: true,
             local_pods: BTreeSet::new(),
             interner: Interner::default(),
@@ -270,6 +277,14 @@ impl Cluster {
             *ns = self.interner.get(ns);
         }
         strip(&mut object);
+        if let Object::Node(node) = &mut object {
+            if *key.name != *self.settings.node_name {
+                crate::tiers::strip_peer_node(node);
+            }
+        }
+        if key.kind.is_policy_tier() {
+            self.check_tier(&key, &object)?;
+        }
         let object = Stored::new(&key, object, &mut self.interner);
         if self.objects.get(&key) == Some(&object) {
             return Ok(false);
@@ -351,6 +366,11 @@ impl Cluster {
         };
         let mut object = object.clone();
         strip(&mut object);
+        if let Object::Node(node) = &mut object {
+            if *key.name != *self.settings.node_name {
+                crate::tiers::strip_peer_node(node);
+            }
+        }
         // A scratch interner: the names compare by value.
         *stored == Stored::new(&key, object, &mut Interner::default())
     }
@@ -426,8 +446,71 @@ impl Cluster {
                 if *key.name == *self.settings.node_name {
                     self.node_dirty = true;
                 }
+                self.dirty_nodes.insert(key.clone());
             }
+            Kind::AdminNetworkPolicy
+            | Kind::BaselineAdminNetworkPolicy
+            | Kind::HostEndpoint
+            | Kind::GlobalNetworkPolicy
+            | Kind::FelixConfiguration => self.tiers_dirty = true,
         }
+    }
+
+    /// The stored cluster-wide and host policy objects, with `replacing` in place of the
+    /// stored object with its key (a check before it is stored).
+    fn tier_objects(&self, replacing: Option<(&ObjectKey, &Object)>) -> Vec<(ObjectKey, Object)> {
+        let mut out: Vec<(ObjectKey, Object)> = self
+            .objects
+            .keys()
+            .filter(|k| k.kind.is_policy_tier())
+            .filter(|k| replacing.is_none_or(|(r, _)| r != *k))
+            .filter_map(|k| Some((k.clone(), self.decoded(k)?)))
+            .collect();
+        if let Some((k, o)) = replacing {
+            out.push((k.clone(), o.clone()));
+        }
+        out
+    }
+
+    /// Refuses a policy tier object that does not translate, or that makes the policy
+    /// tiers invalid together with the stored ones (two AdminNetworkPolicies at one
+    /// priority, two `HostEndpoints` for one interface).
+    fn check_tier(&self, key: &ObjectKey, object: &Object) -> Result<(), TranslateError> {
+        let objects = self.tier_objects(Some((key, object)));
+        crate::tiers::translate_tiers(&self.settings.node_name, &objects, Some(key)).map(drop)
+    }
+
+    fn update_tiers(&mut self) {
+        let objects = self.tier_objects(None);
+        let key = ObjectKey::cluster(Kind::FelixConfiguration, "(policy tiers)");
+        let tiers = match crate::tiers::translate_tiers(&self.settings.node_name, &objects, None) {
+            Ok(t) => {
+                self.warnings.remove(&Source::Object(key));
+                t
+            }
+            Err(e) => {
+                // Not reachable: every object was checked with the others when stored, and
+                // a deletion cannot make the rest invalid. Kept: the previous tiers stay.
+                let mut w = Warnings::new(key.clone());
+                w.push("(policy tiers)", format!("{e}; previous policy tiers kept"));
+                self.set_warnings(Source::Object(key), w.into_list());
+                return;
+            }
+        };
+        self.out.set_tiers(tiers);
+    }
+
+    fn update_peer_node(&mut self, key: &ObjectKey) {
+        let mut w = Warnings::new(key.clone());
+        let peer = match self.objects.get(key) {
+            Some(Stored::Object(Object::Node(n))) => crate::tiers::peer_node(&key.name, n, &mut w),
+            _ => None,
+        };
+        // The local node's warnings are its translation's (`update_node`); a peer's own.
+        if *key.name != *self.settings.node_name {
+            self.set_warnings(Source::Object(key.clone()), w.into_list());
+        }
+        self.out.put_node(&key.name, peer);
     }
 
     /// The node's desired state from the stored objects, re-translating only what changed
@@ -538,6 +621,12 @@ impl Cluster {
         }
         for key in std::mem::take(&mut self.dirty_namespaces) {
             self.update_namespace(&key);
+        }
+        for key in std::mem::take(&mut self.dirty_nodes) {
+            self.update_peer_node(&key);
+        }
+        if std::mem::take(&mut self.tiers_dirty) {
+            self.update_tiers();
         }
         self.out.set_recording(true);
         self.out.fit_lists();
@@ -1048,6 +1137,11 @@ fn to_json(object: &Object) -> Result<Vec<u8>, serde_json::Error> {
         Object::Pod(o) => serde_json::to_vec(o),
         Object::Namespace(o) => serde_json::to_vec(o),
         Object::Node(o) => serde_json::to_vec(o),
+        Object::AdminNetworkPolicy(o) => serde_json::to_vec(o),
+        Object::BaselineAdminNetworkPolicy(o) => serde_json::to_vec(o),
+        Object::HostEndpoint(o) => serde_json::to_vec(o),
+        Object::GlobalNetworkPolicy(o) => serde_json::to_vec(o),
+        Object::FelixConfiguration(o) => serde_json::to_vec(o),
     }
 }
 
@@ -1071,6 +1165,27 @@ fn from_json(kind: Kind, bytes: &[u8]) -> Option<Object> {
             .ok()?
             .into(),
         Kind::Node => serde_json::from_slice::<core::Node>(bytes).ok()?.into(),
+        Kind::AdminNetworkPolicy => serde_json::from_slice::<crate::anp::AdminNetworkPolicy>(bytes)
+            .ok()?
+            .into(),
+        Kind::BaselineAdminNetworkPolicy => {
+            serde_json::from_slice::<crate::anp::BaselineAdminNetworkPolicy>(bytes)
+                .ok()?
+                .into()
+        }
+        Kind::HostEndpoint => serde_json::from_slice::<crate::calico::HostEndpoint>(bytes)
+            .ok()?
+            .into(),
+        Kind::GlobalNetworkPolicy => {
+            serde_json::from_slice::<crate::calico::GlobalNetworkPolicy>(bytes)
+                .ok()?
+                .into()
+        }
+        Kind::FelixConfiguration => {
+            serde_json::from_slice::<crate::calico::FelixConfiguration>(bytes)
+                .ok()?
+                .into()
+        }
     })
 }
 

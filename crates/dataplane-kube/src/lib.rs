@@ -58,6 +58,8 @@
 
 pub use k8s_openapi;
 
+pub mod anp;
+pub mod calico;
 mod cluster;
 mod manifest;
 mod materialized;
@@ -66,6 +68,7 @@ mod pod;
 mod policy;
 mod service;
 mod support;
+mod tiers;
 mod time;
 
 use std::fmt;
@@ -80,7 +83,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use cluster::{Changes, Cluster, Translation, TranslationWarning};
 pub use manifest::{
-    parse_document, parse_manifests, split_documents, ManifestDocument, ManifestError, Manifests,
+    parse_document, parse_manifests, parse_value, split_documents, ManifestDocument, ManifestError,
+    Manifests,
 };
 
 /// The label that hands a Service to another proxy (kube-proxy skips Services carrying it:
@@ -115,17 +119,42 @@ pub enum Kind {
     Namespace,
     /// `v1` Node.
     Node,
+    /// `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicy.
+    AdminNetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha1` BaselineAdminNetworkPolicy.
+    BaselineAdminNetworkPolicy,
+    /// `projectcalico.org/v3` HostEndpoint.
+    HostEndpoint,
+    /// `projectcalico.org/v3` GlobalNetworkPolicy (for host endpoints).
+    GlobalNetworkPolicy,
+    /// `projectcalico.org/v3` `FelixConfiguration` (its failsafe ports).
+    FelixConfiguration,
 }
 
 impl Kind {
     /// Every kind, in the order above.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::NetworkPolicy,
         Kind::Pod,
         Kind::Namespace,
         Kind::Node,
+        Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
+        Kind::HostEndpoint,
+        Kind::GlobalNetworkPolicy,
+        Kind::FelixConfiguration,
+    ];
+
+    /// The kinds of cluster-wide and host policy (custom resources: a cluster may not have
+    /// their definitions installed), in the order above.
+    pub const POLICY_TIERS: [Kind; 5] = [
+        Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
+        Kind::HostEndpoint,
+        Kind::GlobalNetworkPolicy,
+        Kind::FelixConfiguration,
     ];
 
     /// The Kubernetes kind name (`"Service"`, `"EndpointSlice"`, ...).
@@ -137,6 +166,11 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Namespace => "Namespace",
             Kind::Node => "Node",
+            Kind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            Kind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
+            Kind::HostEndpoint => "HostEndpoint",
+            Kind::GlobalNetworkPolicy => "GlobalNetworkPolicy",
+            Kind::FelixConfiguration => "FelixConfiguration",
         }
     }
 
@@ -146,12 +180,43 @@ impl Kind {
             Kind::Service | Kind::Pod | Kind::Namespace | Kind::Node => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy => {
+                "policy.networking.k8s.io/v1alpha1"
+            }
+            Kind::HostEndpoint | Kind::GlobalNetworkPolicy | Kind::FelixConfiguration => {
+                "projectcalico.org/v3"
+            }
         }
+    }
+
+    /// The plural resource name (`services`, `adminnetworkpolicies`, ...), for an API path.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
+            Kind::NetworkPolicy => "networkpolicies",
+            Kind::Pod => "pods",
+            Kind::Namespace => "namespaces",
+            Kind::Node => "nodes",
+            Kind::AdminNetworkPolicy => "adminnetworkpolicies",
+            Kind::BaselineAdminNetworkPolicy => "baselineadminnetworkpolicies",
+            Kind::HostEndpoint => "hostendpoints",
+            Kind::GlobalNetworkPolicy => "globalnetworkpolicies",
+            Kind::FelixConfiguration => "felixconfigurations",
+        }
+    }
+
+    /// Whether it is one of [`Kind::POLICY_TIERS`].
+    pub fn is_policy_tier(self) -> bool {
+        Kind::POLICY_TIERS.contains(&self)
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        matches!(
+            self,
+            Kind::Service | Kind::EndpointSlice | Kind::NetworkPolicy | Kind::Pod
+        )
     }
 
     /// The kind named `name` (a Kubernetes `kind`), if it is one of ours.
@@ -236,6 +301,16 @@ pub enum Object {
     Namespace(Box<Namespace>),
     /// A Node.
     Node(Box<Node>),
+    /// An AdminNetworkPolicy.
+    AdminNetworkPolicy(Box<anp::AdminNetworkPolicy>),
+    /// A BaselineAdminNetworkPolicy.
+    BaselineAdminNetworkPolicy(Box<anp::BaselineAdminNetworkPolicy>),
+    /// A Calico HostEndpoint.
+    HostEndpoint(Box<calico::HostEndpoint>),
+    /// A Calico GlobalNetworkPolicy.
+    GlobalNetworkPolicy(Box<calico::GlobalNetworkPolicy>),
+    /// A Calico `FelixConfiguration`.
+    FelixConfiguration(Box<calico::FelixConfiguration>),
 }
 
 /// The namespace Kubernetes puts an object in when its manifest names none (`kubectl apply`
@@ -252,6 +327,11 @@ impl Object {
             Object::Pod(_) => Kind::Pod,
             Object::Namespace(_) => Kind::Namespace,
             Object::Node(_) => Kind::Node,
+            Object::AdminNetworkPolicy(_) => Kind::AdminNetworkPolicy,
+            Object::BaselineAdminNetworkPolicy(_) => Kind::BaselineAdminNetworkPolicy,
+            Object::HostEndpoint(_) => Kind::HostEndpoint,
+            Object::GlobalNetworkPolicy(_) => Kind::GlobalNetworkPolicy,
+            Object::FelixConfiguration(_) => Kind::FelixConfiguration,
         }
     }
 
@@ -264,6 +344,11 @@ impl Object {
             Object::Pod(o) => &o.metadata,
             Object::Namespace(o) => &o.metadata,
             Object::Node(o) => &o.metadata,
+            Object::AdminNetworkPolicy(o) => &o.metadata,
+            Object::BaselineAdminNetworkPolicy(o) => &o.metadata,
+            Object::HostEndpoint(o) => &o.metadata,
+            Object::GlobalNetworkPolicy(o) => &o.metadata,
+            Object::FelixConfiguration(o) => &o.metadata,
         }
     }
 
@@ -275,6 +360,11 @@ impl Object {
             Object::Pod(o) => &mut o.metadata,
             Object::Namespace(o) => &mut o.metadata,
             Object::Node(o) => &mut o.metadata,
+            Object::AdminNetworkPolicy(o) => &mut o.metadata,
+            Object::BaselineAdminNetworkPolicy(o) => &mut o.metadata,
+            Object::HostEndpoint(o) => &mut o.metadata,
+            Object::GlobalNetworkPolicy(o) => &mut o.metadata,
+            Object::FelixConfiguration(o) => &mut o.metadata,
         }
     }
 
@@ -303,15 +393,27 @@ impl Object {
 }
 
 macro_rules! object_from {
-    ($($variant:ident),*) => {$(
-        impl From<$variant> for Object {
-            fn from(o: $variant) -> Self {
+    ($($variant:ident: $ty:ty),*) => {$(
+        impl From<$ty> for Object {
+            fn from(o: $ty) -> Self {
                 Object::$variant(Box::new(o))
             }
         }
     )*};
 }
-object_from!(Service, EndpointSlice, NetworkPolicy, Pod, Namespace, Node);
+object_from!(
+    Service: Service,
+    EndpointSlice: EndpointSlice,
+    NetworkPolicy: NetworkPolicy,
+    Pod: Pod,
+    Namespace: Namespace,
+    Node: Node,
+    AdminNetworkPolicy: anp::AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy: anp::BaselineAdminNetworkPolicy,
+    HostEndpoint: calico::HostEndpoint,
+    GlobalNetworkPolicy: calico::GlobalNetworkPolicy,
+    FelixConfiguration: calico::FelixConfiguration
+);
 
 /// Why [`Cluster`] could not take an object or produce any state at all.
 ///
@@ -340,6 +442,18 @@ pub enum TranslateError {
     NodeNotFound {
         /// The node name looked for.
         name: String,
+    },
+    /// A cluster-wide or host policy object (or a `FelixConfiguration`'s failsafe ports) has
+    /// a field the model cannot hold, or a value it refuses: the object is not taken (a
+    /// rule left out could open what it should close). The store keeps its previous version.
+    #[error("{object}: {field}: {message}")]
+    Rejected {
+        /// The object.
+        object: ObjectKey,
+        /// The field, as a path (`spec.ingress[0].from[1].namespaces.sameLabels`).
+        field: String,
+        /// Why.
+        message: String,
     },
     /// The local Node cannot make a valid node for the state (no usable address, or the
     /// settings' template conflicts with it).

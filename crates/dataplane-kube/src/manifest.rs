@@ -201,6 +201,31 @@ pub fn parse_document(
     Ok(out)
 }
 
+/// One object given as JSON (a watch's dynamic object: a custom resource the API serves
+/// without a k8s-openapi type), read as [`parse_manifests`] reads a document of its kind, the
+/// policy tier objects' rejected fields included. Errors name the source `watch`.
+///
+/// ```
+/// let value = serde_json::json!({
+///     "apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+///     "metadata": { "name": "all" }, "spec": { "selector": "all()" },
+/// });
+/// let err = dataplane_kube::parse_value(&value).unwrap_err();
+/// assert!(err.to_string().contains("GlobalNetworkPolicy all: spec.selector: "), "{err}");
+/// ```
+pub fn parse_value(value: &Value) -> Result<Object, ManifestError> {
+    let mut out = Manifests::default();
+    read_document(value, "watch", "object", false, &mut out)?;
+    out.objects.pop().ok_or_else(|| ManifestError::Document {
+        file: "watch".to_owned(),
+        document: "object".to_owned(),
+        message: format!(
+            "{} is not a kind the translation reads",
+            out.skipped.pop().unwrap_or_default()
+        ),
+    })
+}
+
 fn read_document(
     document: &Value,
     file: &str,
@@ -259,6 +284,18 @@ fn read_document(
         path: error_path(kind, document),
         message: one_line(&e.to_string()),
     })?;
+    // A policy tier object with a field the model cannot hold fails its text here already
+    // (the node agent then keeps the file's previous objects), as the store would refuse it.
+    if let Some((field, message)) = crate::tiers::rejection(&object) {
+        return Err(ManifestError::Object {
+            file: file.to_owned(),
+            document: at.to_owned(),
+            kind,
+            name: object_display_name(kind, map),
+            path: field,
+            message,
+        });
+    }
     out.objects.push(object);
     Ok(())
 }
@@ -276,6 +313,19 @@ fn typed(kind: Kind, value: Value) -> Result<Object, serde_json::Error> {
         Kind::Pod => serde_json::from_value::<core::Pod>(value)?.into(),
         Kind::Namespace => serde_json::from_value::<core::Namespace>(value)?.into(),
         Kind::Node => serde_json::from_value::<core::Node>(value)?.into(),
+        Kind::AdminNetworkPolicy => {
+            serde_json::from_value::<crate::anp::AdminNetworkPolicy>(value)?.into()
+        }
+        Kind::BaselineAdminNetworkPolicy => {
+            serde_json::from_value::<crate::anp::BaselineAdminNetworkPolicy>(value)?.into()
+        }
+        Kind::HostEndpoint => serde_json::from_value::<crate::calico::HostEndpoint>(value)?.into(),
+        Kind::GlobalNetworkPolicy => {
+            serde_json::from_value::<crate::calico::GlobalNetworkPolicy>(value)?.into()
+        }
+        Kind::FelixConfiguration => {
+            serde_json::from_value::<crate::calico::FelixConfiguration>(value)?.into()
+        }
     })
 }
 
@@ -336,6 +386,19 @@ fn typed_from_text(kind: Kind, text: &str) -> Result<(), serde_json::Error> {
         Kind::Pod => serde_json::from_str::<core::Pod>(text).map(drop),
         Kind::Namespace => serde_json::from_str::<core::Namespace>(text).map(drop),
         Kind::Node => serde_json::from_str::<core::Node>(text).map(drop),
+        Kind::AdminNetworkPolicy => {
+            serde_json::from_str::<crate::anp::AdminNetworkPolicy>(text).map(drop)
+        }
+        Kind::BaselineAdminNetworkPolicy => {
+            serde_json::from_str::<crate::anp::BaselineAdminNetworkPolicy>(text).map(drop)
+        }
+        Kind::HostEndpoint => serde_json::from_str::<crate::calico::HostEndpoint>(text).map(drop),
+        Kind::GlobalNetworkPolicy => {
+            serde_json::from_str::<crate::calico::GlobalNetworkPolicy>(text).map(drop)
+        }
+        Kind::FelixConfiguration => {
+            serde_json::from_str::<crate::calico::FelixConfiguration>(text).map(drop)
+        }
     }
 }
 

@@ -98,6 +98,15 @@ pub(crate) struct Materialized {
     pods: Tracked<ObjectName, dataplane_core::PeerPod>,
     policies: Tracked<ObjectName, dataplane_core::Policy>,
     namespaces: Tracked<String, dataplane_core::Namespace>,
+    nodes: Tracked<String, dataplane_core::PeerNode>,
+    cluster_policies: Tracked<String, dataplane_core::ClusterPolicy>,
+    host_endpoints: Tracked<String, dataplane_core::HostEndpoint>,
+    host_policies: Tracked<String, dataplane_core::HostPolicy>,
+    /// Whether the baseline changed since the changes were last taken, and what it was.
+    baseline_changed: bool,
+    baseline_previous: Option<dataplane_core::BaselinePolicy>,
+    /// The failsafe ports before the changes not yet taken, if they changed.
+    failsafe_previous: Option<dataplane_core::FailsafePorts>,
 }
 
 impl Materialized {
@@ -110,6 +119,13 @@ impl Materialized {
             pods: Tracked::new(),
             policies: Tracked::new(),
             namespaces: Tracked::new(),
+            nodes: Tracked::new(),
+            cluster_policies: Tracked::new(),
+            host_endpoints: Tracked::new(),
+            host_policies: Tracked::new(),
+            baseline_changed: false,
+            baseline_previous: None,
+            failsafe_previous: None,
         }
     }
 
@@ -179,6 +195,82 @@ impl Materialized {
         }
     }
 
+    pub(crate) fn put_node(&mut self, name: &str, n: Option<dataplane_core::PeerNode>) {
+        let name = name.to_owned();
+        if !self.nodes.holds(&self.state.nodes, &name, n.as_ref()) {
+            let list = &mut Arc::make_mut(&mut self.state).nodes;
+            self.nodes.put(list, &name, n, |n| &n.name);
+        }
+    }
+
+    /// Replaces the cluster-wide and host policy tiers with `tiers`.
+    pub(crate) fn set_tiers(&mut self, tiers: crate::tiers::Tiers) {
+        /// Sets one list to `new` (by name): `get` reads it, `get_mut` writes it.
+        fn set_list<T: Clone + PartialEq>(
+            tracked: &mut Tracked<String, T>,
+            state: &mut Arc<DesiredState>,
+            (get, get_mut): ListOf<T>,
+            new: Vec<T>,
+            name: fn(&T) -> &String,
+        ) {
+            let names: std::collections::BTreeSet<&String> = new.iter().map(name).collect();
+            let gone: Vec<String> = tracked
+                .index
+                .keys()
+                .filter(|k| !names.contains(k))
+                .cloned()
+                .collect();
+            for k in gone {
+                tracked.put(get_mut(Arc::make_mut(state)), &k, None, name);
+            }
+            for t in new {
+                let k = name(&t).clone();
+                if !tracked.holds(get(state), &k, Some(&t)) {
+                    tracked.put(get_mut(Arc::make_mut(state)), &k, Some(t), name);
+                }
+            }
+        }
+        type ListOf<T> = (
+            fn(&DesiredState) -> &Vec<T>,
+            fn(&mut DesiredState) -> &mut Vec<T>,
+        );
+        set_list(
+            &mut self.cluster_policies,
+            &mut self.state,
+            (|s| &s.cluster_policies, |s| &mut s.cluster_policies),
+            tiers.cluster_policies,
+            |p| &p.name,
+        );
+        set_list(
+            &mut self.host_endpoints,
+            &mut self.state,
+            (|s| &s.host_endpoints, |s| &mut s.host_endpoints),
+            tiers.host_endpoints,
+            |e| &e.name,
+        );
+        set_list(
+            &mut self.host_policies,
+            &mut self.state,
+            (|s| &s.host_policies, |s| &mut s.host_policies),
+            tiers.host_policies,
+            |p| &p.name,
+        );
+        if self.state.baseline_policy != tiers.baseline_policy {
+            let old =
+                std::mem::replace(&mut self.state_mut().baseline_policy, tiers.baseline_policy);
+            if self.cluster_policies.recording && !self.baseline_changed {
+                self.baseline_changed = true;
+                self.baseline_previous = old;
+            }
+        }
+        if self.state.failsafe_ports != tiers.failsafe_ports {
+            let old = std::mem::replace(&mut self.state_mut().failsafe_ports, tiers.failsafe_ports);
+            if self.cluster_policies.recording && self.failsafe_previous.is_none() {
+                self.failsafe_previous = Some(old);
+            }
+        }
+    }
+
     /// The changes since they were last taken (or forgotten).
     pub(crate) fn take_changes(&mut self) -> ChangeSet {
         let node = self
@@ -196,8 +288,25 @@ impl Materialized {
             policies: self.policies.take(&self.state.policies),
             namespaces: self.namespaces.take(&self.state.namespaces),
             pods: self.pods.take(&self.state.pods),
-            // Cluster and host policy have no Kubernetes translation here yet.
-            ..ChangeSet::default()
+            cluster_policies: self.cluster_policies.take(&self.state.cluster_policies),
+            baseline_policy: std::mem::take(&mut self.baseline_changed)
+                .then(|| self.baseline_previous.take())
+                .filter(|previous| *previous != self.state.baseline_policy)
+                .map(|previous| Change {
+                    previous,
+                    current: self.state.baseline_policy.clone(),
+                }),
+            nodes: self.nodes.take(&self.state.nodes),
+            host_endpoints: self.host_endpoints.take(&self.state.host_endpoints),
+            host_policies: self.host_policies.take(&self.state.host_policies),
+            failsafe_ports: self
+                .failsafe_previous
+                .take()
+                .filter(|previous| *previous != self.state.failsafe_ports)
+                .map(|previous| Change {
+                    previous: Some(previous),
+                    current: Some(self.state.failsafe_ports.clone()),
+                }),
         }
     }
 
@@ -215,6 +324,10 @@ impl Materialized {
         self.pods.recording = on;
         self.policies.recording = on;
         self.namespaces.recording = on;
+        self.nodes.recording = on;
+        self.cluster_policies.recording = on;
+        self.host_endpoints.recording = on;
+        self.host_policies.recording = on;
     }
 
     /// Gives back the spare capacity of the state's lists when it is large (a list that grew
@@ -243,6 +356,13 @@ impl Materialized {
         self.pods.forget();
         self.policies.forget();
         self.namespaces.forget();
+        self.nodes.forget();
+        self.cluster_policies.forget();
+        self.host_endpoints.forget();
+        self.host_policies.forget();
+        self.baseline_changed = false;
+        self.baseline_previous = None;
+        self.failsafe_previous = None;
     }
 
     /// A copy of the state with every list in name order.
@@ -254,6 +374,16 @@ impl Materialized {
         state.policies.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         state
             .namespaces
+            .sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        state.nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        state
+            .cluster_policies
+            .sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        state
+            .host_endpoints
+            .sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        state
+            .host_policies
             .sort_unstable_by(|a, b| a.name.cmp(&b.name));
         state
     }

@@ -201,7 +201,7 @@ fn port(p: &NetworkPolicyPort, at: &str) -> Result<PolicyPort, Bad> {
 
 /// A label selector, checked as the API server does (`ValidateLabelSelector`): known
 /// operators, values only with `In` and `NotIn` (and required there), non-empty keys.
-fn selector(s: Option<&meta::LabelSelector>, at: &str) -> Result<LabelSelector, Bad> {
+pub(crate) fn selector(s: Option<&meta::LabelSelector>, at: &str) -> Result<LabelSelector, Bad> {
     let mut out = LabelSelector::default();
     let Some(s) = s else {
         return Ok(out);

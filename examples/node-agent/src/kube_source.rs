@@ -9,7 +9,10 @@
 //!  Pods            field: status.phase!=Failed,…!=Succeeded       │   (Listed, Applied, Deleted,
 //!                                                                 │   Error) ─▶ mpsc
 //!  Namespaces      all                                            │
-//!  Node            field: metadata.name=<this node> ──────────────┘
+//!  Nodes           all (this node; the others as `nodes` peers)   │
+//!  AdminNetworkPolicies, BaselineAdminNetworkPolicies,            │
+//!  HostEndpoints, GlobalNetworkPolicies, FelixConfigurations      │
+//!                  all, as dynamic objects (custom resources) ────┘
 //! ```
 //!
 //! What each watch asks for, and why:
@@ -20,8 +23,16 @@
 //!   [`dataplane_kube::service_label_selector`] and
 //!   [`dataplane_kube::endpoint_slice_label_selector`], so that the translation and the watch
 //!   agree on which objects are ours.
-//! - The Node is watched by name (`metadata.name=<node>`), as kube-proxy's node informer is:
-//!   the agent needs its own Node only (addresses, podCIDRs, the draining taint).
+//! - Nodes are watched whole: the agent's own (addresses, podCIDRs, the draining taint), and
+//!   the others for AdminNetworkPolicy `nodes` peers (the store keeps only their names,
+//!   labels and addresses, so their status heartbeats are no change).
+//! - The policy tier kinds (AdminNetworkPolicy and BaselineAdminNetworkPolicy of
+//!   `policy.networking.k8s.io/v1alpha1`; Calico's HostEndpoint, GlobalNetworkPolicy and
+//!   `FelixConfiguration` of `projectcalico.org/v3`) are custom resources: they are watched as
+//!   dynamic objects and read into `dataplane_kube`'s types; one that does not read is an
+//!   error naming it (and the store keeps its previous version). A cluster without the
+//!   definition answers 404: that kind is then listed as empty (so that the agent syncs) and
+//!   that watch ends (an agent restart picks up a definition installed later).
 //! - Pods are watched cluster-wide, because NetworkPolicy peers are selected across namespaces
 //!   and nodes, but without finished pods (`status.phase!=Failed,status.phase!=Succeeded`):
 //!   a finished pod has released its address, which may already belong to another pod, and
@@ -71,13 +82,14 @@ use dataplane_kube::{
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
-    Kind, Object,
+    Kind, Object, ObjectKey,
 };
 use futures::{
     stream::{self, BoxStream},
     StreamExt as _,
 };
 use kube::{
+    api::{ApiResource, DynamicObject, GroupVersionKind},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{watcher, WatchStreamExt as _},
     Api, Client, Resource,
@@ -143,12 +155,21 @@ pub fn watch_config(kind: Kind, node_name: &str, proxy_name: Option<&str>) -> wa
             config.labels(&dataplane_kube::endpoint_slice_label_selector(proxy_name))
         }
         Kind::Pod => config.fields(POD_FIELD_SELECTOR),
-        Kind::Node => config.fields(&format!("metadata.name={node_name}")),
-        Kind::NetworkPolicy | Kind::Namespace => config,
+        Kind::Node
+        | Kind::NetworkPolicy
+        | Kind::Namespace
+        | Kind::AdminNetworkPolicy
+        | Kind::BaselineAdminNetworkPolicy
+        | Kind::HostEndpoint
+        | Kind::GlobalNetworkPolicy
+        | Kind::FelixConfiguration => {
+            let _ = node_name;
+            config
+        }
     }
 }
 
-/// Watches the six kinds through `client` and sends what they see on `tx` until the receiver
+/// Watches every kind through `client` and sends what they see on `tx` until the receiver
 /// is dropped (then returns `Ok`).
 ///
 /// For each kind the first event is a [`SourceEvent::Listed`] with every object of the kind
@@ -188,7 +209,12 @@ pub async fn run(
             config(Kind::Namespace),
             Kind::Namespace,
         ),
-        watch::<Node>(Api::all(client), config(Kind::Node), Kind::Node),
+        watch::<Node>(Api::all(client.clone()), config(Kind::Node), Kind::Node),
+        watch_policy_tier(&client, Kind::AdminNetworkPolicy),
+        watch_policy_tier(&client, Kind::BaselineAdminNetworkPolicy),
+        watch_policy_tier(&client, Kind::HostEndpoint),
+        watch_policy_tier(&client, Kind::GlobalNetworkPolicy),
+        watch_policy_tier(&client, Kind::FelixConfiguration),
     ]);
     loop {
         // Waiting on `closed` as well lets the source stop while every watch is idle, instead
@@ -259,6 +285,111 @@ where
             };
             std::future::ready(event)
         })
+        .boxed()
+}
+
+/// The watch of a policy tier kind (a custom resource) as dynamic objects, read into
+/// `dataplane_kube`'s types. A 404 (the definition is not installed) is sent as an empty
+/// listing as well as an error, so that the agent does not wait for a kind the cluster
+/// does not have.
+fn watch_policy_tier(client: &Client, kind: Kind) -> BoxStream<'static, SourceEvent> {
+    let (group, version) = kind
+        .api_version()
+        .split_once('/')
+        .unwrap_or(("", kind.api_version()));
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, kind.name()),
+        kind.plural(),
+    );
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let config = watch_config(kind, "", None);
+    let read = move |object: DynamicObject| -> Result<Object, String> {
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let mut value = serde_json::to_value(&object).map_err(|e| e.to_string())?;
+        // A list's items come without them.
+        if let Some(map) = value.as_object_mut() {
+            map.insert("apiVersion".into(), kind.api_version().into());
+            map.insert("kind".into(), kind.name().into());
+        }
+        if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.remove("managedFields");
+            if let Some(a) = meta.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+                a.remove(LAST_APPLIED);
+            }
+        }
+        dataplane_kube::parse_value(&value)
+            .map_err(|e| format!("watch of {kind}: {kind} {name}: {e}"))
+    };
+    let mut listing: Option<Vec<Object>> = None;
+    // `None` ends the watch (the kind is not served).
+    watcher(api, config)
+        .default_backoff()
+        .flat_map(move |event| {
+            let events: Vec<Option<SourceEvent>> = match event {
+                Ok(watcher::Event::Init) => {
+                    listing = Some(Vec::new());
+                    vec![]
+                }
+                Ok(watcher::Event::InitApply(object)) => match read(object) {
+                    Ok(o) => {
+                        listing.get_or_insert_with(Vec::new).push(o);
+                        vec![]
+                    }
+                    Err(message) => vec![Some(SourceEvent::Error {
+                        kind: Some(kind),
+                        message,
+                    })],
+                },
+                Ok(watcher::Event::InitDone) => vec![Some(SourceEvent::Listed {
+                    kind,
+                    objects: listing.take().unwrap_or_default(),
+                })],
+                Ok(watcher::Event::Apply(object)) => vec![Some(match read(object) {
+                    Ok(o) => SourceEvent::Applied(o),
+                    Err(message) => SourceEvent::Error {
+                        kind: Some(kind),
+                        message,
+                    },
+                })],
+                Ok(watcher::Event::Delete(object)) => {
+                    vec![Some(match object.metadata.name {
+                        Some(name) => SourceEvent::Deleted(ObjectKey::cluster(kind, name)),
+                        None => SourceEvent::Error {
+                            kind: Some(kind),
+                            message: format!("watch of {kind}: deleted object without a name"),
+                        },
+                    })]
+                }
+                Err(error) => {
+                    let missing = matches!(
+                        &error,
+                        watcher::Error::InitialListFailed(kube::Error::Api(status))
+                            if status.code == 404
+                    );
+                    if missing {
+                        // Listed as empty, and not watched again: a cluster without the
+                        // definition would otherwise be asked for it every 30 s by every
+                        // agent. A definition installed later needs an agent restart.
+                        tracing::info!(%kind, "not served by this cluster: taken as empty");
+                        vec![
+                            Some(SourceEvent::Listed {
+                                kind,
+                                objects: Vec::new(),
+                            }),
+                            None,
+                        ]
+                    } else {
+                        vec![Some(SourceEvent::Error {
+                            kind: Some(kind),
+                            message: format!("watch of {kind}: {}", error_chain(&error)),
+                        })]
+                    }
+                }
+            };
+            stream::iter(events)
+        })
+        .take_while(|event| std::future::ready(event.is_some()))
+        .filter_map(std::future::ready)
         .boxed()
 }
 

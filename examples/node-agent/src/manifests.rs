@@ -8,7 +8,7 @@
 //! ```
 //!
 //! - At start: the directory file by file (`ListPart`s, one file's objects at a time), then
-//!   `Listed` for all six kinds (closing the listing), then per change the
+//!   `Listed` for every kind (closing the listing), then per change the
 //!   difference per object: `Applied` for a new or changed object, `Deleted` for one that is
 //!   gone from every file. An object that moved from one file to another in one burst is
 //!   neither deleted nor re-applied.
@@ -102,6 +102,11 @@ fn digest(object: &Object) -> Digest {
         Object::Pod(o) => serde_json::to_writer(&mut w, o),
         Object::Namespace(o) => serde_json::to_writer(&mut w, o),
         Object::Node(o) => serde_json::to_writer(&mut w, o),
+        Object::AdminNetworkPolicy(o) => serde_json::to_writer(&mut w, o),
+        Object::BaselineAdminNetworkPolicy(o) => serde_json::to_writer(&mut w, o),
+        Object::HostEndpoint(o) => serde_json::to_writer(&mut w, o),
+        Object::GlobalNetworkPolicy(o) => serde_json::to_writer(&mut w, o),
+        Object::FelixConfiguration(o) => serde_json::to_writer(&mut w, o),
     };
     std::hash::Hasher::finish(&w.0)
 }

@@ -8,7 +8,7 @@ use dataplane_kube::{Kind, Object, ObjectKey};
 /// A source sends [`SourceEvent::Listed`] for every kind it watches before any
 /// [`SourceEvent::Applied`] or [`SourceEvent::Deleted`] of that kind, and `Listed` again after
 /// a relist (a watch that expired with 410 Gone, a directory rescanned). The reconcile loop
-/// does not sync until all six kinds have listed once: a half-known cluster would remove
+/// does not sync until all kinds (`Kind::ALL`) have listed once: a half-known cluster would remove
 /// services that merely were not listed yet.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceEvent {

@@ -167,7 +167,7 @@ fn the_first_listing_has_every_kind_empty_ones_included() {
     );
     let mut m = ManifestDir::new(dir.path());
     let events = m.list().unwrap();
-    assert_eq!(events.len(), 6, "{:?}", summary(&events));
+    assert_eq!(events.len(), Kind::ALL.len(), "{:?}", summary(&events));
     assert_eq!(listed(&events, Kind::Node), [key(Kind::Node, "node-0")]);
     assert_eq!(listed(&events, Kind::Service), [key(Kind::Service, "web")]);
     assert_eq!(
@@ -362,7 +362,7 @@ async fn the_watcher_lists_then_follows_editor_saves_and_deletes() {
     let source = spawn(dir.path(), tx).unwrap();
     let mut kinds = BTreeSet::new();
     let mut parts = Vec::new();
-    while kinds.len() < 6 {
+    while kinds.len() < Kind::ALL.len() {
         match next(&mut rx).await {
             SourceEvent::Listed { kind, objects } => {
                 assert!(objects.is_empty());
@@ -499,7 +499,7 @@ async fn the_watcher_reads_nothing_while_nothing_changes() {
     let source = spawn(dir.path(), tx).unwrap();
     // The listing streams file by file (parts), then closes each kind.
     let mut closed = 0;
-    while closed < 6 {
+    while closed < Kind::ALL.len() {
         match next(&mut rx).await {
             SourceEvent::Listed { objects, .. } => {
                 assert!(objects.is_empty(), "the objects came in parts");

@@ -76,6 +76,13 @@ fn resource_path(kind: Kind) -> &'static str {
         Kind::Pod => "/api/v1/pods",
         Kind::Namespace => "/api/v1/namespaces",
         Kind::Node => "/api/v1/nodes",
+        Kind::AdminNetworkPolicy => "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies",
+        Kind::BaselineAdminNetworkPolicy => {
+            "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies"
+        }
+        Kind::HostEndpoint => "/apis/projectcalico.org/v3/hostendpoints",
+        Kind::GlobalNetworkPolicy => "/apis/projectcalico.org/v3/globalnetworkpolicies",
+        Kind::FelixConfiguration => "/apis/projectcalico.org/v3/felixconfigurations",
     }
 }
 
@@ -88,6 +95,11 @@ fn list_fixture(kind: Kind) -> &'static str {
         Kind::Pod => "pods.json",
         Kind::Namespace => "namespaces.json",
         Kind::Node => "nodes.json",
+        Kind::AdminNetworkPolicy => "adminnetworkpolicies.json",
+        Kind::BaselineAdminNetworkPolicy => "baselineadminnetworkpolicies.json",
+        Kind::HostEndpoint => "hostendpoints.json",
+        Kind::GlobalNetworkPolicy => "globalnetworkpolicies.json",
+        Kind::FelixConfiguration => "felixconfigurations.json",
     }
 }
 
@@ -465,8 +477,14 @@ fn assert_selectors(request: &Recorded, proxy_name: Option<&str>) {
             None,
             Some("status.phase!=Failed,status.phase!=Succeeded".to_owned()),
         ),
-        Kind::Node => (None, Some(format!("metadata.name={NODE}"))),
-        Kind::NetworkPolicy | Kind::Namespace => (None, None),
+        Kind::Node
+        | Kind::NetworkPolicy
+        | Kind::Namespace
+        | Kind::AdminNetworkPolicy
+        | Kind::BaselineAdminNetworkPolicy
+        | Kind::HostEndpoint
+        | Kind::GlobalNetworkPolicy
+        | Kind::FelixConfiguration => (None, None),
     };
     assert_eq!(
         request.param("labelSelector"),
@@ -887,6 +905,19 @@ fn recorded_objects(kind: Kind) -> Vec<Object> {
             Kind::Pod => Object::from(parse::<Pod>(item)),
             Kind::Namespace => Object::from(parse::<Namespace>(item)),
             Kind::Node => Object::from(parse::<Node>(item)),
+            Kind::AdminNetworkPolicy => {
+                Object::from(parse::<dataplane_kube::anp::AdminNetworkPolicy>(item))
+            }
+            Kind::BaselineAdminNetworkPolicy => Object::from(parse::<
+                dataplane_kube::anp::BaselineAdminNetworkPolicy,
+            >(item)),
+            Kind::HostEndpoint => Object::from(parse::<dataplane_kube::calico::HostEndpoint>(item)),
+            Kind::GlobalNetworkPolicy => {
+                Object::from(parse::<dataplane_kube::calico::GlobalNetworkPolicy>(item))
+            }
+            Kind::FelixConfiguration => {
+                Object::from(parse::<dataplane_kube::calico::FelixConfiguration>(item))
+            }
         })
         .collect()
 }
@@ -954,6 +985,55 @@ async fn slimmed_objects_translate_as_the_recorded_ones() {
     assert!(
         state.services.iter().any(|s| s.name.name == "web"),
         "{state:#?}"
+    );
+    // The policy tiers, read from dynamic objects as from the recorded ones: this node's
+    // host endpoint only, and the failsafe ports of FelixConfiguration `default`.
+    assert_eq!(state.cluster_policies.len(), 1, "{state:#?}");
+    assert!(state.baseline_policy.is_some(), "{state:#?}");
+    let endpoints: Vec<_> = state
+        .host_endpoints
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(endpoints, ["node-0-eth0"]);
+    assert_eq!(state.host_policies.len(), 1, "{state:#?}");
+    assert_eq!(
+        state.failsafe_ports.inbound,
+        [
+            dataplane::FailsafePort::tcp(22),
+            dataplane::FailsafePort::tcp(6443)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_custom_resource_the_cluster_lacks_is_listed_empty() {
+    let api = FakeApi::start().await;
+    let not_found = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#;
+    api.lists(
+        Kind::HostEndpoint,
+        [Reply::Status(StatusCode::NOT_FOUND, not_found.to_owned())],
+    );
+    let (mut rx, _task) = start_source(&api, None);
+    let listed = initial_lists(&mut rx).await;
+    assert!(listed[&Kind::HostEndpoint].is_empty());
+    assert_eq!(listed[&Kind::GlobalNetworkPolicy].len(), 1);
+    // And that watch is not retried: one list, no watch.
+    assert_eq!(api.requests(Kind::HostEndpoint, false).len(), 1);
+    assert!(api.requests(Kind::HostEndpoint, true).is_empty());
+}
+
+#[tokio::test]
+async fn a_custom_resource_with_a_rejected_field_is_an_error_naming_it() {
+    let api = FakeApi::start().await;
+    let list = fixture("globalnetworkpolicies.json").replace("has(host-endpoint)", "all()");
+    api.lists(Kind::GlobalNetworkPolicy, [Reply::Json(list)]);
+    let (mut rx, _task) = start_source(&api, None);
+    let ((kind, message), _) = next_error(&mut rx).await;
+    assert_eq!(kind, Some(Kind::GlobalNetworkPolicy));
+    assert!(
+        message.contains("GlobalNetworkPolicy block-flood: spec.selector:"),
+        "{message}"
     );
 }
 

@@ -120,7 +120,7 @@ fn agent_container(ds: &DaemonSet) -> &Container {
 }
 
 #[test]
-fn rbac_grants_read_access_to_the_six_kinds_only() {
+fn rbac_grants_read_access_to_the_kinds_read_only() {
     let d = load();
     let role = the(&d.cluster_roles, "ClusterRole");
     let rules = role.rules.as_deref().unwrap_or_default();
@@ -145,17 +145,14 @@ fn rbac_grants_read_access_to_the_six_kinds_only() {
             }
         }
     }
-    let expected: BTreeSet<(String, String)> = [
-        ("", "services"),
-        ("", "pods"),
-        ("", "namespaces"),
-        ("", "nodes"),
-        ("discovery.k8s.io", "endpointslices"),
-        ("networking.k8s.io", "networkpolicies"),
-    ]
-    .into_iter()
-    .map(|(g, r)| (g.to_owned(), r.to_owned()))
-    .collect();
+    // Every kind the agent watches, and nothing else.
+    let expected: BTreeSet<(String, String)> = dataplane_kube::Kind::ALL
+        .into_iter()
+        .map(|kind| {
+            let group = kind.api_version().rsplit_once('/').map_or("", |(g, _)| g);
+            (group.to_owned(), kind.plural().to_owned())
+        })
+        .collect();
     assert_eq!(granted, expected);
 
     // The binding gives that role to the service account the DaemonSet runs as.

@@ -425,6 +425,11 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	default:
 		break;
 	}
+	/* The uplink's answers of our own (a reject, ICMP fragmentation needed) are not the
+	 * packet: host policy's normal stage (tc_host.c) leaves them alone, as the reference
+	 * model leaves a reject. */
+	if (ctx != CTX_FROM_POD)
+		skb->cb[CB_HOST] = 0;
 	switch (ret) {
 	case DP_REJECT:
 	case DP_REJECT_PORT:

@@ -759,6 +759,137 @@ struct {
 } dp_names SEC(".maps");
 
 /*
+ * Host endpoint policy (host_policy.h; written by src/host_policy.rs): the policies selecting
+ * the uplink's host endpoint, compiled per stage and direction into a "set" of at most
+ * HS_RULES rules numbered in evaluation order (policy order, then rule order). Each part of a
+ * rule (source net, destination net, source port, destination port) is an LPM lookup in
+ * dp_host_lpm that yields the mask of the set's rules that part allows; the first matching
+ * rule is the lowest bit of the AND of the four masks. Everything a set holds is written
+ * under one generation (gen), the next sync's under the other, and dp_host_cfg[0].gen flips
+ * between them once the new one is complete (make before break).
+ */
+enum host_set {
+	HS_UNTRACKED_IN = 0,  /* doNotTrack ingress */
+	HS_UNTRACKED_OUT = 1, /* doNotTrack egress (the node's own packets) */
+	HS_PREDNAT_IN = 2,    /* preDNAT ingress */
+	HS_NORMAL_IN = 3,     /* normal ingress (after translation) */
+	HS_NORMAL_OUT = 4,    /* normal egress (after translation) */
+	HS_SETS = 8,          /* set slots per generation */
+	HS_RULES = 64,        /* rules per set: the bits of a mask */
+	HS_GEN_RULES = 512,   /* HS_SETS * HS_RULES: rule slots per generation */
+	HS_RULE_SLOTS = 1024, /* dp_host_rules' and dp_host_drops' size: two generations */
+};
+
+/* host_key.kind */
+enum host_kind {
+	HK_SRC_NET = 0,  /* sub: DP_AF_*; data: the address (IPv4 in data[0]) */
+	HK_DST_NET = 1,
+	HK_SRC_PORT = 2, /* sub: IPPROTO_*; data[0]: the port (network order) */
+	HK_DST_PORT = 3,
+	HK_FAILSAFE = 4, /* set: 0 inbound, 1 outbound; sub: IPPROTO_*; data[0]: port */
+};
+
+/* dp_host_rules values */
+enum host_action {
+	HA_NONE = 0,
+	HA_ALLOW = 1,
+	HA_DENY = 2,
+};
+
+/* host_cfg.flags (entry 1 + gen); entry 0 holds only the active gen */
+enum host_cfg_flag {
+	HC_F_ON = 1 << 30,          /* the uplink has a host endpoint */
+	HC_F_NORMAL = 1 << 20,      /* a normal policy selects it: connections are tracked */
+	HC_F_DEF_IN = 1 << 16,      /* a normal policy applies to ingress: default deny */
+	HC_F_DEF_IN_FWD = 1 << 17,  /* ... one with applyOnForward (forwarded traffic) */
+	HC_F_DEF_OUT = 1 << 18,     /* a normal policy applies to egress */
+	HC_F_DEF_OUT_FWD = 1 << 19, /* ... one with applyOnForward */
+	/* bit 1 << HS_*: the set has rules */
+};
+
+/* LPM key of dp_host_lpm: prefixlen counts gen, kind and set (24 bits), then sub (8) and
+ * the data's bits. A prefix of 24 bits is every family / protocol; 32, every address / port
+ * of one. The value is the mask of the set's rules (user space ORs into each prefix the
+ * masks of the prefixes containing it); for HK_FAILSAFE, nonzero. */
+struct host_key {
+	__u32 prefixlen;
+	__u8 gen;
+	__u8 kind; /* HK_* */
+	__u8 set;  /* HS_* */
+	__u8 sub;
+	__u32 data[4];
+};
+
+struct host_cfg {
+	__u32 gen;     /* entry 0: the active generation (0 or 1) */
+	__u32 flags;   /* entries 1 and 2 (1 + gen): HC_F_*, 1 << HS_* */
+	__u64 fwd_in;  /* HS_NORMAL_IN's rules of applyOnForward policies (forwarded traffic) */
+	__u64 fwd_out; /* HS_NORMAL_OUT's */
+};
+
+/* What host policy's first stages left for the normal stage after translation (per CPU:
+ * the same program run reads it back). */
+struct host_scratch {
+	struct ct_key arrived; /* the packet's tuple before translation */
+	__u32 own;             /* egress: sent by the node itself (its source a node address) */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct host_key);
+	__type(value, __u64);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_host_lpm SEC(".maps");
+
+/* gen * HS_GEN_RULES + set * HS_RULES + rule -> HA_* */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, HS_RULE_SLOTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_host_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct host_cfg);
+	__uint(max_entries, 3);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_host_cfg SEC(".maps");
+
+/* Connections host policy let through (normal stage): each one's tuples both ways, before
+ * and after translation -> last seen (ns). Their later packets and replies skip the normal
+ * policies (Calico's conntrack accepts established traffic before them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, __u64);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_host_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct host_scratch);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_host_scratch SEC(".maps");
+
+/* Packets each rule dropped, per CPU, indexed as dp_host_rules. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, HS_RULE_SLOTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_host_drops SEC(".maps");
+
+/*
  * BTF holds an enum only when a type the object emits uses it. This struct names every
  * constant enum above and dp_consts_btf() takes it, so that each object's BTF carries them
  * for tests/btf_layout.rs. Nothing calls the function; `used` keeps it.
@@ -788,6 +919,10 @@ struct dp_consts {
 	enum ev_limit_const ev_limit_const;
 	enum name_kind name_kind;
 	enum svc_limit svc_limit;
+	enum host_set host_set;
+	enum host_kind host_kind;
+	enum host_action host_action;
+	enum host_cfg_flag host_cfg_flag;
 	/* and the event record, which only user space reads */
 	struct flow_event flow_event; /* by value: a pointer would carry only its name */
 };

@@ -48,6 +48,8 @@
 #include "dsr.h"
 /* events.h for ev_reserve(); its TC helpers are not used here either. */
 #include "events.h"
+/* host_policy.h for host_first() and the counters; its TC stages are not used here. */
+#include "host_policy.h"
 #pragma clang diagnostic pop
 
 #define XDP_L4_OFF4 (sizeof(struct ethhdr) + IPV4_BASE_LEN)
@@ -683,12 +685,104 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 	return xdp_send(ctx, &x);
 }
 
+/**
+ * host_xdp() - host policy's untracked ingress rules at XDP, before anything else: a packet
+ * whose first matching untracked rule is a Deny is dropped here (counted per rule in
+ * dp_host_drops and at the `xdp` point with reason Policy), unless it is for one of the
+ * node's addresses on an inbound failsafe port. Returns XDP_DROP; XDP_PASS when TC must
+ * decide (an untracked Allow, which must get no conntrack entry from the fast path; pre-DNAT
+ * or normal rules in force, which TC applies; an IPv6 extension header or IPv4 fragment, whose ports
+ * TC finds); HOST_GO_ON when host policy has nothing to say. Its own frame: the fast path's
+ * chain below is at the stack limit. Calico's XDP program (felix/bpf-gpl/xdp.c) does the
+ * same with its untracked policy program: failsafes first (failsafe.h), then the policy; it
+ * tells TC through the XDP metadata (metadata.h) that a packet was allowed, where TC here
+ * simply judges the packet again with the same maps (same verdict, one more lookup).
+ */
+static __noinline int host_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct host_pkt hp;
+	struct pkt p;
+	__u32 l4_off;
+	__u32 flags;
+	__u32 gen;
+	__u8 *l4;
+	int idx;
+
+	gen = host_gen(&flags);
+	if (!(flags & HC_F_ON) ||
+	    !(flags & ((1 << HS_UNTRACKED_IN) | (1 << HS_PREDNAT_IN) | HC_F_NORMAL)))
+		return HOST_GO_ON;
+	if ((void *)(eth + 1) > end)
+		return HOST_GO_ON;
+	__builtin_memset(&hp, 0, sizeof(hp));
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end || ip->ihl < 5)
+			return XDP_PASS;
+		hp.family = DP_AF_INET;
+		hp.proto = ip->protocol;
+		hp.saddr[0] = ip->saddr;
+		hp.daddr[0] = ip->daddr;
+		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+			return XDP_PASS;
+		l4_off = sizeof(*eth) + ip->ihl * 4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end || ipv6_is_ext(ip6->nexthdr))
+			return XDP_PASS;
+		hp.family = DP_AF_INET6;
+		hp.proto = ip6->nexthdr;
+		__builtin_memcpy(hp.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(hp.daddr, &ip6->daddr, 16);
+		l4_off = sizeof(*eth) + sizeof(*ip6);
+	} else {
+		return HOST_GO_ON;
+	}
+	/* (SCTP's ports are not parsed, as in TC's parse_packet(): user space refuses rules
+	 * with SCTP ports) */
+	if (hp.proto == IPPROTO_TCP || hp.proto == IPPROTO_UDP) {
+		l4_off &= 0xff;
+		l4 = data + l4_off;
+		if ((void *)(l4 + 14) > end) {
+			if (hp.proto == IPPROTO_TCP || (void *)(l4 + 4) > end)
+				return XDP_PASS;
+		} else if (hp.proto == IPPROTO_TCP) {
+			hp.tcp_flags = l4[13];
+		}
+		hp.sport = *(__be16 *)&l4[0];
+		hp.dport = *(__be16 *)&l4[2];
+	}
+	p.family = hp.family;
+	if ((cidr_bits(&p, hp.daddr) & CIDR_F_NODE) && host_failsafe(&hp, gen, 0))
+		return HOST_GO_ON;
+	if (flags & (1 << HS_UNTRACKED_IN)) {
+		idx = host_first(&hp, gen, HS_UNTRACKED_IN, ~0ULL);
+		if (idx >= 0) {
+			if (host_action(idx) != HA_DENY)
+				return XDP_PASS;
+			host_count_drop(&hp, idx, ctx->ingress_ifindex, PT_XDP);
+			return XDP_DROP;
+		}
+	}
+	/* Pre-DNAT and normal policies are TC's (and the connections they track). */
+	return (flags & ((1 << HS_PREDNAT_IN) | HC_F_NORMAL)) ? XDP_PASS : HOST_GO_ON;
+}
+
 static __always_inline int xdp_uplink(struct xdp_md *ctx)
 {
 	struct pkt p;
 	struct ct_key k;
 	struct ct_entry *fwd;
+	int host = host_xdp(ctx);
 
+	/* Host policy's untracked denies before anything else. */
+	if (host != HOST_GO_ON)
+		return host;
 	if (!xdp_parse(ctx, &p))
 		return XDP_PASS;
 	ct_key_from_pkt(&k, &p);

@@ -438,3 +438,31 @@ pub fn lab_cluster_ip(
         .collect();
     s
 }
+
+/// `dp_ct` of `n`, typed.
+pub fn ct_map(
+    n: &TestNode,
+) -> aya::maps::HashMap<
+    aya::maps::MapData,
+    dataplane_ebpf::maps::CtKey,
+    dataplane_ebpf::maps::CtEntry,
+> {
+    let map = aya::maps::MapData::from_pin(n.pin_dir.join("dp_ct")).expect("pinned dp_ct");
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("dp_ct")
+}
+
+/// The conntrack key of `src`:`sport` -> `dst`:`dport` (TCP).
+pub fn ct_key(src: &str, sport: u16, dst: &str, dport: u16) -> dataplane_ebpf::maps::CtKey {
+    use dataplane_ebpf::maps::{family_of, Addr, Be16, CtKey};
+    let src: IpAddr = src.parse().unwrap();
+    CtKey {
+        saddr: Addr::new(src),
+        daddr: Addr::new(dst.parse().unwrap()),
+        sport: Be16::new(sport),
+        dport: Be16::new(dport),
+        proto: 6,
+        family: family_of(&src),
+        pad0: 0,
+        pad: 0,
+    }
+}

@@ -71,7 +71,7 @@ pub type IpSets = BTreeMap<String, IpSetSpec>;
 
 /// One ipset: a `hash:ip` of the members of one peer set in one address family (read from
 /// the compiled policy when written: see [`super::ipset::members`]), or a `hash:net` of the
-/// CIDRs of a host policy rule (`nets`, see [`super::host`]).
+/// CIDRs of a host policy rule (`nets`, see `iptables/host.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpSetSpec {
     /// The peer set it holds (for a host policy set, its name).
@@ -156,7 +156,7 @@ pub fn ipsets(compiled: &CompiledPolicy, prefix: &str) -> Result<IpSets, NameCol
     ipsets_named(compiled, prefix, &hash_name)
 }
 
-/// The `hash:net` ipsets of host policy (both families; see [`super::host`]).
+/// The `hash:net` ipsets of host policy (both families; see `iptables/host.rs`).
 pub fn host_ipsets(state: &DesiredState, prefix: &str) -> IpSets {
     let mut out = IpSets::new();
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -295,7 +295,7 @@ fn claim(
 /// The policy chains of `family` of `state` (whose compiled policy is `compiled`): when the
 /// state has pod policy (NetworkPolicy, cluster tiers) and endpoints, `DP-POLICY` with the
 /// anti-spoofing chains and the direction chains it dispatches to; with host endpoint
-/// policy, its chains (see [`super::host`]).
+/// policy, its chains (see `iptables/host.rs`).
 pub fn chains(
     compiled: &CompiledPolicy,
     state: &DesiredState,

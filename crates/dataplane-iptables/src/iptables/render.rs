@@ -64,7 +64,7 @@ pub enum Table {
     /// `filter`: drops and rejects of marked packets.
     Filter,
     /// `raw`: untracked (`doNotTrack`) host endpoint policy, before conntrack (only while
-    /// the state has host endpoint policy: see [`super::host`]).
+    /// the state has host endpoint policy: see `iptables/host.rs`).
     Raw,
     /// `mangle`: pre-DNAT host endpoint policy, before the nat table's DNAT (as `raw`).
     Mangle,
@@ -112,7 +112,7 @@ impl std::fmt::Display for Table {
 }
 
 /// The table a policy chain of ours lives in, by its name: `DP-RAW-*` raw, `DP-MGL-*`
-/// mangle (host endpoint policy, see [`super::host`]), every other filter.
+/// mangle (host endpoint policy, see `iptables/host.rs`), every other filter.
 pub fn table_of(prefix: &str, name: &str) -> Table {
     match name
         .strip_prefix(prefix)
@@ -200,7 +200,7 @@ pub fn hooks(prefix: &str) -> Vec<(Table, &'static str, String)> {
         // own traffic is not a pod's (pods' packets come in on an interface: INPUT, FORWARD),
         // and a source address cannot tell the node from a pod forging it.
         (Table::Filter, "OUTPUT", format!("{prefix}-FILTER-OUT")),
-        // Host endpoint policy (see [`super::host`]), hooked only while the state has some:
+        // Host endpoint policy (see `iptables/host.rs`), hooked only while the state has some:
         // untracked rules before conntrack, pre-DNAT ones before the nat table's DNAT.
         (Table::Raw, "PREROUTING", super::host::raw_pre(prefix)),
         (Table::Raw, "OUTPUT", super::host::raw_out(prefix)),

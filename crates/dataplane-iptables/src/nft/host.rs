@@ -59,7 +59,7 @@ use dataplane_core::{
 use ipnetwork::IpNetwork;
 
 use super::family::{addr_type, ip_kw};
-use super::tiers::disjoint;
+use super::rule_text::disjoint;
 use crate::plan::{proto_name, FamilySuffix as _};
 
 /// The conntrack mark bit of a connection a pre-DNAT rule allowed.

@@ -9,6 +9,7 @@ pub(crate) mod netlink;
 pub mod observe;
 pub mod policy;
 pub mod render;
+mod rule_text;
 pub mod tiers;
 
 use std::collections::BTreeMap;

@@ -59,8 +59,8 @@ use dataplane_core::{
 use ipnetwork::IpNetwork;
 
 use super::family::ip_kw;
-use super::policy::{
-    chain_name, port_match, range_prefixes, sha256_name, Direction, DENY_POLICY_IN_CHAIN,
+use super::rule_text::{
+    chain_name, disjoint, port_match, sha256_name, Direction, DENY_POLICY_IN_CHAIN,
     DENY_POLICY_OUT_CHAIN,
 };
 use crate::plan::proto_name;
@@ -420,48 +420,6 @@ impl<'a> Context<'a> {
         out.into_iter()
             .map(|(ip, p, port)| format!("{ip} . {} . {port}", proto_name(p)))
             .collect()
-    }
-}
-
-/// `nets` of family `f` as disjoint, merged elements (`a/len` prefixes).
-pub(super) fn disjoint(nets: &[IpNetwork], f: IpFamily) -> Vec<String> {
-    let mut ranges: Vec<(u128, u128)> = nets
-        .iter()
-        .filter(|n| IpFamily::of(&n.ip()) == f)
-        .map(|n| (value(n.network()), value(n.broadcast())))
-        .collect();
-    ranges.sort_unstable();
-    let mut merged: Vec<(u128, u128)> = Vec::new();
-    for (lo, hi) in ranges {
-        match merged.last_mut() {
-            Some(last) if last.1 == u128::MAX || lo <= last.1 + 1 => last.1 = last.1.max(hi),
-            _ => merged.push((lo, hi)),
-        }
-    }
-    merged
-        .into_iter()
-        .flat_map(|(lo, hi)| range_prefixes(lo, hi, f))
-        .map(|n| {
-            if u32::from(n.prefix()) == bits(f) {
-                n.ip().to_string()
-            } else {
-                n.to_string()
-            }
-        })
-        .collect()
-}
-
-fn bits(f: IpFamily) -> u32 {
-    match f {
-        IpFamily::V4 => 32,
-        IpFamily::V6 => 128,
-    }
-}
-
-fn value(a: IpAddr) -> u128 {
-    match a {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
     }
 }
 

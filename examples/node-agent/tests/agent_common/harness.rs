@@ -157,7 +157,11 @@ pub fn list_all(h: &mut Harness, hc: u16) {
                 &[("10.244.0.11", "node-0", "pod-0-1")],
             )],
         ),
-    ] {
+    ]
+    .into_iter()
+    // The policy tier kinds (custom resources): none in this cluster.
+    .chain(Kind::POLICY_TIERS.map(|kind| objects(kind, &[])))
+    {
         h.reconciler.handle(event);
         assert!(!h.reconciler.ready(), "ready before every kind listed");
         assert!(

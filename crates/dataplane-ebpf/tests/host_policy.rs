@@ -1,0 +1,661 @@
+//! Host endpoint policy on the uplink with BPF_PROG_TEST_RUN on hand-built packets, against
+//! live maps: untracked denies at XDP (and first thing in TC where XDP is not attached),
+//! failsafe ports, untracked allows that leave no conntrack entry, pre-DNAT denies of a
+//! NodePort by source, normal policies (default deny, the node's own traffic, applyOnForward
+//! for forwarded traffic, judged after translation, replies through their connection), and a
+//! refusal (SCTP ports) that changes nothing.
+//!
+//! ```text
+//!   client --eth0 (02:..:02, 172.18.0.2, fd00:18::2)--> [dp_xdp_uplink] --XDP_TX--> node-b
+//!                                                             | XDP_PASS      172.18.0.3
+//!                                                             v               10.244.1.0/24
+//!                                                       [dp_from_uplink]
+//!   host endpoint "uplink" (role=uplink) on eth0; NodePort 30080 (SNAT) -> 10.244.1.20:8080
+//!   blocked (untracked Deny): 198.51.100.0/24, 2001:db8:bad::/48
+//!   trusted (untracked Allow): 192.0.2.0/25 to TCP 30080; node's replies from TCP 30080
+//! ```
+//! Verdicts: XDP `XDP_DROP` 1, `XDP_PASS` 2, `XDP_TX` 3; TC 0 (stack), 2 (shot), 7 (redirect).
+
+mod common;
+
+use common::{backend, check, ct_key, ct_map, eth, require_root, Fixture, TestNode, TCP_SYN};
+use dataplane_core::{
+    Dataplane, DesiredState, Error, HostAction, HostEndpoint, HostPolicy, HostPort, HostRule,
+    LabelSelector, ObjectName, PolicyType, Protocol, Service, ServicePort,
+};
+use dataplane_ebpf::{EbpfDataplane, Hook, HostRuleDrops, XdpMode};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const TC_OK: u32 = 0;
+const TC_SHOT: u32 = 2;
+const TC_REDIRECT: u32 = 7;
+
+fn node(tag: &str) -> TestNode {
+    let n = TestNode::new(tag);
+    n.route_via_neighbour(
+        "02:00:00:00:00:02",
+        "10.244.1.0/24",
+        "172.18.0.3",
+        "02:00:00:00:00:03",
+    );
+    n
+}
+
+fn dataplane(n: &TestNode) -> EbpfDataplane {
+    let mut c = n.config();
+    c.xdp = XdpMode::Native;
+    EbpfDataplane::new(c).expect("eBPF dataplane with XDP loads")
+}
+
+fn uplink() -> LabelSelector {
+    LabelSelector::default().with_label("role", "uplink")
+}
+
+fn net(s: &str) -> ipnetwork::IpNetwork {
+    s.parse().unwrap()
+}
+
+/// Untracked: `blocked` denies the given prefixes; `trusted` lets 192.0.2.0/25 reach TCP
+/// 30080 untracked, and the node's replies from TCP 30080 out, and denies the node's own
+/// packets to 198.51.100.0/24 and to node-b's pods (10.244.1.0/24).
+fn untracked(blocked: Vec<ipnetwork::IpNetwork>) -> Vec<HostPolicy> {
+    vec![
+        HostPolicy::new("blocked", uplink())
+            .untracked()
+            .with_order(10)
+            .with_ingress(HostRule::new(HostAction::Deny).from_nets(blocked)),
+        HostPolicy::new("trusted", uplink())
+            .untracked()
+            .with_order(20)
+            .with_ingress(
+                HostRule::new(HostAction::Allow)
+                    .protocol(Protocol::Tcp)
+                    .from_nets([net("192.0.2.0/25")])
+                    .to_ports([HostPort::Number(30080)]),
+            )
+            .with_egress(
+                HostRule::new(HostAction::Allow)
+                    .protocol(Protocol::Tcp)
+                    .from_ports([HostPort::Number(30080)]),
+            )
+            .with_egress(HostRule::new(HostAction::Deny).to_nets([net("198.51.100.0/24")]))
+            .with_egress(HostRule::new(HostAction::Deny).to_nets([net("10.244.1.0/24")])),
+    ]
+}
+
+fn scene(policies: Vec<HostPolicy>) -> DesiredState {
+    let mut svc = Service::new(ObjectName::new("default", "web"));
+    svc.cluster_ips = vec!["10.96.0.31".parse().unwrap()];
+    svc.ports = vec![ServicePort {
+        name: "http".into(),
+        protocol: Protocol::Tcp,
+        port: 80,
+        target_port: 8080,
+        node_port: Some(30080),
+    }];
+    svc.backends = vec![backend("10.244.1.20", "node-b")];
+    let mut st = DesiredState::new(common::node_a());
+    st.services = vec![svc];
+    st.host_endpoints =
+        vec![HostEndpoint::new("uplink", "node-a", "eth0").with_label("role", "uplink")];
+    st.host_policies = policies;
+    st
+}
+
+fn blocked_nets() -> Vec<ipnetwork::IpNetwork> {
+    vec![net("198.51.100.0/24"), net("2001:db8:bad::/48")]
+}
+
+fn syn(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
+    eth().ip(src, dst).tcp(sport, dport, TCP_SYN).build()
+}
+
+fn same(description: &'static str, hook: Hook, input: Vec<u8>, verdict: u32) -> Fixture {
+    Fixture {
+        description,
+        hook,
+        output: input.clone(),
+        input,
+        verdict,
+    }
+}
+
+/// Drops of `policy`'s `direction` rule `rule`.
+fn drops(dp: &EbpfDataplane, policy: &str, direction: PolicyType, rule: usize) -> u64 {
+    dp.host_rule_drops()
+        .expect("host rule drops")
+        .into_iter()
+        .find(|d: &HostRuleDrops| {
+            d.rule.policy == policy && d.rule.direction == direction && d.rule.rule == rule
+        })
+        .map_or(0, |d| d.packets)
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one table of fixtures, then the refusal and the removal
+fn untracked_denies_at_xdp_and_tc_with_failsafes_and_untracked_allows() {
+    if !require_root("untracked_denies_at_xdp_and_tc_with_failsafes_and_untracked_allows") {
+        return;
+    }
+    let n = node("hpxdp");
+    let mut dp = dataplane(&n);
+    dp.apply(&scene(untracked(blocked_nets()))).expect("apply");
+    let ct = ct_map(&n);
+
+    for f in [
+        same(
+            "TCP SYN from a blocked prefix to the node: dropped at XDP",
+            Hook::Xdp,
+            syn("198.51.100.7", "172.18.0.2", 40000, 9000),
+            XDP_DROP,
+        ),
+        same(
+            "TCP SYN from a blocked prefix to the NodePort: dropped at XDP, before the fast \
+             path",
+            Hook::Xdp,
+            syn("198.51.100.7", "172.18.0.2", 40001, 30080),
+            XDP_DROP,
+        ),
+        same(
+            "TCP SYN from a blocked prefix to a pod (forwarded): dropped at XDP",
+            Hook::Xdp,
+            syn("198.51.100.7", "10.244.0.10", 40002, 8080),
+            XDP_DROP,
+        ),
+        same(
+            "IPv6 TCP SYN from a blocked prefix: dropped at XDP",
+            Hook::Xdp,
+            syn("2001:db8:bad::7", "fd00:18::2", 40003, 9000),
+            XDP_DROP,
+        ),
+        same(
+            "UDP from a blocked prefix: dropped at XDP",
+            Hook::Xdp,
+            eth()
+                .ip("198.51.100.8", "172.18.0.2")
+                .udp(5353, 53)
+                .payload(b"q")
+                .build(),
+            XDP_DROP,
+        ),
+        same(
+            "TCP SYN from a blocked prefix to failsafe port 22 of the node: exempt, passed",
+            Hook::Xdp,
+            syn("198.51.100.7", "172.18.0.2", 40004, 22),
+            XDP_PASS,
+        ),
+        same(
+            "... and TC lets it through to the stack",
+            Hook::FromUplink,
+            syn("198.51.100.7", "172.18.0.2", 40004, 22),
+            TC_OK,
+        ),
+        same(
+            "TCP SYN from a blocked prefix to port 22 of a pod (not the node's): dropped",
+            Hook::Xdp,
+            syn("198.51.100.7", "10.244.0.10", 40005, 22),
+            XDP_DROP,
+        ),
+        same(
+            "without XDP, TC ingress drops the blocked source first",
+            Hook::FromUplink,
+            syn("198.51.100.7", "172.18.0.2", 40006, 30080),
+            TC_SHOT,
+        ),
+        same(
+            "an address next to the blocked prefix: untouched",
+            Hook::Xdp,
+            syn("198.51.101.7", "172.18.0.2", 40007, 9000),
+            XDP_PASS,
+        ),
+        same(
+            "untracked Allow (192.0.2.0/25 to the NodePort): XDP leaves it to TC, no fast \
+             path",
+            Hook::Xdp,
+            syn("192.0.2.7", "172.18.0.2", 40008, 30080),
+            XDP_PASS,
+        ),
+        same(
+            "... and TC hands it to the stack untranslated",
+            Hook::FromUplink,
+            syn("192.0.2.7", "172.18.0.2", 40008, 30080),
+            TC_OK,
+        ),
+        same(
+            "the node's reply from TCP 30080: allowed untracked on the way out",
+            Hook::ToUplink,
+            eth()
+                .ip("172.18.0.2", "192.0.2.7")
+                .tcp(30080, 40008, TCP_SYN | common::TCP_ACK)
+                .build(),
+            TC_OK,
+        ),
+        same(
+            "the node to a blocked prefix (untracked egress Deny): dropped",
+            Hook::ToUplink,
+            syn("172.18.0.2", "198.51.100.7", 40009, 443),
+            TC_SHOT,
+        ),
+        same(
+            "the node to a blocked prefix on failsafe UDP 53: exempt",
+            Hook::ToUplink,
+            eth()
+                .ip("172.18.0.2", "198.51.100.7")
+                .udp(40010, 53)
+                .payload(b"q")
+                .build(),
+            TC_OK,
+        ),
+    ] {
+        check(&mut dp, &f);
+    }
+    assert!(
+        ct.get(&ct_key("192.0.2.7", 40008, "172.18.0.2", 30080), 0)
+            .is_err(),
+        "an untracked Allow leaves no conntrack entry"
+    );
+    // XDP: 5 drops by the ingress rule, TC: 1; egress: 1.
+    assert_eq!(drops(&dp, "blocked", PolicyType::Ingress, 0), 7);
+    assert_eq!(drops(&dp, "trusted", PolicyType::Egress, 1), 1);
+
+    // Outside the untracked allow (192.0.2.200 is not in /25): the XDP fast path translates
+    // and tracks it as before.
+    let run = dp
+        .run_packet(
+            Hook::Xdp,
+            &syn("192.0.2.200", "172.18.0.2", 40011, 30080),
+            1,
+        )
+        .expect("run");
+    assert_eq!(
+        run.verdict, XDP_TX,
+        "tracked NodePort connection: fast path"
+    );
+    assert!(ct
+        .get(&ct_key("192.0.2.200", 40011, "172.18.0.2", 30080), 0)
+        .is_ok());
+
+    // A NodePort connection translated in TC (SNAT to the node's address, to node-b's pod)
+    // leaves by the uplink's egress: forwarded, not the node's own, so the untracked egress
+    // Deny of 10.244.1.0/24 (the node's own packets only) leaves it alone; the node's own
+    // packet there is dropped.
+    let run = dp
+        .run_packet(
+            Hook::FromUplink,
+            &syn("192.0.2.201", "172.18.0.2", 40014, 30080),
+            1,
+        )
+        .expect("run");
+    assert_eq!(run.verdict, TC_REDIRECT, "NodePort translated in TC");
+    let out = dp.run_packet(Hook::ToUplink, &run.output, 1).expect("run");
+    assert_eq!(
+        out.verdict, TC_OK,
+        "the translated packet is forwarded, not the node's"
+    );
+    check(
+        &mut dp,
+        &same(
+            "the node's own packet to node-b's pod: untracked egress Deny",
+            Hook::ToUplink,
+            syn("172.18.0.2", "10.244.1.20", 40015, 8080),
+            TC_SHOT,
+        ),
+    );
+
+    // A rule with SCTP ports is refused by name and changes nothing: blocked stays blocked.
+    let mut sctp = untracked(blocked_nets());
+    sctp.push(
+        HostPolicy::new("sctp", uplink()).untracked().with_ingress(
+            HostRule::new(HostAction::Deny)
+                .protocol(Protocol::Sctp)
+                .to_ports([HostPort::Number(9)]),
+        ),
+    );
+    let e = dp.apply(&scene(sctp)).unwrap_err();
+    assert!(
+        matches!(&e, Error::Unsupported { object, .. } if object == "host policy sctp"),
+        "{e:?}"
+    );
+    check(
+        &mut dp,
+        &same(
+            "after the refused apply: still dropped",
+            Hook::Xdp,
+            syn("198.51.100.9", "172.18.0.2", 40012, 9000),
+            XDP_DROP,
+        ),
+    );
+
+    // Without the host endpoint nothing is dropped (a flip to an empty generation).
+    let mut open = scene(untracked(blocked_nets()));
+    open.host_endpoints.clear();
+    dp.apply(&open).expect("apply without the endpoint");
+    check(
+        &mut dp,
+        &same(
+            "no host endpoint: the blocked prefix passes",
+            Hook::Xdp,
+            syn("198.51.100.7", "172.18.0.2", 40013, 9000),
+            XDP_PASS,
+        ),
+    );
+    dp.reset().expect("reset");
+}
+
+#[test]
+fn pre_dnat_denies_a_node_port_by_source() {
+    if !require_root("pre_dnat_denies_a_node_port_by_source") {
+        return;
+    }
+    let n = node("hpdnat");
+    let mut dp = dataplane(&n);
+    let before = scene(untracked(blocked_nets()));
+    dp.apply(&before).expect("apply");
+    let mut after = before.clone();
+    after.host_policies.push(
+        HostPolicy::new("guard-nodeport", uplink())
+            .pre_dnat()
+            .with_order(30)
+            .with_ingress(
+                HostRule::new(HostAction::Deny)
+                    .protocol(Protocol::Tcp)
+                    .from_nets([net("203.0.113.0/24")])
+                    .to_ports([HostPort::Range(dataplane_core::PortRange {
+                        start: 30000,
+                        end: 32767,
+                    })]),
+            ),
+    );
+    // Host policy changes need a full sync (core's validator checks them across the state):
+    // apply_changes says so and changes nothing; `sync` falls back to a full apply, which
+    // writes the pre-DNAT set under the other generation and flips to it.
+    let e = dp
+        .apply_changes(&dataplane_core::diff(&before, &after))
+        .unwrap_err();
+    assert!(matches!(e, Error::FullSyncRequired), "{e:?}");
+    let report = dp.sync(Some(&before), &after).expect("sync");
+    assert!(report.full_sync && report.objects_written > 0, "{report:?}");
+    for f in [
+        same(
+            "pre-DNAT rules in force: XDP leaves new flows to TC",
+            Hook::Xdp,
+            syn("203.0.113.9", "172.18.0.2", 41000, 30080),
+            XDP_PASS,
+        ),
+        same(
+            "TCP SYN from 203.0.113.0/24 to the NodePort: dropped by the pre-DNAT rule",
+            Hook::FromUplink,
+            syn("203.0.113.9", "172.18.0.2", 41000, 30080),
+            TC_SHOT,
+        ),
+        same(
+            "the same source to another port of the node: not the rule's (no default deny)",
+            Hook::FromUplink,
+            syn("203.0.113.9", "172.18.0.2", 41001, 9000),
+            TC_OK,
+        ),
+        same(
+            "untracked rules still first: the blocked prefix is dropped in TC too",
+            Hook::FromUplink,
+            syn("198.51.100.7", "172.18.0.2", 41002, 30080),
+            TC_SHOT,
+        ),
+    ] {
+        check(&mut dp, &f);
+    }
+    // Another source reaches the NodePort: translated (SNAT to node-b) and redirected.
+    let run = dp
+        .run_packet(
+            Hook::FromUplink,
+            &syn("100.64.0.9", "172.18.0.2", 41003, 30080),
+            1,
+        )
+        .expect("run");
+    assert_eq!(run.verdict, TC_REDIRECT, "allowed NodePort connection");
+    assert_eq!(drops(&dp, "guard-nodeport", PolicyType::Ingress, 0), 1);
+    // The counters of the rules that stayed carried over the generation flip.
+    assert_eq!(drops(&dp, "blocked", PolicyType::Ingress, 0), 1);
+
+    // Removed again: the NodePort answers the range.
+    dp.sync(Some(&after), &before).expect("sync");
+    let run = dp
+        .run_packet(
+            Hook::FromUplink,
+            &syn("203.0.113.9", "172.18.0.2", 41004, 30080),
+            1,
+        )
+        .expect("run");
+    assert_eq!(run.verdict, TC_REDIRECT, "pre-DNAT policy gone");
+    dp.reset().expect("reset");
+}
+
+/// Normal policies: `node-in` lets 192.0.2.0/24 reach the node's TCP 6379 (not forwarded
+/// traffic: no applyOnForward), `node-out` lets the node reach 198.51.100.0/24 on TCP 443,
+/// `fwd-in` (applyOnForward, ingress only) lets anyone but 100.64.0.0/10 reach TCP 8080
+/// through the node.
+fn normal() -> Vec<HostPolicy> {
+    vec![
+        HostPolicy::new("node-in", uplink())
+            .with_order(10)
+            .with_ingress(
+                HostRule::new(HostAction::Allow)
+                    .protocol(Protocol::Tcp)
+                    .from_nets([net("192.0.2.0/24")])
+                    .to_ports([HostPort::Number(6379)]),
+            ),
+        HostPolicy::new("node-out", uplink())
+            .with_order(20)
+            .with_types([PolicyType::Egress])
+            .with_egress(
+                HostRule::new(HostAction::Allow)
+                    .protocol(Protocol::Tcp)
+                    .to_nets([net("198.51.100.0/24")])
+                    .to_ports([HostPort::Number(443)]),
+            ),
+        HostPolicy::new("fwd-in", uplink())
+            .with_order(30)
+            .on_forward()
+            .with_types([PolicyType::Ingress])
+            .with_ingress(HostRule::new(HostAction::Deny).from_nets([net("100.64.0.0/10")]))
+            .with_ingress(
+                HostRule::new(HostAction::Allow)
+                    .protocol(Protocol::Tcp)
+                    .to_ports([HostPort::Number(8080)]),
+            ),
+    ]
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one table of fixtures, then the NodePort's two runs
+fn normal_policies_default_deny_apply_on_forward_and_replies() {
+    if !require_root("normal_policies_default_deny_apply_on_forward_and_replies") {
+        return;
+    }
+    let n = node("hpnorm");
+    let mut dp = dataplane(&n);
+    dp.apply(&scene(normal())).expect("apply");
+    let syn_ack = |src: &str, dst: &str, sport, dport| {
+        eth()
+            .ip(src, dst)
+            .tcp(sport, dport, TCP_SYN | common::TCP_ACK)
+            .build()
+    };
+    for f in [
+        same(
+            "192.0.2.7 to the node's TCP 6379: node-in allows it",
+            Hook::FromUplink,
+            syn("192.0.2.7", "172.18.0.2", 40000, 6379),
+            TC_OK,
+        ),
+        same(
+            "... the node's reply leaves through its connection (node-out would not allow it)",
+            Hook::ToUplink,
+            syn_ack("172.18.0.2", "192.0.2.7", 6379, 40000),
+            TC_OK,
+        ),
+        same(
+            "203.0.113.9 to the node's TCP 6379: no rule, default deny",
+            Hook::FromUplink,
+            syn("203.0.113.9", "172.18.0.2", 40001, 6379),
+            TC_SHOT,
+        ),
+        same(
+            "203.0.113.9 to failsafe TCP 22: exempt",
+            Hook::FromUplink,
+            syn("203.0.113.9", "172.18.0.2", 40002, 22),
+            TC_OK,
+        ),
+        same(
+            "... and the node's reply from 22 leaves through its connection",
+            Hook::ToUplink,
+            syn_ack("172.18.0.2", "203.0.113.9", 22, 40002),
+            TC_OK,
+        ),
+        same(
+            "the node to 198.51.100.7:443: node-out allows it",
+            Hook::ToUplink,
+            syn("172.18.0.2", "198.51.100.7", 40003, 443),
+            TC_OK,
+        ),
+        same(
+            "... its reply comes in through its connection (no ingress rule for it)",
+            Hook::FromUplink,
+            syn_ack("198.51.100.7", "172.18.0.2", 443, 40003),
+            TC_OK,
+        ),
+        same(
+            "the node to 203.0.113.9:443: no egress rule, default deny",
+            Hook::ToUplink,
+            syn("172.18.0.2", "203.0.113.9", 40004, 443),
+            TC_SHOT,
+        ),
+        same(
+            "forwarded to a pod's TCP 8080: fwd-in (applyOnForward) allows it",
+            Hook::FromUplink,
+            syn("203.0.113.9", "10.244.0.10", 40005, 8080),
+            TC_OK,
+        ),
+        same(
+            "forwarded to a pod's TCP 9090: fwd-in applies and has no rule: default deny",
+            Hook::FromUplink,
+            syn("203.0.113.9", "10.244.0.10", 40006, 9090),
+            TC_SHOT,
+        ),
+        same(
+            "forwarded from 192.0.2.7 to a pod's TCP 6379: node-in is not applyOnForward",
+            Hook::FromUplink,
+            syn("192.0.2.7", "10.244.0.10", 40007, 6379),
+            TC_SHOT,
+        ),
+        same(
+            "a TCP ACK with no connection (a session from before the policies): picked up",
+            Hook::FromUplink,
+            eth()
+                .ip("203.0.113.9", "172.18.0.2")
+                .tcp(40010, 6379, common::TCP_ACK)
+                .build(),
+            TC_OK,
+        ),
+        same(
+            "... and the node's answer in that session leaves through it",
+            Hook::ToUplink,
+            eth()
+                .ip("172.18.0.2", "203.0.113.9")
+                .tcp(6379, 40010, common::TCP_ACK)
+                .build(),
+            TC_OK,
+        ),
+        same(
+            "a SYN-ACK with no connection (to a SYN no policy saw): judged, default deny",
+            Hook::ToUplink,
+            syn_ack("172.18.0.2", "203.0.113.9", 7000, 40011),
+            TC_SHOT,
+        ),
+        same(
+            "normal policies in force: XDP leaves NodePort flows to TC",
+            Hook::Xdp,
+            syn("203.0.113.9", "172.18.0.2", 40008, 30080),
+            XDP_PASS,
+        ),
+    ] {
+        check(&mut dp, &f);
+    }
+    // The NodePort is judged after translation: to node-b's pod on 8080, forwarded, so
+    // fwd-in's rule for 8080 lets NodePort 30080 through (SNAT, redirected).
+    let run = dp
+        .run_packet(
+            Hook::FromUplink,
+            &syn("203.0.113.9", "172.18.0.2", 40009, 30080),
+            1,
+        )
+        .expect("run");
+    assert_eq!(run.verdict, TC_REDIRECT, "NodePort to 8080 allowed");
+    // Judged with the client's own source, though the NodePort's SNAT has replaced it by
+    // the node's address: fwd-in's deny of 100.64.0.0/10 drops it.
+    let run = dp
+        .run_packet(
+            Hook::FromUplink,
+            &syn("100.64.0.9", "172.18.0.2", 40012, 30080),
+            1,
+        )
+        .expect("run");
+    assert_eq!(run.verdict, TC_SHOT, "NodePort from a denied client");
+    // A ClusterIP's unknown port from outside is rejected (the reference model's Reject):
+    // the answer is ours, the normal stage does not judge it (fwd-in would drop the packet).
+    let input = syn("203.0.113.9", "10.96.0.31", 40013, 81);
+    let run = dp.run_packet(Hook::FromUplink, &input, 1).expect("run");
+    assert_ne!(run.verdict, TC_SHOT, "rejected, not dropped");
+    assert_ne!(run.output, input, "the answer (a RST) goes back");
+    assert_eq!(drops(&dp, "fwd-in", PolicyType::Ingress, 0), 1);
+    dp.reset().expect("reset");
+}
+
+/// The XDP cost of a blocked-source flood against 10k and 100k prefixes in the trie
+/// (printed, not asserted: `cargo test -p dataplane-ebpf --all-features --test host_policy
+/// -- --ignored --nocapture xdp_deny_cost`).
+#[test]
+#[ignore = "a measurement: run it explicitly"]
+fn xdp_deny_cost() {
+    if !require_root("xdp_deny_cost") {
+        return;
+    }
+    let n = node("hpcost");
+    let mut dp = dataplane(&n);
+    for count in [0u32, 10_000, 100_000] {
+        // count /32s spread over 10.128.0.0/9 (not the lab's), plus the blocked /24.
+        let mut nets: Vec<ipnetwork::IpNetwork> = (0..count)
+            .map(|i| {
+                let a = 0x0a80_0000u32 | (i * 7 + 1) & 0x007f_ffff;
+                net(&format!("{}/32", std::net::Ipv4Addr::from(a)))
+            })
+            .collect();
+        nets.push(net("198.51.100.0/24"));
+        let t = std::time::Instant::now();
+        dp.apply(&scene(untracked(nets))).expect("apply");
+        let applied = t.elapsed();
+        let mut per = |src: &str| {
+            dp.run_packet(Hook::Xdp, &syn(src, "172.18.0.2", 40000, 9000), 1_000_000)
+                .expect("run")
+        };
+        let drop = per("198.51.100.7");
+        assert_eq!(drop.verdict, XDP_DROP);
+        let pass = per("100.64.0.9");
+        // The last /32 of the list (the /24 when there is none).
+        let last = if count == 0 {
+            "198.51.100.8".to_owned()
+        } else {
+            std::net::Ipv4Addr::from(0x0a80_0000u32 | ((count - 1) * 7 + 1) & 0x007f_ffff)
+                .to_string()
+        };
+        let listed = per(&last);
+        assert_eq!(listed.verdict, XDP_DROP);
+        println!(
+            "prefixes {count:>6}: apply {applied:>10.1?}, XDP drop of a source in the /24 \
+             {:?}/packet, of a listed /32 {:?}/packet, pass of an unlisted one {:?}/packet",
+            drop.duration, listed.duration, pass.duration
+        );
+    }
+    dp.reset().expect("reset");
+}
