@@ -497,10 +497,13 @@ fn map_diff<K: Ord + Copy, V: PartialEq + Copy>(
     (put, del)
 }
 
-/// The SCTP ports of cluster policies and the baseline (of `state`; only those `changes`
-/// touches when given), left out: such a rule matches no SCTP traffic (an SCTP connection
-/// goes on to the next rule, NetworkPolicy, the baseline).
-fn tier_sctp_skipped(state: &DesiredState, changes: Option<&ChangeSet>) -> Vec<Skipped> {
+/// Refuses a cluster policy or baseline rule with SCTP ports (of `state`; only those
+/// `changes` touches when given): the eBPF programs do not parse SCTP, so such a rule could
+/// match no SCTP traffic, and left out it would fail open — an SCTP connection that a Deny
+/// (or a Pass to a denying NetworkPolicy) should stop would go on to a later rule, the
+/// baseline or the default allow. [`Error::Unsupported`] names the object and field; nothing
+/// is written.
+fn refuse_tier_sctp(state: &DesiredState, changes: Option<&ChangeSet>) -> Result<(), Error> {
     let cluster = state
         .cluster_policies
         .iter()
@@ -521,7 +524,6 @@ fn tier_sctp_skipped(state: &DesiredState, changes: Option<&ChangeSet>) -> Vec<S
             }
         }
     }
-    let mut out = Vec::new();
     for (object, dir, i, ports) in rules {
         for (j, port) in ports.iter().enumerate() {
             let sctp = matches!(
@@ -535,18 +537,18 @@ fn tier_sctp_skipped(state: &DesiredState, changes: Option<&ChangeSet>) -> Vec<S
                 }
             );
             if sctp {
-                out.push(Skipped {
-                    object: object.clone(),
-                    field: format!("{dir}[{i}].ports[{j}]"),
-                    feature: "SCTP".to_owned(),
-                    reason: "the eBPF programs do not parse SCTP: its ports cannot match (the \
-                             rule neither allows nor denies SCTP traffic)"
-                        .to_owned(),
+                return Err(Error::Unsupported {
+                    dataplane: crate::plan::BACKEND.to_owned(),
+                    feature: format!(
+                        "SCTP ports in cluster-wide policy ({dir}[{i}].ports[{j}]: the eBPF \
+                         programs do not parse SCTP)"
+                    ),
+                    object,
                 });
             }
         }
     }
-    out
+    Ok(())
 }
 
 /// Adds the tiers' delta to NetworkPolicy's: an endpoint whose tier entries changed or went
@@ -651,6 +653,7 @@ impl PolicyState {
         state: &DesiredState,
         limits: Limits,
     ) -> Result<PolicyPlan, Error> {
+        refuse_tier_sctp(state, None)?;
         self.compiled = None;
         let compiled = compile(state);
         let tiers = compile_tiers(state);
@@ -697,10 +700,7 @@ impl PolicyState {
             numbers,
             compiled,
             tiers,
-            skipped: sctp_skipped(state.policies.iter())
-                .into_iter()
-                .chain(tier_sctp_skipped(state, None))
-                .collect(),
+            skipped: sctp_skipped(state.policies.iter()),
         };
         self.check(&plan, limits)?;
         Ok(plan)
@@ -715,6 +715,7 @@ impl PolicyState {
         changes: &ChangeSet,
         limits: Limits,
     ) -> Result<PolicyPlan, Error> {
+        refuse_tier_sctp(state, Some(changes))?;
         // Updated in place (a copy would cost every member of every set): taken, it comes
         // back only with a written plan.
         let Some((mut compiled, old_tiers)) = self.compiled.take() else {
@@ -769,7 +770,6 @@ impl PolicyState {
         }
         drop(ctx);
         plan.skipped = sctp_skipped(changes.policies.values().filter_map(|c| c.current.as_ref()));
-        plan.skipped.extend(tier_sctp_skipped(state, Some(changes)));
         plan.numbers = numbers;
         plan.compiled = compiled;
         plan.tiers = tiers;

@@ -77,7 +77,8 @@ fn v6(segments: [u16; 8]) -> IpAddr {
 
 /// A state of core's strategies on this test's node: the node's addresses are those of the
 /// namespace's uplink, SCTP ports are TCP ports (SCTP is not programmed, a documented limit:
-/// `ApplyReport::skipped`), with cluster policies and the baseline, and without host endpoint
+/// `ApplyReport::skipped` for NetworkPolicy, refused in cluster and baseline rules), with
+/// cluster policies and the baseline, and without host endpoint
 /// policy (which this backend declares missing and refuses:
 /// `Capabilities::check_policy_tiers`).
 fn state() -> impl Strategy<Value = DesiredState> {
@@ -111,6 +112,26 @@ fn state() -> impl Strategy<Value = DesiredState> {
             }
             // An SCTP port that became a TCP port the service has already goes.
             svc.ports.retain(|p| seen.insert((p.protocol, p.port)));
+        }
+        // Cluster and baseline rules with SCTP ports are refused (they would fail open): TCP.
+        let cluster_rules = s
+            .cluster_policies
+            .iter_mut()
+            .flat_map(|p| p.ingress.iter_mut().chain(p.egress.iter_mut()))
+            .map(|r| &mut r.ports);
+        let baseline_rules = s
+            .baseline_policy
+            .iter_mut()
+            .flat_map(|b| b.ingress.iter_mut().chain(b.egress.iter_mut()))
+            .map(|r| &mut r.ports);
+        for port in cluster_rules.chain(baseline_rules).flatten() {
+            if let dataplane_core::ClusterPort::PortNumber { protocol, .. }
+            | dataplane_core::ClusterPort::PortRange { protocol, .. } = port
+            {
+                if *protocol == Protocol::Sctp {
+                    *protocol = Protocol::Tcp;
+                }
+            }
         }
         // The strategies' selectors rarely match an endpoint's random labels: some policies
         // select every pod of an endpoint's namespace instead, so that probes meet isolated

@@ -166,6 +166,27 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
             .to_ports([dataplane_core::HostPort::Number(9)]),
     )];
     refusals.push((sctp, "host policy sctp-ports".to_owned()));
+    // A cluster policy Deny with SCTP ports: left out, SCTP would pass where it denies.
+    let mut cluster_sctp = old.clone().with_service(service(&lab, "new", NEW));
+    cluster_sctp.cluster_policies = vec![dataplane_core::ClusterPolicy::new(
+        "deny-sctp",
+        10,
+        dataplane_core::ClusterPolicySubject::Namespaces(dataplane_core::LabelSelector::default()),
+    )
+    .with_ingress(
+        dataplane_core::ClusterPolicyRule::new(
+            "sctp",
+            dataplane_core::ClusterAction::Deny,
+            [dataplane_core::ClusterPeer::Namespaces(
+                dataplane_core::LabelSelector::default(),
+            )],
+        )
+        .with_port(dataplane_core::ClusterPort::PortNumber {
+            protocol: Protocol::Sctp,
+            port: 9,
+        }),
+    )];
+    refusals.push((cluster_sctp, "cluster policy deny-sctp".to_owned()));
     for (tiered, object) in refusals {
         let e = dp.apply(&tiered).unwrap_err();
         assert!(
@@ -176,7 +197,8 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
         let e = dp.apply_changes(&diff(&old, &tiered)).unwrap_err();
         assert!(
             matches!(&e, Error::Unsupported { object: o, .. } if *o == object)
-                || (object.starts_with("host policy") && matches!(e, Error::FullSyncRequired)),
+                || ((object.starts_with("host policy") || object.starts_with("cluster policy"))
+                    && matches!(e, Error::FullSyncRequired)),
             "{object}: {e:?}"
         );
         unchanged(&dp, &format!("{object} (apply_changes)"));
