@@ -529,13 +529,7 @@ impl CompiledPolicy {
     /// Address → ids of the sets it is a member of: what a backend programs as its
     /// identity/ipset map.
     pub fn membership(&self) -> BTreeMap<IpAddr, BTreeSet<&SetId>> {
-        let mut map: BTreeMap<IpAddr, BTreeSet<&SetId>> = BTreeMap::new();
-        for (id, set) in &self.sets {
-            for ip in &set.members {
-                map.entry(*ip).or_default().insert(id);
-            }
-        }
-        map
+        membership(self.sets.iter().map(|(id, set)| (id, &set.members)))
     }
 
     /// The answer of the tables for one half of a new connection: whether `endpoint`'s
@@ -645,43 +639,72 @@ impl CompiledPolicy {
 
     /// What changed from `self` to `after`, element by element, for backends to program.
     pub fn delta(&self, after: &CompiledPolicy) -> PolicyDelta {
-        let mut delta = PolicyDelta::default();
-        for (id, set) in &after.sets {
-            match self.sets.get(id) {
-                None => {
-                    delta.sets_added.insert(id.clone(), set.members.clone());
-                }
-                Some(old) if old.members != set.members => {
-                    delta.members_changed.insert(
-                        id.clone(),
-                        MemberChange {
-                            added: set.members.difference(&old.members).copied().collect(),
-                            removed: old.members.difference(&set.members).copied().collect(),
-                        },
-                    );
-                }
-                Some(_) => {}
-            }
-        }
-        delta.sets_removed = self
-            .sets
-            .keys()
-            .filter(|id| !after.sets.contains_key(*id))
-            .cloned()
-            .collect();
-        for (name, tables) in &after.endpoints {
-            if self.endpoints.get(name) != Some(tables) {
-                delta.endpoints_changed.insert(name.clone());
-            }
-        }
-        delta.endpoints_removed = self
-            .endpoints
-            .keys()
-            .filter(|n| !after.endpoints.contains_key(*n))
-            .cloned()
-            .collect();
-        delta
+        delta(
+            (&self.sets, &after.sets),
+            |set: &PeerSet| &set.members,
+            &self.endpoints,
+            &after.endpoints,
+        )
     }
+}
+
+/// Address → ids of the sets it is a member of, from `(id, members)` pairs.
+fn membership<'a>(
+    sets: impl Iterator<Item = (&'a SetId, &'a BTreeSet<IpAddr>)>,
+) -> BTreeMap<IpAddr, BTreeSet<&'a SetId>> {
+    let mut map: BTreeMap<IpAddr, BTreeSet<&SetId>> = BTreeMap::new();
+    for (id, members) in sets {
+        for ip in members {
+            map.entry(*ip).or_default().insert(id);
+        }
+    }
+    map
+}
+
+/// What changed between two compiles' sets (`members` reads a set's addresses) and
+/// per-endpoint tables, element by element: [`CompiledPolicy::delta`] and
+/// [`CompiledTiers::delta`].
+fn delta<S, T: PartialEq>(
+    (sets_before, sets_after): (&BTreeMap<SetId, S>, &BTreeMap<SetId, S>),
+    members: impl Fn(&S) -> &BTreeSet<IpAddr>,
+    before: &BTreeMap<ObjectName, T>,
+    after: &BTreeMap<ObjectName, T>,
+) -> PolicyDelta {
+    let mut delta = PolicyDelta::default();
+    for (id, set) in sets_after {
+        let new = members(set);
+        match sets_before.get(id).map(&members) {
+            None => {
+                delta.sets_added.insert(id.clone(), new.clone());
+            }
+            Some(old) if old != new => {
+                delta.members_changed.insert(
+                    id.clone(),
+                    MemberChange {
+                        added: new.difference(old).copied().collect(),
+                        removed: old.difference(new).copied().collect(),
+                    },
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    delta.sets_removed = sets_before
+        .keys()
+        .filter(|id| !sets_after.contains_key(*id))
+        .cloned()
+        .collect();
+    for (name, tables) in after {
+        if before.get(name) != Some(tables) {
+            delta.endpoints_changed.insert(name.clone());
+        }
+    }
+    delta.endpoints_removed = before
+        .keys()
+        .filter(|n| !after.contains_key(*n))
+        .cloned()
+        .collect();
+    delta
 }
 
 /// Members added to and removed from one set.
@@ -1335,13 +1358,7 @@ fn named_port_keys(peer: &crate::model::ClusterPeer, np: &NamedPort) -> Vec<SetK
 impl CompiledTiers {
     /// Address → ids of the tier sets it is a member of.
     pub fn membership(&self) -> BTreeMap<IpAddr, BTreeSet<&SetId>> {
-        let mut map: BTreeMap<IpAddr, BTreeSet<&SetId>> = BTreeMap::new();
-        for (id, set) in &self.sets {
-            for ip in &set.members {
-                map.entry(*ip).or_default().insert(id);
-            }
-        }
-        map
+        membership(self.sets.iter().map(|(id, set)| (id, &set.members)))
     }
 
     /// The tables' answer for one tier and half of a new connection: the order and action
@@ -1374,51 +1391,13 @@ impl CompiledTiers {
     /// What changed from `self` to `after`, in [`CompiledPolicy::delta`]'s terms (an
     /// endpoint whose tier entries all went is in `endpoints_removed`).
     pub fn delta(&self, after: &CompiledTiers) -> PolicyDelta {
-        let mut delta = member_delta(&self.sets, &after.sets);
-        for (name, tables) in &after.endpoints {
-            if self.endpoints.get(name) != Some(tables) {
-                delta.endpoints_changed.insert(name.clone());
-            }
-        }
-        delta.endpoints_removed = self
-            .endpoints
-            .keys()
-            .filter(|n| !after.endpoints.contains_key(*n))
-            .cloned()
-            .collect();
-        delta
+        delta(
+            (&self.sets, &after.sets),
+            |set: &TierSet| &set.members,
+            &self.endpoints,
+            &after.endpoints,
+        )
     }
-}
-
-/// The set part of a delta between two compiles' tier sets.
-fn member_delta(
-    before: &BTreeMap<SetId, TierSet>,
-    after: &BTreeMap<SetId, TierSet>,
-) -> PolicyDelta {
-    let mut delta = PolicyDelta::default();
-    for (id, TierSet { members, .. }) in after {
-        match before.get(id).map(|s| &s.members) {
-            None => {
-                delta.sets_added.insert(id.clone(), members.clone());
-            }
-            Some(old) if old != members => {
-                delta.members_changed.insert(
-                    id.clone(),
-                    MemberChange {
-                        added: members.difference(old).copied().collect(),
-                        removed: old.difference(members).copied().collect(),
-                    },
-                );
-            }
-            Some(_) => {}
-        }
-    }
-    delta.sets_removed = before
-        .keys()
-        .filter(|id| !after.contains_key(*id))
-        .cloned()
-        .collect();
-    delta
 }
 
 /// How the tiers and NetworkPolicy's tables combine for one half of a new connection (the
