@@ -166,6 +166,10 @@ pub struct Capabilities {
     /// with failsafe ports.
     #[serde(default)]
     pub host_policy: bool,
+    /// L2 announcements: the node answers ARP/NDP for the LoadBalancer IPs and ExternalIPs of
+    /// services with [`Service::l2_announce`](crate::Service::l2_announce).
+    #[serde(default)]
+    pub l2_announcements: bool,
 }
 
 impl Capabilities {
@@ -215,6 +219,40 @@ impl Capabilities {
             changes.host_endpoints.iter().filter_map(present),
             changes.host_policies.iter().filter_map(present),
         )
+    }
+
+    /// Refuses `state` when a service asks for [`Service::l2_announce`](crate::Service::l2_announce)
+    /// and these capabilities lack [`Capabilities::l2_announcements`], naming the service.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] naming the service and the feature.
+    pub fn check_l2_announcements(&self, state: &DesiredState) -> Result<(), Error> {
+        self.check_l2_services(state.services.iter())
+    }
+
+    /// [`Capabilities::check_l2_announcements`] for the services `changes` adds or changes.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] naming the service and the feature.
+    pub fn check_l2_announcement_changes(&self, changes: &ChangeSet) -> Result<(), Error> {
+        self.check_l2_services(changes.services.values().filter_map(|c| c.current.as_ref()))
+    }
+
+    fn check_l2_services<'a>(
+        &self,
+        mut services: impl Iterator<Item = &'a crate::Service>,
+    ) -> Result<(), Error> {
+        if self.l2_announcements {
+            return Ok(());
+        }
+        match services.find(|s| s.l2_announce) {
+            Some(s) => Err(Error::Unsupported {
+                dataplane: self.dataplane.clone(),
+                feature: "L2 announcements".to_owned(),
+                object: format!("service {}", s.name),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn check_tier_objects<'a>(

@@ -235,6 +235,7 @@ impl FakeDataplane {
             max_backends: 0,
             cluster_policy: true,
             host_policy: true,
+            l2_announcements: true,
         }
     }
 
@@ -616,6 +617,7 @@ impl Inner {
         let validator = Validator::new(desired)?;
         self.check_policies(desired.policies.iter())?;
         self.capabilities.check_policy_tiers(desired)?;
+        self.capabilities.check_l2_announcements(desired)?;
         let (programmed, services, mut skipped) = self.plan(desired);
         self.check_capacity(&services)?;
         self.apply_fault("full sync")?;
@@ -681,6 +683,7 @@ impl Inner {
         }
         self.check_policies(changes.policies.values().filter_map(|c| c.current.as_ref()))?;
         self.capabilities.check_policy_tier_changes(changes)?;
+        self.capabilities.check_l2_announcement_changes(changes)?;
         let mut next = applied.clone();
         changes.apply_to(&mut next);
         let (programmed, services, _) = self.plan(&next);

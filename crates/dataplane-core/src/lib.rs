@@ -19,6 +19,7 @@ pub mod format;
 pub mod health;
 pub mod host_policy;
 pub mod inspect;
+pub mod l2;
 pub mod maglev;
 pub mod model;
 pub mod policy;

@@ -799,6 +799,15 @@ pub struct Service {
     /// Forwarding of external traffic to remote backends; `None` takes the node's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_mode: Option<ExternalMode>,
+    /// Whether this node announces the service's LoadBalancer IPs and ExternalIPs on its
+    /// uplink's L2 segment: it answers ARP requests (IPv4) and neighbour solicitations (IPv6)
+    /// for them with the uplink's MAC and announces them gratuitously when it starts (Cilium's
+    /// "L2 announcements", `MetalLB`'s L2 mode). One node per service should announce: the
+    /// embedder decides which (the node agent by a Lease per service). Requires
+    /// [`Capabilities::l2_announcements`](crate::Capabilities::l2_announcements) and at least
+    /// one LoadBalancer IP or ExternalIP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub l2_announce: bool,
 }
 
 impl Service {
@@ -818,6 +827,7 @@ impl Service {
             load_balancer_source_ranges: Vec::new(),
             backend_selection: BackendSelection::Random,
             external_mode: None,
+            l2_announce: false,
         }
     }
 
@@ -874,6 +884,26 @@ impl Service {
     #[must_use]
     pub fn with_load_balancer_ip(mut self, ip: IpAddr) -> Self {
         self.load_balancer_ips.push(ip);
+        self
+    }
+
+    /// This service with its LoadBalancer IPs and ExternalIPs announced on this node's L2
+    /// segment ([`Service::l2_announce`]).
+    ///
+    /// ```
+    /// use dataplane_core::{l2, DesiredState, Node, ObjectName, Service, ServicePort};
+    /// let svc = Service::cluster_ip(ObjectName::new("default", "web"), "10.96.0.10".parse()?,
+    ///     [ServicePort::tcp(80, 8080)])
+    ///     .with_load_balancer_ip("172.18.0.200".parse()?)
+    ///     .with_l2_announce();
+    /// let state = DesiredState::new(Node::new("node-a", ["172.18.0.2".parse()?]))
+    ///     .with_service(svc);
+    /// assert_eq!(l2::announced_addresses(&state).len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn with_l2_announce(mut self) -> Self {
+        self.l2_announce = true;
         self
     }
 

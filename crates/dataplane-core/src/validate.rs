@@ -756,6 +756,13 @@ fn validate_service_options(s: &Service, object: &str) -> Result<(), ValidationE
         "loadBalancerSourceRanges",
         &s.load_balancer_source_ranges,
     )?;
+    if s.l2_announce && s.load_balancer_ips.is_empty() && s.external_ips.is_empty() {
+        return Err(ValidationError::Inconsistent {
+            object: object.to_owned(),
+            field: "l2Announce".to_owned(),
+            reason: "nothing to announce: the service has no loadBalancerIPs or externalIPs",
+        });
+    }
     Ok(())
 }
 

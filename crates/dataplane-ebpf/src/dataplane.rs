@@ -648,12 +648,14 @@ impl Dataplane for EbpfDataplane {
             cluster_policy: true,
             // Failsafe ports, untracked, pre-DNAT and normal host policies (host_policy.rs).
             host_policy: true,
+            l2_announcements: false,
         }
     }
 
     fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, Error> {
         let validator = Validator::new(desired)?;
         self.capabilities().check_policy_tiers(desired)?;
+        self.capabilities().check_l2_announcements(desired)?;
         let rest = DesiredState {
             endpoints: desired.endpoints.clone(),
             policies: desired.policies.clone(),
@@ -690,6 +692,7 @@ impl Dataplane for EbpfDataplane {
     /// change incrementally: the policy maps' difference is written.
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
         self.capabilities().check_policy_tier_changes(changes)?;
+        self.capabilities().check_l2_announcement_changes(changes)?;
         let Some(Synced::Yes(applied)) = self.loaded().map(|l| &l.synced) else {
             return Err(Error::FullSyncRequired);
         };

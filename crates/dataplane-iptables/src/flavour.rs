@@ -43,6 +43,8 @@ impl Flavour {
             // `nft/tiers.rs` and `nft/host.rs`; `iptables/tiers.rs` and `iptables/host.rs`.
             cluster_policy: true,
             host_policy: true,
+            // Not yet: the netfilter backends do not answer ARP/NDP for announced addresses.
+            l2_announcements: false,
         }
     }
 }

@@ -257,6 +257,7 @@ pub(crate) fn check_supported(
     // Cluster-wide and host endpoint policy: both flavours program them (issue 22); a flavour
     // that did not would refuse them here, as leaving them out would leave open what they close.
     capabilities.check_policy_tiers(state)?;
+    capabilities.check_l2_announcements(state)?;
     let mut skipped = Vec::new();
     for s in &state.services {
         let object = || format!("service {}", s.name);

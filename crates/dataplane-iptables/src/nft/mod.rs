@@ -424,9 +424,9 @@ impl NftablesDataplane {
         self.config.validate(BACKEND)?;
         // What the flavour does not program (host policy, for now) is refused by name,
         // before anything.
-        Flavour::Nftables
-            .capabilities()
-            .check_policy_tier_changes(changes)?;
+        let caps = Flavour::Nftables.capabilities();
+        caps.check_policy_tier_changes(changes)?;
+        caps.check_l2_announcement_changes(changes)?;
         let (Some((node, rs)), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };
