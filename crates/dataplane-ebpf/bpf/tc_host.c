@@ -2,7 +2,10 @@
 /*
  * tc_host.c - the node's uplink.
  *
- *   outside --eth0--> [dp_from_uplink] (TC ingress)  host policy (failsafe, untracked,
+ *   outside --eth0--> [dp_from_uplink] (TC ingress)  the L2 responder (ARP requests and
+ *                                                    neighbour solicitations for announced
+ *                                                    addresses, answered back out of eth0),
+ *                                                    then host policy (failsafe, untracked,
  *                                                    pre-DNAT), then NodePort/LB/ExternalIP/
  *                                                    ClusterIP, replies, then the normal
  *                                                    host policies
@@ -15,6 +18,7 @@
  */
 #include "lib/hook.h"
 #include "lib/host_policy.h"
+#include "lib/l2_responder.h"
 
 /* A host policy verdict as a TC one; -1: dp_handle() goes on. */
 static __always_inline int host_verdict(int host)
@@ -44,7 +48,11 @@ static __noinline int host_then(struct __sk_buff *skb, int v, int ingress)
 SEC("classifier")
 int dp_from_uplink(struct __sk_buff *skb)
 {
-	int v = host_verdict(host_from_uplink(skb));
+	int v = l2_tc(skb);
+
+	if (v != L2_GO_ON)
+		return v;
+	v = host_verdict(host_from_uplink(skb));
 
 	if (v >= 0)
 		return v;

@@ -8,12 +8,20 @@
  *                           | XDP_PASS, untouched
  *                           v
  *                     [dp_from_uplink] (TC ingress, tc_host.c)
+ *
+ * First of all, the L2 responder (l2_responder.h): ARP requests and neighbour solicitations
+ * for announced LoadBalancer IPs / ExternalIPs are answered with XDP_TX.
  */
 #include "lib/xdp.h"
+#include "lib/l2_responder.h"
 
 SEC("xdp")
 int dp_xdp_uplink(struct xdp_md *ctx)
 {
+	int v = l2_xdp(ctx);
+
+	if (v != L2_GO_ON)
+		return v;
 	return xdp_uplink(ctx);
 }
 

@@ -222,7 +222,27 @@ pub struct EbpfConfig {
     /// load; change them on a running dataplane with
     /// [`EbpfDataplane::set_event_limits`](crate::EbpfDataplane::set_event_limits)).
     pub events: EventLimits,
+    /// L2 announcements: how long after the last refresh of its liveness the node still
+    /// answers ARP and neighbour solicitations for announced addresses (Cilium's
+    /// `l2_announcements_max_liveness`). Every sync and every
+    /// [`Dataplane::maintain`](dataplane_core::Dataplane::maintain) refreshes it, and while
+    /// addresses are announced
+    /// [`Dataplane::maintenance_interval`](dataplane_core::Dataplane::maintenance_interval)
+    /// is at most a third of it, so an embedder that runs `maintain()` on that interval keeps
+    /// it fresh; a node whose embedder stopped (hung, crashed with the programs left
+    /// attached) goes quiet after it. Default [`DEFAULT_L2_LIVENESS`].
+    pub l2_liveness: Duration,
 }
+
+/// The default [`EbpfConfig::l2_liveness`]: 3 s, the value Cilium's own datapath test of the
+/// responder uses. It bounds how long a node whose agent died keeps answering: well inside
+/// a per-service lease (Cilium's default lease is 15 s, renewed every 2 s; MetalLB and
+/// kube-vip fail over in seconds too), so that a dead agent's node is quiet before another
+/// node can take the lease over, and clients that ask meanwhile do not get two answers. A
+/// shorter window makes the maintenance timer (a third of it, at least
+/// [`MIN_MAINTENANCE_INTERVAL`](crate::MIN_MAINTENANCE_INTERVAL)) no faster, only a
+/// scheduling hiccup of the embedder more likely to silence the node.
+pub const DEFAULT_L2_LIVENESS: Duration = Duration::from_secs(3);
 
 impl EbpfConfig {
     /// Defaults with `pin_dir`.
@@ -238,6 +258,7 @@ impl EbpfConfig {
             socket_lb_cgroup: None,
             host_routing: false,
             events: EventLimits::default(),
+            l2_liveness: DEFAULT_L2_LIVENESS,
         }
     }
 }

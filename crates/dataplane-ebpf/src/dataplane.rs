@@ -20,6 +20,7 @@ use crate::ct::ct_entries;
 use crate::error::EbpfError;
 use crate::events::{EventAsk, EventAsks};
 use crate::host_policy::{HostRuleDrops, HostState};
+use crate::l2::{self, L2State};
 use crate::loader::{self, Hook, Objects};
 use crate::maintain::{gc, maintenance_interval};
 use crate::map_table;
@@ -46,6 +47,8 @@ pub(crate) struct Loaded {
     pub(crate) names: Names,
     /// What the host endpoint policy maps hold.
     pub(crate) host: HostState,
+    /// What the L2 announcement maps hold.
+    pub(crate) l2: L2State,
     pub(crate) synced: Synced,
 }
 
@@ -137,6 +140,7 @@ impl EbpfDataplane {
         let policy = PolicyState::read(&objects.maps)?;
         let names = Names::read(&objects.names)?;
         let host = HostState::read(&objects.host_maps)?;
+        let l2 = L2State::read(&objects.l2_maps)?;
         // Reading the arrays mapped each chunk that holds entries: kept mapped, they would
         // stay resident for the life of the process.
         objects.maps.unmap_arrays();
@@ -177,6 +181,7 @@ impl EbpfDataplane {
             policy,
             names,
             host,
+            l2,
             synced: Synced::NEVER,
         })
     }
@@ -379,12 +384,14 @@ impl EbpfDataplane {
         let mode = self.config.attach_mode;
         let xdp_mode = self.config.xdp;
         let sets_per_address = self.config.capacities.policy_sets_per_address;
+        let l2_window = self.config.l2_liveness;
         let Loaded {
             objects,
             current,
             policy,
             names: names_written,
             host,
+            l2: l2_state,
             ..
         } = self.loaded_mut()?;
         let caps = objects.capacities.clone();
@@ -407,6 +414,10 @@ impl EbpfDataplane {
         };
         // Host endpoint policy, compiled and checked before anything is written too.
         let host_tables = host.plan(rest, BACKEND, &objects.host_maps, caps.host_prefixes)?;
+        // L2 announcements: the addresses and the uplink's MAC, checked before anything is
+        // written too (l2.rs).
+        let l2_plan = l2_state.plan(desired, changes)?;
+        let l2_uplink = l2_uplink(&rest.node, netns.as_deref(), l2_plan.announces())?;
         // Make before break, so that no moment is fail-open. The last policy going: isolation
         // goes before the anti-spoofing flag (CFG_F_POLICY, in dp_config) does. Otherwise
         // dp_config (the flag on) first, then the new rules and addresses (a new pod's
@@ -457,10 +468,15 @@ impl EbpfDataplane {
         if !clearing {
             policy.write_stale(&mut objects.maps, policy_plan)?;
         }
+        let l2_written = l2_state.write(&mut objects.l2_maps, l2_plan, l2_uplink, l2_window)?;
+        let l2_warning = l2_state
+            .uplink()
+            .and_then(|u| send_announcements(netns.as_deref(), u, &l2_written.announce));
 
         self.update_health(desired, rest, changes);
         let (mut warnings, mut skipped) = notes(desired, &rest.node, changes);
         warnings.extend(names_warning);
+        warnings.extend(l2_warning);
         for s in &policy_skipped {
             tracing::warn!(object = %s.object, field = %s.field, feature = %s.feature,
                 reason = %s.reason, "not programmed by the eBPF backend");
@@ -474,7 +490,8 @@ impl EbpfDataplane {
                 + local_written
                 + policy_written
                 + names_count
-                + host_written,
+                + host_written
+                + l2_written.entries,
             skipped,
             warnings,
         })
@@ -648,7 +665,9 @@ impl Dataplane for EbpfDataplane {
             cluster_policy: true,
             // Failsafe ports, untracked, pre-DNAT and normal host policies (host_policy.rs).
             host_policy: true,
-            l2_announcements: false,
+            // ARP / neighbour solicitations answered at XDP or in TC (l2.rs,
+            // bpf/lib/l2_responder.h).
+            l2_announcements: true,
         }
     }
 
@@ -837,6 +856,9 @@ impl Dataplane for EbpfDataplane {
         let mut other: BTreeMap<String, u64> = other;
         crate::ct::fill_counters(&mut other, ct.len(), loaded.objects.capacities.conntrack);
         let drops = crate::events::drop_counters(&loaded.objects.drops, &mut other)?;
+        loaded
+            .l2
+            .fill_counters(&loaded.objects.l2_maps, &mut other)?;
         Ok(Stats {
             packets_translated: totals[STAT_TRANSLATED],
             packets_dropped: totals[STAT_DROPPED],
@@ -855,12 +877,24 @@ impl Dataplane for EbpfDataplane {
     /// forward entry goes too, so that their next packet sets both up again). After [`Dataplane::reset`]: nothing tracked, nothing to expire.
     fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
         let timeouts = self.config.timeouts;
+        let window = self.config.l2_liveness;
+        let netns = self.config.netns.clone();
         let Some(loaded) = self.loaded.as_deref_mut() else {
             return Ok(MaintenanceReport {
                 flows_remaining: Some(0),
                 ..MaintenanceReport::default()
             });
         };
+        // The L2 responder's liveness first (cheap): the node keeps answering for its
+        // announced addresses as long as this runs (l2.rs). After a lapse, announced again.
+        if loaded.l2.refresh(&mut loaded.objects.l2_maps, window)? {
+            if let Some(uplink) = loaded.l2.uplink() {
+                let addresses = loaded.l2.addresses();
+                if let Some(w) = send_announcements(netns.as_deref(), uplink, &addresses) {
+                    tracing::warn!(field = %w.field, message = %w.message, "L2 announcements");
+                }
+            }
+        }
         let gc = gc(&mut loaded.objects.maps, &loaded.current, &timeouts, now)?;
         Ok(MaintenanceReport {
             flows_expired: gc.expired as u64,
@@ -879,8 +913,17 @@ impl Dataplane for EbpfDataplane {
     /// [`MIN_MAINTENANCE_INTERVAL`](crate::MIN_MAINTENANCE_INTERVAL) and
     /// [`MAX_MAINTENANCE_INTERVAL`](crate::MAX_MAINTENANCE_INTERVAL); see
     /// [`maintenance_interval`] for why.
+    ///
+    /// While addresses are L2-announced: at most a third of
+    /// [`EbpfConfig::l2_liveness`](crate::EbpfConfig::l2_liveness), so that `maintain()`
+    /// refreshes the responder's liveness before it lapses even when one run is late (the
+    /// conntrack pass then runs that often too: its cost follows the tracked connections).
     fn maintenance_interval(&self) -> Option<Duration> {
-        Some(maintenance_interval(&self.config.timeouts))
+        let gc = maintenance_interval(&self.config.timeouts);
+        Some(match self.loaded() {
+            Some(l) if l.l2.announces() => gc.min(self.config.l2_liveness / 3),
+            _ => gc,
+        })
     }
 
     /// Opens a reader of the node's ring buffer ([`EbpfEvents`]) and has the programs write
@@ -1030,5 +1073,62 @@ fn invalid_events(e: crate::EventLimitError) -> EbpfError {
     EbpfError::Load {
         object: "EbpfConfig::events".to_owned(),
         source: Box::new(e),
+    }
+}
+
+/// The uplink of `node` (in the namespace `netns`) when `announces`: the L2 responder answers
+/// with its MAC. A state that announces addresses on an uplink without an Ethernet address
+/// is refused, before anything is written.
+fn l2_uplink(
+    node: &dataplane_core::Node,
+    netns: Option<&Path>,
+    announces: bool,
+) -> Result<Option<l2::Uplink>, Error> {
+    if !announces {
+        return Ok(None);
+    }
+    let name = node.interfaces.uplink.clone();
+    let uplink = netns::in_netns(netns, || l2::uplink_of(&name))?;
+    match uplink {
+        Some(u) => Ok(Some(u)),
+        None => Err(Error::Unsupported {
+            dataplane: BACKEND.to_owned(),
+            feature: "L2 announcements on an uplink without an Ethernet address".to_owned(),
+            object: format!("node {} interfaces.uplink {name}", node.name),
+        }),
+    }
+}
+
+/// Sends the gratuitous announcements of `addresses` out of `uplink` in `netns`; a failure
+/// is a warning (the answers are programmed: neighbours learn the node when they ask).
+fn send_announcements(
+    netns: Option<&Path>,
+    uplink: &l2::Uplink,
+    addresses: &[std::net::IpAddr],
+) -> Option<Warning> {
+    if addresses.is_empty() {
+        return None;
+    }
+    let sent = netns::in_netns(netns, || {
+        l2::announce(uplink, addresses).map_err(|e| EbpfError::Attach {
+            interface: uplink.name.clone(),
+            program: "L2 announcements (gratuitous ARP / unsolicited NA)".to_owned(),
+            source: Box::new(e),
+        })
+    });
+    match sent {
+        Ok(n) => {
+            tracing::debug!(interface = %uplink.name, sent = n, "L2 announcements sent");
+            None
+        }
+        Err(e) => Some(Warning {
+            object: "node".to_owned(),
+            field: "l2Announce".to_owned(),
+            message: format!(
+                "gratuitous announcements of {} addresses not sent (neighbours keep a \
+                 previous announcer's MAC until their entries expire): {e}",
+                addresses.len()
+            ),
+        }),
     }
 }

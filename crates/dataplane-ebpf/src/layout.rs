@@ -62,7 +62,7 @@ pub(crate) enum Migration {
 
 /// Per map: the layout version (bump it when the bytes change meaning without a change of
 /// type) and what to do with another version's pin.
-pub(crate) const VERSIONS: [(&str, u64, Migration); 26] = {
+pub(crate) const VERSIONS: [(&str, u64, Migration); 28] = {
     use Migration::{Recreate, Refuse};
     [
         (map_table::SVC.name, 1, Refuse),
@@ -93,6 +93,11 @@ pub(crate) const VERSIONS: [(&str, u64, Migration); 26] = {
         (map_table::HOST_DROPS.name, 1, Recreate),
         (map_table::HOST_CT.name, 1, Recreate),
         (map_table::HOST_SCRATCH.name, 1, Recreate),
+        // L2 announcements: every sync writes the addresses again (a full one reconciles
+        // the map with the state), every sync and maintain() the configuration; a new map
+        // answers nothing until then (its counters start at 0).
+        (map_table::L2_ADDRS_MAP.name, 1, Recreate),
+        (map_table::L2_CFG.name, 1, Recreate),
     ]
 };
 

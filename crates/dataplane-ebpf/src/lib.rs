@@ -47,6 +47,7 @@ mod error;
 mod events;
 mod hook;
 mod host_policy;
+mod l2;
 mod layout;
 mod live;
 mod loader;
@@ -74,7 +75,7 @@ mod writer;
 
 pub use config::{
     AttachMode, Capacities, CtTimeouts, EbpfConfig, EventLimit, EventLimitError, EventLimits,
-    XdpMode,
+    XdpMode, DEFAULT_L2_LIVENESS,
 };
 pub use dataplane::EbpfDataplane;
 pub use error::EbpfError;

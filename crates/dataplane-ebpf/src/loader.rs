@@ -19,8 +19,8 @@ use crate::layout;
 use crate::map_table::{self, Defined, MapSpec, MAPS};
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, HostCfg, HostData,
-    LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockData, PolCt, PolRuleData, PolTier,
-    SrcRangeData, SvcEntry, SvcKey,
+    L2Cfg, L2Key, L2Value, LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockData, PolCt,
+    PolRuleData, PolTier, SrcRangeData, SvcEntry, SvcKey,
 };
 use crate::mmap::{MmapArray, BPF_F_MMAPABLE};
 use crate::objects::{SOCK_OBJ, TC_HOST_OBJ, TC_POD_OBJ, XDP_UPLINK_OBJ};
@@ -171,6 +171,8 @@ pub(crate) struct Objects {
     pub names: HashMap<MapData, NameKey, NameValue>,
     /// Host endpoint policy (written by `host_policy.rs`).
     pub host_maps: HostMaps,
+    /// L2 announcements (written by `l2.rs`).
+    pub l2_maps: L2Maps,
     /// The sizes the maps really have (pinned maps keep the size they were created with).
     pub capacities: Capacities,
     pub attachments: BTreeMap<(String, Hook), Attachment>,
@@ -185,6 +187,18 @@ pub(crate) struct HostMaps {
     pub rules: Array<MapData, u32>,
     pub cfg: Array<MapData, HostCfg>,
     pub drops: PerCpuArray<MapData, u64>,
+}
+
+/// The maps of L2 announcements (`bpf/lib/maps.h`, `dp_l2_*`).
+pub(crate) struct L2Maps {
+    pub addrs: HashMap<MapData, L2Key, L2Value>,
+    pub cfg: Array<MapData, L2Cfg>,
+}
+
+impl std::fmt::Debug for L2Maps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L2Maps").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for HostMaps {
@@ -506,6 +520,10 @@ pub(crate) fn load(
             rules: take(&mut pod, map_table::HOST_RULES.name)?,
             cfg: take(&mut pod, map_table::HOST_CFG.name)?,
             drops: take(&mut pod, map_table::HOST_DROPS.name)?,
+        },
+        l2_maps: L2Maps {
+            addrs: take(&mut pod, map_table::L2_ADDRS_MAP.name)?,
+            cfg: take(&mut pod, map_table::L2_CFG.name)?,
         },
         pod,
         host,

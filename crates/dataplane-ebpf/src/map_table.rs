@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use crate::maps::{
     Addr, AffinityKey, AffinityValue, BackendValue, CtEntry, CtKey, DpConfig, EvLimit, HostCfg,
-    HostKey, LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockKey, PolCt, PolRuleKey,
-    PolTier, SrcRangeData, SvcEntry, SvcKey, DR_SLOTS, EV_LIMIT_SLOTS, EV_RING_BYTES,
-    HS_RULE_SLOTS, PT_MAX, SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE, STAT_NAMES,
+    HostKey, L2Cfg, L2Key, L2Value, LocalKey, LocalValue, NameKey, NameValue, PolAddr, PolBlockKey,
+    PolCt, PolRuleKey, PolTier, SrcRangeData, SvcEntry, SvcKey, DR_SLOTS, EV_LIMIT_SLOTS,
+    EV_RING_BYTES, HS_RULE_SLOTS, L2_ADDRS, PT_MAX, SOCK_REV_KEY_SIZE, SOCK_REV_VALUE_SIZE,
+    STAT_NAMES,
 };
 
 /// The [`Capacities`](crate::Capacities) field that sizes a map.
@@ -255,8 +256,19 @@ pub(crate) const HOST_SCRATCH: MapSpec =
 /// Host endpoint policy: per-CPU drops by rule slot.
 pub(crate) const HOST_DROPS: MapSpec = spec("dp_host_drops", 4, 8, HS_RULE_SLOTS, None);
 
+/// L2 announcements: (address, uplink ifindex) -> answers sent (`l2.rs`).
+pub(crate) const L2_ADDRS_MAP: MapSpec = spec(
+    "dp_l2_addrs",
+    size_of::<L2Key>(),
+    size_of::<L2Value>(),
+    L2_ADDRS,
+    None,
+);
+/// L2 announcements: the uplink's MAC and the responder's liveness (one entry).
+pub(crate) const L2_CFG: MapSpec = spec("dp_l2_cfg", 4, size_of::<L2Cfg>(), 1, None);
+
 /// Every map.
-pub(crate) const MAPS: [MapSpec; 26] = [
+pub(crate) const MAPS: [MapSpec; 28] = [
     SVC,
     BACKENDS,
     SLOTS,
@@ -283,6 +295,8 @@ pub(crate) const MAPS: [MapSpec; 26] = [
     HOST_DROPS,
     HOST_CT,
     HOST_SCRATCH,
+    L2_ADDRS_MAP,
+    L2_CFG,
 ];
 
 /// Every map, for the BTF layout test (a separate crate): not part of the embedder's API.

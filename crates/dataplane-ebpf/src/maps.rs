@@ -924,6 +924,45 @@ impl NameValue {
     }
 }
 
+/// `L2_ADDRS` (`enum l2_limit`): `dp_l2_addrs`' size.
+pub const L2_ADDRS: u32 = 4096;
+
+/// `struct l2_key`: an address the uplink answers ARP / neighbour solicitations for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct L2Key {
+    /// The announced address.
+    pub addr: Addr,
+    /// The uplink's ifindex.
+    pub ifindex: u32,
+    /// `AF_INET` or `AF_INET6` (the datapath's values).
+    pub family: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
+/// `struct l2_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct L2Value {
+    /// ARP replies and neighbour advertisements sent for the address.
+    pub responses: u64,
+}
+
+/// `struct l2_cfg`: `dp_l2_cfg[0]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct L2Cfg {
+    /// The uplink's MAC.
+    pub mac: [u8; 6],
+    /// Zero.
+    pub pad: [u8; 2],
+    /// How old `liveness_ns` may be for the responder to answer (0: never).
+    pub max_liveness_ns: u64,
+    /// `CLOCK_MONOTONIC` of the last refresh, in ns.
+    pub liveness_ns: u64,
+}
+
 macro_rules! pod {
     ($($t:ty),*) => {$(
         // SAFETY: `$t` is `#[repr(C)]`, made of integers and byte arrays only, with explicit
@@ -957,7 +996,10 @@ pod!(
     NameKey,
     NameValue,
     HostData,
-    HostCfg
+    HostCfg,
+    L2Key,
+    L2Value,
+    L2Cfg
 );
 
 // Compile-time sizes; the BTF test checks offsets as well.
@@ -986,3 +1028,6 @@ const _: () = assert!(std::mem::size_of::<NameKey>() == 24);
 const _: () = assert!(std::mem::size_of::<NameValue>() == 120);
 const _: () = assert!(std::mem::size_of::<HostKey>() == 24);
 const _: () = assert!(std::mem::size_of::<HostCfg>() == 24);
+const _: () = assert!(std::mem::size_of::<L2Key>() == 24);
+const _: () = assert!(std::mem::size_of::<L2Value>() == 8);
+const _: () = assert!(std::mem::size_of::<L2Cfg>() == 24);

@@ -9,9 +9,9 @@ use dataplane_core::DropReason;
 
 use dataplane_ebpf::maps::{
     AffinityKey, AffinityValue, BackendValue, CidrKey, CtEntry, CtKey, DpConfig, EvLimit, EvRate,
-    FlowEventRecord, HostCfg, HostData, HostKey, LocalKey, LocalValue, NameKey, NameValue, PolAddr,
-    PolBlockData, PolBlockKey, PolCt, PolRuleData, PolRuleKey, PolTier, SrcRangeKey, SvcEntry,
-    SvcKey, SvcValue,
+    FlowEventRecord, HostCfg, HostData, HostKey, L2Cfg, L2Key, L2Value, LocalKey, LocalValue,
+    NameKey, NameValue, PolAddr, PolBlockData, PolBlockKey, PolCt, PolRuleData, PolRuleKey,
+    PolTier, SrcRangeKey, SvcEntry, SvcKey, SvcValue,
 };
 
 /// struct name -> (size, [(field, byte offset)]).
@@ -137,6 +137,9 @@ fn map_layouts_match_btf() {
         layout!(NameKey, "name_key", [kind => "kind", family => "family", pad => "pad", id => "id", addr => "addr"]),
         layout!(NameValue, "name_value", [name => "name"]),
         layout!(HostCfg, "host_cfg", [gen => "gen", flags => "flags", fwd_in => "fwd_in", fwd_out => "fwd_out"]),
+        layout!(L2Key, "l2_key", [addr => "addr", ifindex => "ifindex", family => "family", pad => "pad"]),
+        layout!(L2Value, "l2_value", [responses => "responses"]),
+        layout!(L2Cfg, "l2_cfg", [mac => "mac", pad => "pad", max_liveness_ns => "max_liveness_ns", liveness_ns => "liveness_ns"]),
     ];
     for object in objects() {
         let btf = structs_of(object);
@@ -466,6 +469,7 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "HC_F_DEF_OUT" => m::HC_F_DEF_OUT,
             "HC_F_DEF_OUT_FWD" => m::HC_F_DEF_OUT_FWD,
         }
+        "l2_limit" { "L2_ADDRS" => m::L2_ADDRS }
     }
 }
 

@@ -890,6 +890,59 @@ struct {
 } dp_host_drops SEC(".maps");
 
 /*
+ * L2 announcements (l2_responder.h; written by src/l2.rs): the LoadBalancer IPs and
+ * ExternalIPs this node answers ARP requests and neighbour solicitations for on its uplink,
+ * keyed by address and the uplink's ifindex as Cilium's cilium_l2_responder_v4/_v6
+ * (bpf/lib/l2_responder.h) are, in one map for both families (the family in the key, as in
+ * every key here). The value counts the answers sent (atomically: one entry, every CPU).
+ */
+enum l2_limit {
+	L2_ADDRS = 4096, /* dp_l2_addrs' size (Cilium's L2_RESPONDER_MAP*_SIZE) */
+};
+
+struct l2_key {
+	__u32 addr[4]; /* network order, IPv4 in addr[0] */
+	__u32 ifindex; /* the uplink */
+	__u8 family;   /* DP_AF_* */
+	__u8 pad[3];
+};
+
+struct l2_value {
+	__u64 responses; /* ARP replies and neighbour advertisements sent */
+};
+
+/*
+ * dp_l2_cfg[0], written by user space: the uplink's MAC, and the liveness the responder
+ * needs to answer at all (Cilium's agent liveness and l2_announcements_max_liveness):
+ * bpf_ktime_get_ns() - liveness_ns must be at most max_liveness_ns. A node whose agent
+ * stopped refreshing it goes quiet, so that the node another election picks is the only one
+ * answering.
+ */
+struct l2_cfg {
+	__u8 mac[6];
+	__u8 pad[2];
+	__u64 max_liveness_ns; /* 0: never answer */
+	__u64 liveness_ns;     /* CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last refresh */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct l2_key);
+	__type(value, struct l2_value);
+	__uint(max_entries, L2_ADDRS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_l2_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct l2_cfg);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dp_l2_cfg SEC(".maps");
+
+/*
  * BTF holds an enum only when a type the object emits uses it. This struct names every
  * constant enum above and dp_consts_btf() takes it, so that each object's BTF carries them
  * for tests/btf_layout.rs. Nothing calls the function; `used` keeps it.
@@ -923,6 +976,7 @@ struct dp_consts {
 	enum host_kind host_kind;
 	enum host_action host_action;
 	enum host_cfg_flag host_cfg_flag;
+	enum l2_limit l2_limit;
 	/* and the event record, which only user space reads */
 	struct flow_event flow_event; /* by value: a pointer would carry only its name */
 };

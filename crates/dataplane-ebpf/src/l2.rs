@@ -1,0 +1,372 @@
+//! L2 announcements: the uplink answers ARP requests and neighbour solicitations for the
+//! LoadBalancer IPs and ExternalIPs of services with
+//! [`Service::l2_announce`](dataplane_core::Service::l2_announce)
+//! (`bpf/lib/l2_responder.h`, at XDP when it is attached, else in `dp_from_uplink`).
+//!
+//! - `dp_l2_addrs`: (address, uplink ifindex) → answers sent, filled from
+//!   [`dataplane_core::l2::announced_addresses`]: a full sync reconciles the map with the
+//!   state, an incremental one writes only the addresses its changed services add or drop
+//!   (an address two services announce stays until neither does).
+//! - `dp_l2_cfg[0]`: the uplink's MAC and the liveness: the programs answer only while the
+//!   last refresh (`CLOCK_MONOTONIC`, which is `bpf_ktime_get_ns()`) is at most
+//!   [`EbpfConfig::l2_liveness`](crate::EbpfConfig::l2_liveness) old. Every sync and every
+//!   `maintain()` refreshes it. Cilium does the same with its agent liveness (a timestamp the
+//!   agent writes every second) and `l2_announcements_max_liveness`: a node whose agent is
+//!   gone stops answering, and the node that takes the lease over is then the only one that
+//!   does.
+//! - After a sync that adds addresses, and whenever the liveness is refreshed after having
+//!   lapsed (the node was quiet, or this process is new), the node sends a gratuitous ARP or
+//!   an unsolicited neighbour advertisement for each address it now answers for
+//!   ([`dataplane_core::l2::announce`], in the node's namespace), so that neighbours whose
+//!   caches hold another node's MAC (the previous announcer's) move at once, as MetalLB's and
+//!   kube-vip's speakers do on a failover and Cilium's l2announcer does with gratuitous ARPs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use dataplane_core::{ChangeSet, DesiredState, Error, ObjectName, Service};
+
+use crate::error::{removed, EbpfError};
+use crate::loader::L2Maps;
+use crate::map_table;
+use crate::maps::{family_of, Addr, L2Cfg, L2Key, L2Value, L2_ADDRS};
+
+/// The addresses `service` has this node announce.
+fn announced_by(service: &Service) -> BTreeSet<IpAddr> {
+    if !service.l2_announce {
+        return BTreeSet::new();
+    }
+    service
+        .load_balancer_ips
+        .iter()
+        .chain(&service.external_ips)
+        .copied()
+        .collect()
+}
+
+/// What the L2 maps hold, and what a sync needs to change them in proportion to its
+/// changes.
+#[derive(Debug, Default)]
+pub(crate) struct L2State {
+    /// The keys of `dp_l2_addrs`.
+    written: BTreeSet<L2Key>,
+    /// Per announcing service of the applied state, its addresses.
+    by_service: BTreeMap<ObjectName, BTreeSet<IpAddr>>,
+    /// The uplink's name, MAC and ifindex at the last sync that had announcements.
+    uplink: Option<Uplink>,
+    /// When the liveness was last written (`CLOCK_MONOTONIC`); `None`: not by this process.
+    refreshed: Option<Duration>,
+}
+
+/// The interface the addresses are announced on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Uplink {
+    pub name: String,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+/// What a sync will write: the announcing services and the union of their addresses.
+#[derive(Debug)]
+pub(crate) struct L2Plan {
+    by_service: BTreeMap<ObjectName, BTreeSet<IpAddr>>,
+    wanted: BTreeSet<IpAddr>,
+}
+
+impl L2Plan {
+    /// Whether the state announces anything.
+    pub(crate) fn announces(&self) -> bool {
+        !self.wanted.is_empty()
+    }
+}
+
+/// What [`L2State::write`] did.
+#[derive(Debug, Default)]
+pub(crate) struct L2Written {
+    /// Map entries added and removed.
+    pub entries: usize,
+    /// The addresses to announce now: those added, or all of them when the liveness had
+    /// lapsed before this refresh.
+    pub announce: Vec<IpAddr>,
+}
+
+impl L2State {
+    /// The state of the (adopted) maps: the addresses an earlier process left.
+    pub(crate) fn read(maps: &L2Maps) -> Result<Self, EbpfError> {
+        let mut written = BTreeSet::new();
+        for key in maps.addrs.keys() {
+            written.insert(
+                key.map_err(|e| EbpfError::map(map_table::L2_ADDRS_MAP.name, "reading", e))?,
+            );
+        }
+        Ok(Self {
+            written,
+            ..Self::default()
+        })
+    }
+
+    /// The plan of a full sync of `desired` (`changes` `None`) or of an incremental one
+    /// (`changes`' services against the applied ones). Refuses more addresses than
+    /// `dp_l2_addrs` holds, before anything is written.
+    pub(crate) fn plan(
+        &self,
+        desired: &DesiredState,
+        changes: Option<&ChangeSet>,
+    ) -> Result<L2Plan, Error> {
+        let by_service = match changes {
+            None => desired
+                .services
+                .iter()
+                .filter(|s| s.l2_announce)
+                .map(|s| (s.name.clone(), announced_by(s)))
+                .collect(),
+            Some(changes) => {
+                let mut by_service = self.by_service.clone();
+                for (name, change) in &changes.services {
+                    match change.current.as_ref().map(announced_by) {
+                        Some(addresses) if !addresses.is_empty() => {
+                            by_service.insert(name.clone(), addresses);
+                        }
+                        _ => {
+                            by_service.remove(name);
+                        }
+                    }
+                }
+                by_service
+            }
+        };
+        let wanted: BTreeSet<IpAddr> = by_service.values().flatten().copied().collect();
+        if wanted.len() > L2_ADDRS as usize {
+            return Err(Error::CapacityExceeded {
+                what: format!("{} (L2-announced addresses)", map_table::L2_ADDRS_MAP.name),
+                needed: wanted.len(),
+                capacity: L2_ADDRS as usize,
+            });
+        }
+        Ok(L2Plan { by_service, wanted })
+    }
+
+    /// Makes `dp_l2_addrs` hold `plan`'s addresses on `uplink` (removals first, so that the
+    /// map never needs room for both), then refreshes the liveness (`window`) with the
+    /// uplink's MAC. `uplink` is `None` only when nothing is announced.
+    pub(crate) fn write(
+        &mut self,
+        maps: &mut L2Maps,
+        plan: L2Plan,
+        uplink: Option<Uplink>,
+        window: Duration,
+    ) -> Result<L2Written, EbpfError> {
+        let ifindex = uplink.as_ref().map_or(0, |u| u.ifindex);
+        let target: BTreeSet<L2Key> = plan.wanted.iter().map(|ip| key(*ip, ifindex)).collect();
+        let mut entries = 0;
+        let stale: Vec<L2Key> = self.written.difference(&target).copied().collect();
+        for k in stale {
+            removed(maps.addrs.remove(&k))
+                .map_err(|e| EbpfError::map(map_table::L2_ADDRS_MAP.name, "removing", e))?;
+            self.written.remove(&k);
+            entries += 1;
+        }
+        let mut added = Vec::new();
+        let new: Vec<L2Key> = target.difference(&self.written).copied().collect();
+        for k in new {
+            maps.addrs
+                .insert(k, L2Value::default(), 0)
+                .map_err(|e| EbpfError::map(map_table::L2_ADDRS_MAP.name, "writing", e))?;
+            self.written.insert(k);
+            added.push(k.addr.ip(k.family));
+            entries += 1;
+        }
+        self.by_service = plan.by_service;
+        if uplink.is_some() {
+            self.uplink = uplink;
+        }
+        let lapsed = self.refresh(maps, window)?;
+        let announce = if lapsed {
+            plan.wanted.into_iter().collect()
+        } else {
+            added
+        };
+        Ok(L2Written { entries, announce })
+    }
+
+    /// Writes the liveness (now) with the uplink's MAC and `window`, once a sync has found
+    /// the uplink. Returns whether the liveness had lapsed (or was never written by this
+    /// process) while addresses were announced: the node was quiet until now.
+    pub(crate) fn refresh(
+        &mut self,
+        maps: &mut L2Maps,
+        window: Duration,
+    ) -> Result<bool, EbpfError> {
+        let Some(uplink) = &self.uplink else {
+            return Ok(false);
+        };
+        let now = crate::maintain::monotonic_now();
+        let lapsed = self
+            .refreshed
+            .is_none_or(|at| now.saturating_sub(at) > window);
+        let cfg = L2Cfg {
+            mac: uplink.mac,
+            pad: [0; 2],
+            max_liveness_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+            liveness_ns: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+        };
+        maps.cfg
+            .set(0, cfg, 0)
+            .map_err(|e| EbpfError::map(map_table::L2_CFG.name, "writing", e))?;
+        self.refreshed = Some(now);
+        Ok(lapsed && !self.written.is_empty())
+    }
+
+    /// Whether any address is announced.
+    pub(crate) fn announces(&self) -> bool {
+        !self.written.is_empty()
+    }
+
+    /// The uplink of the last sync that announced something.
+    pub(crate) fn uplink(&self) -> Option<&Uplink> {
+        self.uplink.as_ref()
+    }
+
+    /// The addresses announced now.
+    pub(crate) fn addresses(&self) -> Vec<IpAddr> {
+        self.written.iter().map(|k| k.addr.ip(k.family)).collect()
+    }
+
+    /// Answers sent per announced address (`stats().other`: `l2_responses.<address>`, and
+    /// their sum `l2_responses`): one lookup per announced address.
+    pub(crate) fn fill_counters(
+        &self,
+        maps: &L2Maps,
+        other: &mut BTreeMap<String, u64>,
+    ) -> Result<(), EbpfError> {
+        let mut total = 0;
+        for k in &self.written {
+            let responses = match maps.addrs.get(k, 0) {
+                Ok(v) => v.responses,
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(EbpfError::map(map_table::L2_ADDRS_MAP.name, "reading", e)),
+            };
+            total += responses;
+            other.insert(format!("l2_responses.{}", k.addr.ip(k.family)), responses);
+        }
+        other.insert("l2_responses".to_owned(), total);
+        Ok(())
+    }
+}
+
+/// The map key of `ip` on the interface `ifindex`.
+fn key(ip: IpAddr, ifindex: u32) -> L2Key {
+    L2Key {
+        addr: Addr::new(ip),
+        ifindex,
+        family: family_of(&ip),
+        pad: [0; 3],
+    }
+}
+
+/// The index and Ethernet address of interface `name` in the calling thread's namespace;
+/// `Ok(None)` when it has no Ethernet address (not an Ethernet interface).
+pub(crate) fn uplink_of(name: &str) -> Result<Option<Uplink>, EbpfError> {
+    let ifindex = crate::local::ifindex_of(name);
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| EbpfError::Attach {
+        interface: name.to_owned(),
+        program: "L2 announcements (reading the uplink's MAC)".to_owned(),
+        source: Box::new(std::io::Error::from(e)),
+    })?;
+    let mac = addrs
+        .filter(|a| a.interface_name == name)
+        .find_map(|a| a.address.and_then(|s| s.as_link_addr().copied()))
+        .filter(|link| link.halen() == 6)
+        .and_then(|link| link.addr());
+    Ok(mac
+        .filter(|m| *m != [0; 6] && ifindex != 0)
+        .map(|mac| Uplink {
+            name: name.to_owned(),
+            ifindex,
+            mac,
+        }))
+}
+
+/// Sends the gratuitous announcements for `addresses` out of `uplink` (in the calling
+/// thread's namespace). A failure is the caller's warning: the answers are programmed.
+pub(crate) fn announce(uplink: &Uplink, addresses: &[IpAddr]) -> std::io::Result<usize> {
+    if addresses.is_empty() {
+        return Ok(0);
+    }
+    dataplane_core::l2::announce(&uplink.name, addresses.iter().copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, lb: &[&str], announce: bool) -> Service {
+        let mut s = Service::new(ObjectName::new("default", name));
+        s.load_balancer_ips = lb.iter().map(|a| a.parse().unwrap()).collect();
+        s.l2_announce = announce;
+        s
+    }
+
+    fn change(previous: Option<Service>, current: Option<Service>) -> ChangeSet {
+        let name = previous
+            .as_ref()
+            .or(current.as_ref())
+            .map(|s| s.name.clone())
+            .unwrap();
+        let mut c = ChangeSet::default();
+        c.services
+            .insert(name, dataplane_core::Change { previous, current });
+        c
+    }
+
+    #[test]
+    fn an_address_two_services_announce_stays_until_neither_does() {
+        let node = dataplane_core::Node::new("node-a", ["172.18.0.2".parse().unwrap()]);
+        let mut st = DesiredState::new(node);
+        st.services = vec![
+            service("a", &["172.18.0.200"], true),
+            service("b", &["172.18.0.200", "fd00:18::c8"], true),
+            service("quiet", &["172.18.0.201"], false),
+        ];
+        let mut l2 = L2State::default();
+        let plan = l2.plan(&st, None).unwrap();
+        assert_eq!(
+            plan.wanted,
+            ["172.18.0.200", "fd00:18::c8"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect()
+        );
+        l2.by_service = plan.by_service;
+        // b goes: 172.18.0.200 stays for a
+        let plan = l2
+            .plan(
+                &st,
+                Some(&change(
+                    Some(service("b", &["172.18.0.200", "fd00:18::c8"], true)),
+                    None,
+                )),
+            )
+            .unwrap();
+        assert_eq!(
+            plan.wanted,
+            ["172.18.0.200"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect()
+        );
+        l2.by_service = plan.by_service;
+        // a stops announcing: nothing left
+        let plan = l2
+            .plan(
+                &st,
+                Some(&change(
+                    Some(service("a", &["172.18.0.200"], true)),
+                    Some(service("a", &["172.18.0.200"], false)),
+                )),
+            )
+            .unwrap();
+        assert!(!plan.announces());
+    }
+}
