@@ -236,7 +236,7 @@ pub struct EbpfConfig {
 
 /// The default [`EbpfConfig::l2_liveness`]: 3 s, the value Cilium's own datapath test of the
 /// responder uses. It bounds how long a node whose agent died keeps answering: well inside
-/// a per-service lease (Cilium's default lease is 15 s, renewed every 2 s; MetalLB and
+/// a per-service lease (Cilium's default lease is 15 s, renewed every 2 s; `MetalLB` and
 /// kube-vip fail over in seconds too), so that a dead agent's node is quiet before another
 /// node can take the lease over, and clients that ask meanwhile do not get two answers. A
 /// shorter window makes the maintenance timer (a third of it, at least

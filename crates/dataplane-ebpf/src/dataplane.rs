@@ -20,7 +20,7 @@ use crate::ct::ct_entries;
 use crate::error::EbpfError;
 use crate::events::{EventAsk, EventAsks};
 use crate::host_policy::{HostRuleDrops, HostState};
-use crate::l2::{self, L2State};
+use crate::l2::L2State;
 use crate::loader::{self, Hook, Objects};
 use crate::maintain::{gc, maintenance_interval};
 use crate::map_table;
@@ -140,7 +140,7 @@ impl EbpfDataplane {
         let policy = PolicyState::read(&objects.maps)?;
         let names = Names::read(&objects.names)?;
         let host = HostState::read(&objects.host_maps)?;
-        let l2 = L2State::read(&objects.l2_maps)?;
+        let l2 = L2State::read(&objects.l2_maps, self.config.l2_liveness)?;
         // Reading the arrays mapped each chunk that holds entries: kept mapped, they would
         // stay resident for the life of the process.
         objects.maps.unmap_arrays();
@@ -384,7 +384,6 @@ impl EbpfDataplane {
         let mode = self.config.attach_mode;
         let xdp_mode = self.config.xdp;
         let sets_per_address = self.config.capacities.policy_sets_per_address;
-        let l2_window = self.config.l2_liveness;
         let Loaded {
             objects,
             current,
@@ -414,10 +413,8 @@ impl EbpfDataplane {
         };
         // Host endpoint policy, compiled and checked before anything is written too.
         let host_tables = host.plan(rest, BACKEND, &objects.host_maps, caps.host_prefixes)?;
-        // L2 announcements: the addresses and the uplink's MAC, checked before anything is
-        // written too (l2.rs).
-        let l2_plan = l2_state.plan(desired, changes)?;
-        let l2_uplink = l2_uplink(&rest.node, netns.as_deref(), l2_plan.announces())?;
+        // L2 announcements (l2.rs): addresses and the uplink's MAC, checked before writing.
+        let l2_plan = l2_state.plan(desired, changes, &rest.node, netns.as_deref())?;
         // Make before break, so that no moment is fail-open. The last policy going: isolation
         // goes before the anti-spoofing flag (CFG_F_POLICY, in dp_config) does. Otherwise
         // dp_config (the flag on) first, then the new rules and addresses (a new pod's
@@ -468,10 +465,8 @@ impl EbpfDataplane {
         if !clearing {
             policy.write_stale(&mut objects.maps, policy_plan)?;
         }
-        let l2_written = l2_state.write(&mut objects.l2_maps, l2_plan, l2_uplink, l2_window)?;
-        let l2_warning = l2_state
-            .uplink()
-            .and_then(|u| send_announcements(netns.as_deref(), u, &l2_written.announce));
+        let (l2_written, l2_warning) =
+            l2_state.write(&mut objects.l2_maps, l2_plan, netns.as_deref())?;
 
         self.update_health(desired, rest, changes);
         let (mut warnings, mut skipped) = notes(desired, &rest.node, changes);
@@ -491,7 +486,7 @@ impl EbpfDataplane {
                 + policy_written
                 + names_count
                 + host_written
-                + l2_written.entries,
+                + l2_written,
             skipped,
             warnings,
         })
@@ -877,7 +872,6 @@ impl Dataplane for EbpfDataplane {
     /// forward entry goes too, so that their next packet sets both up again). After [`Dataplane::reset`]: nothing tracked, nothing to expire.
     fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
         let timeouts = self.config.timeouts;
-        let window = self.config.l2_liveness;
         let netns = self.config.netns.clone();
         let Some(loaded) = self.loaded.as_deref_mut() else {
             return Ok(MaintenanceReport {
@@ -887,13 +881,11 @@ impl Dataplane for EbpfDataplane {
         };
         // The L2 responder's liveness first (cheap): the node keeps answering for its
         // announced addresses as long as this runs (l2.rs). After a lapse, announced again.
-        if loaded.l2.refresh(&mut loaded.objects.l2_maps, window)? {
-            if let Some(uplink) = loaded.l2.uplink() {
-                let addresses = loaded.l2.addresses();
-                if let Some(w) = send_announcements(netns.as_deref(), uplink, &addresses) {
-                    tracing::warn!(field = %w.field, message = %w.message, "L2 announcements");
-                }
-            }
+        if let Some(w) = loaded
+            .l2
+            .keep_alive(&mut loaded.objects.l2_maps, netns.as_deref())?
+        {
+            tracing::warn!(field = %w.field, message = %w.message, "L2 announcements");
         }
         let gc = gc(&mut loaded.objects.maps, &loaded.current, &timeouts, now)?;
         Ok(MaintenanceReport {
@@ -1073,62 +1065,5 @@ fn invalid_events(e: crate::EventLimitError) -> EbpfError {
     EbpfError::Load {
         object: "EbpfConfig::events".to_owned(),
         source: Box::new(e),
-    }
-}
-
-/// The uplink of `node` (in the namespace `netns`) when `announces`: the L2 responder answers
-/// with its MAC. A state that announces addresses on an uplink without an Ethernet address
-/// is refused, before anything is written.
-fn l2_uplink(
-    node: &dataplane_core::Node,
-    netns: Option<&Path>,
-    announces: bool,
-) -> Result<Option<l2::Uplink>, Error> {
-    if !announces {
-        return Ok(None);
-    }
-    let name = node.interfaces.uplink.clone();
-    let uplink = netns::in_netns(netns, || l2::uplink_of(&name))?;
-    match uplink {
-        Some(u) => Ok(Some(u)),
-        None => Err(Error::Unsupported {
-            dataplane: BACKEND.to_owned(),
-            feature: "L2 announcements on an uplink without an Ethernet address".to_owned(),
-            object: format!("node {} interfaces.uplink {name}", node.name),
-        }),
-    }
-}
-
-/// Sends the gratuitous announcements of `addresses` out of `uplink` in `netns`; a failure
-/// is a warning (the answers are programmed: neighbours learn the node when they ask).
-fn send_announcements(
-    netns: Option<&Path>,
-    uplink: &l2::Uplink,
-    addresses: &[std::net::IpAddr],
-) -> Option<Warning> {
-    if addresses.is_empty() {
-        return None;
-    }
-    let sent = netns::in_netns(netns, || {
-        l2::announce(uplink, addresses).map_err(|e| EbpfError::Attach {
-            interface: uplink.name.clone(),
-            program: "L2 announcements (gratuitous ARP / unsolicited NA)".to_owned(),
-            source: Box::new(e),
-        })
-    });
-    match sent {
-        Ok(n) => {
-            tracing::debug!(interface = %uplink.name, sent = n, "L2 announcements sent");
-            None
-        }
-        Err(e) => Some(Warning {
-            object: "node".to_owned(),
-            field: "l2Announce".to_owned(),
-            message: format!(
-                "gratuitous announcements of {} addresses not sent (neighbours keep a \
-                 previous announcer's MAC until their entries expire): {e}",
-                addresses.len()
-            ),
-        }),
     }
 }

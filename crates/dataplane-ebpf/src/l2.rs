@@ -18,19 +18,23 @@
 //!   lapsed (the node was quiet, or this process is new), the node sends a gratuitous ARP or
 //!   an unsolicited neighbour advertisement for each address it now answers for
 //!   ([`dataplane_core::l2::announce`], in the node's namespace), so that neighbours whose
-//!   caches hold another node's MAC (the previous announcer's) move at once, as MetalLB's and
+//!   caches hold another node's MAC (the previous announcer's) move at once, as `MetalLB`'s and
 //!   kube-vip's speakers do on a failover and Cilium's l2announcer does with gratuitous ARPs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use dataplane_core::{ChangeSet, DesiredState, Error, ObjectName, Service};
+use std::path::Path;
+
+use dataplane_core::{ChangeSet, DesiredState, Error, ObjectName, Service, Warning};
 
 use crate::error::{removed, EbpfError};
 use crate::loader::L2Maps;
 use crate::map_table;
 use crate::maps::{family_of, Addr, L2Cfg, L2Key, L2Value, L2_ADDRS};
+use crate::netns;
+use crate::plan::BACKEND;
 
 /// The addresses `service` has this node announce.
 fn announced_by(service: &Service) -> BTreeSet<IpAddr> {
@@ -57,6 +61,8 @@ pub(crate) struct L2State {
     uplink: Option<Uplink>,
     /// When the liveness was last written (`CLOCK_MONOTONIC`); `None`: not by this process.
     refreshed: Option<Duration>,
+    /// [`EbpfConfig::l2_liveness`](crate::EbpfConfig::l2_liveness).
+    window: Duration,
 }
 
 /// The interface the addresses are announced on.
@@ -67,33 +73,18 @@ pub(crate) struct Uplink {
     pub mac: [u8; 6],
 }
 
-/// What a sync will write: the announcing services and the union of their addresses.
+/// What a sync will write: the announcing services, the union of their addresses and the
+/// uplink they are announced on (`None` when there are none).
 #[derive(Debug)]
 pub(crate) struct L2Plan {
     by_service: BTreeMap<ObjectName, BTreeSet<IpAddr>>,
     wanted: BTreeSet<IpAddr>,
-}
-
-impl L2Plan {
-    /// Whether the state announces anything.
-    pub(crate) fn announces(&self) -> bool {
-        !self.wanted.is_empty()
-    }
-}
-
-/// What [`L2State::write`] did.
-#[derive(Debug, Default)]
-pub(crate) struct L2Written {
-    /// Map entries added and removed.
-    pub entries: usize,
-    /// The addresses to announce now: those added, or all of them when the liveness had
-    /// lapsed before this refresh.
-    pub announce: Vec<IpAddr>,
+    uplink: Option<Uplink>,
 }
 
 impl L2State {
     /// The state of the (adopted) maps: the addresses an earlier process left.
-    pub(crate) fn read(maps: &L2Maps) -> Result<Self, EbpfError> {
+    pub(crate) fn read(maps: &L2Maps, window: Duration) -> Result<Self, EbpfError> {
         let mut written = BTreeSet::new();
         for key in maps.addrs.keys() {
             written.insert(
@@ -102,19 +93,57 @@ impl L2State {
         }
         Ok(Self {
             written,
+            window,
             ..Self::default()
         })
     }
 
     /// The plan of a full sync of `desired` (`changes` `None`) or of an incremental one
-    /// (`changes`' services against the applied ones). Refuses more addresses than
-    /// `dp_l2_addrs` holds, before anything is written.
+    /// (`changes`' services against the applied ones), on `node`'s uplink in the namespace
+    /// `netns`. Refuses, before anything is written, more addresses than `dp_l2_addrs` holds
+    /// and addresses to announce on an uplink without an Ethernet address.
     pub(crate) fn plan(
         &self,
         desired: &DesiredState,
         changes: Option<&ChangeSet>,
+        node: &dataplane_core::Node,
+        netns: Option<&Path>,
     ) -> Result<L2Plan, Error> {
-        let by_service = match changes {
+        let by_service = self.announcing(desired, changes);
+        let wanted: BTreeSet<IpAddr> = by_service.values().flatten().copied().collect();
+        if wanted.len() > L2_ADDRS as usize {
+            return Err(Error::CapacityExceeded {
+                what: format!("{} (L2-announced addresses)", map_table::L2_ADDRS_MAP.name),
+                needed: wanted.len(),
+                capacity: L2_ADDRS as usize,
+            });
+        }
+        let uplink = if wanted.is_empty() {
+            None
+        } else {
+            let name = node.interfaces.uplink.clone();
+            let uplink = netns::in_netns(netns, || uplink_of(&name))?;
+            Some(uplink.ok_or_else(|| Error::Unsupported {
+                dataplane: BACKEND.to_owned(),
+                feature: "L2 announcements on an uplink without an Ethernet address".to_owned(),
+                object: format!("node {} interfaces.uplink {name}", node.name),
+            })?)
+        };
+        Ok(L2Plan {
+            by_service,
+            wanted,
+            uplink,
+        })
+    }
+
+    /// Per announcing service, its addresses: `desired`'s (a full sync), or the applied ones
+    /// with `changes`' services changed.
+    fn announcing(
+        &self,
+        desired: &DesiredState,
+        changes: Option<&ChangeSet>,
+    ) -> BTreeMap<ObjectName, BTreeSet<IpAddr>> {
+        match changes {
             None => desired
                 .services
                 .iter()
@@ -135,29 +164,21 @@ impl L2State {
                 }
                 by_service
             }
-        };
-        let wanted: BTreeSet<IpAddr> = by_service.values().flatten().copied().collect();
-        if wanted.len() > L2_ADDRS as usize {
-            return Err(Error::CapacityExceeded {
-                what: format!("{} (L2-announced addresses)", map_table::L2_ADDRS_MAP.name),
-                needed: wanted.len(),
-                capacity: L2_ADDRS as usize,
-            });
         }
-        Ok(L2Plan { by_service, wanted })
     }
 
-    /// Makes `dp_l2_addrs` hold `plan`'s addresses on `uplink` (removals first, so that the
-    /// map never needs room for both), then refreshes the liveness (`window`) with the
-    /// uplink's MAC. `uplink` is `None` only when nothing is announced.
+    /// Makes `dp_l2_addrs` hold `plan`'s addresses on its uplink (removals first, so that
+    /// the map never needs room for both), refreshes the liveness with the
+    /// uplink's MAC, and announces (in `netns`) the addresses added, or all of them when the
+    /// liveness had lapsed. Returns the entries written, and a warning when the
+    /// announcements could not be sent.
     pub(crate) fn write(
         &mut self,
         maps: &mut L2Maps,
         plan: L2Plan,
-        uplink: Option<Uplink>,
-        window: Duration,
-    ) -> Result<L2Written, EbpfError> {
-        let ifindex = uplink.as_ref().map_or(0, |u| u.ifindex);
+        netns: Option<&Path>,
+    ) -> Result<(usize, Option<Warning>), EbpfError> {
+        let ifindex = plan.uplink.as_ref().map_or(0, |u| u.ifindex);
         let target: BTreeSet<L2Key> = plan.wanted.iter().map(|ip| key(*ip, ifindex)).collect();
         let mut entries = 0;
         let stale: Vec<L2Key> = self.written.difference(&target).copied().collect();
@@ -178,26 +199,43 @@ impl L2State {
             entries += 1;
         }
         self.by_service = plan.by_service;
-        if uplink.is_some() {
-            self.uplink = uplink;
+        if plan.uplink.is_some() {
+            self.uplink = plan.uplink;
         }
-        let lapsed = self.refresh(maps, window)?;
-        let announce = if lapsed {
+        let announce = if self.refresh(maps)? {
             plan.wanted.into_iter().collect()
         } else {
             added
         };
-        Ok(L2Written { entries, announce })
+        let warning = self
+            .uplink
+            .as_ref()
+            .and_then(|u| send_announcements(netns, u, &announce));
+        Ok((entries, warning))
     }
 
-    /// Writes the liveness (now) with the uplink's MAC and `window`, once a sync has found
-    /// the uplink. Returns whether the liveness had lapsed (or was never written by this
-    /// process) while addresses were announced: the node was quiet until now.
-    pub(crate) fn refresh(
+    /// [`Self::refresh`], and after a lapse the announcements of every address (in `netns`):
+    /// `maintain()`'s part. Returns a warning when they could not be sent.
+    pub(crate) fn keep_alive(
         &mut self,
         maps: &mut L2Maps,
-        window: Duration,
-    ) -> Result<bool, EbpfError> {
+        netns: Option<&Path>,
+    ) -> Result<Option<Warning>, EbpfError> {
+        if !self.refresh(maps)? {
+            return Ok(None);
+        }
+        let addresses = self.addresses();
+        Ok(self
+            .uplink
+            .as_ref()
+            .and_then(|u| send_announcements(netns, u, &addresses)))
+    }
+
+    /// Writes the liveness (now) with the uplink's MAC and the window, once a sync has found
+    /// the uplink. Returns whether the liveness had lapsed (or was never written by this
+    /// process) while addresses were announced: the node was quiet until now.
+    fn refresh(&mut self, maps: &mut L2Maps) -> Result<bool, EbpfError> {
+        let window = self.window;
         let Some(uplink) = &self.uplink else {
             return Ok(false);
         };
@@ -223,13 +261,8 @@ impl L2State {
         !self.written.is_empty()
     }
 
-    /// The uplink of the last sync that announced something.
-    pub(crate) fn uplink(&self) -> Option<&Uplink> {
-        self.uplink.as_ref()
-    }
-
     /// The addresses announced now.
-    pub(crate) fn addresses(&self) -> Vec<IpAddr> {
+    fn addresses(&self) -> Vec<IpAddr> {
         self.written.iter().map(|k| k.addr.ip(k.family)).collect()
     }
 
@@ -288,13 +321,41 @@ pub(crate) fn uplink_of(name: &str) -> Result<Option<Uplink>, EbpfError> {
         }))
 }
 
-/// Sends the gratuitous announcements for `addresses` out of `uplink` (in the calling
-/// thread's namespace). A failure is the caller's warning: the answers are programmed.
-pub(crate) fn announce(uplink: &Uplink, addresses: &[IpAddr]) -> std::io::Result<usize> {
+/// Sends the gratuitous announcements of `addresses` out of `uplink` in `netns`
+/// ([`dataplane_core::l2::announce`]); a failure is a warning (the answers are programmed:
+/// neighbours learn the node when they ask).
+fn send_announcements(
+    netns: Option<&Path>,
+    uplink: &Uplink,
+    addresses: &[IpAddr],
+) -> Option<Warning> {
     if addresses.is_empty() {
-        return Ok(0);
+        return None;
     }
-    dataplane_core::l2::announce(&uplink.name, addresses.iter().copied())
+    let sent = netns::in_netns(netns, || {
+        dataplane_core::l2::announce(&uplink.name, addresses.iter().copied()).map_err(|e| {
+            EbpfError::Attach {
+                interface: uplink.name.clone(),
+                program: "L2 announcements (gratuitous ARP / unsolicited NA)".to_owned(),
+                source: Box::new(e),
+            }
+        })
+    });
+    match sent {
+        Ok(n) => {
+            tracing::debug!(interface = %uplink.name, sent = n, "L2 announcements sent");
+            None
+        }
+        Err(e) => Some(Warning {
+            object: "node".to_owned(),
+            field: "l2Announce".to_owned(),
+            message: format!(
+                "gratuitous announcements of {} addresses not sent (neighbours keep a \
+                 previous announcer's MAC until their entries expire): {e}",
+                addresses.len()
+            ),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -320,6 +381,11 @@ mod tests {
         c
     }
 
+    fn union(by_service: &BTreeMap<ObjectName, BTreeSet<IpAddr>>) -> Vec<String> {
+        let all: BTreeSet<&IpAddr> = by_service.values().flatten().collect();
+        all.iter().map(ToString::to_string).collect()
+    }
+
     #[test]
     fn an_address_two_services_announce_stays_until_neither_does() {
         let node = dataplane_core::Node::new("node-a", ["172.18.0.2".parse().unwrap()]);
@@ -330,43 +396,16 @@ mod tests {
             service("quiet", &["172.18.0.201"], false),
         ];
         let mut l2 = L2State::default();
-        let plan = l2.plan(&st, None).unwrap();
-        assert_eq!(
-            plan.wanted,
-            ["172.18.0.200", "fd00:18::c8"]
-                .iter()
-                .map(|a| a.parse().unwrap())
-                .collect()
-        );
-        l2.by_service = plan.by_service;
+        l2.by_service = l2.announcing(&st, None);
+        assert_eq!(union(&l2.by_service), ["172.18.0.200", "fd00:18::c8"]);
         // b goes: 172.18.0.200 stays for a
-        let plan = l2
-            .plan(
-                &st,
-                Some(&change(
-                    Some(service("b", &["172.18.0.200", "fd00:18::c8"], true)),
-                    None,
-                )),
-            )
-            .unwrap();
-        assert_eq!(
-            plan.wanted,
-            ["172.18.0.200"]
-                .iter()
-                .map(|a| a.parse().unwrap())
-                .collect()
-        );
-        l2.by_service = plan.by_service;
+        let b = service("b", &["172.18.0.200", "fd00:18::c8"], true);
+        l2.by_service = l2.announcing(&st, Some(&change(Some(b), None)));
+        assert_eq!(union(&l2.by_service), ["172.18.0.200"]);
         // a stops announcing: nothing left
-        let plan = l2
-            .plan(
-                &st,
-                Some(&change(
-                    Some(service("a", &["172.18.0.200"], true)),
-                    Some(service("a", &["172.18.0.200"], false)),
-                )),
-            )
-            .unwrap();
-        assert!(!plan.announces());
+        let a = service("a", &["172.18.0.200"], true);
+        let quiet_a = service("a", &["172.18.0.200"], false);
+        l2.by_service = l2.announcing(&st, Some(&change(Some(a), Some(quiet_a))));
+        assert!(union(&l2.by_service).is_empty());
     }
 }

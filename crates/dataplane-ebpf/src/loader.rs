@@ -195,6 +195,15 @@ pub(crate) struct L2Maps {
     pub cfg: Array<MapData, L2Cfg>,
 }
 
+impl L2Maps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
+        Ok(Self {
+            addrs: take(ebpf, map_table::L2_ADDRS_MAP.name)?,
+            cfg: take(ebpf, map_table::L2_CFG.name)?,
+        })
+    }
+}
+
 impl std::fmt::Debug for L2Maps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("L2Maps").finish_non_exhaustive()
@@ -521,10 +530,7 @@ pub(crate) fn load(
             cfg: take(&mut pod, map_table::HOST_CFG.name)?,
             drops: take(&mut pod, map_table::HOST_DROPS.name)?,
         },
-        l2_maps: L2Maps {
-            addrs: take(&mut pod, map_table::L2_ADDRS_MAP.name)?,
-            cfg: take(&mut pod, map_table::L2_CFG.name)?,
-        },
+        l2_maps: L2Maps::take(&mut pod)?,
         pod,
         host,
         xdp,

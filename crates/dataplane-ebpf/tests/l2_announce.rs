@@ -1,5 +1,5 @@
 //! L2 announcements end to end in the testkit lab: an external client with no route for a
-//! LoadBalancer IP inside the underlay's subnet (172.18.0.200, fd00:18::c8: on-link for it)
+//! LoadBalancer IP inside the underlay's subnet (172.18.0.200, `fd00:18::c8`: on-link for it)
 //! resolves it by ARP / NDP and reaches the service; a node whose liveness lapsed stops
 //! answering; a failover moves the client's neighbour entry to the new announcer on its
 //! gratuitous announcement.
@@ -19,7 +19,7 @@
 //! (so its answers leave by `XDP_TX`; `n1`, the underlay side of its uplink, gets a pass-all
 //! XDP program, without which a veth drops `XDP_TX` frames), node 0 with TC only (answers
 //! leave by a redirect to its uplink); the client sends complete checksums (TX checksum offload
-//! off), as xdp_lab.rs explains, since node 1's XDP fast path forwards its service traffic.
+//! off), as `xdp_lab.rs` explains, since node 1's XDP fast path forwards its service traffic.
 
 mod common;
 

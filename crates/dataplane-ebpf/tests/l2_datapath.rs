@@ -10,7 +10,7 @@
 //!                    v
 //!                   [dp_from_uplink] --redirect to eth0 (7): the same answer, when XDP is off
 //! ```
-//! Service `lb` announces 172.18.0.200 and fd00:18::c8 (LoadBalancer IPs, `l2Announce`);
+//! Service `lb` announces 172.18.0.200 and `fd00:18::c8` (LoadBalancer IPs, `l2Announce`);
 //! `quiet` has 172.18.0.201 without it.
 
 mod common;
@@ -183,6 +183,7 @@ const OVERRIDE: u8 = 0x20;
 
 /// The fixtures every hook answers the same way; `answered` is the hook's verdict for an
 /// answer, `passed` for a packet left alone.
+#[allow(clippy::too_many_lines)] // a fixture table reads best in one piece
 fn fixtures(hook: Hook, answered: u32, passed: u32) -> Vec<Fixture> {
     let lb6 = v6("fd00:18::c8");
     let mut padded = arp_request([172, 18, 0, 200]);
