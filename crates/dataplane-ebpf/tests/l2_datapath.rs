@@ -18,7 +18,7 @@ mod common;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use common::{backend, check, hex, l4_checksum, node_a, require_root, Fixture, TestNode};
+use common::{backend, l4_checksum, node_a, require_root, Fixture, TestNode};
 use dataplane_core::{Dataplane, DesiredState, ObjectName, Protocol, Service, ServicePort};
 use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 
@@ -322,26 +322,13 @@ fn fixtures(hook: Hook, answered: u32, passed: u32) -> Vec<Fixture> {
     ]
 }
 
-/// Runs `f` through `hook` on eth0 (TC: received on it) and checks verdict and bytes.
+/// Runs `f` through its hook on eth0 (TC: received on it) and checks verdict and bytes.
 fn check_on(dp: &mut EbpfDataplane, f: &Fixture) {
-    if f.hook == Hook::Xdp {
-        check(dp, f);
-        return;
-    }
     let on = RunOn {
         interface: Some("eth0".to_owned()),
         ingress: Some("eth0".to_owned()),
     };
-    let run = dp
-        .run_packet_on(f.hook, &f.input, 1, &on)
-        .expect("test run");
-    assert_eq!(run.verdict, f.verdict, "{}: verdict", f.description);
-    assert_eq!(
-        hex(&run.output),
-        hex(&f.output),
-        "{}: output bytes (left: got, right: expected)",
-        f.description
-    );
+    common::check_on(dp, f, &on);
 }
 
 fn answers(fixtures: &[Fixture], answered: u32) -> (u64, u64) {

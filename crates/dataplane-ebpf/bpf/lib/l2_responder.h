@@ -278,6 +278,24 @@ static __always_inline int l2_answer(__u8 *f, __u32 len, __u32 ifindex, const __
 	return 0;
 }
 
+/*
+ * What both hooks do first: the responder config when the frame (@data..@end) may be a
+ * question and the responder is live, else NULL (the cheap tests first: every packet on the
+ * uplink pays them).
+ */
+static __always_inline struct l2_cfg *l2_begin(void *data, void *end)
+{
+	return l2_candidate(data, end) ? l2_live() : NULL;
+}
+
+/* How many bytes of a @len-byte frame the stack copy takes; 0: too short for a question. */
+static __always_inline __u32 l2_copy_len(__u32 len)
+{
+	if (len < L2_ARP_LEN)
+		return 0;
+	return len > L2_NA_LEN ? L2_NA_LEN : len;
+}
+
 /**
  * l2_xdp() - the responder at XDP: XDP_TX with the answer, or L2_GO_ON (the packet
  * untouched).
@@ -295,14 +313,12 @@ static __noinline __attribute__((unused)) int l2_xdp(struct xdp_md *ctx)
 	__u32 len, n;
 	int out;
 
-	if (!l2_candidate(data, end))
-		return L2_GO_ON;
-	cfg = l2_live();
+	cfg = l2_begin(data, end);
 	if (!cfg)
 		return L2_GO_ON;
 	len = bpf_xdp_get_buff_len(ctx);
-	n = len > L2_NA_LEN ? L2_NA_LEN : len;
-	if (n < L2_ARP_LEN)
+	n = l2_copy_len(len);
+	if (!n)
 		return L2_GO_ON;
 	__builtin_memset(buf, 0, sizeof(buf));
 	if (bpf_xdp_load_bytes(ctx, 0, f, n))
@@ -338,14 +354,12 @@ static __noinline __attribute__((unused)) int l2_tc(struct __sk_buff *skb)
 	__u32 len, n;
 	int out;
 
-	if (!l2_candidate(data, end))
-		return L2_GO_ON;
-	cfg = l2_live();
+	cfg = l2_begin(data, end);
 	if (!cfg)
 		return L2_GO_ON;
 	len = skb->len;
-	n = len > L2_NA_LEN ? L2_NA_LEN : len;
-	if (n < L2_ARP_LEN)
+	n = l2_copy_len(len);
+	if (!n)
 		return L2_GO_ON;
 	__builtin_memset(buf, 0, sizeof(buf));
 	if (bpf_skb_load_bytes(skb, 0, f, n))

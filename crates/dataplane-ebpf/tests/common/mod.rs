@@ -29,7 +29,12 @@ pub struct Fixture {
 
 /// Runs `f` through `dp` and checks its verdict and output bytes; returns the output.
 pub fn check(dp: &mut EbpfDataplane, f: &Fixture) -> Vec<u8> {
-    let run = dp.run_packet(f.hook, &f.input, 1).expect("test run");
+    check_on(dp, f, &dataplane_ebpf::RunOn::default())
+}
+
+/// [`check`] with the skb's interfaces chosen (TC hooks; see `EbpfDataplane::run_packet_on`).
+pub fn check_on(dp: &mut EbpfDataplane, f: &Fixture, on: &dataplane_ebpf::RunOn) -> Vec<u8> {
+    let run = dp.run_packet_on(f.hook, &f.input, 1, on).expect("test run");
     assert_eq!(run.verdict, f.verdict, "{}: verdict", f.description);
     assert_eq!(
         hex(&run.output),
