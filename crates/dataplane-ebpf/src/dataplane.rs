@@ -851,9 +851,7 @@ impl Dataplane for EbpfDataplane {
         let mut other: BTreeMap<String, u64> = other;
         crate::ct::fill_counters(&mut other, ct.len(), loaded.objects.capacities.conntrack);
         let drops = crate::events::drop_counters(&loaded.objects.drops, &mut other)?;
-        loaded
-            .l2
-            .fill_counters(&loaded.objects.l2_maps, &mut other)?;
+        crate::l2::counters(&loaded.objects.l2_maps.addrs, &mut other)?;
         Ok(Stats {
             packets_translated: totals[STAT_TRANSLATED],
             packets_dropped: totals[STAT_DROPPED],

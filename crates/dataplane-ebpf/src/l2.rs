@@ -265,27 +265,26 @@ impl L2State {
     fn addresses(&self) -> Vec<IpAddr> {
         self.written.iter().map(|k| k.addr.ip(k.family)).collect()
     }
+}
 
-    /// Answers sent per announced address (`stats().other`: `l2_responses.<address>`, and
-    /// their sum `l2_responses`): one lookup per announced address.
-    pub(crate) fn fill_counters(
-        &self,
-        maps: &L2Maps,
-        other: &mut BTreeMap<String, u64>,
-    ) -> Result<(), EbpfError> {
-        let mut total = 0;
-        for k in &self.written {
-            let responses = match maps.addrs.get(k, 0) {
-                Ok(v) => v.responses,
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(EbpfError::map(map_table::L2_ADDRS_MAP.name, "reading", e)),
-            };
-            total += responses;
-            other.insert(format!("l2_responses.{}", k.addr.ip(k.family)), responses);
-        }
-        other.insert("l2_responses".to_owned(), total);
-        Ok(())
+/// Answers sent per address `map` (`dp_l2_addrs`) holds, into `other`:
+/// `l2_responses.<address>`, and their sum `l2_responses` (one lookup per entry; the owner's
+/// `stats()` and `LiveEbpf`'s read the same).
+pub(crate) fn counters<T: std::borrow::Borrow<aya::maps::MapData>>(
+    map: &aya::maps::HashMap<T, L2Key, L2Value>,
+    other: &mut BTreeMap<String, u64>,
+) -> Result<(), EbpfError> {
+    let mut total = 0;
+    for entry in map {
+        let (k, v) =
+            entry.map_err(|e| EbpfError::map(map_table::L2_ADDRS_MAP.name, "reading", e))?;
+        total += v.responses;
+        *other
+            .entry(format!("l2_responses.{}", k.addr.ip(k.family)))
+            .or_insert(0) += v.responses;
     }
+    other.insert("l2_responses".to_owned(), total);
+    Ok(())
 }
 
 /// The map key of `ip` on the interface `ifindex`.

@@ -39,10 +39,11 @@ use crate::error::EbpfError;
 use crate::loader::{links_dir, Hook, Maps, Objects};
 use crate::map_table::{self, MapSpec, MAPS};
 use crate::maps::{
-    Addr, BackendValue, Be16, CtEntry, CtKey, NameKey, NameValue, SvcKey, SvcValue, CIDR_F_NODE,
-    CT_F_DSR, CT_F_MASQ, NAME_SERVICE, POL_F_ISO_EGRESS, POL_F_ISO_INGRESS, SCOPE_EXTERNAL,
-    SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED,
-    STAT_NAMES, STAT_ORIGINAL, STAT_REJECTED, STAT_TRANSLATED, SVC_F_SRC_RANGES, SVC_F_WILDCARD,
+    Addr, BackendValue, Be16, CtEntry, CtKey, L2Key, L2Value, NameKey, NameValue, SvcKey, SvcValue,
+    CIDR_F_NODE, CT_F_DSR, CT_F_MASQ, NAME_SERVICE, POL_F_ISO_EGRESS, POL_F_ISO_INGRESS,
+    SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL, SCOPE_RETIRED_INTERNAL_OUTSIDE,
+    STAT_DROPPED, STAT_NAMES, STAT_ORIGINAL, STAT_REJECTED, STAT_TRANSLATED, SVC_F_SRC_RANGES,
+    SVC_F_WILDCARD,
 };
 use crate::plan::BACKEND;
 use crate::sys::{obj_get, sys_bpf, BPF_F_RDONLY};
@@ -148,6 +149,23 @@ impl Pinned {
     {
         self.typed(spec).map(|(m, _)| m)
     }
+
+    /// [`Self::map`] for a map that an owner of another version may not have pinned: `None`
+    /// when it is not in `sizes` (the pinned maps).
+    fn optional<T>(
+        &mut self,
+        sizes: &BTreeMap<&'static str, u32>,
+        spec: &MapSpec,
+    ) -> Result<Option<T>, EbpfError>
+    where
+        T: TryFrom<Map, Error = MapError>,
+    {
+        if sizes.contains_key(spec.name) {
+            self.map(spec).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
 }
 
 /// A read-only view of the eBPF dataplane pinned in a directory: its maps and links, opened
@@ -178,6 +196,9 @@ pub struct LiveEbpf {
     names: Option<aya::maps::HashMap<MapData, NameKey, NameValue>>,
     /// `dp_drops`: drops by observation point and reason.
     drops: Option<aya::maps::PerCpuArray<MapData, u64>>,
+    /// `dp_l2_addrs`: the L2-announced addresses and their answers (absent when the owner
+    /// is a version without L2 announcements).
+    l2_addrs: Option<aya::maps::HashMap<MapData, L2Key, L2Value>>,
 }
 
 impl std::fmt::Debug for LiveEbpf {
@@ -272,22 +293,11 @@ impl LiveEbpf {
             backends_mmap: None,
             slots_mmap: None,
         };
-        let sock_rev = if sizes.contains_key(map_table::SOCK_REV.name) {
-            Some(pinned.map(&map_table::SOCK_REV)?)
-        } else {
-            None
-        };
+        let sock_rev = pinned.optional(&sizes, &map_table::SOCK_REV)?;
         // Both absent when the owner is a version without flow events.
-        let names = if sizes.contains_key(map_table::NAMES.name) {
-            Some(pinned.map(&map_table::NAMES)?)
-        } else {
-            None
-        };
-        let drops = if sizes.contains_key(map_table::DROPS.name) {
-            Some(pinned.map(&map_table::DROPS)?)
-        } else {
-            None
-        };
+        let names = pinned.optional(&sizes, &map_table::NAMES)?;
+        let drops = pinned.optional(&sizes, &map_table::DROPS)?;
+        let l2_addrs = pinned.optional(&sizes, &map_table::L2_ADDRS_MAP)?;
         Ok(LiveEbpf {
             pin_dir: pin_dir.to_owned(),
             netns: netns.map(Path::to_owned),
@@ -297,6 +307,7 @@ impl LiveEbpf {
             sock_rev,
             names,
             drops,
+            l2_addrs,
         })
     }
 
@@ -551,6 +562,9 @@ impl LiveEbpf {
             Some(map) => crate::events::drop_counters(map, &mut other)?,
             None => BTreeMap::new(),
         };
+        if let Some(map) = &self.l2_addrs {
+            crate::l2::counters(map, &mut other)?;
+        }
         Ok(Stats {
             packets_translated: totals[STAT_TRANSLATED],
             packets_dropped: totals[STAT_DROPPED],

@@ -19,7 +19,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use common::{backend, l4_checksum, node_a, require_root, Fixture, TestNode};
-use dataplane_core::{Dataplane, DesiredState, ObjectName, Protocol, Service, ServicePort};
+use dataplane_core::{Dataplane, DesiredState, Error, ObjectName, Protocol, Service, ServicePort};
+use dataplane_ebpf::maps::{L2Key, L2Value};
 use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 
 const XDP_PASS: u32 = 2;
@@ -432,4 +433,60 @@ fn a_lapsed_liveness_answers_nothing_until_refreshed() {
     dp.maintain(Duration::from_secs(1)).expect("maintain");
     check_on(&mut dp, answered);
     check_on(&mut dp, tc_answered);
+}
+
+/// The addresses `dp_l2_addrs` holds, read from its pin.
+fn pinned_addresses(n: &TestNode) -> Vec<IpAddr> {
+    let map = aya::maps::MapData::from_pin(n.pin_dir.join("dp_l2_addrs")).expect("pinned");
+    let map: aya::maps::HashMap<_, L2Key, L2Value> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).expect("a hash map");
+    map.keys()
+        .map(|k| {
+            let k = k.expect("key");
+            k.addr.ip(k.family)
+        })
+        .collect()
+}
+
+#[test]
+fn announcing_on_an_uplink_without_a_mac_is_refused_with_nothing_written() {
+    if !require_root("announcing_on_an_uplink_without_a_mac_is_refused_with_nothing_written") {
+        return;
+    }
+    let n = l2_node("l2r");
+    common::ip(&["-n", &n.name, "tuntap", "add", "dev", "tun0", "mode", "tun"]);
+    common::ip(&["-n", &n.name, "link", "set", "tun0", "up"]);
+    let mut dp = dataplane(&n, XdpMode::Off, Duration::from_mins(1));
+    dp.apply(&scene()).expect("apply on eth0");
+    let mut on_tun = scene();
+    on_tun.node.interfaces.uplink = "tun0".to_owned();
+    on_tun.services[1].l2_announce = true;
+    match dp.apply(&on_tun) {
+        Err(Error::Unsupported {
+            feature, object, ..
+        }) => {
+            assert!(feature.contains("without an Ethernet address"), "{feature}");
+            assert!(object.contains("interfaces.uplink tun0"), "{object}");
+        }
+        other => panic!("refused as unsupported, got {other:?}"),
+    }
+    let mut held = pinned_addresses(&n);
+    held.sort();
+    assert_eq!(
+        held,
+        ["172.18.0.200", "fd00:18::c8"]
+            .iter()
+            .map(|a| a.parse::<IpAddr>().unwrap())
+            .collect::<Vec<_>>(),
+        "the refused state wrote nothing: the previous addresses stay"
+    );
+    assert!(
+        common::tcx_programs(&n, "tun0", false).is_empty(),
+        "nothing attached to the refused uplink"
+    );
+    // Removed from the state: the map is emptied.
+    let mut none = scene();
+    none.services.clear();
+    dp.apply(&none).expect("apply without services");
+    assert!(pinned_addresses(&n).is_empty());
 }
