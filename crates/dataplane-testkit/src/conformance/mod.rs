@@ -29,10 +29,12 @@
 //! [`policy::policy_cases`] in [`policy::POLICY_LAB`], reporting in the same [`Report`]) and
 //! [`host`] (host endpoint policy, Calico's model: [`host::run_host`] over
 //! [`host::host_cases`] in [`host::HOST_LAB`], the same [`Report`]; it shares the policy
-//! runner's re-probe rule).
+//! runner's re-probe rule), and [`l2`] (L2 announcements of LoadBalancer IPs and
+//! ExternalIPs: [`l2::run_l2`] over [`l2::l2_cases`] in [`l2::L2_LAB`], the same [`Report`]).
 
 mod case;
 pub mod host;
+pub mod l2;
 pub mod policy;
 mod port_reuse;
 mod report;

@@ -1,0 +1,569 @@
+//! Runs the L2 cases: the table check against the reference model, the applies, the
+//! client's neighbour cache, the probes.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use dataplane_core::{
+    error_chain, evaluate, l2::announced_addresses, validate, Dataplane, DesiredState, Entry,
+    IpFamily, Packet, Protocol, Verdict,
+};
+
+use crate::lab::{self, Lab, LabNode, LabSpec, SERVER_PORT};
+use crate::netns::NetNs;
+use crate::traffic::{probe_batch, BatchOutcome, BatchProbe};
+
+use super::super::report::{OneRow, Report, RowOutcome, RowReport};
+use super::super::runner::{reset_all, row_filter, start};
+use super::table::{
+    families, frontend_address, node_states, Frontend, L2Case, L2Check, L2Step, CLIENT,
+    SERVICE_PORT,
+};
+
+/// Source port the reference model is asked about.
+const NOMINAL_CLIENT_PORT: u16 = 40000;
+
+/// Source ports of the probes: one counter for the whole run, so that no probe meets an
+/// earlier one's conntrack entry on either node.
+const PROBE_PORTS: std::ops::Range<u16> = 10_000..30_000;
+
+/// Settings of [`run_l2_with`].
+#[derive(Debug, Clone)]
+pub struct L2RunOptions {
+    /// How long a probe that should be answered may take (address resolution included).
+    pub timeout: Duration,
+    /// How long a probe to an address that must not resolve is given.
+    pub drop_wait: Duration,
+    /// How long, after the applies, the client's existing neighbour entry may take to show
+    /// the new announcer's MAC when the step does not flush it (the gratuitous announcement
+    /// is sent by the apply; the kernel takes it in at once).
+    pub announce_wait: Duration,
+    /// Print each row's result to stderr as it completes.
+    pub verbose: bool,
+}
+
+impl Default for L2RunOptions {
+    fn default() -> Self {
+        L2RunOptions {
+            timeout: Duration::from_secs(3),
+            drop_wait: Duration::from_millis(1500),
+            announce_wait: Duration::from_secs(1),
+            verbose: true,
+        }
+    }
+}
+
+/// The name the pod of node `node` answers with.
+fn pod_name(node: usize) -> String {
+    format!("pod-{node}-0")
+}
+
+fn pod_address(node: usize, family: IpFamily) -> IpAddr {
+    match family {
+        IpFamily::V4 => lab::pod_v4(node, 0),
+        IpFamily::V6 => lab::pod_v6(node, 0),
+    }
+}
+
+fn client_address(family: IpFamily) -> IpAddr {
+    match family {
+        IpFamily::V4 => lab::ext_v4(CLIENT),
+        IpFamily::V6 => lab::ext_v6(CLIENT),
+    }
+}
+
+/// The nodes whose state announces `ip`.
+fn announcers(states: &[DesiredState], ip: IpAddr) -> Vec<usize> {
+    (0..states.len())
+        .filter(|n| announced_addresses(&states[*n]).contains(&ip))
+        .collect()
+}
+
+/// The table check of `step` (the `i`th of its case): what the reference model says of its
+/// states must be what the checks say.
+fn check_step(spec: LabSpec, i: usize, step: &L2Step) -> Vec<String> {
+    let mut problems = Vec::new();
+    let what = format!("step {}", i + 1);
+    if step.announcer.is_some_and(|n| n >= spec.nodes) {
+        problems.push(format!("{what}: the lab has no node {:?}", step.announcer));
+        return problems;
+    }
+    let states = node_states(spec, step.announcer);
+    for (n, s) in states.iter().enumerate() {
+        if let Err(e) = validate(s) {
+            problems.push(format!("{what}: node-{n}'s state: {}", error_chain(&e)));
+        }
+    }
+    for check in &step.checks {
+        for family in families(spec) {
+            match *check {
+                L2Check::Resolves { frontend, node } => {
+                    let ip = frontend_address(frontend, family);
+                    if node >= spec.nodes {
+                        problems.push(format!("{what}: the lab has no node-{node}"));
+                        continue;
+                    }
+                    let by = announcers(&states, ip);
+                    if by != [node] {
+                        problems.push(format!(
+                            "{what}: {frontend} {ip}: the case says it resolves at node-{node}, but node-{node} does not announce it alone (announced by {by:?})"
+                        ));
+                    }
+                    for protocol in [Protocol::Tcp, Protocol::Udp] {
+                        let packet = Packet {
+                            protocol,
+                            source: SocketAddr::new(client_address(family), NOMINAL_CLIENT_PORT),
+                            destination: SocketAddr::new(ip, SERVICE_PORT),
+                        };
+                        let expected = SocketAddr::new(pod_address(node, family), SERVER_PORT);
+                        match evaluate(&states[node], &packet, &Entry::FromUplink) {
+                            Verdict::Forward { backends, .. }
+                                if backends.len() == 1 && backends.contains(&expected) => {}
+                            other => problems.push(format!(
+                                "{what}: {protocol} to {frontend} {ip} on node-{node}: the case says {}, the reference model says {other:?}",
+                                pod_name(node)
+                            )),
+                        }
+                    }
+                }
+                L2Check::DoesNotResolve { frontend } => {
+                    let ip = frontend_address(frontend, family);
+                    let by = announcers(&states, ip);
+                    if !by.is_empty() {
+                        problems.push(format!(
+                            "{what}: {frontend} {ip}: the case says it does not resolve, but it is announced by {by:?}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The table check of a whole case.
+pub(super) fn check_case(spec: LabSpec, case: &L2Case) -> Vec<String> {
+    case.steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| check_step(spec, i, s))
+        .collect()
+}
+
+/// Runs `cases` in `lab` (built from [`L2_LAB`](super::L2_LAB)) against one backend instance
+/// per node made by `factory`, with [`L2RunOptions::default`].
+pub fn run_l2(
+    lab: &Lab,
+    cases: &[L2Case],
+    factory: &mut dyn FnMut(&LabNode) -> Box<dyn Dataplane>,
+) -> Report {
+    run_l2_with(lab, cases, factory, &L2RunOptions::default())
+}
+
+/// [`run_l2`] with explicit options. One report row per step of each case, named
+/// `<case> #<step> <what the step does>`; a backend without
+/// [`Capabilities::l2_announcements`](dataplane_core::Capabilities::l2_announcements) skips
+/// each case as one visible row (after its table check). `DP_CONFORMANCE_ROWS=part,part` runs
+/// only the cases whose names contain one of the parts (ignored under `CI=true`). At the end
+/// every backend is `reset()`.
+pub fn run_l2_with(
+    lab: &Lab,
+    cases: &[L2Case],
+    factory: &mut dyn FnMut(&LabNode) -> Box<dyn Dataplane>,
+    options: &L2RunOptions,
+) -> Report {
+    let (mut planes, caps, mut report) = start(lab, factory);
+    let spec = lab.spec();
+    let only = row_filter();
+    let mut run = Run {
+        lab,
+        backend: caps.dataplane.clone(),
+        options,
+        families: if caps.ipv6 {
+            families(spec)
+        } else {
+            vec![IpFamily::V4]
+        },
+        next_port: PROBE_PORTS.start,
+        macs: Vec::new(),
+        report: &mut report,
+    };
+    let chosen = cases.iter().filter(|c| {
+        only.as_ref()
+            .is_none_or(|o| o.iter().any(|part| c.name.contains(part.as_str())))
+    });
+    let macs = if caps.l2_announcements {
+        run.macs()
+    } else {
+        Ok(Vec::new())
+    };
+    match macs {
+        Err(e) => run.push(
+            "prepare the lab",
+            RowOutcome::Failed {
+                table: Vec::new(),
+                traffic: vec![e],
+            },
+        ),
+        Ok(macs) => {
+            run.macs = macs;
+            for case in chosen {
+                let table = check_case(spec, case);
+                if !table.is_empty() {
+                    run.push(
+                        &case.name,
+                        RowOutcome::Failed {
+                            table,
+                            traffic: Vec::new(),
+                        },
+                    );
+                } else if !caps.l2_announcements {
+                    run.push(
+                        &case.name,
+                        RowOutcome::Skipped {
+                            reason: format!(
+                                "{} has no L2 announcements (Capabilities::l2_announcements)",
+                                caps.dataplane
+                            ),
+                        },
+                    );
+                } else {
+                    let started = Instant::now();
+                    run.case(case, &mut planes);
+                    if options.verbose {
+                        eprintln!("  ({} took {:.1?})", case.name, started.elapsed());
+                    }
+                }
+            }
+        }
+    }
+    reset_all(&mut planes, &mut report);
+    if options.verbose {
+        eprintln!("{}", report.summary());
+    }
+    report
+}
+
+/// One run's context.
+struct Run<'a> {
+    lab: &'a Lab,
+    backend: String,
+    options: &'a L2RunOptions,
+    families: Vec<IpFamily>,
+    next_port: u16,
+    /// Each node's uplink MAC, lower case.
+    macs: Vec<String>,
+    report: &'a mut Report,
+}
+
+/// One probe of a step.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    check: L2Check,
+    family: IpFamily,
+    protocol: Protocol,
+}
+
+impl Cell {
+    fn frontend(&self) -> Frontend {
+        match self.check {
+            L2Check::Resolves { frontend, .. } | L2Check::DoesNotResolve { frontend } => frontend,
+        }
+    }
+
+    fn address(&self) -> IpAddr {
+        frontend_address(self.frontend(), self.family)
+    }
+}
+
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} to {} {}:{SERVICE_PORT}",
+            self.protocol,
+            self.frontend(),
+            self.address()
+        )
+    }
+}
+
+impl Run<'_> {
+    fn push(&mut self, name: &str, outcome: RowOutcome) {
+        let row = RowReport {
+            name: name.to_owned(),
+            outcome,
+        };
+        if self.options.verbose {
+            eprint!("{}", OneRow(&self.backend, &row));
+        }
+        self.report.rows.push(row);
+    }
+
+    fn client(&self) -> &NetNs {
+        &self.lab.external(CLIENT).netns
+    }
+
+    /// Every node's uplink MAC.
+    fn macs(&self) -> Result<Vec<String>, String> {
+        self.lab
+            .nodes()
+            .iter()
+            .map(|node| {
+                let out = node
+                    .netns
+                    .exec_checked(
+                        "cat",
+                        &[format!("/sys/class/net/{}/address", node.uplink)],
+                        None,
+                    )
+                    .map_err(|e| error_chain(&e))?;
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_lowercase())
+            })
+            .collect()
+    }
+
+    fn case(&mut self, case: &L2Case, planes: &mut [Box<dyn Dataplane>]) {
+        let spec = self.lab.spec();
+        let mut previous: Option<Vec<DesiredState>> = None;
+        for (i, step) in case.steps.iter().enumerate() {
+            let name = format!("{} #{} {}", case.name, i + 1, step.name);
+            let states = node_states(spec, step.announcer);
+            let outcome = self.step(planes, previous.as_deref(), &states, step);
+            let failed = matches!(outcome, RowOutcome::Failed { .. });
+            self.push(&name, outcome);
+            if failed {
+                return;
+            }
+            previous = Some(states);
+        }
+    }
+
+    /// The client's neighbour entry of `ip`: `None` without one, else its link-layer
+    /// address (`None` inside: an entry without one, `INCOMPLETE` or `FAILED`) and the whole
+    /// line.
+    fn neighbour(&self, ip: IpAddr) -> Result<Option<(Option<String>, String)>, String> {
+        let ip = ip.to_string();
+        let out = self
+            .client()
+            .exec_checked("ip", &["neigh", "show", "to", &ip, "dev", "eth0"], None)
+            .map_err(|e| error_chain(&e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(line) = text.lines().find(|l| !l.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let mut words = line.split_whitespace();
+        let lladdr = words
+            .by_ref()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .map(str::to_lowercase);
+        Ok(Some((lladdr, line.trim().to_owned())))
+    }
+
+    fn flush(&self) -> Result<(), String> {
+        self.client()
+            .ip_batch(&[
+                "-4 neigh flush dev eth0".to_owned(),
+                "-6 neigh flush dev eth0".to_owned(),
+            ])
+            .map_err(|e| format!("flush the client's neighbour cache: {}", error_chain(&e)))
+    }
+
+    fn port(&mut self) -> Result<u16, String> {
+        let port = self.next_port;
+        if !PROBE_PORTS.contains(&port) {
+            return Err(format!("all source ports ({PROBE_PORTS:?}) used"));
+        }
+        self.next_port += 1;
+        Ok(port)
+    }
+
+    /// Sends `cells` at once from the client, each given its wait in `waits`.
+    fn probe(&mut self, cells: &[Cell], waits: &[Duration]) -> Result<Vec<BatchOutcome>, String> {
+        let mut probes = Vec::new();
+        for (cell, wait) in cells.iter().zip(waits) {
+            probes.push(BatchProbe {
+                destination: SocketAddr::new(cell.address(), SERVICE_PORT),
+                protocol: cell.protocol,
+                source_port: Some(self.port()?),
+                timeout: *wait,
+            });
+        }
+        probe_batch(self.client(), &probes).map_err(|e| error_chain(&e))
+    }
+
+    /// Polls the client's entry of `ip` until it shows `mac` or `announce_wait` passes.
+    fn moved(&self, ip: IpAddr, mac: &str) -> Result<(), String> {
+        let deadline = Instant::now() + self.options.announce_wait;
+        loop {
+            let entry = self.neighbour(ip)?;
+            if entry.as_ref().and_then(|(l, _)| l.as_deref()) == Some(mac) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{ip}: the client's neighbour entry did not move to {mac} within {:?} of the apply (no gratuitous ARP / unsolicited NA?): {}",
+                    self.options.announce_wait,
+                    entry.map_or_else(|| "no entry".to_owned(), |(_, line)| line)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The client's neighbour entry of each address of `cells` (once per address): a
+    /// resolving one must hold the announcing node's MAC, a non-resolving one no
+    /// link-layer address (the client asked, nobody answered).
+    fn neighbours(&self, cells: &[Cell]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for cell in cells {
+            if !seen.insert((cell.address(), cell.family)) {
+                continue;
+            }
+            let ip = cell.address();
+            let entry = match self.neighbour(ip) {
+                Ok(e) => e,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            match (cell.check, entry) {
+                (L2Check::Resolves { node, .. }, Some((Some(mac), _))) if mac == self.macs[node] => {}
+                (L2Check::Resolves { node, .. }, entry) => problems.push(format!(
+                    "{ip}: the client's neighbour entry must be node-{node}'s uplink MAC {}, it is {}",
+                    self.macs[node],
+                    entry.map_or_else(|| "missing".to_owned(), |(_, line)| line)
+                )),
+                (L2Check::DoesNotResolve { .. }, Some((None, _))) => {}
+                (L2Check::DoesNotResolve { .. }, Some((Some(_), line))) => problems.push(format!(
+                    "{ip}: must not resolve, yet the client's neighbour entry is {line}"
+                )),
+                (L2Check::DoesNotResolve { .. }, None) => problems.push(format!(
+                    "{ip}: the client has no neighbour entry at all (it never asked: the probe did not go out?)"
+                )),
+            }
+        }
+        problems
+    }
+
+    fn step(
+        &mut self,
+        planes: &mut [Box<dyn Dataplane>],
+        previous: Option<&[DesiredState]>,
+        states: &[DesiredState],
+        step: &L2Step,
+    ) -> RowOutcome {
+        let failed = |traffic: Vec<String>| RowOutcome::Failed {
+            table: Vec::new(),
+            traffic,
+        };
+        for (n, plane) in planes.iter_mut().enumerate() {
+            if let Err(e) = plane.sync(previous.map(|p| &p[n]), &states[n]) {
+                return failed(vec![format!("apply on node-{n}: {}", error_chain(&e))]);
+            }
+        }
+        let mut problems = Vec::new();
+        if step.flush {
+            if let Err(e) = self.flush() {
+                return failed(vec![e]);
+            }
+        } else {
+            for check in &step.checks {
+                if let L2Check::Resolves { frontend, node } = check {
+                    for family in &self.families {
+                        if let Err(e) =
+                            self.moved(frontend_address(*frontend, *family), &self.macs[*node])
+                        {
+                            problems.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        let mut cells = Vec::new();
+        for check in &step.checks {
+            for family in &self.families {
+                for protocol in [Protocol::Tcp, Protocol::Udp] {
+                    cells.push(Cell {
+                        check: *check,
+                        family: *family,
+                        protocol,
+                    });
+                }
+            }
+        }
+        let waits: Vec<Duration> = cells
+            .iter()
+            .map(|c| match c.check {
+                L2Check::Resolves { .. } => self.options.timeout,
+                L2Check::DoesNotResolve { .. } => self.options.drop_wait,
+            })
+            .collect();
+        let mut outcomes = match self.probe(&cells, &waits) {
+            Ok(o) => o,
+            Err(e) => return failed(vec![e]),
+        };
+        // Loss is not a verdict: an answer that should have come is asked for once more.
+        let again: Vec<usize> = (0..cells.len())
+            .filter(|i| {
+                matches!(cells[*i].check, L2Check::Resolves { .. })
+                    && outcomes[*i].backend().is_none()
+            })
+            .collect();
+        if !again.is_empty() {
+            let retry: Vec<Cell> = again.iter().map(|i| cells[*i]).collect();
+            let waits = vec![self.options.timeout; retry.len()];
+            match self.probe(&retry, &waits) {
+                Ok(second) => {
+                    for (i, o) in again.into_iter().zip(second) {
+                        outcomes[i] = o;
+                    }
+                }
+                Err(e) => return failed(vec![e]),
+            }
+        }
+        let answered = judge(&cells, &outcomes, &mut problems);
+        problems.extend(self.neighbours(&cells));
+        if problems.is_empty() {
+            RowOutcome::Passed {
+                probes: cells.len(),
+                answered,
+            }
+        } else {
+            failed(problems)
+        }
+    }
+}
+
+/// Compares the probes' outcomes with their checks; the answers per pod.
+fn judge(
+    cells: &[Cell],
+    outcomes: &[BatchOutcome],
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, usize> {
+    let mut answered: BTreeMap<String, usize> = BTreeMap::new();
+    for (cell, outcome) in cells.iter().zip(outcomes) {
+        match (cell.check, outcome) {
+            (L2Check::Resolves { node, .. }, o) if o.backend() == Some(&pod_name(node)) => {
+                *answered.entry(pod_name(node)).or_default() += 1;
+            }
+            (L2Check::Resolves { node, .. }, o) => problems.push(format!(
+                "{cell} ({:?}): expected an answer from {} (through node-{node}), saw {o:?}",
+                cell.family,
+                pod_name(node)
+            )),
+            (L2Check::DoesNotResolve { .. }, o) => {
+                if let Some(b) = o.backend() {
+                    problems.push(format!("{cell}: must not resolve, yet {b} answered"));
+                } else if matches!(o, BatchOutcome::Connected) {
+                    problems.push(format!("{cell}: must not resolve, yet TCP connected"));
+                }
+            }
+        }
+    }
+    answered
+}
