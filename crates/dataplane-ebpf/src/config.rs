@@ -235,13 +235,13 @@ pub struct EbpfConfig {
 }
 
 /// The default [`EbpfConfig::l2_liveness`]: 3 s, the value Cilium's own datapath test of the
-/// responder uses. It bounds how long a node whose agent died keeps answering: well inside
-/// a per-service lease (Cilium's default lease is 15 s, renewed every 2 s; `MetalLB` and
-/// kube-vip fail over in seconds too), so that a dead agent's node is quiet before another
-/// node can take the lease over, and clients that ask meanwhile do not get two answers. A
-/// shorter window makes the maintenance timer (a third of it, at least
-/// [`MIN_MAINTENANCE_INTERVAL`](crate::MIN_MAINTENANCE_INTERVAL)) no faster, only a
-/// scheduling hiccup of the embedder more likely to silence the node.
+/// responder uses (`l2_announcements_max_liveness`). It bounds how long a node whose agent
+/// died keeps answering, and should stay well inside the lease the announcing node holds
+/// (Cilium's defaults: a 15 s lease, a 5 s renew deadline, 2 s retries), so that a dead
+/// agent's node is quiet before another node can take the lease over and clients that ask
+/// meanwhile do not get two answers. A shorter window has `maintain()` run more often (a
+/// third of the window) and makes a scheduling hiccup of the embedder more likely to silence
+/// the node for a moment; a longer one keeps a dead agent's node answering longer.
 pub const DEFAULT_L2_LIVENESS: Duration = Duration::from_secs(3);
 
 impl EbpfConfig {
