@@ -868,6 +868,10 @@ impl Dataplane for EbpfDataplane {
     /// only under pressure). `other` holds `orphans`, the reverse entries whose forward entry
     /// was gone, and `reverse_lost`, the live connections whose reverse entry was gone (their
     /// forward entry goes too, so that their next packet sets both up again). After [`Dataplane::reset`]: nothing tracked, nothing to expire.
+    ///
+    /// First it refreshes the L2 responder's liveness
+    /// ([`EbpfConfig::l2_liveness`](crate::EbpfConfig::l2_liveness)), and after a lapse sends
+    /// the gratuitous announcements again (a failure to send is logged).
     fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
         let timeouts = self.config.timeouts;
         let netns = self.config.netns.clone();
