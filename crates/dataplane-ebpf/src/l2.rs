@@ -407,4 +407,30 @@ mod tests {
         l2.by_service = l2.announcing(&st, Some(&change(Some(a), Some(quiet_a))));
         assert!(union(&l2.by_service).is_empty());
     }
+
+    #[test]
+    fn more_addresses_than_the_map_holds_are_refused_before_anything() {
+        let node = dataplane_core::Node::new("node-a", ["172.18.0.2".parse().unwrap()]);
+        let mut st = DesiredState::new(node.clone());
+        let mut big = service("big", &[], true);
+        big.load_balancer_ips = (0..=L2_ADDRS)
+            .map(|i| IpAddr::from([10, 100, (i >> 8) as u8, i as u8]))
+            .collect();
+        st.services = vec![big];
+        // (the uplink is looked up only after the count is checked: no namespace needed)
+        match L2State::default().plan(&st, None, &node, None) {
+            Err(Error::CapacityExceeded {
+                what,
+                needed,
+                capacity,
+            }) => {
+                assert!(what.contains("dp_l2_addrs"), "{what}");
+                assert_eq!(
+                    (needed, capacity),
+                    (L2_ADDRS as usize + 1, L2_ADDRS as usize)
+                );
+            }
+            other => panic!("refused as over capacity, got {other:?}"),
+        }
+    }
 }
