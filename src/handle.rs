@@ -437,9 +437,12 @@ fn run(worker: &mut Worker, shared: &Shared, maintenance: &watch::Sender<Mainten
         match worker.dataplane.maintenance_interval() {
             None => next_maintenance = None,
             Some(interval) => {
-                // At least a millisecond apart: a zero interval would be a busy loop.
+                // At least a millisecond apart: a zero interval would be a busy loop. An
+                // interval that shrank (the eBPF dataplane's, once it announces L2 addresses
+                // whose liveness maintain() keeps) brings the next run forward.
                 let interval = interval.max(MIN_MAINTENANCE_INTERVAL);
-                next_maintenance.get_or_insert_with(|| Instant::now() + interval);
+                let at = Instant::now() + interval;
+                next_maintenance = Some(next_maintenance.map_or(at, |next: Instant| next.min(at)));
             }
         }
         let work = {
@@ -524,6 +527,8 @@ mod tests {
         /// Most services it holds; more is `CapacityExceeded`.
         capacity: Option<usize>,
         interval: Option<Duration>,
+        /// The interval it asks for once it has applied a state.
+        interval_after_apply: Option<Duration>,
         maintained: u64,
         panic_on_apply: bool,
         _dropped: Option<DropSignal>,
@@ -568,6 +573,9 @@ mod tests {
             self.check_capacity(desired.services.len())?;
             self.record(format!("apply {}", desired.services.len()));
             self.programmed = Some(desired.clone());
+            if self.interval_after_apply.is_some() {
+                self.interval = self.interval_after_apply;
+            }
             Ok(ApplyReport {
                 full_sync: true,
                 services_changed: desired.services.len(),
@@ -815,6 +823,30 @@ mod tests {
         assert!(latest.unwrap().unwrap().flows_expired >= 3);
         // Syncs are still served between maintenance runs.
         dp.sync(state(1)).await.unwrap();
+        dp.shutdown().await.unwrap();
+    }
+
+    /// An interval that shrinks after a sync takes effect at once, not after the longer one
+    /// the thread was waiting out.
+    #[tokio::test]
+    async fn a_shorter_interval_brings_maintenance_forward() {
+        let dp = AsyncDataplane::new(Box::new(Double {
+            interval: Some(Duration::from_secs(3600)),
+            interval_after_apply: Some(Duration::from_millis(1)),
+            ..Double::default()
+        }))
+        .unwrap();
+        let runs = dp.maintenance();
+        dp.sync(state(1)).await.unwrap();
+        // Waited for by polling (this crate's tokio has no timer): an hour without the fix.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while runs.borrow().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            runs.borrow().is_some(),
+            "maintenance ran on the interval the dataplane asked for after the sync"
+        );
         dp.shutdown().await.unwrap();
     }
 
