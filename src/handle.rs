@@ -831,7 +831,7 @@ mod tests {
     #[tokio::test]
     async fn a_shorter_interval_brings_maintenance_forward() {
         let dp = AsyncDataplane::new(Box::new(Double {
-            interval: Some(Duration::from_secs(3600)),
+            interval: Some(Duration::from_hours(1)),
             interval_after_apply: Some(Duration::from_millis(1)),
             ..Double::default()
         }))
