@@ -295,22 +295,13 @@ pub fn tier_refusals(base: &DesiredState, service: Service) -> Vec<(DesiredState
     ]
 }
 
-/// `base` with an object of each policy tier (cluster policies `allow-all` at priority 10 and
-/// `pass-all` at 20, a baseline allowing all, peer node `node-b`, host endpoint `uplink` for
-/// the node's uplink, untracked host policy `block` denying 198.51.100.0/24, failsafe TCP
-/// 22), none of which stops traffic between the lab's pods; and states that change those
-/// objects into ones validation refuses, each with the error it names (object and field):
-/// what the backends' tests hand to `apply_changes` to see a refused tier change leave the
-/// kernel as it was, and core's tests to the incremental validator.
-pub fn tier_invalid_changes(
-    base: &DesiredState,
-) -> (DesiredState, Vec<(DesiredState, crate::ValidationError)>) {
+/// `base` with the objects of [`tier_invalid_changes`].
+fn with_tiers(base: &DesiredState) -> DesiredState {
     use crate::model::{
         BaselineAction, BaselinePolicy, BaselineRule, ClusterAction, ClusterPeer, ClusterPolicy,
         ClusterPolicyRule, ClusterPolicySubject, FailsafePort, FailsafePorts, HostAction,
         HostEndpoint, HostPolicy, HostRule, PeerNode,
     };
-    use crate::ValidationError as V;
     let everyone = || ClusterPeer::Namespaces(LabelSelector::default());
     let all = || ClusterPolicySubject::Namespaces(LabelSelector::default());
     let uplink = &base.node.interfaces.uplink;
@@ -349,6 +340,24 @@ pub fn tier_invalid_changes(
         inbound: vec![FailsafePort::tcp(22)],
         outbound: vec![],
     };
+    tiered
+}
+
+/// `base` with an object of each policy tier (cluster policies `allow-all` at priority 10 and
+/// `pass-all` at 20, a baseline allowing all, peer node `node-b`, host endpoint `uplink` for
+/// the node's uplink, untracked host policy `block` denying 198.51.100.0/24, failsafe TCP
+/// 22), none of which stops traffic between the lab's pods; and states that change those
+/// objects into ones validation refuses, each with the error it names (object and field):
+/// what the backends' tests hand to `apply_changes` to see a refused tier change leave the
+/// kernel as it was, and core's tests to the incremental validator.
+pub fn tier_invalid_changes(
+    base: &DesiredState,
+) -> (DesiredState, Vec<(DesiredState, crate::ValidationError)>) {
+    use crate::model::{ClusterPeer, ClusterPolicy, ClusterPolicySubject, FailsafePort};
+    use crate::ValidationError as V;
+    let all = || ClusterPolicySubject::Namespaces(LabelSelector::default());
+    let tiered = with_tiers(base);
+    let uplink = &base.node.interfaces.uplink;
     let changed = |f: &dyn Fn(&mut DesiredState)| {
         let mut s = tiered.clone();
         f(&mut s);

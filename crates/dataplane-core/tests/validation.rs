@@ -1338,14 +1338,7 @@ fn corruption() -> impl Strategy<Value = Corruption> {
 }
 
 fn corrupt(state: &mut DesiredState, corruption: &Corruption) {
-    fn pick<T>(items: &mut [T], i: usize) -> Option<&mut T> {
-        let n = items.len();
-        if n == 0 {
-            None
-        } else {
-            items.get_mut(i % n)
-        }
-    }
+    use tier_edits::pick;
     let ports = |s: &mut DesiredState, a: usize, b: usize, f: &dyn Fn(&mut ServicePort)| {
         if let Some(p) = pick(&mut s.services, a).and_then(|svc| pick(&mut svc.ports, b)) {
             f(p);

@@ -411,6 +411,11 @@ fn validate_failsafe(f: &FailsafePorts, object: &str) -> Result<(), ValidationEr
 /// Positions follow [`ChangeSet::apply_to`]: an object that stays keeps its place, additions
 /// go to the end in name order. A full validation reports the first problem in that order (a
 /// clash names the later of the two objects), and so does [`TierClaims::check`].
+///
+/// Each object's own checks are Calico's and the AdminNetworkPolicy API's (above); what is
+/// kept between changes follows kube-proxy's change trackers and felix's calculation graph
+/// (`felix/calc`), which handle an update by key against an index of what the other objects
+/// hold, never by re-reading every object.
 #[derive(Debug, Clone, Default)]
 pub(super) struct TierClaims {
     cluster_policies: Ordered<u32>,
@@ -489,6 +494,15 @@ const HOST_POLICY: Kind<HostPolicy, ()> = Kind {
     clash: |object, (), _| ValidationError::DuplicateName { object },
 };
 
+/// An object's place: its own (`known`) when it is in the state, else the next addition's
+/// (`next` counts them).
+fn place(known: Option<u64>, next: &mut u64) -> u64 {
+    known.unwrap_or_else(|| {
+        *next += 1;
+        *next - 1
+    })
+}
+
 impl<K: Ord + Clone> Ordered<K> {
     fn new<T>(items: &[T], kind: &Kind<T, K>) -> Self {
         let mut this = Self::default();
@@ -512,13 +526,7 @@ impl<K: Ord + Clone> Ordered<K> {
             let Some(current) = &change.current else {
                 continue;
             };
-            let position = match self.by_name.get(name) {
-                Some((position, _)) => *position,
-                None => {
-                    next += 1;
-                    next - 1
-                }
-            };
+            let position = place(self.by_name.get(name).map(|(p, _)| *p), &mut next);
             out.push((position, current));
         }
         out.sort_by_key(|(position, _)| *position);
@@ -598,13 +606,7 @@ impl<K: Ord + Clone> Ordered<K> {
             let Some(current) = &change.current else {
                 continue;
             };
-            let position = match old {
-                Some((position, _)) => position,
-                None => {
-                    self.next += 1;
-                    self.next - 1
-                }
-            };
+            let position = place(old.map(|(p, _)| p), &mut self.next);
             let claim = (kind.claim)(current);
             if let Some(k) = &claim {
                 self.holders.insert(k.clone(), name.clone());

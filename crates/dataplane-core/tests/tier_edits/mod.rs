@@ -102,7 +102,8 @@ pub fn edits(max: usize) -> impl Strategy<Value = Vec<TierEdit>> {
     prop::collection::vec(edit(), 0..=max)
 }
 
-fn pick<T>(items: &mut [T], i: usize) -> Option<&mut T> {
+/// Item `i` modulo the count; none of none.
+pub fn pick<T>(items: &mut [T], i: usize) -> Option<&mut T> {
     let n = items.len();
     if n == 0 {
         None
@@ -137,6 +138,12 @@ fn value(s: &DesiredState, p: &Priority) -> u32 {
 
 /// Applies `edit` to `s`.
 pub fn apply(s: &mut DesiredState, edit: &TierEdit) {
+    cluster(s, edit);
+    host(s, edit);
+}
+
+/// The edits of cluster policies, the baseline and peer nodes.
+fn cluster(s: &mut DesiredState, edit: &TierEdit) {
     match edit {
         TierEdit::Priority(i, p) => {
             let v = value(s, p);
@@ -204,14 +211,21 @@ pub fn apply(s: &mut DesiredState, edit: &TierEdit) {
             }
         }
         TierEdit::RemovePeerNode(i) => remove(&mut s.nodes, *i),
+        _ => {}
+    }
+}
+
+/// The edits of host endpoints, host policies and failsafe ports.
+fn host(s: &mut DesiredState, edit: &TierEdit) {
+    match edit {
         TierEdit::HostEndpointNode(i, n) => {
             if let Some(e) = pick(&mut s.host_endpoints, *i) {
-                e.node = NODES[n % NODES.len()].to_owned();
+                NODES[n % NODES.len()].clone_into(&mut e.node);
             }
         }
         TierEdit::HostEndpointInterface(i, f) => {
             if let Some(e) = pick(&mut s.host_endpoints, *i) {
-                e.interface_name = INTERFACES[f % INTERFACES.len()].to_owned();
+                INTERFACES[f % INTERFACES.len()].clone_into(&mut e.interface_name);
             }
         }
         TierEdit::AddHostEndpoint(n, node, f) => {
@@ -295,5 +309,6 @@ pub fn apply(s: &mut DesiredState, edit: &TierEdit) {
                 s.failsafe_ports.outbound = vec![FailsafePort::udp(53)];
             }
         },
+        _ => {}
     }
 }
