@@ -687,14 +687,16 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 }
 
 /*
- * The ports (and TCP flags) of @hp, whose TCP/UDP header is at @l4_off; nothing for another
- * protocol (SCTP's ports are not parsed, as in TC's parse_packet(): user space refuses rules
- * with SCTP ports). Returns 0, or -1 when the header is cut short (TC finds what there is).
+ * The ports (and TCP flags) of @hp, whose TCP/UDP header is at @l4_off of the packet from
+ * @data to @end; nothing for another protocol (SCTP's ports are not parsed, as in TC's
+ * parse_packet(): user space refuses rules with SCTP ports). Returns 0, or -1 when the
+ * header is cut short (TC finds what there is). (@data and @end are the caller's: loaded
+ * from the context again here, clang may merge the loads into a shift of data_end, which
+ * the verifier refuses.)
  */
-static __always_inline int host_xdp_ports(struct xdp_md *ctx, struct host_pkt *hp, __u32 l4_off)
+static __always_inline int host_xdp_ports(struct host_pkt *hp, void *data, void *end,
+					  __u32 l4_off)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
 	__u8 *l4;
 
 	if (hp->proto != IPPROTO_TCP && hp->proto != IPPROTO_UDP)
@@ -805,10 +807,10 @@ static __noinline int host_xdp(struct xdp_md *ctx)
 		/* (a cut-short header so left alone is passed by xdp_parse(), as here) */
 		if (idx < 0 && later == HOST_GO_ON)
 			return HOST_GO_ON;
-		if (host_xdp_ports(ctx, &hp, l4_off) < 0)
+		if (host_xdp_ports(&hp, data, end, l4_off) < 0)
 			return XDP_PASS;
 	} else {
-		if (host_xdp_ports(ctx, &hp, l4_off) < 0)
+		if (host_xdp_ports(&hp, data, end, l4_off) < 0)
 			return XDP_PASS;
 		if (flags & (1 << HS_UNTRACKED_IN))
 			idx = host_first(&hp, gen, HS_UNTRACKED_IN, ~0ULL);
