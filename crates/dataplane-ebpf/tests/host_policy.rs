@@ -61,11 +61,8 @@ fn net(s: &str) -> ipnetwork::IpNetwork {
 /// 30080 untracked, and the node's replies from TCP 30080 out, and denies the node's own
 /// packets to 198.51.100.0/24 and to node-b's pods (10.244.1.0/24).
 fn untracked(blocked: Vec<ipnetwork::IpNetwork>) -> Vec<HostPolicy> {
-    vec![
-        HostPolicy::new("blocked", uplink())
-            .untracked()
-            .with_order(10)
-            .with_ingress(HostRule::new(HostAction::Deny).from_nets(blocked)),
+    let mut policies = blocklist(blocked);
+    policies.push(
         HostPolicy::new("trusted", uplink())
             .untracked()
             .with_order(20)
@@ -82,7 +79,8 @@ fn untracked(blocked: Vec<ipnetwork::IpNetwork>) -> Vec<HostPolicy> {
             )
             .with_egress(HostRule::new(HostAction::Deny).to_nets([net("198.51.100.0/24")]))
             .with_egress(HostRule::new(HostAction::Deny).to_nets([net("10.244.1.0/24")])),
-    ]
+    );
+    policies
 }
 
 /// Untracked: a blocklist alone, one Deny on `blocked` source nets (the XDP program's
