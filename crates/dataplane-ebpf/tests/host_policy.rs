@@ -61,11 +61,8 @@ fn net(s: &str) -> ipnetwork::IpNetwork {
 /// 30080 untracked, and the node's replies from TCP 30080 out, and denies the node's own
 /// packets to 198.51.100.0/24 and to node-b's pods (10.244.1.0/24).
 fn untracked(blocked: Vec<ipnetwork::IpNetwork>) -> Vec<HostPolicy> {
-    vec![
-        HostPolicy::new("blocked", uplink())
-            .untracked()
-            .with_order(10)
-            .with_ingress(HostRule::new(HostAction::Deny).from_nets(blocked)),
+    let mut policies = blocklist(blocked);
+    policies.push(
         HostPolicy::new("trusted", uplink())
             .untracked()
             .with_order(20)
@@ -82,7 +79,17 @@ fn untracked(blocked: Vec<ipnetwork::IpNetwork>) -> Vec<HostPolicy> {
             )
             .with_egress(HostRule::new(HostAction::Deny).to_nets([net("198.51.100.0/24")]))
             .with_egress(HostRule::new(HostAction::Deny).to_nets([net("10.244.1.0/24")])),
-    ]
+    );
+    policies
+}
+
+/// Untracked: a blocklist alone, one Deny on `blocked` source nets (the XDP program's
+/// one-lookup path).
+fn blocklist(blocked: Vec<ipnetwork::IpNetwork>) -> Vec<HostPolicy> {
+    vec![HostPolicy::new("blocked", uplink())
+        .untracked()
+        .with_order(10)
+        .with_ingress(HostRule::new(HostAction::Deny).from_nets(blocked))]
 }
 
 fn scene(policies: Vec<HostPolicy>) -> DesiredState {
@@ -341,6 +348,209 @@ fn untracked_denies_at_xdp_and_tc_with_failsafes_and_untracked_allows() {
             XDP_PASS,
         ),
     );
+    dp.reset().expect("reset");
+}
+
+/// `HC_F_SRC_ONLY_IN` in the active generation's `dp_host_cfg` entry of `n`.
+fn source_only_mode(n: &TestNode) -> bool {
+    use dataplane_ebpf::maps::{HostCfg, HC_F_SRC_ONLY_IN};
+    let map = aya::maps::MapData::from_pin(n.pin_dir.join("dp_host_cfg")).expect("pinned");
+    let cfg: aya::maps::Array<_, HostCfg> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map)).expect("dp_host_cfg");
+    let gen = cfg.get(&0, 0).expect("entry 0").gen & 1;
+    cfg.get(&(1 + gen), 0).expect("active entry").flags & HC_F_SRC_ONLY_IN != 0
+}
+
+/// XDP's one-lookup path and the general one give the verdicts of the rules: a blocklist
+/// (untracked rules on source nets alone: an Allow of 198.51.100.128/25 before the Deny of
+/// the /24) is decided by the source lookup alone (`HC_F_SRC_ONLY_IN`), failsafe ports
+/// stay open, the ports are read only for a matched packet; one more rule on a port makes
+/// the set mixed, and a packet its source alone would have matched passes.
+#[test]
+#[allow(clippy::too_many_lines)] // two tables of fixtures, one per mode
+fn blocklist_is_decided_by_the_source_alone_and_mixed_rules_by_all_four() {
+    if !require_root("blocklist_is_decided_by_the_source_alone_and_mixed_rules_by_all_four") {
+        return;
+    }
+    let n = node("hpsrc");
+    let mut dp = dataplane(&n);
+    let excepted = || {
+        HostPolicy::new("excepted", uplink())
+            .untracked()
+            .with_order(5)
+            .with_ingress(HostRule::new(HostAction::Allow).from_nets([net("198.51.100.128/25")]))
+    };
+    let mut policies = vec![excepted()];
+    policies.extend(blocklist(blocked_nets()));
+    dp.apply(&scene(policies)).expect("apply");
+    assert!(source_only_mode(&n), "a blocklist: the one-lookup path");
+    let mut cut_short = syn("198.51.100.7", "172.18.0.2", 40100, 9000);
+    cut_short.truncate(14 + 20 + 12);
+
+    for f in [
+        same(
+            "TCP SYN from a blocked prefix to the node: dropped by its source",
+            Hook::Xdp,
+            syn("198.51.100.7", "172.18.0.2", 40101, 9000),
+            XDP_DROP,
+        ),
+        same(
+            "UDP from a blocked prefix: dropped",
+            Hook::Xdp,
+            eth()
+                .ip("198.51.100.8", "172.18.0.2")
+                .udp(5353, 9999)
+                .payload(b"q")
+                .build(),
+            XDP_DROP,
+        ),
+        same(
+            "ICMP echo from a blocked prefix (no ports): dropped",
+            Hook::Xdp,
+            eth()
+                .ip("198.51.100.9", "172.18.0.2")
+                .icmp_echo(false, 7)
+                .build(),
+            XDP_DROP,
+        ),
+        same(
+            "IPv6 TCP SYN from a blocked prefix: dropped",
+            Hook::Xdp,
+            syn("2001:db8:bad::7", "fd00:18::2", 40102, 9000),
+            XDP_DROP,
+        ),
+        same(
+            "TCP SYN from a blocked prefix to a pod (forwarded): dropped",
+            Hook::Xdp,
+            syn("198.51.100.7", "10.244.0.10", 40103, 8080),
+            XDP_DROP,
+        ),
+        same(
+            "TCP SYN from a blocked prefix to failsafe TCP 22 of the node: exempt, passed",
+            Hook::Xdp,
+            syn("198.51.100.7", "172.18.0.2", 40104, 22),
+            XDP_PASS,
+        ),
+        same(
+            "UDP from a blocked prefix to failsafe UDP 68 of the node: exempt, passed",
+            Hook::Xdp,
+            eth()
+                .ip("198.51.100.7", "172.18.0.2")
+                .udp(67, 68)
+                .payload(b"d")
+                .build(),
+            XDP_PASS,
+        ),
+        same(
+            "TCP SYN from a blocked prefix to port 22 of a pod (not the node's): dropped",
+            Hook::Xdp,
+            syn("198.51.100.7", "10.244.0.10", 40105, 22),
+            XDP_DROP,
+        ),
+        same(
+            "UDP from a blocked prefix to TCP's failsafe port 22: dropped (UDP 22 is none)",
+            Hook::Xdp,
+            eth()
+                .ip("198.51.100.7", "172.18.0.2")
+                .udp(40106, 22)
+                .payload(b"u")
+                .build(),
+            XDP_DROP,
+        ),
+        same(
+            "from the excepted /25 (its untracked Allow comes first): left to TC",
+            Hook::Xdp,
+            syn("198.51.100.200", "172.18.0.2", 40107, 9000),
+            XDP_PASS,
+        ),
+        same(
+            "... which lets it through untracked",
+            Hook::FromUplink,
+            syn("198.51.100.200", "172.18.0.2", 40107, 9000),
+            TC_OK,
+        ),
+        same(
+            "an address next to the blocked prefix: untouched",
+            Hook::Xdp,
+            syn("198.51.101.7", "172.18.0.2", 40108, 9000),
+            XDP_PASS,
+        ),
+        same(
+            "a blocked source's TCP header cut short: left to TC, which finds its ports",
+            Hook::Xdp,
+            cut_short,
+            XDP_PASS,
+        ),
+    ] {
+        check(&mut dp, &f);
+    }
+    // Every XDP drop counted by the Deny (the blocklist's rule 0, the set's bit 1).
+    assert_eq!(drops(&dp, "blocked", PolicyType::Ingress, 0), 7);
+    assert_eq!(drops(&dp, "excepted", PolicyType::Ingress, 0), 0);
+
+    // Mixed: one more untracked rule, a Deny of 203.0.113.0/24 to TCP 9000 only.
+    let mut policies = vec![excepted()];
+    policies.extend(blocklist(blocked_nets()));
+    policies.push(
+        HostPolicy::new("port", uplink())
+            .untracked()
+            .with_order(20)
+            .with_ingress(
+                HostRule::new(HostAction::Deny)
+                    .protocol(Protocol::Tcp)
+                    .from_nets([net("203.0.113.0/24")])
+                    .to_ports([HostPort::Number(9000)]),
+            ),
+    );
+    dp.apply(&scene(policies)).expect("apply");
+    assert!(!source_only_mode(&n), "a rule on a port: the general path");
+    for f in [
+        same(
+            "mixed: TCP SYN from 203.0.113.0/24 to TCP 9000: dropped",
+            Hook::Xdp,
+            syn("203.0.113.5", "172.18.0.2", 40110, 9000),
+            XDP_DROP,
+        ),
+        same(
+            "mixed: from 203.0.113.0/24 to TCP 80: its source matches, its port does not: \
+             passed",
+            Hook::Xdp,
+            syn("203.0.113.5", "172.18.0.2", 40111, 80),
+            XDP_PASS,
+        ),
+        same(
+            "mixed: UDP from 203.0.113.0/24 to 9000: passed",
+            Hook::Xdp,
+            eth()
+                .ip("203.0.113.5", "172.18.0.2")
+                .udp(40112, 9000)
+                .payload(b"u")
+                .build(),
+            XDP_PASS,
+        ),
+        same(
+            "mixed: TCP SYN from the blocked /24 still dropped",
+            Hook::Xdp,
+            syn("198.51.100.7", "172.18.0.2", 40113, 9000),
+            XDP_DROP,
+        ),
+        same(
+            "mixed: ... but not on failsafe TCP 22 of the node",
+            Hook::Xdp,
+            syn("198.51.100.7", "172.18.0.2", 40114, 22),
+            XDP_PASS,
+        ),
+        same(
+            "mixed: the excepted /25 still left to TC",
+            Hook::Xdp,
+            syn("198.51.100.200", "172.18.0.2", 40115, 9000),
+            XDP_PASS,
+        ),
+    ] {
+        check(&mut dp, &f);
+    }
+    assert_eq!(drops(&dp, "port", PolicyType::Ingress, 0), 1);
+    assert_eq!(drops(&dp, "blocked", PolicyType::Ingress, 0), 8);
     dp.reset().expect("reset");
 }
 
@@ -614,9 +824,11 @@ fn normal_policies_default_deny_apply_on_forward_and_replies() {
     dp.reset().expect("reset");
 }
 
-/// The XDP cost of a blocked-source flood against 10k and 100k prefixes in the trie
-/// (printed, not asserted: `cargo test -p dataplane-ebpf --all-features --test host_policy
-/// -- --ignored --nocapture xdp_deny_cost`).
+/// The XDP cost of a blocked-source flood against 10k and 100k prefixes in the trie, for a
+/// blocklist alone (one untracked Deny on source nets: the one-lookup path,
+/// `HC_F_SRC_ONLY_IN`) and for the mixed set of [`untracked`] (the general path: the trusted
+/// rule names a protocol and a port). Printed, not asserted: `cargo test -p dataplane-ebpf
+/// --all-features --test host_policy -- --ignored --nocapture xdp_deny_cost`.
 #[test]
 #[ignore = "a measurement: run it explicitly"]
 fn xdp_deny_cost() {
@@ -634,30 +846,36 @@ fn xdp_deny_cost() {
             })
             .collect();
         nets.push(net("198.51.100.0/24"));
-        let t = std::time::Instant::now();
-        dp.apply(&scene(untracked(nets))).expect("apply");
-        let applied = t.elapsed();
-        let mut per = |src: &str| {
-            dp.run_packet(Hook::Xdp, &syn(src, "172.18.0.2", 40000, 9000), 1_000_000)
-                .expect("run")
-        };
-        let drop = per("198.51.100.7");
-        assert_eq!(drop.verdict, XDP_DROP);
-        let pass = per("100.64.0.9");
-        // The last /32 of the list (the /24 when there is none).
-        let last = if count == 0 {
-            "198.51.100.8".to_owned()
-        } else {
-            std::net::Ipv4Addr::from(0x0a80_0000u32 | ((count - 1) * 7 + 1) & 0x007f_ffff)
-                .to_string()
-        };
-        let listed = per(&last);
-        assert_eq!(listed.verdict, XDP_DROP);
-        println!(
-            "prefixes {count:>6}: apply {applied:>10.1?}, XDP drop of a source in the /24 \
-             {:?}/packet, of a listed /32 {:?}/packet, pass of an unlisted one {:?}/packet",
-            drop.duration, listed.duration, pass.duration
-        );
+        for (mode, policies) in [
+            ("blocklist", blocklist(nets.clone())),
+            ("mixed", untracked(nets.clone())),
+        ] {
+            let t = std::time::Instant::now();
+            dp.apply(&scene(policies)).expect("apply");
+            let applied = t.elapsed();
+            let mut per = |src: &str| {
+                dp.run_packet(Hook::Xdp, &syn(src, "172.18.0.2", 40000, 9000), 1_000_000)
+                    .expect("run")
+            };
+            let drop = per("198.51.100.7");
+            assert_eq!(drop.verdict, XDP_DROP);
+            let pass = per("100.64.0.9");
+            // The last /32 of the list (the /24 when there is none).
+            let last = if count == 0 {
+                "198.51.100.8".to_owned()
+            } else {
+                std::net::Ipv4Addr::from(0x0a80_0000u32 | ((count - 1) * 7 + 1) & 0x007f_ffff)
+                    .to_string()
+            };
+            let listed = per(&last);
+            assert_eq!(listed.verdict, XDP_DROP);
+            println!(
+                "{mode:>9}, prefixes {count:>6}: apply {applied:>10.1?}, XDP drop of a source in \
+                 the /24 {:?}/packet, of a listed /32 {:?}/packet, pass of an unlisted one \
+                 {:?}/packet",
+                drop.duration, listed.duration, pass.duration
+            );
+        }
     }
     dp.reset().expect("reset");
 }

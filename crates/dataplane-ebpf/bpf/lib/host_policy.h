@@ -138,9 +138,26 @@ static __always_inline int host_lowest(__u64 m)
 	return n;
 }
 
+/* The dp_host_rules index of the lowest rule in @m (not 0), a mask of @set's rules. */
+static __always_inline int host_rule_index(__u32 gen, __u32 set, __u64 m)
+{
+	return (gen * HS_GEN_RULES + set * HS_RULES + host_lowest(m)) & (HS_RULE_SLOTS - 1);
+}
+
+/* The mask of @set's rules whose source nets hold @hp's source; fills @k but for its data. */
+static __always_inline __u64 host_src_mask(struct host_key *k, const struct host_pkt *hp,
+					   __u32 gen, __u32 set)
+{
+	k->gen = gen;
+	k->set = set;
+	addr_copy(k->data, hp->saddr);
+	return host_lookup(k, HK_SRC_NET, hp->family, hp->family == DP_AF_INET ? 32 : 128);
+}
+
 /*
  * The dp_host_rules index of the first rule of @set (generation @gen) among @only that @hp
- * matches, or -1. Four lookups, each narrowing the mask; a miss ends it.
+ * matches, or -1. Four lookups, each narrowing the mask; a miss ends it (the source first:
+ * a packet from a source no rule names costs one lookup).
  */
 static __noinline int host_first(const struct host_pkt *hp, __u32 gen, __u32 set, __u64 only)
 {
@@ -148,10 +165,7 @@ static __noinline int host_first(const struct host_pkt *hp, __u32 gen, __u32 set
 	struct host_key k;
 	__u64 m;
 
-	k.gen = gen;
-	k.set = set;
-	addr_copy(k.data, hp->saddr);
-	m = host_lookup(&k, HK_SRC_NET, hp->family, addr_bits);
+	m = host_src_mask(&k, hp, gen, set);
 	if (!m)
 		return -1;
 	addr_copy(k.data, hp->daddr);
@@ -170,7 +184,21 @@ static __noinline int host_first(const struct host_pkt *hp, __u32 gen, __u32 set
 	m &= only;
 	if (!m)
 		return -1;
-	return (gen * HS_GEN_RULES + set * HS_RULES + host_lowest(m)) & (HS_RULE_SLOTS - 1);
+	return host_rule_index(gen, set, m);
+}
+
+/*
+ * host_first() for a set whose rules match on source nets alone (HC_F_SRC_ONLY_IN, for
+ * HS_UNTRACKED_IN): every rule of it is in the catch-all prefix of the other three parts,
+ * whose lookups would each give the whole set, so the source lookup's mask is the answer.
+ * One lookup (XDP: a flood from a blocked prefix is decided by it).
+ */
+static __always_inline int host_first_src(const struct host_pkt *hp, __u32 gen, __u32 set)
+{
+	struct host_key k;
+	__u64 m = host_src_mask(&k, hp, gen, set);
+
+	return m ? host_rule_index(gen, set, m) : -1;
 }
 
 /* Whether @hp's (protocol, destination port) is a failsafe of direction @dir (0 in, 1 out). */
