@@ -442,9 +442,12 @@ static __noinline int host_from_uplink(struct __sk_buff *skb)
 
 /*
  * Whether @p, leaving with a node address as its source, is a packet this datapath
- * translated on its way through the node (a service connection from elsewhere, source NAT to
- * the node address): its reply's tuple is a reverse conntrack entry. Such a packet is
- * forwarded, not the node's own.
+ * translated on its way through the node: a service connection from elsewhere, source NAT to
+ * the node address (its reply's tuple is a reverse conntrack entry), or the reply of one,
+ * reverse-translated to come from the frontend on the node (a NodePort's local backend
+ * answering: its reply's tuple is the connection's forward entry). Such a packet is
+ * forwarded, not the node's own: netfilter's raw output hook, where untracked egress
+ * rules run, never sees it.
  */
 static __always_inline int host_translated(const struct pkt *p)
 {
@@ -453,7 +456,7 @@ static __always_inline int host_translated(const struct pkt *p)
 
 	ct_reply_key(&k, p, p->daddr, p->dport);
 	e = bpf_map_lookup_elem(&dp_ct, &k);
-	return e && ct_is_rev(e);
+	return e && (ct_is_rev(e) || ct_is_fwd(e));
 }
 
 /**
