@@ -10,8 +10,8 @@
 //! - inward when it arrives from outside the node (`Entry::FromUplink`);
 //! - outward when it leaves the node: sent by the node itself (`Entry::FromHost`) or
 //!   forwarded (from a pod or from the uplink), to an address that is neither a local pod's
-//!   nor one of the node's (traffic between the node and its pods, and between its pods,
-//!   crosses no host endpoint).
+//!   (one of the node's pod CIDRs, listed pod or not) nor one of the node's (traffic between
+//!   the node and its pods, and between its pods, crosses no host endpoint).
 //!
 //! Order, for each crossing (stages whose policies do not select the endpoint, or do not
 //! apply to the direction, are skipped):
@@ -181,10 +181,14 @@ impl<'a> HostView<'a> {
         })
     }
 
-    /// Whether `ip` is on this node: a local pod's address or one of the node's.
+    /// Whether `ip` is on this node: one of the node's addresses, a local pod's, or any
+    /// address of the node's pod CIDRs — a node routes those to its pods, never out of the
+    /// uplink (Calico blackholes the unused rest of its IPAM block), whether or not the state
+    /// lists the pod yet; the eBPF programs' `is_local()` is the same test.
     fn is_local(&self, ip: IpAddr) -> bool {
         self.state.node.addresses.contains(&ip)
             || self.state.endpoints.iter().any(|e| e.ips.contains(&ip))
+            || self.state.node.pod_cidrs.iter().any(|c| c.contains(ip))
     }
 
     /// The policies of `stage` that apply to `direction`, for forwarded traffic or not.

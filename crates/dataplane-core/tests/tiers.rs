@@ -777,6 +777,32 @@ fn an_untracked_egress_deny_drops_the_nodes_own_replies() {
     ));
 }
 
+/// An address of the node's pod CIDRs is on the node whether or not the state lists its pod:
+/// the node never routes it out of the uplink, so no host endpoint policy sees traffic to it
+/// (the eBPF programs' `is_local()`: pod CIDRs and node addresses).
+#[test]
+fn the_nodes_pod_cidrs_are_behind_no_host_endpoint() {
+    let mut state = base()
+        .with_host_endpoint(uplink_hep())
+        .with_host_policy(deny_all_host());
+    let unlisted = packet(Protocol::Tcp, &format!("{NODE}:40000"), "10.244.0.99:8080");
+    assert!(
+        !delivered(&state, &unlisted, &Entry::FromHost),
+        "no pod CIDR: out of the uplink"
+    );
+    state.node = state
+        .node
+        .with_pod_cidrs(["10.244.0.0/24".parse().unwrap()]);
+    assert!(delivered(&state, &unlisted, &Entry::FromHost));
+    // Another node's pod is still behind the uplink.
+    let remote = packet(
+        Protocol::Tcp,
+        &format!("{NODE}:40001"),
+        &format!("{YB}:8080"),
+    );
+    assert!(!delivered(&state, &remote, &Entry::FromHost));
+}
+
 // Validation.
 
 fn invalid(state: &DesiredState) -> ValidationError {
