@@ -717,6 +717,59 @@ fn untracked_rules_judge_replies_the_node_sends_or_receives_not_forwarded_ones()
     dp.reset().expect("reset");
 }
 
+/// The node's own connection to its own NodePort, translated by `dp_to_lo` to a pod on
+/// another node and sent out of the uplink, is the node's own traffic for host policy: a
+/// normal egress policy (not applyOnForward) judges it after translation, as netfilter's
+/// filter output does after nat output (regression: `host_translated()` took every packet
+/// with a reverse conntrack entry for a forwarded one, so the node's own NodePort connections
+/// escaped its egress policy; found by the differential test with host policies).
+#[test]
+fn the_nodes_own_nodeport_connection_meets_its_egress_policy() {
+    if !require_root("the_nodes_own_nodeport_connection_meets_its_egress_policy") {
+        return;
+    }
+    let n = node("hpownnp");
+    let mut dp = dataplane(&n);
+    let egress = |port: u16| {
+        vec![HostPolicy::new("node-out", uplink())
+            .with_types([PolicyType::Egress])
+            .with_egress(
+                HostRule::new(HostAction::Allow)
+                    .protocol(Protocol::Tcp)
+                    .to_ports([HostPort::Number(port)]),
+            )]
+    };
+    for (port, verdict, what) in [
+        (
+            443,
+            TC_SHOT,
+            "egress allows 443 only: the translated 8080 is dropped",
+        ),
+        (
+            8080,
+            TC_OK,
+            "egress allows 8080: the translated connection leaves",
+        ),
+    ] {
+        dp.apply(&scene(egress(port))).expect("apply");
+        let sport = 42000 + port % 1000;
+        let run = dp
+            .run_packet(
+                Hook::ToLo,
+                &syn("172.18.0.2", "172.18.0.2", sport, 30080),
+                1,
+            )
+            .expect("run");
+        assert_eq!(
+            run.verdict, TC_REDIRECT,
+            "to_lo translates and sends it out"
+        );
+        let run = dp.run_packet(Hook::ToUplink, &run.output, 1).expect("run");
+        assert_eq!(run.verdict, verdict, "{what}");
+    }
+    dp.reset().expect("reset");
+}
+
 /// The XDP cost of a blocked-source flood against 10k and 100k prefixes in the trie
 /// (printed, not asserted: `cargo test -p dataplane-ebpf --all-features --test host_policy
 /// -- --ignored --nocapture xdp_deny_cost`).

@@ -106,8 +106,10 @@
 //! - `host-egress` — "Protect Kubernetes nodes" and "Summary of host endpoint policies"
 //!   (`reference/host-endpoints/summary`): an egress policy allowing port 7000 only: the node
 //!   reaches the upstream's 7000 but not 7001, the failsafe outbound ports still work, the
-//!   node reaches its own pod (no host endpoint between them), node-1 and the pod (forwarded)
-//!   are not affected, and ingress is not either;
+//!   node reaches its own pod (no host endpoint between them) and its own NodePort backed by
+//!   it, but not its own NodePort backed by node-1's pod ([`REMOTE_NODE_PORT`]: translated,
+//!   that connection leaves by the uplink as the node's own traffic), node-1 and the pod
+//!   (forwarded) are not affected, and ingress is not either;
 //! - `untracked-deny-replies` — "Untracked policy" (`reference/host-endpoints/untracked`:
 //!   doNotTrack rules apply to every packet, before conntrack) and felix's raw-table
 //!   rendering (`rules/static.go`): untracked rules also judge the replies of *tracked*

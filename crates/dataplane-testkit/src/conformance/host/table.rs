@@ -515,6 +515,14 @@ fn host_egress() -> HostCase {
                     one(Party::Node(NODE), UP, TCP, 6443, YES),
                 ],
                 answered(Party::Node(NODE), POD, SERVER_PORT),
+                // The node's own NodePort: translated to node-1's pod it leaves by the uplink
+                // as the node's own traffic (to port 8080: dropped); to its own pod it stays.
+                dropped(
+                    Party::Node(NODE),
+                    Target::RemoteNodePort(NODE),
+                    REMOTE_NODE_PORT,
+                ),
+                answered(Party::Node(NODE), NP, NODE_PORT),
                 answered(Party::Node(OTHER_NODE), UP, OTHER_UPSTREAM_PORT),
                 answered(Party::Pod(NODE), UP, OTHER_UPSTREAM_PORT),
                 answered(A, ME, HOST_SERVICE_PORT),
