@@ -104,7 +104,7 @@ pub fn mangle_out(prefix: &str) -> String {
     format!("{prefix}-MGL-OUT")
 }
 
-/// The mangle POSTROUTING chain: the node's own DNATed packets' normal egress policy.
+/// The mangle POSTROUTING chain: normal egress policy for the node's own translated (DNAT) packets.
 pub fn mangle_post(prefix: &str) -> String {
     format!("{prefix}-MGL-POST")
 }

@@ -47,10 +47,10 @@
 //!   as everywhere in this project; untracked packets (`ct state untracked`) were decided
 //!   by the untracked rules and pass. A policy that applies to a direction and has no
 //!   matching rule drops (default deny); an endpoint without applicable policies is open.
-//! - The node's own DNATed connections (to a service, to its own NodePort whose backend is
-//!   on another node) are judged in postrouting, not output: in the output hook their
-//!   `oifname` is still the pre-DNAT route's (`lo` for the node's own address), so an egress
-//!   policy would miss them. Calico does the same (felix `filterOutputChain` skips
+//! - The node's own translated (DNAT) connections (to a service, to its own NodePort whose
+//!   backend is on another node) are judged in postrouting, not output: in the output hook
+//!   their `oifname` is still the pre-DNAT route's (`lo` for the node's own address), so an
+//!   egress policy would miss them. Calico does the same (felix `filterOutputChain` skips
 //!   `ctstate DNAT`, `StaticManglePostroutingChain` judges it).
 //! - Many addresses in one rule go in a named interval set (one element per disjoint
 //!   prefix, added 2000 to a line), so a 100k-prefix deny list is one set lookup per packet
