@@ -476,13 +476,35 @@ fn with_pod_policy(
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn reply_allowed(state: &DesiredState, packet: &Packet, entry: &Entry) -> bool {
-    reply_allowed_in(state, packet, entry, Scope::Cluster)
-}
-
-/// [`reply_allowed`] for a connection [`evaluate_on_node`] judges: as far as this node's
-/// dataplane decides it (pod policy halves of pods on other nodes left to their nodes).
-pub fn reply_allowed_on_node(state: &DesiredState, packet: &Packet, entry: &Entry) -> bool {
-    reply_allowed_in(state, packet, entry, Scope::Node)
+    let verdict = evaluate(state, packet, entry);
+    if matches!(verdict, Verdict::Drop | Verdict::Reject) {
+        return false;
+    }
+    let Some(host) = HostView::of(state) else {
+        return true;
+    };
+    if host.before_translation(&flow(packet), from(entry)) != Early::Untracked {
+        return wire_replies(state, packet, entry, &verdict)
+            .iter()
+            .all(|r| tracked_reply_passes(state, &verdict, r));
+    }
+    let reply = Packet {
+        protocol: packet.protocol,
+        source: packet.destination,
+        destination: packet.source,
+    };
+    let back = match entry {
+        Entry::FromUplink => state
+            .endpoints
+            .iter()
+            .find(|e| e.ips.contains(&packet.destination.ip()))
+            .map_or(Entry::FromHost, |e| Entry::FromPod(e.name.clone())),
+        Entry::FromHost | Entry::FromPod(_) => Entry::FromUplink,
+    };
+    !matches!(
+        evaluate(state, &reply, &back),
+        Verdict::Drop | Verdict::Reject
+    )
 }
 
 /// Whether `reply` — a packet on the wire of a *tracked* connection whose first packet was
@@ -563,38 +585,6 @@ fn wire_replies(
         Verdict::Untouched { source } => vec![reply(packet.destination, seen(source))],
         Verdict::Drop | Verdict::Reject => Vec::new(),
     }
-}
-
-fn reply_allowed_in(state: &DesiredState, packet: &Packet, entry: &Entry, scope: Scope) -> bool {
-    let verdict = evaluate_in(state, packet, entry, scope);
-    if matches!(verdict, Verdict::Drop | Verdict::Reject) {
-        return false;
-    }
-    let Some(host) = HostView::of(state) else {
-        return true;
-    };
-    if host.before_translation(&flow(packet), from(entry)) != Early::Untracked {
-        return wire_replies(state, packet, entry, &verdict)
-            .iter()
-            .all(|r| tracked_reply_passes(state, &verdict, r));
-    }
-    let reply = Packet {
-        protocol: packet.protocol,
-        source: packet.destination,
-        destination: packet.source,
-    };
-    let back = match entry {
-        Entry::FromUplink => state
-            .endpoints
-            .iter()
-            .find(|e| e.ips.contains(&packet.destination.ip()))
-            .map_or(Entry::FromHost, |e| Entry::FromPod(e.name.clone())),
-        Entry::FromHost | Entry::FromPod(_) => Entry::FromUplink,
-    };
-    !matches!(
-        evaluate_in(state, &reply, &back, scope),
-        Verdict::Drop | Verdict::Reject
-    )
 }
 
 /// Whether `scope`'s halves of the policy verdict from `from` to `to` allow a new connection.
