@@ -18,10 +18,10 @@
 
 mod common;
 
-use common::{backend, check, ct_key, ct_map, eth, require_root, Fixture, TestNode, TCP_SYN};
+use common::{backend, check, ct_key, ct_map, eth, ip, require_root, Fixture, TestNode, TCP_SYN};
 use dataplane_core::{
-    Dataplane, DesiredState, Error, HostAction, HostEndpoint, HostPolicy, HostPort, HostRule,
-    LabelSelector, ObjectName, PolicyType, Protocol, Service, ServicePort,
+    Dataplane, DesiredState, Endpoint, Error, HostAction, HostEndpoint, HostPolicy, HostPort,
+    HostRule, LabelSelector, ObjectName, PolicyType, Protocol, Service, ServicePort,
 };
 use dataplane_ebpf::{EbpfDataplane, Hook, HostRuleDrops, XdpMode};
 
@@ -821,6 +821,164 @@ fn normal_policies_default_deny_apply_on_forward_and_replies() {
     assert_ne!(run.verdict, TC_SHOT, "rejected, not dropped");
     assert_ne!(run.output, input, "the answer (a RST) goes back");
     assert_eq!(drops(&dp, "fwd-in", PolicyType::Ingress, 0), 1);
+    dp.reset().expect("reset");
+}
+
+/// Untracked rules judge every packet crossing the uplink, the replies of tracked connections
+/// included (core's `reply_allowed`; netfilter's raw table, where Calico renders doNotTrack,
+/// sees every packet before conntrack), but only the node's *own* packets on the way out: the
+/// reply of a NodePort connection to a local pod, reverse-translated to come from the
+/// NodePort on the node's address, is forwarded, not the node's, and no untracked egress rule
+/// sees it (regression: `host_translated()` took it for the node's own, so an untracked egress
+/// Deny of the client dropped it; the host table's `untracked-deny-replies` found it).
+#[test]
+fn untracked_rules_judge_replies_the_node_sends_or_receives_not_forwarded_ones() {
+    if !require_root("untracked_rules_judge_replies_the_node_sends_or_receives_not_forwarded_ones")
+    {
+        return;
+    }
+    let n = node("hprepl");
+    ip(&[
+        "-n", &n.name, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0p",
+    ]);
+    ip(&["-n", &n.name, "link", "set", "veth0", "up"]);
+    ip(&["-n", &n.name, "link", "set", "veth0p", "up"]);
+    let mut dp = dataplane(&n);
+    let mut st = scene(vec![HostPolicy::new("replies", uplink())
+        .untracked()
+        .with_ingress(HostRule::new(HostAction::Deny).from_nets([net("10.244.1.0/24")]))
+        .with_egress(
+            HostRule::new(HostAction::Deny).to_nets([net("203.0.113.0/24")]),
+        )]);
+    st.endpoints = vec![Endpoint::new(
+        ObjectName::new("default", "local"),
+        "veth0",
+        ["10.244.0.10".parse().unwrap()],
+    )];
+    let mut local = Service::new(ObjectName::new("default", "local"));
+    local.cluster_ips = vec!["10.96.0.32".parse().unwrap()];
+    local.ports = vec![ServicePort {
+        name: "http".into(),
+        protocol: Protocol::Tcp,
+        port: 80,
+        target_port: 8080,
+        node_port: Some(30090),
+    }];
+    local.backends = vec![backend("10.244.0.10", "node-a")];
+    st.services.push(local);
+    dp.apply(&st).expect("apply");
+    let syn_ack = |src: &str, dst: &str, sport, dport| {
+        eth()
+            .ip(src, dst)
+            .tcp(sport, dport, TCP_SYN | common::TCP_ACK)
+            .build()
+    };
+    // 100.64.0.9 (not denied) to the local pod's NodePort: translated, to the pod.
+    let run = dp
+        .run_packet(
+            Hook::FromUplink,
+            &syn("100.64.0.9", "172.18.0.2", 41000, 30090),
+            1,
+        )
+        .expect("run");
+    assert_eq!(run.verdict, TC_REDIRECT, "the NodePort to the local pod");
+    // 203.0.113.9 too: its connection is tracked (the egress rule does not see its SYN).
+    let run = dp
+        .run_packet(
+            Hook::FromUplink,
+            &syn("203.0.113.9", "172.18.0.2", 41001, 30090),
+            1,
+        )
+        .expect("run");
+    assert_eq!(run.verdict, TC_REDIRECT, "the NodePort to the local pod");
+    for f in [
+        same(
+            "the pod's reply to 203.0.113.9, as the NodePort on the node: forwarded, not \
+             the node's own, so the untracked egress Deny does not see it",
+            Hook::ToUplink,
+            syn_ack("172.18.0.2", "203.0.113.9", 30090, 41001),
+            TC_OK,
+        ),
+        same(
+            "the node's own server's reply to 203.0.113.9: the untracked egress Deny drops it",
+            Hook::ToUplink,
+            syn_ack("172.18.0.2", "203.0.113.9", 7000, 41002),
+            TC_SHOT,
+        ),
+        same(
+            "the node dials node-b's pod: tracked, out",
+            Hook::ToUplink,
+            syn("172.18.0.2", "10.244.1.20", 41003, 8080),
+            TC_OK,
+        ),
+        same(
+            "... its reply: the untracked ingress Deny drops it at XDP",
+            Hook::Xdp,
+            syn_ack("10.244.1.20", "172.18.0.2", 8080, 41003),
+            XDP_DROP,
+        ),
+        same(
+            "... and in TC (where XDP is not attached)",
+            Hook::FromUplink,
+            syn_ack("10.244.1.20", "172.18.0.2", 8080, 41003),
+            TC_SHOT,
+        ),
+    ] {
+        check(&mut dp, &f);
+    }
+    dp.reset().expect("reset");
+}
+
+/// The node's own connection to its own NodePort, translated by `dp_to_lo` to a pod on
+/// another node and sent out of the uplink, is the node's own traffic for host policy: a
+/// normal egress policy (not applyOnForward) judges it after translation, as netfilter's
+/// filter output does after nat output (regression: `host_translated()` took every packet
+/// with a reverse conntrack entry for a forwarded one, so the node's own NodePort connections
+/// escaped its egress policy; found by the differential test with host policies).
+#[test]
+fn the_nodes_own_nodeport_connection_meets_its_egress_policy() {
+    if !require_root("the_nodes_own_nodeport_connection_meets_its_egress_policy") {
+        return;
+    }
+    let n = node("hpownnp");
+    let mut dp = dataplane(&n);
+    let egress = |port: u16| {
+        vec![HostPolicy::new("node-out", uplink())
+            .with_types([PolicyType::Egress])
+            .with_egress(
+                HostRule::new(HostAction::Allow)
+                    .protocol(Protocol::Tcp)
+                    .to_ports([HostPort::Number(port)]),
+            )]
+    };
+    for (port, verdict, what) in [
+        (
+            443,
+            TC_SHOT,
+            "egress allows 443 only: the translated 8080 is dropped",
+        ),
+        (
+            8080,
+            TC_OK,
+            "egress allows 8080: the translated connection leaves",
+        ),
+    ] {
+        dp.apply(&scene(egress(port))).expect("apply");
+        let sport = 42000 + port % 1000;
+        let run = dp
+            .run_packet(
+                Hook::ToLo,
+                &syn("172.18.0.2", "172.18.0.2", sport, 30080),
+                1,
+            )
+            .expect("run");
+        assert_eq!(
+            run.verdict, TC_REDIRECT,
+            "to_lo translates and sends it out"
+        );
+        let run = dp.run_packet(Hook::ToUplink, &run.output, 1).expect("run");
+        assert_eq!(run.verdict, verdict, "{what}");
+    }
     dp.reset().expect("reset");
 }
 

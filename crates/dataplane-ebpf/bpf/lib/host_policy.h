@@ -468,11 +468,20 @@ static __noinline int host_from_uplink(struct __sk_buff *skb)
 	return HOST_GO_ON;
 }
 
+#define HOST_XLATED_NONE 0 /* not translated by this datapath */
+#define HOST_XLATED_FWD 1  /* translated on its way through the node: forwarded */
+#define HOST_XLATED_OWN 2  /* the node's own connection, translated (a service it dialled) */
+
 /*
- * Whether @p, leaving with a node address as its source, is a packet this datapath
- * translated on its way through the node (a service connection from elsewhere, source NAT to
- * the node address): its reply's tuple is a reverse conntrack entry. Such a packet is
- * forwarded, not the node's own.
+ * How @p, leaving with a node address as its source, was translated by this datapath:
+ * HOST_XLATED_FWD for a service connection from elsewhere, source NAT to the node address
+ * (its reply's tuple is a reverse conntrack entry whose original client is not the node),
+ * or the reply of one, reverse-translated to come from the frontend on the node (a
+ * NodePort's local backend answering: its reply's tuple is the connection's forward entry)
+ * — forwarded, not the node's own: netfilter's raw and filter output hooks never see it.
+ * HOST_XLATED_OWN for the node's own connection to a service frontend (the reverse entry's
+ * original client is a node address: netfilter's nat output translates it, filter output
+ * judges it as the node's own). HOST_XLATED_NONE otherwise.
  */
 static __always_inline int host_translated(const struct pkt *p)
 {
@@ -481,7 +490,13 @@ static __always_inline int host_translated(const struct pkt *p)
 
 	ct_reply_key(&k, p, p->daddr, p->dport);
 	e = bpf_map_lookup_elem(&dp_ct, &k);
-	return e && ct_is_rev(e);
+	if (!e)
+		return HOST_XLATED_NONE;
+	if (ct_is_fwd(e))
+		return HOST_XLATED_FWD;
+	if (!ct_is_rev(e))
+		return HOST_XLATED_NONE;
+	return (cidr_bits(p, e->snat_addr) & CIDR_F_NODE) ? HOST_XLATED_OWN : HOST_XLATED_FWD;
 }
 
 /**
@@ -496,6 +511,7 @@ static __noinline int host_to_uplink(struct __sk_buff *skb)
 	__u32 flags;
 	__u32 own;
 	__u32 gen;
+	int xlated;
 	int ret;
 
 	skb->cb[CB_HOST] = HOST_AFTER_NONE;
@@ -505,8 +521,12 @@ static __noinline int host_to_uplink(struct __sk_buff *skb)
 	ret = parse_packet(skb, &p);
 	if (ret < 0 || !p.family || is_local(&p, p.daddr))
 		return HOST_GO_ON;
-	own = (cidr_bits(&p, p.saddr) & CIDR_F_NODE) && !host_translated(&p);
-	if (own) {
+	xlated = (cidr_bits(&p, p.saddr) & CIDR_F_NODE) ? host_translated(&p) : HOST_XLATED_FWD;
+	own = xlated != HOST_XLATED_FWD;
+	/* Failsafe ports and untracked rules judge the node's own packets as they leave it,
+	 * before any translation: a connection this datapath translated already met them
+	 * (a frontend on the node's own address goes by lo, where they do not apply). */
+	if (xlated == HOST_XLATED_NONE) {
 		host_pkt_of(&hp, &p, ret);
 		if (host_failsafe(&hp, gen, 1)) {
 			skb->cb[CB_HOST] = host_defer(&p, flags, HOST_AFTER_TRACK, 1);
