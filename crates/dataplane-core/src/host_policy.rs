@@ -10,8 +10,8 @@
 //! - inward when it arrives from outside the node (`Entry::FromUplink`);
 //! - outward when it leaves the node: sent by the node itself (`Entry::FromHost`) or
 //!   forwarded (from a pod or from the uplink), to an address that is neither a local pod's
-//!   nor one of the node's (traffic between the node and its pods, and between its pods,
-//!   crosses no host endpoint).
+//!   (one of the node's pod CIDRs, listed pod or not) nor one of the node's (traffic between
+//!   the node and its pods, and between its pods, crosses no host endpoint).
 //!
 //! Order, for each crossing (stages whose policies do not select the endpoint, or do not
 //! apply to the direction, are skipped):
@@ -26,6 +26,22 @@
 //!    services), and its replies are not let through by conntrack — [`crate::reply_allowed`]
 //!    judges a reply as a packet of its own, so it needs a rule of its own.
 //!    No match: the next stage (no default deny).
+//!    These two stages judge **every packet** that crosses the endpoint, not only a
+//!    connection's first: the replies of *tracked* connections too (netfilter's `raw` table
+//!    runs before conntrack and cannot tell a reply from a first packet; Calico: "doNotTrack
+//!    policy applies to all packets in both directions", and felix renders it in `raw`
+//!    `cali-PREROUTING`/`cali-OUTPUT`, `felix/rules/static.go` `StaticRawPreroutingChain`,
+//!    `StaticRawOutputChain`). Inward that is every reply arriving on the uplink (from a
+//!    remote server the node, a pod or a forwarded client reached); outward every reply the
+//!    node itself sends out of the uplink (its own servers' answers; replies of connections
+//!    it forwards do not pass `raw` output). A reply an untracked `Deny` matches is dropped;
+//!    one an untracked `Allow` matches goes on untracked, so conntrack does not undo the
+//!    connection's translation: a translated (DNAT or masqueraded) connection's reply then
+//!    does not reach its client, an untranslated one's does. [`crate::reply_allowed`] says
+//!    which replies get back. (Calico also exempts packets *from* the failsafe ports in
+//!    `raw`, by source port, so that failsafe connections' replies pass untracked rules;
+//!    here the failsafe ports are by destination port in both directions and every
+//!    backend does the same.)
 //! 3. **Pre-DNAT** policies (ingress only), on the original destination (a NodePort, before
 //!    translation): `Deny` drops, `Allow` skips the normal policies (the connection is
 //!    tracked: replies pass), no match goes on (no default deny). They apply to everything
@@ -165,10 +181,14 @@ impl<'a> HostView<'a> {
         })
     }
 
-    /// Whether `ip` is on this node: a local pod's address or one of the node's.
+    /// Whether `ip` is on this node: one of the node's addresses, a local pod's, or any
+    /// address of the node's pod CIDRs — a node routes those to its pods, never out of the
+    /// uplink (Calico blackholes the unused rest of its IPAM block), whether or not the state
+    /// lists the pod yet; the eBPF programs' `is_local()` is the same test.
     fn is_local(&self, ip: IpAddr) -> bool {
         self.state.node.addresses.contains(&ip)
             || self.state.endpoints.iter().any(|e| e.ips.contains(&ip))
+            || self.state.node.pod_cidrs.iter().any(|c| c.contains(ip))
     }
 
     /// The policies of `stage` that apply to `direction`, for forwarded traffic or not.
@@ -203,48 +223,83 @@ impl<'a> HostView<'a> {
 
     /// Failsafe, untracked and pre-DNAT stages for `packet` entering at `entry`.
     pub(crate) fn before_translation(&self, packet: &Flow, entry: From) -> Early {
+        match self.before_conntrack(packet, entry) {
+            Early::Continue if entry == From::Uplink => {
+                let to_host = self.state.node.addresses.contains(&packet.destination.ip());
+                match self.first_match(
+                    HostStage::PreDnat,
+                    PolicyType::Ingress,
+                    !to_host,
+                    packet.protocol,
+                    packet.source,
+                    packet.destination,
+                ) {
+                    Some(HostAction::Deny) => Early::Drop,
+                    Some(HostAction::Allow) => Early::Allowed,
+                    None => Early::Continue,
+                }
+            }
+            early => early,
+        }
+    }
+
+    /// The stages before conntrack — failsafe ports, then untracked rules — for `packet` as
+    /// it is on the wire, entering at `entry`: what netfilter's `raw` table (Calico's
+    /// `cali-PREROUTING` / `cali-OUTPUT` in felix `rules/static.go`) decides of *every*
+    /// packet, a tracked connection's replies included (raw runs before conntrack, so it
+    /// cannot tell a reply from a first packet). Inward: everything arriving on the uplink;
+    /// outward: the node's own packets leaving by it (forwarded ones never meet `raw`
+    /// output). `Early::Allowed` is a failsafe port.
+    pub(crate) fn before_conntrack(&self, packet: &Flow, entry: From) -> Early {
         let dst = packet.destination;
         let failsafe = |ports: &[crate::model::FailsafePort]| {
             ports
                 .iter()
                 .any(|f| f.protocol == packet.protocol && f.port == dst.port())
         };
-        let decide = |action: Option<HostAction>, allowed: Early| match action {
-            Some(HostAction::Deny) => Some(Early::Drop),
-            Some(HostAction::Allow) => Some(allowed),
-            None => None,
+        let untracked = |direction: PolicyType, forwarded: bool| match self.first_match(
+            HostStage::Untracked,
+            direction,
+            forwarded,
+            packet.protocol,
+            packet.source,
+            dst,
+        ) {
+            Some(HostAction::Deny) => Early::Drop,
+            Some(HostAction::Allow) => Early::Untracked,
+            None => Early::Continue,
         };
-        let (p, s) = (packet.protocol, packet.source);
         match entry {
             From::Uplink => {
                 let to_host = self.state.node.addresses.contains(&dst.ip());
                 if to_host && failsafe(&self.state.failsafe_ports.inbound) {
                     return Early::Allowed;
                 }
-                let ingress = PolicyType::Ingress;
-                decide(
-                    self.first_match(HostStage::Untracked, ingress, !to_host, p, s, dst),
-                    Early::Untracked,
-                )
-                .or_else(|| {
-                    decide(
-                        self.first_match(HostStage::PreDnat, ingress, !to_host, p, s, dst),
-                        Early::Allowed,
-                    )
-                })
-                .unwrap_or(Early::Continue)
+                untracked(PolicyType::Ingress, !to_host)
             }
             From::Host if !self.is_local(dst.ip()) => {
                 if failsafe(&self.state.failsafe_ports.outbound) {
                     return Early::Allowed;
                 }
-                decide(
-                    self.first_match(HostStage::Untracked, PolicyType::Egress, false, p, s, dst),
-                    Early::Untracked,
-                )
-                .unwrap_or(Early::Continue)
+                untracked(PolicyType::Egress, false)
             }
             _ => Early::Continue,
+        }
+    }
+
+    /// Where a packet from `source` to `destination` (as it is on the wire) crosses the
+    /// endpoint: `Some(From::Uplink)` when it arrives on the uplink (its source is not on
+    /// this node), `Some(From::Host)` when the node itself sends it out of the uplink (its
+    /// source is one of the node's addresses, its destination not on this node), `None`
+    /// when it does not cross (between the node and its pods) or crosses forwarded outward
+    /// (from a local pod: no untracked rule sees it).
+    pub(crate) fn crossing(&self, source: IpAddr, destination: IpAddr) -> Option<From> {
+        if !self.is_local(source) {
+            Some(From::Uplink)
+        } else if self.state.node.addresses.contains(&source) && !self.is_local(destination) {
+            Some(From::Host)
+        } else {
+            None
         }
     }
 

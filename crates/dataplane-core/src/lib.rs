@@ -53,8 +53,9 @@ pub use policy::{policy_allows, policy_verdict, Decision, Party, PolicyVerdict};
 pub use policy_tables::{compile, CompiledPolicy, PolicyDelta};
 pub use reference::{
     eligible_backends, eligible_backends_with_policy, evaluate, evaluate_on_node, is_spoofed,
-    node_address, reply_allowed, source_range_allow_list, source_range_allows, Eligible, Entry,
-    FrontendKind, IpFamily, Packet, SourceSeen, TrafficKind, Verdict,
+    node_address, reply_allowed, source_range_allow_list, source_range_allows,
+    tracked_reply_passes, Eligible, Entry, FrontendKind, IpFamily, Packet, SourceSeen, TrafficKind,
+    Verdict,
 };
 pub use validate::{service_warnings, validate, warnings, Incremental, ValidationError, Validator};
 

@@ -444,13 +444,25 @@ fn with_pod_policy(
 /// Whether the replies of the connection whose first packet is `packet`, entering at
 /// `entry`, get back to its client.
 ///
-/// A connection [`evaluate`] drops or rejects has none. A tracked one's replies pass
-/// (conntrack). A connection that a host endpoint's untracked (`doNotTrack`) rule let in or
-/// out has no conntrack entry: each reply is a packet of its own, judged by [`evaluate`]
-/// with source and destination swapped, entering where the reply enters (from the node for a
-/// connection that came in on the uplink, from the uplink for one the node opened) — so it
-/// needs a rule of its own (an untracked `Allow` in the other direction, or a normal policy
-/// that allows it; a default-deny endpoint drops it).
+/// A connection [`evaluate`] drops or rejects has none. A connection that a host endpoint's
+/// untracked (`doNotTrack`) rule let in or out has no conntrack entry: each reply is a
+/// packet of its own, judged by [`evaluate`] with source and destination swapped, entering
+/// where the reply enters (from the node for a connection that came in on the uplink, from
+/// the uplink for one the node opened) — so it needs a rule of its own (an untracked `Allow`
+/// in the other direction, or a normal policy that allows it; a default-deny endpoint drops
+/// it).
+///
+/// A tracked connection's replies pass pre-DNAT and normal host policy (conntrack), but not
+/// the stages before conntrack: where a reply crosses this node's host endpoint — arriving on
+/// the uplink from a server off this node, or sent by the node itself out of the uplink — it
+/// meets the failsafe ports and the untracked rules of that direction as it is on the wire
+/// (from the backend or destination the connection reached, to the source that one saw):
+/// an untracked `Deny` drops it, an untracked `Allow` lets it through only when the
+/// connection was not translated (an untracked packet gets no reverse NAT). With several
+/// acceptable backends, every one's replies must get back. A DSR connection's replies go
+/// from the backend's node straight to the client and never cross this node.
+/// ([`crate::host_policy`] says why: netfilter's `raw` table, where Calico renders untracked
+/// policy, judges every packet.)
 ///
 /// ```
 /// use dataplane_core::{reply_allowed, DesiredState, Entry, Node, Packet, Protocol};
@@ -464,16 +476,17 @@ fn with_pod_policy(
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn reply_allowed(state: &DesiredState, packet: &Packet, entry: &Entry) -> bool {
-    if matches!(
-        evaluate(state, packet, entry),
-        Verdict::Drop | Verdict::Reject
-    ) {
+    let verdict = evaluate(state, packet, entry);
+    if matches!(verdict, Verdict::Drop | Verdict::Reject) {
         return false;
     }
-    let untracked = HostView::of(state)
-        .is_some_and(|h| h.before_translation(&flow(packet), from(entry)) == Early::Untracked);
-    if !untracked {
+    let Some(host) = HostView::of(state) else {
         return true;
+    };
+    if host.before_translation(&flow(packet), from(entry)) != Early::Untracked {
+        return wire_replies(state, packet, entry, &verdict)
+            .iter()
+            .all(|r| tracked_reply_passes(state, &verdict, r));
     }
     let reply = Packet {
         protocol: packet.protocol,
@@ -492,6 +505,86 @@ pub fn reply_allowed(state: &DesiredState, packet: &Packet, entry: &Entry) -> bo
         evaluate(state, &reply, &back),
         Verdict::Drop | Verdict::Reject
     )
+}
+
+/// Whether `reply` — a packet on the wire of a *tracked* connection whose first packet was
+/// [`evaluate`]d to `verdict`, from the end the connection reached
+/// back to the address that end saw — gets past this node's stages before conntrack
+/// (failsafe ports, untracked host policy) where it crosses the host endpoint
+/// ([`reply_allowed`] states the rule). `true` when the node has no host endpoint or the
+/// reply does not cross it.
+///
+/// ```
+/// use dataplane_core::{tracked_reply_passes, DesiredState, Node, Packet, Protocol, SourceSeen, Verdict};
+/// let state = DesiredState::new(Node::new("node-a", ["172.18.0.2".parse()?]));
+/// let reply = Packet {
+///     protocol: Protocol::Udp,
+///     source: "198.51.100.7:53".parse()?,
+///     destination: "172.18.0.2:40000".parse()?,
+/// };
+/// let verdict = Verdict::Untouched { source: SourceSeen::Client };
+/// assert!(tracked_reply_passes(&state, &verdict, &reply));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn tracked_reply_passes(state: &DesiredState, verdict: &Verdict, reply: &Packet) -> bool {
+    let Some(host) = HostView::of(state) else {
+        return true;
+    };
+    let Some(crossing) = host.crossing(reply.source.ip(), reply.destination.ip()) else {
+        return true;
+    };
+    match host.before_conntrack(&flow(reply), crossing) {
+        Early::Drop => false,
+        // Untracked: conntrack neither sees it nor undoes the connection's translation.
+        Early::Untracked => matches!(
+            verdict,
+            Verdict::Untouched {
+                source: SourceSeen::Client
+            }
+        ),
+        Early::Allowed | Early::Continue => true,
+    }
+}
+
+/// The replies of a connection `verdict` lets through, as they are on the wire (from the
+/// end reached, to the address that end saw), except those that never cross this node (DSR).
+fn wire_replies(
+    state: &DesiredState,
+    packet: &Packet,
+    entry: &Entry,
+    verdict: &Verdict,
+) -> Vec<Packet> {
+    let seen = |source: &SourceSeen| match source {
+        SourceSeen::Client => packet.source,
+        SourceSeen::Masqueraded(ip) => SocketAddr::new(*ip, packet.source.port()),
+    };
+    let reply = |from: SocketAddr, to: SocketAddr| Packet {
+        protocol: packet.protocol,
+        source: from,
+        destination: to,
+    };
+    match verdict {
+        Verdict::Forward {
+            service,
+            frontend,
+            backends,
+            source,
+        } => {
+            let dsr = matches!(entry, Entry::FromUplink)
+                && *frontend != FrontendKind::ClusterIp
+                && state
+                    .services
+                    .iter()
+                    .find(|s| &s.name == service)
+                    .is_some_and(|s| s.uses_dsr(&state.node, packet.protocol));
+            if dsr {
+                return Vec::new();
+            }
+            backends.iter().map(|b| reply(*b, seen(source))).collect()
+        }
+        Verdict::Untouched { source } => vec![reply(packet.destination, seen(source))],
+        Verdict::Drop | Verdict::Reject => Vec::new(),
+    }
 }
 
 /// Whether `scope`'s halves of the policy verdict from `from` to `to` allow a new connection.

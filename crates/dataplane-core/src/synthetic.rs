@@ -295,6 +295,154 @@ pub fn tier_refusals(base: &DesiredState, service: Service) -> Vec<(DesiredState
     ]
 }
 
+/// `base` with the objects of [`tier_invalid_changes`].
+fn with_tiers(base: &DesiredState) -> DesiredState {
+    use crate::model::{
+        BaselineAction, BaselinePolicy, BaselineRule, ClusterAction, ClusterPeer, ClusterPolicy,
+        ClusterPolicyRule, ClusterPolicySubject, FailsafePort, FailsafePorts, HostAction,
+        HostEndpoint, HostPolicy, HostRule, PeerNode,
+    };
+    let everyone = || ClusterPeer::Namespaces(LabelSelector::default());
+    let all = || ClusterPolicySubject::Namespaces(LabelSelector::default());
+    let uplink = &base.node.interfaces.uplink;
+    let mut tiered = base
+        .clone()
+        .with_cluster_policy(ClusterPolicy::new("allow-all", 10, all()).with_ingress(
+            ClusterPolicyRule::new("all", ClusterAction::Allow, [everyone()]),
+        ))
+        .with_cluster_policy(ClusterPolicy::new("pass-all", 20, all()).with_egress(
+            ClusterPolicyRule::new("all", ClusterAction::Pass, [everyone()]),
+        ))
+        .with_baseline_policy(BaselinePolicy::new(all()).with_ingress(BaselineRule::new(
+            "all",
+            BaselineAction::Allow,
+            [everyone()],
+        )))
+        .with_peer_node(PeerNode::new(
+            "node-b",
+            [IpAddr::V4(Ipv4Addr::new(172, 18, 0, 99))],
+        ))
+        .with_host_endpoint(
+            HostEndpoint::new("uplink", &base.node.name, uplink).with_label("role", "uplink"),
+        )
+        .with_host_policy(
+            HostPolicy::new(
+                "block",
+                LabelSelector::default().with_label("role", "uplink"),
+            )
+            .untracked()
+            .with_ingress(
+                HostRule::new(HostAction::Deny)
+                    .from_nets(["198.51.100.0/24".parse().expect("literal CIDR")]),
+            ),
+        );
+    tiered.failsafe_ports = FailsafePorts {
+        inbound: vec![FailsafePort::tcp(22)],
+        outbound: vec![],
+    };
+    tiered
+}
+
+/// `base` with an object of each policy tier (cluster policies `allow-all` at priority 10 and
+/// `pass-all` at 20, a baseline allowing all, peer node `node-b`, host endpoint `uplink` for
+/// the node's uplink, untracked host policy `block` denying 198.51.100.0/24, failsafe TCP
+/// 22), none of which stops traffic between the lab's pods; and states that change those
+/// objects into ones validation refuses, each with the error it names (object and field):
+/// what the backends' tests hand to `apply_changes` to see a refused tier change leave the
+/// kernel as it was, and core's tests to the incremental validator.
+pub fn tier_invalid_changes(
+    base: &DesiredState,
+) -> (DesiredState, Vec<(DesiredState, crate::ValidationError)>) {
+    use crate::model::{ClusterPeer, ClusterPolicy, ClusterPolicySubject, FailsafePort};
+    use crate::ValidationError as V;
+    let all = || ClusterPolicySubject::Namespaces(LabelSelector::default());
+    let tiered = with_tiers(base);
+    let uplink = &base.node.interfaces.uplink;
+    let changed = |f: &dyn Fn(&mut DesiredState)| {
+        let mut s = tiered.clone();
+        f(&mut s);
+        s
+    };
+    let cases = vec![
+        (
+            changed(&|s| {
+                let twin = ClusterPolicy::new("twin", 10, all());
+                s.cluster_policies.push(twin);
+            }),
+            V::Duplicate {
+                object: "cluster policy twin".into(),
+                field: "priority".into(),
+                value: "10 (also the priority of cluster policy allow-all)".into(),
+            },
+        ),
+        (
+            changed(&|s| s.cluster_policies[1].priority = 1001),
+            V::OutOfRange {
+                object: "cluster policy pass-all".into(),
+                field: "priority".into(),
+                value: 1001,
+                min: 0,
+                max: 1000,
+            },
+        ),
+        (
+            changed(&|s| {
+                if let Some(b) = &mut s.baseline_policy {
+                    b.ingress[0].peers = vec![ClusterPeer::Networks(vec!["10.0.0.0/8"
+                        .parse()
+                        .expect("literal CIDR")])];
+                }
+            }),
+            V::Inconsistent {
+                object: "baseline policy".into(),
+                field: "ingress[0].peers[0].networks".into(),
+                reason: "networks peers are egress peers only",
+            },
+        ),
+        (
+            changed(&|s| s.nodes[0].addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+            V::InvalidAddress {
+                object: "peer node node-b".into(),
+                field: "addresses[0]".into(),
+                address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                reason: "loopback",
+            },
+        ),
+        (
+            changed(&|s| {
+                let mut twin = s.host_endpoints[0].clone();
+                twin.name = "uplink-2".into();
+                s.host_endpoints.push(twin);
+            }),
+            V::Duplicate {
+                object: "host endpoint uplink-2".into(),
+                field: "interfaceName".into(),
+                value: format!(
+                    "{uplink} on node {} (also host endpoint uplink)",
+                    base.node.name
+                ),
+            },
+        ),
+        (
+            changed(&|s| s.host_policies[0].pre_dnat = true),
+            V::Inconsistent {
+                object: "host policy block".into(),
+                field: "preDNAT".into(),
+                reason: "a policy cannot be both preDNAT and doNotTrack",
+            },
+        ),
+        (
+            changed(&|s| s.failsafe_ports.inbound.push(FailsafePort::tcp(22))),
+            V::Duplicate {
+                object: "failsafe ports".into(),
+                field: "inbound[1]".into(),
+                value: "TCP 22".into(),
+            },
+        ),
+    ];
+    (tiered, cases)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1033,17 +1033,22 @@ fn validate_rule(rule: &PolicyRule, object: &str, at: &str) -> Result<(), Valida
 pub enum Incremental {
     /// The changed objects are valid and clash with nothing that stays.
     Valid,
-    /// The change touches the node (whose settings every service depends on) or a
-    /// cluster-wide policy object: validate the whole new state instead.
+    /// The change touches the node (whose settings every service depends on): validate the
+    /// whole new state instead.
     FullRequired,
 }
 
 /// Incremental validation, in proportion to a change rather than to the state.
 ///
 /// Built from a state that passed [`validate`], it keeps the frontends and pod addresses
-/// (endpoints' and peer pods') each object claims. [`Validator::check`] validates only the changed objects and checks
-/// their claims against those of the objects that stay, which is what a full validation of the
-/// new state would find; [`Validator::commit`] then records the change.
+/// (endpoints' and peer pods') each object claims, and of the cluster policies, peer nodes,
+/// host endpoints and host policies their places in the state and their unique claims (a
+/// cluster policy's priority, a host endpoint's node and interface). [`Validator::check`]
+/// validates only the changed objects and checks their claims against those of the objects
+/// that stay, which is what a full validation of the new state would find (for the cluster
+/// policies, the baseline, peer nodes, host endpoints, host policies and failsafe ports the
+/// very error: the first in the state's order, a clash naming the later object);
+/// [`Validator::commit`] then records the change.
 ///
 /// ```
 /// use dataplane_core::{diff, Backend, DesiredState, Incremental, Node, ObjectName};
@@ -1068,6 +1073,8 @@ pub struct Validator {
     /// Names of the peer pods and of the endpoints (`true`): the two kinds share one name
     /// space, which a change set keyed per kind cannot show.
     pod_names: BTreeMap<ObjectName, bool>,
+    /// Cluster policies, peer nodes, host endpoints and host policies: places and claims.
+    tiers: tiers::TierClaims,
 }
 
 /// The object part of a claimant: `"service a/b ports[0]"` -> `"service a/b"`.
@@ -1091,18 +1098,20 @@ impl Validator {
             frontends,
             endpoint_ips,
             pod_names,
+            tiers: tiers::TierClaims::new(state),
         })
     }
 
     /// Checks `changes` against the state this validator was built from (and committed to);
     /// `node` is that state's node.
     ///
-    /// A change of the node, of cluster policies, the baseline, peer nodes, host endpoints,
-    /// host policies or failsafe ports needs [`Incremental::FullRequired`]: their checks
-    /// (unique priorities, one host endpoint per interface) span the whole state, and they
-    /// change rarely.
+    /// A change of the node needs [`Incremental::FullRequired`]: every service is checked
+    /// against it. Cluster policies, the baseline, peer nodes, host endpoints, host policies
+    /// and failsafe ports are checked here, the changed ones and the claims they make
+    /// (unique priorities, one host endpoint per node and interface) against those that
+    /// stay.
     pub fn check(&self, node: &Node, changes: &ChangeSet) -> Result<Incremental, ValidationError> {
-        if changes.node.is_some() || changes.has_tier_changes() {
+        if changes.node.is_some() {
             return Ok(Incremental::FullRequired);
         }
         let changed_services: BTreeSet<String> = changes
@@ -1155,6 +1164,8 @@ impl Validator {
                 validate_policy(p, &format!("policy {}", p.name))?;
             }
         }
+        // Last, as in a full validation.
+        self.tiers.check(changes)?;
         Ok(Incremental::Valid)
     }
 
@@ -1305,6 +1316,7 @@ impl Validator {
                 self.pod_names.remove(name);
             }
         }
+        self.tiers.commit(changes);
     }
 }
 

@@ -674,6 +674,135 @@ fn untracked_replies_need_a_rule_of_their_own() {
     ));
 }
 
+/// The node dials its own NodePort whose backend is a pod on another node: the request leaves
+/// by the uplink (masqueraded to the node), the pod's reply comes back on it. An untracked
+/// ingress Deny of the pod's address on the uplink drops that reply, although the connection
+/// is tracked: netfilter's raw table judges every packet before conntrack (Calico renders
+/// doNotTrack policy there), and the eBPF programs judge every packet on the uplink too.
+#[test]
+fn an_untracked_ingress_deny_drops_a_tracked_connections_reply() {
+    let open = base().with_host_endpoint(uplink_hep()).with_service(
+        Service::cluster_ip(
+            ObjectName::new("web", "remote"),
+            ip("10.96.0.81"),
+            [ServicePort::tcp(80, 8080).with_node_port(30081)],
+        )
+        .with_backend(Backend::new(ip(YB)).on_node("node-b")),
+    );
+    let deny_yb = |action: HostAction| {
+        HostPolicy::new("yb", sel("role", "uplink"))
+            .untracked()
+            .with_ingress(HostRule::new(action).from_nets([format!("{YB}/32").parse().unwrap()]))
+    };
+    let state = open.clone().with_host_policy(deny_yb(HostAction::Deny));
+    let own_nodeport = packet(
+        Protocol::Tcp,
+        &format!("{NODE}:40000"),
+        &format!("{NODE}:30081"),
+    );
+    let own_direct = packet(
+        Protocol::Udp,
+        &format!("{NODE}:40001"),
+        &format!("{YB}:8080"),
+    );
+    let pod_direct = packet(Protocol::Tcp, &format!("{XA}:40002"), &format!("{YB}:8080"));
+    let from_pod = Entry::FromPod(ObjectName::new("x", "a"));
+    for (p, entry) in [
+        (&own_nodeport, &Entry::FromHost),
+        (&own_direct, &Entry::FromHost),
+        (&pod_direct, &from_pod),
+    ] {
+        // The first packet goes out (the rule is on ingress), its reply does not come back.
+        assert!(delivered(&state, p, entry), "{p:?}");
+        assert!(!reply_allowed(&state, p, entry), "{p:?}");
+        assert!(reply_allowed(&open, p, entry), "{p:?} without the rule");
+    }
+    assert!(matches!(
+        evaluate(&state, &own_nodeport, &Entry::FromHost),
+        Verdict::Forward { ref backends, .. } if backends.contains(&format!("{YB}:8080").parse().unwrap())
+    ));
+    // The rule's address decides: the local backend's NodePort is not affected.
+    let local_nodeport = packet(
+        Protocol::Tcp,
+        &format!("{NODE}:40003"),
+        &format!("{NODE}:30080"),
+    );
+    assert!(reply_allowed(&state, &local_nodeport, &Entry::FromHost));
+    // An untracked Allow of the reply makes it untracked, so conntrack does not undo the
+    // connection's translation: a NodePort (DNAT, masquerade) reply misses its client, an
+    // untranslated connection's reply gets back.
+    let allowed = open.clone().with_host_policy(deny_yb(HostAction::Allow));
+    assert!(!reply_allowed(&allowed, &own_nodeport, &Entry::FromHost));
+    assert!(reply_allowed(&allowed, &own_direct, &Entry::FromHost));
+    // A failsafe port comes before untracked rules, for replies too (by destination port:
+    // the node's connection from port 68 to a DHCP server's 67 is answered to 68).
+    let dhcp = packet(Protocol::Udp, &format!("{NODE}:68"), &format!("{YB}:67"));
+    assert!(reply_allowed(&state, &dhcp, &Entry::FromHost));
+}
+
+/// The mirror: an untracked egress Deny of a client's address drops the node's own replies to
+/// it (they pass raw output), not the replies of connections the node forwards (they do not).
+#[test]
+fn an_untracked_egress_deny_drops_the_nodes_own_replies() {
+    let state = base().with_host_endpoint(uplink_hep()).with_host_policy(
+        HostPolicy::new("no-client", sel("role", "uplink"))
+            .untracked()
+            .with_egress(
+                HostRule::new(HostAction::Deny).to_nets([format!("{CLIENT}/32").parse().unwrap()]),
+            ),
+    );
+    let to = |from: &str, to: &str| packet(Protocol::Tcp, &format!("{from}:40000"), to);
+    let own_server = to(CLIENT, &format!("{NODE}:6379"));
+    assert!(delivered(&state, &own_server, &Entry::FromUplink));
+    assert!(!reply_allowed(&state, &own_server, &Entry::FromUplink));
+    // Another client's replies pass.
+    assert!(reply_allowed(
+        &state,
+        &to(BLOCKED, &format!("{NODE}:6379")),
+        &Entry::FromUplink
+    ));
+    // Forwarded: the NodePort's local backend and the pod directly answer through the node,
+    // not from it.
+    for p in [
+        to(CLIENT, &format!("{NODE}:30080")),
+        to(CLIENT, &format!("{XA}:8080")),
+    ] {
+        assert!(reply_allowed(&state, &p, &Entry::FromUplink), "{p:?}");
+    }
+    // The node's own connections to the client are dropped on their first packet.
+    assert!(!delivered(
+        &state,
+        &to(NODE, &format!("{CLIENT}:443")),
+        &Entry::FromHost
+    ));
+}
+
+/// An address of the node's pod CIDRs is on the node whether or not the state lists its pod:
+/// the node never routes it out of the uplink, so no host endpoint policy sees traffic to it
+/// (the eBPF programs' `is_local()`: pod CIDRs and node addresses).
+#[test]
+fn the_nodes_pod_cidrs_are_behind_no_host_endpoint() {
+    let mut state = base()
+        .with_host_endpoint(uplink_hep())
+        .with_host_policy(deny_all_host());
+    let unlisted = packet(Protocol::Tcp, &format!("{NODE}:40000"), "10.244.0.99:8080");
+    assert!(
+        !delivered(&state, &unlisted, &Entry::FromHost),
+        "no pod CIDR: out of the uplink"
+    );
+    state.node = state
+        .node
+        .with_pod_cidrs(["10.244.0.0/24".parse().unwrap()]);
+    assert!(delivered(&state, &unlisted, &Entry::FromHost));
+    // Another node's pod is still behind the uplink.
+    let remote = packet(
+        Protocol::Tcp,
+        &format!("{NODE}:40001"),
+        &format!("{YB}:8080"),
+    );
+    assert!(!delivered(&state, &remote, &Entry::FromHost));
+}
+
 // Validation.
 
 fn invalid(state: &DesiredState) -> ValidationError {
@@ -956,11 +1085,11 @@ fn diff_and_apply_carry_the_new_objects() {
     let mut applied = old.clone();
     changes.apply_to(&mut applied);
     assert_eq!(applied, new);
-    // The incremental validator leaves such changes to a full validation.
+    // The incremental validator checks such changes itself.
     let v = dataplane_core::Validator::new(&old).unwrap();
     assert_eq!(
         v.check(&old.node, &changes).unwrap(),
-        dataplane_core::Incremental::FullRequired
+        dataplane_core::Incremental::Valid
     );
     let json = serde_json::to_string(&changes).unwrap();
     let back: ChangeSet = serde_json::from_str(&json).unwrap();

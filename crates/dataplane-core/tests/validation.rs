@@ -3,6 +3,7 @@
 //! and `from_yaml`/`from_json` errors for bad syntax and types.
 
 mod strategies;
+mod tier_edits;
 
 use std::net::IpAddr;
 
@@ -1337,14 +1338,7 @@ fn corruption() -> impl Strategy<Value = Corruption> {
 }
 
 fn corrupt(state: &mut DesiredState, corruption: &Corruption) {
-    fn pick<T>(items: &mut [T], i: usize) -> Option<&mut T> {
-        let n = items.len();
-        if n == 0 {
-            None
-        } else {
-            items.get_mut(i % n)
-        }
-    }
+    use tier_edits::pick;
     let ports = |s: &mut DesiredState, a: usize, b: usize, f: &dyn Fn(&mut ServicePort)| {
         if let Some(p) = pick(&mut s.services, a).and_then(|svc| pick(&mut svc.ports, b)) {
             f(p);
@@ -1487,11 +1481,17 @@ proptest! {
         state in strategies::state(),
         corruptions in prop::collection::vec(corruption(), 0..4),
         swap in any::<prop::sample::Index>(),
+        tier_edits in tier_edits::edits(3),
     ) {
         prop_assume!(validate(&state).is_ok());
         let mut next = state.clone();
         for c in &corruptions {
             corrupt(&mut next, c);
+        }
+        // And the cluster-wide policy objects (`tier_validation.rs` checks those alone for
+        // the very error).
+        for e in &tier_edits {
+            tier_edits::apply(&mut next, e);
         }
         // Also a frontend clash between two services, the change's main cross-object check.
         if next.services.len() >= 2 {

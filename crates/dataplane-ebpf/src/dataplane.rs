@@ -703,14 +703,19 @@ impl Dataplane for EbpfDataplane {
     /// state, of which this backend keeps no copy: it returns [`Error::FullSyncRequired`]
     /// and changes nothing; call [`Dataplane::apply`] with the new state. Cluster policies,
     /// the baseline and peer nodes are kept (with the pods, endpoints and policies) and
-    /// change incrementally: the policy maps' difference is written.
+    /// change incrementally: the policy maps' difference is written. So do host endpoints,
+    /// host policies and failsafe ports: their tables are compiled again (a node has few)
+    /// and, when they differ, written as the next generation (make-before-break, as a full
+    /// sync does).
     fn apply_changes(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
         self.capabilities().check_policy_tier_changes(changes)?;
         self.capabilities().check_l2_announcement_changes(changes)?;
         let Some(Synced::Yes(applied)) = self.loaded().map(|l| &l.synced) else {
             return Err(Error::FullSyncRequired);
         };
-        if validate_changes(applied, changes)? == Incremental::FullRequired {
+        // Core's validator checks every kind of object the change touches (cluster policies,
+        // host endpoints and policies included) against those that stay.
+        if applied.validator.check(&applied.rest.node, changes)? == Incremental::FullRequired {
             return Err(Error::FullSyncRequired);
         }
         // The planner derives a changed service's old entries from `previous`: a change set
@@ -978,43 +983,6 @@ impl Drop for EbpfDataplane {
             tracing::warn!(error = %e, "detaching programs on drop");
         }
     }
-}
-
-/// Checks `changes` against the applied state: the incremental validator for everything but
-/// cluster policies, the baseline and peer nodes, which it sends to a full sync (their checks
-/// — names, unique priorities, bounds — span those objects, and only those: core's
-/// `validate_tiers`). This backend keeps them in `rest`, so it validates them itself: the
-/// tier objects of the next state, with the applied node, through `validate` (whose other
-/// checks pass on a state without services and pods). Host endpoint policy has been refused
-/// before (`Capabilities::check_policy_tier_changes`).
-fn validate_changes(applied: &Applied, changes: &ChangeSet) -> Result<Incremental, Error> {
-    let pod_tiers = !changes.cluster_policies.is_empty()
-        || changes.baseline_policy.is_some()
-        || !changes.nodes.is_empty();
-    if !pod_tiers || changes.node.is_some() {
-        return Ok(applied.validator.check(&applied.rest.node, changes)?);
-    }
-    let mut tiers = DesiredState {
-        cluster_policies: applied.rest.cluster_policies.clone(),
-        baseline_policy: applied.rest.baseline_policy.clone(),
-        nodes: applied.rest.nodes.clone(),
-        ..DesiredState::new(applied.rest.node.clone())
-    };
-    ChangeSet {
-        cluster_policies: changes.cluster_policies.clone(),
-        baseline_policy: changes.baseline_policy.clone(),
-        nodes: changes.nodes.clone(),
-        ..ChangeSet::default()
-    }
-    .apply_to(&mut tiers);
-    dataplane_core::validate(&tiers)?;
-    let others = ChangeSet {
-        cluster_policies: BTreeMap::new(),
-        baseline_policy: None,
-        nodes: BTreeMap::new(),
-        ..changes.clone()
-    };
-    Ok(applied.validator.check(&applied.rest.node, &others)?)
 }
 
 /// Makes `dp_names` hold the names of `planner`'s services and `rest`'s pods and node (only

@@ -18,6 +18,13 @@
 //!   first matching rule. No per-rule loop in the datapath: Calico's BPF dataplane generates
 //!   a program per policy instead (felix/bpf/polprog, run from felix/bpf-gpl/tc.c); an LPM
 //!   of prefixes to rule sets is what Cilium's ipcache + policy map lookup amounts to.
+//! - **The XDP fast path.** When every untracked ingress rule matches on source nets alone
+//!   (no protocol, ports or destination: a blocklist; [`matches_on_source_alone`]), its
+//!   other three parts are all the catch-all, whose masks hold every rule of the set, so the
+//!   source lookup's mask is the whole answer: `HC_F_SRC_ONLY_IN` in `dp_host_cfg` tells
+//!   `host_xdp()` to make that one lookup and to read the ports only for a packet it matched
+//!   (for the failsafe check and the drop's event). Cilium's XDP prefilter
+//!   (`bpf/bpf_xdp.c`, `check_v4()`) drops by source with one LPM lookup the same way.
 //! - **Failsafe ports** ([`dataplane_core::FailsafePorts`]) are exact entries of the same
 //!   trie (kind `HK_FAILSAFE`), checked before any set, as felix/bpf-gpl/failsafe.h does
 //!   with its own hash.
@@ -47,9 +54,9 @@ use crate::loader::HostMaps;
 use crate::map_table;
 use crate::maps::{
     family_of, HostCfg, HostData, HA_ALLOW, HA_DENY, HA_NONE, HC_F_DEF_IN, HC_F_DEF_IN_FWD,
-    HC_F_DEF_OUT, HC_F_DEF_OUT_FWD, HC_F_NORMAL, HC_F_ON, HK_DST_NET, HK_DST_PORT, HK_FAILSAFE,
-    HK_SRC_NET, HK_SRC_PORT, HS_GEN_RULES, HS_NORMAL_IN, HS_NORMAL_OUT, HS_PREDNAT_IN, HS_RULES,
-    HS_UNTRACKED_IN, HS_UNTRACKED_OUT,
+    HC_F_DEF_OUT, HC_F_DEF_OUT_FWD, HC_F_NORMAL, HC_F_ON, HC_F_SRC_ONLY_IN, HK_DST_NET,
+    HK_DST_PORT, HK_FAILSAFE, HK_SRC_NET, HK_SRC_PORT, HS_GEN_RULES, HS_NORMAL_IN, HS_NORMAL_OUT,
+    HS_PREDNAT_IN, HS_RULES, HS_UNTRACKED_IN, HS_UNTRACKED_OUT,
 };
 use crate::policy::port_prefixes;
 
@@ -281,6 +288,12 @@ fn unsupported(dataplane: &str, feature: &str, policy: &HostPolicy) -> Error {
     }
 }
 
+/// Whether `rule` matches on its source nets alone (any protocol, port and destination): in
+/// a set of only such rules the source lookup decides (`HC_F_SRC_ONLY_IN`).
+fn matches_on_source_alone(rule: &HostRule) -> bool {
+    rule.protocol.is_none() && rule.source.ports.is_empty() && rule.destination.is_any()
+}
+
 fn has_sctp_ports(rule: &HostRule) -> bool {
     rule.protocol == Some(Protocol::Sctp)
         && (!rule.source.ports.is_empty() || !rule.destination.ports.is_empty())
@@ -299,6 +312,7 @@ pub(crate) fn compile(state: &DesiredState, dataplane: &str) -> Result<HostTable
     };
     out.flags = HC_F_ON;
     let mut next_bit: BTreeMap<u8, u32> = BTreeMap::new();
+    let mut src_only_in = true;
     for policy in host_policies_for(state, endpoint) {
         let kind = policy.stage();
         if kind == HostStage::Normal {
@@ -332,6 +346,9 @@ pub(crate) fn compile(state: &DesiredState, dataplane: &str) -> Result<HostTable
                         policy,
                     ));
                 }
+                if set == HS_UNTRACKED_IN && !matches_on_source_alone(rule) {
+                    src_only_in = false;
+                }
                 let n = next_bit.entry(set).or_default();
                 if *n >= HS_RULES {
                     return Err(Error::CapacityExceeded {
@@ -357,6 +374,9 @@ pub(crate) fn compile(state: &DesiredState, dataplane: &str) -> Result<HostTable
                 out.add_rule(set, slot, bit, rule, at);
             }
         }
+    }
+    if src_only_in && out.flags & (1 << HS_UNTRACKED_IN) != 0 {
+        out.flags |= HC_F_SRC_ONLY_IN;
     }
     close(&mut out.entries);
     let failsafe = &state.failsafe_ports;
@@ -618,7 +638,61 @@ mod tests {
             0b100
         );
         assert_eq!(t.rules.len(), 3);
-        assert_eq!(t.flags, HC_F_ON | (1 << HS_UNTRACKED_IN));
+        assert_eq!(
+            t.flags,
+            HC_F_ON | (1 << HS_UNTRACKED_IN) | HC_F_SRC_ONLY_IN,
+            "source nets only (and a match-all deny): the source lookup decides"
+        );
+    }
+
+    #[test]
+    fn source_only_mode_needs_every_untracked_ingress_rule_on_source_alone() {
+        let blocklist = || {
+            HostPolicy::new("a-block", sel())
+                .untracked()
+                .with_order(1)
+                .with_ingress(
+                    HostRule::new(HostAction::Deny).from_nets(["198.51.100.0/24".parse().unwrap()]),
+                )
+        };
+        let src_only = |policies: Vec<HostPolicy>| {
+            compile(&state(policies), "ebpf").unwrap().flags & HC_F_SRC_ONLY_IN != 0
+        };
+        assert!(src_only(vec![blocklist()]));
+        // Egress, pre-DNAT and normal rules are not XDP's: they leave the mode alone.
+        let egress = HostPolicy::new("b-egress", sel())
+            .untracked()
+            .with_order(2)
+            .with_types([PolicyType::Egress])
+            .with_egress(
+                HostRule::new(HostAction::Allow)
+                    .protocol(Protocol::Tcp)
+                    .from_ports([HostPort::Number(30080)]),
+            );
+        let normal = HostPolicy::new("c-normal", sel())
+            .with_order(3)
+            .with_ingress(HostRule::new(HostAction::Allow).protocol(Protocol::Tcp));
+        assert!(src_only(vec![blocklist(), egress, normal]));
+        // Any untracked ingress rule naming more than source nets takes the general path.
+        let more = [
+            HostRule::new(HostAction::Allow).protocol(Protocol::Udp),
+            HostRule::new(HostAction::Allow)
+                .protocol(Protocol::Tcp)
+                .to_ports([HostPort::Number(22)]),
+            HostRule::new(HostAction::Allow)
+                .protocol(Protocol::Tcp)
+                .from_ports([HostPort::Number(53)]),
+            HostRule::new(HostAction::Allow).to_nets(["172.18.0.2/32".parse().unwrap()]),
+        ];
+        for rule in more {
+            let other = HostPolicy::new("b-other", sel())
+                .untracked()
+                .with_order(2)
+                .with_ingress(rule.clone());
+            assert!(!src_only(vec![blocklist(), other]), "{rule:?}");
+        }
+        // No untracked ingress rule: no mode.
+        assert!(!src_only(vec![]));
     }
 
     #[test]

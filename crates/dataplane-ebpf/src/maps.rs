@@ -486,6 +486,10 @@ pub const HC_F_DEF_IN_FWD: u32 = 1 << 17;
 pub const HC_F_DEF_OUT: u32 = 1 << 18;
 /// `HC_F_DEF_OUT_FWD`: one with `applyOnForward` does.
 pub const HC_F_DEF_OUT_FWD: u32 = 1 << 19;
+/// `HC_F_SRC_ONLY_IN`: every untracked ingress rule matches on source nets alone (no
+/// protocol, ports or destination), so that the XDP program decides with the source lookup
+/// alone.
+pub const HC_F_SRC_ONLY_IN: u32 = 1 << 21;
 
 /// `struct host_key` after `prefixlen` (the key of `dp_host_lpm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -468,6 +468,7 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "HC_F_DEF_IN_FWD" => m::HC_F_DEF_IN_FWD,
             "HC_F_DEF_OUT" => m::HC_F_DEF_OUT,
             "HC_F_DEF_OUT_FWD" => m::HC_F_DEF_OUT_FWD,
+            "HC_F_SRC_ONLY_IN" => m::HC_F_SRC_ONLY_IN,
         }
         "l2_limit" { "L2_ADDRS" => m::L2_ADDRS }
     }

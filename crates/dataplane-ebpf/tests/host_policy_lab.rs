@@ -9,7 +9,7 @@
 //! The blocked client's SYNs to the NodePort never reach TC (dropped at XDP, counted for the
 //! rule and at the `xdp` point), its SYN to failsafe port 22 does (the node's stack answers
 //! with a RST: nothing listens there), the other client is served; with the policy removed
-//! the blocked client is served too.
+//! (an incremental `apply_changes`) the blocked client is served too.
 
 mod common;
 
@@ -147,10 +147,13 @@ fn untracked_deny_drops_a_blocked_client_at_xdp_end_to_end() {
     assert_eq!(out, ProbeOutcome::Refused, "failsafe port 22 is exempt");
     assert_eq!(rule_drops(&dp), at_xdp, "nothing more dropped");
 
-    // The rule removed: the blocked client is served again.
+    // The rule removed, incrementally: the blocked client is served again.
     let mut open = state(&lab, blocked_net);
     open.host_policies.clear();
-    dp.apply(&open).expect("apply without the policy");
+    let report = dp
+        .apply_changes(&dataplane_core::diff(&state(&lab, blocked_net), &open))
+        .expect("apply_changes without the policy");
+    assert!(!report.full_sync, "{report:?}");
     let (backend, _) =
         answered(&probe(&blocked.netns, node_port, Protocol::Tcp, TIMEOUT).expect("probe"));
     assert!(

@@ -44,6 +44,17 @@ fn kernel_state(dir: &std::path::Path) -> BTreeMap<String, String> {
     s
 }
 
+/// One node with two pods, IPv4.
+fn lab() -> Lab {
+    Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        external_clients: 0,
+        ipv6: false,
+    })
+    .expect("lab")
+}
+
 fn answered_by(lab: &Lab, vip: &str) -> Option<String> {
     let dst = SocketAddr::new(vip.parse().unwrap(), 80);
     match probe(&lab.pod(0).netns, dst, Protocol::Tcp, PROBE_TIMEOUT).expect("probe runs") {
@@ -58,13 +69,7 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
     if !require_root("a_rejected_apply_leaves_maps_links_and_traffic_as_they_were") {
         return;
     }
-    let lab = Lab::new(LabSpec {
-        nodes: 1,
-        pods_per_node: 2,
-        external_clients: 0,
-        ipv6: false,
-    })
-    .expect("lab");
+    let lab = lab();
     let (pins, mut dp) = common::lab_node_dataplane(&lab, "dpe-rejected", |caps| {
         caps.services = SERVICE_ENTRIES;
     });
@@ -132,8 +137,9 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
     // backend would still declare missing of core's synthetic tier states is refused by name,
     // with a new service in the same state, as a full and an incremental sync (none today).
     // A host policy rule with SCTP ports (the programs do not parse SCTP) is refused by the
-    // policy's name; its change set needs a full sync (core's validator says so first), which
-    // changes nothing either.
+    // policy's name. `apply_changes` here, after the failed applies above, asks for a full
+    // sync (the trait's contract), which changes nothing either; of a synced backend it is
+    // the same refusal by name (`a_refused_tier_change_leaves_maps_and_links_as_they_were`).
     let caps = dp.capabilities();
     assert!(caps.cluster_policy, "{caps:?}");
     assert!(caps.host_policy, "{caps:?}");
@@ -197,8 +203,7 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
         let e = dp.apply_changes(&diff(&old, &tiered)).unwrap_err();
         assert!(
             matches!(&e, Error::Unsupported { object: o, .. } if *o == object)
-                || ((object.starts_with("host policy") || object.starts_with("cluster policy"))
-                    && matches!(e, Error::FullSyncRequired)),
+                || matches!(e, Error::FullSyncRequired),
             "{object}: {e:?}"
         );
         unchanged(&dp, &format!("{object} (apply_changes)"));
@@ -218,5 +223,85 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
     let report = dp.apply(&good).expect("apply after the refusals");
     assert!(report.full_sync);
     assert_eq!(answered_by(&lab, NEW).as_deref(), Some("pod-0-1"));
+    dp.reset().expect("reset");
+}
+
+/// A refused change of the cluster-wide policy objects (core's
+/// `synthetic::tier_invalid_changes`: a cluster policy's priority taken twice or out of
+/// range, an ingress `networks` peer in the baseline, a loopback peer node, a second host
+/// endpoint for the uplink, a preDNAT and doNotTrack host policy, a failsafe port twice) is
+/// the validation error naming the object and the field, from `apply_changes` (core's
+/// incremental validator, no full sync asked for) and from `apply`, with every pinned map
+/// and link as it was; the backend stays synced: a valid host policy change then applies
+/// incrementally, and the service still answers. A host rule with SCTP ports is then
+/// refused by `apply_changes` by the policy's name, the maps as they were.
+#[test]
+fn a_refused_tier_change_leaves_maps_and_links_as_they_were() {
+    if !require_root("a_refused_tier_change_leaves_maps_and_links_as_they_were") {
+        return;
+    }
+    let lab = lab();
+    let (pins, mut dp) = common::lab_node_dataplane(&lab, "dpe-rejtier", |_| {});
+    let dir = pins.0[0].clone();
+    let mut base = lab.desired_state(0);
+    base.services = vec![service(&lab, "web", WEB)];
+    let (old, cases) = dataplane_core::synthetic::tier_invalid_changes(&base);
+    dp.apply(&old).expect("apply");
+    assert_eq!(answered_by(&lab, WEB).as_deref(), Some("pod-0-1"));
+    let maps_before = kernel_state(&dir);
+    let observed_before = dp.observe().expect("observe");
+    assert!(!cases.is_empty());
+    for (bad, expected) in cases {
+        let e = dp.apply_changes(&diff(&old, &bad)).unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(got) if *got == expected),
+            "apply_changes: {expected}: {e:?}"
+        );
+        let e = dp.apply(&bad).unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(got) if *got == expected),
+            "apply: {expected}: {e:?}"
+        );
+        assert_eq!(
+            dp.observe().expect("observe"),
+            observed_before,
+            "{expected}"
+        );
+        assert_eq!(
+            kernel_state(&dir),
+            maps_before,
+            "{expected}: the maps changed"
+        );
+    }
+    // Still synced: a valid change of the host policy is an incremental sync that writes the
+    // host policy's next generation.
+    let mut next = old.clone();
+    next.host_policies[0].ingress[0].source.nets = vec!["203.0.113.0/24".parse().unwrap()];
+    let report = dp.apply_changes(&diff(&old, &next)).expect("apply_changes");
+    assert!(
+        !report.full_sync && report.objects_written > 0,
+        "{report:?}"
+    );
+    assert_ne!(
+        kernel_state(&dir),
+        maps_before,
+        "the host maps were written"
+    );
+    assert_eq!(answered_by(&lab, WEB).as_deref(), Some("pod-0-1"));
+    // A valid change the backend cannot program, a host rule with SCTP ports (the programs
+    // do not parse SCTP): refused by the policy's name before any map is written.
+    let written = kernel_state(&dir);
+    let mut sctp = next.clone();
+    sctp.host_policies[0].ingress.push(
+        dataplane_core::HostRule::new(dataplane_core::HostAction::Deny)
+            .protocol(Protocol::Sctp)
+            .to_ports([dataplane_core::HostPort::Number(9)]),
+    );
+    let e = dp.apply_changes(&diff(&next, &sctp)).unwrap_err();
+    assert!(
+        matches!(&e, Error::Unsupported { object, .. } if object == "host policy block"),
+        "{e:?}"
+    );
+    assert_eq!(kernel_state(&dir), written, "sctp: the maps changed");
     dp.reset().expect("reset");
 }

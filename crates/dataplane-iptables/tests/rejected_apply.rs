@@ -2,7 +2,8 @@
 //! item 4): after a validation error, a capacity error, a tool that dies, and a transaction
 //! the kernel refuses in its last operation, the ruleset (`nft -s list table inet dataplane`,
 //! or `iptables-save` and `ip6tables-save` without counters) and `observe()` are as before,
-//! and the old service still answers.
+//! and the old service still answers. So after a refused change of the cluster-wide policy
+//! objects (`*_refused_tier_changes_change_nothing`).
 //!
 //! ```text
 //!   pod-0-0 ──▶ 10.96.0.10:80 (web) ──▶ pod-0-1         served before and after
@@ -418,6 +419,78 @@ fn nftables_rejected_applies_change_nothing() {
 fn iptables_rejected_applies_change_nothing() {
     if require_root("iptables_rejected_applies_change_nothing") {
         rejected_applies_change_nothing(Flavour::Iptables(IptablesMode::Auto));
+    }
+}
+
+/// A refused change of the cluster-wide policy objects (core's
+/// `synthetic::tier_invalid_changes`: a cluster policy's priority taken twice or out of
+/// range, an ingress `networks` peer in the baseline, a loopback peer node, a second host
+/// endpoint for the uplink, a preDNAT and doNotTrack host policy, a failsafe port twice) is
+/// the validation error naming object and field, from `apply_changes` (nftables: core's
+/// incremental validator, no full sync asked for; iptables: its sync over the applied state
+/// validates it whole) and from `apply`, with the ruleset and `observe()` as they were; a
+/// valid host policy change then applies without a full sync, and the service still
+/// answers.
+fn refused_tier_changes_change_nothing(flavour: Flavour) {
+    let lab = lab();
+    let mut base = lab.desired_state(0);
+    base.services = vec![service(&lab, "web", WEB, IpFamily::V4)];
+    let (old, cases) = dataplane_core::synthetic::tier_invalid_changes(&base);
+    let mut dp = Backend::new(&lab, flavour, |_| {});
+    dp.dp().apply(&old).expect("apply");
+    assert_eq!(answered_by(&lab, WEB).as_deref(), Some("pod-0-1"));
+    let before = Before {
+        lab: &lab,
+        flavour,
+        ruleset: ruleset(&lab, flavour),
+        observed: dp.dp().observe().expect("observe"),
+    };
+    assert!(!cases.is_empty());
+    for (bad, expected) in cases {
+        let e = dp
+            .dp()
+            .apply_changes(&dataplane_core::diff(&old, &bad))
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(got) if *got == expected),
+            "apply_changes: {expected}: {e:?}"
+        );
+        before.unchanged(&mut dp, &format!("{expected} (apply_changes)"));
+        let e = dp.dp().apply(&bad).unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(got) if *got == expected),
+            "apply: {expected}: {e:?}"
+        );
+        before.unchanged(&mut dp, &format!("{expected} (apply)"));
+    }
+    let mut next = old.clone();
+    next.host_policies[0].ingress[0].source.nets = vec!["203.0.113.0/24".parse().unwrap()];
+    let report = dp
+        .dp()
+        .apply_changes(&dataplane_core::diff(&old, &next))
+        .expect("apply_changes");
+    // (the refusals left the backend clean: no full sync forced)
+    assert!(!report.full_sync, "{report:?}");
+    assert_ne!(
+        ruleset(&lab, flavour),
+        before.ruleset,
+        "the host policy was written"
+    );
+    assert_eq!(answered_by(&lab, WEB).as_deref(), Some("pod-0-1"));
+    dp.dp().reset().expect("reset");
+}
+
+#[test]
+fn nftables_refused_tier_changes_change_nothing() {
+    if require_root("nftables_refused_tier_changes_change_nothing") {
+        refused_tier_changes_change_nothing(Flavour::Nftables);
+    }
+}
+
+#[test]
+fn iptables_refused_tier_changes_change_nothing() {
+    if require_root("iptables_refused_tier_changes_change_nothing") {
+        refused_tier_changes_change_nothing(Flavour::Iptables(IptablesMode::Auto));
     }
 }
 

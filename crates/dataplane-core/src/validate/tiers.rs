@@ -8,6 +8,7 @@ use super::{
     check_cidr, check_ifname, check_name, check_port, check_selector, check_unicast, err_empty,
     ValidationError,
 };
+use crate::diff::{Change, ChangeSet};
 use crate::model::{
     BaselinePolicy, ClusterPeer, ClusterPolicy, ClusterPolicySubject, ClusterPort, ClusterRule,
     DesiredState, FailsafePorts, HostEndpoint, HostPolicy, HostPort, HostRule, PeerNode,
@@ -400,4 +401,267 @@ fn validate_failsafe(f: &FailsafePorts, object: &str) -> Result<(), ValidationEr
         }
     }
     Ok(())
+}
+
+/// What [`super::Validator`] keeps of the objects this module validates, so that it checks a
+/// change of them against the rest as [`validate_tiers`] checks the whole state: each
+/// object's position in the state and the claim that must be unique (a cluster policy's
+/// priority, a host endpoint's node and interface).
+///
+/// Positions follow [`ChangeSet::apply_to`]: an object that stays keeps its place, additions
+/// go to the end in name order. A full validation reports the first problem in that order (a
+/// clash names the later of the two objects), and so does [`TierClaims::check`].
+///
+/// Each object's own checks are Calico's and the AdminNetworkPolicy API's (above); what is
+/// kept between changes follows kube-proxy's change trackers and felix's calculation graph
+/// (`felix/calc`), which handle an update by key against an index of what the other objects
+/// hold, never by re-reading every object.
+#[derive(Debug, Clone, Default)]
+pub(super) struct TierClaims {
+    cluster_policies: Ordered<u32>,
+    peer_nodes: Ordered<()>,
+    host_endpoints: Ordered<(String, String)>,
+    host_policies: Ordered<()>,
+}
+
+/// Objects of one kind by name: position in the state and claim.
+#[derive(Debug, Clone)]
+struct Ordered<K> {
+    by_name: BTreeMap<String, (u64, Option<K>)>,
+    /// Claim -> the object holding it (one per claim: the state was valid).
+    holders: BTreeMap<K, String>,
+    /// The position the next addition takes.
+    next: u64,
+}
+
+impl<K> Default for Ordered<K> {
+    fn default() -> Self {
+        Self {
+            by_name: BTreeMap::new(),
+            holders: BTreeMap::new(),
+            next: 0,
+        }
+    }
+}
+
+/// How to check one kind of object: its name in errors, its own validation, its claim and
+/// the error of a claim made twice (`object`, the claim, the earlier holder).
+struct Kind<T, K> {
+    what: &'static str,
+    name: fn(&T) -> &str,
+    validate: fn(&T, &str) -> Result<(), ValidationError>,
+    claim: fn(&T) -> Option<K>,
+    clash: fn(String, &K, &str) -> ValidationError,
+}
+
+const CLUSTER_POLICY: Kind<ClusterPolicy, u32> = Kind {
+    what: "cluster policy",
+    name: |p| &p.name,
+    validate: validate_cluster_policy,
+    claim: |p| Some(p.priority),
+    clash: |object, priority, other| ValidationError::Duplicate {
+        object,
+        field: "priority".to_owned(),
+        value: format!("{priority} (also the priority of cluster policy {other})"),
+    },
+};
+
+const PEER_NODE: Kind<PeerNode, ()> = Kind {
+    what: "peer node",
+    name: |n| &n.name,
+    validate: validate_peer_node,
+    claim: |_| None,
+    clash: |object, (), _| ValidationError::DuplicateName { object },
+};
+
+const HOST_ENDPOINT: Kind<HostEndpoint, (String, String)> = Kind {
+    what: "host endpoint",
+    name: |e| &e.name,
+    validate: validate_host_endpoint,
+    claim: |e| Some((e.node.clone(), e.interface_name.clone())),
+    clash: |object, (node, interface), other| ValidationError::Duplicate {
+        object,
+        field: "interfaceName".to_owned(),
+        value: format!("{interface} on node {node} (also host endpoint {other})"),
+    },
+};
+
+const HOST_POLICY: Kind<HostPolicy, ()> = Kind {
+    what: "host policy",
+    name: |p| &p.name,
+    validate: validate_host_policy,
+    claim: |_| None,
+    clash: |object, (), _| ValidationError::DuplicateName { object },
+};
+
+/// An object's place: its own (`known`) when it is in the state, else the next addition's
+/// (`next` counts them).
+fn place(known: Option<u64>, next: &mut u64) -> u64 {
+    known.unwrap_or_else(|| {
+        *next += 1;
+        *next - 1
+    })
+}
+
+impl<K: Ord + Clone> Ordered<K> {
+    fn new<T>(items: &[T], kind: &Kind<T, K>) -> Self {
+        let mut this = Self::default();
+        for item in items {
+            let name = (kind.name)(item).to_owned();
+            let claim = (kind.claim)(item);
+            if let Some(k) = &claim {
+                this.holders.insert(k.clone(), name.clone());
+            }
+            this.by_name.insert(name, (this.next, claim));
+            this.next += 1;
+        }
+        this
+    }
+
+    /// The objects `changes` leaves in the state, with their positions after it.
+    fn present<'c, T>(&self, changes: &'c BTreeMap<String, Change<T>>) -> Vec<(u64, &'c T)> {
+        let mut next = self.next;
+        let mut out = Vec::new();
+        for (name, change) in changes {
+            let Some(current) = &change.current else {
+                continue;
+            };
+            let position = place(self.by_name.get(name).map(|(p, _)| *p), &mut next);
+            out.push((position, current));
+        }
+        out.sort_by_key(|(position, _)| *position);
+        out
+    }
+
+    /// The first problem a full validation of this kind finds after `changes`.
+    fn check<T>(
+        &self,
+        changes: &BTreeMap<String, Change<T>>,
+        kind: &Kind<T, K>,
+    ) -> Result<(), ValidationError> {
+        for (name, change) in changes {
+            if let Some(current) = &change.current {
+                if (kind.name)(current) != name {
+                    return Err(inconsistent(
+                        &format!("{} {}", kind.what, (kind.name)(current)),
+                        "name".to_owned(),
+                        "the change set files it under another name",
+                    ));
+                }
+            }
+        }
+        let present = self.present(changes);
+        // The first object that is invalid in itself (only changed ones can be).
+        let invalid = present.iter().find_map(|(position, item)| {
+            let object = format!("{} {}", kind.what, (kind.name)(item));
+            (kind.validate)(item, &object).err().map(|e| (*position, e))
+        });
+        // The first claim made twice: per claim a changed object makes, its holders after
+        // the change (the changed ones and an unchanged holder) in state order; the second
+        // is where a full validation stops.
+        let mut holders: BTreeMap<K, Vec<(u64, &str)>> = BTreeMap::new();
+        for (position, item) in &present {
+            if let Some(k) = (kind.claim)(item) {
+                holders
+                    .entry(k)
+                    .or_default()
+                    .push((*position, (kind.name)(item)));
+            }
+        }
+        let mut clash: Option<(u64, &str, &K, &str)> = None;
+        for (k, list) in &mut holders {
+            if let Some(holder) = self.holders.get(k) {
+                if !changes.contains_key(holder) {
+                    if let Some((position, _)) = self.by_name.get(holder) {
+                        list.push((*position, holder));
+                    }
+                }
+            }
+            list.sort_unstable();
+            if let [(_, first), (position, second), ..] = list[..] {
+                if clash.is_none_or(|(p, ..)| position < p) {
+                    clash = Some((position, second, k, first));
+                }
+            }
+        }
+        match (invalid, clash) {
+            (Some((p, e)), Some((q, ..))) if p <= q => Err(e),
+            (Some((_, e)), None) => Err(e),
+            (_, Some((_, object, k, other))) => {
+                Err((kind.clash)(format!("{} {object}", kind.what), k, other))
+            }
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// Records `changes` (checked) as applied.
+    fn commit<T>(&mut self, changes: &BTreeMap<String, Change<T>>, kind: &Kind<T, K>) {
+        for (name, change) in changes {
+            let old = self.by_name.remove(name);
+            if let Some((_, Some(k))) = &old {
+                if self.holders.get(k) == Some(name) {
+                    self.holders.remove(k);
+                }
+            }
+            let Some(current) = &change.current else {
+                continue;
+            };
+            let position = place(old.map(|(p, _)| p), &mut self.next);
+            let claim = (kind.claim)(current);
+            if let Some(k) = &claim {
+                self.holders.insert(k.clone(), name.clone());
+            }
+            self.by_name.insert(name.clone(), (position, claim));
+        }
+    }
+}
+
+impl TierClaims {
+    /// The claims of `state` (valid).
+    pub(super) fn new(state: &DesiredState) -> Self {
+        Self {
+            cluster_policies: Ordered::new(&state.cluster_policies, &CLUSTER_POLICY),
+            peer_nodes: Ordered::new(&state.nodes, &PEER_NODE),
+            host_endpoints: Ordered::new(&state.host_endpoints, &HOST_ENDPOINT),
+            host_policies: Ordered::new(&state.host_policies, &HOST_POLICY),
+        }
+    }
+
+    /// What [`validate_tiers`] finds first in the state after `changes`, looking at the
+    /// changed objects and the claims they make only.
+    pub(super) fn check(&self, changes: &ChangeSet) -> Result<(), ValidationError> {
+        self.cluster_policies
+            .check(&changes.cluster_policies, &CLUSTER_POLICY)?;
+        if let Some(Change {
+            current: Some(baseline),
+            ..
+        }) = &changes.baseline_policy
+        {
+            validate_baseline(baseline, "baseline policy")?;
+        }
+        self.peer_nodes.check(&changes.nodes, &PEER_NODE)?;
+        self.host_endpoints
+            .check(&changes.host_endpoints, &HOST_ENDPOINT)?;
+        self.host_policies
+            .check(&changes.host_policies, &HOST_POLICY)?;
+        if let Some(Change {
+            current: Some(ports),
+            ..
+        }) = &changes.failsafe_ports
+        {
+            validate_failsafe(ports, "failsafe ports")?;
+        }
+        Ok(())
+    }
+
+    /// Records `changes` (checked) as applied.
+    pub(super) fn commit(&mut self, changes: &ChangeSet) {
+        self.cluster_policies
+            .commit(&changes.cluster_policies, &CLUSTER_POLICY);
+        self.peer_nodes.commit(&changes.nodes, &PEER_NODE);
+        self.host_endpoints
+            .commit(&changes.host_endpoints, &HOST_ENDPOINT);
+        self.host_policies
+            .commit(&changes.host_policies, &HOST_POLICY);
+    }
 }

@@ -676,14 +676,16 @@ fn host_port() -> impl Strategy<Value = HostPort> {
 }
 
 fn host_rule() -> impl Strategy<Value = HostRule> {
-    let nets = subsequence(
-        vec![
-            net("198.51.100.0/24"),
-            net("0.0.0.0/0"),
-            net("2001:db8::/32"),
-        ],
-        0..=2,
-    );
+    host_rule_over(vec![
+        net("198.51.100.0/24"),
+        net("0.0.0.0/0"),
+        net("2001:db8::/32"),
+    ])
+}
+
+/// A host rule whose nets are up to 2 of `pool`.
+fn host_rule_over(pool: Vec<IpNetwork>) -> impl Strategy<Value = HostRule> {
+    let nets = subsequence(pool, 0..=2);
     (
         select(vec![HostAction::Allow, HostAction::Deny]),
         option::of(protocol()),
@@ -707,16 +709,25 @@ fn host_rule() -> impl Strategy<Value = HostRule> {
 /// Up to 3 host policies with distinct names, of every kind (normal, applyOnForward,
 /// pre-DNAT with ingress rules only, untracked).
 pub fn host_policies() -> impl Strategy<Value = Vec<HostPolicy>> {
+    host_policies_with(|| selector().boxed(), || host_rule().boxed())
+}
+
+/// Up to 3 host policies with distinct names, of every kind, selectors from `selector` and
+/// rules from `rule`.
+fn host_policies_with(
+    selector: fn() -> BoxedStrategy<LabelSelector>,
+    rule: fn() -> BoxedStrategy<HostRule>,
+) -> impl Strategy<Value = Vec<HostPolicy>> {
     btree_set(0..NAMES.len(), 0..=3)
-        .prop_flat_map(|idxs| {
+        .prop_flat_map(move |idxs| {
             idxs.into_iter()
                 .map(|idx| {
                     (
                         option::of(0u32..5),
                         selector(),
                         subsequence(vec![PolicyType::Ingress, PolicyType::Egress], 0..=2),
-                        vec(host_rule(), 0..=2),
-                        vec(host_rule(), 0..=2),
+                        vec(rule(), 0..=2),
+                        vec(rule(), 0..=2),
                         0u8..4,
                     )
                         .prop_map(
@@ -743,6 +754,59 @@ pub fn host_policies() -> impl Strategy<Value = Vec<HostPolicy>> {
                 .collect::<Vec<_>>()
         })
         .prop_shuffle()
+}
+
+/// The label of [`own_host_policy`]'s host endpoint.
+pub const OWN_HOST_ENDPOINT_LABEL: (&str, &str) = ("hep", "own");
+
+/// Host endpoint policy of the node [`node`] makes (`node-0`): its host endpoint on the
+/// uplink (`eth0`) or on all interfaces (labelled [`OWN_HOST_ENDPOINT_LABEL`]), up to 3 host
+/// policies of every kind (normal, applyOnForward, pre-DNAT, untracked; ingress, egress or
+/// both) that mostly select it, with rules over the nets a node meets (its own addresses,
+/// pods here and on other nodes, the service CIDRs, the outside, everything), and failsafe
+/// ports: what a test of one node's programs needs ([`host_endpoints`] are other nodes').
+pub fn own_host_policy() -> impl Strategy<Value = (HostEndpoint, Vec<HostPolicy>, FailsafePorts)> {
+    let own = || {
+        prop_oneof![
+            3 => Just(LabelSelector::default().with_label(
+                OWN_HOST_ENDPOINT_LABEL.0,
+                OWN_HOST_ENDPOINT_LABEL.1
+            )),
+            1 => Just(LabelSelector::default()),
+            1 => selector(),
+        ]
+        .boxed()
+    };
+    let rule = || {
+        host_rule_over(vec![
+            net("0.0.0.0/0"),
+            net("::/0"),
+            net("172.18.0.0/16"),
+            net("fd00:18::/64"),
+            net("10.244.0.0/24"),
+            net("10.244.0.0/16"),
+            net("fd00:244::/48"),
+            net("10.96.0.0/12"),
+            net("203.0.113.0/24"),
+            net("100.64.0.0/10"),
+            net("2001:db8::/32"),
+        ])
+        .boxed()
+    };
+    (
+        any::<bool>(),
+        host_policies_with(own, rule),
+        failsafe_ports(),
+    )
+        .prop_map(|(all_interfaces, policies, failsafe)| {
+            let endpoint = HostEndpoint::new(
+                "hep-own",
+                "node-0",
+                if all_interfaces { "*" } else { "eth0" },
+            )
+            .with_label(OWN_HOST_ENDPOINT_LABEL.0, OWN_HOST_ENDPOINT_LABEL.1);
+            (endpoint, policies, failsafe)
+        })
 }
 
 /// Calico's defaults, none, or a few ports.

@@ -138,9 +138,26 @@ static __always_inline int host_lowest(__u64 m)
 	return n;
 }
 
+/* The dp_host_rules index of the lowest rule in @m (not 0), a mask of @set's rules. */
+static __always_inline int host_rule_index(__u32 gen, __u32 set, __u64 m)
+{
+	return (gen * HS_GEN_RULES + set * HS_RULES + host_lowest(m)) & (HS_RULE_SLOTS - 1);
+}
+
+/* The mask of @set's rules whose source nets hold @hp's source; fills @k but for its data. */
+static __always_inline __u64 host_src_mask(struct host_key *k, const struct host_pkt *hp,
+					   __u32 gen, __u32 set)
+{
+	k->gen = gen;
+	k->set = set;
+	addr_copy(k->data, hp->saddr);
+	return host_lookup(k, HK_SRC_NET, hp->family, hp->family == DP_AF_INET ? 32 : 128);
+}
+
 /*
  * The dp_host_rules index of the first rule of @set (generation @gen) among @only that @hp
- * matches, or -1. Four lookups, each narrowing the mask; a miss ends it.
+ * matches, or -1. Four lookups, each narrowing the mask; a miss ends it (the source first:
+ * a packet from a source no rule names costs one lookup).
  */
 static __noinline int host_first(const struct host_pkt *hp, __u32 gen, __u32 set, __u64 only)
 {
@@ -148,10 +165,7 @@ static __noinline int host_first(const struct host_pkt *hp, __u32 gen, __u32 set
 	struct host_key k;
 	__u64 m;
 
-	k.gen = gen;
-	k.set = set;
-	addr_copy(k.data, hp->saddr);
-	m = host_lookup(&k, HK_SRC_NET, hp->family, addr_bits);
+	m = host_src_mask(&k, hp, gen, set);
 	if (!m)
 		return -1;
 	addr_copy(k.data, hp->daddr);
@@ -170,7 +184,21 @@ static __noinline int host_first(const struct host_pkt *hp, __u32 gen, __u32 set
 	m &= only;
 	if (!m)
 		return -1;
-	return (gen * HS_GEN_RULES + set * HS_RULES + host_lowest(m)) & (HS_RULE_SLOTS - 1);
+	return host_rule_index(gen, set, m);
+}
+
+/*
+ * host_first() for a set whose rules match on source nets alone (HC_F_SRC_ONLY_IN, for
+ * HS_UNTRACKED_IN): every rule of it is in the catch-all prefix of the other three parts,
+ * whose lookups would each give the whole set, so the source lookup's mask is the answer.
+ * One lookup (XDP: a flood from a blocked prefix is decided by it).
+ */
+static __always_inline int host_first_src(const struct host_pkt *hp, __u32 gen, __u32 set)
+{
+	struct host_key k;
+	__u64 m = host_src_mask(&k, hp, gen, set);
+
+	return m ? host_rule_index(gen, set, m) : -1;
 }
 
 /* Whether @hp's (protocol, destination port) is a failsafe of direction @dir (0 in, 1 out). */
@@ -440,11 +468,20 @@ static __noinline int host_from_uplink(struct __sk_buff *skb)
 	return HOST_GO_ON;
 }
 
+#define HOST_XLATED_NONE 0 /* not translated by this datapath */
+#define HOST_XLATED_FWD 1  /* translated on its way through the node: forwarded */
+#define HOST_XLATED_OWN 2  /* the node's own connection, translated (a service it dialled) */
+
 /*
- * Whether @p, leaving with a node address as its source, is a packet this datapath
- * translated on its way through the node (a service connection from elsewhere, source NAT to
- * the node address): its reply's tuple is a reverse conntrack entry. Such a packet is
- * forwarded, not the node's own.
+ * How @p, leaving with a node address as its source, was translated by this datapath:
+ * HOST_XLATED_FWD for a service connection from elsewhere, source NAT to the node address
+ * (its reply's tuple is a reverse conntrack entry whose original client is not the node),
+ * or the reply of one, reverse-translated to come from the frontend on the node (a
+ * NodePort's local backend answering: its reply's tuple is the connection's forward entry)
+ * — forwarded, not the node's own: netfilter's raw and filter output hooks never see it.
+ * HOST_XLATED_OWN for the node's own connection to a service frontend (the reverse entry's
+ * original client is a node address: netfilter's nat output translates it, filter output
+ * judges it as the node's own). HOST_XLATED_NONE otherwise.
  */
 static __always_inline int host_translated(const struct pkt *p)
 {
@@ -453,7 +490,13 @@ static __always_inline int host_translated(const struct pkt *p)
 
 	ct_reply_key(&k, p, p->daddr, p->dport);
 	e = bpf_map_lookup_elem(&dp_ct, &k);
-	return e && ct_is_rev(e);
+	if (!e)
+		return HOST_XLATED_NONE;
+	if (ct_is_fwd(e))
+		return HOST_XLATED_FWD;
+	if (!ct_is_rev(e))
+		return HOST_XLATED_NONE;
+	return (cidr_bits(p, e->snat_addr) & CIDR_F_NODE) ? HOST_XLATED_OWN : HOST_XLATED_FWD;
 }
 
 /**
@@ -468,6 +511,7 @@ static __noinline int host_to_uplink(struct __sk_buff *skb)
 	__u32 flags;
 	__u32 own;
 	__u32 gen;
+	int xlated;
 	int ret;
 
 	skb->cb[CB_HOST] = HOST_AFTER_NONE;
@@ -477,8 +521,12 @@ static __noinline int host_to_uplink(struct __sk_buff *skb)
 	ret = parse_packet(skb, &p);
 	if (ret < 0 || !p.family || is_local(&p, p.daddr))
 		return HOST_GO_ON;
-	own = (cidr_bits(&p, p.saddr) & CIDR_F_NODE) && !host_translated(&p);
-	if (own) {
+	xlated = (cidr_bits(&p, p.saddr) & CIDR_F_NODE) ? host_translated(&p) : HOST_XLATED_FWD;
+	own = xlated != HOST_XLATED_FWD;
+	/* Failsafe ports and untracked rules judge the node's own packets as they leave it,
+	 * before any translation: a connection this datapath translated already met them
+	 * (a frontend on the node's own address goes by lo, where they do not apply). */
+	if (xlated == HOST_XLATED_NONE) {
 		host_pkt_of(&hp, &p, ret);
 		if (host_failsafe(&hp, gen, 1)) {
 			skb->cb[CB_HOST] = host_defer(&p, flags, HOST_AFTER_TRACK, 1);

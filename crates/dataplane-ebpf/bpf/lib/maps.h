@@ -804,6 +804,10 @@ enum host_cfg_flag {
 	HC_F_DEF_IN_FWD = 1 << 17,  /* ... one with applyOnForward (forwarded traffic) */
 	HC_F_DEF_OUT = 1 << 18,     /* a normal policy applies to egress */
 	HC_F_DEF_OUT_FWD = 1 << 19, /* ... one with applyOnForward */
+	/* every rule of HS_UNTRACKED_IN matches on source nets alone (no protocol, ports or
+	 * destination): the source lookup's mask is the whole answer, and host_xdp() makes
+	 * only that one (host_first_src()) */
+	HC_F_SRC_ONLY_IN = 1 << 21,
 	/* bit 1 << HS_*: the set has rules */
 };
 

@@ -48,7 +48,8 @@
 #include "dsr.h"
 /* events.h for ev_reserve(); its TC helpers are not used here either. */
 #include "events.h"
-/* host_policy.h for host_first() and the counters; its TC stages are not used here. */
+/* host_policy.h for host_first(), host_first_src() and the counters; its TC stages are not
+ * used here. */
 #include "host_policy.h"
 #pragma clang diagnostic pop
 
@@ -685,18 +686,72 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 	return xdp_send(ctx, &x);
 }
 
+/*
+ * The ports (and TCP flags) of @hp, whose TCP/UDP header is at @l4_off of the packet from
+ * @data to @end; nothing for another protocol (SCTP's ports are not parsed, as in TC's
+ * parse_packet(): user space refuses rules with SCTP ports). Returns 0, or -1 when the
+ * header is cut short (TC finds what there is). (@data and @end are the caller's: loaded
+ * from the context again here, clang may merge the loads into a shift of data_end, which
+ * the verifier refuses.)
+ */
+static __always_inline int host_xdp_ports(struct host_pkt *hp, void *data, void *end,
+					  __u32 l4_off)
+{
+	__u8 *l4;
+
+	if (hp->proto != IPPROTO_TCP && hp->proto != IPPROTO_UDP)
+		return 0;
+	l4_off &= 0xff;
+	l4 = data + l4_off;
+	if ((void *)(l4 + 14) > end) {
+		if (hp->proto == IPPROTO_TCP || (void *)(l4 + 4) > end)
+			return -1;
+	} else if (hp->proto == IPPROTO_TCP) {
+		hp->tcp_flags = l4[13];
+	}
+	hp->sport = *(__be16 *)&l4[0];
+	hp->dport = *(__be16 *)&l4[2];
+	return 0;
+}
+
+/*
+ * Whether @hp is for one of the node's addresses on an inbound failsafe port. The port's
+ * lookup first: a flood is nearly never on a failsafe port, and then costs one lookup.
+ */
+static __always_inline int host_xdp_failsafe(const struct host_pkt *hp, __u32 gen)
+{
+	struct pkt p;
+
+	p.family = hp->family;
+	return host_failsafe(hp, gen, 0) && (cidr_bits(&p, hp->daddr) & CIDR_F_NODE);
+}
+
 /**
  * host_xdp() - host policy's untracked ingress rules at XDP, before anything else: a packet
  * whose first matching untracked rule is a Deny is dropped here (counted per rule in
  * dp_host_drops and at the `xdp` point with reason Policy), unless it is for one of the
  * node's addresses on an inbound failsafe port. Returns XDP_DROP; XDP_PASS when TC must
  * decide (an untracked Allow, which must get no conntrack entry from the fast path; pre-DNAT
- * or normal rules in force, which TC applies; an IPv6 extension header or IPv4 fragment, whose ports
- * TC finds); HOST_GO_ON when host policy has nothing to say. Its own frame: the fast path's
- * chain below is at the stack limit. Calico's XDP program (felix/bpf-gpl/xdp.c) does the
- * same with its untracked policy program: failsafes first (failsafe.h), then the policy; it
- * tells TC through the XDP metadata (metadata.h) that a packet was allowed, where TC here
- * simply judges the packet again with the same maps (same verdict, one more lookup).
+ * or normal rules in force, which TC applies; an IPv6 extension header or IPv4 fragment, or a
+ * cut-short TCP/UDP header, whose ports TC finds); HOST_GO_ON when host policy has nothing to
+ * say. Its own frame: the fast path's chain below is at the stack limit.
+ *
+ * The verdict comes first and the failsafe check after it, only for a packet the rules would
+ * drop or leave to TC (a failsafe packet is the rest of the program's, whatever the rules
+ * say): a packet no rule matches, the bulk of traffic, pays no failsafe lookup. When every
+ * untracked ingress rule matches on source nets alone (HC_F_SRC_ONLY_IN, user space's
+ * verdict on the rules: a blocklist) the source lookup decides alone (host_first_src()), and
+ * the ports are read only for a packet it matched; otherwise host_first()'s four lookups,
+ * the source first. So a flood from a blocked prefix costs two lookups (its source, the
+ * failsafe port) and a packet from elsewhere one. Counters are per-CPU (no atomic add).
+ *
+ * Calico's XDP program (felix/bpf-gpl/xdp.c) does the same with its untracked policy
+ * program: failsafes first (failsafe.h), then the policy; it tells TC through the XDP
+ * metadata (metadata.h) that a packet was allowed, where TC here simply judges the packet
+ * again with the same maps (same verdict, one more lookup). Cilium's XDP prefilter
+ * (bpf/bpf_xdp.c, check_v4(): the source looked up in CIDR4_LMAP_NAME, an LPM trie of
+ * denied prefixes, and dropped on a hit) is the same one-lookup drop by source, with no
+ * rules or failsafes beside it.
  */
 static __noinline int host_xdp(struct xdp_md *ctx)
 {
@@ -704,12 +759,12 @@ static __noinline int host_xdp(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct host_pkt hp;
-	struct pkt p;
 	__u32 l4_off;
 	__u32 flags;
+	__u32 later;
 	__u32 gen;
-	__u8 *l4;
-	int idx;
+	int verdict;
+	int idx = -1;
 
 	gen = host_gen(&flags);
 	if (!(flags & HC_F_ON) ||
@@ -743,34 +798,34 @@ static __noinline int host_xdp(struct xdp_md *ctx)
 	} else {
 		return HOST_GO_ON;
 	}
-	/* (SCTP's ports are not parsed, as in TC's parse_packet(): user space refuses rules
-	 * with SCTP ports) */
-	if (hp.proto == IPPROTO_TCP || hp.proto == IPPROTO_UDP) {
-		l4_off &= 0xff;
-		l4 = data + l4_off;
-		if ((void *)(l4 + 14) > end) {
-			if (hp.proto == IPPROTO_TCP || (void *)(l4 + 4) > end)
-				return XDP_PASS;
-		} else if (hp.proto == IPPROTO_TCP) {
-			hp.tcp_flags = l4[13];
-		}
-		hp.sport = *(__be16 *)&l4[0];
-		hp.dport = *(__be16 *)&l4[2];
+	/* What a packet no untracked rule matches gets: pre-DNAT and normal policies are TC's
+	 * (and the connections they track). */
+	later = (flags & ((1 << HS_PREDNAT_IN) | HC_F_NORMAL)) ? XDP_PASS : HOST_GO_ON;
+	if ((flags & (HC_F_SRC_ONLY_IN | (1 << HS_UNTRACKED_IN))) ==
+	    (HC_F_SRC_ONLY_IN | (1 << HS_UNTRACKED_IN))) {
+		idx = host_first_src(&hp, gen, HS_UNTRACKED_IN);
+		/* (a cut-short header so left alone is passed by xdp_parse(), as here) */
+		if (idx < 0 && later == HOST_GO_ON)
+			return HOST_GO_ON;
+		if (host_xdp_ports(&hp, data, end, l4_off) < 0)
+			return XDP_PASS;
+	} else {
+		if (host_xdp_ports(&hp, data, end, l4_off) < 0)
+			return XDP_PASS;
+		if (flags & (1 << HS_UNTRACKED_IN))
+			idx = host_first(&hp, gen, HS_UNTRACKED_IN, ~0ULL);
 	}
-	p.family = hp.family;
-	if ((cidr_bits(&p, hp.daddr) & CIDR_F_NODE) && host_failsafe(&hp, gen, 0))
+	if (idx < 0)
+		verdict = later;
+	else if (host_action(idx) != HA_DENY)
+		verdict = XDP_PASS;
+	else
+		verdict = XDP_DROP;
+	if (verdict == HOST_GO_ON || host_xdp_failsafe(&hp, gen))
 		return HOST_GO_ON;
-	if (flags & (1 << HS_UNTRACKED_IN)) {
-		idx = host_first(&hp, gen, HS_UNTRACKED_IN, ~0ULL);
-		if (idx >= 0) {
-			if (host_action(idx) != HA_DENY)
-				return XDP_PASS;
-			host_count_drop(&hp, idx, ctx->ingress_ifindex, PT_XDP);
-			return XDP_DROP;
-		}
-	}
-	/* Pre-DNAT and normal policies are TC's (and the connections they track). */
-	return (flags & ((1 << HS_PREDNAT_IN) | HC_F_NORMAL)) ? XDP_PASS : HOST_GO_ON;
+	if (verdict == XDP_DROP)
+		host_count_drop(&hp, idx, ctx->ingress_ifindex, PT_XDP);
+	return verdict;
 }
 
 static __always_inline int xdp_uplink(struct xdp_md *ctx)

@@ -18,13 +18,18 @@
 //!                                                           Deny ─▶ DROP
 //! mangle OUTPUT ─▶ DP-MGL-OUT       ! -o <uplink> ─▶ RETURN; failsafe out ─goto─▶ DP-MGL-ALLOW
 //!   DP-MGL-ALLOW: mark 0x20000 (decided: no normal host policy)
+//! mangle POSTROUTING ─▶ DP-MGL-POST ! -o <uplink>, not DNATed, not from a local address,
+//!                                   established, untracked, mark ─▶ RETURN; ─▶ DP-MGL-EGR
+//!   (the node's own DNATed packets: its service connections, its own NodePort to another
+//!   node's pod; DP-MGL-EGR is a copy of DP-HOST-EGR)
 //! filter INPUT/FORWARD ─▶ DP-FILTER ─▶ (DP-POLICY) ─▶ DP-HOST
 //!   DP-HOST: established, untracked, mark 0x20000 ─▶ RETURN
 //!            -i <uplink> -d <node addr> ─▶ DP-HOST-IN    (the node's own ingress)
 //!            -i <uplink>               ─▶ DP-HOST-FWDI  (forwarded in: applyOnForward only)
 //!            -o <uplink>               ─▶ DP-HOST-FWDO  (forwarded out: applyOnForward only)
 //! filter OUTPUT ─▶ DP-FILTER-OUT ─▶ DP-HOST-OUT
-//!   DP-HOST-OUT: ! -o <uplink>, established, untracked, mark ─▶ RETURN; ─▶ DP-HOST-EGR
+//!   DP-HOST-OUT: ! -o <uplink>, DNATed (DP-MGL-POST's), established, untracked, mark
+//!                ─▶ RETURN; ─▶ DP-HOST-EGR
 //!   DP-HOST-IN/FWDI/FWDO/EGR: the normal rules in policy order (Allow ─▶ RETURN,
 //!            Deny ─▶ DROP), last DROP when a policy applies to the leg (default deny)
 //! ```
@@ -97,6 +102,11 @@ pub fn mangle_pre(prefix: &str) -> String {
 /// The mangle OUTPUT chain.
 pub fn mangle_out(prefix: &str) -> String {
     format!("{prefix}-MGL-OUT")
+}
+
+/// The mangle POSTROUTING chain: normal egress policy for the node's own translated (DNAT) packets.
+pub fn mangle_post(prefix: &str) -> String {
+    format!("{prefix}-MGL-POST")
 }
 
 /// The mangle chain that marks an allowed packet.
@@ -296,6 +306,21 @@ impl Host<'_> {
         let mut inward = vec![ESTABLISHED.to_owned(), UNTRACKED.to_owned(), marked.clone()];
         let mut outward = vec![
             format!("! -o {uplink} -j RETURN"),
+            // The node's own DNATed packets: judged in mangle POSTROUTING (DP-MGL-POST), where
+            // `-o` is the translated packet's interface (here it is still the pre-DNAT
+            // route's: `lo` for the node's own NodePort). felix `filterOutputChain`.
+            "-m conntrack --ctstate DNAT -j RETURN".to_owned(),
+            ESTABLISHED.to_owned(),
+            UNTRACKED.to_owned(),
+            marked.clone(),
+        ];
+        // felix `StaticManglePostroutingChain`: the node's own (local source: forwarded
+        // packets are masqueraded only later, in nat POSTROUTING) DNATed packets leaving by
+        // the uplink meet the normal egress rules, in a mangle copy of DP-HOST-EGR.
+        let mut post = vec![
+            format!("! -o {uplink} -j RETURN"),
+            "-m conntrack ! --ctstate DNAT -j RETURN".to_owned(),
+            "-m addrtype ! --src-type LOCAL -j RETURN".to_owned(),
             ESTABLISHED.to_owned(),
             UNTRACKED.to_owned(),
             marked,
@@ -331,6 +356,11 @@ impl Host<'_> {
                 HostAction::Deny => "-j DROP".to_owned(),
             });
             rules.push("-m comment --comment \"host policy: default deny\" -j DROP".to_owned());
+            if tag == "EGR" {
+                let copy = format!("{prefix}-MGL-EGR");
+                post.push(format!("-j {copy}"));
+                out.chains.insert(copy, rules.clone());
+            }
             out.chains.insert(chain.clone(), rules);
             match tag {
                 "IN" => inward.extend(
@@ -345,6 +375,7 @@ impl Host<'_> {
         }
         out.chains.insert(filter_in(prefix), inward);
         out.chains.insert(filter_out(prefix), outward);
+        out.chains.insert(mangle_post(prefix), post);
     }
 }
 

@@ -206,6 +206,11 @@ pub fn hooks(prefix: &str) -> Vec<(Table, &'static str, String)> {
         (Table::Raw, "OUTPUT", super::host::raw_out(prefix)),
         (Table::Mangle, "PREROUTING", super::host::mangle_pre(prefix)),
         (Table::Mangle, "OUTPUT", super::host::mangle_out(prefix)),
+        (
+            Table::Mangle,
+            "POSTROUTING",
+            super::host::mangle_post(prefix),
+        ),
     ]
 }
 

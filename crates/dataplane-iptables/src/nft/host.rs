@@ -25,7 +25,8 @@
 //! host-pre-dnat  filter prerouting  priority dstnat - 10  iifname <uplink>, ct state new: failsafe → return;
 //!                                                          pre-DNAT rules: ct mark |= 0x10000 | drop
 //! host-input     filter input       priority filter + 10  iifname <uplink>: normal ingress (own traffic)
-//! host-output    filter output      priority filter + 10  oifname <uplink>: normal egress (own traffic)
+//! host-output    filter output      priority filter + 10  oifname <uplink>, not DNATed: normal egress (own traffic)
+//! host-post-dnat filter postrouting priority mangle       oifname <uplink>, DNATed, local source: the same
 //! host-forward   filter forward     priority filter + 10  iifname <uplink> jump host-fwd-in;
 //!                                                          oifname <uplink> jump host-fwd-out (applyOnForward)
 //! ```
@@ -46,6 +47,11 @@
 //!   as everywhere in this project; untracked packets (`ct state untracked`) were decided
 //!   by the untracked rules and pass. A policy that applies to a direction and has no
 //!   matching rule drops (default deny); an endpoint without applicable policies is open.
+//! - The node's own translated (DNAT) connections (to a service, to its own NodePort whose
+//!   backend is on another node) are judged in postrouting, not output: in the output hook
+//!   their `oifname` is still the pre-DNAT route's (`lo` for the node's own address), so an
+//!   egress policy would miss them. Calico does the same (felix `filterOutputChain` skips
+//!   `ctstate DNAT`, `StaticManglePostroutingChain` judges it).
 //! - Many addresses in one rule go in a named interval set (one element per disjoint
 //!   prefix, added 2000 to a line), so a 100k-prefix deny list is one set lookup per packet
 //!   and loads in one transaction.
@@ -211,6 +217,11 @@ fn normal_chains(
             continue;
         }
         let mut rules = vec![format!("{dev} != \"{uplink}\" accept")];
+        if direction == egress {
+            // The node's own DNATed packets are judged in host-post-dnat: here their
+            // output interface is still the pre-DNAT route's (felix filterOutputChain).
+            rules.push("ct status dnat accept".to_owned());
+        }
         rules.extend(head(failsafe));
         b.rules(&own, direction, "accept", &mut rules);
         rules.push("drop".to_owned());
@@ -219,6 +230,26 @@ fn normal_chains(
             &format!("filter hook {hook} priority filter + 10"),
             rules,
         );
+        if direction == egress {
+            // The node's own connections that nat output translated (a service it dialled,
+            // its own NodePort to another node's pod): judged once the kernel has routed the
+            // translated packet (felix StaticManglePostroutingChain: `ctstate DNAT`, after
+            // the output interface is recomputed). Forwarded packets still have their
+            // sender's source here (masquerade comes later, at srcnat).
+            let mut rules = vec![
+                format!("oifname != \"{uplink}\" accept"),
+                "ct status & dnat == 0 accept".to_owned(),
+                "fib saddr type != local accept".to_owned(),
+            ];
+            rules.extend(head(failsafe));
+            b.rules(&own, direction, "accept", &mut rules);
+            rules.push("drop".to_owned());
+            b.base(
+                "host-post-dnat",
+                "filter hook postrouting priority mangle",
+                rules,
+            );
+        }
     }
     // Forwarded traffic crossing the endpoint, each way (both for uplink to uplink).
     let legs: Vec<_> = [

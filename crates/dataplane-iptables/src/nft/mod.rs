@@ -373,46 +373,10 @@ impl NftablesDataplane {
         observe::parse_listing(&json)
     }
 
-    /// Validates `changes` against the applied state: the validator's check of what it
-    /// covers, and for a change of cluster-wide policy objects (cluster policies, the
-    /// baseline, peer nodes, host endpoints and policies, failsafe ports), whose checks span
-    /// the whole state (unique priorities, one host endpoint per interface) and which core's
-    /// validator leaves to a full sync, a full validation of the policy objects after the
-    /// change (this backend keeps them; no services), returned for the policy update. Before
-    /// anything is touched.
-    fn check_changes(
-        &self,
-        node: &Node,
-        validator: &Validator,
-        changes: &ChangeSet,
-    ) -> Result<(Incremental, Option<Box<DesiredState>>), Error> {
-        if changes.node.is_some() || !changes.has_tier_changes() {
-            return Ok((validator.check(node, changes)?, None));
-        }
-        let verdict = validator.check(node, &without_tier_changes(changes))?;
-        let mut next = self
-            .policy_state
-            .as_deref()
-            .ok_or(Error::FullSyncRequired)?
-            .clone();
-        changes.apply_to(&mut next);
-        next.services.clear();
-        validate(&next)?;
-        Ok((verdict, Some(Box::new(next))))
-    }
-
-    /// The policy objects after `changes` (`checked`: as [`Self::check_changes`] built
-    /// them), taken out of the backend (put back when the sync succeeds).
-    fn next_policy_state(
-        &mut self,
-        changes: &ChangeSet,
-        checked: Option<Box<DesiredState>>,
-    ) -> Result<Box<DesiredState>, Error> {
-        let state = self.policy_state.take().ok_or(Error::FullSyncRequired)?;
-        if let Some(next) = checked {
-            return Ok(next);
-        }
-        let mut state = state;
+    /// The policy objects after `changes`, taken out of the backend (put back when the sync
+    /// succeeds).
+    fn next_policy_state(&mut self, changes: &ChangeSet) -> Result<Box<DesiredState>, Error> {
+        let mut state = self.policy_state.take().ok_or(Error::FullSyncRequired)?;
         changes.apply_to(&mut state);
         // `apply_to` also brings the changed services: not what policy is compiled from.
         state.services.clear();
@@ -431,14 +395,11 @@ impl NftablesDataplane {
             return Err(Error::FullSyncRequired);
         };
         // The changed objects against the ones that stay, as a full validation would: a
-        // clash is a typed error naming both, before the kernel sees anything.
-        // Cluster-wide policy objects (cluster policies, the baseline, peer nodes, host
-        // endpoints and policies, failsafe ports) need a whole-state check (unique
-        // priorities, one host endpoint per interface), which core's validator leaves to a
-        // full sync: here the rest of the change goes through the validator and the policy
-        // objects after the change (this backend keeps them; no services) through a full
-        // validation, before anything is touched.
-        let (verdict, tiered) = self.check_changes(node, validator, changes)?;
+        // clash is a typed error naming both, before the kernel sees anything. Core's
+        // validator covers every kind of object, the cluster-wide policy objects (cluster
+        // policies, the baseline, peer nodes, host endpoints and policies, failsafe ports)
+        // included.
+        let verdict = validator.check(node, changes)?;
         // After a failed transaction, and for a change of the node (which every service is
         // compiled against), the whole state is needed, of which this backend keeps no copy.
         if self.dirty || verdict == Incremental::FullRequired {
@@ -488,7 +449,7 @@ impl NftablesDataplane {
             || !changes.endpoints.is_empty()
             || changes.has_tier_changes();
         let policy = if policy_changed {
-            let state = self.next_policy_state(changes, tiered)?;
+            let state = self.next_policy_state(changes)?;
             let (_, rs) = self.applied.as_mut().ok_or(Error::FullSyncRequired)?;
             // Updates core's tables in place (a copy would cost the whole policy per
             // change): from here on a failure leaves them ahead of the kernel, so it makes
@@ -566,20 +527,6 @@ fn policy_state(desired: &DesiredState) -> DesiredState {
     state.host_policies.clone_from(&desired.host_policies);
     state.failsafe_ports.clone_from(&desired.failsafe_ports);
     state
-}
-
-/// `changes` without its cluster-wide policy objects (for the validator's check of the
-/// rest).
-fn without_tier_changes(changes: &ChangeSet) -> ChangeSet {
-    ChangeSet {
-        cluster_policies: BTreeMap::new(),
-        baseline_policy: None,
-        nodes: BTreeMap::new(),
-        host_endpoints: BTreeMap::new(),
-        host_policies: BTreeMap::new(),
-        failsafe_ports: None,
-        ..changes.clone()
-    }
 }
 
 /// The element operations of `patch` when it changes nothing but elements of the backend and

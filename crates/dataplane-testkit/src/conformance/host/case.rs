@@ -108,6 +108,9 @@ pub enum Target {
     NodePort(usize),
     /// The table's service by its ClusterIP (the probe's port is the service port).
     ClusterIp,
+    /// The table's second service, backed by node-1's pod only (`host-np-remote`), by its
+    /// NodePort on node `n`'s address (the probe's port is that NodePort).
+    RemoteNodePort(usize),
     /// The pod of node `n`, directly (its server port).
     Pod(usize),
     /// A server in external `k`'s namespace, on the probe's port.
@@ -167,6 +170,7 @@ impl std::fmt::Display for HostProbe {
         let to = match self.to {
             Target::Node(n) => format!("node-{n}"),
             Target::NodePort(n) => format!("NodePort on node-{n}"),
+            Target::RemoteNodePort(n) => format!("remote-backed NodePort on node-{n}"),
             Target::ClusterIp => "ClusterIP".to_owned(),
             Target::Pod(n) => format!("pod-{n}-0"),
             Target::External(k) => format!("external-{k}"),

@@ -106,8 +106,21 @@
 //! - `host-egress` — "Protect Kubernetes nodes" and "Summary of host endpoint policies"
 //!   (`reference/host-endpoints/summary`): an egress policy allowing port 7000 only: the node
 //!   reaches the upstream's 7000 but not 7001, the failsafe outbound ports still work, the
-//!   node reaches its own pod (no host endpoint between them), node-1 and the pod (forwarded)
-//!   are not affected, and ingress is not either;
+//!   node reaches its own pod (no host endpoint between them) and its own NodePort backed by
+//!   it, but not its own NodePort backed by node-1's pod ([`REMOTE_NODE_PORT`]: translated,
+//!   that connection leaves by the uplink as the node's own traffic), node-1 and the pod
+//!   (forwarded) are not affected, and ingress is not either;
+//! - `untracked-deny-replies` — "Untracked policy" (`reference/host-endpoints/untracked`:
+//!   doNotTrack rules apply to every packet, before conntrack) and felix's raw-table
+//!   rendering (`rules/static.go`): untracked rules also judge the replies of *tracked*
+//!   connections where they cross the host endpoint. An untracked ingress Deny of node-1's
+//!   pod drops the replies of node-0 dialling its own NodePort of a service backed by that
+//!   pod (`host-np-remote`, [`REMOTE_NODE_PORT`]: out of the uplink, masqueraded, the reply
+//!   back on it), of node-0 and its pod reaching that pod directly, while the node's other
+//!   connections and client A's NodePort (local backend) are served. The mirror: an
+//!   untracked egress Deny of client A drops the node's own server's replies to client A
+//!   (client B is served) but not the replies the node forwards to it (from its pod,
+//!   directly or through the NodePort: forwarded packets do not pass raw output);
 //! - every probe in IPv4 and IPv6, TCP and UDP (the failsafe probes on the protocol of their
 //!   port).
 //!
@@ -139,7 +152,7 @@ pub use table::{
     blocked_nets, cluster_ip, host_cases, host_cases_for, host_endpoint, node_states,
     party_address, ATTACKER, ATTACKER_V4, ATTACKER_V6, CLIENT_A, CLIENT_B, CUSTOM_FAILSAFE_IN,
     CUSTOM_FAILSAFE_OUT, HOST_LAB, HOST_SERVICE_PORT, NODE, NODE_PORT, OTHER_NODE,
-    OTHER_UPSTREAM_PORT, SERVICE_PORT, UPSTREAM,
+    OTHER_UPSTREAM_PORT, REMOTE_NODE_PORT, SERVICE_PORT, UPSTREAM,
 };
 
 #[cfg(test)]

@@ -70,9 +70,10 @@ fn first_hop(probe: &HostProbe) -> Result<(usize, Entry), String> {
             n,
             Entry::FromPod(ObjectName::new(POD_NAMESPACE, Party::Pod(n).to_string())),
         ),
-        (Party::External(_), Target::Node(n) | Target::NodePort(n) | Target::Pod(n)) => {
-            (n, Entry::FromUplink)
-        }
+        (
+            Party::External(_),
+            Target::Node(n) | Target::NodePort(n) | Target::RemoteNodePort(n) | Target::Pod(n),
+        ) => (n, Entry::FromUplink),
         (Party::External(_), _) => {
             return Err(format!(
                 "{probe}: an external client reaches nodes and pods only"
@@ -84,7 +85,9 @@ fn first_hop(probe: &HostProbe) -> Result<(usize, Entry), String> {
 /// The address `target` is at, in `family`.
 fn target_address(spec: LabSpec, target: Target, family: IpFamily) -> Option<IpAddr> {
     match target {
-        Target::Node(n) | Target::NodePort(n) => party_address(spec, Party::Node(n), family),
+        Target::Node(n) | Target::NodePort(n) | Target::RemoteNodePort(n) => {
+            party_address(spec, Party::Node(n), family)
+        }
         Target::Pod(n) => party_address(spec, Party::Pod(n), family),
         Target::External(k) => party_address(spec, Party::External(k), family),
         Target::ClusterIp => Some(cluster_ip(family)),

@@ -49,6 +49,10 @@ pub const OTHER_UPSTREAM_PORT: u16 = 7001;
 pub const NODE_PORT: u16 = 30080;
 /// The table's service port.
 pub const SERVICE_PORT: u16 = 80;
+/// The NodePort of the table's second service, `default/host-np-remote`: port 80 (TCP and
+/// UDP) to node-1's pod only, so that node-0 reaching it sends the connection out of its
+/// uplink and gets the replies back on it.
+pub const REMOTE_NODE_PORT: u16 = 30081;
 /// The custom failsafe ports of `deny-all-failsafe`'s second step: in, TCP 2222.
 pub const CUSTOM_FAILSAFE_IN: u16 = 2222;
 /// ... and out, UDP 5353.
@@ -110,24 +114,44 @@ fn client_a_nets(spec: LabSpec) -> Vec<IpNetwork> {
         .collect()
 }
 
-/// The table's service `default/host-np`: TCP and UDP port [`SERVICE_PORT`] to the pod of
-/// node-0 on [`SERVER_PORT`], NodePort [`NODE_PORT`], `externalTrafficPolicy: Cluster`.
-fn service(spec: LabSpec) -> Service {
-    let mut service = Service::new(ObjectName::new(POD_NAMESPACE, "host-np")).with_ports([
-        ServicePort::tcp(SERVICE_PORT, SERVER_PORT)
-            .named("tcp")
-            .with_node_port(NODE_PORT),
-        ServicePort::udp(SERVICE_PORT, SERVER_PORT)
-            .named("udp")
-            .with_node_port(NODE_PORT),
-    ]);
-    for family in families(spec) {
-        let pod = party_address(spec, Party::Pod(NODE), family).expect("family of the lab");
-        service = service
-            .with_cluster_ip(cluster_ip(family))
-            .with_backend(Backend::new(pod).on_node(format!("node-{NODE}")));
+/// The ClusterIP of the table's second service ([`REMOTE_NODE_PORT`]) in `family`.
+fn remote_cluster_ip(family: IpFamily) -> IpAddr {
+    match family {
+        IpFamily::V4 => IpAddr::V4(Ipv4Addr::new(10, 96, 0, 51)),
+        IpFamily::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x51)),
     }
-    service
+}
+
+/// The table's services: `default/host-np`, TCP and UDP port [`SERVICE_PORT`] to the pod of
+/// node-0 on [`SERVER_PORT`], NodePort [`NODE_PORT`]; and `default/host-np-remote`, the same
+/// to node-1's pod, NodePort [`REMOTE_NODE_PORT`]. Both `externalTrafficPolicy: Cluster`.
+fn services(spec: LabSpec) -> Vec<Service> {
+    let service = |name: &str, node_port: u16, ip: fn(IpFamily) -> IpAddr, node: usize| {
+        let mut service = Service::new(ObjectName::new(POD_NAMESPACE, name)).with_ports([
+            ServicePort::tcp(SERVICE_PORT, SERVER_PORT)
+                .named("tcp")
+                .with_node_port(node_port),
+            ServicePort::udp(SERVICE_PORT, SERVER_PORT)
+                .named("udp")
+                .with_node_port(node_port),
+        ]);
+        for family in families(spec) {
+            let pod = party_address(spec, Party::Pod(node), family).expect("family of the lab");
+            service = service
+                .with_cluster_ip(ip(family))
+                .with_backend(Backend::new(pod).on_node(format!("node-{node}")));
+        }
+        service
+    };
+    vec![
+        service("host-np", NODE_PORT, cluster_ip, NODE),
+        service(
+            "host-np-remote",
+            REMOTE_NODE_PORT,
+            remote_cluster_ip,
+            OTHER_NODE,
+        ),
+    ]
 }
 
 /// The families of a lab built from `spec`.
@@ -173,7 +197,7 @@ pub fn node_states(
                     lab::pod_endpoint(&format!("pod-{i}-0"), &format!("vp{index}"), &addresses)
                 })
                 .collect();
-            state.services = vec![service(spec)];
+            state.services = services(spec);
             if let Some((policies, failsafe)) = host {
                 state.host_endpoints = vec![host_endpoint(spec)];
                 state.host_policies = policies.to_vec();
@@ -253,6 +277,7 @@ pub fn host_cases_for(spec: LabSpec) -> Vec<HostCase> {
         untracked_return(&a),
         apply_on_forward(&a),
         host_egress(),
+        untracked_replies(spec, &a),
     ]
 }
 
@@ -490,12 +515,90 @@ fn host_egress() -> HostCase {
                     one(Party::Node(NODE), UP, TCP, 6443, YES),
                 ],
                 answered(Party::Node(NODE), POD, SERVER_PORT),
+                // The node's own NodePort: translated to node-1's pod it leaves by the uplink
+                // as the node's own traffic (to port 8080: dropped); to its own pod it stays.
+                dropped(
+                    Party::Node(NODE),
+                    Target::RemoteNodePort(NODE),
+                    REMOTE_NODE_PORT,
+                ),
+                answered(Party::Node(NODE), NP, NODE_PORT),
                 answered(Party::Node(OTHER_NODE), UP, OTHER_UPSTREAM_PORT),
                 answered(Party::Pod(NODE), UP, OTHER_UPSTREAM_PORT),
                 answered(A, ME, HOST_SERVICE_PORT),
             ]
             .concat(),
         )],
+    )
+}
+
+/// Case `untracked-deny-replies` (the module documentation says what it shows).
+fn untracked_replies(spec: LabSpec, a_nets: &[IpNetwork]) -> HostCase {
+    let remote_pod: Vec<IpNetwork> = families(spec)
+        .into_iter()
+        .filter_map(|f| party_address(spec, Party::Pod(OTHER_NODE), f))
+        .map(IpNetwork::from)
+        .collect();
+    let me = Party::Node(NODE);
+    let remote_np = Target::RemoteNodePort(NODE);
+    let remote_pod_target = Target::Pod(OTHER_NODE);
+    HostCase::new(
+        "untracked-deny-replies",
+        "Calico: reference/host-endpoints/untracked (Untracked policy: applies to all packets, \
+         before conntrack); felix rules/static.go StaticRawPreroutingChain, \
+         StaticRawOutputChain (the raw table sees replies too)",
+        vec![
+            open_step("no host policy: the node and its pod reach node-1's pod").probes(
+                [
+                    answered(me, remote_np, REMOTE_NODE_PORT),
+                    answered(me, remote_pod_target, SERVER_PORT),
+                    answered(Party::Pod(NODE), remote_pod_target, SERVER_PORT),
+                ]
+                .concat(),
+            ),
+            HostStep::new(
+                "untracked ingress deny of node-1's pod: the replies from it",
+                vec![with_rules(
+                    HostPolicy::new("deny-from-remote-pod", selector())
+                        .untracked()
+                        .with_order(10),
+                    true,
+                    [HostRule::new(HostAction::Deny).from_nets(remote_pod)],
+                )],
+            )
+            .probes(
+                [
+                    // Tracked connections out of the uplink: their replies come back on it.
+                    dropped(me, remote_np, REMOTE_NODE_PORT),
+                    dropped(me, remote_pod_target, SERVER_PORT),
+                    dropped(Party::Pod(NODE), remote_pod_target, SERVER_PORT),
+                    // Other replies, and the local backend's NodePort.
+                    answered(me, UP, HOST_SERVICE_PORT),
+                    answered(A, NP, NODE_PORT),
+                ]
+                .concat(),
+            ),
+            HostStep::new(
+                "untracked egress deny of client A: the node's own replies to it",
+                vec![with_rules(
+                    HostPolicy::new("deny-to-a", selector())
+                        .untracked()
+                        .with_order(10),
+                    false,
+                    [HostRule::new(HostAction::Deny).to_nets(a_nets.to_vec())],
+                )],
+            )
+            .probes(
+                [
+                    dropped(A, ME, HOST_SERVICE_PORT),
+                    answered(B, ME, HOST_SERVICE_PORT),
+                    // Replies the node forwards do not pass the raw table's output hook.
+                    answered(A, NP, NODE_PORT),
+                    answered(A, POD, SERVER_PORT),
+                ]
+                .concat(),
+            ),
+        ],
     )
 }
 
@@ -564,5 +667,6 @@ pub(super) fn server_name(probe: &HostProbe) -> String {
         Target::External(k) => format!("{}:{}", Party::External(k), probe.port),
         Target::Pod(n) => Party::Pod(n).to_string(),
         Target::NodePort(_) | Target::ClusterIp => Party::Pod(NODE).to_string(),
+        Target::RemoteNodePort(_) => Party::Pod(OTHER_NODE).to_string(),
     }
 }
