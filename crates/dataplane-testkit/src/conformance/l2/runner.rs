@@ -364,10 +364,8 @@ impl Run<'_> {
 
     fn flush(&self) -> Result<(), String> {
         self.client()
-            .ip_batch(&[
-                "-4 neigh flush dev eth0".to_owned(),
-                "-6 neigh flush dev eth0".to_owned(),
-            ])
+            // No family: both (`ip -batch` takes no `-4`/`-6` per line).
+            .ip_batch(&["neigh flush dev eth0".to_owned()])
             .map_err(|e| format!("flush the client's neighbour cache: {}", error_chain(&e)))
     }
 
