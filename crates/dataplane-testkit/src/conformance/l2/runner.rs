@@ -12,12 +12,12 @@ use dataplane_core::{
 
 use crate::lab::{self, Lab, LabNode, LabSpec, SERVER_PORT};
 use crate::netns::NetNs;
-use crate::traffic::{probe_batch, BatchOutcome, BatchProbe};
+use crate::traffic::{probe_batch, serve, BatchOutcome, BatchProbe, Server};
 
 use super::super::report::{OneRow, Report, RowOutcome, RowReport};
 use super::super::runner::{reset_all, row_filter, start};
 use super::table::{
-    families, frontend_address, node_states, Frontend, L2Case, L2Check, L2Step, CLIENT,
+    families, frontend_address, node_states, Frontend, L2Case, L2Check, L2Step, CLIENT, NODE_PORT,
     SERVICE_PORT,
 };
 
@@ -127,6 +127,7 @@ fn check_step(spec: LabSpec, i: usize, step: &L2Step) -> Vec<String> {
                         }
                     }
                 }
+                L2Check::OtherPortUnanswered { .. } => {}
                 L2Check::DoesNotResolve { frontend } => {
                     let ip = frontend_address(frontend, family);
                     let by = announcers(&states, ip);
@@ -193,12 +194,12 @@ pub fn run_l2_with(
         only.as_ref()
             .is_none_or(|o| o.iter().any(|part| c.name.contains(part.as_str())))
     });
-    let macs = if caps.l2_announcements {
-        run.macs()
+    let prepared = if caps.l2_announcements {
+        run.prepare()
     } else {
-        Ok(Vec::new())
+        Ok((Vec::new(), Vec::new()))
     };
-    match macs {
+    match prepared {
         Err(e) => run.push(
             "prepare the lab",
             RowOutcome::Failed {
@@ -206,7 +207,7 @@ pub fn run_l2_with(
                 traffic: vec![e],
             },
         ),
-        Ok(macs) => {
+        Ok((macs, _servers)) => {
             run.macs = macs;
             for case in chosen {
                 let table = check_case(spec, case);
@@ -268,12 +269,21 @@ struct Cell {
 impl Cell {
     fn frontend(&self) -> Frontend {
         match self.check {
-            L2Check::Resolves { frontend, .. } | L2Check::DoesNotResolve { frontend } => frontend,
+            L2Check::Resolves { frontend, .. }
+            | L2Check::DoesNotResolve { frontend }
+            | L2Check::OtherPortUnanswered { frontend } => frontend,
         }
     }
 
     fn address(&self) -> IpAddr {
         frontend_address(self.frontend(), self.family)
+    }
+
+    fn port(&self) -> u16 {
+        match self.check {
+            L2Check::OtherPortUnanswered { .. } => NODE_PORT,
+            _ => SERVICE_PORT,
+        }
     }
 }
 
@@ -281,10 +291,10 @@ impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} to {} {}:{SERVICE_PORT}",
+            "{} to {} {}",
             self.protocol,
             self.frontend(),
-            self.address()
+            SocketAddr::new(self.address(), self.port())
         )
     }
 }
@@ -303,6 +313,38 @@ impl Run<'_> {
 
     fn client(&self) -> &NetNs {
         &self.lab.external(CLIENT).netns
+    }
+
+    /// Every node's uplink MAC, and its servers on [`NODE_PORT`]: each must answer the client
+    /// on the node's own address (so that an unanswered probe later means it was dropped).
+    fn prepare(&mut self) -> Result<(Vec<String>, Vec<Server>), String> {
+        let macs = self.macs()?;
+        let mut servers = Vec::new();
+        for node in self.lab.nodes() {
+            let name = format!("{}:{NODE_PORT}", node.name);
+            servers.push(serve(&node.netns, &name, NODE_PORT).map_err(|e| error_chain(&e))?);
+            for family in self.families.clone() {
+                for protocol in [Protocol::Tcp, Protocol::Udp] {
+                    let Some(ip) = node.address(family) else {
+                        continue;
+                    };
+                    let probe = BatchProbe {
+                        destination: SocketAddr::new(ip, NODE_PORT),
+                        protocol,
+                        source_port: Some(self.port()?),
+                        timeout: self.options.timeout,
+                    };
+                    let seen = probe_batch(self.client(), &[probe]).map_err(|e| error_chain(&e))?;
+                    if seen[0].backend() != Some(name.as_str()) {
+                        return Err(format!(
+                            "{protocol} to {name}'s own server on {ip}: {:?} (the lab must answer it before any announcement)",
+                            seen[0]
+                        ));
+                    }
+                }
+            }
+        }
+        Ok((macs, servers))
     }
 
     /// Every node's uplink MAC.
@@ -383,7 +425,7 @@ impl Run<'_> {
         let mut probes = Vec::new();
         for (cell, wait) in cells.iter().zip(waits) {
             probes.push(BatchProbe {
-                destination: SocketAddr::new(cell.address(), SERVICE_PORT),
+                destination: SocketAddr::new(cell.address(), cell.port()),
                 protocol: cell.protocol,
                 source_port: Some(self.port()?),
                 timeout: *wait,
@@ -418,7 +460,10 @@ impl Run<'_> {
         let mut problems = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for cell in cells {
-            if !seen.insert((cell.address(), cell.family)) {
+            // (An address's entry is its `Resolves` or `DoesNotResolve` check's business.)
+            if matches!(cell.check, L2Check::OtherPortUnanswered { .. })
+                || !seen.insert((cell.address(), cell.family))
+            {
                 continue;
             }
             let ip = cell.address();
@@ -436,7 +481,8 @@ impl Run<'_> {
                     self.macs[node],
                     entry.map_or_else(|| "missing".to_owned(), |(_, line)| line)
                 )),
-                (L2Check::DoesNotResolve { .. }, Some((None, _))) => {}
+                (L2Check::DoesNotResolve { .. }, Some((None, _)))
+                | (L2Check::OtherPortUnanswered { .. }, _) => {}
                 (L2Check::DoesNotResolve { .. }, Some((Some(_), line))) => problems.push(format!(
                     "{ip}: must not resolve, yet the client's neighbour entry is {line}"
                 )),
@@ -498,7 +544,9 @@ impl Run<'_> {
             .iter()
             .map(|c| match c.check {
                 L2Check::Resolves { .. } => self.options.timeout,
-                L2Check::DoesNotResolve { .. } => self.options.drop_wait,
+                L2Check::DoesNotResolve { .. } | L2Check::OtherPortUnanswered { .. } => {
+                    self.options.drop_wait
+                }
             })
             .collect();
         let mut outcomes = match self.probe(&cells, &waits) {
@@ -554,11 +602,16 @@ fn judge(
                 cell.family,
                 pod_name(node)
             )),
-            (L2Check::DoesNotResolve { .. }, o) => {
+            (check, o) => {
+                let why = if matches!(check, L2Check::OtherPortUnanswered { .. }) {
+                    "no service serves the port: it must stay unanswered"
+                } else {
+                    "must not resolve"
+                };
                 if let Some(b) = o.backend() {
-                    problems.push(format!("{cell}: must not resolve, yet {b} answered"));
+                    problems.push(format!("{cell}: {why}, yet {b} answered"));
                 } else if matches!(o, BatchOutcome::Connected) {
-                    problems.push(format!("{cell}: must not resolve, yet TCP connected"));
+                    problems.push(format!("{cell}: {why}, yet TCP connected"));
                 }
             }
         }

@@ -22,6 +22,10 @@ pub const L2_LAB: LabSpec = LabSpec {
 pub const CLIENT: usize = 0;
 /// The services' port (TCP and UDP), to the pods' [`SERVER_PORT`].
 pub const SERVICE_PORT: u16 = 80;
+/// A port no service of the table serves, on which every node's own namespace runs a TCP
+/// and UDP server (answering `node-<n>:7000`): traffic to an announced address on it must
+/// not reach the node (a backend that makes the address local to answer ARP must drop it).
+pub const NODE_PORT: u16 = 7000;
 /// The announced service (`default/l2-lb`).
 pub const ANNOUNCED: &str = "l2-lb";
 /// The service no node announces (`default/l2-quiet`).
@@ -75,6 +79,13 @@ pub enum L2Check {
     /// Nobody answers the client's ARP requests / neighbour solicitations for `frontend`,
     /// and its TCP and UDP go unanswered.
     DoesNotResolve {
+        /// The address.
+        frontend: Frontend,
+    },
+    /// TCP and UDP to `frontend` on [`NODE_PORT`], which no service serves, go unanswered:
+    /// the node's own server on that port is not reached through the announced address
+    /// (kube-proxy's IPVS mode drops the same with `KUBE-IPVS-FILTER`).
+    OtherPortUnanswered {
         /// The address.
         frontend: Frontend,
     },
@@ -247,7 +258,12 @@ pub fn l2_cases() -> Vec<L2Case> {
                 L2Step::new("node-0 announces", Some(0))
                     .flushed()
                     .checks(resolves(0))
-                    .checks([quiet]),
+                    .checks([
+                        quiet,
+                        L2Check::OtherPortUnanswered {
+                            frontend: Frontend::LoadBalancer,
+                        },
+                    ]),
                 L2Step::new("node-1 announces instead, flushed", Some(1))
                     .flushed()
                     .checks(resolves(1))
