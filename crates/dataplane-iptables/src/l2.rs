@@ -21,7 +21,7 @@
 //!   `RTN_LOCAL`, after `arp_ignore()`: with `arp_ignore=0` (the default) for any local
 //!   target, with `1` only for addresses configured on the receiving interface (a route is
 //!   not an address: no answer), with `2` only when the sender is also in that address's
-//!   subnet (none either). A node with `arp_ignore` 1 or 2 on its uplink does not answer;
+//!   subnet (none either; both tried on this kernel). A node with `arp_ignore` 1 or 2 on its uplink does not answer;
 //!   the README says so. Proxy ARP (`ip neigh add proxy`, `pneigh`) does not work here:
 //!   `arp_process()` consults it only when the route to the target leaves through *another*
 //!   device, and the announced address is on-link on the uplink (verified: the request stays
