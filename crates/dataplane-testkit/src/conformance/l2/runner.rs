@@ -14,10 +14,12 @@ use crate::lab::{self, Lab, LabNode, LabSpec, SERVER_PORT};
 use crate::netns::NetNs;
 use crate::traffic::{probe_batch, serve, BatchOutcome, BatchProbe, Server};
 
-use super::super::report::{OneRow, Report, RowOutcome, RowReport};
-use super::super::runner::{reset_all, row_filter, start};
+use super::super::report::{Report, RowOutcome};
+use super::super::runner::{
+    lab_families as families, next_source_port, probe_again, reset_all, row_filter, start,
+};
 use super::table::{
-    families, frontend_address, node_states, Frontend, L2Case, L2Check, L2Step, CLIENT, NODE_PORT,
+    frontend_address, node_states, Frontend, L2Case, L2Check, L2Step, CLIENT, NODE_PORT,
     SERVICE_PORT,
 };
 
@@ -179,7 +181,6 @@ pub fn run_l2_with(
     let only = row_filter();
     let mut run = Run {
         lab,
-        backend: caps.dataplane.clone(),
         options,
         families: if caps.ipv6 {
             families(spec)
@@ -249,7 +250,6 @@ pub fn run_l2_with(
 /// One run's context.
 struct Run<'a> {
     lab: &'a Lab,
-    backend: String,
     options: &'a L2RunOptions,
     families: Vec<IpFamily>,
     next_port: u16,
@@ -301,14 +301,7 @@ impl std::fmt::Display for Cell {
 
 impl Run<'_> {
     fn push(&mut self, name: &str, outcome: RowOutcome) {
-        let row = RowReport {
-            name: name.to_owned(),
-            outcome,
-        };
-        if self.options.verbose {
-            eprint!("{}", OneRow(&self.backend, &row));
-        }
-        self.report.rows.push(row);
+        self.report.push_row(name, outcome, self.options.verbose);
     }
 
     fn client(&self) -> &NetNs {
@@ -412,12 +405,7 @@ impl Run<'_> {
     }
 
     fn port(&mut self) -> Result<u16, String> {
-        let port = self.next_port;
-        if !PROBE_PORTS.contains(&port) {
-            return Err(format!("all source ports ({PROBE_PORTS:?}) used"));
-        }
-        self.next_port += 1;
-        Ok(port)
+        next_source_port(&mut self.next_port, &PROBE_PORTS)
     }
 
     /// Sends `cells` at once from the client, each given its wait in `waits`.
@@ -560,17 +548,11 @@ impl Run<'_> {
                     && outcomes[*i].backend().is_none()
             })
             .collect();
-        if !again.is_empty() {
-            let retry: Vec<Cell> = again.iter().map(|i| cells[*i]).collect();
-            let waits = vec![self.options.timeout; retry.len()];
-            match self.probe(&retry, &waits) {
-                Ok(second) => {
-                    for (i, o) in again.into_iter().zip(second) {
-                        outcomes[i] = o;
-                    }
-                }
-                Err(e) => return failed(vec![e]),
-            }
+        let timeout = self.options.timeout;
+        if let Err(e) = probe_again(&cells, &mut outcomes, again, |retry| {
+            self.probe(retry, &vec![timeout; retry.len()])
+        }) {
+            return failed(vec![e]);
         }
         let answered = judge(&cells, &outcomes, &mut problems);
         problems.extend(self.neighbours(&cells));

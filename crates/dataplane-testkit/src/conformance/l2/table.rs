@@ -9,6 +9,8 @@ use dataplane_core::{
 
 use crate::lab::{self, LabSpec, POD_NAMESPACE, SERVER_PORT};
 
+use super::super::runner::lab_families as families;
+
 /// The L2 table's lab: two nodes of one pod each, one external client on their segment,
 /// dual-stack.
 pub const L2_LAB: LabSpec = LabSpec {
@@ -150,15 +152,6 @@ impl L2Case {
     }
 }
 
-/// The families of a lab built from `spec`.
-pub(super) fn families(spec: LabSpec) -> Vec<IpFamily> {
-    if spec.ipv6 {
-        vec![IpFamily::V4, IpFamily::V6]
-    } else {
-        vec![IpFamily::V4]
-    }
-}
-
 /// A table service `name` (`default/<name>`): ClusterIP `10.96.0.<cluster>` (and
 /// `fd00:96::<cluster>`), TCP and UDP [`SERVICE_PORT`] to [`SERVER_PORT`],
 /// `externalTrafficPolicy: Local`, every node's pod a backend on its node, and `frontends`.
@@ -197,21 +190,7 @@ fn service(spec: LabSpec, name: &str, cluster: u8, frontends: &[Frontend]) -> Se
 pub fn node_states(spec: LabSpec, announcer: Option<usize>) -> Vec<DesiredState> {
     (0..spec.nodes)
         .map(|i| {
-            let mut state = DesiredState::new(lab::planned_node(spec, i));
-            let addresses: Vec<IpAddr> = families(spec)
-                .into_iter()
-                .map(|f| match f {
-                    IpFamily::V4 => lab::pod_v4(i, 0),
-                    IpFamily::V6 => lab::pod_v6(i, 0),
-                })
-                .collect();
-            // One pod per node: the lab numbers pods node-major.
-            let index = i * spec.pods_per_node;
-            state.endpoints = (0..spec.pods_per_node.min(1))
-                .map(|_| {
-                    lab::pod_endpoint(&format!("pod-{i}-0"), &format!("vp{index}"), &addresses)
-                })
-                .collect();
+            let mut state = lab::planned_state_with_first_pod(spec, i);
             let mut lb = service(
                 spec,
                 ANNOUNCED,
