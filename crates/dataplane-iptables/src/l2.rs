@@ -641,6 +641,13 @@ impl Announcer {
         let uplink = &desired.node.interfaces.uplink;
         let by = by_service(&desired.services);
         let want: BTreeSet<IpAddr> = by.values().flatten().copied().collect();
+        // Nothing announced, before or now (as the last successful sync left it): no tool
+        // run per full sync for the nodes that announce nothing. The first sync, and any
+        // after a failure, read the kernel and remove what an earlier process left.
+        if want.is_empty() && matches!(&self.programmed, Some((_, had)) if had.is_empty()) {
+            self.by_service = by;
+            return Ok(());
+        }
         self.programmed = None;
         let have = k.entries()?;
         k.converge(uplink, &have, &want, warnings)?;

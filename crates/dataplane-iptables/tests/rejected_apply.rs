@@ -491,7 +491,24 @@ fn l2_refusals(dp: &mut Backend, before: &Before<'_>, old: &DesiredState, lab: &
     unchanged(dp, "l2: a transaction refused (apply)");
     dp.set_fail_transactions(false);
 
+    let sysctls = || {
+        [
+            "net/ipv6/conf/all/proxy_ndp",
+            "net/ipv6/neigh/eth0/proxy_delay",
+        ]
+        .map(|key| {
+            let out = lab
+                .node(0)
+                .netns
+                .exec("cat", &[format!("/proc/sys/{key}")])
+                .expect("cat runs");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        })
+    };
+    let sysctls_before = sysctls();
+    assert_ne!(sysctls_before, ["1", "0"], "the lab's defaults");
     dp.dp().apply(&announcing).expect("announcing apply");
+    assert_eq!(sysctls(), ["1", "0"], "proxy_ndp on, proxy_delay 0");
     let entries = l2_entries(lab);
     assert!(
         entries.contains("local 172.18.0.200 dev eth0")
@@ -500,6 +517,11 @@ fn l2_refusals(dp: &mut Backend, before: &Before<'_>, old: &DesiredState, lab: &
     );
     dp.dp().apply(old).expect("back to the old state");
     unchanged(dp, "l2: announced, then the old state again");
+    // The sysctls go back on reset (the marker says what they were).
+    dp.dp().reset().expect("reset");
+    assert_eq!(sysctls(), sysctls_before, "sysctls restored by reset");
+    dp.dp().apply(old).expect("the old state again");
+    unchanged(dp, "l2: after a reset, the old state again");
 }
 
 #[test]
