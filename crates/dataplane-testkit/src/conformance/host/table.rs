@@ -132,7 +132,7 @@ fn service(spec: LabSpec) -> Service {
 
 /// The families of a lab built from `spec`.
 pub(super) fn families(spec: LabSpec) -> Vec<IpFamily> {
-    super::super::runner::lab_families(spec)
+    crate::conformance::runner::lab_families(spec)
 }
 
 /// Node-0's host endpoint on its uplink.

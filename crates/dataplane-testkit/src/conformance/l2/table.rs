@@ -9,7 +9,7 @@ use dataplane_core::{
 
 use crate::lab::{self, LabSpec, POD_NAMESPACE, SERVER_PORT};
 
-use super::super::runner::lab_families as families;
+use crate::conformance::runner::lab_families as families;
 
 /// The L2 table's lab: two nodes of one pod each, one external client on their segment,
 /// dual-stack.
