@@ -12,6 +12,8 @@
 //!  traffic to the address: service ports DNAT-ed in prerouting (the flavour's rules);
 //!      the rest dropped: IPv4 in input (the local route would deliver it to the node's
 //!      sockets), IPv6 in forward (it would go back out of the uplink)
+//!  ARP requests for an IPv4 address from another interface (a pod's): dropped — the
+//!      kernel would answer a local target on any interface (`arp_ignore=0`)
 //!  a sync that adds an address ──▶ gratuitous ARP / unsolicited NA out of the uplink
 //! ```
 //!
@@ -49,8 +51,10 @@
 //! Ownership: every route and proxy entry carries the route protocol of the flavour
 //! ([`ROUTE_PROTOCOL_NFTABLES`], [`ROUTE_PROTOCOL_IPTABLES`]), so a full sync removes the
 //! entries of ours it no longer wants (after a restart, too) and never one it did not create.
-//! The drop rules are in the flavour's own object (`inet <name>-l2` table, `<prefix>L2`
-//! chains), outside the objects its main ruleset owns.
+//! The drop rules are in the flavour's own objects (`inet <name>-l2` and `arp <name>-l2`
+//! tables; `<prefix>L2` chains of iptables, ip6tables and `arptables`), outside the objects
+//! its main ruleset owns. A proxy NDP entry belongs to the uplink, so IPv6 needs no ARP-like
+//! filter: a pod's solicitation on its own interface finds no entry.
 //!
 //! Liveness: the kernel keeps answering after the agent dies (the entries stay until a
 //! `reset()` or another sync removes them). The eBPF backend's responder stops on a stale
@@ -110,16 +114,17 @@ pub(crate) enum Filter {
 }
 
 impl Filter {
-    /// Replaces the drop rules with ones for `addresses` (none: removes them).
+    /// Replaces the drop rules with ones for `addresses` on `uplink` (none: removes them).
     fn write(
         &self,
         backend: &'static str,
         netns: Option<&Path>,
         addresses: &BTreeSet<IpAddr>,
+        uplink: &str,
     ) -> Result<(), NetfilterError> {
         match self {
             Filter::Nftables { nft, table } => {
-                let text = nft_filter(table, addresses);
+                let text = nft_filter(table, addresses, uplink);
                 exec::run(backend, netns, nft, &["-f", "-"], Some(&text), "l2 filter")?;
             }
             Filter::Iptables {
@@ -135,18 +140,39 @@ impl Filter {
                         .collect();
                     iptables_filter(backend, netns, &restore[i], &tool[i], chain, hook, &mine)?;
                 }
+                let v4: Vec<IpAddr> = addresses.iter().copied().filter(IpAddr::is_ipv4).collect();
+                arptables_filter(backend, netns, chain, uplink, &v4)?;
             }
         }
         Ok(())
     }
 }
 
-/// The nft transaction that leaves table `table` with a drop rule for `addresses` (or
-/// without the table when there are none).
-fn nft_filter(table: &str, addresses: &BTreeSet<IpAddr>) -> String {
-    let mut t = format!("table inet {table} {{}}\ndelete table inet {table}\n");
+/// The nft transaction that leaves table `inet <table>` with a drop rule for `addresses`
+/// and table `arp <table>` with one for the ARP requests for them that do not come in
+/// through `uplink` (or without the tables when there are none).
+fn nft_filter(table: &str, addresses: &BTreeSet<IpAddr>, uplink: &str) -> String {
+    let mut t = format!(
+        "table inet {table} {{}}\ndelete table inet {table}\n\
+         table arp {table} {{}}\ndelete table arp {table}\n"
+    );
     if addresses.is_empty() {
         return t;
+    }
+    let v4: Vec<String> = addresses
+        .iter()
+        .filter(|a| a.is_ipv4())
+        .map(ToString::to_string)
+        .collect();
+    if !v4.is_empty() {
+        let _ = writeln!(
+            t,
+            "table arp {table} {{\n  set announced {{ type ipv4_addr; elements = {{ {} }}; }}\n  \
+             chain input {{ type filter hook input priority filter; policy accept; \
+             arp operation request iifname != \"{uplink}\" arp daddr ip @announced counter drop \
+             comment \"l2: announced on the uplink only\"; }}\n}}",
+            v4.join(", ")
+        );
     }
     let list = |v4: bool| {
         addresses
@@ -254,6 +280,43 @@ fn iptables_filter(
             None,
             "l2 filter",
         )?;
+    }
+    Ok(())
+}
+
+/// Leaves arptables chain `chain` with a drop rule per IPv4 address of `addresses` for the
+/// ARP requests that do not come in through `uplink`, jumped to first from `INPUT`; without
+/// addresses, removes both. (The `arptables` on `PATH`: a drop holds whichever of the
+/// kernel's two ARP filter APIs it programs.)
+fn arptables_filter(
+    backend: &'static str,
+    netns: Option<&Path>,
+    chain: &str,
+    uplink: &str,
+    addresses: &[IpAddr],
+) -> Result<(), NetfilterError> {
+    let tool = Path::new("arptables");
+    let run = |args: &[&str]| exec::run(backend, netns, tool, args, None, "l2 arp filter");
+    let hooked = run(&["-C", "INPUT", "-j", chain]).is_ok();
+    if addresses.is_empty() {
+        if hooked {
+            run(&["-D", "INPUT", "-j", chain])?;
+        }
+        // The chain may not exist: nothing to remove then.
+        let _ = run(&["-F", chain]).and_then(|_| run(&["-X", chain]));
+        return Ok(());
+    }
+    if run(&["-F", chain]).is_err() {
+        run(&["-N", chain])?;
+    }
+    for a in addresses {
+        let a = a.to_string();
+        run(&[
+            "-A", chain, "!", "-i", uplink, "--opcode", "Request", "-d", &a, "-j", "DROP",
+        ])?;
+    }
+    if !hooked {
+        run(&["-I", "INPUT", "1", "-j", chain])?;
     }
     Ok(())
 }
@@ -366,6 +429,27 @@ impl Kernel {
                 format!("L2 announcements on the uplink {uplink}, which the node's network namespace does not have"),
             ));
         }
+        let v4 = wanted
+            .iter()
+            .find_map(|(n, set)| set.iter().find(|a| a.is_ipv4()).map(|a| (n, a)));
+        if let (Some((service, address)), Filter::Iptables { .. }) = (v4, &self.filter) {
+            let tool = Path::new("arptables");
+            if exec::run(
+                self.backend,
+                self.netns(),
+                tool,
+                &["-V"],
+                None,
+                "l2: arptables",
+            )
+            .is_err()
+            {
+                return Err(self.refused(
+                    service,
+                    format!("announcing the IPv4 address {address} without the arptables tool (ARP requests from other interfaces than the uplink must be dropped)"),
+                ));
+            }
+        }
         let Some((service, address)) = wanted
             .iter()
             .find_map(|(n, set)| set.iter().find(|a| a.is_ipv6()).map(|a| (n, a)))
@@ -476,13 +560,15 @@ impl Kernel {
         // The filter before the routes when adding (the node never owns an address
         // unfiltered), after them when removing.
         if had != *want && !want.is_empty() {
-            self.filter.write(self.backend, self.netns(), want)?;
+            self.filter
+                .write(self.backend, self.netns(), want, uplink)?;
         }
         let mut lines = removed;
         lines.extend(added.iter().map(|a| self.line(true, *a, uplink)));
         self.batch(&lines, "l2: routes and proxy entries")?;
         if had != *want && want.is_empty() {
-            self.filter.write(self.backend, self.netns(), want)?;
+            self.filter
+                .write(self.backend, self.netns(), want, uplink)?;
         }
         if added.is_empty() {
             return Ok(());
@@ -687,7 +773,7 @@ impl Announcer {
             .map(|(a, dev)| k.line(false, *a, dev))
             .collect();
         k.batch(&lines, "l2: remove routes and proxy entries")?;
-        k.filter.write(k.backend, k.netns(), &BTreeSet::new())?;
+        k.filter.write(k.backend, k.netns(), &BTreeSet::new(), "")?;
         k.restore_sysctls()?;
         Ok(())
     }
@@ -703,8 +789,12 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        let t = nft_filter("dataplane-l2", &a);
+        let t = nft_filter("dataplane-l2", &a, "eth0");
         assert!(t.starts_with("table inet dataplane-l2 {}\ndelete table inet dataplane-l2\n"));
+        assert!(
+            t.contains("arp operation request iifname != \"eth0\" arp daddr ip @announced"),
+            "{t}"
+        );
         assert!(
             t.contains("set announced-v4 { type ipv4_addr; elements = { 172.18.0.200 }; }"),
             "{t}"
@@ -717,8 +807,8 @@ mod tests {
         assert!(t.contains("hook forward") && t.contains("ip6 daddr @announced-v6 counter drop"));
         // Nothing announced: the table goes.
         assert_eq!(
-            nft_filter("x", &BTreeSet::new()),
-            "table inet x {}\ndelete table inet x\n"
+            nft_filter("x", &BTreeSet::new(), "eth0"),
+            "table inet x {}\ndelete table inet x\ntable arp x {}\ndelete table arp x\n"
         );
     }
 }

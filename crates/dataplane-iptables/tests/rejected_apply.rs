@@ -409,22 +409,34 @@ fn tier_objects(
 }
 
 /// The L2 announcement entries of both flavours in the node's namespace (local routes and
-/// proxy entries of their route protocols, 209 and 210).
+/// proxy entries of their route protocols, 209 and 210) and their filters (the nftables
+/// flavour's `-l2` tables, the iptables flavour's `DPL2` arptables chain; its `DPL2`
+/// iptables chains are in `ruleset`).
 fn l2_entries(lab: &Lab) -> String {
-    let run = |args: &[&str]| {
-        let out = lab.node(0).netns.exec("ip", args).expect("ip runs");
-        assert!(out.status.success(), "ip {args:?}");
+    let run = |tool: &str, args: &[&str]| {
+        let out = lab.node(0).netns.exec(tool, args).expect("tool runs");
+        assert!(out.status.success(), "{tool} {args:?}");
         String::from_utf8(out.stdout).unwrap()
     };
-    ["209", "210"]
+    let mut entries: String = ["209", "210"]
         .iter()
         .flat_map(|p| {
             [
-                run(&["-4", "route", "show", "table", "local", "proto", p]),
-                run(&["-6", "neigh", "show", "proxy", "proto", p]),
+                run("ip", &["-4", "route", "show", "table", "local", "proto", p]),
+                run("ip", &["-6", "neigh", "show", "proxy", "proto", p]),
             ]
         })
-        .collect()
+        .collect();
+    for (tool, args, ours) in [
+        ("nft", &["list", "tables"][..], "-l2"),
+        ("arptables", &["-S"][..], "DPL2"),
+    ] {
+        for line in run(tool, args).lines().filter(|l| l.contains(ours)) {
+            entries.push_str(line);
+            entries.push('\n');
+        }
+    }
+    entries
 }
 
 /// L2 announcements (issue 23): a state announcing a LoadBalancer IP in both families is
@@ -512,7 +524,8 @@ fn l2_refusals(dp: &mut Backend, before: &Before<'_>, old: &DesiredState, lab: &
     let entries = l2_entries(lab);
     assert!(
         entries.contains("local 172.18.0.200 dev eth0")
-            && entries.contains("fd00:18::c8 dev eth0 proxy"),
+            && entries.contains("fd00:18::c8 dev eth0 proxy")
+            && (entries.contains("table arp dataplane-l2") || entries.contains("-j DPL2")),
         "{entries}"
     );
     dp.dp().apply(old).expect("back to the old state");

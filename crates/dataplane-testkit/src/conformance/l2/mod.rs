@@ -69,7 +69,8 @@
 //!
 //! - `announce` — one node announces: the LoadBalancer IP and the ExternalIP resolve to its
 //!   MAC and reach its pod (TCP, UDP, IPv4, IPv6), a port no service serves does not reach
-//!   the node's own server through the address, the unannounced service's LoadBalancer IP
+//!   the node's own server through the address, a pod asking for the address on its own
+//!   interface gets no answer (the node answers on its uplink only), the unannounced service's LoadBalancer IP
 //!   does not resolve (`MetalLB`'s `internal/layer2/announcer.go` answers only for the
 //!   addresses its `shouldAnnounce` finds among those `SetBalancer` added); a step where the
 //!   other node announces instead moves the answer to it after a flush.

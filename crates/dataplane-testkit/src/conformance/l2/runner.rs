@@ -422,6 +422,85 @@ impl Run<'_> {
         probe_batch(self.client(), &probes).map_err(|e| error_chain(&e))
     }
 
+    /// Every node's first pod asks for `frontend` on its own interface (a host route `dev
+    /// eth0` there, for the check only), both families at once: no answer may come, and its
+    /// neighbour entry must stay without a link-layer address.
+    fn pods_ask(&mut self, frontend: Frontend) -> Vec<String> {
+        let mut problems = Vec::new();
+        let addresses: Vec<IpAddr> = self
+            .families
+            .iter()
+            .map(|f| frontend_address(frontend, *f))
+            .collect();
+        let lines = |verb: &str| -> Vec<String> {
+            addresses
+                .iter()
+                .map(|a| {
+                    let len = if a.is_ipv4() { 32 } else { 128 };
+                    format!("route {verb} {a}/{len} dev eth0")
+                })
+                .collect()
+        };
+        for pod in self.lab.pods().iter().filter(|p| p.name.ends_with("-0")) {
+            if let Err(e) = pod.netns.ip_batch(&lines("replace")) {
+                problems.push(format!("{}: {}", pod.name, error_chain(&e)));
+                continue;
+            }
+            let mut probes = Vec::new();
+            for a in &addresses {
+                match next_source_port(&mut self.next_port, &PROBE_PORTS) {
+                    Ok(port) => probes.push(BatchProbe {
+                        destination: SocketAddr::new(*a, SERVICE_PORT),
+                        protocol: Protocol::Udp,
+                        source_port: Some(port),
+                        timeout: self.options.drop_wait,
+                    }),
+                    Err(e) => problems.push(e),
+                }
+            }
+            match probe_batch(&pod.netns, &probes) {
+                Ok(outcomes) => {
+                    for (p, o) in probes.iter().zip(outcomes) {
+                        if let Some(b) = o.backend() {
+                            problems.push(format!(
+                                "{} asking for {frontend} {} on its own interface was answered by {b}",
+                                pod.name, p.destination
+                            ));
+                        }
+                    }
+                }
+                Err(e) => problems.push(format!("{}: {}", pod.name, error_chain(&e))),
+            }
+            for a in &addresses {
+                let ip = a.to_string();
+                let shown = pod.netns.exec_checked(
+                    "ip",
+                    &["neigh", "show", "to", &ip, "dev", "eth0"],
+                    None,
+                );
+                match shown {
+                    Ok(out) => {
+                        let text = String::from_utf8_lossy(&out.stdout);
+                        if text.contains("lladdr") {
+                            problems.push(format!(
+                                "{} asked for {frontend} {a} on its own interface and got an answer (a node answers on its uplink only): {}",
+                                pod.name,
+                                text.trim()
+                            ));
+                        }
+                    }
+                    Err(e) => problems.push(format!("{}: {}", pod.name, error_chain(&e))),
+                }
+            }
+            let mut undo = lines("del");
+            undo.push("neigh flush dev eth0".to_owned());
+            if let Err(e) = pod.netns.ip_batch(&undo) {
+                problems.push(format!("{}: {}", pod.name, error_chain(&e)));
+            }
+        }
+        problems
+    }
+
     /// Polls the client's entry of `ip` until it shows `mac` or `announce_wait` passes.
     fn moved(&self, ip: IpAddr, mac: &str) -> Result<(), String> {
         let deadline = Instant::now() + self.options.announce_wait;
@@ -556,6 +635,9 @@ impl Run<'_> {
         }
         let answered = judge(&cells, &outcomes, &mut problems);
         problems.extend(self.neighbours(&cells));
+        for frontend in &step.pods_ask {
+            problems.extend(self.pods_ask(*frontend));
+        }
         if problems.is_empty() {
             RowOutcome::Passed {
                 probes: cells.len(),

@@ -105,6 +105,11 @@ pub struct L2Step {
     pub flush: bool,
     /// The checks.
     pub checks: Vec<L2Check>,
+    /// Addresses every node's pod asks for on its own interface (a host route `dev eth0`
+    /// in the pod makes them on-link there for the check): nobody may answer — the
+    /// announcing node answers on its uplink only (Cilium's responder is attached to the
+    /// uplink; `MetalLB` announces on the interfaces it is given).
+    pub pods_ask: Vec<Frontend>,
 }
 
 impl L2Step {
@@ -115,6 +120,7 @@ impl L2Step {
             announcer,
             flush: false,
             checks: Vec::new(),
+            pods_ask: Vec::new(),
         }
     }
 
@@ -122,6 +128,13 @@ impl L2Step {
     #[must_use]
     pub fn flushed(mut self) -> Self {
         self.flush = true;
+        self
+    }
+
+    /// This step with every node's pod asking for `frontends` on its own interface.
+    #[must_use]
+    pub fn pods_asking(mut self, frontends: impl IntoIterator<Item = Frontend>) -> Self {
+        self.pods_ask.extend(frontends);
         self
     }
 
@@ -242,7 +255,8 @@ pub fn l2_cases() -> Vec<L2Case> {
                         L2Check::OtherPortUnanswered {
                             frontend: Frontend::LoadBalancer,
                         },
-                    ]),
+                    ])
+                    .pods_asking([Frontend::LoadBalancer]),
                 L2Step::new("node-1 announces instead, flushed", Some(1))
                     .flushed()
                     .checks(resolves(1))
