@@ -599,6 +599,49 @@ pub(super) fn probe_clients(
     Ok(outcomes)
 }
 
+/// The next source port of a run's counter `next` over `range`; an error once the range is
+/// used up (never a wrap: it would repeat an earlier connection's tuple).
+pub(super) fn next_source_port(
+    next: &mut u16,
+    range: &std::ops::Range<u16>,
+) -> Result<u16, String> {
+    let port = *next;
+    if !range.contains(&port) {
+        return Err(format!(
+            "all source ports ({range:?}) used: a wrap would repeat an earlier connection's tuple"
+        ));
+    }
+    *next += 1;
+    Ok(port)
+}
+
+/// Probes the cells of `cells` at the indices `again` once more, with `probe` given those
+/// cells, and puts the new outcomes in place (loss is not a verdict).
+pub(super) fn probe_again<C: Copy>(
+    cells: &[C],
+    outcomes: &mut [BatchOutcome],
+    again: Vec<usize>,
+    probe: impl FnOnce(&[C]) -> Result<Vec<BatchOutcome>, String>,
+) -> Result<(), String> {
+    if again.is_empty() {
+        return Ok(());
+    }
+    let retry: Vec<C> = again.iter().map(|i| cells[*i]).collect();
+    for (i, o) in again.into_iter().zip(probe(&retry)?) {
+        outcomes[i] = o;
+    }
+    Ok(())
+}
+
+/// The address families of a lab built from `spec`.
+pub(super) fn lab_families(spec: crate::lab::LabSpec) -> Vec<IpFamily> {
+    if spec.ipv6 {
+        vec![IpFamily::V4, IpFamily::V6]
+    } else {
+        vec![IpFamily::V4]
+    }
+}
+
 pub(super) fn unspecified(family: IpFamily) -> IpAddr {
     match family {
         IpFamily::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
