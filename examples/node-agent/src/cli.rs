@@ -12,6 +12,8 @@ use dataplane::netfilter::config::MAX_NFLOG_RATE;
 use dataplane::{Masquerade, Node, Options, Selection};
 use dataplane_kube::Settings;
 
+use crate::l2::{L2Config, ServiceSelector};
+use crate::lease::LeaseTiming;
 use crate::runner::Periods;
 
 /// `dataplane-agent`: keeps this node's dataplane in sync with Kubernetes (a kube-proxy
@@ -106,6 +108,42 @@ pub struct Args {
     /// only; default: the rate). 0 only with a rate of 0.
     #[arg(long, value_name = "N", requires = "event_drop_rate")]
     pub event_drop_burst: Option<u32>,
+    /// Announce Services' LoadBalancer IPs and ExternalIPs on the uplink's L2 segment
+    /// (answer ARP and neighbour solicitations for them), one node per Service: over the API
+    /// server the node holding the Service's Lease (`dataplane-l2announce-<namespace>-<name>`
+    /// in --l2-lease-namespace); over --manifests the node the Service's annotation
+    /// `dataplane.io/l2-announce-node` names. Needs a dataplane that can announce.
+    #[arg(long)]
+    pub l2_announcements: bool,
+    /// How long a Service's Lease holds without renewal (whole seconds).
+    #[arg(long, default_value = "15s", value_parser = parse_period, requires = "l2_announcements", conflicts_with = "manifests")]
+    pub l2_lease_duration: Duration,
+    /// How long the holder keeps announcing when it cannot renew its Lease (shorter than
+    /// --l2-lease-duration).
+    #[arg(long, default_value = "5s", value_parser = parse_period, requires = "l2_announcements", conflicts_with = "manifests")]
+    pub l2_lease_renew_deadline: Duration,
+    /// How often a node tries to acquire or renew a Lease.
+    #[arg(long, default_value = "2s", value_parser = parse_period, requires = "l2_announcements", conflicts_with = "manifests")]
+    pub l2_lease_retry_period: Duration,
+    /// The namespace of the Leases.
+    #[arg(
+        long,
+        default_value = "kube-system",
+        value_name = "NAMESPACE",
+        requires = "l2_announcements",
+        conflicts_with = "manifests"
+    )]
+    pub l2_lease_namespace: String,
+    /// Announce only the Services this label selector selects (`kubectl get -l` syntax:
+    /// `key=value`, `key!=value`, `key`, `!key`, `key in (a,b)`, `key notin (a,b)`,
+    /// comma-separated); default: every Service with an address to announce.
+    #[arg(
+        long,
+        value_name = "SELECTOR",
+        requires = "l2_announcements",
+        conflicts_with = "manifests"
+    )]
+    pub l2_service_selector: Option<ServiceSelector>,
     /// Remove everything the agent installed (eBPF pins and links, the nftables table, the
     /// iptables chains) and exit.
     #[arg(long)]
@@ -185,6 +223,41 @@ impl Args {
             );
         }
         Ok(Some(EventLimit::per_second(rate, burst)))
+    }
+
+    /// The L2 announcements' election (`None`: off, or over --manifests, where the annotation
+    /// decides and nothing is elected).
+    ///
+    /// # Errors
+    /// Lease timings that cannot work (the renew deadline not shorter than the duration,
+    /// ...: [`LeaseTiming::validate`]) or a lease namespace that is no namespace name,
+    /// naming the flag.
+    pub fn l2_config(&self) -> anyhow::Result<Option<L2Config>> {
+        if !self.l2_announcements || self.manifests.is_some() {
+            return Ok(None);
+        }
+        let timing = LeaseTiming {
+            duration: self.l2_lease_duration,
+            renew_deadline: self.l2_lease_renew_deadline,
+            retry_period: self.l2_lease_retry_period,
+        };
+        timing.validate().map_err(anyhow::Error::msg)?;
+        let ns = &self.l2_lease_namespace;
+        let label = !ns.is_empty()
+            && ns.len() <= 63
+            && ns
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !label {
+            anyhow::bail!("--l2-lease-namespace {ns:?}: not a namespace name (a DNS-1123 label)");
+        }
+        Ok(Some(L2Config {
+            timing,
+            namespace: ns.clone(),
+            selector: self.l2_service_selector.clone(),
+        }))
     }
 
     /// The reconcile loop's periods. The sync period is at least the minimum one (kube-proxy
