@@ -572,6 +572,112 @@ mod tests {
     }
 
     #[test]
+    fn l2_flags_their_defaults_and_refusals() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["dataplane-agent", "--kubeconfig", "/k"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv).map_err(|e| e.to_string())
+        };
+        // Off by default.
+        assert_eq!(parse(&[]).unwrap().l2_config().unwrap(), None);
+        let config = parse(&["--l2-announcements"])
+            .unwrap()
+            .l2_config()
+            .unwrap()
+            .expect("on");
+        assert_eq!(config.timing, LeaseTiming::default());
+        assert_eq!(
+            (
+                config.timing.duration,
+                config.timing.renew_deadline,
+                config.timing.retry_period
+            ),
+            (
+                Duration::from_secs(15),
+                Duration::from_secs(5),
+                Duration::from_secs(2)
+            )
+        );
+        assert_eq!(config.namespace, "kube-system");
+        assert_eq!(config.selector, None);
+        let config = parse(&[
+            "--l2-announcements",
+            "--l2-lease-duration=30s",
+            "--l2-lease-renew-deadline=10s",
+            "--l2-lease-retry-period=1s",
+            "--l2-lease-namespace=dataplane",
+            "--l2-service-selector=l2 in (yes),!legacy",
+        ])
+        .unwrap()
+        .l2_config()
+        .unwrap()
+        .unwrap();
+        assert_eq!(config.timing.duration, Duration::from_secs(30));
+        assert_eq!(config.namespace, "dataplane");
+        assert_eq!(
+            config.selector.map(|s| s.to_string()).as_deref(),
+            Some("l2 in (yes),!legacy")
+        );
+        // Over manifests the annotation decides: nothing to elect.
+        let args =
+            Args::try_parse_from(["dataplane-agent", "--manifests", "/m", "--l2-announcements"])
+                .unwrap();
+        assert_eq!(args.l2_config().unwrap(), None);
+        // Refused, naming the flag.
+        for (flags, says) in [
+            (&["--l2-lease-duration=20s"][..], "--l2-announcements"),
+            (&["--l2-service-selector=a=b"][..], "--l2-announcements"),
+            (
+                &["--l2-announcements", "--l2-service-selector=a b c"][..],
+                "--l2-service-selector",
+            ),
+            (
+                &["--l2-announcements", "--l2-lease-retry-period=0"][..],
+                "--l2-lease-retry-period",
+            ),
+        ] {
+            let e = parse(flags).unwrap_err();
+            assert!(e.contains(says), "{flags:?}: {e}");
+        }
+        for (flags, says) in [
+            (
+                &["--l2-announcements", "--l2-lease-renew-deadline=15s"][..],
+                "--l2-lease-renew-deadline 15s must be shorter than --l2-lease-duration 15s",
+            ),
+            (
+                &[
+                    "--l2-announcements",
+                    "--l2-lease-duration=4500ms",
+                    "--l2-lease-renew-deadline=3s",
+                    "--l2-lease-retry-period=1s",
+                ][..],
+                "whole number of seconds",
+            ),
+            (
+                &["--l2-announcements", "--l2-lease-retry-period=5s"][..],
+                "--l2-lease-retry-period",
+            ),
+            (
+                &["--l2-announcements", "--l2-lease-namespace=Kube_System"][..],
+                "--l2-lease-namespace",
+            ),
+        ] {
+            let e = parse(flags).unwrap().l2_config().unwrap_err().to_string();
+            assert!(e.contains(says), "{flags:?}: {e}");
+        }
+        let e = Args::try_parse_from([
+            "dataplane-agent",
+            "--manifests",
+            "/m",
+            "--l2-announcements",
+            "--l2-lease-namespace=x",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--manifests"), "{e}");
+    }
+
+    #[test]
     fn event_drop_limits() {
         let parse = |flags: &[&str]| {
             let mut argv = vec!["dataplane-agent", "--manifests", "/m"];
