@@ -379,17 +379,17 @@ async fn compete<A: LeaseApi>(
         // A step may not outlast the renew deadline of a held lease, nor a retry period
         // otherwise: a request that hangs must not keep a stale holder announcing.
         let limit = election.deadline().unwrap_or(now + timing_retry).max(now);
-        let step = tokio::select! {
+        let attempt = tokio::select! {
             release = &mut stop => {
                 return release_if(&*api, &mut election, release.unwrap_or(false), &service).await;
             }
-            step = tokio::time::timeout_at(limit.into(), election.step(&*api, now, SystemTime::now())) => step,
+            attempt = tokio::time::timeout_at(limit.into(), election.step(&*api, now, SystemTime::now())) => attempt,
         };
-        match step {
+        match attempt {
             Ok(Ok(Step::Held | Step::HeldBy(_) | Step::Lost)) => {}
             Ok(Err(e)) => tracing::warn!(service = %service, error = %e, "L2 lease"),
             Err(_) => {
-                tracing::warn!(service = %service, lease = %election.name(), "L2 lease: no answer before the renew deadline")
+                tracing::warn!(service = %service, lease = %election.name(), "L2 lease: no answer before the renew deadline");
             }
         }
         report(election.holds(Instant::now()), &election);
@@ -420,11 +420,11 @@ async fn release_if<A: LeaseApi>(
     }
     match election.release(api, SystemTime::now()).await {
         Ok(true) => {
-            tracing::info!(service = %service, lease = %election.name(), "L2 lease released")
+            tracing::info!(service = %service, lease = %election.name(), "L2 lease released");
         }
         Ok(false) => {}
         Err(e) => {
-            tracing::warn!(service = %service, error = %e, "L2 lease not released: it expires by itself")
+            tracing::warn!(service = %service, error = %e, "L2 lease not released: it expires by itself");
         }
     }
 }

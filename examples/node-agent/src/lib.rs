@@ -110,16 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Source::Manifests(manifests::spawn(dir, tx)?)
     } else {
         let client = kube_source::client(args.kubeconfig.as_deref()).await?;
-        if let Some(l2) = l2 {
-            let leases = l2::kube_leases(client.clone(), &l2.namespace);
-            let (announcer, verdicts) =
-                l2::Announcer::new(leases, settings.node_name.clone(), l2.timing);
-            election = Some(reconcile::L2Election {
-                elect: Box::new(announcer),
-                verdicts,
-                selector: l2.selector,
-            });
-        }
+        election = l2.map(|l2| l2_election(&client, &settings.node_name, l2));
         Source::Api(kube_source::spawn(
             client,
             settings.node_name.clone(),
@@ -158,6 +149,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         server.abort();
     }
     result
+}
+
+/// The per-Service Lease elections of `--l2-announcements` over `client`, for node
+/// `node_name`.
+fn l2_election(client: &kube::Client, node_name: &str, l2: l2::L2Config) -> reconcile::L2Election {
+    let leases = l2::kube_leases(client.clone(), &l2.namespace);
+    let (announcer, verdicts) = l2::Announcer::new(leases, node_name, l2.timing);
+    reconcile::L2Election {
+        elect: Box::new(announcer),
+        verdicts,
+        selector: l2.selector,
+    }
 }
 
 /// The running source (held for its lifetime).

@@ -182,7 +182,7 @@ fn rbac_grants_read_access_to_the_kinds_read_only() {
 
 /// `--l2-announcements`: the Leases of the default `--l2-lease-namespace`, read, created and
 /// renewed (no delete, no patch: the agent writes whole records with their resourceVersion),
-/// granted to the agent's ServiceAccount in that namespace only.
+/// granted to the agent's `ServiceAccount` in that namespace only.
 #[test]
 fn rbac_grants_the_l2_leases_in_their_namespace() {
     use clap::Parser as _;
