@@ -484,16 +484,23 @@ mod tests {
             .block_on(f)
     }
 
+    /// A store, the start of the fake clock, and node-a's and node-b's elections of one lease.
+    fn two() -> (Store, Instant, Election, Election) {
+        (
+            Store::default(),
+            Instant::now(),
+            Election::new(LEASE, "node-a", timing()),
+            Election::new(LEASE, "node-b", timing()),
+        )
+    }
+
     fn wall(t0: Instant, now: Instant) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_hours(500_000) + (now - t0)
     }
 
     #[test]
     fn acquire_renew_and_a_second_node_stays_out() {
-        let store = Store::default();
-        let t0 = Instant::now();
-        let mut a = Election::new(LEASE, "node-a", timing());
-        let mut b = Election::new(LEASE, "node-b", timing());
+        let (store, t0, mut a, mut b) = two();
         block(async {
             // Created by the first.
             assert_eq!(a.step(&store, t0, wall(t0, t0)).await, Ok(Step::Held));
@@ -532,10 +539,7 @@ mod tests {
 
     #[test]
     fn an_expired_lease_is_taken_over_and_not_before() {
-        let store = Store::default();
-        let t0 = Instant::now();
-        let mut a = Election::new(LEASE, "node-a", timing());
-        let mut b = Election::new(LEASE, "node-b", timing());
+        let (store, t0, mut a, mut b) = two();
         block(async {
             a.step(&store, t0, wall(t0, t0)).await.unwrap();
             // node-a stops renewing (it died). node-b saw the record at t0 + 1 s.
@@ -591,10 +595,7 @@ mod tests {
 
     #[test]
     fn a_conflict_loses_at_once() {
-        let store = Store::default();
-        let t0 = Instant::now();
-        let mut a = Election::new(LEASE, "node-a", timing());
-        let mut b = Election::new(LEASE, "node-b", timing());
+        let (store, t0, mut a, mut b) = two();
         let mut c = Election::new(LEASE, "node-c", timing());
         block(async {
             // Two creates race: node-a read "none" too, but node-b created it first.
@@ -671,10 +672,7 @@ mod tests {
 
     #[test]
     fn a_release_lets_the_next_node_take_over_at_once() {
-        let store = Store::default();
-        let t0 = Instant::now();
-        let mut a = Election::new(LEASE, "node-a", timing());
-        let mut b = Election::new(LEASE, "node-b", timing());
+        let (store, t0, mut a, mut b) = two();
         block(async {
             a.step(&store, t0, wall(t0, t0)).await.unwrap();
             assert!(matches!(

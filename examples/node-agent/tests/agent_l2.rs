@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_common::harness::{harness, object, objects, Harness};
-use agent_common::{namespace, node, pod, slice};
+use agent_common::harness::{harness, list_cluster, object, Harness};
+use agent_common::slice;
 use dataplane_agent::l2::{Elect, Verdict};
 use dataplane_agent::reconcile::L2Election;
 use dataplane_agent::runner::RunKind;
@@ -113,52 +113,25 @@ fn listed() -> (Harness, Script) {
         }),
         ..h
     };
-    let events = [
-        objects(
-            Kind::Node,
-            &[
-                node("node-0", "172.18.0.10", "10.244.0.0/24", None),
-                node("node-1", "172.18.0.11", "10.244.1.0/24", None),
-            ],
-        ),
-        objects(Kind::Namespace, &[namespace("default")]),
-        objects(
-            Kind::Pod,
-            &[
-                pod("pod-0-1", "node-0", "10.244.0.11"),
-                pod("pod-1-1", "node-1", "10.244.1.11"),
-            ],
-        ),
-        objects(
-            Kind::Service,
-            &[
-                lb_service("web", "10.96.0.10", Some("172.18.0.200"), "Cluster", ""),
-                lb_service("local", "10.96.0.11", Some("172.18.0.210"), "Local", ""),
-                inner_service(),
-                lb_service(
-                    "skipped",
-                    "10.96.0.13",
-                    Some("172.18.0.230"),
-                    "Cluster",
-                    "l2: \"no\"",
-                ),
-            ],
-        ),
-        objects(
-            Kind::EndpointSlice,
-            &[
-                slice("web-1", "web", &[("10.244.0.11", "node-0", "pod-0-1")]),
-                slice("local-1", "local", &[("10.244.1.11", "node-1", "pod-1-1")]),
-            ],
-        ),
-        objects(Kind::NetworkPolicy, &[]),
-    ];
-    for event in events
-        .into_iter()
-        .chain(Kind::POLICY_TIERS.map(|kind| objects(kind, &[])))
-    {
-        h.reconciler.handle(event);
-    }
+    list_cluster(
+        &mut h,
+        &[
+            lb_service("web", "10.96.0.10", Some("172.18.0.200"), "Cluster", ""),
+            lb_service("local", "10.96.0.11", Some("172.18.0.210"), "Local", ""),
+            inner_service(),
+            lb_service(
+                "skipped",
+                "10.96.0.13",
+                Some("172.18.0.230"),
+                "Cluster",
+                "l2: \"no\"",
+            ),
+        ],
+        &[
+            slice("web-1", "web", &[("10.244.0.11", "node-0", "pod-0-1")]),
+            slice("local-1", "local", &[("10.244.1.11", "node-1", "pod-1-1")]),
+        ],
+    );
     assert!(h.reconciler.ready());
     (h, script)
 }
