@@ -10,7 +10,7 @@ use dataplane::ebpf::EventLimit;
 use dataplane::ipnetwork::IpNetwork;
 use dataplane::netfilter::config::MAX_NFLOG_RATE;
 use dataplane::{Masquerade, Node, Options, Selection};
-use dataplane_kube::Settings;
+use dataplane_kube::{L2Announcements, Settings};
 
 use crate::l2::{L2Config, ServiceSelector};
 use crate::lease::LeaseTiming;
@@ -223,6 +223,17 @@ impl Args {
             );
         }
         Ok(Some(EventLimit::per_second(rate, burst)))
+    }
+
+    /// Who decides the Services this node announces: off without `--l2-announcements`; with
+    /// it, over `--manifests` the Services' annotation, over the API server the Lease
+    /// election.
+    pub fn l2_mode(&self) -> L2Announcements {
+        match (self.l2_announcements, self.manifests.is_some()) {
+            (false, _) => L2Announcements::Off,
+            (true, true) => L2Announcements::Annotated,
+            (true, false) => L2Announcements::Elected,
+        }
     }
 
     /// The L2 announcements' election (`None`: off, or over --manifests, where the annotation
@@ -580,6 +591,11 @@ mod tests {
         };
         // Off by default.
         assert_eq!(parse(&[]).unwrap().l2_config().unwrap(), None);
+        assert_eq!(parse(&[]).unwrap().l2_mode(), L2Announcements::Off);
+        assert_eq!(
+            parse(&["--l2-announcements"]).unwrap().l2_mode(),
+            L2Announcements::Elected
+        );
         let config = parse(&["--l2-announcements"])
             .unwrap()
             .l2_config()
@@ -623,6 +639,7 @@ mod tests {
             Args::try_parse_from(["dataplane-agent", "--manifests", "/m", "--l2-announcements"])
                 .unwrap();
         assert_eq!(args.l2_config().unwrap(), None);
+        assert_eq!(args.l2_mode(), L2Announcements::Annotated);
         // Refused, naming the flag.
         for (flags, says) in [
             (&["--l2-lease-duration=20s"][..], "--l2-announcements"),

@@ -120,9 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let interfaces = Arc::new(RouteResolver::new(settings.node.interfaces.uplink.clone()));
     let mut cluster = Cluster::new(settings);
-    if args.l2_announcements && args.manifests.is_some() {
-        cluster.set_l2_announcements(dataplane_kube::L2Announcements::Annotated);
-    }
+    cluster.set_l2_announcements(args.l2_mode());
     let reconciler = Reconciler::new(
         cluster,
         opened.dataplane,
