@@ -583,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn l2_flags_their_defaults_and_refusals() {
+    fn l2_flags_and_their_defaults() {
         let parse = |flags: &[&str]| {
             let mut argv = vec!["dataplane-agent", "--kubeconfig", "/k"];
             argv.extend_from_slice(flags);
@@ -640,7 +640,15 @@ mod tests {
                 .unwrap();
         assert_eq!(args.l2_config().unwrap(), None);
         assert_eq!(args.l2_mode(), L2Announcements::Annotated);
-        // Refused, naming the flag.
+    }
+
+    #[test]
+    fn l2_flags_that_cannot_work_are_refused_naming_the_flag() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["dataplane-agent", "--kubeconfig", "/k"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv).map_err(|e| e.to_string())
+        };
         for (flags, says) in [
             (&["--l2-lease-duration=20s"][..], "--l2-announcements"),
             (&["--l2-service-selector=a=b"][..], "--l2-announcements"),
