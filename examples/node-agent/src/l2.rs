@@ -358,7 +358,7 @@ async fn compete<A: LeaseApi>(
     verdicts: mpsc::UnboundedSender<Verdict>,
     mut stop: oneshot::Receiver<bool>,
 ) {
-    let timing_retry = election.timing().retry_period;
+    let timing = election.timing();
     let mut reported = false;
     let mut report = |held: bool, election: &Election| {
         if held != reported {
@@ -376,9 +376,12 @@ async fn compete<A: LeaseApi>(
     };
     loop {
         let now = Instant::now();
-        // A step may not outlast the renew deadline of a held lease, nor a retry period
-        // otherwise: a request that hangs must not keep a stale holder announcing.
-        let limit = election.deadline().unwrap_or(now + timing_retry).max(now);
+        // A step may not outlast the renew deadline of a held lease (a request that hangs
+        // must not keep a stale holder announcing), nor a renew deadline otherwise.
+        let limit = election
+            .deadline()
+            .filter(|d| *d > now)
+            .unwrap_or(now + timing.renew_deadline);
         let attempt = tokio::select! {
             release = &mut stop => {
                 return release_if(&*api, &mut election, release.unwrap_or(false), &service).await;
@@ -395,9 +398,10 @@ async fn compete<A: LeaseApi>(
         report(election.holds(Instant::now()), &election);
         // The next step after a retry period; a held lease is looked at again at its renew
         // deadline at the latest, so that its loss is reported on time.
-        let mut next = Instant::now() + timing_retry;
-        if let Some(deadline) = election.deadline() {
-            next = next.min(deadline.max(Instant::now()));
+        let after = Instant::now();
+        let mut next = after + timing.retry_period;
+        if let Some(deadline) = election.deadline().filter(|d| *d > after) {
+            next = next.min(deadline);
         }
         tokio::select! {
             release = &mut stop => {

@@ -53,6 +53,9 @@ fn timing() -> LeaseTiming {
 
 #[derive(Default)]
 struct Leases {
+    /// The server takes requests but does not answer them (an overloaded or partitioned API
+    /// server).
+    hang: bool,
     stored: BTreeMap<String, Value>,
     version: u64,
     /// Every write answered: method, lease, holder written, status.
@@ -181,6 +184,9 @@ impl FakeApi {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let leases = Arc::clone(&leases);
                         async move {
+                            while leases.lock().unwrap().hang {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
                             let method = request.method().clone();
                             let path = request.uri().path().to_owned();
                             let body = request
@@ -361,4 +367,38 @@ async fn a_released_lease_is_taken_over_within_a_retry_period_or_two() {
     assert_eq!(api.holder(&lease_name(&web())).as_deref(), Some(NODES[1]));
     Box::new(a).shutdown(true).await;
     Box::new(b).shutdown(false).await;
+}
+
+/// The API server stops answering: the holder stops announcing at its renew deadline (a
+/// request that hangs is cut off there), well before the lease could expire for another
+/// node; when the server answers again, the lease (still its own) is renewed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_gets_no_answer_stops_at_its_renew_deadline() {
+    let api = FakeApi::start().await;
+    let (mut a, rx_a) = api.announcer(NODES[0]);
+    let (_, rx_b) = mpsc::unbounded_channel();
+    a.set_candidates(&[web()].into());
+    let mut watch = Watch {
+        rx: [rx_a, rx_b],
+        held: [false, false],
+    };
+    assert_eq!(watch.next().await, (0, true));
+    assert_eq!(watch.quiet(timing().retry_period * 3).await, None);
+    let hung = Instant::now();
+    api.leases.lock().unwrap().hang = true;
+    assert_eq!(watch.next().await, (0, false));
+    let took = hung.elapsed();
+    // The last renewal started at most a retry period before the hang.
+    assert!(
+        took + timing().retry_period >= timing().renew_deadline,
+        "gave up after {took:?}, before its renew deadline"
+    );
+    assert!(
+        took < timing().duration,
+        "still announcing after {took:?}, when another node may take over"
+    );
+    api.leases.lock().unwrap().hang = false;
+    assert_eq!(watch.next().await, (0, true), "renewed once answered");
+    assert_eq!(api.holder(&lease_name(&web())).as_deref(), Some(NODES[0]));
+    Box::new(a).shutdown(true).await;
 }
