@@ -406,14 +406,18 @@ impl NftablesDataplane {
         Ok(state)
     }
 
-    /// [`Dataplane::apply_changes`] without the conntrack cleanup that follows it.
-    fn partial_sync(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+    /// What a partial sync refuses before anything: a bad configuration, and by name the
+    /// objects the flavour does not program.
+    fn check_change_support(&self, changes: &ChangeSet) -> Result<(), Error> {
         self.config.validate(BACKEND)?;
-        // What the flavour does not program (host policy, for now) is refused by name,
-        // before anything.
         let caps = Flavour::Nftables.capabilities();
         caps.check_policy_tier_changes(changes)?;
-        caps.check_l2_announcement_changes(changes)?;
+        caps.check_l2_announcement_changes(changes)
+    }
+
+    /// [`Dataplane::apply_changes`] without the conntrack cleanup that follows it.
+    fn partial_sync(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        self.check_change_support(changes)?;
         let (Some((node, rs)), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };
@@ -424,8 +428,8 @@ impl NftablesDataplane {
         // included.
         let verdict = validator.check(node, changes)?;
         // The uplink and its sysctls, for the announced addresses after the change.
-        self.l2
-            .check_changes(&self.l2_kernel(), &node.interfaces.uplink, changes)?;
+        let uplink = &node.interfaces.uplink;
+        self.l2.check_changes(&self.l2_kernel(), uplink, changes)?;
         // After a failed transaction, and for a change of the node (which every service is
         // compiled against), the whole state is needed, of which this backend keeps no copy.
         if self.dirty || verdict == Incremental::FullRequired {
