@@ -43,8 +43,8 @@ impl Flavour {
             // `nft/tiers.rs` and `nft/host.rs`; `iptables/tiers.rs` and `iptables/host.rs`.
             cluster_policy: true,
             host_policy: true,
-            // Not yet: the netfilter backends do not answer ARP/NDP for announced addresses.
-            l2_announcements: false,
+            // `crate::l2`: a local route (IPv4) or a proxy entry (IPv6) on the uplink.
+            l2_announcements: true,
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod events;
 mod exec;
 mod flavour;
 pub mod iptables;
+mod l2;
 mod live;
 pub mod nft;
 pub mod plan;

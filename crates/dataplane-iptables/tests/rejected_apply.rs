@@ -323,6 +323,7 @@ fn rejected_applies_change_nothing(flavour: Flavour) {
         &old,
         service(&lab, "new", NEW, IpFamily::V4),
     );
+    l2_refusals(&mut dp, &before, &old, &lab);
     if let Flavour::Iptables(_) = flavour {
         host_policy_over_capacity_changes_nothing(&mut dp, &before, &old, &new);
     }
@@ -406,6 +407,135 @@ fn tier_objects(
         before.unchanged(dp, &format!("{object} (apply_changes)"));
         dp.set_fail_transactions(false);
     }
+}
+
+/// The L2 announcement entries of both flavours in the node's namespace (local routes and
+/// proxy entries of their route protocols, 209 and 210) and their filters (the nftables
+/// flavour's `-l2` tables, the iptables flavour's `DPL2` arptables chain; its `DPL2`
+/// iptables chains are in `ruleset`).
+fn l2_entries(lab: &Lab) -> String {
+    let run = |tool: &str, args: &[&str]| {
+        let out = lab.node(0).netns.exec(tool, args).expect("tool runs");
+        assert!(out.status.success(), "{tool} {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut entries: String = ["209", "210"]
+        .iter()
+        .flat_map(|p| {
+            [
+                run("ip", &["-4", "route", "show", "table", "local", "proto", p]),
+                run("ip", &["-6", "neigh", "show", "proxy", "proto", p]),
+            ]
+        })
+        .collect();
+    for (tool, args, ours) in [
+        ("nft", &["list", "tables"][..], "-l2"),
+        ("arptables", &["-S"][..], "DPL2"),
+    ] {
+        for line in run(tool, args).lines().filter(|l| l.contains(ours)) {
+            entries.push_str(line);
+            entries.push('\n');
+        }
+    }
+    entries
+}
+
+/// L2 announcements (issue 23): a state announcing a LoadBalancer IP in both families is
+/// refused — invalid, on an uplink without IPv6 forwarding (proxy NDP would not answer:
+/// refused by name before anything), or by the kernel — as a full and an incremental sync,
+/// and leaves no route, proxy entry or rule behind; applied, it programs them, and the
+/// state without it takes them all away again.
+fn l2_refusals(dp: &mut Backend, before: &Before<'_>, old: &DesiredState, lab: &Lab) {
+    assert!(dp.dp().capabilities().l2_announcements);
+    let mut lb = service(lab, "lb", NEW, IpFamily::V4);
+    lb.cluster_ips.push(NEW6.parse().unwrap());
+    lb.backends
+        .push(lab.backend(1, IpFamily::V6).expect("lab backend"));
+    lb.load_balancer_ips = vec![
+        "172.18.0.200".parse().unwrap(),
+        "fd00:18::c8".parse().unwrap(),
+    ];
+    let lb = lb.with_l2_announce();
+    let mut announcing = old.clone();
+    announcing.services.push(lb);
+    let none = l2_entries(lab);
+    assert_eq!(none, "", "announcement entries before any announcing apply");
+    let unchanged = |dp: &mut Backend, what: &str| {
+        before.unchanged(dp, what);
+        assert_eq!(
+            l2_entries(lab),
+            none,
+            "{what}: announcement entries changed"
+        );
+    };
+
+    let mut clash = announcing.clone();
+    clash
+        .services
+        .push(service(lab, "clash", WEB, IpFamily::V4));
+    let e = dp.dp().apply(&clash).unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+    unchanged(dp, "l2: validation error");
+
+    let forwarding = [("net/ipv6/conf/eth0/forwarding", "0")];
+    lab.node(0).netns.sysctl(&forwarding).expect("sysctl");
+    let e = dp.dp().apply(&announcing).unwrap_err();
+    let refused = |e: &Error| {
+        matches!(e, Error::Unsupported { object, feature, .. }
+            if object.contains("service default/lb") && object.contains("l2Announce")
+                && feature.contains("net.ipv6.conf.eth0.forwarding"))
+    };
+    assert!(refused(&e), "{e:?}");
+    unchanged(dp, "l2: no IPv6 forwarding (apply)");
+    let e = dp
+        .dp()
+        .apply_changes(&dataplane_core::diff(old, &announcing))
+        .unwrap_err();
+    assert!(refused(&e) || matches!(e, Error::FullSyncRequired), "{e:?}");
+    unchanged(dp, "l2: no IPv6 forwarding (apply_changes)");
+    lab.node(0)
+        .netns
+        .sysctl(&[("net/ipv6/conf/eth0/forwarding", "1")])
+        .expect("sysctl");
+
+    dp.set_fail_transactions(true);
+    let e = dp.dp().apply(&announcing).unwrap_err();
+    assert!(matches!(e, Error::Kernel { .. }), "{e:?}");
+    unchanged(dp, "l2: a transaction refused (apply)");
+    dp.set_fail_transactions(false);
+
+    let sysctls = || {
+        [
+            "net/ipv6/conf/all/proxy_ndp",
+            "net/ipv6/neigh/eth0/proxy_delay",
+        ]
+        .map(|key| {
+            let out = lab
+                .node(0)
+                .netns
+                .exec("cat", &[format!("/proc/sys/{key}")])
+                .expect("cat runs");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        })
+    };
+    let sysctls_before = sysctls();
+    assert_ne!(sysctls_before, ["1", "0"], "the lab's defaults");
+    dp.dp().apply(&announcing).expect("announcing apply");
+    assert_eq!(sysctls(), ["1", "0"], "proxy_ndp on, proxy_delay 0");
+    let entries = l2_entries(lab);
+    assert!(
+        entries.contains("local 172.18.0.200 dev eth0")
+            && entries.contains("fd00:18::c8 dev eth0 proxy")
+            && (entries.contains("table arp dataplane-l2") || entries.contains("-j DPL2")),
+        "{entries}"
+    );
+    dp.dp().apply(old).expect("back to the old state");
+    unchanged(dp, "l2: announced, then the old state again");
+    // The sysctls go back on reset (the marker says what they were).
+    dp.dp().reset().expect("reset");
+    assert_eq!(sysctls(), sysctls_before, "sysctls restored by reset");
+    dp.dp().apply(old).expect("the old state again");
+    unchanged(dp, "l2: after a reset, the old state again");
 }
 
 #[test]

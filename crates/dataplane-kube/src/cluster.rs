@@ -217,6 +217,11 @@ pub struct Cluster {
 
     /// The translated state, patched in place, and its changes.
     out: Materialized,
+
+    /// Who decides the Services this node announces ([`crate::l2`]).
+    l2: crate::L2Announcements,
+    /// The Services an election gave this node ([`Cluster::set_l2_announced`]).
+    l2_announced: BTreeSet<ObjectKey>,
 }
 
 impl Cluster {
@@ -247,7 +252,67 @@ impl Cluster {
             pods: BTreeMap::new(),
             pod_claims: BTreeMap::new(),
             out,
+            l2: crate::L2Announcements::Off,
+            l2_announced: BTreeSet::new(),
         }
+    }
+
+    /// Sets who decides the Services this node announces on its L2 segment
+    /// ([`L2Announcements`](crate::L2Announcements); `Off` until set). A change
+    /// re-translates every Service at the next translation.
+    pub fn set_l2_announcements(&mut self, mode: crate::L2Announcements) {
+        if self.l2 != mode {
+            self.l2 = mode;
+            let all: Vec<ObjectKey> = self.keys(Kind::Service).cloned().collect();
+            self.dirty_services.extend(all);
+        }
+    }
+
+    /// Who decides the Services this node announces.
+    pub fn l2_announcements(&self) -> crate::L2Announcements {
+        self.l2
+    }
+
+    /// Records whether the election gave the Service `key` to this node (with
+    /// [`L2Announcements::Elected`](crate::L2Announcements::Elected): its translation then
+    /// sets `l2_announce`). `true` when that changed: the next translation re-translates that
+    /// Service only, so its change set is that one service. The key is kept whether or not
+    /// the Service is stored (an election may outlive a relist).
+    pub fn set_l2_announced(&mut self, key: &ObjectKey, announced: bool) -> bool {
+        let changed = if announced {
+            self.l2_announced.insert(key.clone())
+        } else {
+            self.l2_announced.remove(key)
+        };
+        if changed && self.l2 == crate::L2Announcements::Elected {
+            self.dirty_services.insert(key.clone());
+        }
+        changed
+    }
+
+    /// The Services the election gave this node ([`Cluster::set_l2_announced`]).
+    pub fn l2_announced(&self) -> &BTreeSet<ObjectKey> {
+        &self.l2_announced
+    }
+
+    /// The Services this node may compete to announce, as of the last translation: those
+    /// translated with a LoadBalancer IP or ExternalIP left (after the families and the
+    /// claims of other services), and with `externalTrafficPolicy: Local` only those with a
+    /// ready endpoint on this node (Cilium's l2announcer: a node without one would attract
+    /// traffic it cannot serve). A Service split into several model services is a candidate
+    /// when one of them is. Walks every translated service: call it after a translation,
+    /// not per event.
+    pub fn l2_candidates(&self) -> BTreeSet<ObjectKey> {
+        let node_name = self.settings.node_name.as_str();
+        self.models
+            .iter()
+            .filter(|(name, _)| {
+                self.out
+                    .service(name)
+                    .is_some_and(|s| crate::l2::candidate(s, node_name))
+            })
+            .map(|(_, m)| m.owner.clone())
+            .collect()
     }
 
     /// The settings the store translates with.
@@ -259,8 +324,9 @@ impl Cluster {
     /// same to the translation as the stored one (nothing to translate).
     ///
     /// Only what translations read is kept (the store does not lend objects back): of every
-    /// object, its name, namespace, labels, deletion timestamp and the one annotation read
-    /// (`service.beta.kubernetes.io/load-balancer-source-ranges`, to warn about it), so a
+    /// object, its name, namespace, labels, deletion timestamp and the two annotations read
+    /// (`service.beta.kubernetes.io/load-balancer-source-ranges`, to warn about it, and
+    /// [`ANNOTATION_L2_ANNOUNCE_NODE`](crate::ANNOTATION_L2_ANNOUNCE_NODE)), so a
     /// new `resourceVersion`, `managedFields` or annotation is no change; of a Pod, only
     /// `spec.nodeName`, `spec.hostNetwork`, the containers' names and ports, `status.phase`
     /// and its addresses (a readiness or restart update of a pod is then no change); of a
@@ -720,6 +786,8 @@ impl Cluster {
                     settings: &self.settings,
                     node,
                     probe: &mut self.probe,
+                    l2: self.l2,
+                    l2_elected: self.l2_announced.contains(key),
                 };
                 crate::service::translate(&mut ctx, key, svc, &slices, &mut w)
             }
@@ -1191,7 +1259,7 @@ fn from_json(kind: Kind, bytes: &[u8]) -> Option<Object> {
 
 /// Drops what the translation never reads and an object can be mostly made of, as client-go's
 /// informer transforms do (`TransformStripManagedFields`): of every object's metadata, all
-/// but its name, namespace, labels, deletion timestamp and the source-ranges annotation; of a
+/// but its name, namespace, labels, deletion timestamp and the source-ranges and L2 announcing-node annotations; of a
 /// Service, all but what [`strip_service`] keeps; of a Pod, all but its
 /// node, host network flag, containers' names and ports, phase and addresses (a pod's
 /// readiness and container statuses change often and matter to no translation, so such
@@ -1203,8 +1271,11 @@ fn strip(object: &mut Object) {
     let meta = object.metadata_mut();
     let mut annotations = meta.annotations.take();
     if let Some(a) = &mut annotations {
-        // The only annotation any translation reads (to warn that it is not used).
-        a.retain(|k, _| k == crate::service::ANNOTATION_SOURCE_RANGES);
+        // The only annotations any translation reads: the source ranges (to warn that it is
+        // not used) and the node that announces a Service.
+        a.retain(|k, _| {
+            k == crate::service::ANNOTATION_SOURCE_RANGES || k == crate::ANNOTATION_L2_ANNOUNCE_NODE
+        });
         if a.is_empty() {
             annotations = None;
         }
@@ -1445,6 +1516,11 @@ impl Drops {
         keep_indices(&mut service.external_ips, &self.external);
         keep_indices(&mut service.load_balancer_ips, &self.lb);
         keep_indices(&mut service.ports, &self.ports);
+        // Every address lost to other services: nothing left to announce (the model refuses
+        // `l2_announce` without one).
+        if service.external_ips.is_empty() && service.load_balancer_ips.is_empty() {
+            service.l2_announce = false;
+        }
     }
 }
 

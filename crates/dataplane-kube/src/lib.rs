@@ -61,6 +61,7 @@ pub use k8s_openapi;
 pub mod anp;
 pub mod calico;
 mod cluster;
+mod l2;
 mod manifest;
 mod materialized;
 mod node;
@@ -82,6 +83,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use cluster::{Changes, Cluster, Translation, TranslationWarning};
+pub use l2::{L2Announcements, ANNOTATION_L2_ANNOUNCE_NODE};
 pub use manifest::{
     parse_document, parse_manifests, parse_value, split_documents, ManifestDocument, ManifestError,
     Manifests,

@@ -55,6 +55,10 @@ pub(crate) struct Ctx<'a> {
     pub node: &'a NodeInfo,
     /// A state holding only the node, to validate one object at a time.
     pub probe: &'a mut dataplane_core::DesiredState,
+    /// Who decides the Services this node announces ([`crate::l2`]).
+    pub l2: crate::L2Announcements,
+    /// Whether the election gave this Service to this node ([`crate::L2Announcements::Elected`]).
+    pub l2_elected: bool,
 }
 
 /// The name of the model service for the ports starting at `spec.ports[index]` when a
@@ -354,6 +358,14 @@ pub(crate) fn translate(
     base.internal_traffic_policy = itp;
     base.health_check_node_port = health_check_node_port;
     base.load_balancer_source_ranges = source_ranges;
+    base.l2_announce = crate::l2::announced(
+        ctx.l2,
+        ctx.l2_elected,
+        svc.metadata.annotations.as_ref(),
+        &ctx.settings.node_name,
+        &base,
+        w,
+    );
 
     // Per port: its target number and its usable backends.
     let mut resolved = Vec::with_capacity(ports.len());

@@ -12,9 +12,12 @@ use dataplane_core::{DesiredState, ObjectName};
 use dataplane_kube::k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use dataplane_kube::k8s_openapi::api::discovery::v1::EndpointSlice;
 use dataplane_kube::k8s_openapi::api::networking::v1::NetworkPolicy;
-use dataplane_kube::{Cluster, Kind, Object, ObjectKey, Settings};
+use dataplane_kube::{
+    Cluster, Kind, L2Announcements, Object, ObjectKey, Settings, ANNOTATION_L2_ANNOUNCE_NODE,
+};
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 
 /// A tiny deterministic generator: objects are picked from pools by (index, variant).
 struct Rng(u64);
@@ -100,10 +103,17 @@ fn service(idx: u8, variant: u8) -> Object {
             json!("other"),
         );
     }
+    // Drawn apart, so that the other fields are drawn as before.
+    let mut annotations = serde_json::Map::new();
+    annotations.insert("rev".into(), json!(variant.to_string()));
+    let announcer = *Rng::new(9, idx, variant).pick(&["node-a", "node-b", "Not A Node", ""]);
+    if !announcer.is_empty() {
+        annotations.insert(ANNOTATION_L2_ANNOUNCE_NODE.into(), json!(announcer));
+    }
     let v = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": ns, "labels": labels,
-            "annotations": {"rev": variant.to_string()}},
+            "annotations": annotations},
         "spec": {
             "type": type_,
             "clusterIPs": cluster_ips,
@@ -295,7 +305,15 @@ enum Op {
     InterfacesAppear,
     /// `translate` (`false`) or `translate_changes` (`true`).
     Translate(bool),
+    /// An election's verdict on a Service (`Cluster::set_l2_announced`).
+    Elect(u8, bool),
 }
+
+const L2_MODES: [L2Announcements; 3] = [
+    L2Announcements::Off,
+    L2Announcements::Annotated,
+    L2Announcements::Elected,
+];
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -305,6 +323,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(k, l)| Op::Relist(k, l)),
         1 => Just(Op::InterfacesAppear),
         3 => any::<bool>().prop_map(Op::Translate),
+        2 => (any::<u8>(), any::<bool>()).prop_map(|(i, e)| Op::Elect(i, e)),
     ]
 }
 
@@ -328,6 +347,7 @@ fn sorted(mut state: DesiredState) -> DesiredState {
 fn check(
     cluster: &mut Cluster,
     objects: &BTreeMap<ObjectKey, Object>,
+    elected: &BTreeSet<ObjectKey>,
     appeared: &Cell<bool>,
     changes: bool,
     mirror: &mut Option<DesiredState>,
@@ -346,6 +366,10 @@ fn check(
         cluster.translate(&resolve).map(|t| (t.state, t.warnings))
     };
     let mut fresh = Cluster::new(settings());
+    fresh.set_l2_announcements(cluster.l2_announcements());
+    for key in elected {
+        fresh.set_l2_announced(key, true);
+    }
     for kind in Kind::ALL {
         let objects: Vec<Object> = objects
             .values()
@@ -362,6 +386,7 @@ fn check(
             prop_assert_eq!(&state, &b.state);
             prop_assert_eq!(warnings, b.warnings);
             prop_assert_eq!(&sorted(cluster.state().unwrap().clone()), &b.state);
+            prop_assert_eq!(cluster.l2_candidates(), fresh.l2_candidates());
             *mirror = Some(state);
         }
         (Err(a), Err(b)) => prop_assert_eq!(a, b),
@@ -374,10 +399,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
-    fn incremental_equals_fresh_and_always_validates(ops in proptest::collection::vec(op(), 1..40)) {
+    fn incremental_equals_fresh_and_always_validates(
+        ops in proptest::collection::vec(op(), 1..40),
+        l2 in 0..L2_MODES.len(),
+    ) {
         let appeared = Cell::new(false);
         let mut mirror = None;
         let mut cluster = Cluster::new(settings());
+        cluster.set_l2_announcements(L2_MODES[l2]);
+        let mut elected = BTreeSet::new();
         // What the store holds, for the fresh store (the store keeps only what translations
         // read, and lends no objects).
         let mut objects: BTreeMap<ObjectKey, Object> = BTreeMap::new();
@@ -412,10 +442,16 @@ proptest! {
                     cluster.replace(kind, list).unwrap();
                 }
                 Op::InterfacesAppear => appeared.set(true),
-                Op::Translate(changes) => check(&mut cluster, &objects, &appeared, changes, &mut mirror)?,
+                Op::Translate(changes) => check(&mut cluster, &objects, &elected, &appeared, changes, &mut mirror)?,
+                Op::Elect(i, held) => {
+                    let key = service(i, 0).key().unwrap();
+                    let changed = cluster.set_l2_announced(&key, held);
+                    let was = if held { elected.insert(key) } else { elected.remove(&key) };
+                    prop_assert_eq!(changed, was);
+                }
             }
         }
-        check(&mut cluster, &objects, &appeared, true, &mut mirror)?;
+        check(&mut cluster, &objects, &elected, &appeared, true, &mut mirror)?;
     }
 }
 

@@ -307,6 +307,26 @@ pub(crate) fn planned_node(spec: LabSpec, i: usize) -> Node {
     }
 }
 
+/// The state of node `i` of a lab built from `spec` with its first pod (if it has pods) as
+/// its workload, from the address plan alone (what [`Lab::desired_state`] gives for a lab of
+/// one pod per node): the host and L2 tables plan their states without a lab.
+pub(crate) fn planned_state_with_first_pod(
+    spec: LabSpec,
+    i: usize,
+) -> dataplane_core::DesiredState {
+    let mut state = dataplane_core::DesiredState::new(planned_node(spec, i));
+    let mut addresses = vec![pod_v4(i, 0)];
+    if spec.ipv6 {
+        addresses.push(pod_v6(i, 0));
+    }
+    // Pods are numbered node-major.
+    let index = i * spec.pods_per_node;
+    state.endpoints = (0..spec.pods_per_node.min(1))
+        .map(|_| pod_endpoint(&format!("pod-{i}-0"), &format!("vp{index}"), &addresses))
+        .collect();
+    state
+}
+
 /// The cluster-wide pod CIDRs.
 pub fn cluster_cidrs(ipv6: bool) -> Vec<IpNetwork> {
     let mut v = vec![net("10.244.0.0/16")];

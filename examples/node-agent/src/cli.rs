@@ -10,8 +10,10 @@ use dataplane::ebpf::EventLimit;
 use dataplane::ipnetwork::IpNetwork;
 use dataplane::netfilter::config::MAX_NFLOG_RATE;
 use dataplane::{Masquerade, Node, Options, Selection};
-use dataplane_kube::Settings;
+use dataplane_kube::{L2Announcements, Settings};
 
+use crate::l2::{L2Config, ServiceSelector};
+use crate::lease::LeaseTiming;
 use crate::runner::Periods;
 
 /// `dataplane-agent`: keeps this node's dataplane in sync with Kubernetes (a kube-proxy
@@ -106,6 +108,42 @@ pub struct Args {
     /// only; default: the rate). 0 only with a rate of 0.
     #[arg(long, value_name = "N", requires = "event_drop_rate")]
     pub event_drop_burst: Option<u32>,
+    /// Announce Services' LoadBalancer IPs and ExternalIPs on the uplink's L2 segment
+    /// (answer ARP and neighbour solicitations for them), one node per Service: over the API
+    /// server the node holding the Service's Lease (`dataplane-l2announce-<namespace>-<name>`
+    /// in --l2-lease-namespace); over --manifests the node the Service's annotation
+    /// `dataplane.io/l2-announce-node` names. Needs a dataplane that can announce.
+    #[arg(long)]
+    pub l2_announcements: bool,
+    /// How long a Service's Lease holds without renewal (whole seconds).
+    #[arg(long, default_value = "15s", value_parser = parse_period, requires = "l2_announcements", conflicts_with = "manifests")]
+    pub l2_lease_duration: Duration,
+    /// How long the holder keeps announcing when it cannot renew its Lease (shorter than
+    /// --l2-lease-duration).
+    #[arg(long, default_value = "5s", value_parser = parse_period, requires = "l2_announcements", conflicts_with = "manifests")]
+    pub l2_lease_renew_deadline: Duration,
+    /// How often a node tries to acquire or renew a Lease.
+    #[arg(long, default_value = "2s", value_parser = parse_period, requires = "l2_announcements", conflicts_with = "manifests")]
+    pub l2_lease_retry_period: Duration,
+    /// The namespace of the Leases.
+    #[arg(
+        long,
+        default_value = "kube-system",
+        value_name = "NAMESPACE",
+        requires = "l2_announcements",
+        conflicts_with = "manifests"
+    )]
+    pub l2_lease_namespace: String,
+    /// Announce only the Services this label selector selects (`kubectl get -l` syntax:
+    /// `key=value`, `key!=value`, `key`, `!key`, `key in (a,b)`, `key notin (a,b)`,
+    /// comma-separated); default: every Service with an address to announce.
+    #[arg(
+        long,
+        value_name = "SELECTOR",
+        requires = "l2_announcements",
+        conflicts_with = "manifests"
+    )]
+    pub l2_service_selector: Option<ServiceSelector>,
     /// Remove everything the agent installed (eBPF pins and links, the nftables table, the
     /// iptables chains) and exit.
     #[arg(long)]
@@ -185,6 +223,52 @@ impl Args {
             );
         }
         Ok(Some(EventLimit::per_second(rate, burst)))
+    }
+
+    /// Who decides the Services this node announces: off without `--l2-announcements`; with
+    /// it, over `--manifests` the Services' annotation, over the API server the Lease
+    /// election.
+    pub fn l2_mode(&self) -> L2Announcements {
+        match (self.l2_announcements, self.manifests.is_some()) {
+            (false, _) => L2Announcements::Off,
+            (true, true) => L2Announcements::Annotated,
+            (true, false) => L2Announcements::Elected,
+        }
+    }
+
+    /// The L2 announcements' election (`None`: off, or over --manifests, where the annotation
+    /// decides and nothing is elected).
+    ///
+    /// # Errors
+    /// Lease timings that cannot work (the renew deadline not shorter than the duration,
+    /// ...: [`LeaseTiming::validate`]) or a lease namespace that is no namespace name,
+    /// naming the flag.
+    pub fn l2_config(&self) -> anyhow::Result<Option<L2Config>> {
+        if !self.l2_announcements || self.manifests.is_some() {
+            return Ok(None);
+        }
+        let timing = LeaseTiming {
+            duration: self.l2_lease_duration,
+            renew_deadline: self.l2_lease_renew_deadline,
+            retry_period: self.l2_lease_retry_period,
+        };
+        timing.validate().map_err(anyhow::Error::msg)?;
+        let ns = &self.l2_lease_namespace;
+        let label = !ns.is_empty()
+            && ns.len() <= 63
+            && ns
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !label {
+            anyhow::bail!("--l2-lease-namespace {ns:?}: not a namespace name (a DNS-1123 label)");
+        }
+        Ok(Some(L2Config {
+            timing,
+            namespace: ns.clone(),
+            selector: self.l2_service_selector.clone(),
+        }))
     }
 
     /// The reconcile loop's periods. The sync period is at least the minimum one (kube-proxy
@@ -496,6 +580,126 @@ mod tests {
             "/k"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn l2_flags_and_their_defaults() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["dataplane-agent", "--kubeconfig", "/k"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv).map_err(|e| e.to_string())
+        };
+        // Off by default.
+        assert_eq!(parse(&[]).unwrap().l2_config().unwrap(), None);
+        assert_eq!(parse(&[]).unwrap().l2_mode(), L2Announcements::Off);
+        assert_eq!(
+            parse(&["--l2-announcements"]).unwrap().l2_mode(),
+            L2Announcements::Elected
+        );
+        let config = parse(&["--l2-announcements"])
+            .unwrap()
+            .l2_config()
+            .unwrap()
+            .expect("on");
+        assert_eq!(config.timing, LeaseTiming::default());
+        assert_eq!(
+            (
+                config.timing.duration,
+                config.timing.renew_deadline,
+                config.timing.retry_period
+            ),
+            (
+                Duration::from_secs(15),
+                Duration::from_secs(5),
+                Duration::from_secs(2)
+            )
+        );
+        assert_eq!(config.namespace, "kube-system");
+        assert_eq!(config.selector, None);
+        let config = parse(&[
+            "--l2-announcements",
+            "--l2-lease-duration=30s",
+            "--l2-lease-renew-deadline=10s",
+            "--l2-lease-retry-period=1s",
+            "--l2-lease-namespace=dataplane",
+            "--l2-service-selector=l2 in (yes),!legacy",
+        ])
+        .unwrap()
+        .l2_config()
+        .unwrap()
+        .unwrap();
+        assert_eq!(config.timing.duration, Duration::from_secs(30));
+        assert_eq!(config.namespace, "dataplane");
+        assert_eq!(
+            config.selector.map(|s| s.to_string()).as_deref(),
+            Some("l2 in (yes),!legacy")
+        );
+        // Over manifests the annotation decides: nothing to elect.
+        let args =
+            Args::try_parse_from(["dataplane-agent", "--manifests", "/m", "--l2-announcements"])
+                .unwrap();
+        assert_eq!(args.l2_config().unwrap(), None);
+        assert_eq!(args.l2_mode(), L2Announcements::Annotated);
+    }
+
+    #[test]
+    fn l2_flags_that_cannot_work_are_refused_naming_the_flag() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["dataplane-agent", "--kubeconfig", "/k"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv).map_err(|e| e.to_string())
+        };
+        for (flags, says) in [
+            (&["--l2-lease-duration=20s"][..], "--l2-announcements"),
+            (&["--l2-service-selector=a=b"][..], "--l2-announcements"),
+            (
+                &["--l2-announcements", "--l2-service-selector=a b c"][..],
+                "--l2-service-selector",
+            ),
+            (
+                &["--l2-announcements", "--l2-lease-retry-period=0"][..],
+                "--l2-lease-retry-period",
+            ),
+        ] {
+            let e = parse(flags).unwrap_err();
+            assert!(e.contains(says), "{flags:?}: {e}");
+        }
+        for (flags, says) in [
+            (
+                &["--l2-announcements", "--l2-lease-renew-deadline=15s"][..],
+                "--l2-lease-renew-deadline 15s must be shorter than --l2-lease-duration 15s",
+            ),
+            (
+                &[
+                    "--l2-announcements",
+                    "--l2-lease-duration=4500ms",
+                    "--l2-lease-renew-deadline=3s",
+                    "--l2-lease-retry-period=1s",
+                ][..],
+                "whole number of seconds",
+            ),
+            (
+                &["--l2-announcements", "--l2-lease-retry-period=5s"][..],
+                "--l2-lease-retry-period",
+            ),
+            (
+                &["--l2-announcements", "--l2-lease-namespace=Kube_System"][..],
+                "--l2-lease-namespace",
+            ),
+        ] {
+            let e = parse(flags).unwrap().l2_config().unwrap_err().to_string();
+            assert!(e.contains(says), "{flags:?}: {e}");
+        }
+        let e = Args::try_parse_from([
+            "dataplane-agent",
+            "--manifests",
+            "/m",
+            "--l2-announcements",
+            "--l2-lease-namespace=x",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--manifests"), "{e}");
     }
 
     #[test]

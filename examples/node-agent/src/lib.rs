@@ -16,6 +16,8 @@ pub mod heap;
 pub mod http;
 pub mod interfaces;
 pub mod kube_source;
+pub mod l2;
+pub mod lease;
 pub mod leftovers;
 pub mod manifests;
 pub mod metrics;
@@ -60,6 +62,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(dataplane = %opened.kind, reason = %opened.reason, node = %settings.node_name, "dataplane opened");
     let conntrack_capacity =
         (opened.kind == DataplaneKind::Ebpf).then(|| u64::from(options.ebpf.capacities.conntrack));
+    let l2 = args.l2_config()?;
+    if args.l2_announcements && !opened.dataplane.capabilities().l2_announcements {
+        anyhow::bail!(
+            "--l2-announcements: the {} dataplane cannot announce Services on L2 \
+             (its capabilities say l2_announcements: false)",
+            opened.kind
+        );
+    }
 
     let metrics = Arc::new(Metrics::new());
     // kube-proxy's health timeout: twice the sync period.
@@ -95,10 +105,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     // Kept until the loop ends: dropping the manifest source stops its watch; the API
     // source's task ends by itself once the loop's receiver is gone.
+    let mut election = None;
     let source = if let Some(dir) = &args.manifests {
         Source::Manifests(manifests::spawn(dir, tx)?)
     } else {
         let client = kube_source::client(args.kubeconfig.as_deref()).await?;
+        election = l2.map(|l2| l2_election(&client, &settings.node_name, l2));
         Source::Api(kube_source::spawn(
             client,
             settings.node_name.clone(),
@@ -107,8 +119,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ))
     };
     let interfaces = Arc::new(RouteResolver::new(settings.node.interfaces.uplink.clone()));
+    let mut cluster = Cluster::new(settings);
+    cluster.set_l2_announcements(args.l2_mode());
     let reconciler = Reconciler::new(
-        Cluster::new(settings),
+        cluster,
         opened.dataplane,
         interfaces,
         args.periods(),
@@ -120,6 +134,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
     )
     .context("starting the dataplane thread")?;
+    let reconciler = match election {
+        Some(election) => reconciler.with_l2_election(election),
+        None => reconciler,
+    };
     let result = reconciler.run(rx, shutdown_signal()).await;
     source.stop().await;
     if let Some(flow_log) = flow_log {
@@ -129,6 +147,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         server.abort();
     }
     result
+}
+
+/// The per-Service Lease elections of `--l2-announcements` over `client`, for node
+/// `node_name`.
+fn l2_election(client: &kube::Client, node_name: &str, l2: l2::L2Config) -> reconcile::L2Election {
+    let leases = l2::kube_leases(client.clone(), &l2.namespace);
+    let (announcer, verdicts) = l2::Announcer::new(leases, node_name, l2.timing);
+    reconcile::L2Election {
+        elect: Box::new(announcer),
+        verdicts,
+        selector: l2.selector,
+    }
 }
 
 /// The running source (held for its lifetime).

@@ -44,6 +44,7 @@ use futures::FutureExt;
 use tokio::sync::mpsc;
 
 use crate::health::{ServiceHealth, Status};
+use crate::l2::{Elect, ServiceSelector, Verdict};
 use crate::metrics::{Metrics, Programmed};
 use crate::runner::{Periods, RunKind, Runner};
 use crate::source::SourceEvent;
@@ -195,6 +196,67 @@ pub struct Reconciler {
     /// The dataplane's thread holds the store's state as of its last translation (the last
     /// sync succeeded): a partial sync may send the changes since then only.
     in_step: bool,
+    /// L2 announcements by election ([`Reconciler::with_l2_election`]).
+    l2: Option<L2Run>,
+    /// Its verdicts, taken by [`Reconciler::run`].
+    l2_verdicts: Option<mpsc::UnboundedReceiver<Verdict>>,
+}
+
+/// L2 announcements by election: the per-Service Lease elections ([`crate::l2`]) and
+/// the Services that may be announced.
+pub struct L2Election {
+    /// The elections (the [`crate::l2::Announcer`] over the API server).
+    pub elect: Box<dyn Elect>,
+    /// Their verdicts.
+    pub verdicts: mpsc::UnboundedReceiver<Verdict>,
+    /// `--l2-service-selector` (`None`: every Service).
+    pub selector: Option<ServiceSelector>,
+}
+
+impl std::fmt::Debug for L2Election {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L2Election")
+            .field("selector", &self.selector)
+            .finish_non_exhaustive()
+    }
+}
+
+struct L2Run {
+    elect: Box<dyn Elect>,
+    selector: Option<ServiceSelector>,
+    /// Services the selector leaves out (from the source's objects: the store keeps no
+    /// labels but the proxy's).
+    excluded: BTreeSet<ObjectKey>,
+    /// The candidates as of the last sync: a verdict for another Service is not taken.
+    wanted: BTreeSet<ObjectKey>,
+}
+
+impl L2Run {
+    /// Notes whether the Services of `event` are selected.
+    fn observe(&mut self, event: &SourceEvent) {
+        let Some(selector) = &self.selector else {
+            return;
+        };
+        let objects: &[Object] = match event {
+            SourceEvent::ListPart { objects, .. } | SourceEvent::Listed { objects, .. } => objects,
+            SourceEvent::Applied(object) => std::slice::from_ref(object),
+            SourceEvent::Deleted(key) => {
+                self.excluded.remove(key);
+                return;
+            }
+            SourceEvent::Error { .. } => return,
+        };
+        for object in objects {
+            let (Object::Service(svc), Ok(key)) = (object, object.key()) else {
+                continue;
+            };
+            if selector.matches(svc.metadata.labels.as_ref()) {
+                self.excluded.remove(&key);
+            } else {
+                self.excluded.insert(key);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -248,7 +310,95 @@ impl Reconciler {
             pods_waiting: false,
             interface_retries: 0,
             in_step: false,
+            l2: None,
+            l2_verdicts: None,
         })
+    }
+
+    /// This loop with L2 announcements by election: the store translates with
+    /// `L2Announcements::Elected`; after each sync the candidates (the store's, selected) go
+    /// to `l2.elect`, and its verdicts to the store (see [`Reconciler::l2_verdict`]).
+    #[must_use]
+    pub fn with_l2_election(mut self, l2: L2Election) -> Self {
+        self.cluster
+            .set_l2_announcements(dataplane_kube::L2Announcements::Elected);
+        self.l2 = Some(L2Run {
+            elect: l2.elect,
+            selector: l2.selector,
+            excluded: BTreeSet::new(),
+            wanted: BTreeSet::new(),
+        });
+        self.l2_verdicts = Some(l2.verdicts);
+        self
+    }
+
+    /// Takes an election's verdict: a Service this node won is announced from the next sync
+    /// on, one it lost is not (the store re-translates that one Service). A win for a
+    /// Service that is no candidate (any more) is not taken: its election is being stopped.
+    pub fn l2_verdict(&mut self, verdict: Verdict) {
+        let Some(l2) = &self.l2 else {
+            return;
+        };
+        if verdict.held && !l2.wanted.contains(&verdict.service) {
+            return;
+        }
+        if self
+            .cluster
+            .set_l2_announced(&verdict.service, verdict.held)
+        {
+            self.changed(Instant::now(), vec![verdict.service], Kind::Service);
+        }
+    }
+
+    /// After a successful sync: the candidates to the elections. A Service announced (as
+    /// just programmed) that is no candidate any more is withdrawn first: it stays in the
+    /// elections (its lease held) until the sync that withdraws it, then its lease is
+    /// released, so that the next announcer never overlaps this one.
+    fn l2_synced(&mut self) {
+        let Some(l2) = &mut self.l2 else {
+            return;
+        };
+        let programmed = self.cluster.l2_announced().clone();
+        let mut wanted = self.cluster.l2_candidates();
+        wanted.retain(|k| !l2.excluded.contains(k));
+        let withdraw: Vec<ObjectKey> = programmed.difference(&wanted).cloned().collect();
+        let mut compete = wanted.clone();
+        compete.extend(programmed);
+        l2.elect.set_candidates(&compete);
+        l2.wanted = wanted;
+        if !withdraw.is_empty() {
+            for key in &withdraw {
+                self.cluster.set_l2_announced(key, false);
+            }
+            self.changed(Instant::now(), withdraw, Kind::Service);
+        }
+    }
+
+    /// At shutdown: with `graceful`, every announcement withdrawn by a sync and, when that
+    /// sync succeeded, the leases released; else the elections stopped and the leases left
+    /// to expire (the datapath, which stays in place, may still announce).
+    async fn l2_shutdown(&mut self, graceful: bool) {
+        let Some(l2) = self.l2.take() else {
+            return;
+        };
+        let held: Vec<ObjectKey> = self.cluster.l2_announced().iter().cloned().collect();
+        let mut release = graceful && !self.dataplane_stopped;
+        if release && !held.is_empty() {
+            for key in &held {
+                self.cluster.set_l2_announced(key, false);
+            }
+            let outcome = self.sync(RunKind::Partial).await;
+            release = outcome.report.is_some();
+            if release {
+                tracing::info!(
+                    services = held.len(),
+                    "L2 announcements withdrawn: releasing the leases"
+                );
+            } else {
+                tracing::warn!("L2 announcements not withdrawn: the leases are left to expire");
+            }
+        }
+        l2.elect.shutdown(release).await;
     }
 
     /// The store.
@@ -281,7 +431,24 @@ impl Reconciler {
             SourceEvent::Deleted(key) => key.kind == Kind::Node,
             SourceEvent::Error { .. } => false,
         };
+        let listed_services = matches!(
+            &event,
+            SourceEvent::Listed {
+                kind: Kind::Service,
+                ..
+            }
+        );
+        if let Some(l2) = &mut self.l2 {
+            l2.observe(&event);
+        }
         self.take(event);
+        if listed_services {
+            if let Some(l2) = &mut self.l2 {
+                // A relist deleted the Services it did not name.
+                let cluster = &self.cluster;
+                l2.excluded.retain(|k| cluster.contains(k));
+            }
+        }
         if node_event {
             self.status.set_node_eligible(self.node_eligible());
         }
@@ -742,6 +909,7 @@ impl Reconciler {
             self.metrics
                 .table_fill("backends", backends, caps.max_backends);
         }
+        self.l2_synced();
         SyncOutcome {
             kind,
             report: Some(report),
@@ -852,6 +1020,7 @@ impl Reconciler {
         let mut stats_reading: Option<(StatsReading, Instant)> = None;
         let mut next_stats = Instant::now() + STATS_INTERVAL;
         let mut deferrals = 0;
+        let mut verdicts = self.l2_verdicts.take();
         let result = loop {
             let next = self.next_sync(Instant::now());
             let sleep = async {
@@ -862,6 +1031,12 @@ impl Reconciler {
             };
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
+                Some(verdict) = async {
+                    match verdicts.as_mut() {
+                        Some(v) => v.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.l2_verdict(verdict),
                 event = events.recv() => {
                     let Some(event) = event else {
                         break Err(anyhow::anyhow!("the object source stopped"));
@@ -927,6 +1102,7 @@ impl Reconciler {
                 }
             }
         };
+        self.l2_shutdown(result.is_ok()).await;
         tracing::info!("stopping: the datapath stays in place");
         // Drops the dataplane on its thread: eBPF programs stay attached (their links are
         // pinned and kept), nftables/iptables rules stay; the next agent adopts them.

@@ -1,7 +1,8 @@
 //! The deployment under `deploy/` is what it says: every YAML document parses into its
 //! Kubernetes type (k8s-openapi, as the API server would decode it) and back without losing a
 //! field (k8s-openapi skips unknown fields, so a misspelt one would otherwise pass), the RBAC
-//! rules grant exactly get/list/watch on the six kinds the agent translates, the DaemonSet
+//! rules grant exactly get/list/watch on the kinds the agent translates, and in the lease
+//! namespace what `--l2-announcements` needs of Leases, the DaemonSet
 //! runs the agent with flags it really accepts (`dataplane-agent --help`), and the
 //! kustomization and the Containerfile agree with the rest. Needs no root and no cluster.
 
@@ -11,7 +12,7 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, PodSpec, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
@@ -69,6 +70,8 @@ struct Deployment {
     service_accounts: Vec<ServiceAccount>,
     cluster_roles: Vec<ClusterRole>,
     bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
     /// `kustomization.yaml`, kept as a value (it is not an API object).
     kustomization: Option<Value>,
 }
@@ -90,6 +93,8 @@ fn load() -> Deployment {
                 "ServiceAccount" => d.service_accounts.push(typed(&doc, &what)),
                 "ClusterRole" => d.cluster_roles.push(typed(&doc, &what)),
                 "ClusterRoleBinding" => d.bindings.push(typed(&doc, &what)),
+                "Role" => d.roles.push(typed(&doc, &what)),
+                "RoleBinding" => d.role_bindings.push(typed(&doc, &what)),
                 "Kustomization" => {
                     assert!(d.kustomization.is_none(), "{what}: a second kustomization");
                     d.kustomization = Some(doc);
@@ -170,6 +175,47 @@ fn rbac_grants_read_access_to_the_kinds_read_only() {
     assert_eq!(account.metadata.namespace, ds.metadata.namespace);
     let subjects = binding.subjects.as_deref().unwrap_or_default();
     assert_eq!(subjects.len(), 1, "one subject: the agent's ServiceAccount");
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(Some(&subjects[0].name), account.metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace, account.metadata.namespace);
+}
+
+/// `--l2-announcements`: the Leases of the default `--l2-lease-namespace`, read, created and
+/// renewed (no delete, no patch: the agent writes whole records with their resourceVersion),
+/// granted to the agent's `ServiceAccount` in that namespace only.
+#[test]
+fn rbac_grants_the_l2_leases_in_their_namespace() {
+    use clap::Parser as _;
+    let d = load();
+    let role = the(&d.roles, "Role");
+    let namespace = dataplane_agent::cli::Args::parse_from(["dataplane-agent"]).l2_lease_namespace;
+    assert_eq!(role.metadata.namespace.as_deref(), Some(namespace.as_str()));
+    let rules = role.rules.as_deref().unwrap_or_default();
+    assert_eq!(rules.len(), 1, "one rule: the leases");
+    assert_eq!(
+        rules[0].api_groups.as_deref(),
+        Some(&["coordination.k8s.io".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["leases".to_owned()][..])
+    );
+    let verbs: BTreeSet<&str> = rules[0].verbs.iter().map(String::as_str).collect();
+    assert_eq!(
+        verbs,
+        BTreeSet::from(["get", "list", "watch", "create", "update"])
+    );
+    assert!(
+        rules[0].resource_names.is_none(),
+        "lease names follow the Services"
+    );
+    let binding = the(&d.role_bindings, "RoleBinding");
+    assert_eq!(binding.metadata.namespace, role.metadata.namespace);
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
+    let account = the(&d.service_accounts, "ServiceAccount");
+    let subjects = binding.subjects.as_deref().unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
     assert_eq!(subjects[0].kind, "ServiceAccount");
     assert_eq!(Some(&subjects[0].name), account.metadata.name.as_ref());
     assert_eq!(subjects[0].namespace, account.metadata.namespace);

@@ -86,6 +86,8 @@ pub struct IptablesDataplane {
     /// [`IptablesMode::Auto`](crate::config::IptablesMode::Auto) configuration looks at the
     /// namespace once).
     tools: std::sync::OnceLock<mode::Tools>,
+    /// The L2 announcements it programmed (`crate::l2`).
+    l2: crate::l2::Announcer,
     /// The test hook ([`IptablesDataplane::set_fail_transactions`]) is on.
     #[cfg(feature = "fault-injection")]
     fail_transactions: bool,
@@ -103,8 +105,29 @@ impl IptablesDataplane {
             sets_to_clean: false,
             names: SharedNames::default(),
             tools: std::sync::OnceLock::new(),
+            l2: crate::l2::Announcer::default(),
             #[cfg(feature = "fault-injection")]
             fail_transactions: false,
+        }
+    }
+
+    /// Where the L2 announcements go: routes and proxy entries of protocol
+    /// [`crate::l2::ROUTE_PROTOCOL_IPTABLES`], drop rules in the `filter` chains `<prefix>L2`
+    /// (outside the `<prefix>-` chains the syncs own), with the flavour's tools.
+    fn l2_kernel(&self) -> crate::l2::Kernel {
+        let [v4, v6] = [IpFamily::V4, IpFamily::V6].map(|f| {
+            let (restore, tool) = self.tools(f);
+            (restore.to_owned(), tool.to_owned())
+        });
+        crate::l2::Kernel {
+            backend: BACKEND,
+            netns: self.config.netns.clone(),
+            protocol: crate::l2::ROUTE_PROTOCOL_IPTABLES,
+            filter: crate::l2::Filter::Iptables {
+                restore: [v4.0, v6.0],
+                tool: [v4.1, v6.1],
+                chain: format!("{}L2", self.config.name),
+            },
         }
     }
 
@@ -561,6 +584,13 @@ impl IptablesDataplane {
     ) -> Result<ApplyReport, Error> {
         let skipped = self.check(desired)?;
         let full_sync = full || self.dirty;
+        let l2 = self.l2_kernel();
+        match changes.filter(|_| !full_sync) {
+            Some(c) => self
+                .l2
+                .check_changes(&l2, &desired.node.interfaces.uplink, c)?,
+            None => l2.check_state(desired)?,
+        }
         let mut applied = self.applied.take();
         match self.sync_checked(desired, full_sync, changes, &mut applied) {
             Ok((mut report, now)) => {
@@ -582,6 +612,19 @@ impl IptablesDataplane {
                     &mut report.warnings,
                 );
                 self.applied = Some(now);
+                let announced = match changes.filter(|_| !full_sync) {
+                    Some(c) => self.l2.sync_changes(
+                        &l2,
+                        &desired.node.interfaces.uplink,
+                        c,
+                        &mut report.warnings,
+                    ),
+                    None => self.l2.sync_state(&l2, desired, &mut report.warnings),
+                };
+                if let Err(e) = announced {
+                    self.dirty = true;
+                    return Err(e);
+                }
                 Ok(report)
             }
             Err(e) => {
@@ -1109,7 +1152,9 @@ impl Dataplane for IptablesDataplane {
             .filter_map(|c| c.current.as_ref())
             .collect();
         // (The sync's own warnings, such as a failed conntrack cleanup, stay.)
-        report.warnings.retain(|w| w.field == "conntrack");
+        report
+            .warnings
+            .retain(|w| w.field == "conntrack" || w.field == "l2Announce");
         report.warnings.extend(
             current
                 .iter()
@@ -1218,6 +1263,8 @@ impl Dataplane for IptablesDataplane {
         if !destroys.is_empty() {
             self.ipset(&["-exist", "restore"], Some(&destroys), "ipset destroy")?;
         }
+        let l2 = self.l2_kernel();
+        self.l2.reset(&l2)?;
         self.applied = None;
         self.dirty = false;
         self.share_names();

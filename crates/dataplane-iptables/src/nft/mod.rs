@@ -82,6 +82,8 @@ pub struct NftablesDataplane {
     /// What the event readers name things with, replaced after every apply while a reader
     /// is open (see [`SharedNames`]).
     names: SharedNames,
+    /// The L2 announcements it programmed (`crate::l2`).
+    l2: crate::l2::Announcer,
     /// The test hook ([`NftablesDataplane::set_fail_transactions`]) is on.
     #[cfg(feature = "fault-injection")]
     fail_transactions: bool,
@@ -100,8 +102,23 @@ impl NftablesDataplane {
             programmed: ServiceFingerprints::default(),
             policy_state: None,
             names: SharedNames::default(),
+            l2: crate::l2::Announcer::default(),
             #[cfg(feature = "fault-injection")]
             fail_transactions: false,
+        }
+    }
+
+    /// Where the L2 announcements go: routes and proxy entries of protocol
+    /// [`crate::l2::ROUTE_PROTOCOL_NFTABLES`], drop rules in table `inet <name>-l2`.
+    fn l2_kernel(&self) -> crate::l2::Kernel {
+        crate::l2::Kernel {
+            backend: BACKEND,
+            netns: self.config.netns.clone(),
+            protocol: crate::l2::ROUTE_PROTOCOL_NFTABLES,
+            filter: crate::l2::Filter::Nftables {
+                nft: self.config.nft.clone(),
+                table: format!("{}-l2", self.config.name),
+            },
         }
     }
 
@@ -251,6 +268,8 @@ impl NftablesDataplane {
         // Validates in full, as `check` does, and keeps the claims for partial syncs.
         let validator = Validator::new(desired)?;
         let skipped = Self::check_supported(desired)?;
+        let l2 = self.l2_kernel();
+        l2.check_state(desired)?;
         let rs = compile_state_with(desired, &self.config)?;
         // Into a table that holds no service yet (nothing can be disturbed), the backend and
         // hairpin elements, most of a big ruleset, go in a netlink batch of their own after
@@ -338,6 +357,10 @@ impl NftablesDataplane {
         self.applied = Some((desired.node.clone(), rs));
         self.validator = Some(validator);
         self.policy_state = Some(Box::new(policy_state(desired)));
+        if let Err(e) = self.l2.sync_state(&l2, desired, &mut report.warnings) {
+            self.dirty = true;
+            return Err(e);
+        }
         Ok(report)
     }
 
@@ -383,14 +406,18 @@ impl NftablesDataplane {
         Ok(state)
     }
 
-    /// [`Dataplane::apply_changes`] without the conntrack cleanup that follows it.
-    fn partial_sync(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+    /// What a partial sync refuses before anything: a bad configuration, and by name the
+    /// objects the flavour does not program.
+    fn check_change_support(&self, changes: &ChangeSet) -> Result<(), Error> {
         self.config.validate(BACKEND)?;
-        // What the flavour does not program (host policy, for now) is refused by name,
-        // before anything.
         let caps = Flavour::Nftables.capabilities();
         caps.check_policy_tier_changes(changes)?;
-        caps.check_l2_announcement_changes(changes)?;
+        caps.check_l2_announcement_changes(changes)
+    }
+
+    /// [`Dataplane::apply_changes`] without the conntrack cleanup that follows it.
+    fn partial_sync(&mut self, changes: &ChangeSet) -> Result<ApplyReport, Error> {
+        self.check_change_support(changes)?;
         let (Some((node, rs)), Some(validator)) = (&self.applied, &self.validator) else {
             return Err(Error::FullSyncRequired);
         };
@@ -400,6 +427,9 @@ impl NftablesDataplane {
         // policies, the baseline, peer nodes, host endpoints and policies, failsafe ports)
         // included.
         let verdict = validator.check(node, changes)?;
+        // The uplink and its sysctls, for the announced addresses after the change.
+        let uplink = &node.interfaces.uplink;
+        self.l2.check_changes(&self.l2_kernel(), uplink, changes)?;
         // After a failed transaction, and for a change of the node (which every service is
         // compiled against), the whole state is needed, of which this backend keeps no copy.
         if self.dirty || verdict == Incremental::FullRequired {
@@ -503,7 +533,23 @@ impl NftablesDataplane {
                 v.commit(node, changes);
             }
         }
+        self.announce_changes(changes, &mut report.warnings)?;
         Ok(report)
+    }
+
+    /// The L2 announcements of a partial sync whose rules are in; a failure makes the next
+    /// sync a full one.
+    fn announce_changes(
+        &mut self,
+        changes: &ChangeSet,
+        warnings: &mut Vec<dataplane_core::Warning>,
+    ) -> Result<(), Error> {
+        let l2 = self.l2_kernel();
+        let (node, _) = self.applied.as_ref().ok_or(Error::FullSyncRequired)?;
+        let uplink = node.interfaces.uplink.clone();
+        self.l2
+            .sync_changes(&l2, &uplink, changes, warnings)
+            .inspect_err(|_| self.dirty = true)
     }
 
     /// The packet counter at the top of one of our chains (`svc-v4-ns/name/tcp/80`, ...).
@@ -684,6 +730,8 @@ impl Dataplane for NftablesDataplane {
         let text = render_reset(&self.config.name);
         self.netlink = None;
         self.nft(&["-f", "-"], Some(&text), "reset")?;
+        let l2 = self.l2_kernel();
+        self.l2.reset(&l2)?;
         self.applied = None;
         self.validator = None;
         self.dirty = false;

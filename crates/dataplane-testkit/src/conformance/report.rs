@@ -83,6 +83,18 @@ impl Report {
         )
     }
 
+    /// Adds the row `name` with `outcome`, printed to stderr as it comes when `verbose`.
+    pub(super) fn push_row(&mut self, name: &str, outcome: RowOutcome, verbose: bool) {
+        let row = RowReport {
+            name: name.to_owned(),
+            outcome,
+        };
+        if verbose {
+            eprint!("{}", OneRow(&self.backend, &row));
+        }
+        self.rows.push(row);
+    }
+
     /// Panics with a table of the failures if any row failed.
     pub fn assert_ok(&self) {
         let failed = self.failed().count();

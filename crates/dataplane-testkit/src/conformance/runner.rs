@@ -599,6 +599,49 @@ pub(super) fn probe_clients(
     Ok(outcomes)
 }
 
+/// The next source port of a run's counter `next` over `range`; an error once the range is
+/// used up (never a wrap: it would repeat an earlier connection's tuple).
+pub(super) fn next_source_port(
+    next: &mut u16,
+    range: &std::ops::Range<u16>,
+) -> Result<u16, String> {
+    let port = *next;
+    if !range.contains(&port) {
+        return Err(format!(
+            "all source ports ({range:?}) used: a wrap would repeat an earlier connection's tuple"
+        ));
+    }
+    *next += 1;
+    Ok(port)
+}
+
+/// Probes the cells of `cells` at the indices `again` once more, with `probe` given those
+/// cells, and puts the new outcomes in place (loss is not a verdict).
+pub(super) fn probe_again<C: Copy>(
+    cells: &[C],
+    outcomes: &mut [BatchOutcome],
+    again: Vec<usize>,
+    probe: impl FnOnce(&[C]) -> Result<Vec<BatchOutcome>, String>,
+) -> Result<(), String> {
+    if again.is_empty() {
+        return Ok(());
+    }
+    let retry: Vec<C> = again.iter().map(|i| cells[*i]).collect();
+    for (i, o) in again.into_iter().zip(probe(&retry)?) {
+        outcomes[i] = o;
+    }
+    Ok(())
+}
+
+/// The address families of a lab built from `spec`.
+pub(super) fn lab_families(spec: crate::lab::LabSpec) -> Vec<IpFamily> {
+    if spec.ipv6 {
+        vec![IpFamily::V4, IpFamily::V6]
+    } else {
+        vec![IpFamily::V4]
+    }
+}
+
 pub(super) fn unspecified(family: IpFamily) -> IpAddr {
     match family {
         IpFamily::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -771,20 +814,51 @@ fn frontend_on_lo(
         return None;
     }
     let cidr = IpNetwork::from(resolved.client_ip);
-    // `nodad`: an IPv6 address starts tentative until the DAD work item runs (at once on lo,
-    // but asynchronously), and a bind to a tentative address fails (EADDRNOTAVAIL): the probe
-    // right after this would race it.
-    let nodad = if cidr.is_ipv6() { " nodad" } else { "" };
-    match lab
-        .node(n)
-        .netns
-        .ip_batch(&[format!("addr add {cidr} dev lo{nodad}")])
-    {
+    match address_on_lo(&lab.node(n).netns, cidr) {
         Ok(()) => Some((n, cidr)),
         Err(e) => {
             traffic.push(format!("address {cidr} on node {n}'s lo: {e}"));
             None
         }
+    }
+}
+
+/// How long [`address_on_lo`] waits for an IPv6 address's local route.
+const LOCAL_ROUTE_WAIT: Duration = Duration::from_secs(2);
+
+/// Adds `cidr` (one address) to `netns`'s `lo`, usable when this returns.
+///
+/// IPv6: `nodad`, since an address starts tentative until the DAD work item runs (at once on
+/// lo, but asynchronously) and a bind to a tentative address fails (EADDRNOTAVAIL). That work
+/// item also inserts the address's local route (`addrconf_dad_completed`), which `ip addr
+/// add` does not wait for: until then a packet *to* the address (the backend's answer) is not
+/// delivered locally. Measured on kernel 6.18: missing right after `addr add` in 179 of 300
+/// tries. TCP hid it (the SYN is sent again), a single UDP probe timed out; so wait for the
+/// route. IPv4 installs its local route synchronously.
+fn address_on_lo(netns: &NetNs, cidr: IpNetwork) -> Result<(), String> {
+    if cidr.is_ipv4() {
+        return netns
+            .ip_batch(&[format!("addr add {cidr} dev lo")])
+            .map_err(|e| e.to_string());
+    }
+    netns
+        .ip_batch(&[format!("addr add {cidr} dev lo nodad")])
+        .map_err(|e| e.to_string())?;
+    let ip = cidr.ip().to_string();
+    let deadline = std::time::Instant::now() + LOCAL_ROUTE_WAIT;
+    loop {
+        let out = netns
+            .exec("ip", &["-6", "route", "show", "table", "local", &ip])
+            .map_err(|e| e.to_string())?;
+        if String::from_utf8_lossy(&out.stdout).contains("local ") {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "its local route did not appear within {LOCAL_ROUTE_WAIT:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -1082,6 +1156,53 @@ fn check_outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel installs an IPv6 address's local route after `ip addr add` returns (one
+    /// `ip -batch` adding it and listing the local routes does not always see it), and
+    /// [`address_on_lo`] waits for it: the UDP row of a node sending from an IPv6 LB IP
+    /// timed out when the backend's answer came back before the route.
+    #[test]
+    fn an_ipv6_address_on_lo_is_routed_locally_when_added() {
+        if !crate::require_root("an_ipv6_address_on_lo_is_routed_locally_when_added") {
+            return;
+        }
+        let lab = Lab::new(crate::LabSpec {
+            nodes: 1,
+            pods_per_node: 0,
+            external_clients: 0,
+            ipv6: true,
+        })
+        .expect("lab");
+        let netns = &lab.node(0).netns;
+        let cidr: IpNetwork = "fd00:202::99/128".parse().unwrap();
+        let routed = |stdout: &[u8]| String::from_utf8_lossy(stdout).contains("local fd00:202::99");
+        let script = format!(
+            "addr add {cidr} dev lo nodad\nroute show table local\naddr del {cidr} dev lo\n"
+        );
+        let late = (0..50)
+            .filter(|_| {
+                let out = netns
+                    .exec_checked("ip", &["-6", "-batch", "-"], Some(&script))
+                    .expect("ip -batch");
+                !routed(&out.stdout)
+            })
+            .count();
+        assert!(
+            late > 0,
+            "the local route was there at once in 50 of 50 tries: if the kernel now installs \
+             it synchronously, address_on_lo need not wait"
+        );
+        for _ in 0..20 {
+            address_on_lo(netns, cidr).expect("address on lo");
+            let out = netns
+                .exec("ip", &["-6", "route", "show", "table", "local"])
+                .expect("ip route");
+            assert!(routed(&out.stdout), "{out:?}");
+            netns
+                .ip_batch(&[format!("addr del {cidr} dev lo")])
+                .expect("address removed");
+        }
+    }
 
     fn resolved(is_service: bool) -> Resolved {
         let a: SocketAddr = "10.244.0.11:8080".parse().unwrap();

@@ -1,6 +1,6 @@
 //! The standard table: the rows every backend runs.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane_core::{
     Backend, BackendSelection, ExternalMode, IpFamily, Node, ObjectName, Protocol, Service,
@@ -35,14 +35,49 @@ pub(super) fn backend(lab: &Lab, pod: usize, family: IpFamily) -> Backend {
     b
 }
 
+/// `pods` as backends of both families (the named rows' services are dual-stack: each row
+/// runs in IPv4 under its own name and in IPv6 as its `ipv6` twin).
 fn backends(lab: &Lab, pods: &[usize]) -> Vec<Backend> {
     pods.iter()
-        .map(|&p| backend(lab, p, IpFamily::V4))
+        .flat_map(|&p| [backend(lab, p, IpFamily::V4), backend(lab, p, IpFamily::V6)])
         .collect()
 }
 
-/// A service with a TCP and a UDP port (80 → 8080), both with `node_port` when given.
+/// An IPv4 address of the named rows and its IPv6 twin: `10.96.0.n` (ClusterIP) →
+/// `fd00:96::2:n` (inside the lab's IPv6 service CIDR, apart from the parity rows'
+/// `fd00:96::1:n`), `172.18.200.n` (LoadBalancer IP) → `fd00:200::2:n` and `172.18.201.n`
+/// (ExternalIP) → `fd00:201::2:n`; `n`'s decimal digits are read as a hex group, so distinct
+/// `n` stay distinct.
+fn dual(v4: &str) -> [IpAddr; 2] {
+    let ip: Ipv4Addr = v4.parse().expect("literal address");
+    let [a, b, c, n] = ip.octets();
+    let prefix = match (a, b, c) {
+        (10, 96, 0) => 96,
+        (172, 18, 200 | 201) => u16::from(c),
+        _ => panic!("{ip} has no IPv6 twin in the table's plan"),
+    };
+    let v6: Ipv6Addr = format!("fd00:{prefix}::2:{n}")
+        .parse()
+        .expect("generated address");
+    [IpAddr::V4(ip), IpAddr::V6(v6)]
+}
+
+/// A dual-stack service (ClusterIPs `cluster_ip` and its [`dual`] twin) with a TCP and a
+/// UDP port (80 → 8080), both with `node_port` when given.
 fn service(name: &str, cluster_ip: &str, node_port: Option<u16>, pods: Vec<Backend>) -> Service {
+    let mut s = single_stack(name, cluster_ip, node_port, pods);
+    s.cluster_ips = dual(cluster_ip).to_vec();
+    s
+}
+
+/// [`service`] with `cluster_ip` alone (the parity and IPv6 DSR rows' services, which add
+/// their own addresses).
+fn single_stack(
+    name: &str,
+    cluster_ip: &str,
+    node_port: Option<u16>,
+    pods: Vec<Backend>,
+) -> Service {
     let mut s = Service::new(ObjectName::new(POD_NAMESPACE, name));
     s.cluster_ips = vec![cluster_ip.parse().expect("literal address")];
     s.ports = [(TCP_PORT, Protocol::Tcp), (UDP_PORT, Protocol::Udp)]
@@ -114,33 +149,14 @@ fn node_port_default_dsr(lab: &Lab) -> Vec<Service> {
 }
 fn load_balancer_dsr(lab: &Lab) -> Vec<Service> {
     let mut s = service("lb", "10.96.0.26", None, backends(lab, &[2, 3]));
-    s.load_balancer_ips = vec!["172.18.200.12".parse().expect("literal address")];
+    s.load_balancer_ips = dual("172.18.200.12").to_vec();
     s.external_mode = Some(ExternalMode::Dsr);
     vec![s]
 }
-/// The IPv6 twins of the DSR setups: IPv6 backends only, IPv6 frontends.
-fn node_port_dsr_v6(lab: &Lab) -> Vec<Service> {
-    let mut s = service(
-        "np6dsr",
-        "fd00:96::22",
-        Some(30186),
-        vec![backend(lab, 2, IpFamily::V6)],
-    );
-    s.external_mode = Some(ExternalMode::Dsr);
-    vec![s]
-}
-fn node_port_hybrid_v6(lab: &Lab) -> Vec<Service> {
-    let mut s = service(
-        "np6hybrid",
-        "fd00:96::24",
-        Some(30187),
-        vec![backend(lab, 2, IpFamily::V6)],
-    );
-    s.external_mode = Some(ExternalMode::Hybrid);
-    vec![s]
-}
+/// The IPv6 LoadBalancer IP and ExternalIP rows with DSR through a node without a backend
+/// (the IPv4 `loadbalancer dsr` row enters on the backends' node).
 fn load_balancer_dsr_v6(lab: &Lab) -> Vec<Service> {
-    let mut s = service(
+    let mut s = single_stack(
         "lb6dsr",
         "fd00:96::26",
         None,
@@ -159,18 +175,22 @@ fn masquerade_all(node: &mut Node) {
 }
 fn load_balancer(lab: &Lab) -> Vec<Service> {
     let mut s = service("lb", "10.96.0.30", None, backends(lab, &[2, 3]));
-    s.load_balancer_ips = vec!["172.18.200.10".parse().expect("literal address")];
+    s.load_balancer_ips = dual("172.18.200.10").to_vec();
     vec![s]
 }
 fn external_ip(lab: &Lab) -> Vec<Service> {
     let mut s = service("ext", "10.96.0.31", None, backends(lab, &[0]));
-    s.external_ips = vec!["172.18.201.10".parse().expect("literal address")];
+    s.external_ips = dual("172.18.201.10").to_vec();
     vec![s]
 }
 fn load_balancer_ranges(lab: &Lab) -> Vec<Service> {
     let mut s = service("lb", "10.96.0.32", None, backends(lab, &[2]));
-    s.load_balancer_ips = vec!["172.18.200.11".parse().expect("literal address")];
-    s.load_balancer_source_ranges = vec!["172.18.255.1/32".parse().expect("literal CIDR")];
+    s.load_balancer_ips = dual("172.18.200.11").to_vec();
+    // External client 0 in either family.
+    s.load_balancer_source_ranges = vec![
+        "172.18.255.1/32".parse().expect("literal CIDR"),
+        "fd00:18::ff:1/128".parse().expect("literal CIDR"),
+    ];
     vec![s]
 }
 fn internal_local(lab: &Lab) -> Vec<Service> {
@@ -188,12 +208,14 @@ fn no_backends(_lab: &Lab) -> Vec<Service> {
 }
 fn terminating(lab: &Lab, pods: &[usize], serving: bool) -> Vec<Backend> {
     pods.iter()
-        .map(|&p| {
-            let mut b = backend(lab, p, IpFamily::V4);
-            b.ready = false;
-            b.serving = serving;
-            b.terminating = true;
-            b
+        .flat_map(|&p| {
+            [IpFamily::V4, IpFamily::V6].map(|family| {
+                let mut b = backend(lab, p, family);
+                b.ready = false;
+                b.serving = serving;
+                b.terminating = true;
+                b
+            })
         })
         .collect()
 }
@@ -230,7 +252,7 @@ fn sticky(lab: &Lab) -> Vec<Service> {
 }
 fn maglev(lab: &Lab) -> Vec<Service> {
     let mut s = service("maglev", "10.96.0.80", None, backends(lab, &[0, 1, 2, 3]));
-    s.load_balancer_ips = vec!["172.18.200.12".parse().expect("literal address")];
+    s.load_balancer_ips = dual("172.18.200.12").to_vec();
     s.backend_selection = BackendSelection::Maglev;
     vec![s]
 }
@@ -247,10 +269,15 @@ fn moved_target_port(lab: &Lab, name: &str, n: u8, pods: [usize; 2]) -> Vec<Serv
                 &format!("{name}{suffix}"),
                 &format!("10.96.0.{}", n + k),
                 Some(30_000 + u16::from(n + k)),
-                vec![
-                    backend(lab, pods[0], IpFamily::V4),
-                    backend(lab, pods[1], IpFamily::V4).with_port(OTHER_SERVER_PORT),
-                ],
+                [IpFamily::V4, IpFamily::V6]
+                    .into_iter()
+                    .flat_map(|family| {
+                        [
+                            backend(lab, pods[0], family),
+                            backend(lab, pods[1], family).with_port(OTHER_SERVER_PORT),
+                        ]
+                    })
+                    .collect(),
             );
             s.ports.retain(|p| p.protocol == protocol);
             s
@@ -269,22 +296,6 @@ fn target_port_per_backend_dsr(lab: &Lab) -> Vec<Service> {
     }
     services
 }
-fn web_v6(lab: &Lab) -> Vec<Service> {
-    vec![service(
-        "web6",
-        "fd00:96::10",
-        None,
-        vec![backend(lab, 2, IpFamily::V6)],
-    )]
-}
-fn node_port_v6(lab: &Lab) -> Vec<Service> {
-    vec![service(
-        "np6",
-        "fd00:96::20",
-        Some(30082),
-        vec![backend(lab, 2, IpFamily::V6)],
-    )]
-}
 
 // --- kube-proxy parity (issue 15). Dual-stack services with every frontend kind: ClusterIP,
 // NodePort (both families' node addresses), LoadBalancer IP and ExternalIP of each family.
@@ -293,7 +304,7 @@ fn node_port_v6(lab: &Lab) -> Vec<Service> {
 /// `10.96.1.n` / `fd00:96::1:n`, NodePort 31000 + n, LB IPs `172.19.202.n` / `fd00:202::n`,
 /// ExternalIPs `172.19.203.n` / `fd00:203::n`) and `pods` (both families) as backends.
 fn every_frontend(lab: &Lab, name: &str, n: u8, pods: &[usize]) -> Service {
-    let mut s = service(
+    let mut s = single_stack(
         name,
         &format!("10.96.1.{n}"),
         Some(31000 + u16::from(n)),
@@ -306,10 +317,7 @@ fn every_frontend(lab: &Lab, name: &str, n: u8, pods: &[usize]) -> Service {
     // egress hook (see the eBPF backend's limits).
     s.load_balancer_ips = vec![ip(format!("172.19.202.{n}")), ip(format!("fd00:202::{n}"))];
     s.external_ips = vec![ip(format!("172.19.203.{n}")), ip(format!("fd00:203::{n}"))];
-    s.backends = pods
-        .iter()
-        .flat_map(|&p| [backend(lab, p, IpFamily::V4), backend(lab, p, IpFamily::V6)])
-        .collect();
+    s.backends = backends(lab, pods);
     s
 }
 /// The matrix service: one backend, pod 1 on node 0.
@@ -352,6 +360,16 @@ fn ranges_with_nodes(lab: &Lab) -> Vec<Service> {
     s.load_balancer_source_ranges = vec![
         "172.18.0.0/24".parse().expect("literal CIDR"),
         "fd00:18::ff:1/128".parse().expect("literal CIDR"),
+    ];
+    vec![s]
+}
+/// The IPv6 twin of [`ranges_with_nodes`]: source ranges holding the IPv6 node addresses
+/// (`fd00:18::/120`, not the outside clients' `fd00:18::ff:k`) and external client 0 (IPv4).
+fn ranges_with_v6_nodes(lab: &Lab) -> Vec<Service> {
+    let mut s = every_frontend(lab, "lbn6", 13, &[1]);
+    s.load_balancer_source_ranges = vec![
+        "172.18.255.1/32".parse().expect("literal CIDR"),
+        "fd00:18::/120".parse().expect("literal CIDR"),
     ];
     vec![s]
 }
@@ -431,15 +449,43 @@ fn both(case: Case) -> [Case; 2] {
     [tcp, udp]
 }
 
+/// Both address families, IPv4 first.
+const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
+
+/// What a named row's name gets in `family`: nothing in IPv4 (reports and notes refer to
+/// those names), ` ipv6` for its IPv6 twin.
+fn family_tag(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "",
+        IpFamily::V6 => " ipv6",
+    }
+}
+
+/// `case` (an IPv4 row) in both families, named by [`family_tag`].
+fn both_families(case: Case) -> [Case; 2] {
+    let v6 = Case {
+        name: format!("{}{}", case.name, family_tag(IpFamily::V6)),
+        ..case.clone()
+    }
+    .family(IpFamily::V6);
+    [case.family(IpFamily::V4), v6]
+}
+
 /// The standard table, for a lab of [`STANDARD_LAB`] shape: 2 nodes × 2 pods (pods 0, 1 on
 /// node 0; 2, 3 on node 1), 2 external clients (172.18.255.1 and .2), dual-stack.
+///
+/// Every named row runs in both families (issue 23: every IPv4 row that makes sense in IPv6
+/// runs in IPv6 too), over dual-stack services: `<name> tcp` / `<name> udp` in IPv4 and
+/// `<name> ipv6 tcp` / `<name> ipv6 udp` in IPv6. None of them is IPv4-only by definition:
+/// masquerade, DSR (a destination-options header instead of an IP option), source ranges,
+/// affinity, Maglev and rejects (ICMPv6) all have an IPv6 form in Kubernetes and here.
 #[allow(clippy::too_many_lines)]
 pub fn standard_cases() -> Vec<Case> {
     use Client::{External, Host, Pod};
     use Expect::{Backends, Drop, Reject, SameBackend};
     let cip = |s: &str| Destination::cluster_ip(s, TCP_PORT);
     let mut cases = Vec::new();
-    let mut add = |c: Case| cases.extend(both(c));
+    let mut add = |c: Case| cases.extend(both_families(c).into_iter().flat_map(both));
 
     add(
         Case::new("clusterip same node", web_same_node, Pod(0), cip("web"))
@@ -689,71 +735,53 @@ pub fn standard_cases() -> Vec<Case> {
         .expect(SameBackend(vec![1, 2, 3]))
         .seen(Seen::Client)
         .requires(Requirement::SessionAffinity));
-    add(Case::new("ipv6 clusterip", web_v6, Pod(0), cip("web6"))
-        .family(IpFamily::V6)
-        .expect(Backends(vec![2]))
-        .seen(Seen::Client));
-    add(Case::new(
-        "ipv6 nodeport",
-        node_port_v6,
-        External(0),
-        Destination::node_port(0, "np6", TCP_PORT),
-    )
-    .family(IpFamily::V6)
-    .expect(Backends(vec![2]))
-    .seen(Seen::IngressNode));
-    // IPv6 DSR: the same, the frontend in a destination-options header.
-    add(Case::new(
-        "ipv6 nodeport dsr",
-        node_port_dsr_v6,
-        External(0),
-        Destination::node_port(0, "np6dsr", TCP_PORT),
-    )
-    .family(IpFamily::V6)
-    .expect(Backends(vec![2]))
-    .seen(Seen::Client)
-    .requires(Requirement::Dsr));
-    add(Case::new(
-        "ipv6 loadbalancer dsr",
-        load_balancer_dsr_v6,
-        External(0),
-        Destination::load_balancer(0, "lb6dsr", TCP_PORT),
-    )
-    .family(IpFamily::V6)
-    .expect(Backends(vec![2, 3]))
-    .seen(Seen::Client)
-    .requires(Requirement::Dsr));
-    add(Case::new(
-        "ipv6 externalip dsr",
-        load_balancer_dsr_v6,
-        External(1),
-        Destination::external_ip(0, "lb6dsr", TCP_PORT),
-    )
-    .family(IpFamily::V6)
-    .expect(Backends(vec![2, 3]))
-    .seen(Seen::Client)
-    .requires(Requirement::Dsr));
+    // IPv6 DSR through a node without a backend, for the LoadBalancer IP and the ExternalIP
+    // (the twin of `loadbalancer dsr` enters on the backends' node, as it does).
+    for (name, client, destination) in [
+        (
+            "ipv6 loadbalancer dsr",
+            External(0),
+            Destination::load_balancer(0, "lb6dsr", TCP_PORT),
+        ),
+        (
+            "ipv6 externalip dsr",
+            External(1),
+            Destination::external_ip(0, "lb6dsr", TCP_PORT),
+        ),
+    ] {
+        cases.extend(both(
+            Case::new(name, load_balancer_dsr_v6, client, destination)
+                .family(IpFamily::V6)
+                .expect(Backends(vec![2, 3]))
+                .seen(Seen::Client)
+                .requires(Requirement::Dsr),
+        ));
+    }
     // One client 5-tuple to a LoadBalancer IP through either node: Maglev makes both nodes
     // pick the same backend (and the reference model's choice for the tuple is checked per
     // probe, should it narrow Maglev down to one backend).
-    for node in 0..2 {
-        let mut case = Case::new(
-            &format!("maglev via node {node} tcp"),
-            maglev,
-            External(0),
-            Destination::load_balancer(node, "maglev", TCP_PORT),
-        )
-        .expect(SameBackend(vec![0, 1, 2, 3]))
-        .seen(Seen::IngressNode)
-        .client_port(41000)
-        .requires(Requirement::Maglev);
-        if node > 0 {
-            case = case.consistent_with("maglev via node 0 tcp");
+    for family in FAMILIES {
+        let tag = family_tag(family);
+        for node in 0..2 {
+            let mut case = Case::new(
+                &format!("maglev via node {node}{tag} tcp"),
+                maglev,
+                External(0),
+                Destination::load_balancer(node, "maglev", TCP_PORT),
+            )
+            .family(family)
+            .expect(SameBackend(vec![0, 1, 2, 3]))
+            .seen(Seen::IngressNode)
+            .client_port(41000)
+            .requires(Requirement::Maglev);
+            if node > 0 {
+                case = case.consistent_with(&format!("maglev via node 0{tag} tcp"));
+            }
+            cases.push(case);
         }
-        cases.push(case);
     }
     // Hybrid: DSR for TCP, SNAT for UDP.
-    let [tcp, udp] = both(
+    for case in both_families(
         Case::new(
             "nodeport hybrid",
             node_port_hybrid,
@@ -762,22 +790,11 @@ pub fn standard_cases() -> Vec<Case> {
         )
         .expect(Backends(vec![2]))
         .requires(Requirement::Dsr),
-    );
-    cases.push(tcp.seen(Seen::Client));
-    cases.push(udp.seen(Seen::IngressNode));
-    let [tcp, udp] = both(
-        Case::new(
-            "ipv6 nodeport hybrid",
-            node_port_hybrid_v6,
-            External(0),
-            Destination::node_port(0, "np6hybrid", TCP_PORT),
-        )
-        .family(IpFamily::V6)
-        .expect(Backends(vec![2]))
-        .requires(Requirement::Dsr),
-    );
-    cases.push(tcp.seen(Seen::Client));
-    cases.push(udp.seen(Seen::IngressNode));
+    ) {
+        let [tcp, udp] = both(case);
+        cases.push(tcp.seen(Seen::Client));
+        cases.push(udp.seen(Seen::IngressNode));
+    }
     cases.extend(target_port_cases());
     cases.extend(parity_cases());
     cases
@@ -790,15 +807,23 @@ pub fn standard_cases() -> Vec<Case> {
 fn target_port_cases() -> Vec<Case> {
     use Client::{External, Pod};
     let mut cases = Vec::new();
-    for (protocol, suffix, port_name) in [
-        (Protocol::Tcp, "t", TCP_PORT),
-        (Protocol::Udp, "u", UDP_PORT),
-    ] {
+    for (family, (protocol, suffix, port_name)) in FAMILIES.into_iter().flat_map(|family| {
+        [
+            (family, (Protocol::Tcp, "t", TCP_PORT)),
+            (family, (Protocol::Udp, "u", UDP_PORT)),
+        ]
+    }) {
         let label = protocol.to_string().to_lowercase();
         let row = |name: &str, setup: fn(&Lab) -> Vec<Service>, client, destination| {
-            Case::new(&format!("{name} {label}"), setup, client, destination)
-                .protocol(protocol)
-                .every_backend_answers()
+            Case::new(
+                &format!("{name}{} {label}", family_tag(family)),
+                setup,
+                client,
+                destination,
+            )
+            .protocol(protocol)
+            .family(family)
+            .every_backend_answers()
         };
         cases.push(
             row(
@@ -874,7 +899,7 @@ fn parity_cases() -> Vec<Case> {
     use Client::{External, Host, HostFromFrontend, Pod};
     use Expect::{Backends, Drop, Reject};
     let mut cases = Vec::new();
-    let families = [IpFamily::V4, IpFamily::V6];
+    let families = FAMILIES;
     let fam_name = |f: IpFamily| match f {
         IpFamily::V4 => "ipv4",
         IpFamily::V6 => "ipv6",
@@ -1084,7 +1109,11 @@ fn parity_cases() -> Vec<Case> {
     let lb = |node: usize, service: &str| Destination::load_balancer(node, service, TCP_PORT);
     let v4 = IpFamily::V4;
     let v6 = IpFamily::V6;
-    let range_rows: [RangeRow; 20] = [
+    // The IPv4 rows' IPv6 twins: `ranges:` (IPv4 ranges only) is twinned by the `ipv4
+    // ranges leave ipv6 open` rows (a range binds its own family only), and by the
+    // `ranges with ipv6 node addresses` rows for the drops of pods and outside clients;
+    // `ranges with node addresses` by `ranges with ipv6 node addresses`.
+    let range_rows: [RangeRow; 28] = [
         (
             "ranges: allowed outside client",
             ranges_v4_only,
@@ -1264,6 +1293,78 @@ fn parity_cases() -> Vec<Case> {
             0,
             v6,
             None,
+        ),
+        (
+            "ranges with pods: pod outside",
+            ranges_with_pods,
+            "lbp",
+            Pod(2),
+            1,
+            v6,
+            None,
+        ),
+        (
+            "ranges with ipv6 node addresses: node itself",
+            ranges_with_v6_nodes,
+            "lbn6",
+            Host(0),
+            0,
+            v6,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges with ipv6 node addresses: other node itself",
+            ranges_with_v6_nodes,
+            "lbn6",
+            Host(1),
+            1,
+            v6,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges with ipv6 node addresses: outside client",
+            ranges_with_v6_nodes,
+            "lbn6",
+            External(0),
+            0,
+            v6,
+            None,
+        ),
+        (
+            "ranges with ipv6 node addresses: pod",
+            ranges_with_v6_nodes,
+            "lbn6",
+            Pod(0),
+            0,
+            v6,
+            None,
+        ),
+        (
+            "ranges with ipv6 node addresses: pod on another node",
+            ranges_with_v6_nodes,
+            "lbn6",
+            Pod(2),
+            1,
+            v6,
+            None,
+        ),
+        (
+            "ranges with ipv6 node addresses: the node holding the LB IP, from it",
+            ranges_with_v6_nodes,
+            "lbn6",
+            HostFromFrontend(0),
+            0,
+            v6,
+            Some(Seen::IngressNode),
+        ),
+        (
+            "ranges with ipv6 node addresses: ipv4 outside client allowed",
+            ranges_with_v6_nodes,
+            "lbn6",
+            External(0),
+            0,
+            v4,
+            Some(Seen::IngressNode),
         ),
     ];
     for (name, setup, service, client, node, family, allowed) in range_rows {

@@ -132,6 +132,20 @@ pub fn harness_full(
 /// Lists every kind: node-0 (optionally tainted), pods 0-1 (local) and 1-1 (remote), the
 /// Local service `web` with health port `hc` and a local endpoint.
 pub fn list_all(h: &mut Harness, hc: u16) {
+    list_cluster(
+        h,
+        &[service("web", "10.96.0.10", 80, Some(hc))],
+        &[slice(
+            "web-1",
+            "web",
+            &[("10.244.0.11", "node-0", "pod-0-1")],
+        )],
+    );
+}
+
+/// Lists every kind: nodes 0 and 1, pods 0-1 (local) and 1-1 (remote), `services` and
+/// `slices`, no policies.
+pub fn list_cluster(h: &mut Harness, services: &[String], slices: &[String]) {
     for event in [
         objects(
             Kind::Node,
@@ -148,15 +162,8 @@ pub fn list_all(h: &mut Harness, hc: u16) {
                 pod("pod-1-1", "node-1", "10.244.1.11"),
             ],
         ),
-        objects(Kind::Service, &[service("web", "10.96.0.10", 80, Some(hc))]),
-        objects(
-            Kind::EndpointSlice,
-            &[slice(
-                "web-1",
-                "web",
-                &[("10.244.0.11", "node-0", "pod-0-1")],
-            )],
-        ),
+        objects(Kind::Service, services),
+        objects(Kind::EndpointSlice, slices),
     ]
     .into_iter()
     // The policy tier kinds (custom resources): none in this cluster.

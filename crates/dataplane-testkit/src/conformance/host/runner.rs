@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use dataplane_core::{
-    error_chain, evaluate, reply_allowed, validate, Capabilities, Dataplane, DesiredState, Entry,
-    FailsafePorts, IpFamily, ObjectName, Packet, Protocol, SourceSeen, Verdict,
+    error_chain, evaluate, reply_allowed, validate, Dataplane, DesiredState, Entry, FailsafePorts,
+    IpFamily, ObjectName, Packet, Protocol, SourceSeen, Verdict,
 };
 
 use crate::lab::{Lab, LabNode, LabSpec, POD_NAMESPACE};
@@ -15,8 +15,11 @@ use crate::netns::NetNs;
 use crate::traffic::{serve, BatchOutcome, BatchProbe, ProbeOutcome, Server, TcpSession};
 
 use super::super::policy::runner::{reprobes, seen};
-use super::super::report::{OneRow, Report, RowOutcome, RowReport};
-use super::super::runner::{probe_clients, reset_all, row_filter, start, unspecified, ClientBatch};
+use super::super::report::{Report, RowOutcome};
+use super::super::runner::{
+    next_source_port, probe_again, probe_clients, reset_all, row_filter, start, unspecified,
+    ClientBatch,
+};
 use super::case::{HostCase, HostProbe, HostStep, Meaning, Party, Target};
 use super::table::{
     cluster_ip, families, node_states, party_address, server_name, servers, ATTACKER, ATTACKER_V4,
@@ -291,7 +294,6 @@ pub fn run_host_with(
     };
     let mut run = Run {
         lab,
-        caps: &caps,
         options,
         families,
         next_port: PROBE_PORTS.start,
@@ -356,7 +358,6 @@ pub fn run_host_with(
 /// One run's context.
 struct Run<'a> {
     lab: &'a Lab,
-    caps: &'a Capabilities,
     options: &'a HostRunOptions,
     families: Vec<IpFamily>,
     /// The next source port (see [`PROBE_PORTS`]).
@@ -366,26 +367,12 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn push(&mut self, name: &str, outcome: RowOutcome) {
-        let row = RowReport {
-            name: name.to_owned(),
-            outcome,
-        };
-        if self.options.verbose {
-            eprint!("{}", OneRow(&self.caps.dataplane, &row));
-        }
-        self.report.rows.push(row);
+        self.report.push_row(name, outcome, self.options.verbose);
     }
 
     /// The next source port; an error once [`PROBE_PORTS`] is used up (never a wrap).
     fn port(&mut self) -> Result<u16, String> {
-        let port = self.next_port;
-        if !PROBE_PORTS.contains(&port) {
-            return Err(format!(
-                "all source ports ({PROBE_PORTS:?}) used: a wrap would repeat an earlier connection's tuple"
-            ));
-        }
-        self.next_port += 1;
-        Ok(port)
+        next_source_port(&mut self.next_port, &PROBE_PORTS)
     }
 
     fn netns(&self, party: Party) -> &NetNs {
@@ -674,17 +661,11 @@ impl Run<'_> {
             .map(|c| c.expected == Meaning::Answered)
             .collect();
         let again = reprobes(&expected, &outcomes, self.options.drop_wait);
-        if !again.is_empty() {
-            let retry: Vec<Cell> = again.iter().map(|i| cells[*i]).collect();
-            let waits = vec![self.options.timeout; retry.len()];
-            match self.probe(&retry, &waits) {
-                Ok(second) => {
-                    for (i, o) in again.into_iter().zip(second) {
-                        outcomes[i] = o;
-                    }
-                }
-                Err(e) => return failed(vec![e]),
-            }
+        let timeout = self.options.timeout;
+        if let Err(e) = probe_again(&cells, &mut outcomes, again, |retry| {
+            self.probe(retry, &vec![timeout; retry.len()])
+        }) {
+            return failed(vec![e]);
         }
         let mut problems: Vec<String> = cells
             .iter()

@@ -156,11 +156,7 @@ fn services(spec: LabSpec) -> Vec<Service> {
 
 /// The families of a lab built from `spec`.
 pub(super) fn families(spec: LabSpec) -> Vec<IpFamily> {
-    if spec.ipv6 {
-        vec![IpFamily::V4, IpFamily::V6]
-    } else {
-        vec![IpFamily::V4]
-    }
+    crate::conformance::runner::lab_families(spec)
 }
 
 /// Node-0's host endpoint on its uplink.
@@ -185,18 +181,7 @@ pub fn node_states(
 ) -> Vec<DesiredState> {
     (0..spec.nodes)
         .map(|i| {
-            let mut state = DesiredState::new(lab::planned_node(spec, i));
-            let addresses: Vec<IpAddr> = families(spec)
-                .into_iter()
-                .filter_map(|f| party_address(spec, Party::Pod(i), f))
-                .collect();
-            // The lab numbers pods node-major; one pod per node here.
-            let index = i * spec.pods_per_node;
-            state.endpoints = (0..spec.pods_per_node.min(1))
-                .map(|_| {
-                    lab::pod_endpoint(&format!("pod-{i}-0"), &format!("vp{index}"), &addresses)
-                })
-                .collect();
+            let mut state = lab::planned_state_with_first_pod(spec, i);
             state.services = services(spec);
             if let Some((policies, failsafe)) = host {
                 state.host_endpoints = vec![host_endpoint(spec)];

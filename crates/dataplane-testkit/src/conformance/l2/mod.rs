@@ -58,7 +58,8 @@
 //!    address in each family, one source port each from one counter for the whole run): a
 //!    resolving address must be answered by the announcing node's pod within
 //!    [`L2RunOptions::timeout`]; a non-resolving one must stay unanswered for
-//!    [`L2RunOptions::drop_wait`];
+//!    [`L2RunOptions::drop_wait`], and so must [`NODE_PORT`] of an address (every node's
+//!    namespace serves it, TCP and UDP, for the whole run);
 //! 7. then reads the client's neighbour entry of each address (`ip neigh show to ADDR dev
 //!    eth0`): a resolving address must have the announcing node's uplink MAC, a
 //!    non-resolving one no link-layer address at all (`INCOMPLETE` or `FAILED`: nobody
@@ -67,7 +68,9 @@
 //! # The cases ([`l2_cases`])
 //!
 //! - `announce` — one node announces: the LoadBalancer IP and the ExternalIP resolve to its
-//!   MAC and reach its pod (TCP, UDP, IPv4, IPv6), the unannounced service's LoadBalancer IP
+//!   MAC and reach its pod (TCP, UDP, IPv4, IPv6), a port no service serves does not reach
+//!   the node's own server through the address, a pod asking for the address on its own
+//!   interface gets no answer (the node answers on its uplink only), the unannounced service's LoadBalancer IP
 //!   does not resolve (`MetalLB`'s `internal/layer2/announcer.go` answers only for the
 //!   addresses its `shouldAnnounce` finds among those `SetBalancer` added); a step where the
 //!   other node announces instead moves the answer to it after a flush.

@@ -12,12 +12,14 @@ use dataplane_core::{
 
 use crate::lab::{self, Lab, LabNode, LabSpec, SERVER_PORT};
 use crate::netns::NetNs;
-use crate::traffic::{probe_batch, BatchOutcome, BatchProbe};
+use crate::traffic::{probe_batch, serve, BatchOutcome, BatchProbe, Server};
 
-use super::super::report::{OneRow, Report, RowOutcome, RowReport};
-use super::super::runner::{reset_all, row_filter, start};
+use super::super::report::{Report, RowOutcome};
+use super::super::runner::{
+    lab_families as families, next_source_port, probe_again, reset_all, row_filter, start,
+};
 use super::table::{
-    families, frontend_address, node_states, Frontend, L2Case, L2Check, L2Step, CLIENT,
+    frontend_address, node_states, Frontend, L2Case, L2Check, L2Step, CLIENT, NODE_PORT,
     SERVICE_PORT,
 };
 
@@ -127,6 +129,7 @@ fn check_step(spec: LabSpec, i: usize, step: &L2Step) -> Vec<String> {
                         }
                     }
                 }
+                L2Check::OtherPortUnanswered { .. } => {}
                 L2Check::DoesNotResolve { frontend } => {
                     let ip = frontend_address(frontend, family);
                     let by = announcers(&states, ip);
@@ -178,7 +181,6 @@ pub fn run_l2_with(
     let only = row_filter();
     let mut run = Run {
         lab,
-        backend: caps.dataplane.clone(),
         options,
         families: if caps.ipv6 {
             families(spec)
@@ -193,12 +195,12 @@ pub fn run_l2_with(
         only.as_ref()
             .is_none_or(|o| o.iter().any(|part| c.name.contains(part.as_str())))
     });
-    let macs = if caps.l2_announcements {
-        run.macs()
+    let prepared = if caps.l2_announcements {
+        run.prepare()
     } else {
-        Ok(Vec::new())
+        Ok((Vec::new(), Vec::new()))
     };
-    match macs {
+    match prepared {
         Err(e) => run.push(
             "prepare the lab",
             RowOutcome::Failed {
@@ -206,7 +208,7 @@ pub fn run_l2_with(
                 traffic: vec![e],
             },
         ),
-        Ok(macs) => {
+        Ok((macs, _servers)) => {
             run.macs = macs;
             for case in chosen {
                 let table = check_case(spec, case);
@@ -248,7 +250,6 @@ pub fn run_l2_with(
 /// One run's context.
 struct Run<'a> {
     lab: &'a Lab,
-    backend: String,
     options: &'a L2RunOptions,
     families: Vec<IpFamily>,
     next_port: u16,
@@ -268,12 +269,21 @@ struct Cell {
 impl Cell {
     fn frontend(&self) -> Frontend {
         match self.check {
-            L2Check::Resolves { frontend, .. } | L2Check::DoesNotResolve { frontend } => frontend,
+            L2Check::Resolves { frontend, .. }
+            | L2Check::DoesNotResolve { frontend }
+            | L2Check::OtherPortUnanswered { frontend } => frontend,
         }
     }
 
     fn address(&self) -> IpAddr {
         frontend_address(self.frontend(), self.family)
+    }
+
+    fn port(&self) -> u16 {
+        match self.check {
+            L2Check::OtherPortUnanswered { .. } => NODE_PORT,
+            _ => SERVICE_PORT,
+        }
     }
 }
 
@@ -281,28 +291,53 @@ impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} to {} {}:{SERVICE_PORT}",
+            "{} to {} {}",
             self.protocol,
             self.frontend(),
-            self.address()
+            SocketAddr::new(self.address(), self.port())
         )
     }
 }
 
 impl Run<'_> {
     fn push(&mut self, name: &str, outcome: RowOutcome) {
-        let row = RowReport {
-            name: name.to_owned(),
-            outcome,
-        };
-        if self.options.verbose {
-            eprint!("{}", OneRow(&self.backend, &row));
-        }
-        self.report.rows.push(row);
+        self.report.push_row(name, outcome, self.options.verbose);
     }
 
     fn client(&self) -> &NetNs {
         &self.lab.external(CLIENT).netns
+    }
+
+    /// Every node's uplink MAC, and its servers on [`NODE_PORT`]: each must answer the client
+    /// on the node's own address (so that an unanswered probe later means it was dropped).
+    fn prepare(&mut self) -> Result<(Vec<String>, Vec<Server>), String> {
+        let macs = self.macs()?;
+        let mut servers = Vec::new();
+        for node in self.lab.nodes() {
+            let name = format!("{}:{NODE_PORT}", node.name);
+            servers.push(serve(&node.netns, &name, NODE_PORT).map_err(|e| error_chain(&e))?);
+            for family in self.families.clone() {
+                for protocol in [Protocol::Tcp, Protocol::Udp] {
+                    let Some(ip) = node.address(family) else {
+                        continue;
+                    };
+                    let probe = BatchProbe {
+                        destination: SocketAddr::new(ip, NODE_PORT),
+                        protocol,
+                        source_port: Some(self.port()?),
+                        timeout: self.options.timeout,
+                    };
+                    let seen = probe_batch(self.client(), &[probe]).map_err(|e| error_chain(&e))?;
+                    if seen[0].backend() != Some(name.as_str()) {
+                        return Err(format!(
+                            "{protocol} to {name}'s own server on {ip}: {:?} (the lab must answer it before any announcement)",
+                            seen[0]
+                        ));
+                    }
+                }
+            }
+        }
+        Ok((macs, servers))
     }
 
     /// Every node's uplink MAC.
@@ -364,20 +399,13 @@ impl Run<'_> {
 
     fn flush(&self) -> Result<(), String> {
         self.client()
-            .ip_batch(&[
-                "-4 neigh flush dev eth0".to_owned(),
-                "-6 neigh flush dev eth0".to_owned(),
-            ])
+            // No family: both (`ip -batch` takes no `-4`/`-6` per line).
+            .ip_batch(&["neigh flush dev eth0".to_owned()])
             .map_err(|e| format!("flush the client's neighbour cache: {}", error_chain(&e)))
     }
 
     fn port(&mut self) -> Result<u16, String> {
-        let port = self.next_port;
-        if !PROBE_PORTS.contains(&port) {
-            return Err(format!("all source ports ({PROBE_PORTS:?}) used"));
-        }
-        self.next_port += 1;
-        Ok(port)
+        next_source_port(&mut self.next_port, &PROBE_PORTS)
     }
 
     /// Sends `cells` at once from the client, each given its wait in `waits`.
@@ -385,13 +413,92 @@ impl Run<'_> {
         let mut probes = Vec::new();
         for (cell, wait) in cells.iter().zip(waits) {
             probes.push(BatchProbe {
-                destination: SocketAddr::new(cell.address(), SERVICE_PORT),
+                destination: SocketAddr::new(cell.address(), cell.port()),
                 protocol: cell.protocol,
                 source_port: Some(self.port()?),
                 timeout: *wait,
             });
         }
         probe_batch(self.client(), &probes).map_err(|e| error_chain(&e))
+    }
+
+    /// Every node's first pod asks for `frontend` on its own interface (a host route `dev
+    /// eth0` there, for the check only), both families at once: no answer may come, and its
+    /// neighbour entry must stay without a link-layer address.
+    fn pods_ask(&mut self, frontend: Frontend) -> Vec<String> {
+        let mut problems = Vec::new();
+        let addresses: Vec<IpAddr> = self
+            .families
+            .iter()
+            .map(|f| frontend_address(frontend, *f))
+            .collect();
+        let lines = |verb: &str| -> Vec<String> {
+            addresses
+                .iter()
+                .map(|a| {
+                    let len = if a.is_ipv4() { 32 } else { 128 };
+                    format!("route {verb} {a}/{len} dev eth0")
+                })
+                .collect()
+        };
+        for pod in self.lab.pods().iter().filter(|p| p.name.ends_with("-0")) {
+            if let Err(e) = pod.netns.ip_batch(&lines("replace")) {
+                problems.push(format!("{}: {}", pod.name, error_chain(&e)));
+                continue;
+            }
+            let mut probes = Vec::new();
+            for a in &addresses {
+                match next_source_port(&mut self.next_port, &PROBE_PORTS) {
+                    Ok(port) => probes.push(BatchProbe {
+                        destination: SocketAddr::new(*a, SERVICE_PORT),
+                        protocol: Protocol::Udp,
+                        source_port: Some(port),
+                        timeout: self.options.drop_wait,
+                    }),
+                    Err(e) => problems.push(e),
+                }
+            }
+            match probe_batch(&pod.netns, &probes) {
+                Ok(outcomes) => {
+                    for (p, o) in probes.iter().zip(outcomes) {
+                        if let Some(b) = o.backend() {
+                            problems.push(format!(
+                                "{} asking for {frontend} {} on its own interface was answered by {b}",
+                                pod.name, p.destination
+                            ));
+                        }
+                    }
+                }
+                Err(e) => problems.push(format!("{}: {}", pod.name, error_chain(&e))),
+            }
+            for a in &addresses {
+                let ip = a.to_string();
+                let shown = pod.netns.exec_checked(
+                    "ip",
+                    &["neigh", "show", "to", &ip, "dev", "eth0"],
+                    None,
+                );
+                match shown {
+                    Ok(out) => {
+                        let text = String::from_utf8_lossy(&out.stdout);
+                        if text.contains("lladdr") {
+                            problems.push(format!(
+                                "{} asked for {frontend} {a} on its own interface and got an answer (a node answers on its uplink only): {}",
+                                pod.name,
+                                text.trim()
+                            ));
+                        }
+                    }
+                    Err(e) => problems.push(format!("{}: {}", pod.name, error_chain(&e))),
+                }
+            }
+            let mut undo = lines("del");
+            undo.push("neigh flush dev eth0".to_owned());
+            if let Err(e) = pod.netns.ip_batch(&undo) {
+                problems.push(format!("{}: {}", pod.name, error_chain(&e)));
+            }
+        }
+        problems
     }
 
     /// Polls the client's entry of `ip` until it shows `mac` or `announce_wait` passes.
@@ -420,7 +527,10 @@ impl Run<'_> {
         let mut problems = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for cell in cells {
-            if !seen.insert((cell.address(), cell.family)) {
+            // (An address's entry is its `Resolves` or `DoesNotResolve` check's business.)
+            if matches!(cell.check, L2Check::OtherPortUnanswered { .. })
+                || !seen.insert((cell.address(), cell.family))
+            {
                 continue;
             }
             let ip = cell.address();
@@ -438,7 +548,8 @@ impl Run<'_> {
                     self.macs[node],
                     entry.map_or_else(|| "missing".to_owned(), |(_, line)| line)
                 )),
-                (L2Check::DoesNotResolve { .. }, Some((None, _))) => {}
+                (L2Check::DoesNotResolve { .. }, Some((None, _)))
+                | (L2Check::OtherPortUnanswered { .. }, _) => {}
                 (L2Check::DoesNotResolve { .. }, Some((Some(_), line))) => problems.push(format!(
                     "{ip}: must not resolve, yet the client's neighbour entry is {line}"
                 )),
@@ -500,7 +611,9 @@ impl Run<'_> {
             .iter()
             .map(|c| match c.check {
                 L2Check::Resolves { .. } => self.options.timeout,
-                L2Check::DoesNotResolve { .. } => self.options.drop_wait,
+                L2Check::DoesNotResolve { .. } | L2Check::OtherPortUnanswered { .. } => {
+                    self.options.drop_wait
+                }
             })
             .collect();
         let mut outcomes = match self.probe(&cells, &waits) {
@@ -514,20 +627,17 @@ impl Run<'_> {
                     && outcomes[*i].backend().is_none()
             })
             .collect();
-        if !again.is_empty() {
-            let retry: Vec<Cell> = again.iter().map(|i| cells[*i]).collect();
-            let waits = vec![self.options.timeout; retry.len()];
-            match self.probe(&retry, &waits) {
-                Ok(second) => {
-                    for (i, o) in again.into_iter().zip(second) {
-                        outcomes[i] = o;
-                    }
-                }
-                Err(e) => return failed(vec![e]),
-            }
+        let timeout = self.options.timeout;
+        if let Err(e) = probe_again(&cells, &mut outcomes, again, |retry| {
+            self.probe(retry, &vec![timeout; retry.len()])
+        }) {
+            return failed(vec![e]);
         }
         let answered = judge(&cells, &outcomes, &mut problems);
         problems.extend(self.neighbours(&cells));
+        for frontend in &step.pods_ask {
+            problems.extend(self.pods_ask(*frontend));
+        }
         if problems.is_empty() {
             RowOutcome::Passed {
                 probes: cells.len(),
@@ -556,11 +666,16 @@ fn judge(
                 cell.family,
                 pod_name(node)
             )),
-            (L2Check::DoesNotResolve { .. }, o) => {
+            (check, o) => {
+                let why = if matches!(check, L2Check::OtherPortUnanswered { .. }) {
+                    "no service serves the port: it must stay unanswered"
+                } else {
+                    "must not resolve"
+                };
                 if let Some(b) = o.backend() {
-                    problems.push(format!("{cell}: must not resolve, yet {b} answered"));
+                    problems.push(format!("{cell}: {why}, yet {b} answered"));
                 } else if matches!(o, BatchOutcome::Connected) {
-                    problems.push(format!("{cell}: must not resolve, yet TCP connected"));
+                    problems.push(format!("{cell}: {why}, yet TCP connected"));
                 }
             }
         }

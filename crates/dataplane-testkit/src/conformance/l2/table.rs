@@ -9,6 +9,8 @@ use dataplane_core::{
 
 use crate::lab::{self, LabSpec, POD_NAMESPACE, SERVER_PORT};
 
+use crate::conformance::runner::lab_families as families;
+
 /// The L2 table's lab: two nodes of one pod each, one external client on their segment,
 /// dual-stack.
 pub const L2_LAB: LabSpec = LabSpec {
@@ -22,6 +24,10 @@ pub const L2_LAB: LabSpec = LabSpec {
 pub const CLIENT: usize = 0;
 /// The services' port (TCP and UDP), to the pods' [`SERVER_PORT`].
 pub const SERVICE_PORT: u16 = 80;
+/// A port no service of the table serves, on which every node's own namespace runs a TCP
+/// and UDP server (answering `node-<n>:7000`): traffic to an announced address on it must
+/// not reach the node (a backend that makes the address local to answer ARP must drop it).
+pub const NODE_PORT: u16 = 7000;
 /// The announced service (`default/l2-lb`).
 pub const ANNOUNCED: &str = "l2-lb";
 /// The service no node announces (`default/l2-quiet`).
@@ -78,6 +84,13 @@ pub enum L2Check {
         /// The address.
         frontend: Frontend,
     },
+    /// TCP and UDP to `frontend` on [`NODE_PORT`], which no service serves, go unanswered:
+    /// the node's own server on that port is not reached through the announced address
+    /// (kube-proxy's IPVS mode drops the same with `KUBE-IPVS-FILTER`).
+    OtherPortUnanswered {
+        /// The address.
+        frontend: Frontend,
+    },
 }
 
 /// One state of the lab (which node announces `default/l2-lb`) and its checks.
@@ -92,6 +105,11 @@ pub struct L2Step {
     pub flush: bool,
     /// The checks.
     pub checks: Vec<L2Check>,
+    /// Addresses every node's pod asks for on its own interface (a host route `dev eth0`
+    /// in the pod makes them on-link there for the check): nobody may answer — the
+    /// announcing node answers on its uplink only (Cilium's responder is attached to the
+    /// uplink; `MetalLB` announces on the interfaces it is given).
+    pub pods_ask: Vec<Frontend>,
 }
 
 impl L2Step {
@@ -102,6 +120,7 @@ impl L2Step {
             announcer,
             flush: false,
             checks: Vec::new(),
+            pods_ask: Vec::new(),
         }
     }
 
@@ -109,6 +128,13 @@ impl L2Step {
     #[must_use]
     pub fn flushed(mut self) -> Self {
         self.flush = true;
+        self
+    }
+
+    /// This step with every node's pod asking for `frontends` on its own interface.
+    #[must_use]
+    pub fn pods_asking(mut self, frontends: impl IntoIterator<Item = Frontend>) -> Self {
+        self.pods_ask.extend(frontends);
         self
     }
 
@@ -136,15 +162,6 @@ impl L2Case {
             name: name.to_owned(),
             steps,
         }
-    }
-}
-
-/// The families of a lab built from `spec`.
-pub(super) fn families(spec: LabSpec) -> Vec<IpFamily> {
-    if spec.ipv6 {
-        vec![IpFamily::V4, IpFamily::V6]
-    } else {
-        vec![IpFamily::V4]
     }
 }
 
@@ -186,21 +203,7 @@ fn service(spec: LabSpec, name: &str, cluster: u8, frontends: &[Frontend]) -> Se
 pub fn node_states(spec: LabSpec, announcer: Option<usize>) -> Vec<DesiredState> {
     (0..spec.nodes)
         .map(|i| {
-            let mut state = DesiredState::new(lab::planned_node(spec, i));
-            let addresses: Vec<IpAddr> = families(spec)
-                .into_iter()
-                .map(|f| match f {
-                    IpFamily::V4 => lab::pod_v4(i, 0),
-                    IpFamily::V6 => lab::pod_v6(i, 0),
-                })
-                .collect();
-            // One pod per node: the lab numbers pods node-major.
-            let index = i * spec.pods_per_node;
-            state.endpoints = (0..spec.pods_per_node.min(1))
-                .map(|_| {
-                    lab::pod_endpoint(&format!("pod-{i}-0"), &format!("vp{index}"), &addresses)
-                })
-                .collect();
+            let mut state = lab::planned_state_with_first_pod(spec, i);
             let mut lb = service(
                 spec,
                 ANNOUNCED,
@@ -247,7 +250,13 @@ pub fn l2_cases() -> Vec<L2Case> {
                 L2Step::new("node-0 announces", Some(0))
                     .flushed()
                     .checks(resolves(0))
-                    .checks([quiet]),
+                    .checks([
+                        quiet,
+                        L2Check::OtherPortUnanswered {
+                            frontend: Frontend::LoadBalancer,
+                        },
+                    ])
+                    .pods_asking([Frontend::LoadBalancer]),
                 L2Step::new("node-1 announces instead, flushed", Some(1))
                     .flushed()
                     .checks(resolves(1))

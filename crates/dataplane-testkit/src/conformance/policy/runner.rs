@@ -16,7 +16,7 @@ use crate::traffic::{
     send_forged, serve, sink, BatchOutcome, BatchProbe, ProbeOutcome, Server, Sink, TcpSession,
 };
 
-use super::super::report::{OneRow, Report, RowOutcome, RowReport};
+use super::super::report::{Report, RowOutcome};
 use super::super::runner::{probe_clients, reset_all, row_filter, start, ClientBatch};
 use super::case::PolicyCase;
 use super::layout::{
@@ -413,14 +413,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn push(&mut self, name: &str, outcome: RowOutcome) {
-        let row = RowReport {
-            name: name.to_owned(),
-            outcome,
-        };
-        if self.options.verbose {
-            eprint!("{}", OneRow(&self.caps.dataplane, &row));
-        }
-        self.report.rows.push(row);
+        self.report.push_row(name, outcome, self.options.verbose);
     }
 
     /// The next source port of `client`; an error once its range is used up (no wrap).
