@@ -58,7 +58,7 @@
 //!    address in each family, one source port each from one counter for the whole run): a
 //!    resolving address must be answered by the announcing node's pod within
 //!    [`L2RunOptions::timeout`]; a non-resolving one must stay unanswered for
-//!    [`L2RunOptions::drop_wait`], and so must [`NODE_PORT`] of an address (every node's
+//!    [`L2RunOptions::drop_wait`], and so must `NODE_PORT` (7000) of an address (every node's
 //!    namespace serves it, TCP and UDP, for the whole run);
 //! 7. then reads the client's neighbour entry of each address (`ip neigh show to ADDR dev
 //!    eth0`): a resolving address must have the announcing node's uplink MAC, a

@@ -308,7 +308,7 @@ impl Run<'_> {
         &self.lab.external(CLIENT).netns
     }
 
-    /// Every node's uplink MAC, and its servers on [`NODE_PORT`]: each must answer the client
+    /// Every node's uplink MAC, and its servers on `NODE_PORT` (7000): each must answer the client
     /// on the node's own address (so that an unanswered probe later means it was dropped).
     fn prepare(&mut self) -> Result<(Vec<String>, Vec<Server>), String> {
         let macs = self.macs()?;

@@ -84,7 +84,7 @@ pub enum L2Check {
         /// The address.
         frontend: Frontend,
     },
-    /// TCP and UDP to `frontend` on [`NODE_PORT`], which no service serves, go unanswered:
+    /// TCP and UDP to `frontend` on `NODE_PORT` (7000), which no service serves, go unanswered:
     /// the node's own server on that port is not reached through the announced address
     /// (kube-proxy's IPVS mode drops the same with `KUBE-IPVS-FILTER`).
     OtherPortUnanswered {
