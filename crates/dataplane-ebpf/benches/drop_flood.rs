@@ -404,6 +404,7 @@ fn main() {
     let on = RunOn {
         interface: Some("eth0".to_owned()),
         ingress: Some("eth0".to_owned()),
+        mark: None,
     };
     let run = dp
         .run_packet_on(Hook::FromUplink, &frame, 100_000, &on)

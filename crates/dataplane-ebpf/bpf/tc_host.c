@@ -49,11 +49,16 @@ SEC("classifier")
 int dp_from_uplink(struct __sk_buff *skb)
 {
 	int v = l2_tc(skb);
+	int host;
 
 	if (v != L2_GO_ON)
 		return v;
-	v = host_verdict(host_from_uplink(skb));
-
+	/* With XDP attached, host_xdp() passes an untracked Allow to TC (XDP_PASS): judged again
+	 * here, the same way, so both paths mark it. */
+	host = host_from_uplink(skb);
+	if (host == HOST_UNTRACKED)
+		skb->mark |= DP_MARK_UNTRACKED;
+	v = host_verdict(host);
 	if (v >= 0)
 		return v;
 	return host_then(skb, dp_handle(skb, CTX_FROM_UPLINK), 1);
@@ -62,7 +67,15 @@ int dp_from_uplink(struct __sk_buff *skb)
 SEC("classifier")
 int dp_to_uplink(struct __sk_buff *skb)
 {
-	int v = host_verdict(host_to_uplink(skb));
+	int v;
+
+	/* Let in untracked from the uplink and routed back out of it: untouched, as netfilter
+	 * leaves an untracked packet (common.h, DP_MARK_UNTRACKED). */
+	if (skb->mark & DP_MARK_UNTRACKED) {
+		skb->mark &= ~DP_MARK_UNTRACKED;
+		return TC_ACT_OK;
+	}
+	v = host_verdict(host_to_uplink(skb));
 
 	if (v >= 0)
 		return v;

@@ -22,6 +22,8 @@ pub struct PacketRun {
     pub verdict: u32,
     /// The packet as the program left it.
     pub output: Vec<u8>,
+    /// `skb->mark` as the program left it (TC hooks; `None` for [`Hook::Xdp`]).
+    pub mark: Option<u32>,
     /// Kernel-measured run time.
     pub duration: Duration,
 }
@@ -49,7 +51,8 @@ impl EbpfDataplane {
     /// [`Self::run_packet`] with the interfaces of the skb chosen (TC hooks): `on.interface`
     /// the one it is on (for [`Hook::FromPod`]: instead of the veth that has its source, so a
     /// pod forging another's address can be run), `on.ingress` the one it was received on
-    /// (`skb->ingress_ifindex`; none: sent by the host). For tests only (hidden).
+    /// (`skb->ingress_ifindex`; none: sent by the host), `on.mark` the skb's mark (as an
+    /// earlier hook left it, [`PacketRun::mark`]). For tests only (hidden).
     #[doc(hidden)]
     pub fn run_packet_on(
         &mut self,
@@ -73,6 +76,7 @@ impl EbpfDataplane {
                 })
         });
         let ingress = on.ingress.clone();
+        let mark = on.mark.unwrap_or(0);
         let objects = &mut self.loaded_mut()?.objects;
         let mut out = vec![0u8; packet.len() + 256];
         let err = |e: aya::programs::ProgramError| EbpfError::Load {
@@ -97,33 +101,50 @@ impl EbpfDataplane {
                     repeat: repeat.max(1),
                     ..TestRunOptions::default()
                 })
+                .map(|r| (r, None))
                 .map_err(err)
             })?
         } else {
             let prog = objects.program_mut(hook)?;
             netns::in_netns(netns.as_deref(), || {
                 // struct __sk_buff up to `ifindex` (the 11th word): the device the skb is on.
-                // `ingress_ifindex` is the 10th word.
+                // `mark` is the 3rd word, `ingress_ifindex` the 10th.
                 let ifindex = pod_interface.as_deref().map_or(0, local::ifindex_of);
                 let ingress = ingress.as_deref().map_or(0, local::ifindex_of);
                 let mut words = [0u32; 11];
+                words[SKB_MARK_WORD] = mark;
                 words[9] = ingress;
                 words[10] = ifindex;
                 let ctx: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-                prog.test_run(TestRunOptions {
-                    data_in: Some(packet),
-                    data_out: Some(&mut out),
-                    ctx_in: (ifindex > 1 || ingress != 0).then_some(ctx.as_slice()),
-                    repeat: repeat.max(1),
-                    ..TestRunOptions::default()
-                })
-                .map_err(err)
+                // The whole struct __sk_buff comes back (the kernel refuses a shorter
+                // buffer); without ctx_in the kernel runs with a zeroed one, as it would
+                // without a context.
+                let mut ctx_out = [0u8; SKB_CTX_OUT];
+                let result = prog
+                    .test_run(TestRunOptions {
+                        data_in: Some(packet),
+                        data_out: Some(&mut out),
+                        ctx_in: (ifindex > 1 || ingress != 0 || mark != 0)
+                            .then_some(ctx.as_slice()),
+                        ctx_out: Some(&mut ctx_out),
+                        repeat: repeat.max(1),
+                        ..TestRunOptions::default()
+                    })
+                    .map_err(err)?;
+                let at = SKB_MARK_WORD * 4;
+                let mark = ctx_out
+                    .get(at..at + 4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_ne_bytes);
+                Ok::<_, EbpfError>((result, mark))
             })?
         };
+        let (result, mark) = result;
         out.truncate(result.data_size_out as usize);
         Ok(PacketRun {
             verdict: result.return_value,
             output: out,
+            mark,
             duration: result.duration,
         })
     }
@@ -138,7 +159,15 @@ pub struct RunOn {
     pub interface: Option<String>,
     /// The interface the skb was received on (`skb->ingress_ifindex`).
     pub ingress: Option<String>,
+    /// The skb's mark (`skb->mark`; none: 0, as a packet off the wire has).
+    pub mark: Option<u32>,
 }
+
+/// `mark`'s word in `struct __sk_buff` (after `len` and `pkt_type`).
+const SKB_MARK_WORD: usize = 2;
+
+/// Room for the `struct __sk_buff` the kernel writes back (192 bytes on 6.x kernels).
+const SKB_CTX_OUT: usize = 256;
 
 /// The source address of Ethernet frame `packet` (IPv4 or IPv6), if it has one.
 fn source_of(packet: &[u8]) -> Option<std::net::IpAddr> {

@@ -543,6 +543,15 @@ fn is_reject_to(f: &Frame, client: IpAddr) -> bool {
         }
 }
 
+/// What a hook emitted: its verdict, the frame parsed and as bytes, and the skb's mark as
+/// it left it (which the next hook the packet meets gets).
+struct Emitted {
+    verdict: u32,
+    frame: Frame,
+    bytes: Vec<u8>,
+    mark: Option<u32>,
+}
+
 /// Runs `frame` through `hook` and checks the frame it emits. `Ok(None)`: dropped.
 fn run_hook(
     dp: &mut EbpfDataplane,
@@ -550,7 +559,7 @@ fn run_hook(
     frame: &[u8],
     on: &RunOn,
     trace: &mut Vec<String>,
-) -> Result<Option<(u32, Frame, Vec<u8>)>, String> {
+) -> Result<Option<Emitted>, String> {
     let run = dp
         .run_packet_on(hook, frame, 1, on)
         .map_err(|e| format!("test run of {hook:?}: {e}"))?;
@@ -565,7 +574,15 @@ fn run_hook(
                 )
             })?;
             trace.push(format!("  {parsed:?}"));
-            Ok(Some((run.verdict, parsed, run.output)))
+            if run.mark.is_some_and(|m| m != 0) {
+                trace.push(format!("  mark {:#x}", run.mark.unwrap_or(0)));
+            }
+            Ok(Some(Emitted {
+                verdict: run.verdict,
+                frame: parsed,
+                bytes: run.output,
+                mark: run.mark,
+            }))
         }
         other => Err(format!(
             "{hook:?}: verdict {other} is none a TC program may give"
@@ -604,11 +621,12 @@ fn through_xdp(
             let on = RunOn {
                 interface: Some(uplink.to_owned()),
                 ingress: Some(uplink.to_owned()),
+                mark: None,
             };
             Ok(Err(
                 match run_hook(dp, Hook::ToUplink, &run.output, &on, trace)? {
                     None => Outcome::Dropped(Hook::ToUplink),
-                    Some((_, last, _)) => Outcome::Delivered(last),
+                    Some(last) => Outcome::Delivered(last.frame),
                 },
             ))
         }
@@ -655,6 +673,7 @@ fn deliver(
             RunOn {
                 interface: Some(veth.clone()),
                 ingress: Some(veth.clone()),
+                mark: None,
             },
             Some(veth.clone()),
         ),
@@ -663,6 +682,7 @@ fn deliver(
             RunOn {
                 interface: Some(uplink.clone()),
                 ingress: Some(uplink.clone()),
+                mark: None,
             },
             Some(uplink.clone()),
         ),
@@ -674,6 +694,7 @@ fn deliver(
                 RunOn {
                     interface: Some(veth),
                     ingress: None,
+                    mark: None,
                 },
                 None,
             ),
@@ -682,6 +703,7 @@ fn deliver(
                 RunOn {
                     interface: Some(uplink.clone()),
                     ingress: None,
+                    mark: None,
                 },
                 None,
             ),
@@ -693,7 +715,13 @@ fn deliver(
             Err(outcome) => return Ok(outcome),
         }
     }
-    let Some((verdict, out, bytes)) = run_hook(dp, hook, &input, &on, trace)? else {
+    let Some(Emitted {
+        verdict,
+        frame: out,
+        bytes,
+        mark,
+    }) = run_hook(dp, hook, &input, &on, trace)?
+    else {
         return Ok(Outcome::Dropped(hook));
     };
     if is_reject_to(&out, client) && out.src == dst {
@@ -708,12 +736,15 @@ fn deliver(
     {
         return Ok(Outcome::Delivered(out));
     }
+    // The skb keeps its mark while the node routes it (dp_from_uplink's DP_MARK_UNTRACKED
+    // reaches dp_to_uplink).
     let (next, on) = match endpoint_interface(state, out.dst) {
         Some(veth) => (
             Hook::ToPod,
             RunOn {
                 interface: Some(veth),
                 ingress: received_on,
+                mark,
             },
         ),
         None => (
@@ -721,12 +752,13 @@ fn deliver(
             RunOn {
                 interface: Some(uplink),
                 ingress: received_on,
+                mark,
             },
         ),
     };
     match run_hook(dp, next, &bytes, &on, trace)? {
         None => Ok(Outcome::Dropped(next)),
-        Some((_, last, _)) => Ok(Outcome::Delivered(last)),
+        Some(last) => Ok(Outcome::Delivered(last.frame)),
     }
 }
 
@@ -828,46 +860,7 @@ fn expected(state: &DesiredState, r: &Resolved) -> Verdict {
     evaluate_on_node(state, &r.packet, &r.entry)
 }
 
-/// A known gap of the programs, left out of the comparison (counted, printed): a packet from
-/// the uplink that an untracked host rule allows (the model: untouched — netfilter skips NAT
-/// for it, and its filter chains accept untracked packets, as Calico's `--ctstate UNTRACKED
-/// -j ACCEPT` does) and that is routed back out of the uplink meets `dp_to_uplink`, which
-/// does not know the ingress program left it untracked: (1) addressed to a service frontend
-/// that is not on this node (a ClusterIP, ExternalIP or LoadBalancer IP: `without`, the
-/// verdict without host policy, is a service's), it is load-balanced or rejected as a new
-/// service packet (seed in differential.proptest-regressions, the case with `fd00:96::8`);
-/// (2) passing through to another node, it meets the normal egress (applyOnForward) host
-/// policies, which drop it where only the untracked Allow let it through (the case with
-/// `fd00:244:0:1::88`). The fix: the ingress program marks the skb (`skb->mark`) it leaves
-/// untracked and the egress one passes marked packets — with this harness carrying the mark
-/// from hook to hook (`BPF_PROG_TEST_RUN`'s context out and in). Not fixed yet.
-fn untracked_packet_forwarded(
-    state: &DesiredState,
-    r: &Resolved,
-    want: &Verdict,
-    without: &Verdict,
-) -> bool {
-    let destination = r.packet.destination.ip();
-    if r.entry != Entry::FromUplink
-        || !matches!(want, Verdict::Untouched { .. })
-        || state.node.addresses.contains(&destination)
-    {
-        return false;
-    }
-    if !matches!(without, Verdict::Untouched { .. }) {
-        return true;
-    }
-    // Passing through: leaves by the uplink unless it is for this node's pods, and only the
-    // untracked rules let it through.
-    if state.node.pod_cidrs.iter().any(|c| c.contains(destination)) {
-        return false;
-    }
-    let mut tracked_only = state.clone();
-    tracked_only.host_policies.retain(|p| !p.do_not_track);
-    !matches!(expected(&tracked_only, r), Verdict::Untouched { .. })
-}
-
-/// A second known gap, left out of the comparison (counted, printed): a pod's connection
+/// A known gap of the programs, left out of the comparison (counted, printed): a pod's connection
 /// that this node masquerades on its way out of the uplink (a service backend elsewhere, or
 /// outside the cluster) meets the normal egress rules of `applyOnForward` host policies.
 /// Netfilter (and the model) judge it in filter FORWARD, before source NAT, with the pod's
@@ -993,8 +986,6 @@ struct Harness {
     host_decided: usize,
     /// Backend replies the untracked host rules stop.
     host_replies_stopped: usize,
-    /// Probes not compared: the known gap of `untracked_packet_forwarded`.
-    untracked_forwarded: usize,
     /// Probes not compared: the known gap of `masqueraded_forward_egress`.
     masqueraded_egress: usize,
     /// Probes the model drops for pod policy alone (NetworkPolicy, cluster policies, the
@@ -1048,7 +1039,6 @@ impl Harness {
             replies: 0,
             host_decided: 0,
             host_replies_stopped: 0,
-            untracked_forwarded: 0,
             masqueraded_egress: 0,
             policy_drops: 0,
             tier_decided: 0,
@@ -1103,10 +1093,6 @@ impl Harness {
                 open.host_policies.clear();
                 let without = expected(&open, &r);
                 self.host_decided += usize::from(without != want);
-                if untracked_packet_forwarded(state, &r, &want, &without) {
-                    self.untracked_forwarded += 1;
-                    continue;
-                }
                 if masqueraded_forward_egress(state, &r, &without) {
                     self.masqueraded_egress += 1;
                     continue;
@@ -1198,7 +1184,7 @@ fn programs_agree_with_the_reference_model() {
                 .map_err(TestCaseError::fail)
         },
     );
-    let (seen, xdp, replies, policy, tiers, host, stopped, gap, masq_gap) = {
+    let (seen, xdp, replies, policy, tiers, host, stopped, masq_gap) = {
         let h = h.borrow();
         (
             h.seen,
@@ -1208,7 +1194,6 @@ fn programs_agree_with_the_reference_model() {
             h.tier_decided,
             h.host_decided,
             h.host_replies_stopped,
-            h.untracked_forwarded,
             h.masqueraded_egress,
         )
     };
@@ -1220,8 +1205,7 @@ fn programs_agree_with_the_reference_model() {
         "probes by the model's verdict: forward, drop, reject, untouched: {seen:?}; \
          forwarded by XDP (IPv4, IPv6): {xdp:?}; replies checked: {replies}; dropped by policy: {policy}; \
          decided by a cluster policy or the baseline: {tiers}; decided by host policy: {host}; \
-         replies the untracked host rules stop: {stopped}; not compared (untracked packets \
-         routed back out of the uplink, a known gap): {gap}; not compared (masqueraded pod \
+         replies the untracked host rules stop: {stopped}; not compared (masqueraded pod \
          connections under applyOnForward egress host rules, a known gap): {masq_gap}"
     );
     // A run that never met one of the verdicts (or never had XDP forward) would prove
@@ -1660,6 +1644,7 @@ impl Harness {
                     RunOn {
                         interface: veth.clone(),
                         ingress: veth.clone(),
+                        mark: None,
                     },
                 ),
                 (
@@ -1667,6 +1652,7 @@ impl Harness {
                     RunOn {
                         interface: veth.clone(),
                         ingress: None,
+                        mark: None,
                     },
                 ),
                 (Hook::FromUplink, RunOn::default()),

@@ -133,6 +133,7 @@ fn run_on(dp: &mut EbpfDataplane, hook: Hook, packet: &[u8], on: &str, repeat: u
     let on = RunOn {
         interface: Some(on.to_owned()),
         ingress: None,
+        mark: None,
     };
     dp.run_packet_on(hook, packet, repeat, &on)
         .expect("test run")
@@ -290,6 +291,7 @@ fn drops_new_connections_and_policy_verdicts() {
     let on = RunOn {
         interface: Some("lxc0".to_owned()),
         ingress: Some("eth0".to_owned()),
+        mark: None,
     };
     let run = dp.run_packet_on(Hook::ToPod, &denied, 1, &on).expect("run");
     assert_eq!(run.verdict, SHOT);
@@ -363,6 +365,7 @@ fn drops_new_connections_and_policy_verdicts() {
     let on = RunOn {
         interface: Some("lxc0".to_owned()),
         ingress: Some("lxc1".to_owned()),
+        mark: None,
     };
     assert_eq!(
         dp.run_packet_on(Hook::ToPod, &allowed, 1, &on)

@@ -982,6 +982,97 @@ fn the_nodes_own_nodeport_connection_meets_its_egress_policy() {
     dp.reset().expect("reset");
 }
 
+/// `DP_MARK_UNTRACKED` (common.h): `skb->mark` bit 0x80, as `dp_from_uplink` sets it.
+const MARK_UNTRACKED: u32 = 0x80;
+
+/// An untracked Allow from the uplink marks the skb (`DP_MARK_UNTRACKED`, also when XDP passed
+/// it on), and `dp_to_uplink` sends a marked packet the node routes back out untouched — no
+/// service translation, no applyOnForward egress rules — clearing only that bit, as netfilter
+/// accepts an untracked packet and never NATs it (Calico: `--ctstate UNTRACKED -j ACCEPT`,
+/// felix rules/static.go). Unmarked, the same packets are translated and judged as before:
+/// `fwd-out`'s default deny drops them (regression: the differential test's cases with
+/// `fd00:96::8` and `fd00:244:0:1::88`).
+#[test]
+#[allow(clippy::too_many_lines)] // one table of runs
+fn untracked_packets_routed_back_out_of_the_uplink_pass_untouched() {
+    if !require_root("untracked_packets_routed_back_out_of_the_uplink_pass_untouched") {
+        return;
+    }
+    let n = node("hpuntrk");
+    let mut dp = dataplane(&n);
+    let policies = vec![
+        HostPolicy::new("trusted", uplink())
+            .untracked()
+            .on_forward()
+            .with_order(10)
+            .with_types([PolicyType::Ingress])
+            .with_ingress(HostRule::new(HostAction::Allow).from_nets([net("192.0.2.0/25")])),
+        HostPolicy::new("fwd-out", uplink())
+            .on_forward()
+            .with_order(20)
+            .with_types([PolicyType::Egress]),
+    ];
+    dp.apply(&scene(policies)).expect("apply");
+    let eth0 = |mark: Option<u32>| dataplane_ebpf::RunOn {
+        interface: Some("eth0".to_owned()),
+        ingress: Some("eth0".to_owned()),
+        mark,
+    };
+    let to_cluster_ip = syn("192.0.2.7", "10.96.0.31", 40100, 80);
+    let through = syn("192.0.2.7", "203.0.113.50", 40101, 443);
+    let untrusted = syn("192.0.2.200", "203.0.113.50", 40102, 443);
+    for input in [&to_cluster_ip, &through] {
+        // XDP leaves an untracked Allow to TC, which judges it again and marks it.
+        let run = dp.run_packet(Hook::Xdp, input, 1).expect("xdp run");
+        assert_eq!(run.verdict, XDP_PASS, "XDP passes an untracked Allow to TC");
+        assert_eq!(run.output, *input, "XDP leaves it as it came");
+        let run = dp
+            .run_packet_on(Hook::FromUplink, input, 1, &eth0(None))
+            .expect("from_uplink run");
+        assert_eq!(run.verdict, TC_OK, "untracked Allow: to the stack");
+        assert_eq!(common::hex(&run.output), common::hex(input), "untouched");
+        assert_eq!(run.mark, Some(MARK_UNTRACKED), "marked untracked");
+        // Routed back out of the uplink with the mark: untouched, the bit cleared.
+        let run = dp
+            .run_packet_on(Hook::ToUplink, input, 1, &eth0(run.mark))
+            .expect("to_uplink run");
+        assert_eq!(run.verdict, TC_OK, "marked: passes dp_to_uplink");
+        assert_eq!(common::hex(&run.output), common::hex(input), "untouched");
+        assert_eq!(run.mark, Some(0), "the bit cleared");
+    }
+    // Another user's mark bits stay (kube-proxy's 0x4000 beside ours).
+    let run = dp
+        .run_packet_on(
+            Hook::ToUplink,
+            &through,
+            1,
+            &eth0(Some(0x4000 | MARK_UNTRACKED)),
+        )
+        .expect("to_uplink run");
+    assert_eq!(run.verdict, TC_OK, "marked: passes dp_to_uplink");
+    assert_eq!(run.mark, Some(0x4000), "only the untracked bit cleared");
+    // Unmarked: the ClusterIP is served as a new service packet (translated to the backend
+    // on node-b), then fwd-out's default deny drops it; passing through, dropped unchanged.
+    let run = dp
+        .run_packet_on(Hook::ToUplink, &to_cluster_ip, 1, &eth0(None))
+        .expect("to_uplink run");
+    assert_eq!(run.verdict, TC_SHOT, "unmarked: fwd-out judges it");
+    assert_ne!(run.output, to_cluster_ip, "unmarked: translated first");
+    let run = dp
+        .run_packet_on(Hook::ToUplink, &through, 1, &eth0(None))
+        .expect("to_uplink run");
+    assert_eq!(run.verdict, TC_SHOT, "unmarked: fwd-out judges it");
+    assert_eq!(common::hex(&run.output), common::hex(&through), "unchanged");
+    // No untracked Allow: not marked, and judged on its way through (fwd-out's default
+    // deny, at ingress already: it leaves the node again).
+    let run = dp
+        .run_packet_on(Hook::FromUplink, &untrusted, 1, &eth0(None))
+        .expect("from_uplink run");
+    assert_eq!(run.verdict, TC_SHOT, "not untracked: fwd-out drops it");
+    assert_eq!(run.mark, Some(0), "not untracked: not marked");
+    dp.reset().expect("reset");
+}
+
 /// The XDP cost of a blocked-source flood against 10k and 100k prefixes in the trie, for a
 /// blocklist alone (one untracked Deny on source nets: the one-lookup path,
 /// `HC_F_SRC_ONLY_IN`) and for the mixed set of [`untracked`] (the general path: the trusted

@@ -328,6 +328,7 @@ fn check_on(dp: &mut EbpfDataplane, f: &Fixture) {
     let on = RunOn {
         interface: Some("eth0".to_owned()),
         ingress: Some("eth0".to_owned()),
+        mark: None,
     };
     common::check_on(dp, f, &on);
 }

@@ -1217,6 +1217,7 @@ fn only_the_host_is_the_node() {
             &RunOn {
                 interface: Some("lxc0".to_owned()),
                 ingress: ingress.map(str::to_owned),
+                mark: None,
             },
         )
         .expect("test run")
@@ -1255,6 +1256,7 @@ fn link_local_sources_reach_only_link_local_and_multicast() {
             &RunOn {
                 interface: Some("lxc1".to_owned()),
                 ingress: None,
+                mark: None,
             },
         )
         .expect("test run")
@@ -1336,6 +1338,7 @@ fn a_pod_cannot_borrow_another_pods_address() {
     let on = |ifname: &str| RunOn {
         interface: Some(ifname.to_owned()),
         ingress: None,
+        mark: None,
     };
     let forged = tcp("10.244.0.5", "10.244.0.6", 1000, 80, TCP_SYN);
     let before = stat(&dp, "spoofed_dropped");

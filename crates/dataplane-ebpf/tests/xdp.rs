@@ -445,6 +445,7 @@ fn run_tc_on_eth0(dp: &mut EbpfDataplane, packet: &[u8]) -> dataplane_ebpf::Pack
     let on = RunOn {
         interface: Some("eth0".to_owned()),
         ingress: Some("eth0".to_owned()),
+        mark: None,
     };
     dp.run_packet_on(Hook::FromUplink, packet, 1, &on)
         .expect("test run")

@@ -74,6 +74,19 @@
 #define EV_ALLOWED 2 /* NetworkPolicy judged and allowed a new connection */
 #define CB_HOST 4 /* host_policy.h: what its normal stage owes the packet after dp_handle() */
 
+/*
+ * skb->mark bit: an untracked (doNotTrack) Allow let this packet in from the uplink
+ * (dp_from_uplink); dp_to_uplink passes a packet carrying it untouched when the node routes
+ * it back out of the uplink (no service translation, no host egress stages) and clears it.
+ * The mark stays on the skb while the node forwards it in its own namespace (a veth into a
+ * pod's namespace scrubs it). Netfilter and Calico do the same with conntrack state: filter
+ * accepts `--ctstate UNTRACKED` and NAT never sees such packets (felix rules/static.go).
+ * 0x80 because no user of the node's marks we know uses it: kube-proxy marks 0x4000
+ * (masquerade) and 0x8000 (drop), Calico 0xffff0000 by default (IptablesMarkMask), Cilium
+ * 0x0f00 (MARK_MAGIC_HOST_MASK) and its identity in the upper 16 bits, Istio 0x539.
+ */
+#define DP_MARK_UNTRACKED 0x80
+
 /* Where the program runs. */
 #define CTX_FROM_POD 0
 #define CTX_FROM_UPLINK 1
