@@ -511,6 +511,7 @@ impl Harness {
                 RunOn {
                     interface: veth.clone(),
                     ingress: veth.clone(),
+                    mark: None,
                 },
             ),
             (
@@ -518,6 +519,7 @@ impl Harness {
                 RunOn {
                     interface: veth.clone(),
                     ingress: None,
+                    mark: None,
                 },
             ),
             (Hook::FromUplink, RunOn::default()),
