@@ -52,8 +52,7 @@ use common::wire::{parse_checked, Frame, L4};
 use common::{eth, ip, require_root, TestNode, TCP_ACK, TCP_SYN};
 use dataplane_core::{
     evaluate, evaluate_on_node, node_address, tracked_reply_passes, validate, Dataplane,
-    DesiredState, Entry, IpFamily, Packet, PolicyType, Protocol, SourceSeen, TrafficPolicy,
-    Verdict,
+    DesiredState, Entry, IpFamily, Packet, Protocol, SourceSeen, TrafficPolicy, Verdict,
 };
 use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
 use proptest::prelude::*;
@@ -860,33 +859,6 @@ fn expected(state: &DesiredState, r: &Resolved) -> Verdict {
     evaluate_on_node(state, &r.packet, &r.entry)
 }
 
-/// A known gap of the programs, left out of the comparison (counted, printed): a pod's connection
-/// that this node masquerades on its way out of the uplink (a service backend elsewhere, or
-/// outside the cluster) meets the normal egress rules of `applyOnForward` host policies.
-/// Netfilter (and the model) judge it in filter FORWARD, before source NAT, with the pod's
-/// address as its source; `dp_to_uplink` judges the packet `dp_from_pod` already
-/// translated, with the node's address as its source, so a rule on source networks decides
-/// differently (found by this test: the case in differential.proptest-regressions with
-/// `198.51.100.4`). The fix: judge forwarded, masqueraded packets by the original source their
-/// conntrack entry keeps. Not fixed yet.
-fn masqueraded_forward_egress(state: &DesiredState, r: &Resolved, without: &Verdict) -> bool {
-    let masqueraded = matches!(
-        without,
-        Verdict::Forward {
-            source: SourceSeen::Masqueraded(_),
-            ..
-        } | Verdict::Untouched {
-            source: SourceSeen::Masqueraded(_)
-        }
-    );
-    matches!(r.entry, Entry::FromPod(_))
-        && masqueraded
-        && state
-            .host_policies
-            .iter()
-            .any(|p| p.apply_on_forward && !p.do_not_track && p.applies_to(PolicyType::Egress))
-}
-
 /// Whether `outcome` is what `verdict` allows; `Err` says how it differs. `may_drop`: the
 /// host endpoint's normal policies denied some of the backends the connection may pick
 /// (`verdict` lists the rest), so a drop is right too — a dataplane picks a backend, then
@@ -986,8 +958,6 @@ struct Harness {
     host_decided: usize,
     /// Backend replies the untracked host rules stop.
     host_replies_stopped: usize,
-    /// Probes not compared: the known gap of `masqueraded_forward_egress`.
-    masqueraded_egress: usize,
     /// Probes the model drops for pod policy alone (NetworkPolicy, cluster policies, the
     /// baseline).
     policy_drops: usize,
@@ -1039,7 +1009,6 @@ impl Harness {
             replies: 0,
             host_decided: 0,
             host_replies_stopped: 0,
-            masqueraded_egress: 0,
             policy_drops: 0,
             tier_decided: 0,
             rewritten: 0,
@@ -1093,10 +1062,6 @@ impl Harness {
                 open.host_policies.clear();
                 let without = expected(&open, &r);
                 self.host_decided += usize::from(without != want);
-                if masqueraded_forward_egress(state, &r, &without) {
-                    self.masqueraded_egress += 1;
-                    continue;
-                }
                 may_drop = match (&without, &want) {
                     (Verdict::Forward { backends: all, .. }, Verdict::Forward { backends, .. }) => {
                         all.iter().any(|b| !backends.contains(b))
@@ -1184,7 +1149,7 @@ fn programs_agree_with_the_reference_model() {
                 .map_err(TestCaseError::fail)
         },
     );
-    let (seen, xdp, replies, policy, tiers, host, stopped, masq_gap) = {
+    let (seen, xdp, replies, policy, tiers, host, stopped) = {
         let h = h.borrow();
         (
             h.seen,
@@ -1194,7 +1159,6 @@ fn programs_agree_with_the_reference_model() {
             h.tier_decided,
             h.host_decided,
             h.host_replies_stopped,
-            h.masqueraded_egress,
         )
     };
     drop(h);
@@ -1205,8 +1169,7 @@ fn programs_agree_with_the_reference_model() {
         "probes by the model's verdict: forward, drop, reject, untouched: {seen:?}; \
          forwarded by XDP (IPv4, IPv6): {xdp:?}; replies checked: {replies}; dropped by policy: {policy}; \
          decided by a cluster policy or the baseline: {tiers}; decided by host policy: {host}; \
-         replies the untracked host rules stop: {stopped}; not compared (masqueraded pod \
-         connections under applyOnForward egress host rules, a known gap): {masq_gap}"
+         replies the untracked host rules stop: {stopped}"
     );
     // A run that never met one of the verdicts (or never had XDP forward) would prove
     // nothing about it. (IPv6 probes XDP forwards are few, 1-4 in 200 cases: not required

@@ -1073,6 +1073,85 @@ fn untracked_packets_routed_back_out_of_the_uplink_pass_untouched() {
     dp.reset().expect("reset");
 }
 
+/// A pod's connection this node source-NATs on its way through is judged by applyOnForward
+/// egress rules with the pod's address and port, as netfilter's FORWARD chain judges it
+/// before SNAT: a service connection `dp_from_pod` translated with SNAT (`masquerade.all_services`)
+/// reaches `dp_to_uplink` with the node's address, and `host_after()` takes the source from
+/// the connection's reverse `dp_ct` entry (regression: it judged the node's address, so
+/// `fwd-out`'s rules on the pods' nets never matched; the differential test's case with
+/// `198.51.100.4`). A connection `dp_to_uplink` masquerades itself is judged the same way.
+#[test]
+fn masqueraded_pod_connections_meet_forward_egress_rules_with_the_pods_source() {
+    if !require_root("masqueraded_pod_connections_meet_forward_egress_rules_with_the_pods_source") {
+        return;
+    }
+    let n = node("hpmasq");
+    let mut dp = dataplane(&n);
+    let policies = vec![HostPolicy::new("fwd-out", uplink())
+        .on_forward()
+        .with_types([PolicyType::Egress])
+        .with_egress(HostRule::new(HostAction::Deny).from_nets([net("10.244.0.11/32")]))
+        .with_egress(
+            HostRule::new(HostAction::Allow)
+                .protocol(Protocol::Tcp)
+                .from_nets([net("10.244.0.0/24")])
+                .from_ports([HostPort::Number(41000)]),
+        )];
+    let mut state = scene(policies);
+    state.node.masquerade.all_services = true;
+    dp.apply(&state).expect("apply");
+    for (pod, sport, verdict, what) in [
+        (
+            "10.244.0.10",
+            41000,
+            TC_OK,
+            "the pod's address and port: allowed",
+        ),
+        (
+            "10.244.0.10",
+            41001,
+            TC_SHOT,
+            "another port of the pod: default deny",
+        ),
+        ("10.244.0.11", 41000, TC_SHOT, "the denied pod"),
+    ] {
+        // The service connection, source-NATed by dp_from_pod and routed to the uplink.
+        let run = dp
+            .run_packet(Hook::FromPod, &syn(pod, "10.96.0.31", sport, 80), 1)
+            .expect("from_pod run");
+        assert_eq!(run.verdict, TC_REDIRECT, "{what}: translated and routed");
+        let out = common::wire::parse_checked(&run.output).expect("a well-formed frame");
+        assert_eq!(
+            out.src.to_string(),
+            "172.18.0.2",
+            "{what}: SNAT to the node"
+        );
+        let sent = run.output;
+        let run = dp
+            .run_packet(Hook::ToUplink, &sent, 1)
+            .expect("to_uplink run");
+        assert_eq!(run.verdict, verdict, "service connection, {what}");
+        assert_eq!(
+            common::hex(&run.output),
+            common::hex(&sent),
+            "{what}: unchanged"
+        );
+        // Straight out of the cluster: masqueraded by dp_to_uplink, judged the same way.
+        let run = dp
+            .run_packet(Hook::ToUplink, &syn(pod, "198.51.100.4", sport, 443), 1)
+            .expect("to_uplink run");
+        assert_eq!(run.verdict, verdict, "masqueraded, {what}");
+        let out = common::wire::parse_checked(&run.output).expect("a well-formed frame");
+        assert_eq!(out.src.to_string(), "172.18.0.2", "{what}: masqueraded");
+    }
+    assert_eq!(
+        drops(&dp, "fwd-out", PolicyType::Egress, 0),
+        2,
+        "the denied pod's two"
+    );
+    dp.reset().expect("reset");
+}
+
 /// The XDP cost of a blocked-source flood against 10k and 100k prefixes in the trie, for a
 /// blocklist alone (one untracked Deny on source nets: the one-lookup path,
 /// `HC_F_SRC_ONLY_IN`) and for the mixed set of [`untracked`] (the general path: the trusted

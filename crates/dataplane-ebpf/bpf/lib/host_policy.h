@@ -16,10 +16,12 @@
  *      connection: inbound, the ingress rules (of applyOnForward policies only when it is
  *      not for one of the node's addresses) and, when it leaves the node again, the egress
  *      rules of applyOnForward policies; outbound, the egress rules (applyOnForward ones only
- *      for packets the node forwards). First match decides; no match drops when a policy of
- *      those applies to the direction (default deny). A connection let through (by any
- *      stage but an untracked Allow) goes into dp_host_ct with its tuples both ways, before
- *      and after translation: its later packets and its replies skip stages 3 and 4.
+ *      for packets the node forwards, with the source before any SNAT of ours: a pod's
+ *      address and port, from the reverse dp_ct entry). First match decides; no match
+ *      drops when a policy of those applies to the direction (default deny). A connection
+ *      let through (by any stage but an untracked Allow) goes into dp_host_ct with its
+ *      tuples both ways, before and after translation: its later packets and its replies
+ *      skip stages 3 and 4.
  *
  * Where it runs: host_xdp() first in dp_xdp_uplink (stage 2's ingress denies at XDP: a
  * flood from a blocked prefix costs no skb), host_from_uplink() first in dp_from_uplink (all
@@ -369,6 +371,37 @@ static __always_inline int host_leg(const struct host_pkt *hp, __u32 gen,
 	return host_action(idx) == HA_ALLOW ? 0 : 1 + idx;
 }
 
+/* The dp_ct entry under the key of a reply to @p (as it leaves, translated or not): the
+ * connection's reverse entry when this datapath source-NATed it, its forward entry when @p is
+ * a reply it reverse-translated. NULL: none. */
+static __always_inline struct ct_entry *host_reply_entry(const struct pkt *p)
+{
+	struct ct_key k;
+
+	ct_reply_key(&k, p, p->daddr, p->dport);
+	return bpf_map_lookup_elem(&dp_ct, &k);
+}
+
+/*
+ * A forwarded TCP/UDP packet @p leaving with a node address as its source because this
+ * datapath source-NATed its connection on the way through (a pod's service connection
+ * dp_from_pod translated with SNAT, or a pod's connection masquerade() translated): @hp gets
+ * the source the reverse entry keeps, the pod's address and port, which netfilter's FORWARD
+ * chain (where Calico's applyOnForward policies run) judges, before SNAT in POSTROUTING.
+ */
+static __always_inline void host_orig_source(struct host_pkt *hp, const struct pkt *p)
+{
+	struct ct_entry *e;
+
+	if (!(cidr_bits(p, p->saddr) & CIDR_F_NODE))
+		return;
+	e = host_reply_entry(p);
+	if (!e || !ct_is_rev(e) || (cidr_bits(p, e->snat_addr) & CIDR_F_NODE))
+		return;
+	addr_copy(hp->saddr, e->snat_addr);
+	hp->sport = e->snat_port;
+}
+
 /**
  * host_after() - the normal stage, on the packet as dp_handle() left it (translated), for a
  * packet host_from_uplink() (@ingress) or host_to_uplink() deferred (skb->cb[CB_HOST]);
@@ -411,6 +444,8 @@ static __noinline int host_after(struct __sk_buff *skb, int ingress)
 			if (!drop && !local)
 				drop = host_leg(&hp, gen, c, HS_NORMAL_OUT, 1);
 		} else if (!local) {
+			if (!s->own && ret > 0)
+				host_orig_source(&hp, &p);
 			drop = host_leg(&hp, gen, c, HS_NORMAL_OUT, !s->own);
 		}
 		if (drop) {
@@ -485,11 +520,8 @@ static __noinline int host_from_uplink(struct __sk_buff *skb)
  */
 static __always_inline int host_translated(const struct pkt *p)
 {
-	struct ct_entry *e;
-	struct ct_key k;
+	struct ct_entry *e = host_reply_entry(p);
 
-	ct_reply_key(&k, p, p->daddr, p->dport);
-	e = bpf_map_lookup_elem(&dp_ct, &k);
 	if (!e)
 		return HOST_XLATED_NONE;
 	if (ct_is_fwd(e))
