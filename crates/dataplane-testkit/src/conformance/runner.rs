@@ -1157,8 +1157,8 @@ fn check_outcome(
 mod tests {
     use super::*;
 
-    /// The kernel installs an IPv6 address's local route after `ip addr add` returns (one
-    /// `ip -batch` adding it and listing the local routes does not always see it), and
+    /// The kernel may install an IPv6 address's local route after `ip addr add` returns (one
+    /// `ip -batch` adding it and listing the local routes did not always see it), and
     /// [`address_on_lo`] waits for it: the UDP row of a node sending from an IPv6 LB IP
     /// timed out when the backend's answer came back before the route.
     #[test]
@@ -1176,22 +1176,9 @@ mod tests {
         let netns = &lab.node(0).netns;
         let cidr: IpNetwork = "fd00:202::99/128".parse().unwrap();
         let routed = |stdout: &[u8]| String::from_utf8_lossy(stdout).contains("local fd00:202::99");
-        let script = format!(
-            "addr add {cidr} dev lo nodad\nroute show table local\naddr del {cidr} dev lo\n"
-        );
-        let late = (0..50)
-            .filter(|_| {
-                let out = netns
-                    .exec_checked("ip", &["-6", "-batch", "-"], Some(&script))
-                    .expect("ip -batch");
-                !routed(&out.stdout)
-            })
-            .count();
-        assert!(
-            late > 0,
-            "the local route was there at once in 50 of 50 tries: if the kernel now installs \
-             it synchronously, address_on_lo need not wait"
-        );
+        // (How often the route is late depends on the machine's load — 179 of 300 tries once,
+        // none in 50 in a quieter run — so the delay itself is not asserted: the
+        // guarantee below is.)
         for _ in 0..20 {
             address_on_lo(netns, cidr).expect("address on lo");
             let out = netns
