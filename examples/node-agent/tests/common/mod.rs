@@ -18,6 +18,7 @@ pub mod agent;
 pub mod fake_api;
 pub mod http;
 pub mod manifests;
+pub mod neighbours;
 pub mod prom;
 
 use std::net::SocketAddr;
