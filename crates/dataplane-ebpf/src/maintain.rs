@@ -79,8 +79,9 @@ impl GcSchedule {
     /// pass's (the caller's clock is not the one the last pass was given: a test that
     /// jumps ahead and back, say): then it runs rather than wait for a time that may not come.
     pub(crate) fn due(&self, now: Duration, interval: Duration) -> bool {
+        let on_time = interval.saturating_sub(interval / 10);
         self.last
-            .is_none_or(|last| now < last || now - last >= interval - interval / 10)
+            .is_none_or(|last| now.checked_sub(last).is_none_or(|since| since >= on_time))
     }
 
     /// Records a pass at `now`.

@@ -472,7 +472,7 @@ fn maintain_refreshes_the_liveness_every_call_and_walks_conntrack_on_its_interva
     let liveness = || pinned_l2_cfg(&n).liveness_ns;
 
     // A pass shortly before its timeout: it stays.
-    let first = seen + timeouts.tcp_syn - Duration::from_secs(2);
+    let first = seen + timeouts.tcp_syn.saturating_sub(Duration::from_secs(2));
     let before = liveness();
     let report = dp.maintain(first).expect("maintain");
     assert_eq!(
