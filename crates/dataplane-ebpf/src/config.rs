@@ -240,8 +240,9 @@ pub struct EbpfConfig {
 /// (Cilium's defaults: a 15 s lease, a 5 s renew deadline, 2 s retries), so that a dead
 /// agent's node is quiet before another node can take the lease over and clients that ask
 /// meanwhile do not get two answers. A shorter window has `maintain()` run more often (a
-/// third of the window) and makes a scheduling hiccup of the embedder more likely to silence
-/// the node for a moment; a longer one keeps a dead agent's node answering longer.
+/// third of the window; the calls between conntrack passes only refresh the liveness) and
+/// makes a scheduling hiccup of the embedder more likely to silence the node for a moment; a
+/// longer one keeps a dead agent's node answering longer.
 pub const DEFAULT_L2_LIVENESS: Duration = Duration::from_secs(3);
 
 impl EbpfConfig {

@@ -22,7 +22,7 @@ use crate::events::{EventAsk, EventAsks};
 use crate::host_policy::{HostRuleDrops, HostState};
 use crate::l2::L2State;
 use crate::loader::{self, Hook, Objects};
-use crate::maintain::{gc, maintenance_interval};
+use crate::maintain::{gc, maintenance_interval, GcSchedule};
 use crate::map_table;
 use crate::maps::{
     self, SCOPE_EXTERNAL_INSIDE, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES,
@@ -49,6 +49,8 @@ pub(crate) struct Loaded {
     pub(crate) host: HostState,
     /// What the L2 announcement maps hold.
     pub(crate) l2: L2State,
+    /// When `maintain()` last walked the conntrack table.
+    pub(crate) gc_schedule: GcSchedule,
     pub(crate) synced: Synced,
 }
 
@@ -182,6 +184,7 @@ impl EbpfDataplane {
             names,
             host,
             l2,
+            gc_schedule: GcSchedule::default(),
             synced: Synced::NEVER,
         })
     }
@@ -876,7 +879,12 @@ impl Dataplane for EbpfDataplane {
     ///
     /// First it refreshes the L2 responder's liveness
     /// ([`EbpfConfig::l2_liveness`](crate::EbpfConfig::l2_liveness)), and after a lapse sends
-    /// the gratuitous announcements again (a failure to send is logged).
+    /// the gratuitous announcements again (a failure to send is logged). The conntrack pass
+    /// follows only when the conntrack interval
+    /// ([`maintenance_interval`](crate::maintenance_interval) of the timeouts) has passed
+    /// since the last one at `now`: while addresses are announced `maintain()` is called
+    /// more often than that (see [`Dataplane::maintenance_interval`]), and a call in between
+    /// refreshes the liveness only, reporting nothing (`flows_remaining` `None`).
     fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
         let timeouts = self.config.timeouts;
         let netns = self.config.netns.clone();
@@ -894,7 +902,11 @@ impl Dataplane for EbpfDataplane {
         {
             tracing::warn!(field = %w.field, message = %w.message, "L2 announcements");
         }
+        if !loaded.gc_schedule.due(now, maintenance_interval(&timeouts)) {
+            return Ok(MaintenanceReport::default());
+        }
         let gc = gc(&mut loaded.objects.maps, &loaded.current, &timeouts, now)?;
+        loaded.gc_schedule.ran(now);
         Ok(MaintenanceReport {
             flows_expired: gc.expired as u64,
             affinity_expired: gc.affinity_expired as u64,
@@ -916,7 +928,7 @@ impl Dataplane for EbpfDataplane {
     /// While addresses are L2-announced: at most a third of
     /// [`EbpfConfig::l2_liveness`](crate::EbpfConfig::l2_liveness), so that `maintain()`
     /// refreshes the responder's liveness before it lapses even when one run is late (the
-    /// conntrack pass then runs that often too: its cost follows the tracked connections).
+    /// conntrack pass still runs on its own interval: `maintain()` skips it in between).
     fn maintenance_interval(&self) -> Option<Duration> {
         let gc = maintenance_interval(&self.config.timeouts);
         Some(match self.loaded() {

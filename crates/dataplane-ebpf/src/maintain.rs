@@ -61,6 +61,35 @@ pub fn maintenance_interval(timeouts: &CtTimeouts) -> Duration {
     (shortest / 2).clamp(MIN_MAINTENANCE_INTERVAL, MAX_MAINTENANCE_INTERVAL)
 }
 
+/// When the last conntrack pass ran, by `maintain()`'s `now`: the next pass is due one
+/// [`maintenance_interval`] later. `maintain()` may be called more often than that (while
+/// addresses are L2-announced the dataplane asks for a call every third of the liveness
+/// window, about a second, to refresh the liveness): a call in between refreshes the liveness
+/// only and leaves `dp_ct` alone, so the table is walked on the conntrack timeouts' schedule
+/// whatever the liveness asks for.
+#[derive(Debug, Default)]
+pub(crate) struct GcSchedule {
+    last: Option<Duration>,
+}
+
+impl GcSchedule {
+    /// Whether a pass is due at `now` with passes `interval` apart: none ran yet, `interval`
+    /// has passed since the last (less a tenth of it, so that a timer that fires a little
+    /// early does not put the pass off by a whole interval), or `now` is before the last
+    /// pass's (the caller's clock is not the one the last pass was given: a test that
+    /// jumps ahead and back, say): then it runs rather than wait for a time that may not come.
+    pub(crate) fn due(&self, now: Duration, interval: Duration) -> bool {
+        let on_time = interval.saturating_sub(interval / 10);
+        self.last
+            .is_none_or(|last| now.checked_sub(last).is_none_or(|since| since >= on_time))
+    }
+
+    /// Records a pass at `now`.
+    pub(crate) fn ran(&mut self, now: Duration) {
+        self.last = Some(now);
+    }
+}
+
 /// What one [`gc`] pass removed (`Dataplane::maintain` reports it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct GcReport {
@@ -308,6 +337,27 @@ mod tests {
         m.insert(rk, entry(0, 0));
         let syn_late = s(1) + u64::try_from(t.tcp_syn.as_nanos()).unwrap();
         assert_eq!(policy_expired(&m, &t, syn_late).len(), 2);
+    }
+
+    #[test]
+    fn a_pass_is_due_once_its_interval_has_passed() {
+        let s = Duration::from_secs;
+        let mut schedule = GcSchedule::default();
+        assert!(schedule.due(s(100), s(5)), "the first call runs one");
+        schedule.ran(s(100));
+        for early in [s(100), s(101), s(104)] {
+            assert!(!schedule.due(early, s(5)), "{early:?}: within the interval");
+        }
+        assert!(
+            schedule.due(s(104) + Duration::from_millis(500), s(5)),
+            "a tenth early is on time"
+        );
+        assert!(schedule.due(s(105), s(5)));
+        assert!(schedule.due(s(400), s(5)));
+        assert!(
+            schedule.due(s(99), s(5)),
+            "a clock behind the last pass runs one"
+        );
     }
 
     #[test]

@@ -1666,37 +1666,12 @@ fn dsr_fixtures() {
     for f in &fixtures {
         check(&mut dp, f);
     }
-    assert_eq!(
-        stat(&dp, "dsr_forwarded"),
+    check_dsr_outcome(
+        &mut dp,
         4,
-        "four requests went out with the option"
+        ["192.0.2.7:45000", "172.18.0.2:30090", "10.244.1.20:8080"],
+        ["192.0.2.8:46000", "172.18.0.9:30090", "10.244.0.10:8080"],
     );
-    assert_eq!(
-        stat(&dp, "dsr_replies"),
-        1,
-        "one reply answered from the frontend"
-    );
-    assert_eq!(stat(&dp, "frag_needed"), 1, "one ICMP fragmentation needed");
-    let flows = dp.flows().expect("flows");
-    assert!(
-        flows
-            .iter()
-            .any(|f| f.frontend.to_string() == "172.18.0.2:30090"
-                && f.backend.to_string() == "10.244.1.20:8080"
-                && f.client.to_string() == "192.0.2.7:45000"),
-        "the DSR flow is listed on the ingress node: {flows:?}"
-    );
-    assert!(
-        flows
-            .iter()
-            .any(|f| f.frontend.to_string() == "172.18.0.9:30090"
-                && f.backend.to_string() == "10.244.0.10:8080"
-                && f.client.to_string() == "192.0.2.8:46000"),
-        "the DSR flow is listed on the backend's node too: {flows:?}"
-    );
-    // GC keeps the lone DSR entries (no reverse partner) while they are fresh.
-    let report = dp.maintain(monotonic_now()).expect("maintain");
-    assert_eq!(report.other["orphans"], 0, "{report:?}");
     assert!(dp.flows().expect("flows").len() >= 3);
 }
 
@@ -1896,47 +1871,73 @@ fn dsr6_fixtures() {
     for f in &fixtures {
         check(&mut dp, f);
     }
-    assert_eq!(
-        stat(&dp, "dsr_forwarded"),
+    let flows = check_dsr_outcome(
+        &mut dp,
         6,
-        "six requests went out with the header"
+        [
+            "[2001:db8:9::7]:45000",
+            "[fd00:18::2]:30190",
+            "[fd00:244:1::20]:8080",
+        ],
+        [
+            "[2001:db8:9::7]:46000",
+            "[fd00:18::9]:30190",
+            "[fd00:244::10]:8080",
+        ],
+    );
+    assert!(
+        !flows.iter().any(|f| f.client.port() == 46001),
+        "nothing learnt from a foreign header: {flows:?}"
+    );
+}
+
+/// What the DSR fixtures (`dsr_fixtures`, `dsr6_fixtures`) leave on `dp`: `forwarded`
+/// requests sent out with DSR's IPv4 option or IPv6 destination options header, one reply
+/// answered from the frontend, one ICMP fragmentation needed (Packet Too Big), and the DSR
+/// flow listed on the ingress node (`ingress`) and on the backend's node (`at_backend`), each
+/// (client, frontend, backend); GC keeps those lone entries (no reverse partner) while they
+/// are fresh. Returns the flows before GC.
+fn check_dsr_outcome(
+    dp: &mut EbpfDataplane,
+    forwarded: u64,
+    ingress: [&str; 3],
+    at_backend: [&str; 3],
+) -> Vec<dataplane_core::Flow> {
+    assert_eq!(
+        stat(dp, "dsr_forwarded"),
+        forwarded,
+        "requests that went out with DSR's option or header"
     );
     assert_eq!(
-        stat(&dp, "dsr_replies"),
+        stat(dp, "dsr_replies"),
         1,
         "one reply answered from the frontend"
     );
-    assert_eq!(stat(&dp, "frag_needed"), 1, "one Packet Too Big");
-    let flows = dp.flows().expect("flows");
-    let has = |client: &str, frontend: &str, backend: &str| {
+    assert_eq!(stat(dp, "frag_needed"), 1, "one fragmentation needed");
+    let listed = |flows: &[dataplane_core::Flow], [client, frontend, backend]: [&str; 3]| {
         flows.iter().any(|f| {
             f.client.to_string() == client
                 && f.frontend.to_string() == frontend
                 && f.backend.to_string() == backend
         })
     };
+    let flows = dp.flows().expect("flows");
     assert!(
-        has(
-            "[2001:db8:9::7]:45000",
-            "[fd00:18::2]:30190",
-            "[fd00:244:1::20]:8080"
-        ),
+        listed(&flows, ingress),
         "the DSR flow is listed on the ingress node: {flows:?}"
     );
     assert!(
-        has(
-            "[2001:db8:9::7]:46000",
-            "[fd00:18::9]:30190",
-            "[fd00:244::10]:8080"
-        ),
+        listed(&flows, at_backend),
         "the DSR flow is listed on the backend's node too: {flows:?}"
-    );
-    assert!(
-        !flows.iter().any(|f| f.client.port() == 46001),
-        "nothing learnt from a foreign header: {flows:?}"
     );
     let report = dp.maintain(monotonic_now()).expect("maintain");
     assert_eq!(report.other["orphans"], 0, "{report:?}");
+    let kept = dp.flows().expect("flows");
+    assert!(
+        listed(&kept, ingress) && listed(&kept, at_backend),
+        "GC keeps the lone DSR entries while they are fresh: {kept:?}"
+    );
+    flows
 }
 
 /// Source address and port (or echo identifier) of an IPv4 output packet.
