@@ -28,7 +28,7 @@ use crate::maps::{
     self, SCOPE_EXTERNAL_INSIDE, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES,
     STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
 };
-use crate::names::{self, Names};
+use crate::names::Names;
 use crate::plan::{self, BACKEND};
 use crate::policy::{self, PolicyState};
 use crate::support::{ensure_bpffs, BPFFS};
@@ -436,7 +436,7 @@ impl EbpfDataplane {
         }
         // The events' names: after the services and policy.
         let (names_count, names_warning) =
-            sync_names(names_written, &mut objects.names, planner, rest, changes)?;
+            sync_names(names_written, objects, planner, rest, changes)?;
 
         // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
         // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
@@ -990,14 +990,20 @@ impl Drop for EbpfDataplane {
 /// warning when some did not fit.
 fn sync_names(
     names: &mut Names,
-    map: &mut names::BpfNames,
+    objects: &mut Objects,
     planner: &plan::Planner,
     rest: &DesiredState,
     changes: Option<&ChangeSet>,
 ) -> Result<(usize, Option<Warning>), EbpfError> {
     let (written, unfit) = match changes {
-        None => names.sync_full(map, planner, rest)?,
-        Some(changes) => names.sync_changes(map, planner, rest, changes)?,
+        None => names.sync_full(&mut objects.names, &objects.names_batch, planner, rest)?,
+        Some(changes) => names.sync_changes(
+            &mut objects.names,
+            &objects.names_batch,
+            planner,
+            rest,
+            changes,
+        )?,
     };
     let warning = (unfit > 0).then(|| Warning {
         object: "node".to_owned(),

@@ -169,6 +169,8 @@ pub(crate) struct Objects {
     pub drops: PerCpuArray<MapData, u64>,
     /// Names of service-port ids and pod addresses (written by `names.rs`).
     pub names: HashMap<MapData, NameKey, NameValue>,
+    /// Batch writer of `dp_names` (a full sync of 100k services writes 100k names).
+    pub names_batch: BatchFd,
     /// Host endpoint policy (written by `host_policy.rs`).
     pub host_maps: HostMaps,
     /// L2 announcements (written by `l2.rs`).
@@ -490,19 +492,16 @@ pub(crate) fn load(
         ],
     )?;
 
-    let svc_batch = batch_fd(&pod, map_table::SVC.name)?;
     let backends_batch = batch_fd(&pod, map_table::BACKENDS.name)?;
     let slots_batch = batch_fd(&pod, map_table::SLOTS.name)?;
-    let ct_batch = batch_fd(&pod, map_table::CT.name)?;
-    let pol_ct_batch = batch_fd(&pod, map_table::POL_CT.name)?;
     let backends_mmap = mmap_array(pin_dir, &map_table::BACKENDS, &backends_batch)?;
     let slots_mmap = mmap_array(pin_dir, &map_table::SLOTS, &slots_batch)?;
     let maps = Maps {
         backends_mmap,
         slots_mmap,
-        ct_batch,
-        pol_ct_batch,
-        svc_batch,
+        ct_batch: batch_fd(&pod, map_table::CT.name)?,
+        pol_ct_batch: batch_fd(&pod, map_table::POL_CT.name)?,
+        svc_batch: batch_fd(&pod, map_table::SVC.name)?,
         backends_batch,
         slots_batch,
         svc: take(&mut pod, map_table::SVC.name)?,
@@ -523,6 +522,7 @@ pub(crate) fn load(
     };
     Ok(Objects {
         drops: take(&mut pod, map_table::DROPS.name)?,
+        names_batch: batch_fd(&pod, map_table::NAMES.name)?,
         names: take(&mut pod, map_table::NAMES.name)?,
         host_maps: HostMaps {
             lpm: take(&mut pod, map_table::HOST_LPM.name)?,
