@@ -813,6 +813,7 @@ impl Objects {
     pub(crate) fn check_interfaces(
         &self,
         wanted: &std::collections::BTreeSet<(String, Hook)>,
+        ifindexes: &mut crate::local::Ifindexes,
     ) -> Result<(), EbpfError> {
         for (ifname, hook) in wanted {
             if matches!(hook, Hook::FromPod | Hook::ToPod) {
@@ -823,7 +824,7 @@ impl Objects {
                 program: hook.program().to_owned(),
                 source,
             };
-            match crate::local::lookup_ifindex(ifname) {
+            match ifindexes.lookup(ifname) {
                 Ok(Some(_)) => {}
                 // `attach` keeps an attachment whose lookup failed: nothing to refuse.
                 Err(_) if self.attachments.contains_key(&(ifname.clone(), *hook)) => {}
@@ -833,6 +834,27 @@ impl Objects {
                     ))
                 }
                 Err(e) => return Err(missing(Box::new(e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches every attachment `wanted` does not list (call inside the node's network
+    /// namespace).
+    pub(crate) fn detach_unwanted(
+        &mut self,
+        wanted: &std::collections::BTreeSet<(String, Hook)>,
+    ) -> Result<(), EbpfError> {
+        let stale: Vec<(String, Hook)> = self
+            .attachments
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
+        for k in stale {
+            self.attached_ifindex.remove(&k);
+            if let Some(a) = self.attachments.remove(&k) {
+                a.detach()?;
             }
         }
         Ok(())
@@ -850,10 +872,11 @@ impl Objects {
         hook: Hook,
         mode: AttachMode,
         xdp: XdpMode,
+        ifindexes: &mut crate::local::Ifindexes,
     ) -> Result<(), EbpfError> {
         let key = (ifname.to_owned(), hook);
         let pod_hook = matches!(hook, Hook::FromPod | Hook::ToPod);
-        let ifindex = match crate::local::lookup_ifindex(ifname) {
+        let ifindex = match ifindexes.lookup(ifname) {
             Ok(Some(i)) => i,
             // A pod's interface that is not there (not created yet, or deleted while the pod
             // is still in the state: a terminating pod) carries no traffic to police: skipped,

@@ -2,7 +2,7 @@
 //! interface, resolved in the node's namespace. The writer (`writer::sync_local`) makes the
 //! map hold what [`wanted`] answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::maps::{family_of, Addr, LocalKey};
 
@@ -31,13 +31,37 @@ pub(crate) fn lookup_ifindex(name: &str) -> std::io::Result<Option<u32>> {
     }
 }
 
+/// Interface indexes looked up once per sync, in one namespace: a lookup opens and closes a
+/// socket (`if_nametoindex`), 5-15 µs on the 2-CPU bench VM, and a sync looked each pod's
+/// interface up three times (its two hooks and `dp_local`), ~40 lookups per endpoint change
+/// on the scaling bench's node. Failed lookups are not kept (the next one tries again).
+/// Valid for one sync only: interfaces come and go between syncs.
+#[derive(Debug, Default)]
+pub(crate) struct Ifindexes(HashMap<String, Option<u32>>);
+
+impl Ifindexes {
+    /// [`lookup_ifindex`], once per name.
+    pub(crate) fn lookup(&mut self, name: &str) -> std::io::Result<Option<u32>> {
+        if let Some(found) = self.0.get(name) {
+            return Ok(*found);
+        }
+        let found = lookup_ifindex(name)?;
+        self.0.insert(name.to_owned(), found);
+        Ok(found)
+    }
+}
+
 /// The `dp_local` entries of `endpoints`, at most `max` (the map's size; the rest are left
 /// to the FIB): an interface that is not there yet is left to the FIB too. Resolved at every
 /// sync that looks at endpoints, so that a recreated interface is found under its new index.
-pub(crate) fn wanted(endpoints: &[dataplane_core::Endpoint], max: u32) -> BTreeMap<LocalKey, u32> {
+pub(crate) fn wanted(
+    endpoints: &[dataplane_core::Endpoint],
+    max: u32,
+    ifindexes: &mut Ifindexes,
+) -> BTreeMap<LocalKey, u32> {
     let mut want: BTreeMap<LocalKey, u32> = BTreeMap::new();
     for e in endpoints {
-        let ifindex = ifindex_of(&e.interface);
+        let ifindex = ifindexes.lookup(&e.interface).ok().flatten().unwrap_or(0);
         if ifindex == 0 {
             tracing::debug!(endpoint = %e.name, interface = %e.interface, "no such interface yet");
             continue;
