@@ -170,6 +170,14 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// `dp_names` of node `n`, from its pin.
+fn pinned_names(n: &TestNode) -> BpfHashMap<MapData, NameKey, NameValue> {
+    BpfHashMap::try_from(Map::HashMap(
+        MapData::from_pin(n.pin_dir.join("dp_names")).expect("dp_names pinned"),
+    ))
+    .expect("a hash map")
+}
+
 /// Pod or service `name` of namespace x, as an event names it.
 #[allow(clippy::unnecessary_wraps)] // compared with the events' Option fields
 fn x(name: &str) -> Option<ObjectName> {
@@ -192,10 +200,7 @@ fn drops_new_connections_and_policy_verdicts() {
         MapData::from_pin(n.pin_dir.join("dp_events")).expect("dp_events pinned"),
     ))
     .expect("a ring buffer");
-    let names: BpfHashMap<MapData, NameKey, NameValue> = BpfHashMap::try_from(Map::HashMap(
-        MapData::from_pin(n.pin_dir.join("dp_names")).expect("dp_names pinned"),
-    ))
-    .expect("a hash map");
+    let names = pinned_names(&n);
     let empty_syn = eth()
         .ip("10.244.0.5", "10.96.0.15")
         .tcp(40000, 80, TCP_SYN)
@@ -911,10 +916,7 @@ fn names_beyond_the_capacity_are_left_out_with_a_warning() {
         "{}",
         warning.message
     );
-    let names: BpfHashMap<MapData, NameKey, NameValue> = BpfHashMap::try_from(Map::HashMap(
-        MapData::from_pin(n.pin_dir.join("dp_names")).expect("dp_names pinned"),
-    ))
-    .expect("a hash map");
+    let names = pinned_names(&n);
     let held: Vec<(NameKey, NameValue)> = names.iter().map(|e| e.expect("read")).collect();
     assert_eq!(held.len(), 4, "the map is full");
     let pods = [
