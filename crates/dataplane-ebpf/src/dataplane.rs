@@ -28,7 +28,7 @@ use crate::maps::{
     self, SCOPE_EXTERNAL_INSIDE, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES,
     STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
 };
-use crate::names::{self, Names};
+use crate::names::Names;
 use crate::plan::{self, BACKEND};
 use crate::policy::{self, PolicyState};
 use crate::support::{ensure_bpffs, BPFFS};
@@ -163,8 +163,11 @@ impl EbpfDataplane {
             let xdp_mode = self.config.xdp;
             let objs = &mut objects;
             netns::in_netns(self.config.netns.as_deref(), move || {
+                let mut ifindexes = local::Ifindexes::default();
                 for (ifname, hook) in pinned {
-                    if let Err(e) = objs.attach(&pin_dir, &ifname, hook, mode, xdp_mode) {
+                    let attached =
+                        objs.attach(&pin_dir, &ifname, hook, mode, xdp_mode, &mut ifindexes);
+                    if let Err(e) = attached {
                         tracing::warn!(interface = %ifname, error = %e, "could not adopt pinned link");
                     }
                 }
@@ -407,9 +410,13 @@ impl EbpfDataplane {
         };
         check_local_fits(rest, caps.local)?;
         // The interfaces the new state attaches to, before anything is written: a state whose
-        // uplink is missing is refused with the maps as they were.
+        // uplink is missing is refused with the maps as they were. Each interface is looked
+        // up once in this sync (checks, attachments, dp_local).
         let wanted = Self::wanted_attachments(rest, xdp_mode);
-        netns::in_netns(netns.as_deref(), || objects.check_interfaces(&wanted))?;
+        let mut ifx = local::Ifindexes::default();
+        netns::in_netns(netns.as_deref(), || {
+            objects.check_interfaces(&wanted, &mut ifx)
+        })?;
         let mut policy_plan = match changes {
             None => policy.plan_full(rest, limits)?,
             Some(c) => policy.plan_changes(rest, c, limits)?,
@@ -439,29 +446,18 @@ impl EbpfDataplane {
         }
         // The events' names: after the services and policy.
         let (names_count, names_warning) =
-            sync_names(names_written, &mut objects.names, planner, rest, changes)?;
+            sync_names(names_written, objects, planner, rest, changes)?;
 
         // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
-        // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
+        // (one ifindex lookup per interface): a pod's veth deleted and recreated under the
         // same name changes no endpoint, but has lost its programs and its ifindex in dp_local.
         let local_written = netns::in_netns(netns.as_deref(), || {
             for (ifname, hook) in &wanted {
-                objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
+                objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode, &mut ifx)?;
             }
             loopback::enable(&pin_dir)?;
-            let stale: Vec<(String, Hook)> = objects
-                .attachments
-                .keys()
-                .filter(|k| !wanted.contains(k))
-                .cloned()
-                .collect();
-            for k in stale {
-                objects.attached_ifindex.remove(&k);
-                if let Some(a) = objects.attachments.remove(&k) {
-                    a.detach()?;
-                }
-            }
-            let pods = local::wanted(&rest.endpoints, caps.local);
+            objects.detach_unwanted(&wanted)?;
+            let pods = local::wanted(&rest.endpoints, caps.local, &mut ifx);
             writer::sync_local(&mut objects.maps, &pods)
         })?;
 
@@ -1002,14 +998,20 @@ impl Drop for EbpfDataplane {
 /// warning when some did not fit.
 fn sync_names(
     names: &mut Names,
-    map: &mut names::BpfNames,
+    objects: &mut Objects,
     planner: &plan::Planner,
     rest: &DesiredState,
     changes: Option<&ChangeSet>,
 ) -> Result<(usize, Option<Warning>), EbpfError> {
     let (written, unfit) = match changes {
-        None => names.sync_full(map, planner, rest)?,
-        Some(changes) => names.sync_changes(map, planner, rest, changes)?,
+        None => names.sync_full(&mut objects.names, &objects.names_batch, planner, rest)?,
+        Some(changes) => names.sync_changes(
+            &mut objects.names,
+            &objects.names_batch,
+            planner,
+            rest,
+            changes,
+        )?,
     };
     let warning = (unfit > 0).then(|| Warning {
         object: "node".to_owned(),
