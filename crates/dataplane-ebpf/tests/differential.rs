@@ -490,7 +490,7 @@ fn frame_of(r: &Resolved) -> Vec<u8> {
     match r.packet.protocol {
         Protocol::Tcp => b.tcp(s, d, TCP_SYN).build(),
         Protocol::Sctp => sctp::sctp(b, s, d, 0, &sctp::chunk(sctp::INIT, 7, &[])),
-        _ => b.udp(s, d).payload(b"differential").build(),
+        Protocol::Udp => b.udp(s, d).payload(b"differential").build(),
     }
 }
 
@@ -809,7 +809,7 @@ fn check_next(
             8,
             &sctp::chunk(sctp::COOKIE_ECHO, 0, b"cookie"),
         ),
-        _ => frame.udp(sport, dport).payload(b"again").build(),
+        Protocol::Udp => frame.udp(sport, dport).payload(b"again").build(),
     };
     trace.push("the client's next packet:".into());
     match deliver(

@@ -1,5 +1,5 @@
 //! SCTP in the datapath with BPF_PROG_TEST_RUN on hand-built packets, against live maps:
-//! service translation with the CRC32c kept right, conntrack states and their timeouts, the
+//! service translation with the `CRC32c` kept right, conntrack states and their timeouts, the
 //! XDP fast path.
 //!
 //! ```text
@@ -9,7 +9,7 @@
 //!   diameter6  ClusterIP fd00:96::30:3868 -> [fd00:244::10]:3869 (local)
 //!   XDP: node-b 172.18.0.3 (02:..:03, permanent neighbour) routes 10.244.1.0/24
 //! ```
-//! Each expected frame is built with its CRC32c computed afresh over the whole SCTP packet
+//! Each expected frame is built with its `CRC32c` computed afresh over the whole SCTP packet
 //! by the `crc32c` crate (common/sctp.rs); the datapath updates the CRC incrementally
 //! (bpf/lib/csum.h), so equal bytes show the two agree.
 
@@ -24,8 +24,7 @@ use common::sctp::{
 use common::{backend, check, ct_map, eth, hex, node_a as node, require_root, Fixture, TestNode};
 use dataplane_core::{Dataplane, DesiredState, ObjectName, Protocol, Service, ServicePort};
 use dataplane_ebpf::maps::{
-    family_of, Addr, Be16, CtKey, CT_SCTP_ESTAB, CT_TCP_FIN_FWD, CT_TCP_FIN_REV, CT_TCP_REPLY,
-    CT_TCP_RST, CT_TCP_SYN,
+    CtKey, CT_SCTP_ESTAB, CT_TCP_FIN_FWD, CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST, CT_TCP_SYN,
 };
 use dataplane_ebpf::{monotonic_now, EbpfDataplane, Hook, XdpMode};
 use proptest::prelude::*;
@@ -78,18 +77,24 @@ fn init(tag: u32) -> Vec<u8> {
     chunk(INIT, tag, &[])
 }
 
+/// An INIT-ACK with initiate tag `tag` from `src`:`sport` to `dst`:`dport`.
+fn init_ack(src: &str, dst: &str, sport: u16, dport: u16, vtag: u32, tag: u32) -> Vec<u8> {
+    frame(
+        src,
+        dst,
+        sport,
+        dport,
+        vtag,
+        &chunk(INIT_ACK, tag, &[]),
+        false,
+    )
+}
+
 /// The SCTP conntrack key `src`:`sport` -> `dst`:`dport`.
 fn key(src: &str, sport: u16, dst: &str, dport: u16) -> CtKey {
-    let src = src.parse().unwrap();
     CtKey {
-        saddr: Addr::new(src),
-        daddr: Addr::new(dst.parse().unwrap()),
-        sport: Be16::new(sport),
-        dport: Be16::new(dport),
         proto: 132,
-        family: family_of(&src),
-        pad0: 0,
-        pad: 0,
+        ..common::ct_key(src, sport, dst, dport)
     }
 }
 
@@ -120,25 +125,9 @@ fn service_translation_keeps_the_crc32c_right() {
         Fixture {
             description: "its INIT-ACK arriving on the uplink: reverse NAT to the frontend",
             hook: Hook::FromUplink,
-            input: frame(
-                "10.244.1.20",
-                "10.244.0.5",
-                3869,
-                40000,
-                7,
-                &chunk(INIT_ACK, 9, &[]),
-                false,
-            ),
+            input: init_ack("10.244.1.20", "10.244.0.5", 3869, 40000, 7, 9),
             verdict: OK,
-            output: frame(
-                "10.96.0.30",
-                "10.244.0.5",
-                3868,
-                40000,
-                7,
-                &chunk(INIT_ACK, 9, &[]),
-                false,
-            ),
+            output: init_ack("10.96.0.30", "10.244.0.5", 3868, 40000, 7, 9),
         },
         Fixture {
             description: "COOKIE-ECHO + DATA of the same association: same backend",
@@ -173,25 +162,9 @@ fn service_translation_keeps_the_crc32c_right() {
         Fixture {
             description: "IPv6 INIT-ACK: reverse NAT",
             hook: Hook::FromPod,
-            input: frame(
-                "fd00:244::10",
-                "fd00:244::5",
-                3869,
-                50000,
-                5,
-                &chunk(INIT_ACK, 6, &[]),
-                false,
-            ),
+            input: init_ack("fd00:244::10", "fd00:244::5", 3869, 50000, 5, 6),
             verdict: OK,
-            output: frame(
-                "fd00:96::30",
-                "fd00:244::5",
-                3868,
-                50000,
-                5,
-                &chunk(INIT_ACK, 6, &[]),
-                false,
-            ),
+            output: init_ack("fd00:96::30", "fd00:244::5", 3868, 50000, 5, 6),
         },
         Fixture {
             description: "NodePort SCTP from outside: DNAT + SNAT to the node address",
@@ -203,25 +176,9 @@ fn service_translation_keeps_the_crc32c_right() {
         Fixture {
             description: "NodePort reply: both addresses and ports restored",
             hook: Hook::FromUplink,
-            input: frame(
-                "10.244.1.20",
-                "172.18.0.2",
-                3869,
-                45000,
-                3,
-                &chunk(INIT_ACK, 4, &[]),
-                false,
-            ),
+            input: init_ack("10.244.1.20", "172.18.0.2", 3869, 45000, 3, 4),
             verdict: OK,
-            output: frame(
-                "172.18.0.2",
-                "192.0.2.7",
-                30868,
-                45000,
-                3,
-                &chunk(INIT_ACK, 4, &[]),
-                false,
-            ),
+            output: init_ack("172.18.0.2", "192.0.2.7", 30868, 45000, 3, 4),
         },
         Fixture {
             description: "a wrong CRC32c stays wrong by the same error (the receiver drops it \
@@ -290,25 +247,9 @@ fn service_translation_keeps_the_crc32c_right() {
         &Fixture {
             description: "its reply: back to the second client's port",
             hook: Hook::FromUplink,
-            input: frame(
-                "10.244.1.20",
-                "172.18.0.2",
-                3869,
-                sport,
-                11,
-                &chunk(INIT_ACK, 12, &[]),
-                false,
-            ),
+            input: init_ack("10.244.1.20", "172.18.0.2", 3869, sport, 11, 12),
             verdict: OK,
-            output: frame(
-                "172.18.0.2",
-                "192.0.2.8",
-                30868,
-                45000,
-                11,
-                &chunk(INIT_ACK, 12, &[]),
-                false,
-            ),
+            output: init_ack("172.18.0.2", "192.0.2.8", 30868, 45000, 11, 12),
         },
     );
 }
@@ -343,9 +284,9 @@ fn state_of(n: &TestNode, port: u16) -> u8 {
         .tcp_state
 }
 
-/// Conntrack follows the association through its chunks (nf_conntrack_proto_sctp's states:
-/// COOKIE_WAIT, ESTABLISHED on COOKIE-ACK, SHUTDOWN_* on SHUTDOWN / SHUTDOWN-ACK, CLOSED on
-/// SHUTDOWN-COMPLETE or ABORT), and maintain() expires each with its timeout: 3 s before
+/// Conntrack follows the association through its chunks (`nf_conntrack_proto_sctp`'s states:
+/// `COOKIE_WAIT`, `ESTABLISHED` on COOKIE-ACK, `SHUTDOWN_*` on SHUTDOWN / SHUTDOWN-ACK,
+/// `CLOSED` on SHUTDOWN-COMPLETE or ABORT), and `maintain()` expires each with its timeout: 3 s before
 /// COOKIE-ACK and in shutdown, 210 s established, 10 s closed.
 #[test]
 #[allow(clippy::too_many_lines)]
@@ -466,7 +407,7 @@ fn to_node_b(b: common::PacketBuilder) -> common::PacketBuilder {
         .ttl(63)
 }
 
-/// The XDP fast path translates an SCTP NodePort (SNAT to a remote backend) with the CRC32c
+/// The XDP fast path translates an SCTP NodePort (SNAT to a remote backend) with the `CRC32c`
 /// updated, and TC reverse-translates the reply from the entries XDP wrote.
 #[test]
 fn xdp_nodeport_snat() {
@@ -516,25 +457,9 @@ fn xdp_nodeport_snat() {
         Fixture {
             description: "TC: the INIT-ACK, reverse-translated from XDP's entries",
             hook: Hook::FromUplink,
-            input: frame(
-                "10.244.1.20",
-                "172.18.0.2",
-                3869,
-                45020,
-                3,
-                &chunk(INIT_ACK, 8, &[]),
-                false,
-            ),
+            input: init_ack("10.244.1.20", "172.18.0.2", 3869, 45020, 3, 8),
             verdict: OK,
-            output: frame(
-                "172.18.0.2",
-                "192.0.2.7",
-                30868,
-                45020,
-                3,
-                &chunk(INIT_ACK, 8, &[]),
-                false,
-            ),
+            output: init_ack("172.18.0.2", "192.0.2.7", 30868, 45020, 3, 8),
         },
     ] {
         let out = check(&mut dp, &f);
@@ -542,7 +467,7 @@ fn xdp_nodeport_snat() {
     }
 }
 
-/// The datapath's incremental CRC32c update agrees with a full recomputation for random
+/// The datapath's incremental `CRC32c` update agrees with a full recomputation for random
 /// ports, packet lengths and contents, both families, the DNAT of a request (destination
 /// port) and the reverse NAT of its reply (source port).
 #[test]

@@ -1,5 +1,5 @@
 //! Hand-built SCTP frames for the fixtures (the testkit's `eth()` builder knows TCP, UDP and
-//! ICMP): its Ethernet and IP headers, the SCTP common header with its CRC32c computed by the
+//! ICMP): its Ethernet and IP headers, the SCTP common header with its `CRC32c` computed by the
 //! `crc32c` crate over the whole SCTP packet (RFC 9260 appendix B, stored little endian), and
 //! chunks.
 
@@ -31,7 +31,7 @@ pub fn sctp_offset(frame: &[u8]) -> usize {
 }
 
 /// One chunk of `kind` with `body` (padded to 4 bytes): INIT and INIT-ACK get the fixed part
-/// (initiate tag `tag`, a_rwnd, streams, initial TSN) before `body`.
+/// (initiate tag `tag`, `a_rwnd`, streams, initial TSN) before `body`.
 pub fn chunk(kind: u8, tag: u32, body: &[u8]) -> Vec<u8> {
     let mut value = Vec::new();
     if kind == INIT || kind == INIT_ACK {
@@ -52,7 +52,7 @@ pub fn chunk(kind: u8, tag: u32, body: &[u8]) -> Vec<u8> {
 }
 
 /// The frame `b` describes (addresses, MACs, TTL, IP options: the testkit's builder) carrying
-/// SCTP `sport` -> `dport` with verification tag `vtag` and `chunks`, its CRC32c right. Built
+/// SCTP `sport` -> `dport` with verification tag `vtag` and `chunks`, its `CRC32c` right. Built
 /// as UDP with the same length and then turned into SCTP: the protocol (and the IPv4 header
 /// checksum), the verification tag over UDP's length and checksum, the CRC.
 pub fn sctp(b: PacketBuilder, sport: u16, dport: u16, vtag: u32, chunks: &[u8]) -> Vec<u8> {
@@ -100,13 +100,13 @@ pub fn frame(
     sctp(b, sport, dport, vtag, chunks)
 }
 
-/// The CRC32c field of a frame built here, as the packet holds it (little endian).
+/// The `CRC32c` field of a frame built here, as the packet holds it (little endian).
 pub fn crc_field(frame: &[u8]) -> u32 {
     let o = sctp_offset(frame) + 8;
     u32::from_le_bytes(frame[o..o + 4].try_into().unwrap())
 }
 
-/// `frame` with its CRC32c field set to `crc`.
+/// `frame` with its `CRC32c` field set to `crc`.
 pub fn with_crc(frame: &[u8], crc: u32) -> Vec<u8> {
     let mut f = frame.to_vec();
     let o = sctp_offset(&f) + 8;
@@ -114,7 +114,7 @@ pub fn with_crc(frame: &[u8], crc: u32) -> Vec<u8> {
     f
 }
 
-/// The CRC32c of the SCTP packet in `frame` computed afresh (the field taken as 0), and
+/// The `CRC32c` of the SCTP packet in `frame` computed afresh (the field taken as 0), and
 /// whether the field holds it.
 pub fn crc_ok(frame: &[u8]) -> bool {
     let o = sctp_offset(frame);

@@ -42,7 +42,7 @@ pub enum L4 {
         /// Destination port.
         dport: u16,
     },
-    /// SCTP (its CRC32c checked).
+    /// SCTP (its `CRC32c` checked).
     Sctp {
         /// Source port.
         sport: u16,
