@@ -935,6 +935,8 @@ struct Harness {
     xdp_forwarded: [usize; 2],
     /// Backend replies checked.
     replies: usize,
+    /// SCTP probes delivered (their reply and next packet checked too).
+    sctp_delivered: usize,
     /// Probes whose verdict the host endpoint's policies decide (the state without them
     /// says otherwise).
     host_decided: usize,
@@ -989,6 +991,7 @@ impl Harness {
             seen: [0; 4],
             xdp_forwarded: [0; 2],
             replies: 0,
+            sctp_delivered: 0,
             host_decided: 0,
             host_replies_stopped: 0,
             policy_drops: 0,
@@ -1065,6 +1068,7 @@ impl Harness {
                     match (&want, got) {
                         (Verdict::Forward { .. }, Outcome::Delivered(f)) => {
                             self.replies += usize::from(f.ip_options.is_empty());
+                            self.sctp_delivered += usize::from(r.packet.protocol == Protocol::Sctp);
                             let back = check_reply(&mut self.dp, state, &r, &want, &f, &mut trace)?;
                             self.host_replies_stopped += usize::from(!back);
                             check_next(&mut self.dp, state, &r, &f, &mut trace)
@@ -1131,12 +1135,13 @@ fn programs_agree_with_the_reference_model() {
                 .map_err(TestCaseError::fail)
         },
     );
-    let (seen, xdp, replies, policy, tiers, host, stopped) = {
+    let (seen, xdp, replies, sctp, policy, tiers, host, stopped) = {
         let h = h.borrow();
         (
             h.seen,
             h.xdp_forwarded,
             h.replies,
+            h.sctp_delivered,
             h.policy_drops,
             h.tier_decided,
             h.host_decided,
@@ -1149,7 +1154,8 @@ fn programs_agree_with_the_reference_model() {
     }
     eprintln!(
         "probes by the model's verdict: forward, drop, reject, untouched: {seen:?}; \
-         forwarded by XDP (IPv4, IPv6): {xdp:?}; replies checked: {replies}; dropped by policy: {policy}; \
+         forwarded by XDP (IPv4, IPv6): {xdp:?}; replies checked: {replies}; SCTP delivered: {sctp}; \
+         dropped by policy: {policy}; \
          decided by a cluster policy or the baseline: {tiers}; decided by host policy: {host}; \
          replies the untracked host rules stop: {stopped}"
     );
@@ -1161,9 +1167,11 @@ fn programs_agree_with_the_reference_model() {
             || (seen.iter().all(|&n| n >= 10)
                 && xdp.iter().sum::<usize>() > 0
                 && replies > 0
+                && sctp > 0
                 && policy > 0
                 && host > 0),
-        "too few probes of some kind: {seen:?}, XDP {xdp:?}, replies {replies}, policy {policy}, \
+        "too few probes of some kind: {seen:?}, XDP {xdp:?}, replies {replies}, SCTP {sctp}, \
+         policy {policy}, \
          host policy {host}"
     );
 }
