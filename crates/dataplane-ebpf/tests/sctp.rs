@@ -530,3 +530,70 @@ fn incremental_crc32c_matches_a_full_recomputation() {
         })
         .expect("the incremental CRC32c equals the full one");
 }
+
+/// Per-packet cost of an established association's DNAT with the `CRC32c` update against a TCP
+/// connection's through the same hook (prints ns; a measurement, not a check: run with
+/// `--ignored --nocapture`). Each run is one packet (`repeat` would run the program again
+/// on the packet it already translated); the median of 2000 kernel-measured runs.
+#[test]
+#[ignore = "a measurement: prints ns per packet"]
+fn sctp_translation_cost() {
+    if !require_root("sctp_translation_cost") {
+        return;
+    }
+    let n = TestNode::new("sctpcost");
+    let mut dp = n.dataplane();
+    let mut st = scene();
+    st.services.push(service(
+        "web",
+        "10.96.0.31",
+        ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: 8080,
+            node_port: None,
+        },
+        "10.244.1.20",
+        "node-b",
+    ));
+    dp.apply(&st).expect("apply");
+    let payload = [0x5a; 1000];
+    let sctp_first = frame("10.244.0.5", "10.96.0.30", 43000, 3868, 0, &init(1), false);
+    let sctp_data = frame(
+        "10.244.0.5",
+        "10.96.0.30",
+        43000,
+        3868,
+        1,
+        &chunk(DATA, 0, &payload),
+        false,
+    );
+    let tcp_first = eth()
+        .ip("10.244.0.5", "10.96.0.31")
+        .tcp(43000, 80, common::TCP_SYN)
+        .build();
+    let tcp_data = eth()
+        .ip("10.244.0.5", "10.96.0.31")
+        .tcp(43000, 80, common::TCP_ACK)
+        .payload(&payload)
+        .build();
+    let mut median = |first: &[u8], data: &[u8]| {
+        dp.run_packet(Hook::FromPod, first, 1).expect("run");
+        let mut ns: Vec<u128> = (0..2000)
+            .map(|_| {
+                let run = dp.run_packet(Hook::FromPod, data, 1).expect("run");
+                assert_eq!(run.verdict, OK);
+                run.duration.as_nanos()
+            })
+            .collect();
+        ns.sort_unstable();
+        ns[ns.len() / 2]
+    };
+    let tcp = median(&tcp_first, &tcp_data);
+    let sctp = median(&sctp_first, &sctp_data);
+    println!(
+        "established DNAT, 1000-byte payload, dp_from_pod: TCP {tcp} ns, SCTP (CRC32c update) \
+         {sctp} ns"
+    );
+}
