@@ -422,7 +422,7 @@ impl EbpfDataplane {
             Some(c) => policy.plan_changes(rest, c, limits)?,
         };
         // Host endpoint policy, compiled and checked before anything is written too.
-        let host_tables = host.plan(rest, BACKEND, &objects.host_maps, caps.host_prefixes)?;
+        let host_tables = host.plan(rest, &objects.host_maps, caps.host_prefixes)?;
         // L2 announcements (l2.rs): addresses and the uplink's MAC, checked before writing.
         let l2_plan = l2_state.plan(desired, changes, &rest.node, netns.as_deref())?;
         // Make before break, so that no moment is fail-open. The last policy going: isolation
@@ -431,7 +431,6 @@ impl EbpfDataplane {
         // isolation) before its programs are attached, and what is stale (a removed pod's
         // entries) after its programs are detached.
         let policy_written = policy_plan.writes();
-        let policy_skipped = std::mem::take(&mut policy_plan.skipped);
         let clearing = !rest.has_pod_policy();
         if clearing {
             policy.write(&mut objects.maps, std::mem::take(&mut policy_plan))?;
@@ -468,14 +467,9 @@ impl EbpfDataplane {
             l2_state.write(&mut objects.l2_maps, l2_plan, netns.as_deref())?;
 
         self.update_health(desired, rest, changes);
-        let (mut warnings, mut skipped) = notes(desired, &rest.node, changes);
+        let mut warnings = notes(desired, &rest.node, changes);
         warnings.extend(names_warning);
         warnings.extend(l2_warning);
-        for s in &policy_skipped {
-            tracing::warn!(object = %s.object, field = %s.field, feature = %s.feature,
-                reason = %s.reason, "not programmed by the eBPF backend");
-        }
-        skipped.extend(policy_skipped);
         Ok(ApplyReport {
             full_sync: changes.is_none(),
             services_changed: 0,
@@ -486,7 +480,7 @@ impl EbpfDataplane {
                 + names_count
                 + host_written
                 + l2_written,
-            skipped,
+            skipped: Vec::new(),
             warnings,
         })
     }
@@ -600,41 +594,22 @@ impl EbpfDataplane {
 /// The loopback interface, where `dp_to_lo` runs.
 const LOOPBACK: &str = "lo";
 
-/// The warnings about, and the parts left out of, the services a sync planned: all of
-/// `desired`'s on a full sync, the changed ones of `changes` otherwise. One missing feature
-/// costs that part of a service, not the node: each skip is logged as a warning too.
+/// The warnings about the services a sync planned: all of `desired`'s on a full sync, the
+/// changed ones of `changes` otherwise.
 fn notes(
     desired: &DesiredState,
     node: &dataplane_core::Node,
     changes: Option<&ChangeSet>,
-) -> (Vec<dataplane_core::Warning>, Vec<dataplane_core::Skipped>) {
-    let looked_at: Vec<&dataplane_core::Service> = match changes {
-        None => desired.services.iter().collect(),
+) -> Vec<dataplane_core::Warning> {
+    match changes {
+        None => dataplane_core::warnings(desired),
         Some(changes) => changes
             .services
             .values()
             .filter_map(|c| c.current.as_ref())
-            .collect(),
-    };
-    let warnings = match changes {
-        None => dataplane_core::warnings(desired),
-        Some(_) => looked_at
-            .iter()
             .flat_map(|s| dataplane_core::service_warnings(node, s))
             .collect(),
-    };
-    let skipped: Vec<dataplane_core::Skipped> =
-        looked_at.iter().flat_map(|s| plan::skipped(s)).collect();
-    for s in &skipped {
-        tracing::warn!(
-            object = %s.object,
-            field = %s.field,
-            feature = %s.feature,
-            reason = %s.reason,
-            "not programmed by the eBPF backend"
-        );
     }
-    (warnings, skipped)
 }
 
 impl Dataplane for EbpfDataplane {
@@ -644,7 +619,9 @@ impl Dataplane for EbpfDataplane {
             .map_or(&self.config.capacities, |l| &l.objects.capacities);
         Capabilities {
             dataplane: BACKEND.to_owned(),
-            protocols: [Protocol::Tcp, Protocol::Udp].into_iter().collect(),
+            protocols: [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                .into_iter()
+                .collect(),
             ipv6: true,
             maglev: true,
             session_affinity: true,

@@ -2677,13 +2677,13 @@ fn masquerade_all_services_fixtures() {
     }
 }
 
-/// One feature this backend lacks costs that part of the state, not the node: an SCTP port is
-/// left out (and reported) while everything else is programmed, by a full apply and by
-/// `apply_changes`. Network policy is still refused as a whole, with nothing written.
+/// An SCTP port is programmed like the others, by a full apply and by `apply_changes`, and
+/// nothing is reported as left out (tests/sctp.rs has SCTP's own fixtures). Network policy is
+/// applied with the services unchanged.
 #[test]
 #[allow(clippy::too_many_lines)]
-fn unsupported_features_are_skipped_and_reported() {
-    if !require_root("unsupported_features_are_skipped_and_reported") {
+fn sctp_ports_are_programmed_beside_tcp() {
+    if !require_root("sctp_ports_are_programmed_beside_tcp") {
         return;
     }
     let n = TestNode::new("skip");
@@ -2699,15 +2699,8 @@ fn unsupported_features_are_skipped_and_reported() {
     ];
     let web = service("web", "10.96.0.10", vec![backend("10.244.1.20", "node-b")]);
     let st = state(vec![signalling, web]);
-    let report = dp
-        .apply(&st)
-        .expect("an SCTP port does not refuse the state");
-    assert_eq!(report.skipped.len(), 1, "{report:?}");
-    let s = &report.skipped[0];
-    assert_eq!(
-        (s.object.as_str(), s.field.as_str(), s.feature.as_str()),
-        ("service default/signalling", "ports[1]", "SCTP")
-    );
+    let report = dp.apply(&st).expect("apply");
+    assert!(report.skipped.is_empty(), "{report:?}");
     for (dst, sport) in [("10.96.0.10", 62000), ("10.96.0.50", 62001)] {
         check(
             &mut dp,
@@ -2723,16 +2716,18 @@ fn unsupported_features_are_skipped_and_reported() {
             },
         );
     }
-    assert!(
+    let sctp_frontends = |dp: &EbpfDataplane| -> Vec<String> {
         dp.observe()
             .expect("observe")
             .frontends
             .iter()
-            .all(|f| f.protocol != Protocol::Sctp),
-        "no SCTP frontend programmed"
-    );
+            .filter(|f| f.protocol == Protocol::Sctp)
+            .map(|f| f.address.to_string())
+            .collect()
+    };
+    assert_eq!(sctp_frontends(&dp), vec!["10.96.0.50:3868"]);
 
-    // Incremental: the changed service's skips are reported, the rest is applied.
+    // Incremental: the changed service's SCTP port is programmed with the rest.
     let mut next = st.clone();
     next.services[1]
         .ports
@@ -2744,15 +2739,10 @@ fn unsupported_features_are_skipped_and_reported() {
         .apply_changes(&dataplane_core::diff(&st, &next))
         .expect("apply_changes");
     assert!(!report.full_sync);
-    assert_eq!(
-        report
-            .skipped
-            .iter()
-            .map(|s| (s.object.as_str(), s.field.as_str()))
-            .collect::<Vec<_>>(),
-        vec![("service default/web", "ports[2]")],
-        "{report:?}"
-    );
+    assert!(report.skipped.is_empty(), "{report:?}");
+    let mut got = sctp_frontends(&dp);
+    got.sort();
+    assert_eq!(got, vec!["10.96.0.10:9", "10.96.0.50:3868"]);
     let frontends = dp.observe().expect("observe").frontends;
     let web80 = frontends
         .iter()
