@@ -27,6 +27,9 @@ pub struct Listing {
     pub rules: BTreeMap<String, Vec<Value>>,
     /// Base chains: (chain, hook, type).
     pub hooks: Vec<(String, String, String)>,
+    /// Element comments: (map, key as JSON text) → comment (the shared-pick frontends name
+    /// their service this way).
+    pub comments: BTreeMap<(String, String), String>,
 }
 
 /// Parses the JSON of `nft -j list table`.
@@ -52,7 +55,16 @@ pub fn parse_listing(json: &str) -> Result<Listing, NetfilterError> {
             {
                 match e {
                     Value::Array(kv) if kv.len() == 2 => {
-                        elems.push((unwrap_elem(&kv[0]).clone(), Some(kv[1].clone())));
+                        let key = unwrap_elem(&kv[0]).clone();
+                        if let Some(c) = kv[0]
+                            .get("elem")
+                            .and_then(|e| e.get("comment"))
+                            .and_then(Value::as_str)
+                        {
+                            out.comments
+                                .insert((name.to_owned(), key.to_string()), c.to_owned());
+                        }
+                        elems.push((key, Some(kv[1].clone())));
                     }
                     other => elems.push((unwrap_elem(other).clone(), None)),
                 }
@@ -177,6 +189,32 @@ pub fn live_frontends(l: &Listing) -> Result<Vec<(ObservedFrontend, String)>, Ne
             slots.insert(key, b);
         }
     }
+    // The frontends that pick through a shared chain: their groups' marks, and the
+    // groups' backends.
+    let mut marks: BTreeMap<(IpAddr, Protocol, u16), u32> = BTreeMap::new();
+    for name in ["service-marks-v4", "service-marks-v6"] {
+        for (k, v) in l.maps.get(name).into_iter().flatten() {
+            let (Some(frontend), Some(mark)) = (frontend_key(k), v.as_ref().and_then(as_u32))
+            else {
+                return Err(parse_err(format!("{name}: element {k}")));
+            };
+            marks.insert(frontend, mark & !MASQUERADE_BIT);
+        }
+    }
+    let mut groups: BTreeMap<u32, Vec<SocketAddr>> = BTreeMap::new();
+    for name in ["group-backends-v4", "group-backends-v6"] {
+        for (k, v) in l.maps.get(name).into_iter().flatten() {
+            let group = k
+                .get("concat")
+                .and_then(Value::as_array)
+                .and_then(|p| p.first())
+                .and_then(as_u32);
+            let (Some(group), Some(b)) = (group, v.as_ref().and_then(backend_of)) else {
+                return Err(parse_err(format!("{name}: element {k}")));
+            };
+            groups.entry(group).or_default().push(b);
+        }
+    }
     let mut out = Vec::new();
     for name in ["service-ips-v4", "service-ips-v6"] {
         for (k, v) in l.maps.get(name).into_iter().flatten() {
@@ -199,11 +237,24 @@ pub fn live_frontends(l: &Listing) -> Result<Vec<(ObservedFrontend, String)>, Ne
                 walk(v, &mut reach);
             }
             let chain = reach.targets.iter().next().cloned().unwrap_or_default();
+            let (backends, chain) = if chain.starts_with("pick-") {
+                let backends = marks
+                    .get(&(ip, proto, port))
+                    .and_then(|m| groups.get(m))
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .collect();
+                let label = l.comments.get(&(name.to_owned(), k.to_string()));
+                (backends, label.cloned().unwrap_or(chain))
+            } else {
+                (reachable(l, &slots, reach), chain)
+            };
             out.push((
                 ObservedFrontend {
                     address: SocketAddr::new(ip, port),
                     protocol: proto,
-                    backends: reachable(l, &slots, reach),
+                    backends,
                 },
                 chain,
             ));
@@ -211,6 +262,15 @@ pub fn live_frontends(l: &Listing) -> Result<Vec<(ObservedFrontend, String)>, Ne
     }
     out.sort();
     Ok(out)
+}
+
+/// `addr . protocol . port` of a `service-marks` key.
+fn frontend_key(k: &Value) -> Option<(IpAddr, Protocol, u16)> {
+    let parts = k.get("concat")?.as_array()?;
+    let ip = parts.first()?.as_str()?.parse().ok()?;
+    let proto = protocol_of(parts.get(1)?)?;
+    let port = u16::try_from(parts.get(2)?.as_u64()?).ok()?;
+    Some((ip, proto, port))
 }
 
 /// The elements of a verdict map whose values lead to chains: (key, target chain).
