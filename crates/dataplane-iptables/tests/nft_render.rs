@@ -537,9 +537,9 @@ mod shared_picks {
                     let bit = if *port == 80 { 0 } else { 0x8000_0000 };
                     assert_eq!(*mark, (id << 12) | bit, "port {port}");
                 }
-                Element::GroupBackend { group, slot, to } => {
-                    assert_eq!(*group, id << 12);
-                    backends.push((*slot, *to));
+                Element::GroupBackend { slot, to } => {
+                    assert_eq!(slot >> 12, id);
+                    backends.push((slot & 0xfff, *to));
                 }
                 Element::Backend { .. } => panic!("{e:?} in the per-slot map"),
                 _ => {}

@@ -636,8 +636,11 @@ fn element_op(e: &Element, delete: bool) -> Option<netlink::ElementOp> {
             netlink::frontend_bytes(addr, *protocol, *port),
             (!delete).then(|| netlink::mark_bytes(*mark)),
         ),
-        Element::GroupBackend { group, slot, to } => (
-            netlink::mark_bytes(*group).with(&slot.to_ne_bytes()),
+        Element::GroupBackend { slot, to } => (
+            {
+                let (group, slot) = render::split_slot(*slot);
+                netlink::mark_bytes(group).with(&slot.to_ne_bytes())
+            },
             (!delete).then(|| netlink::backend_bytes(&to.ip(), to.port())),
         ),
         Element::Frontend { .. } | Element::SharedFrontend { .. } | Element::ClusterIp(_) => {
