@@ -422,6 +422,34 @@ pub(crate) fn add_conntrack_stat(other: &mut BTreeMap<String, u64>, text: &str) 
 mod tests {
     use super::*;
 
+    /// A shared-pick frontend as `nft -j` 1.0.6 lists it (the element's comment wrapped
+    /// with its key): named by its comment, its backends found through its group's mark.
+    #[test]
+    fn a_shared_pick_frontend_is_named_by_its_comment_and_reaches_its_group() {
+        let json = r#"{"nftables": [
+          {"map": {"name": "service-ips-v4", "elem": [[
+            {"elem": {"val": {"concat": ["10.96.0.10", "tcp", 80]},
+                      "comment": "svc-v4-default/web/tcp/80"}},
+            {"goto": {"target": "pick-clusterip-v4-2"}}]]}},
+          {"map": {"name": "service-marks-v4", "elem": [
+            [{"concat": ["10.96.0.10", "tcp", 80]}, 8192]]}},
+          {"map": {"name": "group-backends-v4", "elem": [
+            [{"concat": [8192, 0]}, {"concat": ["10.244.0.5", 8080]}],
+            [{"concat": [8192, 1]}, {"concat": ["10.244.1.5", 8080]}],
+            [{"concat": [12288, 0]}, {"concat": ["10.244.2.5", 8080]}]]}}
+        ]}"#;
+        let l = parse_listing(json).unwrap();
+        let frontends = live_frontends(&l).unwrap();
+        assert_eq!(frontends.len(), 1);
+        let (f, chain) = &frontends[0];
+        assert_eq!(chain, "svc-v4-default/web/tcp/80");
+        let want: BTreeSet<SocketAddr> = ["10.244.0.5:8080", "10.244.1.5:8080"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(f.backends, want);
+    }
+
     #[test]
     fn conntrack_failures_are_summed_over_the_cpus() {
         let text = "entries  clashres found new invalid ignore delete chainlength insert \
