@@ -214,7 +214,15 @@ pub fn open_dataplane(
             options.ebpf.capacities.services = ebpf_service_entries(services);
             DataplaneKind::Ebpf
         }
-        "nftables" => DataplaneKind::Nftables,
+        "nftables" => {
+            // Beyond 10k services the nftables node runs the layout recommended for large
+            // clusters: the plain service ports pick through shared chains, so the chains of
+            // the namespace (which the kernel walks on every commit) do not grow with the
+            // services (`NetfilterConfig::shared_pick_chains`). Up to 10k, a chain per
+            // service port as by default.
+            options.nftables.shared_pick_chains = services > 10_000;
+            DataplaneKind::Nftables
+        }
         "iptables" | "iptables-nft" => {
             // "iptables": iptables-legacy, the flavour the end-to-end rows run (see the
             // report's Method section); "iptables-nft": the same backend with the nf_tables

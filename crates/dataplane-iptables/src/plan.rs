@@ -174,6 +174,9 @@ pub struct NodePlan {
     /// How the drop and reject rules log (the backend's configuration; the nftables
     /// defaults from [`node_plan`]).
     pub log: crate::eventlog::LogPlan,
+    /// nftables: simple service ports pick through shared chains
+    /// ([`crate::NetfilterConfig::shared_pick_chains`]).
+    pub shared_pick_chains: bool,
 }
 
 impl NodePlan {
@@ -220,6 +223,7 @@ pub fn node_plan(node: &Node) -> NodePlan {
         masquerade_services: node.masquerade.all_services,
         service_cidrs: node.service_cidrs.clone(),
         log: crate::eventlog::LogPlan::default(),
+        shared_pick_chains: false,
     }
 }
 
@@ -227,6 +231,7 @@ pub fn node_plan(node: &Node) -> NodePlan {
 pub fn node_plan_with(node: &Node, config: &crate::NetfilterConfig) -> NodePlan {
     NodePlan {
         log: config.log_plan(),
+        shared_pick_chains: config.shared_pick_chains,
         ..node_plan(node)
     }
 }

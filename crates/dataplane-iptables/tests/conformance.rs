@@ -35,3 +35,14 @@ fn standard_table_iptables() {
         Box::new(IptablesDataplane::new(NetfilterConfig::iptables(netns)))
     });
 }
+
+/// The nftables flavour with `shared_pick_chains`: the simple service ports pick through the
+/// shared chains (`pick-v4-<slots>` and the `service-slots` maps), the others keep theirs.
+#[test]
+fn standard_table_nftables_shared_pick_chains() {
+    standard_table("standard_table_nftables_shared_pick_chains", |netns| {
+        let mut config = NetfilterConfig::nftables(netns);
+        config.shared_pick_chains = true;
+        Box::new(NftablesDataplane::new(config))
+    });
+}

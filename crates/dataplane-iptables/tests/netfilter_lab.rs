@@ -791,6 +791,89 @@ mod nftables_only {
         dp.reset().unwrap();
     }
 
+    /// Replaces `web`'s backend on pod 2 with pod 3 in `old` by `apply_changes`, with `nft`
+    /// unfindable (proof that only a netlink element batch runs); returns the new state and
+    /// the old and new backend addresses.
+    fn replace_web_backend(
+        lab: &Lab,
+        dp: &mut NftablesDataplane,
+        old: &DesiredState,
+    ) -> (DesiredState, std::net::IpAddr, std::net::IpAddr) {
+        let mut replaced = old.clone();
+        let web = replaced
+            .services
+            .iter_mut()
+            .find(|s| s.name.name == "web")
+            .unwrap();
+        let old_ip = lab.pod(2).addresses[0];
+        let new_ip = lab.pod(3).addresses[0];
+        web.backends.iter_mut().find(|b| b.ip == old_ip).unwrap().ip = new_ip;
+        dp.config_mut().nft = "/nonexistent/nft".into();
+        let report = dp.apply_changes(&diff(old, &replaced)).unwrap();
+        dp.config_mut().nft = "nft".into();
+        assert!(!report.full_sync);
+        (replaced, old_ip, new_ip)
+    }
+
+    /// With `shared_pick_chains`, the plain service ports have no chain: `web`'s ClusterIP
+    /// picks through `pick-clusterip-v4-2` and the `service-slots-v4` map. Real traffic
+    /// reaches its backends after the first services' element batch; a backend replaced is
+    /// a netlink batch (`nft` not found); a backend added moves the frontend to the shared
+    /// chain of three slots; a refused change leaves the table as it was.
+    #[test]
+    fn shared_pick_chains_with_real_traffic() {
+        if !require_root("shared_pick_chains_with_real_traffic") {
+            return;
+        }
+        let lab = common::lab::lab();
+        let old = common::lab::services(&lab);
+        let mut node_only = old.clone();
+        node_only.services.clear();
+        let mut config = NetfilterConfig::nftables(Some(lab.node(0).netns.path().to_owned()));
+        config.shared_pick_chains = true;
+        let mut dp = NftablesDataplane::new(config);
+        dp.apply(&node_only).unwrap();
+        dp.apply(&old).unwrap();
+        let text = ruleset(&lab);
+        assert!(!text.contains("chain svc-v4-default/web/tcp/80"), "{text}");
+        assert!(
+            text.contains("comment \"svc-v4-default/web/tcp/80\" : goto pick-clusterip-v4-2"),
+            "{text}"
+        );
+        assert_eq!(dp.chain_counter("svc-v4-default/web/tcp/80").unwrap(), None);
+        assert_eq!(common::lab::observed_web(&dp).backends.len(), 2);
+        let seen: BTreeSet<String> = common::lab::web_backends(&lab, 16).into_iter().collect();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+
+        let (replaced, old_ip, _) = replace_web_backend(&lab, &mut dp, &old);
+        let seen: BTreeSet<String> = common::lab::web_backends(&lab, 16).into_iter().collect();
+        assert!(
+            seen.contains(&lab.pod(3).name) && !seen.contains(&lab.pod(2).name),
+            "{seen:?}"
+        );
+
+        // A third backend: the frontend goes to the three-slot chain.
+        let mut grown = replaced.clone();
+        let web = grown
+            .services
+            .iter_mut()
+            .find(|s| s.name.name == "web")
+            .unwrap();
+        web.backends.push(dataplane_core::Backend::new(old_ip));
+        dp.apply_changes(&diff(&replaced, &grown)).unwrap();
+        assert!(ruleset(&lab).contains("goto pick-clusterip-v4-3"));
+        let seen: BTreeSet<String> = common::lab::web_backends(&lab, 24).into_iter().collect();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+
+        // Refused: nothing changes.
+        let before = ruleset(&lab);
+        dp.set_fail_transactions(true);
+        assert!(dp.apply_changes(&diff(&grown, &replaced)).is_err());
+        dp.set_fail_transactions(false);
+        assert_eq!(ruleset(&lab), before);
+        dp.reset().unwrap();
+    }
+
     #[test]
     fn replacing_a_backend_goes_over_netlink_and_keeps_counters() {
         if !require_root("replacing_a_backend_goes_over_netlink_and_keeps_counters") {
@@ -807,20 +890,7 @@ mod nftables_only {
 
         // Replace one backend (same count): only map elements change, sent straight over
         // netlink; even the changed service's chain keeps its counter.
-        let mut replaced = old.clone();
-        let web = replaced
-            .services
-            .iter_mut()
-            .find(|s| s.name.name == "web")
-            .unwrap();
-        let old_ip = lab.pod(2).addresses[0];
-        let new_ip = lab.pod(3).addresses[0];
-        web.backends.iter_mut().find(|b| b.ip == old_ip).unwrap().ip = new_ip;
-        // Proof that nft is not involved: it is not even found.
-        dp.config_mut().nft = "/nonexistent/nft".into();
-        let report = dp.apply_changes(&diff(&old, &replaced)).unwrap();
-        dp.config_mut().nft = "nft".into();
-        assert!(!report.full_sync);
+        let (replaced, old_ip, new_ip) = replace_web_backend(&lab, &mut dp, &old);
         assert_eq!(dp.chain_counter(web_chain).unwrap().unwrap(), before);
         let seen: BTreeSet<String> = common::lab::web_backends(&lab, 16).into_iter().collect();
         assert_eq!(

@@ -12,10 +12,20 @@ use dataplane_iptables::plan::{changed_hairpin, changed_ports, node_plan};
 
 /// The partial-sync text from `old` (compiled as `rs`) to `new`, as the backend renders it.
 fn delta(rs: &NftRuleset, old: &DesiredState, new: &DesiredState) -> (String, NftRuleset) {
+    delta_with(rs, old, new, &node_plan(&new.node))
+}
+
+/// [`delta`] with the node plan `node` (the backend's configuration in it).
+fn delta_with(
+    rs: &NftRuleset,
+    old: &DesiredState,
+    new: &DesiredState,
+    node: &dataplane_iptables::plan::NodePlan,
+) -> (String, NftRuleset) {
     let changes = diff(old, new);
     let patch = compile_patch(
         rs,
-        &node_plan(&new.node),
+        node,
         changed_ports(new, &changes)
             .iter()
             .map(|(n, p)| (n, p.as_deref())),
@@ -470,5 +480,123 @@ mod parity {
             "{keys:?}"
         );
         assert!(keys.contains(&"10.200.0.20".to_owned()), "{keys:?}");
+    }
+}
+
+/// `NetfilterConfig::shared_pick_chains`: the ports that only pick at random lead to a chain
+/// shared by every port with as many slots, through the `service-slots` maps.
+mod shared_picks {
+    use super::*;
+    use dataplane_iptables::nft::render::{compile_state_with, PICK_SLOTS};
+    use dataplane_iptables::plan::node_plan_with;
+    use dataplane_iptables::NetfilterConfig;
+
+    fn config() -> NetfilterConfig {
+        let mut c = NetfilterConfig::nftables(None);
+        c.shared_pick_chains = true;
+        c
+    }
+
+    /// [`super::delta`] with the shared chains.
+    fn delta(rs: &NftRuleset, old: &DesiredState, new: &DesiredState) -> (String, NftRuleset) {
+        delta_with(rs, old, new, &node_plan_with(&new.node, &config()))
+    }
+
+    #[test]
+    fn full_ruleset_golden() {
+        let rs = compile_state_with(&common::showcase(), &config()).unwrap();
+        insta::assert_snapshot!(render_full(&rs));
+    }
+
+    /// A synthetic service (ClusterIP and NodePort, 4 backends) has no chain of its own:
+    /// its frontends lead to `pick-clusterip-v4-4` and `pick-v4-4`, one mark element per
+    /// frontend (the NodePort's with the masquerade bit) and its backends in
+    /// `group-backends-v4`.
+    #[test]
+    fn a_plain_service_has_no_chain_of_its_own() {
+        let state = dataplane_core::synthetic::state(3, 4);
+        let rs = compile_state_with(&state, &config()).unwrap();
+        let text = render_full(&rs);
+        assert!(!text.contains("add chain inet dataplane svc-"), "{text}");
+        assert!(!text.contains("add chain inet dataplane ext-"), "{text}");
+        // Every pick chain, 1 to 32 slots, both families, ClusterIP or not.
+        assert_eq!(rs.picks.len(), 4 * PICK_SLOTS as usize);
+        assert!(rs.picks.iter().any(|p| p.name() == "pick-clusterip-v4-4"));
+        assert!(text.contains(
+            "add rule inet dataplane pick-clusterip-v4-4 counter name \"translated\" meta l4proto { tcp, udp, sctp } dnat ip to meta mark & 0x7fffffff . numgen random mod 4 map @group-backends-v4"
+        ), "{text}");
+        let svc = rs.services.values().next().unwrap();
+        assert!(svc.chains.is_empty());
+        let id = svc.ids[0].1;
+        let mut marks = 0;
+        let mut backends = Vec::new();
+        for e in &*svc.elements {
+            match e {
+                Element::Mark { port, mark, .. } => {
+                    marks += 1;
+                    let bit = if *port == 80 { 0 } else { 0x8000_0000 };
+                    assert_eq!(*mark, (id << 12) | bit, "port {port}");
+                }
+                Element::GroupBackend { slot, to } => {
+                    assert_eq!(slot >> 12, id);
+                    backends.push((slot & 0xfff, *to));
+                }
+                Element::Backend { .. } => panic!("{e:?} in the per-slot map"),
+                _ => {}
+            }
+        }
+        // The ClusterIP (port 80) and the NodePort on the node address.
+        assert_eq!(marks, 2);
+        assert_eq!(
+            backends.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+    }
+
+    /// A backend replaced is elements only (no chain touched); a port that gains a backend
+    /// moves its frontend to the next pick chain, which the full sync wrote (a partial sync
+    /// adds none); past 32 slots the port gets a chain of its own.
+    #[test]
+    fn endpoint_changes_are_elements_and_the_pick_chains_are_all_there() {
+        let old = dataplane_core::synthetic::state(3, 4);
+        let rs = compile_state_with(&old, &config()).unwrap();
+        let mut moved = old.clone();
+        moved.services[0].backends[0].ip = common::ip("10.244.9.9");
+        let (text, after) = delta(&rs, &old, &moved);
+        assert!(!text.contains("chain") && !text.contains("rule"), "{text}");
+        assert!(text.contains("10.244.9.9"), "{text}");
+        // The patched ruleset holds what a fresh compile does (hairpin elements are only
+        // added between full syncs).
+        let fresh = compile_state_with(&moved, &config()).unwrap();
+        assert_eq!(after.services, fresh.services);
+        assert_eq!(after.picks, fresh.picks);
+
+        let mut grown = old.clone();
+        grown.services[0]
+            .backends
+            .push(Backend::new(common::ip("10.244.9.10")));
+        let (text, after) = delta(&rs, &old, &grown);
+        assert!(!text.contains("chain"), "{text}");
+        assert!(
+            text.contains("comment \"svc-v4-bench/svc-0/tcp/80\" : goto pick-clusterip-v4-5"),
+            "{text}"
+        );
+        let fresh = compile_state_with(&grown, &config()).unwrap();
+        assert_eq!(after.services, fresh.services);
+        assert_eq!(after.picks, fresh.picks);
+        // 33 backends: a chain of its own.
+        let mut big = old.clone();
+        for k in 0..29 {
+            big.services[1]
+                .backends
+                .push(Backend::new(common::ip(&format!("10.244.8.{k}"))));
+        }
+        let (text, after) = delta(&rs, &old, &big);
+        assert!(
+            text.contains("add chain inet dataplane svc-v4-bench/svc-1/tcp/80"),
+            "{text}"
+        );
+        let fresh = compile_state_with(&big, &config()).unwrap();
+        assert_eq!(after.services, fresh.services);
     }
 }

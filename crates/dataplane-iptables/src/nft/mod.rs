@@ -432,7 +432,9 @@ impl NftablesDataplane {
         self.l2.check_changes(&self.l2_kernel(), uplink, changes)?;
         // After a failed transaction, and for a change of the node (which every service is
         // compiled against), the whole state is needed, of which this backend keeps no copy.
-        if self.dirty || verdict == Incremental::FullRequired {
+        // So is a change of `shared_pick_chains` (the node-wide maps and chains differ).
+        let layout_changed = rs.picks.is_empty() == self.config.shared_pick_chains;
+        if self.dirty || verdict == Incremental::FullRequired || layout_changed {
             return Err(Error::FullSyncRequired);
         }
         // Work proportional to the change: validate and compile only the services it touches
@@ -552,7 +554,9 @@ impl NftablesDataplane {
             .inspect_err(|_| self.dirty = true)
     }
 
-    /// The packet counter at the top of one of our chains (`svc-v4-ns/name/tcp/80`, ...).
+    /// The packet counter at the top of one of our chains (`svc-v4-ns/name/tcp/80`, ...);
+    /// `None` for a port without a chain of its own
+    /// ([`NetfilterConfig::shared_pick_chains`]).
     pub fn chain_counter(&self, chain: &str) -> Result<Option<u64>, Error> {
         Ok(observe::chain_counter(&self.listing()?, chain))
     }
@@ -580,6 +584,9 @@ fn policy_state(desired: &DesiredState) -> DesiredState {
 fn element_ops(old: &NftRuleset, patch: &render::Patch) -> Option<Vec<netlink::ElementOp>> {
     let mut deletes = Vec::new();
     let mut adds = Vec::new();
+    if !patch.picks.is_empty() {
+        return None;
+    }
     for e in &patch.node_elements {
         adds.push(element_op(e, false)?);
     }
@@ -604,7 +611,13 @@ fn element_ops(old: &NftRuleset, patch: &render::Patch) -> Option<Vec<netlink::E
 /// Whether `e` can go to the kernel as a netlink element operation (a backend or hairpin
 /// element: fixed binary keys and values).
 fn by_netlink(e: &Element) -> bool {
-    matches!(e, Element::Backend { .. } | Element::Hairpin(_))
+    matches!(
+        e,
+        Element::Backend { .. }
+            | Element::Hairpin(_)
+            | Element::Mark { .. }
+            | Element::GroupBackend { .. }
+    )
 }
 
 fn element_op(e: &Element, delete: bool) -> Option<netlink::ElementOp> {
@@ -614,7 +627,25 @@ fn element_op(e: &Element, delete: bool) -> Option<netlink::ElementOp> {
             (!delete).then(|| netlink::backend_bytes(&to.ip(), to.port())),
         ),
         Element::Hairpin(ip) => (netlink::addr_bytes(ip).with(&netlink::addr_bytes(ip)), None),
-        Element::Frontend { .. } | Element::ClusterIp(_) => return None,
+        Element::Mark {
+            addr,
+            protocol,
+            port,
+            mark,
+        } => (
+            netlink::frontend_bytes(addr, *protocol, *port),
+            (!delete).then(|| netlink::mark_bytes(*mark)),
+        ),
+        Element::GroupBackend { slot, to } => (
+            {
+                let (group, slot) = render::split_slot(*slot);
+                netlink::mark_bytes(group).with(&slot.to_ne_bytes())
+            },
+            (!delete).then(|| netlink::backend_bytes(&to.ip(), to.port())),
+        ),
+        Element::Frontend { .. } | Element::SharedFrontend { .. } | Element::ClusterIp(_) => {
+            return None
+        }
     };
     Some(netlink::ElementOp {
         set: e.set().into(),
@@ -630,6 +661,12 @@ fn frontends(rs: &NftRuleset) -> BTreeMap<(SocketAddr, Protocol), ObjectName> {
     for (name, svc) in &rs.services {
         for e in &svc.elements {
             if let Element::Frontend {
+                addr,
+                protocol,
+                port,
+                ..
+            }
+            | Element::SharedFrontend {
                 addr,
                 protocol,
                 port,

@@ -116,6 +116,20 @@ pub fn backend_bytes(ip: &IpAddr, port: u16) -> Reg {
     addr_bytes(ip).with(&port.to_be_bytes()).with(&[0, 0])
 }
 
+/// Register bytes of `addr . l4proto . port` (a frontend key: the protocol number and the
+/// port each padded to a 32-bit register).
+pub fn frontend_bytes(ip: &IpAddr, protocol: dataplane_core::Protocol, port: u16) -> Reg {
+    let proto = match protocol {
+        dataplane_core::Protocol::Tcp => 6u8,
+        dataplane_core::Protocol::Udp => 17,
+        dataplane_core::Protocol::Sctp => 132,
+    };
+    addr_bytes(ip)
+        .with(&[proto, 0, 0, 0])
+        .with(&port.to_be_bytes())
+        .with(&[0, 0])
+}
+
 /// Register bytes of an `ifname` key: the name NUL-padded to `IFNAMSIZ` (16; core's
 /// validation keeps names to 15 bytes).
 pub fn ifname_bytes(name: &str) -> Reg {

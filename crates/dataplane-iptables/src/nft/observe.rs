@@ -27,6 +27,9 @@ pub struct Listing {
     pub rules: BTreeMap<String, Vec<Value>>,
     /// Base chains: (chain, hook, type).
     pub hooks: Vec<(String, String, String)>,
+    /// Element comments: (map, key as JSON text) → comment (the shared-pick frontends name
+    /// their service this way).
+    pub comments: BTreeMap<(String, String), String>,
 }
 
 /// Parses the JSON of `nft -j list table`.
@@ -52,7 +55,16 @@ pub fn parse_listing(json: &str) -> Result<Listing, NetfilterError> {
             {
                 match e {
                     Value::Array(kv) if kv.len() == 2 => {
-                        elems.push((unwrap_elem(&kv[0]).clone(), Some(kv[1].clone())));
+                        let key = unwrap_elem(&kv[0]).clone();
+                        if let Some(c) = kv[0]
+                            .get("elem")
+                            .and_then(|e| e.get("comment"))
+                            .and_then(Value::as_str)
+                        {
+                            out.comments
+                                .insert((name.to_owned(), key.to_string()), c.to_owned());
+                        }
+                        elems.push((key, Some(kv[1].clone())));
                     }
                     other => elems.push((unwrap_elem(other).clone(), None)),
                 }
@@ -177,6 +189,32 @@ pub fn live_frontends(l: &Listing) -> Result<Vec<(ObservedFrontend, String)>, Ne
             slots.insert(key, b);
         }
     }
+    // The frontends that pick through a shared chain: their groups' marks, and the
+    // groups' backends.
+    let mut marks: BTreeMap<(IpAddr, Protocol, u16), u32> = BTreeMap::new();
+    for name in ["service-marks-v4", "service-marks-v6"] {
+        for (k, v) in l.maps.get(name).into_iter().flatten() {
+            let (Some(frontend), Some(mark)) = (frontend_key(k), v.as_ref().and_then(as_u32))
+            else {
+                return Err(parse_err(format!("{name}: element {k}")));
+            };
+            marks.insert(frontend, mark & !MASQUERADE_BIT);
+        }
+    }
+    let mut groups: BTreeMap<u32, Vec<SocketAddr>> = BTreeMap::new();
+    for name in ["group-backends-v4", "group-backends-v6"] {
+        for (k, v) in l.maps.get(name).into_iter().flatten() {
+            let group = k
+                .get("concat")
+                .and_then(Value::as_array)
+                .and_then(|p| p.first())
+                .and_then(as_u32);
+            let (Some(group), Some(b)) = (group, v.as_ref().and_then(backend_of)) else {
+                return Err(parse_err(format!("{name}: element {k}")));
+            };
+            groups.entry(group).or_default().push(b);
+        }
+    }
     let mut out = Vec::new();
     for name in ["service-ips-v4", "service-ips-v6"] {
         for (k, v) in l.maps.get(name).into_iter().flatten() {
@@ -199,11 +237,24 @@ pub fn live_frontends(l: &Listing) -> Result<Vec<(ObservedFrontend, String)>, Ne
                 walk(v, &mut reach);
             }
             let chain = reach.targets.iter().next().cloned().unwrap_or_default();
+            let (backends, chain) = if chain.starts_with("pick-") {
+                let backends = marks
+                    .get(&(ip, proto, port))
+                    .and_then(|m| groups.get(m))
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .collect();
+                let label = l.comments.get(&(name.to_owned(), k.to_string()));
+                (backends, label.cloned().unwrap_or(chain))
+            } else {
+                (reachable(l, &slots, reach), chain)
+            };
             out.push((
                 ObservedFrontend {
                     address: SocketAddr::new(ip, port),
                     protocol: proto,
-                    backends: reachable(l, &slots, reach),
+                    backends,
                 },
                 chain,
             ));
@@ -211,6 +262,15 @@ pub fn live_frontends(l: &Listing) -> Result<Vec<(ObservedFrontend, String)>, Ne
     }
     out.sort();
     Ok(out)
+}
+
+/// `addr . protocol . port` of a `service-marks` key.
+fn frontend_key(k: &Value) -> Option<(IpAddr, Protocol, u16)> {
+    let parts = k.get("concat")?.as_array()?;
+    let ip = parts.first()?.as_str()?.parse().ok()?;
+    let proto = protocol_of(parts.get(1)?)?;
+    let port = u16::try_from(parts.get(2)?.as_u64()?).ok()?;
+    Some((ip, proto, port))
 }
 
 /// The elements of a verdict map whose values lead to chains: (key, target chain).
@@ -361,6 +421,34 @@ pub(crate) fn add_conntrack_stat(other: &mut BTreeMap<String, u64>, text: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shared-pick frontend as `nft -j` 1.0.6 lists it (the element's comment wrapped
+    /// with its key): named by its comment, its backends found through its group's mark.
+    #[test]
+    fn a_shared_pick_frontend_is_named_by_its_comment_and_reaches_its_group() {
+        let json = r#"{"nftables": [
+          {"map": {"name": "service-ips-v4", "elem": [[
+            {"elem": {"val": {"concat": ["10.96.0.10", "tcp", 80]},
+                      "comment": "svc-v4-default/web/tcp/80"}},
+            {"goto": {"target": "pick-clusterip-v4-2"}}]]}},
+          {"map": {"name": "service-marks-v4", "elem": [
+            [{"concat": ["10.96.0.10", "tcp", 80]}, 8192]]}},
+          {"map": {"name": "group-backends-v4", "elem": [
+            [{"concat": [8192, 0]}, {"concat": ["10.244.0.5", 8080]}],
+            [{"concat": [8192, 1]}, {"concat": ["10.244.1.5", 8080]}],
+            [{"concat": [12288, 0]}, {"concat": ["10.244.2.5", 8080]}]]}}
+        ]}"#;
+        let l = parse_listing(json).unwrap();
+        let frontends = live_frontends(&l).unwrap();
+        assert_eq!(frontends.len(), 1);
+        let (f, chain) = &frontends[0];
+        assert_eq!(chain, "svc-v4-default/web/tcp/80");
+        let want: BTreeSet<SocketAddr> = ["10.244.0.5:8080", "10.244.1.5:8080"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(f.backends, want);
+    }
 
     #[test]
     fn conntrack_failures_are_summed_over_the_cpus() {

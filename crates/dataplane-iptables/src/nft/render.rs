@@ -32,6 +32,10 @@
 //!   up by name linearly, so a map per service (or a rule per service bound to one map) makes
 //!   loading quadratic in the services. Here the global map has exactly two bindings (the
 //!   `dnat-v4`/`dnat-v6` rules), so loading grows linearly (`benches/scaling` measures it).
+//! - With `NetfilterConfig::shared_pick_chains`, a port that only picks at random has no
+//!   chain at all ([`Pick`]): the kernel walks every chain of the namespace on each commit,
+//!   so chains per service (kube-proxy: per service and per endpoint) make every change cost
+//!   in proportion to the services.
 //! - The masquerade decision of a ClusterIP (kube-proxy: `IfNotLocal jump
 //!   mark-for-masquerade` in each service chain) is one shared rule in `dnat-clusterip`: a
 //!   rule fewer per service. With `masquerade.allServices` the service rule sets
@@ -130,6 +134,58 @@ pub enum Element {
     ClusterIp(IpAddr),
     /// `hairpin-v4` / `hairpin-v6`: `ip . ip`, a local endpoint reaching itself.
     Hairpin(IpAddr),
+    /// `service-ips-v4` / `service-ips-v6`: a frontend of a port that picks through a shared
+    /// chain ([`Pick`], [`NetfilterConfig::shared_pick_chains`]): `addr . protocol . port` →
+    /// `goto pick-…`, with the name its own chain would have had as the element's comment
+    /// (what `dpctl` and the inspector name the service by).
+    SharedFrontend {
+        /// Frontend address.
+        addr: IpAddr,
+        /// Protocol.
+        protocol: Protocol,
+        /// Frontend port (the node port for NodePorts).
+        port: u16,
+        /// The shared chain and the label (behind one pointer: an element of every kind
+        /// stays 40 bytes, and a ruleset holds one per backend slot).
+        target: Arc<SharedTarget>,
+    },
+    /// `service-marks-v4` / `service-marks-v6`: `addr . protocol . port` → the mark of the
+    /// frontend's slot group (`group id << SLOT_BITS`, with the masquerade bit where the
+    /// port's own rule would have set it), for the frontends of [`Element::SharedFrontend`].
+    Mark {
+        /// Frontend address.
+        addr: IpAddr,
+        /// Protocol.
+        protocol: Protocol,
+        /// Frontend port.
+        port: u16,
+        /// The mark.
+        mark: u32,
+    },
+    /// `group-backends-v4` / `group-backends-v6`: `group mark . slot` → backend `addr .
+    /// port`, the backends of the slot groups the shared pick chains pick from.
+    GroupBackend {
+        /// `group id << SLOT_BITS | slot`: the group's mark is the bits above
+        /// [`SLOT_BITS`], the slot (`0 .. slots`) the bits below.
+        slot: u32,
+        /// The backend.
+        to: SocketAddr,
+    },
+}
+
+/// A slot key split into the group's mark and the slot: the key of `group-backends-v4`.
+pub fn split_slot(key: u32) -> (u32, u32) {
+    let low = (1 << SLOT_BITS) - 1;
+    (key & !low, key & low)
+}
+
+/// Where an [`Element::SharedFrontend`] leads, and what it is labelled with.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SharedTarget {
+    /// The shared pick chain.
+    pub pick: Arc<str>,
+    /// The port's chain name, `svc-v4-<ns>/<name>/<proto>/<port>` or `ext-…`.
+    pub label: Arc<str>,
 }
 
 impl Element {
@@ -137,9 +193,13 @@ impl Element {
     pub fn set(&self) -> &'static str {
         let (family, v4, v6) = match self {
             Element::Backend { to, .. } => (to.ip(), "backends-v4", "backends-v6"),
-            Element::Frontend { addr, .. } => (*addr, "service-ips-v4", "service-ips-v6"),
+            Element::Frontend { addr, .. } | Element::SharedFrontend { addr, .. } => {
+                (*addr, "service-ips-v4", "service-ips-v6")
+            }
             Element::ClusterIp(ip) => (*ip, "cluster-ips-v4", "cluster-ips-v6"),
             Element::Hairpin(ip) => (*ip, "hairpin-v4", "hairpin-v6"),
+            Element::Mark { addr, .. } => (*addr, "service-marks-v4", "service-marks-v6"),
+            Element::GroupBackend { to, .. } => (to.ip(), "group-backends-v4", "group-backends-v6"),
         };
         by_family(IpFamily::of(&family), v4, v6)
     }
@@ -153,17 +213,39 @@ impl Element {
                 protocol,
                 port,
                 ..
+            }
+            | Element::SharedFrontend {
+                addr,
+                protocol,
+                port,
+                ..
+            }
+            | Element::Mark {
+                addr,
+                protocol,
+                port,
+                ..
             } => write!(out, "{addr} . {} . {port}", proto_name(*protocol)),
             Element::ClusterIp(ip) => write!(out, "{ip}"),
             Element::Hairpin(ip) => write!(out, "{ip} . {ip}"),
+            Element::GroupBackend { slot, .. } => {
+                let (group, slot) = split_slot(*slot);
+                write!(out, "{group:#010x} . {slot}")
+            }
         }
     }
 
     /// Writes ` : value` in nft syntax (maps only; nothing for set elements).
     pub fn write_value<W: std::fmt::Write + ?Sized>(&self, out: &mut W) -> std::fmt::Result {
         match self {
-            Element::Backend { to, .. } => write!(out, " : {} . {}", to.ip(), to.port()),
+            Element::Backend { to, .. } | Element::GroupBackend { to, .. } => {
+                write!(out, " : {} . {}", to.ip(), to.port())
+            }
             Element::Frontend { chain, .. } => write!(out, " : goto {chain}"),
+            Element::SharedFrontend { target, .. } => {
+                write!(out, " comment \"{}\" : goto {}", target.label, target.pick)
+            }
+            Element::Mark { mark, .. } => write!(out, " : {mark:#010x}"),
             Element::ClusterIp(_) | Element::Hairpin(_) => Ok(()),
         }
     }
@@ -173,6 +255,63 @@ impl Element {
         let mut s = String::new();
         let _ = self.write_key(&mut s);
         s
+    }
+}
+
+/// The largest slot count with a shared pick chain: a port with more backend slots keeps a
+/// chain of its own. The shared chains are written by every full sync (4 per slot count:
+/// both families, ClusterIP or not), never by a partial one: `nft` 1.0.6 refuses a new rule
+/// that names an existing `group-backends` map ("conflicting protocols specified: tcp vs.
+/// th", reading back its `th dport` type), while it accepts elements for it.
+pub const PICK_SLOTS: u32 = 32;
+
+/// A chain shared by the service ports that pick at random among `slots` backend slots and
+/// need nothing else ([`NetfilterConfig::shared_pick_chains`]): the port's frontends lead
+/// here, which looks the frontend's slot group up in `service-marks-v4` and translates to
+/// the backend of `group . random slot` in `group-backends-v4` (kube-proxy has a chain per
+/// service and per endpoint; the kernel walks every chain of the namespace on every commit,
+/// so with 100k chains one element change costs ~40 ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pick {
+    /// The address family.
+    pub family: IpFamily,
+    /// Backend slots: the `numgen random mod` of the rule.
+    pub slots: u32,
+    /// Goes on to `dnat-clusterip-v4` (ClusterIP clients outside the cluster CIDRs are
+    /// masqueraded there), else to `dnat-v4`.
+    pub clusterip: bool,
+}
+
+impl Pick {
+    /// The chain's name: `pick-v4-10`, `pick-clusterip-v4-10`.
+    pub fn name(&self) -> String {
+        let fs = self.family.suffix();
+        let kind = if self.clusterip {
+            "pick-clusterip"
+        } else {
+            "pick"
+        };
+        format!("{kind}-{fs}-{}", self.slots)
+    }
+
+    /// The chain's rules: the group's mark by frontend, the masquerade bit for ClusterIP
+    /// clients outside the cluster CIDRs (as `dnat-clusterip-v4` sets it), the translation.
+    pub fn rules(&self) -> Vec<String> {
+        let fs = self.family.suffix();
+        let ip = ip_kw(self.family);
+        let mut rules = vec![format!(
+            "meta mark set {ip} daddr . meta l4proto . th dport map @service-marks-{fs}"
+        )];
+        if self.clusterip {
+            rules.push(format!(
+                "{ip} saddr != @cluster-cidrs-{fs} meta mark set meta mark | {MASQUERADE_BIT:#010x}"
+            ));
+        }
+        rules.push(format!(
+            "counter name \"{TRANSLATED_COUNTER}\" meta l4proto {{ tcp, udp, sctp }} dnat {ip} to meta mark & {:#010x} . numgen random mod {} map @group-backends-{fs}",
+            !MASQUERADE_BIT, self.slots
+        ));
+        rules
     }
 }
 
@@ -209,6 +348,8 @@ struct ServiceBuilder {
     sets: BTreeMap<String, String>,
     elements: BTreeSet<Element>,
     ids: BTreeMap<String, u32>,
+    /// The shared chains its ports lead to.
+    picks: BTreeSet<Pick>,
 }
 
 impl ServiceBuilder {
@@ -254,6 +395,9 @@ pub struct NftRuleset {
     pub taken: BTreeSet<u32>,
     /// NetworkPolicy ([`super::policy`]): empty while the state has no policy.
     pub policy: NftPolicy,
+    /// The shared pick chains in the table: with `shared_pick_chains`, every one up to
+    /// [`PICK_SLOTS`] (a full sync writes them all), else none.
+    pub picks: BTreeSet<Pick>,
 }
 
 /// What a partial sync changes: new versions of some services (`None`: removed) and hairpin
@@ -265,6 +409,8 @@ pub struct Patch {
     pub services: BTreeMap<ObjectName, Option<NftService>>,
     /// Node-wide elements to add.
     pub node_elements: BTreeSet<Element>,
+    /// Shared pick chains to add (the changed services lead to them; the table lacks them).
+    pub picks: BTreeSet<Pick>,
 }
 
 impl NftRuleset {
@@ -277,6 +423,11 @@ impl NftRuleset {
             services: BTreeMap::new(),
             taken: BTreeSet::new(),
             policy: NftPolicy::default(),
+            picks: if node.shared_pick_chains {
+                all_picks()
+            } else {
+                BTreeSet::new()
+            },
         }
     }
 
@@ -294,7 +445,25 @@ impl NftRuleset {
             }
         }
         self.node_elements.extend(patch.node_elements);
+        self.picks.extend(patch.picks);
     }
+}
+
+/// Every shared pick chain: both families, ClusterIP or not, 1 to [`PICK_SLOTS`] slots.
+fn all_picks() -> BTreeSet<Pick> {
+    let mut out = BTreeSet::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for clusterip in [false, true] {
+            for slots in 1..=PICK_SLOTS {
+                out.insert(Pick {
+                    family,
+                    slots,
+                    clusterip,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// `v4` or `v6` by family.
@@ -368,7 +537,9 @@ pub fn compile_patch<'a, P: AsRef<[PortPlan]>>(
     changed: impl IntoIterator<Item = (&'a ObjectName, Option<P>)>,
     hairpin: &BTreeSet<IpAddr>,
 ) -> Result<Patch, Error> {
-    let mut taken = old.taken.clone();
+    // The ids this patch hands out, beside the ruleset's (not a copy of those: at 100k
+    // services the copy alone was a large part of one endpoint change).
+    let mut added: BTreeSet<u32> = BTreeSet::new();
     let mut next = 1u32;
     let mut patch = Patch::default();
     for (name, ports) in changed {
@@ -396,17 +567,17 @@ pub fn compile_patch<'a, P: AsRef<[PortPlan]>>(
                     ids.insert(key, id);
                     continue;
                 }
-                while taken.contains(&next) {
+                while old.taken.contains(&next) || added.contains(&next) {
                     next += 1;
                 }
                 if next > MAX_GROUP_ID {
                     return Err(Error::CapacityExceeded {
                         what: "backend slot groups".to_owned(),
-                        needed: taken.len() + 1,
+                        needed: old.taken.len() + added.len() + 1,
                         capacity: MAX_GROUP_ID as usize,
                     });
                 }
-                taken.insert(next);
+                added.insert(next);
                 ids.insert(key, next);
             }
         }
@@ -417,6 +588,11 @@ pub fn compile_patch<'a, P: AsRef<[PortPlan]>>(
         for p in ports {
             compile_port(node, p, &mut svc)?;
         }
+        patch.picks.extend(
+            std::mem::take(&mut svc.picks)
+                .into_iter()
+                .filter(|p| !old.picks.contains(p)),
+        );
         patch.services.insert(name.clone(), Some(svc.finish()));
     }
     for ip in hairpin {
@@ -529,6 +705,13 @@ fn compile_cluster_ip(
     } else {
         Masq::No
     };
+    if let Some((pick, offset)) = ctx.shared_pick(node, "internal", &p.internal, masq, svc)? {
+        for cip in &p.cluster_ips {
+            shared_frontend(svc, pick, offset, (*cip, p.protocol, p.port), &chain);
+            svc.elements.insert(Element::ClusterIp(*cip));
+        }
+        return Ok(());
+    }
     ctx.render("", "internal", &p.internal, masq, &mut rules, svc)?;
     svc.chains.insert(Arc::clone(&chain), with_counter(rules));
     for cip in &p.cluster_ips {
@@ -560,6 +743,26 @@ fn compile_external(
     let ip = ip_kw(p.family);
     let chain: Arc<str> = format!("ext-{fs}-{key}").into();
     let mut rules = Vec::new();
+    // A firewall chain goes on to the external chain: with source ranges on LoadBalancer
+    // IPs the port keeps its chain.
+    let firewalled = !p.source_ranges.is_empty() && !p.load_balancer_ips.is_empty();
+    let shared = if p.external_masquerade && !firewalled {
+        ctx.shared_pick(node, "external", &p.external, Masq::Yes, svc)?
+    } else {
+        None
+    };
+    if let Some((pick, offset)) = shared {
+        let mut frontends: Vec<(IpAddr, u16)> =
+            p.external_ips.iter().map(|a| (*a, p.port)).collect();
+        if let Some((addrs, np)) = &p.node_port {
+            frontends.extend(addrs.iter().map(|a| (*a, *np)));
+        }
+        frontends.extend(p.load_balancer_ips.iter().map(|a| (*a, p.port)));
+        for (addr, port) in frontends {
+            shared_frontend(svc, pick, offset, (addr, p.protocol, port), &chain);
+        }
+        return Ok(());
+    }
     if p.external_masquerade {
         // externalTrafficPolicy Cluster: pods, the host and outside clients pick alike and
         // are masqueraded alike (`jump mark-for-masquerade`), so one rule serves them all.
@@ -639,6 +842,34 @@ fn compile_external(
     Ok(())
 }
 
+/// A frontend of a port that picks through the shared chain `pick`: its `service-ips`
+/// element (labelled with the port's own chain name `label`) and its `service-marks`
+/// element, the group's mark `mark`.
+fn shared_frontend(
+    svc: &mut ServiceBuilder,
+    pick: Pick,
+    mark: u32,
+    (addr, protocol, port): (IpAddr, Protocol, u16),
+    label: &Arc<str>,
+) {
+    svc.elements.insert(Element::SharedFrontend {
+        addr,
+        protocol,
+        port,
+        target: Arc::new(SharedTarget {
+            pick: pick.name().into(),
+            label: Arc::clone(label),
+        }),
+    });
+    svc.elements.insert(Element::Mark {
+        addr,
+        protocol,
+        port,
+        mark,
+    });
+    svc.picks.insert(pick);
+}
+
 /// Puts a counter in front of the first rule: it counts every packet that enters the chain
 /// (statements run in order, so the counter runs before the rule's matches) without a rule of
 /// its own: a rule fewer to load per chain.
@@ -668,7 +899,7 @@ struct ChoiceCtx<'a> {
     ids: &'a BTreeMap<String, u32>,
     /// Slot groups whose backend elements are in the service already: the rules of a port
     /// that pick from the same group add its elements once.
-    written: std::cell::RefCell<Vec<u32>>,
+    written: std::cell::RefCell<Vec<(u32, bool)>>,
 }
 
 impl ChoiceCtx<'_> {
@@ -749,20 +980,69 @@ impl ChoiceCtx<'_> {
                     rules.push(format!(
                         "{prefix}meta mark set {pick} offset {offset:#010x} goto {dnat}-{fs}"
                     ));
-                    let mut written = self.written.borrow_mut();
-                    if !written.contains(&id) {
-                        written.push(id);
-                        for (i, a) in s.iter().enumerate() {
-                            svc.elements.insert(Element::Backend {
-                                slot: (id << SLOT_BITS) | i as u32,
-                                to: *a,
-                            });
-                        }
-                    }
+                    self.backend_elements(id, &s, false, svc);
                 }
             }
         }
         Ok(())
+    }
+
+    /// The backend elements of slot group `id` (once per group, map and service): in
+    /// `group-backends` for the shared pick chains (`grouped`), else in `backends`.
+    fn backend_elements(&self, id: u32, s: &[SocketAddr], grouped: bool, svc: &mut ServiceBuilder) {
+        let mut written = self.written.borrow_mut();
+        if !written.contains(&(id, grouped)) {
+            written.push((id, grouped));
+            for (i, a) in s.iter().enumerate() {
+                svc.elements.insert(if grouped {
+                    Element::GroupBackend {
+                        slot: (id << SLOT_BITS) | i as u32,
+                        to: *a,
+                    }
+                } else {
+                    Element::Backend {
+                        slot: (id << SLOT_BITS) | i as u32,
+                        to: *a,
+                    }
+                });
+            }
+        }
+    }
+
+    /// With [`NodePlan::shared_pick_chains`], the shared chain and the mark offset of a
+    /// `choice` that is a plain random pick (no affinity, no Maglev) for every client of
+    /// the chain; its backend elements are added. `None`: the port needs its own chain.
+    fn shared_pick(
+        &self,
+        node: &NodePlan,
+        kind: &str,
+        choice: &Choice,
+        masq: Masq,
+        svc: &mut ServiceBuilder,
+    ) -> Result<Option<(Pick, u32)>, Error> {
+        let p = self.p;
+        let Choice::Backends(b) = choice else {
+            return Ok(None);
+        };
+        if !node.shared_pick_chains || p.affinity_timeout.is_some() || p.maglev {
+            return Ok(None);
+        }
+        let s = slot_list(p, b)?;
+        if s.len() > PICK_SLOTS as usize {
+            return Ok(None);
+        }
+        let id = self.group_id(kind, &s)?;
+        let mut offset = id << SLOT_BITS;
+        if masq == Masq::Yes {
+            offset |= MASQUERADE_BIT;
+        }
+        self.backend_elements(id, &s, true, svc);
+        let pick = Pick {
+            family: p.family,
+            slots: s.len() as u32,
+            clusterip: masq == Masq::Outside,
+        };
+        Ok(Some((pick, offset)))
     }
 
     fn group_id(&self, kind: &str, s: &[SocketAddr]) -> Result<u32, Error> {
@@ -847,6 +1127,15 @@ fn base(node: &NodePlan) -> Vec<String> {
             "map backends-{fs} {{ type mark : {at} . inet_service; }}"
         ));
         out.push(format!("set hairpin-{fs} {{ type {at} . {at}; }}"));
+        if node.shared_pick_chains {
+            let ip = ip_kw(f);
+            out.push(format!(
+                "map service-marks-{fs} {{ type {at} . inet_proto . inet_service : mark; }}"
+            ));
+            out.push(format!(
+                "map group-backends-{fs} {{ typeof meta mark . numgen random mod 1 : {ip} daddr . th dport; }}"
+            ));
+        }
         let of = |v: &[IpNetwork]| -> Vec<IpNetwork> {
             v.iter()
                 .copied()
@@ -1096,9 +1385,13 @@ fn add(table: &str, stmt: &str) -> String {
 }
 
 /// The sets and maps elements go in, in the order transactions list them.
-const ELEMENT_SETS: [&str; 8] = [
+const ELEMENT_SETS: [&str; 12] = [
     "backends-v4",
     "backends-v6",
+    "group-backends-v4",
+    "group-backends-v6",
+    "service-marks-v4",
+    "service-marks-v6",
     "cluster-ips-v4",
     "cluster-ips-v6",
     "hairpin-v4",
@@ -1173,6 +1466,22 @@ fn rule_lines<W: std::fmt::Write + ?Sized>(
     Ok(())
 }
 
+/// Adds the shared pick chains `picks` and their rules.
+fn pick_lines<W: std::fmt::Write + ?Sized>(
+    table: &str,
+    picks: &BTreeSet<Pick>,
+    out: &mut W,
+) -> std::fmt::Result {
+    for p in picks {
+        let name = p.name();
+        writeln!(out, "add chain inet {table} {name}")?;
+        for r in p.rules() {
+            writeln!(out, "add rule inet {table} {name} {r}")?;
+        }
+    }
+    Ok(())
+}
+
 /// The full-sync transaction: replaces our table, and nothing else, atomically.
 pub fn render_full(rs: &NftRuleset) -> String {
     let mut out = String::new();
@@ -1195,6 +1504,7 @@ pub fn write_full_except<W: std::fmt::Write + ?Sized>(
     for stmt in &rs.base {
         out.write_str(&add(t, stmt))?;
     }
+    pick_lines(t, &rs.picks, out)?;
     for svc in rs.services.values() {
         service_chain_lines(t, svc, out)?;
     }
@@ -1292,6 +1602,7 @@ pub fn render_patch(old: &NftRuleset, patch: &Patch) -> String {
     for (c, r) in &rules {
         let _ = rule_lines(t, c, r, &mut out);
     }
+    let _ = pick_lines(t, &patch.picks, &mut out);
     for c in &del_chains {
         let _ = writeln!(out, "delete chain inet {t} {c}");
     }
@@ -1306,4 +1617,16 @@ pub fn render_patch(old: &NftRuleset, patch: &Patch) -> String {
         &mut out,
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Element;
+
+    /// A ruleset holds one element per backend slot: the shared frontends' two names sit
+    /// behind one pointer so that no variant makes every element bigger.
+    #[test]
+    fn an_element_stays_40_bytes() {
+        assert_eq!(std::mem::size_of::<Element>(), 40);
+    }
 }
