@@ -56,12 +56,6 @@ pub enum TrafficError {
         /// The answer.
         reply: String,
     },
-    /// The protocol has no server or probe.
-    #[error("{protocol} probes are not supported")]
-    Unsupported {
-        /// The protocol.
-        protocol: Protocol,
-    },
     /// An SCTP packet of a probe's association had a wrong `CRC32c`: whatever rewrote it on
     /// the way (a NAT changing a port) did not recompute the checksum. Seen by the probe in
     /// an answer, or by the server in the probe's packet (it says so in an ABORT).

@@ -67,6 +67,18 @@ fn expect_bad_checksum(lab: &Lab, says: &str) {
     }
 }
 
+/// Pod 0's IPv4 probe of pod 1 is answered.
+fn expect_answer(lab: &Lab) {
+    let outcome = probe(
+        &lab.pod(0).netns,
+        server(lab, Family::V4),
+        Protocol::Sctp,
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(outcome.backend(), Some("pod-0-1"), "{outcome:?}");
+}
+
 #[test]
 fn an_sctp_probe_names_its_server_and_closes_its_association() {
     if !require_root("an_sctp_probe_names_its_server_and_closes_its_association") {
@@ -122,14 +134,7 @@ fn a_corrupted_answer_checksum_fails_the_probe() {
     rewrite_output(&lab.pod(1).netns, "@th,64,32", "0x12345678");
     expect_bad_checksum(&lab, "sctp INIT-ACK from");
     stop_rewriting(&lab.pod(1).netns);
-    let outcome = probe(
-        &lab.pod(0).netns,
-        server(&lab, Family::V4),
-        Protocol::Sctp,
-        TIMEOUT,
-    )
-    .unwrap();
-    assert_eq!(outcome.backend(), Some("pod-0-1"), "{outcome:?}");
+    expect_answer(&lab);
 }
 
 #[test]
@@ -200,4 +205,68 @@ fn sctp_probes_run_in_a_batch() {
         ]
     );
     assert_eq!(outcomes[3], BatchOutcome::Ended(ProbeOutcome::Refused));
+}
+
+/// The handshake and the request take the kernel's SCTP conntrack (in the server's
+/// namespace, enabled there by an nftables `ct` rule) through `COOKIE_WAIT` (the INIT-ACK)
+/// and `COOKIE_ECHOED` to `ESTABLISHED` (the COOKIE-ACK), and the probe's ABORT closes the
+/// entry: what `conntrack -E` reports.
+#[test]
+fn an_sctp_probe_walks_conntrack_to_established_and_closes_it() {
+    if !require_root("an_sctp_probe_walks_conntrack_to_established_and_closes_it") {
+        return;
+    }
+    let lab = lab();
+    let pod = lab.pod(1);
+    pod.netns
+        .exec_checked(
+            "nft",
+            &["-f", "-"],
+            Some("table inet sctplab {\n chain in {\n  type filter hook input priority 0;\n  ct state new counter\n }\n}\n"),
+        )
+        .unwrap();
+    let events = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            pod.netns.name(),
+            "conntrack",
+            "-E",
+            "-p",
+            "sctp",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // `conntrack -E` subscribes right after it starts (milliseconds; the wait is for a
+    // loaded machine).
+    std::thread::sleep(Duration::from_secs(1));
+    expect_answer(&lab);
+    std::thread::sleep(Duration::from_millis(300));
+    // SIGTERM, not SIGKILL: it flushes what it printed.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(events.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = events.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let states: Vec<&str> = text
+        .lines()
+        .filter_map(|line| {
+            ["COOKIE_WAIT", "COOKIE_ECHOED", "ESTABLISHED", "CLOSED"]
+                .into_iter()
+                .find(|state| line.split_whitespace().any(|w| w == *state))
+        })
+        .collect();
+    // This kernel enters an INIT as CLOSED (`[NEW] ... CLOSED [UNREPLIED]`); older ones as
+    // COOKIE_WAIT. The rest is the same.
+    let walk: Vec<&str> = states
+        .iter()
+        .copied()
+        .skip_while(|s| *s != "COOKIE_WAIT")
+        .collect();
+    assert_eq!(
+        walk,
+        ["COOKIE_WAIT", "COOKIE_ECHOED", "ESTABLISHED", "CLOSED"],
+        "{text}"
+    );
 }

@@ -419,12 +419,12 @@ fn masquerade_services(node: &mut Node) {
 /// A row in TCP and UDP (`<name> tcp`, `<name> udp`), each on the service port of its
 /// protocol.
 fn both(case: Case) -> [Case; 2] {
-    [over(&case, Protocol::Tcp), over(&case, Protocol::Udp)]
+    [over(case.clone(), Protocol::Tcp), over(case, Protocol::Udp)]
 }
 
 /// `case` on its service's port of `protocol` (named after the protocol), named
 /// `<name> <protocol>`.
-fn over(case: &Case, protocol: Protocol) -> Case {
+fn over(case: Case, protocol: Protocol) -> Case {
     let (tag, port) = match protocol {
         Protocol::Tcp => ("tcp", TCP_PORT),
         Protocol::Udp => ("udp", UDP_PORT),
@@ -432,7 +432,7 @@ fn over(case: &Case, protocol: Protocol) -> Case {
     };
     let c = Case {
         name: format!("{} {tag}", case.name),
-        ..case.clone()
+        ..case
     }
     .protocol(protocol);
     let destination = match &c.destination {
@@ -919,7 +919,7 @@ fn parity_cases() -> Vec<Case> {
         // A row written as SCTP is an SCTP row alone (`<name> sctp`): SCTP rows stand beside
         // TCP and UDP twins of their own, not beside every row.
         if c.protocol == Protocol::Sctp {
-            cases.push(over(&c, Protocol::Sctp));
+            cases.push(over(c, Protocol::Sctp));
         } else {
             cases.extend(both(c));
         }
@@ -1592,7 +1592,10 @@ mod tests {
             assert_eq!(sctp.client, row.client);
             assert_eq!(sctp.expect, row.expect);
             assert_eq!(sctp.source_seen, row.source_seen);
-            assert_eq!(over(row, Protocol::Sctp).destination, sctp.destination);
+            assert_eq!(
+                over(row.clone(), Protocol::Sctp).destination,
+                sctp.destination
+            );
             assert!(sctp.requirements().contains(&Requirement::Sctp));
         }
         let row9: Vec<&str> = cases
