@@ -23,7 +23,7 @@ fn lab() -> Lab {
     Lab::new(LabSpec {
         nodes: 1,
         pods_per_node: 2,
-        external_clients: 0,
+        external_clients: 1,
         ipv6: true,
     })
     .unwrap()
@@ -175,36 +175,54 @@ fn sctp_probes_run_in_a_batch() {
         return;
     }
     let lab = lab();
-    let closed = SocketAddr::new(lab.node(0).addresses[0], 5);
-    let probes: Vec<BatchProbe> = [
-        (server(&lab, Family::V4), Protocol::Sctp),
-        (server(&lab, Family::V6), Protocol::Tcp),
-        (server(&lab, Family::V6), Protocol::Sctp),
-        // The node runs no server: ICMP protocol unreachable.
-        (closed, Protocol::Sctp),
-        (server(&lab, Family::V4), Protocol::Udp),
-    ]
-    .into_iter()
-    .map(|(destination, protocol)| BatchProbe {
-        destination,
-        protocol,
-        source_port: None,
-        timeout: TIMEOUT,
-    })
-    .collect();
-    let outcomes = probe_batch(&lab.pod(0).netns, &probes).unwrap();
-    let backends: Vec<Option<&str>> = outcomes.iter().map(BatchOutcome::backend).collect();
-    assert_eq!(
-        backends,
-        [
-            Some("pod-0-1"),
-            Some("pod-0-1"),
-            Some("pod-0-1"),
-            None,
-            Some("pod-0-1")
-        ]
-    );
-    assert_eq!(outcomes[3], BatchOutcome::Ended(ProbeOutcome::Refused));
+    let node = lab.node(0);
+    let closed = |family| SocketAddr::new(node.address(family).unwrap(), 5);
+    let answered = |destination, protocol| (destination, protocol, Some("pod-0-1"));
+    let ended = |destination, outcome| (destination, Protocol::Sctp, outcome);
+    let probes = [
+        answered(server(&lab, Family::V4), Protocol::Sctp),
+        answered(server(&lab, Family::V6), Protocol::Tcp),
+        answered(server(&lab, Family::V6), Protocol::Sctp),
+        answered(server(&lab, Family::V4), Protocol::Udp),
+    ];
+    // The node runs no server, so nothing in it speaks SCTP: ICMP protocol unreachable, in
+    // IPv6 a parameter problem (unrecognized next header).
+    let ends = [
+        ended(closed(Family::V4), ProbeOutcome::Refused),
+        ended(closed(Family::V6), ProbeOutcome::Refused),
+    ];
+    let batch: Vec<BatchProbe> = probes
+        .iter()
+        .map(|(d, p, _)| (*d, *p))
+        .chain(ends.iter().map(|(d, p, _)| (*d, *p)))
+        .map(|(destination, protocol)| BatchProbe {
+            destination,
+            protocol,
+            source_port: None,
+            timeout: TIMEOUT,
+        })
+        .collect();
+    let outcomes = probe_batch(&lab.pod(0).netns, &batch).unwrap();
+    for ((destination, protocol, backend), outcome) in probes.iter().zip(&outcomes) {
+        assert_eq!(
+            outcome.backend(),
+            *backend,
+            "{protocol} {destination}: {outcome:?}"
+        );
+    }
+    for ((destination, _, want), outcome) in ends.iter().zip(&outcomes[probes.len()..]) {
+        assert_eq!(
+            *outcome,
+            BatchOutcome::Ended(want.clone()),
+            "sctp {destination}"
+        );
+    }
+    // The external client knows only the underlay: no route to a pod.
+    for family in [Family::V4, Family::V6] {
+        let destination = server(&lab, family);
+        let outcome = probe(&lab.external(0).netns, destination, Protocol::Sctp, TIMEOUT).unwrap();
+        assert_eq!(outcome, ProbeOutcome::Unreachable, "{destination}");
+    }
 }
 
 /// The handshake and the request take the kernel's SCTP conntrack (in the server's
