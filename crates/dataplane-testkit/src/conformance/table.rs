@@ -408,9 +408,9 @@ fn all_services(lab: &Lab) -> Vec<Service> {
 fn with_sctp_port(lab: &Lab) -> Vec<Service> {
     vec![with_sctp(every_frontend(lab, "sctp", 12, &[2]))]
 }
-/// No backends, dual-stack: reject.
+/// No backends, dual-stack, TCP, UDP and SCTP: reject.
 fn no_backends_dual(lab: &Lab) -> Vec<Service> {
-    vec![every_frontend(lab, "empty6", 11, &[])]
+    vec![with_sctp(every_frontend(lab, "empty6", 11, &[]))]
 }
 fn masquerade_services(node: &mut Node) {
     node.masquerade.all_services = true;
@@ -1439,6 +1439,18 @@ fn parity_cases() -> Vec<Case> {
                 .refused_at_once(),
                 family,
             );
+            // SCTP too: an ICMP port unreachable (or an ABORT) reaches the client.
+            add(
+                Case::new(
+                    &format!("no backends from the {name}, refused"),
+                    no_backends_dual,
+                    client,
+                    Destination::cluster_ip_via(0, "empty6", TCP_PORT),
+                )
+                .protocol(Protocol::Sctp)
+                .expect(Reject),
+                family,
+            );
         }
     }
 
@@ -1604,5 +1616,10 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(row9.len(), 4, "{row9:?}");
+        let rejects = cases
+            .iter()
+            .filter(|c| c.protocol == Protocol::Sctp && c.expect == Expect::Reject)
+            .count();
+        assert_eq!(rejects, 3 * 2, "no backends, from a pod, the node, outside");
     }
 }
