@@ -1,10 +1,10 @@
 //! Echo-who-I-am servers and the probes that talk to them.
 //!
-//! A server answers every TCP request line and every UDP datagram with
-//! `"<name> <peer-ip>:<peer-port>\n"`: the backend's name tells a test *which* backend a
-//! service picked, the peer address tells it which source address survived the dataplane's
-//! NAT. One thread per served namespace polls all of its sockets (TCP and UDP, IPv4 and
-//! IPv6); it checks a stop flag every 50 ms, so dropping the [`Server`] closes every socket
+//! A server answers every TCP request line, every UDP datagram and every SCTP request (over
+//! raw sockets: the `sctp` module) with `"<name> <peer-ip>:<peer-port>\n"`: the backend's
+//! name tells a test *which* backend a service picked, the peer address tells it which
+//! source address survived the dataplane's NAT. One thread per served namespace polls all of
+//! its sockets (TCP, UDP and raw SCTP, IPv4 and IPv6); it checks a stop flag every 50 ms, so dropping the [`Server`] closes every socket
 //! and ends the thread, which releases the namespace.
 
 use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
