@@ -193,6 +193,9 @@ impl Args {
         let mut options = Options::default();
         options.ebpf.pin_dir.clone_from(&self.bpf_pin_dir);
         options.ebpf.keep_attachments_on_drop = true;
+        if self.l2_mode() == L2Announcements::Elected {
+            options.ebpf.l2_liveness = self.l2_liveness(options.ebpf.l2_liveness);
+        }
         options.nftables = options.nftables.with_name(&self.nft_table);
         options.iptables = options.iptables.with_name(&self.iptables_prefix);
         if let Some(drops) = self.event_drop_limit()? {
@@ -207,6 +210,20 @@ impl Args {
             options.iptables.nflog_rate = nflog_rate;
         }
         Ok(options)
+    }
+
+    /// The eBPF responder's liveness window with Lease elections: at most `default`, the
+    /// renew deadline, and the lease duration less a retry period. A killed agent leaves its
+    /// programs attached, and they answer for its Services until the liveness it last wrote
+    /// (at the latest when it died) lapses; another node may take a Lease over a lease
+    /// duration after the last renewal it saw (at the earliest a retry period before the
+    /// death). Within both bounds the dead node is quiet before the new holder announces,
+    /// as a live holder that cannot renew is at its renew deadline: never two answers.
+    fn l2_liveness(&self, default: Duration) -> Duration {
+        default.min(self.l2_lease_renew_deadline).min(
+            self.l2_lease_duration
+                .saturating_sub(self.l2_lease_retry_period),
+        )
     }
 
     /// `--event-drop-rate` and `--event-drop-burst` as the eBPF dataplane's limit (the burst
@@ -580,6 +597,53 @@ mod tests {
             "/k"
         ])
         .is_err());
+    }
+
+    /// With Lease elections the eBPF responder of a killed agent goes quiet before another
+    /// node can take its Leases over: its liveness window is kept within the renew deadline
+    /// and the lease duration less a retry period.
+    #[test]
+    fn l2_liveness_stays_inside_the_lease() {
+        let liveness = |flags: &[&str]| {
+            let mut argv = vec!["dataplane-agent"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv)
+                .unwrap()
+                .options()
+                .unwrap()
+                .ebpf
+                .l2_liveness
+        };
+        let default = dataplane::ebpf::DEFAULT_L2_LIVENESS;
+        assert_eq!(liveness(&["--kubeconfig", "/k"]), default);
+        // The defaults (15 s, 5 s, 2 s) leave it alone.
+        assert_eq!(
+            liveness(&["--kubeconfig", "/k", "--l2-announcements"]),
+            default
+        );
+        let short = [
+            "--kubeconfig",
+            "/k",
+            "--l2-announcements",
+            "--l2-lease-duration=3s",
+            "--l2-lease-renew-deadline=2s",
+            "--l2-lease-retry-period=500ms",
+        ];
+        assert_eq!(liveness(&short), Duration::from_secs(2));
+        let late_deadline = [
+            "--kubeconfig",
+            "/k",
+            "--l2-announcements",
+            "--l2-lease-duration=2s",
+            "--l2-lease-renew-deadline=1900ms",
+            "--l2-lease-retry-period=500ms",
+        ];
+        assert_eq!(liveness(&late_deadline), Duration::from_millis(1500));
+        // Over manifests nothing is elected: the default.
+        assert_eq!(
+            liveness(&["--manifests", "/m", "--l2-announcements"]),
+            default
+        );
     }
 
     #[test]

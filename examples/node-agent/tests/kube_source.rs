@@ -1,7 +1,7 @@
 //! The Kubernetes source against recorded API traffic.
 //!
-//! No API server can run here, so each test starts a fake one: an HTTP/1.1 server on
-//! 127.0.0.1 that answers the source's list and watch requests with recorded bodies from
+//! No API server can run here, so each test starts a fake one (`common::fake_api`): an
+//! HTTP/1.1 server on 127.0.0.1 that answers the source's list and watch requests with recorded bodies from
 //! `tests/kube_api/` (lists as kube-apiserver returns them — `{"kind":"ServiceList",
 //! "metadata":{"resourceVersion":…},"items":[…]}`, items without `kind`/`apiVersion`; watches
 //! as chunked newline-delimited events, one JSON object per line). Each test scripts the replies
@@ -20,14 +20,11 @@
 //! Nothing here is timed: every wait is for a condition, with a generous deadline that only
 //! bounds a failing test.
 
-use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    convert::Infallible,
-    net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+mod common;
+
+use std::{collections::BTreeMap, net::IpAddr, path::Path, time::Duration};
+
+use common::fake_api::{FakeApi, Recorded, Reply};
 
 use dataplane_agent::{kube_source, source::SourceEvent};
 use dataplane_kube::{
@@ -38,16 +35,8 @@ use dataplane_kube::{
     },
     Cluster, Kind, Object, ObjectKey, Settings, Translation,
 };
-use futures::{stream, StreamExt as _};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use hyper::{
-    body::{Bytes, Frame, Incoming},
-    server::conn::http1,
-    service::service_fn,
-    Request, Response, StatusCode,
-};
-use hyper_util::rt::TokioIo;
-use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+use hyper::StatusCode;
+use tokio::{sync::mpsc, task::JoinHandle};
 
 /// Bounds a wait for something that should happen (the backoff before a retry is 0.8–1.6 s
 /// after the first error): generous, so a slow machine does not fail a correct source.
@@ -67,25 +56,6 @@ fn events(name: &str) -> Vec<String> {
     fixture(name).lines().map(str::to_owned).collect()
 }
 
-/// The resource path the API server serves a kind under.
-fn resource_path(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Service => "/api/v1/services",
-        Kind::EndpointSlice => "/apis/discovery.k8s.io/v1/endpointslices",
-        Kind::NetworkPolicy => "/apis/networking.k8s.io/v1/networkpolicies",
-        Kind::Pod => "/api/v1/pods",
-        Kind::Namespace => "/api/v1/namespaces",
-        Kind::Node => "/api/v1/nodes",
-        Kind::AdminNetworkPolicy => "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies",
-        Kind::BaselineAdminNetworkPolicy => {
-            "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies"
-        }
-        Kind::HostEndpoint => "/apis/projectcalico.org/v3/hostendpoints",
-        Kind::GlobalNetworkPolicy => "/apis/projectcalico.org/v3/globalnetworkpolicies",
-        Kind::FelixConfiguration => "/apis/projectcalico.org/v3/felixconfigurations",
-    }
-}
-
 /// The recorded list of each kind.
 fn list_fixture(kind: Kind) -> &'static str {
     match kind {
@@ -103,269 +73,14 @@ fn list_fixture(kind: Kind) -> &'static str {
     }
 }
 
-/// One scripted answer of the fake API server.
-#[derive(Debug, Clone)]
-enum Reply {
-    /// 200 with a JSON body (a list).
-    Json(String),
-    /// An error status with a `Status` body, as the API server sends it.
-    Status(StatusCode, String),
-    /// 200 and a chunked watch stream of these events; then the server closes the stream
-    /// (`hold: false`, a dropped watch) or keeps it open and idle (`hold: true`).
-    Watch { events: Vec<String>, hold: bool },
-    /// The connection is closed without an answer (a crashed or restarted API server).
-    Hangup,
-}
-
-/// A request the source made.
-#[derive(Debug, Clone)]
-struct Recorded {
-    kind: Kind,
-    watch: bool,
-    query: BTreeMap<String, String>,
-    authorization: Option<String>,
-}
-
-impl Recorded {
-    fn param(&self, name: &str) -> Option<&str> {
-        self.query.get(name).map(String::as_str)
+/// A fake API server that lists every kind from its recorded list and holds every watch
+/// open.
+fn recorded_api() -> FakeApi {
+    let api = FakeApi::start();
+    for kind in Kind::ALL {
+        api.lists(kind, [Reply::Json(fixture(list_fixture(kind)))]);
     }
-}
-
-#[derive(Default)]
-struct Script {
-    /// Replies to lists, in order; the last one repeats.
-    lists: HashMap<Kind, VecDeque<Reply>>,
-    /// Replies to watches, in order; when none is left, a watch is held open with no events.
-    watches: HashMap<Kind, VecDeque<Reply>>,
-    requests: Vec<Recorded>,
-}
-
-/// The fake API server: scripted replies, recorded requests.
-struct FakeApi {
-    addr: SocketAddr,
-    script: Arc<Mutex<Script>>,
-    server: JoinHandle<()>,
-}
-
-impl FakeApi {
-    /// A server that lists every kind from its recorded list and holds every watch open.
-    async fn start() -> FakeApi {
-        let mut script = Script::default();
-        for kind in Kind::ALL {
-            script.lists.insert(
-                kind,
-                VecDeque::from([Reply::Json(fixture(list_fixture(kind)))]),
-            );
-        }
-        let script = Arc::new(Mutex::new(script));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local address");
-        let shared = Arc::clone(&script);
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let script = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    let service =
-                        service_fn(move |request| std::future::ready(answer(&script, &request)));
-                    // A `Hangup` ends the connection with an error, on purpose.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        FakeApi {
-            addr,
-            script,
-            server,
-        }
-    }
-
-    fn lists(&self, kind: Kind, replies: impl IntoIterator<Item = Reply>) {
-        self.script
-            .lock()
-            .unwrap()
-            .lists
-            .insert(kind, replies.into_iter().collect());
-    }
-
-    fn watches(&self, kind: Kind, replies: impl IntoIterator<Item = Reply>) {
-        self.script
-            .lock()
-            .unwrap()
-            .watches
-            .insert(kind, replies.into_iter().collect());
-    }
-
-    fn client(&self) -> kube::Client {
-        let url = format!("http://{}", self.addr).parse().expect("server URL");
-        kube::Client::try_from(kube::Config::new(url)).expect("client for the fake server")
-    }
-
-    fn requests(&self, kind: Kind, watch: bool) -> Vec<Recorded> {
-        self.script
-            .lock()
-            .unwrap()
-            .requests
-            .iter()
-            .filter(|r| r.kind == kind && r.watch == watch)
-            .cloned()
-            .collect()
-    }
-
-    /// Waits until `count` requests of `kind` (lists or watches) have been made; returns them.
-    async fn wait_requests(&self, kind: Kind, watch: bool, count: usize) -> Vec<Recorded> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let requests = self.requests(kind, watch);
-            if requests.len() >= count {
-                return requests;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{count} {} requests of {kind} expected, saw {requests:?}",
-                if watch { "watch" } else { "list" },
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for FakeApi {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-fn answer(
-    script: &Mutex<Script>,
-    request: &Request<Incoming>,
-) -> Result<Response<Body>, std::io::Error> {
-    let path = request.uri().path().to_owned();
-    let query = parse_query(request.uri().query().unwrap_or(""));
-    let Some(kind) = Kind::ALL.into_iter().find(|k| resource_path(*k) == path) else {
-        return Ok(status(
-            StatusCode::NOT_FOUND,
-            format!(
-                concat!(
-                    r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","#,
-                    r#""message":"the server could not find the requested resource","#,
-                    r#""reason":"NotFound","details":{{}},"code":404,"path":"{path}"}}"#
-                ),
-                path = path
-            ),
-        ));
-    };
-    let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
-    let authorization = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    // The API server sends bookmarks only to watches that ask for them.
-    let bookmarks = query
-        .get("allowWatchBookmarks")
-        .is_some_and(|b| b == "true");
-    let reply = {
-        let mut script = script.lock().unwrap();
-        script.requests.push(Recorded {
-            kind,
-            watch,
-            query,
-            authorization,
-        });
-        if watch {
-            script
-                .watches
-                .get_mut(&kind)
-                .and_then(VecDeque::pop_front)
-                .unwrap_or(Reply::Watch {
-                    events: Vec::new(),
-                    hold: true,
-                })
-        } else {
-            let replies = script.lists.get_mut(&kind).expect("every kind has a list");
-            if replies.len() > 1 {
-                replies.pop_front().expect("non-empty")
-            } else {
-                replies.front().expect("a list reply").clone()
-            }
-        }
-    };
-    Ok(match reply {
-        Reply::Json(body) => json(StatusCode::OK, Full::new(Bytes::from(body)).boxed()),
-        Reply::Status(code, body) => status(code, body),
-        Reply::Watch { events, hold } => {
-            // One chunk per event, each ending in a newline, as the API server streams them.
-            let events = stream::iter(
-                events
-                    .into_iter()
-                    .filter(move |e| bookmarks || !e.contains(r#""type":"BOOKMARK""#))
-                    .map(|e| Ok(Frame::data(Bytes::from(format!("{e}\n"))))),
-            );
-            let body = if hold {
-                BodyExt::boxed(StreamBody::new(events.chain(stream::pending())))
-            } else {
-                BodyExt::boxed(StreamBody::new(events))
-            };
-            json(StatusCode::OK, body)
-        }
-        Reply::Hangup => {
-            return Err(std::io::Error::other("hang up"));
-        }
-    })
-}
-
-fn json(code: StatusCode, body: Body) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .header("audit-id", "6f1b8e2c-5d4a-4c3b-9a2e-1f0d9c8b7a6e")
-        .body(body)
-        .expect("response")
-}
-
-fn status(code: StatusCode, body: String) -> Response<Body> {
-    json(code, Full::new(Bytes::from(body)).boxed())
-}
-
-/// `a=b&c=d%3De` decoded (application/x-www-form-urlencoded, as kube-rs encodes queries).
-fn parse_query(query: &str) -> BTreeMap<String, String> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(name), decode(value))
-        })
-        .collect()
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("ascii");
-                out.push(u8::from_str_radix(hex, 16).expect("percent escape"));
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).expect("utf-8 query")
+    api
 }
 
 /// The source under test, running until the test drops the receiver.
@@ -506,7 +221,7 @@ fn assert_params(request: &Recorded, expected: &[(&str, Option<&str>)]) {
 
 #[tokio::test]
 async fn initial_list_of_the_six_kinds() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     let (mut rx, _task) = start_source(&api, None);
 
     let listed = initial_lists(&mut rx).await;
@@ -581,7 +296,7 @@ async fn initial_list_of_the_six_kinds() {
             ],
         );
 
-        let watches = api.wait_requests(kind, true, 1).await;
+        let watches = api.wait_requests(kind, true, 1, DEADLINE).await;
         assert_selectors(&watches[0], None);
         assert_params(
             &watches[0],
@@ -596,13 +311,13 @@ async fn initial_list_of_the_six_kinds() {
 
 #[tokio::test]
 async fn a_proxy_name_selects_the_services_for_that_proxy() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     let (mut rx, _task) = start_source(&api, Some("dataplane"));
     initial_lists(&mut rx).await;
     for kind in [Kind::Service, Kind::EndpointSlice] {
         assert_selectors(&api.requests(kind, false)[0], Some("dataplane"));
         assert_selectors(
-            &api.wait_requests(kind, true, 1).await[0],
+            &api.wait_requests(kind, true, 1, DEADLINE).await[0],
             Some("dataplane"),
         );
     }
@@ -615,7 +330,7 @@ async fn a_proxy_name_selects_the_services_for_that_proxy() {
 
 #[tokio::test]
 async fn watch_events_become_applied_and_deleted() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     api.watches(
         Kind::Service,
         [Reply::Watch {
@@ -678,7 +393,7 @@ async fn watch_events_become_applied_and_deleted() {
 
 #[tokio::test]
 async fn a_dropped_watch_resumes_from_the_last_bookmark() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     // The first watch sends an object (resourceVersion 1104) and a bookmark (1207), then the
     // connection ends; the next watch is held open.
     api.watches(
@@ -704,7 +419,9 @@ async fn a_dropped_watch_resumes_from_the_last_bookmark() {
     );
     assert_eq!(slice.metadata.name.as_deref(), Some("api-q8w4n"));
 
-    let watches = api.wait_requests(Kind::EndpointSlice, true, 2).await;
+    let watches = api
+        .wait_requests(Kind::EndpointSlice, true, 2, DEADLINE)
+        .await;
     assert_eq!(watches[0].param("resourceVersion"), Some("1043"));
     assert_eq!(
         watches[1].param("resourceVersion"),
@@ -721,7 +438,7 @@ async fn a_dropped_watch_resumes_from_the_last_bookmark() {
 
 #[tokio::test]
 async fn a_410_gone_watch_relists() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     api.lists(
         Kind::Service,
         [
@@ -758,10 +475,10 @@ async fn a_410_gone_watch_relists() {
         "the relist replaces the first list"
     );
 
-    let lists = api.wait_requests(Kind::Service, false, 2).await;
+    let lists = api.wait_requests(Kind::Service, false, 2, DEADLINE).await;
     assert_eq!(lists.len(), 2, "one relist: {lists:?}");
     assert_selectors(&lists[1], None);
-    let watches = api.wait_requests(Kind::Service, true, 2).await;
+    let watches = api.wait_requests(Kind::Service, true, 2, DEADLINE).await;
     assert_eq!(watches[0].param("resourceVersion"), Some("1043"));
     assert_eq!(
         watches[1].param("resourceVersion"),
@@ -772,7 +489,7 @@ async fn a_410_gone_watch_relists() {
 
 #[tokio::test]
 async fn a_server_error_is_reported_and_the_list_retried() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     api.lists(
         Kind::Namespace,
         [
@@ -806,7 +523,7 @@ async fn a_server_error_is_reported_and_the_list_retried() {
 
 #[tokio::test]
 async fn a_connection_error_on_a_watch_is_reported_and_the_watch_retried() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     api.watches(Kind::Node, [Reply::Hangup]);
     let (mut rx, _task) = start_source(&api, None);
 
@@ -829,7 +546,7 @@ async fn a_connection_error_on_a_watch_is_reported_and_the_watch_retried() {
 
     // After the backoff the watch is started again from the same resourceVersion: the list
     // is still good, nothing is relisted.
-    let watches = api.wait_requests(Kind::Node, true, 2).await;
+    let watches = api.wait_requests(Kind::Node, true, 2, DEADLINE).await;
     assert_eq!(watches[0].param("resourceVersion"), Some("1043"));
     assert_eq!(watches[1].param("resourceVersion"), Some("1043"));
     assert_selectors(&watches[1], None);
@@ -838,7 +555,7 @@ async fn a_connection_error_on_a_watch_is_reported_and_the_watch_retried() {
 
 #[tokio::test]
 async fn the_source_stops_when_the_receiver_is_dropped() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     let (mut rx, task) = start_source(&api, None);
     initial_lists(&mut rx).await;
     // Every watch is now idle: the source must notice the closed channel without an event.
@@ -852,21 +569,9 @@ async fn the_source_stops_when_the_receiver_is_dropped() {
 
 #[tokio::test]
 async fn client_from_a_kubeconfig_file() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     let dir = tempfile::tempdir().expect("temporary directory");
-    let path: PathBuf = dir.path().join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\n\
-             clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: agent\n\
-             current-context: fake\n\
-             users:\n- name: agent\n  user:\n    token: recorded-token\n",
-            api.addr
-        ),
-    )
-    .expect("write kubeconfig");
+    let path = api.kubeconfig(dir.path(), Some("recorded-token"));
     let client = kube_source::client(Some(&path))
         .await
         .expect("client from kubeconfig");
@@ -939,7 +644,7 @@ fn translate(lists: BTreeMap<Kind, Vec<Object>>) -> Translation {
 
 #[tokio::test]
 async fn slimmed_objects_translate_as_the_recorded_ones() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     let (mut rx, _task) = start_source(&api, None);
     let slimmed = initial_lists(&mut rx).await;
     let recorded: BTreeMap<Kind, Vec<Object>> = Kind::ALL
@@ -1008,7 +713,7 @@ async fn slimmed_objects_translate_as_the_recorded_ones() {
 
 #[tokio::test]
 async fn a_custom_resource_the_cluster_lacks_is_listed_empty() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     let not_found = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#;
     api.lists(
         Kind::HostEndpoint,
@@ -1025,7 +730,7 @@ async fn a_custom_resource_the_cluster_lacks_is_listed_empty() {
 
 #[tokio::test]
 async fn a_custom_resource_with_a_rejected_field_is_an_error_naming_it() {
-    let api = FakeApi::start().await;
+    let api = recorded_api();
     let list = fixture("globalnetworkpolicies.json").replace("has(host-endpoint)", "all()");
     api.lists(Kind::GlobalNetworkPolicy, [Reply::Json(list)]);
     let (mut rx, _task) = start_source(&api, None);

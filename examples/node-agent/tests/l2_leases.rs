@@ -1,5 +1,5 @@
-//! Two agents' electors racing for one Service's Lease over HTTP, against a fake API server
-//! that serves `coordination.k8s.io/v1` Leases as kube-apiserver does: `GET` (404 when
+//! Two agents' electors racing for one Service's Lease over HTTP, against the fake API
+//! server (`common::fake_api`), which serves `coordination.k8s.io/v1` Leases as kube-apiserver does: `GET` (404 when
 //! missing), `POST` (409 `AlreadyExists` when it exists), `PUT` (409 Conflict unless the body's
 //! `metadata.resourceVersion` is the stored one), every write a new resourceVersion.
 //!
@@ -17,28 +17,20 @@
 //! within a lease duration and a few retry periods after the holder stopped), with slack for
 //! a loaded machine only on the late side.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::fake_api::FakeApi;
 use dataplane_agent::l2::{lease_name, Announcer, Elect, Verdict};
 use dataplane_agent::lease::LeaseTiming;
+use dataplane_kube::k8s_openapi::api::coordination::v1::Lease;
 use dataplane_kube::{Kind, ObjectKey};
-use http_body_util::{BodyExt, Full};
-use hyper::{
-    body::{Bytes, Incoming},
-    server::conn::http1,
-    service::service_fn,
-    Method, Request, Response, StatusCode,
-};
-use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use hyper::Method;
+use serde_json::json;
 use tokio::sync::mpsc;
 
-const PREFIX: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+const NAMESPACE: &str = "kube-system";
 
 /// Bounds a wait that should end (only a failing test reaches it).
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -51,189 +43,20 @@ fn timing() -> LeaseTiming {
     }
 }
 
-#[derive(Default)]
-struct Leases {
-    /// The server takes requests but does not answer them (an overloaded or partitioned API
-    /// server).
-    hang: bool,
-    stored: BTreeMap<String, Value>,
-    version: u64,
-    /// Every write answered: method, lease, holder written, status.
-    writes: Vec<(Method, String, Option<String>, u16)>,
+/// An announcer of node `node` over `api`, and its verdicts.
+fn announcer(
+    api: &FakeApi,
+    node: &str,
+) -> (
+    Announcer<kube::Api<Lease>>,
+    mpsc::UnboundedReceiver<Verdict>,
+) {
+    Announcer::new(
+        dataplane_agent::l2::kube_leases(api.client(), NAMESPACE),
+        node,
+        timing(),
+    )
 }
-
-fn status(code: StatusCode, reason: &str, message: &str) -> Response<Full<Bytes>> {
-    let body = json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code.as_u16(),
-    });
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
-}
-
-fn ok(code: StatusCode, lease: &Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(lease.to_string())))
-        .unwrap()
-}
-
-fn holder(lease: &Value) -> Option<String> {
-    lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
-}
-
-/// The API server's answer to one Lease request.
-fn answer(
-    leases: &Mutex<Leases>,
-    method: &Method,
-    path: &str,
-    body: &[u8],
-) -> Response<Full<Bytes>> {
-    let mut leases = leases.lock().unwrap();
-    let name = path
-        .strip_prefix(PREFIX)
-        .unwrap_or("")
-        .trim_start_matches('/');
-    let mut written: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let response = match *method {
-        Method::GET => match leases.stored.get(name) {
-            Some(lease) => return ok(StatusCode::OK, lease),
-            None => {
-                return status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("leases.coordination.k8s.io {name:?} not found"),
-                )
-            }
-        },
-        Method::POST => {
-            let name = written["metadata"]["name"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned();
-            if leases.stored.contains_key(&name) {
-                status(
-                    StatusCode::CONFLICT,
-                    "AlreadyExists",
-                    &format!("leases.coordination.k8s.io {name:?} already exists"),
-                )
-            } else {
-                leases.version += 1;
-                written["metadata"]["resourceVersion"] = json!(leases.version.to_string());
-                written["metadata"]["namespace"] = json!("kube-system");
-                written["kind"] = json!("Lease");
-                written["apiVersion"] = json!("coordination.k8s.io/v1");
-                leases.stored.insert(name, written.clone());
-                ok(StatusCode::CREATED, &written)
-            }
-        }
-        Method::PUT => match leases.stored.get(name) {
-            None => status(StatusCode::NOT_FOUND, "NotFound", "not found"),
-            Some(current)
-                if current["metadata"]["resourceVersion"]
-                    != written["metadata"]["resourceVersion"] =>
-            {
-                status(
-                    StatusCode::CONFLICT,
-                    "Conflict",
-                    "Operation cannot be fulfilled on leases.coordination.k8s.io: the object \
-                     has been modified; please apply your changes to the latest version and \
-                     try again",
-                )
-            }
-            Some(_) => {
-                leases.version += 1;
-                written["metadata"]["resourceVersion"] = json!(leases.version.to_string());
-                written["kind"] = json!("Lease");
-                written["apiVersion"] = json!("coordination.k8s.io/v1");
-                leases.stored.insert(name.to_owned(), written.clone());
-                ok(StatusCode::OK, &written)
-            }
-        },
-        _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "no"),
-    };
-    let entry = (
-        method.clone(),
-        name.to_owned(),
-        holder(&written),
-        response.status().as_u16(),
-    );
-    leases.writes.push(entry);
-    response
-}
-
-struct FakeApi {
-    addr: SocketAddr,
-    leases: Arc<Mutex<Leases>>,
-}
-
-impl FakeApi {
-    async fn start() -> Self {
-        let leases = Arc::new(Mutex::new(Leases::default()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::clone(&leases);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let leases = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let leases = Arc::clone(&leases);
-                        async move {
-                            while leases.lock().unwrap().hang {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                            let method = request.method().clone();
-                            let path = request.uri().path().to_owned();
-                            let body = request
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(http_body_util::Collected::to_bytes);
-                            let body = body.unwrap_or_default();
-                            Ok::<_, Infallible>(answer(&leases, &method, &path, &body))
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { addr, leases }
-    }
-
-    fn announcer(
-        &self,
-        node: &str,
-    ) -> (
-        Announcer<kube::Api<Lease>>,
-        mpsc::UnboundedReceiver<Verdict>,
-    ) {
-        let url = format!("http://{}", self.addr).parse().unwrap();
-        let client = kube::Client::try_from(kube::Config::new(url)).unwrap();
-        Announcer::new(
-            dataplane_agent::l2::kube_leases(client, "kube-system"),
-            node,
-            timing(),
-        )
-    }
-
-    fn holder(&self, name: &str) -> Option<String> {
-        self.leases
-            .lock()
-            .unwrap()
-            .stored
-            .get(name)
-            .and_then(holder)
-    }
-}
-
-use dataplane_kube::k8s_openapi::api::coordination::v1::Lease;
 
 fn web() -> ObjectKey {
     ObjectKey::namespaced(Kind::Service, "default", "web")
@@ -277,9 +100,9 @@ const NODES: [&str; 2] = ["node-a", "node-b"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_one_of_two_holds_and_the_other_takes_over_when_it_stops() {
-    let api = FakeApi::start().await;
-    let (mut a, rx_a) = api.announcer(NODES[0]);
-    let (mut b, rx_b) = api.announcer(NODES[1]);
+    let api = FakeApi::start();
+    let (mut a, rx_a) = announcer(&api, NODES[0]);
+    let (mut b, rx_b) = announcer(&api, NODES[1]);
     let candidates = [web()].into();
     // Both start at once: they race to create the lease.
     a.set_candidates(&candidates);
@@ -291,23 +114,29 @@ async fn exactly_one_of_two_holds_and_the_other_takes_over_when_it_stops() {
     let (winner, held) = watch.next().await;
     assert!(held);
     let lease = lease_name(&web());
-    assert_eq!(api.holder(&lease).as_deref(), Some(NODES[winner]));
+    assert_eq!(
+        api.holder(NAMESPACE, &lease).as_deref(),
+        Some(NODES[winner])
+    );
     // Several lease durations: the holder renews, the other never gets it.
     assert_eq!(watch.quiet(timing().duration * 3).await, None);
-    assert_eq!(api.holder(&lease).as_deref(), Some(NODES[winner]));
+    assert_eq!(
+        api.holder(NAMESPACE, &lease).as_deref(),
+        Some(NODES[winner])
+    );
     {
-        let leases = api.leases.lock().unwrap();
-        let lost: Vec<_> = leases
-            .writes
+        let writes = api.lease_writes();
+        let lost: Vec<_> = writes
             .iter()
-            .filter(|(_, _, who, code)| who.as_deref() != Some(NODES[winner]) && *code < 300)
+            .filter(|w| w.holder.as_deref() != Some(NODES[winner]) && w.status < 300)
             .collect();
         assert!(lost.is_empty(), "the loser wrote: {lost:?}");
-        let renewals = leases
-            .writes
+        let renewals = writes
             .iter()
-            .filter(|(m, _, who, code)| {
-                *m == Method::PUT && who.as_deref() == Some(NODES[winner]) && *code == 200
+            .filter(|w| {
+                w.method == Method::PUT
+                    && w.holder.as_deref() == Some(NODES[winner])
+                    && w.status == 200
             })
             .count();
         assert!(renewals >= 10, "renewed every retry period: {renewals}");
@@ -322,7 +151,10 @@ async fn exactly_one_of_two_holds_and_the_other_takes_over_when_it_stops() {
     let (i, held) = watch.next().await;
     let took = stopped.elapsed();
     assert_eq!((i, held), (1 - winner, true));
-    assert_eq!(api.holder(&lease).as_deref(), Some(NODES[1 - winner]));
+    assert_eq!(
+        api.holder(NAMESPACE, &lease).as_deref(),
+        Some(NODES[1 - winner])
+    );
     // The other saw the last renewal at most a retry period before the stop, and waits a
     // lease duration from then.
     assert!(
@@ -333,18 +165,18 @@ async fn exactly_one_of_two_holds_and_the_other_takes_over_when_it_stops() {
         took <= timing().duration + timing().retry_period * 3 + Duration::from_secs(2),
         "taken over only after {took:?}"
     );
-    let spec = api.leases.lock().unwrap().stored[&lease]["spec"].clone();
+    let spec = api.lease(NAMESPACE, &lease).expect("the lease")["spec"].clone();
     assert_eq!(spec["leaseTransitions"], json!(1));
     assert_eq!(spec["leaseDurationSeconds"], json!(2));
     Box::new(other).shutdown(true).await;
-    assert_eq!(api.holder(&lease), None, "released at shutdown");
+    assert_eq!(api.holder(NAMESPACE, &lease), None, "released at shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_lease_is_taken_over_within_a_retry_period_or_two() {
-    let api = FakeApi::start().await;
-    let (mut a, rx_a) = api.announcer(NODES[0]);
-    let (mut b, rx_b) = api.announcer(NODES[1]);
+    let api = FakeApi::start();
+    let (mut a, rx_a) = announcer(&api, NODES[0]);
+    let (mut b, rx_b) = announcer(&api, NODES[1]);
     let candidates = [web()].into();
     a.set_candidates(&candidates);
     let mut watch = Watch {
@@ -364,7 +196,10 @@ async fn a_released_lease_is_taken_over_within_a_retry_period_or_two() {
         "a release is no expiry: {:?}",
         released.elapsed()
     );
-    assert_eq!(api.holder(&lease_name(&web())).as_deref(), Some(NODES[1]));
+    assert_eq!(
+        api.holder(NAMESPACE, &lease_name(&web())).as_deref(),
+        Some(NODES[1])
+    );
     Box::new(a).shutdown(true).await;
     Box::new(b).shutdown(false).await;
 }
@@ -374,8 +209,8 @@ async fn a_released_lease_is_taken_over_within_a_retry_period_or_two() {
 /// node; when the server answers again, the lease (still its own) is renewed at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_gets_no_answer_stops_at_its_renew_deadline() {
-    let api = FakeApi::start().await;
-    let (mut a, rx_a) = api.announcer(NODES[0]);
+    let api = FakeApi::start();
+    let (mut a, rx_a) = announcer(&api, NODES[0]);
     let (_, rx_b) = mpsc::unbounded_channel();
     a.set_candidates(&[web()].into());
     let mut watch = Watch {
@@ -385,7 +220,7 @@ async fn a_holder_that_gets_no_answer_stops_at_its_renew_deadline() {
     assert_eq!(watch.next().await, (0, true));
     assert_eq!(watch.quiet(timing().retry_period * 3).await, None);
     let hung = Instant::now();
-    api.leases.lock().unwrap().hang = true;
+    api.hang_leases(true);
     assert_eq!(watch.next().await, (0, false));
     let took = hung.elapsed();
     // The last renewal started at most a retry period before the hang.
@@ -397,8 +232,11 @@ async fn a_holder_that_gets_no_answer_stops_at_its_renew_deadline() {
         took < timing().duration,
         "still announcing after {took:?}, when another node may take over"
     );
-    api.leases.lock().unwrap().hang = false;
+    api.hang_leases(false);
     assert_eq!(watch.next().await, (0, true), "renewed once answered");
-    assert_eq!(api.holder(&lease_name(&web())).as_deref(), Some(NODES[0]));
+    assert_eq!(
+        api.holder(NAMESPACE, &lease_name(&web())).as_deref(),
+        Some(NODES[0])
+    );
     Box::new(a).shutdown(true).await;
 }

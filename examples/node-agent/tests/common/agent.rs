@@ -1,5 +1,6 @@
 //! `dataplane-agent` as a real process per lab node: started with
-//! `nsenter --net=/run/netns/<node> -- dataplane-agent --manifests <dir> ...` (nsenter, not
+//! `nsenter --net=/run/netns/<node> -- dataplane-agent --manifests <dir> ...` (or
+//! `--kubeconfig <file>` of a fake API server the nodes reach, [`Source`]) (nsenter, not
 //! `ip netns exec`, which remounts /sys and would hide bpffs; nsenter execs the agent, so the
 //! child's PID is the agent's), its stderr in a log file, and a guard that stops every agent,
 //! runs `--cleanup` and removes the pin directories on drop, also when a test panics.
@@ -59,6 +60,15 @@ struct NodeAgent {
     /// Starts so far (log file names).
     starts: usize,
     log: PathBuf,
+}
+
+/// Where the agents read the cluster from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// `--manifests`: each node's directory.
+    Manifests(&'a ManifestDirs),
+    /// `--kubeconfig`: this file (an API server the nodes' namespaces reach).
+    Kubeconfig(&'a Path),
 }
 
 /// One agent per lab node; dropping it stops them and removes what they installed.
@@ -130,6 +140,17 @@ impl Agents {
     /// `backend`, names unique to this test (pin directory, nft table, iptables prefix), the
     /// lab's CIDRs, and `extra` flags. Returns at once: see [`Agents::wait_synced`].
     pub fn start(lab: &Lab, backend: Backend, dirs: &ManifestDirs, extra: &[&str]) -> Self {
+        Self::start_from(lab, backend, &Source::Manifests(dirs), dirs.root(), extra)
+    }
+
+    /// [`Agents::start`] over `source`, the agents' logs in `logs`.
+    pub fn start_from(
+        lab: &Lab,
+        backend: Backend,
+        source: &Source<'_>,
+        logs: &Path,
+        extra: &[&str],
+    ) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         sweep_stale();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -139,13 +160,17 @@ impl Agents {
         let services = dataplane_testkit::lab::service_cidrs(spec.ipv6);
         let mut agents = Agents {
             nodes: Vec::new(),
-            logs: dirs.root().to_owned(),
+            logs: logs.to_owned(),
         };
         for node in lab.nodes() {
             let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{PIN_PREFIX}{pid}-{n}-{}", node.name));
+            let (source_flag, source_path) = match source {
+                Source::Manifests(dirs) => ("--manifests", dirs.dir(node.index)),
+                Source::Kubeconfig(path) => ("--kubeconfig", path.to_path_buf()),
+            };
             let mut args: Vec<String> = [
-                "--manifests",
-                &dirs.dir(node.index).to_string_lossy(),
+                source_flag,
+                &source_path.to_string_lossy(),
                 "--hostname-override",
                 &node.name,
                 "--backend",
@@ -228,6 +253,15 @@ impl Agents {
             "{}: killed agent exited with {status}",
             a.name
         );
+    }
+
+    /// Stops node `i`'s agent as its DaemonSet would (SIGTERM, SIGKILL after 10 s) and
+    /// returns how it exited.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        let a = &mut self.nodes[i];
+        let mut child = a.child.take().expect("agent running");
+        stop(&mut child);
+        child.wait().expect("the stopped agent's status")
     }
 
     /// Panics, with its log, if node `i`'s agent has exited.

@@ -259,8 +259,8 @@ pub struct ServiceDef<'a> {
     pub local: bool,
     /// `healthCheckNodePort` (LoadBalancer services with `externalTrafficPolicy: Local`).
     pub health_check_node_port: Option<u16>,
-    /// The load balancer's address in `status.loadBalancer.ingress`.
-    pub load_balancer_ip: Option<&'a str>,
+    /// The load balancer's addresses in `status.loadBalancer.ingress` (one per family).
+    pub load_balancer_ips: &'a [&'a str],
     /// Also a UDP port `dns`: the same port (and NodePort) number → the servers' UDP
     /// [`SERVER_PORT`].
     pub udp: bool,
@@ -278,7 +278,7 @@ impl<'a> ServiceDef<'a> {
             node_port: None,
             local: false,
             health_check_node_port: None,
-            load_balancer_ip: None,
+            load_balancer_ips: &[],
             udp: false,
         }
     }
@@ -337,9 +337,14 @@ pub fn service(def: &ServiceDef<'_>) -> String {
         "  selector:\n    app: {name}\n  sessionAffinity: None\n  type: {kind}\n",
         name = def.name,
     );
-    let status = match def.load_balancer_ip {
-        Some(ip) => format!("  loadBalancer:\n    ingress:\n    - ip: {ip}\n      ipMode: VIP\n"),
-        None => "  loadBalancer: {}\n".to_owned(),
+    let status = if def.load_balancer_ips.is_empty() {
+        "  loadBalancer: {}\n".to_owned()
+    } else {
+        let mut status = "  loadBalancer:\n    ingress:\n".to_owned();
+        for ip in def.load_balancer_ips {
+            let _ = write!(status, "    - ip: {ip}\n      ipMode: VIP\n");
+        }
+        status
     };
     format!(
         "---
@@ -476,7 +481,7 @@ pub const WEB: ServiceDef<'static> = ServiceDef {
     node_port: Some(30080),
     local: false,
     health_check_node_port: None,
-    load_balancer_ip: None,
+    load_balancer_ips: &[],
     udp: true,
 };
 
@@ -491,7 +496,7 @@ pub const LOCAL: ServiceDef<'static> = ServiceDef {
     node_port: Some(30081),
     local: true,
     health_check_node_port: Some(32000),
-    load_balancer_ip: Some("172.18.200.11"),
+    load_balancer_ips: &["172.18.200.11"],
     udp: false,
 };
 

@@ -1,6 +1,8 @@
 //! Helpers of the lab end-to-end tests: the agent as a real process per lab node
-//! ([`agent`]), the manifest directories it reads ([`manifests`]), HTTP and Prometheus
-//! scraping from inside a lab namespace ([`http`], [`prom`]), and waiting for conditions.
+//! ([`agent`]), the manifest directories it reads ([`manifests`]) or the fake API server it
+//! talks to ([`fake_api`], which the tests of the API source and the Lease elections use
+//! too), HTTP and Prometheus scraping from inside a lab namespace ([`http`], [`prom`]), and
+//! waiting for conditions.
 //!
 //! ```text
 //!   test process (root namespace)               lab (dataplane_testkit::Lab)
@@ -13,8 +15,10 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod fake_api;
 pub mod http;
 pub mod manifests;
+pub mod neighbours;
 pub mod prom;
 
 use std::net::SocketAddr;
@@ -207,7 +211,7 @@ pub fn model_service(
         .map(|ip| ip.parse().expect("a ClusterIP"))
         .collect();
     s.load_balancer_ips = def
-        .load_balancer_ip
+        .load_balancer_ips
         .iter()
         .map(|ip| ip.parse().expect("an address"))
         .collect();
