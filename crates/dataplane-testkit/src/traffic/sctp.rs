@@ -273,6 +273,10 @@ pub(crate) fn answer(
         chunks,
     };
     let first = packet.chunks.first()?;
+    // Never an answer to an ABORT (RFC 9260 section 8.4), not even to a broken one.
+    if first.kind == ABORT {
+        return None;
+    }
     // The peer's tag: an INIT's initiate tag, else derived from the tag the peer addressed.
     let peer_tag = if first.kind == INIT {
         be32(&first.value, 0)?
@@ -999,6 +1003,13 @@ mod tests {
         let mut stray = echo;
         stray.vtag = secret;
         assert_eq!(run(&stray), None);
+        // The probe's closing ABORT gets nothing, even with a bad checksum.
+        let abort = a.abort().unwrap();
+        assert_eq!(run(&abort), None);
+        let mut wire = abort.emit();
+        wire[8] ^= 1;
+        let (broken, crc) = SctpPacket::parse(&wire).unwrap();
+        assert_eq!(answer(secret, "pod-1-0", peer, &broken, crc), None);
     }
 
     #[test]
