@@ -18,17 +18,27 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::DesiredState;
+use crate::{DesiredState, Service};
 
 /// The addresses `state` asks this node to announce: the LoadBalancer IPs and ExternalIPs of
 /// every service with [`Service::l2_announce`](crate::Service::l2_announce).
 #[must_use]
 pub fn announced_addresses(state: &DesiredState) -> BTreeSet<IpAddr> {
-    state
-        .services
+    state.services.iter().flat_map(announced_by).collect()
+}
+
+/// The addresses `service` has its node announce: its LoadBalancer IPs and ExternalIPs with
+/// [`Service::l2_announce`](crate::Service::l2_announce), none without.
+#[must_use]
+pub fn announced_by(service: &Service) -> BTreeSet<IpAddr> {
+    if !service.l2_announce {
+        return BTreeSet::new();
+    }
+    service
+        .load_balancer_ips
         .iter()
-        .filter(|s| s.l2_announce)
-        .flat_map(|s| s.load_balancer_ips.iter().chain(&s.external_ips).copied())
+        .chain(&service.external_ips)
+        .copied()
         .collect()
 }
 
@@ -120,9 +130,55 @@ pub fn announcement(mac: [u8; 6], ip: IpAddr) -> Vec<u8> {
     }
 }
 
+/// An Ethernet interface as [`link_of`] found it: its index and address, and the link-layer
+/// socket address that [`announce_on`] sends its frames to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    ifindex: u32,
+    mac: [u8; 6],
+    sockaddr: nix::sys::socket::LinkAddr,
+}
+
+impl Link {
+    /// The interface's index in the network namespace it was found in.
+    #[must_use]
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The interface's Ethernet address.
+    #[must_use]
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+}
+
+/// Interface `name` in the calling thread's network namespace, with its index and Ethernet
+/// address; `Ok(None)` when there is no such interface or it has no Ethernet address (a
+/// tunnel, or an all-zero address as loopback has).
+///
+/// # Errors
+/// The kernel refused the listing of interfaces (`getifaddrs`).
+pub fn link_of(name: &str) -> std::io::Result<Option<Link>> {
+    let found = nix::ifaddrs::getifaddrs()?
+        .filter(|a| a.interface_name == name)
+        .find_map(|a| a.address.and_then(|s| s.as_link_addr().copied()));
+    Ok(found.and_then(|sockaddr| {
+        let mac = sockaddr
+            .addr()
+            .filter(|m| sockaddr.halen() == 6 && *m != [0; 6])?;
+        let ifindex = u32::try_from(sockaddr.ifindex()).ok().filter(|i| *i != 0)?;
+        Some(Link {
+            ifindex,
+            mac,
+            sockaddr,
+        })
+    }))
+}
+
 /// Sends one [`announcement`] per address of `addresses` out of `interface` (named in the
-/// calling thread's network namespace) with the interface's MAC; returns how many it sent.
-/// Needs `CAP_NET_RAW`.
+/// calling thread's network namespace) with the interface's MAC ([`link_of`], then
+/// [`announce_on`]); returns how many it sent. Needs `CAP_NET_RAW`.
 ///
 /// # Errors
 /// The interface is missing or has no Ethernet address, or the kernel refused the socket or
@@ -131,24 +187,28 @@ pub fn announce(
     interface: &str,
     addresses: impl IntoIterator<Item = IpAddr>,
 ) -> std::io::Result<usize> {
+    let link = link_of(interface)?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("interface {interface}: missing, or without an Ethernet address"),
+        )
+    })?;
+    announce_on(&link, addresses)
+}
+
+/// Sends one [`announcement`] per address of `addresses` out of `link` (found by [`link_of`]
+/// in the calling thread's network namespace) with its MAC; returns how many it sent. Needs
+/// `CAP_NET_RAW`.
+///
+/// # Errors
+/// The kernel refused the socket or a send (the interface is gone, say).
+pub fn announce_on(
+    link: &Link,
+    addresses: impl IntoIterator<Item = IpAddr>,
+) -> std::io::Result<usize> {
     use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
     use std::os::fd::AsRawFd;
 
-    let link = nix::ifaddrs::getifaddrs()?
-        .filter(|a| a.interface_name == interface)
-        .find_map(|a| a.address.and_then(|s| s.as_link_addr().copied()))
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("interface {interface}: no link-layer address"),
-            )
-        })?;
-    let mac = link.addr().filter(|_| link.halen() == 6).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("interface {interface}: not an Ethernet interface"),
-        )
-    })?;
     let sock = socket::socket(
         AddressFamily::Packet,
         SockType::Raw,
@@ -157,8 +217,8 @@ pub fn announce(
     )?;
     let mut sent = 0;
     for ip in addresses {
-        let frame = announcement(mac, ip);
-        socket::sendto(sock.as_raw_fd(), &frame, &link, MsgFlags::empty())?;
+        let frame = announcement(link.mac, ip);
+        socket::sendto(sock.as_raw_fd(), &frame, &link.sockaddr, MsgFlags::empty())?;
         sent += 1;
     }
     Ok(sent)
@@ -169,6 +229,15 @@ mod tests {
     use super::*;
 
     const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+
+    #[test]
+    fn link_of_finds_no_ethernet_address_on_loopback_or_a_missing_interface() {
+        // (read-only: lists the interfaces of the test's namespace)
+        assert_eq!(link_of("lo").expect("getifaddrs"), None, "all-zero MAC");
+        assert_eq!(link_of("no-such-if0").expect("getifaddrs"), None);
+        let err = announce("no-such-if0", ["172.18.0.200".parse().unwrap()]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    }
 
     #[test]
     fn gratuitous_arp_bytes() {

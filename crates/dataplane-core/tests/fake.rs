@@ -562,7 +562,7 @@ fn what_the_capabilities_lack_is_left_out_and_reported() {
         "{v:?}"
     );
 
-    // A protocol it lacks: that port is left out (as the eBPF backend does SCTP), the
+    // A protocol it lacks: that port is left out (as the eBPF backend once did SCTP), the
     // rest programmed; incremental applies report the changed services only.
     let mut caps = FakeDataplane::default_capabilities();
     caps.protocols = [Protocol::Tcp, Protocol::Udp].into_iter().collect();

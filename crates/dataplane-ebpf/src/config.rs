@@ -164,6 +164,17 @@ pub struct CtTimeouts {
     pub udp: Duration,
     /// UDP after a reply was seen.
     pub udp_stream: Duration,
+    /// SCTP before its association is established: INIT, INIT-ACK, COOKIE-ECHO seen
+    /// (netfilter's `COOKIE_WAIT` and `COOKIE_ECHOED`, `nf_conntrack_proto_sctp.c`).
+    pub sctp_init: Duration,
+    /// SCTP after a COOKIE-ACK (netfilter's `ESTABLISHED`; SCTP's heartbeats, every 30 s by
+    /// default, keep an idle association's entries alive).
+    pub sctp_established: Duration,
+    /// SCTP after a SHUTDOWN or SHUTDOWN-ACK (netfilter's `SHUTDOWN_SENT`, `SHUTDOWN_RECD`,
+    /// `SHUTDOWN_ACK_SENT`).
+    pub sctp_shutdown: Duration,
+    /// SCTP after an ABORT or SHUTDOWN-COMPLETE (netfilter's `CLOSED`).
+    pub sctp_closed: Duration,
 }
 
 impl Default for CtTimeouts {
@@ -174,6 +185,11 @@ impl Default for CtTimeouts {
             tcp_closing: Duration::from_secs(10),
             udp: Duration::from_secs(30),
             udp_stream: Duration::from_mins(2),
+            // nf_conntrack_proto_sctp's sctp_timeouts[].
+            sctp_init: Duration::from_secs(3),
+            sctp_established: Duration::from_secs(210),
+            sctp_shutdown: Duration::from_secs(3),
+            sctp_closed: Duration::from_secs(10),
         }
     }
 }
@@ -240,8 +256,9 @@ pub struct EbpfConfig {
 /// (Cilium's defaults: a 15 s lease, a 5 s renew deadline, 2 s retries), so that a dead
 /// agent's node is quiet before another node can take the lease over and clients that ask
 /// meanwhile do not get two answers. A shorter window has `maintain()` run more often (a
-/// third of the window) and makes a scheduling hiccup of the embedder more likely to silence
-/// the node for a moment; a longer one keeps a dead agent's node answering longer.
+/// third of the window; the calls between conntrack passes only refresh the liveness) and
+/// makes a scheduling hiccup of the embedder more likely to silence the node for a moment; a
+/// longer one keeps a dead agent's node answering longer.
 pub const DEFAULT_L2_LIVENESS: Duration = Duration::from_secs(3);
 
 impl EbpfConfig {

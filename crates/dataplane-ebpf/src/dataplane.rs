@@ -22,13 +22,13 @@ use crate::events::{EventAsk, EventAsks};
 use crate::host_policy::{HostRuleDrops, HostState};
 use crate::l2::L2State;
 use crate::loader::{self, Hook, Objects};
-use crate::maintain::{gc, maintenance_interval};
+use crate::maintain::{gc, maintenance_interval, GcSchedule};
 use crate::map_table;
 use crate::maps::{
     self, SCOPE_EXTERNAL_INSIDE, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES,
     STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
 };
-use crate::names::{self, Names};
+use crate::names::Names;
 use crate::plan::{self, BACKEND};
 use crate::policy::{self, PolicyState};
 use crate::support::{ensure_bpffs, BPFFS};
@@ -49,6 +49,8 @@ pub(crate) struct Loaded {
     pub(crate) host: HostState,
     /// What the L2 announcement maps hold.
     pub(crate) l2: L2State,
+    /// When `maintain()` last walked the conntrack table.
+    pub(crate) gc_schedule: GcSchedule,
     pub(crate) synced: Synced,
 }
 
@@ -161,8 +163,11 @@ impl EbpfDataplane {
             let xdp_mode = self.config.xdp;
             let objs = &mut objects;
             netns::in_netns(self.config.netns.as_deref(), move || {
+                let mut ifindexes = local::Ifindexes::default();
                 for (ifname, hook) in pinned {
-                    if let Err(e) = objs.attach(&pin_dir, &ifname, hook, mode, xdp_mode) {
+                    let attached =
+                        objs.attach(&pin_dir, &ifname, hook, mode, xdp_mode, &mut ifindexes);
+                    if let Err(e) = attached {
                         tracing::warn!(interface = %ifname, error = %e, "could not adopt pinned link");
                     }
                 }
@@ -182,6 +187,7 @@ impl EbpfDataplane {
             names,
             host,
             l2,
+            gc_schedule: GcSchedule::default(),
             synced: Synced::NEVER,
         })
     }
@@ -404,15 +410,19 @@ impl EbpfDataplane {
         };
         check_local_fits(rest, caps.local)?;
         // The interfaces the new state attaches to, before anything is written: a state whose
-        // uplink is missing is refused with the maps as they were.
+        // uplink is missing is refused with the maps as they were. Each interface is looked
+        // up once in this sync (checks, attachments, dp_local).
         let wanted = Self::wanted_attachments(rest, xdp_mode);
-        netns::in_netns(netns.as_deref(), || objects.check_interfaces(&wanted))?;
+        let mut ifx = local::Ifindexes::default();
+        netns::in_netns(netns.as_deref(), || {
+            objects.check_interfaces(&wanted, &mut ifx)
+        })?;
         let mut policy_plan = match changes {
             None => policy.plan_full(rest, limits)?,
             Some(c) => policy.plan_changes(rest, c, limits)?,
         };
         // Host endpoint policy, compiled and checked before anything is written too.
-        let host_tables = host.plan(rest, BACKEND, &objects.host_maps, caps.host_prefixes)?;
+        let host_tables = host.plan(rest, &objects.host_maps, caps.host_prefixes)?;
         // L2 announcements (l2.rs): addresses and the uplink's MAC, checked before writing.
         let l2_plan = l2_state.plan(desired, changes, &rest.node, netns.as_deref())?;
         // Make before break, so that no moment is fail-open. The last policy going: isolation
@@ -421,7 +431,6 @@ impl EbpfDataplane {
         // isolation) before its programs are attached, and what is stale (a removed pod's
         // entries) after its programs are detached.
         let policy_written = policy_plan.writes();
-        let policy_skipped = std::mem::take(&mut policy_plan.skipped);
         let clearing = !rest.has_pod_policy();
         if clearing {
             policy.write(&mut objects.maps, std::mem::take(&mut policy_plan))?;
@@ -436,29 +445,18 @@ impl EbpfDataplane {
         }
         // The events' names: after the services and policy.
         let (names_count, names_warning) =
-            sync_names(names_written, &mut objects.names, planner, rest, changes)?;
+            sync_names(names_written, objects, planner, rest, changes)?;
 
         // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
-        // (one ifindex lookup per attachment): a pod's veth deleted and recreated under the
+        // (one ifindex lookup per interface): a pod's veth deleted and recreated under the
         // same name changes no endpoint, but has lost its programs and its ifindex in dp_local.
         let local_written = netns::in_netns(netns.as_deref(), || {
             for (ifname, hook) in &wanted {
-                objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode)?;
+                objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode, &mut ifx)?;
             }
             loopback::enable(&pin_dir)?;
-            let stale: Vec<(String, Hook)> = objects
-                .attachments
-                .keys()
-                .filter(|k| !wanted.contains(k))
-                .cloned()
-                .collect();
-            for k in stale {
-                objects.attached_ifindex.remove(&k);
-                if let Some(a) = objects.attachments.remove(&k) {
-                    a.detach()?;
-                }
-            }
-            let pods = local::wanted(&rest.endpoints, caps.local);
+            objects.detach_unwanted(&wanted)?;
+            let pods = local::wanted(&rest.endpoints, caps.local, &mut ifx);
             writer::sync_local(&mut objects.maps, &pods)
         })?;
 
@@ -469,14 +467,9 @@ impl EbpfDataplane {
             l2_state.write(&mut objects.l2_maps, l2_plan, netns.as_deref())?;
 
         self.update_health(desired, rest, changes);
-        let (mut warnings, mut skipped) = notes(desired, &rest.node, changes);
+        let mut warnings = notes(desired, &rest.node, changes);
         warnings.extend(names_warning);
         warnings.extend(l2_warning);
-        for s in &policy_skipped {
-            tracing::warn!(object = %s.object, field = %s.field, feature = %s.feature,
-                reason = %s.reason, "not programmed by the eBPF backend");
-        }
-        skipped.extend(policy_skipped);
         Ok(ApplyReport {
             full_sync: changes.is_none(),
             services_changed: 0,
@@ -487,7 +480,7 @@ impl EbpfDataplane {
                 + names_count
                 + host_written
                 + l2_written,
-            skipped,
+            skipped: Vec::new(),
             warnings,
         })
     }
@@ -601,41 +594,22 @@ impl EbpfDataplane {
 /// The loopback interface, where `dp_to_lo` runs.
 const LOOPBACK: &str = "lo";
 
-/// The warnings about, and the parts left out of, the services a sync planned: all of
-/// `desired`'s on a full sync, the changed ones of `changes` otherwise. One missing feature
-/// costs that part of a service, not the node: each skip is logged as a warning too.
+/// The warnings about the services a sync planned: all of `desired`'s on a full sync, the
+/// changed ones of `changes` otherwise.
 fn notes(
     desired: &DesiredState,
     node: &dataplane_core::Node,
     changes: Option<&ChangeSet>,
-) -> (Vec<dataplane_core::Warning>, Vec<dataplane_core::Skipped>) {
-    let looked_at: Vec<&dataplane_core::Service> = match changes {
-        None => desired.services.iter().collect(),
+) -> Vec<dataplane_core::Warning> {
+    match changes {
+        None => dataplane_core::warnings(desired),
         Some(changes) => changes
             .services
             .values()
             .filter_map(|c| c.current.as_ref())
-            .collect(),
-    };
-    let warnings = match changes {
-        None => dataplane_core::warnings(desired),
-        Some(_) => looked_at
-            .iter()
             .flat_map(|s| dataplane_core::service_warnings(node, s))
             .collect(),
-    };
-    let skipped: Vec<dataplane_core::Skipped> =
-        looked_at.iter().flat_map(|s| plan::skipped(s)).collect();
-    for s in &skipped {
-        tracing::warn!(
-            object = %s.object,
-            field = %s.field,
-            feature = %s.feature,
-            reason = %s.reason,
-            "not programmed by the eBPF backend"
-        );
     }
-    (warnings, skipped)
 }
 
 impl Dataplane for EbpfDataplane {
@@ -645,7 +619,9 @@ impl Dataplane for EbpfDataplane {
             .map_or(&self.config.capacities, |l| &l.objects.capacities);
         Capabilities {
             dataplane: BACKEND.to_owned(),
-            protocols: [Protocol::Tcp, Protocol::Udp].into_iter().collect(),
+            protocols: [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                .into_iter()
+                .collect(),
             ipv6: true,
             maglev: true,
             session_affinity: true,
@@ -876,7 +852,12 @@ impl Dataplane for EbpfDataplane {
     ///
     /// First it refreshes the L2 responder's liveness
     /// ([`EbpfConfig::l2_liveness`](crate::EbpfConfig::l2_liveness)), and after a lapse sends
-    /// the gratuitous announcements again (a failure to send is logged).
+    /// the gratuitous announcements again (a failure to send is logged). The conntrack pass
+    /// follows only when the conntrack interval
+    /// ([`maintenance_interval`](crate::maintenance_interval) of the timeouts) has passed
+    /// since the last one at `now`: while addresses are announced `maintain()` is called
+    /// more often than that (see [`Dataplane::maintenance_interval`]), and a call in between
+    /// refreshes the liveness only, reporting nothing (`flows_remaining` `None`).
     fn maintain(&mut self, now: Duration) -> Result<MaintenanceReport, Error> {
         let timeouts = self.config.timeouts;
         let netns = self.config.netns.clone();
@@ -894,7 +875,11 @@ impl Dataplane for EbpfDataplane {
         {
             tracing::warn!(field = %w.field, message = %w.message, "L2 announcements");
         }
+        if !loaded.gc_schedule.due(now, maintenance_interval(&timeouts)) {
+            return Ok(MaintenanceReport::default());
+        }
         let gc = gc(&mut loaded.objects.maps, &loaded.current, &timeouts, now)?;
+        loaded.gc_schedule.ran(now);
         Ok(MaintenanceReport {
             flows_expired: gc.expired as u64,
             affinity_expired: gc.affinity_expired as u64,
@@ -916,7 +901,7 @@ impl Dataplane for EbpfDataplane {
     /// While addresses are L2-announced: at most a third of
     /// [`EbpfConfig::l2_liveness`](crate::EbpfConfig::l2_liveness), so that `maintain()`
     /// refreshes the responder's liveness before it lapses even when one run is late (the
-    /// conntrack pass then runs that often too: its cost follows the tracked connections).
+    /// conntrack pass still runs on its own interval: `maintain()` skips it in between).
     fn maintenance_interval(&self) -> Option<Duration> {
         let gc = maintenance_interval(&self.config.timeouts);
         Some(match self.loaded() {
@@ -990,14 +975,20 @@ impl Drop for EbpfDataplane {
 /// warning when some did not fit.
 fn sync_names(
     names: &mut Names,
-    map: &mut names::BpfNames,
+    objects: &mut Objects,
     planner: &plan::Planner,
     rest: &DesiredState,
     changes: Option<&ChangeSet>,
 ) -> Result<(usize, Option<Warning>), EbpfError> {
     let (written, unfit) = match changes {
-        None => names.sync_full(map, planner, rest)?,
-        Some(changes) => names.sync_changes(map, planner, rest, changes)?,
+        None => names.sync_full(&mut objects.names, &objects.names_batch, planner, rest)?,
+        Some(changes) => names.sync_changes(
+            &mut objects.names,
+            &objects.names_batch,
+            planner,
+            rest,
+            changes,
+        )?,
     };
     let warning = (unfit > 0).then(|| Warning {
         object: "node".to_owned(),

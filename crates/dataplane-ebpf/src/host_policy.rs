@@ -35,9 +35,8 @@
 //! - **Connections.** The normal stage judges a connection's first packet (after
 //!   translation); what it lets through goes into `dp_host_ct` (the datapath writes it), so
 //!   that later packets and replies pass, as conntrack lets them in Calico's chains.
-//! - **Refused**: a rule with SCTP ports ([`Error::Unsupported`] naming the policy: the
-//!   programs do not parse SCTP), more than [`HS_RULES`] rules in a set
-//!   ([`Error::CapacityExceeded`]).
+//! - **Refused**: more than [`HS_RULES`] rules in a set ([`Error::CapacityExceeded`]). Ports
+//!   match TCP, UDP and SCTP alike (the programs parse all three).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -45,8 +44,7 @@ use std::net::IpAddr;
 use aya::maps::lpm_trie::Key;
 use dataplane_core::host_policy::{host_policies_for, uplink_host_endpoint, HostStage};
 use dataplane_core::{
-    DesiredState, Error, HostAction, HostPolicy, HostPort, HostRule, HostRuleMatch, PolicyType,
-    Protocol,
+    DesiredState, Error, HostAction, HostPort, HostRule, HostRuleMatch, PolicyType, Protocol,
 };
 
 use crate::error::EbpfError;
@@ -280,32 +278,18 @@ fn truncate(key: &EntryKey, len: u32) -> EntryKey {
 }
 
 /// What a refusal names.
-fn unsupported(dataplane: &str, feature: &str, policy: &HostPolicy) -> Error {
-    Error::Unsupported {
-        dataplane: dataplane.to_owned(),
-        feature: feature.to_owned(),
-        object: format!("host policy {}", policy.name),
-    }
-}
-
 /// Whether `rule` matches on its source nets alone (any protocol, port and destination): in
 /// a set of only such rules the source lookup decides (`HC_F_SRC_ONLY_IN`).
 fn matches_on_source_alone(rule: &HostRule) -> bool {
     rule.protocol.is_none() && rule.source.ports.is_empty() && rule.destination.is_any()
 }
 
-fn has_sctp_ports(rule: &HostRule) -> bool {
-    rule.protocol == Some(Protocol::Sctp)
-        && (!rule.source.ports.is_empty() || !rule.destination.ports.is_empty())
-}
-
 /// Compiles the host policy of `state` (its uplink's host endpoint, the policies selecting
 /// it, the failsafe ports) into the maps' contents.
 ///
 /// # Errors
-/// [`Error::Unsupported`] for a rule with SCTP ports; [`Error::CapacityExceeded`] for a set
-/// of more than [`HS_RULES`] rules.
-pub(crate) fn compile(state: &DesiredState, dataplane: &str) -> Result<HostTables, Error> {
+/// [`Error::CapacityExceeded`] for a set of more than [`HS_RULES`] rules.
+pub(crate) fn compile(state: &DesiredState) -> Result<HostTables, Error> {
     let mut out = HostTables::default();
     let Some(endpoint) = uplink_host_endpoint(state) else {
         return Ok(out);
@@ -339,13 +323,6 @@ pub(crate) fn compile(state: &DesiredState, dataplane: &str) -> Result<HostTable
                 }
             }
             for (index, rule) in policy.rules(direction).iter().enumerate() {
-                if has_sctp_ports(rule) {
-                    return Err(unsupported(
-                        dataplane,
-                        "host endpoint policy: SCTP ports",
-                        policy,
-                    ));
-                }
                 if set == HS_UNTRACKED_IN && !matches_on_source_alone(rule) {
                     src_only_in = false;
                 }
@@ -435,11 +412,10 @@ impl HostState {
     pub(crate) fn plan(
         &self,
         state: &DesiredState,
-        dataplane: &str,
         maps: &HostMaps,
         capacity: u32,
     ) -> Result<HostTables, Error> {
-        let tables = compile(state, dataplane)?;
+        let tables = compile(state)?;
         let peak = self.peak(&tables, maps);
         if peak > capacity as usize {
             return Err(Error::CapacityExceeded {
@@ -594,7 +570,7 @@ fn slot_drops(maps: &HostMaps, idx: u32) -> Result<u64, EbpfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dataplane_core::{HostEndpoint, LabelSelector, Node};
+    use dataplane_core::{HostEndpoint, HostPolicy, LabelSelector, Node};
 
     fn state(policies: Vec<HostPolicy>) -> DesiredState {
         let mut st = DesiredState::new(Node::new("node-a", ["172.18.0.2".parse().unwrap()]));
@@ -624,7 +600,7 @@ mod tests {
                 HostRule::new(HostAction::Allow).from_nets(["198.51.0.0/16".parse().unwrap()]),
             )
             .with_ingress(HostRule::new(HostAction::Deny));
-        let t = compile(&state(vec![deny, allow]), "ebpf").unwrap();
+        let t = compile(&state(vec![deny, allow])).unwrap();
         let src = |net: &str, len: u32| {
             let n: ipnetwork::IpNetwork = net.parse().unwrap();
             let IpAddr::V4(a) = n.ip() else { panic!() };
@@ -656,7 +632,7 @@ mod tests {
                 )
         };
         let src_only = |policies: Vec<HostPolicy>| {
-            compile(&state(policies), "ebpf").unwrap().flags & HC_F_SRC_ONLY_IN != 0
+            compile(&state(policies)).unwrap().flags & HC_F_SRC_ONLY_IN != 0
         };
         assert!(src_only(vec![blocklist()]));
         // Egress, pre-DNAT and normal rules are not XDP's: they leave the mode alone.
@@ -705,7 +681,7 @@ mod tests {
             .on_forward()
             .with_types([PolicyType::Ingress, PolicyType::Egress])
             .with_ingress(HostRule::new(HostAction::Deny));
-        let t = compile(&state(vec![own, fwd]), "ebpf").unwrap();
+        let t = compile(&state(vec![own, fwd])).unwrap();
         assert_eq!(
             t.flags,
             HC_F_ON
@@ -717,20 +693,6 @@ mod tests {
                 | (1 << HS_NORMAL_IN)
         );
         assert_eq!(t.fwd, [0b10, 0]);
-    }
-
-    #[test]
-    fn sctp_ports_are_refused_by_name() {
-        let sctp = HostPolicy::new("sctp", sel()).untracked().with_ingress(
-            HostRule::new(HostAction::Deny)
-                .protocol(Protocol::Sctp)
-                .to_ports([HostPort::Number(9)]),
-        );
-        let e = compile(&state(vec![sctp]), "ebpf").unwrap_err();
-        assert!(
-            matches!(&e, Error::Unsupported { object, .. } if object == "host policy sctp"),
-            "{e:?}"
-        );
     }
 
     #[test]

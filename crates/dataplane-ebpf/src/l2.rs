@@ -17,7 +17,7 @@
 //! - After a sync that adds addresses, and whenever the liveness is refreshed after having
 //!   lapsed (the node was quiet, or this process is new), the node sends a gratuitous ARP or
 //!   an unsolicited neighbour advertisement for each address it now answers for
-//!   ([`dataplane_core::l2::announce`], in the node's namespace), so that neighbours whose
+//!   ([`dataplane_core::l2::announce_on`], in the node's namespace), so that neighbours whose
 //!   caches hold another node's MAC (the previous announcer's) move at once, as `MetalLB`'s and
 //!   kube-vip's speakers do on a failover and Cilium's l2announcer does with gratuitous ARPs.
 
@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use std::path::Path;
 
-use dataplane_core::{ChangeSet, DesiredState, Error, ObjectName, Service, Warning};
+use dataplane_core::l2::{announced_by, Link};
+use dataplane_core::{ChangeSet, DesiredState, Error, ObjectName, Warning};
 
 use crate::error::{removed, EbpfError};
 use crate::loader::L2Maps;
@@ -35,19 +36,6 @@ use crate::map_table;
 use crate::maps::{family_of, Addr, L2Cfg, L2Key, L2Value, L2_ADDRS};
 use crate::netns;
 use crate::plan::BACKEND;
-
-/// The addresses `service` has this node announce.
-fn announced_by(service: &Service) -> BTreeSet<IpAddr> {
-    if !service.l2_announce {
-        return BTreeSet::new();
-    }
-    service
-        .load_balancer_ips
-        .iter()
-        .chain(&service.external_ips)
-        .copied()
-        .collect()
-}
 
 /// What the L2 maps hold, and what a sync needs to change them in proportion to its
 /// changes.
@@ -69,8 +57,7 @@ pub(crate) struct L2State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Uplink {
     pub name: String,
-    pub ifindex: u32,
-    pub mac: [u8; 6],
+    pub link: Link,
 }
 
 /// What a sync will write: the announcing services, the union of their addresses and the
@@ -178,7 +165,7 @@ impl L2State {
         plan: L2Plan,
         netns: Option<&Path>,
     ) -> Result<(usize, Option<Warning>), EbpfError> {
-        let ifindex = plan.uplink.as_ref().map_or(0, |u| u.ifindex);
+        let ifindex = plan.uplink.as_ref().map_or(0, |u| u.link.ifindex());
         let target: BTreeSet<L2Key> = plan.wanted.iter().map(|ip| key(*ip, ifindex)).collect();
         let mut entries = 0;
         let stale: Vec<L2Key> = self.written.difference(&target).copied().collect();
@@ -244,7 +231,7 @@ impl L2State {
             .refreshed
             .is_none_or(|at| now.saturating_sub(at) > window);
         let cfg = L2Cfg {
-            mac: uplink.mac,
+            mac: uplink.link.mac(),
             pad: [0; 2],
             max_liveness_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
             liveness_ns: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
@@ -297,31 +284,23 @@ fn key(ip: IpAddr, ifindex: u32) -> L2Key {
     }
 }
 
-/// The index and Ethernet address of interface `name` in the calling thread's namespace;
+/// Interface `name` in the calling thread's namespace ([`dataplane_core::l2::link_of`]);
 /// `Ok(None)` when it has no Ethernet address (not an Ethernet interface).
-pub(crate) fn uplink_of(name: &str) -> Result<Option<Uplink>, EbpfError> {
-    let ifindex = crate::local::ifindex_of(name);
-    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| EbpfError::Attach {
+fn uplink_of(name: &str) -> Result<Option<Uplink>, EbpfError> {
+    let link = dataplane_core::l2::link_of(name).map_err(|e| EbpfError::Attach {
         interface: name.to_owned(),
         program: "L2 announcements (reading the uplink's MAC)".to_owned(),
-        source: Box::new(std::io::Error::from(e)),
+        source: Box::new(e),
     })?;
-    let mac = addrs
-        .filter(|a| a.interface_name == name)
-        .find_map(|a| a.address.and_then(|s| s.as_link_addr().copied()))
-        .filter(|link| link.halen() == 6)
-        .and_then(|link| link.addr());
-    Ok(mac
-        .filter(|m| *m != [0; 6] && ifindex != 0)
-        .map(|mac| Uplink {
-            name: name.to_owned(),
-            ifindex,
-            mac,
-        }))
+    Ok(link.map(|link| Uplink {
+        name: name.to_owned(),
+        link,
+    }))
 }
 
 /// Sends the gratuitous announcements of `addresses` out of `uplink` in `netns`
-/// ([`dataplane_core::l2::announce`]); a failure is a warning (the answers are programmed:
+/// ([`dataplane_core::l2::announce_on`], with the interface and MAC the sync found, which the
+/// programs answer with too); a failure is a warning (the answers are programmed:
 /// neighbours learn the node when they ask).
 fn send_announcements(
     netns: Option<&Path>,
@@ -332,7 +311,7 @@ fn send_announcements(
         return None;
     }
     let sent = netns::in_netns(netns, || {
-        dataplane_core::l2::announce(&uplink.name, addresses.iter().copied()).map_err(|e| {
+        dataplane_core::l2::announce_on(&uplink.link, addresses.iter().copied()).map_err(|e| {
             EbpfError::Attach {
                 interface: uplink.name.clone(),
                 program: "L2 announcements (gratuitous ARP / unsolicited NA)".to_owned(),
@@ -360,6 +339,7 @@ fn send_announcements(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dataplane_core::Service;
 
     fn service(name: &str, lb: &[&str], announce: bool) -> Service {
         let mut s = Service::new(ObjectName::new("default", name));

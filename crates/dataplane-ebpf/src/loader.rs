@@ -169,6 +169,8 @@ pub(crate) struct Objects {
     pub drops: PerCpuArray<MapData, u64>,
     /// Names of service-port ids and pod addresses (written by `names.rs`).
     pub names: HashMap<MapData, NameKey, NameValue>,
+    /// Batch writer of `dp_names` (a full sync of 100k services writes 100k names).
+    pub names_batch: BatchFd,
     /// Host endpoint policy (written by `host_policy.rs`).
     pub host_maps: HostMaps,
     /// L2 announcements (written by `l2.rs`).
@@ -490,19 +492,16 @@ pub(crate) fn load(
         ],
     )?;
 
-    let svc_batch = batch_fd(&pod, map_table::SVC.name)?;
     let backends_batch = batch_fd(&pod, map_table::BACKENDS.name)?;
     let slots_batch = batch_fd(&pod, map_table::SLOTS.name)?;
-    let ct_batch = batch_fd(&pod, map_table::CT.name)?;
-    let pol_ct_batch = batch_fd(&pod, map_table::POL_CT.name)?;
     let backends_mmap = mmap_array(pin_dir, &map_table::BACKENDS, &backends_batch)?;
     let slots_mmap = mmap_array(pin_dir, &map_table::SLOTS, &slots_batch)?;
     let maps = Maps {
         backends_mmap,
         slots_mmap,
-        ct_batch,
-        pol_ct_batch,
-        svc_batch,
+        ct_batch: batch_fd(&pod, map_table::CT.name)?,
+        pol_ct_batch: batch_fd(&pod, map_table::POL_CT.name)?,
+        svc_batch: batch_fd(&pod, map_table::SVC.name)?,
         backends_batch,
         slots_batch,
         svc: take(&mut pod, map_table::SVC.name)?,
@@ -523,6 +522,7 @@ pub(crate) fn load(
     };
     Ok(Objects {
         drops: take(&mut pod, map_table::DROPS.name)?,
+        names_batch: batch_fd(&pod, map_table::NAMES.name)?,
         names: take(&mut pod, map_table::NAMES.name)?,
         host_maps: HostMaps {
             lpm: take(&mut pod, map_table::HOST_LPM.name)?,
@@ -813,6 +813,7 @@ impl Objects {
     pub(crate) fn check_interfaces(
         &self,
         wanted: &std::collections::BTreeSet<(String, Hook)>,
+        ifindexes: &mut crate::local::Ifindexes,
     ) -> Result<(), EbpfError> {
         for (ifname, hook) in wanted {
             if matches!(hook, Hook::FromPod | Hook::ToPod) {
@@ -823,7 +824,7 @@ impl Objects {
                 program: hook.program().to_owned(),
                 source,
             };
-            match crate::local::lookup_ifindex(ifname) {
+            match ifindexes.lookup(ifname) {
                 Ok(Some(_)) => {}
                 // `attach` keeps an attachment whose lookup failed: nothing to refuse.
                 Err(_) if self.attachments.contains_key(&(ifname.clone(), *hook)) => {}
@@ -833,6 +834,27 @@ impl Objects {
                     ))
                 }
                 Err(e) => return Err(missing(Box::new(e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches every attachment `wanted` does not list (call inside the node's network
+    /// namespace).
+    pub(crate) fn detach_unwanted(
+        &mut self,
+        wanted: &std::collections::BTreeSet<(String, Hook)>,
+    ) -> Result<(), EbpfError> {
+        let stale: Vec<(String, Hook)> = self
+            .attachments
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
+        for k in stale {
+            self.attached_ifindex.remove(&k);
+            if let Some(a) = self.attachments.remove(&k) {
+                a.detach()?;
             }
         }
         Ok(())
@@ -850,10 +872,11 @@ impl Objects {
         hook: Hook,
         mode: AttachMode,
         xdp: XdpMode,
+        ifindexes: &mut crate::local::Ifindexes,
     ) -> Result<(), EbpfError> {
         let key = (ifname.to_owned(), hook);
         let pod_hook = matches!(hook, Hook::FromPod | Hook::ToPod);
-        let ifindex = match crate::local::lookup_ifindex(ifname) {
+        let ifindex = match ifindexes.lookup(ifname) {
             Ok(Some(i)) => i,
             // A pod's interface that is not there (not created yet, or deleted while the pod
             // is still in the state: a terminating pod) carries no traffic to police: skipped,

@@ -15,7 +15,8 @@ use crate::error::EbpfError;
 use crate::loader::Maps;
 use crate::map_table;
 use crate::maps::{
-    CtEntry, CtKey, PolCt, CT_F_DSR, CT_TCP_FIN_FWD, CT_TCP_FIN_REV, CT_TCP_REPLY, CT_TCP_RST,
+    CtEntry, CtKey, PolCt, CT_F_DSR, CT_SCTP_ESTAB, CT_TCP_FIN_FWD, CT_TCP_FIN_REV, CT_TCP_REPLY,
+    CT_TCP_RST,
 };
 use crate::writer::{self, Current};
 
@@ -46,7 +47,9 @@ pub const MAX_MAINTENANCE_INTERVAL: Duration = Duration::from_mins(5);
 /// follow them, and the interval follows the timeouts rather than the table's churn. A pass
 /// reads the table in batches: its cost follows the tracked connections, not the map's size.
 /// Session-affinity timeouts do not count: the datapath checks an affinity entry's age itself
-/// (a pass only frees the memory of expired ones).
+/// (a pass only frees the memory of expired ones). Nor do SCTP's: netfilter's 3 s before
+/// establishment and in shutdown would make every node pass every 1.5 s, SCTP or not; an SCTP
+/// entry past its short timeout lives one interval longer, up to 8 s with the defaults.
 pub fn maintenance_interval(timeouts: &CtTimeouts) -> Duration {
     let shortest = [
         timeouts.tcp_syn,
@@ -59,6 +62,35 @@ pub fn maintenance_interval(timeouts: &CtTimeouts) -> Duration {
     .min()
     .unwrap_or(MAX_MAINTENANCE_INTERVAL);
     (shortest / 2).clamp(MIN_MAINTENANCE_INTERVAL, MAX_MAINTENANCE_INTERVAL)
+}
+
+/// When the last conntrack pass ran, by `maintain()`'s `now`: the next pass is due one
+/// [`maintenance_interval`] later. `maintain()` may be called more often than that (while
+/// addresses are L2-announced the dataplane asks for a call every third of the liveness
+/// window, about a second, to refresh the liveness): a call in between refreshes the liveness
+/// only and leaves `dp_ct` alone, so the table is walked on the conntrack timeouts' schedule
+/// whatever the liveness asks for.
+#[derive(Debug, Default)]
+pub(crate) struct GcSchedule {
+    last: Option<Duration>,
+}
+
+impl GcSchedule {
+    /// Whether a pass is due at `now` with passes `interval` apart: none ran yet, `interval`
+    /// has passed since the last (less a tenth of it, so that a timer that fires a little
+    /// early does not put the pass off by a whole interval), or `now` is before the last
+    /// pass's (the caller's clock is not the one the last pass was given: a test that
+    /// jumps ahead and back, say): then it runs rather than wait for a time that may not come.
+    pub(crate) fn due(&self, now: Duration, interval: Duration) -> bool {
+        let on_time = interval.saturating_sub(interval / 10);
+        self.last
+            .is_none_or(|last| now.checked_sub(last).is_none_or(|since| since >= on_time))
+    }
+
+    /// Records a pass at `now`.
+    pub(crate) fn ran(&mut self, now: Duration) {
+        self.last = Some(now);
+    }
 }
 
 /// What one [`gc`] pass removed (`Dataplane::maintain` reports it).
@@ -142,19 +174,7 @@ pub(crate) fn gc(
                 v.tcp_state & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV) == CT_TCP_FIN_FWD | CT_TCP_FIN_REV;
             // One side of a DSR flow sees only the client's FIN.
             let closed = closed_both || (dsr && v.tcp_state & CT_TCP_FIN_FWD != 0);
-            let timeout = if k.proto == Protocol::Tcp.number() {
-                if v.tcp_state & CT_TCP_RST != 0 || closed {
-                    timeouts.tcp_closing
-                } else if v.tcp_state & CT_TCP_REPLY != 0 || dsr {
-                    timeouts.tcp_established
-                } else {
-                    timeouts.tcp_syn
-                }
-            } else if v.tcp_state & CT_TCP_REPLY != 0 || dsr {
-                timeouts.udp_stream
-            } else {
-                timeouts.udp
-            };
+            let timeout = idle_timeout(timeouts, k.proto, v.tcp_state, closed, dsr);
             let idle = now_ns.saturating_sub(v.last_seen_ns);
             if u128::from(idle) > timeout.as_nanos() {
                 remove.insert(*k);
@@ -224,6 +244,40 @@ pub(crate) fn gc(
     Ok(report)
 }
 
+/// How long a flow of protocol `proto` may stay idle: `state` its `CT_TCP_*` and
+/// `CT_SCTP_ESTAB` bits, `fin_both` whether TCP's FIN went both ways (for the one side of a
+/// DSR flow: the client's FIN), `dsr` whether it is a DSR flow (whose replies this node never
+/// sees: answered from the start). SCTP follows `nf_conntrack_proto_sctp`'s states: an
+/// ABORT or SHUTDOWN-COMPLETE is `CLOSED`, a SHUTDOWN or SHUTDOWN-ACK either way one of
+/// the `SHUTDOWN_*`, a COOKIE-ACK `ESTABLISHED`, anything before that `COOKIE_WAIT` /
+/// `COOKIE_ECHOED`.
+fn idle_timeout(t: &CtTimeouts, proto: u8, state: u8, fin_both: bool, dsr: bool) -> Duration {
+    let answered = state & CT_TCP_REPLY != 0 || dsr;
+    if proto == Protocol::Tcp.number() {
+        if state & CT_TCP_RST != 0 || fin_both {
+            t.tcp_closing
+        } else if answered {
+            t.tcp_established
+        } else {
+            t.tcp_syn
+        }
+    } else if proto == Protocol::Sctp.number() {
+        if state & CT_TCP_RST != 0 {
+            t.sctp_closed
+        } else if state & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV) != 0 {
+            t.sctp_shutdown
+        } else if state & CT_SCTP_ESTAB != 0 || dsr {
+            t.sctp_established
+        } else {
+            t.sctp_init
+        }
+    } else if answered {
+        t.udp_stream
+    } else {
+        t.udp
+    }
+}
+
 /// The key of the other direction of the connection keyed `k` in `dp_pol_ct`.
 fn pol_reply_key(k: &CtKey) -> CtKey {
     CtKey {
@@ -252,19 +306,7 @@ fn policy_expired(
         let state = v.tcp_state | other.map_or(0, |o| o.tcp_state);
         let fin_both = v.tcp_state & CT_TCP_FIN_FWD != 0
             && other.is_some_and(|o| o.tcp_state & CT_TCP_FIN_FWD != 0);
-        let timeout = if k.proto == Protocol::Tcp.number() {
-            if state & CT_TCP_RST != 0 || fin_both {
-                timeouts.tcp_closing
-            } else if state & CT_TCP_REPLY != 0 {
-                timeouts.tcp_established
-            } else {
-                timeouts.tcp_syn
-            }
-        } else if state & CT_TCP_REPLY != 0 {
-            timeouts.udp_stream
-        } else {
-            timeouts.udp
-        };
+        let timeout = idle_timeout(timeouts, k.proto, state, fin_both, false);
         if u128::from(now_ns.saturating_sub(last)) > timeout.as_nanos() {
             out.push(*k);
         }
@@ -311,6 +353,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_is_due_once_its_interval_has_passed() {
+        let s = Duration::from_secs;
+        let mut schedule = GcSchedule::default();
+        assert!(schedule.due(s(100), s(5)), "the first call runs one");
+        schedule.ran(s(100));
+        for early in [s(100), s(101), s(104)] {
+            assert!(!schedule.due(early, s(5)), "{early:?}: within the interval");
+        }
+        assert!(
+            schedule.due(s(104) + Duration::from_millis(500), s(5)),
+            "a tenth early is on time"
+        );
+        assert!(schedule.due(s(105), s(5)));
+        assert!(schedule.due(s(400), s(5)));
+        assert!(
+            schedule.due(s(99), s(5)),
+            "a clock behind the last pass runs one"
+        );
+    }
+
+    #[test]
     fn maintenance_interval_is_half_the_shortest_timeout_within_bounds() {
         let defaults = CtTimeouts::default();
         assert_eq!(
@@ -329,6 +392,7 @@ mod tests {
             tcp_closing: Duration::from_hours(1),
             udp: Duration::from_hours(1),
             udp_stream: Duration::from_hours(1),
+            ..defaults
         };
         assert_eq!(maintenance_interval(&long), MAX_MAINTENANCE_INTERVAL);
         let udp_short = CtTimeouts {

@@ -75,6 +75,9 @@ pub const CT_TCP_FIN_FWD: u8 = 1 << 2;
 pub const CT_TCP_FIN_REV: u8 = 1 << 3;
 /// `CT_TCP_RST`.
 pub const CT_TCP_RST: u8 = 1 << 4;
+/// `CT_SCTP_ESTAB`: an SCTP association's COOKIE-ACK was seen (SCTP's other chunks use the
+/// `CT_TCP_*` bits: INIT SYN, SHUTDOWN and SHUTDOWN-ACK FIN, ABORT and SHUTDOWN-COMPLETE RST).
+pub const CT_SCTP_ESTAB: u8 = 1 << 5;
 
 /// `CFG_F_HAS_V4`.
 pub const CFG_F_HAS_V4: u32 = 1 << 0;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dataplane_core::{
     eligible_backends, eligible_backends_with_policy, maglev_table, node_address,
     source_range_allow_list, ChangeSet, DesiredState, Eligible, Error, IpFamily, MaglevBackend,
-    Node, ObjectName, Protocol, Service, ServicePort, Skipped, TrafficKind, TrafficPolicy,
+    Node, ObjectName, Protocol, Service, ServicePort, TrafficKind, TrafficPolicy,
 };
 
 use crate::maps::{
@@ -75,38 +75,11 @@ fn proto_number(p: Protocol) -> u8 {
     p.number()
 }
 
-/// Whether this backend programs `port`: not SCTP (rewriting its ports would need a `CRC32c`
-/// recomputation in the datapath). An SCTP port's frontends are left out ([`skipped`]).
-fn programmed(port: &ServicePort) -> bool {
-    port.protocol != Protocol::Sctp
-}
-
 /// Whether the external frontends of `service`'s `port` are served with DSR (both families:
 /// the frontend travels in an IPv4 option or an IPv6 destination-options header).
 fn dsr_wanted(node: &Node, service: &Service, port: &ServicePort) -> bool {
     service.external_traffic_policy == TrafficPolicy::Cluster
         && service.uses_dsr(node, port.protocol)
-}
-
-/// What of `service` this backend leaves out, for `ApplyReport::skipped`: SCTP ports (not
-/// programmed; the other ports are).
-pub(crate) fn skipped(service: &Service) -> Vec<Skipped> {
-    let object = format!("service {}", service.name);
-    service
-        .ports
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| !programmed(p))
-        .map(|(i, p)| Skipped {
-            object: object.clone(),
-            field: format!("ports[{i}]"),
-            feature: "SCTP".to_owned(),
-            reason: format!(
-                "port {} not programmed: rewriting SCTP ports needs a CRC32c recomputation",
-                p.port
-            ),
-        })
-        .collect()
 }
 
 /// The identity of a service port; its FNV-1a hash is the port's id (probed on a collision).
@@ -437,7 +410,7 @@ fn plan_port(
 /// The planner keeps no keys per service: a removed or changed service's keys are derived
 /// again from the service as it was (kept lists would be a large part of the planner's memory).
 fn frontend_keys(node: &Node, service: &Service, out: &mut impl FnMut(SvcKey)) {
-    for port in service.ports.iter().filter(|p| programmed(p)) {
+    for port in &service.ports {
         let proto = proto_number(port.protocol);
         for ip in &service.cluster_ips {
             out(key(*ip, port.port, proto, SCOPE_INTERNAL));
@@ -831,7 +804,7 @@ impl Planner {
             src_ranges: &mut entries.src_ranges,
             cache: SlotCache::default(),
         };
-        for port in service.ports.iter().filter(|p| programmed(p)) {
+        for port in &service.ports {
             let mut id = fnv1a(&port_identity(&service.name, port));
             while !self.used_ids.insert(id) {
                 id = id.wrapping_add(1).max(1);
@@ -1290,7 +1263,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn an_sctp_port_is_left_out_and_reported_the_others_planned() {
+    fn an_sctp_port_is_planned_beside_the_others() {
         let mut web = svc("web", "10.96.0.10", &[("10.244.1.5", 1, "node-b")]);
         web.ports.push(ServicePort {
             name: "sctp".to_owned(),
@@ -1302,18 +1275,16 @@ pub(crate) mod tests {
         let st = state(vec![web.clone()]);
         let p = plan(&st, 251);
         assert!(p.contains_key(&key("10.96.0.10", 80, SCOPE_INTERNAL)));
+        let sctp = |ip: &str, port: u16, scope: u8| SvcKey {
+            proto: Protocol::Sctp.number(),
+            ..key(ip, port, scope)
+        };
         assert!(
-            p.keys().all(|k| k.proto != Protocol::Sctp.number()),
-            "no SCTP entry: {:?}",
+            p.contains_key(&sctp("10.96.0.10", 9, SCOPE_INTERNAL))
+                && p.contains_key(&sctp("172.18.0.2", 30009, SCOPE_EXTERNAL)),
+            "the SCTP ClusterIP and NodePort: {:?}",
             p.keys().collect::<Vec<_>>()
         );
-        let skipped = super::skipped(&web);
-        assert_eq!(skipped.len(), 1, "{skipped:?}");
-        assert_eq!(
-            (skipped[0].object.as_str(), skipped[0].field.as_str()),
-            ("service default/web", "ports[1]")
-        );
-        assert_eq!(skipped[0].feature, "SCTP");
 
         // An update through such a service agrees with a full plan.
         let old = state(vec![svc("a", "10.96.0.1", &[])]);
@@ -1336,8 +1307,6 @@ pub(crate) mod tests {
         let mode = |k: SvcKey| p[&k].flags & (SVC_F_SNAT | SVC_F_DSR);
         assert_eq!(mode(key("172.18.0.2", 30080, SCOPE_EXTERNAL)), SVC_F_DSR);
         assert_eq!(mode(key6("fd00:18::2", 30080, SCOPE_EXTERNAL)), SVC_F_DSR);
-        // Nothing is served differently than asked.
-        assert!(super::skipped(&web).is_empty());
         // Hybrid: DSR for TCP, SNAT for UDP, in IPv6 as in IPv4.
         web.external_mode = Some(dataplane_core::ExternalMode::Hybrid);
         web.ports.push(ServicePort {

@@ -13,8 +13,7 @@
 //! - **Rules.** Per endpoint, direction and peer (`POL_PEER_ANY`, a set number, or an ipBlock
 //!   ports group) one LPM entry per protocol and port prefix ([`port_prefixes`]): a rule
 //!   without ports is the peer's prefix (every protocol, ICMP included), a protocol without
-//!   ports the protocol's. SCTP ports are left out (the programs do not parse SCTP: such
-//!   traffic cannot match a port, so it fails closed) and reported in `ApplyReport::skipped`.
+//!   ports the protocol's; TCP, UDP and SCTP alike (the programs parse all three).
 //! - **Blocks.** [`DirectionTable::block_table`] as it is: each distinct set of allowed
 //!   `(protocol, ports)` gets a group number (`POL_PEER_BLOCK | n`, per endpoint and
 //!   direction) whose rules are written like a peer's; an `except` prefix allowing nothing
@@ -36,9 +35,7 @@ use dataplane_core::policy_tables::{
     compile, compile_tiers, CompiledPolicy, CompiledTiers, DirectionTable, Peer, PolicyDelta,
     PortSpec, SetId, Tier, TierAction, TierTables,
 };
-use dataplane_core::{
-    ChangeSet, ClusterPort, DesiredState, Error, ObjectName, PolicyType, Protocol, Skipped,
-};
+use dataplane_core::{ChangeSet, DesiredState, Error, ObjectName, PolicyType};
 
 use crate::error::EbpfError;
 use crate::loader::Maps;
@@ -122,8 +119,6 @@ pub(crate) struct PolicyPlan {
     numbers: Numbers,
     compiled: CompiledPolicy,
     tiers: CompiledTiers,
-    /// SCTP ports left out.
-    pub(crate) skipped: Vec<Skipped>,
 }
 
 impl PolicyPlan {
@@ -188,7 +183,7 @@ pub(crate) fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u32)> {
     out
 }
 
-/// The rule keys of one `(protocol, ports)` for `peer`; none for SCTP (not parsed).
+/// The rule keys of one `(protocol, ports)` for `peer`.
 fn rule_keys(ep_id: u32, dir: u8, peer: u32, spec: PortSpec, out: &mut BTreeSet<RuleKey>) {
     let base = PolRuleData {
         ep_id,
@@ -201,7 +196,6 @@ fn rule_keys(ep_id: u32, dir: u8, peer: u32, spec: PortSpec, out: &mut BTreeSet<
         (None, _) => {
             out.insert((base, 72));
         }
-        (Some(Protocol::Sctp), _) => {}
         (Some(p), (0, u16::MAX)) => {
             out.insert((
                 PolRuleData {
@@ -242,7 +236,6 @@ type TierSpec = (PortSpec, Tier, u32, TierAction);
 fn covers(spec: PortSpec, (data, len): &RuleKey) -> bool {
     match spec {
         (None, _) => true,
-        (Some(Protocol::Sctp), _) => false,
         (Some(p), (lo, hi)) => {
             if *len < 80 || data.proto != p.number() {
                 return false;
@@ -392,10 +385,7 @@ fn direction_entries(
     }
     let mut groups: BTreeMap<BTreeSet<PortSpec>, u32> = BTreeMap::new();
     for (prefix, specs) in table.block_table() {
-        let specs: BTreeSet<PortSpec> = specs
-            .into_iter()
-            .filter(|(p, _)| *p != Some(Protocol::Sctp))
-            .collect();
+        let specs: BTreeSet<PortSpec> = specs.into_iter().collect();
         let group = if specs.is_empty() {
             0
         } else {
@@ -453,31 +443,6 @@ fn owner(state: &DesiredState, ip: IpAddr) -> String {
         .unwrap_or_else(|| format!("address {ip}"))
 }
 
-/// The SCTP ports of `policies`, left out.
-fn sctp_skipped<'a>(policies: impl Iterator<Item = &'a dataplane_core::Policy>) -> Vec<Skipped> {
-    let mut out = Vec::new();
-    for p in policies {
-        for (dir, rules) in [("ingress", &p.ingress), ("egress", &p.egress)] {
-            for (i, rule) in rules.iter().enumerate() {
-                for (j, port) in rule.ports.iter().enumerate() {
-                    if port.protocol == Protocol::Sctp {
-                        out.push(Skipped {
-                            object: format!("policy {}", p.name),
-                            field: format!("{dir}[{i}].ports[{j}]"),
-                            feature: "SCTP".to_owned(),
-                            reason: "the eBPF programs do not parse SCTP: its ports cannot \
-                                     match (SCTP to an isolated pod is dropped unless a rule \
-                                     without ports allows it)"
-                                .to_owned(),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
 /// What to write to turn a map holding `old` into one holding `new`: the entries new or
 /// changed, and the keys to remove.
 fn map_diff<K: Ord + Copy, V: PartialEq + Copy>(
@@ -495,60 +460,6 @@ fn map_diff<K: Ord + Copy, V: PartialEq + Copy>(
         .copied()
         .collect();
     (put, del)
-}
-
-/// Refuses a cluster policy or baseline rule with SCTP ports (of `state`; only those
-/// `changes` touches when given): the eBPF programs do not parse SCTP, so such a rule could
-/// match no SCTP traffic, and left out it would fail open — an SCTP connection that a Deny
-/// (or a Pass to a denying NetworkPolicy) should stop would go on to a later rule, the
-/// baseline or the default allow. [`Error::Unsupported`] names the object and field; nothing
-/// is written.
-fn refuse_tier_sctp(state: &DesiredState, changes: Option<&ChangeSet>) -> Result<(), Error> {
-    let cluster = state
-        .cluster_policies
-        .iter()
-        .filter(|p| changes.is_none_or(|c| c.cluster_policies.contains_key(&p.name)));
-    let mut rules: Vec<(String, &str, usize, &[ClusterPort])> = Vec::new();
-    for p in cluster {
-        for (dir, list) in [("ingress", &p.ingress), ("egress", &p.egress)] {
-            for (i, r) in list.iter().enumerate() {
-                rules.push((format!("cluster policy {}", p.name), dir, i, &r.ports));
-            }
-        }
-    }
-    let baseline_changed = changes.is_none_or(|c| c.baseline_policy.is_some());
-    if let Some(b) = state.baseline_policy.as_ref().filter(|_| baseline_changed) {
-        for (dir, list) in [("ingress", &b.ingress), ("egress", &b.egress)] {
-            for (i, r) in list.iter().enumerate() {
-                rules.push(("baseline policy".to_owned(), dir, i, &r.ports));
-            }
-        }
-    }
-    for (object, dir, i, ports) in rules {
-        for (j, port) in ports.iter().enumerate() {
-            let sctp = matches!(
-                port,
-                ClusterPort::PortNumber {
-                    protocol: Protocol::Sctp,
-                    ..
-                } | ClusterPort::PortRange {
-                    protocol: Protocol::Sctp,
-                    ..
-                }
-            );
-            if sctp {
-                return Err(Error::Unsupported {
-                    dataplane: crate::plan::BACKEND.to_owned(),
-                    feature: format!(
-                        "SCTP ports in cluster-wide policy ({dir}[{i}].ports[{j}]: the eBPF \
-                         programs do not parse SCTP)"
-                    ),
-                    object,
-                });
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Adds the tiers' delta to NetworkPolicy's: an endpoint whose tier entries changed or went
@@ -653,7 +564,6 @@ impl PolicyState {
         state: &DesiredState,
         limits: Limits,
     ) -> Result<PolicyPlan, Error> {
-        refuse_tier_sctp(state, None)?;
         self.compiled = None;
         let compiled = compile(state);
         let tiers = compile_tiers(state);
@@ -700,7 +610,6 @@ impl PolicyState {
             numbers,
             compiled,
             tiers,
-            skipped: sctp_skipped(state.policies.iter()),
         };
         self.check(&plan, limits)?;
         Ok(plan)
@@ -715,7 +624,6 @@ impl PolicyState {
         changes: &ChangeSet,
         limits: Limits,
     ) -> Result<PolicyPlan, Error> {
-        refuse_tier_sctp(state, Some(changes))?;
         // Updated in place (a copy would cost every member of every set): taken, it comes
         // back only with a written plan.
         let Some((mut compiled, old_tiers)) = self.compiled.take() else {
@@ -769,7 +677,6 @@ impl PolicyState {
             }
         }
         drop(ctx);
-        plan.skipped = sctp_skipped(changes.policies.values().filter_map(|c| c.current.as_ref()));
         plan.numbers = numbers;
         plan.compiled = compiled;
         plan.tiers = tiers;
@@ -1187,6 +1094,7 @@ impl<'a> AddrContext<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dataplane_core::{ClusterPort, Protocol};
 
     #[test]
     fn port_prefixes_cover_ranges_exactly() {
@@ -1871,6 +1779,9 @@ mod tests {
             .iter()
             .map(|(d, l)| (d.proto, d.port.get(), *l))
             .collect();
-        assert_eq!(lens, vec![(0, 0, 72), (6, 0, 80), (17, 80, 95)]);
+        assert_eq!(
+            lens,
+            vec![(0, 0, 72), (6, 0, 80), (17, 80, 95), (132, 80, 96)]
+        );
     }
 }

@@ -311,6 +311,7 @@ fn mirrored_constants() -> Vec<(&'static str, &'static str, u64)> {
             "CT_TCP_FIN_FWD" => m::CT_TCP_FIN_FWD,
             "CT_TCP_FIN_REV" => m::CT_TCP_FIN_REV,
             "CT_TCP_RST" => m::CT_TCP_RST,
+            "CT_SCTP_ESTAB" => m::CT_SCTP_ESTAB,
         }
         "config_flag" {
             "CFG_F_HAS_V4" => m::CFG_F_HAS_V4,

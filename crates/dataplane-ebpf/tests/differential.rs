@@ -48,6 +48,7 @@ mod strategies;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use common::sctp;
 use common::wire::{parse_checked, Frame, L4};
 use common::{eth, ip, require_root, TestNode, TCP_ACK, TCP_SYN};
 use dataplane_core::{
@@ -81,9 +82,8 @@ fn v6(segments: [u16; 8]) -> IpAddr {
 }
 
 /// A state of core's strategies on this test's node: the node's addresses are those of the
-/// namespace's uplink, SCTP ports are TCP ports (SCTP is not programmed, a documented limit:
-/// `ApplyReport::skipped` for NetworkPolicy, refused in cluster, baseline and host rules),
-/// with cluster policies and the baseline, and in half the cases this node's host endpoint
+/// namespace's uplink, with cluster policies and the baseline, and in half the cases this
+/// node's host endpoint
 /// with its host policies and failsafe ports (the strategies' own host endpoints are other
 /// nodes', which no program of this node sees: dropped).
 fn state() -> impl Strategy<Value = DesiredState> {
@@ -108,36 +108,6 @@ fn state() -> impl Strategy<Value = DesiredState> {
                     if seg[..7] == [0xfd00, 0x244, 0, 0, 0, 0, 0] {
                         seg[3] = seg[7] % 3;
                         b.ip = IpAddr::V6(Ipv6Addr::from(seg));
-                    }
-                }
-            }
-            for svc in &mut s.services {
-                let mut seen = std::collections::BTreeSet::new();
-                for p in &mut svc.ports {
-                    if p.protocol == Protocol::Sctp {
-                        p.protocol = Protocol::Tcp;
-                    }
-                }
-                // An SCTP port that became a TCP port the service has already goes.
-                svc.ports.retain(|p| seen.insert((p.protocol, p.port)));
-            }
-            // Cluster and baseline rules with SCTP ports are refused (they would fail open): TCP.
-            let cluster_rules = s
-                .cluster_policies
-                .iter_mut()
-                .flat_map(|p| p.ingress.iter_mut().chain(p.egress.iter_mut()))
-                .map(|r| &mut r.ports);
-            let baseline_rules = s
-                .baseline_policy
-                .iter_mut()
-                .flat_map(|b| b.ingress.iter_mut().chain(b.egress.iter_mut()))
-                .map(|r| &mut r.ports);
-            for port in cluster_rules.chain(baseline_rules).flatten() {
-                if let dataplane_core::ClusterPort::PortNumber { protocol, .. }
-                | dataplane_core::ClusterPort::PortRange { protocol, .. } = port
-                {
-                    if *protocol == Protocol::Sctp {
-                        *protocol = Protocol::Tcp;
                     }
                 }
             }
@@ -201,7 +171,7 @@ fn state() -> impl Strategy<Value = DesiredState> {
 
 /// `s` with this node's host endpoint, host policies and failsafe ports from `host` (none:
 /// without host endpoint), the strategies' host endpoints (other nodes', which no program
-/// of this node sees) dropped, SCTP host rules made TCP ones, and — with host policies —
+/// of this node sees) dropped, and — with host policies —
 /// backends at unlisted addresses of this node's pod CIDRs moved to node-1's.
 fn with_own_host_policy(
     s: &mut DesiredState,
@@ -217,15 +187,6 @@ fn with_own_host_policy(
         s.host_endpoints = vec![endpoint];
         s.host_policies = policies;
         s.failsafe_ports = failsafe;
-    }
-    for rule in s
-        .host_policies
-        .iter_mut()
-        .flat_map(|p| p.ingress.iter_mut().chain(p.egress.iter_mut()))
-    {
-        if rule.protocol == Some(Protocol::Sctp) {
-            rule.protocol = Some(Protocol::Tcp);
-        }
     }
     if !s.host_policies.is_empty() {
         // A backend at an address of this node's pod CIDRs that no endpoint has is
@@ -297,6 +258,8 @@ struct Probe {
     dest: Dest,
     v6: bool,
     tcp: bool,
+    /// SCTP (whatever `tcp` says).
+    sctp: bool,
     /// Picks the service / endpoint / port among those that fit.
     pick: usize,
     /// Use a port the frontend has (else `port`).
@@ -327,19 +290,23 @@ fn probe() -> impl Strategy<Value = Probe> {
         dest,
         prop::bool::weighted(0.3),
         any::<bool>(),
+        prop::bool::weighted(0.25),
         0usize..64,
         prop::bool::weighted(0.85),
         1u16..=u16::MAX,
     )
-        .prop_map(|(client, dest, v6, tcp, pick, right_port, port)| Probe {
-            client,
-            dest,
-            v6,
-            tcp,
-            pick,
-            right_port,
-            port,
-        })
+        .prop_map(
+            |(client, dest, v6, tcp, sctp, pick, right_port, port)| Probe {
+                client,
+                dest,
+                v6,
+                tcp,
+                sctp,
+                pick,
+                right_port,
+                port,
+            },
+        )
 }
 
 /// A probe made concrete: the model's packet and entry, and where the packet enters.
@@ -407,7 +374,11 @@ fn resolve_client(state: &DesiredState, p: &Probe) -> Option<(IpAddr, Entry)> {
 /// no service with an external IP of the family, ...).
 fn resolve(state: &DesiredState, p: &Probe, sport: u16) -> Option<Resolved> {
     let family = family_of(p.v6);
-    let protocol = if p.tcp { Protocol::Tcp } else { Protocol::Udp };
+    let protocol = match (p.sctp, p.tcp) {
+        (true, _) => Protocol::Sctp,
+        (false, true) => Protocol::Tcp,
+        (false, false) => Protocol::Udp,
+    };
     let node_ip = node_address(state, family)?;
     let (source, entry) = resolve_client(state, p)?;
     // The ports of the state's services that `frontend` of a service offers for `protocol`.
@@ -512,13 +483,14 @@ enum Outcome {
     Delivered(Frame),
 }
 
-/// The first frame of `r`: a TCP SYN or a UDP datagram with a little payload.
+/// The first frame of `r`: a TCP SYN, an SCTP INIT or a UDP datagram with a little payload.
 fn frame_of(r: &Resolved) -> Vec<u8> {
     let b = eth().ips(r.packet.source.ip(), r.packet.destination.ip());
     let (s, d) = (r.packet.source.port(), r.packet.destination.port());
     match r.packet.protocol {
         Protocol::Tcp => b.tcp(s, d, TCP_SYN).build(),
-        _ => b.udp(s, d).payload(b"differential").build(),
+        Protocol::Sctp => sctp::sctp(b, s, d, 0, &sctp::chunk(sctp::INIT, 7, &[])),
+        Protocol::Udp => b.udp(s, d).payload(b"differential").build(),
     }
 }
 
@@ -538,7 +510,7 @@ fn is_reject_to(f: &Frame, client: IpAddr) -> bool {
         && match f.l4 {
             L4::Tcp { flags, .. } => flags & 0x04 != 0,
             L4::Icmp { kind, .. } => kind == if client.is_ipv6() { 1 } else { 3 },
-            L4::Udp { .. } => false,
+            L4::Udp { .. } | L4::Sctp { .. } => false,
         }
 }
 
@@ -782,6 +754,7 @@ fn check_reply(
     let b = eth().ips(f.dst, f.src);
     let reply = match f.l4 {
         L4::Tcp { .. } => b.tcp(dport, sport, TCP_SYN | TCP_ACK).build(),
+        L4::Sctp { .. } => sctp::sctp(b, dport, sport, 7, &sctp::chunk(sctp::INIT_ACK, 8, &[])),
         _ => b.udp(dport, sport).payload(b"reply").build(),
     };
     let from = match endpoint_interface(state, f.dst) {
@@ -829,7 +802,14 @@ fn check_next(
     let frame = eth().ips(r.packet.source.ip(), r.packet.destination.ip());
     let next = match r.packet.protocol {
         Protocol::Tcp => frame.tcp(sport, dport, TCP_ACK).build(),
-        _ => frame.udp(sport, dport).payload(b"again").build(),
+        Protocol::Sctp => sctp::sctp(
+            frame,
+            sport,
+            dport,
+            8,
+            &sctp::chunk(sctp::COOKIE_ECHO, 0, b"cookie"),
+        ),
+        Protocol::Udp => frame.udp(sport, dport).payload(b"again").build(),
     };
     trace.push("the client's next packet:".into());
     match deliver(
@@ -888,7 +868,9 @@ fn compare(
         }
     };
     let protocol_ok = |f: &Frame| match (r.packet.protocol, &f.l4) {
-        (Protocol::Tcp, L4::Tcp { .. }) | (Protocol::Udp, L4::Udp { .. }) => Ok(()),
+        (Protocol::Tcp, L4::Tcp { .. })
+        | (Protocol::Udp, L4::Udp { .. })
+        | (Protocol::Sctp, L4::Sctp { .. }) => Ok(()),
         _ => Err(format!("{:?} became {:?}", r.packet.protocol, f.l4)),
     };
     match (verdict, outcome) {
@@ -899,7 +881,7 @@ fn compare(
                 (Protocol::Tcp, L4::Tcp { sport, dport, .. }) => {
                     *dport == r.packet.source.port() && *sport == r.packet.destination.port()
                 }
-                (Protocol::Udp, L4::Icmp { .. }) => true,
+                (Protocol::Udp | Protocol::Sctp, L4::Icmp { .. }) => true,
                 _ => false,
             };
             if kind_ok {
@@ -953,6 +935,8 @@ struct Harness {
     xdp_forwarded: [usize; 2],
     /// Backend replies checked.
     replies: usize,
+    /// SCTP probes delivered (their reply and next packet checked too).
+    sctp_delivered: usize,
     /// Probes whose verdict the host endpoint's policies decide (the state without them
     /// says otherwise).
     host_decided: usize,
@@ -1007,6 +991,7 @@ impl Harness {
             seen: [0; 4],
             xdp_forwarded: [0; 2],
             replies: 0,
+            sctp_delivered: 0,
             host_decided: 0,
             host_replies_stopped: 0,
             policy_drops: 0,
@@ -1083,6 +1068,7 @@ impl Harness {
                     match (&want, got) {
                         (Verdict::Forward { .. }, Outcome::Delivered(f)) => {
                             self.replies += usize::from(f.ip_options.is_empty());
+                            self.sctp_delivered += usize::from(r.packet.protocol == Protocol::Sctp);
                             let back = check_reply(&mut self.dp, state, &r, &want, &f, &mut trace)?;
                             self.host_replies_stopped += usize::from(!back);
                             check_next(&mut self.dp, state, &r, &f, &mut trace)
@@ -1149,12 +1135,13 @@ fn programs_agree_with_the_reference_model() {
                 .map_err(TestCaseError::fail)
         },
     );
-    let (seen, xdp, replies, policy, tiers, host, stopped) = {
+    let (seen, xdp, replies, sctp, policy, tiers, host, stopped) = {
         let h = h.borrow();
         (
             h.seen,
             h.xdp_forwarded,
             h.replies,
+            h.sctp_delivered,
             h.policy_drops,
             h.tier_decided,
             h.host_decided,
@@ -1167,7 +1154,8 @@ fn programs_agree_with_the_reference_model() {
     }
     eprintln!(
         "probes by the model's verdict: forward, drop, reject, untouched: {seen:?}; \
-         forwarded by XDP (IPv4, IPv6): {xdp:?}; replies checked: {replies}; dropped by policy: {policy}; \
+         forwarded by XDP (IPv4, IPv6): {xdp:?}; replies checked: {replies}; SCTP delivered: {sctp}; \
+         dropped by policy: {policy}; \
          decided by a cluster policy or the baseline: {tiers}; decided by host policy: {host}; \
          replies the untracked host rules stop: {stopped}"
     );
@@ -1179,9 +1167,11 @@ fn programs_agree_with_the_reference_model() {
             || (seen.iter().all(|&n| n >= 10)
                 && xdp.iter().sum::<usize>() > 0
                 && replies > 0
+                && sctp > 0
                 && policy > 0
                 && host > 0),
-        "too few probes of some kind: {seen:?}, XDP {xdp:?}, replies {replies}, policy {policy}, \
+        "too few probes of some kind: {seen:?}, XDP {xdp:?}, replies {replies}, SCTP {sctp}, \
+         policy {policy}, \
          host policy {host}"
     );
 }
@@ -1244,6 +1234,7 @@ fn pod_to_cluster_ip(tcp: bool) -> Probe {
         dest: Dest::ClusterIp,
         v6: false,
         tcp,
+        sctp: false,
         pick: 0,
         right_port: true,
         port: 1,
@@ -1380,6 +1371,7 @@ fn a_remote_backends_ingress_policy_is_its_nodes_job() {
         dest: Dest::ExternalIp,
         v6: false,
         tcp,
+        sctp: false,
         pick: 0,
         right_port: true,
         port: 1,
@@ -1749,6 +1741,7 @@ fn a_backend_in_the_nodes_pod_cidr_is_behind_no_host_endpoint() {
         dest: Dest::ExternalIp,
         v6: false,
         tcp,
+        sctp: false,
         pick: 0,
         right_port: true,
         port: 1,
@@ -1793,6 +1786,7 @@ fn untracked_rules_judge_the_replies_of_tracked_connections() {
         dest,
         v6: false,
         tcp,
+        sctp: false,
         pick: 0,
         right_port: true,
         port: 1,

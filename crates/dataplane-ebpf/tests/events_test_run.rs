@@ -170,6 +170,14 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// `dp_names` of node `n`, from its pin.
+fn pinned_names(n: &TestNode) -> BpfHashMap<MapData, NameKey, NameValue> {
+    BpfHashMap::try_from(Map::HashMap(
+        MapData::from_pin(n.pin_dir.join("dp_names")).expect("dp_names pinned"),
+    ))
+    .expect("a hash map")
+}
+
 /// Pod or service `name` of namespace x, as an event names it.
 #[allow(clippy::unnecessary_wraps)] // compared with the events' Option fields
 fn x(name: &str) -> Option<ObjectName> {
@@ -192,10 +200,7 @@ fn drops_new_connections_and_policy_verdicts() {
         MapData::from_pin(n.pin_dir.join("dp_events")).expect("dp_events pinned"),
     ))
     .expect("a ring buffer");
-    let names: BpfHashMap<MapData, NameKey, NameValue> = BpfHashMap::try_from(Map::HashMap(
-        MapData::from_pin(n.pin_dir.join("dp_names")).expect("dp_names pinned"),
-    ))
-    .expect("a hash map");
+    let names = pinned_names(&n);
     let empty_syn = eth()
         .ip("10.244.0.5", "10.96.0.15")
         .tcp(40000, 80, TCP_SYN)
@@ -885,4 +890,56 @@ fn a_ring_size_that_is_no_power_of_two_pages_is_refused() {
     let chain = dataplane_core::error_chain(&dataplane_core::Error::from(err));
     assert!(chain.contains("events_ring_bytes"), "{chain}");
     assert!(!n.pin_dir.join("dp_svc").exists(), "nothing pinned");
+}
+
+/// `dp_names` is written in batches: with more names than `Capacities::names` holds, the
+/// batch that meets the full map goes element by element, so the names that fit are written
+/// (each the right one) and the others are counted in a warning, as before the batches.
+#[test]
+fn names_beyond_the_capacity_are_left_out_with_a_warning() {
+    if !require_root("names_beyond_the_capacity_are_left_out_with_a_warning") {
+        return;
+    }
+    let n = node("nmf");
+    let mut config = n.config();
+    config.capacities.names = 4;
+    let mut dp = EbpfDataplane::new(config).expect("load");
+    // 3 service ports, 3 pod addresses and the node: 7 names for 4 entries.
+    let report = dp.apply(&scene()).expect("apply");
+    let warning = report
+        .warnings
+        .iter()
+        .find(|w| w.field == "dp_names")
+        .expect("a dp_names warning");
+    assert!(
+        warning.message.starts_with("3 names "),
+        "{}",
+        warning.message
+    );
+    let names = pinned_names(&n);
+    let held: Vec<(NameKey, NameValue)> = names.iter().map(|e| e.expect("read")).collect();
+    assert_eq!(held.len(), 4, "the map is full");
+    let pods = [
+        ("10.244.0.5", ObjectName::new("x", "a")),
+        ("10.244.0.6", ObjectName::new("x", "b")),
+        ("10.244.1.7", ObjectName::new("y", "c")),
+    ];
+    let services = [x("empty"), x("lb"), x("to-c")];
+    for (key, value) in &held {
+        if *key == NameKey::node() {
+            assert_eq!(value.as_str(), Some("node-a"));
+        } else if let Some((_, pod)) = pods
+            .iter()
+            .find(|(ip, _)| *key == NameKey::endpoint(ip.parse().unwrap()))
+        {
+            assert_eq!(value.object_name().as_ref(), Some(pod));
+        } else {
+            assert!(
+                services.contains(&value.object_name()),
+                "{:?}",
+                value.as_str()
+            );
+        }
+    }
+    dp.reset().expect("reset");
 }

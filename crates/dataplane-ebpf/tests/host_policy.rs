@@ -2,8 +2,8 @@
 //! live maps: untracked denies at XDP (and first thing in TC where XDP is not attached),
 //! failsafe ports, untracked allows that leave no conntrack entry, pre-DNAT denies of a
 //! NodePort by source, normal policies (default deny, the node's own traffic, applyOnForward
-//! for forwarded traffic, judged after translation, replies through their connection), and a
-//! refusal (SCTP ports) that changes nothing.
+//! for forwarded traffic, judged after translation, replies through their connection), and
+//! rules with SCTP ports.
 //!
 //! ```text
 //!   client --eth0 (02:..:02, 172.18.0.2, fd00:18::2)--> [dp_xdp_uplink] --XDP_TX--> node-b
@@ -20,8 +20,8 @@ mod common;
 
 use common::{backend, check, ct_key, ct_map, eth, ip, require_root, Fixture, TestNode, TCP_SYN};
 use dataplane_core::{
-    Dataplane, DesiredState, Endpoint, Error, HostAction, HostEndpoint, HostPolicy, HostPort,
-    HostRule, LabelSelector, ObjectName, PolicyType, Protocol, Service, ServicePort,
+    Dataplane, DesiredState, Endpoint, HostAction, HostEndpoint, HostPolicy, HostPort, HostRule,
+    LabelSelector, ObjectName, PolicyType, Protocol, Service, ServicePort,
 };
 use dataplane_ebpf::{EbpfDataplane, Hook, HostRuleDrops, XdpMode};
 
@@ -311,7 +311,8 @@ fn untracked_denies_at_xdp_and_tc_with_failsafes_and_untracked_allows() {
         ),
     );
 
-    // A rule with SCTP ports is refused by name and changes nothing: blocked stays blocked.
+    // A rule with SCTP ports matches SCTP to those ports (at XDP, untracked), not SCTP to
+    // others nor TCP to them.
     let mut sctp = untracked(blocked_nets());
     sctp.push(
         HostPolicy::new("sctp", uplink()).untracked().with_ingress(
@@ -320,20 +321,47 @@ fn untracked_denies_at_xdp_and_tc_with_failsafes_and_untracked_allows() {
                 .to_ports([HostPort::Number(9)]),
         ),
     );
-    let e = dp.apply(&scene(sctp)).unwrap_err();
-    assert!(
-        matches!(&e, Error::Unsupported { object, .. } if object == "host policy sctp"),
-        "{e:?}"
-    );
-    check(
-        &mut dp,
-        &same(
-            "after the refused apply: still dropped",
+    dp.apply(&scene(sctp))
+        .expect("a rule with SCTP ports is applied");
+    let init = |dport: u16| {
+        common::sctp::frame(
+            "192.0.2.210",
+            "172.18.0.2",
+            40020,
+            dport,
+            0,
+            &common::sctp::chunk(common::sctp::INIT, 1, &[]),
+            false,
+        )
+    };
+    for f in [
+        same(
+            "SCTP to the denied port: dropped at XDP",
+            Hook::Xdp,
+            init(9),
+            XDP_DROP,
+        ),
+        same(
+            "SCTP to another port: passed",
+            Hook::Xdp,
+            init(10),
+            XDP_PASS,
+        ),
+        same(
+            "TCP to the SCTP rule's port: passed",
+            Hook::Xdp,
+            syn("192.0.2.210", "172.18.0.2", 40021, 9),
+            XDP_PASS,
+        ),
+        same(
+            "blocked stays blocked",
             Hook::Xdp,
             syn("198.51.100.9", "172.18.0.2", 40012, 9000),
             XDP_DROP,
         ),
-    );
+    ] {
+        check(&mut dp, &f);
+    }
 
     // Without the host endpoint nothing is dropped (a flip to an empty generation).
     let mut open = scene(untracked(blocked_nets()));

@@ -18,10 +18,12 @@ mod common;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use common::{backend, l4_checksum, node_a, require_root, Fixture, TestNode};
-use dataplane_core::{Dataplane, DesiredState, Error, ObjectName, Protocol, Service, ServicePort};
-use dataplane_ebpf::maps::{L2Key, L2Value};
-use dataplane_ebpf::{EbpfDataplane, Hook, RunOn, XdpMode};
+use common::{backend, eth, l4_checksum, node_a, require_root, Fixture, TestNode, TCP_SYN};
+use dataplane_core::{
+    Dataplane, DesiredState, Error, MaintenanceReport, ObjectName, Protocol, Service, ServicePort,
+};
+use dataplane_ebpf::maps::{L2Cfg, L2Key, L2Value};
+use dataplane_ebpf::{monotonic_now, EbpfDataplane, Hook, RunOn, XdpMode};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -434,6 +436,87 @@ fn a_lapsed_liveness_answers_nothing_until_refreshed() {
     dp.maintain(Duration::from_secs(1)).expect("maintain");
     check_on(&mut dp, answered);
     check_on(&mut dp, tc_answered);
+}
+
+/// While addresses are announced `maintain()` is called every third of the liveness window,
+/// but walks `dp_ct` only on the conntrack interval: a call in between refreshes the liveness
+/// and leaves an expired connection in place; the pass on time removes it.
+#[test]
+fn maintain_refreshes_the_liveness_every_call_and_walks_conntrack_on_its_interval() {
+    if !require_root(
+        "maintain_refreshes_the_liveness_every_call_and_walks_conntrack_on_its_interval",
+    ) {
+        return;
+    }
+    let n = l2_node("l2gc");
+    let timeouts = n.config().timeouts;
+    let mut dp = dataplane(&n, XdpMode::Native, Duration::from_secs(3));
+    dp.apply(&scene()).expect("apply");
+    let conntrack_interval = dataplane_ebpf::maintenance_interval(&timeouts);
+    assert!(
+        dp.maintenance_interval().unwrap() < conntrack_interval,
+        "announcing: maintain() is asked for more often than conntrack needs"
+    );
+    // One connection, SYN only: it expires `tcp_syn` after `seen`.
+    let syn = eth()
+        .ip("10.244.0.5", "10.96.0.40")
+        .tcp(41000, 80, TCP_SYN)
+        .build();
+    dp.run_packet(Hook::FromPod, &syn, 1).expect("SYN");
+    let seen = monotonic_now();
+    assert_eq!(
+        dp.flows().expect("flows").len(),
+        1,
+        "one connection tracked"
+    );
+    let liveness = || pinned_l2_cfg(&n).liveness_ns;
+
+    // A pass shortly before its timeout: it stays.
+    let first = seen + timeouts.tcp_syn.saturating_sub(Duration::from_secs(2));
+    let before = liveness();
+    let report = dp.maintain(first).expect("maintain");
+    assert_eq!(
+        (report.flows_expired, report.flows_remaining),
+        (0, Some(1)),
+        "a conntrack pass: {report:?}"
+    );
+    let refreshed = liveness();
+    assert!(refreshed > before, "the liveness is refreshed");
+
+    // Three seconds later (the liveness's calls) the connection has expired, but the
+    // conntrack interval has not passed: the liveness only.
+    let report = dp
+        .maintain(first + Duration::from_secs(3))
+        .expect("maintain");
+    assert_eq!(report, MaintenanceReport::default(), "no conntrack pass");
+    let refreshed_again = liveness();
+    assert!(
+        refreshed_again > refreshed,
+        "the liveness is refreshed again"
+    );
+    assert_eq!(
+        dp.flows().expect("flows").len(),
+        1,
+        "dp_ct untouched: the expired connection is still there"
+    );
+
+    // One conntrack interval after the first pass: the next pass removes it.
+    let report = dp.maintain(first + conntrack_interval).expect("maintain");
+    assert_eq!(
+        (report.flows_expired, report.flows_remaining),
+        (1, Some(0)),
+        "a conntrack pass: {report:?}"
+    );
+    assert!(liveness() > refreshed_again);
+    assert!(dp.flows().expect("flows").is_empty());
+}
+
+/// `dp_l2_cfg[0]`, read from its pin.
+fn pinned_l2_cfg(n: &TestNode) -> L2Cfg {
+    let map = aya::maps::MapData::from_pin(n.pin_dir.join("dp_l2_cfg")).expect("pinned");
+    let map: aya::maps::Array<_, L2Cfg> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map)).expect("an array");
+    map.get(&0, 0).expect("dp_l2_cfg[0]")
 }
 
 /// The addresses `dp_l2_addrs` holds, read from its pin.

@@ -573,10 +573,11 @@ fn too_many_sets_per_address_is_refused_with_nothing_written() {
     );
 }
 
-/// SCTP ports are skipped and reported; the rest of the policy holds.
+/// SCTP ports are matched like TCP's and UDP's: a rule's SCTP port admits SCTP to that port
+/// (an INIT, then the association's other chunks), not SCTP to another port nor TCP to it.
 #[test]
-fn sctp_ports_are_skipped_and_reported() {
-    if !require_root("sctp_ports_are_skipped_and_reported") {
+fn sctp_ports_are_matched() {
+    if !require_root("sctp_ports_are_matched") {
         return;
     }
     let n = node("polsctp");
@@ -587,29 +588,47 @@ fn sctp_ports_are_skipped_and_reported() {
         "ingress": [{"ports": [{"protocol": "SCTP", "port": 9}, {"protocol": "TCP", "port": 80}]}],
     }))]);
     let report = dp.apply(&st).expect("apply");
-    assert!(
-        report.skipped.iter().any(|s| s.object == "policy x/a-sctp"
-            && s.field == "ingress[0].ports[0]"
-            && s.feature == "SCTP"),
-        "{:?}",
-        report.skipped
-    );
-    assert_eq!(
-        verdict(
-            &mut dp,
-            Hook::ToPod,
-            &tcp("10.244.1.7", "10.244.0.5", 1000, 80, TCP_SYN)
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    let sctp = |sport: u16, dport: u16, kind: u8| {
+        common::sctp::frame(
+            "10.244.1.7",
+            "10.244.0.5",
+            sport,
+            dport,
+            0,
+            &common::sctp::chunk(kind, 1, &[]),
+            false,
+        )
+    };
+    for (what, input, want) in [
+        (
+            "SCTP INIT to the allowed port",
+            sctp(1000, 9, common::sctp::INIT),
+            OK,
         ),
-        OK
-    );
-    assert_eq!(
-        verdict(
-            &mut dp,
-            Hook::ToPod,
-            &tcp("10.244.1.7", "10.244.0.5", 1000, 9, TCP_SYN)
+        (
+            "... and the association's DATA",
+            sctp(1000, 9, common::sctp::DATA),
+            OK,
         ),
-        SHOT
-    );
+        (
+            "SCTP INIT to another port",
+            sctp(1001, 10, common::sctp::INIT),
+            SHOT,
+        ),
+        (
+            "TCP to the SCTP rule's port",
+            tcp("10.244.1.7", "10.244.0.5", 1000, 9, TCP_SYN),
+            SHOT,
+        ),
+        (
+            "TCP to the TCP rule's port",
+            tcp("10.244.1.7", "10.244.0.5", 1000, 80, TCP_SYN),
+            OK,
+        ),
+    ] {
+        assert_eq!(verdict(&mut dp, Hook::ToPod, &input), want, "{what}");
+    }
 }
 
 /// A new process adopts the pinned policy maps: it numbers everything afresh, writes the new

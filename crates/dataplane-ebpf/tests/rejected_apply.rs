@@ -136,14 +136,13 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
     // Cluster policies, the baseline and host endpoint policy are programmed: what the
     // backend would still declare missing of core's synthetic tier states is refused by name,
     // with a new service in the same state, as a full and an incremental sync (none today).
-    // A host policy rule with SCTP ports (the programs do not parse SCTP) is refused by the
-    // policy's name. `apply_changes` here, after the failed applies above, asks for a full
-    // sync (the trait's contract), which changes nothing either; of a synced backend it is
-    // the same refusal by name (`a_refused_tier_change_leaves_maps_and_links_as_they_were`).
+    // `apply_changes` here, after the failed applies above, asks for a full sync (the
+    // trait's contract), which changes nothing either; of a synced backend it is the same
+    // refusal by name (`a_refused_tier_change_leaves_maps_and_links_as_they_were`).
     let caps = dp.capabilities();
     assert!(caps.cluster_policy, "{caps:?}");
     assert!(caps.host_policy, "{caps:?}");
-    let mut refusals: Vec<(DesiredState, String)> =
+    let refusals: Vec<(DesiredState, String)> =
         dataplane_core::synthetic::tier_refusals(&old, service(&lab, "new", NEW))
             .into_iter()
             .filter(|(_, object)| {
@@ -154,45 +153,40 @@ fn a_rejected_apply_leaves_maps_links_and_traffic_as_they_were() {
                 })
             })
             .collect();
-    let mut sctp = old.clone().with_service(service(&lab, "new", NEW));
-    let uplink = sctp.node.interfaces.uplink.clone();
-    sctp.host_endpoints =
+    // A host policy set of more rules than the programs hold (64) is refused, naming the
+    // policy.
+    let mut too_many = old.clone().with_service(service(&lab, "new", NEW));
+    let uplink = too_many.node.interfaces.uplink.clone();
+    too_many.host_endpoints =
         vec![
-            dataplane_core::HostEndpoint::new("uplink", &sctp.node.name, uplink)
+            dataplane_core::HostEndpoint::new("uplink", &too_many.node.name, uplink)
                 .with_label("role", "uplink"),
         ];
-    sctp.host_policies = vec![dataplane_core::HostPolicy::new(
-        "sctp-ports",
+    let mut policy = dataplane_core::HostPolicy::new(
+        "too-many",
         dataplane_core::LabelSelector::default().with_label("role", "uplink"),
     )
-    .untracked()
-    .with_ingress(
-        dataplane_core::HostRule::new(dataplane_core::HostAction::Deny)
-            .protocol(Protocol::Sctp)
-            .to_ports([dataplane_core::HostPort::Number(9)]),
-    )];
-    refusals.push((sctp, "host policy sctp-ports".to_owned()));
-    // A cluster policy Deny with SCTP ports: left out, SCTP would pass where it denies.
-    let mut cluster_sctp = old.clone().with_service(service(&lab, "new", NEW));
-    cluster_sctp.cluster_policies = vec![dataplane_core::ClusterPolicy::new(
-        "deny-sctp",
-        10,
-        dataplane_core::ClusterPolicySubject::Namespaces(dataplane_core::LabelSelector::default()),
-    )
-    .with_ingress(
-        dataplane_core::ClusterPolicyRule::new(
-            "sctp",
-            dataplane_core::ClusterAction::Deny,
-            [dataplane_core::ClusterPeer::Namespaces(
-                dataplane_core::LabelSelector::default(),
-            )],
-        )
-        .with_port(dataplane_core::ClusterPort::PortNumber {
-            protocol: Protocol::Sctp,
-            port: 9,
-        }),
-    )];
-    refusals.push((cluster_sctp, "cluster policy deny-sctp".to_owned()));
+    .untracked();
+    for port in 1..=65 {
+        policy = policy.with_ingress(
+            dataplane_core::HostRule::new(dataplane_core::HostAction::Deny)
+                .protocol(Protocol::Sctp)
+                .to_ports([dataplane_core::HostPort::Number(port)]),
+        );
+    }
+    too_many.host_policies = vec![policy];
+    let e = dp.apply(&too_many).unwrap_err();
+    assert!(
+        matches!(&e, Error::CapacityExceeded { what, .. } if what.contains("too-many")),
+        "{e:?}"
+    );
+    unchanged(&dp, "host policy too-many (apply)");
+    let e = dp.apply_changes(&diff(&old, &too_many)).unwrap_err();
+    assert!(
+        matches!(&e, Error::CapacityExceeded { .. } | Error::FullSyncRequired),
+        "{e:?}"
+    );
+    unchanged(&dp, "host policy too-many (apply_changes)");
     for (tiered, object) in refusals {
         let e = dp.apply(&tiered).unwrap_err();
         assert!(
@@ -288,20 +282,26 @@ fn a_refused_tier_change_leaves_maps_and_links_as_they_were() {
         "the host maps were written"
     );
     assert_eq!(answered_by(&lab, WEB).as_deref(), Some("pod-0-1"));
-    // A valid change the backend cannot program, a host rule with SCTP ports (the programs
-    // do not parse SCTP): refused by the policy's name before any map is written.
+    // A valid change the backend cannot program, more host rules in one set than the
+    // programs hold (64): refused by the policy's name before any map is written.
     let written = kernel_state(&dir);
-    let mut sctp = next.clone();
-    sctp.host_policies[0].ingress.push(
-        dataplane_core::HostRule::new(dataplane_core::HostAction::Deny)
-            .protocol(Protocol::Sctp)
-            .to_ports([dataplane_core::HostPort::Number(9)]),
-    );
-    let e = dp.apply_changes(&diff(&next, &sctp)).unwrap_err();
+    let mut too_many = next.clone();
+    for port in 1..=64 {
+        too_many.host_policies[0].ingress.push(
+            dataplane_core::HostRule::new(dataplane_core::HostAction::Deny)
+                .protocol(Protocol::Sctp)
+                .to_ports([dataplane_core::HostPort::Number(port)]),
+        );
+    }
+    let e = dp.apply_changes(&diff(&next, &too_many)).unwrap_err();
     assert!(
-        matches!(&e, Error::Unsupported { object, .. } if object == "host policy block"),
+        matches!(&e, Error::CapacityExceeded { what, .. } if what.contains("block")),
         "{e:?}"
     );
-    assert_eq!(kernel_state(&dir), written, "sctp: the maps changed");
+    assert_eq!(
+        kernel_state(&dir),
+        written,
+        "too many rules: the maps changed"
+    );
     dp.reset().expect("reset");
 }

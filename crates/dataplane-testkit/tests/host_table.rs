@@ -7,6 +7,8 @@
 //! The hand rules are this test's, not a backend: they cover the one case's policy (a normal
 //! policy for ingress and egress without rules, on the uplink `eth0`) and refuse any other.
 
+mod common;
+
 use dataplane_core::{
     uplink_host_endpoint, ApplyReport, Capabilities, ChangeSet, Dataplane, DesiredState, Error,
     FailsafePort, FakeDataplane, Flow, ObservedState, Protocol, Stats,
@@ -252,21 +254,9 @@ fn host_cases_are_skipped_visibly_without_the_capability() {
         host_policy: false,
         ..FakeDataplane::default_capabilities()
     };
-    let mut made = Vec::new();
     let cases = host_cases();
-    let report = run_host(&lab, &cases, &mut |_node| {
-        let fake = FakeDataplane::with_capabilities(claims.clone());
-        made.push(fake.clone());
-        Box::new(fake)
+    let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+    common::assert_skipped_without(&claims, "Capabilities::host_policy", &names, |factory| {
+        run_host(&lab, &cases, factory)
     });
-    report.assert_ok();
-    assert_eq!(report.rows.len(), cases.len(), "{report}");
-    for (row, case) in report.rows.iter().zip(&cases) {
-        assert_eq!(row.name, case.name);
-        let RowOutcome::Skipped { reason } = &row.outcome else {
-            panic!("not skipped: {report}")
-        };
-        assert!(reason.contains("Capabilities::host_policy"), "{reason}");
-    }
-    assert!(made.iter().all(|f| f.calls().applies == 0));
 }

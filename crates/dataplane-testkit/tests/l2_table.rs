@@ -4,6 +4,8 @@
 //! ARP and neighbour solicitations), never on the table. The netfilter flavours pass it
 //! (`dataplane-iptables/tests/l2_conformance.rs`). Needs root.
 
+mod common;
+
 use dataplane_core::{Capabilities, FakeDataplane};
 use dataplane_testkit::conformance::l2::{l2_cases, run_l2, L2_LAB};
 use dataplane_testkit::conformance::RowOutcome;
@@ -20,26 +22,14 @@ fn l2_cases_are_skipped_visibly_without_the_capability() {
         l2_announcements: false,
         ..FakeDataplane::default_capabilities()
     };
-    let mut made = Vec::new();
     let cases = l2_cases();
-    let report = run_l2(&lab, &cases, &mut |_node| {
-        let fake = FakeDataplane::with_capabilities(claims.clone());
-        made.push(fake.clone());
-        Box::new(fake)
-    });
-    report.assert_ok();
-    assert_eq!(report.rows.len(), cases.len(), "{report}");
-    for (row, case) in report.rows.iter().zip(&cases) {
-        assert_eq!(row.name, case.name);
-        let RowOutcome::Skipped { reason } = &row.outcome else {
-            panic!("not skipped: {report}")
-        };
-        assert!(
-            reason.contains("Capabilities::l2_announcements"),
-            "{reason}"
-        );
-    }
-    assert!(made.iter().all(|f| f.calls().applies == 0));
+    let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+    common::assert_skipped_without(
+        &claims,
+        "Capabilities::l2_announcements",
+        &names,
+        |factory| run_l2(&lab, &cases, factory),
+    );
 }
 
 #[test]

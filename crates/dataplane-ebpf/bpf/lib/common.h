@@ -72,6 +72,7 @@
 #define CB_EV 2 /* dp_handle(): the events it owes: */
 #define EV_CREATED 1 /* lb_forward() or masquerade() wrote a new connection's entries */
 #define EV_ALLOWED 2 /* NetworkPolicy judged and allowed a new connection */
+#define CB_SCTP_PORTS 3 /* nat.h: an SCTP packet's ports word before its rewrites (0: none) */
 #define CB_HOST 4 /* host_policy.h: what its normal stage owes the packet after dp_handle() */
 
 /*

@@ -71,8 +71,20 @@ static __always_inline __u8 tcp_bits(const struct pkt *p, int reply)
 	__u8 bits = 0;
 
 	/* For UDP only "a reply was seen" matters (a longer timeout for streams). */
-	if (p->proto != IPPROTO_TCP)
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_SCTP)
 		return reply ? CT_TCP_REPLY : 0;
+	/* SCTP: an INIT-ACK (SYN|ACK) is not an opening; a COOKIE-ACK establishes. */
+	if (p->proto == IPPROTO_SCTP) {
+		if (p->tcp_flags & SCTPF_COOKIE_ACK)
+			bits |= CT_SCTP_ESTAB;
+		if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
+			bits |= CT_TCP_SYN;
+		if (p->tcp_flags & TCPF_RST)
+			bits |= CT_TCP_RST;
+		if (p->tcp_flags & TCPF_FIN)
+			bits |= reply ? CT_TCP_FIN_REV : CT_TCP_FIN_FWD;
+		return reply ? bits | CT_TCP_REPLY : bits;
+	}
 	if (p->tcp_flags & TCPF_SYN)
 		bits |= CT_TCP_SYN;
 	if (p->tcp_flags & TCPF_RST)
@@ -117,10 +129,11 @@ static __always_inline int ct_touch_reply(struct ct_entry *rev, const struct pkt
 	return fwd_too;
 }
 
-/* A new SYN on a flow that was closed (RST or FIN both ways) starts a new connection. */
+/* A new SYN (SCTP: INIT) on a flow that was closed (RST or FIN both ways; SCTP: ABORT or
+ * SHUTDOWN-COMPLETE, or SHUTDOWN and SHUTDOWN-ACK) starts a new connection. */
 static __always_inline int ct_is_reopen(const struct ct_entry *e, const struct pkt *p)
 {
-	if (p->proto != IPPROTO_TCP)
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_SCTP)
 		return 0;
 	if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
 		return 0;

@@ -129,7 +129,8 @@ static __noinline int dsr_forward4(struct __sk_buff *skb, struct pkt *p, const _
 	if (ret < 0)
 		return ret;
 	p->l4_off += DSR_OPT_LEN;
-	p->csum_off += DSR_OPT_LEN;
+	if (p->csum_off) /* SCTP has none */
+		p->csum_off += DSR_OPT_LEN;
 	stat_inc(STAT_DSR_FORWARDED);
 	return DP_NAT;
 }
@@ -185,7 +186,8 @@ static __noinline int dsr_forward6(struct __sk_buff *skb, struct pkt *p, const _
 	if (ret < 0)
 		return ret;
 	p->l4_off += DSR_OPT6_LEN;
-	p->csum_off += DSR_OPT6_LEN;
+	if (p->csum_off) /* SCTP has none */
+		p->csum_off += DSR_OPT6_LEN;
 	ret = nat_dst(skb, p, be_addr, be_port);
 	if (ret < 0)
 		return ret;
@@ -286,7 +288,7 @@ static __noinline int dsr_accept6(struct __sk_buff *skb, struct pkt *p)
 
 	if (p->family != DP_AF_INET6 || p->opaque != PKT_EXT ||
 	    p->l4_off - p->l3_off != IPV6_BASE_LEN + DSR_OPT6_LEN ||
-	    (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+	    (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP))
 		return DP_PASS;
 	if (bpf_skb_load_bytes(skb, p->l3_off + offsetof(struct ipv6hdr, nexthdr), &nexthdr, 1) < 0 ||
 	    nexthdr != IPPROTO_DSTOPTS)

@@ -316,6 +316,29 @@ static __noinline void ev_after(struct __sk_buff *skb, const struct pkt *p,
 					   EV_DIR_ORIGINAL));
 }
 
+/**
+ * sctp_crc_fix() - the CRC32c of an SCTP packet whose ports word went from
+ * skb->cb[CB_SCTP_PORTS] to what the packet holds now (csum.h sctp_crc_update()); and a
+ * CHECKSUM_COMPLETE skb's csum for both changes (the ports' change of the packet's
+ * one's-complement sum, which no L4 checksum offsets as TCP's and UDP's do, and the CRC's).
+ */
+static __noinline void sctp_crc_fix(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u32 hdr[SCTP_HDR_LEN / 4];
+	__u32 old = skb->cb[CB_SCTP_PORTS];
+	__u32 crc;
+	__s64 diff;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off, hdr, sizeof(hdr)) < 0 || hdr[0] == old)
+		return;
+	diff = bpf_csum_diff(&old, 4, hdr, 4, 0);
+	if (diff >= 0)
+		bpf_csum_update(skb, diff);
+	crc = sctp_crc_update(hdr[SCTP_CRC_OFF / 4], old, hdr[0], p->sctp_len);
+	if (crc != hdr[SCTP_CRC_OFF / 4])
+		bpf_skb_store_bytes(skb, p->l4_off + SCTP_CRC_OFF, &crc, 4, BPF_F_RECOMPUTE_CSUM);
+}
+
 static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 {
 	struct ct_key k; /* the packet's tuple as it arrived (TCP/UDP: l4) */
@@ -330,6 +353,7 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	 * > 0). In skb->cb, not a local: dp_from_pod's frame has no room for one more spilled
 	 * value. */
 	skb->cb[CB_EV] = 0;
+	skb->cb[CB_SCTP_PORTS] = 0;
 	/* Before anything else holds stack: dp_from_pod's deepest call chain is at the limit. */
 	if (ctx == CTX_FROM_POD && pol_spoofed(skb)) {
 		/* (counted in STAT_SPOOFED and STAT_DROPPED there) */
@@ -410,6 +434,8 @@ static __always_inline int dp_handle(struct __sk_buff *skb, int ctx)
 	 * was (a spilled value more and its deepest call chain outgrows the stack). */
 	if (skb->cb[CB_EV] || ret < 0)
 		ev_after(skb, &p, l4 ? &k : NULL, ret, ctx);
+	if (skb->cb[CB_SCTP_PORTS])
+		sctp_crc_fix(skb, &p);
 	switch (ret) {
 	case DP_PASS:
 		if (l4 && ctx == CTX_FROM_POD)
@@ -520,8 +546,11 @@ static __always_inline int dp_handle_lo(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	skb->cb[CB_SVC_ID] = 0;
 	skb->cb[CB_BACKEND_ID] = 0;
+	skb->cb[CB_SCTP_PORTS] = 0;
 	ct = ct_lookup(&p);
 	ret = lb_reply(skb, &p, ct);
+	if (skb->cb[CB_SCTP_PORTS])
+		sctp_crc_fix(skb, &p);
 	if (ret == DP_NAT) {
 		/* A host-network backend on this node answered. To the host: already on lo, on
 		 * its way. To a pod (a connection from a pod masqueraded to this node): there. */
@@ -537,6 +566,8 @@ static __always_inline int dp_handle_lo(struct __sk_buff *skb)
 		else
 			created = !(ct->flags & CT_F_LOOPBACK);
 		ret = lb_forward(skb, &p, CTX_TO_UPLINK, ct);
+		if (skb->cb[CB_SCTP_PORTS])
+			sctp_crc_fix(skb, &p);
 		if (ret == DP_NAT) {
 			if (created)
 				lo_mark(skb, &p, created == 2);

@@ -123,7 +123,9 @@ static __always_inline void fix_inner_l4(__u8 *l4, __u32 quoted, __u8 proto, __s
 		check = (__u16 *)(l4 + 6);
 		if (*check)
 			*check = csum_update(*check, (__u32)diff) ?: 0xffff;
-	} else if (quoted >= 20) {
+	} else if (proto == IPPROTO_TCP && quoted >= 20) {
+		/* SCTP's CRC32c covers the whole quoted packet, of which an ICMP error holds 8
+		 * bytes: left as it is, as netfilter's sctp_manip_pkt() does for them. */
 		check = (__u16 *)(l4 + 16);
 		*check = csum_update(*check, (__u32)diff);
 	}
@@ -132,12 +134,12 @@ static __always_inline void fix_inner_l4(__u8 *l4, __u32 quoted, __u8 proto, __s
 /*
  * The "ports" of a quoted L4 header: TCP/UDP ports, or a quoted echo request's identifier
  * and 0 (@echo_type: ICMP_ECHO or ICMPV6_ECHO_REQUEST). Returns 1 for an echo request, 0 for
- * TCP/UDP, -1 for anything else.
+ * TCP/UDP/SCTP, -1 for anything else.
  */
 static __always_inline int quoted_ports(const __u8 *l4, __u8 proto, __u8 icmp_proto,
 					__u8 echo_type, __be16 *sport, __be16 *dport)
 {
-	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP) {
 		*sport = *(__be16 *)&l4[0];
 		*dport = *(__be16 *)&l4[2];
 		return 0;

@@ -296,6 +296,85 @@ static __always_inline __u32 l2_copy_len(__u32 len)
 	return len > L2_NA_LEN ? L2_NA_LEN : len;
 }
 
+/*
+ * The hook's own operations, for @ctx an xdp_md when @xdp, else an __sk_buff. @xdp is a
+ * constant at every call (l2_xdp() and l2_tc()): once inlined, only the hook's own branch is
+ * left, and the verifier sees no access of the other program type's context.
+ */
+static __always_inline __u32 l2_ctx_len(void *ctx, const int xdp)
+{
+	return xdp ? bpf_xdp_get_buff_len(ctx) : ((struct __sk_buff *)ctx)->len;
+}
+
+static __always_inline __u32 l2_ctx_ifindex(void *ctx, const int xdp)
+{
+	return xdp ? ((struct xdp_md *)ctx)->ingress_ifindex :
+		     ((struct __sk_buff *)ctx)->ingress_ifindex;
+}
+
+static __always_inline long l2_ctx_load(void *ctx, const int xdp, void *to, __u32 n)
+{
+	return xdp ? bpf_xdp_load_bytes(ctx, 0, to, n) : bpf_skb_load_bytes(ctx, 0, to, n);
+}
+
+/* The frame resized from @len to L2_NA_LEN bytes. */
+static __always_inline long l2_ctx_resize(void *ctx, const int xdp, __u32 len)
+{
+	return xdp ? bpf_xdp_adjust_tail(ctx, (int)L2_NA_LEN - (int)len) :
+		     bpf_skb_change_tail(ctx, L2_NA_LEN, 0);
+}
+
+/* BPF_F_RECOMPUTE_CSUM in TC: a CHECKSUM_COMPLETE skb's csum follows the new bytes, which
+ * the receiving end checks the advertisement's checksum with */
+static __always_inline long l2_ctx_store(void *ctx, const int xdp, const void *from, __u32 n)
+{
+	return xdp ? bpf_xdp_store_bytes(ctx, 0, (void *)from, n) :
+		     bpf_skb_store_bytes(ctx, 0, from, n, BPF_F_RECOMPUTE_CSUM);
+}
+
+/* What l2_respond() did. */
+#define L2_ANSWERED 1
+#define L2_BROKEN -2 /* resized, then not stored: the frame is no longer the request */
+
+/*
+ * The responder in either hook (@ctx and @xdp as for l2_ctx_len(); the frame @data..@end):
+ * L2_ANSWERED with the answer in place of the question and counted, L2_BROKEN, or L2_GO_ON
+ * (the packet untouched).
+ */
+static __always_inline int l2_respond(void *ctx, const int xdp, void *data, void *end)
+{
+	struct l2_value *st = NULL;
+	struct l2_cfg *cfg;
+	__u8 buf[L2_BUF] __attribute__((aligned(8)));
+	__u8 *f = buf + L2_HEAD;
+	__u32 len, n;
+	int out;
+
+	cfg = l2_begin(data, end);
+	if (!cfg)
+		return L2_GO_ON;
+	len = l2_ctx_len(ctx, xdp);
+	n = l2_copy_len(len);
+	if (!n)
+		return L2_GO_ON;
+	__builtin_memset(buf, 0, sizeof(buf));
+	if (l2_ctx_load(ctx, xdp, f, n))
+		return L2_GO_ON;
+	out = l2_answer(f, len, l2_ctx_ifindex(ctx, xdp), cfg->mac, &st);
+	if (!out || !st)
+		return L2_GO_ON;
+	if (out == L2_NA_LEN && len != L2_NA_LEN && l2_ctx_resize(ctx, xdp, len))
+		return L2_GO_ON;
+	if (out == L2_NA_LEN) {
+		if (l2_ctx_store(ctx, xdp, f, L2_NA_LEN))
+			return L2_BROKEN;
+	} else if (l2_ctx_store(ctx, xdp, f, L2_ARP_LEN)) {
+		return L2_GO_ON;
+	}
+	__sync_fetch_and_add(&st->responses, 1);
+	return L2_ANSWERED;
+}
+
 /**
  * l2_xdp() - the responder at XDP: XDP_TX with the answer, or L2_GO_ON (the packet
  * untouched).
@@ -304,39 +383,11 @@ static __always_inline __u32 l2_copy_len(__u32 len)
  * about the other. */
 static __noinline __attribute__((unused)) int l2_xdp(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct l2_value *st = NULL;
-	struct l2_cfg *cfg;
-	__u8 buf[L2_BUF] __attribute__((aligned(8)));
-	__u8 *f = buf + L2_HEAD;
-	__u32 len, n;
-	int out;
+	int r = l2_respond(ctx, 1, (void *)(long)ctx->data, (void *)(long)ctx->data_end);
 
-	cfg = l2_begin(data, end);
-	if (!cfg)
-		return L2_GO_ON;
-	len = bpf_xdp_get_buff_len(ctx);
-	n = l2_copy_len(len);
-	if (!n)
-		return L2_GO_ON;
-	__builtin_memset(buf, 0, sizeof(buf));
-	if (bpf_xdp_load_bytes(ctx, 0, f, n))
-		return L2_GO_ON;
-	out = l2_answer(f, len, ctx->ingress_ifindex, cfg->mac, &st);
-	if (!out || !st)
-		return L2_GO_ON;
-	if (out == L2_NA_LEN && len != L2_NA_LEN &&
-	    bpf_xdp_adjust_tail(ctx, (int)L2_NA_LEN - (int)len))
-		return L2_GO_ON;
-	if (out == L2_NA_LEN) {
-		if (bpf_xdp_store_bytes(ctx, 0, f, L2_NA_LEN))
-			return XDP_DROP; /* resized: no longer the request */
-	} else if (bpf_xdp_store_bytes(ctx, 0, f, L2_ARP_LEN)) {
-		return L2_GO_ON;
-	}
-	__sync_fetch_and_add(&st->responses, 1);
-	return XDP_TX;
+	if (r == L2_ANSWERED)
+		return XDP_TX;
+	return r == L2_BROKEN ? XDP_DROP : L2_GO_ON;
 }
 
 /**
@@ -345,40 +396,11 @@ static __noinline __attribute__((unused)) int l2_xdp(struct xdp_md *ctx)
  */
 static __noinline __attribute__((unused)) int l2_tc(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct l2_value *st = NULL;
-	struct l2_cfg *cfg;
-	__u8 buf[L2_BUF] __attribute__((aligned(8)));
-	__u8 *f = buf + L2_HEAD;
-	__u32 len, n;
-	int out;
+	int r = l2_respond(skb, 0, (void *)(long)skb->data, (void *)(long)skb->data_end);
 
-	cfg = l2_begin(data, end);
-	if (!cfg)
-		return L2_GO_ON;
-	len = skb->len;
-	n = l2_copy_len(len);
-	if (!n)
-		return L2_GO_ON;
-	__builtin_memset(buf, 0, sizeof(buf));
-	if (bpf_skb_load_bytes(skb, 0, f, n))
-		return L2_GO_ON;
-	out = l2_answer(f, len, skb->ingress_ifindex, cfg->mac, &st);
-	if (!out || !st)
-		return L2_GO_ON;
-	if (out == L2_NA_LEN && len != L2_NA_LEN && bpf_skb_change_tail(skb, L2_NA_LEN, 0))
-		return L2_GO_ON;
-	/* BPF_F_RECOMPUTE_CSUM: a CHECKSUM_COMPLETE skb's csum follows the new bytes, which the
-	 * receiving end checks the advertisement's checksum with */
-	if (out == L2_NA_LEN) {
-		if (bpf_skb_store_bytes(skb, 0, f, L2_NA_LEN, BPF_F_RECOMPUTE_CSUM))
-			return TC_ACT_SHOT; /* resized: no longer the request */
-	} else if (bpf_skb_store_bytes(skb, 0, f, L2_ARP_LEN, BPF_F_RECOMPUTE_CSUM)) {
-		return L2_GO_ON;
-	}
-	__sync_fetch_and_add(&st->responses, 1);
-	return bpf_redirect(skb->ifindex, 0);
+	if (r == L2_ANSWERED)
+		return bpf_redirect(skb->ifindex, 0);
+	return r == L2_BROKEN ? TC_ACT_SHOT : L2_GO_ON;
 }
 
 #endif

@@ -81,13 +81,16 @@ enum ct_flag {
 };
 
 /* State bits seen on a flow (ct_entry.tcp_state, kept in the forward entry); UDP uses
- * CT_TCP_REPLY only. */
+ * CT_TCP_REPLY only. SCTP uses them as parse.h sctp_flags() maps its chunks (INIT: SYN;
+ * SHUTDOWN, SHUTDOWN-ACK: FIN of their direction; ABORT, SHUTDOWN-COMPLETE: RST) and
+ * CT_SCTP_ESTAB for a COOKIE-ACK. */
 enum ct_tcp_state {
 	CT_TCP_SYN = 1 << 0,
 	CT_TCP_REPLY = 1 << 1,
 	CT_TCP_FIN_FWD = 1 << 2,
 	CT_TCP_FIN_REV = 1 << 3,
 	CT_TCP_RST = 1 << 4,
+	CT_SCTP_ESTAB = 1 << 5,
 };
 
 /* dp_config flags. */

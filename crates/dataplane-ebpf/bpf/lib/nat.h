@@ -43,6 +43,20 @@ static __always_inline int nat_addr(struct __sk_buff *skb, const struct pkt *p, 
 	return 0;
 }
 
+/*
+ * An SCTP packet's port rewrites leave its CRC32c to sctp_crc_fix() (hook.h): they note the
+ * ports word as it came in (skb->cb[CB_SCTP_PORTS], once per packet; dp_handle() and
+ * dp_handle_lo() clear it), and the fix runs once after the translation, whatever was
+ * rewritten. Not here: computing the CRC's change is a call, and below lb_forward() (400
+ * bytes of stack) the verifier's 512-byte limit for a call chain leaves no room for one more
+ * frame (each counts at least 32 bytes).
+ */
+static __always_inline void sctp_note_ports(struct __sk_buff *skb, const struct pkt *p)
+{
+	if (p->proto == IPPROTO_SCTP && !skb->cb[CB_SCTP_PORTS])
+		skb->cb[CB_SCTP_PORTS] = ports_word(p->sport, p->dport);
+}
+
 static __always_inline int nat_port(struct __sk_buff *skb, const struct pkt *p, __u32 port_off,
 				    __be16 old, __be16 new)
 {
@@ -50,6 +64,7 @@ static __always_inline int nat_port(struct __sk_buff *skb, const struct pkt *p, 
 
 	if (old == new)
 		return 0;
+	sctp_note_ports(skb, p);
 	if (p->proto == IPPROTO_UDP)
 		l4_flags |= BPF_F_MARK_MANGLED_0;
 	if (p->csum_off && bpf_l4_csum_replace(skb, p->csum_off, old, new, l4_flags) < 0)
@@ -72,7 +87,7 @@ static __always_inline __u32 daddr_off(const struct pkt *p)
 }
 
 /*
- * Rewrite an IPv4 TCP/UDP packet's destination (@dst) or source to @addr:@port. The L4
+ * Rewrite an IPv4 TCP/UDP/SCTP packet's destination (@dst) or source to @addr:@port. The L4
  * checksum goes through the helper: only it knows whether the skb's checksum is partial (a
  * veth's usually is), which changes how the pseudo-header part is updated. The addresses, the
  * header checksum and the port are written directly into the packet: two helper calls (each
@@ -101,6 +116,8 @@ static __always_inline int nat4(struct __sk_buff *skb, struct pkt *p, int dst, _
 		    bpf_l4_csum_replace(skb, p->csum_off, old_port, port, l4_flags | 2) < 0)
 			return DROP_INVALID;
 	}
+	if (old_port != port)
+		sctp_note_ports(skb, p);
 	/* The helpers moved the packet: look again. */
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;

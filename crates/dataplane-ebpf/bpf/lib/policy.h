@@ -255,7 +255,8 @@ static __always_inline __u8 pol_tcp_bits(__u8 proto, __u8 tcp_flags)
 {
 	__u8 bits = 0;
 
-	if (proto != IPPROTO_TCP)
+	/* SCTP: parse.h sctp_flags() gives its chunks TCP's flags. */
+	if (proto != IPPROTO_TCP && proto != IPPROTO_SCTP)
 		return 0;
 	if (tcp_flags & TCPF_SYN)
 		bits |= CT_TCP_SYN;
@@ -263,6 +264,8 @@ static __always_inline __u8 pol_tcp_bits(__u8 proto, __u8 tcp_flags)
 		bits |= CT_TCP_FIN_FWD;
 	if (tcp_flags & TCPF_RST)
 		bits |= CT_TCP_RST;
+	if (proto == IPPROTO_SCTP && (tcp_flags & SCTPF_COOKIE_ACK))
+		bits |= CT_SCTP_ESTAB;
 	return bits;
 }
 
@@ -368,7 +371,8 @@ static __noinline int pol_check(const struct ct_key *k, const __u32 *peer, __be1
 	 * cluster policy or the baseline selects it. */
 	__u8 iso = dir == POL_DIR_EGRESS ? (POL_F_ISO_EGRESS | POL_F_TIERS_EGRESS)
 					 : (POL_F_ISO_INGRESS | POL_F_TIERS_INGRESS);
-	int syn = k->proto == IPPROTO_TCP && (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+	int syn = (k->proto == IPPROTO_TCP || k->proto == IPPROTO_SCTP) &&
+		  (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 	struct pol_addr *me, *them;
 	struct pol_query q;
 	struct pol_ct *e;

@@ -6,7 +6,7 @@
  *                           |     `--XDP_DROP: outside the frontend's source ranges
  *                           +--XDP_PASS (untouched)--> [dp_from_uplink] (TC) --> ...
  *
- * Only IPv4 (no options, no fragment) and IPv6 (no extension header) TCP/UDP to an external
+ * Only IPv4 (no options, no fragment) and IPv6 (no extension header) TCP/UDP/SCTP to an external
  * frontend whose backend is on another node is handled, in the modes lb_forward() uses for
  * it: DSR (as in lb_forward(): destination rewritten, source kept, the frontend in an IPv4
  * option or an IPv6 destination-options header, byte-identical to dsr_forward()) and SNAT
@@ -29,7 +29,7 @@
  * The packet is changed with direct packet access and incremental checksums (RFC 1624): the
  * IPv4 header checksum, and the TCP/UDP checksum for the ports and the pseudo header's
  * addresses (IPv6: all 16 bytes of each; IPv6 has no header checksum, so its hop limit is
- * decremented as it is). XDP has no CHECKSUM_PARTIAL state, so the L4 checksum must be
+ * decremented as it is); SCTP's CRC32c for the ports only (csum.h sctp_crc_update()). XDP has no CHECKSUM_PARTIAL state, so the L4 checksum must be
  * complete, as it is from a NIC. The FIB lookup for the new destination comes before any
  * write: a packet we cannot route is passed with no trace.
  */
@@ -71,8 +71,11 @@ struct xdp_xlate {
 	__u8 dmac[ETH_ALEN];
 };
 
-/* The ports (and TCP flags and sequence number) of @p, whose TCP/UDP header is at @l4_off. */
-static __always_inline int xdp_parse_l4(struct pkt *p, void *data, void *end, __u32 l4_off)
+/* The ports (and TCP flags and sequence number; SCTP's first chunk) of @p, whose TCP, UDP or
+ * SCTP header is at @l4_off; @l3_len: the IP payload's length (SCTP's CRC32c update needs
+ * it: the frame may be longer, padded). */
+static __always_inline int xdp_parse_l4(struct pkt *p, void *data, void *end, __u32 l4_off,
+					__u32 l3_len)
 {
 	void *l4 = data + l4_off;
 
@@ -99,11 +102,22 @@ static __always_inline int xdp_parse_l4(struct pkt *p, void *data, void *end, __
 		p->csum_off = l4_off + offsetof(struct udphdr, check);
 		return 1;
 	}
+	if (p->proto == IPPROTO_SCTP) {
+		__u8 *sh = l4;
+
+		if ((void *)(sh + SCTP_MIN_LEN) > end)
+			return 0;
+		p->sport = *(__be16 *)&sh[0];
+		p->dport = *(__be16 *)&sh[2];
+		p->tcp_flags = sctp_flags(sh[SCTP_HDR_LEN]);
+		p->sctp_len = l3_len;
+		return 1;
+	}
 	return 0;
 }
 
 /**
- * xdp_parse() - fill @p from a TCP/UDP packet over IPv4 without options or fragmentation, or
+ * xdp_parse() - fill @p from a TCP/UDP/SCTP packet over IPv4 without options or fragmentation, or
  * over IPv6 without extension headers.
  * Returns 1 for such a packet, 0 for anything else (passed to TC as it is).
  */
@@ -133,7 +147,8 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 		p->proto = ip->protocol;
 		p->saddr[0] = ip->saddr;
 		p->daddr[0] = ip->daddr;
-		return xdp_parse_l4(p, data, end, XDP_L4_OFF4);
+		return xdp_parse_l4(p, data, end, XDP_L4_OFF4,
+				    bpf_ntohs(ip->tot_len) - IPV4_BASE_LEN);
 	}
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -151,20 +166,11 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 		p->proto = ip6->nexthdr;
 		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
-		return xdp_parse_l4(p, data, end, XDP_L4_OFF6);
+		return xdp_parse_l4(p, data, end, XDP_L4_OFF6, bpf_ntohs(ip6->payload_len));
 	}
 	return 0;
 }
 
-/* The first 32-bit word of a TCP/UDP header: both ports, in packet order. */
-static __always_inline __u32 ports_word(__be16 sport, __be16 dport)
-{
-	__u32 w;
-
-	((__be16 *)&w)[0] = sport;
-	((__be16 *)&w)[1] = dport;
-	return w;
-}
 
 /*
  * Whether a new flow to a backend of @svc on another node goes with DSR: lb_forward()'s rule,
@@ -245,9 +251,9 @@ static __always_inline __u64 xdp_addr_delta(__u64 acc, const __u32 *old, const _
 }
 
 /*
- * The TCP/UDP header at @l4 for @x: the ports, and the checksum for them and for @acc, the
- * change of the pseudo header's addresses (the same words for both families, 1 or 4 per
- * address). Returns 0, or -1 when the header is not all in the packet.
+ * The TCP/UDP/SCTP header at @l4 for @x: the ports, and the checksum for them and for @acc,
+ * the change of the pseudo header's addresses (the same words for both families, 1 or 4 per
+ * address; SCTP's CRC32c covers no addresses, only the ports change it). Returns 0, or -1 when the header is not all in the packet.
  */
 static __always_inline int xdp_l4_rewrite(const struct pkt *p, const struct xdp_xlate *x,
 					  void *l4, void *end, __u64 acc)
@@ -260,7 +266,15 @@ static __always_inline int xdp_l4_rewrite(const struct pkt *p, const struct xdp_
 	acc = csum_delta(acc, ports_word(p->sport, p->dport), ports_word(x->sport, x->dport));
 	((__be16 *)l4)[0] = x->sport;
 	((__be16 *)l4)[1] = x->dport;
-	if (p->proto == IPPROTO_TCP) {
+	if (p->proto == IPPROTO_SCTP) {
+		/* No pseudo header: the addresses leave the CRC32c alone (csum.h). */
+		__u32 *crc = l4 + SCTP_CRC_OFF;
+
+		if ((void *)(crc + 1) > end)
+			return -1;
+		*crc = sctp_crc_update(*crc, ports_word(p->sport, p->dport),
+				       ports_word(x->sport, x->dport), p->sctp_len);
+	} else if (p->proto == IPPROTO_TCP) {
 		if (l4 + sizeof(struct tcphdr) > end)
 			return -1;
 		l4_check = l4 + offsetof(struct tcphdr, check);
@@ -687,10 +701,9 @@ static __noinline int xdp_new_flow(struct xdp_md *ctx, struct pkt *p)
 }
 
 /*
- * The ports (and TCP flags) of @hp, whose TCP/UDP header is at @l4_off of the packet from
- * @data to @end; nothing for another protocol (SCTP's ports are not parsed, as in TC's
- * parse_packet(): user space refuses rules with SCTP ports). Returns 0, or -1 when the
- * header is cut short (TC finds what there is). (@data and @end are the caller's: loaded
+ * The ports (and TCP flags) of @hp, whose TCP/UDP/SCTP header is at @l4_off of the packet
+ * from @data to @end; nothing for another protocol. Returns 0, or -1 when the header is cut
+ * short (TC finds what there is). (@data and @end are the caller's: loaded
  * from the context again here, clang may merge the loads into a shift of data_end, which
  * the verifier refuses.)
  */
@@ -699,7 +712,7 @@ static __always_inline int host_xdp_ports(struct host_pkt *hp, void *data, void 
 {
 	__u8 *l4;
 
-	if (hp->proto != IPPROTO_TCP && hp->proto != IPPROTO_UDP)
+	if (hp->proto != IPPROTO_TCP && hp->proto != IPPROTO_UDP && hp->proto != IPPROTO_SCTP)
 		return 0;
 	l4_off &= 0xff;
 	l4 = data + l4_off;

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a part
 
 pub mod pins;
+pub mod sctp;
 pub mod wire;
 
 use std::net::IpAddr;

@@ -42,6 +42,15 @@ pub enum L4 {
         /// Destination port.
         dport: u16,
     },
+    /// SCTP (its `CRC32c` checked).
+    Sctp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+        /// The first chunk's type.
+        chunk: u8,
+    },
     /// ICMP or `ICMPv6`.
     Icmp {
         /// Type.
@@ -205,6 +214,22 @@ fn parse_l4(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Result<L4, String
                 dport: u16::from_be_bytes([l4[2], l4[3]]),
             }
         }
+        132 => {
+            if l4.len() < 16 {
+                return Err("SCTP: short packet".into());
+            }
+            let mut zeroed = l4.to_vec();
+            zeroed[8..12].fill(0);
+            let field = u32::from_le_bytes(l4[8..12].try_into().expect("4 bytes"));
+            if crc32c::crc32c(&zeroed) != field {
+                return Err("SCTP: CRC32c wrong".into());
+            }
+            L4::Sctp {
+                sport: u16::from_be_bytes([l4[0], l4[1]]),
+                dport: u16::from_be_bytes([l4[2], l4[3]]),
+                chunk: l4[12],
+            }
+        }
         1 | 58 => {
             if l4.len() < 8 {
                 return Err("ICMP: short header".into());
@@ -234,7 +259,9 @@ impl Frame {
     /// The transport ports (source, destination); `None` for ICMP.
     pub fn ports(&self) -> Option<(u16, u16)> {
         match self.l4 {
-            L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => Some((sport, dport)),
+            L4::Tcp { sport, dport, .. }
+            | L4::Udp { sport, dport }
+            | L4::Sctp { sport, dport, .. } => Some((sport, dport)),
             L4::Icmp { .. } => None,
         }
     }

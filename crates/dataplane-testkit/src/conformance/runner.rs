@@ -148,6 +148,42 @@ pub(super) fn reset_all(planes: &mut [Box<dyn Dataplane>], report: &mut Report) 
     }
 }
 
+/// Whether the case called `name` runs under `only` (what [`row_filter`] returned): every
+/// case without a filter, else those whose names contain one of its parts.
+pub(super) fn row_chosen(only: Option<&[String]>, name: &str) -> bool {
+    only.is_none_or(|o| o.iter().any(|part| name.contains(part.as_str())))
+}
+
+/// The end of a table's run: every backend reset ([`reset_all`]) and, when `verbose`, the
+/// report's summary printed.
+pub(super) fn finish(
+    planes: &mut [Box<dyn Dataplane>],
+    mut report: Report,
+    verbose: bool,
+) -> Report {
+    reset_all(planes, &mut report);
+    if verbose {
+        eprintln!("{}", report.summary());
+    }
+    report
+}
+
+/// The row of a case that a backend called `dataplane` does not run for lack of a capability
+/// (`lacking`: what it has none of, and the capability's name): failed when the case's table
+/// check found problems (`table`), else one visible skipped row.
+pub(super) fn not_run(table: Vec<String>, dataplane: &str, lacking: &str) -> RowOutcome {
+    if table.is_empty() {
+        RowOutcome::Skipped {
+            reason: format!("{dataplane} has no {lacking}"),
+        }
+    } else {
+        RowOutcome::Failed {
+            table,
+            traffic: Vec::new(),
+        }
+    }
+}
+
 /// Fails a passed row whose single backend differs from its `consistent_with` row's.
 fn check_consistency(
     case: &Case,

@@ -17,8 +17,8 @@ use crate::traffic::{serve, BatchOutcome, BatchProbe, ProbeOutcome, Server, TcpS
 use super::super::policy::runner::{reprobes, seen};
 use super::super::report::{Report, RowOutcome};
 use super::super::runner::{
-    next_source_port, probe_again, probe_clients, reset_all, row_filter, start, unspecified,
-    ClientBatch,
+    finish, next_source_port, not_run, probe_again, probe_clients, row_chosen, row_filter, start,
+    unspecified, ClientBatch,
 };
 use super::case::{HostCase, HostProbe, HostStep, Meaning, Party, Target};
 use super::table::{
@@ -302,10 +302,7 @@ pub fn run_host_with(
     let only = row_filter();
     let chosen: Vec<HostCase> = cases
         .iter()
-        .filter(|c| {
-            only.as_ref()
-                .is_none_or(|o| o.iter().any(|part| c.name.contains(part.as_str())))
-        })
+        .filter(|c| row_chosen(only.as_deref(), &c.name))
         .cloned()
         .collect();
     if caps.host_policy {
@@ -331,28 +328,15 @@ pub fn run_host_with(
         }
     } else {
         for case in &chosen {
-            let table = check_case(spec, case, &run.families);
-            let outcome = if table.is_empty() {
-                RowOutcome::Skipped {
-                    reason: format!(
-                        "{} has no host endpoint policy (Capabilities::host_policy)",
-                        caps.dataplane
-                    ),
-                }
-            } else {
-                RowOutcome::Failed {
-                    table,
-                    traffic: Vec::new(),
-                }
-            };
+            let outcome = not_run(
+                check_case(spec, case, &run.families),
+                &caps.dataplane,
+                "host endpoint policy (Capabilities::host_policy)",
+            );
             run.push(&case.name, outcome);
         }
     }
-    reset_all(&mut planes, &mut report);
-    if options.verbose {
-        eprintln!("{}", report.summary());
-    }
-    report
+    finish(&mut planes, report, options.verbose)
 }
 
 /// One run's context.

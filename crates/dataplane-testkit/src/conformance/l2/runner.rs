@@ -16,7 +16,8 @@ use crate::traffic::{probe_batch, serve, BatchOutcome, BatchProbe, Server};
 
 use super::super::report::{Report, RowOutcome};
 use super::super::runner::{
-    lab_families as families, next_source_port, probe_again, reset_all, row_filter, start,
+    finish, lab_families as families, next_source_port, not_run, probe_again, row_chosen,
+    row_filter, start,
 };
 use super::table::{
     frontend_address, node_states, Frontend, L2Case, L2Check, L2Step, CLIENT, NODE_PORT,
@@ -191,10 +192,9 @@ pub fn run_l2_with(
         macs: Vec::new(),
         report: &mut report,
     };
-    let chosen = cases.iter().filter(|c| {
-        only.as_ref()
-            .is_none_or(|o| o.iter().any(|part| c.name.contains(part.as_str())))
-    });
+    let chosen = cases
+        .iter()
+        .filter(|c| row_chosen(only.as_deref(), &c.name));
     let prepared = if caps.l2_announcements {
         run.prepare()
     } else {
@@ -212,24 +212,13 @@ pub fn run_l2_with(
             run.macs = macs;
             for case in chosen {
                 let table = check_case(spec, case);
-                if !table.is_empty() {
-                    run.push(
-                        &case.name,
-                        RowOutcome::Failed {
-                            table,
-                            traffic: Vec::new(),
-                        },
+                if !table.is_empty() || !caps.l2_announcements {
+                    let outcome = not_run(
+                        table,
+                        &caps.dataplane,
+                        "L2 announcements (Capabilities::l2_announcements)",
                     );
-                } else if !caps.l2_announcements {
-                    run.push(
-                        &case.name,
-                        RowOutcome::Skipped {
-                            reason: format!(
-                                "{} has no L2 announcements (Capabilities::l2_announcements)",
-                                caps.dataplane
-                            ),
-                        },
-                    );
+                    run.push(&case.name, outcome);
                 } else {
                     let started = Instant::now();
                     run.case(case, &mut planes);
@@ -240,11 +229,7 @@ pub fn run_l2_with(
             }
         }
     }
-    reset_all(&mut planes, &mut report);
-    if options.verbose {
-        eprintln!("{}", report.summary());
-    }
-    report
+    finish(&mut planes, report, options.verbose)
 }
 
 /// One run's context.

@@ -17,7 +17,7 @@ use crate::traffic::{
 };
 
 use super::super::report::{Report, RowOutcome};
-use super::super::runner::{probe_clients, reset_all, row_filter, start, ClientBatch};
+use super::super::runner::{finish, probe_clients, row_chosen, row_filter, start, ClientBatch};
 use super::case::PolicyCase;
 use super::layout::{
     cluster_ip, node_of, node_states, pod_name, World, NAMESPACES, PODS, POD_COUNT, POLICY_LAB,
@@ -368,12 +368,10 @@ pub fn run_policy_with(
     match prepared {
         Ok(servers) => {
             let only = row_filter();
-            for case in cases {
-                if let Some(only) = &only {
-                    if !only.iter().any(|part| case.name.contains(part.as_str())) {
-                        continue;
-                    }
-                }
+            for case in cases
+                .iter()
+                .filter(|c| row_chosen(only.as_deref(), &c.name))
+            {
                 let started = Instant::now();
                 run.case(case, &mut planes);
                 if options.verbose {
@@ -384,11 +382,7 @@ pub fn run_policy_with(
         }
         Err(e) => run.push("prepare the lab", failed(Vec::new(), vec![e])),
     }
-    reset_all(&mut planes, &mut report);
-    if options.verbose {
-        eprintln!("{}", report.summary());
-    }
-    report
+    finish(&mut planes, report, options.verbose)
 }
 
 fn failed(table: Vec<String>, traffic: Vec<String>) -> RowOutcome {
