@@ -673,10 +673,7 @@ fn by_service<'a>(
     services
         .into_iter()
         .filter(|s| s.l2_announce)
-        .map(|s| {
-            let addresses = s.load_balancer_ips.iter().chain(&s.external_ips).copied();
-            (s.name.clone(), addresses.collect())
-        })
+        .map(|s| (s.name.clone(), dataplane_core::l2::announced_by(s)))
         .collect()
 }
 
