@@ -1,10 +1,10 @@
 //! Echo-who-I-am servers and the probes that talk to them.
 //!
-//! A server answers every TCP request line and every UDP datagram with
-//! `"<name> <peer-ip>:<peer-port>\n"`: the backend's name tells a test *which* backend a
-//! service picked, the peer address tells it which source address survived the dataplane's
-//! NAT. One thread per served namespace polls all of its sockets (TCP and UDP, IPv4 and
-//! IPv6); it checks a stop flag every 50 ms, so dropping the [`Server`] closes every socket
+//! A server answers every TCP request line, every UDP datagram and every SCTP request (over
+//! raw sockets: the `sctp` module) with `"<name> <peer-ip>:<peer-port>\n"`: the backend's
+//! name tells a test *which* backend a service picked, the peer address tells it which
+//! source address survived the dataplane's NAT. One thread per served namespace polls all of
+//! its sockets (TCP, UDP and raw SCTP, IPv4 and IPv6); it checks a stop flag every 50 ms, so dropping the [`Server`] closes every socket
 //! and ends the thread, which releases the namespace.
 
 use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
@@ -24,6 +24,8 @@ use nix::sys::socket::{
 };
 
 use crate::netns::{NetNs, NetNsError};
+
+mod sctp;
 
 /// Timeout of [`TcpSession`] connects and requests unless changed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,11 +56,15 @@ pub enum TrafficError {
         /// The answer.
         reply: String,
     },
-    /// The protocol has no server or probe.
-    #[error("{protocol} probes are not supported")]
-    Unsupported {
-        /// The protocol.
-        protocol: Protocol,
+    /// An SCTP packet of a probe's association had a wrong `CRC32c`: whatever rewrote it on
+    /// the way (a NAT changing a port) did not recompute the checksum. Seen by the probe in
+    /// an answer, or by the server in the probe's packet (it says so in an ABORT).
+    #[error("{packet}: bad CRC32c ({detail})")]
+    BadChecksum {
+        /// Which packet, between which addresses.
+        packet: String,
+        /// The checksum found and the one the bytes give.
+        detail: String,
     },
     /// A [`TcpSession`] could not connect.
     #[error("tcp session to {destination}: {outcome:?}")]
@@ -127,8 +133,10 @@ pub(crate) fn stop_all(servers: &mut Vec<Server>) {
     servers.clear();
 }
 
-/// Starts TCP and UDP servers on `port` (IPv4 and, where the namespace has IPv6, IPv6)
-/// inside `netns`, answering with `name`. Returns once the sockets are bound.
+/// Starts TCP, UDP and SCTP servers on `port` (IPv4 and, where the namespace has IPv6,
+/// IPv6) inside `netns`, answering with `name`. Returns once the sockets are bound. SCTP is
+/// served over raw sockets (see the `sctp` module): an SCTP handshake to `port` and one
+/// DATA request are answered the same way.
 pub fn serve(netns: &NetNs, name: &str, port: u16) -> Result<Server, TrafficError> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -178,6 +186,7 @@ pub fn serve(netns: &NetNs, name: &str, port: u16) -> Result<Server, TrafficErro
 struct Sockets {
     listeners: Vec<TcpListener>,
     udp: Vec<UdpSocket>,
+    sctp: Vec<sctp::Responder>,
 }
 
 impl Sockets {
@@ -187,6 +196,7 @@ impl Sockets {
         let mut sockets = Sockets {
             listeners: Vec::new(),
             udp: Vec::new(),
+            sctp: Vec::new(),
         };
         for addr in [v4, v6] {
             let tcp = match bound_socket(addr, SockType::Stream) {
@@ -206,6 +216,9 @@ impl Sockets {
             };
             pktinfo.map_err(errno_err(format!("IP_PKTINFO on udp {addr}")))?;
             sockets.udp.push(UdpSocket::from(udp));
+            let raw = sctp::Responder::bind(addr.is_ipv6(), port)
+                .map_err(errno_err(format!("raw sctp socket for {addr}")))?;
+            sockets.sctp.push(raw);
         }
         Ok(sockets)
     }
@@ -281,7 +294,11 @@ impl Conn {
 }
 
 fn event_loop(name: &str, sockets: Sockets, stop: &AtomicBool) {
-    let Sockets { listeners, udp } = sockets;
+    let Sockets {
+        listeners,
+        udp,
+        sctp,
+    } = sockets;
     let mut conns: Vec<Conn> = Vec::new();
     while !stop.load(Ordering::Acquire) {
         let ready: Vec<bool> = {
@@ -292,6 +309,7 @@ fn event_loop(name: &str, sockets: Sockets, stop: &AtomicBool) {
                     udp.iter()
                         .map(|u| PollFd::new(u.as_fd(), PollFlags::POLLIN)),
                 )
+                .chain(sctp.iter().map(|s| PollFd::new(s.fd(), PollFlags::POLLIN)))
                 .chain(conns.iter().map(|c| {
                     let mut events = PollFlags::POLLIN;
                     if !c.output.is_empty() {
@@ -313,7 +331,11 @@ fn event_loop(name: &str, sockets: Sockets, stop: &AtomicBool) {
                 .collect()
         };
         let (ready_listeners, rest) = ready.split_at(listeners.len());
-        let (ready_udp, ready_conns) = rest.split_at(udp.len());
+        let (ready_udp, rest) = rest.split_at(udp.len());
+        let (ready_sctp, ready_conns) = rest.split_at(sctp.len());
+        for (responder, _) in sctp.iter().zip(ready_sctp).filter(|(_, r)| **r) {
+            responder.answer_pending(name);
+        }
 
         let mut keep = ready_conns.iter();
         let mut closed = Vec::new();
@@ -507,7 +529,7 @@ pub fn probe_from(
     match protocol {
         Protocol::Tcp => netns.run(|| probe_tcp(source, dst, timeout, Close::Normal))?,
         Protocol::Udp => netns.run(|| probe_udp(source, dst, timeout))?,
-        Protocol::Sctp => Err(TrafficError::Unsupported { protocol }),
+        Protocol::Sctp => netns.run(|| sctp::probe(source, dst, timeout))?,
     }
 }
 
@@ -899,12 +921,59 @@ pub fn probe_batch(
     netns: &NetNs,
     probes: &[BatchProbe],
 ) -> Result<Vec<BatchOutcome>, TrafficError> {
-    if let Some(p) = probes.iter().find(|p| p.protocol == Protocol::Sctp) {
-        return Err(TrafficError::Unsupported {
-            protocol: p.protocol,
-        });
+    type Indexed<'p> = Vec<(usize, &'p BatchProbe)>;
+    let (sctp_probes, others): (Indexed<'_>, Indexed<'_>) = probes
+        .iter()
+        .enumerate()
+        .partition(|(_, p)| p.protocol == Protocol::Sctp);
+    if sctp_probes.is_empty() {
+        return netns.run(|| run_batch(probes))?;
     }
-    netns.run(|| run_batch(probes))?
+    // SCTP probes are whole exchanges of their own (`sctp::probe`): each runs on a thread
+    // of its own, all at the same time as the TCP and UDP ones.
+    let mut outcomes: Vec<Option<BatchOutcome>> = vec![None; probes.len()];
+    std::thread::scope(|scope| -> Result<(), TrafficError> {
+        let threads: Vec<_> = sctp_probes
+            .iter()
+            .map(|&(i, p)| {
+                let p = *p;
+                let source = p
+                    .source_port
+                    .map(|port| SocketAddr::new(unspecified_of(p.destination), port));
+                scope.spawn(move || {
+                    (
+                        i,
+                        netns.run(|| sctp::probe(source, p.destination, p.timeout)),
+                    )
+                })
+            })
+            .collect();
+        let rest: Vec<BatchProbe> = others.iter().map(|(_, p)| **p).collect();
+        let ended = netns.run(|| run_batch(&rest));
+        for thread in threads {
+            let (i, outcome) = thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            outcomes[i] = Some(BatchOutcome::Ended(outcome??));
+        }
+        for ((i, _), outcome) in others.iter().zip(ended??) {
+            outcomes[*i] = Some(outcome);
+        }
+        Ok(())
+    })?;
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.expect("every probe of the batch ended"))
+        .collect())
+}
+
+/// The unspecified address of `dst`'s family.
+fn unspecified_of(dst: SocketAddr) -> IpAddr {
+    if dst.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    }
 }
 
 /// A probe of a batch on its way.
@@ -1027,14 +1096,9 @@ impl InFlight {
 /// Opens a batch probe's socket and sends what can be sent at once.
 fn start_probe(probe: BatchProbe) -> Result<InFlight, TrafficError> {
     let dst = probe.destination;
-    let source = probe.source_port.map(|port| {
-        let ip = if dst.is_ipv4() {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        };
-        SocketAddr::new(ip, port)
-    });
+    let source = probe
+        .source_port
+        .map(|port| SocketAddr::new(unspecified_of(dst), port));
     let mut flight = InFlight {
         probe,
         started: Instant::now(),
@@ -1188,7 +1252,7 @@ pub fn measure(
     let exchange = match protocol {
         Protocol::Tcp => |source, dst, timeout| probe_tcp(source, dst, timeout, Close::Abort),
         Protocol::Udp => probe_udp,
-        Protocol::Sctp => return Err(TrafficError::Unsupported { protocol }),
+        Protocol::Sctp => sctp::probe,
     };
     netns.run(|| {
         let mut m = Measurement::default();

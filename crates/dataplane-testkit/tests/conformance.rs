@@ -55,9 +55,11 @@ fn no_services(_lab: &Lab) -> Vec<Service> {
     Vec::new()
 }
 
+/// Plain routing between the lab's boxes in TCP, UDP and SCTP (raw-socket probes and
+/// servers) and both families.
 fn routing_rows() -> Vec<Case> {
     let mut cases = Vec::new();
-    for protocol in [Protocol::Tcp, Protocol::Udp] {
+    for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
         for family in [IpFamily::V4, IpFamily::V6] {
             let tag = format!("{protocol} {family:?}");
             let row = |name: &str, client, pod| {
@@ -193,10 +195,12 @@ fn a_backend_that_does_not_deliver_fails_its_rows() {
     }
     let lab = Lab::new(STANDARD_LAB).unwrap();
     let made = Made::default();
-    // Claims TCP and UDP load balancing but programs nothing.
+    // Claims TCP, UDP and SCTP load balancing but programs nothing.
     let mut claims = null_caps();
     claims.dataplane = "liar".to_owned();
-    claims.protocols = [Protocol::Tcp, Protocol::Udp].into_iter().collect();
+    claims.protocols = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+        .into_iter()
+        .collect();
     let cases: Vec<Case> = standard_cases()
         .into_iter()
         .filter(|c| {
@@ -204,19 +208,20 @@ fn a_backend_that_does_not_deliver_fails_its_rows() {
                 "clusterip other node tcp",
                 "clusterip other node udp",
                 "no backends tcp",
+                "matrix: pod on another node to clusterip ipv4 sctp",
             ]
             .contains(&c.name.as_str())
         })
         .collect();
-    assert_eq!(cases.len(), 3);
+    assert_eq!(cases.len(), 4);
     let options = conformance::RunOptions {
         timeout: std::time::Duration::from_millis(500),
         ..conformance::RunOptions::default()
     };
     let report = conformance::run_with(&lab, &cases, &mut factory(claims, &made), &options);
-    assert_eq!(report.failed().count(), 3, "{report}");
+    assert_eq!(report.failed().count(), 4, "{report}");
     // Each node's fake accepted every row's state: the rows fail on traffic alone.
-    assert_eq!(applies(&made), 2 * 3);
+    assert_eq!(applies(&made), 2 * 4);
     for row in report.failed() {
         let RowOutcome::Failed { table, traffic } = &row.outcome else {
             unreachable!()

@@ -31,7 +31,7 @@ fn spec(ipv6: bool) -> LabSpec {
 fn expect_direct(lab: &Lab, netns: &NetNs, client_ip: IpAddr, dst_pod: usize, family: Family) {
     let pod = lab.pod(dst_pod);
     let dst = SocketAddr::new(pod.address(family).unwrap(), SERVER_PORT);
-    for protocol in [Protocol::Tcp, Protocol::Udp] {
+    for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
         let outcome = probe(netns, dst, protocol, TIMEOUT).unwrap();
         match outcome {
             ProbeOutcome::Answered {
@@ -247,12 +247,14 @@ fn serve_runs_anywhere_and_stops_on_drop() {
     let node = lab.node(0);
     let server = serve(&node.netns, "node-0-host", 9000).unwrap();
     let dst = SocketAddr::new(node.addresses[0], 9000);
-    for protocol in [Protocol::Tcp, Protocol::Udp] {
+    for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
         let outcome = probe(&lab.pod(2).netns, dst, protocol, TIMEOUT).unwrap();
         assert_eq!(outcome.backend(), Some("node-0-host"), "{outcome:?}");
     }
     drop(server);
-    for protocol in [Protocol::Tcp, Protocol::Udp] {
+    // SCTP: the node has no SCTP then (no raw socket takes the INIT), and answers with ICMP
+    // protocol unreachable.
+    for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
         let outcome = probe(&lab.pod(2).netns, dst, protocol, TIMEOUT).unwrap();
         assert_eq!(
             outcome,
@@ -279,7 +281,7 @@ fn udp_answers_come_from_the_address_asked() {
         .unwrap();
     let _server = serve(&node.netns, "vip", 9001).unwrap();
     let dst: SocketAddr = "172.18.100.1:9001".parse().unwrap();
-    for protocol in [Protocol::Udp, Protocol::Tcp] {
+    for protocol in [Protocol::Udp, Protocol::Tcp, Protocol::Sctp] {
         let outcome = probe(&lab.external(0).netns, dst, protocol, TIMEOUT).unwrap();
         assert_eq!(outcome.backend(), Some("vip"), "{protocol}: {outcome:?}");
     }
@@ -292,7 +294,7 @@ fn measure_counts_answers_and_failures() {
     }
     let lab = Lab::new(spec(false)).unwrap();
     let dst = SocketAddr::new(lab.pod(3).addresses[0], SERVER_PORT);
-    for protocol in [Protocol::Tcp, Protocol::Udp] {
+    for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
         let m = dataplane_testkit::measure(&lab.pod(0).netns, dst, protocol, 50, TIMEOUT).unwrap();
         assert_eq!(m.latencies.len(), 50, "{protocol}: {m:?}");
         assert_eq!(m.backends.get("pod-1-1"), Some(&50));
@@ -382,7 +384,8 @@ fn probes_get_fresh_source_ports() {
 
 /// A batch sends every probe at once and reports each one's outcome in order: answers (from
 /// the fixed source port asked for, or a fresh one), refusals (no server), and drops (an nft
-/// rule on the node drops one port), in TCP and UDP; SCTP is refused as a whole.
+/// rule on the node drops one port), in TCP and UDP; and SCTP (the server's port is
+/// answered; a port nobody serves in a namespace that serves SCTP is not, no refusal).
 #[test]
 fn probe_batch_reports_every_probe_in_order() {
     if !require_root("probe_batch_reports_every_probe_in_order") {
@@ -398,7 +401,7 @@ fn probe_batch_reports_every_probe_in_order() {
             &["-f", "-"],
             Some(&format!(
                 "table inet drops {{\n chain dropper {{\n type filter hook forward priority 0;\n \
-                 ip daddr {server} meta l4proto {{ tcp, udp }} th dport 7000 drop\n }}\n}}\n"
+                 ip daddr {server} meta l4proto {{ tcp, udp, sctp }} th dport 7000 drop\n }}\n}}\n"
             )),
         )
         .unwrap();
@@ -457,11 +460,32 @@ fn probe_batch_reports_every_probe_in_order() {
         assert_eq!(o[2], ProbeOutcome::Refused.into(), "{protocol}");
         assert_eq!(o[3], ProbeOutcome::Timeout.into(), "{protocol}");
     }
-    let sctp = [batch(SERVER_PORT, Protocol::Sctp, None, TIMEOUT)];
-    assert!(matches!(
-        dataplane_testkit::probe_batch(&lab.pod(0).netns, &sctp),
-        Err(dataplane_testkit::TrafficError::Unsupported { .. })
-    ));
+    let sctp = [
+        batch(SERVER_PORT, Protocol::Sctp, Some(21_235), TIMEOUT),
+        batch(SERVER_PORT, Protocol::Sctp, None, TIMEOUT),
+        batch(9, Protocol::Sctp, None, short),
+        batch(7000, Protocol::Sctp, None, short),
+    ];
+    let outcomes = dataplane_testkit::probe_batch(&lab.pod(0).netns, &sctp).unwrap();
+    match &outcomes[0] {
+        BatchOutcome::Ended(ProbeOutcome::Answered {
+            backend,
+            seen_source,
+            local,
+            ..
+        }) => {
+            assert_eq!(backend, "pod-1-1");
+            assert_eq!(local.port(), 21_235);
+            assert_eq!(
+                *seen_source,
+                SocketAddr::new(lab.pod(0).addresses[0], 21_235)
+            );
+        }
+        other => panic!("sctp: {other:?}"),
+    }
+    assert_eq!(outcomes[1].backend(), Some("pod-1-1"), "{:?}", outcomes[1]);
+    assert_eq!(outcomes[2], ProbeOutcome::Timeout.into());
+    assert_eq!(outcomes[3], ProbeOutcome::Timeout.into());
 }
 
 /// A pod forges another pod's address (and, in IPv6, its node's) with `send_forged`; with

@@ -24,6 +24,7 @@ pub const STANDARD_LAB: LabSpec = LabSpec {
 
 const TCP_PORT: &str = "tcp";
 const UDP_PORT: &str = "udp";
+const SCTP_PORT: &str = "sctp";
 
 pub(super) fn backend(lab: &Lab, pod: usize, family: IpFamily) -> Backend {
     let p = lab.pod(pod);
@@ -320,9 +321,22 @@ fn every_frontend(lab: &Lab, name: &str, n: u8, pods: &[usize]) -> Service {
     s.backends = backends(lab, pods);
     s
 }
-/// The matrix service: one backend, pod 1 on node 0.
+/// `s` with an SCTP port beside its TCP and UDP ones: port 80 to the lab's server port, on
+/// the TCP port's NodePort number.
+fn with_sctp(mut s: Service) -> Service {
+    let node_port = s.ports.first().and_then(|p| p.node_port);
+    s.ports.push(ServicePort {
+        name: SCTP_PORT.to_owned(),
+        protocol: Protocol::Sctp,
+        port: 80,
+        target_port: SERVER_PORT,
+        node_port,
+    });
+    s
+}
+/// The matrix service: one backend, pod 1 on node 0; TCP, UDP and SCTP.
 fn matrix(lab: &Lab) -> Vec<Service> {
-    vec![every_frontend(lab, "mx", 1, &[1])]
+    vec![with_sctp(every_frontend(lab, "mx", 1, &[1]))]
 }
 /// externalTrafficPolicy Local, backends pod 1 (node 0) and pod 2 (node 1).
 fn external_local(lab: &Lab) -> Vec<Service> {
@@ -389,64 +403,56 @@ fn all_services(lab: &Lab) -> Vec<Service> {
     local.external_traffic_policy = TrafficPolicy::Local;
     vec![plain, local]
 }
-/// The matrix service with an SCTP port besides TCP and UDP: a backend that cannot program
-/// SCTP leaves that port out (`ApplyReport::skipped`) and serves the rest.
+/// A service with an SCTP port besides TCP and UDP: a backend that cannot program SCTP
+/// leaves that port out (`ApplyReport::skipped`) and serves the rest.
 fn with_sctp_port(lab: &Lab) -> Vec<Service> {
-    let mut s = every_frontend(lab, "sctp", 12, &[2]);
-    s.ports.push(ServicePort {
-        name: "sctp".to_owned(),
-        protocol: Protocol::Sctp,
-        port: 80,
-        target_port: SERVER_PORT,
-        node_port: Some(31012),
-    });
-    vec![s]
+    vec![with_sctp(every_frontend(lab, "sctp", 12, &[2]))]
 }
-/// No backends, dual-stack: reject.
+/// No backends, dual-stack, TCP, UDP and SCTP: reject.
 fn no_backends_dual(lab: &Lab) -> Vec<Service> {
-    vec![every_frontend(lab, "empty6", 11, &[])]
+    vec![with_sctp(every_frontend(lab, "empty6", 11, &[]))]
 }
 fn masquerade_services(node: &mut Node) {
     node.masquerade.all_services = true;
 }
 
+/// A row in TCP and UDP (`<name> tcp`, `<name> udp`), each on the service port of its
+/// protocol.
 fn both(case: Case) -> [Case; 2] {
-    let udp = Case {
-        name: format!("{} udp", case.name),
-        ..case.clone()
+    [over(case.clone(), Protocol::Tcp), over(case, Protocol::Udp)]
+}
+
+/// `case` on its service's port of `protocol` (named after the protocol), named
+/// `<name> <protocol>`.
+fn over(case: Case, protocol: Protocol) -> Case {
+    let (tag, port) = match protocol {
+        Protocol::Tcp => ("tcp", TCP_PORT),
+        Protocol::Udp => ("udp", UDP_PORT),
+        Protocol::Sctp => ("sctp", SCTP_PORT),
+    };
+    let c = Case {
+        name: format!("{} {tag}", case.name),
+        ..case
     }
-    .protocol(Protocol::Udp);
-    let udp = match &udp.destination {
-        Destination::ClusterIp { service, .. } => Case {
-            destination: Destination::cluster_ip(service, UDP_PORT),
-            ..udp
-        },
-        Destination::NodePort { node, service, .. } => Case {
-            destination: Destination::node_port(*node, service, UDP_PORT),
-            ..udp
-        },
-        Destination::LoadBalancer { node, service, .. } => Case {
-            destination: Destination::load_balancer(*node, service, UDP_PORT),
-            ..udp
-        },
-        Destination::ExternalIp { node, service, .. } => Case {
-            destination: Destination::external_ip(*node, service, UDP_PORT),
-            ..udp
-        },
-        Destination::ClusterIpVia { node, service, .. } => Case {
-            destination: Destination::cluster_ip_via(*node, service, UDP_PORT),
-            ..udp
-        },
-        Destination::ClusterIpPort { .. }
+    .protocol(protocol);
+    let destination = match &c.destination {
+        Destination::ClusterIp { service, .. } => Destination::cluster_ip(service, port),
+        Destination::NodePort { node, service, .. } => Destination::node_port(*node, service, port),
+        Destination::LoadBalancer { node, service, .. } => {
+            Destination::load_balancer(*node, service, port)
+        }
+        Destination::ExternalIp { node, service, .. } => {
+            Destination::external_ip(*node, service, port)
+        }
+        Destination::ClusterIpVia { node, service, .. } => {
+            Destination::cluster_ip_via(*node, service, port)
+        }
+        other @ (Destination::ClusterIpPort { .. }
         | Destination::PodIp(_)
         | Destination::External(_)
-        | Destination::UnallocatedServiceIp => udp,
+        | Destination::UnallocatedServiceIp) => other.clone(),
     };
-    let tcp = Case {
-        name: format!("{} tcp", case.name),
-        ..case
-    };
-    [tcp, udp]
+    Case { destination, ..c }
 }
 
 /// Both address families, IPv4 first.
@@ -910,7 +916,13 @@ fn parity_cases() -> Vec<Case> {
             ..c
         }
         .family(family);
-        cases.extend(both(c));
+        // A row written as SCTP is an SCTP row alone (`<name> sctp`): SCTP rows stand beside
+        // TCP and UDP twins of their own, not beside every row.
+        if c.protocol == Protocol::Sctp {
+            cases.push(over(c, Protocol::Sctp));
+        } else {
+            cases.extend(both(c));
+        }
     };
 
     // The matrix: a plain service (eTP and iTP Cluster) whose backend is pod 1 on node 0.
@@ -931,21 +943,21 @@ fn parity_cases() -> Vec<Case> {
         for (client_name, client, node) in clients {
             for (frontend_name, destination) in frontends(node, "mx") {
                 let keeps = matches!(client, Pod(_)) && frontend_name == "clusterip";
-                add(
-                    Case::new(
-                        &format!("matrix: {client_name} to {frontend_name}"),
-                        matrix,
-                        client,
-                        destination,
-                    )
-                    .expect(Backends(vec![1]))
-                    .seen(if keeps {
-                        Seen::Client
-                    } else {
-                        Seen::IngressNode
-                    }),
-                    family,
-                );
+                let row = Case::new(
+                    &format!("matrix: {client_name} to {frontend_name}"),
+                    matrix,
+                    client,
+                    destination,
+                )
+                .expect(Backends(vec![1]))
+                .seen(if keeps {
+                    Seen::Client
+                } else {
+                    Seen::IngressNode
+                });
+                // TCP and UDP, then SCTP (issue 23; skipped where SCTP is not declared).
+                add(row.clone(), family);
+                add(row.protocol(Protocol::Sctp), family);
             }
         }
     }
@@ -1427,11 +1439,24 @@ fn parity_cases() -> Vec<Case> {
                 .refused_at_once(),
                 family,
             );
+            // SCTP too: an ICMP port unreachable (or an ABORT) reaches the client.
+            add(
+                Case::new(
+                    &format!("no backends from the {name}, refused"),
+                    no_backends_dual,
+                    client,
+                    Destination::cluster_ip_via(0, "empty6", TCP_PORT),
+                )
+                .protocol(Protocol::Sctp)
+                .expect(Reject),
+                family,
+            );
         }
     }
 
     // 9. One unsupported feature does not take the node down: a service with an SCTP port is
-    // still served on its TCP and UDP ports by every backend.
+    // still served on its TCP and UDP ports by every backend; and on its SCTP port by those
+    // that declare SCTP.
     for family in families {
         for (name, client, destination) in [
             (
@@ -1457,8 +1482,21 @@ fn parity_cases() -> Vec<Case> {
                     ),
                     with_sctp_port,
                     client,
+                    destination.clone(),
+                )
+                .expect(Backends(vec![2]))
+                .seen(seen),
+                family,
+            );
+            // A backend that declares SCTP serves that port too (one that does not skips it).
+            add(
+                Case::new(
+                    &format!("a service with an sctp port serves it to the {name}"),
+                    with_sctp_port,
+                    client,
                     destination,
                 )
+                .protocol(Protocol::Sctp)
                 .expect(Backends(vec![2]))
                 .seen(seen),
                 family,
@@ -1539,6 +1577,49 @@ mod tests {
             if c.protocol == Protocol::Udp {
                 assert!(c.name.ends_with(" udp"), "{}", c.name);
             }
+            if c.protocol == Protocol::Sctp {
+                assert!(c.name.ends_with(" sctp"), "{}", c.name);
+            }
         }
+    }
+
+    /// Every matrix cell (client kind x frontend kind x family) has its SCTP row beside the
+    /// TCP and UDP ones, on the service's SCTP port, and so has row 9.
+    #[test]
+    fn the_matrix_and_row_9_have_sctp_rows() {
+        let cases = standard_cases();
+        let tcp: Vec<&Case> = cases
+            .iter()
+            .filter(|c| c.name.starts_with("matrix: ") && c.protocol == Protocol::Tcp)
+            .collect();
+        assert_eq!(tcp.len(), 6 * 4 * 2);
+        for row in tcp {
+            let name = format!("{} sctp", row.name.trim_end_matches(" tcp"));
+            let sctp = cases
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap_or_else(|| panic!("no {name:?}"));
+            assert_eq!(sctp.protocol, Protocol::Sctp);
+            assert_eq!(sctp.family, row.family);
+            assert_eq!(sctp.client, row.client);
+            assert_eq!(sctp.expect, row.expect);
+            assert_eq!(sctp.source_seen, row.source_seen);
+            assert_eq!(
+                over(row.clone(), Protocol::Sctp).destination,
+                sctp.destination
+            );
+            assert!(sctp.requirements().contains(&Requirement::Sctp));
+        }
+        let row9: Vec<&str> = cases
+            .iter()
+            .filter(|c| c.protocol == Protocol::Sctp && c.name.starts_with("a service with"))
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(row9.len(), 4, "{row9:?}");
+        let rejects = cases
+            .iter()
+            .filter(|c| c.protocol == Protocol::Sctp && c.expect == Expect::Reject)
+            .count();
+        assert_eq!(rejects, 3 * 2, "no backends, from a pod, the node, outside");
     }
 }

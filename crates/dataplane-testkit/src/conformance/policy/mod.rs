@@ -21,8 +21,9 @@
 //! node's [`DesiredState`](dataplane_core::DesiredState) has its own pods as `endpoints`
 //! (labels, named ports, host-side veth), the other node's as `pods` (peers with their node),
 //! the three `namespaces` with their labels, the nine services and the case's policies. SCTP
-//! is not probed: the testkit has no SCTP probe (`sctp-only-port` still checks that a policy
-//! allowing only SCTP isolates the pod for TCP and UDP, fail closed).
+//! is not probed: the matrix has TCP and UDP cells only (the testkit's SCTP probes came
+//! later, with issue 23; `sctp-only-port` still checks that a policy allowing only SCTP
+//! isolates the pod for TCP and UDP, fail closed).
 //!
 //! # A case
 //!
