@@ -416,6 +416,24 @@ fn to_node_b(b: common::PacketBuilder) -> common::PacketBuilder {
         .ttl(63)
 }
 
+/// A node `tag` whose FIB sends node-b's pods (10.244.1.0/24, `fd00:244:1::/64`) to node-b
+/// (02:..:03, permanent neighbours), with a native-XDP dataplane that applied `st`.
+fn xdp_dataplane(tag: &str, st: &DesiredState) -> (TestNode, EbpfDataplane) {
+    let n = TestNode::new(tag);
+    n.route_via_neighbour(
+        "02:00:00:00:00:02",
+        "10.244.1.0/24",
+        "172.18.0.3",
+        "02:00:00:00:00:03",
+    );
+    n.route6_via_neighbour("fd00:244:1::/64", "fd00:18::3", "02:00:00:00:00:03");
+    let mut c = n.config();
+    c.xdp = XdpMode::Native;
+    let mut dp = EbpfDataplane::new(c).expect("eBPF dataplane with XDP loads");
+    dp.apply(st).expect("apply");
+    (n, dp)
+}
+
 /// The XDP fast path translates an SCTP NodePort (SNAT to a remote backend) with the `CRC32c`
 /// updated, and TC reverse-translates the reply from the entries XDP wrote.
 #[test]
@@ -423,17 +441,7 @@ fn xdp_nodeport_snat() {
     if !require_root("xdp_nodeport_snat") {
         return;
     }
-    let n = TestNode::new("sctpxdp");
-    n.route_via_neighbour(
-        "02:00:00:00:00:02",
-        "10.244.1.0/24",
-        "172.18.0.3",
-        "02:00:00:00:00:03",
-    );
-    let mut c = n.config();
-    c.xdp = XdpMode::Native;
-    let mut dp = EbpfDataplane::new(c).expect("eBPF dataplane with XDP loads");
-    dp.apply(&scene()).expect("apply");
+    let (_n, mut dp) = xdp_dataplane("sctpxdp", &scene());
     let mut data = chunk(DATA, 0, &[0x42; 500]);
     data.extend(chunk(DATA, 0, &[0x43; 3]));
     for f in [
@@ -1068,4 +1076,64 @@ fn icmp_errors_about_translated_associations() {
         6,
         "each error reverse-translated"
     );
+}
+
+/// The XDP fast path's SCTP DSR: the option (IPv4) or destination-options header (IPv6)
+/// added, byte-identical to TC's, the destination port rewritten with the `CRC32c` updated
+/// in place, sent to node-b with `XDP_TX`.
+#[test]
+fn xdp_dsr_nodeport() {
+    if !require_root("xdp_dsr_nodeport") {
+        return;
+    }
+    let (_n, mut dp) = xdp_dataplane("sctpxdpdsr", &dsr_scene());
+    let (client6, node6, remote6) = ("2001:db8:9::7", "fd00:18::2", "fd00:244:1::20");
+    let mut data = chunk(DATA, 0, &[0x42; 500]);
+    data.extend(chunk(DATA, 0, &[0x43; 3]));
+    for f in [
+        Fixture {
+            description: "XDP: DSR SCTP NodePort INIT, option added, CRC32c updated, XDP_TX",
+            hook: Hook::Xdp,
+            input: frame("192.0.2.7", "172.18.0.2", 45030, 30870, 0, &init(3), false),
+            verdict: XDP_TX,
+            output: sctp(
+                to_node_b(eth().ip("192.0.2.7", "10.244.1.20")).dsr_option("172.18.0.2", 30870),
+                45030,
+                3869,
+                0,
+                &init(3),
+            ),
+        },
+        Fixture {
+            description: "XDP: DATA of the DSR association, from conntrack",
+            hook: Hook::Xdp,
+            input: frame("192.0.2.7", "172.18.0.2", 45030, 30870, 8, &data, false),
+            verdict: XDP_TX,
+            output: sctp(
+                to_node_b(eth().ip("192.0.2.7", "10.244.1.20")).dsr_option("172.18.0.2", 30870),
+                45030,
+                3869,
+                8,
+                &data,
+            ),
+        },
+        Fixture {
+            description: "XDP: IPv6 DSR SCTP NodePort INIT, destination options added, CRC32c \
+                          updated, XDP_TX",
+            hook: Hook::Xdp,
+            input: frame(client6, node6, 45030, 30872, 0, &init(3), false),
+            verdict: XDP_TX,
+            output: sctp(
+                to_node_b(eth().ip(client6, remote6)).dsr6_option(node6, 30872),
+                45030,
+                3869,
+                0,
+                &init(3),
+            ),
+        },
+    ] {
+        let out = check(&mut dp, &f);
+        assert!(crc_ok(&out), "{}: CRC32c", f.description);
+    }
+    assert_eq!(common::stat(&dp, "dsr_forwarded"), 3);
 }
