@@ -98,17 +98,24 @@ fn key(src: &str, sport: u16, dst: &str, dport: u16) -> CtKey {
     }
 }
 
+/// A node `tag` with a dataplane that applied `st` whole (nothing skipped); the node lives as
+/// long as the dataplane is used.
+fn applied(tag: &str, st: &DesiredState) -> (TestNode, EbpfDataplane) {
+    let n = TestNode::new(tag);
+    let mut dp = n.dataplane();
+    let report = dp.apply(st).expect("apply");
+    assert!(report.skipped.is_empty(), "nothing left out: {report:?}");
+    (n, dp)
+}
+
 #[test]
 #[allow(clippy::too_many_lines)] // a fixture table reads best in one piece
 fn service_translation_keeps_the_crc32c_right() {
     if !require_root("service_translation_keeps_the_crc32c_right") {
         return;
     }
-    let n = TestNode::new("sctp");
-    let mut dp = n.dataplane();
+    let (_n, mut dp) = applied("sctp", &scene());
     assert!(dp.capabilities().protocols.contains(&Protocol::Sctp));
-    let report = dp.apply(&scene()).expect("apply");
-    assert!(report.skipped.is_empty(), "nothing left out: {report:?}");
 
     // COOKIE-ECHO bundled with DATA: 300 bytes of chunks, an odd DATA length padded.
     let mut echo = chunk(COOKIE_ECHO, 0, &[0xc0; 64]);
@@ -409,6 +416,24 @@ fn to_node_b(b: common::PacketBuilder) -> common::PacketBuilder {
         .ttl(63)
 }
 
+/// A node `tag` whose FIB sends node-b's pods (10.244.1.0/24, `fd00:244:1::/64`) to node-b
+/// (02:..:03, permanent neighbours), with a native-XDP dataplane that applied `st`.
+fn xdp_dataplane(tag: &str, st: &DesiredState) -> (TestNode, EbpfDataplane) {
+    let n = TestNode::new(tag);
+    n.route_via_neighbour(
+        "02:00:00:00:00:02",
+        "10.244.1.0/24",
+        "172.18.0.3",
+        "02:00:00:00:00:03",
+    );
+    n.route6_via_neighbour("fd00:244:1::/64", "fd00:18::3", "02:00:00:00:00:03");
+    let mut c = n.config();
+    c.xdp = XdpMode::Native;
+    let mut dp = EbpfDataplane::new(c).expect("eBPF dataplane with XDP loads");
+    dp.apply(st).expect("apply");
+    (n, dp)
+}
+
 /// The XDP fast path translates an SCTP NodePort (SNAT to a remote backend) with the `CRC32c`
 /// updated, and TC reverse-translates the reply from the entries XDP wrote.
 #[test]
@@ -416,17 +441,7 @@ fn xdp_nodeport_snat() {
     if !require_root("xdp_nodeport_snat") {
         return;
     }
-    let n = TestNode::new("sctpxdp");
-    n.route_via_neighbour(
-        "02:00:00:00:00:02",
-        "10.244.1.0/24",
-        "172.18.0.3",
-        "02:00:00:00:00:03",
-    );
-    let mut c = n.config();
-    c.xdp = XdpMode::Native;
-    let mut dp = EbpfDataplane::new(c).expect("eBPF dataplane with XDP loads");
-    dp.apply(&scene()).expect("apply");
+    let (_n, mut dp) = xdp_dataplane("sctpxdp", &scene());
     let mut data = chunk(DATA, 0, &[0x42; 500]);
     data.extend(chunk(DATA, 0, &[0x43; 3]));
     for f in [
@@ -598,4 +613,527 @@ fn sctp_translation_cost() {
         "established DNAT, 1000-byte payload, dp_from_pod: TCP {tcp} ns, SCTP (CRC32c update) \
          {sctp} ns"
     );
+}
+
+const REDIRECT: u32 = 7;
+
+fn swap_macs(b: common::PacketBuilder) -> common::PacketBuilder {
+    b.macs([0x02, 0, 0, 0, 0, 0x02], [0x02, 0, 0, 0, 0, 0x01])
+}
+
+/// DSR scene on node-a (172.18.0.2, `fd00:18::2`): `diameter-dsr` NodePort 30870 (externalMode
+/// Dsr) -> 10.244.1.20:3869 on node-b, `diameter-dsr6` NodePort 30872 (Dsr) ->
+/// [`fd00:244:1::20`]:3869 on node-b, and local backends 10.244.0.10 / `fd00:244::10` (NodePorts
+/// 30871 / 30873, Dsr) whose requests a remote ingress node sends here with its option.
+fn dsr_scene() -> DesiredState {
+    let dsr = |name: &str, vip: &str, np: u16, be: &str, on: &str| {
+        let mut s = service(name, vip, sctp_port(3868, 3869, Some(np)), be, on);
+        s.external_mode = Some(dataplane_core::ExternalMode::Dsr);
+        s
+    };
+    let mut st = DesiredState::new(node());
+    st.node.pod_cidrs.push("fd00:244::/64".parse().unwrap());
+    st.services = vec![
+        dsr("diameter-dsr", "10.96.0.33", 30870, "10.244.1.20", "node-b"),
+        dsr(
+            "diameter-dsr-local",
+            "10.96.0.34",
+            30871,
+            "10.244.0.10",
+            "node-a",
+        ),
+        dsr(
+            "diameter-dsr6",
+            "fd00:96::43",
+            30872,
+            "fd00:244:1::20",
+            "node-b",
+        ),
+        dsr(
+            "diameter-dsr6-local",
+            "fd00:96::44",
+            30873,
+            "fd00:244::10",
+            "node-a",
+        ),
+    ];
+    st
+}
+
+/// SCTP NodePort with DSR on both nodes' sides, both families: on the ingress node the request
+/// goes to the remote backend with the client kept, the frontend in the IPv4 option or the IPv6
+/// destination-options header, the destination port rewritten with the `CRC32c` updated (an
+/// address or header change leaves it alone: it covers the SCTP packet only); a request the
+/// option would push over the MTU gets fragmentation needed; a local backend gets plain DNAT.
+/// On the backend's node the option is learnt and stripped (CRC untouched) and the pod's reply
+/// leaves from the frontend, its source port rewritten with the CRC updated.
+///
+/// ```text
+///   client 192.0.2.7 / 2001:db8:9::7 --eth0--> [dp_from_uplink] node-a --option--> node-b
+///   ingress node 172.18.0.9 / fd00:18::9 --option--> [dp_from_uplink] --> pod 10.244.0.10
+///   pod 10.244.0.10 / fd00:244::10 --veth--> [dp_from_pod] --from the frontend--> client
+/// ```
+#[test]
+#[allow(clippy::too_many_lines)] // a fixture table reads best in one piece
+fn dsr_nodeport() {
+    if !require_root("dsr_nodeport") {
+        return;
+    }
+    let (_n, mut dp) = applied("sctpdsr", &dsr_scene());
+
+    let (client6, node6, remote6, local6) = (
+        "2001:db8:9::7",
+        "fd00:18::2",
+        "fd00:244:1::20",
+        "fd00:244::10",
+    );
+    let mut data = chunk(COOKIE_ECHO, 0, &[0xc0; 32]);
+    data.extend(chunk(DATA, 0, &[0x5a; 101]));
+    // 1500-byte IPv4 / IPv6 packets (IP + 12 + a 4-byte chunk header + body) that the option
+    // or header would push over the MTU.
+    let big = frame(
+        "192.0.2.7",
+        "172.18.0.2",
+        45001,
+        30870,
+        9,
+        &chunk(DATA, 0, &[0x5a; 1464]),
+        false,
+    );
+    let big6 = frame(
+        client6,
+        node6,
+        45001,
+        30872,
+        9,
+        &chunk(DATA, 0, &[0x5a; 1444]),
+        false,
+    );
+    assert_eq!((big.len(), big6.len()), (14 + 1500, 14 + 1500));
+    let fixtures = vec![
+        Fixture {
+            description: "DSR SCTP NodePort INIT: DNAT to the remote backend, client kept, \
+                          option added, CRC32c updated for the port",
+            hook: Hook::FromUplink,
+            input: frame("192.0.2.7", "172.18.0.2", 45000, 30870, 0, &init(3), false),
+            verdict: OK,
+            output: sctp(
+                eth()
+                    .ip("192.0.2.7", "10.244.1.20")
+                    .dsr_option("172.18.0.2", 30870),
+                45000,
+                3869,
+                0,
+                &init(3),
+            ),
+        },
+        Fixture {
+            description: "DSR SCTP COOKIE-ECHO + DATA: same backend, option on every request",
+            hook: Hook::FromUplink,
+            input: frame("192.0.2.7", "172.18.0.2", 45000, 30870, 9, &data, false),
+            verdict: OK,
+            output: sctp(
+                eth()
+                    .ip("192.0.2.7", "10.244.1.20")
+                    .dsr_option("172.18.0.2", 30870),
+                45000,
+                3869,
+                9,
+                &data,
+            ),
+        },
+        Fixture {
+            description: "DSR SCTP request that no longer fits the MTU: fragmentation needed",
+            hook: Hook::FromUplink,
+            output: swap_macs(
+                eth()
+                    .ip("172.18.0.2", "192.0.2.7")
+                    .icmp_frag_needed(common::quoted(&big), 1492),
+            )
+            .build(),
+            input: big,
+            verdict: REDIRECT,
+        },
+        Fixture {
+            description: "DSR SCTP NodePort with a local backend: plain DNAT, no option",
+            hook: Hook::FromUplink,
+            input: frame("192.0.2.7", "172.18.0.2", 45002, 30871, 0, &init(4), false),
+            verdict: OK,
+            output: frame("192.0.2.7", "10.244.0.10", 45002, 3869, 0, &init(4), false),
+        },
+        Fixture {
+            description: "backend's node: an SCTP request with the DSR option is delivered \
+                          without it, CRC32c untouched",
+            hook: Hook::FromUplink,
+            input: sctp(
+                eth()
+                    .ip("192.0.2.8", "10.244.0.10")
+                    .dsr_option("172.18.0.9", 30870),
+                46000,
+                3869,
+                0,
+                &init(5),
+            ),
+            verdict: OK,
+            output: frame("192.0.2.8", "10.244.0.10", 46000, 3869, 0, &init(5), false),
+        },
+        Fixture {
+            description: "backend's node: the pod's INIT-ACK leaves from the frontend it \
+                          learnt, CRC32c updated for the source port",
+            hook: Hook::FromPod,
+            input: init_ack("10.244.0.10", "192.0.2.8", 3869, 46000, 5, 6),
+            verdict: OK,
+            output: init_ack("172.18.0.9", "192.0.2.8", 30870, 46000, 5, 6),
+        },
+        Fixture {
+            description: "IPv6 DSR SCTP NodePort INIT: DNAT to the remote backend, client \
+                          kept, destination options {frontend} added, CRC32c updated",
+            hook: Hook::FromUplink,
+            input: frame(client6, node6, 45000, 30872, 0, &init(3), false),
+            verdict: OK,
+            output: sctp(
+                eth().ip(client6, remote6).dsr6_option(node6, 30872),
+                45000,
+                3869,
+                0,
+                &init(3),
+            ),
+        },
+        Fixture {
+            description: "IPv6 DSR SCTP COOKIE-ECHO + DATA: header on every request",
+            hook: Hook::FromUplink,
+            input: frame(client6, node6, 45000, 30872, 9, &data, false),
+            verdict: OK,
+            output: sctp(
+                eth().ip(client6, remote6).dsr6_option(node6, 30872),
+                45000,
+                3869,
+                9,
+                &data,
+            ),
+        },
+        Fixture {
+            description: "IPv6 DSR SCTP request that no longer fits the MTU: Packet Too Big",
+            hook: Hook::FromUplink,
+            output: swap_macs(
+                eth()
+                    .ip(node6, client6)
+                    .icmp6_packet_too_big(common::quoted(&big6), 1476),
+            )
+            .build(),
+            input: big6,
+            verdict: REDIRECT,
+        },
+        Fixture {
+            description: "IPv6 DSR SCTP NodePort with a local backend: plain DNAT, no header",
+            hook: Hook::FromUplink,
+            input: frame(client6, node6, 45002, 30873, 0, &init(4), false),
+            verdict: OK,
+            output: frame(client6, local6, 45002, 3869, 0, &init(4), false),
+        },
+        Fixture {
+            description: "IPv6 backend's node: an SCTP request with the DSR header is \
+                          delivered without it, CRC32c untouched",
+            hook: Hook::FromUplink,
+            input: sctp(
+                eth().ip(client6, local6).dsr6_option("fd00:18::9", 30872),
+                46000,
+                3869,
+                0,
+                &init(5),
+            ),
+            verdict: OK,
+            output: frame(client6, local6, 46000, 3869, 0, &init(5), false),
+        },
+        Fixture {
+            description: "IPv6 backend's node: the pod's INIT-ACK leaves from the frontend \
+                          it learnt, CRC32c updated",
+            hook: Hook::FromPod,
+            input: init_ack(local6, client6, 3869, 46000, 5, 6),
+            verdict: OK,
+            output: init_ack("fd00:18::9", client6, 30872, 46000, 5, 6),
+        },
+    ];
+    for f in &fixtures {
+        let out = check(&mut dp, f);
+        if f.verdict == OK {
+            assert!(crc_ok(&out), "{}: CRC32c of the output", f.description);
+        }
+    }
+    assert_eq!(
+        common::stat(&dp, "dsr_forwarded"),
+        4,
+        "SCTP requests that went out with DSR's option or header"
+    );
+    assert_eq!(
+        common::stat(&dp, "dsr_replies"),
+        2,
+        "two replies answered from the frontend"
+    );
+    assert_eq!(common::stat(&dp, "frag_needed"), 2, "one per family");
+}
+
+/// An ICMP error from `src` to `dst` quoting `quote` (the IP header and the first 8 bytes
+/// of SCTP, or the whole SCTP packet as a router quotes a small one): `mtu` 0 port
+/// unreachable, else fragmentation needed / Packet Too Big with that MTU.
+fn icmp_quoting(src: &str, dst: &str, quote: Vec<u8>, mtu: u16) -> Vec<u8> {
+    let b = eth().ip(src, dst);
+    let v6 = src.contains(':');
+    match (mtu, v6) {
+        (0, _) => b.icmp_unreachable(quote),
+        (m, false) => b.icmp_frag_needed(quote, m),
+        (m, true) => b.icmp6_packet_too_big(quote, u32::from(m)),
+    }
+    .build()
+}
+
+/// The IP packet of `frame` (its whole SCTP packet quoted), its `CRC32c` field set to
+/// `crc`: what an error quoting the whole packet holds after the translation, which rewrites
+/// the quoted ports and leaves the CRC as it was (bpf/lib/icmp.h; the receiving SCTP stack
+/// matches an error by addresses, ports and verification tag, `sctp_err_lookup()`, not by the
+/// quoted CRC; netfilter would recompute it over a quote this long).
+fn whole(frame: &[u8], crc: u32) -> Vec<u8> {
+    with_crc(frame, crc)[14..].to_vec()
+}
+
+/// ICMP errors quoting a translated SCTP packet are reverse-translated as TCP/UDP ones are:
+/// the quoted addresses and ports back to what the other side sent or expects, the error
+/// sent on to it, the quoted IPv4 header checksum and the ICMP checksum fixed. Quotes of 8
+/// bytes of SCTP (ports and verification tag) and of the whole packet (its `CRC32c` left
+/// alone, see [`whole`]).
+#[test]
+#[allow(clippy::too_many_lines)] // a fixture table reads best in one piece
+fn icmp_errors_about_translated_associations() {
+    if !require_root("icmp_errors_about_translated_associations") {
+        return;
+    }
+    let (_n, mut dp) = applied("sctpicmp", &scene());
+    // The associations the errors are about: a pod's ClusterIP INIT (v4 and v6) and an
+    // outside client's NodePort INIT (SNAT to the node address).
+    for (hook, input) in [
+        (
+            Hook::FromPod,
+            frame("10.244.0.5", "10.96.0.30", 40000, 3868, 0, &init(7), false),
+        ),
+        (
+            Hook::FromPod,
+            frame(
+                "fd00:244::5",
+                "fd00:96::30",
+                50000,
+                3868,
+                0,
+                &init(5),
+                false,
+            ),
+        ),
+        (
+            Hook::FromUplink,
+            frame("192.0.2.7", "172.18.0.2", 45000, 30868, 0, &init(3), false),
+        ),
+    ] {
+        let run = dp.run_packet(hook, &input, 1).expect("run");
+        assert_eq!(run.verdict, OK, "association opened");
+    }
+    let q = |src: &str, dst: &str, sport, dport, vtag, chunks: &[u8]| {
+        common::quoted(&frame(src, dst, sport, dport, vtag, chunks, false))
+    };
+    let to_backend = frame("10.244.0.5", "10.244.1.20", 40000, 3869, 0, &init(7), false);
+    let to_backend6 = frame(
+        "fd00:244::5",
+        "fd00:244::10",
+        50000,
+        3869,
+        0,
+        &init(5),
+        false,
+    );
+    let fixtures = vec![
+        Fixture {
+            description: "ICMP port unreachable from an SCTP backend: back to the client, \
+                          quoting the frontend",
+            hook: Hook::FromUplink,
+            input: icmp_quoting(
+                "10.244.1.20",
+                "10.244.0.5",
+                q("10.244.0.5", "10.244.1.20", 40000, 3869, 0, &init(7)),
+                0,
+            ),
+            verdict: OK,
+            output: icmp_quoting(
+                "10.96.0.30",
+                "10.244.0.5",
+                q("10.244.0.5", "10.96.0.30", 40000, 3868, 0, &init(7)),
+                0,
+            ),
+        },
+        Fixture {
+            description: "the same quoting the whole SCTP packet: ports translated, CRC32c \
+                          left as quoted",
+            hook: Hook::FromUplink,
+            input: icmp_quoting("10.244.1.20", "10.244.0.5", to_backend[14..].to_vec(), 0),
+            verdict: OK,
+            output: icmp_quoting(
+                "10.96.0.30",
+                "10.244.0.5",
+                whole(
+                    &frame("10.244.0.5", "10.96.0.30", 40000, 3868, 0, &init(7), false),
+                    crc_field(&to_backend),
+                ),
+                0,
+            ),
+        },
+        Fixture {
+            description: "ICMP fragmentation needed from a router about a SNATed SCTP \
+                          NodePort association: to the client, quoting client -> NodePort",
+            hook: Hook::FromUplink,
+            input: icmp_quoting(
+                "172.18.0.3",
+                "172.18.0.2",
+                q("172.18.0.2", "10.244.1.20", 45000, 3869, 0, &init(3)),
+                1400,
+            ),
+            verdict: OK,
+            output: icmp_quoting(
+                "172.18.0.3",
+                "192.0.2.7",
+                q("192.0.2.7", "172.18.0.2", 45000, 30868, 0, &init(3)),
+                1400,
+            ),
+        },
+        Fixture {
+            description: "ICMP error about a translated SCTP reply: to the backend, quoting \
+                          its packet",
+            hook: Hook::FromPod,
+            input: icmp_quoting(
+                "10.244.0.1",
+                "10.96.0.30",
+                common::quoted(&init_ack("10.96.0.30", "10.244.0.5", 3868, 40000, 7, 9)),
+                0,
+            ),
+            verdict: OK,
+            output: icmp_quoting(
+                "10.244.0.1",
+                "10.244.1.20",
+                common::quoted(&init_ack("10.244.1.20", "10.244.0.5", 3869, 40000, 7, 9)),
+                0,
+            ),
+        },
+        Fixture {
+            description: "ICMPv6 Packet Too Big from an SCTP backend: back to the client, \
+                          quoting the frontend",
+            hook: Hook::FromPod,
+            input: icmp_quoting(
+                "fd00:244::10",
+                "fd00:244::5",
+                q("fd00:244::5", "fd00:244::10", 50000, 3869, 0, &init(5)),
+                1280,
+            ),
+            verdict: OK,
+            output: icmp_quoting(
+                "fd00:96::30",
+                "fd00:244::5",
+                q("fd00:244::5", "fd00:96::30", 50000, 3868, 0, &init(5)),
+                1280,
+            ),
+        },
+        Fixture {
+            description: "the same quoting the whole SCTP packet: ports translated, CRC32c \
+                          left as quoted",
+            hook: Hook::FromPod,
+            input: icmp_quoting(
+                "fd00:244::10",
+                "fd00:244::5",
+                to_backend6[14..].to_vec(),
+                1280,
+            ),
+            verdict: OK,
+            output: icmp_quoting(
+                "fd00:96::30",
+                "fd00:244::5",
+                whole(
+                    &frame(
+                        "fd00:244::5",
+                        "fd00:96::30",
+                        50000,
+                        3868,
+                        0,
+                        &init(5),
+                        false,
+                    ),
+                    crc_field(&to_backend6),
+                ),
+                1280,
+            ),
+        },
+    ];
+    let before = common::stat(&dp, "reverse_translated");
+    for f in &fixtures {
+        check(&mut dp, f);
+    }
+    assert_eq!(
+        common::stat(&dp, "reverse_translated") - before,
+        6,
+        "each error reverse-translated"
+    );
+}
+
+/// The XDP fast path's SCTP DSR: the option (IPv4) or destination-options header (IPv6)
+/// added, byte-identical to TC's, the destination port rewritten with the `CRC32c` updated
+/// in place, sent to node-b with `XDP_TX`.
+#[test]
+fn xdp_dsr_nodeport() {
+    if !require_root("xdp_dsr_nodeport") {
+        return;
+    }
+    let (_n, mut dp) = xdp_dataplane("sctpxdpdsr", &dsr_scene());
+    let (client6, node6, remote6) = ("2001:db8:9::7", "fd00:18::2", "fd00:244:1::20");
+    let mut data = chunk(DATA, 0, &[0x42; 500]);
+    data.extend(chunk(DATA, 0, &[0x43; 3]));
+    for f in [
+        Fixture {
+            description: "XDP: DSR SCTP NodePort INIT, option added, CRC32c updated, XDP_TX",
+            hook: Hook::Xdp,
+            input: frame("192.0.2.7", "172.18.0.2", 45030, 30870, 0, &init(3), false),
+            verdict: XDP_TX,
+            output: sctp(
+                to_node_b(eth().ip("192.0.2.7", "10.244.1.20")).dsr_option("172.18.0.2", 30870),
+                45030,
+                3869,
+                0,
+                &init(3),
+            ),
+        },
+        Fixture {
+            description: "XDP: DATA of the DSR association, from conntrack",
+            hook: Hook::Xdp,
+            input: frame("192.0.2.7", "172.18.0.2", 45030, 30870, 8, &data, false),
+            verdict: XDP_TX,
+            output: sctp(
+                to_node_b(eth().ip("192.0.2.7", "10.244.1.20")).dsr_option("172.18.0.2", 30870),
+                45030,
+                3869,
+                8,
+                &data,
+            ),
+        },
+        Fixture {
+            description: "XDP: IPv6 DSR SCTP NodePort INIT, destination options added, CRC32c \
+                          updated, XDP_TX",
+            hook: Hook::Xdp,
+            input: frame(client6, node6, 45030, 30872, 0, &init(3), false),
+            verdict: XDP_TX,
+            output: sctp(
+                to_node_b(eth().ip(client6, remote6)).dsr6_option(node6, 30872),
+                45030,
+                3869,
+                0,
+                &init(3),
+            ),
+        },
+    ] {
+        let out = check(&mut dp, &f);
+        assert!(crc_ok(&out), "{}: CRC32c", f.description);
+    }
+    assert_eq!(common::stat(&dp, "dsr_forwarded"), 3);
 }
