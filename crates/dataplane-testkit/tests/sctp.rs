@@ -248,6 +248,9 @@ fn an_sctp_probe_walks_conntrack_to_established_and_closes_it() {
             "netns",
             "exec",
             pod.netns.name(),
+            // Line-buffered: a pipe would otherwise get its lines in blocks.
+            "stdbuf",
+            "-oL",
             "conntrack",
             "-E",
             "-p",
@@ -257,34 +260,70 @@ fn an_sctp_probe_walks_conntrack_to_established_and_closes_it() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // `conntrack -E` subscribes right after it starts (milliseconds; the wait is for a
-    // loaded machine).
-    std::thread::sleep(Duration::from_secs(1));
-    expect_answer(&lab);
-    std::thread::sleep(Duration::from_millis(300));
-    // SIGTERM, not SIGKILL: it flushes what it printed.
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(events.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let output = events.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    let states: Vec<&str> = text
-        .lines()
-        .filter_map(|line| {
-            ["COOKIE_WAIT", "COOKIE_ECHOED", "ESTABLISHED", "CLOSED"]
-                .into_iter()
-                .find(|state| line.split_whitespace().any(|w| w == *state))
+    // Lines as `conntrack -E` prints them, read on a thread of their own: the test waits for
+    // what it expects with a deadline instead of guessing how long the tool takes to
+    // subscribe (a loaded machine) or to print.
+    let mut events = events;
+    let stdout = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Probes until one association's whole walk is seen (each probe has a source port of its
+    // own; one that started before `conntrack -E` had subscribed shows only part of its walk).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut text = String::new();
+    let mut walks: std::collections::BTreeMap<String, Vec<&'static str>> =
+        std::collections::BTreeMap::new();
+    let full = ["COOKIE_WAIT", "COOKIE_ECHOED", "ESTABLISHED", "CLOSED"];
+    let done = |walks: &std::collections::BTreeMap<String, Vec<&'static str>>| {
+        walks.values().any(|walk| {
+            // This kernel enters an INIT as CLOSED (`[NEW] ... CLOSED [UNREPLIED]`); older
+            // ones as COOKIE_WAIT. The rest is the same.
+            let from_init: Vec<&str> = walk
+                .iter()
+                .copied()
+                .skip_while(|s| *s != "COOKIE_WAIT")
+                .collect();
+            from_init == full
         })
-        .collect();
-    // This kernel enters an INIT as CLOSED (`[NEW] ... CLOSED [UNREPLIED]`); older ones as
-    // COOKIE_WAIT. The rest is the same.
-    let walk: Vec<&str> = states
-        .iter()
-        .copied()
-        .skip_while(|s| *s != "COOKIE_WAIT")
-        .collect();
-    assert_eq!(
-        walk,
-        ["COOKIE_WAIT", "COOKIE_ECHOED", "ESTABLISHED", "CLOSED"],
-        "{text}"
+    };
+    while !done(&walks) && std::time::Instant::now() < deadline {
+        expect_answer(&lab);
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while !done(&walks) {
+            let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
+                break;
+            };
+            let Ok(line) = rx.recv_timeout(left) else {
+                break;
+            };
+            let state = full
+                .into_iter()
+                .find(|state| line.split_whitespace().any(|w| w == *state));
+            let port = line
+                .split_whitespace()
+                .find(|w| w.starts_with("sport="))
+                .map(str::to_owned);
+            if let (Some(state), Some(port)) = (state, port) {
+                walks.entry(port).or_default().push(state);
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        done(&walks),
+        "no association walked {full:?}: {walks:?}\n{text}"
     );
 }
