@@ -26,6 +26,11 @@ pub struct PolicyCase {
     /// not their own, to a sink that records what arrives) besides the matrix: the
     /// anti-spoofing cells, delivered or not as the reference model says.
     pub forged: bool,
+    /// Whether the matrices also have SCTP cells (every client to every pod's SCTP ports 80
+    /// and 81, directly: the services have no SCTP port), for a backend that meets
+    /// [`Requirement::Sctp`](crate::conformance::Requirement::Sctp); a backend without
+    /// SCTP runs the case without them, with a visible skipped row.
+    pub sctp: bool,
 }
 
 impl PolicyCase {
@@ -37,6 +42,7 @@ impl PolicyCase {
             family: IpFamily::V4,
             steps,
             forged: false,
+            sctp: false,
         }
     }
 
@@ -45,6 +51,13 @@ impl PolicyCase {
     #[must_use]
     pub fn with_forged(mut self) -> Self {
         self.forged = true;
+        self
+    }
+
+    /// The same case with SCTP cells in its matrices (see [`PolicyCase::sctp`]).
+    #[must_use]
+    pub fn with_sctp(mut self) -> Self {
+        self.sctp = true;
         self
     }
 

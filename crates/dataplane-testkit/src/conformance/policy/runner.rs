@@ -16,6 +16,7 @@ use crate::traffic::{
     send_forged, serve, sink, BatchOutcome, BatchProbe, ProbeOutcome, Server, Sink, TcpSession,
 };
 
+use super::super::case::Requirement;
 use super::super::report::{Report, RowOutcome};
 use super::super::runner::{finish, probe_clients, row_chosen, row_filter, start, ClientBatch};
 use super::case::PolicyCase;
@@ -81,11 +82,14 @@ pub(super) fn take_port(next: &mut u16, client: usize) -> Result<u16, String> {
 /// the smallest range, so that a wrap (a later probe meeting an earlier connection's
 /// conntrack entry) cannot happen silently; re-probes beyond it fail their row.
 pub(super) fn ports_needed(cases: &[PolicyCase], families: &[IpFamily]) -> usize {
-    let per_step =
-        cells(families).len() / CLIENT_COUNT + MAX_ESTABLISHED + spoof_cells(families).len();
-    let steps: usize = cases.iter().map(|c| c.steps.len()).sum();
+    let per_step = |sctp: bool| {
+        cells_with(families, sctp).len() / CLIENT_COUNT
+            + MAX_ESTABLISHED
+            + spoof_cells(families).len()
+    };
+    let steps: usize = cases.iter().map(|c| c.steps.len() * per_step(c.sctp)).sum();
     // + 1: SERVER_PORT, stepped over.
-    3 * POD_COUNT * families.len() + steps * per_step + 1
+    3 * POD_COUNT * families.len() + steps + 1
 }
 
 /// Settings of [`run_policy_with`].
@@ -182,17 +186,32 @@ fn family_name(family: IpFamily) -> &'static str {
 
 /// Every cell, client-major: client × family × server × protocol × port × path.
 pub(super) fn cells(families: &[IpFamily]) -> Vec<Cell> {
+    cells_with(families, false)
+}
+
+/// [`cells`], with `sctp` also SCTP cells: client × family × server × {80, 81}, on the
+/// direct path only (the services have no SCTP port), after each client's TCP and UDP cells
+/// of that server.
+pub(super) fn cells_with(families: &[IpFamily], sctp: bool) -> Vec<Cell> {
+    let protocols: &[Protocol] = if sctp {
+        &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+    } else {
+        &POLICY_PROTOCOLS
+    };
     let mut out = Vec::new();
     for client in 0..CLIENT_COUNT {
         for family in families {
             for server in 0..POD_COUNT {
-                for protocol in POLICY_PROTOCOLS {
+                for protocol in protocols {
                     for port in POLICY_PORTS {
                         for path in [Path::Direct, Path::ClusterIp] {
+                            if *protocol == Protocol::Sctp && path == Path::ClusterIp {
+                                continue;
+                            }
                             out.push(Cell {
                                 client,
                                 server,
-                                protocol,
+                                protocol: *protocol,
                                 port,
                                 path,
                                 family: *family,
@@ -301,15 +320,12 @@ pub(super) fn expectation(states: &[DesiredState], cell: Cell) -> Result<bool, S
 
 /// The expected matrix for `states` (over [`cells`] of `families`) and the disagreements
 /// found.
-pub(super) fn expectations(
-    states: &[DesiredState],
-    families: &[IpFamily],
-) -> (Vec<bool>, Vec<String>) {
+pub(super) fn expectations(states: &[DesiredState], all: &[Cell]) -> (Vec<bool>, Vec<String>) {
     let mut errors = Vec::new();
-    let expected = cells(families)
-        .into_iter()
+    let expected = all
+        .iter()
         .map(|cell| {
-            expectation(states, cell).unwrap_or_else(|e| {
+            expectation(states, *cell).unwrap_or_else(|e| {
                 errors.push(e);
                 false
             })
@@ -552,6 +568,16 @@ impl Run<'_> {
             self.push(&case.name, RowOutcome::Skipped { reason });
             return;
         }
+        if case.sctp && !self.sctp_cells(case) {
+            let reason = format!(
+                "backend {:?} lacks SCTP: the case runs without its SCTP cells",
+                self.caps.dataplane
+            );
+            self.push(
+                &format!("{} SCTP cells", case.name),
+                RowOutcome::Skipped { reason },
+            );
+        }
         let mut world = World::initial();
         let mut previous: Option<Applied> = None;
         for (i, step) in case.steps.iter().enumerate() {
@@ -567,6 +593,13 @@ impl Run<'_> {
                 }
             }
         }
+    }
+
+    /// Whether `case`'s matrices have SCTP cells: the case asks for them
+    /// ([`PolicyCase::sctp`]) and the backend meets [`Requirement::Sctp`], as in the service
+    /// table.
+    fn sctp_cells(&self, case: &PolicyCase) -> bool {
+        case.sctp && Requirement::Sctp.met_by(&self.caps)
     }
 
     /// Step `i` of `case`: the row's outcome and the states and matrix it left, or the
@@ -589,12 +622,12 @@ impl Run<'_> {
                 table.push(format!("node-{n}'s state is invalid: {e}"));
             }
         }
-        let (expected, errors) = expectations(&states, &self.families);
+        let all = cells_with(&self.families, self.sctp_cells(case));
+        let (expected, errors) = expectations(&states, &all);
         table.extend(errors);
         if !table.is_empty() {
             return Err(failed(table, Vec::new()));
         }
-        let all = cells(&self.families);
         // Connections that the step before allows and this one denies, opened before it.
         let (held, mut traffic) = match previous {
             Some((_, before)) => self.open_established(&all, before, &expected),

@@ -477,7 +477,24 @@ fn protocols_and_services() -> Vec<PolicyCase> {
             vec![apply(vec![policy("x", "allow-sctp-80", pod_a())
                 .ingress(rule(Vec::new(), vec![port(Sctp, 80)]))
                 .build()])],
-        ),
+        )
+        .with_sctp(),
+        case(
+            "tcp-only-port-denies-sctp",
+            "a policy allowing TCP port 80 does not allow SCTP to port 80",
+            vec![apply(vec![policy("x", "allow-tcp-80", pod_a())
+                .ingress(rule(Vec::new(), vec![port(Tcp, 80)]))
+                .build()])],
+        )
+        .with_sctp(),
+        case(
+            "sctp-egress-port",
+            "egress allowing only SCTP port 81: SCTP/80, TCP/81 and UDP/81 denied",
+            vec![apply(vec![policy("x", "allow-egress-sctp-81", all())
+                .egress(rule(Vec::new(), vec![port(Sctp, 81)]))
+                .build()])],
+        )
+        .with_sctp(),
         case(
             "egress-dns-like-port-only",
             &format!("{DOCS} a default-deny egress that still allows DNS (UDP 81 stands in for 53)"),

@@ -4,12 +4,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use dataplane_core::Protocol::{Tcp, Udp};
+use dataplane_core::Protocol::{Sctp, Tcp, Udp};
 use dataplane_core::{validate, IpFamily, Protocol};
 
 use super::layout::{node_states, pod_index, World, POD_COUNT};
 use super::runner::{
-    cells, client_name, expectations, ports_needed, probe_ports, reprobes, spoof_cells,
+    cells, cells_with, client_name, expectations, ports_needed, probe_ports, reprobes, spoof_cells,
     spoof_expectation, take_port, truth_tables, Cell, Forged, Path, CLIENT_COUNT, SINK_PORT,
     SPOOF_TARGET,
 };
@@ -31,7 +31,7 @@ fn matrices(case: &PolicyCase) -> Vec<Vec<bool>> {
             for s in &states {
                 validate(s).unwrap_or_else(|e| panic!("{}: {e}", case.name));
             }
-            let (expected, errors) = expectations(&states, &BOTH);
+            let (expected, errors) = expectations(&states, &cells_with(&BOTH, case.sctp));
             assert!(errors.is_empty(), "{}: {errors:#?}", case.name);
             expected
         })
@@ -78,7 +78,9 @@ fn allowed_in(
         path,
         family,
     };
-    let i = cells(&BOTH).iter().position(|c| *c == wanted).unwrap();
+    // A case with SCTP cells has the longer matrix.
+    let all = cells_with(&BOTH, matrix.len() > cells(&BOTH).len());
+    let i = all.iter().position(|c| *c == wanted).unwrap();
     matrix[i]
 }
 
@@ -88,6 +90,63 @@ fn the_matrix_has_every_cell_once() {
     assert_eq!(all.len(), CLIENT_COUNT * 2 * POD_COUNT * 2 * 2 * 2);
     let distinct: BTreeSet<String> = all.iter().map(ToString::to_string).collect();
     assert_eq!(distinct.len(), all.len());
+}
+
+#[test]
+fn sctp_cells_are_direct_and_come_on_top_of_the_tcp_and_udp_ones() {
+    let plain = cells(&BOTH);
+    let with = cells_with(&BOTH, true);
+    assert_eq!(with.len(), plain.len() + CLIENT_COUNT * 2 * POD_COUNT * 2);
+    let sctp: Vec<&Cell> = with.iter().filter(|c| c.protocol == Sctp).collect();
+    assert!(sctp.iter().all(|c| c.path == Path::Direct));
+    assert!(plain.iter().all(|c| with.contains(c)));
+    let distinct: BTreeSet<String> = with.iter().map(ToString::to_string).collect();
+    assert_eq!(distinct.len(), with.len());
+}
+
+#[test]
+fn the_sctp_cells_say_what_the_cases_mean() {
+    use Path::Direct;
+    let cases = policy_cases();
+    let with_sctp: Vec<&str> = cases
+        .iter()
+        .filter(|c| c.sctp)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        with_sctp,
+        [
+            "sctp-only-port",
+            "tcp-only-port-denies-sctp",
+            "sctp-egress-port"
+        ]
+    );
+    for family in BOTH {
+        let at = |m: &[bool], client, server, protocol, port| {
+            allowed_in(family, m, client, server, protocol, port, Direct)
+        };
+        // Ingress allows SCTP/80 only: SCTP/81 and TCP/UDP on 80 denied (fail closed).
+        let m = &matrices(&case("sctp-only-port"))[0];
+        assert!(at(m, "y/a", "x/a", Sctp, 80));
+        assert!(at(m, "node-1", "x/a", Sctp, 80));
+        assert!(!at(m, "y/a", "x/a", Sctp, 81));
+        assert!(!at(m, "y/a", "x/a", Tcp, 80));
+        assert!(!at(m, "y/a", "x/a", Udp, 80));
+        assert!(at(m, "y/a", "x/b", Sctp, 81), "x/b is not isolated");
+        // Ingress allows TCP/80: SCTP/80 denied.
+        let m = &matrices(&case("tcp-only-port-denies-sctp"))[0];
+        assert!(at(m, "z/c", "x/a", Tcp, 80));
+        assert!(!at(m, "z/c", "x/a", Sctp, 80));
+        assert!(!at(m, "z/c", "x/a", Sctp, 81));
+        assert!(at(m, "z/c", "x/b", Sctp, 80), "x/b is not isolated");
+        // Egress of x allows SCTP/81 only.
+        let m = &matrices(&case("sctp-egress-port"))[0];
+        assert!(at(m, "x/b", "z/c", Sctp, 81));
+        assert!(!at(m, "x/b", "z/c", Sctp, 80));
+        assert!(!at(m, "x/b", "z/c", Tcp, 81));
+        assert!(!at(m, "x/b", "z/c", Udp, 81));
+        assert!(at(m, "y/a", "z/c", Sctp, 80), "y's egress is open");
+    }
 }
 
 #[test]
@@ -334,7 +393,7 @@ fn nodes_that_disagree_are_a_table_failure() {
         w
     });
     states[1].namespaces.clone_from(&stale[1].namespaces);
-    let (_, errors) = expectations(&states, &[IpFamily::V4]);
+    let (_, errors) = expectations(&states, &cells(&[IpFamily::V4]));
     assert!(
         errors
             .iter()
