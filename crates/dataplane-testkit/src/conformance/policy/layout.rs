@@ -27,7 +27,8 @@ pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 pub const PODS: [&str; 3] = ["a", "b", "c"];
 /// The ports every pod serves, TCP and UDP.
 pub const POLICY_PORTS: [u16; 2] = [80, 81];
-/// The protocols probed (SCTP has no probe in this testkit).
+/// The protocols of every cell (SCTP cells only in cases marked `with_sctp`, direct; every
+/// pod serves SCTP on the ports too).
 pub const POLICY_PROTOCOLS: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
 
 /// Number of pods in the layout.

@@ -12,7 +12,7 @@
 //!   node-0: x/a x/b x/c y/a y/b        node-1: y/c z/a z/b z/c      (dual-stack)
 //! ```
 //!
-//! Every pod serves TCP and UDP on ports 80 and 81, answering with its name (`x/a`), and has
+//! Every pod serves TCP, UDP and SCTP on ports 80 and 81, answering with its name (`x/a`), and has
 //! the named container ports `serve-80-tcp`, `serve-80-udp`, `serve-81-tcp`, `serve-81-udp`
 //! — numbered as named, except z/c's `serve-80-tcp`, which is 81: with the same numbers
 //! everywhere a backend resolving an egress rule's name on the client, or to a fixed number,
@@ -20,10 +20,12 @@
 //! ports. Each
 //! node's [`DesiredState`](dataplane_core::DesiredState) has its own pods as `endpoints`
 //! (labels, named ports, host-side veth), the other node's as `pods` (peers with their node),
-//! the three `namespaces` with their labels, the nine services and the case's policies. SCTP
-//! is not probed: the matrix has TCP and UDP cells only (the testkit's SCTP probes came
-//! later, with issue 23; `sctp-only-port` still checks that a policy allowing only SCTP
-//! isolates the pod for TCP and UDP, fail closed).
+//! the three `namespaces` with their labels, the nine services and the case's policies. A case
+//! marked [`PolicyCase::with_sctp`] also has SCTP cells: every client to SCTP ports 80 and 81
+//! of every pod's address (the services have no SCTP port, so no ClusterIP cells), where the
+//! backend declares SCTP ([`Requirement::Sctp`](crate::conformance::Requirement::Sctp), as in
+//! the service table; a backend without it runs the case without them, with a skipped
+//! "SCTP cells" row). The other cases have none: each SCTP probe is a thread of its own.
 //!
 //! # A case
 //!
@@ -33,7 +35,8 @@
 //! 2. computes the expected **reachability matrix** from the reference model: every client
 //!    (the nine pods, and the two nodes themselves: kubelet's place) × {IPv4, IPv6} × every
 //!    server pod × {TCP, UDP} × {80, 81} × {direct to the pod address, via its ClusterIP}
-//!    (1 584 cells; IPv4 only where the lab or the backend is single-stack) —
+//!    (1 584 cells; IPv4 only where the lab or the backend is single-stack; SCTP cases: 396
+//!    direct SCTP cells more) —
 //!    direct cells from [`dataplane_core::evaluate`] on the client's node (untouched =
 //!    allowed, drop = denied), ClusterIP cells from `evaluate` after DNAT (the service's one
 //!    backend kept = allowed); a node reaches its own pods whatever the policies (the fixed
@@ -106,7 +109,10 @@
 //!   `In`, `NotIn`, `Exists`, `DoesNotExist`;
 //! - ports: numbered, named (ingress, ingress from a namespace, egress — resolved on the
 //!   destination pod), `endPort` ranges (ingress, edited; egress), any port of one protocol,
-//!   a UDP-only port, an SCTP-only port (fail closed for TCP and UDP);
+//!   a UDP-only port; SCTP cells: an SCTP-only port (`sctp-only-port`: SCTP/80 admitted,
+//!   SCTP/81 and TCP and UDP on 80 denied, fail closed), a TCP port that does not admit SCTP
+//!   on the same number (`tcp-only-port-denies-sctp`), an egress SCTP port
+//!   (`sctp-egress-port`);
 //! - several policies on one pod (union; allow-all taking precedence for ingress and egress);
 //!   policies in different namespaces; ingress and egress in one policy and controlled
 //!   independently; egress denied on the client although the server allows it;
