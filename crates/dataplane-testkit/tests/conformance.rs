@@ -267,3 +267,58 @@ fn cluster_policy_cases_are_skipped_visibly_without_the_capability() {
     // Only the no-policy warm-up state was applied, on each node.
     assert_eq!(applies(&made), POLICY_LAB.nodes);
 }
+
+/// The policy table's SCTP cases against a backend without SCTP: a visible skipped "SCTP
+/// cells" row per case, and the cases' steps still run, with TCP and UDP cells only (the fake
+/// enforces no policy, so the steps fail on traffic: no wrong cell is an SCTP one).
+#[test]
+fn sctp_cells_are_left_out_visibly_without_sctp() {
+    if !require_root("sctp_cells_are_left_out_visibly_without_sctp") {
+        return;
+    }
+    let lab = Lab::new(POLICY_LAB).unwrap();
+    let made = Made::default();
+    let mut claims = Capabilities {
+        dataplane: "no-sctp".to_owned(),
+        ..FakeDataplane::default_capabilities()
+    };
+    claims.protocols = [Protocol::Tcp, Protocol::Udp].into_iter().collect();
+    let cases: Vec<PolicyCase> = policy_cases().into_iter().filter(|c| c.sctp).collect();
+    assert_eq!(cases.len(), 3);
+    let report = run_policy(&lab, &cases, &mut factory(claims, &made));
+    let skipped: Vec<&str> = report
+        .rows
+        .iter()
+        .filter(|r| matches!(&r.outcome, RowOutcome::Skipped { reason } if reason.contains("lacks SCTP")))
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(
+        skipped,
+        cases
+            .iter()
+            .map(|c| format!("{} SCTP cells", c.name))
+            .collect::<Vec<_>>(),
+        "{report}"
+    );
+    let sctp = format!(" {}/", Protocol::Sctp);
+    assert_eq!(report.failed().count(), 3, "{report}");
+    for row in report.failed() {
+        let RowOutcome::Failed { table, traffic } = &row.outcome else {
+            unreachable!()
+        };
+        assert!(table.is_empty(), "{}: {table:?}", row.name);
+        assert!(!traffic.is_empty(), "{}", row.name);
+        assert!(
+            traffic.iter().all(|t| !t.contains(&sctp)),
+            "{}: an SCTP cell was probed: {traffic:?}",
+            row.name
+        );
+        assert!(
+            traffic
+                .iter()
+                .any(|t| t.contains(&format!(" {}/", Protocol::Tcp))),
+            "{}: {traffic:?}",
+            row.name
+        );
+    }
+}

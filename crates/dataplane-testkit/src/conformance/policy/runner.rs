@@ -599,7 +599,7 @@ impl Run<'_> {
     /// ([`PolicyCase::sctp`]) and the backend meets [`Requirement::Sctp`], as in the service
     /// table.
     fn sctp_cells(&self, case: &PolicyCase) -> bool {
-        case.sctp && Requirement::Sctp.met_by(&self.caps)
+        case.sctp && Requirement::Sctp.met_by(self.caps)
     }
 
     /// Step `i` of `case`: the row's outcome and the states and matrix it left, or the
