@@ -195,7 +195,7 @@ fn endpoint_changes(
     row: &mut ControlRow,
     start: Instant,
 ) -> Result<(), String> {
-    let mut prober = load::Prober::new(client(lab, node.index), 4_000 + 500 * settings.changes)?;
+    let mut prober = load::Prober::new(client(lab, node.index), load::PROBE_BATCH)?;
     let dst = SocketAddrV4::new(vip_probe(), 80);
     // Before the clock starts, the probe service answers from its first backend.
     wait_for(&mut prober, dst, &node.names[0], Duration::from_secs(5))?;
@@ -217,6 +217,7 @@ fn endpoint_changes(
                 current: Some(next.clone()),
             },
         );
+        prober.refill()?;
         let t = Instant::now();
         dp.apply_changes(&changes)
             .map_err(|e| format!("apply one endpoint change: {e}"))?;

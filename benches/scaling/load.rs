@@ -30,6 +30,9 @@ pub const PORT: u16 = 9090;
 const WORKERS: usize = 4;
 /// Persistent connections of an RR run.
 pub const RR_CONNECTIONS: usize = 4;
+/// Sockets a [`Prober`] holds after each refill: what one change took at most when the bench
+/// made 500 a change up front.
+pub const PROBE_BATCH: usize = 500;
 /// Connect and read timeout of the clients.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -325,18 +328,40 @@ pub fn rr(netns: &NetNs, targets: &[SocketAddr], duration: Duration) -> Result<R
 
 /// Unconnected TCP sockets made in a pod's namespace, to probe from any thread (the endpoint
 /// change bench times `apply_changes` and the probes on one thread, without handing work to
-/// another one).
+/// another one). A pool of `batch` sockets: each probe uses one and closes it; [`Prober::refill`]
+/// tops the pool up between timed changes, and an empty pool refills itself (a namespace
+/// switch inside the timed probe, so the batch is sized to make that rare). The pool is not
+/// made for all changes up front: at 500 sockets a change it hit the process's open-file
+/// limit (20000 here) at ~30 changes.
 #[derive(Debug)]
 pub struct Prober {
+    netns: NetNs,
+    batch: usize,
     sockets: Vec<OwnedFd>,
 }
 
 impl Prober {
-    /// `count` sockets created in `netns`.
-    pub fn new(netns: &NetNs, count: usize) -> Result<Prober, String> {
-        let sockets = netns
+    /// A pool of `batch` sockets created in `netns`.
+    pub fn new(netns: &NetNs, batch: usize) -> Result<Prober, String> {
+        let mut prober = Prober {
+            netns: netns.clone(),
+            batch: batch.max(1),
+            sockets: Vec::new(),
+        };
+        prober.refill()?;
+        Ok(prober)
+    }
+
+    /// Tops the pool up to its batch size (call it outside the timed part).
+    pub fn refill(&mut self) -> Result<(), String> {
+        let missing = self.batch.saturating_sub(self.sockets.len());
+        if missing == 0 {
+            return Ok(());
+        }
+        let fresh = self
+            .netns
             .run(|| {
-                (0..count)
+                (0..missing)
                     .map(|_| {
                         socket::socket(
                             AddressFamily::Inet,
@@ -347,9 +372,10 @@ impl Prober {
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
-            .map_err(|e| format!("enter {}: {e}", netns.name()))?
+            .map_err(|e| format!("enter {}: {e}", self.netns.name()))?
             .map_err(|e| format!("socket: {e}"))?;
-        Ok(Prober { sockets })
+        self.sockets.extend(fresh);
+        Ok(())
     }
 
     /// One connect-request-response-close to `dst`, waiting at most `timeout` for the
@@ -360,7 +386,10 @@ impl Prober {
         dst: std::net::SocketAddrV4,
         timeout: Duration,
     ) -> Result<String, String> {
-        let fd = self.sockets.pop().ok_or("prober ran out of sockets")?;
+        if self.sockets.is_empty() {
+            self.refill()?;
+        }
+        let fd = self.sockets.pop().ok_or("prober has no sockets")?;
         let mut s = TcpStream::from(fd);
         // SO_SNDTIMEO bounds a blocking connect().
         s.set_write_timeout(Some(timeout))
@@ -377,11 +406,6 @@ impl Prober {
         linger_zero(&s);
         Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
-
-    /// Sockets left.
-    pub fn remaining(&self) -> usize {
-        self.sockets.len()
-    }
 }
 
 /// Probes `dst` with `prober` (each attempt waiting at most `attempt`) until `want` answers;
@@ -396,9 +420,6 @@ pub fn wait_for(
     let t = Instant::now();
     let mut last = String::new();
     while t.elapsed() < timeout {
-        if prober.remaining() == 0 {
-            return Err("prober ran out of sockets".to_owned());
-        }
         match prober.probe_within(dst, attempt) {
             Ok(name) if name == want => return Ok(()),
             Ok(name) => last = format!("answered by {name}"),

@@ -211,7 +211,7 @@ fn end_to_end(settings: &Settings, r: &mut PolicyResults, start: Instant) -> Res
             control_row.error = Some(e.clone());
         } else {
             let mut remote = RemoteProbe {
-                prober: load::Prober::new(client(&bench.lab, 0), 100 + 200 * settings.changes)?,
+                prober: load::Prober::new(client(&bench.lab, 0), load::PROBE_BATCH)?,
                 dst: SocketAddrV4::new(node.pods[0], load::PORT),
                 want: node.names.first().cloned().ok_or("no backend pod")?,
             };
@@ -402,6 +402,7 @@ fn label_changes(
     remote.expect_denied("before the first label change")?;
     let budget = Instant::now();
     for _ in 0..settings.changes {
+        remote.prober.refill()?;
         let t = Instant::now();
         dp.apply_changes(&pod_change(denied, &admitted))
             .map_err(|e| format!("apply one label change: {e}"))?;
