@@ -32,17 +32,6 @@ const TC_OK: u32 = 0;
 const TC_SHOT: u32 = 2;
 const TC_REDIRECT: u32 = 7;
 
-fn node(tag: &str) -> TestNode {
-    let n = TestNode::new(tag);
-    n.route_via_neighbour(
-        "02:00:00:00:00:02",
-        "10.244.1.0/24",
-        "172.18.0.3",
-        "02:00:00:00:00:03",
-    );
-    n
-}
-
 fn dataplane(n: &TestNode) -> EbpfDataplane {
     let mut c = n.config();
     c.xdp = XdpMode::Native;
@@ -146,7 +135,7 @@ fn untracked_denies_at_xdp_and_tc_with_failsafes_and_untracked_allows() {
     if !require_root("untracked_denies_at_xdp_and_tc_with_failsafes_and_untracked_allows") {
         return;
     }
-    let n = node("hpxdp");
+    let n = TestNode::routed_to_node_b("hpxdp");
     let mut dp = dataplane(&n);
     dp.apply(&scene(untracked(blocked_nets()))).expect("apply");
     let ct = ct_map(&n);
@@ -400,7 +389,7 @@ fn blocklist_is_decided_by_the_source_alone_and_mixed_rules_by_all_four() {
     if !require_root("blocklist_is_decided_by_the_source_alone_and_mixed_rules_by_all_four") {
         return;
     }
-    let n = node("hpsrc");
+    let n = TestNode::routed_to_node_b("hpsrc");
     let mut dp = dataplane(&n);
     let excepted = || {
         HostPolicy::new("excepted", uplink())
@@ -587,7 +576,7 @@ fn pre_dnat_denies_a_node_port_by_source() {
     if !require_root("pre_dnat_denies_a_node_port_by_source") {
         return;
     }
-    let n = node("hpdnat");
+    let n = TestNode::routed_to_node_b("hpdnat");
     let mut dp = dataplane(&n);
     let before = scene(untracked(blocked_nets()));
     dp.apply(&before).expect("apply");
@@ -713,7 +702,7 @@ fn normal_policies_default_deny_apply_on_forward_and_replies() {
     if !require_root("normal_policies_default_deny_apply_on_forward_and_replies") {
         return;
     }
-    let n = node("hpnorm");
+    let n = TestNode::routed_to_node_b("hpnorm");
     let mut dp = dataplane(&n);
     dp.apply(&scene(normal())).expect("apply");
     let syn_ack = |src: &str, dst: &str, sport, dport| {
@@ -865,7 +854,7 @@ fn untracked_rules_judge_replies_the_node_sends_or_receives_not_forwarded_ones()
     {
         return;
     }
-    let n = node("hprepl");
+    let n = TestNode::routed_to_node_b("hprepl");
     ip(&[
         "-n", &n.name, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0p",
     ]);
@@ -968,7 +957,7 @@ fn the_nodes_own_nodeport_connection_meets_its_egress_policy() {
     if !require_root("the_nodes_own_nodeport_connection_meets_its_egress_policy") {
         return;
     }
-    let n = node("hpownnp");
+    let n = TestNode::routed_to_node_b("hpownnp");
     let mut dp = dataplane(&n);
     let egress = |port: u16| {
         vec![HostPolicy::new("node-out", uplink())
@@ -1026,7 +1015,7 @@ fn untracked_packets_routed_back_out_of_the_uplink_pass_untouched() {
     if !require_root("untracked_packets_routed_back_out_of_the_uplink_pass_untouched") {
         return;
     }
-    let n = node("hpuntrk");
+    let n = TestNode::routed_to_node_b("hpuntrk");
     let mut dp = dataplane(&n);
     let policies = vec![
         HostPolicy::new("trusted", uplink())
@@ -1113,7 +1102,7 @@ fn masqueraded_pod_connections_meet_forward_egress_rules_with_the_pods_source() 
     if !require_root("masqueraded_pod_connections_meet_forward_egress_rules_with_the_pods_source") {
         return;
     }
-    let n = node("hpmasq");
+    let n = TestNode::routed_to_node_b("hpmasq");
     let mut dp = dataplane(&n);
     let policies = vec![HostPolicy::new("fwd-out", uplink())
         .on_forward()
@@ -1191,7 +1180,7 @@ fn xdp_deny_cost() {
     if !require_root("xdp_deny_cost") {
         return;
     }
-    let n = node("hpcost");
+    let n = TestNode::routed_to_node_b("hpcost");
     let mut dp = dataplane(&n);
     for count in [0u32, 10_000, 100_000] {
         // count /32s spread over 10.128.0.0/9 (not the lab's), plus the blocked /24.

@@ -419,13 +419,7 @@ fn to_node_b(b: common::PacketBuilder) -> common::PacketBuilder {
 /// A node `tag` whose FIB sends node-b's pods (10.244.1.0/24, `fd00:244:1::/64`) to node-b
 /// (02:..:03, permanent neighbours), with a native-XDP dataplane that applied `st`.
 fn xdp_dataplane(tag: &str, st: &DesiredState) -> (TestNode, EbpfDataplane) {
-    let n = TestNode::new(tag);
-    n.route_via_neighbour(
-        "02:00:00:00:00:02",
-        "10.244.1.0/24",
-        "172.18.0.3",
-        "02:00:00:00:00:03",
-    );
+    let n = TestNode::routed_to_node_b(tag);
     n.route6_via_neighbour("fd00:244:1::/64", "fd00:18::3", "02:00:00:00:00:03");
     let mut c = n.config();
     c.xdp = XdpMode::Native;

@@ -99,17 +99,6 @@ fn scene() -> DesiredState {
     st
 }
 
-fn xdp_node(tag: &str) -> TestNode {
-    let n = TestNode::new(tag);
-    n.route_via_neighbour(
-        "02:00:00:00:00:02",
-        "10.244.1.0/24",
-        "172.18.0.3",
-        "02:00:00:00:00:03",
-    );
-    n
-}
-
 fn xdp_dataplane(n: &TestNode, mode: XdpMode) -> EbpfDataplane {
     let mut c = n.config();
     c.xdp = mode;
@@ -141,7 +130,7 @@ fn xdp_fixtures() {
     if !require_root("xdp_fixtures") {
         return;
     }
-    let n = xdp_node("xdp");
+    let n = TestNode::routed_to_node_b("xdp");
     let mut dp = xdp_dataplane(&n, XdpMode::Native);
     dp.apply(&scene()).expect("apply");
     assert!(dp.capabilities().xdp, "XDP configured on: capability shown");
@@ -357,10 +346,10 @@ const LB6: &str = "2001:db8:100::1";
 const DSR_LB6: &str = "2001:db8:100::5";
 const DSR_EXT6: &str = "2001:db8:100::6";
 
-/// `xdp_node` with IPv6: `fd00:18::2/64` on eth0, `fd00:244:1::/64` routed via node-b
+/// `TestNode::routed_to_node_b` with IPv6: `fd00:18::2/64` on eth0, `fd00:244:1::/64` routed via node-b
 /// (`fd00:18::3`, a permanent neighbour entry), IPv6 forwarding on.
 fn xdp_node6(tag: &str) -> TestNode {
-    let n = xdp_node(tag);
+    let n = TestNode::routed_to_node_b(tag);
     n.route6_via_neighbour("fd00:244:1::/64", "fd00:18::3", "02:00:00:00:00:03");
     n
 }
@@ -973,7 +962,7 @@ fn xdp_attach_modes_adopt_and_detach() {
     if !require_root("xdp_attach_modes_adopt_and_detach") {
         return;
     }
-    let n = xdp_node("xdpatt");
+    let n = TestNode::routed_to_node_b("xdpatt");
     let link = || n.link_show("eth0");
     let pin = n.pin_dir.join("links").join("xdp@eth0");
 
@@ -1051,7 +1040,7 @@ fn xdp_never_redirects_into_another_interface() {
     if !require_root("xdp_never_redirects_into_another_interface") {
         return;
     }
-    let n = xdp_node("xdpveth");
+    let n = TestNode::routed_to_node_b("xdpveth");
     for args in [
         vec![
             "-n", &n.name, "link", "add", "lxc9", "type", "veth", "peer", "name", "lxc9p",
@@ -1164,7 +1153,7 @@ fn xdp_drops_source_range_outsiders() {
     if !require_root("xdp_drops_source_range_outsiders") {
         return;
     }
-    let n = xdp_node("xdpsrc");
+    let n = TestNode::routed_to_node_b("xdpsrc");
     let mut dp = xdp_dataplane(&n, XdpMode::Native);
     dp.apply(&ranged_scene(&["192.0.2.0/24"])).expect("apply");
 

@@ -190,6 +190,20 @@ impl TestNode {
         EbpfDataplane::new(self.config()).expect("eBPF dataplane loads")
     }
 
+    /// A node `tag` (MAC 02:..:02) whose FIB sends node-b's pods (10.244.1.0/24) to node-b
+    /// (172.18.0.3, 02:..:03, a permanent neighbour): what the XDP and host-policy fixtures
+    /// forward to.
+    pub fn routed_to_node_b(tag: &str) -> TestNode {
+        let n = TestNode::new(tag);
+        n.route_via_neighbour(
+            "02:00:00:00:00:02",
+            "10.244.1.0/24",
+            "172.18.0.3",
+            "02:00:00:00:00:03",
+        );
+        n
+    }
+
     /// Gives `eth0` the MAC address `mac`, routes `cidr` via `gateway` on it with a permanent
     /// neighbour entry (`gateway_mac`) and turns forwarding on, so that a FIB lookup for an
     /// address in `cidr` succeeds deterministically (no neighbour resolution).
