@@ -25,8 +25,8 @@ use crate::loader::{self, Hook, Objects};
 use crate::maintain::{gc, maintenance_interval, GcSchedule};
 use crate::map_table;
 use crate::maps::{
-    self, SCOPE_EXTERNAL_INSIDE, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED, STAT_NAMES,
-    STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
+    self, LocalKey, SCOPE_EXTERNAL_INSIDE, SCOPE_RETIRED_INTERNAL_OUTSIDE, STAT_DROPPED,
+    STAT_NAMES, STAT_REJECTED, STAT_TRANSLATED, SVC_F_WILDCARD,
 };
 use crate::names::Names;
 use crate::plan::{self, BACKEND};
@@ -52,6 +52,14 @@ pub(crate) struct Loaded {
     /// When `maintain()` last walked the conntrack table.
     pub(crate) gc_schedule: GcSchedule,
     pub(crate) synced: Synced,
+    /// The syncs' interface lookups, through a socket kept open in the node's namespace.
+    pub(crate) ifindexes: local::Ifindexes,
+    /// What `dp_local` holds after the last sync that wrote it (`None`: unknown, read from
+    /// the map by the next one; so after a failed write, a load, and for every full sync).
+    pub(crate) local: Option<BTreeMap<LocalKey, u32>>,
+    /// Whether lo's `accept_local` was turned on by a sync since the objects were loaded:
+    /// reading the sysctl was ~24 µs of every endpoint change. Full syncs check it again.
+    pub(crate) accept_local_on: bool,
 }
 
 /// Whether the maps hold what the last sync planned.
@@ -189,6 +197,9 @@ impl EbpfDataplane {
             l2,
             gc_schedule: GcSchedule::default(),
             synced: Synced::NEVER,
+            ifindexes: local::Ifindexes::default(),
+            local: None,
+            accept_local_on: false,
         })
     }
 
@@ -397,6 +408,9 @@ impl EbpfDataplane {
             names: names_written,
             host,
             l2: l2_state,
+            ifindexes: ifx,
+            local: local_written_before,
+            accept_local_on,
             ..
         } = self.loaded_mut()?;
         let caps = objects.capacities.clone();
@@ -411,12 +425,11 @@ impl EbpfDataplane {
         check_local_fits(rest, caps.local)?;
         // The interfaces the new state attaches to, before anything is written: a state whose
         // uplink is missing is refused with the maps as they were. Each interface is looked
-        // up once in this sync (checks, attachments, dp_local).
+        // up once in this sync (checks, attachments, dp_local), through the socket kept in
+        // the node's namespace: no namespace entry for lookups.
         let wanted = Self::wanted_attachments(rest, xdp_mode);
-        let mut ifx = local::Ifindexes::default();
-        netns::in_netns(netns.as_deref(), || {
-            objects.check_interfaces(&wanted, &mut ifx)
-        })?;
+        ifx.start_sync(netns.as_deref())?;
+        objects.check_interfaces(&wanted, ifx)?;
         let mut policy_plan = match changes {
             None => policy.plan_full(rest, limits)?,
             Some(c) => policy.plan_changes(rest, c, limits)?,
@@ -450,15 +463,28 @@ impl EbpfDataplane {
         // Attachments follow the uplink and the endpoints' interfaces, checked on every sync
         // (one ifindex lookup per interface): a pod's veth deleted and recreated under the
         // same name changes no endpoint, but has lost its programs and its ifindex in dp_local.
-        let local_written = netns::in_netns(netns.as_deref(), || {
-            for (ifname, hook) in &wanted {
-                objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode, &mut ifx)?;
-            }
-            loopback::enable(&pin_dir)?;
-            objects.detach_unwanted(&wanted)?;
-            let pods = local::wanted(&rest.endpoints, caps.local, &mut ifx);
-            writer::sync_local(&mut objects.maps, &pods)
-        })?;
+        // The node's namespace is entered (once) only when there is something to attach or
+        // detach, or lo's accept_local to check (a full sync, the first after a load).
+        let check_lo = changes.is_none() || !*accept_local_on;
+        if check_lo || objects.attachments_pending(&wanted, ifx) {
+            netns::in_netns(netns.as_deref(), || {
+                for (ifname, hook) in &wanted {
+                    objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode, ifx)?;
+                }
+                if check_lo {
+                    loopback::enable(&pin_dir)?;
+                }
+                objects.detach_unwanted(&wanted)
+            })?;
+            *accept_local_on = true;
+        }
+        let pods = local::wanted(&rest.endpoints, caps.local, ifx);
+        if changes.is_none() {
+            // A full sync reads what the map holds (it may have been written by an earlier
+            // process, or changed behind our back).
+            *local_written_before = None;
+        }
+        let local_written = writer::sync_local(&mut objects.maps, &pods, local_written_before)?;
 
         if !clearing {
             policy.write_stale(&mut objects.maps, policy_plan)?;

@@ -106,6 +106,21 @@ pub(crate) enum Attachment {
     },
 }
 
+/// What a sync's [`Objects::attach`] does for one hook on one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttachStep {
+    /// Attached to the interface that has the name now (or its lookup failed): nothing.
+    Keep,
+    /// A pod's interface that is not there, with nothing attached: nothing.
+    Skip,
+    /// A pod's interface that is gone, with its attachment: the attachment is forgotten.
+    Forget,
+    /// Attached to an interface since deleted; the name has this index now: attach again.
+    Reattach(u32),
+    /// Not attached (index 0: the interface is not there, and attaching says so).
+    Attach(u32),
+}
+
 fn remove_path(path: PathBuf, dir: bool) -> Result<(), EbpfError> {
     let r = if dir {
         std::fs::remove_dir(&path)
@@ -860,11 +875,66 @@ impl Objects {
         Ok(())
     }
 
+    /// Whether [`Self::attach`] of any of `wanted`, or [`Self::detach_unwanted`], has work
+    /// to do (and so the node's namespace must be entered). Each interface is looked up
+    /// through `ifindexes`, as `attach` looks it up after this.
+    pub(crate) fn attachments_pending(
+        &self,
+        wanted: &std::collections::BTreeSet<(String, Hook)>,
+        ifindexes: &mut crate::local::Ifindexes,
+    ) -> bool {
+        self.attachments.keys().any(|k| !wanted.contains(k))
+            || wanted.iter().any(|(ifname, hook)| {
+                !matches!(
+                    self.attach_step(ifname, *hook, ifindexes),
+                    AttachStep::Keep | AttachStep::Skip
+                )
+            })
+    }
+
+    /// What [`Self::attach`] does for `hook` on `ifname`, by the interface's index now.
+    fn attach_step(
+        &self,
+        ifname: &str,
+        hook: Hook,
+        ifindexes: &mut crate::local::Ifindexes,
+    ) -> AttachStep {
+        let key = (ifname.to_owned(), hook);
+        let attached = self.attachments.contains_key(&key);
+        match ifindexes.lookup(ifname) {
+            Ok(Some(i)) if attached && self.attached_ifindex.get(&key) == Some(&i) => {
+                AttachStep::Keep
+            }
+            Ok(Some(i)) if attached => AttachStep::Reattach(i),
+            Ok(Some(i)) => AttachStep::Attach(i),
+            // A pod's interface that is not there (not created yet, or deleted while the pod
+            // is still in the state: a terminating pod) carries no traffic to police: skipped,
+            // and attached by the first sync that finds it. Failing here would stop every
+            // sync, and with it every other pod's attachments, until the pod leaves the state.
+            Ok(None) if matches!(hook, Hook::FromPod | Hook::ToPod) => {
+                if attached {
+                    AttachStep::Forget
+                } else {
+                    AttachStep::Skip
+                }
+            }
+            // The lookup failed, not the interface: an attachment that exists stays (detaching
+            // it would leave a live interface without its programs).
+            Err(e) if attached => {
+                tracing::warn!(interface = ifname, hook = hook.tag(), error = %e, "interface lookup failed: attachment kept");
+                AttachStep::Keep
+            }
+            // The uplink and lo must be there, and a first attachment needs its interface:
+            // attaching reports the error.
+            Ok(None) | Err(_) => AttachStep::Attach(0),
+        }
+    }
+
     /// Attaches `hook`'s program to `ifname` (call inside the node's network namespace),
     /// unless it is attached to the interface that has that name now: an attachment made on
     /// an interface since deleted (and perhaps recreated under the same name, as a pod's veth
     /// is) died with it, so it is forgotten and the program attached anew. A pod hook whose
-    /// interface is not there is skipped (see the match below).
+    /// interface is not there is skipped (see [`Self::attach_step`]).
     pub(crate) fn attach(
         &mut self,
         pin_dir: &Path,
@@ -875,14 +945,9 @@ impl Objects {
         ifindexes: &mut crate::local::Ifindexes,
     ) -> Result<(), EbpfError> {
         let key = (ifname.to_owned(), hook);
-        let pod_hook = matches!(hook, Hook::FromPod | Hook::ToPod);
-        let ifindex = match ifindexes.lookup(ifname) {
-            Ok(Some(i)) => i,
-            // A pod's interface that is not there (not created yet, or deleted while the pod
-            // is still in the state: a terminating pod) carries no traffic to police: skipped,
-            // and attached by the first sync that finds it. Failing here would stop every
-            // sync, and with it every other pod's attachments, until the pod leaves the state.
-            Ok(None) if pod_hook => {
+        let ifindex = match self.attach_step(ifname, hook, ifindexes) {
+            AttachStep::Keep => return Ok(()),
+            AttachStep::Skip | AttachStep::Forget => {
                 if let Some(a) = self.attachments.remove(&key) {
                     // Its device is gone: the pin (or marker) is all that is left to remove.
                     if let Err(e) = a.detach() {
@@ -897,32 +962,22 @@ impl Objects {
                 );
                 return Ok(());
             }
-            // The lookup failed, not the interface: an attachment that exists stays (detaching
-            // it would leave a live interface without its programs).
-            Err(e) if self.attachments.contains_key(&key) => {
-                tracing::warn!(interface = ifname, hook = hook.tag(), error = %e, "interface lookup failed: attachment kept");
-                return Ok(());
+            AttachStep::Reattach(ifindex) => {
+                tracing::info!(
+                    interface = ifname,
+                    hook = hook.tag(),
+                    ifindex,
+                    "interface recreated: attaching again"
+                );
+                if let Some(a) = self.attachments.remove(&key) {
+                    // Its device is gone: the pin (or marker) is all that is left to remove.
+                    a.detach()?;
+                }
+                self.attached_ifindex.remove(&key);
+                ifindex
             }
-            // The uplink and lo must be there, and a first attachment needs its interface:
-            // attaching reports the error.
-            Ok(None) | Err(_) => 0,
+            AttachStep::Attach(ifindex) => ifindex,
         };
-        if self.attachments.contains_key(&key) {
-            if self.attached_ifindex.get(&key) == Some(&ifindex) {
-                return Ok(());
-            }
-            tracing::info!(
-                interface = ifname,
-                hook = hook.tag(),
-                ifindex,
-                "interface recreated: attaching again"
-            );
-            if let Some(a) = self.attachments.remove(&key) {
-                // Its device is gone: the pin (or marker) is all that is left to remove.
-                a.detach()?;
-            }
-            self.attached_ifindex.remove(&key);
-        }
         self.attach_new(pin_dir, ifname, hook, mode, xdp)?;
         self.attached_ifindex.insert(key, ifindex);
         Ok(())

@@ -4,8 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
+use crate::error::EbpfError;
 use crate::maps::{family_of, Addr, LocalKey};
+use crate::netns::THREAD_NETNS;
 
 /// The index of interface `name` in the calling thread's namespace, 0 when there is none.
 pub(crate) fn ifindex_of(name: &str) -> u32 {
@@ -37,15 +41,76 @@ pub(crate) fn lookup_ifindex(name: &str) -> std::io::Result<Option<u32>> {
 /// 2-CPU bench VM; the `SIOCGIFINDEX` ioctl itself ~1.4 µs), and a sync looked each pod's
 /// interface up three times (its two hooks and `dp_local`): ~40 lookups, most of an endpoint
 /// change's `apply_changes` on the scaling bench's node. Failed lookups are not kept (the next
-/// one tries again). Valid for one sync only (interfaces come and go between syncs), and only
-/// in the namespace of its first lookup (where its socket was opened).
+/// one tries again). What was found is valid for one sync only (interfaces come and go
+/// between syncs): [`Self::start_sync`] forgets it.
+///
+/// The socket answers in the namespace it was opened in, whichever namespace the calling
+/// thread is in: [`Self::start_sync`] opens it in the node's namespace once and keeps it for
+/// later syncs, so that a sync that attaches nothing never enters that namespace (entering
+/// and leaving it was ~37 µs of an endpoint change's ~170 µs; benches/notes.md). Without
+/// `start_sync` (`Default`) it is opened at the first lookup, in the calling thread's
+/// namespace.
 #[derive(Debug, Default)]
 pub(crate) struct Ifindexes {
     found: HashMap<String, Option<u32>>,
     socket: Option<OwnedFd>,
+    /// The namespace (device and inode of its nsfs file) `socket` was opened in by
+    /// [`Self::start_sync`].
+    netns: Option<(u64, u64)>,
+}
+
+/// The identity of the namespace whose nsfs file (or a bind mount of it) is at `path`.
+fn netns_id(path: &Path) -> Result<(u64, u64), EbpfError> {
+    let meta = std::fs::metadata(path).map_err(|source| EbpfError::Netns {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// A datagram socket for the interface ioctls, in the calling thread's namespace.
+fn ioctl_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd it returns (if any) is owned here alone.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Ifindexes {
+    /// Starts a sync's lookups in the namespace at `netns` (`None`: the calling thread's):
+    /// forgets what earlier syncs found and keeps their socket when it was opened in that
+    /// namespace (one `stat` tells); otherwise opens one there, entering it once. A node
+    /// namespace deleted and made again under the same path is a new namespace, and gets a
+    /// new socket.
+    ///
+    /// # Errors
+    /// [`EbpfError::Netns`] when the namespace is not there or no socket can be opened in it.
+    pub(crate) fn start_sync(&mut self, netns: Option<&Path>) -> Result<(), EbpfError> {
+        self.found.clear();
+        let path = netns.unwrap_or(Path::new(THREAD_NETNS));
+        let id = netns_id(path)?;
+        if self.socket.is_some() && self.netns == Some(id) {
+            return Ok(());
+        }
+        self.socket = None;
+        self.netns = None;
+        let (socket, id) = crate::netns::in_netns(netns, || {
+            let socket = ioctl_socket().map_err(|source| EbpfError::Netns {
+                path: path.to_owned(),
+                source,
+            })?;
+            // Of the namespace entered, not of the path looked at before (which may have
+            // been replaced in between).
+            Ok((socket, netns_id(Path::new(THREAD_NETNS))?))
+        })?;
+        self.socket = Some(socket);
+        self.netns = Some(id);
+        Ok(())
+    }
+
     /// [`lookup_ifindex`], once per name.
     pub(crate) fn lookup(&mut self, name: &str) -> std::io::Result<Option<u32>> {
         if let Some(found) = self.found.get(name) {
@@ -56,8 +121,8 @@ impl Ifindexes {
         Ok(found)
     }
 
-    /// `SIOCGIFINDEX` on the sync's socket (opened at the first lookup); `if_nametoindex`
-    /// when no socket can be opened.
+    /// `SIOCGIFINDEX` on the kept socket (without [`Self::start_sync`]: opened at the first
+    /// lookup); `if_nametoindex` when no socket can be opened.
     fn ioctl(&mut self, name: &str) -> std::io::Result<Option<u32>> {
         let bytes = name.as_bytes();
         // A name no interface can have (what if_nametoindex answers with ENODEV).
@@ -65,14 +130,10 @@ impl Ifindexes {
             return Ok(None);
         }
         if self.socket.is_none() {
-            // SAFETY: plain socket(2); the fd it returns (if any) is owned here alone.
-            let fd =
-                unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-            if fd < 0 {
-                return lookup_ifindex(name);
+            match ioctl_socket() {
+                Ok(socket) => self.socket = Some(socket),
+                Err(_) => return lookup_ifindex(name),
             }
-            // SAFETY: `fd` was just opened and nothing else owns it.
-            self.socket = Some(unsafe { OwnedFd::from_raw_fd(fd) });
         }
         let Some(socket) = &self.socket else {
             return lookup_ifindex(name);
@@ -138,6 +199,67 @@ pub(crate) fn wanted(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(args: &[&str]) {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?}");
+    }
+
+    /// Root only (it creates namespaces): after `start_sync` the lookups answer for the
+    /// node's namespace from a thread that stays in its own, through a socket kept for the
+    /// next sync; a namespace made again under the same path gets a socket of its own.
+    #[test]
+    fn lookups_answer_for_the_node_namespace_without_entering_it() {
+        if !nix::unistd::Uid::effective().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "needs root (CI=true: a skip is a failure)"
+            );
+            return;
+        }
+        let name = format!("dp-local-test-{}", std::process::id());
+        let path = std::path::PathBuf::from(format!("/run/netns/{name}"));
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "-n",
+            &name,
+            "link",
+            "add",
+            "dp-only-here",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "dp-peer",
+        ]);
+        let mut ifx = Ifindexes::default();
+        ifx.start_sync(Some(&path)).unwrap();
+        assert!(ifx.lookup("dp-only-here").unwrap().is_some());
+        assert_eq!(
+            lookup_ifindex("dp-only-here").unwrap(),
+            None,
+            "the calling thread is in its own namespace"
+        );
+        let socket = ifx.socket.as_ref().map(AsRawFd::as_raw_fd);
+        ifx.start_sync(Some(&path)).unwrap();
+        assert_eq!(ifx.socket.as_ref().map(AsRawFd::as_raw_fd), socket, "kept");
+        ip(&["netns", "del", &name]);
+        ip(&["netns", "add", &name]);
+        ifx.start_sync(Some(&path)).unwrap();
+        assert_eq!(
+            ifx.lookup("dp-only-here").unwrap(),
+            None,
+            "the new namespace has no such interface"
+        );
+        ip(&["netns", "del", &name]);
+        assert!(matches!(
+            ifx.start_sync(Some(&path)),
+            Err(EbpfError::Netns { .. })
+        ));
+    }
 
     #[test]
     fn ifindexes_answer_as_if_nametoindex_does() {

@@ -14,7 +14,7 @@ use nix::sched::{setns, CloneFlags};
 use crate::error::EbpfError;
 
 /// The calling thread's own network namespace (per thread: `setns` moves one thread).
-const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
+pub(crate) const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// Moves the calling thread back into its namespace when dropped.
 struct Home(File);

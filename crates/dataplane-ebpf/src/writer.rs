@@ -1036,16 +1036,25 @@ pub(crate) fn set_event_limits(
 
 /// Makes `dp_local` hold `want` (pod address -> the index of its interface): stale entries
 /// go, then new and changed ones are written. Returns the entries written or removed.
+///
+/// `written` is what the map held after the last call (`None`: unknown, read back from the
+/// map, one `bpf()` call per key and one per value): reading the map on every sync was ~32
+/// µs of an endpoint change that alters nothing in it. It is taken for the call and put back
+/// only when every write succeeded, so that after a failure the next call reads the map again.
 pub(crate) fn sync_local(
     maps: &mut Maps,
     want: &BTreeMap<LocalKey, u32>,
+    written: &mut Option<BTreeMap<LocalKey, u32>>,
 ) -> Result<usize, EbpfError> {
-    let have: BTreeMap<LocalKey, u32> = maps
-        .local
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(k, v)| (k, v.ifindex))
-        .collect();
+    let have = match written.take() {
+        Some(have) => have,
+        None => maps
+            .local
+            .iter()
+            .map(|r| r.map(|(k, v)| (k, v.ifindex)))
+            .collect::<Result<_, _>>()
+            .map_err(merr(map_table::LOCAL.name, "reading"))?,
+    };
     let mut n = 0;
     for k in have.keys().filter(|k| !want.contains_key(k)) {
         crate::error::removed(maps.local.remove(k))
@@ -1060,6 +1069,7 @@ pub(crate) fn sync_local(
             n += 1;
         }
     }
+    *written = Some(want.clone());
     Ok(n)
 }
 

@@ -377,8 +377,12 @@ impl Drop for TestNode {
 
 /// Names of the TCX programs attached to `ifname` in the node's namespace.
 pub fn tcx_programs(node: &TestNode, ifname: &str, egress: bool) -> Vec<String> {
+    tcx_programs_in(node.netns_path(), ifname, egress)
+}
+
+/// Names of the TCX programs attached to `ifname` in the namespace at `path`.
+pub fn tcx_programs_in(path: PathBuf, ifname: &str, egress: bool) -> Vec<String> {
     use aya::programs::{SchedClassifier, TcAttachType};
-    let path = node.netns_path();
     let ifname = ifname.to_owned();
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).expect("netns file");
