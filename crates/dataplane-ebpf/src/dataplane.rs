@@ -734,17 +734,7 @@ impl Dataplane for EbpfDataplane {
             planner,
         } = *applied;
         // The changed services are planned from the change set; the applied state keeps none.
-        if !changes.endpoints.is_empty()
-            || !changes.policies.is_empty()
-            || !changes.namespaces.is_empty()
-            || !changes.pods.is_empty()
-            || !changes.host_endpoints.is_empty()
-            || !changes.host_policies.is_empty()
-            || changes.failsafe_ports.is_some()
-            || !changes.cluster_policies.is_empty()
-            || changes.baseline_policy.is_some()
-            || !changes.nodes.is_empty()
-        {
+        if !policy::services_only(changes) {
             ChangeSet {
                 node: None,
                 services: BTreeMap::new(),
