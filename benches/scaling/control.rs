@@ -204,6 +204,10 @@ fn endpoint_changes(
         .last()
         .cloned()
         .ok_or("control state has no probe service")?;
+    // "Reached" (the report's column and the goal's measure) ends when the probe that the
+    // new backend answered has read its answer and closed; "accepted" when that probe's
+    // connect() returned (the new backend's SYN-ACK), printed beside it only.
+    let mut accepted_us = Vec::with_capacity(settings.changes);
     let budget = Instant::now();
     for k in 0..settings.changes {
         let target = 1 + k % 2;
@@ -223,10 +227,11 @@ fn endpoint_changes(
             .map_err(|e| format!("apply one endpoint change: {e}"))?;
         let applied = t.elapsed();
         let want = &node.names[target % node.names.len()];
-        wait_for(&mut prober, dst, want, Duration::from_secs(5))?;
+        let connected = wait_for(&mut prober, dst, want, Duration::from_secs(5))?;
         let reached = t.elapsed();
         row.change_apply_us.push(us(applied));
         row.change_reach_us.push(us(reached));
+        accepted_us.push(us(connected - t));
         current = next;
         if budget.elapsed() > Duration::from_secs(30) {
             break;
@@ -235,9 +240,11 @@ fn endpoint_changes(
     log(
         start,
         &format!(
-            "  {kind} endpoint change: apply {:.0} µs, reached {:.0} µs (medians of {})",
+            "  {kind} endpoint change: apply {:.0} µs, reached {:.0} µs, accepted by the new \
+             backend {:.0} µs (medians of {})",
             median(&row.change_apply_us),
             median(&row.change_reach_us),
+            median(&accepted_us),
             row.change_reach_us.len()
         ),
     );
@@ -250,6 +257,6 @@ fn wait_for(
     dst: SocketAddrV4,
     want: &str,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<Instant, String> {
     load::wait_for(prober, dst, want, timeout, load::IO_TIMEOUT)
 }

@@ -386,6 +386,18 @@ impl Prober {
         dst: std::net::SocketAddrV4,
         timeout: Duration,
     ) -> Result<String, String> {
+        self.probe_connected_within(dst, timeout)
+            .map(|(name, _)| name)
+    }
+
+    /// [`Prober::probe_within`], with the moment `connect()` returned: the backend's kernel
+    /// had answered the SYN (the connection was accepted by the backend that then answers;
+    /// the request, the answer and the close follow).
+    pub fn probe_connected_within(
+        &mut self,
+        dst: std::net::SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<(String, Instant), String> {
         if self.sockets.is_empty() {
             self.refill()?;
         }
@@ -398,31 +410,33 @@ impl Prober {
             .map_err(|e| e.to_string())?;
         socket::connect(s.as_raw_fd(), &SockaddrIn::from(dst))
             .map_err(|e| format!("connect {dst}: {e}"))?;
+        let connected = Instant::now();
         let mut buf = [0u8; 128];
         let n = s
             .write_all(b"r\n")
             .and_then(|()| read_line(&mut s, &mut buf))
             .map_err(|e| format!("request {dst}: {e}"))?;
         linger_zero(&s);
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), connected))
     }
 }
 
 /// Probes `dst` with `prober` (each attempt waiting at most `attempt`) until `want` answers;
-/// errors after `timeout`.
+/// errors after `timeout`. Returns when the answering probe's `connect()` returned (see
+/// [`Prober::probe_connected_within`]).
 pub fn wait_for(
     prober: &mut Prober,
     dst: std::net::SocketAddrV4,
     want: &str,
     timeout: Duration,
     attempt: Duration,
-) -> Result<(), String> {
+) -> Result<Instant, String> {
     let t = Instant::now();
     let mut last = String::new();
     while t.elapsed() < timeout {
-        match prober.probe_within(dst, attempt) {
-            Ok(name) if name == want => return Ok(()),
-            Ok(name) => last = format!("answered by {name}"),
+        match prober.probe_connected_within(dst, attempt) {
+            Ok((name, connected)) if name == want => return Ok(connected),
+            Ok((name, _)) => last = format!("answered by {name}"),
             Err(e) => last = e,
         }
     }
