@@ -91,12 +91,14 @@ impl Ifindexes {
     pub(crate) fn start_sync(&mut self, netns: Option<&Path>) -> Result<(), EbpfError> {
         self.found.clear();
         let path = netns.unwrap_or(Path::new(THREAD_NETNS));
-        let id = netns_id(path)?;
-        if self.socket.is_some() && self.netns == Some(id) {
+        let id = netns_id(path);
+        if self.socket.is_some() && matches!((&id, self.netns), (Ok(a), Some(b)) if *a == b) {
             return Ok(());
         }
+        // Closed also when the namespace is gone: the socket would keep it alive.
         self.socket = None;
         self.netns = None;
+        id?;
         let (socket, id) = crate::netns::in_netns(netns, || {
             let socket = ioctl_socket().map_err(|source| EbpfError::Netns {
                 path: path.to_owned(),
@@ -259,6 +261,10 @@ mod tests {
             ifx.start_sync(Some(&path)),
             Err(EbpfError::Netns { .. })
         ));
+        assert!(
+            ifx.socket.is_none(),
+            "the gone namespace's socket is closed"
+        );
     }
 
     #[test]
