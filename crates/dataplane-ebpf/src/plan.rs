@@ -238,36 +238,35 @@ fn slots_for(
         return Ok(Arc::clone(slots));
     }
     let ids: Vec<u32> = refs.iter().map(|(r, _)| numbers.number(*r)).collect();
-    let slots: Slots =
-        if service.backend_selection == dataplane_core::BackendSelection::Maglev {
-            let mb: Vec<MaglevBackend> = refs
-                .iter()
-                .map(|(r, w)| MaglevBackend {
-                    key: r.socket().to_string(),
-                    weight: *w,
-                })
-                .collect();
-            let table = maglev_table(&mb, maglev_size).map_err(|e| Error::Kernel {
-                dataplane: BACKEND.to_owned(),
-                operation: format!("building the maglev table of service {}", service.name),
-                source: Box::new(e),
-            })?;
-            table.iter().map(|&i| ids[i as usize]).collect()
-        } else {
-            let g = refs.iter().fold(0u64, |g, (_, w)| gcd(g, u64::from(*w)));
-            let total: u64 = refs.iter().map(|(_, w)| u64::from(*w) / g.max(1)).sum();
-            let mut out = Vec::new();
-            for ((_, w), id) in refs.iter().zip(&ids) {
-                let mut n = u64::from(*w) / g.max(1);
-                if total > MAX_RANDOM_SLOTS {
-                    n = (n * MAX_RANDOM_SLOTS / total).max(1);
-                }
-                for _ in 0..n {
-                    out.push(*id);
-                }
+    let slots: Slots = if service.backend_selection == dataplane_core::BackendSelection::Maglev {
+        let mb: Vec<MaglevBackend> = refs
+            .iter()
+            .map(|(r, w)| MaglevBackend {
+                key: r.socket().to_string(),
+                weight: *w,
+            })
+            .collect();
+        let table = maglev_table(&mb, maglev_size).map_err(|e| Error::Kernel {
+            dataplane: BACKEND.to_owned(),
+            operation: format!("building the maglev table of service {}", service.name),
+            source: Box::new(e),
+        })?;
+        table.iter().map(|&i| ids[i as usize]).collect()
+    } else {
+        let g = refs.iter().fold(0u64, |g, (_, w)| gcd(g, u64::from(*w)));
+        let total: u64 = refs.iter().map(|(_, w)| u64::from(*w) / g.max(1)).sum();
+        let mut out = Vec::new();
+        for ((_, w), id) in refs.iter().zip(&ids) {
+            let mut n = u64::from(*w) / g.max(1);
+            if total > MAX_RANDOM_SLOTS {
+                n = (n * MAX_RANDOM_SLOTS / total).max(1);
             }
-            out.into()
-        };
+            for _ in 0..n {
+                out.push(*id);
+            }
+        }
+        out.into()
+    };
     cache.0.push((refs, Arc::clone(&slots)));
     Ok(slots)
 }
@@ -286,9 +285,7 @@ fn frontend_for(
     numbers: &mut BackendList,
 ) -> Result<FrontendPlan, Error> {
     let slots = match eligible {
-        Eligible::Backends(b) => {
-            slots_for(state, service, port, &b, maglev_size, cache, numbers)?
-        }
+        Eligible::Backends(b) => slots_for(state, service, port, &b, maglev_size, cache, numbers)?,
         Eligible::NoLocal => {
             flags |= SVC_F_NO_LOCAL;
             Arc::from(Vec::new())
@@ -602,35 +599,53 @@ pub(crate) type Fingerprints = dataplane_core::ServiceFingerprints;
 
 use dataplane_core::service_fingerprint as fingerprint;
 
-/// What one service contributed to the plan, so that it can be taken out again.
+/// What one service contributed to the plan, so that it can be taken out again: 24 bytes
+/// and no allocation for a service with one port and no source ranges (the common case; the
+/// planner keeps one per service).
 #[derive(Debug, Clone, Default)]
 struct ServiceEntries {
     /// Hash of the whole service, to tell a full sync which services changed.
     fingerprint: u64,
-    src_ranges: Vec<(SrcRangeData, u32)>,
-    ids: PortIds,
+    /// The first port's service-port id; 0 (never an id): the service has no ports.
+    first_id: u32,
+    /// The other ports' ids and the source ranges, when there are any.
+    more: Option<Box<MoreEntries>>,
 }
 
-/// The service-port ids of one service: one port (the common case) needs no allocation.
+/// The rarer part of [`ServiceEntries`].
 #[derive(Debug, Clone, Default)]
-struct PortIds {
-    first: Option<u32>,
-    more: Box<[u32]>,
+struct MoreEntries {
+    ids: Vec<u32>,
+    src_ranges: Vec<(SrcRangeData, u32)>,
 }
 
-impl PortIds {
-    fn push(&mut self, id: u32) {
-        if self.first.is_none() {
-            self.first = Some(id);
-        } else {
-            let mut more = std::mem::take(&mut self.more).into_vec();
-            more.push(id);
-            self.more = more.into_boxed_slice();
+impl ServiceEntries {
+    fn new(
+        fingerprint: u64,
+        first_id: u32,
+        ids: Vec<u32>,
+        src_ranges: Vec<(SrcRangeData, u32)>,
+    ) -> Self {
+        let more = (!ids.is_empty() || !src_ranges.is_empty())
+            .then(|| Box::new(MoreEntries { ids, src_ranges }));
+        ServiceEntries {
+            fingerprint,
+            first_id,
+            more,
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &u32> {
-        self.first.iter().chain(self.more.iter())
+    /// The service-port ids, in port order.
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        let more = self.more.as_ref().map_or(&[][..], |m| &m.ids[..]);
+        (self.first_id != 0)
+            .then_some(self.first_id)
+            .into_iter()
+            .chain(more.iter().copied())
+    }
+
+    fn src_ranges(&self) -> &[(SrcRangeData, u32)] {
+        self.more.as_ref().map_or(&[][..], |m| &m.src_ranges[..])
     }
 }
 
@@ -788,7 +803,7 @@ impl Planner {
     pub(crate) fn ids_of(&self, name: &ObjectName) -> Vec<u32> {
         self.by_service
             .get(name)
-            .map(|e| e.ids.iter().copied().collect())
+            .map(|e| e.ids().collect())
             .unwrap_or_default()
     }
 
@@ -797,7 +812,7 @@ impl Planner {
         let ids = self
             .by_service
             .iter()
-            .flat_map(|(name, e)| e.ids.iter().map(move |id| (*id, name)));
+            .flat_map(|(name, e)| e.ids().map(move |id| (id, name)));
         (self.used_ids.len(), ids)
     }
 
@@ -810,7 +825,7 @@ impl Planner {
     pub(crate) fn names(&self) -> HashMap<u32, &ObjectName> {
         self.by_service
             .iter()
-            .flat_map(|(name, e)| e.ids.iter().map(move |id| (*id, name)))
+            .flat_map(|(name, e)| e.ids().map(move |id| (id, name)))
             .collect()
     }
 
@@ -884,13 +899,13 @@ impl Planner {
             }
             gone.push(k);
         });
-        for r in &entries.src_ranges {
+        for r in entries.src_ranges() {
             self.src_ranges.remove(r);
         }
-        for id in entries.ids.iter() {
-            self.used_ids.remove(id);
+        for id in entries.ids() {
+            self.used_ids.remove(&id);
         }
-        self.released.extend(entries.ids.iter().copied());
+        self.released.extend(entries.ids());
     }
 
     fn add_service(
@@ -902,13 +917,11 @@ impl Planner {
         numbers: &mut BackendList,
     ) -> Result<(), Error> {
         let first = planned.len();
-        let mut entries = ServiceEntries {
-            fingerprint: fingerprint(service),
-            ..ServiceEntries::default()
-        };
+        let mut src_ranges = Vec::new();
+        let (mut first_id, mut more_ids) = (0, Vec::new());
         let mut out = Out {
             frontends: planned,
-            src_ranges: &mut entries.src_ranges,
+            src_ranges: &mut src_ranges,
             cache: SlotCache::default(),
             numbers,
         };
@@ -917,7 +930,11 @@ impl Planner {
             while !self.used_ids.insert(id) {
                 id = id.wrapping_add(1).max(1);
             }
-            entries.ids.push(id);
+            if first_id == 0 {
+                first_id = id;
+            } else {
+                more_ids.push(id);
+            }
             plan_port(&mut out, state, service, port, id, maglev_size)?;
         }
         if !service.ports.is_empty() {
@@ -945,7 +962,8 @@ impl Planner {
             },
             "frontend_keys disagrees with plan_port"
         );
-        self.src_ranges.extend(entries.src_ranges.iter().copied());
+        self.src_ranges.extend(src_ranges.iter().copied());
+        let entries = ServiceEntries::new(fingerprint(service), first_id, more_ids, src_ranges);
         self.by_service.insert(service.name.clone(), entries);
         Ok(())
     }
@@ -1023,6 +1041,8 @@ pub(crate) mod tests {
         }
     }
 
+    type ResolvedSlots = Arc<[BackendRef]>;
+
     /// A planned frontend with its slots as backends (plans number their backends each
     /// their own way: compared resolved).
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1030,25 +1050,25 @@ pub(crate) mod tests {
         pub id: u32,
         pub flags: u16,
         pub affinity_timeout: u32,
-        pub slots: Arc<[BackendRef]>,
+        pub slots: ResolvedSlots,
     }
 
     /// The frontends of `f` with their slots resolved; frontends that share their slots
     /// share the resolved ones.
     pub(crate) fn resolve(f: Frontends) -> Vec<(SvcKey, Resolved)> {
-        let mut done: Vec<(Arc<[u32]>, Arc<[BackendRef]>)> = Vec::new();
+        let mut done: Vec<(Arc<[u32]>, ResolvedSlots)> = Vec::new();
         f.planned
             .into_iter()
             .map(|(k, p)| {
-                let slots = match done.iter().find(|(s, _)| Arc::ptr_eq(s, &p.slots)) {
-                    Some((_, r)) => Arc::clone(r),
-                    None => {
-                        let r: Arc<[BackendRef]> =
+                let slots =
+                    if let Some((_, r)) = done.iter().find(|(s, _)| Arc::ptr_eq(s, &p.slots)) {
+                        Arc::clone(r)
+                    } else {
+                        let r: ResolvedSlots =
                             p.slots.iter().map(|i| f.backends[*i as usize]).collect();
                         done.push((Arc::clone(&p.slots), Arc::clone(&r)));
                         r
-                    }
-                };
+                    };
                 let r = Resolved {
                     id: p.id,
                     flags: p.flags,

@@ -431,7 +431,10 @@ impl Current {
             return;
         }
         let r = self.ranges.by_place.get_mut(&(base, len));
-        debug_assert!(r.is_some(), "a write points at range ({base}, {len}) nobody holds");
+        debug_assert!(
+            r.is_some(),
+            "a write points at range ({base}, {len}) nobody holds"
+        );
         if let Some(r) = r {
             r.users += 1;
         }
@@ -769,12 +772,7 @@ fn prepare_in(
     fresh_ranges.sort_unstable_by_key(|(base, _)| *base);
     let new_count = tr.new_backends.len();
     if short > 0 {
-        let new: usize = local.keys().map(|s| s.len()).sum();
-        return Err(Error::CapacityExceeded {
-            what: format!("backend slot map ({})", map_table::SLOTS.name),
-            needed: cur.slots_in_use() + new,
-            capacity: caps.backend_slots as usize,
-        });
+        return Err(slots_exceeded(cur, &local, caps));
     }
     let removals = removals(cur, gone.as_deref(), seen.as_ref());
     let entries = cur.frontends.len() + added - removals.len();
@@ -787,6 +785,16 @@ fn prepare_in(
         removals,
         alloc,
     })
+}
+
+/// The error of a write whose new ranges (`local`, content -> base) do not fit.
+fn slots_exceeded(cur: &Current, local: &HashMap<Arc<[u32]>, u32>, caps: &Capacities) -> Error {
+    let new: usize = local.keys().map(|s| s.len()).sum();
+    Error::CapacityExceeded {
+        what: format!("backend slot map ({})", map_table::SLOTS.name),
+        needed: cur.slots_in_use() + new,
+        capacity: caps.backend_slots as usize,
+    }
 }
 
 /// The service entries and backends a write leaves (old backends stay until the services
