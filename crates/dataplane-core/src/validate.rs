@@ -20,6 +20,7 @@ use crate::model::{
 use crate::reference::IpFamily;
 use serde::{Deserialize, Serialize};
 
+mod claims;
 mod tiers;
 
 /// Longest ClientIP affinity timeout Kubernetes accepts (one day).
@@ -1068,7 +1069,7 @@ pub enum Incremental {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Validator {
-    frontends: FrontendClaims,
+    frontends: claims::ClaimTable,
     endpoint_ips: BTreeMap<IpAddr, String>,
     /// Names of the peer pods and of the endpoints (`true`): the two kinds share one name
     /// space, which a change set keyed per kind cannot show.
@@ -1095,7 +1096,7 @@ impl Validator {
             .chain(state.pods.iter().map(|p| (p.name.clone(), false)))
             .collect();
         Ok(Validator {
-            frontends,
+            frontends: frontends.into(),
             endpoint_ips,
             pod_names,
             tiers: tiers::TierClaims::new(state),
@@ -1135,7 +1136,7 @@ impl Validator {
         }
         for (key, what) in &claimed {
             if let Some(other) = self.frontends.get(key) {
-                if !changed_services.contains(claimant(other)) {
+                if !changed_services.contains(claimant(&other)) {
                     let object = claimant(what).to_owned();
                     // The service again, against the clashing claim alone: the error names
                     // the field (`ports[0].nodePort`, ...) as a full validation does.
@@ -1145,7 +1146,7 @@ impl Validator {
                         .filter_map(|c| c.current.as_ref())
                         .find(|s| format!("service {}", s.name) == object);
                     if let Some(s) = service {
-                        let mut seeded = BTreeMap::from([(*key, other.clone())]);
+                        let mut seeded = BTreeMap::from([(*key, Arc::from(other.as_str()))]);
                         validate_service(node, s, &object, &mut seeded)?;
                     }
                     let field = what[object.len()..].trim_start().to_owned();
@@ -1153,7 +1154,7 @@ impl Validator {
                         object,
                         field,
                         frontend: format!("{} {}", key.1, std::net::SocketAddr::new(key.0, key.2)),
-                        other: other.to_string(),
+                        other,
                     });
                 }
             }
@@ -1253,26 +1254,22 @@ impl Validator {
     /// Records `changes` (already checked) as applied; `node` is the state's node.
     pub fn commit(&mut self, node: &Node, changes: &ChangeSet) {
         let mut add = BTreeMap::new();
+        // Where the names of the services whose claims go are: kept for their new claims.
+        let mut reuse = Vec::new();
         for (name, change) in &changes.services {
             let object = format!("service {name}");
             if let Some(prev) = &change.previous {
                 let mut old = BTreeMap::new();
                 let _ = validate_service(node, prev, &object, &mut old);
-                for key in old.keys() {
-                    if self
-                        .frontends
-                        .get(key)
-                        .is_some_and(|w| claimant(w) == object)
-                    {
-                        self.frontends.remove(key);
-                    }
+                if let Some(at) = self.frontends.remove_held(&object, old.into_keys()) {
+                    reuse.push((object.clone(), at));
                 }
             }
             if let Some(s) = &change.current {
                 let _ = validate_service(node, s, &object, &mut add);
             }
         }
-        self.frontends.extend(add);
+        self.frontends.extend(&add, &reuse);
         let mut add = BTreeMap::new();
         for (name, change) in &changes.endpoints {
             let object = format!("endpoint {name}");

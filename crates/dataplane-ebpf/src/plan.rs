@@ -47,7 +47,8 @@ pub(crate) struct FrontendPlan {
     pub flags: u16,
     pub affinity_timeout: u32,
     /// Shared by the frontends of one service that pick from the same backends (a ClusterIP
-    /// and its NodePorts, usually): planned, compared and translated once.
+    /// and its NodePorts, usually): planned, compared and translated once. Indexes into the
+    /// plan's [`Frontends::backends`].
     pub slots: Slots,
 }
 
@@ -62,13 +63,105 @@ pub(crate) struct NodePlan {
 /// The frontends one plan or update produced, in the order they were planned.
 #[derive(Debug, Default)]
 pub(crate) struct Frontends {
-    pub planned: Vec<(SvcKey, FrontendPlan)>,
+    pub planned: Planned,
     /// `None`: a full plan, the service map must hold exactly `planned`. `Some`: an update,
     /// these entries of the changed services are gone; every other entry stays.
     pub gone: Option<Vec<SvcKey>>,
     /// A full plan's bound on its distinct backends (backends x ports of each service; exact
     /// unless services share pods), for sizing the backend table once; 0 for an update.
     pub backends_bound: usize,
+    /// The distinct backends the slots index (each once): a slot is 4 bytes, not a 20-byte
+    /// [`BackendRef`], which made the slots the largest part of a plan at scale.
+    pub backends: Vec<BackendRef>,
+}
+
+/// Frontends in the order they were planned, in chunks of [`Planned::CHUNK`]: consumed in
+/// order, each chunk is freed as soon as it is passed, so that the plan does not stay whole
+/// while the writer builds its translation of it.
+#[derive(Debug, Default)]
+pub(crate) struct Planned {
+    /// Each full but the last.
+    chunks: Vec<Vec<(SvcKey, FrontendPlan)>>,
+}
+
+impl Planned {
+    const CHUNK: usize = 4096;
+
+    /// Room for `n` frontends: the first chunk now, the others as they fill.
+    fn with_capacity(n: usize) -> Self {
+        let mut chunks = Vec::with_capacity(n.div_ceil(Self::CHUNK));
+        if n > 0 {
+            chunks.push(Vec::with_capacity(n.min(Self::CHUNK)));
+        }
+        Planned { chunks }
+    }
+
+    fn push(&mut self, f: (SvcKey, FrontendPlan)) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < Self::CHUNK => c.push(f),
+            _ => {
+                // The first chunk grows as needed (an update plans a few frontends), the
+                // others are sized once.
+                let mut c = if self.chunks.is_empty() {
+                    Vec::new()
+                } else {
+                    Vec::with_capacity(Self::CHUNK)
+                };
+                c.push(f);
+                self.chunks.push(c);
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.chunks.len().saturating_sub(1) * Self::CHUNK + self.chunks.last().map_or(0, Vec::len)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &(SvcKey, FrontendPlan)> {
+        self.chunks.iter().flatten()
+    }
+
+    /// The frontends from the `first`-th on.
+    fn iter_from(&self, first: usize) -> impl Iterator<Item = &(SvcKey, FrontendPlan)> {
+        let (c, o) = (first / Self::CHUNK, first % Self::CHUNK);
+        self.chunks
+            .get(c)
+            .map_or(&[][..], |v| &v[o.min(v.len())..])
+            .iter()
+            .chain(self.chunks.iter().skip(c + 1).flatten())
+    }
+}
+
+impl IntoIterator for Planned {
+    type Item = (SvcKey, FrontendPlan);
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Vec<(SvcKey, FrontendPlan)>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.chunks.into_iter().flatten()
+    }
+}
+
+/// Numbers the backends of a plan as they are planned (see [`Frontends::backends`]).
+#[derive(Debug, Default)]
+struct BackendList {
+    list: Vec<BackendRef>,
+    index: HashMap<BackendRef, u32>,
+}
+
+impl BackendList {
+    fn with_capacity(n: usize) -> Self {
+        BackendList {
+            list: Vec::with_capacity(n),
+            index: HashMap::with_capacity(n),
+        }
+    }
+
+    fn number(&mut self, b: BackendRef) -> u32 {
+        *self.index.entry(b).or_insert_with(|| {
+            self.list.push(b);
+            (self.list.len() - 1) as u32
+        })
+    }
 }
 
 fn proto_number(p: Protocol) -> u8 {
@@ -133,7 +226,8 @@ fn slots_for(
     backends: &[&dataplane_core::Backend],
     maglev_size: u32,
     cache: &mut SlotCache,
-) -> Result<Arc<[BackendRef]>, Error> {
+    numbers: &mut BackendList,
+) -> Result<Slots, Error> {
     let mut refs: Vec<(BackendRef, u16)> = backends
         .iter()
         .map(|b| (backend_ref(state, b, b.target_port(port)), b.weight.max(1)))
@@ -143,36 +237,36 @@ fn slots_for(
     if let Some((_, slots)) = cache.0.iter().find(|(r, _)| *r == refs) {
         return Ok(Arc::clone(slots));
     }
-    let slots: Arc<[BackendRef]> =
-        if service.backend_selection == dataplane_core::BackendSelection::Maglev {
-            let mb: Vec<MaglevBackend> = refs
-                .iter()
-                .map(|(r, w)| MaglevBackend {
-                    key: r.socket().to_string(),
-                    weight: *w,
-                })
-                .collect();
-            let table = maglev_table(&mb, maglev_size).map_err(|e| Error::Kernel {
-                dataplane: BACKEND.to_owned(),
-                operation: format!("building the maglev table of service {}", service.name),
-                source: Box::new(e),
-            })?;
-            table.iter().map(|&i| refs[i as usize].0).collect()
-        } else {
-            let g = refs.iter().fold(0u64, |g, (_, w)| gcd(g, u64::from(*w)));
-            let total: u64 = refs.iter().map(|(_, w)| u64::from(*w) / g.max(1)).sum();
-            let mut out = Vec::new();
-            for (r, w) in &refs {
-                let mut n = u64::from(*w) / g.max(1);
-                if total > MAX_RANDOM_SLOTS {
-                    n = (n * MAX_RANDOM_SLOTS / total).max(1);
-                }
-                for _ in 0..n {
-                    out.push(*r);
-                }
+    let ids: Vec<u32> = refs.iter().map(|(r, _)| numbers.number(*r)).collect();
+    let slots: Slots = if service.backend_selection == dataplane_core::BackendSelection::Maglev {
+        let mb: Vec<MaglevBackend> = refs
+            .iter()
+            .map(|(r, w)| MaglevBackend {
+                key: r.socket().to_string(),
+                weight: *w,
+            })
+            .collect();
+        let table = maglev_table(&mb, maglev_size).map_err(|e| Error::Kernel {
+            dataplane: BACKEND.to_owned(),
+            operation: format!("building the maglev table of service {}", service.name),
+            source: Box::new(e),
+        })?;
+        table.iter().map(|&i| ids[i as usize]).collect()
+    } else {
+        let g = refs.iter().fold(0u64, |g, (_, w)| gcd(g, u64::from(*w)));
+        let total: u64 = refs.iter().map(|(_, w)| u64::from(*w) / g.max(1)).sum();
+        let mut out = Vec::new();
+        for ((_, w), id) in refs.iter().zip(&ids) {
+            let mut n = u64::from(*w) / g.max(1);
+            if total > MAX_RANDOM_SLOTS {
+                n = (n * MAX_RANDOM_SLOTS / total).max(1);
             }
-            out.into()
-        };
+            for _ in 0..n {
+                out.push(*id);
+            }
+        }
+        out.into()
+    };
     cache.0.push((refs, Arc::clone(&slots)));
     Ok(slots)
 }
@@ -188,9 +282,10 @@ fn frontend_for(
     mut flags: u16,
     maglev_size: u32,
     cache: &mut SlotCache,
+    numbers: &mut BackendList,
 ) -> Result<FrontendPlan, Error> {
     let slots = match eligible {
-        Eligible::Backends(b) => slots_for(state, service, port, &b, maglev_size, cache)?,
+        Eligible::Backends(b) => slots_for(state, service, port, &b, maglev_size, cache, numbers)?,
         Eligible::NoLocal => {
             flags |= SVC_F_NO_LOCAL;
             Arc::from(Vec::new())
@@ -276,14 +371,16 @@ struct SlotCache(Vec<(Weighted, Slots)>);
 /// Backends with their weights, sorted.
 type Weighted = Vec<(BackendRef, u16)>;
 
-/// The slots of a frontend, shared between frontends with the same.
-pub(crate) type Slots = Arc<[BackendRef]>;
+/// The slots of a frontend (indexes into the plan's backends), shared between frontends
+/// with the same.
+pub(crate) type Slots = Arc<[u32]>;
 
 /// Where one service's frontends go.
 struct Out<'a> {
-    frontends: &'a mut Vec<(SvcKey, FrontendPlan)>,
+    frontends: &'a mut Planned,
     src_ranges: &'a mut Vec<(SrcRangeData, u32)>,
     cache: SlotCache,
+    numbers: &'a mut BackendList,
 }
 
 /// The frontends of one service port.
@@ -312,6 +409,7 @@ fn plan_port(
             flags,
             maglev_size,
             &mut out.cache,
+            out.numbers,
         )?;
         out.frontends.push((k, f));
         Ok::<(), Error>(())
@@ -501,35 +599,53 @@ pub(crate) type Fingerprints = dataplane_core::ServiceFingerprints;
 
 use dataplane_core::service_fingerprint as fingerprint;
 
-/// What one service contributed to the plan, so that it can be taken out again.
+/// What one service contributed to the plan, so that it can be taken out again: 24 bytes
+/// and no allocation for a service with one port and no source ranges (the common case; the
+/// planner keeps one per service).
 #[derive(Debug, Clone, Default)]
 struct ServiceEntries {
     /// Hash of the whole service, to tell a full sync which services changed.
     fingerprint: u64,
-    src_ranges: Vec<(SrcRangeData, u32)>,
-    ids: PortIds,
+    /// The first port's service-port id; 0 (never an id): the service has no ports.
+    first_id: u32,
+    /// The other ports' ids and the source ranges, when there are any.
+    more: Option<Box<MoreEntries>>,
 }
 
-/// The service-port ids of one service: one port (the common case) needs no allocation.
+/// The rarer part of [`ServiceEntries`].
 #[derive(Debug, Clone, Default)]
-struct PortIds {
-    first: Option<u32>,
-    more: Box<[u32]>,
+struct MoreEntries {
+    ids: Vec<u32>,
+    src_ranges: Vec<(SrcRangeData, u32)>,
 }
 
-impl PortIds {
-    fn push(&mut self, id: u32) {
-        if self.first.is_none() {
-            self.first = Some(id);
-        } else {
-            let mut more = std::mem::take(&mut self.more).into_vec();
-            more.push(id);
-            self.more = more.into_boxed_slice();
+impl ServiceEntries {
+    fn new(
+        fingerprint: u64,
+        first_id: u32,
+        ids: Vec<u32>,
+        src_ranges: Vec<(SrcRangeData, u32)>,
+    ) -> Self {
+        let more = (!ids.is_empty() || !src_ranges.is_empty())
+            .then(|| Box::new(MoreEntries { ids, src_ranges }));
+        ServiceEntries {
+            fingerprint,
+            first_id,
+            more,
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &u32> {
-        self.first.iter().chain(self.more.iter())
+    /// The service-port ids, in port order.
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        let more = self.more.as_ref().map_or(&[][..], |m| &m.ids[..]);
+        (self.first_id != 0)
+            .then_some(self.first_id)
+            .into_iter()
+            .chain(more.iter().copied())
+    }
+
+    fn src_ranges(&self) -> &[(SrcRangeData, u32)] {
+        self.more.as_ref().map_or(&[][..], |m| &m.src_ranges[..])
     }
 }
 
@@ -614,15 +730,17 @@ impl Planner {
             .fold(0usize, usize::saturating_add);
         let mut services: Vec<&Service> = state.services.iter().collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
-        // Sized exactly: growing the vector (or a guess per service) leaves up to its size
-        // again unused at the peak of the apply.
+        // In chunks sized once: a growing vector leaves up to its size again unused at the
+        // peak of the apply.
         let count = services
             .iter()
             .map(|s| frontend_count(&state.node, s))
             .sum();
-        let mut planned = Vec::with_capacity(count);
+        let mut planned = Planned::with_capacity(count);
+        // Distinct backends: at most the bound, often far fewer (services share pods).
+        let mut numbers = BackendList::with_capacity(backends_bound.min(1 << 16));
         for service in services {
-            p.add_service(state, service, maglev_size, &mut planned)?;
+            p.add_service(state, service, maglev_size, &mut planned, &mut numbers)?;
         }
         // Less only where services share a ClusterIP: its wildcard is planned once.
         debug_assert!(
@@ -635,6 +753,7 @@ impl Planner {
                 planned,
                 gone: None,
                 backends_bound,
+                backends: numbers.list,
             },
         ))
     }
@@ -662,11 +781,12 @@ impl Planner {
                 self.remove_service(&state.node, name, previous, &mut gone);
             }
         }
-        let mut planned = Vec::new();
+        let mut planned = Planned::default();
+        let mut numbers = BackendList::default();
         for change in changes.services.values() {
             // The change carries the service as the state now holds it: no search.
             if let Some(service) = &change.current {
-                self.add_service(state, service, maglev_size, &mut planned)?;
+                self.add_service(state, service, maglev_size, &mut planned, &mut numbers)?;
             }
         }
         let kept: HashSet<SvcKey> = planned.iter().map(|(k, _)| *k).collect();
@@ -675,6 +795,7 @@ impl Planner {
             planned,
             gone: Some(gone),
             backends_bound: 0,
+            backends: numbers.list,
         })
     }
 
@@ -682,7 +803,7 @@ impl Planner {
     pub(crate) fn ids_of(&self, name: &ObjectName) -> Vec<u32> {
         self.by_service
             .get(name)
-            .map(|e| e.ids.iter().copied().collect())
+            .map(|e| e.ids().collect())
             .unwrap_or_default()
     }
 
@@ -691,7 +812,7 @@ impl Planner {
         let ids = self
             .by_service
             .iter()
-            .flat_map(|(name, e)| e.ids.iter().map(move |id| (*id, name)));
+            .flat_map(|(name, e)| e.ids().map(move |id| (id, name)));
         (self.used_ids.len(), ids)
     }
 
@@ -704,7 +825,7 @@ impl Planner {
     pub(crate) fn names(&self) -> HashMap<u32, &ObjectName> {
         self.by_service
             .iter()
-            .flat_map(|(name, e)| e.ids.iter().map(move |id| (*id, name)))
+            .flat_map(|(name, e)| e.ids().map(move |id| (id, name)))
             .collect()
     }
 
@@ -778,13 +899,13 @@ impl Planner {
             }
             gone.push(k);
         });
-        for r in &entries.src_ranges {
+        for r in entries.src_ranges() {
             self.src_ranges.remove(r);
         }
-        for id in entries.ids.iter() {
-            self.used_ids.remove(id);
+        for id in entries.ids() {
+            self.used_ids.remove(&id);
         }
-        self.released.extend(entries.ids.iter().copied());
+        self.released.extend(entries.ids());
     }
 
     fn add_service(
@@ -792,24 +913,28 @@ impl Planner {
         state: &DesiredState,
         service: &Service,
         maglev_size: u32,
-        planned: &mut Vec<(SvcKey, FrontendPlan)>,
+        planned: &mut Planned,
+        numbers: &mut BackendList,
     ) -> Result<(), Error> {
         let first = planned.len();
-        let mut entries = ServiceEntries {
-            fingerprint: fingerprint(service),
-            ..ServiceEntries::default()
-        };
+        let mut src_ranges = Vec::new();
+        let (mut first_id, mut more_ids) = (0, Vec::new());
         let mut out = Out {
             frontends: planned,
-            src_ranges: &mut entries.src_ranges,
+            src_ranges: &mut src_ranges,
             cache: SlotCache::default(),
+            numbers,
         };
         for port in &service.ports {
             let mut id = fnv1a(&port_identity(&service.name, port));
             while !self.used_ids.insert(id) {
                 id = id.wrapping_add(1).max(1);
             }
-            entries.ids.push(id);
+            if first_id == 0 {
+                first_id = id;
+            } else {
+                more_ids.push(id);
+            }
             plan_port(&mut out, state, service, port, id, maglev_size)?;
         }
         if !service.ports.is_empty() {
@@ -833,11 +958,12 @@ impl Planner {
                         keys.push(k);
                     }
                 });
-                keys.iter().eq(planned[first..].iter().map(|(k, _)| k))
+                keys.iter().eq(planned.iter_from(first).map(|(k, _)| k))
             },
             "frontend_keys disagrees with plan_port"
         );
-        self.src_ranges.extend(entries.src_ranges.iter().copied());
+        self.src_ranges.extend(src_ranges.iter().copied());
+        let entries = ServiceEntries::new(fingerprint(service), first_id, more_ids, src_ranges);
         self.by_service.insert(service.name.clone(), entries);
         Ok(())
     }
@@ -854,7 +980,9 @@ pub(crate) mod tests {
 
     use std::collections::{BTreeMap, BTreeSet};
 
-    use super::{FrontendPlan, Planner, SvcKey};
+    use std::sync::Arc;
+
+    use super::{BackendRef, Frontends, Planner, SvcKey};
     use crate::maps::{
         Addr, Be16, SrcRangeData, CFG_F_CLUSTER_V4, CFG_F_CLUSTER_V6, CIDR_F_SERVICE,
         SCOPE_EXTERNAL, SCOPE_EXTERNAL_INSIDE, SCOPE_INTERNAL, SCOPE_RETIRED_INTERNAL_OUTSIDE,
@@ -913,22 +1041,61 @@ pub(crate) mod tests {
         }
     }
 
+    type ResolvedSlots = Arc<[BackendRef]>;
+
+    /// A planned frontend with its slots as backends (plans number their backends each
+    /// their own way: compared resolved).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct Resolved {
+        pub id: u32,
+        pub flags: u16,
+        pub affinity_timeout: u32,
+        pub slots: ResolvedSlots,
+    }
+
+    /// The frontends of `f` with their slots resolved; frontends that share their slots
+    /// share the resolved ones.
+    pub(crate) fn resolve(f: Frontends) -> Vec<(SvcKey, Resolved)> {
+        let mut done: Vec<(Arc<[u32]>, ResolvedSlots)> = Vec::new();
+        f.planned
+            .into_iter()
+            .map(|(k, p)| {
+                let slots =
+                    if let Some((_, r)) = done.iter().find(|(s, _)| Arc::ptr_eq(s, &p.slots)) {
+                        Arc::clone(r)
+                    } else {
+                        let r: ResolvedSlots =
+                            p.slots.iter().map(|i| f.backends[*i as usize]).collect();
+                        done.push((Arc::clone(&p.slots), Arc::clone(&r)));
+                        r
+                    };
+                let r = Resolved {
+                    id: p.id,
+                    flags: p.flags,
+                    affinity_timeout: p.affinity_timeout,
+                    slots,
+                };
+                (k, r)
+            })
+            .collect()
+    }
+
     /// The service map a full plan of `st` asks for.
-    fn plan(st: &DesiredState, maglev: u32) -> BTreeMap<SvcKey, FrontendPlan> {
+    fn plan(st: &DesiredState, maglev: u32) -> BTreeMap<SvcKey, Resolved> {
         let (_, f) = Planner::full(st, maglev).unwrap();
         assert!(f.gone.is_none());
-        f.planned.into_iter().collect()
+        resolve(f).into_iter().collect()
     }
 
     /// The service map of a full plan of `old` with the in-place update to `new` applied.
-    fn plan_by_update(old: &DesiredState, new: &DesiredState) -> BTreeMap<SvcKey, FrontendPlan> {
+    fn plan_by_update(old: &DesiredState, new: &DesiredState) -> BTreeMap<SvcKey, Resolved> {
         let (mut planner, _) = Planner::full(old, 251).unwrap();
-        let update = planner.update_in_place(new, &diff(old, new), 251).unwrap();
+        let mut update = planner.update_in_place(new, &diff(old, new), 251).unwrap();
         let mut map = plan(old, 251);
-        for k in update.gone.unwrap() {
+        for k in update.gone.take().unwrap() {
             map.remove(&k);
         }
-        map.extend(update.planned);
+        map.extend(resolve(update));
         map
     }
 
@@ -972,7 +1139,7 @@ pub(crate) mod tests {
         web.backends[1].port = Some(9090);
         let old = state(vec![web]);
         let p = plan(&old, 251);
-        let ports = |f: &FrontendPlan| -> BTreeSet<SocketAddr> {
+        let ports = |f: &Resolved| -> BTreeSet<SocketAddr> {
             f.slots.iter().map(super::BackendRef::socket).collect()
         };
         let want: BTreeSet<SocketAddr> = ["10.244.1.5:8080", "10.244.1.6:9090"]
@@ -1028,13 +1195,13 @@ pub(crate) mod tests {
             .push(svc("d", "10.96.0.4", &[("10.244.1.8", 2, "node-a")]));
         let changes = diff(&old, &new);
         let (mut planner, _) = Planner::full(&old, 251).unwrap();
-        let update = planner.update_in_place(&new, &changes, 251).unwrap();
+        let mut update = planner.update_in_place(&new, &changes, 251).unwrap();
         // The old service map with the update applied is the new state's.
         let mut map = plan(&old, 251);
-        for k in update.gone.unwrap() {
+        for k in update.gone.take().unwrap() {
             assert!(map.remove(&k).is_some(), "only entries that were there go");
         }
-        map.extend(update.planned);
+        map.extend(resolve(update));
         assert_eq!(map, plan(&new, 251));
         let (full, _) = Planner::full(&new, 251).unwrap();
         assert_eq!(

@@ -18,7 +18,7 @@ use crate::maps::{
     SrcRangeData, SvcEntry, SvcKey, SvcValue, CFG_F_HOST_ROUTING, EV_KIND_MAX, SVC_F_AFFINITY,
 };
 use crate::mmap::MmapArray;
-use crate::plan::{Frontends, Planner, Slots};
+use crate::plan::{BackendRef, Frontends, Planner, Slots};
 
 /// First-fit allocator of slot ranges in `dp_slots` (index 0 is never used).
 #[derive(Debug, Clone)]
@@ -400,6 +400,11 @@ impl Current {
 
     /// Records a range at `base` with `users` frontends (a new one counts its ids as held).
     fn add_range(&mut self, ids: &Arc<[u32]>, base: u32, users: u32) {
+        self.add_range_with(ids, base, users.max(1));
+    }
+
+    /// [`Current::add_range`] with exactly `users` (0: the writes that point at it follow).
+    fn add_range_with(&mut self, ids: &Arc<[u32]>, base: u32, users: u32) {
         let len = ids.len() as u32;
         for id in distinct(ids) {
             if let Some(n) = self.id_refs.get_mut(id as usize) {
@@ -410,7 +415,7 @@ impl Current {
             (base, len),
             Range {
                 ids: Arc::clone(ids),
-                users: users.max(1),
+                users,
             },
         );
         self.ranges
@@ -419,14 +424,19 @@ impl Current {
             .or_insert(base);
     }
 
-    /// One more frontend points at `ids` at `base`.
-    fn hold(&mut self, ids: &Arc<[u32]>, base: u32) {
-        if ids.is_empty() {
+    /// One more frontend points at the range (`base`, `len`), which the maps hold (or this
+    /// write added).
+    fn hold(&mut self, base: u32, len: u32) {
+        if len == 0 {
             return;
         }
-        match self.ranges.by_place.get_mut(&(base, ids.len() as u32)) {
-            Some(r) => r.users += 1,
-            None => self.add_range(ids, base, 1),
+        let r = self.ranges.by_place.get_mut(&(base, len));
+        debug_assert!(
+            r.is_some(),
+            "a write points at range ({base}, {len}) nobody holds"
+        );
+        if let Some(r) = r {
+            r.users += 1;
         }
     }
 
@@ -499,24 +509,36 @@ fn capacity(what: &str, needed: usize, capacity: u32) -> Result<(), Error> {
     Ok(())
 }
 
-/// A frontend to (re)write.
-struct Write {
-    key: SvcKey,
-    /// With its slot base.
-    value: SvcValue,
-    slots: Arc<[u32]>,
-    /// The range is new: its slots must be written.
-    fresh: bool,
-}
-
 struct Prepared {
     /// Ids of the backends `prepare` entered (their keys are in the table).
     new_backends: Vec<u32>,
     /// `backends.id_bound()` before: where a failed write takes it back to.
     id_bound: u32,
-    writes: Vec<Write>,
+    /// The frontends to (re)write, with their slot bases. A map, not a list: after a full
+    /// sync into empty maps it becomes the writer's mirror as it is, instead of being copied
+    /// into one (both whole were the peak of such a sync).
+    writes: HashMap<SvcKey, SvcValue>,
+    /// The new ranges (their slots must be written): base and content, by base.
+    fresh: Vec<(u32, Arc<[u32]>)>,
     removals: Vec<SvcKey>,
     alloc: SlotAlloc,
+}
+
+/// The backend ids of the range (`base`, `len`) a write points at: a new one (`fresh`, by
+/// base) or one the maps hold.
+fn range_ids<'a>(
+    fresh: &'a [(u32, Arc<[u32]>)],
+    ranges: &'a Ranges,
+    base: u32,
+    len: u32,
+) -> &'a [u32] {
+    if len == 0 {
+        return &[];
+    }
+    match fresh.binary_search_by_key(&base, |(b, _)| *b) {
+        Ok(i) => &fresh[i].1,
+        Err(_) => ranges.get(base, len),
+    }
 }
 
 /// Ids for backends new to the maps: the free ones below the high-water mark in order, then
@@ -537,34 +559,42 @@ impl FreshIds<'_> {
 
 /// Translates planned slots into backend ids, giving fresh ids to backends not in the maps
 /// yet (entered into `backends` right away, and listed in `new_backends` to be written,
-/// or taken out again if the write is refused). Consecutive frontends sharing their slots
-/// (one service's) are translated once.
+/// or taken out again if the write is refused). Each of the plan's backends is looked up
+/// once; consecutive frontends sharing their slots (one service's) are translated once.
 struct Translator<'a> {
     backends: &'a mut BackendTable,
     new_backends: &'a mut Vec<u32>,
     fresh: FreshIds<'a>,
+    /// The plan's backends ([`Frontends::backends`]).
+    planned: &'a [BackendRef],
+    /// Plan index -> backend id, 0 while not looked up yet.
+    ids: Vec<u32>,
     last: Option<(Slots, Arc<[u32]>)>,
 }
 
 impl Translator<'_> {
+    fn id(&mut self, i: u32) -> u32 {
+        let i = i as usize;
+        if self.ids[i] == 0 {
+            let b = self.planned[i];
+            let k = (b.addr, b.port, b.family);
+            self.ids[i] = self.backends.get(&k).unwrap_or_else(|| {
+                let id = self.fresh.take();
+                self.backends.insert(k, id);
+                self.new_backends.push(id);
+                id
+            });
+        }
+        self.ids[i]
+    }
+
     fn slot_ids(&mut self, slots: &Slots) -> Arc<[u32]> {
         if let Some((from, to)) = &self.last {
             if Arc::ptr_eq(from, slots) {
                 return Arc::clone(to);
             }
         }
-        let out: Arc<[u32]> = slots
-            .iter()
-            .map(|b| {
-                let k = (b.addr, b.port, b.family);
-                self.backends.get(&k).unwrap_or_else(|| {
-                    let id = self.fresh.take();
-                    self.backends.insert(k, id);
-                    self.new_backends.push(id);
-                    id
-                })
-            })
-            .collect();
+        let out: Arc<[u32]> = slots.iter().map(|i| self.id(*i)).collect();
         self.last = Some((Arc::clone(slots), Arc::clone(&out)));
         out
     }
@@ -649,7 +679,12 @@ fn prepare_in(
     caps: &Capacities,
     new_backends: &mut Vec<u32>,
 ) -> Result<Prepared, Error> {
-    let Frontends { planned, gone, .. } = frontends;
+    let Frontends {
+        planned,
+        gone,
+        backends: planned_backends,
+        ..
+    } = frontends;
     capacity(
         &format!("source range map ({})", map_table::SRC_RANGES.name),
         planner.src_ranges.len(),
@@ -672,13 +707,16 @@ fn prepare_in(
             free: free_ids.iter(),
             next,
         },
+        ids: vec![0; planned_backends.len()],
+        planned: &planned_backends,
         last: None,
     };
     let mut alloc = cur_alloc.clone();
     let mut local: HashMap<Arc<[u32]>, u32> = HashMap::new();
     // A full plan into new maps writes nearly every entry.
     let fresh_maps = gone.is_none() && cur_frontends.is_empty();
-    let mut writes = Vec::with_capacity(if fresh_maps { planned.len() } else { 0 });
+    let mut writes = HashMap::with_capacity(if fresh_maps { planned.len() } else { 0 });
+    let mut fresh_ranges = Vec::new();
     // Every key planned, for a full plan over maps that hold entries: the others go. The
     // plan holds each key once (a ClusterIP's wildcard too, see `Planner::add_service`).
     let mut seen: Option<HashSet<SvcKey>> =
@@ -719,24 +757,22 @@ fn prepare_in(
             local.insert(Arc::clone(&slots), 0);
             (0, false)
         });
-        writes.push(Write {
+        if fresh {
+            fresh_ranges.push((base, slots));
+        }
+        writes.insert(
             key,
-            value: SvcValue {
+            SvcValue {
                 slot_base: base,
                 ..value
             },
-            slots,
-            fresh,
-        });
+        );
     }
+    // Ranges are handed out first fit: mostly ascending already.
+    fresh_ranges.sort_unstable_by_key(|(base, _)| *base);
     let new_count = tr.new_backends.len();
     if short > 0 {
-        let new: usize = local.keys().map(|s| s.len()).sum();
-        return Err(Error::CapacityExceeded {
-            what: format!("backend slot map ({})", map_table::SLOTS.name),
-            needed: cur.slots_in_use() + new,
-            capacity: caps.backend_slots as usize,
-        });
+        return Err(slots_exceeded(cur, &local, caps));
     }
     let removals = removals(cur, gone.as_deref(), seen.as_ref());
     let entries = cur.frontends.len() + added - removals.len();
@@ -745,9 +781,20 @@ fn prepare_in(
         new_backends: Vec::new(),
         id_bound: 0,
         writes,
+        fresh: fresh_ranges,
         removals,
         alloc,
     })
+}
+
+/// The error of a write whose new ranges (`local`, content -> base) do not fit.
+fn slots_exceeded(cur: &Current, local: &HashMap<Arc<[u32]>, u32>, caps: &Capacities) -> Error {
+    let new: usize = local.keys().map(|s| s.len()).sum();
+    Error::CapacityExceeded {
+        what: format!("backend slot map ({})", map_table::SLOTS.name),
+        needed: cur.slots_in_use() + new,
+        capacity: caps.backend_slots as usize,
+    }
 }
 
 /// The service entries and backends a write leaves (old backends stay until the services
@@ -866,21 +913,30 @@ pub(crate) fn write(
         n += 1;
     }
     // 4. Slots of every new range, then the entries that point at them.
-    let slots = prep.writes.iter().filter(|w| w.fresh).flat_map(|w| {
-        let base = w.value.slot_base;
-        w.slots
-            .iter()
+    let slots = prep.fresh.iter().flat_map(|(base, ids)| {
+        ids.iter()
             .enumerate()
             .map(move |(i, id)| (base + i as u32, *id))
     });
     n += ArrayIo::slots(maps).write(slots)?;
     // In chunks: each entry is complete on its own (its slots and backends are written), and
     // the key and value arrays stay small.
-    for chunk in prep.writes.chunks(SVC_CHUNK) {
-        let (keys, values): (Vec<SvcKey>, Vec<SvcEntry>) = chunk
-            .iter()
-            .map(|w| (w.key, SvcEntry::new(w.value, &w.slots)))
-            .unzip();
+    let mut entries = prep.writes.iter();
+    let mut keys = Vec::with_capacity(SVC_CHUNK.min(prep.writes.len()));
+    let mut values = Vec::with_capacity(keys.capacity());
+    loop {
+        keys.clear();
+        values.clear();
+        for (key, v) in entries.by_ref().take(SVC_CHUNK) {
+            keys.push(*key);
+            values.push(SvcEntry::new(
+                *v,
+                range_ids(&prep.fresh, &cur.ranges, v.slot_base, v.slot_count),
+            ));
+        }
+        if keys.is_empty() {
+            break;
+        }
         if !batch(&maps.svc_batch, map_table::SVC.name, &keys, &values)? {
             for (key, value) in keys.iter().zip(&values) {
                 maps.svc
@@ -890,26 +946,39 @@ pub(crate) fn write(
             }
         }
     }
+    drop((keys, values));
     // A full sync sizes the tables once: grown by doubling, they leave their smaller copies
     // behind as free heap. (An update's writes mostly replace entries: no reserve.)
     if !incremental {
-        let fresh_ranges = prep.writes.iter().filter(|w| w.fresh).count();
+        let fresh_ranges = prep.fresh.len();
         cur.ranges.by_place.reserve(fresh_ranges);
         cur.ranges.by_content.reserve(fresh_ranges);
-        cur.frontends.reserve(prep.writes.len());
     }
-    for w in &prep.writes {
-        cur.hold(&w.slots, w.value.slot_base);
-        if w.value.flags & SVC_F_AFFINITY != 0 {
-            affinity_ids.insert(w.value.id);
-        }
-        if let Some(old) = cur.frontends.insert(w.key, w.value) {
-            if old.flags & SVC_F_AFFINITY != 0 {
-                affinity_ids.insert(old.id);
-            }
-            to_release.push((old.slot_base, old.slot_count));
+    for (base, ids) in prep.fresh {
+        cur.add_range_with(&ids, base, 0);
+    }
+    for value in prep.writes.values() {
+        cur.hold(value.slot_base, value.slot_count);
+        if value.flags & SVC_F_AFFINITY != 0 {
+            affinity_ids.insert(value.id);
         }
         n += 1;
+    }
+    if cur.frontends.is_empty() {
+        // Nothing to replace: the writes are the mirror.
+        cur.frontends = prep.writes;
+    } else {
+        if !incremental {
+            cur.frontends.reserve(prep.writes.len());
+        }
+        for (key, value) in prep.writes {
+            if let Some(old) = cur.frontends.insert(key, value) {
+                if old.flags & SVC_F_AFFINITY != 0 {
+                    affinity_ids.insert(old.id);
+                }
+                to_release.push((old.slot_base, old.slot_count));
+            }
+        }
     }
     // 5. Old ranges nobody uses any more; the backend ids only they held.
     let mut dropped = Vec::new();
