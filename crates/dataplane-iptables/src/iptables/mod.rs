@@ -9,6 +9,7 @@
 // partial restore writes, not part of the API: hidden.
 #[doc(hidden)]
 pub mod digest;
+pub(crate) mod hairpin;
 // The set operations of a sync: public for the render tests, which run them against a
 // simulated kernel, not part of the API: hidden.
 pub(crate) mod host;
@@ -38,7 +39,9 @@ use crate::plan::check_supported;
 use dataplane_core::CompiledPolicy;
 use dataplane_core::IpFamily;
 use dataplane_core::ServiceFingerprints;
-use digest::{digests_logged, name_hash, Digests, NameHash, ServicesPatch, SyncPlan};
+use digest::{
+    digests_logged, name_hash, Digests, NameHash, RenderOptions, ServicesPatch, SyncPlan,
+};
 use ipset::{KernelSets, SetOp};
 use policy::{is_our_set, IpSets};
 use render::{write_reset, Chains, Existing, ExistingParser, Table, MAX_PREFIX_LEN};
@@ -79,6 +82,11 @@ pub struct IptablesDataplane {
     /// A destroy of unused sets failed after its sync committed: the next sync reads the
     /// kernel's sets to destroy them, whatever it needs.
     sets_to_clean: bool,
+    /// Members of the hairpin sets per family (IPv4, IPv6) after the last sync, at most
+    /// (a partial sync counts its additions, some of which may have been there): a partial
+    /// sync that could go over `ipset_max_elements` takes the sync over every service, which
+    /// counts exactly.
+    hairpin_members: [usize; 2],
     /// What the event readers name things with, replaced after every apply while a reader
     /// is open (see [`SharedNames`]).
     names: SharedNames,
@@ -103,6 +111,7 @@ impl IptablesDataplane {
             dirty: false,
             wrote_sets: false,
             sets_to_clean: false,
+            hairpin_members: [0; 2],
             names: SharedNames::default(),
             tools: std::sync::OnceLock::new(),
             l2: crate::l2::Announcer::default(),
@@ -188,13 +197,19 @@ impl IptablesDataplane {
         let compiled = dataplane_core::compile(desired);
         let policy = policy::chains(&compiled, desired, prefix, family)
             .map_err(|e| e.into_error(BACKEND))?;
-        let new = digests_logged(desired, &policy, prefix, family, &self.config.log_plan())
-            .map_err(|e| e.into_error(BACKEND))?;
+        let new = digests_logged(
+            desired,
+            &policy,
+            prefix,
+            family,
+            &RenderOptions::of(&self.config),
+        )
+        .map_err(|e| e.into_error(BACKEND))?;
         let none = Existing::default();
         let mut out = String::new();
         SyncPlan::new(None, &new, &none, prefix)
             .with_policy(&policy)
-            .with_log(self.config.log_plan())
+            .with_options(RenderOptions::of(&self.config))
             .write(desired, family, None, &mut out)
             .map_err(|_| NetfilterError::Internal {
                 backend: BACKEND,
@@ -485,6 +500,46 @@ impl IptablesDataplane {
         }
     }
 
+    /// Runs `ipset restore` with the hairpin sets' input `render` (see [`hairpin`]).
+    fn hairpin_restore(&self, render: &exec::Render<'_>, op: &str) -> Result<(), NetfilterError> {
+        exec::run_streamed(
+            BACKEND,
+            self.config.netns.as_deref(),
+            &self.config.ipset,
+            &["restore"],
+            render,
+            op,
+        )
+        .map(|_| ())
+    }
+
+    /// The hairpin sets' members of `desired` per family, refused (before anything is
+    /// written) where a set would hold more than `ipset_max_elements`; `None` without the
+    /// hairpin sets ([`NetfilterConfig::hairpin_ipset`] off).
+    fn hairpin_plan(
+        &self,
+        desired: &DesiredState,
+    ) -> Result<Option<[BTreeSet<hairpin::Member>; 2]>, Error> {
+        if !self.config.hairpin_ipset {
+            return Ok(None);
+        }
+        let members = [IpFamily::V4, IpFamily::V6].map(|f| hairpin::members(desired, f));
+        let max = self.config.ipset_max_elements as usize;
+        for (family, m) in [IpFamily::V4, IpFamily::V6].into_iter().zip(&members) {
+            if m.len() > max {
+                return Err(Error::CapacityExceeded {
+                    what: format!(
+                        "ipset {} (this node's backends, for hairpin), NetfilterConfig::ipset_max_elements",
+                        hairpin::set_name(&self.config.name, family)
+                    ),
+                    needed: m.len(),
+                    capacity: max,
+                });
+            }
+        }
+        Ok(Some(members))
+    }
+
     /// The ipset work of a sync before the rules are written: the compiled policy of
     /// `desired` (`previous`, the last sync's policy and sets, brought forward by `changes`;
     /// or compiled afresh), the sets it needs, the kernel's sets, and the creates and member
@@ -702,12 +757,13 @@ impl IptablesDataplane {
         sets: &SetsPlan,
     ) -> Result<([Digests; 2], usize), Error> {
         let prefix = self.config.name.clone();
-        let log = self.config.log_plan();
+        let opts = RenderOptions::of(&self.config);
         let families = [IpFamily::V4, IpFamily::V6];
+        let hairpin = self.hairpin_plan(desired)?;
         let new = [
-            digests_logged(desired, &sets.chains[0], &prefix, IpFamily::V4, &log)
+            digests_logged(desired, &sets.chains[0], &prefix, IpFamily::V4, &opts)
                 .map_err(|e| e.into_error(BACKEND))?,
-            digests_logged(desired, &sets.chains[1], &prefix, IpFamily::V6, &log)
+            digests_logged(desired, &sets.chains[1], &prefix, IpFamily::V6, &opts)
                 .map_err(|e| e.into_error(BACKEND))?,
         ];
         // Both families' kernel state is read before either is written; IPv4's also kept, to
@@ -729,6 +785,15 @@ impl IptablesDataplane {
         } else {
             "partial sync"
         };
+        // The hairpin sets with every member the new rules need (a member too many is
+        // harmless: see `hairpin`), before anything else is written.
+        let max = self.config.ipset_max_elements;
+        if let Some(members) = &hairpin {
+            self.hairpin_restore(
+                &|out| hairpin::write_adds(&prefix, members, max, out),
+                "ipset hairpin",
+            )?;
+        }
         // Sets first (creates, the members of new sets, removals): the rules loaded next
         // name them, and the rules still loaded only lose members (see `ipset`'s order).
         self.run_set_ops(&sets.ops, "ipset restore")?;
@@ -749,7 +814,7 @@ impl IptablesDataplane {
                 &prefix,
             )
             .with_policy(&sets.chains[i])
-            .with_log(log);
+            .with_options(opts);
             let plan = if nft_sections {
                 plan.in_sections(NFT_SECTION_CHAINS)
             } else {
@@ -802,6 +867,18 @@ impl IptablesDataplane {
         // The sets no rule names any more go last, best effort: the sync has committed.
         let destroys = ipset::destroys(&sets.kernel, &sets.want);
         written += self.destroy_unused(&destroys);
+        // The hairpin sets made exact (the members of backends gone leave), best effort:
+        // what is left is harmless and the next sync over every service tries again.
+        if let Some(members) = &hairpin {
+            match self.hairpin_restore(
+                &|out| hairpin::write_exact(&prefix, members, max, out),
+                "ipset hairpin",
+            ) {
+                Ok(()) => written += members[0].len() + members[1].len(),
+                Err(e) => tracing::warn!(error = %e, "stale hairpin set members left"),
+            }
+            self.hairpin_members = [members[0].len(), members[1].len()];
+        }
         Ok((new, written))
     }
 
@@ -874,7 +951,7 @@ impl IptablesDataplane {
             return Ok(None);
         }
         let prefix = self.config.name.clone();
-        let log = self.config.log_plan();
+        let opts = RenderOptions::of(&self.config);
         // The services as programmed and as wanted: the change set carries both (it is
         // relative to the applied state), so neither state is searched.
         let services: Vec<(
@@ -888,12 +965,12 @@ impl IptablesDataplane {
         let mut patches = Vec::new();
         for (i, family) in [IpFamily::V4, IpFamily::V6].into_iter().enumerate() {
             let old = &applied.digests[i];
-            if digest::filter_digests(desired, &sets.chains[i], &prefix, family, &log)
+            if digest::filter_digests(desired, &sets.chains[i], &prefix, family, &opts)
                 != old.filter()
             {
                 return Ok(None);
             }
-            match ServicesPatch::new(old, &services, desired, &prefix, family, &log) {
+            match ServicesPatch::new(old, &services, desired, &prefix, family, &opts) {
                 Some(p) => patches.push(p),
                 None => return Ok(None),
             }
@@ -909,8 +986,35 @@ impl IptablesDataplane {
             // (from its snapshot of IPv4).
             return Ok(None);
         }
-        let fault = self.fault_rule();
+        // The hairpin members of the changed services, added before their rules load (only
+        // added: see `hairpin`). One that could go over `ipset_max_elements` takes the sync
+        // over every service, which counts exactly.
         let mut written = 0;
+        if self.config.hairpin_ipset {
+            let adds: [BTreeSet<hairpin::Member>; 2] = [IpFamily::V4, IpFamily::V6].map(|f| {
+                services
+                    .iter()
+                    .filter_map(|(_, after)| *after)
+                    .flat_map(|s| hairpin::service_members(desired, s, f))
+                    .collect()
+            });
+            let max = self.config.ipset_max_elements as usize;
+            if (0..2).any(|i| self.hairpin_members[i] + adds[i].len() > max) {
+                return Ok(None);
+            }
+            if adds.iter().any(|a| !a.is_empty()) {
+                let max = self.config.ipset_max_elements;
+                self.hairpin_restore(
+                    &|out| hairpin::write_adds(&prefix, &adds, max, out),
+                    "ipset hairpin",
+                )?;
+                for (count, a) in self.hairpin_members.iter_mut().zip(&adds) {
+                    *count += a.len();
+                }
+                written += adds[0].len() + adds[1].len();
+            }
+        }
+        let fault = self.fault_rule();
         let digests = [
             patches[0].digests_after(&applied.digests[0]),
             patches[1].digests_after(&applied.digests[1]),
@@ -935,7 +1039,7 @@ impl IptablesDataplane {
                         &applied.state,
                         &prefix,
                         IpFamily::V4,
-                        &log,
+                        &opts,
                     );
                     let result = match back {
                         Some(back) => self
@@ -1263,6 +1367,22 @@ impl Dataplane for IptablesDataplane {
         if !destroys.is_empty() {
             self.ipset(&["-exist", "restore"], Some(&destroys), "ipset destroy")?;
         }
+        // The hairpin sets (not among the policy sets above), now that no rule names them.
+        // Without the tool there are none (it is needed to write them).
+        if let Ok(listed) = self.ipset(&["list", "-n"], None, "ipset list") {
+            let hairpin: Vec<&str> = hairpin::ours_in(&self.config.name, &listed);
+            if !hairpin.is_empty() {
+                self.hairpin_restore(
+                    &|out| {
+                        hairpin
+                            .iter()
+                            .try_for_each(|n| writeln!(out, "destroy {n}"))
+                    },
+                    "ipset destroy",
+                )?;
+            }
+        }
+        self.hairpin_members = [0; 2];
         let l2 = self.l2_kernel();
         self.l2.reset(&l2)?;
         self.applied = None;
