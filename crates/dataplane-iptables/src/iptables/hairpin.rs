@@ -98,14 +98,7 @@ pub fn write_adds(
     max: u32,
     out: &mut dyn Write,
 ) -> std::fmt::Result {
-    for (family, members) in [IpFamily::V4, IpFamily::V6].into_iter().zip(members) {
-        let name = set_name(prefix, family);
-        create(out, &name, family, max)?;
-        for m in members {
-            add(out, &name, m)?;
-        }
-    }
-    Ok(())
+    write_sets(prefix, members, max, false, out)
 }
 
 /// Input that makes both sets hold exactly `members`: a fresh set filled and swapped in
@@ -116,17 +109,35 @@ pub fn write_exact(
     max: u32,
     out: &mut dyn Write,
 ) -> std::fmt::Result {
+    write_sets(prefix, members, max, true, out)
+}
+
+/// [`write_adds`], or with `exact` [`write_exact`].
+fn write_sets(
+    prefix: &str,
+    members: &[BTreeSet<Member>; 2],
+    max: u32,
+    exact: bool,
+    out: &mut dyn Write,
+) -> std::fmt::Result {
     for (family, members) in [IpFamily::V4, IpFamily::V6].into_iter().zip(members) {
         let name = set_name(prefix, family);
-        let fresh = format!("{name}-new");
         create(out, &name, family, max)?;
-        create(out, &fresh, family, max)?;
-        writeln!(out, "flush {fresh}")?;
+        let fresh = format!("{name}-new");
+        let into = if exact {
+            create(out, &fresh, family, max)?;
+            writeln!(out, "flush {fresh}")?;
+            &fresh
+        } else {
+            &name
+        };
         for m in members {
-            add(out, &fresh, m)?;
+            add(out, into, m)?;
         }
-        writeln!(out, "swap {fresh} {name}")?;
-        writeln!(out, "destroy {fresh}")?;
+        if exact {
+            writeln!(out, "swap {fresh} {name}")?;
+            writeln!(out, "destroy {fresh}")?;
+        }
     }
     Ok(())
 }

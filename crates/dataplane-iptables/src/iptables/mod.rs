@@ -513,6 +513,69 @@ impl IptablesDataplane {
         .map(|_| ())
     }
 
+    /// Creates the hairpin sets if missing and adds `members` (per family) to them.
+    fn hairpin_add(&self, members: &[BTreeSet<hairpin::Member>; 2]) -> Result<(), NetfilterError> {
+        let (prefix, max) = (&self.config.name, self.config.ipset_max_elements);
+        self.hairpin_restore(
+            &|out| hairpin::write_adds(prefix, members, max, out),
+            "ipset hairpin",
+        )
+    }
+
+    /// Makes the hairpin sets hold exactly `members` after a sync over every service (the
+    /// members of backends gone leave), best effort: what is left is harmless and the next
+    /// such sync tries again. Returns the members written.
+    fn hairpin_exact(&mut self, members: &[BTreeSet<hairpin::Member>; 2]) -> usize {
+        let (prefix, max) = (&self.config.name, self.config.ipset_max_elements);
+        self.hairpin_members = [members[0].len(), members[1].len()];
+        match self.hairpin_restore(
+            &|out| hairpin::write_exact(prefix, members, max, out),
+            "ipset hairpin",
+        ) {
+            Ok(()) => members[0].len() + members[1].len(),
+            Err(e) => {
+                tracing::warn!(error = %e, "stale hairpin set members left");
+                0
+            }
+        }
+    }
+
+    /// A changed-services partial sync's hairpin work: the members of the changed services
+    /// (`services`, before and after) added, only added (see [`hairpin`]). Returns the
+    /// members written, or `None` where the sets could go over `ipset_max_elements` (the
+    /// caller takes the sync over every service, which counts exactly).
+    fn hairpin_partial(
+        &mut self,
+        desired: &DesiredState,
+        services: &[(
+            Option<&dataplane_core::Service>,
+            Option<&dataplane_core::Service>,
+        )],
+    ) -> Result<Option<usize>, Error> {
+        if !self.config.hairpin_ipset {
+            return Ok(Some(0));
+        }
+        let adds: [BTreeSet<hairpin::Member>; 2] = [IpFamily::V4, IpFamily::V6].map(|f| {
+            services
+                .iter()
+                .filter_map(|(_, after)| *after)
+                .flat_map(|s| hairpin::service_members(desired, s, f))
+                .collect()
+        });
+        let max = self.config.ipset_max_elements as usize;
+        if (0..2).any(|i| self.hairpin_members[i] + adds[i].len() > max) {
+            return Ok(None);
+        }
+        if adds.iter().all(BTreeSet::is_empty) {
+            return Ok(Some(0));
+        }
+        self.hairpin_add(&adds)?;
+        for (count, a) in self.hairpin_members.iter_mut().zip(&adds) {
+            *count += a.len();
+        }
+        Ok(Some(adds[0].len() + adds[1].len()))
+    }
+
     /// The hairpin sets' members of `desired` per family, refused (before anything is
     /// written) where a set would hold more than `ipset_max_elements`; `None` without the
     /// hairpin sets ([`NetfilterConfig::hairpin_ipset`] off).
@@ -787,12 +850,8 @@ impl IptablesDataplane {
         };
         // The hairpin sets with every member the new rules need (a member too many is
         // harmless: see `hairpin`), before anything else is written.
-        let max = self.config.ipset_max_elements;
         if let Some(members) = &hairpin {
-            self.hairpin_restore(
-                &|out| hairpin::write_adds(&prefix, members, max, out),
-                "ipset hairpin",
-            )?;
+            self.hairpin_add(members)?;
         }
         // Sets first (creates, the members of new sets, removals): the rules loaded next
         // name them, and the rules still loaded only lose members (see `ipset`'s order).
@@ -867,17 +926,8 @@ impl IptablesDataplane {
         // The sets no rule names any more go last, best effort: the sync has committed.
         let destroys = ipset::destroys(&sets.kernel, &sets.want);
         written += self.destroy_unused(&destroys);
-        // The hairpin sets made exact (the members of backends gone leave), best effort:
-        // what is left is harmless and the next sync over every service tries again.
         if let Some(members) = &hairpin {
-            match self.hairpin_restore(
-                &|out| hairpin::write_exact(&prefix, members, max, out),
-                "ipset hairpin",
-            ) {
-                Ok(()) => written += members[0].len() + members[1].len(),
-                Err(e) => tracing::warn!(error = %e, "stale hairpin set members left"),
-            }
-            self.hairpin_members = [members[0].len(), members[1].len()];
+            written += self.hairpin_exact(members);
         }
         Ok((new, written))
     }
@@ -986,34 +1036,10 @@ impl IptablesDataplane {
             // (from its snapshot of IPv4).
             return Ok(None);
         }
-        // The hairpin members of the changed services, added before their rules load (only
-        // added: see `hairpin`). One that could go over `ipset_max_elements` takes the sync
-        // over every service, which counts exactly.
-        let mut written = 0;
-        if self.config.hairpin_ipset {
-            let adds: [BTreeSet<hairpin::Member>; 2] = [IpFamily::V4, IpFamily::V6].map(|f| {
-                services
-                    .iter()
-                    .filter_map(|(_, after)| *after)
-                    .flat_map(|s| hairpin::service_members(desired, s, f))
-                    .collect()
-            });
-            let max = self.config.ipset_max_elements as usize;
-            if (0..2).any(|i| self.hairpin_members[i] + adds[i].len() > max) {
-                return Ok(None);
-            }
-            if adds.iter().any(|a| !a.is_empty()) {
-                let max = self.config.ipset_max_elements;
-                self.hairpin_restore(
-                    &|out| hairpin::write_adds(&prefix, &adds, max, out),
-                    "ipset hairpin",
-                )?;
-                for (count, a) in self.hairpin_members.iter_mut().zip(&adds) {
-                    *count += a.len();
-                }
-                written += adds[0].len() + adds[1].len();
-            }
-        }
+        // The hairpin members of the changed services, before their rules load.
+        let Some(mut written) = self.hairpin_partial(desired, &services)? else {
+            return Ok(None);
+        };
         let fault = self.fault_rule();
         let digests = [
             patches[0].digests_after(&applied.digests[0]),

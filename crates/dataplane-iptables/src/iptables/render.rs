@@ -33,7 +33,7 @@
 //! known).
 //!
 //! Departing from it (issue 24): no chain per backend. The restore tools pay per chain
-//! (x_tables' table translation, nf_tables' per-commit walk of every chain), and at 10k
+//! (`x_tables`' table translation, `nf_tables`' per-commit walk of every chain), and at 10k
 //! services x 10 kube-proxy's `KUBE-SEP-*` chains are ~120k of ~130k. A backend is the DNAT
 //! rule of its selection chain; the hairpin mark the SEP chain carried is one rule of
 //! `DP-POSTROUTING` over the hairpin ipset (`super::hairpin`, as kube-proxy's IPVS mode's
