@@ -142,18 +142,19 @@ fn write_sets(
     Ok(())
 }
 
-/// The hairpin sets (and a fresh set a [`write_exact`] left) among the set names `listed`
-/// (`ipset list -n`), to destroy on reset.
+/// Whether set `name` is a hairpin set of `prefix` (or a fresh set a [`write_exact`] left).
+pub fn is_hairpin_set(prefix: &str, name: &str) -> bool {
+    set_names(prefix)
+        .iter()
+        .any(|n| name == n || name.strip_prefix(n.as_str()) == Some("-new"))
+}
+
+/// The hairpin sets among the set names `listed` (`ipset list -n`), to destroy on reset.
 pub fn ours_in<'a>(prefix: &str, listed: &'a str) -> Vec<&'a str> {
-    let names = set_names(prefix);
     listed
         .lines()
         .map(str::trim)
-        .filter(|l| {
-            names
-                .iter()
-                .any(|n| *l == n || l.strip_prefix(n.as_str()) == Some("-new"))
-        })
+        .filter(|l| is_hairpin_set(prefix, l))
         .collect()
 }
 

@@ -430,7 +430,7 @@ impl IptablesDataplane {
                 for name in text.lines().map(str::trim).filter(|n| !n.is_empty()) {
                     if is_our_set(prefix, name) {
                         sets.ours.insert(name.to_owned(), BTreeSet::new());
-                    } else {
+                    } else if !hairpin::is_hairpin_set(prefix, name) {
                         sets.foreign += 1;
                     }
                 }
@@ -636,7 +636,9 @@ impl IptablesDataplane {
         } else {
             self.kernel_sets(!incremental, !want.is_empty() || had || self.sets_to_clean)?
         };
-        let peak = ipset::peak(kernel.foreign, kernel.ours.keys(), &want);
+        // The hairpin sets count whether or not they exist yet.
+        let hairpin = if self.config.hairpin_ipset { 2 } else { 0 };
+        let peak = ipset::peak(kernel.foreign + hairpin, kernel.ours.keys(), &want);
         if peak > self.config.max_ipsets {
             let room = self.config.max_ipsets.saturating_sub(peak - want.len());
             let over = policy::first_over(&compiled, &prefix, room).map_or_else(String::new, |e| {
@@ -645,7 +647,7 @@ impl IptablesDataplane {
             let hosts = want.values().filter(|s| !s.nets.is_empty()).count();
             return Err(Error::CapacityExceeded {
                 what: format!(
-                    "the ipsets of network policy and host policy (NetfilterConfig::max_ipsets, {} set(s) held by others, {hosts} of host policy{over})",
+                    "the ipsets of network policy and host policy (NetfilterConfig::max_ipsets, {} set(s) held by others, {hairpin} hairpin set(s), {hosts} of host policy{over})",
                     kernel.foreign
                 ),
                 needed: peak,
