@@ -71,6 +71,16 @@ pub struct NetfilterConfig {
     /// number of chains no longer grows with the services (`benches/scaling` measures
     /// both).
     pub shared_pick_chains: bool,
+    /// iptables flavour: a pod that reaches itself through a service (hairpin) is
+    /// masqueraded by one rule in `POSTROUTING` that matches an ipset of this node's
+    /// backends (`<name>-hairpin-v4` / `-v6`, `hash:ip,port,ip`, kube-proxy's IPVS mode's
+    /// `KUBE-LOOP-BACK`), so that a backend needs no chain of its own: the DNAT is written
+    /// inline in the service's selection chain. On by default: every sync then needs the
+    /// `ipset` tool. Off: the backends on this node keep a chain each that marks the hairpin
+    /// (as before issue 24), and a state without policy needs no `ipset`. Both hairpin
+    /// this node's backends only (`plan::hairpin_candidates`, as the nftables flavour).
+    /// Changing it takes a full sync.
+    pub hairpin_ipset: bool,
 }
 
 impl NetfilterConfig {
@@ -118,6 +128,7 @@ impl NetfilterConfig {
             nflog_group: crate::eventlog::NFLOG_GROUP_NFTABLES,
             nflog_rate: crate::eventlog::DEFAULT_LOG_RATE,
             shared_pick_chains: false,
+            hairpin_ipset: true,
         }
     }
 

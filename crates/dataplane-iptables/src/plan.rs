@@ -177,6 +177,9 @@ pub struct NodePlan {
     /// nftables: simple service ports pick through shared chains
     /// ([`crate::NetfilterConfig::shared_pick_chains`]).
     pub shared_pick_chains: bool,
+    /// iptables flavour: hairpin is masqueraded through the hairpin ipset, and no backend
+    /// needs a chain for it ([`crate::NetfilterConfig::hairpin_ipset`]).
+    pub hairpin_set: bool,
 }
 
 impl NodePlan {
@@ -224,6 +227,7 @@ pub fn node_plan(node: &Node) -> NodePlan {
         service_cidrs: node.service_cidrs.clone(),
         log: crate::eventlog::LogPlan::default(),
         shared_pick_chains: false,
+        hairpin_set: false,
     }
 }
 
@@ -232,6 +236,7 @@ pub fn node_plan_with(node: &Node, config: &crate::NetfilterConfig) -> NodePlan 
     NodePlan {
         log: config.log_plan(),
         shared_pick_chains: config.shared_pick_chains,
+        hairpin_set: config.hairpin_ipset,
         ..node_plan(node)
     }
 }

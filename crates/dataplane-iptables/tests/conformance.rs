@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use dataplane_core::Dataplane;
-use dataplane_iptables::{IptablesDataplane, NetfilterConfig, NftablesDataplane};
+use dataplane_iptables::{IptablesDataplane, IptablesMode, NetfilterConfig, NftablesDataplane};
 use dataplane_testkit::{conformance, require_root, Lab, LabNode};
 
 /// Runs the standard table with a backend from `backend` (given the node's netns) per node.
@@ -33,6 +33,28 @@ fn standard_table_nftables() {
 fn standard_table_iptables() {
     standard_table("standard_table_iptables", |netns| {
         Box::new(IptablesDataplane::new(NetfilterConfig::iptables(netns)))
+    });
+}
+
+/// The iptables flavour on `x_tables` (`iptables-legacy`): the table above runs on
+/// `nf_tables`, which the mode detection picks in an empty namespace.
+#[test]
+fn standard_table_iptables_legacy() {
+    standard_table("standard_table_iptables_legacy", |netns| {
+        let mut config = NetfilterConfig::iptables(netns);
+        config.iptables_mode = IptablesMode::Legacy;
+        Box::new(IptablesDataplane::new(config))
+    });
+}
+
+/// The iptables flavour without the hairpin ipset: this node's backends keep a chain each
+/// that marks the hairpin (`NetfilterConfig::hairpin_ipset`).
+#[test]
+fn standard_table_iptables_without_hairpin_set() {
+    standard_table("standard_table_iptables_without_hairpin_set", |netns| {
+        let mut config = NetfilterConfig::iptables(netns);
+        config.hairpin_ipset = false;
+        Box::new(IptablesDataplane::new(config))
     });
 }
 

@@ -263,6 +263,17 @@ fn a_full_sync_in_sections_writes_what_one_section_writes() {
     dp.apply(&state).expect("apply");
     let whole = ours(ns, IptablesMode::Nft);
     dp.reset().expect("reset");
+    // The hairpin sets the rules name (`NetfilterConfig::hairpin_ipset`), which the backend
+    // creates before its rules and its reset destroys.
+    for (set, family) in [("v4", "inet"), ("v6", "inet6")] {
+        let name = format!("{PREFIX}-hairpin-{set}");
+        ns.exec_checked(
+            "ipset",
+            &["create", &name, "hash:ip,port,ip", "family", family],
+            None,
+        )
+        .expect("hairpin set");
+    }
     for (family, tool) in [
         (IpFamily::V4, "iptables-nft-restore"),
         (IpFamily::V6, "ip6tables-nft-restore"),

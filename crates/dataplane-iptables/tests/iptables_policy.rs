@@ -134,7 +134,8 @@ fn our_sets(lab: &Lab) -> Vec<String> {
         .expect("ipset list");
     String::from_utf8_lossy(&o.stdout)
         .lines()
-        .filter(|n| n.starts_with("DP-"))
+        // The policy sets: not the hairpin sets (`NetfilterConfig::hairpin_ipset`).
+        .filter(|n| n.starts_with("DP-") && !n.starts_with("DP-hairpin-"))
         .map(str::to_owned)
         .collect()
 }
@@ -336,7 +337,7 @@ fn refused_and_failed_policy_applies_change_nothing() {
     assert_eq!(sets.len(), 2, "{sets:?}");
     let held = strip_counters(&kernel(&lab));
 
-    // One more peer set: needs 2 + 2 + the foreign one = 5.
+    // One more peer set: needs 2 + 2 + the foreign one + the two hairpin sets = 7.
     let mut more = allowed.clone();
     let mut p = policy(
         "default",
@@ -354,7 +355,7 @@ fn refused_and_failed_policy_applies_change_nothing() {
             needed,
             capacity,
         } => {
-            assert_eq!((*needed, *capacity), (5, 4), "{err}");
+            assert_eq!((*needed, *capacity), (7, 4), "{err}");
             assert!(
                 what.contains("max_ipsets") && what.contains("default/pod-0-0"),
                 "{err}"
@@ -399,14 +400,18 @@ fn refused_and_failed_policy_applies_change_nothing() {
 }
 
 /// A backend that cannot find `ipset` refuses a state whose policy needs sets, changing
-/// nothing; without policy it does not need the tool at all.
+/// nothing; without policy and without the hairpin set it does not need the tool at all.
 #[test]
 fn without_ipset_policy_is_an_error_and_services_still_work() {
     if !require_root("without_ipset_policy_is_an_error_and_services_still_work") {
         return;
     }
     let lab = lab();
-    let mut dp = backend(&lab, |c| c.ipset = "/nonexistent/ipset".into());
+    // Services need the tool only for the hairpin set (`NetfilterConfig::hairpin_ipset`).
+    let mut dp = backend(&lab, |c| {
+        c.ipset = "/nonexistent/ipset".into();
+        c.hairpin_ipset = false;
+    });
     let open = base(&lab);
     dp.apply(&open).unwrap();
     let held = strip_counters(&kernel(&lab));
@@ -685,7 +690,10 @@ fn a_refused_filter_section_leaves_nat_as_it_was() {
         return;
     }
     let lab = lab();
-    let mut dp = backend(&lab, |c| c.ipset = "/bin/true".into());
+    let mut dp = backend(&lab, |c| {
+        c.ipset = "/bin/true".into();
+        c.hairpin_ipset = false;
+    });
     let open = base(&lab);
     dp.apply(&open).unwrap();
     let held = strip_counters(&kernel(&lab));

@@ -1383,3 +1383,48 @@ mod policy {
         );
     }
 }
+
+/// With the hairpin set (the default) no backend outside ClientIP affinity has a chain: the
+/// selection chain DNATs, and `DP-POSTROUTING` masquerades a backend reaching itself by the
+/// set. Without it (`NetfilterConfig::hairpin_ipset` off) this node's backends (in its pod
+/// CIDR 10.244.0.0/24) keep a chain that marks the hairpin, the others are DNAT-ed from the
+/// selection chain as with it, and no rule names the set.
+#[test]
+fn hairpin_without_the_set_keeps_a_chain_for_this_nodes_backends_only() {
+    let state = common::showcase();
+    let on = IptablesDataplane::new(NetfilterConfig::iptables(None))
+        .render(&state, IpFamily::V4)
+        .unwrap();
+    let mut config = NetfilterConfig::iptables(None);
+    config.hairpin_ipset = false;
+    let off = IptablesDataplane::new(config)
+        .render(&state, IpFamily::V4)
+        .unwrap();
+    let set_rule = "-A DP-POSTROUTING -m conntrack --ctstate DNAT -m set --match-set DP-hairpin-v4 dst,dst,src -g DP-MASQ\n";
+    assert!(on.contains(set_rule), "{on}");
+    assert!(!off.contains("--match-set DP-hairpin"), "{off}");
+    let seps = |text: &str| text.lines().filter(|l| l.starts_with(":DP-SEP-")).count();
+    // The two backends of the sticky service (affinity) in both; without the set, the other
+    // backends of this node: 10.244.0.10 (two ports) and 10.244.0.11 (one).
+    assert_eq!(seps(&on), 2, "{on}");
+    assert_eq!(seps(&off), 5, "{off}");
+    for local in ["10.244.0.10:8080", "10.244.0.11:8443"] {
+        let ip = local.split(':').next().unwrap();
+        assert!(
+            off.contains(&format!("-s {ip}/32 -j DP-MARK-MASQ\n")),
+            "{off}"
+        );
+        assert!(
+            !on.contains(&format!("-s {ip}/32 -j DP-MARK-MASQ\n")),
+            "{on}"
+        );
+        assert!(on.contains(&format!("-j DNAT --to-destination {local}\n")));
+    }
+    // A backend of another node: DNAT-ed from the selection chain either way.
+    for text in [&on, &off] {
+        assert!(text.contains(
+            "-A DP-SEL-Y7X63AX77ZQ7PG5S -p tcp -m tcp -j DNAT --to-destination 10.244.1.10:8080\n"
+        ));
+        assert!(!text.contains("-s 10.244.1.10/32 -j DP-MARK-MASQ"));
+    }
+}

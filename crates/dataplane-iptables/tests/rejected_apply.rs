@@ -282,9 +282,10 @@ fn rejected_applies_change_nothing(flavour: Flavour) {
     let lab = lab();
     let mut old = lab.desired_state(0);
     old.services = vec![service(&lab, "web", WEB, IpFamily::V4)];
-    // The capacities a policy needs: none.
+    // The capacities a policy needs: none (but the iptables flavour's two hairpin sets,
+    // `NetfilterConfig::hairpin_ipset`).
     let mut dp = Backend::new(&lab, flavour, |c| {
-        c.max_ipsets = 0;
+        c.max_ipsets = 2;
         c.max_policy_elements = 0;
     });
     dp.dp().apply(&old).expect("apply");

@@ -96,12 +96,9 @@ pub fn filter_digests(
     policy: &Chains,
     prefix: &str,
     family: IpFamily,
-    log: &LogPlan,
+    opts: &RenderOptions,
 ) -> Vec<(NameHash, u64)> {
-    let node = NodePlan {
-        log: *log,
-        ..node_plan(&state.node)
-    };
+    let node = opts.node(&state.node);
     let rs = node_wide(
         &node,
         family,
@@ -151,12 +148,9 @@ impl ServicesPatch {
         state: &DesiredState,
         prefix: &str,
         family: IpFamily,
-        log: &LogPlan,
+        opts: &RenderOptions,
     ) -> Option<ServicesPatch> {
-        let node = NodePlan {
-            log: *log,
-            ..node_plan(&state.node)
-        };
+        let node = opts.node(&state.node);
         let mut patch = ServicesPatch::default();
         let compile = |s: Option<&Service>| {
             let mut frontends = Vec::new();
@@ -454,7 +448,7 @@ pub fn digests_with(
     prefix: &str,
     family: IpFamily,
 ) -> Result<Digests, NameCollision> {
-    digests_logged(state, policy, prefix, family, &default_log())
+    digests_logged(state, policy, prefix, family, &RenderOptions::default())
 }
 
 /// The iptables flavour's default log settings (of [`NetfilterConfig::iptables`](crate::NetfilterConfig::iptables)).
@@ -462,18 +456,51 @@ pub fn default_log() -> LogPlan {
     crate::NetfilterConfig::iptables(None).log_plan()
 }
 
-/// [`digests_with`] with the drop rules logging as `log` says.
+/// What the backend's configuration changes in the rules it writes: how the drop rules log,
+/// and whether hairpin goes through the hairpin ipset (see [`super::render`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// How the drop rules log.
+    pub log: LogPlan,
+    /// [`NetfilterConfig::hairpin_ipset`](crate::NetfilterConfig::hairpin_ipset).
+    pub hairpin_set: bool,
+}
+
+impl RenderOptions {
+    /// The options of `config`.
+    pub fn of(config: &crate::NetfilterConfig) -> Self {
+        RenderOptions {
+            log: config.log_plan(),
+            hairpin_set: config.hairpin_ipset,
+        }
+    }
+
+    /// The node plan of `node` under these options.
+    pub(crate) fn node(&self, node: &dataplane_core::Node) -> NodePlan {
+        NodePlan {
+            log: self.log,
+            hairpin_set: self.hairpin_set,
+            ..node_plan(node)
+        }
+    }
+}
+
+impl Default for RenderOptions {
+    /// The iptables flavour's defaults (of [`NetfilterConfig::iptables`](crate::NetfilterConfig::iptables)).
+    fn default() -> Self {
+        RenderOptions::of(&crate::NetfilterConfig::iptables(None))
+    }
+}
+
+/// [`digests_with`] with the rules written as `opts` says.
 pub fn digests_logged(
     state: &DesiredState,
     policy: &Chains,
     prefix: &str,
     family: IpFamily,
-    log: &LogPlan,
+    opts: &RenderOptions,
 ) -> Result<Digests, NameCollision> {
-    let node = NodePlan {
-        log: *log,
-        ..node_plan(&state.node)
-    };
+    let node = opts.node(&state.node);
     let mut d = Digests::default();
     let _ = each_chain::<()>(
         state,
@@ -555,8 +582,8 @@ pub struct SyncPlan<'a> {
     present: [Vec<NameHash>; 4],
     /// The policy chains `new` was made with (`None`: compiled from the state when written).
     policy: Option<&'a Chains>,
-    /// How the drop rules log.
-    log: LogPlan,
+    /// How the drop rules log, how hairpin is masqueraded.
+    opts: RenderOptions,
     /// nat chains per restore section (`None`: one section, one transaction).
     section_chains: Option<usize>,
 }
@@ -596,7 +623,7 @@ impl<'a> SyncPlan<'a> {
             prefix,
             present,
             policy: None,
-            log: default_log(),
+            opts: RenderOptions::default(),
             section_chains: None,
         }
     }
@@ -617,11 +644,11 @@ impl<'a> SyncPlan<'a> {
         self
     }
 
-    /// The same sync with the drop rules logging as `log` says (as `new` was made with,
+    /// The same sync with the rules written as `opts` says (as `new` was made with,
     /// [`digests_logged`]).
     #[must_use]
-    pub fn with_log(mut self, log: LogPlan) -> Self {
-        self.log = log;
+    pub fn with_options(mut self, opts: RenderOptions) -> Self {
+        self.opts = opts;
         self
     }
 
@@ -705,10 +732,7 @@ impl<'a> SyncPlan<'a> {
         tables: &[Table],
         out: &mut W,
     ) -> std::fmt::Result {
-        let node = NodePlan {
-            log: self.log,
-            ..node_plan(&state.node)
-        };
+        let node = self.opts.node(&state.node);
         let compiled;
         let policy = if let Some(p) = self.policy {
             p

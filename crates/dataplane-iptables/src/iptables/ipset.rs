@@ -210,7 +210,8 @@ pub fn split(ops: Vec<SetOp>) -> (Vec<SetOp>, Vec<SetOp>) {
 pub struct KernelSets {
     /// Our sets: name → members (`hash:ip`; a `hash:net` set's are in `nets`).
     pub ours: BTreeMap<String, BTreeSet<IpAddr>>,
-    /// Sets that are not ours.
+    /// Sets that are not ours (the hairpin sets are counted on their own: see
+    /// `NetfilterConfig::hairpin_ipset`).
     pub foreign: usize,
     /// Our `hash:net` sets' CIDRs (read by a full sync).
     pub nets: BTreeMap<String, BTreeSet<IpNetwork>>,
@@ -225,7 +226,7 @@ pub fn parse_save(save: &str, prefix: &str) -> KernelSets {
             (Some("create"), Some(name), _) => {
                 if is_our_set(prefix, name) {
                     sets.ours.entry(name.to_owned()).or_default();
-                } else {
+                } else if !super::hairpin::is_hairpin_set(prefix, name) {
                     sets.foreign += 1;
                 }
             }

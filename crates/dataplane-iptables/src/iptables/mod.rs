@@ -9,6 +9,7 @@
 // partial restore writes, not part of the API: hidden.
 #[doc(hidden)]
 pub mod digest;
+pub(crate) mod hairpin;
 // The set operations of a sync: public for the render tests, which run them against a
 // simulated kernel, not part of the API: hidden.
 pub(crate) mod host;
@@ -38,7 +39,9 @@ use crate::plan::check_supported;
 use dataplane_core::CompiledPolicy;
 use dataplane_core::IpFamily;
 use dataplane_core::ServiceFingerprints;
-use digest::{digests_logged, name_hash, Digests, NameHash, ServicesPatch, SyncPlan};
+use digest::{
+    digests_logged, name_hash, Digests, NameHash, RenderOptions, ServicesPatch, SyncPlan,
+};
 use ipset::{KernelSets, SetOp};
 use policy::{is_our_set, IpSets};
 use render::{write_reset, Chains, Existing, ExistingParser, Table, MAX_PREFIX_LEN};
@@ -79,6 +82,11 @@ pub struct IptablesDataplane {
     /// A destroy of unused sets failed after its sync committed: the next sync reads the
     /// kernel's sets to destroy them, whatever it needs.
     sets_to_clean: bool,
+    /// Members of the hairpin sets per family (IPv4, IPv6) after the last sync, at most
+    /// (a partial sync counts its additions, some of which may have been there): a partial
+    /// sync that could go over `ipset_max_elements` takes the sync over every service, which
+    /// counts exactly.
+    hairpin_members: [usize; 2],
     /// What the event readers name things with, replaced after every apply while a reader
     /// is open (see [`SharedNames`]).
     names: SharedNames,
@@ -103,6 +111,7 @@ impl IptablesDataplane {
             dirty: false,
             wrote_sets: false,
             sets_to_clean: false,
+            hairpin_members: [0; 2],
             names: SharedNames::default(),
             tools: std::sync::OnceLock::new(),
             l2: crate::l2::Announcer::default(),
@@ -188,13 +197,19 @@ impl IptablesDataplane {
         let compiled = dataplane_core::compile(desired);
         let policy = policy::chains(&compiled, desired, prefix, family)
             .map_err(|e| e.into_error(BACKEND))?;
-        let new = digests_logged(desired, &policy, prefix, family, &self.config.log_plan())
-            .map_err(|e| e.into_error(BACKEND))?;
+        let new = digests_logged(
+            desired,
+            &policy,
+            prefix,
+            family,
+            &RenderOptions::of(&self.config),
+        )
+        .map_err(|e| e.into_error(BACKEND))?;
         let none = Existing::default();
         let mut out = String::new();
         SyncPlan::new(None, &new, &none, prefix)
             .with_policy(&policy)
-            .with_log(self.config.log_plan())
+            .with_options(RenderOptions::of(&self.config))
             .write(desired, family, None, &mut out)
             .map_err(|_| NetfilterError::Internal {
                 backend: BACKEND,
@@ -415,7 +430,7 @@ impl IptablesDataplane {
                 for name in text.lines().map(str::trim).filter(|n| !n.is_empty()) {
                     if is_our_set(prefix, name) {
                         sets.ours.insert(name.to_owned(), BTreeSet::new());
-                    } else {
+                    } else if !hairpin::is_hairpin_set(prefix, name) {
                         sets.foreign += 1;
                     }
                 }
@@ -485,6 +500,109 @@ impl IptablesDataplane {
         }
     }
 
+    /// Runs `ipset restore` with the hairpin sets' input `render` (see [`hairpin`]).
+    fn hairpin_restore(&self, render: &exec::Render<'_>, op: &str) -> Result<(), NetfilterError> {
+        exec::run_streamed(
+            BACKEND,
+            self.config.netns.as_deref(),
+            &self.config.ipset,
+            &["restore"],
+            render,
+            op,
+        )
+        .map(|_| ())
+    }
+
+    /// Creates the hairpin sets if missing and adds `members` (per family) to them.
+    fn hairpin_add(&self, members: &[BTreeSet<hairpin::Member>; 2]) -> Result<(), NetfilterError> {
+        let (prefix, max) = (&self.config.name, self.config.ipset_max_elements);
+        self.hairpin_restore(
+            &|out| hairpin::write_adds(prefix, members, max, out),
+            "ipset hairpin",
+        )
+    }
+
+    /// Makes the hairpin sets hold exactly `members` after a sync over every service (the
+    /// members of backends gone leave), best effort: what is left is harmless and the next
+    /// such sync tries again. Returns the members written.
+    fn hairpin_exact(&mut self, members: &[BTreeSet<hairpin::Member>; 2]) -> usize {
+        let (prefix, max) = (&self.config.name, self.config.ipset_max_elements);
+        self.hairpin_members = [members[0].len(), members[1].len()];
+        match self.hairpin_restore(
+            &|out| hairpin::write_exact(prefix, members, max, out),
+            "ipset hairpin",
+        ) {
+            Ok(()) => members[0].len() + members[1].len(),
+            Err(e) => {
+                tracing::warn!(error = %e, "stale hairpin set members left");
+                0
+            }
+        }
+    }
+
+    /// A changed-services partial sync's hairpin work: the members of the changed services
+    /// (`services`, before and after) added, only added (see [`hairpin`]). Returns the
+    /// members written, or `None` where the sets could go over `ipset_max_elements` (the
+    /// caller takes the sync over every service, which counts exactly).
+    fn hairpin_partial(
+        &mut self,
+        desired: &DesiredState,
+        services: &[(
+            Option<&dataplane_core::Service>,
+            Option<&dataplane_core::Service>,
+        )],
+    ) -> Result<Option<usize>, Error> {
+        if !self.config.hairpin_ipset {
+            return Ok(Some(0));
+        }
+        let adds: [BTreeSet<hairpin::Member>; 2] = [IpFamily::V4, IpFamily::V6].map(|f| {
+            services
+                .iter()
+                .filter_map(|(_, after)| *after)
+                .flat_map(|s| hairpin::service_members(desired, s, f))
+                .collect()
+        });
+        let max = self.config.ipset_max_elements as usize;
+        if (0..2).any(|i| self.hairpin_members[i] + adds[i].len() > max) {
+            return Ok(None);
+        }
+        if adds.iter().all(BTreeSet::is_empty) {
+            return Ok(Some(0));
+        }
+        self.hairpin_add(&adds)?;
+        for (count, a) in self.hairpin_members.iter_mut().zip(&adds) {
+            *count += a.len();
+        }
+        Ok(Some(adds[0].len() + adds[1].len()))
+    }
+
+    /// The hairpin sets' members of `desired` per family, refused (before anything is
+    /// written) where a set would hold more than `ipset_max_elements`; `None` without the
+    /// hairpin sets ([`NetfilterConfig::hairpin_ipset`] off).
+    fn hairpin_plan(
+        &self,
+        desired: &DesiredState,
+    ) -> Result<Option<[BTreeSet<hairpin::Member>; 2]>, Error> {
+        if !self.config.hairpin_ipset {
+            return Ok(None);
+        }
+        let members = [IpFamily::V4, IpFamily::V6].map(|f| hairpin::members(desired, f));
+        let max = self.config.ipset_max_elements as usize;
+        for (family, m) in [IpFamily::V4, IpFamily::V6].into_iter().zip(&members) {
+            if m.len() > max {
+                return Err(Error::CapacityExceeded {
+                    what: format!(
+                        "ipset {} (this node's backends, for hairpin), NetfilterConfig::ipset_max_elements",
+                        hairpin::set_name(&self.config.name, family)
+                    ),
+                    needed: m.len(),
+                    capacity: max,
+                });
+            }
+        }
+        Ok(Some(members))
+    }
+
     /// The ipset work of a sync before the rules are written: the compiled policy of
     /// `desired` (`previous`, the last sync's policy and sets, brought forward by `changes`;
     /// or compiled afresh), the sets it needs, the kernel's sets, and the creates and member
@@ -518,7 +636,9 @@ impl IptablesDataplane {
         } else {
             self.kernel_sets(!incremental, !want.is_empty() || had || self.sets_to_clean)?
         };
-        let peak = ipset::peak(kernel.foreign, kernel.ours.keys(), &want);
+        // The hairpin sets count whether or not they exist yet.
+        let hairpin = if self.config.hairpin_ipset { 2 } else { 0 };
+        let peak = ipset::peak(kernel.foreign + hairpin, kernel.ours.keys(), &want);
         if peak > self.config.max_ipsets {
             let room = self.config.max_ipsets.saturating_sub(peak - want.len());
             let over = policy::first_over(&compiled, &prefix, room).map_or_else(String::new, |e| {
@@ -527,7 +647,7 @@ impl IptablesDataplane {
             let hosts = want.values().filter(|s| !s.nets.is_empty()).count();
             return Err(Error::CapacityExceeded {
                 what: format!(
-                    "the ipsets of network policy and host policy (NetfilterConfig::max_ipsets, {} set(s) held by others, {hosts} of host policy{over})",
+                    "the ipsets of network policy and host policy (NetfilterConfig::max_ipsets, {} set(s) held by others, {hairpin} hairpin set(s), {hosts} of host policy{over})",
                     kernel.foreign
                 ),
                 needed: peak,
@@ -702,12 +822,13 @@ impl IptablesDataplane {
         sets: &SetsPlan,
     ) -> Result<([Digests; 2], usize), Error> {
         let prefix = self.config.name.clone();
-        let log = self.config.log_plan();
+        let opts = RenderOptions::of(&self.config);
         let families = [IpFamily::V4, IpFamily::V6];
+        let hairpin = self.hairpin_plan(desired)?;
         let new = [
-            digests_logged(desired, &sets.chains[0], &prefix, IpFamily::V4, &log)
+            digests_logged(desired, &sets.chains[0], &prefix, IpFamily::V4, &opts)
                 .map_err(|e| e.into_error(BACKEND))?,
-            digests_logged(desired, &sets.chains[1], &prefix, IpFamily::V6, &log)
+            digests_logged(desired, &sets.chains[1], &prefix, IpFamily::V6, &opts)
                 .map_err(|e| e.into_error(BACKEND))?,
         ];
         // Both families' kernel state is read before either is written; IPv4's also kept, to
@@ -729,6 +850,11 @@ impl IptablesDataplane {
         } else {
             "partial sync"
         };
+        // The hairpin sets with every member the new rules need (a member too many is
+        // harmless: see `hairpin`), before anything else is written.
+        if let Some(members) = &hairpin {
+            self.hairpin_add(members)?;
+        }
         // Sets first (creates, the members of new sets, removals): the rules loaded next
         // name them, and the rules still loaded only lose members (see `ipset`'s order).
         self.run_set_ops(&sets.ops, "ipset restore")?;
@@ -749,7 +875,7 @@ impl IptablesDataplane {
                 &prefix,
             )
             .with_policy(&sets.chains[i])
-            .with_log(log);
+            .with_options(opts);
             let plan = if nft_sections {
                 plan.in_sections(NFT_SECTION_CHAINS)
             } else {
@@ -802,6 +928,9 @@ impl IptablesDataplane {
         // The sets no rule names any more go last, best effort: the sync has committed.
         let destroys = ipset::destroys(&sets.kernel, &sets.want);
         written += self.destroy_unused(&destroys);
+        if let Some(members) = &hairpin {
+            written += self.hairpin_exact(members);
+        }
         Ok((new, written))
     }
 
@@ -874,7 +1003,7 @@ impl IptablesDataplane {
             return Ok(None);
         }
         let prefix = self.config.name.clone();
-        let log = self.config.log_plan();
+        let opts = RenderOptions::of(&self.config);
         // The services as programmed and as wanted: the change set carries both (it is
         // relative to the applied state), so neither state is searched.
         let services: Vec<(
@@ -888,12 +1017,12 @@ impl IptablesDataplane {
         let mut patches = Vec::new();
         for (i, family) in [IpFamily::V4, IpFamily::V6].into_iter().enumerate() {
             let old = &applied.digests[i];
-            if digest::filter_digests(desired, &sets.chains[i], &prefix, family, &log)
+            if digest::filter_digests(desired, &sets.chains[i], &prefix, family, &opts)
                 != old.filter()
             {
                 return Ok(None);
             }
-            match ServicesPatch::new(old, &services, desired, &prefix, family, &log) {
+            match ServicesPatch::new(old, &services, desired, &prefix, family, &opts) {
                 Some(p) => patches.push(p),
                 None => return Ok(None),
             }
@@ -909,8 +1038,11 @@ impl IptablesDataplane {
             // (from its snapshot of IPv4).
             return Ok(None);
         }
+        // The hairpin members of the changed services, before their rules load.
+        let Some(mut written) = self.hairpin_partial(desired, &services)? else {
+            return Ok(None);
+        };
         let fault = self.fault_rule();
-        let mut written = 0;
         let digests = [
             patches[0].digests_after(&applied.digests[0]),
             patches[1].digests_after(&applied.digests[1]),
@@ -935,7 +1067,7 @@ impl IptablesDataplane {
                         &applied.state,
                         &prefix,
                         IpFamily::V4,
-                        &log,
+                        &opts,
                     );
                     let result = match back {
                         Some(back) => self
@@ -1263,6 +1395,22 @@ impl Dataplane for IptablesDataplane {
         if !destroys.is_empty() {
             self.ipset(&["-exist", "restore"], Some(&destroys), "ipset destroy")?;
         }
+        // The hairpin sets (not among the policy sets above), now that no rule names them.
+        // Without the tool there are none (it is needed to write them).
+        if let Ok(listed) = self.ipset(&["list", "-n"], None, "ipset list") {
+            let hairpin: Vec<&str> = hairpin::ours_in(&self.config.name, &listed);
+            if !hairpin.is_empty() {
+                self.hairpin_restore(
+                    &|out| {
+                        hairpin
+                            .iter()
+                            .try_for_each(|n| writeln!(out, "destroy {n}"))
+                    },
+                    "ipset destroy",
+                )?;
+            }
+        }
+        self.hairpin_members = [0; 2];
         let l2 = self.l2_kernel();
         self.l2.reset(&l2)?;
         self.applied = None;

@@ -14,9 +14,11 @@
 //!     DP-EXT: Cluster: DP-MARK-MASQ; Local: addrtype LOCAL ─▶ masq + cluster-wide,
 //!             -s <pod CIDR> (this node's pods) ─▶ cluster-wide, the rest by the policy
 //!     DP-FW:  -s <allowed> ─▶ DP-EXT (ranges, LB IPs when a range holds the node), else drop
-//!     DP-SVC/EXT ─▶ DP-SEL-* (statistic random; recent for ClientIP affinity) ─▶ DP-SEP-* (DNAT)
+//!     DP-SVC/EXT ─▶ DP-SEL-* (statistic random ─▶ DNAT; recent for ClientIP affinity
+//!                              ─▶ DP-SEP-* (recent --set, DNAT))
 //!     no backend: mark 0x10000 (reject), no local backend / not in ranges: mark 0x8000 (drop)
-//! nat POSTROUTING ─▶ DP-POSTROUTING: mark 0x4000 ─▶ SNAT to the node address; pod → outside
+//! nat POSTROUTING ─▶ DP-POSTROUTING: mark 0x4000 ─▶ SNAT to the node address; hairpin
+//!                    (ipset DP-hairpin-v4 dst,dst,src) ─▶ SNAT; pod → outside
 //! filter INPUT/FORWARD/OUTPUT ─▶ DP-FILTER: drop / reject the marked packets; new connections
 //!                                still to the service CIDRs (no service took them): drop;
 //!                                with NetworkPolicy, last: ─▶ DP-POLICY (see [`super::policy`])
@@ -29,6 +31,14 @@
 //! and before every rule that drops, rejects or marks for either, a rate-limited NFLOG rule
 //! with the same matches (`crate::eventlog`; in nat for the services, where the service is
 //! known).
+//!
+//! Departing from it (issue 24): no chain per backend. The restore tools pay per chain
+//! (`x_tables`' table translation, `nf_tables`' per-commit walk of every chain), and at 10k
+//! services x 10 kube-proxy's `KUBE-SEP-*` chains are ~120k of ~130k. A backend is the DNAT
+//! rule of its selection chain; the hairpin mark the SEP chain carried is one rule of
+//! `DP-POSTROUTING` over the hairpin ipset (`super::hairpin`, as kube-proxy's IPVS mode's
+//! `KUBE-LOOP-BACK`). A `DP-SEP-*` chain stays for ClientIP affinity (`recent --set` and the
+//! DNAT), and, with [`NodePlan::hairpin_set`] off, for this node's backends (the mark).
 //!
 //! Everything after the first packet of a connection is conntrack's job. Per-packet cost grows
 //! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.
@@ -45,7 +55,9 @@ use crate::eventlog::{self, LogPrefix};
 use ipnetwork::IpNetwork;
 
 use super::policy;
-use crate::plan::{proto_name, service_ports, Choice, FamilySuffix as _, NodePlan, PortPlan};
+use crate::plan::{
+    hairpin_candidates, proto_name, service_ports, Choice, FamilySuffix as _, NodePlan, PortPlan,
+};
 
 /// Mark bit: masquerade this connection (SNAT to the node address) in POSTROUTING.
 pub const MARK_MASQUERADE: u32 = 0x4000;
@@ -312,11 +324,17 @@ pub(crate) fn service_chains(
 ) -> Chains {
     let mut chains = BTreeMap::new();
     let kept = frontends.len();
+    // Without the hairpin set, this node's backends keep a chain that marks the hairpin.
+    let hairpin: BTreeSet<IpAddr> = if node.hairpin_set {
+        BTreeSet::new()
+    } else {
+        hairpin_candidates(s, &state.node).collect()
+    };
     for port in service_ports(state, s)
         .iter()
         .filter(|p| p.family == family)
     {
-        compile_port(node, port, prefix, &mut chains, frontends);
+        compile_port(node, port, prefix, &hairpin, &mut chains, frontends);
         reject_ips.extend(port.cluster_ips.iter().copied());
     }
     // The frontend rules stay until the `SERVICES` chain is made: exactly sized.
@@ -404,6 +422,15 @@ fn finish_ruleset(
     let mut post = vec![format!(
         "-m mark --mark {MARK_MASQUERADE:#x}/{MARK_MASQUERADE:#x} -m conntrack --ctstate DNAT -g {p}-MASQ"
     )];
+    if plan_node.hairpin_set {
+        // A backend of this node reaching itself through a service: after the DNAT its
+        // source is its destination (kube-proxy's IPVS mode: `KUBE-LOOP-BACK`, matched
+        // `dst,dst,src` in `KUBE-POSTROUTING`, pkg/proxy/ipvs/proxier.go and ipset.go).
+        post.push(format!(
+            "-m conntrack --ctstate DNAT -m set --match-set {} dst,dst,src -g {p}-MASQ",
+            super::hairpin::set_name(p, family)
+        ));
+    }
     if plan_node.masquerade {
         let exempt = if plan_node.masquerade_all {
             of_family(&plan_node.pod_cidrs, family)
@@ -472,6 +499,7 @@ fn compile_port(
     node: &NodePlan,
     pp: &PortPlan,
     p: &str,
+    hairpin: &BTreeSet<IpAddr>,
     nat: &mut BTreeMap<String, Vec<String>>,
     services: &mut Vec<String>,
 ) {
@@ -484,7 +512,7 @@ fn compile_port(
         match choice {
             Choice::Drop => format!("{p}-MARK-DROP"),
             Choice::Reject => format!("{p}-MARK-REJ"),
-            Choice::Backends(b) => selection(pp, &key, kind, b, p, nat),
+            Choice::Backends(b) => selection(pp, &key, kind, b, p, hairpin, nat),
         }
     };
 
@@ -628,13 +656,19 @@ fn logged(
     out
 }
 
-/// The selection chain of one choice, and the endpoint chains it leads to.
+/// The selection chain of one choice, and the endpoint chains it leads to: only for the
+/// backends that need one (ClientIP affinity's `recent --set`; without the hairpin set, this
+/// node's backends, `hairpin`, for the hairpin mark). The others are DNAT-ed by the
+/// selection rule itself, as in kube-proxy's IPVS mode a backend is one entry, not a chain:
+/// a chain per backend is what the restore tools pay for (`benches/notes.md`, issue 24).
+#[allow(clippy::too_many_arguments)]
 fn selection(
     pp: &PortPlan,
     key: &str,
     kind: &str,
     backends: &[(SocketAddr, u16)],
     p: &str,
+    hairpin: &BTreeSet<IpAddr>,
     nat: &mut BTreeMap<String, Vec<String>>,
 ) -> String {
     let proto = proto_name(pp.protocol);
@@ -652,25 +686,35 @@ fn selection(
     }
     let total: u32 = backends.iter().map(|(_, w)| u32::from(*w)).sum();
     let mut remaining = total;
+    // The protocol first, as `iptables-save` lists it (DNAT to a port needs it).
+    let dnat = |matches: &str, a: &SocketAddr| {
+        format!(
+            "-p {proto} -m {proto} {matches}-j DNAT --to-destination {}",
+            dnat_target(a)
+        )
+    };
     for (i, (a, w)) in backends.iter().enumerate() {
-        if i + 1 == backends.len() {
-            rules.push(format!("-g {}", sep(a)));
+        let chained = pp.affinity_timeout.is_some() || hairpin.contains(&a.ip());
+        let random = if i + 1 == backends.len() {
+            String::new()
         } else {
             let prob = f64::from(*w) / f64::from(remaining);
-            rules.push(format!(
-                "-m statistic --mode random --probability {prob:.10} -g {}",
-                sep(a)
-            ));
-        }
+            format!("-m statistic --mode random --probability {prob:.10} ")
+        };
+        rules.push(if chained {
+            format!("{random}-g {}", sep(a))
+        } else {
+            dnat(&random, a)
+        });
         remaining -= u32::from(*w);
+        if !chained {
+            continue;
+        }
         let mut ep = vec![format!("-s {} -j {p}-MARK-MASQ", host(&a.ip()))];
         if pp.affinity_timeout.is_some() {
             ep.push(format!("-m recent --name {} --set", sep(a)));
         }
-        ep.push(format!(
-            "-p {proto} -m {proto} -j DNAT --to-destination {}",
-            dnat_target(a)
-        ));
+        ep.push(dnat("", a));
         nat.insert(sep(a), ep);
     }
     nat.insert(sel.clone(), rules);
