@@ -328,7 +328,10 @@ impl EbpfDataplane {
         let (result, before) = if let Some((changes, mut planner)) = changes {
             let written = planner
                 .update_in_place(to_plan, changes, maglev)
-                .and_then(|f| self.write_planned(desired, &rest, Some(changes), &mut planner, f));
+                .and_then(|f| {
+                    let what = writer::ToWrite::Update(f);
+                    self.write_planned(desired, &rest, Some(changes), &mut planner, what)
+                });
             match written {
                 Ok(report) => (Ok((planner, changes.service_counts(), report)), None),
                 Err(e) => (Err(e), Some(planner.fingerprints_before(changes))),
@@ -340,11 +343,19 @@ impl EbpfDataplane {
                 Synced::Yes(applied) => Some(applied.planner.into_fingerprints()),
                 Synced::No { programmed_before } => programmed_before,
             };
-            let result = plan::Planner::full(to_plan, maglev).and_then(|(mut planner, f)| {
-                let counts = planner.changed_since(before.as_ref());
-                let report = self.write_planned(desired, &rest, None, &mut planner, f)?;
-                Ok((planner, counts, report))
-            });
+            // Planned inside the write, a chunk at a time (the plan is never whole), still
+            // before anything is written.
+            let mut planner = plan::Planner::default();
+            let what = writer::ToWrite::Full {
+                state: to_plan,
+                maglev_size: maglev,
+            };
+            let result = self
+                .write_planned(desired, &rest, None, &mut planner, what)
+                .map(|report| {
+                    let counts = planner.changed_since(before.as_ref());
+                    (planner, counts, report)
+                });
             (result, before)
         };
         match result {
@@ -385,17 +396,19 @@ impl EbpfDataplane {
         rest: &DesiredState,
         changes: Option<&ChangeSet>,
         planner: &mut plan::Planner,
-        frontends: plan::Frontends,
+        what: writer::ToWrite<'_>,
     ) -> Result<ApplyReport, Error> {
         let desired = desired.unwrap_or(rest);
         let asks = Arc::clone(&self.event_asks);
         let asks = asks.lock().unwrap_or_else(PoisonError::into_inner);
-        planner.set_flags(
+        let flags = (
             self.config.host_routing,
             desired.has_pod_policy(),
             asks.flags(),
             self.config.events.rates(),
         );
+        // For an update now (the planner is the plan), for a full sync after it is planned.
+        planner.set_flags(flags.0, flags.1, flags.2, flags.3);
         let pin_dir = self.config.pin_dir.clone();
         let netns = self.config.netns.clone();
         let mode = self.config.attach_mode;
@@ -448,7 +461,10 @@ impl EbpfDataplane {
         if clearing {
             policy.write(&mut objects.maps, std::mem::take(&mut policy_plan))?;
         }
-        let report = writer::write(&mut objects.maps, current, planner, frontends, &caps)?;
+        // A full sync plans here, into `planner` (the flags are the node-wide settings).
+        let prep = writer::prepare(current, planner, what, &caps)?;
+        planner.set_flags(flags.0, flags.1, flags.2, flags.3);
+        let report = writer::write(&mut objects.maps, current, planner, prep)?;
         // Host policy after the services' write, the last step that can refuse the state
         // (a refused state leaves the maps as they were).
         let host_written = host.write(&mut objects.host_maps, host_tables)?;

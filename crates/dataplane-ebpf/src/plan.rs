@@ -67,9 +67,6 @@ pub(crate) struct Frontends {
     /// `None`: a full plan, the service map must hold exactly `planned`. `Some`: an update,
     /// these entries of the changed services are gone; every other entry stays.
     pub gone: Option<Vec<SvcKey>>,
-    /// A full plan's bound on its distinct backends (backends x ports of each service; exact
-    /// unless services share pods), for sizing the backend table once; 0 for an update.
-    pub backends_bound: usize,
     /// The distinct backends the slots index (each once): a slot is 4 bytes, not a 20-byte
     /// [`BackendRef`], which made the slots the largest part of a plan at scale.
     pub backends: Vec<BackendRef>,
@@ -593,6 +590,39 @@ fn plan_node(state: &DesiredState) -> NodePlan {
     out
 }
 
+/// Bounds of a full plan, known before it is made (for sizing tables once).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FullBounds {
+    /// Frontends: exact unless services share a ClusterIP (its wildcard is planned once).
+    pub frontends: usize,
+    /// Distinct backends: backends x ports of each service (exact unless services share pods).
+    pub backends: usize,
+}
+
+/// The bounds of a full plan of `state`.
+pub(crate) fn full_bounds(state: &DesiredState) -> FullBounds {
+    let with_ports = || state.services.iter().filter(|s| !s.ports.is_empty());
+    FullBounds {
+        frontends: state
+            .services
+            .iter()
+            .map(|s| frontend_count(&state.node, s))
+            .sum(),
+        backends: with_ports()
+            .map(|s| s.backends.len().saturating_mul(s.ports.len()))
+            .fold(0usize, usize::saturating_add),
+    }
+}
+
+/// Where [`Planner::full_chunked`] puts the frontends it plans.
+pub(crate) trait PlanSink {
+    /// Called once, before any chunk.
+    fn expect(&mut self, bounds: FullBounds);
+    /// The next chunk of frontends, in plan order; `backends`: what their slots index so far
+    /// (it only grows).
+    fn take(&mut self, chunk: Vec<(SvcKey, FrontendPlan)>, backends: &[BackendRef]);
+}
+
 /// Each programmed service's fingerprint, by name (core's, so that the report's counts mean
 /// the same on every dataplane).
 pub(crate) type Fingerprints = dataplane_core::ServiceFingerprints;
@@ -714,7 +744,34 @@ impl Planner {
 
     /// Plans `state` from scratch. Service-port ids are assigned in name order, so the same
     /// state gives the same ids in every process.
+    #[cfg(test)]
     pub(crate) fn full(state: &DesiredState, maglev_size: u32) -> Result<(Self, Frontends), Error> {
+        struct Collect(Frontends);
+        impl PlanSink for Collect {
+            fn expect(&mut self, bounds: FullBounds) {
+                self.0.planned = Planned::with_capacity(bounds.frontends);
+            }
+            fn take(&mut self, chunk: Vec<(SvcKey, FrontendPlan)>, _: &[BackendRef]) {
+                self.0.planned.chunks.push(chunk);
+            }
+        }
+        let mut out = Collect(Frontends::default());
+        let (p, backends) = Self::full_chunked(state, maglev_size, &mut out)?;
+        out.0.planned.chunks.retain(|c| !c.is_empty());
+        out.0.backends = backends;
+        Ok((p, out.0))
+    }
+
+    /// Plans `state` from scratch into `sink`, a chunk of [`Planned::CHUNK`] frontends at a
+    /// time (in plan order), so that the plan is never whole: the sink translates each chunk
+    /// and drops it before the next is planned. Returns the planner and the plan's distinct
+    /// backends (what the chunks' slots index). Service-port ids are assigned in name order,
+    /// so the same state gives the same ids in every process.
+    pub(crate) fn full_chunked(
+        state: &DesiredState,
+        maglev_size: u32,
+        sink: &mut dyn PlanSink,
+    ) -> Result<(Self, Vec<BackendRef>), Error> {
         // The tables are sized once: grown by doubling, their smaller copies stay behind as
         // free heap at the peak of the apply.
         let with_ports = || state.services.iter().filter(|s| !s.ports.is_empty());
@@ -725,37 +782,36 @@ impl Planner {
             wildcards: HashMap::with_capacity(with_ports().map(|s| s.cluster_ips.len()).sum()),
             ..Planner::default()
         };
-        let backends_bound = with_ports()
-            .map(|s| s.backends.len().saturating_mul(s.ports.len()))
-            .fold(0usize, usize::saturating_add);
+        let bounds = full_bounds(state);
+        sink.expect(bounds);
         let mut services: Vec<&Service> = state.services.iter().collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
-        // In chunks sized once: a growing vector leaves up to its size again unused at the
-        // peak of the apply.
-        let count = services
-            .iter()
-            .map(|s| frontend_count(&state.node, s))
-            .sum();
-        let mut planned = Planned::with_capacity(count);
+        let mut planned = Planned::with_capacity(bounds.frontends);
         // Distinct backends: at most the bound, often far fewer (services share pods).
-        let mut numbers = BackendList::with_capacity(backends_bound.min(1 << 16));
+        let mut numbers = BackendList::with_capacity(bounds.backends.min(1 << 16));
+        let mut count = 0;
         for service in services {
             p.add_service(state, service, maglev_size, &mut planned, &mut numbers)?;
+            // Full chunks go to the sink between services (a service's frontends are
+            // checked against its keys while they are in `planned`).
+            if planned.chunks.len() > 1 {
+                let last = planned.chunks.pop().unwrap_or_default();
+                for chunk in std::mem::replace(&mut planned.chunks, vec![last]) {
+                    count += chunk.len();
+                    sink.take(chunk, &numbers.list);
+                }
+            }
+        }
+        for chunk in planned.chunks {
+            count += chunk.len();
+            sink.take(chunk, &numbers.list);
         }
         // Less only where services share a ClusterIP: its wildcard is planned once.
         debug_assert!(
-            planned.len() <= count,
+            count <= bounds.frontends,
             "frontend_count disagrees with plan_port"
         );
-        Ok((
-            p,
-            Frontends {
-                planned,
-                gone: None,
-                backends_bound,
-                backends: numbers.list,
-            },
-        ))
+        Ok((p, numbers.list))
     }
 
     /// Plans the services `changes` touches, against `state`'s node (the node of this
@@ -794,7 +850,6 @@ impl Planner {
         Ok(Frontends {
             planned,
             gone: Some(gone),
-            backends_bound: 0,
             backends: numbers.list,
         })
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use aya::maps::lpm_trie::Key;
-use dataplane_core::Error;
+use dataplane_core::{DesiredState, Error};
 
 use crate::backends::BackendTable;
 use crate::config::Capacities;
@@ -18,7 +18,7 @@ use crate::maps::{
     SrcRangeData, SvcEntry, SvcKey, SvcValue, CFG_F_HOST_ROUTING, EV_KIND_MAX, SVC_F_AFFINITY,
 };
 use crate::mmap::MmapArray;
-use crate::plan::{BackendRef, Frontends, Planner, Slots};
+use crate::plan::{self, BackendRef, FrontendPlan, Frontends, PlanSink, Planner, Slots};
 
 /// First-fit allocator of slot ranges in `dp_slots` (index 0 is never used).
 #[derive(Debug, Clone)]
@@ -509,7 +509,9 @@ fn capacity(what: &str, needed: usize, capacity: u32) -> Result<(), Error> {
     Ok(())
 }
 
-struct Prepared {
+pub(crate) struct Prepared {
+    /// Whether it is an update (not a full plan).
+    incremental: bool,
     /// Ids of the backends `prepare` entered (their keys are in the table).
     new_backends: Vec<u32>,
     /// `backends.id_bound()` before: where a failed write takes it back to.
@@ -565,18 +567,20 @@ struct Translator<'a> {
     backends: &'a mut BackendTable,
     new_backends: &'a mut Vec<u32>,
     fresh: FreshIds<'a>,
-    /// The plan's backends ([`Frontends::backends`]).
-    planned: &'a [BackendRef],
-    /// Plan index -> backend id, 0 while not looked up yet.
+    /// Plan index (into [`Frontends::backends`]) -> backend id, 0 while not looked up yet.
     ids: Vec<u32>,
     last: Option<(Slots, Arc<[u32]>)>,
 }
 
 impl Translator<'_> {
-    fn id(&mut self, i: u32) -> u32 {
+    /// `planned`: the plan's backends (so far: a plan made chunk by chunk adds to them).
+    fn id(&mut self, planned: &[BackendRef], i: u32) -> u32 {
         let i = i as usize;
+        if self.ids.len() < planned.len() {
+            self.ids.resize(planned.len(), 0);
+        }
         if self.ids[i] == 0 {
-            let b = self.planned[i];
+            let b = planned[i];
             let k = (b.addr, b.port, b.family);
             self.ids[i] = self.backends.get(&k).unwrap_or_else(|| {
                 let id = self.fresh.take();
@@ -588,13 +592,13 @@ impl Translator<'_> {
         self.ids[i]
     }
 
-    fn slot_ids(&mut self, slots: &Slots) -> Arc<[u32]> {
+    fn slot_ids(&mut self, planned: &[BackendRef], slots: &Slots) -> Arc<[u32]> {
         if let Some((from, to)) = &self.last {
             if Arc::ptr_eq(from, slots) {
                 return Arc::clone(to);
             }
         }
-        let out: Arc<[u32]> = slots.iter().map(|i| self.id(*i)).collect();
+        let out: Arc<[u32]> = slots.iter().map(|i| self.id(planned, *i)).collect();
         self.last = Some((Arc::clone(slots), Arc::clone(&out)));
         out
     }
@@ -618,24 +622,42 @@ fn removals(cur: &Current, gone: Option<&[SvcKey]>, seen: Option<&HashSet<SvcKey
     }
 }
 
+/// What a write programs: an update planned already, or a full plan of a state, made chunk
+/// by chunk while the write is prepared (the plan is never whole).
+pub(crate) enum ToWrite<'a> {
+    Update(Frontends),
+    Full {
+        state: &'a DesiredState,
+        maglev_size: u32,
+    },
+}
+
 /// Checks every capacity and allocates everything before a single map write. The backends
-/// new to the maps are entered in `cur.backends` (and taken out again on an error).
-fn prepare(
+/// new to the maps are entered in `cur.backends` (and taken out again on an error). For
+/// [`ToWrite::Full`] it plans: `planner` becomes the new plan (and is left as it was on an
+/// error of planning).
+pub(crate) fn prepare(
     cur: &mut Current,
-    planner: &Planner,
-    frontends: Frontends,
+    planner: &mut Planner,
+    what: ToWrite<'_>,
     caps: &Capacities,
 ) -> Result<Prepared, Error> {
     let mut new_backends = Vec::new();
-    if frontends.gone.is_none() && cur.frontends.is_empty() {
+    let backends_bound = match &what {
+        ToWrite::Full { state, .. } if cur.frontends.is_empty() => {
+            Some(plan::full_bounds(state).backends)
+        }
+        _ => None,
+    };
+    if let Some(bound) = backends_bound {
         // A full plan into new maps: the backend table and the list of new backends are
         // sized once (more than the map holds is refused later anyway).
-        let n = frontends.backends_bound.min(caps.backends as usize);
+        let n = bound.min(caps.backends as usize);
         cur.backends.reserve(n);
         new_backends.reserve(n);
     }
     let bound = cur.backends.id_bound();
-    let prepared = prepare_in(cur, planner, frontends, caps, &mut new_backends);
+    let prepared = prepare_in(cur, planner, what, caps, &mut new_backends);
     match prepared {
         Ok(mut p) => {
             p.new_backends = new_backends;
@@ -672,24 +694,98 @@ fn place(
     Some((base, true))
 }
 
+/// The translation of a plan as it comes (frontend by frontend, each freed once taken).
+struct Preparer<'a> {
+    cur_frontends: &'a HashMap<SvcKey, SvcValue>,
+    ranges: &'a Ranges,
+    tr: Translator<'a>,
+    alloc: SlotAlloc,
+    local: HashMap<Arc<[u32]>, u32>,
+    writes: HashMap<SvcKey, SvcValue>,
+    fresh_ranges: Vec<(u32, Arc<[u32]>)>,
+    /// Every key planned, for a full plan over maps that hold entries: the others go. The
+    /// plan holds each key once (a ClusterIP's wildcard too, see `Planner::add_service`).
+    seen: Option<HashSet<SvcKey>>,
+    /// Whether the plan is a full one into empty maps (it writes nearly every entry).
+    fresh_maps: bool,
+    /// Whether the plan is a full one.
+    full: bool,
+    added: usize,
+    /// Slots of new ranges that did not fit, for the capacity error.
+    short: usize,
+}
+
+impl Preparer<'_> {
+    fn take(&mut self, key: SvcKey, fp: FrontendPlan, planned: &[BackendRef]) {
+        if let Some(seen) = &mut self.seen {
+            let first = seen.insert(key);
+            debug_assert!(first, "the plan holds {key:?} twice");
+        }
+        let slots = self.tr.slot_ids(planned, &fp.slots);
+        let value = SvcValue {
+            id: fp.id,
+            slot_base: 0,
+            slot_count: slots.len() as u32,
+            affinity_timeout: fp.affinity_timeout,
+            flags: fp.flags,
+            pad: 0,
+        };
+        match self.cur_frontends.get(&key) {
+            Some(old)
+                if old.id == value.id
+                    && old.flags == value.flags
+                    && old.affinity_timeout == value.affinity_timeout
+                    && self.ranges.get(old.slot_base, old.slot_count) == &slots[..] =>
+            {
+                return;
+            }
+            Some(_) => {}
+            None => self.added += 1,
+        }
+        let (base, fresh) = place(self.ranges, &mut self.local, &mut self.alloc, &slots)
+            .unwrap_or_else(|| {
+                self.short += slots.len();
+                self.local.insert(Arc::clone(&slots), 0);
+                (0, false)
+            });
+        if fresh {
+            self.fresh_ranges.push((base, slots));
+        }
+        self.writes.insert(
+            key,
+            SvcValue {
+                slot_base: base,
+                ..value
+            },
+        );
+    }
+}
+
+impl PlanSink for Preparer<'_> {
+    fn expect(&mut self, bounds: plan::FullBounds) {
+        if self.fresh_maps {
+            self.writes.reserve(bounds.frontends);
+        } else if self.full {
+            self.seen = Some(HashSet::with_capacity(bounds.frontends));
+        }
+    }
+
+    // By value: each planned slot list is freed once translated (the plan's slots are the
+    // biggest part of it), so the plan and its translation are not both whole at the peak.
+    fn take(&mut self, chunk: Vec<(SvcKey, FrontendPlan)>, backends: &[BackendRef]) {
+        for (key, fp) in chunk {
+            Preparer::take(self, key, fp, backends);
+        }
+    }
+}
+
 fn prepare_in(
     cur: &mut Current,
-    planner: &Planner,
-    frontends: Frontends,
+    planner: &mut Planner,
+    what: ToWrite<'_>,
     caps: &Capacities,
     new_backends: &mut Vec<u32>,
 ) -> Result<Prepared, Error> {
-    let Frontends {
-        planned,
-        gone,
-        backends: planned_backends,
-        ..
-    } = frontends;
-    capacity(
-        &format!("source range map ({})", map_table::SRC_RANGES.name),
-        planner.src_ranges.len(),
-        caps.source_ranges,
-    )?;
     let known_backends = cur.backends.len();
     let Current {
         frontends: cur_frontends,
@@ -700,77 +796,69 @@ fn prepare_in(
         ..
     } = cur;
     let next = backends.id_bound();
-    let mut tr = Translator {
-        backends,
-        new_backends,
-        fresh: FreshIds {
-            free: free_ids.iter(),
-            next,
-        },
-        ids: vec![0; planned_backends.len()],
-        planned: &planned_backends,
-        last: None,
-    };
-    let mut alloc = cur_alloc.clone();
-    let mut local: HashMap<Arc<[u32]>, u32> = HashMap::new();
-    // A full plan into new maps writes nearly every entry.
-    let fresh_maps = gone.is_none() && cur_frontends.is_empty();
-    let mut writes = HashMap::with_capacity(if fresh_maps { planned.len() } else { 0 });
-    let mut fresh_ranges = Vec::new();
-    // Every key planned, for a full plan over maps that hold entries: the others go. The
-    // plan holds each key once (a ClusterIP's wildcard too, see `Planner::add_service`).
-    let mut seen: Option<HashSet<SvcKey>> =
-        (gone.is_none() && !fresh_maps).then(|| HashSet::with_capacity(planned.len()));
-    let mut added = 0usize;
-    // Slots of new ranges that did not fit, for the capacity error.
-    let mut short = 0usize;
-    // By value: each planned slot list is freed once translated (the plan's slots are the
-    // biggest part of it), so the plan and its translation are not both whole at the peak.
-    for (key, fp) in planned {
-        if let Some(seen) = &mut seen {
-            let first = seen.insert(key);
-            debug_assert!(first, "the plan holds {key:?} twice");
-        }
-        let slots = tr.slot_ids(&fp.slots);
-        let value = SvcValue {
-            id: fp.id,
-            slot_base: 0,
-            slot_count: slots.len() as u32,
-            affinity_timeout: fp.affinity_timeout,
-            flags: fp.flags,
-            pad: 0,
-        };
-        match cur_frontends.get(&key) {
-            Some(old)
-                if old.id == value.id
-                    && old.flags == value.flags
-                    && old.affinity_timeout == value.affinity_timeout
-                    && ranges.get(old.slot_base, old.slot_count) == &slots[..] =>
-            {
-                continue;
-            }
-            Some(_) => {}
-            None => added += 1,
-        }
-        let (base, fresh) = place(ranges, &mut local, &mut alloc, &slots).unwrap_or_else(|| {
-            short += slots.len();
-            local.insert(Arc::clone(&slots), 0);
-            (0, false)
-        });
-        if fresh {
-            fresh_ranges.push((base, slots));
-        }
-        writes.insert(
-            key,
-            SvcValue {
-                slot_base: base,
-                ..value
+    let full = matches!(what, ToWrite::Full { .. });
+    let mut p = Preparer {
+        fresh_maps: full && cur_frontends.is_empty(),
+        full,
+        cur_frontends,
+        ranges,
+        tr: Translator {
+            backends,
+            new_backends,
+            fresh: FreshIds {
+                free: free_ids.iter(),
+                next,
             },
-        );
-    }
+            ids: Vec::new(),
+            last: None,
+        },
+        alloc: cur_alloc.clone(),
+        local: HashMap::new(),
+        writes: HashMap::new(),
+        fresh_ranges: Vec::new(),
+        seen: None,
+        added: 0,
+        short: 0,
+    };
+    let gone = match what {
+        ToWrite::Update(frontends) => {
+            let Frontends {
+                planned,
+                gone,
+                backends: planned_backends,
+                ..
+            } = frontends;
+            for (key, fp) in planned {
+                p.take(key, fp, &planned_backends);
+            }
+            gone
+        }
+        ToWrite::Full { state, maglev_size } => {
+            let (new, _) = Planner::full_chunked(state, maglev_size, &mut p)?;
+            *planner = new;
+            None
+        }
+    };
+    capacity(
+        &format!("source range map ({})", map_table::SRC_RANGES.name),
+        planner.src_ranges.len(),
+        caps.source_ranges,
+    )?;
+    let Preparer {
+        alloc,
+        local,
+        writes,
+        mut fresh_ranges,
+        seen,
+        added,
+        short,
+        tr,
+        ..
+    } = p;
     // Ranges are handed out first fit: mostly ascending already.
     fresh_ranges.sort_unstable_by_key(|(base, _)| *base);
     let new_count = tr.new_backends.len();
+    drop(tr);
     if short > 0 {
         return Err(slots_exceeded(cur, &local, caps));
     }
@@ -780,6 +868,7 @@ fn prepare_in(
     Ok(Prepared {
         new_backends: Vec::new(),
         id_bound: 0,
+        incremental: gone.is_some(),
         writes,
         fresh: fresh_ranges,
         removals,
@@ -812,20 +901,17 @@ fn check_entries(caps: &Capacities, entries: usize, backends: usize) -> Result<(
     )
 }
 
-/// Makes the maps hold what `planner` and `frontends` say. Capacity errors come before any
-/// write.
+/// Makes the maps hold what `planner` and `prep` (see [`prepare`], which checked the
+/// capacities before any write) say.
 // One function on purpose: the order of the steps is what keeps packets safe.
 #[allow(clippy::too_many_lines)]
 pub(crate) fn write(
     maps: &mut Maps,
     cur: &mut Current,
     planner: &Planner,
-    frontends: Frontends,
-    caps: &Capacities,
+    prep: Prepared,
 ) -> Result<WriteReport, Error> {
-    let incremental = frontends.gone.is_some();
-    // The writes hold what is still needed of the plan (translated slots); the plan is gone.
-    let prep = prepare(cur, planner, frontends, caps)?;
+    let incremental = prep.incremental;
     let mut n = 0usize;
     let node = &planner.node;
 
