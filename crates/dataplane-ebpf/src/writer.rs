@@ -716,7 +716,7 @@ struct Preparer<'a> {
 }
 
 impl Preparer<'_> {
-    fn take(&mut self, key: SvcKey, fp: FrontendPlan, planned: &[BackendRef]) {
+    fn take(&mut self, key: SvcKey, fp: &FrontendPlan, planned: &[BackendRef]) {
         if let Some(seen) = &mut self.seen {
             let first = seen.insert(key);
             debug_assert!(first, "the plan holds {key:?} twice");
@@ -774,7 +774,7 @@ impl PlanSink for Preparer<'_> {
     // biggest part of it), so the plan and its translation are not both whole at the peak.
     fn take(&mut self, chunk: Vec<(SvcKey, FrontendPlan)>, backends: &[BackendRef]) {
         for (key, fp) in chunk {
-            Preparer::take(self, key, fp, backends);
+            Preparer::take(self, key, &fp, backends);
         }
     }
 }
@@ -829,7 +829,7 @@ fn prepare_in(
                 ..
             } = frontends;
             for (key, fp) in planned {
-                p.take(key, fp, &planned_backends);
+                p.take(key, &fp, &planned_backends);
             }
             gone
         }
