@@ -526,38 +526,7 @@ fn compile_port(
         // (`! -s clusterCIDR -j KUBE-MARK-MASQ`; a family may have several cluster CIDRs,
         // so the pods return to the choice first).
         let svc = service_chain(p, pp.family, &pp.service, proto, pp.port);
-        let mut rules: Vec<String> = Vec::new();
-        let cluster = of_family(&node.cluster_cidrs, pp.family);
-        // A family without cluster CIDRs has no `! -s clusterCIDR` test (kube-proxy has no
-        // local detector for it then): its clients keep their address, except hairpin.
-        let mark = node.masquerade_services || !cluster.is_empty();
-        match &pp.internal {
-            // At most one test of the client: the selection is folded into this chain, as
-            // kube-proxy's KUBE-SVC-* holds its probability rules (issue 24: a chain less
-            // per service port; the restore tools pay per chain).
-            Choice::Backends(b)
-                if !b.is_empty() && (node.masquerade_services || cluster.len() <= 1) =>
-            {
-                if node.masquerade_services {
-                    rules.push(format!("-j {p}-MARK-MASQ"));
-                } else if let [c] = cluster.as_slice() {
-                    rules.push(format!("! -s {c} -j {p}-MARK-MASQ"));
-                }
-                rules.extend(selection_rules(pp, &key, b, p, hairpin, nat));
-            }
-            // Several cluster CIDRs: the pods return to the choice first, the rest are
-            // marked; the choice has a chain of its own (or is a mark chain).
-            _ => {
-                let internal = choose("internal", &pp.internal, nat);
-                if !node.masquerade_services {
-                    rules.extend(cluster.iter().map(|c| format!("-s {c} -g {internal}")));
-                }
-                if mark {
-                    rules.push(format!("-j {p}-MARK-MASQ"));
-                }
-                rules.push(format!("-g {internal}"));
-            }
-        }
+        let rules = cluster_ip_rules(node, pp, &key, p, hairpin, nat, &choose);
         nat.insert(
             svc.clone(),
             logged(rules, p, pp, node, DropReason::NoBackend),
@@ -637,6 +606,55 @@ fn compile_port(
             }
         }
     }
+}
+
+/// What makes the chain of a choice (`kind`, the choice) in the nat chains.
+type Choose<'a> = dyn Fn(&str, &Choice, &mut Chains) -> String + 'a;
+
+/// The rules of `pp`'s ClusterIP chain (kube-proxy's internal traffic chain; `choose`
+/// makes the chain of a choice, see [`compile_port`]).
+fn cluster_ip_rules(
+    node: &NodePlan,
+    pp: &PortPlan,
+    key: &str,
+    p: &str,
+    hairpin: &BTreeSet<IpAddr>,
+    nat: &mut BTreeMap<String, Vec<String>>,
+    choose: &Choose<'_>,
+) -> Vec<String> {
+    let mut rules: Vec<String> = Vec::new();
+    let cluster = of_family(&node.cluster_cidrs, pp.family);
+    // A family without cluster CIDRs has no `! -s clusterCIDR` test (kube-proxy has no
+    // local detector for it then): its clients keep their address, except hairpin.
+    let mark = node.masquerade_services || !cluster.is_empty();
+    match &pp.internal {
+        // At most one test of the client: the selection is folded into this chain, as
+        // kube-proxy's KUBE-SVC-* holds its probability rules (issue 24: a chain less
+        // per service port; the restore tools pay per chain).
+        Choice::Backends(b)
+            if !b.is_empty() && (node.masquerade_services || cluster.len() <= 1) =>
+        {
+            if node.masquerade_services {
+                rules.push(format!("-j {p}-MARK-MASQ"));
+            } else if let [c] = cluster.as_slice() {
+                rules.push(format!("! -s {c} -j {p}-MARK-MASQ"));
+            }
+            rules.extend(selection_rules(pp, key, b, p, hairpin, nat));
+        }
+        // Several cluster CIDRs: the pods return to the choice first, the rest are
+        // marked; the choice has a chain of its own (or is a mark chain).
+        _ => {
+            let internal = choose("internal", &pp.internal, nat);
+            if !node.masquerade_services {
+                rules.extend(cluster.iter().map(|c| format!("-s {c} -g {internal}")));
+            }
+            if mark {
+                rules.push(format!("-j {p}-MARK-MASQ"));
+            }
+            rules.push(format!("-g {internal}"));
+        }
+    }
+    rules
 }
 
 /// The rules of `pp`'s firewall chain: each allowed source range to `ext`, the rest marked
