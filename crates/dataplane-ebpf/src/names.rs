@@ -22,8 +22,8 @@ use crate::maps::{NameKey, NameValue, NAME_ENDPOINT, NAME_LEN};
 use crate::plan::Planner;
 
 /// A hasher for the mirror's and a sync's name tables, keyed by [`NameKey`] (24 bytes of
-/// ids and addresses the applied state gives, not chosen by a remote peer): the multiply-
-/// rotate of rustc's FxHash. With std's SipHash, hashing was the biggest item of a 100k-service
+/// ids and addresses the applied state gives, not chosen by a remote peer): a multiply per
+/// word as in rustc's FxHash, then murmur3's finaliser. With std's SipHash, hashing was the biggest item of a 100k-service
 /// full sync's names (each key hashed ~4 times: wanted, mirror lookup, insert, gone).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct KeyHasher(u64);
@@ -71,9 +71,16 @@ impl Hasher for KeyHasher {
     }
 
     fn finish(&self) -> u64 {
-        // The multiply leaves the low bits (the table's bucket index) depending on the low
-        // bits of the input alone: bring the well-mixed high bits down.
-        self.0.rotate_left(26)
+        // A multiply carries a bit only upwards: an IPv6 address that differs in its last
+        // bytes (the top of the last word) differs in the top bits alone, and the table's
+        // bucket index is the low bits (a rotation of them left 256 addresses to a bucket).
+        // murmur3's finaliser mixes every bit into every other.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
