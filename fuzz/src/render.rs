@@ -214,14 +214,22 @@ fn check_restore_text(text: &str) {
 }
 
 /// The `ipset restore` input that creates the sets `state`'s policy chains name, with their
-/// members (what the backend runs before the rules).
+/// members, and the two hairpin sets `DP-POSTROUTING` names (`<prefix>-hairpin-v4`/`-v6`,
+/// `hash:ip,port,ip`; empty here: `--test` checks that a set exists, not its members): what
+/// the backend runs before the rules.
 fn ipset_input(state: &DesiredState, prefix: &str) -> String {
+    let mut out = String::new();
+    for family in ["inet", "inet6"] {
+        let suffix = if family == "inet" { "v4" } else { "v6" };
+        out.push_str(&format!(
+            "create {prefix}-hairpin-{suffix} hash:ip,port,ip family {family} -exist\n"
+        ));
+    }
     let compiled = dataplane_core::compile(state);
     let Ok(want) = ipsets(&compiled, prefix) else {
-        return String::new();
+        return out;
     };
     let ops = converge(&KernelSets::default(), &want, &compiled);
-    let mut out = String::new();
     let _ = write_ops(&ops, 65_536, &mut out);
     out
 }

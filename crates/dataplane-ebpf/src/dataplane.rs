@@ -15,7 +15,7 @@ use dataplane_core::{
     ObservedState, Protocol, Stats, Validator, Warning,
 };
 
-use crate::config::{EbpfConfig, XdpMode};
+use crate::config::EbpfConfig;
 use crate::ct::ct_entries;
 use crate::error::EbpfError;
 use crate::events::{EventAsk, EventAsks};
@@ -282,23 +282,6 @@ impl EbpfDataplane {
         }
     }
 
-    /// Interfaces and hooks `state` needs.
-    fn wanted_attachments(state: &DesiredState, xdp: XdpMode) -> BTreeSet<(String, Hook)> {
-        let mut out = BTreeSet::new();
-        let uplink = state.node.interfaces.uplink.clone();
-        if xdp.is_on() {
-            out.insert((uplink.clone(), Hook::Xdp));
-        }
-        out.insert((uplink.clone(), Hook::FromUplink));
-        out.insert((uplink, Hook::ToUplink));
-        out.insert((LOOPBACK.to_owned(), Hook::ToLo));
-        for e in &state.endpoints {
-            out.insert((e.interface.clone(), Hook::FromPod));
-            out.insert((e.interface.clone(), Hook::ToPod));
-        }
-        out
-    }
-
     /// Programs `desired` (`None`: `rest`), which the caller has validated (and checked as
     /// supported) with `validator`, and keeps `rest` (`desired` without its services) as the
     /// applied state. With `changes` (what differs from the applied state; not the node) and
@@ -440,7 +423,7 @@ impl EbpfDataplane {
         // uplink is missing is refused with the maps as they were. Each interface is looked
         // up once in this sync (checks, attachments, dp_local), through the socket kept in
         // the node's namespace: no namespace entry for lookups.
-        let wanted = Self::wanted_attachments(rest, xdp_mode);
+        let wanted = ifx.wanted_attachments(rest, xdp_mode, changes);
         ifx.start_sync(netns.as_deref())?;
         objects.check_interfaces(&wanted, ifx)?;
         let mut policy_plan = match changes {
@@ -484,7 +467,7 @@ impl EbpfDataplane {
         let check_lo = changes.is_none() || !*accept_local_on;
         if check_lo || objects.attachments_pending(&wanted, ifx) {
             netns::in_netns(netns.as_deref(), || {
-                for (ifname, hook) in &wanted {
+                for (ifname, hook) in wanted.iter() {
                     objects.attach(&pin_dir, ifname, *hook, mode, xdp_mode, ifx)?;
                 }
                 if check_lo {

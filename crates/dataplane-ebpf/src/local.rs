@@ -2,12 +2,17 @@
 //! interface, resolved in the node's namespace. The writer (`writer::sync_local`) makes the
 //! map hold what [`wanted`] answers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Arc;
 
+use dataplane_core::{ChangeSet, DesiredState};
+
+use crate::config::XdpMode;
 use crate::error::EbpfError;
+use crate::hook::Hook;
 use crate::maps::{family_of, Addr, LocalKey};
 use crate::netns::THREAD_NETNS;
 
@@ -57,7 +62,15 @@ pub(crate) struct Ifindexes {
     /// The namespace (device and inode of its nsfs file) `socket` was opened in by
     /// [`Self::start_sync`].
     netns: Option<(u64, u64)>,
+    /// What [`Self::wanted_attachments`] built last, and for which XDP mode.
+    attachments: Option<(XdpMode, Arc<Attachments>)>,
 }
+
+/// Interfaces and hooks a state needs: `(interface, hook)`.
+pub(crate) type Attachments = BTreeSet<(String, Hook)>;
+
+/// The interface programs on the loopback attach to.
+const LOOPBACK: &str = "lo";
 
 /// The identity of the namespace whose nsfs file (or a bind mount of it) is at `path`.
 fn netns_id(path: &Path) -> Result<(u64, u64), EbpfError> {
@@ -111,6 +124,41 @@ impl Ifindexes {
         self.socket = Some(socket);
         self.netns = Some(id);
         Ok(())
+    }
+
+    /// The interfaces and hooks `state` needs: its uplink's (XDP too when `xdp` is on), the
+    /// loopback's and its endpoints' interfaces' two each. Built again only when the sync
+    /// is a full one (`changes` is `None`) or its changes touch the node or the endpoints:
+    /// an incremental sync's `changes` are a diff from the state of the last sync, which
+    /// succeeded (a failed one makes the next one full), and which built the set kept
+    /// (a 25-name set of owned strings was ~4 µs of a ~55 µs endpoint change).
+    pub(crate) fn wanted_attachments(
+        &mut self,
+        state: &DesiredState,
+        xdp: XdpMode,
+        changes: Option<&ChangeSet>,
+    ) -> Arc<Attachments> {
+        let same = changes.is_some_and(|c| c.node.is_none() && c.endpoints.is_empty());
+        if let Some((built_for, kept)) = &self.attachments {
+            if same && *built_for == xdp {
+                return Arc::clone(kept);
+            }
+        }
+        let mut out = Attachments::new();
+        let uplink = &state.node.interfaces.uplink;
+        if xdp.is_on() {
+            out.insert((uplink.clone(), Hook::Xdp));
+        }
+        out.insert((uplink.clone(), Hook::FromUplink));
+        out.insert((uplink.clone(), Hook::ToUplink));
+        out.insert((LOOPBACK.to_owned(), Hook::ToLo));
+        for e in &state.endpoints {
+            out.insert((e.interface.clone(), Hook::FromPod));
+            out.insert((e.interface.clone(), Hook::ToPod));
+        }
+        let out = Arc::new(out);
+        self.attachments = Some((xdp, Arc::clone(&out)));
+        out
     }
 
     /// [`lookup_ifindex`], once per name.
@@ -219,6 +267,9 @@ mod tests {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "needs root (CI=true: a skip is a failure)"
+            );
+            eprintln!(
+                "skipped lookups_answer_for_the_node_namespace_without_entering_it: needs root"
             );
             return;
         }

@@ -11,6 +11,7 @@
 //! ([`Planner::released_ids`]), so no index by service is kept here either.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use dataplane_core::{ChangeSet, DesiredState, ObjectName};
 
@@ -19,6 +20,73 @@ use crate::error::{removed, EbpfError};
 use crate::map_table;
 use crate::maps::{NameKey, NameValue, NAME_ENDPOINT, NAME_LEN};
 use crate::plan::Planner;
+
+/// A hasher for the mirror's and a sync's name tables, keyed by [`NameKey`] (24 bytes of
+/// ids and addresses the applied state gives, not chosen by a remote peer): a multiply per
+/// word as in rustc's `FxHash`, then murmur3's finaliser; std's `SipHash` costs more per key,
+/// and a 100k-service full sync hashes each of its 100k+ keys ~4 times (wanted, mirror
+/// lookup, insert, gone).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl KeyHasher {
+    const SEED: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.add(u64::from_le_bytes(w.try_into().unwrap_or_default()));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // A multiply carries a bit only upwards: an IPv6 address that differs in its last
+        // bytes (the top of the last word) differs in the top bits alone, and the table's
+        // bucket index is the low bits (a rotation of them left 256 addresses to a bucket).
+        // murmur3's finaliser mixes every bit into every other.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+/// A map keyed by [`NameKey`] with [`KeyHasher`].
+type KeyMap<V> = HashMap<NameKey, V, BuildHasherDefault<KeyHasher>>;
 
 /// `dp_names` as aya opens it.
 pub(crate) type BpfNames = aya::maps::HashMap<aya::maps::MapData, NameKey, NameValue>;
@@ -64,7 +132,7 @@ impl Name {
     /// The map's value; `None` when the name is longer than [`NAME_LEN`] bytes (or foreign).
     fn value(&self) -> Option<NameValue> {
         match self {
-            Name::Object(n) => NameValue::new(n),
+            Name::Object(n) => object_value(n),
             Name::Text(t) => NameValue::plain(t),
             Name::Foreign => None,
         }
@@ -80,17 +148,34 @@ impl Name {
     }
 }
 
+/// `namespace/name` as [`NameValue::new`] spells it, written straight into the value (a full
+/// sync of 100k services spelled 100k temporary `String`s).
+fn object_value(n: &ObjectName) -> Option<NameValue> {
+    let (ns, name) = (n.namespace.as_str().as_bytes(), n.name.as_str().as_bytes());
+    let len = ns.len() + 1 + name.len();
+    if len > NAME_LEN {
+        return None;
+    }
+    let mut v = NameValue {
+        name: [0u8; NAME_LEN],
+    };
+    v.name[..ns.len()].copy_from_slice(ns);
+    v.name[ns.len()] = b'/';
+    v.name[ns.len() + 1..len].copy_from_slice(name);
+    Some(v)
+}
+
 /// What `dp_names` holds, as the last sync left it.
 #[derive(Debug, Default)]
 pub(crate) struct Names {
-    current: HashMap<NameKey, Name>,
+    current: KeyMap<Name>,
 }
 
 /// Names to write, and how many were left out for being longer than a `dp_names` value
 /// holds (a cut name would be another one: their events go without it).
 #[derive(Debug, Default)]
 pub(crate) struct Wanted {
-    pub(crate) names: HashMap<NameKey, Name>,
+    pub(crate) names: KeyMap<Name>,
     pub(crate) too_long: usize,
 }
 
@@ -110,7 +195,10 @@ impl Wanted {
 /// (a local endpoint wins an address both claim).
 fn pod_names(state: &DesiredState, extra: usize) -> Wanted {
     let mut want = Wanted {
-        names: HashMap::with_capacity(state.endpoints.len() * 2 + state.pods.len() * 2 + extra),
+        names: KeyMap::with_capacity_and_hasher(
+            state.endpoints.len() * 2 + state.pods.len() * 2 + extra,
+            BuildHasherDefault::default(),
+        ),
         too_long: 0,
     };
     for pod in &state.pods {
@@ -143,7 +231,7 @@ pub(crate) fn wanted<'a>(
 impl Names {
     /// What the pinned map holds (an earlier process's names, removed when stale).
     pub(crate) fn read(map: &BpfNames) -> Result<Self, EbpfError> {
-        let mut current = HashMap::new();
+        let mut current = KeyMap::default();
         for entry in map {
             let (k, v) = entry.map_err(|e| EbpfError::map(map_table::NAMES.name, "reading", e))?;
             current.insert(k, Name::read(&v));
@@ -222,7 +310,7 @@ impl Names {
         want: Wanted,
     ) -> Result<(usize, usize), EbpfError> {
         let mut written = 0;
-        let gone: HashSet<NameKey> = gone.into_iter().collect();
+        let gone: HashSet<NameKey, BuildHasherDefault<KeyHasher>> = gone.into_iter().collect();
         for k in gone {
             if self.current.remove(&k).is_some() {
                 removed(map.remove(&k))
@@ -391,5 +479,44 @@ mod tests {
         let mut want = Wanted::default();
         want.add(NameKey::service(1), Name::Object(longer));
         assert_eq!((want.names.len(), want.too_long), (0, 1));
+    }
+
+    #[test]
+    fn a_value_spelled_in_place_is_the_one_new_spells() {
+        for (ns, name) in [
+            ("default", "web"),
+            ("", ""),
+            ("kube-system", "kube-dns"),
+            ("ns", &*"n".repeat(NAME_LEN - 3)),
+            ("ns", &*"n".repeat(NAME_LEN - 2)),
+            (&*"s".repeat(NAME_LEN), "x"),
+        ] {
+            let n = ObjectName::new(ns, name);
+            assert_eq!(object_value(&n), NameValue::new(&n), "{ns}/{name}");
+        }
+    }
+
+    #[test]
+    fn keys_of_a_large_cluster_hash_apart() {
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<KeyHasher>::default();
+        let mut keys: Vec<NameKey> = (0..100_000).map(NameKey::service).collect();
+        for i in 0..65_536u32 {
+            let [a, b] = (i as u16).to_be_bytes();
+            keys.push(NameKey::endpoint(std::net::IpAddr::from([10, 244, a, b])));
+            let v6 = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i as u16);
+            keys.push(NameKey::endpoint(v6.into()));
+        }
+        keys.push(NameKey::node());
+        let hashes: HashSet<u64> = keys.iter().map(|k| build.hash_one(k)).collect();
+        assert_eq!(hashes.len(), keys.len(), "full 64-bit hashes collide");
+        // The bucket index (low bits) of a table of 2^18 spreads them out: no bucket
+        // holds more than a handful.
+        let mut buckets = vec![0u32; 1 << 18];
+        for h in &hashes {
+            buckets[(*h as usize) & ((1 << 18) - 1)] += 1;
+        }
+        let fullest = buckets.iter().max().copied().unwrap_or(0);
+        assert!(fullest <= 12, "a bucket of {fullest} keys");
     }
 }

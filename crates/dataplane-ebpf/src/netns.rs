@@ -65,6 +65,7 @@ mod tests {
                 std::env::var_os("CI").is_none(),
                 "needs root (CI=true: a skip is a failure)"
             );
+            eprintln!("skipped work_runs_in_the_namespace_and_the_thread_returns: needs root");
             return;
         }
         let name = format!("dp-netns-test-{}", std::process::id());

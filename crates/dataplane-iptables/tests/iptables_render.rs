@@ -541,6 +541,53 @@ mod parity {
         assert_eq!(chain(&v4, "SVC").unwrap(), ["-g DP-MARK-DROP"]);
     }
 
+    /// Issue 24: with backends, a ClusterIP chain that tests the client at most once holds
+    /// the selection rules itself (kube-proxy's KUBE-SVC); under two cluster CIDRs each
+    /// jumps to a selection chain of its own, as before.
+    #[test]
+    fn clusterip_selection_folds_into_the_service_chain() {
+        let mut state = lb_state();
+        state.services[0].load_balancer_ips.clear();
+        let select = [
+            "-p tcp -m tcp -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 10.244.0.10:8080",
+            "-p tcp -m tcp -j DNAT --to-destination 10.244.1.10:8080",
+        ];
+        let v4 = compile(&state, IpFamily::V4);
+        let mut want = vec!["! -s 10.244.0.0/16 -j DP-MARK-MASQ"];
+        want.extend(select);
+        assert_eq!(chain(&v4, "SVC").unwrap(), want);
+        assert_eq!(chain(&v4, "SEL"), None);
+        state.node.masquerade.all_services = true;
+        let v4 = compile(&state, IpFamily::V4);
+        want[0] = "-j DP-MARK-MASQ";
+        assert_eq!(chain(&v4, "SVC").unwrap(), want);
+        state.node.masquerade.all_services = false;
+        state.node.cluster_cidrs.clear();
+        let v4 = compile(&state, IpFamily::V4);
+        assert_eq!(chain(&v4, "SVC").unwrap(), select);
+        state.node.cluster_cidrs = vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "10.245.0.0/16".parse().unwrap(),
+        ];
+        let v4 = compile(&state, IpFamily::V4);
+        let sel = v4
+            .nat
+            .keys()
+            .find(|c| c.starts_with("DP-SEL-"))
+            .unwrap()
+            .clone();
+        assert_eq!(
+            chain(&v4, "SVC").unwrap(),
+            [
+                format!("-s 10.244.0.0/16 -g {sel}"),
+                format!("-s 10.245.0.0/16 -g {sel}"),
+                "-j DP-MARK-MASQ".to_owned(),
+                format!("-g {sel}"),
+            ]
+        );
+        assert_eq!(v4.nat[&sel], select);
+    }
+
     /// Item 5, beyond kube-proxy's iptables mode: new connections still addressed to the
     /// family's service CIDRs after DNAT are dropped in the filter chain, after the reject
     /// of unknown ClusterIP ports (marked in nat).
@@ -1420,10 +1467,11 @@ fn hairpin_without_the_set_keeps_a_chain_for_this_nodes_backends_only() {
         );
         assert!(on.contains(&format!("-j DNAT --to-destination {local}\n")));
     }
-    // A backend of another node: DNAT-ed from the selection chain either way.
+    // A backend of another node: DNAT-ed by the selection rules (folded into the service
+    // chain: one cluster CIDR) either way.
     for text in [&on, &off] {
         assert!(text.contains(
-            "-A DP-SEL-Y7X63AX77ZQ7PG5S -p tcp -m tcp -j DNAT --to-destination 10.244.1.10:8080\n"
+            "-A DP-SVC-HASN5QMY2Q6ZTYWA -p tcp -m tcp -j DNAT --to-destination 10.244.1.10:8080\n"
         ));
         assert!(!text.contains("-s 10.244.1.10/32 -j DP-MARK-MASQ"));
     }

@@ -16,6 +16,8 @@
 //!     DP-FW:  -s <allowed> ─▶ DP-EXT (ranges, LB IPs when a range holds the node), else drop
 //!     DP-SVC/EXT ─▶ DP-SEL-* (statistic random ─▶ DNAT; recent for ClientIP affinity
 //!                              ─▶ DP-SEP-* (recent --set, DNAT))
+//!     DP-SVC with at most one cluster CIDR (or --masquerade-all): the DP-SEL rules folded
+//!             in after `! -s clusterCIDR -j DP-MARK-MASQ`, as kube-proxy's KUBE-SVC
 //!     no backend: mark 0x10000 (reject), no local backend / not in ranges: mark 0x8000 (drop)
 //! nat POSTROUTING ─▶ DP-POSTROUTING: mark 0x4000 ─▶ SNAT to the node address; hairpin
 //!                    (ipset DP-hairpin-v4 dst,dst,src) ─▶ SNAT; pod → outside
@@ -38,7 +40,9 @@
 //! rule of its selection chain; the hairpin mark the SEP chain carried is one rule of
 //! `DP-POSTROUTING` over the hairpin ipset (`super::hairpin`, as kube-proxy's IPVS mode's
 //! `KUBE-LOOP-BACK`). A `DP-SEP-*` chain stays for ClientIP affinity (`recent --set` and the
-//! DNAT), and, with [`NodePlan::hairpin_set`] off, for this node's backends (the mark).
+//! DNAT), and, with [`NodePlan::hairpin_set`] off, for this node's backends (the mark). And
+//! a ClusterIP's selection is no chain of its own where one rule tests the client (one
+//! cluster CIDR per family): ~10k chains fewer at 10k services.
 //!
 //! Everything after the first packet of a connection is conntrack's job. Per-packet cost grows
 //! with the number of service frontends (`DP-SERVICES` is linear), as in kube-proxy.
@@ -522,18 +526,7 @@ fn compile_port(
         // (`! -s clusterCIDR -j KUBE-MARK-MASQ`; a family may have several cluster CIDRs,
         // so the pods return to the choice first).
         let svc = service_chain(p, pp.family, &pp.service, proto, pp.port);
-        let internal = choose("internal", &pp.internal, nat);
-        let mut rules: Vec<String> = Vec::new();
-        let cluster = of_family(&node.cluster_cidrs, pp.family);
-        if !node.masquerade_services {
-            rules.extend(cluster.iter().map(|c| format!("-s {c} -g {internal}")));
-        }
-        // A family without cluster CIDRs has no `! -s clusterCIDR` test (kube-proxy has no
-        // local detector for it then): its clients keep their address, except hairpin.
-        if node.masquerade_services || !cluster.is_empty() {
-            rules.push(format!("-j {p}-MARK-MASQ"));
-        }
-        rules.push(format!("-g {internal}"));
+        let rules = cluster_ip_rules(node, pp, &key, p, hairpin, nat, &choose);
         nat.insert(
             svc.clone(),
             logged(rules, p, pp, node, DropReason::NoBackend),
@@ -615,6 +608,55 @@ fn compile_port(
     }
 }
 
+/// What makes the chain of a choice (`kind`, the choice) in the nat chains.
+type Choose<'a> = dyn Fn(&str, &Choice, &mut Chains) -> String + 'a;
+
+/// The rules of `pp`'s ClusterIP chain (kube-proxy's internal traffic chain; `choose`
+/// makes the chain of a choice, see [`compile_port`]).
+fn cluster_ip_rules(
+    node: &NodePlan,
+    pp: &PortPlan,
+    key: &str,
+    p: &str,
+    hairpin: &BTreeSet<IpAddr>,
+    nat: &mut BTreeMap<String, Vec<String>>,
+    choose: &Choose<'_>,
+) -> Vec<String> {
+    let mut rules: Vec<String> = Vec::new();
+    let cluster = of_family(&node.cluster_cidrs, pp.family);
+    // A family without cluster CIDRs has no `! -s clusterCIDR` test (kube-proxy has no
+    // local detector for it then): its clients keep their address, except hairpin.
+    let mark = node.masquerade_services || !cluster.is_empty();
+    match &pp.internal {
+        // At most one test of the client: the selection is folded into this chain, as
+        // kube-proxy's KUBE-SVC-* holds its probability rules (issue 24: a chain less
+        // per service port; the restore tools pay per chain).
+        Choice::Backends(b)
+            if !b.is_empty() && (node.masquerade_services || cluster.len() <= 1) =>
+        {
+            if node.masquerade_services {
+                rules.push(format!("-j {p}-MARK-MASQ"));
+            } else if let [c] = cluster.as_slice() {
+                rules.push(format!("! -s {c} -j {p}-MARK-MASQ"));
+            }
+            rules.extend(selection_rules(pp, key, b, p, hairpin, nat));
+        }
+        // Several cluster CIDRs: the pods return to the choice first, the rest are
+        // marked; the choice has a chain of its own (or is a mark chain).
+        _ => {
+            let internal = choose("internal", &pp.internal, nat);
+            if !node.masquerade_services {
+                rules.extend(cluster.iter().map(|c| format!("-s {c} -g {internal}")));
+            }
+            if mark {
+                rules.push(format!("-j {p}-MARK-MASQ"));
+            }
+            rules.push(format!("-g {internal}"));
+        }
+    }
+    rules
+}
+
 /// The rules of `pp`'s firewall chain: each allowed source range to `ext`, the rest marked
 /// for drop (and logged).
 fn firewall_rules(pp: &PortPlan, p: &str, ext: &str, node: &NodePlan) -> Vec<String> {
@@ -671,8 +713,24 @@ fn selection(
     hairpin: &BTreeSet<IpAddr>,
     nat: &mut BTreeMap<String, Vec<String>>,
 ) -> String {
-    let proto = proto_name(pp.protocol);
     let sel = format!("{p}-SEL-{}", hash_name(&format!("{key}#{kind}")));
+    let rules = selection_rules(pp, key, backends, p, hairpin, nat);
+    nat.insert(sel.clone(), rules);
+    sel
+}
+
+/// The rules that pick one of `backends` (the last one unconditional: nothing falls through
+/// them), for a selection chain or the end of a chain that folds it in; the endpoint chains
+/// they lead to are added to `nat` (see [`selection`]).
+fn selection_rules(
+    pp: &PortPlan,
+    key: &str,
+    backends: &[(SocketAddr, u16)],
+    p: &str,
+    hairpin: &BTreeSet<IpAddr>,
+    nat: &mut BTreeMap<String, Vec<String>>,
+) -> Vec<String> {
+    let proto = proto_name(pp.protocol);
     let sep = |a: &SocketAddr| format!("{p}-SEP-{}", hash_name(&format!("{key}@{a}")));
     let mut rules = Vec::new();
     if let Some(timeout) = pp.affinity_timeout {
@@ -717,8 +775,7 @@ fn selection(
         ep.push(dnat("", a));
         nat.insert(sep(a), ep);
     }
-    nat.insert(sel.clone(), rules);
-    sel
+    rules
 }
 
 /// What is in the kernel before a sync: our chains and which hook jumps exist.
