@@ -373,6 +373,9 @@ impl EbpfDataplane {
 
     /// The part of [`Self::sync`] after planning: writes `planner`'s maps, attachments and
     /// health checks. The report's service counts are left for the caller.
+    // One function on purpose: the order of the steps is what keeps a refused state off
+    // the kernel (every check before the first write) and packets safe.
+    #[allow(clippy::too_many_lines)]
     fn write_planned(
         &mut self,
         desired: Option<&DesiredState>,
@@ -439,14 +442,20 @@ impl EbpfDataplane {
         // dp_config (the flag on) first, then the new rules and addresses (a new pod's
         // isolation) before its programs are attached, and what is stale (a removed pod's
         // entries) after its programs are detached.
+        //
+        // A full sync plans here, into `planner` (the flags are the node-wide settings), a
+        // chunk at a time: every check of the services' plan (a Maglev table, the map
+        // capacities) refuses the state before the first write below.
+        let prep = writer::prepare(current, planner, what, &caps)?;
+        planner.set_flags(flags.0, flags.1, flags.2, flags.3);
         let policy_written = policy_plan.writes();
         let clearing = !rest.has_pod_policy();
         if clearing {
-            policy.write(&mut objects.maps, std::mem::take(&mut policy_plan))?;
+            if let Err(e) = policy.write(&mut objects.maps, std::mem::take(&mut policy_plan)) {
+                prep.abandon(current);
+                return Err(e.into());
+            }
         }
-        // A full sync plans here, into `planner` (the flags are the node-wide settings).
-        let prep = writer::prepare(current, planner, what, &caps)?;
-        planner.set_flags(flags.0, flags.1, flags.2, flags.3);
         let report = writer::write(&mut objects.maps, current, planner, prep)?;
         // Host policy after the services' write, the last step that can refuse the state
         // (a refused state leaves the maps as they were).

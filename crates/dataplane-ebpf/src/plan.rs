@@ -243,10 +243,24 @@ fn slots_for(
                 weight: *w,
             })
             .collect();
-        let table = maglev_table(&mb, maglev_size).map_err(|e| Error::Kernel {
-            dataplane: BACKEND.to_owned(),
-            operation: format!("building the maglev table of service {}", service.name),
-            source: Box::new(e),
+        let table = maglev_table(&mb, maglev_size).map_err(|e| match e {
+            // A refusal of the state like any other capacity (nothing is written, and a
+            // sync that loaded the objects for it takes them away again).
+            dataplane_core::MaglevError::TooManyBackends { backends, size } => {
+                Error::CapacityExceeded {
+                    what: format!(
+                        "maglev table (maglev_table_size) of service {} port {}",
+                        service.name, port.port
+                    ),
+                    needed: backends,
+                    capacity: size as usize,
+                }
+            }
+            e => Error::Kernel {
+                dataplane: BACKEND.to_owned(),
+                operation: format!("building the maglev table of service {}", service.name),
+                source: Box::new(e),
+            },
         })?;
         table.iter().map(|&i| ids[i as usize]).collect()
     } else {

@@ -671,6 +671,14 @@ pub(crate) fn prepare(
     }
 }
 
+impl Prepared {
+    /// Gives up a prepared write that will not be made: the backends [`prepare`] entered
+    /// leave `cur` again (nothing was written).
+    pub(crate) fn abandon(self, cur: &mut Current) {
+        cur.forget(&self.new_backends, self.id_bound);
+    }
+}
+
 /// Where slots go: nowhere when there are none, into a range the maps or this write already
 /// have with the same content, else a fresh range (`true`: its slots must be written).
 /// `None`: no room.

@@ -305,3 +305,95 @@ fn a_refused_tier_change_leaves_maps_and_links_as_they_were() {
     );
     dp.reset().expect("reset");
 }
+
+/// A Maglev port with more eligible backends than the table has slots is refused (the
+/// table is built while the full sync is planned, a chunk at a time, inside the write) before
+/// the first map write: in particular before the write that clears the NetworkPolicy maps
+/// when the new state has no policy. Regression case of branch `ebpfrss2`, which built the
+/// table after that write.
+#[test]
+fn a_refused_maglev_port_leaves_the_policy_maps_as_they_were() {
+    /// A prime, so that the table itself is valid: 8 backends do not fit.
+    const MAGLEV_SLOTS: u32 = 7;
+    if !require_root("a_refused_maglev_port_leaves_the_policy_maps_as_they_were") {
+        return;
+    }
+    let lab = lab();
+    let (pins, mut dp) = common::lab_node_dataplane(&lab, "dpe-rej-maglev", |caps| {
+        caps.maglev_table_size = MAGLEV_SLOTS;
+    });
+    let dir = pins.0[0].clone();
+    let empty = kernel_state(&dir);
+    let mut old = lab.desired_state(0);
+    old.services = vec![service(&lab, "web", WEB)];
+    old.policies.push(dataplane_core::Policy {
+        name: dataplane_core::ObjectName::new(dataplane_testkit::POD_NAMESPACE, "deny-all"),
+        pod_selector: dataplane_core::LabelSelector::default(),
+        policy_types: vec![dataplane_core::PolicyType::Ingress],
+        ingress: Vec::new(),
+        egress: Vec::new(),
+    });
+    dp.apply(&old).expect("apply");
+    let maps_before = kernel_state(&dir);
+    // The policy is in the maps (so that clearing it would show): some map the policy
+    // writes differs from the empty one's.
+    let policy_maps: Vec<&String> = maps_before
+        .iter()
+        .filter(|(name, value)| name.contains("pol") && empty.get(*name) != Some(*value))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(!policy_maps.is_empty(), "no policy map holds the policy");
+    let observed_before = dp.observe().expect("observe");
+
+    // No policy, and a Maglev port with one backend more than the table's slots.
+    let mut refused = old.clone();
+    refused.policies.clear();
+    let mut maglev = service(&lab, "maglev", NEW);
+    maglev.backend_selection = dataplane_core::BackendSelection::Maglev;
+    maglev.backends = (1..=MAGLEV_SLOTS + 1)
+        .map(|i| dataplane_core::Backend::new(format!("10.244.9.{i}").parse().unwrap()))
+        .collect();
+    refused.services.push(maglev);
+    let e = dp.apply(&refused).unwrap_err();
+    assert!(
+        matches!(&e, Error::CapacityExceeded { what, needed: 8, capacity: 7 }
+            if what.contains("maglev") && what.contains("default/maglev")),
+        "{e:?}"
+    );
+    let now = kernel_state(&dir);
+    for (name, value) in &maps_before {
+        assert_eq!(now.get(name), Some(value), "{name} changed");
+    }
+    assert_eq!(now.len(), maps_before.len(), "pins added");
+    assert_eq!(dp.observe().expect("observe"), observed_before);
+
+    // The same state with a Maglev port that fits is programmed, the policy cleared.
+    let mut fits = refused.clone();
+    fits.services.last_mut().unwrap().backends.pop();
+    dp.apply(&fits).expect("apply with a table that fits");
+    let after = kernel_state(&dir);
+    for name in policy_maps {
+        assert_ne!(after.get(name), maps_before.get(name), "{name} not cleared");
+    }
+
+    // After a reset nothing is loaded: the refused sync loads the objects to plan into them,
+    // and takes them away again.
+    dp.reset().expect("reset");
+    let pins_after_reset = pinned(&dir);
+    let e = dp.apply(&refused).unwrap_err();
+    assert!(matches!(e, Error::CapacityExceeded { .. }), "{e:?}");
+    assert_eq!(pinned(&dir), pins_after_reset, "the refused sync left pins");
+}
+
+/// The names pinned in `dir` (none when it is gone).
+fn pinned(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
