@@ -270,7 +270,7 @@ pub struct PeerPod {
     pub named_ports: Vec<NamedPort>,
     /// The node the pod runs on (shared like [`Backend::node_name`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<Arc<str>>,
+    pub node_name: Option<ThinStr>,
 }
 
 impl PeerPod {
@@ -310,7 +310,7 @@ impl PeerPod {
 
     /// This pod running on node `node_name`.
     #[must_use]
-    pub fn on_node(mut self, node_name: impl Into<Arc<str>>) -> Self {
+    pub fn on_node(mut self, node_name: impl Into<ThinStr>) -> Self {
         self.node_name = Some(node_name.into());
         self
     }
@@ -358,38 +358,6 @@ impl SharedStr {
     /// The shared allocation (cloning it shares the text).
     pub fn as_arc(&self) -> &Arc<str> {
         &self.0
-    }
-}
-
-impl std::ops::Deref for SharedStr {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for SharedStr {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::borrow::Borrow<str> for SharedStr {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SharedStr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for SharedStr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -441,41 +409,155 @@ impl From<SharedStr> for String {
     }
 }
 
-impl PartialEq<str> for SharedStr {
-    fn eq(&self, other: &str) -> bool {
-        *self.0 == *other
+/// An immutable string shared by reference count behind a thin pointer (8 bytes, and
+/// `Option<ThinStr>` too), for a name repeated across very many objects: a backend's
+/// [`Backend::node_name`] and [`Backend::zone`] (a million backends at 100k services x 10,
+/// where the 16 bytes of an `Option<Arc<str>>` each made the backends a quarter bigger).
+/// Cloning one copies no text. Reads as a `&str` (`Deref`, [`ThinStr::as_str`]), compares
+/// with `str` and `String`, and serializes as a plain string. `From<Arc<str>>` copies the
+/// text once: share a `ThinStr` (`clone`) rather than converting the same `Arc<str>` again.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ThinStr(Arc<Box<str>>);
+
+impl ThinStr {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-impl PartialEq<&str> for SharedStr {
-    fn eq(&self, other: &&str) -> bool {
-        *self.0 == **other
+impl From<&str> for ThinStr {
+    fn from(s: &str) -> Self {
+        Self(Arc::new(s.into()))
     }
 }
 
-impl PartialEq<String> for SharedStr {
-    fn eq(&self, other: &String) -> bool {
-        *self.0 == **other
+impl From<&String> for ThinStr {
+    fn from(s: &String) -> Self {
+        Self::from(s.as_str())
     }
 }
 
-impl PartialEq<SharedStr> for str {
-    fn eq(&self, other: &SharedStr) -> bool {
-        *self == *other.0
+impl From<String> for ThinStr {
+    fn from(s: String) -> Self {
+        Self(Arc::new(s.into_boxed_str()))
     }
 }
 
-impl PartialEq<SharedStr> for &str {
-    fn eq(&self, other: &SharedStr) -> bool {
-        **self == *other.0
+impl From<Arc<str>> for ThinStr {
+    fn from(s: Arc<str>) -> Self {
+        Self::from(&*s)
     }
 }
 
-impl PartialEq<SharedStr> for String {
-    fn eq(&self, other: &SharedStr) -> bool {
-        **self == *other.0
+impl From<&Arc<str>> for ThinStr {
+    fn from(s: &Arc<str>) -> Self {
+        Self::from(&**s)
     }
 }
+
+impl From<&ThinStr> for ThinStr {
+    fn from(s: &ThinStr) -> Self {
+        s.clone()
+    }
+}
+
+impl From<&SharedStr> for ThinStr {
+    fn from(s: &SharedStr) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
+impl From<ThinStr> for String {
+    fn from(s: ThinStr) -> Self {
+        s.as_str().to_owned()
+    }
+}
+
+impl From<ThinStr> for Arc<str> {
+    fn from(s: ThinStr) -> Self {
+        s.as_str().into()
+    }
+}
+
+/// What a shared string type reads and compares as: a `&str` (`Deref`, `AsRef`, `Borrow`,
+/// `Debug` and `Display` as the text), equal to `str`, `&str` and `String` either way round.
+/// The type has an `as_str(&self) -> &str`.
+macro_rules! str_like {
+    ($t:ty) => {
+        impl std::ops::Deref for $t {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                self.as_str()
+            }
+        }
+
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                self.as_str()
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                self.as_str()
+            }
+        }
+
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl PartialEq<String> for $t {
+            fn eq(&self, other: &String) -> bool {
+                self.as_str() == other.as_str()
+            }
+        }
+
+        impl PartialEq<$t> for str {
+            fn eq(&self, other: &$t) -> bool {
+                self == other.as_str()
+            }
+        }
+
+        impl PartialEq<$t> for &str {
+            fn eq(&self, other: &$t) -> bool {
+                *self == other.as_str()
+            }
+        }
+
+        impl PartialEq<$t> for String {
+            fn eq(&self, other: &$t) -> bool {
+                self.as_str() == other.as_str()
+            }
+        }
+    };
+}
+
+str_like!(SharedStr);
+str_like!(ThinStr);
 
 impl fmt::Display for ObjectName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1075,14 +1157,15 @@ pub struct Backend {
     pub terminating: bool,
     /// Name of the node the backend runs on; equal to [`Node::name`] means node-local.
     ///
-    /// Shared (`Arc<str>`): a node name repeats across every backend on that node, and a
-    /// `String` each made it a large part of a big state (the scaling bench measures it).
-    /// Build one per node and clone it (`Some(Arc::clone(&name))`); `Some("node-a".into())` also works.
+    /// Shared ([`ThinStr`], 8 bytes): a node name repeats across every backend on that
+    /// node, and a `String` each made it a large part of a big state (the scaling bench
+    /// measures it). Build one per node and clone it (`Some(name.clone())`);
+    /// `Some("node-a".into())` also works.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<Arc<str>>,
+    pub node_name: Option<ThinStr>,
     /// Topology zone (shared like [`Backend::node_name`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zone: Option<Arc<str>>,
+    pub zone: Option<ThinStr>,
     /// Relative weight for selection (1..=65535); Maglev honours it with more table slots,
     /// random selection with more backend slots.
     #[serde(default = "default_weight")]
@@ -1126,14 +1209,14 @@ impl Backend {
     /// # Ok::<(), std::net::AddrParseError>(())
     /// ```
     #[must_use]
-    pub fn on_node(mut self, node_name: impl Into<Arc<str>>) -> Self {
+    pub fn on_node(mut self, node_name: impl Into<ThinStr>) -> Self {
         self.node_name = Some(node_name.into());
         self
     }
 
     /// This backend in topology zone `zone`.
     #[must_use]
-    pub fn in_zone(mut self, zone: impl Into<Arc<str>>) -> Self {
+    pub fn in_zone(mut self, zone: impl Into<ThinStr>) -> Self {
         self.zone = Some(zone.into());
         self
     }

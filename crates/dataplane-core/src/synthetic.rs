@@ -8,14 +8,14 @@
 //! all selecting one target (see there for the layout).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::model::{
     Backend, DesiredState, ExternalMode, Interfaces, IpBlock, LabelSelector, Masquerade, Namespace,
     Node, ObjectName, PeerPod, Policy, PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRange,
-    PortRef, Protocol, Service, ServicePort,
+    PortRef, Protocol, Service, ServicePort, ThinStr,
 };
 
 /// A node named `node-0` with the lab's addressing.
@@ -43,7 +43,7 @@ pub fn cluster_ip(i: usize) -> IpAddr {
 }
 
 /// The node names backends run on: one string per node, shared, as an agent builds them.
-static NODES: LazyLock<[Arc<str>; 3]> =
+static NODES: LazyLock<[ThinStr; 3]> =
     LazyLock::new(|| ["node-0".into(), "node-1".into(), "node-2".into()]);
 
 /// Synthetic service `i` with `backends` backends.
@@ -63,7 +63,7 @@ pub fn service(i: usize, backends: usize) -> Service {
             let n = (i * backends + b) as u32 % 65_000 + 2;
             let ip = IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + n));
             let mut be = Backend::new(ip);
-            be.node_name = Some(Arc::clone(&NODES[b % 3]));
+            be.node_name = Some(NODES[b % 3].clone());
             be
         })
         .collect();
@@ -183,7 +183,7 @@ pub fn policies(
                 ROLE_LABEL,
                 format!("role-{}", (j / PEER_NAMESPACES) % ROLES),
             );
-            pod.node_name = Some(Arc::clone(&NODES[1 + j % 2]));
+            pod.node_name = Some(NODES[1 + j % 2].clone());
             pod
         })
         .collect();

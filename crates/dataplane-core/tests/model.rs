@@ -198,3 +198,49 @@ fn a_backends_own_port_reads_and_writes_as_port() {
     assert_eq!(json[1]["port"], 9090, "{json}");
     assert_eq!(from_yaml(&to_yaml(&read).unwrap()).unwrap(), read);
 }
+
+/// A backend is 48 bytes (a million of them at 100k services x 10): its node name and zone
+/// are thin shared strings, 8 bytes each with `Option` (issue 24, the eBPF peak RSS).
+#[test]
+fn backend_layout_stays_small() {
+    use dataplane_core::{Backend, ThinStr};
+    assert_eq!(std::mem::size_of::<Option<ThinStr>>(), 8);
+    assert_eq!(std::mem::size_of::<Backend>(), 48);
+}
+
+/// A thin shared string reads, compares and serializes as the plain string it holds, and
+/// a clone shares the text.
+#[test]
+fn thin_str_is_a_plain_string_outside() {
+    use dataplane_core::{Backend, ThinStr};
+    let name = ThinStr::from("node-a");
+    let copy = name.clone();
+    assert!(
+        std::ptr::eq(name.as_str(), copy.as_str()),
+        "a clone copies the text"
+    );
+    assert_eq!(name, "node-a");
+    assert_eq!("node-a", name);
+    assert_eq!(name, String::from("node-a"));
+    assert_eq!(&*name, "node-a");
+    assert_eq!(name.to_string(), "node-a");
+    assert_eq!(format!("{name:?}"), "\"node-a\"");
+    assert_eq!(ThinStr::from(std::sync::Arc::<str>::from("node-a")), name);
+    let mut sorted = vec![ThinStr::from("b"), ThinStr::from("a")];
+    sorted.sort();
+    assert_eq!(sorted, ["a", "b"]);
+    let b = Backend::new("10.244.1.5".parse().unwrap())
+        .on_node(copy)
+        .in_zone("zone-1");
+    let json = serde_json::to_value(&b).unwrap();
+    assert_eq!(json["nodeName"], "node-a");
+    assert_eq!(json["zone"], "zone-1");
+    let back: Backend = serde_json::from_value(json).unwrap();
+    assert_eq!(back, b);
+    assert_eq!(back.node_name.as_deref(), Some("node-a"));
+    let with_none: Backend = serde_json::from_str(r#"{"ip": "10.244.1.6"}"#).unwrap();
+    assert_eq!(with_none.node_name, None);
+    assert!(!serde_json::to_string(&with_none)
+        .unwrap()
+        .contains("nodeName"));
+}

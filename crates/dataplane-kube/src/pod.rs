@@ -87,7 +87,7 @@ pub(crate) fn translate_pod(
             let mut p = dataplane_core::PeerPod::new(name.clone(), ips);
             p.labels = labels;
             p.named_ports = named_ports;
-            p.node_name = Some(interner.get(&settings.node_name));
+            p.node_name = Some(interner.place_name(&settings.node_name));
             return PodTranslation {
                 out: PodOut::Peer(p),
                 local: true,
@@ -106,7 +106,7 @@ pub(crate) fn translate_pod(
     let mut p = dataplane_core::PeerPod::new(name.clone(), ips);
     p.labels = labels;
     p.named_ports = named_ports;
-    p.node_name = node_name.map(|n| interner.get(n));
+    p.node_name = node_name.map(|n| interner.place_name(n));
     PodTranslation {
         out: PodOut::Peer(p),
         local: false,

@@ -14,7 +14,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use dataplane_core::{
-    Backend, ObjectName, Protocol, SessionAffinity, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_SECONDS,
+    Backend, ObjectName, Protocol, SessionAffinity, ThinStr, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS,
 };
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -126,11 +127,11 @@ pub(crate) struct Hints {
 }
 
 impl Ep {
-    fn node_name(&self) -> Option<&Arc<str>> {
+    fn node_name(&self) -> Option<&ThinStr> {
         self.place.as_ref().and_then(|p| p.node.as_ref())
     }
 
-    fn zone(&self) -> Option<&Arc<str>> {
+    fn zone(&self) -> Option<&ThinStr> {
         self.place.as_ref().and_then(|p| p.zone.as_ref())
     }
 

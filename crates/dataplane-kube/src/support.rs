@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use dataplane_core::Protocol;
+use dataplane_core::{Protocol, ThinStr};
 use ipnetwork::IpNetwork;
 
 use crate::ObjectKey;
@@ -70,25 +70,27 @@ impl Warnings {
     }
 }
 
-/// One shared string per node or zone name: every backend on a node names it, and the model
-/// shares those names (`Arc<str>`) so that a big state does not hold a copy per backend.
-/// Likewise one shared [`Place`] per node and zone pair.
+/// One shared string per name many objects repeat (a namespace, a port name), and one per
+/// node or zone name: every backend on a node names it, and the model shares those names
+/// ([`ThinStr`], a thin pointer in each backend) so that a big state does not hold a copy per
+/// backend. Likewise one shared [`Place`] per node and zone pair.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
     names: BTreeMap<Box<str>, Arc<str>>,
+    places_names: BTreeMap<Box<str>, ThinStr>,
     places: BTreeMap<PlaceKey, Arc<Place>>,
 }
 
 /// A node and a zone name, either unknown.
-type PlaceKey = (Option<Arc<str>>, Option<Arc<str>>);
+type PlaceKey = (Option<ThinStr>, Option<ThinStr>);
 
 /// Where an endpoint is: its node and zone, shared by every endpoint with the same pair. An
 /// endpoint holds one thin pointer (8 bytes) instead of two names (32): 2.3 MiB at 100k
 /// endpoints.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Place {
-    pub node: Option<Arc<str>>,
-    pub zone: Option<Arc<str>>,
+    pub node: Option<ThinStr>,
+    pub zone: Option<ThinStr>,
 }
 
 impl Interner {
@@ -101,12 +103,25 @@ impl Interner {
         a
     }
 
+    /// The shared node or zone name `s` (as the model's backends and pods hold it).
+    pub(crate) fn place_name(&mut self, s: &str) -> ThinStr {
+        if let Some(a) = self.places_names.get(s) {
+            return a.clone();
+        }
+        let a = ThinStr::from(s);
+        self.places_names.insert(s.into(), a.clone());
+        a
+    }
+
     /// The shared place of `node` and `zone`; `None` when both are unknown.
     pub(crate) fn place(&mut self, node: Option<&str>, zone: Option<&str>) -> Option<Arc<Place>> {
         if node.is_none() && zone.is_none() {
             return None;
         }
-        let key = (node.map(|n| self.get(n)), zone.map(|z| self.get(z)));
+        let key = (
+            node.map(|n| self.place_name(n)),
+            zone.map(|z| self.place_name(z)),
+        );
         if let Some(p) = self.places.get(&key) {
             return Some(Arc::clone(p));
         }
