@@ -650,24 +650,29 @@ mod parity {
         // one rule per ClusterIP, after its ports, to one chain that logs and marks (issue
         // 24: not a log rule and a counted mark per address).
         let services = &v4.nat["DP-SERVICES"];
-        assert_eq!(services.last().unwrap(), "-d 10.200.0.20/32 -g DP-UNSERVED");
+        assert_eq!(
+            services.last().unwrap(),
+            "-d 10.200.0.20/32 -g DP-CIP-UNSERVED"
+        );
         assert_eq!(
             services.iter().filter(|r| r.contains("UNSERVED")).count(),
             1
         );
         assert!(services.iter().all(|r| !r.contains("NFLOG")));
-        let unserved = &v4.nat["DP-UNSERVED"];
+        let unserved = &v4.nat["DP-CIP-UNSERVED"];
         assert_eq!(without_logs(unserved), ["-g DP-MARK-REJ"]);
         assert_eq!(unserved.len(), 2);
         assert!(unserved[0].ends_with("\"dp reject unallocated\""));
         assert_eq!(
             v6.nat["DP-SERVICES"].last().unwrap(),
-            "-d fd00:96::20/128 -g DP-UNSERVED"
+            "-d fd00:96::20/128 -g DP-CIP-UNSERVED"
         );
         // No ClusterIP, no such chain.
         let mut none = state.clone();
         none.services.clear();
-        assert!(!compile(&none, IpFamily::V4).nat.contains_key("DP-UNSERVED"));
+        assert!(!compile(&none, IpFamily::V4)
+            .nat
+            .contains_key("DP-CIP-UNSERVED"));
     }
 }
 
