@@ -167,11 +167,15 @@ impl NetfilterConfig {
 /// Rules of the two must not be mixed on one host: both sets of hooks run, in an order
 /// neither tool shows, and a rule inserted "first" with one runs after every rule of the
 /// other (kubernetes-sigs/iptables-wrappers explains the hazard). So the default finds out
-/// what the namespace already uses. Measured at 10k services x 10 endpoints
-/// (`benches/notes.md`): `nf_tables` applies a partial restore in proportion to the change
-/// (~0.15 s for one endpoint; `x_tables` replaces the whole table on every commit, seconds),
-/// but `iptables-nft-restore` 1.8.9 loads a large input in time quadratic in the chains it
-/// names (minutes for 10k services from empty; `x_tables` seconds).
+/// what the namespace already uses. Measured at 10k services x 10 endpoints through the
+/// backend (the scaling bench's control section, 2026-12-07 19:34-19:42 UTC, load 2.4-8.6
+/// on 2 cores; `benches/notes.md`, "iptables: EXT on to the ClusterIP chain"): `x_tables`
+/// programs them from empty in 1.2-1.4 s and applies one endpoint change in ~0.6 s (every
+/// commit replaces the whole table); `nf_tables` applies the change in ~0.22 s (a restore in
+/// proportion to the change) but from empty takes 3.5-3.9 s in a fresh namespace and
+/// 7.2-8.4 s over the backend's own node-only rules (`iptables-nft-restore` 1.8.9
+/// keeps the chains one commit names in a sorted list it walks per rule, so a full sync
+/// commits the nat table in sections, and `DP-SERVICES`, when it exists already, in one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IptablesMode {
     /// Detected in the backend's network namespace at its first use, in the order of

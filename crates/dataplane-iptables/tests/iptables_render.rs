@@ -496,6 +496,44 @@ mod parity {
         assert_eq!(ext[0], "-j DP-MARK-MASQ");
     }
 
+    /// Issue 24: externalTrafficPolicy Cluster with the ClusterIP's backends goes on to the
+    /// ClusterIP chain, as kube-proxy's KUBE-EXT to KUBE-SVC (no selection chain of its
+    /// own); with other backends (internalTrafficPolicy Local) to a selection chain.
+    #[test]
+    fn etp_cluster_goes_on_to_the_clusterip_chain() {
+        let mut state = lb_state();
+        state.services[0].load_balancer_source_ranges.clear();
+        let v4 = compile(&state, IpFamily::V4);
+        let svc = v4.nat.keys().find(|c| c.starts_with("DP-SVC-")).unwrap();
+        assert_eq!(
+            chain(&v4, "EXT").unwrap(),
+            ["-j DP-MARK-MASQ".to_owned(), format!("-g {svc}")]
+        );
+        assert_eq!(chain(&v4, "SEL"), None);
+        let v6 = compile(&state, IpFamily::V6);
+        let svc6 = v6.nat.keys().find(|c| c.starts_with("DP-SVC-")).unwrap();
+        assert_eq!(chain(&v6, "EXT").unwrap()[1], format!("-g {svc6}"));
+        // No ClusterIP of the family: a selection chain.
+        let mut no_cluster_ip = state.clone();
+        no_cluster_ip.services[0].cluster_ips.clear();
+        let v4 = compile(&no_cluster_ip, IpFamily::V4);
+        assert!(chain(&v4, "EXT").unwrap()[1].starts_with("-g DP-SEL-"));
+        assert_eq!(
+            chain(&v4, "SEL").unwrap(),
+            [
+                "-p tcp -m tcp -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 10.244.0.10:8080",
+                "-p tcp -m tcp -j DNAT --to-destination 10.244.1.10:8080",
+            ]
+        );
+        // internalTrafficPolicy Local: the ClusterIP picks this node's backend only, the
+        // external frontends every backend, from a selection chain.
+        state.services[0].internal_traffic_policy = TrafficPolicy::Local;
+        let v4 = compile(&state, IpFamily::V4);
+        let ext = chain(&v4, "EXT").unwrap();
+        assert!(ext[1].starts_with("-g DP-SEL-"), "{ext:?}");
+        assert_eq!(chain(&v4, "SEL").unwrap().len(), 2);
+    }
+
     /// Items 4, 6, 7: the ClusterIP chain picks by internalTrafficPolicy for every client
     /// and marks the sources outside the cluster CIDRs (all sources with allServices); a
     /// ClusterIP outside the service CIDRs is a frontend like any other.
@@ -608,13 +646,33 @@ mod parity {
         // Logged right before, with the reason.
         let raw = &v4.filter["DP-FILTER"];
         assert!(raw[raw.len() - 2].ends_with("--nflog-prefix \"dp drop unallocated\""));
-        // The rejects of unserved ClusterIP ports are logged in nat, where they are marked.
+        // The rejects of unserved ClusterIP ports are logged in nat, where they are marked:
+        // one rule per ClusterIP, after its ports, to one chain that logs and marks (issue
+        // 24: not a log rule and a counted mark per address).
         let services = &v4.nat["DP-SERVICES"];
-        let reject = services
-            .iter()
-            .position(|r| r.ends_with("-g DP-MARK-REJ"))
-            .unwrap();
-        assert!(services[reject - 1].ends_with("\"dp reject unallocated\""));
+        assert_eq!(
+            services.last().unwrap(),
+            "-d 10.200.0.20/32 -g DP-CIP-UNSERVED"
+        );
+        assert_eq!(
+            services.iter().filter(|r| r.contains("UNSERVED")).count(),
+            1
+        );
+        assert!(services.iter().all(|r| !r.contains("NFLOG")));
+        let unserved = &v4.nat["DP-CIP-UNSERVED"];
+        assert_eq!(without_logs(unserved), ["-g DP-MARK-REJ"]);
+        assert_eq!(unserved.len(), 2);
+        assert!(unserved[0].ends_with("\"dp reject unallocated\""));
+        assert_eq!(
+            v6.nat["DP-SERVICES"].last().unwrap(),
+            "-d fd00:96::20/128 -g DP-CIP-UNSERVED"
+        );
+        // No ClusterIP, no such chain.
+        let mut none = state.clone();
+        none.services.clear();
+        assert!(!compile(&none, IpFamily::V4)
+            .nat
+            .contains_key("DP-CIP-UNSERVED"));
     }
 }
 
