@@ -172,10 +172,11 @@ impl NetfilterConfig {
 /// on 2 cores; `benches/notes.md`, "iptables: EXT on to the ClusterIP chain"): `x_tables`
 /// programs them from empty in 1.2-1.4 s and applies one endpoint change in ~0.6 s (every
 /// commit replaces the whole table); `nf_tables` applies the change in ~0.22 s (a restore in
-/// proportion to the change) but from empty takes 3.5-3.9 s in a fresh namespace and
-/// 7.2-8.4 s over the backend's own node-only rules (`iptables-nft-restore` 1.8.9
-/// keeps the chains one commit names in a sorted list it walks per rule, so a full sync
-/// commits the nat table in sections, and `DP-SERVICES`, when it exists already, in one).
+/// proportion to the change) and from empty takes 3.5-3.9 s in a fresh namespace and
+/// 4.3-4.4 s over the backend's own node-only rules (20:00 UTC, load 1.7-3.0;
+/// `iptables-nft-restore` 1.8.9 keeps the chains one commit names in a sorted list it walks
+/// per rule, so a full sync commits the nat table in sections, and `DP-SERVICES`, when it
+/// exists already, in one, its rules in descending order of their jump targets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IptablesMode {
     /// Detected in the backend's network namespace at its first use, in the order of
